@@ -1,0 +1,126 @@
+"""Split each value into high bits (the data to protect) and low bits (where the watermark lives).
+
+Tensors are handled as ``[nblocks, 64]`` arrays of unsigned integers of the
+value's width, padded with zeros. Fields are packed little-endian, least
+significant bit first, so the layout is the same on every machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .levels import BLOCK
+
+U8 = NDArray[np.uint8]
+_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def uint_view(a: NDArray[np.generic]) -> NDArray[np.unsignedinteger]:
+    """View any array's flat buffer as unsigned integers of the same width (no copy if contiguous)."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    if flat.dtype == np.bool_:
+        return flat.view(np.uint8)
+    return flat.view(_UINT[flat.dtype.itemsize])
+
+
+def to_blocks(flat: NDArray[np.unsignedinteger]) -> NDArray[np.unsignedinteger]:
+    """Return a ``[nblocks, 64]`` copy of ``flat`` padded with zeros."""
+    nb = max(1, -(-flat.size // BLOCK))
+    out = np.zeros((nb, BLOCK), dtype=flat.dtype)
+    out.reshape(-1)[: flat.size] = flat
+    return out
+
+
+def _to_bits(u: NDArray[np.unsignedinteger]) -> U8:
+    """Bits of each value, LSB first: shape ``[..., width]``."""
+    w = u.dtype.itemsize * 8
+    b = np.unpackbits(np.ascontiguousarray(u).view(np.uint8), bitorder="little")
+    return b.reshape(*u.shape, w)
+
+
+def _from_bits(bits: U8, width: int) -> NDArray[np.unsignedinteger]:
+    """Inverse of ``_to_bits`` for the first ``bits.shape[-1]`` bits, into ``width``-bit ints."""
+    pad = width - bits.shape[-1]
+    if pad:
+        bits = np.concatenate([bits, np.zeros((*bits.shape[:-1], pad), np.uint8)], axis=-1)
+    packed = np.packbits(bits, axis=-1, bitorder="little")
+    return packed.view(_UINT[width // 8]).reshape(bits.shape[:-1])
+
+
+def hi_bytes(ub: NDArray[np.unsignedinteger], k: int) -> U8:
+    """Pack the high ``w - k`` bits of every value: ``[nblocks, 8 * (w - k)]`` bytes."""
+    nb, n = ub.shape
+    size = ub.dtype.itemsize
+    if k % 8 == 0:  # byte-aligned: a strided copy is enough
+        return np.ascontiguousarray(ub.view(np.uint8).reshape(nb, n, size)[:, :, k // 8 :]).reshape(nb, -1)
+    bits = _to_bits(ub)[:, :, k:]
+    return np.packbits(bits.reshape(nb, -1), axis=1, bitorder="little")
+
+
+def set_hi(ub: NDArray[np.unsignedinteger], data: U8, k: int) -> None:
+    """Write packed high bits ``data`` (from ``hi_bytes``) into ``ub`` in place, keeping low bits."""
+    nb, n = ub.shape
+    size = ub.dtype.itemsize
+    if k % 8 == 0:
+        ub.view(np.uint8).reshape(nb, n, size)[:, :, k // 8 :] = data.reshape(nb, n, size - k // 8)
+        return
+    w = size * 8
+    bits = np.unpackbits(data, axis=1, bitorder="little").reshape(nb, n, w - k)
+    hi = _from_bits(bits, w).astype(ub.dtype)
+    ub &= ub.dtype.type((1 << k) - 1)
+    ub |= hi << ub.dtype.type(k)
+
+
+def lo_bytes(ub: NDArray[np.unsignedinteger], k: int) -> U8:
+    """Pack the low ``k`` bits of every value: ``[nblocks, 8 * k]`` bytes."""
+    nb, n = ub.shape
+    if k % 8 == 0:
+        size = ub.dtype.itemsize
+        return np.ascontiguousarray(ub.view(np.uint8).reshape(nb, n, size)[:, :, : k // 8]).reshape(nb, -1)
+    bits = _to_bits(ub)[:, :, :k]
+    return np.packbits(bits.reshape(nb, -1), axis=1, bitorder="little")
+
+
+def set_lo(ub: NDArray[np.unsignedinteger], lo: U8, k: int) -> None:
+    """Replace the low ``k`` bits of every value in ``ub`` with ``lo`` (from ``lo_bytes``)."""
+    nb, n = ub.shape
+    w = ub.dtype.itemsize * 8
+    if k % 8 == 0:
+        ub.view(np.uint8).reshape(nb, n, w // 8)[:, :, : k // 8] = lo.reshape(nb, n, k // 8)
+        return
+    bits = np.unpackbits(lo, axis=1, bitorder="little").reshape(nb, n, k)
+    low = _from_bits(bits, max(8, 1 << (k - 1).bit_length())).astype(ub.dtype)
+    ub &= ~ub.dtype.type((1 << k) - 1)
+    ub |= low
+
+
+def tag_mask(k: int, width: int) -> NDArray[np.unsignedinteger]:
+    """Per-position masks (length 64) of the low bits that hold the 32-bit tag."""
+    m = np.zeros(BLOCK, dtype=_UINT[width // 8])
+    for j in range(BLOCK):
+        lo, hi = j * k, min((j + 1) * k, 32)
+        if lo >= 32:
+            break
+        m[j] = (1 << (hi - lo)) - 1
+    return m
+
+
+def read_tags(ub: NDArray[np.unsignedinteger], k: int) -> NDArray[np.uint64]:
+    """Read the 32-bit tag stored in the first low bits of each block."""
+    tags = np.zeros(ub.shape[0], dtype=np.uint64)
+    mask = tag_mask(k, ub.dtype.itemsize * 8)
+    for j in np.flatnonzero(mask):  # at most 32 columns, never per block
+        tags |= (ub[:, j] & mask[j]).astype(np.uint64) << np.uint64(j * k)
+    return tags
+
+
+def write_tags(ub: NDArray[np.unsignedinteger], tags: NDArray[np.uint64], k: int) -> None:
+    """Write 32-bit ``tags`` into the first low bits of each block, in place."""
+    mask = tag_mask(k, ub.dtype.itemsize * 8)
+    for j in np.flatnonzero(mask):
+        part = ((tags >> np.uint64(j * k)) & np.uint64(int(mask[j]))).astype(ub.dtype)
+        ub[:, j] = (ub[:, j] & ~mask[j]) | part
+
+
+__all__ = ["hi_bytes", "lo_bytes", "read_tags", "set_hi", "set_lo", "tag_mask", "to_blocks", "uint_view", "write_tags"]

@@ -1,0 +1,116 @@
+"""Reed–Solomon over GF(2^16) (leopard / reed-solomon-simd), run on many lanes at once.
+
+Each lane is one codeword of K data shards and M parity shards of 4 bytes.
+Lanes are batched by putting lane g's 4 bytes at offset 4g of every shard, so a
+single library call codes a whole batch; erasures are then the union over the
+batch, so the decoder batches lanes only while that union stays decodable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import reed_solomon_leopard as rsl
+from numpy.typing import NDArray
+
+_BATCH_BYTES = 64 << 20  # data per encode call: bounds the temporary copies
+
+
+def _to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8]:
+    """``[lanes, n]`` words -> ``[n, shard_bytes]`` in the library's split layout.
+
+    reed-solomon-simd reads GF(2^16) element j of each 64-byte chunk from bytes
+    j (low) and j + 32 (high). Each lane gets two whole elements, so every lane
+    is its own set of codewords whatever batch it is coded in.
+    """
+    lanes, n = a.shape
+    pad = -lanes % 16
+    v = np.ascontiguousarray(a.T).view(np.uint16).reshape(n, lanes * 2)
+    if pad:
+        v = np.concatenate([v, np.zeros((n, 2 * pad), np.uint16)], axis=1)
+    v = v.reshape(n, -1, 32)
+    out = np.empty((n, v.shape[1], 2, 32), dtype=np.uint8)
+    out[:, :, 0, :] = v & 0xFF
+    out[:, :, 1, :] = v >> 8
+    return out.reshape(n, -1)
+
+
+def _from_split(b: NDArray[np.uint8], lanes: int) -> NDArray[np.uint32]:
+    """Inverse of ``_to_split``: ``[n, shard_bytes]`` -> ``[lanes, n]`` words."""
+    n = b.shape[0]
+    c = b.reshape(n, -1, 2, 32).astype(np.uint16)
+    v = (c[:, :, 0, :] | (c[:, :, 1, :] << 8)).reshape(n, -1)[:, : 2 * lanes]
+    return np.ascontiguousarray(v).view(np.uint32).reshape(n, lanes).T
+
+
+def _shards(a: NDArray[np.uint32]) -> list[bytes]:
+    t = _to_split(a)
+    return [t[i].tobytes() for i in range(t.shape[0])]  # one per shard position, not per block
+
+
+def encode(data: NDArray[np.uint32], M: int) -> NDArray[np.uint32]:
+    """Parity ``[lanes, M]`` for ``data`` ``[lanes, K]``."""
+    lanes, K = data.shape
+    out = np.zeros((lanes, M), dtype=np.uint32)
+    if M == 0:
+        return out
+    step = max(1, _BATCH_BYTES // (4 * K))
+    for s in range(0, lanes, step):
+        e = min(lanes, s + step)
+        rec = rsl.encode(_shards(data[s:e]), M)
+        out[s:e] = _from_split(np.frombuffer(b"".join(rec), dtype=np.uint8).reshape(M, -1), e - s)
+    return out
+
+
+def decode(
+    data: NDArray[np.uint32],
+    parity: NDArray[np.uint32],
+    lanes: NDArray[np.int64],
+    lost_data: NDArray[np.bool_],
+    lost_parity: NDArray[np.bool_],
+) -> NDArray[np.bool_]:
+    """Restore the lost data shards of ``lanes`` in place; return which of them decoded.
+
+    ``lost_data`` and ``lost_parity`` have one row per entry of ``lanes``. A lane
+    decodes when at most M of its K + M shards are lost (the code is MDS).
+    """
+    M = parity.shape[1]
+    nd, npar = lost_data.sum(axis=1), lost_parity.sum(axis=1)
+    ok = (nd == 0) | (nd + npar <= M)
+    todo = [int(i) for i in np.flatnonzero((nd > 0) & ok)]
+    # Greedy batching: lanes damaged at the same positions (contiguous attacks) share one call.
+    i = 0
+    while i < len(todo):
+        rows = [todo[i]]
+        ud, up = lost_data[todo[i]].copy(), lost_parity[todo[i]].copy()
+        j = i + 1
+        while j < len(todo) and len(rows) < 4096:
+            cd, cp = ud | lost_data[todo[j]], up | lost_parity[todo[j]]
+            if int(cd.sum() + cp.sum()) > M:
+                break
+            ud, up = cd, cp
+            rows.append(todo[j])
+            j += 1
+        _decode_batch(data, parity, lanes[np.array(rows)], ud, up)
+        i = j
+    return ok
+
+
+def _decode_batch(
+    data: NDArray[np.uint32],
+    parity: NDArray[np.uint32],
+    batch: NDArray[np.int64],
+    lost_d: NDArray[np.bool_],
+    lost_p: NDArray[np.bool_],
+) -> None:
+    K, M = data.shape[1], parity.shape[1]
+    d = _to_split(data[batch])
+    p = _to_split(parity[batch])
+    orig = {int(i): d[i].tobytes() for i in np.flatnonzero(~lost_d)}
+    rec = {int(j): p[j].tobytes() for j in np.flatnonzero(~lost_p)}
+    out = rsl.decode(K, M, orig, rec)
+    idx = np.fromiter(out.keys(), dtype=np.int64, count=len(out))
+    raw = np.frombuffer(b"".join(out[int(i)] for i in idx), dtype=np.uint8).reshape(len(idx), -1)
+    data[batch[:, None], idx[None, :]] = _from_split(raw, batch.size)
+
+
+__all__ = ["decode", "encode"]

@@ -1,0 +1,37 @@
+"""A minimal progress line on stderr, shown only when stderr is a terminal."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+
+class Progress:
+    """Counts named steps; prints ``label: step i/n`` on a terminal, nothing otherwise."""
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None, enabled: bool | None = None) -> None:
+        self.label, self.total, self.i = label, max(1, total), 0
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.t0 = time.monotonic()
+
+    @classmethod
+    def null(cls) -> Progress:
+        """A progress that prints nothing."""
+        return cls("", 1, enabled=False)
+
+    def step(self, what: str) -> None:
+        """Advance by one step named ``what``."""
+        self.i += 1
+        if self.enabled:
+            frac = min(1.0, self.i / self.total)
+            bar = "#" * int(30 * frac)
+            self.stream.write(f"\r{self.label} [{bar:<30}] {self.i}/{self.total} {what[:40]:<40}")
+            self.stream.flush()
+
+    def done(self) -> None:
+        """Finish the line."""
+        if self.enabled:
+            self.stream.write(f"\r{self.label} done in {time.monotonic() - self.t0:.1f}s{' ' * 60}\n")
+            self.stream.flush()

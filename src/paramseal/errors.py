@@ -1,0 +1,93 @@
+"""Errors raised by ParamSeal.
+
+Every error derives from :class:`ParamSealError` and from the natural built-in
+error, so callers can catch either. The CLI catches only these; a real bug keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ParamSealError(Exception):
+    """Base class for every error ParamSeal raises on purpose."""
+
+    exit_code = 3
+
+    def diagnostics(self) -> str:
+        """Return the message a user sees: what went wrong and how to fix it."""
+        return str(self)
+
+
+class UsageError(ParamSealError, ValueError):
+    """An argument or option cannot be used as given."""
+
+
+class FormatError(ParamSealError, ValueError):
+    """A model file is malformed, truncated, or not in a supported format."""
+
+
+class UnsupportedError(ParamSealError, TypeError):
+    """A tensor or model cannot be sealed (dtype, non-finite values, no capacity)."""
+
+
+class KeyFileError(ParamSealError, ValueError):
+    """A key file or PARAMSEAL_KEY value cannot be read."""
+
+
+class KeyMismatchError(ParamSealError, PermissionError):
+    """The key given is not the key the model was sealed with."""
+
+    def __init__(self, stored: str, given: str) -> None:
+        self.stored = stored
+        self.given = given
+        super().__init__(
+            f"key does not match: the model was sealed with key fingerprint {stored}, "
+            f"but the key given has fingerprint {given}; pass the key used at seal time"
+        )
+
+
+class NotSealedError(ParamSealError, ValueError):
+    """The model carries no ParamSeal header."""
+
+
+class MissingDependencyError(ParamSealError, ImportError):
+    """An optional framework is needed but not installed."""
+
+    def __init__(self, what: str, extra: str) -> None:
+        super().__init__(f"{what} needs an optional dependency: pip install 'paramseal[{extra}]'")
+
+
+class TamperedError(ParamSealError, RuntimeError):
+    """Raised by strict helpers when a model does not verify; carries the report."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, report: Any) -> None:
+        self.report = report
+        super().__init__(message)
+
+
+class UnrecoverableError(ParamSealError, RuntimeError):
+    """Recovery could not restore every tampered parameter; carries the report."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, report: Any) -> None:
+        self.report = report
+        super().__init__(message)
+
+
+__all__ = [
+    "FormatError",
+    "KeyFileError",
+    "KeyMismatchError",
+    "MissingDependencyError",
+    "NotSealedError",
+    "ParamSealError",
+    "TamperedError",
+    "UnrecoverableError",
+    "UnsupportedError",
+    "UsageError",
+]

@@ -1,0 +1,193 @@
+"""Seal, verify and recover model files.
+
+Outputs are written to a temporary file beside the destination, flushed and
+renamed into place, so a failure leaves nothing half-written. The input is
+never modified unless the caller passes the same path with ``in_place=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import NotSealedError, UsageError
+from .formats import Loaded, adapter_for
+from .header import METADATA_KEY, peek_header
+from .keys import Key
+from .levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
+from .recover import RecoverResult, recover_from
+from .report import Report
+from .seal import SealConfig, SealedModel
+from .verify import check, report_of
+from ._progress import Progress
+
+PathLike = str | os.PathLike[str]
+
+
+@contextmanager
+def atomic_path(dst: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``dst``; rename it over ``dst`` only if the block succeeds."""
+    if dst.is_dir():
+        raise UsageError(f"cannot write to '{dst}' because it is a directory; give a file path")
+    parent = dst.parent if str(dst.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, dst)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _check_paths(src: Path, dst: Path, in_place: bool) -> None:
+    if not src.exists():
+        raise UsageError(f"input '{src}' does not exist")
+    if dst.exists() and dst.resolve() == src.resolve() and not in_place:
+        raise UsageError(
+            f"output '{dst}' is the input file; ParamSeal never modifies its input unless you pass --in-place"
+        )
+
+
+def read_model(path: PathLike, fmt: str | None = None) -> Loaded:
+    """Read a model file with the adapter for its format."""
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"input '{p}' does not exist or is not a file")
+    return adapter_for(p, fmt).read(p)
+
+
+def write_model(path: PathLike, loaded: Loaded, fmt: str | None = None) -> None:
+    """Write a model file atomically."""
+    p = Path(path)
+    adapter = adapter_for(p, fmt, must_exist=False)
+    with atomic_path(p) as tmp:
+        adapter.write(tmp, loaded)
+
+
+def _split_header(loaded: Loaded, path: Path) -> tuple[str, dict[str, str]]:
+    meta = dict(loaded.metadata)
+    text = meta.pop(METADATA_KEY, None)
+    if text is None:
+        raise NotSealedError(f"'{path}' carries no ParamSeal header; seal it first with 'paramseal seal'")
+    return text, meta
+
+
+def seal_file(
+    src: PathLike,
+    dst: PathLike,
+    key: Key,
+    *,
+    level: str = "standard",
+    bits: int | None = None,
+    in_place: bool = False,
+    progress: bool | None = None,
+) -> SealedModel:
+    """Seal the model in ``src`` and write it to ``dst``; the file's metadata is kept."""
+    s, d = Path(src), Path(dst)
+    _check_paths(s, d, in_place)
+    loaded = read_model(s)
+    if METADATA_KEY in loaded.metadata:
+        raise UsageError(f"'{s}' is already sealed; recover or verify it instead of sealing it twice")
+    prog = Progress("seal", len(loaded.tensors) + 1, enabled=progress)
+    sealed = SealConfig(level=level, bits=bits).seal(loaded.tensors, key, metadata=loaded.metadata, progress=prog)
+    prog.done()
+    meta = dict(loaded.metadata)
+    meta[METADATA_KEY] = sealed.header_json
+    write_model(d, Loaded(sealed.tensors, meta))
+    return sealed
+
+
+def verify_file(path: PathLike, key: Key, *, progress: bool | None = None) -> Report:
+    """Verify a sealed model file (weights, tensor table and metadata)."""
+    p = Path(path)
+    loaded = read_model(p)
+    text, meta = _split_header(loaded, p)
+    prog = Progress("verify", len(loaded.tensors), enabled=progress)
+    rep = report_of(check(loaded.tensors, key, text, metadata=meta, progress=prog))
+    prog.done()
+    return rep
+
+
+def recover_file(
+    src: PathLike,
+    dst: PathLike,
+    key: Key,
+    *,
+    allow_partial: bool = False,
+    in_place: bool = False,
+    progress: bool | None = None,
+) -> RecoverResult:
+    """Recover a sealed model file into ``dst``.
+
+    ``dst`` is written when the result verifies (or the model was intact). A
+    model that cannot be fully recovered is written only with
+    ``allow_partial=True``, and keeps its seal header so that verify still
+    names every block that remains tampered.
+    """
+    s, d = Path(src), Path(dst)
+    _check_paths(s, d, in_place)
+    loaded = read_model(s)
+    text, meta = _split_header(loaded, s)
+    prog = Progress("recover", len(loaded.tensors), enabled=progress)
+    result = recover_from(check(loaded.tensors, key, text, metadata=meta, progress=prog))
+    prog.done()
+    if result.report.ok or allow_partial:
+        out_meta = dict(result.metadata)
+        out_meta[METADATA_KEY] = text
+        write_model(d, Loaded(result.tensors, out_meta))
+    return result
+
+
+def inspect_file(path: PathLike) -> dict[str, Any]:
+    """Describe a model file without a key: its seal settings, or what each level would give."""
+    p = Path(path)
+    loaded = read_model(p)
+    text = loaded.metadata.get(METADATA_KEY)
+    dtypes: dict[str, int] = {}
+    for a in loaded.tensors.values():
+        dt = dtype_name(a.dtype)
+        dtypes[dt] = dtypes.get(dt, 0) + int(a.size)
+    info: dict[str, Any] = {
+        "file": str(p),
+        "tensors": len(loaded.tensors),
+        "parameters": dtypes,
+        "sealed": text is not None,
+    }
+    if text is not None:
+        h = peek_header(text)
+        info["seal"] = {k: h.get(k) for k in ("scheme", "level", "bits", "block", "mac", "code", "lanes", "key_fingerprint")}
+        info["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
+        ks = {t.get("dtype"): t.get("k") for t in h.get("tensors", []) if isinstance(t, dict)}
+        info["levels"] = {h.get("level") if h.get("bits") is None else f"bits={h.get('bits')}": _caps(ks)}
+    else:
+        info["levels"] = {lv: _caps({dt: bits_for(dt, lv, None) for dt in dtypes}) for lv in LEVELS}
+    return info
+
+
+def _caps(ks: dict[Any, Any]) -> dict[str, Any]:
+    out = {}
+    for dt, k in ks.items():
+        if dt in FLOATS and isinstance(k, int) and k > 0:
+            c = capacity(dt, k)
+            out[dt] = {
+                "k": k,
+                "max_relative_change": c.max_relative_change,
+                "contiguous_bound": round(c.erasure_bound, 4),
+                "unknown_positions_bound": round(c.error_bound, 4),
+            }
+        else:
+            out[str(dt)] = {"k": 0, "note": "integer/bool: authenticated and protected, carries no bits"}
+    return out
+
+
+__all__ = ["atomic_path", "inspect_file", "read_model", "recover_file", "seal_file", "verify_file", "write_model"]

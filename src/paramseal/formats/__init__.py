@@ -1,0 +1,8 @@
+"""Format adapters: one small interface, one file per format, chosen by extension or content."""
+
+from __future__ import annotations
+
+from .base import Adapter, Loaded
+from .registry import adapter_for, register
+
+__all__ = ["Adapter", "Loaded", "adapter_for", "register"]

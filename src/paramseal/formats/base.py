@@ -1,0 +1,38 @@
+"""The adapter interface every format implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Tensors (name -> array, in file order) and the file's string metadata."""
+
+    tensors: dict[str, NDArray[np.generic]]
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """Reads and writes one model file format."""
+
+    name: str
+    extensions: tuple[str, ...]
+
+    def sniff(self, head: bytes) -> bool:
+        """Whether the first bytes of a file look like this format."""
+        ...
+
+    def read(self, path: Path) -> Loaded:
+        """Read every tensor and the metadata; raise FormatError on malformed input."""
+        ...
+
+    def write(self, path: Path, loaded: Loaded) -> None:
+        """Write to ``path`` (the caller makes the write atomic)."""
+        ...

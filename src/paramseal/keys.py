@@ -1,0 +1,107 @@
+"""Secret keys: generation, loading, and the subkeys derived from them with HKDF.
+
+A key file holds 32 random bytes as 64 hex digits. The same text can be given in
+the ``PARAMSEAL_KEY`` environment variable. The key itself never appears in any
+output: reports show only its fingerprint, a one-way HKDF output.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from .errors import KeyFileError, UsageError
+
+KEY_BYTES = 32
+ENV_VAR = "PARAMSEAL_KEY"
+_HKDF_SALT = b"paramseal/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A 256-bit ParamSeal key. ``repr`` never shows the secret."""
+
+    secret: bytes = field(repr=False)
+
+    def __post_init__(self) -> None:
+        if len(self.secret) != KEY_BYTES:
+            raise KeyFileError(f"a ParamSeal key is {KEY_BYTES} bytes; got {len(self.secret)} bytes")
+
+    @classmethod
+    def generate(cls) -> Key:
+        """Return a fresh random key from the operating system's CSPRNG."""
+        return cls(secrets.token_bytes(KEY_BYTES))
+
+    @classmethod
+    def from_text(cls, text: str, *, source: str = "key") -> Key:
+        """Parse 64 hex digits (surrounding whitespace allowed)."""
+        t = text.strip()
+        if len(t) != 2 * KEY_BYTES:
+            raise KeyFileError(
+                f"{source} must hold {2 * KEY_BYTES} hex digits; found {len(t)} characters; "
+                "create one with 'paramseal keygen KEYFILE'"
+            )
+        try:
+            return cls(bytes.fromhex(t))
+        except ValueError:
+            raise KeyFileError(
+                f"{source} is not hex; create one with 'paramseal keygen KEYFILE'"
+            ) from None
+
+    def derive(self, purpose: str, length: int = 32) -> bytes:
+        """Derive an independent subkey for one purpose with HKDF-SHA256."""
+        return HKDF(
+            algorithm=hashes.SHA256(), length=length, salt=_HKDF_SALT, info=purpose.encode()
+        ).derive(self.secret)
+
+    @property
+    def fingerprint(self) -> str:
+        """A public 16-hex-digit identifier of the key (HKDF output, not the key)."""
+        return self.derive("fingerprint", 8).hex()
+
+    def __str__(self) -> str:
+        return f"Key(fingerprint={self.fingerprint})"
+
+
+def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False) -> Path:
+    """Write ``key`` to a new file readable only by its owner."""
+    p = Path(path)
+    if p.exists() and not overwrite:
+        raise UsageError(f"cannot write key to '{p}' because it exists; choose another path")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(p, flags, stat.S_IRUSR | stat.S_IWUSR)
+    except OSError as e:
+        raise UsageError(f"cannot write key to '{p}': {e.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(key.secret.hex() + "\n")
+    return p
+
+
+def load_key(path: str | os.PathLike[str] | None = None) -> Key:
+    """Load a key from ``path``, or from ``PARAMSEAL_KEY`` when ``path`` is None."""
+    if path is None:
+        env = os.environ.get(ENV_VAR)
+        if not env:
+            raise UsageError(
+                f"no key given: pass --key KEYFILE or set {ENV_VAR}; "
+                "create a key with 'paramseal keygen KEYFILE'"
+            )
+        return Key.from_text(env, source=f"the {ENV_VAR} variable")
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise KeyFileError(f"key file '{p}' does not exist; create it with 'paramseal keygen {p}'") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise KeyFileError(f"cannot read key file '{p}': {e}") from None
+    return Key.from_text(text, source=f"key file '{p}'")
+
+
+__all__ = ["ENV_VAR", "Key", "load_key", "write_key"]

@@ -1,0 +1,133 @@
+"""Protection levels: how many low mantissa bits each float dtype gives up.
+
+Replacing the lowest ``k`` of ``M`` mantissa bits changes a normal value by at
+most ``(2**k - 1) * 2**-M`` of its magnitude. The levels below are chosen from
+the measurements in DESIGN.md section 3 (accuracy and embedding cosine with
+random low bits). ``capacity`` gives the recovery bounds that ``inspect`` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import ml_dtypes
+import numpy as np
+
+from .errors import UnsupportedError, UsageError
+
+LevelName = Literal["light", "standard", "strong"]
+LEVELS: tuple[LevelName, ...] = ("light", "standard", "strong")
+
+#: Parameters per authenticated block; one 32-bit tag per block.
+BLOCK = 64
+TAG_BITS = 32
+
+
+@dataclass(frozen=True, slots=True)
+class FloatFormat:
+    """Bit layout of one IEEE-style float dtype."""
+
+    name: str  # safetensors dtype name
+    bits: int  # total bits per value
+    mantissa: int  # explicit mantissa bits
+    exponent: int
+    uint: type[np.unsignedinteger]  # unsigned view of the same width
+    levels: dict[str, int]  # level name -> k
+
+
+FLOATS: dict[str, FloatFormat] = {
+    "F64": FloatFormat("F64", 64, 52, 11, np.uint64, {"light": 8, "standard": 16, "strong": 24}),
+    "F32": FloatFormat("F32", 32, 23, 8, np.uint32, {"light": 4, "standard": 8, "strong": 12}),
+    "F16": FloatFormat("F16", 16, 10, 5, np.uint16, {"light": 1, "standard": 2, "strong": 4}),
+    "BF16": FloatFormat("BF16", 16, 7, 8, np.uint16, {"light": 1, "standard": 1, "strong": 2}),
+}
+
+_NP_TO_ST: dict[np.dtype[np.generic], str] = {
+    np.dtype(np.float64): "F64",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float16): "F16",
+    np.dtype(ml_dtypes.bfloat16): "BF16",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint64): "U64",
+    np.dtype(np.uint32): "U32",
+    np.dtype(np.uint16): "U16",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.bool_): "BOOL",
+}
+ST_TO_NP: dict[str, np.dtype[np.generic]] = {v: k for k, v in _NP_TO_ST.items()}
+
+
+def dtype_name(dt: np.dtype[np.generic]) -> str:
+    """Return the safetensors name of a numpy dtype, or raise UnsupportedError."""
+    try:
+        return _NP_TO_ST[np.dtype(dt)]
+    except KeyError:
+        supported = ", ".join(sorted(_NP_TO_ST.values()))
+        raise UnsupportedError(f"dtype {dt} is not supported; supported: {supported}") from None
+
+
+def bits_for(dtype: str, level: str, bits: int | None) -> int:
+    """Return k, the low bits a tensor of ``dtype`` carries at ``level`` (0 for integers)."""
+    fmt = FLOATS.get(dtype)
+    if fmt is None:
+        return 0
+    if bits is not None:
+        if not 1 <= bits <= fmt.mantissa - 1:
+            raise UsageError(
+                f"--bits {bits} is out of range for {dtype}: use 1..{fmt.mantissa - 1}"
+            )
+        return min(bits, fmt.mantissa - 1)
+    if level not in fmt.levels:
+        raise UsageError(f"unknown level '{level}'; choose one of {', '.join(LEVELS)}")
+    return fmt.levels[level]
+
+
+def max_relative_change(dtype: str, k: int) -> float:
+    """Worst-case relative change of a normal value when its low ``k`` bits change."""
+    fmt = FLOATS[dtype]
+    return float((2**k - 1) * 2.0 ** (-fmt.mantissa))
+
+
+def max_subnormal_change(dtype: str, k: int) -> float:
+    """Worst-case absolute change of a subnormal (or zero) value."""
+    fmt = FLOATS[dtype]
+    emin = 2 - 2 ** (fmt.exponent - 1)
+    return float((2**k - 1) * 2.0 ** (emin - fmt.mantissa))
+
+
+@dataclass(frozen=True, slots=True)
+class Capacity:
+    """Recovery bounds for a dtype at k bits (fractions of parameters)."""
+
+    k: int
+    max_relative_change: float
+    erasure_bound: float  # tampered positions known (whole blocks): (k - a) / (b - a)
+    error_bound: float  # positions unknown: half the erasure bound
+
+
+def capacity(dtype: str, k: int) -> Capacity:
+    """Return the theoretical recovery bounds at ``k`` bits with 32-bit tags per 64 values."""
+    fmt = FLOATS[dtype]
+    a = TAG_BITS / BLOCK
+    er = max(0.0, (k - a) / (fmt.bits - a))
+    return Capacity(k, max_relative_change(dtype, k), er, er / 2)
+
+
+__all__ = [
+    "BLOCK",
+    "FLOATS",
+    "LEVELS",
+    "ST_TO_NP",
+    "TAG_BITS",
+    "Capacity",
+    "FloatFormat",
+    "bits_for",
+    "capacity",
+    "dtype_name",
+    "max_relative_change",
+    "max_subnormal_change",
+]

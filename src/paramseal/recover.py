@@ -1,0 +1,158 @@
+"""Recover a tampered model bit-exactly from the redundancy in its own low bits.
+
+Tampered blocks are erasures (their tags fail); every lane that lost no more
+than its parity count is decoded. Restored blocks get their parity and tags
+rebuilt, and the whole result is verified again before success is claimed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _code, _model
+from ._bits import write_tags
+from ._layout import ranges_mask
+from ._progress import Progress
+from .keys import Key
+from .report import Report, TensorFinding
+from .verify import Check, _tags_ok, check, report_of
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverResult:
+    """Recovered tensors (as sealed: names, order, shapes) and the report."""
+
+    tensors: dict[str, NDArray[np.generic]]
+    report: Report
+    metadata: dict[str, str]
+
+
+def recover(
+    tensors: Mapping[str, NDArray[np.generic]],
+    key: Key,
+    header_json: str,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+) -> RecoverResult:
+    """Recover a sealed model. Check ``result.report.status``: only "intact" and "recovered" are whole."""
+    chk = check(tensors, key, header_json, metadata=metadata, progress=progress)
+    return recover_from(chk)
+
+
+def recover_from(chk: Check) -> RecoverResult:
+    """Recover from a finished check."""
+    base = report_of(chk)
+    meta = dict(chk.header.user_metadata)
+    if base.status == "intact":
+        return RecoverResult(_outputs(chk), base, meta)
+    lay, specs = chk.layout, chk.specs
+    bad_g = chk.bad_global
+    bad_b = np.flatnonzero(bad_g)
+    lane_ok = np.ones(lay.lanes, dtype=np.bool_)
+    before: dict[int, tuple[NDArray[np.int64], _model.Blocks]] = {}
+    if bad_b.size:
+        damaged = np.unique(lay.lane[bad_b])
+        row_of = np.full(lay.lanes, -1, dtype=np.int64)
+        row_of[damaged] = np.arange(damaged.size)
+        shape_d, shape_p = (damaged.size, lay.K), (damaged.size, lay.M)
+        lost_d = ranges_mask(row_of[lay.lane[bad_b]], lay.off_data[bad_b], lay.n_data[bad_b], shape_d)
+        lost_p = ranges_mask(row_of[lay.lane[bad_b]], lay.off_store[bad_b], lay.n_store[bad_b], shape_p)
+        lost_p |= ~lay.stored[damaged]
+        data = _model.gather_lanes(lay, specs, chk.blocks)
+        parity = _model.read_parity(lay, specs, chk.blocks)
+        ok = _code.decode(data, parity, damaged, lost_d, lost_p)
+        good = damaged[ok]
+        if good.size and lay.M:
+            fresh = _code.encode(data[good], lay.M)
+            # Surviving parity must agree with the decoded data: a last guard against forged blocks.
+            keep = ~lost_p[ok] & lay.stored[good]
+            agree = np.all((fresh == parity[good]) | ~keep, axis=1)
+            lane_ok[good[~agree]] = False
+            parity[good] = fresh
+        lane_ok[damaged[~ok]] = False
+        for t in range(len(specs)):
+            rows, old = _rebuild(chk, t, data, parity, lane_ok)
+            if rows.size:
+                before[t] = (rows, old)
+    findings = _findings(chk, base, before)
+    # Independent re-check of the whole result before claiming anything.
+    final_bad = [~_tags_ok(chk.mac, chk.header, lay, t, s, ub) for t, (s, ub) in enumerate(zip(specs, chk.blocks))]
+    all_ok = not any(b.any() for b in final_bad)
+    status = "recovered" if all_ok else "unrecoverable"
+    report = Report(
+        kind="recover",
+        status=status,
+        recoverable=all_ok,
+        tensors=findings,
+        extra_tensors=base.extra_tensors,
+        metadata_issues=base.metadata_issues,
+        key_fingerprint=base.key_fingerprint,
+        level=base.level,
+        total_blocks=base.total_blocks,
+        lanes_failed=int((~lane_ok).sum()),
+    )
+    return RecoverResult(_outputs(chk), report, meta)
+
+
+def _rebuild(
+    chk: Check, t: int, data: NDArray[np.uint32], parity: NDArray[np.uint32], lane_ok: NDArray[np.bool_]
+) -> tuple[NDArray[np.int64], _model.Blocks]:
+    """Rebuild tampered blocks of tensor ``t`` in decoded lanes; return their rows and old content."""
+    lay, spec, ub = chk.layout, chk.specs[t], chk.blocks[t]
+    b0 = int(lay.block_start[t])
+    lanes = lay.lane[b0 : b0 + spec.nblocks]
+    rows = np.flatnonzero(chk.bad[t] & lane_ok[lanes])
+    if not rows.size:
+        return rows, ub[:0]
+    before = ub[rows].copy()
+    cols = lay.off_data[b0 + rows, None] + np.arange(spec.data_shards)
+    _model.set_data(ub, spec, rows, data[lanes[rows, None], cols])
+    _model.write_storage(lay, spec, t, ub, parity, rows)
+    internal = lay.tag_internal[b0 : b0 + spec.nblocks]
+    tags = _model.compute_tags(chk.mac, chk.header.salt, t, spec, ub, internal)
+    irows = rows[internal[rows]]
+    if spec.is_float and irows.size:
+        sub = ub[irows]
+        write_tags(sub, tags[irows], spec.k)
+        ub[irows] = sub
+    chk.bad[t] = chk.bad[t].copy()
+    chk.bad[t][rows] = False
+    return rows, before
+
+
+def _findings(
+    chk: Check, base: Report, before: dict[int, tuple[NDArray[np.int64], _model.Blocks]]
+) -> dict[str, TensorFinding]:
+    out: dict[str, TensorFinding] = {}
+    for t, spec in enumerate(chk.specs):
+        f = base.tensors[spec.name]
+        restored_i: list[int] = []
+        restored_x: list[int] = []
+        if t in before:
+            rows, old = before[t]
+            new = chk.blocks[t][rows]
+            diff = (old ^ new).astype(np.uint64)
+            r, c = np.nonzero(diff)
+            flat = rows[r] * 64 + c
+            keep = flat < spec.numel
+            restored_i = [int(i) for i in flat[keep]]
+            restored_x = [int(x) for x in diff[r, c][keep]]
+        still = np.flatnonzero(chk.bad[t])
+        unrec = (still[:, None] * 64 + np.arange(64)).reshape(-1)
+        unrec = unrec[unrec < spec.numel]
+        out[spec.name] = TensorFinding(
+            spec.name, f.tampered_blocks, f.issues, tuple(restored_i), tuple(restored_x), tuple(int(i) for i in unrec)
+        )
+    return out
+
+
+def _outputs(chk: Check) -> dict[str, NDArray[np.generic]]:
+    return {s.name: _model.to_tensor(ub, s) for s, ub in zip(chk.specs, chk.blocks)}
+
+
+__all__ = ["RecoverResult", "recover", "recover_from"]

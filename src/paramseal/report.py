@@ -1,0 +1,129 @@
+"""Reports returned by verify and recover, with their JSON form and CLI exit codes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Status = Literal["intact", "tampered", "recovered", "unrecoverable"]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorFinding:
+    """What verify or recover found in one tensor (header name)."""
+
+    name: str
+    tampered_blocks: tuple[int, ...] = ()
+    issues: tuple[str, ...] = ()
+    restored_indices: tuple[int, ...] = ()
+    restored_xor: tuple[int, ...] = ()  # per restored value: XOR of found and sealed bits
+    unrecoverable_indices: tuple[int, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        d: dict[str, Any] = {"tampered_blocks": list(self.tampered_blocks), "issues": list(self.issues)}
+        if self.restored_indices or self.unrecoverable_indices:
+            d["restored"] = {
+                "indices": list(self.restored_indices),
+                "xor_bits": [f"0x{x:x}" for x in self.restored_xor],
+                "bits_changed": [[b for b in range(64) if x >> b & 1] for x in self.restored_xor],
+            }
+            d["unrecoverable_indices"] = list(self.unrecoverable_indices)
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """The outcome of ``verify`` or ``recover``."""
+
+    kind: Literal["verify", "recover"]
+    status: Status
+    recoverable: bool
+    tensors: dict[str, TensorFinding] = field(default_factory=dict)
+    extra_tensors: tuple[str, ...] = ()
+    metadata_issues: tuple[str, ...] = ()
+    key_fingerprint: str = ""
+    level: str = ""
+    total_blocks: int = 0
+    lanes_failed: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True for an intact model, or a fully recovered one."""
+        return self.status in ("intact", "recovered")
+
+    @property
+    def tampered_tensors(self) -> list[str]:
+        """Names (as sealed) of tensors with any finding."""
+        return [n for n, f in self.tensors.items() if f.tampered_blocks or f.issues]
+
+    @property
+    def tampered_block_count(self) -> int:
+        """Tampered blocks over all tensors."""
+        return sum(len(f.tampered_blocks) for f in self.tensors.values())
+
+    @property
+    def restored_count(self) -> int:
+        """Values restored by recover."""
+        return sum(len(f.restored_indices) for f in self.tensors.values())
+
+    @property
+    def unrecoverable_count(self) -> int:
+        """Values recover could not restore."""
+        return sum(len(f.unrecoverable_indices) for f in self.tensors.values())
+
+    @property
+    def exit_code(self) -> int:
+        """0 intact/recovered, 1 tampered but recoverable, 2 not fully recoverable."""
+        if self.status in ("intact", "recovered"):
+            return 0
+        return 1 if self.status == "tampered" and self.recoverable else 2
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (the schema of ``--json``)."""
+        return {
+            "kind": self.kind,
+            "status": self.status,
+            "recoverable": self.recoverable,
+            "tampered_tensors": self.tampered_tensors,
+            "tampered_blocks": self.tampered_block_count,
+            "total_blocks": self.total_blocks,
+            "restored_parameters": self.restored_count,
+            "unrecoverable_parameters": self.unrecoverable_count,
+            "extra_tensors": list(self.extra_tensors),
+            "metadata_issues": list(self.metadata_issues),
+            "key_fingerprint": self.key_fingerprint,
+            "level": self.level,
+            "tensors": {n: f.to_dict() for n, f in self.tensors.items() if f.tampered_blocks or f.issues},
+        }
+
+    def to_json(self) -> str:
+        """``to_dict`` as indented JSON."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    def summary(self) -> str:
+        """Human-readable lines for the CLI."""
+        lines = []
+        for name in self.tampered_tensors:
+            f = self.tensors[name]
+            what = list(f.issues)
+            if f.tampered_blocks:
+                shown = ", ".join(map(str, f.tampered_blocks[:8])) + (" ..." if len(f.tampered_blocks) > 8 else "")
+                what.append(f"{len(f.tampered_blocks)} tampered block(s): {shown}")
+            if f.restored_indices:
+                idx = ", ".join(
+                    f"[{i}] bits {'/'.join(str(b) for b in range(64) if x >> b & 1)}"
+                    for i, x in zip(f.restored_indices[:4], f.restored_xor[:4])
+                )
+                more = " ..." if len(f.restored_indices) > 4 else ""
+                what.append(f"restored {len(f.restored_indices)} value(s): {idx}{more}")
+            if f.unrecoverable_indices:
+                what.append(f"{len(f.unrecoverable_indices)} value(s) NOT recoverable")
+            lines.append(f"  {name}: " + "; ".join(what))
+        lines += [f"  extra tensor not in the seal: {n}" for n in self.extra_tensors]
+        lines += [f"  metadata: {m}" for m in self.metadata_issues]
+        return "\n".join(lines)
+
+
+__all__ = ["Report", "Status", "TensorFinding"]

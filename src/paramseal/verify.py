@@ -1,0 +1,211 @@
+"""Verify a sealed model: recompute every block tag and check the tensor table and metadata.
+
+Verification never trusts the file's tensor table: the authenticated header
+says which tensors must exist, with which dtype and shape. Missing, renamed,
+reshaped, retyped, swapped and extra tensors are all named.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _model
+from ._layout import Layout, TensorSpec, build_layout
+from ._mac import BlockMac
+from ._progress import Progress
+from .errors import UnsupportedError
+from .header import Header, parse_header
+from .keys import Key
+from .levels import dtype_name
+from .report import Report, TensorFinding
+
+
+@dataclass(slots=True)
+class Check:
+    """Everything verify learned; recover continues from it."""
+
+    header: Header
+    specs: list[TensorSpec]
+    layout: Layout
+    mac: BlockMac
+    blocks: list[_model.Blocks]
+    bad: list[NDArray[np.bool_]]  # per tensor, per block
+    issues: list[list[str]]
+    extra: list[str]
+    metadata_issues: list[str]
+
+    @property
+    def bad_global(self) -> NDArray[np.bool_]:
+        """Tampered flag of every block, in global order."""
+        return np.concatenate(self.bad)
+
+    def lane_losses(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Per lane: lost data shards and lost parity shards (including never-stored ones)."""
+        lay = self.layout
+        b = np.flatnonzero(self.bad_global)
+        nd = np.bincount(lay.lane[b], weights=lay.n_data[b], minlength=lay.lanes).astype(np.int64)
+        npar = np.bincount(lay.lane[b], weights=lay.n_store[b], minlength=lay.lanes).astype(np.int64)
+        return nd, npar + (~lay.stored).sum(axis=1)
+
+    def recoverable(self) -> bool:
+        """Whether every damaged lane has enough surviving shards to decode."""
+        nd, npar = self.lane_losses()
+        return bool(np.all((nd == 0) | (nd + npar <= self.layout.M)))
+
+
+def _tags_ok(chk_mac: BlockMac, header: Header, layout: Layout, t: int, spec: TensorSpec, ub: _model.Blocks) -> NDArray[np.bool_]:
+    b0 = int(layout.block_start[t])
+    internal = layout.tag_internal[b0 : b0 + spec.nblocks]
+    want = _model.compute_tags(chk_mac, header.salt, t, spec, ub, internal)
+    have = _model.stored_tags(spec, ub, internal, header.external_tags.get(t))
+    ok: NDArray[np.bool_] = want == have
+    return ok
+
+
+def check(
+    tensors: Mapping[str, NDArray[np.generic]],
+    key: Key,
+    header_json: str,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
+) -> Check:
+    """Run every check and keep the intermediate state (used by verify and recover)."""
+    header = parse_header(header_json, key)
+    specs = list(header.tensors)
+    layout = build_layout(specs, key, header.salt, header.lanes)
+    mac = BlockMac(key)
+    arrays = _model.as_mapping(tensors)
+    prog = progress or Progress.null()
+    blocks: list[_model.Blocks] = []
+    bad: list[NDArray[np.bool_]] = []
+    issues: list[list[str]] = []
+    sealed_names = {s.name for s in specs}
+    extra = [n for n in arrays if n not in sealed_names]
+    for t, spec in enumerate(specs):
+        prog.step(spec.name)
+        found, why = _usable(arrays.get(spec.name), spec)
+        issues.append(why)
+        if found is None:
+            blocks.append(_model.blocks_of(None, spec))
+            bad.append(np.ones(spec.nblocks, dtype=np.bool_))
+            continue
+        ub = _model.blocks_of(found, spec)
+        blocks.append(ub)
+        bad.append(~_tags_ok(mac, header, layout, t, spec, ub))
+    _match_moved(arrays, header, layout, mac, specs, blocks, bad, issues, extra)
+    meta = _metadata_issues(header.user_metadata, metadata) if metadata is not None else []
+    return Check(header, specs, layout, mac, blocks, bad, issues, extra, meta)
+
+
+def _usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.generic] | None, list[str]]:
+    if a is None:
+        return None, ["missing"]
+    try:
+        dt = dtype_name(a.dtype)
+    except UnsupportedError:
+        dt = str(a.dtype)
+    if dt != spec.dtype:
+        return None, [f"dtype changed from {spec.dtype} to {dt}"]
+    if a.size != spec.numel:
+        return None, [f"shape changed from {list(spec.shape)} to {list(a.shape)}"]
+    if tuple(a.shape) != spec.shape:
+        return a, [f"reshaped from {list(spec.shape)} to {list(a.shape)}"]
+    return a, []
+
+
+def _match_moved(
+    arrays: dict[str, NDArray[np.generic]],
+    header: Header,
+    layout: Layout,
+    mac: BlockMac,
+    specs: list[TensorSpec],
+    blocks: list[_model.Blocks],
+    bad: list[NDArray[np.bool_]],
+    issues: list[list[str]],
+    extra: list[str],
+) -> None:
+    """Find renamed and swapped tensors: a wholly failing tensor whose data verifies under another name."""
+    failing = [t for t, b in enumerate(bad) if b.all()]
+    if not failing:
+        return
+    # Candidates: extra tensors, and the data found under the names of other wholly failing tensors.
+    cands = list(extra) + [specs[t].name for t in failing if specs[t].name in arrays]
+    used: set[str] = set()
+    for t in failing:
+        spec = specs[t]
+        for name in cands:
+            if name in used or name == spec.name:
+                continue
+            a = arrays[name]
+            if a.size != spec.numel or _dt(a) != spec.dtype:
+                continue
+            ub = _model.blocks_of(a, spec)
+            ok = _tags_ok(mac, header, layout, t, spec, ub)
+            if ok.mean() < 0.5:
+                continue
+            used.add(name)
+            blocks[t], bad[t] = ub, ~ok
+            if name in extra:
+                extra.remove(name)
+                issues[t] = [f"renamed to '{name}'"]
+            else:
+                issues[t] = [f"swapped: its data was found under '{name}'"]
+            break
+
+
+def _dt(a: NDArray[np.generic]) -> str:
+    try:
+        return dtype_name(a.dtype)
+    except UnsupportedError:
+        return str(a.dtype)
+
+
+def _metadata_issues(sealed: Mapping[str, str], found: Mapping[str, str]) -> list[str]:
+    out = []
+    for k in sorted(set(sealed) | set(found)):
+        if k not in found:
+            out.append(f"key '{k}' was removed")
+        elif k not in sealed:
+            out.append(f"key '{k}' was added")
+        elif sealed[k] != found[k]:
+            out.append(f"key '{k}' was changed")
+    return out
+
+
+def report_of(chk: Check) -> Report:
+    """The verify report of a finished check."""
+    findings = {
+        s.name: TensorFinding(s.name, tuple(int(i) for i in np.flatnonzero(b)), tuple(iss))
+        for s, b, iss in zip(chk.specs, chk.bad, chk.issues)
+    }
+    tampered = bool(chk.bad_global.any() or any(chk.issues) or chk.extra or chk.metadata_issues)
+    return Report(
+        kind="verify",
+        status="tampered" if tampered else "intact",
+        recoverable=chk.recoverable(),
+        tensors=findings,
+        extra_tensors=tuple(chk.extra),
+        metadata_issues=tuple(chk.metadata_issues),
+        key_fingerprint=chk.header.key_fingerprint,
+        level=chk.header.level if chk.header.bits is None else f"bits={chk.header.bits}",
+        total_blocks=chk.layout.nblocks,
+    )
+
+
+def verify(
+    tensors: Mapping[str, NDArray[np.generic]],
+    key: Key,
+    header_json: str,
+    *,
+    metadata: Mapping[str, str] | None = None,
+) -> Report:
+    """Check a sealed model; ``metadata`` (the file's other metadata) is compared when given."""
+    return report_of(check(tensors, key, header_json, metadata=metadata))
+
+
+__all__ = ["Check", "check", "report_of", "verify"]
