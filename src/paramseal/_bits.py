@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from . import _kernels as _k
 from .levels import BLOCK
 
 U8 = NDArray[np.uint8]
@@ -24,9 +25,11 @@ def uint_view(a: NDArray[np.generic]) -> NDArray[np.unsignedinteger]:
     return flat.view(_UINT[flat.dtype.itemsize])
 
 
-def to_blocks(flat: NDArray[np.unsignedinteger]) -> NDArray[np.unsignedinteger]:
-    """Return a ``[nblocks, 64]`` copy of ``flat`` padded with zeros."""
+def to_blocks(flat: NDArray[np.unsignedinteger], *, copy: bool = True) -> NDArray[np.unsignedinteger]:
+    """Return ``flat`` as ``[nblocks, 64]`` padded with zeros (a view when ``copy`` is False and no padding is needed)."""
     nb = max(1, -(-flat.size // BLOCK))
+    if not copy and flat.size == nb * BLOCK:
+        return flat.reshape(nb, BLOCK)
     out = np.zeros((nb, BLOCK), dtype=flat.dtype)
     out.reshape(-1)[: flat.size] = flat
     return out
@@ -48,20 +51,24 @@ def _from_bits(bits: U8, width: int) -> NDArray[np.unsignedinteger]:
     return packed.view(_UINT[width // 8]).reshape(bits.shape[:-1])
 
 
-def hi_bytes(ub: NDArray[np.unsignedinteger], k: int) -> U8:
+def hi_bytes(ub: NDArray[np.unsignedinteger], k: int, *, kernel: bool = True) -> U8:
     """Pack the high ``w - k`` bits of every value: ``[nblocks, 8 * (w - k)]`` bytes."""
     nb, n = ub.shape
     size = ub.dtype.itemsize
+    if kernel and (fast := _k.pack_fields(ub, k, size * 8 - k)) is not None:
+        return fast
     if k % 8 == 0:  # byte-aligned: a strided copy is enough
         return np.ascontiguousarray(ub.view(np.uint8).reshape(nb, n, size)[:, :, k // 8 :]).reshape(nb, -1)
     bits = _to_bits(ub)[:, :, k:]
     return np.packbits(bits.reshape(nb, -1), axis=1, bitorder="little")
 
 
-def set_hi(ub: NDArray[np.unsignedinteger], data: U8, k: int) -> None:
+def set_hi(ub: NDArray[np.unsignedinteger], data: U8, k: int, *, kernel: bool = True) -> None:
     """Write packed high bits ``data`` (from ``hi_bytes``) into ``ub`` in place, keeping low bits."""
     nb, n = ub.shape
     size = ub.dtype.itemsize
+    if kernel and _k.unpack_fields(data, ub, k, size * 8 - k):
+        return
     if k % 8 == 0:
         ub.view(np.uint8).reshape(nb, n, size)[:, :, k // 8 :] = data.reshape(nb, n, size - k // 8)
         return
@@ -72,9 +79,11 @@ def set_hi(ub: NDArray[np.unsignedinteger], data: U8, k: int) -> None:
     ub |= hi << ub.dtype.type(k)
 
 
-def lo_bytes(ub: NDArray[np.unsignedinteger], k: int) -> U8:
+def lo_bytes(ub: NDArray[np.unsignedinteger], k: int, *, kernel: bool = True) -> U8:
     """Pack the low ``k`` bits of every value: ``[nblocks, 8 * k]`` bytes."""
     nb, n = ub.shape
+    if kernel and (fast := _k.pack_fields(ub, 0, k)) is not None:
+        return fast
     if k % 8 == 0:
         size = ub.dtype.itemsize
         return np.ascontiguousarray(ub.view(np.uint8).reshape(nb, n, size)[:, :, : k // 8]).reshape(nb, -1)
@@ -82,9 +91,11 @@ def lo_bytes(ub: NDArray[np.unsignedinteger], k: int) -> U8:
     return np.packbits(bits.reshape(nb, -1), axis=1, bitorder="little")
 
 
-def set_lo(ub: NDArray[np.unsignedinteger], lo: U8, k: int) -> None:
+def set_lo(ub: NDArray[np.unsignedinteger], lo: U8, k: int, *, kernel: bool = True) -> None:
     """Replace the low ``k`` bits of every value in ``ub`` with ``lo`` (from ``lo_bytes``)."""
     nb, n = ub.shape
+    if kernel and _k.unpack_fields(lo, ub, 0, k):
+        return
     w = ub.dtype.itemsize * 8
     if k % 8 == 0:
         ub.view(np.uint8).reshape(nb, n, w // 8)[:, :, : k // 8] = lo.reshape(nb, n, k // 8)
@@ -108,11 +119,15 @@ def tag_mask(k: int, width: int) -> NDArray[np.unsignedinteger]:
 
 def read_tags(ub: NDArray[np.unsignedinteger], k: int) -> NDArray[np.uint64]:
     """Read the 32-bit tag stored in the first low bits of each block."""
-    tags = np.zeros(ub.shape[0], dtype=np.uint64)
     mask = tag_mask(k, ub.dtype.itemsize * 8)
-    for j in np.flatnonzero(mask):  # at most 32 columns, never per block
-        tags |= (ub[:, j] & mask[j]).astype(np.uint64) << np.uint64(j * k)
-    return tags
+    per = ub.dtype.itemsize // 2  # 16-bit words per value
+    wm = mask.view(np.uint16)
+    nw = int(np.flatnonzero(wm).max()) + 1
+    # word i belongs to value i // per; its masked bits start at tag bit k * value + 16 * (i % per)
+    i = np.arange(nw)
+    shift = (k * (i // per) + 16 * (i % per)).astype(np.uint64)
+    words = np.ascontiguousarray(ub).view(np.uint16).reshape(ub.shape[0], -1)
+    return _k.read_tag_words(words, wm[:nw].copy(), shift)
 
 
 def write_tags(ub: NDArray[np.unsignedinteger], tags: NDArray[np.uint64], k: int) -> None:

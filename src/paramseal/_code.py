@@ -12,19 +12,24 @@ import numpy as np
 import reed_solomon_leopard as rsl
 from numpy.typing import NDArray
 
+from . import _kernels as _k
+
 _BATCH_BYTES = 64 << 20  # data per encode call: bounds the temporary copies
 
 
 def _to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8]:
-    """``[lanes, n]`` words -> ``[n, shard_bytes]`` in the library's split layout.
+    """``[n, lanes]`` words -> ``[n, shard_bytes]`` in the library's split layout.
 
     reed-solomon-simd reads GF(2^16) element j of each 64-byte chunk from bytes
     j (low) and j + 32 (high). Each lane gets two whole elements, so every lane
     is its own set of codewords whatever batch it is coded in.
     """
-    lanes, n = a.shape
+    fast = _k.to_split(a)
+    if fast is not None:
+        return fast
+    n, lanes = a.shape
     pad = -lanes % 16
-    v = np.ascontiguousarray(a.T).view(np.uint16).reshape(n, lanes * 2)
+    v = np.ascontiguousarray(a).view(np.uint16).reshape(n, lanes * 2)
     if pad:
         v = np.concatenate([v, np.zeros((n, 2 * pad), np.uint16)], axis=1)
     v = v.reshape(n, -1, 32)
@@ -35,11 +40,13 @@ def _to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8]:
 
 
 def _from_split(b: NDArray[np.uint8], lanes: int) -> NDArray[np.uint32]:
-    """Inverse of ``_to_split``: ``[n, shard_bytes]`` -> ``[lanes, n]`` words."""
+    """Inverse of ``_to_split``: ``[n, shard_bytes]`` -> ``[n, lanes]`` words."""
     n = b.shape[0]
-    c = b.reshape(n, -1, 2, 32).astype(np.uint16)
-    v = (c[:, :, 0, :] | (c[:, :, 1, :] << 8)).reshape(n, -1)[:, : 2 * lanes]
-    return np.ascontiguousarray(v).view(np.uint32).reshape(n, lanes).T
+    c = b.reshape(n, -1, 2, 32)
+    v = np.empty((n, c.shape[1], 32), dtype=np.uint16)
+    np.left_shift(c[:, :, 1, :], 8, out=v, dtype=np.uint16)
+    v |= c[:, :, 0, :]
+    return np.ascontiguousarray(v.reshape(n, -1)[:, : 2 * lanes]).view(np.uint32)
 
 
 def _shards(a: NDArray[np.uint32]) -> list[bytes]:
@@ -48,16 +55,16 @@ def _shards(a: NDArray[np.uint32]) -> list[bytes]:
 
 
 def encode(data: NDArray[np.uint32], M: int) -> NDArray[np.uint32]:
-    """Parity ``[lanes, M]`` for ``data`` ``[lanes, K]``."""
-    lanes, K = data.shape
-    out = np.zeros((lanes, M), dtype=np.uint32)
+    """Parity ``[M, lanes]`` for shard-major ``data`` ``[K, lanes]``."""
+    K, lanes = data.shape
+    out = np.zeros((M, lanes), dtype=np.uint32)
     if M == 0:
         return out
-    step = max(1, _BATCH_BYTES // (4 * K))
+    step = max(16, (_BATCH_BYTES // (4 * K)) // 16 * 16)
     for s in range(0, lanes, step):
         e = min(lanes, s + step)
-        rec = rsl.encode(_shards(data[s:e]), M)
-        out[s:e] = _from_split(np.frombuffer(b"".join(rec), dtype=np.uint8).reshape(M, -1), e - s)
+        rec = rsl.encode(_shards(data[:, s:e]), M)
+        out[:, s:e] = _from_split(np.frombuffer(b"".join(rec), dtype=np.uint8).reshape(M, -1), e - s)
     return out
 
 
@@ -70,10 +77,12 @@ def decode(
 ) -> NDArray[np.bool_]:
     """Restore the lost data shards of ``lanes`` in place; return which of them decoded.
 
+    ``data`` is ``[K, all lanes]`` and ``parity`` ``[M, all lanes]``.
+
     ``lost_data`` and ``lost_parity`` have one row per entry of ``lanes``. A lane
     decodes when at most M of its K + M shards are lost (the code is MDS).
     """
-    M = parity.shape[1]
+    M = parity.shape[0]
     nd, npar = lost_data.sum(axis=1), lost_parity.sum(axis=1)
     ok = (nd == 0) | (nd + npar <= M)
     todo = [int(i) for i in np.flatnonzero((nd > 0) & ok)]
@@ -102,15 +111,15 @@ def _decode_batch(
     lost_d: NDArray[np.bool_],
     lost_p: NDArray[np.bool_],
 ) -> None:
-    K, M = data.shape[1], parity.shape[1]
-    d = _to_split(data[batch])
-    p = _to_split(parity[batch])
+    K, M = data.shape[0], parity.shape[0]
+    d = _to_split(data[:, batch])
+    p = _to_split(parity[:, batch])
     orig = {int(i): d[i].tobytes() for i in np.flatnonzero(~lost_d)}
     rec = {int(j): p[j].tobytes() for j in np.flatnonzero(~lost_p)}
     out = rsl.decode(K, M, orig, rec)
     idx = np.fromiter(out.keys(), dtype=np.int64, count=len(out))
     raw = np.frombuffer(b"".join(out[int(i)] for i in idx), dtype=np.uint8).reshape(len(idx), -1)
-    data[batch[:, None], idx[None, :]] = _from_split(raw, batch.size)
+    data[idx[:, None], batch[None, :]] = _from_split(raw, batch.size)
 
 
 __all__ = ["decode", "encode"]

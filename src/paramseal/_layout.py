@@ -27,7 +27,7 @@ from .keys import Key
 from .levels import BLOCK, FLOATS, ST_TO_NP, TAG_BITS
 
 MAX_SHARDS = 32768  # leopard (reed-solomon-simd) accepts any K, M up to 2**15 each
-_TARGET_K = 30000
+_TARGET_K = 8192  # data shards per lane: short enough to code fast, long enough to average damage
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,17 @@ class Layout:
     off_store: NDArray[np.int64]  # per global block: first parity shard it stores
     n_store: NDArray[np.int64]
     tag_internal: NDArray[np.bool_]
-    stored: NDArray[np.bool_]  # [lanes, M]: whether that parity shard is stored anywhere
+    perm: NDArray[np.int64]  # [stripes, lanes]: lane of the j-th block of each stripe
+    stripe_data: NDArray[np.int64]  # per stripe: first data shard (same in every lane)
+    stripe_store: NDArray[np.int64]  # per stripe: first parity shard
+    holes: NDArray[np.int64]  # per lane: parity shards that no block stores
+
+    def stored(self, lanes: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """``[len(lanes), M]``: whether each parity shard of those lanes is stored in some block."""
+        rows = np.full(self.lanes, -1, dtype=np.int64)
+        rows[lanes] = np.arange(lanes.size)
+        pick = np.flatnonzero(rows[self.lane] >= 0)
+        return ranges_mask(rows[self.lane[pick]], self.off_store[pick], self.n_store[pick], (lanes.size, self.M))
 
     @property
     def nblocks(self) -> int:
@@ -119,7 +129,6 @@ def build_layout(specs: list[TensorSpec], key: Key, salt: bytes, lanes: int | No
     g = lanes if lanes is not None else max(1, -(-int(n_data.sum()) // _TARGET_K))
     while True:
         nstripes = -(-nb // g)
-        pad = nstripes * g - nb
         starts = np.arange(0, nb, g)
         ds = np.maximum.reduceat(n_data, starts)
         ss = np.maximum.reduceat(n_store, starts)
@@ -127,18 +136,19 @@ def build_layout(specs: list[TensorSpec], key: Key, salt: bytes, lanes: int | No
         if (K <= MAX_SHARDS and M <= MAX_SHARDS) or lanes is not None:
             break
         g = int(g * max(K, M) / (0.95 * MAX_SHARDS)) + 1
-    perm = _perm(key, salt, nstripes, g).reshape(-1)[: nb + pad]
-    # The last stripe may be short: deal its blocks to the lanes its permutation lists first.
-    last = perm[(nstripes - 1) * g :]
-    lane = np.concatenate([perm[: (nstripes - 1) * g], last[: g - pad]])
+    perm = _perm(key, salt, nstripes, g)
+    # The last stripe may be short: its blocks go to the lanes its permutation lists first.
+    lane = perm.reshape(-1)[:nb]
     stripe = np.arange(nb, dtype=np.int64) // g
     od = np.concatenate([[0], np.cumsum(ds)[:-1]]).astype(np.int64)[stripe]
     os_ = np.concatenate([[0], np.cumsum(ss)[:-1]]).astype(np.int64)[stripe]
-    stored = np.zeros((g, M + 1), dtype=np.int64)
-    np.add.at(stored, (lane, os_), 1)
-    np.add.at(stored, (lane, os_ + n_store), -1)
-    stored_mask = np.cumsum(stored, axis=1)[:, :M] > 0
-    return Layout(g, K, M, block_start, lane, od, n_data, os_, n_store, internal, stored_mask)
+    holes = M - np.bincount(lane, weights=n_store, minlength=g).astype(np.int64)
+    sd = np.concatenate([[0], np.cumsum(ds)[:-1]]).astype(np.int64)
+    ss_ = np.concatenate([[0], np.cumsum(ss)[:-1]]).astype(np.int64)
+    return Layout(
+        g, K, M, block_start, lane, od, n_data, os_, n_store, internal,
+        perm, sd, ss_, holes,
+    )
 
 
 def ranges_mask(rows: NDArray[np.int64], starts: NDArray[np.int64], lens: NDArray[np.int64], shape: tuple[int, int]) -> NDArray[np.bool_]:

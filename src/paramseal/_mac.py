@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
 from .keys import Key
+from ._kernels import mlh_tags
 from .levels import BLOCK
 
 P = (1 << 32) - 5
 _MAX_WORDS = BLOCK * 8 // 2  # 64 values of up to 8 bytes, in 16-bit words
-_CHUNK = 8192  # blocks per hashing step; bounds the float64 temporary to 32 MiB
 
 
 def _stream(key: bytes, counter_block: bytes, nbytes: int) -> bytes:
@@ -42,10 +42,7 @@ class BlockMac:
 
     def __init__(self, key: Key) -> None:
         raw = np.frombuffer(_stream(key.derive("mac-hash"), bytes(16), 8 * _MAX_WORDS), dtype="<u8")
-        k = (raw % np.uint64(P)).astype(np.uint64)
-        # Split each key into 16-bit halves so float64 matmul sums stay exact (< 2**53).
-        self._k_hi = (k >> np.uint64(16)).astype(np.float64)
-        self._k_lo = (k & np.uint64(0xFFFF)).astype(np.float64)
+        self._keys = (raw % np.uint64(P)).astype(np.uint64)
         self._pad_key = key.derive("mac-pad")
 
     def pads(self, salt: bytes, tensor_index: int, nblocks: int) -> NDArray[np.uint64]:
@@ -53,24 +50,6 @@ class BlockMac:
         nonce = hashlib.sha256(b"pad" + salt + tensor_index.to_bytes(4, "big")).digest()[:12]
         ks = np.frombuffer(_stream(self._pad_key, nonce + bytes(4), 8 * nblocks), dtype="<u8")
         return (ks % np.uint64(P)).astype(np.uint64)
-
-    def hash_blocks(self, words: NDArray[np.uint16]) -> NDArray[np.uint64]:
-        """Multilinear hash mod p of each row of ``words`` (``[nblocks, nwords]`` uint16)."""
-        nb, nw = words.shape
-        kh = self._k_hi[:nw]
-        kl = self._k_lo[:nw]
-        kmat = np.stack([kh, kl], axis=1)
-        out = np.empty(nb, dtype=np.uint64)
-        buf = np.empty((min(nb, _CHUNK), nw), dtype=np.float64)
-        p = np.uint64(P)
-        for s in range(0, nb, _CHUNK):  # chunks of thousands of blocks, not one per block
-            e = min(nb, s + _CHUNK)
-            b = buf[: e - s]
-            b[...] = words[s:e]
-            sums = (b @ kmat).astype(np.uint64)  # exact: < 2**16 * 2**16 * 256 words
-            h = ((sums[:, 0] % p) * np.uint64(1 << 16) + sums[:, 1]) % p
-            out[s:e] = h
-        return out
 
     def tags(
         self,
@@ -81,17 +60,19 @@ class BlockMac:
     ) -> NDArray[np.uint64]:
         """Tags of ``[nblocks, 64]`` values.
 
-        ``mask`` marks the bits that hold the tag; they are zeroed before hashing in
-        the blocks flagged ``internal`` (all blocks when None). Blocks whose tag is
-        kept elsewhere are hashed whole.
+        ``mask`` marks the bits that hold the tag; they are left out of the hash
+        in the blocks flagged ``internal`` (all blocks when None). Blocks whose
+        tag is kept elsewhere are hashed whole.
         """
-        if mask is not None and mask.any():
-            if internal is None or internal.all():
-                ub = ub & ~mask
-            else:
-                ub = np.where(internal[:, None], ub & ~mask, ub)
-        words = np.ascontiguousarray(ub).view(np.uint16).reshape(ub.shape[0], -1)
-        return (self.hash_blocks(words) + pads) % np.uint64(P)
+        nb = ub.shape[0]
+        words = np.ascontiguousarray(ub).view(np.uint16).reshape(nb, -1)
+        if mask is None or not mask.any():
+            wmask = np.zeros(0, dtype=np.uint16)
+        else:
+            wm = np.ascontiguousarray(mask).view(np.uint16)
+            wmask = wm[: int(np.flatnonzero(wm).max()) + 1].copy()
+        inside = np.ones(nb, dtype=np.bool_) if internal is None else internal
+        return mlh_tags(words, self._keys, wmask, inside, pads)
 
 
 __all__ = ["P", "BlockMac"]

@@ -15,12 +15,12 @@ from .levels import BLOCK, ST_TO_NP
 Blocks = NDArray[np.unsignedinteger]
 
 
-def blocks_of(arr: NDArray[np.generic] | None, spec: TensorSpec) -> Blocks:
-    """``[nblocks, 64]`` unsigned view-copy of a tensor (zeros when the tensor is missing)."""
+def blocks_of(arr: NDArray[np.generic] | None, spec: TensorSpec, *, copy: bool = True) -> Blocks:
+    """``[nblocks, 64]`` unsigned copy of a tensor (zeros when missing); a read-only view if ``copy`` is False."""
     if arr is None:
         dt = ST_TO_NP[spec.dtype]
         return np.zeros((spec.nblocks, BLOCK), dtype=_bits._UINT[1 if dt == np.bool_ else dt.itemsize])
-    return _bits.to_blocks(_bits.uint_view(arr))
+    return _bits.to_blocks(_bits.uint_view(arr), copy=copy)
 
 
 def to_tensor(ub: Blocks, spec: TensorSpec) -> NDArray[np.generic]:
@@ -48,38 +48,95 @@ def set_data(ub: Blocks, spec: TensorSpec, rows: NDArray[np.int64], data: NDArra
     ub[rows] = sub
 
 
+def _split(layout: Layout, t: int, spec: TensorSpec) -> tuple[int, int, NDArray[np.int64]]:
+    """Tensor ``t``'s whole stripes ``[s0, s1)`` (uniform blocks, the last block excluded) and other blocks."""
+    g = layout.lanes
+    b0 = int(layout.block_start[t])
+    b1 = b0 + spec.nblocks
+    s0, s1 = -(-b0 // g), (b1 - 1) // g
+    if s1 <= s0:
+        return 0, 0, np.arange(spec.nblocks, dtype=np.int64)
+    edge = np.concatenate([np.arange(b0, s0 * g), np.arange(s1 * g, b1)]).astype(np.int64) - b0
+    return s0, s1, edge
+
+
 def gather_lanes(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) -> NDArray[np.uint32]:
-    """Every lane's data shards, ``[lanes, K]``."""
-    out = np.zeros((layout.lanes, layout.K), dtype=np.uint32)
+    """Every lane's data shards, shard-major: ``[K, lanes]``."""
+    out = np.zeros((layout.K, layout.lanes), dtype=np.uint32)
     for t, (spec, ub) in enumerate(zip(specs, blocks)):
-        b0 = int(layout.block_start[t])
-        sl = slice(b0, b0 + spec.nblocks)
-        cols = layout.off_data[sl, None] + np.arange(spec.data_shards)
-        out[layout.lane[sl, None], cols] = data_bytes(ub, spec)
+        data = data_bytes(ub, spec)
+        b0, d = int(layout.block_start[t]), spec.data_shards
+        s0, s1, edge = _split(layout, t, spec)
+        if s1 > s0:  # whole stripes: one block-level scatter, no per-shard index arrays
+            ns, off = s1 - s0, int(layout.stripe_data[s0])
+            view = out[off : off + ns * d].reshape(ns, d, layout.lanes)
+            x = data[s0 * layout.lanes - b0 : s1 * layout.lanes - b0].reshape(ns, layout.lanes, d)
+            view[np.arange(ns)[:, None], :, layout.perm[s0:s1]] = x
+        if edge.size:
+            rows = layout.off_data[b0 + edge, None] + np.arange(d)
+            out[rows, layout.lane[b0 + edge, None]] = data[edge]
     return out
 
 
-def storage_index(layout: Layout, spec: TensorSpec, t: int) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
-    """Lane rows, parity columns and validity mask of each block's stored parity shards."""
+def lane_block_data(layout: Layout, t: int, spec: TensorSpec, lanes_data: NDArray[np.uint32], rows: NDArray[np.int64]) -> NDArray[np.uint32]:
+    """The data shards of blocks ``rows`` of tensor ``t``, read back from ``[K, lanes]``."""
+    b = int(layout.block_start[t]) + rows
+    cols = layout.off_data[b, None] + np.arange(spec.data_shards)
+    return lanes_data[cols, layout.lane[b, None]]
+
+
+def _store_width(spec: TensorSpec) -> int:
+    return max(0, 2 * spec.k - 1)
+
+
+def block_parity(layout: Layout, t: int, spec: TensorSpec, parity: NDArray[np.uint32], rows: NDArray[np.int64] | None = None) -> NDArray[np.uint32]:
+    """``[nblocks (or len(rows)), 2k-1]`` parity words each block stores (zero past its share)."""
+    w = _store_width(spec)
     b0 = int(layout.block_start[t])
-    sl = slice(b0, b0 + spec.nblocks)
-    width = max(0, 2 * spec.k - 1)
-    j = np.arange(width)
-    valid = j[None, :] < layout.n_store[sl, None]
-    cols = np.where(valid, layout.off_store[sl, None] + j, 0)
-    return layout.lane[sl, None], cols, valid
+    out = np.zeros((spec.nblocks, w), dtype=np.uint32)
+    if w == 0 or layout.M == 0:
+        return out if rows is None else out[rows]
+    if rows is None:
+        s0, s1, edge = _split(layout, t, spec)
+        if s1 > s0:
+            ns, off, g = s1 - s0, int(layout.stripe_store[s0]), layout.lanes
+            view = parity[off : off + ns * w].reshape(ns, w, g)
+            out[s0 * g - b0 : s1 * g - b0] = view[np.arange(ns)[:, None], :, layout.perm[s0:s1]].reshape(-1, w)
+        rows_e = edge
+    else:
+        rows_e = rows
+    b = b0 + rows_e
+    j = np.arange(w)
+    valid = j[None, :] < layout.n_store[b, None]
+    cols = np.where(valid, layout.off_store[b, None] + j, 0)
+    vals = np.where(valid, parity[cols, layout.lane[b, None]], 0)
+    if rows is not None:
+        return vals.astype(np.uint32)
+    out[rows_e] = vals
+    return out
 
 
 def read_parity(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) -> NDArray[np.uint32]:
-    """The parity shards as found in the low bits, ``[lanes, M]``."""
-    out = np.zeros((layout.lanes, layout.M), dtype=np.uint32)
+    """The parity shards as found in the low bits, ``[M, lanes]``."""
+    out = np.zeros((layout.M, layout.lanes), dtype=np.uint32)
     for t, (spec, ub) in enumerate(zip(specs, blocks)):
-        if not spec.is_float or layout.M == 0:
+        w = _store_width(spec)
+        if not spec.is_float or layout.M == 0 or w == 0:
             continue
-        rows, cols, valid = storage_index(layout, spec, t)
         lo = _bits.lo_bytes(ub, spec.k).view(np.uint32)[:, 1:]  # word 0 is the tag
-        r = np.broadcast_to(rows, cols.shape)
-        out[r[valid], cols[valid]] = lo[valid]
+        b0 = int(layout.block_start[t])
+        s0, s1, edge = _split(layout, t, spec)
+        if s1 > s0:
+            ns, off, g = s1 - s0, int(layout.stripe_store[s0]), layout.lanes
+            view = out[off : off + ns * w].reshape(ns, w, g)
+            view[np.arange(ns)[:, None], :, layout.perm[s0:s1]] = lo[s0 * g - b0 : s1 * g - b0].reshape(ns, g, w)
+        if edge.size:
+            b = b0 + edge
+            j = np.arange(w)
+            valid = j[None, :] < layout.n_store[b, None]
+            cols = layout.off_store[b, None] + j
+            lanes = np.broadcast_to(layout.lane[b, None], cols.shape)
+            out[cols[valid], lanes[valid]] = lo[edge][valid]
     return out
 
 
@@ -89,16 +146,14 @@ def write_storage(
     """Write parity into the low bits of blocks ``rows`` (all when None), zeroing tag and spare bits."""
     if not spec.is_float:
         return
-    lr, cols, valid = storage_index(layout, spec, t)
-    if rows is not None:
-        lr, cols, valid = lr[rows], cols[rows], valid[rows]
-    n = cols.shape[0]
-    lo = np.zeros((n, 2 * spec.k), dtype=np.uint32)
-    if layout.M:
-        lo[:, 1:] = np.where(valid, parity[lr, cols], 0)
-    target = ub if rows is None else ub[rows]
-    _bits.set_lo(target, lo.view(np.uint8), spec.k)
-    if rows is not None:
+    words = block_parity(layout, t, spec, parity, rows)
+    lo = np.zeros((words.shape[0], 2 * spec.k), dtype=np.uint32)
+    lo[:, 1:] = words
+    if rows is None:
+        _bits.set_lo(ub, lo.view(np.uint8), spec.k)
+    else:
+        target = ub[rows]
+        _bits.set_lo(target, lo.view(np.uint8), spec.k)
         ub[rows] = target
 
 
@@ -132,7 +187,8 @@ __all__ = [
     "gather_lanes",
     "read_parity",
     "set_data",
-    "storage_index",
+    "block_parity",
+    "lane_block_data",
     "stored_tags",
     "to_tensor",
     "write_storage",

@@ -62,18 +62,18 @@ def recover_from(chk: Check) -> RecoverResult:
         shape_d, shape_p = (damaged.size, lay.K), (damaged.size, lay.M)
         lost_d = ranges_mask(row_of[lay.lane[bad_b]], lay.off_data[bad_b], lay.n_data[bad_b], shape_d)
         lost_p = ranges_mask(row_of[lay.lane[bad_b]], lay.off_store[bad_b], lay.n_store[bad_b], shape_p)
-        lost_p |= ~lay.stored[damaged]
+        lost_p |= ~lay.stored(damaged)
         data = _model.gather_lanes(lay, specs, chk.blocks)
         parity = _model.read_parity(lay, specs, chk.blocks)
         ok = _code.decode(data, parity, damaged, lost_d, lost_p)
         good = damaged[ok]
         if good.size and lay.M:
-            fresh = _code.encode(data[good], lay.M)
+            fresh = _code.encode(np.ascontiguousarray(data[:, good]), lay.M)
             # Surviving parity must agree with the decoded data: a last guard against forged blocks.
-            keep = ~lost_p[ok] & lay.stored[good]
-            agree = np.all((fresh == parity[good]) | ~keep, axis=1)
+            keep = ~lost_p[ok]
+            agree = np.all((fresh.T == parity[:, good].T) | ~keep, axis=1)
             lane_ok[good[~agree]] = False
-            parity[good] = fresh
+            parity[:, good] = fresh
         lane_ok[damaged[~ok]] = False
         for t in range(len(specs)):
             rows, old = _rebuild(chk, t, data, parity, lane_ok)
@@ -109,9 +109,9 @@ def _rebuild(
     rows = np.flatnonzero(chk.bad[t] & lane_ok[lanes])
     if not rows.size:
         return rows, ub[:0]
+    ub = chk.blocks[t] = ub.copy()  # may be a view of the caller's arrays: never write into those
     before = ub[rows].copy()
-    cols = lay.off_data[b0 + rows, None] + np.arange(spec.data_shards)
-    _model.set_data(ub, spec, rows, data[lanes[rows, None], cols])
+    _model.set_data(ub, spec, rows, _model.lane_block_data(lay, t, spec, data, rows))
     _model.write_storage(lay, spec, t, ub, parity, rows)
     internal = lay.tag_internal[b0 : b0 + spec.nblocks]
     tags = _model.compute_tags(chk.mac, chk.header.salt, t, spec, ub, internal)

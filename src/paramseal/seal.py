@@ -66,7 +66,7 @@ class SealConfig:
             internal = layout.tag_internal[layout.block_start[t] : layout.block_start[t] + spec.nblocks]
             tags = _model.compute_tags(mac, salt, t, spec, ub, internal)
             if spec.is_float and internal.any():
-                _write_internal(ub, tags, internal, spec.k)
+                write_tags(ub, np.where(internal, tags, np.uint64(0)), spec.k)  # zero: tag kept in the header
             if not internal.all():
                 external[t] = tags[~internal]
             out[spec.name] = _model.to_tensor(ub, spec)
@@ -81,13 +81,6 @@ class SealConfig:
             user_metadata=dict(metadata or {}),
         )
         return SealedModel(out, header.to_json(key), header)
-
-
-def _write_internal(ub: _model.Blocks, tags: NDArray[np.uint64], internal: NDArray[np.bool_], k: int) -> None:
-    rows = np.flatnonzero(internal)
-    sub = ub[rows]
-    write_tags(sub, tags[rows], k)
-    ub[rows] = sub
 
 
 def _spec(name: str, a: NDArray[np.generic], level: str, bits: int | None) -> TensorSpec:

@@ -49,7 +49,7 @@ class Check:
         b = np.flatnonzero(self.bad_global)
         nd = np.bincount(lay.lane[b], weights=lay.n_data[b], minlength=lay.lanes).astype(np.int64)
         npar = np.bincount(lay.lane[b], weights=lay.n_store[b], minlength=lay.lanes).astype(np.int64)
-        return nd, npar + (~lay.stored).sum(axis=1)
+        return nd, npar + lay.holes
 
     def recoverable(self) -> bool:
         """Whether every damaged lane has enough surviving shards to decode."""
@@ -94,7 +94,7 @@ def check(
             blocks.append(_model.blocks_of(None, spec))
             bad.append(np.ones(spec.nblocks, dtype=np.bool_))
             continue
-        ub = _model.blocks_of(found, spec)
+        ub = _model.blocks_of(found, spec, copy=False)  # recover copies before it writes
         blocks.append(ub)
         bad.append(~_tags_ok(mac, header, layout, t, spec, ub))
     _match_moved(arrays, header, layout, mac, specs, blocks, bad, issues, extra)

@@ -1,0 +1,176 @@
+"""Compiled kernels (numba) for the hot paths, with the numpy versions as fallback and test oracle.
+
+The multilinear hash accumulates k_i * m_i in uint64: k_i < 2**32 and
+m_i < 2**16, so 256 terms stay below 2**56 and one reduction mod p per block
+is exact.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from numpy.typing import NDArray
+
+P = (1 << 32) - 5
+
+try:  # numba is a declared dependency; the fallback keeps a broken install usable, only slower
+    if os.environ.get("PARAMSEAL_NO_NUMBA"):
+        raise ImportError("disabled by PARAMSEAL_NO_NUMBA")
+    import numba
+
+    @numba.njit(cache=True, parallel=True, nogil=True)  # type: ignore[misc]
+    def _mlh_nb(words, keys, wmask, internal, pads, out):  # type: ignore[no-untyped-def]
+        nblocks, nw = words.shape
+        nm = wmask.shape[0]
+        p = np.uint64(P)
+        for b in numba.prange(nblocks):
+            acc = np.uint64(0)
+            for i in range(nw):
+                acc += keys[i] * np.uint64(words[b, i])
+            if internal[b]:
+                for i in range(nm):  # remove the tag bits' share (the hash is linear)
+                    acc -= keys[i] * np.uint64(words[b, i] & wmask[i])
+            out[b] = (acc % p + pads[b]) % p
+
+    @numba.njit(cache=True, nogil=True)  # type: ignore[misc]
+    def _read_tag_nb(words, wmask, wshift, out):  # type: ignore[no-untyped-def]
+        for b in range(words.shape[0]):
+            t = np.uint64(0)
+            for i in range(wmask.shape[0]):
+                t |= np.uint64(words[b, i] & wmask[i]) << np.uint64(wshift[i])
+            out[b] = t
+
+    @numba.njit(cache=True, parallel=True, nogil=True)  # type: ignore[misc]
+    def _split_nb(a, out):  # type: ignore[no-untyped-def]
+        # a: [n, lanes] uint32 -> out: [n, chunks*64] bytes; element e of chunk c at bytes e, e+32
+        n, lanes = a.shape
+        for i in numba.prange(n):
+            for g in range(lanes):
+                v = a[i, g]
+                for h in range(2):
+                    e = 2 * g + h
+                    c, j = e // 32, e % 32
+                    x = (v >> np.uint32(16 * h)) & np.uint32(0xFFFF)
+                    out[i, 64 * c + j] = np.uint8(x & np.uint32(0xFF))
+                    out[i, 64 * c + 32 + j] = np.uint8(x >> np.uint32(8))
+
+    @numba.njit(cache=True, parallel=True, nogil=True)  # type: ignore[misc]
+    def _pack_nb(u, shift, width, out):  # type: ignore[no-untyped-def]
+        # u: [nblocks, 64] uint; out: [nblocks, 8 * width] uint8; LSB-first bit stream per block
+        nblocks, n = u.shape
+        mask = (np.uint64(1) << np.uint64(width)) - np.uint64(1)
+        for b in numba.prange(nblocks):
+            acc = np.uint64(0)
+            nbits = 0
+            pos = 0
+            for j in range(n):
+                v = (np.uint64(u[b, j]) >> np.uint64(shift)) & mask
+                acc |= v << np.uint64(nbits)
+                nbits += width
+                while nbits >= 8:
+                    out[b, pos] = np.uint8(acc & np.uint64(0xFF))
+                    acc >>= np.uint64(8)
+                    nbits -= 8
+                    pos += 1
+
+    @numba.njit(cache=True, parallel=True, nogil=True)  # type: ignore[misc]
+    def _unpack_nb(data, shift, width, u):  # type: ignore[no-untyped-def]
+        # inverse of _pack_nb: replaces bits [shift, shift + width) of every value in u
+        nblocks, n = u.shape
+        mask = (np.uint64(1) << np.uint64(width)) - np.uint64(1)
+        keep = ~(mask << np.uint64(shift))
+        for b in numba.prange(nblocks):
+            acc = np.uint64(0)
+            nbits = 0
+            pos = 0
+            for j in range(n):
+                while nbits < width:
+                    acc |= np.uint64(data[b, pos]) << np.uint64(nbits)
+                    nbits += 8
+                    pos += 1
+                v = acc & mask
+                acc >>= np.uint64(width)
+                nbits -= width
+                u[b, j] = (np.uint64(u[b, j]) & keep) | (v << np.uint64(shift))
+
+    HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only without numba
+    HAVE_NUMBA = False
+
+
+def mlh_tags_numpy(
+    words: NDArray[np.uint16],
+    keys: NDArray[np.uint64],
+    wmask: NDArray[np.uint16],
+    internal: NDArray[np.bool_],
+    pads: NDArray[np.uint64],
+) -> NDArray[np.uint64]:
+    """Reference implementation, chunked to bound temporaries."""
+    nb, nw = words.shape
+    out = np.empty(nb, dtype=np.uint64)
+    p = np.uint64(P)
+    step = 1 << 14
+    for s in range(0, nb, step):  # chunks of 16k blocks, not one per block
+        w = words[s : s + step].astype(np.uint64)
+        if wmask.size:
+            w[:, : wmask.size] &= np.where(internal[s : s + step, None], ~wmask.astype(np.uint64), ~np.uint64(0))
+        acc = (w * keys[:nw]).sum(axis=1, dtype=np.uint64)
+        out[s : s + step] = (acc % p + pads[s : s + step]) % p
+    return out
+
+
+def mlh_tags(
+    words: NDArray[np.uint16],
+    keys: NDArray[np.uint64],
+    wmask: NDArray[np.uint16],
+    internal: NDArray[np.bool_],
+    pads: NDArray[np.uint64],
+) -> NDArray[np.uint64]:
+    """Tags of every row of ``words``: (sum k_i m_i mod p + pad) mod p, tag bits masked where internal."""
+    if not HAVE_NUMBA:
+        return mlh_tags_numpy(words, keys, wmask, internal, pads)
+    out = np.empty(words.shape[0], dtype=np.uint64)
+    _mlh_nb(words, keys[: words.shape[1]], wmask, internal, pads, out)
+    return out
+
+
+def to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8] | None:
+    """Compiled ``_code._to_split``; None without numba."""
+    if not HAVE_NUMBA:
+        return None
+    n, lanes = a.shape
+    out = np.zeros((n, 64 * -(-2 * lanes // 32)), dtype=np.uint8)
+    _split_nb(np.ascontiguousarray(a), out)
+    return out
+
+
+def read_tag_words(words: NDArray[np.uint16], wmask: NDArray[np.uint16], wshift: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """Assemble each block's stored tag from the masked low bits of its first words."""
+    out = np.zeros(words.shape[0], dtype=np.uint64)
+    if HAVE_NUMBA:
+        _read_tag_nb(words, wmask, wshift, out)
+        return out
+    for i in range(wmask.size):  # at most 32 words, never per block
+        out |= (words[:, i] & wmask[i]).astype(np.uint64) << wshift[i]
+    return out
+
+
+def pack_fields(u: NDArray[np.unsignedinteger], shift: int, width: int) -> NDArray[np.uint8] | None:
+    """Bits ``[shift, shift+width)`` of every value, packed per block; None when no kernel applies."""
+    if not HAVE_NUMBA or width > 56 or width * u.shape[1] % 8:
+        return None
+    out = np.empty((u.shape[0], width * u.shape[1] // 8), dtype=np.uint8)
+    _pack_nb(u, shift, width, out)
+    return out
+
+
+def unpack_fields(data: NDArray[np.uint8], u: NDArray[np.unsignedinteger], shift: int, width: int) -> bool:
+    """Write packed fields back into ``u`` in place; False when no kernel applies."""
+    if not HAVE_NUMBA or width > 56 or width * u.shape[1] % 8:
+        return False
+    _unpack_nb(np.ascontiguousarray(data), shift, width, u)
+    return True
+
+
+__all__ = ["HAVE_NUMBA", "mlh_tags", "read_tag_words", "to_split", "mlh_tags_numpy", "pack_fields", "unpack_fields"]

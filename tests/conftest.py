@@ -1,0 +1,77 @@
+"""Fixtures: keys, tiny models and sealed files in a temporary folder; hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import helpers  # noqa: E402
+
+import paramseal  # noqa: E402
+
+# Sealing draws a fresh salt, so examples are not replayable bit for bit; keep the
+# database off and the budget small (2 shared cores). "thorough" is for local runs.
+settings.register_profile(
+    "default",
+    max_examples=25,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=300)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+TEST_KEY_HEX = "5ea1" * 16
+
+
+@pytest.fixture(autouse=True)
+def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test picks up a PARAMSEAL_KEY from the developer's shell by accident."""
+    monkeypatch.delenv("PARAMSEAL_KEY", raising=False)
+
+
+@pytest.fixture(scope="session")
+def key() -> paramseal.Key:
+    return paramseal.Key(bytes.fromhex(TEST_KEY_HEX))
+
+
+@pytest.fixture(scope="session")
+def other_key() -> paramseal.Key:
+    return paramseal.Key(bytes(range(32)))
+
+
+@pytest.fixture(scope="session")
+def model() -> dict[str, np.ndarray]:
+    """A few thousand parameters of every supported dtype."""
+    return helpers.small_model(0)
+
+
+@pytest.fixture(scope="session")
+def sealed(model: dict[str, np.ndarray], key: paramseal.Key) -> paramseal.SealedModel:
+    return paramseal.seal(model, key, metadata={"author": "tests", "license": "apache-2.0"})
+
+
+@pytest.fixture()
+def key_file(tmp_path: Path, key: paramseal.Key) -> Path:
+    return paramseal.write_key(tmp_path / "test.key", key)
+
+
+@pytest.fixture()
+def model_file(tmp_path: Path, model: dict[str, np.ndarray]) -> Path:
+    return helpers.write_st(tmp_path / "model.safetensors", model, {"author": "tests", "license": "apache-2.0"})
+
+
+@pytest.fixture()
+def sealed_file(tmp_path: Path, model_file: Path, key: paramseal.Key) -> Path:
+    from paramseal import files
+
+    out = tmp_path / "sealed.safetensors"
+    files.seal_file(model_file, out, key)
+    return out

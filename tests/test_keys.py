@@ -1,0 +1,161 @@
+"""Keys: generation, parsing, files, the environment variable, fingerprints and wrong-key errors."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import KeyFileError, KeyMismatchError, UsageError
+from paramseal.keys import ENV_VAR
+
+import helpers
+
+
+def test_generate_gives_distinct_32_byte_keys() -> None:
+    keys = {paramseal.Key.generate().secret for _ in range(20)}
+    assert len(keys) == 20
+    assert all(len(k) == 32 for k in keys)
+
+
+@pytest.mark.parametrize("n", [0, 16, 31, 33, 64])
+def test_key_must_be_32_bytes(n: int) -> None:
+    with pytest.raises(KeyFileError, match="32 bytes"):
+        paramseal.Key(bytes(n))
+
+
+def test_from_text_accepts_surrounding_whitespace_and_upper_case(key: paramseal.Key) -> None:
+    text = "\n  " + key.secret.hex().upper() + " \n"
+    assert paramseal.Key.from_text(text) == key
+
+
+@pytest.mark.parametrize(
+    "text, why",
+    [("ab" * 31, "64 hex digits"), ("ab" * 33, "64 hex digits"), ("zz" * 32, "not hex"), ("", "64 hex digits")],
+)
+def test_from_text_rejects_malformed_text_without_echoing_it(text: str, why: str) -> None:
+    with pytest.raises(KeyFileError, match=why) as ei:
+        paramseal.Key.from_text(text)
+    assert text.strip() == "" or text not in str(ei.value)
+    assert "keygen" in str(ei.value)
+
+
+def test_repr_and_str_never_show_the_secret(key: paramseal.Key) -> None:
+    for text in (repr(key), str(key), f"{key}", f"{key!r}"):
+        assert key.secret.hex() not in text.lower()
+        assert key.secret.hex()[:16] not in text.lower()
+    assert key.fingerprint in str(key)
+
+
+def test_fingerprint_is_16_hex_digits_stable_and_not_part_of_the_secret(key: paramseal.Key, other_key: paramseal.Key) -> None:
+    fp = key.fingerprint
+    assert len(fp) == 16 and int(fp, 16) >= 0
+    assert fp == paramseal.Key(key.secret).fingerprint
+    assert fp != other_key.fingerprint
+    assert fp not in key.secret.hex()
+
+
+def test_derive_is_deterministic_and_separates_purposes(key: paramseal.Key, other_key: paramseal.Key) -> None:
+    a, b = key.derive("mac-hash"), key.derive("mac-pad")
+    assert a == key.derive("mac-hash") and len(a) == 32
+    assert a != b
+    assert a != other_key.derive("mac-hash")
+    assert len(key.derive("x", 8)) == 8
+    assert key.secret not in (a, b)
+
+
+def test_write_key_creates_owner_only_file_and_load_key_reads_it(tmp_path: Path, key: paramseal.Key) -> None:
+    p = paramseal.write_key(tmp_path / "k.key", key)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    assert paramseal.load_key(p) == key
+    assert p.read_text().strip() == key.secret.hex()
+
+
+def test_write_key_refuses_to_overwrite(tmp_path: Path, key: paramseal.Key, other_key: paramseal.Key) -> None:
+    p = paramseal.write_key(tmp_path / "k.key", key)
+    with pytest.raises(UsageError, match="exists"):
+        paramseal.write_key(p, other_key)
+    assert paramseal.load_key(p) == key
+    paramseal.write_key(p, other_key, overwrite=True)
+    assert paramseal.load_key(p) == other_key
+
+
+def test_write_key_overwrite_makes_an_existing_readable_file_owner_only(tmp_path: Path, key: paramseal.Key) -> None:
+    p = tmp_path / "k.key"
+    p.write_text("old\n")
+    os.chmod(p, 0o644)
+    paramseal.write_key(p, key, overwrite=True)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, "a key file must never stay world-readable"
+
+
+def test_load_key_missing_file_names_it_and_suggests_keygen(tmp_path: Path) -> None:
+    p = tmp_path / "nope.key"
+    with pytest.raises(KeyFileError) as ei:
+        paramseal.load_key(p)
+    assert str(p) in str(ei.value) and "keygen" in str(ei.value)
+
+
+def test_load_key_from_environment(monkeypatch: pytest.MonkeyPatch, key: paramseal.Key) -> None:
+    monkeypatch.setenv(ENV_VAR, key.secret.hex())
+    assert paramseal.load_key() == key
+
+
+def test_load_key_without_file_or_environment_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="PARAMSEAL_KEY"):
+        paramseal.load_key()
+
+
+def test_malformed_environment_key_names_the_variable_not_the_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = "0123456789abcdef" * 3 + "xyz"
+    monkeypatch.setenv(ENV_VAR, bad)
+    with pytest.raises(KeyFileError) as ei:
+        paramseal.load_key()
+    assert ENV_VAR in str(ei.value)
+    assert bad not in str(ei.value)
+
+
+# --------------------------------------------------------------------------- wrong key
+
+
+def test_wrong_key_raises_key_mismatch_with_both_fingerprints(
+    sealed: paramseal.SealedModel, key: paramseal.Key, other_key: paramseal.Key
+) -> None:
+    for call in (paramseal.verify, paramseal.recover):
+        with pytest.raises(KeyMismatchError) as ei:
+            call(sealed.tensors, other_key, sealed.header_json)
+        e = ei.value
+        assert e.stored == key.fingerprint and e.given == other_key.fingerprint
+        assert key.fingerprint in str(e) and other_key.fingerprint in str(e)
+        assert e.exit_code == 3
+        assert isinstance(e, PermissionError) and isinstance(e, paramseal.ParamSealError)
+        assert "tamper" not in str(e).lower()
+
+
+def test_wrong_key_is_not_a_tamper_report_even_on_a_tampered_model(
+    sealed: paramseal.SealedModel, other_key: paramseal.Key
+) -> None:
+    t = helpers.flip_bit(sealed.tensors, "fc.weight", 5, 30)
+    with pytest.raises(KeyMismatchError):
+        paramseal.verify(t, other_key, sealed.header_json)
+
+
+def test_same_model_sealed_with_two_keys_only_verifies_with_its_own(model: dict[str, np.ndarray], key: paramseal.Key, other_key: paramseal.Key) -> None:
+    a = paramseal.seal(model, key)
+    b = paramseal.seal(model, other_key)
+    assert paramseal.verify(a.tensors, key, a.header_json).status == "intact"
+    assert paramseal.verify(b.tensors, other_key, b.header_json).status == "intact"
+    with pytest.raises(KeyMismatchError):
+        paramseal.verify(a.tensors, other_key, a.header_json)
+    # Sealed weights never reveal the key: the two seals differ in their low bits.
+    assert not helpers.same_bytes(a.tensors["fc.weight"], b.tensors["fc.weight"])
+
+
+def test_key_never_appears_in_sealed_output(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    assert key.secret.hex() not in sealed.header_json.lower()
+    blob = b"".join(np.ascontiguousarray(a).tobytes() for a in sealed.tensors.values())
+    assert key.secret not in blob
+    assert key.secret.hex().encode() not in blob

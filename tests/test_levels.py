@@ -1,0 +1,123 @@
+"""Protection levels, explicit --bits, perturbation bounds and recovery capacities (DESIGN.md section 3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import UnsupportedError, UsageError
+from paramseal.levels import FLOATS, bits_for, capacity, dtype_name, max_relative_change, max_subnormal_change
+
+import helpers
+
+
+def test_levels_are_light_standard_strong() -> None:
+    assert paramseal.LEVELS == ("light", "standard", "strong")
+
+
+@pytest.mark.parametrize("dt", ["F64", "F32", "F16", "BF16"])
+def test_k_grows_with_the_level_and_stays_below_the_mantissa(dt: str) -> None:
+    ks = [bits_for(dt, lv, None) for lv in paramseal.LEVELS]
+    assert ks == sorted(ks) and ks[0] >= 1
+    assert ks[-1] <= FLOATS[dt].mantissa - 1
+
+
+def test_standard_k_matches_the_documented_choice() -> None:
+    assert {dt: bits_for(dt, "standard", None) for dt in FLOATS} == {"F64": 16, "F32": 8, "F16": 2, "BF16": 1}
+    assert {dt: bits_for(dt, "strong", None) for dt in FLOATS} == {"F64": 24, "F32": 12, "F16": 4, "BF16": 2}
+
+
+@pytest.mark.parametrize("dt", ["I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL"])
+def test_integer_dtypes_carry_no_bits(dt: str) -> None:
+    for lv in paramseal.LEVELS:
+        assert bits_for(dt, lv, None) == 0
+    assert bits_for(dt, "standard", 5) == 0
+
+
+@pytest.mark.parametrize("dt, m", [("F64", 52), ("F32", 23), ("F16", 10), ("BF16", 7)])
+def test_explicit_bits_range(dt: str, m: int) -> None:
+    assert bits_for(dt, "standard", 1) == 1
+    assert bits_for(dt, "standard", m - 1) == m - 1
+    for bad in (0, -1, m, m + 1, 64):
+        with pytest.raises(UsageError, match=f"--bits {bad} is out of range for {dt}"):
+            bits_for(dt, "standard", bad)
+
+
+def test_unknown_level_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="unknown level 'paranoid'"):
+        bits_for("F32", "paranoid", None)
+
+
+@pytest.mark.parametrize(
+    "dt, k, want",
+    [("F32", 8, 3.0e-5), ("F32", 12, 4.9e-4), ("F32", 16, 7.8e-3), ("F16", 2, 2.9e-3), ("F16", 4, 1.5e-2), ("BF16", 1, 7.8e-3), ("BF16", 2, 2.3e-2)],
+)
+def test_max_relative_change_matches_the_design_table(dt: str, k: int, want: float) -> None:
+    got = max_relative_change(dt, k)
+    assert got == (2**k - 1) * 2.0 ** -FLOATS[dt].mantissa
+    assert float(f"{got:.1e}") == pytest.approx(want, rel=0.02)
+
+
+@pytest.mark.parametrize("dt, k, want", [("F32", 8, 0.238), ("F32", 12, 0.365)])
+def test_capacity_matches_the_design_bounds(dt: str, k: int, want: float) -> None:
+    c = capacity(dt, k)
+    assert c.k == k
+    assert c.erasure_bound == pytest.approx((k - 0.5) / (FLOATS[dt].bits - 0.5))
+    assert round(c.erasure_bound, 3) == want
+    assert c.error_bound == pytest.approx(c.erasure_bound / 2)
+    assert c.max_relative_change == max_relative_change(dt, k)
+
+
+def test_max_subnormal_change_is_the_low_bits_at_the_smallest_exponent() -> None:
+    # fp16: smallest subnormal is 2**-24; k=2 low bits span at most 3 of them.
+    assert max_subnormal_change("F16", 2) == 3 * 2.0**-24
+    assert max_subnormal_change("F32", 8) == 255 * 2.0**-149
+    assert max_subnormal_change("BF16", 1) == 2.0**-133
+
+
+def test_dtype_name_covers_every_supported_dtype_and_rejects_others() -> None:
+    names = {dtype_name(dt) for dt in helpers.ALL_DTYPES}
+    assert names == {"F64", "F32", "F16", "BF16", "I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL"}
+    for bad in (np.complex64, np.float128 if hasattr(np, "float128") else np.complex128, np.dtype("U3"), np.dtype(object)):
+        with pytest.raises(UnsupportedError, match="not supported"):
+            dtype_name(np.dtype(bad))
+
+
+@pytest.mark.parametrize("level", ["light", "standard", "strong"])
+def test_seal_uses_the_level_k_for_every_float_tensor(model: dict[str, np.ndarray], key: paramseal.Key, level: str) -> None:
+    s = paramseal.seal(model, key, level=level)
+    assert s.header.level == level and s.header.bits is None
+    for spec in s.header.tensors:
+        dt = model[spec.name].dtype
+        assert spec.k == helpers.LEVEL_K[level].get(dt, 0), spec
+
+
+def test_explicit_bits_apply_to_every_float_tensor(key: paramseal.Key) -> None:
+    m = {"a": np.ones(100, np.float32), "b": np.ones(100, np.float16), "c": np.ones(100, np.float64), "i": np.ones(3, np.int16)}
+    s = paramseal.seal(m, key, bits=5)
+    assert {t.name: t.k for t in s.header.tensors} == {"a": 5, "b": 5, "c": 5, "i": 0}
+    assert s.header.bits == 5
+    assert paramseal.verify(s.tensors, key, s.header_json).level == "bits=5"
+
+
+@pytest.mark.parametrize("bits", [0, -3, 7, 23, 40])
+def test_seal_refuses_bits_out_of_range_for_any_tensor(model: dict[str, np.ndarray], key: paramseal.Key, bits: int) -> None:
+    # The model holds bf16 (7 mantissa bits): 7 and above are out of range for it.
+    with pytest.raises(UsageError, match="out of range"):
+        paramseal.seal(model, key, bits=bits)
+
+
+def test_seal_refuses_unknown_level(model: dict[str, np.ndarray], key: paramseal.Key) -> None:
+    with pytest.raises(UsageError, match="unknown level"):
+        paramseal.seal(model, key, level="max")
+
+
+def test_capacity_helper_is_exported_and_monotone_in_k() -> None:
+    prev = -math.inf
+    for k in range(1, 23):
+        c = paramseal.capacity("F32", k)
+        assert c.erasure_bound > prev and c.max_relative_change < 2.0**-23 * 2**k
+        prev = c.erasure_bound

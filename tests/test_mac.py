@@ -1,0 +1,92 @@
+"""The block MAC: exact arithmetic against a big-integer reference, and what each tag depends on."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+import paramseal
+from paramseal._mac import P, BlockMac
+
+
+def _hash_keys(mac: BlockMac, dtype: type, nw: int) -> list[int]:
+    """Recover every k_i black-box: with a zero pad the tag of the unit vector e_i is k_i."""
+    per = np.dtype(dtype).itemsize // 2
+    ub = np.zeros((nw, 64), dtype=dtype)
+    words = ub.view(np.uint16).reshape(nw, 64 * per)
+    words[np.arange(nw), np.arange(nw)] = 1
+    return [int(x) for x in mac.tags(ub, np.zeros(nw, np.uint64), None)]
+
+
+@given(seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([np.uint16, np.uint32, np.uint64]), extreme=st.booleans())
+def test_block_hash_is_exact_multilinear_arithmetic_mod_p(seed: int, dtype: type, extreme: bool) -> None:
+    """tag(m) = sum(k_i * m_i) + pad mod p, computed exactly (no float rounding, no uint64 overflow)."""
+    mac = BlockMac(paramseal.Key(seed.to_bytes(4, "little") * 8))
+    nw = 64 * np.dtype(dtype).itemsize // 2
+    k = _hash_keys(mac, dtype, nw)
+    assert all(0 <= x < P for x in k) and len(set(k)) > nw - 2
+    rng = np.random.default_rng(seed)
+    ub = rng.integers(0, np.iinfo(dtype).max, size=(4, 64), dtype=dtype, endpoint=True)
+    if extreme:
+        ub[0] = np.iinfo(dtype).max  # the largest possible sums
+        ub[1] = 0
+    pads = rng.integers(0, P, size=4, dtype=np.uint64)
+    words = ub.view(np.uint16).reshape(4, nw)
+    want = [(sum(k[i] * int(w[i]) for i in range(nw)) + int(pads[b])) % P for b, w in enumerate(words)]
+    assert mac.tags(ub, pads, None).tolist() == want
+
+
+def test_block_hash_is_exact_for_many_blocks(key: paramseal.Key) -> None:
+    mac = BlockMac(key)
+    k = _hash_keys(mac, np.uint32, 128)
+    rng = np.random.default_rng(1)
+    ub = rng.integers(0, 2**32, size=(20000, 64), dtype=np.uint32)
+    got = mac.tags(ub, np.zeros(ub.shape[0], np.uint64), None)
+    words = ub.view(np.uint16).reshape(ub.shape[0], 128)
+    for b in (0, 1, 8191, 8192, 8193, 16384, 19999):
+        assert int(got[b]) == sum(k[i] * int(words[b, i]) for i in range(128)) % P, b
+
+
+def test_tags_are_below_p_and_depend_on_key_salt_tensor_and_position(key: paramseal.Key, other_key: paramseal.Key) -> None:
+    ub = np.zeros((4, 64), dtype=np.uint32)  # four identical blocks
+    salt = bytes(16)
+    mac = BlockMac(key)
+    t = mac.tags(ub, mac.pads(salt, 0, 4), None)
+    assert (t < P).all()
+    assert len(set(t.tolist())) == 4, "identical blocks at different positions must get different tags"
+    assert not np.array_equal(t, mac.tags(ub, mac.pads(b"\1" + bytes(15), 0, 4), None))
+    assert not np.array_equal(t, mac.tags(ub, mac.pads(salt, 1, 4), None))
+    m2 = BlockMac(other_key)
+    assert not np.array_equal(t, m2.tags(ub, m2.pads(salt, 0, 4), None))
+    assert np.array_equal(t, BlockMac(key).tags(ub, mac.pads(salt, 0, 4), None))
+
+
+@given(pos=st.integers(0, 63), bit=st.integers(0, 31))
+def test_any_single_bit_outside_the_tag_changes_the_tag(key: paramseal.Key, pos: int, bit: int) -> None:
+    mac = BlockMac(key)
+    rng = np.random.default_rng(pos * 32 + bit)
+    ub = rng.integers(0, 2**32, size=(1, 64), dtype=np.uint32)
+    pads = mac.pads(bytes(16), 3, 1)
+    mask = np.zeros(64, dtype=np.uint32)
+    mask[:4] = 0xFF  # k = 8: the tag lives in the low byte of values 0..3
+    before = mac.tags(ub, pads, mask)
+    x = ub.copy()
+    x[0, pos] ^= np.uint32(1 << bit)
+    after = mac.tags(x, pads, mask)
+    in_tag = pos < 4 and bit < 8
+    assert (before == after).all() == in_tag
+
+
+def test_internal_flag_decides_whether_tag_bits_are_hashed(key: paramseal.Key) -> None:
+    mac = BlockMac(key)
+    ub = np.zeros((2, 64), dtype=np.uint16)
+    ub[:, 0] = 1  # a tag bit
+    pads = mac.pads(bytes(16), 0, 2)
+    mask = np.zeros(64, dtype=np.uint16)
+    mask[:16] = 0b11
+    zero = mac.tags(np.zeros_like(ub), pads, mask)
+    both_internal = mac.tags(ub, pads, mask, np.array([True, True]))
+    assert np.array_equal(both_internal, zero)
+    mixed = mac.tags(ub, pads, mask, np.array([True, False]))
+    assert mixed[0] == zero[0] and mixed[1] != zero[1]

@@ -1,0 +1,189 @@
+"""Recovery through the Python API: bit-exact within capacity, honest beyond it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import paramseal
+
+import helpers
+
+
+def _assert_honest(res: paramseal.RecoverResult, tampered: dict, sealed: dict) -> None:
+    """What every recover report must satisfy, whatever the damage."""
+    rep = res.report
+    truth = helpers.changed(tampered, sealed)
+    assert set(res.tensors) == set(sealed)
+    for name, s in sealed.items():
+        f = rep.tensors[name]
+        out = res.tensors[name]
+        assert out.dtype == s.dtype and out.shape == s.shape
+        lost = set(f.unrecoverable_indices)
+        restored = set(f.restored_indices)
+        assert not (lost & restored), name
+        # Every truly changed value was either restored or named as lost.
+        assert set(truth[name].tolist()) <= restored | lost, name
+        # Restored values are exactly the sealed ones, and the reported XOR is the real one.
+        assert restored <= set(truth[name].tolist()), name
+        assert list(f.restored_xor) == helpers.xor_of(tampered[name], s, f.restored_indices), name
+        # Everything not named as lost is exactly as sealed: recover never hands back a wrong value silently.
+        keep = np.ones(s.size, dtype=bool)
+        keep[list(lost)] = False
+        assert np.array_equal(helpers.uview(out)[keep], helpers.uview(s)[keep]), name
+    if rep.status == "recovered":
+        helpers.assert_model_equal(res.tensors, sealed)
+        assert rep.unrecoverable_count == 0 and rep.exit_code == 0 and rep.recoverable
+    else:
+        assert rep.status == "unrecoverable"
+        assert rep.exit_code == 2 and not rep.recoverable and not rep.ok
+        assert rep.unrecoverable_count > 0
+
+
+def test_recover_intact_model_returns_it_unchanged(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    res = paramseal.recover(sealed.tensors, key, sealed.header_json)
+    assert res.report.status == "intact" and res.report.exit_code == 0
+    assert res.report.restored_count == 0
+    helpers.assert_model_equal(res.tensors, sealed.tensors)
+    assert res.metadata == {"author": "tests", "license": "apache-2.0"}
+
+
+@pytest.mark.parametrize("name", list(helpers.small_model(0)))
+def test_single_bit_flip_in_each_tensor_is_restored_and_reported(sealed: paramseal.SealedModel, key: paramseal.Key, name: str) -> None:
+    a = sealed.tensors[name]
+    w = helpers.width(a.dtype)
+    idx, bit = a.size - 1, (w - 2 if a.dtype != np.bool_ else 0)
+    t = helpers.flip_bit(sealed.tensors, name, idx, bit)
+    v = paramseal.verify(t, key, sealed.header_json)
+    assert v.status == "tampered" and v.recoverable and v.exit_code == 1
+    assert v.tampered_tensors == [name] and v.tensors[name].tampered_blocks == (idx // 64,)
+    res = paramseal.recover(t, key, sealed.header_json)
+    assert res.report.status == "recovered" and res.report.kind == "recover"
+    f = res.report.tensors[name]
+    assert f.restored_indices == (idx,) and f.restored_xor == (1 << bit,)
+    helpers.assert_model_equal(res.tensors, sealed.tensors)
+    assert paramseal.verify(res.tensors, key, sealed.header_json).status == "intact"
+
+
+@pytest.mark.parametrize(
+    "level, frac",
+    [("light", 0.05), ("standard", 0.10), ("strong", 0.20)],
+)
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_contiguous_destruction_within_capacity_is_recovered_bit_exactly(key: paramseal.Key, level: str, frac: float, where: str) -> None:
+    # About 100k parameters over several tensors: enough for several lanes.
+    m = helpers.fp32_model(100_000, seed=1, tensors=4)
+    s = paramseal.seal(m, key, level=level)
+    blocks = helpers.block_list(s.tensors)
+    nb = len(blocks)
+    run = int(nb * frac)
+    b0 = {"start": 0, "middle": (nb - run) // 2, "end": nb - run}[where]
+    t = helpers.randomize_blocks(s.tensors, blocks[b0 : b0 + run], seed=2)
+    v = paramseal.verify(t, key, s.header_json)
+    assert v.status == "tampered" and v.recoverable
+    assert v.tampered_block_count == run
+    res = paramseal.recover(t, key, s.header_json)
+    assert res.report.status == "recovered", (level, frac, where, res.report.lanes_failed)
+    helpers.assert_model_equal(res.tensors, s.tensors)
+    _assert_honest(res, t, s.tensors)
+
+
+def test_model_uses_several_lanes_and_a_layer_wipe_is_spread_over_them(key: paramseal.Key) -> None:
+    m = helpers.fp32_model(100_000, seed=3, tensors=8)
+    s = paramseal.seal(m, key)
+    assert s.header.lanes >= 2, "a 100k-parameter model should be coded as several codewords"
+    # Zero one whole tensor (12.5% of the model): recoverable only if spread over every lane.
+    t = helpers.copy_model(s.tensors)
+    t["layer3.weight"] = np.zeros_like(t["layer3.weight"])
+    res = paramseal.recover(t, key, s.header_json)
+    assert res.report.status == "recovered"
+    helpers.assert_model_equal(res.tensors, s.tensors)
+
+
+@pytest.mark.parametrize("frac", [0.3, 0.6, 1.0])
+def test_beyond_capacity_contiguous_never_claims_success(key: paramseal.Key, frac: float) -> None:
+    m = helpers.fp32_model(20_000, seed=4)
+    s = paramseal.seal(m, key)
+    t = helpers.copy_model(s.tensors)
+    a = t["layer0.weight"]
+    n = int(a.size * frac)
+    a[:n] = np.random.default_rng(5).standard_normal(n).astype(np.float32)
+    v = paramseal.verify(t, key, s.header_json)
+    assert v.status == "tampered" and not v.recoverable and v.exit_code == 2
+    res = paramseal.recover(t, key, s.header_json)
+    _assert_honest(res, t, s.tensors)
+    assert res.report.status == "unrecoverable"
+
+
+@pytest.mark.parametrize("p", [0.01, 0.05, 0.3])
+def test_scattered_tampering_beyond_capacity_never_claims_success(key: paramseal.Key, p: float) -> None:
+    m = helpers.fp32_model(30_000, seed=6, tensors=2)
+    s = paramseal.seal(m, key)
+    rng = np.random.default_rng(7)
+    t = helpers.copy_model(s.tensors)
+    for a in t.values():
+        u = a.reshape(-1).view(np.uint32)
+        idx = rng.choice(u.size, size=int(u.size * p), replace=False)
+        u[idx] ^= np.uint32(1) << rng.integers(0, 32, size=idx.size).astype(np.uint32)
+    res = paramseal.recover(t, key, s.header_json)
+    _assert_honest(res, t, s.tensors)
+    assert res.report.status == "unrecoverable"
+    assert paramseal.verify(t, key, s.header_json).recoverable is False
+
+
+def test_partial_recovery_restores_what_it_can_and_names_the_rest(key: paramseal.Key) -> None:
+    m = helpers.fp32_model(100_000, seed=8, tensors=4)
+    s = paramseal.seal(m, key)
+    assert s.header.lanes >= 2
+    rng = np.random.default_rng(9)
+    t = helpers.copy_model(s.tensors)
+    # Damage random blocks around the bound: some lanes decode, some do not.
+    nb_all = [(n, b) for n, a in t.items() for b in range(-(-a.size // 64))]
+    pick = rng.choice(len(nb_all), size=int(0.24 * len(nb_all)), replace=False)
+    for i in pick:
+        n, b = nb_all[i]
+        t[n].reshape(-1)[b * 64 + 3] += np.float32(1.0)
+    res = paramseal.recover(t, key, s.header_json)
+    _assert_honest(res, t, s.tensors)
+    rep = res.report
+    if rep.status == "unrecoverable":
+        assert rep.lanes_failed >= 1
+        assert rep.lanes_failed < s.header.lanes or rep.restored_count == 0
+        assert paramseal.verify(res.tensors, key, s.header_json).tampered_block_count > 0
+
+
+def test_recover_restores_tags_and_parity_too(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    # Overwrite only the low (watermark) bits of a block: the weights barely change, yet the
+    # block is flagged and recovery puts back the exact sealed low bits.
+    t = helpers.copy_model(sealed.tensors)
+    u = t["fc.weight"].reshape(-1).view(np.uint32)
+    u[64:128] ^= np.uint32(0xFF)
+    v = paramseal.verify(t, key, sealed.header_json)
+    assert v.tensors["fc.weight"].tampered_blocks == (1,)
+    res = paramseal.recover(t, key, sealed.header_json)
+    assert res.report.status == "recovered"
+    assert res.report.tensors["fc.weight"].restored_indices == tuple(range(64, 128))
+    assert set(res.report.tensors["fc.weight"].restored_xor) == {0xFF}
+    helpers.assert_model_equal(res.tensors, sealed.tensors)
+
+
+def test_recover_never_modifies_its_input_and_is_repeatable(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    t = helpers.copy_model(sealed.tensors)
+    t["embed.weight"][3] = 0.0
+    snap = helpers.copy_model(t)
+    r1 = paramseal.recover(t, key, sealed.header_json)
+    r2 = paramseal.recover(t, key, sealed.header_json)
+    helpers.assert_model_equal(t, snap)
+    helpers.assert_model_equal(r1.tensors, r2.tensors)
+    assert r1.report.to_dict() == r2.report.to_dict()
+
+
+def test_recovered_report_summary_names_indices_and_bits(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    t = helpers.flip_bit(sealed.tensors, "head.weight", 7, 62)
+    res = paramseal.recover(t, key, sealed.header_json)
+    text = res.report.summary()
+    assert "head.weight" in text and "[7] bits 62" in text
+    d = res.report.to_dict()
+    r = d["tensors"]["head.weight"]["restored"]
+    assert r["indices"] == [7] and r["bits_changed"] == [[62]] and r["xor_bits"] == [hex(1 << 62)]
+    assert d["restored_parameters"] == 1 and d["unrecoverable_parameters"] == 0
