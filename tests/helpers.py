@@ -157,6 +157,39 @@ def fp32_model(n: int, seed: int = 0, tensors: int = 1) -> dict[str, np.ndarray]
     return {f"layer{i}.weight": random_tensor(rng, np.float32, (per,)) for i in range(tensors)}
 
 
+# --------------------------------------------------------------------------- recovery checks
+
+
+def assert_honest_recovery(res, tampered: Mapping[str, np.ndarray], sealed: Mapping[str, np.ndarray]) -> None:
+    """What every recover report must satisfy, whatever the damage."""
+    rep = res.report
+    truth = changed(tampered, sealed)
+    assert set(res.tensors) == set(sealed)
+    for name, s in sealed.items():
+        f = rep.tensors[name]
+        out = res.tensors[name]
+        assert out.dtype == s.dtype and out.shape == s.shape
+        lost = set(f.unrecoverable_indices)
+        restored = set(f.restored_indices)
+        assert not (lost & restored), name
+        # Every truly changed value was either restored or named as lost.
+        assert set(truth[name].tolist()) <= restored | lost, name
+        # Restored values are exactly the sealed ones, and the reported XOR is the real one.
+        assert restored <= set(truth[name].tolist()), name
+        assert list(f.restored_xor) == xor_of(tampered[name], s, f.restored_indices), name
+        # Everything not named as lost is exactly as sealed: recover never hands back a wrong value silently.
+        keep = np.ones(s.size, dtype=bool)
+        keep[list(lost)] = False
+        assert np.array_equal(uview(out)[keep], uview(s)[keep]), name
+    if rep.status == "recovered":
+        assert_model_equal(res.tensors, sealed)
+        assert rep.unrecoverable_count == 0 and rep.exit_code == 0 and rep.recoverable
+    else:
+        assert rep.status == "unrecoverable"
+        assert rep.exit_code == 2 and not rep.recoverable and not rep.ok
+        assert rep.unrecoverable_count > 0
+
+
 # --------------------------------------------------------------------------- capacity oracle
 
 

@@ -10,36 +10,6 @@ import paramseal
 import helpers
 
 
-def _assert_honest(res: paramseal.RecoverResult, tampered: dict, sealed: dict) -> None:
-    """What every recover report must satisfy, whatever the damage."""
-    rep = res.report
-    truth = helpers.changed(tampered, sealed)
-    assert set(res.tensors) == set(sealed)
-    for name, s in sealed.items():
-        f = rep.tensors[name]
-        out = res.tensors[name]
-        assert out.dtype == s.dtype and out.shape == s.shape
-        lost = set(f.unrecoverable_indices)
-        restored = set(f.restored_indices)
-        assert not (lost & restored), name
-        # Every truly changed value was either restored or named as lost.
-        assert set(truth[name].tolist()) <= restored | lost, name
-        # Restored values are exactly the sealed ones, and the reported XOR is the real one.
-        assert restored <= set(truth[name].tolist()), name
-        assert list(f.restored_xor) == helpers.xor_of(tampered[name], s, f.restored_indices), name
-        # Everything not named as lost is exactly as sealed: recover never hands back a wrong value silently.
-        keep = np.ones(s.size, dtype=bool)
-        keep[list(lost)] = False
-        assert np.array_equal(helpers.uview(out)[keep], helpers.uview(s)[keep]), name
-    if rep.status == "recovered":
-        helpers.assert_model_equal(res.tensors, sealed)
-        assert rep.unrecoverable_count == 0 and rep.exit_code == 0 and rep.recoverable
-    else:
-        assert rep.status == "unrecoverable"
-        assert rep.exit_code == 2 and not rep.recoverable and not rep.ok
-        assert rep.unrecoverable_count > 0
-
-
 def test_recover_intact_model_returns_it_unchanged(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
     res = paramseal.recover(sealed.tensors, key, sealed.header_json)
     assert res.report.status == "intact" and res.report.exit_code == 0
@@ -85,7 +55,7 @@ def test_contiguous_destruction_within_capacity_is_recovered_bit_exactly(key: pa
     res = paramseal.recover(t, key, s.header_json)
     assert res.report.status == "recovered", (level, frac, where, res.report.lanes_failed)
     helpers.assert_model_equal(res.tensors, s.tensors)
-    _assert_honest(res, t, s.tensors)
+    helpers.assert_honest_recovery(res, t, s.tensors)
 
 
 def test_model_uses_several_lanes_and_a_layer_wipe_is_spread_over_them(key: paramseal.Key) -> None:
@@ -111,7 +81,7 @@ def test_beyond_capacity_contiguous_never_claims_success(key: paramseal.Key, fra
     v = paramseal.verify(t, key, s.header_json)
     assert v.status == "tampered" and not v.recoverable and v.exit_code == 2
     res = paramseal.recover(t, key, s.header_json)
-    _assert_honest(res, t, s.tensors)
+    helpers.assert_honest_recovery(res, t, s.tensors)
     assert res.report.status == "unrecoverable"
 
 
@@ -126,7 +96,7 @@ def test_scattered_tampering_beyond_capacity_never_claims_success(key: paramseal
         idx = rng.choice(u.size, size=int(u.size * p), replace=False)
         u[idx] ^= np.uint32(1) << rng.integers(0, 32, size=idx.size).astype(np.uint32)
     res = paramseal.recover(t, key, s.header_json)
-    _assert_honest(res, t, s.tensors)
+    helpers.assert_honest_recovery(res, t, s.tensors)
     assert res.report.status == "unrecoverable"
     assert paramseal.verify(t, key, s.header_json).recoverable is False
 
@@ -144,7 +114,7 @@ def test_partial_recovery_restores_what_it_can_and_names_the_rest(key: paramseal
         n, b = nb_all[i]
         t[n].reshape(-1)[b * 64 + 3] += np.float32(1.0)
     res = paramseal.recover(t, key, s.header_json)
-    _assert_honest(res, t, s.tensors)
+    helpers.assert_honest_recovery(res, t, s.tensors)
     rep = res.report
     if rep.status == "unrecoverable":
         assert rep.lanes_failed >= 1

@@ -40,8 +40,15 @@ def _load_bench() -> ModuleType:
 bench = _load_bench()
 
 
+@pytest.fixture(autouse=True)
+def _slow_only_when_selected(request: pytest.FixtureRequest) -> None:
+    """Run ``slow`` tests only when selected with ``-m slow`` (the CI run leaves them out)."""
+    if request.node.get_closest_marker("slow") and "slow" not in (request.config.option.markexpr or ""):
+        pytest.skip("slow: run with -m slow")
+
+
 @pytest.fixture(scope="module")
-def model() -> dict[str, np.ndarray]:
+def big_model() -> dict[str, np.ndarray]:
     m = bench.build_model(N_PARAMS)
     assert sum(a.size for a in m.values() if a.dtype == np.float32) >= 1_000_000
     assert any(a.dtype == np.int64 for a in m.values())
@@ -49,9 +56,9 @@ def model() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def targets(model: dict[str, np.ndarray]) -> dict[str, Any]:
+def targets(big_model: dict[str, np.ndarray]) -> dict[str, Any]:
     """Seal once per level for the whole module."""
-    return {lv: bench.make_target(model, lv) for lv in ("standard", "strong")}
+    return {lv: bench.make_target(big_model, lv) for lv in ("standard", "strong")}
 
 
 # --------------------------------------------------------------------------- helpers
@@ -117,10 +124,10 @@ def _run_beyond(tg: Any, attack: str, rate: float, trials: int, seed: int = SEED
 # --------------------------------------------------------------------------- fast (CI) targets
 
 
-def test_model_shape(model: dict[str, np.ndarray], targets: dict[str, Any]) -> None:
-    sizes = sorted({a.size for a in model.values() if a.ndim == 2 and a.dtype == np.float32})
+def test_model_shape(big_model: dict[str, np.ndarray], targets: dict[str, Any]) -> None:
+    sizes = sorted({a.size for a in big_model.values() if a.ndim == 2 and a.dtype == np.float32})
     assert len(sizes) >= 4  # several weight matrices of different sizes
-    assert any(a.size % 64 for a in model.values())  # partial last blocks exist
+    assert any(a.size % 64 for a in big_model.values())  # partial last blocks exist
     for tg in targets.values():
         r = paramseal.recover(tg.sealed, bench.KEY, tg.header_json)
         assert r.report.status == "intact"

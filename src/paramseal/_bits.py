@@ -26,7 +26,7 @@ def uint_view(a: NDArray[np.generic]) -> NDArray[np.unsignedinteger]:
 
 
 def to_blocks(flat: NDArray[np.unsignedinteger], *, copy: bool = True) -> NDArray[np.unsignedinteger]:
-    """Return ``flat`` as ``[nblocks, 64]`` padded with zeros (a view when ``copy`` is False and no padding is needed)."""
+    """Return ``flat`` as ``[nblocks, 64]``, zero-padded (a view if ``copy`` is False and no padding is needed)."""
     nb = max(1, -(-flat.size // BLOCK))
     if not copy and flat.size == nb * BLOCK:
         return flat.reshape(nb, BLOCK)

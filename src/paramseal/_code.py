@@ -32,10 +32,10 @@ def _to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8]:
     v = np.ascontiguousarray(a).view(np.uint16).reshape(n, lanes * 2)
     if pad:
         v = np.concatenate([v, np.zeros((n, 2 * pad), np.uint16)], axis=1)
-    v = v.reshape(n, -1, 32)
-    out = np.empty((n, v.shape[1], 2, 32), dtype=np.uint8)
-    out[:, :, 0, :] = v & 0xFF
-    out[:, :, 1, :] = v >> 8
+    v3 = v.reshape(n, -1, 32)
+    out = np.empty((n, v3.shape[1], 2, 32), dtype=np.uint8)
+    out[:, :, 0, :] = v3 & 0xFF
+    out[:, :, 1, :] = v3 >> 8
     return out.reshape(n, -1)
 
 
@@ -101,7 +101,8 @@ def decode(
             j += 1
         _decode_batch(data, parity, lanes[np.array(rows)], ud, up)
         i = j
-    return ok
+    decoded: NDArray[np.bool_] = ok
+    return decoded
 
 
 def _decode_batch(

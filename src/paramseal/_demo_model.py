@@ -50,9 +50,7 @@ def load_digits() -> tuple[NDArray[np.float32], NDArray[np.int64]]:
     return X, y
 
 
-def split(
-    X: NDArray[_S], y: NDArray[_T]
-) -> tuple[NDArray[_S], NDArray[_T], NDArray[_S], NDArray[_T]]:
+def split(X: NDArray[_S], y: NDArray[_T]) -> tuple[NDArray[_S], NDArray[_T], NDArray[_S], NDArray[_T]]:
     """Split ``(X, y)`` into a fixed train/test partition.
 
     The partition is a permutation drawn from ``numpy.random.default_rng(0)``, so it

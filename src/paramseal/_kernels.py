@@ -19,7 +19,7 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
         raise ImportError("disabled by PARAMSEAL_NO_NUMBA")
     import numba
 
-    @numba.njit(cache=True, parallel=True, nogil=True)  # type: ignore[misc]
+    @numba.njit(cache=True, parallel=True, nogil=True)
     def _mlh_nb(words, keys, wmask, internal, pads, out):  # type: ignore[no-untyped-def]
         nblocks, nw = words.shape
         nm = wmask.shape[0]
@@ -33,7 +33,7 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                     acc -= keys[i] * np.uint64(words[b, i] & wmask[i])
             out[b] = (acc % p + pads[b]) % p
 
-    @numba.njit(cache=True, nogil=True)  # type: ignore[misc]
+    @numba.njit(cache=True, nogil=True)
     def _read_tag_nb(words, wmask, wshift, out):  # type: ignore[no-untyped-def]
         for b in range(words.shape[0]):
             t = np.uint64(0)
@@ -41,7 +41,7 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                 t |= np.uint64(words[b, i] & wmask[i]) << np.uint64(wshift[i])
             out[b] = t
 
-    @numba.njit(cache=True, parallel=True, nogil=True)  # type: ignore[misc]
+    @numba.njit(cache=True, parallel=True, nogil=True)
     def _split_nb(a, out):  # type: ignore[no-untyped-def]
         # a: [n, lanes] uint32 -> out: [n, chunks*64] bytes; element e of chunk c at bytes e, e+32
         n, lanes = a.shape
@@ -55,7 +55,7 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                     out[i, 64 * c + j] = np.uint8(x & np.uint32(0xFF))
                     out[i, 64 * c + 32 + j] = np.uint8(x >> np.uint32(8))
 
-    @numba.njit(cache=True, parallel=True, nogil=True)  # type: ignore[misc]
+    @numba.njit(cache=True, parallel=True, nogil=True)
     def _pack_nb(u, shift, width, out):  # type: ignore[no-untyped-def]
         # u: [nblocks, 64] uint; out: [nblocks, 8 * width] uint8; LSB-first bit stream per block
         nblocks, n = u.shape
@@ -74,7 +74,7 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                     nbits -= 8
                     pos += 1
 
-    @numba.njit(cache=True, parallel=True, nogil=True)  # type: ignore[misc]
+    @numba.njit(cache=True, parallel=True, nogil=True)
     def _unpack_nb(data, shift, width, u):  # type: ignore[no-untyped-def]
         # inverse of _pack_nb: replaces bits [shift, shift + width) of every value in u
         nblocks, n = u.shape
@@ -145,7 +145,9 @@ def to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8] | None:
     return out
 
 
-def read_tag_words(words: NDArray[np.uint16], wmask: NDArray[np.uint16], wshift: NDArray[np.uint64]) -> NDArray[np.uint64]:
+def read_tag_words(
+    words: NDArray[np.uint16], wmask: NDArray[np.uint16], wshift: NDArray[np.uint64]
+) -> NDArray[np.uint64]:
     """Assemble each block's stored tag from the masked low bits of its first words."""
     out = np.zeros(words.shape[0], dtype=np.uint64)
     if HAVE_NUMBA:

@@ -146,12 +146,26 @@ def build_layout(specs: list[TensorSpec], key: Key, salt: bytes, lanes: int | No
     sd = np.concatenate([[0], np.cumsum(ds)[:-1]]).astype(np.int64)
     ss_ = np.concatenate([[0], np.cumsum(ss)[:-1]]).astype(np.int64)
     return Layout(
-        g, K, M, block_start, lane, od, n_data, os_, n_store, internal,
-        perm, sd, ss_, holes,
+        g,
+        K,
+        M,
+        block_start,
+        lane,
+        od,
+        n_data,
+        os_,
+        n_store,
+        internal,
+        perm,
+        sd,
+        ss_,
+        holes,
     )
 
 
-def ranges_mask(rows: NDArray[np.int64], starts: NDArray[np.int64], lens: NDArray[np.int64], shape: tuple[int, int]) -> NDArray[np.bool_]:
+def ranges_mask(
+    rows: NDArray[np.int64], starts: NDArray[np.int64], lens: NDArray[np.int64], shape: tuple[int, int]
+) -> NDArray[np.bool_]:
     """Boolean ``shape`` mask with ``[start, start+len)`` set in each given row (vectorised)."""
     acc = np.zeros((shape[0], shape[1] + 1), dtype=np.int32)
     np.add.at(acc, (rows, starts), 1)

@@ -24,8 +24,8 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
-from .keys import Key
 from ._kernels import mlh_tags
+from .keys import Key
 from .levels import BLOCK
 
 P = (1 << 32) - 5
@@ -49,7 +49,8 @@ class BlockMac:
         """One-time pads for every block of one tensor (AES-CTR keystream, mod p)."""
         nonce = hashlib.sha256(b"pad" + salt + tensor_index.to_bytes(4, "big")).digest()[:12]
         ks = np.frombuffer(_stream(self._pad_key, nonce + bytes(4), 8 * nblocks), dtype="<u8")
-        return (ks % np.uint64(P)).astype(np.uint64)
+        pads: NDArray[np.uint64] = (ks % np.uint64(P)).astype(np.uint64)
+        return pads
 
     def tags(
         self,

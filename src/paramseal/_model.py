@@ -26,7 +26,8 @@ def blocks_of(arr: NDArray[np.generic] | None, spec: TensorSpec, *, copy: bool =
 def to_tensor(ub: Blocks, spec: TensorSpec) -> NDArray[np.generic]:
     """Inverse of ``blocks_of``."""
     flat = ub.reshape(-1)[: spec.numel].copy()
-    return flat.view(ST_TO_NP[spec.dtype]).reshape(spec.shape)
+    out: NDArray[np.generic] = flat.view(ST_TO_NP[spec.dtype]).reshape(spec.shape)
+    return out
 
 
 def data_bytes(ub: Blocks, spec: TensorSpec) -> NDArray[np.uint32]:
@@ -63,7 +64,7 @@ def _split(layout: Layout, t: int, spec: TensorSpec) -> tuple[int, int, NDArray[
 def gather_lanes(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) -> NDArray[np.uint32]:
     """Every lane's data shards, shard-major: ``[K, lanes]``."""
     out = np.zeros((layout.K, layout.lanes), dtype=np.uint32)
-    for t, (spec, ub) in enumerate(zip(specs, blocks)):
+    for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
         data = data_bytes(ub, spec)
         b0, d = int(layout.block_start[t]), spec.data_shards
         s0, s1, edge = _split(layout, t, spec)
@@ -78,18 +79,23 @@ def gather_lanes(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) 
     return out
 
 
-def lane_block_data(layout: Layout, t: int, spec: TensorSpec, lanes_data: NDArray[np.uint32], rows: NDArray[np.int64]) -> NDArray[np.uint32]:
+def lane_block_data(
+    layout: Layout, t: int, spec: TensorSpec, lanes_data: NDArray[np.uint32], rows: NDArray[np.int64]
+) -> NDArray[np.uint32]:
     """The data shards of blocks ``rows`` of tensor ``t``, read back from ``[K, lanes]``."""
     b = int(layout.block_start[t]) + rows
     cols = layout.off_data[b, None] + np.arange(spec.data_shards)
-    return lanes_data[cols, layout.lane[b, None]]
+    got: NDArray[np.uint32] = lanes_data[cols, layout.lane[b, None]]
+    return got
 
 
 def _store_width(spec: TensorSpec) -> int:
     return max(0, 2 * spec.k - 1)
 
 
-def block_parity(layout: Layout, t: int, spec: TensorSpec, parity: NDArray[np.uint32], rows: NDArray[np.int64] | None = None) -> NDArray[np.uint32]:
+def block_parity(
+    layout: Layout, t: int, spec: TensorSpec, parity: NDArray[np.uint32], rows: NDArray[np.int64] | None = None
+) -> NDArray[np.uint32]:
     """``[nblocks (or len(rows)), 2k-1]`` parity words each block stores (zero past its share)."""
     w = _store_width(spec)
     b0 = int(layout.block_start[t])
@@ -119,7 +125,7 @@ def block_parity(layout: Layout, t: int, spec: TensorSpec, parity: NDArray[np.ui
 def read_parity(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) -> NDArray[np.uint32]:
     """The parity shards as found in the low bits, ``[M, lanes]``."""
     out = np.zeros((layout.M, layout.lanes), dtype=np.uint32)
-    for t, (spec, ub) in enumerate(zip(specs, blocks)):
+    for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
         w = _store_width(spec)
         if not spec.is_float or layout.M == 0 or w == 0:
             continue
@@ -141,7 +147,12 @@ def read_parity(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) -
 
 
 def write_storage(
-    layout: Layout, spec: TensorSpec, t: int, ub: Blocks, parity: NDArray[np.uint32], rows: NDArray[np.int64] | None = None
+    layout: Layout,
+    spec: TensorSpec,
+    t: int,
+    ub: Blocks,
+    parity: NDArray[np.uint32],
+    rows: NDArray[np.int64] | None = None,
 ) -> None:
     """Write parity into the low bits of blocks ``rows`` (all when None), zeroing tag and spare bits."""
     if not spec.is_float:
@@ -165,7 +176,9 @@ def compute_tags(
     return mac.tags(ub, mac.pads(salt, t, spec.nblocks), mask, internal)
 
 
-def stored_tags(spec: TensorSpec, ub: Blocks, internal: NDArray[np.bool_], external: NDArray[np.uint64] | None) -> NDArray[np.uint64]:
+def stored_tags(
+    spec: TensorSpec, ub: Blocks, internal: NDArray[np.bool_], external: NDArray[np.uint64] | None
+) -> NDArray[np.uint64]:
     """The tags the file carries: in the low bits, or in the header for blocks without room."""
     tags = _bits.read_tags(ub, spec.k) if spec.is_float else np.zeros(spec.nblocks, np.uint64)
     ext = np.flatnonzero(~internal)

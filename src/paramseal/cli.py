@@ -115,7 +115,8 @@ def _run(args: argparse.Namespace) -> int:
             elif rep.status == "intact":
                 print(f"OK: {args.input} was intact; copied to {args.output}")
             elif rep.status == "recovered":
-                print(f"OK: recovered {args.input} -> {args.output} ({rep.restored_count} values restored)\n{rep.summary()}")
+                print(f"OK: recovered {args.input} -> {args.output} ({rep.restored_count} values restored)")
+                print(rep.summary())
             else:
                 wrote = f"partial result written to {args.output}" if args.allow_partial else "nothing written"
                 print(

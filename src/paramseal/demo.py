@@ -34,8 +34,13 @@ def run_demo(seed: int = 0, keep: str | None = None) -> int:
     try:
         weights = _demo_model.train(seed)
         n = sum(int(a.size) for a in weights.values())
-        orig, sealed_p, attacked, fixed = d / "model.safetensors", d / "sealed.safetensors", d / "attacked.safetensors", d / "recovered.safetensors"
-        files.write_model(orig, Loaded(weights, {"model": "digits-mlp", "seed": str(seed)}))
+        orig, sealed_p, attacked, fixed = (
+            d / "model.safetensors",
+            d / "sealed.safetensors",
+            d / "attacked.safetensors",
+            d / "recovered.safetensors",
+        )
+        files.write_model(orig, Loaded(dict(weights.items()), {"model": "digits-mlp", "seed": str(seed)}))
         key = Key.generate()
         write_key(d / "demo.key", key, overwrite=True)
         print(f"model: MLP 64-128-64-10 on UCI digits, {n} fp32 parameters, 500 held-out test images")
@@ -60,16 +65,21 @@ def run_demo(seed: int = 0, keep: str | None = None) -> int:
         t["fc3.weight"] = rng.standard_normal(t["fc3.weight"].shape).astype(np.float32) * 0.3
         files.write_model(attacked, Loaded(t, files.read_model(sealed_p).metadata))
         a2 = _acc(attacked, Xte, yte)
-        print("attack: flipped the top exponent bit of the 10 largest fc1 weights; replaced fc3.weight with random values")
+        print(
+            "attack: flipped the top exponent bit of the 10 largest fc1 weights; replaced fc3.weight with random values"
+        )
         print(f"  attacked   accuracy {100 * a2:.1f}%")
 
         rep = files.verify_file(attacked, key)
-        print(f"verify: {rep.status}, recoverable={rep.recoverable}, {rep.tampered_block_count}/{rep.total_blocks} blocks flagged")
+        flagged = f"{rep.tampered_block_count}/{rep.total_blocks} blocks flagged"
+        print(f"verify: {rep.status}, recoverable={rep.recoverable}, {flagged}")
         print(rep.summary())
 
         res = files.recover_file(attacked, fixed, key)
         a3 = _acc(fixed, Xte, yte)
-        exact = all(np.array_equal(v.view(np.uint8), files.read_model(fixed).tensors[k].view(np.uint8)) for k, v in s.items())
+        exact = all(
+            np.array_equal(v.view(np.uint8), files.read_model(fixed).tensors[k].view(np.uint8)) for k, v in s.items()
+        )
         rr = res.report
         loc = rr.tensors["fc1.weight"]
         located = sorted(loc.restored_indices) == sorted(int(i) for i in top)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ._progress import Progress
 from .errors import NotSealedError, UsageError
 from .formats import Loaded, adapter_for
 from .header import METADATA_KEY, peek_header
@@ -23,7 +24,6 @@ from .recover import RecoverResult, recover_from
 from .report import Report
 from .seal import SealConfig, SealedModel
 from .verify import check, report_of
-from ._progress import Progress
 
 PathLike = str | os.PathLike[str]
 
@@ -165,7 +165,9 @@ def inspect_file(path: PathLike) -> dict[str, Any]:
     }
     if text is not None:
         h = peek_header(text)
-        info["seal"] = {k: h.get(k) for k in ("scheme", "level", "bits", "block", "mac", "code", "lanes", "key_fingerprint")}
+        info["seal"] = {
+            k: h.get(k) for k in ("scheme", "level", "bits", "block", "mac", "code", "lanes", "key_fingerprint")
+        }
         info["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
         ks = {t.get("dtype"): t.get("k") for t in h.get("tensors", []) if isinstance(t, dict)}
         info["levels"] = {h.get("level") if h.get("bits") is None else f"bits={h.get('bits')}": _caps(ks)}
@@ -175,7 +177,7 @@ def inspect_file(path: PathLike) -> dict[str, Any]:
 
 
 def _caps(ks: dict[Any, Any]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for dt, k in ks.items():
         if dt in FLOATS and isinstance(k, int) and k > 0:
             c = capacity(dt, k)

@@ -59,11 +59,10 @@ class Header:
             "lanes": self.lanes,
             "salt": self.salt.hex(),
             "key_fingerprint": self.key_fingerprint,
-            "tensors": [
-                {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "k": t.k} for t in self.tensors
-            ],
+            "tensors": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "k": t.k} for t in self.tensors],
             "external_tags": {
-                str(i): base64.b64encode(v.astype("<u4").tobytes()).decode() for i, v in sorted(self.external_tags.items())
+                str(i): base64.b64encode(v.astype("<u4").tobytes()).decode()
+                for i, v in sorted(self.external_tags.items())
             },
             "user_metadata": dict(sorted(self.user_metadata.items())),
         }

@@ -50,15 +50,13 @@ class Key:
         try:
             return cls(bytes.fromhex(t))
         except ValueError:
-            raise KeyFileError(
-                f"{source} is not hex; create one with 'paramseal keygen KEYFILE'"
-            ) from None
+            raise KeyFileError(f"{source} is not hex; create one with 'paramseal keygen KEYFILE'") from None
 
     def derive(self, purpose: str, length: int = 32) -> bytes:
         """Derive an independent subkey for one purpose with HKDF-SHA256."""
-        return HKDF(
-            algorithm=hashes.SHA256(), length=length, salt=_HKDF_SALT, info=purpose.encode()
-        ).derive(self.secret)
+        return HKDF(algorithm=hashes.SHA256(), length=length, salt=_HKDF_SALT, info=purpose.encode()).derive(
+            self.secret
+        )
 
     @property
     def fingerprint(self) -> str:
@@ -90,8 +88,7 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
         env = os.environ.get(ENV_VAR)
         if not env:
             raise UsageError(
-                f"no key given: pass --key KEYFILE or set {ENV_VAR}; "
-                "create a key with 'paramseal keygen KEYFILE'"
+                f"no key given: pass --key KEYFILE or set {ENV_VAR}; create a key with 'paramseal keygen KEYFILE'"
             )
         return Key.from_text(env, source=f"the {ENV_VAR} variable")
     p = Path(path)

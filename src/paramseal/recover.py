@@ -18,7 +18,7 @@ from ._bits import write_tags
 from ._layout import ranges_mask
 from ._progress import Progress
 from .keys import Key
-from .report import Report, TensorFinding
+from .report import Report, Status, TensorFinding
 from .verify import Check, _tags_ok, check, report_of
 
 
@@ -81,9 +81,11 @@ def recover_from(chk: Check) -> RecoverResult:
                 before[t] = (rows, old)
     findings = _findings(chk, base, before)
     # Independent re-check of the whole result before claiming anything.
-    final_bad = [~_tags_ok(chk.mac, chk.header, lay, t, s, ub) for t, (s, ub) in enumerate(zip(specs, chk.blocks))]
+    final_bad = [
+        ~_tags_ok(chk.mac, chk.header, lay, t, s, ub) for t, (s, ub) in enumerate(zip(specs, chk.blocks, strict=True))
+    ]
     all_ok = not any(b.any() for b in final_bad)
-    status = "recovered" if all_ok else "unrecoverable"
+    status: Status = "recovered" if all_ok else "unrecoverable"
     report = Report(
         kind="recover",
         status=status,
@@ -152,7 +154,7 @@ def _findings(
 
 
 def _outputs(chk: Check) -> dict[str, NDArray[np.generic]]:
-    return {s.name: _model.to_tensor(ub, s) for s, ub in zip(chk.specs, chk.blocks)}
+    return {s.name: _model.to_tensor(ub, s) for s, ub in zip(chk.specs, chk.blocks, strict=True)}
 
 
 __all__ = ["RecoverResult", "recover", "recover_from"]

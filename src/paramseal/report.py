@@ -114,7 +114,7 @@ class Report:
             if f.restored_indices:
                 idx = ", ".join(
                     f"[{i}] bits {'/'.join(str(b) for b in range(64) if x >> b & 1)}"
-                    for i, x in zip(f.restored_indices[:4], f.restored_xor[:4])
+                    for i, x in zip(f.restored_indices[:4], f.restored_xor[:4], strict=True)
                 )
                 more = " ..." if len(f.restored_indices) > 4 else ""
                 what.append(f"restored {len(f.restored_indices)} value(s): {idx}{more}")

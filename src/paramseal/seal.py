@@ -14,8 +14,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _code, _model
-from ._layout import TensorSpec, build_layout
 from ._bits import write_tags
+from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
 from ._progress import Progress
 from .errors import UnsupportedError, UsageError
@@ -48,9 +48,7 @@ class SealConfig:
             raise UsageError("cannot seal an empty model: it has no tensors")
         specs = [_spec(name, a, self.level, self.bits) for name, a in arrays.items()]
         if not any(s.is_float for s in specs):
-            raise UnsupportedError(
-                "cannot seal a model without float tensors: the watermark lives in float mantissas"
-            )
+            raise UnsupportedError("cannot seal a model without float tensors: the watermark lives in float mantissas")
         salt = os.urandom(16)
         layout = build_layout(specs, key, salt, self.lanes)
         prog = progress or Progress.null()
@@ -60,7 +58,7 @@ class SealConfig:
         mac = BlockMac(key)
         external: dict[int, NDArray[np.uint64]] = {}
         out: dict[str, NDArray[np.generic]] = {}
-        for t, (spec, ub) in enumerate(zip(specs, blocks)):
+        for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
             prog.step(spec.name)
             _model.write_storage(layout, spec, t, ub, parity)
             internal = layout.tag_internal[layout.block_start[t] : layout.block_start[t] + spec.nblocks]

@@ -57,7 +57,9 @@ class Check:
         return bool(np.all((nd == 0) | (nd + npar <= self.layout.M)))
 
 
-def _tags_ok(chk_mac: BlockMac, header: Header, layout: Layout, t: int, spec: TensorSpec, ub: _model.Blocks) -> NDArray[np.bool_]:
+def _tags_ok(
+    chk_mac: BlockMac, header: Header, layout: Layout, t: int, spec: TensorSpec, ub: _model.Blocks
+) -> NDArray[np.bool_]:
     b0 = int(layout.block_start[t])
     internal = layout.tag_internal[b0 : b0 + spec.nblocks]
     want = _model.compute_tags(chk_mac, header.salt, t, spec, ub, internal)
@@ -181,7 +183,7 @@ def report_of(chk: Check) -> Report:
     """The verify report of a finished check."""
     findings = {
         s.name: TensorFinding(s.name, tuple(int(i) for i in np.flatnonzero(b)), tuple(iss))
-        for s, b, iss in zip(chk.specs, chk.bad, chk.issues)
+        for s, b, iss in zip(chk.specs, chk.bad, chk.issues, strict=True)
     }
     tampered = bool(chk.bad_global.any() or any(chk.issues) or chk.extra or chk.metadata_issues)
     return Report(

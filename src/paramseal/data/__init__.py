@@ -1,0 +1,1 @@
+"""Data shipped with ParamSeal (the demo dataset)."""

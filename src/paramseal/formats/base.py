@@ -22,8 +22,15 @@ class Loaded:
 class Adapter(Protocol):
     """Reads and writes one model file format."""
 
-    name: str
-    extensions: tuple[str, ...]
+    @property
+    def name(self) -> str:
+        """Short format name, as given to ``--format``."""
+        ...
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        """Lower-case file extensions, with the dot."""
+        ...
 
     def sniff(self, head: bytes) -> bool:
         """Whether the first bytes of a file look like this format."""

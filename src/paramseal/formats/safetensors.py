@@ -26,7 +26,7 @@ class SafetensorsAdapter:
     """Adapter for ``.safetensors`` files."""
 
     name = "safetensors"
-    extensions = (".safetensors", ".st")
+    extensions: tuple[str, ...] = (".safetensors", ".st")
 
     def sniff(self, head: bytes) -> bool:
         """A little-endian header length followed by a JSON object."""
@@ -47,7 +47,9 @@ class SafetensorsAdapter:
 
     def write(self, path: Path, loaded: Loaded) -> None:
         """Write with the library (it orders tensors by dtype alignment, then name)."""
-        stn.save_file({k: np.ascontiguousarray(v) for k, v in loaded.tensors.items()}, str(path), metadata=loaded.metadata or None)
+        stn.save_file(
+            {k: np.ascontiguousarray(v) for k, v in loaded.tensors.items()}, str(path), metadata=loaded.metadata or None
+        )
 
 
 def _validate(path: Path) -> tuple[list[str], dict[str, str]]:

@@ -1,0 +1,294 @@
+"""The command line end to end, in-process through ``paramseal.cli.main``."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal.cli import main
+
+import helpers
+
+run = helpers.run_cli
+
+
+def _tamper(src: Path, dst: Path, fn) -> Path:  # type: ignore[no-untyped-def]
+    t, meta = helpers.read_st(src)
+    fn(t)
+    return helpers.write_st(dst, t, meta)
+
+
+# --------------------------------------------------------------------------- keygen
+
+
+def test_keygen_writes_an_owner_only_key_and_prints_only_its_fingerprint(tmp_path: Path) -> None:
+    p = tmp_path / "new.key"
+    rc, out, err = run(["keygen", p])
+    assert rc == 0 and err == ""
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    key = paramseal.load_key(p)
+    assert key.fingerprint in out and out.startswith("OK:")
+    assert key.secret.hex() not in out.lower()
+
+
+def test_keygen_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    p = tmp_path / "k.key"
+    assert run(["keygen", p])[0] == 0
+    first = p.read_text()
+    rc, out, err = run(["keygen", p])
+    assert rc == 3 and "exists" in err and str(p) in err
+    assert p.read_text() == first
+    rc, _, _ = run(["keygen", p, "--force"])
+    assert rc == 0 and p.read_text() != first
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+
+
+def test_keygen_into_missing_folder_is_exit_3(tmp_path: Path) -> None:
+    rc, _, err = run(["keygen", tmp_path / "nope" / "k.key"])
+    assert rc == 3 and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------- seal / verify / recover / inspect
+
+
+def test_seal_then_verify_intact(tmp_path: Path, model_file: Path, key_file: Path) -> None:
+    out = tmp_path / "s.safetensors"
+    rc, so, se = run(["seal", model_file, out, "--key", key_file])
+    assert rc == 0 and so.startswith("OK: sealed") and "level standard" in so and "F32 k=8" in so
+    rc, so, se = run(["verify", out, "--key", key_file])
+    assert rc == 0 and so.startswith("OK:") and "intact" in so
+
+
+@pytest.mark.parametrize("level, k", [("light", 4), ("strong", 12)])
+def test_seal_level_option(tmp_path: Path, model_file: Path, key_file: Path, level: str, k: int) -> None:
+    out = tmp_path / "s.safetensors"
+    rc, so, _ = run(["seal", model_file, out, "--key", key_file, "--level", level])
+    assert rc == 0 and f"F32 k={k}" in so and f"level {level}" in so
+    info = json.loads(run(["inspect", out, "--json"])[1])
+    assert info["seal"]["level"] == level
+
+
+def test_seal_bits_option(tmp_path: Path, key_file: Path) -> None:
+    src = helpers.write_st(tmp_path / "m.safetensors", {"w": np.ones(1000, np.float32), "h": np.ones(100, np.float16)})
+    out = tmp_path / "s.safetensors"
+    rc, so, _ = run(["seal", src, out, "--key", key_file, "--bits", "6"])
+    assert rc == 0 and "F32 k=6" in so and "F16 k=6" in so
+    assert run(["verify", out, "--key", key_file])[0] == 0
+
+
+@pytest.mark.parametrize("bits", ["0", "-2", "23", "100"])
+def test_seal_bits_out_of_range_is_exit_3_and_writes_nothing(tmp_path: Path, model_file: Path, key_file: Path, bits: str) -> None:
+    out = tmp_path / "s.safetensors"
+    rc, so, se = run(["seal", model_file, out, "--key", key_file, "--bits", bits])
+    assert rc == 3 and "out of range" in se and "Traceback" not in se
+    assert not out.exists()
+
+
+def test_seal_bits_out_of_range_for_bf16_names_the_dtype(tmp_path: Path, model_file: Path, key_file: Path) -> None:
+    rc, _, se = run(["seal", model_file, tmp_path / "s.safetensors", "--key", key_file, "--bits", "7"])
+    assert rc == 3 and "BF16" in se and "1..6" in se
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["seal", "only-input.safetensors"],
+        ["verify"],
+        ["frobnicate"],
+        [],
+        ["seal", "a.safetensors", "b.safetensors", "--level", "paranoid"],
+        ["seal", "a.safetensors", "b.safetensors", "--bits", "eight"],
+        ["seal", "a.safetensors", "b.safetensors", "--level", "light", "--bits", "3"],
+        ["verify", "a.safetensors", "--no-such-option"],
+    ],
+    ids=["missing-output", "missing-input", "unknown-command", "no-command", "bad-level", "bits-not-int", "level-and-bits", "unknown-option"],
+)
+def test_usage_errors_exit_3(tmp_path: Path, argv: list[str]) -> None:
+    """Exit 2 means 'tampered and not fully recoverable'; a typo must never read as that."""
+    rc, _, err = run(argv)
+    assert rc == 3, (rc, err)
+
+
+def test_help_and_version_exit_0() -> None:
+    rc, out, _ = run(["--version"])
+    assert rc == 0 and paramseal.__version__ in out
+    rc, out, _ = run(["--help"])
+    assert rc == 0 and "keygen" in out and "exit codes" in out
+
+
+def test_verify_tampered_text_and_json(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
+    bad = _tamper(sealed_file, tmp_path / "bad.safetensors", lambda t: t["fc.weight"].reshape(-1).__setitem__(70, 123.0))
+    rc, so, se = run(["verify", bad, "--key", key_file])
+    assert rc == 1 and so.startswith("FAIL:") and "fc.weight" in so and "paramseal recover" in so
+    rc, so, se = run(["verify", bad, "--key", key_file, "--json"])
+    assert rc == 1
+    d = json.loads(so)
+    assert d["status"] == "tampered" and d["recoverable"] is True
+    assert d["tampered_tensors"] == ["fc.weight"]
+    assert d["tensors"]["fc.weight"]["tampered_blocks"] == [1]
+    assert d["kind"] == "verify"
+
+
+def test_verify_json_intact(sealed_file: Path, key_file: Path) -> None:
+    rc, so, _ = run(["verify", sealed_file, "--key", key_file, "--json"])
+    d = json.loads(so)
+    assert rc == 0 and d["status"] == "intact" and d["recoverable"] is True and d["tampered_tensors"] == [] and d["tensors"] == {}
+
+
+def test_recover_text_and_json_report_indices_and_bits(tmp_path: Path, sealed_file: Path, key_file: Path, key: paramseal.Key) -> None:
+    sealed_t, _ = helpers.read_st(sealed_file)
+    bad = _tamper(sealed_file, tmp_path / "bad.safetensors", lambda t: t.update(helpers.flip_bit(t, "embed.weight", 1000, 30)))
+    out = tmp_path / "fixed.safetensors"
+    rc, so, se = run(["recover", bad, out, "--key", key_file, "--json"])
+    assert rc == 0, se
+    d = json.loads(so)
+    assert d["status"] == "recovered" and d["kind"] == "recover" and d["recoverable"] is True
+    assert d["tampered_tensors"] == ["embed.weight"]
+    e = d["tensors"]["embed.weight"]
+    assert e["tampered_blocks"] == [1000 // 64]
+    assert e["restored"]["indices"] == [1000] and e["restored"]["bits_changed"] == [[30]]
+    assert e["unrecoverable_indices"] == []
+    helpers.assert_model_equal(helpers.read_st(out)[0], sealed_t)
+    out2 = tmp_path / "fixed2.safetensors"
+    rc, so, _ = run(["recover", bad, out2, "--key", key_file])
+    assert rc == 0 and so.startswith("OK: recovered") and "[1000] bits 30" in so
+
+
+def test_recover_intact_copies(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
+    out = tmp_path / "copy.safetensors"
+    rc, so, _ = run(["recover", sealed_file, out, "--key", key_file])
+    assert rc == 0 and "intact" in so and out.exists()
+
+
+def test_recover_beyond_capacity_writes_nothing_unless_allow_partial(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
+    def wipe(t: dict) -> None:
+        t["embed.weight"] = np.zeros_like(t["embed.weight"])
+        t["fc.weight"] = np.zeros_like(t["fc.weight"])
+
+    bad = _tamper(sealed_file, tmp_path / "bad.safetensors", wipe)
+    rc, so, _ = run(["verify", bad, "--key", key_file, "--json"])
+    assert rc == 2 and json.loads(so)["recoverable"] is False
+    out = tmp_path / "out.safetensors"
+    before = helpers.listing(tmp_path)
+    rc, so, se = run(["recover", bad, out, "--key", key_file, "--json"])
+    assert rc == 2 and not out.exists()
+    assert helpers.listing(tmp_path) == before
+    d = json.loads(so)
+    assert d["status"] == "unrecoverable" and d["recoverable"] is False
+    assert d["unrecoverable_parameters"] > 0
+    assert len(d["tensors"]["embed.weight"]["unrecoverable_indices"]) > 0
+    rc, so, _ = run(["recover", bad, out, "--key", key_file])
+    assert rc == 2 and "nothing written" in so and not out.exists()
+    rc, so, _ = run(["recover", bad, out, "--key", key_file, "--allow-partial"])
+    assert rc == 2 and out.exists() and "partial result written" in so
+    assert run(["verify", out, "--key", key_file])[0] == 2
+
+
+def test_out_equal_in_is_refused_without_in_place(sealed_file: Path, model_file: Path, key_file: Path) -> None:
+    for argv in (["seal", model_file, model_file, "--key", key_file], ["recover", sealed_file, sealed_file, "--key", key_file]):
+        h = helpers.sha256(argv[1])
+        rc, _, err = run(argv)
+        assert rc == 3 and "--in-place" in err
+        assert helpers.sha256(argv[1]) == h
+
+
+def test_in_place_seal(model_file: Path, key_file: Path) -> None:
+    rc, _, _ = run(["seal", model_file, model_file, "--key", key_file, "--in-place"])
+    assert rc == 0
+    assert run(["verify", model_file, "--key", key_file])[0] == 0
+
+
+def test_seal_refuses_nan_with_a_clear_message(tmp_path: Path, key_file: Path) -> None:
+    src = helpers.write_st(tmp_path / "m.safetensors", {"good": np.ones(100, np.float32), "bad.weight": np.array([1.0, np.inf], np.float32)})
+    out = tmp_path / "s.safetensors"
+    rc, _, err = run(["seal", src, out, "--key", key_file])
+    assert rc == 3 and "'bad.weight'" in err and "NaN or Inf" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_inspect_text_and_json(sealed_file: Path, model_file: Path) -> None:
+    rc, so, _ = run(["inspect", sealed_file])
+    assert rc == 0 and "sealed:" in so and "max relative change" in so and "recovers up to" in so
+    rc, so, _ = run(["inspect", model_file, "--json"])
+    assert rc == 0
+    d = json.loads(so)
+    assert d["sealed"] is False and set(d["levels"]) == {"light", "standard", "strong"}
+    rc, so, _ = run(["inspect", model_file])
+    assert "not sealed" in so and "strong" in so
+
+
+# --------------------------------------------------------------------------- keys on the command line
+
+
+def test_key_from_environment_variable(tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARAMSEAL_KEY", key.secret.hex())
+    out = tmp_path / "s.safetensors"
+    assert run(["seal", model_file, out])[0] == 0
+    rc, so, _ = run(["verify", out, "--json"])
+    assert rc == 0 and json.loads(so)["key_fingerprint"] == key.fingerprint
+
+
+def test_no_key_at_all_is_exit_3_with_a_hint(sealed_file: Path) -> None:
+    rc, _, err = run(["verify", sealed_file])
+    assert rc == 3 and "--key" in err and "PARAMSEAL_KEY" in err
+
+
+def test_wrong_key_is_exit_3_with_both_fingerprints_not_a_tamper_report(tmp_path: Path, sealed_file: Path, key: paramseal.Key, other_key: paramseal.Key) -> None:
+    wrong = paramseal.write_key(tmp_path / "wrong.key", other_key)
+    for argv in (["verify", sealed_file, "--key", wrong], ["verify", sealed_file, "--key", wrong, "--json"], ["recover", sealed_file, tmp_path / "o.safetensors", "--key", wrong]):
+        rc, so, se = run(argv)
+        assert rc == 3
+        assert key.fingerprint in se and other_key.fingerprint in se and "does not match" in se
+        assert "tampered" not in (so + se).lower() and "FAIL" not in so
+    assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_key_never_appears_in_any_output(tmp_path: Path, model_file: Path) -> None:
+    """Run every command; the key (hex, either case, or raw) appears in no stdout, stderr, JSON or file."""
+    kf = tmp_path / "secret.key"
+    texts = []
+    for argv in (["keygen", kf],):
+        texts += run(argv)[1:]
+    key = paramseal.load_key(kf)
+    s = tmp_path / "s.safetensors"
+    b = tmp_path / "b.safetensors"
+    texts += run(["seal", model_file, s, "--key", kf])[1:]
+    _tamper(s, b, lambda t: t["fc.bias"].__setitem__(0, 9.0))
+    for argv in (
+        ["verify", s, "--key", kf],
+        ["verify", b, "--key", kf, "--json"],
+        ["recover", b, tmp_path / "r.safetensors", "--key", kf, "--json"],
+        ["recover", b, tmp_path / "r2.safetensors", "--key", kf],
+        ["inspect", s, "--json"],
+        ["inspect", s],
+    ):
+        texts += run(argv)[1:]
+    blob = "\n".join(texts).lower()
+    assert key.secret.hex() not in blob
+    for p in tmp_path.iterdir():
+        if p != kf:
+            data = p.read_bytes()
+            assert key.secret not in data, p
+            assert key.secret.hex().encode() not in data.lower(), p
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_exits_0_and_tells_the_story(tmp_path: Path) -> None:
+    rc, out, err = run(["demo", "--keep", tmp_path / "demo"])
+    assert rc == 0, out + err
+    for stage in ("original", "sealed", "attacked", "recovered"):
+        assert f"{stage}" in out and "accuracy" in out
+    assert "bit-exact vs sealed: True" in out
+    assert (tmp_path / "demo" / "sealed.safetensors").exists()
+
+
+def test_main_is_callable_with_an_argument_list(tmp_path: Path) -> None:
+    assert main(["keygen", str(tmp_path / "x.key")]) == 0

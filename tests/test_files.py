@@ -1,0 +1,251 @@
+"""Files: seal/verify/recover/inspect on safetensors, atomic outputs, never touching the input."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import NotSealedError, UsageError, files
+from paramseal.formats import Loaded
+from paramseal.formats.safetensors import SafetensorsAdapter
+from paramseal.header import METADATA_KEY
+
+import helpers
+
+META = {"author": "tests", "license": "apache-2.0"}
+
+
+def test_seal_file_preserves_names_shapes_dtypes_and_metadata(tmp_path: Path, model_file: Path, model: dict, key: paramseal.Key) -> None:
+    out = tmp_path / "sealed.safetensors"
+    h = helpers.sha256(model_file)
+    sealed = files.seal_file(model_file, out, key)
+    assert helpers.sha256(model_file) == h, "the input must never be modified"
+    tensors, meta = helpers.read_st(out)
+    assert set(tensors) == set(model)
+    for name, a in model.items():
+        assert tensors[name].shape == a.shape and tensors[name].dtype == a.dtype, name
+        assert helpers.same_bytes(tensors[name], sealed.tensors[name])
+    assert {k: v for k, v in meta.items() if k != METADATA_KEY} == META
+    assert meta[METADATA_KEY] == sealed.header_json
+    assert files.verify_file(out, key).status == "intact"
+
+
+def test_scalar_and_empty_tensors_keep_their_shape_through_files(tmp_path: Path, key: paramseal.Key) -> None:
+    m = {"w": np.ones((16, 16), np.float32), "temperature": np.array(0.7, np.float32), "empty": np.zeros((0, 5), np.float32)}
+    src = helpers.write_st(tmp_path / "m.safetensors", m)
+    out = tmp_path / "s.safetensors"
+    files.seal_file(src, out, key)
+    tensors, _ = helpers.read_st(out)
+    assert tensors["temperature"].shape == (), "a 0-d tensor must stay 0-d"
+    assert tensors["empty"].shape == (0, 5)
+    assert files.read_model(src).tensors["temperature"].shape == ()
+
+
+@pytest.mark.parametrize("level", ["light", "standard", "strong"])
+def test_every_dtype_round_trips_through_seal_verify_recover(tmp_path: Path, key: paramseal.Key, level: str) -> None:
+    # Every dtype, plus enough fp32 that even the light level can rebuild one block of each tensor.
+    model = {**helpers.small_model(1), "big.weight": np.random.default_rng(1).standard_normal(8192).astype(np.float32)}
+    model_file = helpers.write_st(tmp_path / "m.safetensors", model, META)
+    sealed_p, tampered_p, fixed_p = tmp_path / "s.safetensors", tmp_path / "t.safetensors", tmp_path / "f.safetensors"
+    files.seal_file(model_file, sealed_p, key, level=level)
+    sealed_t, meta = helpers.read_st(sealed_p)
+    for name, a in model.items():
+        if not helpers.is_float(a.dtype):
+            assert helpers.same_bytes(sealed_t[name], a), name
+    # Flip one bit in every tensor (bf16, fp16, fp64, ints and bool included).
+    t = dict(sealed_t)
+    for name, a in t.items():
+        t = helpers.flip_bit(t, name, a.size // 2, 0)
+    helpers.write_st(tampered_p, t, meta)
+    r = files.verify_file(tampered_p, key)
+    assert r.status == "tampered" and sorted(r.tampered_tensors) == sorted(model)
+    res = files.recover_file(tampered_p, fixed_p, key)
+    assert res.report.status == "recovered"
+    fixed, fixed_meta = helpers.read_st(fixed_p)
+    helpers.assert_model_equal(fixed, sealed_t)
+    assert fixed_meta == meta
+    assert files.verify_file(fixed_p, key).status == "intact"
+
+
+def test_output_equal_to_input_is_refused_without_in_place(model_file: Path, key: paramseal.Key) -> None:
+    h = helpers.sha256(model_file)
+    with pytest.raises(UsageError, match="in-place"):
+        files.seal_file(model_file, model_file, key)
+    assert helpers.sha256(model_file) == h
+
+
+def test_output_that_is_a_symlink_to_the_input_is_refused(tmp_path: Path, model_file: Path, key: paramseal.Key) -> None:
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(model_file)
+    h = helpers.sha256(model_file)
+    with pytest.raises(UsageError, match="in-place"):
+        files.seal_file(model_file, link, key)
+    assert helpers.sha256(model_file) == h and link.is_symlink()
+
+
+def test_in_place_seal_and_recover(tmp_path: Path, model_file: Path, key: paramseal.Key) -> None:
+    files.seal_file(model_file, model_file, key, in_place=True)
+    assert files.verify_file(model_file, key).status == "intact"
+    sealed_t, meta = helpers.read_st(model_file)
+    helpers.write_st(model_file, helpers.flip_bit(sealed_t, "fc.weight", 3, 27), meta)
+    res = files.recover_file(model_file, model_file, key, in_place=True)
+    assert res.report.status == "recovered"
+    helpers.assert_model_equal(helpers.read_st(model_file)[0], sealed_t)
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_sealing_an_already_sealed_file_is_refused(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
+    with pytest.raises(UsageError, match="already sealed"):
+        files.seal_file(sealed_file, tmp_path / "twice.safetensors", key)
+    assert not (tmp_path / "twice.safetensors").exists()
+
+
+def test_verify_of_unsealed_file_raises_not_sealed(model_file: Path, key: paramseal.Key) -> None:
+    with pytest.raises(NotSealedError, match="paramseal seal"):
+        files.verify_file(model_file, key)
+
+
+def _only_expected_files(folder: Path, expected: set[str]) -> None:
+    assert {p.name for p in folder.iterdir()} == expected
+
+
+class _Boom(OSError):
+    pass
+
+
+def test_failed_write_leaves_no_temp_file_and_keeps_the_old_output(tmp_path: Path, model_file: Path, key: paramseal.Key, key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"previous content")
+
+    def half_write(self: SafetensorsAdapter, path: Path, loaded: Loaded) -> None:
+        path.write_bytes(b"partial garbage")
+        raise _Boom(28, "No space left on device")
+
+    monkeypatch.setattr(SafetensorsAdapter, "write", half_write)
+    with pytest.raises(_Boom):
+        files.seal_file(model_file, out, key)
+    assert out.read_bytes() == b"previous content"
+    _only_expected_files(tmp_path, {"model.safetensors", "out.safetensors", "test.key"})
+
+
+def test_interrupted_write_leaves_no_temp_file(tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(self: SafetensorsAdapter, path: Path, loaded: Loaded) -> None:
+        path.write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SafetensorsAdapter, "write", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        files.seal_file(model_file, tmp_path / "out.safetensors", key)
+    _only_expected_files(tmp_path, {"model.safetensors"})
+
+
+def test_seal_failure_writes_nothing(tmp_path: Path, key: paramseal.Key) -> None:
+    src = helpers.write_st(tmp_path / "nan.safetensors", {"w": np.array([1.0, np.nan], np.float32)})
+    h = helpers.sha256(src)
+    with pytest.raises(paramseal.UnsupportedError, match="NaN"):
+        files.seal_file(src, tmp_path / "out.safetensors", key)
+    _only_expected_files(tmp_path, {"nan.safetensors"})
+    assert helpers.sha256(src) == h
+
+
+def test_output_into_missing_folder_is_a_usage_error(tmp_path: Path, model_file: Path, key: paramseal.Key) -> None:
+    with pytest.raises(UsageError, match="does not exist"):
+        files.seal_file(model_file, tmp_path / "no" / "such" / "out.safetensors", key)
+
+
+def test_output_that_is_a_directory_is_a_usage_error(tmp_path: Path, model_file: Path, key: paramseal.Key) -> None:
+    d = tmp_path / "outdir.safetensors"
+    d.mkdir()
+    with pytest.raises(UsageError, match="directory"):
+        files.seal_file(model_file, d, key)
+    assert d.is_dir() and not any(d.iterdir())
+
+
+def test_new_output_files_get_ordinary_permissions(tmp_path: Path, model_file: Path, key: paramseal.Key) -> None:
+    """A sealed model is meant to be shared: it gets the mode any new file gets (umask), not 0600."""
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "sealed.safetensors"
+        files.seal_file(model_file, out, key)
+        plain = tmp_path / "plain"
+        plain.write_bytes(b"")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
+
+
+def test_recover_beyond_capacity_writes_nothing_unless_partial_is_allowed(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
+    t, meta = helpers.read_st(sealed_file)
+    t["embed.weight"] = np.zeros_like(t["embed.weight"])
+    t["fc.weight"] = np.zeros_like(t["fc.weight"])
+    bad = helpers.write_st(tmp_path / "bad.safetensors", t, meta)
+    out = tmp_path / "out.safetensors"
+    res = files.recover_file(bad, out, key)
+    assert res.report.status == "unrecoverable"
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    res = files.recover_file(bad, out, key, allow_partial=True)
+    assert res.report.status == "unrecoverable" and out.exists()
+    # The partial output keeps its seal, so verify still names what remains tampered.
+    r = files.verify_file(out, key)
+    assert r.status == "tampered" and {"embed.weight", "fc.weight"} <= set(r.tampered_tensors)
+
+
+def test_recover_of_intact_file_writes_a_copy(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
+    out = tmp_path / "copy.safetensors"
+    res = files.recover_file(sealed_file, out, key)
+    assert res.report.status == "intact"
+    a, am = helpers.read_st(sealed_file)
+    b, bm = helpers.read_st(out)
+    helpers.assert_model_equal(b, a)
+    assert am == bm
+
+
+def test_recover_drops_extra_tensors_and_restores_renamed_ones(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
+    t, meta = helpers.read_st(sealed_file)
+    want = dict(t)
+    t["fc.bias.renamed"] = t.pop("fc.bias")
+    t["backdoor"] = np.ones(4, np.float32)
+    bad = helpers.write_st(tmp_path / "bad.safetensors", t, meta)
+    out = tmp_path / "out.safetensors"
+    res = files.recover_file(bad, out, key)
+    assert res.report.status == "recovered"
+    got, _ = helpers.read_st(out)
+    helpers.assert_model_equal(got, want)
+
+
+def test_inspect_unsealed_file_describes_every_level(model_file: Path) -> None:
+    info = files.inspect_file(model_file)
+    assert info["sealed"] is False and info["tensors"] == 10
+    assert info["parameters"]["F32"] == 64 * 48 + 40 * 33 + 40
+    assert set(info["levels"]) == {"light", "standard", "strong"}
+    f32 = info["levels"]["standard"]["F32"]
+    assert f32["k"] == 8 and f32["max_relative_change"] == pytest.approx(255 * 2.0**-23)
+    assert f32["contiguous_bound"] == pytest.approx(7.5 / 31.5, abs=1e-4)
+    assert info["levels"]["strong"]["F32"]["contiguous_bound"] == pytest.approx(11.5 / 31.5, abs=1e-4)
+    assert info["levels"]["standard"]["I64"]["k"] == 0
+
+
+def test_inspect_sealed_file_needs_no_key_and_shows_the_settings(sealed_file: Path, key: paramseal.Key) -> None:
+    info = files.inspect_file(sealed_file)
+    assert info["sealed"] is True
+    s = info["seal"]
+    assert s["scheme"] == "paramseal/1" and s["level"] == "standard" and s["block"] == 64
+    assert s["key_fingerprint"] == key.fingerprint
+    assert "not checked" in s["authenticated"]
+    assert list(info["levels"]) == ["standard"]
+    assert info["levels"]["standard"]["BF16"]["k"] == 1
+
+
+def test_read_and_write_model_round_trip(tmp_path: Path, model: dict) -> None:
+    p = tmp_path / "rw.safetensors"
+    files.write_model(p, Loaded(model, {"x": "y"}))
+    got = files.read_model(p)
+    helpers.assert_model_equal(got.tensors, model)
+    assert got.metadata == {"x": "y"}
+    assert [q.name for q in tmp_path.iterdir()] == ["rw.safetensors"]

@@ -1,0 +1,198 @@
+"""The seal header: authenticated settings, tensor table and user metadata."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import FormatError, KeyMismatchError, ParamSealError, files
+from paramseal.header import METADATA_KEY, HeaderAuthError, parse_header
+
+import helpers
+
+
+def _edit(text: str, fn: Callable[[dict], None]) -> str:
+    h = json.loads(text)
+    fn(h)
+    return json.dumps(h, sort_keys=True, separators=(",", ":"))
+
+
+def _bump_hex(s: str) -> str:
+    return s[:-1] + ("0" if s[-1] != "0" else "1")
+
+
+def _ext_tag(h: dict) -> None:
+    i, v = next(iter(h["external_tags"].items()))
+    raw = bytearray(base64.b64decode(v))
+    raw[0] ^= 1
+    h["external_tags"][i] = base64.b64encode(bytes(raw)).decode()
+
+
+EDITS: dict[str, Callable[[dict], None]] = {
+    "level": lambda h: h.update(level="strong"),
+    "bits": lambda h: h.update(bits=8),
+    "block": lambda h: h.update(block=32),
+    "mac": lambda h: h.update(mac="hmac-sha256"),
+    "code": lambda h: h.update(code="none"),
+    "shard_bytes": lambda h: h.update(shard_bytes=8),
+    "lanes": lambda h: h.update(lanes=h["lanes"] + 1),
+    "salt": lambda h: h.update(salt=_bump_hex(h["salt"])),
+    "hmac": lambda h: h.update(hmac=_bump_hex(h["hmac"])),
+    "tensor_name": lambda h: h["tensors"][0].update(name="evil"),
+    "tensor_shape": lambda h: h["tensors"][1].update(shape=[33, 40]),
+    "tensor_dtype": lambda h: h["tensors"][2].update(dtype="F16"),
+    "tensor_k": lambda h: h["tensors"][0].update(k=4),
+    "tensor_removed": lambda h: h["tensors"].pop(),
+    "tensor_added": lambda h: h["tensors"].append({"name": "x", "dtype": "F32", "shape": [4], "k": 8}),
+    "tensors_reordered": lambda h: h["tensors"].reverse(),
+    "external_tag_changed": _ext_tag,
+    "external_tags_dropped": lambda h: h.update(external_tags={}),
+    "user_metadata_changed": lambda h: h["user_metadata"].update(author="mallory"),
+    "user_metadata_added": lambda h: h["user_metadata"].update(extra="1"),
+    "user_metadata_removed": lambda h: h["user_metadata"].pop("license"),
+    "field_added": lambda h: h.update(note="hello"),
+    "field_removed": lambda h: h.pop("lanes"),
+    "hmac_removed": lambda h: h.pop("hmac"),
+    "fingerprint_removed": lambda h: h.pop("key_fingerprint"),
+}
+
+
+@pytest.mark.parametrize("field", list(EDITS))
+def test_any_header_edit_is_detected_by_the_api(sealed: paramseal.SealedModel, key: paramseal.Key, field: str) -> None:
+    text = _edit(sealed.header_json, EDITS[field])
+    assert text != sealed.header_json
+    with pytest.raises(HeaderAuthError) as ei:
+        paramseal.verify(sealed.tensors, key, text)
+    assert ei.value.exit_code == 2
+    with pytest.raises(HeaderAuthError):
+        paramseal.recover(sealed.tensors, key, text)
+
+
+def test_edited_key_fingerprint_with_the_right_key_is_an_edited_header_not_a_wrong_key(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    """An attacker must not be able to disguise tampering as a key mix-up (exit 3) by editing the fingerprint."""
+    text = _edit(sealed.header_json, lambda h: h.update(key_fingerprint=_bump_hex(h["key_fingerprint"])))
+    with pytest.raises(ParamSealError) as ei:
+        paramseal.verify(sealed.tensors, key, text)
+    assert not isinstance(ei.value, KeyMismatchError), str(ei.value)
+    assert ei.value.exit_code == 2
+
+
+def test_edited_scheme_is_refused(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    text = _edit(sealed.header_json, lambda h: h.update(scheme="paramseal/0"))
+    with pytest.raises(FormatError, match="scheme"):
+        paramseal.verify(sealed.tensors, key, text)
+
+
+@pytest.mark.parametrize("text", ["", "not json", "[1, 2]", "null", '"x"', "{}", '{"key_fingerprint": 1}'])
+def test_garbage_header_is_detected_as_edited(sealed: paramseal.SealedModel, key: paramseal.Key, text: str) -> None:
+    with pytest.raises(HeaderAuthError):
+        paramseal.verify(sealed.tensors, key, text)
+
+
+def test_reformatted_header_with_the_same_content_still_verifies(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    text = json.dumps(json.loads(sealed.header_json), indent=3)
+    assert paramseal.verify(sealed.tensors, key, text).status == "intact"
+
+
+def test_parse_header_round_trips_every_field(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    h = parse_header(sealed.header_json, key)
+    want = sealed.header
+    for f in ("level", "bits", "salt", "key_fingerprint", "lanes", "tensors", "user_metadata", "scheme", "block", "mac", "code"):
+        assert getattr(h, f) == getattr(want, f), f
+    assert set(h.external_tags) == set(want.external_tags)
+    assert all(np.array_equal(h.external_tags[i], want.external_tags[i]) for i in h.external_tags)
+    assert h.to_json(key) == sealed.header_json
+
+
+def test_header_json_is_compact_canonical_and_keyless(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    assert sealed.header_json == json.dumps(json.loads(sealed.header_json), sort_keys=True, separators=(",", ":"))
+    assert key.secret.hex() not in sealed.header_json
+
+
+# --------------------------------------------------------------------------- user metadata
+
+
+SEALED_META = {"author": "tests", "license": "apache-2.0"}
+
+
+@pytest.mark.parametrize(
+    "meta, word, k",
+    [
+        ({"author": "mallory", "license": "apache-2.0"}, "changed", "author"),
+        ({**SEALED_META, "backdoor": "yes"}, "added", "backdoor"),
+        ({"author": "tests"}, "removed", "license"),
+    ],
+)
+def test_user_metadata_edits_are_named_and_recover_restores_them(sealed: paramseal.SealedModel, key: paramseal.Key, meta: dict, word: str, k: str) -> None:
+    r = paramseal.verify(sealed.tensors, key, sealed.header_json, metadata=meta)
+    assert r.status == "tampered" and r.exit_code == 1 and r.recoverable
+    assert r.metadata_issues == (f"key '{k}' was {word}",)
+    assert r.tampered_tensors == []
+    assert k in r.summary()
+    res = paramseal.recover(sealed.tensors, key, sealed.header_json, metadata=meta)
+    assert res.report.status == "recovered"
+    assert res.metadata == SEALED_META
+
+
+def test_metadata_matching_the_seal_is_intact(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    r = paramseal.verify(sealed.tensors, key, sealed.header_json, metadata=dict(reversed(list(SEALED_META.items()))))
+    assert r.status == "intact" and r.metadata_issues == ()
+
+
+def test_every_metadata_difference_is_listed(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    r = paramseal.verify(sealed.tensors, key, sealed.header_json, metadata={"author": "x", "new": "y"})
+    assert set(r.metadata_issues) == {"key 'author' was changed", "key 'new' was added", "key 'license' was removed"}
+
+
+# --------------------------------------------------------------------------- through files and the CLI
+
+
+def _rewrite_meta(src: Path, dst: Path, fn: Callable[[dict], None]) -> Path:
+    tensors, meta = helpers.read_st(src)
+    fn(meta)
+    return helpers.write_st(dst, tensors, meta)
+
+
+@pytest.mark.parametrize("field", ["level", "salt", "tensor_shape", "tensors_reordered", "external_tag_changed", "user_metadata_changed", "hmac"])
+def test_cli_edited_header_exits_2_and_writes_nothing(tmp_path: Path, sealed_file: Path, key_file: Path, field: str) -> None:
+    bad = _rewrite_meta(sealed_file, tmp_path / "edited.safetensors", lambda m: m.update(paramseal=_edit(m["paramseal"], EDITS[field])))
+    before = helpers.listing(tmp_path)
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 2, (out, err)
+    assert "Traceback" not in err and "edited" in err
+    rc, out, err = helpers.run_cli(["recover", bad, tmp_path / "out.safetensors", "--key", key_file, "--json"])
+    assert rc == 2 and not (tmp_path / "out.safetensors").exists()
+    assert helpers.listing(tmp_path) == before
+
+
+def test_cli_edited_header_message_names_the_file(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
+    bad = _rewrite_meta(sealed_file, tmp_path / "edited.safetensors", lambda m: m.update(paramseal=_edit(m["paramseal"], EDITS["level"])))
+    rc, _, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 2
+    assert "edited.safetensors" in err, err
+
+
+def test_file_metadata_edits_are_named_and_recover_restores_them(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
+    bad = _rewrite_meta(sealed_file, tmp_path / "meta.safetensors", lambda m: (m.update(author="mallory"), m.pop("license"), m.update(x="1")))
+    r = files.verify_file(bad, key)
+    assert r.status == "tampered" and r.exit_code == 1
+    assert set(r.metadata_issues) == {"key 'author' was changed", "key 'license' was removed", "key 'x' was added"}
+    out = tmp_path / "fixed.safetensors"
+    res = files.recover_file(bad, out, key)
+    assert res.report.status == "recovered"
+    _, meta = helpers.read_st(out)
+    assert {k: v for k, v in meta.items() if k != METADATA_KEY} == SEALED_META
+    assert files.verify_file(out, key).status == "intact"
+
+
+def test_stripped_seal_header_is_not_sealed_with_a_hint(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
+    bad = _rewrite_meta(sealed_file, tmp_path / "stripped.safetensors", lambda m: m.pop("paramseal"))
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 3
+    assert "stripped.safetensors" in err and "no ParamSeal header" in err and "paramseal seal" in err
