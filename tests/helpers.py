@@ -212,7 +212,9 @@ def block_losses(a_shape: tuple[int, ...], dt: np.dtype, k: int) -> tuple[np.nda
     return data, store
 
 
-def single_lane_recoverable(sealed: Mapping[str, np.ndarray], ks: Mapping[str, int], bad: Mapping[str, set[int]]) -> bool:
+def single_lane_recoverable(
+    sealed: Mapping[str, np.ndarray], ks: Mapping[str, int], bad: Mapping[str, set[int]]
+) -> bool:
     """Erasure bound of a one-lane MDS code: lost data + lost parity <= total parity."""
     total_parity = 0
     lost = 0
@@ -231,7 +233,11 @@ def single_lane_recoverable(sealed: Mapping[str, np.ndarray], ks: Mapping[str, i
 
 def write_st(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> Path:
     """Write a safetensors file with the safetensors library itself (not the code under test)."""
-    stn.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=dict(metadata) if metadata else None)
+    stn.save_file(
+        {k: np.ascontiguousarray(v) for k, v in tensors.items()},
+        str(path),
+        metadata=dict(metadata) if metadata else None,
+    )
     return Path(path)
 
 
@@ -287,7 +293,9 @@ def block_list(tensors: Mapping[str, np.ndarray]) -> list[tuple[str, int]]:
     return [(n, b) for n, a in tensors.items() for b in range(-(-a.size // BLOCK))]
 
 
-def randomize_blocks(tensors: Mapping[str, np.ndarray], blocks: Sequence[tuple[str, int]], seed: int = 0) -> dict[str, np.ndarray]:
+def randomize_blocks(
+    tensors: Mapping[str, np.ndarray], blocks: Sequence[tuple[str, int]], seed: int = 0
+) -> dict[str, np.ndarray]:
     """Copy of the model with every value of the given blocks replaced by random bits (finite for floats)."""
     rng = np.random.default_rng(seed)
     out = copy_model(tensors)

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from paramseal import _bits
+
+# The compiled kernels and the numpy fallback must agree bit for bit; test both where both exist.
+KERNEL_CHOICES = [True, False] if "kernel" in inspect.signature(_bits.hi_bytes).parameters else [None]
+
+
+def _kw(kernel: bool | None) -> dict[str, bool]:
+    return {} if kernel is None else {"kernel": kernel}
+
 
 UINTS = {8: np.uint8, 16: np.uint16, 32: np.uint32, 64: np.uint64}
 
 
 def _rand_blocks(seed: int, w: int, nb: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 2**w, size=(nb, 64), dtype=UINTS[w], endpoint=False) if w < 64 else rng.integers(
-        0, 2**63, size=(nb, 64), dtype=np.uint64
-    ) * np.uint64(2) + rng.integers(0, 2, size=(nb, 64), dtype=np.uint64)
+    return (
+        rng.integers(0, 2**w, size=(nb, 64), dtype=UINTS[w], endpoint=False)
+        if w < 64
+        else rng.integers(0, 2**63, size=(nb, 64), dtype=np.uint64) * np.uint64(2)
+        + rng.integers(0, 2, size=(nb, 64), dtype=np.uint64)
+    )
 
 
 def _lowmask(w: int, k: int) -> np.unsignedinteger:
@@ -45,21 +59,23 @@ def test_to_blocks_pads_with_zeros(n: int) -> None:
     assert not b.reshape(-1)[n:].any()
 
 
+@pytest.mark.parametrize("kernel", KERNEL_CHOICES)
 @given(wk=widths_and_k, seed=st.integers(0, 2**32 - 1), nb=st.integers(1, 4))
-def test_hi_and_lo_split_and_join_losslessly(wk: tuple[int, int], seed: int, nb: int) -> None:
+def test_hi_and_lo_split_and_join_losslessly(kernel: bool | None, wk: tuple[int, int], seed: int, nb: int) -> None:
     w, k = wk
+    kw = _kw(kernel)
     ub = _rand_blocks(seed, w, nb)
-    hi = _bits.hi_bytes(ub, k)
-    lo = _bits.lo_bytes(ub, k)
+    hi = _bits.hi_bytes(ub, k, **kw)
+    lo = _bits.lo_bytes(ub, k, **kw)
     assert hi.shape == (nb, 8 * (w - k)) and lo.shape == (nb, 8 * k)
     other = _rand_blocks(seed + 1, w, nb)
     # Putting ub's high bits into other keeps other's low bits, and vice versa.
     x = other.copy()
-    _bits.set_hi(x, hi, k)
+    _bits.set_hi(x, hi, k, **kw)
     m = _lowmask(w, k)
     assert np.array_equal(x & ~m, ub & ~m)
     assert np.array_equal(x & m, other & m)
-    _bits.set_lo(x, lo, k)
+    _bits.set_lo(x, lo, k, **kw)
     assert np.array_equal(x, ub)
 
 
@@ -70,6 +86,15 @@ def test_hi_bytes_ignore_low_bits_and_lo_bytes_ignore_high_bits(wk: tuple[int, i
     m = _lowmask(w, k)
     assert np.array_equal(_bits.hi_bytes(ub, k), _bits.hi_bytes(ub & ~m, k))
     assert np.array_equal(_bits.lo_bytes(ub, k), _bits.lo_bytes(ub & m, k))
+
+
+@pytest.mark.skipif(KERNEL_CHOICES == [None], reason="no compiled bit-packing path in this version")
+@given(wk=widths_and_k, seed=st.integers(0, 2**32 - 1))
+def test_compiled_and_numpy_bit_packing_agree(wk: tuple[int, int], seed: int) -> None:
+    w, k = wk
+    ub = _rand_blocks(seed, w, 3)
+    assert np.array_equal(_bits.hi_bytes(ub, k, kernel=True), _bits.hi_bytes(ub, k, kernel=False))
+    assert np.array_equal(_bits.lo_bytes(ub, k, kernel=True), _bits.lo_bytes(ub, k, kernel=False))
 
 
 @given(wk=widths_and_k)

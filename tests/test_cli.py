@@ -7,13 +7,12 @@ import os
 import stat
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
 import paramseal
 from paramseal.cli import main
-
-import helpers
 
 run = helpers.run_cli
 
@@ -83,7 +82,9 @@ def test_seal_bits_option(tmp_path: Path, key_file: Path) -> None:
 
 
 @pytest.mark.parametrize("bits", ["0", "-2", "23", "100"])
-def test_seal_bits_out_of_range_is_exit_3_and_writes_nothing(tmp_path: Path, model_file: Path, key_file: Path, bits: str) -> None:
+def test_seal_bits_out_of_range_is_exit_3_and_writes_nothing(
+    tmp_path: Path, model_file: Path, key_file: Path, bits: str
+) -> None:
     out = tmp_path / "s.safetensors"
     rc, so, se = run(["seal", model_file, out, "--key", key_file, "--bits", bits])
     assert rc == 3 and "out of range" in se and "Traceback" not in se
@@ -107,7 +108,16 @@ def test_seal_bits_out_of_range_for_bf16_names_the_dtype(tmp_path: Path, model_f
         ["seal", "a.safetensors", "b.safetensors", "--level", "light", "--bits", "3"],
         ["verify", "a.safetensors", "--no-such-option"],
     ],
-    ids=["missing-output", "missing-input", "unknown-command", "no-command", "bad-level", "bits-not-int", "level-and-bits", "unknown-option"],
+    ids=[
+        "missing-output",
+        "missing-input",
+        "unknown-command",
+        "no-command",
+        "bad-level",
+        "bits-not-int",
+        "level-and-bits",
+        "unknown-option",
+    ],
 )
 def test_usage_errors_exit_3(tmp_path: Path, argv: list[str]) -> None:
     """Exit 2 means 'tampered and not fully recoverable'; a typo must never read as that."""
@@ -123,7 +133,9 @@ def test_help_and_version_exit_0() -> None:
 
 
 def test_verify_tampered_text_and_json(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
-    bad = _tamper(sealed_file, tmp_path / "bad.safetensors", lambda t: t["fc.weight"].reshape(-1).__setitem__(70, 123.0))
+    bad = _tamper(
+        sealed_file, tmp_path / "bad.safetensors", lambda t: t["fc.weight"].reshape(-1).__setitem__(70, 123.0)
+    )
     rc, so, se = run(["verify", bad, "--key", key_file])
     assert rc == 1 and so.startswith("FAIL:") and "fc.weight" in so and "paramseal recover" in so
     rc, so, se = run(["verify", bad, "--key", key_file, "--json"])
@@ -136,14 +148,25 @@ def test_verify_tampered_text_and_json(tmp_path: Path, sealed_file: Path, key_fi
 
 
 def test_verify_json_intact(sealed_file: Path, key_file: Path) -> None:
-    rc, so, _ = run(["verify", sealed_file, "--key", key_file, "--json"])
+    rc, so, se = run(["verify", sealed_file, "--key", key_file, "--json"])
+    assert se == "", "no progress or other noise on stderr when it is not a terminal"
     d = json.loads(so)
-    assert rc == 0 and d["status"] == "intact" and d["recoverable"] is True and d["tampered_tensors"] == [] and d["tensors"] == {}
+    assert (
+        rc == 0
+        and d["status"] == "intact"
+        and d["recoverable"] is True
+        and d["tampered_tensors"] == []
+        and d["tensors"] == {}
+    )
 
 
-def test_recover_text_and_json_report_indices_and_bits(tmp_path: Path, sealed_file: Path, key_file: Path, key: paramseal.Key) -> None:
+def test_recover_text_and_json_report_indices_and_bits(
+    tmp_path: Path, sealed_file: Path, key_file: Path, key: paramseal.Key
+) -> None:
     sealed_t, _ = helpers.read_st(sealed_file)
-    bad = _tamper(sealed_file, tmp_path / "bad.safetensors", lambda t: t.update(helpers.flip_bit(t, "embed.weight", 1000, 30)))
+    bad = _tamper(
+        sealed_file, tmp_path / "bad.safetensors", lambda t: t.update(helpers.flip_bit(t, "embed.weight", 1000, 30))
+    )
     out = tmp_path / "fixed.safetensors"
     rc, so, se = run(["recover", bad, out, "--key", key_file, "--json"])
     assert rc == 0, se
@@ -166,7 +189,9 @@ def test_recover_intact_copies(tmp_path: Path, sealed_file: Path, key_file: Path
     assert rc == 0 and "intact" in so and out.exists()
 
 
-def test_recover_beyond_capacity_writes_nothing_unless_allow_partial(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
+def test_recover_beyond_capacity_writes_nothing_unless_allow_partial(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
     def wipe(t: dict) -> None:
         t["embed.weight"] = np.zeros_like(t["embed.weight"])
         t["fc.weight"] = np.zeros_like(t["fc.weight"])
@@ -191,7 +216,10 @@ def test_recover_beyond_capacity_writes_nothing_unless_allow_partial(tmp_path: P
 
 
 def test_out_equal_in_is_refused_without_in_place(sealed_file: Path, model_file: Path, key_file: Path) -> None:
-    for argv in (["seal", model_file, model_file, "--key", key_file], ["recover", sealed_file, sealed_file, "--key", key_file]):
+    for argv in (
+        ["seal", model_file, model_file, "--key", key_file],
+        ["recover", sealed_file, sealed_file, "--key", key_file],
+    ):
         h = helpers.sha256(argv[1])
         rc, _, err = run(argv)
         assert rc == 3 and "--in-place" in err
@@ -205,7 +233,10 @@ def test_in_place_seal(model_file: Path, key_file: Path) -> None:
 
 
 def test_seal_refuses_nan_with_a_clear_message(tmp_path: Path, key_file: Path) -> None:
-    src = helpers.write_st(tmp_path / "m.safetensors", {"good": np.ones(100, np.float32), "bad.weight": np.array([1.0, np.inf], np.float32)})
+    src = helpers.write_st(
+        tmp_path / "m.safetensors",
+        {"good": np.ones(100, np.float32), "bad.weight": np.array([1.0, np.inf], np.float32)},
+    )
     out = tmp_path / "s.safetensors"
     rc, _, err = run(["seal", src, out, "--key", key_file])
     assert rc == 3 and "'bad.weight'" in err and "NaN or Inf" in err and "Traceback" not in err
@@ -226,7 +257,9 @@ def test_inspect_text_and_json(sealed_file: Path, model_file: Path) -> None:
 # --------------------------------------------------------------------------- keys on the command line
 
 
-def test_key_from_environment_variable(tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_key_from_environment_variable(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("PARAMSEAL_KEY", key.secret.hex())
     out = tmp_path / "s.safetensors"
     assert run(["seal", model_file, out])[0] == 0
@@ -239,9 +272,15 @@ def test_no_key_at_all_is_exit_3_with_a_hint(sealed_file: Path) -> None:
     assert rc == 3 and "--key" in err and "PARAMSEAL_KEY" in err
 
 
-def test_wrong_key_is_exit_3_with_both_fingerprints_not_a_tamper_report(tmp_path: Path, sealed_file: Path, key: paramseal.Key, other_key: paramseal.Key) -> None:
+def test_wrong_key_is_exit_3_with_both_fingerprints_not_a_tamper_report(
+    tmp_path: Path, sealed_file: Path, key: paramseal.Key, other_key: paramseal.Key
+) -> None:
     wrong = paramseal.write_key(tmp_path / "wrong.key", other_key)
-    for argv in (["verify", sealed_file, "--key", wrong], ["verify", sealed_file, "--key", wrong, "--json"], ["recover", sealed_file, tmp_path / "o.safetensors", "--key", wrong]):
+    for argv in (
+        ["verify", sealed_file, "--key", wrong],
+        ["verify", sealed_file, "--key", wrong, "--json"],
+        ["recover", sealed_file, tmp_path / "o.safetensors", "--key", wrong],
+    ):
         rc, so, se = run(argv)
         assert rc == 3
         assert key.fingerprint in se and other_key.fingerprint in se and "does not match" in se
@@ -292,3 +331,20 @@ def test_demo_exits_0_and_tells_the_story(tmp_path: Path) -> None:
 
 def test_main_is_callable_with_an_argument_list(tmp_path: Path) -> None:
     assert main(["keygen", str(tmp_path / "x.key")]) == 0
+
+
+def test_key_option_wins_over_the_environment(
+    sealed_file: Path, key_file: Path, other_key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PARAMSEAL_KEY", other_key.secret.hex())
+    assert run(["verify", sealed_file, "--key", key_file])[0] == 0
+    assert run(["verify", sealed_file])[0] == 3
+
+
+def test_malformed_key_file_is_exit_3_naming_the_file_without_echoing_it(tmp_path: Path, sealed_file: Path) -> None:
+    bad = tmp_path / "bad.key"
+    secretish = "0123456789abcdef" * 3 + "0123456789abcdeg"  # 64 characters, one not hex
+    bad.write_text(secretish)
+    rc, so, se = run(["verify", sealed_file, "--key", bad])
+    assert rc == 3 and "bad.key" in se and "Traceback" not in se
+    assert secretish not in so + se

@@ -40,7 +40,9 @@ def test_encode_without_parity_is_empty() -> None:
     M=st.integers(1, 30),
     frac=st.floats(0, 1.5),
 )
-def test_decode_restores_any_erasures_up_to_M_and_reports_the_rest(seed: int, lanes: int, K: int, M: int, frac: float) -> None:
+def test_decode_restores_any_erasures_up_to_M_and_reports_the_rest(
+    seed: int, lanes: int, K: int, M: int, frac: float
+) -> None:
     rng = np.random.default_rng(seed)
     data = _data(seed, K, lanes)
     parity = _code.encode(data, M)

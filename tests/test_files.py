@@ -6,6 +6,7 @@ import os
 import stat
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
@@ -15,12 +16,12 @@ from paramseal.formats import Loaded
 from paramseal.formats.safetensors import SafetensorsAdapter
 from paramseal.header import METADATA_KEY
 
-import helpers
-
 META = {"author": "tests", "license": "apache-2.0"}
 
 
-def test_seal_file_preserves_names_shapes_dtypes_and_metadata(tmp_path: Path, model_file: Path, model: dict, key: paramseal.Key) -> None:
+def test_seal_file_preserves_names_shapes_dtypes_and_metadata(
+    tmp_path: Path, model_file: Path, model: dict, key: paramseal.Key
+) -> None:
     out = tmp_path / "sealed.safetensors"
     h = helpers.sha256(model_file)
     sealed = files.seal_file(model_file, out, key)
@@ -36,7 +37,11 @@ def test_seal_file_preserves_names_shapes_dtypes_and_metadata(tmp_path: Path, mo
 
 
 def test_scalar_and_empty_tensors_keep_their_shape_through_files(tmp_path: Path, key: paramseal.Key) -> None:
-    m = {"w": np.ones((16, 16), np.float32), "temperature": np.array(0.7, np.float32), "empty": np.zeros((0, 5), np.float32)}
+    m = {
+        "w": np.ones((16, 16), np.float32),
+        "temperature": np.array(0.7, np.float32),
+        "empty": np.zeros((0, 5), np.float32),
+    }
     src = helpers.write_st(tmp_path / "m.safetensors", m)
     out = tmp_path / "s.safetensors"
     files.seal_file(src, out, key)
@@ -118,7 +123,9 @@ class _Boom(OSError):
     pass
 
 
-def test_failed_write_leaves_no_temp_file_and_keeps_the_old_output(tmp_path: Path, model_file: Path, key: paramseal.Key, key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_leaves_no_temp_file_and_keeps_the_old_output(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = tmp_path / "out.safetensors"
     out.write_bytes(b"previous content")
 
@@ -133,7 +140,9 @@ def test_failed_write_leaves_no_temp_file_and_keeps_the_old_output(tmp_path: Pat
     _only_expected_files(tmp_path, {"model.safetensors", "out.safetensors", "test.key"})
 
 
-def test_interrupted_write_leaves_no_temp_file(tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_write_leaves_no_temp_file(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def interrupted(self: SafetensorsAdapter, path: Path, loaded: Loaded) -> None:
         path.write_bytes(b"partial")
         raise KeyboardInterrupt
@@ -179,7 +188,9 @@ def test_new_output_files_get_ordinary_permissions(tmp_path: Path, model_file: P
     assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
 
 
-def test_recover_beyond_capacity_writes_nothing_unless_partial_is_allowed(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
+def test_recover_beyond_capacity_writes_nothing_unless_partial_is_allowed(
+    tmp_path: Path, sealed_file: Path, key: paramseal.Key
+) -> None:
     t, meta = helpers.read_st(sealed_file)
     t["embed.weight"] = np.zeros_like(t["embed.weight"])
     t["fc.weight"] = np.zeros_like(t["fc.weight"])
@@ -206,7 +217,9 @@ def test_recover_of_intact_file_writes_a_copy(tmp_path: Path, sealed_file: Path,
     assert am == bm
 
 
-def test_recover_drops_extra_tensors_and_restores_renamed_ones(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
+def test_recover_drops_extra_tensors_and_restores_renamed_ones(
+    tmp_path: Path, sealed_file: Path, key: paramseal.Key
+) -> None:
     t, meta = helpers.read_st(sealed_file)
     want = dict(t)
     t["fc.bias.renamed"] = t.pop("fc.bias")

@@ -7,14 +7,13 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
 import paramseal
 from paramseal import FormatError, KeyMismatchError, ParamSealError, files
 from paramseal.header import METADATA_KEY, HeaderAuthError, parse_header
-
-import helpers
 
 
 def _edit(text: str, fn: Callable[[dict], None]) -> str:
@@ -74,7 +73,9 @@ def test_any_header_edit_is_detected_by_the_api(sealed: paramseal.SealedModel, k
         paramseal.recover(sealed.tensors, key, text)
 
 
-def test_edited_key_fingerprint_with_the_right_key_is_an_edited_header_not_a_wrong_key(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+def test_edited_key_fingerprint_with_the_right_key_is_an_edited_header_not_a_wrong_key(
+    sealed: paramseal.SealedModel, key: paramseal.Key
+) -> None:
     """An attacker must not be able to disguise tampering as a key mix-up (exit 3) by editing the fingerprint."""
     text = _edit(sealed.header_json, lambda h: h.update(key_fingerprint=_bump_hex(h["key_fingerprint"])))
     with pytest.raises(ParamSealError) as ei:
@@ -95,7 +96,9 @@ def test_garbage_header_is_detected_as_edited(sealed: paramseal.SealedModel, key
         paramseal.verify(sealed.tensors, key, text)
 
 
-def test_reformatted_header_with_the_same_content_still_verifies(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+def test_reformatted_header_with_the_same_content_still_verifies(
+    sealed: paramseal.SealedModel, key: paramseal.Key
+) -> None:
     text = json.dumps(json.loads(sealed.header_json), indent=3)
     assert paramseal.verify(sealed.tensors, key, text).status == "intact"
 
@@ -103,7 +106,19 @@ def test_reformatted_header_with_the_same_content_still_verifies(sealed: paramse
 def test_parse_header_round_trips_every_field(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
     h = parse_header(sealed.header_json, key)
     want = sealed.header
-    for f in ("level", "bits", "salt", "key_fingerprint", "lanes", "tensors", "user_metadata", "scheme", "block", "mac", "code"):
+    for f in (
+        "level",
+        "bits",
+        "salt",
+        "key_fingerprint",
+        "lanes",
+        "tensors",
+        "user_metadata",
+        "scheme",
+        "block",
+        "mac",
+        "code",
+    ):
         assert getattr(h, f) == getattr(want, f), f
     assert set(h.external_tags) == set(want.external_tags)
     assert all(np.array_equal(h.external_tags[i], want.external_tags[i]) for i in h.external_tags)
@@ -129,7 +144,9 @@ SEALED_META = {"author": "tests", "license": "apache-2.0"}
         ({"author": "tests"}, "removed", "license"),
     ],
 )
-def test_user_metadata_edits_are_named_and_recover_restores_them(sealed: paramseal.SealedModel, key: paramseal.Key, meta: dict, word: str, k: str) -> None:
+def test_user_metadata_edits_are_named_and_recover_restores_them(
+    sealed: paramseal.SealedModel, key: paramseal.Key, meta: dict, word: str, k: str
+) -> None:
     r = paramseal.verify(sealed.tensors, key, sealed.header_json, metadata=meta)
     assert r.status == "tampered" and r.exit_code == 1 and r.recoverable
     assert r.metadata_issues == (f"key '{k}' was {word}",)
@@ -159,9 +176,16 @@ def _rewrite_meta(src: Path, dst: Path, fn: Callable[[dict], None]) -> Path:
     return helpers.write_st(dst, tensors, meta)
 
 
-@pytest.mark.parametrize("field", ["level", "salt", "tensor_shape", "tensors_reordered", "external_tag_changed", "user_metadata_changed", "hmac"])
-def test_cli_edited_header_exits_2_and_writes_nothing(tmp_path: Path, sealed_file: Path, key_file: Path, field: str) -> None:
-    bad = _rewrite_meta(sealed_file, tmp_path / "edited.safetensors", lambda m: m.update(paramseal=_edit(m["paramseal"], EDITS[field])))
+@pytest.mark.parametrize(
+    "field",
+    ["level", "salt", "tensor_shape", "tensors_reordered", "external_tag_changed", "user_metadata_changed", "hmac"],
+)
+def test_cli_edited_header_exits_2_and_writes_nothing(
+    tmp_path: Path, sealed_file: Path, key_file: Path, field: str
+) -> None:
+    bad = _rewrite_meta(
+        sealed_file, tmp_path / "edited.safetensors", lambda m: m.update(paramseal=_edit(m["paramseal"], EDITS[field]))
+    )
     before = helpers.listing(tmp_path)
     rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
     assert rc == 2, (out, err)
@@ -172,14 +196,24 @@ def test_cli_edited_header_exits_2_and_writes_nothing(tmp_path: Path, sealed_fil
 
 
 def test_cli_edited_header_message_names_the_file(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
-    bad = _rewrite_meta(sealed_file, tmp_path / "edited.safetensors", lambda m: m.update(paramseal=_edit(m["paramseal"], EDITS["level"])))
+    bad = _rewrite_meta(
+        sealed_file,
+        tmp_path / "edited.safetensors",
+        lambda m: m.update(paramseal=_edit(m["paramseal"], EDITS["level"])),
+    )
     rc, _, err = helpers.run_cli(["verify", bad, "--key", key_file])
     assert rc == 2
     assert "edited.safetensors" in err, err
 
 
-def test_file_metadata_edits_are_named_and_recover_restores_them(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
-    bad = _rewrite_meta(sealed_file, tmp_path / "meta.safetensors", lambda m: (m.update(author="mallory"), m.pop("license"), m.update(x="1")))
+def test_file_metadata_edits_are_named_and_recover_restores_them(
+    tmp_path: Path, sealed_file: Path, key: paramseal.Key
+) -> None:
+    bad = _rewrite_meta(
+        sealed_file,
+        tmp_path / "meta.safetensors",
+        lambda m: (m.update(author="mallory"), m.pop("license"), m.update(x="1")),
+    )
     r = files.verify_file(bad, key)
     assert r.status == "tampered" and r.exit_code == 1
     assert set(r.metadata_issues) == {"key 'author' was changed", "key 'license' was removed", "key 'x' was added"}

@@ -6,14 +6,13 @@ import os
 import stat
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
 import paramseal
 from paramseal import KeyFileError, KeyMismatchError, UsageError
 from paramseal.keys import ENV_VAR
-
-import helpers
 
 
 def test_generate_gives_distinct_32_byte_keys() -> None:
@@ -51,7 +50,9 @@ def test_repr_and_str_never_show_the_secret(key: paramseal.Key) -> None:
     assert key.fingerprint in str(key)
 
 
-def test_fingerprint_is_16_hex_digits_stable_and_not_part_of_the_secret(key: paramseal.Key, other_key: paramseal.Key) -> None:
+def test_fingerprint_is_16_hex_digits_stable_and_not_part_of_the_secret(
+    key: paramseal.Key, other_key: paramseal.Key
+) -> None:
     fp = key.fingerprint
     assert len(fp) == 16 and int(fp, 16) >= 0
     assert fp == paramseal.Key(key.secret).fingerprint
@@ -143,7 +144,9 @@ def test_wrong_key_is_not_a_tamper_report_even_on_a_tampered_model(
         paramseal.verify(t, other_key, sealed.header_json)
 
 
-def test_same_model_sealed_with_two_keys_only_verifies_with_its_own(model: dict[str, np.ndarray], key: paramseal.Key, other_key: paramseal.Key) -> None:
+def test_same_model_sealed_with_two_keys_only_verifies_with_its_own(
+    model: dict[str, np.ndarray], key: paramseal.Key, other_key: paramseal.Key
+) -> None:
     a = paramseal.seal(model, key)
     b = paramseal.seal(model, other_key)
     assert paramseal.verify(a.tensors, key, a.header_json).status == "intact"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 
+import helpers
 import numpy as np
 import pytest
 
 import paramseal
 from paramseal import UnsupportedError, UsageError
 from paramseal.levels import FLOATS, bits_for, capacity, dtype_name, max_relative_change, max_subnormal_change
-
-import helpers
 
 
 def test_levels_are_light_standard_strong() -> None:
@@ -53,7 +52,15 @@ def test_unknown_level_is_a_usage_error() -> None:
 
 @pytest.mark.parametrize(
     "dt, k, want",
-    [("F32", 8, 3.0e-5), ("F32", 12, 4.9e-4), ("F32", 16, 7.8e-3), ("F16", 2, 2.9e-3), ("F16", 4, 1.5e-2), ("BF16", 1, 7.8e-3), ("BF16", 2, 2.3e-2)],
+    [
+        ("F32", 8, 3.0e-5),
+        ("F32", 12, 4.9e-4),
+        ("F32", 16, 7.8e-3),
+        ("F16", 2, 2.9e-3),
+        ("F16", 4, 1.5e-2),
+        ("BF16", 1, 7.8e-3),
+        ("BF16", 2, 2.3e-2),
+    ],
 )
 def test_max_relative_change_matches_the_design_table(dt: str, k: int, want: float) -> None:
     got = max_relative_change(dt, k)
@@ -81,13 +88,20 @@ def test_max_subnormal_change_is_the_low_bits_at_the_smallest_exponent() -> None
 def test_dtype_name_covers_every_supported_dtype_and_rejects_others() -> None:
     names = {dtype_name(dt) for dt in helpers.ALL_DTYPES}
     assert names == {"F64", "F32", "F16", "BF16", "I8", "I16", "I32", "I64", "U8", "U16", "U32", "U64", "BOOL"}
-    for bad in (np.complex64, np.float128 if hasattr(np, "float128") else np.complex128, np.dtype("U3"), np.dtype(object)):
+    for bad in (
+        np.complex64,
+        np.float128 if hasattr(np, "float128") else np.complex128,
+        np.dtype("U3"),
+        np.dtype(object),
+    ):
         with pytest.raises(UnsupportedError, match="not supported"):
             dtype_name(np.dtype(bad))
 
 
 @pytest.mark.parametrize("level", ["light", "standard", "strong"])
-def test_seal_uses_the_level_k_for_every_float_tensor(model: dict[str, np.ndarray], key: paramseal.Key, level: str) -> None:
+def test_seal_uses_the_level_k_for_every_float_tensor(
+    model: dict[str, np.ndarray], key: paramseal.Key, level: str
+) -> None:
     s = paramseal.seal(model, key, level=level)
     assert s.header.level == level and s.header.bits is None
     for spec in s.header.tensors:
@@ -96,7 +110,12 @@ def test_seal_uses_the_level_k_for_every_float_tensor(model: dict[str, np.ndarra
 
 
 def test_explicit_bits_apply_to_every_float_tensor(key: paramseal.Key) -> None:
-    m = {"a": np.ones(100, np.float32), "b": np.ones(100, np.float16), "c": np.ones(100, np.float64), "i": np.ones(3, np.int16)}
+    m = {
+        "a": np.ones(100, np.float32),
+        "b": np.ones(100, np.float16),
+        "c": np.ones(100, np.float64),
+        "i": np.ones(3, np.int16),
+    }
     s = paramseal.seal(m, key, bits=5)
     assert {t.name: t.k for t in s.header.tensors} == {"a": 5, "b": 5, "c": 5, "i": 0}
     assert s.header.bits == 5
@@ -104,7 +123,9 @@ def test_explicit_bits_apply_to_every_float_tensor(key: paramseal.Key) -> None:
 
 
 @pytest.mark.parametrize("bits", [0, -3, 7, 23, 40])
-def test_seal_refuses_bits_out_of_range_for_any_tensor(model: dict[str, np.ndarray], key: paramseal.Key, bits: int) -> None:
+def test_seal_refuses_bits_out_of_range_for_any_tensor(
+    model: dict[str, np.ndarray], key: paramseal.Key, bits: int
+) -> None:
     # The model holds bf16 (7 mantissa bits): 7 and above are out of range for it.
     with pytest.raises(UsageError, match="out of range"):
         paramseal.seal(model, key, bits=bits)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import paramseal
-from paramseal._mac import P, BlockMac
+from paramseal import _kernels
+from paramseal._mac import BlockMac, P
 
 
 def _hash_keys(mac: BlockMac, dtype: type, nw: int) -> list[int]:
@@ -48,7 +50,9 @@ def test_block_hash_is_exact_for_many_blocks(key: paramseal.Key) -> None:
         assert int(got[b]) == sum(k[i] * int(words[b, i]) for i in range(128)) % P, b
 
 
-def test_tags_are_below_p_and_depend_on_key_salt_tensor_and_position(key: paramseal.Key, other_key: paramseal.Key) -> None:
+def test_tags_are_below_p_and_depend_on_key_salt_tensor_and_position(
+    key: paramseal.Key, other_key: paramseal.Key
+) -> None:
     ub = np.zeros((4, 64), dtype=np.uint32)  # four identical blocks
     salt = bytes(16)
     mac = BlockMac(key)
@@ -90,3 +94,17 @@ def test_internal_flag_decides_whether_tag_bits_are_hashed(key: paramseal.Key) -
     assert np.array_equal(both_internal, zero)
     mixed = mac.tags(ub, pads, mask, np.array([True, False]))
     assert mixed[0] == zero[0] and mixed[1] != zero[1]
+
+
+@pytest.mark.skipif(not _kernels.HAVE_NUMBA, reason="numba not installed: only the numpy path exists")
+@given(seed=st.integers(0, 2**32 - 1), nw=st.sampled_from([64, 128, 256]), nmask=st.integers(0, 32))
+def test_compiled_and_numpy_hash_agree(seed: int, nw: int, nmask: int) -> None:
+    rng = np.random.default_rng(seed)
+    words = rng.integers(0, 2**16, size=(50, nw), dtype=np.uint16)
+    keys = rng.integers(0, P, size=256, dtype=np.uint64)
+    wmask = rng.integers(0, 2**16, size=nmask, dtype=np.uint16)
+    internal = rng.integers(0, 2, size=50).astype(bool)
+    pads = rng.integers(0, P, size=50, dtype=np.uint64)
+    fast = _kernels.mlh_tags(words, keys, wmask, internal, pads)
+    slow = _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads)
+    assert np.array_equal(fast, slow)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import helpers
 import numpy as np
 import pytest
 
 import paramseal
-
-import helpers
 
 
 def test_recover_intact_model_returns_it_unchanged(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
@@ -19,7 +18,9 @@ def test_recover_intact_model_returns_it_unchanged(sealed: paramseal.SealedModel
 
 
 @pytest.mark.parametrize("name", list(helpers.small_model(0)))
-def test_single_bit_flip_in_each_tensor_is_restored_and_reported(sealed: paramseal.SealedModel, key: paramseal.Key, name: str) -> None:
+def test_single_bit_flip_in_each_tensor_is_restored_and_reported(
+    sealed: paramseal.SealedModel, key: paramseal.Key, name: str
+) -> None:
     a = sealed.tensors[name]
     w = helpers.width(a.dtype)
     idx, bit = a.size - 1, (w - 2 if a.dtype != np.bool_ else 0)
@@ -40,7 +41,9 @@ def test_single_bit_flip_in_each_tensor_is_restored_and_reported(sealed: paramse
     [("light", 0.05), ("standard", 0.10), ("strong", 0.20)],
 )
 @pytest.mark.parametrize("where", ["start", "middle", "end"])
-def test_contiguous_destruction_within_capacity_is_recovered_bit_exactly(key: paramseal.Key, level: str, frac: float, where: str) -> None:
+def test_contiguous_destruction_within_capacity_is_recovered_bit_exactly(
+    key: paramseal.Key, level: str, frac: float, where: str
+) -> None:
     # About 100k parameters over several tensors: enough for several lanes.
     m = helpers.fp32_model(100_000, seed=1, tensors=4)
     s = paramseal.seal(m, key, level=level)
@@ -157,3 +160,49 @@ def test_recovered_report_summary_names_indices_and_bits(sealed: paramseal.Seale
     r = d["tensors"]["head.weight"]["restored"]
     assert r["indices"] == [7] and r["bits_changed"] == [[62]] and r["xor_bits"] == [hex(1 << 62)]
     assert d["restored_parameters"] == 1 and d["unrecoverable_parameters"] == 0
+
+
+@pytest.mark.parametrize("where", [0.0, 0.3, 0.62, 0.95])
+def test_contiguous_run_in_a_mixed_dtype_multi_lane_model_is_recovered(key: paramseal.Key, where: float) -> None:
+    """Lanes mix blocks of different sizes (fp32, bf16, fp16, int64): a 5% run anywhere is well within capacity."""
+    rng = np.random.default_rng(11)
+    m = {
+        "a.weight": helpers.random_tensor(rng, np.float32, (300, 200)),
+        "b.weight": helpers.random_tensor(rng, helpers.BF16, (100, 200)),
+        "c.ids": helpers.random_tensor(rng, np.int64, (10_000,)),
+        "d.weight": helpers.random_tensor(rng, np.float16, (10_000,)),
+    }
+    s = paramseal.seal(m, key)
+    assert s.header.lanes >= 2
+    blocks = helpers.block_list(s.tensors)
+    run = len(blocks) // 20
+    b0 = min(int(len(blocks) * where), len(blocks) - run)
+    t = helpers.randomize_blocks(s.tensors, blocks[b0 : b0 + run], seed=12)
+    v = paramseal.verify(t, key, s.header_json)
+    assert v.tampered_block_count == run and v.recoverable
+    res = paramseal.recover(t, key, s.header_json)
+    assert res.report.status == "recovered"
+    helpers.assert_model_equal(res.tensors, s.tensors)
+
+
+def test_default_lane_count_keeps_one_lost_block_recoverable(key: paramseal.Key) -> None:
+    """Splitting into lanes must not starve each lane below one block's worth of parity.
+
+    2048 fp32 values at level light carry 224 parity shards in all; one int64 block needs 128.
+    With one codeword a flipped bit in the int64 tensor is recovered; the default layout must
+    not make it unrecoverable by halving the parity per lane.
+    """
+    rng = np.random.default_rng(0)
+    m = {
+        "carrier": rng.standard_normal(2048).astype(np.float32),
+        "u": rng.integers(0, 2**63, (11, 12, 23), dtype=np.uint64),
+        "scale": np.array(1.5),
+        "v": rng.integers(0, 100, 1000, dtype=np.int64),
+    }
+    one = paramseal.SealConfig(level="light", lanes=1).seal(m, key)
+    t = helpers.flip_bit(one.tensors, "v", 0, 0)
+    assert paramseal.recover(t, key, one.header_json).report.status == "recovered"
+    s = paramseal.seal(m, key, level="light")
+    t = helpers.flip_bit(s.tensors, "v", 0, 0)
+    assert paramseal.verify(t, key, s.header_json).recoverable, f"{s.header.lanes} lanes"
+    assert paramseal.recover(t, key, s.header_json).report.status == "recovered"

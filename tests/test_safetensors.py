@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
@@ -14,8 +14,6 @@ import paramseal
 from paramseal import FormatError, files
 from paramseal.formats import Adapter, Loaded, adapter_for
 from paramseal.formats.safetensors import SafetensorsAdapter
-
-import helpers
 
 # --------------------------------------------------------------------------- shared adapter suite
 
@@ -71,7 +69,9 @@ class AdapterTests:
             self.adapter.read(p)
         assert "garbage" in str(ei.value)
 
-    def test_sealed_model_survives_a_round_trip(self, tmp_path: Path, sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    def test_sealed_model_survives_a_round_trip(
+        self, tmp_path: Path, sealed: paramseal.SealedModel, key: paramseal.Key
+    ) -> None:
         p = self._path(tmp_path)
         self.adapter.write(p, Loaded(sealed.tensors, {"paramseal": sealed.header_json}))
         back = self.adapter.read(p)
@@ -116,7 +116,7 @@ def _with(fn: Callable[[dict], None]) -> Callable[[bytes], bytes]:
 
 
 def _overlap(h: dict) -> None:
-    a, b = _first_tensor(h), _second_tensor(h)
+    b = _second_tensor(h)
     s, e = h[b]["data_offsets"]
     h[b]["data_offsets"] = [s - 8, e - 8]
 
@@ -133,7 +133,9 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
     "not_utf8": lambda raw: raw[:8] + b"{\xff\xfe" + raw[11:],
     "json_array": lambda raw: helpers.st_build([1, 2, 3], b""),  # type: ignore[arg-type]
     "offsets_out_of_range": _with(lambda h: h[_first_tensor(h)].update(data_offsets=[0, 10**9])),
-    "negative_offset": _with(lambda h: h[_first_tensor(h)].update(data_offsets=[-8, h[_first_tensor(h)]["data_offsets"][1]])),
+    "negative_offset": _with(
+        lambda h: h[_first_tensor(h)].update(data_offsets=[-8, h[_first_tensor(h)]["data_offsets"][1]])
+    ),
     "overlapping_tensors": _with(_overlap),
     "size_does_not_match_shape": _with(lambda h: h[_first_tensor(h)].update(shape=[1])),
     "unsupported_dtype": _with(lambda h: h[_first_tensor(h)].update(dtype="C64")),
@@ -194,7 +196,9 @@ def test_directory_as_input_is_exit_3(tmp_path: Path, key_file: Path) -> None:
 
 
 @pytest.mark.parametrize("seed", range(12))
-def test_random_byte_corruption_of_a_sealed_file_never_passes_or_crashes(tmp_path: Path, sealed_file: Path, key_file: Path, key: paramseal.Key, seed: int) -> None:
+def test_random_byte_corruption_of_a_sealed_file_never_passes_or_crashes(
+    tmp_path: Path, sealed_file: Path, key_file: Path, key: paramseal.Key, seed: int
+) -> None:
     """Parser fuzz: corrupt random bytes anywhere in the file (header or data)."""
     rng = np.random.default_rng(seed)
     raw = bytearray(sealed_file.read_bytes())

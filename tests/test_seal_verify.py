@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import helpers
 import ml_dtypes
 import numpy as np
 import pytest
@@ -14,8 +15,6 @@ from hypothesis.extra import numpy as hnp
 import paramseal
 from paramseal import UnsupportedError, UsageError
 from paramseal.levels import max_subnormal_change
-
-import helpers
 
 
 def test_sealed_model_verifies_intact(sealed: paramseal.SealedModel, key: paramseal.Key, model: dict) -> None:
@@ -77,7 +76,12 @@ def _check_bounds(orig: np.ndarray, sealed: np.ndarray, k: int) -> None:
         rel = np.abs(x1[normal] - x0[normal]) / np.abs(x0[normal])
         assert rel.max() <= bound, (rel.max(), bound)
     if (~normal).any():
-        dt = {np.dtype(np.float64): "F64", np.dtype(np.float32): "F32", np.dtype(np.float16): "F16", helpers.BF16: "BF16"}[orig.dtype]
+        dt = {
+            np.dtype(np.float64): "F64",
+            np.dtype(np.float32): "F32",
+            np.dtype(np.float16): "F16",
+            helpers.BF16: "BF16",
+        }[orig.dtype]
         assert np.abs(x1[~normal] - x0[~normal]).max() <= max_subnormal_change(dt, k)
     assert np.isfinite(x1).all()
 
@@ -97,7 +101,11 @@ _float_dtypes = st.sampled_from([np.float16, np.float32, np.float64])
 
 @given(
     a=_float_dtypes.flatmap(
-        lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=1, max_dims=3, max_side=40), elements=st.floats(allow_nan=False, allow_infinity=False, width=np.dtype(dt).itemsize * 8))
+        lambda dt: hnp.arrays(
+            dt,
+            hnp.array_shapes(min_dims=1, max_dims=3, max_side=40),
+            elements=st.floats(allow_nan=False, allow_infinity=False, width=np.dtype(dt).itemsize * 8),
+        )
     ),
     bits=st.integers(1, 9),
 )
@@ -152,11 +160,19 @@ def test_non_contiguous_and_fortran_inputs_are_sealed_in_logical_order(key: para
         assert s.tensors[name].shape == a.shape
         _check_bounds(np.ascontiguousarray(a), s.tensors[name], 8)
         # Verify accepts the sealed values in any memory order.
-        assert paramseal.verify({**s.tensors, name: np.asfortranarray(s.tensors[name])}, key, s.header_json).status == "intact"
+        assert (
+            paramseal.verify({**s.tensors, name: np.asfortranarray(s.tensors[name])}, key, s.header_json).status
+            == "intact"
+        )
 
 
 def test_empty_and_scalar_tensors_are_sealed_and_authenticated(key: paramseal.Key) -> None:
-    m = {"w": np.ones(300, np.float32), "empty": np.zeros((0, 4), np.float32), "scalar": np.array(2.5, np.float32), "e_int": np.zeros(0, np.int8)}
+    m = {
+        "w": np.ones(300, np.float32),
+        "empty": np.zeros((0, 4), np.float32),
+        "scalar": np.array(2.5, np.float32),
+        "e_int": np.zeros(0, np.int8),
+    }
     s = paramseal.seal(m, key)
     assert s.tensors["empty"].shape == (0, 4) and s.tensors["scalar"].shape == ()
     assert paramseal.verify(s.tensors, key, s.header_json).status == "intact"
@@ -194,7 +210,14 @@ def test_seal_config_default_is_the_one_call_default(model: dict, key: paramseal
     a = paramseal.SealConfig().seal(model, key)
     b = paramseal.seal(model, key)
     ha, hb = a.header, b.header
-    assert (ha.level, ha.bits, ha.lanes, ha.block, ha.mac, ha.code) == (hb.level, hb.bits, hb.lanes, hb.block, hb.mac, hb.code)
+    assert (ha.level, ha.bits, ha.lanes, ha.block, ha.mac, ha.code) == (
+        hb.level,
+        hb.bits,
+        hb.lanes,
+        hb.block,
+        hb.mac,
+        hb.code,
+    )
     assert [t.k for t in ha.tensors] == [t.k for t in hb.tensors]
     assert paramseal.verify(a.tensors, key, a.header_json).status == "intact"
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import helpers
 import numpy as np
 import pytest
 
 import paramseal
-
-import helpers
 
 # --------------------------------------------------------------------------- mutation fuzz
 
@@ -64,7 +63,9 @@ def _mutate(tensors: dict[str, np.ndarray], seed: int) -> tuple[dict[str, np.nda
 
 
 @pytest.mark.parametrize("chunk", range(4))
-def test_mutation_fuzz_every_mutation_is_detected_and_located(sealed: paramseal.SealedModel, key: paramseal.Key, chunk: int) -> None:
+def test_mutation_fuzz_every_mutation_is_detected_and_located(
+    sealed: paramseal.SealedModel, key: paramseal.Key, chunk: int
+) -> None:
     """160 seeded random mutations: each is detected, in exactly the blocks it touched."""
     for seed in range(chunk * 40, chunk * 40 + 40):
         t, kind = _mutate(sealed.tensors, seed)
@@ -97,7 +98,9 @@ def _attack(kind: str, s: dict[str, np.ndarray], seed: int) -> dict[str, np.ndar
         case "bit_flips":
             for _ in range(8):
                 name = ["embed.weight", "fc.weight", "norm.weight", "attn.weight", "ids"][int(rng.integers(5))]
-                t = helpers.flip_bit(t, name, int(rng.integers(t[name].size)), int(rng.integers(helpers.width(t[name].dtype))))
+                t = helpers.flip_bit(
+                    t, name, int(rng.integers(t[name].size)), int(rng.integers(helpers.width(t[name].dtype)))
+                )
         case "exponent_flips":  # the progressive bit-flip attack: most significant exponent bit of big weights
             w = t["embed.weight"].reshape(-1)
             top = np.argsort(-np.abs(w))[:10]
@@ -122,7 +125,16 @@ def _attack(kind: str, s: dict[str, np.ndarray], seed: int) -> dict[str, np.ndar
     return t
 
 
-ATTACKS = ["bit_flips", "exponent_flips", "row_overwrite", "tensor_replace", "gaussian_noise", "fine_tune_slice", "pruning", "quantize_roundtrip"]
+ATTACKS = [
+    "bit_flips",
+    "exponent_flips",
+    "row_overwrite",
+    "tensor_replace",
+    "gaussian_noise",
+    "fine_tune_slice",
+    "pruning",
+    "quantize_roundtrip",
+]
 
 
 def _precision_recall(found: set, truth: set) -> tuple[float, float]:
@@ -163,7 +175,9 @@ def test_attacks_within_capacity_are_recovered(sealed: paramseal.SealedModel, ke
 # --------------------------------------------------------------------------- copy and swap attacks
 
 
-def test_blocks_copied_from_another_model_sealed_with_the_same_key_are_detected(key: paramseal.Key, model: dict) -> None:
+def test_blocks_copied_from_another_model_sealed_with_the_same_key_are_detected(
+    key: paramseal.Key, model: dict
+) -> None:
     a = paramseal.seal(model, key)
     b = paramseal.seal(model, key)  # same weights, same key, another seal
     t = helpers.copy_model(a.tensors)
@@ -184,7 +198,9 @@ def test_whole_tensor_copied_from_another_seal_is_detected(key: paramseal.Key, m
     assert r.tampered_tensors == ["fc.bias"] and r.tensors["fc.bias"].tampered_blocks == (0,)
 
 
-def test_two_blocks_swapped_inside_a_tensor_are_detected_and_recovered(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+def test_two_blocks_swapped_inside_a_tensor_are_detected_and_recovered(
+    sealed: paramseal.SealedModel, key: paramseal.Key
+) -> None:
     t = helpers.copy_model(sealed.tensors)
     u = t["embed.weight"].reshape(-1)
     x = u[0:64].copy()
@@ -214,7 +230,9 @@ def _report(t: dict, s: paramseal.SealedModel, key: paramseal.Key) -> tuple[para
     return paramseal.verify(t, key, s.header_json), paramseal.recover(t, key, s.header_json)
 
 
-def test_renamed_tensor_is_reported_and_recover_restores_the_name(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+def test_renamed_tensor_is_reported_and_recover_restores_the_name(
+    sealed: paramseal.SealedModel, key: paramseal.Key
+) -> None:
     t = helpers.copy_model(sealed.tensors)
     t["fc.weight.renamed"] = t.pop("fc.weight")
     v, res = _report(t, sealed, key)
@@ -227,7 +245,9 @@ def test_renamed_tensor_is_reported_and_recover_restores_the_name(sealed: params
     helpers.assert_model_equal(res.tensors, sealed.tensors)
 
 
-def test_renamed_and_tampered_tensor_is_located_and_recovered(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+def test_renamed_and_tampered_tensor_is_located_and_recovered(
+    sealed: paramseal.SealedModel, key: paramseal.Key
+) -> None:
     t = helpers.flip_bit(sealed.tensors, "embed.weight", 200, 25)
     t["emb"] = t.pop("embed.weight")
     v, res = _report(t, sealed, key)
@@ -239,7 +259,11 @@ def test_renamed_and_tampered_tensor_is_located_and_recovered(sealed: paramseal.
 
 def test_two_same_shape_tensors_swapped_are_reported_and_recovered(key: paramseal.Key) -> None:
     rng = np.random.default_rng(0)
-    m = {"q.weight": rng.standard_normal((32, 32)).astype(np.float32), "k.weight": rng.standard_normal((32, 32)).astype(np.float32), "v.weight": rng.standard_normal((32, 32)).astype(np.float32)}
+    m = {
+        "q.weight": rng.standard_normal((32, 32)).astype(np.float32),
+        "k.weight": rng.standard_normal((32, 32)).astype(np.float32),
+        "v.weight": rng.standard_normal((32, 32)).astype(np.float32),
+    }
     s = paramseal.seal(m, key)
     t = {"q.weight": s.tensors["k.weight"], "k.weight": s.tensors["q.weight"], "v.weight": s.tensors["v.weight"]}
     v, res = _report(t, s, key)
@@ -251,7 +275,9 @@ def test_two_same_shape_tensors_swapped_are_reported_and_recovered(key: paramsea
     helpers.assert_model_equal(res.tensors, s.tensors)
 
 
-def test_reshaped_tensor_same_numel_is_reported_and_recovered(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+def test_reshaped_tensor_same_numel_is_reported_and_recovered(
+    sealed: paramseal.SealedModel, key: paramseal.Key
+) -> None:
     t = helpers.copy_model(sealed.tensors)
     t["embed.weight"] = t["embed.weight"].reshape(48, 64)
     v, res = _report(t, sealed, key)
@@ -262,8 +288,12 @@ def test_reshaped_tensor_same_numel_is_reported_and_recovered(sealed: paramseal.
     helpers.assert_model_equal(res.tensors, sealed.tensors)
 
 
-@pytest.mark.parametrize("name, new_dtype", [("fc.bias", np.float64), ("norm.weight", np.float32), ("ids", np.int64), ("mask", np.uint8)])
-def test_dtype_changed_is_reported_and_recovered(sealed: paramseal.SealedModel, key: paramseal.Key, name: str, new_dtype: type) -> None:
+@pytest.mark.parametrize(
+    "name, new_dtype", [("fc.bias", np.float64), ("norm.weight", np.float32), ("ids", np.int64), ("mask", np.uint8)]
+)
+def test_dtype_changed_is_reported_and_recovered(
+    sealed: paramseal.SealedModel, key: paramseal.Key, name: str, new_dtype: type
+) -> None:
     t = helpers.copy_model(sealed.tensors)
     t[name] = t[name].astype(new_dtype)
     v, res = _report(t, sealed, key)
@@ -292,7 +322,9 @@ def test_large_tensor_removed_is_unrecoverable_and_named(sealed: paramseal.Seale
     assert set(res.report.tensors["embed.weight"].unrecoverable_indices) == set(range(64 * 48))
 
 
-def test_added_tensor_is_reported_as_extra_and_dropped_by_recover(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+def test_added_tensor_is_reported_as_extra_and_dropped_by_recover(
+    sealed: paramseal.SealedModel, key: paramseal.Key
+) -> None:
     t = {**sealed.tensors, "backdoor.weight": np.ones((4, 4), np.float32)}
     v, res = _report(t, sealed, key)
     assert v.status == "tampered" and v.recoverable and v.exit_code == 1
@@ -303,7 +335,9 @@ def test_added_tensor_is_reported_as_extra_and_dropped_by_recover(sealed: params
     helpers.assert_model_equal(res.tensors, sealed.tensors)
 
 
-def test_removed_and_reinserted_under_another_shape_is_detected(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+def test_removed_and_reinserted_under_another_shape_is_detected(
+    sealed: paramseal.SealedModel, key: paramseal.Key
+) -> None:
     t = helpers.copy_model(sealed.tensors)
     t["fc.bias"] = np.zeros(41, np.float32)
     v, res = _report(t, sealed, key)

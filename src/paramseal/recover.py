@@ -82,7 +82,7 @@ def recover_from(chk: Check) -> RecoverResult:
     findings = _findings(chk, base, before)
     # Independent re-check of the whole result before claiming anything.
     final_bad = [
-        ~_tags_ok(chk.mac, chk.header, lay, t, s, ub) for t, (s, ub) in enumerate(zip(specs, chk.blocks, strict=True))
+        ~_tags_ok(chk.mac, chk.header, t, s, ub) for t, (s, ub) in enumerate(zip(specs, chk.blocks, strict=True))
     ]
     all_ok = not any(b.any() for b in final_bad)
     status: Status = "recovered" if all_ok else "unrecoverable"

@@ -8,7 +8,7 @@ reshaped, retyped, swapped and extra tensors are all named.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,13 +30,27 @@ class Check:
 
     header: Header
     specs: list[TensorSpec]
-    layout: Layout
+    key: Key = field(repr=False)
     mac: BlockMac
     blocks: list[_model.Blocks]
     bad: list[NDArray[np.bool_]]  # per tensor, per block
     issues: list[list[str]]
     extra: list[str]
     metadata_issues: list[str]
+
+    _layout: Layout | None = field(default=None, repr=False)
+
+    @property
+    def layout(self) -> Layout:
+        """The lane layout, built on first use (an intact model never needs it)."""
+        if self._layout is None:
+            self._layout = build_layout(self.specs, self.key, self.header.salt, self.header.lanes)
+        return self._layout
+
+    @property
+    def total_blocks(self) -> int:
+        """Blocks in the model."""
+        return sum(s.nblocks for s in self.specs)
 
     @property
     def bad_global(self) -> NDArray[np.bool_]:
@@ -53,15 +67,14 @@ class Check:
 
     def recoverable(self) -> bool:
         """Whether every damaged lane has enough surviving shards to decode."""
+        if not any(b.any() for b in self.bad):
+            return True
         nd, npar = self.lane_losses()
         return bool(np.all((nd == 0) | (nd + npar <= self.layout.M)))
 
 
-def _tags_ok(
-    chk_mac: BlockMac, header: Header, layout: Layout, t: int, spec: TensorSpec, ub: _model.Blocks
-) -> NDArray[np.bool_]:
-    b0 = int(layout.block_start[t])
-    internal = layout.tag_internal[b0 : b0 + spec.nblocks]
+def _tags_ok(chk_mac: BlockMac, header: Header, t: int, spec: TensorSpec, ub: _model.Blocks) -> NDArray[np.bool_]:
+    internal = spec.block_storage()[1]
     want = _model.compute_tags(chk_mac, header.salt, t, spec, ub, internal)
     have = _model.stored_tags(spec, ub, internal, header.external_tags.get(t))
     ok: NDArray[np.bool_] = want == have
@@ -79,7 +92,6 @@ def check(
     """Run every check and keep the intermediate state (used by verify and recover)."""
     header = parse_header(header_json, key)
     specs = list(header.tensors)
-    layout = build_layout(specs, key, header.salt, header.lanes)
     mac = BlockMac(key)
     arrays = _model.as_mapping(tensors)
     prog = progress or Progress.null()
@@ -98,10 +110,10 @@ def check(
             continue
         ub = _model.blocks_of(found, spec, copy=False)  # recover copies before it writes
         blocks.append(ub)
-        bad.append(~_tags_ok(mac, header, layout, t, spec, ub))
-    _match_moved(arrays, header, layout, mac, specs, blocks, bad, issues, extra)
+        bad.append(~_tags_ok(mac, header, t, spec, ub))
+    _match_moved(arrays, header, mac, specs, blocks, bad, issues, extra)
     meta = _metadata_issues(header.user_metadata, metadata) if metadata is not None else []
-    return Check(header, specs, layout, mac, blocks, bad, issues, extra, meta)
+    return Check(header, specs, key, mac, blocks, bad, issues, extra, meta)
 
 
 def _usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.generic] | None, list[str]]:
@@ -123,7 +135,6 @@ def _usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np
 def _match_moved(
     arrays: dict[str, NDArray[np.generic]],
     header: Header,
-    layout: Layout,
     mac: BlockMac,
     specs: list[TensorSpec],
     blocks: list[_model.Blocks],
@@ -147,7 +158,7 @@ def _match_moved(
             if a.size != spec.numel or _dt(a) != spec.dtype:
                 continue
             ub = _model.blocks_of(a, spec)
-            ok = _tags_ok(mac, header, layout, t, spec, ub)
+            ok = _tags_ok(mac, header, t, spec, ub)
             if ok.mean() < 0.5:
                 continue
             used.add(name)
@@ -195,7 +206,7 @@ def report_of(chk: Check) -> Report:
         metadata_issues=tuple(chk.metadata_issues),
         key_fingerprint=chk.header.key_fingerprint,
         level=chk.header.level if chk.header.bits is None else f"bits={chk.header.bits}",
-        total_blocks=chk.layout.nblocks,
+        total_blocks=chk.total_blocks,
     )
 
 
