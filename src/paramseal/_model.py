@@ -79,13 +79,44 @@ def gather_lanes(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) 
     return out
 
 
+def gather_selected(
+    layout: Layout, specs: list[TensorSpec], blocks: list[Blocks], col_of_lane: NDArray[np.int64], ncols: int
+) -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
+    """Data ``[K, ncols]`` and stored parity ``[M, ncols]`` of the lanes with ``col_of_lane >= 0`` only."""
+    data = np.zeros((layout.K, ncols), dtype=np.uint32)
+    parity = np.zeros((layout.M, ncols), dtype=np.uint32)
+    for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
+        b0 = int(layout.block_start[t])
+        cols = col_of_lane[layout.lane[b0 : b0 + spec.nblocks]]
+        rows = np.flatnonzero(cols >= 0)
+        if not rows.size:
+            continue
+        b, c = b0 + rows, cols[rows, None]
+        sub = np.ascontiguousarray(ub[rows])
+        data[layout.off_data[b, None] + np.arange(spec.data_shards), c] = data_bytes(sub, spec)
+        w = _store_width(spec)
+        if spec.is_float and w and layout.M:
+            lo = _bits.lo_bytes(sub, spec.k).view(np.uint32)[:, 1:]
+            j = np.arange(w)
+            valid = j[None, :] < layout.n_store[b, None]
+            pos = layout.off_store[b, None] + j
+            parity[pos[valid], np.broadcast_to(c, pos.shape)[valid]] = lo[valid]
+    return data, parity
+
+
 def lane_block_data(
-    layout: Layout, t: int, spec: TensorSpec, lanes_data: NDArray[np.uint32], rows: NDArray[np.int64]
+    layout: Layout,
+    t: int,
+    spec: TensorSpec,
+    lanes_data: NDArray[np.uint32],
+    rows: NDArray[np.int64],
+    col_of_lane: NDArray[np.int64] | None = None,
 ) -> NDArray[np.uint32]:
-    """The data shards of blocks ``rows`` of tensor ``t``, read back from ``[K, lanes]``."""
+    """The data shards of blocks ``rows`` of tensor ``t``, read back from ``[K, lanes]`` (or selected lanes)."""
     b = int(layout.block_start[t]) + rows
     cols = layout.off_data[b, None] + np.arange(spec.data_shards)
-    got: NDArray[np.uint32] = lanes_data[cols, layout.lane[b, None]]
+    lanes = layout.lane[b] if col_of_lane is None else col_of_lane[layout.lane[b]]
+    got: NDArray[np.uint32] = lanes_data[cols, lanes[:, None]]
     return got
 
 
@@ -94,7 +125,12 @@ def _store_width(spec: TensorSpec) -> int:
 
 
 def block_parity(
-    layout: Layout, t: int, spec: TensorSpec, parity: NDArray[np.uint32], rows: NDArray[np.int64] | None = None
+    layout: Layout,
+    t: int,
+    spec: TensorSpec,
+    parity: NDArray[np.uint32],
+    rows: NDArray[np.int64] | None = None,
+    col_of_lane: NDArray[np.int64] | None = None,
 ) -> NDArray[np.uint32]:
     """``[nblocks (or len(rows)), 2k-1]`` parity words each block stores (zero past its share)."""
     w = _store_width(spec)
@@ -115,7 +151,8 @@ def block_parity(
     j = np.arange(w)
     valid = j[None, :] < layout.n_store[b, None]
     cols = np.where(valid, layout.off_store[b, None] + j, 0)
-    vals = np.where(valid, parity[cols, layout.lane[b, None]], 0)
+    lanes = layout.lane[b] if col_of_lane is None else col_of_lane[layout.lane[b]]
+    vals = np.where(valid, parity[cols, lanes[:, None]], 0)
     if rows is not None:
         return vals.astype(np.uint32)
     out[rows_e] = vals
@@ -153,11 +190,12 @@ def write_storage(
     ub: Blocks,
     parity: NDArray[np.uint32],
     rows: NDArray[np.int64] | None = None,
+    col_of_lane: NDArray[np.int64] | None = None,
 ) -> None:
     """Write parity into the low bits of blocks ``rows`` (all when None), zeroing tag and spare bits."""
     if not spec.is_float:
         return
-    words = block_parity(layout, t, spec, parity, rows)
+    words = block_parity(layout, t, spec, parity, rows, col_of_lane)
     lo = np.zeros((words.shape[0], 2 * spec.k), dtype=np.uint32)
     lo[:, 1:] = words
     if rows is None:
@@ -169,11 +207,20 @@ def write_storage(
 
 
 def compute_tags(
-    mac: BlockMac, salt: bytes, t: int, spec: TensorSpec, ub: Blocks, internal: NDArray[np.bool_]
+    mac: BlockMac,
+    salt: bytes,
+    t: int,
+    spec: TensorSpec,
+    ub: Blocks,
+    internal: NDArray[np.bool_],
+    rows: NDArray[np.int64] | None = None,
 ) -> NDArray[np.uint64]:
-    """Tags of every block of tensor ``t`` (tag bits masked where the tag is stored in the block)."""
+    """Tags of the blocks of tensor ``t`` (all, or ``rows``); tag bits are masked where the block stores its tag."""
     mask = _bits.tag_mask(spec.k, ub.dtype.itemsize * 8) if spec.is_float else None
-    return mac.tags(ub, mac.pads(salt, t, spec.nblocks), mask, internal)
+    pads = mac.pads(salt, t, spec.nblocks)
+    if rows is None:
+        return mac.tags(ub, pads, mask, internal)
+    return mac.tags(np.ascontiguousarray(ub[rows]), pads[rows], mask, internal[rows])
 
 
 def stored_tags(
@@ -201,6 +248,7 @@ __all__ = [
     "read_parity",
     "set_data",
     "block_parity",
+    "gather_selected",
     "lane_block_data",
     "stored_tags",
     "to_tensor",
