@@ -234,7 +234,7 @@ def single_lane_recoverable(
 def write_st(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[str, str] | None = None) -> Path:
     """Write a safetensors file with the safetensors library itself (not the code under test)."""
     stn.save_file(
-        {k: np.ascontiguousarray(v) for k, v in tensors.items()},
+        {k: v if v.flags.c_contiguous else v.copy(order="C") for k, v in tensors.items()},
         str(path),
         metadata=dict(metadata) if metadata else None,
     )

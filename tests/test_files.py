@@ -262,3 +262,13 @@ def test_read_and_write_model_round_trip(tmp_path: Path, model: dict) -> None:
     helpers.assert_model_equal(got.tensors, model)
     assert got.metadata == {"x": "y"}
     assert [q.name for q in tmp_path.iterdir()] == ["rw.safetensors"]
+
+
+def test_progress_is_shown_when_asked_and_not_otherwise(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files.seal_file(model_file, tmp_path / "a.safetensors", key, progress=True)
+    err = capsys.readouterr().err
+    assert "seal" in err and "done" in err
+    files.verify_file(tmp_path / "a.safetensors", key)  # stderr is not a terminal here: silent
+    assert capsys.readouterr().err == ""

@@ -27,6 +27,7 @@ from .keys import Key
 from .levels import BLOCK, FLOATS, ST_TO_NP, TAG_BITS
 
 MAX_SHARDS = 32768  # leopard (reed-solomon-simd) accepts any K, M up to 2**15 each
+_MIN_BLOCKS_PER_LANE_PARITY = 16
 _TARGET_K = 8192  # data shards per lane: short enough to code fast, long enough to average damage
 
 
@@ -126,7 +127,15 @@ def build_layout(specs: list[TensorSpec], key: Key, salt: bytes, lanes: int | No
     internal = np.concatenate([b for _, b in st])
     nb = n_data.size
     block_start = np.cumsum([0] + [s.nblocks for s in specs])[:-1].astype(np.int64)
-    g = lanes if lanes is not None else max(1, -(-int(n_data.sum()) // _TARGET_K))
+    if lanes is not None:
+        g = lanes
+    else:
+        # Enough lanes to keep codewords short (fast), few enough that each lane's parity
+        # can still rebuild several of the largest blocks (tiny models get one lane).
+        biggest = int((n_data + n_store).max())
+        g = max(
+            1, min(-(-int(n_data.sum()) // _TARGET_K), int(n_store.sum()) // (_MIN_BLOCKS_PER_LANE_PARITY * biggest))
+        )
     while True:
         nstripes = -(-nb // g)
         starts = np.arange(0, nb, g)

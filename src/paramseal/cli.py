@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from . import __version__, files
 from .errors import ParamSealError
@@ -25,15 +26,23 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse exits with 2 on bad usage; 2 means "not fully recoverable" here, so use 3."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(3, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
+    ap = _Parser(
         prog="paramseal",
         description="Keyed fragile watermark for model weights: detect, locate and self-recover tampering.",
         epilog="exit codes: 0 intact/recovered, 1 tampered but recoverable, 2 not fully recoverable, "
         "3 usage error, bad file or wrong key",
     )
     ap.add_argument("--version", action="version", version=f"paramseal {__version__}")
-    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("keygen", help="create a new random key file")
     p.add_argument("keyfile")

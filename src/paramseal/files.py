@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ._progress import Progress
-from .errors import NotSealedError, UsageError
+from .errors import FormatError, KeyMismatchError, NotSealedError, UsageError
 from .formats import Loaded, adapter_for
 from .header import METADATA_KEY, peek_header
 from .keys import Key
@@ -41,6 +41,10 @@ def atomic_path(dst: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        umask = os.umask(0)
+        os.umask(umask)
+        # mkstemp (and the safetensors writer) leave 0600; a sealed model is meant to be shared
+        os.chmod(tmp_path, 0o666 & ~umask)
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, dst)
@@ -72,6 +76,18 @@ def write_model(path: PathLike, loaded: Loaded, fmt: str | None = None) -> None:
     adapter = adapter_for(p, fmt, must_exist=False)
     with atomic_path(p) as tmp:
         adapter.write(tmp, loaded)
+
+
+@contextmanager
+def _about(path: Path) -> Iterator[None]:
+    """Prefix errors about a model's content with the file they concern."""
+    try:
+        yield
+    except (FormatError, KeyMismatchError) as e:
+        if str(path) in str(e):
+            raise
+        e.args = (f"'{path}': {e}",)
+        raise
 
 
 def _split_header(loaded: Loaded, path: Path) -> tuple[str, dict[str, str]]:
@@ -113,7 +129,8 @@ def verify_file(path: PathLike, key: Key, *, progress: bool | None = None) -> Re
     loaded = read_model(p)
     text, meta = _split_header(loaded, p)
     prog = Progress("verify", len(loaded.tensors), enabled=progress)
-    rep = report_of(check(loaded.tensors, key, text, metadata=meta, progress=prog))
+    with _about(p):
+        rep = report_of(check(loaded.tensors, key, text, metadata=meta, progress=prog))
     prog.done()
     return rep
 
@@ -139,7 +156,8 @@ def recover_file(
     loaded = read_model(s)
     text, meta = _split_header(loaded, s)
     prog = Progress("recover", len(loaded.tensors), enabled=progress)
-    result = recover_from(check(loaded.tensors, key, text, metadata=meta, progress=prog))
+    with _about(s):
+        result = recover_from(check(loaded.tensors, key, text, metadata=meta, progress=prog))
     prog.done()
     if result.report.ok or allow_partial:
         out_meta = dict(result.metadata)

@@ -107,6 +107,10 @@ def parse_header(text: str, key: Key) -> Header:
     if body.get("scheme") != SCHEME:
         raise FormatError(f"unsupported seal scheme {body.get('scheme')!r}; this ParamSeal reads {SCHEME}")
     if stored_fp != key.fingerprint:
+        # With the fingerprint put back, does the header authenticate under this key? Then the
+        # key is right and the fingerprint was edited: that is tampering, not a key mix-up.
+        if hmac.compare_digest(claimed, _mac(key, {**body, "key_fingerprint": key.fingerprint})):
+            raise HeaderAuthError("the ParamSeal header does not authenticate: its key fingerprint was edited")
         raise KeyMismatchError(stored_fp, key.fingerprint)
     if not hmac.compare_digest(claimed, _mac(key, body)):
         raise HeaderAuthError(

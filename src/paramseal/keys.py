@@ -77,6 +77,7 @@ def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False
         fd = os.open(p, flags, stat.S_IRUSR | stat.S_IWUSR)
     except OSError as e:
         raise UsageError(f"cannot write key to '{p}': {e.strerror}") from None
+    os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)  # also when overwriting a file that was readable by others
     with os.fdopen(fd, "w") as f:
         f.write(key.secret.hex() + "\n")
     return p

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import safetensors.numpy as stn
+from numpy.typing import NDArray
 from safetensors import SafetensorError, safe_open
 
 from ..errors import FormatError
@@ -40,7 +41,7 @@ class SafetensorsAdapter:
         order, meta = _validate(path)
         try:
             with safe_open(str(path), framework="numpy") as f:
-                tensors = {name: np.ascontiguousarray(f.get_tensor(name)) for name in order}
+                tensors = {name: _contiguous(f.get_tensor(name)) for name in order}
         except (SafetensorError, OSError, ValueError, TypeError) as e:
             raise FormatError(f"cannot read safetensors file '{path}': {e}") from None
         return Loaded(tensors, meta)
@@ -48,8 +49,13 @@ class SafetensorsAdapter:
     def write(self, path: Path, loaded: Loaded) -> None:
         """Write with the library (it orders tensors by dtype alignment, then name)."""
         stn.save_file(
-            {k: np.ascontiguousarray(v) for k, v in loaded.tensors.items()}, str(path), metadata=loaded.metadata or None
+            {k: _contiguous(v) for k, v in loaded.tensors.items()}, str(path), metadata=loaded.metadata or None
         )
+
+
+def _contiguous(a: NDArray[np.generic]) -> NDArray[np.generic]:
+    # np.ascontiguousarray would turn a 0-d tensor into shape (1,)
+    return a if a.flags.c_contiguous else a.copy(order="C")
 
 
 def _validate(path: Path) -> tuple[list[str], dict[str, str]]:

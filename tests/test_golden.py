@@ -1,0 +1,112 @@
+"""Compatibility corpus: sealed files from every released format version must keep verifying.
+
+If one of these fails, the on-disk format changed. That must be deliberate: bump the
+scheme version, keep reading the old one, and add a new folder under tests/golden/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import files
+
+GOLDEN = Path(__file__).parent / "golden"
+VERSIONS = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir() and (p / "sealed.safetensors").exists())
+EXPECTED_DTYPES = {
+    "encoder.weight": "float32",
+    "encoder.bias": "float32",
+    "norm.weight": "float16",
+    "attn.weight": "bfloat16",
+    "head.weight": "float64",
+    "position_ids": "int64",
+    "mask": "bool",
+}
+
+
+def test_corpus_is_present_and_small() -> None:
+    assert "v1" in VERSIONS
+    total = sum(p.stat().st_size for p in GOLDEN.rglob("*") if p.is_file())
+    assert total < 200_000
+
+
+@pytest.fixture(params=VERSIONS)
+def golden(request: pytest.FixtureRequest) -> Path:
+    return GOLDEN / request.param
+
+
+def test_golden_file_has_the_expected_tensors_and_scheme(golden: Path) -> None:
+    tensors, meta = helpers.read_st(golden / "sealed.safetensors")
+    assert {n: str(a.dtype) for n, a in tensors.items()} == EXPECTED_DTYPES
+    h = json.loads(meta["paramseal"])
+    assert h["scheme"] == f"paramseal/{golden.name[1:]}"
+    assert meta["model"] == "paramseal-golden"
+
+
+def test_golden_file_verifies_intact(golden: Path) -> None:
+    key = paramseal.load_key(golden / "golden.key")
+    r = files.verify_file(golden / "sealed.safetensors", key)
+    assert r.status == "intact", r.summary()
+    rc, out, err = helpers.run_cli(["verify", golden / "sealed.safetensors", "--key", golden / "golden.key"])
+    assert rc == 0, err
+
+
+def test_golden_file_verifies_with_the_numpy_fallback_too(golden: Path) -> None:
+    """The compiled kernels and the pure-numpy path must read the same format."""
+    sealed, key = str(golden / "sealed.safetensors"), str(golden / "golden.key")
+    code = (
+        "import paramseal; from paramseal import files, _kernels;"
+        "assert not _kernels.HAVE_NUMBA, 'fallback not active';"
+        f"r = files.verify_file({sealed!r}, paramseal.load_key({key!r}));"
+        "print(r.status)"
+    )
+    env = {**os.environ, "PARAMSEAL_NO_NUMBA": "1"}
+    env.pop("PARAMSEAL_KEY", None)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "intact"
+
+
+def test_golden_sealing_changed_only_low_bits_of_the_original(golden: Path) -> None:
+    orig, _ = helpers.read_st(golden / "original.safetensors")
+    sealed, meta = helpers.read_st(golden / "sealed.safetensors")
+    ks = {t["name"]: t["k"] for t in json.loads(meta["paramseal"])["tensors"]}
+    for name, a in orig.items():
+        k = ks[name]
+        if k == 0:
+            assert helpers.same_bytes(sealed[name], a), name
+        else:
+            hi = ~np.array((1 << k) - 1, dtype=helpers.uview(a).dtype)
+            assert np.array_equal(helpers.uview(a) & hi, helpers.uview(sealed[name]) & hi), name
+
+
+@pytest.mark.parametrize("name", list(EXPECTED_DTYPES))
+def test_golden_file_bit_flip_is_located_and_recovered(tmp_path: Path, golden: Path, name: str) -> None:
+    key = paramseal.load_key(golden / "golden.key")
+    sealed, meta = helpers.read_st(golden / "sealed.safetensors")
+    a = sealed[name]
+    idx, bit = a.size // 2, (helpers.width(a.dtype) - 3 if a.dtype != np.bool_ else 0)
+    bad = helpers.write_st(tmp_path / "bad.safetensors", helpers.flip_bit(sealed, name, idx, bit), meta)
+    r = files.verify_file(bad, key)
+    assert r.tampered_tensors == [name] and r.tensors[name].tampered_blocks == (idx // 64,)
+    out = tmp_path / "fixed.safetensors"
+    res = files.recover_file(bad, out, key)
+    assert res.report.status == "recovered"
+    assert res.report.tensors[name].restored_indices == (idx,)
+    assert res.report.tensors[name].restored_xor == (1 << bit,)
+    fixed, fixed_meta = helpers.read_st(out)
+    helpers.assert_model_equal(fixed, sealed)
+    assert fixed_meta == meta
+
+
+def test_golden_file_with_wrong_key_is_a_key_mismatch(golden: Path) -> None:
+    with pytest.raises(paramseal.KeyMismatchError):
+        files.verify_file(golden / "sealed.safetensors", paramseal.Key(bytes(32)))
