@@ -115,7 +115,8 @@ def write_checkpoint(path: Path, size_gib: float) -> None:
         if name.endswith("norm.weight"):
             a += np.float32(1.0)  # RMSNorm gains sit around 1
         tensors[name] = a
-    stn.save_file(tensors, str(path), metadata={"format": "pt", "bench": "paramseal-core"})
+    # One metadata key: safetensors writes __metadata__ in hash order, so two keys make the bytes vary run to run.
+    stn.save_file(tensors, str(path), metadata={"format": "pt"})
 
 
 def data_section(path: Path) -> tuple[int, dict[str, Any]]:
@@ -313,7 +314,9 @@ def spawn(op: str, args: list[str], env: dict[str, str], timeout: float) -> Run:
     return Run(float(info.pop("seconds")), wall, rss_kib / 1024.0, cpu, info)
 
 
-def best_of(op: str, args: list[str], env: dict[str, str], repeats: int, max_repeat_s: float, timeout: float) -> tuple[Run, list[Run]]:
+def best_of(
+    op: str, args: list[str], env: dict[str, str], repeats: int, max_repeat_s: float, timeout: float
+) -> tuple[Run, list[Run]]:
     """Run ``op`` up to ``repeats`` times (once if a run takes over ``max_repeat_s``); best by time."""
     return rounds([(op, op, args)], env, repeats, max_repeat_s, timeout)[op]
 
@@ -334,8 +337,10 @@ def rounds(
                 continue
             r = spawn(op, args, env, timeout)
             runs[name].append(r)
-            _log(f"  {name} #{i + 1}: {r.seconds:.2f}s (process {r.process_s:.2f}s, cpu {r.cpu_s:.2f}s), "
-                 f"peak RSS {r.rss_mib:.0f} MiB {r.info or ''}")
+            _log(
+                f"  {name} #{i + 1}: {r.seconds:.2f}s (process {r.process_s:.2f}s, cpu {r.cpu_s:.2f}s), "
+                f"peak RSS {r.rss_mib:.0f} MiB {r.info or ''}"
+            )
     return {name: (_best(rs), rs) for name, rs in runs.items()}
 
 
@@ -401,10 +406,14 @@ def _git_state(module: str | None) -> str:
     if not module:
         return "unknown"
     try:
-        head = subprocess.run(["git", "-C", module, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "-C", module, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return "not a git checkout"
-        dirty = subprocess.run(["git", "-C", module, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "-C", module, "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=10
+        )
         return f"git {head.stdout.strip()}" + (", with uncommitted changes" if dirty.stdout.strip() else ", clean")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -421,8 +430,12 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the scratch files")
     ap.add_argument("--level", default="standard", help="seal level (default standard)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per operation, best taken (default 2)")
-    ap.add_argument("--max-repeat-s", type=float, default=300.0,
-                    help="do not repeat an operation whose first run took longer than this (default 300)")
+    ap.add_argument(
+        "--max-repeat-s",
+        type=float,
+        default=300.0,
+        help="do not repeat an operation whose first run took longer than this (default 300)",
+    )
     ap.add_argument("--timeout", type=float, default=3600.0, help="kill a worker after this many seconds")
     ap.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -468,9 +481,15 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
     idle = spawn("idle", [], env, tmo)
     _log("sha256, seal, verify (interleaved rounds)")
     core = rounds(
-        [("sha256", "sha256", [str(model)]), ("seal", "seal", [str(model), str(sealed), a.level]),
-         ("verify", "verify", [str(sealed)])],
-        env, rep, mrs, tmo,
+        [
+            ("sha256", "sha256", [str(model)]),
+            ("seal", "seal", [str(model), str(sealed), a.level]),
+            ("verify", "verify", [str(sealed)]),
+        ],
+        env,
+        rep,
+        mrs,
+        tmo,
     )
     sha, seal, ver = core["sha256"][0], core["seal"][0], core["verify"][0]
     ssize = sealed.stat().st_size
@@ -503,7 +522,7 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
     # ------------------------------------------------------------------ report
     load1 = _load()
     v = _versions()
-    cores = os.cpu_count()
+    cores = os.cpu_count() or 1
     try:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -512,25 +531,47 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
     print("ParamSeal core benchmark")
     print(f"machine   : {cores} cores ({usable} usable), {_cpu()}, {platform.system()} {platform.release()}")
     print("versions  : " + ", ".join(f"{k} {x}" for k, x in v.items()))
-    print("threads   : " + ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")))
-    print(f"checkpoint: {model}  {fsize:,} bytes ({fsize / (1 << 30):.3f} GiB), {len(shapes)} F32 tensors, "
-          f"{nparams:,} parameters, generated in {gen.seconds:.1f}s")
-    print(f"            LLaMA-like: hidden {dims['hidden']}, MLP {dims['intermediate']}, vocab {dims['vocab']}, "
-          f"{dims['layers']} layers; values N(0, 0.02), seed {SEED}")
+    print(
+        "threads   : "
+        + ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
+    )
+    print(
+        f"checkpoint: {model}  {fsize:,} bytes ({fsize / (1 << 30):.3f} GiB), {len(shapes)} F32 tensors, "
+        f"{nparams:,} parameters, generated in {gen.seconds:.1f}s"
+    )
+    print(
+        f"            LLaMA-like: hidden {dims['hidden']}, MLP {dims['intermediate']}, vocab {dims['vocab']}, "
+        f"{dims['layers']} layers; values N(0, 0.02), seed {SEED}"
+    )
     print(f"            largest tensor {largest_name} {list(largest_shape)} = {largest_bytes / MIB:.1f} MiB")
     print(f"seal level: {a.level}; sealed file {ssize:,} bytes")
-    print(f"timing    : best of {a.repeats} fresh processes (one run if the first exceeds {a.max_repeat_s:.0f}s; sha256, "
-          "seal and verify in interleaved rounds); "
-          "'op s' = the API call (read + work + atomic write/fsync),")
-    print("            'proc s' adds interpreter start-up and imports; MB/s = file bytes / op s (1 MB = 10^6 bytes); "
-          "page cache warm")
-    print(f"load      : at start {load0}; at end {load1}" + (
-        "  <- other work shared the CPUs: wall times are inflated, compare 'cpu s' too"
-        if _busy(load0, usable) or _busy(load1, usable) else ""))
+    print(
+        f"timing    : best of {a.repeats} fresh processes (one run if the first exceeds {a.max_repeat_s:.0f}s; sha256, "
+        "seal and verify in interleaved rounds); "
+        "'op s' = the API call (read + work + atomic write/fsync),"
+    )
+    print(
+        "            'proc s' adds interpreter start-up and imports; MB/s = file bytes / op s (1 MB = 10^6 bytes); "
+        "page cache warm"
+    )
+    print(
+        f"load      : at start {load0}; at end {load1}"
+        + (
+            "  <- other work shared the CPUs: wall times are inflated, compare 'cpu s' too"
+            if _busy(load0, usable) or _busy(load1, usable)
+            else ""
+        )
+    )
     print(f"paramseal : imported from {idle.info.get('module')} ({_git_state(idle.info.get('module'))})")
-    print(f"peak RSS  : per process (VmHWM of the worker, as /usr/bin/time reports it); a worker that only imports paramseal peaks at {idle.rss_mib:.0f} MiB")
+    print(
+        "peak RSS  : per process (VmHWM of the worker, as /usr/bin/time reports it); "
+        f"a worker that only imports paramseal peaks at {idle.rss_mib:.0f} MiB"
+    )
     print()
-    hdr = f"{'operation':<26}{'op s':>9}{'proc s':>9}{'cpu s':>9}{'MB/s':>9}{'RSS MiB':>10}{'x largest':>11}{'x file':>8}  outcome"
+    hdr = (
+        f"{'operation':<26}{'op s':>9}{'proc s':>9}{'cpu s':>9}{'MB/s':>9}"
+        f"{'RSS MiB':>10}{'x largest':>11}{'x file':>8}  outcome"
+    )
     print(hdr)
     print("-" * (len(hdr) + 30))
 
@@ -538,26 +579,34 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
         if r is None:
             print(f"{label:<26}{'-':>9}{'-':>9}{'-':>9}{'-':>9}{'-':>10}{'-':>11}{'-':>8}  {outcome}")
             return
-        print(f"{label:<26}{r.seconds:>9.2f}{r.process_s:>9.2f}{r.cpu_s:>9.2f}{mbytes / r.seconds:>9.0f}{r.rss_mib:>10.0f}"
-              f"{r.rss_mib * MIB / largest_bytes:>11.1f}{r.rss_mib * MIB / fsize:>8.2f}  {outcome}")
+        print(
+            f"{label:<26}{r.seconds:>9.2f}{r.process_s:>9.2f}{r.cpu_s:>9.2f}{mbytes / r.seconds:>9.0f}"
+            f"{r.rss_mib:>10.0f}{r.rss_mib * MIB / largest_bytes:>11.1f}{r.rss_mib * MIB / fsize:>8.2f}  {outcome}"
+        )
 
     row("sha256 (8 MiB reads)", sha, "baseline")
     row(f"seal ({a.level})", seal, "written")
     row("verify (sealed file)", ver, f"status={ver.info.get('status')} exit={ver.info.get('exit_code')}")
+    done: list[tuple[str, Run]] = [("sha256", sha), ("seal", seal), ("verify", ver)]
     for kind, label in cases:
-        r, desc, check = rec[kind]
-        if r is None:
+        rr, _, check = rec[kind]
+        if rr is None:
             row(label, None, f"FAILED: {check}")
             continue
-        i = r.info
-        row(label, r, f"status={i['status']} exit={i['exit_code']} restored={i['restored']:,} "
-                      f"unrecoverable={i['unrecoverable']:,} tampered_blocks={i['tampered_blocks']:,}/"
-                      f"{i['total_blocks']:,} lanes_failed={i['lanes_failed']}; output {check}")
+        done.append((kind, rr))
+        inf = rr.info
+        row(
+            label,
+            rr,
+            f"status={inf['status']} exit={inf['exit_code']} restored={inf['restored']:,} "
+            f"unrecoverable={inf['unrecoverable']:,} tampered_blocks={inf['tampered_blocks']:,}/"
+            f"{inf['total_blocks']:,} lanes_failed={inf['lanes_failed']}; output {check}",
+        )
     print()
-    print("all runs, op s [worker cpu s]: " + "; ".join(
-        f"{n} {r.info.get('all_s')} {r.info.get('all_cpu_s')}" for n, r in [("sha256", sha), ("seal", seal), ("verify", ver)]
-        + [(k, rec[k][0]) for k, _ in cases if rec[k][0] is not None]  # type: ignore[misc]
-    ))
+    print(
+        "all runs, op s [worker cpu s]: "
+        + "; ".join(f"{n} {r.info.get('all_s')} {r.info.get('all_cpu_s')}" for n, r in done)
+    )
     print()
     print("tampering:")
     for kind, label in cases:
@@ -569,26 +618,31 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
     sr = (mbytes / seal.seconds) / sha_speed
     vr_p = sha.process_s / ver.process_s
     sr_p = sha.process_s / seal.process_s
-    print(f"  {'verify speed / SHA-256 speed':<38}{vr:7.3f}  (target >= {TARGET_VERIFY_VS_SHA})  {verdict(vr >= TARGET_VERIFY_VS_SHA)}"
-          f"   [whole process: {vr_p:.3f}]")
-    print(f"  {'seal speed / SHA-256 speed':<38}{sr:7.3f}  (target >= {TARGET_SEAL_VS_SHA})  {verdict(sr >= TARGET_SEAL_VS_SHA)}"
-          f"   [whole process: {sr_p:.3f}]")
+    print(
+        f"  {'verify speed / SHA-256 speed':<38}{vr:7.3f}  (target >= {TARGET_VERIFY_VS_SHA})  "
+        f"{verdict(vr >= TARGET_VERIFY_VS_SHA)}   [whole process: {vr_p:.3f}]"
+    )
+    print(
+        f"  {'seal speed / SHA-256 speed':<38}{sr:7.3f}  (target >= {TARGET_SEAL_VS_SHA})  "
+        f"{verdict(sr >= TARGET_SEAL_VS_SHA)}   [whole process: {sr_p:.3f}]"
+    )
     for kind, label in cases:
-        r = rec[kind][0]
+        rk = rec[kind][0]
         name = f"recover/verify time, {label.split(', ')[1]}"
-        if r is None:
+        if rk is None:
             print(f"  {name:<38}{'-':>7}  (target <= {TARGET_RECOVER_VS_VERIFY})  MISS (did not finish)")
             continue
-        q = r.seconds / ver.seconds
-        ok = r.info["status"] in ("recovered", "intact")
-        note = "" if ok else f"  [status {r.info['status']}: not fully recovered]"
-        print(f"  {name:<38}{q:7.3f}  (target <= {TARGET_RECOVER_VS_VERIFY})  {verdict(q <= TARGET_RECOVER_VS_VERIFY)}"
-              f"   [whole process: {r.process_s / ver.process_s:.3f}]{note}")
-    print("  peak RSS (no target set): " + ", ".join(
-        f"{n} {r.rss_mib * MIB / largest_bytes:.1f}x largest tensor"
-        for n, r in [("sha256", sha), ("seal", seal), ("verify", ver)]
-        + [(k, rec[k][0]) for k, _ in cases if rec[k][0] is not None]  # type: ignore[misc]
-    ))
+        q = rk.seconds / ver.seconds
+        ok = rk.info["status"] in ("recovered", "intact")
+        note = "" if ok else f"  [status {rk.info['status']}: not fully recovered]"
+        print(
+            f"  {name:<38}{q:7.3f}  (target <= {TARGET_RECOVER_VS_VERIFY})  {verdict(q <= TARGET_RECOVER_VS_VERIFY)}"
+            f"   [whole process: {rk.process_s / ver.process_s:.3f}]{note}"
+        )
+    print(
+        "  peak RSS (no target set): "
+        + ", ".join(f"{n} {r.rss_mib * MIB / largest_bytes:.1f}x largest tensor" for n, r in done)
+    )
     return 0
 
 

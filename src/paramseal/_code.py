@@ -113,14 +113,19 @@ def _decode_batch(
     lost_p: NDArray[np.bool_],
 ) -> None:
     K, M = data.shape[0], parity.shape[0]
-    d = _to_split(data[:, batch])
-    p = _to_split(parity[:, batch])
+    run = int(batch[-1]) - int(batch[0]) + 1 == batch.size and bool(np.all(np.diff(batch) == 1))
+    cols: slice | NDArray[np.int64] = slice(int(batch[0]), int(batch[-1]) + 1) if run else batch
+    d = _to_split(data[:, cols])
+    p = _to_split(parity[:, cols])
     orig = {int(i): d[i].tobytes() for i in np.flatnonzero(~lost_d)}
     rec = {int(j): p[j].tobytes() for j in np.flatnonzero(~lost_p)}
     out = rsl.decode(K, M, orig, rec)
     idx = np.fromiter(out.keys(), dtype=np.int64, count=len(out))
     raw = np.frombuffer(b"".join(out[int(i)] for i in idx), dtype=np.uint8).reshape(len(idx), -1)
-    data[idx[:, None], batch[None, :]] = _from_split(raw, batch.size)
+    if run:
+        data[idx, cols] = _from_split(raw, batch.size)
+    else:
+        data[idx[:, None], batch[None, :]] = _from_split(raw, batch.size)
 
 
 __all__ = ["decode", "encode"]

@@ -25,7 +25,7 @@ def blocks_of(arr: NDArray[np.generic] | None, spec: TensorSpec, *, copy: bool =
 
 def to_tensor(ub: Blocks, spec: TensorSpec) -> NDArray[np.generic]:
     """Inverse of ``blocks_of``."""
-    flat = ub.reshape(-1)[: spec.numel].copy()
+    flat = ub.reshape(-1)[: spec.numel]  # a view: blocks are either our own copy or unchanged input
     out: NDArray[np.generic] = flat.view(ST_TO_NP[spec.dtype]).reshape(spec.shape)
     return out
 
@@ -83,6 +83,15 @@ def gather_selected(
     layout: Layout, specs: list[TensorSpec], blocks: list[Blocks], col_of_lane: NDArray[np.int64], ncols: int
 ) -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
     """Data ``[K, ncols]`` and stored parity ``[M, ncols]`` of the lanes with ``col_of_lane >= 0`` only."""
+    if 4 * ncols >= layout.lanes:  # most lanes damaged (a contiguous attack spreads evenly): take all of them
+        lanes = np.flatnonzero(col_of_lane >= 0)
+        order = np.argsort(col_of_lane[lanes])
+        pick = lanes[order]
+        full_d = gather_lanes(layout, specs, blocks)
+        full_p = read_parity(layout, specs, blocks)
+        if pick.size == layout.lanes:  # every lane, already in order: no column copy
+            return full_d, full_p
+        return np.ascontiguousarray(full_d[:, pick]), np.ascontiguousarray(full_p[:, pick])
     data = np.zeros((layout.K, ncols), dtype=np.uint32)
     parity = np.zeros((layout.M, ncols), dtype=np.uint32)
     for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):

@@ -69,11 +69,15 @@ def recover_from(chk: Check) -> RecoverResult:
         ok = _code.decode(data, parity, cols, lost_d, lost_p)
         good = cols[ok]
         if good.size and lay.M:
-            fresh = _code.encode(np.ascontiguousarray(data[:, good]), lay.M)
+            every = good.size == cols.size
+            fresh = _code.encode(data if every else np.ascontiguousarray(data[:, good]), lay.M)
             # Surviving parity must agree with the decoded data: a last guard against forged blocks.
-            agree = np.all((fresh.T == parity[:, good].T) | lost_p[ok], axis=1)
+            agree = np.all((fresh == (parity if every else parity[:, good])) | lost_p[ok].T, axis=0)
             lane_ok[damaged[good[~agree]]] = False
-            parity[:, good] = fresh
+            if every:
+                parity = fresh
+            else:
+                parity[:, good] = fresh
         lane_ok[damaged[~ok]] = False
         for t in range(len(specs)):
             rows, old = _rebuild(chk, t, data, parity, lane_ok, col)
@@ -151,8 +155,8 @@ def _findings(
             r, c = np.nonzero(diff)
             flat = rows[r] * 64 + c
             keep = flat < spec.numel
-            restored_i = [int(i) for i in flat[keep]]
-            restored_x = [int(x) for x in diff[r, c][keep]]
+            restored_i = flat[keep].tolist()
+            restored_x = diff[r, c][keep].tolist()
         still = np.flatnonzero(chk.bad[t])
         unrec = (still[:, None] * 64 + np.arange(64)).reshape(-1)
         unrec = unrec[unrec < spec.numel]
