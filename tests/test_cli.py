@@ -176,7 +176,7 @@ def test_recover_text_and_json_report_indices_and_bits(
     e = d["tensors"]["embed.weight"]
     assert e["tampered_blocks"] == [1000 // 64]
     assert e["restored"]["indices"] == [1000] and e["restored"]["bits_changed"] == [[30]]
-    assert e["unrecoverable_indices"] == []
+    assert e["unrecoverable_ranges"] == [] and e["unrecoverable_count"] == 0
     helpers.assert_model_equal(helpers.read_st(out)[0], sealed_t)
     out2 = tmp_path / "fixed2.safetensors"
     rc, so, _ = run(["recover", bad, out2, "--key", key_file])
@@ -207,7 +207,9 @@ def test_recover_beyond_capacity_writes_nothing_unless_allow_partial(
     d = json.loads(so)
     assert d["status"] == "unrecoverable" and d["recoverable"] is False
     assert d["unrecoverable_parameters"] > 0
-    assert len(d["tensors"]["embed.weight"]["unrecoverable_indices"]) > 0
+    assert (
+        d["tensors"]["embed.weight"]["unrecoverable_count"] > 0 and d["tensors"]["embed.weight"]["unrecoverable_ranges"]
+    )
     rc, so, _ = run(["recover", bad, out, "--key", key_file])
     assert rc == 2 and "nothing written" in so and not out.exists()
     rc, so, _ = run(["recover", bad, out, "--key", key_file, "--allow-partial"])

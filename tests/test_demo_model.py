@@ -78,9 +78,7 @@ def test_different_seed_gives_different_weights(weights: dict[str, np.ndarray]) 
     assert other["fc1.weight"].tobytes() != weights["fc1.weight"].tobytes()
 
 
-def test_test_accuracy_at_least_95(
-    weights: dict[str, np.ndarray], test_set: tuple[np.ndarray, np.ndarray]
-) -> None:
+def test_test_accuracy_at_least_95(weights: dict[str, np.ndarray], test_set: tuple[np.ndarray, np.ndarray]) -> None:
     assert dm.accuracy(weights, *test_set) >= 0.95
 
 
@@ -118,9 +116,7 @@ def test_nan_weights_give_low_accuracy_not_crash(
     assert acc == 0.0
 
 
-def test_inf_weights_do_not_crash(
-    weights: dict[str, np.ndarray], test_set: tuple[np.ndarray, np.ndarray]
-) -> None:
+def test_inf_weights_do_not_crash(weights: dict[str, np.ndarray], test_set: tuple[np.ndarray, np.ndarray]) -> None:
     bad = {k: v.copy() for k, v in weights.items()}
     bad["fc2.weight"][::2] = np.inf
     bad["fc2.weight"][1::2] = -np.inf

@@ -157,11 +157,14 @@ def _findings(
             keep = flat < spec.numel
             restored_i = flat[keep].tolist()
             restored_x = diff[r, c][keep].tolist()
-        still = np.flatnonzero(chk.bad[t])
-        unrec = (still[:, None] * 64 + np.arange(64)).reshape(-1)
-        unrec = unrec[unrec < spec.numel]
         out[spec.name] = TensorFinding(
-            spec.name, f.tampered_blocks, f.issues, tuple(restored_i), tuple(restored_x), tuple(int(i) for i in unrec)
+            spec.name,
+            f.tampered_blocks,
+            f.issues,
+            tuple(restored_i),
+            tuple(restored_x),
+            tuple(np.flatnonzero(chk.bad[t]).tolist()),
+            spec.numel,
         )
     return out
 

@@ -18,18 +18,42 @@ class TensorFinding:
     issues: tuple[str, ...] = ()
     restored_indices: tuple[int, ...] = ()
     restored_xor: tuple[int, ...] = ()  # per restored value: XOR of found and sealed bits
-    unrecoverable_indices: tuple[int, ...] = ()
+    unrecoverable_blocks: tuple[int, ...] = ()  # tampered blocks recover could not rebuild
+    numel: int = 0
+
+    @property
+    def unrecoverable_ranges(self) -> list[tuple[int, int]]:
+        """Flat ``[start, stop)`` index ranges of values not restored (whole blocks: which changed is unknown)."""
+        out: list[tuple[int, int]] = []
+        for b in self.unrecoverable_blocks:
+            lo, hi = b * 64, min((b + 1) * 64, self.numel)
+            if out and out[-1][1] == lo:
+                out[-1] = (out[-1][0], hi)
+            elif hi > lo:
+                out.append((lo, hi))
+        return out
+
+    @property
+    def unrecoverable_count(self) -> int:
+        """Number of values in ``unrecoverable_ranges``."""
+        return sum(hi - lo for lo, hi in self.unrecoverable_ranges)
+
+    @property
+    def unrecoverable_indices(self) -> tuple[int, ...]:
+        """Every flat index in ``unrecoverable_ranges`` (can be large: prefer the ranges)."""
+        return tuple(i for lo, hi in self.unrecoverable_ranges for i in range(lo, hi))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         d: dict[str, Any] = {"tampered_blocks": list(self.tampered_blocks), "issues": list(self.issues)}
-        if self.restored_indices or self.unrecoverable_indices:
+        if self.restored_indices or self.unrecoverable_blocks:
             d["restored"] = {
                 "indices": list(self.restored_indices),
                 "xor_bits": [f"0x{x:x}" for x in self.restored_xor],
                 "bits_changed": [[b for b in range(64) if x >> b & 1] for x in self.restored_xor],
             }
-            d["unrecoverable_indices"] = list(self.unrecoverable_indices)
+            d["unrecoverable_ranges"] = [list(r) for r in self.unrecoverable_ranges]
+            d["unrecoverable_count"] = self.unrecoverable_count
         return d
 
 
@@ -71,7 +95,7 @@ class Report:
     @property
     def unrecoverable_count(self) -> int:
         """Values recover could not restore."""
-        return sum(len(f.unrecoverable_indices) for f in self.tensors.values())
+        return sum(f.unrecoverable_count for f in self.tensors.values())
 
     @property
     def exit_code(self) -> int:
@@ -118,8 +142,10 @@ class Report:
                 )
                 more = " ..." if len(f.restored_indices) > 4 else ""
                 what.append(f"restored {len(f.restored_indices)} value(s): {idx}{more}")
-            if f.unrecoverable_indices:
-                what.append(f"{len(f.unrecoverable_indices)} value(s) NOT recoverable")
+            if f.unrecoverable_blocks:
+                what.append(
+                    f"{f.unrecoverable_count} value(s) in {len(f.unrecoverable_blocks)} block(s) NOT recoverable"
+                )
             lines.append(f"  {name}: " + "; ".join(what))
         lines += [f"  extra tensor not in the seal: {n}" for n in self.extra_tensors]
         lines += [f"  metadata: {m}" for m in self.metadata_issues]
