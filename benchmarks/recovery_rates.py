@@ -162,7 +162,9 @@ def make_target(model: Tensors, level: str, key: Key = KEY) -> Target:
 # --------------------------------------------------------------------------- attacks
 
 
-def _random_values(tg: Target, t: int, n: int, rng: np.random.Generator, old: NDArray[np.generic]) -> NDArray[np.generic]:
+def _random_values(
+    tg: Target, t: int, n: int, rng: np.random.Generator, old: NDArray[np.generic]
+) -> NDArray[np.generic]:
     """``n`` random values on tensor ``t``'s scale, each differing from ``old`` in some bit."""
     a = tg.sealed[tg.names[t]]
     if np.issubdtype(a.dtype, np.floating):
@@ -206,7 +208,7 @@ def attack_contiguous_blocks(tg: Target, rate: float, rng: np.random.Generator) 
     gaps = np.diff(np.concatenate([[0], np.sort(rng.integers(0, free + 1, runs)), [free]]))
     tp = Tamper(tg)
     pos = 0
-    for length, gap in zip(lens, gaps[:-1]):
+    for length, gap in zip(lens, gaps[:-1], strict=True):
         pos += int(gap)
         _replace_blocks(tp, pos, pos + int(length), rng)
         pos += int(length)
@@ -322,7 +324,9 @@ def run_trial(tg: Target, attack: str, rate: float, rng: np.random.Generator, ke
     localized = found.keys() == truth.keys() and all(np.array_equal(found[n], truth[n]) for n in truth)
     nchanged = sum(v.size for v in truth.values())
     int_hit = any(not np.issubdtype(tg.sealed[n].dtype, np.floating) for n in truth)
-    return Outcome(ok, r.report.status, dt, tp.replaced / tg.total_values, nchanged / tg.total_blocks, localized, int_hit)
+    return Outcome(
+        ok, r.report.status, dt, tp.replaced / tg.total_values, nchanged / tg.total_blocks, localized, int_hit
+    )
 
 
 def trial_rng(seed: int, level: str, attack: str, rate: float, trial: int) -> np.random.Generator:
@@ -383,8 +387,10 @@ def scattered_bound(k: int) -> float:
 
 
 def markdown(points: list[Point]) -> str:
-    rows = ["| level | attack | rate | params changed (mean) | blocks tampered (mean) | success | mean recover s | notes |",
-            "|---|---|---:|---:|---:|---:|---:|---|"]
+    rows = [
+        "| level | attack | rate | params changed (mean) | blocks tampered (mean) | success | mean recover s | notes |",
+        "|---|---|---:|---:|---:|---:|---:|---|",
+    ]
     for p in points:
         o = p.outcomes
         notes = []
@@ -410,8 +416,11 @@ def markdown(points: list[Point]) -> str:
 
 
 def summary(targets: list[Target], points: list[Point]) -> str:
-    rows = ["| level | k (fp32) | bound (k-0.5)/31.5 | scattered p at bound | attack | highest rate with N/N | first rate below N/N |",
-            "|---|---:|---:|---:|---|---:|---:|"]
+    rows = [
+        "| level | k (fp32) | bound (k-0.5)/31.5 | scattered p at bound | attack "
+        "| highest rate with N/N | first rate below N/N |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
     for tg in targets:
         for attack in ATTACKS:
             ps = [p for p in points if p.level == tg.level and p.attack == attack]

@@ -184,11 +184,21 @@ def inspect_file(path: PathLike) -> dict[str, Any]:
     if text is not None:
         h = peek_header(text)
         info["seal"] = {
-            k: h.get(k) for k in ("scheme", "level", "bits", "block", "mac", "code", "lanes", "key_fingerprint")
+            k: h.get(k) if isinstance(h.get(k), str | int | None) else "(malformed)"
+            for k in ("scheme", "level", "bits", "block", "mac", "code", "lanes", "key_fingerprint")
         }
         info["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
-        ks = {t.get("dtype"): t.get("k") for t in h.get("tensors", []) if isinstance(t, dict)}
-        info["levels"] = {h.get("level") if h.get("bits") is None else f"bits={h.get('bits')}": _caps(ks)}
+        table = h.get("tensors")
+        ks = {  # the header is untrusted here: keep only well-formed entries
+            t["dtype"]: t["k"]
+            for t in (table if isinstance(table, list) else [])
+            if isinstance(t, dict)
+            and isinstance(t.get("dtype"), str)
+            and isinstance(t.get("k"), int)
+            and (t["dtype"] not in FLOATS or 0 <= t["k"] < FLOATS[t["dtype"]].mantissa)
+        }
+        label = info["seal"]["level"] if info["seal"]["bits"] is None else f"bits={info['seal']['bits']}"
+        info["levels"] = {str(label): _caps(ks)}
     else:
         info["levels"] = {lv: _caps({dt: bits_for(dt, lv, None) for dt in dtypes}) for lv in LEVELS}
     return info

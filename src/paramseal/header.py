@@ -26,6 +26,7 @@ SCHEME = "paramseal/1"
 METADATA_KEY = "paramseal"
 MAC_NAME = "mlh-p32+aes256ctr"
 CODE_NAME = "rs-gf16-leopard"
+_MAX_HEADER_CHARS = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,17 +96,26 @@ class HeaderAuthError(FormatError):
 def parse_header(text: str, key: Key) -> Header:
     """Parse and authenticate a header; raise on a wrong key or an edited header."""
     try:
+        if len(text) > _MAX_HEADER_CHARS:
+            raise ValueError(f"{len(text)} characters")
         body = json.loads(text)
         if not isinstance(body, dict):
             raise ValueError("not an object")
         stored_fp = str(body["key_fingerprint"])
-        claimed = str(body.pop("hmac"))
-    except (ValueError, KeyError, TypeError) as e:
+        claimed = body.pop("hmac")
+        if not (isinstance(claimed, str) and len(claimed) == 64 and all(c in "0123456789abcdef" for c in claimed)):
+            raise ValueError("its MAC is not 64 hex digits")
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise HeaderAuthError(
             f"the ParamSeal header is malformed ({e}); it was edited or corrupted, so the model cannot be trusted"
         ) from None
+    if not str(body.get("scheme", "")).startswith("paramseal/"):
+        raise HeaderAuthError(f"the ParamSeal header names no ParamSeal scheme ({body.get('scheme')!r}): it was edited")
     if body.get("scheme") != SCHEME:
-        raise FormatError(f"unsupported seal scheme {body.get('scheme')!r}; this ParamSeal reads {SCHEME}")
+        raise FormatError(
+            f"seal scheme {body.get('scheme')!r} is not supported by this ParamSeal (it reads {SCHEME}); "
+            "upgrade ParamSeal, or the header was edited"
+        )
     if stored_fp != key.fingerprint:
         # With the fingerprint put back, does the header authenticate under this key? Then the
         # key is right and the fingerprint was edited: that is tampering, not a key mix-up.
@@ -117,6 +127,8 @@ def parse_header(text: str, key: Key) -> Header:
             "the ParamSeal header does not authenticate: its settings or tensor table were edited; "
             "the weights cannot be checked against an untrusted header"
         )
+    # The MAC covers every parsed field, not the JSON bytes: re-serialising the same fields
+    # (another indent or key order, as JSON tools do) keeps the seal; any change of meaning fails.
     try:
         tensors = tuple(
             TensorSpec(str(t["name"]), str(t["dtype"]), tuple(int(d) for d in t["shape"]), int(t["k"]))
@@ -147,8 +159,10 @@ def parse_header(text: str, key: Key) -> Header:
 def peek_header(text: str) -> dict[str, Any]:
     """Read a header without a key (for ``inspect``); nothing in it is trusted."""
     try:
+        if len(text) > _MAX_HEADER_CHARS:
+            raise ValueError(f"it is {len(text)} characters long")
         body = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise FormatError(f"the ParamSeal header is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise FormatError("the ParamSeal header is not a JSON object")

@@ -84,8 +84,10 @@ def recover_from(chk: Check) -> RecoverResult:
             if rows.size:
                 before[t] = (rows, old)
     findings = _findings(chk, base, before)
-    # Re-check every rebuilt block against its tag before claiming anything (blocks not rebuilt
-    # were verified by check() and are unchanged); blocks in lanes that failed stay tampered.
+    # Blocks not rebuilt were verified by check() and are unchanged; blocks in failed lanes stay
+    # tampered. Rebuilt data is trusted because decoding used only MAC-verified shards and the
+    # surviving parity agreed with it; rebuilt blocks whose tag lives in the header are checked
+    # against that authenticated tag here (for the others this re-reads the tag just written).
     all_ok = not any(b.any() for b in chk.bad)
     for t, (rows, _) in before.items():
         s, ub = specs[t], chk.blocks[t]

@@ -1,0 +1,85 @@
+"""Regressions from review: crafted ParamSeal headers must give clean errors, never tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import files
+from paramseal.cli import main
+from paramseal.formats import Loaded
+from paramseal.header import METADATA_KEY
+
+
+@pytest.fixture()
+def sealed(tmp_path: Path) -> tuple[Path, Path, Loaded]:
+    key = paramseal.Key.generate()
+    kf = tmp_path / "k.key"
+    paramseal.write_key(kf, key)
+    files.write_model(tmp_path / "m.safetensors", Loaded({"w": np.linspace(-1, 1, 300, dtype=np.float32)}))
+    files.seal_file(tmp_path / "m.safetensors", tmp_path / "s.safetensors", key)
+    return tmp_path, kf, files.read_model(tmp_path / "s.safetensors")
+
+
+def _with_header(d: Path, m: Loaded, text: str) -> Path:
+    out = d / "x.safetensors"
+    files.write_model(out, Loaded(m.tensors, {**m.metadata, METADATA_KEY: text}))
+    return out
+
+
+def _canon(h: dict[str, object]) -> str:
+    return json.dumps(h, sort_keys=True, separators=(",", ":"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "cmd", "code"),
+    [
+        (lambda h: _canon({**h, "hmac": "é"}), "verify", 2),
+        (lambda h: _canon({**h, "hmac": 5}), "recover", 2),
+        (lambda h: "[" * 50000 + "]" * 50000, "verify", 2),
+        (lambda h: "[" * 50000 + "]" * 50000, "inspect", 3),
+        (lambda h: _canon({**h, "scheme": "evil"}), "verify", 2),
+    ],
+)
+def test_crafted_header_is_a_clean_error(
+    sealed: tuple[Path, Path, Loaded], edit: object, cmd: str, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    d, kf, m = sealed
+    h = json.loads(m.metadata[METADATA_KEY])
+    assert callable(edit)
+    bad = _with_header(d, m, edit(h))
+    argv = {"verify": ["verify", str(bad), "--key", str(kf)], "inspect": ["inspect", str(bad)]}.get(
+        cmd, ["recover", str(bad), str(d / "out.safetensors"), "--key", str(kf)]
+    )
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("error:")
+    assert not (d / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"tensors": 5},
+        {"tensors": [{"dtype": [1], "k": 3}]},
+        {"level": [1]},
+        {"tensors": [{"dtype": "F32", "k": 10**6}]},
+    ],
+)
+def test_inspect_survives_untrusted_header_shapes(
+    sealed: tuple[Path, Path, Loaded], body: dict[str, object], capsys: pytest.CaptureFixture[str]
+) -> None:
+    d, _, m = sealed
+    bad = _with_header(d, m, json.dumps(body))
+    assert main(["inspect", str(bad)]) == 0
+    out = capsys.readouterr().out
+    assert "authenticated=not checked" in out
+
+
+def test_canonical_header_still_verifies(sealed: tuple[Path, Path, Loaded]) -> None:
+    d, kf, _ = sealed
+    assert main(["verify", str(d / "s.safetensors"), "--key", str(kf)]) == 0
