@@ -28,7 +28,7 @@ from .levels import BLOCK, FLOATS, ST_TO_NP, TAG_BITS
 
 MAX_SHARDS = 32768  # leopard (reed-solomon-simd) accepts any K, M up to 2**15 each
 _MIN_BLOCKS_PER_LANE_PARITY = 16
-_TARGET_K = 8192  # data shards per lane: short enough to code fast, long enough to average damage
+_TARGET_K = 30000  # data shards per lane: long codewords average damage well (8192 lost capacity)
 
 
 @dataclass(frozen=True, slots=True)
