@@ -24,7 +24,7 @@ def weights() -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def test_set() -> tuple[np.ndarray, np.ndarray]:
+def held_out() -> tuple[np.ndarray, np.ndarray]:
     X, y = dm.load_digits()
     _, _, x_te, y_te = dm.split(X, y)
     return x_te, y_te
@@ -78,26 +78,26 @@ def test_different_seed_gives_different_weights(weights: dict[str, np.ndarray]) 
     assert other["fc1.weight"].tobytes() != weights["fc1.weight"].tobytes()
 
 
-def test_test_accuracy_at_least_95(weights: dict[str, np.ndarray], test_set: tuple[np.ndarray, np.ndarray]) -> None:
-    assert dm.accuracy(weights, *test_set) >= 0.95
+def test_test_accuracy_at_least_95(weights: dict[str, np.ndarray], held_out: tuple[np.ndarray, np.ndarray]) -> None:
+    assert dm.accuracy(weights, *held_out) >= 0.95
 
 
 @pytest.mark.parametrize("dtype", [np.float16, ml_dtypes.bfloat16])
 def test_low_precision_cast_keeps_accuracy(
     weights: dict[str, np.ndarray],
-    test_set: tuple[np.ndarray, np.ndarray],
+    held_out: tuple[np.ndarray, np.ndarray],
     dtype: type,
 ) -> None:
-    base = dm.accuracy(weights, *test_set)
+    base = dm.accuracy(weights, *held_out)
     cast = {k: v.astype(dtype) for k, v in weights.items()}
     assert all(v.dtype == np.dtype(dtype) for v in cast.values())
-    assert abs(dm.accuracy(cast, *test_set) - base) <= 0.01
+    assert abs(dm.accuracy(cast, *held_out) - base) <= 0.01
 
 
 def test_accuracy_matches_manual_forward(
-    weights: dict[str, np.ndarray], test_set: tuple[np.ndarray, np.ndarray]
+    weights: dict[str, np.ndarray], held_out: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    x, y = test_set
+    x, y = held_out
     h = x.astype(np.float64)
     for i in (1, 2, 3):
         h = h @ weights[f"fc{i}.weight"].astype(np.float64).T + weights[f"fc{i}.bias"]
@@ -107,26 +107,26 @@ def test_accuracy_matches_manual_forward(
 
 
 def test_nan_weights_give_low_accuracy_not_crash(
-    weights: dict[str, np.ndarray], test_set: tuple[np.ndarray, np.ndarray]
+    weights: dict[str, np.ndarray], held_out: tuple[np.ndarray, np.ndarray]
 ) -> None:
     bad = dict(weights)
     bad["fc1.weight"] = np.full_like(weights["fc1.weight"], np.nan)
-    acc = dm.accuracy(bad, *test_set)
+    acc = dm.accuracy(bad, *held_out)
     # Every logit is NaN, so no prediction may count as correct.
     assert acc == 0.0
 
 
-def test_inf_weights_do_not_crash(weights: dict[str, np.ndarray], test_set: tuple[np.ndarray, np.ndarray]) -> None:
+def test_inf_weights_do_not_crash(weights: dict[str, np.ndarray], held_out: tuple[np.ndarray, np.ndarray]) -> None:
     bad = {k: v.copy() for k, v in weights.items()}
     bad["fc2.weight"][::2] = np.inf
     bad["fc2.weight"][1::2] = -np.inf
-    acc = dm.accuracy(bad, *test_set)
+    acc = dm.accuracy(bad, *held_out)
     assert 0.0 <= acc <= 0.5
 
 
 def test_accuracy_rejects_mismatched_lengths(
-    weights: dict[str, np.ndarray], test_set: tuple[np.ndarray, np.ndarray]
+    weights: dict[str, np.ndarray], held_out: tuple[np.ndarray, np.ndarray]
 ) -> None:
-    x, y = test_set
+    x, y = held_out
     with pytest.raises(ValueError):
         dm.accuracy(weights, x, y[:-1])

@@ -106,9 +106,7 @@ def gather_selected(
         w = _store_width(spec)
         if spec.is_float and w and layout.M:
             lo = _bits.lo_bytes(sub, spec.k).view(np.uint32)[:, 1:]
-            j = np.arange(w)
-            valid = j[None, :] < layout.n_store[b, None]
-            pos = layout.off_store[b, None] + j
+            pos, valid = _store_slots(layout, b, w)
             parity[pos[valid], np.broadcast_to(c, pos.shape)[valid]] = lo[valid]
     return data, parity
 
@@ -131,6 +129,12 @@ def lane_block_data(
 
 def _store_width(spec: TensorSpec) -> int:
     return max(0, 2 * spec.k - 1)
+
+
+def _store_slots(layout: Layout, b: NDArray[np.int64], w: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """For global blocks ``b``: the parity positions of their ``w`` storage words, and which are real."""
+    j = np.arange(w)
+    return layout.off_store[b, None] + j, j[None, :] < layout.n_store[b, None]
 
 
 def block_parity(
@@ -157,9 +161,8 @@ def block_parity(
     else:
         rows_e = rows
     b = b0 + rows_e
-    j = np.arange(w)
-    valid = j[None, :] < layout.n_store[b, None]
-    cols = np.where(valid, layout.off_store[b, None] + j, 0)
+    pos, valid = _store_slots(layout, b, w)
+    cols = np.where(valid, pos, 0)
     lanes = layout.lane[b] if col_of_lane is None else col_of_lane[layout.lane[b]]
     vals = np.where(valid, parity[cols, lanes[:, None]], 0)
     if rows is not None:
@@ -184,9 +187,7 @@ def read_parity(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) -
             view[np.arange(ns)[:, None], :, layout.perm[s0:s1]] = lo[s0 * g - b0 : s1 * g - b0].reshape(ns, g, w)
         if edge.size:
             b = b0 + edge
-            j = np.arange(w)
-            valid = j[None, :] < layout.n_store[b, None]
-            cols = layout.off_store[b, None] + j
+            cols, valid = _store_slots(layout, b, w)
             lanes = np.broadcast_to(layout.lane[b, None], cols.shape)
             out[cols[valid], lanes[valid]] = lo[edge][valid]
     return out

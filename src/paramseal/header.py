@@ -11,7 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -73,10 +73,6 @@ class Header:
         body = self.body()
         body["hmac"] = _mac(key, body)
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
-
-    def with_external_tags(self, tags: dict[int, NDArray[np.uint64]]) -> Header:
-        """Copy with the tags of blocks that cannot store their own."""
-        return replace(self, external_tags=tags)
 
 
 def _canonical(body: dict[str, Any]) -> bytes:
