@@ -248,7 +248,7 @@ def test_inspect_sealed_file_needs_no_key_and_shows_the_settings(sealed_file: Pa
     info = files.inspect_file(sealed_file)
     assert info["sealed"] is True
     s = info["seal"]
-    assert s["scheme"] == "paramseal/1" and s["level"] == "standard" and s["block"] == 64
+    assert s["scheme"] == "paramseal/2" and s["level"] == "standard" and s["block"] == 64
     assert s["key_fingerprint"] == key.fingerprint
     assert "not checked" in s["authenticated"]
     assert list(info["levels"]) == ["standard"]

@@ -199,11 +199,13 @@ def test_header_records_every_setting(sealed: paramseal.SealedModel, key: params
     h = json.loads(sealed.header_json)
     for field in ("scheme", "level", "bits", "block", "mac", "code", "salt", "tensors", "key_fingerprint", "hmac"):
         assert field in h, field
-    assert h["scheme"] == "paramseal/1" and h["block"] == 64
+    assert h["scheme"] == "paramseal/2" and h["block"] == 64
     assert h["key_fingerprint"] == key.fingerprint
     assert [t["name"] for t in h["tensors"]] == list(model)
     assert [tuple(t["shape"]) for t in h["tensors"]] == [a.shape for a in model.values()]
     assert h["user_metadata"] == {"author": "tests", "license": "apache-2.0"}
+    assert "carriers" in h and "user_metadata_sha256" in h
+    assert all("reserved" in t for t in h["tensors"])
 
 
 def test_seal_config_default_is_the_one_call_default(model: dict, key: paramseal.Key) -> None:

@@ -39,6 +39,7 @@ class TensorSpec:
     dtype: str
     shape: tuple[int, ...]
     k: int
+    reserved: int = 0  # leading blocks whose storage holds the embedded record/header, not parity
 
     @property
     def numel(self) -> int:
@@ -75,6 +76,7 @@ class TensorSpec:
         bits[-1] = (self.numel - BLOCK * (nb - 1)) * self.k
         internal = (bits >= TAG_BITS) & (self.k > 0)
         shards = np.where(internal, (bits - TAG_BITS) // 32, 0)
+        shards[: self.reserved] = 0
         return shards, internal
 
 

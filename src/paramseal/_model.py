@@ -50,11 +50,14 @@ def set_data(ub: Blocks, spec: TensorSpec, rows: NDArray[np.int64], data: NDArra
 
 
 def _split(layout: Layout, t: int, spec: TensorSpec) -> tuple[int, int, NDArray[np.int64]]:
-    """Tensor ``t``'s whole stripes ``[s0, s1)`` (uniform blocks, the last block excluded) and other blocks."""
+    """Tensor ``t``'s whole stripes ``[s0, s1)`` of uniform blocks and its other blocks (rows).
+
+    Reserved leading blocks and the last block may store less, so they are never in a whole stripe.
+    """
     g = layout.lanes
     b0 = int(layout.block_start[t])
     b1 = b0 + spec.nblocks
-    s0, s1 = -(-b0 // g), (b1 - 1) // g
+    s0, s1 = -(-(b0 + spec.reserved) // g), (b1 - 1) // g
     if s1 <= s0:
         return 0, 0, np.arange(spec.nblocks, dtype=np.int64)
     edge = np.concatenate([np.arange(b0, s0 * g), np.arange(s1 * g, b1)]).astype(np.int64) - b0

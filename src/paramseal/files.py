@@ -23,7 +23,7 @@ from .levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
 from .recover import RecoverResult, recover_from
 from .report import Report
 from .seal import SealConfig, SealedModel
-from .verify import check, report_of
+from .verify import check, header_from_weights, report_of
 
 PathLike = str | os.PathLike[str]
 
@@ -90,12 +90,19 @@ def _about(path: Path) -> Iterator[None]:
         raise
 
 
-def _split_header(loaded: Loaded, path: Path) -> tuple[str, dict[str, str]]:
+def _split_header(loaded: Loaded, path: Path, key: Key) -> tuple[str, dict[str, str], bool]:
+    """The seal header (from the metadata, else the copy in the weights), the other metadata, and which."""
     meta = dict(loaded.metadata)
     text = meta.pop(METADATA_KEY, None)
-    if text is None:
-        raise NotSealedError(f"'{path}' carries no ParamSeal header; seal it first with 'paramseal seal'")
-    return text, meta
+    if text is not None:
+        return text, meta, False
+    try:
+        return header_from_weights(loaded.tensors, key), meta, True
+    except NotSealedError:
+        raise NotSealedError(
+            f"'{path}' carries no ParamSeal header, in its metadata or in its weights; "
+            "seal it first with 'paramseal seal'"
+        ) from None
 
 
 def seal_file(
@@ -127,9 +134,9 @@ def verify_file(path: PathLike, key: Key, *, progress: bool | None = None) -> Re
     """Verify a sealed model file (weights, tensor table and metadata)."""
     p = Path(path)
     loaded = read_model(p)
-    text, meta = _split_header(loaded, p)
     prog = Progress("verify", len(loaded.tensors), enabled=progress)
     with _about(p):
+        text, meta, _ = _split_header(loaded, p, key)
         rep = report_of(check(loaded.tensors, key, text, metadata=meta, progress=prog))
     prog.done()
     return rep
@@ -154,14 +161,15 @@ def recover_file(
     s, d = Path(src), Path(dst)
     _check_paths(s, d, in_place)
     loaded = read_model(s)
-    text, meta = _split_header(loaded, s)
     prog = Progress("recover", len(loaded.tensors), enabled=progress)
     with _about(s):
+        text, meta, embedded = _split_header(loaded, s, key)
         result = recover_from(check(loaded.tensors, key, text, metadata=meta, progress=prog))
     prog.done()
     if result.report.ok or allow_partial:
         out_meta = dict(result.metadata)
-        out_meta[METADATA_KEY] = text
+        if not embedded:  # a header read from the weights stays there only, as in the input
+            out_meta[METADATA_KEY] = text
         write_model(d, Loaded(result.tensors, out_meta))
     return result
 

@@ -22,7 +22,10 @@ from .errors import FormatError, KeyMismatchError
 from .keys import Key
 from .levels import BLOCK
 
-SCHEME = "paramseal/1"
+SCHEME = "paramseal/2"
+#: Schemes this version reads. v2 added the header copy embedded in the weights (``_embed``) and keeps
+#: only a digest of the user metadata under the MAC, so that copy verifies without the metadata.
+READS = ("paramseal/1", SCHEME)
 METADATA_KEY = "paramseal"
 MAC_NAME = "mlh-p32+aes256ctr"
 CODE_NAME = "rs-gf16-leopard"
@@ -40,16 +43,27 @@ class Header:
     lanes: int
     tensors: tuple[TensorSpec, ...]
     external_tags: dict[int, NDArray[np.uint64]] = field(default_factory=dict)
-    user_metadata: dict[str, str] = field(default_factory=dict)
+    #: None when unknown: the header was read from the weights and the file's metadata is gone.
+    user_metadata: dict[str, str] | None = field(default_factory=dict)
+    metadata_digest: str | None = None  # v2: set when user_metadata is None
+    carriers: tuple[int, ...] = ()  # v2: tensors holding a copy of this header in their weights
     scheme: str = SCHEME
     block: int = BLOCK
     mac: str = MAC_NAME
     code: str = CODE_NAME
     shard_bytes: int = 4
 
+    @property
+    def digest(self) -> str:
+        """SHA-256 of the user metadata the model was sealed with (v2)."""
+        if self.user_metadata is None:
+            return self.metadata_digest or ""
+        return metadata_digest(self.user_metadata)
+
     def body(self) -> dict[str, Any]:
-        """The JSON-able fields, without the MAC."""
-        return {
+        """The fields the MAC covers."""
+        v1 = self.scheme == "paramseal/1"
+        body: dict[str, Any] = {
             "scheme": self.scheme,
             "level": self.level,
             "bits": self.bits,
@@ -60,19 +74,39 @@ class Header:
             "lanes": self.lanes,
             "salt": self.salt.hex(),
             "key_fingerprint": self.key_fingerprint,
-            "tensors": [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "k": t.k} for t in self.tensors],
+            "tensors": [
+                {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "k": t.k}
+                | ({} if v1 else {"reserved": t.reserved})
+                for t in self.tensors
+            ],
             "external_tags": {
                 str(i): base64.b64encode(v.astype("<u4").tobytes()).decode()
                 for i, v in sorted(self.external_tags.items())
             },
-            "user_metadata": dict(sorted(self.user_metadata.items())),
         }
+        if v1:
+            body["user_metadata"] = dict(sorted((self.user_metadata or {}).items()))
+        else:
+            body["user_metadata_sha256"] = self.digest
+            body["carriers"] = list(self.carriers)
+        return body
 
-    def to_json(self, key: Key) -> str:
-        """Serialise and authenticate with a key-derived HMAC."""
+    def to_json(self, key: Key, *, embedded: bool = False) -> str:
+        """Serialise and authenticate with a key-derived HMAC.
+
+        ``embedded`` leaves out the user metadata (the MAC covers only its digest):
+        that is the copy written into the weights.
+        """
         body = self.body()
         body["hmac"] = _mac(key, body)
+        if not embedded and self.scheme != "paramseal/1" and self.user_metadata is not None:
+            body["user_metadata"] = dict(sorted(self.user_metadata.items()))
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def metadata_digest(meta: dict[str, str]) -> str:
+    """SHA-256 (hex) of user metadata in canonical JSON."""
+    return hashlib.sha256(_canonical(dict(sorted(meta.items())))).hexdigest()
 
 
 def _canonical(body: dict[str, Any]) -> bytes:
@@ -99,6 +133,8 @@ def parse_header(text: str, key: Key) -> Header:
             raise ValueError("not an object")
         stored_fp = str(body["key_fingerprint"])
         claimed = body.pop("hmac")
+        # v2: the user metadata travels beside the MAC'd body; only its digest is authenticated
+        meta_copy = body.pop("user_metadata", None) if body.get("scheme") != "paramseal/1" else None
         if not (isinstance(claimed, str) and len(claimed) == 64 and all(c in "0123456789abcdef" for c in claimed)):
             raise ValueError("its MAC is not 64 hex digits")
     except (ValueError, KeyError, TypeError, RecursionError) as e:
@@ -107,9 +143,9 @@ def parse_header(text: str, key: Key) -> Header:
         ) from None
     if not str(body.get("scheme", "")).startswith("paramseal/"):
         raise HeaderAuthError(f"the ParamSeal header names no ParamSeal scheme ({body.get('scheme')!r}): it was edited")
-    if body.get("scheme") != SCHEME:
+    if body.get("scheme") not in READS:
         raise FormatError(
-            f"seal scheme {body.get('scheme')!r} is not supported by this ParamSeal (it reads {SCHEME}); "
+            f"seal scheme {body.get('scheme')!r} is not supported by this ParamSeal (it reads {', '.join(READS)}); "
             "upgrade ParamSeal, or the header was edited"
         )
     if stored_fp != key.fingerprint:
@@ -123,11 +159,31 @@ def parse_header(text: str, key: Key) -> Header:
             "the ParamSeal header does not authenticate: its settings or tensor table were edited; "
             "the weights cannot be checked against an untrusted header"
         )
+    v1 = body["scheme"] == "paramseal/1"
+    user_meta: dict[str, str] | None = None
+    if v1:
+        user_meta = body["user_metadata"]
+    elif meta_copy is not None:
+        if (
+            not isinstance(meta_copy, dict)
+            or not all(isinstance(v, str) for v in meta_copy.values())
+            or metadata_digest(meta_copy) != body.get("user_metadata_sha256")
+        ):
+            raise HeaderAuthError(
+                "the ParamSeal header does not authenticate: its copy of the user metadata was edited"
+            )
+        user_meta = meta_copy
     # The MAC covers every parsed field, not the JSON bytes: re-serialising the same fields
     # (another indent or key order, as JSON tools do) keeps the seal; any change of meaning fails.
     try:
         tensors = tuple(
-            TensorSpec(str(t["name"]), str(t["dtype"]), tuple(int(d) for d in t["shape"]), int(t["k"]))
+            TensorSpec(
+                str(t["name"]),
+                str(t["dtype"]),
+                tuple(int(d) for d in t["shape"]),
+                int(t["k"]),
+                0 if v1 else int(t["reserved"]),
+            )
             for t in body["tensors"]
         )
         ext = {
@@ -142,7 +198,10 @@ def parse_header(text: str, key: Key) -> Header:
             lanes=int(body["lanes"]),
             tensors=tensors,
             external_tags=ext,
-            user_metadata={str(k): str(v) for k, v in body["user_metadata"].items()},
+            user_metadata=None if user_meta is None else {str(k): str(v) for k, v in user_meta.items()},
+            metadata_digest=None if v1 else str(body["user_metadata_sha256"]),
+            carriers=() if v1 else tuple(int(i) for i in body["carriers"]),
+            scheme=str(body["scheme"]),
             block=int(body["block"]),
             mac=str(body["mac"]),
             code=str(body["code"]),
@@ -165,4 +224,13 @@ def peek_header(text: str) -> dict[str, Any]:
     return body
 
 
-__all__ = ["METADATA_KEY", "SCHEME", "Header", "HeaderAuthError", "parse_header", "peek_header"]
+__all__ = [
+    "METADATA_KEY",
+    "READS",
+    "SCHEME",
+    "Header",
+    "HeaderAuthError",
+    "metadata_digest",
+    "parse_header",
+    "peek_header",
+]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _code, _model
+from . import _code, _embed, _model
 from ._bits import write_tags
 from ._layout import ranges_mask
 from ._progress import Progress
@@ -47,7 +47,8 @@ def recover(
 def recover_from(chk: Check) -> RecoverResult:
     """Recover from a finished check."""
     base = report_of(chk)
-    meta = dict(chk.header.user_metadata)
+    # A header read from the weights knows only the metadata's digest: keep what the file has.
+    meta = dict(chk.header.user_metadata if chk.header.user_metadata is not None else chk.file_metadata or {})
     if base.status == "intact":
         return RecoverResult(_outputs(chk), base, meta)
     lay, specs = chk.layout, chk.specs
@@ -103,6 +104,7 @@ def recover_from(chk: Check) -> RecoverResult:
         tensors=findings,
         extra_tensors=base.extra_tensors,
         metadata_issues=base.metadata_issues,
+        notes=base.notes,
         key_fingerprint=base.key_fingerprint,
         level=base.level,
         total_blocks=base.total_blocks,
@@ -130,6 +132,10 @@ def _rebuild(
     before = ub[rows].copy()
     _model.set_data(ub, spec, rows, _model.lane_block_data(lay, t, spec, data, rows, col))
     _model.write_storage(lay, spec, t, ub, parity, rows, col)
+    if spec.reserved:
+        h = chk.header
+        copy = h.to_json(chk.key, embedded=True).encode() if t in h.carriers else None
+        _embed.write_reserved(ub, spec, _embed.reserved_content(spec, t, len(chk.specs), h.salt, copy), rows)
     internal = lay.tag_internal[b0 : b0 + spec.nblocks]
     tags = _model.compute_tags(chk.mac, chk.header.salt, t, spec, ub, internal, rows)
     inside = internal[rows]

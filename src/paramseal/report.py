@@ -67,6 +67,7 @@ class Report:
     tensors: dict[str, TensorFinding] = field(default_factory=dict)
     extra_tensors: tuple[str, ...] = ()
     metadata_issues: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # facts worth knowing that are not tampering
     key_fingerprint: str = ""
     level: str = ""
     total_blocks: int = 0
@@ -117,6 +118,7 @@ class Report:
             "unrecoverable_parameters": self.unrecoverable_count,
             "extra_tensors": list(self.extra_tensors),
             "metadata_issues": list(self.metadata_issues),
+            "notes": list(self.notes),
             "key_fingerprint": self.key_fingerprint,
             "level": self.level,
             "tensors": {n: f.to_dict() for n, f in self.tensors.items() if f.tampered_blocks or f.issues},
@@ -149,6 +151,7 @@ class Report:
             lines.append(f"  {name}: " + "; ".join(what))
         lines += [f"  extra tensor not in the seal: {n}" for n in self.extra_tensors]
         lines += [f"  metadata: {m}" for m in self.metadata_issues]
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _code, _model
+from . import _code, _embed, _model
 from ._bits import write_tags
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
@@ -50,6 +50,9 @@ class SealConfig:
         if not any(s.is_float for s in specs):
             raise UnsupportedError("cannot seal a model without float tensors: the watermark lives in float mantissas")
         salt = os.urandom(16)
+        meta = dict(metadata or {})
+        emb = _embed.plan(specs, _copy_size(specs, self.level, self.bits, salt, key, meta))
+        specs = emb.specs
         layout = build_layout(specs, key, salt, self.lanes)
         prog = progress or Progress.null()
         blocks = [_model.blocks_of(arrays[s.name], s) for s in specs]
@@ -57,17 +60,19 @@ class SealConfig:
         parity = _code.encode(_model.gather_lanes(layout, specs, blocks), layout.M)
         mac = BlockMac(key)
         external: dict[int, NDArray[np.uint64]] = {}
-        out: dict[str, NDArray[np.generic]] = {}
+        every = np.arange(max(s.nblocks for s in specs), dtype=np.int64)
         for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
             prog.step(spec.name)
             _model.write_storage(layout, spec, t, ub, parity)
+            if spec.reserved and t not in emb.carriers:  # carriers get theirs once the header exists
+                content = _embed.reserved_content(spec, t, len(specs), salt, None)
+                _embed.write_reserved(ub, spec, content, every[: spec.reserved])
             internal = layout.tag_internal[layout.block_start[t] : layout.block_start[t] + spec.nblocks]
             tags = _model.compute_tags(mac, salt, t, spec, ub, internal)
             if spec.is_float and internal.any():
                 write_tags(ub, np.where(internal, tags, np.uint64(0)), spec.k)  # zero: tag kept in the header
             if not internal.all():
                 external[t] = tags[~internal]
-            out[spec.name] = _model.to_tensor(ub, spec)
         header = Header(
             level=self.level,
             bits=self.bits,
@@ -76,9 +81,37 @@ class SealConfig:
             lanes=layout.lanes,
             tensors=tuple(specs),
             external_tags=external,
-            user_metadata=dict(metadata or {}),
+            user_metadata=meta,
+            carriers=emb.carriers,
         )
+        copy = header.to_json(key, embedded=True).encode()
+        for t in emb.carriers:
+            spec, ub = specs[t], blocks[t]
+            rows = every[: spec.reserved]
+            _embed.write_reserved(ub, spec, _embed.reserved_content(spec, t, len(specs), salt, copy), rows)
+            tags = _model.compute_tags(mac, salt, t, spec, ub, np.ones(spec.nblocks, np.bool_), rows)
+            sub = ub[rows]
+            write_tags(sub, tags, spec.k)
+            ub[rows] = sub
+        out = {s.name: _model.to_tensor(ub, s) for s, ub in zip(specs, blocks, strict=True)}
         return SealedModel(out, header.to_json(key), header)
+
+
+def _copy_size(
+    specs: list[TensorSpec], level: str, bits: int | None, salt: bytes, key: Key, meta: dict[str, str]
+) -> int:
+    """An upper bound on the embedded header's length, known before sealing.
+
+    Tags, MACs and digests have fixed widths, so only the reserved block counts
+    and the lane count can still grow the JSON: allow them 7 digits each.
+    """
+    ext = {
+        t: np.zeros(int((~s.block_storage()[1]).sum()), np.uint64)
+        for t, s in enumerate(specs)
+        if not s.block_storage()[1].all()
+    }
+    probe = Header(level, bits, salt, key.fingerprint, 0, tuple(specs), ext, meta, carriers=(0,) * _embed.CARRIERS)
+    return len(probe.to_json(key, embedded=True)) + 7 * (len(specs) + 1 + _embed.CARRIERS)
 
 
 def _spec(name: str, a: NDArray[np.generic], level: str, bits: int | None) -> TensorSpec:

@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _model
+from . import _embed, _model
 from ._layout import Layout, TensorSpec, build_layout
 from ._mac import BlockMac
 from ._progress import Progress
-from .errors import UnsupportedError
-from .header import Header, parse_header
+from .errors import KeyMismatchError, NotSealedError, UnsupportedError
+from .header import Header, HeaderAuthError, metadata_digest, parse_header
 from .keys import Key
 from .levels import dtype_name
 from .report import Report, TensorFinding
@@ -37,6 +37,8 @@ class Check:
     issues: list[list[str]]
     extra: list[str]
     metadata_issues: list[str]
+    notes: list[str] = field(default_factory=list)
+    file_metadata: dict[str, str] | None = None  # the file's own metadata, as given
 
     _layout: Layout | None = field(default=None, repr=False)
 
@@ -112,8 +114,22 @@ def check(
         blocks.append(ub)
         bad.append(~_tags_ok(mac, header, t, spec, ub))
     _match_moved(arrays, header, mac, specs, blocks, bad, issues, extra)
-    meta = _metadata_issues(header.user_metadata, metadata) if metadata is not None else []
-    return Check(header, specs, key, mac, blocks, bad, issues, extra, meta)
+    notes: list[str] = []
+    if header.user_metadata is None:  # read from the weights: only the metadata's digest is known
+        notes.append("the seal header was read from the weights (the file carries none in its metadata)")
+        if metadata:
+            meta = [] if metadata_digest(dict(metadata)) == header.digest else [_META_DIFFERS]
+        else:
+            meta = []
+            if header.digest != metadata_digest({}):
+                notes.append("the file's metadata was stripped; the weights were checked, the metadata could not be")
+    else:
+        meta = _metadata_issues(header.user_metadata, metadata) if metadata is not None else []
+    given = None if metadata is None else dict(metadata)
+    return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given)
+
+
+_META_DIFFERS = "the file's metadata differs from the metadata sealed (its keys cannot be compared one by one)"
 
 
 def _usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.generic] | None, list[str]]:
@@ -142,16 +158,29 @@ def _match_moved(
     issues: list[list[str]],
     extra: list[str],
 ) -> None:
-    """Find renamed and swapped tensors: a wholly failing tensor whose data verifies under another name."""
+    """Find renamed and swapped tensors: a wholly failing tensor whose data verifies under another name.
+
+    Candidates that carry an identity record are matched by the tensor index in it;
+    the rest (integer tensors, tiny ones) are tried against each failing tensor.
+    """
     failing = [t for t, b in enumerate(bad) if b.all()]
     if not failing:
         return
     # Candidates: extra tensors, and the data found under the names of other wholly failing tensors.
     cands = list(extra) + [specs[t].name for t in failing if specs[t].name in arrays]
+    ks = {(s.dtype, s.k) for t in failing if (s := specs[t]).reserved}
+    claimed: dict[str, int] = {}
+    for name in cands:
+        a = arrays[name]
+        for dt, k in ks:
+            if _dt(a) == dt and (f := _embed.read_record(a, k)) is not None and f.salt8 == header.salt[:8]:
+                claimed[name] = f.index
+                break
     used: set[str] = set()
     for t in failing:
         spec = specs[t]
-        for name in cands:
+        order = [n for n in cands if claimed.get(n) == t] + [n for n in cands if n not in claimed]
+        for name in order:
             if name in used or name == spec.name:
                 continue
             a = arrays[name]
@@ -169,6 +198,29 @@ def _match_moved(
             else:
                 issues[t] = [f"swapped: its data was found under '{name}'"]
             break
+
+
+def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) -> str:
+    """The seal header embedded in the weights, authenticated with ``key``.
+
+    Raises NotSealedError when no copy is found, KeyMismatchError when the copies
+    were sealed with another key, and HeaderAuthError when every copy was edited.
+    """
+    copies = _embed.header_copies(tensors)
+    if not copies:
+        raise NotSealedError(
+            "the model carries no ParamSeal header: none in the file's metadata and no copy in the weights; "
+            "seal it first with 'paramseal seal' (a model too small to hold a copy needs its original metadata)"
+        )
+    err: Exception | None = None
+    for _, text in copies:
+        try:
+            parse_header(text, key)
+            return text
+        except (KeyMismatchError, HeaderAuthError) as e:
+            err = e if err is None or isinstance(e, KeyMismatchError) else err
+    assert err is not None
+    raise err
 
 
 def _dt(a: NDArray[np.generic]) -> str:
@@ -204,6 +256,7 @@ def report_of(chk: Check) -> Report:
         tensors=findings,
         extra_tensors=tuple(chk.extra),
         metadata_issues=tuple(chk.metadata_issues),
+        notes=tuple(chk.notes),
         key_fingerprint=chk.header.key_fingerprint,
         level=chk.header.level if chk.header.bits is None else f"bits={chk.header.bits}",
         total_blocks=chk.total_blocks,
@@ -221,4 +274,4 @@ def verify(
     return report_of(check(tensors, key, header_json, metadata=metadata))
 
 
-__all__ = ["Check", "check", "report_of", "verify"]
+__all__ = ["Check", "check", "header_from_weights", "report_of", "verify"]

@@ -1,0 +1,194 @@
+"""The seal header carried inside the weights, so a model verifies without its file metadata.
+
+Every float tensor with room gets an identity **record** in the storage bits
+(after the tag) of its first blocks; up to two of the largest tensors, the
+**carriers**, also hold the header JSON right after their record (copies may
+take at most 2% of the blocks, so a tiny model keeps its header in the metadata only). Those blocks
+store no parity (``TensorSpec.reserved``), but their tags cover the record and
+the copy, so both are authenticated like any other bit; the copy itself is the
+HMAC'd header without the user metadata (its digest is under the MAC).
+
+With the header in the metadata this is only used to match renamed tensors by
+identity. Without it (metadata stripped, or converted to ``.pt``/``.npz`` by
+another tool) ``find_header`` reads the copy: a record is found by trying each
+possible k, since k itself is in the header.
+
+Record (little-endian): magic ``PSL`` + byte 2 | tensor index u32 | tensor count u32 |
+salt[:8] | header length u32.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _bits
+from ._layout import TensorSpec
+from .levels import BLOCK, FLOATS, TAG_BITS, dtype_name
+
+MAGIC = b"PSL\x02"
+_RECORD = struct.Struct("<4sII8sI")
+RECORD_BYTES = _RECORD.size
+CARRIERS = 2
+COPY_BUDGET = 0.02  # at most this fraction of the float blocks holds header copies
+
+
+def block_bytes(k: int) -> int:
+    """Storage bytes a full block has after its tag."""
+    return (BLOCK * k - TAG_BITS) // 8
+
+
+def blocks_needed(k: int, nbytes: int) -> int:
+    """Full blocks whose storage holds ``nbytes``."""
+    per = block_bytes(k)
+    return -(-nbytes // per) if per > 0 else 1 << 62
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Which tensors carry a record, which carry the header copy, and room reserved for it."""
+
+    specs: list[TensorSpec]
+    carriers: tuple[int, ...]
+    room: int  # header bytes a carrier can hold
+
+
+def plan(specs: list[TensorSpec], header_bytes: int) -> Plan:
+    """Reserve record blocks in every float tensor with room, and a header copy in up to two carriers."""
+    out = list(specs)
+    fits = [i for i, s in enumerate(specs) if s.is_float and s.numel // BLOCK >= blocks_needed(s.k, RECORD_BYTES)]
+    need = RECORD_BYTES + header_bytes
+    # Largest storage first: a big tensor holds the copy in a small fraction of its blocks.
+    by_room = sorted(fits, key=lambda i: (-(specs[i].numel // BLOCK) * block_bytes(specs[i].k), i))
+    # A copy is worth a little capacity, not much: small models keep their header in the metadata only.
+    budget = COPY_BUDGET * sum(s.nblocks for s in specs if s.is_float)
+    chosen: list[int] = []
+    for i in by_room:
+        cost = blocks_needed(specs[i].k, need)
+        if len(chosen) < CARRIERS and specs[i].numel // BLOCK >= cost and cost <= budget:
+            chosen.append(i)
+            budget -= cost
+    carriers = tuple(chosen)
+    for i in fits:
+        size = need if i in carriers else RECORD_BYTES
+        out[i] = replace(specs[i], reserved=blocks_needed(specs[i].k, size))
+    return Plan(out, carriers, header_bytes)
+
+
+def record(index: int, ntensors: int, salt: bytes, header_len: int) -> bytes:
+    """The identity record of tensor ``index``."""
+    return _RECORD.pack(MAGIC, index, ntensors, salt[:8], header_len)
+
+
+def reserved_content(spec: TensorSpec, index: int, ntensors: int, salt: bytes, header: bytes | None) -> bytes:
+    """Bytes for all reserved blocks of one tensor: record, header copy if a carrier, zero padding."""
+    body = record(index, ntensors, salt, len(header) if header else 0) + (header or b"")
+    room = spec.reserved * block_bytes(spec.k)
+    if len(body) > room:
+        raise AssertionError(f"embedded header of {len(body)} bytes exceeds the {room} reserved")  # plan() sized it
+    return body.ljust(room, b"\0")
+
+
+def write_reserved(ub: NDArray[np.unsignedinteger], spec: TensorSpec, content: bytes, rows: NDArray[np.int64]) -> None:
+    """Write ``content`` (from ``reserved_content``) into the storage of reserved ``rows`` of ``ub``, keeping tags."""
+    rows = rows[rows < spec.reserved]
+    if not rows.size:
+        return
+    per = block_bytes(spec.k)
+    sub = ub[rows]
+    lo = _bits.lo_bytes(sub, spec.k).copy()
+    lo[:, TAG_BITS // 8 :] = np.frombuffer(content, np.uint8).reshape(spec.reserved, per)[rows]
+    _bits.set_lo(sub, lo, spec.k)
+    ub[rows] = sub
+
+
+def _storage(ub: NDArray[np.unsignedinteger], k: int) -> bytes:
+    return _bits.lo_bytes(ub, k)[:, TAG_BITS // 8 :].tobytes()
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A record read from a tensor (untrusted until the header and tags verify)."""
+
+    k: int
+    index: int
+    ntensors: int
+    salt8: bytes
+    header: bytes  # empty unless a carrier
+
+
+def read_record(a: NDArray[np.generic], k: int) -> Found | None:
+    """The record of ``a`` if it was sealed with ``k`` low bits, else None."""
+    flat = _bits.uint_view(a)
+    n0 = blocks_needed(k, RECORD_BYTES)
+    if flat.size < n0 * BLOCK or block_bytes(k) <= 0:
+        return None
+    head = _storage(flat[: n0 * BLOCK].reshape(n0, BLOCK), k)
+    magic, index, count, salt8, hlen = _RECORD.unpack(head[:RECORD_BYTES])
+    if magic != MAGIC or index >= count:
+        return None
+    text = b""
+    if hlen:
+        nb = blocks_needed(k, RECORD_BYTES + hlen)
+        if flat.size < nb * BLOCK:
+            return None
+        text = _storage(flat[: nb * BLOCK].reshape(nb, BLOCK), k)[RECORD_BYTES : RECORD_BYTES + hlen]
+    return Found(k, index, count, salt8, text)
+
+
+def _ks(dtype: str) -> Iterator[int]:
+    fmt = FLOATS[dtype]
+    levels = sorted(set(fmt.levels.values()))
+    yield from levels
+    yield from (k for k in range(1, fmt.mantissa) if k not in levels)
+
+
+def scan(a: NDArray[np.generic]) -> Found | None:
+    """Find a record in ``a`` without knowing k (tries each possible k)."""
+    try:
+        dt = dtype_name(a.dtype)
+    except Exception:  # noqa: BLE001 - not a dtype we seal: it holds no record
+        return None
+    if dt not in FLOATS:
+        return None
+    for k in _ks(dt):
+        if (f := read_record(a, k)) is not None:
+            return f
+    return None
+
+
+def header_copies(tensors: Mapping[str, NDArray[np.generic]]) -> list[tuple[str, str]]:
+    """Candidate header texts found in carriers, largest tensors first: ``[(tensor name, text)]``."""
+    out: list[tuple[str, str]] = []
+    for name in sorted(tensors, key=lambda n: -int(np.asarray(tensors[n]).size)):
+        f = scan(np.asarray(tensors[name]))
+        if f is not None and f.header:
+            try:
+                out.append((name, f.header.decode("utf-8")))
+            except UnicodeDecodeError:
+                continue
+            if len(out) == CARRIERS:
+                break
+    return out
+
+
+__all__ = [
+    "CARRIERS",
+    "MAGIC",
+    "RECORD_BYTES",
+    "Found",
+    "Plan",
+    "block_bytes",
+    "blocks_needed",
+    "header_copies",
+    "plan",
+    "read_record",
+    "record",
+    "reserved_content",
+    "scan",
+    "write_reserved",
+]

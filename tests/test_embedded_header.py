@@ -1,0 +1,213 @@
+"""The seal header carried in the weights: verify without metadata, match renamed tensors by identity."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import _embed, files
+from paramseal.errors import KeyMismatchError, NotSealedError
+from paramseal.header import parse_header
+from paramseal.verify import header_from_weights
+
+META = {"author": "tests", "license": "apache-2.0"}
+
+
+@pytest.fixture(scope="module")
+def big() -> dict[str, np.ndarray]:
+    """Two tensors large enough to carry the header copy, plus small and integer ones."""
+    rng = np.random.default_rng(7)
+    return {
+        "emb.weight": helpers.random_tensor(rng, np.float32, (2000, 64)),
+        "fc.weight": helpers.random_tensor(rng, np.float32, (512, 96)),
+        "fc.bias": helpers.random_tensor(rng, np.float32, (128,)),
+        "norm.weight": helpers.random_tensor(rng, np.float16, (4096,)),
+        "gate.weight": helpers.random_tensor(rng, helpers.BF16, (64, 64)),
+        "pos": np.arange(512, dtype=np.int64),
+    }
+
+
+@pytest.fixture(scope="module")
+def sealed_big(big: dict[str, np.ndarray], key: paramseal.Key) -> paramseal.SealedModel:
+    return paramseal.seal(big, key, metadata=META)
+
+
+def test_the_weights_carry_an_authentic_copy_of_the_header(
+    sealed_big: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    copies = _embed.header_copies(sealed_big.tensors)
+    h = sealed_big.header
+    assert len(copies) == 2 and [n for n, _ in copies] == [h.tensors[i].name for i in h.carriers]
+    for _, text in copies:
+        got = parse_header(text, key)
+        assert got.salt == h.salt and got.tensors == h.tensors and got.lanes == h.lanes
+        assert got.user_metadata is None and got.digest == h.digest  # only the digest travels in the weights
+        assert "user_metadata\"" not in text
+    # every float tensor with room carries an identity record naming its index
+    for t, spec in enumerate(h.tensors):
+        rec = _embed.read_record(sealed_big.tensors[spec.name], spec.k) if spec.reserved else None
+        assert (rec is not None) == bool(spec.reserved)
+        if rec is not None:
+            assert rec.index == t and rec.salt8 == h.salt[:8] and rec.ntensors == len(h.tensors)
+    assert not h.tensors[-1].reserved  # the int64 tensor carries no bits
+
+
+def test_reserved_blocks_cost_little_capacity(sealed_big: paramseal.SealedModel) -> None:
+    h = sealed_big.header
+    copies = sum(h.tensors[i].reserved - _embed.blocks_needed(h.tensors[i].k, _embed.RECORD_BYTES) for i in h.carriers)
+    records = sum(_embed.blocks_needed(s.k, _embed.RECORD_BYTES) for s in h.tensors if s.reserved)
+    assert 0 < copies <= _embed.COPY_BUDGET * sum(s.nblocks for s in h.tensors if s.is_float)
+    assert sum(s.reserved for s in h.tensors) <= copies + records + len(h.carriers)
+
+
+def _stripped(tmp_path: Path, sealed: paramseal.SealedModel, name: str = "stripped.safetensors") -> Path:
+    return helpers.write_st(tmp_path / name, sealed.tensors)  # re-saved with no metadata at all
+
+
+def test_a_file_whose_metadata_was_stripped_still_verifies(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key_file: Path
+) -> None:
+    p = _stripped(tmp_path, sealed_big)
+    rc, out, err = helpers.run_cli(["verify", p, "--key", key_file, "--json"])
+    assert rc == 0, (out, err)
+    rep = json.loads(out)
+    assert rep["status"] == "intact" and rep["tampered_tensors"] == []
+    assert any("read from the weights" in n for n in rep["notes"])
+    assert any("stripped" in n for n in rep["notes"])  # the sealed metadata is gone, and we say so
+
+
+def test_other_metadata_on_a_stripped_header_is_reported(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    p = helpers.write_st(tmp_path / "m.safetensors", sealed_big.tensors, {"author": "mallory"})
+    rep = files.verify_file(p, key)
+    assert rep.status == "tampered" and rep.exit_code == 1
+    assert rep.metadata_issues and "differs" in rep.metadata_issues[0]
+    ok = helpers.write_st(tmp_path / "same.safetensors", sealed_big.tensors, META)
+    assert files.verify_file(ok, key).status == "intact"
+
+
+def test_a_model_converted_by_another_tool_verifies_through_the_api(
+    sealed_big: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    # what np.savez / torch.save of the same values leaves: plain arrays, no metadata, maybe non-contiguous copies
+    arrays = {n: np.array(a, copy=True) for n, a in sealed_big.tensors.items()}
+    text = header_from_weights(arrays, key)
+    assert paramseal.verify(arrays, key, text).status == "intact"
+
+
+def test_renamed_tensors_are_matched_by_identity_and_named(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key, key_file: Path
+) -> None:
+    renamed = {f"model.{n}": a for n, a in sealed_big.tensors.items()}
+    p = helpers.write_st(tmp_path / "renamed.safetensors", renamed)
+    rep = files.verify_file(p, key)
+    assert rep.status == "tampered" and rep.recoverable and rep.extra_tensors == ()
+    for name in sealed_big.tensors:
+        assert rep.tensors[name].issues == (f"renamed to 'model.{name}'",), name
+        assert rep.tensors[name].tampered_blocks == ()
+    out = tmp_path / "back.safetensors"
+    rc, _, err = helpers.run_cli(["recover", p, out, "--key", key_file])
+    assert rc == 0, err
+    got, meta = helpers.read_st(out)
+    helpers.assert_model_equal(got, sealed_big.tensors)  # sealed names and bytes back
+    assert "paramseal" not in meta  # the header stays in the weights, as in the input
+
+
+def test_identity_matching_does_not_try_every_pair(
+    sealed_big: paramseal.SealedModel, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    v = importlib.import_module("paramseal.verify")  # the package's `verify` attribute is the function
+    calls: list[int] = []
+    real = v._tags_ok
+    monkeypatch.setattr(v, "_tags_ok", lambda *a: calls.append(a[2]) or real(*a))
+    renamed = {f"x.{n}": a for n, a in sealed_big.tensors.items()}
+    rep = paramseal.verify(renamed, key, sealed_big.header_json)
+    assert all(f.issues and f.issues[0].startswith("renamed") for f in rep.tensors.values())
+    n = len(sealed_big.tensors)
+    # the sealed names are all absent (no MAC pass); each record names its tensor, so one MAC pass
+    # per tensor confirms the match; only the int tensor, which has no record, is tried by shape
+    assert len(calls) <= n + 1, calls
+
+
+def test_a_swap_is_still_tampering_without_metadata(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    p = helpers.write_st(tmp_path / "swap.safetensors", _swap(sealed_big.tensors, "fc.weight", "emb.weight"))
+    rep = files.verify_file(p, key)
+    assert rep.status == "tampered" and rep.recoverable
+    assert rep.tensors["fc.weight"].issues == ("swapped: its data was found under 'emb.weight'",)
+    assert rep.tensors["emb.weight"].issues == ("swapped: its data was found under 'fc.weight'",)
+
+
+def _swap(t: dict[str, np.ndarray], a: str, b: str) -> dict[str, np.ndarray]:
+    """Swap the data of two tensors, reshaped to each other's shapes when the counts agree."""
+    out = dict(t)
+    if t[a].size == t[b].size:
+        out[a], out[b] = t[b].reshape(t[a].shape), t[a].reshape(t[b].shape)
+    else:  # different sizes: trade whole tensors under each other's name
+        out[a], out[b] = t[b], t[a]
+    return out
+
+
+def test_a_tampered_header_copy_falls_back_to_the_other_and_is_recovered(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    h = sealed_big.header
+    carrier = h.tensors[h.carriers[0]]
+    # flip a bit in the copy's storage: value 64*1+10 sits in block 1, inside the reserved region
+    t = helpers.flip_bit(sealed_big.tensors, carrier.name, 64 + 10, 0)
+    assert carrier.reserved > 1
+    p = helpers.write_st(tmp_path / "t.safetensors", t)
+    rep = files.verify_file(p, key)
+    assert rep.status == "tampered" and rep.tensors[carrier.name].tampered_blocks == (1,)
+    res = files.recover_file(p, tmp_path / "fixed.safetensors", key)
+    assert res.report.status == "recovered"
+    assert res.report.tensors[carrier.name].restored_indices == (64 + 10,)
+    got, _ = helpers.read_st(tmp_path / "fixed.safetensors")
+    helpers.assert_model_equal(got, sealed_big.tensors)
+
+
+def test_destroyed_record_blocks_are_rebuilt_bit_exactly(
+    sealed_big: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    t = helpers.copy_model(sealed_big.tensors)
+    for name in ("fc.bias", "norm.weight", "emb.weight"):
+        t[name].reshape(-1)[:200] = 0
+    res = paramseal.recover(t, key, sealed_big.header_json)
+    assert res.report.status == "recovered"
+    helpers.assert_model_equal(res.tensors, sealed_big.tensors)
+
+
+def test_wrong_key_on_a_stripped_file_is_a_key_mismatch(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, other_key: paramseal.Key, key: paramseal.Key
+) -> None:
+    p = _stripped(tmp_path, sealed_big)
+    with pytest.raises(KeyMismatchError) as ei:
+        files.verify_file(p, other_key)
+    assert key.fingerprint in str(ei.value) and other_key.fingerprint in str(ei.value)
+    kf = paramseal.write_key(tmp_path / "other.key", other_key)
+    rc, _, err = helpers.run_cli(["verify", p, "--key", kf])
+    assert rc == 3 and "key does not match" in err and "Traceback" not in err
+
+
+def test_a_model_too_small_for_a_copy_says_so(tmp_path: Path, key: paramseal.Key, key_file: Path) -> None:
+    tiny = {"w": np.linspace(-1, 1, 100, dtype=np.float32)}
+    sealed = paramseal.seal(tiny, key)
+    assert sealed.header.carriers == ()
+    with pytest.raises(NotSealedError):
+        header_from_weights(sealed.tensors, key)
+    p = _stripped(tmp_path, sealed)
+    rc, _, err = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 3 and "no ParamSeal header" in err
+
+
+def test_an_unsealed_model_has_no_records(big: dict[str, np.ndarray]) -> None:
+    assert _embed.header_copies(big) == []
+    assert all(_embed.scan(a) is None for a in big.values())
