@@ -6,6 +6,9 @@ from pathlib import Path
 
 from ..errors import FormatError, UsageError
 from .base import Adapter
+from .numpy import NpyAdapter, NpzAdapter
+from .onnx_format import OnnxAdapter
+from .pytorch import PyTorchAdapter
 from .safetensors import SafetensorsAdapter
 
 _ADAPTERS: dict[str, Adapter] = {}
@@ -17,24 +20,35 @@ def register(adapter: Adapter) -> None:
 
 
 register(SafetensorsAdapter())
+register(PyTorchAdapter())
+register(NpzAdapter())
+register(NpyAdapter())
+register(OnnxAdapter())
+
+
+def adapters() -> tuple[Adapter, ...]:
+    """Every registered adapter, in registration order."""
+    return tuple(_ADAPTERS.values())
 
 
 def adapter_for(path: Path, fmt: str | None = None, *, must_exist: bool = True) -> Adapter:
-    """The adapter for ``path``: ``fmt`` if given, else by extension, else by content."""
+    """The adapter for ``path``: ``fmt`` if given, else the one whose content matches, else by extension."""
     if fmt is not None:
         try:
             return _ADAPTERS[fmt]
         except KeyError:
             raise UsageError(f"unknown format '{fmt}'; known: {', '.join(sorted(_ADAPTERS))}") from None
     suffix = path.suffix.lower()
-    for a in _ADAPTERS.values():
-        if suffix in a.extensions:
-            return a
+    by_ext = [a for a in _ADAPTERS.values() if suffix in a.extensions]
     if must_exist and path.is_file():
+        # Content decides when it is clear: ".bin" may hold a torch or a safetensors file. 4 KiB shows
+        # a zip's first member name, which tells a torch archive from an .npz.
         with open(path, "rb") as f:
-            head = f.read(64)
-        for a in _ADAPTERS.values():
+            head = f.read(4096)
+        for a in [*by_ext, *_ADAPTERS.values()]:
             if a.sniff(head):
                 return a
+    if by_ext:
+        return by_ext[0]
     known = ", ".join(e for a in _ADAPTERS.values() for e in a.extensions)
     raise FormatError(f"cannot tell the format of '{path}': expected one of {known}")

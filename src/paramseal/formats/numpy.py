@@ -1,0 +1,209 @@
+"""NumPy files: ``.npz`` archives (many named arrays plus metadata) and ``.npy`` (one array).
+
+Both are read with ``allow_pickle=False`` always: an object array in a file is
+refused, never unpickled.
+
+``.npz``: one member ``<name>.npy`` per tensor, in order, uncompressed (what
+``np.savez`` writes). String metadata lives in the reserved member
+``__paramseal_metadata__.npy``: a 0-d unicode array holding a JSON object of
+strings (never a pickle). It is hidden from the tensor mapping, and a tensor may
+not use that name.
+
+``.npy``: a single array; its tensor name is always ``"array"`` (not the file
+stem, so that sealing ``a.npy`` into ``b.npy`` keeps the name the seal records).
+There is no room for metadata (``keeps_metadata = False``).
+
+bfloat16: ``np.save`` writes ml_dtypes' bfloat16 as raw ``V2`` bytes and loses
+the type, so ParamSeal writes the header descr ``'bfloat16'``. ``np.load``
+reads such a file back as bfloat16 whenever ml_dtypes is imported. A ``V2``
+array written by someone else is refused: its real dtype cannot be known.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zipfile
+from pathlib import Path
+from typing import IO, Any
+
+import ml_dtypes
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import FormatError, UsageError
+from .base import Loaded
+
+#: Reserved ``.npz`` member (without ``.npy``) that holds the metadata JSON.
+METADATA_ENTRY = "__paramseal_metadata__"
+#: Tensor name of the single array in a ``.npy`` file.
+NPY_TENSOR_NAME = "array"
+
+_NPY_MAGIC = b"\x93NUMPY"
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, struct.error, UnicodeDecodeError,
+                SyntaxError, TypeError, MemoryError)  # fmt: skip
+
+
+class NpzAdapter:
+    """Adapter for ``.npz`` archives of named arrays."""
+
+    name = "npz"
+    extensions: tuple[str, ...] = (".npz",)
+    keeps_metadata = True
+
+    def sniff(self, head: bytes) -> bool:
+        """A zip archive whose first member is ``<name>.npy`` (a torch archive starts with ``.../data.pkl``)."""
+        if len(head) < 30 or head[:4] != b"PK\x03\x04":
+            return False
+        n = struct.unpack("<H", head[26:28])[0]
+        return len(head) >= 30 + n and head[30 : 30 + n].endswith(b".npy")
+
+    def read(self, path: Path) -> Loaded:
+        """Read every member in archive order; the reserved metadata member becomes ``metadata``."""
+        tensors: dict[str, NDArray[np.generic]] = {}
+        meta: dict[str, str] = {}
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    if not info.filename.endswith(".npy"):
+                        raise FormatError(
+                            f"'{path}' has member '{info.filename}', which is not a .npy array; "
+                            "an .npz model holds only <name>.npy members"
+                        )
+                    name = info.filename[: -len(".npy")]
+                    with zf.open(info) as f:
+                        arr = _read_npy(f, f"'{path}': member '{info.filename}'")
+                    if name == METADATA_ENTRY:
+                        meta = _parse_metadata(arr, path)
+                    elif name in tensors:
+                        raise FormatError(f"'{path}' has two members named '{info.filename}'")
+                    else:
+                        tensors[name] = arr
+        except FormatError:
+            raise
+        except _READ_ERRORS as e:
+            raise FormatError(
+                f"cannot read .npz file '{path}' (truncated or corrupt): {type(e).__name__}: {e}"
+            ) from None
+        if not tensors:
+            raise FormatError(f"'{path}' holds no arrays: there are no tensors to read")
+        return Loaded(tensors, meta)
+
+    def write(self, path: Path, loaded: Loaded) -> None:
+        """Write one uncompressed ``<name>.npy`` member per tensor, then the metadata member if any."""
+        if METADATA_ENTRY in loaded.tensors:
+            raise UsageError(f"tensor name '{METADATA_ENTRY}' is reserved for ParamSeal's .npz metadata; rename it")
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, a in loaded.tensors.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as f:
+                    write_npy(f, a)
+            if loaded.metadata:
+                text = json.dumps(dict(loaded.metadata), ensure_ascii=False, sort_keys=True)
+                with zf.open(f"{METADATA_ENTRY}.npy", "w", force_zip64=True) as f:
+                    write_npy(f, np.array(text))
+
+
+class NpyAdapter:
+    """Adapter for ``.npy`` files: one array, named ``"array"``, no metadata."""
+
+    name = "npy"
+    extensions: tuple[str, ...] = (".npy",)
+    keeps_metadata = False
+
+    def sniff(self, head: bytes) -> bool:
+        """The .npy magic bytes (0x93 then ``NUMPY``)."""
+        return head.startswith(_NPY_MAGIC)
+
+    def read(self, path: Path) -> Loaded:
+        """Read the single array as tensor ``"array"``."""
+        try:
+            with open(path, "rb") as f:
+                arr = _read_npy(f, f"'{path}'")
+                if f.read(1):
+                    raise FormatError(f"'{path}' has bytes after its array data (corrupt or not a .npy file)")
+        except FormatError:
+            raise
+        except _READ_ERRORS as e:
+            raise FormatError(
+                f"cannot read .npy file '{path}' (truncated or corrupt): {type(e).__name__}: {e}"
+            ) from None
+        return Loaded({NPY_TENSOR_NAME: arr}, {})
+
+    def write(self, path: Path, loaded: Loaded) -> None:
+        """Write the model's only tensor; a model of several tensors needs ``.npz``."""
+        if len(loaded.tensors) != 1:
+            raise UsageError(
+                f"a .npy file holds exactly one array, but this model has {len(loaded.tensors)} tensors; "
+                "write it as .npz or .safetensors instead"
+            )
+        with open(path, "wb") as f:
+            write_npy(f, next(iter(loaded.tensors.values())))
+
+
+def write_npy(f: IO[bytes], a: NDArray[np.generic]) -> None:
+    """Write ``a`` in .npy format 1.0/2.0, C order; bfloat16 gets the descr ``'bfloat16'``."""
+    c = a if a.flags.c_contiguous else a.copy(order="C")
+    if c.dtype.hasobject:
+        raise UsageError("object arrays cannot be written: ParamSeal never pickles")
+    descr: Any = "bfloat16" if c.dtype == _BF16 else np.lib.format.dtype_to_descr(c.dtype)
+    header = {"descr": descr, "fortran_order": False, "shape": c.shape}
+    try:
+        np.lib.format.write_array_header_1_0(f, header)
+    except ValueError:  # header over 64 KiB (a huge shape tuple): version 2.0
+        np.lib.format.write_array_header_2_0(f, header)
+    f.write(c.reshape(-1).view(np.uint8).data)
+
+
+def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
+    """Read one .npy stream without pickles; non-native byte order and Fortran order become native C order."""
+    magic = f.read(6)
+    if magic != _NPY_MAGIC:
+        raise FormatError(f"{what} is not a .npy array (expected the \\x93NUMPY magic, found {magic[:6]!r})")
+    ver = f.read(2)
+    if len(ver) != 2:
+        raise FormatError(f"{what} is truncated inside its .npy header")
+    read_header = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }.get((ver[0], ver[1]))
+    if read_header is None:
+        raise FormatError(f"{what} has .npy format version {ver[0]}.{ver[1]}; supported: 1.0, 2.0")
+    shape, fortran, dtype = read_header(f)
+    if dtype.hasobject:
+        raise FormatError(f"{what} is an object array; ParamSeal never unpickles, so it reads numeric arrays only")
+    if dtype.kind == "V" and dtype != _BF16:
+        raise FormatError(
+            f"{what} has raw dtype {dtype.str} (np.save writes bfloat16 this way and loses its type); "
+            "save it with ParamSeal, as a uint16 view, or as safetensors"
+        )
+    count = 1
+    for d in shape:
+        count *= int(d)
+    nbytes = count * dtype.itemsize
+    data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise FormatError(f"{what} is truncated: its header promises {nbytes} bytes of data, found {len(data)}")
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape[::-1] if fortran else shape)
+    if fortran:
+        arr = arr.T
+    if dtype.byteorder == ">":
+        arr = arr.astype(dtype.newbyteorder("="))
+    out: NDArray[np.generic] = arr.copy(order="C")
+    return out
+
+
+def _parse_metadata(arr: NDArray[np.generic], path: Path) -> dict[str, str]:
+    bad = f"'{path}': the reserved member '{METADATA_ENTRY}.npy' must be a 0-d string holding a JSON object of strings"
+    if arr.dtype.kind != "U" or arr.shape != ():
+        raise FormatError(f"{bad}; found dtype {arr.dtype} and shape {arr.shape}")
+    try:
+        meta = json.loads(str(arr[()]))
+    except ValueError as e:
+        raise FormatError(f"{bad}; it is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+        raise FormatError(f"{bad}; found {type(meta).__name__} with non-string entries")
+    return meta
+
+
+__all__ = ["METADATA_ENTRY", "NPY_TENSOR_NAME", "NpyAdapter", "NpzAdapter", "write_npy"]

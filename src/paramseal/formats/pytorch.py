@@ -1,0 +1,187 @@
+"""PyTorch state-dict files (``.pt``, ``.pth``, ``.bin``), read safely and written plainly.
+
+Reading never runs code from the file: ``torch.load(..., weights_only=True)``
+unpickles only tensors and plain containers, and a file whose pickle asks for
+anything else (``os.system``, arbitrary classes) is refused with a
+:class:`~paramseal.errors.FormatError`. Both the zip format (torch >= 1.6) and
+the legacy pickle format are accepted.
+
+What counts as the model:
+
+* a flat mapping ``name -> Tensor`` (what ``module.state_dict()`` gives);
+* a training checkpoint wrapping one such mapping under ``"state_dict"``,
+  ``"model"`` or ``"module"`` (other entries such as ``"epoch"`` or
+  ``"optimizer"`` are not model weights and are not carried to the output);
+* anything else (nested mappings, lists, non-tensor values inside the state
+  dict) is refused with a message naming the entry.
+
+Writing always produces a plain state dict with exactly the model's tensors and
+no extra keys, loadable with ``module.load_state_dict(torch.load(path))``. The
+format has no place for string metadata, so metadata is not stored
+(``keeps_metadata = False``). bfloat16 travels through an int16 view
+(``torch.from_numpy`` rejects ml_dtypes' bfloat16), which is lossless.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import warnings
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import ml_dtypes
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import FormatError, MissingDependencyError, UnsupportedError
+from ..levels import dtype_name
+from .base import Loaded
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch as torch_t
+
+#: Keys of training checkpoints that wrap the state dict.
+WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model", "module")
+
+# The legacy (non-zip) torch.save format starts with this pickled magic number.
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def import_torch(what: str) -> Any:
+    """Import torch, or raise MissingDependencyError naming ``what`` and the extra to install."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError(what, "torch") from None
+    return torch
+
+
+def first_zip_entry(head: bytes) -> str | None:
+    """The name of the first member of a zip file from its first bytes, or None if not visible."""
+    if len(head) < 30 or head[:4] != _ZIP_MAGIC:
+        return None
+    n = struct.unpack("<H", head[26:28])[0]
+    if len(head) < 30 + n:
+        return None
+    return head[30 : 30 + n].decode("utf-8", "replace")
+
+
+class PyTorchAdapter:
+    """Adapter for PyTorch state-dict files (``torch.save`` of a mapping of tensors)."""
+
+    name = "pytorch"
+    extensions: tuple[str, ...] = (".pt", ".pth", ".bin")
+    keeps_metadata = False
+
+    def sniff(self, head: bytes) -> bool:
+        """A torch zip archive (first member ``<archive>/data.pkl``) or the legacy pickle magic."""
+        if head.startswith(_LEGACY_MAGIC):
+            return True
+        entry = first_zip_entry(head)
+        return entry is not None and (entry == "data.pkl" or entry.endswith("/data.pkl"))
+
+    def read(self, path: Path) -> Loaded:
+        """Load with ``weights_only=True`` and return the state dict's tensors in file order."""
+        torch = import_torch(f"reading PyTorch file '{path}'")
+        try:
+            with warnings.catch_warnings():  # e.g. "pickle protocol 4": we validate strictly below anyway
+                warnings.simplefilter("ignore")
+                obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            first = str(e).strip().splitlines()
+            detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
+            raise FormatError(
+                f"refused to load '{path}': its pickle asks for code or objects that are not plain tensors "
+                f"({detail.strip()}); ParamSeal loads PyTorch files with weights_only=True and never runs code "
+                "from a model file. Re-save the weights from a trusted environment with "
+                "torch.save(model.state_dict(), path), or convert them to safetensors"
+            ) from None
+        except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError,
+                zipfile.BadZipFile, struct.error, UnicodeDecodeError, MemoryError) as e:  # fmt: skip
+            msg = str(e).strip().splitlines()
+            raise FormatError(
+                f"cannot read PyTorch file '{path}' (truncated or not a torch.save file): "
+                f"{type(e).__name__}: {msg[0] if msg else ''}"
+            ) from None
+        state = _state_dict(obj, path)
+        return Loaded({name: tensor_to_numpy(t, f"'{path}': tensor '{name}'") for name, t in state.items()}, {})
+
+    def write(self, path: Path, loaded: Loaded) -> None:
+        """``torch.save`` a plain dict of tensors (no extra keys; metadata is not stored)."""
+        torch = import_torch(f"writing PyTorch file '{path}'")
+        state = {name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}
+        torch.save(state, str(path))
+
+
+def _state_dict(obj: object, path: Path) -> dict[str, Any]:
+    torch = import_torch(f"reading PyTorch file '{path}'")
+    if not isinstance(obj, Mapping):
+        raise FormatError(
+            f"'{path}' holds a {type(obj).__name__}, not a state dict; expected a mapping of tensor names to "
+            "tensors, as saved by torch.save(model.state_dict(), path)"
+        )
+    state: Mapping[Any, Any] = obj
+    if state and not all(isinstance(v, torch.Tensor) for v in state.values()):
+        wrapped = [k for k in WRAPPER_KEYS if isinstance(state.get(k), Mapping)]
+        if len(wrapped) == 1:
+            state = state[wrapped[0]]
+    for name, v in state.items():
+        if not isinstance(name, str):
+            raise FormatError(f"'{path}': key {name!r} is a {type(name).__name__}; state-dict keys must be strings")
+        if not isinstance(v, torch.Tensor):
+            raise FormatError(
+                f"'{path}': entry '{name}' is a {type(v).__name__}, not a tensor; ParamSeal reads a flat state dict "
+                f"(or one wrapped under {', '.join(repr(k) for k in WRAPPER_KEYS)}). Save just the weights with "
+                "torch.save(model.state_dict(), path)"
+            )
+    if not state:
+        raise FormatError(f"'{path}' holds an empty state dict: there are no tensors to read")
+    return dict(state)
+
+
+def tensor_to_numpy(t: torch_t.Tensor, what: str) -> NDArray[np.generic]:
+    """A C-contiguous numpy copy of a dense tensor on any device, bfloat16 as ml_dtypes.bfloat16."""
+    torch = import_torch(what)
+    if t.layout != torch.strided or t.is_quantized or t.is_meta:
+        raise UnsupportedError(
+            f"{what} is a {t.layout} {'quantized ' if t.is_quantized else ''}{'meta ' if t.is_meta else ''}tensor; "
+            "ParamSeal seals dense tensors: convert it with .to_dense() / .dequantize() first"
+        )
+    t = t.detach().cpu()
+    unsupported = UnsupportedError(
+        f"{what} has dtype {t.dtype}, which ParamSeal does not support; "
+        "supported: float64/32/16, bfloat16, (u)int8/16/32/64, bool"
+    )
+    if t.dtype == torch.bfloat16:
+        a = t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    else:
+        try:
+            a = t.numpy()
+        except (TypeError, RuntimeError):
+            raise unsupported from None
+    try:
+        dtype_name(a.dtype)
+    except UnsupportedError:
+        raise unsupported from None
+    out: NDArray[np.generic] = a.copy(order="C")
+    return out
+
+
+def numpy_to_tensor(a: NDArray[np.generic]) -> torch_t.Tensor:
+    """A CPU tensor with the same dtype, shape and bytes as ``a`` (bfloat16 via an int16 view)."""
+    torch = import_torch("converting arrays to torch tensors")
+    c = np.array(a, copy=True, order="C")  # writable and contiguous; 0-d stays 0-d
+    if c.dtype == np.dtype(ml_dtypes.bfloat16):
+        t: torch_t.Tensor = torch.from_numpy(c.view(np.int16)).view(torch.bfloat16)
+        return t
+    if c.dtype.byteorder == ">":
+        c = c.astype(c.dtype.newbyteorder("="))
+    t = torch.from_numpy(c)
+    return t
+
+
+__all__ = ["WRAPPER_KEYS", "PyTorchAdapter", "first_zip_entry", "import_torch", "numpy_to_tensor", "tensor_to_numpy"]

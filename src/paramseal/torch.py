@@ -1,0 +1,135 @@
+"""Seal, verify and recover a live ``torch.nn.Module`` in memory, on CPU or CUDA.
+
+The module's state (parameters and persistent buffers, as in
+``module.state_dict()``) is copied to CPU numpy arrays for the engine and the
+results are written back in place with ``Tensor.copy_``, so every parameter
+keeps its object identity, dtype and device (bit for bit: a same-dtype copy is
+exact). Tied weights (one tensor under two names) are sealed once, under the
+first name ``state_dict`` gives.
+
+    >>> import torch, paramseal, paramseal.torch as pst            # doctest: +SKIP
+    >>> net = torch.nn.Linear(64, 32)                              # doctest: +SKIP
+    >>> key = paramseal.Key.generate()                             # doctest: +SKIP
+    >>> header = pst.seal_module(net, key).header_json             # low bits of net now carry the seal
+    >>> pst.verify_module(net, key, header).status                 # doctest: +SKIP
+    'intact'
+    >>> with torch.no_grad(): net.weight[3, :10] = 0.0             # doctest: +SKIP
+    >>> pst.recover_module(net, key, header).status                # restores net in place
+    'recovered'
+
+Keep ``header_json`` (it is not secret) beside the model, for example in your
+model registry; without it there is nothing to verify against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .formats.pytorch import import_torch, numpy_to_tensor, tensor_to_numpy
+from .header import Header
+from .keys import Key
+from .recover import recover
+from .report import Report
+from .seal import SealConfig
+from .verify import verify
+
+_torch = import_torch("paramseal.torch")
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleSeal:
+    """What ``seal_module`` returns: the header to keep for verify/recover (the weights stay in the module)."""
+
+    header_json: str
+    header: Header = field(repr=False)
+    names: tuple[str, ...]  # the sealed state entries, in order
+
+
+def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The module's state entries (parameters and persistent buffers) in ``state_dict`` order, tied ones once."""
+    seen: set[int] = set()
+    out: dict[str, torch.Tensor] = {}
+    for name, t in module.state_dict(keep_vars=True).items():
+        if not isinstance(t, _torch.Tensor):
+            continue
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        out[name] = t
+    return out
+
+
+def _as_numpy(tensors: Mapping[str, torch.Tensor]) -> dict[str, NDArray[np.generic]]:
+    return {name: tensor_to_numpy(t, f"module tensor '{name}'") for name, t in tensors.items()}
+
+
+def _write_back(tensors: Mapping[str, torch.Tensor], arrays: Mapping[str, NDArray[np.generic]]) -> None:
+    with _torch.no_grad():
+        for name, a in arrays.items():
+            t = tensors[name]
+            src = numpy_to_tensor(a).to(t.device)
+            if t.shape == src.shape and t.dtype == src.dtype:
+                t.copy_(src)
+            else:  # reshaped or retyped: restore the sealed shape and dtype, keeping the object
+                t.data = src
+
+
+def seal_module(
+    module: torch.nn.Module,
+    key: Key,
+    *,
+    level: str = "standard",
+    bits: int | None = None,
+    metadata: Mapping[str, str] | None = None,
+) -> ModuleSeal:
+    """Seal ``module`` in place (its low mantissa bits change once) and return the header to keep.
+
+    Raises like :func:`paramseal.seal` (for example UnsupportedError on NaN/Inf);
+    on error the module is left unchanged.
+    """
+    live = module_tensors(module)
+    sealed = SealConfig(level=level, bits=bits).seal(_as_numpy(live), key, metadata=metadata)
+    _write_back(live, sealed.tensors)
+    return ModuleSeal(sealed.header_json, sealed.header, tuple(live))
+
+
+def verify_module(module: torch.nn.Module, key: Key, header_json: str, **kw: Any) -> Report:
+    """Verify a live module against the header ``seal_module`` returned; the module is not changed.
+
+    ``kw`` is passed to :func:`paramseal.verify` (for example ``metadata=``).
+    """
+    return verify(_as_numpy(module_tensors(module)), key, header_json, **kw)
+
+
+def recover_module(
+    module: torch.nn.Module, key: Key, header_json: str, *, allow_partial: bool = False, **kw: Any
+) -> Report:
+    """Restore a tampered module in place, bit-exactly, and return the recover report.
+
+    The module is changed only when the report's status is "recovered" (or,
+    with ``allow_partial=True``, whenever some values were restored); an
+    intact module is left as it is. Tensors the seal does not know (extra
+    parameters) are not touched.
+    """
+    live = module_tensors(module)
+    current = _as_numpy(live)
+    result = recover(current, key, header_json, **kw)
+    rep = result.report
+    if rep.status == "recovered" or (allow_partial and rep.restored_count):
+        _write_back(live, {n: a for n, a in result.tensors.items() if n in live and not _same(a, current[n])})
+    return rep
+
+
+def _same(a: NDArray[np.generic], b: NDArray[np.generic]) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+__all__ = ["ModuleSeal", "module_tensors", "recover_module", "seal_module", "verify_module"]

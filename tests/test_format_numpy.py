@@ -1,0 +1,209 @@
+"""NumPy ``.npz`` and ``.npy``: the shared suite, no pickles ever, bfloat16, metadata entry, odd layouts."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import helpers
+import ml_dtypes
+import numpy as np
+import pytest
+from adapter_suite import AdapterTests
+
+import paramseal
+from paramseal import FormatError, UsageError
+from paramseal.formats import Loaded, adapter_for
+from paramseal.formats.numpy import METADATA_ENTRY, NPY_TENSOR_NAME
+
+
+def save_npy(f: io.BufferedIOBase | io.BytesIO, a: np.ndarray) -> None:
+    """np.save, except bfloat16 gets the descr 'bfloat16' (np.save would write raw 'V2' and lose the type)."""
+    if a.dtype == ml_dtypes.bfloat16:
+        np.lib.format.write_array_header_1_0(f, {"descr": "bfloat16", "fortran_order": False, "shape": a.shape})
+        f.write(np.ascontiguousarray(a).tobytes())
+    else:
+        np.save(f, a, allow_pickle=False)
+
+
+class TestNpzSuite(AdapterTests):
+    adapter_name = "npz"
+    suffix = ".npz"
+
+    def make_file(self, path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+        if not any(a.dtype == ml_dtypes.bfloat16 for a in tensors.values()):
+            extra = {METADATA_ENTRY: np.array(json.dumps(metadata))} if metadata else {}
+            np.savez(path, **tensors, **extra)
+            return
+        with zipfile.ZipFile(path, "w") as zf:
+            for name, a in tensors.items():
+                buf = io.BytesIO()
+                save_npy(buf, a)
+                zf.writestr(f"{name}.npy", buf.getvalue())
+            if metadata:
+                buf = io.BytesIO()
+                np.save(buf, np.array(json.dumps(metadata)))
+                zf.writestr(f"{METADATA_ENTRY}.npy", buf.getvalue())
+
+    def read_native(self, path: Path) -> dict[str, np.ndarray]:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files if k != METADATA_ENTRY}
+
+    def malformed_cases(self) -> dict[str, bytes]:
+        def npz(**arrays: np.ndarray) -> bytes:
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            return buf.getvalue()
+
+        return {
+            "metadata_not_a_string": npz(w=np.ones(3, np.float32), **{METADATA_ENTRY: np.ones(2)}),
+            "metadata_not_json": npz(w=np.ones(3, np.float32), **{METADATA_ENTRY: np.array("{oops")}),
+            "object_array": npz(w=np.array([{"a": 1}], dtype=object)),
+            "raw_v2_bfloat16": npz(w=np.ones(3, ml_dtypes.bfloat16)),
+        }
+
+
+class TestNpzCompressedSuite(TestNpzSuite):
+    """``np.savez_compressed`` archives read the same (ParamSeal writes uncompressed)."""
+
+    def make_file(self, path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+        if any(a.dtype == ml_dtypes.bfloat16 for a in tensors.values()):
+            return super().make_file(path, tensors, metadata)
+        extra = {METADATA_ENTRY: np.array(json.dumps(metadata))} if metadata else {}
+        np.savez_compressed(path, **tensors, **extra)
+
+
+class TestNpySuite(AdapterTests):
+    adapter_name = "npy"
+    suffix = ".npy"
+    keeps_metadata = False
+    single_tensor = True
+    single_name = NPY_TENSOR_NAME
+
+    def make_file(self, path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+        (a,) = tensors.values()
+        with open(path, "wb") as f:
+            save_npy(f, a)
+
+    def read_native(self, path: Path) -> dict[str, np.ndarray]:
+        return {NPY_TENSOR_NAME: np.load(path, allow_pickle=False)}
+
+    def malformed_cases(self) -> dict[str, bytes]:
+        buf = io.BytesIO()
+        np.save(buf, np.ones(3, np.float32))
+        good = buf.getvalue()
+        return {
+            "trailing_bytes": good + b"\0" * 8,
+            "bad_version": good[:6] + b"\x09\x00" + good[8:],
+            "header_not_a_dict": good[:10] + b"[1, 2]".ljust(len(good) - 10 - 12, b" ") + good[-12:],
+        }
+
+
+# --------------------------------------------------------------------------- never unpickle
+
+
+class Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".npy"])
+def test_object_arrays_are_refused_and_never_unpickled(tmp_path: Path, key_file: Path, suffix: str) -> None:
+    marker = tmp_path / "pwned"
+    evil = np.array([Payload(marker)], dtype=object)
+    p = tmp_path / f"evil{suffix}"
+    if suffix == ".npz":
+        np.savez(p, w=np.ones(3, np.float32), evil=evil)
+    else:
+        np.save(p, evil, allow_pickle=True)
+    with pytest.raises(FormatError, match="object array") as ei:
+        adapter_for(p).read(p)
+    assert p.name in str(ei.value)
+    rc, out, err = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 3 and p.name in err and "Traceback" not in err
+    assert not marker.exists(), "the pickle payload ran"
+    np.load(p, allow_pickle=True)[()] if suffix == ".npy" else np.load(p, allow_pickle=True)["evil"]
+    assert marker.exists(), "control: an unsafe np.load does run the payload, so the check above can fail"
+
+
+# --------------------------------------------------------------------------- bfloat16, names, metadata, layouts
+
+
+def test_bfloat16_written_by_paramseal_is_read_by_plain_numpy_with_ml_dtypes(tmp_path: Path) -> None:
+    a = helpers.random_tensor(np.random.default_rng(0), helpers.BF16, (50,), wild=True)
+    p = tmp_path / "b.npz"
+    adapter_for(p, must_exist=False).write(p, Loaded({"w": a}))
+    with np.load(p, allow_pickle=False) as z:
+        assert z["w"].dtype == ml_dtypes.bfloat16
+        helpers.assert_model_equal({"w": z["w"]}, {"w": a})
+
+
+def test_raw_v2_bfloat16_from_np_save_is_refused_with_a_hint(tmp_path: Path) -> None:
+    p = tmp_path / "v2.npy"
+    np.save(p, np.ones(3, ml_dtypes.bfloat16))
+    with pytest.raises(FormatError, match=r"raw dtype \|V2|raw dtype <V2") as ei:
+        adapter_for(p).read(p)
+    assert "bfloat16" in str(ei.value) and "v2.npy" in str(ei.value)
+
+
+def test_metadata_entry_is_hidden_and_its_name_is_reserved(tmp_path: Path) -> None:
+    p = tmp_path / "m.npz"
+    a = adapter_for(p, must_exist=False)
+    a.write(p, Loaded({"w": np.ones(3, np.float32)}, {"paramseal": "{}", "k": "v"}))
+    with np.load(p, allow_pickle=False) as z:
+        assert z.files == ["w", METADATA_ENTRY]
+        assert z[METADATA_ENTRY].dtype.kind == "U"  # a plain string, not a pickle
+    got = a.read(p)
+    assert list(got.tensors) == ["w"] and got.metadata == {"k": "v", "paramseal": "{}"}
+    with pytest.raises(UsageError, match="reserved"):
+        a.write(tmp_path / "n.npz", Loaded({METADATA_ENTRY: np.ones(2)}))
+
+
+def test_npz_member_named_like_a_torch_archive_is_still_npz(tmp_path: Path) -> None:
+    p = tmp_path / "tricky"
+    with open(p, "wb") as f:
+        np.savez(f, **{"archive/data.pkl": np.ones(3, np.float32)})
+    assert adapter_for(p).name == "npz"
+    assert list(adapter_for(p).read(p).tensors) == ["archive/data.pkl"]
+
+
+def test_fortran_order_and_big_endian_arrays_read_as_their_values(tmp_path: Path) -> None:
+    base = np.arange(12, dtype=np.float32).reshape(3, 4)
+    p = tmp_path / "f.npz"
+    np.savez(p, fort=np.asfortranarray(base), big=base.astype(">f4"), big64=np.arange(3, dtype=">i8"))
+    got = adapter_for(p).read(p).tensors
+    assert np.array_equal(got["fort"], base) and got["fort"].flags.c_contiguous
+    assert got["big"].dtype == np.float32 and np.array_equal(got["big"], base)
+    assert got["big64"].dtype == np.int64 and got["big64"].tolist() == [0, 1, 2]
+
+
+def test_npy_tensor_name_is_fixed_so_seal_into_another_name_verifies(tmp_path: Path, key: paramseal.Key) -> None:
+    p = tmp_path / "weights.npy"
+    np.save(p, helpers.random_tensor(np.random.default_rng(0), np.float32, (800, 64)))
+    out = tmp_path / "sealed-under-another-name.npy"
+    paramseal.files.seal_file(p, out, key)
+    assert list(adapter_for(out).read(out).tensors) == [NPY_TENSOR_NAME]
+    assert paramseal.files.verify_file(out, key).status == "intact"
+
+
+def test_several_tensors_into_npy_is_exit_3_with_a_hint(tmp_path: Path, key_file: Path) -> None:
+    src = tmp_path / "m.npz"
+    np.savez(src, a=np.ones(3, np.float32), b=np.ones(4, np.float32))
+    out = tmp_path / "m.npy"
+    rc, _, err = helpers.run_cli(["seal", src, out, "--key", key_file])
+    assert rc == 3 and "exactly one array" in err and ".npz" in err, err
+    assert not out.exists()
+
+
+def test_npz_to_safetensors_and_back_keeps_every_value(tmp_path: Path, model: dict) -> None:
+    p = tmp_path / "m.npz"
+    adapter_for(p, must_exist=False).write(p, Loaded(model, {"a": "1"}))
+    st = tmp_path / "m.safetensors"
+    paramseal.files.write_model(st, paramseal.files.read_model(p))
+    helpers.assert_model_equal(helpers.read_st(st)[0], model)

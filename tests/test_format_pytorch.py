@@ -1,0 +1,226 @@
+"""PyTorch state-dict files: the shared suite (zip and legacy formats), safe loading, wrappers, no torch."""
+
+from __future__ import annotations
+
+import importlib
+import io
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import helpers
+import ml_dtypes
+import numpy as np
+import pytest
+from adapter_suite import AdapterTests
+
+import paramseal
+from paramseal import FormatError, files
+from paramseal.errors import MissingDependencyError
+from paramseal.formats import Loaded, adapter_for
+
+torch = pytest.importorskip("torch")
+
+
+def to_torch(a: np.ndarray) -> torch.Tensor:
+    """The documented lossless conversion (bf16 through an int16 view), done here independently."""
+    c = np.array(a, copy=True)
+    if c.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(c.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(c)
+
+
+def from_torch(t: torch.Tensor) -> np.ndarray:
+    if t.dtype == torch.bfloat16:
+        return t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16).copy()
+    return t.numpy().copy()
+
+
+class TestPyTorchSuite(AdapterTests):
+    adapter_name = "pytorch"
+    suffix = ".pt"
+    keeps_metadata = False  # a plain state dict has no place for strings; the seal header lives in the weights
+
+    def make_file(self, path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+        torch.save({k: to_torch(v) for k, v in tensors.items()}, path)
+
+    def read_native(self, path: Path) -> dict[str, np.ndarray]:
+        return {k: from_torch(v) for k, v in torch.load(path, weights_only=True).items()}
+
+    def malformed_cases(self) -> dict[str, bytes]:
+        buf = io.BytesIO()
+        torch.save([torch.ones(3)], buf)  # a list, not a state dict
+        other = io.BytesIO()
+        torch.save({"w": torch.ones(3), "step": 5}, other)  # a non-tensor entry
+        return {"a_list": buf.getvalue(), "non_tensor_entry": other.getvalue()}
+
+
+class TestPyTorchLegacySuite(TestPyTorchSuite):
+    """The pre-1.6 (non-zip) torch.save format, under the Hugging Face ``.bin`` extension."""
+
+    suffix = ".bin"
+
+    def make_file(self, path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+        torch.save({k: to_torch(v) for k, v in tensors.items()}, path, _use_new_zipfile_serialization=False)
+
+
+# --------------------------------------------------------------------------- never unpickle code
+
+
+class Payload:
+    """Unpickling this runs ``touch MARKER`` through os.system."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+def _malicious(kind: str, path: Path, marker: Path) -> None:
+    obj = {"w": torch.ones(4), "evil": Payload(marker)}
+    if kind == "zip":
+        torch.save(obj, path)
+    elif kind == "legacy":
+        torch.save(obj, path, _use_new_zipfile_serialization=False)
+    else:  # a bare pickle renamed to .pt
+        path.write_bytes(pickle.dumps(obj))
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "bare_pickle"])
+def test_malicious_pickle_is_refused_and_its_payload_never_runs(tmp_path: Path, key_file: Path, kind: str) -> None:
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.pt"
+    _malicious(kind, bad, marker)
+    with pytest.raises(FormatError) as ei:
+        adapter_for(bad).read(bad)
+    msg = str(ei.value)
+    assert "evil.pt" in msg and "weights_only=True" in msg and "never runs code" in msg, msg
+    for argv in (["verify", bad, "--key", key_file], ["seal", bad, tmp_path / "o.pt", "--key", key_file],
+                 ["inspect", bad]):  # fmt: skip
+        rc, out, err = helpers.run_cli(argv)
+        assert rc == 3 and "evil.pt" in err and "Traceback" not in err, (rc, out, err)
+    assert not (tmp_path / "o.pt").exists()
+    assert not marker.exists(), "the pickle payload ran"
+
+
+def test_the_payload_is_real_so_the_refusal_test_can_fail(tmp_path: Path) -> None:
+    """Control: an unsafe load of the same file does run the payload."""
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "evil.pt"
+    _malicious("zip", bad, marker)
+    torch.load(bad, weights_only=False)
+    assert marker.exists()
+
+
+# --------------------------------------------------------------------------- what counts as a state dict
+
+
+def _sd() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return {"fc.weight": torch.randn(4, 3, generator=g), "fc.bias": torch.randn(4, generator=g)}
+
+
+@pytest.mark.parametrize("wrapper", ["state_dict", "model", "module"])
+def test_training_checkpoint_wrappers_are_unwrapped(tmp_path: Path, wrapper: str) -> None:
+    sd = _sd()
+    p = tmp_path / "ckpt.pth"
+    torch.save({wrapper: sd, "epoch": 3, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}}, p)
+    got = adapter_for(p).read(p)
+    helpers.assert_model_equal(got.tensors, {k: v.numpy() for k, v in sd.items()})
+    assert list(got.tensors) == list(sd)
+
+
+@pytest.mark.parametrize(
+    ("obj", "expect"),
+    [
+        ({"encoder": {"w": torch.ones(2)}, "decoder": {"w": torch.ones(2)}}, "entry 'encoder' is a dict"),
+        ({"w": torch.ones(2), "step": 5}, "entry 'step' is a int"),
+        ({"state_dict": {"w": torch.ones(2)}, "model": {"w": torch.ones(2)}}, "entry 'state_dict' is a dict"),
+        ([torch.ones(2)], "holds a list, not a state dict"),
+        ({}, "empty state dict"),
+    ],
+    ids=["nested", "non_tensor", "two_wrappers", "list", "empty"],
+)
+def test_anything_but_a_state_dict_is_refused_with_a_hint(tmp_path: Path, obj: object, expect: str) -> None:
+    p = tmp_path / "odd.pt"
+    torch.save(obj, p)
+    with pytest.raises(FormatError) as ei:
+        adapter_for(p).read(p)
+    assert expect in str(ei.value) and "odd.pt" in str(ei.value), str(ei.value)
+
+
+def test_non_contiguous_and_shared_storage_tensors_read_as_their_values(tmp_path: Path) -> None:
+    base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    p = tmp_path / "views.pt"
+    torch.save({"t": base.T, "row": base[1], "same": base}, p)
+    got = adapter_for(p).read(p).tensors
+    assert np.array_equal(got["t"], base.numpy().T) and got["t"].flags.c_contiguous
+    assert np.array_equal(got["row"], base.numpy()[1]) and got["same"].shape == (3, 4)
+
+
+def test_unsupported_dtype_is_named(tmp_path: Path) -> None:
+    p = tmp_path / "c.pt"
+    torch.save({"z": torch.ones(2, dtype=torch.complex64)}, p)
+    with pytest.raises(paramseal.UnsupportedError, match="'z' has dtype torch.complex64"):
+        adapter_for(p).read(p)
+
+
+def test_sealed_file_is_a_plain_state_dict_that_load_state_dict_accepts(tmp_path: Path, key: paramseal.Key) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.BatchNorm1d(256),
+                              torch.nn.Linear(256, 256))  # fmt: skip
+    src = tmp_path / "pytorch_model.bin"
+    torch.save(net.state_dict(), src)
+    out = tmp_path / "sealed.bin"
+    files.seal_file(src, out, key)
+    raw = torch.load(out, weights_only=True)
+    assert type(raw) is dict and list(raw) == list(net.state_dict()), "extra or missing keys"
+    fresh = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.BatchNorm1d(256),
+                                torch.nn.Linear(256, 256))  # fmt: skip
+    fresh.load_state_dict(raw, strict=True)
+    for k, v in fresh.state_dict().items():
+        assert v.dtype == net.state_dict()[k].dtype and v.shape == net.state_dict()[k].shape
+    assert files.verify_file(out, key).status == "intact"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_state_dict_round_trips_losslessly(tmp_path: Path, dtype: torch.dtype) -> None:
+    t = torch.randn(1000, generator=torch.Generator().manual_seed(1)).to(dtype)
+    t[:3] = torch.tensor([0.0, -0.0, 1e-8]).to(dtype)
+    p = tmp_path / "h.pt"
+    torch.save({"h": t}, p)
+    a = adapter_for(p)
+    loaded = a.read(p)
+    q = tmp_path / "h2.pt"
+    a.write(q, loaded)
+    back = torch.load(q, weights_only=True)["h"]
+    assert back.dtype == dtype and torch.equal(back.view(torch.int16), t.view(torch.int16))
+
+
+# --------------------------------------------------------------------------- torch is optional
+
+
+def test_without_torch_reading_a_pt_file_says_what_to_install(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    p = tmp_path / "m.pt"
+    torch.save(_sd(), p)
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    with pytest.raises(MissingDependencyError) as ei:
+        adapter_for(p).read(p)
+    assert "pip install 'paramseal[torch]'" in str(ei.value) and "m.pt" in str(ei.value)
+    rc, out, err = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 3 and "pip install 'paramseal[torch]'" in err, err
+    with pytest.raises(MissingDependencyError, match=r"pip install 'paramseal\[torch\]'"):
+        adapter_for(tmp_path / "o.pt", must_exist=False).write(tmp_path / "o.pt", Loaded({"w": np.ones(2)}))
+
+
+def test_without_torch_importing_paramseal_torch_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.delitem(sys.modules, "paramseal.torch", raising=False)
+    with pytest.raises(ImportError) as ei:
+        importlib.import_module("paramseal.torch")
+    assert isinstance(ei.value, MissingDependencyError)
+    assert "pip install 'paramseal[torch]'" in str(ei.value)
