@@ -7,7 +7,6 @@ from pathlib import Path
 from ..errors import FormatError, UsageError
 from .base import Adapter
 from .numpy import NpyAdapter, NpzAdapter
-from .onnx_format import OnnxAdapter
 from .pytorch import PyTorchAdapter
 from .safetensors import SafetensorsAdapter
 
@@ -23,7 +22,6 @@ register(SafetensorsAdapter())
 register(PyTorchAdapter())
 register(NpzAdapter())
 register(NpyAdapter())
-register(OnnxAdapter())
 
 
 def adapters() -> tuple[Adapter, ...]:
