@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import FormatError, UsageError
 from .base import Adapter
 from .numpy import NpyAdapter, NpzAdapter
+from .onnx_format import OnnxAdapter
 from .pytorch import PyTorchAdapter
 from .safetensors import SafetensorsAdapter
 
@@ -22,6 +23,7 @@ register(SafetensorsAdapter())
 register(PyTorchAdapter())
 register(NpzAdapter())
 register(NpyAdapter())
+register(OnnxAdapter())
 
 
 def adapters() -> tuple[Adapter, ...]:

@@ -1,0 +1,532 @@
+"""ONNX models (``.onnx``): initializers, Constant nodes at any subgraph depth, external data.
+
+What is covered. Every dense ``TensorProto`` in the model: graph initializers,
+tensor-valued node attributes (the ``value`` of a ``Constant`` node, and of
+``ConstantOfShape``), in the main graph, in every ``If``/``Loop``/``Scan``
+subgraph at any depth, in model-local functions and in training-info graphs;
+inline (``raw_data`` or typed fields) or in external-data files. Sparse
+tensors and string / complex / 4- and 8-bit-float tensors are refused with a
+FormatError rather than left unprotected.
+
+Tensor names (stable: they depend only on the graph, which sealing never
+changes):
+
+* an initializer is named by its own name;
+* a ``Constant`` node's ``value`` by the node's output name;
+* any other tensor attribute by ``<output>:<attribute>`` (e.g. ``x:value`` for a
+  ``ConstantOfShape`` producing ``x``);
+* only when that name occurs more than once in the model (sibling subgraphs may
+  reuse names) is it prefixed by its subgraph path, one ``<node>:<attribute>/``
+  per level (``If_0:then_branch/w``; a nameless node is ``<op>#<index>``),
+  and ``#2``, ``#3``... is appended if it still clashes.
+
+Writing changes tensor values only: the same nodes, inputs, outputs, opsets,
+attributes, tensor dtypes and storage form (``raw_data``, typed fields or
+external data). ParamSeal's metadata goes into ``metadata_props``, and nothing
+else is added.
+
+ONNX cannot be written from tensors alone: the graph is needed. ``read``
+remembers the graph (with tensor payloads removed) of the last few models it
+read in this process, and ``write`` fills the latest one read with exactly these
+tensor names with the new values (``files.seal_file`` and ``recover_file`` read
+right before they write). Tensors that match no graph read are written as a
+graph-less ONNX file of initializers (a plain container), unless they share more
+than half of their names with a graph read: those are that graph's tensors with
+some renamed, added or dropped, and writing them is refused.
+
+External data stays external, with the same tensors in the same order at the
+same offsets, in side files named after the output (``OUT.data``, or
+``OUT.1.data``... when the source had several). They are written to temporary
+files first and renamed into place just before the model file; a failure removes
+them again, and a side file of the input model is never overwritten.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import FormatError, MissingDependencyError, UsageError
+from .base import Loaded
+
+# TensorProto.DataType -> numpy dtype, for the dtypes the engine seals.
+_DTYPES: dict[int, np.dtype[np.generic]] = {
+    1: np.dtype(np.float32),
+    2: np.dtype(np.uint8),
+    3: np.dtype(np.int8),
+    4: np.dtype(np.uint16),
+    5: np.dtype(np.int16),
+    6: np.dtype(np.int32),
+    7: np.dtype(np.int64),
+    9: np.dtype(np.bool_),
+    10: np.dtype(np.float16),
+    11: np.dtype(np.float64),
+    12: np.dtype(np.uint32),
+    13: np.dtype(np.uint64),
+    16: np.dtype(ml_dtypes.bfloat16),
+}
+_ONNX_OF: dict[np.dtype[np.generic], int] = {v: k for k, v in _DTYPES.items()}
+# Where a tensor keeps its values when it does not use raw_data (onnx.proto3 comments).
+_TYPED_FIELD: dict[int, str] = {
+    1: "float_data",
+    11: "double_data",
+    7: "int64_data",
+    12: "uint64_data",
+    13: "uint64_data",
+    **{t: "int32_data" for t in (2, 3, 4, 5, 6, 9, 10, 16)},
+}
+_FIELD_DTYPE = {"float_data": np.float32, "double_data": np.float64, "int64_data": np.int64, "uint64_data": np.uint64}
+_ALL_TYPED = ("float_data", "double_data", "int32_data", "int64_data", "uint64_data", "string_data")
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+_ATTR_TENSOR, _ATTR_GRAPH, _ATTR_SPARSE, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSES = 4, 5, 11, 9, 10, 12
+# ModelProto field tags that can follow ir_version (field 1) at the start of a file.
+_SECOND_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
+
+
+def _onnx() -> ModuleType:
+    try:
+        import onnx
+    except ImportError:
+        raise MissingDependencyError("reading and writing ONNX models", "onnx") from None
+    return onnx
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """One tensor of the model: its base name, subgraph path and the (mutable) proto holding it."""
+
+    base: str
+    path: tuple[str, ...]
+    proto: Any  # onnx.TensorProto
+    where: str  # for messages
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    """A model read in this process, tensor payloads removed, to write the graph back."""
+
+    skeleton: bytes
+    names: frozenset[str]
+    inputs: frozenset[Path]  # external-data files of the source: never overwritten
+
+
+class _Templates:
+    """The graphs of recently read models, found again by their tensor names (the latest read wins)."""
+
+    _KEEP = 8
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_names: OrderedDict[frozenset[str], _Template] = OrderedDict()
+
+    def remember(self, t: _Template) -> None:
+        with self._lock:
+            self._by_names.pop(t.names, None)
+            self._by_names[t.names] = t
+            while len(self._by_names) > self._KEEP:
+                self._by_names.popitem(last=False)
+
+    def find(self, names: frozenset[str]) -> _Template | None:
+        """The latest graph whose tensors are exactly ``names``; None if none shares most of them."""
+        with self._lock:
+            if names in self._by_names:
+                return self._by_names[names]
+            for other in reversed(self._by_names):
+                # mostly the same names: the tensors of a graph read, renamed or cut; not a new model
+                if 2 * len(other & names) > min(len(other), len(names)):
+                    missing, extra = sorted(other - names), sorted(names - other)
+                    raise FormatError(
+                        "cannot write the ONNX model: its tensors do not match the graph read "
+                        f"(missing from the tensors: {_few(missing)}; not in the graph: {_few(extra)}); "
+                        "ParamSeal writes ONNX tensor values only and never adds or removes tensors"
+                    )
+        return None
+
+
+_TEMPLATES = _Templates()
+
+
+class OnnxAdapter:
+    """Adapter for ``.onnx`` files (needs ``pip install 'paramseal[onnx]'``)."""
+
+    name = "onnx"
+    extensions: tuple[str, ...] = (".onnx",)
+
+    def sniff(self, head: bytes) -> bool:
+        """A ModelProto: ``ir_version`` (field 1) first, then one of the fields that follow it."""
+        return len(head) >= 3 and head[0] == 0x08 and 1 <= head[1] <= 0x7F and head[2] in _SECOND_FIELDS
+
+    def read(self, path: Path) -> Loaded:
+        """Parse the model, read every tensor (external data included) and ``metadata_props``."""
+        onnx = _onnx()
+        model = _parse(onnx, path)
+        try:
+            slots = _slots(model)
+        except FormatError as e:
+            raise FormatError(f"'{path}': {e}") from None
+        names = _names(slots)
+        base = path.parent
+        tensors: dict[str, NDArray[np.generic]] = {}
+        inputs: set[Path] = set()
+        for name, slot in zip(names, slots, strict=True):
+            tensors[name] = _to_array(slot, base, path, inputs)
+            _strip(slot.proto)
+        meta: dict[str, str] = {}
+        for p in model.metadata_props:
+            if p.key in meta:
+                raise FormatError(f"'{path}': metadata_props has the key '{p.key}' twice")
+            meta[p.key] = p.value
+        _TEMPLATES.remember(_Template(model.SerializeToString(), frozenset(names), frozenset(inputs)))
+        return Loaded(tensors, meta)
+
+    def write(self, path: Path, loaded: Loaded) -> None:
+        """Fill the graph read earlier with the new values (see the module docstring) and write it."""
+        onnx = _onnx()
+        template = _TEMPLATES.find(frozenset(loaded.tensors))
+        if template is None:
+            model = _container(onnx, loaded)
+            inputs: frozenset[Path] = frozenset()
+        else:
+            model = onnx.ModelProto()
+            model.ParseFromString(template.skeleton)
+            inputs = template.inputs
+        slots = _slots(model)
+        out = _final_name(path)
+        plan = _SidePlan(path.parent, out)
+        for name, slot in zip(_names(slots), slots, strict=True):
+            _fill(slot.proto, np.asarray(loaded.tensors[name]), name, plan)
+        del model.metadata_props[:]
+        for k, v in loaded.metadata.items():
+            model.metadata_props.add(key=k, value=v)
+        plan.relocate(inputs)
+        try:
+            data = model.SerializeToString()
+        except ValueError as e:  # protobuf refuses messages over 2 GiB
+            raise FormatError(
+                f"cannot write '{out}': the ONNX model is too large to store inline ({e}); "
+                "keep its weights in external data"
+            ) from None
+        placed = plan.commit()
+        try:
+            path.write_bytes(data)
+        except BaseException:
+            for p in placed:
+                p.unlink(missing_ok=True)
+            raise
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _parse(onnx: ModuleType, path: Path) -> Any:
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise FormatError(f"cannot read '{path}': {e.strerror}") from None
+    if not raw:
+        raise FormatError(f"'{path}' is not an ONNX model: the file is empty")
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(raw)
+    except Exception as e:  # protobuf's DecodeError and friends, by implementation
+        raise FormatError(f"'{path}' is not a valid ONNX model (truncated or corrupt protobuf: {e})") from None
+    # A protobuf cut at a field boundary still parses: require what every model has.
+    if model.ir_version <= 0 or not model.HasField("graph") or not len(model.opset_import):
+        raise FormatError(
+            f"'{path}' is not a complete ONNX model (ir_version, graph or opset_import is missing); "
+            "the file is truncated or not ONNX"
+        )
+    return model
+
+
+def _slots(model: Any) -> list[_Slot]:
+    """Every tensor in file order: a graph's initializers, then its nodes and their subgraphs."""
+    out: list[_Slot] = []
+    _walk_graph(model.graph, (), out)
+    for f in model.functions:
+        _walk_nodes(f.node, (f"function {f.domain}:{f.name}",), out)
+    for i, ti in enumerate(model.training_info):
+        for part in ("initialization", "algorithm"):
+            if ti.HasField(part):
+                _walk_graph(getattr(ti, part), (f"training_info[{i}]:{part}",), out)
+    return out
+
+
+def _walk_graph(g: Any, path: tuple[str, ...], out: list[_Slot]) -> None:
+    if len(g.sparse_initializer):
+        raise FormatError(
+            f"sparse initializer '{g.sparse_initializer[0].values.name}' in {_place(path)}: "
+            "ParamSeal does not support sparse tensors yet"
+        )
+    for t in g.initializer:
+        out.append(_Slot(t.name, path, t, f"initializer '{t.name}' in {_place(path)}"))
+    _walk_nodes(g.node, path, out)
+
+
+def _walk_nodes(nodes: Any, path: tuple[str, ...], out: list[_Slot]) -> None:
+    for i, n in enumerate(nodes):
+        label = n.name or f"{n.op_type}#{i}"
+        first = n.output[0] if len(n.output) else label
+        for a in n.attribute:
+            base = first if (n.op_type == "Constant" and a.name == "value") else f"{first}:{a.name}"
+            where = f"attribute '{a.name}' of {n.op_type} node '{label}' in {_place(path)}"
+            if a.type == _ATTR_TENSOR:
+                out.append(_Slot(base, path, a.t, where))
+            elif a.type == _ATTR_TENSORS:
+                out.extend(_Slot(f"{base}[{j}]", path, t, where) for j, t in enumerate(a.tensors))
+            elif a.type in (_ATTR_SPARSE, _ATTR_SPARSES):
+                raise FormatError(f"{where} is a sparse tensor: ParamSeal does not support sparse tensors yet")
+            elif a.type == _ATTR_GRAPH:
+                _walk_graph(a.g, (*path, f"{label}:{a.name}"), out)
+            elif a.type == _ATTR_GRAPHS:
+                for j, g in enumerate(a.graphs):
+                    _walk_graph(g, (*path, f"{label}:{a.name}[{j}]"), out)
+
+
+def _place(path: tuple[str, ...]) -> str:
+    return "the main graph" if not path else f"subgraph {'/'.join(path)}"
+
+
+def _names(slots: list[_Slot]) -> list[str]:
+    """Unique, stable names: the base name, prefixed by the subgraph path only where it clashes."""
+    count: dict[str, int] = {}
+    for s in slots:
+        count[s.base] = count.get(s.base, 0) + 1
+    seen: set[str] = set()
+    names = []
+    for s in slots:
+        name = s.base if count[s.base] == 1 or not s.path else "/".join(s.path) + "/" + s.base
+        unique, n = name, 1
+        while unique in seen:
+            n += 1
+            unique = f"{name}#{n}"
+        seen.add(unique)
+        names.append(unique)
+    return names
+
+
+def _dtype(proto: Any, where: str) -> np.dtype[np.generic]:
+    dt = _DTYPES.get(proto.data_type)
+    if dt is None:
+        raise FormatError(
+            f"{where} has ONNX data type {proto.data_type}, which ParamSeal does not support; supported: "
+            "float, float16, bfloat16, double, (u)int8/16/32/64 and bool"
+        )
+    return dt
+
+
+def _to_array(slot: _Slot, base: Path, path: Path, inputs: set[Path]) -> NDArray[np.generic]:
+    t, where = slot.proto, f"'{path}': {slot.where}"
+    dt = _dtype(t, where)
+    shape = tuple(int(d) for d in t.dims)
+    if any(d < 0 for d in shape):
+        raise FormatError(f"{where} has a negative dimension {list(shape)}")
+    n = math.prod(shape)
+    if t.HasField("segment"):
+        raise FormatError(f"{where} is a segmented tensor, which ParamSeal does not support")
+    le = dt.newbyteorder("<")
+    if t.data_location == _EXTERNAL:
+        raw = _read_external(t, base, n * dt.itemsize, where, inputs)
+        return np.frombuffer(raw, le).astype(dt).reshape(shape)
+    if t.HasField("raw_data"):
+        if len(t.raw_data) != n * dt.itemsize:
+            raise FormatError(
+                f"{where} holds {len(t.raw_data)} bytes but {dt} with shape {list(shape)} needs "
+                f"{n * dt.itemsize} (the file is truncated or corrupt)"
+            )
+        return np.frombuffer(t.raw_data, le).astype(dt).reshape(shape)
+    field = _TYPED_FIELD[t.data_type]
+    vals = getattr(t, field)
+    if len(vals) != n:
+        raise FormatError(f"{where} has {len(vals)} values in {field} but shape {list(shape)} needs {n}")
+    if field == "int32_data" and dt.itemsize == 2 and dt.kind != "i" and dt.kind != "u":
+        a = (np.array(vals, np.int64) & 0xFFFF).astype(np.uint16).view(dt)  # float16/bfloat16: bit patterns
+    elif field == "int32_data":
+        a = np.array(vals, np.int64).astype(dt)
+    else:
+        a = np.array(vals, _FIELD_DTYPE[field]).astype(dt)
+    return a.reshape(shape)
+
+
+def _external_info(t: Any, where: str) -> tuple[str, int, int | None]:
+    info = {e.key: e.value for e in t.external_data}
+    loc = info.get("location")
+    try:
+        offset = int(info.get("offset", "0"))
+        length = int(info["length"]) if "length" in info else None
+    except ValueError:
+        raise FormatError(f"{where} has a malformed external_data offset or length: {info}") from None
+    if not loc or offset < 0:
+        raise FormatError(f"{where} has malformed external_data (location and offset): {info}")
+    return loc, offset, length
+
+
+def _read_external(t: Any, base: Path, nbytes: int, where: str, inputs: set[Path]) -> bytes:
+    loc, offset, length = _external_info(t, where)
+    file = (base / loc).resolve()
+    if Path(loc).is_absolute() or not file.is_relative_to(base.resolve()):
+        raise FormatError(f"{where} refers to external data '{loc}' outside the model's folder; refusing to read it")
+    if length is not None and length != nbytes:
+        raise FormatError(f"{where} has external length {length} but its dtype and shape need {nbytes} bytes")
+    try:
+        with open(file, "rb") as f:
+            f.seek(offset)
+            raw = f.read(nbytes)
+    except OSError as e:
+        raise FormatError(f"{where}: cannot read its external data '{loc}': {e.strerror}") from None
+    if len(raw) != nbytes:
+        raise FormatError(
+            f"{where}: external data file '{loc}' ends before byte {offset + nbytes} (the file is truncated)"
+        )
+    inputs.add(file)
+    return raw
+
+
+def _strip(t: Any) -> None:
+    """Drop a tensor's payload but keep how it is stored (an empty raw_data stays present)."""
+    if t.data_location == _EXTERNAL:
+        return
+    if t.HasField("raw_data"):
+        t.raw_data = b""
+        return
+    for f in _ALL_TYPED:
+        t.ClearField(f)
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _container(onnx: ModuleType, loaded: Loaded) -> Any:
+    """A graph-less model of initializers, for tensors that come from no ONNX graph."""
+    inits = []
+    for name in loaded.tensors:
+        t = onnx.TensorProto()
+        t.name = name
+        t.raw_data = b""
+        inits.append(t)
+    graph = onnx.helper.make_graph([], "paramseal", [], [], initializer=inits)
+    return onnx.helper.make_model(graph, producer_name="paramseal")
+
+
+def _fill(t: Any, a: NDArray[np.generic], name: str, plan: _SidePlan) -> None:
+    if a.dtype not in _ONNX_OF:
+        raise FormatError(f"cannot write tensor '{name}' to ONNX: dtype {a.dtype} has no ONNX equivalent here")
+    t.data_type = _ONNX_OF[a.dtype]
+    del t.dims[:]
+    t.dims.extend(a.shape)
+    flat = np.ascontiguousarray(a).reshape(-1)
+    if t.data_location == _EXTERNAL:
+        plan.add(t, flat.astype(flat.dtype.newbyteorder("<")).tobytes(), name)
+    elif t.HasField("raw_data") or flat.size == 0:
+        t.raw_data = flat.astype(flat.dtype.newbyteorder("<")).tobytes()
+    else:
+        field = _TYPED_FIELD[t.data_type]
+        for f in _ALL_TYPED:
+            t.ClearField(f)
+        if a.dtype.itemsize == 2 and a.dtype.kind in "fV":  # float16 / bfloat16 bit patterns
+            vals = flat.view(np.uint16).astype(np.int32)
+        elif field == "int32_data":
+            vals = flat.astype(np.int32)
+        else:
+            vals = flat
+        getattr(t, field).extend(vals.tolist())
+
+
+class _SidePlan:
+    """External-data side files of the output, same tensors at the same offsets, written atomically."""
+
+    def __init__(self, folder: Path, out_name: str) -> None:
+        self.folder = folder
+        self.out_name = out_name
+        self.files: dict[str, list[tuple[int, bytes]]] = {}  # original location -> (offset, bytes)
+        self.protos: list[tuple[Any, str]] = []
+        self.names: dict[str, str] = {}  # original location -> new side file name
+
+    def add(self, t: Any, data: bytes, name: str) -> None:
+        loc, offset, length = _external_info(t, f"tensor '{name}'")
+        if length is not None and length != len(data):
+            raise FormatError(f"cannot write tensor '{name}': {len(data)} bytes do not fit its {length}-byte slot")
+        self.files.setdefault(loc, []).append((offset, data))
+        self.protos.append((t, loc))
+
+    def relocate(self, inputs: frozenset[Path]) -> None:
+        """Point every external tensor at its new side file, named after the output."""
+        n = len(self.files)
+        self.names = {
+            loc: f"{self.out_name}.data" if n == 1 else f"{self.out_name}.{i}.data"
+            for i, loc in enumerate(self.files, 1)
+        }
+        for new in self.names.values():
+            if (self.folder / new).resolve() in inputs:
+                raise UsageError(
+                    f"cannot write external data '{new}': it is a file of the input model; "
+                    "choose another output name (ParamSeal never modifies its input)"
+                )
+        for t, loc in self.protos:
+            # a checksum of the old file would now be wrong, and ONNX treats it as optional
+            keep = [(e.key, self.names[loc] if e.key == "location" else e.value) for e in t.external_data]
+            del t.external_data[:]
+            for k, v in keep:
+                if k != "checksum":
+                    t.external_data.add(key=k, value=v)
+
+    def commit(self) -> list[Path]:
+        """Write every side file to a temporary file, then rename them all into place."""
+        tmps: dict[str, Path] = {}
+        placed: list[Path] = []
+        umask = os.umask(0)
+        os.umask(umask)
+        try:
+            for loc, parts in self.files.items():
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{self.names[loc]}.", suffix=".tmp", dir=self.folder)
+                tmps[loc] = Path(tmp_name)
+                with os.fdopen(fd, "wb") as f:
+                    for offset, data in sorted(parts, key=lambda p: p[0]):
+                        f.seek(offset)
+                        f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp_name, 0o666 & ~umask)
+            for loc, tmp in tmps.items():
+                dst = self.folder / self.names[loc]
+                os.replace(tmp, dst)
+                placed.append(dst)
+        finally:
+            for tmp in tmps.values():
+                tmp.unlink(missing_ok=True)
+        return placed
+
+
+def _final_name(path: Path) -> str:
+    """The name the file will have: files.atomic_path writes to '.NAME.XXXXXXXX.tmp' and renames it."""
+    m = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]+\.tmp", path.name)
+    return m.group(1) if m else path.name
+
+
+def _few(names: list[str]) -> str:
+    if not names:
+        return "none"
+    shown = ", ".join(f"'{n}'" for n in names[:5])
+    return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def iter_tensor_names(path: Path) -> Iterator[tuple[str, str]]:
+    """Yield (ParamSeal name, where it lives in the model) for every tensor of an ONNX file."""
+    slots = _slots(_parse(_onnx(), path))
+    yield from ((n, s.where) for n, s in zip(_names(slots), slots, strict=True))
+
+
+__all__ = ["OnnxAdapter", "iter_tensor_names"]
