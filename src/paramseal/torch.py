@@ -7,18 +7,21 @@ keeps its object identity, dtype and device (bit for bit: a same-dtype copy is
 exact). Tied weights (one tensor under two names) are sealed once, under the
 first name ``state_dict`` gives.
 
-    >>> import torch, paramseal, paramseal.torch as pst            # doctest: +SKIP
-    >>> net = torch.nn.Linear(64, 32)                              # doctest: +SKIP
-    >>> key = paramseal.Key.generate()                             # doctest: +SKIP
-    >>> header = pst.seal_module(net, key).header_json             # low bits of net now carry the seal
-    >>> pst.verify_module(net, key, header).status                 # doctest: +SKIP
-    'intact'
-    >>> with torch.no_grad(): net.weight[3, :10] = 0.0             # doctest: +SKIP
-    >>> pst.recover_module(net, key, header).status                # restores net in place
-    'recovered'
+Example::
+
+    import torch, paramseal, paramseal.torch as pst
+    net = torch.nn.Linear(512, 512)
+    key = paramseal.Key.generate()
+    header = pst.seal_module(net, key).header_json        # net's low mantissa bits now carry the seal
+    pst.verify_module(net, key, header).status             # 'intact'
+    with torch.no_grad():
+        net.weight[3, :10] = 0.0                           # tamper
+    pst.recover_module(net, key, header).status            # 'recovered': net restored in place
 
 Keep ``header_json`` (it is not secret) beside the model, for example in your
-model registry; without it there is nothing to verify against.
+model registry. Without it, ``verify_module`` and ``recover_module`` read the
+copy of the header that sealing embeds in the weights of a large enough model
+(a tiny model has no room for one and needs ``header_json``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from .keys import Key
 from .recover import recover
 from .report import Report
 from .seal import SealConfig
-from .verify import verify
+from .verify import header_from_weights, verify
 
 _torch = import_torch("paramseal.torch")
 
@@ -101,27 +104,34 @@ def seal_module(
     return ModuleSeal(sealed.header_json, sealed.header, tuple(live))
 
 
-def verify_module(module: torch.nn.Module, key: Key, header_json: str, **kw: Any) -> Report:
-    """Verify a live module against the header ``seal_module`` returned; the module is not changed.
+def verify_module(module: torch.nn.Module, key: Key, header_json: str | None = None, **kw: Any) -> Report:
+    """Verify a live module against its seal; the module is not changed.
 
-    ``kw`` is passed to :func:`paramseal.verify` (for example ``metadata=``).
+    ``header_json`` is what ``seal_module`` returned; None reads the copy embedded
+    in the weights. ``kw`` is passed to :func:`paramseal.verify` (e.g. ``metadata=``).
     """
-    return verify(_as_numpy(module_tensors(module)), key, header_json, **kw)
+    arrays = _as_numpy(module_tensors(module))
+    return verify(arrays, key, header_json or header_from_weights(arrays, key), **kw)
 
 
 def recover_module(
-    module: torch.nn.Module, key: Key, header_json: str, *, allow_partial: bool = False, **kw: Any
+    module: torch.nn.Module,
+    key: Key,
+    header_json: str | None = None,
+    *,
+    allow_partial: bool = False,
+    **kw: Any,
 ) -> Report:
     """Restore a tampered module in place, bit-exactly, and return the recover report.
 
     The module is changed only when the report's status is "recovered" (or,
-    with ``allow_partial=True``, whenever some values were restored); an
-    intact module is left as it is. Tensors the seal does not know (extra
-    parameters) are not touched.
+    with ``allow_partial=True``, whenever some values were restored); an intact
+    or unrecoverable module is left as it is. Tensors the seal does not know
+    (extra parameters) are not touched. ``header_json`` as for ``verify_module``.
     """
     live = module_tensors(module)
     current = _as_numpy(live)
-    result = recover(current, key, header_json, **kw)
+    result = recover(current, key, header_json or header_from_weights(current, key), **kw)
     rep = result.report
     if rep.status == "recovered" or (allow_partial and rep.restored_count):
         _write_back(live, {n: a for n, a in result.tensors.items() if n in live and not _same(a, current[n])})

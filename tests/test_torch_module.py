@@ -1,0 +1,210 @@
+"""paramseal.torch: seal, verify and recover a live nn.Module (CPU, and CUDA when present)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import files
+from paramseal.levels import max_relative_change, max_subnormal_change
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+pst = pytest.importorskip("paramseal.torch")
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def cnn() -> nn.Sequential:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 7 * 7, 10),
+    )  # fmt: skip
+
+
+def state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bytes (NaN- and -0.0-safe)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    a, b = a.detach().cpu().contiguous(), b.detach().cpu().contiguous()
+    return a.reshape(-1).view(torch.uint8).equal(b.reshape(-1).view(torch.uint8))
+
+
+def output_bound(net: nn.Sequential, sealed: nn.Sequential, x: torch.Tensor, eps: float, tau: float) -> torch.Tensor:
+    """Rigorous elementwise bound on |sealed(x) - net(x)| when every weight moved by at most eps*|w| + tau.
+
+    Propagated in float64 layer by layer: for an affine layer A with weights W, |A'(r') - A(r)| <=
+    |W'| e + (eps |W| + tau) |r| + eps |b| + tau, with e the input error; ReLU, max-pool and flatten are
+    1-Lipschitz elementwise (max-pool via the max of the errors).
+    """
+    r = x.double()
+    e = torch.zeros_like(r)
+    for layer, layer2 in zip(net, sealed, strict=True):
+        if isinstance(layer, nn.Linear | nn.Conv2d):
+            w, w2 = layer.weight.double(), layer2.weight.double()
+            dw = eps * w.abs() + tau
+            pad = getattr(layer, "padding", 0)
+            op = F.linear if isinstance(layer, nn.Linear) else lambda z, k, pad=pad: F.conv2d(z, k, padding=pad)
+            db = eps * layer.bias.double().abs() + tau
+            shape = (1, -1) if isinstance(layer, nn.Linear) else (1, -1, 1, 1)
+            e = op(e, w2.abs()) + op(r.abs(), dw) + db.reshape(shape)
+            r = op(r, w) + layer.bias.double().reshape(shape)
+        elif isinstance(layer, nn.MaxPool2d):
+            e, r = layer(e), layer(r)
+        else:  # ReLU, Flatten
+            r = layer(r)
+            e = e.flatten(1) if isinstance(layer, nn.Flatten) else e
+    return e
+
+
+@pytest.mark.parametrize("make,shape", [(mlp, (32, 64)), (cnn, (8, 1, 28, 28))], ids=["mlp", "cnn"])
+@pytest.mark.parametrize("level", ["standard", "strong"])
+def test_sealed_module_outputs_stay_within_the_level_bound(key: paramseal.Key, make, shape, level: str) -> None:
+    net, sealed = make(), make()
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
+    seal = pst.seal_module(sealed, key, level=level)
+    k = {"standard": 8, "strong": 12}[level]
+    assert seal.header.level == level and {t.k for t in seal.header.tensors} == {k}
+    eps, tau = max_relative_change("F32", k), max_subnormal_change("F32", k)
+    changed = sum(
+        int((a != b).sum()) for a, b in zip(net.state_dict().values(), sealed.state_dict().values(), strict=True)
+    )
+    assert changed > 0, "sealing changed nothing"
+    # exact arithmetic (float64) on the fp32 weights: the only difference is the seal
+    with torch.no_grad():
+        y = net.double()(x.double())
+        y2 = sealed.double()(x.double())
+        bound = output_bound(net, sealed, x, eps, tau)
+    diff = (y2 - y).abs()
+    assert torch.all(diff <= bound * (1 + 1e-9) + 1e-300), float((diff - bound).max())
+    assert float(diff.max()) > 0
+    # The worst case adds every weight's change with the same sign; real changes cancel, so the output moves
+    # by about eps per affine layer relative to its scale (measured 1.3e-5 at standard, 1.9e-4 at strong,
+    # eps = 3.0e-5 / 4.9e-4). Two more low bits than the level allows would break this.
+    layers = sum(isinstance(m, nn.Linear | nn.Conv2d) for m in net)
+    assert float(diff.max() / y.abs().max()) <= eps * layers
+    # the fp32 forward pass agrees as well, within the bound plus fp32 rounding of the outputs
+    with torch.no_grad():
+        y32, y32s = net.float()(x), sealed.float()(x)
+    assert torch.all((y32s - y32).abs().double() <= bound + 1e-5 * y.abs() + 1e-6)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_seal_verify_tamper_recover_module_in_place_bit_exact(key: paramseal.Key, device: str) -> None:
+    net = nn.Sequential(nn.Linear(128, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 64)).to(device)
+    params_before = {n: p for n, p in net.named_parameters()}
+    seal = pst.seal_module(net, key)
+    assert seal.names == tuple(net.state_dict())  # parameters and buffers, in state_dict order
+    assert all(p is params_before[n] for n, p in net.named_parameters()), "parameters were replaced"
+    assert all(p.device.type == device for p in net.state_dict().values())
+    sealed = state(net)
+    assert pst.verify_module(net, key, seal.header_json).status == "intact"
+
+    with torch.no_grad():
+        net[0].weight[5, :40] = 0.0  # a zeroed row segment
+        net[3].weight.view(-1)[1000] *= -1  # a sign flip
+        net[1].running_mean[7] += 1.0  # a buffer
+        net[1].num_batches_tracked += 3  # an int64 buffer
+    rep = pst.verify_module(net, key, seal.header_json)
+    assert rep.status == "tampered" and rep.recoverable
+    assert set(rep.tampered_tensors) == {"0.weight", "3.weight", "1.running_mean", "1.num_batches_tracked"}
+    assert rep.tensors["3.weight"].tampered_blocks == (1000 // 64,)
+    assert 5 * 128 // 64 in rep.tensors["0.weight"].tampered_blocks
+
+    rep = pst.recover_module(net, key, seal.header_json)
+    assert rep.status == "recovered" and rep.restored_count >= 40
+    after = net.state_dict()
+    for name, want in sealed.items():
+        assert bits_equal(after[name], want), name
+        assert after[name].device.type == device
+    assert all(p is params_before[n] for n, p in net.named_parameters()), "recover replaced parameters"
+    assert pst.verify_module(net, key, seal.header_json).status == "intact"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_half_and_double_modules_seal_and_recover_keeping_their_dtype(key: paramseal.Key, dtype: torch.dtype) -> None:
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 64)).to(dtype)
+    seal = pst.seal_module(net, key)
+    sealed = state(net)
+    assert all(v.dtype == dtype for v in sealed.values())
+    with torch.no_grad():
+        net[2].weight[0, :64] = 1.0
+    assert pst.verify_module(net, key, seal.header_json).tampered_tensors == ["2.weight"]
+    assert pst.recover_module(net, key, seal.header_json).status == "recovered"
+    assert all(bits_equal(net.state_dict()[n], v) for n, v in sealed.items())
+
+
+def test_header_is_found_in_the_weights_when_not_given(key: paramseal.Key) -> None:
+    net = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 512))
+    pst.seal_module(net, key)
+    assert pst.verify_module(net, key).status == "intact"
+    with torch.no_grad():
+        net[1].weight[100, :] = 0.5
+    assert pst.recover_module(net, key).status == "recovered"
+    assert pst.verify_module(net, key).status == "intact"
+
+
+def test_tied_weights_are_sealed_once_and_stay_tied(key: paramseal.Key) -> None:
+    torch.manual_seed(4)
+    emb = nn.Embedding(300, 64)
+    head = nn.Linear(64, 300, bias=False)
+    head.weight = emb.weight
+    net = nn.ModuleDict({"emb": emb, "head": head, "mid": nn.Linear(64, 64)})
+    seal = pst.seal_module(net, key)
+    assert "head.weight" not in seal.names and "emb.weight" in seal.names
+    assert net["head"].weight is net["emb"].weight
+    assert pst.verify_module(net, key, seal.header_json).status == "intact"
+
+
+def test_unrecoverable_damage_leaves_the_module_untouched_unless_partial(key: paramseal.Key) -> None:
+    net = mlp()
+    seal = pst.seal_module(net, key)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.01)  # a whole-model fine-tune: detected, beyond capacity
+    tampered = state(net)
+    rep = pst.recover_module(net, key, seal.header_json)
+    assert rep.status == "unrecoverable" and not rep.ok
+    assert all(bits_equal(net.state_dict()[n], v) for n, v in tampered.items())
+
+
+def test_seal_error_leaves_the_module_unchanged(key: paramseal.Key) -> None:
+    net = mlp()
+    with torch.no_grad():
+        net[0].weight[0, 0] = float("nan")
+    before = state(net)
+    with pytest.raises(paramseal.UnsupportedError):
+        pst.seal_module(net, key)
+    assert all(bits_equal(net.state_dict()[n], v) for n, v in before.items())
+
+
+def test_wrong_key_is_a_key_mismatch_not_a_tamper_report(key: paramseal.Key, other_key: paramseal.Key) -> None:
+    net = mlp()
+    seal = pst.seal_module(net, key)
+    with pytest.raises(paramseal.KeyMismatchError):
+        pst.verify_module(net, other_key, seal.header_json)
+
+
+def test_module_sealed_in_memory_verifies_after_a_state_dict_round_trip(tmp_path, key: paramseal.Key) -> None:
+    """A sealed live module saved with torch.save verifies as a .pt file (header found in the weights)."""
+    net = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 64))
+    pst.seal_module(net, key)
+    p = tmp_path / "sealed.pt"
+    torch.save(net.state_dict(), p)
+    assert files.verify_file(p, key).status == "intact"
+    arr = np.asarray(files.read_model(p).tensors["0.weight"])
+    assert arr.dtype == np.float32 and arr.shape == (512, 512)
