@@ -13,6 +13,7 @@ import reed_solomon_leopard as rsl
 from numpy.typing import NDArray
 
 from . import _kernels as _k
+from ._pages import release
 
 _BATCH_BYTES = 64 << 20  # data per encode call: bounds the temporary copies
 
@@ -68,6 +69,37 @@ def encode(data: NDArray[np.uint32], M: int) -> NDArray[np.uint32]:
     return out
 
 
+def encode_into(data: NDArray[np.uint32], parity: NDArray[np.uint32]) -> None:
+    """Fill ``parity`` ``[M, lanes]`` from ``data`` ``[K, lanes]`` batch by batch, releasing mapped pages."""
+    K, lanes = data.shape
+    M = parity.shape[0]
+    if M == 0:
+        return
+    step = max(16, (_BATCH_BYTES // (4 * K)) // 16 * 16)
+    for s in range(0, lanes, step):
+        e = min(lanes, s + step)
+        parity[:, s:e] = encode(data[:, s:e], M)
+        release(data[:, s:e], parity[:, s:e])
+
+
+def reencode(
+    data: NDArray[np.uint32], parity: NDArray[np.uint32], cols: NDArray[np.int64], lost_p: NDArray[np.bool_]
+) -> NDArray[np.bool_]:
+    """Re-encode decoded lanes ``cols``: write their parity back, and say which agreed with the surviving parity."""
+    K, M = data.shape[0], parity.shape[0]
+    agree = np.ones(cols.size, dtype=np.bool_)
+    if M == 0 or not cols.size:
+        return agree
+    step = max(16, (_BATCH_BYTES // (4 * K)) // 16 * 16)
+    for s in range(0, cols.size, step):
+        c = cols[s : s + step]
+        fresh = encode(np.ascontiguousarray(data[:, c]), M)
+        agree[s : s + step] = np.all((fresh == parity[:, c]) | lost_p[c].T, axis=0)
+        parity[:, c] = fresh
+        release(data, parity)
+    return agree
+
+
 def decode(
     data: NDArray[np.uint32],
     parity: NDArray[np.uint32],
@@ -86,13 +118,14 @@ def decode(
     nd, npar = lost_data.sum(axis=1), lost_parity.sum(axis=1)
     ok = (nd == 0) | (nd + npar <= M)
     todo = [int(i) for i in np.flatnonzero((nd > 0) & ok)]
+    cap = min(4096, max(16, _BATCH_BYTES // (4 * max(1, data.shape[0]))))  # bounds the split copies
     # Greedy batching: lanes damaged at the same positions (contiguous attacks) share one call.
     i = 0
     while i < len(todo):
         rows = [todo[i]]
         ud, up = lost_data[todo[i]].copy(), lost_parity[todo[i]].copy()
         j = i + 1
-        while j < len(todo) and len(rows) < 4096:
+        while j < len(todo) and len(rows) < cap:
             cd, cp = ud | lost_data[todo[j]], up | lost_parity[todo[j]]
             if int(cd.sum() + cp.sum()) > M:
                 break
@@ -128,4 +161,4 @@ def _decode_batch(
         data[idx[:, None], batch[None, :]] = _from_split(raw, batch.size)
 
 
-__all__ = ["decode", "encode"]
+__all__ = ["decode", "encode", "encode_into", "reencode"]

@@ -93,15 +93,28 @@ def reserved_content(spec: TensorSpec, index: int, ntensors: int, salt: bytes, h
     return body.ljust(room, b"\0")
 
 
-def write_reserved(ub: NDArray[np.unsignedinteger], spec: TensorSpec, content: bytes, rows: NDArray[np.int64]) -> None:
-    """Write ``content`` (from ``reserved_content``) into the storage of reserved ``rows`` of ``ub``, keeping tags."""
-    rows = rows[rows < spec.reserved]
+def write_reserved(
+    ub: NDArray[np.unsignedinteger],
+    spec: TensorSpec,
+    content: bytes,
+    rows: NDArray[np.int64],
+    r0: int = 0,
+    at: NDArray[np.int64] | None = None,
+) -> None:
+    """Write ``content`` (from ``reserved_content``) into the storage of ``rows`` of ``ub``, keeping tags.
+
+    Row ``i`` of ``ub`` is block ``at[i]`` of the tensor (default ``r0 + i``); rows that are
+    not reserved blocks are left alone.
+    """
+    blocks = rows + r0 if at is None else at[rows]
+    keep = blocks < spec.reserved
+    rows, blocks = rows[keep], blocks[keep]
     if not rows.size:
         return
     per = block_bytes(spec.k)
     sub = ub[rows]
     lo = _bits.lo_bytes(sub, spec.k).copy()
-    lo[:, TAG_BITS // 8 :] = np.frombuffer(content, np.uint8).reshape(spec.reserved, per)[rows]
+    lo[:, TAG_BITS // 8 :] = np.frombuffer(content, np.uint8).reshape(spec.reserved, per)[blocks]
     _bits.set_lo(sub, lo, spec.k)
     ub[rows] = sub
 

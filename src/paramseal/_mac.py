@@ -45,10 +45,13 @@ class BlockMac:
         self._keys = (raw % np.uint64(P)).astype(np.uint64)
         self._pad_key = key.derive("mac-pad")
 
-    def pads(self, salt: bytes, tensor_index: int, nblocks: int) -> NDArray[np.uint64]:
-        """One-time pads for every block of one tensor (AES-CTR keystream, mod p)."""
+    def pads(self, salt: bytes, tensor_index: int, nblocks: int, start: int = 0) -> NDArray[np.uint64]:
+        """One-time pads for blocks ``[start, start + nblocks)`` of one tensor (AES-CTR keystream, mod p)."""
         nonce = hashlib.sha256(b"pad" + salt + tensor_index.to_bytes(4, "big")).digest()[:12]
-        ks = np.frombuffer(_stream(self._pad_key, nonce + bytes(4), 8 * nblocks), dtype="<u8")
+        # 8 bytes a pad, 16 an AES block: start the counter at the AES block holding pad `start`
+        skip = 8 * (start % 2)
+        raw = _stream(self._pad_key, nonce + (start // 2).to_bytes(4, "big"), skip + 8 * nblocks)
+        ks = np.frombuffer(raw, dtype="<u8", offset=skip)
         pads: NDArray[np.uint64] = (ks % np.uint64(P)).astype(np.uint64)
         return pads
 

@@ -10,6 +10,7 @@ from numpy.typing import NDArray
 from . import _bits
 from ._layout import Layout, TensorSpec
 from ._mac import BlockMac
+from ._pages import Workspace, chunks, release
 from .levels import BLOCK, ST_TO_NP
 
 Blocks = NDArray[np.unsignedinteger]
@@ -49,18 +50,22 @@ def set_data(ub: Blocks, spec: TensorSpec, rows: NDArray[np.int64], data: NDArra
     ub[rows] = sub
 
 
-def _split(layout: Layout, t: int, spec: TensorSpec) -> tuple[int, int, NDArray[np.int64]]:
-    """Tensor ``t``'s whole stripes ``[s0, s1)`` of uniform blocks and its other blocks (rows).
+def _split(
+    layout: Layout, t: int, spec: TensorSpec, r0: int = 0, r1: int | None = None
+) -> tuple[int, int, NDArray[np.int64]]:
+    """Whole stripes ``[s0, s1)`` of uniform blocks among rows ``[r0, r1)`` of tensor ``t``, and the other rows.
 
-    Reserved leading blocks and the last block may store less, so they are never in a whole stripe.
+    Rows are returned relative to ``r0``. Reserved leading blocks and the last block may
+    store less, so they are never in a whole stripe.
     """
+    r1 = spec.nblocks if r1 is None else r1
     g = layout.lanes
     b0 = int(layout.block_start[t])
-    b1 = b0 + spec.nblocks
-    s0, s1 = -(-(b0 + spec.reserved) // g), (b1 - 1) // g
+    lo, hi = b0 + max(r0, spec.reserved), b0 + min(r1, spec.nblocks - 1)
+    s0, s1 = -(-lo // g), hi // g
     if s1 <= s0:
-        return 0, 0, np.arange(spec.nblocks, dtype=np.int64)
-    edge = np.concatenate([np.arange(b0, s0 * g), np.arange(s1 * g, b1)]).astype(np.int64) - b0
+        return 0, 0, np.arange(r1 - r0, dtype=np.int64)
+    edge = np.concatenate([np.arange(b0 + r0, s0 * g), np.arange(s1 * g, b0 + r1)]).astype(np.int64) - (b0 + r0)
     return s0, s1, edge
 
 
@@ -68,35 +73,50 @@ def gather_lanes(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) 
     """Every lane's data shards, shard-major: ``[K, lanes]``."""
     out = np.zeros((layout.K, layout.lanes), dtype=np.uint32)
     for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
-        data = data_bytes(ub, spec)
-        b0, d = int(layout.block_start[t]), spec.data_shards
-        s0, s1, edge = _split(layout, t, spec)
-        if s1 > s0:  # whole stripes: one block-level scatter, no per-shard index arrays
-            ns, off = s1 - s0, int(layout.stripe_data[s0])
-            view = out[off : off + ns * d].reshape(ns, d, layout.lanes)
-            x = data[s0 * layout.lanes - b0 : s1 * layout.lanes - b0].reshape(ns, layout.lanes, d)
-            view[np.arange(ns)[:, None], :, layout.perm[s0:s1]] = x
-        if edge.size:
-            rows = layout.off_data[b0 + edge, None] + np.arange(d)
-            out[rows, layout.lane[b0 + edge, None]] = data[edge]
+        gather_chunk(out, layout, t, spec, ub)
     return out
 
 
+def gather_chunk(
+    out: NDArray[np.uint32], layout: Layout, t: int, spec: TensorSpec, ub: Blocks, r0: int = 0
+) -> None:
+    """Scatter the data shards of blocks ``[r0, r0 + len(ub))`` of tensor ``t`` into ``out`` ``[K, lanes]``."""
+    data = data_bytes(ub, spec)
+    b0, d = int(layout.block_start[t]) + r0, spec.data_shards
+    s0, s1, edge = _split(layout, t, spec, r0, r0 + ub.shape[0])
+    if s1 > s0:  # whole stripes: one block-level scatter, no per-shard index arrays
+        ns, off = s1 - s0, int(layout.stripe_data[s0])
+        view = out[off : off + ns * d].reshape(ns, d, layout.lanes)
+        x = data[s0 * layout.lanes - b0 : s1 * layout.lanes - b0].reshape(ns, layout.lanes, d)
+        view[np.arange(ns)[:, None], :, layout.perm[s0:s1]] = x
+    if edge.size:
+        rows = layout.off_data[b0 + edge, None] + np.arange(d)
+        out[rows, layout.lane[b0 + edge, None]] = data[edge]
+
+
 def gather_selected(
-    layout: Layout, specs: list[TensorSpec], blocks: list[Blocks], col_of_lane: NDArray[np.int64], ncols: int
+    layout: Layout,
+    specs: list[TensorSpec],
+    blocks: list[Blocks],
+    col_of_lane: NDArray[np.int64],
+    ncols: int,
+    ws: Workspace | None = None,
 ) -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
-    """Data ``[K, ncols]`` and stored parity ``[M, ncols]`` of the lanes with ``col_of_lane >= 0`` only."""
-    if 4 * ncols >= layout.lanes:  # most lanes damaged (a contiguous attack spreads evenly): take all of them
-        lanes = np.flatnonzero(col_of_lane >= 0)
-        order = np.argsort(col_of_lane[lanes])
-        pick = lanes[order]
-        full_d = gather_lanes(layout, specs, blocks)
-        full_p = read_parity(layout, specs, blocks)
-        if pick.size == layout.lanes:  # every lane, already in order: no column copy
-            return full_d, full_p
-        return np.ascontiguousarray(full_d[:, pick]), np.ascontiguousarray(full_p[:, pick])
-    data = np.zeros((layout.K, ncols), dtype=np.uint32)
-    parity = np.zeros((layout.M, ncols), dtype=np.uint32)
+    """Data ``[K, ncols]`` and stored parity ``[M, ncols]`` of the lanes with ``col_of_lane >= 0`` only.
+
+    With every lane selected (in order) the model is read chunk by chunk into ``ws``.
+    """
+    ws = ws or Workspace()
+    data = ws.zeros((layout.K, ncols), np.uint32)
+    parity = ws.zeros((layout.M, ncols), np.uint32)
+    if ncols == layout.lanes and bool(np.all(col_of_lane == np.arange(layout.lanes))):
+        for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
+            for r0, r1 in chunks(spec.nblocks, ub.dtype.itemsize, int(layout.block_start[t]), layout.lanes):
+                part = ub[r0:r1]
+                gather_chunk(data, layout, t, spec, part, r0)
+                read_parity_chunk(parity, layout, t, spec, part, r0)
+                release(part, data, parity)
+        return data, parity
     for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
         b0 = int(layout.block_start[t])
         cols = col_of_lane[layout.lane[b0 : b0 + spec.nblocks]]
@@ -105,6 +125,7 @@ def gather_selected(
             continue
         b, c = b0 + rows, cols[rows, None]
         sub = np.ascontiguousarray(ub[rows])
+        release(ub)
         data[layout.off_data[b, None] + np.arange(spec.data_shards), c] = data_bytes(sub, spec)
         w = _store_width(spec)
         if spec.is_float and w and layout.M:
@@ -147,20 +168,24 @@ def block_parity(
     parity: NDArray[np.uint32],
     rows: NDArray[np.int64] | None = None,
     col_of_lane: NDArray[np.int64] | None = None,
+    span: tuple[int, int] | None = None,
 ) -> NDArray[np.uint32]:
-    """``[nblocks (or len(rows)), 2k-1]`` parity words each block stores (zero past its share)."""
+    """``[n, 2k-1]`` parity words that blocks ``rows`` (else rows ``span``, else all) store (zero past their share)."""
     w = _store_width(spec)
-    b0 = int(layout.block_start[t])
-    out = np.zeros((spec.nblocks, w), dtype=np.uint32)
+    r0, r1 = span or (0, spec.nblocks)
+    n = r1 - r0 if rows is None else rows.size
+    out = np.zeros((n, w), dtype=np.uint32)
     if w == 0 or layout.M == 0:
-        return out if rows is None else out[rows]
+        return out
+    b0 = int(layout.block_start[t])
     if rows is None:
-        s0, s1, edge = _split(layout, t, spec)
+        s0, s1, edge = _split(layout, t, spec, r0, r1)
         if s1 > s0:
             ns, off, g = s1 - s0, int(layout.stripe_store[s0]), layout.lanes
             view = parity[off : off + ns * w].reshape(ns, w, g)
-            out[s0 * g - b0 : s1 * g - b0] = view[np.arange(ns)[:, None], :, layout.perm[s0:s1]].reshape(-1, w)
-        rows_e = edge
+            a = s0 * g - b0 - r0
+            out[a : a + ns * g] = view[np.arange(ns)[:, None], :, layout.perm[s0:s1]].reshape(-1, w)
+        rows_e = edge + r0
     else:
         rows_e = rows
     b = b0 + rows_e
@@ -170,7 +195,7 @@ def block_parity(
     vals = np.where(valid, parity[cols, lanes[:, None]], 0)
     if rows is not None:
         return vals.astype(np.uint32)
-    out[rows_e] = vals
+    out[edge] = vals
     return out
 
 
@@ -178,22 +203,29 @@ def read_parity(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) -
     """The parity shards as found in the low bits, ``[M, lanes]``."""
     out = np.zeros((layout.M, layout.lanes), dtype=np.uint32)
     for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
-        w = _store_width(spec)
-        if not spec.is_float or layout.M == 0 or w == 0:
-            continue
-        lo = _bits.lo_bytes(ub, spec.k).view(np.uint32)[:, 1:]  # word 0 is the tag
-        b0 = int(layout.block_start[t])
-        s0, s1, edge = _split(layout, t, spec)
-        if s1 > s0:
-            ns, off, g = s1 - s0, int(layout.stripe_store[s0]), layout.lanes
-            view = out[off : off + ns * w].reshape(ns, w, g)
-            view[np.arange(ns)[:, None], :, layout.perm[s0:s1]] = lo[s0 * g - b0 : s1 * g - b0].reshape(ns, g, w)
-        if edge.size:
-            b = b0 + edge
-            cols, valid = _store_slots(layout, b, w)
-            lanes = np.broadcast_to(layout.lane[b, None], cols.shape)
-            out[cols[valid], lanes[valid]] = lo[edge][valid]
+        read_parity_chunk(out, layout, t, spec, ub)
     return out
+
+
+def read_parity_chunk(
+    out: NDArray[np.uint32], layout: Layout, t: int, spec: TensorSpec, ub: Blocks, r0: int = 0
+) -> None:
+    """Copy the parity stored in blocks ``[r0, r0 + len(ub))`` of tensor ``t`` into ``out`` ``[M, lanes]``."""
+    w = _store_width(spec)
+    if not spec.is_float or layout.M == 0 or w == 0:
+        return
+    lo = _bits.lo_bytes(ub, spec.k).view(np.uint32)[:, 1:]  # word 0 is the tag
+    b0 = int(layout.block_start[t]) + r0
+    s0, s1, edge = _split(layout, t, spec, r0, r0 + ub.shape[0])
+    if s1 > s0:
+        ns, off, g = s1 - s0, int(layout.stripe_store[s0]), layout.lanes
+        view = out[off : off + ns * w].reshape(ns, w, g)
+        view[np.arange(ns)[:, None], :, layout.perm[s0:s1]] = lo[s0 * g - b0 : s1 * g - b0].reshape(ns, g, w)
+    if edge.size:
+        b = b0 + edge
+        cols, valid = _store_slots(layout, b, w)
+        lanes = np.broadcast_to(layout.lane[b, None], cols.shape)
+        out[cols[valid], lanes[valid]] = lo[edge][valid]
 
 
 def write_storage(
@@ -204,11 +236,13 @@ def write_storage(
     parity: NDArray[np.uint32],
     rows: NDArray[np.int64] | None = None,
     col_of_lane: NDArray[np.int64] | None = None,
+    r0: int = 0,
 ) -> None:
-    """Write parity into the low bits of blocks ``rows`` (all when None), zeroing tag and spare bits."""
+    """Write parity into the low bits of blocks ``rows`` (else of all ``ub``, rows ``r0..``); zero the tag bits."""
     if not spec.is_float:
         return
-    words = block_parity(layout, t, spec, parity, rows, col_of_lane)
+    span = None if rows is not None else (r0, r0 + ub.shape[0])
+    words = block_parity(layout, t, spec, parity, rows, col_of_lane, span)
     lo = np.zeros((words.shape[0], 2 * spec.k), dtype=np.uint32)
     lo[:, 1:] = words
     if rows is None:
@@ -227,20 +261,33 @@ def compute_tags(
     ub: Blocks,
     internal: NDArray[np.bool_],
     rows: NDArray[np.int64] | None = None,
+    r0: int = 0,
+    at: NDArray[np.int64] | None = None,
 ) -> NDArray[np.uint64]:
-    """Tags of the blocks of tensor ``t`` (all, or ``rows``); tag bits are masked where the block stores its tag."""
+    """Tags of blocks of tensor ``t``; ``internal`` covers the whole tensor.
+
+    Which blocks: ``rows`` of ``ub`` (``ub`` is the whole tensor); else every row of ``ub``,
+    which holds the tensor's blocks ``at`` (or ``r0, r0 + 1, ...``). Tag bits are masked
+    where the block stores its tag.
+    """
     mask = _bits.tag_mask(spec.k, ub.dtype.itemsize * 8) if spec.is_float else None
-    pads = mac.pads(salt, t, spec.nblocks)
-    if rows is None:
-        return mac.tags(ub, pads, mask, internal)
-    return mac.tags(np.ascontiguousarray(ub[rows]), pads[rows], mask, internal[rows])
+    if rows is not None:
+        ub, at = np.ascontiguousarray(ub[rows]), rows
+    if at is not None:
+        return mac.tags(ub, mac.pads(salt, t, spec.nblocks)[at], mask, internal[at])
+    n = ub.shape[0]
+    return mac.tags(ub, mac.pads(salt, t, n, r0), mask, internal[r0 : r0 + n])
 
 
 def stored_tags(
     spec: TensorSpec, ub: Blocks, internal: NDArray[np.bool_], external: NDArray[np.uint64] | None
 ) -> NDArray[np.uint64]:
-    """The tags the file carries: in the low bits, or in the header for blocks without room."""
-    tags = _bits.read_tags(ub, spec.k) if spec.is_float else np.zeros(spec.nblocks, np.uint64)
+    """The tags the blocks in ``ub`` carry: in their low bits, or in the header for blocks without room.
+
+    ``internal`` and ``external`` cover exactly the blocks in ``ub`` (``external``: one tag per
+    block that is not internal; None when the header has none, which fails those blocks).
+    """
+    tags = _bits.read_tags(ub, spec.k) if spec.is_float else np.zeros(ub.shape[0], np.uint64)
     ext = np.flatnonzero(~internal)
     if ext.size:
         tags[ext] = external if external is not None and external.size == ext.size else np.uint64(1 << 40)
@@ -257,7 +304,9 @@ __all__ = [
     "blocks_of",
     "compute_tags",
     "data_bytes",
+    "gather_chunk",
     "gather_lanes",
+    "read_parity_chunk",
     "read_parity",
     "set_data",
     "block_parity",

@@ -14,8 +14,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _code, _embed, _model
-from ._bits import write_tags
+from ._bits import set_lo, write_tags
 from ._layout import ranges_mask
+from ._pages import Workspace
 from ._progress import Progress
 from .keys import Key
 from .report import Report, Status, TensorFinding
@@ -44,20 +45,57 @@ def recover(
     return recover_from(chk)
 
 
-def recover_from(chk: Check) -> RecoverResult:
-    """Recover from a finished check."""
+@dataclass(frozen=True, slots=True)
+class Patch:
+    """Rebuilt blocks of one tensor: block rows, their content before and after."""
+
+    rows: NDArray[np.int64]
+    old: _model.Blocks
+    new: _model.Blocks
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """What recover decided, before any output exists: the report and the blocks to rewrite."""
+
+    report: Report
+    patches: dict[int, Patch]  # by tensor index in the header
+    metadata: dict[str, str]
+
+
+def recover_from(chk: Check, ws: Workspace | None = None) -> RecoverResult:
+    """Recover from a finished check; the tensors come back as sealed (names, order, shapes)."""
+    rec = plan_recovery(chk, ws)
+    tensors: dict[str, NDArray[np.generic]] = {}
+    for t, (spec, ub) in enumerate(zip(chk.specs, chk.blocks, strict=True)):
+        if t in rec.patches:
+            p = rec.patches[t]
+            ub = ub.copy()  # may be a view of the caller's arrays: never write into those
+            ub[p.rows] = p.new
+        tensors[spec.name] = _model.to_tensor(ub, spec)
+    return RecoverResult(tensors, rec.report, rec.metadata)
+
+
+def plan_recovery(chk: Check, ws: Workspace | None = None) -> Recovery:
+    """Decode what can be decoded and rebuild those blocks; nothing is written anywhere.
+
+    Memory: the damaged lanes' data and parity (in ``ws``, on disk for a large model)
+    plus the rebuilt blocks; the model itself is only read, chunk by chunk.
+    """
+    ws = ws or Workspace()
     base = report_of(chk)
     # A header read from the weights knows only the metadata's digest: keep what the file has.
     meta = dict(chk.header.user_metadata if chk.header.user_metadata is not None else chk.file_metadata or {})
     if base.status == "intact":
-        return RecoverResult(_outputs(chk), base, meta)
+        return Recovery(base, {}, meta)
     lay, specs = chk.layout, chk.specs
-    bad_g = chk.bad_global
-    bad_b = np.flatnonzero(bad_g)
+    bad_b = np.flatnonzero(chk.bad_global)
     lane_ok = np.ones(lay.lanes, dtype=np.bool_)
-    before: dict[int, tuple[NDArray[np.int64], _model.Blocks]] = {}
+    patches: dict[int, Patch] = {}
     if bad_b.size:
         damaged = np.unique(lay.lane[bad_b])
+        if 4 * damaged.size >= lay.lanes:  # most lanes damaged (a contiguous attack spreads evenly): take all
+            damaged = np.arange(lay.lanes)
         col = np.full(lay.lanes, -1, dtype=np.int64)
         col[damaged] = np.arange(damaged.size)
         shape_d, shape_p = (damaged.size, lay.K), (damaged.size, lay.M)
@@ -65,36 +103,32 @@ def recover_from(chk: Check) -> RecoverResult:
         lost_p = ranges_mask(col[lay.lane[bad_b]], lay.off_store[bad_b], lay.n_store[bad_b], shape_p)
         lost_p |= ~lay.stored(damaged)
         # Only the damaged lanes are read, decoded and re-encoded: light damage costs little.
-        data, parity = _model.gather_selected(lay, specs, chk.blocks, col, damaged.size)
+        data, parity = _model.gather_selected(lay, specs, chk.blocks, col, damaged.size, ws)
         cols = np.arange(damaged.size)
         ok = _code.decode(data, parity, cols, lost_d, lost_p)
-        good = cols[ok]
-        if good.size and lay.M:
-            every = good.size == cols.size
-            fresh = _code.encode(data if every else np.ascontiguousarray(data[:, good]), lay.M)
-            # Surviving parity must agree with the decoded data: a last guard against forged blocks.
-            agree = np.all((fresh == (parity if every else parity[:, good])) | lost_p[ok].T, axis=0)
-            lane_ok[damaged[good[~agree]]] = False
-            if every:
-                parity = fresh
-            else:
-                parity[:, good] = fresh
+        good = cols[ok & lost_d.any(axis=1)]
+        # Surviving parity must agree with the decoded data: a last guard against forged blocks.
+        agree = _code.reencode(data, parity, good, lost_p)
+        lane_ok[damaged[good[~agree]]] = False
         lane_ok[damaged[~ok]] = False
         for t in range(len(specs)):
-            rows, old = _rebuild(chk, t, data, parity, lane_ok, col)
-            if rows.size:
-                before[t] = (rows, old)
-    findings = _findings(chk, base, before)
+            p = _rebuild(chk, t, data, parity, lane_ok, col)
+            if p is not None:
+                patches[t] = p
+    findings = _findings(chk, base, patches)
     # Blocks not rebuilt were verified by check() and are unchanged; blocks in failed lanes stay
     # tampered. Rebuilt data is trusted because decoding used only MAC-verified shards and the
     # surviving parity agreed with it; rebuilt blocks whose tag lives in the header are checked
     # against that authenticated tag here (for the others this re-reads the tag just written).
     all_ok = not any(b.any() for b in chk.bad)
-    for t, (rows, _) in before.items():
-        s, ub = specs[t], chk.blocks[t]
+    for t, p in patches.items():
+        s = specs[t]
         internal = s.block_storage()[1]
-        want = _model.compute_tags(chk.mac, chk.header.salt, t, s, ub, internal, rows)
-        have = _model.stored_tags(s, ub, internal, chk.header.external_tags.get(t))[rows]
+        want = _model.compute_tags(chk.mac, chk.header.salt, t, s, p.new, internal, at=p.rows)
+        ext = chk.header.external_tags.get(t)
+        before = np.cumsum(~internal) - 1  # index of each external block's tag
+        mine = None if ext is None else ext[before[p.rows][~internal[p.rows]]]
+        have = _model.stored_tags(s, p.new, internal[p.rows], mine)
         all_ok &= bool(np.all(want == have))
     status: Status = "recovered" if all_ok else "unrecoverable"
     report = Report(
@@ -110,7 +144,7 @@ def recover_from(chk: Check) -> RecoverResult:
         total_blocks=base.total_blocks,
         lanes_failed=int((~lane_ok).sum()),
     )
-    return RecoverResult(_outputs(chk), report, meta)
+    return Recovery(report, patches, meta)
 
 
 def _rebuild(
@@ -120,48 +154,51 @@ def _rebuild(
     parity: NDArray[np.uint32],
     lane_ok: NDArray[np.bool_],
     col: NDArray[np.int64],
-) -> tuple[NDArray[np.int64], _model.Blocks]:
-    """Rebuild tampered blocks of tensor ``t`` in decoded lanes; return their rows and old content."""
+) -> Patch | None:
+    """Rebuild the tampered blocks of tensor ``t`` that lie in decoded lanes (the input is not touched)."""
     lay, spec, ub = chk.layout, chk.specs[t], chk.blocks[t]
     b0 = int(lay.block_start[t])
     lanes = lay.lane[b0 : b0 + spec.nblocks]
     rows = np.flatnonzero(chk.bad[t] & lane_ok[lanes])
     if not rows.size:
-        return rows, ub[:0]
-    ub = chk.blocks[t] = ub.copy()  # may be a view of the caller's arrays: never write into those
-    before = ub[rows].copy()
-    _model.set_data(ub, spec, rows, _model.lane_block_data(lay, t, spec, data, rows, col))
-    _model.write_storage(lay, spec, t, ub, parity, rows, col)
+        return None
+    old = ub[rows]  # fancy indexing: a copy
+    new = old.copy()
+    every = np.arange(rows.size)
+    _model.set_data(new, spec, every, _model.lane_block_data(lay, t, spec, data, rows, col))
+    if spec.is_float:
+        words = _model.block_parity(lay, t, spec, parity, rows, col)
+        lo = np.zeros((rows.size, 2 * spec.k), dtype=np.uint32)
+        lo[:, 1:] = words
+        set_lo(new, lo.view(np.uint8), spec.k)
     if spec.reserved:
         h = chk.header
         copy = h.to_json(chk.key, embedded=True).encode() if t in h.carriers else None
-        _embed.write_reserved(ub, spec, _embed.reserved_content(spec, t, len(chk.specs), h.salt, copy), rows)
+        content = _embed.reserved_content(spec, t, len(chk.specs), h.salt, copy)
+        _embed.write_reserved(new, spec, content, every, at=rows)
     internal = lay.tag_internal[b0 : b0 + spec.nblocks]
-    tags = _model.compute_tags(chk.mac, chk.header.salt, t, spec, ub, internal, rows)
+    tags = _model.compute_tags(chk.mac, chk.header.salt, t, spec, new, internal, at=rows)
     inside = internal[rows]
     if spec.is_float and inside.any():
-        sub = ub[rows[inside]]
+        sub = new[inside]
         write_tags(sub, tags[inside], spec.k)
-        ub[rows[inside]] = sub
+        new[inside] = sub
     chk.bad[t] = chk.bad[t].copy()
     chk.bad[t][rows] = False
-    return rows, before
+    return Patch(rows, old, new)
 
 
-def _findings(
-    chk: Check, base: Report, before: dict[int, tuple[NDArray[np.int64], _model.Blocks]]
-) -> dict[str, TensorFinding]:
+def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, TensorFinding]:
     out: dict[str, TensorFinding] = {}
     for t, spec in enumerate(chk.specs):
         f = base.tensors[spec.name]
         restored_i: list[int] = []
         restored_x: list[int] = []
-        if t in before:
-            rows, old = before[t]
-            new = chk.blocks[t][rows]
-            diff = (old ^ new).astype(np.uint64)
+        if t in patches:
+            p = patches[t]
+            diff = (p.old ^ p.new).astype(np.uint64)
             r, c = np.nonzero(diff)
-            flat = rows[r] * 64 + c
+            flat = p.rows[r] * 64 + c
             keep = flat < spec.numel
             restored_i = flat[keep].tolist()
             restored_x = diff[r, c][keep].tolist()
@@ -177,8 +214,4 @@ def _findings(
     return out
 
 
-def _outputs(chk: Check) -> dict[str, NDArray[np.generic]]:
-    return {s.name: _model.to_tensor(ub, s) for s, ub in zip(chk.specs, chk.blocks, strict=True)}
-
-
-__all__ = ["RecoverResult", "recover", "recover_from"]
+__all__ = ["Patch", "RecoverResult", "Recovery", "plan_recovery", "recover", "recover_from"]

@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _code, _embed, _model
+from . import _bits, _code, _embed, _model
 from ._bits import write_tags
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
+from ._pages import Workspace, chunks, release
 from ._progress import Progress
 from .errors import UnsupportedError, UsageError
 from .header import Header
 from .keys import Key
-from .levels import FLOATS, LEVELS, bits_for, dtype_name
+from .levels import BLOCK, FLOATS, LEVELS, bits_for, dtype_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,50 +52,131 @@ class SealConfig:
             raise UnsupportedError("cannot seal a model without float tensors: the watermark lives in float mantissas")
         salt = os.urandom(16)
         meta = dict(metadata or {})
-        emb = _embed.plan(specs, _copy_size(specs, self.level, self.bits, salt, key, meta))
-        specs = emb.specs
-        layout = build_layout(specs, key, salt, self.lanes)
-        prog = progress or Progress.null()
-        blocks = [_model.blocks_of(arrays[s.name], s) for s in specs]
-        prog.step("encode")
-        parity = _code.encode(_model.gather_lanes(layout, specs, blocks), layout.M)
-        mac = BlockMac(key)
-        external: dict[int, NDArray[np.uint64]] = {}
-        every = np.arange(max(s.nblocks for s in specs), dtype=np.int64)
-        for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
-            prog.step(spec.name)
-            _model.write_storage(layout, spec, t, ub, parity)
-            if spec.reserved and t not in emb.carriers:  # carriers get theirs once the header exists
-                content = _embed.reserved_content(spec, t, len(specs), salt, None)
-                _embed.write_reserved(ub, spec, content, every[: spec.reserved])
-            internal = layout.tag_internal[layout.block_start[t] : layout.block_start[t] + spec.nblocks]
-            tags = _model.compute_tags(mac, salt, t, spec, ub, internal)
-            if spec.is_float and internal.any():
-                write_tags(ub, np.where(internal, tags, np.uint64(0)), spec.k)  # zero: tag kept in the header
-            if not internal.all():
-                external[t] = tags[~internal]
-        header = Header(
-            level=self.level,
-            bits=self.bits,
-            salt=salt,
-            key_fingerprint=key.fingerprint,
-            lanes=layout.lanes,
-            tensors=tuple(specs),
-            external_tags=external,
-            user_metadata=meta,
-            carriers=emb.carriers,
+        flats = [_bits.uint_view(arrays[s.name]) for s in specs]
+        outs = [np.empty_like(f) for f in flats]
+        header = seal_flat(
+            flats, outs, specs, key, salt, self.level, self.bits, self.lanes, meta, Workspace(), progress
         )
-        copy = header.to_json(key, embedded=True).encode()
-        for t in emb.carriers:
-            spec, ub = specs[t], blocks[t]
-            rows = every[: spec.reserved]
-            _embed.write_reserved(ub, spec, _embed.reserved_content(spec, t, len(specs), salt, copy), rows)
-            tags = _model.compute_tags(mac, salt, t, spec, ub, np.ones(spec.nblocks, np.bool_), rows)
-            sub = ub[rows]
-            write_tags(sub, tags, spec.k)
-            ub[rows] = sub
-        out = {s.name: _model.to_tensor(ub, s) for s, ub in zip(specs, blocks, strict=True)}
+        out = {s.name: o.view(arrays[s.name].dtype).reshape(s.shape) for s, o in zip(specs, outs, strict=True)}
         return SealedModel(out, header.to_json(key), header)
+
+
+def seal_flat(
+    flats: list[NDArray[np.unsignedinteger]],
+    outs: list[NDArray[np.unsignedinteger]],
+    specs: list[TensorSpec],
+    key: Key,
+    salt: bytes,
+    level: str,
+    bits: int | None,
+    lanes: int | None,
+    meta: dict[str, str],
+    ws: Workspace,
+    progress: Progress | None = None,
+) -> Header:
+    """Seal tensors given as flat unsigned views (``flats``) into ``outs``, chunk by chunk.
+
+    Inputs and outputs may be memory-mapped files: every pass works on chunks of
+    about ``CHUNK_BYTES`` and releases their pages, and the lane store lives in
+    ``ws`` (temporary files for large models), so memory stays bounded.
+
+    1. gather: every chunk's data bits go to the lane store (NaN/Inf are refused here);
+    2. encode: Reed–Solomon parity per batch of lanes;
+    3. embed: every chunk gets its parity, records and tags, and is written out;
+    4. the header is built and copied into the carriers' reserved blocks.
+    """
+    emb = _embed.plan(specs, _copy_size(specs, level, bits, salt, key, meta))
+    specs = emb.specs
+    layout = build_layout(specs, key, salt, lanes)
+    prog = progress or Progress.null()
+    g = layout.lanes
+    parts = [
+        chunks(s.nblocks, flats[t].dtype.itemsize, int(layout.block_start[t]), g) for t, s in enumerate(specs)
+    ]
+    store = ws.zeros((layout.K, g), np.uint32)
+    for t, spec in enumerate(specs):
+        prog.step(f"read {spec.name}")
+        for r0, r1 in parts[t]:
+            ub = read_blocks(flats[t], spec, r0, r1)
+            _refuse_non_finite(ub, spec)
+            _model.gather_chunk(store, layout, t, spec, ub, r0)
+            release(store)
+    prog.step("encode")
+    parity = ws.zeros((layout.M, g), np.uint32)
+    _code.encode_into(store, parity)
+    mac = BlockMac(key)
+    external: dict[int, NDArray[np.uint64]] = {}
+    for t, spec in enumerate(specs):
+        prog.step(f"embed {spec.name}")
+        internal = layout.tag_internal[layout.block_start[t] : layout.block_start[t] + spec.nblocks]
+        ext: list[NDArray[np.uint64]] = []
+        plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
+        for r0, r1 in parts[t]:
+            ub = read_blocks(flats[t], spec, r0, r1)
+            _model.write_storage(layout, spec, t, ub, parity, r0=r0)
+            if r0 < spec.reserved and t not in emb.carriers:  # carriers get theirs once the header exists
+                _embed.write_reserved(ub, spec, plain, np.arange(min(r1, spec.reserved) - r0), r0)
+            tags = _model.compute_tags(mac, salt, t, spec, ub, internal, r0=r0)
+            inside = internal[r0:r1]
+            if spec.is_float and inside.any():
+                write_tags(ub, np.where(inside, tags, np.uint64(0)), spec.k)  # zero: tag kept in the header
+            ext.append(tags[~inside])
+            write_blocks(outs[t], spec, r0, ub)
+            release(parity)
+        if not internal.all():
+            external[t] = np.concatenate(ext)
+    store = parity = np.zeros(0, np.uint32)  # let the workspace go
+    header = Header(
+        level=level,
+        bits=bits,
+        salt=salt,
+        key_fingerprint=key.fingerprint,
+        lanes=layout.lanes,
+        tensors=tuple(specs),
+        external_tags=external,
+        user_metadata=meta,
+        carriers=emb.carriers,
+    )
+    copy = header.to_json(key, embedded=True).encode()
+    for t in emb.carriers:
+        spec = specs[t]
+        ub = read_blocks(outs[t], spec, 0, spec.reserved)
+        rows = np.arange(spec.reserved)
+        _embed.write_reserved(ub, spec, _embed.reserved_content(spec, t, len(specs), salt, copy), rows)
+        tags = _model.compute_tags(mac, salt, t, spec, ub, np.ones(spec.nblocks, np.bool_))
+        write_tags(ub, tags, spec.k)
+        write_blocks(outs[t], spec, 0, ub)
+    return header
+
+
+def read_blocks(flat: NDArray[np.unsignedinteger], spec: TensorSpec, r0: int, r1: int) -> _model.Blocks:
+    """A copy of blocks ``[r0, r1)`` of a tensor's flat values, zero-padded; their pages are released."""
+    n0, n1 = r0 * BLOCK, min(r1 * BLOCK, spec.numel)
+    out = np.zeros((r1 - r0, BLOCK), dtype=flat.dtype)
+    if n1 > n0:
+        out.reshape(-1)[: n1 - n0] = flat[n0:n1]
+        release(flat[n0:n1])
+    return out
+
+
+def write_blocks(flat: NDArray[np.unsignedinteger], spec: TensorSpec, r0: int, ub: _model.Blocks) -> None:
+    """Write blocks back into a tensor's flat values starting at block ``r0`` (padding dropped)."""
+    n0, n1 = r0 * BLOCK, min(r0 * BLOCK + ub.size, spec.numel)
+    if n1 > n0:
+        flat[n0:n1] = ub.reshape(-1)[: n1 - n0]
+        release(flat[n0:n1])
+
+
+def _refuse_non_finite(ub: _model.Blocks, spec: TensorSpec) -> None:
+    fmt = FLOATS.get(spec.dtype)
+    if fmt is None:
+        return
+    e = (1 << fmt.exponent) - 1
+    if np.any((ub >> ub.dtype.type(fmt.mantissa)) & ub.dtype.type(e) == e):
+        raise UnsupportedError(
+            f"cannot seal tensor '{spec.name}': it holds NaN or Inf values, whose low bits are not free "
+            "(changing them turns Inf into NaN); fix the weights first"
+        )
 
 
 def _copy_size(
@@ -116,13 +198,7 @@ def _copy_size(
 
 def _spec(name: str, a: NDArray[np.generic], level: str, bits: int | None) -> TensorSpec:
     dt = dtype_name(a.dtype)
-    k = bits_for(dt, level, bits)
-    if dt in FLOATS and a.size and not np.isfinite(a.astype(np.float32) if dt == "BF16" else a).all():
-        raise UnsupportedError(
-            f"cannot seal tensor '{name}': it holds NaN or Inf values, whose low bits are not free "
-            "(changing them turns Inf into NaN); fix the weights first"
-        )
-    return TensorSpec(name, dt, tuple(int(d) for d in a.shape), k)
+    return TensorSpec(name, dt, tuple(int(d) for d in a.shape), bits_for(dt, level, bits))
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,4 +222,4 @@ def seal(
     return SealConfig(level=level, bits=bits).seal(tensors, key, metadata=metadata)
 
 
-__all__ = ["SealConfig", "SealedModel", "TensorSpec", "seal"]
+__all__ = ["SealConfig", "SealedModel", "TensorSpec", "read_blocks", "seal", "seal_flat", "write_blocks"]

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from . import _embed, _model
 from ._layout import Layout, TensorSpec, build_layout
 from ._mac import BlockMac
+from ._pages import chunks, release
 from ._progress import Progress
 from .errors import KeyMismatchError, NotSealedError, UnsupportedError
 from .header import Header, HeaderAuthError, metadata_digest, parse_header
@@ -75,11 +76,20 @@ class Check:
         return bool(np.all((nd == 0) | (nd + npar <= self.layout.M)))
 
 
-def _tags_ok(chk_mac: BlockMac, header: Header, t: int, spec: TensorSpec, ub: _model.Blocks) -> NDArray[np.bool_]:
+def _tags_ok(mac: BlockMac, header: Header, t: int, spec: TensorSpec, ub: _model.Blocks) -> NDArray[np.bool_]:
+    """Which blocks of tensor ``t`` carry the right tag, chunk by chunk (mapped pages are released)."""
     internal = spec.block_storage()[1]
-    want = _model.compute_tags(chk_mac, header.salt, t, spec, ub, internal)
-    have = _model.stored_tags(spec, ub, internal, header.external_tags.get(t))
-    ok: NDArray[np.bool_] = want == have
+    ext = header.external_tags.get(t)
+    if ext is not None and ext.size != int((~internal).sum()):
+        ext = None  # a header for another model: those blocks fail
+    before = np.concatenate([[0], np.cumsum(~internal)])  # external tags before each block
+    ok = np.empty(spec.nblocks, dtype=np.bool_)
+    for r0, r1 in chunks(spec.nblocks, ub.dtype.itemsize, 0, 1):
+        c = ub[r0:r1]
+        want = _model.compute_tags(mac, header.salt, t, spec, c, internal, r0=r0)
+        have = _model.stored_tags(spec, c, internal[r0:r1], None if ext is None else ext[before[r0] : before[r1]])
+        ok[r0:r1] = want == have
+        release(c)
     return ok
 
 

@@ -1,0 +1,138 @@
+"""Bounded memory over large files: map them, work in chunks, and drop the pages done with.
+
+Pages of a memory-mapped file count towards a process's resident memory while
+they stay mapped, so reading a 14 GiB checkpoint through one mapping would
+grow RSS to 14 GiB. After each chunk the engine calls :func:`release`, which
+tells the kernel (``MADV_DONTNEED``) that the pages are no longer needed: read
+pages are simply unmapped, and written pages of a shared file mapping stay in
+the page cache to be written back. Arrays that are not mapped are left alone.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+CHUNK_BYTES = 32 << 20  # bytes of tensor data the engine handles at a time
+_PAGE = mmap.PAGESIZE
+_MAPS: dict[int, tuple[int, mmap.mmap]] = {}  # base address -> (length, map)
+
+
+class Mapping:
+    """A file mapped into memory, registered so that :func:`release` can drop its pages."""
+
+    def __init__(self, path: Path, *, write: bool = False, size: int | None = None) -> None:
+        mode = "r+b" if write else "rb"
+        if size is not None:
+            with open(path, "wb") as f:
+                f.truncate(size)
+        self._file = open(path, mode)  # noqa: SIM115 - closed in close()
+        length = os.fstat(self._file.fileno()).st_size
+        self.size = length
+        if length == 0:
+            self._mm: mmap.mmap | None = None
+            self.buf: NDArray[np.uint8] = np.zeros(0, np.uint8)
+            return
+        access = mmap.ACCESS_WRITE if write else mmap.ACCESS_READ
+        self._mm = mmap.mmap(self._file.fileno(), length, access=access)
+        self.buf = np.frombuffer(self._mm, dtype=np.uint8)
+        _MAPS[self.buf.ctypes.data] = (length, self._mm)
+
+    def array(self, offset: int, dtype: np.dtype[Any], shape: tuple[int, ...]) -> NDArray[Any]:
+        """A view of ``shape`` and ``dtype`` at byte ``offset`` (no copy, no page touched)."""
+        n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        return self.buf[offset : offset + n].view(dtype).reshape(shape)
+
+    def flush(self) -> None:
+        """Write dirty pages back to the file."""
+        if self._mm is not None:
+            self._mm.flush()
+
+    def close(self) -> None:
+        """Unmap and close; views must not be used afterwards."""
+        if self._mm is not None:
+            _MAPS.pop(self.buf.ctypes.data, None)
+            self.buf = np.zeros(0, np.uint8)
+            try:
+                self._mm.close()
+            except BufferError:  # a view still refers to it: it is freed with the last view
+                pass
+            self._mm = None
+        self._file.close()
+
+
+def release(*arrays: NDArray[Any]) -> None:
+    """Drop the resident pages of any mapped ``arrays`` (a no-op for ordinary arrays)."""
+    if not _MAPS:
+        return
+    for a in arrays:
+        if a.size == 0:
+            continue
+        lo = a.ctypes.data
+        hi = lo + (a.nbytes if a.flags.c_contiguous else _span(a))
+        for base, (length, mm) in _MAPS.items():
+            if base <= lo < base + length:
+                start = (lo - base) // _PAGE * _PAGE
+                stop = min(length, -(-(hi - base) // _PAGE) * _PAGE)
+                if stop > start:
+                    mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
+                break
+
+
+def _span(a: NDArray[Any]) -> int:
+    """Bytes from the first to one past the last element of a strided view."""
+    last = int(sum((n - 1) * s for n, s in zip(a.shape, a.strides, strict=True) if s > 0))
+    return last + a.itemsize
+
+
+class Workspace:
+    """Scratch arrays for one operation: in memory for small models, in temporary files for large ones."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder  # None: keep everything in memory
+        self._maps: list[Mapping] = []
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+
+    def zeros(self, shape: tuple[int, ...], dtype: type[np.generic]) -> NDArray[Any]:
+        """A zero-filled scratch array (a sparse temporary file when the workspace is on disk)."""
+        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        if self.folder is None or n < CHUNK_BYTES:
+            return np.zeros(shape, dtype=dtype)
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix=".paramseal-", dir=self.folder)
+        m = Mapping(Path(self._dir.name) / f"scratch{len(self._maps)}", write=True, size=max(n, 1))
+        self._maps.append(m)
+        return m.array(0, np.dtype(dtype), shape)
+
+    def close(self) -> None:
+        """Delete the temporary files."""
+        for m in self._maps:
+            m.close()
+        self._maps.clear()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
+def chunks(nblocks: int, itemsize: int, first_block: int, lanes: int) -> list[tuple[int, int]]:
+    """Row ranges of about CHUNK_BYTES covering ``nblocks`` blocks, cut on stripe boundaries where possible."""
+    step = max(lanes, (CHUNK_BYTES // (64 * itemsize)) // lanes * lanes)
+    out = []
+    r0 = 0
+    first = (-first_block) % lanes  # rows up to the first stripe boundary
+    if first and nblocks > first:
+        out.append((0, first))
+        r0 = first
+    while r0 < nblocks:
+        out.append((r0, min(nblocks, r0 + step)))
+        r0 += step
+    return out or [(0, nblocks)]
+
+
+__all__ = ["CHUNK_BYTES", "Mapping", "Workspace", "chunks", "release"]
