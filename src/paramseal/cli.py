@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import __version__, files
+from . import __version__, _cli_eval, files
 from .errors import ParamSealError
 from .keys import Key, load_key, write_key
 from .levels import LEVELS
@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="offline demo on a small real model: seal, attack, verify, recover")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", metavar="DIR", help="keep the demo files in DIR")
+    _cli_eval.add_parsers(sub)
     return ap
 
 
@@ -141,6 +142,8 @@ def _run(args: argparse.Namespace) -> int:
             from .demo import run_demo
 
             return run_demo(seed=args.seed, keep=args.keep)
+        case "attack" | "eval":
+            return _cli_eval.run(args)
     raise AssertionError(args.cmd)  # argparse rejects unknown commands
 
 

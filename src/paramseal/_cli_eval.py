@@ -1,0 +1,143 @@
+"""The ``attack`` and ``eval`` subcommands (kept beside cli.py so the core CLI stays small)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from .attacks import FIELDS, KINDS, AttackSpec, attack_file
+from .errors import UsageError
+
+
+def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
+    """Add ``attack`` and ``eval`` to the CLI's subparsers."""
+    p = sub.add_parser(
+        "attack",
+        help="tamper with a model on purpose (drills, evaluation): IN -> OUT, prints exactly what changed",
+        description="Apply one seeded attack to IN and write OUT atomically (IN is never modified). "
+        "Prints the ground truth: every tensor, flat index and bit that changed (--json for all of it).",
+    )
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--seed", type=int, default=0, help="the same seed changes the same bits (default 0)")
+    p.add_argument("--n", type=int, help="bits (bitflip, bfa), rows (backdoor-row), pairs (swap blocks/rows)")
+    p.add_argument("--fraction", type=float, metavar="P", help="fraction of parameters (or of the file, truncate)")
+    p.add_argument("--sigma", type=float, default=0.01, help="noise std relative to each tensor's std")
+    p.add_argument("--field", choices=FIELDS, default="any", help="bitflip: restrict to these bits")
+    p.add_argument("--tensor", action="append", default=[], metavar="NAME", help="attack only this tensor (repeat)")
+    p.add_argument("--mode", help="swap: blocks|rows|tensors; quantize: int8|fp16; metadata: edit|strip|user")
+    p.add_argument("--steps", type=int, default=10, help="finetune: SGD steps")
+    p.add_argument("--lr", type=float, default=0.01, help="finetune: learning rate")
+    p.add_argument("--bits", type=int, metavar="K", help="lsb-rewrite / bitflip --field watermark: low bits")
+    p.add_argument("--contiguous", action="store_true", help="random-modify: a few runs of consecutive values")
+    p.add_argument("--model", help="bfa, finetune: the built-in task model (mlp or cnn)")
+    p.add_argument("--json", action="store_true", help="print the full ground truth as JSON")
+
+    p = sub.add_parser(
+        "eval",
+        help="measure detection, localisation, recovery and task metrics under an attack battery",
+        description="Run a battery (attacks x strengths x levels x dtypes x seeds) on built-in models; write "
+        "results.json, results.md and PNG plots into OUT (and a results page with --docs). Finished runs are "
+        "kept in OUT/results.jsonl: interrupt at any time and rerun the same command to resume.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (also the resume state)")
+    p.add_argument("--battery", default="tiny", help="tiny (seconds), docs (~20 min on 2 cores) or full")
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="instead of --battery: every attack on this model (mlp, cnn, minilm; repeat)",
+    )
+    p.add_argument("--dtype", action="append", default=[], help="with --model: F32, F16, BF16 (repeat; default F32)")
+    p.add_argument("--level", action="append", default=[], help="with --model: level (repeat; default standard)")
+    p.add_argument("--seeds", type=int, default=1, help="with --model: seeds per attack (default 1)")
+    p.add_argument("--docs", metavar="PAGE", help="also write the results page here (e.g. docs/results.md)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``attack`` or ``eval``; returns the exit code."""
+    if args.cmd == "attack":
+        return _attack(args)
+    return _eval(args)
+
+
+def _attack(args: argparse.Namespace) -> int:
+    spec = AttackSpec(
+        args.kind,
+        seed=args.seed,
+        n=args.n,
+        fraction=args.fraction,
+        sigma=args.sigma,
+        field=args.field,
+        tensors=tuple(args.tensor),
+        mode=args.mode,
+        steps=args.steps,
+        lr=args.lr,
+        bits=args.bits,
+        contiguous=args.contiguous,
+        model=args.model,
+    )
+    truth = attack_file(args.input, args.output, spec)
+    if args.json:
+        print(json.dumps(truth.to_dict(), indent=1))
+        return 0
+    bits = sum(c.bits_flipped for c in truth.changes)
+    print(
+        f"OK: attacked {args.input} -> {args.output} ({args.kind}, seed {args.seed}: "
+        f"{truth.changed_parameters} value(s) in {len(truth.changed_tensors)} tensor(s), {bits} bit(s) changed; "
+        f"{100 * truth.tampering_rate:.4g}% of parameters)"
+    )
+    if summary := truth.summary():
+        print(summary)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    try:
+        from .evaluation import BATTERIES, custom, run_eval
+    except ImportError as e:  # pragma: no cover - numpy-only installs still import this package
+        raise UsageError(f"paramseal eval cannot start: {e}") from None
+    if args.model:
+        battery = custom(tuple(args.model), tuple(args.dtype or ["F32"]), tuple(args.level or ["standard"]), args.seeds)
+    elif args.battery in BATTERIES:
+        battery = BATTERIES[args.battery]
+    else:
+        raise UsageError(f"unknown battery '{args.battery}'; choose one of {', '.join(BATTERIES)} or pass --model")
+    command = "paramseal " + shlex.join(_canonical(args))
+    try:
+        s = run_eval(battery, Path(args.out), docs=Path(args.docs) if args.docs else None, command=command)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted; finished runs are kept in {args.out}/results.jsonl: rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    fp = "no false positives" if not s.false_positives else f"{s.false_positives} FALSE POSITIVE(S)"
+    print(f"OK: {s.runs} runs ({s.new_runs} new) on {s.configs} sealed configurations in {s.seconds:.0f}s; {fp}")
+    for f in s.files:
+        print(f"  wrote {f}")
+    return 0 if not s.false_positives else 1
+
+
+def _canonical(args: argparse.Namespace) -> list[str]:
+    """The eval command line that reproduces this run (recorded in the results page)."""
+    argv = ["eval"]
+    if args.model:
+        for m in args.model:
+            argv += ["--model", m]
+        for d in args.dtype:
+            argv += ["--dtype", d]
+        for lv in args.level:
+            argv += ["--level", lv]
+        argv += ["--seeds", str(args.seeds)]
+    else:
+        argv += ["--battery", args.battery]
+    argv += ["--out", args.out]
+    if args.docs:
+        argv += ["--docs", args.docs]
+    return argv

@@ -1,0 +1,157 @@
+"""Tamper with a model on purpose, for drills and for measuring ParamSeal (``paramseal attack``).
+
+Every attack is deterministic given its seed and returns a :class:`GroundTruth`: exactly
+which tensors, flat indices and bits changed, found by comparing the bits before and
+after, so that localisation can be scored against it. ::
+
+    >>> import numpy as np
+    >>> from paramseal.attacks import AttackSpec, attack
+    >>> from paramseal.formats import Loaded
+    >>> m = Loaded({"w": np.ones((4, 64), np.float32)})
+    >>> out, truth = attack(m, AttackSpec("bitflip", seed=1, n=3, field="exponent"))
+    >>> truth.changed_parameters, sum(c.bits_flipped for c in truth.changes)
+    (3, 3)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..formats import Loaded
+from ._grad import GradModel
+from ._spec import FIELDS, KINDS, MODES, NEEDS_MODEL, AttackSpec, Field, Kind
+from ._truth import GroundTruth, TensorChange, diff, metadata_diff
+from ._values import (
+    backdoor_row,
+    bitflip,
+    lsb_rewrite,
+    noise,
+    prune,
+    quantize,
+    random_modify,
+    swap,
+    whole_tensors,
+)
+from ._values import metadata as _metadata
+
+
+def _rng(spec: AttackSpec) -> np.random.Generator:
+    # the kind is part of the stream, so two kinds with one seed do not share random draws
+    return np.random.default_rng([spec.seed, KINDS.index(spec.kind)])
+
+
+def attack(loaded: Loaded, spec: AttackSpec, *, model: GradModel | None = None) -> tuple[Loaded, GroundTruth]:
+    """Apply one attack to a model in memory; the input is not modified.
+
+    ``model`` is the task model for bfa and finetune (else ``spec.model`` names a built-in
+    one). Raises :class:`~paramseal.errors.UsageError` for options that do not fit the model.
+    """
+    if spec.kind == "truncate":
+        raise UsageError("truncate works on files, not tensors: use attack_file or attack_bytes")
+    t, meta, rng = dict(loaded.tensors), dict(loaded.metadata), _rng(spec)
+    match spec.kind:
+        case "bitflip":
+            t = bitflip(t, spec, meta, rng)
+        case "random-modify":
+            t = random_modify(t, spec, rng)
+        case "noise":
+            t = noise(t, spec, rng)
+        case "prune":
+            t = prune(t, spec)
+        case "backdoor-row":
+            t = backdoor_row(t, spec, rng)
+        case "replace-tensor" | "zero-tensor":
+            t = whole_tensors(t, spec, rng, zero=spec.kind == "zero-tensor")
+        case "lsb-rewrite":
+            t = lsb_rewrite(t, spec, meta, rng)
+        case "swap":
+            t = swap(t, spec, rng)
+        case "quantize":
+            t = quantize(t, spec)
+        case "metadata":
+            meta = _metadata(meta, spec, rng)
+        case "bfa" | "finetune":
+            from . import _grad
+
+            m = model if model is not None else _builtin_model(spec.model)
+            t = _grad.bfa(t, spec, m) if spec.kind == "bfa" else _grad.finetune(t, spec, m)
+    changes, structural = diff(loaded.tensors, t)
+    keys = metadata_diff(loaded.metadata, meta)
+    truth = GroundTruth(
+        spec.kind,
+        spec.seed,
+        spec.options(),
+        sum(int(a.size) for a in loaded.tensors.values()),
+        changes,
+        structural + tuple(f"metadata key '{k}' edited" for k in keys),
+        keys,
+    )
+    return Loaded(t, meta), truth
+
+
+def attack_bytes(data: bytes, spec: AttackSpec, total_parameters: int = 0) -> tuple[bytes, GroundTruth]:
+    """Apply a file-level attack (truncate: keep ``fraction`` of the bytes, default half)."""
+    if spec.kind != "truncate":
+        raise UsageError(f"attack_bytes applies truncate only, not {spec.kind}")
+    keep = int(len(data) * (spec.fraction if spec.fraction is not None else 0.5))
+    keep = min(keep, len(data) - 1)
+    truth = GroundTruth(
+        spec.kind,
+        spec.seed,
+        spec.options(),
+        total_parameters,
+        structural=(f"file truncated from {len(data)} to {keep} bytes",),
+        file={"bytes_before": len(data), "bytes_after": keep},
+    )
+    return data[:keep], truth
+
+
+def _builtin_model(name: str | None) -> GradModel:
+    if name is None:
+        raise UsageError("bfa and finetune need a task model: pass --model (one of the built-in eval models)")
+    from ..evaluation.models import get_model
+
+    m: Any = get_model(name)
+    return m  # type: ignore[no-any-return]
+
+
+def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: AttackSpec) -> GroundTruth:
+    """Read ``src``, attack it and write ``dst`` atomically; ``src`` is never modified."""
+    from ..files import atomic_path, read_model, write_model
+
+    s, d = Path(src), Path(dst)
+    if not s.is_file():
+        raise UsageError(f"input '{s}' does not exist or is not a file")
+    if d.exists() and d.resolve() == s.resolve():
+        raise UsageError(f"output '{d}' is the input file; attack writes a new file and never modifies its input")
+    if spec.kind == "truncate":
+        data = s.read_bytes()
+        out, truth = attack_bytes(data, spec)
+        with atomic_path(d) as tmp:
+            tmp.write_bytes(out)
+        return truth
+    attacked, truth = attack(read_model(s), spec)
+    write_model(d, attacked)
+    return truth
+
+
+__all__ = [
+    "FIELDS",
+    "KINDS",
+    "MODES",
+    "NEEDS_MODEL",
+    "AttackSpec",
+    "Field",
+    "GradModel",
+    "GroundTruth",
+    "Kind",
+    "TensorChange",
+    "attack",
+    "attack_bytes",
+    "attack_file",
+]

@@ -1,0 +1,124 @@
+"""Attacks that need a task model and gradients: a progressive bit-flip search and fine-tuning.
+
+The model is any object with ``loss(params, batch)``: ``params`` maps every float tensor
+name to an fp32 torch tensor; ``batch=None`` is the attacker's evaluation set and
+``batch=i`` the i-th training minibatch. :mod:`paramseal.evaluation.models` provides them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from .._bits import uint_view
+from ..errors import MissingDependencyError
+from ._spec import AttackSpec
+from ._values import Draft, Tensors, classifier, is_float, pick
+
+if TYPE_CHECKING:
+    import torch
+
+#: Per tensor, the values with the largest gradient that the bit search considers.
+TOP_PER_TENSOR = 16
+#: Candidates (by first-order loss increase) whose real loss is evaluated before flipping the best.
+EXACT_CANDIDATES = 4
+
+
+class GradModel(Protocol):
+    """What bfa and finetune need from a task model."""
+
+    def loss(self, params: Mapping[str, torch.Tensor], batch: int | None) -> torch.Tensor:
+        """Task loss with these weights on the evaluation set (``None``) or training minibatch ``batch``."""
+        ...
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("attacks bfa and finetune", "eval") from None
+    return torch
+
+
+def _params(t: Mapping[str, Any], trainable: list[str]) -> dict[str, Any]:
+    torch = _torch()
+    # np.array copies: torch.from_numpy shares memory, and the optimiser must never write into the input
+    out = {n: torch.from_numpy(np.array(a, dtype=np.float32, order="C")) for n, a in t.items() if is_float(a)}
+    for n in trainable:
+        out[n].requires_grad_(True)
+    return out
+
+
+def _real_loss(model: GradModel, p: Mapping[str, Any]) -> float:
+    torch = _torch()
+    with torch.no_grad():
+        v = float(model.loss(p, None))
+    return v if math.isfinite(v) else math.inf
+
+
+def bfa(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
+    """Flip ``n`` bits one at a time, each the most damaging one found by gradient (Rakin et al. 2019, for floats).
+
+    Each round ranks, for the values with the largest loss gradient in every chosen tensor,
+    every single-bit flip by its first-order loss increase (gradient x change in value),
+    evaluates the real loss of the best few and keeps the worst for the model. A bit is
+    never flipped twice, so exactly ``n`` bits differ at the end.
+    """
+    torch = _torch()
+    names = pick(t, spec, lambda _n, a: is_float(a))
+    d = Draft(t)
+    done: set[tuple[str, int, int]] = set()
+    for _ in range(spec.n or 5):
+        p = _params(d.t, names)
+        grads = torch.autograd.grad(model.loss(p, None), [p[n] for n in names])
+        cands: list[tuple[float, str, int, int]] = []
+        for nm, g in zip(names, grads, strict=True):
+            gf = g.detach().numpy().astype(np.float64).reshape(-1)
+            k = min(TOP_PER_TENSOR, gf.size)
+            top = np.argpartition(-np.abs(gf), k - 1)[:k]
+            u = uint_view(d.t[nm])
+            old = d.t[nm].reshape(-1)[top].astype(np.float64)
+            for bit in range(u.dtype.itemsize * 8):
+                with np.errstate(all="ignore"):
+                    new = (u[top] ^ u.dtype.type(1 << bit)).view(d.t[nm].dtype).astype(np.float64)
+                    score = np.nan_to_num(gf[top] * (new - old), nan=np.inf)
+                cands += [(float(s), nm, int(i), bit) for s, i in zip(score, top, strict=True)]
+        cands = sorted((c for c in cands if (c[1], c[2], c[3]) not in done), key=lambda c: -c[0])
+        best, best_loss = cands[0], -math.inf
+        for c in cands[:EXACT_CANDIDATES]:
+            trial = {n: v.detach() for n, v in p.items()}
+            vals = d.t[c[1]].reshape(-1).copy()
+            uint_view(vals)[c[2]] ^= uint_view(vals).dtype.type(1 << c[3])
+            with np.errstate(all="ignore"):
+                trial[c[1]] = torch.from_numpy(vals.astype(np.float32).reshape(d.t[c[1]].shape))
+            lv = _real_loss(model, trial)
+            if lv > best_loss:
+                best, best_loss = c, lv
+        _, nm, i, bit = best
+        u = d.bits(nm)
+        u[i] ^= u.dtype.type(1 << bit)
+        done.add((nm, i, bit))
+    return d.t
+
+
+def finetune(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
+    """``steps`` plain SGD steps at ``lr`` on the chosen tensors (default: the classifier weight and bias)."""
+    torch = _torch()
+    if spec.tensors:
+        names = pick(t, spec, lambda _n, a: is_float(a))
+    else:
+        w = classifier(t)
+        names = [w] + [b for b in (w.removesuffix("weight") + "bias",) if b in t and b != w]
+    p = _params(t, names)
+    opt = torch.optim.SGD([p[n] for n in names], lr=spec.lr)
+    for step in range(spec.steps):
+        opt.zero_grad()
+        model.loss(p, step).backward()  # type: ignore[no-untyped-call]
+        opt.step()
+    d = Draft(t)
+    for nm in names:
+        d.t[nm] = p[nm].detach().numpy().astype(t[nm].dtype).reshape(t[nm].shape)
+    return d.t

@@ -1,0 +1,133 @@
+"""What an attack is: its kind and options, checked once, with per-kind defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..errors import UsageError
+
+Kind = Literal[
+    "bitflip",
+    "bfa",
+    "random-modify",
+    "noise",
+    "finetune",
+    "prune",
+    "backdoor-row",
+    "replace-tensor",
+    "zero-tensor",
+    "lsb-rewrite",
+    "swap",
+    "quantize",
+    "metadata",
+    "truncate",
+]
+KINDS: tuple[Kind, ...] = (
+    "bitflip",
+    "bfa",
+    "random-modify",
+    "noise",
+    "finetune",
+    "prune",
+    "backdoor-row",
+    "replace-tensor",
+    "zero-tensor",
+    "lsb-rewrite",
+    "swap",
+    "quantize",
+    "metadata",
+    "truncate",
+)
+Field = Literal["any", "sign", "exponent", "mantissa", "watermark"]
+FIELDS: tuple[Field, ...] = ("any", "sign", "exponent", "mantissa", "watermark")
+
+#: The modes each kind accepts; the first is the default.
+MODES: dict[str, tuple[str, ...]] = {
+    "swap": ("blocks", "rows", "tensors"),
+    "quantize": ("int8", "fp16"),
+    "metadata": ("edit", "strip", "user"),
+}
+
+#: Kinds that need a task model (gradients on its data).
+NEEDS_MODEL: tuple[Kind, ...] = ("bfa", "finetune")
+
+
+@dataclass(frozen=True, slots=True)
+class AttackSpec:
+    """One tampering, fully described; with the same ``seed`` it changes exactly the same bits.
+
+    ``n``: bits (bitflip, bfa), rows (backdoor-row), pairs (swap blocks/rows).
+    ``fraction``: of parameters (random-modify, prune, lsb-rewrite), of all parameters to
+    replace by whole tensors (replace-tensor, zero-tensor), of the file kept (truncate).
+    ``sigma``: noise std relative to each tensor's std. ``steps``/``lr``: finetune.
+    ``bits``: low bits rewritten by lsb-rewrite (default: the seal's k per tensor).
+    ``tensors``: restrict to these tensors (default depends on the kind).
+    ``contiguous``: random-modify in a few runs of consecutive values instead of scattered.
+    ``model``: the built-in task model for bfa and finetune (``paramseal eval --help`` lists them).
+    """
+
+    kind: Kind
+    seed: int = 0
+    n: int | None = None
+    fraction: float | None = None
+    sigma: float = 0.01
+    field: Field = "any"
+    tensors: tuple[str, ...] = ()
+    mode: str | None = None
+    steps: int = 10
+    lr: float = 0.01
+    bits: int | None = None
+    contiguous: bool = False
+    model: str | None = None
+
+    def __post_init__(self) -> None:
+        """Reject options that do not fit the kind, naming the fix."""
+        if self.kind not in KINDS:
+            raise UsageError(f"unknown attack kind '{self.kind}'; choose one of {', '.join(KINDS)}")
+        if self.field not in FIELDS:
+            raise UsageError(f"unknown bit field '{self.field}'; choose one of {', '.join(FIELDS)}")
+        if self.n is not None and self.n < 1:
+            raise UsageError(f"--n {self.n} must be at least 1")
+        if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
+            raise UsageError(f"--fraction {self.fraction} must be in (0, 1]")
+        if self.sigma < 0 or self.steps < 1 or self.lr <= 0:
+            raise UsageError("--sigma must be >= 0, --steps >= 1 and --lr > 0")
+        modes = MODES.get(self.kind)
+        if self.mode is not None and (modes is None or self.mode not in modes):
+            allowed = f"choose one of {', '.join(modes)}" if modes else "this kind takes no --mode"
+            raise UsageError(f"--mode {self.mode} does not apply to {self.kind}: {allowed}")
+        if self.field != "any" and self.kind != "bitflip":
+            raise UsageError(f"--field applies to bitflip only, not {self.kind}")
+
+    @property
+    def mode_or_default(self) -> str:
+        """The mode in effect ('' for kinds without modes)."""
+        modes = MODES.get(self.kind)
+        return self.mode or (modes[0] if modes else "")
+
+    def options(self) -> dict[str, Any]:
+        """The options that matter for this kind (for ground-truth records and run ids)."""
+        k = self.kind
+        d: dict[str, Any] = {}
+        if k in ("bitflip", "bfa", "backdoor-row") or (k == "swap" and self.mode_or_default != "tensors"):
+            d["n"] = self.n or (5 if k == "bfa" else 1)
+        if k == "bitflip":
+            d["field"] = self.field
+        if k in ("random-modify", "prune", "lsb-rewrite", "replace-tensor", "zero-tensor", "truncate"):
+            d["fraction"] = self.fraction
+        if k == "random-modify":
+            d["contiguous"] = self.contiguous
+        if k == "noise":
+            d["sigma"] = self.sigma
+        if k == "finetune":
+            d["steps"], d["lr"] = self.steps, self.lr
+        if k == "lsb-rewrite":
+            d["bits"] = self.bits
+        if k in NEEDS_MODEL:
+            d["model"] = self.model
+        if self.mode_or_default:
+            d["mode"] = self.mode_or_default
+        if self.tensors:
+            d["tensors"] = list(self.tensors)
+        return d

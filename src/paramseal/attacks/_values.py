@@ -1,0 +1,350 @@
+"""Attacks on tensor values: each takes the model and returns a new one (touched tensors are copies)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from .._bits import uint_view
+from ..errors import UnsupportedError, UsageError
+from ..header import METADATA_KEY
+from ..levels import BLOCK, FLOATS, dtype_name
+from ._spec import AttackSpec
+
+Tensors = dict[str, NDArray[Any]]
+Rng = np.random.Generator
+
+
+def _name(a: NDArray[Any]) -> str:
+    try:
+        return dtype_name(a.dtype)
+    except UnsupportedError:
+        return str(a.dtype)
+
+
+def is_float(a: NDArray[Any]) -> bool:
+    """Whether ``a`` is a float dtype ParamSeal seals (fp64/32/16, bf16)."""
+    return _name(a) in FLOATS
+
+
+def field_bits(a: NDArray[Any], field: str, k: int) -> list[int]:
+    """Bit positions (LSB = 0) of ``field`` in ``a``'s dtype; integer tensors have only 'any'."""
+    width = a.dtype.itemsize * 8
+    fmt = FLOATS.get(_name(a))
+    match field:
+        case "any":
+            return list(range(width))
+        case _ if fmt is None:
+            return []
+        case "sign":
+            return [fmt.bits - 1]
+        case "exponent":
+            return list(range(fmt.mantissa, fmt.mantissa + fmt.exponent))
+        case "mantissa":
+            return list(range(fmt.mantissa))
+        case "watermark":
+            return list(range(k))
+    raise AssertionError(field)
+
+
+def sealed_k(metadata: Mapping[str, str]) -> dict[str, int]:
+    """The watermark bits per tensor from a ParamSeal header (untrusted; empty when not sealed)."""
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        return {}
+    try:
+        table = json.loads(text).get("tensors", [])
+        return {str(t["name"]): int(t["k"]) for t in table}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def pick(t: Mapping[str, NDArray[Any]], spec: AttackSpec, default: Callable[[str, NDArray[Any]], bool]) -> list[str]:
+    """The tensors an attack touches: ``spec.tensors`` (checked) or those ``default`` accepts."""
+    if spec.tensors:
+        missing = [n for n in spec.tensors if n not in t]
+        if missing:
+            raise UsageError(f"no tensor named {', '.join(map(repr, missing))}; the model has: {', '.join(t)}")
+        return list(spec.tensors)
+    names = [n for n, a in t.items() if a.size and default(n, a)]
+    if not names:
+        raise UsageError(f"the model has no tensor that {spec.kind} can attack; pass --tensor NAME")
+    return names
+
+
+def classifier(t: Mapping[str, NDArray[Any]]) -> str:
+    """The classifier: the last 2-D float tensor in file order."""
+    names = [n for n, a in t.items() if a.ndim == 2 and is_float(a)]
+    if not names:
+        raise UsageError("the model has no 2-D float tensor to treat as the classifier; pass --tensor NAME")
+    return names[-1]
+
+
+class Draft:
+    """A copy-on-write view of a model: a tensor is copied the first time it is written."""
+
+    def __init__(self, tensors: Mapping[str, NDArray[Any]]) -> None:
+        self.t: Tensors = dict(tensors)
+        self._copied: set[str] = set()
+
+    def w(self, name: str) -> NDArray[Any]:
+        """A writable copy of ``name`` (the same array on later calls)."""
+        if name not in self._copied:
+            self.t[name] = np.array(self.t[name], copy=True, order="C")
+            self._copied.add(name)
+        return self.t[name]
+
+    def flat(self, name: str) -> NDArray[Any]:
+        """Writable flat values of ``name``."""
+        return self.w(name).reshape(-1)
+
+    def bits(self, name: str) -> NDArray[np.unsignedinteger]:
+        """Writable flat unsigned view of ``name``."""
+        return uint_view(self.w(name))
+
+
+def scale(a: NDArray[Any]) -> tuple[float, float]:
+    """Mean and std of a tensor, std never zero (a constant tensor gets 10% of its magnitude)."""
+    x = a.astype(np.float64).reshape(-1)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return 0.0, 1.0
+    m, s = float(x.mean()), float(x.std())
+    return m, s if s > 0 else max(abs(m), 1.0) * 0.1
+
+
+def random_like(a: NDArray[Any], size: int, rng: Rng) -> NDArray[Any]:
+    """``size`` random values on ``a``'s scale, in ``a``'s dtype."""
+    m, s = scale(a)
+    return (m + s * rng.standard_normal(size)).astype(a.dtype)
+
+
+def _overwrite(d: Draft, name: str, idx: NDArray[np.int64], new: NDArray[Any]) -> None:
+    """Write ``new`` at ``idx``, nudging any value that would equal the old one so every index changes."""
+    u = d.bits(name)
+    nu = uint_view(np.ascontiguousarray(new)).copy()
+    same = nu == u[idx]
+    nu[same] ^= np.array(1, dtype=nu.dtype)
+    u[idx] = nu
+
+
+def _spread(sizes: list[int], pos: NDArray[np.int64]) -> list[tuple[str | int, NDArray[np.int64]]]:
+    """Split global positions over tensors of ``sizes``: (tensor number, local positions)."""
+    ends = np.cumsum(sizes)
+    which = np.searchsorted(ends, pos, side="right")
+    out: list[tuple[str | int, NDArray[np.int64]]] = []
+    for i in np.unique(which):
+        sel = pos[which == i]
+        out.append((int(i), sel - (ends[i] - sizes[i])))
+    return out
+
+
+def bitflip(t: Tensors, spec: AttackSpec, meta: Mapping[str, str], rng: Rng) -> Tensors:
+    """Flip exactly ``n`` distinct random bits, drawn uniformly over the allowed bits of the chosen tensors."""
+    n = spec.n or 1
+    ks = sealed_k(meta)
+    if spec.field == "watermark" and not ks and spec.bits is None:
+        raise UsageError("--field watermark needs a sealed model (to read k per tensor) or --bits K")
+    names = pick(t, spec, lambda _n, a: spec.field == "any" or is_float(a))
+    fields = [field_bits(t[nm], spec.field, spec.bits or ks.get(nm, 0)) for nm in names]
+    sizes = [t[nm].size * len(f) for nm, f in zip(names, fields, strict=True)]
+    total = sum(sizes)
+    if n > total:
+        raise UsageError(f"cannot flip {n} bits: the chosen tensors have only {total} {spec.field} bits")
+    pos = np.sort(rng.choice(total, size=n, replace=False)).astype(np.int64)
+    d = Draft(t)
+    for i, local in _spread(sizes, pos):
+        nm, f = names[int(i)], np.array(fields[int(i)], dtype=np.int64)
+        u = d.bits(nm)
+        idx, bit = local // len(f), f[local % len(f)]
+        np.bitwise_xor.at(u, idx, (np.ones(idx.size, dtype=u.dtype) << bit.astype(u.dtype)))
+    return d.t
+
+
+def random_modify(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
+    """Replace exactly round(fraction x N) values of the chosen tensors by random values on each tensor's scale."""
+    names = pick(t, spec, lambda _n, a: is_float(a))
+    sizes = [t[nm].size for nm in names]
+    total = sum(sizes)
+    count = max(1, round((spec.fraction or 0.01) * total))
+    if spec.contiguous:
+        runs = min(int(rng.integers(2, 6)), count)
+        lens = np.full(runs, count // runs, dtype=np.int64)
+        lens[: count % runs] += 1
+        seg = total // runs
+        starts = [i * seg + int(rng.integers(0, seg - ln + 1)) for i, ln in enumerate(lens)]
+        pos = np.concatenate([np.arange(s, s + ln, dtype=np.int64) for s, ln in zip(starts, lens, strict=True)])
+    else:
+        pos = np.sort(rng.choice(total, size=count, replace=False)).astype(np.int64)
+    d = Draft(t)
+    for i, local in _spread(sizes, pos):
+        nm = names[int(i)]
+        _overwrite(d, nm, local, random_like(t[nm], local.size, rng))
+    return d.t
+
+
+def noise(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
+    """Add Gaussian noise with std ``sigma`` x each chosen tensor's std."""
+    d = Draft(t)
+    for nm in pick(t, spec, lambda _n, a: is_float(a)):
+        _, s = scale(t[nm])
+        x = t[nm].astype(np.float64)
+        d.t[nm] = (x + spec.sigma * s * rng.standard_normal(x.shape)).astype(t[nm].dtype)
+    return d.t
+
+
+def prune(t: Tensors, spec: AttackSpec) -> Tensors:
+    """Magnitude pruning: zero the round(fraction x numel) smallest-magnitude values of each chosen tensor."""
+    d = Draft(t)
+    for nm in pick(t, spec, lambda _n, a: is_float(a) and a.ndim >= 2):
+        count = round((spec.fraction or 0.1) * t[nm].size)
+        if count:
+            order = np.argsort(np.abs(t[nm].astype(np.float64).reshape(-1)), kind="stable")
+            d.flat(nm)[order[:count]] = 0
+    return d.t
+
+
+def backdoor_row(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
+    """Overwrite ``n`` random rows of the classifier (or ``--tensor``) with strong random values."""
+    nm = spec.tensors[0] if spec.tensors else classifier(t)
+    pick(t, spec, lambda _n, a: True)
+    a = t[nm]
+    if a.ndim < 2:
+        raise UsageError(f"backdoor-row needs a tensor with rows; '{nm}' has shape {list(a.shape)}")
+    n = spec.n or 1
+    if n > a.shape[0]:
+        raise UsageError(f"'{nm}' has {a.shape[0]} rows; cannot overwrite {n}")
+    rows = np.sort(rng.choice(a.shape[0], size=n, replace=False))
+    d = Draft(t)
+    width = a.size // a.shape[0]
+    _, s = scale(a)
+    for r in rows:
+        idx = np.arange(r * width, (r + 1) * width, dtype=np.int64)
+        _overwrite(d, nm, idx, (3 * s * rng.standard_normal(width)).astype(a.dtype))
+    return d.t
+
+
+def whole_tensors(t: Tensors, spec: AttackSpec, rng: Rng, zero: bool) -> Tensors:
+    """Replace (random values on its scale) or zero whole tensors.
+
+    ``--tensor`` names them; else with ``fraction`` tensors are taken in random order while
+    they fit in that fraction of all parameters; else one random float tensor.
+    """
+    if spec.tensors:
+        names = pick(t, spec, lambda _n, a: True)
+    else:
+        floats = pick(t, spec, lambda _n, a: is_float(a))
+        order = [floats[i] for i in rng.permutation(len(floats))]
+        if spec.fraction is None:
+            names = order[:1]
+        else:
+            budget = spec.fraction * sum(a.size for a in t.values())
+            names, used = [], 0
+            for nm in order:
+                if used + t[nm].size <= budget:
+                    names.append(nm)
+                    used += t[nm].size
+            if not names:
+                smallest = min(t[nm].size for nm in floats)
+                raise UsageError(f"--fraction {spec.fraction} is smaller than the smallest tensor ({smallest} values)")
+    d = Draft(t)
+    for nm in names:
+        a = t[nm]
+        d.t[nm] = np.zeros_like(a) if zero else random_like(a, a.size, rng).reshape(a.shape)
+    return d.t
+
+
+def lsb_rewrite(t: Tensors, spec: AttackSpec, meta: Mapping[str, str], rng: Rng) -> Tensors:
+    """Rewrite the low k bits of a fraction of values with uniformly random (plausible) bits."""
+    ks = sealed_k(meta)
+    if spec.bits is None and not ks:
+        raise UsageError("lsb-rewrite needs a sealed model (to read k per tensor) or --bits K")
+    d = Draft(t)
+    for nm in pick(t, spec, lambda n, a: is_float(a) and (spec.bits or ks.get(n, 0)) > 0):
+        k = spec.bits or ks.get(nm, 0)
+        a = t[nm]
+        count = round((spec.fraction or 1.0) * a.size)
+        idx = np.sort(rng.choice(a.size, size=count, replace=False)).astype(np.int64)
+        u = d.bits(nm)
+        mask = u.dtype.type((1 << k) - 1)
+        low = rng.integers(0, 1 << k, size=count, dtype=np.uint64).astype(u.dtype)
+        u[idx] = (u[idx] & ~mask) | low
+    return d.t
+
+
+def swap(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
+    """Swap ``n`` pairs of 64-value blocks or of rows, or the values of two tensors of the same shape and dtype."""
+    mode, n = spec.mode_or_default, spec.n or 1
+    d = Draft(t)
+    if mode == "tensors":
+        names = pick(t, spec, lambda _n, a: True)
+        pairs = [
+            (x, y)
+            for i, x in enumerate(names)
+            for y in names[i + 1 :]
+            if t[x].shape == t[y].shape
+            and t[x].dtype == t[y].dtype
+            and not np.array_equal(uint_view(t[x]), uint_view(t[y]))
+        ]
+        if not pairs:
+            raise UsageError("no two tensors with the same shape and dtype (and different values) to swap")
+        x, y = pairs[int(rng.integers(len(pairs)))]
+        d.t[x], d.t[y] = t[y], t[x]
+        return d.t
+    def unit(a: NDArray[Any]) -> int:
+        if mode == "blocks":
+            return BLOCK
+        return a.size // a.shape[0] if a.ndim >= 2 else 0
+
+    names = pick(t, spec, lambda _n, a: is_float(a) and unit(a) > 0 and a.size // max(unit(a), 1) >= 2)
+    weights = np.array([t[nm].size // unit(t[nm]) for nm in names], dtype=np.float64)
+    for _ in range(n):
+        nm = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+        w = unit(t[nm])
+        i, j = rng.choice(t[nm].size // w, size=2, replace=False)
+        u = d.bits(nm)
+        a_, b_ = u[i * w : (i + 1) * w].copy(), u[j * w : (j + 1) * w].copy()
+        u[i * w : (i + 1) * w], u[j * w : (j + 1) * w] = b_, a_
+    return d.t
+
+
+def quantize(t: Tensors, spec: AttackSpec) -> Tensors:
+    """An int8 (per-tensor symmetric) or fp16 quantise/dequantise round trip of the chosen tensors."""
+    d = Draft(t)
+    for nm in pick(t, spec, lambda _n, a: is_float(a)):
+        a = t[nm]
+        x = a.astype(np.float64)
+        if spec.mode_or_default == "fp16":
+            d.t[nm] = x.astype(np.float16).astype(a.dtype)
+        else:
+            m = float(np.max(np.abs(x))) if x.size else 0.0
+            s = m / 127 if m > 0 else 1.0
+            d.t[nm] = (np.clip(np.round(x / s), -127, 127) * s).astype(a.dtype)
+    return d.t
+
+
+def metadata(meta: Mapping[str, str], spec: AttackSpec, rng: Rng) -> dict[str, str]:
+    """Edit the ParamSeal header (one character of its salt), strip it, or edit a user metadata key."""
+    out = dict(meta)
+    mode = spec.mode_or_default
+    if mode == "user":
+        out["attacker.note"] = f"edited {int(rng.integers(1 << 30))}"
+        return out
+    if METADATA_KEY not in out:
+        raise UsageError(f"metadata --mode {mode} needs a sealed model: this file has no ParamSeal header")
+    if mode == "strip":
+        del out[METADATA_KEY]
+        return out
+    body = json.loads(out[METADATA_KEY])
+    salt = str(body.get("salt", "00"))
+    i = int(rng.integers(len(salt)))
+    body["salt"] = salt[:i] + ("0" if salt[i] != "0" else "1") + salt[i + 1 :]
+    out[METADATA_KEY] = json.dumps(body, separators=(",", ":"))
+    return out
+
+
+__all__ = ["Draft", "classifier", "field_bits", "is_float", "pick", "sealed_k"]

@@ -1,0 +1,404 @@
+"""The evaluation battery: attacks x strengths x levels x dtypes x seeds on real models.
+
+Every run has an id built from everything that defines it; finished runs are appended to
+``results.jsonl`` one line each, so an interrupted battery resumes where it stopped and a
+rerun of the same command skips what is done.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import ml_dtypes
+import numpy as np
+from numpy.typing import NDArray
+
+from ..attacks import AttackSpec, attack, attack_file
+from ..errors import ParamSealError, UsageError
+from ..formats import Loaded
+from ..header import METADATA_KEY
+from ..keys import Key
+from ..levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
+from ..recover import recover_from
+from ..seal import SealConfig
+from ..verify import check, report_of
+from . import metrics
+from .models import MODELS, TaskModel, get_model
+
+DTYPES: dict[str, Any] = {"F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
+Attack = tuple[str, dict[str, Any]]  # kind and AttackSpec options, without the seed
+
+_SCATTERED = (0.0005, 0.001, 0.002, 0.004, 0.01, 0.05, 0.2)
+_CONTIGUOUS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4)
+_WHOLE = (0.05, 0.1, 0.2, 0.33)
+_COMMON: tuple[Attack, ...] = (
+    ("bitflip", {"n": 1}),
+    ("bitflip", {"n": 10}),
+    ("bitflip", {"n": 100}),
+    ("bitflip", {"n": 10, "field": "exponent"}),
+    ("bitflip", {"n": 10, "field": "sign"}),
+    ("bitflip", {"n": 10, "field": "watermark"}),
+    ("noise", {"sigma": 0.01}),
+    ("prune", {"fraction": 0.1}),
+    ("backdoor-row", {"n": 1}),
+    ("zero-tensor", {}),
+    ("replace-tensor", {}),
+    ("lsb-rewrite", {"fraction": 0.001}),
+    ("lsb-rewrite", {"fraction": 1.0}),
+    ("swap", {"mode": "blocks", "n": 1}),
+    ("swap", {"mode": "rows", "n": 1}),
+    ("swap", {"mode": "tensors"}),
+    ("quantize", {"mode": "int8"}),
+    ("quantize", {"mode": "fp16"}),
+    ("metadata", {"mode": "edit"}),
+    ("metadata", {"mode": "strip"}),
+    ("metadata", {"mode": "user"}),
+    ("truncate", {"fraction": 0.5}),
+)
+_SWEEP: tuple[Attack, ...] = (
+    *(("random-modify", {"fraction": p}) for p in _SCATTERED),
+    *(("random-modify", {"fraction": p, "contiguous": True}) for p in _CONTIGUOUS),
+    *(("replace-tensor", {"fraction": p}) for p in _WHOLE),
+)
+_GRAD: tuple[Attack, ...] = (("bfa", {"n": 5}), ("finetune", {"steps": 10, "lr": 0.01}))
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Which runs to do on one model."""
+
+    model: str
+    dtypes: tuple[str, ...]
+    levels: tuple[str, ...]
+    seeds: tuple[int, ...]
+    attacks: tuple[Attack, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Battery:
+    """A named set of plans."""
+
+    name: str
+    plans: tuple[Plan, ...]
+
+    def runs(self) -> Iterator[tuple[Plan, str, str, int, Attack]]:
+        """Every run, config by config (model, dtype, level), in a fixed order."""
+        for p in self.plans:
+            for dt in p.dtypes:
+                for lv in p.levels:
+                    for seed in p.seeds:
+                        for a in p.attacks:
+                            yield p, dt, lv, seed, a
+
+    def size(self) -> int:
+        """Number of attacked runs."""
+        return sum(len(p.dtypes) * len(p.levels) * len(p.seeds) * len(p.attacks) for p in self.plans)
+
+
+def _all(model: str) -> tuple[Attack, ...]:
+    return _COMMON + _SWEEP + (_GRAD if model != "minilm" else ())
+
+
+BATTERIES: dict[str, Battery] = {
+    # a few seconds: what CI runs
+    "tiny": Battery(
+        "tiny",
+        (
+            Plan(
+                "mlp",
+                ("F32", "BF16"),
+                ("standard",),
+                (0,),
+                (
+                    ("bitflip", {"n": 10}),
+                    ("random-modify", {"fraction": 0.001}),
+                    ("random-modify", {"fraction": 0.05}),
+                    ("random-modify", {"fraction": 0.1, "contiguous": True}),
+                    ("zero-tensor", {}),
+                    ("metadata", {"mode": "strip"}),
+                    ("truncate", {}),
+                ),
+            ),
+        ),
+    ),
+    # the battery behind docs/results.md (about 15 minutes on 2 cores)
+    "docs": Battery(
+        "docs",
+        (
+            Plan("mlp", ("F32", "F16", "BF16"), LEVELS, (0, 1, 2), _all("mlp")),
+            Plan("cnn", ("F32", "F16", "BF16"), LEVELS, (0,), _all("cnn")),
+            Plan("minilm", ("F32",), ("standard", "strong"), (0,), _COMMON + _SWEEP[::2]),
+            Plan("minilm", ("F16", "BF16"), ("standard",), (0,), _COMMON[:3] + _SWEEP[::3]),
+        ),
+    ),
+}
+BATTERIES["full"] = Battery("full", tuple(Plan(m, tuple(DTYPES), LEVELS, (0, 1, 2), _all(m)) for m in MODELS))
+
+
+def custom(models: tuple[str, ...], dtypes: tuple[str, ...], levels: tuple[str, ...], seeds: int) -> Battery:
+    """Every attack on the given models, dtypes and levels, with seeds ``0..seeds-1``."""
+    for m in models:
+        get_model(m)
+    for d in dtypes:
+        if d not in DTYPES:
+            raise UsageError(f"unknown dtype '{d}'; choose from {', '.join(DTYPES)}")
+    for lv in levels:
+        if lv not in LEVELS:
+            raise UsageError(f"unknown level '{lv}'; choose from {', '.join(LEVELS)}")
+    return Battery("custom", tuple(Plan(m, dtypes, levels, tuple(range(seeds)), _all(m)) for m in models))
+
+
+def label(a: Attack) -> str:
+    """Short label of an attack and its strength, e.g. ``random-modify p=0.01 contiguous``."""
+    kind, o = a
+    parts = [kind]
+    for k, v in sorted(o.items()):
+        if k == "contiguous":
+            parts.append("contiguous" if v else "")
+        elif k == "fraction":
+            parts.append(f"p={v:g}")
+        else:
+            parts.append(f"{k}={v}")
+    return " ".join(p for p in parts if p)
+
+
+def run_id(model: str, dtype: str, level: str, seed: int, a: Attack) -> str:
+    """The key of a run in the results file."""
+    return f"{model}/{dtype}/{level}/s{seed}/{label(a).replace(' ', '_')}"
+
+
+@dataclass
+class _Config:
+    """One sealed model (model, dtype, level) and its reference metrics."""
+
+    original: dict[str, NDArray[Any]]
+    sealed: Loaded
+    header: str
+    record: dict[str, Any]
+
+
+@dataclass
+class Runner:
+    """Runs a battery into ``out/results.jsonl``, skipping runs already there."""
+
+    out: Path
+    stream: TextIO = field(default_factory=lambda: sys.stderr)
+    progress: bool | None = None
+    key: Key = field(default_factory=Key.generate)
+    _models: dict[str, TaskModel] = field(default_factory=dict)
+    _configs: dict[tuple[str, str, str], _Config] = field(default_factory=dict)
+
+    @property
+    def results_path(self) -> Path:
+        """The results file (JSON lines keyed by ``id``)."""
+        return self.out / "results.jsonl"
+
+    def done(self) -> dict[str, dict[str, Any]]:
+        """Records already in the results file, by id (a torn last line is ignored)."""
+        recs: dict[str, dict[str, Any]] = {}
+        if self.results_path.is_file():
+            text = self.results_path.read_text()
+            if text and not text.endswith("\n"):  # killed mid-write: end the torn line before appending
+                with open(self.results_path, "a") as f:
+                    f.write("\n")
+            for line in text.splitlines():
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue
+                recs[r["id"]] = r
+        return recs
+
+    def _save(self, rec: dict[str, Any]) -> None:
+        with open(self.results_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+
+    def _model(self, name: str) -> TaskModel:
+        if name not in self._models:
+            self._models[name] = get_model(name)
+        return self._models[name]
+
+    def _config(self, model: str, dtype: str, level: str, done: dict[str, dict[str, Any]]) -> _Config:
+        ck = (model, dtype, level)
+        if ck in self._configs:
+            return self._configs[ck]
+        task = self._model(model)
+        w = task.weights()
+        original = {n: a.astype(DTYPES[dtype]) if a.dtype.kind == "f" else a for n, a in w.items()}
+        t0 = time.monotonic()
+        sealed = SealConfig(level=level).seal(original, self.key)
+        seal_s = time.monotonic() - t0
+        loaded = Loaded(dict(sealed.tensors), {METADATA_KEY: sealed.header_json})
+        cid = f"config:{model}/{dtype}/{level}"
+        rec = done.get(cid)
+        if rec is None:
+            clean = report_of(check(sealed.tensors, self.key, sealed.header_json, metadata={}))
+            k = bits_for(dtype, level, None)
+            rec = {
+                "id": cid,
+                "type": "config",
+                "model": model,
+                "dtype": dtype,
+                "level": level,
+                "k": k,
+                "parameters": sum(int(a.size) for a in original.values()),
+                "tensors": len(original),
+                "bound_relative_change": capacity(dtype, k).max_relative_change,
+                "erasure_bound": capacity(dtype, k).erasure_bound,
+                "error_bound": capacity(dtype, k).error_bound,
+                "measured_relative_change": metrics.max_relative_change(original, sealed.tensors),
+                "metric_fp32": task.evaluate(w),
+                "metric_original": task.evaluate(original),
+                "metric_sealed": task.evaluate(sealed.tensors),
+                "clean_verify_flagged_blocks": clean.tampered_block_count,
+                "clean_verify_status": clean.status,
+                "total_blocks": clean.total_blocks,
+                "seal_s": seal_s,
+                "numel": {n: int(a.size) for n, a in original.items()},
+            }
+            self._save(rec)
+        cfg = _Config(original, loaded, sealed.header_json, rec)
+        self._configs = {ck: cfg}  # keep one sealed config in memory (MiniLM is 90 MB per copy)
+        return cfg
+
+    def run(self, battery: Battery, *, on_run: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+        """Run every unfinished run of ``battery``; returns all its records (old and new)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        done = self.done()
+        total, i, t0 = battery.size(), 0, time.monotonic()
+        show = self.stream.isatty() if self.progress is None else self.progress
+        for plan, dt, lv, seed, a in battery.runs():
+            i += 1
+            rid = run_id(plan.model, dt, lv, seed, a)
+            if rid in done:
+                continue
+            cfg = self._config(plan.model, dt, lv, done)
+            done.setdefault(cfg.record["id"], cfg.record)
+            rec = self._one(plan.model, dt, lv, seed, a, cfg)
+            rec["id"] = rid
+            self._save(rec)
+            done[rid] = rec
+            if on_run:
+                on_run(rec)
+            if show:
+                el = time.monotonic() - t0
+                self.stream.write(f"\reval [{i}/{total}] {el:6.0f}s  {rid[:70]:<70}")
+                self.stream.flush()
+        if show:
+            self.stream.write(f"\reval done: {total} runs in {time.monotonic() - t0:.0f}s{' ' * 80}\n")
+        wanted = {run_id(p.model, d, lv, s, a) for p, d, lv, s, a in battery.runs()}
+        wanted |= {f"config:{p.model}/{d}/{lv}" for p, d, lv, _, _ in battery.runs()}
+        return [r for r in done.values() if r["id"] in wanted]
+
+    def _one(self, model: str, dtype: str, level: str, seed: int, a: Attack, cfg: _Config) -> dict[str, Any]:
+        kind, opts = a
+        rec: dict[str, Any] = {
+            "type": "run",
+            "model": model,
+            "dtype": dtype,
+            "level": level,
+            "seed": seed,
+            "kind": kind,
+            "options": opts,
+            "label": label(a),
+        }
+        t0 = time.monotonic()
+        task = self._model(model)
+        try:
+            spec = AttackSpec(kind, seed=seed, **opts)  # type: ignore[arg-type]
+            if kind == "truncate":
+                rec.update(_truncated(cfg, spec, self.key))
+                rec["wall_s"] = time.monotonic() - t0
+                return rec
+            attacked, truth = attack(cfg.sealed, spec, model=task)
+        except UsageError as e:
+            rec.update(skipped=str(e), wall_s=time.monotonic() - t0)
+            return rec
+        rec["truth"] = {k: v for k, v in truth.to_dict(0).items() if k != "tensors"}
+        rec["tampering_rate"] = truth.tampering_rate
+        rec["changed_parameters"] = truth.changed_parameters
+        rec["changed_blocks"] = sum(int(c.blocks.size) for c in truth.changes)
+        text = attacked.metadata.get(METADATA_KEY)
+        rec["metric_attacked"] = task.evaluate(attacked.tensors)
+        user = {k: v for k, v in attacked.metadata.items() if k != METADATA_KEY}
+        if text is None:
+            rec.update(detected=True, detection="not sealed (header stripped)", recovered=False)
+            rec["wall_s"] = time.monotonic() - t0
+            return rec
+        try:
+            t1 = time.monotonic()
+            chk = check(attacked.tensors, self.key, text, metadata=user)
+            vrep = report_of(chk)
+            rec["verify_s"] = time.monotonic() - t1
+            t1 = time.monotonic()
+            res = recover_from(chk)
+            rec["recover_s"] = time.monotonic() - t1
+        except ParamSealError as e:
+            rec.update(detected=True, detection=f"error: {type(e).__name__}", recovered=False)
+            rec["localisation"] = metrics.localisation(truth, report_of_empty(), None)
+            rec["wall_s"] = time.monotonic() - t0
+            return rec
+        rec["status"] = vrep.status
+        rec["detected"] = vrep.status != "intact"
+        rec["detection"] = vrep.status
+        rec["flagged_blocks"] = vrep.tampered_block_count
+        rec["total_blocks"] = vrep.total_blocks
+        rec["recover_status"] = res.report.status
+        rec["localisation"] = metrics.localisation(truth, vrep, res.report)
+        exact, frac = metrics.restored(truth, cfg.sealed.tensors, res.tensors)
+        rec["recovered"] = exact and res.report.ok
+        rec["fraction_restored"] = frac
+        rec["metric_recovered"] = task.evaluate(res.tensors)
+        if (
+            seed == 0
+            and level == "standard"
+            and dtype == "F32"
+            and kind in ("random-modify", "bitflip", "backdoor-row")
+        ):
+            rec["heat"] = metrics.heat_rows(truth, vrep, cfg.record["numel"])
+        rec["wall_s"] = time.monotonic() - t0
+        return rec
+
+
+def _truncated(cfg: _Config, spec: AttackSpec, key: Key) -> dict[str, Any]:
+    """Write the sealed model, cut the file, and check that verify refuses it cleanly."""
+    from ..files import verify_file, write_model
+
+    with tempfile.TemporaryDirectory(prefix="paramseal-eval-") as d:
+        src, dst = Path(d) / "sealed.safetensors", Path(d) / "cut.safetensors"
+        write_model(src, cfg.sealed)
+        truth = attack_file(src, dst, spec)
+        try:
+            rep = verify_file(dst, key)
+            how = f"verify returned {rep.status}"
+        except ParamSealError as e:
+            how = f"refused: {type(e).__name__}"
+    return {
+        "truth": truth.to_dict(0),
+        "detected": how.startswith("refused") or "intact" not in how,
+        "detection": how,
+        "recovered": False,
+    }
+
+
+def report_of_empty() -> Any:
+    """A report naming nothing (for runs where verify refused the model)."""
+    from ..report import Report
+
+    return Report("verify", "tampered", False)
+
+
+def fp_float(dt: str) -> bool:
+    """Whether ``dt`` is a float dtype name."""
+    return dt in FLOATS
+
+
+_ = dtype_name

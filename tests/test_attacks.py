@@ -1,0 +1,321 @@
+"""Every attack kind does exactly what it claims, deterministically, and never touches its input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal.attacks import KINDS, AttackSpec, attack, attack_file
+from paramseal.errors import UsageError
+from paramseal.files import read_model, write_model
+from paramseal.formats import Loaded
+from paramseal.header import METADATA_KEY
+from paramseal.levels import FLOATS, dtype_name
+
+uview = helpers.uview
+
+
+@pytest.fixture(scope="module")
+def sealed_model(key: paramseal.Key) -> Loaded:
+    """A sealed model with fp32, fp16, bf16, fp64 and integer tensors (two fc tensors share a shape)."""
+    t = helpers.small_model(3)
+    t["fc2.weight"] = np.random.default_rng(9).standard_normal((40, 33)).astype(np.float32)
+    s = paramseal.seal(t, key)
+    return Loaded(dict(s.tensors), {METADATA_KEY: s.header_json, "note": "hello"})
+
+
+def _floats(t: dict[str, np.ndarray]) -> list[str]:
+    return [n for n, a in t.items() if dtype_name(a.dtype) in FLOATS]
+
+
+def _bits_changed(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, list[tuple[int, int]]]:
+    """Independent oracle: (index, bit) of every differing bit, per tensor."""
+    out = {}
+    for n in a:
+        ua, ub = uview(a[n]), uview(b[n])
+        idx = np.flatnonzero(ua != ub)
+        out[n] = [
+            (int(i), bit) for i in idx for bit in range(ua.dtype.itemsize * 8) if (int(ua[i]) ^ int(ub[i])) >> bit & 1
+        ]
+    return out
+
+
+def _snapshot(m: Loaded) -> dict[str, bytes]:
+    return {n: a.tobytes() for n, a in m.tensors.items()} | {f"meta:{k}": v.encode() for k, v in m.metadata.items()}
+
+
+VALUE_SPECS = [
+    AttackSpec("bitflip", n=7),
+    AttackSpec("random-modify", fraction=0.05),
+    AttackSpec("random-modify", fraction=0.05, contiguous=True),
+    AttackSpec("noise", sigma=0.1),
+    AttackSpec("prune", fraction=0.2),
+    AttackSpec("backdoor-row", n=2),
+    AttackSpec("replace-tensor"),
+    AttackSpec("zero-tensor"),
+    AttackSpec("lsb-rewrite", fraction=0.5),
+    AttackSpec("swap", mode="blocks", n=2),
+    AttackSpec("swap", mode="rows", n=1),
+    AttackSpec("swap", mode="tensors"),
+    AttackSpec("quantize", mode="int8"),
+    AttackSpec("quantize", mode="fp16"),
+    AttackSpec("metadata", mode="edit"),
+]
+
+
+@pytest.mark.parametrize("spec", VALUE_SPECS, ids=lambda s: f"{s.kind}-{s.mode_or_default}-{s.contiguous}")
+def test_every_kind_is_deterministic_detected_and_leaves_input_alone(
+    spec: AttackSpec, sealed_model: Loaded, key: paramseal.Key
+) -> None:
+    before = _snapshot(sealed_model)
+    out1, truth1 = attack(sealed_model, spec)
+    out2, truth2 = attack(sealed_model, spec)
+    assert _snapshot(sealed_model) == before
+    assert _snapshot(out1) == _snapshot(out2)
+    assert truth1.to_dict() == truth2.to_dict()
+    # the ground truth is exactly the bits that differ
+    oracle = _bits_changed(sealed_model.tensors, out1.tensors)
+    for ch in truth1.changes:
+        got = [(int(i), b) for i, x in zip(ch.indices, ch.xor, strict=True) for b in range(ch.width) if int(x) >> b & 1]
+        assert got == oracle[ch.name]
+    assert truth1.changed_parameters + len(truth1.metadata_keys) > 0
+    if spec.kind == "metadata":
+        with pytest.raises(paramseal.ParamSealError):
+            paramseal.verify(out1.tensors, key, out1.metadata[METADATA_KEY])
+    else:
+        rep = paramseal.verify(out1.tensors, key, out1.metadata[METADATA_KEY])
+        assert rep.status == "tampered"
+
+
+def test_seed_changes_the_draw(sealed_model: Loaded) -> None:
+    _, a = attack(sealed_model, AttackSpec("random-modify", seed=1, fraction=0.01))
+    _, b = attack(sealed_model, AttackSpec("random-modify", seed=2, fraction=0.01))
+    assert a.to_dict()["tensors"] != b.to_dict()["tensors"]
+
+
+@pytest.mark.parametrize("field", ["any", "sign", "exponent", "mantissa", "watermark"])
+def test_bitflip_flips_exactly_n_bits_in_the_field(field: str, sealed_model: Loaded) -> None:
+    n = 25
+    out, truth = attack(sealed_model, AttackSpec("bitflip", seed=4, n=n, field=field))  # type: ignore[arg-type]
+    flips = _bits_changed(sealed_model.tensors, out.tensors)
+    assert sum(len(v) for v in flips.values()) == n
+    assert sum(c.bits_flipped for c in truth.changes) == n
+    ks = {t["name"]: t["k"] for t in json.loads(sealed_model.metadata[METADATA_KEY])["tensors"]}
+    for name, bits in flips.items():
+        a = sealed_model.tensors[name]
+        if not bits:
+            continue
+        fmt = FLOATS.get(dtype_name(a.dtype))
+        for _, b in bits:
+            match field:
+                case "sign":
+                    assert fmt is not None and b == fmt.bits - 1
+                case "exponent":
+                    assert fmt is not None and fmt.mantissa <= b < fmt.mantissa + fmt.exponent
+                case "mantissa":
+                    assert fmt is not None and b < fmt.mantissa
+                case "watermark":
+                    assert fmt is not None and b < ks[name]
+
+
+def test_bitflip_restricted_to_a_tensor(sealed_model: Loaded) -> None:
+    out, truth = attack(sealed_model, AttackSpec("bitflip", n=3, tensors=("fc.bias",)))
+    assert truth.changed_tensors == ["fc.bias"] and truth.changed_parameters <= 3
+    assert sum(c.bits_flipped for c in truth.changes) == 3
+
+
+def test_bitflip_rejects_more_bits_than_exist(sealed_model: Loaded) -> None:
+    with pytest.raises(UsageError, match="only"):
+        attack(sealed_model, AttackSpec("bitflip", n=10_000, field="sign", tensors=("fc.bias",)))
+
+
+def test_random_modify_touches_exactly_the_fraction(sealed_model: Loaded) -> None:
+    names = _floats(sealed_model.tensors)
+    total = sum(sealed_model.tensors[n].size for n in names)
+    for contiguous in (False, True):
+        out, truth = attack(sealed_model, AttackSpec("random-modify", seed=5, fraction=0.1, contiguous=contiguous))
+        assert truth.changed_parameters == round(0.1 * total)
+        assert set(truth.changed_tensors) <= set(names)
+        if contiguous:  # 2-5 runs (a run may continue across a tensor boundary)
+            assert sum(len(c.ranges()) for c in truth.changes) <= 5 + len(names)
+        for c in truth.changes:  # new values stay on the tensor's scale: finite
+            assert np.isfinite(out.tensors[c.name].reshape(-1)[c.indices].astype(np.float64)).all()
+
+
+def test_noise_has_the_requested_relative_sigma(sealed_model: Loaded) -> None:
+    out, truth = attack(sealed_model, AttackSpec("noise", seed=1, sigma=0.05, tensors=("embed.weight",)))
+    a = sealed_model.tensors["embed.weight"].astype(np.float64)
+    d = out.tensors["embed.weight"].astype(np.float64) - a
+    assert truth.changed_tensors == ["embed.weight"]
+    assert 0.04 < d.std() / a[np.isfinite(a)].std() < 0.06
+
+
+def test_prune_zeroes_the_smallest_fraction(sealed_model: Loaded) -> None:
+    out, _ = attack(sealed_model, AttackSpec("prune", fraction=0.25, tensors=("fc2.weight",)))
+    a, b = sealed_model.tensors["fc2.weight"].reshape(-1), out.tensors["fc2.weight"].reshape(-1)
+    zeroed = np.flatnonzero(b == 0)
+    assert zeroed.size == round(0.25 * a.size)
+    assert np.abs(a[zeroed]).max() <= np.abs(np.delete(a, zeroed)).min()
+
+
+def test_backdoor_row_overwrites_whole_rows_of_the_classifier(sealed_model: Loaded) -> None:
+    _, truth = attack(sealed_model, AttackSpec("backdoor-row", seed=2, n=3))
+    (c,) = [c for c in truth.changes if c.count]
+    a = sealed_model.tensors[c.name]
+    assert c.name == "fc2.weight"  # the last 2-D float tensor
+    w = a.shape[1]
+    rows = np.unique(c.indices // w)
+    assert rows.size == 3 and c.count == 3 * w
+
+
+def test_whole_tensors(sealed_model: Loaded) -> None:
+    out, truth = attack(sealed_model, AttackSpec("zero-tensor", tensors=("embed.weight",)))
+    assert not out.tensors["embed.weight"].any() and truth.changed_tensors == ["embed.weight"]
+    total = sum(a.size for a in sealed_model.tensors.values())
+    _, truth = attack(sealed_model, AttackSpec("replace-tensor", seed=3, fraction=0.4))
+    assert 0 < truth.changed_parameters <= 0.4 * total
+    for c in truth.changes:
+        assert c.count in (0, c.numel) or c.count > 0.95 * c.numel  # whole tensors (a random value may repeat)
+
+
+def test_lsb_rewrite_touches_only_low_bits(sealed_model: Loaded) -> None:
+    _, truth = attack(sealed_model, AttackSpec("lsb-rewrite", seed=1, fraction=1.0))
+    ks = {t["name"]: t["k"] for t in json.loads(sealed_model.metadata[METADATA_KEY])["tensors"]}
+    assert truth.changed_parameters > 0
+    for c in truth.changes:
+        assert all(int(x) < (1 << ks[c.name]) for x in c.xor)
+    _, truth = attack(sealed_model, AttackSpec("lsb-rewrite", fraction=1.0, bits=3, tensors=("fc.weight",)))
+    assert truth.changed_tensors == ["fc.weight"] and all(int(x) < 8 for x in truth.changes[1].xor)
+
+
+def test_swap_moves_values_without_changing_them(sealed_model: Loaded) -> None:
+    for mode in ("blocks", "rows"):
+        out, truth = attack(sealed_model, AttackSpec("swap", seed=6, mode=mode, n=1))
+        (name,) = truth.changed_tensors
+        a, b = sealed_model.tensors[name], out.tensors[name]
+        assert sorted(uview(a).tolist()) == sorted(uview(b).tolist())
+    out, truth = attack(sealed_model, AttackSpec("swap", mode="tensors"))
+    assert sorted(truth.changed_tensors) == ["fc.weight", "fc2.weight"]
+    assert np.array_equal(out.tensors["fc.weight"], sealed_model.tensors["fc2.weight"])
+
+
+def test_quantize_round_trips(sealed_model: Loaded) -> None:
+    out, _ = attack(sealed_model, AttackSpec("quantize", mode="int8", tensors=("embed.weight",)))
+    assert np.unique(out.tensors["embed.weight"]).size <= 255
+    out, _ = attack(sealed_model, AttackSpec("quantize", mode="fp16", tensors=("embed.weight",)))
+    v = out.tensors["embed.weight"]
+    assert np.array_equal(v.astype(np.float16).astype(np.float32), v)
+
+
+def test_metadata_modes(sealed_model: Loaded) -> None:
+    out, truth = attack(sealed_model, AttackSpec("metadata", mode="strip"))
+    assert METADATA_KEY not in out.metadata and truth.metadata_keys == (METADATA_KEY,)
+    out, truth = attack(sealed_model, AttackSpec("metadata", mode="user"))
+    assert out.metadata[METADATA_KEY] == sealed_model.metadata[METADATA_KEY] and truth.metadata_keys
+    assert truth.changed_parameters == 0
+
+
+def test_options_that_do_not_fit_are_refused(sealed_model: Loaded) -> None:
+    with pytest.raises(UsageError, match="kind"):
+        AttackSpec("nope")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="--mode"):
+        AttackSpec("noise", mode="int8")
+    with pytest.raises(UsageError, match="fraction"):
+        AttackSpec("prune", fraction=1.5)
+    with pytest.raises(UsageError, match="no tensor named 'ghost'"):
+        attack(sealed_model, AttackSpec("noise", tensors=("ghost",)))
+    with pytest.raises(UsageError, match="--model"):
+        attack(sealed_model, AttackSpec("bfa"))
+    plain = Loaded({"w": np.ones(100, np.float32)})
+    with pytest.raises(UsageError, match="sealed"):
+        attack(plain, AttackSpec("lsb-rewrite"))
+
+
+def test_attack_file_truncate_and_atomic_output(tmp_path: Path, sealed_model: Loaded) -> None:
+    src = tmp_path / "m.safetensors"
+    write_model(src, sealed_model)
+    raw = src.read_bytes()
+    truth = attack_file(src, tmp_path / "cut.safetensors", AttackSpec("truncate", fraction=0.3))
+    assert (tmp_path / "cut.safetensors").read_bytes() == raw[: int(len(raw) * 0.3)]
+    assert truth.file == {"bytes_before": len(raw), "bytes_after": int(len(raw) * 0.3)}
+    assert src.read_bytes() == raw
+    with pytest.raises(UsageError, match="never modifies"):
+        attack_file(src, src, AttackSpec("noise"))
+
+
+def test_cli_attack_json_is_ground_truth(tmp_path: Path, sealed_model: Loaded, key: paramseal.Key) -> None:
+    src, dst = tmp_path / "m.safetensors", tmp_path / "a.safetensors"
+    write_model(src, sealed_model)
+    raw = src.read_bytes()
+    rc, out, _ = helpers.run_cli(
+        ["attack", src, dst, "--kind", "bitflip", "--n", "5", "--seed", "3", "--field", "exponent", "--json"]
+    )
+    assert rc == 0 and src.read_bytes() == raw
+    truth = json.loads(out)
+    assert truth["changed_parameters"] == 5 and sum(t["bits_flipped"] for t in truth["tensors"].values()) == 5
+    got = read_model(dst).tensors
+    for name, t in truth["tensors"].items():
+        diff = np.flatnonzero(uview(got[name]) != uview(sealed_model.tensors[name]))
+        assert diff.tolist() == t["indices"]
+    rep = paramseal.files.verify_file(dst, key)
+    assert set(rep.tampered_tensors) == set(truth["tensors"])
+    rc, out, _ = helpers.run_cli(
+        ["attack", src, tmp_path / "b.safetensors", "--kind", "zero-tensor", "--tensor", "fc.weight"]
+    )
+    assert rc == 0 and out.startswith("OK: attacked") and "fc.weight: 1320 value(s)" in out
+
+
+def test_cli_attack_bad_input_exits_3_and_writes_nothing(tmp_path: Path, sealed_model: Loaded) -> None:
+    src = tmp_path / "m.safetensors"
+    write_model(src, sealed_model)
+    before = helpers.listing(tmp_path)
+    for argv in (
+        ["attack", src, tmp_path / "o.safetensors", "--kind", "noise", "--tensor", "ghost"],
+        ["attack", src, src, "--kind", "noise"],
+        ["attack", tmp_path / "missing.safetensors", tmp_path / "o.safetensors", "--kind", "noise"],
+        ["attack", src, tmp_path / "o.safetensors", "--kind", "quantize", "--mode", "int4"],
+        ["attack", src, tmp_path / "o.safetensors", "--kind", "wobble"],
+    ):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3, (argv, err)
+        assert helpers.listing(tmp_path) == before
+
+
+def test_every_kind_is_covered() -> None:
+    covered = {s.kind for s in VALUE_SPECS} | {"truncate", "bfa", "finetune", "metadata"}
+    assert covered == set(KINDS)
+
+
+@pytest.fixture(scope="module")
+def mlp_sealed(key: paramseal.Key) -> Loaded:
+    from paramseal import _demo_model
+
+    s = paramseal.seal(_demo_model.train(0), key)
+    return Loaded(dict(s.tensors), {METADATA_KEY: s.header_json})
+
+
+def test_bfa_flips_exactly_n_bits_and_hurts_the_task(mlp_sealed: Loaded) -> None:
+    pytest.importorskip("torch")
+    from paramseal.evaluation.models import get_model
+
+    mlp = get_model("mlp")
+    before = _snapshot(mlp_sealed)
+    out, truth = attack(mlp_sealed, AttackSpec("bfa", n=3, seed=0), model=mlp)
+    assert _snapshot(mlp_sealed) == before
+    assert sum(c.bits_flipped for c in truth.changes) == 3
+    assert sum(len(v) for v in _bits_changed(mlp_sealed.tensors, out.tensors).values()) == 3
+    assert mlp.evaluate(out.tensors)["accuracy"] < mlp.evaluate(mlp_sealed.tensors)["accuracy"] - 0.2
+
+
+def test_finetune_changes_only_the_classifier(mlp_sealed: Loaded, tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    before = _snapshot(mlp_sealed)
+    out, truth = attack(mlp_sealed, AttackSpec("finetune", steps=3, lr=0.05, model="mlp"))
+    assert _snapshot(mlp_sealed) == before
+    assert set(truth.changed_tensors) == {"fc3.weight", "fc3.bias"}
+    assert truth.changes[4].count > 0.5 * truth.changes[4].numel

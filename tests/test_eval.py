@@ -1,0 +1,160 @@
+"""``paramseal eval``: outputs with sane values, resume, the CLI, missing extras, the models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import helpers
+import pytest
+
+pytest.importorskip("matplotlib")
+pytest.importorskip("torch")
+
+from paramseal.evaluation import BATTERIES, Battery, Plan, run_eval  # noqa: E402
+from paramseal.evaluation.models import sentences  # noqa: E402
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("eval")
+    summary = run_eval(BATTERIES["tiny"], out, docs=out / "page" / "results.md", progress=False)
+    return out, summary
+
+
+def test_tiny_battery_writes_json_markdown_png_with_sane_values(tiny: tuple[Path, object]) -> None:
+    out, summary = tiny
+    data = json.loads((out / "results.json").read_text())
+    recs = data["records"]
+    runs = {r["id"]: r for r in recs if r["type"] == "run"}
+    configs = [r for r in recs if r["type"] == "config"]
+    assert len(runs) == BATTERIES["tiny"].size() == summary.runs  # type: ignore[attr-defined]
+    assert summary.false_positives == 0  # type: ignore[attr-defined]
+    for c in configs:
+        assert c["clean_verify_status"] == "intact" and c["clean_verify_flagged_blocks"] == 0
+        assert 0.9 < c["metric_sealed"]["accuracy"] <= 1.0
+        assert 0 < c["measured_relative_change"] <= c["bound_relative_change"] + 1e-12
+    for r in runs.values():
+        assert r["detected"] is True, r["id"]
+        assert r["wall_s"] >= 0
+        loc = r.get("localisation")
+        if loc and loc["block"]["precision"] is not None:
+            assert loc["block"]["precision"] == 1.0  # never a block flagged that was not tampered
+            assert loc["block"]["recall"] == 1.0
+    flips = runs["mlp/F32/standard/s0/bitflip_n=10"]
+    assert flips["changed_parameters"] == 10 and flips["recovered"] is True
+    assert flips["localisation"]["parameter"] == {"precision": 1.0, "recall": 1.0, "hit": 10, "flagged": 10, "true": 10}
+    assert flips["metric_recovered"] == configs[0]["metric_sealed"]
+    scattered = runs["mlp/F32/standard/s0/random-modify_p=0.05"]
+    assert scattered["recovered"] is False and scattered["detected"] is True  # beyond capacity: honest
+    assert "refused" in runs["mlp/F32/standard/s0/truncate"]["detection"]
+    table = (out / "results.md").read_text()
+    assert "| bitflip n=10 |" in table and "1/1" in table
+    for name in ("recovery_mlp_F32.png", "metric_mlp_F32_standard.png", "heatmap_mlp.png"):
+        raw = (out / name).read_bytes()
+        assert raw.startswith(PNG) and 2_000 < len(raw) < 200_000
+    page = (out / "page" / "results.md").read_text()
+    for section in (
+        "Embedding impact",
+        "False positives",
+        "Recovery rate",
+        "What each attack gives",
+        "Against the published claims",
+        "Gao",
+        "RADAR",
+        "Guan",
+        "Where ParamSeal loses",
+    ):
+        assert section in page
+    assert "](../recovery_mlp_F32.png)" in page
+
+
+def test_resume_skips_finished_runs(tiny: tuple[Path, object], tmp_path: Path) -> None:
+    out, _ = tiny
+    again = run_eval(BATTERIES["tiny"], out, progress=False)
+    assert again.new_runs == 0 and again.runs == BATTERIES["tiny"].size()
+    # an interrupted run: drop two finished lines (and tear the last one); only those are redone
+    lines = (out / "results.jsonl").read_text().splitlines()
+    keep = [ln for ln in lines if "zero-tensor" not in ln and "bitflip" not in ln]
+    (out / "results.jsonl").write_text("\n".join(keep) + '\n{"id": "torn')
+    redo = run_eval(BATTERIES["tiny"], out, progress=False)
+    assert redo.new_runs == len(lines) - len(keep)
+    ids = [json.loads(ln)["id"] for ln in (out / "results.jsonl").read_text().splitlines() if ln.endswith("}")]
+    assert len(ids) == len(set(ids)) == BATTERIES["tiny"].size() + redo.configs
+
+
+def test_cli_eval_custom_battery(tmp_path: Path) -> None:
+    rc, out, err = helpers.run_cli(
+        [
+            "eval",
+            "--model",
+            "mlp",
+            "--dtype",
+            "F16",
+            "--seeds",
+            "1",
+            "--out",
+            tmp_path / "o",
+            "--docs",
+            tmp_path / "r.md",
+        ]
+    )
+    assert rc == 0, err
+    assert "no false positives" in out and "wrote" in out
+    page = (tmp_path / "r.md").read_text()
+    assert f"paramseal eval --model mlp --dtype F16 --seeds 1 --out {tmp_path / 'o'}" in page
+    recs = json.loads((tmp_path / "o" / "results.json").read_text())["records"]
+    kinds = {r["kind"] for r in recs if r["type"] == "run"}
+    assert {"bfa", "finetune", "swap", "quantize", "metadata", "truncate", "lsb-rewrite"} <= kinds
+
+
+def test_cli_eval_bad_options_exit_3(tmp_path: Path) -> None:
+    for argv in (
+        ["eval", "--out", tmp_path, "--battery", "huge"],
+        ["eval", "--out", tmp_path, "--model", "gpt"],
+        ["eval", "--out", tmp_path, "--model", "mlp", "--dtype", "F8"],
+    ):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and "choose" in err, err
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_missing_extra_names_the_pip_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    rc, _, err = helpers.run_cli(["eval", "--out", tmp_path / "o"])
+    assert rc == 3 and "pip install 'paramseal[eval]'" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_sentence_set_is_large_and_varied() -> None:
+    s = sentences()
+    assert len(s) >= 200 and len(set(s)) == len(s)
+    assert min(map(len, s)) < 10 < 150 < max(map(len, s)) or max(map(len, s)) > 60
+
+
+@pytest.mark.slow
+def test_cnn_and_minilm_models(tmp_path: Path) -> None:
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("mlxtend")
+    b = Battery(
+        "t",
+        (
+            Plan("cnn", ("F32",), ("standard",), (0,), (("bfa", {"n": 2}), ("zero-tensor", {}))),
+            Plan("minilm", ("BF16",), ("strong",), (0,), (("backdoor-row", {"n": 1}),)),
+        ),
+    )
+    s = run_eval(b, tmp_path, progress=False)
+    recs = json.loads((tmp_path / "results.json").read_text())["records"]
+    cfg = {r["model"]: r for r in recs if r["type"] == "config"}
+    assert cfg["cnn"]["metric_sealed"]["accuracy"] > 0.9
+    assert cfg["minilm"]["metric_sealed"]["cos_min"] > 0.95
+    assert s.false_positives == 0
+
+
+@pytest.mark.slow
+def test_docs_battery(tmp_path: Path) -> None:
+    s = run_eval(BATTERIES["docs"], tmp_path, docs=tmp_path / "results.md", progress=False)
+    assert s.false_positives == 0 and s.new_runs == s.runs
