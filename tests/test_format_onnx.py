@@ -15,6 +15,7 @@ from typing import Any
 import helpers
 import numpy as np
 import pytest
+from adapter_suite import AdapterTests
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -103,7 +104,7 @@ def _const(out: str, a: np.ndarray) -> Any:
 
 
 def control_flow(rng: np.random.Generator) -> Any:
-    """Weights in Constants at depth 1 and 2 of If subgraphs and inside a Loop body.
+    """Weights in Constants at depth 1 and 2 of If subgraphs and inside Loop and Scan bodies.
 
     Both branches of the inner If name their Constant ``w``: sibling subgraphs may reuse
     a name, so those two get their subgraph path as a prefix.
@@ -148,12 +149,28 @@ def control_flow(rng: np.random.Generator) -> Any:
         [h("i", TensorProto.INT64, []), h("c_in", TensorProto.BOOL, []), h("y_in", F32, [1, 3])],
         [h("c_out", TensorProto.BOOL, []), h("y_out", F32, [1, 3])],
     )
+    scan_body = helper.make_graph(
+        [
+            _const("scan_w", rng.standard_normal(3).astype(np.float32)),
+            helper.make_node("Mul", ["row", "scan_w"], ["p"]),
+            helper.make_node("Add", ["s_in", "p"], ["s_out"]),
+            helper.make_node("Identity", ["s_out"], ["r_out"]),
+        ],
+        "scan_body",
+        [h("s_in", F32, [3]), h("row", F32, [3])],
+        [h("s_out", F32, [3]), h("r_out", F32, [3])],
+    )
     nodes = [
         helper.make_node("MatMul", ["X", "W0"], ["H"]),
         outer,
         _const("trips", np.array(3, np.int64)),
         _const("go", np.array(True)),
-        helper.make_node("Loop", ["trips", "go", "picked"], ["Z"], name="loop", body=body),
+        helper.make_node("Loop", ["trips", "go", "picked"], ["L"], name="loop", body=body),
+        _const("s_shape", np.array([3], np.int64)),
+        helper.make_node(
+            "ConstantOfShape", ["s_shape"], ["s0"], value=numpy_helper.from_array(np.zeros(1, np.float32))
+        ),
+        helper.make_node("Scan", ["s0", "L"], ["S", "Z"], name="scan", num_scan_inputs=1, body=scan_body),
     ]
     graph = helper.make_graph(
         nodes,
@@ -266,6 +283,30 @@ def ext_file(tmp_path: Path) -> Path:
     return save(mlp(np.random.default_rng(3)), d / "ext.onnx", external=True)
 
 
+# --------------------------------------------------------------------------- the shared adapter suite
+
+
+class TestOnnxSuite(AdapterTests):
+    """Files made with onnx itself: every tensor an initializer of a graph with no nodes."""
+
+    adapter_name = "onnx"
+    suffix = ".onnx"
+
+    def make_file(self, path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
+        make_file(path, tensors, metadata)
+
+    def read_native(self, path: Path) -> dict[str, np.ndarray]:
+        return {name: numpy_helper.to_array(t) for name, t in _protos(onnx.load(str(path)))}
+
+    def malformed_cases(self) -> dict[str, bytes]:
+        raw = make_file(Path(self._tmp) / "m.onnx", {"w": np.ones(64, np.float32)}).read_bytes()
+        return {case: fn(raw) for case, fn in MALFORMED.items() if case not in ("truncated", "empty", "garbage")}
+
+    @pytest.fixture(autouse=True)
+    def _folder(self, tmp_path: Path) -> None:
+        self._tmp = tmp_path
+
+
 # --------------------------------------------------------------------------- reading and writing
 
 
@@ -315,6 +356,9 @@ def test_names_are_output_names_with_subgraph_prefix_only_on_clashes(cf_file: Pa
         "trips",
         "go",
         "loop_b",
+        "s_shape",
+        "s0:value",  # the ConstantOfShape fill value
+        "scan_w",
     ]
     where = dict(iter_tensor_names(cf_file))
     assert "subgraph outer_if:else_branch/inner_if:else_branch" in where[names[2]]
@@ -417,6 +461,50 @@ def test_tampered_external_data_is_located_and_recovered_into_external_data(
     assert res.report.status == "recovered"
     assert (fixed_dir / "fixed.onnx.data").read_bytes() == good
     assert files.verify_file(fixed_dir / "fixed.onnx", key).status == "intact"
+
+
+def test_one_external_file_per_tensor_keeps_that_layout(tmp_path: Path, key: paramseal.Key) -> None:
+    src = tmp_path / "src" / "m.onnx"
+    src.parent.mkdir()
+    onnx.save_model(
+        mlp(np.random.default_rng(6)), str(src), save_as_external_data=True, all_tensors_to_one_file=False,
+        size_threshold=0,
+    )  # fmt: skip
+    n_files = len(list(src.parent.iterdir())) - 1
+    out = tmp_path / "sealed.onnx"
+    files.seal_file(src, out, key)
+    side = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("sealed.onnx."))
+    assert side == sorted(f"sealed.onnx.{i}.data" for i in range(1, n_files + 1)) and n_files >= 10
+    assert files.verify_file(out, key).status == "intact"
+    x = {"X": np.linspace(-2, 2, 16, dtype=np.float32).reshape(2, 8)}
+    (ya,), (yb,) = run(src, x), run(out, x)
+    assert 0 < np.abs(ya - yb).max() <= 1e-4 * np.abs(ya).max()
+
+
+def test_a_failed_write_leaves_no_external_data_behind(
+    tmp_path: Path, ext_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    def disk_full(self: Path, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        files.seal_file(ext_file, out_dir / "sealed.onnx", key)
+    assert list(out_dir.iterdir()) == []
+
+
+def test_typed_field_model_seals_and_runs_in_onnxruntime(tmp_path: Path, key: paramseal.Key) -> None:
+    src = save(mlp(np.random.default_rng(8), typed=True), tmp_path / "typed.onnx")
+    out = tmp_path / "sealed.onnx"
+    files.seal_file(src, out, key)
+    assert all(not t.HasField("raw_data") for _, t in _protos(onnx.load(str(out))) if t.dims and t.dims[0])
+    x = {"X": np.linspace(-2, 2, 16, dtype=np.float32).reshape(2, 8)}
+    (ya,), (yb,) = run(src, x), run(out, x)
+    assert 0 < np.abs(ya - yb).max() <= 1e-4 * np.abs(ya).max()
+    assert files.verify_file(out, key).status == "intact"
 
 
 def test_never_overwrites_the_inputs_external_data(tmp_path: Path, key: paramseal.Key, key_file: Path) -> None:
