@@ -31,7 +31,9 @@ class Mapping:
         mode = "r+b" if write else "rb"
         if size is not None:
             with open(path, "wb") as f:
-                f.truncate(size)
+                # Reserve the disk now: a full disk must fail here with ENOSPC, not later as SIGBUS on a page write.
+                if size:
+                    os.posix_fallocate(f.fileno(), 0, size)
         self._file = open(path, mode)  # noqa: SIM115 - closed in close()
         length = os.fstat(self._file.fileno()).st_size
         self.size = length

@@ -11,19 +11,23 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._bits import uint_view
+from ._pages import Workspace, chunks, release
 from ._progress import Progress
 from .errors import FormatError, KeyMismatchError, NotSealedError, UsageError
 from .formats import Loaded, adapter_for
-from .header import METADATA_KEY, peek_header
+from .formats import safetensors as st_format
+from .header import METADATA_KEY, Header, peek_header
 from .keys import Key
 from .levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
-from .recover import RecoverResult, recover_from
+from .recover import Recovery, plan_recovery, recover_from_plan
 from .report import Report
-from .seal import SealConfig, SealedModel
-from .verify import check, header_from_weights, report_of
+from .seal import SealConfig, probe_header, seal_flat, write_blocks
+from .verify import Check, check, header_from_weights, report_of
 
 PathLike = str | os.PathLike[str]
 
@@ -105,6 +109,43 @@ def _split_header(loaded: Loaded, path: Path, key: Key) -> tuple[str, dict[str, 
         ) from None
 
 
+@dataclass(frozen=True, slots=True)
+class SealedFile:
+    """A sealed model file: where it is and its header (the sealed values are in the file)."""
+
+    path: Path
+    header_json: str
+    header: Header
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredFile:
+    """The outcome of ``recover_file``: the report, and the output path if one was written."""
+
+    path: Path | None
+    report: Report
+    metadata: dict[str, str]
+
+
+def _is_safetensors(path: Path, *, output: bool = False) -> bool:
+    return adapter_for(path, must_exist=not output).name == "safetensors"
+
+
+@contextmanager
+def _open_model(path: Path) -> Iterator[Loaded]:
+    """The model in ``path``: safetensors are mapped (pages read on use), other formats loaded."""
+    if not path.is_file():
+        raise UsageError(f"input '{path}' does not exist or is not a file")
+    if not _is_safetensors(path):
+        yield read_model(path)
+        return
+    m, tensors, meta = st_format.map_tensors(path)
+    try:
+        yield Loaded(tensors, meta)
+    finally:
+        m.close()
+
+
 def seal_file(
     src: PathLike,
     dst: PathLike,
@@ -114,30 +155,64 @@ def seal_file(
     bits: int | None = None,
     in_place: bool = False,
     progress: bool | None = None,
-) -> SealedModel:
-    """Seal the model in ``src`` and write it to ``dst``; the file's metadata is kept."""
+) -> SealedFile:
+    """Seal the model in ``src`` and write it to ``dst``; the file's metadata is kept.
+
+    safetensors to safetensors streams: memory stays bounded by a few chunks, whatever the model size.
+    """
     s, d = Path(src), Path(dst)
     _check_paths(s, d, in_place)
-    loaded = read_model(s)
-    if METADATA_KEY in loaded.metadata:
-        raise UsageError(f"'{s}' is already sealed; recover or verify it instead of sealing it twice")
-    prog = Progress("seal", len(loaded.tensors) + 1, enabled=progress)
-    sealed = SealConfig(level=level, bits=bits).seal(loaded.tensors, key, metadata=loaded.metadata, progress=prog)
-    prog.done()
-    meta = dict(loaded.metadata)
-    meta[METADATA_KEY] = sealed.header_json
-    write_model(d, Loaded(sealed.tensors, meta))
-    return sealed
+    cfg = SealConfig(level=level, bits=bits)
+    with _open_model(s) as loaded:
+        meta = dict(loaded.metadata)
+        if METADATA_KEY in meta:
+            raise UsageError(f"'{s}' is already sealed; recover or verify it instead of sealing it twice")
+        if not _is_safetensors(d, output=True):
+            prog = Progress("seal", 2 * len(loaded.tensors) + 1, enabled=progress)
+            sealed = cfg.seal(loaded.tensors, key, metadata=meta, progress=prog)
+            prog.done()
+            write_model(d, Loaded(sealed.tensors, {**meta, METADATA_KEY: sealed.header_json}))
+            return SealedFile(d, sealed.header_json, sealed.header)
+        specs = cfg.specs(loaded.tensors)
+        salt = os.urandom(16)
+        probe, slack = probe_header(specs, cfg.level, cfg.bits, salt, key, meta)
+        entries = [(x.name, x.dtype, x.shape) for x in specs]
+        room = len(st_format.header_json([], {**meta, METADATA_KEY: probe.to_json(key)})) + slack
+        room += sum(len(st_format.header_json([st_format.Entry(n, dt, sh, 0, 1 << 60)], {})) for n, dt, sh in entries)
+        prog = Progress("seal", 2 * len(specs) + 1, enabled=progress)
+        ws = Workspace(d.parent)
+        try:
+            with atomic_path(d) as tmp:
+                w = st_format.StreamWriter(tmp, entries, room)
+                try:
+                    flats = [uint_view(loaded.tensors[x.name]) for x in specs]
+                    outs = [uint_view(w.array(x.name)) for x in specs]
+                    header = seal_flat(flats, outs, specs, key, salt, cfg.level, cfg.bits, cfg.lanes, meta, ws, prog)
+                    text = header.to_json(key)
+                    w.finish({**meta, METADATA_KEY: text})
+                except BaseException:
+                    w.abort()
+                    raise
+        finally:
+            ws.close()
+        prog.done()
+        return SealedFile(d, text, header)
 
 
-def verify_file(path: PathLike, key: Key, *, progress: bool | None = None) -> Report:
-    """Verify a sealed model file (weights, tensor table and metadata)."""
+def verify_file(
+    path: PathLike, key: Key, *, tensors: str | None = None, progress: bool | None = None
+) -> Report:
+    """Verify a sealed model file (weights, tensor table and metadata).
+
+    ``tensors`` is a glob pattern (``fnmatch``) over tensor names: only those tensors are
+    checked, and the others' data is never read.
+    """
     p = Path(path)
-    loaded = read_model(p)
-    prog = Progress("verify", len(loaded.tensors), enabled=progress)
-    with _about(p):
-        text, meta, _ = _split_header(loaded, p, key)
-        rep = report_of(check(loaded.tensors, key, text, metadata=meta, progress=prog))
+    with _open_model(p) as loaded:
+        prog = Progress("verify", len(loaded.tensors), enabled=progress)
+        with _about(p):
+            text, meta, _ = _split_header(loaded, p, key)
+            rep = report_of(check(loaded.tensors, key, text, metadata=meta, progress=prog, select=tensors))
     prog.done()
     return rep
 
@@ -150,28 +225,61 @@ def recover_file(
     allow_partial: bool = False,
     in_place: bool = False,
     progress: bool | None = None,
-) -> RecoverResult:
+) -> RecoveredFile:
     """Recover a sealed model file into ``dst``.
 
     ``dst`` is written when the result verifies (or the model was intact). A
     model that cannot be fully recovered is written only with
     ``allow_partial=True``, and keeps its seal header so that verify still
-    names every block that remains tampered.
+    names every block that remains tampered. safetensors to safetensors streams.
     """
     s, d = Path(src), Path(dst)
     _check_paths(s, d, in_place)
-    loaded = read_model(s)
-    prog = Progress("recover", len(loaded.tensors), enabled=progress)
-    with _about(s):
-        text, meta, embedded = _split_header(loaded, s, key)
-        result = recover_from(check(loaded.tensors, key, text, metadata=meta, progress=prog))
-    prog.done()
-    if result.report.ok or allow_partial:
-        out_meta = dict(result.metadata)
+    with _open_model(s) as loaded:
+        prog = Progress("recover", len(loaded.tensors), enabled=progress)
+        ws = Workspace(d.parent)
+        try:
+            with _about(s):
+                text, meta, embedded = _split_header(loaded, s, key)
+                chk = check(loaded.tensors, key, text, metadata=meta, progress=prog)
+                rec = plan_recovery(chk, ws)
+        finally:
+            ws.close()
+        prog.done()
+        if not (rec.report.ok or allow_partial):
+            return RecoveredFile(None, rec.report, rec.metadata)
+        out_meta = dict(rec.metadata)
         if not embedded:  # a header read from the weights stays there only, as in the input
             out_meta[METADATA_KEY] = text
-        write_model(d, Loaded(result.tensors, out_meta))
-    return result
+        if _is_safetensors(d, output=True):
+            _write_recovered(d, chk, rec, out_meta)
+        else:
+            result = recover_from_plan(chk, rec)
+            write_model(d, Loaded(result.tensors, out_meta))
+    return RecoveredFile(d, rec.report, rec.metadata)
+
+
+def _write_recovered(dst: Path, chk: Check, rec: Recovery, meta: dict[str, str]) -> None:
+    """Stream the recovered model (the sealed tensors, patched) into a safetensors file."""
+    entries = [(x.name, x.dtype, x.shape) for x in chk.specs]
+    probe = [st_format.Entry(n, dt, sh, 0, 1 << 60) for n, dt, sh in entries]
+    with atomic_path(dst) as tmp:
+        w = st_format.StreamWriter(tmp, entries, len(st_format.header_json(probe, meta)))
+        try:
+            for t, (spec, ub) in enumerate(zip(chk.specs, chk.blocks, strict=True)):
+                out = uint_view(w.array(spec.name))
+                patch = rec.patches.get(t)
+                for r0, r1 in chunks(spec.nblocks, ub.dtype.itemsize, 0, 1):
+                    part = ub[r0:r1].copy()
+                    release(ub[r0:r1])
+                    if patch is not None:
+                        sel = (patch.rows >= r0) & (patch.rows < r1)
+                        part[patch.rows[sel] - r0] = patch.new[sel]
+                    write_blocks(out, spec, r0, part)
+            w.finish(meta)
+        except BaseException:
+            w.abort()
+            raise
 
 
 def inspect_file(path: PathLike) -> dict[str, Any]:
@@ -228,4 +336,14 @@ def _caps(ks: dict[Any, Any]) -> dict[str, Any]:
     return out
 
 
-__all__ = ["atomic_path", "inspect_file", "read_model", "recover_file", "seal_file", "verify_file", "write_model"]
+__all__ = [
+    "RecoveredFile",
+    "SealedFile",
+    "atomic_path",
+    "inspect_file",
+    "read_model",
+    "recover_file",
+    "seal_file",
+    "verify_file",
+    "write_model",
+]

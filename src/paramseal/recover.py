@@ -65,7 +65,11 @@ class Recovery:
 
 def recover_from(chk: Check, ws: Workspace | None = None) -> RecoverResult:
     """Recover from a finished check; the tensors come back as sealed (names, order, shapes)."""
-    rec = plan_recovery(chk, ws)
+    return recover_from_plan(chk, plan_recovery(chk, ws))
+
+
+def recover_from_plan(chk: Check, rec: Recovery) -> RecoverResult:
+    """The recovered tensors in memory: the checked model with the rebuilt blocks written in (copies)."""
     tensors: dict[str, NDArray[np.generic]] = {}
     for t, (spec, ub) in enumerate(zip(chk.specs, chk.blocks, strict=True)):
         if t in rec.patches:
@@ -214,4 +218,4 @@ def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, 
     return out
 
 
-__all__ = ["Patch", "RecoverResult", "Recovery", "plan_recovery", "recover", "recover_from"]
+__all__ = ["Patch", "RecoverResult", "Recovery", "plan_recovery", "recover", "recover_from", "recover_from_plan"]

@@ -33,6 +33,17 @@ class SealConfig:
     bits: int | None = None
     lanes: int | None = None  # None: chosen from the model size
 
+    def specs(self, tensors: Mapping[str, NDArray[np.generic]]) -> list[TensorSpec]:
+        """The tensor table this configuration gives ``tensors``; refuses what cannot be sealed."""
+        if self.level not in LEVELS:
+            raise UsageError(f"unknown level '{self.level}'; choose one of {', '.join(LEVELS)}")
+        if not tensors:
+            raise UsageError("cannot seal an empty model: it has no tensors")
+        specs = [_spec(name, a, self.level, self.bits) for name, a in tensors.items()]
+        if not any(s.is_float for s in specs):
+            raise UnsupportedError("cannot seal a model without float tensors: the watermark lives in float mantissas")
+        return specs
+
     def seal(
         self,
         tensors: Mapping[str, NDArray[np.generic]],
@@ -42,14 +53,8 @@ class SealConfig:
         progress: Progress | None = None,
     ) -> SealedModel:
         """Seal ``tensors`` (name -> array) with ``key``; the input is not modified."""
-        if self.level not in LEVELS:
-            raise UsageError(f"unknown level '{self.level}'; choose one of {', '.join(LEVELS)}")
         arrays = _model.as_mapping(tensors)
-        if not arrays:
-            raise UsageError("cannot seal an empty model: it has no tensors")
-        specs = [_spec(name, a, self.level, self.bits) for name, a in arrays.items()]
-        if not any(s.is_float for s in specs):
-            raise UnsupportedError("cannot seal a model without float tensors: the watermark lives in float mantissas")
+        specs = self.specs(arrays)
         salt = os.urandom(16)
         meta = dict(metadata or {})
         flats = [_bits.uint_view(arrays[s.name]) for s in specs]
@@ -179,13 +184,13 @@ def _refuse_non_finite(ub: _model.Blocks, spec: TensorSpec) -> None:
         )
 
 
-def _copy_size(
+def probe_header(
     specs: list[TensorSpec], level: str, bits: int | None, salt: bytes, key: Key, meta: dict[str, str]
-) -> int:
-    """An upper bound on the embedded header's length, known before sealing.
+) -> tuple[Header, int]:
+    """A header as long as the final one but for a few digits, and how many characters those may add.
 
-    Tags, MACs and digests have fixed widths, so only the reserved block counts
-    and the lane count can still grow the JSON: allow them 7 digits each.
+    Tags, MACs and digests have fixed widths, so only the reserved block counts, the
+    lane count and the carriers can still grow the JSON: allow them 7 digits each.
     """
     ext = {
         t: np.zeros(int((~s.block_storage()[1]).sum()), np.uint64)
@@ -193,7 +198,15 @@ def _copy_size(
         if not s.block_storage()[1].all()
     }
     probe = Header(level, bits, salt, key.fingerprint, 0, tuple(specs), ext, meta, carriers=(0,) * _embed.CARRIERS)
-    return len(probe.to_json(key, embedded=True)) + 7 * (len(specs) + 1 + _embed.CARRIERS)
+    return probe, 7 * (len(specs) + 1 + _embed.CARRIERS)
+
+
+def _copy_size(
+    specs: list[TensorSpec], level: str, bits: int | None, salt: bytes, key: Key, meta: dict[str, str]
+) -> int:
+    """An upper bound on the embedded header's length, known before sealing."""
+    probe, slack = probe_header(specs, level, bits, salt, key, meta)
+    return len(probe.to_json(key, embedded=True)) + slack
 
 
 def _spec(name: str, a: NDArray[np.generic], level: str, bits: int | None) -> TensorSpec:
@@ -222,4 +235,13 @@ def seal(
     return SealConfig(level=level, bits=bits).seal(tensors, key, metadata=metadata)
 
 
-__all__ = ["SealConfig", "SealedModel", "TensorSpec", "read_blocks", "seal", "seal_flat", "write_blocks"]
+__all__ = [
+    "SealConfig",
+    "SealedModel",
+    "TensorSpec",
+    "probe_header",
+    "read_blocks",
+    "seal",
+    "seal_flat",
+    "write_blocks",
+]

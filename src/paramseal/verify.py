@@ -7,6 +7,7 @@ reshaped, retyped, swapped and extra tensors are all named.
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -18,7 +19,7 @@ from ._layout import Layout, TensorSpec, build_layout
 from ._mac import BlockMac
 from ._pages import chunks, release
 from ._progress import Progress
-from .errors import KeyMismatchError, NotSealedError, UnsupportedError
+from .errors import KeyMismatchError, NotSealedError, UnsupportedError, UsageError
 from .header import Header, HeaderAuthError, metadata_digest, parse_header
 from .keys import Key
 from .levels import dtype_name
@@ -100,8 +101,13 @@ def check(
     *,
     metadata: Mapping[str, str] | None = None,
     progress: Progress | None = None,
+    select: str | None = None,
 ) -> Check:
-    """Run every check and keep the intermediate state (used by verify and recover)."""
+    """Run every check and keep the intermediate state (used by verify and recover).
+
+    ``select`` is a glob pattern over tensor names: only matching tensors are checked
+    (partial verification; the others' data is not read).
+    """
     header = parse_header(header_json, key)
     specs = list(header.tensors)
     mac = BlockMac(key)
@@ -111,11 +117,19 @@ def check(
     bad: list[NDArray[np.bool_]] = []
     issues: list[list[str]] = []
     sealed_names = {s.name for s in specs}
-    extra = [n for n in arrays if n not in sealed_names]
+    chosen = [select is None or fnmatch.fnmatchcase(s.name, select) for s in specs]
+    if not any(chosen):
+        raise UsageError(f"--tensors '{select}' matches none of the {len(specs)} sealed tensors; check the pattern")
+    extra = [n for n in arrays if n not in sealed_names and (select is None or fnmatch.fnmatchcase(n, select))]
     for t, spec in enumerate(specs):
         prog.step(spec.name)
         found, why = _usable(arrays.get(spec.name), spec)
         issues.append(why)
+        if not chosen[t]:  # partial verification: never read
+            issues[-1] = []
+            blocks.append(np.zeros((0, 64), np.uint8))
+            bad.append(np.zeros(spec.nblocks, dtype=np.bool_))
+            continue
         if found is None:
             blocks.append(_model.blocks_of(None, spec))
             bad.append(np.ones(spec.nblocks, dtype=np.bool_))
@@ -125,6 +139,9 @@ def check(
         bad.append(~_tags_ok(mac, header, t, spec, ub))
     _match_moved(arrays, header, mac, specs, blocks, bad, issues, extra)
     notes: list[str] = []
+    if select is not None:
+        n = sum(chosen)
+        notes.append(f"partial verification: {n} of {len(specs)} tensors match '{select}'; only they were checked")
     if header.user_metadata is None:  # read from the weights: only the metadata's digest is known
         notes.append("the seal header was read from the weights (the file carries none in its metadata)")
         if metadata:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import safetensors.numpy as stn
 from numpy.typing import NDArray
 from safetensors import SafetensorError, safe_open
 
+from .._pages import Mapping
 from ..errors import FormatError
 from ..levels import ST_TO_NP
 from .base import Loaded
@@ -60,6 +62,32 @@ def _contiguous(a: NDArray[np.generic]) -> NDArray[np.generic]:
 
 def _validate(path: Path) -> tuple[list[str], dict[str, str]]:
     """Check the header and return tensor names in data order plus the metadata."""
+    lay = read_layout(path)
+    return [e.name for e in lay.entries], lay.metadata
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One tensor in a safetensors file: dtype name, shape and byte offsets in the data section."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """A validated safetensors header: where the data section starts and every tensor in data order."""
+
+    data_start: int
+    entries: list[Entry]
+    metadata: dict[str, str]
+
+
+def read_layout(path: Path) -> Layout:
+    """Validate the header (size, JSON, dtypes, offsets in range, sorted, non-overlapping, covering the data)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -110,13 +138,73 @@ def _validate(path: Path) -> tuple[list[str], dict[str, str]]:
                 f"'{path}': tensor '{name}' spans {end - start} bytes but dtype {dtype} and shape {shape} need "
                 f"{count * ST_TO_NP[dtype].itemsize}"
             )
-        spans.append((start, end, name))
+        spans.append((start, end, name, dtype, tuple(shape)))
     spans.sort()
     pos = 0
-    for start, end, name in spans:
+    for start, end, name, _, _ in spans:
         if start < pos:
             raise FormatError(f"'{path}': tensor '{name}' overlaps the tensor before it (offset {start} < {pos})")
         pos = end
     if pos != data_len:
         raise FormatError(f"'{path}': the data section is {data_len} bytes but the tensors cover {pos}")
-    return [s[2] for s in spans], {str(k): v for k, v in meta_raw.items()}
+    entries = [Entry(name, dt, shape, a, b) for a, b, name, dt, shape in spans]
+    return Layout(8 + n, entries, {str(k): v for k, v in meta_raw.items()})
+
+
+def map_tensors(path: Path) -> tuple[Mapping, dict[str, NDArray[np.generic]], dict[str, str]]:
+    """Map a safetensors file: lazy views of every tensor (no page read until used) and the metadata.
+
+    Close the returned mapping when done; :func:`paramseal._pages.release` drops pages already read.
+    """
+    lay = read_layout(path)
+    m = Mapping(path)
+    tensors = {e.name: m.array(lay.data_start + e.start, ST_TO_NP[e.dtype], e.shape) for e in lay.entries}
+    return m, tensors, lay.metadata
+
+
+class StreamWriter:
+    """Writes a safetensors file whose tensors are filled in place, chunk by chunk, through a mapping.
+
+    The header is written last (``finish``), into room reserved up front and padded with
+    spaces, as the format allows; data offsets follow the given order. The safetensors
+    library has no streaming writer, and a model larger than memory needs one.
+    """
+
+    def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]], room: int) -> None:
+        self.room = -(-room // 8) * 8  # data starts 8-byte aligned, like the library's files
+        self.entries: list[Entry] = []
+        pos = 0
+        for name, dt, shape in entries:
+            n = int(np.prod(shape, dtype=np.int64)) * ST_TO_NP[dt].itemsize
+            self.entries.append(Entry(name, dt, tuple(shape), pos, pos + n))
+            pos += n
+        self._by_name = {e.name: e for e in self.entries}
+        self.map = Mapping(path, write=True, size=8 + self.room + pos)
+
+    def array(self, name: str) -> NDArray[np.generic]:
+        """The writable view of tensor ``name``."""
+        e = self._by_name[name]
+        return self.map.array(8 + self.room + e.start, ST_TO_NP[e.dtype], e.shape)
+
+    def finish(self, metadata: dict[str, str]) -> None:
+        """Write the header, flush and unmap."""
+        head = header_json(self.entries, metadata)
+        if len(head) > self.room:
+            raise AssertionError(f"safetensors header of {len(head)} bytes exceeds the {self.room} reserved")
+        buf = self.map.buf
+        buf[:8] = np.frombuffer(struct.pack("<Q", self.room), np.uint8)
+        buf[8 : 8 + self.room] = np.frombuffer(head.ljust(self.room, b" "), np.uint8)
+        self.map.flush()
+        self.map.close()
+
+    def abort(self) -> None:
+        """Unmap without finishing (the caller deletes the file)."""
+        self.map.close()
+
+
+def header_json(entries: list[Entry], metadata: dict[str, str]) -> bytes:
+    """The safetensors header for ``entries`` and ``metadata``."""
+    head: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    for e in entries:
+        head[e.name] = {"dtype": e.dtype, "shape": list(e.shape), "data_offsets": [e.start, e.end]}
+    return json.dumps(head, separators=(",", ":")).encode()
