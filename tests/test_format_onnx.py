@@ -627,6 +627,49 @@ def test_bad_external_data_is_a_format_error(
     assert helpers.listing(tmp_path) == before
 
 
+def _values(path: Path) -> list[tuple[str, np.ndarray]]:
+    m = onnx.load(str(path))
+    return [(n, numpy_helper.to_array(t)) for n, t in _protos(m)] + [
+        (p.key, np.array(p.value)) for p in m.metadata_props
+    ]
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_random_byte_corruption_never_passes_with_changed_values_or_crashes(
+    tmp_path: Path, cf_file: Path, key: paramseal.Key, key_file: Path, seed: int
+) -> None:
+    """Parser fuzz: flip random bytes anywhere. Intact is only allowed when every value and the metadata are
+    unchanged (bytes of the graph itself, such as a node name, are not authenticated)."""
+    sealed = tmp_path / "sealed.onnx"
+    files.seal_file(cf_file, sealed, key)
+    rng = np.random.default_rng(seed)
+    raw = bytearray(sealed.read_bytes())
+    for _ in range(int(rng.integers(1, 4))):
+        raw[int(rng.integers(0, len(raw)))] ^= int(rng.integers(1, 256))
+    bad = tmp_path / "fuzzed.onnx"
+    bad.write_bytes(bytes(raw))
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert "Traceback" not in err and rc in (0, 1, 2, 3), (rc, out, err)
+    if rc == 3:
+        assert err.startswith("error: ")
+    if rc == 0:
+        got, want = _values(bad), _values(sealed)
+        assert [n for n, _ in got] == [n for n, _ in want]
+        for (n, a), (_, b) in zip(got, want, strict=True):
+            helpers.assert_model_equal({n: a}, {n: b})
+
+
+def test_model_re_saved_by_onnx_with_external_data_still_verifies(
+    tmp_path: Path, cf_file: Path, key: paramseal.Key
+) -> None:
+    sealed = tmp_path / "sealed.onnx"
+    files.seal_file(cf_file, sealed, key)
+    other = tmp_path / "other"
+    other.mkdir()
+    onnx.save_model(onnx.load(str(sealed)), str(other / "re.onnx"), save_as_external_data=True, size_threshold=0)
+    assert files.verify_file(other / "re.onnx", key).status == "intact"
+
+
 def test_without_onnx_the_error_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, mlp_file: Path, key_file: Path
 ) -> None:
