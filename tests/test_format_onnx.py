@@ -364,6 +364,29 @@ def test_names_are_output_names_with_subgraph_prefix_only_on_clashes(cf_file: Pa
     assert "subgraph outer_if:else_branch/inner_if:else_branch" in where[names[2]]
 
 
+def test_constants_in_model_local_functions_are_covered(tmp_path: Path, key: paramseal.Key) -> None:
+    fw = np.random.default_rng(9).standard_normal((4, 64)).astype(np.float32)
+    fn = helper.make_function(
+        "local", "affine", ["x"], ["y"], [_const("fw", fw), helper.make_node("MatMul", ["x", "fw"], ["y"])],
+        [helper.make_opsetid("", 17)],
+    )  # fmt: skip
+    graph = helper.make_graph(
+        [helper.make_node("affine", ["X"], ["Y"], domain="local")],
+        "g",
+        [helper.make_tensor_value_info("X", F32, [1, 4])],
+        [helper.make_tensor_value_info("Y", F32, [1, 64])],
+    )
+    m = helper.make_model(graph, opset_imports=[*OPSET, helper.make_opsetid("local", 1)], functions=[fn])
+    m.ir_version = 8
+    src = save(m, tmp_path / "fn.onnx")
+    assert list(ADAPTER.read(src).tensors) == ["fw"]
+    out = tmp_path / "sealed.onnx"
+    files.seal_file(src, out, key)
+    x = {"X": np.ones((1, 4), np.float32)}
+    (ya,), (yb,) = run(src, x), run(out, x)
+    assert 0 < np.abs(ya - yb).max() <= 1e-4 * np.abs(ya).max()
+
+
 def test_seal_keeps_the_graph_and_stores_the_header_in_metadata_props(
     tmp_path: Path, cf_file: Path, key: paramseal.Key
 ) -> None:
@@ -806,6 +829,24 @@ def test_silero_tamper_in_if_subgraph_constant_is_recovered_and_runs_identically
         pf, sf = vad(fixed, sr)
         ps, ss = vad(sealed, sr)
         assert np.array_equal(pf, ps) and np.array_equal(sf, ss)
+
+
+@pytest.mark.skipif("silero_vad_op18_ifless.onnx" not in VARIANTS, reason="silero-vad is not installed")
+def test_silero_with_metadata_props_stripped_still_verifies_from_the_weights(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    assert SILERO is not None
+    sealed = tmp_path / "sealed.onnx"
+    files.seal_file(SILERO / "silero_vad_op18_ifless.onnx", sealed, key)
+    m = onnx.load(str(sealed))
+    del m.metadata_props[:]
+    onnx.save_model(m, str(tmp_path / "stripped.onnx"))
+    assert files.verify_file(tmp_path / "stripped.onnx", key).status == "intact"
+    flip(tmp_path / "stripped.onnx", tmp_path / "bad.onnx", {"model.decoder.rnn.weight_ih": (7, 30)})
+    rep = files.verify_file(tmp_path / "bad.onnx", key)
+    assert rep.tampered_tensors == ["model.decoder.rnn.weight_ih"] and rep.tensors[
+        rep.tampered_tensors[0]
+    ].tampered_blocks == (0,)
 
 
 @pytest.mark.skipif("silero_vad_16k_op15.onnx" not in VARIANTS, reason="silero-vad is not installed")
