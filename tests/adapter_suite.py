@@ -300,21 +300,40 @@ class AdapterTests:
         assert rc == 0, (out, err)
         assert helpers.sha256(src) == src_hash, "the CLI modified its input"
 
+    def test_sealing_a_model_too_small_for_the_header_in_its_weights_is_refused(
+        self, tmp_path: Path, key_file: Path
+    ) -> None:
+        """Without metadata the header lives in the weights only; a model without room for it is not written."""
+        if self.keeps_metadata:
+            pytest.skip("the header travels in the metadata")
+        src = self.write_native(tmp_path, self.model(np.dtype(np.float32)), "tiny")
+        out = self.path(tmp_path, "sealed")
+        before = helpers.listing(tmp_path)
+        rc, stdout, stderr = helpers.run_cli(["seal", src, out, "--key", key_file])
+        assert rc == 3 and "too small to carry its seal header" in stderr and ".safetensors" in stderr, stderr
+        assert not out.exists() and helpers.listing(tmp_path) == before
+
     # ------------------------------------------------------------------ malformed input
 
     def malformed_cases(self) -> dict[str, bytes]:
         """Name -> bytes of a broken file, made from a sealed file's bytes (subclasses may add more)."""
         return {}
 
+    @pytest.fixture(scope="class")
+    def sealed_raw(self, tmp_path_factory: pytest.TempPathFactory, key: paramseal.Key) -> bytes:
+        """The bytes of a sealed file of this format (sealed once per class; the tests corrupt copies)."""
+        d = tmp_path_factory.mktemp("sealed")
+        src = self.write_native(d, self.flow_model(np.dtype(np.float32)), "original")
+        out = self.path(d, "sealed")
+        files.seal_file(src, out, key)
+        return out.read_bytes()
+
     @pytest.mark.parametrize("verb", ["verify", "recover", "seal", "inspect"])
     @pytest.mark.parametrize("case", ["empty", "truncated_half", "truncated_by_one_byte", "garbage", "zeros"])
     def test_malformed_file_is_exit_3_naming_the_file_and_nothing_is_written(
-        self, tmp_path: Path, key: paramseal.Key, key_file: Path, case: str, verb: str
+        self, tmp_path: Path, sealed_raw: bytes, key_file: Path, case: str, verb: str
     ) -> None:
-        src = self.write_native(tmp_path, self.model(np.dtype(np.float32)), "original")
-        sealed = self.path(tmp_path, "sealed")
-        files.seal_file(src, sealed, key)
-        raw = sealed.read_bytes()
+        raw = sealed_raw
         cases = {
             "empty": b"",
             "truncated_half": raw[: len(raw) // 2],
@@ -324,12 +343,7 @@ class AdapterTests:
         }
         self._assert_exit_3(tmp_path, key_file, f"bad_{case}", cases[case], verb)
 
-    def test_format_specific_malformed_files_are_exit_3(
-        self, tmp_path: Path, key: paramseal.Key, key_file: Path
-    ) -> None:
-        src = self.write_native(tmp_path, self.model(np.dtype(np.float32)), "original")
-        sealed = self.path(tmp_path, "sealed")
-        files.seal_file(src, sealed, key)
+    def test_format_specific_malformed_files_are_exit_3(self, tmp_path: Path, key_file: Path) -> None:
         extra = self.malformed_cases() or {}
         if not extra:
             pytest.skip("no format-specific malformed cases")

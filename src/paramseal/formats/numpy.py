@@ -32,6 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import FormatError, UsageError
+from ._headerless import require_header_in_weights
 from .base import Loaded
 
 #: Reserved ``.npz`` member (without ``.npy``) that holds the metadata JSON.
@@ -137,6 +138,7 @@ class NpyAdapter:
                 f"a .npy file holds exactly one array, but this model has {len(loaded.tensors)} tensors; "
                 "write it as .npz or .safetensors instead"
             )
+        require_header_in_weights(loaded, ".npy")
         with open(path, "wb") as f:
             write_npy(f, next(iter(loaded.tensors.values())))
 

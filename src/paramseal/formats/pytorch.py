@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
 from ..levels import dtype_name
+from ._headerless import require_header_in_weights
 from .base import Loaded
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,8 +112,12 @@ class PyTorchAdapter:
         return Loaded({name: tensor_to_numpy(t, f"'{path}': tensor '{name}'") for name, t in state.items()}, {})
 
     def write(self, path: Path, loaded: Loaded) -> None:
-        """``torch.save`` a plain dict of tensors (no extra keys; metadata is not stored)."""
+        """``torch.save`` a plain dict of tensors (no extra keys; metadata is not stored).
+
+        A sealed model must carry its header in its weights (see ``require_header_in_weights``).
+        """
         torch = import_torch(f"writing PyTorch file '{path}'")
+        require_header_in_weights(loaded, "PyTorch (.pt/.pth/.bin)")
         state = {name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}
         torch.save(state, str(path))
 
