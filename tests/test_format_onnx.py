@@ -344,6 +344,43 @@ def test_reads_every_dtype_and_writes_back_in_the_same_storage_form(tmp_path: Pa
     assert skeleton(out) == skeleton(src)
 
 
+@pytest.mark.parametrize("typed", [False, True], ids=["raw_data", "typed_fields"])
+def test_onnxruntime_reads_exactly_the_values_written(tmp_path: Path, key: paramseal.Key, typed: bool) -> None:
+    """Each weight is a graph output (16-bit floats widened by Cast, which is exact), so onnxruntime
+    shows the very values in the sealed file; they must equal what the adapter wrote, bit for bit."""
+    rng = np.random.default_rng(11)
+    w = {
+        "f32": rng.standard_normal(300).astype(np.float32),
+        "f16": rng.standard_normal(300).astype(np.float16),
+        "bf16": rng.standard_normal(300).astype(helpers.BF16),
+        "f64": rng.standard_normal(300),
+        "i64": np.arange(-5, 5, dtype=np.int64),
+        "i8": np.arange(-5, 5, dtype=np.int8),
+        "flags": np.array([True, False, True]),
+    }
+    nodes, outs = [], []
+    for name, a in w.items():
+        wide = a.dtype in (np.float16, helpers.BF16)
+        nodes.append(
+            helper.make_node("Cast" if wide else "Identity", [name], [f"out_{name}"], **({"to": F32} if wide else {}))
+        )
+        outs.append(
+            helper.make_tensor_value_info(
+                f"out_{name}", F32 if wide else helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape)
+            )
+        )
+    inits = [_tensor(k, v, typed=typed) for k, v in w.items()]
+    src = save(_model(helper.make_graph(nodes, "ids", [], outs, initializer=inits)), tmp_path / "ids.onnx")
+    out = tmp_path / "sealed.onnx"
+    files.seal_file(src, out, key, level="strong")
+    written = ADAPTER.read(out).tensors
+    assert not helpers.same_bytes(written["f16"], w["f16"])  # sealing did change the low bits
+    for name, got in zip(w, run(out, {}), strict=True):
+        want = written[name]
+        want = want.astype(np.float32) if want.dtype in (np.float16, helpers.BF16) else want
+        assert helpers.same_bytes(got, want), name
+
+
 def test_names_are_output_names_with_subgraph_prefix_only_on_clashes(cf_file: Path) -> None:
     names = list(ADAPTER.read(cf_file).tensors)
     # file order: onnx.helper stores a node's attributes sorted by name, so else_branch comes first
