@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from . import _kernels as _k
 from ._pages import release
 
-_BATCH_BYTES = 64 << 20  # data per encode call: bounds the temporary copies
+_BATCH_BYTES = 16 << 20  # data per encode call: bounds the temporary copies (and peak memory)
 
 
 def _to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8]:
@@ -78,7 +78,7 @@ def encode_into(data: NDArray[np.uint32], parity: NDArray[np.uint32]) -> None:
     step = max(16, (_BATCH_BYTES // (4 * K)) // 16 * 16)
     for s in range(0, lanes, step):
         e = min(lanes, s + step)
-        parity[:, s:e] = encode(data[:, s:e], M)
+        parity[:, s:e] = encode(np.ascontiguousarray(data[:, s:e]), M)
         release(data[:, s:e], parity[:, s:e])
 
 
@@ -133,6 +133,7 @@ def decode(
             rows.append(todo[j])
             j += 1
         _decode_batch(data, parity, lanes[np.array(rows)], ud, up)
+        release(data, parity)
         i = j
     decoded: NDArray[np.bool_] = ok
     return decoded

@@ -17,7 +17,9 @@ block in the stripe), so all lanes share one (K, M) and encode in one call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -69,6 +71,16 @@ class TensorSpec:
         """4-byte data shards per block."""
         return BLOCK * (self.width - self.k) // 32
 
+    def block_storage_ends(self) -> tuple[tuple[int, int], tuple[bool, bool]]:
+        """Stored parity shards of a full block and of the last block, and whether each keeps its tag inside.
+
+        Reserved leading blocks store none (the layout applies that).
+        """
+        last_bits = (self.numel - BLOCK * (self.nblocks - 1)) * self.k
+        full_bits = BLOCK * self.k
+        fi, li = bool(full_bits >= TAG_BITS and self.k > 0), bool(last_bits >= TAG_BITS and self.k > 0)
+        return ((full_bits - TAG_BITS) // 32 if fi else 0, (last_bits - TAG_BITS) // 32 if li else 0), (fi, li)
+
     def block_storage(self) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
         """Per block: parity shards stored in its low bits, and whether its tag is stored there."""
         nb = self.nblocks
@@ -80,112 +92,291 @@ class TensorSpec:
         return shards, internal
 
 
+class _PerBlock:
+    """A per-block quantity computed on demand from the tensor table and stripes (no array per block).
+
+    Indexed like the array it stands for: ``x[b]``, ``x[b, None]``, ``x[start:stop]``.
+    """
+
+    def __init__(self, fn: Callable[[NDArray[np.int64]], NDArray[Any]], n: int) -> None:
+        self._fn, self._n = fn, n
+
+    def __getitem__(self, idx: Any) -> NDArray[Any]:
+        if isinstance(idx, tuple):  # (blocks, None): a column
+            return self[idx[0]][:, None]
+        if isinstance(idx, slice):
+            return self._fn(np.arange(*idx.indices(self._n), dtype=np.int64))
+        return self._fn(np.asarray(idx, dtype=np.int64))
+
+
+class _PerStripe:
+    """The key-derived lane permutation of each stripe, generated on demand: ``perm[s0:s1]``."""
+
+    def __init__(self, layout: Layout) -> None:
+        self._lay = layout
+
+    def __getitem__(self, idx: slice) -> NDArray[np.int64]:
+        s0, s1, _ = idx.indices(self._lay.nstripes)
+        return self._lay.perm_rows(s0, s1)
+
+
+_CACHE_ENTRIES = 1 << 22  # permutations of models up to this many blocks are kept (32 MiB)
+_SCAN = 1 << 16  # blocks (or cells) per step of a pass over every block: bounds the index temporaries
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """The lane layout of a whole model; derived from the header and the key."""
+    """The lane layout of a whole model, derived from the tensor table, the key and the salt.
+
+    Memory is O(tensors + stripes): per-block quantities (``lane``, ``off_data``, ``n_data``,
+    ``off_store``, ``n_store``, ``tag_internal``) are computed on demand, and the per-stripe
+    permutation is regenerated from the key when needed, so a 14 GiB model costs megabytes.
+    """
 
     lanes: int
     K: int
     M: int
+    specs: tuple[TensorSpec, ...]
     block_start: NDArray[np.int64]  # first global block index of each tensor
-    lane: NDArray[np.int64]  # per global block
-    off_data: NDArray[np.int64]  # per global block: first data shard in its lane
-    n_data: NDArray[np.int64]
-    off_store: NDArray[np.int64]  # per global block: first parity shard it stores
-    n_store: NDArray[np.int64]
-    tag_internal: NDArray[np.bool_]
-    perm: NDArray[np.int64]  # [stripes, lanes]: lane of the j-th block of each stripe
     stripe_data: NDArray[np.int64]  # per stripe: first data shard (same in every lane)
     stripe_store: NDArray[np.int64]  # per stripe: first parity shard
-    holes: NDArray[np.int64]  # per lane: parity shards that no block stores
+    nblocks: int
+    _perm_key: bytes = field(repr=False)
+    _perm_iv: int = field(repr=False)
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def nstripes(self) -> int:
+        """Stripes in the model (the last may be short)."""
+        return int(self.stripe_data.size)
+
+    def perm_rows(self, s0: int, s1: int) -> NDArray[np.int64]:
+        """``[s1 - s0, lanes]``: lane of the j-th block of each stripe (AES-CTR values, argsorted)."""
+        g = self.lanes
+        if g == 1:
+            return np.zeros((s1 - s0, 1), dtype=np.int64)
+        full = self._cache.get("perm")
+        if full is None and self.nstripes * g <= _CACHE_ENTRIES:
+            full = self._cache["perm"] = self._gen(0, self.nstripes)
+        return full[s0:s1] if full is not None else self._gen(s0, s1)
+
+    def _gen(self, s0: int, s1: int) -> NDArray[np.int64]:
+        g = self.lanes
+        first, nbytes = 8 * g * s0, 8 * g * (s1 - s0)
+        ctr = ((self._perm_iv + first // 16) % (1 << 128)).to_bytes(16, "big")
+        enc = Cipher(algorithms.AES(self._perm_key), modes.CTR(ctr)).encryptor()
+        skip = first % 16
+        r = np.frombuffer(enc.update(bytes(skip + nbytes)), dtype="<u8", offset=skip).reshape(s1 - s0, g)
+        return np.argsort(r, axis=1, kind="stable").astype(np.int64)
+
+    def tensor_of(self, b: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Tensor index of global blocks ``b``."""
+        return np.searchsorted(self.block_start, b, side="right").astype(np.int64) - 1
+
+    def _table(self) -> dict[str, NDArray[np.int64]]:
+        tab = self._cache.get("table")
+        if tab is None:
+            tab = self._cache["table"] = _profile(list(self.specs))
+        return tab
+
+    def _lane_of(self, b: NDArray[np.int64]) -> NDArray[np.int64]:
+        g = self.lanes
+        if g == 1 or not b.size:
+            return np.zeros(b.shape, dtype=np.int64)
+        st = b // g
+        lo, hi = int(st.min()), int(st.max()) + 1
+        if (hi - lo) * g <= max(_CACHE_ENTRIES, 4 * b.size):
+            rows: NDArray[np.int64] = self.perm_rows(lo, hi)[st - lo, b % g]
+            return rows
+        out = np.empty(b.shape, dtype=np.int64)  # sparse blocks over a huge model: one stripe at a time
+        order = np.argsort(st, kind="stable")
+        bounds = np.flatnonzero(np.diff(st[order])) + 1
+        for grp in np.split(order, bounds):
+            s = int(st[grp[0]])
+            out[grp] = self.perm_rows(s, s + 1)[0, b[grp] % g]
+        return out
+
+    def _rows(self, b: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        t = self.tensor_of(b)
+        return t, b - self.block_start[t]
+
+    def _n_store(self, b: NDArray[np.int64]) -> NDArray[np.int64]:
+        tab = self._table()
+        t, r = self._rows(b)
+        return _store_of(tab, t, r)
+
+    def _internal(self, b: NDArray[np.int64]) -> NDArray[np.bool_]:
+        tab = self._table()
+        t, r = self._rows(b)
+        out: NDArray[np.bool_] = np.where(r == tab["nblocks"][t] - 1, tab["last_int"][t], tab["full_int"][t]) > 0
+        return out
+
+    @property
+    def lane(self) -> _PerBlock:
+        """Lane of each global block."""
+        return _PerBlock(self._lane_of, self.nblocks)
+
+    @property
+    def off_data(self) -> _PerBlock:
+        """First data shard of each block in its lane."""
+        return _PerBlock(lambda b: self.stripe_data[b // self.lanes], self.nblocks)
+
+    @property
+    def off_store(self) -> _PerBlock:
+        """First parity shard each block stores."""
+        return _PerBlock(lambda b: self.stripe_store[b // self.lanes], self.nblocks)
+
+    @property
+    def n_data(self) -> _PerBlock:
+        """Data shards of each block."""
+        return _PerBlock(lambda b: self._table()["data"][self.tensor_of(b)], self.nblocks)
+
+    @property
+    def n_store(self) -> _PerBlock:
+        """Parity shards each block stores."""
+        return _PerBlock(self._n_store, self.nblocks)
+
+    @property
+    def tag_internal(self) -> _PerBlock:
+        """Whether each block keeps its tag in its own low bits."""
+        return _PerBlock(self._internal, self.nblocks)
+
+    @property
+    def perm(self) -> _PerStripe:
+        """``perm[s0:s1]``: the lane permutation of those stripes."""
+        return _PerStripe(self)
+
+    def _scan(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """Per lane: parity shards stored, and blocks (one pass over every block, a stripe range at a time)."""
+        got = self._cache.get("scan")
+        if got is None:
+            g = self.lanes
+            stored = np.zeros(g, dtype=np.int64)
+            step = max(1, _SCAN // g)
+            for s0 in range(0, self.nstripes, step):
+                s1 = min(self.nstripes, s0 + step)
+                b = np.arange(s0 * g, min(s1 * g, self.nblocks), dtype=np.int64)
+                stored += np.bincount(self._lane_of(b), weights=self._n_store(b), minlength=g).astype(np.int64)
+            got = self._cache["scan"] = (stored, np.zeros(0, np.int64))
+        return got
+
+    @property
+    def holes(self) -> NDArray[np.int64]:
+        """Per lane: parity shards that no block stores."""
+        return self.M - self._scan()[0]
 
     def stored(self, lanes: NDArray[np.int64]) -> NDArray[np.bool_]:
         """``[len(lanes), M]``: whether each parity shard of those lanes is stored in some block."""
         rows = np.full(self.lanes, -1, dtype=np.int64)
         rows[lanes] = np.arange(lanes.size)
-        pick = np.flatnonzero(rows[self.lane] >= 0)
-        return ranges_mask(rows[self.lane[pick]], self.off_store[pick], self.n_store[pick], (lanes.size, self.M))
+        out = np.zeros((lanes.size, self.M), dtype=np.bool_)
+        g = self.lanes
+        step = max(1, _SCAN // g)
+        for s0 in range(0, self.nstripes, step):
+            s1 = min(self.nstripes, s0 + step)
+            b = np.arange(s0 * g, min(s1 * g, self.nblocks), dtype=np.int64)
+            r = rows[self._lane_of(b)]
+            pick = np.flatnonzero(r >= 0)
+            ranges_mask(r[pick], self.off_store[b[pick]], self._n_store(b[pick]), out.shape, out)
+        return out
 
-    @property
-    def nblocks(self) -> int:
-        """Blocks in the model."""
-        return int(self.lane.size)
+
+def _profile(specs: list[TensorSpec]) -> dict[str, NDArray[np.int64]]:
+    """Per tensor: data shards, stored parity shards of a full / the last block, reserved blocks, tag placement."""
+    full_st, last_st, full_int, last_int = [], [], [], []
+    for s in specs:
+        st, internal = s.block_storage_ends()
+        full_st.append(st[0])
+        last_st.append(st[1])
+        full_int.append(int(internal[0]))
+        last_int.append(int(internal[1]))
+    return {
+        "data": np.array([s.data_shards for s in specs], dtype=np.int64),
+        "full": np.array(full_st, dtype=np.int64),
+        "last": np.array(last_st, dtype=np.int64),
+        "reserved": np.array([s.reserved for s in specs], dtype=np.int64),
+        "nblocks": np.array([s.nblocks for s in specs], dtype=np.int64),
+        "full_int": np.array(full_int, dtype=np.int64),
+        "last_int": np.array(last_int, dtype=np.int64),
+    }
 
 
-def _perm(key: Key, salt: bytes, nstripes: int, lanes: int) -> NDArray[np.int64]:
-    """Key-derived permutation of lanes for every stripe (AES-CTR values, argsorted)."""
-    if lanes == 1:
-        return np.zeros((nstripes, 1), dtype=np.int64)
-    enc = Cipher(algorithms.AES(key.derive("interleave")), modes.CTR(salt[:16].ljust(16, b"\0"))).encryptor()
-    r = np.frombuffer(enc.update(bytes(8 * nstripes * lanes)), dtype="<u8").reshape(nstripes, lanes)
-    return np.argsort(r, axis=1, kind="stable").astype(np.int64)
+def _store_of(tab: dict[str, NDArray[np.int64]], t: NDArray[np.int64], r: NDArray[np.int64]) -> NDArray[np.int64]:
+    base = np.where(r == tab["nblocks"][t] - 1, tab["last"][t], tab["full"][t])
+    out: NDArray[np.int64] = np.where(r < tab["reserved"][t], 0, base)
+    return out
 
 
 def build_layout(specs: list[TensorSpec], key: Key, salt: bytes, lanes: int | None = None) -> Layout:
     """Lay out every block of ``specs``; ``lanes`` is chosen from the model size when None."""
-    n_data = np.concatenate([np.full(s.nblocks, s.data_shards, dtype=np.int64) for s in specs])
-    st = [s.block_storage() for s in specs]
-    n_store = np.concatenate([a for a, _ in st])
-    internal = np.concatenate([b for _, b in st])
-    nb = n_data.size
-    block_start = np.cumsum([0] + [s.nblocks for s in specs])[:-1].astype(np.int64)
+    tab = _profile(specs)
+    nbt = tab["nblocks"]
+    nb = int(nbt.sum())
+    block_start = np.concatenate([[0], np.cumsum(nbt)[:-1]]).astype(np.int64)
+    total_data = int((tab["data"] * nbt).sum())
+    # stored shards: full blocks, minus reserved ones, with the last block's own count
+    total_store = int((tab["full"] * (nbt - 1 - np.minimum(tab["reserved"], nbt - 1)) + tab["last"]).sum())
+    total_store -= int(((tab["reserved"] >= nbt) * tab["last"]).sum())
     if lanes is not None:
         g = lanes
     else:
         # Enough lanes to keep codewords short (fast), few enough that each lane's parity
         # can still rebuild several of the largest blocks (tiny models get one lane).
-        biggest = int((n_data + n_store).max())
-        g = max(
-            1, min(-(-int(n_data.sum()) // _TARGET_K), int(n_store.sum()) // (_MIN_BLOCKS_PER_LANE_PARITY * biggest))
-        )
+        biggest = int((tab["data"] + np.maximum(tab["full"], tab["last"])).max())
+        g = max(1, min(-(-total_data // _TARGET_K), total_store // (_MIN_BLOCKS_PER_LANE_PARITY * biggest)))
     while True:
-        nstripes = -(-nb // g)
-        starts = np.arange(0, nb, g)
-        ds = np.maximum.reduceat(n_data, starts)
-        ss = np.maximum.reduceat(n_store, starts)
+        ds, ss = _stripe_maxima(tab, block_start, nb, g)
         K, M = int(ds.sum()), int(ss.sum())
         if (K <= MAX_SHARDS and M <= MAX_SHARDS) or lanes is not None:
             break
         g = int(g * max(K, M) / (0.95 * MAX_SHARDS)) + 1
-    perm = _perm(key, salt, nstripes, g)
-    # The last stripe may be short: its blocks go to the lanes its permutation lists first.
-    lane = perm.reshape(-1)[:nb]
-    stripe = np.arange(nb, dtype=np.int64) // g
-    od = np.concatenate([[0], np.cumsum(ds)[:-1]]).astype(np.int64)[stripe]
-    os_ = np.concatenate([[0], np.cumsum(ss)[:-1]]).astype(np.int64)[stripe]
-    holes = M - np.bincount(lane, weights=n_store, minlength=g).astype(np.int64)
     sd = np.concatenate([[0], np.cumsum(ds)[:-1]]).astype(np.int64)
     ss_ = np.concatenate([[0], np.cumsum(ss)[:-1]]).astype(np.int64)
-    return Layout(
-        g,
-        K,
-        M,
-        block_start,
-        lane,
-        od,
-        n_data,
-        os_,
-        n_store,
-        internal,
-        perm,
-        sd,
-        ss_,
-        holes,
-    )
+    iv = int.from_bytes(salt[:16].ljust(16, b"\0"), "big")
+    return Layout(g, K, M, tuple(specs), block_start, sd, ss_, nb, key.derive("interleave"), iv, {"table": tab})
+
+
+def _stripe_maxima(
+    tab: dict[str, NDArray[np.int64]], block_start: NDArray[np.int64], nb: int, g: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Per stripe of ``g`` blocks: the largest data and stored-parity shard counts of its blocks."""
+    nstripes = -(-nb // g)
+    ds = np.zeros(nstripes, dtype=np.int64)
+    ss = np.zeros(nstripes, dtype=np.int64)
+    step = max(1, _SCAN // g)
+    for s0 in range(0, nstripes, step):
+        s1 = min(nstripes, s0 + step)
+        b = np.arange(s0 * g, min(s1 * g, nb), dtype=np.int64)
+        t = np.searchsorted(block_start, b, side="right") - 1
+        starts = np.arange(0, b.size, g)
+        ds[s0:s1] = np.maximum.reduceat(tab["data"][t], starts)
+        ss[s0:s1] = np.maximum.reduceat(_store_of(tab, t, b - block_start[t]), starts)
+    return ds, ss
 
 
 def ranges_mask(
-    rows: NDArray[np.int64], starts: NDArray[np.int64], lens: NDArray[np.int64], shape: tuple[int, int]
+    rows: NDArray[np.int64],
+    starts: NDArray[np.int64],
+    lens: NDArray[np.int64],
+    shape: tuple[int, int],
+    out: NDArray[np.bool_] | None = None,
 ) -> NDArray[np.bool_]:
-    """Boolean ``shape`` mask with ``[start, start+len)`` set in each given row (vectorised, O(set cells))."""
-    out = np.zeros(shape, dtype=np.bool_)
+    """Boolean ``shape`` mask with ``[start, start+len)`` set in each given row (vectorised, O(set cells)).
+
+    Sets cells in ``out`` when given. Works through the ranges a slice at a time, so
+    the index temporaries stay small whatever the number of cells.
+    """
+    if out is None:
+        out = np.zeros(shape, dtype=np.bool_)
     keep = lens > 0
     rows, starts, lens = rows[keep], starts[keep], lens[keep]
-    if not lens.size:
-        return out
-    first = np.repeat(rows * shape[1] + starts, lens)
-    step = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
-    out.reshape(-1)[first + step] = True
+    flat = out.reshape(-1)
+    step = max(1, _SCAN // max(1, int(lens.max(initial=1))))
+    for i in range(0, lens.size, step):
+        r, s, n = rows[i : i + step], starts[i : i + step], lens[i : i + step]
+        first = np.repeat(r * shape[1] + s, n)
+        first += np.arange(first.size) - np.repeat(np.cumsum(n) - n, n)
+        flat[first] = True
     return out
 
 

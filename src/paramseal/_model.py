@@ -107,8 +107,8 @@ def gather_selected(
     With every lane selected (in order) the model is read chunk by chunk into ``ws``.
     """
     ws = ws or Workspace()
-    data = ws.zeros((layout.K, ncols), np.uint32)
-    parity = ws.zeros((layout.M, ncols), np.uint32)
+    data = ws.lanes_array(layout.K, ncols)
+    parity = ws.lanes_array(layout.M, ncols)
     if ncols == layout.lanes and bool(np.all(col_of_lane == np.arange(layout.lanes))):
         for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
             for r0, r1 in chunks(spec.nblocks, ub.dtype.itemsize, int(layout.block_start[t]), layout.lanes):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-CHUNK_BYTES = 32 << 20  # bytes of tensor data the engine handles at a time
+CHUNK_BYTES = 16 << 20  # bytes of tensor data the engine handles at a time
 _PAGE = mmap.PAGESIZE
 _MAPS: dict[int, tuple[int, mmap.mmap]] = {}  # base address -> (length, map)
 
@@ -111,6 +111,16 @@ class Workspace:
         m = Mapping(Path(self._dir.name) / f"scratch{len(self._maps)}", write=True, size=max(n, 1))
         self._maps.append(m)
         return m.array(0, np.dtype(dtype), shape)
+
+    def lanes_array(self, nshards: int, lanes: int) -> NDArray[np.uint32]:
+        """A zeroed ``[nshards, lanes]`` uint32 lane store.
+
+        On disk it is stored lane-major (a transposed view), so one batch of lanes is one
+        contiguous range of pages: coding a batch touches only that batch's pages.
+        """
+        if self.folder is None or 4 * nshards * lanes < CHUNK_BYTES:
+            return np.zeros((nshards, lanes), dtype=np.uint32)
+        return self.zeros((lanes, nshards), np.uint32).T
 
     def close(self) -> None:
         """Delete the temporary files."""

@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from . import _code, _embed, _model
 from ._bits import set_lo, write_tags
 from ._layout import ranges_mask
-from ._pages import Workspace
+from ._pages import Workspace, release
 from ._progress import Progress
 from .keys import Key
 from .report import Report, Status, TensorFinding
@@ -117,6 +117,7 @@ def plan_recovery(chk: Check, ws: Workspace | None = None) -> Recovery:
         lane_ok[damaged[~ok]] = False
         for t in range(len(specs)):
             p = _rebuild(chk, t, data, parity, lane_ok, col)
+            release(data, parity)
             if p is not None:
                 patches[t] = p
     findings = _findings(chk, base, patches)

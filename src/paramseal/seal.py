@@ -98,7 +98,7 @@ def seal_flat(
     parts = [
         chunks(s.nblocks, flats[t].dtype.itemsize, int(layout.block_start[t]), g) for t, s in enumerate(specs)
     ]
-    store = ws.zeros((layout.K, g), np.uint32)
+    store = ws.lanes_array(layout.K, g)
     for t, spec in enumerate(specs):
         prog.step(f"read {spec.name}")
         for r0, r1 in parts[t]:
@@ -107,7 +107,7 @@ def seal_flat(
             _model.gather_chunk(store, layout, t, spec, ub, r0)
             release(store)
     prog.step("encode")
-    parity = ws.zeros((layout.M, g), np.uint32)
+    parity = ws.lanes_array(layout.M, g)
     _code.encode_into(store, parity)
     mac = BlockMac(key)
     external: dict[int, NDArray[np.uint64]] = {}
