@@ -61,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     _key_args(p)
     _json_arg(p)
+    p.add_argument(
+        "--tensors", metavar="PATTERN", help="check only tensors whose names match this glob (the others are not read)"
+    )
 
     p = sub.add_parser("recover", help="restore a tampered model bit-exactly: IN -> OUT")
     p.add_argument("input")
@@ -108,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"OK: sealed {args.input} -> {args.output} ({len(h.tensors)} tensors, {desc}, level {h.level})")
             return 0
         case "verify":
-            rep = files.verify_file(args.input, load_key(args.key))
+            rep = files.verify_file(args.input, load_key(args.key), tensors=args.tensors)
             if args.json:
                 print(rep.to_json())
             elif rep.status == "intact":
