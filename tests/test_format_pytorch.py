@@ -160,6 +160,17 @@ def test_non_contiguous_and_shared_storage_tensors_read_as_their_values(tmp_path
     assert np.array_equal(got["row"], base.numpy()[1]) and got["same"].shape == (3, 4)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+def test_torchscript_archive_is_refused_without_loading_its_code(tmp_path: Path, key_file: Path) -> None:
+    p = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(4, 4)), p)
+    with pytest.raises(FormatError, match="TorchScript archive") as ei:
+        adapter_for(p).read(p)
+    assert "scripted.pt" in str(ei.value) and "weights_only=False" not in str(ei.value)
+    rc, _, err = helpers.run_cli(["seal", p, tmp_path / "o.pt", "--key", key_file])
+    assert rc == 3 and "TorchScript" in err and not (tmp_path / "o.pt").exists()
+
+
 def test_unsupported_dtype_is_named(tmp_path: Path) -> None:
     p = tmp_path / "c.pt"
     torch.save({"z": torch.ones(2, dtype=torch.complex64)}, p)

@@ -88,6 +88,12 @@ class PyTorchAdapter:
     def read(self, path: Path) -> Loaded:
         """Load with ``weights_only=True`` and return the state dict's tensors in file order."""
         torch = import_torch(f"reading PyTorch file '{path}'")
+        if _is_torchscript(path):
+            raise FormatError(
+                f"'{path}' is a TorchScript archive (torch.jit.save), not a state dict; ParamSeal reads state dicts "
+                "and never loads code: save torch.jit.load(path).state_dict() with torch.save from a trusted "
+                "environment, or convert it to safetensors"
+            )
         try:
             with warnings.catch_warnings():  # e.g. "pickle protocol 4": we validate strictly below anyway
                 warnings.simplefilter("ignore")
@@ -120,6 +126,17 @@ class PyTorchAdapter:
         require_header_in_weights(loaded, "PyTorch (.pt/.pth/.bin)")
         state = {name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}
         torch.save(state, str(path))
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A zip archive with TorchScript code members (``<archive>/code/...`` or ``constants.pkl``)."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            return any("/code/" in n or n.endswith("/constants.pkl") for n in zf.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return False  # torch.load reports the damage
 
 
 def _state_dict(obj: object, path: Path) -> dict[str, Any]:
