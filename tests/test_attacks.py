@@ -319,3 +319,21 @@ def test_finetune_changes_only_the_classifier(mlp_sealed: Loaded, tmp_path: Path
     assert _snapshot(mlp_sealed) == before
     assert set(truth.changed_tensors) == {"fc3.weight", "fc3.bias"}
     assert truth.changes[4].count > 0.5 * truth.changes[4].numel
+
+
+def test_cli_finetune_with_a_builtin_model(tmp_path: Path, mlp_sealed: Loaded) -> None:
+    pytest.importorskip("torch")
+    src, dst = tmp_path / "m.safetensors", tmp_path / "ft.safetensors"
+    write_model(src, mlp_sealed)
+    rc, out, err = helpers.run_cli(["attack", src, dst, "--kind", "finetune", "--steps", "2", "--model", "mlp"])
+    assert rc == 0, err
+    assert "fc3.weight" in out and "fc1.weight" not in out
+    rc, _, err = helpers.run_cli(["attack", src, tmp_path / "x.safetensors", "--kind", "bfa"])
+    assert rc == 3 and "--model" in err
+
+
+def test_a_no_op_attack_reports_no_change(sealed_model: Loaded) -> None:
+    fp16_only = Loaded({"h": sealed_model.tensors["norm.weight"]}, {})
+    out, truth = attack(fp16_only, AttackSpec("quantize", mode="fp16"))
+    assert truth.changed_parameters == 0 and not truth.structural
+    assert out.tensors["h"].tobytes() == fp16_only.tensors["h"].tobytes()

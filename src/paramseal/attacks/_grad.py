@@ -71,11 +71,20 @@ def bfa(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
     names = pick(t, spec, lambda _n, a: is_float(a))
     d = Draft(t)
     done: set[tuple[str, int, int]] = set()
+    p = _params(d.t, names)  # kept in step with d: one value changes per round
+
+    def flipped(nm: str, i: int, bit: int) -> float:
+        v = d.t[nm].reshape(-1)[i : i + 1].copy()
+        uint_view(v)[0] ^= uint_view(v).dtype.type(1 << bit)
+        with np.errstate(all="ignore"):
+            return float(v.astype(np.float32)[0])
+
     for _ in range(spec.n or 5):
-        p = _params(d.t, names)
-        grads = torch.autograd.grad(model.loss(p, None), [p[n] for n in names])
+        grads = torch.autograd.grad(model.loss(p, None), [p[n] for n in names], allow_unused=True)
         cands: list[tuple[float, str, int, int]] = []
         for nm, g in zip(names, grads, strict=True):
+            if g is None:  # a tensor the task does not use (e.g. a pooler nobody calls)
+                continue
             gf = g.detach().numpy().astype(np.float64).reshape(-1)
             k = min(TOP_PER_TENSOR, gf.size)
             top = np.argpartition(-np.abs(gf), k - 1)[:k]
@@ -89,15 +98,15 @@ def bfa(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
         cands = sorted((c for c in cands if (c[1], c[2], c[3]) not in done), key=lambda c: -c[0])
         best, best_loss = cands[0], -math.inf
         for c in cands[:EXACT_CANDIDATES]:
-            trial = {n: v.detach() for n, v in p.items()}
-            vals = d.t[c[1]].reshape(-1).copy()
-            uint_view(vals)[c[2]] ^= uint_view(vals).dtype.type(1 << c[3])
-            with np.errstate(all="ignore"):
-                trial[c[1]] = torch.from_numpy(vals.astype(np.float32).reshape(d.t[c[1]].shape))
-            lv = _real_loss(model, trial)
+            flat = p[c[1]].detach().view(-1)  # try the flip in place, then undo it
+            was = float(flat[c[2]])
+            flat[c[2]] = flipped(c[1], c[2], c[3])
+            lv = _real_loss(model, p)
+            flat[c[2]] = was
             if lv > best_loss:
                 best, best_loss = c, lv
         _, nm, i, bit = best
+        p[nm].detach().view(-1)[i] = flipped(nm, i, bit)
         u = d.bits(nm)
         u[i] ^= u.dtype.type(1 << bit)
         done.add((nm, i, bit))
@@ -105,10 +114,16 @@ def bfa(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
 
 
 def finetune(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
-    """``steps`` plain SGD steps at ``lr`` on the chosen tensors (default: the classifier weight and bias)."""
+    """``steps`` plain SGD steps at ``lr`` on the chosen tensors.
+
+    Default: the model's ``finetune_tensors`` if it names some, else the classifier weight and bias.
+    """
     torch = _torch()
+    preset = getattr(model, "finetune_tensors", None)
     if spec.tensors:
         names = pick(t, spec, lambda _n, a: is_float(a))
+    elif preset:
+        names = [n for n in preset if n in t]
     else:
         w = classifier(t)
         names = [w] + [b for b in (w.removesuffix("weight") + "bias",) if b in t and b != w]

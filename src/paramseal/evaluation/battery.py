@@ -66,6 +66,7 @@ _SWEEP: tuple[Attack, ...] = (
     *(("random-modify", {"fraction": p}) for p in _SCATTERED),
     *(("random-modify", {"fraction": p, "contiguous": True}) for p in _CONTIGUOUS),
     *(("replace-tensor", {"fraction": p}) for p in _WHOLE),
+    *(("zero-tensor", {"fraction": p}) for p in _WHOLE[1:3]),
 )
 _GRAD: tuple[Attack, ...] = (("bfa", {"n": 5}), ("finetune", {"steps": 10, "lr": 0.01}))
 
@@ -103,7 +104,7 @@ class Battery:
 
 
 def _all(model: str) -> tuple[Attack, ...]:
-    return _COMMON + _SWEEP + (_GRAD if model != "minilm" else ())
+    return _COMMON + _SWEEP + _GRAD
 
 
 BATTERIES: dict[str, Battery] = {
@@ -134,7 +135,7 @@ BATTERIES: dict[str, Battery] = {
         (
             Plan("mlp", ("F32", "F16", "BF16"), LEVELS, (0, 1, 2), _all("mlp")),
             Plan("cnn", ("F32", "F16", "BF16"), LEVELS, (0,), _all("cnn")),
-            Plan("minilm", ("F32",), ("standard", "strong"), (0,), _COMMON + _SWEEP[::2]),
+            Plan("minilm", ("F32",), ("standard", "strong"), (0,), _COMMON + _SWEEP[::2] + _GRAD[1:]),
             Plan("minilm", ("F16", "BF16"), ("standard",), (0,), _COMMON[:3] + _SWEEP[::3]),
         ),
     ),
@@ -322,7 +323,9 @@ class Runner:
         except UsageError as e:
             rec.update(skipped=str(e), wall_s=time.monotonic() - t0)
             return rec
-        rec["truth"] = {k: v for k, v in truth.to_dict(0).items() if k != "tensors"}
+        rec["truth"] = truth.to_dict(0, per_tensor=False)
+        # nothing changed (an fp16 round trip of an fp16 model): an untampered copy; flagging it is a false positive
+        rec["noop"] = truth.changed_parameters == 0 and not truth.structural
         rec["tampering_rate"] = truth.tampering_rate
         rec["changed_parameters"] = truth.changed_parameters
         rec["changed_blocks"] = sum(int(c.blocks.size) for c in truth.changes)
@@ -356,7 +359,13 @@ class Runner:
         exact, frac = metrics.restored(truth, cfg.sealed.tensors, res.tensors)
         rec["recovered"] = exact and res.report.ok
         rec["fraction_restored"] = frac
-        rec["metric_recovered"] = task.evaluate(res.tensors)
+        # bit-identical weights give identical outputs: evaluate only models that differ from both references
+        if exact:
+            rec["metric_recovered"] = cfg.record["metric_sealed"]
+        elif _same(res.tensors, attacked.tensors):
+            rec["metric_recovered"] = rec["metric_attacked"]
+        else:
+            rec["metric_recovered"] = task.evaluate(res.tensors)
         if (
             seed == 0
             and level == "standard"
@@ -366,6 +375,16 @@ class Runner:
             rec["heat"] = metrics.heat_rows(truth, vrep, cfg.record["numel"])
         rec["wall_s"] = time.monotonic() - t0
         return rec
+
+
+def _same(a: dict[str, NDArray[Any]], b: dict[str, NDArray[Any]]) -> bool:
+    """Whether two models hold the same tensors, bit for bit."""
+    from .._bits import uint_view
+
+    return set(a) == set(b) and all(
+        a[n].dtype == b[n].dtype and a[n].shape == b[n].shape and np.array_equal(uint_view(a[n]), uint_view(b[n]))
+        for n in a
+    )
 
 
 def _truncated(cfg: _Config, spec: AttackSpec, key: Key) -> dict[str, Any]:

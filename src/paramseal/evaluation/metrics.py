@@ -34,36 +34,43 @@ def _pr(hit: int, flagged: int, true: int) -> dict[str, float | int | None]:
     }
 
 
+def _mask(size: int, idx: Any) -> NDArray[np.bool_]:
+    m = np.zeros(size, dtype=np.bool_)
+    if len(idx):
+        m[np.asarray(idx, dtype=np.int64)] = True
+    return m
+
+
 def localisation(truth: GroundTruth, verify_report: Report, recover_report: Report | None) -> dict[str, Any]:
-    """Precision and recall at tensor, block and parameter level."""
+    """Precision and recall at tensor, block and parameter level (boolean masks: linear in model size)."""
     real = truth.by_name()
     t_true = set(truth.changed_tensors)
     t_flag = set(verify_report.tampered_tensors)
     out: dict[str, Any] = {"tensor": _pr(len(t_true & t_flag), len(t_flag), len(t_true))}
     hit = flagged = true = 0
-    for name, ch in real.items():
-        tb = ch.blocks
-        f = verify_report.tensors.get(name)
-        fb = np.asarray(f.tampered_blocks if f else (), dtype=np.int64)
-        hit += int(np.intersect1d(tb, fb).size)
-        flagged += int(fb.size)
-        true += int(tb.size)
-    flagged += sum(len(f.tampered_blocks) for n, f in verify_report.tensors.items() if n not in real)
+    for name, f in verify_report.tensors.items():
+        ch = real.get(name)
+        flagged += len(f.tampered_blocks)
+        if ch is not None and ch.count and f.tampered_blocks:
+            nb = -(-ch.numel // BLOCK)
+            hit += int(_mask(nb, f.tampered_blocks)[ch.blocks].sum())
+    true = sum(int(c.blocks.size) for c in real.values())
     out["block"] = _pr(hit, flagged, true)
-    if recover_report is not None:
-        hit = flagged = true = 0
-        for name, ch in real.items():
-            f = recover_report.tensors.get(name)
-            pred = np.asarray(f.restored_indices if f else (), dtype=np.int64)
-            if f and f.unrecoverable_blocks:
-                lost = np.concatenate([np.arange(lo, hi, dtype=np.int64) for lo, hi in f.unrecoverable_ranges])
-                pred = np.union1d(pred, lost)
-            hit += int(np.intersect1d(ch.indices, pred).size)
-            flagged += int(pred.size)
-            true += ch.count
-        out["parameter"] = _pr(hit, flagged, true)
-    else:
+    if recover_report is None:
         out["parameter"] = _pr(0, 0, truth.changed_parameters)
+        return out
+    hit = flagged = 0
+    for name, f in recover_report.tensors.items():
+        if not (f.restored_indices or f.unrecoverable_blocks):
+            continue
+        ch = real.get(name)
+        numel = ch.numel if ch is not None else f.numel
+        lost = np.repeat(_mask(-(-numel // BLOCK), f.unrecoverable_blocks), BLOCK)[:numel]
+        pred = lost | _mask(numel, f.restored_indices)
+        flagged += int(pred.sum())
+        if ch is not None and ch.count:
+            hit += int(pred[ch.indices].sum())
+    out["parameter"] = _pr(hit, flagged, truth.changed_parameters)
     return out
 
 

@@ -242,6 +242,8 @@ class MiniLM:
         if self._st is None:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
             try:
                 from sentence_transformers import SentenceTransformer
             except ImportError:
@@ -280,9 +282,33 @@ class MiniLM:
         cos = np.where(np.isfinite(cos), cos, -1.0)
         return {"cos_mean": float(cos.mean()), "cos_min": float(cos.min())}
 
+    #: finetune's default target: the last encoder layer (the pooler is unused by mean pooling).
+    finetune_tensors: tuple[str, ...] = ("encoder.layer.5.output.dense.weight", "encoder.layer.5.output.dense.bias")
+
     def loss(self, params: Mapping[str, Any], batch: int | None) -> Any:
-        """Not provided: bfa and finetune run on the classifiers (mlp, cnn)."""
-        raise UsageError("bfa and finetune are available for the mlp and cnn models, not minilm")
+        """Embedding loss through the encoder with ``params``.
+
+        ``None`` (bfa): 1 - mean cosine to the original embeddings on the first 32 sentences,
+        so raising it degrades the model. ``batch`` (finetune): 1 - mean cosine of each of 32
+        sentences to the original embedding of the *next* sentence: a fine-tune that hijacks
+        meaning.
+        """
+        torch = _torch()
+        st = self._model()
+        assert self._ref is not None
+        sents = sentences()
+        start = 0 if batch is None else (32 * (batch + 1)) % (len(sents) - 33)
+        idx = list(range(start, start + 32))
+        target = torch.from_numpy(self._ref[[i + (batch is not None) for i in idx]].astype(np.float32))
+        prep = st.preprocess if hasattr(st, "preprocess") else st.tokenize
+        feats = prep([sents[i] for i in idx])
+        net = st[0].auto_model
+        names = {n for n, _ in net.named_parameters()}
+        out = torch.func.functional_call(net, {n: v for n, v in params.items() if n in names}, kwargs=dict(feats))
+        mask = feats["attention_mask"].unsqueeze(-1).float()
+        emb = (out.last_hidden_state * mask).sum(1) / mask.sum(1)
+        emb = torch.nn.functional.normalize(emb, dim=1)
+        return 1 - (emb * target).sum(1).mean()
 
 
 def get_model(name: str) -> TaskModel:

@@ -13,7 +13,7 @@ from ..errors import MissingDependencyError
 FAMILIES: tuple[tuple[str, str], ...] = (
     ("scattered", "random-modify (scattered values)"),
     ("contiguous", "random-modify (contiguous runs)"),
-    ("whole", "replace-tensor (whole tensors)"),
+    ("whole", "replace/zero-tensor (whole tensors)"),
 )
 _COLORS = {"scattered": "tab:red", "contiguous": "tab:blue", "whole": "tab:green"}
 
@@ -34,7 +34,7 @@ def family(r: dict[str, Any]) -> str | None:
     o = r.get("options", {})
     if r.get("kind") == "random-modify":
         return "contiguous" if o.get("contiguous") else "scattered"
-    if r.get("kind") == "replace-tensor" and "fraction" in o:
+    if r.get("kind") in ("replace-tensor", "zero-tensor") and "fraction" in o:
         return "whole"
     return None
 

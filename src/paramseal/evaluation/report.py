@@ -67,9 +67,11 @@ def _row(rs: Sequence[Rec], cfg: Rec | None) -> list[str]:
     if not live:
         return ["skipped: " + rs[0]["skipped"].replace("|", "/")] + [""] * 10
     n = len(live)
+    det = sum(bool(r.get("detected")) for r in live)
+    noop = all(r.get("noop") for r in live)
     return [
-        _pct(_mean(r.get("tampering_rate") for r in live)),
-        f"{sum(bool(r.get('detected')) for r in live)}/{n}",
+        "none (no-op)" if noop else _pct(_mean(r.get("tampering_rate") for r in live)),
+        f"{det}/{n} (false positive!)" if noop and det else (f"0/{n}: nothing to detect" if noop else f"{det}/{n}"),
         f"{_f(_loc(live, 'tensor', 'precision'), '.2f')} / {_f(_loc(live, 'tensor', 'recall'), '.2f')}",
         f"{_f(_loc(live, 'block', 'precision'), '.2f')} / {_f(_loc(live, 'block', 'recall'), '.2f')}",
         f"{_f(_loc(live, 'parameter', 'precision'), '.2f')} / {_f(_loc(live, 'parameter', 'recall'), '.2f')}",
@@ -179,7 +181,11 @@ def _matrix(runs: Sequence[Rec], configs: dict[str, Rec], model: str) -> str:
                 continue
             det = sum(bool(r.get("detected")) for r in rs)
             rec = sum(bool(r.get("recovered")) for r in rs)
-            cells.append(f"{det}/{len(rs)} det, **{rec}/{len(rs)}** rec")
+            if all(r.get("noop") for r in rs):
+                cells.append(f"no change; {len(rs) - det}/{len(rs)} verify intact")
+            else:
+                loc = _loc(rs, "block", "recall")
+                cells.append(f"{det}/{len(rs)} det, loc {_f(loc, '.2f')}, **{rec}/{len(rs)}** rec")
         lines.append(f"| {lab} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -272,6 +278,8 @@ def write_page(
     fp_blocks = sum(c["clean_verify_flagged_blocks"] for c in clean)
     fp_runs = sum(c["clean_verify_status"] != "intact" for c in clean)
     blocks = sum(c["total_blocks"] for c in clean)
+    noops = [r for r in runs if r.get("noop")]
+    fp_noop = sum(bool(r.get("detected")) for r in noops)
     wrong = sum(
         r.get("localisation", {}).get("block", {}).get("flagged", 0)
         - r.get("localisation", {}).get("block", {}).get("hit", 0)
@@ -283,6 +291,11 @@ def write_page(
         f"* Untampered sealed copies: {fp_runs} of {len(clean)} verifies flagged anything "
         f"({fp_blocks} of {blocks} blocks): false-positive rate **{fp_runs}/{len(clean)}**."
     )
+    if noops:
+        add(
+            f"* Attacks that changed nothing (e.g. an fp16 round trip of an fp16 model), i.e. more untampered "
+            f"copies: {fp_noop} of {len(noops)} flagged."
+        )
     add(f"* In attacked models, blocks flagged that held no changed value: **{wrong}** of {flagged} flagged blocks.\n")
     add("## 3. Recovery rate against tampering rate\n")
     add(
@@ -301,7 +314,12 @@ def write_page(
         if name.startswith("metric_"):
             add(f"![{name}]({r})\n")
     add("## 5. What each attack gives\n")
-    add("Detected and bit-exactly recovered runs for every attack, dtype and level:\n")
+    add(
+        "For every attack, dtype and level: runs detected (*det*), mean block-level localisation recall "
+        "(*loc*; block precision is 1.00 throughout, see section 2) and runs recovered bit-exactly (*rec*). "
+        "*metric after recover* in the detail tables is the model recover returns; when recovery is not "
+        "complete that is a partial result, which the CLI writes only with `--allow-partial`.\n"
+    )
     for m in models:
         add(f"### {m}\n")
         add(_matrix(runs, configs, m) + "\n")
@@ -337,8 +355,20 @@ def _best(runs: Sequence[Rec], fam: str, level: str, dtype: str = "F32") -> str:
 
 
 def _claims(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
-    zero = [r for r in runs if r["kind"] == "zero-tensor" and "skipped" not in r]
+    zero = [r for r in runs if r["kind"] == "zero-tensor" and "skipped" not in r and not r.get("noop")]
     zrec = sum(bool(r.get("recovered")) for r in zero)
+    cap = {(c["model"], c["dtype"], c["level"]): c["erasure_bound"] for c in configs.values()}
+    fits = [
+        r
+        for r in zero
+        if r.get("changed_blocks", 0) / max(1, r.get("total_blocks", 1)) <= cap[(r["model"], r["dtype"], r["level"])]
+    ]
+    frec = sum(bool(r.get("recovered")) for r in fits)
+    zmet = [r for r in zero if r.get("recovered")]
+    restored_metric = sum(
+        r["metric_recovered"] == configs[f"config:{r['model']}/{r['dtype']}/{r['level']}"]["metric_sealed"]
+        for r in zmet
+    )
     fid = []
     for c in configs.values():
         if c["model"] != "minilm":
@@ -353,12 +383,14 @@ def _claims(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
         "**ParamSeal loses** on scattered modification. Contiguous runs: "
         f"standard {_best(runs, 'contiguous', 'standard')}; "
         f"strong {_best(runs, 'contiguous', 'strong')} |",
-        "| RADAR | zeroes the flagged weight groups: recovery is approximate | zero-tensor (one whole tensor "
-        f"zeroed): {zrec}/{len(zero)} runs recovered **bit-exactly** (all runs whose tensor fits in the "
-        "capacity; the rest are detected and located but not restored) |",
+        "| RADAR | zeroes the flagged weight groups: recovery is approximate | zero-tensor (whole tensors "
+        f"zeroed): {zrec}/{len(zero)} runs recovered **bit-exactly**; of the runs whose zeroed blocks fit in the "
+        f"level's bound, {frec}/{len(fits)}; task metric back to the sealed value in {restored_metric}/{len(zmet)} "
+        "recovered runs. Beyond capacity: detected and located, not restored |",
         "| Guan et al. | fidelity within ±0.5% accuracy | sealing changed accuracy by at most "
-        f"{100 * max(fid, default=0):.2f} points over every classifier, dtype and level here; MiniLM min "
-        f"cosine after sealing ≥ {min(cos, default=float('nan')):.5f} |",
+        f"{100 * max(fid, default=0):.2f} points over every classifier, dtype and level here"
+        + (f"; MiniLM min cosine after sealing ≥ {min(cos):.5f}" if cos else "")
+        + " |",
     ]
     return "\n".join(rows)
 
