@@ -158,6 +158,8 @@ def test_non_contiguous_and_shared_storage_tensors_read_as_their_values(tmp_path
     got = adapter_for(p).read(p).tensors
     assert np.array_equal(got["t"], base.numpy().T) and got["t"].flags.c_contiguous
     assert np.array_equal(got["row"], base.numpy()[1]) and got["same"].shape == (3, 4)
+    arrays = list(got.values())
+    assert not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1 :])
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")

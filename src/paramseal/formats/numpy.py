@@ -183,16 +183,19 @@ def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
     for d in shape:
         count *= int(d)
     nbytes = count * dtype.itemsize
-    data = f.read(nbytes)
-    if len(data) != nbytes:
-        raise FormatError(f"{what} is truncated: its header promises {nbytes} bytes of data, found {len(data)}")
-    arr = np.frombuffer(data, dtype=dtype).reshape(shape[::-1] if fortran else shape)
+    buf = bytearray(nbytes)  # read in place: a writable array without a second copy of the data
+    view, got = memoryview(buf), 0
+    while got < nbytes:
+        n = f.readinto(view[got:])  # type: ignore[attr-defined]
+        if not n:
+            raise FormatError(f"{what} is truncated: its header promises {nbytes} bytes of data, found {got}")
+        got += n
+    arr: NDArray[np.generic] = np.frombuffer(buf, dtype=dtype).reshape(shape[::-1] if fortran else shape)
     if fortran:
-        arr = arr.T
+        arr = arr.T.copy(order="C")
     if dtype.byteorder == ">":
         arr = arr.astype(dtype.newbyteorder("="))
-    out: NDArray[np.generic] = arr.copy(order="C")
-    return out
+    return arr
 
 
 def _parse_metadata(arr: NDArray[np.generic], path: Path) -> dict[str, str]:

@@ -114,8 +114,13 @@ class PyTorchAdapter:
                 f"cannot read PyTorch file '{path}' (truncated or not a torch.save file): "
                 f"{type(e).__name__}: {msg[0] if msg else ''}"
             ) from None
-        state = _state_dict(obj, path)
-        return Loaded({name: tensor_to_numpy(t, f"'{path}': tensor '{name}'") for name, t in state.items()}, {})
+        tensors: dict[str, NDArray[np.generic]] = {}
+        storages: set[int] = set()
+        for name, t in _state_dict(obj, path).items():
+            ptr = t.untyped_storage().data_ptr()  # tied or overlapping views get their own copy
+            tensors[name] = tensor_to_numpy(t, f"'{path}': tensor '{name}'", copy=ptr in storages)
+            storages.add(ptr)
+        return Loaded(tensors, {})
 
     def write(self, path: Path, loaded: Loaded) -> None:
         """``torch.save`` a plain dict of tensors (no extra keys; metadata is not stored).
@@ -165,8 +170,12 @@ def _state_dict(obj: object, path: Path) -> dict[str, Any]:
     return dict(state)
 
 
-def tensor_to_numpy(t: torch_t.Tensor, what: str) -> NDArray[np.generic]:
-    """A C-contiguous numpy copy of a dense tensor on any device, bfloat16 as ml_dtypes.bfloat16."""
+def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True) -> NDArray[np.generic]:
+    """A C-contiguous numpy array of a dense tensor on any device, bfloat16 as ml_dtypes.bfloat16.
+
+    With ``copy=False`` a contiguous CPU tensor's memory is shared, not copied (for tensors
+    nobody else holds, such as those just loaded from a file).
+    """
     torch = import_torch(what)
     if t.layout != torch.strided or t.is_quantized or t.is_meta:
         raise UnsupportedError(
@@ -189,7 +198,7 @@ def tensor_to_numpy(t: torch_t.Tensor, what: str) -> NDArray[np.generic]:
         dtype_name(a.dtype)
     except UnsupportedError:
         raise unsupported from None
-    out: NDArray[np.generic] = a.copy(order="C")
+    out: NDArray[np.generic] = a.copy(order="C") if copy or not a.flags.c_contiguous else a
     return out
 
 
