@@ -53,6 +53,16 @@ MODES: dict[str, tuple[str, ...]] = {
 NEEDS_MODEL: tuple[Kind, ...] = ("bfa", "finetune")
 
 
+#: Which kinds read each optional setting (anything else given is refused, not ignored).
+_APPLIES: dict[str, tuple[str, ...]] = {
+    "--n": ("bitflip", "bfa", "backdoor-row", "swap"),
+    "--fraction": ("random-modify", "prune", "lsb-rewrite", "replace-tensor", "zero-tensor", "truncate"),
+    "--bits": ("bitflip", "lsb-rewrite"),
+    "--contiguous": ("random-modify",),
+    "--model": NEEDS_MODEL,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class AttackSpec:
     """One tampering, fully described; with the same ``seed`` it changes exactly the same bits.
@@ -99,6 +109,19 @@ class AttackSpec:
             raise UsageError(f"--mode {self.mode} does not apply to {self.kind}: {allowed}")
         if self.field != "any" and self.kind != "bitflip":
             raise UsageError(f"--field applies to bitflip only, not {self.kind}")
+        given = {
+            "--n": self.n is not None,
+            "--fraction": self.fraction is not None,
+            "--bits": self.bits is not None,
+            "--contiguous": self.contiguous,
+            "--model": self.model is not None,
+        }
+        wrong = [opt for opt, on in given.items() if on and self.kind not in _APPLIES[opt]]
+        if wrong:
+            raise UsageError(
+                f"{', '.join(wrong)} do(es) not apply to {self.kind}; "
+                + "; ".join(f"{opt} applies to {', '.join(_APPLIES[opt])}" for opt in wrong)
+            )
 
     @property
     def mode_or_default(self) -> str:

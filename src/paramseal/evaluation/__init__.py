@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from ..errors import UsageError
 from .battery import BATTERIES, DTYPES, Battery, Plan, Runner, custom
 from .models import MODELS, get_model
 
@@ -50,6 +51,10 @@ def run_eval(
     from . import report
 
     _require(battery)  # fail before hours of work if an extra is missing
+    if docs is not None and docs.resolve() in {
+        (out / n).resolve() for n in ("results.md", "results.json", "results.jsonl")
+    }:
+        raise UsageError(f"--docs {docs} would overwrite the battery's own output in {out}; choose another path")
     t0 = time.monotonic()
     new = 0
 
