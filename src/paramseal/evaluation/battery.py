@@ -25,8 +25,9 @@ from ..errors import ParamSealError, UsageError
 from ..formats import Loaded
 from ..header import METADATA_KEY
 from ..keys import Key
-from ..levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
+from ..levels import LEVELS, bits_for, capacity
 from ..recover import recover_from
+from ..report import Report
 from ..seal import SealConfig
 from ..verify import check, report_of
 from . import metrics
@@ -195,6 +196,7 @@ class Runner:
     progress: bool | None = None
     key: Key = field(default_factory=Key.generate)
     _models: dict[str, TaskModel] = field(default_factory=dict)
+    _weights: dict[str, dict[str, NDArray[Any]]] = field(default_factory=dict)
     _configs: dict[tuple[str, str, str], _Config] = field(default_factory=dict)
 
     @property
@@ -233,7 +235,9 @@ class Runner:
         if ck in self._configs:
             return self._configs[ck]
         task = self._model(model)
-        w = task.weights()
+        if model not in self._weights:
+            self._weights[model] = task.weights()
+        w = self._weights[model]
         original = {n: a.astype(DTYPES[dtype]) if a.dtype.kind == "f" else a for n, a in w.items()}
         t0 = time.monotonic()
         sealed = SealConfig(level=level).seal(original, self.key)
@@ -347,7 +351,7 @@ class Runner:
             rec["recover_s"] = time.monotonic() - t1
         except ParamSealError as e:
             rec.update(detected=True, detection=f"error: {type(e).__name__}", recovered=False)
-            rec["localisation"] = metrics.localisation(truth, report_of_empty(), None)
+            rec["localisation"] = metrics.localisation(truth, _nothing_located(), None)
             rec["wall_s"] = time.monotonic() - t0
             return rec
         rec["status"] = vrep.status
@@ -409,16 +413,6 @@ def _truncated(cfg: _Config, spec: AttackSpec, key: Key) -> dict[str, Any]:
     }
 
 
-def report_of_empty() -> Any:
+def _nothing_located() -> Report:
     """A report naming nothing (for runs where verify refused the model)."""
-    from ..report import Report
-
     return Report("verify", "tampered", False)
-
-
-def fp_float(dt: str) -> bool:
-    """Whether ``dt`` is a float dtype name."""
-    return dt in FLOATS
-
-
-_ = dtype_name
