@@ -207,3 +207,58 @@ def test_npz_to_safetensors_and_back_keeps_every_value(tmp_path: Path, model: di
     st = tmp_path / "m.safetensors"
     paramseal.files.write_model(st, paramseal.files.read_model(p))
     helpers.assert_model_equal(helpers.read_st(st)[0], model)
+
+
+def _flip_member_byte(path: Path, offset: int) -> Path:
+    """Flip one byte inside the data of the largest member, leaving the zip's CRC-32 stale."""
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as zf:
+        big = max(zf.infolist(), key=lambda i: i.file_size)
+    n = int.from_bytes(raw[big.header_offset + 26 : big.header_offset + 28], "little")
+    e = int.from_bytes(raw[big.header_offset + 28 : big.header_offset + 30], "little")
+    raw[big.header_offset + 30 + n + e + offset] ^= 0x40
+    bad = path.with_name("flipped" + path.suffix)
+    bad.write_bytes(bytes(raw))
+    return bad
+
+
+def test_bit_flip_in_a_sealed_npz_is_located_and_recovered_not_a_crc_error(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    src = tmp_path / "m.npz"
+    m = {"big": helpers.random_tensor(np.random.default_rng(0), np.float32, (200, 64)), "b": np.ones(7, np.float32)}
+    np.savez(src, **m)
+    sealed = tmp_path / "sealed.npz"
+    paramseal.files.seal_file(src, sealed, key)
+    bad = _flip_member_byte(sealed, 128 + 4 * 1000 + 3)  # past the .npy header: value 1000's top byte
+    with pytest.raises(zipfile.BadZipFile):  # the zip CRC is really stale
+        with np.load(bad, allow_pickle=False) as z:
+            z["big"]
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file, "--json"])
+    assert rc == 1, err
+    assert json.loads(out)["tensors"]["big"]["tampered_blocks"] == [1000 // 64]
+    fixed = tmp_path / "fixed.npz"
+    rc, _, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0, err
+    helpers.assert_model_equal(adapter_for(fixed).read(fixed).tensors, adapter_for(sealed).read(sealed).tensors)
+    with np.load(fixed, allow_pickle=False) as z:  # the recovered archive has correct CRCs again
+        assert z["big"].shape == (200, 64)
+
+
+def test_crc_error_in_an_unsealed_npz_is_a_format_error(tmp_path: Path, key_file: Path) -> None:
+    src = tmp_path / "m.npz"
+    np.savez(src, big=np.ones((100, 64), np.float32))
+    bad = _flip_member_byte(src, 200)
+    with pytest.raises(FormatError, match="CRC-32") as ei:
+        adapter_for(bad).read(bad)
+    assert "flipped.npz" in str(ei.value) and "big.npy" in str(ei.value)
+    rc, _, err = helpers.run_cli(["seal", bad, tmp_path / "o.npz", "--key", key_file])
+    assert rc == 3 and "CRC-32" in err and not (tmp_path / "o.npz").exists()
+
+
+def test_corrupt_compressed_npz_is_a_format_error(tmp_path: Path, key_file: Path) -> None:
+    src = tmp_path / "c.npz"
+    np.savez_compressed(src, big=helpers.random_tensor(np.random.default_rng(0), np.float32, (100, 64)))
+    bad = _flip_member_byte(src, 300)
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 3 and "flipped.npz" in err and "Traceback" not in err, (out, err)

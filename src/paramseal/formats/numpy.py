@@ -21,17 +21,21 @@ array written by someone else is refused: its real dtype cannot be known.
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import zipfile
+import zlib
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
+from .._embed import header_copies
 from ..errors import FormatError, UsageError
+from ..header import METADATA_KEY
 from ._headerless import require_header_in_weights
 from .base import Loaded
 
@@ -43,7 +47,7 @@ NPY_TENSOR_NAME = "array"
 _NPY_MAGIC = b"\x93NUMPY"
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, struct.error, UnicodeDecodeError,
-                SyntaxError, TypeError, MemoryError)  # fmt: skip
+                SyntaxError, TypeError, MemoryError, zlib.error, NotImplementedError)  # fmt: skip
 
 
 class NpzAdapter:
@@ -64,6 +68,7 @@ class NpzAdapter:
         """Read every member in archive order; the reserved metadata member becomes ``metadata``."""
         tensors: dict[str, NDArray[np.generic]] = {}
         meta: dict[str, str] = {}
+        bad_crc: list[str] = []
         try:
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
@@ -73,8 +78,16 @@ class NpzAdapter:
                             "an .npz model holds only <name>.npy members"
                         )
                     name = info.filename[: -len(".npy")]
-                    with zf.open(info) as f:
-                        arr = _read_npy(f, f"'{path}': member '{info.filename}'")
+                    with zf.open(info) as raw:
+                        # A flipped bit must reach verify (located, recoverable), not fail as a corrupt zip:
+                        # zipfile's own CRC-32 check is off and the CRC is compared after the archive is read.
+                        raw._expected_crc = None  # type: ignore[attr-defined]
+                        f = _CrcReader(raw)
+                        arr = _read_npy(cast(IO[bytes], f), f"'{path}': member '{info.filename}'")
+                        if f.read(1):
+                            raise FormatError(f"'{path}': member '{info.filename}' has bytes after its array data")
+                    if f.crc != info.CRC:
+                        bad_crc.append(info.filename)
                     if name == METADATA_ENTRY:
                         meta = _parse_metadata(arr, path)
                     elif name in tensors:
@@ -89,6 +102,11 @@ class NpzAdapter:
             ) from None
         if not tensors:
             raise FormatError(f"'{path}' holds no arrays: there are no tensors to read")
+        if bad_crc and METADATA_KEY not in meta and not header_copies(tensors):
+            raise FormatError(
+                f"'{path}' is corrupt: member(s) {', '.join(repr(n) for n in bad_crc)} fail their CRC-32 check and "
+                "the archive is not sealed, so nothing can tell which values changed; restore it from a good copy"
+            )
         return Loaded(tensors, meta)
 
     def write(self, path: Path, loaded: Loaded) -> None:
@@ -196,6 +214,22 @@ def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
     if dtype.byteorder == ">":
         arr = arr.astype(dtype.newbyteorder("="))
     return arr
+
+
+class _CrcReader(io.RawIOBase):
+    """Reads through ``f`` and keeps the CRC-32 of every byte read."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.crc = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        n: int = self._f.readinto(b)  # type: ignore[attr-defined]
+        self.crc = zlib.crc32(memoryview(b)[:n], self.crc)
+        return n
 
 
 def _parse_metadata(arr: NDArray[np.generic], path: Path) -> dict[str, str]:

@@ -127,7 +127,7 @@ class PyTorchAdapter:
 
         A sealed model must carry its header in its weights (see ``require_header_in_weights``).
         """
-        torch = import_torch(f"writing PyTorch file '{path}'")
+        torch = import_torch("writing PyTorch (.pt/.pth/.bin) files")
         require_header_in_weights(loaded, "PyTorch (.pt/.pth/.bin)")
         state = {name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}
         torch.save(state, str(path))
