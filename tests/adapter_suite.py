@@ -328,6 +328,30 @@ class AdapterTests:
         assert rc == 0, (out, err)
         assert helpers.sha256(src) == src_hash, "the CLI modified its input"
 
+    def test_bit_flip_in_the_file_bytes_is_located_and_recovered(self, tmp_path: Path, key_file: Path) -> None:
+        """A bit flipped on disk (Rowhammer, bad sector) inside tensor data is tampering, not a malformed file."""
+        m = self.flow_model(np.dtype(np.float32))
+        src = self.write_native(tmp_path, m, "original")
+        sealed = self.path(tmp_path, "sealed")
+        rc, _, err = helpers.run_cli(["seal", src, sealed, "--key", key_file])
+        assert rc == 0, err
+        name = next(iter(m))
+        data = self.adapter.read(sealed).tensors[name]
+        raw = bytearray(sealed.read_bytes())
+        pos = raw.find(data.reshape(-1)[1000:1016].tobytes())
+        if pos < 0 or raw.find(data.reshape(-1)[1000:1016].tobytes(), pos + 1) >= 0:
+            pytest.skip(f"{self.adapter_name} does not store this tensor's bytes raw and uniquely")
+        raw[pos + 3] ^= 0x10  # value 1000, an exponent bit
+        bad = self.path(tmp_path, "flipped")
+        bad.write_bytes(bytes(raw))
+        rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file, "--json"])
+        assert rc == 1, (out, err)
+        assert json.loads(out)["tensors"][name]["tampered_blocks"] == [1000 // helpers.BLOCK]
+        fixed = self.path(tmp_path, "fixed")
+        rc, _, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+        assert rc == 0, err
+        helpers.assert_model_equal(self.adapter.read(fixed).tensors, self.adapter.read(sealed).tensors)
+
     def test_sealing_a_model_too_small_for_the_header_in_its_weights_is_refused(
         self, tmp_path: Path, key_file: Path
     ) -> None:
