@@ -75,26 +75,34 @@ def encode_into(data: NDArray[np.uint32], parity: NDArray[np.uint32]) -> None:
     M = parity.shape[0]
     if M == 0:
         return
-    step = max(16, (_BATCH_BYTES // (4 * K)) // 16 * 16)
+    step = lanes_per_call(K)
     for s in range(0, lanes, step):
         e = min(lanes, s + step)
         parity[:, s:e] = encode(np.ascontiguousarray(data[:, s:e]), M)
         release(data[:, s:e], parity[:, s:e])
 
 
+def lanes_per_call(K: int) -> int:
+    """Lanes coded per library call for codewords of ``K`` data shards (bounds the copies)."""
+    return max(16, (_BATCH_BYTES // (4 * max(1, K))) // 16 * 16)
+
+
 def reencode(
     data: NDArray[np.uint32], parity: NDArray[np.uint32], cols: NDArray[np.int64], lost_p: NDArray[np.bool_]
 ) -> NDArray[np.bool_]:
-    """Re-encode decoded lanes ``cols``: write their parity back, and say which agreed with the surviving parity."""
+    """Re-encode decoded lanes ``cols`` (``lost_p``: one row each), write their parity back.
+
+    Returns which of them agree with the parity that survived.
+    """
     K, M = data.shape[0], parity.shape[0]
     agree = np.ones(cols.size, dtype=np.bool_)
     if M == 0 or not cols.size:
         return agree
-    step = max(16, (_BATCH_BYTES // (4 * K)) // 16 * 16)
+    step = lanes_per_call(K)
     for s in range(0, cols.size, step):
         c = cols[s : s + step]
         fresh = encode(np.ascontiguousarray(data[:, c]), M)
-        agree[s : s + step] = np.all((fresh == parity[:, c]) | lost_p[c].T, axis=0)
+        agree[s : s + step] = np.all((fresh == parity[:, c]) | lost_p[s : s + step].T, axis=0)
         parity[:, c] = fresh
         release(data, parity)
     return agree
@@ -162,4 +170,4 @@ def _decode_batch(
         data[idx[:, None], batch[None, :]] = _from_split(raw, batch.size)
 
 
-__all__ = ["decode", "encode", "encode_into", "reencode"]
+__all__ = ["decode", "encode", "encode_into", "lanes_per_call", "reencode"]

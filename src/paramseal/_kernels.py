@@ -8,6 +8,7 @@ is exact.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -19,8 +20,7 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
         raise ImportError("disabled by PARAMSEAL_NO_NUMBA")
     import numba
 
-    @numba.njit(cache=True, parallel=True, nogil=True)
-    def _mlh_nb(words, keys, wmask, internal, pads, out):  # type: ignore[no-untyped-def]
+    def _mlh_nb_py(words, keys, wmask, internal, pads, out):  # type: ignore[no-untyped-def]
         nblocks, nw = words.shape
         nm = wmask.shape[0]
         p = np.uint64(P)
@@ -41,8 +41,7 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                 t |= np.uint64(words[b, i] & wmask[i]) << np.uint64(wshift[i])
             out[b] = t
 
-    @numba.njit(cache=True, parallel=True, nogil=True)
-    def _split_nb(a, out):  # type: ignore[no-untyped-def]
+    def _split_nb_py(a, out):  # type: ignore[no-untyped-def]
         # a: [n, lanes] uint32 -> out: [n, chunks*64] bytes; element e of chunk c at bytes e, e+32
         n, lanes = a.shape
         for i in numba.prange(n):
@@ -55,8 +54,7 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                     out[i, 64 * c + j] = np.uint8(x & np.uint32(0xFF))
                     out[i, 64 * c + 32 + j] = np.uint8(x >> np.uint32(8))
 
-    @numba.njit(cache=True, parallel=True, nogil=True)
-    def _pack_nb(u, shift, width, out):  # type: ignore[no-untyped-def]
+    def _pack_nb_py(u, shift, width, out):  # type: ignore[no-untyped-def]
         # u: [nblocks, 64] uint; out: [nblocks, 8 * width] uint8; LSB-first bit stream per block
         nblocks, n = u.shape
         mask = (np.uint64(1) << np.uint64(width)) - np.uint64(1)
@@ -74,8 +72,7 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                     nbits -= 8
                     pos += 1
 
-    @numba.njit(cache=True, parallel=True, nogil=True)
-    def _unpack_nb(data, shift, width, u):  # type: ignore[no-untyped-def]
+    def _unpack_nb_py(data, shift, width, u):  # type: ignore[no-untyped-def]
         # inverse of _pack_nb: replaces bits [shift, shift + width) of every value in u
         nblocks, n = u.shape
         mask = (np.uint64(1) << np.uint64(width)) - np.uint64(1)
@@ -94,9 +91,26 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                 nbits -= width
                 u[b, j] = (np.uint64(u[b, j]) & keep) | (v << np.uint64(shift))
 
+    # Each kernel exists twice: threads pay off on big inputs, but starting them costs
+    # milliseconds on a busy machine, which would dominate small chunks.
+    _PY: list[tuple[str, Any]] = [
+        ("mlh", _mlh_nb_py),
+        ("split", _split_nb_py),
+        ("pack", _pack_nb_py),
+        ("unpack", _unpack_nb_py),
+    ]
+    _PAR = {n: numba.njit(cache=True, parallel=True, nogil=True)(f) for n, f in _PY}
+    _SER = {n: numba.njit(cache=True, nogil=True)(f) for n, f in _PY}
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
+
+
+_PARALLEL_ROWS = 8192  # rows (blocks) from which the threaded kernels are used
+
+
+def _kernel(name: str, rows: int) -> Any:
+    return (_PAR if rows >= _PARALLEL_ROWS else _SER)[name]
 
 
 def mlh_tags_numpy(
@@ -131,7 +145,7 @@ def mlh_tags(
     if not HAVE_NUMBA:
         return mlh_tags_numpy(words, keys, wmask, internal, pads)
     out = np.empty(words.shape[0], dtype=np.uint64)
-    _mlh_nb(words, keys[: words.shape[1]], wmask, internal, pads, out)
+    _kernel("mlh", words.shape[0])(words, keys[: words.shape[1]], wmask, internal, pads, out)
     return out
 
 
@@ -141,7 +155,7 @@ def to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8] | None:
         return None
     n, lanes = a.shape
     out = np.zeros((n, 64 * -(-2 * lanes // 32)), dtype=np.uint8)
-    _split_nb(np.ascontiguousarray(a), out)
+    _kernel("split", n)(np.ascontiguousarray(a), out)
     return out
 
 
@@ -163,7 +177,7 @@ def pack_fields(u: NDArray[np.unsignedinteger], shift: int, width: int) -> NDArr
     if not HAVE_NUMBA or width > 56 or width * u.shape[1] % 8:
         return None
     out = np.empty((u.shape[0], width * u.shape[1] // 8), dtype=np.uint8)
-    _pack_nb(u, shift, width, out)
+    _kernel("pack", u.shape[0])(u, shift, width, out)
     return out
 
 
@@ -171,7 +185,7 @@ def unpack_fields(data: NDArray[np.uint8], u: NDArray[np.unsignedinteger], shift
     """Write packed fields back into ``u`` in place; False when no kernel applies."""
     if not HAVE_NUMBA or width > 56 or width * u.shape[1] % 8:
         return False
-    _unpack_nb(np.ascontiguousarray(data), shift, width, u)
+    _kernel("unpack", u.shape[0])(np.ascontiguousarray(data), shift, width, u)
     return True
 
 

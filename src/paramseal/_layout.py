@@ -246,39 +246,54 @@ class Layout:
         """``perm[s0:s1]``: the lane permutation of those stripes."""
         return _PerStripe(self)
 
-    def _scan(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """Per lane: parity shards stored, and blocks (one pass over every block, a stripe range at a time)."""
-        got = self._cache.get("scan")
+    def _irregular(self) -> list[tuple[int, NDArray[np.int64], NDArray[np.int64]]]:
+        """Stripes where some lane stores less than the stripe's parity share: ``(stripe, lanes, stored)``.
+
+        Only stripes holding a tensor's first, reserved or last blocks, or the short last
+        stripe, can be irregular, so this looks at O(tensors) stripes, not at every block.
+        """
+        got = self._cache.get("irregular")
         if got is None:
-            g = self.lanes
-            stored = np.zeros(g, dtype=np.int64)
-            step = max(1, _SCAN // g)
-            for s0 in range(0, self.nstripes, step):
-                s1 = min(self.nstripes, s0 + step)
-                b = np.arange(s0 * g, min(s1 * g, self.nblocks), dtype=np.int64)
-                stored += np.bincount(self._lane_of(b), weights=self._n_store(b), minlength=g).astype(np.int64)
-            got = self._cache["scan"] = (stored, np.zeros(0, np.int64))
+            g, nb = self.lanes, self.nblocks
+            tab = self._table()
+            special = [self.block_start, self.block_start + np.maximum(tab["nblocks"] - 1, 0)]
+            special += [self.block_start[t] + np.arange(r) for t, r in enumerate(tab["reserved"]) if r]
+            cand = np.unique(np.concatenate(special) // g)
+            cand = np.union1d(cand, [self.nstripes - 1])
+            share = np.diff(np.append(self.stripe_store, self.M))
+            got = []
+            for s in cand.tolist():
+                b = np.arange(s * g, min((s + 1) * g, nb), dtype=np.int64)
+                n = self._n_store(b)
+                if b.size < g or bool(np.any(n < share[s])):
+                    got.append((s, self._lane_of(b), n))
+            self._cache["irregular"] = got
         return got
 
     @property
     def holes(self) -> NDArray[np.int64]:
         """Per lane: parity shards that no block stores."""
-        return self.M - self._scan()[0]
+        share = np.diff(np.append(self.stripe_store, self.M))
+        out = np.zeros(self.lanes, dtype=np.int64)
+        for s, lanes, n in self._irregular():
+            missing = np.full(self.lanes, share[s], dtype=np.int64)
+            missing[lanes] = share[s] - n
+            out += missing
+        return out
 
     def stored(self, lanes: NDArray[np.int64]) -> NDArray[np.bool_]:
         """``[len(lanes), M]``: whether each parity shard of those lanes is stored in some block."""
         rows = np.full(self.lanes, -1, dtype=np.int64)
         rows[lanes] = np.arange(lanes.size)
-        out = np.zeros((lanes.size, self.M), dtype=np.bool_)
-        g = self.lanes
-        step = max(1, _SCAN // g)
-        for s0 in range(0, self.nstripes, step):
-            s1 = min(self.nstripes, s0 + step)
-            b = np.arange(s0 * g, min(s1 * g, self.nblocks), dtype=np.int64)
-            r = rows[self._lane_of(b)]
-            pick = np.flatnonzero(r >= 0)
-            ranges_mask(r[pick], self.off_store[b[pick]], self._n_store(b[pick]), out.shape, out)
-        return out
+        share = np.diff(np.append(self.stripe_store, self.M))
+        hole = np.zeros((lanes.size, self.M), dtype=np.bool_)
+        for s, present, n in self._irregular():
+            have = np.zeros(self.lanes, dtype=np.int64)
+            have[present] = n
+            sel = np.flatnonzero(have[lanes] < share[s])
+            start = self.stripe_store[s] + have[lanes[sel]]
+            ranges_mask(sel, start, share[s] - have[lanes[sel]], hole.shape, hole)
+        return ~hole
 
 
 def _profile(specs: list[TensorSpec]) -> dict[str, NDArray[np.int64]]:

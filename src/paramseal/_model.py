@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from . import _bits
 from ._layout import Layout, TensorSpec
 from ._mac import BlockMac
-from ._pages import Workspace, chunks, release
+from ._pages import Workspace, chunks, is_mapped, release
 from .levels import BLOCK, ST_TO_NP
 
 Blocks = NDArray[np.unsignedinteger]
@@ -77,9 +77,7 @@ def gather_lanes(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) 
     return out
 
 
-def gather_chunk(
-    out: NDArray[np.uint32], layout: Layout, t: int, spec: TensorSpec, ub: Blocks, r0: int = 0
-) -> None:
+def gather_chunk(out: NDArray[np.uint32], layout: Layout, t: int, spec: TensorSpec, ub: Blocks, r0: int = 0) -> None:
     """Scatter the data shards of blocks ``[r0, r0 + len(ub))`` of tensor ``t`` into ``out`` ``[K, lanes]``."""
     data = data_bytes(ub, spec)
     b0, d = int(layout.block_start[t]) + r0, spec.data_shards
@@ -111,7 +109,10 @@ def gather_selected(
     parity = ws.lanes_array(layout.M, ncols)
     if ncols == layout.lanes and bool(np.all(col_of_lane == np.arange(layout.lanes))):
         for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
-            for r0, r1 in chunks(spec.nblocks, ub.dtype.itemsize, int(layout.block_start[t]), layout.lanes):
+            far = is_mapped(data)
+            for r0, r1 in chunks(
+                spec.nblocks, ub.dtype.itemsize, int(layout.block_start[t]), layout.lanes, scattered=far
+            ):
                 part = ub[r0:r1]
                 gather_chunk(data, layout, t, spec, part, r0)
                 read_parity_chunk(parity, layout, t, spec, part, r0)

@@ -27,7 +27,7 @@ _MAPS: dict[int, tuple[int, mmap.mmap]] = {}  # base address -> (length, map)
 class Mapping:
     """A file mapped into memory, registered so that :func:`release` can drop its pages."""
 
-    def __init__(self, path: Path, *, write: bool = False, size: int | None = None) -> None:
+    def __init__(self, path: Path, *, write: bool = False, size: int | None = None, scattered: bool = False) -> None:
         mode = "r+b" if write else "rb"
         if size is not None:
             with open(path, "wb") as f:
@@ -43,6 +43,8 @@ class Mapping:
             return
         access = mmap.ACCESS_WRITE if write else mmap.ACCESS_READ
         self._mm = mmap.mmap(self._file.fileno(), length, access=access)
+        if scattered:  # no read-ahead or fault-around: a scattered read would map 16 pages per page touched
+            self._mm.madvise(mmap.MADV_RANDOM)
         self.buf = np.frombuffer(self._mm, dtype=np.uint8)
         _MAPS[self.buf.ctypes.data] = (length, self._mm)
 
@@ -108,7 +110,7 @@ class Workspace:
             return np.zeros(shape, dtype=dtype)
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix=".paramseal-", dir=self.folder)
-        m = Mapping(Path(self._dir.name) / f"scratch{len(self._maps)}", write=True, size=max(n, 1))
+        m = Mapping(Path(self._dir.name) / f"scratch{len(self._maps)}", write=True, size=max(n, 1), scattered=True)
         self._maps.append(m)
         return m.array(0, np.dtype(dtype), shape)
 
@@ -120,7 +122,8 @@ class Workspace:
         """
         if self.folder is None or 4 * nshards * lanes < CHUNK_BYTES:
             return np.zeros((nshards, lanes), dtype=np.uint32)
-        return self.zeros((lanes, nshards), np.uint32).T
+        lane_major: NDArray[np.uint32] = self.zeros((lanes, nshards), np.uint32)
+        return lane_major.T
 
     def close(self) -> None:
         """Delete the temporary files."""
@@ -132,12 +135,27 @@ class Workspace:
             self._dir = None
 
 
-def chunks(nblocks: int, itemsize: int, first_block: int, lanes: int) -> list[tuple[int, int]]:
-    """Row ranges of about CHUNK_BYTES covering ``nblocks`` blocks, cut on stripe boundaries where possible."""
+#: Blocks a chunk may hold when it scatters to or gathers from a lane store on disk. Every block
+#: lies in another lane there, so each one touches its own page, and the kernel maps up to 16
+#: cached neighbours with it (fault-around, 64 KiB): 2048 blocks keep that near 128 MiB.
+SCATTERED_BLOCKS = 2048
+
+
+def chunks(
+    nblocks: int, itemsize: int, first_block: int, lanes: int, *, scattered: bool = False
+) -> list[tuple[int, int]]:
+    """Row ranges of about CHUNK_BYTES covering ``nblocks`` blocks, cut on stripe boundaries where possible.
+
+    ``scattered``: the chunk also touches a lane store on disk, so it holds at most
+    ``SCATTERED_BLOCKS`` blocks unless whole stripes are that small.
+    """
     step = max(lanes, (CHUNK_BYTES // (64 * itemsize)) // lanes * lanes)
+    if scattered and lanes > SCATTERED_BLOCKS:
+        step, first = SCATTERED_BLOCKS, 0
+    else:
+        first = (-first_block) % lanes  # rows up to the first stripe boundary
     out = []
     r0 = 0
-    first = (-first_block) % lanes  # rows up to the first stripe boundary
     if first and nblocks > first:
         out.append((0, first))
         r0 = first
@@ -147,4 +165,10 @@ def chunks(nblocks: int, itemsize: int, first_block: int, lanes: int) -> list[tu
     return out or [(0, nblocks)]
 
 
-__all__ = ["CHUNK_BYTES", "Mapping", "Workspace", "chunks", "release"]
+def is_mapped(a: NDArray[Any]) -> bool:
+    """Whether ``a`` lives in a mapped file (so that touching it costs resident pages until released)."""
+    lo = a.ctypes.data
+    return any(base <= lo < base + length for base, (length, _) in _MAPS.items())
+
+
+__all__ = ["CHUNK_BYTES", "SCATTERED_BLOCKS", "Mapping", "Workspace", "chunks", "is_mapped", "release"]

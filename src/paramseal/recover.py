@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from . import _code, _embed, _model
 from ._bits import set_lo, write_tags
 from ._layout import ranges_mask
-from ._pages import Workspace, release
+from ._pages import SCATTERED_BLOCKS, Workspace, is_mapped, release
 from ._progress import Progress
 from .keys import Key
 from .report import Report, Status, TensorFinding
@@ -97,24 +97,32 @@ def plan_recovery(chk: Check, ws: Workspace | None = None) -> Recovery:
     lane_ok = np.ones(lay.lanes, dtype=np.bool_)
     patches: dict[int, Patch] = {}
     if bad_b.size:
-        damaged = np.unique(lay.lane[bad_b])
+        lane_of_bad = lay.lane[bad_b]
+        damaged = np.unique(lane_of_bad)
         if 4 * damaged.size >= lay.lanes:  # most lanes damaged (a contiguous attack spreads evenly): take all
             damaged = np.arange(lay.lanes)
         col = np.full(lay.lanes, -1, dtype=np.int64)
         col[damaged] = np.arange(damaged.size)
-        shape_d, shape_p = (damaged.size, lay.K), (damaged.size, lay.M)
-        lost_d = ranges_mask(col[lay.lane[bad_b]], lay.off_data[bad_b], lay.n_data[bad_b], shape_d)
-        lost_p = ranges_mask(col[lay.lane[bad_b]], lay.off_store[bad_b], lay.n_store[bad_b], shape_p)
-        lost_p |= ~lay.stored(damaged)
         # Only the damaged lanes are read, decoded and re-encoded: light damage costs little.
         data, parity = _model.gather_selected(lay, specs, chk.blocks, col, damaged.size, ws)
-        cols = np.arange(damaged.size)
-        ok = _code.decode(data, parity, cols, lost_d, lost_p)
-        good = cols[ok & lost_d.any(axis=1)]
-        # Surviving parity must agree with the decoded data: a last guard against forged blocks.
-        agree = _code.reencode(data, parity, good, lost_p)
-        lane_ok[damaged[good[~agree]]] = False
-        lane_ok[damaged[~ok]] = False
+        order = np.argsort(lane_of_bad, kind="stable")
+        bad_sorted, lanes_sorted = bad_b[order], lane_of_bad[order]
+        step = _code.lanes_per_call(lay.K)
+        for i in range(0, damaged.size, step):  # a batch of lanes at a time: masks stay small
+            lanes = damaged[i : i + step]
+            lo, hi = np.searchsorted(lanes_sorted, [lanes[0], lanes[-1] + 1])
+            bb, ll = bad_sorted[lo:hi], lanes_sorted[lo:hi]
+            row = np.searchsorted(lanes, ll)
+            lost_d = ranges_mask(row, lay.off_data[bb], lay.n_data[bb], (lanes.size, lay.K))
+            lost_p = ranges_mask(row, lay.off_store[bb], lay.n_store[bb], (lanes.size, lay.M))
+            lost_p |= ~lay.stored(lanes)
+            cols = col[lanes]
+            ok = _code.decode(data, parity, cols, lost_d, lost_p)
+            redo = ok & lost_d.any(axis=1)
+            # Surviving parity must agree with the decoded data: a last guard against forged blocks.
+            agree = _code.reencode(data, parity, cols[redo], lost_p[redo])
+            lane_ok[lanes[redo][~agree]] = False
+            lane_ok[lanes[~ok]] = False
         for t in range(len(specs)):
             p = _rebuild(chk, t, data, parity, lane_ok, col)
             release(data, parity)
@@ -168,14 +176,22 @@ def _rebuild(
     if not rows.size:
         return None
     old = ub[rows]  # fancy indexing: a copy
+    release(ub)
     new = old.copy()
     every = np.arange(rows.size)
-    _model.set_data(new, spec, every, _model.lane_block_data(lay, t, spec, data, rows, col))
-    if spec.is_float:
-        words = _model.block_parity(lay, t, spec, parity, rows, col)
-        lo = np.zeros((rows.size, 2 * spec.k), dtype=np.uint32)
-        lo[:, 1:] = words
-        set_lo(new, lo.view(np.uint8), spec.k)
+    # Each rebuilt block reads its own lane of the stores: on disk, a bounded group at a time.
+    step = SCATTERED_BLOCKS // 4 if is_mapped(data) else rows.size
+    for i in range(0, rows.size, step):
+        sel, part = every[i : i + step], rows[i : i + step]
+        _model.set_data(new, spec, sel, _model.lane_block_data(lay, t, spec, data, part, col))
+        if spec.is_float:
+            words = _model.block_parity(lay, t, spec, parity, part, col)
+            lo = np.zeros((part.size, 2 * spec.k), dtype=np.uint32)
+            lo[:, 1:] = words
+            sub = new[sel]
+            set_lo(sub, lo.view(np.uint8), spec.k)
+            new[sel] = sub
+        release(data, parity)
     if spec.reserved:
         h = chk.header
         copy = h.to_json(chk.key, embedded=True).encode() if t in h.carriers else None

@@ -17,7 +17,7 @@ from . import _bits, _code, _embed, _model
 from ._bits import write_tags
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
-from ._pages import Workspace, chunks, release
+from ._pages import Workspace, chunks, is_mapped, release
 from ._progress import Progress
 from .errors import UnsupportedError, UsageError
 from .header import Header
@@ -95,10 +95,12 @@ def seal_flat(
     layout = build_layout(specs, key, salt, lanes)
     prog = progress or Progress.null()
     g = layout.lanes
-    parts = [
-        chunks(s.nblocks, flats[t].dtype.itemsize, int(layout.block_start[t]), g) for t, s in enumerate(specs)
-    ]
     store = ws.lanes_array(layout.K, g)
+    far = is_mapped(store)
+    parts = [
+        chunks(s.nblocks, flats[t].dtype.itemsize, int(layout.block_start[t]), g, scattered=far)
+        for t, s in enumerate(specs)
+    ]
     for t, spec in enumerate(specs):
         prog.step(f"read {spec.name}")
         for r0, r1 in parts[t]:
