@@ -123,7 +123,8 @@ class Workspace:
         if self.folder is None or 4 * nshards * lanes < CHUNK_BYTES:
             return np.zeros((nshards, lanes), dtype=np.uint32)
         lane_major: NDArray[np.uint32] = self.zeros((lanes, nshards), np.uint32)
-        return lane_major.T
+        store: NDArray[np.uint32] = lane_major.T
+        return store
 
     def close(self) -> None:
         """Delete the temporary files."""
