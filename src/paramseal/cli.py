@@ -10,9 +10,10 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, _cli_eval, files
+from . import __version__, _cli_eval, files, sharded
 from .errors import ParamSealError
 from .keys import Key, load_key, write_key
 from .levels import LEVELS
@@ -101,6 +102,12 @@ def _run(args: argparse.Namespace) -> int:
             write_key(args.keyfile, key, overwrite=args.force)
             print(f"OK: wrote key {args.keyfile} (fingerprint {key.fingerprint}); keep it secret")
             return 0
+        case "seal" if sharded.is_sharded(Path(args.input)):
+            names = sharded.seal_dir(
+                Path(args.input), Path(args.output), load_key(args.key), level=args.level, bits=args.bits
+            )
+            print(f"OK: sealed {len(names)} shard(s) of {args.input} -> {args.output} (each self-contained)")
+            return 0
         case "seal":
             sealed = files.seal_file(
                 args.input, args.output, load_key(args.key), level=args.level, bits=args.bits, in_place=args.in_place
@@ -111,7 +118,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"OK: sealed {args.input} -> {args.output} ({len(h.tensors)} tensors, {desc}, level {h.level})")
             return 0
         case "verify":
-            rep = files.verify_file(args.input, load_key(args.key), tensors=args.tensors)
+            key = load_key(args.key)
+            if sharded.is_sharded(Path(args.input)):
+                rep = sharded.verify_dir(Path(args.input), key, tensors=args.tensors)
+            else:
+                rep = files.verify_file(args.input, key, tensors=args.tensors)
             if args.json:
                 print(rep.to_json())
             elif rep.status == "intact":
@@ -121,8 +132,11 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"FAIL: {args.input} was tampered with ({how})\n{rep.summary()}")
             return rep.exit_code
         case "recover":
-            res = files.recover_file(args.input, args.output, load_key(args.key), allow_partial=args.allow_partial)
-            rep = res.report
+            key = load_key(args.key)
+            if sharded.is_sharded(Path(args.input)):
+                rep, _ = sharded.recover_dir(Path(args.input), Path(args.output), key, allow_partial=args.allow_partial)
+            else:
+                rep = files.recover_file(args.input, args.output, key, allow_partial=args.allow_partial).report
             if args.json:
                 print(rep.to_json())
             elif rep.status == "intact":

@@ -155,17 +155,19 @@ def seal_file(
     bits: int | None = None,
     in_place: bool = False,
     progress: bool | None = None,
+    extra_metadata: dict[str, str] | None = None,
 ) -> SealedFile:
     """Seal the model in ``src`` and write it to ``dst``; the file's metadata is kept.
 
     safetensors to safetensors streams: memory stays bounded by a few chunks, whatever the model size.
+    ``extra_metadata`` is added to the file's metadata and sealed with it.
     """
     s, d = Path(src), Path(dst)
     _check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits)
     with _open_model(s) as loaded:
-        meta = dict(loaded.metadata)
-        if METADATA_KEY in meta:
+        meta = {**loaded.metadata, **(extra_metadata or {})}
+        if METADATA_KEY in loaded.metadata:
             raise UsageError(f"'{s}' is already sealed; recover or verify it instead of sealing it twice")
         if not _is_safetensors(d, output=True):
             prog = Progress("seal", 2 * len(loaded.tensors) + 1, enabled=progress)

@@ -1,0 +1,153 @@
+"""Sharded Hugging Face checkpoints: each shard self-contained, the set and the index checked as a whole."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import files, sharded
+
+SHARDS = ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"]
+
+
+@pytest.fixture()
+def checkpoint(tmp_path: Path) -> Path:
+    """Three shards, an index, a config file: the Hugging Face layout."""
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    weight_map = {}
+    for i, shard in enumerate(SHARDS):
+        t = {
+            f"layers.{i}.attn.weight": helpers.random_tensor(rng, np.float32, (96, 64)),
+            f"layers.{i}.mlp.weight": helpers.random_tensor(rng, np.float32, (64, 80)),
+            f"layers.{i}.norm.weight": helpers.random_tensor(rng, np.float16, (64,)),
+        }
+        helpers.write_st(folder / shard, t, {"format": "pt"})
+        weight_map.update({n: shard for n in t})
+    (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+    (folder / "config.json").write_text('{"model_type": "test"}')
+    return folder
+
+
+@pytest.fixture()
+def sealed_ckpt(tmp_path: Path, checkpoint: Path, key_file: Path) -> Path:
+    out = tmp_path / "sealed"
+    rc, stdout, err = helpers.run_cli(["seal", checkpoint, out, "--key", key_file])
+    assert rc == 0, err
+    assert "3 shard(s)" in stdout
+    return out
+
+
+def test_sealed_checkpoint_keeps_the_layout_and_every_shard_verifies_alone(
+    sealed_ckpt: Path, checkpoint: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    assert sorted(p.name for p in sealed_ckpt.iterdir()) == sorted([*SHARDS, sharded.INDEX, "config.json"])
+    assert (sealed_ckpt / sharded.INDEX).read_bytes() == (checkpoint / sharded.INDEX).read_bytes()
+    salts = set()
+    for shard in SHARDS:
+        assert files.verify_file(sealed_ckpt / shard, key).status == "intact"  # self-contained
+        _, meta = helpers.read_st(sealed_ckpt / shard)
+        salts.add(json.loads(meta["paramseal"])["salt"])
+        assert json.loads(meta[sharded.SET_KEY])["shard"] == shard
+    assert len(salts) == 3  # independent seals
+    rc, out, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file, "--json"])
+    assert rc == 0 and json.loads(out)["status"] == "intact"
+
+
+def test_a_flipped_bit_in_one_shard_is_located_and_recovered(tmp_path: Path, sealed_ckpt: Path, key_file: Path) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(sealed_ckpt, bad)
+    t, meta = helpers.read_st(bad / SHARDS[1])
+    helpers.write_st(bad / SHARDS[1], helpers.flip_bit(t, "layers.1.mlp.weight", 700, 29), meta)
+    rc, out, _ = helpers.run_cli(["verify", bad, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 1 and rep["tampered_tensors"] == ["layers.1.mlp.weight"]
+    assert rep["tensors"]["layers.1.mlp.weight"]["tampered_blocks"] == [700 // 64]
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file, "--json"])
+    assert rc == 0, err
+    assert json.loads(out)["tensors"]["layers.1.mlp.weight"]["restored"]["indices"] == [700]
+    for shard in SHARDS:
+        got, got_meta = helpers.read_st(fixed / shard)
+        want, want_meta = helpers.read_st(sealed_ckpt / shard)
+        helpers.assert_model_equal(got, want)
+        assert got_meta == want_meta
+    assert (fixed / "config.json").exists()
+
+
+def test_partial_verification_reads_only_the_shards_it_needs(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(sealed_ckpt, bad)
+    t, meta = helpers.read_st(bad / SHARDS[2])
+    helpers.write_st(bad / SHARDS[2], helpers.flip_bit(t, "layers.2.attn.weight", 3, 1), meta)
+    opened: list[str] = []
+    real = files.verify_file
+    monkeypatch.setattr(files, "verify_file", lambda p, k, **kw: opened.append(Path(p).name) or real(p, k, **kw))
+    rep = sharded.verify_dir(bad, key, tensors="layers.0.*", workers=1)
+    assert rep.status == "intact" and opened == [SHARDS[0]]
+    assert any("1 shard(s) checked, 2 not read" in n for n in rep.notes)
+    rep = sharded.verify_dir(bad, key, tensors="*.attn.weight", workers=1)
+    assert rep.status == "tampered" and rep.tampered_tensors == ["layers.2.attn.weight"]
+
+
+def test_shards_swapped_or_from_another_seal_are_caught(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    swapped = tmp_path / "swapped"
+    shutil.copytree(sealed_ckpt, swapped)
+    (swapped / SHARDS[0]).rename(swapped / "tmp")
+    (swapped / SHARDS[1]).rename(swapped / SHARDS[0])
+    (swapped / "tmp").rename(swapped / SHARDS[1])
+    rep = sharded.verify_dir(swapped, key, workers=1)
+    assert rep.status == "tampered"
+    assert any(f"shard '{SHARDS[0]}' was sealed as '{SHARDS[1]}'" in m for m in rep.metadata_issues)
+
+    other = tmp_path / "other"
+    sharded.seal_dir(checkpoint, other, key, workers=1)  # the same weights, sealed again: another set
+    mixed = tmp_path / "mixed"
+    shutil.copytree(sealed_ckpt, mixed)
+    shutil.copy(other / SHARDS[2], mixed / SHARDS[2])
+    rep = sharded.verify_dir(mixed, key, workers=1)
+    assert rep.status == "tampered" and any("different sealed sets" in m for m in rep.metadata_issues)
+
+
+def test_an_index_that_disagrees_with_the_shards_is_reported(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(sealed_ckpt, bad)
+    idx = json.loads((bad / sharded.INDEX).read_text())
+    idx["weight_map"]["layers.0.attn.weight"] = SHARDS[1]
+    (bad / sharded.INDEX).write_text(json.dumps(idx))
+    rep = sharded.verify_dir(bad, key, workers=1)
+    assert any("maps tensor 'layers.0.attn.weight' to shard" in m for m in rep.metadata_issues)
+    (bad / sharded.INDEX).write_text("{not json")
+    rc, _, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 3 and "not a valid safetensors index" in err and "Traceback" not in err
+
+
+def test_parallel_seal_and_unrecoverable_recover_write_nothing(
+    tmp_path: Path, checkpoint: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    out = tmp_path / "par"
+    sharded.seal_dir(checkpoint, out, key, workers=2)  # a real process pool
+    assert sharded.verify_dir(out, key, workers=2).status == "intact"
+    rc, _, err = helpers.run_cli(["seal", checkpoint, out, "--key", key_file])
+    assert rc == 3 and "already exists" in err
+    t, meta = helpers.read_st(out / SHARDS[0])
+    for name in t:  # destroy the whole shard: beyond any capacity
+        t[name] = np.zeros_like(t[name])
+    helpers.write_st(out / SHARDS[0], t, meta)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc, _, _ = helpers.run_cli(["recover", out, tmp_path / "fixed", "--key", key_file])
+    assert rc == 2 and not (tmp_path / "fixed").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary folder left behind
