@@ -248,6 +248,12 @@ class MiniLM:
                 from sentence_transformers import SentenceTransformer
             except ImportError:
                 raise MissingDependencyError("the minilm model", "eval") from None
+            try:
+                from transformers.utils import logging as hf_logging
+
+                hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # "Loading weights" bars
+            except ImportError:  # pragma: no cover - sentence-transformers depends on transformers
+                pass
             self._st = SentenceTransformer(str(self._path()), device="cpu")
             self._ref = self._embed(self.weights())
         return self._st

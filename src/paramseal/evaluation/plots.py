@@ -150,10 +150,11 @@ def heatmap(run: dict[str, Any], path: Path) -> bool:
     grid = [r["codes"] + [-1] * (width - len(r["codes"])) for r in rows]
     colors = ["white", "#f2f2f2", "tab:green", "tab:orange", "tab:red"]
     cmap = ListedColormap(colors)
-    fig, ax = plt.subplots(figsize=(6.0, 0.6 + 0.16 * len(rows)))
+    per_row = 0.16 if len(rows) <= 40 else 0.09  # MiniLM has 104 tensors: keep the PNG small
+    fig, ax = plt.subplots(figsize=(6.0, 0.6 + per_row * len(rows)))
     ax.imshow([[c + 1 for c in g] for g in grid], cmap=cmap, vmin=0, vmax=4, aspect="auto", interpolation="nearest")
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([r["tensor"] for r in rows], fontsize=5)
+    ax.set_yticklabels([r["tensor"] for r in rows], fontsize=5 if len(rows) <= 40 else 3.5)
     ax.set_xticks([])
     ax.set_xlabel("position in tensor (bins of 64-value blocks)", fontsize=7)
     ax.set_title(f"{run['model']} {run['dtype']} {run['level']}: {run['label']} (seed {run['seed']})", fontsize=8)
@@ -166,7 +167,7 @@ def heatmap(run: dict[str, Any], path: Path) -> bool:
         handles=legend,
         fontsize=5,
         loc="upper center",
-        bbox_to_anchor=(0.5, -0.35 / (0.6 + 0.16 * len(rows))),
+        bbox_to_anchor=(0.5, -0.35 / (0.6 + per_row * len(rows))),
         ncol=3,
         frameon=False,
     )
