@@ -486,8 +486,13 @@ def _losses(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
         )
         lines.append(
             "* **Small models have small absolute capacity:** 100 random bit flips at F32 standard were recovered "
-            f"in {per} runs. Each flip spoils a 64-value block, and a model of a few hundred blocks cannot "
-            "absorb a hundred of them; the same flips are a rounding error in MiniLM's 355k blocks."
+            f"in {per} runs. Each flip spoils a 64-value block: a model of a few hundred blocks cannot absorb a "
+            "hundred of them (blocks per model: "
+            + ", ".join(
+                f"{m} {c['total_blocks']:,}"
+                for m, c in {c["model"]: c for c in configs.values() if c["dtype"] == "F32"}.items()
+            )
+            + ")."
         )
     whole = [
         r
