@@ -227,7 +227,7 @@ def test_options_that_do_not_fit_are_refused(sealed_model: Loaded) -> None:
         AttackSpec("noise", mode="int8")
     with pytest.raises(UsageError, match="fraction"):
         AttackSpec("prune", fraction=1.5)
-    with pytest.raises(UsageError, match="--fraction, --contiguous do"):
+    with pytest.raises(UsageError, match="--fraction, --contiguous do not apply"):
         AttackSpec("bitflip", fraction=0.1, contiguous=True)
     with pytest.raises(UsageError, match="no tensor named 'ghost'"):
         attack(sealed_model, AttackSpec("noise", tensors=("ghost",)))

@@ -119,7 +119,7 @@ class AttackSpec:
         wrong = [opt for opt, on in given.items() if on and self.kind not in _APPLIES[opt]]
         if wrong:
             raise UsageError(
-                f"{', '.join(wrong)} do(es) not apply to {self.kind}; "
+                f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to {self.kind}; "
                 + "; ".join(f"{opt} applies to {', '.join(_APPLIES[opt])}" for opt in wrong)
             )
 

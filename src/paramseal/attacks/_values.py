@@ -295,6 +295,7 @@ def swap(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
         x, y = pairs[int(rng.integers(len(pairs)))]
         d.t[x], d.t[y] = t[y], t[x]
         return d.t
+
     def unit(a: NDArray[Any]) -> int:
         if mode == "blocks":
             return BLOCK

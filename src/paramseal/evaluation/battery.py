@@ -139,6 +139,9 @@ BATTERIES: dict[str, Battery] = {
             Plan("cnn", ("F32", "F16", "BF16"), LEVELS, (0,), _all("cnn")),
             Plan("minilm", ("F32",), ("standard", "strong"), (0,), _COMMON + _SWEEP[::2] + _GRAD[1:]),
             Plan("minilm", ("F16", "BF16"), ("standard",), (0,), _COMMON[:3] + _SWEEP[::3]),
+            # every other level and dtype: sealing fidelity (plus one bit flip each)
+            Plan("minilm", ("F32",), ("light",), (0,), _COMMON[:1]),
+            Plan("minilm", ("F16", "BF16"), ("light", "strong"), (0,), _COMMON[:1]),
         ),
     ),
 }

@@ -42,6 +42,25 @@ def _metric(m: dict[str, float] | None, model: str) -> str:
     return f"{100 * m['accuracy']:.1f}%"
 
 
+def _configs(records: Sequence[Rec]) -> dict[str, Rec]:
+    """Config records by id, ordered by model, dtype (F32, F16, BF16) and level (light, standard, strong)."""
+    from ..levels import LEVELS
+    from .models import MODELS
+
+    dts = ["F32", "F16", "BF16"]
+
+    def order(c: Rec) -> tuple[int, int, int]:
+        m, d, lv = c["model"], c["dtype"], c["level"]
+        return (
+            MODELS.index(m) if m in MODELS else len(MODELS),
+            dts.index(d) if d in dts else len(dts),
+            LEVELS.index(lv) if lv in LEVELS else len(LEVELS),
+        )
+
+    cs = sorted((r for r in records if r.get("type") == "config"), key=order)
+    return {c["id"]: c for c in cs}
+
+
 def group(runs: Sequence[Rec]) -> dict[tuple[str, str, str, str], list[Rec]]:
     """Runs grouped over seeds by (model, dtype, level, attack label), in battery order."""
     g: dict[tuple[str, str, str, str], list[Rec]] = defaultdict(list)
@@ -192,7 +211,7 @@ def _matrix(runs: Sequence[Rec], configs: dict[str, Rec], model: str) -> str:
 
 def write_outputs(records: Sequence[Rec], out: Path, *, command: str, wall_s: float, battery: str) -> list[Path]:
     """Write ``results.json``, ``results.md`` and PNG plots into ``out``; returns the files written."""
-    configs = {r["id"]: r for r in records if r.get("type") == "config"}
+    configs = _configs(records)
     runs = [r for r in records if r.get("type") == "run"]
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -232,7 +251,7 @@ def write_page(
     records: Sequence[Rec], page: Path, figures: Sequence[Path], *, command: str, wall_s: float, battery: str
 ) -> Path:
     """Write the results page (``docs/results.md``) from the records and the figures beside it."""
-    configs = {r["id"]: r for r in records if r.get("type") == "config"}
+    configs = _configs(records)
     runs = [r for r in records if r.get("type") == "run"]
     rel = {p.name: _rel(p, page) for p in figures if p.suffix == ".png"}
     raw = next((_rel(p, page) for p in figures if p.name == "results.json"), "results.json")
