@@ -291,6 +291,12 @@ def write_page(
         "byte-identical to the sealed model); *restored* (fraction of the changed values that recover put "
         "back exactly); the task metric of the sealed, attacked and recovered model; wall time.\n"
     )
+    add(
+        "Each run seals the model with the in-memory API (`paramseal.seal`), applies one seeded attack from "
+        "`paramseal.attacks` (the same code as `paramseal attack`), then verifies and recovers the tensors in "
+        "memory; truncation goes through a file. To reproduce: `pip install 'paramseal[eval]'`, then run the "
+        "command above (interrupt it at any time; rerunning it resumes).\n"
+    )
     add("## 1. Embedding impact (fidelity)\n")
     add(
         "Maximum relative change over normal values, and the task metric before and after sealing "
@@ -393,6 +399,7 @@ def _headline(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
         for c in configs.values()
         if "accuracy" in c["metric_sealed"]
     ]
+    cos = [c["metric_sealed"]["cos_min"] for c in configs.values() if "cos_min" in c["metric_sealed"]]
     lines = [
         f"* **Detection:** {det}/{len(live)} tampered runs detected; **{fp}/{clean}** untampered copies flagged "
         f"(false positives); {flagged - hit} of {flagged} flagged blocks held no tampered value.",
@@ -401,7 +408,8 @@ def _headline(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
         f"scattered single values only {span('scattered', 'standard')} at standard and "
         f"{span('scattered', 'strong')} at strong.",
         f"* **Fidelity:** sealing changed top-1 accuracy by at most {100 * max(fid, default=0):.2f} points "
-        "(every classifier, dtype and level).",
+        "(every classifier, dtype and level)"
+        + (f"; MiniLM minimum embedding cosine after sealing ≥ {min(cos):.5f}." if cos else "."),
     ]
     return "\n".join(lines)
 
