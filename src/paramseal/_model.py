@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from . import _bits
 from ._layout import Layout, TensorSpec
 from ._mac import BlockMac
-from ._pages import Workspace, chunks, is_mapped, release
+from ._pages import SCATTERED_BLOCKS, Workspace, chunks, is_mapped, release
 from .levels import BLOCK, ST_TO_NP
 
 Blocks = NDArray[np.unsignedinteger]
@@ -109,7 +109,7 @@ def gather_selected(
     parity = ws.lanes_array(layout.M, ncols)
     if ncols == layout.lanes and bool(np.all(col_of_lane == np.arange(layout.lanes))):
         for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
-            far = is_mapped(data)
+            far = 4 * SCATTERED_BLOCKS if is_mapped(data) else 0  # writes to the store
             for r0, r1 in chunks(
                 spec.nblocks, ub.dtype.itemsize, int(layout.block_start[t]), layout.lanes, scattered=far
             ):

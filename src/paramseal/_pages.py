@@ -114,16 +114,20 @@ class Workspace:
         self._maps.append(m)
         return m.array(0, np.dtype(dtype), shape)
 
-    def lanes_array(self, nshards: int, lanes: int) -> NDArray[np.uint32]:
+    def lanes_array(self, nshards: int, lanes: int, *, lane_major: bool = True) -> NDArray[np.uint32]:
         """A zeroed ``[nshards, lanes]`` uint32 lane store.
 
-        On disk it is stored lane-major (a transposed view), so one batch of lanes is one
-        contiguous range of pages: coding a batch touches only that batch's pages.
+        On disk it is stored lane-major (a transposed view) by default, so one batch of lanes
+        is one contiguous range of pages: coding a batch touches only that batch's pages.
+        ``lane_major=False`` keeps it shard-major, for a store read in file order.
         """
         if self.folder is None or 4 * nshards * lanes < CHUNK_BYTES:
             return np.zeros((nshards, lanes), dtype=np.uint32)
-        lane_major: NDArray[np.uint32] = self.zeros((lanes, nshards), np.uint32)
-        store: NDArray[np.uint32] = lane_major.T
+        if not lane_major:
+            shard_major: NDArray[np.uint32] = self.zeros((nshards, lanes), np.uint32)
+            return shard_major
+        by_lane: NDArray[np.uint32] = self.zeros((lanes, nshards), np.uint32)
+        store: NDArray[np.uint32] = by_lane.T
         return store
 
     def close(self) -> None:
@@ -143,16 +147,17 @@ SCATTERED_BLOCKS = 2048
 
 
 def chunks(
-    nblocks: int, itemsize: int, first_block: int, lanes: int, *, scattered: bool = False
+    nblocks: int, itemsize: int, first_block: int, lanes: int, *, scattered: int = 0
 ) -> list[tuple[int, int]]:
     """Row ranges of about CHUNK_BYTES covering ``nblocks`` blocks, cut on stripe boundaries where possible.
 
-    ``scattered``: the chunk also touches a lane store on disk, so it holds at most
-    ``SCATTERED_BLOCKS`` blocks unless whole stripes are that small.
+    ``scattered``: the chunk also touches a lane store on disk, so it holds at most that
+    many blocks unless whole stripes are that small (reads: ``SCATTERED_BLOCKS``; writes,
+    which fault in no neighbours, may take more).
     """
     step = max(lanes, (CHUNK_BYTES // (64 * itemsize)) // lanes * lanes)
-    if scattered and lanes > SCATTERED_BLOCKS:
-        step, first = SCATTERED_BLOCKS, 0
+    if scattered and lanes > scattered:
+        step, first = scattered, 0
     else:
         first = (-first_block) % lanes  # rows up to the first stripe boundary
     out = []
@@ -172,4 +177,12 @@ def is_mapped(a: NDArray[Any]) -> bool:
     return any(base <= lo < base + length for base, (length, _) in _MAPS.items())
 
 
-__all__ = ["CHUNK_BYTES", "SCATTERED_BLOCKS", "Mapping", "Workspace", "chunks", "is_mapped", "release"]
+__all__ = [
+    "CHUNK_BYTES",
+    "SCATTERED_BLOCKS",
+    "Mapping",
+    "Workspace",
+    "chunks",
+    "is_mapped",
+    "release",
+]

@@ -17,7 +17,7 @@ from . import _bits, _code, _embed, _model
 from ._bits import write_tags
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
-from ._pages import Workspace, chunks, is_mapped, release
+from ._pages import SCATTERED_BLOCKS, Workspace, chunks, is_mapped, release
 from ._progress import Progress
 from .errors import UnsupportedError, UsageError
 from .header import Header
@@ -97,19 +97,27 @@ def seal_flat(
     g = layout.lanes
     store = ws.lanes_array(layout.K, g)
     far = is_mapped(store)
-    parts = [
-        chunks(s.nblocks, flats[t].dtype.itemsize, int(layout.block_start[t]), g, scattered=far)
-        for t, s in enumerate(specs)
-    ]
+    written, release_every = 0, (32 * SCATTERED_BLOCKS if far else 0)  # about 256 MiB of touched pages
+    def parts_of(t: int, cap: int) -> list[tuple[int, int]]:
+        return chunks(specs[t].nblocks, flats[t].dtype.itemsize, int(layout.block_start[t]), g, scattered=cap)
+
+    # gather only writes to the store (no neighbours faulted in); embed reads parity from it
+    write_cap, read_cap = (4 * SCATTERED_BLOCKS, SCATTERED_BLOCKS) if far else (0, 0)
     for t, spec in enumerate(specs):
         prog.step(f"read {spec.name}")
-        for r0, r1 in parts[t]:
+        for r0, r1 in parts_of(t, write_cap):
             ub = read_blocks(flats[t], spec, r0, r1)
             _refuse_non_finite(ub, spec)
             _model.gather_chunk(store, layout, t, spec, ub, r0)
-            release(store)
+            written += r1 - r0
+            if written >= release_every:  # each block wrote a page of its own lane: drop them now and then
+                release(store)
+                written = 0
     prog.step("encode")
-    parity = ws.lanes_array(layout.M, g)
+    release(store)
+    # Parity is read back in file order (embed), so on disk it is kept shard-major: a chunk reads
+    # a few contiguous rows instead of one page per block.
+    parity = ws.lanes_array(layout.M, g, lane_major=False)
     _code.encode_into(store, parity)
     mac = BlockMac(key)
     external: dict[int, NDArray[np.uint64]] = {}
@@ -118,7 +126,7 @@ def seal_flat(
         internal = layout.tag_internal[layout.block_start[t] : layout.block_start[t] + spec.nblocks]
         ext: list[NDArray[np.uint64]] = []
         plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
-        for r0, r1 in parts[t]:
+        for r0, r1 in parts_of(t, read_cap):
             ub = read_blocks(flats[t], spec, r0, r1)
             _model.write_storage(layout, spec, t, ub, parity, r0=r0)
             if r0 < spec.reserved and t not in emb.carriers:  # carriers get theirs once the header exists
@@ -129,7 +137,9 @@ def seal_flat(
                 write_tags(ub, np.where(inside, tags, np.uint64(0)), spec.k)  # zero: tag kept in the header
             ext.append(tags[~inside])
             write_blocks(outs[t], spec, r0, ub)
-            release(parity)
+            b0 = int(layout.block_start[t])
+            lo, hi = layout.stripe_store[(b0 + r0) // g], layout.stripe_store[(b0 + r1 - 1) // g]
+            release(parity[lo : hi + 2 * spec.k])  # the rows this chunk read
         if not internal.all():
             external[t] = np.concatenate(ext)
     store = parity = np.zeros(0, np.uint32)  # let the workspace go
