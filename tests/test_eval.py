@@ -119,6 +119,8 @@ def test_cli_eval_bad_options_exit_3(tmp_path: Path) -> None:
     ):
         rc, _, err = helpers.run_cli(argv)
         assert rc == 3 and "choose" in err, err
+    rc, _, err = helpers.run_cli(["eval", "--out", tmp_path, "--dtype", "F16"])
+    assert rc == 3 and "go with --model" in err
     assert not (tmp_path / "results.jsonl").exists()
 
 

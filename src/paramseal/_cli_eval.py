@@ -55,7 +55,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument("--dtype", action="append", default=[], help="with --model: F32, F16, BF16 (repeat; default F32)")
     p.add_argument("--level", action="append", default=[], help="with --model: level (repeat; default standard)")
-    p.add_argument("--seeds", type=int, default=1, help="with --model: seeds per attack (default 1)")
+    p.add_argument("--seeds", type=int, help="with --model: seeds per attack (default 1)")
     p.add_argument("--docs", metavar="PAGE", help="also write the results page here (e.g. docs/results.md)")
 
 
@@ -102,8 +102,14 @@ def _eval(args: argparse.Namespace) -> int:
         from .evaluation import BATTERIES, custom, run_eval
     except ImportError as e:  # pragma: no cover - numpy-only installs still import this package
         raise UsageError(f"paramseal eval cannot start: {e}") from None
+    if not args.model and (args.dtype or args.level or args.seeds is not None):
+        raise UsageError("--dtype, --level and --seeds go with --model; a named --battery fixes them")
+    if args.seeds is not None and args.seeds < 1:
+        raise UsageError(f"--seeds {args.seeds} must be at least 1")
     if args.model:
-        battery = custom(tuple(args.model), tuple(args.dtype or ["F32"]), tuple(args.level or ["standard"]), args.seeds)
+        battery = custom(
+            tuple(args.model), tuple(args.dtype or ["F32"]), tuple(args.level or ["standard"]), args.seeds or 1
+        )
     elif args.battery in BATTERIES:
         battery = BATTERIES[args.battery]
     else:
@@ -134,7 +140,7 @@ def _canonical(args: argparse.Namespace) -> list[str]:
             argv += ["--dtype", d]
         for lv in args.level:
             argv += ["--level", lv]
-        argv += ["--seeds", str(args.seeds)]
+        argv += ["--seeds", str(args.seeds or 1)]
     else:
         argv += ["--battery", args.battery]
     argv += ["--out", args.out]
