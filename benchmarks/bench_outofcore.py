@@ -25,7 +25,6 @@ lane store while sealing).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -47,15 +46,14 @@ SEED = 20261130
 def write_checkpoint(path: Path, size_gib: float) -> tuple[int, int]:
     """Stream the checkpoint to ``path``; returns (bytes, largest tensor bytes)."""
     from paramseal._pages import release
-    from paramseal.formats.safetensors import Entry, StreamWriter, header_json
+    from paramseal.formats.safetensors import StreamWriter, header_room
 
     shapes, _ = llm_shapes(int(size_gib * (1 << 30)) // 4)
     entries = [(n, "F32", s) for n, s in shapes]
-    probe = [Entry(n, "F32", s, 0, 1 << 60) for n, _, s in entries]
-    w = StreamWriter(path, entries, len(header_json(probe, {"format": "pt"})))
+    w = StreamWriter(path, entries, header_room(entries, {"format": "pt"}))
     rng = np.random.default_rng(SEED)
     largest = 0
-    for name, shape in shapes:
+    for name, _ in shapes:
         flat = w.array(name).reshape(-1)
         largest = max(largest, flat.nbytes)
         for i in range(0, flat.size, 8 << 20):

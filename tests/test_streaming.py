@@ -191,3 +191,16 @@ def test_file_operations_use_memory_that_does_not_grow_with_the_model(tmp_path: 
     small, large = _growth(tmp_path, key, 3), _growth(tmp_path, key, 12)
     for op in small:
         assert large[op] - small[op] < 96, f"{op}: grew {small[op]} MiB at 96 MiB but {large[op]} MiB at 384 MiB"
+
+
+def test_the_reserved_header_room_holds_any_offsets() -> None:
+    """A 14 GiB checkpoint's offsets have 11 digits: the room reserved before writing must still hold them."""
+    from paramseal.formats.safetensors import Entry, header_json, header_room
+
+    entries = [(f"layer.{i}.weight", "F32", (4096, 4096)) for i in range(300)]
+    meta = {"format": "pt", "paramseal": "x" * 1000}
+    room = header_room(entries, meta)
+    size = 4096 * 4096 * 4
+    for base in (0, 10**9, 10**12, 10**15):
+        actual = [Entry(n, dt, sh, base + i * size, base + (i + 1) * size) for i, (n, dt, sh) in enumerate(entries)]
+        assert len(header_json(actual, meta)) <= room, base

@@ -173,14 +173,13 @@ def seal_file(
             prog = Progress("seal", 2 * len(loaded.tensors) + 1, enabled=progress)
             sealed = cfg.seal(loaded.tensors, key, metadata=meta, progress=prog)
             prog.done()
-            write_model(d, Loaded(sealed.tensors, {**meta, METADATA_KEY: sealed.header_json}))
+            write_model(d, Loaded(sealed.tensors, {**meta, METADATA_KEY: sealed.header_json}, loaded.source))
             return SealedFile(d, sealed.header_json, sealed.header)
         specs = cfg.specs(loaded.tensors)
         salt = os.urandom(16)
         probe, slack = probe_header(specs, cfg.level, cfg.bits, salt, key, meta)
         entries = [(x.name, x.dtype, x.shape) for x in specs]
-        room = len(st_format.header_json([], {**meta, METADATA_KEY: probe.to_json(key)})) + slack
-        room += sum(len(st_format.header_json([st_format.Entry(n, dt, sh, 0, 1 << 60)], {})) for n, dt, sh in entries)
+        room = st_format.header_room(entries, {**meta, METADATA_KEY: probe.to_json(key)}) + slack
         prog = Progress("seal", 2 * len(specs) + 1, enabled=progress)
         ws = Workspace(d.parent)
         try:
@@ -257,16 +256,15 @@ def recover_file(
             _write_recovered(d, chk, rec, out_meta)
         else:
             result = recover_from_plan(chk, rec)
-            write_model(d, Loaded(result.tensors, out_meta))
+            write_model(d, Loaded(result.tensors, out_meta, loaded.source))
     return RecoveredFile(d, rec.report, rec.metadata)
 
 
 def _write_recovered(dst: Path, chk: Check, rec: Recovery, meta: dict[str, str]) -> None:
     """Stream the recovered model (the sealed tensors, patched) into a safetensors file."""
     entries = [(x.name, x.dtype, x.shape) for x in chk.specs]
-    probe = [st_format.Entry(n, dt, sh, 0, 1 << 60) for n, dt, sh in entries]
     with atomic_path(dst) as tmp:
-        w = st_format.StreamWriter(tmp, entries, len(st_format.header_json(probe, meta)))
+        w = st_format.StreamWriter(tmp, entries, st_format.header_room(entries, meta))
         try:
             for t, (spec, ub) in enumerate(zip(chk.specs, chk.blocks, strict=True)):
                 out = uint_view(w.array(spec.name))

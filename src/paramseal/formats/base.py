@@ -16,6 +16,9 @@ class Loaded:
 
     tensors: dict[str, NDArray[np.generic]]
     metadata: dict[str, str] = field(default_factory=dict)
+    #: What the adapter needs besides the tensors to write the same file again (an ONNX graph);
+    #: ``files`` passes it from the input to the output. None for formats that need nothing.
+    source: object | None = field(default=None, repr=False, compare=False)
 
 
 @runtime_checkable

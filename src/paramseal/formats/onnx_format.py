@@ -25,11 +25,11 @@ attributes, tensor dtypes and storage form (``raw_data``, typed fields or
 external data). ParamSeal's metadata goes into ``metadata_props``, and nothing
 else is added.
 
-ONNX cannot be written from tensors alone: the graph is needed. ``read``
-remembers the graph (with tensor payloads removed) of the last few models it
-read in this process, and ``write`` fills the latest one read with exactly these
-tensor names with the new values (``files.seal_file`` and ``recover_file`` read
-right before they write). Tensors that match no graph read are written as a
+ONNX cannot be written from tensors alone: the graph is needed. ``read`` returns
+the graph (tensor payloads removed) as ``Loaded.source``, and ``files`` passes it
+on to ``write``, which fills it with the new values. For a ``Loaded`` built by
+hand, ``write`` looks for the graph among the last few models read in this
+process with exactly these tensor names. Tensors that match no graph read are written as a
 graph-less ONNX file of initializers (a plain container), unless they share more
 than half of their names with a graph read: those are that graph's tensors with
 some renamed, added or dropped, and writing them is refused.
@@ -189,13 +189,15 @@ class OnnxAdapter:
             if p.key in meta:
                 raise FormatError(f"'{path}': metadata_props has the key '{p.key}' twice")
             meta[p.key] = p.value
-        _TEMPLATES.remember(_Template(model.SerializeToString(), frozenset(names), frozenset(inputs)))
-        return Loaded(tensors, meta)
+        template = _Template(model.SerializeToString(), frozenset(names), frozenset(inputs))
+        _TEMPLATES.remember(template)
+        return Loaded(tensors, meta, source=template)
 
     def write(self, path: Path, loaded: Loaded) -> None:
         """Fill the graph read earlier with the new values (see the module docstring) and write it."""
         onnx = _onnx()
-        template = _TEMPLATES.find(frozenset(loaded.tensors))
+        src = loaded.source
+        template = src if isinstance(src, _Template) else _TEMPLATES.find(frozenset(loaded.tensors))
         if template is None:
             model = _container(onnx, loaded)
             inputs: frozenset[Path] = frozenset()

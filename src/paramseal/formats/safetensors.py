@@ -202,6 +202,12 @@ class StreamWriter:
         self.map.close()
 
 
+def header_room(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> int:
+    """An upper bound on the header's length for these tensors and metadata (offsets at their widest)."""
+    wide = [Entry(n, dt, sh, 1 << 62, 1 << 62) for n, dt, sh in entries]
+    return len(header_json(wide, metadata))
+
+
 def header_json(entries: list[Entry], metadata: dict[str, str]) -> bytes:
     """The safetensors header for ``entries`` and ``metadata``."""
     head: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
