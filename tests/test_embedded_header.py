@@ -211,3 +211,17 @@ def test_a_model_too_small_for_a_copy_says_so(tmp_path: Path, key: paramseal.Key
 def test_an_unsealed_model_has_no_records(big: dict[str, np.ndarray]) -> None:
     assert _embed.header_copies(big) == []
     assert all(_embed.scan(a) is None for a in big.values())
+
+
+def test_inspect_finds_the_header_in_the_weights_without_a_key(
+    tmp_path: Path, sealed_big: paramseal.SealedModel
+) -> None:
+    p = _stripped(tmp_path, sealed_big)
+    info = files.inspect_file(p)
+    assert info["sealed"] is True
+    assert info["seal"]["header_in"].startswith("weights (tensor ")
+    assert info["seal"]["level"] == "standard" and info["seal"]["header_copies_in_weights"] == list(
+        sealed_big.header.carriers
+    )
+    rc, out, _ = helpers.run_cli(["inspect", p])
+    assert rc == 0 and "header_in=weights" in out

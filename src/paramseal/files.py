@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _embed
 from ._bits import uint_view
 from ._pages import Workspace, chunks, release
 from ._progress import Progress
@@ -285,8 +286,15 @@ def _write_recovered(dst: Path, chk: Check, rec: Recovery, meta: dict[str, str])
 def inspect_file(path: PathLike) -> dict[str, Any]:
     """Describe a model file without a key: its seal settings, or what each level would give."""
     p = Path(path)
-    loaded = read_model(p)
+    with _open_model(p) as loaded:
+        return _inspect(p, loaded)
+
+
+def _inspect(p: Path, loaded: Loaded) -> dict[str, Any]:
     text = loaded.metadata.get(METADATA_KEY)
+    where = "metadata"
+    if text is None and (copies := _embed.header_copies(loaded.tensors)):
+        text, where = copies[0][1], f"weights (tensor '{copies[0][0]}')"
     dtypes: dict[str, int] = {}
     for a in loaded.tensors.values():
         dt = dtype_name(a.dtype)
@@ -304,6 +312,8 @@ def inspect_file(path: PathLike) -> dict[str, Any]:
             for k in ("scheme", "level", "bits", "block", "mac", "code", "lanes", "key_fingerprint")
         }
         info["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
+        info["seal"]["header_in"] = where
+        info["seal"]["header_copies_in_weights"] = h.get("carriers", [])
         table = h.get("tensors")
         ks = {  # the header is untrusted here: keep only well-formed entries
             t["dtype"]: t["k"]
