@@ -247,10 +247,11 @@ class Layout:
         return _PerStripe(self)
 
     def _irregular(self) -> list[tuple[int, NDArray[np.int64], NDArray[np.int64]]]:
-        """Stripes where some lane stores less than the stripe's parity share: ``(stripe, lanes, stored)``.
+        """Where some lane stores less than its stripe's parity share: ``(stripe, those lanes, what they store)``.
 
         Only stripes holding a tensor's first, reserved or last blocks, or the short last
-        stripe, can be irregular, so this looks at O(tensors) stripes, not at every block.
+        stripe, can be irregular, so this looks at O(tensors) stripes, not at every block,
+        and keeps only the short lanes (a lane with no block in the stripe stores 0).
         """
         got = self._cache.get("irregular")
         if got is None:
@@ -258,15 +259,16 @@ class Layout:
             tab = self._table()
             special = [self.block_start, self.block_start + np.maximum(tab["nblocks"] - 1, 0)]
             special += [self.block_start[t] + np.arange(r) for t, r in enumerate(tab["reserved"]) if r]
-            cand = np.unique(np.concatenate(special) // g)
-            cand = np.union1d(cand, [self.nstripes - 1])
+            cand = np.union1d(np.unique(np.concatenate(special) // g), [self.nstripes - 1])
             share = np.diff(np.append(self.stripe_store, self.M))
             got = []
             for s in cand.tolist():
                 b = np.arange(s * g, min((s + 1) * g, nb), dtype=np.int64)
-                n = self._n_store(b)
-                if b.size < g or bool(np.any(n < share[s])):
-                    got.append((s, self._lane_of(b), n))
+                have = np.zeros(g, dtype=np.int64)
+                have[self._lane_of(b)] = self._n_store(b)
+                short = np.flatnonzero(have < share[s])
+                if short.size:
+                    got.append((s, short, have[short]))
             self._cache["irregular"] = got
         return got
 
@@ -275,10 +277,8 @@ class Layout:
         """Per lane: parity shards that no block stores."""
         share = np.diff(np.append(self.stripe_store, self.M))
         out = np.zeros(self.lanes, dtype=np.int64)
-        for s, lanes, n in self._irregular():
-            missing = np.full(self.lanes, share[s], dtype=np.int64)
-            missing[lanes] = share[s] - n
-            out += missing
+        for s, lanes, have in self._irregular():
+            out[lanes] += share[s] - have
         return out
 
     def stored(self, lanes: NDArray[np.int64]) -> NDArray[np.bool_]:
@@ -287,12 +287,9 @@ class Layout:
         rows[lanes] = np.arange(lanes.size)
         share = np.diff(np.append(self.stripe_store, self.M))
         hole = np.zeros((lanes.size, self.M), dtype=np.bool_)
-        for s, present, n in self._irregular():
-            have = np.zeros(self.lanes, dtype=np.int64)
-            have[present] = n
-            sel = np.flatnonzero(have[lanes] < share[s])
-            start = self.stripe_store[s] + have[lanes[sel]]
-            ranges_mask(sel, start, share[s] - have[lanes[sel]], hole.shape, hole)
+        for s, short, have in self._irregular():
+            mine = rows[short] >= 0
+            ranges_mask(rows[short[mine]], self.stripe_store[s] + have[mine], share[s] - have[mine], hole.shape, hole)
         return ~hole
 
 

@@ -133,6 +133,7 @@ def gather_selected(
             lo = _bits.lo_bytes(sub, spec.k).view(np.uint32)[:, 1:]
             pos, valid = _store_slots(layout, b, w)
             parity[pos[valid], np.broadcast_to(c, pos.shape)[valid]] = lo[valid]
+        release(data, parity)
     return data, parity
 
 

@@ -10,8 +10,11 @@ the page cache to be written back. Arrays that are not mapped are left alone.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import mmap
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,7 @@ from numpy.typing import NDArray
 
 CHUNK_BYTES = 16 << 20  # bytes of tensor data the engine handles at a time
 _PAGE = mmap.PAGESIZE
+_FAULT_AROUND = 64 << 10  # Linux maps up to this much of cached file around a read fault
 _MAPS: dict[int, tuple[int, mmap.mmap]] = {}  # base address -> (length, map)
 
 
@@ -82,7 +86,9 @@ def release(*arrays: NDArray[Any]) -> None:
         hi = lo + (a.nbytes if a.flags.c_contiguous else _span(a))
         for base, (length, mm) in _MAPS.items():
             if base <= lo < base + length:
-                start = (lo - base) // _PAGE * _PAGE
+                # Reach back one fault-around window: reading the next chunk maps up to 64 KiB of
+                # cached pages around each fault, some of them behind it, already released once.
+                start = max(0, (lo - base) // _PAGE * _PAGE - _FAULT_AROUND)
                 stop = min(length, -(-(hi - base) // _PAGE) * _PAGE)
                 if stop > start:
                     mm.madvise(mmap.MADV_DONTNEED, start, stop - start)
@@ -93,6 +99,29 @@ def _span(a: NDArray[Any]) -> int:
     """Bytes from the first to one past the last element of a strided view."""
     last = int(sum((n - 1) * s for n, s in zip(a.shape, a.strides, strict=True) if s > 0))
     return last + a.itemsize
+
+
+def _steady_malloc() -> None:
+    """Stop glibc from keeping freed chunk buffers (a model too big for memory is being streamed).
+
+    glibc raises its mmap threshold after freeing a large block, so the next chunk-sized
+    buffers come from the heap and stay resident after they are freed; over a long stream
+    that drift adds hundreds of MiB. A fixed threshold returns every such buffer at once.
+    Process-wide but harmless: only allocations of 1 MiB or more are affected.
+    """
+    global _MALLOC_SET
+    if _MALLOC_SET or not sys.platform.startswith("linux"):
+        return
+    _MALLOC_SET = True
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to tune
+        pass
+
+
+_M_MMAP_THRESHOLD = -3
+_MALLOC_SET = False
 
 
 class Workspace:
@@ -110,6 +139,7 @@ class Workspace:
             return np.zeros(shape, dtype=dtype)
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix=".paramseal-", dir=self.folder)
+            _steady_malloc()
         m = Mapping(Path(self._dir.name) / f"scratch{len(self._maps)}", write=True, size=max(n, 1), scattered=True)
         self._maps.append(m)
         return m.array(0, np.dtype(dtype), shape)

@@ -97,7 +97,7 @@ def seal_flat(
     g = layout.lanes
     store = ws.lanes_array(layout.K, g)
     far = is_mapped(store)
-    written, release_every = 0, (32 * SCATTERED_BLOCKS if far else 0)  # about 256 MiB of touched pages
+    written, release_every = 0, (8 * SCATTERED_BLOCKS if far else 0)  # about 64 MiB of touched pages
     def parts_of(t: int, cap: int) -> list[tuple[int, int]]:
         return chunks(specs[t].nblocks, flats[t].dtype.itemsize, int(layout.block_start[t]), g, scattered=cap)
 
