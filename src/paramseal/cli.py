@@ -127,6 +127,8 @@ def _run(args: argparse.Namespace) -> int:
                 print(rep.to_json())
             elif rep.status == "intact":
                 print(f"OK: {args.input} is intact ({rep.total_blocks} blocks verified)")
+                if rep.notes:
+                    print(rep.summary())
             else:
                 how = "recoverable: run 'paramseal recover'" if rep.recoverable else "NOT fully recoverable"
                 print(f"FAIL: {args.input} was tampered with ({how})\n{rep.summary()}")

@@ -88,7 +88,11 @@ def attack(loaded: Loaded, spec: AttackSpec, *, model: GradModel | None = None) 
         spec.options(),
         sum(int(a.size) for a in loaded.tensors.values()),
         changes,
-        structural + tuple(f"metadata key '{k}' edited" for k in keys),
+        structural
+        + tuple(
+            f"metadata key '{k}' " + ("removed" if k not in meta else "added" if k not in loaded.metadata else "edited")
+            for k in keys
+        ),
         keys,
     )
     return Loaded(t, meta), truth
