@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -86,7 +87,9 @@ def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None)
     w = _workers(len(jobs)) if workers is None else max(1, workers)
     if w == 1 or len(jobs) == 1:
         return [fn(*j) for j in jobs]
-    with ProcessPoolExecutor(max_workers=w) as pool:
+    # spawn, not fork: the parent may already run numba's (or torch's) thread pools, which a forked
+    # child inherits half-initialised and can die in
+    with ProcessPoolExecutor(max_workers=w, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(fn, *j) for j in jobs]
         return [f.result() for f in futures]
 
