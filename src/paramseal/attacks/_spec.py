@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from ..errors import UsageError
 
@@ -23,24 +23,9 @@ Kind = Literal[
     "metadata",
     "truncate",
 ]
-KINDS: tuple[Kind, ...] = (
-    "bitflip",
-    "bfa",
-    "random-modify",
-    "noise",
-    "finetune",
-    "prune",
-    "backdoor-row",
-    "replace-tensor",
-    "zero-tensor",
-    "lsb-rewrite",
-    "swap",
-    "quantize",
-    "metadata",
-    "truncate",
-)
+KINDS: tuple[Kind, ...] = get_args(Kind)
 Field = Literal["any", "sign", "exponent", "mantissa", "watermark"]
-FIELDS: tuple[Field, ...] = ("any", "sign", "exponent", "mantissa", "watermark")
+FIELDS: tuple[Field, ...] = get_args(Field)
 
 #: The modes each kind accepts; the first is the default.
 MODES: dict[str, tuple[str, ...]] = {
