@@ -69,14 +69,6 @@ def _split(
     return s0, s1, edge
 
 
-def gather_lanes(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) -> NDArray[np.uint32]:
-    """Every lane's data shards, shard-major: ``[K, lanes]``."""
-    out = np.zeros((layout.K, layout.lanes), dtype=np.uint32)
-    for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
-        gather_chunk(out, layout, t, spec, ub)
-    return out
-
-
 def gather_chunk(out: NDArray[np.uint32], layout: Layout, t: int, spec: TensorSpec, ub: Blocks, r0: int = 0) -> None:
     """Scatter the data shards of blocks ``[r0, r0 + len(ub))`` of tensor ``t`` into ``out`` ``[K, lanes]``."""
     data = data_bytes(ub, spec)
@@ -201,14 +193,6 @@ def block_parity(
     return out
 
 
-def read_parity(layout: Layout, specs: list[TensorSpec], blocks: list[Blocks]) -> NDArray[np.uint32]:
-    """The parity shards as found in the low bits, ``[M, lanes]``."""
-    out = np.zeros((layout.M, layout.lanes), dtype=np.uint32)
-    for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
-        read_parity_chunk(out, layout, t, spec, ub)
-    return out
-
-
 def read_parity_chunk(
     out: NDArray[np.uint32], layout: Layout, t: int, spec: TensorSpec, ub: Blocks, r0: int = 0
 ) -> None:
@@ -307,9 +291,7 @@ __all__ = [
     "compute_tags",
     "data_bytes",
     "gather_chunk",
-    "gather_lanes",
     "read_parity_chunk",
-    "read_parity",
     "set_data",
     "block_parity",
     "gather_selected",
