@@ -33,6 +33,7 @@ def fixed_salt(monkeypatch: pytest.MonkeyPatch) -> None:
 def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of a few blocks and an on-disk lane store even for a small model: every chunk edge is exercised."""
     monkeypatch.setattr(_pages, "CHUNK_BYTES", 4096)
+    monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", "0")
 
 
 def _streamed_equals_in_memory(tmp_path: Path, model: dict, key: paramseal.Key) -> None:
@@ -66,12 +67,29 @@ def test_chunked_seal_is_byte_identical_to_the_unchunked_seal(
     src = helpers.write_st(tmp_path / "m.safetensors", model, META)
     in_memory = paramseal.seal(files.read_model(src).tensors, key, metadata=META)
     monkeypatch.setattr(_pages, "CHUNK_BYTES", 4096)
-    out = tmp_path / "s.safetensors"
-    files.seal_file(src, out, key)
-    got, meta = helpers.read_st(out)
-    helpers.assert_model_equal(got, in_memory.tensors)
-    assert meta[METADATA_KEY] == in_memory.header_json
-    assert not list(tmp_path.glob(".paramseal-*")), "the on-disk lane store must be removed"
+    for budget in ("0", "1024"):  # lane stores on disk, then in memory
+        monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", budget)
+        out = tmp_path / f"s{budget}.safetensors"
+        files.seal_file(src, out, key)
+        got, meta = helpers.read_st(out)
+        helpers.assert_model_equal(got, in_memory.tensors)
+        assert meta[METADATA_KEY] == in_memory.header_json
+        assert not list(tmp_path.glob(".paramseal-*")), "the on-disk lane store must be removed"
+
+
+def test_the_scratch_budget_decides_where_lane_stores_live(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", "40")
+    ws = _pages.Workspace(tmp_path)
+    assert ws.budget == 40 << 20
+    first = ws.lanes_array(1 << 20, 8)  # 32 MiB: fits
+    second = ws.lanes_array(1 << 20, 8)  # another 32 MiB: over the budget, so on disk
+    small = ws.lanes_array(16, 8)  # under a chunk: always in memory
+    assert not _pages.is_mapped(first) and _pages.is_mapped(second) and not _pages.is_mapped(small)
+    assert list(tmp_path.glob(".paramseal-*/scratch0"))
+    ws.close()
+    assert not list(tmp_path.glob(".paramseal-*"))
+    monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", "not a number")
+    assert _pages.scratch_budget() == _pages.DEFAULT_SCRATCH_MIB << 20
 
 
 def test_chunked_verify_and_recover_locate_and_restore_exactly(
@@ -155,7 +173,8 @@ def _growth(tmp_path: Path, key: paramseal.Key, ntensors: int) -> dict[str, int]
     )
     warm = folder / "warm.safetensors"
     files.seal_file(helpers.write_st(folder / "w.safetensors", {"w": np.ones(1 << 16, np.float32)}), warm, key)
-    env = {**os.environ, "K": key.secret.hex(), "WARM": str(warm)}
+    # no scratch budget: the lane stores stream through disk, as for a model too big for memory
+    env = {**os.environ, "K": key.secret.hex(), "WARM": str(warm), "PARAMSEAL_SCRATCH_MIB": "0"}
     script = folder / "worker.py"
     script.write_text(_RSS_WORKER)
     sealed, bad = folder / "s.safetensors", folder / "bad.safetensors"
@@ -204,3 +223,34 @@ def test_the_reserved_header_room_holds_any_offsets() -> None:
     for base in (0, 10**9, 10**12, 10**15):
         actual = [Entry(n, dt, sh, base + i * size, base + (i + 1) * size) for i, (n, dt, sh) in enumerate(entries)]
         assert len(header_json(actual, meta)) <= room, base
+
+
+def test_recover_writes_the_same_file_with_or_without_the_in_kernel_copy(
+    tmp_path: Path, model: dict, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recover copies intact tensors file to file and writes only rebuilt blocks; the chunked rewrite must agree."""
+    from paramseal.formats import safetensors as st_format
+
+    src = helpers.write_st(tmp_path / "m.safetensors", model, META)
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(src, sealed, key)
+    t, meta = helpers.read_st(sealed)
+    bad = helpers.flip_bit(t, "embed.weight", 1000, 30)
+    bad = helpers.flip_bit(bad, "fc.weight", 5, 3)
+    p = helpers.write_st(tmp_path / "bad.safetensors", bad, meta)
+    copied = []
+    real = st_format.copy_range
+
+    def spy(*a: int) -> bool:
+        copied.append(a)
+        return real(*a)
+
+    monkeypatch.setattr(st_format, "copy_range", spy)
+    files.recover_file(p, tmp_path / "fast.safetensors", key)
+    assert copied, "intact tensors should be copied in the kernel"
+    monkeypatch.setattr(st_format, "copy_range", lambda *a: False)
+    files.recover_file(p, tmp_path / "slow.safetensors", key)
+    fast, slow = (tmp_path / "fast.safetensors").read_bytes(), (tmp_path / "slow.safetensors").read_bytes()
+    assert fast == slow
+    got, _ = helpers.read_st(tmp_path / "fast.safetensors")
+    helpers.assert_model_equal(got, t)

@@ -91,6 +91,46 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                 nbits -= width
                 u[b, j] = (np.uint64(u[b, j]) & keep) | (v << np.uint64(shift))
 
+    @numba.njit(cache=True, nogil=True)
+    def _scatter_nb(out, off, d, perm, x):  # type: ignore[no-untyped-def]
+        # out[off + s*d + i, perm[s, j]] = x[s, j, i]: whole stripes of blocks into a [shards, lanes] store.
+        # Walks the store row by row (one stripe of x stays in cache): sequential writes.
+        ns, g = perm.shape
+        inv = np.empty(g, dtype=np.int64)
+        for s in range(ns):
+            for j in range(g):
+                inv[perm[s, j]] = j
+            base = off + s * d
+            for i in range(d):
+                row = out[base + i]
+                for lane in range(g):
+                    row[lane] = x[s, inv[lane], i]
+
+    @numba.njit(cache=True, nogil=True)
+    def _scatter_lm_nb(out, off, d, perm, x):  # type: ignore[no-untyped-def]
+        # _scatter_nb for a lane-major store (a transposed view): each block's shards are contiguous there
+        ns, g = perm.shape
+        for s in range(ns):
+            base = off + s * d
+            for j in range(g):
+                lane = perm[s, j]
+                for i in range(d):
+                    out[base + i, lane] = x[s, j, i]
+
+    @numba.njit(cache=True, nogil=True)
+    def _gather_nb(src, off, d, perm, out):  # type: ignore[no-untyped-def]
+        # inverse of _scatter_nb: out[s, j, i] = src[off + s*d + i, perm[s, j]]
+        ns, g = perm.shape
+        inv = np.empty(g, dtype=np.int64)
+        for s in range(ns):
+            for j in range(g):
+                inv[perm[s, j]] = j
+            base = off + s * d
+            for i in range(d):
+                row = src[base + i]
+                for lane in range(g):
+                    out[s, inv[lane], i] = row[lane]
+
     # Each kernel exists twice: threads pay off on big inputs, but starting them costs
     # milliseconds on a busy machine, which would dominate small chunks.
     _PY: list[tuple[str, Any]] = [
@@ -159,6 +199,30 @@ def to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8] | None:
     return out
 
 
+def scatter_stripes(
+    out: NDArray[np.uint32], off: int, perm: NDArray[np.int64], x: NDArray[np.uint32]
+) -> None:
+    """``out[off + s*d + i, perm[s, j]] = x[s, j, i]`` for ``x`` ``[stripes, lanes, d]`` (any strides in ``out``)."""
+    ns, g, d = x.shape
+    if HAVE_NUMBA:
+        (_scatter_lm_nb if out.strides[0] < out.strides[1] else _scatter_nb)(out, off, d, perm, x)
+        return
+    view = out[off : off + ns * d].reshape(ns, d, g)
+    view[np.arange(ns)[:, None], :, perm] = x
+
+
+def gather_stripes(src: NDArray[np.uint32], off: int, perm: NDArray[np.int64], d: int) -> NDArray[np.uint32]:
+    """Inverse of :func:`scatter_stripes`: ``[stripes, lanes, d]``."""
+    ns, g = perm.shape
+    if HAVE_NUMBA:
+        out = np.empty((ns, g, d), dtype=np.uint32)
+        _gather_nb(src, off, d, perm, out)
+        return out
+    view = src[off : off + ns * d].reshape(ns, d, g)
+    got: NDArray[np.uint32] = view[np.arange(ns)[:, None], :, perm]
+    return got
+
+
 def read_tag_words(
     words: NDArray[np.uint16], wmask: NDArray[np.uint16], wshift: NDArray[np.uint64]
 ) -> NDArray[np.uint64]:
@@ -189,4 +253,14 @@ def unpack_fields(data: NDArray[np.uint8], u: NDArray[np.unsignedinteger], shift
     return True
 
 
-__all__ = ["HAVE_NUMBA", "mlh_tags", "read_tag_words", "to_split", "mlh_tags_numpy", "pack_fields", "unpack_fields"]
+__all__ = [
+    "HAVE_NUMBA",
+    "gather_stripes",
+    "mlh_tags",
+    "mlh_tags_numpy",
+    "pack_fields",
+    "read_tag_words",
+    "scatter_stripes",
+    "to_split",
+    "unpack_fields",
+]

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _bits
+from . import _bits, _kernels
 from ._layout import Layout, TensorSpec
 from ._mac import BlockMac
 from ._pages import SCATTERED_BLOCKS, Workspace, chunks, is_mapped, release
@@ -76,9 +76,8 @@ def gather_chunk(out: NDArray[np.uint32], layout: Layout, t: int, spec: TensorSp
     s0, s1, edge = _split(layout, t, spec, r0, r0 + ub.shape[0])
     if s1 > s0:  # whole stripes: one block-level scatter, no per-shard index arrays
         ns, off = s1 - s0, int(layout.stripe_data[s0])
-        view = out[off : off + ns * d].reshape(ns, d, layout.lanes)
         x = data[s0 * layout.lanes - b0 : s1 * layout.lanes - b0].reshape(ns, layout.lanes, d)
-        view[np.arange(ns)[:, None], :, layout.perm[s0:s1]] = x
+        _kernels.scatter_stripes(out, off, layout.perm[s0:s1], x)
     if edge.size:
         rows = layout.off_data[b0 + edge, None] + np.arange(d)
         out[rows, layout.lane[b0 + edge, None]] = data[edge]
@@ -176,9 +175,8 @@ def block_parity(
         s0, s1, edge = _split(layout, t, spec, r0, r1)
         if s1 > s0:
             ns, off, g = s1 - s0, int(layout.stripe_store[s0]), layout.lanes
-            view = parity[off : off + ns * w].reshape(ns, w, g)
             a = s0 * g - b0 - r0
-            out[a : a + ns * g] = view[np.arange(ns)[:, None], :, layout.perm[s0:s1]].reshape(-1, w)
+            out[a : a + ns * g] = _kernels.gather_stripes(parity, off, layout.perm[s0:s1], w).reshape(-1, w)
         rows_e = edge + r0
     else:
         rows_e = rows
@@ -205,8 +203,7 @@ def read_parity_chunk(
     s0, s1, edge = _split(layout, t, spec, r0, r0 + ub.shape[0])
     if s1 > s0:
         ns, off, g = s1 - s0, int(layout.stripe_store[s0]), layout.lanes
-        view = out[off : off + ns * w].reshape(ns, w, g)
-        view[np.arange(ns)[:, None], :, layout.perm[s0:s1]] = lo[s0 * g - b0 : s1 * g - b0].reshape(ns, g, w)
+        _kernels.scatter_stripes(out, off, layout.perm[s0:s1], lo[s0 * g - b0 : s1 * g - b0].reshape(ns, g, w))
     if edge.size:
         b = b0 + edge
         cols, valid = _store_slots(layout, b, w)

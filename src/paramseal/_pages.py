@@ -26,6 +26,7 @@ CHUNK_BYTES = 16 << 20  # bytes of tensor data the engine handles at a time
 _PAGE = mmap.PAGESIZE
 _FAULT_AROUND = 64 << 10  # Linux maps up to this much of cached file around a read fault
 _MAPS: dict[int, tuple[int, mmap.mmap]] = {}  # base address -> (length, map)
+_FDS: dict[int, int] = {}  # base address -> descriptor of the mapped file
 
 
 class Mapping:
@@ -51,6 +52,11 @@ class Mapping:
             self._mm.madvise(mmap.MADV_RANDOM)
         self.buf = np.frombuffer(self._mm, dtype=np.uint8)
         _MAPS[self.buf.ctypes.data] = (length, self._mm)
+        _FDS[self.buf.ctypes.data] = self._file.fileno()
+
+    def fileno(self) -> int:
+        """The mapped file's descriptor."""
+        return self._file.fileno()
 
     def array(self, offset: int, dtype: np.dtype[Any], shape: tuple[int, ...]) -> NDArray[Any]:
         """A view of ``shape`` and ``dtype`` at byte ``offset`` (no copy, no page touched)."""
@@ -66,6 +72,7 @@ class Mapping:
         """Unmap and close; views must not be used afterwards."""
         if self._mm is not None:
             _MAPS.pop(self.buf.ctypes.data, None)
+            _FDS.pop(self.buf.ctypes.data, None)
             self.buf = np.zeros(0, np.uint8)
             try:
                 self._mm.close()
@@ -124,19 +131,52 @@ _M_MMAP_THRESHOLD = -3
 _MALLOC_SET = False
 
 
-class Workspace:
-    """Scratch arrays for one operation: in memory for small models, in temporary files for large ones."""
+def scratch_budget() -> int:
+    """Bytes of scratch (the lane stores) an operation on files may keep in memory before using disk.
 
-    def __init__(self, folder: Path | None = None) -> None:
+    ``PARAMSEAL_SCRATCH_MIB`` sets it (default 1024). Scratch on disk costs a page fault per
+    block scattered to it, so sealing a model whose stores fit in the budget is about twice as fast.
+    """
+    raw = os.environ.get("PARAMSEAL_SCRATCH_MIB", "").strip()
+    try:
+        mib = int(raw) if raw else DEFAULT_SCRATCH_MIB
+    except ValueError:
+        mib = DEFAULT_SCRATCH_MIB
+    return max(0, mib) << 20
+
+
+DEFAULT_SCRATCH_MIB = 1024
+
+
+class Workspace:
+    """Scratch arrays for one operation: in memory up to a budget, then in temporary files.
+
+    ``folder=None`` keeps everything in memory (the in-memory API, whose model is in memory anyway).
+    """
+
+    def __init__(self, folder: Path | None = None, budget: int | None = None) -> None:
         self.folder = folder  # None: keep everything in memory
+        self.budget = scratch_budget() if budget is None else budget
+        self.in_memory = 0  # bytes of scratch held in memory so far
         self._maps: list[Mapping] = []
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
+    def _in_memory(self, n: int) -> bool:
+        if self.folder is None or n < CHUNK_BYTES or self.in_memory + n <= self.budget:
+            self.in_memory += n
+            return True
+        return False
+
     def zeros(self, shape: tuple[int, ...], dtype: type[np.generic]) -> NDArray[Any]:
-        """A zero-filled scratch array (a sparse temporary file when the workspace is on disk)."""
+        """A zero-filled scratch array (a sparse temporary file once the memory budget is spent)."""
         n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        if self.folder is None or n < CHUNK_BYTES:
+        if self._in_memory(n):
             return np.zeros(shape, dtype=dtype)
+        return self._on_disk(shape, dtype)
+
+    def _on_disk(self, shape: tuple[int, ...], dtype: type[np.generic]) -> NDArray[Any]:
+        assert self.folder is not None
+        n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix=".paramseal-", dir=self.folder)
             _steady_malloc()
@@ -151,12 +191,12 @@ class Workspace:
         is one contiguous range of pages: coding a batch touches only that batch's pages.
         ``lane_major=False`` keeps it shard-major, for a store read in file order.
         """
-        if self.folder is None or 4 * nshards * lanes < CHUNK_BYTES:
+        if self._in_memory(4 * nshards * lanes):
             return np.zeros((nshards, lanes), dtype=np.uint32)
         if not lane_major:
-            shard_major: NDArray[np.uint32] = self.zeros((nshards, lanes), np.uint32)
+            shard_major: NDArray[np.uint32] = self._on_disk((nshards, lanes), np.uint32)
             return shard_major
-        by_lane: NDArray[np.uint32] = self.zeros((lanes, nshards), np.uint32)
+        by_lane: NDArray[np.uint32] = self._on_disk((lanes, nshards), np.uint32)
         store: NDArray[np.uint32] = by_lane.T
         return store
 
@@ -201,6 +241,34 @@ def chunks(
     return out or [(0, nblocks)]
 
 
+def file_span(a: NDArray[Any]) -> tuple[int, int] | None:
+    """``(descriptor, byte offset)`` of a C-contiguous array that lies in a mapped file, else None."""
+    if not a.flags.c_contiguous:
+        return None
+    lo = a.ctypes.data
+    for base, (length, _) in _MAPS.items():
+        if base <= lo and lo + a.nbytes <= base + length:
+            return _FDS[base], lo - base
+    return None
+
+
+def copy_range(src: int, src_off: int, dst: int, dst_off: int, n: int) -> bool:
+    """Copy ``n`` bytes between files inside the kernel (no page faults, shared extents where supported).
+
+    Returns False, having copied nothing usable, where ``copy_file_range`` is unavailable.
+    """
+    done = 0
+    try:
+        while done < n:
+            got = os.copy_file_range(src, dst, n - done, src_off + done, dst_off + done)
+            if got <= 0:
+                return False
+            done += got
+    except (OSError, AttributeError):  # old kernel, odd file system or no os.copy_file_range (not Linux)
+        return False
+    return True
+
+
 def is_mapped(a: NDArray[Any]) -> bool:
     """Whether ``a`` lives in a mapped file (so that touching it costs resident pages until released)."""
     lo = a.ctypes.data
@@ -213,6 +281,9 @@ __all__ = [
     "Mapping",
     "Workspace",
     "chunks",
+    "copy_range",
+    "scratch_budget",
+    "file_span",
     "is_mapped",
     "release",
 ]

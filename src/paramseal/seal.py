@@ -17,7 +17,7 @@ from . import _bits, _code, _embed, _model
 from ._bits import write_tags
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
-from ._pages import SCATTERED_BLOCKS, Workspace, chunks, is_mapped, release
+from ._pages import SCATTERED_BLOCKS, Workspace, chunks, file_span, is_mapped, release
 from ._progress import Progress
 from .errors import UnsupportedError, UsageError
 from .header import Header
@@ -180,8 +180,14 @@ def write_blocks(flat: NDArray[np.unsignedinteger], spec: TensorSpec, r0: int, u
     """Write blocks back into a tensor's flat values starting at block ``r0`` (padding dropped)."""
     n0, n1 = r0 * BLOCK, min(r0 * BLOCK + ub.size, spec.numel)
     if n1 > n0:
-        flat[n0:n1] = ub.reshape(-1)[: n1 - n0]
-        release(flat[n0:n1])
+        dst = flat[n0:n1]
+        where = file_span(dst)
+        src = ub.reshape(-1)[: n1 - n0]
+        if where is not None:  # a write call fills the page cache without a page fault per page
+            os.pwrite(where[0], np.ascontiguousarray(src).data, where[1])
+            return
+        dst[:] = src
+        release(dst)
 
 
 def _refuse_non_finite(ub: _model.Blocks, spec: TensorSpec) -> None:

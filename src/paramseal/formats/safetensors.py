@@ -17,7 +17,7 @@ import safetensors.numpy as stn
 from numpy.typing import NDArray
 from safetensors import SafetensorError, safe_open
 
-from .._pages import Mapping
+from .._pages import Mapping, copy_range, file_span
 from ..errors import FormatError
 from ..levels import ST_TO_NP
 from .base import Loaded
@@ -185,6 +185,17 @@ class StreamWriter:
         """The writable view of tensor ``name``."""
         e = self._by_name[name]
         return self.map.array(8 + self.room + e.start, ST_TO_NP[e.dtype], e.shape)
+
+    def copy_in(self, name: str, src: NDArray[np.generic]) -> bool:
+        """Fill tensor ``name`` from ``src``, a view of a mapped file, by an in-kernel copy.
+
+        Returns False (nothing usable copied) when ``src`` is not such a view or the kernel cannot copy.
+        """
+        e = self._by_name[name]
+        where = file_span(src)
+        if where is None or src.nbytes != e.end - e.start:
+            return False
+        return copy_range(where[0], where[1], self.map.fileno(), 8 + self.room + e.start, src.nbytes)
 
     def finish(self, metadata: dict[str, str]) -> None:
         """Write the header, flush and unmap."""
