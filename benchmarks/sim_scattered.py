@@ -1,0 +1,595 @@
+"""Research prototype: byte-aligned interleaved Reed–Solomon codes that survive scattered tampering.
+
+NOT wired into the package. Self-contained (numpy + numba). See docs/scattered-design.md.
+
+Construction (fp32, k watermark bits per value, k in {8, 12}):
+
+* A value is 4 bytes; byte 0 (and at k=12 the low nibble of byte 1) is watermark.
+* The model (N values, file order, zero-padded to 255*G) is cut into 255 equal **strata**
+  of G values. Group g takes from stratum j the value ``j*G + (g + o_j) mod G``; the
+  offsets o_j are key-derived. So a contiguous run spreads evenly over all groups, and an
+  attacker without the key hits each group, at each position, with probability |A_j|/G.
+* A group carries 4 interleaved RS codewords over GF(2^8), length 255: codeword t takes
+  byte (t + j) mod 4 of the group's j-th value. A tampered value is ONE error position,
+  shared by the 4 codewords, which a collaborative (multi-sequence Berlekamp–Massey)
+  decoder corrects up to sum_t(d_t - eps_t) / 5 errors (d_t = parity symbols of codeword t,
+  eps_t erasures).
+* Parity is placed bit-exactly: codeword t's free (watermark) nibbles are solved from a
+  GF(2) system (syndrome map restricted to free nibbles, inverted once), so at k=12 the
+  half-byte watermark nibbles carry parity too: d_t ~ 95.5 (37.5 %) instead of 63.75.
+* Blocks of 256 consecutive values carry a 32-bit keyed tag in byte 0 of 4 values
+  (offsets 0, 64, 128, 192). Those bytes are permanent erasures for the code (their parity
+  symbol is not stored). Flagged blocks become erasures when few enough; otherwise the
+  group is decoded errors-only and every located error must lie in a flagged block.
+
+The tag here is a keyed 64-bit mixing hash (NOT cryptographic; it only stands in for the
+engine's Wegman–Carter MAC so that detection and flagging are simulated realistically).
+
+    python benchmarks/sim_scattered.py              # 50 trials per point, 2^20 params, k=8 and k=12
+    python benchmarks/sim_scattered.py --quick      # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+
+# --------------------------------------------------------------------------- GF(2^8)
+PRIM = 0x11D
+N_POS = 255  # values per group = RS length
+BLOCK = 256  # values per tagged block
+MAC_OFFSETS = (0, 64, 128, 192)  # values of a block whose byte 0 holds a tag byte
+GB = 32  # groups per encoder batch
+
+
+def _gf_tables() -> tuple[np.ndarray, np.ndarray]:
+    exp = np.zeros(512, np.int32)
+    log = np.zeros(256, np.int32)
+    x = 1
+    for i in range(255):
+        exp[i] = x
+        log[x] = i
+        x <<= 1
+        if x & 0x100:
+            x ^= PRIM
+    exp[255:510] = exp[0:255]
+    return exp, log
+
+
+EXP, LOG = _gf_tables()
+
+
+def gf_mul_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, np.int64)
+    b = np.asarray(b, np.int64)
+    r = EXP[(LOG[a] + LOG[b]) % 255]
+    return np.where((a == 0) | (b == 0), 0, r).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- code construction
+@dataclass
+class Code:
+    """Everything the kernels need for one level (k)."""
+
+    k: int
+    d: np.ndarray  # (4,) parity symbols per codeword
+    W: int  # uint64 words per packed syndrome / free-nibble vector
+    syn: np.ndarray  # (255, 4, 2, 16, W) uint64: syndrome contribution of nibble v of byte b at position j
+    par: np.ndarray  # (4, 2*dmax, 16, W) uint64: free-nibble vector from syndrome nibble q = v
+    fn: np.ndarray  # (4, 2*dmax) int32: free nibble r of codeword t -> j*8 + b*2 + nib
+    wmask: int  # watermark bits of a value
+    first: np.ndarray  # (4,) first root exponent b_t: syndromes r(alpha^{i+b_t})
+
+
+def _bits_of_bytes(byts: np.ndarray) -> np.ndarray:
+    """(..., n) bytes -> (..., 8n) bits, bit 8i+k = bit k of byte i."""
+    return np.unpackbits(byts.astype(np.uint8)[..., None], axis=-1, bitorder="little").reshape(*byts.shape[:-1], -1)
+
+
+def _pack_bits(bits: np.ndarray, W: int) -> np.ndarray:
+    """(..., nbits) 0/1 -> (..., W) uint64, bit i -> word i>>6, bit i&63."""
+    pad = np.zeros((*bits.shape[:-1], W * 64), np.uint8)
+    pad[..., : bits.shape[-1]] = bits
+    return np.packbits(pad, axis=-1, bitorder="little").view("<u8").reshape(*bits.shape[:-1], W)
+
+
+def _gf2_inverse(m: np.ndarray) -> np.ndarray:
+    """Inverse of a square 0/1 matrix over GF(2); raises if singular."""
+    n = m.shape[0]
+    aug = np.concatenate([m.astype(bool), np.eye(n, dtype=bool)], axis=1)
+    packed = np.packbits(aug, axis=1)
+    for c in range(n):
+        byte, bit = c >> 3, 7 - (c & 7)
+        col = (packed[:, byte] >> bit) & 1
+        cand = np.nonzero(col[c:])[0]
+        if cand.size == 0:
+            raise ValueError(f"free-nibble system is singular at column {c} of {n}")
+        p = c + cand[0]
+        if p != c:
+            packed[[c, p]] = packed[[p, c]]
+            col[[c, p]] = col[[p, c]]
+        rows = np.nonzero(col)[0]
+        rows = rows[rows != c]
+        packed[rows] ^= packed[c]
+    return np.unpackbits(packed, axis=1)[:, n : 2 * n].astype(np.uint8)
+
+
+def build_code(k: int) -> Code:
+    """Precompute the syndrome tables and the free-nibble solver for k watermark bits (8 or 12)."""
+    if k not in (8, 12):
+        raise ValueError("this prototype handles k = 8 and k = 12")
+    free_nibbles = k // 4  # nibbles (from bit 0) that are watermark
+    # free nibble lists per codeword, in position order
+    fn_lists: list[list[tuple[int, int, int]]] = [[] for _ in range(4)]
+    for j in range(N_POS):
+        for b in range(4):
+            t = (b - j) & 3
+            for nib in range(2):
+                if 2 * b + nib < free_nibbles:
+                    fn_lists[t].append((j, b, nib))
+    d = np.array([len(fl) // 2 for fl in fn_lists], np.int64)  # 8 d_t free bits are needed
+    dmax = int(d.max())
+    W = (8 * dmax + 63) // 64
+    par = np.zeros((4, 2 * dmax, 16, W), np.uint64)
+    fn = np.full((4, 2 * dmax), -1, np.int32)
+    first = np.zeros(4, np.int64)
+    for t in range(4):
+        dt = int(d[t])
+        used = fn_lists[t][: 2 * dt]  # at most one nibble left over: it stays zero (data)
+        # Syndromes are r(alpha^{i+b}), i < d_t. For some b the GF(2) map from the free nibbles to the
+        # syndrome bits is singular (k=12: rank 8 d_t - 1), so take the first b that works for this codeword.
+        for b0 in (1, 0, 2, 3, 4):
+            cols = np.zeros((8 * dt, 8 * dt), np.uint8)
+            for r, (j, b, nib) in enumerate(used):
+                fn[t, r] = j * 8 + b * 2 + nib
+                pw = EXP[(np.arange(b0, b0 + dt) * j) % 255]
+                for kb in range(4):
+                    row = gf_mul_np(np.full(dt, 1 << (4 * nib + kb)), pw)
+                    cols[:, 4 * r + kb] = _bits_of_bytes(row[None, :])[0]
+            try:
+                inv = _gf2_inverse(cols)  # free bits = inv @ syndrome bits
+            except ValueError:
+                continue
+            first[t] = b0
+            break
+        else:
+            raise ValueError(f"no first root gives an invertible free-nibble system for codeword {t}")
+        for q in range(2 * dt):
+            sub = inv[:, 4 * q : 4 * q + 4].astype(np.int64)
+            for v in range(16):
+                vb = np.array([(v >> kb) & 1 for kb in range(4)], np.int64)
+                f = (sub @ vb) & 1
+                par[t, q, v] = _pack_bits(f[None, :].astype(np.uint8), W)[0]
+    syn = np.zeros((N_POS, 4, 2, 16, W), np.uint64)
+    for j in range(N_POS):
+        for b in range(4):
+            t = (b - j) & 3
+            pw = EXP[(np.arange(first[t], first[t] + d[t]) * j) % 255]
+            for nib in range(2):
+                prods = gf_mul_np((np.arange(16) << (4 * nib))[:, None], pw[None, :])  # (16, d_t)
+                syn[j, b, nib] = _pack_bits(_bits_of_bytes(prods), W)
+    wmask = (1 << k) - 1
+    return Code(k=k, d=d, W=W, syn=syn, par=par, fn=fn, wmask=wmask, first=first)
+
+
+# --------------------------------------------------------------------------- layout
+@dataclass
+class Layout:
+    """Stratified key-derived interleaver over N values."""
+
+    n: int
+    G: int
+    offs: np.ndarray  # (255,) int64, key-derived rotation per stratum
+    fixed: np.ndarray  # (G, 255) uint8: bitmask of bytes that are not stored parity (tag byte / pad)
+
+
+def build_layout(n: int, code: Code, key_seed: int) -> Layout:
+    G = -(-n // N_POS)
+    rng = np.random.default_rng([key_seed, 0x5EA1])
+    offs = rng.integers(0, G, N_POS).astype(np.int64)
+    g = np.arange(G)[:, None]
+    j = np.arange(N_POS)[None, :]
+    vi = j * G + (g + offs[None, :]) % G  # (G, 255)
+    wm_bytes = 0b1 if code.k == 8 else 0b11  # bytes holding watermark nibbles
+    fixed = np.zeros((G, N_POS), np.uint8)
+    is_mac = (vi < n) & np.isin(vi % BLOCK, MAC_OFFSETS)
+    fixed[is_mac] |= 0b1  # byte 0 holds a tag byte
+    fixed[vi >= n] |= wm_bytes  # padding: content known zero, watermark bytes not stored
+    return Layout(n=n, G=G, offs=offs, fixed=fixed)
+
+
+# --------------------------------------------------------------------------- block tags
+@nb.njit(cache=True)
+def _mix(h: np.uint64) -> np.uint64:
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h
+
+
+@nb.njit(parallel=True, cache=True)
+def block_tags(vals: np.ndarray, key: np.uint64) -> np.ndarray:
+    """32-bit keyed tag per block over all bits except the tag bytes themselves."""
+    n = vals.shape[0]
+    nblk = (n + BLOCK - 1) // BLOCK
+    out = np.zeros(nblk, np.uint32)
+    for bi in nb.prange(nblk):
+        h = key ^ np.uint64(bi) * np.uint64(0x9E3779B97F4A7C15)
+        a = bi * BLOCK
+        e = min(n, a + BLOCK)
+        for i in range(a, e):
+            v = np.uint64(vals[i])
+            if (i - a) % 64 == 0:
+                v &= np.uint64(0xFFFFFF00)
+            h = _mix(h ^ v ^ (np.uint64(i - a) << np.uint64(32)))
+        tag = np.uint32(h >> np.uint64(32))
+        for m in range(4):
+            if a + 64 * m >= n:  # a short last block stores fewer tag bytes
+                tag &= np.uint32(0xFFFFFFFF) ^ (np.uint32(255) << np.uint32(8 * m))
+        out[bi] = tag
+    return out
+
+
+@nb.njit(parallel=True, cache=True)
+def write_tags(vals: np.ndarray, tags: np.ndarray) -> None:
+    n = vals.shape[0]
+    for bi in nb.prange(tags.shape[0]):
+        for m in range(4):
+            i = bi * BLOCK + 64 * m
+            if i < n:
+                byte = (np.uint32(tags[bi]) >> np.uint32(8 * m)) & np.uint32(255)
+                vals[i] = (vals[i] & np.uint32(0xFFFFFF00)) | byte
+
+
+@nb.njit(parallel=True, cache=True)
+def stored_tags(vals: np.ndarray, nblk: int) -> np.ndarray:
+    n = vals.shape[0]
+    out = np.zeros(nblk, np.uint32)
+    for bi in nb.prange(nblk):
+        t = np.uint32(0)
+        for m in range(4):
+            i = bi * BLOCK + 64 * m
+            if i < n:
+                t |= (vals[i] & np.uint32(255)) << np.uint32(8 * m)
+        out[bi] = t
+    return out
+
+
+# --------------------------------------------------------------------------- encoder
+@nb.njit(parallel=True, cache=True)
+def encode_kernel(vals, n, G, offs, wmask, syn, par, fn, d, W):  # type: ignore[no-untyped-def]
+    """vals: content with watermark bits already zero; writes parity nibbles in place."""
+    nbatch = (G + GB - 1) // GB
+    keep = np.uint32(0xFFFFFFFF) ^ np.uint32(wmask)
+    for bi in nb.prange(nbatch):
+        g0 = bi * GB
+        ng = min(G, g0 + GB) - g0
+        acc = np.zeros((GB, 4, W), np.uint64)
+        for j in range(N_POS):
+            base = j * G
+            o = offs[j]
+            for gg in range(ng):
+                g = g0 + gg
+                p = g + o
+                if p >= G:
+                    p -= G
+                vi = base + p
+                if vi >= n:
+                    continue
+                v = vals[vi] & keep
+                for b in range(4):
+                    byte = (v >> np.uint32(8 * b)) & np.uint32(255)
+                    if byte == 0:
+                        continue
+                    t = (b - j) & 3
+                    lo = byte & np.uint32(15)
+                    hi = byte >> np.uint32(4)
+                    if lo != 0:
+                        for w in range(W):
+                            acc[gg, t, w] ^= syn[j, b, 0, lo, w]
+                    if hi != 0:
+                        for w in range(W):
+                            acc[gg, t, w] ^= syn[j, b, 1, hi, w]
+        f = np.zeros(W, np.uint64)
+        for gg in range(ng):
+            g = g0 + gg
+            for t in range(4):
+                f[:] = 0
+                for q in range(2 * d[t]):
+                    nib = (acc[gg, t, q >> 4] >> np.uint64(4 * (q & 15))) & np.uint64(15)
+                    if nib != 0:
+                        for w in range(W):
+                            f[w] ^= par[t, q, nib, w]
+                for r in range(2 * d[t]):
+                    loc = fn[t, r]
+                    j = loc >> 3
+                    sh = 4 * (loc & 7)  # 8*b + 4*nib
+                    p = g + offs[j]
+                    if p >= G:
+                        p -= G
+                    vi = j * G + p
+                    if vi >= n:
+                        continue
+                    nib = (f[r >> 4] >> np.uint64(4 * (r & 15))) & np.uint64(15)
+                    vals[vi] |= np.uint32(nib) << np.uint32(sh)
+
+
+def seal(content: np.ndarray, code: Code, lay: Layout, key: int) -> np.ndarray:
+    """Content (uint32) -> sealed values: parity nibbles, then block tags in byte 0 of 4 values a block."""
+    vals = content & np.uint32(0xFFFFFFFF ^ code.wmask)
+    encode_kernel(vals, lay.n, lay.G, lay.offs, code.wmask, code.syn, code.par, code.fn, code.d, code.W)
+    write_tags(vals, block_tags(vals, np.uint64(key)))
+    return vals
+
+
+# --------------------------------------------------------------------------- decoder
+NMAX = 258
+
+
+@nb.njit(inline="always")
+def _mul(a: int, b: int) -> int:
+    if a == 0 or b == 0:
+        return 0
+    return EXP[LOG[a] + LOG[b]]
+
+
+@nb.njit(inline="always")
+def _div(a: int, b: int) -> int:
+    if a == 0:
+        return 0
+    return EXP[LOG[a] + 255 - LOG[b]]
+
+
+@nb.njit(cache=True)
+def _syndromes(r, syn, d, W, S) -> bool:  # type: ignore[no-untyped-def]
+    """S[t, i] = r_t(alpha^{i+1}); returns whether all are zero."""
+    acc = np.zeros((4, W), np.uint64)
+    for j in range(N_POS):
+        for b in range(4):
+            t = (b - j) & 3
+            byte = r[t, j]
+            if byte == 0:
+                continue
+            lo = byte & 15
+            hi = byte >> 4
+            if lo != 0:
+                for w in range(W):
+                    acc[t, w] ^= syn[j, b, 0, lo, w]
+            if hi != 0:
+                for w in range(W):
+                    acc[t, w] ^= syn[j, b, 1, hi, w]
+    zero = True
+    for t in range(4):
+        for i in range(d[t]):
+            s = (acc[t, i >> 3] >> np.uint64(8 * (i & 7))) & np.uint64(255)
+            S[t, i] = s
+            if s != 0:
+                zero = False
+    return zero
+
+
+@nb.njit(cache=True)
+def _multi_bm(u, nlen):  # type: ignore[no-untyped-def]
+    """Shortest common LFSR of 4 sequences u[t, :nlen[t]] (Feng–Tzeng style). Returns (Lambda, L)."""
+    lam = np.zeros(NMAX, np.int64)
+    lam[0] = 1
+    L = 0
+    B = np.zeros((4, NMAX), np.int64)
+    for t in range(4):
+        B[t, 0] = 1
+    bd = np.ones(4, np.int64)
+    nt = np.full(4, -1, np.int64)
+    LB = np.zeros(4, np.int64)
+    tmp = np.zeros(NMAX, np.int64)
+    nmax = 0
+    for t in range(4):
+        nmax = max(nmax, nlen[t])
+    for n in range(nmax):
+        for t in range(4):
+            if n >= nlen[t]:
+                continue
+            dsc = 0
+            for i in range(min(L, n) + 1):
+                dsc ^= _mul(lam[i], u[t, n - i])
+            if dsc == 0:
+                continue
+            m = n - nt[t]
+            lnew = max(L, LB[t] + m)
+            if lnew + 1 >= NMAX:
+                return lam, NMAX  # hopeless
+            coef = _div(dsc, bd[t])
+            if lnew > L:
+                tmp[: L + 1] = lam[: L + 1]
+            for i in range(LB[t] + 1):
+                if B[t, i] != 0:
+                    lam[i + m] ^= _mul(coef, B[t, i])
+            if lnew > L:
+                B[t, :] = 0
+                B[t, : L + 1] = tmp[: L + 1]
+                bd[t] = dsc
+                nt[t] = n
+                LB[t] = L
+                L = lnew
+    return lam, L
+
+
+@nb.njit(cache=True)
+def _decode_once(g, vals, n, G, offs, fixed, flagged, mode, syn, d, first, W, out):  # type: ignore[no-untyped-def]
+    """Decode group g; mode 1 = flagged values are erasures, 0 = errors only. Returns a status (0 = ok)."""
+    dmax = 0
+    for t in range(4):
+        dmax = max(dmax, d[t])
+    r = np.zeros((4, N_POS), np.int64)
+    er = np.zeros((4, N_POS), np.bool_)
+    vidx = np.empty(N_POS, np.int64)
+    flg = np.zeros(N_POS, np.bool_)
+    for j in range(N_POS):
+        p = g + offs[j]
+        if p >= G:
+            p -= G
+        vi = j * G + p
+        vidx[j] = vi
+        v = np.uint32(0)
+        if vi < n:
+            v = vals[vi]
+            flg[j] = flagged[vi // BLOCK]
+        fx = fixed[g, j]
+        for b in range(4):
+            t = (b - j) & 3
+            if (fx >> b) & 1:
+                er[t, j] = True
+            else:
+                r[t, j] = (v >> np.uint32(8 * b)) & np.uint32(255)
+                if mode == 1 and flg[j]:
+                    er[t, j] = True
+    S = np.zeros((4, dmax), np.int64)
+    _syndromes(r, syn, d, W, S)
+    # erasure locators and modified syndromes
+    u = np.zeros((4, NMAX), np.int64)
+    nlen = np.zeros(4, np.int64)
+    gam = np.zeros(NMAX, np.int64)
+    for t in range(4):
+        gam[:] = 0
+        gam[0] = 1
+        eps = 0
+        for j in range(N_POS):
+            if er[t, j]:
+                x = EXP[j]
+                eps += 1
+                for i in range(eps, 0, -1):
+                    gam[i] ^= _mul(gam[i - 1], x)
+        if eps > d[t]:
+            return 1
+        nlen[t] = d[t] - eps
+        for i in range(eps, d[t]):
+            acc = 0
+            for m in range(eps + 1):
+                acc ^= _mul(gam[m], S[t, i - m])
+            u[t, i - eps] = acc
+    lam, L = _multi_bm(u, nlen)
+    tot = 0
+    for t in range(4):
+        tot += max(nlen[t] - L, 0)
+    if L >= NMAX or tot < L:
+        return 2
+    roots = np.zeros(N_POS, np.bool_)
+    if L > 0:
+        cnt = 0
+        for j in range(N_POS):
+            x = EXP[(255 - j) % 255]
+            val = 0
+            for i in range(L, -1, -1):
+                val = _mul(val, x) ^ lam[i]
+            if val == 0:
+                roots[j] = True
+                cnt += 1
+                if vidx[j] >= n or not flg[j]:
+                    return 4
+        if cnt != L:
+            return 3
+    # Forney, per codeword, over erasures and located errors
+    psi = np.zeros(NMAX, np.int64)
+    om = np.zeros(NMAX, np.int64)
+    pos = np.zeros(N_POS, np.int64)
+    for t in range(4):
+        npos = 0
+        for j in range(N_POS):
+            if er[t, j] or roots[j]:
+                pos[npos] = j
+                npos += 1
+        if npos == 0:
+            continue
+        if npos > d[t]:
+            return 1
+        psi[:] = 0
+        psi[0] = 1
+        for k in range(npos):
+            x = EXP[pos[k]]
+            for i in range(k + 1, 0, -1):
+                psi[i] ^= _mul(psi[i - 1], x)
+        for i in range(d[t]):
+            acc = 0
+            for m in range(min(i, npos) + 1):
+                acc ^= _mul(psi[m], S[t, i - m])
+            om[i] = acc
+        for k in range(npos):
+            j = pos[k]
+            xinv = EXP[(255 - j) % 255]
+            num = 0
+            for i in range(d[t] - 1, -1, -1):
+                num = _mul(num, xinv) ^ om[i]
+            den = 0
+            xp = 1
+            x2 = _mul(xinv, xinv)
+            for i in range(1, npos + 1, 2):
+                den ^= _mul(psi[i], xp)
+                xp = _mul(xp, x2)
+            if den == 0:
+                return 5
+            y = _div(num, den)
+            if first[t] == 0:
+                y = _mul(y, EXP[j])  # X^{1-b}
+            elif first[t] > 1:
+                y = _mul(y, EXP[(255 - j) * (first[t] - 1) % 255])
+            r[t, j] ^= y
+    if not _syndromes(r, syn, d, W, S):
+        return 6
+    for j in range(N_POS):
+        vi = vidx[j]
+        if vi < n:
+            v = np.uint32(0)
+            for b in range(4):
+                v |= np.uint32(r[(b - j) & 3, j]) << np.uint32(8 * b)
+            out[vi] = v
+    return 0
+
+
+@nb.njit(parallel=True, cache=True)
+def decode_kernel(vals, n, G, offs, fixed, flagged, use_flags, syn, d, first, W, out, status):  # type: ignore[no-untyped-def]
+    for g in nb.prange(G):
+        st = 99
+        if use_flags:
+            nfl = 0
+            for j in range(N_POS):
+                p = g + offs[j]
+                if p >= G:
+                    p -= G
+                vi = j * G + p
+                if vi < n and flagged[vi // BLOCK]:
+                    nfl += 1
+            ok = True
+            for t in range(4):
+                fx = 0
+                for j in range(N_POS):
+                    if (fixed[g, j] >> ((t + j) & 3)) & 1:
+                        fx += 1
+                if nfl + fx > d[t]:
+                    ok = False
+            if ok:
+                st = _decode_once(g, vals, n, G, offs, fixed, flagged, 1, syn, d, first, W, out)
+        if st != 0:
+            st2 = _decode_once(g, vals, n, G, offs, fixed, flagged, 0, syn, d, first, W, out)
+            st = st2 if st == 99 else (st if st2 != 0 else 0)
+        status[g] = st
+
+
+def recover(tampered: np.ndarray, code: Code, lay: Layout, key: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Check tags, decode every group, re-tag. Returns (values, per-group status, flagged blocks)."""
+    nblk = -(-lay.n // BLOCK)
+    flagged = block_tags(tampered, np.uint64(key)) != stored_tags(tampered, nblk)
+    out = tampered.copy()
+    status = np.zeros(lay.G, np.int64)
+    if flagged.any():
+        decode_kernel(
+            tampered, lay.n, lay.G, lay.offs, lay.fixed, flagged, True, code.syn, code.d, code.first, code.W, out, status
+        )
+        write_tags(out, block_tags(out, np.uint64(key)))
+    return out, status, flagged
