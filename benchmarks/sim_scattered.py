@@ -264,62 +264,76 @@ def stored_tags(vals: np.ndarray, nblk: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- encoder
-@nb.njit(parallel=True, cache=True)
-def encode_kernel(vals, n, G, offs, wmask, syn, par, fn, d, W):  # type: ignore[no-untyped-def]
-    """vals: content with watermark bits already zero; writes parity nibbles in place."""
-    nbatch = (G + GB - 1) // GB
-    keep = np.uint32(0xFFFFFFFF) ^ np.uint32(wmask)
-    for bi in nb.prange(nbatch):
-        g0 = bi * GB
-        ng = min(G, g0 + GB) - g0
-        acc = np.zeros((GB, 4, W), np.uint64)
-        for j in range(N_POS):
-            base = j * G
-            o = offs[j]
-            for gg in range(ng):
-                g = g0 + gg
-                p = g + o
-                if p >= G:
-                    p -= G
-                vi = base + p
-                if vi >= n:
-                    continue
-                v = vals[vi] & keep
-                for b in range(4):
-                    byte = (v >> np.uint32(8 * b)) & np.uint32(255)
-                    if byte == 0:
-                        continue
-                    t = (b - j) & 3
-                    lo = byte & np.uint32(15)
-                    hi = byte >> np.uint32(4)
-                    if lo != 0:
-                        for w in range(W):
-                            acc[gg, t, w] ^= syn[j, b, 0, lo, w]
-                    if hi != 0:
-                        for w in range(W):
-                            acc[gg, t, w] ^= syn[j, b, 1, hi, w]
-        f = np.zeros(W, np.uint64)
-        for gg in range(ng):
-            g = g0 + gg
-            for t in range(4):
-                f[:] = 0
-                for q in range(2 * d[t]):
-                    nib = (acc[gg, t, q >> 4] >> np.uint64(4 * (q & 15))) & np.uint64(15)
-                    if nib != 0:
-                        for w in range(W):
-                            f[w] ^= par[t, q, nib, w]
-                for r in range(2 * d[t]):
-                    loc = fn[t, r]
-                    j = loc >> 3
-                    sh = 4 * (loc & 7)  # 8*b + 4*nib
-                    p = g + offs[j]
+def _make_encoder(W: int):  # type: ignore[no-untyped-def]
+    """Encoder compiled for a fixed word count W, so the W-word XORs unroll and vectorise."""
+
+    @nb.njit(parallel=True)
+    def kernel(vals, n, G, offs, wmask, syn, par, fn, d):  # type: ignore[no-untyped-def]
+        nbatch = (G + GB - 1) // GB
+        keep = np.uint32(0xFFFFFFFF) ^ np.uint32(wmask)
+        for bi in nb.prange(nbatch):
+            g0 = bi * GB
+            ng = min(G, g0 + GB) - g0
+            acc = np.zeros((GB, 4, W), np.uint64)
+            for j in range(N_POS):
+                base = j * G
+                o = offs[j]
+                for gg in range(ng):
+                    g = g0 + gg
+                    p = g + o
                     if p >= G:
                         p -= G
-                    vi = j * G + p
+                    vi = base + p
                     if vi >= n:
                         continue
-                    nib = (f[r >> 4] >> np.uint64(4 * (r & 15))) & np.uint64(15)
-                    vals[vi] |= np.uint32(nib) << np.uint32(sh)
+                    v = vals[vi] & keep
+                    for b in range(4):
+                        byte = (v >> np.uint32(8 * b)) & np.uint32(255)
+                        if byte == 0:
+                            continue
+                        t = (b - j) & 3
+                        lo = byte & np.uint32(15)
+                        hi = byte >> np.uint32(4)
+                        if lo != 0:
+                            for w in range(W):
+                                acc[gg, t, w] ^= syn[j, b, 0, lo, w]
+                        if hi != 0:
+                            for w in range(W):
+                                acc[gg, t, w] ^= syn[j, b, 1, hi, w]
+            f = np.zeros(W, np.uint64)
+            for gg in range(ng):
+                g = g0 + gg
+                for t in range(4):
+                    f[:] = 0
+                    for q in range(2 * d[t]):
+                        nib = (acc[gg, t, q >> 4] >> np.uint64(4 * (q & 15))) & np.uint64(15)
+                        if nib != 0:
+                            for w in range(W):
+                                f[w] ^= par[t, q, nib, w]
+                    for r in range(2 * d[t]):
+                        loc = fn[t, r]
+                        j = loc >> 3
+                        sh = 4 * (loc & 7)  # 8*b + 4*nib
+                        p = g + offs[j]
+                        if p >= G:
+                            p -= G
+                        vi = j * G + p
+                        if vi >= n:
+                            continue
+                        nib = (f[r >> 4] >> np.uint64(4 * (r & 15))) & np.uint64(15)
+                        vals[vi] |= np.uint32(nib) << np.uint32(sh)
+
+    return kernel
+
+
+_ENCODERS: dict[int, object] = {}
+
+
+def encode_kernel(vals, n, G, offs, wmask, syn, par, fn, d, W):  # type: ignore[no-untyped-def]
+    """vals: content with watermark bits already zero; writes parity nibbles in place."""
+    if W not in _ENCODERS:
+        _ENCODERS[W] = _make_encoder(W)
+    _ENCODERS[W](vals, n, G, offs, wmask, syn, par, fn, d)  # type: ignore[operator]
 
 
 def seal(content: np.ndarray, code: Code, lay: Layout, key: int) -> np.ndarray:
@@ -593,3 +607,255 @@ def recover(tampered: np.ndarray, code: Code, lay: Layout, key: int) -> tuple[np
         )
         write_tags(out, block_tags(out, np.uint64(key)))
     return out, status, flagged
+
+
+# --------------------------------------------------------------------------- attacks
+def synthetic_model(n: int, seed: int) -> np.ndarray:
+    """fp32 N(0, 0.02) weights as uint32 bit patterns."""
+    return (np.random.default_rng(seed).standard_normal(n, dtype=np.float32) * np.float32(0.02)).view(np.uint32)
+
+
+def tensor_table(n: int) -> np.ndarray:
+    """Sizes of a small LLaMA-like decoder filling n values: 4h x h embedding and head, >= 8 layers of
+    q, k, v, o (h x h), gate, up, down (h x 2.6875h) and two norms (h); the last tensor takes the rest."""
+    h = max(8, int(np.sqrt(n / 104.5)))
+    layer = [h * h] * 4 + [h * (43 * h // 16)] * 3 + [h, h]
+    sizes = [4 * h * h]
+    while sum(sizes) + sum(layer) + 4 * h * h <= n:
+        sizes += layer
+    sizes.append(n - sum(sizes))
+    return np.array(sizes, np.int64)
+
+
+def attack_scattered(vals: np.ndarray, rate: float, rng: np.random.Generator) -> float:
+    idx = rng.choice(vals.size, int(round(rate * vals.size)), replace=False)
+    vals[idx] = rng.integers(0, 2**32, idx.size, dtype=np.uint32)
+    return idx.size / vals.size
+
+
+def attack_runs(vals: np.ndarray, rate: float, rng: np.random.Generator) -> float:
+    """1-8 runs of consecutive 256-value blocks, rate of all blocks in total, at random places."""
+    nblk = -(-vals.size // BLOCK)
+    dead = int(round(rate * nblk))
+    runs = int(rng.integers(1, 9))
+    cuts = np.sort(rng.choice(np.arange(1, dead), runs - 1, replace=False)) if runs > 1 else np.array([], np.int64)
+    lens = np.diff(np.concatenate([[0], cuts, [dead]]))
+    gaps = rng.multinomial(nblk - dead, np.full(runs + 1, 1 / (runs + 1)))
+    pos, hit = 0, 0
+    for r in range(runs):
+        pos += int(gaps[r])
+        a, b = pos * BLOCK, min(vals.size, (pos + int(lens[r])) * BLOCK)
+        vals[a:b] = rng.integers(0, 2**32, b - a, dtype=np.uint32)
+        hit += b - a
+        pos += int(lens[r])
+    return hit / vals.size
+
+
+def attack_tensors(vals: np.ndarray, rate: float, rng: np.random.Generator) -> float:
+    """Whole tensors in random order while they fit in rate; then the smallest one that reaches it."""
+    sizes = tensor_table(vals.size)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    goal = rate * vals.size
+    chosen, tot = [], 0
+    order = rng.permutation(sizes.size)
+    for i in order:
+        if tot + sizes[i] <= goal:
+            chosen.append(i)
+            tot += sizes[i]
+    if tot < goal:
+        rest = [i for i in order if i not in chosen and tot + sizes[i] >= goal]
+        if rest:
+            i = min(rest, key=lambda i: sizes[i])
+            chosen.append(i)
+            tot += sizes[i]
+    for i in chosen:
+        a, b = starts[i], starts[i] + sizes[i]
+        vals[a:b] = rng.integers(0, 2**32, b - a, dtype=np.uint32)
+    return tot / vals.size
+
+
+ATTACKS = {"scattered": attack_scattered, "contiguous-runs": attack_runs, "whole-tensors": attack_tensors}
+RATES = {
+    8: {
+        "scattered": (0.05, 0.08, 0.10, 0.12, 0.15, 0.20, 0.25),
+        "contiguous-runs": (0.15, 0.18, 0.20, 0.22, 0.25, 0.30),
+        "whole-tensors": (0.15, 0.18, 0.20, 0.22, 0.25, 0.30),
+    },
+    12: {
+        "scattered": (0.05, 0.08, 0.10, 0.12, 0.15, 0.18, 0.20, 0.22, 0.25),
+        "contiguous-runs": (0.15, 0.18, 0.20, 0.25, 0.30, 0.33, 0.35),
+        "whole-tensors": (0.15, 0.18, 0.20, 0.25, 0.30, 0.33, 0.35),
+    },
+}
+
+
+# --------------------------------------------------------------------------- theory
+def radius(code: Code, eps: float = 1.0) -> float:
+    """Collaborative errors-only radius of a group with eps fixed erasures per codeword."""
+    return float((code.d - eps).sum()) / 5.0
+
+
+def binom_tail(nn: int, p: float, k: int) -> float:
+    """P(Binomial(nn, p) >= k)."""
+    from math import comb
+
+    return float(sum(comb(nn, i) * p**i * (1 - p) ** (nn - i) for i in range(k, nn + 1)))
+
+
+def predicted_model_failure(code: Code, G: int, p: float) -> float:
+    tail = binom_tail(N_POS, p, int(np.floor(radius(code))) + 1)
+    return float(1 - (1 - tail) ** G)
+
+
+# --------------------------------------------------------------------------- runs
+class SelfCheckError(AssertionError):
+    pass
+
+
+def self_check(code: Code, lay: Layout, content: np.ndarray, sealed: np.ndarray, key: int) -> None:
+    if ((sealed ^ content) & np.uint32(0xFFFFFFFF ^ code.wmask)).any():
+        raise SelfCheckError("seal changed bits above the watermark")
+    out, status, flagged = recover(sealed, code, lay, key)
+    if flagged.any() or not np.array_equal(out, sealed):
+        raise SelfCheckError("an intact sealed model did not verify")
+    # every group is a codeword: decode the intact model errors-only with every block flagged
+    allf = np.ones(-(-lay.n // BLOCK), np.bool_)
+    out = sealed.copy()
+    status = np.zeros(lay.G, np.int64)
+    decode_kernel(sealed, lay.n, lay.G, lay.offs, lay.fixed, allf, False, code.syn, code.d, code.first, code.W, out, status)
+    write_tags(out, block_tags(out, np.uint64(key)))
+    if status.any() or not np.array_equal(out, sealed):
+        raise SelfCheckError(f"{int((status != 0).sum())} groups of the intact model are not codewords")
+    # a handful of single-bit flips anywhere are detected and repaired
+    rng = np.random.default_rng(1234)
+    tam = sealed.copy()
+    for _ in range(20):
+        i = int(rng.integers(lay.n))
+        tam[i] ^= np.uint32(1 << int(rng.integers(32)))
+    out, status, flagged = recover(tam, code, lay, key)
+    if not flagged.any() or status.any() or not np.array_equal(out, sealed):
+        raise SelfCheckError("20 single-bit flips were not detected and repaired")
+
+
+def run_point(code, lay, sealed, key, attack, rate, trials, seed):  # type: ignore[no-untyped-def]
+    fails, fracs, wins, claims, times = [], [], 0, 0, []
+    for tr in range(trials):
+        rng = np.random.default_rng([seed, code.k, list(ATTACKS).index(attack), int(round(rate * 1e4)), tr])
+        tam = sealed.copy()
+        fracs.append(ATTACKS[attack](tam, rate, rng))
+        t0 = time.perf_counter()
+        out, status, _ = recover(tam, code, lay, key)
+        times.append(time.perf_counter() - t0)
+        claimed = not status.any()
+        exact = bool(np.array_equal(out, sealed))
+        if claimed and not exact:
+            raise SelfCheckError(f"FALSE CLAIM: k={code.k} {attack} {rate} trial {tr}: decoder claimed success, output differs")
+        claims += claimed
+        wins += exact
+        fails.append(int((status != 0).sum()))
+    return wins, claims, np.array(fails), np.array(fracs), float(np.median(times))
+
+
+def fmt_fails(fails: np.ndarray) -> str:
+    nz = fails[fails > 0]
+    if nz.size == 0:
+        return "all 0"
+    vals, cnts = np.unique(fails, return_counts=True)
+    return " ".join(f"{v}x{c}" for v, c in zip(vals, cnts))
+
+
+def simulate(k: int, n: int, trials: int, seed: int, attacks: list[str]) -> None:
+    code = build_code(k)
+    key = 0xC0FFEE + k
+    lay = build_layout(n, code, key)
+    content = synthetic_model(n, seed)
+    sealed = seal(content, code, lay, key)
+    self_check(code, lay, content, sealed, key)
+    fx = np.array([[((lay.fixed[:, j] >> ((t + j) & 3)) & 1).sum() for j in range(N_POS)] for t in range(4)]).sum(1)
+    print(
+        f"\n== k={k}: d_t={code.d.tolist()} (first roots {code.first.tolist()}), {n} params, {lay.G} groups; "
+        f"fixed erasures per codeword mean {fx.mean() / lay.G:.2f}; errors-only radius ~{radius(code):.1f} "
+        f"values/group; self-checks passed"
+    )
+    for attack in attacks:
+        print(f"\n{attack:>16}  rate   actual  trials  exact  claimed  failed groups/trial (value x trials)  "
+              f"{'predicted P(fail)' if attack == 'scattered' else ''}  s/trial")
+        for rate in RATES[k][attack]:
+            t0 = time.perf_counter()
+            wins, claims, fails, fracs, med = run_point(code, lay, sealed, key, attack, rate, trials, seed)
+            pred = f"{predicted_model_failure(code, lay.G, rate):.2g}" if attack == "scattered" else ""
+            print(
+                f"{'':>16}  {rate:5.0%}  {fracs.mean():6.2%}  {trials:6d}  {wins:5d}  {claims:7d}  "
+                f"{fmt_fails(fails):<36}  {pred:>16}  {med:6.2f}",
+                flush=True,
+            )
+            del t0
+
+
+def throughput(n: int, levels: list[int], seed: int) -> None:
+    content = synthetic_model(n, seed)
+    mb = content.nbytes / 1e6
+    buf = content.tobytes()
+    best = min(_timed(lambda: hashlib.sha256(buf).digest()) for _ in range(3))
+    print(f"\n== throughput on {n} fp32 params ({mb:.0f} MB), numba threads {nb.get_num_threads()}")
+    print(f"hashlib.sha256                          {mb / best:8.0f} MB/s (1 thread)")
+    for k in levels:
+        code = build_code(k)
+        key = 0xC0FFEE + k
+        lay = build_layout(n, code, key)
+        masked = content & np.uint32(0xFFFFFFFF ^ code.wmask)
+        args = (lay.n, lay.G, lay.offs, code.wmask, code.syn, code.par, code.fn, code.d, code.W)
+        for threads in sorted({1, nb.config.NUMBA_NUM_THREADS}):
+            nb.set_num_threads(threads)
+            t_par = min(_timed(lambda: encode_kernel(masked.copy(), *args)) for _ in range(3))
+            t_cp = min(_timed(lambda: masked.copy()) for _ in range(3))
+            t_seal = min(_timed(lambda: seal(content, code, lay, key)) for _ in range(3))
+            print(f"k={k:<2} parity (interleave+RS), {threads} thr     {mb / max(t_par - t_cp, 1e-9):8.0f} MB/s")
+            print(f"k={k:<2} seal (mask+parity+sim tags), {threads} thr {mb / t_seal:8.0f} MB/s")
+        nb.set_num_threads(nb.config.NUMBA_NUM_THREADS)
+        sealed = seal(content, code, lay, key)
+        t_ver = min(_timed(lambda: recover(sealed, code, lay, key)) for _ in range(2))
+        print(f"k={k:<2} verify intact (sim tags only)          {mb / t_ver:8.0f} MB/s")
+        for attack, rate in (("scattered", 0.10 if k == 8 else 0.20), ("contiguous-runs", 0.18 if k == 8 else 0.30)):
+            tam = sealed.copy()
+            ATTACKS[attack](tam, rate, np.random.default_rng(5))
+            t0 = time.perf_counter()
+            out, status, _ = recover(tam, code, lay, key)
+            dt = time.perf_counter() - t0
+            ok = "exact" if np.array_equal(out, sealed) else f"NOT exact ({int((status != 0).sum())} groups failed)"
+            print(f"k={k:<2} recover {attack} {rate:.0%}  {'':>8}  {mb / dt:8.0f} MB/s  ({ok})")
+
+
+def _timed(fn) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", type=int, default=1 << 20, help="fp32 parameters in the simulated model")
+    ap.add_argument("--trials", type=int, default=50, help="seeded trials per point")
+    ap.add_argument("--levels", default="8,12", help="watermark bits to simulate (8 and/or 12)")
+    ap.add_argument("--attacks", default=",".join(ATTACKS), help="comma list of " + ", ".join(ATTACKS))
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--speed-params", type=int, default=1 << 23, help="model size for the throughput rows (0: skip)")
+    ap.add_argument("--quick", action="store_true", help="2^18 params, 5 trials, small throughput model")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.params, a.trials, a.speed_params = min(a.params, 1 << 18), min(a.trials, 5), min(a.speed_params, 1 << 21)
+    levels = [int(x) for x in a.levels.split(",")]
+    attacks = [x for x in a.attacks.split(",") if x]
+    t0 = time.perf_counter()
+    print(f"sim_scattered: numpy {np.__version__}, numba {nb.__version__}, threads {nb.get_num_threads()}, "
+          f"params {a.params}, trials {a.trials}, seed {a.seed}")
+    for k in levels:
+        simulate(k, a.params, a.trials, a.seed, attacks)
+    if a.speed_params:
+        throughput(a.speed_params, levels, a.seed)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
