@@ -225,10 +225,11 @@ def test_the_reserved_header_room_holds_any_offsets() -> None:
         assert len(header_json(actual, meta)) <= room, base
 
 
-def test_recover_writes_the_same_file_with_or_without_the_in_kernel_copy(
+def test_recover_writes_the_same_model_by_every_output_path(
     tmp_path: Path, model: dict, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Recover copies intact tensors file to file and writes only rebuilt blocks; the chunked rewrite must agree."""
+    """Three ways to write a recovered safetensors file must agree: patch a copy of the input made while
+    verify runs; copy tensor by tensor in the kernel; rewrite every chunk."""
     from paramseal.formats import safetensors as st_format
 
     src = helpers.write_st(tmp_path / "m.safetensors", model, META)
@@ -237,20 +238,44 @@ def test_recover_writes_the_same_file_with_or_without_the_in_kernel_copy(
     t, meta = helpers.read_st(sealed)
     bad = helpers.flip_bit(t, "embed.weight", 1000, 30)
     bad = helpers.flip_bit(bad, "fc.weight", 5, 3)
-    p = helpers.write_st(tmp_path / "bad.safetensors", bad, meta)
-    copied = []
-    real = st_format.copy_range
+    p = helpers.write_st(tmp_path / "bad.safetensors", bad, {**meta, "note": "added after sealing"})
+    calls: dict[str, int] = {"files": 0, "st": 0}
 
-    def spy(*a: int) -> bool:
-        copied.append(a)
-        return real(*a)
+    def spy(where: str, real: object) -> object:
+        def wrapped(*a: int) -> bool:
+            calls[where] += 1
+            return real(*a)  # type: ignore[operator]
 
-    monkeypatch.setattr(st_format, "copy_range", spy)
-    files.recover_file(p, tmp_path / "fast.safetensors", key)
-    assert copied, "intact tensors should be copied in the kernel"
+        return wrapped
+
+    monkeypatch.setattr(files, "copy_range", spy("files", files.copy_range))
+    monkeypatch.setattr(st_format, "copy_range", spy("st", st_format.copy_range))
+    files.recover_file(p, tmp_path / "patched.safetensors", key)
+    assert calls == {"files": 1, "st": 0}, "the input is copied once, then patched"
+    monkeypatch.setattr(files, "copy_range", lambda *a: False)
+    files.recover_file(p, tmp_path / "copied.safetensors", key)
+    assert calls["st"] > 0, "without the whole-file copy, intact tensors are copied one by one"
     monkeypatch.setattr(st_format, "copy_range", lambda *a: False)
-    files.recover_file(p, tmp_path / "slow.safetensors", key)
-    fast, slow = (tmp_path / "fast.safetensors").read_bytes(), (tmp_path / "slow.safetensors").read_bytes()
-    assert fast == slow
-    got, _ = helpers.read_st(tmp_path / "fast.safetensors")
-    helpers.assert_model_equal(got, t)
+    files.recover_file(p, tmp_path / "rewritten.safetensors", key)
+    for name in ("patched", "copied", "rewritten"):
+        got, got_meta = helpers.read_st(tmp_path / f"{name}.safetensors")
+        helpers.assert_model_equal(got, t)
+        assert got_meta == meta, name  # the added metadata key is dropped: it was not sealed
+    assert files.verify_file(tmp_path / "patched.safetensors", key).status == "intact"
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
+
+
+def test_recover_that_fails_leaves_no_output_and_no_copy(tmp_path: Path, model: dict, key: paramseal.Key) -> None:
+    src = helpers.write_st(tmp_path / "m.safetensors", model, META)
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(src, sealed, key)
+    t, meta = helpers.read_st(sealed)
+    t = {k: np.zeros_like(v) if v.dtype.kind == "f" else v for k, v in t.items()}  # everything destroyed
+    p = helpers.write_st(tmp_path / "bad.safetensors", t, meta)
+    res = files.recover_file(p, tmp_path / "out.safetensors", key)
+    assert res.path is None and res.report.exit_code == 2
+    assert not (tmp_path / "out.safetensors").exists()
+    assert not list(tmp_path.glob(".*.tmp"))
+    with pytest.raises(paramseal.KeyMismatchError):
+        files.recover_file(sealed, tmp_path / "out.safetensors", paramseal.Key.generate())
+    assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "out.safetensors").exists()

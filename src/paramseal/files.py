@@ -8,7 +8,9 @@ never modified unless the caller passes the same path with ``in_place=True``.
 from __future__ import annotations
 
 import os
+import struct
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,14 +24,14 @@ from . import _embed
 from ._bits import uint_view
 from ._layout import TensorSpec
 from ._model import Blocks
-from ._pages import Workspace, chunks, release
+from ._pages import Mapping, Workspace, chunks, copy_range, release
 from ._progress import Progress
 from .errors import FormatError, KeyMismatchError, NotSealedError, UsageError
 from .formats import Loaded, adapter_for
 from .formats import safetensors as st_format
 from .header import METADATA_KEY, Header, peek_header
 from .keys import Key
-from .levels import BLOCK, FLOATS, LEVELS, bits_for, capacity, dtype_name
+from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP, bits_for, capacity, dtype_name
 from .recover import Recovery, plan_recovery, recover_from_plan
 from .report import Report
 from .seal import SealConfig, probe_header, seal_flat, write_blocks
@@ -39,16 +41,12 @@ PathLike = str | os.PathLike[str]
 
 
 @contextmanager
-def atomic_path(dst: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``dst``; rename it over ``dst`` only if the block succeeds."""
-    if dst.is_dir():
-        raise UsageError(f"cannot write to '{dst}' because it is a directory; give a file path")
-    parent = dst.parent if str(dst.parent) else Path(".")
-    if not parent.is_dir():
-        raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``dst`` (``tmp``, from :func:`temp_beside`, if given).
+
+    It is renamed over ``dst`` only if the block succeeds, and deleted otherwise.
+    """
+    tmp_path = tmp or temp_beside(dst)
     try:
         yield tmp_path
         umask = os.umask(0)
@@ -61,6 +59,53 @@ def atomic_path(dst: Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def temp_beside(dst: Path) -> Path:
+    """A new empty temporary file in ``dst``'s folder (so the final rename is atomic)."""
+    if dst.is_dir():
+        raise UsageError(f"cannot write to '{dst}' because it is a directory; give a file path")
+    parent = dst.parent if str(dst.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+class _Precopy(threading.Thread):
+    """Copies the input file to the output's temporary file, and writes it to disk, while verify runs.
+
+    Recovery usually rewrites a few blocks: with the copy already made, the output costs
+    a header and those blocks. The copy is only used if the output's layout matches.
+    """
+
+    _STEP = 256 << 20  # bytes per copy call: a stop request waits for at most one
+
+    def __init__(self, src: Path, tmp: Path) -> None:
+        super().__init__(name="paramseal-precopy", daemon=True)
+        self.src, self.tmp, self.ok = src, tmp, False
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        try:
+            with open(self.src, "rb") as fi, open(self.tmp, "r+b") as fo:
+                n = os.fstat(fi.fileno()).st_size
+                for off in range(0, n, self._STEP):
+                    if self._halt.is_set() or not copy_range(
+                        fi.fileno(), off, fo.fileno(), off, min(self._STEP, n - off)
+                    ):
+                        return
+                os.fsync(fo.fileno())
+                self.ok = True
+        except OSError:
+            self.ok = False
+
+    def cancel(self) -> None:
+        """Stop copying and delete the temporary file."""
+        self._halt.set()
+        self.join()
+        self.tmp.unlink(missing_ok=True)
 
 
 def _check_paths(src: Path, dst: Path, in_place: bool) -> None:
@@ -242,28 +287,69 @@ def recover_file(
     """
     s, d = Path(src), Path(dst)
     _check_paths(s, d, in_place)
-    with _open_model(s) as loaded:
-        prog = Progress("recover", len(loaded.tensors), enabled=progress)
-        ws = Workspace(d.parent)
-        try:
-            with _about(s):
-                text, meta, embedded = _split_header(loaded, s, key)
-                chk = check(loaded.tensors, key, text, metadata=meta, progress=prog)
-                rec = plan_recovery(chk, ws)
-        finally:
-            ws.close()
-        prog.done()
-        if not (rec.report.ok or allow_partial):
-            return RecoveredFile(None, rec.report, rec.metadata)
-        out_meta = dict(rec.metadata)
-        if not embedded:  # a header read from the weights stays there only, as in the input
-            out_meta[METADATA_KEY] = text
-        if _is_safetensors(d, output=True):
-            _write_recovered(d, chk, rec, out_meta)
-        else:
-            result = recover_from_plan(chk, rec)
-            write_model(d, Loaded(result.tensors, out_meta, loaded.source))
-    return RecoveredFile(d, rec.report, rec.metadata)
+    pre: _Precopy | None = None
+    if _is_safetensors(s) and _is_safetensors(d, output=True):
+        pre = _Precopy(s, temp_beside(d))
+        pre.start()
+    try:
+        with _open_model(s) as loaded:
+            prog = Progress("recover", len(loaded.tensors), enabled=progress)
+            ws = Workspace(d.parent)
+            try:
+                with _about(s):
+                    text, meta, embedded = _split_header(loaded, s, key)
+                    chk = check(loaded.tensors, key, text, metadata=meta, progress=prog)
+                    rec = plan_recovery(chk, ws)
+            finally:
+                ws.close()
+            prog.done()
+            if not (rec.report.ok or allow_partial):
+                return RecoveredFile(None, rec.report, rec.metadata)
+            out_meta = dict(rec.metadata)
+            if not embedded:  # a header read from the weights stays there only, as in the input
+                out_meta[METADATA_KEY] = text
+            if pre is not None:
+                pre.join()
+                if pre.ok and _patch_copy(pre.tmp, s, chk, rec, out_meta):
+                    with atomic_path(d, pre.tmp):
+                        pre = None  # atomic_path owns the file now
+                    return RecoveredFile(d, rec.report, rec.metadata)
+            if _is_safetensors(d, output=True):
+                _write_recovered(d, chk, rec, out_meta)
+            else:
+                result = recover_from_plan(chk, rec)
+                write_model(d, Loaded(result.tensors, out_meta, loaded.source))
+        return RecoveredFile(d, rec.report, rec.metadata)
+    finally:
+        if pre is not None:
+            pre.cancel()
+
+
+def _patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str, str]) -> bool:
+    """Turn ``tmp``, a copy of the input, into the recovered file: new header, rebuilt blocks.
+
+    Possible when the recovered tensors have the input's names, dtypes, shapes and order and the
+    new header fits the input's header room; returns False (``tmp`` untouched) otherwise.
+    """
+    lay = st_format.read_layout(src)
+    if [(e.name, e.dtype, e.shape) for e in lay.entries] != [(x.name, x.dtype, x.shape) for x in chk.specs]:
+        return False
+    head = st_format.header_json(lay.entries, meta)
+    room = lay.data_start - 8
+    if len(head) > room:
+        return False
+    m = Mapping(tmp, write=True)
+    try:
+        for t, patch in rec.patches.items():
+            spec, e = chk.specs[t], lay.entries[t]
+            out = uint_view(m.array(lay.data_start + e.start, ST_TO_NP[spec.dtype], (spec.numel,)))
+            for r0, r1 in chunks(patch.rows.size, patch.new.dtype.itemsize, 0, 1):
+                _write_rows(out, spec, patch.rows[r0:r1], patch.new[r0:r1])
+        m.buf[: lay.data_start] = np.frombuffer(struct.pack("<Q", room) + head.ljust(room, b" "), np.uint8)
+        m.flush()
+    finally:
+        m.close()
+    return True
 
 
 def _write_recovered(dst: Path, chk: Check, rec: Recovery, meta: dict[str, str]) -> None:
