@@ -45,12 +45,13 @@ PRIM = 0x11D
 N_POS = 255  # values per group = RS length
 BLOCK = 256  # values per tagged block
 MAC_OFFSETS = (0, 64, 128, 192)  # values of a block whose byte 0 holds a tag byte
-GB = 32  # groups per encoder batch
+GB = 256  # groups per batch in the syndrome kernel
 
 
 def _gf_tables() -> tuple[np.ndarray, np.ndarray]:
-    exp = np.zeros(512, np.int32)
-    log = np.zeros(256, np.int32)
+    # LOG[0] = 512 and EXP[>= 510] = 0 make multiplication branch-free: a zero factor lands in the zero tail
+    exp = np.zeros(1040, np.int32)
+    log = np.full(256, 512, np.int32)
     x = 1
     for i in range(255):
         exp[i] = x
@@ -81,6 +82,7 @@ class Code:
     d: np.ndarray  # (4,) parity symbols per codeword
     W: int  # uint64 words per packed syndrome / free-nibble vector
     syn: np.ndarray  # (255, 4, 2, 16, W) uint64: syndrome contribution of nibble v of byte b at position j
+    enc: np.ndarray  # (255, 4, 2, 16, W) uint64: the same composed with the solver: free-nibble contribution
     par: np.ndarray  # (4, 2*dmax, 16, W) uint64: free-nibble vector from syndrome nibble q = v
     fn: np.ndarray  # (4, 2*dmax) int32: free nibble r of codeword t -> j*8 + b*2 + nib
     wmask: int  # watermark bits of a value
@@ -175,7 +177,26 @@ def build_code(k: int) -> Code:
                 prods = gf_mul_np((np.arange(16) << (4 * nib))[:, None], pw[None, :])  # (16, d_t)
                 syn[j, b, nib] = _pack_bits(_bits_of_bytes(prods), W)
     wmask = (1 << k) - 1
-    return Code(k=k, d=d, W=W, syn=syn, par=par, fn=fn, wmask=wmask, first=first)
+    enc = _compose(syn, par, d)
+    return Code(k=k, d=d, W=W, syn=syn, enc=enc, par=par, fn=fn, wmask=wmask, first=first)
+
+
+@nb.njit(cache=True)
+def _compose(syn, par, d):  # type: ignore[no-untyped-def]
+    """enc[j, b, nib, v] = solver(syn[j, b, nib, v]): data nibble -> its share of the free nibbles, directly."""
+    enc = np.zeros_like(syn)
+    W = syn.shape[-1]
+    for j in range(syn.shape[0]):
+        for b in range(4):
+            t = (b - j) & 3
+            for nib in range(2):
+                for v in range(16):
+                    for q in range(2 * d[t]):
+                        x = (syn[j, b, nib, v, q >> 4] >> np.uint64(4 * (q & 15))) & np.uint64(15)
+                        if x != 0:
+                            for w in range(W):
+                                enc[j, b, nib, v, w] ^= par[t, q, x, w]
+    return enc
 
 
 # --------------------------------------------------------------------------- layout
@@ -264,17 +285,20 @@ def stored_tags(vals: np.ndarray, nblk: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- encoder
-def _make_encoder(W: int):  # type: ignore[no-untyped-def]
-    """Encoder compiled for a fixed word count W, so the W-word XORs unroll and vectorise."""
+def _make_kernels(W: int):  # type: ignore[no-untyped-def]
+    """Kernels compiled for a fixed word count W, so the W-word XORs unroll."""
 
     @nb.njit(parallel=True)
-    def kernel(vals, n, G, offs, wmask, syn, par, fn, d):  # type: ignore[no-untyped-def]
+    def accumulate(vals, n, G, offs, fixed, keep, syn, acc):  # type: ignore[no-untyped-def]
+        """acc[g, t] ^= packed syndromes of codeword t of group g, over the bits `keep` of each stored byte.
+
+        Batches of GB groups walk the 255 strata together, so each stratum's table slice is reused GB times
+        and the reads are GB consecutive values per stratum.
+        """
         nbatch = (G + GB - 1) // GB
-        keep = np.uint32(0xFFFFFFFF) ^ np.uint32(wmask)
         for bi in nb.prange(nbatch):
             g0 = bi * GB
             ng = min(G, g0 + GB) - g0
-            acc = np.zeros((GB, 4, W), np.uint64)
             for j in range(N_POS):
                 base = j * G
                 o = offs[j]
@@ -287,7 +311,10 @@ def _make_encoder(W: int):  # type: ignore[no-untyped-def]
                     if vi >= n:
                         continue
                     v = vals[vi] & keep
+                    fx = fixed[g, j]
                     for b in range(4):
+                        if (fx >> b) & 1:
+                            continue
                         byte = (v >> np.uint32(8 * b)) & np.uint32(255)
                         if byte == 0:
                             continue
@@ -296,50 +323,58 @@ def _make_encoder(W: int):  # type: ignore[no-untyped-def]
                         hi = byte >> np.uint32(4)
                         if lo != 0:
                             for w in range(W):
-                                acc[gg, t, w] ^= syn[j, b, 0, lo, w]
+                                acc[g, t, w] ^= syn[j, b, 0, lo, w]
                         if hi != 0:
                             for w in range(W):
-                                acc[gg, t, w] ^= syn[j, b, 1, hi, w]
-            f = np.zeros(W, np.uint64)
-            for gg in range(ng):
-                g = g0 + gg
-                for t in range(4):
-                    f[:] = 0
-                    for q in range(2 * d[t]):
-                        nib = (acc[gg, t, q >> 4] >> np.uint64(4 * (q & 15))) & np.uint64(15)
-                        if nib != 0:
-                            for w in range(W):
-                                f[w] ^= par[t, q, nib, w]
-                    for r in range(2 * d[t]):
-                        loc = fn[t, r]
-                        j = loc >> 3
-                        sh = 4 * (loc & 7)  # 8*b + 4*nib
-                        p = g + offs[j]
-                        if p >= G:
-                            p -= G
-                        vi = j * G + p
-                        if vi >= n:
-                            continue
-                        nib = (f[r >> 4] >> np.uint64(4 * (r & 15))) & np.uint64(15)
-                        vals[vi] |= np.uint32(nib) << np.uint32(sh)
+                                acc[g, t, w] ^= syn[j, b, 1, hi, w]
 
-    return kernel
+    @nb.njit(parallel=True)
+    def place(vals, n, G, offs, acc, fn, d):  # type: ignore[no-untyped-def]
+        """OR each codeword's free nibbles (acc, from the composed table) into the values."""
+        for g in nb.prange(G):
+            for t in range(4):
+                for r in range(2 * d[t]):
+                    loc = fn[t, r]
+                    j = loc >> 3
+                    sh = 4 * (loc & 7)  # 8*b + 4*nib
+                    p = g + offs[j]
+                    if p >= G:
+                        p -= G
+                    vi = j * G + p
+                    if vi >= n:
+                        continue
+                    nib = (acc[g, t, r >> 4] >> np.uint64(4 * (r & 15))) & np.uint64(15)
+                    vals[vi] |= np.uint32(nib) << np.uint32(sh)
+
+    return accumulate, place
 
 
-_ENCODERS: dict[int, object] = {}
+_KERNELS: dict[int, tuple[object, object]] = {}
 
 
-def encode_kernel(vals, n, G, offs, wmask, syn, par, fn, d, W):  # type: ignore[no-untyped-def]
-    """vals: content with watermark bits already zero; writes parity nibbles in place."""
-    if W not in _ENCODERS:
-        _ENCODERS[W] = _make_encoder(W)
-    _ENCODERS[W](vals, n, G, offs, wmask, syn, par, fn, d)  # type: ignore[operator]
+def kernels(W: int):  # type: ignore[no-untyped-def]
+    if W not in _KERNELS:
+        _KERNELS[W] = _make_kernels(W)
+    return _KERNELS[W]
+
+
+def syndromes_all(vals: np.ndarray, code: Code, lay: Layout, keep: int, table: np.ndarray | None = None) -> np.ndarray:
+    """(G, 4, W) packed syndromes of every group (tag and padding bytes count as zero)."""
+    acc = np.zeros((lay.G, 4, code.W), np.uint64)
+    kernels(code.W)[0](vals, lay.n, lay.G, lay.offs, lay.fixed, np.uint32(keep), code.syn if table is None else table, acc)
+    return acc
+
+
+def encode_parity(vals: np.ndarray, code: Code, lay: Layout) -> None:
+    """vals: content with watermark bits zero; writes the parity nibbles in place."""
+    acc = syndromes_all(vals, code, lay, 0xFFFFFFFF ^ code.wmask, code.enc)  # free nibbles, directly
+    kernels(code.W)[1](vals, lay.n, lay.G, lay.offs, acc, code.fn, code.d)
 
 
 def seal(content: np.ndarray, code: Code, lay: Layout, key: int) -> np.ndarray:
     """Content (uint32) -> sealed values: parity nibbles, then block tags in byte 0 of 4 values a block."""
     vals = content & np.uint32(0xFFFFFFFF ^ code.wmask)
-    encode_kernel(vals, lay.n, lay.G, lay.offs, code.wmask, code.syn, code.par, code.fn, code.d, code.W)
+    encode_parity(vals, code, lay)
     write_tags(vals, block_tags(vals, np.uint64(key)))
     return vals
 
@@ -350,44 +385,12 @@ NMAX = 258
 
 @nb.njit(inline="always")
 def _mul(a: int, b: int) -> int:
-    if a == 0 or b == 0:
-        return 0
     return EXP[LOG[a] + LOG[b]]
 
 
 @nb.njit(inline="always")
-def _div(a: int, b: int) -> int:
-    if a == 0:
-        return 0
+def _div(a: int, b: int) -> int:  # b != 0
     return EXP[LOG[a] + 255 - LOG[b]]
-
-
-@nb.njit(cache=True)
-def _syndromes(r, syn, d, W, S) -> bool:  # type: ignore[no-untyped-def]
-    """S[t, i] = r_t(alpha^{i+1}); returns whether all are zero."""
-    acc = np.zeros((4, W), np.uint64)
-    for j in range(N_POS):
-        for b in range(4):
-            t = (b - j) & 3
-            byte = r[t, j]
-            if byte == 0:
-                continue
-            lo = byte & 15
-            hi = byte >> 4
-            if lo != 0:
-                for w in range(W):
-                    acc[t, w] ^= syn[j, b, 0, lo, w]
-            if hi != 0:
-                for w in range(W):
-                    acc[t, w] ^= syn[j, b, 1, hi, w]
-    zero = True
-    for t in range(4):
-        for i in range(d[t]):
-            s = (acc[t, i >> 3] >> np.uint64(8 * (i & 7))) & np.uint64(255)
-            S[t, i] = s
-            if s != 0:
-                zero = False
-    return zero
 
 
 @nb.njit(cache=True)
@@ -436,7 +439,7 @@ def _multi_bm(u, nlen):  # type: ignore[no-untyped-def]
 
 
 @nb.njit(cache=True)
-def _decode_once(g, vals, n, G, offs, fixed, flagged, mode, syn, d, first, W, out):  # type: ignore[no-untyped-def]
+def _decode_once(g, vals, n, G, offs, fixed, flagged, mode, acc, d, first, out):  # type: ignore[no-untyped-def]
     """Decode group g; mode 1 = flagged values are erasures, 0 = errors only. Returns a status (0 = ok)."""
     dmax = 0
     for t in range(4):
@@ -464,8 +467,11 @@ def _decode_once(g, vals, n, G, offs, fixed, flagged, mode, syn, d, first, W, ou
                 r[t, j] = (v >> np.uint32(8 * b)) & np.uint32(255)
                 if mode == 1 and flg[j]:
                     er[t, j] = True
+    # syndromes of the received word (tag / padding bytes as zero), from the batched kernel
     S = np.zeros((4, dmax), np.int64)
-    _syndromes(r, syn, d, W, S)
+    for t in range(4):
+        for i in range(d[t]):
+            S[t, i] = (acc[g, t, i >> 3] >> np.uint64(8 * (i & 7))) & np.uint64(255)
     # erasure locators and modified syndromes
     u = np.zeros((4, NMAX), np.int64)
     nlen = np.zeros(4, np.int64)
@@ -519,8 +525,6 @@ def _decode_once(g, vals, n, G, offs, fixed, flagged, mode, syn, d, first, W, ou
             if er[t, j] or roots[j]:
                 pos[npos] = j
                 npos += 1
-        if npos == 0:
-            continue
         if npos > d[t]:
             return 1
         psi[:] = 0
@@ -529,16 +533,20 @@ def _decode_once(g, vals, n, G, offs, fixed, flagged, mode, syn, d, first, W, ou
             x = EXP[pos[k]]
             for i in range(k + 1, 0, -1):
                 psi[i] ^= _mul(psi[i - 1], x)
+        # Omega = S * Psi mod x^d. Psi generates the syndromes iff Omega_i = 0 for npos <= i < d; then the
+        # Forney values reproduce every syndrome, so this is the full consistency check of the correction.
         for i in range(d[t]):
             acc = 0
             for m in range(min(i, npos) + 1):
                 acc ^= _mul(psi[m], S[t, i - m])
+            if i >= npos and acc != 0:
+                return 6
             om[i] = acc
         for k in range(npos):
             j = pos[k]
             xinv = EXP[(255 - j) % 255]
             num = 0
-            for i in range(d[t] - 1, -1, -1):
+            for i in range(npos - 1, -1, -1):
                 num = _mul(num, xinv) ^ om[i]
             den = 0
             xp = 1
@@ -554,8 +562,6 @@ def _decode_once(g, vals, n, G, offs, fixed, flagged, mode, syn, d, first, W, ou
             elif first[t] > 1:
                 y = _mul(y, EXP[(255 - j) * (first[t] - 1) % 255])
             r[t, j] ^= y
-    if not _syndromes(r, syn, d, W, S):
-        return 6
     for j in range(N_POS):
         vi = vidx[j]
         if vi < n:
@@ -567,7 +573,7 @@ def _decode_once(g, vals, n, G, offs, fixed, flagged, mode, syn, d, first, W, ou
 
 
 @nb.njit(parallel=True, cache=True)
-def decode_kernel(vals, n, G, offs, fixed, flagged, use_flags, syn, d, first, W, out, status):  # type: ignore[no-untyped-def]
+def decode_kernel(vals, n, G, offs, fixed, flagged, use_flags, acc, d, first, out, status):  # type: ignore[no-untyped-def]
     for g in nb.prange(G):
         st = 99
         if use_flags:
@@ -588,9 +594,9 @@ def decode_kernel(vals, n, G, offs, fixed, flagged, use_flags, syn, d, first, W,
                 if nfl + fx > d[t]:
                     ok = False
             if ok:
-                st = _decode_once(g, vals, n, G, offs, fixed, flagged, 1, syn, d, first, W, out)
+                st = _decode_once(g, vals, n, G, offs, fixed, flagged, 1, acc, d, first, out)
         if st != 0:
-            st2 = _decode_once(g, vals, n, G, offs, fixed, flagged, 0, syn, d, first, W, out)
+            st2 = _decode_once(g, vals, n, G, offs, fixed, flagged, 0, acc, d, first, out)
             st = st2 if st == 99 else (st if st2 != 0 else 0)
         status[g] = st
 
@@ -602,9 +608,8 @@ def recover(tampered: np.ndarray, code: Code, lay: Layout, key: int) -> tuple[np
     out = tampered.copy()
     status = np.zeros(lay.G, np.int64)
     if flagged.any():
-        decode_kernel(
-            tampered, lay.n, lay.G, lay.offs, lay.fixed, flagged, True, code.syn, code.d, code.first, code.W, out, status
-        )
+        acc = syndromes_all(tampered, code, lay, 0xFFFFFFFF)
+        decode_kernel(tampered, lay.n, lay.G, lay.offs, lay.fixed, flagged, True, acc, code.d, code.first, out, status)
         write_tags(out, block_tags(out, np.uint64(key)))
     return out, status, flagged
 
@@ -722,7 +727,8 @@ def self_check(code: Code, lay: Layout, content: np.ndarray, sealed: np.ndarray,
     allf = np.ones(-(-lay.n // BLOCK), np.bool_)
     out = sealed.copy()
     status = np.zeros(lay.G, np.int64)
-    decode_kernel(sealed, lay.n, lay.G, lay.offs, lay.fixed, allf, False, code.syn, code.d, code.first, code.W, out, status)
+    acc = syndromes_all(sealed, code, lay, 0xFFFFFFFF)
+    decode_kernel(sealed, lay.n, lay.G, lay.offs, lay.fixed, allf, False, acc, code.d, code.first, out, status)
     write_tags(out, block_tags(out, np.uint64(key)))
     if status.any() or not np.array_equal(out, sealed):
         raise SelfCheckError(f"{int((status != 0).sum())} groups of the intact model are not codewords")
@@ -757,10 +763,11 @@ def run_point(code, lay, sealed, key, attack, rate, trials, seed):  # type: igno
 
 
 def fmt_fails(fails: np.ndarray) -> str:
-    nz = fails[fails > 0]
-    if nz.size == 0:
+    if not fails.any():
         return "all 0"
     vals, cnts = np.unique(fails, return_counts=True)
+    if vals.size > 6:
+        return f"{fails.min()}..{fails.max()} (mean {fails.mean():.0f})"
     return " ".join(f"{v}x{c}" for v, c in zip(vals, cnts))
 
 
@@ -804,10 +811,9 @@ def throughput(n: int, levels: list[int], seed: int) -> None:
         key = 0xC0FFEE + k
         lay = build_layout(n, code, key)
         masked = content & np.uint32(0xFFFFFFFF ^ code.wmask)
-        args = (lay.n, lay.G, lay.offs, code.wmask, code.syn, code.par, code.fn, code.d, code.W)
         for threads in sorted({1, nb.config.NUMBA_NUM_THREADS}):
             nb.set_num_threads(threads)
-            t_par = min(_timed(lambda: encode_kernel(masked.copy(), *args)) for _ in range(3))
+            t_par = min(_timed(lambda: encode_parity(masked.copy(), code, lay)) for _ in range(3))
             t_cp = min(_timed(lambda: masked.copy()) for _ in range(3))
             t_seal = min(_timed(lambda: seal(content, code, lay, key)) for _ in range(3))
             print(f"k={k:<2} parity (interleave+RS), {threads} thr     {mb / max(t_par - t_cp, 1e-9):8.0f} MB/s")
