@@ -91,20 +91,24 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                 nbits -= width
                 u[b, j] = (np.uint64(u[b, j]) & keep) | (v << np.uint64(shift))
 
+    _TILE = 64  # lanes per tile: a tile's blocks (64 x d words) stay in L1 while its rows are written
+
     @numba.njit(cache=True, nogil=True)
     def _scatter_nb(out, off, d, perm, x):  # type: ignore[no-untyped-def]
         # out[off + s*d + i, perm[s, j]] = x[s, j, i]: whole stripes of blocks into a [shards, lanes] store.
-        # Walks the store row by row (one stripe of x stays in cache): sequential writes.
+        # Tiled transpose: writes run along the store's rows, reads stay within one tile of blocks.
         ns, g = perm.shape
         inv = np.empty(g, dtype=np.int64)
         for s in range(ns):
             for j in range(g):
                 inv[perm[s, j]] = j
             base = off + s * d
-            for i in range(d):
-                row = out[base + i]
-                for lane in range(g):
-                    row[lane] = x[s, inv[lane], i]
+            for l0 in range(0, g, _TILE):
+                l1 = min(g, l0 + _TILE)
+                for i in range(d):
+                    row = out[base + i]
+                    for lane in range(l0, l1):
+                        row[lane] = x[s, inv[lane], i]
 
     @numba.njit(cache=True, nogil=True)
     def _scatter_lm_nb(out, off, d, perm, x):  # type: ignore[no-untyped-def]
@@ -119,17 +123,19 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
 
     @numba.njit(cache=True, nogil=True)
     def _gather_nb(src, off, d, perm, out):  # type: ignore[no-untyped-def]
-        # inverse of _scatter_nb: out[s, j, i] = src[off + s*d + i, perm[s, j]]
+        # inverse of _scatter_nb: out[s, j, i] = src[off + s*d + i, perm[s, j]], tiled the same way
         ns, g = perm.shape
         inv = np.empty(g, dtype=np.int64)
         for s in range(ns):
             for j in range(g):
                 inv[perm[s, j]] = j
             base = off + s * d
-            for i in range(d):
-                row = src[base + i]
-                for lane in range(g):
-                    out[s, inv[lane], i] = row[lane]
+            for l0 in range(0, g, _TILE):
+                l1 = min(g, l0 + _TILE)
+                for i in range(d):
+                    row = src[base + i]
+                    for lane in range(l0, l1):
+                        out[s, inv[lane], i] = row[lane]
 
     # Each kernel exists twice: threads pay off on big inputs, but starting them costs
     # milliseconds on a busy machine, which would dominate small chunks.
