@@ -87,6 +87,7 @@ class Code:
     fn: np.ndarray  # (4, 2*dmax) int32: free nibble r of codeword t -> j*8 + b*2 + nib
     wmask: int  # watermark bits of a value
     first: np.ndarray  # (4,) first root exponent b_t: syndromes r(alpha^{i+b_t})
+    hn: np.ndarray  # (4, 2*host) hosted data nibbles per codeword (j*8 + b*2 + nib), for the outer code
 
 
 def _bits_of_bytes(byts: np.ndarray) -> np.ndarray:
@@ -122,8 +123,12 @@ def _gf2_inverse(m: np.ndarray) -> np.ndarray:
     return np.unpackbits(packed, axis=1)[:, n : 2 * n].astype(np.uint8)
 
 
-def build_code(k: int) -> Code:
-    """Precompute the syndrome tables and the free-nibble solver for k watermark bits (8 or 12)."""
+def build_code(k: int, host: int = 0) -> Code:
+    """Precompute the syndrome tables and the free-nibble solver for k watermark bits (8 or 12).
+
+    host > 0 turns the last 2*host free nibbles of every codeword into data nibbles (d_t drops by host): they
+    carry the outer code's parity (see Outer).
+    """
     if k not in (8, 12):
         raise ValueError("this prototype handles k = 8 and k = 12")
     free_nibbles = k // 4  # nibbles (from bit 0) that are watermark
@@ -135,7 +140,8 @@ def build_code(k: int) -> Code:
             for nib in range(2):
                 if 2 * b + nib < free_nibbles:
                     fn_lists[t].append((j, b, nib))
-    d = np.array([len(fl) // 2 for fl in fn_lists], np.int64)  # 8 d_t free bits are needed
+    d = np.array([len(fl) // 2 - host for fl in fn_lists], np.int64)  # 8 d_t free bits are needed
+    hn = np.zeros((4, 2 * host), np.int64)
     dmax = int(d.max())
     W = (8 * dmax + 63) // 64
     par = np.zeros((4, 2 * dmax, 16, W), np.uint64)
@@ -143,25 +149,41 @@ def build_code(k: int) -> Code:
     first = np.zeros(4, np.int64)
     for t in range(4):
         dt = int(d[t])
-        used = fn_lists[t][: 2 * dt]  # at most one nibble left over: it stays zero (data)
+        fl = fn_lists[t]
+        # Hosted (outer-parity) nibbles: the last 2*host, else whole bytes taken from the end or the start.
+        byte0 = [i for i, (j, b, nib) in enumerate(fl) if b == 0 and nib == 0]
+        choices = [list(range(2 * dt, 2 * dt + 2 * host))]
+        if host:
+            choices += [sum(([i, i + 1] for i in byte0[-host:]), []), sum(([i, i + 1] for i in byte0[:host]), [])]
         # Syndromes are r(alpha^{i+b}), i < d_t. For some b the GF(2) map from the free nibbles to the
-        # syndrome bits is singular (k=12: rank 8 d_t - 1), so take the first b that works for this codeword.
-        for b0 in (1, 0, 2, 3, 4):
-            cols = np.zeros((8 * dt, 8 * dt), np.uint8)
-            for r, (j, b, nib) in enumerate(used):
-                fn[t, r] = j * 8 + b * 2 + nib
-                pw = EXP[(np.arange(b0, b0 + dt) * j) % 255]
-                for kb in range(4):
-                    row = gf_mul_np(np.full(dt, 1 << (4 * nib + kb)), pw)
-                    cols[:, 4 * r + kb] = _bits_of_bytes(row[None, :])[0]
-            try:
-                inv = _gf2_inverse(cols)  # free bits = inv @ syndrome bits
-            except ValueError:
-                continue
-            first[t] = b0
-            break
-        else:
-            raise ValueError(f"no first root gives an invertible free-nibble system for codeword {t}")
+        # syndrome bits is singular (k=12: rank 8 d_t - 1), so take the first (hosting, b) that works.
+        found = False
+        for hosted in choices:
+            keep = [i for i in range(len(fl)) if i not in set(hosted)][: 2 * dt]  # at most one nibble left over
+            used = [fl[i] for i in keep]
+            for b0 in (1, 0, 2, 3, 4, 5, 6, 7):
+                cols = np.zeros((8 * dt, 8 * dt), np.uint8)
+                for r, (j, b, nib) in enumerate(used):
+                    pw = EXP[(np.arange(b0, b0 + dt) * j) % 255]
+                    for kb in range(4):
+                        row = gf_mul_np(np.full(dt, 1 << (4 * nib + kb)), pw)
+                        cols[:, 4 * r + kb] = _bits_of_bytes(row[None, :])[0]
+                try:
+                    inv = _gf2_inverse(cols)  # free bits = inv @ syndrome bits
+                except ValueError:
+                    continue
+                first[t] = b0
+                found = True
+                break
+            if found:
+                break
+        if not found:
+            raise ValueError(f"no first root / hosting choice gives an invertible free-nibble system for codeword {t}")
+        for r, (j, b, nib) in enumerate(used):
+            fn[t, r] = j * 8 + b * 2 + nib
+        for r, i in enumerate(hosted):
+            j, b, nib = fl[i]
+            hn[t, r] = j * 8 + b * 2 + nib
         for q in range(2 * dt):
             sub = inv[:, 4 * q : 4 * q + 4].astype(np.int64)
             for v in range(16):
@@ -178,7 +200,7 @@ def build_code(k: int) -> Code:
                 syn[j, b, nib] = _pack_bits(_bits_of_bytes(prods), W)
     wmask = (1 << k) - 1
     enc = _compose(syn, par, d)
-    return Code(k=k, d=d, W=W, syn=syn, enc=enc, par=par, fn=fn, wmask=wmask, first=first)
+    return Code(k=k, d=d, W=W, syn=syn, enc=enc, par=par, fn=fn, wmask=wmask, first=first, hn=hn)
 
 
 @nb.njit(cache=True)
@@ -367,13 +389,165 @@ def syndromes_all(vals: np.ndarray, code: Code, lay: Layout, keep: int, table: n
 
 def encode_parity(vals: np.ndarray, code: Code, lay: Layout) -> None:
     """vals: content with watermark bits zero; writes the parity nibbles in place."""
-    acc = syndromes_all(vals, code, lay, 0xFFFFFFFF ^ code.wmask, code.enc)  # free nibbles, directly
+    acc = syndromes_all(vals, code, lay, 0xFFFFFFFF, code.enc)  # free nibbles, directly (free bits are zero)
     kernels(code.W)[1](vals, lay.n, lay.G, lay.offs, acc, code.fn, code.d)
 
 
-def seal(content: np.ndarray, code: Code, lay: Layout, key: int) -> np.ndarray:
-    """Content (uint32) -> sealed values: parity nibbles, then block tags in byte 0 of 4 values a block."""
+# --------------------------------------------------------------------------- outer code (optional)
+def _gather_index(lay: Layout) -> np.ndarray:
+    g = np.arange(lay.G)[:, None]
+    j = np.arange(N_POS)[None, :]
+    return j * lay.G + (g + lay.offs[None, :]) % lay.G  # (G, 255)
+
+
+def _gf_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(r, s) x (s, c) over GF(2^8)."""
+    out = np.zeros((a.shape[0], b.shape[1]), np.uint8)
+    lb = LOG[b]
+    for r in range(a.shape[0]):
+        out[r] = np.bitwise_xor.reduce(EXP[LOG[a[r]][:, None] + lb], axis=0).astype(np.uint8)
+    return out
+
+
+def _gf_inv(m: np.ndarray) -> np.ndarray:
+    n = m.shape[0]
+    a = [[int(x) for x in row] + [int(i == r) for i in range(n)] for r, row in enumerate(m)]
+    for c in range(n):
+        p = next(r for r in range(c, n) if a[r][c])
+        a[c], a[p] = a[p], a[c]
+        inv = int(EXP[255 - LOG[a[c][c]]]) if a[c][c] != 1 else 1
+        a[c] = [int(EXP[LOG[x] + LOG[inv]]) for x in a[c]]
+        for r in range(n):
+            if r != c and a[r][c]:
+                f = a[r][c]
+                a[r] = [x ^ int(EXP[LOG[f] + LOG[y]]) for x, y in zip(a[r], a[c])]
+    return np.array([row[n:] for row in a], np.uint8)
+
+
+@dataclass
+class Outer:
+    """Thin outer RS code over superblocks of S consecutive groups: R parity 'groups' per superblock.
+
+    Column c (byte c of the 765 content bytes of a group, bytes 1-3 of its 255 values) of the S groups
+    gets R Cauchy-RS parity bytes; those are hosted in the data nibbles the inner code set aside (host per
+    codeword), spread so the R parities of one column sit in R different groups. A group the inner decoder
+    cannot decode (it says so) is an erasure for the outer code.
+    """
+
+    S: int
+    R: int
+    cauchy: np.ndarray  # (R, S) uint8
+    gi: np.ndarray  # (G, 255) value index of (group, position)
+    slot_vi: np.ndarray  # (nsb, R*765, 2) value indices of the two nibbles hosting parity byte p
+    slot_sh: np.ndarray  # (nsb, R*765, 2) their bit shifts
+    slot_g: np.ndarray  # (nsb, R*765) hosting group (global index)
+    cmask: np.ndarray  # (3,) content mask of bytes 1..3
+    bounds: np.ndarray  # (nsb + 1,) superblock boundaries (group indices), sizes as even as possible
+
+    @staticmethod
+    def build(code: Code, lay: Layout, S: int, R: int) -> Outer:
+        x = np.arange(R)
+        y = np.arange(R, R + S)
+        cauchy = EXP[255 - LOG[(x[:, None] ^ y[None, :])]].astype(np.uint8)  # 1 / (x_r + y_i)
+        gi = _gather_index(lay)
+        host = code.hn.shape[1] // 2
+        nsb = -(-lay.G // S)
+        bounds = np.linspace(0, lay.G, nsb + 1).round().astype(np.int64)
+        need = R * 3 * N_POS
+        slot_vi = np.zeros((nsb, need, 2), np.int64)
+        slot_sh = np.zeros((nsb, need, 2), np.int64)
+        slot_g = np.zeros((nsb, need), np.int64)
+        for sb in range(nsb):
+            gs = range(bounds[sb], bounds[sb + 1])
+            slots = []
+            for t in range(4):
+                for i in range(host):
+                    locs = code.hn[t, 2 * i : 2 * i + 2]
+                    for g in gs:
+                        vis, shs, ok = [], [], True
+                        for loc in locs:
+                            j, b, nib = loc >> 3, (loc >> 1) & 3, loc & 1
+                            vi = gi[g, j]
+                            if vi >= lay.n or (lay.fixed[g, j] >> b) & 1:
+                                ok = False
+                            vis.append(vi)
+                            shs.append(8 * b + 4 * nib)
+                        if ok:
+                            slots.append((vis, shs, g))
+            if len(slots) < need:
+                raise ValueError(f"superblock {sb}: {len(slots)} hosting bytes for {need} outer parity bytes")
+            for p in range(need):
+                slot_vi[sb, p], slot_sh[sb, p], slot_g[sb, p] = slots[p]
+        cm = np.array([0xF0 if code.k == 12 else 0xFF, 0xFF, 0xFF], np.uint8)
+        return Outer(S, R, cauchy, gi, slot_vi, slot_sh, slot_g, cm, bounds)
+
+    def content(self, vals: np.ndarray, n: int) -> np.ndarray:
+        """(G, 765) content bytes of every group."""
+        gi = self.gi
+        v = np.where(gi < n, vals[np.minimum(gi, n - 1)], 0).astype(np.uint32)
+        by = np.stack([(v >> np.uint32(8 * b)) & np.uint32(255) for b in (1, 2, 3)], axis=-1).astype(np.uint8)
+        return (by & self.cmask).reshape(gi.shape[0], 3 * N_POS)
+
+    def parity(self, cg: np.ndarray, sb: int) -> np.ndarray:
+        d = cg[self.bounds[sb] : self.bounds[sb + 1]]
+        return _gf_matmul(self.cauchy[:, : d.shape[0]], d).reshape(-1)
+
+    def embed(self, vals: np.ndarray, code: Code, lay: Layout) -> None:
+        cg = self.content(vals, lay.n)
+        for sb in range(self.slot_g.shape[0]):
+            p = self.parity(cg, sb).astype(np.uint32)
+            for h in range(2):  # .at: one value can host nibbles of two parity bytes
+                nib = ((p >> np.uint32(4 * h)) & np.uint32(15)) << self.slot_sh[sb, :, h].astype(np.uint32)
+                np.bitwise_or.at(vals, self.slot_vi[sb, :, h], nib)
+
+    def repair(self, out: np.ndarray, status: np.ndarray, n: int) -> tuple[np.ndarray, bool]:
+        """Fill the content of failed groups from the outer code. Returns (content bytes (G, 765), all solved)."""
+        cg = self.content(out, n)
+        ok = True
+        for sb in range(self.slot_g.shape[0]):
+            g0, g1 = self.bounds[sb], self.bounds[sb + 1]
+            fl = np.nonzero(status[g0:g1])[0]
+            if fl.size == 0:
+                continue
+            if fl.size > self.R:
+                ok = False
+                continue
+            failed = set((fl + g0).tolist())
+            lost = np.isin(self.slot_g[sb], list(failed)).reshape(self.R, 3 * N_POS)
+            nib = [(out[self.slot_vi[sb, :, h]] >> self.slot_sh[sb, :, h].astype(np.uint32)) & np.uint32(15) for h in (0, 1)]
+            stored = (nib[0] | (nib[1] << np.uint32(4))).astype(np.uint8).reshape(self.R, 3 * N_POS)
+            d = cg[g0:g1].copy()
+            d[fl] = 0
+            syn = stored ^ _gf_matmul(self.cauchy[:, : g1 - g0], d)  # = sum over failed of C[r, i] D[i]
+            patterns = (1 << np.arange(self.R)) @ (~lost).astype(np.int64)  # available parities per column
+            for pat in np.unique(patterns):
+                rows = [r for r in range(self.R) if (pat >> r) & 1][: fl.size]
+                cols = np.nonzero(patterns == pat)[0]
+                if len(rows) < fl.size:
+                    ok = False
+                    continue
+                inv = _gf_inv(self.cauchy[np.ix_(rows, fl)])
+                d[np.ix_(fl, cols)] = _gf_matmul(inv, syn[np.ix_(rows, cols)])
+            cg[g0:g1] = d
+        return cg, ok
+
+    def values(self, out: np.ndarray, cg: np.ndarray, status: np.ndarray, code: Code, n: int) -> np.ndarray:
+        """Content values: decoded ones, with the content bytes of failed groups replaced by cg."""
+        content = out & np.uint32(0xFFFFFFFF ^ code.wmask)
+        for g in np.nonzero(status)[0]:
+            gi = self.gi[g]
+            m = gi < n
+            by = cg[g].reshape(N_POS, 3).astype(np.uint32)
+            v = (by[:, 0] << np.uint32(8)) | (by[:, 1] << np.uint32(16)) | (by[:, 2] << np.uint32(24))
+            content[gi[m]] = v[m]
+        return content
+
+
+def seal(content: np.ndarray, code: Code, lay: Layout, key: int, outer: Outer | None = None) -> np.ndarray:
+    """Content (uint32) -> sealed values: [outer parity], parity nibbles, then block tags in byte 0 of 4 values a block."""
     vals = content & np.uint32(0xFFFFFFFF ^ code.wmask)
+    if outer is not None:
+        outer.embed(vals, code, lay)
     encode_parity(vals, code, lay)
     write_tags(vals, block_tags(vals, np.uint64(key)))
     return vals
@@ -743,7 +917,7 @@ def self_check(code: Code, lay: Layout, content: np.ndarray, sealed: np.ndarray,
         raise SelfCheckError("20 single-bit flips were not detected and repaired")
 
 
-def run_point(code, lay, sealed, key, attack, rate, trials, seed):  # type: ignore[no-untyped-def]
+def run_point(code, lay, sealed, key, attack, rate, trials, seed, outer=None):  # type: ignore[no-untyped-def]
     fails, fracs, wins, claims, times = [], [], 0, 0, []
     for tr in range(trials):
         rng = np.random.default_rng([seed, code.k, list(ATTACKS).index(attack), int(round(rate * 1e4)), tr])
@@ -751,8 +925,11 @@ def run_point(code, lay, sealed, key, attack, rate, trials, seed):  # type: igno
         fracs.append(ATTACKS[attack](tam, rate, rng))
         t0 = time.perf_counter()
         out, status, _ = recover(tam, code, lay, key)
-        times.append(time.perf_counter() - t0)
         claimed = not status.any()
+        if outer is not None and not claimed:
+            cg, claimed = outer.repair(out, status, lay.n)
+            out = seal(outer.values(out, cg, status, code, lay.n), code, lay, key, outer)
+        times.append(time.perf_counter() - t0)
         exact = bool(np.array_equal(out, sealed))
         if claimed and not exact:
             raise SelfCheckError(f"FALSE CLAIM: k={code.k} {attack} {rate} trial {tr}: decoder claimed success, output differs")
@@ -771,25 +948,41 @@ def fmt_fails(fails: np.ndarray) -> str:
     return " ".join(f"{v}x{c}" for v, c in zip(vals, cnts))
 
 
-def simulate(k: int, n: int, trials: int, seed: int, attacks: list[str]) -> None:
-    code = build_code(k)
+def simulate(k: int, n: int, trials: int, seed: int, attacks: list[str], outer_spec: tuple[int, ...] | None) -> None:
     key = 0xC0FFEE + k
-    lay = build_layout(n, code, key)
+    outer = None
+    if outer_spec:  # the fewest hosted symbols per codeword that hold the outer parity
+        for host in range(1, 9):
+            code = build_code(k, host)
+            lay = build_layout(n, code, key)
+            try:
+                outer = Outer.build(code, lay, outer_spec[0], outer_spec[1])
+                break
+            except ValueError:
+                continue
+        else:
+            raise ValueError(f"outer code {outer_spec} does not fit")
+        outer_spec = (outer_spec[0], outer_spec[1], host)
+    else:
+        code = build_code(k)
+        lay = build_layout(n, code, key)
     content = synthetic_model(n, seed)
-    sealed = seal(content, code, lay, key)
+    sealed = seal(content, code, lay, key, outer)
     self_check(code, lay, content, sealed, key)
     fx = np.array([[((lay.fixed[:, j] >> ((t + j) & 3)) & 1).sum() for j in range(N_POS)] for t in range(4)]).sum(1)
     print(
         f"\n== k={k}: d_t={code.d.tolist()} (first roots {code.first.tolist()}), {n} params, {lay.G} groups; "
         f"fixed erasures per codeword mean {fx.mean() / lay.G:.2f}; errors-only radius ~{radius(code):.1f} "
         f"values/group; self-checks passed"
+        + (f"\n   outer code: superblocks of {outer_spec[0]} groups, {outer_spec[1]} parity groups each, hosted in "
+           f"{outer_spec[2]} data symbols per codeword (d_t lowered by {outer_spec[2]})" if outer_spec else "")
     )
     for attack in attacks:
         print(f"\n{attack:>16}  rate   actual  trials  exact  claimed  failed groups/trial (value x trials)  "
-              f"{'predicted P(fail)' if attack == 'scattered' else ''}  s/trial")
+              f"{'predicted P(fail)*' if attack == 'scattered' else ''}  s/trial")
         for rate in RATES[k][attack]:
             t0 = time.perf_counter()
-            wins, claims, fails, fracs, med = run_point(code, lay, sealed, key, attack, rate, trials, seed)
+            wins, claims, fails, fracs, med = run_point(code, lay, sealed, key, attack, rate, trials, seed, outer)
             pred = f"{predicted_model_failure(code, lay.G, rate):.2g}" if attack == "scattered" else ""
             print(
                 f"{'':>16}  {rate:5.0%}  {fracs.mean():6.2%}  {trials:6d}  {wins:5d}  {claims:7d}  "
@@ -847,6 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--speed-params", type=int, default=1 << 23, help="model size for the throughput rows (0: skip)")
     ap.add_argument("--quick", action="store_true", help="2^18 params, 5 trials, small throughput model")
+    ap.add_argument("--outer", default="", help="S,R: add the outer code (superblocks of ~S groups, R parity groups each)")
     a = ap.parse_args(argv)
     if a.quick:
         a.params, a.trials, a.speed_params = min(a.params, 1 << 18), min(a.trials, 5), min(a.speed_params, 1 << 21)
@@ -854,9 +1048,10 @@ def main(argv: list[str] | None = None) -> int:
     attacks = [x for x in a.attacks.split(",") if x]
     t0 = time.perf_counter()
     print(f"sim_scattered: numpy {np.__version__}, numba {nb.__version__}, threads {nb.get_num_threads()}, "
-          f"params {a.params}, trials {a.trials}, seed {a.seed}")
+          f"params {a.params}, trials {a.trials}, seed {a.seed}, outer {a.outer or 'none'}")
+    outer_spec = tuple(int(x) for x in a.outer.split(",")) if a.outer else None
     for k in levels:
-        simulate(k, a.params, a.trials, a.seed, attacks)
+        simulate(k, a.params, a.trials, a.seed, attacks, outer_spec)  # type: ignore[arg-type]
     if a.speed_params:
         throughput(a.speed_params, levels, a.seed)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
