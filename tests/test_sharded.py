@@ -151,3 +151,26 @@ def test_parallel_seal_and_unrecoverable_recover_write_nothing(
     rc, _, _ = helpers.run_cli(["recover", out, tmp_path / "fixed", "--key", key_file])
     assert rc == 2 and not (tmp_path / "fixed").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary folder left behind
+
+
+def test_inspect_describes_a_sharded_checkpoint(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    rc, out, err = helpers.run_cli(["inspect", checkpoint, "--json"])
+    assert rc == 0, err
+    plain = json.loads(out)
+    assert plain["shards"] == 3 and plain["tensors"] == 9 and not plain["sealed"]
+    assert plain["parameters"] == {"F32": 3 * (96 * 64 + 64 * 80), "F16": 3 * 64}
+    assert list(plain["levels"]) == ["light", "standard", "strong"]
+    assert plain["levels"]["standard"]["F32"]["k"] == 8
+    rc, out, _ = helpers.run_cli(["inspect", sealed_ckpt, "--json"])
+    info = json.loads(out)
+    assert rc == 0 and info["sealed"] and info["sealed_shards"] == 3 and info["mismatched_shards"] == []
+    assert info["seal"]["level"] == "standard" and info["seal"]["key_fingerprint"] == key.fingerprint
+    # one shard replaced by its unsealed original: named, in JSON and in text
+    shutil.copy(checkpoint / SHARDS[1], sealed_ckpt / SHARDS[1])
+    rc, out, _ = helpers.run_cli(["inspect", sealed_ckpt, "--json"])
+    info = json.loads(out)
+    assert not info["sealed"] and info["sealed_shards"] == 2 and info["mismatched_shards"] == [SHARDS[1]]
+    rc, text, _ = helpers.run_cli(["inspect", sealed_ckpt])
+    assert rc == 0 and "in 3 shards (2 sealed)" in text and SHARDS[1] in text

@@ -154,7 +154,10 @@ def _run(args: argparse.Namespace) -> int:
                 )
             return rep.exit_code
         case "inspect":
-            info = files.inspect_file(args.input)
+            if sharded.is_sharded(Path(args.input)):
+                info = sharded.inspect_dir(Path(args.input))
+            else:
+                info = files.inspect_file(args.input)
             print(json.dumps(info, indent=2) if args.json else _inspect_text(info))
             return 0
         case "demo":
@@ -168,6 +171,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _inspect_text(info: dict[str, object]) -> str:
     lines = [f"{info['file']}: {info['tensors']} tensors, parameters by dtype {info['parameters']}"]
+    if "shards" in info:
+        lines[0] += f", in {info['shards']} shards ({info['sealed_shards']} sealed)"
+        odd = info.get("mismatched_shards")
+        if isinstance(odd, list) and odd:
+            lines.append(f"WARNING: shards sealed differently or not at all: {', '.join(map(str, odd))}")
     seal = info.get("seal")
     if isinstance(seal, dict):
         lines.append("sealed: " + ", ".join(f"{k}={v}" for k, v in seal.items()))

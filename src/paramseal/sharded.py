@@ -235,6 +235,43 @@ def _set_issues(
     return out
 
 
+def inspect_dir(folder: Path) -> dict[str, Any]:
+    """Describe a sharded checkpoint without a key: totals, the seal settings, and each shard.
+
+    The settings shown are the first sealed shard's; any shard whose level, key fingerprint
+    or scheme differs (or that is not sealed) is listed under ``mismatched_shards``.
+    """
+    index = read_index(folder)
+    shards = {name: files.inspect_file(folder / name) for name in index.shards}
+    params: dict[str, int] = {}
+    for info in shards.values():
+        for dt, n in info["parameters"].items():
+            params[dt] = params.get(dt, 0) + n
+    sealed = [n for n, i in shards.items() if i["sealed"]]
+    out: dict[str, Any] = {
+        "file": str(folder),
+        "index": INDEX,
+        "shards": len(shards),
+        "tensors": sum(i["tensors"] for i in shards.values()),
+        "parameters": params,
+        "sealed": len(sealed) == len(shards),
+        "sealed_shards": len(sealed),
+    }
+    first = shards[sealed[0]] if sealed else next(iter(shards.values()))
+    same = ("scheme", "level", "bits", "key_fingerprint")
+    if sealed:
+        ref = {k: first["seal"].get(k) for k in same}
+        out["seal"] = {**ref, "authenticated": "not checked (inspect has no key; run verify)"}
+        out["mismatched_shards"] = [
+            n for n, i in shards.items() if not i["sealed"] or {k: i["seal"].get(k) for k in same} != ref
+        ]
+    out["levels"] = first["levels"]
+    out["per_shard"] = {
+        n: {"tensors": i["tensors"], "parameters": i["parameters"], "sealed": i["sealed"]} for n, i in shards.items()
+    }
+    return out
+
+
 def _merge(kind: str, reports: dict[str, Report], set_issues: list[str], skipped: int = 0) -> Report:
     """One report for the whole checkpoint: tensors from every shard, the worst status."""
     tensors: dict[str, TensorFinding] = {}
@@ -265,4 +302,14 @@ def _merge(kind: str, reports: dict[str, Report], set_issues: list[str], skipped
     )
 
 
-__all__ = ["INDEX", "SET_KEY", "Index", "is_sharded", "read_index", "recover_dir", "seal_dir", "verify_dir"]
+__all__ = [
+    "INDEX",
+    "SET_KEY",
+    "Index",
+    "inspect_dir",
+    "is_sharded",
+    "read_index",
+    "recover_dir",
+    "seal_dir",
+    "verify_dir",
+]
