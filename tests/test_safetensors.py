@@ -1,4 +1,4 @@
-"""Format adapters: a shared suite every adapter passes, and malformed safetensors files through the CLI."""
+"""safetensors beyond the shared adapter suite (tests/adapter_suite.py): format detection and malformed files."""
 
 from __future__ import annotations
 
@@ -12,76 +12,7 @@ import pytest
 
 import paramseal
 from paramseal import FormatError, files
-from paramseal.formats import Adapter, Loaded, adapter_for
-from paramseal.formats.safetensors import SafetensorsAdapter
-
-# --------------------------------------------------------------------------- shared adapter suite
-
-
-class AdapterTests:
-    """Written once; every format adapter subclasses it (zarr's StoreTests pattern)."""
-
-    adapter: Adapter
-    suffix: str
-
-    def _path(self, tmp_path: Path, name: str = "m") -> Path:
-        return tmp_path / f"{name}{self.suffix}"
-
-    def test_is_an_adapter(self) -> None:
-        assert isinstance(self.adapter, Adapter)
-        assert self.suffix in self.adapter.extensions
-
-    def test_round_trip_every_dtype_shape_and_metadata(self, tmp_path: Path, model: dict) -> None:
-        m = {**model, "scalar": np.array(1.5, np.float32), "empty": np.zeros((0, 3), np.float16)}
-        p = self._path(tmp_path)
-        self.adapter.write(p, Loaded(m, {"a": "1", "unicode ✓": "värde"}))
-        got = self.adapter.read(p)
-        helpers.assert_model_equal(got.tensors, m)
-        assert got.metadata == {"a": "1", "unicode ✓": "värde"}
-
-    def test_round_trip_keeps_every_bit_pattern(self, tmp_path: Path) -> None:
-        rng = np.random.default_rng(0)
-        m = {str(dt): helpers.random_tensor(rng, dt, (100,), wild=True) for dt in helpers.FLOAT_LAYOUT}
-        m["negzero"] = np.array([-0.0, 0.0], np.float32)
-        p = self._path(tmp_path)
-        self.adapter.write(p, Loaded(m))
-        helpers.assert_model_equal(self.adapter.read(p).tensors, m)
-
-    def test_sniff_recognises_its_own_files(self, tmp_path: Path) -> None:
-        p = self._path(tmp_path)
-        self.adapter.write(p, Loaded({"w": np.ones(3, np.float32)}))
-        assert self.adapter.sniff(p.read_bytes()[:64])
-        assert not self.adapter.sniff(b"PK\x03\x04 not a model at all......")
-        assert not self.adapter.sniff(b"")
-
-    def test_adapter_is_chosen_by_extension_and_by_content(self, tmp_path: Path) -> None:
-        p = self._path(tmp_path)
-        self.adapter.write(p, Loaded({"w": np.ones(3, np.float32)}))
-        assert type(adapter_for(p)) is type(self.adapter)
-        q = tmp_path / "model.bin"
-        q.write_bytes(p.read_bytes())
-        assert type(adapter_for(q)) is type(self.adapter)
-
-    def test_read_of_garbage_is_a_format_error_naming_the_file(self, tmp_path: Path) -> None:
-        p = self._path(tmp_path, "garbage")
-        p.write_bytes(bytes(range(256)) * 4)
-        with pytest.raises(FormatError) as ei:
-            self.adapter.read(p)
-        assert "garbage" in str(ei.value)
-
-    def test_sealed_model_survives_a_round_trip(
-        self, tmp_path: Path, sealed: paramseal.SealedModel, key: paramseal.Key
-    ) -> None:
-        p = self._path(tmp_path)
-        self.adapter.write(p, Loaded(sealed.tensors, {"paramseal": sealed.header_json}))
-        back = self.adapter.read(p)
-        r = paramseal.verify(back.tensors, key, back.metadata["paramseal"])
-        assert r.status == "intact"
-
-
-class TestSafetensorsAdapter(AdapterTests):
-    adapter = SafetensorsAdapter()
-    suffix = ".safetensors"
+from paramseal.formats import adapter_for
 
 
 def test_unknown_format_is_a_clear_error(tmp_path: Path) -> None:
