@@ -430,8 +430,10 @@ class Outer:
 
     Column c (byte c of the 765 content bytes of a group, bytes 1-3 of its 255 values) of the S groups
     gets R Cauchy-RS parity bytes; those are hosted in the data nibbles the inner code set aside (host per
-    codeword), spread so the R parities of one column sit in R different groups. A group the inner decoder
-    cannot decode (it says so) is an erasure for the outer code.
+    codeword) of the NEXT superblock, spread so the R parities of one column sit in R different groups. A group
+    the inner decoder cannot decode (it says so) is an erasure for the outer code; since it hosts only other
+    superblocks' parity, F <= R failed groups in a superblock are repaired unless the next superblock's
+    failed groups hold some of that parity.
     """
 
     S: int
@@ -458,7 +460,8 @@ class Outer:
         slot_sh = np.zeros((nsb, need, 2), np.int64)
         slot_g = np.zeros((nsb, need), np.int64)
         for sb in range(nsb):
-            gs = range(bounds[sb], bounds[sb + 1])
+            hs = (sb + 1) % nsb  # parity of superblock sb lives in superblock sb+1: a failed group never
+            gs = range(bounds[hs], bounds[hs + 1])  # takes its own column's parity down with it
             slots = []
             for t in range(4):
                 for i in range(host):
@@ -512,8 +515,7 @@ class Outer:
             if fl.size > self.R:
                 ok = False
                 continue
-            failed = set((fl + g0).tolist())
-            lost = np.isin(self.slot_g[sb], list(failed)).reshape(self.R, 3 * N_POS)
+            lost = np.isin(self.slot_g[sb], np.nonzero(status)[0]).reshape(self.R, 3 * N_POS)
             nib = [(out[self.slot_vi[sb, :, h]] >> self.slot_sh[sb, :, h].astype(np.uint32)) & np.uint32(15) for h in (0, 1)]
             stored = (nib[0] | (nib[1] << np.uint32(4))).astype(np.uint8).reshape(self.R, 3 * N_POS)
             d = cg[g0:g1].copy()
