@@ -279,3 +279,31 @@ def test_recover_that_fails_leaves_no_output_and_no_copy(tmp_path: Path, model: 
     with pytest.raises(paramseal.KeyMismatchError):
         files.recover_file(sealed, tmp_path / "out.safetensors", paramseal.Key.generate())
     assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "out.safetensors").exists()
+
+
+def test_recover_in_place_and_recover_of_renamed_tensors_leave_no_temporary_file(
+    tmp_path: Path, model: dict, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    patched: list[bool] = []
+    real = files._patch_copy
+    monkeypatch.setattr(files, "_patch_copy", lambda *a: patched.append(real(*a)) or patched[-1])
+    src = helpers.write_st(tmp_path / "m.safetensors", model, META)
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(src, sealed, key)
+    t, meta = helpers.read_st(sealed)
+    bad = helpers.flip_bit(t, "embed.weight", 77, 29)
+    p = helpers.write_st(tmp_path / "bad.safetensors", bad, meta)
+    res = files.recover_file(p, p, key, in_place=True)  # the copy made during verify replaces the input
+    assert res.report.status == "recovered" and patched == [True]
+    got, got_meta = helpers.read_st(p)
+    helpers.assert_model_equal(got, t)
+    assert got_meta == meta
+    # a renamed tensor: the output takes the sealed names, so the input's layout cannot be patched in place
+    renamed = {("embedding" if k == "embed.weight" else k): v for k, v in bad.items()}
+    q = helpers.write_st(tmp_path / "renamed.safetensors", renamed, meta)
+    res = files.recover_file(q, tmp_path / "out.safetensors", key)
+    got, _ = helpers.read_st(tmp_path / "out.safetensors")
+    assert res.report.status == "recovered", res.report.summary()
+    assert patched == [True, False]
+    helpers.assert_model_equal(got, t)
+    assert not list(tmp_path.glob(".*.tmp"))

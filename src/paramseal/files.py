@@ -314,6 +314,8 @@ def recover_file(
                     with atomic_path(d, pre.tmp):
                         pre = None  # atomic_path owns the file now
                     return RecoveredFile(d, rec.report, rec.metadata)
+                pre.cancel()  # free its disk space before the output is written another way
+                pre = None
             if _is_safetensors(d, output=True):
                 _write_recovered(d, chk, rec, out_meta)
             else:
