@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -999,7 +1000,8 @@ def throughput(n: int, levels: list[int], seed: int) -> None:
     mb = content.nbytes / 1e6
     buf = content.tobytes()
     best = min(_timed(lambda: hashlib.sha256(buf).digest()) for _ in range(3))
-    print(f"\n== throughput on {n} fp32 params ({mb:.0f} MB), numba threads {nb.get_num_threads()}")
+    print(f"\n== throughput on {n} fp32 params ({mb:.0f} MB), numba threads {nb.get_num_threads()}, "
+          f"load average {os.getloadavg()[0]:.1f}, best of 3 (recover: one run)")
     print(f"hashlib.sha256                          {mb / best:8.0f} MB/s (1 thread)")
     for k in levels:
         code = build_code(k)
