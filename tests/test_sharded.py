@@ -174,3 +174,12 @@ def test_inspect_describes_a_sharded_checkpoint(
     assert not info["sealed"] and info["sealed_shards"] == 2 and info["mismatched_shards"] == [SHARDS[1]]
     rc, text, _ = helpers.run_cli(["inspect", sealed_ckpt])
     assert rc == 0 and "in 3 shards (2 sealed)" in text and SHARDS[1] in text
+
+
+def test_an_index_naming_no_shards_is_exit_3(tmp_path: Path, key_file: Path) -> None:
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    (folder / sharded.INDEX).write_text('{"weight_map": {}}')
+    for args in (["inspect", folder], ["verify", folder, "--key", key_file]):
+        rc, _, err = helpers.run_cli(args)
+        assert rc == 3 and "names no shards" in err and "Traceback" not in err

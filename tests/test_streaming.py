@@ -307,3 +307,34 @@ def test_recover_in_place_and_recover_of_renamed_tensors_leave_no_temporary_file
     assert patched == [True, False]
     helpers.assert_model_equal(got, t)
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_recover_puts_swapped_tensors_back_and_drops_bloated_headers(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two cases where patching a copy of the input would be wrong: data swapped between same-shape tensors
+    (the copy holds it in the wrong places) and junk metadata padding the header (the copy would keep it)."""
+    rng = np.random.default_rng(11)
+    model = {n: helpers.random_tensor(rng, np.float32, (64, 64)) for n in ("a", "b", "c")}
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(helpers.write_st(tmp_path / "m.safetensors", model, META), sealed, key)
+    t, meta = helpers.read_st(sealed)
+    patched: list[bool] = []
+    real = files._patch_copy
+    monkeypatch.setattr(files, "_patch_copy", lambda *a: patched.append(real(*a)) or patched[-1])
+
+    swapped = helpers.write_st(tmp_path / "swapped.safetensors", {**t, "a": t["b"], "b": t["a"]}, meta)
+    out = tmp_path / "out1.safetensors"
+    res = files.recover_file(swapped, out, key)
+    assert res.report.status == "recovered" and patched == [False]
+    helpers.assert_model_equal(helpers.read_st(out)[0], t)
+    assert files.verify_file(out, key).status == "intact"
+
+    junk = {**meta, "junk": "x" * 300_000}  # not sealed: recover drops it
+    bloated = helpers.write_st(tmp_path / "bloated.safetensors", helpers.flip_bit(t, "c", 5, 30), junk)
+    out = tmp_path / "out2.safetensors"
+    res = files.recover_file(bloated, out, key)
+    assert res.report.status == "recovered" and patched == [False, False]
+    got, got_meta = helpers.read_st(out)
+    helpers.assert_model_equal(got, t)
+    assert got_meta == meta and out.stat().st_size < bloated.stat().st_size - 250_000

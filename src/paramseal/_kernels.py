@@ -212,9 +212,7 @@ def to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8] | None:
     return out
 
 
-def scatter_stripes(
-    out: NDArray[np.uint32], off: int, perm: NDArray[np.int64], x: NDArray[np.uint32]
-) -> None:
+def scatter_stripes(out: NDArray[np.uint32], off: int, perm: NDArray[np.int64], x: NDArray[np.uint32]) -> None:
     """``out[off + s*d + i, perm[s, j]] = x[s, j, i]`` for ``x`` ``[stripes, lanes, d]`` (any strides in ``out``)."""
     ns, g, d = x.shape
     if HAVE_NUMBA:

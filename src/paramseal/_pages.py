@@ -216,9 +216,7 @@ class Workspace:
 SCATTERED_BLOCKS = 2048
 
 
-def chunks(
-    nblocks: int, itemsize: int, first_block: int, lanes: int, *, scattered: int = 0
-) -> list[tuple[int, int]]:
+def chunks(nblocks: int, itemsize: int, first_block: int, lanes: int, *, scattered: int = 0) -> list[tuple[int, int]]:
     """Row ranges of about CHUNK_BYTES covering ``nblocks`` blocks, cut on stripe boundaries where possible.
 
     ``scattered``: the chunk also touches a lane store on disk, so it holds at most that

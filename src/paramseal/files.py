@@ -251,9 +251,7 @@ def seal_file(
         return SealedFile(d, text, header)
 
 
-def verify_file(
-    path: PathLike, key: Key, *, tensors: str | None = None, progress: bool | None = None
-) -> Report:
+def verify_file(path: PathLike, key: Key, *, tensors: str | None = None, progress: bool | None = None) -> Report:
     """Verify a sealed model file (weights, tensor table and metadata).
 
     ``tensors`` is a glob pattern (``fnmatch``) over tensor names: only those tensors are
@@ -288,7 +286,7 @@ def recover_file(
     s, d = Path(src), Path(dst)
     _check_paths(s, d, in_place)
     pre: _Precopy | None = None
-    if _is_safetensors(s) and _is_safetensors(d, output=True):
+    if s.is_file() and _is_safetensors(s) and _is_safetensors(d, output=True):
         pre = _Precopy(s, temp_beside(d))
         pre.start()
     try:
@@ -327,18 +325,26 @@ def recover_file(
             pre.cancel()
 
 
+_HEADER_SLACK = 64 << 10  # input header room beyond the output's own that a patched copy may keep
+
+
 def _patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str, str]) -> bool:
     """Turn ``tmp``, a copy of the input, into the recovered file: new header, rebuilt blocks.
 
     Possible when the recovered tensors have the input's names, dtypes, shapes and order and the
     new header fits the input's header room; returns False (``tmp`` untouched) otherwise.
     """
+    if chk.moved:  # swapped or renamed data: the copy holds it in the wrong places
+        return False
     lay = st_format.read_layout(src)
-    if [(e.name, e.dtype, e.shape) for e in lay.entries] != [(x.name, x.dtype, x.shape) for x in chk.specs]:
+    entries = [(x.name, x.dtype, x.shape) for x in chk.specs]
+    if [(e.name, e.dtype, e.shape) for e in lay.entries] != entries:
         return False
     head = st_format.header_json(lay.entries, meta)
     room = lay.data_start - 8
-    if len(head) > room:
+    # The new header must fit the input's room, and that room must not be bloated (say by junk
+    # metadata an attacker added): the output would keep it as padding.
+    if not len(head) <= room <= st_format.header_room(entries, meta) + _HEADER_SLACK:
         return False
     m = Mapping(tmp, write=True)
     try:

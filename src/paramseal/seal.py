@@ -98,6 +98,7 @@ def seal_flat(
     store = ws.lanes_array(layout.K, g)
     far = is_mapped(store)
     written, release_every = 0, (8 * SCATTERED_BLOCKS if far else 0)  # about 64 MiB of touched pages
+
     def parts_of(t: int, cap: int) -> list[tuple[int, int]]:
         return chunks(specs[t].nblocks, flats[t].dtype.itemsize, int(layout.block_start[t]), g, scattered=cap)
 
@@ -184,7 +185,10 @@ def write_blocks(flat: NDArray[np.unsignedinteger], spec: TensorSpec, r0: int, u
         where = file_span(dst)
         src = ub.reshape(-1)[: n1 - n0]
         if where is not None:  # a write call fills the page cache without a page fault per page
-            os.pwrite(where[0], np.ascontiguousarray(src).data, where[1])
+            buf = np.ascontiguousarray(src).view(np.uint8).reshape(-1).data
+            done = 0
+            while done < len(buf):  # pwrite may write less than asked
+                done += os.pwrite(where[0], buf[done:], where[1] + done)
             return
         dst[:] = src
         release(dst)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import files
+from ._pages import scratch_budget
 from .errors import FormatError, UsageError
 from .formats import safetensors as st_format
 from .keys import Key
@@ -70,6 +71,8 @@ def read_index(folder: Path) -> Index:
         raise FormatError(
             f"'{p}' is not a valid safetensors index ({e}); expected {{\"weight_map\": {{...}}}}"
         ) from None
+    if not wm:
+        raise FormatError(f"'{p}' names no shards: its weight_map is empty")
     for shard in set(wm.values()):
         if Path(shard).name != shard or not shard.endswith(".safetensors"):
             raise FormatError(f"'{p}' names shard '{shard}', which is not a .safetensors file in the same folder")
@@ -89,9 +92,20 @@ def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None)
         return [fn(*j) for j in jobs]
     # spawn, not fork: the parent may already run numba's (or torch's) thread pools, which a forked
     # child inherits half-initialised and can die in
-    with ProcessPoolExecutor(max_workers=w, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # the workers share the scratch budget: each keeps its part of the lane stores in memory
+    share = max(0, scratch_budget() // w) >> 20
+    with ProcessPoolExecutor(
+        max_workers=w,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_set_scratch_budget,
+        initargs=(share,),
+    ) as pool:
         futures = [pool.submit(fn, *j) for j in jobs]
         return [f.result() for f in futures]
+
+
+def _set_scratch_budget(mib: int) -> None:
+    os.environ["PARAMSEAL_SCRATCH_MIB"] = str(mib)
 
 
 @contextmanager

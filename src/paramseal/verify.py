@@ -41,6 +41,7 @@ class Check:
     metadata_issues: list[str]
     notes: list[str] = field(default_factory=list)
     file_metadata: dict[str, str] | None = None  # the file's own metadata, as given
+    moved: frozenset[int] = frozenset()  # tensors whose data was found under another name
 
     _layout: Layout | None = field(default=None, repr=False)
 
@@ -137,7 +138,7 @@ def check(
         ub = _model.blocks_of(found, spec, copy=False)  # recover copies before it writes
         blocks.append(ub)
         bad.append(~_tags_ok(mac, header, t, spec, ub))
-    _match_moved(arrays, header, mac, specs, blocks, bad, issues, extra)
+    moved = _match_moved(arrays, header, mac, specs, blocks, bad, issues, extra)
     notes: list[str] = []
     if select is not None:
         n = sum(chosen)
@@ -153,7 +154,7 @@ def check(
     else:
         meta = _metadata_issues(header.user_metadata, metadata) if metadata is not None else []
     given = None if metadata is None else dict(metadata)
-    return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given)
+    return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved))
 
 
 _META_DIFFERS = "the file's metadata differs from the metadata sealed (its keys cannot be compared one by one)"
@@ -184,15 +185,17 @@ def _match_moved(
     bad: list[NDArray[np.bool_]],
     issues: list[list[str]],
     extra: list[str],
-) -> None:
+) -> set[int]:
     """Find renamed and swapped tensors: a wholly failing tensor whose data verifies under another name.
 
     Candidates that carry an identity record are matched by the tensor index in it;
     the rest (integer tensors, tiny ones) are tried against each failing tensor.
+    Returns the tensors whose blocks now come from another name.
     """
+    moved: set[int] = set()
     failing = [t for t, b in enumerate(bad) if b.all()]
     if not failing:
-        return
+        return moved
     # Candidates: extra tensors, and the data found under the names of other wholly failing tensors.
     cands = list(extra) + [specs[t].name for t in failing if specs[t].name in arrays]
     ks = {(s.dtype, s.k) for t in failing if (s := specs[t]).reserved}
@@ -218,6 +221,7 @@ def _match_moved(
             if ok.mean() < 0.5:
                 continue
             used.add(name)
+            moved.add(t)
             blocks[t], bad[t] = ub, ~ok
             if name in extra:
                 extra.remove(name)
@@ -225,6 +229,7 @@ def _match_moved(
             else:
                 issues[t] = [f"swapped: its data was found under '{name}'"]
             break
+    return moved
 
 
 def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) -> str:

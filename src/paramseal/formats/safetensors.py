@@ -22,7 +22,7 @@ from ..errors import FormatError
 from ..levels import ST_TO_NP
 from .base import Loaded
 
-_MAX_HEADER = 100 << 20
+_MAX_HEADER = 100_000_000  # the safetensors library refuses longer headers
 
 
 class SafetensorsAdapter:
