@@ -164,7 +164,7 @@ def build_code(k: int, host: int = 0) -> Code:
             used = [fl[i] for i in keep]
             for b0 in (1, 0, 2, 3, 4, 5, 6, 7):
                 cols = np.zeros((8 * dt, 8 * dt), np.uint8)
-                for r, (j, b, nib) in enumerate(used):
+                for r, (j, _b, nib) in enumerate(used):
                     pw = EXP[(np.arange(b0, b0 + dt) * j) % 255]
                     for kb in range(4):
                         row = gf_mul_np(np.full(dt, 1 << (4 * nib + kb)), pw)
@@ -384,7 +384,8 @@ def kernels(W: int):  # type: ignore[no-untyped-def]
 def syndromes_all(vals: np.ndarray, code: Code, lay: Layout, keep: int, table: np.ndarray | None = None) -> np.ndarray:
     """(G, 4, W) packed syndromes of every group (tag and padding bytes count as zero)."""
     acc = np.zeros((lay.G, 4, code.W), np.uint64)
-    kernels(code.W)[0](vals, lay.n, lay.G, lay.offs, lay.fixed, np.uint32(keep), code.syn if table is None else table, acc)
+    table = code.syn if table is None else table
+    kernels(code.W)[0](vals, lay.n, lay.G, lay.offs, lay.fixed, np.uint32(keep), table, acc)
     return acc
 
 
@@ -421,7 +422,7 @@ def _gf_inv(m: np.ndarray) -> np.ndarray:
         for r in range(n):
             if r != c and a[r][c]:
                 f = a[r][c]
-                a[r] = [x ^ int(EXP[LOG[f] + LOG[y]]) for x, y in zip(a[r], a[c])]
+                a[r] = [x ^ int(EXP[LOG[f] + LOG[y]]) for x, y in zip(a[r], a[c], strict=True)]
     return np.array([row[n:] for row in a], np.uint8)
 
 
@@ -517,7 +518,10 @@ class Outer:
                 ok = False
                 continue
             lost = np.isin(self.slot_g[sb], np.nonzero(status)[0]).reshape(self.R, 3 * N_POS)
-            nib = [(out[self.slot_vi[sb, :, h]] >> self.slot_sh[sb, :, h].astype(np.uint32)) & np.uint32(15) for h in (0, 1)]
+            nib = [
+                (out[self.slot_vi[sb, :, h]] >> self.slot_sh[sb, :, h].astype(np.uint32)) & np.uint32(15)
+                for h in (0, 1)
+            ]
             stored = (nib[0] | (nib[1] << np.uint32(4))).astype(np.uint8).reshape(self.R, 3 * N_POS)
             d = cg[g0:g1].copy()
             d[fl] = 0
@@ -547,7 +551,7 @@ class Outer:
 
 
 def seal(content: np.ndarray, code: Code, lay: Layout, key: int, outer: Outer | None = None) -> np.ndarray:
-    """Content (uint32) -> sealed values: [outer parity], parity nibbles, then block tags in byte 0 of 4 values a block."""
+    """Content (uint32) -> sealed values: [outer parity], parity nibbles, then tags in byte 0 of 4 values a block."""
     vals = content & np.uint32(0xFFFFFFFF ^ code.wmask)
     if outer is not None:
         outer.embed(vals, code, lay)
@@ -937,7 +941,9 @@ def run_point(code, lay, sealed, key, attack, rate, trials, seed, outer=None):  
         times.append(time.perf_counter() - t0)
         exact = bool(np.array_equal(out, sealed))
         if claimed and not exact:
-            raise SelfCheckError(f"FALSE CLAIM: k={code.k} {attack} {rate} trial {tr}: decoder claimed success, output differs")
+            raise SelfCheckError(
+                f"FALSE CLAIM: k={code.k} {attack} {rate} trial {tr}: decoder claimed success, output differs"
+            )
         claims += claimed
         wins += exact
         fails.append(int((status != 0).sum()))
@@ -960,7 +966,7 @@ def margins(k: int, n: int, rate: float, trials: int, seed: int) -> None:
         bad = tam != sealed
         e = np.where(gi < n, bad[np.minimum(gi, n - 1)], False).sum(1)
         _, status, _ = recover(tam, code, lay, key)
-        for m, ok in zip((e - rad).astype(np.int64).tolist(), (status == 0).tolist()):
+        for m, ok in zip((e - rad).astype(np.int64).tolist(), (status == 0).tolist(), strict=True):
             a = tab.setdefault(m, [0, 0])
             a[0] += 1
             a[1] += ok
@@ -974,7 +980,7 @@ def fmt_fails(fails: np.ndarray) -> str:
     vals, cnts = np.unique(fails, return_counts=True)
     if vals.size > 6:
         return f"{fails.min()}..{fails.max()} (mean {fails.mean():.0f})"
-    return " ".join(f"{v}x{c}" for v, c in zip(vals, cnts))
+    return " ".join(f"{v}x{c}" for v, c in zip(vals, cnts, strict=True))
 
 
 def simulate(k: int, n: int, trials: int, seed: int, attacks: list[str], outer_spec: tuple[int, ...] | None) -> None:
@@ -1003,12 +1009,18 @@ def simulate(k: int, n: int, trials: int, seed: int, attacks: list[str], outer_s
         f"\n== k={k}: d_t={code.d.tolist()} (first roots {code.first.tolist()}), {n} params, {lay.G} groups; "
         f"fixed erasures per codeword mean {fx.mean() / lay.G:.2f}; errors-only radius ~{radius(code):.1f} "
         f"values/group; self-checks passed"
-        + (f"\n   outer code: superblocks of {outer_spec[0]} groups, {outer_spec[1]} parity groups each, hosted in "
-           f"{outer_spec[2]} data symbols per codeword (d_t lowered by {outer_spec[2]})" if outer_spec else "")
+        + (
+            f"\n   outer code: superblocks of {outer_spec[0]} groups, {outer_spec[1]} parity groups each, hosted in "
+            f"{outer_spec[2]} data symbols per codeword (d_t lowered by {outer_spec[2]})"
+            if outer_spec
+            else ""
+        )
     )
     for attack in attacks:
-        print(f"\n{attack:>16}  rate   actual  trials  exact  claimed  failed groups/trial (value x trials)  "
-              f"{'predicted P(fail)*' if attack == 'scattered' else ''}  s/trial")
+        print(
+            f"\n{attack:>16}  rate   actual  trials  exact  claimed  failed groups/trial (value x trials)  "
+            f"{'predicted P(fail)*' if attack == 'scattered' else ''}  s/trial"
+        )
         for rate in RATES[k][attack]:
             t0 = time.perf_counter()
             wins, claims, fails, fracs, med = run_point(code, lay, sealed, key, attack, rate, trials, seed, outer)
@@ -1025,10 +1037,12 @@ def throughput(n: int, levels: list[int], seed: int) -> None:
     content = synthetic_model(n, seed)
     mb = content.nbytes / 1e6
     buf = content.tobytes()
-    best = min(_timed(lambda: hashlib.sha256(buf).digest()) for _ in range(3))
-    print(f"\n== throughput on {n} fp32 params ({mb:.0f} MB), numba threads {nb.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}, best of 3 (recover: one run)")
-    print(f"hashlib.sha256                          {mb / best:8.0f} MB/s (1 thread)")
+    print(
+        f"\n== throughput on {n} fp32 params ({mb:.0f} MB), numba threads {nb.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f}; best of 3 (recover: one run)"
+    )
+    row = "{:<46} {:8.0f} MB/s  {}"
+    print(row.format("hashlib.sha256 (1 thread)", mb / _best(3, hashlib.sha256, buf), ""))
     for k in levels:
         code = build_code(k)
         key = 0xC0FFEE + k
@@ -1036,15 +1050,14 @@ def throughput(n: int, levels: list[int], seed: int) -> None:
         masked = content & np.uint32(0xFFFFFFFF ^ code.wmask)
         for threads in sorted({1, nb.config.NUMBA_NUM_THREADS}):
             nb.set_num_threads(threads)
-            t_par = min(_timed(lambda: encode_parity(masked.copy(), code, lay)) for _ in range(3))
-            t_cp = min(_timed(lambda: masked.copy()) for _ in range(3))
-            t_seal = min(_timed(lambda: seal(content, code, lay, key)) for _ in range(3))
-            print(f"k={k:<2} parity (interleave+RS), {threads} thr     {mb / max(t_par - t_cp, 1e-9):8.0f} MB/s")
-            print(f"k={k:<2} seal (mask+parity+sim tags), {threads} thr {mb / t_seal:8.0f} MB/s")
+            t_cp = _best(3, np.copy, masked)
+            t_par = _best(3, _encode_copy, masked, code, lay) - t_cp
+            t_seal = _best(3, seal, content, code, lay, key)
+            print(row.format(f"k={k} parity (interleave + RS), {threads} thread(s)", mb / max(t_par, 1e-9), ""))
+            print(row.format(f"k={k} seal (mask, parity, sim tags), {threads} thread(s)", mb / t_seal, ""))
         nb.set_num_threads(nb.config.NUMBA_NUM_THREADS)
         sealed = seal(content, code, lay, key)
-        t_ver = min(_timed(lambda: recover(sealed, code, lay, key)) for _ in range(2))
-        print(f"k={k:<2} verify intact (sim tags only)          {mb / t_ver:8.0f} MB/s")
+        print(row.format(f"k={k} verify intact (sim tags only)", mb / _best(3, recover, sealed, code, lay, key), ""))
         for attack, rate in (("scattered", 0.10 if k == 8 else 0.20), ("contiguous-runs", 0.18 if k == 8 else 0.30)):
             tam = sealed.copy()
             ATTACKS[attack](tam, rate, np.random.default_rng(5))
@@ -1052,13 +1065,20 @@ def throughput(n: int, levels: list[int], seed: int) -> None:
             out, status, _ = recover(tam, code, lay, key)
             dt = time.perf_counter() - t0
             ok = "exact" if np.array_equal(out, sealed) else f"NOT exact ({int((status != 0).sum())} groups failed)"
-            print(f"k={k:<2} recover {attack} {rate:.0%}  {'':>8}  {mb / dt:8.0f} MB/s  ({ok})")
+            print(row.format(f"k={k} recover {attack} {rate:.0%}", mb / dt, ok))
 
 
-def _timed(fn) -> float:  # type: ignore[no-untyped-def]
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def _encode_copy(masked: np.ndarray, code: Code, lay: Layout) -> None:
+    encode_parity(masked.copy(), code, lay)
+
+
+def _best(reps: int, fn, *args) -> float:  # type: ignore[no-untyped-def]
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn(*args)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1071,15 +1091,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--speed-params", type=int, default=1 << 23, help="model size for the throughput rows (0: skip)")
     ap.add_argument("--quick", action="store_true", help="2^18 params, 5 trials, small throughput model")
     ap.add_argument("--margins", action="store_true", help="only print decoded groups vs distance to the radius")
-    ap.add_argument("--outer", default="", help="S,R: add the outer code (superblocks of ~S groups, R parity groups each)")
+    ap.add_argument("--outer", default="", help="S,R: add the outer code (superblocks of ~S groups, R parity each)")
     a = ap.parse_args(argv)
     if a.quick:
         a.params, a.trials, a.speed_params = min(a.params, 1 << 18), min(a.trials, 5), min(a.speed_params, 1 << 21)
     levels = [int(x) for x in a.levels.split(",")]
     attacks = [x for x in a.attacks.split(",") if x]
     t0 = time.perf_counter()
-    print(f"sim_scattered: numpy {np.__version__}, numba {nb.__version__}, threads {nb.get_num_threads()}, "
-          f"params {a.params}, trials {a.trials}, seed {a.seed}, outer {a.outer or 'none'}")
+    print(
+        f"sim_scattered: numpy {np.__version__}, numba {nb.__version__}, threads {nb.get_num_threads()}, "
+        f"params {a.params}, trials {a.trials}, seed {a.seed}, outer {a.outer or 'none'}"
+    )
     if a.margins:
         for k in levels:
             margins(k, a.params, 0.13 if k == 8 else 0.21, a.trials, a.seed)
