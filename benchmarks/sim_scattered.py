@@ -25,8 +25,13 @@ Construction (fp32, k watermark bits per value, k in {8, 12}):
 The tag here is a keyed 64-bit mixing hash (NOT cryptographic; it only stands in for the
 engine's Wegman–Carter MAC so that detection and flagging are simulated realistically).
 
-    python benchmarks/sim_scattered.py              # 50 trials per point, 2^20 params, k=8 and k=12
-    python benchmarks/sim_scattered.py --quick      # smoke run
+Optional outer layer (--outer S,R): a Cauchy RS code over superblocks of ~S groups repairs the few
+groups the inner decoder reports as failed (see Outer).
+
+    python benchmarks/sim_scattered.py                  # 50 trials/point, 2^20 params, k=8 and 12 (~6-18 min, 2 cores)
+    python benchmarks/sim_scattered.py --outer 240,3    # the same with the outer layer
+    python benchmarks/sim_scattered.py --margins        # decoded groups vs distance to the decoding radius
+    python benchmarks/sim_scattered.py --quick          # smoke run (~1-2 min)
 """
 
 from __future__ import annotations
