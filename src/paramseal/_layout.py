@@ -167,7 +167,7 @@ class Layout:
         enc = Cipher(algorithms.AES(self._perm_key), modes.CTR(ctr)).encryptor()
         skip = first % 16
         r = np.frombuffer(enc.update(bytes(skip + nbytes)), dtype="<u8", offset=skip).reshape(s1 - s0, g)
-        return np.argsort(r, axis=1, kind="stable").astype(np.int64)
+        return stable_argsort_rows(r)
 
     def tensor_of(self, b: NDArray[np.int64]) -> NDArray[np.int64]:
         """Tensor index of global blocks ``b``."""
@@ -293,6 +293,19 @@ class Layout:
         return ~hole
 
 
+def stable_argsort_rows(r: NDArray[np.uint64]) -> NDArray[np.int64]:
+    """``np.argsort(r, axis=1, kind="stable")``, about 4x faster for random keys.
+
+    Without equal keys in a row every sort gives the stable permutation, so quicksort is used
+    and only rows with a tie (about 1e-12 each for random 64-bit keys) are sorted again stably.
+    """
+    perm = np.argsort(r, axis=1, kind="quicksort").astype(np.int64)
+    ties = np.flatnonzero((np.diff(np.take_along_axis(r, perm, axis=1), axis=1) == 0).any(axis=1))
+    if ties.size:
+        perm[ties] = np.argsort(r[ties], axis=1, kind="stable")
+    return perm
+
+
 def _profile(specs: list[TensorSpec]) -> dict[str, NDArray[np.int64]]:
     """Per tensor: data shards, stored parity shards of a full / the last block, reserved blocks, tag placement."""
     full_st, last_st, full_int, last_int = [], [], [], []
@@ -392,4 +405,4 @@ def ranges_mask(
     return out
 
 
-__all__ = ["MAX_SHARDS", "Layout", "TensorSpec", "build_layout", "ranges_mask"]
+__all__ = ["MAX_SHARDS", "Layout", "TensorSpec", "build_layout", "ranges_mask", "stable_argsort_rows"]
