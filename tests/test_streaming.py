@@ -36,6 +36,14 @@ def tiny_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", "0")
 
 
+def _sealed(tmp_path: Path, model: dict, key: paramseal.Key) -> tuple[Path, dict, dict[str, str]]:
+    """Seal ``model`` file to file; the sealed path, its tensors and its metadata."""
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(helpers.write_st(tmp_path / "m.safetensors", model, META), sealed, key)
+    t, meta = helpers.read_st(sealed)
+    return sealed, t, meta
+
+
 def _streamed_equals_in_memory(tmp_path: Path, model: dict, key: paramseal.Key) -> None:
     src = helpers.write_st(tmp_path / "m.safetensors", model, META)
     out = tmp_path / "s.safetensors"
@@ -95,10 +103,7 @@ def test_the_scratch_budget_decides_where_lane_stores_live(tmp_path: Path, monke
 def test_chunked_verify_and_recover_locate_and_restore_exactly(
     tmp_path: Path, model: dict, key: paramseal.Key, tiny_chunks: None
 ) -> None:
-    src = helpers.write_st(tmp_path / "m.safetensors", model, META)
-    sealed = tmp_path / "s.safetensors"
-    files.seal_file(src, sealed, key)
-    t, meta = helpers.read_st(sealed)
+    sealed, t, meta = _sealed(tmp_path, model, key)
     bad = helpers.flip_bit(t, "embed.weight", 1000, 30)
     bad = helpers.flip_bit(bad, "fc.weight", 5, 3)
     bad["fc.bias"] = bad["fc.bias"] * 0  # a whole small tensor
@@ -117,10 +122,7 @@ def test_chunked_verify_and_recover_locate_and_restore_exactly(
 def test_partial_verification_checks_only_the_selected_tensors(
     tmp_path: Path, model: dict, key: paramseal.Key, key_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = helpers.write_st(tmp_path / "m.safetensors", model, META)
-    sealed = tmp_path / "s.safetensors"
-    files.seal_file(src, sealed, key)
-    t, meta = helpers.read_st(sealed)
+    sealed, t, meta = _sealed(tmp_path, model, key)
     p = helpers.write_st(tmp_path / "bad.safetensors", helpers.flip_bit(t, "fc.weight", 7, 2), meta)
     import importlib
 
@@ -232,10 +234,7 @@ def test_recover_writes_the_same_model_by_every_output_path(
     verify runs; copy tensor by tensor in the kernel; rewrite every chunk."""
     from paramseal.formats import safetensors as st_format
 
-    src = helpers.write_st(tmp_path / "m.safetensors", model, META)
-    sealed = tmp_path / "s.safetensors"
-    files.seal_file(src, sealed, key)
-    t, meta = helpers.read_st(sealed)
+    sealed, t, meta = _sealed(tmp_path, model, key)
     bad = helpers.flip_bit(t, "embed.weight", 1000, 30)
     bad = helpers.flip_bit(bad, "fc.weight", 5, 3)
     p = helpers.write_st(tmp_path / "bad.safetensors", bad, {**meta, "note": "added after sealing"})
@@ -266,10 +265,7 @@ def test_recover_writes_the_same_model_by_every_output_path(
 
 
 def test_recover_that_fails_leaves_no_output_and_no_copy(tmp_path: Path, model: dict, key: paramseal.Key) -> None:
-    src = helpers.write_st(tmp_path / "m.safetensors", model, META)
-    sealed = tmp_path / "s.safetensors"
-    files.seal_file(src, sealed, key)
-    t, meta = helpers.read_st(sealed)
+    sealed, t, meta = _sealed(tmp_path, model, key)
     t = {k: np.zeros_like(v) if v.dtype.kind == "f" else v for k, v in t.items()}  # everything destroyed
     p = helpers.write_st(tmp_path / "bad.safetensors", t, meta)
     res = files.recover_file(p, tmp_path / "out.safetensors", key)
@@ -287,10 +283,7 @@ def test_recover_in_place_and_recover_of_renamed_tensors_leave_no_temporary_file
     patched: list[bool] = []
     real = files._patch_copy
     monkeypatch.setattr(files, "_patch_copy", lambda *a: patched.append(real(*a)) or patched[-1])
-    src = helpers.write_st(tmp_path / "m.safetensors", model, META)
-    sealed = tmp_path / "s.safetensors"
-    files.seal_file(src, sealed, key)
-    t, meta = helpers.read_st(sealed)
+    sealed, t, meta = _sealed(tmp_path, model, key)
     bad = helpers.flip_bit(t, "embed.weight", 77, 29)
     p = helpers.write_st(tmp_path / "bad.safetensors", bad, meta)
     res = files.recover_file(p, p, key, in_place=True)  # the copy made during verify replaces the input
