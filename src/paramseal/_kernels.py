@@ -100,9 +100,10 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
     _TILE = 64  # lanes per tile: a tile's blocks (64 x d words) stay in L1 while its rows are written
 
     @numba.njit(cache=True, nogil=True)
-    def _scatter_nb(out, off, d, perm, x):  # type: ignore[no-untyped-def]
-        # out[off + s*d + i, perm[s, j]] = x[s, j, i]: whole stripes of blocks into a [shards, lanes] store.
-        # Tiled transpose: writes run along the store's rows, reads stay within one tile of blocks.
+    def _stripes_nb(store, off, d, perm, x, to_store):  # type: ignore[no-untyped-def]
+        # to_store: store[off + s*d + i, perm[s, j]] = x[s, j, i] (whole stripes into a [shards, lanes]
+        # store); else the inverse. Tiled transpose: the store is walked along its rows, and the
+        # blocks of one tile of lanes stay in L1 meanwhile.
         ns, g = perm.shape
         inv = np.empty(g, dtype=np.int64)
         for s in range(ns):
@@ -112,13 +113,17 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
             for l0 in range(0, g, _TILE):
                 l1 = min(g, l0 + _TILE)
                 for i in range(d):
-                    row = out[base + i]
-                    for lane in range(l0, l1):
-                        row[lane] = x[s, inv[lane], i]
+                    row = store[base + i]
+                    if to_store:  # two loops, not a branch per element
+                        for lane in range(l0, l1):
+                            row[lane] = x[s, inv[lane], i]
+                    else:
+                        for lane in range(l0, l1):
+                            x[s, inv[lane], i] = row[lane]
 
     @numba.njit(cache=True, nogil=True)
     def _scatter_lm_nb(out, off, d, perm, x):  # type: ignore[no-untyped-def]
-        # _scatter_nb for a lane-major store (a transposed view): each block's shards are contiguous there
+        # the scatter for a lane-major store (a transposed view): each block's shards are contiguous there
         ns, g = perm.shape
         for s in range(ns):
             base = off + s * d
@@ -126,22 +131,6 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                 lane = perm[s, j]
                 for i in range(d):
                     out[base + i, lane] = x[s, j, i]
-
-    @numba.njit(cache=True, nogil=True)
-    def _gather_nb(src, off, d, perm, out):  # type: ignore[no-untyped-def]
-        # inverse of _scatter_nb: out[s, j, i] = src[off + s*d + i, perm[s, j]], tiled the same way
-        ns, g = perm.shape
-        inv = np.empty(g, dtype=np.int64)
-        for s in range(ns):
-            for j in range(g):
-                inv[perm[s, j]] = j
-            base = off + s * d
-            for l0 in range(0, g, _TILE):
-                l1 = min(g, l0 + _TILE)
-                for i in range(d):
-                    row = src[base + i]
-                    for lane in range(l0, l1):
-                        out[s, inv[lane], i] = row[lane]
 
     # The hash also exists threaded: threads pay off on big inputs, but starting them costs
     # milliseconds on a busy machine, which would dominate small chunks. The bit packers are
@@ -216,7 +205,10 @@ def scatter_stripes(out: NDArray[np.uint32], off: int, perm: NDArray[np.int64], 
     """``out[off + s*d + i, perm[s, j]] = x[s, j, i]`` for ``x`` ``[stripes, lanes, d]`` (any strides in ``out``)."""
     ns, g, d = x.shape
     if HAVE_NUMBA:
-        (_scatter_lm_nb if out.strides[0] < out.strides[1] else _scatter_nb)(out, off, d, perm, x)
+        if out.strides[0] < out.strides[1]:
+            _scatter_lm_nb(out, off, d, perm, x)
+        else:
+            _stripes_nb(out, off, d, perm, x, True)
         return
     view = out[off : off + ns * d].reshape(ns, d, g)
     view[np.arange(ns)[:, None], :, perm] = x
@@ -227,7 +219,7 @@ def gather_stripes(src: NDArray[np.uint32], off: int, perm: NDArray[np.int64], d
     ns, g = perm.shape
     if HAVE_NUMBA:
         out = np.empty((ns, g, d), dtype=np.uint32)
-        _gather_nb(src, off, d, perm, out)
+        _stripes_nb(src, off, d, perm, out, False)
         return out
     view = src[off : off + ns * d].reshape(ns, d, g)
     got: NDArray[np.uint32] = view[np.arange(ns)[:, None], :, perm]
