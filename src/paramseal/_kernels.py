@@ -122,6 +122,18 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                             x[s, inv[lane], i] = row[lane]
 
     @numba.njit(cache=True, nogil=True)
+    def _blocks_nb(store, offs, lanes, counts, x, to_store):  # type: ignore[no-untyped-def]
+        # Blocks anywhere (partial stripes): store[offs[b] + i, lanes[b]] <-> x[b, i] for i < counts[b]
+        for b in range(x.shape[0]):
+            o, lane = offs[b], lanes[b]
+            if to_store:
+                for i in range(counts[b]):
+                    store[o + i, lane] = x[b, i]
+            else:
+                for i in range(counts[b]):
+                    x[b, i] = store[o + i, lane]
+
+    @numba.njit(cache=True, nogil=True)
     def _scatter_lm_nb(out, off, d, perm, x):  # type: ignore[no-untyped-def]
         # the scatter for a lane-major store (a transposed view): each block's shards are contiguous there
         ns, g = perm.shape
@@ -226,6 +238,36 @@ def gather_stripes(src: NDArray[np.uint32], off: int, perm: NDArray[np.int64], d
     return got
 
 
+def scatter_blocks(
+    store: NDArray[np.uint32],
+    offs: NDArray[np.int64],
+    lanes: NDArray[np.int64],
+    counts: NDArray[np.int64],
+    x: NDArray[np.uint32],
+) -> None:
+    """``store[offs[b] + i, lanes[b]] = x[b, i]`` for ``i < counts[b]``: single blocks, any strides."""
+    if HAVE_NUMBA:
+        _blocks_nb(store, offs, lanes, counts, x, True)
+        return
+    rows = offs[:, None] + np.arange(x.shape[1])
+    valid = np.arange(x.shape[1])[None, :] < counts[:, None]
+    store[rows[valid], np.broadcast_to(lanes[:, None], rows.shape)[valid]] = x[valid]
+
+
+def gather_blocks(
+    store: NDArray[np.uint32], offs: NDArray[np.int64], lanes: NDArray[np.int64], counts: NDArray[np.int64], w: int
+) -> NDArray[np.uint32]:
+    """Inverse of :func:`scatter_blocks`: ``[blocks, w]``, zero past each block's count."""
+    out = np.zeros((offs.size, w), dtype=np.uint32)
+    if HAVE_NUMBA:
+        _blocks_nb(store, offs, lanes, counts, out, False)
+        return out
+    rows = offs[:, None] + np.arange(w)
+    valid = np.arange(w)[None, :] < counts[:, None]
+    out[valid] = store[np.where(valid, rows, 0), np.broadcast_to(lanes[:, None], rows.shape)][valid]
+    return out
+
+
 def read_tag_words(
     words: NDArray[np.uint16], wmask: NDArray[np.uint16], wshift: NDArray[np.uint64]
 ) -> NDArray[np.uint64]:
@@ -262,7 +304,9 @@ __all__ = [
     "mlh_tags",
     "mlh_tags_numpy",
     "pack_fields",
+    "gather_blocks",
     "read_tag_words",
+    "scatter_blocks",
     "scatter_stripes",
     "to_split",
     "unpack_fields",

@@ -78,9 +78,9 @@ def gather_chunk(out: NDArray[np.uint32], layout: Layout, t: int, spec: TensorSp
         ns, off = s1 - s0, int(layout.stripe_data[s0])
         x = data[s0 * layout.lanes - b0 : s1 * layout.lanes - b0].reshape(ns, layout.lanes, d)
         _kernels.scatter_stripes(out, off, layout.perm[s0:s1], x)
-    if edge.size:
-        rows = layout.off_data[b0 + edge, None] + np.arange(d)
-        out[rows, layout.lane[b0 + edge, None]] = data[edge]
+    if edge.size:  # partial stripes: block by block, compiled (fancy indexing here cost 30 s on 3 GiB)
+        b = b0 + edge
+        _kernels.scatter_blocks(out, layout.off_data[b], layout.lane[b], np.full(b.size, d, np.int64), data[edge])
 
 
 def gather_selected(
@@ -181,12 +181,10 @@ def block_parity(
     else:
         rows_e = rows
     b = b0 + rows_e
-    pos, valid = _store_slots(layout, b, w)
-    cols = np.where(valid, pos, 0)
     lanes = layout.lane[b] if col_of_lane is None else col_of_lane[layout.lane[b]]
-    vals = np.where(valid, parity[cols, lanes[:, None]], 0)
+    vals = _kernels.gather_blocks(parity, layout.off_store[b], lanes, layout.n_store[b], w)
     if rows is not None:
-        return vals.astype(np.uint32)
+        return vals
     out[edge] = vals
     return out
 
@@ -206,9 +204,7 @@ def read_parity_chunk(
         _kernels.scatter_stripes(out, off, layout.perm[s0:s1], lo[s0 * g - b0 : s1 * g - b0].reshape(ns, g, w))
     if edge.size:
         b = b0 + edge
-        cols, valid = _store_slots(layout, b, w)
-        lanes = np.broadcast_to(layout.lane[b, None], cols.shape)
-        out[cols[valid], lanes[valid]] = lo[edge][valid]
+        _kernels.scatter_blocks(out, layout.off_store[b], layout.lane[b], layout.n_store[b], lo[edge])
 
 
 def write_storage(
