@@ -331,3 +331,35 @@ def test_recover_puts_swapped_tensors_back_and_drops_bloated_headers(
     got, got_meta = helpers.read_st(out)
     helpers.assert_model_equal(got, t)
     assert got_meta == meta and out.stat().st_size < bloated.stat().st_size - 250_000
+
+
+def test_a_sliding_stripe_window_fills_the_on_disk_store_exactly(
+    tmp_path: Path, key: paramseal.Key, fixed_salt: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the lane store on disk, seal gathers whole stripes in a window that slides along the model."""
+    import importlib
+
+    from paramseal import _model
+
+    seal_module = importlib.import_module("paramseal.seal")  # paramseal.seal is also the function
+    rng = np.random.default_rng(8)
+    model = {
+        "a": helpers.random_tensor(rng, np.float32, (700, 300)),  # 3282 blocks, ragged last block
+        "h": helpers.random_tensor(rng, np.float16, (5000,)),
+        "ids": np.arange(3000, dtype=np.int64),  # integer blocks carry more data shards
+        "b": helpers.random_tensor(rng, helpers.BF16, (64, 77)),
+    }
+    src = helpers.write_st(tmp_path / "m.safetensors", model, META)
+    in_memory = paramseal.seal(files.read_model(src).tensors, key, metadata=META)
+    monkeypatch.setattr(_pages, "CHUNK_BYTES", 4096)
+    monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", "0")
+    monkeypatch.setattr(seal_module, "WINDOW_BYTES", 0)  # the smallest window the chunks allow
+    writes: list[int] = []
+    real = _model.StripeWindow._write
+    monkeypatch.setattr(_model.StripeWindow, "_write", lambda self, upto: writes.append(upto) or real(self, upto))
+    out = tmp_path / "s.safetensors"
+    files.seal_file(src, out, key)
+    assert len(writes) > 10, "the window must slide many times"
+    got, meta = helpers.read_st(out)
+    helpers.assert_model_equal(got, in_memory.tensors)
+    assert meta[METADATA_KEY] == in_memory.header_json

@@ -69,18 +69,73 @@ def _split(
     return s0, s1, edge
 
 
-def gather_chunk(out: NDArray[np.uint32], layout: Layout, t: int, spec: TensorSpec, ub: Blocks, r0: int = 0) -> None:
-    """Scatter the data shards of blocks ``[r0, r0 + len(ub))`` of tensor ``t`` into ``out`` ``[K, lanes]``."""
+def gather_chunk(
+    out: NDArray[np.uint32], layout: Layout, t: int, spec: TensorSpec, ub: Blocks, r0: int = 0, row0: int = 0
+) -> None:
+    """Scatter the data shards of blocks ``[r0, r0 + len(ub))`` of tensor ``t`` into ``out`` ``[K, lanes]``.
+
+    ``out`` may hold only the shards from ``row0`` on (a window of stripes): row ``r`` is at ``r - row0``.
+    """
     data = data_bytes(ub, spec)
     b0, d = int(layout.block_start[t]) + r0, spec.data_shards
     s0, s1, edge = _split(layout, t, spec, r0, r0 + ub.shape[0])
     if s1 > s0:  # whole stripes: one block-level scatter, no per-shard index arrays
-        ns, off = s1 - s0, int(layout.stripe_data[s0])
+        ns, off = s1 - s0, int(layout.stripe_data[s0]) - row0
         x = data[s0 * layout.lanes - b0 : s1 * layout.lanes - b0].reshape(ns, layout.lanes, d)
         _kernels.scatter_stripes(out, off, layout.perm[s0:s1], x)
     if edge.size:  # partial stripes: block by block, compiled (fancy indexing here cost 30 s on 3 GiB)
         b = b0 + edge
-        _kernels.scatter_blocks(out, layout.off_data[b], layout.lane[b], np.full(b.size, d, np.int64), data[edge])
+        offs = layout.off_data[b] - row0
+        _kernels.scatter_blocks(out, offs, layout.lane[b], np.full(b.size, d, np.int64), data[edge])
+
+
+class StripeWindow:
+    """Gathers a window of whole stripes in memory, then writes them to a lane store on disk at once.
+
+    The blocks of a stripe all lie in different lanes, so scattering them straight into a
+    lane-major store on disk costs a page fault per block (29 of 71 s sealing 2.9 GiB). A window
+    of T stripes writes each lane's T stripes as one run instead. Blocks must arrive in global
+    order (tensor by tensor, chunk by chunk), as the seal's gather pass reads them.
+    """
+
+    def __init__(self, store: NDArray[np.uint32], layout: Layout, max_chunk_blocks: int, budget: int) -> None:
+        g, ns = layout.lanes, layout.nstripes
+        self.store, self.layout = store, layout
+        self.rows = np.append(layout.stripe_data, layout.K)  # first shard row of each stripe, and the end
+        per = int(np.diff(self.rows).max(initial=1))
+        # a chunk spans at most ceil(chunk / g) + 1 stripes; beyond that, as many as the budget allows
+        self.T = min(ns, max(2 + max_chunk_blocks // g, budget // max(1, 4 * g * per)))
+        span = self.rows[np.minimum(np.arange(ns) + self.T, ns)] - self.rows[:ns]
+        self.buf = np.zeros((int(span.max(initial=1)), g), dtype=np.uint32)
+        self.w0 = 0  # first stripe held in the window
+
+    def gather(self, t: int, spec: TensorSpec, ub: Blocks, r0: int) -> None:
+        """Scatter blocks ``[r0, r0 + len(ub))`` of tensor ``t``, writing out the stripes before them first."""
+        g = self.layout.lanes
+        first = int(self.layout.block_start[t]) + r0
+        s_first, s_last = first // g, (first + ub.shape[0] - 1) // g
+        if s_last >= self.w0 + self.T:
+            self._write(s_first)
+        if s_last >= self.w0 + self.T:
+            raise AssertionError(f"a chunk spans stripes {s_first}..{s_last}, more than the window of {self.T}")
+        gather_chunk(self.buf, self.layout, t, spec, ub, r0, row0=int(self.rows[self.w0]))
+
+    def finish(self) -> None:
+        """Write every stripe still in the window."""
+        self._write(self.layout.nstripes)
+
+    def _write(self, upto: int) -> None:
+        """Write stripes ``[w0, upto)`` to the store and slide the window to start at ``upto``."""
+        upto = min(upto, self.w0 + self.T, self.layout.nstripes)
+        base, r1 = int(self.rows[self.w0]), int(self.rows[upto])
+        if r1 > base:
+            self.store[base:r1] = self.buf[: r1 - base]  # one run of r1 - base words per lane
+            release(self.store[base:r1])
+        end = int(self.rows[min(self.w0 + self.T, self.layout.nstripes)])
+        keep = end - r1  # rows of stripes already started, still in the window
+        self.buf[:keep] = self.buf[r1 - base : r1 - base + keep]
+        self.buf[keep : end - base] = 0  # rows past the old window's end were never written: still zero
+        self.w0 = upto
 
 
 def gather_selected(
@@ -283,6 +338,7 @@ __all__ = [
     "blocks_of",
     "compute_tags",
     "data_bytes",
+    "StripeWindow",
     "gather_chunk",
     "read_parity_chunk",
     "set_data",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _bits, _code, _embed, _model
+from . import _bits, _code, _embed, _model, _pages
 from ._bits import write_tags
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
@@ -23,6 +23,8 @@ from .errors import UnsupportedError, UsageError
 from .header import Header
 from .keys import Key
 from .levels import BLOCK, FLOATS, LEVELS, bits_for, dtype_name
+
+WINDOW_BYTES = 64 << 20  # stripes gathered in memory before a lane store on disk is written
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,23 +99,25 @@ def seal_flat(
     g = layout.lanes
     store = ws.lanes_array(layout.K, g)
     far = is_mapped(store)
-    written, release_every = 0, (8 * SCATTERED_BLOCKS if far else 0)  # about 64 MiB of touched pages
+    # a store on disk is filled through a window of whole stripes in memory (see StripeWindow)
+    window = _model.StripeWindow(store, layout, max(g, _pages.CHUNK_BYTES // 64), WINDOW_BYTES) if far else None
 
     def parts_of(t: int, cap: int) -> list[tuple[int, int]]:
         return chunks(specs[t].nblocks, flats[t].dtype.itemsize, int(layout.block_start[t]), g, scattered=cap)
 
-    # gather only writes to the store (no neighbours faulted in); embed reads parity from it
-    write_cap, read_cap = (4 * SCATTERED_BLOCKS, SCATTERED_BLOCKS) if far else (0, 0)
+    read_cap = SCATTERED_BLOCKS if far else 0  # embed reads parity from the store
     for t, spec in enumerate(specs):
         prog.step(f"read {spec.name}")
-        for r0, r1 in parts_of(t, write_cap):
+        for r0, r1 in parts_of(t, 0):
             ub = read_blocks(flats[t], spec, r0, r1)
             _refuse_non_finite(ub, spec)
-            _model.gather_chunk(store, layout, t, spec, ub, r0)
-            written += r1 - r0
-            if written >= release_every:  # each block wrote a page of its own lane: drop them now and then
-                release(store)
-                written = 0
+            if window is not None:
+                window.gather(t, spec, ub, r0)
+            else:
+                _model.gather_chunk(store, layout, t, spec, ub, r0)
+    if window is not None:
+        window.finish()
+        window = None
     prog.step("encode")
     release(store)
     # Parity is read back in file order (embed), so on disk it is kept shard-major: a chunk reads
