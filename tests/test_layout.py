@@ -50,3 +50,31 @@ def test_block_scatter_and_gather_match_fancy_indexing_in_both_store_orders() ->
         np.testing.assert_array_equal(store, ref)
         back = _kernels.gather_blocks(store, offs, lane, counts, w)
         np.testing.assert_array_equal(back, np.where(np.arange(w)[None, :] < counts[:, None], x, 0))
+
+
+def test_a_stripe_window_fed_unaligned_chunks_fills_the_store_like_a_direct_gather() -> None:
+    """Chunks that start mid-stripe make the window keep a started stripe when it slides."""
+    from paramseal import Key, SealConfig, _bits, _model, _pages
+    from paramseal._layout import build_layout
+
+    rng = np.random.default_rng(4)
+    tensors = {
+        "a": rng.standard_normal(64 * 41 + 9).astype(np.float32),
+        "ids": np.arange(64 * 9, dtype=np.int64),
+        "h": rng.standard_normal(64 * 23).astype(np.float16),
+    }
+    specs = SealConfig().specs(tensors)
+    layout = build_layout(specs, Key.generate(), bytes(16), lanes=7)
+    blocks = [_bits.to_blocks(_bits.uint_view(tensors[s.name])) for s in specs]
+    direct = np.zeros((layout.K, layout.lanes), np.uint32)
+    for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
+        _model.gather_chunk(direct, layout, t, spec, ub)
+    store = np.zeros((layout.lanes, layout.K), np.uint32).T  # lane-major, as on disk
+    window = _model.StripeWindow(store, layout, max_chunk_blocks=5, budget=0)
+    assert window.T < layout.nstripes  # it must slide
+    for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
+        first = int(layout.block_start[t])
+        for r0, r1 in _pages.chunks(spec.nblocks, ub.dtype.itemsize, first, layout.lanes, scattered=5):
+            window.gather(t, spec, ub[r0:r1], r0)
+    window.finish()
+    np.testing.assert_array_equal(store, direct)

@@ -170,15 +170,14 @@ def gather_selected(
         rows = np.flatnonzero(cols >= 0)
         if not rows.size:
             continue
-        b, c = b0 + rows, cols[rows, None]
+        b, c = b0 + rows, cols[rows]
         sub = np.ascontiguousarray(ub[rows])
         release(ub)
-        data[layout.off_data[b, None] + np.arange(spec.data_shards), c] = data_bytes(sub, spec)
-        w = _store_width(spec)
-        if spec.is_float and w and layout.M:
+        d = np.full(b.size, spec.data_shards, np.int64)
+        _kernels.scatter_blocks(data, layout.off_data[b], c, d, data_bytes(sub, spec))
+        if spec.is_float and _store_width(spec) and layout.M:
             lo = _bits.lo_bytes(sub, spec.k).view(np.uint32)[:, 1:]
-            pos, valid = _store_slots(layout, b, w)
-            parity[pos[valid], np.broadcast_to(c, pos.shape)[valid]] = lo[valid]
+            _kernels.scatter_blocks(parity, layout.off_store[b], c, layout.n_store[b], lo)
         release(data, parity)
     return data, parity
 
@@ -201,12 +200,6 @@ def lane_block_data(
 
 def _store_width(spec: TensorSpec) -> int:
     return max(0, 2 * spec.k - 1)
-
-
-def _store_slots(layout: Layout, b: NDArray[np.int64], w: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
-    """For global blocks ``b``: the parity positions of their ``w`` storage words, and which are real."""
-    j = np.arange(w)
-    return layout.off_store[b, None] + j, j[None, :] < layout.n_store[b, None]
 
 
 def block_parity(

@@ -23,7 +23,6 @@ from numpy.typing import NDArray
 from . import _embed
 from ._bits import uint_view
 from ._layout import TensorSpec
-from ._model import Blocks
 from ._pages import Mapping, Workspace, chunks, copy_range, release
 from ._progress import Progress
 from .errors import FormatError, KeyMismatchError, NotSealedError, UsageError
@@ -32,7 +31,7 @@ from .formats import safetensors as st_format
 from .header import METADATA_KEY, Header, peek_header
 from .keys import Key
 from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP, bits_for, capacity, dtype_name
-from .recover import Recovery, plan_recovery, recover_from_plan
+from .recover import Patch, Recovery, plan_recovery, recover_from_plan
 from .report import Report
 from .seal import SealConfig, probe_header, seal_flat, write_blocks
 from .verify import Check, check, header_from_weights, report_of
@@ -350,9 +349,7 @@ def _patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str,
     try:
         for t, patch in rec.patches.items():
             spec, e = chk.specs[t], lay.entries[t]
-            out = uint_view(m.array(lay.data_start + e.start, ST_TO_NP[spec.dtype], (spec.numel,)))
-            for r0, r1 in chunks(patch.rows.size, patch.new.dtype.itemsize, 0, 1):
-                _write_rows(out, spec, patch.rows[r0:r1], patch.new[r0:r1])
+            _write_patch(uint_view(m.array(lay.data_start + e.start, ST_TO_NP[spec.dtype], (spec.numel,))), spec, patch)
         m.buf[: lay.data_start] = np.frombuffer(struct.pack("<Q", room) + head.ljust(room, b" "), np.uint8)
         m.flush()
     finally:
@@ -375,8 +372,7 @@ def _write_recovered(dst: Path, chk: Check, rec: Recovery, meta: dict[str, str])
                 patch = rec.patches.get(t)
                 if w.copy_in(spec.name, ub.reshape(-1)[: spec.numel]):
                     if patch is not None:
-                        for r0, r1 in chunks(patch.rows.size, ub.dtype.itemsize, 0, 1):
-                            _write_rows(out, spec, patch.rows[r0:r1], patch.new[r0:r1])
+                        _write_patch(out, spec, patch)
                     continue
                 for r0, r1 in chunks(spec.nblocks, ub.dtype.itemsize, 0, 1):
                     part = ub[r0:r1].copy()
@@ -391,12 +387,17 @@ def _write_recovered(dst: Path, chk: Check, rec: Recovery, meta: dict[str, str])
             raise
 
 
-def _write_rows(out: NDArray[np.unsignedinteger], spec: TensorSpec, rows: NDArray[np.int64], new: Blocks) -> None:
-    """Write whole blocks ``rows`` of a tensor's flat values (the last block's padding dropped)."""
-    idx = (rows[:, None] * BLOCK + np.arange(BLOCK)).reshape(-1)
-    keep = idx < spec.numel
-    out[idx[keep]] = new.reshape(-1)[keep]
-    release(out)
+def _write_patch(out: NDArray[np.unsignedinteger], spec: TensorSpec, patch: Patch) -> None:
+    """Write a patch's rebuilt blocks into a tensor's flat values (the last block's padding dropped).
+
+    A chunk of blocks at a time, so the index temporaries stay small.
+    """
+    for r0, r1 in chunks(patch.rows.size, patch.new.dtype.itemsize, 0, 1):
+        idx = (patch.rows[r0:r1, None] * BLOCK + np.arange(BLOCK)).reshape(-1)
+        keep = idx < spec.numel
+        out[idx[keep]] = patch.new[r0:r1].reshape(-1)[keep]
+        written = idx[keep]
+        release(out[int(written.min()) : int(written.max()) + 1])
 
 
 def inspect_file(path: PathLike) -> dict[str, Any]:

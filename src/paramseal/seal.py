@@ -117,7 +117,6 @@ def seal_flat(
                 _model.gather_chunk(store, layout, t, spec, ub, r0)
     if window is not None:
         window.finish()
-        window = None
     prog.step("encode")
     release(store)
     # Parity is read back in file order (embed), so on disk it is kept shard-major: a chunk reads

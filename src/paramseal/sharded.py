@@ -90,10 +90,9 @@ def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None)
     w = _workers(len(jobs)) if workers is None else max(1, workers)
     if w == 1 or len(jobs) == 1:
         return [fn(*j) for j in jobs]
+    share = (scratch_budget() // w) >> 20  # the workers share the scratch budget (MiB each)
     # spawn, not fork: the parent may already run numba's (or torch's) thread pools, which a forked
     # child inherits half-initialised and can die in
-    # the workers share the scratch budget: each keeps its part of the lane stores in memory
-    share = max(0, scratch_budget() // w) >> 20
     with ProcessPoolExecutor(
         max_workers=w,
         mp_context=multiprocessing.get_context("spawn"),
