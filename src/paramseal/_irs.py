@@ -1,0 +1,661 @@
+"""Interleaved Reed–Solomon over GF(2^8) on groups of 255 words, parity in the free nibbles.
+
+A batch is ``W: uint32[ng, 255]``: row g is one group, column j its position j. A group carries
+4 codewords of length 255 over GF(2^8) (primitive polynomial 0x11d); codeword t takes byte
+``(t + j) & 3`` of word j, so a replaced word is one error position shared by all 4 codewords.
+
+Words ``j < free_strata`` are fp32 values whose low k bits are free. Codeword t satisfies d_t
+syndrome equations ``S_i = r(alpha^(i + b_t)) = 0``, i < d_t, solved bit-exactly for its first
+2 d_t free nibbles (in position order, low nibble first): d_t = floor(free nibbles / 2). The
+GF(2) map from those free bits to the syndrome bits is inverted once and composed with the
+syndrome table, so encoding is one table pass. Words ``j >= free_strata`` are pure data.
+
+The decoder is collaborative: one error locator for the 4 codewords (multi-sequence
+Berlekamp–Massey), which corrects up to sum_t (d_t - eps_t) / 5 replaced words per group (eps_t
+erased bytes of codeword t), against d_t / 2 for a codeword alone. Only words flagged
+``FLAG_BAD`` may be errors; when the flagged words fit as erasures (<= d_t per codeword with the
+fixed bytes) they are erased instead. See docs/scattered-design.md, sections 2, 3 and 6.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _kernels  # noqa: F401  (sets OMP_WAIT_POLICY before numba loads)
+
+# isort: split
+import numba
+
+FIELD = 0x11D
+N_POS = 255
+FLAG_FIXED_MASK = 0x0F  # bit b: byte b of the entry is not stored as the code expects (an erasure)
+FLAG_BAD = 0x10  # the entry lies in a block whose MAC failed: it may be an error
+FLAG_PAD = 0x20  # padding: content known to be zero, never an error position
+
+# decode() status per group
+CLEAN = 0  # nothing to correct (fixed bytes re-derived)
+CORRECTED = 1
+TOO_MANY = -1  # more erasures than parity, or the locator is longer than the radius
+ROOT_COUNT = -2  # the locator does not have as many roots as its degree
+ROOT_LOCATION = -3  # a root lies on padding or on an entry not flagged FLAG_BAD
+INCONSISTENT = -4  # the correction does not reproduce the syndromes
+
+_BATCH_WORDS = 1024  # batch groups x words: a position's table slice and the batch's accumulators stay in L1
+_NMAX = 258  # polynomial buffer length (degrees up to 255 + slack)
+_ERASE_DIRECT = 8  # up to this many flagged entries (when they fit) go straight to erasure decoding
+
+
+def _gf_tables() -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    # LOG[0] = 512 and EXP[>= 510] = 0 make products branch-free: a zero factor lands in the zero tail
+    exp = np.zeros(1040, np.int64)
+    log = np.full(256, 512, np.int64)
+    x = 1
+    for i in range(255):
+        exp[i] = x
+        log[x] = i
+        x <<= 1
+        if x & 0x100:
+            x ^= FIELD
+    exp[255:510] = exp[0:255]
+    return exp, log
+
+
+_EXP, _LOG = _gf_tables()
+_KEEP = np.array(  # word mask that zeroes the fixed bytes of flag bits 0-3
+    [sum(0xFF << (8 * b) for b in range(4) if not (f >> b) & 1) for f in range(16)], np.int64
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Code:
+    """Tables of one (k, free_strata) code; build with `code_for` (cached), treat as immutable.
+
+    Packed vectors (syndromes, free nibbles) are ``words`` uint64 little-endian: syndrome i of a
+    codeword is byte i, free nibble r is nibble r.
+    """
+
+    k: int
+    free_strata: int
+    d: NDArray[np.int64]  # (4,) parity symbols of each codeword
+    first: NDArray[np.int64]  # (4,) first root exponent b_t
+    words: int  # uint64 words per packed vector (a multiple of 4)
+    syn: NDArray[np.uint64]  # (255 * 128, words): row 128 j + 16 n + v: syndromes of value v at nibble n of word j
+    enc: NDArray[np.uint64]  # the same rows composed with the solver: their share of the free nibbles
+    fn: NDArray[np.int64]  # (4, 2 max d): free nibble r of codeword t -> 8 j + n (-1 past 2 d_t)
+
+
+def _gf_mul(a: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray[np.int64]:
+    out: NDArray[np.int64] = _EXP[_LOG[a] + _LOG[b]]
+    return out
+
+
+def _pack_bits(bits: NDArray[np.uint8], words: int) -> NDArray[np.uint64]:
+    """(..., nbits) 0/1 -> (..., words) uint64, bit i -> word i >> 6, bit i & 63."""
+    pad = np.zeros((*bits.shape[:-1], 64 * words), np.uint8)
+    pad[..., : bits.shape[-1]] = bits
+    return np.packbits(pad, axis=-1, bitorder="little").view("<u8").reshape(*bits.shape[:-1], words)
+
+
+def _gf2_inverse(m: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
+    """Inverse of a square 0/1 matrix over GF(2), or None if it is singular."""
+    n = m.shape[0]
+    aug = np.concatenate([m.astype(np.uint8), np.eye(n, dtype=np.uint8)], axis=1)
+    pw = (2 * n + 63) // 64
+    packed = _pack_bits(aug, pw)
+    for c in range(n):
+        w, bit = c >> 6, np.uint64(1 << (c & 63))
+        col = (packed[:, w] & bit) != 0
+        cand = np.flatnonzero(col[c:])
+        if cand.size == 0:
+            return None
+        p = c + int(cand[0])
+        if p != c:
+            packed[[c, p]] = packed[[p, c]]
+            col[[c, p]] = col[[p, c]]
+        rows = np.flatnonzero(col)
+        rows = rows[rows != c]
+        packed[rows, w:] ^= packed[c, w:]
+    bits = np.unpackbits(packed.view(np.uint8), axis=1, bitorder="little")
+    return bits[:, n : 2 * n]
+
+
+def _gf2_apply(inv: NDArray[np.uint8], syn: NDArray[np.uint8], words: int) -> NDArray[np.uint64]:
+    """Apply inv to bits(syn) over GF(2), packed: (..., d) syndrome bytes -> (..., words) free bits.
+
+    Four Russians: a 256-entry table of column combinations per syndrome byte, then one
+    gather per byte. (A float BLAS product is exact too, but thrashes when cores are busy.)
+    """
+    d = syn.shape[-1]
+    cols = _pack_bits(np.ascontiguousarray(inv.T).reshape(d, 8, -1), words)  # (d, 8, words): syndrome bit 8 i + b
+    table = np.zeros((d, 256, words), np.uint64)
+    for v in range(1, 256):
+        table[:, v] = table[:, v & (v - 1)] ^ cols[:, (v & -v).bit_length() - 1]
+    flat = syn.reshape(-1, d)
+    out = np.zeros((flat.shape[0], words), np.uint64)
+    for i in range(d):
+        out ^= table[i, flat[:, i]]
+    return out.reshape(*syn.shape[:-1], words)
+
+
+def _syndrome_bytes(first: NDArray[np.int64], d: NDArray[np.int64], nbytes: int) -> NDArray[np.uint8]:
+    """(255, 8, 16, nbytes): syndrome i of nibble value v at nibble n of position j, in its codeword."""
+    j = np.arange(N_POS)[:, None, None]
+    n = np.arange(8)[None, :, None]
+    i = np.arange(nbytes)[None, None, :]
+    t = ((n >> 1) - j) & 3
+    pw = _EXP[((i + first[t]) * j) % 255]  # (255, 8, nbytes)
+    v = np.arange(16)[:, None] << (4 * (np.arange(8) & 1))[None, :]  # (16, 8)
+    out = _gf_mul(v.T[None, :, :, None], pw[:, :, None, :])
+    out[np.broadcast_to((i >= d[t])[:, :, None, :], out.shape)] = 0
+    return out.astype(np.uint8)
+
+
+def _solver(t: int, nibs: list[int], d_t: int) -> tuple[int, NDArray[np.uint8]]:
+    """First root b and the GF(2) inverse (syndrome bits -> free bits) for the free nibbles ``nibs``."""
+    jj = np.array([x >> 3 for x in nibs], np.int64)
+    h = np.array([x & 1 for x in nibs], np.int64)
+    e = (1 << (4 * h[:, None] + np.arange(4)[None, :])).reshape(-1)  # free bit 4 r + kb
+    jb = np.repeat(jj, 4)
+    for b0 in (1, 0, *range(2, 255)):
+        pw = _EXP[((np.arange(d_t)[None, :] + b0) * jb[:, None]) % 255]  # (8 d_t, d_t)
+        cols = np.unpackbits(_gf_mul(e[:, None], pw).astype(np.uint8), axis=1, bitorder="little")
+        inv = _gf2_inverse(cols.T)
+        if inv is not None:
+            return b0, inv
+    raise ValueError(f"no first root gives an invertible free-nibble system for codeword {t}")
+
+
+@functools.lru_cache(maxsize=16)
+def code_for(k: int, free_strata: int = N_POS) -> Code:
+    """The code for k free bits per fp32 value in the first ``free_strata`` positions (cached).
+
+    Raises ValueError for k outside (4, 8, 12, 16) or free_strata outside 1..255.
+    """
+    if k not in (4, 8, 12, 16):
+        raise ValueError(f"cannot build a code for k={k} free bits; expected 4, 8, 12 or 16")
+    if not 1 <= free_strata <= N_POS:
+        raise ValueError(f"cannot build a code with free_strata={free_strata}; expected 1 to {N_POS}")
+    lists: list[list[int]] = [[] for _ in range(4)]
+    for j in range(free_strata):
+        for n in range(k // 4):
+            lists[((n >> 1) - j) & 3].append(8 * j + n)
+    d = np.array([len(fl) // 2 for fl in lists], np.int64)
+    dmax = int(d.max())
+    words = max(4, -(-dmax // 32) * 4)  # 8 d bits, rounded up to 4 words for the unrolled XORs
+    first = np.ones(4, np.int64)
+    inv: list[NDArray[np.uint8] | None] = [None] * 4
+    fn = np.full((4, max(1, 2 * dmax)), -1, np.int64)
+    for t in range(4):
+        if d[t]:
+            used = lists[t][: 2 * int(d[t])]  # an odd free nibble out stays zero
+            first[t], inv[t] = _solver(t, used, int(d[t]))
+            fn[t, : len(used)] = used
+    sb = _syndrome_bytes(first, d, 8 * words)
+    syn = sb.view("<u8").reshape(N_POS, 8, 16, words).copy()
+    # composed table: the free-nibble share of each single data bit, then XOR-combined per value
+    tt = ((np.arange(8)[None, :] >> 1) - np.arange(N_POS)[:, None]) & 3  # codeword of nibble n of word j
+    share = np.zeros((N_POS, 8, 4, words), np.uint64)
+    for t in range(4):
+        it = inv[t]
+        if it is not None:
+            sel = tt == t
+            share[sel] = _gf2_apply(it, sb[sel][:, [1, 2, 4, 8], : int(d[t])], words)
+    enc = np.zeros_like(syn)
+    for v in range(1, 16):
+        low = (v & -v).bit_length() - 1
+        enc[:, :, v] = enc[:, :, v & (v - 1)] ^ share[:, :, low]
+    enc[:free_strata, : k // 4] = 0  # free nibbles carry no data
+    syn, enc = syn.reshape(-1, words), enc.reshape(-1, words)
+    for a in (d, first, syn, enc, fn):
+        a.setflags(write=False)
+    return Code(k, free_strata, d, first, words, syn, enc, fn)
+
+
+def radius(code: Code, eps_per_codeword: float = 0.0) -> float:
+    """Collaborative errors-only radius: sum_t (d_t - eps) / 5 replaced words per group."""
+    return float(sum(max(0.0, float(dt) - eps_per_codeword) for dt in code.d)) / 5.0
+
+
+def _check(W: NDArray[np.uint32], flags: NDArray[np.uint8] | None = None) -> None:
+    if W.dtype != np.uint32 or W.ndim != 2 or W.shape[1] != N_POS or not W.flags.c_contiguous:
+        raise ValueError(f"W must be a C-contiguous uint32 array of shape (ng, {N_POS}); got {W.dtype} {W.shape}")
+    if not W.flags.writeable:
+        raise ValueError("W is read-only; pass a writable array (it is updated in place)")
+    if flags is not None and (flags.dtype != np.uint8 or flags.shape != W.shape or not flags.flags.c_contiguous):
+        raise ValueError(
+            f"flags must be a C-contiguous uint8 array of shape {W.shape}; got {flags.dtype} {flags.shape}"
+        )
+
+
+def _run(
+    op: int, code: Code, W: NDArray[np.uint32], flags: NDArray[np.uint8] | None
+) -> tuple[NDArray[np.bool_], NDArray[np.int8]]:
+    ok = np.zeros(W.shape[0], np.bool_)
+    status = np.zeros(W.shape[0], np.int8)
+    fl = np.zeros((1, 1), np.uint8) if flags is None else flags
+    table = code.enc if op == 0 else code.syn
+    b0f = code.k // 8 if op == 0 else 0  # the encoder skips whole free bytes; syndromes take every byte
+    _run_nb(op, W, fl, table, code.fn, code.d, code.first, b0f, code.free_strata, ok, status)
+    return ok, status
+
+
+def encode(code: Code, W: NDArray[np.uint32]) -> None:
+    """OR the parity nibbles into W in place; its free bits must be zero on entry."""
+    _check(W)
+    _run(0, code, W, None)
+
+
+def decode(code: Code, W: NDArray[np.uint32], flags: NDArray[np.uint8]) -> NDArray[np.int8]:
+    """Correct W in place; returns the status of each group (CLEAN, CORRECTED or negative).
+
+    Fixed bytes (flag bits 0-3) count as zero and are erasures; on success they hold their
+    re-derived codeword byte. Only FLAG_BAD entries (never FLAG_PAD ones) may be errors: when
+    they fit as erasures with the fixed bytes (<= d_t in every codeword) the group is decoded as
+    if they were erased, otherwise errors-only with the fixed bytes as erasures. A group with
+    nothing flagged only has its syndromes checked. A group that fails is left exactly as it was.
+
+    A codeword left with exactly d_t erasures has no parity over to check the result, and
+    one with d_t = 0 cannot see a change at all: the caller's MACs confirm what is rebuilt.
+    """
+    _check(W, flags)
+    return _run(1, code, W, flags)[1]
+
+
+def syndromes_zero(code: Code, W: NDArray[np.uint32]) -> NDArray[np.bool_]:
+    """Per group: whether all syndromes of its 4 codewords are zero (W is a codeword as stored)."""
+    _check(W)
+    return _run(2, code, W, None)[0]
+
+
+# --------------------------------------------------------------------------- kernels
+@numba.njit(cache=True, nogil=True, inline="always")
+def _accumulate(W, flags, use_flags, g0, m, table, b0f, F, acc, words):  # type: ignore[no-untyped-def]
+    """acc[4 gg + t] ^= table shares of the bytes of groups g0..g0+m-1, from byte b0f of positions < F.
+
+    Position-major over the batch, so each position's 8 KB table slice is reused m times. The two
+    nibbles of a byte go to the same codeword: XOR both rows first, then one read-modify-write.
+    """
+    for j in range(N_POS):
+        b0 = b0f if j < F else 0
+        base = 128 * j
+        for gg in range(m):
+            v = np.int64(W[g0 + gg, j])
+            if use_flags:
+                v &= _KEEP[flags[g0 + gg, j] & FLAG_FIXED_MASK]
+            for b in range(b0, 4):
+                x = (v >> (8 * b)) & 255
+                if x != 0:
+                    ra = 4 * gg + ((b - j) & 3)
+                    r0 = base + 32 * b + (x & 15)
+                    r1 = base + 32 * b + 16 + (x >> 4)
+                    for w in range(words):
+                        acc[ra, w] ^= table[r0, w] ^ table[r1, w]
+
+
+@numba.njit(cache=True, nogil=True)
+def _batch_shares(W, flags, use_flags, g0, m, table, b0f, F):  # type: ignore[no-untyped-def]
+    """(4 m, words) accumulated shares of a batch; words is a compile-time constant in each branch."""
+    words = table.shape[1]
+    acc = np.zeros((4 * m, words), np.uint64)
+    if words == 4:
+        _accumulate(W, flags, use_flags, g0, m, table, b0f, F, acc, 4)
+    elif words == 8:
+        _accumulate(W, flags, use_flags, g0, m, table, b0f, F, acc, 8)
+    elif words == 12:
+        _accumulate(W, flags, use_flags, g0, m, table, b0f, F, acc, 12)
+    else:
+        _accumulate(W, flags, use_flags, g0, m, table, b0f, F, acc, 16)
+    return acc
+
+
+@numba.njit(cache=True, nogil=True)
+def _place(W, g0, m, acc, fn, d):  # type: ignore[no-untyped-def]
+    """OR each codeword's free nibbles (from the composed shares acc) into the words."""
+    for gg in range(m):
+        for t in range(4):
+            for r in range(2 * d[t]):
+                loc = fn[t, r]
+                nib = np.int64((acc[4 * gg + t, r >> 4] >> np.uint64(4 * (r & 15))) & np.uint64(15))
+                W[g0 + gg, loc >> 3] |= np.uint32(nib << (4 * (loc & 7)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _zero(g0, m, acc, out):  # type: ignore[no-untyped-def]
+    for gg in range(m):
+        z = True
+        for r in range(4 * gg, 4 * gg + 4):
+            for w in range(acc.shape[1]):
+                if acc[r, w] != 0:
+                    z = False
+        out[g0 + gg] = z
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_batch(W, flags, g0, m, acc, d, first, status):  # type: ignore[no-untyped-def]
+    sc = _scratch()
+    for gg in range(m):
+        g = g0 + gg
+        status[g] = _decode_group(W, flags, g, acc, 4 * gg, d, first, sc)
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _run_nb(op, W, flags, table, fn, d, first, b0f, F, out_ok, out_status):  # type: ignore[no-untyped-def]
+    """One parallel kernel for the three operations (op 0 encode, 1 decode, 2 syndromes zero).
+
+    A single prange kernel: each one costs seconds of compile time when the cache is cold.
+    """
+    ng = W.shape[0]
+    batch = _BATCH_WORDS // table.shape[1]
+    for bi in numba.prange((ng + batch - 1) // batch):
+        g0 = bi * batch
+        m = min(ng, g0 + batch) - g0
+        acc = _batch_shares(W, flags, op == 1, g0, m, table, b0f, F)
+        if op == 0:
+            _place(W, g0, m, acc, fn, d)
+        elif op == 1:
+            _decode_batch(W, flags, g0, m, acc, d, first, out_status)
+        else:
+            _zero(g0, m, acc, out_ok)
+
+
+@numba.njit(cache=True, nogil=True)
+def _scratch():  # type: ignore[no-untyped-def]
+    """Work arrays of `_decode_group`, one set per batch."""
+    return (
+        np.zeros((4, _NMAX), np.int64),  # S: logs of the syndromes
+        np.zeros((4, N_POS + 1), np.int64),  # pos: corrected positions per codeword (erasures, then errors)
+        np.zeros((4, N_POS + 1), np.int64),  # val: their error values
+        np.zeros(4, np.int64),  # npos
+        np.zeros((4, _NMAX), np.int64),  # u: logs of the Forney syndromes (errors mode)
+        np.zeros(4, np.int64),  # nlen: their lengths
+        np.zeros(_NMAX, np.int64),  # lam: common error locator
+        np.zeros(_NMAX, np.int64),  # psi: erasure / errata locator of one codeword
+        np.zeros(_NMAX, np.int64),  # om: its evaluator (logs)
+        np.zeros(_NMAX, np.int64),  # lpsi: logs of psi
+        np.zeros(4, np.int64),  # ers: erasures per codeword if the flagged entries are erased
+        np.zeros((4, _NMAX), np.int64),  # B: auxiliary polynomials of the multi-sequence BM
+        np.zeros(_NMAX, np.int64),  # tmp
+        np.zeros((4, 4), np.int64),  # BM state per sequence: discrepancy, step, length, order
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _locator(pos, n, psi):  # type: ignore[no-untyped-def]
+    """psi[0..n] = prod_k (1 - alpha^pos[k] x)."""
+    psi[0] = 1
+    for i in range(1, n + 1):
+        psi[i] = 0
+    for k in range(n):
+        lx = pos[k]
+        for i in range(k + 1, 0, -1):
+            psi[i] ^= _EXP[_LOG[psi[i - 1]] + lx]
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _eval_inv(lt, deg, j):  # type: ignore[no-untyped-def]
+    """poly(alpha^-j) from the logs lt of its coefficients; the terms are independent (no Horner chain)."""
+    lx = (255 - j) % 255
+    e = 0
+    val = _EXP[lt[0]]
+    for i in range(1, deg + 1):
+        e += lx
+        if e >= 255:
+            e -= 255
+        val ^= _EXP[lt[i] + e]
+    return val
+
+
+@numba.njit(cache=True, nogil=True)
+def _multi_bm(u, nlen, lmax, lam, B, tmp, st):  # type: ignore[no-untyped-def]
+    """Shortest common LFSR of the 4 sequences u[t, :nlen[t]] (Feng–Tzeng form) into lam; returns its length.
+
+    Returns _NMAX as soon as the length passes lmax (it never shrinks). Sequences are taken
+    longest first, which the prototype measured to recover more groups at the radius. B holds
+    one auxiliary polynomial per sequence (only its first LB[t] + 1 terms are read).
+    """
+    bd, nt, LB, ordr = st[0], st[1], st[2], st[3]
+    for i in range(1, lmax + 2):
+        lam[i] = 0
+    lam[0] = 1
+    L = 0
+    nmax = 0
+    for t in range(4):
+        B[t, 0] = 1
+        bd[t] = 1
+        nt[t] = -1
+        LB[t] = 0
+        ordr[t] = t
+        nmax = max(nmax, nlen[t])
+    for a in range(1, 4):  # stable sort, longest first
+        x = ordr[a]
+        i = a
+        while i > 0 and nlen[ordr[i - 1]] < nlen[x]:
+            ordr[i] = ordr[i - 1]
+            i -= 1
+        ordr[i] = x
+    for n in range(nmax):
+        for tt in range(4):
+            t = ordr[tt]
+            if n >= nlen[t]:
+                continue
+            dsc = 0
+            for i in range(min(L, n) + 1):
+                dsc ^= _EXP[_LOG[lam[i]] + u[t, n - i]]
+            if dsc == 0:
+                continue
+            m = n - nt[t]
+            lnew = max(L, LB[t] + m)
+            if lnew > lmax:
+                return _NMAX
+            if lnew > L:
+                for i in range(L + 1):
+                    tmp[i] = lam[i]
+            lc = (_LOG[dsc] + 255 - _LOG[bd[t]]) % 255  # log of dsc / bd[t]
+            for i in range(LB[t] + 1):
+                lam[i + m] ^= _EXP[_LOG[B[t, i]] + lc]
+            if lnew > L:
+                for i in range(L + 1):
+                    B[t, i] = tmp[i]
+                bd[t] = dsc
+                nt[t] = n
+                LB[t] = L
+                L = lnew
+    return L
+
+
+@numba.njit(cache=True, nogil=True)
+def _erasures(flags, g, erase_bad, pos, npos):  # type: ignore[no-untyped-def]
+    """Erased positions per codeword: the fixed bytes, and every byte of the flagged entries if erase_bad."""
+    for t in range(4):
+        npos[t] = 0
+    for j in range(N_POS):
+        f = flags[g, j]
+        fx = f & FLAG_FIXED_MASK
+        if erase_bad and (f & FLAG_BAD) != 0 and (f & FLAG_PAD) == 0:
+            fx = 15
+        if fx != 0:
+            for b in range(4):
+                if (fx >> b) & 1:
+                    t = (b - j) & 3
+                    pos[t, npos[t]] = j
+                    npos[t] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _locate_errors(flags, g, d, cap, sc):  # type: ignore[no-untyped-def]
+    """Errors-only step: add the common error positions (all flagged) to pos; returns 0 or a failure status.
+
+    pos holds the fixed bytes on entry. A locator longer than cap is given up on at once.
+    """
+    S, pos, val, npos, u, nlen, lam, psi, om, lpsi, ers, B, tmp, st = sc
+    for t in range(4):
+        e = npos[t]
+        if e > d[t]:
+            return TOO_MANY
+        nlen[t] = d[t] - e
+        _locator(pos[t], e, psi)
+        for k in range(e + 1):
+            lpsi[k] = _LOG[psi[k]]
+        for i in range(e, d[t]):  # Forney syndromes: the erasures taken out
+            s = 0
+            for k in range(e + 1):
+                s ^= _EXP[lpsi[k] + S[t, i - k]]
+            u[t, i - e] = _LOG[s]
+    lmax = 0
+    while True:  # the radius: largest L with sum_t max(nlen_t - L, 0) >= L
+        tot = 0
+        for t in range(4):
+            tot += max(nlen[t] - lmax - 1, 0)
+        if tot < lmax + 1:
+            break
+        lmax += 1
+    lmax = min(lmax, cap)
+    L = _multi_bm(u, nlen, lmax, lam, B, tmp, st)
+    if L > lmax:
+        return TOO_MANY
+    if L == 0:
+        return 0
+    for i in range(L + 1):
+        tmp[i] = _LOG[lam[i]]
+    nr = 0
+    for j in range(N_POS):  # every root must be a flagged entry: search only those
+        f = flags[g, j]
+        if (f & FLAG_BAD) != 0 and (f & FLAG_PAD) == 0 and _eval_inv(tmp, L, j) == 0:
+            fx = f & FLAG_FIXED_MASK
+            for t in range(4):
+                if not (fx >> ((t + j) & 3)) & 1:
+                    pos[t, npos[t]] = j
+                    npos[t] += 1
+            nr += 1
+    if nr != L:
+        nall = 0
+        for j in range(N_POS):
+            if _eval_inv(tmp, L, j) == 0:
+                nall += 1
+        return ROOT_LOCATION if nall == L else ROOT_COUNT
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _forney(d, first, sc):  # type: ignore[no-untyped-def]
+    """Error values at pos (val) per codeword; 0 or a failure status.
+
+    Omega = S Psi mod x^d must vanish above deg Psi: then the values reproduce every syndrome,
+    which is the full consistency check of the correction.
+    """
+    S, pos, val, npos, u, nlen, lam, psi, om, lpsi, ers, B, tmp, st = sc
+    for t in range(4):
+        n = npos[t]
+        if n > d[t]:
+            return TOO_MANY
+        _locator(pos[t], n, psi)
+        for k in range(n + 1):
+            lpsi[k] = _LOG[psi[k]]
+        for i in range(d[t]):
+            s = 0
+            for k in range(min(i, n) + 1):
+                s ^= _EXP[lpsi[k] + S[t, i - k]]
+            if i < n:
+                om[i] = _LOG[s]
+            elif s != 0:
+                return INCONSISTENT
+        e1b = (256 - first[t]) % 255  # Forney factor X^(1 - b)
+        for r in range(n):
+            j = pos[t, r]
+            lxi = (255 - j) % 255
+            num = _EXP[om[0]]  # Omega(X^-1), Psi'(X^-1): independent terms, no Horner chain
+            e = 0
+            for i in range(1, n):
+                e += lxi
+                if e >= 255:
+                    e -= 255
+                num ^= _EXP[om[i] + e]
+            den = _EXP[lpsi[1]]
+            e = 0
+            for i in range(3, n + 1, 2):
+                e += 2 * lxi
+                if e >= 255:
+                    e -= 255
+                    if e >= 255:
+                        e -= 255
+                den ^= _EXP[lpsi[i] + e]
+            if den == 0:
+                return INCONSISTENT
+            val[t, r] = _EXP[(_LOG[num] + 255 - _LOG[den] + j * e1b) % 255] if num != 0 else 0
+    return 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _apply(W, flags, g, pos, val, npos):  # type: ignore[no-untyped-def]
+    """Write the corrections: fixed bytes get their codeword value, other bytes are XORed."""
+    changed = False
+    for t in range(4):
+        for r in range(npos[t]):
+            j = pos[t, r]
+            b = (t + j) & 3
+            y = np.uint32(val[t, r] << (8 * b))
+            if (flags[g, j] >> b) & 1:
+                W[g, j] = (W[g, j] & np.uint32(~np.uint32(0xFF << (8 * b)))) | y
+            elif y != 0:
+                W[g, j] ^= y
+                changed = True
+    return CORRECTED if changed else CLEAN
+
+
+@numba.njit(cache=True, nogil=True)
+def _decode_group(W, flags, g, acc, a0, d, first, sc):  # type: ignore[no-untyped-def]
+    """Decode group g of W in place (its packed syndromes: acc rows a0..a0+3); returns its status.
+
+    When the flagged entries fit as erasures, a cheap errors-only attempt (locator at most
+    half their number) comes first: when it succeeds its correction is the erasure decoder's
+    (that one is unique), at a cost that follows the actual damage, not the flagged count.
+    """
+    S, pos, val, npos, u, nlen, lam, psi, om, lpsi, ers, B, tmp, st = sc
+    nbad = 0
+    nfix = 0
+    for t in range(4):
+        ers[t] = 0
+    for j in range(N_POS):
+        f = flags[g, j]
+        fx = f & FLAG_FIXED_MASK
+        if (f & FLAG_BAD) != 0 and (f & FLAG_PAD) == 0:
+            nbad += 1
+            for t in range(4):
+                ers[t] += 1
+        elif fx != 0:
+            for b in range(4):
+                if (fx >> b) & 1:
+                    ers[(b - j) & 3] += 1
+        if fx != 0:
+            nfix += 1
+    if nbad == 0 and nfix == 0:
+        for t in range(4):
+            for w in range(acc.shape[1]):
+                if acc[a0 + t, w] != 0:
+                    return INCONSISTENT
+        return CLEAN
+    for t in range(4):
+        for i in range(d[t]):
+            S[t, i] = _LOG[np.int64((acc[a0 + t, i >> 3] >> np.uint64(8 * (i & 7))) & np.uint64(255))]
+    fits = True
+    for t in range(4):
+        if ers[t] > d[t]:
+            fits = False
+    if not fits or nbad > _ERASE_DIRECT:
+        _erasures(flags, g, False, pos, npos)
+        res = _locate_errors(flags, g, d, nbad // 2 if fits else _NMAX, sc)
+        if res == 0:
+            res = _forney(d, first, sc)
+        if res == 0:
+            return _apply(W, flags, g, pos, val, npos)
+        if not fits:
+            return res
+    _erasures(flags, g, True, pos, npos)
+    res = _forney(d, first, sc)
+    if res != 0:
+        return res
+    return _apply(W, flags, g, pos, val, npos)
