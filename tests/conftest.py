@@ -26,9 +26,7 @@ settings.register_profile(
     derandomize=True,  # the same examples every run: CI results are reproducible
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.register_profile(
-    "thorough", parent=settings.get_profile("default"), max_examples=300, derandomize=False
-)
+settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=300, derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 TEST_KEY_HEX = "5ea1" * 16

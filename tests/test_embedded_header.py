@@ -48,7 +48,7 @@ def test_the_weights_carry_an_authentic_copy_of_the_header(
         got = parse_header(text, key)
         assert got.salt == h.salt and got.tensors == h.tensors and got.lanes == h.lanes
         assert got.user_metadata is None and got.digest == h.digest  # only the digest travels in the weights
-        assert "user_metadata\"" not in text
+        assert 'user_metadata"' not in text
     # every float tensor with room carries an identity record naming its index
     for t, spec in enumerate(h.tensors):
         rec = _embed.read_record(sealed_big.tensors[spec.name], spec.k) if spec.reserved else None
@@ -174,9 +174,7 @@ def test_a_tampered_header_copy_falls_back_to_the_other_and_is_recovered(
     helpers.assert_model_equal(got, sealed_big.tensors)
 
 
-def test_destroyed_record_blocks_are_rebuilt_bit_exactly(
-    sealed_big: paramseal.SealedModel, key: paramseal.Key
-) -> None:
+def test_destroyed_record_blocks_are_rebuilt_bit_exactly(sealed_big: paramseal.SealedModel, key: paramseal.Key) -> None:
     t = helpers.copy_model(sealed_big.tensors)
     for name in ("fc.bias", "norm.weight", "emb.weight"):
         t[name].reshape(-1)[:200] = 0

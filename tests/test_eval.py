@@ -49,7 +49,9 @@ def test_tiny_battery_writes_json_markdown_png_with_sane_values(tiny: tuple[Path
     assert flips["localisation"]["parameter"] == {"precision": 1.0, "recall": 1.0, "hit": 10, "flagged": 10, "true": 10}
     assert flips["metric_recovered"] == configs[0]["metric_sealed"]
     scattered = runs["mlp/F32/standard/s0/random-modify_p=0.05"]
-    assert scattered["recovered"] is False and scattered["detected"] is True  # beyond capacity: honest
+    # 5% scattered is within the irs code's capacity (fp32): recovered, and back to the sealed metric
+    assert scattered["recovered"] is True and scattered["detected"] is True
+    assert scattered["metric_recovered"] == configs[0]["metric_sealed"]
     assert "refused" in runs["mlp/F32/standard/s0/truncate"]["detection"]
     table = (out / "results.md").read_text()
     assert "| bitflip n=10 |" in table and "1/1" in table

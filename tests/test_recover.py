@@ -63,7 +63,7 @@ def test_contiguous_destruction_within_capacity_is_recovered_bit_exactly(
 
 def test_model_uses_several_lanes_and_a_layer_wipe_is_spread_over_them(key: paramseal.Key) -> None:
     m = helpers.fp32_model(100_000, seed=3, tensors=8)
-    s = paramseal.seal(m, key)
+    s = paramseal.SealConfig(code="lanes").seal(m, key)
     assert s.header.lanes >= 2, "a 100k-parameter model should be coded as several codewords"
     # Zero one whole tensor (12.5% of the model): recoverable only if spread over every lane.
     t = helpers.copy_model(s.tensors)
@@ -88,10 +88,10 @@ def test_beyond_capacity_contiguous_never_claims_success(key: paramseal.Key, fra
     assert res.report.status == "unrecoverable"
 
 
-@pytest.mark.parametrize("p", [0.01, 0.05, 0.3])
-def test_scattered_tampering_beyond_capacity_never_claims_success(key: paramseal.Key, p: float) -> None:
+@pytest.mark.parametrize(("code", "p"), [("lanes", 0.01), ("lanes", 0.05), ("lanes", 0.3), ("irs", 0.3), ("irs", 0.5)])
+def test_scattered_tampering_beyond_capacity_never_claims_success(key: paramseal.Key, code: str, p: float) -> None:
     m = helpers.fp32_model(30_000, seed=6, tensors=2)
-    s = paramseal.seal(m, key)
+    s = paramseal.SealConfig(code=code).seal(m, key)
     rng = np.random.default_rng(7)
     t = helpers.copy_model(s.tensors)
     for a in t.values():
@@ -106,7 +106,7 @@ def test_scattered_tampering_beyond_capacity_never_claims_success(key: paramseal
 
 def test_partial_recovery_restores_what_it_can_and_names_the_rest(key: paramseal.Key) -> None:
     m = helpers.fp32_model(100_000, seed=8, tensors=4)
-    s = paramseal.seal(m, key)
+    s = paramseal.SealConfig(code="lanes").seal(m, key)
     assert s.header.lanes >= 2
     rng = np.random.default_rng(9)
     t = helpers.copy_model(s.tensors)

@@ -146,8 +146,12 @@ def test_whole_tensors_18pct_standard(targets: dict[str, Any]) -> None:
     _run_recovered(targets["standard"], "whole-tensors", 0.18, trials=3)
 
 
-def test_scattered_0_2pct_standard(targets: dict[str, Any]) -> None:
-    _run_recovered(targets["standard"], "scattered", 0.002, trials=3)
+def test_scattered_10pct_standard(targets: dict[str, Any]) -> None:
+    _run_recovered(targets["standard"], "scattered", 0.10, trials=3)
+
+
+def test_scattered_20pct_strong(targets: dict[str, Any]) -> None:
+    _run_recovered(targets["strong"], "scattered", 0.20, trials=2)
 
 
 @pytest.mark.parametrize("level", ["standard", "strong"])
@@ -185,8 +189,8 @@ def test_40pct_contiguous_standard_never_claims_success(targets: dict[str, Any])
     _run_beyond(targets["standard"], "contiguous-blocks", 0.40, trials=3)
 
 
-def test_2pct_scattered_standard_never_claims_success(targets: dict[str, Any]) -> None:
-    _run_beyond(targets["standard"], "scattered", 0.02, trials=2)
+def test_16pct_scattered_standard_never_claims_success(targets: dict[str, Any]) -> None:
+    _run_beyond(targets["standard"], "scattered", 0.16, trials=2)
 
 
 # --------------------------------------------------------------------------- slow: 50 trials per point
@@ -200,8 +204,8 @@ def test_2pct_scattered_standard_never_claims_success(targets: dict[str, Any]) -
         ("standard", "whole-tensors", 0.18),
         ("strong", "contiguous-blocks", 0.30),
         ("strong", "whole-tensors", 0.30),
-        ("standard", "scattered", 0.002),
-        ("strong", "scattered", 0.002),
+        ("standard", "scattered", 0.10),
+        ("strong", "scattered", 0.20),
         ("standard", "bitflips", 1000),
         ("strong", "bitflips", 1000),
     ],
@@ -216,7 +220,8 @@ def test_targets_50_trials(targets: dict[str, Any], level: str, attack: str, rat
     [
         ("standard", "contiguous-blocks", 0.40),
         ("strong", "contiguous-blocks", 0.50),
-        ("standard", "scattered", 0.02),
+        ("standard", "scattered", 0.16),
+        ("strong", "scattered", 0.25),
     ],
 )
 def test_beyond_capacity_50_trials(targets: dict[str, Any], level: str, attack: str, rate: float) -> None:

@@ -77,7 +77,8 @@ def test_sealed_module_outputs_stay_within_the_level_bound(key: paramseal.Key, m
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(2))
     seal = pst.seal_module(sealed, key, level=level)
     k = {"standard": 8, "strong": 12}[level]
-    assert seal.header.level == level and {t.k for t in seal.header.tensors} == {k}
+    assert seal.header.level == level and {t.k for t in seal.header.tensors if t.numel >= 64} == {k}
+    assert {t.k for t in seal.header.tensors if t.numel < 64} <= {0, k}  # irs: tiny tensors are sealed as data
     eps, tau = max_relative_change("F32", k), max_subnormal_change("F32", k)
     changed = sum(
         int((a != b).sum()) for a, b in zip(net.state_dict().values(), sealed.state_dict().values(), strict=True)

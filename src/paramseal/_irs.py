@@ -20,7 +20,7 @@ fixed bytes) they are erased instead. See docs/scattered-design.md, sections 2, 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -86,6 +86,8 @@ class Code:
     syn: NDArray[np.uint64]  # (255 * 128, words): row 128 j + 16 n + v: syndromes of value v at nibble n of word j
     enc: NDArray[np.uint64]  # the same rows composed with the solver: their share of the free nibbles
     fn: NDArray[np.int64]  # (4, 2 max d): free nibble r of codeword t -> 8 j + n (-1 past 2 d_t)
+    host: int = 0  # whole free bytes per codeword turned into data (they carry the outer code)
+    hosted: NDArray[np.int64] = field(default_factory=lambda: np.zeros((4, 0), np.int64))  # (4, host): j of byte 0
 
 
 def _gf_mul(a: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -170,19 +172,30 @@ def _solver(t: int, nibs: list[int], d_t: int) -> tuple[int, NDArray[np.uint8]]:
 
 
 @functools.lru_cache(maxsize=16)
-def code_for(k: int, free_strata: int = N_POS) -> Code:
+def code_for(k: int, free_strata: int = N_POS, host: int = 0) -> Code:
     """The code for k free bits per fp32 value in the first ``free_strata`` positions (cached).
 
+    ``host``: in each codeword, the free byte 0 of the first ``host`` positions that have one
+    becomes data (d_t drops by ``host``); the outer code keeps its parity there. The first
+    strata are never padding, so every group stores its hosted bytes.
     Raises ValueError for k outside (4, 8, 12, 16) or free_strata outside 1..255.
     """
     if k not in (4, 8, 12, 16):
         raise ValueError(f"cannot build a code for k={k} free bits; expected 4, 8, 12 or 16")
     if not 1 <= free_strata <= N_POS:
         raise ValueError(f"cannot build a code with free_strata={free_strata}; expected 1 to {N_POS}")
+    if host and (k < 8 or 4 * host > free_strata):
+        raise ValueError(f"cannot host {host} bytes per codeword at k={k} with {free_strata} free positions")
     lists: list[list[int]] = [[] for _ in range(4)]
     for j in range(free_strata):
         for n in range(k // 4):
             lists[((n >> 1) - j) & 3].append(8 * j + n)
+    hosted = np.zeros((4, host), np.int64)
+    for t in range(4):  # byte 0 of position j belongs to codeword (-j) & 3
+        js = [j for j in range(free_strata) if (-j) & 3 == t][:host]
+        hosted[t] = sorted(js)
+        gone = {8 * j for j in js} | {8 * j + 1 for j in js}
+        lists[t] = [x for x in lists[t] if x not in gone]
     d = np.array([len(fl) // 2 for fl in lists], np.int64)
     dmax = int(d.max())
     words = max(4, -(-dmax // 32) * 4)  # 8 d bits, rounded up to 4 words for the unrolled XORs
@@ -208,11 +221,19 @@ def code_for(k: int, free_strata: int = N_POS) -> Code:
     for v in range(1, 16):
         low = (v & -v).bit_length() - 1
         enc[:, :, v] = enc[:, :, v & (v - 1)] ^ share[:, :, low]
+    keep = enc[hosted.reshape(-1), :2].copy()
     enc[:free_strata, : k // 4] = 0  # free nibbles carry no data
+    enc[hosted.reshape(-1), :2] = keep  # hosted bytes do
     syn, enc = syn.reshape(-1, words), enc.reshape(-1, words)
-    for a in (d, first, syn, enc, fn):
+    for a in (d, first, syn, enc, fn, hosted):
         a.setflags(write=False)
-    return Code(k, free_strata, d, first, words, syn, enc, fn)
+    return Code(k, free_strata, d, first, words, syn, enc, fn, host, hosted)
+
+
+def byte_mask(flags: NDArray[np.uint8]) -> NDArray[np.uint32]:
+    """Per entry: the word mask of the bytes that are stored as the code expects (not fixed)."""
+    out: NDArray[np.uint32] = _KEEP[flags & FLAG_FIXED_MASK].astype(np.uint32)
+    return out
 
 
 def radius(code: Code, eps_per_codeword: float = 0.0) -> float:
@@ -238,7 +259,8 @@ def _run(
     status = np.zeros(W.shape[0], np.int8)
     fl = np.zeros((1, 1), np.uint8) if flags is None else flags
     table = code.enc if op == 0 else code.syn
-    b0f = code.k // 8 if op == 0 else 0  # the encoder skips whole free bytes; syndromes take every byte
+    # the encoder skips whole free bytes (unless some host data); syndromes take every byte
+    b0f = code.k // 8 if op == 0 and not code.host else 0
     _run_nb(op, W, fl, table, code.fn, code.d, code.first, b0f, code.free_strata, ok, status)
     return ok, status
 

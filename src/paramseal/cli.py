@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--level", choices=LEVELS, default="standard", help="protection level (default: standard)")
     g.add_argument("--bits", type=int, metavar="K", help="explicit low bits per float value")
     p.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the INPUT file")
+    p.add_argument(
+        "--code",
+        choices=("irs", "lanes"),
+        help="redundancy code: irs (scattered and contiguous damage; fp32 models) or lanes (contiguous damage; "
+        "every dtype); default: irs where it applies",
+    )
 
     p = sub.add_parser("verify", help="check a sealed model and locate tampering")
     p.add_argument("input")
@@ -104,18 +110,33 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         case "seal" if sharded.is_sharded(Path(args.input)):
             names = sharded.seal_dir(
-                Path(args.input), Path(args.output), load_key(args.key), level=args.level, bits=args.bits
+                Path(args.input),
+                Path(args.output),
+                load_key(args.key),
+                level=args.level,
+                bits=args.bits,
+                code=args.code,
             )
             print(f"OK: sealed {len(names)} shard(s) of {args.input} -> {args.output} (each self-contained)")
             return 0
         case "seal":
             sealed = files.seal_file(
-                args.input, args.output, load_key(args.key), level=args.level, bits=args.bits, in_place=args.in_place
+                args.input,
+                args.output,
+                load_key(args.key),
+                level=args.level,
+                bits=args.bits,
+                in_place=args.in_place,
+                code=args.code,
             )
             h = sealed.header
             ks = sorted({(t.dtype, t.k) for t in h.tensors if t.k})
             desc = ", ".join(f"{dt} k={k}" for dt, k in ks)
-            print(f"OK: sealed {args.input} -> {args.output} ({len(h.tensors)} tensors, {desc}, level {h.level})")
+            code = "irs" if h.irs else "lanes"
+            print(
+                f"OK: sealed {args.input} -> {args.output} ({len(h.tensors)} tensors, {desc}, level {h.level}, "
+                f"code {code})"
+            )
             return 0
         case "verify":
             key = load_key(args.key)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _embed
+from . import _embed, _strata
 from ._bits import uint_view
 from ._layout import TensorSpec
 from ._pages import Mapping, Workspace, chunks, copy_range, release
@@ -33,7 +33,7 @@ from .keys import Key
 from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP, bits_for, capacity, dtype_name
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
 from .report import Report
-from .seal import SealConfig, probe_header, seal_flat, write_blocks
+from .seal import SealConfig, probe_header, seal_flat, use_irs, write_blocks
 from .verify import Check, check, header_from_weights, report_of
 
 PathLike = str | os.PathLike[str]
@@ -206,6 +206,7 @@ def seal_file(
     in_place: bool = False,
     progress: bool | None = None,
     extra_metadata: dict[str, str] | None = None,
+    code: str | None = None,
 ) -> SealedFile:
     """Seal the model in ``src`` and write it to ``dst``; the file's metadata is kept.
 
@@ -214,7 +215,7 @@ def seal_file(
     """
     s, d = Path(src), Path(dst)
     _check_paths(s, d, in_place)
-    cfg = SealConfig(level=level, bits=bits)
+    cfg = SealConfig(level=level, bits=bits, code=code)
     with _open_model(s) as loaded:
         meta = {**loaded.metadata, **(extra_metadata or {})}
         if METADATA_KEY in loaded.metadata:
@@ -227,7 +228,7 @@ def seal_file(
             return SealedFile(d, sealed.header_json, sealed.header)
         specs = cfg.specs(loaded.tensors)
         salt = os.urandom(16)
-        probe, slack = probe_header(specs, cfg.level, cfg.bits, salt, key, meta)
+        probe, slack = probe_header(specs, cfg.level, cfg.bits, salt, key, meta, use_irs(specs, cfg.code, cfg.lanes))
         entries = [(x.name, x.dtype, x.shape) for x in specs]
         room = st_format.header_room(entries, {**meta, METADATA_KEY: probe.to_json(key)}) + slack
         prog = Progress("seal", 2 * len(specs) + 1, enabled=progress)
@@ -238,7 +239,9 @@ def seal_file(
                 try:
                     flats = [uint_view(loaded.tensors[x.name]) for x in specs]
                     outs = [uint_view(w.array(x.name)) for x in specs]
-                    header = seal_flat(flats, outs, specs, key, salt, cfg.level, cfg.bits, cfg.lanes, meta, ws, prog)
+                    header = seal_flat(
+                        flats, outs, specs, key, salt, cfg.level, cfg.bits, cfg.lanes, meta, ws, prog, cfg.code
+                    )
                     text = header.to_json(key)
                     w.finish({**meta, METADATA_KEY: text})
                 except BaseException:
@@ -441,23 +444,35 @@ def _inspect(p: Path, loaded: Loaded) -> dict[str, Any]:
             and (t["dtype"] not in FLOATS or 0 <= t["k"] < FLOATS[t["dtype"]].mantissa)
         }
         label = info["seal"]["level"] if info["seal"]["bits"] is None else f"bits={info['seal']['bits']}"
-        info["levels"] = {str(label): _caps(ks)}
+        info["levels"] = {str(label): _caps(ks, h.get("code") == _strata.CODE_NAME)}
     else:
-        info["levels"] = {lv: _caps({dt: bits_for(dt, lv, None) for dt in dtypes}) for lv in LEVELS}
+        info["levels"] = {}
+        for lv in LEVELS:
+            ks = {dt: bits_for(dt, lv, None) for dt in dtypes}
+            irs = _strata.applies([TensorSpec(f"t{i}", dt, (n,), ks[dt]) for i, (dt, n) in enumerate(dtypes.items())])
+            info["levels"][lv] = _caps(ks, irs)
     return info
 
 
-def _caps(ks: dict[Any, Any]) -> dict[str, Any]:
+def _caps(ks: dict[Any, Any], irs: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for dt, k in ks.items():
         if dt in FLOATS and isinstance(k, int) and k > 0:
             c = capacity(dt, k)
-            out[dt] = {
-                "k": k,
-                "max_relative_change": c.max_relative_change,
-                "contiguous_bound": round(c.erasure_bound, 4),
-                "unknown_positions_bound": round(c.error_bound, 4),
-            }
+            out[dt] = {"k": k, "max_relative_change": c.max_relative_change}
+            if irs and dt == "F32" and k in _strata.KS:
+                ic = _strata.capacity(k)
+                out[dt] |= {
+                    "code": "irs",
+                    "contiguous_bound": round(ic["contiguous_bound"], 4),
+                    "scattered_radius_per_group": round(ic["scattered_radius"], 4),
+                }
+            else:
+                out[dt] |= {
+                    "code": "lanes",
+                    "contiguous_bound": round(c.erasure_bound, 4),
+                    "unknown_positions_bound": round(c.error_bound, 4),
+                }
         else:
             out[str(dt)] = {"k": 0, "note": "integer/bool: authenticated and protected, carries no bits"}
     return out

@@ -23,9 +23,11 @@ from .keys import Key
 from .levels import BLOCK
 
 SCHEME = "paramseal/2"
+#: v3: the same header with the interleaved Reed–Solomon code (``_irs``) instead of lanes.
+SCHEME_IRS = "paramseal/3"
 #: Schemes this version reads. v2 added the header copy embedded in the weights (``_embed``) and keeps
 #: only a digest of the user metadata under the MAC, so that copy verifies without the metadata.
-READS = ("paramseal/1", SCHEME)
+READS = ("paramseal/1", SCHEME, SCHEME_IRS)
 METADATA_KEY = "paramseal"
 MAC_NAME = "mlh-p32+aes256ctr"
 CODE_NAME = "rs-gf16-leopard"
@@ -52,6 +54,13 @@ class Header:
     mac: str = MAC_NAME
     code: str = CODE_NAME
     shard_bytes: int = 4
+    strata: int = 0  # v3: words per stratum (the number of code groups)
+    host: int = 0  # v3: free bytes per codeword that carry the outer code
+
+    @property
+    def irs(self) -> bool:
+        """Whether the parity is the interleaved Reed–Solomon code (v3) rather than lanes."""
+        return self.scheme == SCHEME_IRS
 
     @property
     def digest(self) -> str:
@@ -89,6 +98,9 @@ class Header:
         else:
             body["user_metadata_sha256"] = self.digest
             body["carriers"] = list(self.carriers)
+        if self.irs:
+            body["strata"] = self.strata
+            body["outer_host"] = self.host
         return body
 
     def to_json(self, key: Key, *, embedded: bool = False) -> str:
@@ -206,6 +218,8 @@ def parse_header(text: str, key: Key) -> Header:
             mac=str(body["mac"]),
             code=str(body["code"]),
             shard_bytes=int(body["shard_bytes"]),
+            strata=int(body["strata"]) if body["scheme"] == SCHEME_IRS else 0,
+            host=int(body["outer_host"]) if body["scheme"] == SCHEME_IRS else 0,
         )
     except (KeyError, TypeError, ValueError) as e:  # authenticated but unreadable: a writer bug
         raise FormatError(f"the ParamSeal header is authentic but unreadable: {e}") from None
@@ -228,6 +242,7 @@ __all__ = [
     "METADATA_KEY",
     "READS",
     "SCHEME",
+    "SCHEME_IRS",
     "Header",
     "HeaderAuthError",
     "metadata_digest",

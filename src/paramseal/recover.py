@@ -92,6 +92,20 @@ def plan_recovery(chk: Check, ws: Workspace | None = None) -> Recovery:
     meta = dict(chk.header.user_metadata if chk.header.user_metadata is not None else chk.file_metadata or {})
     if base.status == "intact":
         return Recovery(base, {}, meta)
+    if chk.header.irs:
+        outcome = chk.irs_outcome()
+        patches: dict[int, Patch] = outcome.patches
+        for t, p in patches.items():
+            chk.bad[t] = chk.bad[t].copy()
+            chk.bad[t][p.rows] = False
+        failed = outcome.failed_groups
+    else:
+        patches, failed = _decode_lanes(chk, ws)
+    return _conclude(chk, base, patches, failed, meta)
+
+
+def _decode_lanes(chk: Check, ws: Workspace) -> tuple[dict[int, Patch], int]:
+    """Decode the damaged lanes and rebuild the blocks they restore; returns the patches and failed lanes."""
     lay, specs = chk.layout, chk.specs
     bad_b = np.flatnonzero(chk.bad_global)
     lane_ok = np.ones(lay.lanes, dtype=np.bool_)
@@ -128,6 +142,12 @@ def plan_recovery(chk: Check, ws: Workspace | None = None) -> Recovery:
             release(data, parity)
             if p is not None:
                 patches[t] = p
+    return patches, int((~lane_ok).sum())
+
+
+def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, meta: dict[str, str]) -> Recovery:
+    """The recover report: what was restored, and whether every rebuilt block carries its authentic tag."""
+    specs = chk.specs
     findings = _findings(chk, base, patches)
     # Blocks not rebuilt were verified by check() and are unchanged; blocks in failed lanes stay
     # tampered. Rebuilt data is trusted because decoding used only MAC-verified shards and the
@@ -155,7 +175,7 @@ def plan_recovery(chk: Check, ws: Workspace | None = None) -> Recovery:
         key_fingerprint=base.key_fingerprint,
         level=base.level,
         total_blocks=base.total_blocks,
-        lanes_failed=int((~lane_ok).sum()),
+        lanes_failed=failed,
     )
     return Recovery(report, patches, meta)
 

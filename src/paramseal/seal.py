@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _bits, _code, _embed, _model, _pages
+from . import _bits, _code, _embed, _irs, _model, _pages, _strata
 from ._bits import write_tags
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
 from ._pages import SCATTERED_BLOCKS, Workspace, chunks, file_span, is_mapped, release
 from ._progress import Progress
 from .errors import UnsupportedError, UsageError
-from .header import Header
+from .header import SCHEME_IRS, Header
 from .keys import Key
 from .levels import BLOCK, FLOATS, LEVELS, bits_for, dtype_name
 
@@ -34,6 +34,9 @@ class SealConfig:
     level: str = "standard"
     bits: int | None = None
     lanes: int | None = None  # None: chosen from the model size
+    #: "irs" (interleaved Reed–Solomon: scattered and contiguous damage), "lanes" (long erasure codes:
+    #: contiguous damage, every dtype), or None: irs where it applies (fp32 models), else lanes.
+    code: str | None = None
 
     def specs(self, tensors: Mapping[str, NDArray[np.generic]]) -> list[TensorSpec]:
         """The tensor table this configuration gives ``tensors``; refuses what cannot be sealed."""
@@ -44,6 +47,17 @@ class SealConfig:
         specs = [_spec(name, a, self.level, self.bits) for name, a in tensors.items()]
         if not any(s.is_float for s in specs):
             raise UnsupportedError("cannot seal a model without float tensors: the watermark lives in float mantissas")
+        if self.code not in (None, "irs", "lanes"):
+            raise UsageError(f"unknown code '{self.code}'; choose irs or lanes")
+        if self.code == "irs" and not _strata.applies(specs):
+            raise UnsupportedError(
+                "the irs code needs every float tensor in fp32 with --bits 8, 12 or 16 (standard and strong "
+                "levels), and integer tensors under a quarter of the model; use --code lanes"
+            )
+        if use_irs(specs, self.code, self.lanes):
+            # Tensors smaller than a block are mostly graph constants (exponents, epsilons, fill values)
+            # that must stay exact: Pow(x, 2.0000153) of a negative x is NaN. They are protected as data.
+            specs = [replace(x, k=0) if x.is_float and x.numel < BLOCK else x for x in specs]
         return specs
 
     def seal(
@@ -62,7 +76,7 @@ class SealConfig:
         flats = [_bits.uint_view(arrays[s.name]) for s in specs]
         outs = [np.empty_like(f) for f in flats]
         header = seal_flat(
-            flats, outs, specs, key, salt, self.level, self.bits, self.lanes, meta, Workspace(), progress
+            flats, outs, specs, key, salt, self.level, self.bits, self.lanes, meta, Workspace(), progress, self.code
         )
         out = {s.name: o.view(arrays[s.name].dtype).reshape(s.shape) for s, o in zip(specs, outs, strict=True)}
         return SealedModel(out, header.to_json(key), header)
@@ -80,6 +94,7 @@ def seal_flat(
     meta: dict[str, str],
     ws: Workspace,
     progress: Progress | None = None,
+    code: str | None = None,
 ) -> Header:
     """Seal tensors given as flat unsigned views (``flats``) into ``outs``, chunk by chunk.
 
@@ -92,8 +107,11 @@ def seal_flat(
     3. embed: every chunk gets its parity, records and tags, and is written out;
     4. the header is built and copied into the carriers' reserved blocks.
     """
-    emb = _embed.plan(specs, _copy_size(specs, level, bits, salt, key, meta))
+    irs = use_irs(specs, code, lanes)
+    emb = _embed.plan(specs, _copy_size(specs, level, bits, salt, key, meta, irs))
     specs = emb.specs
+    if irs:
+        return _seal_irs(flats, outs, specs, key, salt, level, bits, meta, emb.carriers, progress)
     layout = build_layout(specs, key, salt, lanes)
     prog = progress or Progress.null()
     g = layout.lanes
@@ -158,8 +176,15 @@ def seal_flat(
         user_metadata=meta,
         carriers=emb.carriers,
     )
+    _write_carriers(outs, header, key, mac)
+    return header
+
+
+def _write_carriers(outs: list[NDArray[np.unsignedinteger]], header: Header, key: Key, mac: BlockMac) -> None:
+    """Copy the finished header into the reserved blocks of its carriers, and tag those blocks."""
+    specs, salt = header.tensors, header.salt
     copy = header.to_json(key, embedded=True).encode()
-    for t in emb.carriers:
+    for t in header.carriers:
         spec = specs[t]
         ub = read_blocks(outs[t], spec, 0, spec.reserved)
         rows = np.arange(spec.reserved)
@@ -167,6 +192,91 @@ def seal_flat(
         tags = _model.compute_tags(mac, salt, t, spec, ub, np.ones(spec.nblocks, np.bool_))
         write_tags(ub, tags, spec.k)
         write_blocks(outs[t], spec, 0, ub)
+
+
+#: Groups encoded per batch: [8192, 255] words (8 MiB) and the 255 runs they come from.
+GROUP_BATCH = 8192
+
+
+def use_irs(specs: list[TensorSpec], code: str | None, lanes: int | None) -> bool:
+    """Whether to seal with the interleaved Reed–Solomon code (see ``SealConfig.code``)."""
+    if code == "lanes" or (code is None and lanes is not None):
+        return False
+    return code == "irs" or _strata.applies(specs)
+
+
+def _seal_irs(
+    flats: list[NDArray[np.unsignedinteger]],
+    outs: list[NDArray[np.unsignedinteger]],
+    specs: list[TensorSpec],
+    key: Key,
+    salt: bytes,
+    level: str,
+    bits: int | None,
+    meta: dict[str, str],
+    carriers: tuple[int, ...],
+    progress: Progress | None,
+) -> Header:
+    """Seal with the irs4 code: parity per batch of groups, then tags tensor by tensor.
+
+    Memory: one batch of groups, the integer tensors' words and the code tables; the model
+    itself is read and written through ``flats`` and ``outs`` (memory maps for files).
+    """
+    prog = progress or Progress.null()
+    st = _strata.plan(specs, key, salt)
+    code = st.code
+    data = st.pack_data(flats)
+    for i in np.flatnonzero(~st.is_float):
+        _strata.write_run(outs[int(i)], 0, flats[int(i)])
+    prog.step("encode")
+    outer = st.outer
+    for s in range(outer.superblocks):  # with an outer code, a whole superblock: its parity goes into its groups
+        a, b = outer.span(s)
+        step = b - a if st.host else GROUP_BATCH
+        for g0 in range(a, b, step):
+            g1 = min(b, g0 + step)
+            w = st.gather(flats, data, g0, g1, seal=True)
+            if st.host:
+                outer.put(code, w, outer.parity(outer.content(w), s))
+            _irs.encode(code, w)
+            st.scatter(outs, w, g0, g1)
+    mac = BlockMac(key)
+    external: dict[int, NDArray[np.uint64]] = {}
+    for t, spec in enumerate(specs):
+        prog.step(f"tag {spec.name}")
+        internal = spec.block_storage()[1]
+        ext: list[NDArray[np.uint64]] = []
+        plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
+        for r0, r1 in chunks(spec.nblocks, flats[t].dtype.itemsize, 0, 1):
+            ub = read_blocks(outs[t], spec, r0, r1)
+            if r0 < spec.reserved and t not in carriers:
+                _embed.write_reserved(ub, spec, plain, np.arange(min(r1, spec.reserved) - r0), r0)
+            tags = _model.compute_tags(mac, salt, t, spec, ub, internal, r0=r0)
+            inside = internal[r0:r1]
+            if spec.is_float and inside.any():  # a block whose tag is in the header keeps its parity bits
+                sub = ub[inside]
+                write_tags(sub, tags[inside], spec.k)
+                ub[inside] = sub
+            ext.append(tags[~inside])
+            write_blocks(outs[t], spec, r0, ub)
+        if not internal.all():
+            external[t] = np.concatenate(ext)
+    header = Header(
+        level=level,
+        bits=bits,
+        salt=salt,
+        key_fingerprint=key.fingerprint,
+        lanes=0,
+        tensors=tuple(specs),
+        external_tags=external,
+        user_metadata=meta,
+        carriers=carriers,
+        scheme=SCHEME_IRS,
+        code=_strata.CODE_NAME,
+        strata=st.G,
+        host=st.host,
+    )
+    _write_carriers(outs, header, key, mac)
     return header
 
 
@@ -210,7 +320,13 @@ def _refuse_non_finite(ub: _model.Blocks, spec: TensorSpec) -> None:
 
 
 def probe_header(
-    specs: list[TensorSpec], level: str, bits: int | None, salt: bytes, key: Key, meta: dict[str, str]
+    specs: list[TensorSpec],
+    level: str,
+    bits: int | None,
+    salt: bytes,
+    key: Key,
+    meta: dict[str, str],
+    irs: bool = False,
 ) -> tuple[Header, int]:
     """A header as long as the final one but for a few digits, and how many characters those may add.
 
@@ -223,14 +339,16 @@ def probe_header(
         if not s.block_storage()[1].all()
     }
     probe = Header(level, bits, salt, key.fingerprint, 0, tuple(specs), ext, meta, carriers=(0,) * _embed.CARRIERS)
+    if irs:
+        probe = replace(probe, scheme=SCHEME_IRS, code=_strata.CODE_NAME, strata=10**12, host=9)
     return probe, 7 * (len(specs) + 1 + _embed.CARRIERS)
 
 
 def _copy_size(
-    specs: list[TensorSpec], level: str, bits: int | None, salt: bytes, key: Key, meta: dict[str, str]
+    specs: list[TensorSpec], level: str, bits: int | None, salt: bytes, key: Key, meta: dict[str, str], irs: bool
 ) -> int:
     """An upper bound on the embedded header's length, known before sealing."""
-    probe, slack = probe_header(specs, level, bits, salt, key, meta)
+    probe, slack = probe_header(specs, level, bits, salt, key, meta, irs)
     return len(probe.to_json(key, embedded=True)) + slack
 
 

@@ -130,12 +130,20 @@ def _copy_others(src: Path, dst: Path, skip: set[str]) -> None:
             shutil.copy2(p, dst / p.name)
 
 
-def _seal_one(src: Path, dst: Path, key: Key, level: str, bits: int | None, record: str) -> str:
-    return files.seal_file(src, dst, key, level=level, bits=bits, extra_metadata={SET_KEY: record}).header_json
+def _seal_one(src: Path, dst: Path, key: Key, level: str, bits: int | None, record: str, code: str | None) -> str:
+    meta = {SET_KEY: record}
+    return files.seal_file(src, dst, key, level=level, bits=bits, extra_metadata=meta, code=code).header_json
 
 
 def seal_dir(
-    src: Path, dst: Path, key: Key, *, level: str = "standard", bits: int | None = None, workers: int | None = None
+    src: Path,
+    dst: Path,
+    key: Key,
+    *,
+    level: str = "standard",
+    bits: int | None = None,
+    workers: int | None = None,
+    code: str | None = None,
 ) -> list[str]:
     """Seal every shard of the checkpoint in ``src`` into the new folder ``dst``; returns the shard names."""
     idx = read_index(src)
@@ -143,7 +151,15 @@ def seal_dir(
     set_id = os.urandom(16).hex()
     with _atomic_dir(dst) as tmp:
         jobs = [
-            (src / name, tmp / name, key, level, bits, json.dumps({"set": set_id, "shard": name, "shards": shards}))
+            (
+                src / name,
+                tmp / name,
+                key,
+                level,
+                bits,
+                json.dumps({"set": set_id, "shard": name, "shards": shards}),
+                code,
+            )
             for name in shards
         ]
         _map(_seal_one, jobs, workers)

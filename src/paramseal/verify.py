@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,6 +45,7 @@ class Check:
     moved: frozenset[int] = frozenset()  # tensors whose data was found under another name
 
     _layout: Layout | None = field(default=None, repr=False)
+    _irs: Any = field(default=None, repr=False)  # the irs4 decode, run once (verify and recover share it)
 
     @property
     def layout(self) -> Layout:
@@ -70,10 +72,27 @@ class Check:
         npar = np.bincount(lay.lane[b], weights=lay.n_store[b], minlength=lay.lanes).astype(np.int64)
         return nd, npar + lay.holes
 
+    @property
+    def complete(self) -> bool:
+        """Whether every tensor's blocks were read (not a partial verification)."""
+        return all(ub.shape[0] == s.nblocks for s, ub in zip(self.specs, self.blocks, strict=True))
+
+    def irs_outcome(self) -> Any:
+        """The irs4 decode of this model (``_irs_recover.Outcome``), computed on first use."""
+        if self._irs is None:
+            from . import _irs_recover
+
+            self._irs = _irs_recover.decode_check(self)
+        return self._irs
+
     def recoverable(self) -> bool:
-        """Whether every damaged lane has enough surviving shards to decode."""
+        """Whether every damaged block can be rebuilt (irs4: by decoding; lanes: enough surviving shards)."""
         if not any(b.any() for b in self.bad):
             return True
+        if self.header.irs:
+            from . import _irs_recover
+
+            return bool(self.irs_outcome().ok) if self.complete else _irs_recover.estimate(self)
         nd, npar = self.lane_losses()
         return bool(np.all((nd == 0) | (nd + npar <= self.layout.M)))
 

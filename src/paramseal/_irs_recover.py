@@ -1,0 +1,210 @@
+"""Recovery with the irs4 code: decode the groups that touch failed blocks, rebuild the blocks they restore.
+
+Blocks whose tag failed mark their words as possible errors (``FLAG_BAD``). A group whose
+flagged words fit as erasures is decoded from its verified words alone; otherwise (scattered
+damage flags nearly every block) it is decoded errors-only, and each error it locates must lie
+in a failed block. A block is rebuilt only if every group holding one of its words decoded.
+Nothing here writes to the checked model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _embed, _irs, _model, _outer, _strata
+from ._bits import write_tags
+from ._pages import release
+from ._strata import FLAG_BAD, Strata
+from .errors import FormatError
+
+if TYPE_CHECKING:
+    from .recover import Patch
+    from .verify import Check
+
+GROUP_BATCH = 8192  # groups decoded per batch: [8192, 255] words and flags
+_SCAN = 1 << 20  # words of failed blocks mapped to groups per step
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What decoding found: rebuilt blocks per tensor, and the groups that failed."""
+
+    patches: dict[int, Patch]
+    failed_groups: int
+    ok: bool  # every failed block was rebuilt
+
+
+def strata_of(chk: Check) -> Strata:
+    """The stratum layout the header describes (rebuilt from the tensor table, key and salt)."""
+    st = _strata.plan(chk.specs, chk.key, chk.header.salt, chk.header.host)
+    if st.G != chk.header.strata or chk.header.host not in (0, _outer.HOST):
+        raise FormatError(
+            f"the seal header records {chk.header.strata} words per stratum and outer code {chk.header.host} but "
+            f"its tensor table gives {st.G}; the header was written by an incompatible ParamSeal"
+        )
+    return st
+
+
+def _flats(chk: Check) -> list[NDArray[np.unsignedinteger]]:
+    return [ub.reshape(-1)[: s.numel] for s, ub in zip(chk.specs, chk.blocks, strict=True)]
+
+
+def _bad_words(st: Strata, chk: Check, t: int, rows: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Stream indices of the words of blocks ``rows`` of tensor ``t``, and the row each came from."""
+    wpb = st.words_per_block(t)
+    v = int(st.start[t]) + rows[:, None] * wpb + np.arange(wpb)
+    which = np.broadcast_to(np.arange(rows.size)[:, None], v.shape)
+    keep = v < st.start[t] + st.nwords[t]
+    return v[keep], which[keep]
+
+
+def damaged_groups(st: Strata, chk: Check) -> NDArray[np.bool_]:
+    """Groups holding at least one word of a failed block."""
+    dmg = np.zeros(st.G, np.bool_)
+    for t, bad in enumerate(chk.bad):
+        rows = np.flatnonzero(bad)
+        step = max(1, _SCAN // st.words_per_block(t))
+        for i in range(0, rows.size, step):
+            v, _ = _bad_words(st, chk, t, rows[i : i + step])
+            dmg[st.groups_of(v)] = True
+    return dmg
+
+
+def estimate(chk: Check) -> bool:
+    """Whether recovery should succeed, from the flags alone (used when not every tensor was read).
+
+    Conservative: a group counts as recoverable if its failed words fit in the errors-only radius.
+    """
+    st = strata_of(chk)
+    code = st.code
+    gids = np.flatnonzero(damaged_groups(st, chk))
+    limit = _irs.radius(code)
+    for i in range(0, gids.size, GROUP_BATCH):
+        f = st.flags(st.vindex(gids[i : i + GROUP_BATCH]), chk.bad)
+        if np.any(((f & FLAG_BAD) != 0).sum(axis=1) > limit):
+            return False
+    return True
+
+
+def decode_check(chk: Check) -> Outcome:
+    """Decode every damaged group and rebuild the failed blocks it can (the model is not modified)."""
+    st = strata_of(chk)
+    code = st.code
+    flats = _flats(chk)
+    data = st.pack_data(flats)
+    gids = np.flatnonzero(damaged_groups(st, chk))
+    status = np.zeros(st.G, np.int8)
+    fix_v: list[NDArray[np.int64]] = []
+    fix_w: list[NDArray[np.uint32]] = []
+    for i in range(0, gids.size, GROUP_BATCH):
+        g = gids[i : i + GROUP_BATCH]
+        v = st.vindex(g)
+        w = st.read(flats, data, v)
+        f = st.flags(v, chk.bad)
+        before = w.copy()
+        status[g] = _irs.decode(code, w, f)
+        changed = (w != before) & ((f & FLAG_BAD) != 0) & (status[g] >= 0)[:, None]
+        fix_v.append(v[changed])
+        fix_w.append(w[changed])
+    if st.host:
+        for sb in np.unique(np.searchsorted(st.outer.sb_start, np.flatnonzero(status < 0), side="right") - 1):
+            _outer_repair(st, chk, flats, data, int(sb), status, fix_v, fix_w)
+    fv = np.concatenate(fix_v) if fix_v else np.zeros(0, np.int64)
+    fw = np.concatenate(fix_w) if fix_w else np.zeros(0, np.uint32)
+    order = np.argsort(fv, kind="stable")
+    fv, fw = fv[order], fw[order]
+    patches = {}
+    all_ok = True
+    for t in range(len(chk.specs)):
+        rows = np.flatnonzero(chk.bad[t])
+        if not rows.size:
+            continue
+        v, which = _bad_words(st, chk, t, rows)
+        failed = np.zeros(rows.size, np.bool_)
+        np.logical_or.at(failed, which, status[st.groups_of(v)] < 0)
+        rows = rows[~failed]
+        all_ok &= not failed.any()
+        if not rows.size:
+            continue
+        patches[t] = _rebuild(chk, st, t, rows, fv, fw)
+        release(chk.blocks[t])
+    return Outcome(patches, int((status < 0).sum()), all_ok)
+
+
+def _outer_repair(
+    st: Strata,
+    chk: Check,
+    flats: list[NDArray[np.unsignedinteger]],
+    data: NDArray[np.uint32],
+    sb: int,
+    status: NDArray[np.int8],
+    fix_v: list[NDArray[np.int64]],
+    fix_w: list[NDArray[np.uint32]],
+) -> None:
+    """Rebuild the groups of superblock ``sb`` that the inner code could not, from the outer code.
+
+    The whole superblock is decoded (an undamaged group still needs its tag bytes re-derived
+    to give back the parity it hosts). A rebuilt group must agree with every word of it whose
+    block verified; then its words in failed blocks are corrections like the inner decoder's.
+    """
+    code, outer = st.code, st.outer
+    a, b = outer.span(sb)
+    v = st.vindex(np.arange(a, b, dtype=np.int64))
+    w = st.read(flats, data, v)
+    f = st.flags(v, chk.bad)
+    received = w.copy()
+    failed = _irs.decode(code, w, f) < 0
+    rows = outer.repair(code, w, failed, sb)
+    if rows is None:
+        return
+    lost = np.flatnonzero(failed)
+    keep = _irs.byte_mask(f[lost])  # the bytes stored as the code expects them
+    bad = (f[lost] & FLAG_BAD) != 0
+    agree = np.all(bad | ((rows & keep) == (received[lost] & keep)), axis=1)
+    if not agree.all():  # a verified word disagrees: the rebuilt content cannot be trusted
+        return
+    changed = bad & (rows != received[lost])
+    fix_v.append(v[lost][changed])
+    fix_w.append(rows[changed])
+    status[a + lost] = 2
+
+
+def _rebuild(
+    chk: Check, st: Strata, t: int, rows: NDArray[np.int64], fv: NDArray[np.int64], fw: NDArray[np.uint32]
+) -> Patch:
+    """Blocks ``rows`` of tensor ``t`` with the decoded words written in, then their header copy and tags."""
+    from .recover import Patch
+
+    spec, ub = chk.specs[t], chk.blocks[t]
+    old = ub[rows]  # fancy indexing: a copy
+    new = old.copy()
+    lo, hi = np.searchsorted(fv, [st.start[t], st.start[t] + st.nwords[t]])
+    local, words = fv[lo:hi] - st.start[t], fw[lo:hi]
+    wpb = st.words_per_block(t)
+    blk = local // wpb
+    pos = np.searchsorted(rows, blk)
+    inside = (pos < rows.size) & (rows[np.minimum(pos, rows.size - 1)] == blk)
+    pos, off, words = pos[inside], (local % wpb)[inside], words[inside]
+    as_words = new.view(np.uint8).reshape(rows.size, -1).view(np.uint32)  # [rows, wpb]
+    as_words[pos, off] = words
+    every = np.arange(rows.size)
+    if spec.reserved:
+        h = chk.header
+        copy = h.to_json(chk.key, embedded=True).encode() if t in h.carriers else None
+        content = _embed.reserved_content(spec, t, len(chk.specs), h.salt, copy)
+        _embed.write_reserved(new, spec, content, every, at=rows)
+    internal = spec.block_storage()[1]
+    tags = _model.compute_tags(chk.mac, chk.header.salt, t, spec, new, internal, at=rows)
+    inner = internal[rows]
+    if spec.is_float and inner.any():
+        sub = new[inner]
+        write_tags(sub, tags[inner], spec.k)
+        new[inner] = sub
+    return Patch(rows, old, new)
+
+
+__all__ = ["Outcome", "decode_check", "estimate", "strata_of"]

@@ -1,0 +1,161 @@
+"""The outer code of irs4: an erasure code across the groups of a superblock.
+
+A group that the inner decoder cannot correct (its share of scattered damage is past the
+radius) is known, so it is an erasure here. A group's content (its words without free
+bits) is cut into 64-byte columns; in each superblock of up to ``SUPER_MAX`` consecutive
+groups every column is one Reed–Solomon code over GF(2^16) (leopard) with ``R`` parity
+shards of 64 bytes. The parity lives in ``HOST`` free bytes per codeword of the superblock's
+own groups (8 bytes a group at HOST = 2), which the inner code protects as data. A failed
+group costs every column one data shard but only the one parity shard it hosts, so a
+superblock recovers while its failed groups number a little under R.
+
+The rate is fixed by the hosting, so R grows with the superblock: R / S = 4 * HOST / shard
+bytes, about 1% of the groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import reed_solomon_leopard as rsl
+from numpy.typing import NDArray
+
+from . import _irs
+
+SUPER_MAX = 16384  # groups per superblock: [16384, 255] words (16 MiB) at a time when sealing
+HOST = 2  # free bytes per codeword given to the outer code (the inner radius drops by 4 * HOST / 5)
+MIN_PARITY = 4  # fewer parity shards than this are not worth the inner radius they cost
+
+
+@dataclass(frozen=True, slots=True)
+class Outer:
+    """The superblocks of one model and the shape of their shards."""
+
+    k: int
+    free_strata: int
+    host: int
+    sb_start: NDArray[np.int64]  # (superblocks + 1,) first group of each superblock, then G
+    shard: int  # bytes per shard: a group's content, padded to a multiple of 64
+
+    @property
+    def superblocks(self) -> int:
+        """Number of superblocks."""
+        return int(self.sb_start.size - 1)
+
+    def span(self, s: int) -> tuple[int, int]:
+        """Groups ``[a, b)`` of superblock ``s``."""
+        return int(self.sb_start[s]), int(self.sb_start[s + 1])
+
+    def parity_count(self, s: int) -> int:
+        """Parity shards of superblock ``s`` (what its groups can host)."""
+        a, b = self.span(s)
+        return (b - a) * 4 * self.host // self.shard if self.host else 0
+
+    def content(self, w: NDArray[np.uint32]) -> NDArray[np.uint8]:
+        """Each group's content bytes (free bits left out), one padded shard per row."""
+        masked = w.copy()
+        masked[:, : self.free_strata] &= np.uint32(~((1 << self.k) - 1) & 0xFFFFFFFF)
+        by = masked.view(np.uint8).reshape(w.shape[0], -1, 4)
+        lo = self.k // 8  # whole free bytes at the bottom of a float word
+        parts = [
+            by[:, : self.free_strata, lo:].reshape(w.shape[0], -1),
+            by[:, self.free_strata :].reshape(w.shape[0], -1),
+        ]
+        out = np.zeros((w.shape[0], self.shard), np.uint8)
+        n = parts[0].shape[1] + parts[1].shape[1]
+        out[:, :n] = np.concatenate(parts, axis=1)
+        return out
+
+    def words(self, content: NDArray[np.uint8]) -> NDArray[np.uint32]:
+        """Inverse of ``content``: words with free bits zero (hosted bytes zero too)."""
+        ng = content.shape[0]
+        by = np.zeros((ng, _irs.N_POS, 4), np.uint8)
+        lo = self.k // 8
+        nf = self.free_strata * (4 - lo)
+        by[:, : self.free_strata, lo:] = content[:, :nf].reshape(ng, self.free_strata, 4 - lo)
+        by[:, self.free_strata :] = content[:, nf : nf + 4 * (_irs.N_POS - self.free_strata)].reshape(ng, -1, 4)
+        return by.view(np.uint32).reshape(ng, _irs.N_POS)
+
+    @property
+    def columns(self) -> int:
+        """64-byte columns of a shard; each column is its own code, so a failed group costs each little parity."""
+        return self.shard // 64
+
+    def parity(self, content: NDArray[np.uint8], s: int) -> NDArray[np.uint8]:
+        """Parity of superblock ``s``: ``[columns, R, 64]`` bytes, from its groups' content ``[S, shard]``."""
+        r = self.parity_count(s)
+        out = np.zeros((self.columns, r, 64), np.uint8)
+        for c in range(self.columns if r else 0):
+            col = np.ascontiguousarray(content[:, 64 * c : 64 * (c + 1)])
+            out[c] = np.frombuffer(b"".join(rsl.encode([x.tobytes() for x in col], r)), np.uint8).reshape(r, 64)
+        return out
+
+    def put(self, code: _irs.Code, w: NDArray[np.uint32], parity: NDArray[np.uint8]) -> None:
+        """Write the parity into the hosted bytes of all the superblock's groups ``w`` (in place)."""
+        self.put_rows(code, w, np.arange(w.shape[0]), parity, w.shape[0])
+
+    def repair(
+        self, code: _irs.Code, w: NDArray[np.uint32], failed: NDArray[np.bool_], s: int
+    ) -> NDArray[np.uint32] | None:
+        """Rows of the failed groups, rebuilt from the others' content and the parity they host.
+
+        ``w``: the superblock's words as decoded (failed rows are ignored). Returns the failed
+        rows' full codewords (free bits, hosted bytes and all), or None when too much is lost.
+        """
+        r = self.parity_count(s)
+        lost = np.flatnonzero(failed)
+        if r == 0 or lost.size > r:
+            return None
+        content = self.content(w)
+        stream = w.view(np.uint8).reshape(w.shape[0], _irs.N_POS, 4)[:, code.hosted.reshape(-1), 0].reshape(-1)
+        per = 4 * self.host  # hosted bytes per group; parity shard (c, j) is stream bytes [64 (c R + j), +64)
+        host_failed = np.repeat(failed, per)
+        for c in range(self.columns):
+            have = {}
+            for j in range(r):
+                at = 64 * (c * r + j)
+                if not host_failed[at : at + 64].any():
+                    have[j] = stream[at : at + 64].tobytes()
+            if lost.size > len(have):
+                return None
+            col = np.ascontiguousarray(content[:, 64 * c : 64 * (c + 1)])
+            orig = {int(i): col[i].tobytes() for i in np.flatnonzero(~failed)}
+            try:
+                got = rsl.decode(w.shape[0], r, orig, have)
+            except (ValueError, RuntimeError):
+                return None
+            for i in lost:
+                content[i, 64 * c : 64 * (c + 1)] = np.frombuffer(got[int(i)], np.uint8)
+        rows = self.words(content[lost])
+        self.put_rows(code, rows, lost, self.parity(content, s), w.shape[0])
+        _irs.encode(code, rows)
+        return rows
+
+    def put_rows(
+        self, code: _irs.Code, rows: NDArray[np.uint32], which: NDArray[np.int64], parity: NDArray[np.uint8], ng: int
+    ) -> None:
+        """Write the hosted bytes of superblock rows ``which`` (of ``ng``) into ``rows``: parity column by column."""
+        stream = np.zeros(ng * 4 * self.host, np.uint8)
+        stream[: parity.size] = parity.reshape(-1)
+        by = rows.view(np.uint8).reshape(rows.shape[0], _irs.N_POS, 4)
+        by[:, code.hosted.reshape(-1), 0] = stream.reshape(ng, -1)[which]
+
+
+def plan(G: int, k: int, free_strata: int, host: int) -> Outer:
+    """Superblocks of at most SUPER_MAX groups, as even as possible; ``host`` 0 gives plain batches."""
+    n = -(-G // SUPER_MAX)
+    sb = np.array([round(i * G / n) for i in range(n + 1)], np.int64)
+    content = free_strata * (4 - k // 8) + 4 * (_irs.N_POS - free_strata)
+    return Outer(k, free_strata, host, sb, -(-content // 64) * 64)
+
+
+def choose_host(G: int, k: int, free_strata: int) -> int:
+    """HOST when every superblock gets at least MIN_PARITY shards (and k has whole free bytes), else 0."""
+    if k < 8 or free_strata < 4 * HOST:
+        return 0
+    o = plan(G, k, free_strata, HOST)
+    return HOST if min(o.parity_count(s) for s in range(o.superblocks)) >= MIN_PARITY else 0
+
+
+__all__ = ["HOST", "SUPER_MAX", "Outer", "choose_host", "plan"]

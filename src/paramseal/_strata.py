@@ -1,0 +1,315 @@
+"""Where the interleaved Reed–Solomon groups of the ``irs4`` code take their values from.
+
+The fp32 values of every float tensor (header order) form the *float region* of a
+stream of 32-bit words; the bytes of the other tensors, each padded to whole
+words, form the *data region* after it. The stream is cut into 255 **strata** of
+G words: float strata first, then data strata, so that position j of every group
+is the same kind of word and one code (one set of free nibbles) serves all groups.
+Group g takes from stratum j the word ``j*G + (g + o_j) mod G``, with key-derived
+rotations ``o_j``: a contiguous run of damage puts at most one word of each of its
+strata into a group, and an attacker without the key cannot choose the group a
+changed word falls in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from numpy.typing import NDArray
+
+from . import _irs, _outer
+from ._layout import TensorSpec
+from ._pages import file_span, release
+from .errors import UnsupportedError
+from .keys import Key
+from .levels import BLOCK
+
+N_POS = 255
+CODE_NAME = "irs4-gf256"
+KS = (8, 12, 16)  # fp32 widths sealed with irs4; at k=4 tag bytes take 1/8 of the parity, so light keeps lanes
+MIN_FLOAT_STRATA = 192  # fewer: integer tensors take too much of every group; the lane code serves better
+FLAG_BAD, FLAG_PAD = _irs.FLAG_BAD, _irs.FLAG_PAD
+
+
+def applies(specs: list[TensorSpec]) -> bool:
+    """Whether the irs4 code can seal this tensor table (every float tensor fp32 with one nibble-aligned k)."""
+    floats = [s for s in specs if s.is_float]
+    if not floats or any(s.dtype != "F32" for s in specs if s.k) or len({s.k for s in floats}) != 1:
+        return False
+    if floats[0].k not in KS:
+        return False
+    nf, nd = _sizes(specs)
+    return _strata_of(nf, nd)[1] >= MIN_FLOAT_STRATA
+
+
+def _sizes(specs: list[TensorSpec]) -> tuple[int, int]:
+    nf = sum(s.numel for s in specs if s.is_float)
+    nd = sum(_data_words(s) for s in specs if not s.is_float)
+    return nf, nd
+
+
+def _data_words(s: TensorSpec) -> int:
+    return -(-s.numel * (s.width // 8) // 4)
+
+
+def _strata_of(nf: int, nd: int) -> tuple[int, int]:
+    """Smallest stratum size G that fits both regions in 255 strata, and the float strata."""
+    g = max(1, -(-(nf + nd) // N_POS))
+    while -(-nf // g) + -(-nd // g) > N_POS:
+        g += 1
+    return g, -(-nf // g)
+
+
+def _free_bytes(k: int) -> int:
+    """Bit mask of the bytes of an fp32 word that hold free (watermark) nibbles."""
+    return 0b1 if k <= 8 else 0b11
+
+
+def _tag_bytes(k: int) -> NDArray[np.uint8]:
+    """Per value offset in a block: mask of the bytes that hold bits of its 32-bit tag."""
+    out = np.zeros(BLOCK, np.uint8)
+    for j in range(BLOCK):
+        bits = min(k, 32 - j * k)
+        if bits <= 0:
+            break
+        out[j] = (1 << -(-bits // 8)) - 1
+    return out
+
+
+def capacity(k: int) -> dict[str, float]:
+    """Recovery bounds of the irs4 code at ``k`` bits, as fractions of the values of one group.
+
+    Tag bytes are erasures in every group (about 255 * tag bytes per block / 256 per codeword).
+    ``contiguous``: damage whose position the tags reveal (erasures), per codeword d_t - eps.
+    ``scattered``: errors-only collaborative radius sum_t (d_t - eps) / 5. The whole model decodes
+    only if every group does, so the rate reached on a large model is below this radius.
+    """
+    code = _irs.code_for(k)
+    eps = N_POS * int(np.unpackbits(_tag_bytes(k)).sum()) / (BLOCK * 4)
+    d = code.d.astype(np.float64)
+    return {
+        "contiguous_bound": float(np.mean(d - eps) / N_POS),
+        "scattered_radius": float(np.sum(d - eps) / 5 / N_POS),
+        "parity_fraction": float(d.sum() / (4 * N_POS)),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Strata:
+    """The stratum layout of one sealed model."""
+
+    k: int
+    G: int
+    free_strata: int
+    offs: NDArray[np.int64]  # (255,) rotation of each stratum
+    specs: tuple[TensorSpec, ...]
+    start: NDArray[np.int64]  # stream index of each tensor's first word
+    nwords: NDArray[np.int64]
+    is_float: NDArray[np.bool_]
+    n_float: int
+    n_data: int
+    host: int  # free bytes per codeword that carry the outer code (0: no outer code)
+
+    @property
+    def code(self) -> _irs.Code:
+        """The inner code for this layout (cached per process)."""
+        return _irs.code_for(self.k, self.free_strata, self.host)
+
+    @property
+    def outer(self) -> _outer.Outer:
+        """The superblocks (and, with ``host``, the outer code's shards)."""
+        return _outer.plan(self.G, self.k, self.free_strata, self.host)
+
+    @property
+    def data0(self) -> int:
+        """Stream index of the data region."""
+        return self.free_strata * self.G
+
+    def vindex(self, groups: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Stream index of every position of ``groups``: ``[len(groups), 255]``."""
+        j = np.arange(N_POS, dtype=np.int64)
+        return j * self.G + (groups[:, None] + self.offs[None, :]) % self.G
+
+    def groups_of(self, v: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The group each stream word ``v`` belongs to."""
+        return (v % self.G - self.offs[v // self.G]) % self.G
+
+    def words_per_block(self, t: int) -> int:
+        """Stream words per 64-value block of tensor ``t``."""
+        s = self.specs[t]
+        return BLOCK if self.is_float[t] else BLOCK * (s.width // 8) // 4 or 1
+
+    # ------------------------------------------------------------------ reading and writing words
+
+    def float_runs(self, v0: int, v1: int) -> Iterator[tuple[int, int, int, int]]:
+        """``(tensor, local index, stream index, count)`` pieces of the float-region range ``[v0, v1)``."""
+        v1 = min(v1, self.n_float)
+        floats = np.flatnonzero(self.is_float)
+        i = int(np.searchsorted(self.start[floats], v0, side="right")) - 1
+        v = v0
+        while v < v1:
+            t = int(floats[i])
+            n = min(v1, int(self.start[t] + self.nwords[t])) - v
+            if n > 0:
+                yield t, v - int(self.start[t]), v, n
+                v += n
+            i += 1
+
+    def _pieces(self, g0: int, g1: int) -> Iterator[tuple[int, int, int, int]]:
+        """``(stratum, stream index, column, count)``: where groups ``[g0, g1)`` sit in each stratum."""
+        ng = g1 - g0
+        for j in range(N_POS):
+            a = (g0 + int(self.offs[j])) % self.G
+            first = min(ng, self.G - a)
+            yield j, j * self.G + a, 0, first
+            if first < ng:
+                yield j, j * self.G, first, ng - first
+
+    def gather(
+        self, flats: list[NDArray[np.unsignedinteger]], data: NDArray[np.uint32], g0: int, g1: int, *, seal: bool
+    ) -> NDArray[np.uint32]:
+        """Words of groups ``[g0, g1)`` as ``[ng, 255]``; padding is zero.
+
+        ``seal``: the free bits of float words are cleared, and NaN/Inf values are refused.
+        """
+        wt = np.zeros((N_POS, g1 - g0), np.uint32)
+        for j, v0, c0, n in self._pieces(g0, g1):
+            if j < self.free_strata:
+                for t, lo, v, m in self.float_runs(v0, v0 + n):
+                    part = np.asarray(flats[t][lo : lo + m])
+                    if seal and np.any((part >> np.uint32(23)) & np.uint32(0xFF) == 0xFF):
+                        raise UnsupportedError(
+                            f"cannot seal tensor '{self.specs[t].name}': it holds NaN or Inf values, whose low bits "
+                            "are not free (changing them turns Inf into NaN); fix the weights first"
+                        )
+                    wt[j, c0 + v - v0 : c0 + v - v0 + m] = part
+                    release(flats[t][lo : lo + m])
+            else:
+                d0 = v0 - self.data0
+                m = max(0, min(n, self.n_data - d0))
+                wt[j, c0 : c0 + m] = data[d0 : d0 + m]
+        if seal:
+            wt[: self.free_strata] &= np.uint32(~((1 << self.k) - 1) & 0xFFFFFFFF)
+        return np.ascontiguousarray(wt.T)
+
+    def scatter(self, outs: list[NDArray[np.unsignedinteger]], w: NDArray[np.uint32], g0: int, g1: int) -> None:
+        """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``) into the float tensors ``outs``."""
+        wt = np.ascontiguousarray(w[:, : self.free_strata].T)
+        for j, v0, c0, n in self._pieces(g0, g1):
+            if j >= self.free_strata:
+                continue
+            for t, lo, v, m in self.float_runs(v0, v0 + n):
+                write_run(outs[t], lo, wt[j, c0 + v - v0 : c0 + v - v0 + m])
+
+    def read(
+        self, flats: list[NDArray[np.unsignedinteger]], data: NDArray[np.uint32], v: NDArray[np.int64]
+    ) -> NDArray[np.uint32]:
+        """Words at stream indices ``v`` (any shape); padding reads as zero."""
+        flat_v = v.reshape(-1)
+        out = np.zeros(flat_v.size, np.uint32)
+        idx = np.flatnonzero(flat_v < self.n_float)
+        if idx.size:
+            vv = flat_v[idx]
+            t_of = self.owner(vv)
+            for t in np.unique(t_of):
+                m = t_of == t
+                local = vv[m] - self.start[t]
+                lo, hi = int(local.min()), int(local.max()) + 1
+                out[idx[m]] = np.asarray(flats[t][lo:hi])[local - lo]
+                release(flats[t][lo:hi])
+        dl = (flat_v >= self.data0) & (flat_v < self.data0 + self.n_data)
+        out[dl] = data[flat_v[dl] - self.data0]
+        return out.reshape(v.shape)
+
+    def pack_data(self, flats: list[NDArray[np.unsignedinteger]]) -> NDArray[np.uint32]:
+        """The data region's words from the data tensors' flat values (each padded to whole words)."""
+        out = np.zeros(self.n_data, np.uint32)
+        by = out.view(np.uint8)
+        for t in np.flatnonzero(~self.is_float):
+            a = int(self.start[t]) - self.data0
+            raw = np.ascontiguousarray(flats[t]).view(np.uint8).reshape(-1)
+            by[4 * a : 4 * a + raw.size] = raw
+        return out
+
+    def unpack_data(self, words: NDArray[np.uint32], t: int) -> NDArray[np.uint8]:
+        """Bytes of data tensor ``t`` from the data region's words."""
+        s = self.specs[t]
+        a = int(self.start[t]) - self.data0
+        return words[a : a + int(self.nwords[t])].view(np.uint8)[: s.numel * (s.width // 8)]
+
+    def owner(self, v: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The tensor holding each stream word ``v`` (words inside a region only)."""
+        # Empty tensors share their start with another tensor: sorted before it, "the last start <= v"
+        # is the tensor that holds the word.
+        order = np.lexsort((self.nwords > 0, self.start))
+        owner: NDArray[np.int64] = order[np.searchsorted(self.start[order], v, side="right") - 1]
+        return owner
+
+    def flags(self, v: NDArray[np.int64], bad: list[NDArray[np.bool_]]) -> NDArray[np.uint8]:
+        """Decoder flags of stream words ``v``: unstored bytes (tags, header copy, padding), padding, failed blocks."""
+        flat_v = v.reshape(-1)
+        out = np.zeros(flat_v.size, np.uint8)
+        free = _free_bytes(self.k)
+        tagb = _tag_bytes(self.k)
+        pad_f = (flat_v >= self.n_float) & (flat_v < self.data0)
+        out[pad_f] = FLAG_PAD | free
+        out[flat_v >= self.data0 + self.n_data] = FLAG_PAD
+        live = np.flatnonzero(~pad_f & (flat_v < self.data0 + self.n_data))
+        vv = flat_v[live]
+        t_of = self.owner(vv)
+        for t in np.unique(t_of):
+            m = t_of == t
+            local = vv[m] - self.start[t]
+            s = self.specs[t]
+            blk = local // self.words_per_block(int(t))
+            f = np.where(bad[t][blk], FLAG_BAD, 0).astype(np.uint8)
+            if self.is_float[t]:
+                internal = s.block_storage()[1]
+                f |= np.where(internal[blk], tagb[local % BLOCK], 0).astype(np.uint8)
+                f |= np.where(blk < s.reserved, free, 0).astype(np.uint8)
+            out[live[m]] = f
+        return out.reshape(v.shape)
+
+
+def plan(specs: list[TensorSpec], key: Key, salt: bytes, host: int | None = None) -> Strata:
+    """The stratum layout of ``specs`` under ``key`` and ``salt``; ``host`` None: chosen from the size."""
+    nf, nd = _sizes(specs)
+    g, sf = _strata_of(nf, nd)
+    is_float = np.array([s.is_float for s in specs], np.bool_)
+    nwords = np.array([s.numel if s.is_float else _data_words(s) for s in specs], np.int64)
+    start = np.zeros(len(specs), np.int64)
+    f0, d0 = 0, sf * g
+    for t in range(len(specs)):
+        if is_float[t]:
+            start[t], f0 = f0, f0 + nwords[t]
+        else:
+            start[t], d0 = d0, d0 + nwords[t]
+    k = next(s.k for s in specs if s.is_float)
+    nonce = hashlib.sha256(b"strata" + salt).digest()[:16]
+    enc = Cipher(algorithms.AES(key.derive("strata")), modes.CTR(nonce)).encryptor()
+    raw = np.frombuffer(enc.update(bytes(8 * N_POS)) + enc.finalize(), dtype="<u8")
+    offs = (raw % np.uint64(g)).astype(np.int64)
+    if host is None:
+        host = _outer.choose_host(g, k, sf)
+    return Strata(k, g, sf, offs, tuple(specs), start, nwords, is_float, nf, nd, host)
+
+
+def write_run(out: NDArray[np.unsignedinteger], lo: int, words: NDArray[np.unsignedinteger]) -> None:
+    """Write ``words`` into flat values from index ``lo`` (a write call when they lie in a mapped file)."""
+    dst = out[lo : lo + words.size]
+    where = file_span(dst)
+    if where is None:
+        dst[:] = words
+        return
+    buf = np.ascontiguousarray(words).view(np.uint8).reshape(-1).data
+    done = 0
+    while done < len(buf):  # pwrite may write less than asked
+        done += os.pwrite(where[0], buf[done:], where[1] + done)
+
+
+__all__ = ["CODE_NAME", "KS", "Strata", "applies", "capacity", "plan", "write_run"]

@@ -1,0 +1,209 @@
+"""The irs4 code inside the engine: which models get it, and seal/verify/recover end to end.
+
+Ground truth comes from byte comparisons with the sealed model, never from the engine's report.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+import safetensors.numpy as stn
+
+import paramseal
+from paramseal import cli, files
+from paramseal.header import SCHEME_IRS, parse_header
+from paramseal.keys import write_key
+from paramseal.verify import header_from_weights
+
+
+def _model(n: int = 200_000, seed: int = 3) -> dict[str, np.ndarray]:
+    """fp32 matrices of several sizes, a tiny and an empty tensor, and integer tensors (data words)."""
+    rng = np.random.default_rng(seed)
+    d = int(np.sqrt(n / 3))
+    return {
+        "embed": (0.02 * rng.standard_normal((d, d))).astype(np.float32),
+        "w1": (0.05 * rng.standard_normal((d, 2 * d))).astype(np.float32),
+        "b1": (0.01 * rng.standard_normal(2 * d)).astype(np.float32),
+        "tiny": np.array([1.5, -2.0, 0.25], np.float32),
+        "empty": np.zeros((0, 4), np.float32),
+        "ids": np.arange(3 * d, dtype=np.int64),
+        "mask": rng.integers(0, 2, 37).astype(np.bool_),
+        "steps": np.array([7], np.int8),
+    }
+
+
+@pytest.fixture(scope="module")
+def model() -> dict[str, np.ndarray]:
+    return _model()
+
+
+@pytest.fixture(scope="module", params=["standard", "strong"])
+def sealed(request: pytest.FixtureRequest, model: dict[str, np.ndarray], key: paramseal.Key) -> paramseal.SealedModel:
+    return paramseal.seal(model, key, level=request.param)
+
+
+def _bytes_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return list(a) == list(b) and all(
+        a[n].dtype == b[n].dtype
+        and a[n].shape == b[n].shape
+        and np.ascontiguousarray(a[n]).tobytes() == np.ascontiguousarray(b[n]).tobytes()
+        for n in a
+    )
+
+
+def _scatter(sealed: dict[str, np.ndarray], rate: float, seed: int) -> dict[str, np.ndarray]:
+    """Replace ``rate`` of all values (every tensor, integers included) with random words."""
+    rng = np.random.default_rng(seed)
+    out = helpers.copy_model(sealed)
+    for a in out.values():
+        if a.size == 0:
+            continue
+        u = a.reshape(-1).view(f"u{a.itemsize}")
+        idx = rng.choice(a.size, max(0, round(rate * a.size)), replace=False)
+        new = rng.integers(0, 1 << min(63, 8 * a.itemsize), idx.size, dtype=np.uint64).astype(u.dtype)
+        if a.dtype == np.bool_:
+            new &= 1
+        u[idx] = new
+    return out
+
+
+def test_fp32_models_get_the_irs_code_and_others_the_lane_code(
+    model: dict[str, np.ndarray], key: paramseal.Key
+) -> None:
+    s = paramseal.seal(model, key)
+    h = parse_header(s.header_json, key)
+    assert h.scheme == SCHEME_IRS and h.irs and h.code == "irs4-gf256" and h.strata > 0
+    half = {n: (a.astype(np.float16) if a.dtype == np.float32 else a) for n, a in model.items()}
+    assert not parse_header(paramseal.seal(half, key).header_json, key).irs
+    forced = paramseal.SealConfig(code="lanes").seal(model, key)
+    assert not parse_header(forced.header_json, key).irs
+    assert paramseal.verify(forced.tensors, key, forced.header_json).status == "intact"
+    with pytest.raises(paramseal.UnsupportedError, match="irs code needs"):
+        paramseal.SealConfig(code="irs").seal(half, key)
+    with pytest.raises(paramseal.UnsupportedError, match="irs code needs"):
+        paramseal.SealConfig(code="irs", bits=7).seal(model, key)
+
+
+def test_seal_changes_only_the_low_bits_and_verifies(
+    sealed: paramseal.SealedModel, model: dict[str, np.ndarray], key: paramseal.Key
+) -> None:
+    k = parse_header(sealed.header_json, key).tensors[0].k
+    for name, a in model.items():
+        b = sealed.tensors[name]
+        if a.dtype == np.float32:
+            diff = a.reshape(-1).view(np.uint32) ^ b.reshape(-1).view(np.uint32)
+            assert not np.any(diff >> np.uint32(k)), name
+        else:
+            assert np.array_equal(a, b), name
+    rep = paramseal.verify(sealed.tensors, key, sealed.header_json)
+    assert rep.status == "intact" and rep.exit_code == 0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_scattered_damage_within_capacity_is_undone_bit_exactly(
+    sealed: paramseal.SealedModel, key: paramseal.Key, seed: int
+) -> None:
+    level = parse_header(sealed.header_json, key).level
+    rate = 0.10 if level == "standard" else 0.18
+    bad = _scatter(sealed.tensors, rate, seed)
+    v = paramseal.verify(bad, key, sealed.header_json)
+    assert v.status == "tampered" and v.recoverable and v.exit_code == 1
+    res = paramseal.recover(bad, key, sealed.header_json)
+    assert res.report.status == "recovered", res.report.summary()
+    assert _bytes_equal(res.tensors, sealed.tensors)
+    # every restored index is one that really changed, with the bits that really changed
+    for name, f in res.report.tensors.items():
+        a = sealed.tensors[name].reshape(-1)
+        u, t = a.view(f"u{a.itemsize}"), bad[name].reshape(-1).view(f"u{a.itemsize}")
+        truth = np.flatnonzero(u != t)
+        assert np.array_equal(np.asarray(f.restored_indices, np.int64), truth), name
+        assert [int(x) for x in (u ^ t)[truth]] == list(f.restored_xor), name
+
+
+def test_contiguous_runs_within_capacity_are_undone(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    level = parse_header(sealed.header_json, key).level
+    bad = helpers.copy_model(sealed.tensors)
+    flat = bad["w1"].reshape(-1)
+    n = flat.size + bad["embed"].size
+    span = int((0.18 if level == "standard" else 0.30) * n)  # of the float values, in one run
+    rng = np.random.default_rng(1)
+    a = int(bad["embed"].size * 0.5)
+    e = bad["embed"].reshape(-1)
+    e[a:] = rng.standard_normal(e.size - a).astype(np.float32)
+    flat[: span - (e.size - a)] = rng.standard_normal(span - (e.size - a)).astype(np.float32)
+    res = paramseal.recover(bad, key, sealed.header_json)
+    assert res.report.status == "recovered", res.report.summary()
+    assert _bytes_equal(res.tensors, sealed.tensors)
+
+
+def test_single_bit_flips_anywhere_are_restored(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    """Tag bits, parity bits, the header copy's bits, content bits and integer bits."""
+    spots = [("embed", 0, 0), ("embed", 1, 3), ("embed", 2, 7), ("embed", 5, 2), ("embed", 70, 30), ("w1", 64, 9)]
+    spots += [("ids", 5, 40), ("mask", 3, 0), ("steps", 0, 6), ("tiny", 2, 1), ("b1", 10, 31)]
+    for name, idx, bit in spots:
+        bad = helpers.flip_bit(sealed.tensors, name, idx, bit)
+        v = paramseal.verify(bad, key, sealed.header_json)
+        assert v.tampered_tensors == [name] and v.tensors[name].tampered_blocks == (idx // 64,), (name, idx, bit)
+        res = paramseal.recover(bad, key, sealed.header_json)
+        assert res.report.status == "recovered", (name, idx, bit)
+        assert _bytes_equal(res.tensors, sealed.tensors), (name, idx, bit)
+        assert res.report.tensors[name].restored_indices == (idx,), (name, idx, bit)
+
+
+def test_beyond_capacity_names_what_is_lost_and_never_claims(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    bad = _scatter(sealed.tensors, 0.45, 9)
+    v = paramseal.verify(bad, key, sealed.header_json)
+    assert v.status == "tampered" and not v.recoverable and v.exit_code == 2
+    res = paramseal.recover(bad, key, sealed.header_json)
+    assert res.report.status == "unrecoverable" and res.report.exit_code == 2
+    assert res.report.unrecoverable_count > 0 and res.report.lanes_failed > 0
+    # whatever was restored is right; whatever is named lost really differs or was not rebuilt
+    for name, f in res.report.tensors.items():
+        a = sealed.tensors[name].reshape(-1).view(f"u{sealed.tensors[name].itemsize}")
+        out = res.tensors[name].reshape(-1).view(a.dtype)
+        lost = np.zeros(a.size, np.bool_)
+        for lo, hi in f.unrecoverable_ranges:
+            lost[lo:hi] = True
+        assert np.array_equal(a[~lost], out[~lost]), name
+
+
+def test_file_round_trip_streams_and_restores(tmp_path: Path, model: dict[str, np.ndarray], key: paramseal.Key) -> None:
+    src, out, rec = tmp_path / "m.safetensors", tmp_path / "s.safetensors", tmp_path / "r.safetensors"
+    stn.save_file(model, str(src), metadata={"note": "x"})
+    kf = write_key(tmp_path / "k.key", key)
+    assert cli.main(["seal", str(src), str(out), "--key", str(kf), "--level", "strong"]) == 0
+    sealed = stn.load_file(str(out))
+    bad = _scatter(sealed, 0.15, 4)
+    tam = tmp_path / "t.safetensors"
+    from safetensors import safe_open
+
+    with safe_open(str(out), "np") as f:
+        meta = f.metadata()
+    stn.save_file(bad, str(tam), metadata=meta)
+    assert cli.main(["verify", str(tam), "--key", str(kf)]) == 1
+    assert cli.main(["recover", str(tam), str(rec), "--key", str(kf)]) == 0
+    assert _bytes_equal(stn.load_file(str(rec)), sealed)
+    assert files.verify_file(rec, key).status == "intact"
+
+
+def test_cli_code_lanes_is_honoured(tmp_path: Path, model: dict[str, np.ndarray], key: paramseal.Key) -> None:
+    src, out = tmp_path / "m.safetensors", tmp_path / "s.safetensors"
+    stn.save_file(model, str(src))
+    kf = write_key(tmp_path / "k.key", key)
+    assert cli.main(["seal", str(src), str(out), "--key", str(kf), "--code", "lanes"]) == 0
+    assert files.verify_file(out, key).status == "intact"
+    from safetensors import safe_open
+
+    with safe_open(str(out), "np") as f:
+        assert '"scheme":"paramseal/2"' in f.metadata()["paramseal"]
+
+
+def test_header_in_the_weights_alone_is_enough(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    text = header_from_weights(sealed.tensors, key)
+    assert parse_header(text, key).irs
+    bad = _scatter(sealed.tensors, 0.05, 2)
+    res = paramseal.recover(bad, key, text)
+    assert res.report.status == "recovered" and _bytes_equal(res.tensors, sealed.tensors)
