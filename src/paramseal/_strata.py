@@ -219,9 +219,8 @@ class Strata:
             for t in np.unique(t_of):
                 m = t_of == t
                 local = vv[m] - self.start[t]
-                lo, hi = int(local.min()), int(local.max()) + 1
-                out[idx[m]] = np.asarray(flats[t][lo:hi])[local - lo]
-                release(flats[t][lo:hi])
+                out[idx[m]] = flats[t][local]  # a gather: only the pages holding these words are read
+                release(flats[t][int(local.min()) : int(local.max()) + 1])
         dl = (flat_v >= self.data0) & (flat_v < self.data0 + self.n_data)
         out[dl] = data[flat_v[dl] - self.data0]
         return out.reshape(v.shape)

@@ -2,8 +2,9 @@
 
 A 3-layer MLP is trained deterministically on the UCI handwritten digits that
 ship with ParamSeal, saved as safetensors, sealed, attacked (exponent-bit flips
-on its most sensitive weights and a replaced layer), verified and recovered.
-Accuracy is printed at every stage.
+on its most sensitive weights, a replaced layer, and 5% of another layer's
+weights replaced at random places), verified and recovered. Accuracy is
+printed at every stage.
 """
 
 from __future__ import annotations
@@ -63,10 +64,14 @@ def run_demo(seed: int = 0, keep: str | None = None) -> int:
         top = np.argsort(-np.abs(w1))[:10]
         w1.view(np.uint32)[top] ^= np.uint32(1 << 30)  # exponent MSB: |w| grows by 2**128
         t["fc3.weight"] = rng.standard_normal(t["fc3.weight"].shape).astype(np.float32) * 0.3
+        w2 = t["fc2.weight"].reshape(-1)
+        hit = rng.choice(w2.size, w2.size // 20, replace=False)
+        w2[hit] = rng.standard_normal(hit.size).astype(np.float32) * 0.3
         files.write_model(attacked, Loaded(t, files.read_model(sealed_p).metadata))
         a2 = _acc(attacked, Xte, yte)
         print(
-            "attack: flipped the top exponent bit of the 10 largest fc1 weights; replaced fc3.weight with random values"
+            "attack: flipped the top exponent bit of the 10 largest fc1 weights; replaced fc3.weight with random values;"
+            f"\n        replaced {hit.size} of the {w2.size} fc2 weights (5%) at random places"
         )
         print(f"  attacked   accuracy {100 * a2:.1f}%")
 
@@ -85,11 +90,16 @@ def run_demo(seed: int = 0, keep: str | None = None) -> int:
         located = sorted(loc.restored_indices) == sorted(int(i) for i in top)
         print(f"recover: {rr.status}, {rr.restored_count} values restored, bit-exact vs sealed: {exact}")
         print(f"  fc1.weight restored indices {sorted(loc.restored_indices)} (the 10 attacked: {located})")
+        scattered = set(rr.tensors["fc2.weight"].restored_indices) == {int(i) for i in hit}
+        print(
+            f"  fc2.weight: {len(rr.tensors['fc2.weight'].restored_indices)} values restored (the {hit.size} attacked: {scattered})"
+        )
         print(f"  recovered  accuracy {100 * a3:.1f}%")
         v = files.verify_file(fixed, key)
         print(f"verify recovered file: {v.status}")
         print(f"demo finished in {time.monotonic() - t0:.1f}s; files in {d if keep else '(temporary folder, removed)'}")
-        good = rep.status == "tampered" and rr.status == "recovered" and exact and located and v.status == "intact"
+        good = rep.status == "tampered" and rr.status == "recovered" and exact and located and scattered
+        good &= v.status == "intact"
         return 0 if good else 1
     finally:
         if ctx is not None:
