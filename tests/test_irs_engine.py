@@ -5,6 +5,7 @@ Ground truth comes from byte comparisons with the sealed model, never from the e
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import helpers
@@ -207,3 +208,23 @@ def test_header_in_the_weights_alone_is_enough(sealed: paramseal.SealedModel, ke
     bad = _scatter(sealed.tensors, 0.05, 2)
     res = paramseal.recover(bad, key, text)
     assert res.report.status == "recovered" and _bytes_equal(res.tensors, sealed.tensors)
+
+
+def test_inspect_names_the_code_and_its_bounds(
+    tmp_path: Path, model: dict[str, np.ndarray], key: paramseal.Key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, out = tmp_path / "m.safetensors", tmp_path / "s.safetensors"
+    stn.save_file(model, str(src))
+    assert cli.main(["inspect", str(src)]) == 0
+    text = capsys.readouterr().out
+    assert "standard  F32   k=8" in text and "code irs" in text and "light     F32   k=4" in text
+    assert "code lanes" in text  # light (k=4) keeps the lane code
+    kf = write_key(tmp_path / "k.key", key)
+    assert cli.main(["seal", str(src), str(out), "--key", str(kf)]) == 0
+    assert "code irs" in capsys.readouterr().out
+    assert cli.main(["inspect", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["seal"]["scheme"] == "paramseal/3" and info["seal"]["code"] == "irs4-gf256"
+    assert info["seal"]["strata"] > 0 and "lanes" not in info["seal"]
+    f32 = info["levels"]["standard"]["F32"]
+    assert f32["code"] == "irs" and 0.15 < f32["scattered_radius_per_group"] < f32["contiguous_bound"] < 0.25

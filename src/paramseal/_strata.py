@@ -81,15 +81,15 @@ def _tag_bytes(k: int) -> NDArray[np.uint8]:
     return out
 
 
-def capacity(k: int) -> dict[str, float]:
-    """Recovery bounds of the irs4 code at ``k`` bits, as fractions of the values of one group.
+def capacity(k: int, host: int = 0) -> dict[str, float]:
+    """Recovery bounds of the irs4 code at ``k`` bits (``host`` bytes for the outer code), per group.
 
     Tag bytes are erasures in every group (about 255 * tag bytes per block / 256 per codeword).
     ``contiguous``: damage whose position the tags reveal (erasures), per codeword d_t - eps.
     ``scattered``: errors-only collaborative radius sum_t (d_t - eps) / 5. The whole model decodes
     only if every group does, so the rate reached on a large model is below this radius.
     """
-    code = _irs.code_for(k)
+    code = _irs.code_for(k, N_POS, host)
     eps = N_POS * int(np.unpackbits(_tag_bytes(k)).sum()) / (BLOCK * 4)
     d = code.d.astype(np.float64)
     return {

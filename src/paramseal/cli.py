@@ -206,9 +206,15 @@ def _inspect_text(info: dict[str, object]) -> str:
     assert isinstance(levels, dict)
     for lv, caps in levels.items():
         for dt, c in caps.items():
-            if c.get("k"):
+            if c.get("k") and c.get("code") == "irs":
                 lines.append(
-                    f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {c['max_relative_change']:.2e}  "
+                    f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {c['max_relative_change']:.2e}  code irs: "
+                    f"recovers contiguous damage up to {100 * c['contiguous_bound']:.1f}% and scattered values up to "
+                    f"{100 * c['scattered_radius_per_group']:.1f}% (per-group bounds; see README)"
+                )
+            elif c.get("k"):
+                lines.append(
+                    f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {c['max_relative_change']:.2e}  code lanes: "
                     f"recovers up to {100 * c['contiguous_bound']:.1f}% of parameters in tampered blocks "
                     f"(bound; positions unknown: {100 * c['unknown_positions_bound']:.1f}%)"
                 )

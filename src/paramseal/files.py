@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _embed, _strata
+from . import _embed, _outer, _strata
 from ._bits import uint_view
 from ._layout import TensorSpec
 from ._pages import Mapping, Workspace, chunks, copy_range, release
@@ -427,9 +427,11 @@ def _inspect(p: Path, loaded: Loaded) -> dict[str, Any]:
     }
     if text is not None:
         h = peek_header(text)
+        irs = h.get("code") == _strata.CODE_NAME
+        shape = ("strata", "outer_host") if irs else ("lanes",)
         info["seal"] = {
             k: h.get(k) if isinstance(h.get(k), str | int | None) else "(malformed)"
-            for k in ("scheme", "level", "bits", "block", "mac", "code", "lanes", "key_fingerprint")
+            for k in ("scheme", "level", "bits", "block", "mac", "code", *shape, "key_fingerprint")
         }
         info["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
         info["seal"]["header_in"] = where
@@ -444,24 +446,27 @@ def _inspect(p: Path, loaded: Loaded) -> dict[str, Any]:
             and (t["dtype"] not in FLOATS or 0 <= t["k"] < FLOATS[t["dtype"]].mantissa)
         }
         label = info["seal"]["level"] if info["seal"]["bits"] is None else f"bits={info['seal']['bits']}"
-        info["levels"] = {str(label): _caps(ks, h.get("code") == _strata.CODE_NAME)}
+        host = h.get("outer_host")
+        info["levels"] = {str(label): _caps(ks, host if irs and isinstance(host, int) and 0 <= host <= 8 else None)}
     else:
         info["levels"] = {}
         for lv in LEVELS:
             ks = {dt: bits_for(dt, lv, None) for dt in dtypes}
-            irs = _strata.applies([TensorSpec(f"t{i}", dt, (n,), ks[dt]) for i, (dt, n) in enumerate(dtypes.items())])
-            info["levels"][lv] = _caps(ks, irs)
+            specs = [TensorSpec(f"t{i}", dt, (n,), ks[dt]) for i, (dt, n) in enumerate(dtypes.items())]
+            info["levels"][lv] = _caps(ks, _outer.HOST if _strata.applies(specs) else None)
     return info
 
 
-def _caps(ks: dict[Any, Any], irs: bool) -> dict[str, Any]:
+def _caps(ks: dict[Any, Any], host: int | None) -> dict[str, Any]:
+    """Bounds per dtype; ``host`` is the irs4 outer code's hosting (None: the lane code)."""
+    irs = host is not None
     out: dict[str, Any] = {}
     for dt, k in ks.items():
         if dt in FLOATS and isinstance(k, int) and k > 0:
             c = capacity(dt, k)
             out[dt] = {"k": k, "max_relative_change": c.max_relative_change}
             if irs and dt == "F32" and k in _strata.KS:
-                ic = _strata.capacity(k)
+                ic = _strata.capacity(k, host or 0)
                 out[dt] |= {
                     "code": "irs",
                     "contiguous_bound": round(ic["contiguous_bound"], 4),
