@@ -228,3 +228,21 @@ def test_inspect_names_the_code_and_its_bounds(
     assert info["seal"]["strata"] > 0 and "lanes" not in info["seal"]
     f32 = info["levels"]["standard"]["F32"]
     assert f32["code"] == "irs" and 0.15 < f32["scattered_radius_per_group"] < f32["contiguous_bound"] < 0.25
+
+
+def test_range_and_word_by_word_reads_agree(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    """Recovery reads dense damage by runs and light damage word by word: both must see the same."""
+    from paramseal import _irs_recover
+    from paramseal.verify import check
+
+    bad = _scatter(sealed.tensors, 0.01, 5)
+    chk = check(bad, key, sealed.header_json)
+    st = _irs_recover.strata_of(chk)
+    flats = [ub.reshape(-1)[: s.numel] for s, ub in zip(chk.specs, chk.blocks, strict=True)]
+    data = st.pack_data(flats)
+    for g0, g1 in [(0, st.G), (st.G // 3, st.G // 3 + 17), (st.G - 5, st.G)]:
+        v = st.vindex(np.arange(g0, g1, dtype=np.int64))
+        assert np.array_equal(st.gather(flats, data, g0, g1, seal=False), st.read(flats, data, v))
+        assert np.array_equal(st.flags_range(g0, g1, chk.bad), st.flags(v, chk.bad))
+    f = st.flags_range(0, st.G, chk.bad)
+    assert (f & _irs_recover.FLAG_BAD).any() and (f & 0x0F).any() and (f & 0x20).any()  # bad, fixed and padding

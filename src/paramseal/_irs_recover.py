@@ -9,6 +9,7 @@ Nothing here writes to the checked model.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -100,11 +101,8 @@ def decode_check(chk: Check) -> Outcome:
     status = np.zeros(st.G, np.int8)
     fix_v: list[NDArray[np.int64]] = []
     fix_w: list[NDArray[np.uint32]] = []
-    for i in range(0, gids.size, GROUP_BATCH):
-        g = gids[i : i + GROUP_BATCH]
+    for g, w, f in _batches(st, chk, flats, data, gids):
         v = st.vindex(g)
-        w = st.read(flats, data, v)
-        f = st.flags(v, chk.bad)
         before = w.copy()
         status[g] = _irs.decode(code, w, f)
         changed = (w != before) & ((f & FLAG_BAD) != 0) & (status[g] >= 0)[:, None]
@@ -135,6 +133,29 @@ def decode_check(chk: Check) -> Outcome:
     return Outcome(patches, int((status < 0).sum()), all_ok)
 
 
+def _batches(
+    st: Strata, chk: Check, flats: list[NDArray[np.unsignedinteger]], data: NDArray[np.uint32], gids: NDArray[np.int64]
+) -> Iterator[tuple[NDArray[np.int64], NDArray[np.uint32], NDArray[np.uint8]]]:
+    """``(groups, words, flags)`` of groups ``gids`` a batch at a time.
+
+    When many groups are damaged (scattered damage hits them all), every group is read by runs
+    of words, stratum by stratum; a few are gathered word by word.
+    """
+    if 4 * gids.size >= st.G:
+        for g0 in range(0, st.G, GROUP_BATCH):
+            g1 = min(st.G, g0 + GROUP_BATCH)
+            yield (
+                np.arange(g0, g1, dtype=np.int64),
+                st.gather(flats, data, g0, g1, seal=False),
+                st.flags_range(g0, g1, chk.bad),
+            )
+        return
+    for i in range(0, gids.size, GROUP_BATCH):
+        g = gids[i : i + GROUP_BATCH]
+        v = st.vindex(g)
+        yield g, st.read(flats, data, v), st.flags(v, chk.bad)
+
+
 def _outer_repair(
     st: Strata,
     chk: Check,
@@ -154,8 +175,8 @@ def _outer_repair(
     code, outer = st.code, st.outer
     a, b = outer.span(sb)
     v = st.vindex(np.arange(a, b, dtype=np.int64))
-    w = st.read(flats, data, v)
-    f = st.flags(v, chk.bad)
+    w = st.gather(flats, data, a, b, seal=False)
+    f = st.flags_range(a, b, chk.bad)
     received = w.copy()
     failed = _irs.decode(code, w, f) < 0
     rows = outer.repair(code, w, failed, sb)

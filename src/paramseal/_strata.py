@@ -148,12 +148,15 @@ class Strata:
 
     def float_runs(self, v0: int, v1: int) -> Iterator[tuple[int, int, int, int]]:
         """``(tensor, local index, stream index, count)`` pieces of the float-region range ``[v0, v1)``."""
-        v1 = min(v1, self.n_float)
-        floats = np.flatnonzero(self.is_float)
-        i = int(np.searchsorted(self.start[floats], v0, side="right")) - 1
+        return self._runs(v0, min(v1, self.n_float), True)
+
+    def _runs(self, v0: int, v1: int, floats: bool) -> Iterator[tuple[int, int, int, int]]:
+        """Pieces of ``[v0, v1)`` in the float region (``floats``) or the data region, tensor by tensor."""
+        ts = np.flatnonzero(self.is_float if floats else ~self.is_float)
+        i = int(np.searchsorted(self.start[ts], v0, side="right")) - 1
         v = v0
-        while v < v1:
-            t = int(floats[i])
+        while v < v1 and i < ts.size:
+            t = int(ts[i])
             n = min(v1, int(self.start[t] + self.nwords[t])) - v
             if n > 0:
                 yield t, v - int(self.start[t]), v, n
@@ -206,6 +209,30 @@ class Strata:
             for t, lo, v, m in self.float_runs(v0, v0 + n):
                 write_run(outs[t], lo, wt[j, c0 + v - v0 : c0 + v - v0 + m])
 
+    def flags_range(self, g0: int, g1: int, bad: list[NDArray[np.bool_]]) -> NDArray[np.uint8]:
+        """``flags`` of groups ``[g0, g1)`` as ``[ng, 255]``, computed run by run (no per-word lookup)."""
+        ft = np.zeros((N_POS, g1 - g0), np.uint8)
+        free = _free_bytes(self.k)
+        for j, v0, c0, n in self._pieces(g0, g1):
+            col = ft[j, c0 : c0 + n]
+            floats = j < self.free_strata
+            end = self.n_float if floats else self.data0 + self.n_data
+            col[max(0, end - v0) :] = FLAG_PAD | (free if floats else 0)
+            for t, lo, v, m in self._runs(v0, min(v0 + n, end), floats):
+                col[v - v0 : v - v0 + m] = self._flags_of(t, lo + np.arange(m), bad, free)
+        return np.ascontiguousarray(ft.T)
+
+    def _flags_of(self, t: int, local: NDArray[np.int64], bad: list[NDArray[np.bool_]], free: int) -> NDArray[np.uint8]:
+        """Flags of words ``local`` of tensor ``t``."""
+        s = self.specs[t]
+        blk = local // self.words_per_block(t)
+        f = np.where(bad[t][blk], FLAG_BAD, 0).astype(np.uint8)
+        if self.is_float[t]:
+            internal = (blk != s.nblocks - 1) | s.block_storage_ends()[1][1]
+            f |= np.where(internal, _tag_bytes(self.k)[local % BLOCK], 0).astype(np.uint8)
+            f |= np.where(blk < s.reserved, free, 0).astype(np.uint8)
+        return f
+
     def read(
         self, flats: list[NDArray[np.unsignedinteger]], data: NDArray[np.uint32], v: NDArray[np.int64]
     ) -> NDArray[np.uint32]:
@@ -213,14 +240,10 @@ class Strata:
         flat_v = v.reshape(-1)
         out = np.zeros(flat_v.size, np.uint32)
         idx = np.flatnonzero(flat_v < self.n_float)
-        if idx.size:
-            vv = flat_v[idx]
-            t_of = self.owner(vv)
-            for t in np.unique(t_of):
-                m = t_of == t
-                local = vv[m] - self.start[t]
-                out[idx[m]] = flats[t][local]  # a gather: only the pages holding these words are read
-                release(flats[t][int(local.min()) : int(local.max()) + 1])
+        for t, sel in self._segments(flat_v[idx]):
+            local = flat_v[idx[sel]] - self.start[t]
+            out[idx[sel]] = flats[t][local]  # a gather: only the pages holding these words are read
+            release(flats[t][int(local.min()) : int(local.max()) + 1])
         dl = (flat_v >= self.data0) & (flat_v < self.data0 + self.n_data)
         out[dl] = data[flat_v[dl] - self.data0]
         return out.reshape(v.shape)
@@ -241,6 +264,17 @@ class Strata:
         a = int(self.start[t]) - self.data0
         return words[a : a + int(self.nwords[t])].view(np.uint8)[: s.numel * (s.width // 8)]
 
+    def _segments(self, v: NDArray[np.int64]) -> Iterator[tuple[int, NDArray[np.int64]]]:
+        """``(tensor, positions in v)`` for the stream words ``v`` (inside a region), tensor by tensor."""
+        if not v.size:
+            return
+        t_of = self.owner(v)
+        order = np.argsort(t_of, kind="stable")
+        ts = t_of[order]
+        cuts = np.flatnonzero(np.diff(ts)) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, ts.size], strict=True):
+            yield int(ts[a]), order[a:b]
+
     def owner(self, v: NDArray[np.int64]) -> NDArray[np.int64]:
         """The tensor holding each stream word ``v`` (words inside a region only)."""
         # Empty tensors share their start with another tensor: sorted before it, "the last start <= v"
@@ -254,24 +288,12 @@ class Strata:
         flat_v = v.reshape(-1)
         out = np.zeros(flat_v.size, np.uint8)
         free = _free_bytes(self.k)
-        tagb = _tag_bytes(self.k)
         pad_f = (flat_v >= self.n_float) & (flat_v < self.data0)
         out[pad_f] = FLAG_PAD | free
         out[flat_v >= self.data0 + self.n_data] = FLAG_PAD
         live = np.flatnonzero(~pad_f & (flat_v < self.data0 + self.n_data))
-        vv = flat_v[live]
-        t_of = self.owner(vv)
-        for t in np.unique(t_of):
-            m = t_of == t
-            local = vv[m] - self.start[t]
-            s = self.specs[t]
-            blk = local // self.words_per_block(int(t))
-            f = np.where(bad[t][blk], FLAG_BAD, 0).astype(np.uint8)
-            if self.is_float[t]:
-                internal = s.block_storage()[1]
-                f |= np.where(internal[blk], tagb[local % BLOCK], 0).astype(np.uint8)
-                f |= np.where(blk < s.reserved, free, 0).astype(np.uint8)
-            out[live[m]] = f
+        for t, sel in self._segments(flat_v[live]):
+            out[live[sel]] = self._flags_of(t, flat_v[live[sel]] - self.start[t], bad, free)
         return out.reshape(v.shape)
 
 

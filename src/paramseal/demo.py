@@ -70,8 +70,8 @@ def run_demo(seed: int = 0, keep: str | None = None) -> int:
         files.write_model(attacked, Loaded(t, files.read_model(sealed_p).metadata))
         a2 = _acc(attacked, Xte, yte)
         print(
-            "attack: flipped the top exponent bit of the 10 largest fc1 weights; replaced fc3.weight with random values;"
-            f"\n        replaced {hit.size} of the {w2.size} fc2 weights (5%) at random places"
+            "attack: flipped the top exponent bit of the 10 largest fc1 weights; replaced fc3.weight with random "
+            f"values;\n        replaced {hit.size} of the {w2.size} fc2 weights (5%) at random places"
         )
         print(f"  attacked   accuracy {100 * a2:.1f}%")
 
@@ -91,9 +91,8 @@ def run_demo(seed: int = 0, keep: str | None = None) -> int:
         print(f"recover: {rr.status}, {rr.restored_count} values restored, bit-exact vs sealed: {exact}")
         print(f"  fc1.weight restored indices {sorted(loc.restored_indices)} (the 10 attacked: {located})")
         scattered = set(rr.tensors["fc2.weight"].restored_indices) == {int(i) for i in hit}
-        print(
-            f"  fc2.weight: {len(rr.tensors['fc2.weight'].restored_indices)} values restored (the {hit.size} attacked: {scattered})"
-        )
+        n2 = len(rr.tensors["fc2.weight"].restored_indices)
+        print(f"  fc2.weight: {n2} values restored (the {hit.size} attacked: {scattered})")
         print(f"  recovered  accuracy {100 * a3:.1f}%")
         v = files.verify_file(fixed, key)
         print(f"verify recovered file: {v.status}")
