@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -37,14 +37,29 @@ FLAG_BAD, FLAG_PAD = _irs.FLAG_BAD, _irs.FLAG_PAD
 
 
 def applies(specs: list[TensorSpec]) -> bool:
-    """Whether the irs4 code can seal this tensor table (every float tensor fp32 with one nibble-aligned k)."""
-    floats = [s for s in specs if s.is_float]
-    if not floats or any(s.dtype != "F32" for s in specs if s.k) or len({s.k for s in floats}) != 1:
+    """Whether the irs4 code can seal this tensor table (every float tensor fp32 with one nibble-aligned k).
+
+    Judged on the table as irs4 would seal it (`as_data`), so the answer is the same before and
+    after tiny tensors become data: seal decides once. A model whose float tensors are all tiny
+    would keep no watermark bits at all, so it is not for irs4.
+    """
+    if any(s.dtype != "F32" for s in specs if s.k):
         return False
-    if floats[0].k not in KS:
+    specs = as_data(specs)
+    floats = [s for s in specs if s.is_float]
+    if not floats or len({s.k for s in floats}) != 1 or floats[0].k not in KS:
         return False
     nf, nd = _sizes(specs)
     return _strata_of(nf, nd)[1] >= MIN_FLOAT_STRATA
+
+
+def as_data(specs: list[TensorSpec]) -> list[TensorSpec]:
+    """The tensor table as irs4 seals it: float tensors smaller than a block are data (k = 0).
+
+    They are mostly graph constants (exponents, epsilons, fill values) that must stay exact:
+    Pow(x, 2.0000153) of a negative x is NaN. As data they are still authenticated and protected.
+    """
+    return [replace(s, k=0) if s.is_float and s.numel < BLOCK else s for s in specs]
 
 
 def _sizes(specs: list[TensorSpec]) -> tuple[int, int]:
@@ -333,4 +348,4 @@ def write_run(out: NDArray[np.unsignedinteger], lo: int, words: NDArray[np.unsig
         done += os.pwrite(where[0], buf[done:], where[1] + done)
 
 
-__all__ = ["CODE_NAME", "KS", "Strata", "applies", "capacity", "plan", "write_run"]
+__all__ = ["CODE_NAME", "KS", "Strata", "applies", "as_data", "capacity", "plan", "write_run"]

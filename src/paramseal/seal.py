@@ -52,12 +52,11 @@ class SealConfig:
         if self.code == "irs" and not _strata.applies(specs):
             raise UnsupportedError(
                 "the irs code needs every float tensor in fp32 with --bits 8, 12 or 16 (standard and strong "
-                "levels), and integer tensors under a quarter of the model; use --code lanes"
+                "levels), and integer tensors (and float tensors under 64 values, sealed as data) under a "
+                "quarter of the model; use --code lanes"
             )
         if use_irs(specs, self.code, self.lanes):
-            # Tensors smaller than a block are mostly graph constants (exponents, epsilons, fill values)
-            # that must stay exact: Pow(x, 2.0000153) of a negative x is NaN. They are protected as data.
-            specs = [replace(x, k=0) if x.is_float and x.numel < BLOCK else x for x in specs]
+            specs = _strata.as_data(specs)  # `applies` judged this table: seal_flat makes the same choice
         return specs
 
     def seal(
