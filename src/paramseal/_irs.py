@@ -241,6 +241,36 @@ def radius(code: Code, eps_per_codeword: float = 0.0) -> float:
     return float(sum(max(0.0, float(dt) - eps_per_codeword) for dt in code.d)) / 5.0
 
 
+def within_reach(code: Code, flags: NDArray[np.uint8]) -> NDArray[np.bool_]:
+    """Per group, from its flags alone: whether `decode` gets it back when every FLAG_BAD entry is wrong.
+
+    Certain when the flagged entries fit as erasures with the fixed bytes (<= d_t in every
+    codeword), as `decode` then erases them. Otherwise it takes every flagged entry as an error
+    against the errors-only radius the fixed bytes leave, which the collaborative decoder reaches
+    for all but rare patterns; fewer real errors than flagged entries only help.
+    """
+    if flags.ndim != 2 or flags.shape[1] != N_POS:
+        raise ValueError(f"flags must have shape (ng, {N_POS}); got {flags.shape}")
+    bad = ((flags & FLAG_BAD) != 0) & ((flags & FLAG_PAD) == 0)
+    fx = flags & np.uint8(FLAG_FIXED_MASK)
+    shift = ((np.arange(4)[:, None] + np.arange(N_POS)[None, :]) & 3).astype(np.uint8)  # byte of codeword t in j
+    fixed_all = np.zeros((flags.shape[0], 4), np.int64)
+    fixed_ok = np.zeros((flags.shape[0], 4), np.int64)
+    for t in range(4):
+        fixed = (fx >> shift[t]) & np.uint8(1)
+        fixed_all[:, t] = fixed.sum(axis=1)
+        fixed_ok[:, t] = (fixed & ~bad).sum(axis=1)
+    nbad = bad.sum(axis=1)
+    d = code.d[None, :]
+    fits = np.all(nbad[:, None] + fixed_ok <= d, axis=1)
+    nlen = d - fixed_all  # errors-only: the fixed bytes of every entry are erasures
+    lmax = np.zeros(flags.shape[0], np.int64)
+    for L in range(1, int(code.d.max()) + 1):  # the radius of `_locate_errors`: sum_t max(nlen_t - L, 0) >= L
+        lmax += np.maximum(nlen - L, 0).sum(axis=1) >= L
+    out: NDArray[np.bool_] = fits | (np.all(nlen >= 0, axis=1) & (nbad <= lmax))
+    return out
+
+
 def _check(W: NDArray[np.uint32], flags: NDArray[np.uint8] | None = None) -> None:
     if W.dtype != np.uint32 or W.ndim != 2 or W.shape[1] != N_POS or not W.flags.c_contiguous:
         raise ValueError(f"W must be a C-contiguous uint32 array of shape (ng, {N_POS}); got {W.dtype} {W.shape}")

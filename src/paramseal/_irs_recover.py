@@ -78,17 +78,37 @@ def damaged_groups(st: Strata, chk: Check) -> NDArray[np.bool_]:
 def estimate(chk: Check) -> bool:
     """Whether recovery should succeed, from the flags alone (used when not every tensor was read).
 
-    Conservative: a group counts as recoverable if its failed words fit in the errors-only radius.
+    A group counts as recoverable when its failed words fit as erasures (then decoding is certain)
+    or, all taken as errors, within the errors-only radius its fixed bytes leave (`_irs.within_reach`);
+    the groups that do not must be few enough in their superblock for the outer code. Scattered
+    damage flags most words of a group although few are wrong, so there it says no where decoding
+    would tell; tensors not read count as intact.
     """
     st = strata_of(chk)
-    code = st.code
+    code, outer = st.code, st.outer
     gids = np.flatnonzero(damaged_groups(st, chk))
-    limit = _irs.radius(code)
-    for i in range(0, gids.size, GROUP_BATCH):
-        f = st.flags(st.vindex(gids[i : i + GROUP_BATCH]), chk.bad)
-        if np.any(((f & FLAG_BAD) != 0).sum(axis=1) > limit):
+    lost = np.zeros(st.G, np.bool_)
+    for g, f in _flag_batches(st, chk, gids):
+        lost[g] = ~_irs.within_reach(code, f)
+    for sb in np.unique(np.searchsorted(outer.sb_start, np.flatnonzero(lost), side="right") - 1):
+        a, b = outer.span(int(sb))
+        if not (st.host and outer.can_repair(lost[a:b], int(sb))):
             return False
     return True
+
+
+def _flag_batches(
+    st: Strata, chk: Check, gids: NDArray[np.int64]
+) -> Iterator[tuple[NDArray[np.int64], NDArray[np.uint8]]]:
+    """``(groups, flags)`` of groups ``gids`` a batch at a time (by runs when most groups are damaged)."""
+    if 4 * gids.size >= st.G:
+        for g0 in range(0, st.G, GROUP_BATCH):
+            g1 = min(st.G, g0 + GROUP_BATCH)
+            yield np.arange(g0, g1, dtype=np.int64), st.flags_range(g0, g1, chk.bad)
+        return
+    for i in range(0, gids.size, GROUP_BATCH):
+        g = gids[i : i + GROUP_BATCH]
+        yield g, st.flags(st.vindex(g), chk.bad)
 
 
 def decode_check(chk: Check) -> Outcome:

@@ -95,6 +95,26 @@ class Outer:
         """Write the parity into the hosted bytes of all the superblock's groups ``w`` (in place)."""
         self.put_rows(code, w, np.arange(w.shape[0]), parity, w.shape[0])
 
+    def can_repair(self, failed: NDArray[np.bool_], s: int) -> bool:
+        """Whether `repair` has the shards to rebuild the ``failed`` groups of superblock ``s``.
+
+        Every column loses one data shard per failed group, and the parity shards that failed
+        groups host; it needs as many parity shards left as data shards lost.
+        """
+        r = self.parity_count(s)
+        nf = int(np.count_nonzero(failed))
+        if nf == 0:
+            return True
+        if r == 0 or nf > r:
+            return False
+        lost = self._lost_parity(failed, r)
+        return bool(np.all(nf + lost.sum(axis=1) <= r))
+
+    def _lost_parity(self, failed: NDArray[np.bool_], r: int) -> NDArray[np.bool_]:
+        """``[columns, R]``: parity shards with a byte in a failed group (shard (c, j) is at byte 64 (c R + j))."""
+        host_failed = np.repeat(failed, 4 * self.host)[: self.columns * r * 64]
+        return np.asarray(host_failed.reshape(self.columns, r, 64).any(axis=2), dtype=np.bool_)
+
     def repair(
         self, code: _irs.Code, w: NDArray[np.uint32], failed: NDArray[np.bool_], s: int
     ) -> NDArray[np.uint32] | None:
@@ -105,17 +125,16 @@ class Outer:
         """
         r = self.parity_count(s)
         lost = np.flatnonzero(failed)
-        if r == 0 or lost.size > r:
+        if r == 0 or not self.can_repair(failed, s):
             return None
         content = self.content(w)
         stream = w.view(np.uint8).reshape(w.shape[0], _irs.N_POS, 4)[:, code.hosted.reshape(-1), 0].reshape(-1)
-        per = 4 * self.host  # hosted bytes per group; parity shard (c, j) is stream bytes [64 (c R + j), +64)
-        host_failed = np.repeat(failed, per)
+        gone = self._lost_parity(failed, r)
         for c in range(self.columns):
             have = {}
             for j in range(r):
                 at = 64 * (c * r + j)
-                if not host_failed[at : at + 64].any():
+                if not gone[c, j]:
                     have[j] = stream[at : at + 64].tobytes()
             if lost.size > len(have):
                 return None

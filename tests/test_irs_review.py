@@ -1,0 +1,296 @@
+"""Review of the irs4 code in the engine: adversarial tampering, edge layouts and the choice of code.
+
+Ground truth is always a byte comparison with the sealed model, never the engine's report.
+"""
+
+from __future__ import annotations
+
+import json
+
+import helpers
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import _irs, _irs_recover, _outer
+from paramseal.header import HeaderAuthError, parse_header
+from paramseal.seal import SealConfig
+from paramseal.verify import check, report_of
+
+BLOCK = 64
+
+
+def _fp32_model(n: int = 200_000, seed: int = 3) -> dict[str, np.ndarray]:
+    """fp32 matrices, edge-sized float tensors and integer tensors of awkward byte lengths."""
+    rng = np.random.default_rng(seed)
+    d = int(np.sqrt(n / 3))
+    return {
+        "embed": (0.02 * rng.standard_normal((d, d))).astype(np.float32),
+        "w1": (0.05 * rng.standard_normal((d, 2 * d))).astype(np.float32),
+        "one_block": rng.standard_normal(BLOCK).astype(np.float32),
+        "tail2": rng.standard_normal(3 * BLOCK + 2).astype(np.float32),  # last block: tag in the header
+        "tiny": np.array([1.5, -2.0, 0.25], np.float32),
+        "empty": np.zeros((0, 4), np.float32),
+        "mask": rng.integers(0, 2, 37).astype(np.bool_),
+        "i8": np.arange(5, dtype=np.int8),
+        "i16": np.arange(7, dtype=np.int16),
+        "ids": np.arange(300, dtype=np.int64),
+        "last": rng.standard_normal(1000).astype(np.float32),  # the float words next to the padding
+    }
+
+
+@pytest.fixture(scope="module")
+def model() -> dict[str, np.ndarray]:
+    return _fp32_model()
+
+
+@pytest.fixture(scope="module", params=["standard", "strong"])
+def sealed(request: pytest.FixtureRequest, model: dict[str, np.ndarray], key: paramseal.Key) -> paramseal.SealedModel:
+    s = paramseal.seal(model, key, level=request.param)
+    assert parse_header(s.header_json, key).irs
+    return s
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return list(a) == list(b) and all(helpers.same_bytes(a[n], b[n]) for n in a)
+
+
+def _never_lies(bad: dict[str, np.ndarray], sealed: paramseal.SealedModel, key: paramseal.Key) -> str:
+    """Recover ``bad``; a "recovered" claim must give the sealed bytes. Returns the status."""
+    res = paramseal.recover(bad, key, sealed.header_json)
+    if res.report.status == "recovered":
+        assert _same(res.tensors, sealed.tensors)
+    return res.report.status
+
+
+# ------------------------------------------------------------------ the choice of code
+
+
+def _tiny_floats(count: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1)
+    return {f"b{i}": rng.standard_normal(BLOCK - 1).astype(np.float32) for i in range(count)}
+
+
+def test_a_model_of_tiny_float_tensors_keeps_its_watermark(key: paramseal.Key) -> None:
+    """Every float tensor under a block: irs would seal them all as data, leaving no watermark bits at all."""
+    m = _tiny_floats(400)
+    s = paramseal.seal(m, key)
+    h = parse_header(s.header_json, key)
+    assert not h.irs and all(t.k == 8 for t in h.tensors)  # the lane code, as --code lanes gives
+    bad = helpers.flip_bit(s.tensors, "b7", 5, 20)
+    res = paramseal.recover(bad, key, s.header_json)
+    assert res.report.status == "recovered" and _same(res.tensors, s.tensors)
+
+
+def test_forcing_irs_on_tiny_float_tensors_is_a_clear_error(key: paramseal.Key) -> None:
+    with pytest.raises(paramseal.UnsupportedError, match="irs code needs"):
+        SealConfig(code="irs").seal(_tiny_floats(400), key)
+
+
+def test_tiny_tensors_are_data_exactly_when_the_irs_code_seals(key: paramseal.Key) -> None:
+    """The code is chosen once: lanes never get the irs rule (k=0) for tiny tensors, irs always does."""
+    rng = np.random.default_rng(2)
+    big = {"big": rng.standard_normal(48_000).astype(np.float32)}
+    for m in (big | _tiny_floats(300), big | _tiny_floats(20)):
+        h = parse_header(paramseal.seal(m, key).header_json, key)
+        tiny_k = {t.k for t in h.tensors if t.name != "big"}
+        assert tiny_k == ({0} if h.irs else {8}), (h.scheme, tiny_k)
+    assert not parse_header(paramseal.seal(big | _tiny_floats(300), key).header_json, key).irs
+    assert parse_header(paramseal.seal(big | _tiny_floats(20), key).header_json, key).irs
+
+
+# ------------------------------------------------------------------ adversarial tampering
+
+
+def _spots(sealed: paramseal.SealedModel, key: paramseal.Key) -> list[tuple[str, int, int]]:
+    """Bits worth flipping: tags, parity, hosted outer parity, the header copy, padding neighbours, data words."""
+    h = parse_header(sealed.header_json, key)
+    k = h.tensors[0].k
+    out = []
+    for name, a in sealed.tensors.items():
+        if a.size == 0:
+            continue
+        width = 8 * a.itemsize
+        idx = {0, 1, 2, 3, 4, BLOCK - 1, a.size - 2, a.size - 1} | (
+            {BLOCK, 2 * BLOCK + 1} if a.size > 2 * BLOCK else set()
+        )
+        bits = {0, width - 1} | ({k - 1, k, 3, 8} if a.dtype == np.float32 else {1})
+        out += [(name, i, b) for i in sorted(x for x in idx if 0 <= x < a.size) for b in sorted(bits) if b < width]
+    return out
+
+
+def test_single_bit_flips_at_every_edge_are_restored(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    for name, idx, bit in _spots(sealed, key):
+        bad = helpers.flip_bit(sealed.tensors, name, idx, bit)
+        res = paramseal.recover(bad, key, sealed.header_json)
+        assert res.report.status == "recovered", (name, idx, bit)
+        assert _same(res.tensors, sealed.tensors), (name, idx, bit)
+        assert res.report.tensors[name].restored_indices == (idx,), (name, idx, bit)
+
+
+def test_rewritten_low_bits_and_tags_are_restored_or_refused(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    """Plausible watermark bits written over many values: tags, parity and hosted bytes all at once."""
+    k = parse_header(sealed.header_json, key).tensors[0].k
+    rng = np.random.default_rng(4)
+    for rate in (0.02, 0.1, 0.3):
+        bad = helpers.copy_model(sealed.tensors)
+        for a in bad.values():
+            if a.dtype == np.float32 and a.size >= BLOCK:
+                u = a.reshape(-1).view(np.uint32)
+                i = rng.choice(u.size, int(rate * u.size), replace=False)
+                u[i] ^= rng.integers(1, 1 << k, i.size, dtype=np.uint32)
+        status = _never_lies(bad, sealed, key)
+        assert rate > 0.05 or status == "recovered"
+
+
+def test_every_tag_rewritten_is_restored(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    """Only tag bits change, in every block that stores one: every block fails, none of its content did."""
+    k = parse_header(sealed.header_json, key).tensors[0].k
+    bad = helpers.copy_model(sealed.tensors)
+    rng = np.random.default_rng(5)
+    for a in bad.values():
+        if a.dtype == np.float32 and a.size >= BLOCK:
+            full = a.size // BLOCK * BLOCK
+            u = a.reshape(-1)[:full].view(np.uint32).reshape(-1, BLOCK)
+            u[:, 0] ^= rng.integers(1, 1 << k, u.shape[0], dtype=np.uint32)  # the tag's first k bits
+    assert _never_lies(bad, sealed, key) == "recovered"
+
+
+def test_hosted_outer_parity_destroyed_is_restored(key: paramseal.Key) -> None:
+    """The outer code's bytes (free byte 0 of the first 8 strata) all rewritten: the inner code holds them."""
+    s = paramseal.seal(_fp32_model(), key)
+    chk = check(s.tensors, key, s.header_json)
+    st = _irs_recover.strata_of(chk)
+    assert st.host == _outer.HOST
+    bad = helpers.copy_model(s.tensors)
+    w = bad["embed"].reshape(-1).view(np.uint32)  # the first float tensor: stream words from 0
+    n = min(w.size, 8 * st.G)
+    w[:n] ^= np.uint32(0xA5)
+    assert _never_lies(bad, s, key) == "recovered"
+
+
+def test_reserved_header_copy_destroyed_is_restored(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    h = parse_header(sealed.header_json, key)
+    for t in h.carriers:
+        spec = h.tensors[t]
+        bad = helpers.copy_model(sealed.tensors)
+        u = bad[spec.name].reshape(-1).view(np.uint32)
+        u[: spec.reserved * BLOCK] ^= np.uint32((1 << spec.k) - 1)
+        assert _never_lies(bad, sealed, key) == "recovered", spec.name
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.14, 0.22, 0.4])
+def test_scattered_damage_never_gives_a_false_recovery(
+    sealed: paramseal.SealedModel, key: paramseal.Key, rate: float
+) -> None:
+    """Random words at every rate around the capacity: recovered means bit-exact, whatever the decoder did."""
+    for seed in range(2):
+        rng = np.random.default_rng(1000 + seed)
+        bad = helpers.copy_model(sealed.tensors)
+        for a in bad.values():
+            if a.size:
+                u = a.reshape(-1).view(f"u{a.itemsize}")
+                i = rng.choice(u.size, max(1, int(rate * u.size)), replace=False)
+                u[i] = rng.integers(0, 1 << min(63, 8 * a.itemsize), i.size, dtype=np.uint64).astype(u.dtype)
+                if a.dtype == np.bool_:
+                    u[i] &= 1
+        _never_lies(bad, sealed, key)
+
+
+def test_whole_tensors_replaced_missing_or_retyped(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    small = [n for n, a in sealed.tensors.items() if a.size < 2000]
+    for name in small:
+        for how in ("missing", "zeroed", "retyped"):
+            bad = helpers.copy_model(sealed.tensors)
+            if how == "missing":
+                del bad[name]
+            elif how == "zeroed":
+                bad[name] = np.zeros_like(bad[name])
+            else:
+                bad[name] = bad[name].astype(np.float64 if bad[name].dtype != np.float64 else np.float32)
+            status = _never_lies(bad, sealed, key)
+            assert status in ("recovered", "intact"), (name, how)
+
+
+# ------------------------------------------------------------------ partial verification
+
+
+def _contiguous(sealed: paramseal.SealedModel, per_group: int, G: int) -> dict[str, np.ndarray]:
+    bad = helpers.copy_model(sealed.tensors)
+    flat = bad["w1"].reshape(-1)
+    n = per_group * G
+    flat[1000 : 1000 + n] = np.random.default_rng(1).standard_normal(n).astype(np.float32)
+    return bad
+
+
+def test_partial_verification_agrees_with_full_on_a_contiguous_run(key: paramseal.Key) -> None:
+    """A run just past the errors-only radius but within erasure reach: the estimate must not say lost."""
+    s = paramseal.seal(_fp32_model(), key)
+    G = parse_header(s.header_json, key).strata
+    code = _irs_recover.strata_of(check(s.tensors, key, s.header_json)).code
+    per = int(_irs.radius(code)) + 1  # more failed words per group than the errors-only radius
+    bad = _contiguous(s, per, G)
+    full = paramseal.verify(bad, key, s.header_json)
+    res = paramseal.recover(bad, key, s.header_json)
+    assert full.recoverable and res.report.status == "recovered" and _same(res.tensors, s.tensors)
+    part = report_of(check(bad, key, s.header_json, select="w1"))
+    assert part.status == "tampered" and part.recoverable and part.exit_code == 1
+
+
+def test_partial_verification_does_not_promise_beyond_reach(key: paramseal.Key) -> None:
+    s = paramseal.seal(_fp32_model(), key)
+    G = parse_header(s.header_json, key).strata
+    bad = _contiguous(s, 80, G)
+    assert paramseal.recover(bad, key, s.header_json).report.status == "unrecoverable"
+    assert not report_of(check(bad, key, s.header_json, select="w1")).recoverable
+
+
+def test_within_reach_matches_the_decoder_on_erasures() -> None:
+    """Flag-only prediction: erasures that fit always decode; a group flagged past every radius never does."""
+    code = _irs.code_for(8)
+    rng = np.random.default_rng(3)
+    ng = 64
+    W = rng.integers(0, 1 << 32, (ng, 255), dtype=np.uint64).astype(np.uint32)
+    W &= np.uint32(0xFFFFFF00)
+    _irs.encode(code, W)
+    flags = np.zeros((ng, 255), np.uint8)
+    for g in range(ng):
+        n = int(rng.integers(0, 70))
+        flags[g, rng.choice(255, n, replace=False)] = _irs.FLAG_BAD
+    flags[:, :16:4] |= 0x01  # some fixed bytes, as tags give
+    sent = W.copy()
+    bad = (flags & _irs.FLAG_BAD) != 0
+    W[bad] = rng.integers(0, 1 << 32, int(bad.sum()), dtype=np.uint64).astype(np.uint32)
+    pred = _irs.within_reach(code, flags)
+    got = _irs.decode(code, W, flags) >= 0
+    assert pred.any() and (~pred).any()
+    assert np.all(got[pred])  # predicted: decoded (these are all within erasure reach or the radius)
+    keep = _irs.byte_mask(flags)
+    assert np.array_equal(W[got] & keep[got], sent[got] & keep[got])
+
+
+def test_outer_can_repair_matches_repair() -> None:
+    o = _outer.plan(2000, 8, 255, _outer.HOST)
+    r = o.parity_count(0)
+    a, b = o.span(0)
+    rng = np.random.default_rng(0)
+    for nf in (1, r // 2, r - 2, r, r + 1):
+        failed = np.zeros(b - a, np.bool_)
+        failed[rng.choice(b - a, nf, replace=False)] = True
+        per = 4 * o.host
+        lost = np.repeat(failed, per)[: o.columns * r * 64].reshape(o.columns, r, 64).any(axis=2).sum(axis=1)
+        assert o.can_repair(failed, 0) == bool(nf <= r and np.all(nf + lost <= r))
+
+
+# ------------------------------------------------------------------ header
+
+
+@pytest.mark.parametrize(("field", "value"), [("strata", 1), ("outer_host", 0), ("outer_host", 7)])
+def test_edited_irs_fields_fail_authentication(
+    sealed: paramseal.SealedModel, key: paramseal.Key, field: str, value: int
+) -> None:
+    body = json.loads(sealed.header_json)
+    body[field] = body[field] + value if field == "strata" else value
+    with pytest.raises(HeaderAuthError) as e:
+        paramseal.verify(sealed.tensors, key, json.dumps(body))
+    assert e.value.exit_code == 2 and key.secret.hex() not in str(e.value)
