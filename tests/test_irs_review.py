@@ -294,3 +294,71 @@ def test_edited_irs_fields_fail_authentication(
     with pytest.raises(HeaderAuthError) as e:
         paramseal.verify(sealed.tensors, key, json.dumps(body))
     assert e.value.exit_code == 2 and key.secret.hex() not in str(e.value)
+
+
+# ------------------------------------------------------------------ the last check before "recovered"
+
+
+def test_a_rebuilt_block_failing_its_header_tag_stays_tampered(
+    sealed: paramseal.SealedModel, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defence in depth: should decoding ever rebuild a block wrongly, its authenticated tag (in the
+    header) refuses it, and the report names it instead of listing it as restored."""
+    real = _irs_recover._rebuild
+
+    def wrong(chk, st, t, rows, fv, fw):  # type: ignore[no-untyped-def]
+        p = real(chk, st, t, rows, fv, fw)
+        if chk.specs[t].name == "tiny":
+            p.new[:, 1] ^= 1  # a decoder slip in value 1
+        return p
+
+    monkeypatch.setattr(_irs_recover, "_rebuild", wrong)
+    bad = helpers.flip_bit(sealed.tensors, "tiny", 2, 7)
+    bad = helpers.flip_bit(bad, "w1", 500, 30)
+    res = paramseal.recover(bad, key, sealed.header_json)
+    assert res.report.status == "unrecoverable" and not res.report.recoverable
+    f = res.report.tensors["tiny"]
+    assert f.restored_indices == () and f.unrecoverable_blocks == (0,)
+    assert helpers.same_bytes(res.tensors["tiny"], bad["tiny"])  # left as received, not as mis-rebuilt
+    assert helpers.same_bytes(res.tensors["w1"], sealed.tensors["w1"])  # the rest is still restored
+    assert res.report.tensors["w1"].restored_indices == (500,)
+
+
+# ------------------------------------------------------------------ memory: verify rebuilds nothing
+
+
+def _scattered(sealed: paramseal.SealedModel, rate: float, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    bad = helpers.copy_model(sealed.tensors)
+    for a in bad.values():
+        if a.dtype == np.float32 and a.size >= BLOCK:
+            u = a.reshape(-1).view(np.uint32)
+            i = rng.choice(u.size, int(rate * u.size), replace=False)
+            u[i] = rng.integers(0, 1 << 32, i.size, dtype=np.uint64).astype(np.uint32)
+    return bad
+
+
+def test_verify_decides_without_building_the_rebuilt_blocks(
+    sealed: paramseal.SealedModel, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scattered damage fails nearly every block: rebuilt copies would be twice the model. verify needs
+    only whether they could be rebuilt; recover decodes once and rebuilds."""
+    bad = _scattered(sealed, 0.03, 8)
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("verify built rebuilt blocks")
+
+    with monkeypatch.context() as m:
+        m.setattr(_irs_recover, "_rebuild", refuse)
+        rep = paramseal.verify(bad, key, sealed.header_json)
+    assert rep.status == "tampered" and rep.recoverable and rep.tampered_block_count > 1000
+    calls = []
+    real = _irs_recover.decode_check
+
+    def counted(chk, *, rebuild=True):  # type: ignore[no-untyped-def]
+        calls.append(rebuild)
+        return real(chk, rebuild=rebuild)
+
+    monkeypatch.setattr(_irs_recover, "decode_check", counted)
+    res = paramseal.recover(bad, key, sealed.header_json)
+    assert calls == [True] and res.report.status == "recovered" and _same(res.tensors, sealed.tensors)

@@ -111,42 +111,48 @@ def _flag_batches(
         yield g, st.flags(st.vindex(g), chk.bad)
 
 
-def decode_check(chk: Check) -> Outcome:
-    """Decode every damaged group and rebuild the failed blocks it can (the model is not modified)."""
+def decode_check(chk: Check, *, rebuild: bool = True) -> Outcome:
+    """Decode every damaged group and rebuild the failed blocks it can (the model is not modified).
+
+    ``rebuild`` False only decides whether every failed block can be rebuilt (``ok``, for verify):
+    no corrections are kept and no blocks built, so memory does not grow with the damage.
+    """
     st = strata_of(chk)
     code = st.code
     flats = _flats(chk)
     data = st.pack_data(flats)
     gids = np.flatnonzero(damaged_groups(st, chk))
     status = np.zeros(st.G, np.int8)
-    fix_v: list[NDArray[np.int64]] = []
-    fix_w: list[NDArray[np.uint32]] = []
+    fixes: tuple[list[NDArray[np.int64]], list[NDArray[np.uint32]]] | None = ([], []) if rebuild else None
     for g, w, f in _batches(st, chk, flats, data, gids):
-        v = st.vindex(g)
-        before = w.copy()
+        before = w.copy() if fixes is not None else w
         status[g] = _irs.decode(code, w, f)
-        changed = (w != before) & ((f & FLAG_BAD) != 0) & (status[g] >= 0)[:, None]
-        fix_v.append(v[changed])
-        fix_w.append(w[changed])
+        if fixes is not None:
+            changed = (w != before) & ((f & FLAG_BAD) != 0) & (status[g] >= 0)[:, None]
+            fixes[0].append(st.vindex(g)[changed])
+            fixes[1].append(w[changed])
     if st.host:
         for sb in np.unique(np.searchsorted(st.outer.sb_start, np.flatnonzero(status < 0), side="right") - 1):
-            _outer_repair(st, chk, flats, data, int(sb), status, fix_v, fix_w)
-    fv = np.concatenate(fix_v) if fix_v else np.zeros(0, np.int64)
-    fw = np.concatenate(fix_w) if fix_w else np.zeros(0, np.uint32)
-    order = np.argsort(fv, kind="stable")
-    fv, fw = fv[order], fw[order]
+            _outer_repair(st, chk, flats, data, int(sb), status, fixes)
+    fv, fw = np.zeros(0, np.int64), np.zeros(0, np.uint32)
+    if fixes is not None and fixes[0]:
+        fv, fw = np.concatenate(fixes[0]), np.concatenate(fixes[1])
+        order = np.argsort(fv, kind="stable")
+        fv, fw = fv[order], fw[order]
     patches = {}
     all_ok = True
     for t in range(len(chk.specs)):
         rows = np.flatnonzero(chk.bad[t])
         if not rows.size:
             continue
-        v, which = _bad_words(st, chk, t, rows)
         failed = np.zeros(rows.size, np.bool_)
-        np.logical_or.at(failed, which, status[st.groups_of(v)] < 0)
+        step = max(1, _SCAN // st.words_per_block(t))
+        for i in range(0, rows.size, step):  # bounded index temporaries, as in damaged_groups
+            v, which = _bad_words(st, chk, t, rows[i : i + step])
+            np.logical_or.at(failed, i + which, status[st.groups_of(v)] < 0)
         rows = rows[~failed]
         all_ok &= not failed.any()
-        if not rows.size:
+        if not rows.size or not rebuild:
             continue
         patches[t] = _rebuild(chk, st, t, rows, fv, fw)
         release(chk.blocks[t])
@@ -183,8 +189,7 @@ def _outer_repair(
     data: NDArray[np.uint32],
     sb: int,
     status: NDArray[np.int8],
-    fix_v: list[NDArray[np.int64]],
-    fix_w: list[NDArray[np.uint32]],
+    fixes: tuple[list[NDArray[np.int64]], list[NDArray[np.uint32]]] | None,
 ) -> None:
     """Rebuild the groups of superblock ``sb`` that the inner code could not, from the outer code.
 
@@ -208,9 +213,10 @@ def _outer_repair(
     agree = np.all(bad | ((rows & keep) == (received[lost] & keep)), axis=1)
     if not agree.all():  # a verified word disagrees: the rebuilt content cannot be trusted
         return
-    changed = bad & (rows != received[lost])
-    fix_v.append(v[lost][changed])
-    fix_w.append(rows[changed])
+    if fixes is not None:
+        changed = bad & (rows != received[lost])
+        fixes[0].append(v[lost][changed])
+        fixes[1].append(rows[changed])
     status[a + lost] = 2
 
 

@@ -87,6 +87,8 @@ def plan_recovery(chk: Check, ws: Workspace | None = None) -> Recovery:
     plus the rebuilt blocks; the model itself is only read, chunk by chunk.
     """
     ws = ws or Workspace()
+    if chk.header.irs and chk.complete and any(b.any() for b in chk.bad):
+        chk.irs_outcome()  # decoded once, rebuilding: the report below reads its answer from it
     base = report_of(chk)
     # A header read from the weights knows only the metadata's digest: keep what the file has.
     meta = dict(chk.header.user_metadata if chk.header.user_metadata is not None else chk.file_metadata or {})
@@ -148,13 +150,14 @@ def _decode_lanes(chk: Check, ws: Workspace) -> tuple[dict[int, Patch], int]:
 def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, meta: dict[str, str]) -> Recovery:
     """The recover report: what was restored, and whether every rebuilt block carries its authentic tag."""
     specs = chk.specs
-    findings = _findings(chk, base, patches)
     # Blocks not rebuilt were verified by check() and are unchanged; blocks in failed lanes stay
     # tampered. Rebuilt data is trusted because decoding used only MAC-verified shards and the
-    # surviving parity agreed with it; rebuilt blocks whose tag lives in the header are checked
-    # against that authenticated tag here (for the others this re-reads the tag just written).
-    all_ok = not any(b.any() for b in chk.bad)
-    for t, p in patches.items():
+    # surviving parity agreed with it (irs4: or the errors it located lie in failed blocks and
+    # reproduce every syndrome); rebuilt blocks whose tag lives in the header are checked against
+    # that authenticated tag here (for the others this re-reads the tag just written). A block that
+    # fails is not restored: it stays tampered, and the report names it.
+    patches = dict(patches)
+    for t, p in list(patches.items()):
         s = specs[t]
         internal = s.block_storage()[1]
         want = _model.compute_tags(chk.mac, chk.header.salt, t, s, p.new, internal, at=p.rows)
@@ -162,7 +165,15 @@ def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, 
         before = np.cumsum(~internal) - 1  # index of each external block's tag
         mine = None if ext is None else ext[before[p.rows][~internal[p.rows]]]
         have = _model.stored_tags(s, p.new, internal[p.rows], mine)
-        all_ok &= bool(np.all(want == have))
+        good = want == have
+        if not good.all():
+            chk.bad[t] = chk.bad[t].copy()
+            chk.bad[t][p.rows[~good]] = True
+            patches[t] = Patch(p.rows[good], p.old[good], p.new[good])
+            if not good.any():
+                del patches[t]
+    all_ok = not any(b.any() for b in chk.bad)
+    findings = _findings(chk, base, patches)
     status: Status = "recovered" if all_ok else "unrecoverable"
     report = Report(
         kind="recover",

@@ -45,7 +45,8 @@ class Check:
     moved: frozenset[int] = frozenset()  # tensors whose data was found under another name
 
     _layout: Layout | None = field(default=None, repr=False)
-    _irs: Any = field(default=None, repr=False)  # the irs4 decode, run once (verify and recover share it)
+    _irs: Any = field(default=None, repr=False)  # the irs4 decode with rebuilt blocks, run once (recover)
+    _irs_ok: bool | None = field(default=None, repr=False)  # verify's answer: decoded, nothing rebuilt
 
     @property
     def layout(self) -> Layout:
@@ -92,7 +93,15 @@ class Check:
         if self.header.irs:
             from . import _irs_recover
 
-            return bool(self.irs_outcome().ok) if self.complete else _irs_recover.estimate(self)
+            if not self.complete:
+                return _irs_recover.estimate(self)
+            if self._irs is not None:
+                return bool(self._irs.ok)
+            if self._irs_ok is None:
+                # verify needs only the answer: decoding without rebuilding keeps memory flat under
+                # scattered damage (the rebuilt blocks would be twice the damaged part of the model)
+                self._irs_ok = bool(_irs_recover.decode_check(self, rebuild=False).ok)
+            return self._irs_ok
         nd, npar = self.lane_losses()
         return bool(np.all((nd == 0) | (nd + npar <= self.layout.M)))
 
