@@ -6,13 +6,15 @@ Ground truth is always a byte comparison with the sealed model, never the engine
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import helpers
 import numpy as np
 import pytest
+import safetensors.numpy as stn
 
 import paramseal
-from paramseal import _irs, _irs_recover, _outer
+from paramseal import _irs, _irs_recover, _outer, files, sharded
 from paramseal.header import HeaderAuthError, parse_header
 from paramseal.seal import SealConfig
 from paramseal.verify import check, report_of
@@ -362,3 +364,76 @@ def test_verify_decides_without_building_the_rebuilt_blocks(
     monkeypatch.setattr(_irs_recover, "decode_check", counted)
     res = paramseal.recover(bad, key, sealed.header_json)
     assert calls == [True] and res.report.status == "recovered" and _same(res.tensors, sealed.tensors)
+
+
+# ------------------------------------------------------------------ files: memory maps, patches, shards
+
+
+def _save_like(path: Path, tensors: dict[str, np.ndarray], like: Path) -> Path:
+    from safetensors import safe_open
+
+    with safe_open(str(like), "np") as f:
+        meta = f.metadata()
+    stn.save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def test_files_stream_irs_with_awkward_integer_tensors(tmp_path: Path, key: paramseal.Key) -> None:
+    """Memory-mapped input (unaligned int8/bool/int16 data), patches written into a copy, and --tensors."""
+    m = _fp32_model()
+    src, out = tmp_path / "m.safetensors", tmp_path / "s.safetensors"
+    stn.save_file(m, str(src))
+    files.seal_file(src, out, key)
+    sealed = stn.load_file(str(out))
+    bad = helpers.copy_model(sealed)
+    for name in ("mask", "i8", "i16", "ids", "tiny"):
+        u = bad[name].reshape(-1).view(f"u{bad[name].itemsize}")
+        u[-1] ^= 1
+    bad["w1"].reshape(-1)[5000 : 5000 + 3 * BLOCK] = 0.5  # a contiguous run
+    rng = np.random.default_rng(9)
+    e = bad["embed"].reshape(-1).view(np.uint32)
+    i = rng.choice(e.size, e.size // 50, replace=False)
+    e[i] ^= rng.integers(1, 1 << 32, i.size, dtype=np.uint64).astype(np.uint32)  # scattered
+    tam = _save_like(tmp_path / "t.safetensors", bad, out)
+    rep = files.verify_file(tam, key)
+    assert rep.status == "tampered" and rep.recoverable
+    assert set(rep.tampered_tensors) == {"mask", "i8", "i16", "ids", "tiny", "w1", "embed"}
+    assert files.verify_file(tam, key, tensors="i*").recoverable  # partial: integer tensors only
+    for dst in (tmp_path / "r.safetensors", tmp_path / "r.npz"):
+        r = files.recover_file(tam, dst, key)
+        assert r.report.status == "recovered", dst
+        got = stn.load_file(str(dst)) if dst.suffix == ".safetensors" else dict(np.load(dst))
+        assert _same({n: got[n] for n in sealed}, sealed), dst
+    assert files.verify_file(tmp_path / "r.safetensors", key).status == "intact"
+
+
+def test_sharded_irs_checkpoint_recovers(tmp_path: Path, key: paramseal.Key) -> None:
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    weight_map = {}
+    for i in range(2):
+        t = {f"l{i}.{n}": a for n, a in _fp32_model(60_000, seed=i).items()}
+        stn.save_file(t, str(ck / f"s{i}.safetensors"))
+        weight_map.update({n: f"s{i}.safetensors" for n in t})
+    (ck / sharded.INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    out = tmp_path / "sealed"
+    sharded.seal_dir(ck, out, key, workers=1)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in out.iterdir():
+        if p.suffix != ".safetensors":
+            (bad / p.name).write_bytes(p.read_bytes())
+            continue
+        from safetensors import safe_open
+
+        with safe_open(str(p), "np") as f:
+            assert parse_header(f.metadata()["paramseal"], key).irs
+        t = stn.load_file(str(p))
+        u = t[next(n for n in t if n.endswith("w1"))].reshape(-1).view(np.uint32)
+        u[::37] ^= np.uint32(1 << 20)  # scattered: every 37th value
+        _save_like(bad / p.name, t, p)
+    assert sharded.verify_dir(bad, key, workers=1).status == "tampered"
+    rep, written = sharded.recover_dir(bad, tmp_path / "rec", key, workers=1)
+    assert rep.status == "recovered" and written
+    for p in out.glob("*.safetensors"):
+        assert _same(stn.load_file(str(tmp_path / "rec" / p.name)), stn.load_file(str(p)))

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from . import _embed, _irs, _model, _outer, _strata
 from ._bits import write_tags
 from ._pages import release
-from ._strata import FLAG_BAD, Strata
+from ._strata import FLAG_BAD, DataRegion, Strata
 from .errors import FormatError
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def decode_check(chk: Check, *, rebuild: bool = True) -> Outcome:
 
 
 def _batches(
-    st: Strata, chk: Check, flats: list[NDArray[np.unsignedinteger]], data: NDArray[np.uint32], gids: NDArray[np.int64]
+    st: Strata, chk: Check, flats: list[NDArray[np.unsignedinteger]], data: DataRegion, gids: NDArray[np.int64]
 ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.uint32], NDArray[np.uint8]]]:
     """``(groups, words, flags)`` of groups ``gids`` a batch at a time.
 
@@ -186,7 +186,7 @@ def _outer_repair(
     st: Strata,
     chk: Check,
     flats: list[NDArray[np.unsignedinteger]],
-    data: NDArray[np.uint32],
+    data: DataRegion,
     sb: int,
     status: NDArray[np.int8],
     fixes: tuple[list[NDArray[np.int64]], list[NDArray[np.uint32]]] | None,

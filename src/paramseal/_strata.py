@@ -189,7 +189,7 @@ class Strata:
                 yield j, j * self.G, first, ng - first
 
     def gather(
-        self, flats: list[NDArray[np.unsignedinteger]], data: NDArray[np.uint32], g0: int, g1: int, *, seal: bool
+        self, flats: list[NDArray[np.unsignedinteger]], data: DataRegion, g0: int, g1: int, *, seal: bool
     ) -> NDArray[np.uint32]:
         """Words of groups ``[g0, g1)`` as ``[ng, 255]``; padding is zero.
 
@@ -249,7 +249,7 @@ class Strata:
         return f
 
     def read(
-        self, flats: list[NDArray[np.unsignedinteger]], data: NDArray[np.uint32], v: NDArray[np.int64]
+        self, flats: list[NDArray[np.unsignedinteger]], data: DataRegion, v: NDArray[np.int64]
     ) -> NDArray[np.uint32]:
         """Words at stream indices ``v`` (any shape); padding reads as zero."""
         flat_v = v.reshape(-1)
@@ -263,15 +263,9 @@ class Strata:
         out[dl] = data[flat_v[dl] - self.data0]
         return out.reshape(v.shape)
 
-    def pack_data(self, flats: list[NDArray[np.unsignedinteger]]) -> NDArray[np.uint32]:
-        """The data region's words from the data tensors' flat values (each padded to whole words)."""
-        out = np.zeros(self.n_data, np.uint32)
-        by = out.view(np.uint8)
-        for t in np.flatnonzero(~self.is_float):
-            a = int(self.start[t]) - self.data0
-            raw = np.ascontiguousarray(flats[t]).view(np.uint8).reshape(-1)
-            by[4 * a : 4 * a + raw.size] = raw
-        return out
+    def pack_data(self, flats: list[NDArray[np.unsignedinteger]]) -> DataRegion:
+        """The data region's words, read from the data tensors' flat values when asked (not copied whole)."""
+        return DataRegion(self, flats)
 
     def unpack_data(self, words: NDArray[np.uint32], t: int) -> NDArray[np.uint8]:
         """Bytes of data tensor ``t`` from the data region's words."""
@@ -312,6 +306,45 @@ class Strata:
         return out.reshape(v.shape)
 
 
+class DataRegion:
+    """The words of the data region (each data tensor's bytes, padded to whole words), read on demand.
+
+    Indexed like the array it stands for: ``region[a:b]`` or ``region[indices]`` (region offsets).
+    Only the words asked for are read, so memory does not grow with the integer tensors.
+    """
+
+    def __init__(self, st: Strata, flats: list[NDArray[np.unsignedinteger]]) -> None:
+        self._st, self._flats = st, flats
+
+    def __getitem__(self, idx: slice | NDArray[np.int64]) -> NDArray[np.uint32]:
+        st = self._st
+        if isinstance(idx, slice):
+            a, b, _ = idx.indices(st.n_data)
+            out = np.zeros(max(0, b - a), np.uint32)
+            for t, lo, v, m in st._runs(st.data0 + a, st.data0 + b, False):
+                out[v - st.data0 - a : v - st.data0 - a + m] = self._words(t, lo + np.arange(m))
+            return out
+        out = np.zeros(idx.size, np.uint32)
+        for t, sel in st._segments(st.data0 + idx):
+            out[sel] = self._words(t, st.data0 + idx[sel] - st.start[t])
+        return out
+
+    def _words(self, t: int, local: NDArray[np.int64]) -> NDArray[np.uint32]:
+        """Words ``local`` of data tensor ``t``; the bytes past its end read as zero."""
+        raw = self._flats[t].reshape(-1).view(np.uint8)
+        full = raw.size // 4
+        out = np.zeros(local.size, np.uint32)
+        whole = local < full
+        if whole.any():
+            out[whole] = raw[: 4 * full].view(np.uint32)[local[whole]]
+        if not whole.all():  # the last word, partly past the tensor's bytes
+            tail = np.zeros(4, np.uint8)
+            tail[: raw.size - 4 * full] = raw[4 * full :]
+            out[~whole] = tail.view(np.uint32)[0]
+        release(raw[4 * int(local.min()) : 4 * int(local.max()) + 4])
+        return out
+
+
 def plan(specs: list[TensorSpec], key: Key, salt: bytes, host: int | None = None) -> Strata:
     """The stratum layout of ``specs`` under ``key`` and ``salt``; ``host`` None: chosen from the size."""
     nf, nd = _sizes(specs)
@@ -348,4 +381,4 @@ def write_run(out: NDArray[np.unsignedinteger], lo: int, words: NDArray[np.unsig
         done += os.pwrite(where[0], buf[done:], where[1] + done)
 
 
-__all__ = ["CODE_NAME", "KS", "Strata", "applies", "as_data", "capacity", "plan", "write_run"]
+__all__ = ["CODE_NAME", "KS", "DataRegion", "Strata", "applies", "as_data", "capacity", "plan", "write_run"]
