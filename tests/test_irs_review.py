@@ -14,7 +14,7 @@ import pytest
 import safetensors.numpy as stn
 
 import paramseal
-from paramseal import _irs, _irs_recover, _outer, files, sharded
+from paramseal import _irs, _irs_recover, _outer, _strata, files, sharded
 from paramseal.header import HeaderAuthError, parse_header
 from paramseal.seal import SealConfig
 from paramseal.verify import check, report_of
@@ -287,7 +287,7 @@ def test_outer_can_repair_matches_repair() -> None:
 # ------------------------------------------------------------------ header
 
 
-@pytest.mark.parametrize(("field", "value"), [("strata", 1), ("outer_host", 0), ("outer_host", 7)])
+@pytest.mark.parametrize(("field", "value"), [("strata", 1), ("outer_host", 0), ("outer_host", 7), ("strata_perms", 0)])
 def test_edited_irs_fields_fail_authentication(
     sealed: paramseal.SealedModel, key: paramseal.Key, field: str, value: int
 ) -> None:
@@ -437,3 +437,117 @@ def test_sharded_irs_checkpoint_recovers(tmp_path: Path, key: paramseal.Key) -> 
     assert rep.status == "recovered" and written
     for p in out.glob("*.safetensors"):
         assert _same(stn.load_file(str(tmp_path / "rec" / p.name)), stn.load_file(str(p)))
+
+
+# ------------------------------------------------------------------ a key-less miscorrection attack
+
+_GF_EXP = np.zeros(512, np.int64)
+_GF_LOG = np.zeros(256, np.int64)
+_x = 1
+for _i in range(255):
+    _GF_EXP[_i] = _GF_EXP[_i + 255] = _x
+    _GF_LOG[_x] = _i
+    _x = (_x << 1) ^ (0x11D if _x & 0x80 else 0)
+
+
+def _gf_mul(a: int, b: int) -> int:
+    return 0 if a == 0 or b == 0 else int(_GF_EXP[_GF_LOG[a] + _GF_LOG[b]])
+
+
+def _null_vector(rows: list[list[int]]) -> list[int]:
+    """A nonzero x over GF(2^8) with rows @ x = 0 (one more column than rows)."""
+    a = [list(r) for r in rows]
+    m = len(a[0])
+    piv: list[int] = []
+    for c in range(m):
+        p = next((i for i in range(len(piv), len(a)) if a[i][c]), None)
+        if p is None:
+            continue
+        r = len(piv)
+        a[r], a[p] = a[p], a[r]
+        inv = int(_GF_EXP[(255 - _GF_LOG[a[r][c]]) % 255])
+        a[r] = [_gf_mul(v, inv) for v in a[r]]
+        for i in range(len(a)):
+            if i != r and a[i][c]:
+                f = a[i][c]
+                a[i] = [v ^ _gf_mul(f, w) for v, w in zip(a[i], a[r], strict=True)]
+        piv.append(c)
+        if len(piv) == len(a):
+            break
+    free = next(c for c in range(m) if c not in piv)
+    x = [0] * m
+    x[free] = 1
+    for i, c in enumerate(piv):
+        x[c] = a[i][free]
+    return x
+
+
+def _stratum_codeword_attack(sealed: paramseal.SealedModel) -> dict[str, np.ndarray]:
+    """XOR every word of d+1 whole strata with a per-stratum constant that is a codeword of the (public)
+    inner code: if groups took position j from stratum j, every group would receive a valid codeword.
+
+    Uses only what anyone can read: the header's tensor table, k, strata and outer_host (no key).
+    """
+    hdr = json.loads(sealed.header_json)
+    G, host, k = hdr["strata"], hdr["outer_host"], hdr["tensors"][0]["k"]
+    floats = [t for t in hdr["tensors"] if t["dtype"] == "F32" and t["k"]]
+    nf = sum(int(np.prod(t["shape"])) for t in floats)
+    code = _irs.code_for(k, -(-nf // G), host)
+    strata = list(range(100, 100 + int(code.d.max()) + 1))
+    delta = np.zeros(255, np.uint32)
+    for t in range(4):
+        d, b = int(code.d[t]), int(code.first[t])
+        x = _null_vector([[int(_GF_EXP[((i + b) * j) % 255]) for j in strata] for i in range(d)])
+        for j, v in zip(strata, x, strict=True):
+            delta[j] |= np.uint32(v << (8 * ((t + j) & 3)))
+    bad = helpers.copy_model(sealed.tensors)
+    stream = np.concatenate([bad[t["name"]].reshape(-1).view(np.uint32) for t in floats])
+    for j in strata:
+        stream[j * G : (j + 1) * G] ^= delta[j]
+    o = 0
+    for t in floats:
+        n = int(np.prod(t["shape"]))
+        bad[t["name"]].reshape(-1).view(np.uint32)[:] = stream[o : o + n]
+        o += n
+    return bad
+
+
+@pytest.mark.parametrize("level", ["standard", "strong"])
+def test_constant_codewords_written_over_whole_strata_are_never_recovered(key: paramseal.Key, level: str) -> None:
+    """A quarter of the weights rewritten, by someone without the key: recover must not call it recovered
+    (it did, and re-tagged the attacker's weights so that the output verified intact)."""
+    s = paramseal.seal(_fp32_model(), key, level=level)
+    bad = _stratum_codeword_attack(s)
+    changed = sum(int(np.count_nonzero(helpers.uview(bad[n]) != helpers.uview(s.tensors[n]))) for n in s.tensors)
+    assert changed > 0.2 * sum(a.size for a in s.tensors.values())
+    res = paramseal.recover(bad, key, s.header_json)
+    if res.report.status == "recovered":
+        assert _same(res.tensors, s.tensors)
+    v = paramseal.verify(bad, key, s.header_json)
+    assert v.status == "tampered" and v.recoverable == (res.report.status == "recovered")
+
+
+def test_first_irs_layout_trusts_only_erasures(key: paramseal.Key, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seals made before the permutations (no strata_perms in the header) still verify and recover what
+    their verified words rebuild; the attack gets "unrecoverable", never "recovered"."""
+    with monkeypatch.context() as m:
+        m.setattr(_strata, "PERMS", 0)
+        s = paramseal.seal(_fp32_model(), key)
+    assert "strata_perms" not in json.loads(s.header_json)
+    assert paramseal.verify(s.tensors, key, s.header_json).status == "intact"
+    bad = _stratum_codeword_attack(s)
+    assert paramseal.recover(bad, key, s.header_json).report.status == "unrecoverable"
+    assert not paramseal.verify(bad, key, s.header_json).recoverable
+    run = helpers.copy_model(s.tensors)
+    run["w1"].reshape(-1)[1000:31000] = 0.25  # contiguous: erasures
+    res = paramseal.recover(run, key, s.header_json)
+    assert res.report.status == "recovered" and _same(res.tensors, s.tensors)
+    assert report_of(check(run, key, s.header_json, select="w1")).recoverable
+
+
+def test_new_seals_record_their_permutations(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    body = json.loads(sealed.header_json)
+    assert body["strata_perms"] == _strata.PERMS
+    del body["strata_perms"]
+    with pytest.raises(HeaderAuthError):
+        paramseal.verify(sealed.tensors, key, json.dumps(body))

@@ -4,7 +4,10 @@ Blocks whose tag failed mark their words as possible errors (``FLAG_BAD``). A gr
 flagged words fit as erasures is decoded from its verified words alone; otherwise (scattered
 damage flags nearly every block) it is decoded errors-only, and each error it locates must lie
 in a failed block. A block is rebuilt only if every group holding one of its words decoded.
-Nothing here writes to the checked model.
+Errors-only decoding trusts the flagged words it does not locate as errors: that is sound
+only because the keyed group layout (``_strata``: rotations and position permutations) keeps
+an attacker without the key from making them a codeword in every group; in the first irs4
+layout, without permutations, such groups count as failed. Nothing here writes to the model.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ if TYPE_CHECKING:
     from .verify import Check
 
 GROUP_BATCH = 8192  # groups decoded per batch: [8192, 255] words and flags
+UNTRUSTED = -5  # group status: decoded errors-only in a layout where that cannot be trusted
 _SCAN = 1 << 20  # words of failed blocks mapped to groups per step
 
 
@@ -41,13 +45,31 @@ class Outcome:
 
 def strata_of(chk: Check) -> Strata:
     """The stratum layout the header describes (rebuilt from the tensor table, key and salt)."""
-    st = _strata.plan(chk.specs, chk.key, chk.header.salt, chk.header.host)
-    if st.G != chk.header.strata or chk.header.host not in (0, _outer.HOST):
+    h = chk.header
+    if h.host not in (0, _outer.HOST) or h.strata_perms not in (0, _strata.PERMS):
         raise FormatError(
-            f"the seal header records {chk.header.strata} words per stratum and outer code {chk.header.host} but "
-            f"its tensor table gives {st.G}; the header was written by an incompatible ParamSeal"
+            f"the seal header records outer code {h.host} and {h.strata_perms} stratum permutations, which this "
+            f"ParamSeal does not know (it writes {_outer.HOST} and {_strata.PERMS}); the header was written by an "
+            "incompatible ParamSeal"
+        )
+    st = _strata.plan(chk.specs, chk.key, h.salt, h.host, h.strata_perms)
+    if st.G != h.strata:
+        raise FormatError(
+            f"the seal header records {h.strata} words per stratum but its tensor table gives {st.G}; "
+            "the header was written by an incompatible ParamSeal"
         )
     return st
+
+
+def _decode(st: Strata, w: NDArray[np.uint32], f: NDArray[np.uint8]) -> NDArray[np.int8]:
+    """`_irs.decode`; in the unpermuted layout of the first irs4 seals a group decoded errors-only fails.
+
+    There (``strata_perms`` 0) its flagged words cannot be trusted: see `_strata`.
+    """
+    status = _irs.decode(st.code, w, f)
+    if not st.perms:
+        status[(status >= 0) & ~_irs.fits(st.code, f)] = UNTRUSTED
+    return status
 
 
 def _flats(chk: Check) -> list[NDArray[np.unsignedinteger]]:
@@ -89,7 +111,7 @@ def estimate(chk: Check) -> bool:
     gids = np.flatnonzero(damaged_groups(st, chk))
     lost = np.zeros(st.G, np.bool_)
     for g, f in _flag_batches(st, chk, gids):
-        lost[g] = ~_irs.within_reach(code, f)
+        lost[g] = ~(_irs.within_reach(code, f) if st.perms else _irs.fits(code, f))
     for sb in np.unique(np.searchsorted(outer.sb_start, np.flatnonzero(lost), side="right") - 1):
         a, b = outer.span(int(sb))
         if not (st.host and outer.can_repair(lost[a:b], int(sb))):
@@ -118,7 +140,6 @@ def decode_check(chk: Check, *, rebuild: bool = True) -> Outcome:
     no corrections are kept and no blocks built, so memory does not grow with the damage.
     """
     st = strata_of(chk)
-    code = st.code
     flats = _flats(chk)
     data = st.pack_data(flats)
     gids = np.flatnonzero(damaged_groups(st, chk))
@@ -126,7 +147,7 @@ def decode_check(chk: Check, *, rebuild: bool = True) -> Outcome:
     fixes: tuple[list[NDArray[np.int64]], list[NDArray[np.uint32]]] | None = ([], []) if rebuild else None
     for g, w, f in _batches(st, chk, flats, data, gids):
         before = w.copy() if fixes is not None else w
-        status[g] = _irs.decode(code, w, f)
+        status[g] = _decode(st, w, f)
         if fixes is not None:
             changed = (w != before) & ((f & FLAG_BAD) != 0) & (status[g] >= 0)[:, None]
             fixes[0].append(st.vindex(g)[changed])
@@ -203,7 +224,7 @@ def _outer_repair(
     w = st.gather(flats, data, a, b, seal=False)
     f = st.flags_range(a, b, chk.bad)
     received = w.copy()
-    failed = _irs.decode(code, w, f) < 0
+    failed = _decode(st, w, f) < 0
     rows = outer.repair(code, w, failed, sb)
     if rows is None:
         return

@@ -9,6 +9,17 @@ Group g takes from stratum j the word ``j*G + (g + o_j) mod G``, with key-derive
 rotations ``o_j``: a contiguous run of damage puts at most one word of each of its
 strata into a group, and an attacker without the key cannot choose the group a
 changed word falls in.
+
+That word sits at position ``p_g(j)`` of the group, by one of ``PERMS`` key-derived
+permutations (float strata among float positions, data among data, the last float
+stratum, which may hold padding, in place). With position j taken from stratum j in
+every group, anyone could XOR every word of d + 1 whole strata with constants chosen
+as a codeword of the public code: every group would receive a valid codeword, and the
+errors-only decoder would take the attacker's weights as decoded. Under the secret
+permutations the same constants land on different positions in different groups, and
+no such pattern is a codeword of all of them. Header field ``strata_perms``; 0 (the
+first irs4 seals) is the unpermuted layout, whose groups are then only trusted when
+their flagged words fit as erasures.
 """
 
 from __future__ import annotations
@@ -16,7 +27,8 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -32,6 +44,7 @@ from .levels import BLOCK
 N_POS = 255
 CODE_NAME = "irs4-gf256"
 KS = (8, 12, 16)  # fp32 widths sealed with irs4; at k=4 tag bytes take 1/8 of the parity, so light keeps lanes
+PERMS = 256  # keyed position permutations (group g uses g mod PERMS); 5 already leave no common codeword
 MIN_FLOAT_STRATA = 192  # fewer: integer tensors take too much of every group; the lane code serves better
 FLAG_BAD, FLAG_PAD = _irs.FLAG_BAD, _irs.FLAG_PAD
 
@@ -121,7 +134,7 @@ class Strata:
     k: int
     G: int
     free_strata: int
-    offs: NDArray[np.int64]  # (255,) rotation of each stratum
+    offs: NDArray[np.int64] = field(repr=False)  # (255,) rotation of each stratum (key-derived)
     specs: tuple[TensorSpec, ...]
     start: NDArray[np.int64]  # stream index of each tensor's first word
     nwords: NDArray[np.int64]
@@ -129,6 +142,9 @@ class Strata:
     n_float: int
     n_data: int
     host: int  # free bytes per codeword that carry the outer code (0: no outer code)
+    perms: int  # keyed position permutations (0: position j is stratum j in every group)
+    perm: NDArray[np.int64] = field(repr=False)  # (perms, 255): the stratum at each position
+    iperm: NDArray[np.int64] = field(repr=False)  # (perms, 255): the position of each stratum
 
     @property
     def code(self) -> _irs.Code:
@@ -147,8 +163,25 @@ class Strata:
 
     def vindex(self, groups: NDArray[np.int64]) -> NDArray[np.int64]:
         """Stream index of every position of ``groups``: ``[len(groups), 255]``."""
+        if self.perms:
+            j = self.perm[groups % self.perms]
+            return j * self.G + (groups[:, None] + self.offs[j]) % self.G
         j = np.arange(N_POS, dtype=np.int64)
         return j * self.G + (groups[:, None] + self.offs[None, :]) % self.G
+
+    def _to_positions(self, by_stratum: NDArray[Any], g0: int) -> NDArray[Any]:
+        """Rows of groups ``g0, g0 + 1, ...`` in stratum order -> position order (a copy)."""
+        if not self.perms:
+            return np.ascontiguousarray(by_stratum)
+        rows = np.arange(g0, g0 + by_stratum.shape[0]) % self.perms
+        return np.ascontiguousarray(np.take_along_axis(by_stratum, self.perm[rows], axis=1))
+
+    def _to_strata(self, by_position: NDArray[Any], g0: int) -> NDArray[Any]:
+        """Inverse of `_to_positions`."""
+        if not self.perms:
+            return by_position
+        rows = np.arange(g0, g0 + by_position.shape[0]) % self.perms
+        return np.take_along_axis(by_position, self.iperm[rows], axis=1)
 
     def groups_of(self, v: NDArray[np.int64]) -> NDArray[np.int64]:
         """The group each stream word ``v`` belongs to."""
@@ -213,11 +246,11 @@ class Strata:
                 wt[j, c0 : c0 + m] = data[d0 : d0 + m]
         if seal:
             wt[: self.free_strata] &= np.uint32(~((1 << self.k) - 1) & 0xFFFFFFFF)
-        return np.ascontiguousarray(wt.T)
+        return self._to_positions(wt.T, g0)
 
     def scatter(self, outs: list[NDArray[np.unsignedinteger]], w: NDArray[np.uint32], g0: int, g1: int) -> None:
         """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``) into the float tensors ``outs``."""
-        wt = np.ascontiguousarray(w[:, : self.free_strata].T)
+        wt = np.ascontiguousarray(self._to_strata(w, g0)[:, : self.free_strata].T)
         for j, v0, c0, n in self._pieces(g0, g1):
             if j >= self.free_strata:
                 continue
@@ -235,7 +268,7 @@ class Strata:
             col[max(0, end - v0) :] = FLAG_PAD | (free if floats else 0)
             for t, lo, v, m in self._runs(v0, min(v0 + n, end), floats):
                 col[v - v0 : v - v0 + m] = self._flags_of(t, lo + np.arange(m), bad, free)
-        return np.ascontiguousarray(ft.T)
+        return self._to_positions(ft.T, g0)
 
     def _flags_of(self, t: int, local: NDArray[np.int64], bad: list[NDArray[np.bool_]], free: int) -> NDArray[np.uint8]:
         """Flags of words ``local`` of tensor ``t``."""
@@ -345,8 +378,12 @@ class DataRegion:
         return out
 
 
-def plan(specs: list[TensorSpec], key: Key, salt: bytes, host: int | None = None) -> Strata:
-    """The stratum layout of ``specs`` under ``key`` and ``salt``; ``host`` None: chosen from the size."""
+def plan(specs: list[TensorSpec], key: Key, salt: bytes, host: int | None = None, perms: int | None = None) -> Strata:
+    """The stratum layout of ``specs`` under ``key`` and ``salt``; ``host`` None: chosen from the size.
+
+    ``perms``: keyed position permutations (None: ``PERMS``, for a new seal; a sealed model: its header's).
+    """
+    perms = PERMS if perms is None else perms
     nf, nd = _sizes(specs)
     g, sf = _strata_of(nf, nd)
     is_float = np.array([s.is_float for s in specs], np.bool_)
@@ -365,7 +402,21 @@ def plan(specs: list[TensorSpec], key: Key, salt: bytes, host: int | None = None
     offs = (raw % np.uint64(g)).astype(np.int64)
     if host is None:
         host = _outer.choose_host(g, k, sf)
-    return Strata(k, g, sf, offs, tuple(specs), start, nwords, is_float, nf, nd, host)
+    perm = _permutations(key, salt, sf, perms)
+    iperm = np.argsort(perm, axis=1)
+    return Strata(k, g, sf, offs, tuple(specs), start, nwords, is_float, nf, nd, host, perms, perm, iperm)
+
+
+def _permutations(key: Key, salt: bytes, sf: int, n: int) -> NDArray[np.int64]:
+    """``(n, 255)`` keyed position -> stratum maps: float strata but the last among themselves, data among data."""
+    out = np.tile(np.arange(N_POS, dtype=np.int64), (n, 1))
+    if n:
+        nonce = hashlib.sha256(b"strata-perm" + salt).digest()[:16]
+        enc = Cipher(algorithms.AES(key.derive("strata-perm")), modes.CTR(nonce)).encryptor()
+        raw = np.frombuffer(enc.update(bytes(8 * n * N_POS)) + enc.finalize(), dtype="<u8").reshape(n, N_POS)
+        out[:, : sf - 1] = np.argsort(raw[:, : sf - 1], axis=1, kind="stable")
+        out[:, sf:] = sf + np.argsort(raw[:, sf:], axis=1, kind="stable")
+    return out
 
 
 def write_run(out: NDArray[np.unsignedinteger], lo: int, words: NDArray[np.unsignedinteger]) -> None:
@@ -381,4 +432,4 @@ def write_run(out: NDArray[np.unsignedinteger], lo: int, words: NDArray[np.unsig
         done += os.pwrite(where[0], buf[done:], where[1] + done)
 
 
-__all__ = ["CODE_NAME", "KS", "DataRegion", "Strata", "applies", "as_data", "capacity", "plan", "write_run"]
+__all__ = ["CODE_NAME", "KS", "PERMS", "DataRegion", "Strata", "applies", "as_data", "capacity", "plan", "write_run"]

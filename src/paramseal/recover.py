@@ -152,10 +152,12 @@ def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, 
     specs = chk.specs
     # Blocks not rebuilt were verified by check() and are unchanged; blocks in failed lanes stay
     # tampered. Rebuilt data is trusted because decoding used only MAC-verified shards and the
-    # surviving parity agreed with it (irs4: or the errors it located lie in failed blocks and
-    # reproduce every syndrome); rebuilt blocks whose tag lives in the header are checked against
-    # that authenticated tag here (for the others this re-reads the tag just written). A block that
-    # fails is not restored: it stays tampered, and the report names it.
+    # surviving parity agreed with it (irs4: or, decoding errors-only, the errors it located lie in
+    # failed blocks and reproduce every syndrome, and the keyed group layout keeps anyone without
+    # the key from making the words it trusts a codeword: see _strata). Rebuilt blocks whose tag
+    # lives in the header are checked against that authenticated tag here (for the others this
+    # re-reads the tag just written). A block that fails is not restored: it stays tampered, and
+    # the report names it.
     patches = dict(patches)
     for t, p in list(patches.items()):
         s = specs[t]

@@ -274,6 +274,7 @@ def _seal_irs(
         code=_strata.CODE_NAME,
         strata=st.G,
         host=st.host,
+        strata_perms=st.perms,
     )
     _write_carriers(outs, header, key, mac)
     return header
@@ -339,7 +340,9 @@ def probe_header(
     }
     probe = Header(level, bits, salt, key.fingerprint, 0, tuple(specs), ext, meta, carriers=(0,) * _embed.CARRIERS)
     if irs:
-        probe = replace(probe, scheme=SCHEME_IRS, code=_strata.CODE_NAME, strata=10**12, host=9)
+        probe = replace(
+            probe, scheme=SCHEME_IRS, code=_strata.CODE_NAME, strata=10**12, host=9, strata_perms=_strata.PERMS
+        )
     return probe, 7 * (len(specs) + 1 + _embed.CARRIERS)
 
 
