@@ -551,3 +551,13 @@ def test_new_seals_record_their_permutations(sealed: paramseal.SealedModel, key:
     del body["strata_perms"]
     with pytest.raises(HeaderAuthError):
         paramseal.verify(sealed.tensors, key, json.dumps(body))
+
+
+def test_nothing_key_derived_is_shown(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    """The key, and the layout secrets derived from it (rotations, permutations), stay out of reprs and reports."""
+    bad = _scattered(sealed, 0.02, 3)
+    chk = check(bad, key, sealed.header_json)
+    st = _irs_recover.strata_of(chk)
+    res = paramseal.recover(bad, key, sealed.header_json)
+    text = repr(st) + repr(chk) + json.dumps(res.report.to_dict()) + res.report.summary()
+    assert key.secret.hex() not in text and "offs=" not in repr(st) and "perm=" not in repr(st)
