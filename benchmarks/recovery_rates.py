@@ -5,6 +5,16 @@ attention and MLP matrices of different sizes, biases, layer norms, a classifier
 an int64 ``position_ids`` tensor). It is sealed once per level; every trial copies only the
 tensors it tampers with, runs :func:`paramseal.recover` and counts a success only when the
 status is ``recovered`` *and* every output tensor is byte-identical to the sealed one.
+A trial whose status is ``recovered`` but whose output is not byte-identical is a *false
+claim*: it is flagged in the tables and on stderr, and the run exits with status 1.
+
+The code that sealed each level is read from its sealed header and printed with its bounds:
+fp32 ``standard`` and ``strong`` are sealed with ``irs4`` by default (interleaved Reed-Solomon
+groups of 255 values over key-rotated strata, plus an outer erasure code across groups);
+``light`` (and ``--code lanes``) with the lane code. For irs4 the bounds are *per group*
+(``paramseal._strata.capacity``): the whole model recovers only if every group does, so the
+whole-model rate sits a little below them, and falls slowly as the model (the number of
+groups) grows.
 
 Attacks (every trial has its own seeded generator):
 
@@ -17,11 +27,14 @@ Attacks (every trial has its own seeded generator):
 * ``bitflips``: n distinct uniformly random bits of the model flipped (any bit position,
   any tensor, the int64 one included).
 
-Only the tampering is seeded: ``seal`` draws a fresh random salt, so the lane permutation
-(and hence borderline points near the bound) can differ slightly between runs.
+Only the tampering is seeded: ``seal`` draws a fresh random salt, from which the stratum
+rotations (irs4) or the lane permutation (lanes) are derived, so borderline points near a
+bound can differ slightly between runs. Rate sweeps stop after two rates in a row with no
+success.
 
     python benchmarks/recovery_rates.py                 # 50 trials per point, ~1.2M params
     python benchmarks/recovery_rates.py --quick         # smoke run
+    python benchmarks/recovery_rates.py --code lanes --attacks scattered   # the older code
 """
 
 from __future__ import annotations
@@ -37,20 +50,36 @@ import numpy as np
 from numpy.typing import NDArray
 
 import paramseal
+import paramseal._strata
+import paramseal.header
 from paramseal import Key
 
 BLOCK = 64
 KEY = Key(bytes(range(32)))
 
-CONTIGUOUS_RATES: dict[str, tuple[float, ...]] = {
-    "light": (0.05, 0.08, 0.10, 0.11),
-    "standard": (0.10, 0.15, 0.18, 0.20, 0.22),
-    "strong": (0.20, 0.25, 0.30, 0.33, 0.35),
+# Rates per code and level, bracketing where each breaks. Light is always sealed with lanes.
+CONTIGUOUS_RATES: dict[str, dict[str, tuple[float, ...]]] = {
+    "irs4": {
+        "standard": (0.15, 0.17, 0.18, 0.19, 0.20, 0.22, 0.25),  # per-group bound 22.7% (outer host 2)
+        "strong": (0.25, 0.28, 0.30, 0.32, 0.33, 0.35, 0.38),  # per-group bound 34.7%
+    },
+    "lanes": {
+        "light": (0.05, 0.08, 0.10, 0.11),
+        "standard": (0.10, 0.15, 0.18, 0.20, 0.22),
+        "strong": (0.20, 0.25, 0.30, 0.33, 0.35),
+    },
 }
-# 0.3%, 0.4% and 0.7% are extra resolution near the bounds (0.42% standard, 0.71% strong).
-SCATTERED_RATES: tuple[float, ...] = (
-    0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.007, 0.01, 0.02, 0.05, 0.10, 0.20,
-)
+SCATTERED_RATES: dict[str, dict[str, tuple[float, ...]]] = {
+    "irs4": {
+        "standard": (0.05, 0.08, 0.10, 0.11, 0.12, 0.13, 0.14, 0.16),  # per-group radius 18.1%
+        "strong": (0.10, 0.15, 0.18, 0.20, 0.21, 0.22, 0.25),  # per-group radius 27.8%
+    },
+    # 0.3%, 0.4% and 0.7% are extra resolution near the lane bounds (0.42% standard, 0.71% strong).
+    "lanes": dict.fromkeys(
+        ("light", "standard", "strong"),
+        (0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.007, 0.01, 0.02, 0.05),
+    ),
+}
 BITFLIPS: tuple[int, ...] = (1, 10, 100, 1000)
 ATTACK_IDS = {"contiguous-blocks": 1, "whole-tensors": 2, "scattered": 3, "bitflips": 4}
 
@@ -109,6 +138,8 @@ class Target:
 
     level: str
     k: int
+    code: str  # what sealed it, from the header: "irs4" or "lanes"
+    host: int  # irs4: free bytes per codeword hosting the outer code, from the header
     sealed: Tensors
     header_json: str
     names: list[str]
@@ -134,16 +165,20 @@ class Target:
         return int(self.bit_start[-1] + self.numel[-1] * self.sealed[self.names[-1]].itemsize * 8)
 
 
-def make_target(model: Tensors, level: str, key: Key = KEY) -> Target:
-    """Seal ``model`` at ``level`` and precompute offsets and value scales."""
+def make_target(model: Tensors, level: str, key: Key = KEY, code: str | None = None) -> Target:
+    """Seal ``model`` at ``level`` (``code`` None: the default for the model) and precompute offsets and scales."""
     t0 = time.perf_counter()
-    s = paramseal.seal(model, key, level=level)
+    s = paramseal.SealConfig(level=level, code=code).seal(model, key)
     seal_s = time.perf_counter() - t0
+    h = paramseal.header.parse_header(s.header_json, key)
     names = list(s.tensors)
     numel = np.array([s.tensors[n].size for n in names], dtype=np.int64)
     nblocks = np.maximum(1, -(-numel // BLOCK))
     bits = np.array([s.tensors[n].size * s.tensors[n].itemsize * 8 for n in names], dtype=np.int64)
-    starts = lambda a: np.concatenate([[0], np.cumsum(a)[:-1]]).astype(np.int64)  # noqa: E731
+
+    def starts(a: NDArray[np.int64]) -> NDArray[np.int64]:
+        return np.concatenate([[0], np.cumsum(a)[:-1]]).astype(np.int64)
+
     loc, scale = [], []
     for n in names:
         a = s.tensors[n]
@@ -155,7 +190,7 @@ def make_target(model: Tensors, level: str, key: Key = KEY) -> Target:
             loc.append(float(a.min()))
             scale.append(float(a.max()) - float(a.min()) + 1.0)
     k = paramseal.levels.bits_for("F32", level, None)
-    return Target(level, k, s.tensors, s.header_json, names, numel, nblocks,
+    return Target(level, k, "irs4" if h.irs else "lanes", h.host, s.tensors, s.header_json, names, numel, nblocks,
                   starts(numel), starts(nblocks), starts(bits), loc, scale, seal_s)
 
 
@@ -340,6 +375,7 @@ def trial_rng(seed: int, level: str, attack: str, rate: float, trial: int) -> np
 @dataclass
 class Point:
     level: str
+    code: str
     attack: str
     rate: float
     outcomes: list[Outcome]
@@ -356,6 +392,11 @@ class Point:
     def all_ok(self) -> bool:
         return self.successes == self.trials
 
+    @property
+    def false_claims(self) -> int:
+        """Trials that said 'recovered' without being byte-identical to the sealed model."""
+        return sum(o.status == "recovered" and not o.success for o in self.outcomes)
+
     def rate_str(self) -> str:
         return str(int(self.rate)) if self.attack == "bitflips" else f"{100 * self.rate:g}%"
 
@@ -366,10 +407,12 @@ def sweep(tg: Target, attack: str, rates: Sequence[float], trials: int, seed: in
     zeros = 0
     for rate in rates:
         outs = [run_trial(tg, attack, rate, trial_rng(seed, tg.level, attack, rate, i)) for i in range(trials)]
-        p = Point(tg.level, attack, rate, outs)
+        p = Point(tg.level, tg.code, attack, rate, outs)
         points.append(p)
-        log(f"  {tg.level:8s} {attack:17s} {p.rate_str():>6s}  {p.successes}/{p.trials}"
+        log(f"  {tg.level:8s} {tg.code:5s} {attack:17s} {p.rate_str():>6s}  {p.successes}/{p.trials}"
             f"  {np.mean([o.seconds for o in outs]):.3f}s")
+        if p.false_claims:
+            log(f"  !!! FALSE CLAIM: {p.false_claims} trial(s) said 'recovered' but are not bit-exact !!!")
         zeros = zeros + 1 if p.successes == 0 else 0
         if stop_after_zeros is not None and zeros >= stop_after_zeros:
             break
@@ -377,19 +420,31 @@ def sweep(tg: Target, attack: str, rates: Sequence[float], trials: int, seed: in
 
 
 def theoretical_bound(k: int) -> float:
-    """Erasure bound (k - 0.5) / (32 - 0.5) for fp32 with a 32-bit tag per 64 values."""
+    """Lane code: erasure bound (k - 0.5) / (32 - 0.5) for fp32 with a 32-bit tag per 64 values."""
     return (k - 0.5) / (32 - 0.5)
 
 
 def scattered_bound(k: int) -> float:
-    """Parameter fraction p at which the expected fraction of hit blocks equals the bound."""
-    return 1 - (1 - theoretical_bound(k)) ** (1 / BLOCK)
+    """Lane code: parameter fraction p at which the expected fraction of hit blocks equals the bound."""
+    return float(1 - (1 - theoretical_bound(k)) ** (1 / BLOCK))
+
+
+def bounds(tg: Target) -> tuple[str, str]:
+    """The (contiguous, scattered) bounds of the code that sealed ``tg``, as table cells."""
+    k = tg.k
+    if tg.code == "irs4":
+        cap = paramseal._strata.capacity(k, tg.host)
+        return (f"{100 * cap['contiguous_bound']:.2f}% per group",
+                f"{100 * cap['scattered_radius']:.2f}% per group")
+    return (f"{100 * theoretical_bound(k):.2f}% of blocks, (k-0.5)/31.5",
+            f"{100 * scattered_bound(k):.3f}% of params (blocks hit = bound)")
 
 
 def markdown(points: list[Point]) -> str:
     rows = [
-        "| level | attack | rate | params changed (mean) | blocks tampered (mean) | success | mean recover s | notes |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| level | code | attack | rate | params changed (mean) | blocks tampered (mean) | success "
+        "| mean recover s | notes |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for p in points:
         o = p.outcomes
@@ -397,9 +452,8 @@ def markdown(points: list[Point]) -> str:
         bad_loc = sum(not x.localized for x in o)
         if bad_loc:
             notes.append(f"{bad_loc} mislocalized")
-        false_claims = sum(x.status == "recovered" and not x.success for x in o)
-        if false_claims:
-            notes.append(f"**{false_claims} claimed 'recovered' but not bit-exact**")
+        if p.false_claims:
+            notes.append(f"**{p.false_claims} claimed 'recovered' but not bit-exact**")
         statuses = {x.status for x in o if not x.success}
         if statuses:
             notes.append("failures: " + ", ".join(sorted(statuses)))
@@ -408,7 +462,8 @@ def markdown(points: list[Point]) -> str:
         elif any(x.int_hit for x in o):
             notes.append(f"int64 tensor hit in {sum(x.int_hit for x in o)}/{len(o)}")
         rows.append(
-            f"| {p.level} | {p.attack} | {p.rate_str()} | {100 * np.mean([x.replaced_frac for x in o]):.3f}% "
+            f"| {p.level} | {p.code} | {p.attack} | {p.rate_str()} "
+            f"| {100 * np.mean([x.replaced_frac for x in o]):.3f}% "
             f"| {100 * np.mean([x.blocks_frac for x in o]):.2f}% | {p.successes}/{p.trials} "
             f"| {np.mean([x.seconds for x in o]):.3f} | {'; '.join(notes)} |"
         )
@@ -417,11 +472,12 @@ def markdown(points: list[Point]) -> str:
 
 def summary(targets: list[Target], points: list[Point]) -> str:
     rows = [
-        "| level | k (fp32) | bound (k-0.5)/31.5 | scattered p at bound | attack "
+        "| level | sealed with | k (fp32) | contiguous bound | scattered bound | attack "
         "| highest rate with N/N | first rate below N/N |",
-        "|---|---:|---:|---:|---|---:|---:|",
+        "|---|---|---:|---|---|---|---:|---:|",
     ]
     for tg in targets:
+        contiguous, scattered = bounds(tg)
         for attack in ATTACKS:
             ps = [p for p in points if p.level == tg.level and p.attack == attack]
             if not ps:
@@ -429,11 +485,33 @@ def summary(targets: list[Target], points: list[Point]) -> str:
             best = max((p for p in ps if p.all_ok), key=lambda p: p.rate, default=None)
             first_bad = min((p for p in ps if not p.all_ok), key=lambda p: p.rate, default=None)
             rows.append(
-                f"| {tg.level} | {tg.k} | {100 * theoretical_bound(tg.k):.2f}% | {100 * scattered_bound(tg.k):.3f}% "
+                f"| {tg.level} | {tg.code} | {tg.k} | {contiguous} | {scattered} "
                 f"| {attack} | {best.rate_str() if best else 'none'} "
                 f"| {f'{first_bad.rate_str()} ({first_bad.successes}/{first_bad.trials})' if first_bad else '-'} |"
             )
-    return "\n".join(rows)
+    notes = []
+    if any(tg.code == "irs4" for tg in targets):
+        notes.append(
+            "irs4 bounds are per group of 255 values (`paramseal._strata.capacity(k, host)`, host = the outer "
+            f"code's bytes per codeword from the header: {', '.join(f'{t.level} {t.host}' for t in targets)}): "
+            "contiguous = tag-flagged "
+            "erasures, scattered = the collaborative errors-only radius. The whole model recovers only if every "
+            "group does (the outer code repairs a few failed groups), so whole-model rates sit below them."
+        )
+    if any(tg.code == "lanes" for tg in targets):
+        notes.append(
+            "Lane-code bounds: (k-0.5)/31.5 of the blocks may be tampered; scattered, the parameter fraction "
+            "at which that share of 64-value blocks is hit."
+        )
+    return "\n".join(rows) + "".join("\n\n" + n for n in notes)
+
+
+def rates_for(tg: Target, attack: str, override: Sequence[float] | None) -> tuple[Sequence[float], int | None]:
+    """The rates to sweep for ``attack`` on ``tg`` (chosen by the code that sealed it) and when to stop early."""
+    if attack == "bitflips":
+        return BITFLIPS, None
+    table = SCATTERED_RATES if attack == "scattered" else CONTIGUOUS_RATES
+    return (override or table[tg.code][tg.level]), 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -442,6 +520,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--params", type=int, default=None, help="model size (default 1.2M; 300k with --quick)")
     ap.add_argument("--levels", default="standard,strong", help="comma-separated: light,standard,strong")
     ap.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated subset of " + ",".join(ATTACKS))
+    ap.add_argument("--code", choices=("irs", "lanes"), default=None,
+                    help="seal with this code (default: what paramseal picks, irs4 for fp32 standard/strong)")
+    ap.add_argument("--rates", default=None,
+                    help="comma-separated rates replacing the defaults of the selected rate attacks "
+                    "(bitflips keep their counts)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="small model, 5 trials: a smoke run")
     ap.add_argument("--markdown", metavar="PATH", help="also write the tables to PATH")
@@ -450,8 +533,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     nparams = args.params if args.params is not None else (300_000 if args.quick else 1_200_000)
     levels = [x.strip() for x in args.levels.split(",") if x.strip()]
     attacks = [x.strip() for x in args.attacks.split(",") if x.strip()]
+    override = [float(x) for x in args.rates.split(",") if x.strip()] if args.rates else None
     for lv in levels:
-        if lv not in CONTIGUOUS_RATES:
+        if lv not in paramseal.levels.LEVELS:
             ap.error(f"unknown level {lv!r}")
     for a in attacks:
         if a not in ATTACKS:
@@ -469,27 +553,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets: list[Target] = []
     points: list[Point] = []
     for lv in levels:
-        tg = make_target(model, lv)
+        tg = make_target(model, lv, code=args.code)
         targets.append(tg)
-        log(f"sealed at {lv} (k={tg.k}) in {tg.seal_s:.2f}s: {tg.total_blocks} blocks")
+        hosted = f" (outer code in {tg.host} bytes per codeword)" if tg.code == "irs4" else ""
+        log(f"sealed at {lv} (k={tg.k}) with {tg.code}{hosted} in {tg.seal_s:.2f}s: {tg.total_blocks} blocks")
         for attack in attacks:
-            if attack in ("contiguous-blocks", "whole-tensors"):
-                points += sweep(tg, attack, CONTIGUOUS_RATES[lv], trials, args.seed, log=log)
-            elif attack == "scattered":
-                points += sweep(tg, attack, SCATTERED_RATES, trials, args.seed, stop_after_zeros=2, log=log)
-            else:
-                points += sweep(tg, attack, BITFLIPS, trials, args.seed, log=log)
+            rates, stop = rates_for(tg, attack, override)
+            points += sweep(tg, attack, rates, trials, args.seed, stop_after_zeros=stop, log=log)
     elapsed = time.perf_counter() - t_start
 
+    false_claims = sum(p.false_claims for p in points)
     head = (f"ParamSeal recovery rates: {len(model)} tensors, {nfloat + nint:,} parameters "
             f"({nfloat:,} fp32 + {nint:,} int64), {trials} seeded trials per point, seed {args.seed}; "
+            f"code per level as read from its sealed header ({', '.join(f'{t.level}: {t.code}' for t in targets)}); "
             f"success = status 'recovered' and every tensor byte-identical to the sealed model. "
-            f"Total run time {elapsed:.0f}s.")
+            f"False claims (status 'recovered', not bit-exact): {false_claims}. Total run time {elapsed:.0f}s.")
     text = "\n\n".join([head, markdown(points), summary(targets, points)]) + "\n"
     print(text)
     if args.markdown:
         with open(args.markdown, "w", encoding="utf-8") as f:
             f.write(text)
+    if false_claims:
+        log(f"!!! {false_claims} FALSE CLAIM(S): recover said 'recovered' but the output is not bit-exact !!!")
+        return 1
     return 0
 
 
