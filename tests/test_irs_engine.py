@@ -246,3 +246,19 @@ def test_range_and_word_by_word_reads_agree(sealed: paramseal.SealedModel, key: 
         assert np.array_equal(st.flags_range(g0, g1, chk.bad), st.flags(v, chk.bad))
     f = st.flags_range(0, st.G, chk.bad)
     assert (f & _irs_recover.FLAG_BAD).any() and (f & 0x0F).any() and (f & 0x20).any()  # bad, fixed and padding
+
+
+@pytest.mark.parametrize("level", ["standard", "strong"])
+@pytest.mark.parametrize("pattern", [0x01010101, 0x80808080, 0x00FF00FF])
+def test_one_constant_xored_into_every_value_is_never_recovered(key: paramseal.Key, level: str, pattern: int) -> None:
+    """The constant word is a codeword of any RS code whose roots miss alpha^0, and no keyed
+    permutation changes a constant: the code must exclude it, or recover "restores" a forgery."""
+    g = 1024
+    rng = np.random.default_rng(11)
+    m = {"w": (0.02 * rng.standard_normal(255 * g)).astype(np.float32)}  # no padding at all
+    s = paramseal.seal(m, key, level=level)
+    bad = helpers.copy_model(s.tensors)
+    bad["w"].view(np.uint32)[:] ^= np.uint32(pattern)
+    res = paramseal.recover(bad, key, s.header_json)
+    assert res.report.status == "unrecoverable" and res.report.exit_code == 2
+    assert paramseal.verify(res.tensors, key, s.header_json).status == "tampered"

@@ -162,7 +162,9 @@ def _solver(t: int, nibs: list[int], d_t: int) -> tuple[int, NDArray[np.uint8]]:
     h = np.array([x & 1 for x in nibs], np.int64)
     e = (1 << (4 * h[:, None] + np.arange(4)[None, :])).reshape(-1)  # free bit 4 r + kb
     jb = np.repeat(jj, 4)
-    for b0 in (1, 0, *range(2, 255)):
+    # Only root runs through alpha^0 (b = 0, or wrapping past 254): the constant word (c, c, ..., c)
+    # is then no codeword, so XORing one constant into every value of a model is never "decoded".
+    for b0 in (0, *range(254, 254 - d_t, -1)):
         pw = _EXP[((np.arange(d_t)[None, :] + b0) * jb[:, None]) % 255]  # (8 d_t, d_t)
         cols = np.unpackbits(_gf_mul(e[:, None], pw).astype(np.uint8), axis=1, bitorder="little")
         inv = _gf2_inverse(cols.T)
@@ -178,10 +180,11 @@ def code_for(k: int, free_strata: int = N_POS, host: int = 0) -> Code:
     ``host``: in each codeword, the free byte 0 of the first ``host`` positions that have one
     becomes data (d_t drops by ``host``); the outer code keeps its parity there. The first
     strata are never padding, so every group stores its hosted bytes.
-    Raises ValueError for k outside (4, 8, 12, 16) or free_strata outside 1..255.
+    Raises ValueError for k outside (8, 12, 16) (at k=4 no root run through alpha^0 gives a
+    solvable parity system), free_strata outside 1..255, or a layout without a solvable one.
     """
-    if k not in (4, 8, 12, 16):
-        raise ValueError(f"cannot build a code for k={k} free bits; expected 4, 8, 12 or 16")
+    if k not in (8, 12, 16):
+        raise ValueError(f"cannot build a code for k={k} free bits; expected 8, 12 or 16")
     if not 1 <= free_strata <= N_POS:
         raise ValueError(f"cannot build a code with free_strata={free_strata}; expected 1 to {N_POS}")
     if host and (k < 8 or 4 * host > free_strata):

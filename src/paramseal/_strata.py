@@ -63,7 +63,14 @@ def applies(specs: list[TensorSpec]) -> bool:
     if not floats or len({s.k for s in floats}) != 1 or floats[0].k not in KS:
         return False
     nf, nd = _sizes(specs)
-    return _strata_of(nf, nd)[1] >= MIN_FLOAT_STRATA
+    g, sf = _strata_of(nf, nd)
+    if sf < MIN_FLOAT_STRATA:
+        return False
+    try:  # every layout in use builds (checked for all k and free strata >= 192); keep lanes if one does not
+        _irs.code_for(floats[0].k, sf, _outer.choose_host(g, floats[0].k, sf))
+    except ValueError:
+        return False
+    return True
 
 
 def as_data(specs: list[TensorSpec]) -> list[TensorSpec]:
