@@ -45,6 +45,12 @@ def golden_model() -> dict[str, np.ndarray]:
     }
 
 
+def golden_model_v3() -> dict[str, np.ndarray]:
+    """v3 (irs4) seals fp32 models: the same model without its fp16, bf16 and fp64 tensors."""
+    m = golden_model()
+    return {n: a for n, a in m.items() if a.dtype not in (np.float16, ml_dtypes.bfloat16, np.float64)}
+
+
 def main(version: str = "v1") -> None:
     out = HERE / version
     if out.exists():
@@ -52,7 +58,8 @@ def main(version: str = "v1") -> None:
     out.mkdir()
     key = paramseal.Key(bytes.fromhex(GOLDEN_KEY_HEX))
     paramseal.write_key(out / "golden.key", key)
-    files.write_model(out / "original.safetensors", Loaded(golden_model(), dict(METADATA)))
+    model = golden_model_v3() if version == "v3" else golden_model()
+    files.write_model(out / "original.safetensors", Loaded(model, dict(METADATA)))
     files.seal_file(out / "original.safetensors", out / "sealed.safetensors", key, level="standard")
     print(f"wrote {out} with paramseal {paramseal.__version__}")
 
