@@ -245,7 +245,7 @@ def worker(op: str, argv: list[str]) -> None:
         if h.irs:  # the irs4 inner coder alone, on batches of random groups of this model's layout
             from paramseal import _irs, _strata
 
-            st = _strata.plan(list(h.tensors), key, h.salt, h.host)
+            st = _strata.plan(list(h.tensors), key, h.salt, h.host, h.strata_perms, h.keyed_offset)
             rng = np.random.default_rng(SEED)
             spent = 0.0
             for g0 in range(0, st.G, 8192):

@@ -52,7 +52,7 @@ def strata_of(chk: Check) -> Strata:
             f"ParamSeal does not know (it writes {_outer.HOST} and {_strata.PERMS}); the header was written by an "
             "incompatible ParamSeal"
         )
-    st = _strata.plan(chk.specs, chk.key, h.salt, h.host, h.strata_perms)
+    st = _strata.plan(chk.specs, chk.key, h.salt, h.host, h.strata_perms, h.keyed_offset)
     if st.G != h.strata:
         raise FormatError(
             f"the seal header records {h.strata} words per stratum but its tensor table gives {st.G}; "
@@ -67,7 +67,7 @@ def _decode(st: Strata, w: NDArray[np.uint32], f: NDArray[np.uint8]) -> NDArray[
     There (``strata_perms`` 0) its flagged words cannot be trusted: see `_strata`.
     """
     status = _irs.decode(st.code, w, f)
-    if not st.perms:
+    if not st.trusted:
         status[(status >= 0) & ~_irs.fits(st.code, f)] = UNTRUSTED
     return status
 
@@ -111,7 +111,7 @@ def estimate(chk: Check) -> bool:
     gids = np.flatnonzero(damaged_groups(st, chk))
     lost = np.zeros(st.G, np.bool_)
     for g, f in _flag_batches(st, chk, gids):
-        lost[g] = ~(_irs.within_reach(code, f) if st.perms else _irs.fits(code, f))
+        lost[g] = ~(_irs.within_reach(code, f) if st.trusted else _irs.fits(code, f))
     for sb in np.unique(np.searchsorted(outer.sb_start, np.flatnonzero(lost), side="right") - 1):
         a, b = outer.span(int(sb))
         if not (st.host and outer.can_repair(lost[a:b], int(sb))):
@@ -148,10 +148,10 @@ def decode_check(chk: Check, *, rebuild: bool = True) -> Outcome:
     for g, w, f in _batches(st, chk, flats, data, gids):
         before = w.copy() if fixes is not None else w
         status[g] = _decode(st, w, f)
-        if fixes is not None:
+        if fixes is not None:  # words as stored: the decoded codeword minus the keyed offset
             changed = (w != before) & ((f & FLAG_BAD) != 0) & (status[g] >= 0)[:, None]
             fixes[0].append(st.vindex(g)[changed])
-            fixes[1].append(w[changed])
+            fixes[1].append((w ^ st.pad(g))[changed])
     if st.host:
         for sb in np.unique(np.searchsorted(st.outer.sb_start, np.flatnonzero(status < 0), side="right") - 1):
             _outer_repair(st, chk, flats, data, int(sb), status, fixes)
@@ -191,16 +191,13 @@ def _batches(
     if 4 * gids.size >= st.G:
         for g0 in range(0, st.G, GROUP_BATCH):
             g1 = min(st.G, g0 + GROUP_BATCH)
-            yield (
-                np.arange(g0, g1, dtype=np.int64),
-                st.gather(flats, data, g0, g1, seal=False),
-                st.flags_range(g0, g1, chk.bad),
-            )
+            g = np.arange(g0, g1, dtype=np.int64)
+            yield g, st.gather(flats, data, g0, g1, seal=False) ^ st.pad(g), st.flags_range(g0, g1, chk.bad)
         return
     for i in range(0, gids.size, GROUP_BATCH):
         g = gids[i : i + GROUP_BATCH]
         v = st.vindex(g)
-        yield g, st.read(flats, data, v), st.flags(v, chk.bad)
+        yield g, st.read(flats, data, v) ^ st.pad(g), st.flags(v, chk.bad)
 
 
 def _outer_repair(
@@ -220,8 +217,10 @@ def _outer_repair(
     """
     code, outer = st.code, st.outer
     a, b = outer.span(sb)
-    v = st.vindex(np.arange(a, b, dtype=np.int64))
-    w = st.gather(flats, data, a, b, seal=False)
+    groups = np.arange(a, b, dtype=np.int64)
+    v = st.vindex(groups)
+    pad = st.pad(groups)
+    w = st.gather(flats, data, a, b, seal=False) ^ pad
     f = st.flags_range(a, b, chk.bad)
     received = w.copy()
     failed = _decode(st, w, f) < 0
@@ -237,7 +236,7 @@ def _outer_repair(
     if fixes is not None:
         changed = bad & (rows != received[lost])
         fixes[0].append(v[lost][changed])
-        fixes[1].append(rows[changed])
+        fixes[1].append((rows ^ pad[lost])[changed])
     status[a + lost] = 2
 
 

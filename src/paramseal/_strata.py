@@ -20,6 +20,14 @@ permutations the same constants land on different positions in different groups,
 no such pattern is a codeword of all of them. Header field ``strata_perms``; 0 (the
 first irs4 seals) is the unpermuted layout, whose groups are then only trusted when
 their flagged words fit as erasures.
+
+The code is linear, so without more the all-zero model, and any sealed group with every
+byte multiplied by one constant of GF(2^8), would be codewords under every key. So the
+code runs on the words XORed with a keyed pad (AES-CTR, one word per group position):
+the stored model is a codeword *plus the pad*, zeroing or scaling the model leaves a
+keyed, random-looking remainder, and the decoder sees an error in every word. Header
+field ``keyed_offset``; seals without it are trusted only when their damage fits as
+erasures, like unpermuted ones.
 """
 
 from __future__ import annotations
@@ -150,6 +158,7 @@ class Strata:
     n_data: int
     host: int  # free bytes per codeword that carry the outer code (0: no outer code)
     perms: int  # keyed position permutations (0: position j is stratum j in every group)
+    pad_key: bytes | None = field(repr=False)  # keyed offset (None: the first irs4 seals had none)
     perm: NDArray[np.int64] = field(repr=False)  # (perms, 255): the stratum at each position
     iperm: NDArray[np.int64] = field(repr=False)  # (perms, 255): the position of each stratum
 
@@ -167,6 +176,30 @@ class Strata:
     def data0(self) -> int:
         """Stream index of the data region."""
         return self.free_strata * self.G
+
+    @property
+    def trusted(self) -> bool:
+        """Whether errors-only decoding can be trusted (keyed positions and keyed offset)."""
+        return bool(self.perms) and self.pad_key is not None
+
+    def pad(self, groups: NDArray[np.int64]) -> NDArray[np.uint32]:
+        """The keyed offset of ``groups``: ``[len(groups), 255]`` words (zero without one)."""
+        out = np.zeros((groups.size, N_POS), np.uint32)
+        if self.pad_key is None or not groups.size:
+            return out
+        cuts = np.flatnonzero(np.diff(groups) != 1) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, groups.size], strict=True):
+            out[a:b] = self._pad_run(int(groups[a]), int(groups[b - 1]) + 1)
+        return out
+
+    def _pad_run(self, g0: int, g1: int) -> NDArray[np.uint32]:
+        """The offset of consecutive groups ``[g0, g1)``: keystream words ``[255 g0, 255 g1)``."""
+        assert self.pad_key is not None
+        w0, w1 = N_POS * g0, N_POS * g1
+        block = w0 // 4  # 4 words per AES block
+        enc = Cipher(algorithms.AES(self.pad_key), modes.CTR(block.to_bytes(16, "big"))).encryptor()
+        raw = enc.update(bytes(4 * (w1 - 4 * block))) + enc.finalize()
+        return np.frombuffer(raw, "<u4")[w0 - 4 * block :].reshape(g1 - g0, N_POS)
 
     def vindex(self, groups: NDArray[np.int64]) -> NDArray[np.int64]:
         """Stream index of every position of ``groups``: ``[len(groups), 255]``."""
@@ -385,10 +418,18 @@ class DataRegion:
         return out
 
 
-def plan(specs: list[TensorSpec], key: Key, salt: bytes, host: int | None = None, perms: int | None = None) -> Strata:
+def plan(
+    specs: list[TensorSpec],
+    key: Key,
+    salt: bytes,
+    host: int | None = None,
+    perms: int | None = None,
+    offset: bool = True,
+) -> Strata:
     """The stratum layout of ``specs`` under ``key`` and ``salt``; ``host`` None: chosen from the size.
 
     ``perms``: keyed position permutations (None: ``PERMS``, for a new seal; a sealed model: its header's).
+    ``offset``: the keyed offset (every new seal; a sealed model: its header's ``keyed_offset``).
     """
     perms = PERMS if perms is None else perms
     nf, nd = _sizes(specs)
@@ -411,7 +452,8 @@ def plan(specs: list[TensorSpec], key: Key, salt: bytes, host: int | None = None
         host = _outer.choose_host(g, k, sf)
     perm = _permutations(key, salt, sf, perms)
     iperm = np.argsort(perm, axis=1)
-    return Strata(k, g, sf, offs, tuple(specs), start, nwords, is_float, nf, nd, host, perms, perm, iperm)
+    pad_key = hashlib.sha256(key.derive("irs-offset") + salt).digest() if offset else None
+    return Strata(k, g, sf, offs, tuple(specs), start, nwords, is_float, nf, nd, host, perms, pad_key, perm, iperm)
 
 
 def _permutations(key: Key, salt: bytes, sf: int, n: int) -> NDArray[np.int64]:

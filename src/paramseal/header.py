@@ -57,6 +57,7 @@ class Header:
     strata: int = 0  # v3: words per stratum (the number of code groups)
     host: int = 0  # v3: free bytes per codeword that carry the outer code
     strata_perms: int = 0  # v3: keyed position permutations of the groups (absent, 0, in the first v3 seals)
+    keyed_offset: bool = False  # v3: the code runs on the words plus a keyed pad (absent in the first v3 seals)
 
     @property
     def irs(self) -> bool:
@@ -104,6 +105,8 @@ class Header:
             body["outer_host"] = self.host
             if self.strata_perms:  # absent from the first v3 seals: their MAC covers no such field
                 body["strata_perms"] = self.strata_perms
+            if self.keyed_offset:
+                body["keyed_offset"] = 1
         return body
 
     def to_json(self, key: Key, *, embedded: bool = False) -> str:
@@ -224,6 +227,7 @@ def parse_header(text: str, key: Key) -> Header:
             strata=int(body["strata"]) if body["scheme"] == SCHEME_IRS else 0,
             host=int(body["outer_host"]) if body["scheme"] == SCHEME_IRS else 0,
             strata_perms=int(body.get("strata_perms", 0)) if body["scheme"] == SCHEME_IRS else 0,
+            keyed_offset=body.get("keyed_offset", 0) == 1 if body["scheme"] == SCHEME_IRS else False,
         )
     except (KeyError, TypeError, ValueError) as e:  # authenticated but unreadable: a writer bug
         raise FormatError(f"the ParamSeal header is authentic but unreadable: {e}") from None

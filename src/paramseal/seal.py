@@ -235,9 +235,13 @@ def _seal_irs(
         for g0 in range(a, b, step):
             g1 = min(b, g0 + step)
             w = st.gather(flats, data, g0, g1, seal=True)
+            pad = st.pad(np.arange(g0, g1, dtype=np.int64))
+            w ^= pad  # the code runs on the words plus the keyed offset (see _strata)
+            w[:, : st.free_strata] &= np.uint32(~((1 << st.k) - 1) & 0xFFFFFFFF)
             if st.host:
                 outer.put(code, w, outer.parity(outer.content(w), s))
             _irs.encode(code, w)
+            w ^= pad
             st.scatter(outs, w, g0, g1)
     mac = BlockMac(key)
     external: dict[int, NDArray[np.uint64]] = {}
@@ -275,6 +279,7 @@ def _seal_irs(
         strata=st.G,
         host=st.host,
         strata_perms=st.perms,
+        keyed_offset=st.pad_key is not None,
     )
     _write_carriers(outs, header, key, mac)
     return header
@@ -341,7 +346,13 @@ def probe_header(
     probe = Header(level, bits, salt, key.fingerprint, 0, tuple(specs), ext, meta, carriers=(0,) * _embed.CARRIERS)
     if irs:
         probe = replace(
-            probe, scheme=SCHEME_IRS, code=_strata.CODE_NAME, strata=10**12, host=9, strata_perms=_strata.PERMS
+            probe,
+            scheme=SCHEME_IRS,
+            code=_strata.CODE_NAME,
+            strata=10**12,
+            host=9,
+            strata_perms=_strata.PERMS,
+            keyed_offset=True,
         )
     return probe, 7 * (len(specs) + 1 + _embed.CARRIERS)
 
