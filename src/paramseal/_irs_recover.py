@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _embed, _irs, _model, _outer, _strata
-from ._bits import write_tags
+from . import _irs, _outer, _strata
 from ._pages import release
 from ._strata import FLAG_BAD, DataRegion, Strata
 from .errors import FormatError
@@ -244,7 +243,7 @@ def _rebuild(
     chk: Check, st: Strata, t: int, rows: NDArray[np.int64], fv: NDArray[np.int64], fw: NDArray[np.uint32]
 ) -> Patch:
     """Blocks ``rows`` of tensor ``t`` with the decoded words written in, then their header copy and tags."""
-    from .recover import Patch
+    from .recover import Patch, finish_rebuilt
 
     spec, ub = chk.specs[t], chk.blocks[t]
     old = ub[rows]  # fancy indexing: a copy
@@ -258,19 +257,7 @@ def _rebuild(
     pos, off, words = pos[inside], (local % wpb)[inside], words[inside]
     as_words = new.view(np.uint8).reshape(rows.size, -1).view(np.uint32)  # [rows, wpb]
     as_words[pos, off] = words
-    every = np.arange(rows.size)
-    if spec.reserved:
-        h = chk.header
-        copy = h.to_json(chk.key, embedded=True).encode() if t in h.carriers else None
-        content = _embed.reserved_content(spec, t, len(chk.specs), h.salt, copy)
-        _embed.write_reserved(new, spec, content, every, at=rows)
-    internal = spec.block_storage()[1]
-    tags = _model.compute_tags(chk.mac, chk.header.salt, t, spec, new, internal, at=rows)
-    inner = internal[rows]
-    if spec.is_float and inner.any():
-        sub = new[inner]
-        write_tags(sub, tags[inner], spec.k)
-        new[inner] = sub
+    finish_rebuilt(chk, t, new, rows, spec.block_storage()[1])
     return Patch(rows, old, new)
 
 

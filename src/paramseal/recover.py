@@ -225,21 +225,28 @@ def _rebuild(
             set_lo(sub, lo.view(np.uint8), spec.k)
             new[sel] = sub
         release(data, parity)
+    finish_rebuilt(chk, t, new, rows, lay.tag_internal[b0 : b0 + spec.nblocks])
+    chk.bad[t] = chk.bad[t].copy()
+    chk.bad[t][rows] = False
+    return Patch(rows, old, new)
+
+
+def finish_rebuilt(
+    chk: Check, t: int, new: _model.Blocks, rows: NDArray[np.int64], internal: NDArray[np.bool_]
+) -> None:
+    """Rebuilt blocks ``rows`` of tensor ``t`` (``new``, one row each) get their header copy and tags back."""
+    spec = chk.specs[t]
     if spec.reserved:
         h = chk.header
         copy = h.to_json(chk.key, embedded=True).encode() if t in h.carriers else None
         content = _embed.reserved_content(spec, t, len(chk.specs), h.salt, copy)
-        _embed.write_reserved(new, spec, content, every, at=rows)
-    internal = lay.tag_internal[b0 : b0 + spec.nblocks]
+        _embed.write_reserved(new, spec, content, np.arange(rows.size), at=rows)
     tags = _model.compute_tags(chk.mac, chk.header.salt, t, spec, new, internal, at=rows)
     inside = internal[rows]
     if spec.is_float and inside.any():
         sub = new[inside]
         write_tags(sub, tags[inside], spec.k)
         new[inside] = sub
-    chk.bad[t] = chk.bad[t].copy()
-    chk.bad[t][rows] = False
-    return Patch(rows, old, new)
 
 
 def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, TensorFinding]:
