@@ -21,14 +21,13 @@ from numpy.typing import NDArray
 
 from . import _irs, _outer, _strata
 from ._pages import release
-from ._strata import FLAG_BAD, DataRegion, Strata
+from ._strata import FLAG_BAD, GROUP_BATCH, DataRegion, Strata
 from .errors import FormatError
 
 if TYPE_CHECKING:
     from .recover import Patch
     from .verify import Check
 
-GROUP_BATCH = 8192  # groups decoded per batch: [8192, 255] words and flags
 UNTRUSTED = -5  # group status: decoded errors-only in a layout where that cannot be trusted
 _SCAN = 1 << 20  # words of failed blocks mapped to groups per step
 

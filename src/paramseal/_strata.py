@@ -53,6 +53,7 @@ N_POS = 255
 CODE_NAME = "irs4-gf256"
 KS = (8, 12, 16)  # fp32 widths sealed with irs4; at k=4 tag bytes take 1/8 of the parity, so light keeps lanes
 PERMS = 256  # keyed position permutations (group g uses g mod PERMS); 5 already leave no common codeword
+GROUP_BATCH = 8192  # groups coded per batch without an outer code: [8192, 255] words (8 MiB)
 MIN_FLOAT_STRATA = 192  # fewer: integer tensors take too much of every group; the lane code serves better
 FLAG_BAD, FLAG_PAD = _irs.FLAG_BAD, _irs.FLAG_PAD
 
@@ -339,12 +340,6 @@ class Strata:
     def pack_data(self, flats: list[NDArray[np.unsignedinteger]]) -> DataRegion:
         """The data region's words, read from the data tensors' flat values when asked (not copied whole)."""
         return DataRegion(self, flats)
-
-    def unpack_data(self, words: NDArray[np.uint32], t: int) -> NDArray[np.uint8]:
-        """Bytes of data tensor ``t`` from the data region's words."""
-        s = self.specs[t]
-        a = int(self.start[t]) - self.data0
-        return words[a : a + int(self.nwords[t])].view(np.uint8)[: s.numel * (s.width // 8)]
 
     def _segments(self, v: NDArray[np.int64]) -> Iterator[tuple[int, NDArray[np.int64]]]:
         """``(tensor, positions in v)`` for the stream words ``v`` (inside a region), tensor by tensor."""

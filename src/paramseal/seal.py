@@ -150,13 +150,7 @@ def seal_flat(
         for r0, r1 in parts_of(t, read_cap):
             ub = read_blocks(flats[t], spec, r0, r1)
             _model.write_storage(layout, spec, t, ub, parity, r0=r0)
-            if r0 < spec.reserved and t not in emb.carriers:  # carriers get theirs once the header exists
-                _embed.write_reserved(ub, spec, plain, np.arange(min(r1, spec.reserved) - r0), r0)
-            tags = _model.compute_tags(mac, salt, t, spec, ub, internal, r0=r0)
-            inside = internal[r0:r1]
-            if spec.is_float and inside.any():
-                write_tags(ub, np.where(inside, tags, np.uint64(0)), spec.k)  # zero: tag kept in the header
-            ext.append(tags[~inside])
+            ext.append(_tag_chunk(ub, t, spec, r0, internal, plain, t not in emb.carriers, mac, salt))
             write_blocks(outs[t], spec, r0, ub)
             b0 = int(layout.block_start[t])
             lo, hi = layout.stripe_store[(b0 + r0) // g], layout.stripe_store[(b0 + r1 - 1) // g]
@@ -179,6 +173,35 @@ def seal_flat(
     return header
 
 
+def _tag_chunk(
+    ub: _model.Blocks,
+    t: int,
+    spec: TensorSpec,
+    r0: int,
+    internal: NDArray[np.bool_],
+    plain: bytes,
+    record: bool,
+    mac: BlockMac,
+    salt: bytes,
+) -> NDArray[np.uint64]:
+    """Finish blocks ``[r0, r0 + len(ub))`` of tensor ``t`` in place; return the tags kept in the header.
+
+    First the identity record (``record``; carriers get theirs once the header exists), then the
+    tags of the blocks that keep them in their low bits. A block whose tag lives in the header
+    keeps its low bits (irs4 parity; zero in the lane code).
+    """
+    r1 = r0 + ub.shape[0]
+    if record and r0 < spec.reserved:
+        _embed.write_reserved(ub, spec, plain, np.arange(min(r1, spec.reserved) - r0), r0)
+    tags = _model.compute_tags(mac, salt, t, spec, ub, internal, r0=r0)
+    inside = internal[r0:r1]
+    if spec.is_float and inside.any():
+        sub = ub[inside]
+        write_tags(sub, tags[inside], spec.k)
+        ub[inside] = sub
+    return tags[~inside]
+
+
 def _write_carriers(outs: list[NDArray[np.unsignedinteger]], header: Header, key: Key, mac: BlockMac) -> None:
     """Copy the finished header into the reserved blocks of its carriers, and tag those blocks."""
     specs, salt = header.tensors, header.salt
@@ -191,10 +214,6 @@ def _write_carriers(outs: list[NDArray[np.unsignedinteger]], header: Header, key
         tags = _model.compute_tags(mac, salt, t, spec, ub, np.ones(spec.nblocks, np.bool_))
         write_tags(ub, tags, spec.k)
         write_blocks(outs[t], spec, 0, ub)
-
-
-#: Groups encoded per batch: [8192, 255] words (8 MiB) and the 255 runs they come from.
-GROUP_BATCH = 8192
 
 
 def use_irs(specs: list[TensorSpec], code: str | None, lanes: int | None) -> bool:
@@ -231,7 +250,7 @@ def _seal_irs(
     outer = st.outer
     for s in range(outer.superblocks):  # with an outer code, a whole superblock: its parity goes into its groups
         a, b = outer.span(s)
-        step = b - a if st.host else GROUP_BATCH
+        step = b - a if st.host else _strata.GROUP_BATCH
         for g0 in range(a, b, step):
             g1 = min(b, g0 + step)
             w = st.gather(flats, data, g0, g1, seal=True)
@@ -252,15 +271,7 @@ def _seal_irs(
         plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
         for r0, r1 in chunks(spec.nblocks, flats[t].dtype.itemsize, 0, 1):
             ub = read_blocks(outs[t], spec, r0, r1)
-            if r0 < spec.reserved and t not in carriers:
-                _embed.write_reserved(ub, spec, plain, np.arange(min(r1, spec.reserved) - r0), r0)
-            tags = _model.compute_tags(mac, salt, t, spec, ub, internal, r0=r0)
-            inside = internal[r0:r1]
-            if spec.is_float and inside.any():  # a block whose tag is in the header keeps its parity bits
-                sub = ub[inside]
-                write_tags(sub, tags[inside], spec.k)
-                ub[inside] = sub
-            ext.append(tags[~inside])
+            ext.append(_tag_chunk(ub, t, spec, r0, internal, plain, t not in carriers, mac, salt))
             write_blocks(outs[t], spec, r0, ub)
         if not internal.all():
             external[t] = np.concatenate(ext)
