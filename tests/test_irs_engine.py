@@ -241,9 +241,19 @@ def test_range_and_word_by_word_reads_agree(sealed: paramseal.SealedModel, key: 
     flats = [ub.reshape(-1)[: s.numel] for s, ub in zip(chk.specs, chk.blocks, strict=True)]
     data = st.pack_data(flats)
     for g0, g1 in [(0, st.G), (st.G // 3, st.G // 3 + 17), (st.G - 5, st.G)]:
-        v = st.vindex(np.arange(g0, g1, dtype=np.int64))
-        assert np.array_equal(st.gather(flats, data, g0, g1, seal=False), st.read(flats, data, v))
-        assert np.array_equal(st.flags_range(g0, g1, chk.bad), st.flags(v, chk.bad))
+        g = np.arange(g0, g1, dtype=np.int64)
+        words, flags = st.groups(flats, data, g, chk.bad)  # the compiled kernel
+        assert np.array_equal(st.gather(flats, data, g0, g1, seal=False), words)
+        assert np.array_equal(st.flags_range(g0, g1, chk.bad), flags)
+        v = st.vindex(g)
+        assert np.array_equal(st.read(flats, data, v, chk.bad)[0], words)
+        assert np.array_equal(st.flags(v, chk.bad), flags)
+    rng = np.random.default_rng(3)  # scattered groups: single ones and short runs, as light damage gives
+    g = np.unique(np.concatenate([rng.integers(0, st.G, 40), st.G - 3 + np.arange(3), 7 + np.arange(20)]))
+    words, flags = st.groups(flats, data, g, chk.bad)
+    ref_w, ref_f = st.read(flats, data, st.vindex(g), chk.bad)
+    assert np.array_equal(words, ref_w) and np.array_equal(flags, ref_f)
+    assert np.array_equal(st.groups(flats, data, g)[0], ref_w)  # without flags
     f = st.flags_range(0, st.G, chk.bad)
     assert (f & _irs_recover.FLAG_BAD).any() and (f & 0x0F).any() and (f & 0x20).any()  # bad, fixed and padding
 

@@ -181,21 +181,12 @@ def decode_check(chk: Check, *, rebuild: bool = True) -> Outcome:
 def _batches(
     st: Strata, chk: Check, flats: list[NDArray[np.unsignedinteger]], data: DataRegion, gids: NDArray[np.int64]
 ) -> Iterator[tuple[NDArray[np.int64], NDArray[np.uint32], NDArray[np.uint8]]]:
-    """``(groups, words, flags)`` of groups ``gids`` a batch at a time.
-
-    When many groups are damaged (scattered damage hits them all), every group is read by runs
-    of words, stratum by stratum; a few are gathered word by word.
-    """
-    if 4 * gids.size >= st.G:
-        for g0 in range(0, st.G, GROUP_BATCH):
-            g1 = min(st.G, g0 + GROUP_BATCH)
-            g = np.arange(g0, g1, dtype=np.int64)
-            yield g, st.gather(flats, data, g0, g1, seal=False) ^ st.pad(g), st.flags_range(g0, g1, chk.bad)
-        return
+    """``(groups, words, flags)`` of groups ``gids`` a batch at a time (words plus the keyed offset)."""
     for i in range(0, gids.size, GROUP_BATCH):
         g = gids[i : i + GROUP_BATCH]
-        v = st.vindex(g)
-        yield g, st.read(flats, data, v) ^ st.pad(g), st.flags(v, chk.bad)
+        w, f = st.groups(flats, data, g, chk.bad)
+        assert f is not None
+        yield g, w ^ st.pad(g), f
 
 
 def _outer_repair(
@@ -218,8 +209,9 @@ def _outer_repair(
     groups = np.arange(a, b, dtype=np.int64)
     v = st.vindex(groups)
     pad = st.pad(groups)
-    w = st.gather(flats, data, a, b, seal=False) ^ pad
-    f = st.flags_range(a, b, chk.bad)
+    w, f = st.groups(flats, data, groups, chk.bad)
+    assert f is not None
+    w ^= pad
     received = w.copy()
     failed = _decode(st, w, f) < 0
     rows = outer.repair(code, w, failed, sb)

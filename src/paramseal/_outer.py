@@ -15,8 +15,11 @@ bytes, about 1% of the groups.
 
 from __future__ import annotations
 
+import functools
+import struct
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import reed_solomon_leopard as rsl
 from numpy.typing import NDArray
@@ -54,17 +57,8 @@ class Outer:
 
     def content(self, w: NDArray[np.uint32]) -> NDArray[np.uint8]:
         """Each group's content bytes (free bits left out), one padded shard per row."""
-        masked = w.copy()
-        masked[:, : self.free_strata] &= np.uint32(~((1 << self.k) - 1) & 0xFFFFFFFF)
-        by = masked.view(np.uint8).reshape(w.shape[0], -1, 4)
-        lo = self.k // 8  # whole free bytes at the bottom of a float word
-        parts = [
-            by[:, : self.free_strata, lo:].reshape(w.shape[0], -1),
-            by[:, self.free_strata :].reshape(w.shape[0], -1),
-        ]
         out = np.zeros((w.shape[0], self.shard), np.uint8)
-        n = parts[0].shape[1] + parts[1].shape[1]
-        out[:, :n] = np.concatenate(parts, axis=1)
+        _content_nb(w, self.free_strata, self.k, out)
         return out
 
     def words(self, content: NDArray[np.uint8]) -> NDArray[np.uint32]:
@@ -87,8 +81,7 @@ class Outer:
         r = self.parity_count(s)
         out = np.zeros((self.columns, r, 64), np.uint8)
         for c in range(self.columns if r else 0):
-            col = np.ascontiguousarray(content[:, 64 * c : 64 * (c + 1)])
-            out[c] = np.frombuffer(b"".join(rsl.encode([x.tobytes() for x in col], r)), np.uint8).reshape(r, 64)
+            out[c] = np.frombuffer(b"".join(rsl.encode(_shards(content, c), r)), np.uint8).reshape(r, 64)
         return out
 
     def put(self, code: _irs.Code, w: NDArray[np.uint32], parity: NDArray[np.uint8]) -> None:
@@ -138,8 +131,8 @@ class Outer:
                     have[j] = stream[at : at + 64].tobytes()
             if lost.size > len(have):
                 return None
-            col = np.ascontiguousarray(content[:, 64 * c : 64 * (c + 1)])
-            orig = {int(i): col[i].tobytes() for i in np.flatnonzero(~failed)}
+            col = _shards(content, c)
+            orig = {int(i): col[i] for i in np.flatnonzero(~failed)}
             try:
                 got = rsl.decode(w.shape[0], r, orig, have)
             except (ValueError, RuntimeError):
@@ -159,6 +152,38 @@ class Outer:
         stream[: parity.size] = parity.reshape(-1)
         by = rows.view(np.uint8).reshape(rows.shape[0], _irs.N_POS, 4)
         by[:, code.hosted.reshape(-1), 0] = stream.reshape(ng, -1)[which]
+
+
+@numba.njit(cache=True, nogil=True)
+def _content_nb(w, sf, k, out):  # type: ignore[no-untyped-def]
+    """Each row's content: float words (positions < ``sf``) less their free bits, then data words whole.
+
+    A float word's k free bits are zeroed and its whole free bytes (k // 8) dropped.
+    """
+    keep = np.uint32(~((1 << k) - 1) & 0xFFFFFFFF)
+    lo = k // 8
+    for g in range(w.shape[0]):
+        at = 0
+        for j in range(w.shape[1]):
+            x = w[g, j]
+            b0 = 0
+            if j < sf:
+                x &= keep
+                b0 = lo
+            for b in range(b0, 4):
+                out[g, at] = (x >> np.uint32(8 * b)) & np.uint32(255)
+                at += 1
+
+
+def _shards(content: NDArray[np.uint8], c: int) -> list[bytes]:
+    """Column ``c`` of ``content`` as one 64-byte ``bytes`` per group (one C call; leopard takes bytes only)."""
+    raw = np.ascontiguousarray(content[:, 64 * c : 64 * (c + 1)]).tobytes()
+    return list(_splitter(content.shape[0]).unpack(raw))
+
+
+@functools.lru_cache(maxsize=8)
+def _splitter(n: int) -> struct.Struct:
+    return struct.Struct("64s" * n)
 
 
 def plan(G: int, k: int, free_strata: int, host: int) -> Outer:

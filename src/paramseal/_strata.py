@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numba
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
@@ -217,13 +218,6 @@ class Strata:
         rows = np.arange(g0, g0 + by_stratum.shape[0]) % self.perms
         return np.ascontiguousarray(np.take_along_axis(by_stratum, self.perm[rows], axis=1))
 
-    def _to_strata(self, by_position: NDArray[Any], g0: int) -> NDArray[Any]:
-        """Inverse of `_to_positions`."""
-        if not self.perms:
-            return by_position
-        rows = np.arange(g0, g0 + by_position.shape[0]) % self.perms
-        return np.take_along_axis(by_position, self.iperm[rows], axis=1)
-
     def groups_of(self, v: NDArray[np.int64]) -> NDArray[np.int64]:
         """The group each stream word ``v`` belongs to."""
         return (v % self.G - self.offs[v // self.G]) % self.G
@@ -275,10 +269,7 @@ class Strata:
                 for t, lo, v, m in self.float_runs(v0, v0 + n):
                     part = np.asarray(flats[t][lo : lo + m])
                     if seal and np.any((part >> np.uint32(23)) & np.uint32(0xFF) == 0xFF):
-                        raise UnsupportedError(
-                            f"cannot seal tensor '{self.specs[t].name}': it holds NaN or Inf values, whose low bits "
-                            "are not free (changing them turns Inf into NaN); fix the weights first"
-                        )
+                        raise UnsupportedError(self._nan_message(t))
                     wt[j, c0 + v - v0 : c0 + v - v0 + m] = part
                     release(flats[t][lo : lo + m])
             else:
@@ -291,7 +282,7 @@ class Strata:
 
     def scatter(self, outs: list[NDArray[np.unsignedinteger]], w: NDArray[np.uint32], g0: int, g1: int) -> None:
         """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``) into the float tensors ``outs``."""
-        wt = np.ascontiguousarray(self._to_strata(w, g0)[:, : self.free_strata].T)
+        wt = self.to_strata(w, g0)
         for j, v0, c0, n in self._pieces(g0, g1):
             if j >= self.free_strata:
                 continue
@@ -323,19 +314,117 @@ class Strata:
         return f
 
     def read(
-        self, flats: list[NDArray[np.unsignedinteger]], data: DataRegion, v: NDArray[np.int64]
-    ) -> NDArray[np.uint32]:
-        """Words at stream indices ``v`` (any shape); padding reads as zero."""
+        self,
+        flats: list[NDArray[np.unsignedinteger]],
+        data: DataRegion,
+        v: NDArray[np.int64],
+        bad: list[NDArray[np.bool_]] | None = None,
+    ) -> tuple[NDArray[np.uint32], NDArray[np.uint8] | None]:
+        """Words at stream indices ``v`` (any shape; padding reads as zero) and, given ``bad``, their flags.
+
+        The numpy reference of `groups` (and its fallback), word by word.
+        """
         flat_v = v.reshape(-1)
         out = np.zeros(flat_v.size, np.uint32)
-        idx = np.flatnonzero(flat_v < self.n_float)
-        for t, sel in self._segments(flat_v[idx]):
-            local = flat_v[idx[sel]] - self.start[t]
-            out[idx[sel]] = flats[t][local]  # a gather: only the pages holding these words are read
-            release(flats[t][int(local.min()) : int(local.max()) + 1])
+        fl = self._pad_flags(flat_v)
+        free = _free_bytes(self.k)
+        live = np.flatnonzero(fl == 0)
+        for t, sel in self._segments(flat_v[live]):
+            at = live[sel]
+            local = flat_v[at] - self.start[t]
+            if self.is_float[t]:
+                out[at] = flats[t][local]  # a gather: only the pages holding these words are read
+                release(flats[t][int(local.min()) : int(local.max()) + 1])
+            if bad is not None:
+                fl[at] = self._flags_of(t, local, bad, free)
         dl = (flat_v >= self.data0) & (flat_v < self.data0 + self.n_data)
         out[dl] = data[flat_v[dl] - self.data0]
-        return out.reshape(v.shape)
+        return out.reshape(v.shape), None if bad is None else fl.reshape(v.shape)
+
+    def groups(
+        self,
+        flats: list[NDArray[np.unsignedinteger]],
+        data: DataRegion,
+        g: NDArray[np.int64],
+        bad: list[NDArray[np.bool_]] | None = None,
+        *,
+        seal: bool = False,
+    ) -> tuple[NDArray[np.uint32], NDArray[np.uint8] | None]:
+        """Words of the sorted groups ``g`` as ``[len(g), 255]`` (position order) and, given ``bad``, their flags.
+
+        Float strata in one compiled pass over runs of consecutive groups (a run reads a stretch
+        of each stratum); data strata word by word. ``seal``: NaN/Inf refused, free bits cleared.
+        Equal to `gather` / `flags_range` (a range) and `read` (any groups), its numpy references.
+        """
+        ng = g.size
+        w = np.zeros((ng, N_POS), np.uint32)
+        f = np.zeros((ng, N_POS), np.uint8) if bad is not None else None
+        if not ng:
+            return w, f
+        ts = np.flatnonzero(self.is_float & (self.nwords > 0))
+        if any(flats[t].dtype != np.uint32 or flats[t].ndim != 1 or not flats[t].flags.c_contiguous for t in ts):
+            v = self.vindex(g)  # a tensor the kernel cannot take (not a contiguous uint32 array): numpy
+            w, f = self.read(flats, data, v, bad)
+            if seal:
+                self._check_finite(w, v)
+                w[v < self.data0] &= self._clear_mask()
+            return w, f
+        cuts = np.flatnonzero(np.diff(g) != 1) + 1
+        row0 = np.r_[0, cuts].astype(np.int64)
+        runs = np.stack([g[row0], np.diff(np.r_[row0, ng]), row0], axis=1).astype(np.int64)
+        ipermt = self._ipermt()
+        keep = self._clear_mask() if seal else np.uint32(0xFFFFFFFF)
+        tagb, free, no_bad = _tag_bytes(self.k), _free_bytes(self.k), np.zeros(1, np.bool_)
+        fl = np.zeros((1, 1), np.uint8) if f is None else f
+        for t in ts:
+            spec, t0 = self.specs[t], int(self.start[t])
+            first_bad = _gather_nb(
+                runs, self.G, self.offs, ipermt, t0, t0 + int(self.nwords[t]), flats[t],
+                no_bad if bad is None else bad[t], spec.nblocks, spec.block_storage_ends()[1][1], spec.reserved,
+                tagb, free, keep, seal, f is not None, w, fl,
+            )  # fmt: skip
+            release(flats[t])
+            if first_bad >= 0:
+                raise UnsupportedError(self._nan_message(int(t)))
+        if f is not None and self.n_float < self.data0:  # padding at the end of the float region
+            _gather_nb(
+                runs, self.G, self.offs, ipermt, self.n_float, self.data0, np.zeros(0, np.uint32), no_bad,
+                0, False, 0, tagb, free, keep, False, True, w, f,
+            )  # fmt: skip
+        if self.free_strata < N_POS:  # data strata: few words, by the numpy reference
+            js = np.arange(self.free_strata, N_POS)
+            v = js * self.G + (g[:, None] + self.offs[js]) % self.G
+            dw, df = self.read(flats, data, v, bad)
+            pos = ipermt[js][:, g % ipermt.shape[1]].T
+            r = np.arange(ng)[:, None]
+            w[r, pos] = dw
+            if f is not None and df is not None:
+                f[r, pos] = df
+        return w, f
+
+    def _ipermt(self) -> NDArray[np.int64]:
+        """``[255, perms]``: the position of each stratum under each permutation (one column when unpermuted)."""
+        return np.ascontiguousarray((self.iperm if self.perms else np.arange(N_POS, dtype=np.int64)[None, :]).T)
+
+    def _clear_mask(self) -> np.uint32:
+        return np.uint32(~((1 << self.k) - 1) & 0xFFFFFFFF)  # type: ignore[no-any-return]
+
+    def _nan_message(self, t: int) -> str:
+        return (
+            f"cannot seal tensor '{self.specs[t].name}': it holds NaN or Inf values, whose low bits "
+            "are not free (changing them turns Inf into NaN); fix the weights first"
+        )
+
+    def _check_finite(self, w: NDArray[np.uint32], v: NDArray[np.int64]) -> None:
+        hit = (v < self.n_float) & ((w >> np.uint32(23)) & np.uint32(0xFF) == 0xFF)
+        if hit.any():
+            raise UnsupportedError(self._nan_message(int(self.owner(v[hit][:1])[0])))
+
+    def to_strata(self, w: NDArray[np.uint32], g0: int) -> NDArray[np.uint32]:
+        """Float strata of groups ``g0, g0 + 1, ...``: ``[free_strata, ng]`` (the inverse of `groups`' placement)."""
+        out = np.empty((self.free_strata, w.shape[0]), np.uint32)
+        _strata_of_nb(w, g0, self._ipermt(), out)
+        return out
 
     def pack_data(self, flats: list[NDArray[np.unsignedinteger]]) -> DataRegion:
         """The data region's words, read from the data tensors' flat values when asked (not copied whole)."""
@@ -346,6 +435,8 @@ class Strata:
         if not v.size:
             return
         t_of = self.owner(v)
+        if len(self.specs) < 1 << 15:  # numpy sorts 16-bit keys by radix: linear time
+            t_of = t_of.astype(np.int16)
         order = np.argsort(t_of, kind="stable")
         ts = t_of[order]
         cuts = np.flatnonzero(np.diff(ts)) + 1
@@ -363,15 +454,19 @@ class Strata:
     def flags(self, v: NDArray[np.int64], bad: list[NDArray[np.bool_]]) -> NDArray[np.uint8]:
         """Decoder flags of stream words ``v``: unstored bytes (tags, header copy, padding), padding, failed blocks."""
         flat_v = v.reshape(-1)
-        out = np.zeros(flat_v.size, np.uint8)
+        out = self._pad_flags(flat_v)
         free = _free_bytes(self.k)
-        pad_f = (flat_v >= self.n_float) & (flat_v < self.data0)
-        out[pad_f] = FLAG_PAD | free
-        out[flat_v >= self.data0 + self.n_data] = FLAG_PAD
-        live = np.flatnonzero(~pad_f & (flat_v < self.data0 + self.n_data))
+        live = np.flatnonzero(out == 0)
         for t, sel in self._segments(flat_v[live]):
             out[live[sel]] = self._flags_of(t, flat_v[live[sel]] - self.start[t], bad, free)
         return out.reshape(v.shape)
+
+    def _pad_flags(self, flat_v: NDArray[np.int64]) -> NDArray[np.uint8]:
+        """Flags of the padding words among ``flat_v`` (zero elsewhere)."""
+        out = np.zeros(flat_v.size, np.uint8)
+        out[(flat_v >= self.n_float) & (flat_v < self.data0)] = FLAG_PAD | _free_bytes(self.k)
+        out[flat_v >= self.data0 + self.n_data] = FLAG_PAD
+        return out
 
 
 class DataRegion:
@@ -461,6 +556,77 @@ def _permutations(key: Key, salt: bytes, sf: int, n: int) -> NDArray[np.int64]:
         out[:, : sf - 1] = np.argsort(raw[:, : sf - 1], axis=1, kind="stable")
         out[:, sf:] = sf + np.argsort(raw[:, sf:], axis=1, kind="stable")
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_nb(  # type: ignore[no-untyped-def]
+    runs, G, offs, ipermt, t0, t1, src, bad, nb, li, rs, tagb, free, keep, seal, want_flags, w, fl
+):  # fmt: skip
+    """The words of stream range ``[t0, t1)`` (one tensor, flat values ``src``) that runs of groups hold.
+
+    Into ``w`` (and flags into ``fl``) in position order. ``runs``: rows ``(first group, groups,
+    first row)``; ``ipermt[j, r]``: position of stratum j under permutation r. Tiles of 128
+    groups keep their rows of ``w`` in cache while each stratum is read as a stretch. Flags as
+    `Strata._flags_of`, with ``bad`` the tensor's failed blocks; an empty ``src`` is padding
+    (words zero, flags ``FLAG_PAD | free``). Returns the stream index of the first NaN/Inf word
+    when ``seal`` (else -1); ``keep`` masks every word (the free bits cleared).
+
+    One tensor per call: a list of arrays in numba costs reference counting per word.
+    """
+    nperm = ipermt.shape[1]
+    pad = src.shape[0] == 0
+    for ri in range(runs.shape[0]):
+        g0, ng, r0 = runs[ri, 0], runs[ri, 1], runs[ri, 2]
+        for a in range(0, ng, 128):
+            b = min(ng, a + 128)
+            for j in range(t0 // G, (t1 - 1) // G + 1):
+                ws = (g0 + a + offs[j]) % G  # the tile's words in stratum j: [ws, ws + b - a), wrapping
+                for s0, s1, i0 in ((ws, min(G, ws + b - a), a), (0, ws + b - a - G, a + G - ws)):
+                    lo, hi = max(j * G + s0, t0), min(j * G + s1, t1)
+                    if lo >= hi:
+                        continue
+                    i = i0 + lo - j * G - s0
+                    p = (g0 + i) % nperm
+                    for x in range(lo, hi):
+                        row = r0 + i
+                        pos = ipermt[j, p]
+                        i += 1
+                        p += 1
+                        if p == nperm:
+                            p = 0
+                        if pad:
+                            if want_flags:
+                                fl[row, pos] = FLAG_PAD | free
+                            continue
+                        local = x - t0
+                        word = src[local]
+                        if seal and (word >> 23) & 0xFF == 0xFF:
+                            return x
+                        w[row, pos] = word & keep
+                        if want_flags:
+                            blk = local // 64
+                            f = FLAG_BAD if bad[blk] else 0
+                            if blk != nb - 1 or li:
+                                f |= tagb[local % 64]
+                            if blk < rs:
+                                f |= free
+                            fl[row, pos] = f
+    return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _strata_of_nb(w, g0, ipermt, out):  # type: ignore[no-untyped-def]
+    """``out[j, i]``: the word of float stratum j in group g0 + i (rows of ``w`` in position order)."""
+    nperm = ipermt.shape[1]
+    for a in range(0, w.shape[0], 128):
+        b = min(w.shape[0], a + 128)
+        for j in range(out.shape[0]):
+            p = (g0 + a) % nperm
+            for i in range(a, b):
+                out[j, i] = w[i, ipermt[j, p]]
+                p += 1
+                if p == nperm:
+                    p = 0
 
 
 def write_run(out: NDArray[np.unsignedinteger], lo: int, words: NDArray[np.unsignedinteger]) -> None:

@@ -253,7 +253,7 @@ def _seal_irs(
         step = b - a if st.host else _strata.GROUP_BATCH
         for g0 in range(a, b, step):
             g1 = min(b, g0 + step)
-            w = st.gather(flats, data, g0, g1, seal=True)
+            w = st.groups(flats, data, np.arange(g0, g1, dtype=np.int64), seal=True)[0]
             pad = st.pad(np.arange(g0, g1, dtype=np.int64))
             w ^= pad  # the code runs on the words plus the keyed offset (see _strata)
             w[:, : st.free_strata] &= np.uint32(~((1 << st.k) - 1) & 0xFFFFFFFF)
