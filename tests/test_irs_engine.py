@@ -272,3 +272,33 @@ def test_one_constant_xored_into_every_value_is_never_recovered(key: paramseal.K
     res = paramseal.recover(bad, key, s.header_json)
     assert res.report.status == "unrecoverable" and res.report.exit_code == 2
     assert paramseal.verify(res.tensors, key, s.header_json).status == "tampered"
+
+
+def test_block_runs_match_the_word_by_word_mapping(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
+    """Damaged and failed blocks are found from runs of groups per block: the same as mapping every word."""
+    from paramseal import _irs_recover
+    from paramseal.verify import check
+
+    chk = check(sealed.tensors, key, sealed.header_json)
+    st = _irs_recover.strata_of(chk)
+    rng = np.random.default_rng(8)
+    chk.bad = [rng.random(b.size) < 0.005 for b in chk.bad]
+    words = []  # every word of every failed block: the reference
+    for t, b in enumerate(chk.bad):
+        wpb = st.words_per_block(t)
+        v = st.start[t] + np.flatnonzero(b)[:, None] * wpb + np.arange(wpb)
+        words.append((t, v, v < st.start[t] + st.nwords[t]))
+    ref = np.zeros(st.G, np.bool_)
+    for _, v, ok in words:
+        ref[st.groups_of(v[ok])] = True
+    got = _irs_recover.damaged_groups(st, chk)
+    assert got.any() and not got.all() and np.array_equal(got, ref)
+    status = np.where(rng.random(st.G) < 0.002, -1, 0)
+    lost = np.r_[0, np.cumsum(status < 0)]
+    for t, v, ok in words:
+        rows = np.flatnonzero(chk.bad[t])
+        expect = np.array([(status[st.groups_of(v[i][ok[i]])] < 0).any() for i in range(rows.size)], np.bool_)
+        assert np.array_equal(_irs_recover._failed_blocks(st, t, rows, lost), expect)
+    # the groups' stretches really cross strata and wrap past G - 1 somewhere in this model
+    starts = np.concatenate([st.start[t] + np.flatnonzero(b) * st.words_per_block(t) for t, b in enumerate(chk.bad)])
+    assert (starts % st.G + 64 > st.G).any() or (st.groups_of(starts) + 64 > st.G).any()

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .verify import Check
 
 UNTRUSTED = -5  # group status: decoded errors-only in a layout where that cannot be trusted
-_SCAN = 1 << 20  # words of failed blocks mapped to groups per step
+_SCAN = 1 << 16  # failed blocks mapped to groups per step (bounds the index temporaries)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,25 +74,55 @@ def _flats(chk: Check) -> list[NDArray[np.unsignedinteger]]:
     return [ub.reshape(-1)[: s.numel] for s, ub in zip(chk.specs, chk.blocks, strict=True)]
 
 
-def _bad_words(st: Strata, chk: Check, t: int, rows: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Stream indices of the words of blocks ``rows`` of tensor ``t``, and the row each came from."""
+def _block_runs(
+    st: Strata, t: int, rows: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """The groups holding the words of blocks ``rows`` of tensor ``t``, as runs of consecutive groups.
+
+    A block's words are consecutive in the stream, so within one stratum they fall in consecutive
+    groups: ``(first group, count, index into rows)`` per piece, a block cut where it crosses a
+    stratum or the groups wrap. Constant work per block, none per word.
+    """
     wpb = st.words_per_block(t)
-    v = int(st.start[t]) + rows[:, None] * wpb + np.arange(wpb)
-    which = np.broadcast_to(np.arange(rows.size)[:, None], v.shape)
-    keep = v < st.start[t] + st.nwords[t]
-    return v[keep], which[keep]
+    v0 = int(st.start[t]) + rows * wpb
+    n = np.minimum(wpb, int(st.start[t] + st.nwords[t]) - v0)
+    which = np.arange(rows.size)
+    # cut at stratum ends (a block is shorter than a stratum: at most one cut)
+    n1 = np.minimum(n, st.G - v0 % st.G)
+    v0, n, which = np.r_[v0, v0 + n1], np.r_[n1, n - n1], np.r_[which, which]
+    keep = n > 0
+    v0, n, which = v0[keep], n[keep], which[keep]
+    g0 = st.groups_of(v0)
+    # cut where the groups wrap past G - 1 back to 0
+    n2 = np.minimum(n, st.G - g0)
+    g0, n, which = np.r_[g0, np.zeros_like(g0)], np.r_[n2, n - n2], np.r_[which, which]
+    keep = n > 0
+    return g0[keep], n[keep], which[keep]
 
 
 def damaged_groups(st: Strata, chk: Check) -> NDArray[np.bool_]:
     """Groups holding at least one word of a failed block."""
-    dmg = np.zeros(st.G, np.bool_)
+    edges = np.zeros(st.G + 1, np.int64)
     for t, bad in enumerate(chk.bad):
         rows = np.flatnonzero(bad)
-        step = max(1, _SCAN // st.words_per_block(t))
-        for i in range(0, rows.size, step):
-            v, _ = _bad_words(st, chk, t, rows[i : i + step])
-            dmg[st.groups_of(v)] = True
-    return dmg
+        for i in range(0, rows.size, _SCAN):
+            g0, n, _ = _block_runs(st, t, rows[i : i + _SCAN])
+            np.add.at(edges, g0, 1)
+            np.add.at(edges, g0 + n, -1)
+    return np.cumsum(edges[: st.G]) > 0
+
+
+def _failed_blocks(st: Strata, t: int, rows: NDArray[np.int64], lost: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Which blocks ``rows`` of tensor ``t`` hold a word in a group that could not be decoded.
+
+    ``lost``: running count of undecoded groups (``lost[g]`` = those before g).
+    """
+    failed = np.zeros(rows.size, np.bool_)
+    for i in range(0, rows.size, _SCAN):
+        g0, n, which = _block_runs(st, t, rows[i : i + _SCAN])
+        hit = lost[g0 + n] > lost[g0]
+        failed[i + which[hit]] = True
+    return failed
 
 
 def estimate(chk: Check) -> bool:
@@ -147,9 +177,9 @@ def decode_check(chk: Check, *, rebuild: bool = True) -> Outcome:
         before = w.copy() if fixes is not None else w
         status[g] = _decode(st, w, f)
         if fixes is not None:  # words as stored: the decoded codeword minus the keyed offset
-            changed = (w != before) & ((f & FLAG_BAD) != 0) & (status[g] >= 0)[:, None]
-            fixes[0].append(st.vindex(g)[changed])
-            fixes[1].append((w ^ st.pad(g))[changed])
+            r, c = np.nonzero((w != before) & ((f & FLAG_BAD) != 0) & (status[g] >= 0)[:, None])
+            fixes[0].append(st.vindex_at(g[r], c))
+            fixes[1].append(w[r, c] ^ st.pad(g)[r, c])
     if st.host:
         for sb in np.unique(np.searchsorted(st.outer.sb_start, np.flatnonzero(status < 0), side="right") - 1):
             _outer_repair(st, chk, flats, data, int(sb), status, fixes)
@@ -160,15 +190,12 @@ def decode_check(chk: Check, *, rebuild: bool = True) -> Outcome:
         fv, fw = fv[order], fw[order]
     patches = {}
     all_ok = True
+    lost = np.r_[0, np.cumsum(status < 0)]
     for t in range(len(chk.specs)):
         rows = np.flatnonzero(chk.bad[t])
         if not rows.size:
             continue
-        failed = np.zeros(rows.size, np.bool_)
-        step = max(1, _SCAN // st.words_per_block(t))
-        for i in range(0, rows.size, step):  # bounded index temporaries, as in damaged_groups
-            v, which = _bad_words(st, chk, t, rows[i : i + step])
-            np.logical_or.at(failed, i + which, status[st.groups_of(v)] < 0)
+        failed = _failed_blocks(st, t, rows, lost)
         rows = rows[~failed]
         all_ok &= not failed.any()
         if not rows.size or not rebuild:

@@ -218,6 +218,11 @@ class Strata:
         rows = np.arange(g0, g0 + by_stratum.shape[0]) % self.perms
         return np.ascontiguousarray(np.take_along_axis(by_stratum, self.perm[rows], axis=1))
 
+    def vindex_at(self, g: NDArray[np.int64], pos: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Stream index of position ``pos`` of group ``g`` (elementwise; `vindex` for whole groups)."""
+        j = self.perm[g % self.perms, pos] if self.perms else pos
+        return j * self.G + (g + self.offs[j]) % self.G
+
     def groups_of(self, v: NDArray[np.int64]) -> NDArray[np.int64]:
         """The group each stream word ``v`` belongs to."""
         return (v % self.G - self.offs[v // self.G]) % self.G
