@@ -350,3 +350,27 @@ def test_malformed_key_file_is_exit_3_naming_the_file_without_echoing_it(tmp_pat
     rc, so, se = run(["verify", sealed_file, "--key", bad])
     assert rc == 3 and "bad.key" in se and "Traceback" not in se
     assert secretish not in so + se
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path, model_file: Path, key_file: Path) -> None:
+    """`paramseal verify ... | head`: a closed pipe ends the command quietly with 141, as SIGPIPE would."""
+    import subprocess
+    import sys
+
+    sealed = tmp_path / "s.safetensors"
+    assert run(["seal", model_file, sealed, "--key", key_file])[0] == 0
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before the first line is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys; from paramseal.cli import main; sys.exit(main())", "verify", str(sealed)]
+            + ["--key", str(key_file), "--json"],
+            stdout=w,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(w)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

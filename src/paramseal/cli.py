@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,6 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ParamSealError as e:
         print(f"error: {e.diagnostics()}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:
+        # The reader left (`paramseal verify ... | head`): stop quietly, as a SIGPIPE'd Unix tool
+        # would. Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
 
 
 def _run(args: argparse.Namespace) -> int:
