@@ -1,0 +1,614 @@
+"""Verify a sealed model where its weights live: on the GPU, in one pass, with no copy to the host.
+
+:class:`GpuVerifier` recomputes every block tag of a live ``nn.Module`` (or a
+mapping of tensors) on the tensors' own device and compares it with the tag the
+block carries, exactly as :func:`paramseal.verify` does on the CPU: the set of
+failing blocks is the same, bit for bit, for every dtype and both seal codes.
+
+Everything that depends on the key is derived once, on the CPU, when the
+verifier is built, and uploaded next to the weights: the hash keys, each block's
+one-time pad (AES-CTR) reduced mod p, the masks of the tag bits, and the tags
+kept in the header. A check then reads each weight once as raw 16-bit words (so
+NaN payloads, -0.0 and subnormals are exact) and writes one byte per 64-value
+block. Only when a block fails are the flags copied to the host.
+
+Two engines compute the tags:
+
+* a tiled Triton kernel, used on CUDA when ``triton`` imports (``BLOCKS_PER_PROGRAM``
+  blocks per program, one launch per tensor);
+* plain torch ops, on any device (the reference the Triton kernel is tested
+  against, and what runs on the CPU). It works through a tensor in chunks of
+  ``CHUNK_WORDS`` 16-bit words, so its temporaries stay below about
+  ``5 * 8 * CHUNK_WORDS`` bytes (80 MiB) whatever the tensor's size.
+
+The arithmetic is the CPU engine's (``_mac``): tag = (sum k_i m_i mod p + pad) mod p
+with p = 2**32 - 5, keys k_i < p and 16-bit words m_i. A product is below 2**48 and
+a block has at most 256 words, so the sum stays below 2**56 and is exact in 64-bit
+integers; it is reduced mod p once per block.
+
+This module verifies only. Recovery of a tampered model stays on the CPU
+(:func:`paramseal.torch.recover_module`); :meth:`GpuVerifier.verify` copies the
+weights to the host only when something failed, to say whether they can be
+recovered. Keys and pads never appear in a repr, a log or an error.
+
+Example::
+
+    import paramseal, paramseal.torch as pst
+    from paramseal.gpu import GpuVerifier
+    header = pst.seal_module(net, key).header_json   # once, on the CPU
+    net.cuda()
+    verifier = GpuVerifier(net, key, header)          # derives and uploads the key material
+    verifier.check().ok                               # True: every block carries its tag
+    verifier.verify().status                          # 'intact' (a full paramseal Report)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _bits, _model
+from ._layout import TensorSpec
+from ._mac import BlockMac, P
+from .errors import TamperedError, UsageError
+from .formats.pytorch import import_torch, tensor_to_numpy
+from .header import Header, metadata_digest, parse_header
+from .keys import Key
+from .levels import BLOCK
+from .report import Report
+from .torch import module_tensors
+from .verify import Check, header_from_weights, report_of
+from .verify import verify as cpu_verify
+
+_torch = import_torch("paramseal.gpu")
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+Backend = Literal["auto", "torch", "triton"]
+
+#: 16-bit words per chunk of the torch engine (bounds its temporaries; see the module docstring).
+CHUNK_WORDS = 1 << 21
+#: Blocks per Triton program (the tile is BLOCKS_PER_PROGRAM x words-per-block).
+BLOCKS_PER_PROGRAM = 16
+#: Warps per Triton program.
+NUM_WARPS = 4
+#: One launch per device and block shape (True) rather than one per tensor (see ``_Group``).
+GROUPED = True
+_ALIGN = 16  # per-tensor segments of the flag and pad buffers start on 16 elements
+
+
+@dataclass(frozen=True, slots=True)
+class GpuCheck:
+    """What :meth:`GpuVerifier.check` found: the failing blocks (none for an intact model)."""
+
+    failing: int  # failing blocks over all tensors
+    blocks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)  # tensor name -> failing block indices
+
+    @property
+    def ok(self) -> bool:
+        """True when every block carries its tag."""
+        return self.failing == 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Consts:
+    """Per (device, words per block, k): the hash keys and where a block keeps its tag bits."""
+
+    keys64: torch.Tensor  # [W] int64, each < p
+    keys32: torch.Tensor  # [W] int32, the same keys as uint32 bit patterns (Triton)
+    wmask: torch.Tensor  # [NM] int64: tag bits of each of the first NM words
+    shift: torch.Tensor  # [NM] int64: where those bits go in the 32-bit tag
+    nm: int  # a power of two covering every word with tag bits (at least 16)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """One tensor: its spec, device, key material and its share of the flag buffer."""
+
+    t: int
+    spec: TensorSpec
+    device: torch.device
+    words: int  # 16-bit words per block
+    full_internal: bool  # every block but the last keeps its tag in its low bits
+    last_internal: bool
+    ext_ok: bool  # the header holds the tags of the blocks that keep none
+    consts: _Consts
+    dtype: torch.dtype
+    c: torch.Tensor = field(repr=False)  # [nblocks] int32 (uint32 bits): per-block constant, see _constants
+    flags: torch.Tensor = field(repr=False)  # [nblocks] uint8, written by every check
+
+
+_TORCH_DTYPES = {
+    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
+    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
+}  # fmt: skip
+
+
+def _dtype_name(x: torch.Tensor) -> str:
+    for name, attr in _TORCH_DTYPES.items():
+        if getattr(_torch, attr, None) == x.dtype:
+            return name
+    return str(x.dtype).removeprefix("torch.")
+
+
+class GpuVerifier:
+    """Verifies a sealed live module (or mapping of tensors) on the device its weights are on.
+
+    ``header_json`` is what sealing returned; None reads the copy embedded in the
+    weights (this copies the model to the host once). A wrong key raises
+    :class:`~paramseal.errors.KeyMismatchError`; tensors that are missing, extra,
+    retyped or reshaped against the seal raise :class:`~paramseal.errors.TamperedError`
+    naming every difference, with the CPU engine's report. ``backend`` picks the
+    engine: "auto" (Triton on CUDA when it imports, else torch ops), "torch" or "triton".
+
+    The verifier keeps a reference to the module or mapping and reads its current
+    tensors at every check, so parameters replaced since are checked, not stale copies.
+    """
+
+    def __init__(
+        self,
+        module_or_state: torch.nn.Module | Mapping[str, torch.Tensor],
+        key: Key,
+        header_json: str | None = None,
+        *,
+        backend: Backend = "auto",
+    ) -> None:
+        if backend not in ("auto", "torch", "triton"):
+            raise UsageError(f"unknown backend '{backend}'; choose auto, torch or triton")
+        self._source = module_or_state
+        tensors = self._tensors()
+        if header_json is None:
+            header_json = header_from_weights(_host(tensors), key)
+        self._header: Header = parse_header(header_json, key)  # KeyMismatchError on a wrong key
+        self._header_json = header_json
+        self._key = key
+        self._mac = BlockMac(key)
+        self._specs = list(self._header.tensors)
+        self._backend = backend
+        self._raise_if_mismatched(tensors, None)
+        self._plans = self._build(tensors)
+        self._devices = {p.device for p in self._plans}
+
+    def __repr__(self) -> str:
+        devices = ", ".join(sorted(str(d) for d in self._devices))
+        return f"GpuVerifier({len(self._specs)} tensors on {devices}, backend={self._backend!r})"
+
+    # --- what a user calls ---------------------------------------------------------------------
+
+    def check(self) -> GpuCheck:
+        """Recompute every block tag on the device; return the failing blocks (transferred only if any)."""
+        tensors = self._tensors()
+        self._raise_if_mismatched(tensors, self._plans)
+        done: set[int] = set()
+        if GROUPED and self._backend != "torch" and _triton_kernel() is not None:
+            for group in self._groups:
+                if self._use_triton(group.plans[0]) and group.launch(tensors):
+                    done.update(p.t for p in group.plans)
+        for plan in self._plans:
+            if plan.t not in done:
+                self._run(plan, tensors[plan.spec.name])
+        buffers = self._flag_buffers
+        failing = sum(int(_torch.count_nonzero(buf)) for buf in buffers.values())  # the one sync
+        if failing == 0:
+            return GpuCheck(0, {})
+        host = {dev: buf.cpu().numpy() for dev, buf in buffers.items()}
+        found: dict[str, tuple[int, ...]] = {}
+        for plan in self._plans:
+            seg = host[plan.device][self._offsets[plan.t] : self._offsets[plan.t] + plan.spec.nblocks]
+            if (idx := np.flatnonzero(seg)).size:
+                found[plan.spec.name] = tuple(int(i) for i in idx)
+        return GpuCheck(failing, found)
+
+    def verify(self) -> Report:
+        """A full :class:`~paramseal.Report`, as :func:`paramseal.verify` gives for the same weights.
+
+        An intact model is decided on the device alone. When blocks fail, the weights
+        are copied to the host to decide ``recoverable`` exactly as the CPU engine does.
+        """
+        found = self.check()
+        bad = [np.zeros(s.nblocks, dtype=np.bool_) for s in self._specs]
+        for t, spec in enumerate(self._specs):
+            if spec.name in found.blocks:
+                bad[t][list(found.blocks[spec.name])] = True
+        if found.ok:
+            blocks: list[_model.Blocks] = [np.zeros((0, BLOCK), np.uint8) for _ in self._specs]
+        else:
+            arrays = _host(self._tensors())
+            blocks = [_model.blocks_of(arrays[s.name], s, copy=False) for s in self._specs]
+        notes: list[str] = []
+        if self._header.user_metadata is None:  # as verify.check words it, for a module without metadata
+            notes.append("the seal header was read from the weights (the file carries none in its metadata)")
+            if self._header.digest != metadata_digest({}):
+                notes.append("the file's metadata was stripped; the weights were checked, the metadata could not be")
+        chk = Check(
+            self._header, self._specs, self._key, self._mac, blocks, bad,
+            [[] for _ in self._specs], [], [], notes,
+        )  # fmt: skip
+        return report_of(chk)
+
+    # --- construction ----------------------------------------------------------------------------
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        src = self._source
+        if isinstance(src, Mapping):
+            return {str(k): v for k, v in src.items()}
+        return module_tensors(src)
+
+    def _raise_if_mismatched(self, tensors: Mapping[str, torch.Tensor], plans: list[_Plan] | None) -> None:
+        if plans is not None and len(tensors) == len(plans):  # the common case, cheaply: nothing changed
+            try:
+                if all(
+                    (y := tensors[p.spec.name]).dtype == p.dtype and y.shape == p.spec.shape and y.device == p.device
+                    for p in plans
+                ):
+                    return
+            except KeyError:
+                pass
+        issues = []
+        names = {s.name for s in self._specs}
+        for spec in self._specs:
+            x = tensors.get(spec.name)
+            if x is None:
+                issues.append(f"'{spec.name}' is missing")
+            elif (dt := _dtype_name(x)) != spec.dtype:
+                issues.append(f"'{spec.name}' has dtype {dt}, sealed as {spec.dtype}")
+            elif tuple(x.shape) != spec.shape:
+                issues.append(f"'{spec.name}' has shape {list(x.shape)}, sealed as {list(spec.shape)}")
+        issues += [f"'{n}' is not in the seal" for n in tensors if n not in names]
+        if issues:
+            report = cpu_verify(_host(tensors), self._key, self._header_json)
+            raise TamperedError(
+                f"the tensors do not match the seal ({'; '.join(issues)}); the GPU check needs the sealed "
+                "structure: the report (from the CPU engine) names every finding, and "
+                "paramseal.torch.recover_module can restore what is recoverable",
+                report,
+            )
+        moved = [
+            f"'{p.spec.name}' from {p.device} to {tensors[p.spec.name].device}"
+            for p in plans or []
+            if tensors[p.spec.name].device != p.device
+        ]
+        if moved:
+            raise UsageError(
+                f"tensors moved since the verifier was built ({'; '.join(moved)}); its key material lives on "
+                "the old device: build a new GpuVerifier"
+            )
+
+    def _build(self, tensors: Mapping[str, torch.Tensor]) -> list[_Plan]:
+        consts: dict[tuple[str, int, int], _Consts] = {}
+        sizes: dict[torch.device, int] = {}
+        self._offsets: dict[int, int] = {}
+        for t, spec in enumerate(self._specs):
+            dev = tensors[spec.name].device
+            self._offsets[t] = sizes.get(dev, 0)
+            sizes[dev] = self._offsets[t] + -(-spec.nblocks // _ALIGN) * _ALIGN
+        self._flag_buffers = {d: _torch.zeros(n, dtype=_torch.uint8, device=d) for d, n in sizes.items()}
+        c_buffers = {d: _torch.zeros(n, dtype=_torch.int32, device=d) for d, n in sizes.items()}
+        self._c_buffers = c_buffers
+        plans = []
+        dtypes = {s.name: tensors[s.name].dtype for s in self._specs}
+        for t, spec in enumerate(self._specs):
+            dev = tensors[spec.name].device
+            words = BLOCK * spec.width // 16
+            kk = spec.k if spec.is_float else 0
+            ck = (str(dev), words, kk)
+            if ck not in consts:
+                consts[ck] = self._consts(dev, words, kk, spec.width)
+            internal = spec.block_storage()[1]
+            full_internal = bool(internal[0]) if spec.nblocks > 1 else bool(internal[-1])
+            if internal[:-1].size and not bool(np.all(internal[:-1] == full_internal)):
+                raise AssertionError(f"tensor '{spec.name}': blocks before the last differ in where they keep tags")
+            c, ext_ok = self._constants(t, spec, internal)
+            o = self._offsets[t]
+            seg = c_buffers[dev][o : o + spec.nblocks]
+            seg.copy_(_torch.from_numpy(c.astype(np.uint32).view(np.int32)))
+            flags = self._flag_buffers[dev][o : o + spec.nblocks]
+            plans.append(
+                _Plan(
+                    t,
+                    spec,
+                    dev,
+                    words,
+                    full_internal,
+                    bool(internal[-1]),
+                    ext_ok,
+                    consts[ck],
+                    dtypes[spec.name],
+                    seg,
+                    flags,
+                )
+            )
+        by_kind: dict[tuple[str, int, int], list[_Plan]] = {}
+        for p in plans:
+            if p.spec.width >= 16:
+                by_kind.setdefault((str(p.device), p.words, p.consts.nm), []).append(p)
+        self._groups = [
+            _Group(g, self._offsets, c_buffers[g[0].device], self._flag_buffers[g[0].device]) for g in by_kind.values()
+        ]
+        return plans
+
+    def _consts(self, dev: torch.device, words: int, k: int, width: int) -> _Consts:
+        keys = self._mac._keys[:words]
+        nm = 16
+        wmask = np.zeros(nm, np.int64)
+        shift = np.zeros(nm, np.int64)
+        if k:
+            m = _bits.tag_mask(k, width).view(np.uint16)
+            used = int(np.flatnonzero(m).max()) + 1
+            nm = max(16, 1 << (used - 1).bit_length())
+            per = width // 16
+            i = np.arange(nm)
+            wmask = np.zeros(nm, np.int64)
+            wmask[:used] = m[:used]
+            shift = np.where(wmask != 0, k * (i // per) + 16 * (i % per), 0).astype(np.int64)
+
+        def up(a: NDArray[Any]) -> torch.Tensor:
+            out: torch.Tensor = _torch.from_numpy(np.ascontiguousarray(a)).to(dev)
+            return out
+
+        return _Consts(up(keys.astype(np.int64)), up(keys.astype(np.uint32).view(np.int32)), up(wmask), up(shift), nm)
+
+    def _constants(self, t: int, spec: TensorSpec, internal: NDArray[np.bool_]) -> tuple[NDArray[np.uint64], bool]:
+        """Per block the constant ``c`` with: block is intact <=> (H mod p + c) mod p == stored tag.
+
+        A block that keeps its tag has c = pad and its stored tag in its low bits. One
+        whose tag is in the header has c = (pad - tag) mod p and "stored tag" 0, which is
+        the same test as the CPU engine's (H mod p + pad) mod p == tag, for tags < p.
+        A header whose tags do not fit this tensor (or are not residues) fails those blocks,
+        as the CPU engine does.
+        """
+        c = self._mac.pads(self._header.salt, t, spec.nblocks)
+        outside = np.flatnonzero(~internal)
+        if not outside.size:
+            return c, True
+        ext = self._header.external_tags.get(t)
+        if ext is None or ext.size != outside.size or bool(np.any(ext >= P)):
+            return c, False
+        c[outside] = (c[outside] + np.uint64(P) - ext.astype(np.uint64)) % np.uint64(P)
+        return c, True
+
+    # --- the engines -----------------------------------------------------------------------------
+
+    def _run(self, plan: _Plan, x: torch.Tensor) -> None:
+        kernel = _triton_kernel() if self._use_triton(plan) else None
+        flat = x.detach().reshape(-1)
+        if not flat.is_contiguous():
+            flat = flat.contiguous()
+        if kernel is not None and plan.spec.width >= 16 and plan.spec.numel:
+            _launch(kernel, plan, flat.view(_torch.int16))
+            return
+        _bad_torch(plan, flat)
+
+    def _use_triton(self, plan: _Plan) -> bool:
+        if self._backend == "torch":
+            return False
+        if self._backend == "triton":
+            if _triton_kernel() is None:
+                raise UsageError("backend='triton' needs triton: pip install triton (CUDA), or use backend='auto'")
+            return True
+        return plan.device.type == "cuda"
+
+
+def _host(tensors: Mapping[str, torch.Tensor]) -> dict[str, NDArray[np.generic]]:
+    return {n: tensor_to_numpy(x, f"tensor '{n}'") for n, x in tensors.items()}
+
+
+def _words_of(plan: _Plan, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tensor's whole blocks as ``[nfull, W]`` 16-bit words, and its last block zero-padded as ``[1, W]``."""
+    spec, w = plan.spec, plan.words
+    if flat.dtype == _torch.bool:
+        flat = flat.view(_torch.uint8)
+    nfull = spec.numel // BLOCK
+    per_value = spec.width // 8
+    full_bytes = nfull * BLOCK * per_value
+    if per_value == 1:
+        full = flat[:full_bytes].view(_torch.int16).view(nfull, w)
+        rest = flat[full_bytes:]
+    else:
+        words = flat.view(_torch.int16)
+        full = words[: nfull * w].view(nfull, w)
+        rest = words[nfull * w :]
+    tail = _torch.zeros(BLOCK * per_value, dtype=_torch.uint8, device=flat.device)
+    tail[: rest.numel() * rest.element_size()] = rest.view(_torch.uint8)
+    return full, tail.view(_torch.int16).view(1, w)
+
+
+def _bad_torch(plan: _Plan, flat: torch.Tensor) -> None:
+    """The torch engine: write the failing flags of every block of ``plan``'s tensor, chunk by chunk."""
+    spec = plan.spec
+    full, tail = _words_of(plan, flat)
+    nfull = full.shape[0]
+    step = max(1, CHUNK_WORDS // plan.words)
+    parts = [(r0, full[r0 : r0 + step]) for r0 in range(0, nfull, step)]
+    if nfull < spec.nblocks:  # the last block is partial (or the tensor is empty): padded with zeros
+        parts.append((nfull, tail))
+    for r0, w16 in parts:
+        n = w16.shape[0]
+        inside = _torch.full((n,), plan.full_internal, dtype=_torch.bool, device=plan.device)
+        if r0 + n == spec.nblocks:
+            inside[-1] = plan.last_internal
+        c = plan.c[r0 : r0 + n].to(_torch.int64) & 0xFFFFFFFF
+        plan.flags[r0 : r0 + n] = _tags_bad(w16, c, inside, plan.consts, plan.ext_ok)
+
+
+def _tags_bad(w16: torch.Tensor, c: torch.Tensor, inside: torch.Tensor, k: _Consts, ext_ok: bool) -> torch.Tensor:
+    """Failing flags of ``[n, W]`` blocks: (H mod p + c) mod p against the stored tag (see ``_constants``)."""
+    w = w16.to(_torch.int64) & 0xFFFF
+    h = (w * k.keys64).sum(1)
+    head = w[:, : k.nm] & k.wmask  # the tag bits: left out of the hash where the block keeps its tag
+    h = h - _torch.where(inside, (head * k.keys64[: k.nm]).sum(1), 0)
+    stored = _torch.where(inside, (head << k.shift).sum(1), 0)
+    bad: torch.Tensor = (h % P + c) % P != stored
+    if not ext_ok:
+        bad |= ~inside
+    return bad
+
+
+def _launch(kernel: Any, plan: _Plan, words: torch.Tensor) -> None:
+    spec, k = plan.spec, plan.consts
+    grid = (-(-spec.nblocks // BLOCKS_PER_PROGRAM),)
+    kernel[grid](
+        words, plan.c, plan.flags, k.keys32, k.wmask, k.shift,
+        spec.nblocks, spec.numel // BLOCK, words.numel(),
+        int(plan.full_internal), int(plan.last_internal), int(plan.ext_ok),
+        P, plan.words, k.nm, BLOCKS_PER_PROGRAM,
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
+
+
+class _Group:
+    """Tensors of one device and block shape, checked by a single launch of the grouped kernel.
+
+    One launch per tensor costs a Python launch each (tens of microseconds), which is more than
+    the kernel takes on a tensor of a few megabytes; an LLM has hundreds of tensors. The grouped
+    kernel reads a table: per program, the tensor and its first block; per tensor, where its
+    words are (an offset in 16-bit words from the first tensor's), its sizes and its rules.
+    Offsets are recomputed whenever a tensor's storage moved.
+    """
+
+    def __init__(self, plans: list[_Plan], offsets: dict[int, int], c: torch.Tensor, flags: torch.Tensor) -> None:
+        self.plans, self.c, self.flags = plans, c, flags
+        self.device = plans[0].device
+        specs = [p.spec for p in plans]
+        self.nblocks = self._up([s.nblocks for s in specs])
+        self.nfull = self._up([s.numel // BLOCK for s in specs])
+        self.nwords = self._up([s.numel * s.width // 16 for s in specs])
+        self.g0 = self._up([offsets[p.t] for p in plans])
+        self.rules = self._up([p.full_internal | p.last_internal << 1 | p.ext_ok << 2 for p in plans], _torch.int32)
+        self._ptrs: tuple[int, ...] = ()
+        self._woff: torch.Tensor | None = None
+        self._programs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _up(self, values: list[int], dtype: Any = None) -> torch.Tensor:
+        out: torch.Tensor = _torch.tensor(values, dtype=dtype or _torch.int64, device=self.device)
+        return out
+
+    def programs(self, bpp: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per program: its tensor (index in the group) and first block, for ``bpp`` blocks per program."""
+        if bpp not in self._programs:
+            counts = np.array([-(-p.spec.nblocks // bpp) for p in self.plans], dtype=np.int64)
+            tid = np.repeat(np.arange(len(self.plans), dtype=np.int32), counts)
+            first = np.arange(tid.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+            self._programs[bpp] = (
+                _torch.from_numpy(tid).to(self.device),
+                _torch.from_numpy(first * bpp).to(self.device),
+            )
+        return self._programs[bpp]
+
+    def launch(self, tensors: Mapping[str, torch.Tensor]) -> bool:
+        """Check every tensor of the group in one launch; False (nothing done) if one is not laid out for it."""
+        xs = [tensors[p.spec.name].detach() for p in self.plans]
+        if not all(x.is_contiguous() for x in xs):
+            return False
+        ptrs = tuple(x.data_ptr() for x in xs)
+        if any(q % 16 for q in ptrs):  # the kernel's loads assume 16-byte aligned tensors
+            return False
+        base = max(range(len(xs)), key=lambda i: xs[i].numel())  # never an empty tensor's null pointer
+        if ptrs != self._ptrs or self._woff is None:
+            self._woff = self._up([(q - ptrs[base]) // 2 for q in ptrs])
+            self._ptrs = ptrs
+        prog_t, prog_b0 = self.programs(BLOCKS_PER_PROGRAM)
+        k = self.plans[0].consts
+        _GROUPED_KERNEL[(prog_t.numel(),)](
+            xs[base].reshape(-1).view(_torch.int16), self.c, self.flags, k.keys32, k.wmask, k.shift,
+            prog_t, prog_b0, self._woff, self.nblocks, self.nfull, self.nwords, self.g0, self.rules,
+            P, self.plans[0].words, k.nm, BLOCKS_PER_PROGRAM,
+            num_warps=NUM_WARPS,
+        )  # fmt: skip
+        return True
+
+
+def _triton_kernel() -> Any:
+    """The Triton kernel, or None where triton does not import (or PARAMSEAL_NO_TRITON is set)."""
+    return None if os.environ.get("PARAMSEAL_NO_TRITON") else _KERNEL
+
+
+try:  # optional: only a CUDA machine has (and needs) it
+    import triton
+    import triton.language as tl
+except ImportError:
+    _KERNEL: Any = None
+    _GROUPED_KERNEL: Any = None
+else:
+
+    @triton.jit  # type: ignore[misc, untyped-decorator, unused-ignore]
+    def _blocks_bad(  # type: ignore[no-untyped-def]
+        w_ptr, c_ptr, flag_ptr, key_ptr, mask_ptr, shift_ptr,
+        b0, nblocks, nfull, nwords, full_internal, last_internal, ext_ok,
+        PRIME: tl.constexpr, W: tl.constexpr, NM: tl.constexpr, BPP: tl.constexpr,
+    ):  # fmt: skip
+        # Blocks b0 .. b0 + BPP - 1 of one tensor, as a [BPP, W] tile of 16-bit words.
+        b = b0 + tl.arange(0, BPP)
+        j = tl.arange(0, W)
+        off = b[:, None] * W + j[None, :]
+        jm = tl.arange(0, NM)  # the first NM words hold the tag bits (loaded again: the lines are in L1)
+        offm = b[:, None] * W + jm[None, :]
+        if b0 + BPP <= nfull:  # whole blocks only: unmasked, vectorised loads
+            w = tl.load(w_ptr + off)
+            head = tl.load(w_ptr + offm)
+        else:  # the tensor's end: past it, the padded block reads zeros
+            w = tl.load(w_ptr + off, mask=off < nwords, other=0)
+            head = tl.load(w_ptr + offm, mask=offm < nwords, other=0)
+        key = tl.load(key_ptr + j).to(tl.uint32, bitcast=True).to(tl.uint64)
+        h = tl.sum(w.to(tl.uint16, bitcast=True).to(tl.uint64) * key[None, :], axis=1)
+        tb = head.to(tl.uint16, bitcast=True).to(tl.uint64) & tl.load(mask_ptr + jm).to(tl.uint64)[None, :]
+        keym = tl.load(key_ptr + jm).to(tl.uint32, bitcast=True).to(tl.uint64)
+        ins = tl.where(b < nblocks - 1, full_internal, last_internal)
+        inside = (ins != 0).to(tl.uint64)
+        h = h - tl.sum(tb * keym[None, :], axis=1) * inside
+        stored = tl.sum(tb << tl.load(shift_ptr + jm).to(tl.uint64)[None, :], axis=1) * inside
+        inb = b < nblocks
+        c = tl.load(c_ptr + b, mask=inb, other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
+        tag = (h % PRIME + c) % PRIME
+        bad = (tag != stored) | ((ins == 0) & (ext_ok == 0))
+        tl.store(flag_ptr + b, bad.to(tl.uint8), mask=inb)
+
+    @triton.jit  # type: ignore[misc, untyped-decorator, unused-ignore]
+    def _tags_bad_kernel(  # type: ignore[no-untyped-def]
+        w_ptr, c_ptr, flag_ptr, key_ptr, mask_ptr, shift_ptr,
+        nblocks, nfull, nwords, full_internal, last_internal, ext_ok,
+        PRIME: tl.constexpr, W: tl.constexpr, NM: tl.constexpr, BPP: tl.constexpr,
+    ):  # fmt: skip
+        # One tensor per launch: program i checks blocks i*BPP ...
+        b0 = tl.program_id(0).to(tl.int64) * BPP
+        _blocks_bad(
+            w_ptr, c_ptr, flag_ptr, key_ptr, mask_ptr, shift_ptr,
+            b0, nblocks, nfull, nwords, full_internal, last_internal, ext_ok, PRIME, W, NM, BPP,
+        )  # fmt: skip
+
+    @triton.jit  # type: ignore[misc, untyped-decorator, unused-ignore]
+    def _grouped_kernel(  # type: ignore[no-untyped-def]
+        base_ptr, c_ptr, flag_ptr, key_ptr, mask_ptr, shift_ptr,
+        prog_t_ptr, prog_b0_ptr, woff_ptr, nblocks_ptr, nfull_ptr, nwords_ptr, g0_ptr, rules_ptr,
+        PRIME: tl.constexpr, W: tl.constexpr, NM: tl.constexpr, BPP: tl.constexpr,
+    ):  # fmt: skip
+        # Many tensors per launch (see _Group): look up this program's tensor, then as above.
+        pid = tl.program_id(0)
+        t = tl.load(prog_t_ptr + pid)
+        b0 = tl.multiple_of(tl.load(prog_b0_ptr + pid), BPP)
+        woff = tl.multiple_of(tl.load(woff_ptr + t), 8)  # tensors are 16-byte aligned (checked on the host)
+        g0 = tl.load(g0_ptr + t)
+        rules = tl.load(rules_ptr + t)
+        _blocks_bad(
+            base_ptr + woff, c_ptr + g0, flag_ptr + g0, key_ptr, mask_ptr, shift_ptr,
+            b0, tl.load(nblocks_ptr + t), tl.load(nfull_ptr + t), tl.load(nwords_ptr + t),
+            rules & 1, (rules >> 1) & 1, (rules >> 2) & 1, PRIME, W, NM, BPP,
+        )  # fmt: skip
+
+    _KERNEL = _tags_bad_kernel
+    _GROUPED_KERNEL = _grouped_kernel
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernel can be used here (triton imports)."""
+    return _triton_kernel() is not None
+
+
+__all__ = ["BLOCKS_PER_PROGRAM", "CHUNK_WORDS", "GROUPED", "NUM_WARPS", "GpuCheck", "GpuVerifier", "triton_available"]

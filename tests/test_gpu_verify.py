@@ -1,0 +1,384 @@
+"""paramseal.gpu: in-memory verification on the tensors' device, against the CPU (numpy) engine.
+
+The CPU engine (``paramseal.verify`` on the same weights copied to numpy) is the oracle:
+for every dtype, both codes and any bit flipped, the GPU verifier must report exactly the
+same failing blocks. On a machine without CUDA the torch engine runs on the CPU; the
+Triton tests run only where CUDA is present.
+"""
+
+from __future__ import annotations
+
+import os
+
+import helpers
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import paramseal
+from paramseal.levels import BLOCK
+from paramseal.verify import check
+
+torch = pytest.importorskip("torch")
+gpu = pytest.importorskip("paramseal.gpu")
+pst = pytest.importorskip("paramseal.torch")
+from paramseal.formats.pytorch import numpy_to_tensor, tensor_to_numpy  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+TRITON = CUDA and gpu.triton_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+needs_triton = pytest.mark.skipif(not TRITON, reason="needs a CUDA GPU and triton")
+
+ENGINES = [
+    pytest.param("cpu", "torch", id="cpu-torch"),
+    pytest.param("cuda", "torch", id="cuda-torch", marks=needs_cuda),
+    pytest.param("cuda", "triton", id="cuda-triton", marks=needs_triton),
+]
+if os.environ.get("TRITON_INTERPRET") == "1" and gpu.triton_available():  # the kernel on the CPU, interpreted
+    ENGINES.append(pytest.param("cpu", "triton", id="cpu-triton-interpreted"))
+# (dtype, code, level): fp32 defaults to irs; irs needs fp32 everywhere
+CASES = [
+    ("F32", "irs", "standard"),
+    ("F32", "lanes", "standard"),
+    ("F32", "irs", "strong"),
+    ("F16", "lanes", "standard"),
+    ("F16", "lanes", "strong"),
+    ("BF16", "lanes", "standard"),
+    ("BF16", "lanes", "strong"),
+]
+NP = {"F32": np.float32, "F16": np.float16, "BF16": helpers.BF16, "F64": np.float64}
+EXPONENT = {"F32": (23, 31), "F16": (10, 15), "BF16": (7, 15), "F64": (52, 63)}  # [first, last) exponent bits
+
+
+def model_of(dtype: str, seed: int = 0) -> dict[str, np.ndarray]:
+    """Tensors whose last blocks are partial; 'tiny' is too small to keep its tag in bf16/fp16."""
+    rng = np.random.default_rng(seed)
+    shapes = {"w": (70, 93), "emb": (128, 64), "b": (93,), "tiny": (5,)}
+    return {n: helpers.random_tensor(rng, NP[dtype], s) for n, s in shapes.items()}
+
+
+def seal_state(
+    arrays: dict[str, np.ndarray], key: paramseal.Key, code: str | None = None, level: str = "standard"
+) -> tuple[dict[str, torch.Tensor], str]:
+    sealed = paramseal.SealConfig(level=level, code=code).seal(arrays, key)
+    return {n: numpy_to_tensor(a) for n, a in sealed.tensors.items()}, sealed.header_json
+
+
+def to_device(state: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
+    return {n: t.to(device) for n, t in state.items()}
+
+
+def cpu_report(state: dict[str, torch.Tensor], key: paramseal.Key, header: str) -> paramseal.Report:
+    return paramseal.verify({n: tensor_to_numpy(t, n) for n, t in state.items()}, key, header)
+
+
+def cpu_blocks(state: dict[str, torch.Tensor], key: paramseal.Key, header: str) -> dict[str, tuple[int, ...]]:
+    """The failing blocks of ``paramseal.verify`` (its check, without deciding recoverability)."""
+    chk = check({n: tensor_to_numpy(t, n) for n, t in state.items()}, key, header)
+    return {
+        s.name: tuple(int(i) for i in np.flatnonzero(b)) for s, b in zip(chk.specs, chk.bad, strict=True) if b.any()
+    }
+
+
+def flip(t: torch.Tensor, index: int, bit: int) -> None:
+    """Flip bit ``bit`` (0 = least significant) of flat value ``index``, in place, on any device."""
+    size = t.element_size()
+    raw = t.view(torch.uint8) if t.dtype == torch.bool else t
+    flat = raw.reshape(-1).view(torch.uint8)
+    flat[index * size + bit // 8] ^= 1 << (bit % 8)
+
+
+def tag_positions(numel: int, k: int, block: int) -> list[tuple[int, int]]:
+    """(value index, bit) of every tag bit a block keeps in its low bits."""
+    out: list[tuple[int, int]] = []
+    for j in range(-(-32 // k) if k else 0):
+        for bit in range(min(k, 32 - j * k)):
+            if block * BLOCK + j < numel:
+                out.append((block * BLOCK + j, bit))
+    return out
+
+
+def assert_same(verifier: gpu.GpuVerifier, state: dict[str, torch.Tensor], key: paramseal.Key, header: str) -> None:
+    got = verifier.check()
+    want = cpu_blocks(state, key, header)
+    assert dict(got.blocks) == want
+    assert got.failing == sum(len(v) for v in want.values())
+
+
+# --------------------------------------------------------------------------- intact models
+
+
+@pytest.mark.parametrize("device,backend", ENGINES)
+@pytest.mark.parametrize("dtype,code,level", CASES)
+def test_a_sealed_model_verifies(
+    key: paramseal.Key, device: str, backend: str, dtype: str, code: str, level: str
+) -> None:
+    state, header = seal_state(model_of(dtype), key, code, level)
+    v = gpu.GpuVerifier(to_device(state, device), key, header, backend=backend)  # type: ignore[arg-type]
+    result = v.check()
+    assert result.ok and result.failing == 0 and not result.blocks
+    assert v.verify().to_dict() == cpu_report(state, key, header).to_dict()
+    assert v.verify().status == "intact"
+
+
+def test_unsealed_weights_fail_every_block(key: paramseal.Key) -> None:
+    arrays = model_of("F32")
+    state, header = seal_state(arrays, key)
+    fresh = {n: numpy_to_tensor(a) for n, a in arrays.items()}  # the same tensors before sealing
+    got = gpu.GpuVerifier(fresh, key, header, backend="torch").check()
+    assert got.failing > 0.99 * sum(-(-t.numel() // BLOCK) for t in fresh.values())
+    assert dict(got.blocks) == cpu_blocks(fresh, key, header)
+
+
+# --------------------------------------------------------------------------- single bit flips
+
+
+@pytest.mark.parametrize("device,backend", ENGINES)
+@pytest.mark.parametrize("dtype,code,level", CASES)
+def test_single_bit_flips_fail_exactly_the_blocks_the_cpu_engine_fails(
+    key: paramseal.Key, device: str, backend: str, dtype: str, code: str, level: str
+) -> None:
+    state, header = seal_state(model_of(dtype, seed=1), key, code, level)
+    live = to_device(state, device)
+    v = gpu.GpuVerifier(live, key, header, backend=backend)  # type: ignore[arg-type]
+    specs = {s.name: s for s in v._specs}
+    rng = np.random.default_rng(7)
+    width = np.dtype(NP[dtype]).itemsize * 8
+    for trial in range(24):
+        name = ["w", "emb", "b", "tiny"][trial % 4]
+        spec, t = specs[name], live[name]
+        last = spec.nblocks - 1
+        kind = trial // 4 % 4
+        if kind == 0:  # a tag bit of a block that keeps its tag (the last block too, when it does)
+            block = last if trial % 8 == 0 else int(rng.integers(spec.nblocks))
+            choices = tag_positions(spec.numel, spec.k, block) or [(block * BLOCK, 0)]
+            index, bit = choices[int(rng.integers(len(choices)))]
+        elif kind == 1:  # an exponent bit
+            index, bit = int(rng.integers(spec.numel)), int(rng.integers(*EXPONENT[dtype]))
+        elif kind == 2:  # any bit of the last (zero-padded) block
+            index, bit = int(rng.integers(last * BLOCK, spec.numel)), int(rng.integers(width))
+        else:  # anywhere
+            index, bit = int(rng.integers(spec.numel)), int(rng.integers(width))
+        flip(t, index, bit)
+        got = v.check()
+        assert dict(got.blocks) == {name: (index // BLOCK,)}, (name, index, bit)
+        assert got.blocks == cpu_blocks(live, key, header)
+        flip(t, index, bit)
+    assert v.check().ok
+    # several at once, in different tensors: still exactly the CPU engine's set
+    for name in ("w", "b", "tiny"):
+        flip(live[name], live[name].numel() - 1, 0)
+        flip(live[name], 0, width - 2)
+    assert_same(v, live, key, header)
+    assert v.verify().to_dict() == cpu_report(live, key, header).to_dict()
+
+
+@pytest.mark.parametrize("device,backend", ENGINES)
+def test_every_dtype_in_one_model(key: paramseal.Key, device: str, backend: str) -> None:
+    """Integers, bool and fp64 too: blocks without tag bits are checked against the header's tags."""
+    state, header = seal_state(helpers.small_model(3), key)
+    live = to_device(state, device)
+    v = gpu.GpuVerifier(live, key, header, backend=backend)  # type: ignore[arg-type]
+    assert v.check().ok
+    rng = np.random.default_rng(11)
+    for name, t in live.items():
+        for _ in range(3):
+            index, bit = int(rng.integers(t.numel())), int(rng.integers(t.element_size() * 8))
+            flip(t, index, bit)
+            assert dict(v.check().blocks) == {name: (index // BLOCK,)}, (name, index, bit)
+            assert_same(v, live, key, header)
+            flip(t, index, bit)
+    assert v.check().ok
+
+
+def test_the_chunked_torch_engine_matches(key: paramseal.Key, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gpu, "CHUNK_WORDS", 3 * 128)  # three fp32 blocks a chunk: many chunks per tensor
+    state, header = seal_state(model_of("F32", seed=2), key)
+    v = gpu.GpuVerifier(state, key, header, backend="torch")
+    assert v.check().ok
+    for index in (0, 190, 191, 192, 6000, 6509):  # chunk edges and the partial last block
+        flip(state["w"], index, 3)
+    assert dict(v.check().blocks) == {"w": (0, 2, 3, 93, 101)}
+    assert_same(v, state, key, header)
+
+
+@pytest.mark.parametrize("device,backend", ENGINES)
+def test_strided_and_misaligned_tensors_are_read_in_logical_order(
+    key: paramseal.Key, device: str, backend: str
+) -> None:
+    """A transposed-twice view (not contiguous) and a view at an odd offset verify like their copies."""
+    state, header = seal_state(model_of("F32", seed=5), key)
+    live = to_device(state, device)
+    live["emb"] = live["emb"].t().contiguous().t()
+    assert not live["emb"].is_contiguous()
+    buf = torch.zeros(live["w"].numel() + 1, device=device)
+    buf[1:] = live["w"].reshape(-1)
+    live["w"] = buf[1:].view(live["w"].shape)  # 4 bytes off the allocation's alignment
+    v = gpu.GpuVerifier(live, key, header, backend=backend)  # type: ignore[arg-type]
+    assert v.check().ok
+    flip(live["emb"].t(), 128 + 65, 30)  # value 193 of the contiguous transposed view: emb[65, 1]
+    flip(live["w"], 4000, 0)
+    assert dict(v.check().blocks) == {"emb": ((65 * 64 + 1) // BLOCK,), "w": (4000 // BLOCK,)}
+    assert_same(v, live, key, header)
+
+
+# --------------------------------------------------------------------------- reports and errors
+
+
+def test_verify_report_equals_the_cpu_report_when_tampered(key: paramseal.Key) -> None:
+    state, header = seal_state(model_of("F32", seed=4), key)
+    v = gpu.GpuVerifier(state, key, header)
+    state["w"].view(-1)[64:130] = 0.25  # blocks 1 and 2
+    rep = v.verify()
+    want = cpu_report(state, key, header)
+    assert rep.status == "tampered" and rep.tampered_tensors == ["w"]
+    assert rep.tensors["w"].tampered_blocks == (1, 2)
+    assert rep.to_dict() == want.to_dict()
+    assert rep.recoverable == want.recoverable
+
+
+def test_wrong_key_is_a_key_mismatch(key: paramseal.Key, other_key: paramseal.Key) -> None:
+    state, header = seal_state(model_of("BF16"), key, "lanes")
+    with pytest.raises(paramseal.KeyMismatchError, match="key does not match"):
+        gpu.GpuVerifier(state, other_key, header)
+
+
+@pytest.mark.parametrize("change", ["missing", "retyped", "reshaped", "extra"])
+def test_a_structure_mismatch_names_every_difference(key: paramseal.Key, change: str) -> None:
+    state, header = seal_state(model_of("F32"), key)
+    if change == "missing":
+        del state["b"]
+    elif change == "retyped":
+        state["b"] = state["b"].double()
+    elif change == "reshaped":
+        state["emb"] = state["emb"].reshape(64, 128)
+    else:
+        state["new"] = torch.zeros(3)
+    with pytest.raises(paramseal.TamperedError) as e:
+        gpu.GpuVerifier(state, key, header)
+    assert {"missing": "'b' is missing", "retyped": "dtype F64", "reshaped": "shape [64, 128]", "extra": "'new'"}[
+        change
+    ] in str(e.value)
+    assert e.value.report.status == "tampered"
+
+
+def test_a_structure_change_after_construction_is_caught(key: paramseal.Key) -> None:
+    state, header = seal_state(model_of("F16"), key, "lanes")
+    v = gpu.GpuVerifier(state, key, header)
+    assert v.check().ok
+    state["w"] = state["w"].float()
+    with pytest.raises(paramseal.TamperedError, match="dtype F32"):
+        v.check()
+
+
+def test_the_repr_shows_no_key_material(key: paramseal.Key) -> None:
+    state, header = seal_state(model_of("F32"), key)
+    v = gpu.GpuVerifier(state, key, header)
+    text = repr(v) + str(v)
+    assert "4 tensors" in text
+    assert key.secret.hex() not in text and "keys" not in text and str(int(v._plans[0].consts.keys64[0])) not in text
+    assert "keys64" not in repr(v.check())
+
+
+def test_unknown_backend_is_a_usage_error(key: paramseal.Key) -> None:
+    state, header = seal_state(model_of("F32"), key)
+    with pytest.raises(paramseal.UsageError, match="unknown backend"):
+        gpu.GpuVerifier(state, key, header, backend="cuda")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- live modules
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_a_live_module(key: paramseal.Key, device: str) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(200, 300), torch.nn.ReLU(), torch.nn.Linear(300, 10))
+    header = pst.seal_module(net, key).header_json
+    net.to(device)
+    v = gpu.GpuVerifier(net, key, header)
+    assert v.check().ok
+    with torch.no_grad():
+        net[2].weight[4, 7] += 1.0  # value 1207: block 18
+    assert dict(v.check().blocks) == {"2.weight": (18,)}
+    assert v.verify().to_dict() == pst.verify_module(net, key, header).to_dict()
+    assert pst.recover_module(net, key, header).status == "recovered"
+    assert v.check().ok
+    # a parameter replaced by a new object is read at the next check, not a stale reference
+    net[0].weight = torch.nn.Parameter(net[0].weight.detach().clone() * 2)
+    assert v.check().blocks["0.weight"] == tuple(range(-(-200 * 300 // BLOCK)))
+
+
+def test_the_header_is_read_from_the_weights_when_not_given(key: paramseal.Key) -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 512))
+    pst.seal_module(net, key)
+    v = gpu.GpuVerifier(net, key)
+    assert v.check().ok
+    with torch.no_grad():
+        net[1].weight[100, :] = 0.5
+    assert v.verify().to_dict() == pst.verify_module(net, key).to_dict()
+
+
+@needs_cuda
+def test_a_tensor_moved_to_another_device_is_a_usage_error(key: paramseal.Key) -> None:
+    state, header = seal_state(model_of("F32"), key)
+    live = to_device(state, "cuda")
+    v = gpu.GpuVerifier(live, key, header)
+    live["b"] = live["b"].cpu()
+    with pytest.raises(paramseal.UsageError, match="build a new GpuVerifier"):
+        v.check()
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=8)
+@given(
+    dtype=st.sampled_from(["F32", "F16", "BF16"]),
+    numel=st.integers(1, 2500),
+    flips=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 31)), min_size=1, max_size=4),
+)
+def test_property_any_flips_fail_the_cpu_engines_blocks(
+    key: paramseal.Key, dtype: str, numel: int, flips: list[tuple[float, int]]
+) -> None:
+    rng = np.random.default_rng(numel)
+    arrays = {"x": helpers.random_tensor(rng, NP[dtype], (numel,)), "y": helpers.random_tensor(rng, NP[dtype], (70,))}
+    state, header = seal_state(arrays, key)  # the default code: irs where it applies
+    device = "cuda" if TRITON else "cpu"
+    live = to_device(state, device)
+    v = gpu.GpuVerifier(live, key, header)
+    width = np.dtype(NP[dtype]).itemsize * 8
+    for frac, bit in flips:
+        flip(live["x"], int(frac * numel), bit % width)
+    assert_same(v, live, key, header)
+
+
+# --------------------------------------------------------------------------- the Triton kernel
+
+
+@needs_triton
+@pytest.mark.parametrize("bpp,warps,grouped", [(16, 4, True), (16, 4, False), (64, 8, True), (8, 2, False)])
+def test_the_triton_kernel_matches_the_torch_engine_at_scale(
+    key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, bpp: int, warps: int, grouped: bool
+) -> None:
+    monkeypatch.setattr(gpu, "BLOCKS_PER_PROGRAM", bpp)
+    monkeypatch.setattr(gpu, "NUM_WARPS", warps)
+    monkeypatch.setattr(gpu, "GROUPED", grouped)
+    rng = np.random.default_rng(5)
+    arrays = {
+        "big": helpers.random_tensor(rng, np.float32, (1000, 1001)),
+        "odd": helpers.random_tensor(rng, helpers.BF16, (777,)),
+    }
+    state, header = seal_state(arrays, key, "lanes")
+    live = to_device(state, "cuda")
+    tri = gpu.GpuVerifier(live, key, header, backend="triton")
+    ref = gpu.GpuVerifier(live, key, header, backend="torch")
+    assert tri.check().ok
+    n = live["big"].numel()
+    for i in rng.integers(0, n, 300):
+        flip(live["big"], int(i), int(rng.integers(32)))
+    flip(live["big"], n - 1, 31)
+    flip(live["odd"], 776, 0)
+    got = tri.check()
+    assert got == ref.check()
+    assert dict(got.blocks) == cpu_blocks(live, key, header)
