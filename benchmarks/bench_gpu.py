@@ -160,7 +160,7 @@ def _flip(t: torch.Tensor, index: int, bit: int) -> None:
 
 
 def bench_model(
-    label: str, gib: float, dtype: torch.dtype, args: argparse.Namespace, key: paramseal.Key
+    label: str, gib: float, dtype: torch.dtype, args: argparse.Namespace, key: paramseal.Key, sweep_tiles: bool
 ) -> dict[str, Any]:
     t0 = time.perf_counter()
     arrays, dims = build(gib, dtype, seed=len(label))
@@ -213,7 +213,7 @@ def bench_model(
     kernels = grouped_only if grouped and DEVICE == "cuda" else per_tensor
     rows.append(row("kernels only (CUDA events)", nbytes, event_timed(kernels, args.repeat), copy_best))
     sweep = []
-    if args.sweep and dtype == torch.float32 and DEVICE == "cuda":
+    if args.sweep and sweep_tiles and DEVICE == "cuda":
         default = (gpu.BLOCKS_PER_PROGRAM, gpu.NUM_WARPS)
         for bpp, warps in [(8, 4), (16, 2), (16, 8), (32, 4), (32, 8), (64, 8)]:
             gpu.BLOCKS_PER_PROGRAM, gpu.NUM_WARPS = bpp, warps
@@ -265,7 +265,7 @@ def main() -> None:
         "commit": os.popen("git rev-parse --short HEAD 2>/dev/null").read().strip(),
     }
     print(json.dumps(env), flush=True)
-    results = [bench_model(f"fp32 {args.probe_gib:g} GiB", args.probe_gib, torch.float32, args, key)]
+    results = [bench_model(f"fp32 {args.probe_gib:g} GiB", args.probe_gib, torch.float32, args, key, False)]
     per_gib = results[0]["seal_s"] / (results[0]["bytes"] / 2**30)
     for label, gib, dt in (("fp32", args.gib, torch.float32), ("bf16", args.bf16_gib, torch.bfloat16)):
         if gib <= 0:
@@ -274,7 +274,7 @@ def main() -> None:
         if gib > fit:
             print(f"\n{label} {gib:g} GiB would take ~{gib * per_gib:.0f} s to seal: shrunk to {fit:.1f} GiB")
             gib = round(fit, 1)
-        results.append(bench_model(f"{label} {gib:g} GiB", gib, dt, args, key))
+        results.append(bench_model(f"{label} {gib:g} GiB", gib, dt, args, key, True))
     if args.json:
         args.json.write_text(json.dumps({"env": env, "results": results}, indent=2))
 
