@@ -87,11 +87,13 @@ def _block_runs(
     v0 = int(st.start[t]) + rows * wpb
     n = np.minimum(wpb, int(st.start[t] + st.nwords[t]) - v0)
     which = np.arange(rows.size)
-    # cut at stratum ends (a block is shorter than a stratum: at most one cut)
-    n1 = np.minimum(n, st.G - v0 % st.G)
-    v0, n, which = np.r_[v0, v0 + n1], np.r_[n1, n - n1], np.r_[which, which]
-    keep = n > 0
-    v0, n, which = v0[keep], n[keep], which[keep]
+    parts = []
+    while v0.size:  # cut at stratum ends (once, unless a tiny model's strata are shorter than a block)
+        n1 = np.minimum(n, st.G - v0 % st.G)
+        parts.append((v0, n1, which))
+        more = n > n1
+        v0, n, which = (v0 + n1)[more], (n - n1)[more], which[more]
+    v0, n, which = (np.concatenate(x) for x in zip(*parts, strict=True)) if parts else (v0, n, which)
     g0 = st.groups_of(v0)
     # cut where the groups wrap past G - 1 back to 0
     n2 = np.minimum(n, st.G - g0)

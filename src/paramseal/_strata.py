@@ -200,8 +200,10 @@ class Strata:
         w0, w1 = N_POS * g0, N_POS * g1
         block = w0 // 4  # 4 words per AES block
         enc = Cipher(algorithms.AES(self.pad_key), modes.CTR(block.to_bytes(16, "big"))).encryptor()
-        raw = enc.update(bytes(4 * (w1 - 4 * block))) + enc.finalize()
-        return np.frombuffer(raw, "<u4")[w0 - 4 * block :].reshape(g1 - g0, N_POS)
+        n = 4 * (w1 - 4 * block)
+        raw = np.empty(n + 15, np.uint8)  # update_into wants a block's slack; 3x faster than update
+        enc.update_into(_zeros(n), raw)
+        return raw[:n].view("<u4")[w0 - 4 * block :].reshape(g1 - g0, N_POS)
 
     def vindex(self, groups: NDArray[np.int64]) -> NDArray[np.int64]:
         """Stream index of every position of ``groups``: ``[len(groups), 255]``."""
@@ -632,6 +634,18 @@ def _strata_of_nb(w, g0, ipermt, out):  # type: ignore[no-untyped-def]
                 p += 1
                 if p == nperm:
                     p = 0
+
+
+_ZEROS = np.zeros(0, np.uint8)
+
+
+def _zeros(n: int) -> memoryview:
+    """``n`` zero bytes (a shared read-only buffer, grown as needed): the plaintext of a keystream."""
+    global _ZEROS
+    if _ZEROS.size < n:
+        _ZEROS = np.zeros(max(n, 2 * _ZEROS.size), np.uint8)
+        _ZEROS.flags.writeable = False
+    return memoryview(_ZEROS)[:n]
 
 
 def write_run(out: NDArray[np.unsignedinteger], lo: int, words: NDArray[np.unsignedinteger]) -> None:
