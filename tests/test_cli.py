@@ -363,8 +363,8 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path, model_file
     os.close(r)  # the reader is gone before the first line is written
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", "import sys; from paramseal.cli import main; sys.exit(main())", "verify", str(sealed)]
-            + ["--key", str(key_file), "--json"],
+            [sys.executable, "-c", "import sys; from paramseal.cli import main; sys.exit(main())"]
+            + ["verify", str(sealed), "--key", str(key_file), "--json"],
             stdout=w,
             stderr=subprocess.PIPE,
             text=True,

@@ -14,7 +14,7 @@ import pytest
 import safetensors.numpy as stn
 
 import paramseal
-from paramseal import cli, files
+from paramseal import _irs_recover, cli, files
 from paramseal.header import SCHEME_IRS, parse_header
 from paramseal.keys import write_key
 from paramseal.verify import header_from_weights
@@ -276,7 +276,11 @@ def test_one_constant_xored_into_every_value_is_never_recovered(key: paramseal.K
 
 def test_block_runs_match_the_word_by_word_mapping(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
     """Damaged and failed blocks are found from runs of groups per block: the same as mapping every word."""
-    _check_block_runs(sealed, key, 0.005, 0.01, mixed=True)
+    st, chk, words = _bad_blocks(sealed, key, 0.004)
+    got = _irs_recover.damaged_groups(st, chk)
+    assert got.any() and not got.all() and np.array_equal(got, _reference_groups(st, words))
+    st, chk, words = _bad_blocks(sealed, key, 0.02)
+    assert _failed_outcomes(st, chk, words, 0.01) == {True, False}  # the comparison had blocks of each kind
 
 
 def test_block_runs_in_a_model_whose_strata_are_shorter_than_a_block(key: paramseal.Key) -> None:
@@ -284,39 +288,47 @@ def test_block_runs_in_a_model_whose_strata_are_shorter_than_a_block(key: params
     m = {"ids": np.arange(100, dtype=np.int64), "w": rng.standard_normal(3000).astype(np.float32)}
     sealed = paramseal.seal(m, key)
     assert json.loads(sealed.header_json)["strata"] < 64  # G words per stratum: a block spans several
-    _check_block_runs(sealed, key, 0.02, 0.2, mixed=False)  # each block spans every group here
+    st, chk, words = _bad_blocks(sealed, key, 0.02)
+    got = _irs_recover.damaged_groups(st, chk)
+    assert got.all() and np.array_equal(got, _reference_groups(st, words))  # each block spans every group
+    assert _failed_outcomes(st, chk, words, 0.2) == {True}
+    # the blocks' words really cross strata
+    starts = np.concatenate([st.start[t] + np.flatnonzero(b) * st.words_per_block(t) for t, b in enumerate(chk.bad)])
+    assert (starts % st.G + 64 > st.G).all()
 
 
-def _check_block_runs(
-    sealed: paramseal.SealedModel, key: paramseal.Key, rate: float, fail_rate: float, mixed: bool
-) -> None:
-    from paramseal import _irs_recover
+def _bad_blocks(sealed: paramseal.SealedModel, key: paramseal.Key, rate: float):  # type: ignore[no-untyped-def]
+    """The strata, a check with ``rate`` of the blocks marked failed, and every word of those blocks."""
     from paramseal.verify import check
 
     chk = check(sealed.tensors, key, sealed.header_json)
     st = _irs_recover.strata_of(chk)
     rng = np.random.default_rng(8)
     chk.bad = [rng.random(b.size) < rate for b in chk.bad]
-    words = []  # every word of every failed block: the reference
+    words = []
     for t, b in enumerate(chk.bad):
         wpb = st.words_per_block(t)
         v = st.start[t] + np.flatnonzero(b)[:, None] * wpb + np.arange(wpb)
         words.append((t, v, v < st.start[t] + st.nwords[t]))
+    return st, chk, words
+
+
+def _reference_groups(st, words) -> np.ndarray:  # type: ignore[no-untyped-def]
     ref = np.zeros(st.G, np.bool_)
     for _, v, ok in words:
         ref[st.groups_of(v[ok])] = True
-    got = _irs_recover.damaged_groups(st, chk)
-    assert got.any() and np.array_equal(got, ref)
-    status = np.where(rng.random(st.G) < fail_rate, -1, 0)
+    return ref
+
+
+def _failed_outcomes(st, chk, words, fail_rate: float) -> set[bool]:  # type: ignore[no-untyped-def]
+    """`_failed_blocks` against the word-by-word answer, with ``fail_rate`` of the groups undecoded."""
+    status = np.where(np.random.default_rng(9).random(st.G) < fail_rate, -1, 0)
     assert 0 < (status < 0).sum() < st.G
     lost = np.r_[0, np.cumsum(status < 0)]
-    outcomes = set()
+    outcomes: set[bool] = set()
     for t, v, ok in words:
         rows = np.flatnonzero(chk.bad[t])
         expect = np.array([(status[st.groups_of(v[i][ok[i]])] < 0).any() for i in range(rows.size)], np.bool_)
         assert np.array_equal(_irs_recover._failed_blocks(st, t, rows, lost), expect)
         outcomes |= set(expect.tolist())
-    assert outcomes == ({True, False} if mixed else {True})  # the comparison had blocks of each kind
-    # the groups' stretches really cross strata and wrap past G - 1 somewhere in this model
-    starts = np.concatenate([st.start[t] + np.flatnonzero(b) * st.words_per_block(t) for t, b in enumerate(chk.bad)])
-    assert (starts % st.G + 64 > st.G).any() or (st.groups_of(starts) + 64 > st.G).any()
+    return outcomes
