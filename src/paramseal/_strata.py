@@ -202,7 +202,7 @@ class Strata:
         enc = Cipher(algorithms.AES(self.pad_key), modes.CTR(block.to_bytes(16, "big"))).encryptor()
         n = 4 * (w1 - 4 * block)
         raw = np.empty(n + 15, np.uint8)  # update_into wants a block's slack; 3x faster than update
-        enc.update_into(_zeros(n), raw)
+        enc.update_into(_zeros(n), raw.data)
         return raw[:n].view("<u4")[w0 - 4 * block :].reshape(g1 - g0, N_POS)
 
     def vindex(self, groups: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -645,7 +645,7 @@ def _zeros(n: int) -> memoryview:
     if _ZEROS.size < n:
         _ZEROS = np.zeros(max(n, 2 * _ZEROS.size), np.uint8)
         _ZEROS.flags.writeable = False
-    return memoryview(_ZEROS)[:n]
+    return _ZEROS.data[:n]
 
 
 def write_run(out: NDArray[np.unsignedinteger], lo: int, words: NDArray[np.unsignedinteger]) -> None:
