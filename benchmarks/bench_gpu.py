@@ -215,7 +215,8 @@ def bench_model(
     sweep = []
     if args.sweep and sweep_tiles and DEVICE == "cuda":
         default = (gpu.BLOCKS_PER_PROGRAM, gpu.NUM_WARPS)
-        for bpp, warps in [(8, 4), (16, 2), (16, 8), (32, 4), (32, 8), (64, 8)]:
+        print(f"  default tile: {gpu.tile(v._plans[0].words)} (blocks/program, warps)")
+        for bpp, warps in [(8, 1), (16, 2), (32, 2), (32, 4), (64, 2), (64, 4), (128, 8)]:
             gpu.BLOCKS_PER_PROGRAM, gpu.NUM_WARPS = bpp, warps
             try:
                 times = event_timed(kernels, args.repeat)
@@ -262,7 +263,8 @@ def main() -> None:
         "python": platform.python_version(),
         "triton": gpu.triton_available(),
         "cpus": os.cpu_count(),
-        "commit": os.popen("git rev-parse --short HEAD 2>/dev/null").read().strip(),
+        "commit": os.environ.get("PARAMSEAL_COMMIT")
+        or os.popen("git rev-parse --short HEAD 2>/dev/null").read().strip(),
     }
     print(json.dumps(env), flush=True)
     results = [bench_model(f"fp32 {args.probe_gib:g} GiB", args.probe_gib, torch.float32, args, key, False)]

@@ -14,8 +14,8 @@ block. Only when a block fails are the flags copied to the host.
 
 Two engines compute the tags:
 
-* a tiled Triton kernel, used on CUDA when ``triton`` imports (``BLOCKS_PER_PROGRAM``
-  blocks per program, one launch per tensor);
+* a tiled Triton kernel, used on CUDA when ``triton`` imports (a program checks 16 to
+  64 consecutive blocks; one launch covers every tensor of a device and block size);
 * plain torch ops, on any device (the reference the Triton kernel is tested
   against, and what runs on the CPU). It works through a tensor in chunks of
   ``CHUNK_WORDS`` 16-bit words, so its temporaries stay below about
@@ -74,10 +74,12 @@ Backend = Literal["auto", "torch", "triton"]
 
 #: 16-bit words per chunk of the torch engine (bounds its temporaries; see the module docstring).
 CHUNK_WORDS = 1 << 21
-#: Blocks per Triton program (the tile is BLOCKS_PER_PROGRAM x words-per-block).
-BLOCKS_PER_PROGRAM = 16
-#: Warps per Triton program.
-NUM_WARPS = 4
+#: Triton tile per block size (16-bit words per block -> blocks per program, warps per program):
+#: 32 words a thread, the best of a sweep on an H200 (docs/gpu.md).
+_TILES = {64: (64, 4), 128: (16, 2), 256: (8, 2)}
+#: Overrides of the tile for every block size (None: ``_TILES``); for tuning and tests.
+BLOCKS_PER_PROGRAM: int | None = None
+NUM_WARPS: int | None = None
 #: One launch per device and block shape (True) rather than one per tensor (see ``_Group``).
 GROUPED = True
 _ALIGN = 16  # per-tensor segments of the flag and pad buffers start on 16 elements
@@ -105,6 +107,9 @@ class _Consts:
     wmask: torch.Tensor  # [NM] int64: tag bits of each of the first NM words
     shift: torch.Tensor  # [NM] int64: where those bits go in the 32-bit tag
     nm: int  # a power of two covering every word with tag bits (at least 16)
+    keep32: torch.Tensor  # [W] int32: 0xFFFF less the tag bits (Triton)
+    mask32: torch.Tensor  # [NM] int32 copy of wmask (Triton)
+    shift32: torch.Tensor  # [NM] int32 copy of shift (Triton)
 
 
 @dataclass(slots=True)
@@ -353,7 +358,12 @@ class GpuVerifier:
             out: torch.Tensor = _torch.from_numpy(np.ascontiguousarray(a)).to(dev)
             return out
 
-        return _Consts(up(keys.astype(np.int64)), up(keys.astype(np.uint32).view(np.int32)), up(wmask), up(shift), nm)
+        keep = np.full(words, 0xFFFF, np.int32)
+        keep[: min(nm, words)] &= ~wmask[:words].astype(np.int32)
+        return _Consts(
+            up(keys.astype(np.int64)), up(keys.astype(np.uint32).view(np.int32)), up(wmask), up(shift), nm,
+            up(keep), up(wmask.astype(np.int32)), up(shift.astype(np.int32)),
+        )  # fmt: skip
 
     def _constants(self, t: int, spec: TensorSpec, internal: NDArray[np.bool_]) -> tuple[NDArray[np.uint64], bool]:
         """Per block the constant ``c`` with: block is intact <=> (H mod p + c) mod p == stored tag.
@@ -451,15 +461,21 @@ def _tags_bad(w16: torch.Tensor, c: torch.Tensor, inside: torch.Tensor, k: _Cons
     return bad
 
 
+def tile(words: int) -> tuple[int, int]:
+    """Blocks per program and warps per program of the Triton kernel for blocks of ``words`` 16-bit words."""
+    bpp, warps = _TILES.get(words, (16, 2))
+    return BLOCKS_PER_PROGRAM or bpp, NUM_WARPS or warps
+
+
 def _launch(kernel: Any, plan: _Plan, words: torch.Tensor) -> None:
     spec, k = plan.spec, plan.consts
-    grid = (-(-spec.nblocks // BLOCKS_PER_PROGRAM),)
-    kernel[grid](
-        words, plan.c, plan.flags, k.keys32, k.wmask, k.shift,
+    bpp, warps = tile(plan.words)
+    kernel[(-(-spec.nblocks // bpp),)](
+        words, plan.c, plan.flags, k.keys32, k.keep32, k.mask32, k.shift32,
         spec.nblocks, spec.numel // BLOCK, words.numel(),
         int(plan.full_internal), int(plan.last_internal), int(plan.ext_ok),
-        P, plan.words, k.nm, BLOCKS_PER_PROGRAM,
-        num_warps=NUM_WARPS,
+        P, plan.words, k.nm, bpp,
+        num_warps=warps,
     )  # fmt: skip
 
 
@@ -504,7 +520,7 @@ class _Group:
 
     def launch(self, tensors: Mapping[str, torch.Tensor]) -> bool:
         """Check every tensor of the group in one launch; False (nothing done) if one is not laid out for it."""
-        xs = [tensors[p.spec.name].detach() for p in self.plans]
+        xs = [tensors[p.spec.name] for p in self.plans]
         if not all(x.is_contiguous() for x in xs):
             return False
         ptrs = tuple(x.data_ptr() for x in xs)
@@ -514,13 +530,15 @@ class _Group:
         if ptrs != self._ptrs or self._woff is None:
             self._woff = self._up([(q - ptrs[base]) // 2 for q in ptrs])
             self._ptrs = ptrs
-        prog_t, prog_b0 = self.programs(BLOCKS_PER_PROGRAM)
+        bpp, warps = tile(self.plans[0].words)
+        prog_t, prog_b0 = self.programs(bpp)
         k = self.plans[0].consts
         _GROUPED_KERNEL[(prog_t.numel(),)](
-            xs[base].reshape(-1).view(_torch.int16), self.c, self.flags, k.keys32, k.wmask, k.shift,
+            xs[base].detach().reshape(-1).view(_torch.int16), self.c, self.flags,
+            k.keys32, k.keep32, k.mask32, k.shift32,
             prog_t, prog_b0, self._woff, self.nblocks, self.nfull, self.nwords, self.g0, self.rules,
-            P, self.plans[0].words, k.nm, BLOCKS_PER_PROGRAM,
-            num_warps=NUM_WARPS,
+            P, self.plans[0].words, k.nm, bpp,
+            num_warps=warps,
         )  # fmt: skip
         return True
 
@@ -540,7 +558,7 @@ else:
 
     @triton.jit  # type: ignore[misc, untyped-decorator, unused-ignore]
     def _blocks_bad(  # type: ignore[no-untyped-def]
-        w_ptr, c_ptr, flag_ptr, key_ptr, mask_ptr, shift_ptr,
+        w_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr,
         b0, nblocks, nfull, nwords, full_internal, last_internal, ext_ok,
         PRIME: tl.constexpr, W: tl.constexpr, NM: tl.constexpr, BPP: tl.constexpr,
     ):  # fmt: skip
@@ -550,20 +568,23 @@ else:
         off = b[:, None] * W + j[None, :]
         jm = tl.arange(0, NM)  # the first NM words hold the tag bits (loaded again: the lines are in L1)
         offm = b[:, None] * W + jm[None, :]
-        if b0 + BPP <= nfull:  # whole blocks only: unmasked, vectorised loads
+        keep = tl.load(keep_ptr + j)  # [W]: the bits hashed in a block that keeps its tag (0xFFFF past NM)
+        ins = tl.where(b < nblocks - 1, full_internal, last_internal)
+        if b0 + BPP <= nfull:  # whole blocks only, which all follow the full-block rule: unmasked loads
             w = tl.load(w_ptr + off)
             head = tl.load(w_ptr + offm)
+            kept = w.to(tl.int32) & tl.where(full_internal != 0, keep, 0xFFFF)[None, :]
         else:  # the tensor's end: past it, the padded block reads zeros
             w = tl.load(w_ptr + off, mask=off < nwords, other=0)
             head = tl.load(w_ptr + offm, mask=offm < nwords, other=0)
+            kept = w.to(tl.int32) & tl.where(ins[:, None] != 0, keep[None, :], 0xFFFF)
         key = tl.load(key_ptr + j).to(tl.uint32, bitcast=True).to(tl.uint64)
-        h = tl.sum(w.to(tl.uint16, bitcast=True).to(tl.uint64) * key[None, :], axis=1)
-        tb = head.to(tl.uint16, bitcast=True).to(tl.uint64) & tl.load(mask_ptr + jm).to(tl.uint64)[None, :]
-        keym = tl.load(key_ptr + jm).to(tl.uint32, bitcast=True).to(tl.uint64)
-        ins = tl.where(b < nblocks - 1, full_internal, last_internal)
-        inside = (ins != 0).to(tl.uint64)
-        h = h - tl.sum(tb * keym[None, :], axis=1) * inside
-        stored = tl.sum(tb << tl.load(shift_ptr + jm).to(tl.uint64)[None, :], axis=1) * inside
+        # 16-bit words times 32-bit keys, summed over at most 256 words: below 2**56, exact in uint64
+        h = tl.sum(kept.to(tl.uint32, bitcast=True).to(tl.uint64) * key[None, :], axis=1)
+        # the stored tag: disjoint bit fields below bit 32, so a uint32 sum is their concatenation
+        bits = head.to(tl.uint16, bitcast=True).to(tl.uint32) & tl.load(mask_ptr + jm).to(tl.uint32)[None, :]
+        stored = tl.sum(bits << tl.load(shift_ptr + jm).to(tl.uint32)[None, :], axis=1).to(tl.uint64)
+        stored = stored * (ins != 0).to(tl.uint64)
         inb = b < nblocks
         c = tl.load(c_ptr + b, mask=inb, other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
         tag = (h % PRIME + c) % PRIME
@@ -572,20 +593,20 @@ else:
 
     @triton.jit  # type: ignore[misc, untyped-decorator, unused-ignore]
     def _tags_bad_kernel(  # type: ignore[no-untyped-def]
-        w_ptr, c_ptr, flag_ptr, key_ptr, mask_ptr, shift_ptr,
+        w_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr,
         nblocks, nfull, nwords, full_internal, last_internal, ext_ok,
         PRIME: tl.constexpr, W: tl.constexpr, NM: tl.constexpr, BPP: tl.constexpr,
     ):  # fmt: skip
         # One tensor per launch: program i checks blocks i*BPP ...
         b0 = tl.program_id(0).to(tl.int64) * BPP
         _blocks_bad(
-            w_ptr, c_ptr, flag_ptr, key_ptr, mask_ptr, shift_ptr,
+            w_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr,
             b0, nblocks, nfull, nwords, full_internal, last_internal, ext_ok, PRIME, W, NM, BPP,
         )  # fmt: skip
 
     @triton.jit  # type: ignore[misc, untyped-decorator, unused-ignore]
     def _grouped_kernel(  # type: ignore[no-untyped-def]
-        base_ptr, c_ptr, flag_ptr, key_ptr, mask_ptr, shift_ptr,
+        base_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr,
         prog_t_ptr, prog_b0_ptr, woff_ptr, nblocks_ptr, nfull_ptr, nwords_ptr, g0_ptr, rules_ptr,
         PRIME: tl.constexpr, W: tl.constexpr, NM: tl.constexpr, BPP: tl.constexpr,
     ):  # fmt: skip
@@ -597,7 +618,7 @@ else:
         g0 = tl.load(g0_ptr + t)
         rules = tl.load(rules_ptr + t)
         _blocks_bad(
-            base_ptr + woff, c_ptr + g0, flag_ptr + g0, key_ptr, mask_ptr, shift_ptr,
+            base_ptr + woff, c_ptr + g0, flag_ptr + g0, key_ptr, keep_ptr, mask_ptr, shift_ptr,
             b0, tl.load(nblocks_ptr + t), tl.load(nfull_ptr + t), tl.load(nwords_ptr + t),
             rules & 1, (rules >> 1) & 1, (rules >> 2) & 1, PRIME, W, NM, BPP,
         )  # fmt: skip
@@ -611,4 +632,13 @@ def triton_available() -> bool:
     return _triton_kernel() is not None
 
 
-__all__ = ["BLOCKS_PER_PROGRAM", "CHUNK_WORDS", "GROUPED", "NUM_WARPS", "GpuCheck", "GpuVerifier", "triton_available"]
+__all__ = [
+    "BLOCKS_PER_PROGRAM",
+    "CHUNK_WORDS",
+    "GROUPED",
+    "NUM_WARPS",
+    "GpuCheck",
+    "GpuVerifier",
+    "tile",
+    "triton_available",
+]
