@@ -308,8 +308,8 @@ def test_a_rebuilt_block_failing_its_header_tag_stays_tampered(
     header) refuses it, and the report names it instead of listing it as restored."""
     real = _irs_recover._rebuild
 
-    def wrong(chk, st, t, rows, fv, fw):  # type: ignore[no-untyped-def]
-        p = real(chk, st, t, rows, fv, fw)
+    def wrong(chk, st, t, rows, fv, fw, ws):  # type: ignore[no-untyped-def]
+        p = real(chk, st, t, rows, fv, fw, ws)
         if chk.specs[t].name == "tiny":
             p.new[:, 1] ^= 1  # a decoder slip in value 1
         return p
@@ -357,13 +357,47 @@ def test_verify_decides_without_building_the_rebuilt_blocks(
     calls = []
     real = _irs_recover.decode_check
 
-    def counted(chk, *, rebuild=True):  # type: ignore[no-untyped-def]
+    def counted(chk, *, rebuild=True, ws=None):  # type: ignore[no-untyped-def]
         calls.append(rebuild)
-        return real(chk, rebuild=rebuild)
+        return real(chk, rebuild=rebuild, ws=ws)
 
     monkeypatch.setattr(_irs_recover, "decode_check", counted)
     res = paramseal.recover(bad, key, sealed.header_json)
     assert calls == [True] and res.report.status == "recovered" and _same(res.tensors, sealed.tensors)
+
+
+def test_rebuilt_blocks_go_to_disk_a_bounded_number_at_a_time(
+    sealed: paramseal.SealedModel, key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Heavy damage rebuilds most of the model: those blocks are built and reported a few at a time
+    and kept in scratch files, not twice in memory; the output is still the sealed model exactly."""
+    import importlib
+
+    from paramseal import _pages
+
+    recover = importlib.import_module("paramseal.recover")  # the module (paramseal.recover is the function)
+    src = tmp_path / "sealed.safetensors"
+    stn.save_file(sealed.tensors, str(src), metadata={paramseal.header.METADATA_KEY: sealed.header_json})
+    bad = _scattered(sealed, 0.03, 4)
+    changed = {n: np.flatnonzero(bad[n].reshape(-1) != sealed.tensors[n].reshape(-1)) for n in bad}
+    tampered = _save_like(tmp_path / "bad.safetensors", bad, src)
+    monkeypatch.setattr(_irs_recover, "_REBUILD_STEP", 7)
+    monkeypatch.setattr(recover, "_FINDINGS_STEP", 5)
+    spilled = []
+    real = _pages.Workspace._on_disk
+
+    def on_disk(self, shape, dtype):  # type: ignore[no-untyped-def]
+        spilled.append(shape)
+        return real(self, shape, dtype)
+
+    monkeypatch.setattr(_pages.Workspace, "_in_memory", lambda self, n: False)
+    monkeypatch.setattr(_pages.Workspace, "_on_disk", on_disk)
+    out = files.recover_file(tampered, tmp_path / "fixed.safetensors", key)
+    assert out.report.status == "recovered" and spilled and max(s[0] for s in spilled) > 7
+    fixed = stn.load_file(str(tmp_path / "fixed.safetensors"))
+    assert _same(fixed, sealed.tensors)
+    for n, idx in changed.items():
+        assert out.report.tensors[n].restored_indices == tuple(idx.tolist())
 
 
 # ------------------------------------------------------------------ files: memory maps, patches, shards

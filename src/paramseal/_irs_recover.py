@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _irs, _outer, _strata
-from ._pages import release
+from ._pages import Workspace, release
 from ._strata import FLAG_BAD, GROUP_BATCH, DataRegion, Strata
 from .errors import FormatError
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .verify import Check
 
 UNTRUSTED = -5  # group status: decoded errors-only in a layout where that cannot be trusted
+_REBUILD_STEP = 1 << 15  # blocks rebuilt at a time
 _SCAN = 1 << 16  # failed blocks mapped to groups per step (bounds the index temporaries)
 
 
@@ -163,11 +164,12 @@ def _flag_batches(
         yield g, st.flags(st.vindex(g), chk.bad)
 
 
-def decode_check(chk: Check, *, rebuild: bool = True) -> Outcome:
+def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = None) -> Outcome:
     """Decode every damaged group and rebuild the failed blocks it can (the model is not modified).
 
     ``rebuild`` False only decides whether every failed block can be rebuilt (``ok``, for verify):
     no corrections are kept and no blocks built, so memory does not grow with the damage.
+    ``ws`` holds the rebuilt blocks (in memory when None).
     """
     st = strata_of(chk)
     flats = _flats(chk)
@@ -202,7 +204,7 @@ def decode_check(chk: Check, *, rebuild: bool = True) -> Outcome:
         all_ok &= not failed.any()
         if not rows.size or not rebuild:
             continue
-        patches[t] = _rebuild(chk, st, t, rows, fv, fw)
+        patches[t] = _rebuild(chk, st, t, rows, fv, fw, ws or Workspace())
         release(chk.blocks[t])
     return Outcome(patches, int((status < 0).sum()), all_ok)
 
@@ -260,14 +262,23 @@ def _outer_repair(
 
 
 def _rebuild(
-    chk: Check, st: Strata, t: int, rows: NDArray[np.int64], fv: NDArray[np.int64], fw: NDArray[np.uint32]
+    chk: Check,
+    st: Strata,
+    t: int,
+    rows: NDArray[np.int64],
+    fv: NDArray[np.int64],
+    fw: NDArray[np.uint32],
+    ws: Workspace,
 ) -> Patch:
-    """Blocks ``rows`` of tensor ``t`` with the decoded words written in, then their header copy and tags."""
+    """Blocks ``rows`` of tensor ``t`` with the decoded words written in, then their header copy and tags.
+
+    A bounded number of blocks at a time, into an array of ``ws``.
+    """
     from .recover import Patch, finish_rebuilt
 
     spec, ub = chk.specs[t], chk.blocks[t]
-    old = ub[rows]  # fancy indexing: a copy
-    new = old.copy()
+    internal = spec.block_storage()[1]
+    new = ws.zeros((rows.size, ub.shape[1]), ub.dtype.type)
     lo, hi = np.searchsorted(fv, [st.start[t], st.start[t] + st.nwords[t]])
     local, words = fv[lo:hi] - st.start[t], fw[lo:hi]
     wpb = st.words_per_block(t)
@@ -275,10 +286,15 @@ def _rebuild(
     pos = np.searchsorted(rows, blk)
     inside = (pos < rows.size) & (rows[np.minimum(pos, rows.size - 1)] == blk)
     pos, off, words = pos[inside], (local % wpb)[inside], words[inside]
-    as_words = new.view(np.uint8).reshape(rows.size, -1).view(np.uint32)  # [rows, wpb]
-    as_words[pos, off] = words
-    finish_rebuilt(chk, t, new, rows, spec.block_storage()[1])
-    return Patch(rows, old, new)
+    cut = np.searchsorted(pos, np.arange(0, rows.size + _REBUILD_STEP, _REBUILD_STEP))  # pos is sorted
+    for i, a in enumerate(range(0, rows.size, _REBUILD_STEP)):
+        part = ub[rows[a : a + _REBUILD_STEP]]  # fancy indexing: a copy
+        release(ub)
+        as_words = part.view(np.uint8).reshape(part.shape[0], -1).view(np.uint32)  # [rows, wpb]
+        as_words[pos[cut[i] : cut[i + 1]] - a, off[cut[i] : cut[i + 1]]] = words[cut[i] : cut[i + 1]]
+        finish_rebuilt(chk, t, part, rows[a : a + _REBUILD_STEP], internal)
+        new[a : a + part.shape[0]] = part
+    return Patch(rows, new)
 
 
 __all__ = ["Outcome", "decode_check", "estimate", "strata_of"]

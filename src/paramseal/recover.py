@@ -47,10 +47,13 @@ def recover(
 
 @dataclass(frozen=True, slots=True)
 class Patch:
-    """Rebuilt blocks of one tensor: block rows, their content before and after."""
+    """Rebuilt blocks of one tensor: block rows and their new content.
+
+    The content before is the checked model's (``chk.blocks``), read again when reported: a
+    second copy of every rebuilt block would double the memory heavy damage takes.
+    """
 
     rows: NDArray[np.int64]
-    old: _model.Blocks
     new: _model.Blocks
 
 
@@ -88,7 +91,7 @@ def plan_recovery(chk: Check, ws: Workspace | None = None) -> Recovery:
     """
     ws = ws or Workspace()
     if chk.header.irs and chk.complete and any(b.any() for b in chk.bad):
-        chk.irs_outcome()  # decoded once, rebuilding: the report below reads its answer from it
+        chk.irs_outcome(ws)  # decoded once, rebuilding: the report below reads its answer from it
     base = report_of(chk)
     # A header read from the weights knows only the metadata's digest: keep what the file has.
     meta = dict(chk.header.user_metadata if chk.header.user_metadata is not None else chk.file_metadata or {})
@@ -171,7 +174,7 @@ def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, 
         if not good.all():
             chk.bad[t] = chk.bad[t].copy()
             chk.bad[t][p.rows[~good]] = True
-            patches[t] = Patch(p.rows[good], p.old[good], p.new[good])
+            patches[t] = Patch(p.rows[good], p.new[good])
             if not good.any():
                 del patches[t]
     all_ok = not any(b.any() for b in chk.bad)
@@ -208,9 +211,8 @@ def _rebuild(
     rows = np.flatnonzero(chk.bad[t] & lane_ok[lanes])
     if not rows.size:
         return None
-    old = ub[rows]  # fancy indexing: a copy
+    new = ub[rows]  # fancy indexing: a copy
     release(ub)
-    new = old.copy()
     every = np.arange(rows.size)
     # Each rebuilt block reads its own lane of the stores: on disk, a bounded group at a time.
     step = SCATTERED_BLOCKS // 4 if is_mapped(data) else rows.size
@@ -228,7 +230,7 @@ def _rebuild(
     finish_rebuilt(chk, t, new, rows, lay.tag_internal[b0 : b0 + spec.nblocks])
     chk.bad[t] = chk.bad[t].copy()
     chk.bad[t][rows] = False
-    return Patch(rows, old, new)
+    return Patch(rows, new)
 
 
 def finish_rebuilt(
@@ -249,6 +251,9 @@ def finish_rebuilt(
         new[inside] = sub
 
 
+_FINDINGS_STEP = 1 << 16  # rebuilt blocks compared with their tampered content at a time
+
+
 def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, TensorFinding]:
     out: dict[str, TensorFinding] = {}
     for t, spec in enumerate(chk.specs):
@@ -256,13 +261,16 @@ def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, 
         restored_i: list[int] = []
         restored_x: list[int] = []
         if t in patches:
-            p = patches[t]
-            diff = (p.old ^ p.new).astype(np.uint64)
-            r, c = np.nonzero(diff)
-            flat = p.rows[r] * 64 + c
-            keep = flat < spec.numel
-            restored_i = flat[keep].tolist()
-            restored_x = diff[r, c][keep].tolist()
+            p, ub = patches[t], chk.blocks[t]
+            for a in range(0, p.rows.size, _FINDINGS_STEP):  # bounded temporaries
+                rows = p.rows[a : a + _FINDINGS_STEP]
+                diff = ub[rows] ^ p.new[a : a + _FINDINGS_STEP]
+                release(ub)
+                r, c = np.nonzero(diff)
+                flat = rows[r] * 64 + c
+                keep = flat < spec.numel
+                restored_i += flat[keep].tolist()
+                restored_x += diff[r, c][keep].astype(np.uint64).tolist()
         out[spec.name] = TensorFinding(
             spec.name,
             f.tampered_blocks,

@@ -78,12 +78,15 @@ class Check:
         """Whether every tensor's blocks were read (not a partial verification)."""
         return all(ub.shape[0] == s.nblocks for s, ub in zip(self.specs, self.blocks, strict=True))
 
-    def irs_outcome(self) -> Any:
-        """The irs4 decode of this model (``_irs_recover.Outcome``), computed on first use."""
+    def irs_outcome(self, ws: Any = None) -> Any:
+        """The irs4 decode of this model (``_irs_recover.Outcome``), computed on first use.
+
+        ``ws``: the `Workspace` that holds the rebuilt blocks (on disk past its memory budget).
+        """
         if self._irs is None:
             from . import _irs_recover
 
-            self._irs = _irs_recover.decode_check(self)
+            self._irs = _irs_recover.decode_check(self, ws=ws)
         return self._irs
 
     def recoverable(self) -> bool:
