@@ -8,7 +8,10 @@ is exact.
 from __future__ import annotations
 
 import os
-from typing import Any
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -298,7 +301,38 @@ def unpack_fields(data: NDArray[np.uint8], u: NDArray[np.unsignedinteger], shift
     return True
 
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    """``[fn(x) for x in items]`` on one thread per core, for work that releases the GIL (nogil kernels).
+
+    The first exception raised by ``fn`` propagates. One process-wide pool, made on first use.
+    """
+    global _POOL
+    items = list(items)
+    workers = min(len(items), os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(x) for x in items]
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="paramseal")
+    return list(_POOL.map(fn, items))
+
+
+def halves(n: int, parts: int | None = None) -> list[tuple[int, int]]:
+    """``[a, b)`` ranges that cut ``range(n)`` into one nearly equal part per core (or ``parts``)."""
+    k = max(1, min(n, parts or os.cpu_count() or 1))
+    cuts = [n * i // k for i in range(k + 1)]
+    return [(cuts[i], cuts[i + 1]) for i in range(k) if cuts[i] < cuts[i + 1]]
+
+
 __all__ = [
+    "halves",
+    "parallel_map",
     "HAVE_NUMBA",
     "gather_stripes",
     "mlh_tags",

@@ -25,6 +25,7 @@ import reed_solomon_leopard as rsl
 from numpy.typing import NDArray
 
 from . import _irs
+from ._kernels import halves, parallel_map
 
 SUPER_MAX = 16384  # groups per superblock: [16384, 255] words (16 MiB) at a time when sealing
 HOST = 2  # free bytes per codeword given to the outer code (the inner radius drops by 4 * HOST / 5)
@@ -58,7 +59,8 @@ class Outer:
     def content(self, w: NDArray[np.uint32]) -> NDArray[np.uint8]:
         """Each group's content bytes (free bits left out), one padded shard per row."""
         out = np.zeros((w.shape[0], self.shard), np.uint8)
-        _content_nb(w, self.free_strata, self.k, out)
+        sf, k = self.free_strata, self.k
+        parallel_map(lambda r: _content_nb(w[r[0] : r[1]], sf, k, out[r[0] : r[1]]), halves(w.shape[0]))
         return out
 
     def words(self, content: NDArray[np.uint8]) -> NDArray[np.uint32]:
@@ -80,8 +82,11 @@ class Outer:
         """Parity of superblock ``s``: ``[columns, R, 64]`` bytes, from its groups' content ``[S, shard]``."""
         r = self.parity_count(s)
         out = np.zeros((self.columns, r, 64), np.uint8)
-        for c in range(self.columns if r else 0):
+
+        def column(c: int) -> None:  # leopard lets go of the GIL for part of each call
             out[c] = np.frombuffer(b"".join(rsl.encode(_shards(content, c), r)), np.uint8).reshape(r, 64)
+
+        parallel_map(column, range(self.columns if r else 0))
         return out
 
     def put(self, code: _irs.Code, w: NDArray[np.uint32], parity: NDArray[np.uint8]) -> None:

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
 from . import _irs, _outer
+from ._kernels import halves, parallel_map
 from ._layout import TensorSpec
 from ._pages import file_span, release
 from .errors import UnsupportedError
@@ -383,21 +384,29 @@ class Strata:
         keep = self._clear_mask() if seal else np.uint32(0xFFFFFFFF)
         tagb, free, no_bad = _tag_bytes(self.k), _free_bytes(self.k), np.zeros(1, np.bool_)
         fl = np.zeros((1, 1), np.uint8) if f is None else f
-        for t in ts:
-            spec, t0 = self.specs[t], int(self.start[t])
-            first_bad = _gather_nb(
-                runs, self.G, self.offs, ipermt, t0, t0 + int(self.nwords[t]), flats[t],
-                no_bad if bad is None else bad[t], spec.nblocks, spec.block_storage_ends()[1][1], spec.reserved,
-                tagb, free, keep, seal, f is not None, w, fl,
-            )  # fmt: skip
-            release(flats[t])
-            if first_bad >= 0:
-                raise UnsupportedError(self._nan_message(int(t)))
-        if f is not None and self.n_float < self.data0:  # padding at the end of the float region
-            _gather_nb(
-                runs, self.G, self.offs, ipermt, self.n_float, self.data0, np.zeros(0, np.uint32), no_bad,
-                0, False, 0, tagb, free, keep, False, True, w, f,
-            )  # fmt: skip
+        tensors = [(int(t), self.specs[t].block_storage_ends()[1][1]) for t in ts]  # with last block's tag inside
+
+        def part(rs: NDArray[np.int64]) -> int:  # one core's rows of w, every tensor (the kernels drop the GIL)
+            for t, last_internal in tensors:
+                spec, t0 = self.specs[t], int(self.start[t])
+                first_bad = _gather_nb(
+                    rs, self.G, self.offs, ipermt, t0, t0 + int(self.nwords[t]), flats[t],
+                    no_bad if bad is None else bad[t], spec.nblocks, last_internal, spec.reserved,
+                    tagb, free, keep, seal, f is not None, w, fl,
+                )  # fmt: skip
+                release(flats[t])
+                if first_bad >= 0:
+                    return t
+            if f is not None and self.n_float < self.data0:  # padding at the end of the float region
+                _gather_nb(
+                    rs, self.G, self.offs, ipermt, self.n_float, self.data0, np.zeros(0, np.uint32), no_bad,
+                    0, False, 0, tagb, free, keep, False, True, w, f,
+                )  # fmt: skip
+            return -1
+
+        nan_in = [t for t in parallel_map(part, _split_runs(runs, ng)) if t >= 0]
+        if nan_in:
+            raise UnsupportedError(self._nan_message(min(nan_in)))
         if self.free_strata < N_POS:  # data strata: few words, by the numpy reference
             js = np.arange(self.free_strata, N_POS)
             v = js * self.G + (g[:, None] + self.offs[js]) % self.G
@@ -430,7 +439,8 @@ class Strata:
     def to_strata(self, w: NDArray[np.uint32], g0: int) -> NDArray[np.uint32]:
         """Float strata of groups ``g0, g0 + 1, ...``: ``[free_strata, ng]`` (the inverse of `groups`' placement)."""
         out = np.empty((self.free_strata, w.shape[0]), np.uint32)
-        _strata_of_nb(w, g0, self._ipermt(), out)
+        ipermt = self._ipermt()
+        parallel_map(lambda r: _strata_of_nb(w[r[0] : r[1]], g0 + r[0], ipermt, out[:, r[0] : r[1]]), halves(len(w)))
         return out
 
     def pack_data(self, flats: list[NDArray[np.unsignedinteger]]) -> DataRegion:
@@ -634,6 +644,19 @@ def _strata_of_nb(w, g0, ipermt, out):  # type: ignore[no-untyped-def]
                 p += 1
                 if p == nperm:
                     p = 0
+
+
+def _split_runs(runs: NDArray[np.int64], ng: int) -> list[NDArray[np.int64]]:
+    """``runs`` (rows ``first group, groups, first row`` covering rows ``[0, ng)``) cut into one part per core."""
+    out = []
+    for a, b in halves(ng):
+        lo = np.maximum(runs[:, 2], a)
+        hi = np.minimum(runs[:, 2] + runs[:, 1], b)
+        keep = hi > lo
+        r = runs[keep]
+        lo, hi = lo[keep], hi[keep]
+        out.append(np.stack([r[:, 0] + lo - r[:, 2], hi - lo, lo], axis=1))
+    return out
 
 
 _ZEROS = np.zeros(0, np.uint8)
