@@ -294,6 +294,7 @@ def _rebuild(
         as_words[pos[cut[i] : cut[i + 1]] - a, off[cut[i] : cut[i + 1]]] = words[cut[i] : cut[i + 1]]
         finish_rebuilt(chk, t, part, rows[a : a + _REBUILD_STEP], internal)
         new[a : a + part.shape[0]] = part
+        release(new[a : a + part.shape[0]])  # in a scratch file past the budget: let its pages go
     return Patch(rows, new)
 
 

@@ -162,7 +162,8 @@ class Workspace:
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     def _in_memory(self, n: int) -> bool:
-        if self.folder is None or n < CHUNK_BYTES or self.in_memory + n <= self.budget:
+        # Small arrays count too: the rebuilt blocks of heavy damage are many small ones, one per tensor.
+        if self.folder is None or self.in_memory + n <= self.budget:
             self.in_memory += n
             return True
         return False

@@ -400,7 +400,7 @@ def _write_patch(out: NDArray[np.unsignedinteger], spec: TensorSpec, patch: Patc
         keep = idx < spec.numel
         out[idx[keep]] = patch.new[r0:r1].reshape(-1)[keep]
         written = idx[keep]
-        release(out[int(written.min()) : int(written.max()) + 1])
+        release(out[int(written.min()) : int(written.max()) + 1], patch.new[r0:r1])
 
 
 def inspect_file(path: PathLike) -> dict[str, Any]:

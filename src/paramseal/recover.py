@@ -265,7 +265,7 @@ def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, 
             for a in range(0, p.rows.size, _FINDINGS_STEP):  # bounded temporaries
                 rows = p.rows[a : a + _FINDINGS_STEP]
                 diff = ub[rows] ^ p.new[a : a + _FINDINGS_STEP]
-                release(ub)
+                release(ub, p.new[a : a + _FINDINGS_STEP])
                 r, c = np.nonzero(diff)
                 flat = rows[r] * 64 + c
                 keep = flat < spec.numel
