@@ -595,3 +595,19 @@ def test_nothing_key_derived_is_shown(sealed: paramseal.SealedModel, key: params
     res = paramseal.recover(bad, key, sealed.header_json)
     text = repr(st) + repr(chk) + json.dumps(res.report.to_dict()) + res.report.summary()
     assert key.secret.hex() not in text and "offs=" not in repr(st) and "perm=" not in repr(st)
+
+
+def test_small_scratch_arrays_count_against_the_budget(tmp_path: Path) -> None:
+    """Heavy damage rebuilds a little of every tensor: many small arrays must still respect the budget."""
+    from paramseal import _pages
+
+    ws = _pages.Workspace(tmp_path, budget=3 << 10)
+    try:
+        first, second = ws.zeros((4, 64), np.uint32), ws.zeros((4, 64), np.uint32)  # 1 KiB each
+        third, fourth = ws.zeros((4, 64), np.uint32), ws.zeros((4, 64), np.uint32)
+        assert not any(_pages.is_mapped(a) for a in (first, second, third))  # 3 KiB fit
+        assert _pages.is_mapped(fourth)  # the fourth is past the budget: a scratch file
+        fourth[:] = 7
+        assert int(fourth.sum()) == 7 * 256
+    finally:
+        ws.close()
