@@ -332,3 +332,51 @@ def _failed_outcomes(st, chk, words, fail_rate: float) -> set[bool]:  # type: ig
         assert np.array_equal(_irs_recover._failed_blocks(st, t, rows, lost), expect)
         outcomes |= set(expect.tolist())
     return outcomes
+
+
+def test_keystream_zeros_stay_whole_when_threads_grow_the_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two threads growing the shared zero buffer at once: each must get as many bytes as it asked for.
+
+    A shorter buffer makes AES write a shorter keystream into an uninitialised array: a wrong keyed
+    offset, silently. The interleaving is forced: the small request's allocation waits until the large
+    request has made its buffer, and the large one waits, while marking its buffer read-only, until
+    the small one has finished.
+    """
+    import threading
+
+    from paramseal import _strata
+
+    small_in, big_made, small_done = threading.Event(), threading.Event(), threading.Event()
+
+    class Held(np.ndarray):  # the large buffer: marking it read-only lets the small request finish first
+        @property
+        def flags(self):  # type: ignore[no-untyped-def, override]
+            big_made.set()
+            small_done.wait(5)
+            return super().flags
+
+    class Numpy:
+        def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+            return getattr(np, name)
+
+        def zeros(self, n: int, dtype: type) -> np.ndarray:
+            if n < 1000:
+                small_in.set()
+                big_made.wait(5)
+                return np.zeros(n, dtype)
+            return np.zeros(n, dtype).view(Held)
+
+    monkeypatch.setattr(_strata, "_ZEROS", np.zeros(0, np.uint8))
+    monkeypatch.setattr(_strata, "np", Numpy())
+    got: dict[str, int] = {}
+
+    def small() -> None:
+        got["small"] = len(_strata._zeros(10))
+        small_done.set()
+
+    th = threading.Thread(target=small)
+    th.start()
+    assert small_in.wait(5)
+    got["big"] = len(_strata._zeros(4000))
+    th.join(5)
+    assert got == {"small": 10, "big": 4000}
