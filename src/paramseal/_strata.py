@@ -665,10 +665,12 @@ _ZEROS = np.zeros(0, np.uint8)
 def _zeros(n: int) -> memoryview:
     """``n`` zero bytes (a shared read-only buffer, grown as needed): the plaintext of a keystream."""
     global _ZEROS
-    if _ZEROS.size < n:
-        _ZEROS = np.zeros(max(n, 2 * _ZEROS.size), np.uint8)
-        _ZEROS.flags.writeable = False
-    return _ZEROS.data[:n]
+    z = _ZEROS  # read once: another thread may replace the buffer, with a smaller one, meanwhile
+    if z.size < n:
+        z = np.zeros(max(n, 2 * z.size), np.uint8)
+        z.flags.writeable = False
+        _ZEROS = z
+    return z.data[:n]
 
 
 def write_run(out: NDArray[np.unsignedinteger], lo: int, words: NDArray[np.unsignedinteger]) -> None:
