@@ -611,3 +611,36 @@ def test_small_scratch_arrays_count_against_the_budget(tmp_path: Path) -> None:
         assert int(fourth.sum()) == 7 * 256
     finally:
         ws.close()
+
+
+def test_heavy_damage_to_many_tensors_past_the_budget_does_not_run_out_of_descriptors(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the scratch budget every tensor's rebuilt blocks go to disk: they must share scratch files.
+
+    A file (and its map, two descriptors) per tensor ran a model of a few hundred tensors out of
+    descriptors under the usual limit of 1024; here the limit is lowered to 100 above those in use.
+    """
+    import os
+    import resource
+
+    rng = np.random.default_rng(4)
+    model = {f"t{i:03d}": (0.02 * rng.standard_normal(4096)).astype(np.float32) for i in range(150)}
+    stn.save_file(model, str(tmp_path / "m.safetensors"))
+    files.seal_file(tmp_path / "m.safetensors", tmp_path / "s.safetensors", key)
+    raw = bytearray((tmp_path / "s.safetensors").read_bytes())
+    header = 8 + int.from_bytes(raw[:8], "little")
+    body = np.frombuffer(raw, np.uint8)[header:].view(np.uint32).copy()
+    hit = rng.choice(body.size, body.size // 200, replace=False)  # every tensor damaged
+    body[hit] ^= np.uint32(1 << 20)
+    (tmp_path / "bad.safetensors").write_bytes(bytes(raw[:header]) + body.tobytes())
+    monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", "0")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 100, hard))
+    try:
+        res = files.recover_file(tmp_path / "bad.safetensors", tmp_path / "out.safetensors", key)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert res.report.status == "recovered" and len(res.report.tensors) == 150
+    assert all(t.restored_indices for t in res.report.tensors.values())
+    assert (tmp_path / "out.safetensors").read_bytes() == (tmp_path / "s.safetensors").read_bytes()
