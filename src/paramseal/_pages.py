@@ -23,6 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 CHUNK_BYTES = 16 << 20  # bytes of tensor data the engine handles at a time
+_ARENA_BYTES = 4 * CHUNK_BYTES  # a scratch file that holds many arrays smaller than a chunk
 _PAGE = mmap.PAGESIZE
 _FAULT_AROUND = 64 << 10  # Linux maps up to this much of cached file around a read fault
 _MAPS: dict[int, tuple[int, mmap.mmap]] = {}  # base address -> (length, map)
@@ -160,6 +161,8 @@ class Workspace:
         self.in_memory = 0  # bytes of scratch held in memory so far
         self._maps: list[Mapping] = []
         self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._arena: Mapping | None = None  # the scratch file small arrays are cut from
+        self._arena_used = 0
 
     def _in_memory(self, n: int) -> bool:
         # Small arrays count too: the rebuilt blocks of heavy damage are many small ones, one per tensor.
@@ -181,9 +184,21 @@ class Workspace:
         if self._dir is None:
             self._dir = tempfile.TemporaryDirectory(prefix=".paramseal-", dir=self.folder)
             _steady_malloc()
+        if n >= CHUNK_BYTES:
+            return self._new_file(n).array(0, np.dtype(dtype), shape)
+        # Small arrays share scratch files: one file (and map: two descriptors) each ran a model of
+        # a few hundred tensors out of descriptors when heavy damage rebuilt a little of every one.
+        at = -(-self._arena_used // _PAGE) * _PAGE
+        if self._arena is None or at + n > self._arena.size:
+            self._arena, at = self._new_file(_ARENA_BYTES), 0
+        self._arena_used = at + n
+        return self._arena.array(at, np.dtype(dtype), shape)
+
+    def _new_file(self, n: int) -> Mapping:
+        assert self._dir is not None
         m = Mapping(Path(self._dir.name) / f"scratch{len(self._maps)}", write=True, size=max(n, 1), scattered=True)
         self._maps.append(m)
-        return m.array(0, np.dtype(dtype), shape)
+        return m
 
     def lanes_array(self, nshards: int, lanes: int, *, lane_major: bool = True) -> NDArray[np.uint32]:
         """A zeroed ``[nshards, lanes]`` uint32 lane store.
@@ -206,6 +221,7 @@ class Workspace:
         for m in self._maps:
             m.close()
         self._maps.clear()
+        self._arena = None
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
