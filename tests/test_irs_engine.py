@@ -380,3 +380,44 @@ def test_keystream_zeros_stay_whole_when_threads_grow_the_buffer(monkeypatch: py
     got["big"] = len(_strata._zeros(4000))
     th.join(5)
     assert got == {"small": 10, "big": 4000}
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_the_thread_pool_works_in_a_process_forked_after_using_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """multiprocessing forks by default on Linux: a child of a process that used the pool must not hang in it.
+
+    The child inherits the pool object but none of its threads; work queued there never ran.
+    """
+    import os
+    import signal
+    import threading
+    import time
+    import warnings
+
+    from paramseal import _kernels
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # the pool is used only with more than one core
+    monkeypatch.setattr(_kernels, "_POOL", None)  # a pool of its own, of four workers
+    meet = threading.Barrier(4, timeout=10)  # all four workers started: the pool starts no more
+
+    def double(x: int) -> int:
+        meet.wait()
+        return 2 * x
+
+    assert _kernels.parallel_map(double, range(4)) == [0, 2, 4, 6]
+    time.sleep(0.5)  # the workers go idle
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: fork with threads running
+        pid = os.fork()
+    if pid == 0:  # the child answers with its exit status; a hang ends at the alarm
+        code = 1
+        try:
+            signal.alarm(20)
+            code = 0 if _kernels.parallel_map(lambda x: 3 * x, range(8)) == [3 * x for x in range(8)] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    pool = _kernels._POOL
+    assert pool is not None
+    pool.shutdown()
+    assert os.waitstatus_to_exitcode(status) == 0
