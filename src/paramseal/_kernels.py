@@ -323,6 +323,16 @@ def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     return list(_POOL.map(fn, items))
 
 
+def _forget_pool() -> None:
+    """In a forked child: the pool's threads were not copied, so work queued there would never run."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
 def halves(n: int, parts: int | None = None) -> list[tuple[int, int]]:
     """``[a, b)`` ranges that cut ``range(n)`` into one nearly equal part per core (or ``parts``)."""
     k = max(1, min(n, parts or os.cpu_count() or 1))
