@@ -396,7 +396,7 @@ def test_the_thread_pool_works_in_a_process_forked_after_using_it(monkeypatch: p
 
     from paramseal import _kernels
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 4)  # the pool is used only with more than one core
+    monkeypatch.setattr(_kernels, "_cores", lambda: 4)  # the pool is used only with more than one core
     monkeypatch.setattr(_kernels, "_POOL", None)  # a pool of its own, of four workers
     meet = threading.Barrier(4, timeout=10)  # all four workers started: the pool starts no more
 

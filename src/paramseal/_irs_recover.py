@@ -177,13 +177,13 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
     gids = np.flatnonzero(damaged_groups(st, chk))
     status = np.zeros(st.G, np.int8)
     fixes: tuple[list[NDArray[np.int64]], list[NDArray[np.uint32]]] | None = ([], []) if rebuild else None
-    for g, w, f in _batches(st, chk, flats, data, gids):
+    for g, w, f, pad in _batches(st, chk, flats, data, gids):
         before = w.copy() if fixes is not None else w
         status[g] = _decode(st, w, f)
         if fixes is not None:  # words as stored: the decoded codeword minus the keyed offset
             r, c = np.nonzero((w != before) & ((f & FLAG_BAD) != 0) & (status[g] >= 0)[:, None])
             fixes[0].append(st.vindex_at(g[r], c))
-            fixes[1].append(w[r, c] ^ st.pad(g)[r, c])
+            fixes[1].append(w[r, c] ^ pad[r, c])
     if st.host:
         for sb in np.unique(np.searchsorted(st.outer.sb_start, np.flatnonzero(status < 0), side="right") - 1):
             _outer_repair(st, chk, flats, data, int(sb), status, fixes)
@@ -211,13 +211,15 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
 
 def _batches(
     st: Strata, chk: Check, flats: list[NDArray[np.unsignedinteger]], data: DataRegion, gids: NDArray[np.int64]
-) -> Iterator[tuple[NDArray[np.int64], NDArray[np.uint32], NDArray[np.uint8]]]:
-    """``(groups, words, flags)`` of groups ``gids`` a batch at a time (words plus the keyed offset)."""
+) -> Iterator[tuple[NDArray[np.int64], NDArray[np.uint32], NDArray[np.uint8], NDArray[np.uint32]]]:
+    """``(groups, words plus the keyed offset, flags, the offset)`` of groups ``gids`` a batch at a time."""
     for i in range(0, gids.size, GROUP_BATCH):
         g = gids[i : i + GROUP_BATCH]
         w, f = st.groups(flats, data, g, chk.bad)
         assert f is not None
-        yield g, w ^ st.pad(g), f
+        pad = st.pad(g)
+        w ^= pad
+        yield g, w, f, pad
 
 
 def _outer_repair(

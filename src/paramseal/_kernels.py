@@ -307,6 +307,14 @@ _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
+def _cores() -> int:
+    """The cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     """``[fn(x) for x in items]`` on one thread per core, for work that releases the GIL (nogil kernels).
 
@@ -314,12 +322,12 @@ def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     """
     global _POOL
     items = list(items)
-    workers = min(len(items), os.cpu_count() or 1)
+    workers = min(len(items), _cores())
     if workers <= 1:
         return [fn(x) for x in items]
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="paramseal")
+            _POOL = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="paramseal")
     return list(_POOL.map(fn, items))
 
 
@@ -335,7 +343,7 @@ if hasattr(os, "register_at_fork"):
 
 def halves(n: int, parts: int | None = None) -> list[tuple[int, int]]:
     """``[a, b)`` ranges that cut ``range(n)`` into one nearly equal part per core (or ``parts``)."""
-    k = max(1, min(n, parts or os.cpu_count() or 1))
+    k = max(1, min(n, parts or _cores()))
     cuts = [n * i // k for i in range(k + 1)]
     return [(cuts[i], cuts[i + 1]) for i in range(k) if cuts[i] < cuts[i + 1]]
 

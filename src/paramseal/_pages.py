@@ -92,7 +92,7 @@ def release(*arrays: NDArray[Any]) -> None:
             continue
         lo = a.ctypes.data
         hi = lo + (a.nbytes if a.flags.c_contiguous else _span(a))
-        for base, (length, mm) in _MAPS.items():
+        for base, (length, mm) in list(_MAPS.items()):  # a copy: another thread may map or close meanwhile
             if base <= lo < base + length:
                 # Reach back one fault-around window: reading the next chunk maps up to 64 KiB of
                 # cached pages around each fault, some of them behind it, already released once.
@@ -261,7 +261,7 @@ def file_span(a: NDArray[Any]) -> tuple[int, int] | None:
     if not a.flags.c_contiguous:
         return None
     lo = a.ctypes.data
-    for base, (length, _) in _MAPS.items():
+    for base, (length, _) in list(_MAPS.items()):
         if base <= lo and lo + a.nbytes <= base + length:
             return _FDS[base], lo - base
     return None
@@ -287,7 +287,7 @@ def copy_range(src: int, src_off: int, dst: int, dst_off: int, n: int) -> bool:
 def is_mapped(a: NDArray[Any]) -> bool:
     """Whether ``a`` lives in a mapped file (so that touching it costs resident pages until released)."""
     lo = a.ctypes.data
-    return any(base <= lo < base + length for base, (length, _) in _MAPS.items())
+    return any(base <= lo < base + length for base, (length, _) in list(_MAPS.items()))
 
 
 __all__ = [
