@@ -206,3 +206,20 @@ def test_default_lane_count_keeps_one_lost_block_recoverable(key: paramseal.Key)
     t = helpers.flip_bit(s.tensors, "v", 0, 0)
     assert paramseal.verify(t, key, s.header_json).recoverable, f"{s.header.lanes} lanes"
     assert paramseal.recover(t, key, s.header_json).report.status == "recovered"
+
+
+def test_recovery_from_a_partial_check_is_refused_clearly(key: paramseal.Key) -> None:
+    """A check of some tensors only (verify's selection) cannot drive a recovery: a usage error, not a crash."""
+    import importlib
+
+    from paramseal.verify import check
+
+    rng = np.random.default_rng(1)
+    m = {"a": rng.standard_normal(4096).astype(np.float32), "b": rng.standard_normal(4096).astype(np.float32)}
+    s = paramseal.seal(m, key)
+    bad = {n: a.copy() for n, a in s.tensors.items()}
+    bad["a"][5] = 0.0
+    chk = check(bad, key, s.header_json, select="a")
+    recover_mod = importlib.import_module("paramseal.recover")
+    with pytest.raises(paramseal.UsageError, match="every tensor"):
+        recover_mod.recover_from(chk)

@@ -96,7 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (callable from tests)."""
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        code = _run(args)
+        sys.stdout.flush()  # here, so a reader that left is met below and not at interpreter exit
+        return code
     except ParamSealError as e:
         print(f"error: {e.diagnostics()}", file=sys.stderr)
         return e.exit_code

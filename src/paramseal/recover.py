@@ -18,6 +18,7 @@ from ._bits import set_lo, write_tags
 from ._layout import ranges_mask
 from ._pages import SCATTERED_BLOCKS, Workspace, is_mapped, release
 from ._progress import Progress
+from .errors import UsageError
 from .keys import Key
 from .report import Report, Status, TensorFinding
 from .verify import Check, check, report_of
@@ -89,8 +90,10 @@ def plan_recovery(chk: Check, ws: Workspace | None = None) -> Recovery:
     Memory: the damaged lanes' data and parity (in ``ws``, on disk for a large model)
     plus the rebuilt blocks; the model itself is only read, chunk by chunk.
     """
+    if not chk.complete:
+        raise UsageError("recover needs every tensor checked; this check read only some (verify's tensor selection)")
     ws = ws or Workspace()
-    if chk.header.irs and chk.complete and any(b.any() for b in chk.bad):
+    if chk.header.irs and any(b.any() for b in chk.bad):
         chk.irs_outcome(ws)  # decoded once, rebuilding: the report below reads its answer from it
     base = report_of(chk)
     # A header read from the weights knows only the metadata's digest: keep what the file has.
