@@ -76,7 +76,7 @@ Backend = Literal["auto", "torch", "triton"]
 CHUNK_WORDS = 1 << 21
 #: Triton tile per block size (16-bit words per block -> blocks per program, warps per program):
 #: 32 words a thread, the best of a sweep on an H200 (docs/gpu.md).
-_TILES = {64: (64, 4), 128: (16, 2), 256: (8, 2)}
+_TILES = {64: (64, 2), 128: (16, 2), 256: (8, 2)}
 #: Overrides of the tile for every block size (None: ``_TILES``); for tuning and tests.
 BLOCKS_PER_PROGRAM: int | None = None
 NUM_WARPS: int | None = None
