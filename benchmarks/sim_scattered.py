@@ -46,30 +46,17 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
+from paramseal import _irs
+
 # --------------------------------------------------------------------------- GF(2^8)
-PRIM = 0x11D
 N_POS = 255  # values per group = RS length
 BLOCK = 256  # values per tagged block
 MAC_OFFSETS = (0, 64, 128, 192)  # values of a block whose byte 0 holds a tag byte
 GB = 256  # groups per batch in the syndrome kernel
 
 
-def _gf_tables() -> tuple[np.ndarray, np.ndarray]:
-    # LOG[0] = 512 and EXP[>= 510] = 0 make multiplication branch-free: a zero factor lands in the zero tail
-    exp = np.zeros(1040, np.int32)
-    log = np.full(256, 512, np.int32)
-    x = 1
-    for i in range(255):
-        exp[i] = x
-        log[x] = i
-        x <<= 1
-        if x & 0x100:
-            x ^= PRIM
-    exp[255:510] = exp[0:255]
-    return exp, log
-
-
-EXP, LOG = _gf_tables()
+# the library's GF(2^8) tables (same field, 0x11D): LOG[0] = 512 and EXP[>= 510] = 0 keep products branch-free
+EXP, LOG = _irs._EXP.astype(np.int32), _irs._LOG.astype(np.int32)
 
 
 def gf_mul_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
