@@ -254,7 +254,7 @@ def worker(op: str, argv: list[str]) -> None:
         key = load_key(None)
         h = parse_header(read_layout(Path(argv[0])).metadata[METADATA_KEY], key)
         if h.irs:  # the irs4 inner coder alone, on batches of random groups of this model's layout
-            from paramseal import _irs, _strata
+            from paramseal import _irs, _native, _strata
 
             st = _strata.plan(list(h.tensors), key, h.salt, h.host, h.strata_perms, h.keyed_offset)
             rng = np.random.default_rng(SEED)
@@ -265,7 +265,8 @@ def worker(op: str, argv: list[str]) -> None:
                 t0 = time.perf_counter()
                 _irs.encode(st.code, w)
                 spent += time.perf_counter() - t0
-            out.update(seconds=spent, coder=f"irs4 inner code, k={st.k}, {st.G} groups, numba threads")
+            how = "compiled GFNI kernel" if _native.available() else "numba"
+            out.update(seconds=spent, coder=f"irs4 inner code, k={st.k}, {st.G} groups, {how}, all cores")
         else:
             lay = build_layout(list(h.tensors), key, h.salt, h.lanes)
             step = _code.lanes_per_call(lay.K)
@@ -279,10 +280,11 @@ def worker(op: str, argv: list[str]) -> None:
             out.update(seconds=spent, coder=f"leopard, K={lay.K}, M={lay.M}, {lay.lanes} lanes, one core")
     elif op == "idle":
         import paramseal
-        from paramseal import files, load_key  # noqa: F401  (import cost only)
+        from paramseal import _native, files, load_key  # noqa: F401  (import cost only)
 
         out["seconds"] = 0.0
         out["module"] = os.path.dirname(paramseal.__file__)
+        out["native"] = _native.available()
     else:
         from paramseal import files, load_key
 
@@ -638,6 +640,7 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
         )
     )
     print(f"paramseal : imported from {idle.info.get('module')} ({_git_state(idle.info.get('module'))})")
+    print(f"kernels   : compiled GFNI/AVX-512 library {'used' if idle.info.get('native') else 'NOT used (numba only)'}")
     print(
         "peak RSS  : per process (VmHWM of the worker, as /usr/bin/time reports it); "
         f"a worker that only imports paramseal peaks at {idle.rss_mib:.0f} MiB"

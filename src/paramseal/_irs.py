@@ -317,9 +317,16 @@ def _run(
 
 
 def encode(code: Code, W: NDArray[np.uint32]) -> None:
-    """OR the parity nibbles into W in place; its free bits must be zero on entry."""
+    """OR the parity nibbles into W in place; its free bits must be zero on entry.
+
+    Uses the compiled GFNI encoder (`_native`) where it is built and the CPU has it; the
+    numba kernel below is the reference, and gives the same words.
+    """
     _check(W)
-    _run(0, code, W, None)
+    from . import _native  # imports this module
+
+    if not _native.encode(code, W):
+        _run(0, code, W, None)
 
 
 def decode(code: Code, W: NDArray[np.uint32], flags: NDArray[np.uint8]) -> NDArray[np.int8]:

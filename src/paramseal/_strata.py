@@ -43,7 +43,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
-from . import _irs, _outer
+from . import _irs, _native, _outer
 from ._kernels import halves, parallel_map
 from ._layout import TensorSpec
 from ._pages import file_span, release
@@ -288,9 +288,104 @@ class Strata:
             wt[: self.free_strata] &= np.uint32(~((1 << self.k) - 1) & 0xFFFFFFFF)
         return self._to_positions(wt.T, g0)
 
-    def scatter(self, outs: list[NDArray[np.unsignedinteger]], w: NDArray[np.uint32], g0: int, g1: int) -> None:
-        """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``) into the float tensors ``outs``."""
-        wt = self.to_strata(w, g0)
+    def seal_words(
+        self, flats: list[NDArray[np.unsignedinteger]], data: DataRegion, g0: int, g1: int, pad: NDArray[np.uint32]
+    ) -> NDArray[np.uint32]:
+        """The encoder's input for groups ``[g0, g1)``: their words XOR ``pad``, free bits cleared.
+
+        NaN/Inf values are refused. The compiled gather where it is built (`_native`), else
+        `groups` (its reference: the tests compare the two).
+        """
+        ng = g1 - g0
+        g = np.arange(g0, g1, dtype=np.int64)
+        ts = [int(t) for t in np.flatnonzero(self.is_float & (self.nwords > 0))]
+        native = _native.available() and ng > 0 and self.free_strata > 0
+        if not native or any(
+            flats[t].dtype != np.uint32 or flats[t].ndim != 1 or not flats[t].flags.c_contiguous for t in ts
+        ):
+            w = self.groups(flats, data, g, seal=True)[0]
+            w ^= pad
+            w[:, : self.free_strata] &= self._clear_mask()
+            return w
+        w = np.empty((ng, N_POS), np.uint32)
+        zeros = np.zeros(ng, np.uint32)  # the source of padding words
+        pieces = self._native_pieces(flats, ts, g0, ng, zeros)
+        perm = self._perm16()
+        if _native.gather(w, g0, perm, self.free_strata, pieces, pad, int(self._clear_mask())) >= 0:
+            self.groups(flats, data, g, seal=True)  # raises, naming the tensor as the reference does
+            raise AssertionError("the compiled gather found a NaN/Inf word that the reference did not")
+        if self.free_strata < N_POS:  # data strata: few words, by the numpy reference
+            js = np.arange(self.free_strata, N_POS)
+            v = js * self.G + (g[:, None] + self.offs[js]) % self.G
+            pos = self._ipermt()[js][:, g % max(1, self.perms)].T
+            r = np.arange(ng)[:, None]
+            w[r, pos] = self.read(flats, data, v)[0] ^ pad[r, pos]
+        return w
+
+    def _perm16(self) -> NDArray[np.int16]:
+        """``[perms or 1, 255]``: the stratum at each position, as the compiled kernels take it."""
+        p = self.perm if self.perms else np.arange(N_POS, dtype=np.int64)[None, :]
+        return np.ascontiguousarray(p, dtype=np.int16)
+
+    def _native_pieces(
+        self, flats: list[NDArray[np.unsignedinteger]], ts: list[int], g0: int, ng: int, zeros: NDArray[np.uint32]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]]:
+        """Where rows ``[0, ng)`` (groups ``g0...``) of each float stratum lie: pieces for ``ps_gather``.
+
+        A stratum's rows are one stretch of the stream, or two where it wraps; each is cut where
+        a tensor starts and where padding does (padding reads from ``zeros``). Returns the first
+        piece of each stratum (``F + 1``), each piece's end row, the address of its row 0 and
+        the descriptor of the mapped file it lies in (-1 if none; the address is then the
+        byte offset of row 0 in that file: ``ps_gather`` reads it without faulting pages in).
+        """
+        F, G = self.free_strata, self.G
+        j = np.arange(F, dtype=np.int64)
+        a = (g0 + self.offs[:F]) % G
+        first = np.minimum(ng, G - a)
+        wrap = first < ng
+        rj = np.r_[j, j[wrap]]
+        rrow = np.r_[np.zeros(F, np.int64), first[wrap]]
+        rs = np.r_[j * G + a, j[wrap] * G]
+        rn = np.r_[first, ng - first[wrap]]
+        tarr = np.array(ts, np.int64)
+        bounds = np.unique(np.r_[self.start[tarr], self.n_float]).astype(np.int64)
+        lo = np.asarray(np.searchsorted(bounds, rs, side="right"), np.int64)
+        hi = np.asarray(np.searchsorted(bounds, rs + rn, side="left"), np.int64)
+        cnt = 1 + np.maximum(hi - lo, 0)
+        idx = np.repeat(np.arange(rs.size), cnt)
+        k = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+        nb = bounds.size - 1
+        s0 = np.where(k == 0, rs[idx], bounds[np.minimum(lo[idx] + k - 1, nb)])
+        s1 = np.where(k == cnt[idx] - 1, rs[idx] + rn[idx], bounds[np.minimum(lo[idx] + k, nb)])
+        row0 = rrow[idx] + s0 - rs[idx]
+        row1 = row0 + s1 - s0
+        tstart = self.start[tarr]  # float tensors lie in header order: increasing
+        owner = np.maximum(np.searchsorted(tstart, s0, side="right") - 1, 0)
+        addr0 = np.array([flats[t].ctypes.data for t in ts], np.int64)
+        addr = np.where(s0 >= self.n_float, zeros.ctypes.data, addr0[owner] + 4 * (s0 - tstart[owner])) - 4 * row0
+        spans = [file_span(flats[t]) for t in ts]
+        fds = np.array([-1 if sp is None else sp[0] for sp in spans], np.int32)
+        foff = np.array([0 if sp is None else sp[1] for sp in spans], np.int64)
+        fd = np.where(s0 >= self.n_float, -1, fds[owner]).astype(np.int32)
+        addr = np.where(fd >= 0, foff[owner] + 4 * (s0 - tstart[owner]) - 4 * row0, addr)  # a file offset there
+        order = np.lexsort((row0, rj[idx]))
+        pstart = np.searchsorted(rj[idx][order], np.arange(F + 1, dtype=np.int64)).astype(np.int64)
+        base = np.ascontiguousarray(addr[order]).astype(np.uint64)
+        return pstart, np.ascontiguousarray(row1[order]), base, np.ascontiguousarray(fd[order])
+
+    def scatter(
+        self,
+        outs: list[NDArray[np.unsignedinteger]],
+        w: NDArray[np.uint32],
+        g0: int,
+        g1: int,
+        pad: NDArray[np.uint32] | None = None,
+    ) -> None:
+        """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``, XOR ``pad`` if given) into ``outs``."""
+        if pad is not None and _native.available() and w.shape[0] and self.free_strata:
+            wt = _native.to_strata(w, pad, g0, self._perm16(), self.free_strata)
+        else:
+            wt = self.to_strata(w if pad is None else w ^ pad, g0)
         for j, v0, c0, n in self._pieces(g0, g1):
             if j >= self.free_strata:
                 continue

@@ -253,15 +253,12 @@ def _seal_irs(
         step = b - a if st.host else _strata.GROUP_BATCH
         for g0 in range(a, b, step):
             g1 = min(b, g0 + step)
-            w = st.groups(flats, data, np.arange(g0, g1, dtype=np.int64), seal=True)[0]
             pad = st.pad(np.arange(g0, g1, dtype=np.int64))
-            w ^= pad  # the code runs on the words plus the keyed offset (see _strata)
-            w[:, : st.free_strata] &= np.uint32(~((1 << st.k) - 1) & 0xFFFFFFFF)
+            w = st.seal_words(flats, data, g0, g1, pad)  # the code runs on the words plus the keyed offset
             if st.host:
                 outer.put(code, w, outer.parity(outer.content(w), s))
             _irs.encode(code, w)
-            w ^= pad
-            st.scatter(outs, w, g0, g1)
+            st.scatter(outs, w, g0, g1, pad)
     mac = BlockMac(key)
     external: dict[int, NDArray[np.uint64]] = {}
     for t, spec in enumerate(specs):

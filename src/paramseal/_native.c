@@ -1,0 +1,216 @@
+/* Optional compiled kernels of ParamSeal (loaded with ctypes by _native.py).
+ *
+ * The irs4 inner encoder with GFNI + AVX-512: the numba encoder in _irs.py is the reference and
+ * the fallback, and the output of the two is compared bit for bit in tests/test_native.py.
+ *
+ * Per group (255 words = 1020 bytes), in four steps:
+ *  1. each 64-byte chunk is mapped into GF(2^8) mod 0x11b (gf2p8mulb's field) by the field
+ *     isomorphism phi (one affine op), then permuted so that lanes 16t..16t+15 hold codeword t;
+ *  2. syndrome i of every codeword at once: XOR over chunks of gf2p8mulb(chunk, powers), then a
+ *     fold of each 128-bit lane to its byte 0;
+ *  3. the free bits: a GF(2) matrix (the parity solver composed with phi^-1) applied to the
+ *     syndrome bits, by table lookup per syndrome nibble (Four Russians);
+ *  4. the free bytes are ORed into their words (they are zero on entry).
+ * All tables are built in Python (_native.py) from the same code description the numba
+ * encoder uses.
+ */
+#include <stdint.h>
+#include <string.h>
+#include <immintrin.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vbmi,gfni")))
+#define GROUP_BYTES 1020
+#define MAX_D 128
+#define MAX_ROW 128
+
+int ps_abi(void) { return 1; }
+
+int ps_gfni(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("gfni");
+}
+
+/* W: ng groups of 1020 bytes, updated in place (free bits zero on entry).
+ * powers: [dmax][16][64] syndrome powers, phi-domain, permuted lanes (0 where i >= d_t).
+ * perm: 64 lane indices (vpermb) that group each chunk's bytes by codeword.
+ * keep: 1024 bytes, the bits of a group the code reads (free bits 0: ignored, as the numba encoder does).
+ * phi: the affine matrix of phi.
+ * tabs: [4][2 dmax][16][rowbytes] rows of free-byte images per syndrome nibble value.
+ * d: [4] syndromes per codeword; nfree: [4] free bytes per codeword (<= rowbytes);
+ * place: [4][rowbytes] byte offset in the group of each free byte. */
+TARGET int ps_irs_encode(uint8_t *W, int64_t ng, const uint8_t *powers, int dmax, const uint8_t *perm,
+                         const uint8_t *keep, uint64_t phi, const uint8_t *tabs, const int32_t *d, const int32_t *nfree, int rowbytes,
+                         const int32_t *place)
+{
+    if (dmax < 1 || dmax > MAX_D || (rowbytes != 64 && rowbytes != 128))
+        return -1;
+    const __m512i idx = _mm512_loadu_si512((const void *)perm);
+    const __m512i A = _mm512_set1_epi64((long long)phi);
+    const __mmask64 tail = (((__mmask64)1) << (GROUP_BYTES - 960)) - 1;
+    uint8_t R[MAX_D * 64] __attribute__((aligned(64)));
+    uint8_t out[MAX_ROW] __attribute__((aligned(64)));
+    for (int64_t g = 0; g < ng; g++) {
+        uint8_t *G = W + g * GROUP_BYTES;
+        __m512i X[16];
+#pragma GCC unroll 16
+        for (int c = 0; c < 16; c++) {
+            __m512i x = c < 15 ? _mm512_loadu_si512((const void *)(G + 64 * c)) : _mm512_maskz_loadu_epi8(tail, G + 960);
+            x = _mm512_and_si512(x, _mm512_loadu_si512((const void *)(keep + 64 * c)));
+            X[c] = _mm512_permutexvar_epi8(idx, _mm512_gf2p8affine_epi64_epi8(x, A, 0));
+        }
+        for (int i = 0; i < dmax; i++) {
+            const uint8_t *p = powers + (size_t)i * 16 * 64;
+            __m512i acc = _mm512_setzero_si512();
+#pragma GCC unroll 16
+            for (int c = 0; c < 16; c++)
+                acc = _mm512_xor_si512(acc, _mm512_gf2p8mul_epi8(X[c], _mm512_loadu_si512((const void *)(p + 64 * c))));
+            acc = _mm512_xor_si512(acc, _mm512_bsrli_epi128(acc, 8));
+            acc = _mm512_xor_si512(acc, _mm512_bsrli_epi128(acc, 4));
+            acc = _mm512_xor_si512(acc, _mm512_bsrli_epi128(acc, 2));
+            acc = _mm512_xor_si512(acc, _mm512_bsrli_epi128(acc, 1));
+            _mm512_store_si512((void *)(R + 64 * i), acc);
+        }
+        for (int t = 0; t < 4; t++) {
+            const uint8_t *tab = tabs + (size_t)t * 2 * dmax * 16 * rowbytes;
+            __m512i o0 = _mm512_setzero_si512(), o1 = _mm512_setzero_si512();
+            for (int i = 0; i < d[t]; i++) {
+                unsigned s = R[64 * i + 16 * t];
+                const uint8_t *lo = tab + ((size_t)(2 * i) * 16 + (s & 15)) * rowbytes;
+                const uint8_t *hi = tab + ((size_t)(2 * i + 1) * 16 + (s >> 4)) * rowbytes;
+                o0 = _mm512_xor_si512(o0, _mm512_xor_si512(_mm512_loadu_si512((const void *)lo),
+                                                           _mm512_loadu_si512((const void *)hi)));
+                if (rowbytes == 128)
+                    o1 = _mm512_xor_si512(o1, _mm512_xor_si512(_mm512_loadu_si512((const void *)(lo + 64)),
+                                                               _mm512_loadu_si512((const void *)(hi + 64))));
+            }
+            _mm512_store_si512((void *)out, o0);
+            if (rowbytes == 128)
+                _mm512_store_si512((void *)(out + 64), o1);
+            const int32_t *pl = place + t * rowbytes;
+            for (int e = 0; e < nfree[t]; e++)
+                G[pl[e]] |= out[e];
+        }
+    }
+    return 0;
+}
+
+/* The float words of a batch of consecutive groups, in position order: the gather of irs4 sealing.
+ *
+ * w: [ng][255] words (data positions are left as they are); row r is group g0 + r, and position
+ * p holds stratum perm[(g0 + r) % nperm][p]. Stratum j < F comes in pieces of rows: piece q
+ * covers rows up to row_end[q] (pieces pstart[j]..pstart[j+1]-1, in row order), and row r of it
+ * is the word at address base[q] + 4 r; or, where fd[q] >= 0, at byte offset base[q] + 4 r of that
+ * file, read with pread into row j of stage ([F][ng] words): a mapped model file is then
+ * never faulted in, so it adds nothing to resident memory and needs no release. Each word is XORed with pad (same shape as w) and
+ * masked with keep. Only rows [r0, r1) are done (one call per thread). Returns -3 when a
+ * read fails, else -1, or with check_nan the index r * 255 + p of the first word whose
+ * exponent is all ones (NaN or Inf), which the caller refuses. */
+int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F, const int64_t *pstart,
+                  const int64_t *row_end, const uint64_t *base, const int32_t *fd, uint32_t *stage, int64_t ng,
+                  const uint32_t *pad, uint32_t keep, int check_nan)
+{
+    int64_t cur[256];
+    const uint32_t *src[256];
+    if (F < 1 || F > 255)
+        return -2;
+    for (int j = 0; j < F; j++) {
+        cur[j] = pstart[j];
+        for (int64_t q = pstart[j]; q < pstart[j + 1]; q++) { /* read file pieces into stage row j */
+            int64_t a = q == pstart[j] ? 0 : row_end[q - 1], b = row_end[q];
+            a = a > r0 ? a : r0;
+            b = b < r1 ? b : r1;
+            if (fd[q] < 0 || a >= b)
+                continue;
+            char *dst = (char *)(stage + j * ng + a);
+            int64_t off = (int64_t)base[q] + 4 * a, left = 4 * (b - a);
+            while (left > 0) {
+                ssize_t got = pread(fd[q], dst, (size_t)left, (off_t)off);
+                if (got <= 0)
+                    return -3;
+                dst += got, off += got, left -= got;
+            }
+        }
+    }
+    int64_t r = r0;
+    while (r < r1) {
+        int64_t lim = r1;
+        for (int j = 0; j < F; j++) {
+            while (row_end[cur[j]] <= r)
+                cur[j]++;
+            src[j] = fd[cur[j]] >= 0 ? stage + j * ng : (const uint32_t *)(uintptr_t)base[cur[j]];
+            if (row_end[cur[j]] < lim)
+                lim = row_end[cur[j]];
+        }
+        for (; r < lim; r++) {
+            const int16_t *pr = perm + ((g0 + r) % nperm) * 255;
+            uint32_t *out = w + r * 255;
+            const uint32_t *pd = pad + r * 255;
+            uint32_t nan = 0;
+            for (int p = 0; p < 255; p++) {
+                int j = pr[p];
+                if (j >= F)
+                    continue;
+                uint32_t v = src[j][r];
+                nan |= (uint32_t)((v & 0x7F800000u) == 0x7F800000u);
+                out[p] = (v ^ pd[p]) & keep;
+            }
+            if (nan && check_nan)
+                for (int p = 0; p < 255; p++)
+                    if (pr[p] < F && (src[pr[p]][r] & 0x7F800000u) == 0x7F800000u)
+                        return r * 255 + p;
+        }
+    }
+    return -1;
+}
+
+/* The inverse placement, with the pad removed: out[j][r] = w[r][p] ^ pad[r][p] for the position p
+ * of float stratum j < F in group g0 + r, for rows [r0, r1) (out: [F][ld], rows of ld words). */
+void ps_to_strata(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F,
+                  uint32_t *out, int64_t ld)
+{
+    for (int64_t r = r0; r < r1; r++) {
+        const int16_t *pr = perm + ((g0 + r) % nperm) * 255;
+        const uint32_t *in = w + r * 255, *pd = pad + r * 255;
+        for (int p = 0; p < 255; p++) {
+            int j = pr[p];
+            if (j < F)
+                out[j * ld + r] = in[p] ^ pd[p];
+        }
+    }
+}
+
+/* The outer code's content of rows [r0, r1) of w ([ng][255] words): each float word (position < F)
+ * with its k free bits cleared and its k / 8 whole free bytes dropped, then the data words whole,
+ * then zeros up to shard bytes (out: [ng][shard]). As _outer._content_nb. */
+TARGET void ps_content(const uint32_t *w, int64_t r0, int64_t r1, int F, int k, uint8_t *out, int64_t shard)
+{
+    const uint32_t keep = ~((1u << k) - 1u);
+    const int lo = k / 8, nb = 4 - lo;
+    uint8_t ix[64] = {0};
+    for (int m = 0; m < 16 * nb; m++)
+        ix[m] = (uint8_t)(4 * (m / nb) + lo + m % nb);
+    const __m512i idx = _mm512_loadu_si512((const void *)ix), km = _mm512_set1_epi32((int)keep);
+    const __mmask64 part = nb == 4 ? ~(__mmask64)0 : (((__mmask64)1) << (16 * nb)) - 1;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint32_t *row = w + r * 255;
+        uint8_t *o = out + r * shard;
+        int64_t at = 0;
+        int j = 0;
+        for (; j + 16 <= F; j += 16, at += 16 * nb) {
+            __m512i v = _mm512_and_si512(_mm512_loadu_si512((const void *)(row + j)), km);
+            _mm512_mask_storeu_epi8(o + at, part, _mm512_permutexvar_epi8(idx, v));
+        }
+        for (; j < F; j++) {
+            uint32_t x = row[j] & keep;
+            for (int b = lo; b < 4; b++)
+                o[at++] = (uint8_t)(x >> (8 * b));
+        }
+        memcpy(o + at, row + j, 4 * (size_t)(255 - j));
+        at += 4 * (255 - j);
+        memset(o + at, 0, (size_t)(shard - at));
+    }
+}

@@ -1,0 +1,178 @@
+"""The compiled kernels (`paramseal._native`) against their numba/numpy references, bit for bit.
+
+Where the library is not built, or the CPU lacks GFNI/AVX-512, these tests skip; CI sets
+``PARAMSEAL_NATIVE=require``, so there a missing library fails instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import _irs, _native, _outer, _strata, files
+from paramseal.errors import UnsupportedError
+
+needs_native = pytest.mark.skipif(not _native.available(), reason="compiled kernels not built or no GFNI here")
+
+CODES = [(8, 255, 0), (8, 255, 2), (12, 255, 0), (12, 230, 2), (16, 255, 0), (16, 255, 2), (8, 200, 0), (8, 9, 0)]
+
+
+def test_library_present_where_required() -> None:
+    if os.environ.get("PARAMSEAL_NATIVE", "").lower() != "require":
+        pytest.skip("PARAMSEAL_NATIVE=require not set (CI sets it)")
+    assert _native.available()
+
+
+@pytest.fixture
+def no_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every caller falls back to the numba/numpy reference."""
+    monkeypatch.setattr(_native, "_load", lambda: None)
+
+
+def test_phi_is_a_field_isomorphism() -> None:
+    fwd, inv = _native._phi()
+    a = np.arange(256)
+    prod_11d = _irs._EXP[_irs._LOG[a][:, None] + _irs._LOG[a][None, :]]  # products mod 0x11d (0 where a factor is 0)
+    want = fwd[prod_11d.astype(np.uint8)]
+    got = np.array([[_native._mul_11b(int(fwd[x]), int(fwd[y])) for y in range(256)] for x in range(256)])
+    assert np.array_equal(got, want)
+    assert np.array_equal(inv[fwd], np.arange(256))
+    assert np.array_equal(fwd[a ^ 0x5A], fwd[a] ^ fwd[0x5A])  # linear
+
+
+@needs_native
+@pytest.mark.parametrize("k,F,host", CODES)
+def test_encode_equals_the_numba_encoder(k: int, F: int, host: int) -> None:
+    code = _irs.code_for(k, F, host)
+    rng = np.random.default_rng(k * 1000 + F + host)
+    W = rng.integers(0, 2**32, (700, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    W[:, :F] &= np.uint32(~((1 << k) - 1) & 0xFFFFFFFF)
+    W[:5] = 0  # the all-zero group, and a few with one word set
+    W[1, 3] = 0xFFFFFFFF & ~((1 << k) - 1)
+    want = W.copy()
+    _irs._run(0, code, want, None)  # the numba kernel
+    got = W.copy()
+    assert _native.encode(code, got)
+    assert np.array_equal(got, want)
+    assert _irs.syndromes_zero(code, got).all()
+
+
+@needs_native
+def test_encode_ignores_free_bits_like_the_reference() -> None:
+    # the encoder's input has its free bits clear; with them set both read only the data bits
+    code = _irs.code_for(8, 255, 2)
+    W = np.random.default_rng(5).integers(0, 2**32, (64, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    want = W.copy()
+    _irs._run(0, code, want, None)
+    got = W.copy()
+    _native.encode(code, got)
+    assert np.array_equal(got, want)
+
+
+@needs_native
+@pytest.mark.parametrize("k", [8, 12, 16])
+@pytest.mark.parametrize("F", [255, 200, 17, 3])
+def test_content_equals_the_numba_kernel(k: int, F: int) -> None:
+    o = _outer.plan(5000, k, F, 0)
+    w = np.random.default_rng(F).integers(0, 2**32, (333, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    want = np.zeros((333, o.shard), np.uint8)
+    _outer._content_nb(w, F, k, want)
+    got = _native.content(w, F, k, o.shard)
+    assert got is not None and np.array_equal(got, want)
+
+
+def test_outer_parity_of_joined_columns_equals_column_by_column() -> None:
+    # parity() encodes several 64-byte columns in one leopard call; each column alone is the definition
+    import reed_solomon_leopard as rsl
+
+    o = _outer.plan(3000, 8, 255, 2)
+    content = np.random.default_rng(2).integers(0, 256, (3000, o.shard), dtype=np.uint8)
+    got = o.parity(content, 0)
+    r = o.parity_count(0)
+    assert r >= 4 and got.shape == (o.columns, r, 64)
+    for c in range(o.columns):
+        col = [content[i, 64 * c : 64 * (c + 1)].tobytes() for i in range(3000)]
+        assert np.frombuffer(b"".join(rsl.encode(col, r)), np.uint8).reshape(r, 64).tobytes() == got[c].tobytes()
+
+
+def _mixed_model(seed: int) -> dict[str, np.ndarray]:
+    """fp32 tensors of awkward sizes (strata cut inside tensors, padding, wrap-around) and integer data."""
+    rng = np.random.default_rng(seed)
+    return {
+        "a": (0.02 * rng.standard_normal((311, 257))).astype(np.float32),
+        "tiny": np.array([1.5, -2.0, 0.25], np.float32),
+        "empty": np.zeros((0, 4), np.float32),
+        "b": (0.05 * rng.standard_normal(70_001)).astype(np.float32),
+        "ids": np.arange(5000, dtype=np.int64),
+        "c": (0.01 * rng.standard_normal((129, 300))).astype(np.float32),
+    }
+
+
+@needs_native
+@pytest.mark.parametrize("seed", [0, 1])
+def test_seal_words_and_scatter_equal_the_reference(seed: int, key: paramseal.Key) -> None:
+    model = _mixed_model(seed)
+    from paramseal.seal import SealConfig
+
+    specs = SealConfig(level="standard").specs(model)
+    flats = [helpers.uview(np.ascontiguousarray(model[s.name])).reshape(-1) for s in specs]
+    st = _strata.plan(specs, key, bytes(range(16)))
+    assert st.free_strata < _irs.N_POS  # data strata too
+    data = st.pack_data(flats)
+    for g0, g1 in [(0, st.G), (3, 7), (st.G - 5, st.G)]:
+        g = np.arange(g0, g1, dtype=np.int64)
+        pad = st.pad(g)
+        got = st.seal_words(flats, data, g0, g1, pad)
+        want = st.groups(flats, data, g, seal=True)[0] ^ pad
+        want[:, : st.free_strata] &= np.uint32(~((1 << st.k) - 1) & 0xFFFFFFFF)
+        assert np.array_equal(got, want)
+        assert np.array_equal(
+            _native.to_strata(got, pad, g0, st._perm16(), st.free_strata), st.to_strata(got ^ pad, g0)
+        )
+
+
+@needs_native
+def test_seal_words_refuses_nan_naming_the_tensor(key: paramseal.Key) -> None:
+    model = _mixed_model(0)
+    model["c"][7, 9] = np.inf
+    with pytest.raises(UnsupportedError, match="tensor 'c'"):
+        paramseal.seal(model, key)
+
+
+@needs_native
+@pytest.mark.parametrize("level", ["standard", "strong"])
+def test_sealed_bytes_do_not_depend_on_the_kernels(
+    level: str, key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Same salt, with and without the compiled kernels: the same model, in memory and file to file."""
+    model = _mixed_model(3)
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(range(n)))  # the salt
+    src = helpers.write_st(tmp_path / "m.safetensors", model)
+    calls: list[str] = []
+    for name in ("encode", "gather", "to_strata", "content"):
+        real = getattr(_native, name)
+        monkeypatch.setattr(_native, name, lambda *a, _f=real, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    mem = paramseal.seal(model, key, level=level)
+    files.seal_file(src, tmp_path / "native.safetensors", key, level=level)
+    assert {"encode", "gather", "to_strata"} <= set(calls)  # the compiled path really ran
+    assert "content" in calls or level == "strong"
+    with monkeypatch.context() as m:
+        m.setattr(_native, "_load", lambda: None)
+        ref = paramseal.seal(model, key, level=level)
+        files.seal_file(src, tmp_path / "ref.safetensors", key, level=level)
+    assert mem.header_json == ref.header_json
+    helpers.assert_model_equal(mem.tensors, ref.tensors)
+    assert (tmp_path / "native.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    assert files.verify_file(tmp_path / "native.safetensors", key).status == "intact"
+
+
+def test_fallback_seals_and_verifies(no_native: None, key: paramseal.Key) -> None:
+    model = _mixed_model(4)
+    assert not _native.available()
+    sealed = paramseal.seal(model, key)
+    assert paramseal.verify(sealed.tensors, key, sealed.header_json).status == "intact"
