@@ -176,3 +176,39 @@ def test_fallback_seals_and_verifies(no_native: None, key: paramseal.Key) -> Non
     assert not _native.available()
     sealed = paramseal.seal(model, key)
     assert paramseal.verify(sealed.tensors, key, sealed.header_json).status == "intact"
+
+
+needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
+
+
+@needs_lib
+@pytest.mark.parametrize("nw,nm", [(128, 10), (64, 4), (256, 32), (128, 0), (3, 2)])
+def test_mlh_equals_the_numpy_reference(nw: int, nm: int) -> None:
+    from paramseal import _kernels
+
+    rng = np.random.default_rng(nw + nm)
+    nb = 9000  # above the threaded size
+    words = rng.integers(0, 1 << 16, (nb, nw), dtype=np.uint16)
+    words[:3] = 0xFFFF  # the largest terms
+    keys = rng.integers(0, (1 << 32) - 5, 512, dtype=np.uint64)
+    keys[:nw][:2] = (1 << 32) - 6
+    wmask = rng.integers(0, 1 << 16, nm, dtype=np.uint16)
+    internal = rng.integers(0, 2, nb).astype(np.bool_)
+    pads = rng.integers(0, (1 << 32) - 5, nb, dtype=np.uint64)
+    want = _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads)
+    got = np.empty(nb, np.uint64)
+    assert _native.mlh(words, keys, wmask, internal, pads, got)
+    assert np.array_equal(got, want)
+
+
+@needs_lib
+def test_read_tag_equals_the_numpy_reference() -> None:
+    rng = np.random.default_rng(9)
+    words = rng.integers(0, 1 << 16, (500, 128), dtype=np.uint16)
+    wmask = rng.integers(0, 1 << 16, 12, dtype=np.uint16)
+    wshift = (4 * np.arange(12)).astype(np.uint64)
+    want = np.zeros(500, np.uint64)
+    for i in range(12):
+        want |= (words[:, i] & wmask[i]).astype(np.uint64) << wshift[i]
+    got = _native.read_tag(words, wmask, wshift)
+    assert got is not None and np.array_equal(got, want)

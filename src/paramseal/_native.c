@@ -16,9 +16,11 @@
  */
 #include <stdint.h>
 #include <string.h>
-#include <immintrin.h>
-#include <sys/mman.h>
 #include <unistd.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define X86 1
+#endif
 
 #define TARGET __attribute__((target("avx512f,avx512bw,avx512vbmi,gfni")))
 #define GROUP_BYTES 1020
@@ -29,10 +31,16 @@ int ps_abi(void) { return 1; }
 
 int ps_gfni(void)
 {
+#ifdef X86
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("gfni");
+#else
+    return 0; /* the coding kernels below are x86 only; callers use numba */
+#endif
 }
+
+#ifdef X86
 
 /* W: ng groups of 1020 bytes, updated in place (free bits zero on entry).
  * powers: [dmax][16][64] syndrome powers, phi-domain, permuted lanes (0 where i >= d_t).
@@ -212,5 +220,46 @@ TARGET void ps_content(const uint32_t *w, int64_t r0, int64_t r1, int F, int k, 
         memcpy(o + at, row + j, 4 * (size_t)(255 - j));
         at += 4 * (255 - j);
         memset(o + at, 0, (size_t)(shard - at));
+    }
+}
+#endif /* X86 */
+
+/* The block MAC's hash (as _kernels.mlh_tags): for blocks [b0, b1) of words ([nb][nw] 16-bit),
+ * out[b] = (sum_i keys[i] * m_i mod p + pads[b]) mod p, where m_i is word i with the tag bits
+ * wmask[i] (i < nm) cleared in blocks flagged internal. keys < 2^32 and m_i < 2^16, so the sum
+ * of up to 256 terms stays below 2^56 and one reduction is exact. Plain C (any CPU), with clones
+ * the compiler vectorises for AVX2 and AVX-512, picked at load time. */
+#if defined(X86) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"), optimize("O3")))
+#else
+#define CLONES
+#endif
+CLONES void ps_mlh(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint64_t *keys, const uint16_t *wmask, int nm,
+            const uint8_t *internal, const uint64_t *pads, uint64_t *out)
+{
+    const uint64_t p = 4294967291ull; /* 2^32 - 5 */
+    for (int64_t b = b0; b < b1; b++) {
+        const uint16_t *w = words + b * (int64_t)nw;
+        uint64_t acc = 0;
+        int i = 0;
+        if (internal[b])
+            for (; i < nm; i++)
+                acc += keys[i] * (uint64_t)(uint16_t)(w[i] & ~wmask[i]);
+        for (; i < nw; i++)
+            acc += keys[i] * (uint64_t)w[i];
+        out[b] = (acc % p + pads[b]) % p;
+    }
+}
+
+/* Each block's stored tag (as _kernels.read_tag_words): OR of (word i & wmask[i]) << wshift[i], i < nm. */
+CLONES void ps_read_tag(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint16_t *wmask, const uint64_t *wshift,
+                 int nm, uint64_t *out)
+{
+    for (int64_t b = b0; b < b1; b++) {
+        const uint16_t *w = words + b * (int64_t)nw;
+        uint64_t t = 0;
+        for (int i = 0; i < nm; i++)
+            t |= (uint64_t)(w[i] & wmask[i]) << wshift[i];
+        out[b] = t;
     }
 }

@@ -30,23 +30,44 @@ def library_path() -> Path:
     return Path(__file__).with_name(_LIB_NAME)
 
 
+def _mode() -> str:
+    return os.environ.get("PARAMSEAL_NATIVE", "").strip().lower()
+
+
+def _refuse(why: str) -> None:
+    if _mode() == "require":
+        raise RuntimeError(f"PARAMSEAL_NATIVE=require, but the compiled kernels are unusable: {why}")
+
+
 @functools.lru_cache(maxsize=1)
-def _load() -> ctypes.CDLL | None:
-    mode = os.environ.get("PARAMSEAL_NATIVE", "").strip().lower()
-    if mode in ("0", "off", "no", "false"):
+def _lib() -> ctypes.CDLL | None:
+    """The library with its portable kernels (the block MAC's hash), or None."""
+    if _mode() in ("0", "off", "no", "false"):
         return None
-    why = ""
     try:
         lib = ctypes.CDLL(str(library_path()))
-        if lib.ps_abi() != _ABI:
-            why = f"{library_path()} is from another version of paramseal; reinstall the package"
-        elif not lib.ps_gfni():
-            why = "this CPU lacks GFNI or AVX-512 (BW, VBMI)"
     except OSError as e:
-        why = f"cannot load {library_path()} ({e}); install with a C compiler present to build it"
-    if why:
-        if mode == "require":
-            raise RuntimeError(f"PARAMSEAL_NATIVE=require, but the compiled kernels are unusable: {why}")
+        _refuse(f"cannot load {library_path()} ({e}); install with a C compiler present to build it")
+        return None
+    if lib.ps_abi() != _ABI:
+        _refuse(f"{library_path()} is from another version of paramseal; reinstall the package")
+        return None
+    p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+    lib.ps_mlh.argtypes = [p, i64, i64, i32, p, p, i32, p, p, p]
+    lib.ps_mlh.restype = None
+    lib.ps_read_tag.argtypes = [p, i64, i64, i32, p, p, i32, p]
+    lib.ps_read_tag.restype = None
+    return lib
+
+
+@functools.lru_cache(maxsize=1)
+def _load() -> ctypes.CDLL | None:
+    """The library where this CPU has GFNI and AVX-512 (BW, VBMI) for the coding kernels, or None."""
+    lib = _lib()
+    if lib is None:
+        return None
+    if not lib.ps_gfni():
+        _refuse("this CPU lacks GFNI or AVX-512 (BW, VBMI)")
         return None
     p, i32, u64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64
     lib.ps_irs_encode.argtypes = [p, ctypes.c_int64, p, i32, p, p, u64, p, p, p, i32, p]
@@ -62,8 +83,52 @@ def _load() -> ctypes.CDLL | None:
 
 
 def available() -> bool:
-    """Whether the compiled kernels are loaded and usable on this CPU."""
+    """Whether the compiled coding kernels are loaded and usable on this CPU."""
     return _load() is not None
+
+
+def mlh(
+    words: NDArray[np.uint16],
+    keys: NDArray[np.uint64],
+    wmask: NDArray[np.uint16],
+    internal: NDArray[np.bool_],
+    pads: NDArray[np.uint64],
+    out: NDArray[np.uint64],
+) -> bool:
+    """`_kernels.mlh_tags` compiled (``ps_mlh``), into ``out``; False without the library."""
+    lib = _lib()
+    if lib is None:
+        return False
+    nb, nw = words.shape
+    assert words.dtype == np.uint16 and words.flags.c_contiguous and keys.size >= nw and nw <= 256
+    k = np.ascontiguousarray(keys, np.uint64)
+    m = np.ascontiguousarray(wmask, np.uint16)
+    f = np.ascontiguousarray(internal, np.bool_)
+    pd = np.ascontiguousarray(pads, np.uint64)
+    assert f.size == nb and pd.size == nb and out.size == nb and out.flags.c_contiguous and m.size <= nw
+    a = (words.ctypes.data, k.ctypes.data, m.ctypes.data, f.ctypes.data, pd.ctypes.data, out.ctypes.data)
+    parallel_map(
+        lambda r: lib.ps_mlh(a[0], r[0], r[1], nw, a[1], a[2], m.size, a[3], a[4], a[5]),
+        halves(nb) if nb >= 8192 else [(0, nb)],
+    )
+    return True
+
+
+def read_tag(
+    words: NDArray[np.uint16], wmask: NDArray[np.uint16], wshift: NDArray[np.uint64]
+) -> NDArray[np.uint64] | None:
+    """`_kernels.read_tag_words` compiled, or None without the library."""
+    lib = _lib()
+    if lib is None:
+        return None
+    nb, nw = words.shape
+    assert words.dtype == np.uint16 and words.flags.c_contiguous
+    m = np.ascontiguousarray(wmask, np.uint16)
+    sh = np.ascontiguousarray(wshift, np.uint64)
+    assert m.size == sh.size <= nw
+    out = np.empty(nb, np.uint64)
+    lib.ps_read_tag(words.ctypes.data, 0, nb, nw, m.ctypes.data, sh.ctypes.data, m.size, out.ctypes.data)
+    return out
 
 
 # --------------------------------------------------------------------------- GF(2^8) field map
@@ -305,4 +370,4 @@ def content(w: NDArray[np.uint32], F: int, k: int, shard: int) -> NDArray[np.uin
     return out
 
 
-__all__ = ["available", "content", "encode", "gather", "library_path", "to_strata"]
+__all__ = ["available", "content", "encode", "gather", "library_path", "mlh", "read_tag", "to_strata"]
