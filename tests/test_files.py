@@ -274,3 +274,60 @@ def test_progress_is_shown_when_asked_and_not_otherwise(
     assert "seal" in err and "done" in err
     files.verify_file(tmp_path / "a.safetensors", key)  # stderr is not a terminal here: silent
     assert capsys.readouterr().err == ""
+
+
+def _flip_in_file(path: Path, offsets: list[int]) -> None:
+    """Flip one bit at each byte offset of the file itself (its header stays as it is)."""
+    with open(path, "r+b") as f:
+        for off in offsets:
+            f.seek(off)
+            b = f.read(1)[0]
+            f.seek(off)
+            f.write(bytes([b ^ 0x10]))
+
+
+def test_in_place_recover_patches_only_the_rebuilt_blocks(tmp_path: Path, model_file: Path, key: paramseal.Key) -> None:
+    """A header left as it is: the file is patched where it lies (same inode), only the damaged bytes change."""
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(model_file, sealed, key)
+    want = sealed.read_bytes()
+    size = len(want)
+    hit = [size - 5, size // 2 + 3, size - 4001]  # in the tensor data (the header is at the front)
+    _flip_in_file(sealed, hit)
+    before = sealed.read_bytes()
+    assert [i for i in range(size) if before[i] != want[i]] == sorted(hit)
+    inode = os.stat(sealed).st_ino
+    res = files.recover_file(sealed, sealed, key, in_place=True)
+    assert res.report.status == "recovered" and res.path == sealed
+    assert os.stat(sealed).st_ino == inode  # patched, not replaced
+    assert sealed.read_bytes() == want
+    assert files.verify_file(sealed, key).status == "intact"
+    assert {p.name for p in tmp_path.iterdir()} == {model_file.name, "s.safetensors"}  # no copy, no temporary file
+
+
+def test_in_place_recover_with_a_changed_header_replaces_the_file_atomically(
+    tmp_path: Path, model_file: Path, key: paramseal.Key
+) -> None:
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(model_file, sealed, key)
+    sealed_t, meta = helpers.read_st(sealed)
+    helpers.write_st(sealed, helpers.flip_bit(sealed_t, "fc.weight", 3, 27), {**meta, "note": "added"})
+    inode = os.stat(sealed).st_ino
+    res = files.recover_file(sealed, sealed, key, in_place=True)
+    assert res.report.ok
+    helpers.assert_model_equal(helpers.read_st(sealed)[0], sealed_t)
+    assert os.stat(sealed).st_ino != inode  # a new file renamed over the old one
+
+
+def test_in_place_recover_beyond_capacity_leaves_the_file_untouched(
+    tmp_path: Path, model_file: Path, key: paramseal.Key
+) -> None:
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(model_file, sealed, key)
+    size = sealed.stat().st_size
+    lay_start = size - os.path.getsize(model_file) // 2  # the second half of the data, and more
+    _flip_in_file(sealed, list(range(lay_start, size, 7)))
+    before = sealed.read_bytes()
+    res = files.recover_file(sealed, sealed, key, in_place=True)
+    assert not res.report.ok and res.path is None
+    assert sealed.read_bytes() == before
