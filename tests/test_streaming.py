@@ -281,13 +281,15 @@ def test_recover_in_place_and_recover_of_renamed_tensors_leave_no_temporary_file
     tmp_path: Path, model: dict, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     patched: list[bool] = []
-    real = files._patch_copy
+    here: list[bool] = []
+    real, real_here = files._patch_copy, files._patch_in_place
     monkeypatch.setattr(files, "_patch_copy", lambda *a: patched.append(real(*a)) or patched[-1])
+    monkeypatch.setattr(files, "_patch_in_place", lambda *a: here.append(real_here(*a)) or here[-1])
     sealed, t, meta = _sealed(tmp_path, model, key)
     bad = helpers.flip_bit(t, "embed.weight", 77, 29)
     p = helpers.write_st(tmp_path / "bad.safetensors", bad, meta)
-    res = files.recover_file(p, p, key, in_place=True)  # the copy made during verify replaces the input
-    assert res.report.status == "recovered" and patched == [True]
+    res = files.recover_file(p, p, key, in_place=True)  # the rebuilt blocks are written into the input itself
+    assert res.report.status == "recovered" and here == [True] and patched == []
     got, got_meta = helpers.read_st(p)
     helpers.assert_model_equal(got, t)
     assert got_meta == meta
@@ -297,7 +299,7 @@ def test_recover_in_place_and_recover_of_renamed_tensors_leave_no_temporary_file
     res = files.recover_file(q, tmp_path / "out.safetensors", key)
     got, _ = helpers.read_st(tmp_path / "out.safetensors")
     assert res.report.status == "recovered", res.report.summary()
-    assert patched == [True, False]
+    assert patched == [False] and here == [True]
     helpers.assert_model_equal(got, t)
     assert not list(tmp_path.glob(".*.tmp"))
 
