@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _embed, _outer, _strata
+from . import _embed, _irs_recover, _outer, _strata
 from ._bits import uint_view
 from ._layout import TensorSpec
 from ._pages import Mapping, Workspace, chunks, copy_range, release
@@ -300,6 +300,7 @@ def recover_file(
             try:
                 with _about(s):
                     text, meta, embedded = _split_header(loaded, s, key)
+                    threading.Thread(target=_irs_recover.warm, args=(text, key), daemon=True).start()
                     chk = check(loaded.tensors, key, text, metadata=meta, progress=prog)
                     rec = plan_recovery(chk, ws)
             finally:
