@@ -63,6 +63,41 @@ def test_encode_equals_the_numba_encoder(k: int, F: int, host: int) -> None:
 
 
 @needs_native
+@pytest.mark.parametrize("k,F,host", CODES)
+def test_decoder_syndromes_equal_the_numba_kernel(k: int, F: int, host: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoding with the compiled syndromes: the same words and statuses as with numba's own."""
+    code = _irs.code_for(k, F, host)
+    rng = np.random.default_rng(7 * k + F + host)
+    ng = 600
+    W = rng.integers(0, 2**32, (ng, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    W[:, :F] &= np.uint32(~((1 << k) - 1) & 0xFFFFFFFF)
+    _irs._run(0, code, W, None)
+    flags = np.zeros(W.shape, np.uint8)
+    flags[:, :6] |= rng.integers(0, 16, (ng, 6)).astype(np.uint8)  # fixed bytes (erasures; content ignored)
+    W[:, :6] ^= rng.integers(0, 2**32, (ng, 6), dtype=np.uint64).astype(np.uint32) & _irs.byte_mask(~flags[:, :6])
+    hit = rng.integers(6, _irs.N_POS, (ng, 3))
+    for c in range(3):  # up to 3 replaced words per group, flagged; some groups past the radius
+        rows = rng.random(ng) < 0.7
+        flags[rows, hit[rows, c]] |= _irs.FLAG_BAD
+        W[rows, hit[rows, c]] ^= rng.integers(1, 2**32, int(rows.sum()), dtype=np.uint64).astype(np.uint32)
+    W[::50] = rng.integers(0, 2**32, (len(W[::50]), _irs.N_POS), dtype=np.uint64).astype(np.uint32)  # wrecked
+    flags[::50, ::2] |= _irs.FLAG_BAD
+    got_w, got_f = W.copy(), flags.copy()
+    got = _irs.decode(code, got_w, got_f)
+    zero_native = _irs.syndromes_zero(code, W)
+    with monkeypatch.context() as m:
+        m.setattr(_native, "_load", lambda: None)
+        want_w = W.copy()
+        want = _irs.decode(code, want_w, flags.copy())
+        assert np.array_equal(_irs.syndromes_zero(code, W), zero_native)
+    assert np.array_equal(got, want) and np.array_equal(got_w, want_w)
+    if code.d.min() >= 8:  # both outcomes were exercised (a tiny code corrects little)
+        assert (want == _irs.CORRECTED).sum() > ng // 2 and (want < 0).any()
+    pre = _native.syndromes(code, W, flags)
+    assert pre is not None and pre.shape == (4 * ng, code.words)
+
+
+@needs_native
 def test_encode_ignores_free_bits_like_the_reference() -> None:
     # the encoder's input has its free bits clear; with them set both read only the data bits
     code = _irs.code_for(8, 255, 2)

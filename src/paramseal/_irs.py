@@ -312,7 +312,14 @@ def _run(
     table = code.enc if op == 0 else code.syn
     # the encoder skips whole free bytes (unless some host data); syndromes take every byte
     b0f = code.k // 8 if op == 0 and not code.host else 0
-    _run_nb(op, W, fl, table, code.fn, code.d, code.first, b0f, code.free_strata, ok, status)
+    pre = None
+    if op != 0 and W.shape[0]:  # syndromes from the compiled GFNI kernel where it is built
+        from . import _native  # imports this module
+
+        pre = _native.syndromes(code, W, flags)
+    if pre is None:
+        pre = np.zeros((0, code.words), np.uint64)
+    _run_nb(op, W, fl, table, code.fn, code.d, code.first, b0f, code.free_strata, pre, ok, status)
     return ok, status
 
 
@@ -404,10 +411,10 @@ def _place(W, g0, m, acc, fn, d):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _zero(g0, m, acc, out):  # type: ignore[no-untyped-def]
+def _zero(g0, m, acc, a_off, out):  # type: ignore[no-untyped-def]
     for gg in range(m):
         z = True
-        for r in range(4 * gg, 4 * gg + 4):
+        for r in range(a_off + 4 * gg, a_off + 4 * gg + 4):
             for w in range(acc.shape[1]):
                 if acc[r, w] != 0:
                     z = False
@@ -415,31 +422,35 @@ def _zero(g0, m, acc, out):  # type: ignore[no-untyped-def]
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode_batch(W, flags, g0, m, acc, d, first, status):  # type: ignore[no-untyped-def]
+def _decode_batch(W, flags, g0, m, acc, a_off, d, first, status):  # type: ignore[no-untyped-def]
     sc = _scratch()
     for gg in range(m):
         g = g0 + gg
-        status[g] = _decode_group(W, flags, g, acc, 4 * gg, d, first, sc)
+        status[g] = _decode_group(W, flags, g, acc, a_off + 4 * gg, d, first, sc)
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _run_nb(op, W, flags, table, fn, d, first, b0f, F, out_ok, out_status):  # type: ignore[no-untyped-def]
+def _run_nb(op, W, flags, table, fn, d, first, b0f, F, pre, out_ok, out_status):  # type: ignore[no-untyped-def]
     """One parallel kernel for the three operations (op 0 encode, 1 decode, 2 syndromes zero).
 
     A single prange kernel: each one costs seconds of compile time when the cache is cold.
+    ``pre``: every group's syndromes computed already (`_native.syndromes`), or no rows.
     """
     ng = W.shape[0]
     batch = _BATCH_WORDS // table.shape[1]
     for bi in numba.prange((ng + batch - 1) // batch):
         g0 = bi * batch
         m = min(ng, g0 + batch) - g0
-        acc = _batch_shares(W, flags, op == 1, g0, m, table, b0f, F)
+        if pre.shape[0] > 0:
+            acc, a_off = pre, 4 * g0
+        else:
+            acc, a_off = _batch_shares(W, flags, op == 1, g0, m, table, b0f, F), 0
         if op == 0:
             _place(W, g0, m, acc, fn, d)
         elif op == 1:
-            _decode_batch(W, flags, g0, m, acc, d, first, out_status)
+            _decode_batch(W, flags, g0, m, acc, a_off, d, first, out_status)
         else:
-            _zero(g0, m, acc, out_ok)
+            _zero(g0, m, acc, a_off, out_ok)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -263,3 +263,54 @@ CLONES void ps_read_tag(const uint16_t *words, int64_t b0, int64_t b1, int nw, c
         out[b] = t;
     }
 }
+
+#ifdef X86
+/* Syndromes of groups [r0, r1) of W, as the decoder takes them (acc: [ng * 4][words] uint64,
+ * row 4 g + t holds syndrome i of codeword t in byte i, zero past d_t). With flags
+ * ([ng][255]), the bytes marked fixed (flag bits 0-3) count as zero, as in _irs._accumulate.
+ * Same steps as ps_irs_encode's first two, then phi^-1 (phi_inv) back to GF(2^8) mod 0x11d. */
+TARGET void ps_irs_syndromes(const uint8_t *W, const uint8_t *flags, int64_t r0, int64_t r1, const uint8_t *powers,
+                             int dmax, const uint8_t *perm, uint64_t phi, uint64_t phi_inv, const int32_t *d, int words,
+                             uint64_t *acc)
+{
+    const __m512i idx = _mm512_loadu_si512((const void *)perm);
+    const __m512i A = _mm512_set1_epi64((long long)phi), Ai = _mm512_set1_epi64((long long)phi_inv);
+    const __mmask64 tail = (((__mmask64)1) << (GROUP_BYTES - 960)) - 1;
+    uint8_t fi[64], bs[64];
+    for (int l = 0; l < 64; l++)
+        fi[l] = (uint8_t)(l >> 2), bs[l] = (uint8_t)(1 << (l & 3));
+    const __m512i spread = _mm512_loadu_si512((const void *)fi), bit = _mm512_loadu_si512((const void *)bs);
+    uint8_t R[MAX_D * 64] __attribute__((aligned(64)));
+    for (int64_t g = r0; g < r1; g++) {
+        const uint8_t *G = W + g * GROUP_BYTES;
+        __m512i X[16];
+#pragma GCC unroll 16
+        for (int c = 0; c < 16; c++) {
+            __m512i x = c < 15 ? _mm512_loadu_si512((const void *)(G + 64 * c)) : _mm512_maskz_loadu_epi8(tail, G + 960);
+            if (flags) {
+                __m512i f = _mm512_maskz_loadu_epi8(c < 15 ? 0xFFFF : 0x7FFF, flags + g * 255 + 16 * c);
+                __mmask64 fixed = _mm512_test_epi8_mask(_mm512_permutexvar_epi8(spread, f), bit);
+                x = _mm512_maskz_mov_epi8(~fixed, x);
+            }
+            X[c] = _mm512_permutexvar_epi8(idx, _mm512_gf2p8affine_epi64_epi8(x, A, 0));
+        }
+        for (int i = 0; i < dmax; i++) {
+            const uint8_t *p = powers + (size_t)i * 16 * 64;
+            __m512i a = _mm512_setzero_si512();
+#pragma GCC unroll 16
+            for (int c = 0; c < 16; c++)
+                a = _mm512_xor_si512(a, _mm512_gf2p8mul_epi8(X[c], _mm512_loadu_si512((const void *)(p + 64 * c))));
+            a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 8));
+            a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 4));
+            a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 2));
+            a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 1));
+            _mm512_store_si512((void *)(R + 64 * i), _mm512_gf2p8affine_epi64_epi8(a, Ai, 0));
+        }
+        uint8_t *o = (uint8_t *)(acc + g * 4 * (int64_t)words);
+        memset(o, 0, (size_t)32 * words);
+        for (int t = 0; t < 4; t++)
+            for (int i = 0; i < d[t]; i++)
+                o[8 * words * t + i] = R[64 * i + 16 * t];
+    }
+}
+#endif

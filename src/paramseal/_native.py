@@ -79,6 +79,8 @@ def _load() -> ctypes.CDLL | None:
     lib.ps_to_strata.restype = None
     lib.ps_content.argtypes = [p, i64, i64, i32, i32, p, i64]
     lib.ps_content.restype = None
+    lib.ps_irs_syndromes.argtypes = [p, p, i64, i64, p, i32, p, u64, u64, p, i32, p]
+    lib.ps_irs_syndromes.restype = None
     return lib
 
 
@@ -188,6 +190,7 @@ class _Plan:
     perm: NDArray[np.uint8]
     keep: NDArray[np.uint8]
     phi: int
+    phi_inv: int
     tabs: NDArray[np.uint8]
     d: NDArray[np.int32]
     nfree: NDArray[np.int32]
@@ -266,6 +269,7 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
         perm,
         keep,
         _affine_matrix(fwd),
+        _affine_matrix(inv_phi),
         tabs,
         d.astype(np.int32),
         np.array([len(b) for b in locs], np.int32),
@@ -295,6 +299,29 @@ def encode(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
 
     parallel_map(run, halves(W.shape[0]) if W.shape[0] >= 64 else [(0, W.shape[0])])
     return True
+
+
+def syndromes(code: _irs.Code, W: NDArray[np.uint32], flags: NDArray[np.uint8] | None) -> NDArray[np.uint64] | None:
+    """Every group's packed syndromes ``[4 ng, code.words]`` as `_irs`'s decoder takes them, or None.
+
+    With ``flags``, fixed bytes (flag bits 0-3) count as zero.
+    """
+    lib = _load()
+    if lib is None:
+        return None
+    _irs._check(W, flags)
+    p = _plan(code.k, code.free_strata, code.host)
+    ng = W.shape[0]
+    out = np.empty((4 * ng, code.words), np.uint64)
+    fptr = None if flags is None else flags.ctypes.data
+    a = (W.ctypes.data, p.powers.ctypes.data, p.perm.ctypes.data, p.d.ctypes.data, out.ctypes.data)
+    parallel_map(
+        lambda r: lib.ps_irs_syndromes(
+            a[0], fptr, r[0], r[1], a[1], p.dmax, a[2], p.phi, p.phi_inv, a[3], code.words, a[4]
+        ),
+        _rows(ng),
+    )
+    return out
 
 
 def _rows(n: int) -> list[tuple[int, int]]:
@@ -370,4 +397,4 @@ def content(w: NDArray[np.uint32], F: int, k: int, shard: int) -> NDArray[np.uin
     return out
 
 
-__all__ = ["available", "content", "encode", "gather", "library_path", "mlh", "read_tag", "to_strata"]
+__all__ = ["available", "content", "encode", "gather", "library_path", "mlh", "read_tag", "syndromes", "to_strata"]
