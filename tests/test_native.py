@@ -247,3 +247,19 @@ def test_read_tag_equals_the_numpy_reference() -> None:
         want |= (words[:, i] & wmask[i]).astype(np.uint64) << wshift[i]
     got = _native.read_tag(words, wmask, wshift)
     assert got is not None and np.array_equal(got, want)
+
+
+def test_keyed_offset_in_parts_equals_one_keystream(key: paramseal.Key) -> None:
+    """The pad is cut across threads for large runs; it must stay the AES-CTR keystream it was defined as."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    st = _strata.plan(
+        paramseal.SealConfig(level="standard").specs({"w": np.zeros(300_000, np.float32)}), key, bytes(16)
+    )
+    assert st.pad_key is not None
+    for g0, g1 in [(3, 1500), (0, 7), (1, 1029)]:  # above and below the threaded size; odd word offsets
+        got = st.pad(np.arange(g0, g1, dtype=np.int64))
+        w0, w1 = 255 * g0, 255 * g1
+        enc = Cipher(algorithms.AES(st.pad_key), modes.CTR((w0 // 4).to_bytes(16, "big"))).encryptor()
+        ks = np.frombuffer(enc.update(bytes(4 * (w1 - w0 // 4 * 4))), "<u4")[w0 % 4 :]
+        assert np.array_equal(got.reshape(-1), ks)
