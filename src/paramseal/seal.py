@@ -305,7 +305,7 @@ def read_blocks(flat: NDArray[np.unsignedinteger], spec: TensorSpec, r0: int, r1
             view = out.reshape(-1)[: n1 - n0].view(np.uint8)
             done = 0
             while done < view.size:
-                got = os.preadv(where[0], [memoryview(view[done:])], where[1] + done)
+                got = os.preadv(where[0], [view[done:].data], where[1] + done)
                 if got <= 0:
                     raise OSError(f"short read of tensor '{spec.name}' from its file")
                 done += got
