@@ -331,3 +331,48 @@ def test_in_place_recover_beyond_capacity_leaves_the_file_untouched(
     res = files.recover_file(sealed, sealed, key, in_place=True)
     assert not res.report.ok and res.path is None
     assert sealed.read_bytes() == before
+
+
+def _with_header(path: Path, header: bytes) -> None:
+    """Rewrite a safetensors file with another header text (same data section)."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    path.write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + n :])
+
+
+def test_in_place_recover_does_not_keep_a_header_safetensors_refuses(
+    tmp_path: Path, model_file: Path, key: paramseal.Key
+) -> None:
+    """A duplicate __metadata__ key parses (Python keeps the last) but safetensors refuses it: atomic rewrite."""
+    import safetensors.numpy as stn
+
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(model_file, sealed, key)
+    raw = sealed.read_bytes()
+    head = raw[8 : 8 + int.from_bytes(raw[:8], "little")].rstrip(b" ")
+    _with_header(sealed, b'{"__metadata__":{"junk":"' + b"A" * 5000 + b'"},' + head[1:])
+    _flip_in_file(sealed, [sealed.stat().st_size - 9])
+    with pytest.raises(Exception, match="duplicate"):
+        stn.load_file(sealed)
+    inode = os.stat(sealed).st_ino
+    res = files.recover_file(sealed, sealed, key, in_place=True)
+    assert res.report.status == "recovered"
+    assert os.stat(sealed).st_ino != inode  # written anew, not patched
+    assert b"AAAA" not in sealed.read_bytes()[:8192]
+    stn.load_file(sealed)  # loads again
+    assert files.verify_file(sealed, key).status == "intact"
+
+
+def test_in_place_recover_of_a_hard_linked_file_leaves_the_other_name_alone(
+    tmp_path: Path, model_file: Path, key: paramseal.Key
+) -> None:
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(model_file, sealed, key)
+    _flip_in_file(sealed, [sealed.stat().st_size - 9])
+    tampered = sealed.read_bytes()
+    other = tmp_path / "other-name.safetensors"
+    os.link(sealed, other)
+    res = files.recover_file(sealed, sealed, key, in_place=True)
+    assert res.report.status == "recovered"
+    assert files.verify_file(sealed, key).status == "intact"
+    assert other.read_bytes() == tampered  # replaced by name, as before: the link is not written through

@@ -263,3 +263,22 @@ def test_keyed_offset_in_parts_equals_one_keystream(key: paramseal.Key) -> None:
         enc = Cipher(algorithms.AES(st.pad_key), modes.CTR((w0 // 4).to_bytes(16, "big"))).encryptor()
         ks = np.frombuffer(enc.update(bytes(4 * (w1 - w0 // 4 * 4))), "<u4")[w0 % 4 :]
         assert np.array_equal(got.reshape(-1), ks)
+
+
+@needs_lib
+def test_a_library_built_from_other_source_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The library carries its source's hash: after an edit of _native.c, the old build is refused."""
+    import shutil
+
+    lib = tmp_path / _native.library_path().name
+    shutil.copyfile(_native.library_path(), lib)
+    src = _native.library_path().with_name("_native.c")
+    monkeypatch.setattr(_native, "library_path", lambda: lib)
+    monkeypatch.delenv("PARAMSEAL_NATIVE", raising=False)
+    (tmp_path / "_native.c").write_bytes(src.read_bytes())
+    assert _native._lib.__wrapped__() is not None  # type: ignore[attr-defined]
+    (tmp_path / "_native.c").write_bytes(src.read_bytes() + b"\n/* edited */\n")
+    assert _native._lib.__wrapped__() is None  # type: ignore[attr-defined]
+    monkeypatch.setenv("PARAMSEAL_NATIVE", "require")
+    with pytest.raises(RuntimeError, match="other source"):
+        _native._lib.__wrapped__()  # type: ignore[attr-defined]

@@ -25,7 +25,6 @@ from ._strata import FLAG_BAD, GROUP_BATCH, DataRegion, Strata
 from .errors import FormatError
 
 if TYPE_CHECKING:
-    from .keys import Key
     from .recover import Patch
     from .verify import Check
 
@@ -299,25 +298,6 @@ def _rebuild(
         new[a : a + part.shape[0]] = part
         release(new[a : a + part.shape[0]])  # in a scratch file past the budget: let its pages go
     return Patch(rows, new)
-
-
-def warm(text: str, key: Key) -> None:
-    """Build an irs4 model's code tables and load the decoder's compiled kernels, ahead of need.
-
-    Recover starts this on a thread while the check runs: the first compiled kernel a process
-    loads costs about 0.2 s (numba's registries, and scipy when installed) and the code tables
-    0.15 s, as long as the check of 1 GiB itself. Failures are ignored here: the real run
-    repeats every step and reports them.
-    """
-    from .header import parse_header
-
-    try:
-        h = parse_header(text, key)
-        if h.irs:
-            st = _strata.plan(list(h.tensors), key, h.salt, h.host, h.strata_perms, h.keyed_offset)
-            _irs.decode(st.code, np.zeros((1, _irs.N_POS), np.uint32), np.zeros((1, _irs.N_POS), np.uint8))
-    except Exception:  # noqa: BLE001, S110 - a warm-up only; see above
-        pass
 
 
 __all__ = ["Outcome", "decode_check", "estimate", "strata_of"]

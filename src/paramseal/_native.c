@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <unistd.h>
+#include <errno.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define X86 1
@@ -27,7 +28,13 @@
 #define MAX_D 128
 #define MAX_ROW 128
 
+#ifndef PS_SRC_HASH
+#define PS_SRC_HASH "" /* hatch_build.py passes the first 16 hex digits of this file's SHA-256 */
+#endif
+
 int ps_abi(void) { return 1; }
+
+const char *ps_src_hash(void) { return PS_SRC_HASH; }
 
 int ps_gfni(void)
 {
@@ -137,6 +144,8 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
             int64_t off = (int64_t)base[q] + 4 * a, left = 4 * (b - a);
             while (left > 0) {
                 ssize_t got = pread(fd[q], dst, (size_t)left, (off_t)off);
+                if (got < 0 && errno == EINTR)
+                    continue;
                 if (got <= 0)
                     return -3;
                 dst += got, off += got, left -= got;
@@ -269,10 +278,12 @@ CLONES void ps_read_tag(const uint16_t *words, int64_t b0, int64_t b1, int nw, c
  * row 4 g + t holds syndrome i of codeword t in byte i, zero past d_t). With flags
  * ([ng][255]), the bytes marked fixed (flag bits 0-3) count as zero, as in _irs._accumulate.
  * Same steps as ps_irs_encode's first two, then phi^-1 (phi_inv) back to GF(2^8) mod 0x11d. */
-TARGET void ps_irs_syndromes(const uint8_t *W, const uint8_t *flags, int64_t r0, int64_t r1, const uint8_t *powers,
-                             int dmax, const uint8_t *perm, uint64_t phi, uint64_t phi_inv, const int32_t *d, int words,
-                             uint64_t *acc)
+TARGET int ps_irs_syndromes(const uint8_t *W, const uint8_t *flags, int64_t r0, int64_t r1, const uint8_t *powers,
+                            int dmax, const uint8_t *perm, uint64_t phi, uint64_t phi_inv, const int32_t *d, int words,
+                            uint64_t *acc)
 {
+    if (dmax < 1 || dmax > MAX_D || 8 * words < dmax)
+        return -1;
     const __m512i idx = _mm512_loadu_si512((const void *)perm);
     const __m512i A = _mm512_set1_epi64((long long)phi), Ai = _mm512_set1_epi64((long long)phi_inv);
     const __mmask64 tail = (((__mmask64)1) << (GROUP_BYTES - 960)) - 1;
@@ -312,5 +323,6 @@ TARGET void ps_irs_syndromes(const uint8_t *W, const uint8_t *flags, int64_t r0,
             for (int i = 0; i < d[t]; i++)
                 o[8 * words * t + i] = R[64 * i + 16 * t];
     }
+    return 0;
 }
 #endif

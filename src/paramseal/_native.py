@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,8 +50,15 @@ def _lib() -> ctypes.CDLL | None:
     except OSError as e:
         _refuse(f"cannot load {library_path()} ({e}); install with a C compiler present to build it")
         return None
-    if lib.ps_abi() != _ABI:
-        _refuse(f"{library_path()} is from another version of paramseal; reinstall the package")
+    src = library_path().with_name("_native.c")
+    want = hashlib.sha256(src.read_bytes()).hexdigest()[:16].encode() if src.is_file() else None
+    try:
+        lib.ps_src_hash.restype = ctypes.c_char_p
+        stale = lib.ps_abi() != _ABI or (want is not None and lib.ps_src_hash() != want)
+    except AttributeError:  # a library from before the hash
+        stale = True
+    if stale:
+        _refuse(f"{library_path()} was built from other source than {src.name}; reinstall the package to rebuild it")
         return None
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     lib.ps_mlh.argtypes = [p, i64, i64, i32, p, p, i32, p, p, p]
@@ -80,7 +88,7 @@ def _load() -> ctypes.CDLL | None:
     lib.ps_content.argtypes = [p, i64, i64, i32, i32, p, i64]
     lib.ps_content.restype = None
     lib.ps_irs_syndromes.argtypes = [p, p, i64, i64, p, i32, p, u64, u64, p, i32, p]
-    lib.ps_irs_syndromes.restype = None
+    lib.ps_irs_syndromes.restype = i32
     return lib
 
 
@@ -285,6 +293,8 @@ def encode(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
         return False
     _irs._check(W)
     p = _plan(code.k, code.free_strata, code.host)
+    if not 1 <= p.dmax <= 128:  # no parity (d = 0) or past the kernel's limits: numba serves these
+        return False
     args = (p.powers, p.perm, p.keep, p.tabs, p.d, p.nfree, p.place)
     ptr = [a.ctypes.data for a in args]
 
@@ -315,12 +325,16 @@ def syndromes(code: _irs.Code, W: NDArray[np.uint32], flags: NDArray[np.uint8] |
     out = np.empty((4 * ng, code.words), np.uint64)
     fptr = None if flags is None else flags.ctypes.data
     a = (W.ctypes.data, p.powers.ctypes.data, p.perm.ctypes.data, p.d.ctypes.data, out.ctypes.data)
-    parallel_map(
+    if not 1 <= p.dmax <= 128:  # the kernel's limits; numba serves the rest
+        return None
+    rcs = parallel_map(
         lambda r: lib.ps_irs_syndromes(
             a[0], fptr, r[0], r[1], a[1], p.dmax, a[2], p.phi, p.phi_inv, a[3], code.words, a[4]
         ),
         _rows(ng),
     )
+    if any(rcs):
+        raise RuntimeError(f"compiled syndrome kernel refused its tables (code {max(rcs)})")
     return out
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _embed, _irs_recover, _outer, _strata
+from . import _embed, _outer, _strata
 from ._bits import uint_view
 from ._layout import TensorSpec
 from ._pages import Mapping, Workspace, chunks, copy_range, release
@@ -300,7 +300,6 @@ def recover_file(
             try:
                 with _about(s):
                     text, meta, embedded = _split_header(loaded, s, key)
-                    threading.Thread(target=_irs_recover.warm, args=(text, key), daemon=True).start()
                     chk = check(loaded.tensors, key, text, metadata=meta, progress=prog)
                     rec = plan_recovery(chk, ws)
             finally:
@@ -368,37 +367,65 @@ def _patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str,
 def _patch_in_place(path: Path, chk: Check, rec: Recovery, meta: dict[str, str]) -> bool:
     """``--in-place``: write only the rebuilt blocks into the file itself, then flush it to disk.
 
-    Only when the file's header stays what it is (same tensors, same metadata; its bytes are
-    kept): a header rewritten in place could be torn by a crash, so that case takes the atomic path
-    (False, nothing written). Each rebuilt block restores sealed content, so an interrupted
-    patch leaves a sealed model with fewer tampered blocks, which verify names and recover
-    finishes; nothing of the input is lost.
+    Only for a plain writable file (not a link: a link's other names would change too) whose
+    header can stay byte for byte: the same tensors and metadata, in the compact JSON this
+    library writes (no duplicate keys, no junk), tensors back to back, and no more header room
+    than a fresh output would keep. Anything else takes the atomic path (False, nothing
+    written): a header rewritten in place could be torn by a crash. Each rebuilt block restores
+    sealed content, so an interrupted patch leaves a sealed model with fewer tampered blocks,
+    which verify names and recover finishes. Blocks go out with ``pwrite``, so a full disk is
+    an error, not a SIGBUS.
     """
-    if chk.moved:
+    if chk.moved or path.is_symlink() or os.stat(path).st_nlink != 1 or not os.access(path, os.W_OK):
         return False
     lay = st_format.read_layout(path)
     entries = [(x.name, x.dtype, x.shape) for x in chk.specs]
     if [(e.name, e.dtype, e.shape) for e in lay.entries] != entries:
         return False
+    spans = sorted((e.start, e.end) for e in lay.entries)
+    size = os.path.getsize(path) - lay.data_start
+    if any(a != b for (_, b), (a, _) in zip([(0, 0), *spans], [*spans, (size, size)], strict=True)):
+        return False  # a gap between tensors (or after them) would be kept
     with open(path, "rb") as f:
-        cur = f.read(lay.data_start)[8:]
-    try:  # the same JSON object (key order aside: the input's bytes are kept)
-        if json.loads(cur) != json.loads(st_format.header_json(lay.entries, meta)):
+        raw = f.read(lay.data_start)[8:]
+    room = lay.data_start - 8
+    if room > st_format.header_room(entries, meta) + _HEADER_SLACK:
+        return False
+    body = raw.rstrip(b" ")
+    try:  # the same JSON object in the same compact form (key order aside: the input's is kept)
+        cur = json.loads(body)
+        if json.dumps(cur, separators=(",", ":")).encode() != body:
+            return False
+        if cur != json.loads(st_format.header_json(lay.entries, meta)):
             return False
     except (ValueError, UnicodeDecodeError):
         return False
     if not rec.patches:
         return True
-    m = Mapping(path, write=True)
+    fd = os.open(path, os.O_WRONLY)
     try:
         for t, patch in rec.patches.items():
-            spec, e = chk.specs[t], lay.entries[t]
-            _write_patch(uint_view(m.array(lay.data_start + e.start, ST_TO_NP[spec.dtype], (spec.numel,))), spec, patch)
-        m.flush()
-        os.fsync(m.fileno())
+            _pwrite_patch(fd, lay.data_start + lay.entries[t].start, chk.specs[t], patch)
+        os.fsync(fd)
     finally:
-        m.close()
+        os.close(fd)
     return True
+
+
+def _pwrite_patch(fd: int, at: int, spec: TensorSpec, patch: Patch) -> None:
+    """Write a patch's rebuilt blocks at byte ``at`` (the tensor's start) of a file, one call per run of blocks."""
+    item = patch.new.dtype.itemsize
+    rows = patch.rows
+    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+    for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, rows.size].tolist(), strict=True):
+        n0 = int(rows[a]) * BLOCK
+        n1 = min((int(rows[b - 1]) + 1) * BLOCK, spec.numel)
+        if n1 <= n0:
+            continue
+        buf = np.ascontiguousarray(patch.new[a:b]).reshape(-1)[: n1 - n0].view(np.uint8).data
+        done = 0
+        while done < len(buf):  # pwrite may write less than asked
+            done += os.pwrite(fd, buf[done:], at + n0 * item + done)
 
 
 def _write_recovered(dst: Path, chk: Check, rec: Recovery, meta: dict[str, str]) -> None:
