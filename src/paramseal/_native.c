@@ -49,6 +49,51 @@ int ps_gfni(void)
 
 #ifdef X86
 
+/* Steps 1 and 2 for one group G: R[64 i + 16 t] = syndrome i of codeword t (phi-domain, or mapped back
+ * with phi_inv when back). Bytes are masked with keep (1024 bytes) or, with flags (255 bytes), the
+ * bytes flagged fixed (flag bits 0-3) count as zero. */
+TARGET static inline __attribute__((always_inline)) void group_syndromes(const uint8_t *G, const uint8_t *keep,
+                                                                         const uint8_t *flags, const uint8_t *powers,
+                                                                         int dmax, const uint8_t *perm, uint64_t phi,
+                                                                         uint64_t phi_inv, int back, uint8_t *R)
+{
+    const __m512i idx = _mm512_loadu_si512((const void *)perm);
+    const __m512i A = _mm512_set1_epi64((long long)phi), Ai = _mm512_set1_epi64((long long)phi_inv);
+    const __mmask64 tail = (((__mmask64)1) << (GROUP_BYTES - 960)) - 1;
+    static const uint8_t spread_ix[64] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5,
+                                          5, 5, 6, 6, 6, 6, 7, 7, 7, 7, 8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10,
+                                          11, 11, 11, 11, 12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15};
+    static const uint8_t bit_ix[64] = {1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2,
+                                       4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8,
+                                       1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8};
+    __m512i X[16];
+#pragma GCC unroll 16
+    for (int c = 0; c < 16; c++) {
+        __m512i x = c < 15 ? _mm512_loadu_si512((const void *)(G + 64 * c)) : _mm512_maskz_loadu_epi8(tail, G + 960);
+        if (keep)
+            x = _mm512_and_si512(x, _mm512_loadu_si512((const void *)(keep + 64 * c)));
+        if (flags) {
+            __m512i f = _mm512_maskz_loadu_epi8(c < 15 ? 0xFFFF : 0x7FFF, flags + 16 * c);
+            __mmask64 fixed = _mm512_test_epi8_mask(_mm512_permutexvar_epi8(_mm512_loadu_si512(spread_ix), f),
+                                                    _mm512_loadu_si512(bit_ix));
+            x = _mm512_maskz_mov_epi8(~fixed, x);
+        }
+        X[c] = _mm512_permutexvar_epi8(idx, _mm512_gf2p8affine_epi64_epi8(x, A, 0));
+    }
+    for (int i = 0; i < dmax; i++) {
+        const uint8_t *p = powers + (size_t)i * 16 * 64;
+        __m512i a = _mm512_setzero_si512();
+#pragma GCC unroll 16
+        for (int c = 0; c < 16; c++)
+            a = _mm512_xor_si512(a, _mm512_gf2p8mul_epi8(X[c], _mm512_loadu_si512((const void *)(p + 64 * c))));
+        a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 8)); /* fold each 128-bit lane (one codeword) to byte 0 */
+        a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 4));
+        a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 2));
+        a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 1));
+        _mm512_store_si512((void *)(R + 64 * i), back ? _mm512_gf2p8affine_epi64_epi8(a, Ai, 0) : a);
+    }
+}
+
 /* W: ng groups of 1020 bytes, updated in place (free bits zero on entry).
  * powers: [dmax][16][64] syndrome powers, phi-domain, permuted lanes (0 where i >= d_t).
  * perm: 64 lane indices (vpermb) that group each chunk's bytes by codeword.
@@ -63,32 +108,11 @@ TARGET int ps_irs_encode(uint8_t *W, int64_t ng, const uint8_t *powers, int dmax
 {
     if (dmax < 1 || dmax > MAX_D || (rowbytes != 64 && rowbytes != 128))
         return -1;
-    const __m512i idx = _mm512_loadu_si512((const void *)perm);
-    const __m512i A = _mm512_set1_epi64((long long)phi);
-    const __mmask64 tail = (((__mmask64)1) << (GROUP_BYTES - 960)) - 1;
     uint8_t R[MAX_D * 64] __attribute__((aligned(64)));
     uint8_t out[MAX_ROW] __attribute__((aligned(64)));
     for (int64_t g = 0; g < ng; g++) {
         uint8_t *G = W + g * GROUP_BYTES;
-        __m512i X[16];
-#pragma GCC unroll 16
-        for (int c = 0; c < 16; c++) {
-            __m512i x = c < 15 ? _mm512_loadu_si512((const void *)(G + 64 * c)) : _mm512_maskz_loadu_epi8(tail, G + 960);
-            x = _mm512_and_si512(x, _mm512_loadu_si512((const void *)(keep + 64 * c)));
-            X[c] = _mm512_permutexvar_epi8(idx, _mm512_gf2p8affine_epi64_epi8(x, A, 0));
-        }
-        for (int i = 0; i < dmax; i++) {
-            const uint8_t *p = powers + (size_t)i * 16 * 64;
-            __m512i acc = _mm512_setzero_si512();
-#pragma GCC unroll 16
-            for (int c = 0; c < 16; c++)
-                acc = _mm512_xor_si512(acc, _mm512_gf2p8mul_epi8(X[c], _mm512_loadu_si512((const void *)(p + 64 * c))));
-            acc = _mm512_xor_si512(acc, _mm512_bsrli_epi128(acc, 8));
-            acc = _mm512_xor_si512(acc, _mm512_bsrli_epi128(acc, 4));
-            acc = _mm512_xor_si512(acc, _mm512_bsrli_epi128(acc, 2));
-            acc = _mm512_xor_si512(acc, _mm512_bsrli_epi128(acc, 1));
-            _mm512_store_si512((void *)(R + 64 * i), acc);
-        }
+        group_syndromes(G, keep, NULL, powers, dmax, perm, phi, 0, 0, R);
         for (int t = 0; t < 4; t++) {
             const uint8_t *tab = tabs + (size_t)t * 2 * dmax * 16 * rowbytes;
             __m512i o0 = _mm512_setzero_si512(), o1 = _mm512_setzero_si512();
@@ -284,39 +308,10 @@ TARGET int ps_irs_syndromes(const uint8_t *W, const uint8_t *flags, int64_t r0, 
 {
     if (dmax < 1 || dmax > MAX_D || 8 * words < dmax)
         return -1;
-    const __m512i idx = _mm512_loadu_si512((const void *)perm);
-    const __m512i A = _mm512_set1_epi64((long long)phi), Ai = _mm512_set1_epi64((long long)phi_inv);
-    const __mmask64 tail = (((__mmask64)1) << (GROUP_BYTES - 960)) - 1;
-    uint8_t fi[64], bs[64];
-    for (int l = 0; l < 64; l++)
-        fi[l] = (uint8_t)(l >> 2), bs[l] = (uint8_t)(1 << (l & 3));
-    const __m512i spread = _mm512_loadu_si512((const void *)fi), bit = _mm512_loadu_si512((const void *)bs);
     uint8_t R[MAX_D * 64] __attribute__((aligned(64)));
     for (int64_t g = r0; g < r1; g++) {
         const uint8_t *G = W + g * GROUP_BYTES;
-        __m512i X[16];
-#pragma GCC unroll 16
-        for (int c = 0; c < 16; c++) {
-            __m512i x = c < 15 ? _mm512_loadu_si512((const void *)(G + 64 * c)) : _mm512_maskz_loadu_epi8(tail, G + 960);
-            if (flags) {
-                __m512i f = _mm512_maskz_loadu_epi8(c < 15 ? 0xFFFF : 0x7FFF, flags + g * 255 + 16 * c);
-                __mmask64 fixed = _mm512_test_epi8_mask(_mm512_permutexvar_epi8(spread, f), bit);
-                x = _mm512_maskz_mov_epi8(~fixed, x);
-            }
-            X[c] = _mm512_permutexvar_epi8(idx, _mm512_gf2p8affine_epi64_epi8(x, A, 0));
-        }
-        for (int i = 0; i < dmax; i++) {
-            const uint8_t *p = powers + (size_t)i * 16 * 64;
-            __m512i a = _mm512_setzero_si512();
-#pragma GCC unroll 16
-            for (int c = 0; c < 16; c++)
-                a = _mm512_xor_si512(a, _mm512_gf2p8mul_epi8(X[c], _mm512_loadu_si512((const void *)(p + 64 * c))));
-            a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 8));
-            a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 4));
-            a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 2));
-            a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 1));
-            _mm512_store_si512((void *)(R + 64 * i), _mm512_gf2p8affine_epi64_epi8(a, Ai, 0));
-        }
+        group_syndromes(G, NULL, flags ? flags + g * 255 : NULL, powers, dmax, perm, phi, phi_inv, 1, R);
         uint8_t *o = (uint8_t *)(acc + g * 4 * (int64_t)words);
         memset(o, 0, (size_t)32 * words);
         for (int t = 0; t < 4; t++)
