@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""The compiled kernels against their numba references, on random data of the given size.
+
+Usage::
+
+    python benchmarks/bench_kernels.py [--mib 256] [--repeats 3]
+
+Prints seconds per GiB (best of ``--repeats``) for the irs4 inner encoder at k = 8, 12, 16
+(host 2, all 255 positions fp32), the decoder's syndromes (every group, as a heavy-damage
+recover computes them) and the block MAC's hash, each with the compiled library and with
+numba, in the same run, and checks that both give the same output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from paramseal import _irs, _kernels, _native
+
+
+def best(fn: Callable[[], object], repeats: int) -> float:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return min(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mib", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    if not _native.available():
+        raise SystemExit("the compiled kernels are not available here (no library, or no GFNI/AVX-512)")
+    rng = np.random.default_rng(1)
+    ng = (a.mib << 20) // (4 * _irs.N_POS)
+    per_gib = (1 << 30) / (ng * 4 * _irs.N_POS)
+    print(f"{ng:,} groups ({ng * 4 * _irs.N_POS / 2**20:.0f} MiB of words); seconds per GiB, best of {a.repeats}")
+    print(f"{'kernel':<34}{'compiled':>10}{'numba':>10}{'ratio':>8}  same output")
+    base = rng.integers(0, 2**32, (ng, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    for k in (8, 12, 16):
+        code = _irs.code_for(k, _irs.N_POS, 2)
+        w0 = base & np.uint32(~((1 << k) - 1) & 0xFFFFFFFF)
+        x, y = w0.copy(), w0.copy()
+        tn = best(lambda x=x, code=code, w0=w0: (np.copyto(x, w0), _native.encode(code, x)), a.repeats)
+        tr = best(lambda y=y, code=code, w0=w0: (np.copyto(y, w0), _irs._run(0, code, y, None)), a.repeats)
+        same = np.array_equal(x, y)
+        enc = x.copy()
+        # the copies are in both timings: subtract one
+        tc = best(lambda x=x, w0=w0: np.copyto(x, w0), a.repeats)
+        tn, tr = tn - tc, tr - tc
+        print(f"{f'irs4 encode, k={k}':<34}{tn * per_gib:>10.2f}{tr * per_gib:>10.2f}{tr / tn:>8.1f}  {same}")
+        if k == 8:
+            enc8 = enc
+    code = _irs.code_for(8, _irs.N_POS, 2)
+    enc = enc8
+    flags = np.zeros(enc.shape, np.uint8)
+    flags[:, :4] = 1  # some fixed bytes, as tag bytes are
+    tn = best(lambda: _native.syndromes(code, enc, flags), a.repeats)
+    real = _native._load
+    _native._load = lambda: None  # numba's own syndromes (all groups, as a decode computes them)
+    try:
+        tr = best(lambda: _irs._run(2, code, enc, None), a.repeats)
+    finally:
+        _native._load = real
+    got = _native.syndromes(code, enc[:2048], flags[:2048])
+    want = _irs._batch_shares(enc, flags, True, 0, 2048, code.syn, 0, _irs.N_POS)
+    same = got is not None and np.array_equal(got, want)
+    print(f"{'decoder syndromes (k=8)':<34}{tn * per_gib:>10.2f}{tr * per_gib:>10.2f}{tr / tn:>8.1f}  {same}")
+    nb = (a.mib << 20) // 256
+    words = rng.integers(0, 1 << 16, (nb, 128), dtype=np.uint16)
+    keys = rng.integers(0, (1 << 32) - 5, 512, dtype=np.uint64)
+    wmask = np.full(10, 0xFF, np.uint16)
+    internal = np.ones(nb, np.bool_)
+    pads = rng.integers(0, (1 << 32) - 5, nb, dtype=np.uint64)
+    out, ref = np.empty(nb, np.uint64), np.empty(nb, np.uint64)
+    numba_mlh = _kernels._kernel("mlh", nb)
+    numba_mlh(words, keys[:128], wmask, internal, pads, ref)  # load it before timing
+    tn = best(lambda: _native.mlh(words, keys, wmask, internal, pads, out), a.repeats)
+    tr = best(lambda: numba_mlh(words, keys[:128], wmask, internal, pads, ref), a.repeats)
+    print(
+        f"{'block MAC hash (fp32 blocks)':<34}{tn * (1 << 30) / words.nbytes:>10.3f}"
+        f"{tr * (1 << 30) / words.nbytes:>10.3f}{tr / tn:>8.1f}  {np.array_equal(out, ref)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
