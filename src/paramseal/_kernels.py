@@ -210,7 +210,6 @@ def mlh_tags(
         return out
     if not HAVE_NUMBA:
         return mlh_tags_numpy(words, keys, wmask, internal, pads)
-    out = np.empty(words.shape[0], dtype=np.uint64)
     _kernel("mlh", words.shape[0])(words, keys[: words.shape[1]], wmask, internal, pads, out)
     return out
 

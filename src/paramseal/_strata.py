@@ -325,12 +325,9 @@ class Strata:
         if _native.gather(w, g0, perm, self.free_strata, pieces, pad, int(self._clear_mask())) >= 0:
             self.groups(flats, data, g, seal=True)  # raises, naming the tensor as the reference does
             raise AssertionError("the compiled gather found a NaN/Inf word that the reference did not")
-        if self.free_strata < N_POS:  # data strata: few words, by the numpy reference
-            js = np.arange(self.free_strata, N_POS)
-            v = js * self.G + (g[:, None] + self.offs[js]) % self.G
-            pos = self._ipermt()[js][:, g % max(1, self.perms)].T
-            r = np.arange(ng)[:, None]
-            w[r, pos] = self.read(flats, data, v)[0] ^ pad[r, pos]
+        if self.free_strata < N_POS:
+            r, pos, dw, _ = self._data_strata(flats, data, g, None)
+            w[r, pos] = dw ^ pad[r, pos]
         return w
 
     def _perm16(self) -> NDArray[np.int16]:
@@ -513,16 +510,30 @@ class Strata:
         nan_in = [t for t in parallel_map(part, _split_runs(runs, ng)) if t >= 0]
         if nan_in:
             raise UnsupportedError(self._nan_message(min(nan_in)))
-        if self.free_strata < N_POS:  # data strata: few words, by the numpy reference
-            js = np.arange(self.free_strata, N_POS)
-            v = js * self.G + (g[:, None] + self.offs[js]) % self.G
-            dw, df = self.read(flats, data, v, bad)
-            pos = ipermt[js][:, g % ipermt.shape[1]].T
-            r = np.arange(ng)[:, None]
+        if self.free_strata < N_POS:
+            r, pos, dw, df = self._data_strata(flats, data, g, bad)
             w[r, pos] = dw
             if f is not None and df is not None:
                 f[r, pos] = df
         return w, f
+
+    def _data_strata(
+        self,
+        flats: list[NDArray[np.unsignedinteger]],
+        data: DataRegion,
+        g: NDArray[np.int64],
+        bad: list[NDArray[np.bool_]] | None,
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint32], NDArray[np.uint8] | None]:
+        """The data strata's words of groups ``g`` (few: by the numpy reference) and where they go.
+
+        Returns rows ``[ng, 1]`` and positions ``[ng, data strata]`` to index ``[ng, 255]`` arrays
+        with, then the words and, given ``bad``, their flags.
+        """
+        js = np.arange(self.free_strata, N_POS)
+        v = js * self.G + (g[:, None] + self.offs[js]) % self.G
+        dw, df = self.read(flats, data, v, bad)
+        pos = self._ipermt()[js][:, g % max(1, self.perms)].T
+        return np.arange(g.size)[:, None], pos, dw, df
 
     def _ipermt(self) -> NDArray[np.int64]:
         """``[255, perms]``: the position of each stratum under each permutation (one column when unpermuted)."""
