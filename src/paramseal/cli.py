@@ -79,7 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     _key_args(p)
     _json_arg(p)
     p.add_argument("--allow-partial", action="store_true", help="write OUTPUT even if not everything is recovered")
-    p.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the INPUT file")
+    p.add_argument(
+        "--in-place",
+        action="store_true",
+        help="allow OUTPUT to be the INPUT file; a safetensors file whose header needs no change gets only its "
+        "rebuilt blocks written",
+    )
 
     p = sub.add_parser("inspect", help="show seal settings, perturbation bounds and recovery capacity")
     p.add_argument("input")
