@@ -88,6 +88,8 @@ class Code:
     fn: NDArray[np.int64]  # (4, 2 max d): free nibble r of codeword t -> 8 j + n (-1 past 2 d_t)
     host: int = 0  # whole free bytes per codeword turned into data (they carry the outer code)
     hosted: NDArray[np.int64] = field(default_factory=lambda: np.zeros((4, 0), np.int64))  # (4, host): j of byte 0
+    # per codeword, the GF(2) solver: syndrome bits -> its free bits, packed order (None where d_t = 0)
+    inverses: tuple[NDArray[np.uint8] | None, ...] = (None, None, None, None)
 
 
 def _gf_mul(a: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -230,7 +232,10 @@ def code_for(k: int, free_strata: int = N_POS, host: int = 0) -> Code:
     syn, enc = syn.reshape(-1, words), enc.reshape(-1, words)
     for a in (d, first, syn, enc, fn, hosted):
         a.setflags(write=False)
-    return Code(k, free_strata, d, first, words, syn, enc, fn, host, hosted)
+    for it in inv:
+        if it is not None:
+            it.setflags(write=False)
+    return Code(k, free_strata, d, first, words, syn, enc, fn, host, hosted, tuple(inv))
 
 
 def byte_mask(flags: NDArray[np.uint8]) -> NDArray[np.uint32]:

@@ -1,8 +1,10 @@
 """Optional compiled kernels (``_native.c``, built at install when a C compiler is there), via ctypes.
 
-Only the irs4 inner encoder so far: GFNI + AVX-512, about 6x the numba encoder's speed. Without
-the library, or on a CPU without those instructions, `encode` returns False and the caller
-uses the numba encoder, which stays the reference (the tests compare the two bit for bit).
+With GFNI and AVX-512 (BW, VBMI): the irs4 inner encoder, the decoder's syndromes, the seal
+gather and its inverse placement, and the outer code's content. On any CPU: the block MAC's
+hash and the tag read. Each has a numba (or numpy) counterpart that stays the reference and
+the fallback; the tests compare the two bit for bit. Where the library is missing or unusable
+the functions here return False or None and the caller uses the reference.
 ``PARAMSEAL_NATIVE=0`` turns the library off; ``PARAMSEAL_NATIVE=require`` makes a missing or
 unusable library an error (CI sets it, so a silently skipped build cannot pass).
 """
@@ -20,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _irs
-from ._kernels import halves, parallel_map
+from ._kernels import _PARALLEL_ROWS, halves, parallel_map
 
 _ABI = 1
 _LIB_NAME = "_psnative.so"
@@ -119,7 +121,7 @@ def mlh(
     a = (words.ctypes.data, k.ctypes.data, m.ctypes.data, f.ctypes.data, pd.ctypes.data, out.ctypes.data)
     parallel_map(
         lambda r: lib.ps_mlh(a[0], r[0], r[1], nw, a[1], a[2], m.size, a[3], a[4], a[5]),
-        halves(nb) if nb >= 8192 else [(0, nb)],
+        halves(nb) if nb >= _PARALLEL_ROWS else [(0, nb)],
     )
     return True
 
@@ -246,10 +248,8 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
         blist = sorted({4 * (x >> 3) + ((x & 7) >> 1) for x in used})
         locs.append(blist)
         m = np.zeros((8 * len(blist), 8 * dt), np.uint8)
-        if dt:
-            first, inv = _irs._solver(tt, used, dt)
-            if first != int(code.first[tt]):  # pragma: no cover - same construction as code_for
-                raise AssertionError("solver root differs from the code's")
+        inv = code.inverses[tt]
+        if inv is not None:
             # inv composed with phi^-1 on each syndrome byte: bits(S) = phi_inv bits(S')
             comp = ((inv.reshape(-1, dt, 8).astype(np.int32) @ phi_inv.astype(np.int32)) & 1).reshape(inv.shape)
             where = {b: n for n, b in enumerate(blist)}
@@ -286,6 +286,11 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
     )
 
 
+def _rows(n: int) -> list[tuple[int, int]]:
+    """Row ranges for one call per core (one call for small batches)."""
+    return halves(n) if n >= 256 else [(0, n)]
+
+
 def encode(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
     """`_irs.encode` with the compiled kernel, on one thread per core; False if it is unavailable."""
     lib = _load()
@@ -307,7 +312,7 @@ def encode(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
         if rc:
             raise RuntimeError(f"compiled irs4 encoder refused its tables (code {rc})")
 
-    parallel_map(run, halves(W.shape[0]) if W.shape[0] >= 64 else [(0, W.shape[0])])
+    parallel_map(run, _rows(W.shape[0]))
     return True
 
 
@@ -321,12 +326,12 @@ def syndromes(code: _irs.Code, W: NDArray[np.uint32], flags: NDArray[np.uint8] |
         return None
     _irs._check(W, flags)
     p = _plan(code.k, code.free_strata, code.host)
+    if not 1 <= p.dmax <= 128:  # the kernel's limits; numba serves the rest
+        return None
     ng = W.shape[0]
     out = np.empty((4 * ng, code.words), np.uint64)
     fptr = None if flags is None else flags.ctypes.data
     a = (W.ctypes.data, p.powers.ctypes.data, p.perm.ctypes.data, p.d.ctypes.data, out.ctypes.data)
-    if not 1 <= p.dmax <= 128:  # the kernel's limits; numba serves the rest
-        return None
     rcs = parallel_map(
         lambda r: lib.ps_irs_syndromes(
             a[0], fptr, r[0], r[1], a[1], p.dmax, a[2], p.phi, p.phi_inv, a[3], code.words, a[4]
@@ -336,10 +341,6 @@ def syndromes(code: _irs.Code, W: NDArray[np.uint32], flags: NDArray[np.uint8] |
     if any(rcs):
         raise RuntimeError(f"compiled syndrome kernel refused its tables (code {max(rcs)})")
     return out
-
-
-def _rows(n: int) -> list[tuple[int, int]]:
-    return halves(n) if n >= 256 else [(0, n)]
 
 
 def gather(

@@ -88,7 +88,7 @@ class Outer:
 
         # A code over GF(2^16) acts on each 2-byte symbol position alike, so one leopard call on
         # whole shards gives every column's parity (tested). One call on one thread: leopard holds
-        # the GIL for much of a call, and two threads calling it took 2.7x as long as one doing both.
+        # the GIL for much of a call, and two threads calling it were slower than one making both.
         if r:
             par = np.frombuffer(b"".join(rsl.encode(_shards(content), r)), np.uint8)
             out[:] = par.reshape(r, self.columns, 64).transpose(1, 0, 2)

@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Where the time of an irs4 seal and of a light in-place recover goes, step by step.
+
+Usage::
+
+    python benchmarks/seal_phases.py [--size-gib 1.0] [--dir SCRATCH]
+
+Writes the LLaMA-shaped fp32 checkpoint of ``bench_core.py``, then, in this one process:
+
+* seals it file to file with a timer around each step of the engine (keyed offset, gather,
+  outer content and parity, inner encode, scatter, the tag pass's reads, tags and writes);
+  "rest" is what the steps leave: opening, the header and the final flush to disk;
+* flips 100 random bits in a copy of the sealed file and recovers it in place in a fresh
+  process (as a user runs it), timing the check, the gather of the damaged groups, the code
+  tables, the decode and the numba kernels the decoder loads.
+
+Wall-clock seconds of one run on a warm page cache: a breakdown, not a benchmark (use
+``bench_core.py`` for that). The steps do not nest, so with "rest" they add up to the total;
+numba kernel loads are shown apart, as part of whichever step (or "rest") they fall in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import functools
+import importlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_core  # noqa: E402
+
+from paramseal import Key, _irs, _outer, _strata, files, load_key  # noqa: E402
+
+T: collections.Counter[str] = collections.Counter()
+
+
+def timed(owner: Any, name: str, label: str) -> None:
+    """Wrap ``owner.name`` so that its wall time adds to ``T[label]``."""
+    f = getattr(owner, name)
+
+    @functools.wraps(f)
+    def g(*a: Any, **k: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return f(*a, **k)
+        finally:
+            T[label] += time.perf_counter() - t0
+
+    setattr(owner, name, g)
+
+
+def first_kernel_load() -> None:
+    """Time the first numba kernel loaded (it pays numba's registries, and scipy's import if installed)."""
+    import numba.core.dispatcher as dispatcher
+
+    real = dispatcher.Dispatcher._compile_for_args
+
+    def spy(self: Any, *a: Any, **k: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return real(self, *a, **k)
+        finally:  # threads load a kernel side by side: keep the longest, not the sum
+            label = f"numba kernel load ({self.py_func.__name__})"
+            T[label] = max(T[label], time.perf_counter() - t0)
+
+    dispatcher.Dispatcher._compile_for_args = spy
+
+
+def show(title: str, total: float) -> None:
+    print(f"\n{title}: {total:.2f} s")
+    steps = {k: v for k, v in T.items() if not k.startswith("numba")}
+    for label, s in sorted(steps.items(), key=lambda kv: -kv[1]):
+        print(f"  {label:<50}{s:7.2f} s")
+    print(f"  {'rest':<50}{total - sum(steps.values()):7.2f} s")
+    for label, s in T.items():
+        if label.startswith("numba"):
+            print(f"  {'(within the steps) ' + label:<50}{s:7.2f} s")
+    T.clear()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-gib", type=float, default=1.0)
+    ap.add_argument("--dir", type=Path, default=None)
+    ap.add_argument("--recover", type=Path, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.recover:
+        recover_phases(a.recover)
+        return
+    work = a.dir or Path(tempfile.mkdtemp(prefix="paramseal-phases-"))
+    key = Key.generate()
+    model, sealed, bad = work / "model.safetensors", work / "sealed.safetensors", work / "bad.safetensors"
+    bench_core.write_checkpoint(model, a.size_gib)
+    os.sync()
+
+    seal = importlib.import_module("paramseal.seal")
+    timed(_strata.Strata, "pad", "keyed offset (AES-CTR)")
+    timed(_strata.Strata, "seal_words", "gather (read words, offset, mask)")
+    timed(_outer.Outer, "content", "outer code: content")
+    timed(_outer.Outer, "parity", "outer code: parity (leopard)")
+    timed(_irs, "encode", "inner encode")
+    timed(_strata.Strata, "scatter", "scatter (placement, write)")
+    timed(seal, "read_blocks", "tag pass: read back")
+    timed(seal, "_tag_chunk", "tag pass: tags")
+    timed(seal, "write_blocks", "tag pass: write")
+    t0 = time.perf_counter()
+    files.seal_file(model, sealed, key, progress=False)
+    show(f"seal of {model.stat().st_size / 2**30:.2f} GiB", time.perf_counter() - t0)
+
+    bench_core.tamper(sealed, bad, "bitflips", 7)
+    os.sync()
+    # recover in a fresh process, as a user runs it: this one has loaded numba and the tables already
+    env = {**os.environ, "PARAMSEAL_KEY": key.secret.hex()}
+    subprocess.run([sys.executable, os.path.abspath(__file__), "--recover", str(bad)], env=env, check=True)
+    if a.dir is None:
+        shutil.rmtree(work)
+
+
+def recover_phases(path: Path) -> None:
+    """The in-place recover of ``path`` with step timers (key from PARAMSEAL_KEY)."""
+    first_kernel_load()
+    timed(files, "check", "check (verify)")
+    timed(_irs, "code_for", "code tables")
+    timed(_irs, "decode", "decode")
+    timed(_strata.Strata, "groups", "gather the damaged groups")
+    timed(files, "_patch_in_place", "write the rebuilt blocks")
+    t0 = time.perf_counter()
+    res = files.recover_file(path, path, load_key(None), in_place=True, progress=False)
+    show(f"recover --in-place of 100 bit flips, fresh process ({res.report.status})", time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    main()
