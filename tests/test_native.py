@@ -32,6 +32,7 @@ def test_library_present_where_required() -> None:
 def no_native(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every caller falls back to the numba/numpy reference."""
     monkeypatch.setattr(_native, "_load", lambda: None)
+    monkeypatch.setattr(_native, "_lib", lambda: None)
 
 
 def test_phi_is_a_field_isomorphism() -> None:
@@ -211,6 +212,12 @@ def test_fallback_seals_and_verifies(no_native: None, key: paramseal.Key) -> Non
     assert not _native.available()
     sealed = paramseal.seal(model, key)
     assert paramseal.verify(sealed.tensors, key, sealed.header_json).status == "intact"
+    bad = {n: a.copy() for n, a in sealed.tensors.items()}
+    bad["b"][1000:3000] = 0.5  # whole blocks replaced, then recovered by the numba decoder
+    bad["a"].reshape(-1).view(np.uint32)[[5, 40_000]] ^= np.uint32(1 << 30)
+    res = paramseal.recover(bad, key, sealed.header_json)
+    assert res.report.status == "recovered"
+    helpers.assert_model_equal(res.tensors, sealed.tensors)
 
 
 needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
@@ -282,3 +289,84 @@ def test_a_library_built_from_other_source_is_not_used(tmp_path: Path, monkeypat
     monkeypatch.setenv("PARAMSEAL_NATIVE", "require")
     with pytest.raises(RuntimeError, match="other source"):
         _native._lib.__wrapped__()  # type: ignore[attr-defined]
+
+
+def _damaged_groups(code: _irs.Code, rng: np.random.Generator, ng: int) -> tuple[np.ndarray, np.ndarray]:
+    """Encoded groups under every kind of damage the decoder tells apart, with their flags.
+
+    Per group: a number of replaced words (0 to 60) that are all flagged, some extra flagged words
+    left intact (scattered damage flags whole blocks), fixed bytes, padding; a few groups with an
+    unflagged error or wrecked whole.
+    """
+    W = rng.integers(0, 2**32, (ng, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    W[:, : code.free_strata] &= np.uint32(~((1 << code.k) - 1) & 0xFFFFFFFF)
+    _irs.encode(code, W)
+    flags = np.zeros(W.shape, np.uint8)
+    dmax = int(code.d.max())
+    nerr = rng.choice([0, 1, 2, 3, 5, 8, 9, 12, 20, 30, 60, dmax // 3, dmax // 2, dmax - 2, dmax + 5], ng)
+    nflag = np.minimum(_irs.N_POS, nerr + rng.choice([0, 0, 2, 10, 40, 120], ng))
+    for g in range(ng):
+        js = rng.permutation(_irs.N_POS)
+        flags[g, js[: nflag[g]]] |= _irs.FLAG_BAD
+        W[g, js[: nerr[g]]] ^= rng.integers(1, 2**32, nerr[g], dtype=np.uint64).astype(np.uint32)
+    fixed = rng.random(ng) < 0.3
+    flags[fixed, 200:204] |= rng.integers(1, 16, (int(fixed.sum()), 4)).astype(np.uint8)
+    flags[::17, 250:] |= _irs.FLAG_PAD
+    W[::17, 250:] = 0
+    W[5::23, 7] ^= 1 << 20  # an error in an entry not flagged
+    W[::41] = rng.integers(0, 2**32, (len(W[::41]), _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    return W, flags
+
+
+@needs_native
+@pytest.mark.parametrize("k,F,host", CODES)
+def test_compiled_decoder_equals_the_numba_decoder(k: int, F: int, host: int) -> None:
+    """Same syndromes in, the same corrected words and the same status per group out, every path taken."""
+    code = _irs.code_for(k, F, host)
+    W, flags = _damaged_groups(code, np.random.default_rng(100 * k + F + host), 1500)
+    pre = _native.syndromes(code, W, flags)
+    assert pre is not None
+    got_w = W.copy()
+    got = _native.decode(code, got_w, flags, pre)
+    want_w, want = W.copy(), np.zeros(W.shape[0], np.int8)
+    _irs._run_nb(
+        1, want_w, flags, code.syn, code.fn, code.d, code.first, 0, code.free_strata, pre,
+        np.zeros(W.shape[0], np.bool_), want,
+    )  # fmt: skip
+    assert got is not None
+    assert np.array_equal(got, want) and np.array_equal(got_w, want_w)
+    seen = set(np.unique(want).tolist())
+    assert {_irs.CLEAN, _irs.CORRECTED, _irs.TOO_MANY} <= seen
+    if code.d.min() >= 8:  # every outcome of the decoder was compared
+        want_all = {_irs.CLEAN, _irs.CORRECTED, _irs.TOO_MANY, _irs.ROOT_COUNT, _irs.ROOT_LOCATION, _irs.INCONSISTENT}
+        assert seen == want_all
+
+
+@needs_lib
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compiled_gather_with_flags_equals_the_numba_kernel(
+    seed: int, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Strata.groups` with failed blocks: words and flags of any groups, compiled and numba alike."""
+    model = _mixed_model(seed)
+    from paramseal.seal import SealConfig
+
+    specs = SealConfig(level="standard").specs(model)
+    flats = [helpers.uview(np.ascontiguousarray(model[s.name])).reshape(-1) for s in specs]
+    st = _strata.plan(specs, key, bytes(range(16)))
+    data = st.pack_data(flats)
+    rng = np.random.default_rng(seed)
+    bad = [rng.random(max(1, s.nblocks)) < 0.2 for s in specs]
+    calls: list[int] = []
+    real = _native.gather_runs
+    monkeypatch.setattr(_native, "gather_runs", lambda *a: calls.append(1) or real(*a))
+    for g in (np.arange(st.G, dtype=np.int64), np.array([0, 1, 2, 9, st.G - 1], np.int64)):
+        got_w, got_f = st.groups(flats, data, g, bad)
+        got_s = st.groups(flats, data, g, seal=True)[0]
+        with monkeypatch.context() as m:
+            m.setattr(_native, "portable", lambda: False)
+            want_w, want_f = st.groups(flats, data, g, bad)
+            want_s = st.groups(flats, data, g, seal=True)[0]
+        assert np.array_equal(got_w, want_w) and np.array_equal(got_f, want_f) and np.array_equal(got_s, want_s)
+        assert got_f is not None and (got_f & _irs.FLAG_BAD).any() and (got_f & _irs.FLAG_PAD).any()
+    assert calls  # the compiled kernel ran

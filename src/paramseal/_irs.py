@@ -322,6 +322,10 @@ def _run(
         from . import _native  # imports this module
 
         pre = _native.syndromes(code, W, flags)
+        if pre is not None and op == 1 and flags is not None:  # and the compiled decoder: no numba kernel loads
+            got = _native.decode(code, W, flags, pre)
+            if got is not None:
+                return ok, got
     if pre is None:
         pre = np.zeros((0, code.words), np.uint64)
     _run_nb(op, W, fl, table, code.fn, code.d, code.first, b0f, code.free_strata, pre, ok, status)

@@ -15,6 +15,7 @@
  * encoder uses.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <errno.h>
@@ -321,3 +322,364 @@ TARGET int ps_irs_syndromes(const uint8_t *W, const uint8_t *flags, int64_t r0, 
     return 0;
 }
 #endif
+
+/* ------------------------------------------------------------------ recovery (any CPU)
+ * The gather with flags and the irs4 decoder, ported line for line from their numba references
+ * (_strata._gather_nb, _irs._decode_group and helpers), so that a lightly tampered model is
+ * recovered without loading any numba kernel. tests/test_native.py compares the two on random
+ * damage: the same words and the same statuses. */
+
+/* The words (and flags) of stream range [t0, t1) (one tensor, flat values src; NULL: padding) that
+ * runs of groups hold, into w ([rows][255], position order) and fl: as _strata._gather_nb. runs:
+ * nruns rows (first group, groups, first row); ipermt: [255][nperm] position of stratum j under
+ * permutation p; bad: the tensor's failed blocks (nb blocks, the last internal if li, the first rs
+ * reserved). Returns the stream index of the first NaN/Inf word when seal, else -1. */
+int64_t ps_gather_runs(const int64_t *runs, int64_t nruns, int64_t G, const int64_t *offs, const int64_t *ipermt,
+                       int64_t nperm, int64_t t0, int64_t t1, const uint32_t *src, const uint8_t *bad, int64_t nb, int li,
+                       int64_t rs, const uint8_t *tagb, int freeb, uint32_t keep, int seal, int want_flags, uint32_t *w,
+                       uint8_t *fl)
+{
+    for (int64_t ri = 0; ri < nruns; ri++) {
+        const int64_t g0 = runs[3 * ri], ng = runs[3 * ri + 1], r0 = runs[3 * ri + 2];
+        for (int64_t a = 0; a < ng; a += 128) { /* tiles of 128 groups: their rows of w stay in cache */
+            const int64_t b = ng < a + 128 ? ng : a + 128;
+            for (int64_t j = t0 / G; j <= (t1 - 1) / G; j++) {
+                const int64_t ws = (g0 + a + offs[j]) % G; /* the tile's words in stratum j, wrapping */
+                const int64_t seg[2][3] = {{ws, G < ws + b - a ? G : ws + b - a, a}, {0, ws + b - a - G, a + G - ws}};
+                for (int sgi = 0; sgi < 2; sgi++) {
+                    const int64_t s0 = seg[sgi][0], s1 = seg[sgi][1], i0 = seg[sgi][2];
+                    const int64_t lo = j * G + s0 > t0 ? j * G + s0 : t0, hi = j * G + s1 < t1 ? j * G + s1 : t1;
+                    if (lo >= hi)
+                        continue;
+                    int64_t i = i0 + lo - j * G - s0, p = (g0 + i) % nperm;
+                    for (int64_t x = lo; x < hi; x++) {
+                        const int64_t row = r0 + i, pos = ipermt[j * nperm + p];
+                        i++;
+                        if (++p == nperm)
+                            p = 0;
+                        if (!src) {
+                            if (want_flags)
+                                fl[row * 255 + pos] = (uint8_t)(0x20 | freeb);
+                            continue;
+                        }
+                        const int64_t local = x - t0;
+                        const uint32_t word = src[local];
+                        if (seal && ((word >> 23) & 0xFF) == 0xFF)
+                            return x;
+                        w[row * 255 + pos] = word & keep;
+                        if (want_flags) {
+                            const int64_t blk = local / 64;
+                            int f = bad[blk] ? 0x10 : 0;
+                            if (blk != nb - 1 || li)
+                                f |= tagb[local % 64];
+                            if (blk < rs)
+                                f |= freeb;
+                            fl[row * 255 + pos] = (uint8_t)f;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return -1;
+}
+
+#define D_NMAX 258
+#define D_FIXED 0x0F
+#define D_BAD 0x10
+#define D_PAD 0x20
+#define D_ERASE_DIRECT 8
+enum { D_CLEAN = 0, D_CORRECTED = 1, D_TOO_MANY = -1, D_ROOT_COUNT = -2, D_ROOT_LOCATION = -3, D_INCONSISTENT = -4 };
+
+/* GF(2^8) mod 0x11d as _irs._gf_tables: LOG[0] = 512 and EXP[>= 510] = 0 make products branch-free. */
+static int32_t EXP[1040], LOG[256];
+
+__attribute__((constructor)) static void gf_tables(void)
+{
+    int x = 1;
+    for (int i = 0; i < 256; i++)
+        LOG[i] = 512;
+    for (int i = 0; i < 255; i++) {
+        EXP[i] = EXP[i + 255] = x;
+        LOG[x] = i;
+        x <<= 1;
+        if (x & 0x100)
+            x ^= 0x11d;
+    }
+}
+
+typedef struct { /* _irs._scratch */
+    int32_t S[4][D_NMAX], pos[4][256], val[4][256], npos[4], u[4][D_NMAX], nlen[4];
+    int32_t lam[D_NMAX], psi[D_NMAX], om[D_NMAX], lpsi[D_NMAX], ers[4], B[4][D_NMAX], tmp[D_NMAX];
+    int32_t bd[4], nt[4], LB[4], ordr[4];
+} dscratch;
+
+static void d_locator(const int32_t *pos, int n, int32_t *psi)
+{
+    psi[0] = 1;
+    for (int i = 1; i <= n; i++)
+        psi[i] = 0;
+    for (int k = 0; k < n; k++)
+        for (int i = k + 1; i > 0; i--)
+            psi[i] ^= EXP[LOG[psi[i - 1]] + pos[k]];
+}
+
+static inline int d_eval_inv(const int32_t *lt, int deg, int j)
+{
+    const int lx = (255 - j) % 255;
+    int e = 0, val = EXP[lt[0]];
+    for (int i = 1; i <= deg; i++) {
+        e += lx;
+        if (e >= 255)
+            e -= 255;
+        val ^= EXP[lt[i] + e];
+    }
+    return val;
+}
+
+static int d_multi_bm(dscratch *s, int lmax)
+{
+    int32_t *lam = s->lam;
+    for (int i = 1; i < lmax + 2; i++)
+        lam[i] = 0;
+    lam[0] = 1;
+    int L = 0, nmax = 0;
+    for (int t = 0; t < 4; t++) {
+        s->B[t][0] = 1;
+        s->bd[t] = 1;
+        s->nt[t] = -1;
+        s->LB[t] = 0;
+        s->ordr[t] = t;
+        nmax = nmax > s->nlen[t] ? nmax : s->nlen[t];
+    }
+    for (int a = 1; a < 4; a++) { /* stable sort, longest first */
+        int x = s->ordr[a], i = a;
+        while (i > 0 && s->nlen[s->ordr[i - 1]] < s->nlen[x]) {
+            s->ordr[i] = s->ordr[i - 1];
+            i--;
+        }
+        s->ordr[i] = x;
+    }
+    for (int n = 0; n < nmax; n++)
+        for (int tt = 0; tt < 4; tt++) {
+            const int t = s->ordr[tt];
+            if (n >= s->nlen[t])
+                continue;
+            int dsc = 0;
+            for (int i = 0; i <= (L < n ? L : n); i++)
+                dsc ^= EXP[LOG[lam[i]] + s->u[t][n - i]];
+            if (dsc == 0)
+                continue;
+            const int m = n - s->nt[t], lnew = L > s->LB[t] + m ? L : s->LB[t] + m;
+            if (lnew > lmax)
+                return D_NMAX;
+            if (lnew > L)
+                for (int i = 0; i <= L; i++)
+                    s->tmp[i] = lam[i];
+            const int lc = (LOG[dsc] + 255 - LOG[s->bd[t]]) % 255;
+            for (int i = 0; i <= s->LB[t]; i++)
+                lam[i + m] ^= EXP[LOG[s->B[t][i]] + lc];
+            if (lnew > L) {
+                for (int i = 0; i <= L; i++)
+                    s->B[t][i] = s->tmp[i];
+                s->bd[t] = dsc;
+                s->nt[t] = n;
+                s->LB[t] = L;
+                L = lnew;
+            }
+        }
+    return L;
+}
+
+static void d_erasures(const uint8_t *fl, int erase_bad, dscratch *s)
+{
+    for (int t = 0; t < 4; t++)
+        s->npos[t] = 0;
+    for (int j = 0; j < 255; j++) {
+        const int f = fl[j];
+        int fx = f & D_FIXED;
+        if (erase_bad && (f & D_BAD) && !(f & D_PAD))
+            fx = 15;
+        for (int b = 0; b < 4; b++)
+            if ((fx >> b) & 1) {
+                const int t = (b - j) & 3;
+                s->pos[t][s->npos[t]++] = j;
+            }
+    }
+}
+
+static int d_locate_errors(const uint8_t *fl, const int64_t *d, int cap, dscratch *s)
+{
+    for (int t = 0; t < 4; t++) {
+        const int e = s->npos[t];
+        if (e > d[t])
+            return D_TOO_MANY;
+        s->nlen[t] = (int)d[t] - e;
+        d_locator(s->pos[t], e, s->psi);
+        for (int k = 0; k <= e; k++)
+            s->lpsi[k] = LOG[s->psi[k]];
+        for (int i = e; i < d[t]; i++) { /* Forney syndromes: the erasures taken out */
+            int v = 0;
+            for (int k = 0; k <= e; k++)
+                v ^= EXP[s->lpsi[k] + s->S[t][i - k]];
+            s->u[t][i - e] = LOG[v];
+        }
+    }
+    int lmax = 0;
+    for (;;) { /* the radius: largest L with sum_t max(nlen_t - L, 0) >= L */
+        int tot = 0;
+        for (int t = 0; t < 4; t++)
+            tot += s->nlen[t] - lmax - 1 > 0 ? s->nlen[t] - lmax - 1 : 0;
+        if (tot < lmax + 1)
+            break;
+        lmax++;
+    }
+    lmax = lmax < cap ? lmax : cap;
+    const int L = d_multi_bm(s, lmax);
+    if (L > lmax)
+        return D_TOO_MANY;
+    if (L == 0)
+        return 0;
+    for (int i = 0; i <= L; i++)
+        s->tmp[i] = LOG[s->lam[i]];
+    int nr = 0;
+    for (int j = 0; j < 255; j++) { /* every root must be a flagged entry: search only those */
+        const int f = fl[j];
+        if ((f & D_BAD) && !(f & D_PAD) && d_eval_inv(s->tmp, L, j) == 0) {
+            const int fx = f & D_FIXED;
+            for (int t = 0; t < 4; t++)
+                if (!((fx >> ((t + j) & 3)) & 1))
+                    s->pos[t][s->npos[t]++] = j;
+            nr++;
+        }
+    }
+    if (nr != L) {
+        int nall = 0;
+        for (int j = 0; j < 255; j++)
+            nall += d_eval_inv(s->tmp, L, j) == 0;
+        return nall == L ? D_ROOT_LOCATION : D_ROOT_COUNT;
+    }
+    return 0;
+}
+
+static int d_forney(const int64_t *d, const int64_t *first, dscratch *s)
+{
+    for (int t = 0; t < 4; t++) {
+        const int n = s->npos[t];
+        if (n > d[t])
+            return D_TOO_MANY;
+        d_locator(s->pos[t], n, s->psi);
+        for (int k = 0; k <= n; k++)
+            s->lpsi[k] = LOG[s->psi[k]];
+        for (int i = 0; i < d[t]; i++) { /* Omega = S Psi mod x^d must vanish above deg Psi */
+            int v = 0;
+            for (int k = 0; k <= (i < n ? i : n); k++)
+                v ^= EXP[s->lpsi[k] + s->S[t][i - k]];
+            if (i < n)
+                s->om[i] = LOG[v];
+            else if (v != 0)
+                return D_INCONSISTENT;
+        }
+        const int e1b = (int)((256 - first[t]) % 255); /* Forney factor X^(1 - b) */
+        for (int r = 0; r < n; r++) {
+            const int j = s->pos[t][r], lxi = (255 - j) % 255;
+            int num = EXP[s->om[0]], e = 0;
+            for (int i = 1; i < n; i++) {
+                e += lxi;
+                if (e >= 255)
+                    e -= 255;
+                num ^= EXP[s->om[i] + e];
+            }
+            int den = EXP[s->lpsi[1]];
+            e = 0;
+            for (int i = 3; i <= n; i += 2) {
+                e = (e + 2 * lxi) % 255;
+                den ^= EXP[s->lpsi[i] + e];
+            }
+            if (den == 0)
+                return D_INCONSISTENT;
+            s->val[t][r] = num ? EXP[(LOG[num] + 255 - LOG[den] + j * e1b) % 255] : 0;
+        }
+    }
+    return 0;
+}
+
+static int d_apply(uint32_t *wg, const uint8_t *fl, const dscratch *s)
+{
+    int changed = 0;
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < s->npos[t]; r++) {
+            const int j = s->pos[t][r], b = (t + j) & 3;
+            const uint32_t y = (uint32_t)s->val[t][r] << (8 * b);
+            if ((fl[j] >> b) & 1)
+                wg[j] = (wg[j] & ~(0xFFu << (8 * b))) | y;
+            else if (y) {
+                wg[j] ^= y;
+                changed = 1;
+            }
+        }
+    return changed ? D_CORRECTED : D_CLEAN;
+}
+
+static int d_group(uint32_t *wg, const uint8_t *fl, const uint64_t *acc, int words, const int64_t *d,
+                   const int64_t *first, dscratch *s)
+{
+    int nbad = 0, nfix = 0;
+    for (int t = 0; t < 4; t++)
+        s->ers[t] = 0;
+    for (int j = 0; j < 255; j++) {
+        const int f = fl[j], fx = f & D_FIXED;
+        if ((f & D_BAD) && !(f & D_PAD)) {
+            nbad++;
+            for (int t = 0; t < 4; t++)
+                s->ers[t]++;
+        } else
+            for (int b = 0; b < 4; b++)
+                if ((fx >> b) & 1)
+                    s->ers[(b - j) & 3]++;
+        nfix += fx != 0;
+    }
+    if (nbad == 0 && nfix == 0) {
+        for (int i = 0; i < 4 * words; i++)
+            if (acc[i])
+                return D_INCONSISTENT;
+        return D_CLEAN;
+    }
+    for (int t = 0; t < 4; t++)
+        for (int i = 0; i < d[t]; i++)
+            s->S[t][i] = LOG[(acc[t * words + (i >> 3)] >> (8 * (i & 7))) & 255];
+    int fits = 1;
+    for (int t = 0; t < 4; t++)
+        fits &= s->ers[t] <= d[t];
+    if (!fits || nbad > D_ERASE_DIRECT) { /* a cheap errors-only attempt first: its cost follows the damage */
+        d_erasures(fl, 0, s);
+        int res = d_locate_errors(fl, d, fits ? nbad / 2 : D_NMAX, s);
+        if (res == 0)
+            res = d_forney(d, first, s);
+        if (res == 0)
+            return d_apply(wg, fl, s);
+        if (!fits)
+            return res;
+    }
+    d_erasures(fl, 1, s);
+    const int res = d_forney(d, first, s);
+    return res ? res : d_apply(wg, fl, s);
+}
+
+/* _irs.decode of groups [r0, r1) of W ([ng][255]) with their flags and packed syndromes acc
+ * ([4 ng][words], from ps_irs_syndromes): corrects W in place, status per group. Returns -1
+ * when the code's d_t are out of range or no scratch could be allocated, else 0. */
+int ps_irs_decode(uint32_t *W, const uint8_t *flags, int64_t r0, int64_t r1, const uint64_t *acc, int words,
+                  const int64_t *d, const int64_t *first, int8_t *status)
+{
+    for (int t = 0; t < 4; t++)
+        if (d[t] < 0 || d[t] > 8 * words || d[t] > 255)
+            return -1;
+    dscratch *s = calloc(1, sizeof *s);
+    if (!s)
+        return -1;
+    for (int64_t g = r0; g < r1; g++)
+        status[g] = (int8_t)d_group(W + 255 * g, flags + 255 * g, acc + 4 * words * g, words, d, first, s);
+    free(s);
+    return 0;
+}

@@ -67,6 +67,11 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_mlh.restype = None
     lib.ps_read_tag.argtypes = [p, i64, i64, i32, p, p, i32, p]
     lib.ps_read_tag.restype = None
+    lib.ps_gather_runs.argtypes = [p, i64, i64, p, p, i64, i64, i64, p, p, i64, i32, i64, p, i32, ctypes.c_uint32]
+    lib.ps_gather_runs.argtypes += [i32, i32, p, p]
+    lib.ps_gather_runs.restype = i64
+    lib.ps_irs_decode.argtypes = [p, p, i64, i64, p, i32, p, p, p]
+    lib.ps_irs_decode.restype = i32
     return lib
 
 
@@ -141,6 +146,74 @@ def read_tag(
     out = np.empty(nb, np.uint64)
     lib.ps_read_tag(words.ctypes.data, 0, nb, nw, m.ctypes.data, sh.ctypes.data, m.size, out.ctypes.data)
     return out
+
+
+def portable() -> bool:
+    """Whether the library's portable kernels (any CPU: MAC hash, tag read, gather, decoder) are loaded."""
+    return _lib() is not None
+
+
+def gather_runs(
+    runs: NDArray[np.int64],
+    G: int,
+    offs: NDArray[np.int64],
+    ipermt: NDArray[np.int64],
+    t0: int,
+    t1: int,
+    src: NDArray[np.uint32] | None,
+    bad: NDArray[np.bool_],
+    nb: int,
+    last_internal: bool,
+    reserved: int,
+    tagb: NDArray[np.uint8],
+    free: int,
+    keep: int,
+    seal: bool,
+    w: NDArray[np.uint32],
+    fl: NDArray[np.uint8] | None,
+) -> int:
+    """`_strata._gather_nb` compiled (``ps_gather_runs``); ``src`` None is padding. Needs `portable`."""
+    lib = _lib()
+    assert lib is not None
+    for a in (runs, offs, ipermt, bad, tagb, w):
+        assert a.flags.c_contiguous
+    assert runs.dtype == offs.dtype == ipermt.dtype == np.int64 and ipermt.shape[0] == _irs.N_POS
+    assert w.dtype == np.uint32 and w.shape[1] == _irs.N_POS and tagb.size == 64 and bad.dtype == np.bool_
+    assert fl is None or (fl.shape == w.shape and fl.dtype == np.uint8 and fl.flags.c_contiguous)
+    if src is not None:
+        assert src.dtype == np.uint32 and src.flags.c_contiguous and src.size >= t1 - t0
+        assert fl is None or bad.size >= nb  # read only for the flags
+    return int(
+        lib.ps_gather_runs(
+            runs.ctypes.data, runs.shape[0], G, offs.ctypes.data, ipermt.ctypes.data, ipermt.shape[1], t0, t1,
+            None if src is None else src.ctypes.data, bad.ctypes.data, nb, int(last_internal), reserved,
+            tagb.ctypes.data, free, keep, int(seal), int(fl is not None), w.ctypes.data,
+            None if fl is None else fl.ctypes.data,
+        )
+    )  # fmt: skip
+
+
+def decode(
+    code: _irs.Code, W: NDArray[np.uint32], flags: NDArray[np.uint8], pre: NDArray[np.uint64]
+) -> NDArray[np.int8] | None:
+    """`_irs.decode`'s kernel compiled (``ps_irs_decode``), from the syndromes ``pre``; None without the library.
+
+    Corrects ``W`` in place and returns each group's status, as the numba kernel does.
+    """
+    lib = _lib()
+    if lib is None:
+        return None
+    ng = W.shape[0]
+    assert pre.shape == (4 * ng, code.words) and pre.dtype == np.uint64 and pre.flags.c_contiguous
+    d, first = np.ascontiguousarray(code.d, np.int64), np.ascontiguousarray(code.first, np.int64)
+    status = np.zeros(ng, np.int8)
+    a = (W.ctypes.data, flags.ctypes.data, pre.ctypes.data, d.ctypes.data, first.ctypes.data, status.ctypes.data)
+    rcs = parallel_map(
+        lambda r: lib.ps_irs_decode(a[0], a[1], r[0], r[1], a[2], code.words, a[3], a[4], a[5]), _rows(ng)
+    )
+    if any(rcs):
+        raise RuntimeError("compiled irs4 decoder refused the code's parameters")
+    return status
 
 
 # --------------------------------------------------------------------------- GF(2^8) field map
@@ -412,4 +485,17 @@ def content(w: NDArray[np.uint32], F: int, k: int, shard: int) -> NDArray[np.uin
     return out
 
 
-__all__ = ["available", "content", "encode", "gather", "library_path", "mlh", "read_tag", "syndromes", "to_strata"]
+__all__ = [
+    "available",
+    "content",
+    "decode",
+    "encode",
+    "gather",
+    "gather_runs",
+    "library_path",
+    "mlh",
+    "portable",
+    "read_tag",
+    "syndromes",
+    "to_strata",
+]

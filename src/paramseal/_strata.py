@@ -484,26 +484,28 @@ class Strata:
         row0 = np.r_[0, cuts].astype(np.int64)
         runs = np.stack([g[row0], np.diff(np.r_[row0, ng]), row0], axis=1).astype(np.int64)
         ipermt = self._ipermt()
-        keep = self._clear_mask() if seal else np.uint32(0xFFFFFFFF)
+        keep = int(self._clear_mask()) if seal else 0xFFFFFFFF
         tagb, free, no_bad = _tag_bytes(self.k), _free_bytes(self.k), np.zeros(1, np.bool_)
-        fl = np.zeros((1, 1), np.uint8) if f is None else f
         tensors = [(int(t), self.specs[t].block_storage_ends()[1][1]) for t in ts]  # with last block's tag inside
+
+        # the compiled gather where the library is built (no numba kernel to load: most of a light recover)
+        kern = _native.gather_runs if _native.portable() else _gather_nb
 
         def part(rs: NDArray[np.int64]) -> int:  # one core's rows of w, every tensor (the kernels drop the GIL)
             for t, last_internal in tensors:
                 spec, t0 = self.specs[t], int(self.start[t])
-                first_bad = _gather_nb(
+                first_bad = kern(
                     rs, self.G, self.offs, ipermt, t0, t0 + int(self.nwords[t]), flats[t],
                     no_bad if bad is None else bad[t], spec.nblocks, last_internal, spec.reserved,
-                    tagb, free, keep, seal, f is not None, w, fl,
+                    tagb, free, keep, seal, w, f,
                 )  # fmt: skip
                 release(flats[t])
                 if first_bad >= 0:
                     return t
             if f is not None and self.n_float < self.data0:  # padding at the end of the float region
-                _gather_nb(
-                    rs, self.G, self.offs, ipermt, self.n_float, self.data0, np.zeros(0, np.uint32), no_bad,
-                    0, False, 0, tagb, free, keep, False, True, w, f,
+                kern(
+                    rs, self.G, self.offs, ipermt, self.n_float, self.data0, None, no_bad,
+                    0, False, 0, tagb, free, keep, False, w, f,
                 )  # fmt: skip
             return -1
 
@@ -692,8 +694,20 @@ def _permutations(key: Key, salt: bytes, sf: int, n: int) -> NDArray[np.int64]:
     return out
 
 
-@numba.njit(cache=True, nogil=True)
 def _gather_nb(  # type: ignore[no-untyped-def]
+    runs, G, offs, ipermt, t0, t1, src, bad, nb, li, rs, tagb, free, keep, seal, w, fl
+):  # fmt: skip
+    """The numba reference of `_native.gather_runs` (``src`` None: padding; ``fl`` None: no flags)."""
+    src = np.zeros(0, np.uint32) if src is None else src
+    want = fl is not None
+    return _gather_runs_nb(
+        runs, G, offs, ipermt, t0, t1, src, bad, nb, li, rs, tagb, free, np.uint32(keep), seal, want, w,
+        fl if want else np.zeros((1, 1), np.uint8),
+    )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def _gather_runs_nb(  # type: ignore[no-untyped-def]
     runs, G, offs, ipermt, t0, t1, src, bad, nb, li, rs, tagb, free, keep, seal, want_flags, w, fl
 ):  # fmt: skip
     """The words of stream range ``[t0, t1)`` (one tensor, flat values ``src``) that runs of groups hold.
