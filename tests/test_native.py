@@ -256,6 +256,30 @@ def test_read_tag_equals_the_numpy_reference() -> None:
     assert got is not None and np.array_equal(got, want)
 
 
+@needs_lib
+@pytest.mark.parametrize("dtype,k", [(np.uint32, 8), (np.uint32, 12), (np.uint16, 3), (np.uint64, 20), (np.uint32, 7)])
+def test_write_tags_compiled_equals_the_numpy_version(dtype: type, k: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`_bits.write_tags` with and without the library: the same values, and `read_tags` gives the tags back."""
+    from paramseal import _bits
+
+    rng = np.random.default_rng(k)
+    ub = rng.integers(0, np.iinfo(dtype).max, (700, 64), dtype=dtype, endpoint=True)
+    tags = rng.integers(0, 1 << 32, 700, dtype=np.uint64)
+    got = ub.copy()
+    calls: list[int] = []
+    real = _native.write_tag
+    monkeypatch.setattr(_native, "write_tag", lambda *a: calls.append(1) or real(*a))
+    _bits.write_tags(got, tags, k)
+    assert calls
+    want = ub.copy()
+    monkeypatch.setattr(_native, "_lib", lambda: None)
+    _bits.write_tags(want, tags, k)
+    assert np.array_equal(got, want)
+    assert np.array_equal(_bits.read_tags(got, k), tags)
+    mask = _bits.tag_mask(k, 8 * np.dtype(dtype).itemsize)
+    assert np.array_equal(got & ~mask, ub & ~mask)  # nothing but the tag bits changed
+
+
 def test_keyed_offset_in_parts_equals_one_keystream(key: paramseal.Key) -> None:
     """The pad is cut across threads for large runs; it must stay the AES-CTR keystream it was defined as."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes

@@ -119,20 +119,29 @@ def tag_mask(k: int, width: int) -> NDArray[np.unsignedinteger]:
 
 def read_tags(ub: NDArray[np.unsignedinteger], k: int) -> NDArray[np.uint64]:
     """Read the 32-bit tag stored in the first low bits of each block."""
-    mask = tag_mask(k, ub.dtype.itemsize * 8)
-    per = ub.dtype.itemsize // 2  # 16-bit words per value
+    wm, shift = _tag_words(tag_mask(k, ub.dtype.itemsize * 8), ub.dtype.itemsize // 2, k)
+    words = np.ascontiguousarray(ub).view(np.uint16).reshape(ub.shape[0], -1)
+    return _k.read_tag_words(words, wm, shift)
+
+
+def _tag_words(mask: NDArray[np.unsignedinteger], per: int, k: int) -> tuple[NDArray[np.uint16], NDArray[np.uint64]]:
+    """The tag mask per 16-bit word (``per`` to a value) up to the last that holds tag bits, and each one's shift."""
     wm = mask.view(np.uint16)
     nw = int(np.flatnonzero(wm).max()) + 1
     # word i belongs to value i // per; its masked bits start at tag bit k * value + 16 * (i % per)
     i = np.arange(nw)
-    shift = (k * (i // per) + 16 * (i % per)).astype(np.uint64)
-    words = np.ascontiguousarray(ub).view(np.uint16).reshape(ub.shape[0], -1)
-    return _k.read_tag_words(words, wm[:nw].copy(), shift)
+    return wm[:nw].copy(), (k * (i // per) + 16 * (i % per)).astype(np.uint64)
 
 
 def write_tags(ub: NDArray[np.unsignedinteger], tags: NDArray[np.uint64], k: int) -> None:
     """Write 32-bit ``tags`` into the first low bits of each block, in place."""
     mask = tag_mask(k, ub.dtype.itemsize * 8)
+    if ub.flags.c_contiguous and ub.flags.writeable and ub.ndim == 2:  # the compiled kernel, where it is built
+        from . import _native
+
+        wm, shift = _tag_words(mask, ub.dtype.itemsize // 2, k)
+        if _native.write_tag(ub.view(np.uint16).reshape(ub.shape[0], -1), wm, shift, tags):
+            return
     for j in np.flatnonzero(mask):
         part = ((tags >> np.uint64(j * k)) & np.uint64(int(mask[j]))).astype(ub.dtype)
         ub[:, j] = (ub[:, j] & ~mask[j]) | part

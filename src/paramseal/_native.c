@@ -298,6 +298,18 @@ CLONES void ps_read_tag(const uint16_t *words, int64_t b0, int64_t b1, int nw, c
     }
 }
 
+/* Write each block's tag (as _bits.write_tags; the inverse of ps_read_tag): word i gets the bits
+ * (tags[b] >> wshift[i]) & wmask[i], the rest of it kept, i < nm. */
+CLONES void ps_write_tag(uint16_t *words, int64_t b0, int64_t b1, int nw, const uint16_t *wmask, const uint64_t *wshift,
+                  int nm, const uint64_t *tags)
+{
+    for (int64_t b = b0; b < b1; b++) {
+        uint16_t *w = words + b * (int64_t)nw;
+        for (int i = 0; i < nm; i++)
+            w[i] = (uint16_t)((w[i] & ~wmask[i]) | ((tags[b] >> wshift[i]) & wmask[i]));
+    }
+}
+
 #ifdef X86
 /* Syndromes of groups [r0, r1) of W, as the decoder takes them (acc: [ng * 4][words] uint64,
  * row 4 g + t holds syndrome i of codeword t in byte i, zero past d_t). With flags

@@ -67,6 +67,8 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_mlh.restype = None
     lib.ps_read_tag.argtypes = [p, i64, i64, i32, p, p, i32, p]
     lib.ps_read_tag.restype = None
+    lib.ps_write_tag.argtypes = [p, i64, i64, i32, p, p, i32, p]
+    lib.ps_write_tag.restype = None
     lib.ps_gather_runs.argtypes = [p, i64, i64, p, p, i64, i64, i64, p, p, i64, i32, i64, p, i32, ctypes.c_uint32]
     lib.ps_gather_runs.argtypes += [i32, i32, p, p]
     lib.ps_gather_runs.restype = i64
@@ -146,6 +148,23 @@ def read_tag(
     out = np.empty(nb, np.uint64)
     lib.ps_read_tag(words.ctypes.data, 0, nb, nw, m.ctypes.data, sh.ctypes.data, m.size, out.ctypes.data)
     return out
+
+
+def write_tag(
+    words: NDArray[np.uint16], wmask: NDArray[np.uint16], wshift: NDArray[np.uint64], tags: NDArray[np.uint64]
+) -> bool:
+    """`_bits.write_tags` compiled, in place into ``words`` (``[blocks, words]``); False without the library."""
+    lib = _lib()
+    if lib is None:
+        return False
+    nb, nw = words.shape
+    assert words.dtype == np.uint16 and words.flags.c_contiguous and words.flags.writeable
+    m = np.ascontiguousarray(wmask, np.uint16)
+    sh = np.ascontiguousarray(wshift, np.uint64)
+    tg = np.ascontiguousarray(tags, np.uint64)
+    assert m.size == sh.size <= nw and tg.size == nb
+    lib.ps_write_tag(words.ctypes.data, 0, nb, nw, m.ctypes.data, sh.ctypes.data, m.size, tg.ctypes.data)
+    return True
 
 
 def portable() -> bool:
