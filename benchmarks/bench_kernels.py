@@ -7,8 +7,8 @@ Usage::
 
 Prints seconds per GiB (best of ``--repeats``) for the irs4 inner encoder at k = 8, 12, 16
 (host 2, all 255 positions fp32), the decoder's syndromes (every group, as a heavy-damage
-recover computes them), a whole decode of groups with 3 replaced words each, and the block
-MAC's hash, each with the compiled library and with
+recover computes them), a whole decode of groups with 3 replaced words each (compiled: the
+syndromes and the decoder), and the block MAC's hash, each with the compiled library and with
 numba, in the same run, and checks that both give the same output.
 """
 

@@ -135,3 +135,13 @@ def test_importing_paramseal_makes_idle_openmp_threads_sleep_unless_the_user_cho
     code = "import os, paramseal; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("width", [16, 32, 64])
+def test_tag_word_shifts_stay_below_64(width: int) -> None:
+    """The compiled tag kernels shift a uint64 by these: 64 or more is undefined behaviour in C."""
+    for k in range(1, 21):
+        if k >= width:
+            continue
+        wm, shift = _bits._tag_words(_bits.tag_mask(k, width), width // 16, k)
+        assert shift.max() < 64 and wm.size == shift.size

@@ -257,7 +257,9 @@ def test_read_tag_equals_the_numpy_reference() -> None:
 
 
 @needs_lib
-@pytest.mark.parametrize("dtype,k", [(np.uint32, 8), (np.uint32, 12), (np.uint16, 3), (np.uint64, 20), (np.uint32, 7)])
+@pytest.mark.parametrize(
+    "dtype,k", [(np.uint32, 8), (np.uint32, 12), (np.uint16, 3), (np.uint64, 20), (np.uint64, 8), (np.uint32, 7)]
+)
 def test_write_tags_compiled_equals_the_numpy_version(dtype: type, k: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """`_bits.write_tags` with and without the library: the same values, and `read_tags` gives the tags back."""
     from paramseal import _bits

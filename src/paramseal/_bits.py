@@ -130,7 +130,9 @@ def _tag_words(mask: NDArray[np.unsignedinteger], per: int, k: int) -> tuple[NDA
     nw = int(np.flatnonzero(wm).max()) + 1
     # word i belongs to value i // per; its masked bits start at tag bit k * value + 16 * (i % per)
     i = np.arange(nw)
-    return wm[:nw].copy(), (k * (i // per) + 16 * (i % per)).astype(np.uint64)
+    shift = (k * (i // per) + 16 * (i % per)).astype(np.uint64)
+    shift[wm[:nw] == 0] = 0  # no tag bits there; the shift could pass 63 (undefined in C)
+    return wm[:nw].copy(), shift
 
 
 def write_tags(ub: NDArray[np.unsignedinteger], tags: NDArray[np.uint64], k: int) -> None:

@@ -293,7 +293,8 @@ CLONES void ps_read_tag(const uint16_t *words, int64_t b0, int64_t b1, int nw, c
         const uint16_t *w = words + b * (int64_t)nw;
         uint64_t t = 0;
         for (int i = 0; i < nm; i++)
-            t |= (uint64_t)(w[i] & wmask[i]) << wshift[i];
+            if (wmask[i]) /* a word without tag bits may have a shift past 63 */
+                t |= (uint64_t)(w[i] & wmask[i]) << wshift[i];
         out[b] = t;
     }
 }
@@ -306,7 +307,8 @@ CLONES void ps_write_tag(uint16_t *words, int64_t b0, int64_t b1, int nw, const 
     for (int64_t b = b0; b < b1; b++) {
         uint16_t *w = words + b * (int64_t)nw;
         for (int i = 0; i < nm; i++)
-            w[i] = (uint16_t)((w[i] & ~wmask[i]) | ((tags[b] >> wshift[i]) & wmask[i]));
+            if (wmask[i])
+                w[i] = (uint16_t)((w[i] & ~wmask[i]) | ((tags[b] >> wshift[i]) & wmask[i]));
     }
 }
 
@@ -685,7 +687,7 @@ int ps_irs_decode(uint32_t *W, const uint8_t *flags, int64_t r0, int64_t r1, con
                   const int64_t *d, const int64_t *first, int8_t *status)
 {
     for (int t = 0; t < 4; t++)
-        if (d[t] < 0 || d[t] > 8 * words || d[t] > 255)
+        if (d[t] < 0 || d[t] > 8 * words || d[t] > 255 || first[t] < 0 || first[t] > 254)
             return -1;
     dscratch *s = calloc(1, sizeof *s);
     if (!s)
