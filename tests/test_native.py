@@ -396,3 +396,25 @@ def test_compiled_gather_with_flags_equals_the_numba_kernel(
         assert np.array_equal(got_w, want_w) and np.array_equal(got_f, want_f) and np.array_equal(got_s, want_s)
         assert got_f is not None and (got_f & _irs.FLAG_BAD).any() and (got_f & _irs.FLAG_PAD).any()
     assert calls  # the compiled kernel ran
+
+
+@needs_native
+@pytest.mark.parametrize("k,F,host", [(8, 255, 2), (16, 255, 0), (8, 9, 0)])
+def test_compiled_decoder_equals_numba_on_garbage(k: int, F: int, host: int) -> None:
+    """Any flags byte and any syndromes (a file the attacker wrote): the same words and statuses, and no crash."""
+    code = _irs.code_for(k, F, host)
+    rng = np.random.default_rng(k + F + host)
+    ng = 3000
+    W = rng.integers(0, 2**32, (ng, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    flags = rng.integers(0, 256, W.shape, dtype=np.uint8)
+    flags[: ng // 2] &= rng.choice(np.array([0, 0x10, 0x1F, 0x20, 0x0F, 0xFF], np.uint8), (ng // 2, _irs.N_POS))
+    real = _native.syndromes(code, W, flags)
+    assert real is not None
+    for pre in (real, rng.integers(0, 2**64 - 1, real.shape, dtype=np.uint64, endpoint=True)):
+        got_w, want_w, want = W.copy(), W.copy(), np.zeros(ng, np.int8)
+        got = _native.decode(code, got_w, flags, pre)
+        _irs._run_nb(
+            1, want_w, flags, code.syn, code.fn, code.d, code.first, 0, code.free_strata, pre,
+            np.zeros(ng, np.bool_), want,
+        )  # fmt: skip
+        assert got is not None and np.array_equal(got, want) and np.array_equal(got_w, want_w)
