@@ -1,6 +1,7 @@
-/* Optional compiled kernels of ParamSeal (loaded with ctypes by _native.py).
+/* Optional compiled kernels of ParamSeal (loaded with ctypes by _native.py). Each kernel's
+ * comment names the numba/numpy reference it mirrors; tests/test_native.py compares the two.
  *
- * The irs4 inner encoder with GFNI + AVX-512: the numba encoder in _irs.py is the reference and
+ * First, the irs4 inner encoder with GFNI + AVX-512: the numba encoder in _irs.py is the reference and
  * the fallback, and the output of the two is compared bit for bit in tests/test_native.py.
  *
  * Per group (255 words = 1020 bytes), in four steps:
