@@ -322,10 +322,11 @@ def _run(
         from . import _native  # imports this module
 
         pre = _native.syndromes(code, W, flags)
-        if pre is not None and op == 1 and flags is not None:  # and the compiled decoder: no numba kernel loads
+        if pre is not None and op == 1:  # the compiled decoder too: a light recover loads no numba kernel
+            assert flags is not None
             got = _native.decode(code, W, flags, pre)
-            if got is not None:
-                return ok, got
+            assert got is not None  # the syndrome kernel's library holds the decoder
+            return ok, got
     if pre is None:
         pre = np.zeros((0, code.words), np.uint64)
     _run_nb(op, W, fl, table, code.fn, code.d, code.first, b0f, code.free_strata, pre, ok, status)

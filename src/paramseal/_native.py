@@ -170,7 +170,7 @@ def write_tag(
 
 
 def portable() -> bool:
-    """Whether the library's portable kernels (any CPU: MAC hash, tag read, gather, decoder) are loaded."""
+    """Whether the library's portable kernels (any CPU: MAC hash, tag read and write, gather, decoder) are loaded."""
     return _lib() is not None
 
 
