@@ -428,3 +428,77 @@ def test_the_thread_pool_works_in_a_process_forked_after_using_it(monkeypatch: p
     assert pool is not None
     pool.shutdown()
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_task_map_keeps_order_runs_nested_work_inline_and_raises_the_first_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+    import time
+
+    from paramseal import _kernels
+
+    monkeypatch.setattr(_kernels, "_cores", lambda: 2)
+    monkeypatch.setattr(_kernels, "_TASKS", None)  # pools of its own
+    monkeypatch.setattr(_kernels, "_POOL", None)
+    meet = threading.Barrier(2, timeout=10)  # two tasks at once, or this times out
+
+    def task(x: int) -> tuple[int, set[int]]:
+        if x < 2:
+            meet.wait()
+        # a task's own parallel_map runs on its thread: the pool's threads may all be taken by tasks
+        where = set(_kernels.parallel_map(lambda _: threading.get_ident(), range(4)))
+        return 10 * x, where
+
+    out = _kernels.task_map(task, range(5))
+    assert [r for r, _ in out] == [0, 10, 20, 30, 40]
+    assert all(len(w) == 1 and threading.get_ident() not in w for _, w in out)
+    assert len({next(iter(w)) for _, w in out}) == 2  # both task threads worked
+
+    done: list[int] = []
+
+    def fails(x: int) -> int:
+        time.sleep(0.05 * (4 - x))  # later items finish first
+        if x in (1, 3):
+            raise ValueError(f"item {x}")
+        done.append(x)
+        return x
+
+    with pytest.raises(ValueError, match="item 1"):  # the first in item order, not in time
+        _kernels.task_map(fails, range(6))
+    ran = list(done)
+    time.sleep(0.3)
+    assert done == ran  # nothing was still running (or started) after task_map returned
+    for pool in (_kernels._TASKS, _kernels._POOL):
+        if pool is not None:
+            pool.shutdown()
+
+
+def test_a_seal_of_several_superblocks_is_the_same_in_parallel_and_in_turn(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Superblocks and tag chunks run side by side (task_map): the file must not depend on it."""
+    import importlib
+    import os
+
+    from paramseal import _kernels, _outer
+
+    seal_mod = importlib.import_module("paramseal.seal")
+    real = os.urandom
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(range(16)) if n == 16 else real(n))
+    monkeypatch.setattr(_kernels, "_cores", lambda: 2)  # side by side even on one core
+    rng = np.random.default_rng(11)
+    model = {  # 8.6M values: three superblocks; "a" is over a tag chunk (16 MiB), so it is tagged in parts
+        "a": (0.02 * rng.standard_normal((3000, 1500))).astype(np.float32),
+        "b": (0.05 * rng.standard_normal((2000, 2047))).astype(np.float32),
+        "c": (0.01 * rng.standard_normal(77)).astype(np.float32),
+        "ids": np.arange(5000, dtype=np.int64),
+    }
+    src = helpers.write_st(tmp_path / "m.safetensors", model)
+    together = files.seal_file(src, tmp_path / "p.safetensors", key)
+    assert together.header.scheme == SCHEME_IRS
+    assert -(-together.header.strata // _outer.SUPER_MAX) >= 3
+    monkeypatch.setattr(seal_mod, "task_map", lambda fn, items: [fn(x) for x in items])
+    files.seal_file(src, tmp_path / "s.safetensors", key)
+    assert (tmp_path / "p.safetensors").read_bytes() == (tmp_path / "s.safetensors").read_bytes()
+    assert files.verify_file(tmp_path / "p.safetensors", key).status == "intact"

@@ -365,3 +365,38 @@ def test_a_sliding_stripe_window_fills_the_on_disk_store_exactly(
     got, meta = helpers.read_st(out)
     helpers.assert_model_equal(got, in_memory.tensors)
     assert meta[METADATA_KEY] == in_memory.header_json
+
+
+def test_write_behind_hints_only_for_mapped_files(tmp_path: Path) -> None:
+    m = _pages.Mapping(tmp_path / "out.bin", write=True, size=1 << 20)
+    try:
+        a = m.array(4096, np.dtype(np.uint32), (1000,))
+        a[:] = np.arange(1000, dtype=np.uint32)
+        taken = _pages.write_behind(a)
+        assert taken == sys.platform.startswith("linux")  # sync_file_range is Linux's
+        assert not _pages.write_behind(np.arange(10, dtype=np.uint32))  # not in a file: nothing to write
+        assert not _pages.write_behind(a[:0])
+        m.flush()
+    finally:
+        m.close()
+    back = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.uint32)
+    assert np.array_equal(back[1024:2024], np.arange(1000, dtype=np.uint32)) and not back[:1024].any()
+
+
+def test_progress_counts_steps_from_threads_and_takes_a_new_total() -> None:
+    import io
+    import threading
+
+    from paramseal._progress import Progress
+
+    out = io.StringIO()
+    p = Progress("seal", 3, stream=out, enabled=True)
+    p.step("one")
+    p.expect(40)  # 40 more steps: 41 in all
+    threads = [threading.Thread(target=lambda: [p.step("x") for _ in range(10)]) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert p.i == 41 and p.total == 41
+    assert out.getvalue().count("\r") == 41 and out.getvalue().rstrip().endswith("41/41 x")

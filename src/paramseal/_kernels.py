@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import numpy as np
@@ -317,7 +317,9 @@ def unpack_fields(data: NDArray[np.uint8], u: NDArray[np.unsignedinteger], shift
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 _POOL: ThreadPoolExecutor | None = None
+_TASKS: ThreadPoolExecutor | None = None  # whole pieces of work that may call parallel_map themselves
 _POOL_LOCK = threading.Lock()
+_IN_TASK = threading.local()  # set in task_map's threads: their parallel_map calls run inline
 
 
 def _cores() -> int:
@@ -336,7 +338,7 @@ def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     global _POOL
     items = list(items)
     workers = min(len(items), _cores())
-    if workers <= 1:
+    if workers <= 1 or getattr(_IN_TASK, "on", False):  # a task_map task: the cores are busy with its peers
         return [fn(x) for x in items]
     with _POOL_LOCK:
         if _POOL is None:
@@ -344,10 +346,41 @@ def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     return list(_POOL.map(fn, items))
 
 
+def task_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    """``[fn(x) for x in items]``, one item per core at a time, for steps that mix kernels and Python.
+
+    Unlike `parallel_map`, ``fn`` may itself call `parallel_map`: these tasks run on a pool of their
+    own, so they never wait on threads they occupy. The first exception in item order propagates,
+    after the tasks already running have finished (none is left writing behind the caller's back).
+    """
+    global _TASKS
+    items = list(items)
+    if min(len(items), _cores()) <= 1 or getattr(_IN_TASK, "on", False):  # nested: its pool is busy with us
+        return [fn(x) for x in items]
+    with _POOL_LOCK:
+        if _TASKS is None:
+            _TASKS = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="paramseal-task")
+
+    def run(x: _T) -> _R:
+        _IN_TASK.on = True
+        try:
+            return fn(x)
+        finally:
+            _IN_TASK.on = False
+
+    futures = [_TASKS.submit(run, x) for x in items]
+    try:
+        return [f.result() for f in futures]
+    finally:
+        for f in futures:
+            f.cancel()
+        wait(futures)
+
+
 def _forget_pool() -> None:
-    """In a forked child: the pool's threads were not copied, so work queued there would never run."""
-    global _POOL, _POOL_LOCK
-    _POOL, _POOL_LOCK = None, threading.Lock()
+    """In a forked child: the pools' threads were not copied, so work queued there would never run."""
+    global _POOL, _TASKS, _POOL_LOCK
+    _POOL, _TASKS, _POOL_LOCK = None, None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -364,6 +397,7 @@ def halves(n: int, parts: int | None = None) -> list[tuple[int, int]]:
 __all__ = [
     "halves",
     "parallel_map",
+    "task_map",
     "HAVE_NUMBA",
     "gather_stripes",
     "mlh_tags",

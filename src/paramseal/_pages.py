@@ -103,6 +103,39 @@ def release(*arrays: NDArray[Any]) -> None:
                 break
 
 
+def write_behind(a: NDArray[Any]) -> bool:
+    """Start writing a finished stretch of a mapped output file to disk now, without waiting for it.
+
+    The final flush then finds most pages already written: the disk works while the engine
+    computes. Linux ``sync_file_range(SYNC_FILE_RANGE_WRITE)``, a hint: True when it was taken.
+    Elsewhere, or for an array not in a mapped file, nothing (the final flush writes it all).
+    """
+    where = file_span(a)
+    fn = _sync_file_range()
+    if where is None or fn is None or a.size == 0:
+        return False
+    return bool(fn(where[0], where[1], a.nbytes, _SYNC_FILE_RANGE_WRITE) == 0)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_SFR: list[Any] = []
+
+
+def _sync_file_range() -> Any:
+    """The C library's ``sync_file_range`` (looked up once), or None where there is none."""
+    if not _SFR:
+        fn = None
+        if sys.platform.startswith("linux"):
+            try:
+                fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
+                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                fn.restype = ctypes.c_int
+            except (OSError, AttributeError):  # not glibc, or too old
+                fn = None
+        _SFR.append(fn)
+    return _SFR[0]
+
+
 def _span(a: NDArray[Any]) -> int:
     """Bytes from the first to one past the last element of a strided view."""
     last = int(sum((n - 1) * s for n, s in zip(a.shape, a.strides, strict=True) if s > 0))

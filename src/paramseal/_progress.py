@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -15,20 +16,27 @@ class Progress:
         self.stream = stream or sys.stderr
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.t0 = time.monotonic()
+        self._lock = threading.Lock()  # steps may come from worker threads
 
     @classmethod
     def null(cls) -> Progress:
         """A progress that prints nothing."""
         return cls("", 1, enabled=False)
 
+    def expect(self, more: int) -> None:
+        """From now on, ``more`` steps remain (for work whose step count is known only once it starts)."""
+        with self._lock:
+            self.total = max(1, self.i + more)
+
     def step(self, what: str) -> None:
         """Advance by one step named ``what``."""
-        self.i += 1
-        if self.enabled:
-            frac = min(1.0, self.i / self.total)
-            bar = "#" * int(30 * frac)
-            self.stream.write(f"\r{self.label} [{bar:<30}] {self.i}/{self.total} {what[:40]:<40}")
-            self.stream.flush()
+        with self._lock:
+            self.i += 1
+            if self.enabled:
+                frac = min(1.0, self.i / self.total)
+                bar = "#" * int(30 * frac)
+                self.stream.write(f"\r{self.label} [{bar:<30}] {self.i}/{self.total} {what[:40]:<40}")
+                self.stream.flush()
 
     def done(self) -> None:
         """Finish the line."""

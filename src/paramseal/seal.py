@@ -15,9 +15,10 @@ from numpy.typing import NDArray
 
 from . import _bits, _code, _embed, _irs, _model, _pages, _strata
 from ._bits import write_tags
+from ._kernels import task_map
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
-from ._pages import SCATTERED_BLOCKS, Workspace, chunks, file_span, is_mapped, release
+from ._pages import SCATTERED_BLOCKS, Workspace, chunks, file_span, is_mapped, release, write_behind
 from ._progress import Progress
 from .errors import UnsupportedError, UsageError
 from .header import SCHEME_IRS, Header
@@ -248,9 +249,12 @@ def _seal_irs(
     data = st.pack_data(flats)
     for i in np.flatnonzero(~st.is_float):
         _strata.write_run(outs[int(i)], 0, flats[int(i)])
-    prog.step("encode")
     outer = st.outer
-    for s in range(outer.superblocks):  # with an outer code, a whole superblock: its parity goes into its groups
+    work = [(t, r0, r1) for t, s in enumerate(specs) for r0, r1 in chunks(s.nblocks, flats[t].dtype.itemsize, 0, 1)]
+    prog.expect(outer.superblocks + len(work))
+
+    def superblock(s: int) -> None:  # with an outer code, a whole superblock: its parity goes into its groups
+        prog.step(f"encode {s + 1}/{outer.superblocks}")
         a, b = outer.span(s)
         step = b - a if st.host else _strata.GROUP_BATCH
         for g0 in range(a, b, step):
@@ -261,19 +265,30 @@ def _seal_irs(
                 outer.put(code, w, outer.parity(outer.content(w), s))
             _irs.encode(code, w)
             st.scatter(outs, w, g0, g1, pad)
+
+    # Superblocks are independent (their groups, and so the words they write, are disjoint): one per
+    # core at a time, so that one's single-threaded steps (gather, leopard, writes) overlap another's.
+    task_map(superblock, range(outer.superblocks))
     mac = BlockMac(key)
-    external: dict[int, NDArray[np.uint64]] = {}
-    for t, spec in enumerate(specs):
+    internals = [spec.block_storage()[1] for spec in specs]
+    plains = [_embed.reserved_content(s, t, len(specs), salt, None) if s.reserved else b"" for t, s in enumerate(specs)]
+
+    def tag(job: tuple[int, int, int]) -> NDArray[np.uint64]:  # chunks are disjoint blocks: any order
+        t, r0, r1 = job
+        spec = specs[t]
         prog.step(f"tag {spec.name}")
-        internal = spec.block_storage()[1]
-        ext: list[NDArray[np.uint64]] = []
-        plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
-        for r0, r1 in chunks(spec.nblocks, flats[t].dtype.itemsize, 0, 1):
-            ub = read_blocks(outs[t], spec, r0, r1)
-            ext.append(_tag_chunk(ub, t, spec, r0, internal, plain, t not in carriers, mac, salt))
-            write_blocks(outs[t], spec, r0, ub)
-        if not internal.all():
-            external[t] = np.concatenate(ext)
+        ub = read_blocks(outs[t], spec, r0, r1)
+        ext = _tag_chunk(ub, t, spec, r0, internals[t], plains[t], t not in carriers, mac, salt)
+        write_blocks(outs[t], spec, r0, ub)
+        # final but for the carriers' few reserved blocks: the disk can start on it while the others are tagged
+        write_behind(outs[t][r0 * BLOCK : r1 * BLOCK])
+        return ext
+
+    tags = task_map(tag, work)
+    external: dict[int, NDArray[np.uint64]] = {}
+    for t in range(len(specs)):
+        if not internals[t].all():
+            external[t] = np.concatenate([e for (u, _, _), e in zip(work, tags, strict=True) if u == t])
     header = Header(
         level=level,
         bits=bits,
