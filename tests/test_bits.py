@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -13,6 +14,15 @@ from paramseal import _bits
 
 # The compiled kernels and the numpy fallback must agree bit for bit; test both where both exist.
 KERNEL_CHOICES = [True, False] if "kernel" in inspect.signature(_bits.hi_bytes).parameters else [None]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _kernel_for_any_size() -> Iterator[None]:
+    """The packing kernel is skipped below a few hundred blocks; these tests use a few and mean to reach it."""
+    with pytest.MonkeyPatch.context() as mp:
+        if hasattr(_bits, "_KERNEL_BLOCKS"):
+            mp.setattr(_bits, "_KERNEL_BLOCKS", 0)
+        yield
 
 
 def _kw(kernel: bool | None) -> dict[str, bool]:
@@ -145,3 +155,24 @@ def test_tag_word_shifts_stay_below_64(width: int) -> None:
             continue
         wm, shift = _bits._tag_words(_bits.tag_mask(k, width), width // 16, k)
         assert shift.max() < 64 and wm.size == shift.size
+
+
+def test_byte_aligned_and_small_packing_needs_no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A seal at k = 8 or 16, and a few reserved blocks at any k, must not pay numba's first-kernel load."""
+    from paramseal import _kernels
+
+    def refuse(*a: object) -> None:
+        raise AssertionError("the packing kernel was used")
+
+    monkeypatch.setattr(_kernels, "pack_fields", refuse)
+    monkeypatch.setattr(_kernels, "unpack_fields", refuse)
+    monkeypatch.setattr(_bits, "_KERNEL_BLOCKS", 512)
+    for k, nb in ((8, 2000), (16, 2000), (12, 511), (3, 4)):
+        ub = _rand_blocks(k, 32, nb)
+        lo, hi = _bits.lo_bytes(ub, k), _bits.hi_bytes(ub, k)
+        back = np.zeros_like(ub)
+        _bits.set_lo(back, lo, k)
+        _bits.set_hi(back, hi, k)
+        assert np.array_equal(back, ub)
+    with pytest.raises(AssertionError, match="kernel was used"):  # from 512 blocks, unaligned k: the kernel
+        _bits.lo_bytes(_rand_blocks(1, 32, 512), 12)

@@ -51,11 +51,22 @@ def _from_bits(bits: U8, width: int) -> NDArray[np.unsignedinteger]:
     return packed.view(_UINT[width // 8]).reshape(bits.shape[:-1])
 
 
+def _kernel_pays(kernel: bool, nb: int, k: int) -> bool:
+    """Whether to pack with the numba kernel: not for whole bytes (a strided copy), nor for a few blocks.
+
+    Loading a first numba kernel costs about 0.2 s; the seal's reserved blocks are a handful.
+    """
+    return kernel and k % 8 != 0 and nb >= _KERNEL_BLOCKS
+
+
+_KERNEL_BLOCKS = 512  # fewer blocks are packed in numpy (a few milliseconds at most)
+
+
 def hi_bytes(ub: NDArray[np.unsignedinteger], k: int, *, kernel: bool = True) -> U8:
     """Pack the high ``w - k`` bits of every value: ``[nblocks, 8 * (w - k)]`` bytes."""
     nb, n = ub.shape
     size = ub.dtype.itemsize
-    if kernel and (fast := _k.pack_fields(ub, k, size * 8 - k)) is not None:
+    if _kernel_pays(kernel, nb, k) and (fast := _k.pack_fields(ub, k, size * 8 - k)) is not None:
         return fast
     if k % 8 == 0:  # byte-aligned: a strided copy is enough
         return np.ascontiguousarray(ub.view(np.uint8).reshape(nb, n, size)[:, :, k // 8 :]).reshape(nb, -1)
@@ -67,7 +78,7 @@ def set_hi(ub: NDArray[np.unsignedinteger], data: U8, k: int, *, kernel: bool = 
     """Write packed high bits ``data`` (from ``hi_bytes``) into ``ub`` in place, keeping low bits."""
     nb, n = ub.shape
     size = ub.dtype.itemsize
-    if kernel and _k.unpack_fields(data, ub, k, size * 8 - k):
+    if _kernel_pays(kernel, nb, k) and _k.unpack_fields(data, ub, k, size * 8 - k):
         return
     if k % 8 == 0:
         ub.view(np.uint8).reshape(nb, n, size)[:, :, k // 8 :] = data.reshape(nb, n, size - k // 8)
@@ -82,7 +93,7 @@ def set_hi(ub: NDArray[np.unsignedinteger], data: U8, k: int, *, kernel: bool = 
 def lo_bytes(ub: NDArray[np.unsignedinteger], k: int, *, kernel: bool = True) -> U8:
     """Pack the low ``k`` bits of every value: ``[nblocks, 8 * k]`` bytes."""
     nb, n = ub.shape
-    if kernel and (fast := _k.pack_fields(ub, 0, k)) is not None:
+    if _kernel_pays(kernel, nb, k) and (fast := _k.pack_fields(ub, 0, k)) is not None:
         return fast
     if k % 8 == 0:
         size = ub.dtype.itemsize
@@ -94,7 +105,7 @@ def lo_bytes(ub: NDArray[np.unsignedinteger], k: int, *, kernel: bool = True) ->
 def set_lo(ub: NDArray[np.unsignedinteger], lo: U8, k: int, *, kernel: bool = True) -> None:
     """Replace the low ``k`` bits of every value in ``ub`` with ``lo`` (from ``lo_bytes``)."""
     nb, n = ub.shape
-    if kernel and _k.unpack_fields(lo, ub, 0, k):
+    if _kernel_pays(kernel, nb, k) and _k.unpack_fields(lo, ub, 0, k):
         return
     w = ub.dtype.itemsize * 8
     if k % 8 == 0:

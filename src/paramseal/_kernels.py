@@ -320,6 +320,7 @@ _POOL: ThreadPoolExecutor | None = None
 _TASKS: ThreadPoolExecutor | None = None  # whole pieces of work that may call parallel_map themselves
 _POOL_LOCK = threading.Lock()
 _IN_TASK = threading.local()  # set in task_map's threads: their parallel_map calls run inline
+TASKS_MAX = 4  # task_map items in flight: each holds its buffers (a seal's superblock: about 100 MiB, measured)
 
 
 def _cores() -> int:
@@ -347,22 +348,25 @@ def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
 
 
 def task_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
-    """``[fn(x) for x in items]``, one item per core at a time, for steps that mix kernels and Python.
+    """``[fn(x) for x in items]``, one per core (at most ``TASKS_MAX``) at a time: steps that mix kernels and Python.
 
     Unlike `parallel_map`, ``fn`` may itself call `parallel_map`: these tasks run on a pool of their
-    own, so they never wait on threads they occupy. The first exception in item order propagates,
-    after the tasks already running have finished (none is left writing behind the caller's back).
+    own, so they never wait on threads they occupy; where they fill every core, those calls run
+    inline. The first exception in item order propagates, after the tasks already running have
+    finished (none is left writing behind the caller's back). Memory: ``TASKS_MAX`` items' worth.
     """
     global _TASKS
     items = list(items)
-    if min(len(items), _cores()) <= 1 or getattr(_IN_TASK, "on", False):  # nested: its pool is busy with us
+    workers = min(_cores(), TASKS_MAX)
+    if min(len(items), workers) <= 1 or getattr(_IN_TASK, "on", False):  # nested: its pool is busy with us
         return [fn(x) for x in items]
     with _POOL_LOCK:
-        if _TASKS is None:
-            _TASKS = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="paramseal-task")
+        if _TASKS is None or _TASKS._max_workers != workers:
+            _TASKS = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="paramseal-task")
+    inline = workers >= _cores()  # the tasks fill every core: splitting their kernels would only add waits
 
     def run(x: _T) -> _R:
-        _IN_TASK.on = True
+        _IN_TASK.on = inline
         try:
             return fn(x)
         finally:
