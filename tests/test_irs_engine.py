@@ -502,3 +502,21 @@ def test_a_seal_of_several_superblocks_is_the_same_in_parallel_and_in_turn(
     files.seal_file(src, tmp_path / "s.safetensors", key)
     assert (tmp_path / "p.safetensors").read_bytes() == (tmp_path / "s.safetensors").read_bytes()
     assert files.verify_file(tmp_path / "p.safetensors", key).status == "intact"
+
+
+def test_a_nan_found_by_one_of_several_superblocks_leaves_no_output(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paramseal import _kernels
+
+    monkeypatch.setattr(_kernels, "_cores", lambda: 2)  # superblocks side by side even on one core
+    rng = np.random.default_rng(12)
+    a = (0.02 * rng.standard_normal((3000, 1500))).astype(np.float32)
+    b = (0.05 * rng.standard_normal((2000, 2047))).astype(np.float32)
+    b[1999, 2000] = np.inf  # near the end of the stream: not in the first superblock's reads alone
+    src = helpers.write_st(tmp_path / "m.safetensors", {"a": a, "b": b})
+    before = src.read_bytes()
+    with pytest.raises(paramseal.UnsupportedError, match="tensor 'b'.*NaN or Inf"):
+        files.seal_file(src, tmp_path / "out.safetensors", key)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no output, no temporary file
+    assert src.read_bytes() == before

@@ -6,6 +6,7 @@ Sealing overwrites the lowest k bits of every float value once, on purpose.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -270,25 +271,30 @@ def _seal_irs(
     # core at a time, so that one's single-threaded steps (gather, leopard, writes) overlap another's.
     task_map(superblock, range(outer.superblocks))
     mac = BlockMac(key)
-    internals = [spec.block_storage()[1] for spec in specs]
-    plains = [_embed.reserved_content(s, t, len(specs), salt, None) if s.reserved else b"" for t, s in enumerate(specs)]
+
+    @functools.lru_cache(maxsize=8)  # the tensors being tagged (a few at a time: memory stays bounded)
+    def of(t: int) -> tuple[NDArray[np.bool_], bytes]:
+        spec = specs[t]
+        plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
+        return spec.block_storage()[1], plain
 
     def tag(job: tuple[int, int, int]) -> NDArray[np.uint64]:  # chunks are disjoint blocks: any order
         t, r0, r1 = job
         spec = specs[t]
         prog.step(f"tag {spec.name}")
+        internal, plain = of(t)
         ub = read_blocks(outs[t], spec, r0, r1)
-        ext = _tag_chunk(ub, t, spec, r0, internals[t], plains[t], t not in carriers, mac, salt)
+        ext = _tag_chunk(ub, t, spec, r0, internal, plain, t not in carriers, mac, salt)
         write_blocks(outs[t], spec, r0, ub)
         # final but for the carriers' few reserved blocks: the disk can start on it while the others are tagged
         write_behind(outs[t][r0 * BLOCK : r1 * BLOCK])
         return ext
 
-    tags = task_map(tag, work)
-    external: dict[int, NDArray[np.uint64]] = {}
-    for t in range(len(specs)):
-        if not internals[t].all():
-            external[t] = np.concatenate([e for (u, _, _), e in zip(work, tags, strict=True) if u == t])
+    parts: dict[int, list[NDArray[np.uint64]]] = {}  # the header's tags: blocks without room for their own
+    for (t, _, _), ext in zip(work, task_map(tag, work), strict=True):
+        if ext.size:
+            parts.setdefault(t, []).append(ext)
+    external = {t: np.concatenate(p) for t, p in parts.items()}
     header = Header(
         level=level,
         bits=bits,
