@@ -520,3 +520,96 @@ def test_a_nan_found_by_one_of_several_superblocks_leaves_no_output(
         files.seal_file(src, tmp_path / "out.safetensors", key)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no output, no temporary file
     assert src.read_bytes() == before
+
+
+def test_nested_task_map_runs_inline_on_many_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More cores than TASKS_MAX: the tasks do not fill the cores, yet a nested task_map must not wait on their pool."""
+    import threading
+
+    from paramseal import _kernels
+
+    monkeypatch.setattr(_kernels, "_cores", lambda: 8)
+    monkeypatch.setattr(_kernels, "_TASKS", None)
+    monkeypatch.setattr(_kernels, "_POOL", None)
+    result: list[list[list[int]]] = []
+    t = threading.Thread(
+        target=lambda: result.append(
+            _kernels.task_map(lambda x: _kernels.task_map(lambda y: x * y, range(3)), range(6))
+        )
+    )
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "nested task_map deadlocked"
+    assert result == [[[x * y for y in range(3)] for x in range(6)]]
+    for pool in (_kernels._TASKS, _kernels._POOL):
+        if pool is not None:
+            pool.shutdown()
+
+
+def test_task_map_waits_for_running_tasks_through_a_second_interrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+    import concurrent.futures
+    import time
+
+    from paramseal import _kernels
+
+    monkeypatch.setattr(_kernels, "_cores", lambda: 2)
+    monkeypatch.setattr(_kernels, "_TASKS", None)
+    done: list[int] = []
+    started: list[int] = []
+    real_wait = concurrent.futures.wait
+    calls = {"n": 0}
+
+    def interrupted_wait(fs, *a, **k):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        while len(started) < 2:  # both workers are busy: what the interrupt finds running
+            time.sleep(0.01)
+        if calls["n"] <= 3:  # the first wait and two more: a user pressing Ctrl-C repeatedly
+            raise KeyboardInterrupt
+        return real_wait(fs, *a, **k)
+
+    monkeypatch.setattr(_kernels, "wait", interrupted_wait)
+
+    def slow(x: int) -> int:
+        started.append(x)
+        time.sleep(0.3)
+        done.append(x)
+        return x
+
+    with pytest.raises(KeyboardInterrupt):
+        _kernels.task_map(slow, range(6))
+    ran = sorted(done)
+    assert ran == [0, 1]  # the two running tasks finished; no later item started
+    time.sleep(0.5)
+    assert sorted(done) == ran
+    if _kernels._TASKS is not None:
+        _kernels._TASKS.shutdown()
+
+
+def test_a_seal_without_the_coding_kernels_survives_numbas_workqueue_layer(tmp_path: Path) -> None:
+    """The numba fallback encoder is a parallel kernel: two threads entering it abort the workqueue layer."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from pathlib import Path
+        import paramseal
+        from paramseal import files, _native
+        assert not _native.available()
+        rng = np.random.default_rng(5)
+        model = {{"a": (0.02 * rng.standard_normal((2200, 2000))).astype(np.float32)}}  # two superblocks
+        src = Path({str(tmp_path)!r}) / "m.safetensors"
+        import safetensors.numpy as stn
+        stn.save_file(model, str(src))
+        key = paramseal.Key.generate()
+        files.seal_file(src, src.with_name("s.safetensors"), key)
+        print(files.verify_file(src.with_name("s.safetensors"), key).status)
+        """
+    )
+    env = {**os.environ, "PARAMSEAL_NATIVE": "0", "NUMBA_THREADING_LAYER": "workqueue"}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("intact")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
 
 import numpy as np
@@ -167,7 +167,10 @@ _PARALLEL_ROWS = 8192  # rows (blocks) from which the threaded kernels are used
 
 
 def _kernel(name: str, rows: int) -> Any:
-    return _PAR[name] if rows >= _PARALLEL_ROWS and name in _PAR else _SER[name]
+    # never the parallel one in a task_map task: numba's workqueue layer aborts on a second thread
+    if rows >= _PARALLEL_ROWS and name in _PAR and not getattr(_IN_TASK, "task", False):
+        return _PAR[name]
+    return _SER[name]
 
 
 def mlh_tags_numpy(
@@ -319,7 +322,7 @@ _R = TypeVar("_R")
 _POOL: ThreadPoolExecutor | None = None
 _TASKS: ThreadPoolExecutor | None = None  # whole pieces of work that may call parallel_map themselves
 _POOL_LOCK = threading.Lock()
-_IN_TASK = threading.local()  # set in task_map's threads: their parallel_map calls run inline
+_IN_TASK = threading.local()  # .task: in a task_map task; .on: its parallel_map calls run inline
 TASKS_MAX = 4  # task_map items in flight: each holds its buffers (a seal's superblock: about 100 MiB, measured)
 
 
@@ -339,7 +342,7 @@ def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     global _POOL
     items = list(items)
     workers = min(len(items), _cores())
-    if workers <= 1 or getattr(_IN_TASK, "on", False):  # a task_map task: the cores are busy with its peers
+    if workers <= 1 or getattr(_IN_TASK, "on", False):  # a task_map task whose peers fill the cores
         return [fn(x) for x in items]
     with _POOL_LOCK:
         if _POOL is None:
@@ -352,33 +355,53 @@ def task_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
 
     Unlike `parallel_map`, ``fn`` may itself call `parallel_map`: these tasks run on a pool of their
     own, so they never wait on threads they occupy; where they fill every core, those calls run
-    inline. The first exception in item order propagates, after the tasks already running have
-    finished (none is left writing behind the caller's back). Memory: ``TASKS_MAX`` items' worth.
+    inline. A nested `task_map` runs inline. ``fn`` must not call numba's ``parallel=True``
+    kernels: numba's workqueue threading layer aborts the process when two threads enter them.
+    After a failure no further item starts; the first exception in item order propagates once
+    the tasks already running have finished (none is left writing behind the caller's back,
+    even through a second Ctrl-C). Memory: ``TASKS_MAX`` items' worth.
     """
     global _TASKS
     items = list(items)
     workers = min(_cores(), TASKS_MAX)
-    if min(len(items), workers) <= 1 or getattr(_IN_TASK, "on", False):  # nested: its pool is busy with us
+    if min(len(items), workers) <= 1 or getattr(_IN_TASK, "task", False):  # nested: its pool is busy with us
         return [fn(x) for x in items]
     with _POOL_LOCK:
         if _TASKS is None or _TASKS._max_workers != workers:
+            if _TASKS is not None:
+                _TASKS.shutdown(wait=False)
             _TASKS = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="paramseal-task")
+        pool = _TASKS
     inline = workers >= _cores()  # the tasks fill every core: splitting their kernels would only add waits
 
     def run(x: _T) -> _R:
-        _IN_TASK.on = inline
+        _IN_TASK.task, _IN_TASK.on = True, inline
         try:
             return fn(x)
         finally:
-            _IN_TASK.on = False
+            _IN_TASK.task = _IN_TASK.on = False
 
-    futures = [_TASKS.submit(run, x) for x in items]
+    futures = [pool.submit(run, x) for x in items]
     try:
-        return [f.result() for f in futures]
+        wait(futures, return_when=FIRST_EXCEPTION)
     finally:
-        for f in futures:
-            f.cancel()
-        wait(futures)
+        for f in futures:  # after a failure (or an interrupt) start no more; items start in order,
+            f.cancel()  # so every cancelled one comes after the failed one
+        _wait_all(futures)
+    return [f.result() for f in futures]
+
+
+def _wait_all(futures: list[Future[Any]]) -> None:
+    """Wait for every running task, even through repeated KeyboardInterrupts (re-raised after)."""
+    stopped: KeyboardInterrupt | None = None
+    while True:
+        try:
+            wait(futures)
+            break
+        except KeyboardInterrupt as e:
+            stopped = e
+    if stopped is not None:
+        raise stopped
 
 
 def _forget_pool() -> None:

@@ -127,7 +127,7 @@ def _sync_file_range() -> Any:
         fn = None
         if sys.platform.startswith("linux"):
             try:
-                fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
+                fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").sync_file_range
                 fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
                 fn.restype = ctypes.c_int
             except (OSError, AttributeError):  # not glibc, or too old

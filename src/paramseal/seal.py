@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _bits, _code, _embed, _irs, _model, _pages, _strata
+from . import _bits, _code, _embed, _irs, _model, _native, _pages, _strata
 from ._bits import write_tags
 from ._kernels import task_map
 from ._layout import TensorSpec, build_layout
@@ -26,6 +27,8 @@ from .header import SCHEME_IRS, Header
 from .keys import Key
 from .levels import BLOCK, FLOATS, LEVELS, bits_for, dtype_name
 
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 WINDOW_BYTES = 64 << 20  # stripes gathered in memory before a lane store on disk is written
 
 
@@ -175,6 +178,11 @@ def seal_flat(
     return header
 
 
+def _in_turn(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    """`task_map`'s contract, one item after another."""
+    return [fn(x) for x in items]
+
+
 def _tag_chunk(
     ub: _model.Blocks,
     t: int,
@@ -239,10 +247,12 @@ def _seal_irs(
     carriers: tuple[int, ...],
     progress: Progress | None,
 ) -> Header:
-    """Seal with the irs4 code: parity per batch of groups, then tags tensor by tensor.
+    """Seal with the irs4 code: parity per superblock of groups, then tags chunk by chunk.
 
-    Memory: one batch of groups, the integer tensors' words and the code tables; the model
-    itself is read and written through ``flats`` and ``outs`` (memory maps for files).
+    Both passes run one item per core, at most four at a time (`task_map`, with the compiled
+    kernels). Memory: a superblock or tag chunk per item in flight (about 100 MiB each), the
+    integer tensors' words and the code tables; the model itself is read and written through
+    ``flats`` and ``outs`` (memory maps for files).
     """
     prog = progress or Progress.null()
     st = _strata.plan(specs, key, salt)
@@ -269,7 +279,10 @@ def _seal_irs(
 
     # Superblocks are independent (their groups, and so the words they write, are disjoint): one per
     # core at a time, so that one's single-threaded steps (gather, leopard, writes) overlap another's.
-    task_map(superblock, range(outer.superblocks))
+    # Only with the compiled kernels: numba's fallback encoder is a parallel kernel, which two
+    # threads must not enter (numba's workqueue layer aborts), and it fills the cores itself.
+    side_by_side = task_map if _native.available() else _in_turn
+    side_by_side(superblock, range(outer.superblocks))
     mac = BlockMac(key)
 
     @functools.lru_cache(maxsize=8)  # the tensors being tagged (a few at a time: memory stays bounded)
@@ -291,7 +304,7 @@ def _seal_irs(
         return ext
 
     parts: dict[int, list[NDArray[np.uint64]]] = {}  # the header's tags: blocks without room for their own
-    for (t, _, _), ext in zip(work, task_map(tag, work), strict=True):
+    for (t, _, _), ext in zip(work, side_by_side(tag, work), strict=True):
         if ext.size:
             parts.setdefault(t, []).append(ext)
     external = {t: np.concatenate(p) for t, p in parts.items()}
