@@ -323,7 +323,7 @@ _POOL: ThreadPoolExecutor | None = None
 _TASKS: ThreadPoolExecutor | None = None  # whole pieces of work that may call parallel_map themselves
 _POOL_LOCK = threading.Lock()
 _IN_TASK = threading.local()  # .task: in a task_map task; .on: its parallel_map calls run inline
-TASKS_MAX = 4  # task_map items in flight: each holds its buffers (a seal's superblock: about 100 MiB, measured)
+TASKS_MAX = 4  # task_map items in flight, each with its buffers (a seal's superblock: about 100 MiB)
 
 
 def _cores() -> int:
