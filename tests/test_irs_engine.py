@@ -6,6 +6,7 @@ Ground truth comes from byte comparisons with the sealed model, never from the e
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import helpers
@@ -430,17 +431,26 @@ def test_the_thread_pool_works_in_a_process_forked_after_using_it(monkeypatch: p
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-def test_task_map_keeps_order_runs_nested_work_inline_and_raises_the_first_failure(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture()
+def two_task_cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """task_map and parallel_map with pools of their own, as on two cores (even on one), shut down after."""
+    from paramseal import _kernels
+
+    monkeypatch.setattr(_kernels, "_cores", lambda: 2)
+    monkeypatch.setattr(_kernels, "_TASKS", None)
+    monkeypatch.setattr(_kernels, "_POOL", None)
+    yield
+    for pool in (_kernels._TASKS, _kernels._POOL):
+        if pool is not None:
+            pool.shutdown()
+
+
+def test_task_map_keeps_order_runs_nested_work_inline_and_raises_the_first_failure(two_task_cores: None) -> None:
     import threading
     import time
 
     from paramseal import _kernels
 
-    monkeypatch.setattr(_kernels, "_cores", lambda: 2)
-    monkeypatch.setattr(_kernels, "_TASKS", None)  # pools of its own
-    monkeypatch.setattr(_kernels, "_POOL", None)
     meet = threading.Barrier(2, timeout=10)  # two tasks at once, or this times out
 
     def task(x: int) -> tuple[int, set[int]]:
@@ -469,24 +479,20 @@ def test_task_map_keeps_order_runs_nested_work_inline_and_raises_the_first_failu
     ran = list(done)
     time.sleep(0.3)
     assert done == ran  # nothing was still running (or started) after task_map returned
-    for pool in (_kernels._TASKS, _kernels._POOL):
-        if pool is not None:
-            pool.shutdown()
 
 
 def test_a_seal_of_several_superblocks_is_the_same_in_parallel_and_in_turn(
-    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, two_task_cores: None
 ) -> None:
     """Superblocks and tag chunks run side by side (task_map): the file must not depend on it."""
     import importlib
     import os
 
-    from paramseal import _kernels, _outer
+    from paramseal import _outer
 
     seal_mod = importlib.import_module("paramseal.seal")
     real = os.urandom
     monkeypatch.setattr(os, "urandom", lambda n: bytes(range(16)) if n == 16 else real(n))
-    monkeypatch.setattr(_kernels, "_cores", lambda: 2)  # side by side even on one core
     rng = np.random.default_rng(11)
     model = {  # 8.6M values: three superblocks; "a" is over a tag chunk (16 MiB), so it is tagged in parts
         "a": (0.02 * rng.standard_normal((3000, 1500))).astype(np.float32),
@@ -498,18 +504,15 @@ def test_a_seal_of_several_superblocks_is_the_same_in_parallel_and_in_turn(
     together = files.seal_file(src, tmp_path / "p.safetensors", key)
     assert together.header.scheme == SCHEME_IRS
     assert -(-together.header.strata // _outer.SUPER_MAX) >= 3
-    monkeypatch.setattr(seal_mod, "task_map", lambda fn, items: [fn(x) for x in items])
+    monkeypatch.setattr(seal_mod, "task_map", seal_mod._in_turn)
     files.seal_file(src, tmp_path / "s.safetensors", key)
     assert (tmp_path / "p.safetensors").read_bytes() == (tmp_path / "s.safetensors").read_bytes()
     assert files.verify_file(tmp_path / "p.safetensors", key).status == "intact"
 
 
 def test_a_nan_found_by_one_of_several_superblocks_leaves_no_output(
-    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, key: paramseal.Key, two_task_cores: None
 ) -> None:
-    from paramseal import _kernels
-
-    monkeypatch.setattr(_kernels, "_cores", lambda: 2)  # superblocks side by side even on one core
     rng = np.random.default_rng(12)
     a = (0.02 * rng.standard_normal((3000, 1500))).astype(np.float32)
     b = (0.05 * rng.standard_normal((2000, 2047))).astype(np.float32)
@@ -546,14 +549,14 @@ def test_nested_task_map_runs_inline_on_many_cores(monkeypatch: pytest.MonkeyPat
             pool.shutdown()
 
 
-def test_task_map_waits_for_running_tasks_through_a_second_interrupt(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_task_map_waits_for_running_tasks_through_a_second_interrupt(
+    monkeypatch: pytest.MonkeyPatch, two_task_cores: None
+) -> None:
     import concurrent.futures
     import time
 
     from paramseal import _kernels
 
-    monkeypatch.setattr(_kernels, "_cores", lambda: 2)
-    monkeypatch.setattr(_kernels, "_TASKS", None)
     done: list[int] = []
     started: list[int] = []
     real_wait = concurrent.futures.wait
@@ -581,8 +584,6 @@ def test_task_map_waits_for_running_tasks_through_a_second_interrupt(monkeypatch
     assert ran == [0, 1]  # the two running tasks finished; no later item started
     time.sleep(0.5)
     assert sorted(done) == ran
-    if _kernels._TASKS is not None:
-        _kernels._TASKS.shutdown()
 
 
 def test_a_seal_without_the_coding_kernels_survives_numbas_workqueue_layer(tmp_path: Path) -> None:

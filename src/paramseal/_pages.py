@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import mmap
 import os
 import sys
@@ -118,22 +119,20 @@ def write_behind(a: NDArray[Any]) -> bool:
 
 
 _SYNC_FILE_RANGE_WRITE = 2
-_SFR: list[Any] = []
 
 
+@functools.lru_cache(maxsize=1)
 def _sync_file_range() -> Any:
-    """The C library's ``sync_file_range`` (looked up once), or None where there is none."""
-    if not _SFR:
-        fn = None
-        if sys.platform.startswith("linux"):
-            try:
-                fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").sync_file_range
-                fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-                fn.restype = ctypes.c_int
-            except (OSError, AttributeError):  # not glibc, or too old
-                fn = None
-        _SFR.append(fn)
-    return _SFR[0]
+    """The C library's ``sync_file_range``, or None where there is none."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").sync_file_range
+    except (OSError, AttributeError):  # not glibc, or too old
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def _span(a: NDArray[Any]) -> int:
