@@ -61,6 +61,17 @@ def test_encode_equals_the_numba_encoder(k: int, F: int, host: int) -> None:
     assert _native.encode(code, got)
     assert np.array_equal(got, want)
     assert _irs.syndromes_zero(code, got).all()
+    # whole free bytes (k = 8, 16) take the GF(2^8) columns, the nibbles of k = 12 the tables: both ran
+    assert (_native._plan(k, F, host).cols is not None) == (k != 12)
+
+
+def test_gf_columns_refuse_tables_that_are_not_gf256_linear() -> None:
+    p = _native._plan(8, 255, 0)
+    fwd, inv = _native._phi()
+    assert _native._gf_columns(p.tabs, p.d.astype(np.int64), fwd, inv) is not None
+    bent = p.tabs.copy()
+    bent[2, 6, 1, 0] ^= 0x10  # one table row no longer the image of a GF(2^8) multiple
+    assert _native._gf_columns(bent, p.d.astype(np.int64), fwd, inv) is None
 
 
 @needs_native

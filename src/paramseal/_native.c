@@ -11,7 +11,7 @@
  *     fold of each 128-bit lane to its byte 0;
  *  3. the free bits: a GF(2) matrix (the parity solver composed with phi^-1) applied to the
  *     syndrome bits, by table lookup per syndrome nibble (Four Russians);
- *  4. the free bytes are ORed into their words (they are zero on entry).
+ *  4. the free bytes are ORed into their words (they are zero on entry), by byte permutes.
  * All tables are built in Python (_native.py) from the same code description the numba
  * encoder uses.
  */
@@ -96,45 +96,103 @@ TARGET static inline __attribute__((always_inline)) void group_syndromes(const u
     }
 }
 
+/* Step 3 where the solver is GF(2^8)-linear in each syndrome byte (the free bits are whole bytes, as
+ * at k = 8 and 16): the free bytes of codeword t are phi^-1(sum_i S_i * cols[t][i]) in gf2p8mulb's
+ * field, one multiply per syndrome from a small table instead of two rows of the nibble tables. */
+TARGET static inline __attribute__((always_inline)) void free_bytes_gf(const uint8_t *R, int t, int dt, const uint8_t *cols,
+                                                                       int dmax, int rowbytes, __m512i Ai, uint8_t *out)
+{
+    const uint8_t *c = cols + (size_t)t * dmax * rowbytes;
+    __m512i o0 = _mm512_setzero_si512(), o1 = _mm512_setzero_si512();
+    for (int i = 0; i < dt; i++) {
+        const __m512i s = _mm512_set1_epi8((char)R[64 * i + 16 * t]);
+        o0 = _mm512_xor_si512(o0, _mm512_gf2p8mul_epi8(s, _mm512_loadu_si512((const void *)(c + (size_t)i * rowbytes))));
+        if (rowbytes == 128)
+            o1 = _mm512_xor_si512(o1, _mm512_gf2p8mul_epi8(s, _mm512_loadu_si512((const void *)(c + (size_t)i * rowbytes + 64))));
+    }
+    _mm512_store_si512((void *)out, _mm512_gf2p8affine_epi64_epi8(o0, Ai, 0));
+    if (rowbytes == 128)
+        _mm512_store_si512((void *)(out + 64), _mm512_gf2p8affine_epi64_epi8(o1, Ai, 0));
+}
+
+/* Step 3 for any code: the free bytes of codeword t from the nibble tables (Four Russians). */
+TARGET static inline __attribute__((always_inline)) void free_bytes_tab(const uint8_t *R, int t, int dt, const uint8_t *tabs,
+                                                                        int dmax, int rowbytes, uint8_t *out)
+{
+    const uint8_t *tab = tabs + (size_t)t * 2 * dmax * 16 * rowbytes;
+    __m512i o0 = _mm512_setzero_si512(), o1 = _mm512_setzero_si512();
+    for (int i = 0; i < dt; i++) {
+        unsigned s = R[64 * i + 16 * t];
+        const uint8_t *lo = tab + ((size_t)(2 * i) * 16 + (s & 15)) * rowbytes;
+        const uint8_t *hi = tab + ((size_t)(2 * i + 1) * 16 + (s >> 4)) * rowbytes;
+        o0 = _mm512_xor_si512(o0, _mm512_xor_si512(_mm512_loadu_si512((const void *)lo), _mm512_loadu_si512((const void *)hi)));
+        if (rowbytes == 128)
+            o1 = _mm512_xor_si512(o1, _mm512_xor_si512(_mm512_loadu_si512((const void *)(lo + 64)),
+                                                       _mm512_loadu_si512((const void *)(hi + 64))));
+    }
+    _mm512_store_si512((void *)out, o0);
+    if (rowbytes == 128)
+        _mm512_store_si512((void *)(out + 64), o1);
+}
+
+/* Step 4: OR the free bytes of the 4 codewords (U: [4][128], codeword t's free byte e at 128 t + e)
+ * into their places in group G, a 64-byte chunk at a time: byte b of chunk c takes U[spread[c][b]]
+ * where bit b of masks[c][2] is set (two 2-source byte permutes per pair of codewords, then blends
+ * on bits 7 and 8 of the source index, held in masks[c][0] and masks[c][1]). */
+TARGET static inline __attribute__((always_inline)) void place_free_bytes(uint8_t *G, const uint8_t *U, const uint8_t *spread,
+                                                                          const uint64_t *masks)
+{
+    const __m512i u0a = _mm512_load_si512((const void *)U), u0b = _mm512_load_si512((const void *)(U + 64));
+    const __m512i u1a = _mm512_load_si512((const void *)(U + 128)), u1b = _mm512_load_si512((const void *)(U + 192));
+    const __m512i u2a = _mm512_load_si512((const void *)(U + 256)), u2b = _mm512_load_si512((const void *)(U + 320));
+    const __m512i u3a = _mm512_load_si512((const void *)(U + 384)), u3b = _mm512_load_si512((const void *)(U + 448));
+    for (int c = 0; c < 16; c++) {
+        const uint64_t *m = masks + 3 * c;
+        if (!m[2])
+            continue;
+        const __m512i ix = _mm512_loadu_si512((const void *)(spread + 64 * c));
+        __m512i r01 = _mm512_mask_blend_epi8(m[0], _mm512_permutex2var_epi8(u0a, ix, u0b), _mm512_permutex2var_epi8(u1a, ix, u1b));
+        __m512i r23 = _mm512_mask_blend_epi8(m[0], _mm512_permutex2var_epi8(u2a, ix, u2b), _mm512_permutex2var_epi8(u3a, ix, u3b));
+        __m512i x = _mm512_maskz_loadu_epi8(m[2], G + 64 * c); /* masked: the last chunk ends 4 bytes past the group */
+        _mm512_mask_storeu_epi8(G + 64 * c, m[2], _mm512_or_si512(x, _mm512_mask_blend_epi8(m[1], r01, r23)));
+    }
+}
+
 /* W: ng groups of 1020 bytes, updated in place (free bits zero on entry).
  * powers: [dmax][16][64] syndrome powers, phi-domain, permuted lanes (0 where i >= d_t).
  * perm: 64 lane indices (vpermb) that group each chunk's bytes by codeword.
  * keep: 1024 bytes, the bits of a group the code reads (free bits 0: ignored, as the numba encoder does).
  * phi: the affine matrix of phi.
  * tabs: [4][2 dmax][16][rowbytes] rows of free-byte images per syndrome nibble value.
- * d: [4] syndromes per codeword; nfree: [4] free bytes per codeword (<= rowbytes);
- * place: [4][rowbytes] byte offset in the group of each free byte. */
+ * cols: NULL, or [4][dmax][rowbytes] phi-domain columns where the solver is GF(2^8)-linear (then
+ * used instead of tabs, with phi_inv mapping back).
+ * d: [4] syndromes per codeword; rowbytes: 64 or 128 (free bytes per codeword, at most).
+ * spread, masks: where each free byte goes in the group (see place_free_bytes). */
 TARGET int ps_irs_encode(uint8_t *W, int64_t ng, const uint8_t *powers, int dmax, const uint8_t *perm,
-                         const uint8_t *keep, uint64_t phi, const uint8_t *tabs, const int32_t *d, const int32_t *nfree, int rowbytes,
-                         const int32_t *place)
+                         const uint8_t *keep, uint64_t phi, const uint8_t *tabs, const int32_t *d, int rowbytes,
+                         const uint8_t *spread, const uint64_t *masks, const uint8_t *cols, uint64_t phi_inv)
 {
     if (dmax < 1 || dmax > MAX_D || (rowbytes != 64 && rowbytes != 128))
         return -1;
     uint8_t R[MAX_D * 64] __attribute__((aligned(64)));
-    uint8_t out[MAX_ROW] __attribute__((aligned(64)));
+    uint8_t U[4 * MAX_ROW] __attribute__((aligned(64)));
+    memset(U, 0, sizeof U);
+    const __m512i Ai = _mm512_set1_epi64((long long)phi_inv);
     for (int64_t g = 0; g < ng; g++) {
         uint8_t *G = W + g * GROUP_BYTES;
         group_syndromes(G, keep, NULL, powers, dmax, perm, phi, 0, 0, R);
         for (int t = 0; t < 4; t++) {
-            const uint8_t *tab = tabs + (size_t)t * 2 * dmax * 16 * rowbytes;
-            __m512i o0 = _mm512_setzero_si512(), o1 = _mm512_setzero_si512();
-            for (int i = 0; i < d[t]; i++) {
-                unsigned s = R[64 * i + 16 * t];
-                const uint8_t *lo = tab + ((size_t)(2 * i) * 16 + (s & 15)) * rowbytes;
-                const uint8_t *hi = tab + ((size_t)(2 * i + 1) * 16 + (s >> 4)) * rowbytes;
-                o0 = _mm512_xor_si512(o0, _mm512_xor_si512(_mm512_loadu_si512((const void *)lo),
-                                                           _mm512_loadu_si512((const void *)hi)));
-                if (rowbytes == 128)
-                    o1 = _mm512_xor_si512(o1, _mm512_xor_si512(_mm512_loadu_si512((const void *)(lo + 64)),
-                                                               _mm512_loadu_si512((const void *)(hi + 64))));
-            }
-            _mm512_store_si512((void *)out, o0);
-            if (rowbytes == 128)
-                _mm512_store_si512((void *)(out + 64), o1);
-            const int32_t *pl = place + t * rowbytes;
-            for (int e = 0; e < nfree[t]; e++)
-                G[pl[e]] |= out[e];
+            uint8_t *out = U + MAX_ROW * t;
+            if (cols && rowbytes == 64)
+                free_bytes_gf(R, t, d[t], cols, dmax, 64, Ai, out);
+            else if (cols)
+                free_bytes_gf(R, t, d[t], cols, dmax, 128, Ai, out);
+            else if (rowbytes == 64)
+                free_bytes_tab(R, t, d[t], tabs, dmax, 64, out);
+            else
+                free_bytes_tab(R, t, d[t], tabs, dmax, 128, out);
         }
+        place_free_bytes(G, U, spread, masks);
     }
     return 0;
 }

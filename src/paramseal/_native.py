@@ -89,7 +89,7 @@ def _load() -> ctypes.CDLL | None:
         _refuse("this CPU lacks GFNI or AVX-512 (BW, VBMI)")
         return None
     p, i32, u64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64
-    lib.ps_irs_encode.argtypes = [p, ctypes.c_int64, p, i32, p, p, u64, p, p, p, i32, p]
+    lib.ps_irs_encode.argtypes = [p, ctypes.c_int64, p, i32, p, p, u64, p, p, i32, p, p, p, u64]
     lib.ps_irs_encode.restype = i32
     i64 = ctypes.c_int64
     lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, ctypes.c_uint32, i32]
@@ -297,9 +297,10 @@ class _Plan:
     phi_inv: int
     tabs: NDArray[np.uint8]
     d: NDArray[np.int32]
-    nfree: NDArray[np.int32]
     rowbytes: int
-    place: NDArray[np.int32]
+    spread: NDArray[np.uint8]  # [16, 64] and masks [16, 3]: where free bytes go (`_spread`)
+    masks: NDArray[np.uint64]
+    cols: NDArray[np.uint8] | None  # [4, dmax, rowbytes] where the solver is GF(2^8)-linear, else None
 
 
 def _lane_perm() -> NDArray[np.uint8]:
@@ -353,10 +354,8 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
         mats.append(m)
     rowbytes = 64 if max(len(b) for b in locs) <= 64 else 128
     tabs = np.zeros((4, 2 * dmax, 16, rowbytes), np.uint8)
-    place = np.zeros((4, rowbytes), np.int32)
     for tt in range(4):
         dt, nb = int(d[tt]), len(locs[tt])
-        place[tt, :nb] = locs[tt]
         if not dt:
             continue
         cols = np.zeros((8 * dt, rowbytes), np.uint8)  # syndrome bit -> free-byte image
@@ -374,10 +373,67 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
         _affine_matrix(inv_phi),
         tabs,
         d.astype(np.int32),
-        np.array([len(b) for b in locs], np.int32),
         rowbytes,
-        place,
+        *_spread(locs),
+        _gf_columns(tabs, d, fwd, inv_phi),
     )
+
+
+def _spread(locs: list[list[int]]) -> tuple[NDArray[np.uint8], NDArray[np.uint64]]:
+    """Where ``ps_irs_encode`` puts free byte e of codeword t (byte ``locs[t][e]`` of the group).
+
+    ``spread[c, b]``: the low 7 bits of source ``128 t + e`` for byte b of 64-byte chunk c;
+    ``masks[c]``: the bytes whose source has bit 7 set, bit 8 set, and the bytes that get one.
+    """
+    flat = np.full(16 * 64, -1, np.int64)
+    for t, where in enumerate(locs):
+        assert len(where) <= 128 and (flat[where] < 0).all()  # codewords own disjoint bytes
+        flat[where] = 128 * t + np.arange(len(where))
+    src = flat.reshape(16, 64)
+    bits = np.uint64(1) << np.arange(64, dtype=np.uint64)
+    masks = np.stack([(bits * ((src >= 0) & (src >> b & 1 == 1))).sum(axis=1, dtype=np.uint64) for b in (7, 8)] +
+                     [(bits * (src >= 0)).sum(axis=1, dtype=np.uint64)], axis=1)  # fmt: skip
+    return np.ascontiguousarray(np.where(src >= 0, src & 127, 0).astype(np.uint8)), np.ascontiguousarray(masks)
+
+
+@functools.lru_cache(maxsize=1)
+def _mul_table_11b() -> NDArray[np.uint8]:
+    """``[256, 256]`` products in GF(2^8) mod 0x11b (gf2p8mulb's field)."""
+    exp = np.zeros(510, np.int64)
+    x = 1
+    for i in range(255):  # 3 generates the multiplicative group mod 0x11b
+        exp[i] = x
+        x = _mul_11b(x, 3)
+    exp[255:] = exp[:255]
+    log = np.zeros(256, np.int64)
+    log[exp[:255]] = np.arange(255)
+    out: NDArray[np.uint8] = exp[log[:, None] + log[None, :]].astype(np.uint8)
+    out[0, :] = out[:, 0] = 0
+    return out
+
+
+def _gf_columns(
+    tabs: NDArray[np.uint8], d: NDArray[np.int64], fwd: NDArray[np.uint8], inv_phi: NDArray[np.uint8]
+) -> NDArray[np.uint8] | None:
+    """The nibble tables as one GF(2^8) column per syndrome, or None where they are not GF(2^8)-linear.
+
+    Where the free bits are whole bytes, the image of syndrome byte s (phi-domain) is
+    ``phi^-1(col * s)`` byte by byte, ``col = phi(image of 1)``: checked here for every s, so
+    the encoder takes this shortcut only where it gives the tables' bytes exactly.
+    """
+    dmax, rowbytes = tabs.shape[1] // 2, tabs.shape[3]
+    cols = np.zeros((4, dmax, rowbytes), np.uint8)
+    s = np.arange(256)
+    mul = _mul_table_11b()
+    for t in range(4):
+        dt = int(d[t])
+        if not dt:
+            continue
+        image = tabs[t, 0 : 2 * dt : 2][:, s & 15] ^ tabs[t, 1 : 2 * dt : 2][:, s >> 4]  # [dt, 256, rowbytes]
+        cols[t, :dt] = fwd[image[:, 1]]
+        if not np.array_equal(inv_phi[mul[cols[t, :dt][:, None, :], s[None, :, None]]], image):
+            return None
+    return cols
 
 
 def _rows(n: int) -> list[tuple[int, int]]:
@@ -394,14 +450,15 @@ def encode(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
     p = _plan(code.k, code.free_strata, code.host)
     if not 1 <= p.dmax <= 128:  # no parity (d = 0) or past the kernel's limits: numba serves these
         return False
-    args = (p.powers, p.perm, p.keep, p.tabs, p.d, p.nfree, p.place)
+    args = (p.powers, p.perm, p.keep, p.tabs, p.d, p.spread, p.masks)
     ptr = [a.ctypes.data for a in args]
+    cols = None if p.cols is None else p.cols.ctypes.data
 
     def run(r: tuple[int, int]) -> None:
         rows = W[r[0] : r[1]]
         rc = lib.ps_irs_encode(
-            rows.ctypes.data, rows.shape[0], ptr[0], p.dmax, ptr[1], ptr[2], p.phi, ptr[3], ptr[4], ptr[5],
-            p.rowbytes, ptr[6],
+            rows.ctypes.data, rows.shape[0], ptr[0], p.dmax, ptr[1], ptr[2], p.phi, ptr[3], ptr[4], p.rowbytes,
+            ptr[5], ptr[6], cols, p.phi_inv,
         )  # fmt: skip
         if rc:
             raise RuntimeError(f"compiled irs4 encoder refused its tables (code {rc})")

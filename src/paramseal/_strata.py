@@ -187,10 +187,12 @@ class Strata:
 
     def pad(self, groups: NDArray[np.int64]) -> NDArray[np.uint32]:
         """The keyed offset of ``groups``: ``[len(groups), 255]`` words (zero without one)."""
-        out = np.zeros((groups.size, N_POS), np.uint32)
         if self.pad_key is None or not groups.size:
-            return out
+            return np.zeros((groups.size, N_POS), np.uint32)
         cuts = np.flatnonzero(np.diff(groups) != 1) + 1
+        if not cuts.size:  # consecutive groups (a seal's batch): the keystream as it comes, no copy
+            return self._pad_run(int(groups[0]), int(groups[-1]) + 1)
+        out = np.empty((groups.size, N_POS), np.uint32)
         for a, b in zip(np.r_[0, cuts], np.r_[cuts, groups.size], strict=True):
             out[a:b] = self._pad_run(int(groups[a]), int(groups[b - 1]) + 1)
         return out
