@@ -76,8 +76,9 @@ def test_seal_level_option(tmp_path: Path, model_file: Path, key_file: Path, lev
 def test_seal_bits_option(tmp_path: Path, key_file: Path) -> None:
     src = helpers.write_st(tmp_path / "m.safetensors", {"w": np.ones(1000, np.float32), "h": np.ones(100, np.float16)})
     out = tmp_path / "s.safetensors"
-    rc, so, _ = run(["seal", src, out, "--key", key_file, "--bits", "6"])
-    assert rc == 0 and "F32 k=6" in so and "F16 k=6" in so
+    rc, so, se = run(["seal", src, out, "--key", key_file, "--bits", "6"])
+    assert rc == 0 and "F32 k=6" in so and "F16 k=6" in so and "--bits 6" in so and "level" not in so
+    assert "warning: k=6 changes F16 weights by up to 6.2e-02" in se and "F32" not in se  # F16 strong is k=4
     assert run(["verify", out, "--key", key_file])[0] == 0
 
 
@@ -232,6 +233,120 @@ def test_in_place_seal(model_file: Path, key_file: Path) -> None:
     rc, _, _ = run(["seal", model_file, model_file, "--key", key_file, "--in-place"])
     assert rc == 0
     assert run(["verify", model_file, "--key", key_file])[0] == 0
+
+
+def test_in_place_recover(sealed_file: Path, key_file: Path) -> None:
+    """`recover IN IN --in-place` writes the rebuilt blocks into the file itself."""
+    want, want_meta = helpers.read_st(sealed_file)
+    _tamper(sealed_file, sealed_file, lambda t: t["embed.weight"].reshape(-1).__setitem__(5, 1e6))
+    tampered = helpers.sha256(sealed_file)
+    assert run(["verify", sealed_file, "--key", key_file])[0] == 1
+    rc, out, err = run(["recover", sealed_file, sealed_file, "--key", key_file, "--in-place"])
+    assert rc == 0 and out.startswith("OK: recovered") and err == ""
+    got, got_meta = helpers.read_st(sealed_file)
+    helpers.assert_model_equal(got, want)
+    assert got_meta == want_meta and helpers.sha256(sealed_file) != tampered
+
+
+def test_reseal_replaces_the_seal_of_an_approved_change(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
+    tuned = _tamper(sealed_file, tmp_path / "tuned.safetensors", lambda t: t["embed.weight"].__imul__(1.01))
+    out = tmp_path / "resealed.safetensors"
+    rc, _, err = run(["seal", tuned, out, "--key", key_file])
+    assert rc == 3 and "already sealed" in err and "--reseal" in err and not out.exists()
+    rc, so, _ = run(["seal", tuned, out, "--key", key_file, "--reseal"])
+    assert rc == 0 and so.startswith("OK: sealed")
+    assert run(["verify", out, "--key", key_file])[0] == 0
+    got, meta = helpers.read_st(out)
+    assert meta["author"] == "tests"  # the user's metadata stays; the old seal is gone
+    assert json.loads(meta["paramseal"])["salt"] != json.loads(helpers.read_st(sealed_file)[1]["paramseal"])["salt"]
+    want = helpers.read_st(tuned)[0]["embed.weight"].view(np.uint32) & np.uint32(0xFFFFFF00)
+    assert np.array_equal(got["embed.weight"].view(np.uint32) & np.uint32(0xFFFFFF00), want)  # the tuned weights
+
+
+def test_messages_for_a_model_given_as_key_a_plain_folder_and_a_string_tensor(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
+    rc, _, err = run(["verify", sealed_file, "--key", sealed_file])
+    assert rc == 3 and "is not a ParamSeal key file" in err and "codec" not in err
+    rc, _, err = run(["verify", tmp_path, "--key", key_file])
+    assert rc == 3 and "is a folder" in err and "model.safetensors.index.json" in err
+    np.savez(tmp_path / "mixed.npz", w=np.ones(5000, np.float32), s=np.array(["a", "b"]))
+    rc, _, err = run(["seal", tmp_path / "mixed.npz", tmp_path / "o.npz", "--key", key_file])
+    assert rc == 3 and "cannot seal tensor 's'" in err and "<U1" in err
+
+
+def test_inspect_warns_that_its_bounds_do_not_hold_for_a_model_of_few_blocks(tmp_path: Path, model_file: Path) -> None:
+    tiny = helpers.write_st(tmp_path / "tiny.safetensors", {"w": np.ones(10, np.float32)})
+    rc, out, _ = run(["inspect", tiny])
+    assert rc == 0 and "only 1 block(s) of 64 values" in out
+    info = json.loads(run(["inspect", model_file, "--json"])[1])
+    assert info["blocks"] == sum(max(1, -(-a.size // 64)) for a in helpers.read_st(model_file)[0].values())
+    assert "block(s) of 64 values" not in run(["inspect", model_file])[1]
+
+
+def _no_temp_left(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("out_name", ["s.safetensors", "s.npz", "s.pt", "shards"])
+def test_an_output_folder_that_cannot_be_written_is_exit_3(
+    tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, out_name: str
+) -> None:
+    import errno
+    import tempfile
+
+    if out_name == "s.pt":
+        pytest.importorskip("torch")
+    src = model_file
+    if out_name == "shards":
+        from paramseal import sharded
+
+        src = tmp_path / "ckpt"
+        src.mkdir()
+        t = helpers.read_st(model_file)[0]
+        helpers.write_st(src / "model-1.safetensors", t)
+        index = {"metadata": {}, "weight_map": dict.fromkeys(t, "model-1.safetensors")}
+        (src / sharded.INDEX).write_text(json.dumps(index))
+
+    def refuse(*a: object, dir: object = None, **k: object) -> str:  # noqa: A002 - tempfile's own name
+        raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    rc, out, err = run(["seal", src, tmp_path / out_name, "--key", key_file])
+    assert rc == 3 and "Traceback" not in err
+    assert f"cannot write '{tmp_path / out_name}'" in err and "writable" in err
+    assert not (tmp_path / out_name).exists() and _no_temp_left(tmp_path)
+
+
+def test_a_full_disk_is_exit_3_and_leaves_nothing(
+    tmp_path: Path, sealed_file: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    def full(*a: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    rc, _, err = run(["seal", model_file, tmp_path / "s.safetensors", "--key", key_file])
+    assert rc == 3 and "Traceback" not in err and "the disk is full" in err
+    assert not (tmp_path / "s.safetensors").exists() and _no_temp_left(tmp_path)
+
+
+def test_a_failed_torch_save_is_exit_3(tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    torch = pytest.importorskip("torch")
+    weights = {"w": np.random.default_rng(0).standard_normal((300, 200)).astype(np.float32)}
+    sealed_file = tmp_path / "s.safetensors"
+    assert run(["seal", helpers.write_st(tmp_path / "m.safetensors", weights), sealed_file, "--key", key_file])[0] == 0
+
+    def broken(*a: object, **k: object) -> None:  # what torch raises when its zip writer hits a full disk
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2304 vs 2192")
+
+    monkeypatch.setattr(torch, "save", broken)
+    out = tmp_path / "r.pt"
+    rc, _, err = run(["recover", sealed_file, out, "--key", key_file])
+    assert rc == 3 and "Traceback" not in err and f"cannot write '{out}': torch.save failed" in err
+    assert not out.exists() and _no_temp_left(tmp_path)
 
 
 def test_seal_refuses_nan_with_a_clear_message(tmp_path: Path, key_file: Path) -> None:

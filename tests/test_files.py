@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import NotSealedError, UsageError, files
+from paramseal import NotSealedError, OutputError, UsageError, files
 from paramseal.formats import Loaded
 from paramseal.formats.safetensors import StreamWriter
 from paramseal.header import METADATA_KEY
@@ -136,8 +136,9 @@ def test_failed_write_leaves_no_temp_file_and_keeps_the_old_output(
         raise _Boom(28, "No space left on device")
 
     monkeypatch.setattr(StreamWriter, "finish", half_write)
-    with pytest.raises(_Boom):
+    with pytest.raises(OutputError, match="the disk is full") as caught:
         files.seal_file(model_file, out, key)
+    assert isinstance(caught.value.__cause__, _Boom) and isinstance(caught.value, OSError)
     assert out.read_bytes() == b"previous content"
     _only_expected_files(tmp_path, {"model.safetensors", "out.safetensors", "test.key"})
 

@@ -135,6 +135,23 @@ def test_an_index_that_disagrees_with_the_shards_is_reported(
     assert rc == 3 and "not a valid safetensors index" in err and "Traceback" not in err
 
 
+def test_a_deleted_shard_is_tampering_not_a_bad_input(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    (sealed_ckpt / SHARDS[1]).unlink()
+    rc, out, err = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file])
+    assert rc == 2 and f"shard '{SHARDS[1]}' named in the index is missing" in out and err == ""
+    rc, out, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file, "--tensors", "layers.1.*", "--json"])
+    assert rc == 2 and any("missing" in m for m in json.loads(out)["metadata_issues"])
+    rc, _, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file, "--tensors", "layers.0.*"])
+    assert rc == 0  # the shards checked are intact; the deleted one was not asked for
+    rc, _, _ = helpers.run_cli(["recover", sealed_ckpt, tmp_path / "fixed", "--key", key_file])
+    assert rc == 2 and not (tmp_path / "fixed").exists()
+    (checkpoint / SHARDS[1]).unlink()  # before sealing, the same folder is a bad input
+    rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "s2", "--key", key_file])
+    assert rc == 3 and "does not exist" in err
+
+
 def test_parallel_seal_and_unrecoverable_recover_write_nothing(
     tmp_path: Path, checkpoint: Path, key: paramseal.Key, key_file: Path
 ) -> None:

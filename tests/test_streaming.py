@@ -137,6 +137,16 @@ def test_partial_verification_checks_only_the_selected_tensors(
     assert rc == 1 and json.loads(out)["tampered_tensors"] == ["fc.weight"]
     rc, _, err = helpers.run_cli(["verify", p, "--key", key_file, "--tensors", "nothing*"])
     assert rc == 3 and "matches none" in err
+    # the headline counts the blocks checked, and does not read as the whole file being intact
+    embed = -(-t["embed.weight"].size // 64)
+    assert rep.checked_blocks == embed < rep.total_blocks and rep.partial
+    rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file, "--tensors", "embed.*"])
+    assert rc == 0 and f"({embed} of {rep.total_blocks} blocks verified; the rest was not checked)" in out
+    assert "is intact" not in out
+    rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file, "--tensors", "embed.*", "--json"])
+    assert json.loads(out)["checked_blocks"] == embed
+    whole = files.verify_file(sealed, key)
+    assert not whole.partial and whole.to_dict()["checked_blocks"] == whole.total_blocks
 
 
 _RSS_WORKER = textwrap.dedent(

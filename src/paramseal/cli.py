@@ -17,7 +17,7 @@ from typing import NoReturn
 from . import __version__, _cli_eval, files, sharded
 from .errors import ParamSealError
 from .keys import Key, load_key, write_key
-from .levels import LEVELS
+from .levels import FLOATS, LEVELS, max_relative_change
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -58,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--level", choices=LEVELS, default="standard", help="protection level (default: standard)")
     g.add_argument("--bits", type=int, metavar="K", help="explicit low bits per float value")
     p.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the INPUT file")
+    p.add_argument(
+        "--reseal",
+        action="store_true",
+        help="seal a model that carries a seal already (after a change you approved): its old seal is replaced",
+    )
     p.add_argument(
         "--code",
         choices=("irs", "lanes"),
@@ -129,6 +134,7 @@ def _run(args: argparse.Namespace) -> int:
                 level=args.level,
                 bits=args.bits,
                 code=args.code,
+                reseal=args.reseal,
             )
             print(f"OK: sealed {len(names)} shard(s) of {args.input} -> {args.output} (each self-contained)")
             return 0
@@ -141,15 +147,23 @@ def _run(args: argparse.Namespace) -> int:
                 bits=args.bits,
                 in_place=args.in_place,
                 code=args.code,
+                reseal=args.reseal,
             )
             h = sealed.header
             ks = sorted({(t.dtype, t.k) for t in h.tensors if t.k})
             desc = ", ".join(f"{dt} k={k}" for dt, k in ks)
             code = "irs" if h.irs else "lanes"
-            print(
-                f"OK: sealed {args.input} -> {args.output} ({len(h.tensors)} tensors, {desc}, level {h.level}, "
-                f"code {code})"
-            )
+            how = f"level {h.level}" if h.bits is None else f"--bits {h.bits}"
+            print(f"OK: sealed {args.input} -> {args.output} ({len(h.tensors)} tensors, {desc}, {how}, code {code})")
+            for dt, k in ks:
+                strong = FLOATS[dt].levels["strong"]
+                if k > strong:  # an explicit --bits past every level: say what it costs
+                    print(
+                        f"warning: k={k} changes {dt} weights by up to {max_relative_change(dt, k):.1e} of their "
+                        f"magnitude, against {max_relative_change(dt, strong):.1e} at level strong; check the "
+                        "model's accuracy before you use it",
+                        file=sys.stderr,
+                    )
             return 0
         case "verify":
             key = load_key(args.key)
@@ -159,6 +173,13 @@ def _run(args: argparse.Namespace) -> int:
                 rep = files.verify_file(args.input, key, tensors=args.tensors)
             if args.json:
                 print(rep.to_json())
+            elif rep.status == "intact" and rep.partial:
+                print(
+                    f"OK: the tensors of {args.input} matching '{args.tensors}' are intact ({rep.checked_blocks} of "
+                    f"{rep.total_blocks} blocks verified; the rest was not checked)"
+                )
+                if rep.notes:
+                    print(rep.summary())
             elif rep.status == "intact":
                 print(f"OK: {args.input} is intact ({rep.total_blocks} blocks verified)")
                 if rep.notes:
@@ -172,7 +193,9 @@ def _run(args: argparse.Namespace) -> int:
             if sharded.is_sharded(Path(args.input)):
                 rep, _ = sharded.recover_dir(Path(args.input), Path(args.output), key, allow_partial=args.allow_partial)
             else:
-                rep = files.recover_file(args.input, args.output, key, allow_partial=args.allow_partial).report
+                rep = files.recover_file(
+                    args.input, args.output, key, allow_partial=args.allow_partial, in_place=args.in_place
+                ).report
             if args.json:
                 print(rep.to_json())
             elif rep.status == "intact":
@@ -203,8 +226,17 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.cmd)  # argparse rejects unknown commands
 
 
+FEW_BLOCKS = 64  # below this, inspect warns that its capacity bounds are asymptotic
+
+
 def _inspect_text(info: dict[str, object]) -> str:
     lines = [f"{info['file']}: {info['tensors']} tensors, parameters by dtype {info['parameters']}"]
+    blocks = info.get("blocks")
+    if isinstance(blocks, int) and blocks < FEW_BLOCKS:
+        lines.append(
+            f"note: only {blocks} block(s) of 64 values: damage counts in whole blocks and the bounds below hold "
+            "for models of many blocks; one damaged block here may be beyond recovery"
+        )
     if "shards" in info:
         lines[0] += f", in {info['shards']} shards ({info['sealed_shards']} sealed)"
         odd = info.get("mismatched_shards")

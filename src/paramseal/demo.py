@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _demo_model, files
+from .errors import cannot_write
 from .formats import Loaded
 from .keys import Key, write_key
 
@@ -31,7 +32,10 @@ def run_demo(seed: int = 0, keep: str | None = None) -> int:
     _, _, Xte, yte = _demo_model.split(X, y)
     ctx = tempfile.TemporaryDirectory(prefix="paramseal-demo-") if keep is None else None
     d = Path(ctx.name if ctx else keep or ".")
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise cannot_write(d, e) from e
     try:
         weights = _demo_model.train(seed)
         n = sum(int(a.size) for a in weights.values())

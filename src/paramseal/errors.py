@@ -7,6 +7,9 @@ its traceback.
 
 from __future__ import annotations
 
+import errno
+import os
+import shutil
 from typing import Any
 
 
@@ -48,6 +51,35 @@ class KeyMismatchError(ParamSealError, PermissionError):
         )
 
 
+class OutputError(ParamSealError, OSError):
+    """An output cannot be written: a folder without write permission, a full disk."""
+
+
+_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or write elsewhere",
+    errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
+    errno.EACCES: "check that the folder is writable by you",
+    errno.EPERM: "check that the folder is writable by you",
+    errno.EROFS: "the file system is read-only: write elsewhere",
+}
+
+
+def cannot_write(dst: str | os.PathLike[str], e: OSError) -> OutputError:
+    """The error to raise when writing ``dst`` failed with ``e``: the reason, a hint, the free space."""
+    why = e.strerror or str(e)
+    folder = os.path.dirname(os.path.abspath(dst))
+    if e.filename and os.path.dirname(os.path.abspath(str(e.filename))) != folder:  # not dst or its temporary file
+        why += f" ('{e.filename}')"
+    hint = _HINTS.get(e.errno or 0)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    if hint is None and free is not None and free < 64 << 20:  # e.g. torch.save reports a full disk as a bad position
+        hint = f"only {free / 2**20:.1f} MiB are free there: is the disk full?"
+    return OutputError(f"cannot write '{dst}': {why}" + (f"; {hint}" if hint else ""))
+
+
 class NotSealedError(ParamSealError, ValueError):
     """The model carries no ParamSeal header."""
 
@@ -85,6 +117,7 @@ __all__ = [
     "KeyMismatchError",
     "MissingDependencyError",
     "NotSealedError",
+    "OutputError",
     "ParamSealError",
     "TamperedError",
     "UnrecoverableError",

@@ -26,10 +26,10 @@ from ._bits import uint_view
 from ._layout import TensorSpec
 from ._pages import Mapping, Workspace, chunks, copy_range, release
 from ._progress import Progress
-from .errors import FormatError, KeyMismatchError, NotSealedError, UsageError
+from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError, UsageError, cannot_write
 from .formats import Loaded, adapter_for
 from .formats import safetensors as st_format
-from .header import METADATA_KEY, Header, peek_header
+from .header import METADATA_KEY, SET_KEY, Header, peek_header
 from .keys import Key
 from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP, bits_for, capacity, dtype_name
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
@@ -48,14 +48,19 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
     """
     tmp_path = tmp or temp_beside(dst)
     try:
-        yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        # mkstemp (and the safetensors writer) leave 0600; a sealed model is meant to be shared
-        os.chmod(tmp_path, 0o666 & ~umask)
-        with open(tmp_path, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, dst)
+        try:
+            yield tmp_path
+            umask = os.umask(0)
+            os.umask(umask)
+            # mkstemp (and the safetensors writer) leave 0600; a sealed model is meant to be shared
+            os.chmod(tmp_path, 0o666 & ~umask)
+            with open(tmp_path, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, dst)
+        except OSError as e:
+            if isinstance(e, ParamSealError):
+                raise
+            raise cannot_write(dst, e) from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -68,7 +73,10 @@ def temp_beside(dst: Path) -> Path:
     parent = dst.parent if str(dst.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise cannot_write(dst, e) from e
     os.close(fd)
     return Path(tmp)
 
@@ -120,9 +128,17 @@ def _check_paths(src: Path, dst: Path, in_place: bool) -> None:
 def read_model(path: PathLike, fmt: str | None = None) -> Loaded:
     """Read a model file with the adapter for its format."""
     p = Path(path)
+    _require_file(p)
+    return adapter_for(p, fmt).read(p)
+
+
+def _require_file(p: Path) -> None:
+    if p.is_dir():
+        raise UsageError(
+            f"input '{p}' is a folder; a sharded checkpoint folder needs its index ('model.safetensors.index.json')"
+        )
     if not p.is_file():
         raise UsageError(f"input '{p}' does not exist or is not a file")
-    return adapter_for(p, fmt).read(p)
 
 
 def write_model(path: PathLike, loaded: Loaded, fmt: str | None = None) -> None:
@@ -185,8 +201,7 @@ def _is_safetensors(path: Path, *, output: bool = False) -> bool:
 @contextmanager
 def _open_model(path: Path) -> Iterator[Loaded]:
     """The model in ``path``: safetensors are mapped (pages read on use), other formats loaded."""
-    if not path.is_file():
-        raise UsageError(f"input '{path}' does not exist or is not a file")
+    _require_file(path)
     if not _is_safetensors(path):
         yield read_model(path)
         return
@@ -208,19 +223,25 @@ def seal_file(
     progress: bool | None = None,
     extra_metadata: dict[str, str] | None = None,
     code: str | None = None,
+    reseal: bool = False,
 ) -> SealedFile:
     """Seal the model in ``src`` and write it to ``dst``; the file's metadata is kept.
 
     safetensors to safetensors streams: memory stays bounded by a few chunks, whatever the model size.
-    ``extra_metadata`` is added to the file's metadata and sealed with it.
+    ``extra_metadata`` is added to the file's metadata and sealed with it. A file that carries a
+    seal already is refused unless ``reseal`` (its old seal is then dropped and replaced).
     """
     s, d = Path(src), Path(dst)
     _check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
     with _open_model(s) as loaded:
-        meta = {**loaded.metadata, **(extra_metadata or {})}
-        if METADATA_KEY in loaded.metadata:
-            raise UsageError(f"'{s}' is already sealed; recover or verify it instead of sealing it twice")
+        if METADATA_KEY in loaded.metadata and not reseal:
+            raise UsageError(
+                f"'{s}' is already sealed; verify or recover it, or pass --reseal to replace its seal "
+                "(after a change to its weights that you approved)"
+            )
+        old = {METADATA_KEY, SET_KEY} if METADATA_KEY in loaded.metadata else set()
+        meta = {**{k: v for k, v in loaded.metadata.items() if k not in old}, **(extra_metadata or {})}
         if not _is_safetensors(d, output=True):
             prog = Progress("seal", 2 * len(loaded.tensors) + 1, enabled=progress)
             sealed = cfg.seal(loaded.tensors, key, metadata=meta, progress=prog)
@@ -491,6 +512,7 @@ def _inspect(p: Path, loaded: Loaded) -> dict[str, Any]:
         "file": str(p),
         "tensors": len(loaded.tensors),
         "parameters": dtypes,
+        "blocks": sum(max(1, -(-int(a.size) // BLOCK)) for a in loaded.tensors.values()),
         "sealed": text is not None,
     }
     if text is not None:

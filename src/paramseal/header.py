@@ -29,6 +29,7 @@ SCHEME_IRS = "paramseal/3"
 #: only a digest of the user metadata under the MAC, so that copy verifies without the metadata.
 READS = ("paramseal/1", SCHEME, SCHEME_IRS)
 METADATA_KEY = "paramseal"
+SET_KEY = "paramseal_set"  # a sharded checkpoint's set record, sealed in each shard (see sharded)
 MAC_NAME = "mlh-p32+aes256ctr"
 CODE_NAME = "rs-gf16-leopard"
 _MAX_HEADER_CHARS = 64 << 20

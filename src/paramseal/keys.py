@@ -97,8 +97,14 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
         text = p.read_text(encoding="ascii")
     except FileNotFoundError:
         raise KeyFileError(f"key file '{p}' does not exist; create it with 'paramseal keygen {p}'") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise KeyFileError(f"cannot read key file '{p}': {e}") from None
+    except UnicodeDecodeError:  # never quote the bytes: they may be someone's secret
+        raise KeyFileError(
+            f"'{p}' is not a ParamSeal key file (not text); pass the file 'paramseal keygen' wrote"
+        ) from None
+    except IsADirectoryError:
+        raise KeyFileError(f"key file '{p}' is a folder; pass the file 'paramseal keygen' wrote") from None
+    except OSError as e:
+        raise KeyFileError(f"cannot read key file '{p}': {e.strerror or e}") from None
     return Key.from_text(text, source=f"key file '{p}'")
 
 

@@ -72,6 +72,12 @@ class Report:
     level: str = ""
     total_blocks: int = 0
     lanes_failed: int = 0
+    checked_blocks: int | None = None  # partial verification (verify --tensors): the blocks checked
+
+    @property
+    def partial(self) -> bool:
+        """Whether only some tensors were checked (verify --tensors)."""
+        return self.checked_blocks is not None
 
     @property
     def ok(self) -> bool:
@@ -114,6 +120,7 @@ class Report:
             "tampered_tensors": self.tampered_tensors,
             "tampered_blocks": self.tampered_block_count,
             "total_blocks": self.total_blocks,
+            "checked_blocks": self.total_blocks if self.checked_blocks is None else self.checked_blocks,
             "restored_parameters": self.restored_count,
             "unrecoverable_parameters": self.unrecoverable_count,
             "extra_tensors": list(self.extra_tensors),

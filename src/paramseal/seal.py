@@ -420,7 +420,10 @@ def _copy_size(
 
 
 def _spec(name: str, a: NDArray[np.generic], level: str, bits: int | None) -> TensorSpec:
-    dt = dtype_name(a.dtype)
+    try:
+        dt = dtype_name(a.dtype)
+    except UnsupportedError as e:
+        raise UnsupportedError(f"cannot seal tensor '{name}': {e}") from None
     return TensorSpec(name, dt, tuple(int(d) for d in a.shape), bits_for(dt, level, bits))
 
 

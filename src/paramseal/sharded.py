@@ -29,13 +29,13 @@ from typing import Any, TypeVar
 
 from . import files
 from ._pages import scratch_budget
-from .errors import FormatError, UsageError
+from .errors import FormatError, ParamSealError, UsageError, cannot_write
 from .formats import safetensors as st_format
+from .header import SET_KEY
 from .keys import Key
 from .report import Report, Status, TensorFinding
 
 INDEX = "model.safetensors.index.json"
-SET_KEY = "paramseal_set"
 
 T = TypeVar("T")
 
@@ -58,9 +58,22 @@ class Index:
         """Shard file names, in order of first use."""
         return list(dict.fromkeys(self.weight_map.values()))
 
+    def tensors_in(self, shard: str) -> list[str]:
+        """The tensors the index maps to ``shard``."""
+        return [n for n, f in self.weight_map.items() if f == shard]
 
-def read_index(folder: Path) -> Index:
-    """Parse and check the index: a JSON object whose ``weight_map`` names shard files in this folder."""
+    @property
+    def missing(self) -> list[str]:
+        """Shards the index names that are not in the folder (`read_index` with ``missing_ok``)."""
+        return [s for s in self.shards if not (self.folder / s).is_file()]
+
+
+def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
+    """Parse and check the index: a JSON object whose ``weight_map`` names shard files in this folder.
+
+    With ``missing_ok`` (verify and recover, where a deleted shard is tampering) shards may be
+    missing, as long as one is there.
+    """
     p = folder / INDEX
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
@@ -76,9 +89,11 @@ def read_index(folder: Path) -> Index:
     for shard in set(wm.values()):
         if Path(shard).name != shard or not shard.endswith(".safetensors"):
             raise FormatError(f"'{p}' names shard '{shard}', which is not a .safetensors file in the same folder")
-        if not (folder / shard).is_file():
-            raise FormatError(f"'{p}' names shard '{shard}', which does not exist in '{folder}'")
-    return Index(folder, raw, dict(wm))
+    idx = Index(folder, raw, dict(wm))
+    gone = idx.missing
+    if gone and not (missing_ok and len(gone) < len(idx.shards)):
+        raise FormatError(f"'{p}' names shard '{gone[0]}', which does not exist in '{folder}'")
+    return idx
 
 
 def _workers(n: int) -> int:
@@ -115,10 +130,18 @@ def _atomic_dir(dst: Path) -> Iterator[Path]:
     parent = dst.parent if str(dst.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
     try:
-        yield tmp
-        os.replace(tmp, dst)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+    except OSError as e:
+        raise cannot_write(dst, e) from e
+    try:
+        try:
+            yield tmp
+            os.replace(tmp, dst)
+        except OSError as e:
+            if isinstance(e, ParamSealError):
+                raise
+            raise cannot_write(dst, e) from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -130,9 +153,13 @@ def _copy_others(src: Path, dst: Path, skip: set[str]) -> None:
             shutil.copy2(p, dst / p.name)
 
 
-def _seal_one(src: Path, dst: Path, key: Key, level: str, bits: int | None, record: str, code: str | None) -> str:
+def _seal_one(
+    src: Path, dst: Path, key: Key, level: str, bits: int | None, record: str, code: str | None, reseal: bool
+) -> str:
     meta = {SET_KEY: record}
-    return files.seal_file(src, dst, key, level=level, bits=bits, extra_metadata=meta, code=code).header_json
+    return files.seal_file(
+        src, dst, key, level=level, bits=bits, extra_metadata=meta, code=code, reseal=reseal
+    ).header_json
 
 
 def seal_dir(
@@ -144,8 +171,12 @@ def seal_dir(
     bits: int | None = None,
     workers: int | None = None,
     code: str | None = None,
+    reseal: bool = False,
 ) -> list[str]:
-    """Seal every shard of the checkpoint in ``src`` into the new folder ``dst``; returns the shard names."""
+    """Seal every shard of the checkpoint in ``src`` into the new folder ``dst``; returns the shard names.
+
+    Shards sealed already are refused unless ``reseal`` (see `files.seal_file`).
+    """
     idx = read_index(src)
     shards = idx.shards
     set_id = os.urandom(16).hex()
@@ -159,6 +190,7 @@ def seal_dir(
                 bits,
                 json.dumps({"set": set_id, "shard": name, "shards": shards}),
                 code,
+                reseal,
             )
             for name in shards
         ]
@@ -178,19 +210,22 @@ def _recover_one(src: Path, dst: Path, key: Key, allow_partial: bool) -> Report:
 
 
 def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: int | None = None) -> Report:
-    """Verify every shard (only those holding tensors that match ``tensors``), plus the set and the index."""
-    idx = read_index(folder)
-    shards = idx.shards
+    """Verify every shard (only those holding tensors that match ``tensors``), plus the set and the index.
+
+    A shard the index names but the folder lacks is tampering (not recoverable), not a bad input.
+    """
+    idx = read_index(folder, missing_ok=True)
+    chosen = idx.shards
     if tensors is not None:
-        shards = [
-            s for s in shards if any(fnmatch.fnmatchcase(n, tensors) for n, f in idx.weight_map.items() if f == s)
-        ]
-        if not shards:
+        chosen = [s for s in chosen if any(fnmatch.fnmatchcase(n, tensors) for n in idx.tensors_in(s))]
+        if not chosen:
             raise UsageError(f"--tensors '{tensors}' matches no tensor in '{folder / INDEX}'; check the pattern")
+    gone = [s for s in chosen if s in idx.missing]
+    shards = [s for s in chosen if s not in gone]
     results = _map(_verify_one, [(folder / s, key, tensors) for s in shards], workers)
     reports = {s: r for s, (r, _) in zip(shards, results, strict=True)}
     issues = _set_issues(idx, {s: rec for s, (_, rec) in zip(shards, results, strict=True)}, reports, tensors)
-    return _merge("verify", reports, issues, skipped=len(idx.shards) - len(shards))
+    return _merge("verify", reports, _missing(gone) + issues, skipped=len(idx.shards) - len(chosen))
 
 
 def recover_dir(
@@ -201,20 +236,24 @@ def recover_dir(
     ``dst`` appears (atomically, whole) only if every shard recovers and the set is
     consistent, or with ``allow_partial``.
     """
-    idx = read_index(src)
-    shards = idx.shards
+    idx = read_index(src, missing_ok=True)
+    shards = [s for s in idx.shards if s not in idx.missing]
     try:
         with _atomic_dir(dst) as tmp:
             jobs = [(src / s, tmp / s, key, True) for s in shards]
             reports = dict(zip(shards, _map(_recover_one, jobs, workers), strict=True))
             records = {s: st_format.read_layout(tmp / s).metadata.get(SET_KEY) for s in shards}
-            merged = _merge("recover", reports, _set_issues(idx, records, reports))
+            merged = _merge("recover", reports, _missing(idx.missing) + _set_issues(idx, records, reports))
             if not (merged.ok or allow_partial):
                 raise _Discard(merged)
             _copy_others(src, tmp, set(shards))
     except _Discard as e:
         return e.report, False
     return merged, True
+
+
+def _missing(shards: list[str]) -> list[str]:
+    return [f"shard '{s}' named in the index is missing from the folder (deleted or moved)" for s in shards]
 
 
 class _Discard(Exception):
@@ -283,6 +322,7 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
         "shards": len(shards),
         "tensors": sum(i["tensors"] for i in shards.values()),
         "parameters": params,
+        "blocks": sum(i["blocks"] for i in shards.values()),
         "sealed": len(sealed) == len(shards),
         "sealed_shards": len(sealed),
     }
@@ -313,10 +353,10 @@ def _merge(kind: str, reports: dict[str, Report], set_issues: list[str], skipped
     if skipped:
         notes.append(f"partial verification: {len(reports)} shard(s) checked, {skipped} not read")
     order: list[Status] = ["intact", "recovered", "tampered", "unrecoverable"]
-    status = max((r.status for r in reports.values()), key=order.index)
+    status: Status = max((r.status for r in reports.values()), key=order.index, default="intact")
     if set_issues and status in ("intact", "recovered"):
         status = "tampered" if kind == "verify" else "unrecoverable"
-    first = next(iter(reports.values()))
+    first = next(iter(reports.values()), None) or Report(kind="verify", status=status, recoverable=False)
     return replace(
         first,
         kind=kind,  # type: ignore[arg-type]
@@ -327,6 +367,9 @@ def _merge(kind: str, reports: dict[str, Report], set_issues: list[str], skipped
         metadata_issues=tuple(meta),
         notes=tuple(notes),
         total_blocks=sum(r.total_blocks for r in reports.values()),
+        checked_blocks=None
+        if all(r.checked_blocks is None for r in reports.values()) and not skipped
+        else sum(r.total_blocks if r.checked_blocks is None else r.checked_blocks for r in reports.values()),
         lanes_failed=sum(r.lanes_failed for r in reports.values()),
     )
 

@@ -43,6 +43,7 @@ class Check:
     notes: list[str] = field(default_factory=list)
     file_metadata: dict[str, str] | None = None  # the file's own metadata, as given
     moved: frozenset[int] = frozenset()  # tensors whose data was found under another name
+    chosen: tuple[bool, ...] = ()  # partial verification: the tensors checked (empty: all)
 
     _layout: Layout | None = field(default=None, repr=False)
     _irs: Any = field(default=None, repr=False)  # the irs4 decode with rebuilt blocks, run once (recover)
@@ -59,6 +60,13 @@ class Check:
     def total_blocks(self) -> int:
         """Blocks in the model."""
         return sum(s.nblocks for s in self.specs)
+
+    @property
+    def checked_blocks(self) -> int:
+        """Blocks checked: the whole model's, or those of the tensors a partial verification chose."""
+        if not self.chosen:
+            return self.total_blocks
+        return sum(s.nblocks for s, c in zip(self.specs, self.chosen, strict=True) if c)
 
     @property
     def bad_global(self) -> NDArray[np.bool_]:
@@ -185,7 +193,8 @@ def check(
     else:
         meta = _metadata_issues(header.user_metadata, metadata) if metadata is not None else []
     given = None if metadata is None else dict(metadata)
-    return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved))
+    picked = tuple(chosen) if select is not None else ()
+    return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved), picked)
 
 
 _META_DIFFERS = "the file's metadata differs from the metadata sealed (its keys cannot be compared one by one)"
@@ -323,6 +332,7 @@ def report_of(chk: Check) -> Report:
         key_fingerprint=chk.header.key_fingerprint,
         level=chk.header.level if chk.header.bits is None else f"bits={chk.header.bits}",
         total_blocks=chk.total_blocks,
+        checked_blocks=chk.checked_blocks if chk.chosen else None,
     )
 
 

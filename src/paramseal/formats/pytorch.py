@@ -24,6 +24,7 @@ format has no place for string metadata, so metadata is not stored
 
 from __future__ import annotations
 
+import errno
 import pickle
 import struct
 import warnings
@@ -130,7 +131,10 @@ class PyTorchAdapter:
         torch = import_torch("writing PyTorch (.pt/.pth/.bin) files")
         require_header_in_weights(loaded, "PyTorch (.pt/.pth/.bin)")
         state = {name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}
-        torch.save(state, str(path))
+        try:
+            torch.save(state, str(path))
+        except RuntimeError as e:  # torch's writer reports a failed write (a full disk) as a RuntimeError
+            raise OSError(errno.EIO, f"torch.save failed: {str(e).splitlines()[0]}") from e
 
 
 def _is_torchscript(path: Path) -> bool:
