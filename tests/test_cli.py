@@ -284,6 +284,44 @@ def test_inspect_warns_that_its_bounds_do_not_hold_for_a_model_of_few_blocks(tmp
     assert "block(s) of 64 values" not in run(["inspect", model_file])[1]
 
 
+def test_a_write_failing_in_an_in_place_recover_is_exit_3(
+    sealed_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    _tamper(sealed_file, sealed_file, lambda t: t["embed.weight"].reshape(-1).__setitem__(5, 1e6))
+
+    def eio(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", eio)
+    rc, _, err = run(["recover", sealed_file, sealed_file, "--key", key_file, "--in-place"])
+    assert rc == 3 and "Traceback" not in err and f"cannot write '{sealed_file}': Input/output error" in err
+
+
+def test_io_failure_tells_reading_an_input_from_writing_the_output(tmp_path: Path) -> None:
+    import errno
+
+    from paramseal.errors import InputError, OutputError, io_failure
+
+    dst, tmp = tmp_path / "o.safetensors", tmp_path / ".o.safetensors.x.tmp"
+    assert isinstance(io_failure(dst, OSError(errno.ENOSPC, "No space left on device")), OutputError)
+    assert isinstance(io_failure(dst, OSError(errno.EIO, "Input/output error", str(tmp)), tmp), OutputError)
+    got = io_failure(dst, OSError(errno.EACCES, "Permission denied", str(tmp_path / "config.json")), tmp)
+    assert isinstance(got, InputError) and "cannot read" in str(got)
+
+
+def test_a_sealed_pytorch_file_is_not_sealed_twice_without_reseal(tmp_path: Path, key_file: Path) -> None:
+    pytest.importorskip("torch")
+    weights = {"w": np.random.default_rng(0).standard_normal((300, 200)).astype(np.float32)}
+    src = helpers.write_st(tmp_path / "m.safetensors", weights)
+    assert run(["seal", src, tmp_path / "s.pt", "--key", key_file])[0] == 0  # the header lives in the weights
+    rc, _, err = run(["seal", tmp_path / "s.pt", tmp_path / "t.pt", "--key", key_file])
+    assert rc == 3 and "already sealed" in err and not (tmp_path / "t.pt").exists()
+    assert run(["seal", tmp_path / "s.pt", tmp_path / "t.pt", "--key", key_file, "--reseal"])[0] == 0
+    assert run(["verify", tmp_path / "t.pt", "--key", key_file])[0] == 0
+
+
 def _no_temp_left(folder: Path) -> bool:
     return not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
 

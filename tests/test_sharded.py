@@ -95,6 +95,9 @@ def test_partial_verification_reads_only_the_shards_it_needs(
     rep = sharded.verify_dir(bad, key, tensors="layers.0.*", workers=1)
     assert rep.status == "intact" and opened == [SHARDS[0]]
     assert any("1 shard(s) checked, 2 not read" in n for n in rep.notes)
+    whole = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert not whole.partial and rep.total_blocks == whole.total_blocks  # unread shards still count in the total
+    assert rep.checked_blocks == files.verify_file(bad / SHARDS[0], key).total_blocks < whole.total_blocks
     rep = sharded.verify_dir(bad, key, tensors="*.attn.weight", workers=1)
     assert rep.status == "tampered" and rep.tampered_tensors == ["layers.2.attn.weight"]
 
@@ -150,6 +153,35 @@ def test_a_deleted_shard_is_tampering_not_a_bad_input(
     (checkpoint / SHARDS[1]).unlink()  # before sealing, the same folder is a bad input
     rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "s2", "--key", key_file])
     assert rc == 3 and "does not exist" in err
+    for s in (SHARDS[0], SHARDS[2]):  # every shard gone: still tampering, reported shard by shard
+        (sealed_ckpt / s).unlink()
+    rc, out, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file, "--json"])
+    assert rc == 2 and sum("missing from the folder" in m for m in json.loads(out)["metadata_issues"]) == 3
+    rc, _, _ = helpers.run_cli(["recover", sealed_ckpt, tmp_path / "fixed", "--key", key_file])
+    assert rc == 2 and not (tmp_path / "fixed").exists()
+
+
+def test_bits_past_strong_warns_for_a_sharded_checkpoint_too(tmp_path: Path, checkpoint: Path, key_file: Path) -> None:
+    rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "s", "--key", key_file, "--bits", "6"])
+    assert rc == 0 and "warning: k=6 changes F16 weights" in err and "F32" not in err  # F16 strong is k=4
+
+
+def test_an_unreadable_file_beside_the_shards_is_an_input_error(
+    tmp_path: Path, checkpoint: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    real = shutil.copy2
+
+    def copy2(src: object, dst: object) -> object:
+        if Path(str(src)).name == "config.json":
+            raise PermissionError(errno.EACCES, "Permission denied", str(src))
+        return real(src, dst)
+
+    monkeypatch.setattr(shutil, "copy2", copy2)
+    rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "s", "--key", key_file])
+    assert rc == 3 and f"cannot read '{checkpoint / 'config.json'}'" in err and "cannot write" not in err
+    assert not (tmp_path / "s").exists() and [p.name for p in tmp_path.iterdir()] == ["ckpt", "test.key"]
 
 
 def test_parallel_seal_and_unrecoverable_recover_write_nothing(

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from .errors import (
     FormatError,
+    InputError,
     KeyFileError,
     KeyMismatchError,
     NotSealedError,
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LEVELS",
     "FormatError",
+    "InputError",
     "Key",
     "KeyFileError",
     "KeyMismatchError",

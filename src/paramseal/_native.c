@@ -34,7 +34,7 @@
 #define PS_SRC_HASH "" /* hatch_build.py passes the first 16 hex digits of this file's SHA-256 */
 #endif
 
-int ps_abi(void) { return 1; }
+int ps_abi(void) { return 2; }
 
 const char *ps_src_hash(void) { return PS_SRC_HASH; }
 

@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -137,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
                 reseal=args.reseal,
             )
             print(f"OK: sealed {len(names)} shard(s) of {args.input} -> {args.output} (each self-contained)")
+            _warn_bits(sharded.float_widths(Path(args.output), names))
             return 0
         case "seal":
             sealed = files.seal_file(
@@ -155,15 +156,7 @@ def _run(args: argparse.Namespace) -> int:
             code = "irs" if h.irs else "lanes"
             how = f"level {h.level}" if h.bits is None else f"--bits {h.bits}"
             print(f"OK: sealed {args.input} -> {args.output} ({len(h.tensors)} tensors, {desc}, {how}, code {code})")
-            for dt, k in ks:
-                strong = FLOATS[dt].levels["strong"]
-                if k > strong:  # an explicit --bits past every level: say what it costs
-                    print(
-                        f"warning: k={k} changes {dt} weights by up to {max_relative_change(dt, k):.1e} of their "
-                        f"magnitude, against {max_relative_change(dt, strong):.1e} at level strong; check the "
-                        "model's accuracy before you use it",
-                        file=sys.stderr,
-                    )
+            _warn_bits(ks)
             return 0
         case "verify":
             key = load_key(args.key)
@@ -174,9 +167,10 @@ def _run(args: argparse.Namespace) -> int:
             if args.json:
                 print(rep.to_json())
             elif rep.status == "intact" and rep.partial:
+                rest = "the rest was not checked" if rep.checked_blocks != rep.total_blocks else "every tensor matched"
                 print(
                     f"OK: the tensors of {args.input} matching '{args.tensors}' are intact ({rep.checked_blocks} of "
-                    f"{rep.total_blocks} blocks verified; the rest was not checked)"
+                    f"{rep.total_blocks} blocks verified; {rest})"
                 )
                 if rep.notes:
                     print(rep.summary())
@@ -224,6 +218,19 @@ def _run(args: argparse.Namespace) -> int:
         case "attack" | "eval":
             return _cli_eval.run(args)
     raise AssertionError(args.cmd)  # argparse rejects unknown commands
+
+
+def _warn_bits(widths: Iterable[tuple[str, int]]) -> None:
+    """Warn about each float dtype sealed with more bits than level strong gives it (an explicit --bits)."""
+    for dt, k in sorted(set(widths)):
+        strong = FLOATS[dt].levels["strong"] if dt in FLOATS else k
+        if k > strong:
+            print(
+                f"warning: k={k} changes {dt} weights by up to {max_relative_change(dt, k):.1e} of their "
+                f"magnitude, against {max_relative_change(dt, strong):.1e} at level strong; check the "
+                "model's accuracy before you use it",
+                file=sys.stderr,
+            )
 
 
 FEW_BLOCKS = 64  # below this, inspect warns that its capacity bounds are asymptotic

@@ -55,6 +55,10 @@ class OutputError(ParamSealError, OSError):
     """An output cannot be written: a folder without write permission, a full disk."""
 
 
+class InputError(ParamSealError, OSError):
+    """An input cannot be read: an I/O error, or a file cut short while it was being read."""
+
+
 _HINTS = {
     errno.ENOSPC: "the disk is full: free some space or write elsewhere",
     errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
@@ -78,6 +82,22 @@ def cannot_write(dst: str | os.PathLike[str], e: OSError) -> OutputError:
     if hint is None and free is not None and free < 64 << 20:  # e.g. torch.save reports a full disk as a bad position
         hint = f"only {free / 2**20:.1f} MiB are free there: is the disk full?"
     return OutputError(f"cannot write '{dst}': {why}" + (f"; {hint}" if hint else ""))
+
+
+def io_failure(
+    dst: str | os.PathLike[str], e: OSError, scratch: str | os.PathLike[str] | None = None
+) -> ParamSealError:
+    """What an OSError met while making ``dst`` (in ``scratch``, its temporary file or folder) means.
+
+    An error naming another file came from reading an input; any other is a failed write.
+    """
+    if isinstance(e, ParamSealError):
+        return e
+    name = None if e.filename is None else os.path.abspath(str(e.filename))
+    ours = [os.path.abspath(p) for p in (dst, scratch) if p is not None]
+    if name is not None and not any(name == p or name.startswith(p + os.sep) for p in ours):
+        return InputError(f"cannot read '{e.filename}': {e.strerror or e}")
+    return cannot_write(dst, e)
 
 
 class NotSealedError(ParamSealError, ValueError):
@@ -113,6 +133,7 @@ class UnrecoverableError(ParamSealError, RuntimeError):
 
 __all__ = [
     "FormatError",
+    "InputError",
     "KeyFileError",
     "KeyMismatchError",
     "MissingDependencyError",

@@ -26,7 +26,7 @@ from ._bits import uint_view
 from ._layout import TensorSpec
 from ._pages import Mapping, Workspace, chunks, copy_range, release
 from ._progress import Progress
-from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError, UsageError, cannot_write
+from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError, UsageError, cannot_write, io_failure
 from .formats import Loaded, adapter_for
 from .formats import safetensors as st_format
 from .header import METADATA_KEY, SET_KEY, Header, peek_header
@@ -60,7 +60,7 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
         except OSError as e:
             if isinstance(e, ParamSealError):
                 raise
-            raise cannot_write(dst, e) from e
+            raise io_failure(dst, e, tmp_path) from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -235,7 +235,8 @@ def seal_file(
     _check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
     with _open_model(s) as loaded:
-        if METADATA_KEY in loaded.metadata and not reseal:
+        # a header in the metadata, or a copy in the weights (PyTorch files, stripped metadata)
+        if not reseal and (METADATA_KEY in loaded.metadata or _embed.header_copies(loaded.tensors)):
             raise UsageError(
                 f"'{s}' is already sealed; verify or recover it, or pass --reseal to replace its seal "
                 "(after a change to its weights that you approved)"
@@ -423,13 +424,16 @@ def _patch_in_place(path: Path, chk: Check, rec: Recovery, meta: dict[str, str])
         return False
     if not rec.patches:
         return True
-    fd = os.open(path, os.O_WRONLY)
     try:
-        for t, patch in rec.patches.items():
-            _pwrite_patch(fd, lay.data_start + lay.entries[t].start, chk.specs[t], patch)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            for t, patch in rec.patches.items():
+                _pwrite_patch(fd, lay.data_start + lay.entries[t].start, chk.specs[t], patch)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:  # the blocks written so far restore sealed content: verify and recover go on from there
+        raise cannot_write(path, e) from e
     return True
 
 

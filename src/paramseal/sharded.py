@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -29,10 +30,11 @@ from typing import Any, TypeVar
 
 from . import files
 from ._pages import scratch_budget
-from .errors import FormatError, ParamSealError, UsageError, cannot_write
+from .errors import FormatError, ParamSealError, UsageError, cannot_write, io_failure
 from .formats import safetensors as st_format
-from .header import SET_KEY
+from .header import METADATA_KEY, SET_KEY, peek_header
 from .keys import Key
+from .levels import BLOCK
 from .report import Report, Status, TensorFinding
 
 INDEX = "model.safetensors.index.json"
@@ -62,9 +64,8 @@ class Index:
         """The tensors the index maps to ``shard``."""
         return [n for n, f in self.weight_map.items() if f == shard]
 
-    @property
-    def missing(self) -> list[str]:
-        """Shards the index names that are not in the folder (`read_index` with ``missing_ok``)."""
+    def absent(self) -> list[str]:
+        """Shards the index names that are not in the folder (looked up now: call once)."""
         return [s for s in self.shards if not (self.folder / s).is_file()]
 
 
@@ -72,7 +73,7 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
     """Parse and check the index: a JSON object whose ``weight_map`` names shard files in this folder.
 
     With ``missing_ok`` (verify and recover, where a deleted shard is tampering) shards may be
-    missing, as long as one is there.
+    missing, even all of them.
     """
     p = folder / INDEX
     try:
@@ -90,8 +91,8 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
         if Path(shard).name != shard or not shard.endswith(".safetensors"):
             raise FormatError(f"'{p}' names shard '{shard}', which is not a .safetensors file in the same folder")
     idx = Index(folder, raw, dict(wm))
-    gone = idx.missing
-    if gone and not (missing_ok and len(gone) < len(idx.shards)):
+    gone = [] if missing_ok else idx.absent()
+    if gone:
         raise FormatError(f"'{p}' names shard '{gone[0]}', which does not exist in '{folder}'")
     return idx
 
@@ -141,7 +142,7 @@ def _atomic_dir(dst: Path) -> Iterator[Path]:
         except OSError as e:
             if isinstance(e, ParamSealError):
                 raise
-            raise cannot_write(dst, e) from e
+            raise io_failure(dst, e, tmp) from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -215,17 +216,34 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
     A shard the index names but the folder lacks is tampering (not recoverable), not a bad input.
     """
     idx = read_index(folder, missing_ok=True)
+    absent = set(idx.absent())
     chosen = idx.shards
     if tensors is not None:
         chosen = [s for s in chosen if any(fnmatch.fnmatchcase(n, tensors) for n in idx.tensors_in(s))]
         if not chosen:
             raise UsageError(f"--tensors '{tensors}' matches no tensor in '{folder / INDEX}'; check the pattern")
-    gone = [s for s in chosen if s in idx.missing]
-    shards = [s for s in chosen if s not in gone]
+    gone = [s for s in chosen if s in absent]
+    shards = [s for s in chosen if s not in absent]
     results = _map(_verify_one, [(folder / s, key, tensors) for s in shards], workers)
     reports = {s: r for s, (r, _) in zip(shards, results, strict=True)}
     issues = _set_issues(idx, {s: rec for s, (_, rec) in zip(shards, results, strict=True)}, reports, tensors)
-    return _merge("verify", reports, _missing(gone) + issues, skipped=len(idx.shards) - len(chosen))
+    unread = [s for s in idx.shards if s not in chosen and s not in absent]
+    blocks = sum(_blocks(folder / s) for s in unread)  # the model's blocks that were not read, for the total
+    return _merge("verify", reports, _missing(gone) + issues, skipped=len(idx.shards) - len(chosen), unread=blocks)
+
+
+def float_widths(folder: Path, shards: list[str]) -> set[tuple[str, int]]:
+    """``(dtype, k)`` of every float tensor the sealed shards in ``folder`` carry bits in (their headers)."""
+    out: set[tuple[str, int]] = set()
+    for s in shards:
+        h = peek_header(st_format.read_layout(folder / s).metadata[METADATA_KEY])  # written just now, by us
+        out |= {(str(t["dtype"]), int(t["k"])) for t in h["tensors"] if t["k"]}
+    return out
+
+
+def _blocks(shard: Path) -> int:
+    """Blocks of a shard, from its header alone."""
+    return sum(max(1, -(-math.prod(e.shape) // BLOCK)) for e in st_format.read_layout(shard).entries)
 
 
 def recover_dir(
@@ -237,13 +255,14 @@ def recover_dir(
     consistent, or with ``allow_partial``.
     """
     idx = read_index(src, missing_ok=True)
-    shards = [s for s in idx.shards if s not in idx.missing]
+    absent = idx.absent()
+    shards = [s for s in idx.shards if s not in absent]
     try:
         with _atomic_dir(dst) as tmp:
             jobs = [(src / s, tmp / s, key, True) for s in shards]
             reports = dict(zip(shards, _map(_recover_one, jobs, workers), strict=True))
             records = {s: st_format.read_layout(tmp / s).metadata.get(SET_KEY) for s in shards}
-            merged = _merge("recover", reports, _missing(idx.missing) + _set_issues(idx, records, reports))
+            merged = _merge("recover", reports, _missing(absent) + _set_issues(idx, records, reports))
             if not (merged.ok or allow_partial):
                 raise _Discard(merged)
             _copy_others(src, tmp, set(shards))
@@ -341,8 +360,11 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
     return out
 
 
-def _merge(kind: str, reports: dict[str, Report], set_issues: list[str], skipped: int = 0) -> Report:
-    """One report for the whole checkpoint: tensors from every shard, the worst status."""
+def _merge(kind: str, reports: dict[str, Report], set_issues: list[str], skipped: int = 0, unread: int = 0) -> Report:
+    """One report for the whole checkpoint: tensors from every shard, the worst status.
+
+    ``skipped`` shards (``unread`` blocks) were left out by a partial verification.
+    """
     tensors: dict[str, TensorFinding] = {}
     extra, meta, notes = [], list(set_issues), []
     for shard, r in reports.items():
@@ -366,7 +388,7 @@ def _merge(kind: str, reports: dict[str, Report], set_issues: list[str], skipped
         extra_tensors=tuple(extra),
         metadata_issues=tuple(meta),
         notes=tuple(notes),
-        total_blocks=sum(r.total_blocks for r in reports.values()),
+        total_blocks=sum(r.total_blocks for r in reports.values()) + unread,
         checked_blocks=None
         if all(r.checked_blocks is None for r in reports.values()) and not skipped
         else sum(r.total_blocks if r.checked_blocks is None else r.checked_blocks for r in reports.values()),
