@@ -410,27 +410,3 @@ def test_progress_counts_steps_from_threads_and_takes_a_new_total() -> None:
         t.join()
     assert p.i == 41 and p.total == 41
     assert out.getvalue().count("\r") == 41 and out.getvalue().rstrip().endswith("41/41 x")
-
-
-def test_buffers_are_reused_by_name_and_grow_when_asked_for_more() -> None:
-    import threading
-
-    from paramseal._pages import Buffers, buffers
-
-    b = Buffers()
-    w = b.array("w", (100, 255), np.uint32)
-    w[:] = 7
-    again = b.array("w", (50, 255), np.uint32)  # smaller: the same memory, not a new allocation
-    assert np.shares_memory(w, again) and again.shape == (50, 255) and again.dtype == np.uint32
-    other = b.array("pad", (100, 255), np.uint32)
-    assert not np.shares_memory(w, other)  # names never alias
-    big = b.array("w", (300, 255), np.uint32)
-    assert big.shape == (300, 255) and not np.shares_memory(big, w)  # grown into a new buffer
-    held = threading.local()
-    mine = buffers(held)
-    assert buffers(held) is mine
-    seen: list[Buffers] = []
-    t = threading.Thread(target=lambda: seen.append(buffers(held)))
-    t.start()
-    t.join()
-    assert seen[0] is not mine  # one per thread

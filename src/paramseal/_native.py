@@ -25,7 +25,6 @@ from numpy.typing import NDArray
 
 from . import _irs
 from ._kernels import _PARALLEL_ROWS, halves, parallel_map
-from ._pages import Buffers
 from .errors import InputError
 
 _ABI = 2
@@ -504,7 +503,6 @@ def gather(
     pieces: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]],
     pad: NDArray[np.uint32],
     keep: int,
-    bufs: Buffers | None = None,
 ) -> int:
     """Fill the float positions of ``w`` (``[ng, 255]``, groups ``g0...``) from ``pieces``: see ``ps_gather``.
 
@@ -516,8 +514,7 @@ def gather(
     lib = _load()
     assert lib is not None
     pstart, row_end, base, fd = pieces
-    shape = (F, w.shape[0]) if (fd >= 0).any() else (1, 1)
-    stage = bufs.array("stage", shape, np.uint32) if bufs else np.empty(shape, np.uint32)
+    stage = np.empty((F, w.shape[0]) if (fd >= 0).any() else (1, 1), np.uint32)
     for a in (w, pad, perm, pstart, row_end, base, fd):
         assert a.flags.c_contiguous
     assert w.shape == pad.shape and w.shape[1] == _irs.N_POS and pstart.size == F + 1
@@ -541,19 +538,14 @@ def gather(
 
 
 def to_strata(
-    w: NDArray[np.uint32],
-    pad: NDArray[np.uint32],
-    g0: int,
-    perm: NDArray[np.int16],
-    F: int,
-    bufs: Buffers | None = None,
+    w: NDArray[np.uint32], pad: NDArray[np.uint32], g0: int, perm: NDArray[np.int16], F: int
 ) -> NDArray[np.uint32]:
     """``[F, ng]``: the float strata of groups ``g0...`` from ``w`` XOR ``pad`` (see ``ps_to_strata``)."""
     lib = _load()
     assert lib is not None
     assert w.flags.c_contiguous and pad.flags.c_contiguous and perm.flags.c_contiguous and w.shape == pad.shape
     ng = w.shape[0]
-    out = bufs.array("strata", (F, ng), np.uint32) if bufs else np.empty((F, ng), np.uint32)
+    out = np.empty((F, ng), np.uint32)
     parallel_map(
         lambda r: lib.ps_to_strata(
             w.ctypes.data, pad.ctypes.data, r[0], r[1], g0, perm.ctypes.data, perm.shape[0], F, out.ctypes.data, ng
@@ -563,14 +555,13 @@ def to_strata(
     return out
 
 
-def content(w: NDArray[np.uint32], F: int, k: int, shard: int, bufs: Buffers | None = None) -> NDArray[np.uint8] | None:
+def content(w: NDArray[np.uint32], F: int, k: int, shard: int) -> NDArray[np.uint8] | None:
     """`_outer.Outer.content` compiled: ``[ng, shard]`` bytes, or None without the library."""
     lib = _load()
     if lib is None or k not in (8, 12, 16) or shard < 4 * _irs.N_POS - (k // 8) * F:
         return None
     assert w.flags.c_contiguous and w.dtype == np.uint32 and w.shape[1] == _irs.N_POS
-    shape = (w.shape[0], shard)
-    out = bufs.array("content", shape, np.uint8) if bufs else np.empty(shape, np.uint8)
+    out = np.empty((w.shape[0], shard), np.uint8)
     parallel_map(lambda r: lib.ps_content(w.ctypes.data, r[0], r[1], F, k, out.ctypes.data, shard), _rows(w.shape[0]))
     return out
 

@@ -26,7 +26,6 @@ from numpy.typing import NDArray
 
 from . import _irs, _native
 from ._kernels import halves, parallel_map
-from ._pages import Buffers
 
 SUPER_MAX = 16384  # groups per superblock: [16384, 255] words (16 MiB) at a time when sealing
 HOST = 2  # free bytes per codeword given to the outer code (the inner radius drops by 4 * HOST / 5)
@@ -57,9 +56,9 @@ class Outer:
         a, b = self.span(s)
         return (b - a) * 4 * self.host // self.shard if self.host else 0
 
-    def content(self, w: NDArray[np.uint32], bufs: Buffers | None = None) -> NDArray[np.uint8]:
+    def content(self, w: NDArray[np.uint32]) -> NDArray[np.uint8]:
         """Each group's content bytes (free bits left out), one padded shard per row."""
-        fast = _native.content(w, self.free_strata, self.k, self.shard, bufs)
+        fast = _native.content(w, self.free_strata, self.k, self.shard)
         if fast is not None:
             return fast
         out = np.zeros((w.shape[0], self.shard), np.uint8)

@@ -17,7 +17,6 @@ import mmap
 import os
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -182,35 +181,6 @@ def scratch_budget() -> int:
 DEFAULT_SCRATCH_MIB = 1024
 
 
-class Buffers:
-    """Arrays one worker reuses from one batch to the next, by name.
-
-    A fresh array of many MiB is page-faulted in and zeroed by the kernel on first use, every
-    time, and a seal of 1 GiB makes 64 superblocks of five such arrays. An array given here is
-    valid until the same name is asked for again.
-    """
-
-    def __init__(self) -> None:
-        self._bufs: dict[str, NDArray[np.uint8]] = {}
-
-    def array(self, name: str, shape: tuple[int, ...], dtype: type[np.generic]) -> NDArray[Any]:
-        """An uninitialised ``shape`` array of ``dtype``, in the buffer called ``name``."""
-        dt = np.dtype(dtype)
-        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-        buf = self._bufs.get(name)
-        if buf is None or buf.size < n:
-            buf = self._bufs[name] = np.empty(max(n, 1), np.uint8)
-        return buf[:n].view(dt).reshape(shape)
-
-
-def buffers(held: threading.local) -> Buffers:
-    """The calling thread's `Buffers` in ``held`` (made on first use; freed with ``held``)."""
-    b = getattr(held, "buffers", None)
-    if b is None:
-        b = held.buffers = Buffers()
-    return b
-
-
 class Workspace:
     """Scratch arrays for one operation: in memory up to a budget, then in temporary files.
 
@@ -353,12 +323,10 @@ def is_mapped(a: NDArray[Any]) -> bool:
 
 
 __all__ = [
-    "Buffers",
     "CHUNK_BYTES",
     "SCATTERED_BLOCKS",
     "Mapping",
     "Workspace",
-    "buffers",
     "chunks",
     "copy_range",
     "scratch_budget",

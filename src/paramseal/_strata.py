@@ -46,7 +46,7 @@ from numpy.typing import NDArray
 from . import _irs, _native, _outer
 from ._kernels import halves, parallel_map
 from ._layout import TensorSpec
-from ._pages import Buffers, file_span, release
+from ._pages import file_span, release
 from .errors import UnsupportedError
 from .keys import Key
 from .levels import BLOCK
@@ -185,26 +185,25 @@ class Strata:
         """Whether errors-only decoding can be trusted (keyed positions and keyed offset)."""
         return bool(self.perms) and self.pad_key is not None
 
-    def pad(self, groups: NDArray[np.int64], bufs: Buffers | None = None) -> NDArray[np.uint32]:
+    def pad(self, groups: NDArray[np.int64]) -> NDArray[np.uint32]:
         """The keyed offset of ``groups``: ``[len(groups), 255]`` words (zero without one)."""
         if self.pad_key is None or not groups.size:
             return np.zeros((groups.size, N_POS), np.uint32)
         cuts = np.flatnonzero(np.diff(groups) != 1) + 1
         if not cuts.size:  # consecutive groups (a seal's batch): the keystream as it comes, no copy
-            return self._pad_run(int(groups[0]), int(groups[-1]) + 1, bufs)
+            return self._pad_run(int(groups[0]), int(groups[-1]) + 1)
         out = np.empty((groups.size, N_POS), np.uint32)
         for a, b in zip(np.r_[0, cuts], np.r_[cuts, groups.size], strict=True):
             out[a:b] = self._pad_run(int(groups[a]), int(groups[b - 1]) + 1)
         return out
 
-    def _pad_run(self, g0: int, g1: int, bufs: Buffers | None = None) -> NDArray[np.uint32]:
+    def _pad_run(self, g0: int, g1: int) -> NDArray[np.uint32]:
         """The offset of consecutive groups ``[g0, g1)``: keystream words ``[255 g0, 255 g1)``."""
         assert self.pad_key is not None
         w0, w1 = N_POS * g0, N_POS * g1
         block = w0 // 4  # 4 words per AES block
         n = 4 * (w1 - 4 * block)
-        shape = (n + 15,)  # update_into wants a block's slack; 3x faster than update
-        raw = bufs.array("pad", shape, np.uint8) if bufs else np.empty(shape, np.uint8)
+        raw = np.empty(n + 15, np.uint8)  # update_into wants a block's slack; 3x faster than update
         nblk = -(-n // 16)
         key = self.pad_key
 
@@ -303,13 +302,7 @@ class Strata:
         return self._to_positions(wt.T, g0)
 
     def seal_words(
-        self,
-        flats: list[NDArray[np.unsignedinteger]],
-        data: DataRegion,
-        g0: int,
-        g1: int,
-        pad: NDArray[np.uint32],
-        bufs: Buffers | None = None,
+        self, flats: list[NDArray[np.unsignedinteger]], data: DataRegion, g0: int, g1: int, pad: NDArray[np.uint32]
     ) -> NDArray[np.uint32]:
         """The encoder's input for groups ``[g0, g1)``: their words XOR ``pad``, free bits cleared.
 
@@ -327,12 +320,11 @@ class Strata:
             w ^= pad
             w[:, : self.free_strata] &= self._clear_mask()
             return w
-        bufs = bufs or Buffers()
-        w = bufs.array("words", (ng, N_POS), np.uint32)
+        w = np.empty((ng, N_POS), np.uint32)
         zeros = np.zeros(ng, np.uint32)  # the source of padding words
         pieces = self._native_pieces(flats, ts, g0, ng, zeros)
         perm = self._perm16()
-        if _native.gather(w, g0, perm, self.free_strata, pieces, pad, int(self._clear_mask()), bufs) >= 0:
+        if _native.gather(w, g0, perm, self.free_strata, pieces, pad, int(self._clear_mask())) >= 0:
             self.groups(flats, data, g, seal=True)  # raises, naming the tensor as the reference does
             raise AssertionError("the compiled gather found a NaN/Inf word that the reference did not")
         if self.free_strata < N_POS:
@@ -398,11 +390,10 @@ class Strata:
         g0: int,
         g1: int,
         pad: NDArray[np.uint32] | None = None,
-        bufs: Buffers | None = None,
     ) -> None:
         """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``, XOR ``pad`` if given) into ``outs``."""
         if pad is not None and _native.available() and w.shape[0] and self.free_strata:
-            wt = _native.to_strata(w, pad, g0, self._perm16(), self.free_strata, bufs)
+            wt = _native.to_strata(w, pad, g0, self._perm16(), self.free_strata)
         else:
             wt = self.to_strata(w if pad is None else w ^ pad, g0)
         for j, v0, c0, n in self._pieces(g0, g1):

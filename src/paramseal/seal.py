@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -21,7 +20,7 @@ from ._bits import write_tags
 from ._kernels import task_map
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
-from ._pages import SCATTERED_BLOCKS, Workspace, buffers, chunks, file_span, is_mapped, release, write_behind
+from ._pages import SCATTERED_BLOCKS, Workspace, chunks, file_span, is_mapped, release, write_behind
 from ._progress import Progress
 from .errors import InputError, UnsupportedError, UsageError
 from .header import SCHEME_IRS, Header
@@ -265,21 +264,18 @@ def _seal_irs(
     work = [(t, r0, r1) for t, s in enumerate(specs) for r0, r1 in chunks(s.nblocks, flats[t].dtype.itemsize, 0, 1)]
     prog.expect(outer.superblocks + len(work))
 
-    held = threading.local()  # each worker's buffers, reused from one superblock to the next
-
     def superblock(s: int) -> None:  # with an outer code, a whole superblock: its parity goes into its groups
         prog.step(f"encode {s + 1}/{outer.superblocks}")
         a, b = outer.span(s)
         step = b - a if st.host else _strata.GROUP_BATCH
-        bufs = buffers(held)
         for g0 in range(a, b, step):
             g1 = min(b, g0 + step)
-            pad = st.pad(np.arange(g0, g1, dtype=np.int64), bufs)
-            w = st.seal_words(flats, data, g0, g1, pad, bufs)  # the code runs on the words plus the keyed offset
+            pad = st.pad(np.arange(g0, g1, dtype=np.int64))
+            w = st.seal_words(flats, data, g0, g1, pad)  # the code runs on the words plus the keyed offset
             if st.host:
-                outer.put(code, w, outer.parity(outer.content(w, bufs), s))
+                outer.put(code, w, outer.parity(outer.content(w), s))
             _irs.encode(code, w)
-            st.scatter(outs, w, g0, g1, pad, bufs)
+            st.scatter(outs, w, g0, g1, pad)
 
     # Superblocks are independent (their groups, and so the words they write, are disjoint): one per
     # core at a time, so that one's single-threaded steps (gather, leopard, writes) overlap another's.
