@@ -6,7 +6,9 @@ import __future__
 import doctest
 import inspect
 import types
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import paramseal
@@ -97,3 +99,46 @@ def test_exit_codes_follow_the_table() -> None:
     assert R("verify", "tampered", True).exit_code == 1
     assert R("verify", "tampered", False).exit_code == 2
     assert R("recover", "unrecoverable", False).exit_code == 2
+
+
+def test_api_arguments_of_the_wrong_kind_get_clear_errors(tmp_path: Path, key: paramseal.Key) -> None:
+    from paramseal import files, levels
+
+    model = {"w": np.linspace(-1, 1, 4096, dtype=np.float32).reshape(64, 64)}
+    sealed = paramseal.seal(model, key)
+    for bad in (key.secret.hex(), key.secret, str(tmp_path / "k.key")):
+        with pytest.raises(paramseal.UsageError, match="must be a paramseal.Key") as ei:
+            paramseal.seal(model, bad)  # type: ignore[arg-type]
+        assert key.secret.hex() not in str(ei.value)  # never echo what may be key material
+        with pytest.raises(paramseal.UsageError, match="must be a paramseal.Key"):
+            paramseal.verify(sealed.tensors, bad, sealed.header_json)  # type: ignore[arg-type]
+    with pytest.raises(paramseal.UsageError, match="header_json must be the seal header text"):
+        paramseal.verify(sealed.tensors, key, None)  # type: ignore[arg-type]
+    with pytest.raises(paramseal.UsageError, match="unknown float dtype 'fp32'"):
+        levels.capacity("fp32", 8)
+    with pytest.raises(paramseal.UsageError, match="out of range"):
+        levels.capacity("F32", 99)
+    assert levels.capacity("F32", 8).erasure_bound < 1
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(paramseal.UsageError, match="paramseal.sharded"):
+        files.verify_file(ckpt, key)
+
+
+def test_raise_for_status_maps_the_report_to_the_exported_errors(key: paramseal.Key) -> None:
+    model = {"w": np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)}
+    sealed = paramseal.seal(model, key)
+    paramseal.verify(sealed.tensors, key, sealed.header_json).raise_for_status()  # intact: no error
+    flipped = {"w": sealed.tensors["w"].copy()}
+    flipped["w"].view(np.uint32)[0, 3] ^= 1 << 30
+    rep = paramseal.verify(flipped, key, sealed.header_json)
+    with pytest.raises(paramseal.TamperedError) as ei:
+        rep.raise_for_status()
+    assert ei.value.report is rep and ei.value.exit_code == 1
+    wrecked = {"w": np.zeros_like(sealed.tensors["w"])}
+    rep = paramseal.recover(wrecked, key, sealed.header_json).report
+    with pytest.raises(paramseal.UnrecoverableError) as ei2:
+        rep.raise_for_status()
+    assert ei2.value.exit_code == 2
+    paramseal.recover(flipped, key, sealed.header_json).report.raise_for_status()  # recovered: whole

@@ -203,7 +203,61 @@ def test_a_model_too_small_for_a_copy_says_so(tmp_path: Path, key: paramseal.Key
         header_from_weights(sealed.tensors, key)
     p = _stripped(tmp_path, sealed)
     rc, _, err = helpers.run_cli(["verify", p, "--key", key_file])
-    assert rc == 3 and "no ParamSeal header" in err
+    assert rc == 3 and "too small to carry its header" in err and "--header-from" in err
+    whole = helpers.write_st(tmp_path / "whole.safetensors", sealed.tensors, {"paramseal": sealed.header_json})
+    rc, _, _ = helpers.run_cli(["verify", p, "--key", key_file, "--header-from", whole])
+    assert rc == 0
+
+
+def _break_copies(sealed: paramseal.SealedModel) -> dict[str, np.ndarray]:
+    """The sealed tensors with both header copies' record magic flipped (value 4: block 0's first byte past the tag)."""
+    t = sealed.tensors
+    for c in sealed.header.carriers:
+        t = helpers.flip_bit(t, sealed.header.tensors[c].name, 4, 0)
+    return t
+
+
+def test_copies_destroyed_in_the_weights_are_tampering_not_an_unsealed_model(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key, key_file: Path
+) -> None:
+    p = helpers.write_st(tmp_path / "t.safetensors", _break_copies(sealed_big))  # no metadata: the weights only
+    assert _embed.header_copies(helpers.read_st(p)[0]) == []
+    rc, _, err = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 2 and "no copy of its header in the weights is intact" in err and "--header-from" in err
+    rc, _, err = helpers.run_cli(["seal", p, tmp_path / "again.safetensors", "--key", key_file])
+    assert rc == 3 and "already sealed" in err  # no laundering by sealing it anew
+    # with the header kept elsewhere (the sealed file, or its header as JSON) it verifies and recovers
+    header = {"paramseal": sealed_big.header_json}
+    original = helpers.write_st(tmp_path / "orig.safetensors", sealed_big.tensors, header)
+    (tmp_path / "h.json").write_text(sealed_big.header_json)
+    for source in (original, tmp_path / "h.json"):
+        rc, out, err = helpers.run_cli(["verify", p, "--key", key_file, "--header-from", source])
+        assert rc == 1 and "tampered" in out, err
+    fixed = tmp_path / "fixed.safetensors"
+    rc, _, _ = helpers.run_cli(["recover", p, fixed, "--key", key_file, "--header-from", original])
+    assert rc == 0
+    got, meta = helpers.read_st(fixed)
+    helpers.assert_model_equal(got, sealed_big.tensors)  # the copies in the weights are rebuilt too
+    assert files.verify_file(helpers.write_st(tmp_path / "fs.safetensors", got), key).ok  # from the weights alone
+    rc, _, err = helpers.run_cli(["verify", p, "--key", key_file, "--header-from", tmp_path / "t.safetensors"])
+    assert rc == 3 and "holds no ParamSeal header" in err
+
+
+def test_an_edited_metadata_header_falls_back_to_the_copy_in_the_weights(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key, key_file: Path
+) -> None:
+    body = json.loads(sealed_big.header_json)
+    body["salt"] = ("0" if body["salt"][0] != "0" else "1") + body["salt"][1:]
+    p = helpers.write_st(tmp_path / "m.safetensors", sealed_big.tensors, {**META, "paramseal": json.dumps(body)})
+    rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 1 and "header in the file's metadata was edited" in out
+    fixed = tmp_path / "fixed.safetensors"
+    rc, _, _ = helpers.run_cli(["recover", p, fixed, "--key", key_file])
+    assert rc == 0
+    got, meta = helpers.read_st(fixed)
+    helpers.assert_model_equal(got, sealed_big.tensors)
+    assert meta == {**META, "paramseal": sealed_big.header_json}  # the header as sealed, with its user metadata
+    assert files.verify_file(fixed, key).status == "intact"
 
 
 def test_an_unsealed_model_has_no_records(big: dict[str, np.ndarray]) -> None:

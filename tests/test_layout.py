@@ -78,3 +78,26 @@ def test_a_stripe_window_fed_unaligned_chunks_fills_the_store_like_a_direct_gath
             window.gather(t, spec, ub[r0:r1], r0)
     window.finish()
     np.testing.assert_array_equal(store, direct)
+
+
+def test_stripe_and_block_kernels_take_read_only_sources() -> None:
+    """A memory-mapped model's blocks (or store) are read-only: the kernels that read them must compile for that."""
+    from paramseal import _kernels
+
+    rng = np.random.default_rng(3)
+    ns, g, d = 3, 8, 5
+    perm = np.stack([rng.permutation(g) for _ in range(ns)]).astype(np.int64)
+    x = rng.integers(0, 2**32, (ns, g, d), dtype=np.uint64).astype(np.uint32)
+    x.flags.writeable = False
+    store = np.zeros((2 + ns * d, g), np.uint32)
+    _kernels.scatter_stripes(store, 2, perm, x)
+    store.flags.writeable = False
+    assert np.array_equal(_kernels.gather_stripes(store, 2, perm, d), x)
+    offs, lanes, counts = np.array([0, 4], np.int64), np.array([1, 6], np.int64), np.array([3, 2], np.int64)
+    blocks = rng.integers(0, 2**32, (2, 3), dtype=np.uint64).astype(np.uint32)
+    blocks.flags.writeable = False
+    into = np.zeros((8, g), np.uint32)
+    _kernels.scatter_blocks(into, offs, lanes, counts, blocks)
+    into.flags.writeable = False
+    back = _kernels.gather_blocks(into, offs, lanes, counts, 3)
+    assert np.array_equal(back[0], blocks[0]) and np.array_equal(back[1, :2], blocks[1, :2]) and back[1, 2] == 0

@@ -41,7 +41,7 @@ def test_explicit_bits_range(dt: str, m: int) -> None:
     assert bits_for(dt, "standard", 1) == 1
     assert bits_for(dt, "standard", m - 1) == m - 1
     for bad in (0, -1, m, m + 1, 64):
-        with pytest.raises(UsageError, match=f"--bits {bad} is out of range for {dt}"):
+        with pytest.raises(UsageError, match=f"{bad} is out of range for {dt}"):
             bits_for(dt, "standard", bad)
 
 

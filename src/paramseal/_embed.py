@@ -174,6 +174,27 @@ def scan(a: NDArray[np.generic]) -> Found | None:
     return None
 
 
+def sealed_traces(tensors: Mapping[str, NDArray[np.generic]]) -> tuple[int, bool]:
+    """Records left in a model whose header copies are gone: how many, and whether it never had copies.
+
+    A model once sealed keeps a record in every float tensor with room. Copies go to the tensors
+    with the most room first, so when the largest float tensor holds an intact record without a
+    copy, the model was too small to carry one (its header lived in the metadata only).
+    """
+    found = {n: scan(np.asarray(a)) for n, a in tensors.items()}
+    floats = [n for n, a in tensors.items() if _float(np.asarray(a))]
+    largest = max(floats, key=lambda n: int(np.asarray(tensors[n]).size), default=None)
+    top = found.get(largest) if largest is not None else None
+    return sum(f is not None for f in found.values()), top is not None and not top.header
+
+
+def _float(a: NDArray[np.generic]) -> bool:
+    try:
+        return dtype_name(a.dtype) in FLOATS
+    except Exception:  # noqa: BLE001 - not a dtype we seal
+        return False
+
+
 def header_copies(tensors: Mapping[str, NDArray[np.generic]]) -> list[tuple[str, str]]:
     """Candidate header texts found in carriers, largest tensors first: ``[(tensor name, text)]``."""
     out: list[tuple[str, str]] = []
@@ -198,6 +219,7 @@ __all__ = [
     "block_bytes",
     "blocks_needed",
     "header_copies",
+    "sealed_traces",
     "plan",
     "read_record",
     "record",

@@ -102,11 +102,12 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
 
     _TILE = 64  # lanes per tile: a tile's blocks (64 x d words) stay in L1 while its rows are written
 
+    # One kernel per direction: numba types every branch, so a kernel that could also write its
+    # source would not compile for a read-only one (a memory-mapped model's blocks, a mapped store).
     @numba.njit(cache=True, nogil=True)
-    def _stripes_nb(store, off, d, perm, x, to_store):  # type: ignore[no-untyped-def]
-        # to_store: store[off + s*d + i, perm[s, j]] = x[s, j, i] (whole stripes into a [shards, lanes]
-        # store); else the inverse. Tiled transpose: the store is walked along its rows, and the
-        # blocks of one tile of lanes stay in L1 meanwhile.
+    def _stripes_in_nb(store, off, d, perm, x):  # type: ignore[no-untyped-def]
+        # store[off + s*d + i, perm[s, j]] = x[s, j, i]: whole stripes into a [shards, lanes] store.
+        # Tiled transpose: the store is walked along its rows, one tile of lanes' blocks in L1 meanwhile.
         ns, g = perm.shape
         inv = np.empty(g, dtype=np.int64)
         for s in range(ns):
@@ -117,24 +118,40 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
                 l1 = min(g, l0 + _TILE)
                 for i in range(d):
                     row = store[base + i]
-                    if to_store:  # two loops, not a branch per element
-                        for lane in range(l0, l1):
-                            row[lane] = x[s, inv[lane], i]
-                    else:
-                        for lane in range(l0, l1):
-                            x[s, inv[lane], i] = row[lane]
+                    for lane in range(l0, l1):
+                        row[lane] = x[s, inv[lane], i]
 
     @numba.njit(cache=True, nogil=True)
-    def _blocks_nb(store, offs, lanes, counts, x, to_store):  # type: ignore[no-untyped-def]
-        # Blocks anywhere (partial stripes): store[offs[b] + i, lanes[b]] <-> x[b, i] for i < counts[b]
+    def _stripes_out_nb(store, off, d, perm, x):  # type: ignore[no-untyped-def]
+        # the inverse of _stripes_in_nb: x[s, j, i] = store[off + s*d + i, perm[s, j]]
+        ns, g = perm.shape
+        inv = np.empty(g, dtype=np.int64)
+        for s in range(ns):
+            for j in range(g):
+                inv[perm[s, j]] = j
+            base = off + s * d
+            for l0 in range(0, g, _TILE):
+                l1 = min(g, l0 + _TILE)
+                for i in range(d):
+                    row = store[base + i]
+                    for lane in range(l0, l1):
+                        x[s, inv[lane], i] = row[lane]
+
+    @numba.njit(cache=True, nogil=True)
+    def _blocks_in_nb(store, offs, lanes, counts, x):  # type: ignore[no-untyped-def]
+        # Blocks anywhere (partial stripes): store[offs[b] + i, lanes[b]] = x[b, i] for i < counts[b]
         for b in range(x.shape[0]):
             o, lane = offs[b], lanes[b]
-            if to_store:
-                for i in range(counts[b]):
-                    store[o + i, lane] = x[b, i]
-            else:
-                for i in range(counts[b]):
-                    x[b, i] = store[o + i, lane]
+            for i in range(counts[b]):
+                store[o + i, lane] = x[b, i]
+
+    @numba.njit(cache=True, nogil=True)
+    def _blocks_out_nb(store, offs, lanes, counts, x):  # type: ignore[no-untyped-def]
+        # the inverse of _blocks_in_nb
+        for b in range(x.shape[0]):
+            o, lane = offs[b], lanes[b]
+            for i in range(counts[b]):
+                x[b, i] = store[o + i, lane]
 
     @numba.njit(cache=True, nogil=True)
     def _scatter_lm_nb(out, off, d, perm, x):  # type: ignore[no-untyped-def]
@@ -234,7 +251,7 @@ def scatter_stripes(out: NDArray[np.uint32], off: int, perm: NDArray[np.int64], 
         if out.strides[0] < out.strides[1]:
             _scatter_lm_nb(out, off, d, perm, x)
         else:
-            _stripes_nb(out, off, d, perm, x, True)
+            _stripes_in_nb(out, off, d, perm, x)
         return
     view = out[off : off + ns * d].reshape(ns, d, g)
     view[np.arange(ns)[:, None], :, perm] = x
@@ -245,7 +262,7 @@ def gather_stripes(src: NDArray[np.uint32], off: int, perm: NDArray[np.int64], d
     ns, g = perm.shape
     if HAVE_NUMBA:
         out = np.empty((ns, g, d), dtype=np.uint32)
-        _stripes_nb(src, off, d, perm, out, False)
+        _stripes_out_nb(src, off, d, perm, out)
         return out
     view = src[off : off + ns * d].reshape(ns, d, g)
     got: NDArray[np.uint32] = view[np.arange(ns)[:, None], :, perm]
@@ -261,7 +278,7 @@ def scatter_blocks(
 ) -> None:
     """``store[offs[b] + i, lanes[b]] = x[b, i]`` for ``i < counts[b]``: single blocks, any strides."""
     if HAVE_NUMBA:
-        _blocks_nb(store, offs, lanes, counts, x, True)
+        _blocks_in_nb(store, offs, lanes, counts, x)
         return
     rows = offs[:, None] + np.arange(x.shape[1])
     valid = np.arange(x.shape[1])[None, :] < counts[:, None]
@@ -274,7 +291,7 @@ def gather_blocks(
     """Inverse of :func:`scatter_blocks`: ``[blocks, w]``, zero past each block's count."""
     out = np.zeros((offs.size, w), dtype=np.uint32)
     if HAVE_NUMBA:
-        _blocks_nb(store, offs, lanes, counts, out, False)
+        _blocks_out_nb(store, offs, lanes, counts, out)
         return out
     rows = offs[:, None] + np.arange(w)
     valid = np.arange(w)[None, :] < counts[:, None]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__, _cli_eval, files, sharded
-from .errors import ParamSealError
+from .errors import ParamSealError, UsageError
 from .keys import Key, load_key, write_key
 from .levels import FLOATS, LEVELS, max_relative_change
 
@@ -26,6 +26,23 @@ def _key_args(p: argparse.ArgumentParser) -> None:
 
 def _json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
+
+
+def _header_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--header-from",
+        metavar="FILE",
+        help="take the seal header from FILE (a copy of the sealed model, or its header as JSON) when IN's own "
+        "copies were lost or edited; it is authenticated with the key as usual",
+    )
+
+
+def _header(args: argparse.Namespace) -> str | None:
+    if args.header_from is None:
+        return None
+    if sharded.is_sharded(Path(args.input)):
+        raise UsageError("--header-from takes one file's header; a sharded checkpoint's shards each carry their own")
+    return files.read_header(args.header_from)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -77,6 +94,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tensors", metavar="PATTERN", help="check only tensors whose names match this glob (the others are not read)"
     )
+    _header_arg(p)
 
     p = sub.add_parser("recover", help="restore a tampered model bit-exactly: IN -> OUT")
     p.add_argument("input")
@@ -84,6 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     _key_args(p)
     _json_arg(p)
     p.add_argument("--allow-partial", action="store_true", help="write OUTPUT even if not everything is recovered")
+    _header_arg(p)
     p.add_argument(
         "--in-place",
         action="store_true",
@@ -160,10 +179,11 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         case "verify":
             key = load_key(args.key)
+            header = _header(args)
             if sharded.is_sharded(Path(args.input)):
                 rep = sharded.verify_dir(Path(args.input), key, tensors=args.tensors)
             else:
-                rep = files.verify_file(args.input, key, tensors=args.tensors)
+                rep = files.verify_file(args.input, key, tensors=args.tensors, header=header)
             if args.json:
                 print(rep.to_json())
             elif rep.status == "intact" and rep.partial:
@@ -184,11 +204,17 @@ def _run(args: argparse.Namespace) -> int:
             return rep.exit_code
         case "recover":
             key = load_key(args.key)
+            header = _header(args)
             if sharded.is_sharded(Path(args.input)):
                 rep, _ = sharded.recover_dir(Path(args.input), Path(args.output), key, allow_partial=args.allow_partial)
             else:
                 rep = files.recover_file(
-                    args.input, args.output, key, allow_partial=args.allow_partial, in_place=args.in_place
+                    args.input,
+                    args.output,
+                    key,
+                    allow_partial=args.allow_partial,
+                    in_place=args.in_place,
+                    header=header,
                 ).report
             if args.json:
                 print(rep.to_json())

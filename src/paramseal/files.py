@@ -14,7 +14,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,13 @@ from ._progress import Progress
 from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError, UsageError, cannot_write, io_failure
 from .formats import Loaded, adapter_for
 from .formats import safetensors as st_format
-from .header import METADATA_KEY, SET_KEY, Header, peek_header
-from .keys import Key
+from .header import METADATA_KEY, SET_KEY, Header, HeaderAuthError, metadata_digest, parse_header, peek_header
+from .keys import Key, require_key
 from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP, bits_for, capacity, dtype_name
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
 from .report import Report
 from .seal import SealConfig, probe_header, seal_flat, use_irs, write_blocks
-from .verify import Check, check, header_from_weights, report_of
+from .verify import Check, HeaderOnlyInMetadata, check, header_from_weights, report_of
 
 PathLike = str | os.PathLike[str]
 
@@ -121,7 +121,8 @@ def _check_paths(src: Path, dst: Path, in_place: bool) -> None:
         raise UsageError(f"input '{src}' does not exist")
     if dst.exists() and dst.resolve() == src.resolve() and not in_place:
         raise UsageError(
-            f"output '{dst}' is the input file; ParamSeal never modifies its input unless you pass --in-place"
+            f"output '{dst}' is the input file; ParamSeal never modifies its input unless you pass --in-place "
+            "(in_place=True)"
         )
 
 
@@ -136,6 +137,9 @@ def _require_file(p: Path) -> None:
     if p.is_dir():
         raise UsageError(
             f"input '{p}' is a folder; a sharded checkpoint folder needs its index ('model.safetensors.index.json')"
+            if not (p / "model.safetensors.index.json").is_file()
+            else f"input '{p}' is a sharded checkpoint: use paramseal.sharded (seal_dir, verify_dir, recover_dir), "
+            "which the command line calls for a folder"
         )
     if not p.is_file():
         raise UsageError(f"input '{p}' does not exist or is not a file")
@@ -161,14 +165,38 @@ def _about(path: Path) -> Iterator[None]:
         raise
 
 
-def _split_header(loaded: Loaded, path: Path, key: Key) -> tuple[str, dict[str, str], bool]:
-    """The seal header (from the metadata, else the copy in the weights), the other metadata, and which."""
+def _split_header(
+    loaded: Loaded, path: Path, key: Key, header: str | None = None
+) -> tuple[str, dict[str, str], bool, list[str]]:
+    """The seal header, the other metadata, whether the header came from the weights, and issues met.
+
+    The header is ``header`` if given (kept by the user: ``--header-from``), else the metadata's,
+    else the copy in the weights. A metadata header that does not authenticate while a copy in the
+    weights does was edited: the copy is used, and the edit is reported as tampering.
+    """
     meta = dict(loaded.metadata)
     text = meta.pop(METADATA_KEY, None)
+    if header is not None:
+        return header, meta, False, []
     if text is not None:
-        return text, meta, False
+        try:
+            parse_header(text, key)
+            return text, meta, False, []
+        except (HeaderAuthError, KeyMismatchError) as e:
+            try:
+                copy = header_from_weights(loaded.tensors, key)
+            except ParamSealError:
+                raise e from None
+            why = str(e).removeprefix("the ParamSeal header ")
+            edited = f"the ParamSeal header in the file's metadata was edited ({why}); the copy in the weights was used"
+            h = parse_header(copy, key)
+            if h.user_metadata is None and metadata_digest(meta) == h.digest:  # the metadata the copy vouches for
+                copy = replace(h, user_metadata=meta, metadata_digest=None).to_json(key)
+            return copy, meta, False, [edited]
     try:
-        return header_from_weights(loaded.tensors, key), meta, True
+        return header_from_weights(loaded.tensors, key), meta, True, []
+    except HeaderOnlyInMetadata as e:
+        raise HeaderOnlyInMetadata(f"'{path}': {e}") from None
     except NotSealedError:
         raise NotSealedError(
             f"'{path}' carries no ParamSeal header, in its metadata or in its weights; "
@@ -232,11 +260,12 @@ def seal_file(
     seal already is refused unless ``reseal`` (its old seal is then dropped and replaced).
     """
     s, d = Path(src), Path(dst)
+    require_key(key)
     _check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
     with _open_model(s) as loaded:
-        # a header in the metadata, or a copy in the weights (PyTorch files, stripped metadata)
-        if not reseal and (METADATA_KEY in loaded.metadata or _embed.header_copies(loaded.tensors)):
+        # a header in the metadata, or records in the weights (PyTorch files, stripped metadata, lost copies)
+        if not reseal and (METADATA_KEY in loaded.metadata or _embed.sealed_traces(loaded.tensors)[0]):
             raise UsageError(
                 f"'{s}' is already sealed; verify or recover it, or pass --reseal to replace its seal "
                 "(after a change to its weights that you approved)"
@@ -276,18 +305,28 @@ def seal_file(
         return SealedFile(d, text, header)
 
 
-def verify_file(path: PathLike, key: Key, *, tensors: str | None = None, progress: bool | None = None) -> Report:
+def verify_file(
+    path: PathLike,
+    key: Key,
+    *,
+    tensors: str | None = None,
+    progress: bool | None = None,
+    header: str | None = None,
+) -> Report:
     """Verify a sealed model file (weights, tensor table and metadata).
 
     ``tensors`` is a glob pattern (``fnmatch``) over tensor names: only those tensors are
-    checked, and the others' data is never read.
+    checked, and the others' data is never read. ``header`` is the seal header JSON kept
+    elsewhere (`read_header`), for a file whose own copies were lost or edited.
     """
     p = Path(path)
     with _open_model(p) as loaded:
         prog = Progress("verify", len(loaded.tensors), enabled=progress)
         with _about(p):
-            text, meta, _ = _split_header(loaded, p, key)
-            rep = report_of(check(loaded.tensors, key, text, metadata=meta, progress=prog, select=tensors))
+            text, meta, _, issues = _split_header(loaded, p, key, header)
+            chk = check(loaded.tensors, key, text, metadata=meta, progress=prog, select=tensors)
+            chk.metadata_issues[:0] = issues
+            rep = report_of(chk)
     prog.done()
     return rep
 
@@ -300,13 +339,15 @@ def recover_file(
     allow_partial: bool = False,
     in_place: bool = False,
     progress: bool | None = None,
+    header: str | None = None,
 ) -> RecoveredFile:
     """Recover a sealed model file into ``dst``.
 
     ``dst`` is written when the result verifies (or the model was intact). A
     model that cannot be fully recovered is written only with
     ``allow_partial=True``, and keeps its seal header so that verify still
-    names every block that remains tampered. safetensors to safetensors streams.
+    names every block that remains tampered. safetensors to safetensors streams. ``header``:
+    as in `verify_file`; the output then carries it.
     """
     s, d = Path(src), Path(dst)
     _check_paths(s, d, in_place)
@@ -321,8 +362,9 @@ def recover_file(
             ws = Workspace(d.parent)
             try:
                 with _about(s):
-                    text, meta, embedded = _split_header(loaded, s, key)
+                    text, meta, embedded, issues = _split_header(loaded, s, key, header)
                     chk = check(loaded.tensors, key, text, metadata=meta, progress=prog)
+                    chk.metadata_issues[:0] = issues
                     rec = plan_recovery(chk, ws)
             finally:
                 ws.close()
@@ -494,6 +536,26 @@ def _write_patch(out: NDArray[np.unsignedinteger], spec: TensorSpec, patch: Patc
         out[idx[keep]] = patch.new[r0:r1].reshape(-1)[keep]
         written = idx[keep]
         release(out[int(written.min()) : int(written.max()) + 1], patch.new[r0:r1])
+
+
+def read_header(path: PathLike) -> str:
+    """The seal header kept in ``path``: a sealed model's (metadata, else its copy in the weights), or JSON text.
+
+    Not authenticated here: verify and recover check it with the key as they would their own.
+    """
+    p = Path(path)
+    _require_file(p)
+    with open(p, "rb") as f:
+        lead = f.read(64).lstrip()
+    if lead.startswith(b"{"):  # the header itself, as JSON (a safetensors file starts with its header length)
+        return p.read_text(encoding="utf-8")
+    with _open_model(p) as loaded:
+        text = loaded.metadata.get(METADATA_KEY)
+        if text is None and (copies := _embed.header_copies(loaded.tensors)):
+            text = copies[0][1]
+    if text is None:
+        raise UsageError(f"'{p}' holds no ParamSeal header: give the sealed model file, or its header as JSON")
+    return text
 
 
 def inspect_file(path: PathLike) -> dict[str, Any]:

@@ -108,4 +108,14 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
     return Key.from_text(text, source=f"key file '{p}'")
 
 
-__all__ = ["ENV_VAR", "Key", "load_key", "write_key"]
+def require_key(key: object) -> Key:
+    """``key`` if it is a `Key`; else a clear error (a path or the hex text is a common slip)."""
+    if not isinstance(key, Key):
+        raise UsageError(
+            f"the key must be a paramseal.Key, not {type(key).__name__}: load one with paramseal.load_key(path) "
+            "(or make one with Key.generate())"
+        )
+    return key
+
+
+__all__ = ["ENV_VAR", "Key", "load_key", "require_key", "write_key"]

@@ -77,7 +77,7 @@ def bits_for(dtype: str, level: str, bits: int | None) -> int:
         return 0
     if bits is not None:
         if not 1 <= bits <= fmt.mantissa - 1:
-            raise UsageError(f"--bits {bits} is out of range for {dtype}: use 1..{fmt.mantissa - 1}")
+            raise UsageError(f"--bits (bits=) {bits} is out of range for {dtype}: use 1..{fmt.mantissa - 1}")
         return min(bits, fmt.mantissa - 1)
     if level not in fmt.levels:
         raise UsageError(f"unknown level '{level}'; choose one of {', '.join(LEVELS)}")
@@ -108,8 +108,16 @@ class Capacity:
 
 
 def capacity(dtype: str, k: int) -> Capacity:
-    """Return the theoretical recovery bounds at ``k`` bits with 32-bit tags per 64 values."""
-    fmt = FLOATS[dtype]
+    """The lane code's theoretical recovery bounds at ``k`` bits with 32-bit tags per 64 values.
+
+    ``dtype`` is a safetensors name (F32, F16, BF16, F64). fp32 models sealed with irs4 have
+    their own bounds (`paramseal.files.inspect_file` shows the ones a model gets).
+    """
+    fmt = FLOATS.get(dtype)
+    if fmt is None:
+        raise UsageError(f"unknown float dtype '{dtype}'; use one of {', '.join(FLOATS)}")
+    if not 1 <= k <= fmt.mantissa - 1:
+        raise UsageError(f"k={k} is out of range for {dtype}: use 1..{fmt.mantissa - 1}")
     a = TAG_BITS / BLOCK
     er = max(0.0, (k - a) / (fmt.bits - a))
     return Capacity(k, max_relative_change(dtype, k), er, er / 2)

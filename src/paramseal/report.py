@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .errors import TamperedError, UnrecoverableError
+
 Status = Literal["intact", "tampered", "recovered", "unrecoverable"]
 
 
@@ -110,6 +112,18 @@ class Report:
         if self.status in ("intact", "recovered"):
             return 0
         return 1 if self.status == "tampered" and self.recoverable else 2
+
+    def raise_for_status(self) -> None:
+        """Raise unless the model is whole (intact, or fully recovered): for callers that want exceptions.
+
+        TamperedError (exit code 1) when the damage can be undone, UnrecoverableError (2) when not.
+        """
+        if self.ok:
+            return
+        line = self.summary().splitlines()[0] if self.summary() else self.status
+        if self.status == "tampered" and self.recoverable:
+            raise TamperedError(f"the model was tampered with (recoverable: recover it): {line.strip()}", self)
+        raise UnrecoverableError(f"the model was tampered with and cannot be fully recovered: {line.strip()}", self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the schema of ``--json``)."""

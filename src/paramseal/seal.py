@@ -24,7 +24,7 @@ from ._pages import SCATTERED_BLOCKS, Workspace, chunks, file_span, is_mapped, r
 from ._progress import Progress
 from .errors import InputError, UnsupportedError, UsageError
 from .header import SCHEME_IRS, Header
-from .keys import Key
+from .keys import Key, require_key
 from .levels import BLOCK, FLOATS, LEVELS, bits_for, dtype_name
 
 _T = TypeVar("_T")
@@ -111,6 +111,7 @@ def seal_flat(
     3. embed: every chunk gets its parity, records and tags, and is written out;
     4. the header is built and copied into the carriers' reserved blocks.
     """
+    require_key(key)
     irs = use_irs(specs, code, lanes)
     emb = _embed.plan(specs, _copy_size(specs, level, bits, salt, key, meta, irs))
     specs = emb.specs

@@ -22,7 +22,7 @@ from ._pages import chunks, release
 from ._progress import Progress
 from .errors import KeyMismatchError, NotSealedError, UnsupportedError, UsageError
 from .header import Header, HeaderAuthError, metadata_digest, parse_header
-from .keys import Key
+from .keys import Key, require_key
 from .levels import dtype_name
 from .report import Report, TensorFinding
 
@@ -148,6 +148,12 @@ def check(
     ``select`` is a glob pattern over tensor names: only matching tensors are checked
     (partial verification; the others' data is not read).
     """
+    require_key(key)
+    if not isinstance(header_json, str):
+        raise UsageError(
+            "header_json must be the seal header text (SealedModel.header_json, or metadata['paramseal']), "
+            f"not {type(header_json).__name__}"
+        )
     header = parse_header(header_json, key)
     specs = list(header.tensors)
     mac = BlockMac(key)
@@ -279,6 +285,18 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
     were sealed with another key, and HeaderAuthError when every copy was edited.
     """
     copies = _embed.header_copies(tensors)
+    n, never_had_copies = _embed.sealed_traces(tensors) if not copies else (0, False)
+    if n and never_had_copies:
+        raise HeaderOnlyInMetadata(
+            f"the model was sealed (ParamSeal records remain in {n} of its tensors) but is too small to carry its "
+            f"header in its weights, and its metadata, which held the header, is gone. {HEADER_HINT}"
+        )
+    if n:
+        raise HeaderAuthError(
+            f"the model was sealed (ParamSeal records remain in {n} of its tensors), but no copy of its header in "
+            "the weights is intact: they were tampered with, and nothing can be checked or rebuilt without the "
+            f"header. {HEADER_HINT}"
+        )
     if not copies:
         raise NotSealedError(
             "the model carries no ParamSeal header: none in the file's metadata and no copy in the weights; "
@@ -292,7 +310,19 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
         except (KeyMismatchError, HeaderAuthError) as e:
             err = e if err is None or isinstance(e, KeyMismatchError) else err
     assert err is not None
+    if isinstance(err, HeaderAuthError):
+        raise HeaderAuthError(f"{err}. {HEADER_HINT}") from None
     raise err
+
+
+class HeaderOnlyInMetadata(NotSealedError):
+    """A sealed model too small to carry its header in its weights, read without its metadata."""
+
+
+HEADER_HINT = (
+    "Pass the header of a copy of the sealed model that keeps it (--header-from FILE: the sealed .safetensors, "
+    "or its header as JSON) to verify and recover; do not seal this file again unless you approve its weights"
+)
 
 
 def _dt(a: NDArray[np.generic]) -> str:
@@ -347,4 +377,4 @@ def verify(
     return report_of(check(tensors, key, header_json, metadata=metadata))
 
 
-__all__ = ["Check", "check", "header_from_weights", "report_of", "verify"]
+__all__ = ["HEADER_HINT", "Check", "HeaderOnlyInMetadata", "check", "header_from_weights", "report_of", "verify"]
