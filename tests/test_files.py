@@ -191,6 +191,16 @@ def test_new_output_files_get_ordinary_permissions(tmp_path: Path, model_file: P
     assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
 
 
+def test_a_replaced_output_keeps_its_mode(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
+    """An in-place recover that rewrites the file (its header must change) keeps a read-only model read-only."""
+    t, meta = helpers.read_st(sealed_file)
+    p = helpers.write_st(tmp_path / "ro.safetensors", helpers.flip_bit(t, "fc.weight", 3, 27), {**meta, "x": "added"})
+    os.chmod(p, 0o444)
+    res = files.recover_file(p, p, key, in_place=True)  # the added metadata key forces the atomic path
+    assert res.report.status == "recovered" and stat.S_IMODE(p.stat().st_mode) == 0o444
+    helpers.assert_model_equal(helpers.read_st(p)[0], t)
+
+
 def test_recover_beyond_capacity_writes_nothing_unless_partial_is_allowed(
     tmp_path: Path, sealed_file: Path, key: paramseal.Key
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 import tempfile
 import threading
@@ -50,10 +51,15 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
     try:
         try:
             yield tmp_path
-            umask = os.umask(0)
-            os.umask(umask)
-            # mkstemp (and the safetensors writer) leave 0600; a sealed model is meant to be shared
-            os.chmod(tmp_path, 0o666 & ~umask)
+            # mkstemp (and the safetensors writer) leave 0600; a sealed model is meant to be shared.
+            # A file replaced keeps its mode (an in-place recover of a read-only model stays read-only).
+            try:
+                mode = stat.S_IMODE(os.stat(dst).st_mode)
+            except FileNotFoundError:
+                umask = os.umask(0)
+                os.umask(umask)
+                mode = 0o666 & ~umask
+            os.chmod(tmp_path, mode)
             with open(tmp_path, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp_path, dst)
