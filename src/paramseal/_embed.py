@@ -174,14 +174,25 @@ def sealed_traces(tensors: Mapping[str, NDArray[np.generic]]) -> tuple[int, bool
     """Records left in a model whose header copies are gone: how many, and whether it never had copies.
 
     A model once sealed keeps a record in every float tensor with room. Copies go to the tensors
-    with the most room first, so when the largest float tensor holds an intact record without a
-    copy, the model was too small to carry one (its header lived in the metadata only).
+    with the most room first, so when the tensor with the most room holds an intact record
+    without a copy, and no tensor whose record is gone could have had more room (at any k), the
+    model was too small to carry one: its header lived in the metadata only.
     """
     found = {n: scan(np.asarray(a)) for n, a in tensors.items()}
-    floats = [n for n, a in tensors.items() if _float(np.asarray(a))]
-    largest = max(floats, key=lambda n: int(np.asarray(tensors[n]).size), default=None)
-    top = found.get(largest) if largest is not None else None
-    return sum(f is not None for f in found.values()), top is not None and not top.header
+
+    def room(n: str, k: int) -> int:
+        return int(np.asarray(tensors[n]).size) // BLOCK * block_bytes(k)
+
+    recs = {n: f for n, f in found.items() if f is not None}
+    known = {n: room(n, f.k) for n, f in recs.items()}
+    lost = [
+        room(n, FLOATS[dtype_name(np.asarray(a).dtype)].mantissa - 1)
+        for n, a in tensors.items()
+        if found[n] is None and _float(np.asarray(a))
+    ]
+    top = max(known, key=lambda n: known[n], default=None)
+    never = top is not None and not recs[top].header and known[top] >= max(lost, default=0)
+    return len(known), never
 
 
 def _float(a: NDArray[np.generic]) -> bool:
