@@ -277,3 +277,20 @@ def test_inspect_finds_the_header_in_the_weights_without_a_key(
     )
     rc, out, _ = helpers.run_cli(["inspect", p])
     assert rc == 0 and "header_in=weights" in out
+
+
+def test_a_mixed_precision_model_with_its_copy_destroyed_is_tampered_not_too_small(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """The largest tensor (bf16: 4 bytes of room a block) is no carrier: ranking by size alone said too small."""
+    rng = np.random.default_rng(9)
+    model = {
+        "a": helpers.random_tensor(rng, helpers.BF16, (300_000,)),
+        "b": helpers.random_tensor(rng, np.float32, (100_000,)),
+        "c": helpers.random_tensor(rng, np.float32, (5_000,)),
+    }
+    sealed = paramseal.seal(model, key)
+    assert "a" not in {sealed.header.tensors[i].name for i in sealed.header.carriers}  # the largest is no carrier
+    p = helpers.write_st(tmp_path / "t.safetensors", _break_copies(sealed))
+    rc, _, err = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 2 and "no copy of its header in the weights is intact" in err
