@@ -36,7 +36,7 @@ from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP, bits_for, capacity, dtype_n
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
 from .report import Report
 from .seal import SealConfig, probe_header, seal_flat, use_irs, write_blocks
-from .verify import Check, HeaderOnlyInMetadata, check, header_from_weights, report_of
+from .verify import NOT_SEALED_WARNING, Check, HeaderOnlyInMetadata, check, header_from_weights, report_of
 
 PathLike = str | os.PathLike[str]
 
@@ -205,8 +205,8 @@ def _split_header(
         raise HeaderOnlyInMetadata(f"'{path}': {e}") from None
     except NotSealedError:
         raise NotSealedError(
-            f"'{path}' carries no ParamSeal header, in its metadata or in its weights; "
-            "seal it first with 'paramseal seal'"
+            f"'{path}' carries no ParamSeal header, in its metadata or in its weights; seal it first with "
+            f"'paramseal seal' if it never was. {NOT_SEALED_WARNING}"
         ) from None
 
 

@@ -300,7 +300,8 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
     if not copies:
         raise NotSealedError(
             "the model carries no ParamSeal header: none in the file's metadata and no copy in the weights; "
-            "seal it first with 'paramseal seal' (a model too small to hold a copy needs its original metadata)"
+            "seal it first with 'paramseal seal' if it never was (a model too small to hold a copy needs its "
+            f"original metadata). {NOT_SEALED_WARNING}"
         )
     err: Exception | None = None
     for _, text in copies:
@@ -313,6 +314,12 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
     if isinstance(err, HeaderAuthError):
         raise HeaderAuthError(f"{err}. {HEADER_HINT}") from None
     raise err
+
+
+NOT_SEALED_WARNING = (
+    "If it should be sealed, treat it as tampered: a seal can be stripped whole (metadata, header copies and "
+    "records), and sealing it again would approve whatever it now holds"
+)
 
 
 class HeaderOnlyInMetadata(NotSealedError):
@@ -377,4 +384,13 @@ def verify(
     return report_of(check(tensors, key, header_json, metadata=metadata))
 
 
-__all__ = ["HEADER_HINT", "Check", "HeaderOnlyInMetadata", "check", "header_from_weights", "report_of", "verify"]
+__all__ = [
+    "HEADER_HINT",
+    "NOT_SEALED_WARNING",
+    "Check",
+    "HeaderOnlyInMetadata",
+    "check",
+    "header_from_weights",
+    "report_of",
+    "verify",
+]
