@@ -87,8 +87,11 @@ def test_other_metadata_on_a_stripped_header_is_reported(
 ) -> None:
     p = helpers.write_st(tmp_path / "m.safetensors", sealed_big.tensors, {"author": "mallory"})
     rep = files.verify_file(p, key)
-    assert rep.status == "tampered" and rep.exit_code == 1
-    assert rep.metadata_issues and "differs" in rep.metadata_issues[0]
+    # only a digest of the sealed metadata is in the weights: the edit is found but cannot be undone
+    assert rep.status == "tampered" and rep.exit_code == 2 and not rep.recoverable
+    assert rep.metadata_issues and "differs" in rep.metadata_issues[0] and "nor restored" in rep.metadata_issues[0]
+    res = files.recover_file(p, tmp_path / "r.safetensors", key)
+    assert res.report.status == "unrecoverable" and res.path is None and not (tmp_path / "r.safetensors").exists()
     ok = helpers.write_st(tmp_path / "same.safetensors", sealed_big.tensors, META)
     assert files.verify_file(ok, key).status == "intact"
 
@@ -203,7 +206,7 @@ def test_a_model_too_small_for_a_copy_says_so(tmp_path: Path, key: paramseal.Key
         header_from_weights(sealed.tensors, key)
     p = _stripped(tmp_path, sealed)
     rc, _, err = helpers.run_cli(["verify", p, "--key", key_file])
-    assert rc == 3 and "too small to carry its header" in err and "--header-from" in err
+    assert rc == 2 and "too small to carry its header" in err and "--header-from" in err
     whole = helpers.write_st(tmp_path / "whole.safetensors", sealed.tensors, {"paramseal": sealed.header_json})
     rc, _, _ = helpers.run_cli(["verify", p, "--key", key_file, "--header-from", whole])
     assert rc == 0
@@ -294,3 +297,38 @@ def test_a_mixed_precision_model_with_its_copy_destroyed_is_tampered_not_too_sma
     p = helpers.write_st(tmp_path / "t.safetensors", _break_copies(sealed))
     rc, _, err = helpers.run_cli(["verify", p, "--key", key_file])
     assert rc == 2 and "no copy of its header in the weights is intact" in err
+
+
+def test_header_from_reports_a_different_own_header_and_reads_only_json_or_models(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key, key_file: Path
+) -> None:
+    kept = tmp_path / "h.json"
+    kept.write_text(sealed_big.header_json)
+    p = helpers.write_st(tmp_path / "g.safetensors", sealed_big.tensors, {**META, "paramseal": "GARBAGE"})
+    rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file, "--header-from", kept])
+    assert rc == 1 and "is not the one given (--header-from)" in out  # never "intact" with an edited header
+    same = helpers.write_st(
+        tmp_path / "s.safetensors", sealed_big.tensors, {**META, "paramseal": sealed_big.header_json}
+    )
+    assert helpers.run_cli(["verify", same, "--key", key_file, "--header-from", kept])[0] == 0
+    (tmp_path / "bad.json").write_bytes(b"{\xff\xfe")
+    rc, _, err = helpers.run_cli(["verify", same, "--key", key_file, "--header-from", tmp_path / "bad.json"])
+    assert rc == 3 and "must be UTF-8 text" in err and "Traceback" not in err
+    # the first copy in a kept file damaged: the other one, which authenticates, is taken
+    h = sealed_big.header
+    damaged = helpers.flip_bit(sealed_big.tensors, h.tensors[h.carriers[0]].name, 64 + 10, 0)
+    keep = helpers.write_st(tmp_path / "keep.safetensors", damaged)
+    with pytest.raises(paramseal.FormatError):
+        parse_header(files.read_header(keep), key)  # without a key: the first copy, the damaged one
+    parse_header(files.read_header(keep, key), key)  # with it: the copy that authenticates
+    assert helpers.run_cli(["verify", same, "--key", key_file, "--header-from", keep])[0] == 0
+
+
+def test_an_edited_scheme_in_the_metadata_header_falls_back_too(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key, key_file: Path
+) -> None:
+    body = json.loads(sealed_big.header_json)
+    body["scheme"] = "paramseal/9"  # an unknown scheme: not an authentication failure, a FormatError
+    p = helpers.write_st(tmp_path / "m.safetensors", sealed_big.tensors, {**META, "paramseal": json.dumps(body)})
+    rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 1 and "was edited or replaced" in out

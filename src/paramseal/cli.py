@@ -32,17 +32,17 @@ def _header_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--header-from",
         metavar="FILE",
-        help="take the seal header from FILE (a copy of the sealed model, or its header as JSON) when IN's own "
+        help="take the seal header from FILE (a copy of the sealed model, or its header in a .json file) when IN's own "
         "copies were lost or edited; it is authenticated with the key as usual",
     )
 
 
-def _header(args: argparse.Namespace) -> str | None:
+def _header(args: argparse.Namespace, key: Key) -> str | None:
     if args.header_from is None:
         return None
     if sharded.is_sharded(Path(args.input)):
         raise UsageError("--header-from takes one file's header; a sharded checkpoint's shards each carry their own")
-    return files.read_header(args.header_from)
+    return files.read_header(args.header_from, key)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -179,7 +179,7 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         case "verify":
             key = load_key(args.key)
-            header = _header(args)
+            header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
                 rep = sharded.verify_dir(Path(args.input), key, tensors=args.tensors)
             else:
@@ -204,7 +204,7 @@ def _run(args: argparse.Namespace) -> int:
             return rep.exit_code
         case "recover":
             key = load_key(args.key)
-            header = _header(args)
+            header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
                 rep, _ = sharded.recover_dir(Path(args.input), Path(args.output), key, allow_partial=args.allow_partial)
             else:

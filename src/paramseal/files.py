@@ -27,10 +27,19 @@ from ._bits import uint_view
 from ._layout import TensorSpec
 from ._pages import Mapping, Workspace, chunks, copy_range, release
 from ._progress import Progress
-from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError, UsageError, cannot_write, io_failure
+from .errors import (
+    FormatError,
+    InputError,
+    KeyMismatchError,
+    NotSealedError,
+    ParamSealError,
+    UsageError,
+    cannot_write,
+    io_failure,
+)
 from .formats import Loaded, adapter_for
 from .formats import safetensors as st_format
-from .header import METADATA_KEY, SET_KEY, Header, HeaderAuthError, metadata_digest, parse_header, peek_header
+from .header import METADATA_KEY, SET_KEY, Header, metadata_digest, parse_header, peek_header
 from .keys import Key, require_key
 from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP, bits_for, capacity, dtype_name
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
@@ -178,36 +187,55 @@ def _split_header(
 
     The header is ``header`` if given (kept by the user: ``--header-from``), else the metadata's,
     else the copy in the weights. A metadata header that does not authenticate while a copy in the
-    weights does was edited: the copy is used, and the edit is reported as tampering.
+    weights does was edited: the copy is used, and the edit is reported as tampering. (An authentic
+    header of another seal in the metadata is kept: the weights then fail against it, as a replay should.)
     """
     meta = dict(loaded.metadata)
     text = meta.pop(METADATA_KEY, None)
     if header is not None:
-        return header, meta, False, []
-    if text is not None:
+        issues = [] if text is None or _same_header(text, header, key) else [_NOT_GIVEN]
+        return header, meta, False, issues
+    if text is None:
         try:
-            parse_header(text, key)
-            return text, meta, False, []
-        except (HeaderAuthError, KeyMismatchError) as e:
-            try:
-                copy = header_from_weights(loaded.tensors, key)
-            except ParamSealError:
-                raise e from None
-            why = str(e).removeprefix("the ParamSeal header ")
-            edited = f"the ParamSeal header in the file's metadata was edited ({why}); the copy in the weights was used"
-            h = parse_header(copy, key)
-            if h.user_metadata is None and metadata_digest(meta) == h.digest:  # the metadata the copy vouches for
-                copy = replace(h, user_metadata=meta, metadata_digest=None).to_json(key)
-            return copy, meta, False, [edited]
+            return header_from_weights(loaded.tensors, key), meta, True, []
+        except HeaderOnlyInMetadata as e:
+            raise HeaderOnlyInMetadata(f"'{path}': {e}") from None
+        except NotSealedError:
+            raise NotSealedError(
+                f"'{path}' carries no ParamSeal header, in its metadata or in its weights; seal it first with "
+                f"'paramseal seal' if it never was. {NOT_SEALED_WARNING}"
+            ) from None
     try:
-        return header_from_weights(loaded.tensors, key), meta, True, []
-    except HeaderOnlyInMetadata as e:
-        raise HeaderOnlyInMetadata(f"'{path}': {e}") from None
-    except NotSealedError:
-        raise NotSealedError(
-            f"'{path}' carries no ParamSeal header, in its metadata or in its weights; seal it first with "
-            f"'paramseal seal' if it never was. {NOT_SEALED_WARNING}"
-        ) from None
+        parse_header(text, key)
+    except (FormatError, KeyMismatchError) as e:  # edited, or another key's: is the copy in the weights intact?
+        try:
+            copy = header_from_weights(loaded.tensors, key)
+        except ParamSealError:
+            raise e from None
+        edited = f"the ParamSeal header in the file's metadata was edited or replaced ({e}); {_USED}"
+        return _restored(copy, meta, key), meta, False, [edited]
+    return text, meta, False, []
+
+
+_USED = "the copy in the weights was used"
+_NOT_GIVEN = "the file's own ParamSeal header is not the one given (--header-from), which was used"
+
+
+def _same_header(text: str, given: str, key: Key) -> bool:
+    try:
+        # the settings and tensor table (a copy from the weights carries the user metadata by digest only)
+        a, b = parse_header(text, key), parse_header(given, key)
+        return a.to_json(key, embedded=True) == b.to_json(key, embedded=True)
+    except (FormatError, KeyMismatchError):
+        return False
+
+
+def _restored(copy: str, meta: dict[str, str], key: Key) -> str:
+    """The copy from the weights with the user metadata it vouches for (by digest), as the file's metadata held it."""
+    h = parse_header(copy, key)
+    if h.user_metadata is None and metadata_digest(meta) == h.digest:
+        return replace(h, user_metadata=meta, metadata_digest=None).to_json(key)
+    return copy
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,24 +572,36 @@ def _write_patch(out: NDArray[np.unsignedinteger], spec: TensorSpec, patch: Patc
         release(out[int(written.min()) : int(written.max()) + 1], patch.new[r0:r1])
 
 
-def read_header(path: PathLike) -> str:
-    """The seal header kept in ``path``: a sealed model's (metadata, else its copy in the weights), or JSON text.
+def read_header(path: PathLike, key: Key | None = None) -> str:
+    """The seal header kept in ``path``: a sealed model's (metadata, else a copy in its weights), or a ``.json`` file.
 
-    Not authenticated here: verify and recover check it with the key as they would their own.
+    With ``key``, the first candidate that authenticates (verify and recover authenticate it again).
     """
     p = Path(path)
     _require_file(p)
-    with open(p, "rb") as f:
-        lead = f.read(64).lstrip()
-    if lead.startswith(b"{"):  # the header itself, as JSON (a safetensors file starts with its header length)
-        return p.read_text(encoding="utf-8")
-    with _open_model(p) as loaded:
-        text = loaded.metadata.get(METADATA_KEY)
-        if text is None and (copies := _embed.header_copies(loaded.tensors)):
-            text = copies[0][1]
-    if text is None:
-        raise UsageError(f"'{p}' holds no ParamSeal header: give the sealed model file, or its header as JSON")
-    return text
+    try:
+        if p.suffix.lower() == ".json":
+            texts = [p.read_text(encoding="utf-8")]
+        else:
+            with _open_model(p) as loaded:
+                texts = [loaded.metadata[METADATA_KEY]] if METADATA_KEY in loaded.metadata else []
+                texts += [t for _, t in _embed.header_copies(loaded.tensors)]
+    except UnicodeDecodeError:
+        raise UsageError(f"'{p}' is not a ParamSeal header: a .json header file must be UTF-8 text") from None
+    except OSError as e:
+        raise InputError(f"cannot read '{p}': {e.strerror or e}") from e
+    if not texts:
+        raise UsageError(f"'{p}' holds no ParamSeal header: give the sealed model file, or its header as a .json file")
+    if key is None:
+        return texts[0]
+    why = ""
+    for t in texts:
+        try:
+            parse_header(t, key)
+            return t
+        except (FormatError, KeyMismatchError) as e:
+            why = str(e)
+    raise UsageError(f"'{p}' holds no ParamSeal header that authenticates with this key ({why})")
 
 
 def inspect_file(path: PathLike) -> dict[str, Any]:

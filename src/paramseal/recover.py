@@ -180,7 +180,7 @@ def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, 
             patches[t] = Patch(p.rows[good], p.new[good])
             if not good.any():
                 del patches[t]
-    all_ok = not any(b.any() for b in chk.bad)
+    all_ok = not any(b.any() for b in chk.bad) and not chk.metadata_lost  # sealed metadata known only by digest
     findings = _findings(chk, base, patches)
     status: Status = "recovered" if all_ok else "unrecoverable"
     report = Report(

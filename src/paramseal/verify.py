@@ -97,8 +97,15 @@ class Check:
             self._irs = _irs_recover.decode_check(self, ws=ws)
         return self._irs
 
+    @property
+    def metadata_lost(self) -> bool:
+        """The file's metadata differs from the sealed one, which only its digest (in the weights) records."""
+        return self.header.user_metadata is None and _META_DIFFERS in self.metadata_issues
+
     def recoverable(self) -> bool:
         """Whether every damaged block can be rebuilt (irs4: by decoding; lanes: enough surviving shards)."""
+        if self.metadata_lost:
+            return False
         if not any(b.any() for b in self.bad):
             return True
         if self.header.irs:
@@ -203,7 +210,10 @@ def check(
     return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved), picked)
 
 
-_META_DIFFERS = "the file's metadata differs from the metadata sealed (its keys cannot be compared one by one)"
+_META_DIFFERS = (
+    "the file's metadata differs from the metadata sealed (the header in the weights keeps only its digest: "
+    "it cannot be compared key by key, nor restored)"
+)
 
 
 def _usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.generic] | None, list[str]]:
@@ -323,7 +333,9 @@ NOT_SEALED_WARNING = (
 
 
 class HeaderOnlyInMetadata(NotSealedError):
-    """A sealed model too small to carry its header in its weights, read without its metadata."""
+    """A sealed model too small to carry its header in its weights, read without its metadata: not whole (exit 2)."""
+
+    exit_code = 2
 
 
 HEADER_HINT = (
