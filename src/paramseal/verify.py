@@ -340,7 +340,7 @@ class HeaderOnlyInMetadata(NotSealedError):
 
 HEADER_HINT = (
     "Pass the header of a copy of the sealed model that keeps it (--header-from FILE: the sealed .safetensors, "
-    "or its header as JSON) to verify and recover; do not seal this file again unless you approve its weights"
+    "or its header in a .json file) to verify and recover; do not seal this file again unless you approve its weights"
 )
 
 
