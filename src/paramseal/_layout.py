@@ -33,6 +33,11 @@ _MIN_BLOCKS_PER_LANE_PARITY = 16
 _TARGET_K = 30000  # data shards per lane: long codewords average damage well (8192 lost capacity)
 
 
+def block_count(numel: int) -> int:
+    """Blocks of a tensor of ``numel`` values: 64 a block, at least one (an empty tensor is authenticated too)."""
+    return max(1, -(-numel // BLOCK))
+
+
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """One tensor as the header records it."""
@@ -54,7 +59,7 @@ class TensorSpec:
     @property
     def nblocks(self) -> int:
         """Number of 64-value blocks (at least one, so empty tensors are still authenticated)."""
-        return max(1, -(-self.numel // BLOCK))
+        return block_count(self.numel)
 
     @property
     def width(self) -> int:
@@ -405,4 +410,4 @@ def ranges_mask(
     return out
 
 
-__all__ = ["MAX_SHARDS", "Layout", "TensorSpec", "build_layout", "ranges_mask", "stable_argsort_rows"]
+__all__ = ["block_count", "MAX_SHARDS", "Layout", "TensorSpec", "build_layout", "ranges_mask", "stable_argsort_rows"]

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from . import _embed, _outer, _strata
 from ._bits import uint_view
-from ._layout import TensorSpec
+from ._layout import TensorSpec, block_count
 from ._pages import Mapping, Workspace, chunks, copy_range, release
 from ._progress import Progress
 from .errors import (
@@ -624,7 +624,7 @@ def _inspect(p: Path, loaded: Loaded) -> dict[str, Any]:
         "file": str(p),
         "tensors": len(loaded.tensors),
         "parameters": dtypes,
-        "blocks": sum(max(1, -(-int(a.size) // BLOCK)) for a in loaded.tensors.values()),
+        "blocks": sum(block_count(int(a.size)) for a in loaded.tensors.values()),
         "sealed": text is not None,
     }
     if text is not None:

@@ -116,8 +116,7 @@ def capacity(dtype: str, k: int) -> Capacity:
     fmt = FLOATS.get(dtype)
     if fmt is None:
         raise UsageError(f"unknown float dtype '{dtype}'; use one of {', '.join(FLOATS)}")
-    if not 1 <= k <= fmt.mantissa - 1:
-        raise UsageError(f"k={k} is out of range for {dtype}: use 1..{fmt.mantissa - 1}")
+    bits_for(dtype, "standard", k)  # refuses a k out of the dtype's range
     a = TAG_BITS / BLOCK
     er = max(0.0, (k - a) / (fmt.bits - a))
     return Capacity(k, max_relative_change(dtype, k), er, er / 2)

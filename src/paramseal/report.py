@@ -120,10 +120,11 @@ class Report:
         """
         if self.ok:
             return
-        line = self.summary().splitlines()[0] if self.summary() else self.status
+        lines = self.summary().splitlines()
+        line = lines[0].strip() if lines else self.status
         if self.status == "tampered" and self.recoverable:
-            raise TamperedError(f"the model was tampered with (recoverable: recover it): {line.strip()}", self)
-        raise UnrecoverableError(f"the model was tampered with and cannot be fully recovered: {line.strip()}", self)
+            raise TamperedError(f"the model was tampered with (recoverable: recover it): {line}", self)
+        raise UnrecoverableError(f"the model was tampered with and cannot be fully recovered: {line}", self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the schema of ``--json``)."""

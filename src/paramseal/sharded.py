@@ -29,12 +29,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import files
+from ._layout import block_count
 from ._pages import scratch_budget
 from .errors import FormatError, ParamSealError, UsageError, cannot_write, io_failure
 from .formats import safetensors as st_format
 from .header import METADATA_KEY, SET_KEY, peek_header
 from .keys import Key
-from .levels import BLOCK
 from .report import Report, Status, TensorFinding
 
 INDEX = "model.safetensors.index.json"
@@ -243,7 +243,7 @@ def float_widths(folder: Path, shards: list[str]) -> set[tuple[str, int]]:
 
 def _blocks(shard: Path) -> int:
     """Blocks of a shard, from its header alone."""
-    return sum(max(1, -(-math.prod(e.shape) // BLOCK)) for e in st_format.read_layout(shard).entries)
+    return sum(block_count(math.prod(e.shape)) for e in st_format.read_layout(shard).entries)
 
 
 def recover_dir(
