@@ -527,3 +527,43 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path, model_file
         os.close(w)
     assert proc.returncode == 141, proc.stderr
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors", ".pt", ".npz", ".onnx"])
+def test_a_key_file_given_as_the_model_is_named_and_never_quoted(
+    tmp_path: Path, sealed_file: Path, key_file: Path, suffix: str
+) -> None:
+    """A format's error would quote the file's first bytes (or their value): the key's first digits."""
+    slip = tmp_path / f"key{suffix}"
+    slip.write_bytes(key_file.read_bytes())
+    secret = key_file.read_text().strip()
+    for argv in (["verify", slip, "--key", key_file], ["verify", sealed_file, "--key", key_file, "--header-from", slip],
+                 ["seal", slip, tmp_path / f"o{suffix}", "--key", key_file], ["inspect", slip]):  # fmt: skip
+        rc, so, se = run(argv)
+        assert rc == 3 and "looks like a ParamSeal key file" in se, (argv, se)
+        assert not any(secret[i : i + 6] in so + se for i in range(0, 59)), "a piece of the key was printed"
+        little = str(int.from_bytes(secret[:8].encode(), "little"))
+        assert little not in so + se and not (tmp_path / f"o{suffix}").exists()
+
+
+def test_a_name_that_cannot_be_encoded_is_printed_escaped(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
+    """A metadata key with a lone surrogate (valid JSON escape) is reported, not a UnicodeEncodeError traceback."""
+    import subprocess
+    import sys
+
+    raw = sealed_file.read_bytes()
+    h, data = helpers.st_parts(raw)
+    h["__metadata__"]["\udc80"] = "x"
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(helpers.st_build(h, data))
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from paramseal.cli import main; sys.exit(main())"]
+        + ["verify", str(bad), "--key", str(key_file)],
+        capture_output=True,
+        text=True,
+        errors="replace",
+        timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    assert proc.returncode in (1, 2), proc.stderr
+    assert "Traceback" not in proc.stderr and "\\udc80" in proc.stdout

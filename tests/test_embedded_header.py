@@ -13,7 +13,8 @@ import pytest
 import paramseal
 from paramseal import _embed, files
 from paramseal.errors import KeyMismatchError, NotSealedError
-from paramseal.header import parse_header
+from paramseal.header import HeaderAuthError, parse_header
+from paramseal.levels import TAG_BITS
 from paramseal.verify import header_from_weights
 
 META = {"author": "tests", "license": "apache-2.0"}
@@ -36,6 +37,12 @@ def big() -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def sealed_big(big: dict[str, np.ndarray], key: paramseal.Key) -> paramseal.SealedModel:
     return paramseal.seal(big, key, metadata=META)
+
+
+@pytest.fixture(scope="module")
+def sealed_bare(big: dict[str, np.ndarray], key: paramseal.Key) -> paramseal.SealedModel:
+    """Sealed with no user metadata: a file without metadata has lost nothing but the header's metadata copy."""
+    return paramseal.seal(big, key)
 
 
 def test_the_weights_carry_an_authentic_copy_of_the_header(
@@ -71,15 +78,56 @@ def _stripped(tmp_path: Path, sealed: paramseal.SealedModel, name: str = "stripp
 
 
 def test_a_file_whose_metadata_was_stripped_still_verifies(
-    tmp_path: Path, sealed_big: paramseal.SealedModel, key_file: Path
+    tmp_path: Path, sealed_bare: paramseal.SealedModel, key_file: Path
 ) -> None:
-    p = _stripped(tmp_path, sealed_big)
+    p = _stripped(tmp_path, sealed_bare)  # no user metadata was sealed: only the header's copy is gone
     rc, out, err = helpers.run_cli(["verify", p, "--key", key_file, "--json"])
     assert rc == 0, (out, err)
     rep = json.loads(out)
     assert rep["status"] == "intact" and rep["tampered_tensors"] == []
     assert any("read from the weights" in n for n in rep["notes"])
-    assert any("stripped" in n for n in rep["notes"])  # the sealed metadata is gone, and we say so
+
+
+def test_stripped_user_metadata_is_tampering_restored_only_from_a_kept_header(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key, key_file: Path
+) -> None:
+    """safetensors keeps metadata: a file with none lost what was sealed, which the weights know only by digest."""
+    p = _stripped(tmp_path, sealed_big)
+    rc, out, err = helpers.run_cli(["verify", p, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 2 and rep["status"] == "tampered" and not rep["recoverable"] and rep["tampered_tensors"] == []
+    assert "metadata was stripped" in rep["metadata_issues"][0] and "--header-from" in rep["metadata_issues"][0]
+    rc, _, _ = helpers.run_cli(["recover", p, tmp_path / "r.safetensors", "--key", key_file])
+    assert rc == 2 and not (tmp_path / "r.safetensors").exists()
+    kept = helpers.write_st(
+        tmp_path / "kept.safetensors", sealed_big.tensors, {**META, "paramseal": sealed_big.header_json}
+    )
+    rc, _, _ = helpers.run_cli(["verify", p, "--key", key_file, "--header-from", kept])
+    assert rc == 1  # tampered, and recoverable: the kept header holds the metadata itself
+    rc, _, _ = helpers.run_cli(["recover", p, tmp_path / "r.safetensors", "--key", key_file, "--header-from", kept])
+    assert rc == 0 and helpers.read_st(tmp_path / "r.safetensors")[1] == {**META, "paramseal": sealed_big.header_json}
+    # a format without metadata (.pt) cannot have kept it: the weights verify, and the report says what was not
+    torch = pytest.importorskip("torch")
+    torch.save({n: torch.from_numpy(np.array(a)) for n, a in sealed_big.tensors.items() if a.dtype != helpers.BF16}
+               | {n: torch.from_numpy(np.array(a).view(np.int16)).view(torch.bfloat16)
+                  for n, a in sealed_big.tensors.items() if a.dtype == helpers.BF16}, tmp_path / "m.pt")  # fmt: skip
+    rep = files.verify_file(tmp_path / "m.pt", key)
+    assert rep.status == "intact" and any("carries no metadata" in n for n in rep.notes), rep.notes
+
+
+def test_a_removed_or_cut_down_header_entry_is_an_edit_that_recover_undoes(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    """The user metadata is still there, so this is no conversion: the header entry was edited away."""
+    cut = header_from_weights(sealed_big.tensors, key)  # authentic, but the form without the user metadata
+    for name, meta in (("removed", META), ("cut", {**META, "paramseal": cut})):
+        p = helpers.write_st(tmp_path / f"{name}.safetensors", sealed_big.tensors, meta)
+        rep = files.verify_file(p, key)
+        assert rep.status == "tampered" and rep.exit_code == 1 and rep.tampered_tensors == [], name
+        assert ("removed from" if name == "removed" else "cut down") in rep.metadata_issues[0]
+        res = files.recover_file(p, tmp_path / f"{name}.out.safetensors", key)
+        assert res.report.status == "recovered"
+        assert helpers.read_st(tmp_path / f"{name}.out.safetensors")[1] == {**META, "paramseal": sealed_big.header_json}
 
 
 def test_other_metadata_on_a_stripped_header_is_reported(
@@ -89,11 +137,12 @@ def test_other_metadata_on_a_stripped_header_is_reported(
     rep = files.verify_file(p, key)
     # only a digest of the sealed metadata is in the weights: the edit is found but cannot be undone
     assert rep.status == "tampered" and rep.exit_code == 2 and not rep.recoverable
-    assert rep.metadata_issues and "differs" in rep.metadata_issues[0] and "nor restored" in rep.metadata_issues[0]
+    assert any("differs" in m and "nor restored" in m for m in rep.metadata_issues), rep.metadata_issues
     res = files.recover_file(p, tmp_path / "r.safetensors", key)
     assert res.report.status == "unrecoverable" and res.path is None and not (tmp_path / "r.safetensors").exists()
-    ok = helpers.write_st(tmp_path / "same.safetensors", sealed_big.tensors, META)
-    assert files.verify_file(ok, key).status == "intact"
+    same = helpers.write_st(tmp_path / "same.safetensors", sealed_big.tensors, META)
+    rep = files.verify_file(same, key)  # the sealed metadata without the header entry: only that edit is found
+    assert rep.exit_code == 1 and rep.recoverable and len(rep.metadata_issues) == 1
 
 
 def test_a_model_converted_by_another_tool_verifies_through_the_api(
@@ -106,20 +155,20 @@ def test_a_model_converted_by_another_tool_verifies_through_the_api(
 
 
 def test_renamed_tensors_are_matched_by_identity_and_named(
-    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key, key_file: Path
+    tmp_path: Path, sealed_bare: paramseal.SealedModel, key: paramseal.Key, key_file: Path
 ) -> None:
-    renamed = {f"model.{n}": a for n, a in sealed_big.tensors.items()}
+    renamed = {f"model.{n}": a for n, a in sealed_bare.tensors.items()}
     p = helpers.write_st(tmp_path / "renamed.safetensors", renamed)
     rep = files.verify_file(p, key)
     assert rep.status == "tampered" and rep.recoverable and rep.extra_tensors == ()
-    for name in sealed_big.tensors:
+    for name in sealed_bare.tensors:
         assert rep.tensors[name].issues == (f"renamed to 'model.{name}'",), name
         assert rep.tensors[name].tampered_blocks == ()
     out = tmp_path / "back.safetensors"
     rc, _, err = helpers.run_cli(["recover", p, out, "--key", key_file])
     assert rc == 0, err
     got, meta = helpers.read_st(out)
-    helpers.assert_model_equal(got, sealed_big.tensors)  # sealed names and bytes back
+    helpers.assert_model_equal(got, sealed_bare.tensors)  # sealed names and bytes back
     assert "paramseal" not in meta  # the header stays in the weights, as in the input
 
 
@@ -140,9 +189,9 @@ def test_identity_matching_does_not_try_every_pair(
 
 
 def test_a_swap_is_still_tampering_without_metadata(
-    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key
+    tmp_path: Path, sealed_bare: paramseal.SealedModel, key: paramseal.Key
 ) -> None:
-    p = helpers.write_st(tmp_path / "swap.safetensors", _swap(sealed_big.tensors, "fc.weight", "emb.weight"))
+    p = helpers.write_st(tmp_path / "swap.safetensors", _swap(sealed_bare.tensors, "fc.weight", "emb.weight"))
     rep = files.verify_file(p, key)
     assert rep.status == "tampered" and rep.recoverable
     assert rep.tensors["fc.weight"].issues == ("swapped: its data was found under 'emb.weight'",)
@@ -160,12 +209,12 @@ def _swap(t: dict[str, np.ndarray], a: str, b: str) -> dict[str, np.ndarray]:
 
 
 def test_a_tampered_header_copy_falls_back_to_the_other_and_is_recovered(
-    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key
+    tmp_path: Path, sealed_bare: paramseal.SealedModel, key: paramseal.Key
 ) -> None:
-    h = sealed_big.header
+    h = sealed_bare.header
     carrier = h.tensors[h.carriers[0]]
     # flip a bit in the copy's storage: value 64*1+10 sits in block 1, inside the reserved region
-    t = helpers.flip_bit(sealed_big.tensors, carrier.name, 64 + 10, 0)
+    t = helpers.flip_bit(sealed_bare.tensors, carrier.name, 64 + 10, 0)
     assert carrier.reserved > 1
     p = helpers.write_st(tmp_path / "t.safetensors", t)
     rep = files.verify_file(p, key)
@@ -174,7 +223,7 @@ def test_a_tampered_header_copy_falls_back_to_the_other_and_is_recovered(
     assert res.report.status == "recovered"
     assert res.report.tensors[carrier.name].restored_indices == (64 + 10,)
     got, _ = helpers.read_st(tmp_path / "fixed.safetensors")
-    helpers.assert_model_equal(got, sealed_big.tensors)
+    helpers.assert_model_equal(got, sealed_bare.tensors)
 
 
 def test_destroyed_record_blocks_are_rebuilt_bit_exactly(sealed_big: paramseal.SealedModel, key: paramseal.Key) -> None:
@@ -221,18 +270,18 @@ def _break_copies(sealed: paramseal.SealedModel) -> dict[str, np.ndarray]:
 
 
 def test_copies_destroyed_in_the_weights_are_tampering_not_an_unsealed_model(
-    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key, key_file: Path
+    tmp_path: Path, sealed_bare: paramseal.SealedModel, key: paramseal.Key, key_file: Path
 ) -> None:
-    p = helpers.write_st(tmp_path / "t.safetensors", _break_copies(sealed_big))  # no metadata: the weights only
+    p = helpers.write_st(tmp_path / "t.safetensors", _break_copies(sealed_bare))  # no metadata: the weights only
     assert _embed.header_copies(helpers.read_st(p)[0]) == []
     rc, _, err = helpers.run_cli(["verify", p, "--key", key_file])
     assert rc == 2 and "no copy of its header in the weights is intact" in err and "--header-from" in err
     rc, _, err = helpers.run_cli(["seal", p, tmp_path / "again.safetensors", "--key", key_file])
     assert rc == 3 and "already sealed" in err  # no laundering by sealing it anew
     # with the header kept elsewhere (the sealed file, or its header as JSON) it verifies and recovers
-    header = {"paramseal": sealed_big.header_json}
-    original = helpers.write_st(tmp_path / "orig.safetensors", sealed_big.tensors, header)
-    (tmp_path / "h.json").write_text(sealed_big.header_json)
+    header = {"paramseal": sealed_bare.header_json}
+    original = helpers.write_st(tmp_path / "orig.safetensors", sealed_bare.tensors, header)
+    (tmp_path / "h.json").write_text(sealed_bare.header_json)
     for source in (original, tmp_path / "h.json"):
         rc, out, err = helpers.run_cli(["verify", p, "--key", key_file, "--header-from", source])
         assert rc == 1 and "tampered" in out, err
@@ -240,7 +289,7 @@ def test_copies_destroyed_in_the_weights_are_tampering_not_an_unsealed_model(
     rc, _, _ = helpers.run_cli(["recover", p, fixed, "--key", key_file, "--header-from", original])
     assert rc == 0
     got, meta = helpers.read_st(fixed)
-    helpers.assert_model_equal(got, sealed_big.tensors)  # the copies in the weights are rebuilt too
+    helpers.assert_model_equal(got, sealed_bare.tensors)  # the copies in the weights are rebuilt too
     assert files.verify_file(helpers.write_st(tmp_path / "fs.safetensors", got), key).ok  # from the weights alone
     rc, _, err = helpers.run_cli(["verify", p, "--key", key_file, "--header-from", tmp_path / "t.safetensors"])
     assert rc == 3 and "holds no ParamSeal header" in err
@@ -332,3 +381,39 @@ def test_an_edited_scheme_in_the_metadata_header_falls_back_too(
     p = helpers.write_st(tmp_path / "m.safetensors", sealed_big.tensors, {**META, "paramseal": json.dumps(body)})
     rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file])
     assert rc == 1 and "was edited or replaced" in out
+
+
+def _text_value(i: int) -> int:
+    """The value whose low byte holds character ``i`` of a carrier's header copy (fp32 at k = 8: a byte a value)."""
+    q = _embed.RECORD_BYTES + i  # storage byte q, after each block's tag bytes
+    per = _embed.block_bytes(8)
+    return (q // per) * 64 + TAG_BITS // 8 + q % per
+
+
+def test_a_flip_in_each_header_copy_is_survived_by_mixing_the_two(
+    tmp_path: Path, sealed_bare: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    """The copies have no parity: a flip in each left neither authentic, and a .pt model unverifiable."""
+    h = sealed_bare.header
+    a, b = (h.tensors[c].name for c in h.carriers)
+    text = dict(_embed.header_copies(sealed_bare.tensors))[a]
+    fp = text.index(h.key_fingerprint)
+    # copy a: its key fingerprint and salt (it then claims another key); copy b: the salt elsewhere
+    salt = text.index(h.salt.hex())
+    t = helpers.flip_bit(sealed_bare.tensors, a, _text_value(fp + 3), 0)
+    t = helpers.flip_bit(t, a, _text_value(salt + 2), 0)
+    t = helpers.flip_bit(t, b, _text_value(salt + 5), 1)
+    copies = dict(_embed.header_copies(t))
+    assert copies[a] != text and copies[b] != text
+    with pytest.raises(KeyMismatchError):
+        parse_header(copies[a], key)
+    assert header_from_weights(t, key) == text
+    p = helpers.write_st(tmp_path / "t.safetensors", t)
+    res = files.recover_file(p, tmp_path / "fixed.safetensors", key)
+    assert res.report.status == "recovered"
+    helpers.assert_model_equal(helpers.read_st(tmp_path / "fixed.safetensors")[0], sealed_bare.tensors)
+    # the same bit hit in both copies leaves nothing to mix: damaged copies (exit 2), never "another key"
+    same = helpers.flip_bit(helpers.flip_bit(sealed_bare.tensors, a, _text_value(fp + 3), 0), b, _text_value(fp + 3), 0)
+    with pytest.raises(HeaderAuthError) as ei:
+        header_from_weights(same, key)
+    assert ei.value.exit_code == 2 and "--header-from" in str(ei.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import io
+import json
 import os
 import pickle
 import sys
@@ -130,6 +131,28 @@ def test_training_checkpoint_wrappers_are_unwrapped(tmp_path: Path, wrapper: str
     got = adapter_for(p).read(p)
     helpers.assert_model_equal(got.tensors, {k: v.numpy() for k, v in sd.items()})
     assert list(got.tensors) == list(sd)
+    assert got.others == ("epoch", "optimizer")
+
+
+@pytest.mark.parametrize("wrapper", ["state_dict", "model", "module"])
+def test_a_sealed_state_dict_wrapped_with_other_entries_is_tampered(
+    tmp_path: Path, key: paramseal.Key, key_file: Path, wrapper: str
+) -> None:
+    """A loader may prefer a sibling (timm's use_ema reads 'state_dict_ema'): the seal must not vouch for the file."""
+    src, sealed = tmp_path / "m.pt", tmp_path / "s.pt"
+    g = torch.Generator().manual_seed(0)
+    torch.save({"fc.weight": torch.randn(300, 200, generator=g), "fc.bias": torch.randn(300, generator=g)}, src)
+    files.seal_file(src, sealed, key)
+    sd = torch.load(sealed, weights_only=True)
+    wrapped = tmp_path / "w.pt"
+    torch.save({wrapper: sd, f"{wrapper}_ema": {k: torch.zeros_like(v) for k, v in sd.items()}, "epoch": 3}, wrapped)
+    rc, out, _ = helpers.run_cli(["verify", wrapped, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 1 and rep["status"] == "tampered" and rep["tampered_tensors"] == []
+    assert f"'{wrapper}_ema', 'epoch'" in rep["metadata_issues"][0]
+    rc, _, _ = helpers.run_cli(["recover", wrapped, tmp_path / "r.pt", "--key", key_file])
+    assert rc == 0 and files.verify_file(tmp_path / "r.pt", key).status == "intact"
+    assert list(torch.load(tmp_path / "r.pt", weights_only=True)) == list(sd)  # the sealed weights alone
 
 
 @pytest.mark.parametrize(

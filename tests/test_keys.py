@@ -93,6 +93,26 @@ def test_write_key_overwrite_makes_an_existing_readable_file_owner_only(tmp_path
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, "a key file must never stay world-readable"
 
 
+def test_write_key_overwrite_never_follows_a_symbolic_link(tmp_path: Path, key: paramseal.Key) -> None:
+    target = tmp_path / "notes.txt"
+    target.write_text("not a key")
+    target.chmod(0o644)
+    link = tmp_path / "link.key"
+    link.symlink_to(target)
+    with pytest.raises(UsageError, match="symbolic link"):
+        paramseal.write_key(link, key, overwrite=True)
+    assert target.read_text() == "not a key" and stat.S_IMODE(target.stat().st_mode) == 0o644
+    rc, _, err = helpers.run_cli(["keygen", link, "--force"])
+    assert rc == 3 and "symbolic link" in err and target.read_text() == "not a key"
+
+
+def test_a_key_file_others_can_read_is_warned_about(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
+    assert helpers.run_cli(["verify", sealed_file, "--key", key_file])[2] == ""  # keygen writes it 0600
+    key_file.chmod(0o644)
+    rc, _, err = helpers.run_cli(["verify", sealed_file, "--key", key_file])
+    assert rc == 0 and "readable by other users (mode 644)" in err and "chmod 600" in err
+
+
 def test_load_key_missing_file_names_it_and_suggests_keygen(tmp_path: Path) -> None:
     p = tmp_path / "nope.key"
     with pytest.raises(KeyFileError) as ei:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +53,25 @@ def _overlap(h: dict) -> None:
     h[b]["data_offsets"] = [s - 8, e - 8]
 
 
+def _text(fn: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """Edit the header's JSON text itself (what a dict cannot express: a key twice, a BOM)."""
+
+    def make(raw: bytes) -> bytes:
+        n = struct.unpack("<Q", raw[:8])[0]
+        h = fn(raw[8 : 8 + n].rstrip(b" "))
+        h += b" " * (-len(h) % 8)
+        return struct.pack("<Q", len(h)) + h + raw[8 + n :]
+
+    return make
+
+
+def _twice(h: bytes) -> bytes:  # the first tensor's entry again, pointing at zeros: the last one would win in json
+    d = json.loads(h)
+    name = _first_tensor(d)
+    dup = json.dumps({name: {**d[name], "data_offsets": d[_second_tensor(d)]["data_offsets"]}})[1:-1]
+    return h[:1] + dup.encode() + b"," + h[1:]
+
+
 MALFORMED: dict[str, Callable[[bytes], bytes]] = {
     "truncated": lambda raw: raw[: len(raw) // 2],
     "truncated_by_one_byte": lambda raw: raw[:-1],
@@ -78,6 +98,16 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
     "non_string_metadata": _with(lambda h: h["__metadata__"].update(n=5)),
     "metadata_not_an_object": _with(lambda h: h.update(__metadata__=["a"])),
     "trailing_garbage": lambda raw: raw + b"\0" * 16,
+    # read otherwise by Python's json than by the safetensors library, which refuses them
+    "tensor_key_twice": _text(_twice),
+    "utf8_bom": _text(lambda h: b"\xef\xbb\xbf" + h),
+    "utf16_header": _text(lambda h: h.decode().encode("utf-16-le")),
+    "metadata_false": _with(lambda h: h.update(__metadata__=False)),
+    "metadata_null": _with(lambda h: h.update(__metadata__=None)),
+    "boolean_offset": _with(
+        lambda h: h[_first_tensor(h)].update(data_offsets=[False, h[_first_tensor(h)]["data_offsets"][1]])
+    ),
+    "boolean_dimension": _with(lambda h: h[_first_tensor(h)].update(shape=[True, *h[_first_tensor(h)]["shape"]])),
 }
 
 

@@ -35,6 +35,7 @@ _RECORD = struct.Struct("<4sII8sI")
 RECORD_BYTES = _RECORD.size
 CARRIERS = 2
 COPY_BUDGET = 0.02  # at most this fraction of the float blocks holds header copies
+MERGE_BYTES = 12  # two damaged copies differing in up to this many bytes are merged (2^12 candidates at most)
 
 
 def block_bytes(k: int) -> int:
@@ -217,6 +218,46 @@ def header_copies(tensors: Mapping[str, NDArray[np.generic]]) -> list[tuple[str,
     return out
 
 
+def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
+    """Header texts mixed from two damaged copies: at each byte where they differ, either one's byte.
+
+    The copies have no parity of their own, so a flip in each leaves neither authentic; but unless
+    both were hit at the same byte, one mix is the header. A copy whose record was hit is read at
+    the k and length the other's record gives, from the largest float tensors (where carriers are).
+    """
+    floats = [n for n in tensors if _float(np.asarray(tensors[n]))]
+    big = sorted(floats, key=lambda n: -int(np.asarray(tensors[n]).size))[: 2 * CARRIERS]
+    recs = [f for n in big if (f := scan(np.asarray(tensors[n]))) is not None and f.header]
+    shapes = {(f.k, len(f.header)) for f in recs}
+    for k, hlen in sorted(shapes):
+        raw = [c for n in big if (c := _copy_bytes(np.asarray(tensors[n]), k, hlen)) is not None]
+        for i in range(len(raw)):
+            for j in range(i + 1, len(raw)):
+                a, b = np.frombuffer(raw[i], np.uint8), np.frombuffer(raw[j], np.uint8)
+                diff = np.flatnonzero(a != b)
+                if not 0 < diff.size <= MERGE_BYTES:
+                    continue
+                for mask in range(1 << diff.size):
+                    pick = diff[[(mask >> q) & 1 == 1 for q in range(diff.size)]]
+                    mix = a.copy()
+                    mix[pick] = b[pick]
+                    try:
+                        yield mix.tobytes().decode("utf-8")
+                    except UnicodeDecodeError:
+                        continue
+
+
+def _copy_bytes(a: NDArray[np.generic], k: int, hlen: int) -> bytes | None:
+    """The ``hlen`` header bytes a carrier sealed at ``k`` would hold (whatever its record says)."""
+    if _bits.uint_view(a).dtype.itemsize * 8 <= k or block_bytes(k) <= 0:
+        return None
+    flat = _bits.uint_view(a)
+    nb = blocks_needed(k, RECORD_BYTES + hlen)
+    if flat.size < nb * BLOCK:
+        return None
+    return _storage(flat[: nb * BLOCK].reshape(nb, BLOCK), k)[RECORD_BYTES : RECORD_BYTES + hlen]
+
+
 __all__ = [
     "CARRIERS",
     "MAGIC",
@@ -226,6 +267,7 @@ __all__ = [
     "block_bytes",
     "blocks_needed",
     "header_copies",
+    "merged_copies",
     "sealed_traces",
     "plan",
     "read_record",

@@ -7,6 +7,7 @@ not fully recoverable, 3 usage error, bad file or wrong key.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -16,7 +17,7 @@ from typing import NoReturn
 
 from . import __version__, _cli_eval, files, sharded
 from .errors import ParamSealError, UsageError
-from .keys import Key, load_key, write_key
+from .keys import Key, exposed_to_others, load_key, write_key
 from .levels import FLOATS, LEVELS, max_relative_change
 
 
@@ -124,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (callable from tests)."""
     args = _parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a name from the file may hold a lone surrogate: print it escaped
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     try:
         code = _run(args)
         sys.stdout.flush()  # here, so a reader that left is met below and not at interpreter exit
@@ -149,7 +153,7 @@ def _run(args: argparse.Namespace) -> int:
             names = sharded.seal_dir(
                 Path(args.input),
                 Path(args.output),
-                load_key(args.key),
+                _load_key(args.key),
                 level=args.level,
                 bits=args.bits,
                 code=args.code,
@@ -162,7 +166,7 @@ def _run(args: argparse.Namespace) -> int:
             sealed = files.seal_file(
                 args.input,
                 args.output,
-                load_key(args.key),
+                _load_key(args.key),
                 level=args.level,
                 bits=args.bits,
                 in_place=args.in_place,
@@ -178,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
             _warn_bits(ks)
             return 0
         case "verify":
-            key = load_key(args.key)
+            key = _load_key(args.key)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
                 rep = sharded.verify_dir(Path(args.input), key, tensors=args.tensors)
@@ -203,7 +207,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"FAIL: {args.input} was tampered with ({how})\n{rep.summary()}")
             return rep.exit_code
         case "recover":
-            key = load_key(args.key)
+            key = _load_key(args.key)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
                 rep, _ = sharded.recover_dir(Path(args.input), Path(args.output), key, allow_partial=args.allow_partial)
@@ -244,6 +248,16 @@ def _run(args: argparse.Namespace) -> int:
         case "attack" | "eval":
             return _cli_eval.run(args)
     raise AssertionError(args.cmd)  # argparse rejects unknown commands
+
+
+def _load_key(path: str | None) -> Key:
+    key = load_key(path)
+    if path is not None and (mode := exposed_to_others(Path(path))) is not None:
+        print(
+            f"warning: key file '{path}' is readable by other users (mode {mode:o}); run 'chmod 600 {path}'",
+            file=sys.stderr,
+        )
+    return key
 
 
 def _warn_bits(widths: Iterable[tuple[str, int]]) -> None:

@@ -40,7 +40,7 @@ from .errors import (
 from .formats import Loaded, adapter_for
 from .formats import safetensors as st_format
 from .header import METADATA_KEY, SET_KEY, Header, metadata_digest, parse_header, peek_header
-from .keys import Key, require_key
+from .keys import Key, looks_like_key_file, require_key
 from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP, bits_for, capacity, dtype_name
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
 from .report import Report
@@ -158,6 +158,8 @@ def _require_file(p: Path) -> None:
         )
     if not p.is_file():
         raise UsageError(f"input '{p}' does not exist or is not a file")
+    if looks_like_key_file(p):  # caught here, before a format's error could quote its first bytes
+        raise UsageError(f"'{p}' looks like a ParamSeal key file, not a model: pass the key with --key (key=)")
 
 
 def write_model(path: PathLike, loaded: Loaded, fmt: str | None = None) -> None:
@@ -190,6 +192,19 @@ def _split_header(
     weights does was edited: the copy is used, and the edit is reported as tampering. (An authentic
     header of another seal in the metadata is kept: the weights then fail against it, as a replay should.)
     """
+    text, meta, embedded, issues = _find_header(loaded, path, key, header)
+    if loaded.others:  # a sealed file is the model alone: a loader could read these instead
+        shown = ", ".join(repr(n) for n in loaded.others[:8]) + (", ..." if len(loaded.others) > 8 else "")
+        issues.append(
+            f"the file holds {len(loaded.others)} entries besides the sealed weights ({shown}); a loader may read "
+            "them instead of the sealed ones (recover writes the sealed weights alone)"
+        )
+    return text, meta, embedded, issues
+
+
+def _find_header(
+    loaded: Loaded, path: Path, key: Key, header: str | None
+) -> tuple[str, dict[str, str], bool, list[str]]:
     meta = dict(loaded.metadata)
     text = meta.pop(METADATA_KEY, None)
     if header is not None:
@@ -197,7 +212,7 @@ def _split_header(
         return header, meta, False, issues
     if text is None:
         try:
-            return header_from_weights(loaded.tensors, key), meta, True, []
+            copy = header_from_weights(loaded.tensors, key)
         except HeaderOnlyInMetadata as e:
             raise HeaderOnlyInMetadata(f"'{path}': {e}") from None
         except NotSealedError:
@@ -205,8 +220,17 @@ def _split_header(
                 f"'{path}' carries no ParamSeal header, in its metadata or in its weights; seal it first with "
                 f"'paramseal seal' if it never was. {NOT_SEALED_WARNING}"
             ) from None
+        if not meta:  # no metadata at all: a conversion or a re-save (check judges what was lost)
+            return copy, meta, True, []
+        # the user's metadata is there but the header entry is not: removed, and restored by recover
+        return (
+            _restored(copy, meta, key),
+            meta,
+            False,
+            [f"the ParamSeal header was removed from the file's metadata; {_USED}"],
+        )
     try:
-        parse_header(text, key)
+        h = parse_header(text, key)
     except (FormatError, KeyMismatchError) as e:  # edited, or another key's: is the copy in the weights intact?
         try:
             copy = header_from_weights(loaded.tensors, key)
@@ -214,6 +238,9 @@ def _split_header(
             raise e from None
         edited = f"the ParamSeal header in the file's metadata was edited or replaced ({e}); {_USED}"
         return _restored(copy, meta, key), meta, False, [edited]
+    if h.user_metadata is None:  # the weights' form, which seal never writes into the metadata: cut down
+        cut = "the ParamSeal header in the file's metadata was cut down to the form kept in the weights"
+        return _restored(text, meta, key), meta, False, [cut]
     return text, meta, False, []
 
 
@@ -358,7 +385,8 @@ def verify_file(
         prog = Progress("verify", len(loaded.tensors), enabled=progress)
         with _about(p):
             text, meta, _, issues = _split_header(loaded, p, key, header)
-            chk = check(loaded.tensors, key, text, metadata=meta, progress=prog, select=tensors)
+            kept = adapter_for(p).keeps_metadata
+            chk = check(loaded.tensors, key, text, metadata=meta, progress=prog, select=tensors, metadata_kept=kept)
             chk.metadata_issues[:0] = issues
             rep = report_of(chk)
     prog.done()
@@ -397,7 +425,8 @@ def recover_file(
             try:
                 with _about(s):
                     text, meta, embedded, issues = _split_header(loaded, s, key, header)
-                    chk = check(loaded.tensors, key, text, metadata=meta, progress=prog)
+                    kept = adapter_for(s).keeps_metadata
+                    chk = check(loaded.tensors, key, text, metadata=meta, progress=prog, metadata_kept=kept)
                     chk.metadata_issues[:0] = issues
                     rec = plan_recovery(chk, ws)
             finally:

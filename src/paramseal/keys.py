@@ -72,10 +72,14 @@ def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False
     p = Path(path)
     if p.exists() and not overwrite:
         raise UsageError(f"cannot write key to '{p}' because it exists; choose another path")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if overwrite else os.O_EXCL)
+    # O_NOFOLLOW: overwriting through a link would write the key into (and chmod) whatever it points at
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | (0 if overwrite else os.O_EXCL)
     try:
         fd = os.open(p, flags, stat.S_IRUSR | stat.S_IWUSR)
     except OSError as e:
+        if p.is_symlink():
+            why = "it is a symbolic link; remove it or choose another path"
+            raise UsageError(f"cannot write key to '{p}': {why}") from None
         raise UsageError(f"cannot write key to '{p}': {e.strerror}") from None
     os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)  # also when overwriting a file that was readable by others
     with os.fdopen(fd, "w") as f:
@@ -108,6 +112,26 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
     return Key.from_text(text, source=f"key file '{p}'")
 
 
+def exposed_to_others(path: Path) -> int | None:
+    """The permission bits of a key file that its group or others may read, else None."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
+    return mode if mode & (stat.S_IRGRP | stat.S_IROTH) else None
+
+
+def looks_like_key_file(path: Path) -> bool:
+    """Whether ``path`` holds what `write_key` writes (64 hex digits), so that it is never read as a model."""
+    try:
+        if path.stat().st_size > 4 * KEY_BYTES:
+            return False
+        t = path.read_bytes().strip()
+    except OSError:
+        return False
+    return len(t) == 2 * KEY_BYTES and all(c in b"0123456789abcdefABCDEF" for c in t)
+
+
 def require_key(key: object) -> Key:
     """``key`` if it is a `Key`; else a clear error (a path or the hex text is a common slip)."""
     if not isinstance(key, Key):
@@ -118,4 +142,4 @@ def require_key(key: object) -> Key:
     return key
 
 
-__all__ = ["ENV_VAR", "Key", "load_key", "require_key", "write_key"]
+__all__ = ["ENV_VAR", "Key", "exposed_to_others", "load_key", "looks_like_key_file", "require_key", "write_key"]

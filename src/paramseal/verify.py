@@ -8,6 +8,7 @@ reshaped, retyped, swapped and extra tensors are all named.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,7 @@ from ._layout import Layout, TensorSpec, build_layout
 from ._mac import BlockMac
 from ._pages import chunks, release
 from ._progress import Progress
-from .errors import KeyMismatchError, NotSealedError, UnsupportedError, UsageError
+from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError, UnsupportedError, UsageError
 from .header import Header, HeaderAuthError, metadata_digest, parse_header
 from .keys import Key, require_key
 from .levels import dtype_name
@@ -100,7 +101,8 @@ class Check:
     @property
     def metadata_lost(self) -> bool:
         """The file's metadata differs from the sealed one, which only its digest (in the weights) records."""
-        return self.header.user_metadata is None and _META_DIFFERS in self.metadata_issues
+        lost = (_META_DIFFERS, META_STRIPPED)
+        return self.header.user_metadata is None and any(m in self.metadata_issues for m in lost)
 
     def recoverable(self) -> bool:
         """Whether every damaged block can be rebuilt (irs4: by decoding; lanes: enough surviving shards)."""
@@ -149,11 +151,13 @@ def check(
     metadata: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     select: str | None = None,
+    metadata_kept: bool = False,
 ) -> Check:
     """Run every check and keep the intermediate state (used by verify and recover).
 
     ``select`` is a glob pattern over tensor names: only matching tensors are checked
-    (partial verification; the others' data is not read).
+    (partial verification; the others' data is not read). ``metadata_kept``: the model came from
+    a format that stores metadata, so empty ``metadata`` where some was sealed was stripped.
     """
     require_key(key)
     if not isinstance(header_json, str):
@@ -197,12 +201,15 @@ def check(
         notes.append(f"partial verification: {n} of {len(specs)} tensors match '{select}'; only they were checked")
     if header.user_metadata is None:  # read from the weights: only the metadata's digest is known
         notes.append("the seal header was read from the weights (the file carries none in its metadata)")
+        meta = []
         if metadata:
             meta = [] if metadata_digest(dict(metadata)) == header.digest else [_META_DIFFERS]
-        else:
-            meta = []
-            if header.digest != metadata_digest({}):
-                notes.append("the file's metadata was stripped; the weights were checked, the metadata could not be")
+        elif header.digest == metadata_digest({}):
+            pass  # none was sealed: nothing is missing
+        elif metadata_kept:  # the format stores metadata: this file lost what was sealed
+            meta = [META_STRIPPED]
+        else:  # a format with no room for it (.pt, .npy), or metadata not given
+            notes.append("the model carries no metadata; the weights were checked, the sealed metadata could not be")
     else:
         meta = _metadata_issues(header.user_metadata, metadata) if metadata is not None else []
     given = None if metadata is None else dict(metadata)
@@ -210,6 +217,10 @@ def check(
     return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved), picked)
 
 
+META_STRIPPED = (
+    "the file's metadata was stripped, and the sealed metadata with it (the header in the weights keeps only its "
+    "digest: it cannot be restored; --header-from a kept copy of the sealed model restores it)"
+)
 _META_DIFFERS = (
     "the file's metadata differs from the metadata sealed (the header in the weights keeps only its digest: "
     "it cannot be compared key by key, nor restored)"
@@ -313,17 +324,31 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
             "seal it first with 'paramseal seal' if it never was (a model too small to hold a copy needs its "
             f"original metadata). {NOT_SEALED_WARNING}"
         )
-    err: Exception | None = None
+    errs: list[ParamSealError] = []
     for _, text in copies:
         try:
             parse_header(text, key)
             return text
-        except (KeyMismatchError, HeaderAuthError) as e:
-            err = e if err is None or isinstance(e, KeyMismatchError) else err
-    assert err is not None
-    if isinstance(err, HeaderAuthError):
-        raise HeaderAuthError(f"{err}. {HEADER_HINT}") from None
-    raise err
+        except (KeyMismatchError, HeaderAuthError, FormatError) as e:
+            errs.append(e)
+    # Another key only when every copy names the same well-formed one: a flipped fingerprint is damage.
+    named = {e.stored if isinstance(e, KeyMismatchError) else "" for e in errs}
+    other_key = len(named) == 1 and re.fullmatch("[0-9a-f]{16}", next(iter(named))) is not None
+    if other_key and len(copies) > 1:
+        raise errs[0]
+    for text in _embed.merged_copies(tensors):  # a flip in each copy: one mix of the two is the header
+        try:
+            parse_header(text, key)
+            return text
+        except (KeyMismatchError, HeaderAuthError, FormatError):
+            continue
+    if other_key:
+        raise errs[0]
+    why = next((str(e) for e in errs if not isinstance(e, KeyMismatchError)), "")
+    raise HeaderAuthError(
+        f"{why or 'the copies of the ParamSeal header in the weights do not authenticate (they were damaged)'}. "
+        f"{HEADER_HINT}"
+    ) from None
 
 
 NOT_SEALED_WARNING = (

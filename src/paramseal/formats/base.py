@@ -19,6 +19,9 @@ class Loaded:
     #: What the adapter needs besides the tensors to write the same file again (an ONNX graph);
     #: ``files`` passes it from the input to the output. None for formats that need nothing.
     source: object | None = field(default=None, repr=False, compare=False)
+    #: Entries the file holds besides the model, which the adapter read past (the other entries of a
+    #: training checkpoint). A sealed file never has any: verify reports them, recover drops them.
+    others: tuple[str, ...] = ()
 
 
 @runtime_checkable
@@ -33,6 +36,11 @@ class Adapter(Protocol):
     @property
     def extensions(self) -> tuple[str, ...]:
         """Lower-case file extensions, with the dot."""
+        ...
+
+    @property
+    def keeps_metadata(self) -> bool:
+        """Whether the format stores string metadata (the seal header and the user's)."""
         ...
 
     def sniff(self, head: bytes) -> bool:

@@ -179,7 +179,7 @@ def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
     """Read one .npy stream without pickles; non-native byte order and Fortran order become native C order."""
     magic = f.read(6)
     if magic != _NPY_MAGIC:
-        raise FormatError(f"{what} is not a .npy array (expected the \\x93NUMPY magic, found {magic[:6]!r})")
+        raise FormatError(f"{what} is not a .npy array (it does not start with the \\x93NUMPY magic)")
     ver = f.read(2)
     if len(ver) != 2:
         raise FormatError(f"{what} is truncated inside its .npy header")

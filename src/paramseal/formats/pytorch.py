@@ -11,7 +11,9 @@ What counts as the model:
 * a flat mapping ``name -> Tensor`` (what ``module.state_dict()`` gives);
 * a training checkpoint wrapping one such mapping under ``"state_dict"``,
   ``"model"`` or ``"module"`` (other entries such as ``"epoch"`` or
-  ``"optimizer"`` are not model weights and are not carried to the output);
+  ``"optimizer"`` are not model weights and are not carried to the output; a
+  *sealed* file never has them, so verify reports them as tampering: a loader
+  might read them instead of the sealed weights);
 * anything else (nested mappings, lists, non-tensor values inside the state
   dict) is refused with a message naming the entry.
 
@@ -117,11 +119,12 @@ class PyTorchAdapter:
             ) from None
         tensors: dict[str, NDArray[np.generic]] = {}
         storages: set[int] = set()
-        for name, t in _state_dict(obj, path).items():
+        state, others = _state_dict(obj, path)
+        for name, t in state.items():
             ptr = t.untyped_storage().data_ptr()  # tied or overlapping views get their own copy
             tensors[name] = tensor_to_numpy(t, f"'{path}': tensor '{name}'", copy=ptr in storages)
             storages.add(ptr)
-        return Loaded(tensors, {})
+        return Loaded(tensors, {}, others=others)
 
     def write(self, path: Path, loaded: Loaded) -> None:
         """``torch.save`` a plain dict of tensors (no extra keys; metadata is not stored).
@@ -148,7 +151,8 @@ def _is_torchscript(path: Path) -> bool:
         return False  # torch.load reports the damage
 
 
-def _state_dict(obj: object, path: Path) -> dict[str, Any]:
+def _state_dict(obj: object, path: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """The state dict, and the keys of the checkpoint's other entries when it wraps one."""
     torch = import_torch(f"reading PyTorch file '{path}'")
     if not isinstance(obj, Mapping):
         raise FormatError(
@@ -156,9 +160,11 @@ def _state_dict(obj: object, path: Path) -> dict[str, Any]:
             "tensors, as saved by torch.save(model.state_dict(), path)"
         )
     state: Mapping[Any, Any] = obj
+    others: tuple[str, ...] = ()
     if state and not all(isinstance(v, torch.Tensor) for v in state.values()):
         wrapped = [k for k in WRAPPER_KEYS if isinstance(state.get(k), Mapping)]
         if len(wrapped) == 1:
+            others = tuple(str(k) for k in state if k != wrapped[0])
             state = state[wrapped[0]]
     for name, v in state.items():
         if not isinstance(name, str):
@@ -171,7 +177,7 @@ def _state_dict(obj: object, path: Path) -> dict[str, Any]:
             )
     if not state:
         raise FormatError(f"'{path}' holds an empty state dict: there are no tensors to read")
-    return dict(state)
+    return dict(state), others
 
 
 def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True) -> NDArray[np.generic]:

@@ -11,6 +11,7 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import safetensors.numpy as stn
@@ -30,6 +31,7 @@ class SafetensorsAdapter:
 
     name = "safetensors"
     extensions: tuple[str, ...] = (".safetensors", ".st")
+    keeps_metadata = True
 
     def sniff(self, head: bytes) -> bool:
         """A little-endian header length followed by a JSON object."""
@@ -86,6 +88,32 @@ class Layout:
     metadata: dict[str, str]
 
 
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _parse_header_json(text: bytes, path: Path) -> dict[str, Any]:
+    """The header as the safetensors library reads it: UTF-8 (no BOM), one JSON object, no key twice.
+
+    Python's json would guess UTF-16/32, skip a BOM and keep the last of two equal keys, so a file
+    the library refuses, or reads otherwise, could pass here.
+    """
+    try:
+        if not text.startswith(b"{"):
+            raise ValueError("the header is not a JSON object")
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except (UnicodeDecodeError, ValueError) as e:
+        raise FormatError(f"'{path}' has a malformed safetensors header (invalid JSON: {e})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"'{path}' has a malformed safetensors header: not a JSON object")
+    return header
+
+
 def read_layout(path: Path) -> Layout:
     """Validate the header (size, JSON, dtypes, offsets in range, sorted, non-overlapping, covering the data)."""
     try:
@@ -95,20 +123,16 @@ def read_layout(path: Path) -> Layout:
             if len(raw) < 8:
                 raise FormatError(f"'{path}' is not a safetensors file: it is {size} bytes, too short for a header")
             n = struct.unpack("<Q", raw)[0]
-            if n > _MAX_HEADER or 8 + n > size:
+            if n > _MAX_HEADER or 8 + n > size:  # n is not quoted: it is the file's first bytes (a key file's?)
                 raise FormatError(
-                    f"'{path}' is truncated or not safetensors: header length {n} exceeds the file size {size}"
+                    f"'{path}' is truncated or not safetensors: its header length field exceeds the file size "
+                    f"({size} bytes)"
                 )
             text = f.read(n)
     except OSError as e:
         raise FormatError(f"cannot read '{path}': {e.strerror}") from None
-    try:
-        header = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise FormatError(f"'{path}' has a malformed safetensors header (invalid JSON: {e})") from None
-    if not isinstance(header, dict):
-        raise FormatError(f"'{path}' has a malformed safetensors header: not a JSON object")
-    meta_raw = header.pop("__metadata__", None) or {}
+    header = _parse_header_json(text, path)
+    meta_raw = header.pop("__metadata__", {})
     if not isinstance(meta_raw, dict) or not all(isinstance(v, str) for v in meta_raw.values()):
         raise FormatError(f"'{path}' has malformed __metadata__: it must map strings to strings")
     spans = []
@@ -118,7 +142,7 @@ def read_layout(path: Path) -> Layout:
             dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
             count = 1
             for d in shape:
-                if not isinstance(d, int) or d < 0:
+                if type(d) is not int or d < 0:  # not bool: JSON true is not a dimension
                     raise ValueError
                 count *= d
         except (KeyError, TypeError, ValueError):
@@ -128,7 +152,7 @@ def read_layout(path: Path) -> Layout:
                 f"'{path}': tensor '{name}' has dtype {dtype}, which ParamSeal does not support; "
                 f"supported: {', '.join(sorted(ST_TO_NP))}"
             )
-        if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end <= data_len):
+        if not (type(start) is int and type(end) is int and 0 <= start <= end <= data_len):
             raise FormatError(
                 f"'{path}': tensor '{name}' has offsets [{start}, {end}] outside the {data_len}-byte data section "
                 "(the file is truncated or corrupt)"
