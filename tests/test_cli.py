@@ -567,3 +567,24 @@ def test_a_name_that_cannot_be_encoded_is_printed_escaped(tmp_path: Path, sealed
     )
     assert proc.returncode in (1, 2), proc.stderr
     assert "Traceback" not in proc.stderr and "\\udc80" in proc.stdout
+
+
+def test_json_gives_a_document_for_errors_and_header_level_verdicts(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
+    """A script reading --json must never get an empty stdout, whatever the exit code."""
+    other = tmp_path / "other.key"
+    assert run(["keygen", other])[0] == 0
+    rc, out, err = run(["verify", sealed_file, "--key", other, "--json"])
+    doc = json.loads(out)
+    assert rc == 3 and doc["status"] == "error" and doc["exit_code"] == 3 and "key does not match" in doc["error"]
+    raw = sealed_file.read_bytes()
+    h, data = helpers.st_parts(raw)
+    body = json.loads(h["__metadata__"]["paramseal"])
+    body["hmac"] = "0" * 64
+    h["__metadata__"]["paramseal"] = json.dumps(body)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(helpers.st_build(h, data))
+    rc, out, err = run(["verify", bad, "--key", key_file, "--json"])
+    doc = json.loads(out)
+    assert rc == 2 and doc["status"] == "tampered" and not doc["recoverable"] and doc["error"] in err

@@ -164,3 +164,16 @@ def test_docs_battery(tmp_path: Path) -> None:
     s = run_eval(BATTERIES["docs"], tmp_path / "results", docs=tmp_path / "results.md", progress=False)
     assert s.false_positives == 0 and s.new_runs == s.runs
     assert (tmp_path / "results.md").read_text().count("|") > 100  # the page with its tables
+
+
+def test_eval_output_folders_that_cannot_be_used_are_usage_errors(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv, msg in (
+        (["--out", afile], "is a file, not a folder"),
+        (["--out", afile / "sub"], "cannot create the results folder"),
+        (["--out", tmp_path / "ev", "--docs", tmp_path / "missing" / "r.md"], "its folder does not exist"),
+    ):
+        rc, _, err = helpers.run_cli(["eval", "--battery", "tiny", *argv])
+        assert rc == 3 and msg in err and "Traceback" not in err, err
+    assert not (tmp_path / "missing").exists() and not (tmp_path / "ev").exists()

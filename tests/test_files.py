@@ -386,3 +386,16 @@ def test_in_place_recover_of_a_hard_linked_file_leaves_the_other_name_alone(
     assert res.report.status == "recovered"
     assert files.verify_file(sealed, key).status == "intact"
     assert other.read_bytes() == tampered  # replaced by name, as before: the link is not written through
+
+
+def test_inspect_takes_each_dtype_at_its_widest_sealed_k(tmp_path: Path, key: paramseal.Key) -> None:
+    """A tiny tensor last in the table (k = 0: too small for bits) must not hide the others' k."""
+    rng = np.random.default_rng(5)
+    model = {
+        "w": rng.standard_normal((256, 64)).astype(np.float32),
+        "z.scale": np.ones(3, np.float32),
+    }  # last in the table
+    p = helpers.write_st(tmp_path / "m.safetensors", model)
+    files.seal_file(p, tmp_path / "s.safetensors", key)
+    info = files.inspect_file(tmp_path / "s.safetensors")
+    assert info["levels"]["standard"]["F32"]["k"] == 8, info["levels"]

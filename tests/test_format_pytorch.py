@@ -260,3 +260,50 @@ def test_without_torch_importing_paramseal_torch_says_what_to_install(monkeypatc
         importlib.import_module("paramseal.torch")
     assert isinstance(ei.value, MissingDependencyError)
     assert "pip install 'paramseal[torch]'" in str(ei.value)
+
+
+class _Tied(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(1000, 64)
+        self.mid = torch.nn.Linear(64, 64)
+        self.head = torch.nn.Linear(64, 1000, bias=False)
+        self.head.weight = self.emb.weight  # tied, as language models tie their embeddings
+
+
+def test_tied_tensors_are_sealed_once_and_stay_tied(tmp_path: Path, key: paramseal.Key, key_file: Path) -> None:
+    """Sealed apart, the two names would differ, and a module loading the file would hold neither seal."""
+    torch.manual_seed(0)
+    src, out = tmp_path / "tied.pt", tmp_path / "sealed.pt"
+    torch.save(_Tied().state_dict(), src)
+    files.seal_file(src, out, key)
+    sd = torch.load(out, weights_only=True)
+    assert list(sd) == ["emb.weight", "mid.weight", "mid.bias", "head.weight"]
+    assert sd["head.weight"].data_ptr() == sd["emb.weight"].data_ptr(), "the tie was broken"
+    assert out.stat().st_size < 1.2 * src.stat().st_size  # one copy of the tied tensor, not two
+    assert files.verify_file(out, key).status == "intact"
+    net = _Tied()
+    net.load_state_dict(sd)  # the usual round trip: load into the model, save its state again
+    torch.save(net.state_dict(), tmp_path / "again.pt")
+    assert files.verify_file(tmp_path / "again.pt", key).status == "intact"
+    # to safetensors (one copy, the tie in its metadata) and back to a tied .pt
+    files.seal_file(src, tmp_path / "s.safetensors", key)
+    rc, _, _ = helpers.run_cli(["recover", tmp_path / "s.safetensors", tmp_path / "back.pt", "--key", key_file])
+    back = torch.load(tmp_path / "back.pt", weights_only=True)
+    assert rc == 0 and back["head.weight"].data_ptr() == back["emb.weight"].data_ptr()
+    # re-pointing the tie at another tensor of the same shape is tampering
+    wrong = dict(sd)
+    wrong["head.weight"] = torch.zeros_like(sd["emb.weight"])
+    torch.save(wrong, tmp_path / "untied.pt")
+    rep = files.verify_file(tmp_path / "untied.pt", key)
+    assert rep.status == "tampered" and rep.extra_tensors == ("head.weight",)
+
+
+def test_a_sealed_module_saved_with_torch_save_verifies_as_a_file(tmp_path: Path, key: paramseal.Key) -> None:
+    import paramseal.torch as pst
+
+    torch.manual_seed(1)
+    net = _Tied()
+    pst.seal_module(net, key)
+    torch.save(net.state_dict(), tmp_path / "m.pt")
+    assert files.verify_file(tmp_path / "m.pt", key).status == "intact"

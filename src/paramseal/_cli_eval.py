@@ -115,6 +115,15 @@ def _eval(args: argparse.Namespace) -> int:
     else:
         raise UsageError(f"unknown battery '{args.battery}'; choose one of {', '.join(BATTERIES)} or pass --model")
     command = "paramseal " + shlex.join(_canonical(args))
+    for what, d in (("--out", Path(args.out)), ("--docs", Path(args.docs).parent if args.docs else None)):
+        if d is not None and (d.exists() and not d.is_dir()):
+            raise UsageError(f"{what} '{d}' is a file, not a folder; choose a folder for the results")
+    if args.docs and not Path(args.docs).parent.is_dir():
+        raise UsageError(f"--docs '{args.docs}': its folder does not exist; create it first")
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create the results folder --out '{args.out}': {e.strerror or e}") from None
     try:
         s = run_eval(battery, Path(args.out), docs=Path(args.docs) if args.docs else None, command=command)
     except KeyboardInterrupt:

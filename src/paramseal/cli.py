@@ -134,6 +134,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except ParamSealError as e:
         print(f"error: {e.diagnostics()}", file=sys.stderr)
+        if getattr(args, "json", False):  # a JSON reader gets a document for every outcome, not an empty stdout
+            doc = {
+                "status": "tampered" if e.exit_code == 2 else "error",
+                "recoverable": False,
+                "exit_code": e.exit_code,
+                "error": e.diagnostics(),
+            }
+            print(json.dumps(doc, indent=2))
         return e.exit_code
     except BrokenPipeError:
         # The reader left (`paramseal verify ... | head`): stop quietly, as a SIGPIPE'd Unix tool
@@ -223,7 +231,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.json:
                 print(rep.to_json())
             elif rep.status == "intact":
-                print(f"OK: {args.input} was intact; copied to {args.output}")
+                print(f"OK: {args.input} was intact; written to {args.output}")
             elif rep.status == "recovered":
                 print(f"OK: recovered {args.input} -> {args.output} ({rep.restored_count} values restored)")
                 print(rep.summary())

@@ -192,7 +192,7 @@ def _split_header(
     weights does was edited: the copy is used, and the edit is reported as tampering. (An authentic
     header of another seal in the metadata is kept: the weights then fail against it, as a replay should.)
     """
-    text, meta, embedded, issues = _find_header(loaded, path, key, header)
+    text, meta, embedded, issues = _find_header(loaded, path, key, header, adapter_for(path).keeps_metadata)
     if loaded.others:  # a sealed file is the model alone: a loader could read these instead
         shown = ", ".join(repr(n) for n in loaded.others[:8]) + (", ..." if len(loaded.others) > 8 else "")
         issues.append(
@@ -203,7 +203,7 @@ def _split_header(
 
 
 def _find_header(
-    loaded: Loaded, path: Path, key: Key, header: str | None
+    loaded: Loaded, path: Path, key: Key, header: str | None, kept: bool
 ) -> tuple[str, dict[str, str], bool, list[str]]:
     meta = dict(loaded.metadata)
     text = meta.pop(METADATA_KEY, None)
@@ -220,8 +220,8 @@ def _find_header(
                 f"'{path}' carries no ParamSeal header, in its metadata or in its weights; seal it first with "
                 f"'paramseal seal' if it never was. {NOT_SEALED_WARNING}"
             ) from None
-        if not meta:  # no metadata at all: a conversion or a re-save (check judges what was lost)
-            return copy, meta, True, []
+        if not meta or not kept:  # none stored (a conversion, a re-save: check judges what was lost), or
+            return copy, meta, True, []  # none storable: the reader's own entries (.pt ties)
         # the user's metadata is there but the header entry is not: removed, and restored by recover
         return (
             _restored(copy, meta, key),
@@ -668,14 +668,15 @@ def _inspect(p: Path, loaded: Loaded) -> dict[str, Any]:
         info["seal"]["header_in"] = where
         info["seal"]["header_copies_in_weights"] = h.get("carriers", [])
         table = h.get("tensors")
-        ks = {  # the header is untrusted here: keep only well-formed entries
-            t["dtype"]: t["k"]
-            for t in (table if isinstance(table, list) else [])
-            if isinstance(t, dict)
-            and isinstance(t.get("dtype"), str)
-            and isinstance(t.get("k"), int)
-            and (t["dtype"] not in FLOATS or 0 <= t["k"] < FLOATS[t["dtype"]].mantissa)
-        }
+        ks: dict[str, int] = {}
+        for t in table if isinstance(table, list) else []:  # untrusted here: keep only well-formed entries
+            if (
+                isinstance(t, dict)
+                and isinstance(t.get("dtype"), str)
+                and isinstance(t.get("k"), int)
+                and (t["dtype"] not in FLOATS or 0 <= t["k"] < FLOATS[t["dtype"]].mantissa)
+            ):  # the widest k of a dtype: its small tensors (too small to carry bits) have k = 0
+                ks[t["dtype"]] = max(ks.get(t["dtype"], 0), t["k"])
         label = info["seal"]["level"] if info["seal"]["bits"] is None else f"bits={info['seal']['bits']}"
         host = h.get("outer_host")
         info["levels"] = {str(label): _caps(ks, host if irs and isinstance(host, int) and 0 <= host <= 8 else None)}

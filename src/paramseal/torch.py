@@ -5,7 +5,9 @@ The module's state (parameters and persistent buffers, as in
 results are written back in place with ``Tensor.copy_``, so every parameter
 keeps its object identity, dtype and device (bit for bit: a same-dtype copy is
 exact). Tied weights (one tensor under two names) are sealed once, under the
-first name ``state_dict`` gives.
+first name ``state_dict`` gives; the other names are sealed in the metadata
+entry ``paramseal.tied``, as the ``.pt`` reader finds them, so
+``torch.save(module.state_dict(), path)`` of a sealed module verifies as a file.
 
 Example::
 
@@ -33,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .formats.pytorch import import_torch, numpy_to_tensor, tensor_to_numpy
+from .formats.pytorch import import_torch, numpy_to_tensor, tensor_to_numpy, untie
 from .header import Header
 from .keys import Key
 from .recover import recover
@@ -58,16 +60,11 @@ class ModuleSeal:
 
 def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The module's state entries (parameters and persistent buffers) in ``state_dict`` order, tied ones once."""
-    seen: set[int] = set()
-    out: dict[str, torch.Tensor] = {}
-    for name, t in module.state_dict(keep_vars=True).items():
-        if not isinstance(t, _torch.Tensor):
-            continue
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        out[name] = t
-    return out
+    return untie(_state(module))[0]
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: t for n, t in module.state_dict(keep_vars=True).items() if isinstance(t, _torch.Tensor)}
 
 
 def _as_numpy(tensors: Mapping[str, torch.Tensor]) -> dict[str, NDArray[np.generic]]:
@@ -98,8 +95,9 @@ def seal_module(
     Raises like :func:`paramseal.seal` (for example UnsupportedError on NaN/Inf);
     on error the module is left unchanged.
     """
-    live = module_tensors(module)
-    sealed = SealConfig(level=level, bits=bits).seal(_as_numpy(live), key, metadata=metadata)
+    live, tied = untie(_state(module))
+    # the tied names are sealed as the .pt reader finds them: torch.save(module.state_dict()) then verifies
+    sealed = SealConfig(level=level, bits=bits).seal(_as_numpy(live), key, metadata={**(metadata or {}), **tied})
     _write_back(live, sealed.tensors)
     return ModuleSeal(sealed.header_json, sealed.header, tuple(live))
 

@@ -27,6 +27,7 @@ format has no place for string metadata, so metadata is not stored
 from __future__ import annotations
 
 import errno
+import json
 import pickle
 import struct
 import warnings
@@ -49,6 +50,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Keys of training checkpoints that wrap the state dict.
 WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model", "module")
+#: Metadata entry naming tied tensors (one tensor under several names): JSON ``[[alias, tensor, position], ...]``.
+#: A tied tensor is sealed once; the entry is sealed with the metadata, so re-tying is tampering.
+TIED_KEY = "paramseal.tied"
 
 # The legacy (non-zip) torch.save format starts with this pickled magic number.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
@@ -120,11 +124,12 @@ class PyTorchAdapter:
         tensors: dict[str, NDArray[np.generic]] = {}
         storages: set[int] = set()
         state, others = _state_dict(obj, path)
-        for name, t in state.items():
-            ptr = t.untyped_storage().data_ptr()  # tied or overlapping views get their own copy
+        unique, meta = untie(state)
+        for name, t in unique.items():
+            ptr = t.untyped_storage().data_ptr()  # overlapping views (not ties) get their own copy
             tensors[name] = tensor_to_numpy(t, f"'{path}': tensor '{name}'", copy=ptr in storages)
             storages.add(ptr)
-        return Loaded(tensors, {}, others=others)
+        return Loaded(tensors, meta, others=others)
 
     def write(self, path: Path, loaded: Loaded) -> None:
         """``torch.save`` a plain dict of tensors (no extra keys; metadata is not stored).
@@ -133,11 +138,45 @@ class PyTorchAdapter:
         """
         torch = import_torch("writing PyTorch (.pt/.pth/.bin) files")
         require_header_in_weights(loaded, "PyTorch (.pt/.pth/.bin)")
-        state = {name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}
+        state = retie({name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}, loaded.metadata, path)
         try:
             torch.save(state, str(path))
         except RuntimeError as e:  # torch's writer reports a failed write (a full disk) as a RuntimeError
             raise OSError(errno.EIO, f"torch.save failed: {str(e).splitlines()[0]}") from e
+
+
+def untie(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The state without its tied names, and the metadata entry that names them (empty if none).
+
+    A tied name is the same tensor again: storage, offset, shape, strides and dtype.
+    """
+    first: dict[tuple[Any, ...], str] = {}
+    unique: dict[str, Any] = {}
+    tied: list[list[Any]] = []
+    for pos, (name, t) in enumerate(state.items()):
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if t.numel() and ident in first:
+            tied.append([name, first[ident], pos])
+        else:
+            first.setdefault(ident, name)
+            unique[name] = t
+    return unique, ({TIED_KEY: json.dumps(tied, separators=(",", ":"))} if tied else {})
+
+
+def retie(state: dict[str, Any], metadata: Mapping[str, str], path: Path) -> dict[str, Any]:
+    """``state`` with the tied names of ``metadata[TIED_KEY]`` put back, as the same tensor objects."""
+    if TIED_KEY not in metadata:
+        return state
+    try:
+        tied = json.loads(metadata[TIED_KEY])
+        items = list(state.items())
+        for alias, name, pos in sorted(tied, key=lambda e: e[2]):
+            if not (isinstance(alias, str) and name in state and alias not in state and isinstance(pos, int)):
+                raise ValueError(alias)
+            items.insert(pos, (alias, state[name]))
+    except (ValueError, TypeError, KeyError) as e:
+        raise FormatError(f"cannot write '{path}': the metadata entry '{TIED_KEY}' is malformed ({e})") from None
+    return dict(items)
 
 
 def _is_torchscript(path: Path) -> bool:
