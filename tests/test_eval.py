@@ -171,7 +171,7 @@ def test_eval_output_folders_that_cannot_be_used_are_usage_errors(tmp_path: Path
     afile.write_text("x")
     for argv, msg in (
         (["--out", afile], "is a file, not a folder"),
-        (["--out", afile / "sub"], "cannot create the results folder"),
+        (["--out", afile / "sub"], "cannot write the results in"),
         (["--out", tmp_path / "ev", "--docs", tmp_path / "missing" / "r.md"], "its folder does not exist"),
     ):
         rc, _, err = helpers.run_cli(["eval", "--battery", "tiny", *argv])

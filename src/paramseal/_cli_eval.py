@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .attacks import FIELDS, KINDS, AttackSpec, attack_file
-from .errors import UsageError
+from .errors import OutputError, UsageError
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -121,11 +121,9 @@ def _eval(args: argparse.Namespace) -> int:
     if args.docs and not Path(args.docs).parent.is_dir():
         raise UsageError(f"--docs '{args.docs}': its folder does not exist; create it first")
     try:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create the results folder --out '{args.out}': {e.strerror or e}") from None
-    try:
         s = run_eval(battery, Path(args.out), docs=Path(args.docs) if args.docs else None, command=command)
+    except OSError as e:  # the folder cannot be made or written (a read-only place, a full disk)
+        raise OutputError(f"cannot write the results in '{args.out}': {e.strerror or e}") from None
     except KeyboardInterrupt:
         print(
             f"\ninterrupted; finished runs are kept in {args.out}/results.jsonl: rerun the same command to resume",
