@@ -232,3 +232,146 @@ def test_an_index_naming_no_shards_is_exit_3(tmp_path: Path, key_file: Path) -> 
     for args in (["inspect", folder], ["verify", folder, "--key", key_file]):
         rc, _, err = helpers.run_cli(args)
         assert rc == 3 and "names no shards" in err and "Traceback" not in err
+
+
+def _edit_index(folder: Path, edit: object) -> dict[str, str]:
+    """Apply ``edit`` to the index's weight_map; returns the weight_map as sealed."""
+    idx = json.loads((folder / sharded.INDEX).read_text())
+    sealed_map = dict(idx["weight_map"])
+    edit(idx["weight_map"])  # type: ignore[operator]
+    (folder / sharded.INDEX).write_text(json.dumps(idx))
+    return sealed_map
+
+
+def test_a_tensor_dropped_from_the_index_is_tampering_and_recover_rebuilds_the_index(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    sealed_map = _edit_index(sealed_ckpt, lambda wm: wm.pop("layers.2.mlp.weight"))
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.status == "tampered" and rep.exit_code == 1  # the shards are whole: recover can rebuild the index
+    assert any(
+        "holds sealed tensor 'layers.2.mlp.weight', which the index does not list" in m for m in rep.metadata_issues
+    )
+    rep = sharded.verify_dir(sealed_ckpt, key, tensors="layers.2.mlp.*", workers=1)
+    assert rep.exit_code == 1 and any("'layers.2.mlp.weight'" in m for m in rep.metadata_issues)
+    fixed = tmp_path / "fixed"
+    rep, wrote = sharded.recover_dir(sealed_ckpt, fixed, key, workers=1)
+    assert wrote and rep.status == "recovered" and any("rebuilt" in n for n in rep.notes)
+    rebuilt = json.loads((fixed / sharded.INDEX).read_text())
+    assert rebuilt["weight_map"] == sealed_map and rebuilt["metadata"] == {"total_size": 1}
+    assert sharded.verify_dir(fixed, key, workers=1).status == "intact"
+    # every entry of a shard gone: the shard is still found through the set record, and put back
+    _edit_index(sealed_ckpt, lambda wm: [wm.pop(n) for n in [n for n, f in wm.items() if f == SHARDS[1]]])
+    rc, out, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file])
+    assert rc == 1 and f"shard '{SHARDS[1]}' of the sealed set is missing from the index" in out
+    rep, wrote = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed2", key, workers=1)
+    assert wrote and json.loads((tmp_path / "fixed2" / sharded.INDEX).read_text())["weight_map"] == sealed_map
+    assert files.verify_file(tmp_path / "fixed2" / SHARDS[1], key).status == "intact"
+
+
+def test_with_tensors_a_swapped_shard_or_a_misplaced_tensor_is_tampering_not_a_bad_pattern(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    swapped = tmp_path / "swapped"
+    shutil.copytree(sealed_ckpt, swapped)
+    (swapped / SHARDS[0]).rename(swapped / "tmp")
+    (swapped / SHARDS[2]).rename(swapped / SHARDS[0])
+    (swapped / "tmp").rename(swapped / SHARDS[2])
+    rep = sharded.verify_dir(swapped, key, tensors="layers.0.*", workers=1)
+    assert rep.exit_code == 2
+    assert any(f"shard '{SHARDS[0]}' was sealed as '{SHARDS[2]}'" in m for m in rep.metadata_issues)
+    _edit_index(sealed_ckpt, lambda wm: wm.update({"layers.2.attn.weight": SHARDS[0]}))
+    rep = sharded.verify_dir(sealed_ckpt, key, tensors="layers.2.attn.*", workers=1)
+    assert rep.exit_code == 1 and rep.partial
+    assert any(f"maps tensor 'layers.2.attn.weight' to shard '{SHARDS[0]}'" in m for m in rep.metadata_issues)
+    assert any(f"shard '{SHARDS[2]}' holds sealed tensor 'layers.2.attn.weight'" in m for m in rep.metadata_issues)
+
+
+def test_an_unreadable_shard_is_reported_and_the_others_still_checked(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    t, meta = helpers.read_st(sealed_ckpt / SHARDS[2])
+    helpers.write_st(sealed_ckpt / SHARDS[2], helpers.flip_bit(t, "layers.2.mlp.weight", 5, 30), meta)
+    shutil.copy(checkpoint / SHARDS[0], sealed_ckpt / SHARDS[0])  # replaced by an unsealed file
+    data = (sealed_ckpt / SHARDS[1]).read_bytes()
+    (sealed_ckpt / SHARDS[1]).write_bytes(data[: len(data) // 2])  # cut short
+    rc, out, err = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 2 and err == ""
+    assert any(
+        f"shard '{SHARDS[0]}' cannot be verified" in m and "no ParamSeal header" in m for m in rep["metadata_issues"]
+    )
+    assert any(f"shard '{SHARDS[1]}' cannot be verified" in m and "truncated" in m for m in rep["metadata_issues"])
+    assert "layers.2.mlp.weight" in rep["tampered_tensors"]  # the readable shard was still checked
+    assert "layers.0.attn.weight" in rep["tampered_tensors"] and "layers.1.norm.weight" in rep["tampered_tensors"]
+    rc, _, _ = helpers.run_cli(["recover", sealed_ckpt, tmp_path / "fixed", "--key", key_file])
+    assert rc == 2 and not (tmp_path / "fixed").exists()
+    other = tmp_path / "other.key"
+    assert helpers.run_cli(["keygen", other])[0] == 0
+    rc, _, err = helpers.run_cli(["verify", sealed_ckpt, "--key", other])
+    assert rc == 3 and "key does not match" in err  # a wrong key is still a bad input
+
+
+def test_subfolders_are_copied_and_the_output_folder_gets_the_usual_mode(
+    tmp_path: Path, checkpoint: Path, key: paramseal.Key
+) -> None:
+    import os
+
+    (checkpoint / "1_Pooling").mkdir()
+    (checkpoint / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big.bin").write_text("not part of the checkpoint")
+    (checkpoint / "linked").symlink_to(outside, target_is_directory=True)
+    out = checkpoint / "sealed"  # inside the input: the folder being built is not copied into itself
+    sharded.seal_dir(checkpoint, out, key, workers=1)
+    assert (out / "1_Pooling" / "config.json").read_text() == '{"pooling_mode_mean_tokens": true}'
+    assert (out / "linked").is_symlink() and os.readlink(out / "linked") == str(outside)  # kept as a link
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*SHARDS, sharded.INDEX, "config.json", "1_Pooling", "linked"]
+    )
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask
+    rep, wrote = sharded.recover_dir(out, tmp_path / "fixed", key, workers=1)
+    assert wrote and (tmp_path / "fixed" / "1_Pooling" / "config.json").exists()
+
+
+def test_a_missing_shard_names_its_tensors(sealed_ckpt: Path, key: paramseal.Key) -> None:
+    (sealed_ckpt / SHARDS[1]).unlink()
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 2
+    assert sorted(rep.tampered_tensors) == ["layers.1.attn.weight", "layers.1.mlp.weight", "layers.1.norm.weight"]
+    assert "missing" in rep.tensors["layers.1.attn.weight"].issues[0]
+
+
+def test_inspect_merges_the_levels_of_every_shard(tmp_path: Path) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    helpers.write_st(folder / SHARDS[0], {"a": helpers.random_tensor(rng, np.float32, (64, 64))}, {})
+    helpers.write_st(folder / SHARDS[1], {"b": helpers.random_tensor(rng, np.float16, (64, 64))}, {})
+    (folder / sharded.INDEX).write_text(json.dumps({"weight_map": {"a": SHARDS[0], "b": SHARDS[1]}}))
+    info = sharded.inspect_dir(folder)
+    assert sorted(info["levels"]["standard"]) == ["F16", "F32"]
+
+
+def test_errors_name_the_output_folder_and_in_place_is_refused_for_folders(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from paramseal.errors import cannot_write
+
+    for cmd, src in (("seal", checkpoint), ("recover", sealed_ckpt)):
+        rc, _, err = helpers.run_cli([cmd, src, src, "--key", key_file, "--in-place"])
+        assert rc == 3 and "--in-place works for single files only" in err
+
+    def full(src: object, dst: Path, *a: object, **kw: object) -> object:
+        raise cannot_write(dst, OSError(errno.ENOSPC, "No space left on device", str(dst)))
+
+    monkeypatch.setattr(files, "seal_file", full)
+    out = tmp_path / "out"
+    with pytest.raises(paramseal.ParamSealError) as e:
+        sharded.seal_dir(checkpoint, out, paramseal.Key.generate(), workers=1)
+    assert f"cannot write '{out / SHARDS[0]}'" in str(e.value) and ".tmp" not in str(e.value)

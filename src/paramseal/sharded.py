@@ -6,10 +6,11 @@ never costs another one its capacity. What ties them together is a **set
 record** sealed into each shard's metadata (``paramseal_set``): a random set id,
 the shard's file name and the list of every shard. Verify then also catches a
 shard that is missing, renamed, swapped with another, or taken from another
-sealed set, and an index whose ``weight_map`` disagrees with the shards.
+sealed set, and an index whose ``weight_map`` disagrees with the shards (which
+recover rebuilds from the shards' sealed headers).
 
-The index and the other files (``config.json``, tokenizer files) are copied
-unchanged: they are not protected.
+The index and the other files and subfolders (``config.json``, tokenizer files)
+are copied unchanged: they are not protected.
 """
 
 from __future__ import annotations
@@ -31,7 +32,17 @@ from typing import Any, TypeVar
 from . import files
 from ._layout import block_count
 from ._pages import scratch_budget
-from .errors import FormatError, ParamSealError, UsageError, cannot_write, io_failure
+from .errors import (
+    FormatError,
+    InputError,
+    KeyMismatchError,
+    MissingDependencyError,
+    OutputError,
+    ParamSealError,
+    UsageError,
+    cannot_write,
+    io_failure,
+)
 from .formats import safetensors as st_format
 from .header import METADATA_KEY, SET_KEY, peek_header
 from .keys import Key
@@ -115,17 +126,52 @@ def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None)
         initializer=_set_scratch_budget,
         initargs=(share,),
     ) as pool:
-        futures = [pool.submit(fn, *j) for j in jobs]
-        return [f.result() for f in futures]
+        futures = [pool.submit(_guarded, fn, *j) for j in jobs]
+        out = [f.result() for f in futures]
+    for r in out:
+        if isinstance(r, _Raised):
+            r.reraise()
+    return out  # type: ignore[return-value]  # no _Raised is left
 
 
 def _set_scratch_budget(mib: int) -> None:
     os.environ["PARAMSEAL_SCRATCH_MIB"] = str(mib)
 
 
+@dataclass(frozen=True, slots=True)
+class _Raised:
+    """A ParamSealError from a worker, carried by value.
+
+    An error whose ``__init__`` takes other arguments than the message (KeyMismatchError)
+    does not unpickle, and the pool would break instead of reporting it.
+    """
+
+    cls: type[ParamSealError]
+    args: tuple[Any, ...]
+    attrs: dict[str, Any]
+
+    def reraise(self) -> None:
+        e = self.cls.__new__(self.cls)
+        e.args = self.args
+        e.__dict__.update(self.attrs)
+        raise e
+
+
+def _guarded(fn: Callable[..., T], *job: Any) -> T | _Raised:
+    try:
+        return fn(*job)
+    except ParamSealError as e:
+        return _Raised(type(e), e.args, dict(e.__dict__))
+
+
 @contextmanager
-def _atomic_dir(dst: Path) -> Iterator[Path]:
+def _atomic_dir(dst: Path, src: Path) -> Iterator[Path]:
     """Build a folder beside ``dst`` and rename it into place only if everything succeeded."""
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise UsageError(
+            f"cannot write the sharded checkpoint '{src}' onto itself: --in-place works for single files "
+            "only; give a new output folder"
+        )
     if dst.exists():
         raise UsageError(f"output folder '{dst}' already exists; give a new folder name")
     parent = dst.parent if str(dst.parent) else Path(".")
@@ -133,24 +179,43 @@ def _atomic_dir(dst: Path) -> Iterator[Path]:
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+        mask = os.umask(0o022)  # read the umask (no other way to read it portably); restored at once
+        os.umask(mask)
+        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp's 0700 would outlive the rename: make it a normal folder
     except OSError as e:
         raise cannot_write(dst, e) from e
     try:
         try:
             yield tmp
             os.replace(tmp, dst)
+        except ParamSealError as e:
+            # the user never sees the temporary folder: name the output they asked for
+            e.args = tuple(a.replace(str(tmp), str(dst)) if isinstance(a, str) else a for a in e.args)
+            raise
         except OSError as e:
-            if isinstance(e, ParamSealError):
-                raise
             raise io_failure(dst, e, tmp) from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
 
 
-def _copy_others(src: Path, dst: Path, skip: set[str]) -> None:
+def _copy_others(src: Path, dst: Path, skip: set[str], scratch: Path) -> None:
+    """Copy the files beside the shards, subfolders too (Sentence-Transformers keeps ``1_Pooling/``).
+
+    Links to files are copied as files, as the shards are read through them (the Hugging Face
+    cache is made of links); a link to a folder is copied as a link, never followed (it may
+    lead out of the checkpoint, or into a loop). ``scratch`` (the folder being built) is skipped.
+    """
     for p in src.iterdir():
-        if p.is_file() and p.name not in skip:
+        if p.name in skip or (p.is_dir() and not p.is_symlink() and p.samefile(scratch)):
+            continue
+        if p.is_symlink() and p.is_dir():
+            os.symlink(os.readlink(p), dst / p.name)
+        elif p.is_dir():
+            (dst / p.name).mkdir()
+            _copy_others(p, dst / p.name, set(), scratch)
+            shutil.copystat(p, dst / p.name)
+        elif p.is_file():
             shutil.copy2(p, dst / p.name)
 
 
@@ -181,7 +246,7 @@ def seal_dir(
     idx = read_index(src)
     shards = idx.shards
     set_id = os.urandom(16).hex()
-    with _atomic_dir(dst) as tmp:
+    with _atomic_dir(dst, src) as tmp:
         jobs = [
             (
                 src / name,
@@ -196,40 +261,141 @@ def seal_dir(
             for name in shards
         ]
         _map(_seal_one, jobs, workers)
-        _copy_others(src, tmp, set(shards))
+        _copy_others(src, tmp, set(shards), tmp)
     return shards
 
 
-def _verify_one(path: Path, key: Key, pattern: str | None) -> tuple[Report, str | None]:
-    rep = files.verify_file(path, key, tensors=pattern)
+# A shard that cannot be read as a sealed model (replaced by an unsealed file, truncated) is
+# tampering with the set; these stay errors: a wrong key, a failed read or write, a missing extra.
+_NOT_TAMPERING = (KeyMismatchError, InputError, OutputError, MissingDependencyError)
+
+
+def _verify_one(path: Path, key: Key, pattern: str | None) -> tuple[Report | None, str | None, str | None]:
+    """``(report, set record, None)``, or ``(None, None, why)`` for a shard that cannot be verified."""
+    try:
+        rep = files.verify_file(path, key, tensors=pattern)
+    except _NOT_TAMPERING:
+        raise
+    except ParamSealError as e:
+        return None, None, f"shard '{path.name}' cannot be verified: {e}"
     meta = st_format.read_layout(path).metadata
-    return rep, meta.get(SET_KEY)
+    return rep, meta.get(SET_KEY), None
 
 
-def _recover_one(src: Path, dst: Path, key: Key, allow_partial: bool) -> Report:
-    return files.recover_file(src, dst, key, allow_partial=allow_partial).report
+def _recover_one(src: Path, dst: Path, key: Key, allow_partial: bool) -> Report | str:
+    try:
+        return files.recover_file(src, dst, key, allow_partial=allow_partial).report
+    except _NOT_TAMPERING:
+        raise
+    except ParamSealError as e:
+        return f"shard '{src.name}' cannot be recovered: {e}"
+
+
+def _peek(path: Path) -> tuple[list[str] | None, list[str]]:
+    """A shard's sealed tensor names and the shards its set record lists, read without a key.
+
+    Only to choose what to open: nothing here is trusted (verify authenticates both).
+    Unknown names are None.
+    """
+    names: list[str] | None = None
+    listed: list[str] = []
+    try:
+        meta = st_format.read_layout(path).metadata
+        if METADATA_KEY in meta:
+            names = [str(t["name"]) for t in peek_header(meta[METADATA_KEY])["tensors"]]
+        if SET_KEY in meta:
+            listed = [n for n in json.loads(meta[SET_KEY])["shards"] if isinstance(n, str)]
+    except (ParamSealError, OSError, ValueError, KeyError, TypeError):
+        pass
+    return names, listed
+
+
+def _shards(folder: Path, idx: Index) -> tuple[list[str], dict[str, tuple[list[str] | None, list[str]]]]:
+    """The shards to check: the index's, then any other that a shard's set record lists and the folder holds.
+
+    Returns them (present or not) and what `_peek` found in each present one.
+    """
+    peeked = {s: _peek(folder / s) for s in idx.shards if (folder / s).is_file()}
+    more = dict.fromkeys(n for _, listed in peeked.values() for n in listed)
+    extra = [
+        n
+        for n in more
+        if n not in idx.weight_map.values()
+        and Path(n).name == n
+        and n.endswith(".safetensors")
+        and (folder / n).is_file()
+    ]
+    peeked |= {s: _peek(folder / s) for s in extra}
+    return idx.shards + extra, peeked
 
 
 def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: int | None = None) -> Report:
     """Verify every shard (only those holding tensors that match ``tensors``), plus the set and the index.
 
-    A shard the index names but the folder lacks is tampering (not recoverable), not a bad input.
+    A shard the index names but the folder lacks is tampering (not recoverable), not a bad input;
+    so is a shard that cannot be read as a sealed model. With ``tensors``, a shard is opened when
+    the index or its sealed header puts a matching tensor in it.
     """
     idx = read_index(folder, missing_ok=True)
-    absent = set(idx.absent())
-    chosen = idx.shards
+    everything, peeked = _shards(folder, idx)
+    chosen, patterns = everything, dict.fromkeys(everything, tensors)
     if tensors is not None:
-        chosen = [s for s in chosen if any(fnmatch.fnmatchcase(n, tensors) for n in idx.tensors_in(s))]
+
+        def hit(names: list[str] | None) -> bool:
+            return names is not None and any(fnmatch.fnmatchcase(n, tensors) for n in names)
+
+        sealed = {s: peeked[s][0] for s in peeked}
+        chosen = [s for s in everything if hit(idx.tensors_in(s)) or hit(sealed.get(s))]
         if not chosen:
             raise UsageError(f"--tensors '{tensors}' matches no tensor in '{folder / INDEX}'; check the pattern")
-    gone = [s for s in chosen if s in absent]
-    shards = [s for s in chosen if s not in absent]
-    results = _map(_verify_one, [(folder / s, key, tensors) for s in shards], workers)
-    reports = {s: r for s, (r, _) in zip(shards, results, strict=True)}
-    issues = _set_issues(idx, {s: rec for s, (_, rec) in zip(shards, results, strict=True)}, reports, tensors)
-    unread = [s for s in idx.shards if s not in chosen and s not in absent]
-    blocks = sum(_blocks(folder / s) for s in unread)  # the model's blocks that were not read, for the total
-    return _merge("verify", reports, _missing(gone) + issues, skipped=len(idx.shards) - len(chosen), unread=blocks)
+        # a shard the index sends us to that seals no match (swapped, or a wrong index) is read
+        # whole: its report and set record say what is wrong, where the pattern would only fail
+        patterns = {s: tensors if hit(sealed.get(s)) else None for s in chosen}
+    opened = [s for s in chosen if s in peeked]
+    results = _map(_verify_one, [(folder / s, key, patterns[s]) for s in opened], workers)
+    reports = {s: r for s, (r, _, _) in zip(opened, results, strict=True) if r is not None}
+    failed = {s: why for s, (_, _, why) in zip(opened, results, strict=True) if why is not None}
+    records = {s: rec for s, (r, rec, _) in zip(opened, results, strict=True) if r is not None}
+    grave, fixable, listed = _set_issues(idx, records, reports, tensors)
+    gone = _gone(idx, [s for s in chosen if s not in peeked], listed)
+    missing = gone["missing"] + (sorted(listed - set(everything)) if tensors is None else [])
+    grave += [f"shard '{s}' named in the index is missing from the folder (deleted or moved)" for s in missing]
+    fixable += gone["bogus"]
+    grave += list(failed.values())
+    lost = _lost(idx, missing, "its shard '{}' is missing: its weights are lost", tensors)
+    lost |= _lost(idx, list(failed), "its shard '{}' cannot be verified", tensors)
+    unread = [s for s in everything if s not in chosen and s in peeked]
+    blocks = sum(_blocks(folder / s) for s in [*unread, *failed])  # the model's blocks not checked, for the total
+    return _merge(
+        "verify",
+        reports,
+        grave,
+        fixable=fixable,
+        lost=lost,
+        skipped=len(everything) - len(chosen),
+        unread=blocks,
+    )
+
+
+def _gone(idx: Index, absent: list[str], listed: set[str]) -> dict[str, list[str]]:
+    """Split shards the index names but the folder lacks: missing ones, and names the sealed set never had."""
+    out: dict[str, list[str]] = {"missing": [], "bogus": []}
+    for s in absent:
+        if listed and s not in listed:
+            out["bogus"].append(f"the index names shard '{s}', which is neither in the folder nor in the sealed set")
+        else:
+            out["missing"].append(s)
+    return out
+
+
+def _lost(idx: Index, shards: list[str], why: str, pattern: str | None) -> dict[str, TensorFinding]:
+    """Findings for the tensors the index puts in ``shards`` (shards with no report to name them)."""
+    return {
+        n: TensorFinding(n, issues=(why.format(s),))
+        for s in shards
+        for n in idx.tensors_in(s)
+        if pattern is None or fnmatch.fnmatchcase(n, pattern)
+    }
 
 
 def float_widths(folder: Path, shards: list[str]) -> set[tuple[str, int]]:
@@ -242,8 +408,11 @@ def float_widths(folder: Path, shards: list[str]) -> set[tuple[str, int]]:
 
 
 def _blocks(shard: Path) -> int:
-    """Blocks of a shard, from its header alone."""
-    return sum(block_count(math.prod(e.shape)) for e in st_format.read_layout(shard).entries)
+    """Blocks of a shard, from its header alone (0 if it cannot be read)."""
+    try:
+        return sum(block_count(math.prod(e.shape)) for e in st_format.read_layout(shard).entries)
+    except (ParamSealError, OSError):
+        return 0
 
 
 def recover_dir(
@@ -252,27 +421,48 @@ def recover_dir(
     """Recover every shard into the new folder ``dst``; returns the report and whether ``dst`` was written.
 
     ``dst`` appears (atomically, whole) only if every shard recovers and the set is
-    consistent, or with ``allow_partial``.
+    consistent, or with ``allow_partial``. An index that disagrees with a consistent set of
+    shards is rebuilt from the shards' sealed headers, which fully determine it.
     """
     idx = read_index(src, missing_ok=True)
-    absent = idx.absent()
-    shards = [s for s in idx.shards if s not in absent]
+    everything, peeked = _shards(src, idx)
+    shards = [s for s in everything if s in peeked]
     try:
-        with _atomic_dir(dst) as tmp:
+        with _atomic_dir(dst, src) as tmp:
             jobs = [(src / s, tmp / s, key, True) for s in shards]
-            reports = dict(zip(shards, _map(_recover_one, jobs, workers), strict=True))
-            records = {s: st_format.read_layout(tmp / s).metadata.get(SET_KEY) for s in shards}
-            merged = _merge("recover", reports, _missing(absent) + _set_issues(idx, records, reports))
+            results = dict(zip(shards, _map(_recover_one, jobs, workers), strict=True))
+            reports = {s: r for s, r in results.items() if isinstance(r, Report)}
+            failed = {s: r.replace(str(tmp), str(dst)) for s, r in results.items() if isinstance(r, str)}
+            records = {s: st_format.read_layout(tmp / s).metadata.get(SET_KEY) for s in reports}
+            grave, fixable, listed = _set_issues(idx, records, reports)
+            gone = _gone(idx, [s for s in everything if s not in peeked], listed)
+            missing = gone["missing"] + sorted(listed - set(everything))
+            grave += [f"shard '{s}' named in the index is missing from the folder (deleted or moved)" for s in missing]
+            fixable += gone["bogus"]
+            grave += list(failed.values())
+            lost = _lost(idx, missing, "its shard '{}' is missing: its weights are lost", None)
+            lost |= _lost(idx, list(failed), "its shard '{}' cannot be recovered", None)
+            # nothing is written unless the shards recovered, so neither is an index
+            rebuild = bool(fixable) and not grave and (allow_partial or all(r.ok for r in reports.values()))
+            merged = _merge("recover", reports, grave, fixable=fixable, fixed=rebuild, lost=lost)
             if not (merged.ok or allow_partial):
                 raise _Discard(merged)
-            _copy_others(src, tmp, set(shards))
+            _copy_others(src, tmp, set(everything) | ({INDEX} if rebuild else set()), tmp)
+            if rebuild:
+                (tmp / INDEX).write_text(json.dumps(_rebuilt_index(idx, reports), indent=2) + "\n", encoding="utf-8")
     except _Discard as e:
         return e.report, False
     return merged, True
 
 
-def _missing(shards: list[str]) -> list[str]:
-    return [f"shard '{s}' named in the index is missing from the folder (deleted or moved)" for s in shards]
+def _rebuilt_index(idx: Index, reports: dict[str, Report]) -> dict[str, Any]:
+    """The index with its ``weight_map`` made from the shards' sealed tensors (other fields kept).
+
+    Names keep the index's order (the smallest change to the file); names it lacked follow.
+    """
+    sealed = {n: s for s, r in reports.items() for n in r.tensors}
+    order = [n for n in idx.weight_map if n in sealed] + [n for n in sealed if n not in idx.weight_map]
+    return {**idx.raw, "weight_map": {n: sealed[n] for n in order}}
 
 
 class _Discard(Exception):
@@ -285,48 +475,65 @@ class _Discard(Exception):
 
 def _set_issues(
     idx: Index, records: dict[str, str | None], reports: dict[str, Report], pattern: str | None = None
-) -> list[str]:
-    """Everything wrong with the set as a whole: membership, naming, the index."""
-    out: list[str] = []
+) -> tuple[list[str], list[str], set[str]]:
+    """Everything wrong with the set as a whole: ``(membership and naming, the index, shards the set lists)``.
+
+    The first kind loses or misplaces weights; the second is a wrong index only, which the
+    shards' sealed headers can rebuild. The shards listed come from authenticated records.
+    """
+    grave: list[str] = []
+    index: list[str] = []
     ids = set()
     listed: set[str] = set()
     for shard, text in records.items():
         if reports[shard].metadata_issues:
             continue  # its metadata is already reported as edited: the record cannot be trusted
         if text is None:
-            out.append(f"shard '{shard}' carries no set record (not sealed as part of this checkpoint)")
+            grave.append(f"shard '{shard}' carries no set record (not sealed as part of this checkpoint)")
             continue
         try:
             rec = json.loads(text)
             ids.add(rec["set"])
             listed.update(rec["shards"])
             if rec["shard"] != shard:
-                out.append(f"shard '{shard}' was sealed as '{rec['shard']}': shards were renamed or swapped")
+                grave.append(f"shard '{shard}' was sealed as '{rec['shard']}': shards were renamed or swapped")
         except (ValueError, KeyError, TypeError):
-            out.append(f"shard '{shard}' has a malformed set record")
+            grave.append(f"shard '{shard}' has a malformed set record")
     if len(ids) > 1:
-        out.append(
+        grave.append(
             f"the shards come from {len(ids)} different sealed sets: a shard was replaced by one from another seal"
         )
     if pattern is None:
         for name in sorted(listed - set(idx.shards)):
-            out.append(f"shard '{name}' of the sealed set is missing from the index")
-        for name in sorted(set(idx.shards) - listed) if listed else []:
-            out.append(f"shard '{name}' in the index is not part of the sealed set")
+            index.append(f"shard '{name}' of the sealed set is missing from the index")
+        for name in sorted(set(idx.shards) & set(records) - listed) if listed else []:
+            grave.append(f"shard '{name}' in the index is not part of the sealed set")
+
+    def asked(n: str) -> bool:
+        return pattern is None or fnmatch.fnmatchcase(n, pattern)
+
     for shard, rep in reports.items():
-        names = {n for n, f in idx.weight_map.items() if f == shard}
+        names = set(idx.tensors_in(shard))
         sealed = set(rep.tensors)
         for n in sorted(names - sealed):
-            if pattern is None or fnmatch.fnmatchcase(n, pattern):
-                out.append(f"the index maps tensor '{n}' to shard '{shard}', which does not hold it")
-    return out
+            if asked(n):
+                index.append(f"the index maps tensor '{n}' to shard '{shard}', which does not hold it")
+        for n in sorted(sealed - names):
+            if asked(n):
+                where = idx.weight_map.get(n)
+                index.append(
+                    f"shard '{shard}' holds sealed tensor '{n}', which the index "
+                    + ("does not list" if where is None else f"maps to shard '{where}'")
+                )
+    return grave, index, listed
 
 
 def inspect_dir(folder: Path) -> dict[str, Any]:
     """Describe a sharded checkpoint without a key: totals, the seal settings, and each shard.
 
     The settings shown are the first sealed shard's; any shard whose level, key fingerprint
-    or scheme differs (or that is not sealed) is listed under ``mismatched_shards``.
+    or scheme differs (or that is not sealed) is listed under ``mismatched_shards``. ``levels``
+    merges every shard's (each shard is sealed on its own, so the weakest shard sets a dtype's bound).
     """
     index = read_index(folder)
     shards = {name: files.inspect_file(folder / name) for name in index.shards}
@@ -353,31 +560,62 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
         out["mismatched_shards"] = [
             n for n, i in shards.items() if not i["sealed"] or {k: i["seal"].get(k) for k in same} != ref
         ]
-    out["levels"] = first["levels"]
+    out["levels"] = _merge_levels([i["levels"] for i in shards.values()])
     out["per_shard"] = {
         n: {"tensors": i["tensors"], "parameters": i["parameters"], "sealed": i["sealed"]} for n, i in shards.items()
     }
     return out
 
 
-def _merge(kind: str, reports: dict[str, Report], set_issues: list[str], skipped: int = 0, unread: int = 0) -> Report:
+def _merge_levels(each: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every shard's ``levels``: for a dtype two shards give differently, the smaller contiguous bound."""
+    out: dict[str, dict[str, Any]] = {}
+    for levels in each:
+        for label, dtypes in levels.items():
+            mine = out.setdefault(label, {})
+            for dt, cap in dtypes.items():
+                old = mine.get(dt)
+                if old is None or cap.get("contiguous_bound", 1) < old.get("contiguous_bound", 1):
+                    mine[dt] = cap
+    return out
+
+
+def _merge(
+    kind: str,
+    reports: dict[str, Report],
+    set_issues: list[str],
+    *,
+    fixable: list[str] | None = None,
+    fixed: bool = False,
+    lost: dict[str, TensorFinding] | None = None,
+    skipped: int = 0,
+    unread: int = 0,
+) -> Report:
     """One report for the whole checkpoint: tensors from every shard, the worst status.
 
-    ``skipped`` shards (``unread`` blocks) were left out by a partial verification.
+    ``set_issues`` lose weights; ``fixable`` ones are a wrong index, which recover rebuilds
+    (``fixed``: it did). ``lost`` names tensors of shards with no report. ``skipped`` shards
+    (``unread`` blocks) were left out by a partial verification, or could not be read.
     """
     tensors: dict[str, TensorFinding] = {}
-    extra, meta, notes = [], list(set_issues), []
+    fixable = fixable or []
+    extra, meta, notes = [], [*set_issues, *fixable], []
     for shard, r in reports.items():
         tensors.update(r.tensors)
         extra += [f"{shard}:{n}" for n in r.extra_tensors]
         meta += [f"{shard}: {m}" for m in r.metadata_issues]
         notes += [f"{shard}: {n}" for n in r.notes if "partial verification" not in n]
+    tensors |= {n: f for n, f in (lost or {}).items() if n not in tensors}
     if skipped:
         notes.append(f"partial verification: {len(reports)} shard(s) checked, {skipped} not read")
+    if fixed:
+        notes.append(f"{INDEX} was rebuilt from the shards' sealed headers")
     order: list[Status] = ["intact", "recovered", "tampered", "unrecoverable"]
     status: Status = max((r.status for r in reports.values()), key=order.index, default="intact")
     if set_issues and status in ("intact", "recovered"):
         status = "tampered" if kind == "verify" else "unrecoverable"
+    elif fixable and status in ("intact", "recovered"):
+        status = "tampered" if kind == "verify" else "recovered" if fixed else "unrecoverable"
     first = next(iter(reports.values()), None) or Report(kind="verify", status=status, recoverable=False)
     return replace(
         first,
