@@ -237,12 +237,39 @@ def test_bit_flip_in_a_sealed_npz_is_located_and_recovered_not_a_crc_error(
     rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file, "--json"])
     assert rc == 1, err
     assert json.loads(out)["tensors"]["big"]["tampered_blocks"] == [1000 // 64]
+    assert "'big.npy'" in adapter_for(bad).read(bad).container_issues[0]
     fixed = tmp_path / "fixed.npz"
     rc, _, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
     assert rc == 0, err
     helpers.assert_model_equal(adapter_for(fixed).read(fixed).tensors, adapter_for(sealed).read(sealed).tensors)
     with np.load(fixed, allow_pickle=False) as z:  # the recovered archive has correct CRCs again
         assert z["big"].shape == (200, 64)
+
+
+def test_a_stale_crc_in_a_sealed_npz_is_reported_as_container_damage(tmp_path: Path, key: paramseal.Key) -> None:
+    """The seal covers values, not zip bytes: a CRC edited alone breaks np.load and must not read as intact."""
+    src = tmp_path / "m.npz"
+    np.savez(src, w1=helpers.random_tensor(np.random.default_rng(1), np.float32, (100, 64)), b=np.ones(7, np.float32))
+    sealed = tmp_path / "sealed.npz"
+    paramseal.files.seal_file(src, sealed, key)
+    assert adapter_for(sealed).read(sealed).container_issues == ()
+    raw = bytearray(sealed.read_bytes())
+    central = raw.rfind(b"PK\x01\x02", 0, raw.rfind(b"w1.npy"))  # w1's central-directory record
+    raw[central + 16] ^= 0x01  # its CRC-32; the member's data and local header are untouched
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(zipfile.BadZipFile, match="CRC"):
+        with np.load(bad, allow_pickle=False) as z:
+            z["w1"]
+    loaded = adapter_for(bad).read(bad)
+    (issue,) = loaded.container_issues
+    assert "'w1.npy'" in issue and "CRC-32" in issue and "'b.npy'" not in issue
+    helpers.assert_model_equal(loaded.tensors, adapter_for(sealed).read(sealed).tensors)
+    fixed = tmp_path / "fixed.npz"
+    paramseal.files.recover_file(bad, fixed, key)
+    assert adapter_for(fixed).read(fixed).container_issues == ()
+    with np.load(fixed, allow_pickle=False) as z:
+        assert z["w1"].shape == (100, 64)
 
 
 def test_crc_error_in_an_unsealed_npz_is_a_format_error(tmp_path: Path, key_file: Path) -> None:

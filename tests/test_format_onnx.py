@@ -567,13 +567,111 @@ def test_typed_field_model_seals_and_runs_in_onnxruntime(tmp_path: Path, key: pa
     assert files.verify_file(out, key).status == "intact"
 
 
+def _side_names(model: Path) -> set[str]:
+    m = onnx.load(str(model), load_external_data=False)
+    return {{e.key: e.value for e in t.external_data}["location"] for _, t in _protos(m) if t.data_location == 1}
+
+
 def test_never_overwrites_the_inputs_external_data(tmp_path: Path, key: paramseal.Key, key_file: Path) -> None:
     src = save(mlp(np.random.default_rng(4)), tmp_path / "a.onnx", external=False)
     m = onnx.load(str(src))
     onnx.save_model(m, str(src), save_as_external_data=True, location="b.onnx.data", size_threshold=0)
     before = helpers.listing(tmp_path)
     rc, _, err = helpers.run_cli(["seal", src, tmp_path / "b.onnx", "--key", key_file])
-    assert rc == 3 and "b.onnx.data" in err and "input" in err
+    assert rc == 0, err
+    after = helpers.listing(tmp_path)
+    assert {n: after[n] for n in before} == before  # the input's data file, named like the output's, is kept
+    (side,) = _side_names(tmp_path / "b.onnx")
+    assert side != "b.onnx.data" and set(after) == {*before, "b.onnx", side}
+    assert files.verify_file(tmp_path / "b.onnx", key).status == "intact"
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), OSError(28, "No space left on device")], ids=["ctrl-c", "full"])
+def test_an_interrupted_rewrite_leaves_a_model_that_matches_its_external_data(
+    tmp_path: Path, ext_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    """Stopped at each rename in turn, the output is the old sealed pair or the new one, never a mix."""
+    out = tmp_path / "out" / "sealed.onnx"
+    out.parent.mkdir()
+    files.seal_file(ext_file, out, key)
+    real = __import__("os").replace
+    for stop in range(1, 10):
+        calls = 0
+
+        def replace(a: Any, b: Any, _stop: int = stop) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == _stop:
+                raise error
+            real(a, b)
+
+        monkeypatch.setattr("os.replace", replace)
+        try:
+            files.seal_file(ext_file, out, key)
+            done = True
+        except (KeyboardInterrupt, OSError):
+            done = False
+        monkeypatch.setattr("os.replace", real)
+        assert files.verify_file(out, key).status == "intact", stop
+        # no temporary files and no side file the model does not use
+        assert sorted(p.name for p in out.parent.iterdir()) == sorted({"sealed.onnx", *_side_names(out)}), stop
+        if done:
+            break
+    assert done and stop >= 3  # the side file's rename, the model's, the caller's
+
+
+def test_old_side_files_are_removed_only_when_paramseal_named_them(
+    tmp_path: Path, ext_file: Path, key: paramseal.Key
+) -> None:
+    out = tmp_path / "o" / "m.onnx"
+    out.parent.mkdir()
+    onnx.save_model(onnx.load(str(ext_file)), str(out), save_as_external_data=True, location="weights.bin")
+    files.seal_file(ext_file, out, key)  # replaces a model whose data file may be shared: it stays
+    assert (out.parent / "weights.bin").exists() and _side_names(out) == {"m.onnx.data"}
+    files.seal_file(ext_file, out, key)  # replaces ParamSeal's own pair: the old data file goes
+    (side,) = _side_names(out)
+    assert side != "m.onnx.data" and sorted(p.name for p in out.parent.iterdir()) == sorted(
+        ["m.onnx", side, "weights.bin"]
+    )
+    assert files.verify_file(out, key).status == "intact"
+
+
+def test_in_place_seal_and_recover_of_a_model_with_external_data(
+    tmp_path: Path, ext_file: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    folder = ext_file.parent
+    assert _side_names(ext_file) == {"ext.onnx.data"}  # ParamSeal's own naming: the output's name is taken
+    rc, _, err = helpers.run_cli(["seal", ext_file, ext_file, "--key", key_file, "--in-place"])
+    assert rc == 0, err
+    (side,) = _side_names(ext_file)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["ext.onnx", side])
+    assert files.verify_file(ext_file, key).status == "intact"
+    good = (folder / side).read_bytes()
+    m = onnx.load(str(ext_file), load_external_data=False)
+    off = {n: int({e.key: e.value for e in t.external_data}["offset"]) for n, t in _protos(m) if t.data_location == 1}
+    raw = bytearray(good)
+    raw[off["W1"] + 4 * 7 + 2] ^= 0x10
+    (folder / side).write_bytes(bytes(raw))
+    rc, _, err = helpers.run_cli(["recover", ext_file, ext_file, "--key", key_file, "--in-place"])
+    assert rc == 0, err
+    (fixed,) = _side_names(ext_file)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["ext.onnx", fixed])
+    assert (folder / fixed).read_bytes() == good
+    assert files.verify_file(ext_file, key).status == "intact"
+
+
+def test_a_sealed_model_is_never_written_as_a_graphless_onnx(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    before = helpers.listing(tmp_path)
+    rc, _, err = helpers.run_cli(["seal", model_file, tmp_path / "conv.onnx", "--key", key_file])
+    assert rc == 3 and "graph" in err and ".safetensors" in err, err
+    assert helpers.listing(tmp_path) == before
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(model_file, sealed, key)
+    before = helpers.listing(tmp_path)
+    rc, _, err = helpers.run_cli(["recover", sealed, tmp_path / "r.onnx", "--key", key_file])
+    assert rc == 3 and "graph" in err, err
     assert helpers.listing(tmp_path) == before
 
 

@@ -22,6 +22,10 @@ class Loaded:
     #: Entries the file holds besides the model, which the adapter read past (the other entries of a
     #: training checkpoint). A sealed file never has any: verify reports them, recover drops them.
     others: tuple[str, ...] = ()
+    #: Damage to the file's container outside the tensors and metadata, one message each (an .npz
+    #: member whose zip CRC-32 no longer matches: np.load refuses the file though its values verify).
+    #: A sealed file never has any: verify reports them as tampering, recover writes a new container.
+    container_issues: tuple[str, ...] = ()
 
 
 @runtime_checkable

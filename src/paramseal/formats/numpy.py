@@ -102,12 +102,17 @@ class NpzAdapter:
             ) from None
         if not tensors:
             raise FormatError(f"'{path}' holds no arrays: there are no tensors to read")
+        shown = ", ".join(repr(n) for n in bad_crc)
         if bad_crc and METADATA_KEY not in meta and not header_copies(tensors):
             raise FormatError(
-                f"'{path}' is corrupt: member(s) {', '.join(repr(n) for n in bad_crc)} fail their CRC-32 check and "
+                f"'{path}' is corrupt: member(s) {shown} fail their CRC-32 check and "
                 "the archive is not sealed, so nothing can tell which values changed; restore it from a good copy"
             )
-        return Loaded(tensors, meta)
+        # The seal covers values, not zip bytes: a CRC edited alone would pass verify yet break np.load.
+        issues = (
+            f"zip member(s) {shown} fail their CRC-32 check, so np.load refuses the archive (recover writes a new one)",
+        )
+        return Loaded(tensors, meta, container_issues=issues if bad_crc else ())
 
     def write(self, path: Path, loaded: Loaded) -> None:
         """Write one uncompressed ``<name>.npy`` member per tensor, then the metadata member if any."""

@@ -30,15 +30,24 @@ the graph (tensor payloads removed) as ``Loaded.source``, and ``files`` passes i
 on to ``write``, which fills it with the new values. For a ``Loaded`` built by
 hand, ``write`` looks for the graph among the last few models read in this
 process with exactly these tensor names. Tensors that match no graph read are written as a
-graph-less ONNX file of initializers (a plain container), unless they share more
-than half of their names with a graph read: those are that graph's tensors with
-some renamed, added or dropped, and writing them is refused.
+graph-less ONNX file of initializers (a plain container that ONNX runtimes cannot
+run), unless they share more than half of their names with a graph read: those are
+that graph's tensors with some renamed, added or dropped, and writing them is
+refused. A sealed model is never written graph-less (``seal m.safetensors m.onnx``
+is refused): a sealed file is meant to be deployed, and that one could not be.
 
 External data stays external, with the same tensors in the same order at the
 same offsets, in side files named after the output (``OUT.data``, or
-``OUT.1.data``... when the source had several). They are written to temporary
-files first and renamed into place just before the model file; a failure removes
-them again, and a side file of the input model is never overwritten.
+``OUT.1.data``... when the source had several). A name that the model being
+replaced, or the input, still uses is not reused: the side files then get a fresh
+name (``OUT.<8 hex digits>.data``), so that the old model and its data stay a
+matching pair until the new model takes the output's name. ``write`` therefore
+renames the model into place itself (``files.atomic_path`` then replaces it with
+the same bytes) and only afterwards removes the side files of the replaced
+model that carry ParamSeal's names for this output. A failure before that rename
+removes the new side files and leaves the old pair as it was; a side file of the
+input is never overwritten, and is removed only when the input itself was
+replaced (in place).
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ from __future__ import annotations
 import math
 import os
 import re
+import secrets
+import stat
 import tempfile
 import threading
 from collections import OrderedDict
@@ -59,7 +70,9 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
+from .._embed import header_copies
 from ..errors import FormatError, MissingDependencyError, UsageError
+from ..header import METADATA_KEY
 from .base import Loaded
 
 # TensorProto.DataType -> numpy dtype, for the dtypes the engine seals.
@@ -121,6 +134,7 @@ class _Template:
     skeleton: bytes
     names: frozenset[str]
     inputs: frozenset[Path]  # external-data files of the source: never overwritten
+    model: Path  # the source model file, resolved: writing over it is writing in place
 
 
 class _Templates:
@@ -190,7 +204,7 @@ class OnnxAdapter:
             if p.key in meta:
                 raise FormatError(f"'{path}': metadata_props has the key '{p.key}' twice")
             meta[p.key] = p.value
-        template = _Template(model.SerializeToString(), frozenset(names), frozenset(inputs))
+        template = _Template(model.SerializeToString(), frozenset(names), frozenset(inputs), path.resolve())
         _TEMPLATES.remember(template)
         return Loaded(tensors, meta, source=template)
 
@@ -199,36 +213,29 @@ class OnnxAdapter:
         onnx = _onnx()
         src = loaded.source
         template = src if isinstance(src, _Template) else _TEMPLATES.find(frozenset(loaded.tensors))
+        out = _final_name(path)
         if template is None:
+            _refuse_sealed_container(path.parent / out, loaded)
             model = _container(onnx, loaded)
-            inputs: frozenset[Path] = frozenset()
         else:
             model = onnx.ModelProto()
             model.ParseFromString(template.skeleton)
-            inputs = template.inputs
         slots = _slots(model)
-        out = _final_name(path)
         plan = _SidePlan(path.parent, out)
         for name, slot in zip(_names(slots), slots, strict=True):
             _fill(slot.proto, np.asarray(loaded.tensors[name]), name, plan)
         del model.metadata_props[:]
         for k, v in loaded.metadata.items():
             model.metadata_props.add(key=k, value=v)
-        plan.relocate(inputs)
-        try:
-            data = model.SerializeToString()
-        except ValueError as e:  # protobuf refuses messages over 2 GiB
-            raise FormatError(
-                f"cannot write '{out}': the ONNX model is too large to store inline ({e}); "
-                "keep its weights in external data"
-            ) from None
-        placed = plan.commit()
-        try:
-            path.write_bytes(data)
-        except BaseException:
-            for p in placed:
-                p.unlink(missing_ok=True)
-            raise
+        if not plan.files:
+            path.write_bytes(_serialize(model, out))
+            return
+        dst = path.parent / out
+        inputs = template.inputs if template is not None else frozenset()
+        in_place = template is not None and dst.resolve() == template.model
+        old = _side_files(onnx, dst)
+        plan.relocate(inputs, old)
+        plan.commit(_serialize(model, out), path, dst, plan.stale(old, inputs, in_place))
 
 
 # --------------------------------------------------------------------------- reading
@@ -412,6 +419,38 @@ def _strip(t: Any) -> None:
 # --------------------------------------------------------------------------- writing
 
 
+def _refuse_sealed_container(dst: Path, loaded: Loaded) -> None:
+    if METADATA_KEY in loaded.metadata or header_copies(loaded.tensors):
+        raise UsageError(
+            f"cannot write the sealed model to '{dst.name}': ONNX needs the model's graph, and these tensors come "
+            "from no ONNX model (ParamSeal does not convert models); write it as .safetensors or .npz, "
+            "or seal the original .onnx model"
+        )
+
+
+def _serialize(model: Any, out: str) -> bytes:
+    try:
+        data: bytes = model.SerializeToString()
+    except ValueError as e:  # protobuf refuses messages over 2 GiB
+        raise FormatError(
+            f"cannot write '{out}': the ONNX model is too large to store inline ({e}); "
+            "keep its weights in external data"
+        ) from None
+    return data
+
+
+def _side_files(onnx: ModuleType, dst: Path) -> frozenset[Path] | None:
+    """The external-data files the model at ``dst`` uses (empty if none is there; None if unreadable)."""
+    if not dst.exists():
+        return frozenset()
+    try:
+        slots = _slots(_parse(onnx, dst))
+        locs = (_external_info(s.proto, s.where)[0] for s in slots if s.proto.data_location == _EXTERNAL)
+        return frozenset((dst.parent / loc).resolve() for loc in locs)
+    except FormatError:
+        return None
+
+
 def _container(onnx: ModuleType, loaded: Loaded) -> Any:
     """A graph-less model of initializers, for tensors that come from no ONNX graph."""
     inits = []
@@ -465,19 +504,19 @@ class _SidePlan:
         self.files.setdefault(loc, []).append((offset, data))
         self.protos.append((t, loc))
 
-    def relocate(self, inputs: frozenset[Path]) -> None:
-        """Point every external tensor at its new side file, named after the output."""
+    def relocate(self, inputs: frozenset[Path], old: frozenset[Path] | None) -> None:
+        """Point every external tensor at its new side file, named after the output.
+
+        A name the input or the model being replaced (``old``; None: unknown) uses gets a fresh
+        suffix instead: renaming over it would pair the old model with the new data.
+        """
         n = len(self.files)
-        self.names = {
-            loc: f"{self.out_name}.data" if n == 1 else f"{self.out_name}.{i}.data"
-            for i, loc in enumerate(self.files, 1)
-        }
-        for new in self.names.values():
-            if (self.folder / new).resolve() in inputs:
-                raise UsageError(
-                    f"cannot write external data '{new}': it is a file of the input model; "
-                    "choose another output name (ParamSeal never modifies its input)"
-                )
+        for i, loc in enumerate(self.files, 1):
+            stem = self.out_name if n == 1 else f"{self.out_name}.{i}"
+            name = f"{stem}.data"
+            while self._taken(name, inputs, old):
+                name = f"{stem}.{secrets.token_hex(4)}.data"
+            self.names[loc] = name
         for t, loc in self.protos:
             # a checksum of the old file would now be wrong, and ONNX treats it as optional
             keep = [(e.key, self.names[loc] if e.key == "location" else e.value) for e in t.external_data]
@@ -486,31 +525,87 @@ class _SidePlan:
                 if k != "checksum":
                     t.external_data.add(key=k, value=v)
 
-    def commit(self) -> list[Path]:
-        """Write every side file to a temporary file, then rename them all into place."""
-        tmps: dict[str, Path] = {}
-        placed: list[Path] = []
+    def _taken(self, name: str, inputs: frozenset[Path], old: frozenset[Path] | None) -> bool:
+        p = self.folder / name
+        if not os.path.lexists(p) and name not in self.names.values():
+            return False
+        if name in self.names.values() or old is None:
+            return True
+        return p.resolve() in inputs or p.resolve() in old
+
+    def stale(self, old: frozenset[Path] | None, inputs: frozenset[Path], in_place: bool) -> list[Path]:
+        """Side files of the replaced model to remove once the new one is in place.
+
+        Only those named by ParamSeal for this output: another file may be shared with other models.
+        An input's file goes only when the input itself is replaced.
+        """
+        ours = re.compile(re.escape(self.out_name) + r"(\.[0-9]+)?(\.[0-9a-f]{8})?\.data")
+        new = {(self.folder / n).resolve() for n in self.names.values()}
+        return sorted(
+            p
+            for p in old or ()
+            if p.parent == self.folder.resolve()
+            and ours.fullmatch(p.name)
+            and p not in new
+            and (in_place or p not in inputs)
+        )
+
+    def commit(self, model: bytes, tmp: Path, dst: Path, stale: list[Path]) -> None:
+        """Write the side files and the model so that the model at ``dst`` always has complete data.
+
+        The side files take names the current model does not use, so the model's own rename is the
+        moment the new pair replaces the old one; the old side files are removed after it. ``tmp``
+        (the caller's temporary file, unless it is ``dst``) gets the same bytes first, for the caller's
+        rename, which then changes nothing.
+        """
+        if tmp != dst:
+            tmp.write_bytes(model)
         umask = os.umask(0)
         os.umask(umask)
+        temps: list[Path] = []
+        placed: list[Path] = []
         try:
             for loc, parts in self.files.items():
-                fd, tmp_name = tempfile.mkstemp(prefix=f".{self.names[loc]}.", suffix=".tmp", dir=self.folder)
-                tmps[loc] = Path(tmp_name)
-                with os.fdopen(fd, "wb") as f:
+                t = self._temp(self.names[loc], temps)
+                with open(t, "r+b") as f:
                     for offset, data in sorted(parts, key=lambda p: p[0]):
                         f.seek(offset)
                         f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.chmod(tmp_name, 0o666 & ~umask)
-            for loc, tmp in tmps.items():
-                dst = self.folder / self.names[loc]
-                os.replace(tmp, dst)
-                placed.append(dst)
+                os.chmod(t, 0o666 & ~umask)
+            for loc, t in zip(self.files, temps, strict=True):
+                os.replace(t, self.folder / self.names[loc])
+                placed.append(self.folder / self.names[loc])
+            t = self._temp(dst.name, temps)
+            with open(t, "r+b") as f:
+                f.write(model)
+                f.flush()
+                os.fsync(f.fileno())
+            try:  # as files.atomic_path: a replaced file keeps its mode
+                mode = stat.S_IMODE(os.stat(dst).st_mode)
+            except FileNotFoundError:
+                mode = 0o666 & ~umask
+            os.chmod(t, mode)
+            os.replace(t, dst)
+        except BaseException:
+            for p in placed:
+                p.unlink(missing_ok=True)
+            raise
         finally:
-            for tmp in tmps.values():
-                tmp.unlink(missing_ok=True)
-        return placed
+            for p in temps:
+                p.unlink(missing_ok=True)
+        for p in stale:
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:  # the new pair is complete; an old file left over does no harm
+                pass
+
+    def _temp(self, name: str, temps: list[Path]) -> Path:
+        fd, t = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
+        os.close(fd)
+        temps.append(Path(t))
+        return Path(t)
 
 
 def _final_name(path: Path) -> str:
