@@ -265,9 +265,13 @@ def test_a_stale_crc_in_a_sealed_npz_is_reported_as_container_damage(tmp_path: P
     (issue,) = loaded.container_issues
     assert "'w1.npy'" in issue and "CRC-32" in issue and "'b.npy'" not in issue
     helpers.assert_model_equal(loaded.tensors, adapter_for(sealed).read(sealed).tensors)
+    rep = paramseal.files.verify_file(bad, key)
+    assert rep.status == "tampered" and rep.exit_code == 1 and rep.tampered_tensors == []
+    assert any("CRC-32" in m for m in rep.metadata_issues)
     fixed = tmp_path / "fixed.npz"
-    paramseal.files.recover_file(bad, fixed, key)
+    assert paramseal.files.recover_file(bad, fixed, key).report.status == "recovered"
     assert adapter_for(fixed).read(fixed).container_issues == ()
+    assert paramseal.files.verify_file(fixed, key).status == "intact"
     with np.load(fixed, allow_pickle=False) as z:
         assert z["w1"].shape == (100, 64)
 

@@ -199,6 +199,7 @@ def _split_header(
             f"the file holds {len(loaded.others)} entries besides the sealed weights ({shown}); a loader may read "
             "them instead of the sealed ones (recover writes the sealed weights alone)"
         )
+    issues.extend(loaded.container_issues)  # damage to the container itself (a stale zip CRC), not the values
     return text, meta, embedded, issues
 
 
