@@ -190,8 +190,23 @@ def make_target(model: Tensors, level: str, key: Key = KEY, code: str | None = N
             loc.append(float(a.min()))
             scale.append(float(a.max()) - float(a.min()) + 1.0)
     k = paramseal.levels.bits_for("F32", level, None)
-    return Target(level, k, "irs4" if h.irs else "lanes", h.host, s.tensors, s.header_json, names, numel, nblocks,
-                  starts(numel), starts(nblocks), starts(bits), loc, scale, seal_s)
+    return Target(
+        level,
+        k,
+        "irs4" if h.irs else "lanes",
+        h.host,
+        s.tensors,
+        s.header_json,
+        names,
+        numel,
+        nblocks,
+        starts(numel),
+        starts(nblocks),
+        starts(bits),
+        loc,
+        scale,
+        seal_s,
+    )
 
 
 # --------------------------------------------------------------------------- attacks
@@ -401,16 +416,25 @@ class Point:
         return str(int(self.rate)) if self.attack == "bitflips" else f"{100 * self.rate:g}%"
 
 
-def sweep(tg: Target, attack: str, rates: Sequence[float], trials: int, seed: int,
-          stop_after_zeros: int | None = None, log: Callable[[str], None] = print) -> list[Point]:
+def sweep(
+    tg: Target,
+    attack: str,
+    rates: Sequence[float],
+    trials: int,
+    seed: int,
+    stop_after_zeros: int | None = None,
+    log: Callable[[str], None] = print,
+) -> list[Point]:
     points: list[Point] = []
     zeros = 0
     for rate in rates:
         outs = [run_trial(tg, attack, rate, trial_rng(seed, tg.level, attack, rate, i)) for i in range(trials)]
         p = Point(tg.level, tg.code, attack, rate, outs)
         points.append(p)
-        log(f"  {tg.level:8s} {tg.code:5s} {attack:17s} {p.rate_str():>6s}  {p.successes}/{p.trials}"
-            f"  {np.mean([o.seconds for o in outs]):.3f}s")
+        log(
+            f"  {tg.level:8s} {tg.code:5s} {attack:17s} {p.rate_str():>6s}  {p.successes}/{p.trials}"
+            f"  {np.mean([o.seconds for o in outs]):.3f}s"
+        )
         if p.false_claims:
             log(f"  !!! FALSE CLAIM: {p.false_claims} trial(s) said 'recovered' but are not bit-exact !!!")
         zeros = zeros + 1 if p.successes == 0 else 0
@@ -434,10 +458,11 @@ def bounds(tg: Target) -> tuple[str, str]:
     k = tg.k
     if tg.code == "irs4":
         cap = paramseal._strata.capacity(k, tg.host)
-        return (f"{100 * cap['contiguous_bound']:.2f}% per group",
-                f"{100 * cap['scattered_radius']:.2f}% per group")
-    return (f"{100 * theoretical_bound(k):.2f}% of blocks, (k-0.5)/31.5",
-            f"{100 * scattered_bound(k):.3f}% of params (blocks hit = bound)")
+        return (f"{100 * cap['contiguous_bound']:.2f}% per group", f"{100 * cap['scattered_radius']:.2f}% per group")
+    return (
+        f"{100 * theoretical_bound(k):.2f}% of blocks, (k-0.5)/31.5",
+        f"{100 * scattered_bound(k):.3f}% of params (blocks hit = bound)",
+    )
 
 
 def markdown(points: list[Point]) -> str:
@@ -520,11 +545,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--params", type=int, default=None, help="model size (default 1.2M; 300k with --quick)")
     ap.add_argument("--levels", default="standard,strong", help="comma-separated: light,standard,strong")
     ap.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated subset of " + ",".join(ATTACKS))
-    ap.add_argument("--code", choices=("irs", "lanes"), default=None,
-                    help="seal with this code (default: what paramseal picks, irs4 for fp32 standard/strong)")
-    ap.add_argument("--rates", default=None,
-                    help="comma-separated rates replacing the defaults of the selected rate attacks "
-                    "(bitflips keep their counts)")
+    ap.add_argument(
+        "--code",
+        choices=("irs", "lanes"),
+        default=None,
+        help="seal with this code (default: what paramseal picks, irs4 for fp32 standard/strong)",
+    )
+    ap.add_argument(
+        "--rates",
+        default=None,
+        help="comma-separated rates replacing the defaults of the selected rate attacks (bitflips keep their counts)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="small model, 5 trials: a smoke run")
     ap.add_argument("--markdown", metavar="PATH", help="also write the tables to PATH")
@@ -548,8 +579,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = build_model(nparams)
     nfloat = sum(a.size for a in model.values() if a.dtype == np.float32)
     nint = sum(a.size for a in model.values() if a.dtype != np.float32)
-    log(f"model: {len(model)} tensors, {nfloat + nint:,} params ({nfloat:,} fp32 + {nint:,} int64), "
-        f"{trials} trials per point")
+    log(
+        f"model: {len(model)} tensors, {nfloat + nint:,} params ({nfloat:,} fp32 + {nint:,} int64), "
+        f"{trials} trials per point"
+    )
     targets: list[Target] = []
     points: list[Point] = []
     for lv in levels:
@@ -563,11 +596,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     elapsed = time.perf_counter() - t_start
 
     false_claims = sum(p.false_claims for p in points)
-    head = (f"ParamSeal recovery rates: {len(model)} tensors, {nfloat + nint:,} parameters "
-            f"({nfloat:,} fp32 + {nint:,} int64), {trials} seeded trials per point, seed {args.seed}; "
-            f"code per level as read from its sealed header ({', '.join(f'{t.level}: {t.code}' for t in targets)}); "
-            f"success = status 'recovered' and every tensor byte-identical to the sealed model. "
-            f"False claims (status 'recovered', not bit-exact): {false_claims}. Total run time {elapsed:.0f}s.")
+    head = (
+        f"ParamSeal recovery rates: {len(model)} tensors, {nfloat + nint:,} parameters "
+        f"({nfloat:,} fp32 + {nint:,} int64), {trials} seeded trials per point, seed {args.seed}; "
+        f"code per level as read from its sealed header ({', '.join(f'{t.level}: {t.code}' for t in targets)}); "
+        f"success = status 'recovered' and every tensor byte-identical to the sealed model. "
+        f"False claims (status 'recovered', not bit-exact): {false_claims}. Total run time {elapsed:.0f}s."
+    )
     text = "\n\n".join([head, markdown(points), summary(targets, points)]) + "\n"
     print(text)
     if args.markdown:

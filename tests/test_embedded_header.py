@@ -262,10 +262,13 @@ def test_a_model_too_small_for_a_copy_says_so(tmp_path: Path, key: paramseal.Key
 
 
 def _break_copies(sealed: paramseal.SealedModel) -> dict[str, np.ndarray]:
-    """The sealed tensors with both header copies' record magic flipped (value 4: block 0's first byte past the tag)."""
-    t = sealed.tensors
+    """The sealed tensors with every low bit of the carriers' reserved blocks (records and copies) inverted."""
+    t = dict(sealed.tensors)
     for c in sealed.header.carriers:
-        t = helpers.flip_bit(t, sealed.header.tensors[c].name, 4, 0)
+        spec = sealed.header.tensors[c]
+        u = np.array(t[spec.name], copy=True).reshape(-1).view(np.uint32)
+        u[: spec.reserved * 64] ^= np.uint32((1 << spec.k) - 1)
+        t[spec.name] = u.view(np.float32).reshape(t[spec.name].shape)
     return t
 
 
@@ -417,3 +420,29 @@ def test_a_flip_in_each_header_copy_is_survived_by_mixing_the_two(
     with pytest.raises(HeaderAuthError) as ei:
         header_from_weights(same, key)
     assert ei.value.exit_code == 2 and "--header-from" in str(ei.value)
+
+
+def test_a_single_carrier_keeps_three_copies_and_survives_a_flip_in_each(tmp_path: Path, key: paramseal.Key) -> None:
+    """A one-tensor model (.npy) has one carrier: one copy there left a flip in it unrecoverable."""
+    w = helpers.random_tensor(np.random.default_rng(3), np.float32, (1024, 512))
+    sealed = paramseal.seal({"w": w}, key)
+    assert sealed.header.carriers == (0,) and sealed.header.copies == 3
+    text = dict(_embed.header_copies(sealed.tensors))["w"]
+    n = len(text)
+    t = sealed.tensors
+    for c, pos in ((0, 10), (1, n // 2), (2, n - 5)):  # a flip in every copy, each at another byte
+        t = helpers.flip_bit(t, "w", _text_value(c * n + pos), 0)
+    assert header_from_weights(t, key) == text
+    np.save(tmp_path / "w.npy", t["w"])
+    res = files.recover_file(tmp_path / "w.npy", tmp_path / "r.npy", key)
+    assert res.report.status == "recovered" and res.report.restored_count == 3
+    assert np.load(tmp_path / "r.npy").tobytes() == sealed.tensors["w"].tobytes()
+    # two copies hit at the same bit: the third, intact, is read
+    same = helpers.flip_bit(helpers.flip_bit(sealed.tensors, "w", _text_value(7), 0), "w", _text_value(n + 7), 0)
+    assert header_from_weights(same, key) == text
+    # the record's magic hit (no record found) and a copy's byte made invalid UTF-8: still read
+    odd = helpers.flip_bit(helpers.flip_bit(sealed.tensors, "w", 4, 0), "w", _text_value(20), 7)
+    assert _embed.header_copies(odd) == [] and header_from_weights(odd, key) == text
+    # the record's header length hit (its top byte: the length no longer fits the tensor)
+    long = helpers.flip_bit(sealed.tensors, "w", TAG_BITS // 8 + _embed.RECORD_BYTES - 1, 2)
+    assert _embed.header_copies(long) == [] and header_from_weights(long, key) == text

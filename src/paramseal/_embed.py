@@ -34,6 +34,7 @@ MAGIC = b"PSL\x02"
 _RECORD = struct.Struct("<4sII8sI")
 RECORD_BYTES = _RECORD.size
 CARRIERS = 2
+COPIES = 3  # copies in all (spread over the carriers) when the budget allows: any byte has a majority
 COPY_BUDGET = 0.02  # at most this fraction of the float blocks holds header copies
 MERGE_BYTES = 12  # two damaged copies differing in up to this many bytes are merged (2^12 candidates at most)
 
@@ -56,6 +57,7 @@ class Plan:
     specs: list[TensorSpec]
     carriers: tuple[int, ...]
     room: int  # header bytes a carrier can hold
+    copies: int = 1  # copies of the header in each carrier
 
 
 def plan(specs: list[TensorSpec], header_bytes: int) -> Plan:
@@ -66,7 +68,7 @@ def plan(specs: list[TensorSpec], header_bytes: int) -> Plan:
     # Largest storage first: a big tensor holds the copy in a small fraction of its blocks.
     by_room = sorted(fits, key=lambda i: (-(specs[i].numel // BLOCK) * block_bytes(specs[i].k), i))
     # A copy is worth a little capacity, not much: small models keep their header in the metadata only.
-    budget = COPY_BUDGET * sum(s.nblocks for s in specs if s.is_float)
+    total = budget = COPY_BUDGET * sum(s.nblocks for s in specs if s.is_float)
     chosen: list[int] = []
     for i in by_room:
         cost = blocks_needed(specs[i].k, need)
@@ -74,10 +76,18 @@ def plan(specs: list[TensorSpec], header_bytes: int) -> Plan:
             chosen.append(i)
             budget -= cost
     carriers = tuple(chosen)
+    # The copies carry no parity: with one copy per carrier a flip in each leaves no intact one.
+    # More copies, where the budget allows, give every byte a majority (see `merged_copies`).
+    copies = 1
+    for n in range(-(-COPIES // max(len(carriers), 1)), 1, -1):
+        sizes = [blocks_needed(specs[i].k, RECORD_BYTES + n * header_bytes) for i in carriers]
+        if sum(sizes) <= total and all(specs[i].numel // BLOCK >= b for i, b in zip(carriers, sizes, strict=True)):
+            copies = n
+            break
     for i in fits:
-        size = need if i in carriers else RECORD_BYTES
+        size = RECORD_BYTES + copies * header_bytes if i in carriers else RECORD_BYTES
         out[i] = replace(specs[i], reserved=blocks_needed(specs[i].k, size))
-    return Plan(out, carriers, header_bytes)
+    return Plan(out, carriers, header_bytes, copies if carriers else 1)
 
 
 def record(index: int, ntensors: int, salt: bytes, header_len: int) -> bytes:
@@ -85,9 +95,11 @@ def record(index: int, ntensors: int, salt: bytes, header_len: int) -> bytes:
     return _RECORD.pack(MAGIC, index, ntensors, salt[:8], header_len)
 
 
-def reserved_content(spec: TensorSpec, index: int, ntensors: int, salt: bytes, header: bytes | None) -> bytes:
-    """Bytes for all reserved blocks of one tensor: record, header copy if a carrier, zero padding."""
-    body = record(index, ntensors, salt, len(header) if header else 0) + (header or b"")
+def reserved_content(
+    spec: TensorSpec, index: int, ntensors: int, salt: bytes, header: bytes | None, copies: int = 1
+) -> bytes:
+    """Bytes for all reserved blocks of one tensor: record, ``copies`` header copies if a carrier, zero padding."""
+    body = record(index, ntensors, salt, len(header) if header else 0) + (header or b"") * copies
     room = spec.reserved * block_bytes(spec.k)
     if len(body) > room:
         raise AssertionError(f"embedded header of {len(body)} bytes exceeds the {room} reserved")  # plan() sized it
@@ -133,25 +145,30 @@ class Found:
     ntensors: int
     salt8: bytes
     header: bytes  # empty unless a carrier
+    hlen: int = 0  # the header length the record gives (it may not fit when the record is damaged)
 
 
-def read_record(a: NDArray[np.generic], k: int) -> Found | None:
-    """The record of ``a`` if it was sealed with ``k`` low bits, else None."""
+def read_record(a: NDArray[np.generic], k: int, *, damaged: bool = False) -> Found | None:
+    """The record of ``a`` if it was sealed with ``k`` low bits, else None.
+
+    ``damaged``: also a record whose magic is a bit or two off (only to find where copies lie).
+    """
     flat = _bits.uint_view(a)
     n0 = blocks_needed(k, RECORD_BYTES)
     if flat.size < n0 * BLOCK or block_bytes(k) <= 0:
         return None
     head = _storage(flat[: n0 * BLOCK].reshape(n0, BLOCK), k)
     magic, index, count, salt8, hlen = _RECORD.unpack(head[:RECORD_BYTES])
-    if magic != MAGIC or index >= count:
+    off = int.from_bytes(magic, "little") ^ int.from_bytes(MAGIC, "little")
+    if off.bit_count() > 2 if damaged else magic != MAGIC or index >= count:
         return None
     text = b""
     if hlen:
         nb = blocks_needed(k, RECORD_BYTES + hlen)
         if flat.size < nb * BLOCK:
-            return None
+            return Found(k, index, count, salt8, b"", hlen) if damaged else None
         text = _storage(flat[: nb * BLOCK].reshape(nb, BLOCK), k)[RECORD_BYTES : RECORD_BYTES + hlen]
-    return Found(k, index, count, salt8, text)
+    return Found(k, index, count, salt8, text, hlen)
 
 
 def _ks(dtype: str) -> Iterator[int]:
@@ -161,12 +178,12 @@ def _ks(dtype: str) -> Iterator[int]:
     yield from (k for k in range(1, fmt.mantissa) if k not in levels)
 
 
-def scan(a: NDArray[np.generic]) -> Found | None:
-    """Find a record in ``a`` without knowing k (tries each possible k)."""
+def scan(a: NDArray[np.generic], *, damaged: bool = False) -> Found | None:
+    """Find a record in ``a`` without knowing k (tries each possible k); ``damaged`` as in `read_record`."""
     if not _float(a):  # only float tensors hold records
         return None
     for k in _ks(dtype_name(a.dtype)):
-        if (f := read_record(a, k)) is not None:
+        if (f := read_record(a, k, damaged=damaged)) is not None:
             return f
     return None
 
@@ -219,18 +236,29 @@ def header_copies(tensors: Mapping[str, NDArray[np.generic]]) -> list[tuple[str,
 
 
 def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
-    """Header texts mixed from two damaged copies: at each byte where they differ, either one's byte.
+    """Header texts rebuilt from damaged copies: each copy, a byte-wise majority, mixes of two.
 
-    The copies have no parity of their own, so a flip in each leaves neither authentic; but unless
-    both were hit at the same byte, one mix is the header. A copy whose record was hit is read at
-    the k and length the other's record gives, from the largest float tensors (where carriers are).
+    A mix of two takes, at each byte where they differ, either one's byte. The copies have no
+    parity of their own, so a flip in each leaves none authentic; but unless
+    two were hit at the same byte, the majority (three copies or more, as seals now write where
+    the budget allows) or one mix of two is the header. A copy whose record was hit is read at
+    the k and length another record gives, from the largest float tensors (where carriers are).
     """
     floats = [n for n in tensors if _float(np.asarray(tensors[n]))]
     big = sorted(floats, key=lambda n: -int(np.asarray(tensors[n]).size))[: 2 * CARRIERS]
-    recs = [f for n in big if (f := scan(np.asarray(tensors[n]))) is not None and f.header]
-    shapes = {(f.k, len(f.header)) for f in recs}
+    recs = [f for n in big if (f := scan(np.asarray(tensors[n]), damaged=True)) is not None and f.hlen]
+    # the length as recorded, or with one bit of it undone (a flip in the record's length field)
+    shapes = {(f.k, f.hlen ^ flip) for f in recs for flip in (0, *(1 << b for b in range(32)))}
+    shapes = {(k, n) for k, n in shapes if 0 < n <= 1 << 20}
     for k, hlen in sorted(shapes):
-        raw = [c for n in big if (c := _copy_bytes(np.asarray(tensors[n]), k, hlen)) is not None]
+        found = (_copy_bytes(np.asarray(tensors[n]), k, hlen, c) for n in big for c in range(COPIES))
+        raw = [c for c in found if c is not None and any(c)]  # zeros: no copy there (fewer copies, older seals)
+        for c in raw:  # a later copy of a carrier may be intact
+            yield from _text(c)
+        if len(raw) >= 3:  # each byte as most copies hold it
+            votes = np.stack([np.frombuffer(c, np.uint8) for c in raw])
+            counts = (votes[:, None, :] == votes[None, :, :]).sum(axis=0)
+            yield from _text(votes[counts.argmax(axis=0), np.arange(hlen)].tobytes())
         for i in range(len(raw)):
             for j in range(i + 1, len(raw)):
                 a, b = np.frombuffer(raw[i], np.uint8), np.frombuffer(raw[j], np.uint8)
@@ -241,21 +269,26 @@ def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
                     pick = diff[[(mask >> q) & 1 == 1 for q in range(diff.size)]]
                     mix = a.copy()
                     mix[pick] = b[pick]
-                    try:
-                        yield mix.tobytes().decode("utf-8")
-                    except UnicodeDecodeError:
-                        continue
+                    yield from _text(mix.tobytes())
 
 
-def _copy_bytes(a: NDArray[np.generic], k: int, hlen: int) -> bytes | None:
-    """The ``hlen`` header bytes a carrier sealed at ``k`` would hold (whatever its record says)."""
+def _text(b: bytes) -> Iterator[str]:
+    try:
+        yield b.decode("utf-8")
+    except UnicodeDecodeError:
+        return
+
+
+def _copy_bytes(a: NDArray[np.generic], k: int, hlen: int, copy: int = 0) -> bytes | None:
+    """Copy ``copy`` of the ``hlen`` header bytes a carrier sealed at ``k`` would hold (whatever its record says)."""
     if _bits.uint_view(a).dtype.itemsize * 8 <= k or block_bytes(k) <= 0:
         return None
     flat = _bits.uint_view(a)
-    nb = blocks_needed(k, RECORD_BYTES + hlen)
+    end = RECORD_BYTES + (copy + 1) * hlen
+    nb = blocks_needed(k, end)
     if flat.size < nb * BLOCK:
         return None
-    return _storage(flat[: nb * BLOCK].reshape(nb, BLOCK), k)[RECORD_BYTES : RECORD_BYTES + hlen]
+    return _storage(flat[: nb * BLOCK].reshape(nb, BLOCK), k)[end - hlen : end]
 
 
 __all__ = [

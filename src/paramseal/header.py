@@ -59,6 +59,7 @@ class Header:
     host: int = 0  # v3: free bytes per codeword that carry the outer code
     strata_perms: int = 0  # v3: keyed position permutations of the groups (absent, 0, in the first v3 seals)
     keyed_offset: bool = False  # v3: the code runs on the words plus a keyed pad (absent in the first v3 seals)
+    copies: int = 1  # v2+: header copies in each carrier (absent, 1, in seals before there were more)
 
     @property
     def irs(self) -> bool:
@@ -101,6 +102,8 @@ class Header:
         else:
             body["user_metadata_sha256"] = self.digest
             body["carriers"] = list(self.carriers)
+            if self.copies != 1:  # absent from older seals: their MAC covers no such field
+                body["header_copies"] = self.copies
         if self.irs:
             body["strata"] = self.strata
             body["outer_host"] = self.host
@@ -229,6 +232,7 @@ def parse_header(text: str, key: Key) -> Header:
             host=int(body["outer_host"]) if body["scheme"] == SCHEME_IRS else 0,
             strata_perms=int(body.get("strata_perms", 0)) if body["scheme"] == SCHEME_IRS else 0,
             keyed_offset=body.get("keyed_offset", 0) == 1 if body["scheme"] == SCHEME_IRS else False,
+            copies=1 if v1 else int(body.get("header_copies", 1)),
         )
     except (KeyError, TypeError, ValueError) as e:  # authenticated but unreadable: a writer bug
         raise FormatError(f"the ParamSeal header is authentic but unreadable: {e}") from None

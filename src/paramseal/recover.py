@@ -244,7 +244,7 @@ def finish_rebuilt(
     if spec.reserved:
         h = chk.header
         copy = h.to_json(chk.key, embedded=True).encode() if t in h.carriers else None
-        content = _embed.reserved_content(spec, t, len(chk.specs), h.salt, copy)
+        content = _embed.reserved_content(spec, t, len(chk.specs), h.salt, copy, h.copies)
         _embed.write_reserved(new, spec, content, np.arange(rows.size), at=rows)
     tags = _model.compute_tags(chk.mac, chk.header.salt, t, spec, new, internal, at=rows)
     inside = internal[rows]

@@ -116,7 +116,7 @@ def seal_flat(
     emb = _embed.plan(specs, _copy_size(specs, level, bits, salt, key, meta, irs))
     specs = emb.specs
     if irs:
-        return _seal_irs(flats, outs, specs, key, salt, level, bits, meta, emb.carriers, progress)
+        return _seal_irs(flats, outs, specs, key, salt, level, bits, meta, emb, progress)
     layout = build_layout(specs, key, salt, lanes)
     prog = progress or Progress.null()
     g = layout.lanes
@@ -174,6 +174,7 @@ def seal_flat(
         external_tags=external,
         user_metadata=meta,
         carriers=emb.carriers,
+        copies=emb.copies,
     )
     _write_carriers(outs, header, key, mac)
     return header
@@ -223,7 +224,8 @@ def _write_carriers(outs: list[NDArray[np.unsignedinteger]], header: Header, key
         spec = specs[t]
         ub = read_blocks(outs[t], spec, 0, spec.reserved)
         rows = np.arange(spec.reserved)
-        _embed.write_reserved(ub, spec, _embed.reserved_content(spec, t, len(specs), salt, copy), rows)
+        content = _embed.reserved_content(spec, t, len(specs), salt, copy, header.copies)
+        _embed.write_reserved(ub, spec, content, rows)
         tags = _model.compute_tags(mac, salt, t, spec, ub, np.ones(spec.nblocks, np.bool_))
         write_tags(ub, tags, spec.k)
         write_blocks(outs[t], spec, 0, ub)
@@ -245,7 +247,7 @@ def _seal_irs(
     level: str,
     bits: int | None,
     meta: dict[str, str],
-    carriers: tuple[int, ...],
+    emb: _embed.Plan,
     progress: Progress | None,
 ) -> Header:
     """Seal with the irs4 code: parity per superblock of groups, then tags chunk by chunk.
@@ -256,6 +258,7 @@ def _seal_irs(
     ``flats`` and ``outs`` (memory maps for files).
     """
     prog = progress or Progress.null()
+    carriers = emb.carriers
     st = _strata.plan(specs, key, salt)
     code = st.code
     data = st.pack_data(flats)
@@ -319,6 +322,7 @@ def _seal_irs(
         external_tags=external,
         user_metadata=meta,
         carriers=carriers,
+        copies=emb.copies,
         scheme=SCHEME_IRS,
         code=_strata.CODE_NAME,
         strata=st.G,
@@ -401,7 +405,9 @@ def probe_header(
         for t, s in enumerate(specs)
         if not s.block_storage()[1].all()
     }
-    probe = Header(level, bits, salt, key.fingerprint, 0, tuple(specs), ext, meta, carriers=(0,) * _embed.CARRIERS)
+    probe = Header(
+        level, bits, salt, key.fingerprint, 0, tuple(specs), ext, meta, carriers=(0,) * _embed.CARRIERS, copies=9
+    )
     if irs:
         probe = replace(
             probe,

@@ -306,7 +306,34 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
     were sealed with another key, and HeaderAuthError when every copy was edited.
     """
     copies = _embed.header_copies(tensors)
-    n, never_had_copies = _embed.sealed_traces(tensors) if not copies else (0, False)
+    errs: list[ParamSealError] = []
+    for _, text in copies:
+        try:
+            parse_header(text, key)
+            return text
+        except (KeyMismatchError, HeaderAuthError, FormatError) as e:
+            errs.append(e)
+    # Another key only when every copy names the same well-formed one: a flipped fingerprint is damage.
+    named = {e.stored if isinstance(e, KeyMismatchError) else "" for e in errs}
+    other_key = bool(errs) and len(named) == 1 and re.fullmatch("[0-9a-f]{16}", next(iter(named))) is not None
+    if other_key and len(copies) > 1:
+        raise errs[0]
+    # Damaged copies (also ones no longer valid UTF-8, or behind a damaged record): rebuild the header from them.
+    for text in _embed.merged_copies(tensors):
+        try:
+            parse_header(text, key)
+            return text
+        except (KeyMismatchError, HeaderAuthError, FormatError):
+            continue
+    if other_key:
+        raise errs[0]
+    if errs:
+        why = next((str(e) for e in errs if not isinstance(e, KeyMismatchError)), "")
+        raise HeaderAuthError(
+            f"{why or 'the copies of the ParamSeal header in the weights do not authenticate (they were damaged)'}. "
+            f"{HEADER_HINT}"
+        ) from None
+    n, never_had_copies = _embed.sealed_traces(tensors)
     if n and never_had_copies:
         raise HeaderOnlyInMetadata(
             f"the model was sealed (ParamSeal records remain in {n} of its tensors) but is too small to carry its "
@@ -318,37 +345,11 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
             "the weights is intact: they were tampered with, and nothing can be checked or rebuilt without the "
             f"header. {HEADER_HINT}"
         )
-    if not copies:
-        raise NotSealedError(
-            "the model carries no ParamSeal header: none in the file's metadata and no copy in the weights; "
-            "seal it first with 'paramseal seal' if it never was (a model too small to hold a copy needs its "
-            f"original metadata). {NOT_SEALED_WARNING}"
-        )
-    errs: list[ParamSealError] = []
-    for _, text in copies:
-        try:
-            parse_header(text, key)
-            return text
-        except (KeyMismatchError, HeaderAuthError, FormatError) as e:
-            errs.append(e)
-    # Another key only when every copy names the same well-formed one: a flipped fingerprint is damage.
-    named = {e.stored if isinstance(e, KeyMismatchError) else "" for e in errs}
-    other_key = len(named) == 1 and re.fullmatch("[0-9a-f]{16}", next(iter(named))) is not None
-    if other_key and len(copies) > 1:
-        raise errs[0]
-    for text in _embed.merged_copies(tensors):  # a flip in each copy: one mix of the two is the header
-        try:
-            parse_header(text, key)
-            return text
-        except (KeyMismatchError, HeaderAuthError, FormatError):
-            continue
-    if other_key:
-        raise errs[0]
-    why = next((str(e) for e in errs if not isinstance(e, KeyMismatchError)), "")
-    raise HeaderAuthError(
-        f"{why or 'the copies of the ParamSeal header in the weights do not authenticate (they were damaged)'}. "
-        f"{HEADER_HINT}"
-    ) from None
+    raise NotSealedError(
+        "the model carries no ParamSeal header: none in the file's metadata and no copy in the weights; "
+        "seal it first with 'paramseal seal' if it never was (a model too small to hold a copy needs its "
+        f"original metadata). {NOT_SEALED_WARNING}"
+    )
 
 
 NOT_SEALED_WARNING = (
