@@ -21,6 +21,12 @@ Attacks (every trial has its own seeded generator):
 * ``contiguous-blocks``: 2-5 runs of consecutive 64-value blocks (in file order, runs may
   cross tensor boundaries) totalling ``rate`` of all blocks, overwritten with random values
   on each tensor's scale;
+* ``short-runs``: many runs of 1..64 consecutive blocks (lengths uniform, file order,
+  runs may cross tensor boundaries) at uniformly random, non-overlapping places (two runs
+  may happen to touch), totalling ``rate`` of all blocks, overwritten with random values;
+  confined damage broken into many small pieces rather than 2-5 long ones;
+* ``rows``: ``round(rate * rows)`` random whole rows of every 2-D tensor (so ``rate`` of
+  the matrix parameters; a row need not start or end on a block boundary), overwritten;
 * ``whole-tensors``: tensors taken in random order while they fit in ``rate`` of all
   parameters, each wholly overwritten (the fraction actually replaced is reported);
 * ``scattered``: ``rate`` of all parameters, uniformly over the whole model, overwritten;
@@ -80,8 +86,32 @@ SCATTERED_RATES: dict[str, dict[str, tuple[float, ...]]] = {
         (0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.007, 0.01, 0.02, 0.05),
     ),
 }
+# Many short runs and whole rows: confined damage, but spread over many places.
+SHORT_RUNS_RATES: dict[str, dict[str, tuple[float, ...]]] = {
+    "irs4": {
+        "standard": (0.12, 0.14, 0.15, 0.16, 0.17, 0.18, 0.20),
+        "strong": (0.20, 0.22, 0.24, 0.26, 0.28, 0.30, 0.32),
+    },
+    "lanes": {
+        "light": (0.02, 0.05, 0.08, 0.10),
+        "standard": (0.05, 0.10, 0.15, 0.18, 0.20),
+        "strong": (0.10, 0.20, 0.25, 0.30, 0.33),
+    },
+}
+# A row of d or 4d values rarely starts on a block boundary, so rows taint ~1.25x their share of blocks.
+ROWS_RATES: dict[str, dict[str, tuple[float, ...]]] = {
+    "irs4": {
+        "standard": (0.08, 0.10, 0.11, 0.12, 0.13, 0.14, 0.16),
+        "strong": (0.16, 0.18, 0.19, 0.20, 0.21, 0.22, 0.24),
+    },
+    "lanes": {
+        "light": (0.02, 0.05, 0.08),
+        "standard": (0.05, 0.10, 0.12, 0.15, 0.18),
+        "strong": (0.10, 0.15, 0.20, 0.25, 0.28),
+    },
+}
 BITFLIPS: tuple[int, ...] = (1, 10, 100, 1000)
-ATTACK_IDS = {"contiguous-blocks": 1, "whole-tensors": 2, "scattered": 3, "bitflips": 4}
+ATTACK_IDS = {"contiguous-blocks": 1, "whole-tensors": 2, "scattered": 3, "bitflips": 4, "short-runs": 5, "rows": 6}
 
 Tensors = dict[str, NDArray[np.generic]]
 
@@ -265,6 +295,46 @@ def attack_contiguous_blocks(tg: Target, rate: float, rng: np.random.Generator) 
     return tp
 
 
+def attack_short_runs(tg: Target, rate: float, rng: np.random.Generator) -> Tamper:
+    B = tg.total_blocks
+    n = max(1, round(rate * B))
+    lens = rng.integers(1, 65, n)  # at least enough runs of 1..64 blocks; keep those that reach n
+    m = int(np.searchsorted(np.cumsum(lens), n)) + 1
+    lens = lens[:m]
+    lens[-1] -= int(lens.sum()) - n  # trim the last run to the budget
+    # Uniform placement: the m runs and the B - n untouched blocks in random order.
+    before = np.concatenate([[0], np.cumsum(lens)[:-1]])  # tampered blocks before each run
+    slots = np.sort(rng.choice(B - n + m, m, replace=False))
+    starts = slots - np.arange(m) + before  # untouched blocks before the run + tampered ones
+    hit = np.repeat(starts - before, lens) + np.arange(n)
+    tp = Tamper(tg)
+    _replace_block_set(tp, hit, rng)
+    return tp
+
+
+def _replace_block_set(tp: Tamper, blocks: NDArray[np.int64], rng: np.random.Generator) -> None:
+    """Overwrite the global blocks ``blocks`` (sorted, distinct), tensor by tensor."""
+    tg = tp.tg
+    owner = np.searchsorted(tg.block_start, blocks, side="right") - 1
+    for t in np.unique(owner):
+        rel = blocks[owner == t] - tg.block_start[t]
+        idx = (rel[:, None] * BLOCK + np.arange(BLOCK)).reshape(-1)
+        tp.replace(int(t), idx[idx < tg.numel[t]], rng)
+
+
+def attack_rows(tg: Target, rate: float, rng: np.random.Generator) -> Tamper:
+    tp = Tamper(tg)
+    for t, name in enumerate(tg.names):
+        a = tg.sealed[name]
+        if a.ndim != 2:
+            continue
+        rows, cols = a.shape
+        picked = rng.choice(rows, round(rate * rows), replace=False)
+        if picked.size:
+            tp.replace(t, (picked[:, None] * cols + np.arange(cols)).reshape(-1), rng)
+    return tp
+
+
 def _replace_blocks(tp: Tamper, b0: int, b1: int, rng: np.random.Generator) -> None:
     """Overwrite global blocks ``[b0, b1)``, tensor by tensor."""
     tg = tp.tg
@@ -317,6 +387,8 @@ ATTACKS: dict[str, Callable[[Target, float, np.random.Generator], Tamper]] = {
     "whole-tensors": attack_whole_tensors,
     "scattered": attack_scattered,
     "bitflips": attack_bitflips,
+    "short-runs": attack_short_runs,
+    "rows": attack_rows,
 }
 
 
@@ -535,7 +607,9 @@ def rates_for(tg: Target, attack: str, override: Sequence[float] | None) -> tupl
     """The rates to sweep for ``attack`` on ``tg`` (chosen by the code that sealed it) and when to stop early."""
     if attack == "bitflips":
         return BITFLIPS, None
-    table = SCATTERED_RATES if attack == "scattered" else CONTIGUOUS_RATES
+    table = {"scattered": SCATTERED_RATES, "short-runs": SHORT_RUNS_RATES, "rows": ROWS_RATES}.get(
+        attack, CONTIGUOUS_RATES
+    )
     return (override or table[tg.code][tg.level]), 2
 
 
