@@ -434,7 +434,7 @@ def test_seal_keeps_the_graph_and_stores_the_header_in_metadata_props(
     assert skeleton(out) == skeleton(cf_file)
     m, orig = onnx.load(str(out)), onnx.load(str(cf_file))
     assert m.opset_import == orig.opset_import and m.ir_version == orig.ir_version
-    assert [p.key for p in m.metadata_props] == ["author", "paramseal"]
+    assert [p.key for p in m.metadata_props] == ["author", "paramseal.graph", "paramseal"]
     onnx.checker.check_model(m)
     # Every float value moved by at most the standard level's bound; ints and bools not at all.
     a, b = ADAPTER.read(cf_file).tensors, ADAPTER.read(out).tensors
@@ -997,3 +997,68 @@ def test_silero_tamper_in_initializer_is_located_and_recovered(tmp_path: Path, k
     res = files.recover_file(bad, tmp_path / "fixed.onnx", key)
     assert res.report.status == "recovered" and list(res.report.tensors[name].restored_indices) == [100]
     assert (tmp_path / "fixed.onnx").read_bytes() == sealed.read_bytes()
+
+
+def _mlp(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    w1, w2 = (rng.standard_normal((256, 256)).astype(np.float32) for _ in range(2))
+    g = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "W1"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "W2"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])],
+        [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_an_edited_graph_is_tampering_that_recover_refuses(tmp_path: Path, key: paramseal.Key) -> None:
+    """Two weights swapped by re-pointing the nodes, not by moving bytes: the values all verify."""
+    sealed = tmp_path / "s.onnx"
+    files.seal_file(_mlp(tmp_path / "m.onnx"), sealed, key)
+    assert files.verify_file(sealed, key).status == "intact"
+
+    def edited(name: str, fn: Callable[[Any], None]) -> Path:
+        m = onnx.load(str(sealed))
+        fn(m)
+        onnx.save(m, str(tmp_path / f"{name}.onnx"))
+        return tmp_path / f"{name}.onnx"
+
+    def swap(m: Any) -> None:
+        m.graph.node[0].input[1], m.graph.node[2].input[1] = "W2", "W1"
+
+    def swap_and_hide(m: Any) -> None:  # and drop the sealed digest from the metadata too
+        swap(m)
+        keep = [p for p in m.metadata_props if p.key != "paramseal.graph"]
+        del m.metadata_props[:]
+        m.metadata_props.extend(keep)
+
+    for name, fn in (("swap", swap), ("identity", lambda m: setattr(m.graph.node[1], "op_type", "Identity")),
+                     ("hide", swap_and_hide)):  # fmt: skip
+        p = edited(name, fn)
+        rep = files.verify_file(p, key)
+        assert rep.status == "tampered" and rep.exit_code == 2 and rep.tampered_tensors == [], name
+        assert any("graph" in m for m in rep.metadata_issues), rep.metadata_issues
+        res = files.recover_file(p, tmp_path / f"{name}.out.onnx", key)
+        assert res.report.status == "unrecoverable" and not (tmp_path / f"{name}.out.onnx").exists()
+
+    def typed(m: Any) -> None:  # how a value is stored is not the graph
+        t = m.graph.initializer[1]
+        a = numpy_helper.to_array(t)
+        t.ClearField("raw_data")
+        t.float_data.extend(a.ravel().tolist())
+
+    assert files.verify_file(edited("typed", typed), key).status == "intact"
+    m = onnx.load(str(sealed))
+    onnx.save(m, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0)
+    assert files.verify_file(tmp_path / "ext.onnx", key).status == "intact"
+    del m.metadata_props[:]  # every entry gone: the header and the graph digest come back from the weights
+    onnx.save(m, str(tmp_path / "bare.onnx"))
+    assert files.verify_file(tmp_path / "bare.onnx", key).status == "intact"

@@ -37,7 +37,7 @@ from .errors import (
     cannot_write,
     io_failure,
 )
-from .formats import Loaded, adapter_for
+from .formats import GRAPH_KEY, Loaded, adapter_for
 from .formats import safetensors as st_format
 from .header import METADATA_KEY, SET_KEY, Header, metadata_digest, parse_header, peek_header
 from .keys import Key, looks_like_key_file, require_key
@@ -45,7 +45,15 @@ from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP, bits_for, capacity, dtype_n
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
 from .report import Report
 from .seal import SealConfig, probe_header, seal_flat, use_irs, write_blocks
-from .verify import NOT_SEALED_WARNING, Check, HeaderOnlyInMetadata, check, header_from_weights, report_of
+from .verify import (
+    GRAPH_EDITED,
+    NOT_SEALED_WARNING,
+    Check,
+    HeaderOnlyInMetadata,
+    check,
+    header_from_weights,
+    report_of,
+)
 
 PathLike = str | os.PathLike[str]
 
@@ -200,7 +208,18 @@ def _split_header(
             "them instead of the sealed ones (recover writes the sealed weights alone)"
         )
     issues.extend(loaded.container_issues)  # damage to the container itself (a stale zip CRC), not the values
+    issues.extend(_graph_issues(loaded, text, meta, key))
     return text, meta, embedded, issues
+
+
+def _graph_issues(loaded: Loaded, text: str, meta: dict[str, str], key: Key) -> list[str]:
+    """The graph sealed (in the header's metadata, or the file's when its digest vouches for it) against the file's."""
+    if loaded.graph is None:
+        return []
+    h = parse_header(text, key)
+    sealed = h.user_metadata if h.user_metadata is not None else meta if metadata_digest(meta) == h.digest else {}
+    want = sealed.get(GRAPH_KEY)
+    return [] if want is None or want == loaded.graph else [GRAPH_EDITED]
 
 
 def _find_header(
@@ -221,6 +240,9 @@ def _find_header(
                 f"'{path}' carries no ParamSeal header, in its metadata or in its weights; seal it first with "
                 f"'paramseal seal' if it never was. {NOT_SEALED_WARNING}"
             ) from None
+        derived = {GRAPH_KEY: loaded.graph} if loaded.graph is not None else {}
+        if not meta and derived and metadata_digest(derived) == parse_header(copy, key).digest:
+            return copy, derived, True, []  # all the metadata sealed was the graph's digest: nothing is lost
         if not meta or not kept:  # none stored (a conversion, a re-save: check judges what was lost), or
             return copy, meta, True, []  # none storable: the reader's own entries (.pt ties)
         # the user's metadata is there but the header entry is not: removed, and restored by recover
@@ -334,6 +356,8 @@ def seal_file(
             )
         old = {METADATA_KEY, SET_KEY} if METADATA_KEY in loaded.metadata else set()
         meta = {**{k: v for k, v in loaded.metadata.items() if k not in old}, **(extra_metadata or {})}
+        if loaded.graph is not None:  # the graph is sealed with the metadata: a re-pointed node is tampering
+            meta[GRAPH_KEY] = loaded.graph
         if not _is_safetensors(d, output=True):
             prog = Progress("seal", 2 * len(loaded.tensors) + 1, enabled=progress)
             sealed = cfg.seal(loaded.tensors, key, metadata=meta, progress=prog)

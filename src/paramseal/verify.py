@@ -100,8 +100,10 @@ class Check:
 
     @property
     def metadata_lost(self) -> bool:
-        """The file's metadata differs from the sealed one, which only its digest (in the weights) records."""
+        """What recover cannot restore: metadata the weights know only by digest, or an edited graph."""
         lost = (_META_DIFFERS, META_STRIPPED)
+        if GRAPH_EDITED in self.metadata_issues:  # values can be rebuilt; a graph cannot
+            return True
         return self.header.user_metadata is None and any(m in self.metadata_issues for m in lost)
 
     def recoverable(self) -> bool:
@@ -217,6 +219,10 @@ def check(
     return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved), picked)
 
 
+GRAPH_EDITED = (
+    "the model's graph (its nodes, their inputs and attributes, the model's inputs and outputs) is not the one "
+    "sealed; ParamSeal restores values, not graphs: take the sealed model from a kept copy"
+)
 META_STRIPPED = (
     "the file's metadata was stripped, and the sealed metadata with it (the header in the weights keeps only its "
     "digest: it cannot be restored; --header-from a kept copy of the sealed model restores it)"
@@ -423,6 +429,7 @@ def verify(
 
 
 __all__ = [
+    "GRAPH_EDITED",
     "HEADER_HINT",
     "NOT_SEALED_WARNING",
     "Check",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Adapter, Loaded
+from .base import GRAPH_KEY, Adapter, Loaded
 from .registry import adapter_for, register
 
-__all__ = ["Adapter", "Loaded", "adapter_for", "register"]
+__all__ = ["GRAPH_KEY", "Adapter", "Loaded", "adapter_for", "register"]

@@ -9,6 +9,9 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
+#: Metadata entry holding the sealed `Loaded.graph` digest.
+GRAPH_KEY = "paramseal.graph"
+
 
 @dataclass(frozen=True, slots=True)
 class Loaded:
@@ -26,6 +29,9 @@ class Loaded:
     #: member whose zip CRC-32 no longer matches: np.load refuses the file though its values verify).
     #: A sealed file never has any: verify reports them as tampering, recover writes a new container.
     container_issues: tuple[str, ...] = ()
+    #: A digest of what the file holds besides tensor values that a loader runs (an ONNX graph: nodes,
+    #: attributes, inputs, outputs), or None. Sealed with the metadata under ``GRAPH_KEY``.
+    graph: str | None = None
 
 
 @runtime_checkable

@@ -52,6 +52,7 @@ replaced (in place).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -206,7 +207,7 @@ class OnnxAdapter:
             meta[p.key] = p.value
         template = _Template(model.SerializeToString(), frozenset(names), frozenset(inputs), path.resolve())
         _TEMPLATES.remember(template)
-        return Loaded(tensors, meta, source=template)
+        return Loaded(tensors, meta, source=template, graph=_graph_digest(onnx, template.skeleton))
 
     def write(self, path: Path, loaded: Loaded) -> None:
         """Fill the graph read earlier with the new values (see the module docstring) and write it."""
@@ -403,6 +404,21 @@ def _read_external(t: Any, base: Path, nbytes: int, where: str, inputs: set[Path
         )
     inputs.add(file)
     return raw
+
+
+def _graph_digest(onnx: ModuleType, skeleton: bytes) -> str:
+    """SHA-256 of the model with no tensor values and no metadata: what the seal adds to the values.
+
+    Re-pointing a node at another initializer, or changing an operator or attribute, changes it;
+    how and where values are stored (raw or typed fields, external files) and metadata do not.
+    """
+    m = onnx.ModelProto()
+    m.ParseFromString(skeleton)
+    for slot in _slots(m):
+        for f in ("raw_data", "external_data", "data_location", *_ALL_TYPED):
+            slot.proto.ClearField(f)
+    del m.metadata_props[:]
+    return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
 
 
 def _strip(t: Any) -> None:
