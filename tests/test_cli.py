@@ -588,3 +588,15 @@ def test_json_gives_a_document_for_errors_and_header_level_verdicts(
     rc, out, err = run(["verify", bad, "--key", key_file, "--json"])
     doc = json.loads(out)
     assert rc == 2 and doc["status"] == "tampered" and not doc["recoverable"] and doc["error"] in err
+
+
+def test_ctrl_c_ends_quietly_with_130_and_leaves_no_output(
+    tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def stop(*a: object, **k: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("paramseal.files.seal_flat", stop)  # Ctrl-C in the middle of the seal
+    before = helpers.listing(tmp_path)
+    rc, _, err = run(["seal", model_file, tmp_path / "o.safetensors", "--key", key_file])
+    assert rc == 130 and err.strip() == "interrupted" and helpers.listing(tmp_path) == before

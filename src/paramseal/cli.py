@@ -143,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             print(json.dumps(doc, indent=2))
         return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C: the atomic writes have cleaned up; a traceback would only alarm
+        print("interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # The reader left (`paramseal verify ... | head`): stop quietly, as a SIGPIPE'd Unix tool
         # would. Point stdout at /dev/null so the interpreter's final flush does not fail again.
