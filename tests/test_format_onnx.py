@@ -1056,6 +1056,11 @@ def test_an_edited_graph_is_tampering_that_recover_refuses(tmp_path: Path, key: 
         t.float_data.extend(a.ravel().tolist())
 
     assert files.verify_file(edited("typed", typed), key).status == "intact"
+    # notes, not what runs: shape inference's value_info, the producer, doc strings
+    for name, fn in (("inferred", lambda m: m.CopyFrom(onnx.shape_inference.infer_shapes(m))),
+                     ("producer", lambda m: setattr(m, "producer_name", "other")),
+                     ("doc", lambda m: setattr(m.graph.node[0], "doc_string", "note"))):  # fmt: skip
+        assert files.verify_file(edited(name, fn), key).status == "intact", name
     m = onnx.load(str(sealed))
     onnx.save(m, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.data", size_threshold=0)
     assert files.verify_file(tmp_path / "ext.onnx", key).status == "intact"

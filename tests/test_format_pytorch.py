@@ -307,3 +307,23 @@ def test_a_sealed_module_saved_with_torch_save_verifies_as_a_file(tmp_path: Path
     pst.seal_module(net, key)
     torch.save(net.state_dict(), tmp_path / "m.pt")
     assert files.verify_file(tmp_path / "m.pt", key).status == "intact"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ['[["head.bias","emb.weight",0]]', '[["x","emb.weight",true]]', '[["x","emb.weight",-1]]', '[["x","nope",1]]', "{"],
+    ids=["before_its_tensor", "bool_position", "negative", "unknown_tensor", "not_json"],
+)
+def test_a_tie_entry_paramseal_did_not_write_is_refused(tmp_path: Path, key_file: Path, entry: str) -> None:
+    """A crafted paramseal.tied in a safetensors file must not make seal write a .pt that never verifies."""
+    g = torch.Generator().manual_seed(0)
+    src = helpers.write_st(
+        tmp_path / "m.safetensors",
+        {
+            "emb.weight": torch.randn(300, 200, generator=g).numpy(),
+            "head.weight": torch.randn(300, 200, generator=g).numpy(),
+        },
+        {"paramseal.tied": entry},
+    )
+    rc, _, err = helpers.run_cli(["seal", src, tmp_path / "o.pt", "--key", key_file])
+    assert rc == 3 and "paramseal.tied" in err and not (tmp_path / "o.pt").exists(), err

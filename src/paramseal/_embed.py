@@ -2,8 +2,10 @@
 
 Every float tensor with room gets an identity **record** in the storage bits
 (after the tag) of its first blocks; up to two of the largest tensors, the
-**carriers**, also hold the header JSON right after their record (copies may
-take at most 2% of the blocks, so a tiny model keeps its header in the metadata only). Those blocks
+**carriers**, also hold the header JSON right after their record: one copy each,
+or three in a lone carrier (copies may take at most 2% of the blocks, so a tiny
+model keeps its header in the metadata only). A header whose copies were all hit
+is rebuilt from them (`merged_copies`) before it is given up. Those blocks
 store no parity (``TensorSpec.reserved``), but their tags cover the record and
 the copy, so both are authenticated like any other bit; the copy itself is the
 HMAC'd header without the user metadata (its digest is under the MAC).
@@ -34,9 +36,11 @@ MAGIC = b"PSL\x02"
 _RECORD = struct.Struct("<4sII8sI")
 RECORD_BYTES = _RECORD.size
 CARRIERS = 2
-COPIES = 3  # copies in all (spread over the carriers) when the budget allows: any byte has a majority
+COPIES = 3  # copies a lone carrier holds when the budget allows: any byte has a majority
 COPY_BUDGET = 0.02  # at most this fraction of the float blocks holds header copies
-MERGE_BYTES = 12  # two damaged copies differing in up to this many bytes are merged (2^12 candidates at most)
+MERGE_BYTES = 12  # two damaged copies differing in up to this many bytes are mixed (2^12 mixes a pair)
+MERGE_LIMIT = 4096  # candidates `merged_copies` yields in all (and MERGE_TEXT bytes): a crafted model
+MERGE_TEXT = 64 << 20  # must not make verify authenticate for long
 
 
 def block_bytes(k: int) -> int:
@@ -76,10 +80,12 @@ def plan(specs: list[TensorSpec], header_bytes: int) -> Plan:
             chosen.append(i)
             budget -= cost
     carriers = tuple(chosen)
-    # The copies carry no parity: with one copy per carrier a flip in each leaves no intact one.
-    # More copies, where the budget allows, give every byte a majority (see `merged_copies`).
+    # The copies carry no parity: a flip in each of two leaves neither intact, but two carriers'
+    # copies can still be mixed (`merged_copies`). A lone carrier holds three where the budget
+    # allows, so that every byte has a majority. (Two carriers keep one each: more reserved
+    # blocks cost the irs4 groups parity, measurably at strong's 20% scattered target.)
     copies = 1
-    for n in range(-(-COPIES // max(len(carriers), 1)), 1, -1):
+    for n in range(COPIES if len(carriers) == 1 else 1, 1, -1):
         sizes = [blocks_needed(specs[i].k, RECORD_BYTES + n * header_bytes) for i in carriers]
         if sum(sizes) <= total and all(specs[i].numel // BLOCK >= b for i, b in zip(carriers, sizes, strict=True)):
             copies = n
@@ -239,37 +245,53 @@ def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
     """Header texts rebuilt from damaged copies: each copy, a byte-wise majority, mixes of two.
 
     A mix of two takes, at each byte where they differ, either one's byte. The copies have no
-    parity of their own, so a flip in each leaves none authentic; but unless
-    two were hit at the same byte, the majority (three copies or more, as seals now write where
-    the budget allows) or one mix of two is the header. A copy whose record was hit is read at
-    the k and length another record gives, from the largest float tensors (where carriers are).
+    parity of their own, so a flip in each leaves none authentic; but unless two were hit at the
+    same byte, the majority (a lone carrier holds three copies) or a mix of two is the header.
+    A copy whose record was hit is still read: at a record's k and length, or that length with
+    one bit undone, in the largest float tensors (where carriers are). Lengths past the copy
+    budget are skipped, candidates are yielded once, and at most ``MERGE_LIMIT`` of them (and
+    ``MERGE_TEXT`` bytes in all): the caller authenticates each, and a crafted model must not
+    make that take long.
     """
     floats = [n for n in tensors if _float(np.asarray(tensors[n]))]
     big = sorted(floats, key=lambda n: -int(np.asarray(tensors[n]).size))[: 2 * CARRIERS]
+    budget = COPY_BUDGET * sum(int(np.asarray(tensors[n]).size) // BLOCK for n in floats)
     recs = [f for n in big if (f := scan(np.asarray(tensors[n]), damaged=True)) is not None and f.hlen]
     # the length as recorded, or with one bit of it undone (a flip in the record's length field)
     shapes = {(f.k, f.hlen ^ flip) for f in recs for flip in (0, *(1 << b for b in range(32)))}
-    shapes = {(k, n) for k, n in shapes if 0 < n <= 1 << 20}
+    shapes = {(k, n) for k, n in shapes if 0 < n and blocks_needed(k, RECORD_BYTES + n) <= budget}
+    seen: set[bytes] = set()
+    left, text_left = MERGE_LIMIT, MERGE_TEXT
     for k, hlen in sorted(shapes):
-        found = (_copy_bytes(np.asarray(tensors[n]), k, hlen, c) for n in big for c in range(COPIES))
-        raw = [c for c in found if c is not None and any(c)]  # zeros: no copy there (fewer copies, older seals)
-        for c in raw:  # a later copy of a carrier may be intact
-            yield from _text(c)
-        if len(raw) >= 3:  # each byte as most copies hold it
-            votes = np.stack([np.frombuffer(c, np.uint8) for c in raw])
-            counts = (votes[:, None, :] == votes[None, :, :]).sum(axis=0)
-            yield from _text(votes[counts.argmax(axis=0), np.arange(hlen)].tobytes())
-        for i in range(len(raw)):
-            for j in range(i + 1, len(raw)):
-                a, b = np.frombuffer(raw[i], np.uint8), np.frombuffer(raw[j], np.uint8)
-                diff = np.flatnonzero(a != b)
-                if not 0 < diff.size <= MERGE_BYTES:
-                    continue
-                for mask in range(1 << diff.size):
-                    pick = diff[[(mask >> q) & 1 == 1 for q in range(diff.size)]]
-                    mix = a.copy()
-                    mix[pick] = b[pick]
-                    yield from _text(mix.tobytes())
+        for cand in _candidates(tensors, big, k, hlen):
+            if cand in seen:
+                continue
+            seen.add(cand)
+            left, text_left = left - 1, text_left - len(cand)
+            if left < 0 or text_left < 0:
+                return
+            yield from _text(cand)
+
+
+def _candidates(tensors: Mapping[str, NDArray[np.generic]], big: list[str], k: int, hlen: int) -> Iterator[bytes]:
+    found = (_copy_bytes(np.asarray(tensors[n]), k, hlen, c) for n in big for c in range(COPIES))
+    raw = [c for c in found if c is not None and any(c)]  # zeros: no copy there
+    yield from raw  # a later copy of a carrier may be intact
+    if len(raw) >= 3:  # each byte as most copies hold it
+        votes = np.stack([np.frombuffer(c, np.uint8) for c in raw])
+        counts = (votes[:, None, :] == votes[None, :, :]).sum(axis=0)
+        yield votes[counts.argmax(axis=0), np.arange(hlen)].tobytes()
+    for i in range(len(raw)):
+        for j in range(i + 1, len(raw)):
+            a, b = np.frombuffer(raw[i], np.uint8), np.frombuffer(raw[j], np.uint8)
+            diff = np.flatnonzero(a != b)
+            if not 0 < diff.size <= MERGE_BYTES:
+                continue
+            for mask in range(1, (1 << diff.size) - 1):  # not all of a, nor all of b: yielded above
+                pick = diff[[(mask >> q) & 1 == 1 for q in range(diff.size)]]
+                mix = a.copy()
+                mix[pick] = b[pick]
+                yield mix.tobytes()
 
 
 def _text(b: bytes) -> Iterator[str]:

@@ -15,7 +15,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,9 +190,31 @@ def _about(path: Path) -> Iterator[None]:
         raise
 
 
-def _split_header(
-    loaded: Loaded, path: Path, key: Key, header: str | None = None
-) -> tuple[str, dict[str, str], bool, list[str]]:
+@dataclass
+class _Found:
+    """Where a file's seal header came from, and what was noticed on the way."""
+
+    text: str
+    meta: dict[str, str]  # the file's other metadata
+    embedded: bool  # the header came from the weights (and stays there when recovered)
+    issues: list[str] = field(default_factory=list)  # tampering found besides the weights
+    notes: list[str] = field(default_factory=list)
+
+
+def _checked(loaded: Loaded, path: Path, key: Key, header: str | None, **kw: Any) -> tuple[Check, _Found]:
+    """The check of a loaded model file against its seal header (see `_split_header`)."""
+    found = _split_header(loaded, path, key, header)
+    chk = check(loaded.tensors, key, found.text, metadata=found.meta, metadata_kept=_keeps(path), **kw)
+    chk.metadata_issues[:0] = found.issues
+    chk.notes.extend(found.notes)
+    return chk, found
+
+
+def _keeps(path: Path) -> bool:
+    return adapter_for(path).keeps_metadata
+
+
+def _split_header(loaded: Loaded, path: Path, key: Key, header: str | None = None) -> _Found:
     """The seal header, the other metadata, whether the header came from the weights, and issues met.
 
     The header is ``header`` if given (kept by the user: ``--header-from``), else the metadata's,
@@ -200,16 +222,16 @@ def _split_header(
     weights does was edited: the copy is used, and the edit is reported as tampering. (An authentic
     header of another seal in the metadata is kept: the weights then fail against it, as a replay should.)
     """
-    text, meta, embedded, issues = _find_header(loaded, path, key, header, adapter_for(path).keeps_metadata)
+    found = _find_header(loaded, path, key, header, _keeps(path))
     if loaded.others:  # a sealed file is the model alone: a loader could read these instead
         shown = ", ".join(repr(n) for n in loaded.others[:8]) + (", ..." if len(loaded.others) > 8 else "")
-        issues.append(
+        found.issues.append(
             f"the file holds {len(loaded.others)} entries besides the sealed weights ({shown}); a loader may read "
             "them instead of the sealed ones (recover writes the sealed weights alone)"
         )
-    issues.extend(loaded.container_issues)  # damage to the container itself (a stale zip CRC), not the values
-    issues.extend(_graph_issues(loaded, text, meta, key))
-    return text, meta, embedded, issues
+    found.issues.extend(loaded.container_issues)  # damage to the container itself (a stale zip CRC), not the values
+    found.issues.extend(_graph_issues(loaded, found.text, found.meta, key))
+    return found
 
 
 def _graph_issues(loaded: Loaded, text: str, meta: dict[str, str], key: Key) -> list[str]:
@@ -222,14 +244,11 @@ def _graph_issues(loaded: Loaded, text: str, meta: dict[str, str], key: Key) -> 
     return [] if want is None or want == loaded.graph else [GRAPH_EDITED]
 
 
-def _find_header(
-    loaded: Loaded, path: Path, key: Key, header: str | None, kept: bool
-) -> tuple[str, dict[str, str], bool, list[str]]:
+def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept: bool) -> _Found:
     meta = dict(loaded.metadata)
     text = meta.pop(METADATA_KEY, None)
     if header is not None:
-        issues = [] if text is None or _same_header(text, header, key) else [_NOT_GIVEN]
-        return header, meta, False, issues
+        return _Found(header, meta, False, [] if text is None or _same_header(text, header, key) else [_NOT_GIVEN])
     if text is None:
         try:
             copy = header_from_weights(loaded.tensors, key)
@@ -242,16 +261,14 @@ def _find_header(
             ) from None
         derived = {GRAPH_KEY: loaded.graph} if loaded.graph is not None else {}
         if not meta and derived and metadata_digest(derived) == parse_header(copy, key).digest:
-            return copy, derived, True, []  # all the metadata sealed was the graph's digest: nothing is lost
+            return _Found(copy, derived, True)  # all the metadata sealed was the graph's digest: nothing is lost
         if not meta or not kept:  # none stored (a conversion, a re-save: check judges what was lost), or
-            return copy, meta, True, []  # none storable: the reader's own entries (.pt ties)
-        # the user's metadata is there but the header entry is not: removed, and restored by recover
-        return (
-            _restored(copy, meta, key),
-            meta,
-            False,
-            [f"the ParamSeal header was removed from the file's metadata; {_USED}"],
-        )
+            return _Found(copy, meta, True)  # none storable: the reader's own entries (.pt ties)
+        # Other metadata but no header entry: a tool re-saved the file with metadata of its own or
+        # the user's (save_pretrained writes {"format": "pt"}). Check judges that metadata against
+        # the sealed digest; the header is whole again in what recover writes.
+        why = f"the file's metadata has no ParamSeal header entry (a tool re-saved it?); {_USED}"
+        return _Found(_restored(copy, meta, key), meta, False, notes=[why])
     try:
         h = parse_header(text, key)
     except (FormatError, KeyMismatchError) as e:  # edited, or another key's: is the copy in the weights intact?
@@ -260,11 +277,11 @@ def _find_header(
         except ParamSealError:
             raise e from None
         edited = f"the ParamSeal header in the file's metadata was edited or replaced ({e}); {_USED}"
-        return _restored(copy, meta, key), meta, False, [edited]
-    if h.user_metadata is None:  # the weights' form, which seal never writes into the metadata: cut down
+        return _Found(_restored(copy, meta, key), meta, False, [edited])
+    if h.user_metadata is None:  # the weights' form, which seal never writes into the metadata: an edit
         cut = "the ParamSeal header in the file's metadata was cut down to the form kept in the weights"
-        return _restored(text, meta, key), meta, False, [cut]
-    return text, meta, False, []
+        return _Found(_restored(text, meta, key), meta, False, [cut])
+    return _Found(text, meta, False)
 
 
 _USED = "the copy in the weights was used"
@@ -281,10 +298,13 @@ def _same_header(text: str, given: str, key: Key) -> bool:
 
 
 def _restored(copy: str, meta: dict[str, str], key: Key) -> str:
-    """The copy from the weights with the user metadata it vouches for (by digest), as the file's metadata held it."""
+    """The copy from the weights made whole: with the user metadata its digest vouches for (the file's, or none)."""
     h = parse_header(copy, key)
-    if h.user_metadata is None and metadata_digest(meta) == h.digest:
-        return replace(h, user_metadata=meta, metadata_digest=None).to_json(key)
+    if h.user_metadata is not None:
+        return copy
+    for known in (meta, {}):  # sealed with none: it is known exactly, and the file's can be compared key by key
+        if metadata_digest(known) == h.digest:
+            return replace(h, user_metadata=known, metadata_digest=None).to_json(key)
     return copy
 
 
@@ -409,10 +429,7 @@ def verify_file(
     with _open_model(p) as loaded:
         prog = Progress("verify", len(loaded.tensors), enabled=progress)
         with _about(p):
-            text, meta, _, issues = _split_header(loaded, p, key, header)
-            kept = adapter_for(p).keeps_metadata
-            chk = check(loaded.tensors, key, text, metadata=meta, progress=prog, select=tensors, metadata_kept=kept)
-            chk.metadata_issues[:0] = issues
+            chk, _ = _checked(loaded, p, key, header, progress=prog, select=tensors)
             rep = report_of(chk)
     prog.done()
     return rep
@@ -449,10 +466,7 @@ def recover_file(
             ws = Workspace(d.parent)
             try:
                 with _about(s):
-                    text, meta, embedded, issues = _split_header(loaded, s, key, header)
-                    kept = adapter_for(s).keeps_metadata
-                    chk = check(loaded.tensors, key, text, metadata=meta, progress=prog, metadata_kept=kept)
-                    chk.metadata_issues[:0] = issues
+                    chk, found = _checked(loaded, s, key, header, progress=prog)
                     rec = plan_recovery(chk, ws)
             finally:
                 ws.close()
@@ -460,8 +474,8 @@ def recover_file(
             if not (rec.report.ok or allow_partial):
                 return RecoveredFile(None, rec.report, rec.metadata)
             out_meta = dict(rec.metadata)
-            if not embedded:  # a header read from the weights stays there only, as in the input
-                out_meta[METADATA_KEY] = text
+            if not found.embedded:  # a header read from the weights stays there only, as in the input
+                out_meta[METADATA_KEY] = found.text
             if patch_here and _patch_in_place(s, chk, rec, out_meta):
                 return RecoveredFile(d, rec.report, rec.metadata)
             if pre is not None:

@@ -405,7 +405,7 @@ def probe_header(
         for t, s in enumerate(specs)
         if not s.block_storage()[1].all()
     }
-    probe = Header(
+    probe = Header(  # copies=9: its field then counts in the length, as it will when a carrier holds three
         level, bits, salt, key.fingerprint, 0, tuple(specs), ext, meta, carriers=(0,) * _embed.CARRIERS, copies=9
     )
     if irs:

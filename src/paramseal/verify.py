@@ -308,8 +308,10 @@ def _match_moved(
 def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) -> str:
     """The seal header embedded in the weights, authenticated with ``key``.
 
-    Raises NotSealedError when no copy is found, KeyMismatchError when the copies
-    were sealed with another key, and HeaderAuthError when every copy was edited.
+    Each copy is tried, then headers rebuilt from damaged copies (`_embed.merged_copies`: a
+    byte-wise majority, mixes of two), each authenticated like the copies. Raises NotSealedError
+    when no copy is found, KeyMismatchError when every copy names the same other key, and
+    HeaderAuthError when nothing authenticates.
     """
     copies = _embed.header_copies(tensors)
     errs: list[ParamSealError] = []

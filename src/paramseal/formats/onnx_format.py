@@ -407,18 +407,34 @@ def _read_external(t: Any, base: Path, nbytes: int, where: str, inputs: set[Path
 
 
 def _graph_digest(onnx: ModuleType, skeleton: bytes) -> str:
-    """SHA-256 of the model with no tensor values and no metadata: what the seal adds to the values.
+    """SHA-256 of what the model runs besides its tensor values: what the seal adds to the values.
 
-    Re-pointing a node at another initializer, or changing an operator or attribute, changes it;
-    how and where values are stored (raw or typed fields, external files) and metadata do not.
+    Re-pointing a node at another initializer, or changing an operator or attribute, changes it.
+    Not covered: how and where values are stored (raw or typed fields, external files), metadata,
+    doc strings, the producer, and ``value_info`` (shape annotations that shape inference adds).
     """
     m = onnx.ModelProto()
     m.ParseFromString(skeleton)
     for slot in _slots(m):
         for f in ("raw_data", "external_data", "data_location", *_ALL_TYPED):
             slot.proto.ClearField(f)
-    del m.metadata_props[:]
+    for f in ("metadata_props", "doc_string", "producer_name", "producer_version"):
+        m.ClearField(f)
+    _strip_notes(m.graph)
     return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _strip_notes(g: Any) -> None:
+    """Clear a graph's doc strings and value_info, in its subgraphs too."""
+    g.ClearField("doc_string")
+    g.ClearField("value_info")
+    for node in g.node:
+        node.ClearField("doc_string")
+        for a in node.attribute:
+            if a.HasField("g"):
+                _strip_notes(a.g)
+            for sub in a.graphs:
+                _strip_notes(sub)
 
 
 def _strip(t: Any) -> None:

@@ -167,16 +167,26 @@ def retie(state: dict[str, Any], metadata: Mapping[str, str], path: Path) -> dic
     """``state`` with the tied names of ``metadata[TIED_KEY]`` put back, as the same tensor objects."""
     if TIED_KEY not in metadata:
         return state
+    bad = FormatError(
+        f"cannot write the PyTorch file: the metadata entry '{TIED_KEY}' is not one ParamSeal wrote for these "
+        "tensors (it names tensors, or places, that reading the written file would not give back); remove it"
+    )
     try:
         tied = json.loads(metadata[TIED_KEY])
         items = list(state.items())
         for alias, name, pos in sorted(tied, key=lambda e: e[2]):
-            if not (isinstance(alias, str) and name in state and alias not in state and isinstance(pos, int)):
-                raise ValueError(alias)
+            if not (isinstance(alias, str) and name in state and alias not in dict(items)):
+                raise bad
+            if type(pos) is not int or not 0 <= pos <= len(items):
+                raise bad
             items.insert(pos, (alias, state[name]))
-    except (ValueError, TypeError, KeyError) as e:
-        raise FormatError(f"cannot write '{path}': the metadata entry '{TIED_KEY}' is malformed ({e})") from None
-    return dict(items)
+    except (ValueError, TypeError, KeyError):
+        raise bad from None
+    out = dict(items)
+    unique, again = untie(out)  # reading the file must give this state and entry back
+    if list(unique) != list(state) or again != {TIED_KEY: metadata[TIED_KEY]}:
+        raise bad
+    return out
 
 
 def _is_torchscript(path: Path) -> bool:
