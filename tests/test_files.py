@@ -399,3 +399,13 @@ def test_inspect_takes_each_dtype_at_its_widest_sealed_k(tmp_path: Path, key: pa
     files.seal_file(p, tmp_path / "s.safetensors", key)
     info = files.inspect_file(tmp_path / "s.safetensors")
     assert info["levels"]["standard"]["F32"]["k"] == 8, info["levels"]
+
+
+def test_a_write_that_finds_no_folder_is_not_blamed_on_a_full_disk(tmp_path: Path) -> None:
+    """/proc reports no free space: the free-space guess must not turn ENOENT into 'is the disk full?'."""
+    import errno
+
+    from paramseal.errors import cannot_write
+
+    msg = str(cannot_write("/proc/out.safetensors", FileNotFoundError(errno.ENOENT, "No such file or directory")))
+    assert "disk full" not in msg and "write elsewhere" in msg, msg

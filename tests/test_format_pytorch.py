@@ -327,3 +327,11 @@ def test_a_tie_entry_paramseal_did_not_write_is_refused(tmp_path: Path, key_file
     )
     rc, _, err = helpers.run_cli(["seal", src, tmp_path / "o.pt", "--key", key_file])
     assert rc == 3 and "paramseal.tied" in err and not (tmp_path / "o.pt").exists(), err
+
+
+def test_a_torchscript_archive_under_another_extension_is_named(tmp_path: Path, key_file: Path) -> None:
+    """silero-vad ships silero_vad.jit: 'cannot tell the format' would not say what it is or what to do."""
+    silero = pytest.importorskip("silero_vad")
+    jit = Path(silero.__file__).parent / "data" / "silero_vad.jit"
+    rc, _, err = helpers.run_cli(["verify", jit, "--key", key_file])
+    assert rc == 3 and "TorchScript archive" in err and "state_dict()" in err, err

@@ -154,6 +154,9 @@ def test_directory_as_input_is_exit_3(tmp_path: Path, key_file: Path) -> None:
     d.mkdir()
     rc, _, err = helpers.run_cli(["verify", d, "--key", key_file])
     assert rc == 3 and "dir.safetensors" in err
+    (d / "pytorch_model.bin.index.json").write_text("{}")  # a sharded .bin checkpoint: say so, and what to do
+    rc, _, err = helpers.run_cli(["seal", d, tmp_path / "out", "--key", key_file])
+    assert rc == 3 and "sharded PyTorch checkpoint" in err and not (tmp_path / "out").exists(), err
 
 
 @pytest.mark.parametrize("seed", range(12))

@@ -65,6 +65,7 @@ _HINTS = {
     errno.EACCES: "check that the folder is writable by you",
     errno.EPERM: "check that the folder is writable by you",
     errno.EROFS: "the file system is read-only: write elsewhere",
+    errno.ENOENT: "the folder does not exist, or that file system makes no files there: write elsewhere",
 }
 
 

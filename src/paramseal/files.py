@@ -157,6 +157,11 @@ def read_model(path: PathLike, fmt: str | None = None) -> Loaded:
 
 
 def _require_file(p: Path) -> None:
+    if p.is_dir() and (p / "pytorch_model.bin.index.json").is_file():
+        raise UsageError(
+            f"input '{p}' is a sharded PyTorch checkpoint; ParamSeal seals sharded safetensors checkpoints "
+            "(model.safetensors.index.json): convert it first (transformers' save_pretrained writes safetensors)"
+        )
     if p.is_dir():
         raise UsageError(
             f"input '{p}' is a folder; a sharded checkpoint folder needs its index ('model.safetensors.index.json')"

@@ -77,7 +77,7 @@ def bits_for(dtype: str, level: str, bits: int | None) -> int:
         return 0
     if bits is not None:
         if not 1 <= bits <= fmt.mantissa - 1:
-            raise UsageError(f"--bits (bits=) {bits} is out of range for {dtype}: use 1..{fmt.mantissa - 1}")
+            raise UsageError(f"--bits {bits} is out of range for {dtype} (bits= in the API): use 1..{fmt.mantissa - 1}")
         return min(bits, fmt.mantissa - 1)
     if level not in fmt.levels:
         raise UsageError(f"unknown level '{level}'; choose one of {', '.join(LEVELS)}")

@@ -95,12 +95,8 @@ class PyTorchAdapter:
     def read(self, path: Path) -> Loaded:
         """Load with ``weights_only=True`` and return the state dict's tensors in file order."""
         torch = import_torch(f"reading PyTorch file '{path}'")
-        if _is_torchscript(path):
-            raise FormatError(
-                f"'{path}' is a TorchScript archive (torch.jit.save), not a state dict; ParamSeal reads state dicts "
-                "and never loads code: save torch.jit.load(path).state_dict() with torch.save from a trusted "
-                "environment, or convert it to safetensors"
-            )
+        if is_torchscript(path):
+            raise torchscript_error(path)
         try:
             with warnings.catch_warnings():  # e.g. "pickle protocol 4": we validate strictly below anyway
                 warnings.simplefilter("ignore")
@@ -189,7 +185,16 @@ def retie(state: dict[str, Any], metadata: Mapping[str, str], path: Path) -> dic
     return out
 
 
-def _is_torchscript(path: Path) -> bool:
+def torchscript_error(path: Path) -> FormatError:
+    """The error for a TorchScript archive (any extension): what it is, and how to get a state dict from it."""
+    return FormatError(
+        f"'{path}' is a TorchScript archive (torch.jit.save), not a state dict; ParamSeal reads state dicts "
+        "and never loads code: save torch.jit.load(path).state_dict() with torch.save from a trusted "
+        "environment, or convert it to safetensors"
+    )
+
+
+def is_torchscript(path: Path) -> bool:
     """A zip archive with TorchScript code members (``<archive>/code/...`` or ``constants.pkl``)."""
     try:
         if not zipfile.is_zipfile(path):

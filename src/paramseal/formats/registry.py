@@ -8,7 +8,7 @@ from ..errors import FormatError, UsageError
 from .base import Adapter
 from .numpy import NpyAdapter, NpzAdapter
 from .onnx_format import OnnxAdapter
-from .pytorch import PyTorchAdapter
+from .pytorch import PyTorchAdapter, is_torchscript, torchscript_error
 from .safetensors import SafetensorsAdapter
 
 _ADAPTERS: dict[str, Adapter] = {}
@@ -50,5 +50,7 @@ def adapter_for(path: Path, fmt: str | None = None, *, must_exist: bool = True) 
                 return a
     if by_ext:
         return by_ext[0]
+    if must_exist and is_torchscript(path):  # silero_vad.jit: say what it is, not just "unknown"
+        raise torchscript_error(path)
     known = ", ".join(e for a in _ADAPTERS.values() for e in a.extensions)
     raise FormatError(f"cannot tell the format of '{path}': expected one of {known}")
