@@ -490,3 +490,18 @@ def test_a_model_crafted_to_multiply_header_candidates_is_answered_quickly(key: 
     with pytest.raises(HeaderAuthError):
         header_from_weights(t, key)
     assert time.perf_counter() - t0 < 30
+
+
+def test_two_copies_twelve_bytes_apart_are_rebuilt_within_the_bound(
+    sealed_bare: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    """The record's own length goes first: lengths one bit off it must not use up the candidates."""
+    h = sealed_bare.header
+    a, b = (h.tensors[c].name for c in h.carriers)
+    n = len(dict(_embed.header_copies(sealed_bare.tensors))[a])
+    t = sealed_bare.tensors
+    for i in range(6):  # six bytes hit in each copy, never the same byte: the copies differ in twelve
+        t = helpers.flip_bit(t, a, _text_value(10 + 50 * i), 0)
+        t = helpers.flip_bit(t, b, _text_value(35 + 50 * i), 1)
+    assert 12 <= _embed.MERGE_BYTES and 50 * 6 + 35 < n
+    assert header_from_weights(t, key) == dict(_embed.header_copies(sealed_bare.tensors))[a]

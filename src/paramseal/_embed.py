@@ -21,6 +21,7 @@ salt[:8] | header length u32.
 
 from __future__ import annotations
 
+import collections
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -247,23 +248,26 @@ def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
     A mix of two takes, at each byte where they differ, either one's byte. The copies have no
     parity of their own, so a flip in each leaves none authentic; but unless two were hit at the
     same byte, the majority (a lone carrier holds three copies) or a mix of two is the header.
-    A copy whose record was hit is still read: at a record's k and length, or that length with
-    one bit undone, in the largest float tensors (where carriers are). Lengths past the copy
-    budget are skipped, candidates are yielded once, and at most ``MERGE_LIMIT`` of them (and
-    ``MERGE_TEXT`` bytes in all): the caller authenticates each, and a crafted model must not
-    make that take long.
+    A copy whose record was hit is still read: at the other records' k, at the length most
+    records give first, then at lengths with one bit of it undone (a hit length field), in the
+    largest float tensors (where carriers are). Lengths past the copy budget are skipped,
+    candidates are yielded once, and at most ``MERGE_LIMIT`` of them (and ``MERGE_TEXT`` bytes
+    in all): the caller authenticates each, and a crafted model must not make that take long.
     """
     floats = [n for n in tensors if _float(np.asarray(tensors[n]))]
     big = sorted(floats, key=lambda n: -int(np.asarray(tensors[n]).size))[: 2 * CARRIERS]
-    budget = COPY_BUDGET * sum(int(np.asarray(tensors[n]).size) // BLOCK for n in floats)
-    recs = [f for n in big if (f := scan(np.asarray(tensors[n]), damaged=True)) is not None and f.hlen]
-    # the length as recorded, or with one bit of it undone (a flip in the record's length field)
-    shapes = {(f.k, f.hlen ^ flip) for f in recs for flip in (0, *(1 << b for b in range(32)))}
-    shapes = {(k, n) for k, n in shapes if 0 < n and blocks_needed(k, RECORD_BYTES + n) <= budget}
+    budget = COPY_BUDGET * sum(-(-int(np.asarray(tensors[n]).size) // BLOCK) for n in floats)
+    recs = {n: f for n in big if (f := scan(np.asarray(tensors[n]), damaged=True)) is not None and f.hlen}
+    ks = sorted({f.k for f in recs.values()})
+    votes = collections.Counter(f.hlen for f in recs.values())
+    recorded = [h for h, _ in votes.most_common()]
+    flipped = sorted({h ^ (1 << b) for h in recorded for b in range(32)} - set(recorded))
     seen: set[bytes] = set()
     left, text_left = MERGE_LIMIT, MERGE_TEXT
-    for k, hlen in sorted(shapes):
-        for cand in _candidates(tensors, big, k, hlen):
+    for hlen in (*recorded, *flipped):
+        if not (0 < hlen and any(blocks_needed(k, RECORD_BYTES + hlen) <= budget for k in ks)):
+            continue
+        for cand in _candidates(tensors, big, {n: f.k for n, f in recs.items()}, ks, hlen):
             if cand in seen:
                 continue
             seen.add(cand)
@@ -273,9 +277,22 @@ def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
             yield from _text(cand)
 
 
-def _candidates(tensors: Mapping[str, NDArray[np.generic]], big: list[str], k: int, hlen: int) -> Iterator[bytes]:
-    found = (_copy_bytes(np.asarray(tensors[n]), k, hlen, c) for n in big for c in range(COPIES))
-    raw = [c for c in found if c is not None and any(c)]  # zeros: no copy there
+def _candidates(
+    tensors: Mapping[str, NDArray[np.generic]], big: list[str], k_of: dict[str, int], ks: list[int], hlen: int
+) -> Iterator[bytes]:
+    """Copies of length ``hlen`` (each carrier at its own k, or at every k found when its record is gone)."""
+    found = [
+        (i, c)
+        for n in big
+        for k in ([k_of[n]] if n in k_of else ks)
+        for i in range(COPIES)
+        if (c := _copy_bytes(np.asarray(tensors[n]), k, hlen, i)) is not None and any(c)
+    ]
+    arrays = [np.frombuffer(c, np.uint8) for _, c in found]
+    # Past a carrier's copies (one, in most) lie other bits: a later slot counts only when another
+    # slot nearly matches it (and the first is always tried: its record may be all that was hit).
+    raw = [c for (i, c), a in zip(found, arrays, strict=True) if i == 0 or any(
+        b is not a and np.count_nonzero(a != b) <= 8 * MERGE_BYTES for b in arrays)]  # fmt: skip
     yield from raw  # a later copy of a carrier may be intact
     if len(raw) >= 3:  # each byte as most copies hold it
         votes = np.stack([np.frombuffer(c, np.uint8) for c in raw])
