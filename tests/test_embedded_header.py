@@ -103,8 +103,9 @@ def test_stripped_user_metadata_is_tampering_restored_only_from_a_kept_header(
     kept = helpers.write_st(
         tmp_path / "kept.safetensors", sealed_big.tensors, {**META, "paramseal": sealed_big.header_json}
     )
-    rc, _, _ = helpers.run_cli(["verify", p, "--key", key_file, "--header-from", kept])
+    rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file, "--header-from", kept, "--json"])
     assert rc == 1  # tampered, and recoverable: the kept header holds the metadata itself
+    assert any("carries no ParamSeal header; the one given was used" in n for n in json.loads(out)["notes"])
     rc, _, _ = helpers.run_cli(["recover", p, tmp_path / "r.safetensors", "--key", key_file, "--header-from", kept])
     assert rc == 0 and helpers.read_st(tmp_path / "r.safetensors")[1] == {**META, "paramseal": sealed_big.header_json}
     # a format without metadata (.pt) cannot have kept it: the weights verify, and the report says what was not

@@ -375,3 +375,9 @@ def test_errors_name_the_output_folder_and_in_place_is_refused_for_folders(
     with pytest.raises(paramseal.ParamSealError) as e:
         sharded.seal_dir(checkpoint, out, paramseal.Key.generate(), workers=1)
     assert f"cannot write '{out / SHARDS[0]}'" in str(e.value) and ".tmp" not in str(e.value)
+
+
+def test_a_folder_output_named_like_a_model_file_is_refused(tmp_path: Path, checkpoint: Path, key_file: Path) -> None:
+    """'seal ckpt out.safetensors' made a folder called out.safetensors, which no loader reads as one file."""
+    rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "out.safetensors", "--key", key_file])
+    assert rc == 3 and "named like a model file" in err and not (tmp_path / "out.safetensors").exists(), err

@@ -253,7 +253,10 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
     meta = dict(loaded.metadata)
     text = meta.pop(METADATA_KEY, None)
     if header is not None:
-        return _Found(header, meta, False, [] if text is None or _same_header(text, header, key) else [_NOT_GIVEN])
+        found = _Found(header, meta, False, [] if text is None or _same_header(text, header, key) else [_NOT_GIVEN])
+        if text is None and kept:  # say so, as verify without --header-from would
+            found.notes.append("the file's metadata carries no ParamSeal header; the one given was used")
+        return found
     if text is None:
         try:
             copy = header_from_weights(loaded.tensors, key)

@@ -44,6 +44,7 @@ from .errors import (
     io_failure,
 )
 from .formats import safetensors as st_format
+from .formats.registry import adapters
 from .header import METADATA_KEY, SET_KEY, peek_header
 from .keys import Key
 from .report import Report, Status, TensorFinding
@@ -174,6 +175,11 @@ def _atomic_dir(dst: Path, src: Path) -> Iterator[Path]:
         )
     if dst.exists():
         raise UsageError(f"output folder '{dst}' already exists; give a new folder name")
+    if dst.suffix.lower() in {e for a in adapters() for e in a.extensions}:
+        raise UsageError(
+            f"a sharded checkpoint is written as a folder, but '{dst}' is named like a model file; "
+            "give a folder name (ParamSeal does not merge shards into one file)"
+        )
     parent = dst.parent if str(dst.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
