@@ -344,6 +344,7 @@ def test_inspect_finds_the_header_in_the_weights_without_a_key(
     assert info["seal"]["level"] == "standard" and info["seal"]["header_copies_in_weights"] == list(
         sealed_big.header.carriers
     )
+    assert info["seal"]["copies_per_carrier"] == sealed_big.header.copies == 1  # two carriers: one copy each
     rc, out, _ = helpers.run_cli(["inspect", p])
     assert rc == 0 and "header_in=weights" in out
 

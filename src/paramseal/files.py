@@ -713,7 +713,8 @@ def _inspect(p: Path, loaded: Loaded) -> dict[str, Any]:
         }
         info["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
         info["seal"]["header_in"] = where
-        info["seal"]["header_copies_in_weights"] = h.get("carriers", [])
+        info["seal"]["header_copies_in_weights"] = h.get("carriers", [])  # the carrier tensors' indices
+        info["seal"]["copies_per_carrier"] = h.get("header_copies", 1)
         table = h.get("tensors")
         ks: dict[str, int] = {}
         for t in table if isinstance(table, list) else []:  # untrusted here: keep only well-formed entries
