@@ -258,7 +258,8 @@ def test_a_tensor_dropped_from_the_index_is_tampering_and_recover_rebuilds_the_i
     rep, wrote = sharded.recover_dir(sealed_ckpt, fixed, key, workers=1)
     assert wrote and rep.status == "recovered" and any("rebuilt" in n for n in rep.notes)
     rebuilt = json.loads((fixed / sharded.INDEX).read_text())
-    assert rebuilt["weight_map"] == sealed_map and rebuilt["metadata"] == {"total_size": 1}
+    size = sum(a.nbytes for s in SHARDS for a in helpers.read_st(fixed / s)[0].values())
+    assert rebuilt["weight_map"] == sealed_map and rebuilt["metadata"] == {"total_size": size}  # not the index's 1
     assert sharded.verify_dir(fixed, key, workers=1).status == "intact"
     # every entry of a shard gone: the shard is still found through the set record, and put back
     _edit_index(sealed_ckpt, lambda wm: [wm.pop(n) for n in [n for n, f in wm.items() if f == SHARDS[1]]])
@@ -381,3 +382,46 @@ def test_a_folder_output_named_like_a_model_file_is_refused(tmp_path: Path, chec
     """'seal ckpt out.safetensors' made a folder called out.safetensors, which no loader reads as one file."""
     rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "out.safetensors", "--key", key_file])
     assert rc == 3 and "named like a model file" in err and not (tmp_path / "out.safetensors").exists(), err
+
+
+def test_with_tensors_a_shard_whose_header_does_not_authenticate_is_read_whole(
+    sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    """A tampered shard, its header edited to seal other names and its tensor dropped from the index."""
+    p = sealed_ckpt / SHARDS[1]
+    t, meta = helpers.read_st(p)
+    t["layers.1.attn.weight"] = np.full_like(t["layers.1.attn.weight"], 7.0)
+    meta["paramseal"] = meta["paramseal"].replace("layers.1.attn", "layers.1.attX")  # no longer authentic
+    helpers.write_st(p, t, meta)
+    _edit_index(sealed_ckpt, lambda wm: wm.pop("layers.1.attn.weight"))
+    rep = sharded.verify_dir(sealed_ckpt, key, tensors="layers.*.attn.weight", workers=1)
+    assert rep.status == "tampered" and rep.exit_code == 2, rep.summary()
+
+
+def test_a_foreign_shard_is_caught_even_when_its_metadata_was_also_edited(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """An edited metadata key must not switch the set check off (recover said 'recovered' with a foreign shard)."""
+    rc, _, _ = helpers.run_cli(["seal", checkpoint, tmp_path / "other", "--key", key_file])  # same model, new seal
+    t, meta = helpers.read_st(tmp_path / "other" / SHARDS[1])
+    helpers.write_st(sealed_ckpt / SHARDS[1], t, {**meta, "note": "hi"})
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 2 and any("different sealed sets" in m for m in rep.metadata_issues), rep.summary()
+    rep, wrote = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert not wrote and rep.status == "unrecoverable" and not (tmp_path / "fixed").exists()
+
+
+def test_a_file_only_an_edited_set_record_lists_is_no_shard(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    p = sealed_ckpt / SHARDS[0]
+    t, meta = helpers.read_st(p)
+    rec = json.loads(meta["paramseal_set"])
+    meta["paramseal_set"] = json.dumps({**rec, "shards": [*rec["shards"], "junk.safetensors"]})
+    helpers.write_st(p, t, meta)
+    helpers.write_st(sealed_ckpt / "junk.safetensors", {"x": np.ones(4, np.float32)})  # unsealed
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 1 and not any("junk" in m for m in rep.metadata_issues), rep.summary()
+    rep, wrote = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert wrote and rep.status == "recovered" and (tmp_path / "fixed" / "junk.safetensors").is_file()
+    assert sharded.verify_dir(tmp_path / "fixed", key, workers=1).status == "intact"

@@ -45,7 +45,7 @@ from .errors import (
 )
 from .formats import safetensors as st_format
 from .formats.registry import adapters
-from .header import METADATA_KEY, SET_KEY, peek_header
+from .header import METADATA_KEY, SET_KEY, metadata_digest, parse_header, peek_header
 from .keys import Key
 from .report import Report, Status, TensorFinding
 
@@ -276,6 +276,26 @@ def seal_dir(
 _NOT_TAMPERING = (KeyMismatchError, InputError, OutputError, MissingDependencyError)
 
 
+UNTRUSTED = "\0untrusted"  # a set record that nothing authenticates (see `_record`)
+
+
+def _record(path: Path, key: Key) -> str | None:
+    """A shard's set record as sealed, or ``UNTRUSTED`` when nothing vouches for it.
+
+    From its authenticated header's user metadata, else the file's metadata when that matches
+    the sealed digest (a header from the weights keeps only the digest).
+    """
+    meta = dict(st_format.read_layout(path).metadata)
+    text = meta.pop(METADATA_KEY, None)
+    try:
+        h = parse_header(text if text is not None else files.read_header(path, key), key)
+    except ParamSealError:
+        return UNTRUSTED
+    if h.user_metadata is not None:
+        return h.user_metadata.get(SET_KEY)
+    return meta.get(SET_KEY) if metadata_digest(meta) == h.digest else UNTRUSTED
+
+
 def _verify_one(path: Path, key: Key, pattern: str | None) -> tuple[Report | None, str | None, str | None]:
     """``(report, set record, None)``, or ``(None, None, why)`` for a shard that cannot be verified."""
     try:
@@ -284,8 +304,7 @@ def _verify_one(path: Path, key: Key, pattern: str | None) -> tuple[Report | Non
         raise
     except ParamSealError as e:
         return None, None, f"shard '{path.name}' cannot be verified: {e}"
-    meta = st_format.read_layout(path).metadata
-    return rep, meta.get(SET_KEY), None
+    return rep, _record(path, key), None
 
 
 def _recover_one(src: Path, dst: Path, key: Key, allow_partial: bool) -> Report | str:
@@ -297,31 +316,35 @@ def _recover_one(src: Path, dst: Path, key: Key, allow_partial: bool) -> Report 
         return f"shard '{src.name}' cannot be recovered: {e}"
 
 
-def _peek(path: Path) -> tuple[list[str] | None, list[str]]:
-    """A shard's sealed tensor names and the shards its set record lists, read without a key.
+def _peek(path: Path, key: Key) -> tuple[list[str] | None, list[str]]:
+    """A shard's sealed tensor names (from its header, authenticated) and the shards its set record lists.
 
-    Only to choose what to open: nothing here is trusted (verify authenticates both).
-    Unknown names are None.
+    Only to choose what to open. Names are None when the header is missing or does not
+    authenticate (the shard is then read whole); the list is not trusted (verify checks it).
     """
+    try:
+        meta = st_format.read_layout(path).metadata
+    except (ParamSealError, OSError):
+        return None, []
     names: list[str] | None = None
     listed: list[str] = []
     try:
-        meta = st_format.read_layout(path).metadata
-        if METADATA_KEY in meta:
-            names = [str(t["name"]) for t in peek_header(meta[METADATA_KEY])["tensors"]]
-        if SET_KEY in meta:
-            listed = [n for n in json.loads(meta[SET_KEY])["shards"] if isinstance(n, str)]
-    except (ParamSealError, OSError, ValueError, KeyError, TypeError):
+        names = [t.name for t in parse_header(meta[METADATA_KEY], key).tensors]
+    except (ParamSealError, KeyError):
+        pass
+    try:
+        listed = [n for n in json.loads(meta[SET_KEY])["shards"] if isinstance(n, str)]
+    except (ValueError, KeyError, TypeError):
         pass
     return names, listed
 
 
-def _shards(folder: Path, idx: Index) -> tuple[list[str], dict[str, tuple[list[str] | None, list[str]]]]:
+def _shards(folder: Path, idx: Index, key: Key) -> tuple[list[str], dict[str, tuple[list[str] | None, list[str]]]]:
     """The shards to check: the index's, then any other that a shard's set record lists and the folder holds.
 
     Returns them (present or not) and what `_peek` found in each present one.
     """
-    peeked = {s: _peek(folder / s) for s in idx.shards if (folder / s).is_file()}
+    peeked = {s: _peek(folder / s, key) for s in idx.shards if (folder / s).is_file()}
     more = dict.fromkeys(n for _, listed in peeked.values() for n in listed)
     extra = [
         n
@@ -331,7 +354,7 @@ def _shards(folder: Path, idx: Index) -> tuple[list[str], dict[str, tuple[list[s
         and n.endswith(".safetensors")
         and (folder / n).is_file()
     ]
-    peeked |= {s: _peek(folder / s) for s in extra}
+    peeked |= {s: _peek(folder / s, key) for s in extra}
     return idx.shards + extra, peeked
 
 
@@ -343,7 +366,7 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
     the index or its sealed header puts a matching tensor in it.
     """
     idx = read_index(folder, missing_ok=True)
-    everything, peeked = _shards(folder, idx)
+    everything, peeked = _shards(folder, idx, key)
     chosen, patterns = everything, dict.fromkeys(everything, tensors)
     if tensors is not None:
 
@@ -351,7 +374,9 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
             return names is not None and any(fnmatch.fnmatchcase(n, tensors) for n in names)
 
         sealed = {s: peeked[s][0] for s in peeked}
-        chosen = [s for s in everything if hit(idx.tensors_in(s)) or hit(sealed.get(s))]
+        # a shard whose header does not authenticate may hold anything: it is read whole
+        chosen = [s for s in everything if hit(idx.tensors_in(s)) or (s in peeked and sealed[s] is None)
+                  or hit(sealed.get(s))]  # fmt: skip
         if not chosen:
             raise UsageError(f"--tensors '{tensors}' matches no tensor in '{folder / INDEX}'; check the pattern")
         # a shard the index sends us to that seals no match (swapped, or a wrong index) is read
@@ -363,6 +388,7 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
     failed = {s: why for s, (_, _, why) in zip(opened, results, strict=True) if why is not None}
     records = {s: rec for s, (r, rec, _) in zip(opened, results, strict=True) if r is not None}
     grave, fixable, listed = _set_issues(idx, records, reports, tensors)
+    failed = _named(failed, idx, listed)
     gone = _gone(idx, [s for s in chosen if s not in peeked], listed)
     missing = gone["missing"] + (sorted(listed - set(everything)) if tensors is None else [])
     grave += [f"shard '{s}' named in the index is missing from the folder (deleted or moved)" for s in missing]
@@ -381,6 +407,14 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
         skipped=len(everything) - len(chosen),
         unread=blocks,
     )
+
+
+def _named(failed: dict[str, str], idx: Index, listed: set[str]) -> dict[str, str]:
+    """The failed shards that the index or an authenticated set record names.
+
+    A file only an unauthenticated record lists (an edited record, say) is no shard of this checkpoint.
+    """
+    return {s: why for s, why in failed.items() if s in idx.shards or s in listed}
 
 
 def _gone(idx: Index, absent: list[str], listed: set[str]) -> dict[str, list[str]]:
@@ -431,7 +465,7 @@ def recover_dir(
     shards is rebuilt from the shards' sealed headers, which fully determine it.
     """
     idx = read_index(src, missing_ok=True)
-    everything, peeked = _shards(src, idx)
+    everything, peeked = _shards(src, idx, key)
     shards = [s for s in everything if s in peeked]
     try:
         with _atomic_dir(dst, src) as tmp:
@@ -439,8 +473,10 @@ def recover_dir(
             results = dict(zip(shards, _map(_recover_one, jobs, workers), strict=True))
             reports = {s: r for s, r in results.items() if isinstance(r, Report)}
             failed = {s: r.replace(str(tmp), str(dst)) for s, r in results.items() if isinstance(r, str)}
-            records = {s: st_format.read_layout(tmp / s).metadata.get(SET_KEY) for s in reports}
+            records = {s: _record(tmp / s, key) for s in reports}
             grave, fixable, listed = _set_issues(idx, records, reports)
+            failed = _named(failed, idx, listed)
+            everything = [s for s in everything if s in reports or s in failed or s not in peeked]  # others copied
             gone = _gone(idx, [s for s in everything if s not in peeked], listed)
             missing = gone["missing"] + sorted(listed - set(everything))
             grave += [f"shard '{s}' named in the index is missing from the folder (deleted or moved)" for s in missing]
@@ -455,20 +491,25 @@ def recover_dir(
                 raise _Discard(merged)
             _copy_others(src, tmp, set(everything) | ({INDEX} if rebuild else set()), tmp)
             if rebuild:
-                (tmp / INDEX).write_text(json.dumps(_rebuilt_index(idx, reports), indent=2) + "\n", encoding="utf-8")
+                index = _rebuilt_index(idx, reports, tmp)
+                (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     except _Discard as e:
         return e.report, False
     return merged, True
 
 
-def _rebuilt_index(idx: Index, reports: dict[str, Report]) -> dict[str, Any]:
-    """The index with its ``weight_map`` made from the shards' sealed tensors (other fields kept).
+def _rebuilt_index(idx: Index, reports: dict[str, Report], folder: Path) -> dict[str, Any]:
+    """The index made from the shards' sealed tensors: ``weight_map`` and ``metadata.total_size``.
 
-    Names keep the index's order (the smallest change to the file); names it lacked follow.
+    Names keep the index's order (the smallest change to the file); names it lacked follow. Of
+    the tampered index only ``metadata``'s other fields are kept: nothing authenticates them.
     """
     sealed = {n: s for s, r in reports.items() for n in r.tensors}
     order = [n for n in idx.weight_map if n in sealed] + [n for n in sealed if n not in idx.weight_map]
-    return {**idx.raw, "weight_map": {n: sealed[n] for n in order}}
+    size = sum(e.end - e.start for s in reports for e in st_format.read_layout(folder / s).entries)
+    old = idx.raw.get("metadata")
+    meta = {**(old if isinstance(old, dict) else {}), "total_size": size}
+    return {"metadata": meta, "weight_map": {n: sealed[n] for n in order}}
 
 
 class _Discard(Exception):
@@ -492,8 +533,9 @@ def _set_issues(
     ids = set()
     listed: set[str] = set()
     for shard, text in records.items():
-        if reports[shard].metadata_issues:
-            continue  # its metadata is already reported as edited: the record cannot be trusted
+        if text == UNTRUSTED:  # metadata edited where only its digest is sealed: the set cannot be checked
+            grave.append(f"shard '{shard}': its set record cannot be trusted (its metadata was edited)")
+            continue
         if text is None:
             grave.append(f"shard '{shard}' carries no set record (not sealed as part of this checkpoint)")
             continue

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from safetensors import SafetensorError, safe_open
 
 from .._pages import Mapping, copy_range, file_span
-from ..errors import FormatError
+from ..errors import FormatError, InputError
 from ..levels import ST_TO_NP
 from .base import Loaded
 
@@ -129,8 +129,8 @@ def read_layout(path: Path) -> Layout:
                     f"({size} bytes)"
                 )
             text = f.read(n)
-    except OSError as e:
-        raise FormatError(f"cannot read '{path}': {e.strerror}") from None
+    except OSError as e:  # a read that failed is not a malformed file (nor, in a shard, tampering)
+        raise InputError(f"cannot read '{path}': {e.strerror}") from None
     header = _parse_header_json(text, path)
     meta_raw = header.pop("__metadata__", {})
     if not isinstance(meta_raw, dict) or not all(isinstance(v, str) for v in meta_raw.values()):
