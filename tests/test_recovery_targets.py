@@ -10,6 +10,7 @@ The full 50-trials-per-point versions are marked ``slow``.
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -55,10 +56,21 @@ def big_model() -> dict[str, np.ndarray]:
     return m
 
 
+SALT = bytes(range(16))  # the seals under test (see `targets`)
+
+
 @pytest.fixture(scope="module")
 def targets(big_model: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Seal once per level for the whole module."""
-    return {lv: bench.make_target(big_model, lv) for lv in ("standard", "strong")}
+    """Seal once per level for the whole module, with a pinned salt.
+
+    The salt keys the layout, and strong's 20% scattered point sits at the edge of what the
+    code recovers: over fresh salts a trial there fails now and then (README, Recovery
+    capacity). Pinned, each run tests the same seal, so a failure is a change, not chance.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        real = os.urandom
+        mp.setattr(os, "urandom", lambda n: SALT if n == 16 else real(n))
+        return {lv: bench.make_target(big_model, lv) for lv in ("standard", "strong")}
 
 
 # --------------------------------------------------------------------------- helpers
