@@ -84,7 +84,7 @@ def plan(specs: list[TensorSpec], header_bytes: int) -> Plan:
     # The copies carry no parity: a flip in each of two leaves neither intact, but two carriers'
     # copies can still be mixed (`merged_copies`). A lone carrier holds three where the budget
     # allows, so that every byte has a majority. (Two carriers keep one each: more reserved
-    # blocks cost the irs4 groups parity, measurably at strong's 20% scattered target.)
+    # blocks cost the irs4 groups parity, and strong's 20% scattered point is at its edge.)
     copies = 1
     for n in range(COPIES if len(carriers) == 1 else 1, 1, -1):
         sizes = [blocks_needed(specs[i].k, RECORD_BYTES + n * header_bytes) for i in carriers]
