@@ -30,7 +30,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _bits
-from ._layout import TensorSpec
+from ._layout import TensorSpec, block_count
 from .levels import BLOCK, FLOATS, TAG_BITS, dtype_name
 
 MAGIC = b"PSL\x02"
@@ -166,8 +166,10 @@ def read_record(a: NDArray[np.generic], k: int, *, damaged: bool = False) -> Fou
         return None
     head = _storage(flat[: n0 * BLOCK].reshape(n0, BLOCK), k)
     magic, index, count, salt8, hlen = _RECORD.unpack(head[:RECORD_BYTES])
-    off = int.from_bytes(magic, "little") ^ int.from_bytes(MAGIC, "little")
-    if off.bit_count() > 2 if damaged else magic != MAGIC or index >= count:
+    if damaged:
+        if (int.from_bytes(magic, "little") ^ int.from_bytes(MAGIC, "little")).bit_count() > 2:
+            return None
+    elif magic != MAGIC or index >= count:
         return None
     text = b""
     if hlen:
@@ -256,7 +258,7 @@ def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
     """
     floats = [n for n in tensors if _float(np.asarray(tensors[n]))]
     big = sorted(floats, key=lambda n: -int(np.asarray(tensors[n]).size))[: 2 * CARRIERS]
-    budget = COPY_BUDGET * sum(-(-int(np.asarray(tensors[n]).size) // BLOCK) for n in floats)
+    budget = COPY_BUDGET * sum(block_count(int(np.asarray(tensors[n]).size)) for n in floats)
     recs = {n: f for n in big if (f := scan(np.asarray(tensors[n]), damaged=True)) is not None and f.hlen}
     ks = sorted({f.k for f in recs.values()})
     votes = collections.Counter(f.hlen for f in recs.values())
@@ -291,16 +293,16 @@ def _candidates(
     arrays = [np.frombuffer(c, np.uint8) for _, c in found]
     # Past a carrier's copies (one, in most) lie other bits: a later slot counts only when another
     # slot nearly matches it (and the first is always tried: its record may be all that was hit).
-    raw = [c for (i, c), a in zip(found, arrays, strict=True) if i == 0 or any(
+    raw = [a for (i, _), a in zip(found, arrays, strict=True) if i == 0 or any(
         b is not a and np.count_nonzero(a != b) <= 8 * MERGE_BYTES for b in arrays)]  # fmt: skip
-    yield from raw  # a later copy of a carrier may be intact
+    yield from (a.tobytes() for a in raw)  # a later copy of a carrier may be intact
     if len(raw) >= 3:  # each byte as most copies hold it
-        votes = np.stack([np.frombuffer(c, np.uint8) for c in raw])
+        votes = np.stack(raw)
         counts = (votes[:, None, :] == votes[None, :, :]).sum(axis=0)
         yield votes[counts.argmax(axis=0), np.arange(hlen)].tobytes()
     for i in range(len(raw)):
         for j in range(i + 1, len(raw)):
-            a, b = np.frombuffer(raw[i], np.uint8), np.frombuffer(raw[j], np.uint8)
+            a, b = raw[i], raw[j]
             diff = np.flatnonzero(a != b)
             if not 0 < diff.size <= MERGE_BYTES:
                 continue
@@ -320,9 +322,9 @@ def _text(b: bytes) -> Iterator[str]:
 
 def _copy_bytes(a: NDArray[np.generic], k: int, hlen: int, copy: int = 0) -> bytes | None:
     """Copy ``copy`` of the ``hlen`` header bytes a carrier sealed at ``k`` would hold (whatever its record says)."""
-    if _bits.uint_view(a).dtype.itemsize * 8 <= k or block_bytes(k) <= 0:
-        return None
     flat = _bits.uint_view(a)
+    if flat.dtype.itemsize * 8 <= k or block_bytes(k) <= 0:
+        return None
     end = RECORD_BYTES + (copy + 1) * hlen
     nb = blocks_needed(k, end)
     if flat.size < nb * BLOCK:

@@ -387,15 +387,7 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
     reports = {s: r for s, (r, _, _) in zip(opened, results, strict=True) if r is not None}
     failed = {s: why for s, (_, _, why) in zip(opened, results, strict=True) if why is not None}
     records = {s: rec for s, (r, rec, _) in zip(opened, results, strict=True) if r is not None}
-    grave, fixable, listed = _set_issues(idx, records, reports, tensors)
-    failed = _named(failed, idx, listed)
-    gone = _gone(idx, [s for s in chosen if s not in peeked], listed)
-    missing = gone["missing"] + (sorted(listed - set(everything)) if tensors is None else [])
-    grave += [f"shard '{s}' named in the index is missing from the folder (deleted or moved)" for s in missing]
-    fixable += gone["bogus"]
-    grave += list(failed.values())
-    lost = _lost(idx, missing, "its shard '{}' is missing: its weights are lost", tensors)
-    lost |= _lost(idx, list(failed), "its shard '{}' cannot be verified", tensors)
+    grave, fixable, lost, failed = _verdict(idx, records, reports, failed, chosen, everything, peeked, tensors)
     unread = [s for s in everything if s not in chosen and s in peeked]
     blocks = sum(_blocks(folder / s) for s in [*unread, *failed])  # the model's blocks not checked, for the total
     return _merge(
@@ -409,12 +401,30 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
     )
 
 
-def _named(failed: dict[str, str], idx: Index, listed: set[str]) -> dict[str, str]:
-    """The failed shards that the index or an authenticated set record names.
+def _verdict(
+    idx: Index,
+    records: dict[str, str | None],
+    reports: dict[str, Report],
+    failed: dict[str, str],
+    asked: list[str],
+    everything: list[str],
+    peeked: dict[str, Any],
+    pattern: str | None = None,
+) -> tuple[list[str], list[str], dict[str, TensorFinding], dict[str, str]]:
+    """The set's findings, for verify and recover alike: ``(grave, fixable, lost tensors, failed shards)``.
 
-    A file only an unauthenticated record lists (an edited record, say) is no shard of this checkpoint.
+    ``asked``: the shards looked for (present or not). A failed file that neither the index nor
+    an authenticated set record names (an edited record, say) is no shard, and is left out.
     """
-    return {s: why for s, why in failed.items() if s in idx.shards or s in listed}
+    grave, fixable, listed = _set_issues(idx, records, reports, pattern)
+    failed = {s: why for s, why in failed.items() if s in idx.shards or s in listed}
+    gone = _gone(idx, [s for s in asked if s not in peeked], listed)
+    missing = gone["missing"] + (sorted(listed - set(everything)) if pattern is None else [])
+    grave += [f"shard '{s}' named in the index is missing from the folder (deleted or moved)" for s in missing]
+    grave += list(failed.values())
+    lost = _lost(idx, missing, "its shard '{}' is missing: its weights are lost", pattern)
+    lost |= _lost(idx, list(failed), "its shard '{}' cannot be checked", pattern)
+    return grave, fixable + gone["bogus"], lost, failed
 
 
 def _gone(idx: Index, absent: list[str], listed: set[str]) -> dict[str, list[str]]:
@@ -474,16 +484,8 @@ def recover_dir(
             reports = {s: r for s, r in results.items() if isinstance(r, Report)}
             failed = {s: r.replace(str(tmp), str(dst)) for s, r in results.items() if isinstance(r, str)}
             records = {s: _record(tmp / s, key) for s in reports}
-            grave, fixable, listed = _set_issues(idx, records, reports)
-            failed = _named(failed, idx, listed)
+            grave, fixable, lost, failed = _verdict(idx, records, reports, failed, everything, everything, peeked)
             everything = [s for s in everything if s in reports or s in failed or s not in peeked]  # others copied
-            gone = _gone(idx, [s for s in everything if s not in peeked], listed)
-            missing = gone["missing"] + sorted(listed - set(everything))
-            grave += [f"shard '{s}' named in the index is missing from the folder (deleted or moved)" for s in missing]
-            fixable += gone["bogus"]
-            grave += list(failed.values())
-            lost = _lost(idx, missing, "its shard '{}' is missing: its weights are lost", None)
-            lost |= _lost(idx, list(failed), "its shard '{}' cannot be recovered", None)
             # nothing is written unless the shards recovered, so neither is an index
             rebuild = bool(fixable) and not grave and (allow_partial or all(r.ok for r in reports.values()))
             merged = _merge("recover", reports, grave, fixable=fixable, fixed=rebuild, lost=lost)
