@@ -51,11 +51,13 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 import paramseal
+import paramseal._outer
 import paramseal._strata
 import paramseal.header
 from paramseal import Key
@@ -404,6 +406,7 @@ class Outcome:
     blocks_frac: float  # blocks changed / all blocks (ground truth)
     localized: bool  # the report's tampered blocks are exactly the changed blocks
     int_hit: bool  # an integer tensor was tampered with
+    handed: tuple[int, int] = (0, 0)  # irs4: most groups one superblock handed the outer code, and its parity shards
 
 
 def changed_blocks(tg: Target, tampered: Tensors) -> dict[str, NDArray[np.int64]]:
@@ -435,9 +438,28 @@ def bit_exact(tg: Target, out: Tensors) -> bool:
     return True
 
 
+_HANDED: list[tuple[int, int]] = []  # (failed groups, parity shards) per call of the outer code's repair
+
+
+def _watch_outer() -> None:
+    """Record what each superblock hands the outer code: the margin a point has, not just pass or fail."""
+    real = paramseal._outer.Outer.repair
+    if getattr(real, "watched", False):
+        return
+
+    def repair(self: Any, code: Any, w: Any, failed: NDArray[np.bool_], s: int) -> Any:
+        _HANDED.append((int(np.count_nonzero(failed)), self.parity_count(s)))
+        return real(self, code, w, failed, s)
+
+    repair.watched = True  # type: ignore[attr-defined]
+    paramseal._outer.Outer.repair = repair  # type: ignore[method-assign]
+
+
 def run_trial(tg: Target, attack: str, rate: float, rng: np.random.Generator, key: Key = KEY) -> Outcome:
     tp = ATTACKS[attack](tg, rate, rng)
     truth = changed_blocks(tg, tp.out)
+    _watch_outer()
+    _HANDED.clear()
     t0 = time.perf_counter()
     r = paramseal.recover(tp.out, key, tg.header_json)
     dt = time.perf_counter() - t0
@@ -446,8 +468,9 @@ def run_trial(tg: Target, attack: str, rate: float, rng: np.random.Generator, ke
     localized = found.keys() == truth.keys() and all(np.array_equal(found[n], truth[n]) for n in truth)
     nchanged = sum(v.size for v in truth.values())
     int_hit = any(not np.issubdtype(tg.sealed[n].dtype, np.floating) for n in truth)
+    handed = max(_HANDED, default=(0, 0))
     return Outcome(
-        ok, r.report.status, dt, tp.replaced / tg.total_values, nchanged / tg.total_blocks, localized, int_hit
+        ok, r.report.status, dt, tp.replaced / tg.total_values, nchanged / tg.total_blocks, localized, int_hit, handed
     )
 
 
@@ -503,9 +526,11 @@ def sweep(
         outs = [run_trial(tg, attack, rate, trial_rng(seed, tg.level, attack, rate, i)) for i in range(trials)]
         p = Point(tg.level, tg.code, attack, rate, outs)
         points.append(p)
+        worst = max(o.handed for o in outs)
         log(
             f"  {tg.level:8s} {tg.code:5s} {attack:17s} {p.rate_str():>6s}  {p.successes}/{p.trials}"
             f"  {np.mean([o.seconds for o in outs]):.3f}s"
+            + (f"  outer code: at most {worst[0]} failed groups (of {worst[1]} parity shards)" if worst[0] else "")
         )
         if p.false_claims:
             log(f"  !!! FALSE CLAIM: {p.false_claims} trial(s) said 'recovered' but are not bit-exact !!!")
@@ -558,6 +583,13 @@ def markdown(points: list[Point]) -> str:
             notes.append(f"int64 tensor hit in {sum(x.int_hit for x in o)}/{len(o)}")
         elif any(x.int_hit for x in o):
             notes.append(f"int64 tensor hit in {sum(x.int_hit for x in o)}/{len(o)}")
+        handed = [x.handed for x in o if x.handed[0]]
+        if handed:
+            mean = np.mean([h[0] for h in handed])
+            worst = max(handed)
+            notes.append(
+                f"groups left to the outer code: mean {mean:.1f}, max {worst[0]} (of {worst[1]} parity shards)"
+            )
         rows.append(
             f"| {p.level} | {p.code} | {p.attack} | {p.rate_str()} "
             f"| {100 * np.mean([x.replaced_frac for x in o]):.3f}% "

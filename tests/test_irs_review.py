@@ -158,17 +158,38 @@ def test_every_tag_rewritten_is_restored(sealed: paramseal.SealedModel, key: par
     assert _never_lies(bad, sealed, key) == "recovered"
 
 
-def test_hosted_outer_parity_destroyed_is_restored(key: paramseal.Key) -> None:
-    """The outer code's bytes (free byte 0 of the first 8 strata) all rewritten: the inner code holds them."""
-    s = paramseal.seal(_fp32_model(), key)
+@pytest.mark.parametrize(("level", "host"), [("standard", 2), ("strong", 3)])
+def test_hosted_outer_parity_destroyed_is_restored(key: paramseal.Key, level: str, host: int) -> None:
+    """Byte 0 of the first 4 * host strata rewritten (the outer code's bytes among them): the inner code holds them."""
+    s = paramseal.seal(_fp32_model(), key, level=level)
     chk = check(s.tensors, key, s.header_json)
     st = _irs_recover.strata_of(chk)
-    assert st.host == _outer.HOST
+    assert st.host == _outer.host_for(st.k) == host
     bad = helpers.copy_model(s.tensors)
     w = bad["embed"].reshape(-1).view(np.uint32)  # the first float tensor: stream words from 0
-    n = min(w.size, 8 * st.G)
+    n = min(w.size, 4 * host * st.G)
     w[:n] ^= np.uint32(0xA5)
     assert _never_lies(bad, s, key) == "recovered"
+
+
+def test_strong_sealed_with_the_earlier_two_hosted_bytes_still_recovers(
+    key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Strong seals before 2026-12-01 host the outer code in 2 bytes; the header says so and recover follows it."""
+    model = _fp32_model()
+    with monkeypatch.context() as mp:
+        mp.setitem(_outer.HOSTS, 12, 2)
+        old = paramseal.seal(model, key, level="strong")
+    new = paramseal.seal(model, key, level="strong")
+    assert parse_header(old.header_json, key).host == 2
+    assert parse_header(new.header_json, key).host == 3
+    rng = np.random.default_rng(11)
+    bad = helpers.copy_model(old.tensors)
+    for name in ("embed", "w1"):
+        u = bad[name].reshape(-1).view(np.uint32)
+        at = rng.choice(u.size, u.size // 10, replace=False)
+        u[at] = rng.integers(0, 2**32, at.size, dtype=np.uint32)
+    assert _never_lies(bad, old, key) == "recovered"
 
 
 def test_reserved_header_copy_destroyed_is_restored(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
@@ -272,7 +293,7 @@ def test_within_reach_matches_the_decoder_on_erasures() -> None:
 
 
 def test_outer_can_repair_matches_repair() -> None:
-    o = _outer.plan(2000, 8, 255, _outer.HOST)
+    o = _outer.plan(2000, 8, 255, _outer.host_for(8))
     r = o.parity_count(0)
     a, b = o.span(0)
     rng = np.random.default_rng(0)

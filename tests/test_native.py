@@ -19,7 +19,17 @@ from paramseal.errors import UnsupportedError
 
 needs_native = pytest.mark.skipif(not _native.available(), reason="compiled kernels not built or no GFNI here")
 
-CODES = [(8, 255, 0), (8, 255, 2), (12, 255, 0), (12, 230, 2), (16, 255, 0), (16, 255, 2), (8, 200, 0), (8, 9, 0)]
+CODES = [
+    (8, 255, 0),
+    (8, 255, 2),
+    (12, 255, 0),
+    (12, 255, 3),  # strong's default
+    (12, 230, 2),
+    (16, 255, 0),
+    (16, 255, 2),
+    (8, 200, 0),
+    (8, 9, 0),
+]
 
 
 def test_library_present_where_required() -> None:

@@ -45,10 +45,11 @@ class Outcome:
 def strata_of(chk: Check) -> Strata:
     """The stratum layout the header describes (rebuilt from the tensor table, key and salt)."""
     h = chk.header
-    if h.host not in (0, _outer.HOST) or h.strata_perms not in (0, _strata.PERMS):
+    if h.host not in (0, *_outer.KNOWN_HOSTS) or h.strata_perms not in (0, _strata.PERMS):
+        known = " or ".join(map(str, _outer.KNOWN_HOSTS))
         raise FormatError(
             f"the seal header records outer code {h.host} and {h.strata_perms} stratum permutations, which this "
-            f"ParamSeal does not know (it writes {_outer.HOST} and {_strata.PERMS}); the header was written by an "
+            f"ParamSeal does not know (it writes {known} and {_strata.PERMS}); the header was written by an "
             "incompatible ParamSeal"
         )
     st = _strata.plan(chk.specs, chk.key, h.salt, h.host, h.strata_perms, h.keyed_offset)

@@ -4,13 +4,13 @@ A group that the inner decoder cannot correct (its share of scattered damage is 
 radius) is known, so it is an erasure here. A group's content (its words without free
 bits) is cut into 64-byte columns; in each superblock of up to ``SUPER_MAX`` consecutive
 groups every column is one Reed–Solomon code over GF(2^16) (leopard) with ``R`` parity
-shards of 64 bytes. The parity lives in ``HOST`` free bytes per codeword of the superblock's
-own groups (8 bytes a group at HOST = 2), which the inner code protects as data. A failed
+shards of 64 bytes. The parity lives in `host_for` free bytes per codeword of the superblock's
+own groups (8 bytes a group at 2), which the inner code protects as data. A failed
 group costs every column one data shard but only the one parity shard it hosts, so a
 superblock recovers while its failed groups number a little under R.
 
-The rate is fixed by the hosting, so R grows with the superblock: R / S = 4 * HOST / shard
-bytes, about 1% of the groups.
+The rate is fixed by the hosting, so R grows with the superblock: R / S = 4 * host / shard
+bytes, about 1% of the groups at 2 bytes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,19 @@ from . import _irs, _native
 from ._kernels import halves, parallel_map
 
 SUPER_MAX = 16384  # groups per superblock: [16384, 255] words (16 MiB) at a time when sealing
-HOST = 2  # free bytes per codeword given to the outer code (the inner radius drops by 4 * HOST / 5)
+# Free bytes per codeword given to the outer code, per k: each costs the inner code one parity
+# byte per codeword (radius -4/5 word, erasure bound -1 word per group) and buys S * 4 / shard
+# parity shards. Strong (k=12) takes 3: at its 20% scattered point a 1M-parameter model's single
+# superblock had failed groups within a few of what 2 bytes repair (docs/results.md).
+HOSTS = {8: 2, 12: 3}
+KNOWN_HOSTS = (2, 3)  # what recover reads: every value this or an earlier release wrote
+
+
+def host_for(k: int) -> int:
+    """Free bytes per codeword that carry the outer code at ``k`` free bits (2 unless ``HOSTS`` says)."""
+    return HOSTS.get(k, 2)
+
+
 MIN_PARITY = 4  # fewer parity shards than this are not worth the inner radius they cost
 
 
@@ -205,11 +217,12 @@ def plan(G: int, k: int, free_strata: int, host: int) -> Outer:
 
 
 def choose_host(G: int, k: int, free_strata: int) -> int:
-    """HOST when every superblock gets at least MIN_PARITY shards (and k has whole free bytes), else 0."""
-    if k < 8 or free_strata < 4 * HOST:
+    """`host_for` k when every superblock gets at least MIN_PARITY shards (and k has whole free bytes), else 0."""
+    host = host_for(k)
+    if k < 8 or free_strata < 4 * host:
         return 0
-    o = plan(G, k, free_strata, HOST)
-    return HOST if min(o.parity_count(s) for s in range(o.superblocks)) >= MIN_PARITY else 0
+    o = plan(G, k, free_strata, host)
+    return host if min(o.parity_count(s) for s in range(o.superblocks)) >= MIN_PARITY else 0
 
 
-__all__ = ["HOST", "SUPER_MAX", "Outer", "choose_host", "plan"]
+__all__ = ["HOSTS", "KNOWN_HOSTS", "SUPER_MAX", "Outer", "choose_host", "host_for", "plan"]

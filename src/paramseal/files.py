@@ -733,7 +733,7 @@ def _inspect(p: Path, loaded: Loaded) -> dict[str, Any]:
         for lv in LEVELS:
             ks = {dt: bits_for(dt, lv, None) for dt in dtypes}
             specs = [TensorSpec(f"t{i}", dt, (n,), ks[dt]) for i, (dt, n) in enumerate(dtypes.items())]
-            info["levels"][lv] = _caps(ks, _outer.HOST if _strata.applies(specs) else None)
+            info["levels"][lv] = _caps(ks, _outer.host_for(ks.get("F32", 0)) if _strata.applies(specs) else None)
     return info
 
 
