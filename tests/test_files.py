@@ -191,6 +191,51 @@ def test_new_output_files_get_ordinary_permissions(tmp_path: Path, model_file: P
     assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o644
 
 
+@pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
+def test_new_mode_reads_the_umask_without_setting_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mask: int
+) -> None:
+    """The umask is read from /proc: setting it to read it would give another thread's new file a wrong mode."""
+    from paramseal.formats.base import new_mode
+
+    old = os.umask(mask)
+    try:
+        plain, folder = tmp_path / "plain", tmp_path / "folder"
+        plain.write_bytes(b"")
+        folder.mkdir()
+        with monkeypatch.context() as mp:
+
+            def no_umask(_: int) -> int:
+                raise AssertionError("os.umask called")
+
+            mp.setattr(os, "umask", no_umask)
+            got = (new_mode(), new_mode(folder=True))
+    finally:
+        os.umask(old)
+    assert got == (stat.S_IMODE(plain.stat().st_mode), stat.S_IMODE(folder.stat().st_mode))
+    assert got == (0o666 & ~mask, 0o777 & ~mask)
+
+
+def test_new_mode_without_proc_sets_and_restores_the_umask(monkeypatch: pytest.MonkeyPatch) -> None:
+    from paramseal.formats import base
+
+    real_open = open
+
+    def no_proc(path: object, *a: object, **k: object) -> object:
+        if str(path).startswith("/proc/"):
+            raise FileNotFoundError(path)
+        return real_open(path, *a, **k)  # type: ignore[call-overload]
+
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr("builtins.open", no_proc)
+        assert base.new_mode() == 0o640 and base.new_mode(folder=True) == 0o750
+        monkeypatch.undo()
+        assert os.umask(0o027) == 0o027  # left as it was
+    finally:
+        os.umask(old)
+
+
 def test_a_replaced_output_keeps_its_mode(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
     """An in-place recover that rewrites the file (its header must change) keeps a read-only model read-only."""
     t, meta = helpers.read_st(sealed_file)

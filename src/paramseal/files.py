@@ -39,6 +39,7 @@ from .errors import (
 )
 from .formats import GRAPH_KEY, Loaded, adapter_for
 from .formats import safetensors as st_format
+from .formats.base import new_mode
 from .header import METADATA_KEY, SET_KEY, Header, metadata_digest, parse_header, peek_header
 from .keys import Key, looks_like_key_file, require_key
 from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP, bits_for, capacity, dtype_name
@@ -73,9 +74,7 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
             try:
                 mode = stat.S_IMODE(os.stat(dst).st_mode)
             except FileNotFoundError:
-                umask = os.umask(0)
-                os.umask(umask)
-                mode = 0o666 & ~umask
+                mode = new_mode()
             os.chmod(tmp_path, mode)
             with open(tmp_path, "rb") as f:
                 os.fsync(f.fileno())

@@ -44,6 +44,7 @@ from .errors import (
     io_failure,
 )
 from .formats import safetensors as st_format
+from .formats.base import new_mode
 from .formats.registry import adapters
 from .header import METADATA_KEY, SET_KEY, metadata_digest, parse_header, peek_header
 from .keys import Key
@@ -185,9 +186,7 @@ def _atomic_dir(dst: Path, src: Path) -> Iterator[Path]:
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
-        mask = os.umask(0o022)  # read the umask (no other way to read it portably); restored at once
-        os.umask(mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp's 0700 would outlive the rename: make it a normal folder
+        os.chmod(tmp, new_mode(folder=True))  # mkdtemp's 0700 would outlive the rename: make it a normal folder
     except OSError as e:
         raise cannot_write(dst, e) from e
     try:

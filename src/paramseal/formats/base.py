@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -11,6 +12,29 @@ from numpy.typing import NDArray
 
 #: Metadata entry holding the sealed `Loaded.graph` digest.
 GRAPH_KEY = "paramseal.graph"
+
+
+def _umask() -> int:
+    """The process umask, read from /proc where it is there.
+
+    ``os.umask`` can only read it by setting it, and for that moment a file another thread
+    creates gets the wrong mode.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_mode(folder: bool = False) -> int:
+    """The mode the umask gives a new file (or folder): what mkstemp's 0600 and mkdtemp's 0700 become."""
+    return (0o777 if folder else 0o666) & ~_umask()
 
 
 @dataclass(frozen=True, slots=True)

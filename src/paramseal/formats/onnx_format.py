@@ -74,7 +74,7 @@ from numpy.typing import NDArray
 from .._embed import header_copies
 from ..errors import FormatError, MissingDependencyError, UsageError
 from ..header import METADATA_KEY
-from .base import Loaded
+from .base import Loaded, new_mode
 
 # TensorProto.DataType -> numpy dtype, for the dtypes the engine seals.
 _DTYPES: dict[int, np.dtype[np.generic]] = {
@@ -592,8 +592,7 @@ class _SidePlan:
         """
         if tmp != dst:
             tmp.write_bytes(model)
-        umask = os.umask(0)
-        os.umask(umask)
+        fresh = new_mode()
         temps: list[Path] = []
         placed: list[Path] = []
         try:
@@ -605,7 +604,7 @@ class _SidePlan:
                         f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.chmod(t, 0o666 & ~umask)
+                os.chmod(t, fresh)
             for loc, t in zip(self.files, temps, strict=True):
                 os.replace(t, self.folder / self.names[loc])
                 placed.append(self.folder / self.names[loc])
@@ -617,7 +616,7 @@ class _SidePlan:
             try:  # as files.atomic_path: a replaced file keeps its mode
                 mode = stat.S_IMODE(os.stat(dst).st_mode)
             except FileNotFoundError:
-                mode = 0o666 & ~umask
+                mode = fresh
             os.chmod(t, mode)
             os.replace(t, dst)
         except BaseException:
