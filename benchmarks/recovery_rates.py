@@ -662,6 +662,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="comma-separated rates replacing the defaults of the selected rate attacks (bitflips keep their counts)",
     )
+    ap.add_argument(
+        "--host",
+        type=int,
+        choices=paramseal._outer.KNOWN_HOSTS,
+        default=None,
+        help="irs4: host the outer code in this many bytes per codeword at every level (default: what paramseal "
+        "picks per level); to compare hostings",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="small model, 5 trials: a smoke run")
     ap.add_argument("--markdown", metavar="PATH", help="also write the tables to PATH")
@@ -677,6 +685,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for a in attacks:
         if a not in ATTACKS:
             ap.error(f"unknown attack {a!r}")
+    if args.host is not None:
+        for k in paramseal._strata.KS:
+            paramseal._outer.HOSTS[k] = args.host
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
