@@ -14,7 +14,7 @@ import paramseal
 from paramseal import NotSealedError, OutputError, UsageError, files
 from paramseal.formats import Loaded
 from paramseal.formats.safetensors import StreamWriter
-from paramseal.header import METADATA_KEY
+from paramseal.header import METADATA_KEY, parse_header
 
 META = {"author": "tests", "license": "apache-2.0"}
 
@@ -454,3 +454,74 @@ def test_a_write_that_finds_no_folder_is_not_blamed_on_a_full_disk(tmp_path: Pat
 
     msg = str(cannot_write("/proc/out.safetensors", FileNotFoundError(errno.ENOENT, "No such file or directory")))
     assert "disk full" not in msg and "write elsewhere" in msg, msg
+
+
+def _fp32_model(seed: int = 5) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "a.weight": (0.02 * rng.standard_normal((192, 160))).astype(np.float32),
+        "a.bias": rng.standard_normal(160).astype(np.float32),
+        "b.weight": (0.05 * rng.standard_normal((160, 96))).astype(np.float32),
+        "ids": np.arange(40, dtype=np.int64),
+    }
+
+
+@pytest.fixture(params=["mixed-dtypes", "fp32-strong"])
+def sealed_pair(
+    request: pytest.FixtureRequest, tmp_path: Path, model: dict[str, np.ndarray], key: paramseal.Key
+) -> tuple[Path, Path]:
+    """(input model file, sealed file) sealed file to file: the lane code, and irs4 at strong."""
+    if request.param == "mixed-dtypes":
+        src, level = helpers.write_st(tmp_path / "m.safetensors", model, {"author": "tests"}), "standard"
+    else:
+        src, level = helpers.write_st(tmp_path / "m.safetensors", _fp32_model(), {"author": "tests"}), "strong"
+    out = tmp_path / "sealed.safetensors"
+    files.seal_file(src, out, key, level=level)
+    return src, out
+
+
+def test_the_seal_records_its_safetensors_header_length(sealed_pair: tuple[Path, Path], key: paramseal.Key) -> None:
+    _, sealed = sealed_pair
+    raw = sealed.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    h = parse_header(files.read_header(sealed, key), key)
+    assert h.st_room == n and raw[8 + n - 1 : 8 + n] == b" "  # padded: the room was reserved before sealing
+    assert paramseal.seal(_fp32_model(), key).header.st_room == 0  # in memory: no file, nothing recorded
+
+
+def test_a_model_rewritten_by_the_safetensors_library_recovers_to_the_sealed_file_byte_for_byte(
+    sealed_pair: tuple[Path, Path], tmp_path: Path, key: paramseal.Key
+) -> None:
+    """Load, edit, save with safetensors (new order, compact header): recover gives back the sealed bytes."""
+    import safetensors.numpy as stn
+
+    _, sealed = sealed_pair
+    t, meta = helpers.read_st(sealed)
+    name = next(n for n, a in t.items() if a.dtype == np.float32 and a.size > 1000)
+    t[name] = t[name].copy()
+    t[name].reshape(-1)[:700] = 0.5  # whole blocks replaced
+    bad = tmp_path / "rewritten.safetensors"
+    stn.save_file(dict(reversed(list(t.items()))), str(bad), metadata=meta)
+    assert bad.read_bytes()[:8] != sealed.read_bytes()[:8]  # the padding is gone
+    out = tmp_path / "recovered.safetensors"
+    res = files.recover_file(bad, out, key)
+    assert res.report.status == "recovered"
+    assert out.read_bytes() == sealed.read_bytes()
+
+
+def test_in_place_and_patched_copies_give_the_sealed_file_byte_for_byte(
+    sealed_pair: tuple[Path, Path], tmp_path: Path, key: paramseal.Key
+) -> None:
+    """Flipped bits, header untouched: the fast paths (in place, patched copy) write the sealed file back."""
+    _, sealed = sealed_pair
+    raw = bytearray(sealed.read_bytes())
+    n = int.from_bytes(raw[:8], "little")
+    for at in (8 + n + 5, len(raw) // 2, len(raw) - 3):
+        raw[at] ^= 0x10
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(bytes(raw))
+    out = tmp_path / "copy.safetensors"
+    assert files.recover_file(bad, out, key).report.status == "recovered"
+    assert out.read_bytes() == sealed.read_bytes()
+    assert files.recover_file(bad, bad, key, in_place=True).report.status == "recovered"
+    assert bad.read_bytes() == sealed.read_bytes()

@@ -44,12 +44,39 @@ def _sealed(tmp_path: Path, model: dict, key: paramseal.Key) -> tuple[Path, dict
     return sealed, t, meta
 
 
+def _room(path: Path) -> int:
+    """A safetensors file's header length (its first 8 bytes): the room the seal recorded."""
+    return int.from_bytes(path.read_bytes()[:8], "little")
+
+
+def _in_memory(tensors: dict, key: paramseal.Key, sealed_file: Path) -> paramseal.SealedModel:
+    """The in-memory seal of ``tensors`` recording the header room that ``sealed_file`` was written with."""
+    return paramseal.SealConfig().seal(tensors, key, metadata=META, st_room=_room(sealed_file))
+
+
+def _edited_copy(sealed: Path, dst: Path, flips: list[tuple[str, int, int]], meta: dict[str, str]) -> Path:
+    """``sealed`` with bits flipped in place (tensor, flat index, bit) and ``meta`` in its header, same room."""
+    raw = bytearray(sealed.read_bytes())
+    n = _room(sealed)
+    head = json.loads(raw[8 : 8 + n])
+    for name, index, bit in flips:
+        e = head[name]
+        item = {"F64": 8, "F32": 4, "I64": 8, "F16": 2, "BF16": 2}[e["dtype"]]
+        raw[8 + n + e["data_offsets"][0] + index * item + bit // 8] ^= 1 << (bit % 8)
+    head["__metadata__"] = meta
+    text = json.dumps(head, separators=(",", ":")).encode()
+    assert len(text) <= n
+    raw[8 : 8 + n] = text.ljust(n)
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
 def _streamed_equals_in_memory(tmp_path: Path, model: dict, key: paramseal.Key) -> None:
     src = helpers.write_st(tmp_path / "m.safetensors", model, META)
     out = tmp_path / "s.safetensors"
     sealed_file = files.seal_file(src, out, key)
     in_file_order = files.read_model(src).tensors  # the seal's tensor table follows the file's order
-    in_memory = paramseal.seal(in_file_order, key, metadata=META)
+    in_memory = _in_memory(in_file_order, key, out)
     got, meta = helpers.read_st(out)  # read back by the safetensors library
     helpers.assert_model_equal(got, in_memory.tensors)
     assert meta[METADATA_KEY] == in_memory.header_json == sealed_file.header_json
@@ -73,12 +100,12 @@ def test_chunked_seal_is_byte_identical_to_the_unchunked_seal(
         "ids": np.arange(1000, dtype=np.int64),
     }
     src = helpers.write_st(tmp_path / "m.safetensors", model, META)
-    in_memory = paramseal.seal(files.read_model(src).tensors, key, metadata=META)
     monkeypatch.setattr(_pages, "CHUNK_BYTES", 4096)
     for budget in ("0", "1024"):  # lane stores on disk, then in memory
         monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", budget)
         out = tmp_path / f"s{budget}.safetensors"
         files.seal_file(src, out, key)
+        in_memory = _in_memory(files.read_model(src).tensors, key, out)
         got, meta = helpers.read_st(out)
         helpers.assert_model_equal(got, in_memory.tensors)
         assert meta[METADATA_KEY] == in_memory.header_json
@@ -245,9 +272,8 @@ def test_recover_writes_the_same_model_by_every_output_path(
     from paramseal.formats import safetensors as st_format
 
     sealed, t, meta = _sealed(tmp_path, model, key)
-    bad = helpers.flip_bit(t, "embed.weight", 1000, 30)
-    bad = helpers.flip_bit(bad, "fc.weight", 5, 3)
-    p = helpers.write_st(tmp_path / "bad.safetensors", bad, {**meta, "note": "added after sealing"})
+    flips = [("embed.weight", 1000, 30), ("fc.weight", 5, 3)]
+    p = _edited_copy(sealed, tmp_path / "bad.safetensors", flips, {**meta, "note": "added after sealing"})
     calls: dict[str, int] = {"files": 0, "st": 0}
 
     def spy(where: str, real: object) -> object:
@@ -270,6 +296,7 @@ def test_recover_writes_the_same_model_by_every_output_path(
         got, got_meta = helpers.read_st(tmp_path / f"{name}.safetensors")
         helpers.assert_model_equal(got, t)
         assert got_meta == meta, name  # the added metadata key is dropped: it was not sealed
+        assert (tmp_path / f"{name}.safetensors").read_bytes() == sealed.read_bytes(), name
     assert files.verify_file(tmp_path / "patched.safetensors", key).status == "intact"
     assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
 
@@ -297,7 +324,7 @@ def test_recover_in_place_and_recover_of_renamed_tensors_leave_no_temporary_file
     monkeypatch.setattr(files, "_patch_in_place", lambda *a: here.append(real_here(*a)) or here[-1])
     sealed, t, meta = _sealed(tmp_path, model, key)
     bad = helpers.flip_bit(t, "embed.weight", 77, 29)
-    p = helpers.write_st(tmp_path / "bad.safetensors", bad, meta)
+    p = _edited_copy(sealed, tmp_path / "bad.safetensors", [("embed.weight", 77, 29)], meta)
     res = files.recover_file(p, p, key, in_place=True)  # the rebuilt blocks are written into the input itself
     assert res.report.status == "recovered" and here == [True] and patched == []
     got, got_meta = helpers.read_st(p)
@@ -362,7 +389,6 @@ def test_a_sliding_stripe_window_fills_the_on_disk_store_exactly(
         "b": helpers.random_tensor(rng, helpers.BF16, (64, 77)),
     }
     src = helpers.write_st(tmp_path / "m.safetensors", model, META)
-    in_memory = paramseal.seal(files.read_model(src).tensors, key, metadata=META)
     monkeypatch.setattr(_pages, "CHUNK_BYTES", 4096)
     monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", "0")
     monkeypatch.setattr(seal_module, "WINDOW_BYTES", 0)  # the smallest window the chunks allow
@@ -372,6 +398,7 @@ def test_a_sliding_stripe_window_fills_the_on_disk_store_exactly(
     out = tmp_path / "s.safetensors"
     files.seal_file(src, out, key)
     assert len(writes) > 10, "the window must slide many times"
+    in_memory = _in_memory(files.read_model(src).tensors, key, out)
     got, meta = helpers.read_st(out)
     helpers.assert_model_equal(got, in_memory.tensors)
     assert meta[METADATA_KEY] == in_memory.header_json

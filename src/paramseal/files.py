@@ -393,9 +393,11 @@ def seal_file(
             return SealedFile(d, sealed.header_json, sealed.header)
         specs = cfg.specs(loaded.tensors)
         salt = os.urandom(16)
-        probe, slack = probe_header(specs, cfg.level, cfg.bits, salt, key, meta, use_irs(specs, cfg.code, cfg.lanes))
+        irs = use_irs(specs, cfg.code, cfg.lanes)
+        probe, slack = probe_header(specs, cfg.level, cfg.bits, salt, key, meta, irs, st_room=True)
         entries = [(x.name, x.dtype, x.shape) for x in specs]
-        room = st_format.header_room(entries, {**meta, METADATA_KEY: probe.to_json(key)}) + slack
+        # rounded as the writer rounds it, and recorded: recover writes the same padding back
+        room = -(-(st_format.header_room(entries, {**meta, METADATA_KEY: probe.to_json(key)}) + slack) // 8) * 8
         prog = Progress("seal", 2 * len(specs) + 1, enabled=progress)
         ws = Workspace(d.parent)
         try:
@@ -405,10 +407,11 @@ def seal_file(
                     flats = [uint_view(loaded.tensors[x.name]) for x in specs]
                     outs = [uint_view(w.array(x.name)) for x in specs]
                     header = seal_flat(
-                        flats, outs, specs, key, salt, cfg.level, cfg.bits, cfg.lanes, meta, ws, prog, cfg.code
+                        flats, outs, specs, key, salt, cfg.level, cfg.bits, cfg.lanes, meta, ws, prog, cfg.code, room
                     )
                     text = header.to_json(key)
-                    w.finish({**meta, METADATA_KEY: text})
+                    # in the order recover writes them (the header keeps them sorted): it gives this file back
+                    w.finish({**dict(sorted(meta.items())), METADATA_KEY: text})
                 except BaseException:
                     w.abort()
                     raise
@@ -507,6 +510,19 @@ def recover_file(
 _HEADER_SLACK = 64 << 10  # input header room beyond the output's own that a patched copy may keep
 
 
+def _sealed_room(chk: Check, meta: dict[str, str]) -> int:
+    """The safetensors header length the sealed file had, when its header records it and it fits ``meta``.
+
+    0 when unknown (a seal made in memory, or before the length was recorded) or when the output's
+    header could not fit it: then the writers keep their own room.
+    """
+    room = chk.header.st_room
+    if not room or METADATA_KEY not in meta:
+        return 0
+    entries = [(x.name, x.dtype, x.shape) for x in chk.specs]
+    return room if st_format.header_room(entries, meta) <= room else 0
+
+
 def _patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str, str]) -> bool:
     """Turn ``tmp``, a copy of the input, into the recovered file: new header, rebuilt blocks.
 
@@ -522,8 +538,11 @@ def _patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str,
     head = st_format.header_json(lay.entries, meta)
     room = lay.data_start - 8
     # The new header must fit the input's room, and that room must not be bloated (say by junk
-    # metadata an attacker added): the output would keep it as padding.
+    # metadata an attacker added): the output would keep it as padding. Where the seal recorded its
+    # room, only that one: the output is then the sealed file byte for byte.
     if not len(head) <= room <= st_format.header_room(entries, meta) + _HEADER_SLACK:
+        return False
+    if _sealed_room(chk, meta) not in (0, room):
         return False
     m = Mapping(tmp, write=True)
     try:
@@ -562,7 +581,7 @@ def _patch_in_place(path: Path, chk: Check, rec: Recovery, meta: dict[str, str])
     with open(path, "rb") as f:
         raw = f.read(lay.data_start)[8:]
     room = lay.data_start - 8
-    if room > st_format.header_room(entries, meta) + _HEADER_SLACK:
+    if room > st_format.header_room(entries, meta) + _HEADER_SLACK or _sealed_room(chk, meta) not in (0, room):
         return False
     body = raw.rstrip(b" ")
     try:  # the same JSON object in the same compact form (key order aside: the input's is kept)
@@ -612,7 +631,7 @@ def _write_recovered(dst: Path, chk: Check, rec: Recovery, meta: dict[str, str])
     """
     entries = [(x.name, x.dtype, x.shape) for x in chk.specs]
     with atomic_path(dst) as tmp:
-        w = st_format.StreamWriter(tmp, entries, st_format.header_room(entries, meta))
+        w = st_format.StreamWriter(tmp, entries, _sealed_room(chk, meta) or st_format.header_room(entries, meta))
         try:
             for t, (spec, ub) in enumerate(zip(chk.specs, chk.blocks, strict=True)):
                 out = uint_view(w.array(spec.name))

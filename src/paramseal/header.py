@@ -60,6 +60,9 @@ class Header:
     strata_perms: int = 0  # v3: keyed position permutations of the groups (absent, 0, in the first v3 seals)
     keyed_offset: bool = False  # v3: the code runs on the words plus a keyed pad (absent in the first v3 seals)
     copies: int = 1  # v2+: header copies in each carrier (absent, 1, in seals before there were more)
+    #: v2+: the safetensors header length (the file's first 8 bytes) a sealed file was written with, its
+    #: padding included, so that recover writes the sealed file back byte for byte (0: not recorded).
+    st_room: int = 0
 
     @property
     def irs(self) -> bool:
@@ -104,6 +107,8 @@ class Header:
             body["carriers"] = list(self.carriers)
             if self.copies != 1:  # absent from older seals: their MAC covers no such field
                 body["header_copies"] = self.copies
+            if self.st_room:  # absent where no file was written (and from older seals)
+                body["safetensors_header_bytes"] = self.st_room
         if self.irs:
             body["strata"] = self.strata
             body["outer_host"] = self.host
@@ -233,6 +238,7 @@ def parse_header(text: str, key: Key) -> Header:
             strata_perms=int(body.get("strata_perms", 0)) if body["scheme"] == SCHEME_IRS else 0,
             keyed_offset=body.get("keyed_offset", 0) == 1 if body["scheme"] == SCHEME_IRS else False,
             copies=1 if v1 else int(body.get("header_copies", 1)),
+            st_room=0 if v1 else int(body.get("safetensors_header_bytes", 0)),
         )
     except (KeyError, TypeError, ValueError) as e:  # authenticated but unreadable: a writer bug
         raise FormatError(f"the ParamSeal header is authentic but unreadable: {e}") from None

@@ -71,8 +71,14 @@ class SealConfig:
         *,
         metadata: Mapping[str, str] | None = None,
         progress: Progress | None = None,
+        st_room: int = 0,
     ) -> SealedModel:
-        """Seal ``tensors`` (name -> array) with ``key``; the input is not modified."""
+        """Seal ``tensors`` (name -> array) with ``key``; the input is not modified.
+
+        ``st_room``: the safetensors header length (padding included) of the file the result
+        will be written in, recorded in the header so that recover writes that file back byte
+        for byte; `files.seal_file` passes its own. 0: none recorded.
+        """
         arrays = _model.as_mapping(tensors)
         specs = self.specs(arrays)
         salt = os.urandom(16)
@@ -80,7 +86,19 @@ class SealConfig:
         flats = [_bits.uint_view(arrays[s.name]) for s in specs]
         outs = [np.empty_like(f) for f in flats]
         header = seal_flat(
-            flats, outs, specs, key, salt, self.level, self.bits, self.lanes, meta, Workspace(), progress, self.code
+            flats,
+            outs,
+            specs,
+            key,
+            salt,
+            self.level,
+            self.bits,
+            self.lanes,
+            meta,
+            Workspace(),
+            progress,
+            self.code,
+            st_room,
         )
         out = {s.name: o.view(arrays[s.name].dtype).reshape(s.shape) for s, o in zip(specs, outs, strict=True)}
         return SealedModel(out, header.to_json(key), header)
@@ -99,6 +117,7 @@ def seal_flat(
     ws: Workspace,
     progress: Progress | None = None,
     code: str | None = None,
+    st_room: int = 0,
 ) -> Header:
     """Seal tensors given as flat unsigned views (``flats``) into ``outs``, chunk by chunk.
 
@@ -110,13 +129,15 @@ def seal_flat(
     2. encode: Reed–Solomon parity per batch of lanes;
     3. embed: every chunk gets its parity, records and tags, and is written out;
     4. the header is built and copied into the carriers' reserved blocks.
+
+    ``st_room``: the safetensors header length of the file ``outs`` lie in, recorded in the header.
     """
     require_key(key)
     irs = use_irs(specs, code, lanes)
-    emb = _embed.plan(specs, _copy_size(specs, level, bits, salt, key, meta, irs))
+    emb = _embed.plan(specs, _copy_size(specs, level, bits, salt, key, meta, irs, bool(st_room)))
     specs = emb.specs
     if irs:
-        return _seal_irs(flats, outs, specs, key, salt, level, bits, meta, emb, progress)
+        return _seal_irs(flats, outs, specs, key, salt, level, bits, meta, emb, progress, st_room)
     layout = build_layout(specs, key, salt, lanes)
     prog = progress or Progress.null()
     g = layout.lanes
@@ -175,6 +196,7 @@ def seal_flat(
         user_metadata=meta,
         carriers=emb.carriers,
         copies=emb.copies,
+        st_room=st_room,
     )
     _write_carriers(outs, header, key, mac)
     return header
@@ -249,6 +271,7 @@ def _seal_irs(
     meta: dict[str, str],
     emb: _embed.Plan,
     progress: Progress | None,
+    st_room: int = 0,
 ) -> Header:
     """Seal with the irs4 code: parity per superblock of groups, then tags chunk by chunk.
 
@@ -329,6 +352,7 @@ def _seal_irs(
         host=st.host,
         strata_perms=st.perms,
         keyed_offset=st.pad_key is not None,
+        st_room=st_room,
     )
     _write_carriers(outs, header, key, mac)
     return header
@@ -394,11 +418,13 @@ def probe_header(
     key: Key,
     meta: dict[str, str],
     irs: bool = False,
+    st_room: bool = False,
 ) -> tuple[Header, int]:
     """A header as long as the final one but for a few digits, and how many characters those may add.
 
     Tags, MACs and digests have fixed widths, so only the reserved block counts, the
     lane count and the carriers can still grow the JSON: allow them 7 digits each.
+    ``st_room``: the header will record a safetensors header length (given its widest here).
     """
     ext = {
         t: np.zeros(int((~s.block_storage()[1]).sum()), np.uint64)
@@ -406,7 +432,17 @@ def probe_header(
         if not s.block_storage()[1].all()
     }
     probe = Header(  # copies=9: its field then counts in the length, as it will when a carrier holds three
-        level, bits, salt, key.fingerprint, 0, tuple(specs), ext, meta, carriers=(0,) * _embed.CARRIERS, copies=9
+        level,
+        bits,
+        salt,
+        key.fingerprint,
+        0,
+        tuple(specs),
+        ext,
+        meta,
+        carriers=(0,) * _embed.CARRIERS,
+        copies=9,
+        st_room=10**15 if st_room else 0,
     )
     if irs:
         probe = replace(
@@ -422,10 +458,17 @@ def probe_header(
 
 
 def _copy_size(
-    specs: list[TensorSpec], level: str, bits: int | None, salt: bytes, key: Key, meta: dict[str, str], irs: bool
+    specs: list[TensorSpec],
+    level: str,
+    bits: int | None,
+    salt: bytes,
+    key: Key,
+    meta: dict[str, str],
+    irs: bool,
+    st_room: bool = False,
 ) -> int:
     """An upper bound on the embedded header's length, known before sealing."""
-    probe, slack = probe_header(specs, level, bits, salt, key, meta, irs)
+    probe, slack = probe_header(specs, level, bits, salt, key, meta, irs, st_room)
     return len(probe.to_json(key, embedded=True)) + slack
 
 
