@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -525,3 +526,56 @@ def test_in_place_and_patched_copies_give_the_sealed_file_byte_for_byte(
     assert out.read_bytes() == sealed.read_bytes()
     assert files.recover_file(bad, bad, key, in_place=True).report.status == "recovered"
     assert bad.read_bytes() == sealed.read_bytes()
+
+
+def _forged_room(sealed: Path, dst: Path, key: paramseal.Key, room: object) -> Path:
+    """``sealed`` re-saved by the safetensors library, a block zeroed, its header re-signed (a key
+    holder's) with ``room`` as the recorded safetensors header length."""
+    import safetensors.numpy as stn
+
+    from paramseal.header import _mac
+
+    t, meta = helpers.read_st(sealed)
+    name = next(n for n, a in t.items() if a.dtype == np.float32 and a.size > 1000)
+    t[name] = t[name].copy()
+    t[name].reshape(-1)[:64] = 0.0
+    body = json.loads(meta[METADATA_KEY])
+    body.pop("hmac")
+    um = body.pop("user_metadata")
+    body["safetensors_header_bytes"] = room
+    body["hmac"] = _mac(key, body)
+    body["user_metadata"] = um
+    meta[METADATA_KEY] = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    stn.save_file(t, str(dst), metadata=meta)
+    return dst
+
+
+@pytest.mark.parametrize("room", [10**11, 2**63, 12345, 10**6 + 8])
+def test_a_recorded_header_length_beyond_any_seal_is_not_used(
+    sealed_pair: tuple[Path, Path], tmp_path: Path, key: paramseal.Key, room: int
+) -> None:
+    """A signed length far beyond the header (or unaligned) does not size the output: recover writes its own room."""
+    _, sealed = sealed_pair
+    bad = _forged_room(sealed, tmp_path / "bad.safetensors", key, room)
+    out = tmp_path / "out.safetensors"
+    assert files.recover_file(bad, out, key).report.status == "recovered"
+    assert out.stat().st_size < sealed.stat().st_size + 4096
+    assert files.verify_file(out, key).status == "intact"
+
+
+@pytest.mark.parametrize("room", [-8, "1552", 1552.0, True, None, float("inf"), 1e300])
+def test_a_recorded_header_length_that_is_no_byte_count_is_a_clean_error(
+    sealed_pair: tuple[Path, Path], tmp_path: Path, key: paramseal.Key, room: object
+) -> None:
+    _, sealed = sealed_pair
+    bad = _forged_room(sealed, tmp_path / "bad.safetensors", key, room)
+    with pytest.raises(paramseal.FormatError, match="authentic but unreadable"):
+        files.recover_file(bad, tmp_path / "out.safetensors", key)
+    with pytest.raises(paramseal.FormatError, match="authentic but unreadable"):
+        files.verify_file(bad, key)
+
+
+@pytest.mark.parametrize("room", [-8, 10**15, 8.0, True])
+def test_seal_refuses_a_header_length_it_could_not_record(key: paramseal.Key, room: object) -> None:
+    with pytest.raises(UsageError, match="st_room"):
+        paramseal.SealConfig().seal(_fp32_model(), key, st_room=room)  # type: ignore[arg-type]

@@ -520,7 +520,10 @@ def _sealed_room(chk: Check, meta: dict[str, str]) -> int:
     if not room or METADATA_KEY not in meta:
         return 0
     entries = [(x.name, x.dtype, x.shape) for x in chk.specs]
-    return room if st_format.header_room(entries, meta) <= room else 0
+    need = st_format.header_room(entries, meta)
+    # no more room than a patched copy may keep: a recorded length far beyond the header is no
+    # seal's (a key holder's forgery would otherwise size the output, up to petabytes)
+    return room if need <= room <= need + _HEADER_SLACK and room % 8 == 0 else 0
 
 
 def _patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str, str]) -> bool:

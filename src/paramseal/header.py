@@ -238,10 +238,17 @@ def parse_header(text: str, key: Key) -> Header:
             strata_perms=int(body.get("strata_perms", 0)) if body["scheme"] == SCHEME_IRS else 0,
             keyed_offset=body.get("keyed_offset", 0) == 1 if body["scheme"] == SCHEME_IRS else False,
             copies=1 if v1 else int(body.get("header_copies", 1)),
-            st_room=0 if v1 else int(body.get("safetensors_header_bytes", 0)),
+            st_room=0 if v1 else _room(body.get("safetensors_header_bytes", 0)),
         )
-    except (KeyError, TypeError, ValueError) as e:  # authenticated but unreadable: a writer bug
+    except (KeyError, TypeError, ValueError, OverflowError) as e:  # authenticated but unreadable: a writer bug
         raise FormatError(f"the ParamSeal header is authentic but unreadable: {e}") from None
+
+
+def _room(value: object) -> int:
+    """``safetensors_header_bytes``: a whole number of bytes (0: none recorded)."""
+    if type(value) is not int or value < 0:
+        raise ValueError(f"safetensors_header_bytes is {value!r}, not a number of bytes")
+    return value
 
 
 def peek_header(text: str) -> dict[str, Any]:

@@ -79,6 +79,8 @@ class SealConfig:
         will be written in, recorded in the header so that recover writes that file back byte
         for byte; `files.seal_file` passes its own. 0: none recorded.
         """
+        if type(st_room) is not int or not 0 <= st_room < 10**15:  # the probe header sizes 15 digits
+            raise UsageError(f"st_room must be a safetensors header length in bytes, not {st_room!r}")
         arrays = _model.as_mapping(tensors)
         specs = self.specs(arrays)
         salt = os.urandom(16)
