@@ -579,3 +579,21 @@ def test_a_recorded_header_length_that_is_no_byte_count_is_a_clean_error(
 def test_seal_refuses_a_header_length_it_could_not_record(key: paramseal.Key, room: object) -> None:
     with pytest.raises(UsageError, match="st_room"):
         paramseal.SealConfig().seal(_fp32_model(), key, st_room=room)  # type: ignore[arg-type]
+
+
+def test_a_header_kept_in_a_json_file_with_a_newline_recovers_to_the_sealed_file_byte_for_byte(
+    sealed_pair: tuple[Path, Path], tmp_path: Path, key: paramseal.Key
+) -> None:
+    """``--header-from h.json`` saved with a final newline (shells, editors): the output carries it as sealed."""
+    import safetensors.numpy as stn
+
+    _, sealed = sealed_pair
+    kept = tmp_path / "h.json"
+    kept.write_text(files.read_header(sealed, key) + "\n", encoding="utf-8")
+    t, meta = helpers.read_st(sealed)
+    del meta[METADATA_KEY]
+    bad = tmp_path / "bad.safetensors"
+    stn.save_file(t, str(bad), metadata=meta)
+    out = tmp_path / "out.safetensors"
+    assert files.recover_file(bad, out, key, header=files.read_header(kept, key)).report.ok
+    assert out.read_bytes() == sealed.read_bytes()

@@ -678,7 +678,7 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
     _require_file(p)
     try:
         if p.suffix.lower() == ".json":
-            texts = [p.read_text(encoding="utf-8")]
+            texts = [p.read_text(encoding="utf-8").strip()]  # the output carries it: a saved newline dropped
         else:
             with _open_model(p) as loaded:
                 texts = [loaded.metadata[METADATA_KEY]] if METADATA_KEY in loaded.metadata else []
