@@ -597,3 +597,21 @@ def test_a_header_kept_in_a_json_file_with_a_newline_recovers_to_the_sealed_file
     out = tmp_path / "out.safetensors"
     assert files.recover_file(bad, out, key, header=files.read_header(kept, key)).report.ok
     assert out.read_bytes() == sealed.read_bytes()
+
+
+def test_in_place_recover_of_a_file_with_its_header_repadded_writes_the_sealed_file(
+    sealed_pair: tuple[Path, Path], tmp_path: Path, key: paramseal.Key
+) -> None:
+    """The same header JSON with less padding (the data moved up): in place would keep the wrong room."""
+    _, sealed = sealed_pair
+    raw = sealed.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    body = raw[8 : 8 + n].rstrip(b" ")
+    m = -(-len(body) // 8) * 8
+    assert m < n
+    moved = bytearray(m.to_bytes(8, "little") + body.ljust(m) + raw[8 + n :])
+    moved[8 + m + 9] ^= 0x04  # a bit of the first tensor
+    bad = tmp_path / "repadded.safetensors"
+    bad.write_bytes(bytes(moved))
+    assert files.recover_file(bad, bad, key, in_place=True).report.status == "recovered"
+    assert bad.read_bytes() == sealed.read_bytes()
