@@ -209,3 +209,21 @@ def test_module_sealed_in_memory_verifies_after_a_state_dict_round_trip(tmp_path
     assert files.verify_file(p, key).status == "intact"
     arr = np.asarray(files.read_model(p).tensors["0.weight"])
     assert arr.dtype == np.float32 and arr.shape == (512, 512)
+
+
+def test_re_pointed_or_broken_tie_is_tampering_and_recover_reties(key: paramseal.Key) -> None:
+    """A tie is sealed (metadata ``paramseal.tied``): verify_module must not call a re-pointed one intact."""
+    torch.manual_seed(5)
+    net = nn.ModuleDict({n: nn.Linear(128, 128, bias=False) for n in "abc"})
+    net["c"].weight = net["a"].weight
+    header = pst.seal_module(net, key).header_json
+    net["c"].weight = net["b"].weight  # c now computes with b's weights
+    rep = pst.verify_module(net, key, header)
+    assert rep.status == "tampered" and rep.metadata_issues
+    assert pst.recover_module(net, key, header).status == "recovered"
+    assert net["c"].weight is net["a"].weight
+    assert pst.verify_module(net, key, header).status == "intact"
+    net["c"].weight = nn.Parameter(net["a"].weight.detach().clone())  # untied: a copy of its own
+    assert pst.verify_module(net, key, header).status == "tampered"
+    assert pst.recover_module(net, key, header).status == "recovered"
+    assert net["c"].weight is net["a"].weight and pst.verify_module(net, key, header).status == "intact"

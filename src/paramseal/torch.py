@@ -28,6 +28,7 @@ copy of the header that sealing embeds in the weights of a large enough model
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .formats.pytorch import import_torch, numpy_to_tensor, tensor_to_numpy, untie
-from .header import Header
+from .formats.pytorch import TIED_KEY, import_torch, numpy_to_tensor, tensor_to_numpy, untie
+from .header import Header, parse_header
 from .keys import Key
 from .recover import recover
 from .report import Report
@@ -108,8 +109,10 @@ def verify_module(module: torch.nn.Module, key: Key, header_json: str | None = N
     ``header_json`` is what ``seal_module`` returned; None reads the copy embedded
     in the weights. ``kw`` is passed to :func:`paramseal.verify` (e.g. ``metadata=``).
     """
-    arrays = _as_numpy(module_tensors(module))
-    return verify(arrays, key, header_json or header_from_weights(arrays, key), **kw)
+    live, tied = untie(_state(module))
+    arrays = _as_numpy(live)
+    header_json = header_json or header_from_weights(arrays, key)
+    return verify(arrays, key, header_json, **_with_ties(kw, header_json, key, tied))
 
 
 def recover_module(
@@ -127,13 +130,40 @@ def recover_module(
     or unrecoverable module is left as it is. Tensors the seal does not know
     (extra parameters) are not touched. ``header_json`` as for ``verify_module``.
     """
-    live = module_tensors(module)
+    live, tied = untie(_state(module))
     current = _as_numpy(live)
-    result = recover(current, key, header_json or header_from_weights(current, key), **kw)
+    header_json = header_json or header_from_weights(current, key)
+    result = recover(current, key, header_json, **_with_ties(kw, header_json, key, tied))
     rep = result.report
     if rep.status == "recovered" or (allow_partial and rep.restored_count):
         _write_back(live, {n: a for n, a in result.tensors.items() if n in live and not _same(a, current[n])})
+        if result.metadata.get(TIED_KEY) != tied.get(TIED_KEY):
+            _retie(module, result.metadata.get(TIED_KEY))
     return rep
+
+
+def _with_ties(kw: dict[str, Any], header_json: str, key: Key, tied: Mapping[str, str]) -> dict[str, Any]:
+    """``kw`` with the module's metadata to check: the sealed metadata with the module's own ties.
+
+    Ties are all the metadata a module has; checking them makes a re-pointed or broken tie
+    tampering, as in a ``.pt`` file. A header read from the weights knows only the metadata's
+    digest, which also covers metadata the module does not hold (``seal_module(metadata=...)``): the
+    ties are then not compared, so keep ``header_json`` to have them checked.
+    """
+    if "metadata" in kw:
+        return kw
+    sealed = parse_header(header_json, key).user_metadata
+    if sealed is None:
+        return kw
+    return {**kw, "metadata": {**{k: v for k, v in sealed.items() if k != TIED_KEY}, **tied}}
+
+
+def _retie(module: torch.nn.Module, entry: str | None) -> None:
+    """Point each tied name of the sealed metadata ``entry`` at its sealed tensor again."""
+    state = _state(module)
+    for alias, name, _pos in json.loads(entry) if entry else []:
+        prefix, _, leaf = alias.rpartition(".")
+        setattr(module.get_submodule(prefix), leaf, state[name])
 
 
 def _same(a: NDArray[np.generic], b: NDArray[np.generic]) -> bool:
