@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -227,3 +229,24 @@ def test_re_pointed_or_broken_tie_is_tampering_and_recover_reties(key: paramseal
     assert pst.verify_module(net, key, header).status == "tampered"
     assert pst.recover_module(net, key, header).status == "recovered"
     assert net["c"].weight is net["a"].weight and pst.verify_module(net, key, header).status == "intact"
+
+
+def test_a_pt_saved_from_a_module_sealed_with_user_metadata_verifies_with_its_header(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """A .pt holds no user metadata: with the header given, the sealed keys it lacks are a note; the tie counts."""
+    torch.manual_seed(6)
+    net = nn.ModuleDict({n: nn.Linear(128, 128, bias=False) for n in "abc"})
+    net["c"].weight = net["a"].weight
+    header = pst.seal_module(net, key, metadata={"owner": "me"}).header_json
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    rep = files.verify_file(tmp_path / "net.pt", key, header=header)
+    assert rep.status == "intact" and not rep.metadata_issues
+    assert any("'owner' not checked" in n for n in rep.notes)
+    net["c"].weight = net["b"].weight  # the tie re-pointed: still tampering
+    torch.save(net.state_dict(), tmp_path / "re.pt")
+    rep = files.verify_file(tmp_path / "re.pt", key, header=header)
+    assert rep.status == "tampered" and "key 'paramseal.tied' was changed" in rep.metadata_issues
+    safetensors_copy = tmp_path / "net.safetensors"  # a format that stores metadata: a missing key is tampering
+    files.write_model(safetensors_copy, files.read_model(tmp_path / "net.pt"))
+    assert "key 'owner' was removed" in files.verify_file(safetensors_copy, key, header=header).metadata_issues

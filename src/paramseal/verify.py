@@ -153,13 +153,15 @@ def check(
     metadata: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     select: str | None = None,
-    metadata_kept: bool = False,
+    metadata_kept: bool | None = None,
 ) -> Check:
     """Run every check and keep the intermediate state (used by verify and recover).
 
     ``select`` is a glob pattern over tensor names: only matching tensors are checked
-    (partial verification; the others' data is not read). ``metadata_kept``: the model came from
-    a format that stores metadata, so empty ``metadata`` where some was sealed was stripped.
+    (partial verification; the others' data is not read). ``metadata_kept``: True, the model came
+    from a format that stores metadata, so empty ``metadata`` where some was sealed was stripped;
+    False, from one that stores none of the user's (.pt, .npy: ``metadata`` holds only what the
+    format itself records, as a tie), so sealed keys absent from it are not checked; None: unknown.
     """
     require_key(key)
     if not isinstance(header_json, str):
@@ -214,6 +216,13 @@ def check(
             notes.append("the model carries no metadata; the weights were checked, the sealed metadata could not be")
     else:
         meta = _metadata_issues(header.user_metadata, metadata) if metadata is not None else []
+        if metadata_kept is False and metadata is not None:  # the file could not hold the user's keys
+            absent = sorted(k for k in header.user_metadata if k not in metadata)
+            meta = [m for m in meta if not any(m == f"key '{k}' was removed" for k in absent)]
+            if absent:
+                notes.append(
+                    f"this format stores no user metadata: sealed key(s) {', '.join(map(repr, absent))} not checked"
+                )
     given = None if metadata is None else dict(metadata)
     picked = tuple(chosen) if select is not None else ()
     return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved), picked)
