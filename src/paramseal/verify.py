@@ -215,14 +215,15 @@ def check(
         else:  # a format with no room for it (.pt, .npy), or metadata not given
             notes.append("the model carries no metadata; the weights were checked, the sealed metadata could not be")
     else:
-        meta = _metadata_issues(header.user_metadata, metadata) if metadata is not None else []
+        sealed = header.user_metadata
         if metadata_kept is False and metadata is not None:  # the file could not hold the user's keys
-            absent = sorted(k for k in header.user_metadata if k not in metadata)
-            meta = [m for m in meta if not any(m == f"key '{k}' was removed" for k in absent)]
+            absent = sorted(set(sealed) - set(metadata))
+            sealed = {k: v for k, v in sealed.items() if k in metadata}
             if absent:
                 notes.append(
                     f"this format stores no user metadata: sealed key(s) {', '.join(map(repr, absent))} not checked"
                 )
+        meta = _metadata_issues(sealed, metadata) if metadata is not None else []
     given = None if metadata is None else dict(metadata)
     picked = tuple(chosen) if select is not None else ()
     return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved), picked)
