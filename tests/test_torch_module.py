@@ -247,6 +247,11 @@ def test_a_pt_saved_from_a_module_sealed_with_user_metadata_verifies_with_its_he
     torch.save(net.state_dict(), tmp_path / "re.pt")
     rep = files.verify_file(tmp_path / "re.pt", key, header=header)
     assert rep.status == "tampered" and "key 'paramseal.tied' was changed" in rep.metadata_issues
+    state = torch.load(tmp_path / "net.pt", weights_only=True)
+    del state["c.weight"]  # the tied alias dropped: the file's tie entry is gone, which is still tampering
+    torch.save(state, tmp_path / "dropped.pt")
+    rep = files.verify_file(tmp_path / "dropped.pt", key, header=header)
+    assert rep.status == "tampered" and "key 'paramseal.tied' was removed" in rep.metadata_issues
     safetensors_copy = tmp_path / "net.safetensors"  # a format that stores metadata: a missing key is tampering
     files.write_model(safetensors_copy, files.read_model(tmp_path / "net.pt"))
     assert "key 'owner' was removed" in files.verify_file(safetensors_copy, key, header=header).metadata_issues

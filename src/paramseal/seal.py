@@ -30,6 +30,7 @@ from .levels import BLOCK, FLOATS, LEVELS, bits_for, dtype_name
 _T = TypeVar("_T")
 _R = TypeVar("_R")
 WINDOW_BYTES = 64 << 20  # stripes gathered in memory before a lane store on disk is written
+ST_ROOM_LIMIT = 10**15  # recorded safetensors header lengths stay below it: the probe header sizes their digits
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ class SealConfig:
         will be written in, recorded in the header so that recover writes that file back byte
         for byte; `files.seal_file` passes its own. 0: none recorded.
         """
-        if type(st_room) is not int or not 0 <= st_room < 10**15:  # the probe header sizes 15 digits
+        if type(st_room) is not int or not 0 <= st_room < ST_ROOM_LIMIT:
             raise UsageError(f"st_room must be a safetensors header length in bytes, not {st_room!r}")
         arrays = _model.as_mapping(tensors)
         specs = self.specs(arrays)
@@ -136,7 +137,8 @@ def seal_flat(
     """
     require_key(key)
     irs = use_irs(specs, code, lanes)
-    emb = _embed.plan(specs, _copy_size(specs, level, bits, salt, key, meta, irs, bool(st_room)))
+    probe, slack = probe_header(specs, level, bits, salt, key, meta, irs, bool(st_room))
+    emb = _embed.plan(specs, len(probe.to_json(key, embedded=True)) + slack)  # the embedded copy's bound
     specs = emb.specs
     if irs:
         return _seal_irs(flats, outs, specs, key, salt, level, bits, meta, emb, progress, st_room)
@@ -444,7 +446,7 @@ def probe_header(
         meta,
         carriers=(0,) * _embed.CARRIERS,
         copies=9,
-        st_room=10**15 if st_room else 0,
+        st_room=ST_ROOM_LIMIT if st_room else 0,
     )
     if irs:
         probe = replace(
@@ -457,21 +459,6 @@ def probe_header(
             keyed_offset=True,
         )
     return probe, 7 * (len(specs) + 1 + _embed.CARRIERS)
-
-
-def _copy_size(
-    specs: list[TensorSpec],
-    level: str,
-    bits: int | None,
-    salt: bytes,
-    key: Key,
-    meta: dict[str, str],
-    irs: bool,
-    st_room: bool = False,
-) -> int:
-    """An upper bound on the embedded header's length, known before sealing."""
-    probe, slack = probe_header(specs, level, bits, salt, key, meta, irs, st_room)
-    return len(probe.to_json(key, embedded=True)) + slack
 
 
 def _spec(name: str, a: NDArray[np.generic], level: str, bits: int | None) -> TensorSpec:

@@ -217,8 +217,9 @@ def check(
     else:
         sealed = header.user_metadata
         if metadata_kept is False and metadata is not None:  # the file could not hold the user's keys
-            absent = sorted(set(sealed) - set(metadata))
-            sealed = {k: v for k, v in sealed.items() if k in metadata}
+            # ParamSeal's own entries (a tie, a graph digest) are the format's: missing, they were removed
+            absent = sorted(k for k in set(sealed) - set(metadata) if not k.startswith("paramseal."))
+            sealed = {k: v for k, v in sealed.items() if k not in absent}
             if absent:
                 notes.append(
                     f"this format stores no user metadata: sealed key(s) {', '.join(map(repr, absent))} not checked"
