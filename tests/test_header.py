@@ -231,3 +231,18 @@ def test_stripped_seal_header_is_not_sealed_with_a_hint(tmp_path: Path, sealed_f
     assert rc == 2  # stripping the header of a sealed model is tampering
     # a sealed model too small for a copy in its weights: not "seal it first", which would launder it
     assert "stripped.safetensors" in err and "too small to carry its header" in err and "--header-from" in err
+
+
+def test_own_metadata_digest_is_set_only_beside_user_metadata_and_authenticated(key: paramseal.Key) -> None:
+    """``own_metadata_sha256``: the digest of ParamSeal's entries alone, when user entries are sealed too."""
+    w = {"w": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)}
+    tie = {"paramseal.tied": '[["v","w",1]]'}
+    both = json.loads(paramseal.seal(w, key, metadata={**tie, "owner": "me"}).header_json)
+    assert both["own_metadata_sha256"] == paramseal.header.metadata_digest(tie)
+    for alone in (tie, {"owner": "me"}, {}):  # one digest serves: no second field
+        assert "own_metadata_sha256" not in json.loads(paramseal.seal(w, key, metadata=alone).header_json)
+    text = json.dumps(both)
+    with pytest.raises(HeaderAuthError):  # under the MAC
+        parse_header(_edit(text, lambda h: h.update(own_metadata_sha256=_bump_hex(h["own_metadata_sha256"]))), key)
+    embedded = parse_header(parse_header(text, key).to_json(key, embedded=True), key)
+    assert embedded.user_metadata is None and embedded.own_digest == both["own_metadata_sha256"]

@@ -255,3 +255,39 @@ def test_a_pt_saved_from_a_module_sealed_with_user_metadata_verifies_with_its_he
     safetensors_copy = tmp_path / "net.safetensors"  # a format that stores metadata: a missing key is tampering
     files.write_model(safetensors_copy, files.read_model(tmp_path / "net.pt"))
     assert "key 'owner' was removed" in files.verify_file(safetensors_copy, key, header=header).metadata_issues
+
+
+def test_a_pt_saved_from_a_module_sealed_with_user_metadata_verifies_without_its_header(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """The copy in the weights carries the ties' own digest: the untouched .pt is intact, a re-pointed tie is not."""
+    torch.manual_seed(7)
+    net = nn.ModuleDict({n: nn.Linear(512, 512, bias=False) for n in "abc"})
+    net["c"].weight = net["a"].weight
+    pst.seal_module(net, key, metadata={"owner": "me"})
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    rep = files.verify_file(tmp_path / "net.pt", key)
+    assert rep.status == "intact" and not rep.metadata_issues
+    assert any("sealed user keys were not checked" in n for n in rep.notes)
+    assert pst.verify_module(net, key).status == "intact"
+    net["c"].weight = net["b"].weight  # re-pointed: the file, and the live module, are tampered
+    assert pst.verify_module(net, key).status == "tampered"
+    torch.save(net.state_dict(), tmp_path / "re.pt")
+    rep = files.verify_file(tmp_path / "re.pt", key)
+    assert rep.status == "tampered" and any("weight ties" in m for m in rep.metadata_issues)
+    # the digest cannot say which tie was sealed: recover does not present the file as recovered
+    assert files.recover_file(tmp_path / "re.pt", tmp_path / "out.pt", key).report.status == "unrecoverable"
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_re_pointed_tie_is_tampering_without_the_header_too(key: paramseal.Key) -> None:
+    """Sealed with ties alone, the metadata's digest covers exactly the ties: the module's are compared to it."""
+    torch.manual_seed(8)
+    net = nn.ModuleDict({n: nn.Linear(512, 512, bias=False) for n in "abc"})
+    net["c"].weight = net["a"].weight
+    pst.seal_module(net, key)
+    assert pst.verify_module(net, key).status == "intact"
+    net["c"].weight = net["b"].weight
+    assert pst.verify_module(net, key).status == "tampered"
+    assert pst.recover_module(net, key).status == "unrecoverable"  # which tie was sealed is known by digest only
+    assert net["c"].weight is net["b"].weight  # and the module is left as it was

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ SCHEME_IRS = "paramseal/3"
 #: only a digest of the user metadata under the MAC, so that copy verifies without the metadata.
 READS = ("paramseal/1", SCHEME, SCHEME_IRS)
 METADATA_KEY = "paramseal"
+OWN_PREFIX = "paramseal."  # metadata entries ParamSeal itself writes into a model's metadata
 SET_KEY = "paramseal_set"  # a sharded checkpoint's set record, sealed in each shard (see sharded)
 MAC_NAME = "mlh-p32+aes256ctr"
 CODE_NAME = "rs-gf16-leopard"
@@ -49,6 +51,7 @@ class Header:
     #: None when unknown: the header was read from the weights and the file's metadata is gone.
     user_metadata: dict[str, str] | None = field(default_factory=dict)
     metadata_digest: str | None = None  # v2: set when user_metadata is None
+    own_metadata_digest: str | None = None  # v2: likewise, the digest of ParamSeal's own entries (`own_digest`)
     carriers: tuple[int, ...] = ()  # v2: tensors holding a copy of this header in their weights
     scheme: str = SCHEME
     block: int = BLOCK
@@ -75,6 +78,15 @@ class Header:
         if self.user_metadata is None:
             return self.metadata_digest or ""
         return metadata_digest(self.user_metadata)
+
+    @property
+    def own_digest(self) -> str | None:
+        """SHA-256 of ParamSeal's own metadata entries (a weight tie, a graph digest), when the user's are sealed too.
+
+        A format that stores no user metadata (.pt) keeps only these: without the header's copy
+        of the metadata, this digest is what checks them. None when the two digests would agree.
+        """
+        return self.own_metadata_digest if self.user_metadata is None else _own_digest(self.user_metadata)
 
     def body(self) -> dict[str, Any]:
         """The fields the MAC covers."""
@@ -109,6 +121,8 @@ class Header:
                 body["header_copies"] = self.copies
             if self.st_room:  # absent where no file was written (and from older seals)
                 body["safetensors_header_bytes"] = self.st_room
+            if (own := self.own_digest) is not None:  # absent unless both kinds of entry are sealed
+                body["own_metadata_sha256"] = own
         if self.irs:
             body["strata"] = self.strata
             body["outer_host"] = self.host
@@ -129,6 +143,11 @@ class Header:
         if not embedded and self.scheme != "paramseal/1" and self.user_metadata is not None:
             body["user_metadata"] = dict(sorted(self.user_metadata.items()))
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
+
+
+def own_entries(meta: Mapping[str, str]) -> dict[str, str]:
+    """ParamSeal's own entries of the metadata (``paramseal.*``: a weight tie, a graph digest)."""
+    return {k: v for k, v in meta.items() if k.startswith(OWN_PREFIX)}
 
 
 def metadata_digest(meta: dict[str, str]) -> str:
@@ -195,6 +214,7 @@ def parse_header(text: str, key: Key) -> Header:
             not isinstance(meta_copy, dict)
             or not all(isinstance(v, str) for v in meta_copy.values())
             or metadata_digest(meta_copy) != body.get("user_metadata_sha256")
+            or _own_digest(meta_copy) != body.get("own_metadata_sha256")
         ):
             raise HeaderAuthError(
                 "the ParamSeal header does not authenticate: its copy of the user metadata was edited"
@@ -227,6 +247,7 @@ def parse_header(text: str, key: Key) -> Header:
             external_tags=ext,
             user_metadata=None if user_meta is None else {str(k): str(v) for k, v in user_meta.items()},
             metadata_digest=None if v1 else str(body["user_metadata_sha256"]),
+            own_metadata_digest=None if user_meta is not None else _hex_digest(body.get("own_metadata_sha256")),
             carriers=() if v1 else tuple(int(i) for i in body["carriers"]),
             scheme=str(body["scheme"]),
             block=int(body["block"]),
@@ -242,6 +263,18 @@ def parse_header(text: str, key: Key) -> Header:
         )
     except (KeyError, TypeError, ValueError, OverflowError) as e:  # authenticated but unreadable: a writer bug
         raise FormatError(f"the ParamSeal header is authentic but unreadable: {e}") from None
+
+
+def _own_digest(meta: dict[str, str]) -> str | None:
+    own = own_entries(meta)
+    return metadata_digest(own) if own and len(own) < len(meta) else None
+
+
+def _hex_digest(value: object) -> str | None:
+    """``own_metadata_sha256``: 64 hex digits, or absent."""
+    if value is None or (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+        return value
+    raise ValueError(f"own_metadata_sha256 is {value!r}, not a SHA-256 digest")
 
 
 def _room(value: object) -> int:
@@ -272,6 +305,7 @@ __all__ = [
     "Header",
     "HeaderAuthError",
     "metadata_digest",
+    "own_entries",
     "parse_header",
     "peek_header",
 ]

@@ -40,9 +40,13 @@ def recover(
     *,
     metadata: Mapping[str, str] | None = None,
     progress: Progress | None = None,
+    metadata_kept: bool | None = None,
 ) -> RecoverResult:
-    """Recover a sealed model. Check ``result.report.status``: only "intact" and "recovered" are whole."""
-    chk = check(tensors, key, header_json, metadata=metadata, progress=progress)
+    """Recover a sealed model. Check ``result.report.status``: only "intact" and "recovered" are whole.
+
+    ``metadata_kept``: whether the model's format stores user metadata (see `verify.check`).
+    """
+    chk = check(tensors, key, header_json, metadata=metadata, progress=progress, metadata_kept=metadata_kept)
     return recover_from(chk)
 
 

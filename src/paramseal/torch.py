@@ -146,15 +146,15 @@ def _with_ties(kw: dict[str, Any], header_json: str, key: Key, tied: Mapping[str
     """``kw`` with the module's metadata to check: the sealed metadata with the module's own ties.
 
     Ties are all the metadata a module has; checking them makes a re-pointed or broken tie
-    tampering, as in a ``.pt`` file. A header read from the weights knows only the metadata's
-    digest, which also covers metadata the module does not hold (``seal_module(metadata=...)``): the
-    ties are then not compared, so keep ``header_json`` to have them checked.
+    tampering, as in a ``.pt`` file. A header read from the weights knows the ties by digest (the
+    metadata's, or its own digest of the ties where user metadata was sealed beside them), as a
+    format that stores no user metadata.
     """
     if "metadata" in kw:
         return kw
     sealed = parse_header(header_json, key).user_metadata
     if sealed is None:
-        return kw
+        return {**kw, "metadata": dict(tied), "metadata_kept": False}
     return {**kw, "metadata": {**{k: v for k, v in sealed.items() if k != TIED_KEY}, **tied}}
 
 

@@ -22,7 +22,7 @@ from ._mac import BlockMac
 from ._pages import chunks, release
 from ._progress import Progress
 from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError, UnsupportedError, UsageError
-from .header import Header, HeaderAuthError, metadata_digest, parse_header
+from .header import Header, HeaderAuthError, metadata_digest, own_entries, parse_header
 from .keys import Key, require_key
 from .levels import dtype_name
 from .report import Report, TensorFinding
@@ -101,7 +101,7 @@ class Check:
     @property
     def metadata_lost(self) -> bool:
         """What recover cannot restore: metadata the weights know only by digest, or an edited graph."""
-        lost = (_META_DIFFERS, META_STRIPPED)
+        lost = (_META_DIFFERS, META_STRIPPED, _OWN_DIFFERS)
         if GRAPH_EDITED in self.metadata_issues:  # values can be rebuilt; a graph cannot
             return True
         return self.header.user_metadata is None and any(m in self.metadata_issues for m in lost)
@@ -206,7 +206,13 @@ def check(
     if header.user_metadata is None:  # read from the weights: only the metadata's digest is known
         notes.append("the seal header was read from the weights (the file carries none in its metadata)")
         meta = []
-        if metadata:
+        own = header.own_digest  # set when ParamSeal's entries (a tie) were sealed beside the user's
+        if metadata_kept is False and own is not None and metadata is not None:
+            # a .pt keeps the tie, not the user's keys: the tie is checked against its own digest
+            mine = dict(metadata)
+            meta = [] if mine == own_entries(mine) and metadata_digest(mine) == own else [_OWN_DIFFERS]
+            notes.append("this format stores no user metadata: the sealed user keys were not checked")
+        elif metadata:
             meta = [] if metadata_digest(dict(metadata)) == header.digest else [_META_DIFFERS]
         elif header.digest == metadata_digest({}):
             pass  # none was sealed: nothing is missing
@@ -218,7 +224,7 @@ def check(
         sealed = header.user_metadata
         if metadata_kept is False and metadata is not None:  # the file could not hold the user's keys
             # ParamSeal's own entries (a tie, a graph digest) are the format's: missing, they were removed
-            absent = sorted(k for k in set(sealed) - set(metadata) if not k.startswith("paramseal."))
+            absent = sorted(k for k in set(sealed) - set(metadata) if k not in own_entries(sealed))
             sealed = {k: v for k, v in sealed.items() if k not in absent}
             if absent:
                 notes.append(
@@ -241,6 +247,12 @@ META_STRIPPED = (
 _META_DIFFERS = (
     "the file's metadata differs from the metadata sealed (the header in the weights keeps only its digest: "
     "it cannot be compared key by key, nor restored)"
+)
+
+
+_OWN_DIFFERS = (
+    "the model's ParamSeal entries (its weight ties) are not the ones sealed: a tie was re-pointed, added or "
+    "removed (the header in the weights keeps only their digest: it cannot say which)"
 )
 
 
@@ -436,9 +448,13 @@ def verify(
     header_json: str,
     *,
     metadata: Mapping[str, str] | None = None,
+    metadata_kept: bool | None = None,
 ) -> Report:
-    """Check a sealed model; ``metadata`` (the file's other metadata) is compared when given."""
-    return report_of(check(tensors, key, header_json, metadata=metadata))
+    """Check a sealed model; ``metadata`` (the file's other metadata) is compared when given.
+
+    ``metadata_kept``: whether the model's format stores user metadata (see `check`).
+    """
+    return report_of(check(tensors, key, header_json, metadata=metadata, metadata_kept=metadata_kept))
 
 
 __all__ = [
