@@ -785,6 +785,30 @@ def test_bad_external_data_is_a_format_error(
     assert helpers.listing(tmp_path) == before
 
 
+def test_tensors_sharing_external_bytes_are_refused_not_sealed_into_a_broken_model(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """Two initializers at the same offset (deduplicated data): each would be sealed, and one overwrite the other."""
+    d = tmp_path / "src"
+    d.mkdir()
+    w = np.random.default_rng(4).standard_normal((16, 16)).astype(np.float32)
+    (d / "m.onnx.data").write_bytes(w.tobytes())
+    inits = []
+    for name in ("W1", "W2"):
+        t = TensorProto(name=name, data_type=F32, dims=w.shape, data_location=TensorProto.EXTERNAL)
+        for k, v in (("location", "m.onnx.data"), ("offset", "0"), ("length", str(w.nbytes))):
+            t.external_data.add(key=k, value=v)
+        inits.append(t)
+    nodes = [helper.make_node("MatMul", ["X", "W1"], ["h"]), helper.make_node("MatMul", ["h", "W2"], ["Y"])]
+    x, y = (helper.make_tensor_value_info(n, F32, [1, 16]) for n in ("X", "Y"))
+    src = d / "m.onnx"
+    onnx.save_model(_model(helper.make_graph(nodes, "g", [x], [y], initializer=inits)), str(src))
+    before = helpers.listing(tmp_path)
+    rc, _, err = helpers.run_cli(["seal", src, tmp_path / "o.onnx", "--key", key_file])
+    assert rc == 3 and "'W1'" in err and "'W2'" in err and "share bytes" in err and "Traceback" not in err
+    assert helpers.listing(tmp_path) == before
+
+
 def _values(path: Path) -> list[tuple[str, np.ndarray]]:
     m = onnx.load(str(path))
     return [(n, numpy_helper.to_array(t)) for n, t in _protos(m)] + [

@@ -6,7 +6,8 @@ tensor-valued node attributes (the ``value`` of a ``Constant`` node, and of
 subgraph at any depth, in model-local functions and in training-info graphs;
 inline (``raw_data`` or typed fields) or in external-data files. Sparse
 tensors and string / complex / 4- and 8-bit-float tensors are refused with a
-FormatError rather than left unprotected.
+FormatError rather than left unprotected, and so are tensors whose external bytes
+overlap (each is sealed apart: writing one would overwrite the other's seal).
 
 Tensor names (stable: they depend only on the graph, which sealing never
 changes):
@@ -172,6 +173,8 @@ class _Templates:
 
 
 _TEMPLATES = _Templates()
+# the external-data files read: file -> (start, end, which tensor) of each tensor's bytes
+_Ranges = dict[Path, list[tuple[int, int, str]]]
 
 
 class OnnxAdapter:
@@ -196,10 +199,11 @@ class OnnxAdapter:
         names = _names(slots)
         base = path.parent
         tensors: dict[str, NDArray[np.generic]] = {}
-        inputs: set[Path] = set()
+        inputs: _Ranges = {}
         for name, slot in zip(names, slots, strict=True):
             tensors[name] = _to_array(slot, base, path, inputs)
             _strip(slot.proto)
+        _refuse_shared(path, inputs)
         meta: dict[str, str] = {}
         for p in model.metadata_props:
             if p.key in meta:
@@ -339,7 +343,7 @@ def _dtype(proto: Any, where: str) -> np.dtype[np.generic]:
     return dt
 
 
-def _to_array(slot: _Slot, base: Path, path: Path, inputs: set[Path]) -> NDArray[np.generic]:
+def _to_array(slot: _Slot, base: Path, path: Path, inputs: _Ranges) -> NDArray[np.generic]:
     t, where = slot.proto, f"'{path}': {slot.where}"
     dt = _dtype(t, where)
     shape = tuple(int(d) for d in t.dims)
@@ -350,7 +354,7 @@ def _to_array(slot: _Slot, base: Path, path: Path, inputs: set[Path]) -> NDArray
         raise FormatError(f"{where} is a segmented tensor, which ParamSeal does not support")
     le = dt.newbyteorder("<")
     if t.data_location == _EXTERNAL:
-        raw = _read_external(t, base, n * dt.itemsize, where, inputs)
+        raw = _read_external(t, base, n * dt.itemsize, where, inputs, slot.where)
         return np.frombuffer(raw, le).astype(dt).reshape(shape)
     if t.HasField("raw_data"):
         if len(t.raw_data) != n * dt.itemsize:
@@ -385,7 +389,7 @@ def _external_info(t: Any, where: str) -> tuple[str, int, int | None]:
     return loc, offset, length
 
 
-def _read_external(t: Any, base: Path, nbytes: int, where: str, inputs: set[Path]) -> bytes:
+def _read_external(t: Any, base: Path, nbytes: int, where: str, inputs: _Ranges, what: str) -> bytes:
     loc, offset, length = _external_info(t, where)
     file = (base / loc).resolve()
     if Path(loc).is_absolute() or not file.is_relative_to(base.resolve()):
@@ -402,8 +406,21 @@ def _read_external(t: Any, base: Path, nbytes: int, where: str, inputs: set[Path
         raise FormatError(
             f"{where}: external data file '{loc}' ends before byte {offset + nbytes} (the file is truncated)"
         )
-    inputs.add(file)
+    inputs.setdefault(file, []).append((offset, offset + nbytes, what))
     return raw
+
+
+def _refuse_shared(path: Path, inputs: _Ranges) -> None:
+    """Tensors whose external bytes overlap (deduplicated data) would each be sealed, then one overwritten."""
+    for file, ranges in inputs.items():
+        live = sorted(r for r in ranges if r[1] > r[0])
+        for (_, end, a), (start, _, b) in zip(live, live[1:], strict=False):
+            if start < end:
+                raise FormatError(
+                    f"'{path}': {a} and {b} share bytes of external data file '{file.name}' (from byte {start}); "
+                    "ParamSeal seals every tensor apart and cannot write both into the same bytes: save the "
+                    "model with a copy of the data for each (onnx.load, then onnx.save_model) and seal that"
+                )
 
 
 def _graph_digest(onnx: ModuleType, skeleton: bytes) -> str:
