@@ -785,6 +785,19 @@ def test_bad_external_data_is_a_format_error(
     assert helpers.listing(tmp_path) == before
 
 
+def test_external_data_linked_from_outside_the_folder_is_refused_saying_it_is_a_link(
+    tmp_path: Path, ext_file: Path, key_file: Path
+) -> None:
+    """As in the Hugging Face cache: the data's name is in the folder, the file a link to a blob elsewhere."""
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    data = ext_file.parent / "ext.onnx.data"
+    data.rename(blobs / "abc")
+    data.symlink_to(blobs / "abc")
+    rc, _, err = helpers.run_cli(["verify", ext_file, "--key", key_file])
+    assert rc == 3 and "symbolic link" in err and "cp -L" in err and "Traceback" not in err
+
+
 def test_tensors_sharing_external_bytes_are_refused_not_sealed_into_a_broken_model(
     tmp_path: Path, key_file: Path
 ) -> None:

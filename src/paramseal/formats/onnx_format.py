@@ -393,6 +393,12 @@ def _read_external(t: Any, base: Path, nbytes: int, where: str, inputs: _Ranges,
     loc, offset, length = _external_info(t, where)
     file = (base / loc).resolve()
     if Path(loc).is_absolute() or not file.is_relative_to(base.resolve()):
+        if not Path(loc).is_absolute() and ".." not in Path(loc).parts:  # the name is inside: a link leads out
+            raise FormatError(
+                f"{where}: its external data '{loc}' is a symbolic link to '{file}', outside the model's folder "
+                "(as in the Hugging Face cache); refusing to follow a link out of the folder: copy the model and "
+                "its data into one folder (cp -L) and use the copy"
+            )
         raise FormatError(f"{where} refers to external data '{loc}' outside the model's folder; refusing to read it")
     if length is not None and length != nbytes:
         raise FormatError(f"{where} has external length {length} but its dtype and shape need {nbytes} bytes")
