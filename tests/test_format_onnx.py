@@ -885,6 +885,22 @@ def test_writing_tensors_that_do_not_match_the_graph_read_is_refused(tmp_path: P
     assert not (tmp_path / "x.onnx").exists()
 
 
+def test_partial_recover_of_a_model_with_a_renamed_initializer_is_a_clear_error(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """The recovered tensors carry the sealed names, which the file's graph no longer has."""
+    sealed = tmp_path / "sealed.onnx"
+    files.seal_file(save(mlp(np.random.default_rng(2)), tmp_path / "m.onnx"), sealed, key)
+    m = onnx.load(str(sealed))
+    m.graph.initializer[0].name = "W1x"
+    m.graph.node[0].input[1] = "W1x"
+    renamed = save(m, tmp_path / "renamed.onnx")
+    before = helpers.listing(tmp_path)
+    rc, _, err = helpers.run_cli(["recover", renamed, tmp_path / "out.onnx", "--key", key_file, "--allow-partial"])
+    assert rc == 3 and "'W1x'" in err and "Traceback" not in err, err
+    assert helpers.listing(tmp_path) == before
+
+
 def test_fresh_tensors_are_written_as_a_graphless_container(tmp_path: Path, model: dict[str, np.ndarray]) -> None:
     p = tmp_path / "fresh.onnx"
     ADAPTER.write(p, Loaded(model, {"a": "1"}))

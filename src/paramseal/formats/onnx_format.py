@@ -163,13 +163,17 @@ class _Templates:
             for other in reversed(self._by_names):
                 # mostly the same names: the tensors of a graph read, renamed or cut; not a new model
                 if 2 * len(other & names) > min(len(other), len(names)):
-                    missing, extra = sorted(other - names), sorted(names - other)
-                    raise FormatError(
-                        "cannot write the ONNX model: its tensors do not match the graph read "
-                        f"(missing from the tensors: {_few(missing)}; not in the graph: {_few(extra)}); "
-                        "ParamSeal writes ONNX tensor values only and never adds or removes tensors"
-                    )
+                    raise _mismatch(other, names)
         return None
+
+
+def _mismatch(graph: frozenset[str], names: frozenset[str]) -> FormatError:
+    missing, extra = sorted(graph - names), sorted(names - graph)
+    return FormatError(
+        "cannot write the ONNX model: its tensors do not match the graph read "
+        f"(missing from the tensors: {_few(missing)}; not in the graph: {_few(extra)}); "
+        "ParamSeal writes ONNX tensor values only and never adds or removes tensors"
+    )
 
 
 _TEMPLATES = _Templates()
@@ -218,6 +222,9 @@ class OnnxAdapter:
         onnx = _onnx()
         src = loaded.source
         template = src if isinstance(src, _Template) else _TEMPLATES.find(frozenset(loaded.tensors))
+        if template is not None and template.names != frozenset(loaded.tensors):
+            # e.g. a partial recover of a model whose initializer was renamed: the tensors carry the sealed names
+            raise _mismatch(template.names, frozenset(loaded.tensors))
         out = _final_name(path)
         if template is None:
             _refuse_sealed_container(path.parent / out, loaded)
