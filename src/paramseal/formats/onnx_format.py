@@ -221,11 +221,14 @@ class OnnxAdapter:
         """Fill the graph read earlier with the new values (see the module docstring) and write it."""
         onnx = _onnx()
         src = loaded.source
-        template = src if isinstance(src, _Template) else _TEMPLATES.find(frozenset(loaded.tensors))
-        if template is not None and template.names != frozenset(loaded.tensors):
-            # e.g. a partial recover of a model whose initializer was renamed: the tensors carry the sealed names
-            raise _mismatch(template.names, frozenset(loaded.tensors))
         out = _final_name(path)
+        try:
+            template = src if isinstance(src, _Template) else _TEMPLATES.find(frozenset(loaded.tensors))
+            if template is not None and template.names != frozenset(loaded.tensors):
+                # e.g. a partial recover of a model whose initializer was renamed: the tensors carry the sealed names
+                raise _mismatch(template.names, frozenset(loaded.tensors))
+        except FormatError as e:
+            raise FormatError(f"'{path.parent / out}': {e}") from None
         if template is None:
             _refuse_sealed_container(path.parent / out, loaded)
             model = _container(onnx, loaded)
