@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import paramseal
+from paramseal import files
 from paramseal.cli import main
 
 run = helpers.run_cli
@@ -387,15 +388,15 @@ def test_a_failed_torch_save_is_exit_3(tmp_path: Path, key_file: Path, monkeypat
     assert not out.exists() and _no_temp_left(tmp_path)
 
 
-def test_seal_refuses_nan_with_a_clear_message(tmp_path: Path, key_file: Path) -> None:
-    src = helpers.write_st(
-        tmp_path / "m.safetensors",
-        {"good": np.ones(100, np.float32), "bad.weight": np.array([1.0, np.inf], np.float32)},
-    )
+def test_seal_names_the_tensors_sealed_as_data_for_their_nan_or_inf(tmp_path: Path, key_file: Path) -> None:
+    mask = np.triu(np.full((16, 16), -np.inf, np.float32), 1)  # a causal mask: Inf has no free low bits
+    src = helpers.write_st(tmp_path / "m.safetensors", {"good": np.ones(4096, np.float32), "mask": mask})
     out = tmp_path / "s.safetensors"
     rc, _, err = run(["seal", src, out, "--key", key_file])
-    assert rc == 3 and "'bad.weight'" in err and "NaN or Inf" in err and "Traceback" not in err
-    assert not out.exists()
+    assert rc == 0 and "note: 1 float tensor(s) hold NaN or Inf" in err and "'mask'" in err, err
+    assert "'good'" not in err
+    assert np.array(files.read_model(out).tensors["mask"]).tobytes() == mask.tobytes()
+    assert run(["verify", out, "--key", key_file])[0] == 0
 
 
 def test_inspect_text_and_json(sealed_file: Path, model_file: Path) -> None:

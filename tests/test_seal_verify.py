@@ -126,15 +126,27 @@ def test_bf16_perturbation_bound(key: paramseal.Key, seed: int, shape: tuple[int
 
 @pytest.mark.parametrize("dt", [np.float32, np.float16, np.float64, ml_dtypes.bfloat16])
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_tensors_are_refused_with_a_clear_message(key: paramseal.Key, dt: type, bad: float) -> None:
-    a = np.ones((8, 9), dtype=np.float32)
+def test_non_finite_tensors_are_sealed_as_data_and_still_protected(key: paramseal.Key, dt: type, bad: float) -> None:
+    """Inf has no free low bits: such a tensor carries none (k=0), its values unchanged, and is still protected."""
+    a = np.ones((16, 9), dtype=np.float32)
     a[3, 4] = bad
-    m = {"ok": np.ones(100, np.float32), "layer.7.weight": a.astype(dt)}
-    with pytest.raises(UnsupportedError) as ei:
-        paramseal.seal(m, key)
-    msg = str(ei.value)
-    assert "'layer.7.weight'" in msg and "NaN or Inf" in msg
-    assert isinstance(ei.value, TypeError) and ei.value.exit_code == 3
+    m = {"ok": np.ones(1000, np.float32), "layer.7.weight": a.astype(dt)}
+    s = paramseal.seal(m, key)
+    assert [(t.name, t.k > 0) for t in s.header.tensors] == [("ok", True), ("layer.7.weight", False)]
+    assert s.tensors["layer.7.weight"].tobytes() == m["layer.7.weight"].tobytes()
+    assert paramseal.verify(s.tensors, key, s.header_json).status == "intact"
+    hit = {**s.tensors, "layer.7.weight": s.tensors["layer.7.weight"].copy()}
+    hit["layer.7.weight"].view(np.uint8)[10] ^= 4
+    assert paramseal.verify(hit, key, s.header_json).status == "tampered"
+    back = paramseal.recover(hit, key, s.header_json)
+    assert back.report.status == "recovered"
+    assert back.tensors["layer.7.weight"].tobytes() == m["layer.7.weight"].tobytes()
+
+
+def test_a_model_whose_only_floats_hold_nan_is_refused(key: paramseal.Key) -> None:
+    with pytest.raises(UnsupportedError, match="whose float tensors all hold NaN or Inf") as ei:
+        paramseal.seal({"w": np.full(1000, np.inf, np.float32), "i": np.arange(100)}, key)
+    assert ei.value.exit_code == 3
 
 
 def test_empty_model_is_refused(key: paramseal.Key) -> None:

@@ -47,7 +47,7 @@ from . import _irs, _native, _outer
 from ._kernels import halves, parallel_map
 from ._layout import TensorSpec
 from ._pages import file_span, release
-from .errors import UnsupportedError
+from .errors import NonFiniteError
 from .keys import Key
 from .levels import BLOCK
 
@@ -290,7 +290,7 @@ class Strata:
                 for t, lo, v, m in self.float_runs(v0, v0 + n):
                     part = np.asarray(flats[t][lo : lo + m])
                     if seal and np.any((part >> np.uint32(23)) & np.uint32(0xFF) == 0xFF):
-                        raise UnsupportedError(self._nan_message(t))
+                        raise self._non_finite(t)
                     wt[j, c0 + v - v0 : c0 + v - v0 + m] = part
                     release(flats[t][lo : lo + m])
             else:
@@ -513,7 +513,7 @@ class Strata:
 
         nan_in = [t for t in parallel_map(part, _split_runs(runs, ng)) if t >= 0]
         if nan_in:
-            raise UnsupportedError(self._nan_message(min(nan_in)))
+            raise self._non_finite(min(nan_in))
         if self.free_strata < N_POS:
             r, pos, dw, df = self._data_strata(flats, data, g, bad)
             w[r, pos] = dw
@@ -546,16 +546,13 @@ class Strata:
     def _clear_mask(self) -> np.uint32:
         return np.uint32(~((1 << self.k) - 1) & 0xFFFFFFFF)  # type: ignore[no-any-return]
 
-    def _nan_message(self, t: int) -> str:
-        return (
-            f"cannot seal tensor '{self.specs[t].name}': it holds NaN or Inf values, whose low bits "
-            "are not free (changing them turns Inf into NaN); fix the weights first"
-        )
+    def _non_finite(self, t: int) -> NonFiniteError:
+        return NonFiniteError(self.specs[t].name)
 
     def _check_finite(self, w: NDArray[np.uint32], v: NDArray[np.int64]) -> None:
         hit = (v < self.n_float) & ((w >> np.uint32(23)) & np.uint32(0xFF) == 0xFF)
         if hit.any():
-            raise UnsupportedError(self._nan_message(int(self.owner(v[hit][:1])[0])))
+            raise self._non_finite(int(self.owner(v[hit][:1])[0]))
 
     def to_strata(self, w: NDArray[np.uint32], g0: int) -> NDArray[np.uint32]:
         """Float strata of groups ``g0, g0 + 1, ...``: ``[free_strata, ng]`` (the inverse of `groups`' placement)."""

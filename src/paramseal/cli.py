@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import __version__, _cli_eval, files, sharded
+from ._layout import TensorSpec
 from .errors import ParamSealError, UsageError
 from .keys import Key, exposed_to_others, load_key, write_key
-from .levels import FLOATS, LEVELS, max_relative_change
+from .levels import BLOCK, FLOATS, LEVELS, max_relative_change
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -191,6 +192,7 @@ def _run(args: argparse.Namespace) -> int:
             how = f"level {h.level}" if h.bits is None else f"--bits {h.bits}"
             print(f"OK: sealed {args.input} -> {args.output} ({len(h.tensors)} tensors, {desc}, {how}, code {code})")
             _warn_bits(ks)
+            _note_plain(h.tensors)
             return 0
         case "verify":
             key = _load_key(args.key)
@@ -282,6 +284,18 @@ def _warn_bits(widths: Iterable[tuple[str, int]]) -> None:
                 "model's accuracy before you use it",
                 file=sys.stderr,
             )
+
+
+def _note_plain(specs: Iterable[TensorSpec]) -> None:
+    """Name the float tensors sealed as data because they hold NaN or Inf (smaller ones are data anyway)."""
+    plain = [s.name for s in specs if s.dtype in FLOATS and s.k == 0 and s.numel >= BLOCK]
+    if plain:
+        shown = ", ".join(repr(n) for n in plain[:8]) + (", ..." if len(plain) > 8 else "")
+        print(
+            f"note: {len(plain)} float tensor(s) hold NaN or Inf values and carry no watermark bits ({shown}); "
+            "they are authenticated and recoverable as integer tensors are, and their values are unchanged",
+            file=sys.stderr,
+        )
 
 
 FEW_BLOCKS = 64  # below this, inspect warns that its capacity bounds are asymptotic

@@ -35,6 +35,17 @@ class UnsupportedError(ParamSealError, TypeError):
     """A tensor or model cannot be sealed (dtype, non-finite values, no capacity)."""
 
 
+class NonFiniteError(UnsupportedError):
+    """A float tensor holds NaN or Inf, whose low bits are not free: seal retries with it sealed as data."""
+
+    def __init__(self, tensor: str) -> None:
+        super().__init__(
+            f"cannot seal tensor '{tensor}' with watermark bits: it holds NaN or Inf values, whose low bits "
+            "are not free (changing them turns Inf into NaN)"
+        )
+        self.tensor = tensor
+
+
 class KeyFileError(ParamSealError, ValueError):
     """A key file or PARAMSEAL_KEY value cannot be read."""
 

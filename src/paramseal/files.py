@@ -45,7 +45,7 @@ from .keys import Key, looks_like_key_file, require_key
 from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP, bits_for, capacity, dtype_name
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
 from .report import Report
-from .seal import SealConfig, probe_header, seal_flat, use_irs, write_blocks
+from .seal import SealConfig, probe_header, seal_flat, use_irs, with_non_finite, write_blocks
 from .verify import (
     GRAPH_EDITED,
     NOT_SEALED_WARNING,
@@ -385,40 +385,47 @@ def seal_file(
         meta = {**{k: v for k, v in loaded.metadata.items() if k not in old}, **(extra_metadata or {})}
         if loaded.graph is not None:  # the graph is sealed with the metadata: a re-pointed node is tampering
             meta[GRAPH_KEY] = loaded.graph
+        prog = Progress("seal", 2 * len(loaded.tensors) + 1, enabled=progress)
         if not _is_safetensors(d, output=True):
-            prog = Progress("seal", 2 * len(loaded.tensors) + 1, enabled=progress)
             sealed = cfg.seal(loaded.tensors, key, metadata=meta, progress=prog)
             prog.done()
             write_model(d, Loaded(sealed.tensors, {**meta, METADATA_KEY: sealed.header_json}, loaded.source))
             return SealedFile(d, sealed.header_json, sealed.header)
-        specs = cfg.specs(loaded.tensors)
-        salt = os.urandom(16)
-        irs = use_irs(specs, cfg.code, cfg.lanes)
-        probe, slack = probe_header(specs, cfg.level, cfg.bits, salt, key, meta, irs, st_room=True)
-        entries = [(x.name, x.dtype, x.shape) for x in specs]
-        # rounded as the writer rounds it, and recorded: recover writes the same padding back
-        room = -(-(st_format.header_room(entries, {**meta, METADATA_KEY: probe.to_json(key)}) + slack) // 8) * 8
-        prog = Progress("seal", 2 * len(specs) + 1, enabled=progress)
-        ws = Workspace(d.parent)
-        try:
-            with atomic_path(d) as tmp:
-                w = st_format.StreamWriter(tmp, entries, room)
-                try:
-                    flats = [uint_view(loaded.tensors[x.name]) for x in specs]
-                    outs = [uint_view(w.array(x.name)) for x in specs]
-                    header = seal_flat(
-                        flats, outs, specs, key, salt, cfg.level, cfg.bits, cfg.lanes, meta, ws, prog, cfg.code, room
-                    )
-                    text = header.to_json(key)
-                    # in the order recover writes them (the header keeps them sorted): it gives this file back
-                    w.finish({**dict(sorted(meta.items())), METADATA_KEY: text})
-                except BaseException:
-                    w.abort()
-                    raise
-        finally:
-            ws.close()
+        done = with_non_finite(loaded.tensors, lambda plain: _seal_stream(loaded, d, key, cfg, meta, prog, plain))
         prog.done()
-        return SealedFile(d, text, header)
+        return done
+
+
+def _seal_stream(
+    loaded: Loaded, d: Path, key: Key, cfg: SealConfig, meta: dict[str, str], prog: Progress, as_data: frozenset[str]
+) -> SealedFile:
+    """Seal safetensors to safetensors chunk by chunk, in a file written in place (`seal_file`)."""
+    specs = cfg.specs(loaded.tensors, as_data)
+    salt = os.urandom(16)
+    irs = use_irs(specs, cfg.code, cfg.lanes)
+    probe, slack = probe_header(specs, cfg.level, cfg.bits, salt, key, meta, irs, st_room=True)
+    entries = [(x.name, x.dtype, x.shape) for x in specs]
+    # rounded as the writer rounds it, and recorded: recover writes the same padding back
+    room = -(-(st_format.header_room(entries, {**meta, METADATA_KEY: probe.to_json(key)}) + slack) // 8) * 8
+    ws = Workspace(d.parent)
+    try:
+        with atomic_path(d) as tmp:
+            w = st_format.StreamWriter(tmp, entries, room)
+            try:
+                flats = [uint_view(loaded.tensors[x.name]) for x in specs]
+                outs = [uint_view(w.array(x.name)) for x in specs]
+                header = seal_flat(
+                    flats, outs, specs, key, salt, cfg.level, cfg.bits, cfg.lanes, meta, ws, prog, cfg.code, room
+                )
+                text = header.to_json(key)
+                # in the order recover writes them (the header keeps them sorted): it gives this file back
+                w.finish({**dict(sorted(meta.items())), METADATA_KEY: text})
+            except BaseException:
+                w.abort()
+                raise
+    finally:
+        ws.close()
+    return SealedFile(d, text, header)
 
 
 def verify_file(

@@ -22,7 +22,7 @@ from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
 from ._pages import SCATTERED_BLOCKS, Workspace, chunks, file_span, is_mapped, release, write_behind
 from ._progress import Progress
-from .errors import InputError, UnsupportedError, UsageError
+from .errors import InputError, NonFiniteError, UnsupportedError, UsageError
 from .header import SCHEME_IRS, Header
 from .keys import Key, require_key
 from .levels import BLOCK, FLOATS, LEVELS, bits_for, dtype_name
@@ -44,15 +44,22 @@ class SealConfig:
     #: contiguous damage, every dtype), or None: irs where it applies (fp32 models), else lanes.
     code: str | None = None
 
-    def specs(self, tensors: Mapping[str, NDArray[np.generic]]) -> list[TensorSpec]:
-        """The tensor table this configuration gives ``tensors``; refuses what cannot be sealed."""
+    def specs(self, tensors: Mapping[str, NDArray[np.generic]], as_data: Iterable[str] = ()) -> list[TensorSpec]:
+        """The tensor table this configuration gives ``tensors``; refuses what cannot be sealed.
+
+        Float tensors named in ``as_data`` (those holding NaN or Inf: `non_finite`) carry no
+        watermark bits (k=0): they are authenticated and recoverable as integer tensors are.
+        """
         if self.level not in LEVELS:
             raise UsageError(f"unknown level '{self.level}'; choose one of {', '.join(LEVELS)}")
         if not tensors:
             raise UsageError("cannot seal an empty model: it has no tensors")
+        plain = set(as_data)
         specs = [_spec(name, a, self.level, self.bits) for name, a in tensors.items()]
+        specs = [replace(s, k=0) if s.name in plain else s for s in specs]
         if not any(s.is_float for s in specs):
-            raise UnsupportedError("cannot seal a model without float tensors: the watermark lives in float mantissas")
+            what = "whose float tensors all hold NaN or Inf" if plain else "without float tensors"
+            raise UnsupportedError(f"cannot seal a model {what}: the watermark lives in float mantissas")
         if self.code not in (None, "irs", "lanes"):
             raise UsageError(f"unknown code '{self.code}'; choose irs or lanes")
         if self.code == "irs" and not _strata.applies(specs):
@@ -83,7 +90,18 @@ class SealConfig:
         if type(st_room) is not int or not 0 <= st_room < ST_ROOM_LIMIT:
             raise UsageError(f"st_room must be a safetensors header length in bytes, not {st_room!r}")
         arrays = _model.as_mapping(tensors)
-        specs = self.specs(arrays)
+        return with_non_finite(arrays, lambda plain: self._seal(arrays, key, metadata, progress, st_room, plain))
+
+    def _seal(
+        self,
+        arrays: Mapping[str, NDArray[np.generic]],
+        key: Key,
+        metadata: Mapping[str, str] | None,
+        progress: Progress | None,
+        st_room: int,
+        as_data: frozenset[str],
+    ) -> SealedModel:
+        specs = self.specs(arrays, as_data)
         salt = os.urandom(16)
         meta = dict(metadata or {})
         flats = [_bits.uint_view(arrays[s.name]) for s in specs]
@@ -403,15 +421,42 @@ def write_blocks(flat: NDArray[np.unsignedinteger], spec: TensorSpec, r0: int, u
 
 
 def _refuse_non_finite(ub: _model.Blocks, spec: TensorSpec) -> None:
-    fmt = FLOATS.get(spec.dtype)
-    if fmt is None:
-        return
+    if spec.is_float and _has_non_finite(ub, spec.dtype):
+        raise NonFiniteError(spec.name)
+
+
+def _has_non_finite(u: NDArray[np.unsignedinteger], dtype: str) -> bool:
+    fmt = FLOATS[dtype]
     e = (1 << fmt.exponent) - 1
-    if np.any((ub >> ub.dtype.type(fmt.mantissa)) & ub.dtype.type(e) == e):
-        raise UnsupportedError(
-            f"cannot seal tensor '{spec.name}': it holds NaN or Inf values, whose low bits are not free "
-            "(changing them turns Inf into NaN); fix the weights first"
-        )
+    return bool(np.any((u >> u.dtype.type(fmt.mantissa)) & u.dtype.type(e) == e))
+
+
+def non_finite(tensors: Mapping[str, NDArray[np.generic]]) -> frozenset[str]:
+    """The float tensors that hold NaN or Inf (read chunk by chunk: memory stays bounded)."""
+    found = set()
+    for name, a in tensors.items():
+        dt = dtype_name(a.dtype)
+        if dt in FLOATS:
+            flat = _bits.uint_view(a)
+            step = max(1, _pages.CHUNK_BYTES // flat.dtype.itemsize)
+            for i in range(0, flat.size, step):
+                hit = _has_non_finite(flat[i : i + step], dt)
+                release(flat[i : i + step])
+                if hit:
+                    found.add(name)
+                    break
+    return frozenset(found)
+
+
+def with_non_finite(tensors: Mapping[str, NDArray[np.generic]], seal: Callable[[frozenset[str]], _R]) -> _R:
+    """``seal(as_data)``, first with every float tensor carrying bits.
+
+    If one holds NaN or Inf, once more with all such tensors sealed as data (found by one scan, paid only then).
+    """
+    try:
+        return seal(frozenset())
+    except NonFiniteError as e:
+        return seal(non_finite(tensors) | {e.tensor})
 
 
 def probe_header(
