@@ -147,6 +147,15 @@ def test_random_modify_touches_exactly_the_fraction(sealed_model: Loaded) -> Non
             assert np.isfinite(out.tensors[c.name].reshape(-1)[c.indices].astype(np.float64)).all()
 
 
+def test_random_modify_contiguous_at_any_fraction(sealed_model: Loaded) -> None:
+    # near fraction 1 a run can be one value longer than total // runs: it must still fit, not crash
+    total = sum(sealed_model.tensors[n].size for n in _floats(sealed_model.tensors))
+    for seed in range(8):
+        for fraction in (0.9, 0.99, 1.0):
+            _, truth = attack(sealed_model, AttackSpec("random-modify", seed=seed, fraction=fraction, contiguous=True))
+            assert truth.changed_parameters == round(fraction * total)
+
+
 def test_noise_has_the_requested_relative_sigma(sealed_model: Loaded) -> None:
     out, truth = attack(sealed_model, AttackSpec("noise", seed=1, sigma=0.05, tensors=("embed.weight",)))
     a = sealed_model.tensors["embed.weight"].astype(np.float64)

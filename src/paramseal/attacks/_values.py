@@ -176,7 +176,12 @@ def random_modify(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
         lens = np.full(runs, count // runs, dtype=np.int64)
         lens[: count % runs] += 1
         seg = total // runs
-        starts = [i * seg + int(rng.integers(0, seg - ln + 1)) for i, ln in enumerate(lens)]
+        if lens.max() <= seg:
+            starts = [i * seg + int(rng.integers(0, seg - ln + 1)) for i, ln in enumerate(lens)]
+        else:  # nearly every value: a run is longer than total // runs, so share out the values left untouched
+            gaps = np.diff(np.arange(runs + 1) * (total - count) // runs)
+            ends = np.cumsum(lens + gaps)
+            starts = [int(e - ln - g + rng.integers(0, g + 1)) for e, ln, g in zip(ends, lens, gaps, strict=True)]
         pos = np.concatenate([np.arange(s, s + ln, dtype=np.int64) for s, ln in zip(starts, lens, strict=True)])
     else:
         pos = np.sort(rng.choice(total, size=count, replace=False)).astype(np.int64)
