@@ -247,6 +247,22 @@ def test_options_that_do_not_fit_are_refused(sealed_model: Loaded) -> None:
         attack(plain, AttackSpec("lsb-rewrite"))
 
 
+def test_bits_out_of_range_or_unused_is_refused(sealed_model: Loaded) -> None:
+    # --bits 0 or -1 fell back to the seal's k or found no tensor; past a value's width it crashed (lsb-rewrite)
+    # or flipped fewer bits than --n (bitflip); with another --field it was ignored
+    for bits in (0, -1):
+        with pytest.raises(UsageError, match=f"--bits {bits} must be at least 1"):
+            AttackSpec("lsb-rewrite", bits=bits)
+    with pytest.raises(UsageError, match="--field watermark only"):
+        AttackSpec("bitflip", field="exponent", bits=3)
+    for spec in (
+        AttackSpec("lsb-rewrite", bits=40, tensors=("fc.weight",)),
+        AttackSpec("bitflip", field="watermark", bits=40, n=5, tensors=("fc.weight",)),
+    ):
+        with pytest.raises(UsageError, match="--bits 40 is more than the 32 bits"):
+            attack(sealed_model, spec)
+
+
 def test_attack_file_truncate_and_atomic_output(tmp_path: Path, sealed_model: Loaded) -> None:
     src = tmp_path / "m.safetensors"
     write_model(src, sealed_model)

@@ -94,6 +94,10 @@ class AttackSpec:
             raise UsageError(f"--mode {self.mode} does not apply to {self.kind}: {allowed}")
         if self.field != "any" and self.kind != "bitflip":
             raise UsageError(f"--field applies to bitflip only, not {self.kind}")
+        if self.bits is not None and self.bits < 1:
+            raise UsageError(f"--bits {self.bits} must be at least 1")
+        if self.bits is not None and self.kind == "bitflip" and self.field != "watermark":
+            raise UsageError(f"--bits applies to bitflip with --field watermark only, not --field {self.field}")
         given = {
             "--n": self.n is not None,
             "--fraction": self.fraction is not None,

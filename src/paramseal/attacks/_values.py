@@ -47,8 +47,16 @@ def field_bits(a: NDArray[Any], field: str, k: int) -> list[int]:
         case "mantissa":
             return list(range(fmt.mantissa))
         case "watermark":
-            return list(range(k))
+            return list(range(_low_bits(a, k)))
     raise AssertionError(field)
+
+
+def _low_bits(a: NDArray[Any], k: int) -> int:
+    """``k``, checked to fit in ``a``'s values (a larger --bits would shift past them and change nothing)."""
+    width = a.dtype.itemsize * 8
+    if k > width:
+        raise UsageError(f"--bits {k} is more than the {width} bits of a {_name(a)} value")
+    return k
 
 
 def sealed_k(metadata: Mapping[str, str]) -> dict[str, int]:
@@ -270,8 +278,8 @@ def lsb_rewrite(t: Tensors, spec: AttackSpec, meta: Mapping[str, str], rng: Rng)
         raise UsageError("lsb-rewrite needs a sealed model (to read k per tensor) or --bits K")
     d = Draft(t)
     for nm in pick(t, spec, lambda n, a: is_float(a) and (spec.bits or ks.get(n, 0)) > 0):
-        k = spec.bits or ks.get(nm, 0)
         a = t[nm]
+        k = _low_bits(a, spec.bits or ks.get(nm, 0))
         count = round((spec.fraction or 1.0) * a.size)
         idx = np.sort(rng.choice(a.size, size=count, replace=False)).astype(np.int64)
         u = d.bits(nm)
