@@ -74,6 +74,39 @@ def test_tiny_battery_writes_json_markdown_png_with_sane_values(tiny: tuple[Path
     assert "](../recovery_mlp_F32.png)" in page
 
 
+def test_header_attacks_are_verified_and_recovered_as_files_are(tmp_path: Path) -> None:
+    # eval recorded a stripped header as "detected, not recovered" without verifying: a model large enough
+    # to carry its header in its weights verifies intact and recovers bit-exactly, an edited one recovers too
+    import numpy as np
+
+    import paramseal
+    from paramseal.attacks import AttackSpec, attack
+    from paramseal.evaluation.battery import _Config, _header_attacked
+    from paramseal.formats import Loaded
+    from paramseal.header import METADATA_KEY
+
+    key = paramseal.Key.generate()
+    w = {"w": np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)}
+    s = paramseal.seal(w, key)
+    cfg = _Config(w, Loaded(dict(s.tensors), {METADATA_KEY: s.header_json}), s.header_json, {})
+    got = {}
+    for mode in ("strip", "edit"):
+        attacked, _ = attack(cfg.sealed, AttackSpec("metadata", mode=mode))
+        got[mode] = _header_attacked(cfg, attacked, key)
+    assert got["strip"] == {"status": "intact", "detected": False, "detection": "intact", "recovered": True}
+    assert got["edit"] == {"status": "tampered", "detected": True, "detection": "tampered", "recovered": True}
+
+
+def test_tiny_header_strip_is_refused_not_assumed(tiny: tuple[Path, object]) -> None:
+    out, _ = tiny
+    runs = {r["id"]: r for r in json.loads((out / "results.json").read_text())["records"]}
+    strip = runs["mlp/F32/standard/s0/metadata_mode=strip"]
+    # the MLP is too small to carry its header in its weights: verify refuses it (measured, not assumed)
+    assert strip["detection"] == "refused: HeaderOnlyInMetadata" and strip["recovered"] is False
+    page = (out / "page" / "results.md").read_text()
+    assert "**Edited or stripped ParamSeal header**: 2/2 runs detected, 0/2 recovered bit-exactly" in page
+
+
 def test_resume_skips_finished_runs(tiny: tuple[Path, object], tmp_path: Path) -> None:
     out, _ = tiny
     again = run_eval(BATTERIES["tiny"], out, progress=False)

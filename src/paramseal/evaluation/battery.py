@@ -340,8 +340,8 @@ class Runner:
         text = attacked.metadata.get(METADATA_KEY)
         rec["metric_attacked"] = task.evaluate(attacked.tensors)
         user = {k: v for k, v in attacked.metadata.items() if k != METADATA_KEY}
-        if text is None:
-            rec.update(detected=True, detection="not sealed (header stripped)", recovered=False)
+        if kind == "metadata":  # the header's copies in the weights stand in for an edited or stripped one: as files do
+            rec.update(_header_attacked(cfg, attacked, self.key))
             rec["wall_s"] = time.monotonic() - t0
             return rec
         try:
@@ -414,6 +414,23 @@ def _truncated(cfg: _Config, spec: AttackSpec, key: Key) -> dict[str, Any]:
         "detection": how,
         "recovered": False,
     }
+
+
+def _header_attacked(cfg: _Config, attacked: Loaded, key: Key) -> dict[str, Any]:
+    """Verify and recover a model whose header was edited or stripped, as files (the copies in the weights too)."""
+    from ..files import read_model, recover_file, verify_file, write_model
+
+    with tempfile.TemporaryDirectory(prefix="paramseal-eval-") as d:
+        src, dst = Path(d) / "attacked.safetensors", Path(d) / "recovered.safetensors"
+        write_model(src, attacked)
+        try:
+            status = verify_file(src, key).status
+            res = recover_file(src, dst, key).report
+        except ParamSealError as e:
+            return {"detected": True, "detection": f"refused: {type(e).__name__}", "recovered": False}
+        # recovered: the sealed weights, bit for bit, in a file that verifies (its header in metadata or weights)
+        exact = res.ok and _same(read_model(dst).tensors, cfg.sealed.tensors) and verify_file(dst, key).ok
+    return {"status": status, "detected": status != "intact", "detection": status, "recovered": exact}
 
 
 def _nothing_located() -> Report:

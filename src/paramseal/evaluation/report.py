@@ -536,9 +536,12 @@ def _losses(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
         )
     meta = [r for r in runs if r["kind"] == "metadata" and r["options"].get("mode") in ("edit", "strip")]
     if meta:
+        det, rec = sum(bool(r.get("detected")) for r in meta), sum(bool(r.get("recovered")) for r in meta)
         lines.append(
-            '* **Edited or stripped ParamSeal header**: detected (header MAC fails, or "not sealed"), '
-            "never repaired; the weights themselves are unchanged."
+            f"* **Edited or stripped ParamSeal header**: {det}/{len(meta)} runs detected, {rec}/{len(meta)} "
+            "recovered bit-exactly (a model too small to carry its header in its weights is refused once its "
+            "metadata header is gone; a larger one verifies and recovers from the copies in its weights); the "
+            "weights themselves are unchanged."
         )
     lines.append("* **Truncated files** are refused with a clean error; nothing is recovered from them.")
     return "\n".join(lines)
