@@ -107,6 +107,25 @@ def test_tiny_header_strip_is_refused_not_assumed(tiny: tuple[Path, object]) -> 
     assert "**Edited or stripped ParamSeal header**: 2/2 runs detected, 0/2 recovered bit-exactly" in page
 
 
+def test_page_claims_only_what_the_records_show(tiny: tuple[Path, object], tmp_path: Path) -> None:
+    # the page said "block precision is 1.00 throughout" and "truncated files are refused" whatever was measured
+    from paramseal.evaluation import report
+
+    out, _ = tiny
+    recs = json.loads((out / "results.json").read_text())["records"]
+    page = report.write_page(recs, tmp_path / "a.md", [], command="c", wall_s=0, battery="tiny")
+    assert "block precision is 1.00 throughout" in page.read_text()
+    assert "**Truncated files**: 2/2 refused with a clean error; 0/2 recovered." in page.read_text()
+    for r in recs:
+        if r.get("id") == "mlp/F32/standard/s0/bitflip_n=10":
+            r["localisation"]["block"]["flagged"] += 1  # a block flagged that held no change
+        if r.get("kind") == "truncate":
+            r["detection"], r["detected"] = "verify returned tampered", True
+    text = report.write_page(recs, tmp_path / "b.md", [], command="c", wall_s=0, battery="tiny").read_text()
+    assert "1.00 throughout" not in text and "block precision 0." in text
+    assert "**Truncated files**: 0/2 refused" in text
+
+
 def test_resume_skips_finished_runs(tiny: tuple[Path, object], tmp_path: Path) -> None:
     out, _ = tiny
     again = run_eval(BATTERIES["tiny"], out, progress=False)
