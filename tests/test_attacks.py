@@ -275,6 +275,21 @@ def test_attack_file_truncate_and_atomic_output(tmp_path: Path, sealed_model: Lo
         attack_file(src, src, AttackSpec("noise"))
 
 
+def test_attack_file_refuses_an_output_that_would_drop_metadata(tmp_path: Path, sealed_model: Loaded) -> None:
+    # metadata --mode user into a .pt claimed "metadata key 'attacker.note' added" and wrote none; a
+    # .safetensors -> .pt bitflip dropped the seal header unreported
+    src = tmp_path / "m.safetensors"
+    write_model(src, sealed_model)
+    plain = tmp_path / "plain.pt"
+    write_model(plain, Loaded(dict(sealed_model.tensors)))
+    for s, spec in ((plain, AttackSpec("metadata", mode="user")), (src, AttackSpec("bitflip"))):
+        with pytest.raises(UsageError, match="cannot hold metadata"):
+            attack_file(s, tmp_path / "out.pt", spec)
+        assert not (tmp_path / "out.pt").exists()
+    truth = attack_file(plain, tmp_path / "out.pt", AttackSpec("bitflip"))  # nothing to lose: fine
+    assert truth.changed_parameters == 1 and not truth.metadata_keys
+
+
 def test_cli_attack_json_is_ground_truth(tmp_path: Path, sealed_model: Loaded, key: paramseal.Key) -> None:
     src, dst = tmp_path / "m.safetensors", tmp_path / "a.safetensors"
     write_model(src, sealed_model)

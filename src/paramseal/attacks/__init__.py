@@ -127,6 +127,7 @@ def _builtin_model(name: str | None) -> GradModel:
 def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: AttackSpec) -> GroundTruth:
     """Read ``src``, attack it and write ``dst`` atomically; ``src`` is never modified."""
     from ..files import atomic_path, read_model, write_model
+    from ..formats.registry import adapter_for
 
     s, d = Path(src), Path(dst)
     if not s.is_file():
@@ -140,6 +141,12 @@ def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: 
             tmp.write_bytes(out)
         return truth
     attacked, truth = attack(read_model(s), spec)
+    if attacked.metadata and not adapter_for(d, must_exist=False).keeps_metadata:
+        # the ground truth would not say so: the file written would lose every key, not the attack's alone
+        raise UsageError(
+            f"output '{d}' cannot hold metadata, so the metadata {', '.join(map(repr, sorted(attacked.metadata)))} "
+            f"would be lost besides what {spec.kind} changes; write OUT as .safetensors, .npz or .onnx"
+        )
     write_model(d, attacked)
     return truth
 
