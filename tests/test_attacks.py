@@ -270,6 +270,8 @@ def test_attack_file_truncate_and_atomic_output(tmp_path: Path, sealed_model: Lo
     truth = attack_file(src, tmp_path / "cut.safetensors", AttackSpec("truncate", fraction=0.3))
     assert (tmp_path / "cut.safetensors").read_bytes() == raw[: int(len(raw) * 0.3)]
     assert truth.file == {"bytes_before": len(raw), "bytes_after": int(len(raw) * 0.3)}
+    # the model's parameter count, not 0 (JSON said total_parameters 0)
+    assert truth.total_parameters == sum(a.size for a in sealed_model.tensors.values())
     assert src.read_bytes() == raw
     with pytest.raises(UsageError, match="never modifies"):
         attack_file(src, src, AttackSpec("noise"))

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import ParamSealError, UsageError
 from ..formats import Loaded
 from ._grad import GradModel
 from ._spec import FIELDS, KINDS, MODES, NEEDS_MODEL, AttackSpec, Field, Kind
@@ -135,8 +135,12 @@ def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: 
     if d.exists() and d.resolve() == s.resolve():
         raise UsageError(f"output '{d}' is the input file; attack writes a new file and never modifies its input")
     if spec.kind == "truncate":
+        try:  # the share of parameters it reports needs their count
+            total = sum(int(a.size) for a in read_model(s).tensors.values())
+        except ParamSealError:  # not a model ParamSeal reads: truncate works on any file
+            total = 0
         data = s.read_bytes()
-        out, truth = attack_bytes(data, spec)
+        out, truth = attack_bytes(data, spec, total)
         with atomic_path(d) as tmp:
             tmp.write_bytes(out)
         return truth
