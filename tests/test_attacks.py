@@ -236,6 +236,11 @@ def test_options_that_do_not_fit_are_refused(sealed_model: Loaded) -> None:
         AttackSpec("noise", mode="int8")
     with pytest.raises(UsageError, match="fraction"):
         AttackSpec("prune", fraction=1.5)
+    for bad in (float("nan"), float("inf")):  # NaN slipped past 'sigma < 0' and wrote NaN weights
+        with pytest.raises(UsageError, match="--sigma must be >= 0"):
+            AttackSpec("noise", sigma=bad)
+        with pytest.raises(UsageError, match="--lr > 0"):
+            AttackSpec("finetune", lr=bad)
     with pytest.raises(UsageError, match="--fraction, --contiguous do not apply"):
         AttackSpec("bitflip", fraction=0.1, contiguous=True)
     with pytest.raises(UsageError, match="no tensor named 'ghost'"):

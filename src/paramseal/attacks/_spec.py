@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -86,8 +87,8 @@ class AttackSpec:
             raise UsageError(f"--n {self.n} must be at least 1")
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise UsageError(f"--fraction {self.fraction} must be in (0, 1]")
-        if self.sigma < 0 or self.steps < 1 or self.lr <= 0:
-            raise UsageError("--sigma must be >= 0, --steps >= 1 and --lr > 0")
+        if not (0 <= self.sigma < math.inf and self.steps >= 1 and 0 < self.lr < math.inf):  # NaN fails too
+            raise UsageError("--sigma must be >= 0, --steps >= 1 and --lr > 0 (all finite)")
         modes = MODES.get(self.kind)
         if self.mode is not None and (modes is None or self.mode not in modes):
             allowed = f"choose one of {', '.join(modes)}" if modes else "this kind takes no --mode"
