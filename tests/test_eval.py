@@ -126,6 +126,29 @@ def test_page_claims_only_what_the_records_show(tiny: tuple[Path, object], tmp_p
     assert "**Truncated files**: 0/2 refused" in text
 
 
+def test_results_are_written_atomically(
+    tiny: tuple[Path, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # results.json, results.md and the page were written in place: a full disk left them cut short
+    from paramseal.evaluation import report
+
+    out, _ = tiny
+    recs = json.loads((out / "results.json").read_text())["records"]
+    page = report.write_page(recs, tmp_path / "r.md", [], command="c", wall_s=0, battery="tiny")
+    before = page.read_text()
+
+    def half_then_fail(self: Path, text: str, *a: object, **k: object) -> int:
+        with open(self, "w") as f:
+            f.write(text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_fail)
+    with pytest.raises(OSError):
+        report.write_page(recs, page, [], command="c", wall_s=0, battery="tiny")
+    monkeypatch.undo()
+    assert page.read_text() == before and [p.name for p in tmp_path.iterdir()] == ["r.md"]
+
+
 def test_resume_skips_finished_runs(tiny: tuple[Path, object], tmp_path: Path) -> None:
     out, _ = tiny
     again = run_eval(BATTERIES["tiny"], out, progress=False)

@@ -209,6 +209,14 @@ def _matrix(runs: Sequence[Rec], configs: dict[str, Rec], model: str) -> str:
     return "\n".join(lines)
 
 
+def _write(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file renamed over ``path``: a failed write leaves the old file whole."""
+    from ..files import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def write_outputs(records: Sequence[Rec], out: Path, *, command: str, wall_s: float, battery: str) -> list[Path]:
     """Write ``results.json``, ``results.md`` and PNG plots into ``out``; returns the files written."""
     configs = _configs(records)
@@ -216,9 +224,9 @@ def write_outputs(records: Sequence[Rec], out: Path, *, command: str, wall_s: fl
     out.mkdir(parents=True, exist_ok=True)
     written = []
     raw = out / "results.json"
-    raw.write_text(json.dumps({"battery": battery, "command": command, "records": list(records)}))
+    _write(raw, json.dumps({"battery": battery, "command": command, "records": list(records)}))
     table = out / "results.md"
-    table.write_text(full_table(runs, configs))
+    _write(table, full_table(runs, configs))
     written += [raw, table]
     for model in dict.fromkeys(c["model"] for c in configs.values()):
         for dtype in dict.fromkeys(c["dtype"] for c in configs.values() if c["model"] == model):
@@ -373,7 +381,7 @@ def write_page(
     add("## 8. Where ParamSeal loses\n")
     add(_losses(runs, configs) + "\n")
     page.parent.mkdir(parents=True, exist_ok=True)
-    page.write_text("\n".join(s))
+    _write(page, "\n".join(s))
     return page
 
 
