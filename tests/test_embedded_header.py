@@ -183,7 +183,7 @@ def test_renamed_tensors_are_matched_by_identity_and_named(
     assert rc == 0, err
     got, meta = helpers.read_st(out)
     helpers.assert_model_equal(got, sealed_bare.tensors)  # sealed names and bytes back
-    assert "paramseal" not in meta  # the header stays in the weights, as in the input
+    assert meta == {"paramseal": sealed_bare.header_json}  # a format that keeps metadata gets the header back
 
 
 def test_identity_matching_does_not_try_every_pair(

@@ -510,6 +510,22 @@ def test_a_model_rewritten_by_the_safetensors_library_recovers_to_the_sealed_fil
     assert out.read_bytes() == sealed.read_bytes()
 
 
+def test_a_stripped_header_is_written_back_byte_for_byte(tmp_path: Path, key: paramseal.Key) -> None:
+    """The metadata held the header alone and lost it: the copy in the weights vouches, recover restores it."""
+    import safetensors.numpy as stn
+
+    sealed = tmp_path / "sealed.safetensors"
+    big = {"w": (0.02 * np.random.default_rng(3).standard_normal((512, 512))).astype(np.float32)}  # room for a copy
+    files.seal_file(helpers.write_st(tmp_path / "m.safetensors", big), sealed, key)
+    bare = tmp_path / "bare.safetensors"
+    stn.save_file(helpers.read_st(sealed)[0], str(bare))  # no metadata at all
+    rep = files.verify_file(bare, key)
+    assert rep.status == "intact" and any("recover writes it back" in n for n in rep.notes)
+    out = tmp_path / "recovered.safetensors"
+    assert files.recover_file(bare, out, key).report.status == "intact"
+    assert out.read_bytes() == sealed.read_bytes()
+
+
 def test_in_place_and_patched_copies_give_the_sealed_file_byte_for_byte(
     sealed_pair: tuple[Path, Path], tmp_path: Path, key: paramseal.Key
 ) -> None:

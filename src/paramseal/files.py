@@ -269,6 +269,11 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
         derived = {GRAPH_KEY: loaded.graph} if loaded.graph is not None else {}
         if not meta and derived and metadata_digest(derived) == parse_header(copy, key).digest:
             return _Found(copy, derived, True)  # all the metadata sealed was the graph's digest: nothing is lost
+        if kept and not meta and parse_header(copy, key).digest == metadata_digest({}):
+            # the file had the header alone in its metadata, which was stripped: recover writes it back
+            why = "the seal header was read from the weights (the file's metadata, which held it alone, was stripped); "
+            why += "recover writes it back"
+            return _Found(_restored(copy, {}, key), {}, False, notes=[why])
         if not meta or not kept:  # none stored (a conversion, a re-save: check judges what was lost), or
             return _Found(copy, meta, True)  # none storable: the reader's own entries (.pt ties)
         # Other metadata but no header entry: a tool re-saved the file with metadata of its own or
