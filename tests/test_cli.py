@@ -127,6 +127,20 @@ def test_usage_errors_exit_3(tmp_path: Path, argv: list[str]) -> None:
     assert rc == 3, (rc, err)
 
 
+def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "paramseal", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and paramseal.__version__ in done.stdout
+    done = subprocess.run(
+        [sys.executable, "-m", "paramseal", "verify", str(tmp_path / "none.safetensors"), "--key", str(tmp_path / "k")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+
+
 def test_help_and_version_exit_0() -> None:
     rc, out, _ = run(["--version"])
     assert rc == 0 and paramseal.__version__ in out
