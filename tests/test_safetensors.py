@@ -192,3 +192,34 @@ def test_file_re_saved_by_another_writer_still_verifies(tmp_path: Path, sealed_f
     rev = dict(reversed(list(tensors.items())))
     out = helpers.write_st(tmp_path / "resaved.safetensors", rev, meta)
     assert files.verify_file(out, key).status == "intact"
+
+
+def test_the_same_model_is_written_to_the_same_bytes_and_read_back_by_the_library(tmp_path: Path) -> None:
+    """The library's metadata order changes from run to run; ours is sorted: a seeded output is reproducible."""
+    import ml_dtypes
+    from safetensors.numpy import load_file
+
+    from paramseal.formats import Loaded
+
+    rng = np.random.default_rng(4)
+    tensors = {
+        "z.bias": rng.standard_normal(7).astype(np.float16),
+        "a.weight": rng.standard_normal((5, 3)).astype(np.float32),
+        "mask": rng.random(9) > 0.5,
+        "ids": np.arange(11, dtype=np.int64),
+        "scalar": np.array(2.5, np.float64),
+        "empty": np.zeros((0, 4), np.float32),
+        "bf": rng.standard_normal(6).astype(ml_dtypes.bfloat16),
+    }
+    meta = {f"k{i}": str(i) for i in range(40, 0, -1)}
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    files.write_model(a, Loaded(tensors, meta))
+    files.write_model(b, Loaded(dict(reversed(tensors.items())), dict(reversed(meta.items()))))
+    assert a.read_bytes() == b.read_bytes()
+    back = load_file(str(a))
+    assert sorted(back) == sorted(tensors)
+    for n, t in tensors.items():
+        assert back[n].dtype == t.dtype and back[n].shape == t.shape and back[n].tobytes() == t.tobytes(), n
+    got = files.read_model(a)
+    assert got.metadata == meta
+    assert int.from_bytes(a.read_bytes()[:8], "little") % 8 == 0  # the data section starts 8-byte aligned

@@ -340,7 +340,7 @@ class Runner:
         text = attacked.metadata.get(METADATA_KEY)
         rec["metric_attacked"] = task.evaluate(attacked.tensors)
         user = {k: v for k, v in attacked.metadata.items() if k != METADATA_KEY}
-        if kind == "metadata":  # the header's copies in the weights stand in for an edited or stripped one: as files do
+        if kind == "metadata" or text is None:  # the copies in the weights stand in for an edited or stripped header
             rec.update(_header_attacked(cfg, attacked, self.key))
             rec["wall_s"] = time.monotonic() - t0
             return rec

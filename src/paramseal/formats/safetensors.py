@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.numpy as stn
 from numpy.typing import NDArray
 from safetensors import SafetensorError, safe_open
 
 from .._pages import Mapping, copy_range, file_span
 from ..errors import FormatError, InputError
-from ..levels import ST_TO_NP
+from ..levels import ST_TO_NP, dtype_name
 from .base import Loaded
 
 _MAX_HEADER = 100_000_000  # the safetensors library refuses longer headers
@@ -51,10 +50,23 @@ class SafetensorsAdapter:
         return Loaded(tensors, meta)
 
     def write(self, path: Path, loaded: Loaded) -> None:
-        """Write with the library (it orders tensors by dtype alignment, then name)."""
-        stn.save_file(
-            {k: _contiguous(v) for k, v in loaded.tensors.items()}, str(path), metadata=loaded.metadata or None
-        )
+        """Write as the library lays files out (widest dtypes first, then by name), with the metadata sorted.
+
+        The library keeps metadata in a hash map, whose order changes from run to run: the same
+        model would give other bytes each time (a seeded attack, a conversion, a checksum kept).
+        """
+        arrays = {k: _contiguous(v) for k, v in loaded.tensors.items()}
+        order = sorted(arrays, key=lambda n: (-arrays[n].dtype.itemsize, n))
+        entries = [(n, dtype_name(arrays[n].dtype), tuple(arrays[n].shape)) for n in order]
+        meta = dict(sorted(loaded.metadata.items()))
+        w = StreamWriter(path, entries, exact_room(entries, meta))
+        try:
+            for n in order:
+                w.array(n)[...] = arrays[n]
+            w.finish(meta)
+        except BaseException:
+            w.abort()
+            raise
 
 
 def _contiguous(a: NDArray[np.generic]) -> NDArray[np.generic]:
@@ -196,12 +208,7 @@ class StreamWriter:
 
     def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...]]], room: int) -> None:
         self.room = -(-room // 8) * 8  # data starts 8-byte aligned, like the library's files
-        self.entries: list[Entry] = []
-        pos = 0
-        for name, dt, shape in entries:
-            n = int(np.prod(shape, dtype=np.int64)) * ST_TO_NP[dt].itemsize
-            self.entries.append(Entry(name, dt, tuple(shape), pos, pos + n))
-            pos += n
+        self.entries, pos = _lay_out(entries)
         self._by_name = {e.name: e for e in self.entries}
         self.map = Mapping(path, write=True, size=8 + self.room + pos)
 
@@ -235,6 +242,21 @@ class StreamWriter:
     def abort(self) -> None:
         """Unmap without finishing (the caller deletes the file)."""
         self.map.close()
+
+
+def exact_room(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> int:
+    """The header's length for these tensors, laid out in this order, and metadata (no padding but to 8 bytes)."""
+    return len(header_json(_lay_out(entries)[0], metadata))
+
+
+def _lay_out(entries: list[tuple[str, str, tuple[int, ...]]]) -> tuple[list[Entry], int]:
+    """The tensors one after another in this order, and the data section's length."""
+    laid, pos = [], 0
+    for name, dt, shape in entries:
+        n = int(np.prod(shape, dtype=np.int64)) * ST_TO_NP[dt].itemsize
+        laid.append(Entry(name, dt, tuple(shape), pos, pos + n))
+        pos += n
+    return laid, pos
 
 
 def header_room(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> int:
