@@ -299,6 +299,26 @@ def test_tied_tensors_are_sealed_once_and_stay_tied(tmp_path: Path, key: paramse
     assert rep.status == "tampered" and rep.extra_tensors == ("head.weight",)
 
 
+def test_a_broken_tie_is_never_written_as_recovered_without_the_tied_name(tmp_path: Path, key: paramseal.Key) -> None:
+    """An alias replaced by a copy: recover once dropped the alias and called the file recovered."""
+    torch.manual_seed(2)
+    src, out = tmp_path / "tied.pt", tmp_path / "sealed.pt"
+    torch.save(_Tied().state_dict(), src)
+    sealed = files.seal_file(src, out, key)
+    sd = torch.load(out, weights_only=True)
+    sd["head.weight"] = sd["emb.weight"].clone()  # the same values, no longer tied
+    torch.save(sd, tmp_path / "broken.pt")
+    rep = files.verify_file(tmp_path / "broken.pt", key)
+    assert rep.status == "tampered" and any("weight ties" in m for m in rep.metadata_issues)
+    res = files.recover_file(tmp_path / "broken.pt", tmp_path / "back.pt", key)  # the weights know the tie by digest
+    assert res.report.status == "unrecoverable" and res.path is None and not (tmp_path / "back.pt").exists()
+    res = files.recover_file(tmp_path / "broken.pt", tmp_path / "back.pt", key, header=sealed.header_json)
+    back = torch.load(tmp_path / "back.pt", weights_only=True)
+    assert res.report.status == "recovered" and list(back) == list(sd)
+    assert back["head.weight"].data_ptr() == back["emb.weight"].data_ptr()  # tied again
+    assert files.verify_file(tmp_path / "back.pt", key).status == "intact"
+
+
 def test_a_sealed_module_saved_with_torch_save_verifies_as_a_file(tmp_path: Path, key: paramseal.Key) -> None:
     import paramseal.torch as pst
 

@@ -233,14 +233,16 @@ def test_stripped_seal_header_is_not_sealed_with_a_hint(tmp_path: Path, sealed_f
     assert "stripped.safetensors" in err and "too small to carry its header" in err and "--header-from" in err
 
 
-def test_own_metadata_digest_is_set_only_beside_user_metadata_and_authenticated(key: paramseal.Key) -> None:
-    """``own_metadata_sha256``: the digest of ParamSeal's entries alone, when user entries are sealed too."""
+def test_own_metadata_digest_is_set_where_own_entries_are_sealed_and_authenticated(key: paramseal.Key) -> None:
+    """``own_metadata_sha256``: the digest of ParamSeal's entries alone (a tie, a graph digest)."""
     w = {"w": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)}
     tie = {"paramseal.tied": '[["v","w",1]]'}
     both = json.loads(paramseal.seal(w, key, metadata={**tie, "owner": "me"}).header_json)
     assert both["own_metadata_sha256"] == paramseal.header.metadata_digest(tie)
-    for alone in (tie, {"owner": "me"}, {}):  # one digest serves: no second field
-        assert "own_metadata_sha256" not in json.loads(paramseal.seal(w, key, metadata=alone).header_json)
+    alone = json.loads(paramseal.seal(w, key, metadata=tie).header_json)
+    assert alone["own_metadata_sha256"] == alone["user_metadata_sha256"]
+    for none in ({"owner": "me"}, {}):  # none of ParamSeal's own: no field
+        assert "own_metadata_sha256" not in json.loads(paramseal.seal(w, key, metadata=none).header_json)
     text = json.dumps(both)
     with pytest.raises(HeaderAuthError):  # under the MAC
         parse_header(_edit(text, lambda h: h.update(own_metadata_sha256=_bump_hex(h["own_metadata_sha256"]))), key)

@@ -81,10 +81,11 @@ class Header:
 
     @property
     def own_digest(self) -> str | None:
-        """SHA-256 of ParamSeal's own metadata entries (a weight tie, a graph digest), when the user's are sealed too.
+        """SHA-256 of ParamSeal's own metadata entries (a weight tie, a graph digest), None if there are none.
 
         A format that stores no user metadata (.pt) keeps only these: without the header's copy
-        of the metadata, this digest is what checks them. None when the two digests would agree.
+        of the metadata, this digest is what checks them (a tie dropped, added or re-pointed).
+        Absent from seals before 2026-12-01: None then says nothing.
         """
         return self.own_metadata_digest if self.user_metadata is None else _own_digest(self.user_metadata)
 
@@ -121,7 +122,7 @@ class Header:
                 body["header_copies"] = self.copies
             if self.st_room:  # absent where no file was written (and from older seals)
                 body["safetensors_header_bytes"] = self.st_room
-            if (own := self.own_digest) is not None:  # absent unless both kinds of entry are sealed
+            if (own := self.own_digest) is not None:  # absent where none were sealed
                 body["own_metadata_sha256"] = own
         if self.irs:
             body["strata"] = self.strata
@@ -267,7 +268,7 @@ def parse_header(text: str, key: Key) -> Header:
 
 def _own_digest(meta: dict[str, str]) -> str | None:
     own = own_entries(meta)
-    return metadata_digest(own) if own and len(own) < len(meta) else None
+    return metadata_digest(own) if own else None
 
 
 def _hex_digest(value: object) -> str | None:

@@ -206,12 +206,13 @@ def check(
     if header.user_metadata is None:  # read from the weights: only the metadata's digest is known
         notes.append("the seal header was read from the weights (the file carries none in its metadata)")
         meta = []
-        own = header.own_digest  # set when ParamSeal's entries (a tie) were sealed beside the user's
+        own = header.own_digest  # set when ParamSeal's own entries (a tie) were sealed
         if metadata_kept is False and own is not None and metadata is not None:
             # a .pt keeps the tie, not the user's keys: the tie is checked against its own digest
             mine = dict(metadata)
             meta = [] if mine == own_entries(mine) and metadata_digest(mine) == own else [_OWN_DIFFERS]
-            notes.append("this format stores no user metadata: the sealed user keys were not checked")
+            if own != header.digest:
+                notes.append("this format stores no user metadata: the sealed user keys were not checked")
         elif metadata:
             meta = [] if metadata_digest(dict(metadata)) == header.digest else [_META_DIFFERS]
         elif header.digest == metadata_digest({}):
