@@ -153,14 +153,73 @@ def test_resume_skips_finished_runs(tiny: tuple[Path, object], tmp_path: Path) -
     out, _ = tiny
     again = run_eval(BATTERIES["tiny"], out, progress=False)
     assert again.new_runs == 0 and again.runs == BATTERIES["tiny"].size()
-    # an interrupted run: drop two finished lines (and tear the last one); only those are redone
+    # an interrupted run: drop two finished BF16 lines (and tear the last one); BF16 is redone on a new seal, F32 not
     lines = (out / "results.jsonl").read_text().splitlines()
-    keep = [ln for ln in lines if "zero-tensor" not in ln and "bitflip" not in ln]
+    keep = [ln for ln in lines if "BF16" not in ln or ("zero-tensor" not in ln and "bitflip" not in ln)]
     (out / "results.jsonl").write_text("\n".join(keep) + '\n{"id": "torn')
     redo = run_eval(BATTERIES["tiny"], out, progress=False)
-    assert redo.new_runs == len(lines) - len(keep)
+    assert redo.new_runs == BATTERIES["tiny"].size() // 2
     ids = [json.loads(ln)["id"] for ln in (out / "results.jsonl").read_text().splitlines() if ln.endswith("}")]
-    assert len(ids) == len(set(ids)) == BATTERIES["tiny"].size() + redo.configs
+    assert set(ids) == {r["id"] for r in json.loads((out / "results.json").read_text())["records"]}
+    assert len(ids) - len(set(ids)) == BATTERIES["tiny"].size() // 2 - 2 + 1  # BF16's kept runs and config, redone
+
+
+def test_resume_never_mixes_two_seals(tmp_path: Path) -> None:
+    # each session seals with a fresh key: a resumed config kept the first seal's record (metric_sealed, the
+    # measured change, the clean verify) while its new runs were made on the second seal
+    import io
+
+    from paramseal.evaluation import battery as bat
+    from paramseal.evaluation import metrics
+
+    b = Battery(
+        "t",
+        (
+            Plan(
+                "mlp",
+                ("F32", "BF16"),
+                ("standard",),
+                (0,),
+                (("bitflip", {"n": 10}), ("random-modify", {"fraction": 0.001}), ("zero-tensor", {})),
+            ),
+        ),
+    )
+    first = run_eval(b, tmp_path, progress=False, stream=io.StringIO())
+    assert first.new_runs == b.size() == 6
+    # interrupted after F32's config and first run: the rest of the file never written, the last line torn
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    before = {json.loads(ln)["id"]: json.loads(ln) for ln in lines}
+    cut = [ln for ln in lines if "BF16" in ln or "bitflip" in ln or '"config"' in ln]
+    (tmp_path / "results.jsonl").write_text("\n".join(cut) + '\n{"id": "mlp/F32/sta')
+    used: dict[str, tuple[str, float]] = {}  # run id -> the seal it was made on: its header, its measured change
+    one = bat.Runner._one
+
+    def spy(
+        self: bat.Runner, model: str, dtype: str, level: str, seed: int, a: bat.Attack, cfg: bat._Config
+    ) -> dict[str, object]:
+        change = metrics.max_relative_change(cfg.original, cfg.sealed.tensors)
+        used[bat.run_id(model, dtype, level, seed, a)] = (cfg.header, change)
+        return one(self, model, dtype, level, seed, a, cfg)
+
+    err = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bat.Runner, "_one", spy)
+        again = run_eval(b, tmp_path, progress=False, stream=err)
+    recs = {r["id"]: r for r in json.loads((tmp_path / "results.json").read_text())["records"]}
+    f32 = [r for i, r in recs.items() if "F32" in i]
+    # F32 is redone whole on one seal: its config record describes the seal its runs were made on
+    assert set(used) == {i for i in recs if i.startswith("mlp/F32/")} and len(set(used.values())) == 1
+    (header, change), *_ = used.values()
+    assert recs["config:mlp/F32/standard"]["measured_relative_change"] == change
+    assert recs["config:mlp/F32/standard"] != before["config:mlp/F32/standard"]
+    assert {r["seal"] for r in f32} == {bat.seal_id(header)} and len(f32) == 4
+    assert (
+        recs["mlp/F32/standard/s0/bitflip_n=10"]["metric_recovered"] == recs["config:mlp/F32/standard"]["metric_sealed"]
+    )
+    assert "mlp/F32/standard" in err.getvalue() and "another seal" in err.getvalue()
+    # BF16 was complete: kept as it was, and not sealed again
+    assert again.new_runs == 3 and "BF16" not in err.getvalue()
+    assert all(recs[i] == before[i] for i in recs if "BF16" in i)
 
 
 def test_cli_eval_custom_battery(tmp_path: Path) -> None:

@@ -2,11 +2,15 @@
 
 Every run has an id built from everything that defines it; finished runs are appended to
 ``results.jsonl`` one line each, so an interrupted battery resumes where it stopped and a
-rerun of the same command skips what is done.
+rerun of the same command skips what is done. Each session seals with a fresh key, so every
+record carries the identity of the seal it measured (:func:`seal_id`, never the key): on resume
+a configuration whose saved records come from another seal is redone whole, and figures from
+two seals are never mixed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import tempfile
@@ -180,6 +184,11 @@ def run_id(model: str, dtype: str, level: str, seed: int, a: Attack) -> str:
     return f"{model}/{dtype}/{level}/s{seed}/{label(a).replace(' ', '_')}"
 
 
+def seal_id(header_json: str) -> str:
+    """The identity of one seal: a digest of its header (salt, key fingerprint, MACs; never the key)."""
+    return hashlib.sha256(header_json.encode()).hexdigest()[:16]
+
+
 @dataclass
 class _Config:
     """One sealed model (model, dtype, level) and its reference metrics."""
@@ -188,6 +197,11 @@ class _Config:
     sealed: Loaded
     header: str
     record: dict[str, Any]
+
+    @property
+    def seal(self) -> str:
+        """The seal identity its records carry."""
+        return seal_id(self.header)
 
 
 @dataclass
@@ -246,14 +260,15 @@ class Runner:
         sealed = SealConfig(level=level).seal(original, self.key)
         seal_s = time.monotonic() - t0
         loaded = Loaded(dict(sealed.tensors), {METADATA_KEY: sealed.header_json})
-        cid = f"config:{model}/{dtype}/{level}"
+        cid, seal = f"config:{model}/{dtype}/{level}", seal_id(sealed.header_json)
         rec = done.get(cid)
-        if rec is None:
+        if rec is None or rec.get("seal") != seal:  # a record of another seal describes another sealed model
             clean = report_of(check(sealed.tensors, self.key, sealed.header_json, metadata={}))
             k = bits_for(dtype, level, None)
             rec = {
                 "id": cid,
                 "type": "config",
+                "seal": seal,
                 "model": model,
                 "dtype": dtype,
                 "level": level,
@@ -284,33 +299,53 @@ class Runner:
         done = self.done()
         total, i, t0 = battery.size(), 0, time.monotonic()
         show = self.stream.isatty() if self.progress is None else self.progress
+        groups: dict[tuple[str, str, str], list[tuple[str, int, Attack]]] = {}
         for plan, dt, lv, seed, a in battery.runs():
-            i += 1
-            rid = run_id(plan.model, dt, lv, seed, a)
-            if rid in done:
+            groups.setdefault((plan.model, dt, lv), []).append((run_id(plan.model, dt, lv, seed, a), seed, a))
+        for (model, dt, lv), runs in groups.items():
+            cid = f"config:{model}/{dt}/{lv}"
+            saved = [done[r] for r in (cid, *(rid for rid, _, _ in runs)) if r in done]
+            seals = {r.get("seal") for r in saved}
+            if len(saved) == len(runs) + 1 and len(seals) == 1 and None not in seals:
+                i += len(runs)  # complete, and all from one seal: nothing to seal or redo
                 continue
-            cfg = self._config(plan.model, dt, lv, done)
-            done.setdefault(cfg.record["id"], cfg.record)
-            rec = self._one(plan.model, dt, lv, seed, a, cfg)
-            rec["id"] = rid
-            self._save(rec)
-            done[rid] = rec
-            if on_run:
-                on_run(rec)
-            if show:
-                el = time.monotonic() - t0
-                self.stream.write(f"\reval [{i}/{total}] {el:6.0f}s  {rid[:70]:<70}")
-                self.stream.flush()
+            cfg = self._config(model, dt, lv, done)
+            if stale := [r for r in saved if r.get("seal") != cfg.seal]:
+                self._say(
+                    f"{cid[7:]}: {len(stale)} saved record(s) come from another seal (an earlier session's key) "
+                    "or name none; redoing its configuration record and runs on this session's seal",
+                    show,
+                )
+            done[cid] = cfg.record
+            for rid, seed, a in runs:
+                i += 1
+                if rid in done and done[rid].get("seal") == cfg.seal:
+                    continue
+                rec = self._one(model, dt, lv, seed, a, cfg)
+                rec["id"] = rid
+                self._save(rec)
+                done[rid] = rec
+                if on_run:
+                    on_run(rec)
+                if show:
+                    el = time.monotonic() - t0
+                    self.stream.write(f"\reval [{i}/{total}] {el:6.0f}s  {rid[:70]:<70}")
+                    self.stream.flush()
         if show:
             self.stream.write(f"\reval done: {total} runs in {time.monotonic() - t0:.0f}s{' ' * 80}\n")
         wanted = {run_id(p.model, d, lv, s, a) for p, d, lv, s, a in battery.runs()}
         wanted |= {f"config:{p.model}/{d}/{lv}" for p, d, lv, _, _ in battery.runs()}
         return [r for r in done.values() if r["id"] in wanted]
 
+    def _say(self, msg: str, show: bool) -> None:
+        self.stream.write(("\n" if show else "") + f"eval: {msg}\n")  # below the progress line, not over it
+        self.stream.flush()
+
     def _one(self, model: str, dtype: str, level: str, seed: int, a: Attack, cfg: _Config) -> dict[str, Any]:
         kind, opts = a
         rec: dict[str, Any] = {
             "type": "run",
+            "seal": cfg.seal,
             "model": model,
             "dtype": dtype,
             "level": level,
