@@ -93,7 +93,8 @@ def test_header_attacks_are_verified_and_recovered_as_files_are(tmp_path: Path) 
     for mode in ("strip", "edit"):
         attacked, _ = attack(cfg.sealed, AttackSpec("metadata", mode=mode))
         got[mode] = _header_attacked(cfg, attacked, key)
-    assert got["strip"] == {"status": "intact", "detected": False, "detection": "intact", "recovered": True}
+    noted = "intact, noted: the seal header was read from the weights"  # the weights are intact; verify says how
+    assert got["strip"] == {"status": "intact", "detected": True, "detection": noted, "recovered": True}
     assert got["edit"] == {"status": "tampered", "detected": True, "detection": "tampered", "recovered": True}
 
 

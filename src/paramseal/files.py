@@ -48,6 +48,7 @@ from .report import Report
 from .seal import SealConfig, probe_header, seal_flat, use_irs, with_non_finite, write_blocks
 from .verify import (
     GRAPH_EDITED,
+    HEADER_FROM_WEIGHTS,
     NOT_SEALED_WARNING,
     Check,
     HeaderOnlyInMetadata,
@@ -271,7 +272,7 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
             return _Found(copy, derived, True)  # all the metadata sealed was the graph's digest: nothing is lost
         if kept and not meta and parse_header(copy, key).digest == metadata_digest({}):
             # the file had the header alone in its metadata, which was stripped: recover writes it back
-            why = "the seal header was read from the weights (the file's metadata, which held it alone, was stripped); "
+            why = f"{HEADER_FROM_WEIGHTS} (the file's metadata, which held it alone, was stripped); "
             why += "recover writes it back"
             return _Found(_restored(copy, {}, key), {}, False, notes=[why])
         if not meta or not kept:  # none stored (a conversion, a re-save: check judges what was lost), or

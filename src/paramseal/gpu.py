@@ -62,7 +62,7 @@ from .keys import Key
 from .levels import BLOCK
 from .report import Report
 from .torch import module_tensors
-from .verify import Check, header_from_weights, report_of
+from .verify import HEADER_FROM_WEIGHTS, Check, header_from_weights, report_of
 from .verify import verify as cpu_verify
 
 _torch = import_torch("paramseal.gpu")
@@ -229,7 +229,7 @@ class GpuVerifier:
             blocks = [_model.blocks_of(arrays[s.name], s, copy=False) for s in self._specs]
         notes: list[str] = []
         if self._header.user_metadata is None:  # as verify.check words it, for a module without metadata
-            notes.append("the seal header was read from the weights (the file carries none in its metadata)")
+            notes.append(f"{HEADER_FROM_WEIGHTS} (the file carries none in its metadata)")
             if self._header.digest != metadata_digest({}):
                 notes.append("the file's metadata was stripped; the weights were checked, the metadata could not be")
         chk = Check(

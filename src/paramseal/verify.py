@@ -204,7 +204,7 @@ def check(
         n = sum(chosen)
         notes.append(f"partial verification: {n} of {len(specs)} tensors match '{select}'; only they were checked")
     if header.user_metadata is None:  # read from the weights: only the metadata's digest is known
-        notes.append("the seal header was read from the weights (the file carries none in its metadata)")
+        notes.append(f"{HEADER_FROM_WEIGHTS} (the file carries none in its metadata)")
         meta = []
         own = header.own_digest  # set when ParamSeal's own entries (a tie) were sealed
         if metadata_kept is False and own is not None and metadata is not None:
@@ -237,6 +237,7 @@ def check(
     return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved), picked)
 
 
+HEADER_FROM_WEIGHTS = "the seal header was read from the weights"  # a note: the metadata held no header
 GRAPH_EDITED = (
     "the model's graph (its nodes, their inputs and attributes, the model's inputs and outputs) is not the one "
     "sealed; ParamSeal restores values, not graphs: take the sealed model from a kept copy"
@@ -460,6 +461,7 @@ def verify(
 
 __all__ = [
     "GRAPH_EDITED",
+    "HEADER_FROM_WEIGHTS",
     "HEADER_HINT",
     "NOT_SEALED_WARNING",
     "Check",

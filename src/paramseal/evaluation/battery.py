@@ -33,7 +33,7 @@ from ..levels import LEVELS, bits_for, capacity
 from ..recover import recover_from
 from ..report import Report
 from ..seal import SealConfig
-from ..verify import check, report_of
+from ..verify import HEADER_FROM_WEIGHTS, check, report_of
 from . import metrics
 from .models import MODELS, TaskModel, get_model
 
@@ -459,13 +459,21 @@ def _header_attacked(cfg: _Config, attacked: Loaded, key: Key) -> dict[str, Any]
         src, dst = Path(d) / "attacked.safetensors", Path(d) / "recovered.safetensors"
         write_model(src, attacked)
         try:
-            status = verify_file(src, key).status
+            rep = verify_file(src, key)
             res = recover_file(src, dst, key).report
         except ParamSealError as e:
             return {"detected": True, "detection": f"refused: {type(e).__name__}", "recovered": False}
         # recovered: the sealed weights, bit for bit, in a file that verifies (its header in metadata or weights)
         exact = res.ok and _same(read_model(dst).tensors, cfg.sealed.tensors) and verify_file(dst, key).ok
-    return {"status": status, "detected": status != "intact", "detection": status, "recovered": exact}
+    # a stripped header leaves the weights intact: verify says so, and says the header came from the weights
+    noted = rep.status == "intact" and any(HEADER_FROM_WEIGHTS in n for n in rep.notes)
+    detection = f"{rep.status}, noted: {HEADER_FROM_WEIGHTS}" if noted else rep.status
+    return {
+        "status": rep.status,
+        "detected": rep.status != "intact" or noted,
+        "detection": detection,
+        "recovered": exact,
+    }
 
 
 def _nothing_located() -> Report:
