@@ -214,11 +214,17 @@ def test_module_sealed_in_memory_verifies_after_a_state_dict_round_trip(tmp_path
     assert arr.dtype == np.float32 and arr.shape == (512, 512)
 
 
+def _tied_abc(seed: int, n: int) -> nn.ModuleDict:
+    """Three n x n linear layers, c tied to a."""
+    torch.manual_seed(seed)
+    net = nn.ModuleDict({name: nn.Linear(n, n, bias=False) for name in "abc"})
+    net["c"].weight = net["a"].weight
+    return net
+
+
 def test_re_pointed_or_broken_tie_is_tampering_and_recover_reties(key: paramseal.Key) -> None:
     """A tie is sealed (metadata ``paramseal.tied``): verify_module must not call a re-pointed one intact."""
-    torch.manual_seed(5)
-    net = nn.ModuleDict({n: nn.Linear(128, 128, bias=False) for n in "abc"})
-    net["c"].weight = net["a"].weight
+    net = _tied_abc(5, 128)
     header = pst.seal_module(net, key).header_json
     net["c"].weight = net["b"].weight  # c now computes with b's weights
     rep = pst.verify_module(net, key, header)
@@ -236,9 +242,7 @@ def test_a_pt_saved_from_a_module_sealed_with_user_metadata_verifies_with_its_he
     tmp_path: Path, key: paramseal.Key
 ) -> None:
     """A .pt holds no user metadata: with the header given, the sealed keys it lacks are a note; the tie counts."""
-    torch.manual_seed(6)
-    net = nn.ModuleDict({n: nn.Linear(128, 128, bias=False) for n in "abc"})
-    net["c"].weight = net["a"].weight
+    net = _tied_abc(6, 128)
     header = pst.seal_module(net, key, metadata={"owner": "me"}).header_json
     torch.save(net.state_dict(), tmp_path / "net.pt")
     rep = files.verify_file(tmp_path / "net.pt", key, header=header)
@@ -262,9 +266,7 @@ def test_a_pt_saved_from_a_module_sealed_with_user_metadata_verifies_without_its
     tmp_path: Path, key: paramseal.Key
 ) -> None:
     """The copy in the weights carries the ties' own digest: the untouched .pt is intact, a re-pointed tie is not."""
-    torch.manual_seed(7)
-    net = nn.ModuleDict({n: nn.Linear(512, 512, bias=False) for n in "abc"})
-    net["c"].weight = net["a"].weight
+    net = _tied_abc(7, 512)
     pst.seal_module(net, key, metadata={"owner": "me"})
     torch.save(net.state_dict(), tmp_path / "net.pt")
     rep = files.verify_file(tmp_path / "net.pt", key)
@@ -283,9 +285,7 @@ def test_a_pt_saved_from_a_module_sealed_with_user_metadata_verifies_without_its
 
 def test_re_pointed_tie_is_tampering_without_the_header_too(key: paramseal.Key) -> None:
     """Sealed with ties alone, the metadata's digest covers exactly the ties: the module's are compared to it."""
-    torch.manual_seed(8)
-    net = nn.ModuleDict({n: nn.Linear(512, 512, bias=False) for n in "abc"})
-    net["c"].weight = net["a"].weight
+    net = _tied_abc(8, 512)
     pst.seal_module(net, key)
     assert pst.verify_module(net, key).status == "intact"
     net["c"].weight = net["b"].weight
