@@ -248,3 +248,18 @@ def test_own_metadata_digest_is_set_where_own_entries_are_sealed_and_authenticat
         parse_header(_edit(text, lambda h: h.update(own_metadata_sha256=_bump_hex(h["own_metadata_sha256"]))), key)
     embedded = parse_header(parse_header(text, key).to_json(key, embedded=True), key)
     assert embedded.user_metadata is None and embedded.own_digest == both["own_metadata_sha256"]
+
+
+def test_seal_from_before_own_metadata_digest_with_own_entries_authenticates(key: paramseal.Key) -> None:
+    """A seal made before ``own_metadata_sha256`` (every ONNX seal has ``paramseal.graph``) still verifies."""
+    w = {"w": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)}
+    meta = {"paramseal.graph": "ab" * 32, "owner": "me"}
+
+    def as_before(h: dict) -> None:  # the field absent, the MAC as the older ParamSeal computed it
+        del h["own_metadata_sha256"], h["hmac"]
+        copy = h.pop("user_metadata")
+        h["hmac"] = paramseal.header._mac(key, h)
+        h["user_metadata"] = copy
+
+    old = _edit(paramseal.seal(w, key, metadata=meta).header_json, as_before)
+    assert parse_header(old, key).user_metadata == meta

@@ -215,7 +215,8 @@ def parse_header(text: str, key: Key) -> Header:
             not isinstance(meta_copy, dict)
             or not all(isinstance(v, str) for v in meta_copy.values())
             or metadata_digest(meta_copy) != body.get("user_metadata_sha256")
-            or _own_digest(meta_copy) != body.get("own_metadata_sha256")
+            # absent from seals made before the field: their full digest above covers these entries
+            or ("own_metadata_sha256" in body and _own_digest(meta_copy) != body["own_metadata_sha256"])
         ):
             raise HeaderAuthError(
                 "the ParamSeal header does not authenticate: its copy of the user metadata was edited"
