@@ -263,3 +263,24 @@ def test_seal_from_before_own_metadata_digest_with_own_entries_authenticates(key
 
     old = _edit(paramseal.seal(w, key, metadata=meta).header_json, as_before)
     assert parse_header(old, key).user_metadata == meta
+
+
+def test_seal_from_before_own_metadata_digest_serialises_as_sealed(key: paramseal.Key) -> None:
+    """Recover writes an older header back (in the metadata and in the weights) without the newer field.
+
+    With it, the copy in the weights outgrew the room reserved for it (recover crashed on every
+    older ONNX seal) and would not be the sealed bytes.
+    """
+    w = {"w": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)}
+    sealed = paramseal.seal(w, key, metadata={"paramseal.graph": "ab" * 32})
+
+    def as_before(h: dict) -> None:
+        del h["own_metadata_sha256"], h["hmac"]
+        copy = h.pop("user_metadata")
+        h["hmac"] = paramseal.header._mac(key, h)
+        h["user_metadata"] = copy
+
+    old = _edit(sealed.header_json, as_before)
+    header = parse_header(old, key)
+    assert header.to_json(key) == old
+    assert "own_metadata_sha256" not in json.loads(header.to_json(key, embedded=True))

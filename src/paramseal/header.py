@@ -52,6 +52,8 @@ class Header:
     user_metadata: dict[str, str] | None = field(default_factory=dict)
     metadata_digest: str | None = None  # v2: set when user_metadata is None
     own_metadata_digest: str | None = None  # v2: likewise, the digest of ParamSeal's own entries (`own_digest`)
+    #: False for a seal made before own_metadata_sha256: written back without it, as sealed (its MAC, its room)
+    own_field: bool = True
     carriers: tuple[int, ...] = ()  # v2: tensors holding a copy of this header in their weights
     scheme: str = SCHEME
     block: int = BLOCK
@@ -122,7 +124,7 @@ class Header:
                 body["header_copies"] = self.copies
             if self.st_room:  # absent where no file was written (and from older seals)
                 body["safetensors_header_bytes"] = self.st_room
-            if (own := self.own_digest) is not None:  # absent where none were sealed
+            if self.own_field and (own := self.own_digest) is not None:  # absent where none were sealed
                 body["own_metadata_sha256"] = own
         if self.irs:
             body["strata"] = self.strata
@@ -250,6 +252,7 @@ def parse_header(text: str, key: Key) -> Header:
             user_metadata=None if user_meta is None else {str(k): str(v) for k, v in user_meta.items()},
             metadata_digest=None if v1 else str(body["user_metadata_sha256"]),
             own_metadata_digest=None if user_meta is not None else _hex_digest(body.get("own_metadata_sha256")),
+            own_field="own_metadata_sha256" in body,
             carriers=() if v1 else tuple(int(i) for i in body["carriers"]),
             scheme=str(body["scheme"]),
             block=int(body["block"]),
