@@ -507,3 +507,15 @@ def test_two_copies_twelve_bytes_apart_are_rebuilt_within_the_bound(
         t = helpers.flip_bit(t, b, _text_value(35 + 50 * i), 1)
     assert 12 <= _embed.MERGE_BYTES and 50 * 6 + 35 < n
     assert header_from_weights(t, key) == dict(_embed.header_copies(sealed_bare.tensors))[a]
+
+
+def test_a_model_too_small_for_a_copy_beside_a_larger_non_finite_tensor_says_so(key: paramseal.Key) -> None:
+    """A tensor sealed as data for its NaN/Inf never held a record: its size says nothing of a lost copy."""
+    rng = np.random.default_rng(0)
+    mask = np.triu(np.full((512, 512), -np.inf, np.float32), 1)  # larger than the one tensor with bits
+    sealed = paramseal.SealConfig(code="lanes").seal(
+        {"mask": mask, "w": rng.standard_normal((128, 128), np.float32)}, key
+    )
+    assert sealed.header.carriers == () and sealed.header.tensors[0].k == 0
+    with pytest.raises(NotSealedError, match="too small to carry its header"):  # not "tampered with"
+        header_from_weights(sealed.tensors, key)

@@ -212,11 +212,12 @@ def sealed_traces(tensors: Mapping[str, NDArray[np.generic]]) -> tuple[int, bool
 
     recs = {n: f for n, f in found.items() if f is not None}
     known = {n: room(n, f.k) for n, f in recs.items()}
-    lost = [
-        room(n, FLOATS[dtype_name(np.asarray(a).dtype)].mantissa - 1)
-        for n, a in tensors.items()
-        if found[n] is None and _float(np.asarray(a))
-    ]
+    from .seal import non_finite  # seal imports this module
+
+    bare = {n: np.asarray(a) for n, a in tensors.items() if found[n] is None and _float(np.asarray(a))}
+    # a tensor holding NaN or Inf was sealed as data (k=0): it never had a record to lose
+    plain = non_finite(bare) if bare else frozenset()
+    lost = [room(n, FLOATS[dtype_name(a.dtype)].mantissa - 1) for n, a in bare.items() if n not in plain]
     top = max(known, key=lambda n: known[n], default=None)
     never = top is not None and not recs[top].header and known[top] >= max(lost, default=0)
     return len(known), never
