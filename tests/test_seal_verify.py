@@ -149,6 +149,13 @@ def test_a_model_whose_only_floats_hold_nan_is_refused(key: paramseal.Key) -> No
     assert ei.value.exit_code == 3
 
 
+def test_irs_refused_for_a_nan_tensor_says_why(key: paramseal.Key) -> None:
+    """A NaN tensor sealed as data can tip the model past irs's quarter: the refusal names that cause."""
+    w = {"mask": np.full(4096, -np.inf, np.float32), "w": np.ones(4096, np.float32)}
+    with pytest.raises(UnsupportedError, match="holding NaN/Inf, sealed as data"):
+        paramseal.SealConfig(code="irs").seal(w, key)
+
+
 def test_empty_model_is_refused(key: paramseal.Key) -> None:
     with pytest.raises(UsageError, match="empty model"):
         paramseal.seal({}, key)

@@ -65,8 +65,8 @@ class SealConfig:
         if self.code == "irs" and not _strata.applies(specs):
             raise UnsupportedError(
                 "the irs code needs every float tensor in fp32 with --bits 8, 12 or 16 (standard and strong "
-                "levels), and integer tensors (and float tensors under 64 values, sealed as data) under a "
-                "quarter of the model; use --code lanes"
+                "levels), and integer tensors (and float tensors under 64 values or holding NaN/Inf, sealed as "
+                "data) under a quarter of the model; use --code lanes"
             )
         if use_irs(specs, self.code, self.lanes):
             specs = _strata.as_data(specs)  # `applies` judged this table: seal_flat makes the same choice

@@ -93,8 +93,8 @@ def seal_module(
 ) -> ModuleSeal:
     """Seal ``module`` in place (its low mantissa bits change once) and return the header to keep.
 
-    Raises like :func:`paramseal.seal` (for example UnsupportedError on NaN/Inf);
-    on error the module is left unchanged.
+    Raises like :func:`paramseal.seal` (for example UnsupportedError when every float tensor
+    holds NaN/Inf); on error the module is left unchanged.
     """
     live, tied = untie(_state(module))
     # the tied names are sealed as the .pt reader finds them: torch.save(module.state_dict()) then verifies
