@@ -319,6 +319,18 @@ def test_a_broken_tie_is_never_written_as_recovered_without_the_tied_name(tmp_pa
     assert files.verify_file(tmp_path / "back.pt", key).status == "intact"
 
 
+def test_a_header_grown_by_tags_kept_in_it_is_named_when_a_pt_cannot_hold_it(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """A -inf mask is sealed as data: its block tags go into the header, which a small .pt may not hold."""
+    rng = np.random.default_rng(3)
+    model = {"w": rng.standard_normal((512, 512)).astype(np.float32), "mask": np.full((512, 512), -np.inf, np.float32)}
+    src = helpers.write_st(tmp_path / "m.safetensors", model)
+    rc, _, err = helpers.run_cli(["seal", src, tmp_path / "s.pt", "--key", key_file])
+    assert rc == 3 and "keeping their block tags in it" in err and "Traceback" not in err, err
+    assert not (tmp_path / "s.pt").exists()
+
+
 def test_a_sealed_module_saved_with_torch_save_verifies_as_a_file(tmp_path: Path, key: paramseal.Key) -> None:
     import paramseal.torch as pst
 

@@ -223,3 +223,6 @@ def test_the_same_model_is_written_to_the_same_bytes_and_read_back_by_the_librar
     got = files.read_model(a)
     assert got.metadata == meta
     assert int.from_bytes(a.read_bytes()[:8], "little") % 8 == 0  # the data section starts 8-byte aligned
+    big = tmp_path / "big.safetensors"  # safetensors is little-endian: a big-endian array is byte-swapped
+    files.write_model(big, Loaded({"w": np.arange(5, dtype=">f4")}, {}))
+    assert load_file(str(big))["w"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]

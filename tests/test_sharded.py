@@ -378,6 +378,14 @@ def test_errors_name_the_output_folder_and_in_place_is_refused_for_folders(
     assert f"cannot write '{out / SHARDS[0]}'" in str(e.value) and ".tmp" not in str(e.value)
 
 
+def test_a_shard_that_cannot_be_sealed_is_named(tmp_path: Path, checkpoint: Path, key_file: Path) -> None:
+    t, meta = helpers.read_st(checkpoint / SHARDS[1])
+    helpers.write_st(checkpoint / SHARDS[1], {n: np.full_like(a, np.nan) for n, a in t.items()}, meta)
+    rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "out", "--key", key_file])
+    assert rc == 3 and f"shard '{SHARDS[1]}'" in err and "NaN or Inf" in err and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_folder_output_named_like_a_model_file_is_refused(tmp_path: Path, checkpoint: Path, key_file: Path) -> None:
     """'seal ckpt out.safetensors' made a folder called out.safetensors, which no loader reads as one file."""
     rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "out.safetensors", "--key", key_file])

@@ -268,9 +268,10 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
                 f"'paramseal seal' if it never was. {NOT_SEALED_WARNING}"
             ) from None
         derived = {GRAPH_KEY: loaded.graph} if loaded.graph is not None else {}
-        if not meta and derived and metadata_digest(derived) == parse_header(copy, key).digest:
+        sealed_digest = parse_header(copy, key).digest
+        if not meta and derived and metadata_digest(derived) == sealed_digest:
             return _Found(copy, derived, True)  # all the metadata sealed was the graph's digest: nothing is lost
-        if kept and not meta and parse_header(copy, key).digest == metadata_digest({}):
+        if kept and not meta and sealed_digest == metadata_digest({}):
             # the file had the header alone in its metadata, which was stripped: recover writes it back
             why = f"{HEADER_FROM_WEIGHTS} (the file's metadata, which held it alone, was stripped); "
             why += "recover writes it back"

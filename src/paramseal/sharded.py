@@ -39,6 +39,7 @@ from .errors import (
     MissingDependencyError,
     OutputError,
     ParamSealError,
+    UnsupportedError,
     UsageError,
     cannot_write,
     io_failure,
@@ -228,9 +229,12 @@ def _seal_one(
     src: Path, dst: Path, key: Key, level: str, bits: int | None, record: str, code: str | None, reseal: bool
 ) -> str:
     meta = {SET_KEY: record}
-    return files.seal_file(
-        src, dst, key, level=level, bits=bits, extra_metadata=meta, code=code, reseal=reseal
-    ).header_json
+    try:
+        return files.seal_file(
+            src, dst, key, level=level, bits=bits, extra_metadata=meta, code=code, reseal=reseal
+        ).header_json
+    except UnsupportedError as e:  # it names a tensor, or the model: say which shard
+        raise UnsupportedError(f"shard '{src.name}': {e}") from None
 
 
 def seal_dir(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .._embed import header_copies
 from ..errors import UsageError
-from ..header import METADATA_KEY
+from ..header import METADATA_KEY, peek_header
 from .base import Loaded
 
 
@@ -18,10 +18,14 @@ def require_header_in_weights(loaded: Loaded, fmt: str) -> None:
     if METADATA_KEY not in loaded.metadata or header_copies(loaded.tensors):
         return
     n = sum(int(a.size) for a in loaded.tensors.values())
+    text = loaded.metadata[METADATA_KEY]
+    tags = peek_header(text).get("external_tags") or {}
+    # tensors sealed as data (integers, floats holding NaN/Inf) keep their block tags in the header
+    why = f", {len(tags)} tensor(s) keeping their block tags in it" if tags else ""
     raise UsageError(
-        f"this sealed model ({n} values) is too small to carry its seal header in its weights, and {fmt} files "
-        "have no metadata to hold it, so the output could never be verified; write .safetensors or .npz instead "
-        "(they keep the header in their metadata)"
+        f"this sealed model ({n} values) is too small to carry its seal header ({len(text)} bytes{why}) in its "
+        f"weights, and {fmt} files have no metadata to hold it, so the output could never be verified; write "
+        ".safetensors or .npz instead (they keep the header in their metadata)"
     )
 
 

@@ -50,12 +50,12 @@ class SafetensorsAdapter:
         return Loaded(tensors, meta)
 
     def write(self, path: Path, loaded: Loaded) -> None:
-        """Write as the library lays files out (widest dtypes first, then by name), with the metadata sorted.
+        """Write widest dtypes first, then by name (each tensor aligned), with the metadata sorted.
 
         The library keeps metadata in a hash map, whose order changes from run to run: the same
         model would give other bytes each time (a seeded attack, a conversion, a checksum kept).
         """
-        arrays = {k: _contiguous(v) for k, v in loaded.tensors.items()}
+        arrays = {k: _contiguous(_little(v)) for k, v in loaded.tensors.items()}
         order = sorted(arrays, key=lambda n: (-arrays[n].dtype.itemsize, n))
         entries = [(n, dtype_name(arrays[n].dtype), tuple(arrays[n].shape)) for n in order]
         meta = dict(sorted(loaded.metadata.items()))
@@ -67,6 +67,11 @@ class SafetensorsAdapter:
         except BaseException:
             w.abort()
             raise
+
+
+def _little(a: NDArray[np.generic]) -> NDArray[np.generic]:
+    """Little-endian, as safetensors stores every dtype (a big-endian array is byte-swapped)."""
+    return a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a
 
 
 def _contiguous(a: NDArray[np.generic]) -> NDArray[np.generic]:
