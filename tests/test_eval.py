@@ -105,7 +105,10 @@ def test_tiny_header_strip_is_refused_not_assumed(tiny: tuple[Path, object]) -> 
     # the MLP is too small to carry its header in its weights: verify refuses it (measured, not assumed)
     assert strip["detection"] == "refused: HeaderOnlyInMetadata" and strip["recovered"] is False
     page = (out / "page" / "results.md").read_text()
-    assert "**Edited or stripped ParamSeal header**: 2/2 runs detected, 0/2 recovered bit-exactly" in page
+    assert (
+        "**Edited or stripped ParamSeal header**: strip: 2/2 detected, 0/2 recovered bit-exactly "
+        "(verify: 2 refused: HeaderOnlyInMetadata)"
+    ) in page
 
 
 def test_page_claims_only_what_the_records_show(tiny: tuple[Path, object], tmp_path: Path) -> None:
@@ -312,3 +315,133 @@ def test_eval_output_folders_that_cannot_be_used_are_usage_errors(tmp_path: Path
         rc, _, err = helpers.run_cli(["eval", "--battery", "tiny", *argv])
         assert rc == 3 and msg in err and "Traceback" not in err, err
     assert not (tmp_path / "missing").exists() and not (tmp_path / "ev").exists()
+
+
+def _scattered(model: str, level: str, rates: dict[float, bool]) -> list[dict[str, object]]:
+    """Synthetic scattered random-modify runs: one seed per rate, recovered or not."""
+    return [
+        {
+            "type": "run",
+            "model": model,
+            "dtype": "F32",
+            "level": level,
+            "kind": "random-modify",
+            "label": f"random-modify p={p}",
+            "options": {"fraction": p},
+            "tampering_rate": p,
+            "changed_blocks": 50,
+            "total_blocks": 100,
+            "detected": True,
+            "recovered": ok,
+        }
+        for p, ok in rates.items()
+    ]
+
+
+def _config(model: str, level: str, **code: object) -> dict[str, object]:
+    return {
+        "id": f"config:{model}/F32/{level}",
+        "type": "config",
+        "model": model,
+        "dtype": "F32",
+        "level": level,
+        "k": 8,
+        "metric_original": {"accuracy": 0.9},
+        "metric_sealed": {"accuracy": 0.9},
+        **code,
+    }
+
+
+@pytest.mark.parametrize(
+    ("top", "ok", "want"),
+    [(0.2, False, "loses"), (0.2, True, "ties"), (0.3, True, "wins"), (0.1, True, "loses")],
+)
+def test_gao_verdict_follows_the_measured_scattered_rate(top: float, ok: bool, want: str) -> None:
+    # the page said "ParamSeal loses on scattered modification" next to 20% recovered at strong
+    from paramseal.evaluation import report
+
+    cfg = _config("mlp", "strong", code="irs4", contiguous_bound=0.34, scattered_bound=0.27)
+    runs = _scattered("mlp", "strong", {0.01: True, 0.05: True, top: ok})
+    text = report._claims(runs, {cfg["id"]: cfg})
+    assert report.verdict(max(p for p, o in {0.05: True, top: ok}.items() if o), report.GAO_SCATTERED) == want
+    assert f"ParamSeal **{want}** on mlp" in text
+    assert sum(f"**{v}**" in text for v in ("wins", "ties", "loses")) == 1
+    losses = report._losses(runs, {cfg["id"]: cfg})
+    assert ("below Gao et al.'s 20%" in losses) == (want == "loses")
+
+
+def test_scattered_loss_names_the_code_and_which_side_of_its_bound() -> None:
+    from paramseal.evaluation import report
+
+    lanes = _config("mlp", "light", code="lanes", contiguous_bound=0.1111, scattered_bound=0.001838)
+    irs = _config("cnn", "strong", code="irs4", contiguous_bound=0.3432, scattered_bound=0.2746)
+    runs = _scattered("mlp", "light", {0.001: True, 0.002: False}) + _scattered(
+        "cnn", "strong", {0.05: True, 0.2: False}
+    )
+    text = report._losses(runs, {c["id"]: c for c in (lanes, irs)})
+    assert "mlp light (lanes) 0.1% (fails at 0.2%): at 0.2%, 50% of blocks were tampered, and 0.2% is above" in text
+    assert "cnn strong (irs4) 5% (fails at 20%): at 20%, 50% of blocks were tampered, and 20% is below" in text
+    assert "the code's scattered bound 27.5% (contiguous 34.3%)" in text
+
+
+def test_bound_shown_is_the_one_of_the_code_the_model_was_sealed_with() -> None:
+    # section 3 gave the lane code's (k - 1/2)/(b - 1/2) for fp32 standard/strong, which irs4 seals
+    import numpy as np
+
+    from paramseal import _strata, files, levels
+    from paramseal.evaluation import report
+    from paramseal.evaluation.battery import seal_code
+    from paramseal.header import peek_header
+    from paramseal.keys import Key
+    from paramseal.seal import SealConfig
+
+    w = np.random.default_rng(0).standard_normal(120_000).astype(np.float32)
+    configs, runs = {}, []
+    for dt, cast in (("F32", np.float32), ("F16", np.float16)):
+        for level in ("light", "standard", "strong"):
+            sealed = SealConfig(level=level).seal({"w": w.astype(cast)}, Key.generate())
+            k = levels.bits_for(dt, level, None)
+            got = seal_code(sealed.header_json, dt, k)
+            h = peek_header(sealed.header_json)
+            if h["code"] == _strata.CODE_NAME:
+                assert (dt, level) in (("F32", "standard"), ("F32", "strong"))
+                cap = _strata.capacity(k, h["outer_host"])
+                assert got["code"] == "irs4" and got["outer_host"] == h["outer_host"]
+                assert got["contiguous_bound"] == round(cap["contiguous_bound"], 4)
+                assert got["scattered_bound"] == round(cap["scattered_radius"], 4)
+                assert got["contiguous_bound"] != round(levels.capacity(dt, k).erasure_bound, 4)
+            else:
+                assert got["code"] == "lanes"
+                assert got["contiguous_bound"] == round(levels.capacity(dt, k).erasure_bound, 4)
+            # the same figure inspect prints for the sealed file
+            assert got["contiguous_bound"] == files._caps({dt: k}, h.get("outer_host"))[dt]["contiguous_bound"]
+            c = {**_config("mlp", level, **got), "dtype": dt, "id": f"config:mlp/{dt}/{level}"}
+            configs[c["id"]] = c
+            runs += [{**r, "dtype": dt} for r in _scattered("mlp", level, {0.001: True})]
+    table = report._threshold_table(runs, configs)
+    for c in configs.values():
+        row = f"| mlp | {c['dtype']} | {c['level']} | {c['code']} | {report._pct(c['contiguous_bound'])} |"
+        assert row in table
+    assert "| mlp | F32 | standard | irs4 |" in table and "| mlp | F32 | light | lanes |" in table
+    del configs["config:mlp/F32/light"]["code"]  # a record from before the battery noted its code
+    assert "| mlp | F32 | light | not recorded | – | – |" in report._threshold_table(runs, configs)
+
+
+def test_header_rows_count_a_noted_strip_as_detected() -> None:
+    from paramseal.evaluation import report
+
+    noted = "intact, noted: the seal header was read from the weights"
+    meta = [
+        {"kind": "metadata", "options": {"mode": "strip"}, "detected": True, "detection": noted, "recovered": True},
+        {
+            "kind": "metadata",
+            "options": {"mode": "strip"},
+            "detected": True,
+            "detection": "refused: X",
+            "recovered": False,
+        },
+        {"kind": "metadata", "options": {"mode": "edit"}, "detected": True, "detection": "tampered", "recovered": True},
+    ]
+    text = report._header_text(meta)
+    assert "strip: 2/2 detected, 1/2 recovered bit-exactly (verify: 1 " + noted in text
+    assert "edit: 1/1 detected, 1/1 recovered" in text and "Weights changed in 0/3" in text

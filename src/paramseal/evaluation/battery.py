@@ -24,12 +24,14 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
+from .. import _strata
 from ..attacks import AttackSpec, attack, attack_file
 from ..errors import ParamSealError, UsageError
+from ..files import _caps
 from ..formats import Loaded
-from ..header import METADATA_KEY
+from ..header import METADATA_KEY, peek_header
 from ..keys import Key
-from ..levels import LEVELS, bits_for, capacity
+from ..levels import BLOCK, LEVELS, bits_for, capacity
 from ..recover import recover_from
 from ..report import Report
 from ..seal import SealConfig
@@ -179,6 +181,36 @@ def label(a: Attack) -> str:
     return " ".join(p for p in parts if p)
 
 
+def seal_code(header_json: str, dtype: str, k: int) -> dict[str, Any]:
+    """The code a model was sealed with, read from its header, and that code's bounds for ``dtype`` at ``k``.
+
+    The bounds are the ones ``paramseal inspect`` prints for the sealed file (fractions of parameters):
+    ``contiguous_bound`` for damage whose blocks the tags locate, ``scattered_bound`` for single values
+    changed at random. irs4's scattered figure is its per-group radius (a large model decodes only if every
+    group does, so it reaches a little less); the lane code's is the rate at which random single values hit
+    ``contiguous_bound`` of the 64-value blocks (each changed value spoils its block).
+    """
+    h = peek_header(header_json)
+    host = h.get("outer_host")
+    irs = h.get("code") == _strata.CODE_NAME and isinstance(host, int)
+    c = _caps({dtype: k}, host if irs else None)[dtype]
+    if c.get("code") == "irs":
+        return {
+            "code": "irs4",
+            "outer_host": host,
+            "contiguous_bound": c["contiguous_bound"],
+            "scattered_bound": c["scattered_radius_per_group"],
+        }
+    if "contiguous_bound" not in c:  # no bits carried (k = 0)
+        return {"code": "lanes", "contiguous_bound": 0.0, "scattered_bound": 0.0}
+    blocks = c["contiguous_bound"]
+    return {
+        "code": "lanes",
+        "contiguous_bound": blocks,
+        "scattered_bound": round(1 - (1 - blocks) ** (1 / BLOCK), 6),
+    }
+
+
 def run_id(model: str, dtype: str, level: str, seed: int, a: Attack) -> str:
     """The key of a run in the results file."""
     return f"{model}/{dtype}/{level}/s{seed}/{label(a).replace(' ', '_')}"
@@ -276,8 +308,7 @@ class Runner:
                 "parameters": sum(int(a.size) for a in original.values()),
                 "tensors": len(original),
                 "bound_relative_change": capacity(dtype, k).max_relative_change,
-                "erasure_bound": capacity(dtype, k).erasure_bound,
-                "error_bound": capacity(dtype, k).error_bound,
+                **seal_code(sealed.header_json, dtype, k),
                 "measured_relative_change": metrics.max_relative_change(original, sealed.tensors),
                 "metric_fp32": task.evaluate(w),
                 "metric_original": task.evaluate(original),

@@ -71,12 +71,13 @@ def recovery_curves(
                 xs = [p[0] for p in pts]
                 ax.plot(xs, [p[1] for p in pts], "o-", color=_COLORS[fam], ms=3, lw=1.2, label=name)
                 ax.plot(xs, [p[2] for p in pts], ":", color=_COLORS[fam], lw=1)
-        ax.axvline(c["erasure_bound"], color="k", lw=1, label="bound, positions known (k-½)/(b-½)")
-        ax.axvline(c["error_bound"], color="k", lw=1, ls="--", label="bound, positions unknown")
+        if "contiguous_bound" in c:  # the bounds of the code this configuration was sealed with
+            ax.axvline(c["contiguous_bound"], color="k", lw=1, label="bound of the sealed code: contiguous")
+            ax.axvline(c["scattered_bound"], color="k", lw=1, ls="--", label="bound of the sealed code: scattered")
         ax.set_xscale("log")
         ax.set_xlim(2e-4, 0.6)
         ax.set_ylim(-0.05, 1.05)
-        ax.set_title(f"{model} {dtype} {c['level']} (k={c['k']})", fontsize=8)
+        ax.set_title(f"{model} {dtype} {c['level']} (k={c['k']}, {c.get('code', 'code not recorded')})", fontsize=8)
         ax.set_xlabel("fraction of parameters changed", fontsize=7)
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("bit-exact recovery rate\n(dotted: fraction restored)", fontsize=7)
