@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import helpers
 import ml_dtypes
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import paramseal
-from paramseal import UnsupportedError, UsageError
+from paramseal import UnsupportedError, UsageError, files
 from paramseal.levels import max_subnormal_change
 
 
@@ -141,6 +142,22 @@ def test_non_finite_tensors_are_sealed_as_data_and_still_protected(key: paramsea
     back = paramseal.recover(hit, key, s.header_json)
     assert back.report.status == "recovered"
     assert back.tensors["layer.7.weight"].tobytes() == m["layer.7.weight"].tobytes()
+
+
+def test_a_finite_model_is_sealed_without_a_scan_for_nan(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The NaN/Inf scan is an extra pass over the model: paid only when the seal meets one."""
+    import importlib
+
+    def scan(*_: object) -> frozenset[str]:
+        raise AssertionError("scanned a finite model for NaN/Inf")
+
+    monkeypatch.setattr(importlib.import_module("paramseal.seal"), "non_finite", scan)
+    m = {"w": np.random.default_rng(1).standard_normal((512, 512)).astype(np.float32)}
+    src = helpers.write_st(tmp_path / "m.safetensors", m)
+    files.seal_file(src, tmp_path / "s.safetensors", key)
+    assert files.verify_file(tmp_path / "s.safetensors", key).status == "intact"
 
 
 def test_a_model_whose_only_floats_hold_nan_is_refused(key: paramseal.Key) -> None:

@@ -212,15 +212,21 @@ def sealed_traces(tensors: Mapping[str, NDArray[np.generic]]) -> tuple[int, bool
 
     recs = {n: f for n, f in found.items() if f is not None}
     known = {n: room(n, f.k) for n, f in recs.items()}
+    top = max(known, key=lambda n: known[n], default=None)
+    if top is None or recs[top].header:  # never sealed (seal asks this of every model), or a copy is there
+        return len(known), False
     from .seal import non_finite  # seal imports this module
 
-    bare = {n: np.asarray(a) for n, a in tensors.items() if found[n] is None and _float(np.asarray(a))}
-    # a tensor holding NaN or Inf was sealed as data (k=0): it never had a record to lose
-    plain = non_finite(bare) if bare else frozenset()
-    lost = [room(n, FLOATS[dtype_name(a.dtype)].mantissa - 1) for n, a in bare.items() if n not in plain]
-    top = max(known, key=lambda n: known[n], default=None)
-    never = top is not None and not recs[top].header and known[top] >= max(lost, default=0)
-    return len(known), never
+    # tensors without a record that could have had more room (at any k) than the one with the most
+    bigger = {
+        n: np.asarray(a)
+        for n, a in tensors.items()
+        if found[n] is None
+        and _float(np.asarray(a))
+        and room(n, FLOATS[dtype_name(np.asarray(a).dtype)].mantissa - 1) > known[top]
+    }
+    # one holding NaN or Inf was sealed as data (k=0): it never had a record to lose (read only if needed)
+    return len(known), not bigger or set(bigger) <= non_finite(bigger)
 
 
 def _float(a: NDArray[np.generic]) -> bool:
