@@ -354,7 +354,7 @@ def _config(model: str, level: str, **code: object) -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("top", "ok", "want"),
-    [(0.2, False, "loses"), (0.2, True, "ties"), (0.3, True, "wins"), (0.1, True, "loses")],
+    [(0.2, False, "loses"), (0.2, True, "ties"), (0.3, True, "wins"), (0.1, False, "loses")],
 )
 def test_gao_verdict_follows_the_measured_scattered_rate(top: float, ok: bool, want: str) -> None:
     # the page said "ParamSeal loses on scattered modification" next to 20% recovered at strong
@@ -363,7 +363,8 @@ def test_gao_verdict_follows_the_measured_scattered_rate(top: float, ok: bool, w
     cfg = _config("mlp", "strong", code="irs4", contiguous_bound=0.34, scattered_bound=0.27)
     runs = _scattered("mlp", "strong", {0.01: True, 0.05: True, top: ok})
     text = report._claims(runs, {cfg["id"]: cfg})
-    assert report.verdict(max(p for p, o in {0.05: True, top: ok}.items() if o), report.GAO_SCATTERED) == want
+    best = max(p for p, o in {0.05: True, top: ok}.items() if o)
+    assert report.verdict(best, report.GAO_SCATTERED, fail=None if ok else top) == want
     assert f"ParamSeal **{want}** on mlp" in text
     assert sum(f"**{v}**" in text for v in ("wins", "ties", "loses")) == 1
     losses = report._losses(runs, {cfg["id"]: cfg})
@@ -445,3 +446,53 @@ def test_header_rows_count_a_noted_strip_as_detected() -> None:
     text = report._header_text(meta)
     assert "strip: 2/2 detected, 1/2 recovered bit-exactly (verify: 1 " + noted in text
     assert "edit: 1/1 detected, 1/1 recovered" in text and "Weights changed in 0/3" in text
+
+
+@pytest.mark.parametrize("rates", [{0.01: True, 0.05: True}, {0.05: True, 0.3: False}])
+def test_gao_verdict_is_no_loss_where_nothing_failed_up_to_their_figure(rates: dict[float, bool]) -> None:
+    # 5% recovered and no failure at or below 20%: nothing measured says ParamSeal loses
+    from paramseal.evaluation import report
+
+    cfg = _config("mlp", "strong", code="irs4", contiguous_bound=0.34, scattered_bound=0.27)
+    runs = _scattered("mlp", "strong", rates)
+    text = report._claims(runs, {cfg["id"]: cfg})
+    assert "**loses**" not in text and "has **no verdict** on mlp (strong: 5%" in text
+    assert "nothing failed at or below their 20%" in text
+    assert "below Gao et al.'s 20%" not in report._losses(runs, {cfg["id"]: cfg})
+
+
+def test_rates_that_all_failed_were_tested() -> None:
+    # every scattered rate failed: the section 3 table said "none tested", the headline left the model out
+    from paramseal.evaluation import report
+
+    cfgs = {}
+    for m in ("mlp", "cnn"):
+        c = _config(m, "standard", code="irs4", contiguous_bound=0.23, scattered_bound=0.18, total_blocks=100)
+        cfgs[c["id"]] = {**c, "clean_verify_status": "intact", "clean_verify_flagged_blocks": 0}
+    runs = _scattered("mlp", "standard", {0.01: False, 0.05: False}) + _scattered("cnn", "standard", {0.05: True})
+    table = report._threshold_table(runs, cfgs)
+    assert "| mlp | F32 | standard | irs4 | 23% | 18% | none | 1% | not tested | – | not tested | – |" in table
+    assert "none tested" not in table
+    assert "scattered single values none–5% at standard" in report._headline(runs, cfgs)
+    assert "ParamSeal **loses** on mlp (standard: none, fails at 1%)" in report._claims(runs, cfgs)
+
+
+def test_whole_model_bullet_names_only_the_attacks_it_counts() -> None:
+    from paramseal.evaluation import report
+
+    cfg = _config("mlp", "standard", code="irs4", contiguous_bound=0.23, scattered_bound=0.18)
+    run = {"type": "run", "model": "mlp", "dtype": "F32", "level": "standard", "options": {}, "detected": True}
+    runs = [
+        {**run, "kind": "noise", "label": "noise", "tampering_rate": 1.0, "changed_blocks": 100, "total_blocks": 100},
+        {**run, "kind": "prune", "label": "prune", "tampering_rate": 0.1, "changed_blocks": 10, "total_blocks": 100},
+    ]
+    text = report._losses(runs, {cfg["id"]: cfg})
+    assert "* **Whole-model changes** (noise over most values): 0/1 runs recovered" in text
+    assert "prun" not in text and "fine-tun" not in text
+
+
+def test_claims_without_scattered_runs_end_the_sentence() -> None:
+    from paramseal.evaluation import report
+
+    cfg = _config("mlp", "standard", code="irs4", contiguous_bound=0.23, scattered_bound=0.18)
+    assert "no verdict. Contiguous runs (F32)" in report._claims([], {cfg["id"]: cfg})

@@ -179,9 +179,13 @@ def _threshold_table(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
         key = (c["model"], c["dtype"], c["level"])
         cells = []
         for fam in ("scattered", "contiguous", "whole"):
-            best, fail = th.get((*key, fam), (None, None))
-            cells += [_pct(best) if best is not None else "none tested", _pct(fail)]
-        if all(x in ("none tested", "–") for x in cells):
+            fk = (*key, fam)
+            if fk not in th:
+                cells += ["not tested", "–"]
+                continue
+            best, fail = th[fk]
+            cells += [_pct(best) if best is not None else "none", _pct(fail)]
+        if all(x in ("not tested", "–") for x in cells):
             continue
         lines.append(f"| {' | '.join(key)} | {' | '.join(_bound_cells(c))} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -431,10 +435,12 @@ def _headline(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
     th = thresholds(runs)
 
     def span(fam: str, level: str) -> str:
-        vals = [b for (m, d, lv, f), (b, _) in th.items() if f == fam and lv == level and d == "F32" and b is not None]
+        vals = [b for (m, d, lv, f), (b, _) in th.items() if f == fam and lv == level and d == "F32"]
         if not vals:
             return "not measured"
-        lo, hi = _pct(min(vals)), _pct(max(vals))
+        got = [b for b in vals if b is not None]
+        lo = _pct(min(got)) if len(got) == len(vals) else "none"
+        hi = _pct(max(got)) if got else "none"
         return lo if lo == hi else f"{lo}–{hi}"
 
     def code(level: str) -> str:
@@ -496,11 +502,15 @@ GAO_SCATTERED = 0.20
 GUAN_FIDELITY = 0.005
 
 
-def verdict(measured: float | None, published: float, *, rtol: float = 0.02) -> str:
-    """Say "wins", "ties" or "loses": a measured maximum against a published figure (within ``rtol`` is a tie)."""
-    if measured is None or measured < published * (1 - rtol):
-        return "loses"
-    return "ties" if measured <= published * (1 + rtol) else "wins"
+def verdict(measured: float | None, published: float, *, fail: float | None, rtol: float = 0.02) -> str:
+    """Say "wins", "ties", "loses" or "no verdict": a measured maximum against a published figure.
+
+    Within ``rtol`` is a tie. Below it is a loss only if some rate at or below the published figure
+    failed (``fail``, the smallest failing rate above ``measured``); otherwise nothing was measured there.
+    """
+    if measured is not None and measured >= published * (1 - rtol):
+        return "ties" if measured <= published * (1 + rtol) else "wins"
+    return "loses" if fail is not None and fail <= published * (1 + rtol) else "no verdict"
 
 
 def _rate(best: float | None, fail: float | None, *, paren: bool = True) -> str:
@@ -527,11 +537,16 @@ def _gao(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
         if parts:
             per_level.append(f"{lv} ({_code_at(configs, 'F32', lv)}): " + "; ".join(parts))
     if not best_of:
-        return "scattered random modification not in this battery: no verdict"
+        return "scattered random modification not in this battery: no verdict."
     by: dict[str, list[str]] = defaultdict(list)
     for m, (lv, best, fail) in best_of.items():
-        by[verdict(best, GAO_SCATTERED)].append(f"{m} ({lv}: {_rate(best, fail, paren=False)})")
+        by[verdict(best, GAO_SCATTERED, fail=fail)].append(f"{m} ({lv}: {_rate(best, fail, paren=False)})")
     said = "; ".join(f"**{v}** on {', '.join(by[v])}" for v in ("wins", "ties", "loses") if by[v])
+    if by["no verdict"]:
+        said += ("; " if said else "") + (
+            f"has **no verdict** on {', '.join(by['no verdict'])}: nothing failed at or below their "
+            f"{_pct(GAO_SCATTERED)}"
+        )
     return (
         "F32 scattered random modification recovered bit-exactly in every seed up to: "
         + "; ".join(per_level)
@@ -609,7 +624,7 @@ def _scattered_losses(runs: Sequence[Rec], configs: dict[str, Rec]) -> str | Non
         if c["dtype"] != "F32" or key not in th:
             continue
         best, fail = th[key]
-        if verdict(best, GAO_SCATTERED) != "loses":
+        if verdict(best, GAO_SCATTERED, fail=fail) != "loses":
             continue
         txt = f"{c['model']} {c['level']} ({c.get('code', 'code not recorded')}) {_rate(best, fail)}"
         if fail is not None and "code" in c:
@@ -680,7 +695,8 @@ def _losses(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
             for r in known
         )
         lines.append(
-            f"* **Whole-model changes** (noise, quantisation round trips, pruning, fine-tuning over most values): "
+            f"* **Whole-model changes** ({', '.join(_KINDS[k] for k in dict.fromkeys(r['kind'] for r in whole))} "
+            "over most values): "
             f"{rec}/{len(whole)} runs recovered, {det}/{len(whole)} detected; mean {_pct(_blocks_hit(whole))} of "
             "blocks tampered"
             + (f", beyond the contiguous bound of their code in {over}/{len(known)} runs." if known else ".")
@@ -696,6 +712,10 @@ def _losses(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
             f"* **Truncated files**: {refused}/{len(cut)} refused with a clean error; {rec}/{len(cut)} recovered."
         )
     return "\n".join(lines) or "* No loss measured in this battery."
+
+
+#: How section 8 names the attacks that can change most values of a model.
+_KINDS = {"noise": "noise", "quantize": "quantisation round trips", "prune": "pruning", "finetune": "fine-tuning"}
 
 
 def _header_text(meta: Sequence[Rec]) -> str:
