@@ -424,6 +424,17 @@ def test_inspect_text_and_json(sealed_file: Path, model_file: Path) -> None:
     assert "not sealed" in so and "strong" in so
 
 
+def test_inspect_prints_the_lane_codes_scattered_capacity_not_a_half_bound(tmp_path: Path) -> None:
+    # The README quotes these per dtype and level (bf16 standard: about 0.05% of parameters).
+    m = tmp_path / "bf16.npz"
+    np.savez(m, w=np.zeros(4096, dtype=np.float16))
+    rc, so, _ = run(["inspect", m])
+    assert rc == 0 and "positions unknown" not in so, so
+    assert "scattered values about 0.051%" in so and "scattered values about 0.16%" in so, so
+    info = json.loads(run(["inspect", m, "--json"])[1])
+    assert info["levels"]["light"]["F16"]["scattered_bound"] == pytest.approx(0.00051, abs=1e-5)
+
+
 # --------------------------------------------------------------------------- keys on the command line
 
 

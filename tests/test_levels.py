@@ -78,6 +78,31 @@ def test_capacity_matches_the_design_bounds(dt: str, k: int, want: float) -> Non
     assert c.max_relative_change == max_relative_change(dt, k)
 
 
+@pytest.mark.parametrize(
+    "dt, level, want",
+    [
+        ("BF16", "light", 0.0005),
+        ("BF16", "standard", 0.0005),
+        ("F16", "light", 0.0005),
+        ("F16", "standard", 0.0016),
+        ("BF16", "strong", 0.0016),
+        ("F32", "light", 0.0018),
+        ("F64", "light", 0.0020),
+        ("F16", "strong", 0.0040),
+        ("F64", "standard", 0.0044),
+        ("F64", "strong", 0.0072),
+    ],
+)
+def test_scattered_bound_is_the_share_of_random_parameters_that_fills_the_erasure_bound(
+    dt: str, level: str, want: float
+) -> None:
+    # A parameter replaced at a random place costs its whole 64-value block, so the lane code's
+    # scattered capacity is the p whose expected share of hit blocks, 1 - (1 - p)**64, is the bound.
+    c = capacity(dt, bits_for(dt, level, None))
+    assert 1 - (1 - c.scattered_bound) ** 64 == pytest.approx(c.erasure_bound)
+    assert round(c.scattered_bound, 4) == want
+
+
 def test_max_subnormal_change_is_the_low_bits_at_the_smallest_exponent() -> None:
     # fp16: smallest subnormal is 2**-24; k=2 low bits span at most 3 of them.
     assert max_subnormal_change("F16", 2) == 3 * 2.0**-24

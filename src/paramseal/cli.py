@@ -333,7 +333,7 @@ def _inspect_text(info: dict[str, object]) -> str:
                 lines.append(
                     f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {c['max_relative_change']:.2e}  code lanes: "
                     f"recovers up to {100 * c['contiguous_bound']:.1f}% of parameters in tampered blocks "
-                    f"(bound; positions unknown: {100 * c['unknown_positions_bound']:.1f}%)"
+                    f"(bound; scattered values about {100 * c['scattered_bound']:.2g}%)"
                 )
             else:
                 lines.append(f"  {lv:<9} {dt:<5} {c['note']}")

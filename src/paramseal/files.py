@@ -792,6 +792,7 @@ def _caps(ks: dict[Any, Any], host: int | None) -> dict[str, Any]:
                     "code": "lanes",
                     "contiguous_bound": round(c.erasure_bound, 4),
                     "unknown_positions_bound": round(c.error_bound, 4),
+                    "scattered_bound": round(c.scattered_bound, 6),
                 }
         else:
             out[str(dt)] = {"k": 0, "note": "integer/bool: authenticated and protected, carries no bits"}

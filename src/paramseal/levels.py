@@ -105,6 +105,7 @@ class Capacity:
     max_relative_change: float
     erasure_bound: float  # tampered positions known (whole blocks): (k - a) / (b - a)
     error_bound: float  # positions unknown: half the erasure bound
+    scattered_bound: float  # parameters replaced at random places: each costs its whole block
 
 
 def capacity(dtype: str, k: int) -> Capacity:
@@ -119,7 +120,8 @@ def capacity(dtype: str, k: int) -> Capacity:
     bits_for(dtype, "standard", k)  # refuses a k out of the dtype's range
     a = TAG_BITS / BLOCK
     er = max(0.0, (k - a) / (fmt.bits - a))
-    return Capacity(k, max_relative_change(dtype, k), er, er / 2)
+    # p such that the expected share of blocks hit, 1 - (1 - p)**BLOCK, is the erasure bound.
+    return Capacity(k, max_relative_change(dtype, k), er, er / 2, 1 - (1 - er) ** (1 / BLOCK))
 
 
 __all__ = [
