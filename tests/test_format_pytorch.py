@@ -319,6 +319,28 @@ def test_a_broken_tie_is_never_written_as_recovered_without_the_tied_name(tmp_pa
     assert files.verify_file(tmp_path / "back.pt", key).status == "intact"
 
 
+def test_seal_header_out_keeps_what_re_ties_a_broken_tie_from_the_cli(tmp_path: Path, key_file: Path) -> None:
+    """A .pt keeps only a digest of its tie; the header kept with --header-out restores it."""
+    torch.manual_seed(4)
+    src, out, kept = tmp_path / "tied.pt", tmp_path / "sealed.pt", tmp_path / "h.json"
+    torch.save(_Tied().state_dict(), src)
+    rc, stdout, _ = helpers.run_cli(["seal", src, out, "--key", key_file, "--header-out", kept])
+    assert rc == 0 and f"kept the seal header in {kept}" in stdout
+    assert "paramseal.tied" in json.loads(kept.read_text())["user_metadata"]
+    sd = torch.load(out, weights_only=True)
+    sd["head.weight"] = sd["emb.weight"].clone()  # the tie broken
+    torch.save(sd, tmp_path / "broken.pt")
+    back = tmp_path / "back.pt"
+    assert helpers.run_cli(["recover", tmp_path / "broken.pt", back, "--key", key_file])[0] == 2
+    rc, _, err = helpers.run_cli(["recover", tmp_path / "broken.pt", back, "--key", key_file, "--header-from", kept])
+    assert rc == 0, err
+    fixed = torch.load(back, weights_only=True)
+    assert fixed["head.weight"].data_ptr() == fixed["emb.weight"].data_ptr()
+    for bad, why in ((tmp_path / "h.txt", "must end in .json"), (tmp_path / "no" / "h.json", "does not exist")):
+        rc, _, err = helpers.run_cli(["seal", src, tmp_path / "x.pt", "--key", key_file, "--header-out", bad])
+        assert rc == 3 and why in err and not (tmp_path / "x.pt").exists(), err
+
+
 def test_a_header_grown_by_tags_kept_in_it_is_named_when_a_pt_cannot_hold_it(
     tmp_path: Path, key: paramseal.Key, key_file: Path
 ) -> None:

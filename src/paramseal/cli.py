@@ -88,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
         help="redundancy code: irs (scattered and contiguous damage; fp32 models) or lanes (contiguous damage; "
         "every dtype); default: irs where it applies",
     )
+    p.add_argument(
+        "--header-out",
+        metavar="FILE.json",
+        help="also keep the seal header in FILE.json (no key in it), for --header-from: a .pt or .npy file keeps "
+        "only a digest of the sealed metadata (its weight ties) in its weights",
+    )
 
     p = sub.add_parser("verify", help="check a sealed model and locate tampering")
     p.add_argument("input")
@@ -162,6 +168,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"OK: wrote key {args.keyfile} (fingerprint {key.fingerprint}); keep it secret")
             return 0
         case "seal" if sharded.is_sharded(Path(args.input)):
+            if args.header_out is not None:
+                raise UsageError("--header-out keeps one file's header; the shards of a checkpoint each keep their own")
             names = sharded.seal_dir(
                 Path(args.input),
                 Path(args.output),
@@ -175,6 +183,7 @@ def _run(args: argparse.Namespace) -> int:
             _warn_bits(sharded.float_widths(Path(args.output), names))
             return 0
         case "seal":
+            keep = None if args.header_out is None else files.check_header_out(args.header_out, args.input, args.output)
             sealed = files.seal_file(
                 args.input,
                 args.output,
@@ -193,6 +202,9 @@ def _run(args: argparse.Namespace) -> int:
             print(f"OK: sealed {args.input} -> {args.output} ({len(h.tensors)} tensors, {desc}, {how}, code {code})")
             _warn_bits(ks)
             _note_plain(h.tensors)
+            if keep is not None:
+                files.write_header(keep, sealed.header_json)
+                print(f"OK: kept the seal header in {keep} (for --header-from)")
             return 0
         case "verify":
             key = _load_key(args.key)

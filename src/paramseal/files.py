@@ -715,6 +715,28 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
     raise UsageError(f"'{p}' holds no ParamSeal header that authenticates with this key ({why})")
 
 
+def check_header_out(path: PathLike, *others: PathLike) -> Path:
+    """Where ``seal --header-out`` writes, checked before anything is sealed: a .json file in an existing folder."""
+    p = Path(path)
+    if p.suffix.lower() != ".json":
+        raise UsageError(f"--header-out '{p}' must end in .json (--header-from reads a header from a .json file)")
+    if any(p.resolve() == Path(o).resolve() for o in others):
+        raise UsageError(f"--header-out '{p}' is the model's input or output; give another file")
+    if not p.parent.resolve().is_dir():
+        raise UsageError(f"cannot write '{p}': folder '{p.parent}' does not exist")
+    return p
+
+
+def write_header(path: PathLike, text: str) -> None:
+    """Keep a seal header as a .json file (atomically), for ``--header-from``: it holds no key."""
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        try:
+            tmp.write_text(text + "\n", encoding="utf-8")
+        except OSError as e:
+            raise cannot_write(p, e) from e
+
+
 def inspect_file(path: PathLike) -> dict[str, Any]:
     """Describe a model file without a key: its seal settings, or what each level would give."""
     p = Path(path)
