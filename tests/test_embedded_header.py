@@ -269,7 +269,7 @@ def test_a_model_too_small_for_a_copy_says_so(tmp_path: Path, key: paramseal.Key
         header_from_weights(sealed.tensors, key)
     p = _stripped(tmp_path, sealed)
     rc, _, err = helpers.run_cli(["verify", p, "--key", key_file])
-    assert rc == 2 and "too small to carry its header" in err and "--header-from" in err
+    assert rc == 2 and "had no room for a copy of its header" in err and "--header-from" in err
     whole = helpers.write_st(tmp_path / "whole.safetensors", sealed.tensors, {"paramseal": sealed.header_json})
     rc, _, _ = helpers.run_cli(["verify", p, "--key", key_file, "--header-from", whole])
     assert rc == 0
@@ -517,5 +517,5 @@ def test_a_model_too_small_for_a_copy_beside_a_larger_non_finite_tensor_says_so(
         {"mask": mask, "w": rng.standard_normal((128, 128), np.float32)}, key
     )
     assert sealed.header.carriers == () and sealed.header.tensors[0].k == 0
-    with pytest.raises(NotSealedError, match="too small to carry its header"):  # not "tampered with"
+    with pytest.raises(NotSealedError, match="had no room for a copy of its header"):  # not "tampered with"
         header_from_weights(sealed.tensors, key)

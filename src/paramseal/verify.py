@@ -369,8 +369,9 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
     n, never_had_copies = _embed.sealed_traces(tensors)
     if n and never_had_copies:
         raise HeaderOnlyInMetadata(
-            f"the model was sealed (ParamSeal records remain in {n} of its tensors) but is too small to carry its "
-            f"header in its weights, and its metadata, which held the header, is gone. {HEADER_HINT}"
+            f"the model was sealed (ParamSeal records remain in {n} of its tensors) but its weights had no room for "
+            "a copy of its header (a small model, or a header made long by block tags kept in it, as for tensors "
+            f"holding NaN/Inf), and its metadata, which held the header, is gone. {HEADER_HINT}"
         )
     if n:
         raise HeaderAuthError(
@@ -398,8 +399,9 @@ class HeaderOnlyInMetadata(NotSealedError):
 
 
 HEADER_HINT = (
-    "Pass the header of a copy of the sealed model that keeps it (--header-from FILE: the sealed .safetensors, "
-    "or its header in a .json file) to verify and recover; do not seal this file again unless you approve its weights"
+    "Pass the header of a copy of the sealed model that keeps it (--header-from FILE: the sealed model file as "
+    "written by seal, or its header in a .json file, as seal --header-out keeps it) to verify and recover; do not "
+    "seal this file again unless you approve its weights"
 )
 
 
