@@ -496,3 +496,19 @@ def test_claims_without_scattered_runs_end_the_sentence() -> None:
 
     cfg = _config("mlp", "standard", code="irs4", contiguous_bound=0.23, scattered_bound=0.18)
     assert "no verdict. Contiguous runs (F32)" in report._claims([], {cfg["id"]: cfg})
+
+
+def test_a_failing_rate_says_how_many_seeds_still_recovered() -> None:
+    """'fails at 20%' read as every seed failing where two of three recovered."""
+    from paramseal.evaluation import report
+
+    cfg = _config("mlp", "strong", code="irs4", contiguous_bound=0.34, scattered_bound=0.27)
+    runs = _scattered("mlp", "strong", {0.05: True})
+    for seed, ok in enumerate((True, False, True)):  # three seeds at 20%: one fails
+        runs += [{**r, "seed": seed} for r in _scattered("mlp", "strong", {0.2: ok})]
+    best, fail, seeds = report.threshold_seeds(runs)[("mlp", "F32", "strong", "scattered")]
+    assert (best, seeds) == (0.05, (2, 3)) and fail == pytest.approx(0.2)
+    text = report._claims(runs, {cfg["id"]: cfg})
+    assert "mlp 5% (fails at 20% (2/3 seeds recovered))" in text
+    one = _scattered("mlp", "strong", {0.05: True, 0.2: False})  # one seed: no count shown
+    assert "fails at 20%)" in report._claims(one, {cfg["id"]: cfg})

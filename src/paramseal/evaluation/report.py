@@ -148,27 +148,44 @@ def _impact(configs: dict[str, Rec]) -> str:
     return "\n".join(lines)
 
 
-def thresholds(runs: Sequence[Rec]) -> dict[tuple[str, str, str, str], tuple[float | None, float | None]]:
+_Key = tuple[str, str, str, str]
+
+
+def thresholds(runs: Sequence[Rec]) -> dict[_Key, tuple[float | None, float | None]]:
     """Per (model, dtype, level, family): the largest rate recovered in every seed, and the smallest that failed."""
-    g: dict[tuple[str, str, str, str], dict[float, list[Rec]]] = defaultdict(lambda: defaultdict(list))
+    return {k: (best, fail) for k, (best, fail, _) in threshold_seeds(runs).items()}
+
+
+def threshold_seeds(runs: Sequence[Rec]) -> dict[_Key, tuple[float | None, float | None, tuple[int, int]]]:
+    """`thresholds`, with how many of the seeds at the failing rate still recovered: (recovered, run)."""
+    g: dict[_Key, dict[float, list[Rec]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         fam = plots.family(r)
         if fam and "tampering_rate" in r:
             g[(r["model"], r["dtype"], r["level"], fam)][r["options"]["fraction"]].append(r)
     out = {}
     for k, by_p in g.items():
-        ok = [_mean(x["tampering_rate"] for x in rs) for p, rs in by_p.items() if all(x.get("recovered") for x in rs)]
-        bad = [
-            _mean(x["tampering_rate"] for x in rs) for p, rs in by_p.items() if not all(x.get("recovered") for x in rs)
-        ]
+        rate = {p: _mean(x["tampering_rate"] for x in rs) for p, rs in by_p.items()}
+        ok = [rate[p] for p, rs in by_p.items() if all(x.get("recovered") for x in rs)]
+        bad = [(rate[p], p) for p, rs in by_p.items() if not all(x.get("recovered") for x in rs)]
         best = max((x for x in ok if x is not None), default=None)
-        first_fail = min((x for x in bad if x is not None and (best is None or x > best)), default=None)
-        out[k] = (best, first_fail)
+        fails = [(x, p) for x, p in bad if x is not None and (best is None or x > best)]
+        first_fail, seeds = None, (0, 0)
+        if fails:
+            first_fail, p = min(fails)
+            seeds = (sum(bool(x.get("recovered")) for x in by_p[p]), len(by_p[p]))
+        out[k] = (best, first_fail, seeds)
     return out
 
 
+def _fails_at(fail: float, seeds: tuple[int, int]) -> str:
+    """'20% (2/3 seeds recovered)': a failing rate, and how many seeds it did not fail (shown for several seeds)."""
+    ok, n = seeds
+    return _pct(fail) + (f" ({ok}/{n} seeds recovered)" if n > 1 else "")
+
+
 def _threshold_table(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
-    th = thresholds(runs)
+    th = threshold_seeds(runs)
     lines = [
         "| model | dtype | level | code | bound: contiguous | bound: scattered "
         "| scattered: all seeds recovered up to | fails at | contiguous runs: up to | fails at "
@@ -183,8 +200,9 @@ def _threshold_table(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
             if fk not in th:
                 cells += ["not tested", "–"]
                 continue
-            best, fail = th[fk]
-            cells += [_pct(best) if best is not None else "none", _pct(fail)]
+            best, fail, seeds = th[fk]
+            shown = _pct(fail) if fail is None else _fails_at(fail, seeds)
+            cells += [_pct(best) if best is not None else "none", shown]
         if all(x in ("not tested", "–") for x in cells):
             continue
         lines.append(f"| {' | '.join(key)} | {' | '.join(_bound_cells(c))} | " + " | ".join(cells) + " |")
@@ -468,11 +486,11 @@ def _headline(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
 
 
 def _best(runs: Sequence[Rec], fam: str, level: str, dtype: str = "F32") -> str:
-    th = thresholds(runs)
+    th = threshold_seeds(runs)
     parts = []
-    for (m, d, lv, f), (best, fail) in th.items():
+    for (m, d, lv, f), (best, fail, seeds) in th.items():
         if f == fam and lv == level and d == dtype:
-            parts.append(f"{m} {_pct(best) if best is not None else 'none'} (fails at {_pct(fail)})")
+            parts.append(f"{m} {_rate(best, fail, seeds=seeds)}")
     return "; ".join(parts) or "not measured"
 
 
@@ -513,34 +531,34 @@ def verdict(measured: float | None, published: float, *, fail: float | None, rto
     return "loses" if fail is not None and fail <= published * (1 + rtol) else "no verdict"
 
 
-def _rate(best: float | None, fail: float | None, *, paren: bool = True) -> str:
+def _rate(best: float | None, fail: float | None, *, paren: bool = True, seeds: tuple[int, int] = (0, 0)) -> str:
     """'5% (fails at 20%)': the largest rate recovered in every seed and the smallest that failed."""
     up = _pct(best) if best is not None else "none"
-    then = "no higher rate tested" if fail is None else f"fails at {_pct(fail)}"
+    then = "no higher rate tested" if fail is None else f"fails at {_fails_at(fail, seeds)}"
     return f"{up} ({then})" if paren else f"{up}, {then}"
 
 
 def _gao(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
     """Scattered recovery on F32 per level and model, and a verdict per model at its best level."""
-    th = thresholds(runs)
+    th = threshold_seeds(runs)
     per_level: list[str] = []
-    best_of: dict[str, tuple[str, float | None, float | None]] = {}
+    best_of: dict[str, tuple[str, float | None, float | None, tuple[int, int]]] = {}
     for lv in dict.fromkeys(c["level"] for c in configs.values() if c["dtype"] == "F32"):
         parts = []
         for m in dict.fromkeys(c["model"] for c in configs.values()):
             if (m, "F32", lv, "scattered") not in th:
                 continue
-            best, fail = th[(m, "F32", lv, "scattered")]
-            parts.append(f"{m} {_rate(best, fail)}")
+            best, fail, seeds = th[(m, "F32", lv, "scattered")]
+            parts.append(f"{m} {_rate(best, fail, seeds=seeds)}")
             if m not in best_of or (best or 0.0) >= (best_of[m][1] or 0.0):
-                best_of[m] = (lv, best, fail)
+                best_of[m] = (lv, best, fail, seeds)
         if parts:
             per_level.append(f"{lv} ({_code_at(configs, 'F32', lv)}): " + "; ".join(parts))
     if not best_of:
         return "scattered random modification not in this battery: no verdict."
     by: dict[str, list[str]] = defaultdict(list)
-    for m, (lv, best, fail) in best_of.items():
-        by[verdict(best, GAO_SCATTERED, fail=fail)].append(f"{m} ({lv}: {_rate(best, fail, paren=False)})")
+    for m, (lv, best, fail, seeds) in best_of.items():
+        by[verdict(best, GAO_SCATTERED, fail=fail)].append(f"{m} ({lv}: {_rate(best, fail, paren=False, seeds=seeds)})")
     said = "; ".join(f"**{v}** on {', '.join(by[v])}" for v in ("wins", "ties", "loses") if by[v])
     if by["no verdict"]:
         said += ("; " if said else "") + (
@@ -617,16 +635,16 @@ def _blocks_hit(rs: Sequence[Rec]) -> float | None:
 
 def _scattered_losses(runs: Sequence[Rec], configs: dict[str, Rec]) -> str | None:
     """F32 configurations whose scattered recovery stays below Gao et al.'s figure, with the code's bounds."""
-    th = thresholds(runs)
+    th = threshold_seeds(runs)
     parts = []
     for c in configs.values():
         key = (c["model"], c["dtype"], c["level"], "scattered")
         if c["dtype"] != "F32" or key not in th:
             continue
-        best, fail = th[key]
+        best, fail, seeds = th[key]
         if verdict(best, GAO_SCATTERED, fail=fail) != "loses":
             continue
-        txt = f"{c['model']} {c['level']} ({c.get('code', 'code not recorded')}) {_rate(best, fail)}"
+        txt = f"{c['model']} {c['level']} ({c.get('code', 'code not recorded')}) {_rate(best, fail, seeds=seeds)}"
         if fail is not None and "code" in c:
             at = [
                 r
