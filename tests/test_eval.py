@@ -506,7 +506,7 @@ def test_a_failing_rate_says_how_many_seeds_still_recovered() -> None:
     runs = _scattered("mlp", "strong", {0.05: True})
     for seed, ok in enumerate((True, False, True)):  # three seeds at 20%: one fails
         runs += [{**r, "seed": seed} for r in _scattered("mlp", "strong", {0.2: ok})]
-    best, fail, seeds = report.threshold_seeds(runs)[("mlp", "F32", "strong", "scattered")]
+    best, fail, seeds = report.thresholds(runs)[("mlp", "F32", "strong", "scattered")]
     assert (best, seeds) == (0.05, (2, 3)) and fail == pytest.approx(0.2)
     text = report._claims(runs, {cfg["id"]: cfg})
     assert "mlp 5% (fails at 20% (2/3 seeds recovered))" in text

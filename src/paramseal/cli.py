@@ -203,7 +203,7 @@ def _run(args: argparse.Namespace) -> int:
             _warn_bits(ks)
             _note_plain(h.tensors)
             if keep is not None:
-                files.write_header(keep, sealed.header_json)
+                files.write_text(keep, sealed.header_json + "\n")  # no key in it
                 print(f"OK: kept the seal header in {keep} (for --header-from)")
             return 0
         case "verify":

@@ -727,12 +727,12 @@ def check_header_out(path: PathLike, *others: PathLike) -> Path:
     return p
 
 
-def write_header(path: PathLike, text: str) -> None:
-    """Keep a seal header as a .json file (atomically), for ``--header-from``: it holds no key."""
+def write_text(path: PathLike, text: str) -> None:
+    """Write a text file atomically (a seal header kept for ``--header-from``, a results page)."""
     p = Path(path)
     with atomic_path(p) as tmp:
         try:
-            tmp.write_text(text + "\n", encoding="utf-8")
+            tmp.write_text(text, encoding="utf-8")
         except OSError as e:
             raise cannot_write(p, e) from e
 

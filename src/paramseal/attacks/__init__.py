@@ -126,7 +126,7 @@ def _builtin_model(name: str | None) -> GradModel:
 
 def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: AttackSpec) -> GroundTruth:
     """Read ``src``, attack it and write ``dst`` atomically; ``src`` is never modified."""
-    from ..files import atomic_path, read_model, write_model
+    from ..files import atomic_path, inspect_file, read_model, write_model
     from ..formats.registry import adapter_for
 
     s, d = Path(src), Path(dst)
@@ -135,8 +135,8 @@ def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: 
     if d.exists() and d.resolve() == s.resolve():
         raise UsageError(f"output '{d}' is the input file; attack writes a new file and never modifies its input")
     if spec.kind == "truncate":
-        try:  # the share of parameters it reports needs their count
-            total = sum(int(a.size) for a in read_model(s).tensors.values())
+        try:  # the share of parameters it reports needs their count (a mapped read: no tensor is loaded)
+            total = sum(inspect_file(s)["parameters"].values())
         except ParamSealError:  # not a model ParamSeal reads: truncate works on any file
             total = 0
         data = s.read_bytes()

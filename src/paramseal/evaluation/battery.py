@@ -31,7 +31,7 @@ from ..files import _caps
 from ..formats import Loaded
 from ..header import METADATA_KEY, peek_header
 from ..keys import Key
-from ..levels import BLOCK, LEVELS, bits_for, capacity
+from ..levels import LEVELS, bits_for, capacity
 from ..recover import recover_from
 from ..report import Report
 from ..seal import SealConfig
@@ -203,12 +203,7 @@ def seal_code(header_json: str, dtype: str, k: int) -> dict[str, Any]:
         }
     if "contiguous_bound" not in c:  # no bits carried (k = 0)
         return {"code": "lanes", "contiguous_bound": 0.0, "scattered_bound": 0.0}
-    blocks = c["contiguous_bound"]
-    return {
-        "code": "lanes",
-        "contiguous_bound": blocks,
-        "scattered_bound": round(1 - (1 - blocks) ** (1 / BLOCK), 6),
-    }
+    return {"code": "lanes", "contiguous_bound": c["contiguous_bound"], "scattered_bound": c["scattered_bound"]}
 
 
 def run_id(model: str, dtype: str, level: str, seed: int, a: Attack) -> str:

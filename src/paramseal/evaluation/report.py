@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import write_text
 from . import plots
 
 Rec = dict[str, Any]
@@ -151,13 +152,11 @@ def _impact(configs: dict[str, Rec]) -> str:
 _Key = tuple[str, str, str, str]
 
 
-def thresholds(runs: Sequence[Rec]) -> dict[_Key, tuple[float | None, float | None]]:
-    """Per (model, dtype, level, family): the largest rate recovered in every seed, and the smallest that failed."""
-    return {k: (best, fail) for k, (best, fail, _) in threshold_seeds(runs).items()}
+def thresholds(runs: Sequence[Rec]) -> dict[_Key, tuple[float | None, float | None, tuple[int, int]]]:
+    """Per (model, dtype, level, family): the largest rate recovered in every seed, and the smallest that failed.
 
-
-def threshold_seeds(runs: Sequence[Rec]) -> dict[_Key, tuple[float | None, float | None, tuple[int, int]]]:
-    """`thresholds`, with how many of the seeds at the failing rate still recovered: (recovered, run)."""
+    The third item is how many of the seeds at that failing rate still recovered: (recovered, run).
+    """
     g: dict[_Key, dict[float, list[Rec]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         fam = plots.family(r)
@@ -185,7 +184,7 @@ def _fails_at(fail: float, seeds: tuple[int, int]) -> str:
 
 
 def _threshold_table(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
-    th = threshold_seeds(runs)
+    th = thresholds(runs)
     lines = [
         "| model | dtype | level | code | bound: contiguous | bound: scattered "
         "| scattered: all seeds recovered up to | fails at | contiguous runs: up to | fails at "
@@ -239,14 +238,6 @@ def _matrix(runs: Sequence[Rec], configs: dict[str, Rec], model: str) -> str:
     return "\n".join(lines)
 
 
-def _write(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file renamed over ``path``: a failed write leaves the old file whole."""
-    from ..files import atomic_path
-
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
 def write_outputs(records: Sequence[Rec], out: Path, *, command: str, wall_s: float, battery: str) -> list[Path]:
     """Write ``results.json``, ``results.md`` and PNG plots into ``out``; returns the files written."""
     configs = _configs(records)
@@ -254,9 +245,9 @@ def write_outputs(records: Sequence[Rec], out: Path, *, command: str, wall_s: fl
     out.mkdir(parents=True, exist_ok=True)
     written = []
     raw = out / "results.json"
-    _write(raw, json.dumps({"battery": battery, "command": command, "records": list(records)}))
+    write_text(raw, json.dumps({"battery": battery, "command": command, "records": list(records)}))
     table = out / "results.md"
-    _write(table, full_table(runs, configs))
+    write_text(table, full_table(runs, configs))
     written += [raw, table]
     for model in dict.fromkeys(c["model"] for c in configs.values()):
         for dtype in dict.fromkeys(c["dtype"] for c in configs.values() if c["model"] == model):
@@ -416,7 +407,7 @@ def write_page(
     add("## 8. Where ParamSeal loses\n")
     add(_losses(runs, configs) + "\n")
     page.parent.mkdir(parents=True, exist_ok=True)
-    _write(page, "\n".join(s))
+    write_text(page, "\n".join(s))
     return page
 
 
@@ -453,7 +444,7 @@ def _headline(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
     th = thresholds(runs)
 
     def span(fam: str, level: str) -> str:
-        vals = [b for (m, d, lv, f), (b, _) in th.items() if f == fam and lv == level and d == "F32"]
+        vals = [b for (m, d, lv, f), (b, _, _) in th.items() if f == fam and lv == level and d == "F32"]
         if not vals:
             return "not measured"
         got = [b for b in vals if b is not None]
@@ -486,7 +477,7 @@ def _headline(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
 
 
 def _best(runs: Sequence[Rec], fam: str, level: str, dtype: str = "F32") -> str:
-    th = threshold_seeds(runs)
+    th = thresholds(runs)
     parts = []
     for (m, d, lv, f), (best, fail, seeds) in th.items():
         if f == fam and lv == level and d == dtype:
@@ -540,7 +531,7 @@ def _rate(best: float | None, fail: float | None, *, paren: bool = True, seeds: 
 
 def _gao(runs: Sequence[Rec], configs: dict[str, Rec]) -> str:
     """Scattered recovery on F32 per level and model, and a verdict per model at its best level."""
-    th = threshold_seeds(runs)
+    th = thresholds(runs)
     per_level: list[str] = []
     best_of: dict[str, tuple[str, float | None, float | None, tuple[int, int]]] = {}
     for lv in dict.fromkeys(c["level"] for c in configs.values() if c["dtype"] == "F32"):
@@ -635,7 +626,7 @@ def _blocks_hit(rs: Sequence[Rec]) -> float | None:
 
 def _scattered_losses(runs: Sequence[Rec], configs: dict[str, Rec]) -> str | None:
     """F32 configurations whose scattered recovery stays below Gao et al.'s figure, with the code's bounds."""
-    th = threshold_seeds(runs)
+    th = thresholds(runs)
     parts = []
     for c in configs.values():
         key = (c["model"], c["dtype"], c["level"], "scattered")
