@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,45 @@ def test_re_pointed_tie_is_tampering_without_the_header_too(key: paramseal.Key) 
     assert pst.verify_module(net, key).status == "tampered"
     assert pst.recover_module(net, key).status == "unrecoverable"  # which tie was sealed is known by digest only
     assert net["c"].weight is net["b"].weight  # and the module is left as it was
+
+
+def _drop_bias(net: nn.Sequential) -> None:
+    net[0].bias = None
+
+
+def _add_layer(net: nn.Sequential) -> None:
+    net.add_module("adapter", nn.Linear(8, 8))
+
+
+def _rename_layers(net: nn.Sequential) -> nn.Sequential:
+    return nn.Sequential(OrderedDict((f"l{i}", m) for i, m in enumerate(net)))
+
+
+@pytest.mark.parametrize("change", ["missing", "extra", "renamed"])
+def test_recover_never_calls_a_module_recovered_that_it_cannot_make_whole(key: paramseal.Key, change: str) -> None:
+    """recover_module writes values in place; it cannot add, drop or rename entries, so such a module is not whole."""
+    net = mlp()
+    seal = pst.seal_module(net, key)
+    if change == "missing":
+        _drop_bias(net)
+    elif change == "extra":
+        _add_layer(net)
+    else:
+        net = _rename_layers(net)
+    with torch.no_grad():
+        net[2].weight[3, :10] = 0.0  # damage within capacity, in an entry the module still has
+    before = state(net)
+    rep = pst.verify_module(net, key, seal.header_json)
+    assert rep.status == "tampered" and not rep.recoverable and rep.exit_code == 2
+    assert any("cannot add, remove or rename" in n for n in rep.notes), rep.notes
+    rep = pst.recover_module(net, key, seal.header_json)
+    assert rep.status == "unrecoverable" and not rep.ok and rep.exit_code == 2
+    assert any("cannot add, remove or rename" in n for n in rep.notes), rep.notes
+    assert all(bits_equal(net.state_dict()[n], v) for n, v in before.items()), "the module was changed"
+    assert pst.verify_module(net, key, seal.header_json).status == "tampered"
+    if change == "renamed":
+        return
+    # allow_partial restores the values the module has room for, and still does not claim it whole
+    rep = pst.recover_module(net, key, seal.header_json, allow_partial=True)
+    assert rep.status == "unrecoverable" and rep.restored_count >= 10
+    assert float(net[2].weight.detach()[3, :10].abs().min()) > 0

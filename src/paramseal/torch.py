@@ -28,6 +28,7 @@ copy of the header that sealing embeds in the weights of a large enough model
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -112,7 +113,8 @@ def verify_module(module: torch.nn.Module, key: Key, header_json: str | None = N
     live, tied = untie(_state(module))
     arrays = _as_numpy(live)
     header_json = header_json or header_from_weights(arrays, key)
-    return verify(arrays, key, header_json, **_with_ties(kw, header_json, key, tied))
+    rep = verify(arrays, key, header_json, **_with_ties(kw, header_json, key, tied))
+    return _in_place(rep, live, header_json, key)
 
 
 def recover_module(
@@ -134,7 +136,7 @@ def recover_module(
     current = _as_numpy(live)
     header_json = header_json or header_from_weights(current, key)
     result = recover(current, key, header_json, **_with_ties(kw, header_json, key, tied))
-    rep = result.report
+    rep = _in_place(result.report, live, header_json, key)
     if rep.status == "recovered" or (allow_partial and rep.restored_count):
         _write_back(live, {n: a for n, a in result.tensors.items() if n in live and not _same(a, current[n])})
         if result.metadata.get(TIED_KEY) != tied.get(TIED_KEY):
@@ -156,6 +158,33 @@ def _with_ties(kw: dict[str, Any], header_json: str, key: Key, tied: Mapping[str
     if sealed is None:
         return {**kw, "metadata": dict(tied), "metadata_kept": False}
     return {**kw, "metadata": {**{k: v for k, v in sealed.items() if k != TIED_KEY}, **tied}}
+
+
+def _in_place(rep: Report, live: Mapping[str, Any], header_json: str, key: Key) -> Report:
+    """``rep`` as it applies to the module: not recoverable when its entries differ from the sealed ones.
+
+    Recover restores values in place: it cannot give a module an entry it lacks (removed or
+    renamed) or take one away (added), so such a module would still not verify afterwards.
+    """
+    header = parse_header(header_json, key)
+    missing = [t.name for t in header.tensors if t.name not in live]
+    ties = (header.user_metadata or {}).get(TIED_KEY)
+    aliases = {alias for alias, _name, _pos in json.loads(ties)} if ties else set()
+    extra = [n for n in rep.extra_tensors if n not in aliases]  # a sealed alias untied: recover re-ties it
+    if not (missing or extra) or not (rep.recoverable or rep.status == "recovered"):
+        return rep
+    what = "; ".join(
+        f"{label}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+        for label, names in (("sealed but not in the module", missing), ("not sealed", extra))
+        if names
+    )
+    note = (
+        f"the module's state entries differ from the sealed ones ({what}); recover_module restores values in "
+        "place and cannot add, remove or rename a module's parameters or buffers: give the module the sealed "
+        "structure (the names of its state_dict at seal time) and recover again"
+    )
+    status = "unrecoverable" if rep.status == "recovered" else rep.status
+    return dataclasses.replace(rep, status=status, recoverable=False, notes=(*rep.notes, note))
 
 
 def _retie(module: torch.nn.Module, entry: str | None) -> None:
