@@ -335,3 +335,34 @@ def test_recover_never_calls_a_module_recovered_that_it_cannot_make_whole(key: p
     rep = pst.recover_module(net, key, seal.header_json, allow_partial=True)
     assert rep.status == "unrecoverable" and rep.restored_count >= 10
     assert float(net[2].weight.detach()[3, :10].abs().min()) > 0
+
+
+class _Shared(nn.Module):
+    """A linear layer with one more state entry that shares memory with itself or with the weight."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        torch.manual_seed(9)
+        self.lin = nn.Linear(256, 256)
+        self.register_buffer("position_ids", torch.arange(512).expand((1, -1)))  # as BERT: shares nothing
+        if kind == "expanded":  # one float row seen twice: both copies cannot take their own low bits
+            self.register_buffer("scale", torch.rand(300).expand(2, -1))
+        elif kind == "view":  # rows of the weight seen again: sealing one would unseal the other
+            self.register_buffer("rows", self.lin.weight.data[3:5])
+
+
+def test_an_expanded_int_buffer_seals_and_verifies(key: paramseal.Key) -> None:
+    net = _Shared("none")
+    seal = pst.seal_module(net, key)
+    assert "position_ids" in seal.names
+    assert pst.verify_module(net, key, seal.header_json).status == "intact"
+
+
+@pytest.mark.parametrize("kind", ["expanded", "view"])
+def test_state_entries_sharing_memory_are_refused_and_the_module_is_unchanged(key: paramseal.Key, kind: str) -> None:
+    net = _Shared(kind)
+    before = state(net)
+    name = "scale" if kind == "expanded" else "rows"
+    with pytest.raises(paramseal.UnsupportedError, match=f"'{name}'.*share.*memory.*clone"):
+        pst.seal_module(net, key)
+    assert all(bits_equal(net.state_dict()[n], v) for n, v in before.items()), "the module was changed"

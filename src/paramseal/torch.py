@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .errors import UnsupportedError
 from .formats.pytorch import TIED_KEY, import_torch, numpy_to_tensor, tensor_to_numpy, untie
 from .header import Header, parse_header
 from .keys import Key
@@ -74,6 +75,22 @@ def _as_numpy(tensors: Mapping[str, torch.Tensor]) -> dict[str, NDArray[np.gener
 
 
 def _write_back(tensors: Mapping[str, torch.Tensor], arrays: Mapping[str, NDArray[np.generic]]) -> None:
+    """Write ``arrays`` into their tensors, after checking that no write lands in another entry's memory."""
+    by_storage: dict[int, list[tuple[str, torch.Tensor]]] = {}
+    for name, t in tensors.items():
+        by_storage.setdefault(t.untyped_storage().data_ptr(), []).append((name, t))
+    for name in arrays:
+        t = tensors[name]
+        shared = by_storage[t.untyped_storage().data_ptr()]
+        clash = next((o for o, u in shared if u is not t and _overlap(t, u)), None)
+        if clash is None and not _overlap(t, t):
+            continue
+        what = f"shares memory with '{clash}'" if clash else "has values that share memory (an expanded view)"
+        raise UnsupportedError(
+            f"module tensor '{name}' {what}, so they cannot each take their own seal bits (writing one "
+            f"would change the other); give it memory of its own first, e.g. module.{name} = "
+            f"module.{name}.clone() for a buffer or nn.Parameter(p.detach().clone()) for a parameter"
+        )
     with _torch.no_grad():
         for name, a in arrays.items():
             t = tensors[name]
@@ -82,6 +99,38 @@ def _write_back(tensors: Mapping[str, torch.Tensor], arrays: Mapping[str, NDArra
                 t.copy_(src)
             else:  # reshaped or retyped: restore the sealed shape and dtype, keeping the object
                 t.data = src
+
+
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors of one storage share an element's memory (``a is b``: whether ``a`` holds one twice)."""
+    if not (a.numel() and b.numel()):
+        return False
+    if a is b:  # sorted by stride, each dimension must step over all the smaller ones (else check exactly)
+        span = 1
+        for stride, size in sorted((st, sz) for sz, st in zip(a.shape, a.stride(), strict=True) if sz > 1):
+            if stride < span:
+                return bool(_torch.unique(_offsets(a)).numel() < a.numel())
+            span += stride * (size - 1)
+        return False
+    lo, hi = [], []
+    for t in (a, b):  # byte range: strides are never negative in torch
+        lo.append(t.storage_offset() * t.element_size())
+        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+        hi.append(lo[-1] + (last + 1) * t.element_size())
+    if hi[0] <= lo[1] or hi[1] <= lo[0]:
+        return False
+    if a.element_size() != b.element_size():
+        return True  # the byte ranges meet: take them as overlapping
+    return bool(_torch.isin(_offsets(a), _offsets(b)).any())
+
+
+def _offsets(t: torch.Tensor) -> torch.Tensor:
+    """The storage offset (in elements) of every element of ``t``, flat."""
+    idx = _torch.tensor(t.storage_offset(), device=t.device)
+    for size, stride in zip(t.shape, t.stride(), strict=True):
+        idx = idx.unsqueeze(-1) + _torch.arange(size, device=t.device) * stride
+    flat: torch.Tensor = idx.reshape(-1)
+    return flat
 
 
 def seal_module(
@@ -99,8 +148,9 @@ def seal_module(
     """
     live, tied = untie(_state(module))
     # the tied names are sealed as the .pt reader finds them: torch.save(module.state_dict()) then verifies
-    sealed = SealConfig(level=level, bits=bits).seal(_as_numpy(live), key, metadata={**(metadata or {}), **tied})
-    _write_back(live, sealed.tensors)
+    arrays = _as_numpy(live)
+    sealed = SealConfig(level=level, bits=bits).seal(arrays, key, metadata={**(metadata or {}), **tied})
+    _write_back(live, {n: a for n, a in sealed.tensors.items() if not _same(a, arrays[n])})
     return ModuleSeal(sealed.header_json, sealed.header, tuple(live))
 
 
