@@ -2,13 +2,12 @@
 
 The CPU engine (``paramseal.verify`` on the same weights copied to numpy) is the oracle:
 for every dtype, both codes and any bit flipped, the GPU verifier must report exactly the
-same failing blocks. On a machine without CUDA the torch engine runs on the CPU; the
-Triton tests run only where CUDA is present.
+same failing blocks. On a machine without CUDA the torch engine runs on the CPU, and the
+Triton kernel runs there too, in triton's interpreter (numpy on CPU tensors), wherever
+triton is installed: conftest.py sets TRITON_INTERPRET=1 before triton is imported.
 """
 
 from __future__ import annotations
-
-import os
 
 import helpers
 import numpy as np
@@ -17,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import paramseal
-from paramseal.levels import BLOCK
+from paramseal.levels import BLOCK, bits_for
 from paramseal.verify import check
 
 torch = pytest.importorskip("torch")
@@ -27,16 +26,25 @@ from paramseal.formats.pytorch import numpy_to_tensor, tensor_to_numpy  # noqa: 
 
 CUDA = torch.cuda.is_available()
 TRITON = CUDA and gpu.triton_available()
+#: the kernels were defined under TRITON_INTERPRET=1 (see conftest.py): they run on CPU tensors
+INTERPRETED = gpu.triton_available() and type(gpu._KERNEL).__name__ == "InterpretedFunction"
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 needs_triton = pytest.mark.skipif(not TRITON, reason="needs a CUDA GPU and triton")
+needs_interpreter = pytest.mark.skipif(
+    not INTERPRETED, reason="needs triton (pip install triton) and no CUDA GPU: its interpreter runs the kernel"
+)
 
 ENGINES = [
     pytest.param("cpu", "torch", id="cpu-torch"),
     pytest.param("cuda", "torch", id="cuda-torch", marks=needs_cuda),
     pytest.param("cuda", "triton", id="cuda-triton", marks=needs_triton),
+    pytest.param("cpu", "triton", id="cpu-triton-interpreted", marks=needs_interpreter),
 ]
-if os.environ.get("TRITON_INTERPRET") == "1" and gpu.triton_available():  # the kernel on the CPU, interpreted
-    ENGINES.append(pytest.param("cpu", "triton", id="cpu-triton-interpreted"))
+#: the Triton kernel: compiled on a GPU, or interpreted on the CPU
+TRITON_DEVICES = [
+    pytest.param("cuda", id="cuda", marks=needs_triton),
+    pytest.param("cpu", id="interpreted", marks=needs_interpreter),
+]
 # (dtype, code, level): fp32 defaults to irs; irs needs fp32 everywhere
 CASES = [
     ("F32", "irs", "standard"),
@@ -46,8 +54,11 @@ CASES = [
     ("F16", "lanes", "strong"),
     ("BF16", "lanes", "standard"),
     ("BF16", "lanes", "strong"),
+    ("F64", "lanes", "standard"),
+    ("F64", "lanes", "strong"),
 ]
 NP = {"F32": np.float32, "F16": np.float16, "BF16": helpers.BF16, "F64": np.float64}
+INTS = {"I64": np.int64, "I32": np.int32, "I16": np.int16, "U16": np.uint16}
 EXPONENT = {"F32": (23, 31), "F16": (10, 15), "BF16": (7, 15), "F64": (52, 63)}  # [first, last) exponent bits
 
 
@@ -356,21 +367,22 @@ def test_property_any_flips_fail_the_cpu_engines_blocks(
 # --------------------------------------------------------------------------- the Triton kernel
 
 
-@needs_triton
+@pytest.mark.parametrize("device", TRITON_DEVICES)
 @pytest.mark.parametrize("bpp,warps,grouped", [(16, 4, True), (16, 4, False), (64, 8, True), (8, 2, False)])
 def test_the_triton_kernel_matches_the_torch_engine_at_scale(
-    key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, bpp: int, warps: int, grouped: bool
+    key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, device: str, bpp: int, warps: int, grouped: bool
 ) -> None:
     monkeypatch.setattr(gpu, "BLOCKS_PER_PROGRAM", bpp)
     monkeypatch.setattr(gpu, "NUM_WARPS", warps)
     monkeypatch.setattr(gpu, "GROUPED", grouped)
     rng = np.random.default_rng(5)
+    rows = 1000 if device == "cuda" else 61  # the interpreter runs about 100k values a second
     arrays = {
-        "big": helpers.random_tensor(rng, np.float32, (1000, 1001)),
+        "big": helpers.random_tensor(rng, np.float32, (rows, 1001)),
         "odd": helpers.random_tensor(rng, helpers.BF16, (777,)),
     }
     state, header = seal_state(arrays, key, "lanes")
-    live = to_device(state, "cuda")
+    live = to_device(state, device)
     tri = gpu.GpuVerifier(live, key, header, backend="triton")
     ref = gpu.GpuVerifier(live, key, header, backend="torch")
     assert tri.check().ok
@@ -381,4 +393,51 @@ def test_the_triton_kernel_matches_the_torch_engine_at_scale(
     flip(live["odd"], 776, 0)
     got = tri.check()
     assert got == ref.check()
+    assert dict(got.blocks) == cpu_blocks(live, key, header)
+
+
+@pytest.mark.parametrize("device,backend", ENGINES)
+@pytest.mark.parametrize("dtype", ["F64", "F32", "F16", "BF16"])
+def test_last_blocks_just_too_small_just_large_enough_to_keep_their_tag(
+    key: paramseal.Key, device: str, backend: str, dtype: str
+) -> None:
+    """A last block of 32/k - 1, 32/k and 32/k + 1 values: its tag in the header, then in its own last value."""
+    need = -(-32 // bits_for(dtype, "standard", None))
+    rng = np.random.default_rng(13)
+    sizes = {f"n{m}": BLOCK + m for m in (need - 1, need, need + 1)}
+    state, header = seal_state({n: helpers.random_tensor(rng, NP[dtype], (m,)) for n, m in sizes.items()}, key, "lanes")
+    live = to_device(state, device)
+    v = gpu.GpuVerifier(live, key, header, backend=backend)  # type: ignore[arg-type]
+    assert [p.last_internal for p in v._plans] == [False, True, True]
+    assert v.check().ok
+    for name, m in sizes.items():
+        flip(live[name], m - 1, 0)  # the last value's lowest bit: a tag bit where the block keeps its tag
+    assert dict(v.check().blocks) == {name: (1,) for name in sizes}
+    assert_same(v, live, key, header)
+
+
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_many_tensors_of_every_size_in_one_launch(
+    key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, device: str
+) -> None:
+    """Sizes around a block (64) and a program's span (16 fp32 blocks), and empty: one grouped launch for all."""
+
+    def one_launch_each(*args: object) -> None:
+        raise AssertionError("a tensor was checked by a launch of its own, not the grouped kernel")
+
+    monkeypatch.setattr(gpu, "_launch", one_launch_each)
+    sizes = [0, 1, 5, 63, 64, 65, 127, 128, 129, 1023, 1024, 1025, 2047, 2048, 2049, 4096]
+    rng = np.random.default_rng(9)
+    arrays = {f"t{i:02d}": helpers.random_tensor(rng, np.float32, (n,)) for i, n in enumerate(sizes)}
+    state, header = seal_state(arrays, key, "lanes")
+    live = {n: t if t.numel() else torch.empty(0) for n, t in to_device(state, device).items()}
+    v = gpu.GpuVerifier(live, key, header, backend="triton")
+    assert len(v._groups) == 1 and v.check().ok
+    for t in live.values():
+        if n := t.numel():
+            flip(t, n - 1, 0)  # the last value: of a partial block, or of the last whole one
+            flip(t, 0, 31)
+            flip(t, int(rng.integers(n)), int(rng.integers(1, 31)))
+    got = v.check()
+    assert set(got.blocks) == {name for name, t in live.items() if t.numel()}
     assert dict(got.blocks) == cpu_blocks(live, key, header)
