@@ -441,3 +441,34 @@ def test_many_tensors_of_every_size_in_one_launch(
     got = v.check()
     assert set(got.blocks) == {name for name, t in live.items() if t.numel()}
     assert dict(got.blocks) == cpu_blocks(live, key, header)
+
+
+@pytest.mark.parametrize("device,backend", ENGINES)
+@pytest.mark.parametrize(
+    "plain,marked,level",
+    [("I32", "F32", "standard"), ("F32", "F32", "standard"), ("I16", "F16", "standard"),
+     ("U16", "BF16", "strong"), ("I64", "F64", "standard")],
+)  # fmt: skip
+def test_tensors_without_tag_bits_beside_float_tensors_of_the_same_width(
+    key: paramseal.Key, device: str, backend: str, plain: str, marked: str, level: str
+) -> None:
+    """An integer tensor, or a float one holding Inf (k=0), first; then one keeping its tags (k>0).
+
+    Each pair has the same words per block and the same span of tag words, so the Triton
+    kernel checks both in one launch: each must still be hashed with its own tag masks.
+    """
+    rng = np.random.default_rng(3)
+    a = helpers.random_tensor(rng, INTS.get(plain) or NP[plain], (300,))
+    if plain in NP:
+        a[7] = np.inf  # a float tensor holding Inf carries no watermark bits
+    arrays = {"a": a, "b": helpers.random_tensor(rng, NP[marked], (1000,))}
+    state, header = seal_state(arrays, key, "lanes", level)
+    live = to_device(state, device)
+    v = gpu.GpuVerifier(live, key, header, backend=backend)  # type: ignore[arg-type]
+    assert [(s.name, s.k > 0) for s in v._specs] == [("a", False), ("b", True)]
+    assert v.check().ok
+    assert v.verify().status == "intact"
+    flip(live["a"], 0, 3)
+    flip(live["b"], 700, 0)
+    assert dict(v.check().blocks) == {"a": (0,), "b": (10,)}
+    assert_same(v, live, key, header)

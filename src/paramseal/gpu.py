@@ -15,7 +15,7 @@ block. Only when a block fails are the flags copied to the host.
 Two engines compute the tags:
 
 * a tiled Triton kernel, used on CUDA when ``triton`` imports (a program checks 16 to
-  64 consecutive blocks; one launch covers every tensor of a device and block size);
+  64 consecutive blocks; one launch covers every tensor of a device, block size and k);
 * plain torch ops, on any device (the reference the Triton kernel is tested
   against, and what runs on the CPU). It works through a tensor in chunks of
   ``CHUNK_WORDS`` 16-bit words, so its temporaries stay below about
@@ -80,7 +80,7 @@ _TILES = {64: (64, 2), 128: (16, 2), 256: (8, 2)}
 #: Overrides of the tile for every block size (None: ``_TILES``); for tuning and tests.
 BLOCKS_PER_PROGRAM: int | None = None
 NUM_WARPS: int | None = None
-#: One launch per device and block shape (True) rather than one per tensor (see ``_Group``).
+#: One launch per device, block size and k (True) rather than one per tensor (see ``_Group``).
 GROUPED = True
 _ALIGN = 16  # per-tensor segments of the flag and pad buffers start on 16 elements
 
@@ -330,12 +330,15 @@ class GpuVerifier:
                     flags,
                 )
             )
-        by_kind: dict[tuple[str, int, int], list[_Plan]] = {}
+        # A launch passes one set of constants: group by them (device, block size and k), not by shape
+        # alone, or a k=0 tensor (integers, a float holding NaN/Inf) would lend its masks to a float one.
+        by_consts: dict[int, list[_Plan]] = {}
         for p in plans:
             if p.spec.width >= 16:
-                by_kind.setdefault((str(p.device), p.words, p.consts.nm), []).append(p)
+                by_consts.setdefault(id(p.consts), []).append(p)
         self._groups = [
-            _Group(g, self._offsets, c_buffers[g[0].device], self._flag_buffers[g[0].device]) for g in by_kind.values()
+            _Group(g, self._offsets, c_buffers[g[0].device], self._flag_buffers[g[0].device])
+            for g in by_consts.values()
         ]
         return plans
 
@@ -480,7 +483,7 @@ def _launch(kernel: Any, plan: _Plan, words: torch.Tensor) -> None:
 
 
 class _Group:
-    """Tensors of one device and block shape, checked by a single launch of the grouped kernel.
+    """Tensors of one device, block size and k (one set of constants), checked by one launch of the grouped kernel.
 
     One launch per tensor costs a Python launch each (tens of microseconds), which is more than
     the kernel takes on a tensor of a few megabytes; an LLM has hundreds of tensors. The grouped
