@@ -444,6 +444,19 @@ def test_many_tensors_of_every_size_in_one_launch(
 
 
 @pytest.mark.parametrize("device,backend", ENGINES)
+def test_empty_tensors_from_numpy_are_checked(key: paramseal.Key, device: str, backend: str) -> None:
+    """``torch.from_numpy`` of an empty array has stride (0,), which a 16-bit view refuses: it must still be checked."""
+    arrays = {"w": helpers.random_tensor(np.random.default_rng(3), np.float32, (300,)), "e": np.zeros(0, np.int32)}
+    state, header = seal_state(arrays, key, "lanes")
+    assert state["e"].stride() == (0,)  # as numpy_to_tensor gives it
+    live = to_device(state, device)
+    v = gpu.GpuVerifier(live, key, header, backend=backend)
+    assert v.check().ok
+    flip(live["w"], 7, 3)
+    assert dict(v.check().blocks) == cpu_blocks(live, key, header) == {"w": (0,)}
+
+
+@pytest.mark.parametrize("device,backend", ENGINES)
 @pytest.mark.parametrize(
     "plain,marked,level",
     [("I32", "F32", "standard"), ("F32", "F32", "standard"), ("I16", "F16", "standard"),

@@ -392,7 +392,9 @@ class GpuVerifier:
     def _run(self, plan: _Plan, x: torch.Tensor) -> None:
         kernel = _triton_kernel() if self._use_triton(plan) else None
         flat = x.detach().reshape(-1)
-        if not flat.is_contiguous():
+        if not flat.numel():  # from_numpy gives an empty tensor stride (0,), which a 16-bit view refuses
+            flat = _torch.empty(0, dtype=flat.dtype, device=flat.device)
+        elif not flat.is_contiguous():
             flat = flat.contiguous()
         if kernel is not None and plan.spec.width >= 16 and plan.spec.numel:
             _launch(kernel, plan, flat.view(_torch.int16))
@@ -530,6 +532,8 @@ class _Group:
         if any(q % 16 for q in ptrs):  # the kernel's loads assume 16-byte aligned tensors
             return False
         base = max(range(len(xs)), key=lambda i: xs[i].numel())  # never an empty tensor's null pointer
+        if not xs[base].numel():  # a group of empty tensors (their last blocks): the per-tensor path
+            return False
         if ptrs != self._ptrs or self._woff is None:
             self._woff = self._up([(q - ptrs[base]) // 2 for q in ptrs])
             self._ptrs = ptrs
