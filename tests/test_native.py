@@ -442,3 +442,167 @@ def test_compiled_decoder_equals_numba_on_garbage(k: int, F: int, host: int) -> 
             np.zeros(ng, np.bool_), want,
         )  # fmt: skip
         assert got is not None and np.array_equal(got, want) and np.array_equal(got_w, want_w)
+
+
+# ---------------------------------------------------------------- the lane code's data movers
+
+
+@needs_lib
+@pytest.mark.parametrize(
+    "dtype,shift,width",
+    [(np.uint16, 1, 15), (np.uint16, 0, 1), (np.uint16, 0, 3), (np.uint16, 5, 11), (np.uint32, 4, 28),
+     (np.uint32, 0, 4), (np.uint32, 3, 29), (np.uint64, 8, 56), (np.uint64, 0, 36), (np.uint64, 12, 52)],
+)  # fmt: skip
+def test_pack_and_unpack_equal_the_numba_kernels(dtype: type, shift: int, width: int) -> None:
+    """Every width the bit fields take (fp16/bf16 k=1..5, fp32 light, fp64), rows strided and threaded."""
+    from paramseal import _kernels
+
+    rng = np.random.default_rng(width * 64 + shift)
+    big = rng.integers(0, np.iinfo(dtype).max, (9000, 80), dtype=dtype, endpoint=True)
+    big[:2] = np.iinfo(dtype).max  # every bit set: nothing spills over a field
+    u = big[:, :64]  # rows 80 values apart, as a block view of a wider array
+    want = np.empty((u.shape[0], width * 8), np.uint8)
+    _kernels._SER["pack"](u, shift, width, want)
+    got = _native.pack(u, shift, width)
+    assert got is not None and np.array_equal(got, want)
+    data = rng.integers(0, 256, want.shape, dtype=np.uint8)
+    a, b = big.copy(), big.copy()
+    _kernels._SER["unpack"](data, shift, width, a[:, :64])
+    assert _native.unpack(data, b[:, :64], shift, width)
+    assert np.array_equal(a, b)  # the bits outside the field and the columns past the view are kept
+    assert not np.array_equal(a, big)
+
+
+@needs_lib
+@pytest.mark.parametrize("lanes", [1, 15, 16, 17, 300])
+def test_split_equals_the_numba_kernel_for_any_strides(lanes: int) -> None:
+    from paramseal import _kernels
+
+    rng = np.random.default_rng(lanes)
+    a = rng.integers(0, 1 << 32, (9000, lanes), dtype=np.uint64).astype(np.uint32)
+    for view in (a, a.T.copy().T, a[::2]):  # row-major, lane-major (a transposed store), every other row
+        want = np.zeros((view.shape[0], 64 * -(-2 * lanes // 32)), np.uint8)
+        _kernels._SER["split"](view, want)
+        got = _native.split(view)
+        assert got is not None and np.array_equal(got, want)
+
+
+@needs_lib
+@pytest.mark.parametrize("lane_major", [False, True])
+def test_stripes_and_blocks_equal_the_numba_kernels(lane_major: bool) -> None:
+    """Whole stripes and single blocks into a store and back, in the store's two layouts."""
+    from paramseal import _kernels
+
+    rng = np.random.default_rng(int(lane_major))
+    ns, g, d, off = 40, 300, 7, 5
+    perm = np.argsort(rng.random((ns, g)), axis=1).astype(np.int64)
+    x = rng.integers(0, 1 << 32, (ns, g, d + 1), dtype=np.uint64).astype(np.uint32)[:, :, 1:]  # strided, as parity is
+
+    def store() -> np.ndarray:
+        s = rng.integers(0, 1 << 32, (off + ns * d + 3, g), dtype=np.uint64).astype(np.uint32)
+        return s.T.copy().T if lane_major else s  # lane-major: a transposed view
+
+    want, got = store(), None
+    got = want.copy(order="F" if lane_major else "C")
+    (_kernels._scatter_lm_nb if lane_major else _kernels._stripes_in_nb)(want, off, d, perm, x)
+    assert _native.stripes(got, off, perm, x, out=False)
+    assert np.array_equal(got, want)
+    back_want, back_got = np.empty(x.shape, np.uint32), np.empty((ns, g, d + 2), np.uint32)[:, :, 2:]
+    _kernels._stripes_out_nb(want, off, d, perm, back_want)
+    assert _native.stripes(got, off, perm, back_got, out=True)
+    assert np.array_equal(back_got, back_want) and np.array_equal(back_got, x)
+
+    nb = 500
+    offs = rng.integers(0, off + ns * d - d, nb).astype(np.int64)
+    lanes = rng.integers(0, g, nb).astype(np.int64)
+    counts = rng.integers(0, d + 1, nb).astype(np.int64)
+    xb = rng.integers(0, 1 << 32, (nb, d + 1), dtype=np.uint64).astype(np.uint32)[:, 1:]
+    _kernels._blocks_in_nb(want, offs, lanes, counts, xb)  # overlapping blocks: the last one wins in both
+    assert _native.blocks(got, offs, lanes, counts, xb, out=False)
+    assert np.array_equal(got, want)
+    out_want, out_got = np.zeros(xb.shape, np.uint32), np.zeros(xb.shape, np.uint32)
+    _kernels._blocks_out_nb(want, offs, lanes, counts, out_want)
+    assert _native.blocks(got, offs, lanes, counts, out_got, out=True)
+    assert np.array_equal(out_got, out_want)
+
+
+@needs_lib
+def test_a_light_recover_of_a_bf16_model_loads_no_numba_kernel(tmp_path: Path) -> None:
+    """The lane code's data movers are compiled: a few flips in a bf16 file are recovered without numba."""
+    import subprocess
+    import sys
+    import textwrap
+
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    rng = np.random.default_rng(5)
+    model = {"w": (0.02 * rng.standard_normal((512, 768))).astype(ml_dtypes.bfloat16)}
+    key = paramseal.Key.generate()
+    (tmp_path / "k").write_bytes(key.secret)
+    src = helpers.write_st(tmp_path / "m.safetensors", model)
+    files.seal_file(src, tmp_path / "s.safetensors", key)
+    script = textwrap.dedent(
+        f"""
+        import sys, numpy as np
+        import paramseal, paramseal.files as f
+        from safetensors.numpy import load_file, save_file
+        key = paramseal.Key(open({str(tmp_path / "k")!r}, "rb").read())
+        m = load_file({str(tmp_path / "s.safetensors")!r})
+        from safetensors import safe_open
+        with safe_open({str(tmp_path / "s.safetensors")!r}, "np") as fh:
+            meta = fh.metadata()
+        m["w"].reshape(-1).view(np.uint16)[[3, 70_000, 200_000]] ^= np.uint16(1 << 9)
+        save_file(m, {str(tmp_path / "t.safetensors")!r}, metadata=meta)
+        r = f.recover_file({str(tmp_path / "t.safetensors")!r}, {str(tmp_path / "r.safetensors")!r}, key)
+        assert r.report.status == "recovered", r.report.status
+        print(r.report.status, sorted(n for n in sys.modules if n == "numba" or n.startswith("numba.core.registry")))
+        from paramseal import _kernels
+        print("compiled", [n for n, k in vars(_kernels).items() if hasattr(k, "signatures") and k.signatures])
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "compiled []" in out.stdout, out.stdout  # no numba kernel was loaded or compiled
+    assert files.verify_file(tmp_path / "r.safetensors", key).status == "intact"
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype,level", [("bfloat16", "standard"), ("float16", "strong"), ("float64", "standard"),
+                                         ("float32", "light")])  # fmt: skip
+def test_lane_code_bytes_and_recovery_do_not_depend_on_the_kernels(
+    dtype: str, level: str, key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lane code sealed and recovered with the compiled data movers and with numba: the same bytes."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    rng = np.random.default_rng(len(dtype))
+    model = {
+        "a": (0.02 * rng.standard_normal((301, 257))).astype(dt),  # stripes cut inside tensors
+        "tiny": np.array([1.5, -2.0, 0.25], dt),
+        "b": (0.05 * rng.standard_normal(40_001)).astype(dt),
+        "ids": np.arange(3000, dtype=np.int64),
+    }
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(range(n)))  # the salt
+    src = helpers.write_st(tmp_path / "m.safetensors", model)
+    calls: list[str] = []
+    for name in ("pack", "unpack", "split", "stripes", "blocks"):
+        real = getattr(_native, name)
+        monkeypatch.setattr(_native, name, lambda *a, _f=real, _n=name, **k: calls.append(_n) or _f(*a, **k))
+
+    def run(tag: str) -> tuple[str, bytes]:
+        sealed = paramseal.seal(model, key, level=level)
+        files.seal_file(src, tmp_path / f"{tag}.safetensors", key, level=level)
+        bad = {n: a.copy() for n, a in sealed.tensors.items()}
+        bad["a"].reshape(-1)[500:700] = 0  # whole blocks replaced
+        bad["b"].reshape(-1).view(np.uint8)[[7, 30_001]] ^= np.uint8(0x40)
+        res = paramseal.recover(bad, key, sealed.header_json)
+        assert res.report.status == "recovered"
+        helpers.assert_model_equal(res.tensors, sealed.tensors)
+        return sealed.header_json, (tmp_path / f"{tag}.safetensors").read_bytes()
+
+    mine = run("native")
+    assert {"split", "stripes"} <= set(calls) and ("pack" in calls or dtype == "float64")  # fp64: whole bytes
+    with monkeypatch.context() as m:
+        m.setattr(_native, "_lib", lambda: None)
+        m.setattr(_native, "_load", lambda: None)
+        ref = run("ref")
+    assert mine == ref

@@ -51,8 +51,7 @@ def _from_split(b: NDArray[np.uint8], lanes: int) -> NDArray[np.uint32]:
 
 
 def _shards(a: NDArray[np.uint32]) -> list[bytes]:
-    t = _to_split(a)
-    return [t[i].tobytes() for i in range(t.shape[0])]  # one per shard position, not per block
+    return _k.rows_as_bytes(_to_split(a))  # one per shard position, not per block
 
 
 def encode(data: NDArray[np.uint32], M: int) -> NDArray[np.uint32]:

@@ -7,7 +7,9 @@ is exact.
 
 from __future__ import annotations
 
+import functools
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
@@ -235,9 +237,12 @@ def mlh_tags(
 
 
 def to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8] | None:
-    """Compiled ``_code._to_split``; None without numba."""
-    if not HAVE_NUMBA:
-        return None
+    """Compiled ``_code._to_split`` (the library's, else numba's); None without either."""
+    from . import _native
+
+    fast = _native.split(a)
+    if fast is not None or not HAVE_NUMBA:
+        return fast
     n, lanes = a.shape
     out = np.zeros((n, 64 * -(-2 * lanes // 32)), dtype=np.uint8)
     _kernel("split", n)(a, out)  # any strides: a copy would cost a pass over the lane store
@@ -246,7 +251,11 @@ def to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8] | None:
 
 def scatter_stripes(out: NDArray[np.uint32], off: int, perm: NDArray[np.int64], x: NDArray[np.uint32]) -> None:
     """``out[off + s*d + i, perm[s, j]] = x[s, j, i]`` for ``x`` ``[stripes, lanes, d]`` (any strides in ``out``)."""
+    from . import _native
+
     ns, g, d = x.shape
+    if _native.stripes(out, off, perm, x, out=False):
+        return
     if HAVE_NUMBA:
         if out.strides[0] < out.strides[1]:
             _scatter_lm_nb(out, off, d, perm, x)
@@ -259,9 +268,13 @@ def scatter_stripes(out: NDArray[np.uint32], off: int, perm: NDArray[np.int64], 
 
 def gather_stripes(src: NDArray[np.uint32], off: int, perm: NDArray[np.int64], d: int) -> NDArray[np.uint32]:
     """Inverse of :func:`scatter_stripes`: ``[stripes, lanes, d]``."""
+    from . import _native
+
     ns, g = perm.shape
+    out = np.empty((ns, g, d), dtype=np.uint32)
+    if _native.stripes(src, off, perm, out, out=True):
+        return out
     if HAVE_NUMBA:
-        out = np.empty((ns, g, d), dtype=np.uint32)
         _stripes_out_nb(src, off, d, perm, out)
         return out
     view = src[off : off + ns * d].reshape(ns, d, g)
@@ -277,6 +290,10 @@ def scatter_blocks(
     x: NDArray[np.uint32],
 ) -> None:
     """``store[offs[b] + i, lanes[b]] = x[b, i]`` for ``i < counts[b]``: single blocks, any strides."""
+    from . import _native
+
+    if _native.blocks(store, offs, lanes, counts, x, out=False):
+        return
     if HAVE_NUMBA:
         _blocks_in_nb(store, offs, lanes, counts, x)
         return
@@ -289,7 +306,11 @@ def gather_blocks(
     store: NDArray[np.uint32], offs: NDArray[np.int64], lanes: NDArray[np.int64], counts: NDArray[np.int64], w: int
 ) -> NDArray[np.uint32]:
     """Inverse of :func:`scatter_blocks`: ``[blocks, w]``, zero past each block's count."""
+    from . import _native
+
     out = np.zeros((offs.size, w), dtype=np.uint32)
+    if _native.blocks(store, offs, lanes, counts, out, out=True):
+        return out
     if HAVE_NUMBA:
         _blocks_out_nb(store, offs, lanes, counts, out)
         return out
@@ -319,8 +340,13 @@ def read_tag_words(
 
 def pack_fields(u: NDArray[np.unsignedinteger], shift: int, width: int) -> NDArray[np.uint8] | None:
     """Bits ``[shift, shift+width)`` of every value, packed per block; None when no kernel applies."""
-    if not HAVE_NUMBA or width > 56 or width * u.shape[1] % 8:
+    from . import _native
+
+    if width > 56 or width * u.shape[1] % 8:
         return None
+    fast = _native.pack(u, shift, width)
+    if fast is not None or not HAVE_NUMBA:
+        return fast
     out = np.empty((u.shape[0], width * u.shape[1] // 8), dtype=np.uint8)
     _kernel("pack", u.shape[0])(u, shift, width, out)
     return out
@@ -328,7 +354,13 @@ def pack_fields(u: NDArray[np.unsignedinteger], shift: int, width: int) -> NDArr
 
 def unpack_fields(data: NDArray[np.uint8], u: NDArray[np.unsignedinteger], shift: int, width: int) -> bool:
     """Write packed fields back into ``u`` in place; False when no kernel applies."""
-    if not HAVE_NUMBA or width > 56 or width * u.shape[1] % 8:
+    from . import _native
+
+    if width > 56 or width * u.shape[1] % 8:
+        return False
+    if _native.unpack(data, u, shift, width):
+        return True
+    if not HAVE_NUMBA:
         return False
     _kernel("unpack", u.shape[0])(np.ascontiguousarray(data), shift, width, u)
     return True
@@ -431,6 +463,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
 
 
+def rows_as_bytes(rows: NDArray[np.uint8]) -> list[bytes]:
+    """Each row of ``rows`` as one ``bytes`` (one C call, not one per row; leopard takes bytes only)."""
+    raw = np.ascontiguousarray(rows).tobytes()
+    return list(_splitter(rows.shape[0], rows.shape[1]).unpack(raw))
+
+
+@functools.lru_cache(maxsize=8)
+def _splitter(n: int, width: int) -> struct.Struct:
+    return struct.Struct(f"{width}s" * n)
+
+
 def halves(n: int, parts: int | None = None) -> list[tuple[int, int]]:
     """``[a, b)`` ranges that cut ``range(n)`` into one nearly equal part per core (or ``parts``)."""
     k = max(1, min(n, parts or _cores()))
@@ -440,6 +483,7 @@ def halves(n: int, parts: int | None = None) -> list[tuple[int, int]]:
 
 __all__ = [
     "halves",
+    "rows_as_bytes",
     "parallel_map",
     "task_map",
     "HAVE_NUMBA",

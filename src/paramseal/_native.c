@@ -34,7 +34,7 @@
 #define PS_SRC_HASH "" /* hatch_build.py passes the first 16 hex digits of this file's SHA-256 */
 #endif
 
-int ps_abi(void) { return 2; }
+int ps_abi(void) { return 3; }
 
 const char *ps_src_hash(void) { return PS_SRC_HASH; }
 
@@ -755,4 +755,157 @@ int ps_irs_decode(uint32_t *W, const uint8_t *flags, int64_t r0, int64_t r1, con
         status[g] = (int8_t)d_group(W + 255 * g, flags + 255 * g, acc + 4 * words * g, words, d, first, s);
     free(s);
     return 0;
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The lane code's data movers, ported from their numba references in _kernels.py so that a lane-code
+ * model (fp16, bf16, fp64, light) is verified, sealed and lightly recovered without loading numba
+ * (about a second per process) and with rows split over the cores. Strides are in elements;
+ * tests/test_native.py compares each with its reference bit for bit. */
+
+/* _pack_nb_py: bits [shift, shift + width) of every value of u (rows [r0, r1) of n values of size
+ * bytes, ld values apart), LSB first, into out (width * n / 8 bytes a row). width <= 56. */
+#define PACK_ROWS(T)                                                                                   \
+    for (int64_t b = r0; b < r1; b++) {                                                                \
+        const T *row = (const T *)u + b * ld;                                                          \
+        uint8_t *o = out + b * ob;                                                                     \
+        uint64_t acc = 0;                                                                              \
+        int nbits = 0;                                                                                 \
+        if (width <= 32) { /* 4 bytes at a time: below 32 bits held, plus one field, fits 64 */       \
+            for (int j = 0; j < n; j++) {                                                              \
+                acc |= (((uint64_t)row[j] >> shift) & mask) << nbits;                                  \
+                nbits += width;                                                                        \
+                if (nbits >= 32) {                                                                     \
+                    uint32_t lo = (uint32_t)acc;                                                       \
+                    memcpy(o, &lo, 4);                                                                 \
+                    o += 4, acc >>= 32, nbits -= 32;                                                   \
+                }                                                                                      \
+            }                                                                                          \
+        } else {                                                                                       \
+            for (int j = 0; j < n; j++) {                                                              \
+                acc |= (((uint64_t)row[j] >> shift) & mask) << nbits;                                  \
+                for (nbits += width; nbits >= 8; nbits -= 8, acc >>= 8)                                \
+                    *o++ = (uint8_t)acc;                                                               \
+            }                                                                                          \
+        }                                                                                              \
+        for (; nbits > 0; nbits -= 8, acc >>= 8) /* the row's bits are whole bytes */                 \
+            *o++ = (uint8_t)acc;                                                                       \
+    }
+
+void ps_pack(const void *u, int size, int64_t ld, int64_t r0, int64_t r1, int n, int shift, int width, uint8_t *out)
+{
+    const uint64_t mask = (1ull << width) - 1;
+    const int64_t ob = (int64_t)width * n / 8;
+    if (size == 2)
+        PACK_ROWS(uint16_t)
+    else if (size == 4)
+        PACK_ROWS(uint32_t)
+    else
+        PACK_ROWS(uint64_t)
+}
+
+/* _unpack_nb_py: the inverse of ps_pack, replacing bits [shift, shift + width) of every value in place. */
+#define UNPACK_ROWS(T)                                                                                 \
+    for (int64_t b = r0; b < r1; b++) {                                                                \
+        const uint8_t *p = data + b * ob, *end = p + ob;                                               \
+        T *row = (T *)u + b * ld;                                                                      \
+        uint64_t acc = 0;                                                                              \
+        int nbits = 0;                                                                                 \
+        for (int j = 0; j < n; j++) {                                                                  \
+            if (nbits < width && nbits <= 32 && end - p >= 4) { /* 4 bytes, never past the row */      \
+                uint32_t v;                                                                            \
+                memcpy(&v, p, 4);                                                                      \
+                acc |= (uint64_t)v << nbits;                                                           \
+                p += 4, nbits += 32;                                                                   \
+            }                                                                                          \
+            for (; nbits < width; nbits += 8)                                                          \
+                acc |= (uint64_t)*p++ << nbits;                                                        \
+            row[j] = (T)((row[j] & keep) | ((acc & mask) << shift));                                   \
+            acc >>= width, nbits -= width;                                                             \
+        }                                                                                              \
+    }
+
+void ps_unpack(const uint8_t *data, int64_t r0, int64_t r1, int n, int shift, int width, void *u, int size, int64_t ld)
+{
+    const uint64_t mask = (1ull << width) - 1, keep = ~(mask << shift);
+    const int64_t ob = (int64_t)width * n / 8;
+    if (size == 2)
+        UNPACK_ROWS(uint16_t)
+    else if (size == 4)
+        UNPACK_ROWS(uint32_t)
+    else
+        UNPACK_ROWS(uint64_t)
+}
+
+/* _split_nb_py: rows [r0, r1) of a ([n][lanes] words, strides sa0, sa1) into the leopard split
+ * layout: the 16-bit element e of a row goes to bytes 64 (e / 32) + e % 32 (low) and + 32 (high)
+ * of its row of out (ocols bytes a row). */
+void ps_split(const uint32_t *a, int64_t sa0, int64_t sa1, int64_t r0, int64_t r1, int64_t lanes, uint8_t *out,
+              int64_t ocols)
+{
+    for (int64_t i = r0; i < r1; i++) {
+        const uint32_t *row = a + i * sa0;
+        uint8_t *o = out + i * ocols;
+        for (int64_t g = 0; g < lanes; g++) { /* lane g: elements 2g, 2g + 1 of chunk g / 16 */
+            uint32_t v = row[g * sa1];
+            uint8_t *oc = o + 64 * (g >> 4) + 2 * (g & 15);
+            oc[0] = (uint8_t)v, oc[1] = (uint8_t)(v >> 16), oc[32] = (uint8_t)(v >> 8), oc[33] = (uint8_t)(v >> 24);
+        }
+    }
+}
+
+/* _stripes_in_nb (out = 0) and _stripes_out_nb (out = 1), stripes [s0, s1): store[off + s d + i,
+ * perm[s][j]] is x[s][j][i] (x: [stripes][lanes][d], strides xs0, xs1, xs2; store: ss0, ss1). */
+void ps_stripes(uint32_t *store, int64_t ss0, int64_t ss1, int64_t off, int64_t d, const int64_t *perm, int64_t g,
+                int64_t s0, int64_t s1, uint32_t *x, int64_t xs0, int64_t xs1, int64_t xs2, int out)
+{
+    if (ss1 == 1 && !out) { /* rows of the store are contiguous: write them a tile of 64 lanes at a time */
+        int64_t *inv = malloc(sizeof(int64_t) * (size_t)g);
+        if (inv) {
+            for (int64_t s = s0; s < s1; s++) {
+                uint32_t *base = store + (off + s * d) * ss0;
+                const uint32_t *xs = x + s * xs0;
+                for (int64_t j = 0; j < g; j++)
+                    inv[perm[s * g + j]] = j * xs1;
+                for (int64_t l0 = 0; l0 < g; l0 += 64) {
+                    int64_t l1 = l0 + 64 < g ? l0 + 64 : g;
+                    for (int64_t i = 0; i < d; i++) {
+                        uint32_t *row = base + i * ss0;
+                        for (int64_t lane = l0; lane < l1; lane++)
+                            row[lane] = xs[inv[lane] + i * xs2];
+                    }
+                }
+            }
+            free(inv);
+            return;
+        }
+    }
+    for (int64_t s = s0; s < s1; s++) {
+        uint32_t *base = store + (off + s * d) * ss0;
+        for (int64_t j = 0; j < g; j++) {
+            uint32_t *col = base + perm[s * g + j] * ss1, *xj = x + s * xs0 + j * xs1;
+            if (out)
+                for (int64_t i = 0; i < d; i++)
+                    xj[i * xs2] = col[i * ss0];
+            else
+                for (int64_t i = 0; i < d; i++)
+                    col[i * ss0] = xj[i * xs2];
+        }
+    }
+}
+
+/* _blocks_in_nb (out = 0) and _blocks_out_nb (out = 1), blocks [b0, b1): store[offs[b] + i,
+ * lanes[b]] is x[b][i] for i < counts[b] (x strides xs0, xs1). */
+void ps_blocks(uint32_t *store, int64_t ss0, int64_t ss1, const int64_t *offs, const int64_t *lanes,
+               const int64_t *counts, int64_t b0, int64_t b1, uint32_t *x, int64_t xs0, int64_t xs1, int out)
+{
+    for (int64_t b = b0; b < b1; b++) {
+        uint32_t *col = store + offs[b] * ss0 + lanes[b] * ss1, *xb = x + b * xs0;
+        if (out)
+            for (int64_t i = 0; i < counts[b]; i++)
+                xb[i * xs1] = col[i * ss0];
+        else
+            for (int64_t i = 0; i < counts[b]; i++)
+                col[i * ss0] = xb[i * xs1];
+    }
 }

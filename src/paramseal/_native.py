@@ -27,7 +27,7 @@ from . import _irs
 from ._kernels import _PARALLEL_ROWS, halves, parallel_map
 from .errors import InputError
 
-_ABI = 2
+_ABI = 3
 _LIB_NAME = "_psnative.so"
 
 
@@ -77,6 +77,13 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_gather_runs.restype = i64
     lib.ps_irs_decode.argtypes = [p, p, i64, i64, p, i32, p, p, p]
     lib.ps_irs_decode.restype = i32
+    lib.ps_pack.argtypes = [p, i32, i64, i64, i64, i32, i32, i32, p]
+    lib.ps_unpack.argtypes = [p, i64, i64, i32, i32, i32, p, i32, i64]
+    lib.ps_split.argtypes = [p, i64, i64, i64, i64, i64, p, i64]
+    lib.ps_stripes.argtypes = [p, i64, i64, i64, i64, p, i64, i64, i64, p, i64, i64, i64, i32]
+    lib.ps_blocks.argtypes = [p, i64, i64, p, p, p, i64, i64, p, i64, i64, i32]
+    for f in (lib.ps_pack, lib.ps_unpack, lib.ps_split, lib.ps_stripes, lib.ps_blocks):
+        f.restype = None
     return lib
 
 
@@ -437,9 +444,9 @@ def _gf_columns(
     return cols
 
 
-def _rows(n: int) -> list[tuple[int, int]]:
-    """Row ranges for one call per core (one call for small batches)."""
-    return halves(n) if n >= 256 else [(0, n)]
+def _rows(n: int, at: int = 256) -> list[tuple[int, int]]:
+    """Row ranges for one call per core (one call below ``at`` rows: threads cost more than small calls)."""
+    return halves(n) if n >= at else [(0, n)]
 
 
 def encode(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
@@ -566,8 +573,105 @@ def content(w: NDArray[np.uint32], F: int, k: int, shard: int) -> NDArray[np.uin
     return out
 
 
+def _strides(a: NDArray[np.generic]) -> tuple[int, ...] | None:
+    """Strides in elements, or None where one is not a whole number of them."""
+    size = a.dtype.itemsize
+    return None if any(st % size for st in a.strides) else tuple(st // size for st in a.strides)
+
+
+def pack(u: NDArray[np.unsignedinteger], shift: int, width: int) -> NDArray[np.uint8] | None:
+    """`_kernels.pack_fields` compiled (``ps_pack``), or None where it does not apply."""
+    lib = _lib()
+    st = _strides(u)
+    if lib is None or st is None or u.ndim != 2 or st[1] != 1 or u.dtype.itemsize not in (2, 4, 8):
+        return None
+    nb, n = u.shape
+    assert 0 < width <= 56 and width * n % 8 == 0
+    out = np.empty((nb, width * n // 8), np.uint8)
+    size, ld = u.dtype.itemsize, st[0]
+    parallel_map(
+        lambda r: lib.ps_pack(u.ctypes.data, size, ld, r[0], r[1], n, shift, width, out.ctypes.data),
+        _rows(nb, _PARALLEL_ROWS),
+    )
+    return out
+
+
+def unpack(data: NDArray[np.uint8], u: NDArray[np.unsignedinteger], shift: int, width: int) -> bool:
+    """`_kernels.unpack_fields` compiled (``ps_unpack``), in place; False where it does not apply."""
+    lib = _lib()
+    st = _strides(u)
+    if lib is None or st is None or u.ndim != 2 or st[1] != 1 or u.dtype.itemsize not in (2, 4, 8):
+        return False
+    nb, n = u.shape
+    assert 0 < width <= 56 and width * n % 8 == 0 and u.flags.writeable
+    d = np.ascontiguousarray(data, np.uint8)
+    assert d.shape == (nb, width * n // 8)
+    size, ld = u.dtype.itemsize, st[0]
+    parallel_map(
+        lambda r: lib.ps_unpack(d.ctypes.data, r[0], r[1], n, shift, width, u.ctypes.data, size, ld),
+        _rows(nb, _PARALLEL_ROWS),
+    )
+    return True
+
+
+def split(a: NDArray[np.uint32]) -> NDArray[np.uint8] | None:
+    """`_kernels.to_split` compiled (``ps_split``, any strides), or None without the library."""
+    lib = _lib()
+    st = _strides(a)
+    if lib is None or st is None or a.dtype != np.uint32 or a.ndim != 2:
+        return None
+    n, lanes = a.shape
+    out = np.zeros((n, 64 * -(-2 * lanes // 32)), dtype=np.uint8)
+    parallel_map(
+        lambda r: lib.ps_split(a.ctypes.data, st[0], st[1], r[0], r[1], lanes, out.ctypes.data, out.shape[1]),
+        _rows(n, _PARALLEL_ROWS),
+    )
+    return out
+
+
+def stripes(store: NDArray[np.uint32], off: int, perm: NDArray[np.int64], x: NDArray[np.uint32], out: bool) -> bool:
+    """`_kernels.scatter_stripes` compiled (``out``: `gather_stripes`, into ``x``); False where it does not apply."""
+    lib = _lib()
+    st, xs = _strides(store), _strides(x)
+    if lib is None or st is None or xs is None or store.dtype != np.uint32 or x.dtype != np.uint32:
+        return False
+    ns, g, d = x.shape
+    pm = np.ascontiguousarray(perm, np.int64)
+    assert pm.shape == (ns, g) and (out or store.flags.writeable) and (not out or x.flags.writeable)
+    a = (store.ctypes.data, pm.ctypes.data, x.ctypes.data)
+    # stripes write disjoint rows of the store: they split over the cores
+    parallel_map(
+        lambda r: lib.ps_stripes(a[0], st[0], st[1], off, d, a[1], g, r[0], r[1], a[2], *xs, out),
+        _rows(ns, 2) if ns * g >= _PARALLEL_ROWS else [(0, ns)],
+    )
+    return True
+
+
+def blocks(
+    store: NDArray[np.uint32],
+    offs: NDArray[np.int64],
+    lanes: NDArray[np.int64],
+    counts: NDArray[np.int64],
+    x: NDArray[np.uint32],
+    out: bool,
+) -> bool:
+    """`_kernels.scatter_blocks` compiled (``out``: `gather_blocks`, into ``x``); False where it does not apply."""
+    lib = _lib()
+    st, xs = _strides(store), _strides(x)
+    if lib is None or st is None or xs is None or store.dtype != np.uint32 or x.dtype != np.uint32:
+        return False
+    nb, w = x.shape
+    o, ln, c = (np.ascontiguousarray(v, np.int64) for v in (offs, lanes, counts))
+    assert o.size == ln.size == c.size == nb and int(c.max(initial=0)) <= w
+    assert (out or store.flags.writeable) and (not out or x.flags.writeable)
+    # one thread: blocks may share a store cell, and the last one written must win, as in the reference
+    lib.ps_blocks(store.ctypes.data, *st, o.ctypes.data, ln.ctypes.data, c.ctypes.data, 0, nb, x.ctypes.data, *xs, out)
+    return True
+
+
 __all__ = [
     "available",
+    "blocks",
     "content",
     "decode",
     "encode",
@@ -575,8 +679,12 @@ __all__ = [
     "gather_runs",
     "library_path",
     "mlh",
+    "pack",
     "portable",
     "read_tag",
+    "split",
+    "stripes",
     "syndromes",
     "to_strata",
+    "unpack",
 ]

@@ -15,8 +15,6 @@ bytes, about 1% of the groups at 2 bytes.
 
 from __future__ import annotations
 
-import functools
-import struct
 from dataclasses import dataclass
 
 import numba
@@ -26,6 +24,7 @@ from numpy.typing import NDArray
 
 from . import _irs, _native
 from ._kernels import halves, parallel_map
+from ._kernels import rows_as_bytes as _shards
 
 SUPER_MAX = 16384  # groups per superblock: [16384, 255] words (16 MiB) at a time when sealing
 # Free bytes per codeword given to the outer code, per k: each costs the inner code one parity
@@ -195,17 +194,6 @@ def _content_nb(w, sf, k, out):  # type: ignore[no-untyped-def]
             for b in range(b0, 4):
                 out[g, at] = (x >> np.uint32(8 * b)) & np.uint32(255)
                 at += 1
-
-
-def _shards(cols: NDArray[np.uint8]) -> list[bytes]:
-    """Each row of ``cols`` as one ``bytes`` (one C call; leopard takes bytes only)."""
-    raw = np.ascontiguousarray(cols).tobytes()
-    return list(_splitter(cols.shape[0], cols.shape[1]).unpack(raw))
-
-
-@functools.lru_cache(maxsize=8)
-def _splitter(n: int, width: int) -> struct.Struct:
-    return struct.Struct(f"{width}s" * n)
 
 
 def plan(G: int, k: int, free_strata: int, host: int) -> Outer:
