@@ -52,7 +52,7 @@ def _from_bits(bits: U8, width: int) -> NDArray[np.unsignedinteger]:
 
 
 def _kernel_pays(kernel: bool, nb: int, k: int) -> bool:
-    """Whether to pack with the numba kernel: not for whole bytes (a strided copy), nor for a few blocks.
+    """Whether to pack with a kernel (compiled, else numba): not for whole bytes (a strided copy), nor a few blocks.
 
     Loading a first numba kernel costs about 0.2 s; the seal's reserved blocks are a handful.
     """

@@ -2,8 +2,10 @@
 
 With GFNI and AVX-512 (BW, VBMI): the irs4 inner encoder, the decoder's syndromes, the seal
 gather and its inverse placement, and the outer code's content. On any CPU: the block MAC's
-hash, the tag read and write, the recovery gather (words and flags of damaged groups) and the
-irs4 decoder (used with the compiled syndromes, so a light recover loads no numba kernel).
+hash, the tag read and write, the recovery gather (words and flags of damaged groups), the
+irs4 decoder (used with the compiled syndromes, so a light recover loads no numba kernel) and
+the lane code's data movers (bit fields, stripes and blocks to and from the lane store, the
+coder's split layout).
 Each has a numba (or numpy) counterpart that stays the reference and
 the fallback; the tests compare the two bit for bit. Where the library is missing or unusable
 the functions here return False or None and the caller uses the reference.
