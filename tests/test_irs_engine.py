@@ -527,6 +527,24 @@ def test_a_nan_found_by_one_of_several_superblocks_leaves_no_output_of_the_first
     assert files.verify_file(tmp_path / "out.safetensors", key).status == "intact"
 
 
+def test_nested_parallel_map_runs_inline(two_task_cores: None) -> None:
+    """A parallel_map item that calls parallel_map (a sort inside a split of stripes) must not wait on its own pool."""
+    import threading
+
+    from paramseal import _kernels
+
+    result: list[list[list[int]]] = []
+    t = threading.Thread(
+        target=lambda: result.append(
+            _kernels.parallel_map(lambda x: _kernels.parallel_map(lambda y: x * y, range(3)), range(4))
+        )
+    )
+    t.start()
+    t.join(20)
+    assert not t.is_alive(), "nested parallel_map deadlocked"
+    assert result == [[[x * y for y in range(3)] for x in range(4)]]
+
+
 def test_nested_task_map_runs_inline_on_many_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """More cores than TASKS_MAX: the tasks do not fill the cores, yet a nested task_map must not wait on their pool."""
     import threading

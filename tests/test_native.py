@@ -606,3 +606,20 @@ def test_lane_code_bytes_and_recovery_do_not_depend_on_the_kernels(
         m.setattr(_native, "_load", lambda: None)
         ref = run("ref")
     assert mine == ref
+
+
+@needs_lib
+@pytest.mark.parametrize("g", [1, 2, 3, 64, 2049, 9000])
+def test_argsort_rows_equals_numpys_stable_argsort(g: int) -> None:
+    """The lane code's keyed permutations: random keys, keys equal in their top bits, and whole-key ties."""
+    from paramseal._layout import stable_argsort_rows
+
+    rng = np.random.default_rng(g)
+    r = rng.integers(0, 2**64 - 1, (40, g), dtype=np.uint64, endpoint=True)
+    r[:6] >>= np.uint64(35)  # every key shares its top 35 bits: the insertion pass orders them all
+    r[6:10] %= np.uint64(3)  # whole keys tie: index order must be kept
+    r[10] = np.uint64(2**64 - 1)
+    want = np.argsort(r, axis=1, kind="stable")
+    got = _native.argsort_rows(r)
+    assert got is not None and np.array_equal(got, want)
+    assert np.array_equal(stable_argsort_rows(r), want)

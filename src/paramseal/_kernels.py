@@ -372,6 +372,7 @@ _POOL: ThreadPoolExecutor | None = None
 _TASKS: ThreadPoolExecutor | None = None  # whole pieces of work that may call parallel_map themselves
 _POOL_LOCK = threading.Lock()
 _IN_TASK = threading.local()  # .task: in a task_map task; .on: its parallel_map calls run inline
+_IN_POOL = threading.local()  # .on: running a parallel_map item (a nested parallel_map runs inline)
 TASKS_MAX = 4  # task_map items in flight, each with its buffers (a seal's superblock: about 100 MiB)
 
 
@@ -386,17 +387,27 @@ def _cores() -> int:
 def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     """``[fn(x) for x in items]`` on one thread per core, for work that releases the GIL (nogil kernels).
 
-    The first exception raised by ``fn`` propagates. One process-wide pool, made on first use.
+    The first exception raised by ``fn`` propagates. One process-wide pool, made on first use; a
+    `parallel_map` inside ``fn`` runs inline on its thread.
     """
     global _POOL
     items = list(items)
     workers = min(len(items), _cores())
-    if workers <= 1 or getattr(_IN_TASK, "on", False):  # a task_map task whose peers fill the cores
+    # inline in a task_map task whose peers fill the cores, and in an item of this pool: it would wait on itself
+    if workers <= 1 or getattr(_IN_TASK, "on", False) or getattr(_IN_POOL, "on", False):
         return [fn(x) for x in items]
     with _POOL_LOCK:
         if _POOL is None:
             _POOL = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="paramseal")
-    return list(_POOL.map(fn, items))
+
+    def run(x: _T) -> _R:
+        _IN_POOL.on = True
+        try:
+            return fn(x)
+        finally:
+            _IN_POOL.on = False
+
+    return list(_POOL.map(run, items))
 
 
 def task_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:

@@ -312,6 +312,11 @@ def stable_argsort_rows(r: NDArray[np.uint64]) -> NDArray[np.int64]:
     Without equal keys in a row every sort gives the stable permutation, so quicksort is used
     and only rows with a tie (about 1e-12 each for random 64-bit keys) are sorted again stably.
     """
+    from . import _native  # imports _kernels, which this module's importers need first
+
+    fast = _native.argsort_rows(r)  # a radix sort, several times faster
+    if fast is not None:
+        return fast
     perm = np.argsort(r, axis=1, kind="quicksort").astype(np.int64)
     ties = np.flatnonzero((np.diff(np.take_along_axis(r, perm, axis=1), axis=1) == 0).any(axis=1))
     if ties.size:

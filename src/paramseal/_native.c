@@ -909,3 +909,60 @@ void ps_blocks(uint32_t *store, int64_t ss0, int64_t ss1, const int64_t *offs, c
                 col[i * ss0] = xb[i * xs1];
     }
 }
+
+/* np.argsort(keys, axis=1, kind="stable") for rows [r0, r1) of keys ([rows][g] uint64), into out: the
+ * lane code's keyed permutations. A stable LSD radix sort of (key, index) pairs on the top 33 bits (three
+ * 11-bit digits), then each run of equal top bits (rare for random keys) sorted by the whole key, stably,
+ * by insertion. Returns -1 if it cannot allocate its buffers (the caller uses numpy), else 0. */
+int ps_argsort_rows(const uint64_t *keys, int64_t r0, int64_t r1, int64_t g, int64_t *out)
+{
+    size_t n = (size_t)(g > 0 ? g : 1);
+    uint64_t *k0 = malloc(sizeof(uint64_t) * n), *k1 = malloc(sizeof(uint64_t) * n);
+    int64_t *i0 = malloc(sizeof(int64_t) * n), *i1 = malloc(sizeof(int64_t) * n);
+    uint32_t *cnt = malloc(sizeof(uint32_t) * 2048);
+    if (!k0 || !k1 || !i0 || !i1 || !cnt) {
+        free(k0), free(k1), free(i0), free(i1), free(cnt);
+        return -1;
+    }
+    for (int64_t r = r0; r < r1; r++) {
+        uint64_t *ka = k0, *kb = k1;
+        int64_t *ia = i0, *ib = i1;
+        memcpy(ka, keys + r * g, sizeof(uint64_t) * (size_t)g);
+        for (int64_t j = 0; j < g; j++)
+            ia[j] = j;
+        for (int shift = 31; shift <= 53; shift += 11) { /* digits of bits 31-41, 42-52, 53-63 */
+            memset(cnt, 0, sizeof(uint32_t) * 2048);
+            for (int64_t j = 0; j < g; j++)
+                cnt[(ka[j] >> shift) & 2047]++;
+            uint32_t sum = 0;
+            for (int d = 0; d < 2048; d++) {
+                uint32_t c = cnt[d];
+                cnt[d] = sum;
+                sum += c;
+            }
+            for (int64_t j = 0; j < g; j++) {
+                uint32_t at = cnt[(ka[j] >> shift) & 2047]++;
+                kb[at] = ka[j], ib[at] = ia[j];
+            }
+            uint64_t *tk = ka;
+            int64_t *ti = ia;
+            ka = kb, kb = tk, ia = ib, ib = ti;
+        }
+        for (int64_t j = 0; j < g;) { /* runs of equal top 33 bits, by the whole key */
+            int64_t e = j + 1;
+            while (e < g && (ka[e] >> 31) == (ka[j] >> 31))
+                e++;
+            for (int64_t x = j + 1; x < e; x++) {
+                uint64_t kv = ka[x];
+                int64_t iv = ia[x], y = x;
+                while (y > j && ka[y - 1] > kv) /* strictly greater: equal keys keep index order */
+                    ka[y] = ka[y - 1], ia[y] = ia[y - 1], y--;
+                ka[y] = kv, ia[y] = iv;
+            }
+            j = e;
+        }
+        memcpy(out + r * g, ia, sizeof(int64_t) * (size_t)g);
+    }
+    free(k0), free(k1), free(i0), free(i1), free(cnt);
+    return 0;
+}

@@ -86,6 +86,8 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_blocks.argtypes = [p, i64, i64, p, p, p, i64, i64, p, i64, i64, i32]
     for f in (lib.ps_pack, lib.ps_unpack, lib.ps_split, lib.ps_stripes, lib.ps_blocks):
         f.restype = None
+    lib.ps_argsort_rows.argtypes = [p, i64, i64, i64, p]
+    lib.ps_argsort_rows.restype = i32
     return lib
 
 
@@ -671,7 +673,23 @@ def blocks(
     return True
 
 
+def argsort_rows(keys: NDArray[np.uint64]) -> NDArray[np.int64] | None:
+    """``np.argsort(keys, axis=1, kind="stable")`` compiled (``ps_argsort_rows``), or None without the library."""
+    lib = _lib()
+    if lib is None or keys.ndim != 2:
+        return None
+    k = np.ascontiguousarray(keys, np.uint64)
+    n, g = k.shape
+    out = np.empty((n, g), np.int64)
+    rcs = parallel_map(
+        lambda r: lib.ps_argsort_rows(k.ctypes.data, r[0], r[1], g, out.ctypes.data),
+        _rows(n, 2) if n * g >= 1 << 15 else [(0, n)],
+    )
+    return out if not any(rcs) else None
+
+
 __all__ = [
+    "argsort_rows",
     "available",
     "blocks",
     "content",

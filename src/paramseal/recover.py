@@ -214,8 +214,8 @@ def _rebuild(
     """Rebuild the tampered blocks of tensor ``t`` that lie in decoded lanes (the input is not touched)."""
     lay, spec, ub = chk.layout, chk.specs[t], chk.blocks[t]
     b0 = int(lay.block_start[t])
-    lanes = lay.lane[b0 : b0 + spec.nblocks]
-    rows = np.flatnonzero(chk.bad[t] & lane_ok[lanes])
+    rows = np.flatnonzero(chk.bad[t])
+    rows = rows[lane_ok[lay.lane[b0 + rows]]]  # lanes of the tampered blocks only: each is a keyed permutation
     if not rows.size:
         return None
     new = ub[rows]  # fancy indexing: a copy
