@@ -3,26 +3,29 @@
 
 Usage::
 
-    python benchmarks/bench_core.py --size-gib 1.0 [--dir SCRATCH] [--keep] [--level standard]
+    python benchmarks/bench_core.py --size-gib 1.0 [--dtype f32|bf16|f16] [--dir SCRATCH] [--keep] [--level standard]
 
-It writes a synthetic fp32 safetensors checkpoint shaped like a decoder-only
-LLM (embedding, per-layer attention and MLP matrices, norms and biases, an
-untied LM head; values ~ N(0, 0.02), fixed seed), then times, each in a fresh
-subprocess so that peak RSS is per operation:
+It writes a synthetic safetensors checkpoint of about ``--size-gib`` bytes in
+one dtype (fp32 by default, sealed with the irs4 code; bf16 or fp16, sealed
+with the lane code), shaped like a decoder-only LLM (embedding, per-layer
+attention and MLP matrices, norms and biases, an untied LM head; values
+~ N(0, 0.02) drawn in fp32, cast for 16-bit dtypes; fixed seed), then
+times, each in a fresh subprocess so that peak RSS is per operation:
 
 * SHA-256 of the file in 8 MiB reads (the baseline);
 * ``files.seal_file`` (read + seal + atomic write with fsync);
 * ``files.verify_file`` of the sealed file;
 * ``files.recover_file`` (read + recover + atomic write) of three tampered
-  copies: 100 random single-bit flips, a contiguous run of 1% of the
-  parameters replaced, and 1% of the parameters replaced at uniformly random
-  positions (the last is beyond what block-level recovery can repair; its
-  status is printed as measured).
+  copies: 100 random single-bit flips (any bit of the value's word: 0..31 for
+  fp32, 0..15 for bf16/fp16), a contiguous run of 1% of the parameters
+  replaced, and 1% of the parameters replaced at uniformly random positions,
+  with random values of the checkpoint's dtype (the last is beyond what the
+  lane code can repair; its status is printed as measured).
 
 Times are the API call as measured inside the worker with ``time.perf_counter``
 (file read, all the work, the atomic write); the process column adds
-interpreter start-up and imports. Peak RSS comes from ``os.wait4`` for each
-worker, the same accounting ``/usr/bin/time`` uses. Files are read from a warm
+interpreter start-up and imports. Peak RSS is each worker's own ``VmHWM``
+(``ru_maxrss`` from ``os.wait4`` only as a fallback). Files are read from a warm
 page cache (they were just written and the machine has the RAM to hold them).
 
 A worker can be run on its own, e.g. to profile it::
@@ -48,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 SEED = 20240601
@@ -57,6 +61,13 @@ MIB = 1 << 20
 TARGET_VERIFY_VS_SHA = 1.0  # verify speed / SHA-256 speed, at least
 TARGET_SEAL_VS_SHA = 0.5  # seal speed / SHA-256 speed, at least
 TARGET_RECOVER_VS_VERIFY = 2.0  # recover time / verify time, at most
+# --dtype: safetensors dtype name, numpy dtype, unsigned word of the same width
+DTYPES: dict[str, tuple[str, Any, Any]] = {
+    "f32": ("F32", np.float32, np.uint32),
+    "bf16": ("BF16", ml_dtypes.bfloat16, np.uint16),
+    "f16": ("F16", np.float16, np.uint16),
+}
+WORDS = {v[0]: v[2] for v in DTYPES.values()}  # safetensors dtype name -> word of its width
 
 
 # --------------------------------------------------------------------------- checkpoint
@@ -102,11 +113,17 @@ def llm_shapes(total_params: int) -> tuple[list[tuple[str, tuple[int, ...]]], di
     return shapes, {"hidden": d, "intermediate": inter, "vocab": vocab, "layers": layers}
 
 
-def write_checkpoint(path: Path, size_gib: float) -> None:
+def n_params(size_gib: float, dtype: str) -> int:
+    """Parameters in a checkpoint of about ``size_gib`` GiB of ``dtype`` values."""
+    return int(size_gib * (1 << 30)) // np.dtype(DTYPES[dtype][1]).itemsize
+
+
+def write_checkpoint(path: Path, size_gib: float, dtype: str = "f32") -> None:
     """Generate and save the synthetic checkpoint (runs in its own worker)."""
     import safetensors.numpy as stn
 
-    shapes, _ = llm_shapes(int(size_gib * (1 << 30)) // 4)
+    shapes, _ = llm_shapes(n_params(size_gib, dtype))
+    np_dtype = DTYPES[dtype][1]
     rng = np.random.default_rng(SEED)
     tensors: dict[str, np.ndarray] = {}
     for name, shape in shapes:
@@ -114,7 +131,7 @@ def write_checkpoint(path: Path, size_gib: float) -> None:
         a *= np.float32(0.02)
         if name.endswith("norm.weight"):
             a += np.float32(1.0)  # RMSNorm gains sit around 1
-        tensors[name] = a
+        tensors[name] = a if np_dtype is np.float32 else a.astype(np_dtype)
     # One metadata key: safetensors writes __metadata__ in hash order, so two keys make the bytes vary run to run.
     stn.save_file(tensors, str(path), metadata={"format": "pt"})
     _fsync(path)
@@ -140,36 +157,48 @@ def data_section(path: Path) -> tuple[int, dict[str, Any]]:
 # --------------------------------------------------------------------------- tampering (untimed)
 
 
-def _words(path: Path) -> np.memmap:
+def _words(path: Path) -> tuple[np.memmap, Any]:
+    """The data section as little-endian words of the checkpoint's one dtype, and that dtype."""
     off, header = data_section(path)
     header.pop("__metadata__", None)
-    assert all(v["dtype"] == "F32" for v in header.values()), "benchmark checkpoint is all F32"
-    assert off % 4 == 0
-    n = (path.stat().st_size - off) // 4
-    return np.memmap(path, dtype="<u4", mode="r+", offset=off, shape=(n,))
+    names = {v["dtype"] for v in header.values()}
+    assert len(names) == 1 and names <= WORDS.keys(), f"benchmark checkpoint has one of {list(WORDS)}, not {names}"
+    name = names.pop()
+    word = np.dtype(WORDS[name]).newbyteorder("<")
+    np_dtype = next(v[1] for v in DTYPES.values() if v[0] == name)
+    assert off % word.itemsize == 0
+    n = (path.stat().st_size - off) // word.itemsize
+    return np.memmap(path, dtype=word, mode="r+", offset=off, shape=(n,)), np_dtype
+
+
+def _random_values(rng: np.random.Generator, m: int, np_dtype: Any, word: np.dtype) -> np.ndarray:
+    """``m`` values ~ N(0, 0.02) of ``np_dtype`` (drawn in fp32 and cast), as raw words."""
+    vals = rng.standard_normal(m, dtype=np.float32) * np.float32(0.02)
+    return (vals if np_dtype is np.float32 else vals.astype(np_dtype)).view(word)
 
 
 def tamper(sealed: Path, dst: Path, kind: str, seed: int) -> str:
     """Copy ``sealed`` to ``dst`` and damage it in place; return a description."""
     shutil.copyfile(sealed, dst)
-    w = _words(dst)
+    w, np_dtype = _words(dst)
     n = w.size
+    nbits = 8 * w.dtype.itemsize
     rng = np.random.default_rng(seed)
     if kind == "bitflips":
         pos = _distinct(rng, n, 100)
-        bits = rng.integers(0, 32, size=pos.size, dtype=np.uint32)
-        w[pos] ^= np.left_shift(np.uint32(1), bits)
-        desc = f"{pos.size} single-bit flips at random values (random bit 0..31)"
+        bits = rng.integers(0, nbits, size=pos.size, dtype=w.dtype.type)
+        w[pos] ^= np.left_shift(w.dtype.type(1), bits)
+        desc = f"{pos.size} single-bit flips at random values (random bit 0..{nbits - 1})"
     elif kind == "contiguous":
         m = n // 100
         start = int(rng.integers(0, n - m))
-        vals = (rng.standard_normal(m, dtype=np.float32) * np.float32(0.02)).view("<u4")
+        vals = _random_values(rng, m, np_dtype, w.dtype)
         changed = int(np.count_nonzero(w[start : start + m] != vals))
         w[start : start + m] = vals
         desc = f"{m:,} consecutive values [{start:,}, {start + m:,}) replaced ({changed:,} changed)"
     elif kind == "scattered":
         pos = _distinct(rng, n, n // 100)
-        vals = (rng.standard_normal(pos.size, dtype=np.float32) * np.float32(0.02)).view("<u4")
+        vals = _random_values(rng, pos.size, np_dtype, w.dtype)
         changed = int(np.count_nonzero(w[pos] != vals))
         w[pos] = vals
         desc = f"{pos.size:,} values at uniformly random positions replaced ({changed:,} changed)"
@@ -206,7 +235,8 @@ def compare_to_sealed(sealed: Path, out: Path) -> tuple[bool, int]:
                 same = False
                 diff += x.size
                 continue
-            diff += int(np.count_nonzero(x.reshape(-1).view(np.uint32) != y.reshape(-1).view(np.uint32)))
+            word = np.dtype(f"u{x.dtype.itemsize}")  # the raw bits, at the values' own width
+            diff += int(np.count_nonzero(x.reshape(-1).view(word) != y.reshape(-1).view(word)))
     return same and diff == 0, diff
 
 
@@ -218,7 +248,7 @@ def worker(op: str, argv: list[str]) -> None:
     out: dict[str, Any] = {}
     if op == "gen":
         t0 = time.perf_counter()
-        write_checkpoint(Path(argv[0]), float(argv[1]))
+        write_checkpoint(Path(argv[0]), float(argv[1]), argv[2] if len(argv) > 2 else "f32")
         out["seconds"] = time.perf_counter() - t0
     elif op == "sha256":
         import hashlib
@@ -506,6 +536,12 @@ def verdict(ok: bool) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-gib", type=float, default=1.0, help="checkpoint size in GiB (default 1.0)")
+    ap.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="f32",
+        help="checkpoint dtype: f32 (sealed with the irs4 code) or bf16/f16 (the lane code); default f32",
+    )
     ap.add_argument("--dir", type=Path, default=None, help="scratch folder (default: a new temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch files")
     ap.add_argument("--level", default="standard", help="seal level (default standard)")
@@ -545,14 +581,16 @@ def main() -> int:
 
 
 def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: dict[str, str]) -> int:
-    shapes, dims = llm_shapes(int(a.size_gib * (1 << 30)) // 4)
+    st_dtype, np_dtype, _ = DTYPES[a.dtype]
+    itemsize = np.dtype(np_dtype).itemsize
+    shapes, dims = llm_shapes(n_params(a.size_gib, a.dtype))
     nparams = sum(int(np.prod(s)) for _, s in shapes)
     largest_name, largest_shape = max(shapes, key=lambda t: int(np.prod(t[1])))
-    largest_bytes = 4 * int(np.prod(largest_shape))
+    largest_bytes = itemsize * int(np.prod(largest_shape))
 
     load0 = _load()
-    _log(f"writing {a.size_gib} GiB checkpoint to {model}")
-    gen = spawn("gen", [str(model), str(a.size_gib)], env, a.timeout)
+    _log(f"writing {a.size_gib} GiB {st_dtype} checkpoint to {model}")
+    gen = spawn("gen", [str(model), str(a.size_gib), a.dtype], env, a.timeout)
     fsize = model.stat().st_size
     mbytes = fsize / MB
     rep, mrs, tmo = a.repeats, a.max_repeat_s, a.timeout
@@ -626,12 +664,14 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
         + ", ".join(f"{k}={os.environ.get(k, 'unset')}" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"))
     )
     print(
-        f"checkpoint: {model}  {fsize:,} bytes ({fsize / (1 << 30):.3f} GiB), {len(shapes)} F32 tensors, "
+        f"checkpoint: {model}  {fsize:,} bytes ({fsize / (1 << 30):.3f} GiB), {len(shapes)} {st_dtype} tensors, "
         f"{nparams:,} parameters, generated in {gen.seconds:.1f}s"
     )
     print(
         f"            LLaMA-like: hidden {dims['hidden']}, MLP {dims['intermediate']}, vocab {dims['vocab']}, "
-        f"{dims['layers']} layers; values N(0, 0.02), seed {SEED}"
+        f"{dims['layers']} layers; values N(0, 0.02)"
+        + ("" if a.dtype == "f32" else f" drawn in fp32, cast to {a.dtype}")
+        + f", seed {SEED}"
     )
     print(f"            largest tensor {largest_name} {list(largest_shape)} = {largest_bytes / MIB:.1f} MiB")
     print(f"seal level: {a.level}; sealed file {ssize:,} bytes")
