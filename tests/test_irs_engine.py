@@ -6,8 +6,9 @@ Ground truth comes from byte comparisons with the sealed model, never from the e
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import helpers
 import numpy as np
@@ -19,6 +20,8 @@ from paramseal import _irs_recover, cli, files
 from paramseal.header import SCHEME_IRS, parse_header
 from paramseal.keys import write_key
 from paramseal.verify import header_from_weights
+
+_T = TypeVar("_T")
 
 
 def _model(n: int = 200_000, seed: int = 3) -> dict[str, np.ndarray]:
@@ -527,43 +530,40 @@ def test_a_nan_found_by_one_of_several_superblocks_leaves_no_output_of_the_first
     assert files.verify_file(tmp_path / "out.safetensors", key).status == "intact"
 
 
-def test_nested_parallel_map_runs_inline(two_task_cores: None) -> None:
-    """A parallel_map item that calls parallel_map (a sort inside a split of stripes) must not wait on its own pool."""
+def _without_deadlock(fn: Callable[[], _T], what: str) -> _T:
+    """``fn()`` on a thread of its own, which must finish within 20 s."""
     import threading
 
-    from paramseal import _kernels
-
-    result: list[list[list[int]]] = []
-    t = threading.Thread(
-        target=lambda: result.append(
-            _kernels.parallel_map(lambda x: _kernels.parallel_map(lambda y: x * y, range(3)), range(4))
-        )
-    )
+    result: list[_T] = []
+    t = threading.Thread(target=lambda: result.append(fn()))
     t.start()
     t.join(20)
-    assert not t.is_alive(), "nested parallel_map deadlocked"
-    assert result == [[[x * y for y in range(3)] for x in range(4)]]
+    assert not t.is_alive(), f"{what} deadlocked"
+    return result[0]
+
+
+def test_nested_parallel_map_runs_inline(two_task_cores: None) -> None:
+    """A parallel_map item that calls parallel_map (a sort inside a split of stripes) must not wait on its own pool."""
+    from paramseal import _kernels
+
+    got = _without_deadlock(
+        lambda: _kernels.parallel_map(lambda x: _kernels.parallel_map(lambda y: x * y, range(3)), range(4)),
+        "nested parallel_map",
+    )
+    assert got == [[x * y for y in range(3)] for x in range(4)]
 
 
 def test_nested_task_map_runs_inline_on_many_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """More cores than TASKS_MAX: the tasks do not fill the cores, yet a nested task_map must not wait on their pool."""
-    import threading
-
     from paramseal import _kernels
 
     monkeypatch.setattr(_kernels, "_cores", lambda: 8)
     monkeypatch.setattr(_kernels, "_TASKS", None)
     monkeypatch.setattr(_kernels, "_POOL", None)
-    result: list[list[list[int]]] = []
-    t = threading.Thread(
-        target=lambda: result.append(
-            _kernels.task_map(lambda x: _kernels.task_map(lambda y: x * y, range(3)), range(6))
-        )
+    got = _without_deadlock(
+        lambda: _kernels.task_map(lambda x: _kernels.task_map(lambda y: x * y, range(3)), range(6)), "nested task_map"
     )
-    t.start()
-    t.join(20)
-    assert not t.is_alive(), "nested task_map deadlocked"
-    assert result == [[[x * y for y in range(3)] for x in range(6)]]
+    assert got == [[x * y for y in range(3)] for x in range(6)]
     for pool in (_kernels._TASKS, _kernels._POOL):
         if pool is not None:
             pool.shutdown()
