@@ -623,3 +623,16 @@ def test_argsort_rows_equals_numpys_stable_argsort(g: int) -> None:
     got = _native.argsort_rows(r)
     assert got is not None and np.array_equal(got, want)
     assert np.array_equal(stable_argsort_rows(r), want)
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", [np.int64, np.float64, np.int32])
+def test_argsort_rows_of_keys_it_cannot_cast_is_numpys(dtype: type) -> None:
+    """Signed or float keys do not keep their order as uint64: numpy sorts them, not the radix sort."""
+    from paramseal._layout import stable_argsort_rows
+
+    r = np.array([[-1, 0, 3, -5, 2], [0.5, -0.25, 2.0, 1.5, -3]], dtype)
+    want = np.argsort(r, axis=1, kind="stable")
+    got = _native.argsort_rows(r)
+    assert got is None or np.array_equal(got, want)
+    assert np.array_equal(stable_argsort_rows(r), want)

@@ -676,7 +676,7 @@ def blocks(
 def argsort_rows(keys: NDArray[np.uint64]) -> NDArray[np.int64] | None:
     """``np.argsort(keys, axis=1, kind="stable")`` compiled (``ps_argsort_rows``), or None without the library."""
     lib = _lib()
-    if lib is None or keys.ndim != 2:
+    if lib is None or keys.ndim != 2 or keys.dtype.kind not in "bu":  # signed or float keys change order as uint64
         return None
     k = np.ascontiguousarray(keys, np.uint64)
     n, g = k.shape
