@@ -636,3 +636,20 @@ def test_argsort_rows_of_keys_it_cannot_cast_is_numpys(dtype: type) -> None:
     got = _native.argsort_rows(r)
     assert got is None or np.array_equal(got, want)
     assert np.array_equal(stable_argsort_rows(r), want)
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.dtype(">u4")])
+def test_pack_and_unpack_leave_values_that_are_not_native_unsigned_to_the_reference(dtype: type) -> None:
+    """The C code reads raw native words: floats, signed values and swapped bytes are not what numba sees."""
+    from paramseal import _kernels
+
+    rng = np.random.default_rng(3)
+    u = (rng.standard_normal((16, 64)) * 3000).astype(dtype)
+    shift, width = (4, 14) if np.dtype(dtype).itemsize == 2 else (20, 20)  # past the top bit of an int16
+    want = np.empty((16, 8 * width), np.uint8)
+    if np.dtype(dtype).isnative:
+        _kernels._SER["pack"](u, shift, width, want)
+    got = _native.pack(u, shift, width)
+    assert got is None or (np.dtype(dtype).isnative and np.array_equal(got, want))
+    assert not _native.unpack(np.zeros_like(want), u.copy(), shift, width)

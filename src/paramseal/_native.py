@@ -583,11 +583,16 @@ def _strides(a: NDArray[np.generic]) -> tuple[int, ...] | None:
     return None if any(st % size for st in a.strides) else tuple(st // size for st in a.strides)
 
 
+def _native_uint(u: NDArray[np.generic]) -> bool:
+    """Whether ``u`` holds unsigned words of 2, 4 or 8 bytes in this machine's order, as the C code reads them."""
+    return u.dtype.kind == "u" and u.dtype.isnative and u.dtype.itemsize in (2, 4, 8)
+
+
 def pack(u: NDArray[np.unsignedinteger], shift: int, width: int) -> NDArray[np.uint8] | None:
     """`_kernels.pack_fields` compiled (``ps_pack``), or None where it does not apply."""
     lib = _lib()
     st = _strides(u)
-    if lib is None or st is None or u.ndim != 2 or st[1] != 1 or u.dtype.itemsize not in (2, 4, 8):
+    if lib is None or st is None or u.ndim != 2 or st[1] != 1 or not _native_uint(u):
         return None
     nb, n = u.shape
     assert 0 < width <= 56 and width * n % 8 == 0
@@ -604,7 +609,7 @@ def unpack(data: NDArray[np.uint8], u: NDArray[np.unsignedinteger], shift: int, 
     """`_kernels.unpack_fields` compiled (``ps_unpack``), in place; False where it does not apply."""
     lib = _lib()
     st = _strides(u)
-    if lib is None or st is None or u.ndim != 2 or st[1] != 1 or u.dtype.itemsize not in (2, 4, 8):
+    if lib is None or st is None or u.ndim != 2 or st[1] != 1 or not _native_uint(u):
         return False
     nb, n = u.shape
     assert 0 < width <= 56 and width * n % 8 == 0 and u.flags.writeable
