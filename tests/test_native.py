@@ -653,3 +653,22 @@ def test_pack_and_unpack_leave_values_that_are_not_native_unsigned_to_the_refere
     got = _native.pack(u, shift, width)
     assert got is None or (np.dtype(dtype).isnative and np.array_equal(got, want))
     assert not _native.unpack(np.zeros_like(want), u.copy(), shift, width)
+
+
+def test_a_big_endian_host_does_not_use_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernels read little-endian words; elsewhere numba does the work (and `require` says why)."""
+    import sys
+
+    monkeypatch.setattr(sys, "byteorder", "big")
+    monkeypatch.delenv("PARAMSEAL_NATIVE", raising=False)
+    _native._lib.cache_clear()
+    try:
+        assert _native._lib() is None
+        monkeypatch.setenv("PARAMSEAL_NATIVE", "require")
+        _native._lib.cache_clear()
+        with pytest.raises(RuntimeError, match="big-endian"):
+            _native._lib()
+    finally:
+        monkeypatch.undo()
+        _native._lib.cache_clear()
+        _native._load.cache_clear()

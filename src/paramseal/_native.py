@@ -19,6 +19,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,9 @@ def _refuse(why: str) -> None:
 def _lib() -> ctypes.CDLL | None:
     """The library with its portable kernels (the block MAC's hash), or None."""
     if _mode() in ("0", "off", "no", "false"):
+        return None
+    if sys.byteorder != "little":  # the kernels read and write little-endian words (as safetensors stores them)
+        _refuse("this host is big-endian")
         return None
     try:
         lib = ctypes.CDLL(str(library_path()))
