@@ -839,18 +839,30 @@ void ps_unpack(const uint8_t *data, int64_t r0, int64_t r1, int n, int shift, in
 
 /* _split_nb_py: rows [r0, r1) of a ([n][lanes] words, strides sa0, sa1) into the leopard split
  * layout: the 16-bit element e of a row goes to bytes 64 (e / 32) + e % 32 (low) and + 32 (high)
- * of its row of out (ocols bytes a row). */
+ * of its row of out (ocols = 64 ceil(lanes / 16) bytes a row; the last chunk's unused bytes are zeroed). */
+static inline void split_chunk(const uint32_t *src, int64_t sa1, int n, uint8_t *restrict dst)
+{
+    uint8_t buf[64] = {0}; /* a chunk built in registers, then stored whole */
+    for (int k = 0; k < n; k++) {
+        uint32_t v = src[k * sa1];
+        buf[2 * k] = (uint8_t)v, buf[2 * k + 1] = (uint8_t)(v >> 16);
+        buf[32 + 2 * k] = (uint8_t)(v >> 8), buf[33 + 2 * k] = (uint8_t)(v >> 24);
+    }
+    memcpy(dst, buf, 64);
+}
+
 void ps_split(const uint32_t *a, int64_t sa0, int64_t sa1, int64_t r0, int64_t r1, int64_t lanes, uint8_t *out,
               int64_t ocols)
 {
+    const int64_t full = lanes / 16;
+    const int rest = (int)(lanes % 16);
     for (int64_t i = r0; i < r1; i++) {
         const uint32_t *row = a + i * sa0;
         uint8_t *o = out + i * ocols;
-        for (int64_t g = 0; g < lanes; g++) { /* lane g: elements 2g, 2g + 1 of chunk g / 16 */
-            uint32_t v = row[g * sa1];
-            uint8_t *oc = o + 64 * (g >> 4) + 2 * (g & 15);
-            oc[0] = (uint8_t)v, oc[1] = (uint8_t)(v >> 16), oc[32] = (uint8_t)(v >> 8), oc[33] = (uint8_t)(v >> 24);
-        }
+        for (int64_t c = 0; c < full; c++)
+            split_chunk(row + 16 * c * sa1, sa1, 16, o + 64 * c);
+        if (rest)
+            split_chunk(row + 16 * full * sa1, sa1, rest, o + 64 * full);
     }
 }
 

@@ -634,7 +634,7 @@ def split(a: NDArray[np.uint32]) -> NDArray[np.uint8] | None:
     if lib is None or st is None or a.dtype != np.uint32 or a.ndim != 2:
         return None
     n, lanes = a.shape
-    out = np.zeros((n, 64 * -(-2 * lanes // 32)), dtype=np.uint8)
+    out = np.empty((n, 64 * -(-2 * lanes // 32)), dtype=np.uint8)  # every byte is written, padding as zeros
     parallel_map(
         lambda r: lib.ps_split(a.ctypes.data, st[0], st[1], r[0], r[1], lanes, out.ctypes.data, out.shape[1]),
         _rows(n, _PARALLEL_ROWS),
