@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import helpers
 import numpy as np
 import pytest
@@ -223,3 +225,48 @@ def test_recovery_from_a_partial_check_is_refused_clearly(key: paramseal.Key) ->
     recover_mod = importlib.import_module("paramseal.recover")
     with pytest.raises(paramseal.UsageError, match="every tensor"):
         recover_mod.recover_from(chk)
+
+
+def test_a_report_keeps_its_index_lists_in_arrays(key: paramseal.Key) -> None:
+    """A replaced layer of an LLM restores millions of values: the report holds them as arrays, not tuples of ints."""
+    import json
+
+    from paramseal.report import Ints
+
+    rng = np.random.default_rng(4)
+    sealed = paramseal.seal({"w": (0.02 * rng.standard_normal((1000, 1000))).astype(np.float32)}, key)
+    bad = {"w": sealed.tensors["w"].copy()}
+    bad["w"][:200] = (0.02 * rng.standard_normal((200, 1000))).astype(np.float32)  # 20%: within standard's bound
+    res = paramseal.recover(bad, key, sealed.header_json)
+    f = res.report.tensors["w"]
+    n = len(f.restored_indices)
+    assert res.report.status == "recovered" and n > 190_000
+    for v in (f.tampered_blocks, f.restored_indices, f.restored_xor, f.unrecoverable_blocks):
+        assert isinstance(v, Ints) and v.array.itemsize == 8 and not v.array.flags.writeable
+    assert f.restored_indices.array.nbytes + f.restored_xor.array.nbytes == 16 * n  # tuples took about 80 bytes a value
+    want = np.flatnonzero(bad["w"].view(np.uint32).reshape(-1) != sealed.tensors["w"].view(np.uint32).reshape(-1))
+    assert f.restored_indices == tuple(want.tolist()) and np.array_equal(f.restored_indices.array, want)
+    assert json.loads(json.dumps(f.to_dict()))["restored"]["indices"] == want.tolist()
+    assert hash(f) == hash(dataclasses.replace(f, restored_indices=tuple(f.restored_indices)))
+
+
+def test_ints_behaves_as_a_tuple_of_ints() -> None:
+    from paramseal.report import Ints
+
+    a = Ints([3, 1, 2**64 - 1])
+    assert a == (3, 1, 2**64 - 1) and a == [3, 1, 2**64 - 1] and a != (3, 1) and tuple(a) == (3, 1, 2**64 - 1)
+    assert a[0] == 3 and a[-1] == 2**64 - 1 and a[1:] == (1, 2**64 - 1) and len(a) == 3 and 1 in a
+    assert (
+        Ints() == ()
+        and not Ints()
+        and Ints(np.arange(5)) == Ints(range(5))
+        and hash(Ints((1, 2))) == hash(Ints([1, 2]))
+    )
+    with pytest.raises(ValueError):
+        a.array[0] = 7  # read-only
+    with pytest.raises(TypeError):
+        Ints([0.5])
+    src = np.arange(4)
+    b = Ints(src)
+    src[0] = 9  # the caller's array may change; the report does not
+    assert b == (0, 1, 2, 3)

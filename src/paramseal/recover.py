@@ -20,7 +20,7 @@ from ._pages import SCATTERED_BLOCKS, Workspace, is_mapped, release
 from ._progress import Progress
 from .errors import UsageError
 from .keys import Key
-from .report import Report, Status, TensorFinding
+from .report import Ints, Report, Status, TensorFinding
 from .verify import Check, check, report_of
 
 
@@ -265,8 +265,8 @@ def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, 
     out: dict[str, TensorFinding] = {}
     for t, spec in enumerate(chk.specs):
         f = base.tensors[spec.name]
-        restored_i: list[int] = []
-        restored_x: list[int] = []
+        restored_i: list[NDArray[np.int64]] = []
+        restored_x: list[NDArray[np.uint64]] = []
         if t in patches:
             p, ub = patches[t], chk.blocks[t]
             for a in range(0, p.rows.size, _FINDINGS_STEP):  # bounded temporaries
@@ -276,15 +276,15 @@ def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, 
                 r, c = np.nonzero(diff)
                 flat = rows[r] * 64 + c
                 keep = flat < spec.numel
-                restored_i += flat[keep].tolist()
-                restored_x += diff[r, c][keep].astype(np.uint64).tolist()
+                restored_i.append(flat[keep])
+                restored_x.append(diff[r, c][keep].astype(np.uint64))
         out[spec.name] = TensorFinding(
             spec.name,
             f.tampered_blocks,
             f.issues,
-            tuple(restored_i),
-            tuple(restored_x),
-            tuple(np.flatnonzero(chk.bad[t]).tolist()),
+            Ints(np.concatenate(restored_i) if restored_i else ()),
+            Ints(np.concatenate(restored_x) if restored_x else ()),
+            Ints(np.flatnonzero(chk.bad[t])),
             spec.numel,
         )
     return out

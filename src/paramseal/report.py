@@ -3,25 +3,108 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, overload
+
+import numpy as np
+from numpy.typing import NDArray
 
 from .errors import TamperedError, UnrecoverableError
 
 Status = Literal["intact", "tampered", "recovered", "unrecoverable"]
 
 
+class Ints(Sequence[int]):
+    """An immutable sequence of ints kept in one numpy array: 8 bytes an entry, not a tuple's ~40.
+
+    A report can name millions of values (a replaced layer of an LLM); as tuples of Python ints
+    that cost gigabytes. It behaves as a tuple of ints (iteration, indexing, ``len``, hashing,
+    and equality with tuples and lists); ``.array`` is the read-only array itself.
+    """
+
+    __slots__ = ("_a",)
+
+    def __init__(self, values: Iterable[int] | NDArray[np.integer] = ()) -> None:
+        if isinstance(values, Ints):
+            self._a: NDArray[np.integer] = values._a
+            return
+        if isinstance(values, np.ndarray):
+            a = values
+        else:
+            vals = list(values)
+            if not all(isinstance(v, (int, np.integer)) for v in vals):
+                raise TypeError("Ints holds integers only")
+            try:
+                a = np.array(vals, dtype=np.int64)
+            except OverflowError:  # XORs of 64-bit values reach 2**64 - 1
+                a = np.array(vals, dtype=np.uint64)
+        if not a.size:
+            a = np.zeros(0, np.int64)
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"Ints holds integers, not {a.dtype}")
+        a = np.array(a.reshape(-1), dtype=np.uint64 if a.dtype == np.uint64 else np.int64)  # a copy of its own
+        a.flags.writeable = False
+        self._a = a
+
+    @property
+    def array(self) -> NDArray[np.integer]:
+        """The values as a read-only array (int64, or uint64 for 64-bit unsigned input)."""
+        return self._a
+
+    def __len__(self) -> int:
+        return int(self._a.size)
+
+    @overload
+    def __getitem__(self, i: int) -> int: ...
+    @overload
+    def __getitem__(self, i: slice) -> Ints: ...
+    def __getitem__(self, i: int | slice) -> int | Ints:
+        if isinstance(i, slice):
+            return Ints(self._a[i])
+        return int(self._a[i])
+
+    def __iter__(self) -> Iterator[int]:
+        for a in range(0, self._a.size, 1 << 16):  # Python ints a slice at a time, never all at once
+            yield from self._a[a : a + (1 << 16)].tolist()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Ints):
+            return bool(np.array_equal(self._a, other._a))
+        if isinstance(other, (tuple, list)):
+            return len(other) == len(self) and all(x == y for x, y in zip(self, other, strict=True))
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((len(self), self._a.tobytes()))
+
+    def __repr__(self) -> str:
+        return repr(tuple(self)) if len(self) <= 20 else f"Ints({len(self)} values: {tuple(self[:8])} ...)"
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> NDArray[Any]:
+        return self._a if dtype is None else self._a.astype(dtype)
+
+
 @dataclass(frozen=True, slots=True)
 class TensorFinding:
-    """What verify or recover found in one tensor (header name)."""
+    """What verify or recover found in one tensor (header name).
+
+    The index fields are `Ints` (any sequence of ints given is turned into one).
+    """
 
     name: str
-    tampered_blocks: tuple[int, ...] = ()
+    tampered_blocks: Ints = Ints()
     issues: tuple[str, ...] = ()
-    restored_indices: tuple[int, ...] = ()
-    restored_xor: tuple[int, ...] = ()  # per restored value: XOR of found and sealed bits
-    unrecoverable_blocks: tuple[int, ...] = ()  # tampered blocks recover could not rebuild
+    restored_indices: Ints = Ints()
+    restored_xor: Ints = Ints()  # per restored value: XOR of found and sealed bits
+    unrecoverable_blocks: Ints = Ints()  # tampered blocks recover could not rebuild
     numel: int = 0
+
+    def __post_init__(self) -> None:
+        for f in ("tampered_blocks", "restored_indices", "restored_xor", "unrecoverable_blocks"):
+            v = getattr(self, f)
+            if not isinstance(v, Ints):
+                object.__setattr__(self, f, Ints(v))
 
     @property
     def unrecoverable_ranges(self) -> list[tuple[int, int]]:
@@ -47,10 +130,10 @@ class TensorFinding:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        d: dict[str, Any] = {"tampered_blocks": list(self.tampered_blocks), "issues": list(self.issues)}
+        d: dict[str, Any] = {"tampered_blocks": self.tampered_blocks.array.tolist(), "issues": list(self.issues)}
         if self.restored_indices or self.unrecoverable_blocks:
             d["restored"] = {
-                "indices": list(self.restored_indices),
+                "indices": self.restored_indices.array.tolist(),
                 "xor_bits": [f"0x{x:x}" for x in self.restored_xor],
                 "bits_changed": [[b for b in range(64) if x >> b & 1] for x in self.restored_xor],
             }
@@ -177,4 +260,4 @@ class Report:
         return "\n".join(lines)
 
 
-__all__ = ["Report", "Status", "TensorFinding"]
+__all__ = ["Ints", "Report", "Status", "TensorFinding"]

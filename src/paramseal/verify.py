@@ -25,7 +25,7 @@ from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealErro
 from .header import Header, HeaderAuthError, metadata_digest, own_entries, parse_header
 from .keys import Key, require_key
 from .levels import dtype_name
-from .report import Report, TensorFinding
+from .report import Ints, Report, TensorFinding
 
 
 @dataclass(slots=True)
@@ -427,7 +427,7 @@ def _metadata_issues(sealed: Mapping[str, str], found: Mapping[str, str]) -> lis
 def report_of(chk: Check) -> Report:
     """The verify report of a finished check."""
     findings = {
-        s.name: TensorFinding(s.name, tuple(int(i) for i in np.flatnonzero(b)), tuple(iss))
+        s.name: TensorFinding(s.name, Ints(np.flatnonzero(b)), tuple(iss))
         for s, b, iss in zip(chk.specs, chk.bad, chk.issues, strict=True)
     }
     tampered = bool(chk.bad_global.any() or any(chk.issues) or chk.extra or chk.metadata_issues)
