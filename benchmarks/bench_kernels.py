@@ -8,8 +8,10 @@ Usage::
 Prints seconds per GiB (best of ``--repeats``) for the irs4 inner encoder at k = 8, 12, 16
 (host 2, all 255 positions fp32), the decoder's syndromes (every group, as a heavy-damage
 recover computes them), a whole decode of groups with 3 replaced words each (compiled: the
-syndromes and the decoder), and the block MAC's hash, each with the compiled library and with
-numba, in the same run, and checks that both give the same output.
+syndromes and the decoder), the block MAC's hash, and the lane code's data movers and
+permutation sort on bf16-shaped data (per GiB of bf16 model; the sort against numpy's stable
+argsort), each with the compiled library and with numba, in the same run, and checks that both
+give the same output.
 """
 
 from __future__ import annotations
@@ -105,6 +107,54 @@ def main() -> None:
         f"{'block MAC hash (fp32 blocks)':<34}{tn * (1 << 30) / words.nbytes:>10.3f}"
         f"{tr * (1 << 30) / words.nbytes:>10.3f}{tr / tn:>8.1f}  {np.array_equal(out, ref)}"
     )
+    lane_code(rng, a.mib, a.repeats)
+
+
+def lane_code(rng: np.random.Generator, mib: int, repeats: int) -> None:
+    """The lane code's data movers (bf16 shapes) and its permutation sort, per GiB of bf16 model."""
+    nb = (mib << 20) // 128  # bf16 blocks: 64 values of 2 bytes
+    per_gib = (1 << 30) / (nb * 128)
+
+    def row(name: str, tn: float, tr: float, same: bool) -> None:
+        print(f"{name:<34}{tn * per_gib:>10.3f}{tr * per_gib:>10.3f}{tr / tn:>8.1f}  {same}")
+
+    u = rng.integers(0, 1 << 16, (nb, 64), dtype=np.uint16)
+    ref = np.empty((nb, 120), np.uint8)
+    ser = _kernels._SER
+    ser["pack"](u, 1, 15, ref)  # numba's first call compiles or loads it: not timed
+    got = _native.pack(u, 1, 15)
+    tn = best(lambda: _native.pack(u, 1, 15), repeats)
+    tr = best(lambda: ser["pack"](u, 1, 15, ref), repeats)
+    row("lanes: pack 15 high bits (bf16 k=1)", tn, tr, got is not None and np.array_equal(got, ref))
+    v1, v2 = u.copy(), u.copy()
+    ser["unpack"](ref, 1, 15, v1)
+    tn = best(lambda: _native.unpack(ref, v2, 1, 15), repeats)
+    tr = best(lambda: ser["unpack"](ref, 1, 15, v1), repeats)
+    row("lanes: unpack them", tn, tr, np.array_equal(v1, v2))
+    K, lanes = 30_000, max(16, nb // 30_000 * 4)  # a store's shape: data shards x lanes, a 128-lane slice coded
+    store = rng.integers(0, 1 << 32, (K, lanes), dtype=np.uint64).astype(np.uint32)
+    sl = store[:, : min(128, lanes)]
+    sref = np.zeros((K, 64 * -(-2 * sl.shape[1] // 32)), np.uint8)
+    ser["split"](sl, sref)
+    calls = lanes // sl.shape[1]  # the whole store, as encode_into codes it
+    tn = best(lambda: [_native.split(sl) for _ in range(calls)], repeats) * nb * 120 / store.nbytes
+    tr = best(lambda: [ser["split"](sl, sref) for _ in range(calls)], repeats) * nb * 120 / store.nbytes
+    got = _native.split(sl)
+    row("lanes: leopard split layout", tn, tr, got is not None and np.array_equal(got, sref))
+    g = 9000
+    ns = nb // g
+    perm = np.argsort(rng.random((ns, g)), axis=1).astype(np.int64)
+    x = rng.integers(0, 1 << 32, (ns, g, 30), dtype=np.uint64).astype(np.uint32)
+    s1, s2 = np.zeros((ns * 30, g), np.uint32), np.zeros((ns * 30, g), np.uint32)
+    _kernels._stripes_in_nb(s1, 0, 30, perm, x)
+    tn = best(lambda: _native.stripes(s2, 0, perm, x, out=False), repeats)
+    tr = best(lambda: _kernels._stripes_in_nb(s1, 0, 30, perm, x), repeats)
+    row("lanes: stripes into the store", tn, tr, np.array_equal(s1, s2))
+    keys = rng.integers(0, 2**64 - 1, (ns, g), dtype=np.uint64, endpoint=True)
+    want = np.argsort(keys, axis=1, kind="stable")
+    tn = best(lambda: _native.argsort_rows(keys), repeats)
+    tr = best(lambda: np.argsort(keys, axis=1, kind="stable"), repeats)
+    row("lanes: permutation sort (vs numpy)", tn, tr, np.array_equal(_native.argsort_rows(keys), want))
 
 
 if __name__ == "__main__":
