@@ -25,7 +25,6 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
-from ._kernels import halves, parallel_map
 from .keys import Key
 from .levels import BLOCK, FLOATS, ST_TO_NP, TAG_BITS
 
@@ -127,7 +126,6 @@ class _PerStripe:
 
 
 _CACHE_ENTRIES = 1 << 22  # permutations of models up to this many blocks are kept (32 MiB)
-_PARALLEL_ENTRIES = 1 << 15  # permutation entries from which they are generated on every core
 _SCAN = 1 << 16  # blocks (or cells) per step of a pass over every block: bounds the index temporaries
 
 
@@ -168,12 +166,6 @@ class Layout:
         return full[s0:s1] if full is not None else self._gen(s0, s1)
 
     def _gen(self, s0: int, s1: int) -> NDArray[np.int64]:
-        if (s1 - s0) * self.lanes >= _PARALLEL_ENTRIES:  # AES and the sort let go of the GIL: a part per core
-            parts = parallel_map(lambda r: self._gen_rows(s0 + r[0], s0 + r[1]), halves(s1 - s0))
-            return np.concatenate(parts) if len(parts) > 1 else parts[0]
-        return self._gen_rows(s0, s1)
-
-    def _gen_rows(self, s0: int, s1: int) -> NDArray[np.int64]:
         g = self.lanes
         first, nbytes = 8 * g * s0, 8 * g * (s1 - s0)
         ctr = ((self._perm_iv + first // 16) % (1 << 128)).to_bytes(16, "big")
