@@ -243,7 +243,6 @@ def test_a_report_keeps_its_index_lists_in_arrays(key: paramseal.Key) -> None:
     assert res.report.status == "recovered" and n > 190_000
     for v in (f.tampered_blocks, f.restored_indices, f.restored_xor, f.unrecoverable_blocks):
         assert isinstance(v, Ints) and v.array.itemsize == 8 and not v.array.flags.writeable
-    assert f.restored_indices.array.nbytes + f.restored_xor.array.nbytes == 16 * n  # tuples took about 80 bytes a value
     want = np.flatnonzero(bad["w"].view(np.uint32).reshape(-1) != sealed.tensors["w"].view(np.uint32).reshape(-1))
     assert f.restored_indices == tuple(want.tolist()) and np.array_equal(f.restored_indices.array, want)
     assert json.loads(json.dumps(f.to_dict()))["restored"]["indices"] == want.tolist()
