@@ -101,3 +101,86 @@ def test_stripe_and_block_kernels_take_read_only_sources() -> None:
     into.flags.writeable = False
     back = _kernels.gather_blocks(into, offs, lanes, counts, 3)
     assert np.array_equal(back[0], blocks[0]) and np.array_equal(back[1, :2], blocks[1, :2]) and back[1, 2] == 0
+
+
+def _lanes_model() -> tuple[list, object]:
+    from paramseal import Key, SealConfig
+    from paramseal._layout import build_layout
+
+    rng = np.random.default_rng(11)
+    tensors = {
+        "a": rng.standard_normal(64 * 300 + 9).astype(np.float32),
+        "ids": np.arange(64 * 40, dtype=np.int64),
+        "h": rng.standard_normal(64 * 230 + 1).astype(np.float16),
+        "z": rng.standard_normal(5).astype(np.float16),
+    }
+    specs = SealConfig().specs(tensors)
+    return specs, lambda: build_layout(specs, Key.from_text("11" * 32), bytes(range(16)), lanes=13)
+
+
+def test_every_lane_lookup_path_gives_the_lanes_of_the_keyed_permutations(monkeypatch) -> None:
+    """The whole-model cache, the sparse per-stripe memo (and its eviction) and range generation agree."""
+    from paramseal import _layout
+
+    _, make = _lanes_model()
+    ref_layout = make()
+    g = ref_layout.lanes
+    every = np.arange(ref_layout.nblocks, dtype=np.int64)
+    # the definition: block j of stripe s is in lane argsort(stripe s's AES-CTR keys)[j]
+    keys = np.concatenate([ref_layout._keys(s, s + 1) for s in range(ref_layout.nstripes)])
+    ref = np.argsort(keys, axis=1, kind="stable").reshape(-1)[every]
+    rng = np.random.default_rng(5)
+    picks = [
+        every,
+        rng.choice(every, 7, replace=False),
+        np.array([5, 5, 5 + g, ref_layout.nblocks - 1]),
+        every[g : 3 * g],
+    ]
+    for entries, stripe_entries in [(1 << 24, 1 << 22), (0, 1 << 22), (0, 2 * g)]:
+        monkeypatch.setattr(_layout, "_CACHE_ENTRIES", entries)
+        monkeypatch.setattr(_layout, "_STRIPE_ENTRIES", stripe_entries)
+        lay = make()
+        for b in picks + [rng.choice(every, 40).reshape(8, 5)]:
+            got = lay.lane[b]
+            assert got.dtype == np.int64 and got.shape == b.shape
+            np.testing.assert_array_equal(got, ref[b])
+        np.testing.assert_array_equal(lay.perm[0 : lay.nstripes].reshape(-1)[every], ref)
+        assert ("perm" in lay._cache) == (entries > 0)
+
+
+def test_the_irregular_stripes_are_found_by_the_batched_pass_as_stripe_by_stripe(monkeypatch) -> None:
+    """Lanes that store less than their share (tensor edges, reserved blocks, the short last stripe)."""
+    from paramseal import _layout
+
+    _, make = _lanes_model()
+    lay = make()
+    g, nb = lay.lanes, lay.nblocks
+    share = np.diff(np.append(lay.stripe_store, lay.M))
+    want = []
+    for s in range(lay.nstripes):  # every stripe, one at a time: the definition
+        b = np.arange(s * g, min((s + 1) * g, nb), dtype=np.int64)
+        have = np.zeros(g, dtype=np.int64)
+        have[lay.lane[b]] = lay.n_store[b]
+        short = np.flatnonzero(have < share[s])
+        if short.size:
+            want.append((s, short.tolist(), have[short].tolist()))
+    assert want  # the model has tensor edges inside stripes
+    monkeypatch.setattr(_layout, "_SCAN", 2 * g)  # a few stripes per batch
+    got = [(s, short.tolist(), have.tolist()) for s, short, have in make()._irregular()]
+    assert got == want
+
+
+def test_the_blocks_of_chosen_lanes_are_found_with_and_without_the_whole_model_cache(monkeypatch) -> None:
+    from paramseal import _layout
+
+    _, make = _lanes_model()
+    lay = make()
+    chosen = np.zeros(lay.lanes, np.bool_)
+    chosen[[0, 4, lay.lanes - 1]] = True
+    every = np.arange(lay.nblocks, dtype=np.int64)
+    want = every[chosen[lay.lane[every]]]
+    assert 0 < want.size < lay.nblocks
+    np.testing.assert_array_equal(lay.blocks_in(chosen), want)
+    monkeypatch.setattr(_layout, "_CACHE_ENTRIES", 0)
+    monkeypatch.setattr(_layout, "_SCAN", 3 * lay.lanes)  # a few stripes per step, the last one short
+    np.testing.assert_array_equal(make().blocks_in(chosen), want)

@@ -125,7 +125,8 @@ class _PerStripe:
         return self._lay.perm_rows(s0, s1)
 
 
-_CACHE_ENTRIES = 1 << 22  # permutations of models up to this many blocks are kept (32 MiB)
+_CACHE_ENTRIES = 1 << 24  # permutations of models up to this many blocks are kept (32 MiB: 16-bit lanes)
+_STRIPE_ENTRIES = 1 << 22  # lanes of single stripes kept for sparse lookups (a model past the cache)
 _SCAN = 1 << 16  # blocks (or cells) per step of a pass over every block: bounds the index temporaries
 
 
@@ -160,19 +161,76 @@ class Layout:
         g = self.lanes
         if g == 1:
             return np.zeros((s1 - s0, 1), dtype=np.int64)
+        full = self._full()
+        return full[s0:s1].astype(np.int64) if full is not None else self._gen(s0, s1)
+
+    def _full(self) -> NDArray[np.unsignedinteger] | None:
+        """Every stripe's permutation in the narrowest lane type, made once, if the model is small enough."""
         full = self._cache.get("perm")
-        if full is None and self.nstripes * g <= _CACHE_ENTRIES:
-            full = self._cache["perm"] = self._gen(0, self.nstripes)
-        return full[s0:s1] if full is not None else self._gen(s0, s1)
+        if full is None and self.nstripes * self.lanes <= _CACHE_ENTRIES:
+            full = np.empty((self.nstripes, self.lanes), np.uint16 if self.lanes <= 1 << 16 else np.uint32)
+            step = max(1, _SCAN * 16 // self.lanes)  # bounded int64 temporaries
+            for s0 in range(0, self.nstripes, step):
+                s1 = min(self.nstripes, s0 + step)
+                full[s0:s1] = self._gen(s0, s1)
+            self._cache["perm"] = full
+        return full
+
+    def _sparse(self, b: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Lanes of blocks ``b`` from their own stripes' permutations, generated a batch of stripes at a time.
+
+        The stripes made are kept (up to ``_STRIPE_ENTRIES`` lanes) for the next lookup: verify's
+        report and recover ask for the same damaged blocks' lanes several times.
+        """
+        g = self.lanes
+        memo: dict[int, NDArray[np.unsignedinteger]] = self._cache.setdefault("stripes", {})
+        stripes, at = np.unique(b // g, return_inverse=True)
+        at, pos = at.reshape(-1), (b % g).reshape(-1)
+        out = np.empty(pos.size, np.int64)
+        order = np.argsort(at, kind="stable")
+        ends = np.searchsorted(at[order], np.arange(1, stripes.size + 1))
+        step = max(1, _SCAN * 16 // g)  # stripes per batch: bounded key and sort temporaries
+        for i in range(0, stripes.size, step):
+            batch = stripes[i : i + step].tolist()
+            rows = {s: memo[s] for s in batch if s in memo}
+            todo = [s for s in batch if s not in rows]
+            if todo:
+                keys = np.empty((len(todo), g), np.uint64)
+                for j, s in enumerate(todo):
+                    keys[j] = self._keys(s, s + 1)[0]
+                if (len(memo) + len(todo)) * g > _STRIPE_ENTRIES:
+                    memo.clear()
+                for s, row in zip(todo, stable_argsort_rows(keys), strict=True):
+                    rows[s] = memo[s] = row.astype(np.uint16 if g <= 1 << 16 else np.uint32)
+            for j, s in enumerate(batch, start=i):
+                sel = order[(ends[j - 1] if j else 0) : ends[j]]
+                out[sel] = rows[s][pos[sel]]
+        return out.reshape(b.shape)
 
     def _gen(self, s0: int, s1: int) -> NDArray[np.int64]:
+        return stable_argsort_rows(self._keys(s0, s1))
+
+    def blocks_in(self, chosen: NDArray[np.bool_]) -> NDArray[np.int64]:
+        """The global blocks, in order, that lie in the lanes where ``chosen`` (``[lanes]``) is set."""
+        nb, g = self.nblocks, self.lanes
+        full = self._full() if g > 1 else None
+        if full is not None:
+            return np.flatnonzero(chosen[full.reshape(-1)[:nb]])
+        out = []
+        step = max(1, _SCAN * 16 // g)  # stripes at a time: bounded temporaries
+        for s0 in range(0, self.nstripes, step):
+            s1 = min(self.nstripes, s0 + step)
+            out.append(s0 * g + np.flatnonzero(chosen[self.perm_rows(s0, s1).reshape(-1)[: nb - s0 * g]]))
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def _keys(self, s0: int, s1: int) -> NDArray[np.uint64]:
+        """The sort keys of stripes ``[s0, s1)``: the AES-CTR keystream from byte ``8 lanes s0``."""
         g = self.lanes
         first, nbytes = 8 * g * s0, 8 * g * (s1 - s0)
         ctr = ((self._perm_iv + first // 16) % (1 << 128)).to_bytes(16, "big")
         enc = Cipher(algorithms.AES(self._perm_key), modes.CTR(ctr)).encryptor()
         skip = first % 16
-        r = np.frombuffer(enc.update(bytes(skip + nbytes)), dtype="<u8", offset=skip).reshape(s1 - s0, g)
-        return stable_argsort_rows(r)
+        return np.frombuffer(enc.update(bytes(skip + nbytes)), dtype="<u8", offset=skip).reshape(s1 - s0, g)
 
     def tensor_of(self, b: NDArray[np.int64]) -> NDArray[np.int64]:
         """Tensor index of global blocks ``b``."""
@@ -189,17 +247,15 @@ class Layout:
         if g == 1 or not b.size:
             return np.zeros(b.shape, dtype=np.int64)
         st = b // g
+        full: NDArray[np.unsignedinteger] | None = self._cache.get("perm")
+        if full is not None:  # stripe s, position j is entry s * lanes + j = b
+            return full.reshape(-1)[b].astype(np.int64)
         lo, hi = int(st.min()), int(st.max()) + 1
-        if (hi - lo) * g <= max(_CACHE_ENTRIES, 4 * b.size):
-            rows: NDArray[np.int64] = self.perm_rows(lo, hi)[st - lo, b % g]
-            return rows
-        out = np.empty(b.shape, dtype=np.int64)  # sparse blocks over a huge model: one stripe at a time
-        order = np.argsort(st, kind="stable")
-        bounds = np.flatnonzero(np.diff(st[order])) + 1
-        for grp in np.split(order, bounds):
-            s = int(st[grp[0]])
-            out[grp] = self.perm_rows(s, s + 1)[0, b[grp] % g]
-        return out
+        if 8 * np.unique(st).size <= hi - lo or (hi - lo) * g > max(_CACHE_ENTRIES, 4 * b.size):
+            # a few blocks (light damage): only their stripes, not the whole model's permutations
+            return self._sparse(b)
+        rows: NDArray[np.int64] = self.perm_rows(lo, hi)[st - lo, b % g]
+        return rows
 
     def _rows(self, b: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         t = self.tensor_of(b)
@@ -267,13 +323,16 @@ class Layout:
             cand = np.union1d(np.unique(np.concatenate(special) // g), [self.nstripes - 1])
             share = np.diff(np.append(self.stripe_store, self.M))
             got = []
-            for s in cand.tolist():
-                b = np.arange(s * g, min((s + 1) * g, nb), dtype=np.int64)
-                have = np.zeros(g, dtype=np.int64)
-                have[self._lane_of(b)] = self._n_store(b)
-                short = np.flatnonzero(have < share[s])
-                if short.size:
-                    got.append((s, short, have[short]))
+            step = max(1, _SCAN * 16 // g)  # stripes at a time: one lane lookup each, bounded temporaries
+            for i in range(0, cand.size, step):
+                cs = cand[i : i + step]
+                sizes = np.minimum(g, nb - cs * g)
+                b = np.repeat(cs * g - np.cumsum(sizes) + sizes, sizes) + np.arange(int(sizes.sum()))
+                have = np.zeros((cs.size, g), dtype=np.int64)  # a lane with no block in the stripe stores 0
+                have[np.repeat(np.arange(cs.size), sizes), self._lane_of(b)] = self._n_store(b)
+                for r in np.flatnonzero((have < share[cs, None]).any(axis=1)).tolist():
+                    short = np.flatnonzero(have[r] < share[cs[r]])
+                    got.append((int(cs[r]), short, have[r, short]))
             self._cache["irregular"] = got
         return got
 

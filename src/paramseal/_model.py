@@ -164,13 +164,13 @@ def gather_selected(
                 read_parity_chunk(parity, layout, t, spec, part, r0)
                 release(part, data, parity)
         return data, parity
+    chosen = layout.blocks_in(col_of_lane >= 0)
+    ends = np.searchsorted(chosen, np.append(layout.block_start, layout.nblocks))
     for t, (spec, ub) in enumerate(zip(specs, blocks, strict=True)):
-        b0 = int(layout.block_start[t])
-        cols = col_of_lane[layout.lane[b0 : b0 + spec.nblocks]]
-        rows = np.flatnonzero(cols >= 0)
-        if not rows.size:
+        b = chosen[ends[t] : ends[t + 1]]
+        if not b.size:
             continue
-        b, c = b0 + rows, cols[rows]
+        rows, c = b - int(layout.block_start[t]), col_of_lane[layout.lane[b]]
         sub = np.ascontiguousarray(ub[rows])
         release(ub)
         d = np.full(b.size, spec.data_shards, np.int64)
