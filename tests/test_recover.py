@@ -269,3 +269,71 @@ def test_ints_behaves_as_a_tuple_of_ints() -> None:
     b = Ints(src)
     src[0] = 9  # the caller's array may change; the report does not
     assert b == (0, 1, 2, 3)
+
+
+def _big_report() -> paramseal.Report:
+    from paramseal.report import Report, TensorFinding
+
+    rng = np.random.default_rng(8)
+    n = 5000
+    idx = np.sort(rng.choice(10 * n, n, replace=False))
+    xor = rng.integers(1, 2**63, n, dtype=np.uint64) | np.uint64(1 << 63)
+    xor[:3] = [1, 2**64 - 1, 0x80]
+    numel = 64 * 300 + 5
+    lost = np.array([0, 1, 2, 7, 9, 10, 299, 300])  # runs, a gap, and the short last block
+    odd = 'a "quoted" name\\ with ünïcode'
+    return Report(
+        "recover",
+        "unrecoverable",
+        False,
+        {
+            odd: TensorFinding(odd, tuple(np.unique(idx // 64)), ("an issue",), idx, xor, lost, numel),
+            "clean": TensorFinding("clean", (), (), (), (), (), 64),
+            "blocks only": TensorFinding("blocks only", (3, 4), (), (), (), (), 640),
+        },
+        metadata_issues=("m",),
+        total_blocks=1000,
+    )
+
+
+def test_the_streamed_json_is_the_report_s_document(monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_json (what --json prints) parses to to_dict, with lists cut into many slices."""
+    import io
+    import json
+
+    from paramseal import report as report_mod
+
+    monkeypatch.setattr(report_mod, "_CHUNK", 7)  # many slices per list, the last one short
+    rep = _big_report()
+    want = rep.to_dict()
+    f = want["tensors"]['a "quoted" name\\ with ünïcode']
+    xor = [int(x, 16) for x in f["restored"]["xor_bits"]]
+    assert f["restored"]["bits_changed"] == [[b for b in range(64) if x >> b & 1] for x in xor]  # the definition
+    assert f["restored"]["bits_changed"][:3] == [[0], list(range(64)), [7]]
+    out = io.StringIO()
+    rep.write_json(out)
+    assert json.loads(out.getvalue()) == want == json.loads(rep.to_json())
+    assert "clean" not in want["tensors"] and want["tensors"]["blocks only"] == {"tampered_blocks": [3, 4], "issues": []}
+
+
+def test_unrecoverable_ranges_merge_consecutive_blocks_and_stop_at_the_last_value() -> None:
+    f = _big_report().tensors['a "quoted" name\\ with ünïcode']
+    assert f.unrecoverable_ranges == [(0, 192), (448, 512), (576, 704), (19136, 19205)]
+    assert f.unrecoverable_count == 192 + 64 + 128 + 69  # block 300 lies past the last value: nothing
+    assert f.unrecoverable_indices[:2] == (0, 1) and len(f.unrecoverable_indices) == f.unrecoverable_count
+
+
+def test_the_json_writer_never_holds_a_whole_long_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replaced layer of an LLM names tens of millions of values: --json writes them a slice at a time."""
+    from paramseal import report as report_mod
+
+    monkeypatch.setattr(report_mod, "_CHUNK", 100)
+    sizes: list[int] = []
+
+    class Sink:
+        def write(self, s: str) -> int:
+            sizes.append(len(s))
+            return len(s)
+
+    _big_report().write_json(Sink())  # type: ignore[arg-type]
+    assert sum(sizes) > 500_000 and max(sizes) < 20_000  # 5,000 values and their bits: many short writes

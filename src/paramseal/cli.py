@@ -20,10 +20,17 @@ from ._layout import TensorSpec
 from .errors import ParamSealError, UsageError
 from .keys import Key, exposed_to_others, load_key, write_key
 from .levels import BLOCK, FLOATS, LEVELS, max_relative_change
+from .report import Report
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", metavar="KEYFILE", help="key file (default: the PARAMSEAL_KEY variable)")
+
+
+def _print_json(rep: Report) -> None:
+    """The report's JSON on stdout, streamed: a report of millions of values is never one string."""
+    rep.write_json(sys.stdout)
+    sys.stdout.write("\n")
 
 
 def _json_arg(p: argparse.ArgumentParser) -> None:
@@ -214,7 +221,7 @@ def _run(args: argparse.Namespace) -> int:
             else:
                 rep = files.verify_file(args.input, key, tensors=args.tensors, header=header)
             if args.json:
-                print(rep.to_json())
+                _print_json(rep)
             elif rep.status == "intact" and rep.partial:
                 rest = "the rest was not checked" if rep.checked_blocks != rep.total_blocks else "every tensor matched"
                 print(
@@ -246,7 +253,7 @@ def _run(args: argparse.Namespace) -> int:
                     header=header,
                 ).report
             if args.json:
-                print(rep.to_json())
+                _print_json(rep)
             elif rep.status == "intact":
                 print(f"OK: {args.input} was intact; written to {args.output}")
             elif rep.status == "recovered":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import json
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, overload
+from typing import Any, Literal, TextIO, overload
 
 import numpy as np
 from numpy.typing import NDArray
@@ -106,22 +109,27 @@ class TensorFinding:
             if not isinstance(v, Ints):
                 object.__setattr__(self, f, Ints(v))
 
+    def _ranges(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+        """``unrecoverable_ranges`` as start and stop arrays: runs of consecutive blocks merged."""
+        b = np.unique(self.unrecoverable_blocks.array.astype(np.int64))
+        lo, hi = b * 64, np.minimum((b + 1) * 64, self.numel)
+        keep = hi > lo
+        lo, hi = lo[keep], hi[keep]
+        first = np.r_[True, lo[1:] != hi[:-1]] if lo.size else np.zeros(0, np.bool_)
+        last = np.r_[first[1:], True] if lo.size else first
+        return lo[first], hi[last]
+
     @property
     def unrecoverable_ranges(self) -> list[tuple[int, int]]:
         """Flat ``[start, stop)`` index ranges of values not restored (whole blocks: which changed is unknown)."""
-        out: list[tuple[int, int]] = []
-        for b in self.unrecoverable_blocks:
-            lo, hi = b * 64, min((b + 1) * 64, self.numel)
-            if out and out[-1][1] == lo:
-                out[-1] = (out[-1][0], hi)
-            elif hi > lo:
-                out.append((lo, hi))
-        return out
+        lo, hi = self._ranges()
+        return list(zip(lo.tolist(), hi.tolist(), strict=True))
 
     @property
     def unrecoverable_count(self) -> int:
         """Number of values in ``unrecoverable_ranges``."""
-        return sum(hi - lo for lo, hi in self.unrecoverable_ranges)
+        lo, hi = self._ranges()
+        return int((hi - lo).sum())
 
     @property
     def unrecoverable_indices(self) -> tuple[int, ...]:
@@ -132,14 +140,63 @@ class TensorFinding:
         """JSON-able form."""
         d: dict[str, Any] = {"tampered_blocks": self.tampered_blocks.array.tolist(), "issues": list(self.issues)}
         if self.restored_indices or self.unrecoverable_blocks:
+            xor = self.restored_xor.array
             d["restored"] = {
                 "indices": self.restored_indices.array.tolist(),
-                "xor_bits": [f"0x{x:x}" for x in self.restored_xor],
-                "bits_changed": [[b for b in range(64) if x >> b & 1] for x in self.restored_xor],
+                "xor_bits": [f"0x{x:x}" for x in xor.tolist()],
+                "bits_changed": json.loads(f"[{_bit_lists(xor)}]"),
             }
             d["unrecoverable_ranges"] = [list(r) for r in self.unrecoverable_ranges]
             d["unrecoverable_count"] = self.unrecoverable_count
         return d
+
+    def _json_parts(self, put: Any) -> dict[str, Any]:
+        """`to_dict` with each long list replaced by ``put(chunks)``: a placeholder the writer streams."""
+        d: dict[str, Any] = {"tampered_blocks": put(_ints(self.tampered_blocks.array)), "issues": list(self.issues)}
+        if self.restored_indices or self.unrecoverable_blocks:
+            xor = self.restored_xor.array
+            d["restored"] = {
+                "indices": put(_ints(self.restored_indices.array)),
+                "xor_bits": put(_chunked(xor, lambda c: ", ".join(f'"0x{x:x}"' for x in c.tolist()))),
+                "bits_changed": put(_chunked(xor, _bit_lists)),
+            }
+            lo, hi = self._ranges()
+            d["unrecoverable_ranges"] = put(
+                _chunked(np.stack([lo, hi], 1), lambda c: ", ".join(f"[{a}, {b}]" for a, b in c.tolist()))
+            )
+            d["unrecoverable_count"] = int((hi - lo).sum())
+        return d
+
+
+_CHUNK = 1 << 16  # list entries formatted at a time: the JSON writer's memory stays bounded
+
+
+@functools.lru_cache(maxsize=8)
+def _bits_of_byte(j: int) -> NDArray[np.object_]:
+    """For each value v of byte j of an XOR: ``", b1, b2..."``, its set bit numbers."""
+    table = np.empty(256, dtype=object)
+    table[:] = ["".join(f", {8 * j + b}" for b in range(8) if v >> b & 1) for v in range(256)]
+    return table
+
+
+def _bit_lists(xor: NDArray[np.integer]) -> str:
+    """``[0, 3], [17]...``: each XOR's set bit numbers, as the items of a JSON list (a table per byte)."""
+    x = np.asarray(xor, dtype=np.uint64)
+    joined = np.full(x.size, "", dtype=object)
+    for j in range(8):
+        part = ((x >> np.uint64(8 * j)) & np.uint64(0xFF)).astype(np.intp)
+        if part.any():
+            joined += _bits_of_byte(j)[part]
+    return ", ".join(["[" + v[2:] + "]" for v in joined.tolist()])
+
+
+def _chunked(a: NDArray[Any], fmt: Any) -> Iterator[str]:
+    for i in range(0, len(a), _CHUNK):
+        yield fmt(a[i : i + _CHUNK])
+
+
+def _ints(a: NDArray[np.integer]) -> Iterator[str]:
+    return _chunked(a, lambda c: ", ".join(map(str, c.tolist())))
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +268,10 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the schema of ``--json``)."""
+        return self._to_dict(lambda f: f.to_dict())
+
+    def _to_dict(self, finding: Any) -> dict[str, Any]:
+        """`to_dict`, each tampered tensor's entry made by ``finding(tensor_finding)``."""
         return {
             "kind": self.kind,
             "status": self.status,
@@ -226,12 +287,41 @@ class Report:
             "notes": list(self.notes),
             "key_fingerprint": self.key_fingerprint,
             "level": self.level,
-            "tensors": {n: f.to_dict() for n, f in self.tensors.items() if f.tampered_blocks or f.issues},
+            "tensors": {n: finding(f) for n, f in self.tensors.items() if f.tampered_blocks or f.issues},
         }
 
     def to_json(self) -> str:
-        """``to_dict`` as indented JSON."""
-        return json.dumps(self.to_dict(), indent=2)
+        """``to_dict`` as indented JSON (each list on one line)."""
+        out = io.StringIO()
+        self.write_json(out)
+        return out.getvalue()
+
+    def write_json(self, out: TextIO) -> None:
+        """Write `to_json`'s document to ``out`` as it is formatted, a slice of each long list at a time.
+
+        A report can name tens of millions of values (a replaced layer of an LLM): formatting them
+        all at once would take gigabytes. Memory stays bounded by ``_CHUNK`` entries.
+        """
+        token = os.urandom(8).hex()  # no string in the report (tensor names are the user's) can be it
+        streams: list[Iterator[str]] = []
+
+        def put(chunks: Iterator[str]) -> str:
+            streams.append(chunks)
+            return f"{token}:{len(streams) - 1}"
+
+        doc = self._to_dict(lambda f: f._json_parts(put))
+        text = json.dumps(doc, indent=2)
+        pos = 0
+        for i, chunks in enumerate(streams):
+            mark = f'"{token}:{i}"'
+            at = text.index(mark, pos)
+            out.write(text[pos:at])
+            out.write("[")
+            for n, part in enumerate(chunks):
+                out.write(", " + part if n else part)
+            out.write("]")
+            pos = at + len(mark)
+        out.write(text[pos:])
 
     def summary(self) -> str:
         """Human-readable lines for the CLI."""
