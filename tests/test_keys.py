@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import helpers
@@ -118,6 +119,20 @@ def test_load_key_missing_file_names_it_and_suggests_keygen(tmp_path: Path) -> N
     with pytest.raises(KeyFileError) as ei:
         paramseal.load_key(p)
     assert str(p) in str(ei.value) and "keygen" in str(ei.value)
+
+
+@pytest.mark.parametrize("case", [str.lower, str.upper, lambda h: h + "\n"])
+def test_key_text_passed_as_the_key_file_path_is_not_echoed(
+    sealed_file: Path, key: paramseal.Key, case: Callable[[str], str]
+) -> None:
+    text = case(key.secret.hex())  # `--key "$(cat my.key)"` or `--key $PARAMSEAL_KEY`: a common slip
+    with pytest.raises(KeyFileError, match="path of a key file") as ei:
+        paramseal.load_key(text)
+    assert key.secret.hex() not in str(ei.value).lower()
+    rc, out, err = helpers.run_cli(["verify", sealed_file, "--key", text, "--json"])
+    assert rc == 3 and "path of a key file" in err
+    assert key.secret.hex() not in (out + err).lower()
+    assert key.secret.hex()[:16] not in (out + err).lower()
 
 
 def test_load_key_from_environment(monkeypatch: pytest.MonkeyPatch, key: paramseal.Key) -> None:

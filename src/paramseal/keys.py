@@ -97,6 +97,11 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
             )
         return Key.from_text(env, source=f"the {ENV_VAR} variable")
     p = Path(path)
+    if _is_key_text(os.fspath(p)) and not p.exists():  # `--key "$(cat my.key)"`: the key, never to be quoted
+        raise KeyFileError(
+            "the key was given where the path of a key file belongs; pass the file 'paramseal keygen' wrote, "
+            f"or put the key in the {ENV_VAR} variable"
+        )
     try:
         text = p.read_text(encoding="ascii")
     except FileNotFoundError:
@@ -110,6 +115,12 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
     except OSError as e:
         raise KeyFileError(f"cannot read key file '{p}': {e.strerror or e}") from None
     return Key.from_text(text, source=f"key file '{p}'")
+
+
+def _is_key_text(text: str) -> bool:
+    """Whether ``text`` is what a key file holds (64 hex digits), so that it is never quoted as a path."""
+    t = text.strip()
+    return len(t) == 2 * KEY_BYTES and all(c in "0123456789abcdefABCDEF" for c in t)
 
 
 def exposed_to_others(path: Path) -> int | None:
