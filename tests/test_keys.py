@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -133,6 +134,35 @@ def test_key_text_passed_as_the_key_file_path_is_not_echoed(
     assert rc == 3 and "path of a key file" in err
     assert key.secret.hex() not in (out + err).lower()
     assert key.secret.hex()[:16] not in (out + err).lower()
+
+
+def test_an_endless_key_file_is_refused_not_read_forever() -> None:
+    """`--key /dev/zero` (a slip, or a hostile path): a bounded read, a clear error, no hang or memory blow-up."""
+    if not Path("/dev/zero").exists():
+        pytest.skip("no /dev/zero here")
+    with pytest.raises(KeyFileError, match="not a ParamSeal key file"):
+        paramseal.load_key("/dev/zero")
+    rc, _, err = helpers.run_cli(["verify", "any.safetensors", "--key", "/dev/zero"])
+    assert rc == 3 and "not a ParamSeal key file" in err
+
+
+def test_a_key_read_from_a_pipe_still_loads(tmp_path: Path, key: paramseal.Key) -> None:
+    """`--key <(pass show my.key)`: process substitution hands over a FIFO, which is read up to its end."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with fifo.open("w") as f:
+            f.write(key.secret.hex() + "\n")
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    try:
+        assert paramseal.load_key(fifo) == key
+    finally:
+        writer.join(timeout=10)
 
 
 def test_load_key_from_environment(monkeypatch: pytest.MonkeyPatch, key: paramseal.Key) -> None:

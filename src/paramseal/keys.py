@@ -21,6 +21,7 @@ from .errors import KeyFileError, UsageError
 KEY_BYTES = 32
 ENV_VAR = "PARAMSEAL_KEY"
 _HKDF_SALT = b"paramseal/v1"
+_KEY_FILE_LIMIT = 4096  # bytes read from a key file at most: 64 hex digits and some whitespace fit
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,14 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
             f"or put the key in the {ENV_VAR} variable"
         )
     try:
-        text = p.read_text(encoding="ascii")
+        with p.open("rb") as f:  # bounded: `--key /dev/zero` (or any endless stream) must not read forever
+            raw = f.read(_KEY_FILE_LIMIT + 1)
+        if len(raw) > _KEY_FILE_LIMIT:
+            raise KeyFileError(
+                f"'{p}' is not a ParamSeal key file (over {_KEY_FILE_LIMIT} bytes); "
+                "pass the file 'paramseal keygen' wrote"
+            )
+        text = raw.decode("ascii")
     except FileNotFoundError:
         raise KeyFileError(f"key file '{p}' does not exist; create it with 'paramseal keygen {p}'") from None
     except UnicodeDecodeError:  # never quote the bytes: they may be someone's secret
