@@ -186,6 +186,21 @@ def test_random_byte_corruption_of_a_sealed_file_never_passes_or_crashes(
         assert meta == want_meta
 
 
+def test_a_dtype_relabelled_in_the_header_is_exit_1_and_recovered_byte_for_byte(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
+    """The largest tensor's F32 marked U32, every byte kept: beyond capacity as an erasure, but nothing was lost."""
+    h, data = _sealed_parts(sealed_file)
+    h["embed.weight"]["dtype"] = "U32"
+    bad = tmp_path / "relabelled.safetensors"
+    bad.write_bytes(helpers.st_build(h, data))
+    rc, out, _ = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 1 and "dtype changed from F32 to U32" in out
+    fixed = tmp_path / "fixed.safetensors"
+    assert helpers.run_cli(["recover", bad, fixed, "--key", key_file])[0] == 0
+    assert fixed.read_bytes() == sealed_file.read_bytes()
+
+
 def test_file_re_saved_by_another_writer_still_verifies(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
     """Values unchanged, container rewritten (different tensor order / padding): still intact."""
     tensors, meta = helpers.read_st(sealed_file)

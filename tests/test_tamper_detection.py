@@ -303,6 +303,35 @@ def test_dtype_changed_is_reported_and_recovered(
     helpers.assert_model_equal(res.tensors, sealed.tensors)
 
 
+@pytest.mark.parametrize("new_dtype", [np.int32, np.uint32])
+def test_a_large_tensor_relabelled_as_another_dtype_of_its_width_is_recovered_from_its_own_bytes(
+    sealed: paramseal.SealedModel, key: paramseal.Key, new_dtype: type
+) -> None:
+    """F32 marked I32 (a header edit) keeps every byte: the tags decide, not the tensor's share of the capacity."""
+    t = helpers.copy_model(sealed.tensors)
+    assert t["embed.weight"].size > sum(a.size for a in t.values()) / 3  # far past what the code could rebuild
+    t["embed.weight"] = t["embed.weight"].view(new_dtype)
+    v, res = _report(t, sealed, key)
+    assert v.status == "tampered" and v.recoverable and v.tampered_tensors == ["embed.weight"]
+    assert any("dtype changed from F32" in i for i in v.tensors["embed.weight"].issues)
+    assert v.tensors["embed.weight"].tampered_blocks == ()
+    assert res.report.status == "recovered" and res.report.restored_count == 0
+    helpers.assert_model_equal(res.tensors, sealed.tensors)
+
+
+def test_a_relabelled_tensor_whose_bytes_changed_too_is_still_tampered_there(
+    sealed: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    t = helpers.copy_model(sealed.tensors)
+    bad = t["fc.weight"].view(np.int32).copy()
+    bad.reshape(-1)[100] ^= 1 << 20
+    t["fc.weight"] = bad
+    v, res = _report(t, sealed, key)
+    assert v.tensors["fc.weight"].tampered_blocks == (100 // 64,)
+    assert res.report.status == "recovered"
+    helpers.assert_model_equal(res.tensors, sealed.tensors)
+
+
 def test_small_tensor_removed_is_reported_and_recovered(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
     t = helpers.copy_model(sealed.tensors)
     del t["fc.bias"]
