@@ -168,11 +168,17 @@ class Layout:
         """Every stripe's permutation in the narrowest lane type, made once, if the model is small enough."""
         full = self._cache.get("perm")
         if full is None and self.nstripes * self.lanes <= _CACHE_ENTRIES:
+            from ._kernels import halves, parallel_map  # _kernels' importers load this module first
+
             full = np.empty((self.nstripes, self.lanes), np.uint16 if self.lanes <= 1 << 16 else np.uint32)
             step = max(1, _SCAN * 16 // self.lanes)  # bounded int64 temporaries
-            for s0 in range(0, self.nstripes, step):
-                s1 = min(self.nstripes, s0 + step)
-                full[s0:s1] = self._gen(s0, s1)
+
+            def fill(r: tuple[int, int]) -> None:  # one core's stripes: the keystream and the sort both drop the GIL
+                for s0 in range(r[0], r[1], step):
+                    s1 = min(r[1], s0 + step)
+                    full[s0:s1] = self._gen(s0, s1)
+
+            parallel_map(fill, halves(self.nstripes))
             self._cache["perm"] = full
         return full
 
