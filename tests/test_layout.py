@@ -184,3 +184,31 @@ def test_the_blocks_of_chosen_lanes_are_found_with_and_without_the_whole_model_c
     monkeypatch.setattr(_layout, "_CACHE_ENTRIES", 0)
     monkeypatch.setattr(_layout, "_SCAN", 3 * lay.lanes)  # a few stripes per step, the last one short
     np.testing.assert_array_equal(make().blocks_in(chosen), want)
+
+
+def test_a_few_blocks_past_the_cache_never_generate_a_whole_span_of_lanes(monkeypatch) -> None:
+    """A lookup in a model past the cache generates at most 4M lanes at once (int64 keys and lanes: 64 MiB).
+
+    The whole-model cache keeps 16M lanes in 16 bits; a lookup makes 64-bit keys and lanes, so it must
+    not take that bound: 300 blocks in 300 of 1,900 stripes of 8,192 lanes made 15.6M of them (240 MB).
+    """
+    from paramseal import _layout
+
+    g, ns = 8192, 2100  # 17.2M blocks: past the whole-model cache
+    z = np.zeros(ns, np.int64)
+    lay = _layout.Layout(g, 1, 1, (), np.array([0]), z, z, ns * g, bytes(32), 7)
+    rng = np.random.default_rng(2)
+    stripes = np.sort(rng.choice(1900, 300, replace=False)).tolist()
+    pos = rng.integers(0, g, len(stripes))
+    b = np.array(stripes) * g + pos
+    want = [np.argsort(lay._keys(s, s + 1)[0], kind="stable")[j] for s, j in zip(stripes, pos, strict=True)]
+    made: list[int] = []
+    keys = _layout.Layout._keys
+
+    def counted(self: _layout.Layout, s0: int, s1: int) -> np.ndarray:
+        made.append((s1 - s0) * self.lanes)
+        return keys(self, s0, s1)
+
+    monkeypatch.setattr(_layout.Layout, "_keys", counted)
+    np.testing.assert_array_equal(lay.lane[b], want)
+    assert made and max(made) <= 1 << 22

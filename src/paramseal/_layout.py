@@ -127,6 +127,7 @@ class _PerStripe:
 
 _CACHE_ENTRIES = 1 << 24  # permutations of models up to this many blocks are kept (32 MiB: 16-bit lanes)
 _STRIPE_ENTRIES = 1 << 22  # lanes of single stripes kept for sparse lookups (a model past the cache)
+_GEN_ENTRIES = 1 << 22  # lanes a lookup past the cache may generate at once (64-bit keys and lanes: 64 MiB)
 _SCAN = 1 << 16  # blocks (or cells) per step of a pass over every block: bounds the index temporaries
 
 
@@ -257,7 +258,7 @@ class Layout:
         if full is not None:  # stripe s, position j is entry s * lanes + j = b
             return full.reshape(-1)[b].astype(np.int64)
         lo, hi = int(st.min()), int(st.max()) + 1
-        if 8 * np.unique(st).size <= hi - lo or (hi - lo) * g > max(_CACHE_ENTRIES, 4 * b.size):
+        if 8 * np.unique(st).size <= hi - lo or (hi - lo) * g > max(_GEN_ENTRIES, 4 * b.size):
             # a few blocks (light damage): only their stripes, not the whole model's permutations
             return self._sparse(b)
         rows: NDArray[np.int64] = self.perm_rows(lo, hi)[st - lo, b % g]
