@@ -125,7 +125,7 @@ class _PerStripe:
         return self._lay.perm_rows(s0, s1)
 
 
-_CACHE_ENTRIES = 1 << 24  # permutations of models up to this many blocks are kept (32 MiB: 16-bit lanes)
+_CACHE_ENTRIES = 1 << 24  # permutations of models up to this many blocks are kept (32 MiB in 16-bit lanes)
 _STRIPE_ENTRIES = 1 << 22  # lanes of single stripes kept for sparse lookups (a model past the cache)
 _GEN_ENTRIES = 1 << 22  # lanes a lookup past the cache may generate at once (64-bit keys and lanes: 64 MiB)
 _SCAN = 1 << 16  # blocks (or cells) per step of a pass over every block: bounds the index temporaries
@@ -199,14 +199,14 @@ class Layout:
         step = max(1, _SCAN * 16 // g)  # stripes per batch: bounded key and sort temporaries
         for i in range(0, stripes.size, step):
             batch = stripes[i : i + step].tolist()
-            rows = {s: memo[s] for s in batch if s in memo}
+            rows = {s: r for s in batch if (r := memo.get(s)) is not None}  # one read each: safe if shared
             todo = [s for s in batch if s not in rows]
             if todo:
                 keys = np.empty((len(todo), g), np.uint64)
                 for j, s in enumerate(todo):
                     keys[j] = self._keys(s, s + 1)[0]
                 if (len(memo) + len(todo)) * g > _STRIPE_ENTRIES:
-                    memo.clear()
+                    memo = self._cache["stripes"] = {}  # a fresh memo: another reader keeps its own
                 for s, row in zip(todo, stable_argsort_rows(keys), strict=True):
                     rows[s] = memo[s] = row.astype(np.uint16 if g <= 1 << 16 else np.uint32)
             for j, s in enumerate(batch, start=i):
@@ -258,7 +258,7 @@ class Layout:
         if full is not None:  # stripe s, position j is entry s * lanes + j = b
             return full.reshape(-1)[b].astype(np.int64)
         lo, hi = int(st.min()), int(st.max()) + 1
-        if 8 * np.unique(st).size <= hi - lo or (hi - lo) * g > max(_GEN_ENTRIES, 4 * b.size):
+        if (hi - lo) * g > max(_GEN_ENTRIES, 4 * b.size) or 8 * np.unique(st).size <= hi - lo:
             # a few blocks (light damage): only their stripes, not the whole model's permutations
             return self._sparse(b)
         rows: NDArray[np.int64] = self.perm_rows(lo, hi)[st - lo, b % g]
