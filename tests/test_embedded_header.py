@@ -519,3 +519,106 @@ def test_a_model_too_small_for_a_copy_beside_a_larger_non_finite_tensor_says_so(
     assert sealed.header.carriers == () and sealed.header.tensors[0].k == 0
     with pytest.raises(NotSealedError, match="had no room for a copy of its header"):  # not "tampered with"
         header_from_weights(sealed.tensors, key)
+
+
+@pytest.fixture(scope="module", params=[np.float32, np.float16], ids=["f32-irs4", "f16-lanes"])
+def lone(request: pytest.FixtureRequest, key: paramseal.Key) -> paramseal.SealedModel:
+    """A one-tensor model (a lone carrier, three copies): fp32 seals with irs4, fp16 with lanes."""
+    w = helpers.random_tensor(np.random.default_rng(5), request.param, (1024, 512))
+    sealed = paramseal.seal({"w": w}, key)
+    assert sealed.header.carriers == (0,) and sealed.header.copies == 3
+    return sealed
+
+
+def _burst(sealed: paramseal.SealedModel, n: int = 64) -> dict[str, np.ndarray]:
+    """The sealed tensors with the first ``n`` values of the carrier ``w`` zeroed: its record gone."""
+    t = helpers.copy_model(sealed.tensors)
+    t["w"].reshape(-1)[:n] = 0
+    return t
+
+
+@pytest.mark.parametrize("n", [64, 64 * 3])
+def test_a_burst_over_a_lone_carriers_first_blocks_is_read_from_its_other_copies(
+    tmp_path: Path, lone: paramseal.SealedModel, key: paramseal.Key, key_file: Path, n: int
+) -> None:
+    """Zeroing the first block left copies 1 and 2 intact, but with no record to say where: "no header" (exit 3)."""
+    text = dict(_embed.header_copies(lone.tensors))["w"]
+    assert text.startswith(_embed.COPY_START.decode())  # where `located_copies` looks for a copy
+    t = _burst(lone, n)
+    assert _embed.scan(t["w"], damaged=True) is None and _embed.header_copies(t) == []
+    assert header_from_weights(t, key) == text  # found where seal put it, and authenticated
+    np.save(tmp_path / "w.npy", t["w"])
+    rc, out, err = helpers.run_cli(["verify", tmp_path / "w.npy", "--key", key_file])
+    assert rc == 1 and "tampered" in out, err
+    rep = files.verify_file(tmp_path / "w.npy", key)
+    assert rep.tensors["w"].tampered_blocks == tuple(range(n // 64))
+    rc, _, err = helpers.run_cli(["recover", tmp_path / "w.npy", tmp_path / "r.npy", "--key", key_file])
+    assert rc == 0, err
+    assert np.load(tmp_path / "r.npy").tobytes() == lone.tensors["w"].tobytes()  # the record and copies too
+    rc, _, err = helpers.run_cli(["seal", tmp_path / "w.npy", tmp_path / "again.npy", "--key", key_file])
+    assert rc == 3 and "already sealed" in err  # no laundering by sealing it anew
+
+
+def test_a_burst_over_a_lone_carrier_with_another_key_is_a_key_mismatch(
+    lone: paramseal.SealedModel, other_key: paramseal.Key, key: paramseal.Key
+) -> None:
+    with pytest.raises(KeyMismatchError) as ei:
+        header_from_weights(_burst(lone), other_key)
+    assert key.fingerprint in str(ei.value)
+
+
+def test_a_burst_that_leaves_no_copy_authentic_is_tampering_not_an_unsealed_model(
+    lone: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    """The copies found where seal put them do not authenticate: exit 2, as when records remain (not "never sealed")."""
+    n = len(dict(_embed.header_copies(lone.tensors))["w"])
+    k = lone.header.tensors[0].k
+    t = _burst(lone)
+    flat = t["w"].reshape(-1).view(np.uint16 if t["w"].dtype == np.float16 else np.uint32)
+    for c in range(3):  # the same storage bit of every copy (past the burst): no majority, nothing to mix
+        q = (_embed.RECORD_BYTES + c * n + n // 2) * 8  # storage bit q, after each block's tag bits
+        per = _embed.block_bytes(k) * 8
+        v = (q // per) * 64 + (TAG_BITS + q % per) // k
+        flat[v] ^= flat.dtype.type(1 << ((TAG_BITS + q % per) % k))
+    with pytest.raises(HeaderAuthError) as ei:
+        header_from_weights(t, key)
+    assert ei.value.exit_code == 2 and "none of them authenticates" in str(ei.value)
+    assert "--header-from" in str(ei.value)
+
+
+def test_a_burst_over_the_record_of_a_single_copy_carrier_is_read_from_the_copy(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """bf16 stores 4 bytes a block: a zeroed first block takes the record's magic only; the copy after it is whole."""
+    torch = pytest.importorskip("torch")
+    w = helpers.random_tensor(np.random.default_rng(6), helpers.BF16, (1024, 512))
+    sealed = paramseal.seal({"w": w}, key)
+    assert sealed.header.carriers == (0,) and sealed.header.copies == 1 and sealed.header.tensors[0].k == 1
+    t = _burst(sealed)
+    assert _embed.header_copies(t) == []
+    assert header_from_weights(t, key) == dict(_embed.header_copies(sealed.tensors))["w"]
+    torch.save({"w": torch.from_numpy(t["w"].view(np.int16)).view(torch.bfloat16)}, tmp_path / "w.pt")
+    for p in (tmp_path / "w.pt", helpers.write_st(tmp_path / "w.safetensors", t)):  # .pt, safetensors stripped
+        rep = files.verify_file(p, key)
+        assert rep.status == "tampered" and rep.tensors["w"].tampered_blocks == (0,)
+        res = files.recover_file(p, tmp_path / f"r{p.suffix}", key)
+        assert res.report.status == "recovered"
+    got, _ = helpers.read_st(tmp_path / "r.safetensors")
+    helpers.assert_model_equal(got, sealed.tensors)
+
+
+def test_looking_for_copies_whose_record_is_gone_is_bounded(
+    monkeypatch: pytest.MonkeyPatch, big: dict[str, np.ndarray]
+) -> None:
+    """An unsealed model (no copy anywhere) is searched at every k of its largest tensors: within LOCATE_BYTES."""
+    assert list(_embed.located_copies(big)) == []
+    read = []
+    storage = _embed._storage
+    monkeypatch.setattr(_embed, "_storage", lambda ub, k: read.append(len(b := storage(ub, k))) or b)
+    monkeypatch.setattr(_embed, "LOCATE_BYTES", 64 << 10)
+    rng = np.random.default_rng(1)
+    t = {f"t{i}": rng.standard_normal(1 << 18).astype(np.float32) for i in range(6)}
+    _embed._survey(t)  # the records' reads
+    records = sum(read)
+    assert list(_embed.located_copies(t)) == []
+    assert 0 < sum(read) - 2 * records <= 64 << 10

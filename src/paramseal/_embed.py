@@ -13,7 +13,8 @@ HMAC'd header without the user metadata (its digest is under the MAC).
 With the header in the metadata this is only used to match renamed tensors by
 identity. Without it (metadata stripped, or converted to ``.pt``/``.npz`` by
 another tool) ``find_header`` reads the copy: a record is found by trying each
-possible k, since k itself is in the header.
+possible k, since k itself is in the header. Where a carrier's record is gone (its first
+block zeroed), `located_copies` finds the copies after it by where they start.
 
 Record (little-endian): magic ``PSL`` + byte 2 | tensor index u32 | tensor count u32 |
 salt[:8] | header length u32.
@@ -22,9 +23,10 @@ salt[:8] | header length u32.
 from __future__ import annotations
 
 import collections
+import json
 import struct
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -42,6 +44,9 @@ COPY_BUDGET = 0.02  # at most this fraction of the float blocks holds header cop
 MERGE_BYTES = 12  # two damaged copies differing in up to this many bytes are mixed (2^12 mixes a pair)
 MERGE_LIMIT = 4096  # candidates `merged_copies` yields in all (and MERGE_TEXT bytes): a crafted model
 MERGE_TEXT = 64 << 20  # must not make verify authenticate for long
+COPY_START = b'{"bits":'  # how every copy begins (canonical JSON, keys sorted: "bits" is the first)
+LOCATE_FIRST = 4 << 10  # `located_copies` reads this much storage of a tensor at a k first, then 8 times more,
+LOCATE_BYTES = 32 << 20  # up to this much in all (each window within the copy budget)
 
 
 def block_bytes(k: int) -> int:
@@ -263,25 +268,114 @@ def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
     candidates are yielded once, and at most ``MERGE_LIMIT`` of them (and ``MERGE_TEXT`` bytes
     in all): the caller authenticates each, and a crafted model must not make that take long.
     """
-    floats = [n for n in tensors if _float(np.asarray(tensors[n]))]
-    big = sorted(floats, key=lambda n: -int(np.asarray(tensors[n]).size))[: 2 * CARRIERS]
-    budget = COPY_BUDGET * sum(block_count(int(np.asarray(tensors[n]).size)) for n in floats)
-    recs = {n: f for n in big if (f := scan(np.asarray(tensors[n]), damaged=True)) is not None and f.hlen}
+    big, budget, found = _survey(tensors)
+    recs = {n: f for n, f in found.items() if f.hlen}
     ks = sorted({f.k for f in recs.values()})
     votes = collections.Counter(f.hlen for f in recs.values())
     recorded = [h for h, _ in votes.most_common()]
     flipped = sorted({h ^ (1 << b) for h in recorded for b in range(32)} - set(recorded))
-    seen: set[bytes] = set()
-    left, text_left = MERGE_LIMIT, MERGE_TEXT
+    limit = _Limit()
     for hlen in (*recorded, *flipped):
         if not (0 < hlen and any(blocks_needed(k, RECORD_BYTES + hlen) <= budget for k in ks)):
             continue
-        for cand in _candidates(tensors, big, {n: f.k for n, f in recs.items()}, ks, hlen):
-            if cand in seen:
+        yield from limit.texts(_candidates(tensors, big, {n: f.k for n, f in recs.items()}, ks, hlen))
+        if limit.spent:
+            return
+
+
+def located_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
+    """Header texts from copies whose record is gone (a burst over a carrier's first blocks), found where seal put them.
+
+    Without its record a carrier says neither its k nor the header length. But copy ``i`` starts
+    with ``COPY_START`` at storage byte ``RECORD_BYTES + i * length``, within the copy budget: in
+    the largest float tensors with no record giving a length, at each k, that start is looked for
+    (in a window growing eightfold a round, ``LOCATE_BYTES`` read in all). Each start gives lengths:
+    the JSON object it opens, its distance past the record (copy 1 or 2), the distance between two
+    starts. Each length's copies, majority and mixes are yielded as by `merged_copies` (with its
+    bounds). The caller authenticates each: a start found in other bits costs a candidate, never trust.
+    """
+    big, budget, found = _survey(tensors)
+    ks = {f.k for f in found.values()}
+    k_of = {n: f.k for n, f in found.items()}
+    tried: set[int] = set()
+    limit = _Limit()
+    read, window = 0, LOCATE_FIRST
+    # a tensor whose record gives its k (not a length: a non-carrier's, or one whose length was hit) at that k
+    pairs = [
+        (n, k)
+        for n in big
+        if not (n in found and found[n].hlen)
+        for k in ([found[n].k] if n in found else _ks(dtype_name(np.asarray(tensors[n]).dtype)))
+    ]
+    while pairs:
+        grow: list[tuple[str, int]] = []
+        for n, k in pairs:
+            flat = _bits.uint_view(np.asarray(tensors[n]))
+            room = min(int(budget), flat.size // BLOCK) * block_bytes(k)  # copies lie within the budget
+            nb = min(blocks_needed(k, min(window, room)), (LOCATE_BYTES - read) // block_bytes(k), flat.size // BLOCK)
+            if nb <= 0:
                 continue
-            seen.add(cand)
-            left, text_left = left - 1, text_left - len(cand)
-            if left < 0 or text_left < 0:
+            data = _storage(flat[: nb * BLOCK].reshape(nb, BLOCK), k)
+            read += len(data)
+            if len(data) < room:
+                grow.append((n, k))
+            for hlen in sorted(_lengths(data) - tried):
+                tried.add(hlen)
+                if blocks_needed(k, RECORD_BYTES + hlen) <= budget:
+                    yield from limit.texts(_candidates(tensors, big, k_of | {n: k}, sorted(ks | {k}), hlen))
+                    if limit.spent:
+                        return
+        pairs, window = grow, window * 8
+
+
+def _lengths(data: bytes) -> set[int]:
+    """Header lengths the copy starts in ``data`` (a carrier's storage, record first) give (see `located_copies`)."""
+    starts: list[int] = []
+    at = data.find(COPY_START, RECORD_BYTES)
+    while at >= 0 and len(starts) <= COPIES:  # seal's copies are the first starts past the record
+        starts.append(at)
+        at = data.find(COPY_START, at + 1)
+    out = {q - p for i, p in enumerate(starts) for q in starts[i + 1 :]}
+    out |= {(p - RECORD_BYTES) // i for p in starts for i in range(1, COPIES) if (p - RECORD_BYTES) % i == 0}
+    text = data.decode("latin-1")  # a byte a character: offsets stay byte offsets
+    for p in starts:
+        try:
+            obj, end = json.JSONDecoder().raw_decode(text, p)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(obj, dict):
+            out.add(end - p)
+    return {h for h in out if h > 0}
+
+
+def _survey(tensors: Mapping[str, NDArray[np.generic]]) -> tuple[list[str], float, dict[str, Found]]:
+    """The largest float tensors (where carriers are), the copy budget in blocks, and their records (a bit off too)."""
+    floats = [n for n in tensors if _float(np.asarray(tensors[n]))]
+    big = sorted(floats, key=lambda n: -int(np.asarray(tensors[n]).size))[: 2 * CARRIERS]
+    budget = COPY_BUDGET * sum(block_count(int(np.asarray(tensors[n]).size)) for n in floats)
+    found = {n: f for n in big if (f := scan(np.asarray(tensors[n]), damaged=True)) is not None}
+    return big, budget, found
+
+
+@dataclass(slots=True)
+class _Limit:
+    """Candidates yielded once each, at most ``MERGE_LIMIT`` of them and ``MERGE_TEXT`` bytes."""
+
+    seen: set[bytes] = field(default_factory=set)
+    left: int = MERGE_LIMIT
+    text_left: int = MERGE_TEXT
+
+    @property
+    def spent(self) -> bool:
+        return self.left < 0 or self.text_left < 0
+
+    def texts(self, candidates: Iterator[bytes]) -> Iterator[str]:
+        for cand in candidates:
+            if cand in self.seen:
+                continue
+            self.seen.add(cand)
+            self.left, self.text_left = self.left - 1, self.text_left - len(cand)
+            if self.spent:
                 return
             yield from _text(cand)
 
@@ -348,6 +442,7 @@ __all__ = [
     "block_bytes",
     "blocks_needed",
     "header_copies",
+    "located_copies",
     "merged_copies",
     "sealed_traces",
     "plan",

@@ -382,8 +382,13 @@ def seal_file(
     _check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
     with _open_model(s) as loaded:
-        # a header in the metadata, or records in the weights (PyTorch files, stripped metadata, lost copies)
-        if not reseal and (METADATA_KEY in loaded.metadata or _embed.sealed_traces(loaded.tensors)[0]):
+        # a header in the metadata, records in the weights (PyTorch files, stripped metadata, lost copies),
+        # or header copies where a seal puts them (their records zeroed)
+        if not reseal and (
+            METADATA_KEY in loaded.metadata
+            or _embed.sealed_traces(loaded.tensors)[0]
+            or next(_embed.located_copies(loaded.tensors), None) is not None
+        ):
             raise UsageError(
                 f"'{s}' is already sealed; verify or recover it, or pass --reseal to replace its seal "
                 "(after a change to its weights that you approved)"

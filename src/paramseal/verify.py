@@ -339,7 +339,8 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
     """The seal header embedded in the weights, authenticated with ``key``.
 
     Each copy is tried, then headers rebuilt from damaged copies (`_embed.merged_copies`: a
-    byte-wise majority, mixes of two), each authenticated like the copies. Raises NotSealedError
+    byte-wise majority, mixes of two), then copies whose record is gone, found where seal put
+    them (`_embed.located_copies`), each authenticated like the copies. Raises NotSealedError
     when no copy is found, KeyMismatchError when every copy names the same other key, and
     HeaderAuthError when nothing authenticates.
     """
@@ -365,6 +366,22 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
             continue
     if other_key:
         raise errs[0]
+    # Copies whose record is gone (a burst over a carrier's first blocks), found where seal put them.
+    located: list[KeyMismatchError] = []
+    tried = 0
+    for text in _embed.located_copies(tensors):
+        tried += 1
+        try:
+            parse_header(text, key)
+            return text
+        except KeyMismatchError as e:
+            located.append(e)
+        except (HeaderAuthError, FormatError):
+            continue  # the destroyed copy, or a length that was not the header's
+    # another key when the copies found that name a key all name one well-formed key (the destroyed copy names none)
+    if not errs and located and len({e.stored for e in located}) == 1:
+        if re.fullmatch("[0-9a-f]{16}", located[0].stored):
+            raise located[0]
     if errs:
         why = next((str(e) for e in errs if not isinstance(e, KeyMismatchError)), "")
         raise HeaderAuthError(
@@ -383,6 +400,12 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
             f"the model was sealed (ParamSeal records remain in {n} of its tensors), but no copy of its header in "
             "the weights is intact: they were tampered with, and nothing can be checked or rebuilt without the "
             f"header. {HEADER_HINT}"
+        )
+    if tried:
+        raise HeaderAuthError(
+            "the model's weights hold copies of a ParamSeal header where a seal puts them, but their records are "
+            "gone and none of them authenticates with this key: they were tampered with, and nothing can be checked "
+            f"or rebuilt without the header. {HEADER_HINT}"
         )
     raise NotSealedError(
         "the model carries no ParamSeal header: none in the file's metadata and no copy in the weights; "
