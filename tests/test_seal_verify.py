@@ -282,3 +282,21 @@ def test_report_json_round_trips(sealed: paramseal.SealedModel, key: paramseal.K
     assert d["tampered_tensors"] == ["embed.weight"]
     assert d["tensors"]["embed.weight"]["tampered_blocks"] == [5]
     assert d["tampered_blocks"] == 1 and d["total_blocks"] == r.total_blocks
+
+
+@pytest.mark.parametrize("dtype", ["F16", "BF16", "F32", "F64"])
+def test_the_non_finite_scan_finds_exactly_the_words_with_an_all_ones_exponent(dtype: str) -> None:
+    """The seal's NaN/Inf refusal (value less its sign >= the exponent mask) against the definition."""
+    from paramseal.levels import FLOATS, ST_TO_NP
+    from paramseal.seal import _has_non_finite
+
+    fmt, width = FLOATS[dtype], ST_TO_NP[dtype].itemsize * 8
+    word = np.dtype(f"u{width // 8}").type
+    e_mask = ((1 << fmt.exponent) - 1) << fmt.mantissa
+    sign = 1 << (width - 1)
+    edges = [0, 1, e_mask - 1, e_mask, e_mask | 1, sign | (e_mask - 1), sign | e_mask, (1 << width) - 1, sign]
+    rng = np.random.default_rng(3)
+    for x in edges + rng.integers(0, 1 << min(width, 63), 200).tolist():
+        u = np.array([0, x, 5], dtype=word)
+        assert _has_non_finite(u, dtype) == ((x & e_mask) == e_mask), hex(x)
+    assert not _has_non_finite(np.zeros(0, word), dtype)

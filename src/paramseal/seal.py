@@ -426,9 +426,12 @@ def _refuse_non_finite(ub: _model.Blocks, spec: TensorSpec) -> None:
 
 
 def _has_non_finite(u: NDArray[np.unsignedinteger], dtype: str) -> bool:
+    # exponent all ones <=> the value less its sign is at least the exponent mask: one AND and a max
     fmt = FLOATS[dtype]
-    e = (1 << fmt.exponent) - 1
-    return bool(np.any((u >> u.dtype.type(fmt.mantissa)) & u.dtype.type(e) == e))
+    if not u.size:
+        return False
+    magnitude = u & u.dtype.type((1 << (fmt.exponent + fmt.mantissa)) - 1)
+    return int(magnitude.max()) >= ((1 << fmt.exponent) - 1) << fmt.mantissa
 
 
 def non_finite(tensors: Mapping[str, NDArray[np.generic]]) -> frozenset[str]:
