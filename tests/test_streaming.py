@@ -16,6 +16,7 @@ import safetensors.numpy as stn
 
 import paramseal
 from paramseal import _pages, files
+from paramseal.errors import InputError
 from paramseal.header import METADATA_KEY
 
 META = {"author": "tests", "license": "apache-2.0"}
@@ -437,3 +438,84 @@ def test_progress_counts_steps_from_threads_and_takes_a_new_total() -> None:
         t.join()
     assert p.i == 41 and p.total == 41
     assert out.getvalue().count("\r") == 41 and out.getvalue().rstrip().endswith("41/41 x")
+
+
+def test_read_ahead_yields_in_order_and_reads_the_next_item_while_one_is_worked_on() -> None:
+    import threading
+
+    from paramseal._pages import read_ahead
+
+    started: list[int] = []
+    gate = threading.Event()
+
+    def read(i: int) -> int:
+        started.append(i)
+        if i == 1:
+            gate.set()  # item 1 is read while item 0 is still in the caller's hands
+        return 10 * i
+
+    got = []
+    for i, v in read_ahead(read, range(5)):
+        if i == 0:
+            assert gate.wait(5)
+        got.append((i, v))
+    assert got == [(i, 10 * i) for i in range(5)] and started == list(range(5))
+    assert list(read_ahead(read, [])) == []
+
+
+def test_read_ahead_raises_a_read_s_error_at_its_item_and_stops_reading() -> None:
+    from paramseal._pages import read_ahead
+
+    started: list[int] = []
+
+    def read(i: int) -> int:
+        started.append(i)
+        if i == 2:
+            raise InputError("cannot read chunk 2")
+        return i
+
+    seen = []
+    with pytest.raises(InputError, match="chunk 2"):
+        for i, _ in read_ahead(read, range(6)):
+            seen.append(i)
+    assert seen == [0, 1] and max(started) <= 3  # at most one read past the failed one
+
+
+def test_write_behind_bounds_its_queue_and_waits_for_every_write_even_on_an_error() -> None:
+    import threading
+    import time
+
+    from paramseal._pages import WriteBehind
+
+    done: list[int] = []
+    running = threading.Lock()
+
+    def write(i: int) -> None:
+        assert running.acquire(blocking=False)  # one write at a time, in order
+        time.sleep(0.01)
+        done.append(i)
+        running.release()
+
+    with WriteBehind(depth=2) as wb:
+        for i in range(6):
+            wb.submit(write, i)
+            assert i - len(done) <= 2  # never more than depth writes waiting
+    assert done == list(range(6))
+
+    done.clear()
+    with pytest.raises(RuntimeError, match="caller"), WriteBehind(depth=3) as wb:
+        for i in range(3):
+            wb.submit(write, i)
+        raise RuntimeError("the caller failed")
+    assert done == [0, 1, 2]  # all handed over were written before the block was left
+
+    def bad(i: int) -> None:
+        if i == 1:
+            raise OSError("disk full")
+        done.append(i)
+
+    done.clear()
+    with pytest.raises(OSError, match="disk full"), WriteBehind(depth=4) as wb:
+        for i in range(4):
+            wb.submit(bad, i)
+    assert done == [0, 2, 3]

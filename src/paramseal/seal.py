@@ -20,7 +20,17 @@ from ._bits import write_tags
 from ._kernels import task_map
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
-from ._pages import SCATTERED_BLOCKS, Workspace, chunks, file_span, is_mapped, release, write_behind
+from ._pages import (
+    SCATTERED_BLOCKS,
+    Workspace,
+    WriteBehind,
+    chunks,
+    file_span,
+    is_mapped,
+    read_ahead,
+    release,
+    write_behind,
+)
 from ._progress import Progress
 from .errors import InputError, NonFiniteError, UnsupportedError, UsageError
 from .header import SCHEME_IRS, Header
@@ -172,15 +182,21 @@ def seal_flat(
         return chunks(specs[t].nblocks, flats[t].dtype.itemsize, int(layout.block_start[t]), g, scattered=cap)
 
     read_cap = SCATTERED_BLOCKS if far else 0  # embed reads parity from the store
-    for t, spec in enumerate(specs):
-        prog.step(f"read {spec.name}")
-        for r0, r1 in parts_of(t, 0):
-            ub = read_blocks(flats[t], spec, r0, r1)
-            _refuse_non_finite(ub, spec)
-            if window is not None:
-                window.gather(t, spec, ub, r0)
-            else:
-                _model.gather_chunk(store, layout, t, spec, ub, r0)
+
+    def read(job: tuple[int, int, int]) -> _model.Blocks:
+        return read_blocks(flats[job[0]], specs[job[0]], job[1], job[2])
+
+    # the next chunk is read while this one is worked on (and, below, the last one written)
+    jobs = [(t, r0, r1) for t in range(len(specs)) for r0, r1 in parts_of(t, 0)]
+    for (t, r0, _), ub in read_ahead(read, jobs):
+        spec = specs[t]
+        if r0 == 0:
+            prog.step(f"read {spec.name}")
+        _refuse_non_finite(ub, spec)
+        if window is not None:
+            window.gather(t, spec, ub, r0)
+        else:
+            _model.gather_chunk(store, layout, t, spec, ub, r0)
     if window is not None:
         window.finish()
     prog.step("encode")
@@ -190,22 +206,24 @@ def seal_flat(
     parity = ws.lanes_array(layout.M, g, lane_major=False)
     _code.encode_into(store, parity)
     mac = BlockMac(key)
-    external: dict[int, NDArray[np.uint64]] = {}
-    for t, spec in enumerate(specs):
-        prog.step(f"embed {spec.name}")
-        internal = layout.tag_internal[layout.block_start[t] : layout.block_start[t] + spec.nblocks]
-        ext: list[NDArray[np.uint64]] = []
-        plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
-        for r0, r1 in parts_of(t, read_cap):
-            ub = read_blocks(flats[t], spec, r0, r1)
-            _model.write_storage(layout, spec, t, ub, parity, r0=r0)
-            ext.append(_tag_chunk(ub, t, spec, r0, internal, plain, t not in emb.carriers, mac, salt))
-            write_blocks(outs[t], spec, r0, ub)
+    ext: dict[int, list[NDArray[np.uint64]]] = {}
+    jobs = [(t, r0, r1) for t in range(len(specs)) for r0, r1 in parts_of(t, read_cap)]
+    with WriteBehind() as behind:
+        for (t, r0, r1), ub in read_ahead(read, jobs):
+            spec = specs[t]
             b0 = int(layout.block_start[t])
+            if r0 == 0:
+                prog.step(f"embed {spec.name}")
+                internal = layout.tag_internal[b0 : b0 + spec.nblocks]
+                plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
+            _model.write_storage(layout, spec, t, ub, parity, r0=r0)
+            tags = _tag_chunk(ub, t, spec, r0, internal, plain, t not in emb.carriers, mac, salt)
+            if tags.size:  # the header's tags: blocks without room for their own
+                ext.setdefault(t, []).append(tags)
+            behind.submit(write_blocks, outs[t], spec, r0, ub)
             lo, hi = layout.stripe_store[(b0 + r0) // g], layout.stripe_store[(b0 + r1 - 1) // g]
             release(parity[lo : hi + 2 * spec.k])  # the rows this chunk read
-        if not internal.all():
-            external[t] = np.concatenate(ext)
+    external = {t: np.concatenate(e) for t, e in ext.items()}
     store = parity = np.zeros(0, np.uint32)  # let the workspace go
     header = Header(
         level=level,
