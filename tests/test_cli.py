@@ -424,6 +424,24 @@ def test_inspect_text_and_json(sealed_file: Path, model_file: Path) -> None:
     assert "not sealed" in so and "strong" in so
 
 
+def test_inspect_shows_the_seal_salt_for_a_registry_to_compare(sealed_file: Path, key: paramseal.Key) -> None:
+    """README: catching a rollback needs an external record, e.g. the salt, compared with `inspect`."""
+    salt = json.loads(files.read_header(sealed_file, key))["salt"]
+    rc, so, _ = run(["inspect", sealed_file, "--json"])
+    assert rc == 0 and json.loads(so)["seal"]["salt"] == salt
+    rc, so, _ = run(["inspect", sealed_file])
+    assert rc == 0 and f"salt={salt}" in so
+
+
+@pytest.mark.parametrize(
+    ("fraction", "shown"), [(0.4765, "47.7"), (0.2273, "22.7"), (0.1815, "18.2"), (0.0, "0.0"), (1.0, "100.0")]
+)
+def test_inspect_prints_a_bound_as_a_percentage_rounding_halves_up(fraction: float, shown: str) -> None:
+    from paramseal.cli import _pct
+
+    assert _pct(fraction) == shown
+
+
 def test_inspect_prints_the_lane_codes_scattered_capacity_not_a_half_bound(tmp_path: Path) -> None:
     # The README quotes these per dtype and level (bf16 standard: about 0.05% of parameters).
     m = tmp_path / "bf16.npz"

@@ -12,6 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import NoReturn
 
@@ -320,6 +321,14 @@ def _note_plain(specs: Iterable[TensorSpec]) -> None:
 FEW_BLOCKS = 64  # below this, inspect warns that its capacity bounds are asymptotic
 
 
+def _pct(fraction: float) -> str:
+    """A bound given to 4 places (inspect's JSON) as a percentage to 1 place, halves rounded up.
+
+    0.4765 (the bound 0.47653) is 47.7, not the 47.6 that formatting the binary float 47.65 gives.
+    """
+    return str((Decimal(str(fraction)) * 100).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
+
+
 def _inspect_text(info: dict[str, object]) -> str:
     lines = [f"{info['file']}: {info['tensors']} tensors, parameters by dtype {info['parameters']}"]
     blocks = info.get("blocks")
@@ -345,13 +354,13 @@ def _inspect_text(info: dict[str, object]) -> str:
             if c.get("k") and c.get("code") == "irs":
                 lines.append(
                     f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {c['max_relative_change']:.2e}  code irs: "
-                    f"recovers contiguous damage up to {100 * c['contiguous_bound']:.1f}% and scattered values up to "
-                    f"{100 * c['scattered_radius_per_group']:.1f}% (per-group bounds; see README)"
+                    f"recovers contiguous damage up to {_pct(c['contiguous_bound'])}% and scattered values up to "
+                    f"{_pct(c['scattered_radius_per_group'])}% (per-group bounds; see README)"
                 )
             elif c.get("k"):
                 lines.append(
                     f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {c['max_relative_change']:.2e}  code lanes: "
-                    f"recovers up to {100 * c['contiguous_bound']:.1f}% of parameters in tampered blocks "
+                    f"recovers up to {_pct(c['contiguous_bound'])}% of parameters in tampered blocks "
                     f"(bound; scattered values about {100 * c['scattered_bound']:.2g}%)"
                 )
             else:

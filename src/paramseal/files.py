@@ -771,7 +771,7 @@ def _inspect(p: Path, loaded: Loaded) -> dict[str, Any]:
         shape = ("strata", "outer_host") if irs else ("lanes",)
         info["seal"] = {
             k: h.get(k) if isinstance(h.get(k), str | int | None) else "(malformed)"
-            for k in ("scheme", "level", "bits", "block", "mac", "code", *shape, "key_fingerprint")
+            for k in ("scheme", "level", "bits", "block", "mac", "code", *shape, "key_fingerprint", "salt")
         }
         info["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
         info["seal"]["header_in"] = where
