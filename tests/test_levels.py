@@ -167,3 +167,12 @@ def test_capacity_helper_is_exported_and_monotone_in_k() -> None:
         c = paramseal.capacity("F32", k)
         assert c.erasure_bound > prev and c.max_relative_change < 2.0**-23 * 2**k
         prev = c.erasure_bound
+
+
+def test_capacity_given_a_level_or_a_non_int_says_what_it_takes() -> None:
+    with pytest.raises(UsageError, match=r"not a level: capacity\('F32', bits_for\('F32', 'standard', None\)\)"):
+        paramseal.capacity("F32", "standard")  # type: ignore[arg-type]
+    for bad in (8.0, True, None, "8"):
+        with pytest.raises(UsageError, match="k must be an int"):
+            paramseal.capacity("F16", bad)  # type: ignore[arg-type]
+    assert capacity("F32", bits_for("F32", "standard", None)) == capacity("F32", 8)

@@ -672,3 +672,16 @@ def test_a_big_endian_host_does_not_use_the_library(monkeypatch: pytest.MonkeyPa
         monkeypatch.undo()
         _native._lib.cache_clear()
         _native._load.cache_clear()
+
+
+@pytest.mark.parametrize("value", ["bogus", "reqiure", "2"])
+def test_an_unknown_native_setting_is_an_error_not_the_default(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """A typo of PARAMSEAL_NATIVE=require must not pass silently as 'on where it builds'."""
+    from paramseal import UsageError
+
+    monkeypatch.setenv("PARAMSEAL_NATIVE", value)
+    with pytest.raises(UsageError, match="is not a setting"):
+        _native._mode()
+    for ok in ("", "0", "OFF", "require", " Require "):
+        monkeypatch.setenv("PARAMSEAL_NATIVE", ok)
+        assert _native._mode() == ok.strip().lower()

@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from . import _irs
 from ._kernels import _PARALLEL_ROWS, halves, parallel_map
-from .errors import InputError
+from .errors import InputError, UsageError
 
 _ABI = 3
 _LIB_NAME = "_psnative.so"
@@ -39,8 +39,16 @@ def library_path() -> Path:
     return Path(__file__).with_name(_LIB_NAME)
 
 
+_MODES = ("", "1", "on", "yes", "true", "0", "off", "no", "false", "require")
+
+
 def _mode() -> str:
-    return os.environ.get("PARAMSEAL_NATIVE", "").strip().lower()
+    mode = os.environ.get("PARAMSEAL_NATIVE", "").strip().lower()
+    if mode not in _MODES:  # a typo of 'require' must not pass as the default
+        raise UsageError(
+            f"PARAMSEAL_NATIVE={mode!r} is not a setting: use 0 (off), require, or leave it unset (on where it builds)"
+        )
+    return mode
 
 
 def _refuse(why: str) -> None:

@@ -117,6 +117,12 @@ def capacity(dtype: str, k: int) -> Capacity:
     fmt = FLOATS.get(dtype)
     if fmt is None:
         raise UsageError(f"unknown float dtype '{dtype}'; use one of {', '.join(FLOATS)}")
+    if isinstance(k, str) and k in fmt.levels:
+        raise UsageError(
+            f"capacity takes k, the low bits, not a level: capacity('{dtype}', bits_for('{dtype}', '{k}', None))"
+        )
+    if not isinstance(k, int) or isinstance(k, bool):
+        raise UsageError(f"k must be an int number of low bits, not {type(k).__name__}")
     bits_for(dtype, "standard", k)  # refuses a k out of the dtype's range
     a = TAG_BITS / BLOCK
     er = max(0.0, (k - a) / (fmt.bits - a))
