@@ -634,3 +634,35 @@ def test_a_seal_without_the_coding_kernels_survives_numbas_workqueue_layer(tmp_p
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().endswith("intact")
+
+
+def test_the_lane_code_seals_side_by_side_with_the_numba_kernels_under_the_workqueue_layer(tmp_path: Path) -> None:
+    """The lane seal's chunks run two at a time (task_map); numba's parallel kernels must not be entered there."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, ml_dtypes
+        from pathlib import Path
+        import paramseal
+        from paramseal import files, _native, _pages
+        assert not _native.portable()
+        _pages.CHUNK_BYTES = 2 << 20  # chunks of 16k blocks: past the threaded kernels' threshold, many of them
+        rng = np.random.default_rng(6)
+        model = {{"w": (0.02 * rng.standard_normal((2048, 2048))).astype(ml_dtypes.bfloat16),
+                  "v": (0.02 * rng.standard_normal(3 * 2**20 + 5)).astype(ml_dtypes.bfloat16)}}
+        src = Path({str(tmp_path)!r}) / "m.safetensors"
+        import safetensors.numpy as stn
+        stn.save_file(model, str(src))
+        key = paramseal.Key.generate()
+        files.seal_file(src, src.with_name("s.safetensors"), key)
+        print(files.verify_file(src.with_name("s.safetensors"), key).status)
+        """
+    )
+    env = {**os.environ, "PARAMSEAL_NATIVE": "0", "NUMBA_THREADING_LAYER": "workqueue"}
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("intact")

@@ -10,7 +10,6 @@ the page cache to be written back. Arrays that are not mapped are left alone.
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import ctypes.util
 import functools
@@ -19,9 +18,8 @@ import os
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -348,44 +346,8 @@ def read_ahead(read: Callable[[_T], _R], items: Iterable[_T]) -> Iterator[tuple[
             yield item, got
 
 
-class WriteBehind:
-    """Writes done on a thread of their own, at most ``depth`` waiting, while the caller computes the next chunk.
-
-    Leaving the block waits for every write handed over (also on an error, so that nothing is
-    written after the caller has cleaned up), and raises the first write's error.
-    """
-
-    def __init__(self, depth: int = 2) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paramseal-write")
-        self._waiting: collections.deque[Future[None]] = collections.deque()
-        self._depth = depth
-
-    def submit(self, write: Callable[..., None], *args: Any) -> None:
-        """Queue ``write(*args)``; waits for the oldest write while more than ``depth`` are queued."""
-        self._waiting.append(self._pool.submit(write, *args))
-        while len(self._waiting) > self._depth:
-            self._waiting.popleft().result()
-
-    def __enter__(self) -> WriteBehind:
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
-        try:
-            while self._waiting:
-                f = self._waiting.popleft()
-                if kind is None:
-                    f.result()
-                else:
-                    f.exception()  # waited for; the error already raised is the one to report
-        finally:
-            for f in self._waiting:
-                f.exception()
-            self._pool.shutdown(wait=True)
-
-
 __all__ = [
     "CHUNK_BYTES",
-    "WriteBehind",
     "read_ahead",
     "SCATTERED_BLOCKS",
     "Mapping",

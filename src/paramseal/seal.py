@@ -23,7 +23,6 @@ from ._mac import BlockMac
 from ._pages import (
     SCATTERED_BLOCKS,
     Workspace,
-    WriteBehind,
     chunks,
     file_span,
     is_mapped,
@@ -186,18 +185,27 @@ def seal_flat(
     def read(job: tuple[int, int, int]) -> _model.Blocks:
         return read_blocks(flats[job[0]], specs[job[0]], job[1], job[2])
 
-    # the next chunk is read while this one is worked on (and, below, the last one written)
-    jobs = [(t, r0, r1) for t in range(len(specs)) for r0, r1 in parts_of(t, 0)]
-    for (t, r0, _), ub in read_ahead(read, jobs):
-        spec = specs[t]
+    def gather(job: tuple[int, int, int]) -> None:  # chunks are disjoint blocks: their cells of the store too
+        t, r0, _ = job
         if r0 == 0:
-            prog.step(f"read {spec.name}")
-        _refuse_non_finite(ub, spec)
-        if window is not None:
-            window.gather(t, spec, ub, r0)
-        else:
-            _model.gather_chunk(store, layout, t, spec, ub, r0)
-    if window is not None:
+            prog.step(f"read {specs[t].name}")
+        ub = read(job)
+        _refuse_non_finite(ub, specs[t])
+        _model.gather_chunk(store, layout, t, specs[t], ub, r0)
+
+    # Chunks side by side, one per core (`task_map`): one's reads and writes overlap another's
+    # kernels. The lane code's kernels are safe there (numba's parallel ones are never entered
+    # in a task). A store on disk is filled through the window, which takes blocks in order.
+    jobs = [(t, r0, r1) for t in range(len(specs)) for r0, r1 in parts_of(t, 0)]
+    if window is None:
+        layout.perm_rows(0, 1)  # the cached permutations (a model that fits) made once, before the tasks share them
+        task_map(gather, jobs)
+    else:
+        for (t, r0, _), ub in read_ahead(read, jobs):  # the next chunk is read while this one is worked on
+            if r0 == 0:
+                prog.step(f"read {specs[t].name}")
+            _refuse_non_finite(ub, specs[t])
+            window.gather(t, specs[t], ub, r0)
         window.finish()
     prog.step("encode")
     release(store)
@@ -206,23 +214,32 @@ def seal_flat(
     parity = ws.lanes_array(layout.M, g, lane_major=False)
     _code.encode_into(store, parity)
     mac = BlockMac(key)
-    ext: dict[int, list[NDArray[np.uint64]]] = {}
+
+    @functools.lru_cache(maxsize=8)  # the tensors being embedded (a few at a time: memory stays bounded)
+    def of(t: int) -> tuple[NDArray[np.bool_], bytes]:
+        b0, spec = int(layout.block_start[t]), specs[t]
+        plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
+        return layout.tag_internal[b0 : b0 + spec.nblocks], plain
+
+    def embed(job: tuple[int, int, int]) -> NDArray[np.uint64]:  # chunks are disjoint blocks: any order
+        t, r0, r1 = job
+        spec, b0 = specs[t], int(layout.block_start[t])
+        if r0 == 0:
+            prog.step(f"embed {spec.name}")
+        internal, plain = of(t)
+        ub = read(job)
+        _model.write_storage(layout, spec, t, ub, parity, r0=r0)
+        tags = _tag_chunk(ub, t, spec, r0, internal, plain, t not in emb.carriers, mac, salt)
+        write_blocks(outs[t], spec, r0, ub)
+        lo, hi = layout.stripe_store[(b0 + r0) // g], layout.stripe_store[(b0 + r1 - 1) // g]
+        release(parity[lo : hi + 2 * spec.k])  # the rows this chunk read
+        return tags
+
     jobs = [(t, r0, r1) for t in range(len(specs)) for r0, r1 in parts_of(t, read_cap)]
-    with WriteBehind() as behind:
-        for (t, r0, r1), ub in read_ahead(read, jobs):
-            spec = specs[t]
-            b0 = int(layout.block_start[t])
-            if r0 == 0:
-                prog.step(f"embed {spec.name}")
-                internal = layout.tag_internal[b0 : b0 + spec.nblocks]
-                plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
-            _model.write_storage(layout, spec, t, ub, parity, r0=r0)
-            tags = _tag_chunk(ub, t, spec, r0, internal, plain, t not in emb.carriers, mac, salt)
-            if tags.size:  # the header's tags: blocks without room for their own
-                ext.setdefault(t, []).append(tags)
-            behind.submit(write_blocks, outs[t], spec, r0, ub)
-            lo, hi = layout.stripe_store[(b0 + r0) // g], layout.stripe_store[(b0 + r1 - 1) // g]
-            release(parity[lo : hi + 2 * spec.k])  # the rows this chunk read
+    ext: dict[int, list[NDArray[np.uint64]]] = {}
+    for (t, _, _), tags in zip(jobs, task_map(embed, jobs), strict=True):
+        if tags.size:  # the header's tags: blocks without room for their own
+            ext.setdefault(t, []).append(tags)
     external = {t: np.concatenate(e) for t, e in ext.items()}
     store = parity = np.zeros(0, np.uint32)  # let the workspace go
     header = Header(
