@@ -622,3 +622,16 @@ def test_looking_for_copies_whose_record_is_gone_is_bounded(
     records = sum(read)
     assert list(_embed.located_copies(t)) == []
     assert 0 < sum(read) - 2 * records <= 64 << 10
+
+
+def test_a_crafted_model_gets_a_few_header_lengths_tried_not_one_per_copy_start_it_plants(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each length tried reads copy slots: planted copy starts (many lengths) must not multiply the reads."""
+    lengths: list[int] = []
+    monkeypatch.setattr(_embed, "_lengths", lambda data: set(range(100, 5000, 7)))  # what planted starts give
+    monkeypatch.setattr(_embed, "_candidates", lambda *a: lengths.append(a[-1]) or iter(()))
+    rng = np.random.default_rng(2)
+    t = {f"t{i}": rng.standard_normal(1 << 16).astype(np.float32) for i in range(3)}
+    assert list(_embed.located_copies(t)) == []
+    assert len(lengths) == len(set(lengths)) == _embed.LOCATE_LENGTHS

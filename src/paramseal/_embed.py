@@ -47,6 +47,7 @@ MERGE_TEXT = 64 << 20  # must not make verify authenticate for long
 COPY_START = b'{"bits":'  # how every copy begins (canonical JSON, keys sorted: "bits" is the first)
 LOCATE_FIRST = 4 << 10  # `located_copies` reads this much storage of a tensor at a k first, then 8 times more,
 LOCATE_BYTES = 32 << 20  # up to this much in all (each window within the copy budget)
+LOCATE_LENGTHS = 16  # header lengths `located_copies` tries in all (a real seal's copies give one or two)
 
 
 def block_bytes(k: int) -> int:
@@ -320,6 +321,8 @@ def located_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
             if len(data) < room:
                 grow.append((n, k))
             for hlen in sorted(_lengths(data) - tried):
+                if len(tried) >= LOCATE_LENGTHS:  # each length reads copy slots: a crafted model gets a few
+                    return
                 tried.add(hlen)
                 if blocks_needed(k, RECORD_BYTES + hlen) <= budget:
                     yield from limit.texts(_candidates(tensors, big, k_of | {n: k}, sorted(ks | {k}), hlen))
