@@ -606,24 +606,29 @@ def test_task_map_waits_for_running_tasks_through_a_second_interrupt(
     assert sorted(done) == ran
 
 
-def test_a_seal_without_the_coding_kernels_survives_numbas_workqueue_layer(tmp_path: Path) -> None:
-    """The numba fallback encoder is a parallel kernel: two threads entering it abort the workqueue layer."""
+def _seal_under_the_workqueue_layer(tmp_path: Path, setup: str) -> None:
+    """Seal and verify, in a child without the compiled library, the model ``setup`` (code) makes.
+
+    numba's workqueue threading layer aborts the process when two threads enter a parallel kernel.
+    """
     import os
     import subprocess
     import sys
     import textwrap
 
     script = textwrap.dedent(
-        f"""
-        import numpy as np
+        """
+        import numpy as np, ml_dtypes
         from pathlib import Path
         import paramseal
-        from paramseal import files, _native
-        assert not _native.available()
-        rng = np.random.default_rng(5)
-        model = {{"a": (0.02 * rng.standard_normal((2200, 2000))).astype(np.float32)}}  # two superblocks
-        src = Path({str(tmp_path)!r}) / "m.safetensors"
         import safetensors.numpy as stn
+        from paramseal import files, _native, _pages
+        rng = np.random.default_rng(5)
+        """
+    )
+    script += textwrap.dedent(setup) + textwrap.dedent(
+        f"""
+        src = Path({str(tmp_path)!r}) / "m.safetensors"
         stn.save_file(model, str(src))
         key = paramseal.Key.generate()
         files.seal_file(src, src.with_name("s.safetensors"), key)
@@ -634,35 +639,41 @@ def test_a_seal_without_the_coding_kernels_survives_numbas_workqueue_layer(tmp_p
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().endswith("intact")
+
+
+def test_a_seal_without_the_coding_kernels_survives_numbas_workqueue_layer(tmp_path: Path) -> None:
+    """The numba fallback encoder is a parallel kernel: two threads must not enter it."""
+    _seal_under_the_workqueue_layer(
+        tmp_path,
+        """
+        assert not _native.available()
+        model = {"a": (0.02 * rng.standard_normal((2200, 2000))).astype(np.float32)}  # two superblocks
+        """,
+    )
 
 
 def test_the_lane_code_seals_side_by_side_with_the_numba_kernels_under_the_workqueue_layer(tmp_path: Path) -> None:
     """The lane seal's chunks run two at a time (task_map); numba's parallel kernels must not be entered there."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-
-    script = textwrap.dedent(
-        f"""
-        import numpy as np, ml_dtypes
-        from pathlib import Path
-        import paramseal
-        from paramseal import files, _native, _pages
+    _seal_under_the_workqueue_layer(
+        tmp_path,
+        """
         assert not _native.portable()
         _pages.CHUNK_BYTES = 2 << 20  # chunks of 16k blocks: past the threaded kernels' threshold, many of them
-        rng = np.random.default_rng(6)
-        model = {{"w": (0.02 * rng.standard_normal((2048, 2048))).astype(ml_dtypes.bfloat16),
-                  "v": (0.02 * rng.standard_normal(3 * 2**20 + 5)).astype(ml_dtypes.bfloat16)}}
-        src = Path({str(tmp_path)!r}) / "m.safetensors"
-        import safetensors.numpy as stn
-        stn.save_file(model, str(src))
-        key = paramseal.Key.generate()
-        files.seal_file(src, src.with_name("s.safetensors"), key)
-        print(files.verify_file(src.with_name("s.safetensors"), key).status)
-        """
+        model = {"w": (0.02 * rng.standard_normal((2048, 2048))).astype(ml_dtypes.bfloat16),
+                 "v": (0.02 * rng.standard_normal(3 * 2**20 + 5)).astype(ml_dtypes.bfloat16)}
+        """,
     )
-    env = {**os.environ, "PARAMSEAL_NATIVE": "0", "NUMBA_THREADING_LAYER": "workqueue"}
-    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert r.stdout.strip().endswith("intact")
+
+
+def test_the_threaded_and_serial_builds_of_a_kernel_are_cached_apart() -> None:
+    """numba's cache keys a build by function name, signature and bytecode, not by parallel=.
+
+    One name for both loaded the threaded build as the serial one, which a task_map task then
+    entered (the workqueue abort above).
+    """
+    from paramseal import _kernels
+
+    if not _kernels.HAVE_NUMBA:
+        pytest.skip("numba is not installed")
+    for name, par in _kernels._PAR.items():
+        assert par._cache._cache_file._index_name != _kernels._SER[name]._cache._cache_file._index_name

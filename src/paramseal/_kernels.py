@@ -11,6 +11,7 @@ import functools
 import os
 import struct
 import threading
+import types
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, TypeVar
@@ -175,7 +176,15 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
         ("pack", _pack_nb_py),
         ("unpack", _unpack_nb_py),
     ]
-    _PAR = {"mlh": numba.njit(cache=True, parallel=True, nogil=True)(_mlh_nb_py)}
+
+    def _named(f: Any, name: str) -> Any:
+        # numba's cache keys a kernel by its function's name, signature and bytecode, not by
+        # parallel=: the threaded build under the serial one's name would be loaded for both.
+        g = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
+        g.__qualname__ = name
+        return g
+
+    _PAR = {"mlh": numba.njit(cache=True, parallel=True, nogil=True)(_named(_mlh_nb_py, "_mlh_par_py"))}
     _SER = {n: numba.njit(cache=True, nogil=True)(f) for n, f in _PY}
     HAVE_NUMBA = True
 except ImportError:  # pragma: no cover - exercised only without numba
