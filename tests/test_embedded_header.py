@@ -635,3 +635,22 @@ def test_a_crafted_model_gets_a_few_header_lengths_tried_not_one_per_copy_start_
     t = {f"t{i}": rng.standard_normal(1 << 16).astype(np.float32) for i in range(3)}
     assert list(_embed.located_copies(t)) == []
     assert len(lengths) == len(set(lengths)) == _embed.LOCATE_LENGTHS
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float16])
+def test_header_from_a_model_whose_record_is_gone_is_found_with_the_key(
+    tmp_path: Path, key: paramseal.Key, key_file: Path, dt: type
+) -> None:
+    """--header-from a copy of the sealed model reads its header as verify would: with the key, where seal put it."""
+    np.save(tmp_path / "plain.npy", np.random.default_rng(3).standard_normal(200_000).astype(dt))
+    files.seal_file(tmp_path / "plain.npy", tmp_path / "s.npy", key)
+    kept = np.load(tmp_path / "s.npy")
+    kept[:64] = 0  # the kept copy lost its record
+    np.save(tmp_path / "copy.npy", kept)
+    assert files.read_header(tmp_path / "copy.npy", key) == files.read_header(tmp_path / "s.npy", key)
+    with pytest.raises(paramseal.UsageError, match="holds no ParamSeal header"):
+        files.read_header(tmp_path / "copy.npy")  # without the key nothing can be trusted or even found
+    rc, out, err = helpers.run_cli(
+        ["verify", tmp_path / "s.npy", "--key", key_file, "--header-from", tmp_path / "copy.npy"]
+    )
+    assert rc == 0 and "intact" in out, err

@@ -695,6 +695,8 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
     """
     p = Path(path)
     _require_file(p)
+    rebuilt: str | None = None
+    why = ""
     try:
         if p.suffix.lower() == ".json":
             texts = [p.read_text(encoding="utf-8").strip()]  # the output carries it: a saved newline dropped
@@ -702,22 +704,36 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
             with _open_model(p) as loaded:
                 texts = [loaded.metadata[METADATA_KEY]] if METADATA_KEY in loaded.metadata else []
                 texts += [t for _, t in _embed.header_copies(loaded.tensors)]
+                if key is not None and not any(_authenticates(t, key) for t in texts):
+                    try:  # as verify reads its own: damaged copies mixed, copies whose record is gone
+                        rebuilt = header_from_weights(loaded.tensors, key)
+                    except (FormatError, KeyMismatchError, NotSealedError) as e:
+                        why = str(e)
     except UnicodeDecodeError:
         raise UsageError(f"'{p}' is not a ParamSeal header: a .json header file must be UTF-8 text") from None
     except OSError as e:
         raise InputError(f"cannot read '{p}': {e.strerror or e}") from e
+    if rebuilt is not None:
+        return rebuilt
     if not texts:
         raise UsageError(f"'{p}' holds no ParamSeal header: give the sealed model file, or its header as a .json file")
     if key is None:
         return texts[0]
-    why = ""
     for t in texts:
         try:
             parse_header(t, key)
             return t
         except (FormatError, KeyMismatchError) as e:
-            why = str(e)
+            why = why or str(e)
     raise UsageError(f"'{p}' holds no ParamSeal header that authenticates with this key ({why})")
+
+
+def _authenticates(text: str, key: Key) -> bool:
+    try:
+        parse_header(text, key)
+        return True
+    except (FormatError, KeyMismatchError):
+        return False
 
 
 def check_header_out(path: PathLike, *others: PathLike) -> Path:
