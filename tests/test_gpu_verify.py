@@ -234,6 +234,32 @@ def test_strided_and_misaligned_tensors_are_read_in_logical_order(
     assert_same(v, live, key, header)
 
 
+@pytest.mark.parametrize("device,backend", ENGINES)
+def test_one_byte_tensors_at_an_odd_offset_are_checked(key: paramseal.Key, device: str, backend: str) -> None:
+    """An int8, uint8 or bool view starting at an odd byte of its storage (a slice of a flat buffer) verifies."""
+    rng = np.random.default_rng(8)
+    arrays = {
+        "w": helpers.random_tensor(rng, np.float32, (300,)),
+        "i8": rng.integers(-100, 100, 131).astype(np.int8),
+        "u8": rng.integers(0, 255, (13, 11)).astype(np.uint8),
+        "b": rng.integers(0, 2, 67).astype(np.bool_),
+    }
+    state, header = seal_state(arrays, key, "lanes")
+    live = to_device(state, device)
+    for name in ("i8", "u8", "b"):
+        t = live[name]
+        buf = torch.zeros(t.numel() + 1, dtype=t.dtype, device=device)
+        buf[1:] = t.reshape(-1)
+        live[name] = buf[1:].view(t.shape)
+        assert live[name].is_contiguous() and live[name].storage_offset() == 1
+    v = gpu.GpuVerifier(live, key, header, backend=backend)  # type: ignore[arg-type]
+    assert v.check().ok
+    flip(live["i8"], 70, 2)
+    flip(live["u8"], 142, 7)
+    flip(live["b"], 3, 0)
+    assert dict(v.check().blocks) == cpu_blocks(live, key, header) == {"i8": (1,), "u8": (2,), "b": (0,)}
+
+
 # --------------------------------------------------------------------------- reports and errors
 
 

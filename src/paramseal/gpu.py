@@ -424,6 +424,8 @@ def _words_of(plan: _Plan, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     per_value = spec.width // 8
     full_bytes = nfull * BLOCK * per_value
     if per_value == 1:
+        if flat.storage_offset() % 2:  # a 16-bit view needs an even byte offset; a slice may start at an odd one
+            flat = flat.clone()
         full = flat[:full_bytes].view(_torch.int16).view(nfull, w)
         rest = flat[full_bytes:]
     else:
