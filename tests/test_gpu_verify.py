@@ -324,6 +324,45 @@ def test_unknown_backend_is_a_usage_error(key: paramseal.Key) -> None:
         gpu.GpuVerifier(state, key, header, backend="cuda")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "change,error,words",
+    [
+        ("key", paramseal.UsageError, "must be a paramseal.Key, not str"),
+        ("header", paramseal.UsageError, "header_json must be the seal header text"),
+        ("source", paramseal.UsageError, "not list"),
+        ("numpy", paramseal.UsageError, "'w' is a ndarray, not a torch.Tensor"),
+        ("sparse", paramseal.UnsupportedError, "'w' is a torch.sparse_coo tensor"),
+        ("meta", paramseal.UnsupportedError, "'w' is a meta tensor"),
+    ],
+)
+def test_bad_arguments_are_named(key: paramseal.Key, change: str, error: type[Exception], words: str) -> None:
+    """Arguments the verifier cannot use raise ParamSeal's own errors, as paramseal.verify does, not a torch error."""
+    state, header = seal_state(model_of("F32"), key)
+    args: list[object] = [state, key, header]
+    if change == "key":
+        args[1] = key.secret.hex()
+    elif change == "header":
+        args[2] = header.encode()
+    elif change == "source":
+        args[0] = list(state.values())
+    elif change == "numpy":
+        args[0] = {**state, "w": state["w"].numpy()}
+    elif change == "sparse":
+        args[0] = {**state, "w": state["w"].to_sparse()}
+    else:
+        args[0] = {**state, "w": state["w"].to("meta")}
+    with pytest.raises(error, match=words):
+        gpu.GpuVerifier(*args).check()  # type: ignore[arg-type]
+
+
+def test_a_sparse_tensor_after_construction_is_refused(key: paramseal.Key) -> None:
+    state, header = seal_state(model_of("F32"), key)
+    v = gpu.GpuVerifier(state, key, header)
+    state["w"] = state["w"].to_sparse()
+    with pytest.raises(paramseal.UnsupportedError, match="'w' is a torch.sparse_coo tensor"):
+        v.check()
+
+
 # --------------------------------------------------------------------------- live modules
 
 

@@ -55,10 +55,10 @@ from numpy.typing import NDArray
 from . import _bits, _model
 from ._layout import TensorSpec
 from ._mac import BlockMac, P
-from .errors import TamperedError, UsageError
+from .errors import TamperedError, UnsupportedError, UsageError
 from .formats.pytorch import import_torch, tensor_to_numpy
 from .header import Header, metadata_digest, parse_header
-from .keys import Key
+from .keys import Key, require_key
 from .levels import BLOCK
 from .report import Report
 from .torch import module_tensors
@@ -167,8 +167,20 @@ class GpuVerifier:
     ) -> None:
         if backend not in ("auto", "torch", "triton"):
             raise UsageError(f"unknown backend '{backend}'; choose auto, torch or triton")
+        require_key(key)
+        if header_json is not None and not isinstance(header_json, str):
+            raise UsageError(
+                "header_json must be the seal header text (SealedModel.header_json, or what seal_module returned), "
+                f"not {type(header_json).__name__}"
+            )
+        if not isinstance(module_or_state, Mapping | _torch.nn.Module):
+            raise UsageError(
+                f"GpuVerifier checks a torch.nn.Module or a mapping of names to tensors, not "
+                f"{type(module_or_state).__name__}"
+            )
         self._source = module_or_state
         tensors = self._tensors()
+        _refuse_unreadable(tensors)
         if header_json is None:
             header_json = header_from_weights(_host(tensors), key)
         self._header: Header = parse_header(header_json, key)  # KeyMismatchError on a wrong key
@@ -250,12 +262,16 @@ class GpuVerifier:
         if plans is not None and len(tensors) == len(plans):  # the common case, cheaply: nothing changed
             try:
                 if all(
-                    (y := tensors[p.spec.name]).dtype == p.dtype and y.shape == p.spec.shape and y.device == p.device
+                    (y := tensors[p.spec.name]).dtype == p.dtype
+                    and y.shape == p.spec.shape
+                    and y.device == p.device
+                    and y.layout == _torch.strided
                     for p in plans
                 ):
                     return
-            except KeyError:
+            except (KeyError, AttributeError):
                 pass
+        _refuse_unreadable(tensors)
         issues = []
         names = {s.name for s in self._specs}
         for spec in self._specs:
@@ -409,6 +425,22 @@ class GpuVerifier:
                 raise UsageError("backend='triton' needs triton: pip install triton (CUDA), or use backend='auto'")
             return True
         return plan.device.type == "cuda"
+
+
+def _refuse_unreadable(tensors: Mapping[str, torch.Tensor]) -> None:
+    """Raise a clear error for a value that is not a dense torch tensor with data (as the CPU engine refuses it)."""
+    for name, x in tensors.items():
+        if not isinstance(x, _torch.Tensor):
+            raise UsageError(
+                f"'{name}' is a {type(x).__name__}, not a torch.Tensor: GpuVerifier checks torch tensors "
+                "(paramseal.verify checks numpy arrays)"
+            )
+        if x.layout != _torch.strided or x.is_quantized or x.is_meta:
+            kind = "quantized" if x.is_quantized else "meta" if x.is_meta else str(x.layout)
+            raise UnsupportedError(
+                f"tensor '{name}' is a {kind} tensor; ParamSeal checks dense tensors that hold their data: convert "
+                "it with .to_dense() / .dequantize(), or load the weights, first"
+            )
 
 
 def _host(tensors: Mapping[str, torch.Tensor]) -> dict[str, NDArray[np.generic]]:
