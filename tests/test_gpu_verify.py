@@ -275,6 +275,20 @@ def test_verify_report_equals_the_cpu_report_when_tampered(key: paramseal.Key) -
     assert rep.recoverable == want.recoverable
 
 
+def test_verify_report_of_swapped_tensors_equals_the_cpu_report(key: paramseal.Key) -> None:
+    """Two tensors of one shape swapped: every block fails on the device; the report says swapped, as the CPU's does."""
+    rng = np.random.default_rng(6)
+    arrays = {n: helpers.random_tensor(rng, np.float32, (40, 50)) for n in ("a", "b")}
+    state, header = seal_state({**arrays, "c": helpers.random_tensor(rng, np.float32, (300,))}, key)
+    state["a"], state["b"] = state["b"], state["a"]
+    v = gpu.GpuVerifier(state, key, header)
+    assert dict(v.check().blocks) == {"a": tuple(range(32)), "b": tuple(range(32))}
+    rep, want = v.verify(), cpu_report(state, key, header)
+    assert rep.tensors["a"].issues == ("swapped: its data was found under 'b'",)
+    assert rep.status == "tampered" and rep.recoverable and not rep.tensors["a"].tampered_blocks
+    assert rep.to_dict() == want.to_dict()
+
+
 def test_wrong_key_is_a_key_mismatch(key: paramseal.Key, other_key: paramseal.Key) -> None:
     state, header = seal_state(model_of("BF16"), key, "lanes")
     with pytest.raises(paramseal.KeyMismatchError, match="key does not match"):

@@ -62,7 +62,7 @@ from .keys import Key, require_key
 from .levels import BLOCK
 from .report import Report
 from .torch import module_tensors
-from .verify import HEADER_FROM_WEIGHTS, Check, header_from_weights, report_of
+from .verify import HEADER_FROM_WEIGHTS, Check, _match_moved, header_from_weights, report_of
 from .verify import verify as cpu_verify
 
 _torch = import_torch("paramseal.gpu")
@@ -234,11 +234,15 @@ class GpuVerifier:
         for t, spec in enumerate(self._specs):
             if spec.name in found.blocks:
                 bad[t][list(found.blocks[spec.name])] = True
+        issues: list[list[str]] = [[] for _ in self._specs]
+        moved: set[int] = set()
         if found.ok:
             blocks: list[_model.Blocks] = [np.zeros((0, BLOCK), np.uint8) for _ in self._specs]
         else:
             arrays = _host(self._tensors())
             blocks = [_model.blocks_of(arrays[s.name], s, copy=False) for s in self._specs]
+            # a tensor failing in every block may be another's data (swapped): matched up as the CPU engine does
+            moved = _match_moved(arrays, self._header, self._mac, self._specs, blocks, bad, issues, [])
         notes: list[str] = []
         if self._header.user_metadata is None:  # as verify.check words it, for a module without metadata
             notes.append(f"{HEADER_FROM_WEIGHTS} (the file carries none in its metadata)")
@@ -246,7 +250,7 @@ class GpuVerifier:
                 notes.append("the file's metadata was stripped; the weights were checked, the metadata could not be")
         chk = Check(
             self._header, self._specs, self._key, self._mac, blocks, bad,
-            [[] for _ in self._specs], [], [], notes,
+            issues, [], [], notes, moved=frozenset(moved),
         )  # fmt: skip
         return report_of(chk)
 
