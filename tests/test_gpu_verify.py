@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import paramseal
 from paramseal.levels import BLOCK, bits_for
-from paramseal.verify import check
+from paramseal.verify import check, header_from_weights
 
 torch = pytest.importorskip("torch")
 gpu = pytest.importorskip("paramseal.gpu")
@@ -407,6 +407,35 @@ def test_the_header_is_read_from_the_weights_when_not_given(key: paramseal.Key) 
     with torch.no_grad():
         net[1].weight[100, :] = 0.5
     assert v.verify().to_dict() == pst.verify_module(net, key).to_dict()
+
+
+def test_notes_of_a_header_read_from_the_weights_are_the_cpu_engines(key: paramseal.Key) -> None:
+    """Sealed metadata (a mapping) or ties (a module), header from the weights: the CPU engine's report, notes too."""
+    rng = np.random.default_rng(12)
+    arrays = {
+        "a": helpers.random_tensor(rng, np.float32, (512, 512)),
+        "c": helpers.random_tensor(rng, np.float32, (300,)),
+    }
+    sealed = paramseal.seal(arrays, key, metadata={"author": "x"})
+    state = {n: numpy_to_tensor(a) for n, a in sealed.tensors.items()}
+    host = {n: tensor_to_numpy(t, n) for n, t in state.items()}
+    rep = gpu.GpuVerifier(state, key).verify()
+    assert rep.to_dict() == paramseal.verify(host, key, header_from_weights(host, key)).to_dict()
+    assert "the model carries no metadata; the weights were checked, the sealed metadata could not be" in rep.notes
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(3000, 64)
+            self.head = torch.nn.Linear(64, 3000, bias=False)
+            self.head.weight = self.emb.weight
+
+    torch.manual_seed(0)
+    net = Tied()
+    pst.seal_module(net, key)
+    rep = gpu.GpuVerifier(net, key).verify()
+    assert rep.to_dict() == pst.verify_module(net, key).to_dict()
+    assert len(rep.notes) == 1  # the header's origin only: the ties were checked against their digest
 
 
 @needs_cuda

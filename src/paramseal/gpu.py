@@ -56,13 +56,13 @@ from . import _bits, _model
 from ._layout import TensorSpec
 from ._mac import BlockMac, P
 from .errors import TamperedError, UnsupportedError, UsageError
-from .formats.pytorch import import_torch, tensor_to_numpy
-from .header import Header, metadata_digest, parse_header
+from .formats.pytorch import import_torch, tensor_to_numpy, untie
+from .header import Header, parse_header
 from .keys import Key, require_key
 from .levels import BLOCK
 from .report import Report
-from .torch import module_tensors
-from .verify import HEADER_FROM_WEIGHTS, Check, _match_moved, header_from_weights, report_of
+from .torch import _state, _with_ties, module_tensors
+from .verify import Check, _match_moved, header_from_weights, metadata_findings, report_of
 from .verify import verify as cpu_verify
 
 _torch = import_torch("paramseal.gpu")
@@ -243,14 +243,16 @@ class GpuVerifier:
             blocks = [_model.blocks_of(arrays[s.name], s, copy=False) for s in self._specs]
             # a tensor failing in every block may be another's data (swapped): matched up as the CPU engine does
             moved = _match_moved(arrays, self._header, self._mac, self._specs, blocks, bad, issues, [])
-        notes: list[str] = []
-        if self._header.user_metadata is None:  # as verify.check words it, for a module without metadata
-            notes.append(f"{HEADER_FROM_WEIGHTS} (the file carries none in its metadata)")
-            if self._header.digest != metadata_digest({}):
-                notes.append("the file's metadata was stripped; the weights were checked, the metadata could not be")
+        # a module's metadata is its ties, checked as paramseal.torch.verify_module does; a mapping has none
+        metadata: Mapping[str, str] | None = None
+        kept: bool | None = None
+        if not isinstance(self._source, Mapping):
+            given = _with_ties({}, self._header_json, self._key, untie(_state(self._source))[1])
+            metadata, kept = given["metadata"], given.get("metadata_kept")
+        meta, notes = metadata_findings(self._header, metadata, kept)
         chk = Check(
             self._header, self._specs, self._key, self._mac, blocks, bad,
-            issues, [], [], notes, moved=frozenset(moved),
+            issues, [], meta, notes, None if metadata is None else dict(metadata), frozenset(moved),
         )  # fmt: skip
         return report_of(chk)
 

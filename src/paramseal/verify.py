@@ -203,6 +203,18 @@ def check(
     if select is not None:
         n = sum(chosen)
         notes.append(f"partial verification: {n} of {len(specs)} tensors match '{select}'; only they were checked")
+    meta, more = metadata_findings(header, metadata, metadata_kept)
+    notes += more
+    given = None if metadata is None else dict(metadata)
+    picked = tuple(chosen) if select is not None else ()
+    return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved), picked)
+
+
+def metadata_findings(
+    header: Header, metadata: Mapping[str, str] | None, metadata_kept: bool | None
+) -> tuple[list[str], list[str]]:
+    """The metadata issues and notes of a check (``metadata``, ``metadata_kept`` as for `check`)."""
+    notes: list[str] = []
     if header.user_metadata is None:  # read from the weights: only the metadata's digest is known
         notes.append(f"{HEADER_FROM_WEIGHTS} (the file carries none in its metadata)")
         meta = []
@@ -232,9 +244,7 @@ def check(
                     f"this format stores no user metadata: sealed key(s) {', '.join(map(repr, absent))} not checked"
                 )
         meta = _metadata_issues(sealed, metadata) if metadata is not None else []
-    given = None if metadata is None else dict(metadata)
-    picked = tuple(chosen) if select is not None else ()
-    return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved), picked)
+    return meta, notes
 
 
 HEADER_FROM_WEIGHTS = "the seal header was read from the weights"  # a note: the metadata held no header
@@ -498,6 +508,7 @@ __all__ = [
     "HeaderOnlyInMetadata",
     "check",
     "header_from_weights",
+    "metadata_findings",
     "report_of",
     "verify",
 ]
