@@ -512,3 +512,18 @@ def test_a_failing_rate_says_how_many_seeds_still_recovered() -> None:
     assert "mlp 5% (fails at 20% (2/3 seeds recovered))" in text
     one = _scattered("mlp", "strong", {0.05: True, 0.2: False})  # one seed: no count shown
     assert "fails at 20%)" in report._claims(one, {cfg["id"]: cfg})
+
+
+def test_a_rate_recovered_above_a_failing_one_does_not_hide_the_failure() -> None:
+    """'recovered up to 5%, no higher rate tested' while 1% had failed: every rate up to the figure must recover."""
+    from paramseal.evaluation import report
+
+    cfg = _config("mlp", "standard", code="irs4", contiguous_bound=0.23, scattered_bound=0.18)
+    runs = _scattered("mlp", "standard", {0.005: True, 0.01: False, 0.05: True})
+    best, fail, seeds = report.thresholds(runs)[("mlp", "F32", "standard", "scattered")]
+    assert (best, fail, seeds) == (0.005, 0.01, (0, 1))
+    table = report._threshold_table(runs, {cfg["id"]: cfg})
+    assert "| mlp | F32 | standard | irs4 | 23% | 18% | 0.5% | 1% |" in table
+    top = _scattered("mlp", "standard", {0.1: False, 0.3: True})  # a verdict from 30% would say it wins
+    assert report.thresholds(top)[("mlp", "F32", "standard", "scattered")][:2] == (None, 0.1)
+    assert "**loses** on mlp (standard: none, fails at 10%)" in report._claims(top, {cfg["id"]: cfg})

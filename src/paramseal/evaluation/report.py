@@ -155,7 +155,9 @@ _Key = tuple[str, str, str, str]
 def thresholds(runs: Sequence[Rec]) -> dict[_Key, tuple[float | None, float | None, tuple[int, int]]]:
     """Per (model, dtype, level, family): the largest rate recovered in every seed, and the smallest that failed.
 
-    The third item is how many of the seeds at that failing rate still recovered: (recovered, run).
+    The largest counts only rates below the smallest failure: "recovered up to" says that every rate
+    tested up to it recovered. The third item is how many of the seeds at that failing rate still
+    recovered: (recovered, run).
     """
     g: dict[_Key, dict[float, list[Rec]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
@@ -167,12 +169,12 @@ def thresholds(runs: Sequence[Rec]) -> dict[_Key, tuple[float | None, float | No
         rate = {p: _mean(x["tampering_rate"] for x in rs) for p, rs in by_p.items()}
         ok = [rate[p] for p, rs in by_p.items() if all(x.get("recovered") for x in rs)]
         bad = [(rate[p], p) for p, rs in by_p.items() if not all(x.get("recovered") for x in rs)]
-        best = max((x for x in ok if x is not None), default=None)
-        fails = [(x, p) for x, p in bad if x is not None and (best is None or x > best)]
+        fails = [(x, p) for x, p in bad if x is not None]
         first_fail, seeds = None, (0, 0)
         if fails:
             first_fail, p = min(fails)
             seeds = (sum(bool(x.get("recovered")) for x in by_p[p]), len(by_p[p]))
+        best = max((x for x in ok if x is not None and (first_fail is None or x < first_fail)), default=None)
         out[k] = (best, first_fail, seeds)
     return out
 
