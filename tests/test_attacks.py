@@ -268,6 +268,14 @@ def test_bits_out_of_range_or_unused_is_refused(sealed_model: Loaded) -> None:
             attack(sealed_model, spec)
 
 
+def test_a_tensor_named_twice_is_refused(sealed_model: Loaded) -> None:
+    # --tensor fc.bias --tensor fc.bias --n 2560 flipped every bit of fc.bias twice: 0 bits changed, reported OK
+    with pytest.raises(UsageError, match="--tensor 'fc.bias' given more than once"):
+        AttackSpec("bitflip", n=2560, tensors=("fc.bias", "fc.weight", "fc.bias"))
+    _, truth = attack(sealed_model, AttackSpec("bitflip", n=1280, tensors=("fc.bias",)))
+    assert sum(c.bits_flipped for c in truth.changes) == 1280
+
+
 def test_attack_file_truncate_and_atomic_output(tmp_path: Path, sealed_model: Loaded) -> None:
     src = tmp_path / "m.safetensors"
     write_model(src, sealed_model)

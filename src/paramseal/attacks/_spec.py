@@ -95,6 +95,9 @@ class AttackSpec:
             raise UsageError(f"--mode {self.mode} does not apply to {self.kind}: {allowed}")
         if self.field != "any" and self.kind != "bitflip":
             raise UsageError(f"--field applies to bitflip only, not {self.kind}")
+        if twice := sorted({n for n in self.tensors if self.tensors.count(n) > 1}):
+            # a tensor named twice is drawn from twice: bits flipped twice cancel, fractions count it double
+            raise UsageError(f"--tensor {', '.join(map(repr, twice))} given more than once; name each tensor once")
         if self.bits is not None and self.bits < 1:
             raise UsageError(f"--bits {self.bits} must be at least 1")
         if self.bits is not None and self.kind == "bitflip" and self.field != "watermark":
