@@ -337,6 +337,7 @@ def test_cli_attack_bad_input_exits_3_and_writes_nothing(tmp_path: Path, sealed_
         ["attack", tmp_path / "missing.safetensors", tmp_path / "o.safetensors", "--kind", "noise"],
         ["attack", src, tmp_path / "o.safetensors", "--kind", "quantize", "--mode", "int4"],
         ["attack", src, tmp_path / "o.safetensors", "--kind", "wobble"],
+        ["attack", src, tmp_path / "o.safetensors", "--kind", "bitflip", "--seed", "-1"],  # was a ValueError traceback
     ):
         rc, _, err = helpers.run_cli(argv)
         assert rc == 3, (argv, err)

@@ -83,6 +83,8 @@ class AttackSpec:
             raise UsageError(f"unknown attack kind '{self.kind}'; choose one of {', '.join(KINDS)}")
         if self.field not in FIELDS:
             raise UsageError(f"unknown bit field '{self.field}'; choose one of {', '.join(FIELDS)}")
+        if self.seed < 0:  # numpy's seed sequence takes non-negative integers only
+            raise UsageError(f"--seed {self.seed} must be 0 or more")
         if self.n is not None and self.n < 1:
             raise UsageError(f"--n {self.n} must be at least 1")
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
