@@ -268,6 +268,22 @@ def test_bits_out_of_range_or_unused_is_refused(sealed_model: Loaded) -> None:
             attack(sealed_model, spec)
 
 
+def test_tensors_an_attack_cannot_use_are_usage_errors() -> None:
+    # swap on a 1-D or one-block tensor and random-modify on an empty one raised ZeroDivisionError/ValueError
+    m = Loaded({"w": np.ones((4, 64), np.float32), "b": np.ones(50, np.float32), "e": np.zeros((0, 5), np.float32)})
+    for spec, msg in (
+        (AttackSpec("swap", mode="rows", tensors=("b", "w")), "at least two rows in each tensor; 'b' has fewer"),
+        (AttackSpec("swap", tensors=("b",)), "at least two 64-value blocks in each tensor; 'b' has fewer"),
+        (AttackSpec("swap", mode="rows", tensors=("e",)), "at least two rows"),
+        (AttackSpec("random-modify", tensors=("e",)), r"tensors \('e'\) hold no values"),
+        (AttackSpec("random-modify", tensors=("e",), contiguous=True), r"tensors \('e'\) hold no values"),
+    ):
+        with pytest.raises(UsageError, match=msg):
+            attack(m, spec)
+    _, truth = attack(m, AttackSpec("swap", tensors=("w",)))  # four blocks: fine (equal values: nothing changes)
+    assert truth.changed_parameters == 0
+
+
 def test_a_tensor_named_twice_is_refused(sealed_model: Loaded) -> None:
     # --tensor fc.bias --tensor fc.bias --n 2560 flipped every bit of fc.bias twice: 0 bits changed, reported OK
     with pytest.raises(UsageError, match="--tensor 'fc.bias' given more than once"):

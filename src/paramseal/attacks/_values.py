@@ -178,6 +178,8 @@ def random_modify(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
     names = pick(t, spec, lambda _n, a: is_float(a))
     sizes = [t[nm].size for nm in names]
     total = sum(sizes)
+    if not total:
+        raise UsageError(f"the chosen tensors ({', '.join(map(repr, names))}) hold no values for random-modify")
     count = max(1, round((spec.fraction or 0.01) * total))
     if spec.contiguous:
         runs = min(int(rng.integers(2, 6)), count)
@@ -312,9 +314,18 @@ def swap(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
     def unit(a: NDArray[Any]) -> int:
         if mode == "blocks":
             return BLOCK
-        return a.size // a.shape[0] if a.ndim >= 2 else 0
+        return a.size // a.shape[0] if a.ndim >= 2 and a.shape[0] else 0
 
-    names = pick(t, spec, lambda _n, a: is_float(a) and unit(a) > 0 and a.size // max(unit(a), 1) >= 2)
+    def fits(a: NDArray[Any]) -> bool:
+        return unit(a) > 0 and a.size // unit(a) >= 2
+
+    names = pick(t, spec, lambda _n, a: is_float(a) and fits(a))
+    if short := [nm for nm in names if not fits(t[nm])]:  # named with --tensor
+        what = "64-value blocks" if mode == "blocks" else "rows"
+        raise UsageError(
+            f"swap --mode {mode} needs at least two {what} in each tensor; {', '.join(map(repr, short))} "
+            f"{'has' if len(short) == 1 else 'have'} fewer"
+        )
     weights = np.array([t[nm].size // unit(t[nm]) for nm in names], dtype=np.float64)
     for _ in range(n):
         nm = names[int(rng.choice(len(names), p=weights / weights.sum()))]
