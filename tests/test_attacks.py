@@ -284,6 +284,17 @@ def test_tensors_an_attack_cannot_use_are_usage_errors() -> None:
     assert truth.changed_parameters == 0
 
 
+def test_ground_truth_options_give_the_fraction_applied(sealed_model: Loaded) -> None:
+    # --kind prune without --fraction pruned 10% and recorded "fraction": null
+    for kind, want in (("prune", 0.1), ("random-modify", 0.01), ("lsb-rewrite", 1.0), ("truncate", 0.5)):
+        assert AttackSpec(kind).options()["fraction"] == want  # type: ignore[arg-type]
+        assert AttackSpec(kind, fraction=0.2).options()["fraction"] == 0.2  # type: ignore[arg-type]
+    assert AttackSpec("zero-tensor").options()["fraction"] is None  # one tensor, not a fraction
+    _, truth = attack(sealed_model, AttackSpec("prune"))
+    ref = attack(sealed_model, AttackSpec("prune", fraction=truth.options["fraction"]))[1]
+    assert truth.to_dict() == ref.to_dict()
+
+
 def test_a_tensor_named_twice_is_refused(sealed_model: Loaded) -> None:
     # --tensor fc.bias --tensor fc.bias --n 2560 flipped every bit of fc.bias twice: 0 bits changed, reported OK
     with pytest.raises(UsageError, match="--tensor 'fc.bias' given more than once"):

@@ -102,7 +102,7 @@ def attack_bytes(data: bytes, spec: AttackSpec, total_parameters: int = 0) -> tu
     """Apply a file-level attack (truncate: keep ``fraction`` of the bytes, default half)."""
     if spec.kind != "truncate":
         raise UsageError(f"attack_bytes applies truncate only, not {spec.kind}")
-    keep = int(len(data) * (spec.fraction if spec.fraction is not None else 0.5))
+    keep = int(len(data) * spec.fraction_or_default)
     keep = min(keep, len(data) - 1)
     truth = GroundTruth(
         spec.kind,

@@ -35,6 +35,9 @@ MODES: dict[str, tuple[str, ...]] = {
     "metadata": ("edit", "strip", "user"),
 }
 
+#: The fraction each kind applies when --fraction is not given (replace-tensor, zero-tensor: one tensor).
+FRACTION_DEFAULTS: dict[str, float] = {"random-modify": 0.01, "prune": 0.1, "lsb-rewrite": 1.0, "truncate": 0.5}
+
 #: Kinds that need a task model (gradients on its data).
 NEEDS_MODEL: tuple[Kind, ...] = ("bfa", "finetune")
 
@@ -124,6 +127,11 @@ class AttackSpec:
         modes = MODES.get(self.kind)
         return self.mode or (modes[0] if modes else "")
 
+    @property
+    def fraction_or_default(self) -> float:
+        """The fraction in effect, for the kinds with a default (see :data:`FRACTION_DEFAULTS`)."""
+        return self.fraction if self.fraction is not None else FRACTION_DEFAULTS[self.kind]
+
     def options(self) -> dict[str, Any]:
         """The options that matter for this kind (for ground-truth records and run ids)."""
         k = self.kind
@@ -133,7 +141,7 @@ class AttackSpec:
         if k == "bitflip":
             d["field"] = self.field
         if k in ("random-modify", "prune", "lsb-rewrite", "replace-tensor", "zero-tensor", "truncate"):
-            d["fraction"] = self.fraction
+            d["fraction"] = self.fraction if self.fraction is not None else FRACTION_DEFAULTS.get(k)  # as applied
         if k == "random-modify":
             d["contiguous"] = self.contiguous
         if k == "noise":

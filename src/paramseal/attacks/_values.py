@@ -180,7 +180,7 @@ def random_modify(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
     total = sum(sizes)
     if not total:
         raise UsageError(f"the chosen tensors ({', '.join(map(repr, names))}) hold no values for random-modify")
-    count = max(1, round((spec.fraction or 0.01) * total))
+    count = max(1, round(spec.fraction_or_default * total))
     if spec.contiguous:
         runs = min(int(rng.integers(2, 6)), count)
         lens = np.full(runs, count // runs, dtype=np.int64)
@@ -216,7 +216,7 @@ def prune(t: Tensors, spec: AttackSpec) -> Tensors:
     """Magnitude pruning: zero the round(fraction x numel) smallest-magnitude values of each chosen tensor."""
     d = Draft(t)
     for nm in pick(t, spec, lambda _n, a: is_float(a) and a.ndim >= 2):
-        count = round((spec.fraction or 0.1) * t[nm].size)
+        count = round(spec.fraction_or_default * t[nm].size)
         if count:
             mag = np.abs(t[nm].astype(np.float64).reshape(-1))
             d.flat(nm)[np.argpartition(mag, count - 1)[:count]] = 0
@@ -282,7 +282,7 @@ def lsb_rewrite(t: Tensors, spec: AttackSpec, meta: Mapping[str, str], rng: Rng)
     for nm in pick(t, spec, lambda n, a: is_float(a) and (spec.bits or ks.get(n, 0)) > 0):
         a = t[nm]
         k = _low_bits(a, spec.bits or ks.get(nm, 0))
-        count = round((spec.fraction or 1.0) * a.size)
+        count = round(spec.fraction_or_default * a.size)
         idx = np.sort(rng.choice(a.size, size=count, replace=False)).astype(np.int64)
         u = d.bits(nm)
         mask = u.dtype.type((1 << k) - 1)
