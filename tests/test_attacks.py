@@ -422,3 +422,29 @@ def test_a_no_op_attack_reports_no_change(sealed_model: Loaded) -> None:
     out, truth = attack(fp16_only, AttackSpec("quantize", mode="fp16"))
     assert truth.changed_parameters == 0 and not truth.structural
     assert out.tensors["h"].tobytes() == fp16_only.tensors["h"].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("argv", "why"),
+    [
+        (["--kind", "bitflip", "--sigma", "0.5"], "--sigma does not apply to bitflip: it applies to noise"),
+        (["--kind", "noise", "--steps", "3"], "--steps does not apply to noise: it applies to finetune"),
+        (["--kind", "prune", "--lr", "0.1"], "--lr does not apply to prune"),
+        (["--kind", "truncate", "--tensor", "fc.weight"], "--tensor does not apply to truncate"),
+        (["--kind", "metadata", "--tensor", "fc.weight"], "--tensor does not apply to metadata"),
+    ],
+)
+def test_an_option_the_attack_would_ignore_is_refused(
+    tmp_path: Path, sealed_file: Path, argv: list[str], why: str
+) -> None:
+    """An option given for a kind that does not use it was silently dropped: the ground truth then misled."""
+    rc, out, err = helpers.run_cli(["attack", sealed_file, tmp_path / "a.safetensors", *argv])
+    assert rc == 3 and why in err and not (tmp_path / "a.safetensors").exists(), (out, err)
+
+
+def test_the_tuning_options_still_reach_their_attacks(tmp_path: Path, sealed_file: Path) -> None:
+    rc, out, err = helpers.run_cli(
+        ["attack", sealed_file, tmp_path / "a.safetensors", "--kind", "noise", "--sigma", "0.2", "--json"]
+    )
+    assert rc == 0, err
+    assert json.loads(out)["options"]["sigma"] == 0.2

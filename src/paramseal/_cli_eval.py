@@ -27,12 +27,12 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--seed", type=int, default=0, help="the same seed changes the same bits (default 0)")
     p.add_argument("--n", type=int, help="bits (bitflip, bfa), rows (backdoor-row), pairs (swap blocks/rows)")
     p.add_argument("--fraction", type=float, metavar="P", help="fraction of parameters (or of the file, truncate)")
-    p.add_argument("--sigma", type=float, default=0.01, help="noise std relative to each tensor's std")
+    p.add_argument("--sigma", type=float, help="noise: std relative to each tensor's std (default 0.01)")
     p.add_argument("--field", choices=FIELDS, default="any", help="bitflip: restrict to these bits")
     p.add_argument("--tensor", action="append", default=[], metavar="NAME", help="attack only this tensor (repeat)")
     p.add_argument("--mode", help="swap: blocks|rows|tensors; quantize: int8|fp16; metadata: edit|strip|user")
-    p.add_argument("--steps", type=int, default=10, help="finetune: SGD steps")
-    p.add_argument("--lr", type=float, default=0.01, help="finetune: learning rate")
+    p.add_argument("--steps", type=int, help="finetune: SGD steps (default 10)")
+    p.add_argument("--lr", type=float, help="finetune: learning rate (default 0.01)")
     p.add_argument("--bits", type=int, metavar="K", help="lsb-rewrite / bitflip --field watermark: low bits")
     p.add_argument("--contiguous", action="store_true", help="random-modify: a few runs of consecutive values")
     p.add_argument("--model", help="bfa, finetune: the built-in task model (mlp or cnn)")
@@ -67,20 +67,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _attack(args: argparse.Namespace) -> int:
+    # options with a default in AttackSpec: refused where they do not apply, passed only when given
+    tuning = {"sigma": ("noise",), "steps": ("finetune",), "lr": ("finetune",)}
+    given = {name: getattr(args, name) for name in tuning if getattr(args, name) is not None}
+    if wrong := [name for name in given if args.kind not in tuning[name]]:
+        raise UsageError("; ".join(f"--{n} does not apply to {args.kind}: it applies to {tuning[n][0]}" for n in wrong))
     spec = AttackSpec(
         args.kind,
         seed=args.seed,
         n=args.n,
         fraction=args.fraction,
-        sigma=args.sigma,
         field=args.field,
         tensors=tuple(args.tensor),
         mode=args.mode,
-        steps=args.steps,
-        lr=args.lr,
         bits=args.bits,
         contiguous=args.contiguous,
         model=args.model,
+        **given,
     )
     truth = attack_file(args.input, args.output, spec)
     if args.json:

@@ -49,6 +49,7 @@ _APPLIES: dict[str, tuple[str, ...]] = {
     "--bits": ("bitflip", "lsb-rewrite"),
     "--contiguous": ("random-modify",),
     "--model": NEEDS_MODEL,
+    "--tensor": tuple(k for k in KINDS if k not in ("metadata", "truncate")),  # those two work on the file
 }
 
 
@@ -113,6 +114,7 @@ class AttackSpec:
             "--bits": self.bits is not None,
             "--contiguous": self.contiguous,
             "--model": self.model is not None,
+            "--tensor": bool(self.tensors),
         }
         wrong = [opt for opt, on in given.items() if on and self.kind not in _APPLIES[opt]]
         if wrong:
