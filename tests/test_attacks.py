@@ -448,3 +448,19 @@ def test_the_tuning_options_still_reach_their_attacks(tmp_path: Path, sealed_fil
     )
     assert rc == 0, err
     assert json.loads(out)["options"]["sigma"] == 0.2
+
+
+def test_attack_json_is_the_ground_truth_with_each_list_on_one_line(tmp_path: Path, sealed_file: Path) -> None:
+    """Scattered damage records hundreds of thousands of ranges: one line per number made gigabytes."""
+    from paramseal.files import read_model
+
+    argv = ["--kind", "random-modify", "--fraction", "0.3", "--seed", "4"]
+    rc, out, err = helpers.run_cli(["attack", sealed_file, tmp_path / "a.safetensors", *argv, "--json"])
+    assert rc == 0, err
+    doc = json.loads(out)
+    _, truth = attack(read_model(sealed_file), AttackSpec("random-modify", seed=4, fraction=0.3))
+    want = truth.to_dict()
+    want["file"] = doc["file"]  # where it was written
+    assert doc == want
+    ranges = sum(len(t["ranges"]) for t in doc["tensors"].values())
+    assert ranges > 100 and len(out.splitlines()) < ranges
