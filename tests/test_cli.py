@@ -644,3 +644,44 @@ def test_ctrl_c_ends_quietly_with_130_and_leaves_no_output(
     before = helpers.listing(tmp_path)
     rc, _, err = run(["seal", model_file, tmp_path / "o.safetensors", "--key", key_file])
     assert rc == 130 and err.strip() == "interrupted" and helpers.listing(tmp_path) == before
+
+
+def test_the_program_runs_numpys_blas_on_one_thread_but_a_caller_of_main_keeps_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenBLAS's idle threads spin: on a busy machine `paramseal demo` took 15-30 s instead of 0.5 s."""
+    from paramseal import _kernels, cli
+
+    calls: list[int] = []
+    monkeypatch.setattr(_kernels, "one_blas_thread", lambda: calls.append(1) or 1)
+    assert main(["keygen", str(tmp_path / "a.key")]) == 0 and calls == []  # tests and callers: untouched
+    monkeypatch.setattr("sys.argv", ["paramseal", "keygen", str(tmp_path / "b.key")])
+    assert cli.main() == 0 and calls == [1]
+
+
+def test_one_blas_thread_sets_numpys_openblas_to_one_thread() -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import ctypes, numpy
+        from paramseal import _kernels
+        libs = sorted({ln.split()[-1] for ln in open("/proc/self/maps") if "openblas" in ln.lower()})
+        if not libs:
+            print("no openblas")
+            raise SystemExit
+        lib = ctypes.CDLL(libs[0])
+        get = next(getattr(lib, n) for n in ("scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads",
+                                             "openblas_get_num_threads") if hasattr(lib, n))
+        get.restype = ctypes.c_int
+        print(_kernels.one_blas_thread(), get())
+        """
+    )
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "2"}  # as on a 2-core machine, whatever this one has
+    r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    if r.stdout.strip() == "no openblas":
+        pytest.skip("numpy here is not built on OpenBLAS")
+    assert r.stdout.split() == ["1", "1"]

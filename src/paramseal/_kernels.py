@@ -7,6 +7,7 @@ is exact.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 import struct
@@ -492,6 +493,35 @@ def rows_as_bytes(rows: NDArray[np.uint8]) -> list[bytes]:
 @functools.lru_cache(maxsize=8)
 def _splitter(n: int, width: int) -> struct.Struct:
     return struct.Struct(f"{width}s" * n)
+
+
+_BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads")
+
+
+def one_blas_thread() -> int:
+    """Run the OpenBLAS libraries loaded in this process (numpy's) on one thread; returns how many were set.
+
+    ParamSeal's kernels use no BLAS, but numpy's OpenBLAS threads spin while idle after any call:
+    on a busy machine that made `paramseal demo` take 15 to 30 s instead of 0.5 s. The CLI calls
+    this for its own process; a library user's threads are left alone. Linux only (elsewhere 0).
+    """
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and ln.split()[-1].startswith("/")}
+    except OSError:
+        return 0
+    done = 0
+    for path in sorted(libs):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        fn = next((getattr(lib, n) for n in _BLAS_SETTERS if hasattr(lib, n)), None)
+        if fn is not None:
+            fn.argtypes, fn.restype = [ctypes.c_int], None
+            fn(1)
+            done += 1
+    return done
 
 
 def halves(n: int, parts: int | None = None) -> list[tuple[int, int]]:

@@ -16,7 +16,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import NoReturn
 
-from . import __version__, _cli_eval, files, sharded
+from . import __version__, _cli_eval, _kernels, files, sharded
 from ._layout import TensorSpec
 from .errors import ParamSealError, UsageError
 from .keys import Key, exposed_to_others, load_key, write_key
@@ -139,6 +139,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (callable from tests)."""
+    if argv is None:  # the paramseal program itself (not a caller's process): no spinning BLAS threads
+        _kernels.one_blas_thread()
     args = _parser().parse_args(argv)
     for stream in (sys.stdout, sys.stderr):  # a name from the file may hold a lone surrogate: print it escaped
         if isinstance(stream, io.TextIOWrapper):
