@@ -646,6 +646,39 @@ def test_ctrl_c_ends_quietly_with_130_and_leaves_no_output(
     assert rc == 130 and err.strip() == "interrupted" and helpers.listing(tmp_path) == before
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_sigterm_ends_with_its_code_and_leaves_no_temporary_file(
+    tmp_path: Path, sealed_file: Path, key_file: Path, sig: str
+) -> None:
+    """`kill` (or a closed terminal) in the middle of recover left the output's full-size temporary copy behind."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        import paramseal.files
+        from paramseal import cli
+
+        def killed(*a, **k):
+            os.kill(os.getpid(), signal.{sig})  # while the input is being copied into the output's temporary file
+            raise AssertionError("not reached")
+
+        paramseal.files.plan_recovery = killed
+        sys.argv = ["paramseal", "recover", sys.argv[1], sys.argv[2], "--key", sys.argv[3]]
+        sys.exit(cli.main())
+        """
+    )
+    out = tmp_path / "out" / "o.safetensors"
+    out.parent.mkdir()
+    args = [sealed_file, out, key_file]
+    r = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=120)
+    signum = int(getattr(__import__("signal"), sig))
+    assert r.returncode == 128 + signum and r.stderr.strip() == "terminated", r.stderr[-2000:]
+    assert list(out.parent.iterdir()) == []
+
+
 def test_the_program_runs_numpys_blas_on_one_thread_but_a_caller_of_main_keeps_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,10 +10,14 @@ import argparse
 import io
 import json
 import os
+import signal
 import sys
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from types import FrameType
 from typing import NoReturn
 
 from . import __version__, _cli_eval, _kernels, files, sharded
@@ -146,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     try:
-        code = _run(args)
+        with _terminate_as_interrupt() if argv is None else nullcontext():
+            code = _run(args)
         sys.stdout.flush()  # here, so a reader that left is met below and not at interpreter exit
         return code
     except ParamSealError as e:
@@ -160,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             print(json.dumps(doc, indent=2))
         return e.exit_code
+    except _Terminated as e:
+        print("terminated", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:  # Ctrl-C: the atomic writes have cleaned up; a traceback would only alarm
         print("interrupted", file=sys.stderr)
         return 130
@@ -168,6 +176,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         # would. Point stdout at /dev/null so the interpreter's final flush does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, unwound as Ctrl-C is: the atomic writes delete their temporary files."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into `_Terminated` while the program runs (a signal left ignored stays so).
+
+    Their default action ends the process at once, which left a full-size temporary output
+    behind (`kill`, a job scheduler, a closed terminal). Repeats are ignored while the first unwinds.
+    """
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)
+        raise _Terminated(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None and main_thread]
+    old = {s: signal.signal(s, stop) for s in sigs if signal.getsignal(s) is signal.SIG_DFL}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _run(args: argparse.Namespace) -> int:
