@@ -302,6 +302,30 @@ def test_recover_writes_the_same_model_by_every_output_path(
     assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
 
 
+def test_a_full_disk_while_patching_the_copy_is_exit_3_and_leaves_nothing(
+    tmp_path: Path, model: dict, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The patched copy is written with pwrite: a reflinked copy needs new space, and ENOSPC must not be a SIGBUS."""
+    import errno
+
+    sealed, _, meta = _sealed(tmp_path, model, key)
+    p = _edited_copy(sealed, tmp_path / "bad.safetensors", [("fc.weight", 5, 3)], meta)
+    before = p.read_bytes()
+    real, seen = os.pwrite, []
+
+    def full(fd: int, data: object, at: int) -> int:
+        seen.append(at)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "pwrite", full)
+    with pytest.raises(paramseal.OutputError, match="No space left"):
+        files.recover_file(p, tmp_path / "out.safetensors", key)
+    monkeypatch.setattr(files.os, "pwrite", real)
+    assert seen, "the patched copy was written with pwrite"
+    assert not (tmp_path / "out.safetensors").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert p.read_bytes() == before
+
+
 def test_recover_that_fails_leaves_no_output_and_no_copy(tmp_path: Path, model: dict, key: paramseal.Key) -> None:
     sealed, t, meta = _sealed(tmp_path, model, key)
     t = {k: np.zeros_like(v) if v.dtype.kind == "f" else v for k, v in t.items()}  # everything destroyed

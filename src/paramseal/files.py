@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from . import _embed, _outer, _strata
 from ._bits import uint_view
 from ._layout import TensorSpec, block_count
-from ._pages import Mapping, Workspace, chunks, copy_range, release
+from ._pages import Workspace, chunks, copy_range, release
 from ._progress import Progress
 from .errors import (
     FormatError,
@@ -42,7 +42,7 @@ from .formats import safetensors as st_format
 from .formats.base import new_mode
 from .header import METADATA_KEY, SET_KEY, Header, metadata_digest, parse_header, peek_header
 from .keys import Key, looks_like_key_file, require_key
-from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP, bits_for, capacity, dtype_name
+from .levels import BLOCK, FLOATS, LEVELS, bits_for, capacity, dtype_name
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
 from .report import Report
 from .seal import SealConfig, probe_header, seal_flat, use_irs, with_non_finite, write_blocks
@@ -509,7 +509,7 @@ def recover_file(
                 return RecoveredFile(d, rec.report, rec.metadata)
             if pre is not None:
                 pre.join()
-                if pre.ok and _patch_copy(pre.tmp, s, chk, rec, out_meta):
+                if pre.ok and _patch_copy(pre.tmp, s, chk, rec, out_meta, d):
                     with atomic_path(d, pre.tmp):
                         pre = None  # atomic_path owns the file now
                     return RecoveredFile(d, rec.report, rec.metadata)
@@ -545,11 +545,13 @@ def _sealed_room(chk: Check, meta: dict[str, str]) -> int:
     return room if need <= room <= need + _HEADER_SLACK and room % 8 == 0 else 0
 
 
-def _patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str, str]) -> bool:
-    """Turn ``tmp``, a copy of the input, into the recovered file: new header, rebuilt blocks.
+def _patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str, str], dst: Path) -> bool:
+    """Turn ``tmp``, a copy of the input, into the recovered file ``dst``: new header, rebuilt blocks.
 
     Possible when the recovered tensors have the input's names, dtypes, shapes and order and the
-    new header fits the input's header room; returns False (``tmp`` untouched) otherwise.
+    new header fits the input's header room; returns False (``tmp`` untouched) otherwise. Written
+    with ``pwrite``: where the copy shares the input's blocks (a reflink on XFS or btrfs) a write
+    needs new space, and a full disk is then an error (exit 3), not a SIGBUS through a mapping.
     """
     if chk.moved:  # swapped or renamed data: the copy holds it in the wrong places
         return False
@@ -566,15 +568,19 @@ def _patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str,
         return False
     if _sealed_room(chk, meta) not in (0, room):
         return False
-    m = Mapping(tmp, write=True)
     try:
-        for t, patch in rec.patches.items():
-            spec, e = chk.specs[t], lay.entries[t]
-            _write_patch(uint_view(m.array(lay.data_start + e.start, ST_TO_NP[spec.dtype], (spec.numel,))), spec, patch)
-        m.buf[: lay.data_start] = np.frombuffer(struct.pack("<Q", room) + head.ljust(room, b" "), np.uint8)
-        m.flush()
-    finally:
-        m.close()
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            for t, patch in rec.patches.items():
+                _pwrite_patch(fd, lay.data_start + lay.entries[t].start, chk.specs[t], patch)
+            raw = struct.pack("<Q", room) + head.ljust(room, b" ")
+            done = 0
+            while done < len(raw):  # pwrite may write less than asked
+                done += os.pwrite(fd, raw[done:], done)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise cannot_write(dst, e) from e
     return True
 
 

@@ -2,7 +2,9 @@
 
 Tampered blocks are erasures (their tags fail); every lane that lost no more
 than its parity count is decoded. Restored blocks get their parity and tags
-rebuilt, and the whole result is verified again before success is claimed.
+rebuilt, and each rebuilt block's tag is checked again before success is claimed;
+the blocks verify passed are written as they were read (the written file is not
+read back: verify it to check the copy on disk).
 """
 
 from __future__ import annotations
