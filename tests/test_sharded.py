@@ -433,3 +433,12 @@ def test_a_file_only_an_edited_set_record_lists_is_no_shard(
     rep, wrote = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
     assert wrote and rep.status == "recovered" and (tmp_path / "fixed" / "junk.safetensors").is_file()
     assert sharded.verify_dir(tmp_path / "fixed", key, workers=1).status == "intact"
+
+
+def test_in_place_into_another_folder_is_refused_not_ignored(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    for cmd, src in (("seal", checkpoint), ("recover", sealed_ckpt)):
+        rc, _, err = helpers.run_cli([cmd, src, tmp_path / "out", "--key", key_file, "--in-place"])
+        assert rc == 3 and "--in-place works for single files only" in err
+        assert not (tmp_path / "out").exists()

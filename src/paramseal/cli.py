@@ -51,6 +51,9 @@ def _header_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+_FOLDER_IN_PLACE = "--in-place works for single files only; a sharded checkpoint is written to a new folder"
+
+
 def _header(args: argparse.Namespace, key: Key) -> str | None:
     if args.header_from is None:
         return None
@@ -217,6 +220,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"OK: wrote key {args.keyfile} (fingerprint {key.fingerprint}); keep it secret")
             return 0
         case "seal" if sharded.is_sharded(Path(args.input)):
+            if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
+                raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
             if args.header_out is not None:
                 raise UsageError("--header-out keeps one file's header; the shards of a checkpoint each keep their own")
             names = sharded.seal_dir(
@@ -284,6 +289,8 @@ def _run(args: argparse.Namespace) -> int:
             key = _load_key(args.key)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
+                if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
+                    raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
                 rep, _ = sharded.recover_dir(Path(args.input), Path(args.output), key, allow_partial=args.allow_partial)
             else:
                 rep = files.recover_file(
