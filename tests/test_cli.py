@@ -718,3 +718,24 @@ def test_one_blas_thread_sets_numpys_openblas_to_one_thread() -> None:
     if r.stdout.strip() == "no openblas":
         pytest.skip("numpy here is not built on OpenBLAS")
     assert r.stdout.split() == ["1", "1"]
+
+
+def test_one_blas_thread_reads_a_mapped_path_that_is_not_utf8(tmp_path: Path) -> None:
+    """/proc/self/maps holds raw path bytes: one mapped file under a Latin-1 name made every run a traceback."""
+    import subprocess
+    import sys
+
+    if not os.path.exists("/proc/self/maps"):
+        pytest.skip("no /proc/self/maps here")
+    mapped = os.path.join(os.fsencode(tmp_path), b"caf\xe9.bin")
+    with open(mapped, "wb") as f:
+        f.write(b"x" * 4096)
+    script = (
+        "import mmap, os, sys\n"
+        "f = open(os.fsencode(sys.argv[1]), 'rb')\n"
+        "m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\n"
+        "from paramseal import _kernels\n"
+        "_kernels.one_blas_thread()\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script, os.fsdecode(mapped)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -506,8 +506,8 @@ def one_blas_thread() -> int:
     this for its own process; a library user's threads are left alone. Linux only (elsewhere 0).
     """
     try:
-        with open("/proc/self/maps") as f:
-            libs = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and ln.split()[-1].startswith("/")}
+        with open("/proc/self/maps", "rb") as f:  # paths are bytes: a non-UTF-8 one must not stop the program
+            libs = {os.fsdecode(ln.split()[-1]) for ln in f if b"openblas" in ln.lower() and ln.split()[-1][:1] == b"/"}
     except OSError:
         return 0
     done = 0
