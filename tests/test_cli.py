@@ -739,3 +739,14 @@ def test_one_blas_thread_reads_a_mapped_path_that_is_not_utf8(tmp_path: Path) ->
     )
     r = subprocess.run([sys.executable, "-c", script, os.fsdecode(mapped)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_eval_stopped_by_sigterm_ends_with_sigterms_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval's own Ctrl-C handler answered 130 to the SIGTERM the program unwinds as 143, as every other command does."""
+    from paramseal import cli, evaluation
+
+    def stopped(*a: object, **k: object) -> None:
+        raise cli._Terminated(15)
+
+    monkeypatch.setattr(evaluation, "run_eval", stopped)
+    assert main(["eval", "--out", str(tmp_path / "ev")]) == 143

@@ -149,12 +149,12 @@ def _eval(args: argparse.Namespace) -> int:
         s = run_eval(battery, Path(args.out), docs=Path(args.docs) if args.docs else None, command=command)
     except OSError as e:  # the folder cannot be made or written (a read-only place, a full disk)
         raise OutputError(f"cannot write the results in '{args.out}': {e.strerror or e}") from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP as the program unwinds them (their own exit code)
         print(
             f"\ninterrupted; finished runs are kept in {args.out}/results.jsonl: rerun the same command to resume",
             file=sys.stderr,
         )
-        return 130
+        return 128 + int(getattr(e, "signum", 2))
     fp = "no false positives" if not s.false_positives else f"{s.false_positives} FALSE POSITIVE(S)"
     print(f"OK: {s.runs} runs ({s.new_runs} new) on {s.configs} sealed configurations in {s.seconds:.0f}s; {fp}")
     for f in s.files:
