@@ -750,3 +750,14 @@ def test_eval_stopped_by_sigterm_ends_with_sigterms_code(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(evaluation, "run_eval", stopped)
     assert main(["eval", "--out", str(tmp_path / "ev")]) == 143
+
+
+def test_only_numpys_openblas_is_set_to_one_thread() -> None:
+    """torch's own OpenBLAS (ARM wheels) trains the eval models: the program leaves it alone."""
+    from paramseal._kernels import _numpys_openblas
+
+    assert _numpys_openblas(b"/v/lib/python3.11/site-packages/numpy.libs/libscipy_openblas64_-32a4b2a6.so")
+    assert _numpys_openblas(b"/usr/lib/libscipy_openblas.so")
+    assert not _numpys_openblas(b"/v/lib/python3.11/site-packages/torch/lib/libopenblas.so.0")
+    assert not _numpys_openblas(b"/v/site-packages/numpy/core/_multiarray_umath.so")  # not an OpenBLAS
+    assert not _numpys_openblas(b"[anon:numpy openblas]")  # not a file

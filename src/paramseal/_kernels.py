@@ -498,16 +498,23 @@ def _splitter(n: int, width: int) -> struct.Struct:
 _BLAS_SETTERS = ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads", "openblas_set_num_threads")
 
 
+def _numpys_openblas(path: bytes) -> bool:
+    """Whether a mapped path is numpy's OpenBLAS (its wheel's ``numpy.libs``, or scipy-openblas)."""
+    p = path.lower()
+    return path[:1] == b"/" and b"openblas" in p and (b"numpy" in p or b"scipy_openblas" in p)
+
+
 def one_blas_thread() -> int:
-    """Run the OpenBLAS libraries loaded in this process (numpy's) on one thread; returns how many were set.
+    """Run numpy's OpenBLAS on one thread in this process; returns how many libraries were set.
 
     ParamSeal's kernels use no BLAS, but numpy's OpenBLAS threads spin while idle after any call:
     on a busy machine that made `paramseal demo` take 15 to 30 s instead of 0.5 s. The CLI calls
-    this for its own process; a library user's threads are left alone. Linux only (elsewhere 0).
+    this for its own process; a library user's threads are left alone, and so is another
+    library's OpenBLAS (torch's, on ARM: the `eval` models train with it). Linux only (elsewhere 0).
     """
     try:
         with open("/proc/self/maps", "rb") as f:  # paths are bytes: a non-UTF-8 one must not stop the program
-            libs = {os.fsdecode(ln.split()[-1]) for ln in f if b"openblas" in ln.lower() and ln.split()[-1][:1] == b"/"}
+            libs = {os.fsdecode(ln.split()[-1]) for ln in f if _numpys_openblas(ln.split()[-1])}
     except OSError:
         return 0
     done = 0
