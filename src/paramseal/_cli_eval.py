@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import os
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from .attacks import FIELDS, KINDS, AttackSpec, attack_file
 from .errors import OutputError, UsageError
+from .report import write_json_streamed
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -74,18 +74,17 @@ def _one_line_lists(doc: dict[str, Any]) -> str:
     Scattered damage is recorded as hundreds of thousands of index ranges: a line for each number
     made the ground truth of one attack on a 4M-value model 2.56M lines (25 MB).
     """
-    token, lists = os.urandom(8).hex(), []
 
-    def walk(x: Any) -> Any:
+    def walk(x: Any, put: Any) -> Any:
         if isinstance(x, dict):
-            return {k: walk(v) for k, v in x.items()}
+            return {k: walk(v, put) for k, v in x.items()}
         if isinstance(x, list) and not any(isinstance(v, dict) for v in x):
-            lists.append(x)
-            return f"{token}:{len(lists) - 1}"  # random: no string of the user's can be it
+            return put([json.dumps(x)[1:-1]])
         return x
 
-    text = json.dumps(walk(doc), indent=1)
-    return re.sub(f'"{token}:([0-9]+)"', lambda m: json.dumps(lists[int(m.group(1))]), text)
+    out = io.StringIO()
+    write_json_streamed(out, lambda put: walk(doc, put), indent=1)
+    return out.getvalue()
 
 
 def _attack(args: argparse.Namespace) -> int:

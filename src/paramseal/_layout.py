@@ -157,6 +157,16 @@ class Layout:
         """Stripes in the model (the last may be short)."""
         return int(self.stripe_data.size)
 
+    @property
+    def _stripe_step(self) -> int:
+        """Stripes per step of a pass over stripes: about 1M lanes, so 64-bit key and sort temporaries stay small."""
+        return max(1, _SCAN * 16 // self.lanes)
+
+    @property
+    def _lane_type(self) -> type[np.unsignedinteger]:
+        """The narrowest type that holds a lane index (what the permutation caches keep)."""
+        return np.uint16 if self.lanes <= 1 << 16 else np.uint32
+
     def perm_rows(self, s0: int, s1: int) -> NDArray[np.int64]:
         """``[s1 - s0, lanes]``: lane of the j-th block of each stripe (AES-CTR values, argsorted)."""
         g = self.lanes
@@ -171,8 +181,8 @@ class Layout:
         if full is None and self.nstripes * self.lanes <= _CACHE_ENTRIES:
             from ._kernels import halves, parallel_map  # _kernels' importers load this module first
 
-            full = np.empty((self.nstripes, self.lanes), np.uint16 if self.lanes <= 1 << 16 else np.uint32)
-            step = max(1, _SCAN * 16 // self.lanes)  # bounded int64 temporaries
+            full = np.empty((self.nstripes, self.lanes), self._lane_type)
+            step = self._stripe_step
 
             def fill(r: tuple[int, int]) -> None:  # one core's stripes: the keystream and the sort both drop the GIL
                 for s0 in range(r[0], r[1], step):
@@ -196,7 +206,7 @@ class Layout:
         out = np.empty(pos.size, np.int64)
         order = np.argsort(at, kind="stable")
         ends = np.searchsorted(at[order], np.arange(1, stripes.size + 1))
-        step = max(1, _SCAN * 16 // g)  # stripes per batch: bounded key and sort temporaries
+        step = self._stripe_step
         for i in range(0, stripes.size, step):
             batch = stripes[i : i + step].tolist()
             rows = {s: r for s in batch if (r := memo.get(s)) is not None}  # one read each: safe if shared
@@ -208,7 +218,7 @@ class Layout:
                 if (len(memo) + len(todo)) * g > _STRIPE_ENTRIES:
                     memo = self._cache["stripes"] = {}  # a fresh memo: another reader keeps its own
                 for s, row in zip(todo, stable_argsort_rows(keys), strict=True):
-                    rows[s] = memo[s] = row.astype(np.uint16 if g <= 1 << 16 else np.uint32)
+                    rows[s] = memo[s] = row.astype(self._lane_type)
             for j, s in enumerate(batch, start=i):
                 sel = order[(ends[j - 1] if j else 0) : ends[j]]
                 out[sel] = rows[s][pos[sel]]
@@ -224,7 +234,7 @@ class Layout:
         if full is not None:
             return np.flatnonzero(chosen[full.reshape(-1)[:nb]])
         out = []
-        step = max(1, _SCAN * 16 // g)  # stripes at a time: bounded temporaries
+        step = self._stripe_step
         for s0 in range(0, self.nstripes, step):
             s1 = min(self.nstripes, s0 + step)
             out.append(s0 * g + np.flatnonzero(chosen[self.perm_rows(s0, s1).reshape(-1)[: nb - s0 * g]]))
@@ -330,7 +340,7 @@ class Layout:
             cand = np.union1d(np.unique(np.concatenate(special) // g), [self.nstripes - 1])
             share = np.diff(np.append(self.stripe_store, self.M))
             got = []
-            step = max(1, _SCAN * 16 // g)  # stripes at a time: one lane lookup each, bounded temporaries
+            step = self._stripe_step  # one lane lookup a step
             for i in range(0, cand.size, step):
                 cs = cand[i : i + step]
                 sizes = np.minimum(g, nb - cs * g)

@@ -701,45 +701,47 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
     """
     p = Path(path)
     _require_file(p)
-    rebuilt: str | None = None
+    found: str | None = None
     why = ""
     try:
         if p.suffix.lower() == ".json":
             texts = [p.read_text(encoding="utf-8").strip()]  # the output carries it: a saved newline dropped
+            if key is not None:
+                found, why = _first_authentic(texts, key)
         else:
             with _open_model(p) as loaded:
                 texts = [loaded.metadata[METADATA_KEY]] if METADATA_KEY in loaded.metadata else []
                 texts += [t for _, t in _embed.header_copies(loaded.tensors)]
-                if key is not None and not any(_authenticates(t, key) for t in texts):
+                if key is not None:
+                    found, why = _first_authentic(texts, key)
+                if key is not None and found is None:
                     try:  # as verify reads its own: damaged copies mixed, copies whose record is gone
-                        rebuilt = header_from_weights(loaded.tensors, key)
+                        found = header_from_weights(loaded.tensors, key)
                     except (FormatError, KeyMismatchError, NotSealedError) as e:
                         why = str(e)
     except UnicodeDecodeError:
         raise UsageError(f"'{p}' is not a ParamSeal header: a .json header file must be UTF-8 text") from None
     except OSError as e:
         raise InputError(f"cannot read '{p}': {e.strerror or e}") from e
-    if rebuilt is not None:
-        return rebuilt
+    if found is not None:
+        return found
     if not texts:
         raise UsageError(f"'{p}' holds no ParamSeal header: give the sealed model file, or its header as a .json file")
     if key is None:
         return texts[0]
-    for t in texts:
-        try:
-            parse_header(t, key)
-            return t
-        except (FormatError, KeyMismatchError) as e:
-            why = why or str(e)
     raise UsageError(f"'{p}' holds no ParamSeal header that authenticates with this key ({why})")
 
 
-def _authenticates(text: str, key: Key) -> bool:
-    try:
-        parse_header(text, key)
-        return True
-    except (FormatError, KeyMismatchError):
-        return False
+def _first_authentic(texts: list[str], key: Key) -> tuple[str | None, str]:
+    """The first of ``texts`` that authenticates with ``key``, else None and why the last one did not."""
+    why = ""
+    for t in texts:
+        try:
+            parse_header(t, key)
+            return t, ""
+        except (FormatError, KeyMismatchError) as e:
+            why = str(e)
+    return None, why
 
 
 def check_header_out(path: PathLike, *others: PathLike) -> Path:

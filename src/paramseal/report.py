@@ -6,7 +6,7 @@ import functools
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO, overload
 
@@ -137,18 +137,8 @@ class TensorFinding:
         return tuple(i for lo, hi in self.unrecoverable_ranges for i in range(lo, hi))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form."""
-        d: dict[str, Any] = {"tampered_blocks": self.tampered_blocks.array.tolist(), "issues": list(self.issues)}
-        if self.restored_indices or self.unrecoverable_blocks:
-            xor = self.restored_xor.array
-            d["restored"] = {
-                "indices": self.restored_indices.array.tolist(),
-                "xor_bits": [f"0x{x:x}" for x in xor.tolist()],
-                "bits_changed": json.loads(f"[{_bit_lists(xor)}]"),
-            }
-            d["unrecoverable_ranges"] = [list(r) for r in self.unrecoverable_ranges]
-            d["unrecoverable_count"] = self.unrecoverable_count
-        return d
+        """JSON-able form (the lists `Report.write_json` streams, here whole)."""
+        return self._json_parts(lambda chunks: json.loads("[" + ", ".join(chunks) + "]"))
 
     def _json_parts(self, put: Any) -> dict[str, Any]:
         """`to_dict` with each long list replaced by ``put(chunks)``: a placeholder the writer streams."""
@@ -169,6 +159,32 @@ class TensorFinding:
 
 
 _CHUNK = 1 << 16  # list entries formatted at a time: the JSON writer's memory stays bounded
+
+
+def write_json_streamed(out: TextIO, build: Callable[[Any], Any], indent: int) -> None:
+    """Write the JSON of ``build(put)`` to ``out``, where ``put(chunks)`` stands for a list written slice by slice.
+
+    ``chunks`` yields the list's items as JSON text (``"1, 2"``); each list comes out on one line.
+    """
+    token = os.urandom(8).hex()  # no string in the document (tensor names are the user's) can be it
+    streams: list[Iterable[str]] = []
+
+    def put(chunks: Iterable[str]) -> str:
+        streams.append(chunks)
+        return f"{token}:{len(streams) - 1}"
+
+    text = json.dumps(build(put), indent=indent)
+    pos = 0
+    for i, chunks in enumerate(streams):
+        mark = f'"{token}:{i}"'
+        at = text.index(mark, pos)
+        out.write(text[pos:at])
+        out.write("[")
+        for n, part in enumerate(chunks):
+            out.write(", " + part if n else part)
+        out.write("]")
+        pos = at + len(mark)
+    out.write(text[pos:])
 
 
 @functools.lru_cache(maxsize=8)
@@ -302,26 +318,7 @@ class Report:
         A report can name tens of millions of values (a replaced layer of an LLM): formatting them
         all at once would take gigabytes. Memory stays bounded by ``_CHUNK`` entries.
         """
-        token = os.urandom(8).hex()  # no string in the report (tensor names are the user's) can be it
-        streams: list[Iterator[str]] = []
-
-        def put(chunks: Iterator[str]) -> str:
-            streams.append(chunks)
-            return f"{token}:{len(streams) - 1}"
-
-        doc = self._to_dict(lambda f: f._json_parts(put))
-        text = json.dumps(doc, indent=2)
-        pos = 0
-        for i, chunks in enumerate(streams):
-            mark = f'"{token}:{i}"'
-            at = text.index(mark, pos)
-            out.write(text[pos:at])
-            out.write("[")
-            for n, part in enumerate(chunks):
-                out.write(", " + part if n else part)
-            out.write("]")
-            pos = at + len(mark)
-        out.write(text[pos:])
+        write_json_streamed(out, lambda put: self._to_dict(lambda f: f._json_parts(put)), indent=2)
 
     def summary(self) -> str:
         """Human-readable lines for the CLI."""
@@ -350,4 +347,4 @@ class Report:
         return "\n".join(lines)
 
 
-__all__ = ["Ints", "Report", "Status", "TensorFinding"]
+__all__ = ["Ints", "Report", "Status", "TensorFinding", "write_json_streamed"]
