@@ -432,6 +432,7 @@ def test_a_no_op_attack_reports_no_change(sealed_model: Loaded) -> None:
         (["--kind", "prune", "--lr", "0.1"], "--lr does not apply to prune"),
         (["--kind", "truncate", "--tensor", "fc.weight"], "--tensor does not apply to truncate"),
         (["--kind", "metadata", "--tensor", "fc.weight"], "--tensor does not apply to metadata"),
+        (["--kind", "truncate", "--fraction", "1.0"], "keeps the whole file"),  # was cut to len-1 bytes silently
     ],
 )
 def test_an_option_the_attack_would_ignore_is_refused(

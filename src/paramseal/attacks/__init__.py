@@ -102,8 +102,7 @@ def attack_bytes(data: bytes, spec: AttackSpec, total_parameters: int = 0) -> tu
     """Apply a file-level attack (truncate: keep ``fraction`` of the bytes, default half)."""
     if spec.kind != "truncate":
         raise UsageError(f"attack_bytes applies truncate only, not {spec.kind}")
-    keep = int(len(data) * spec.fraction_or_default)
-    keep = min(keep, len(data) - 1)
+    keep = min(int(len(data) * spec.fraction_or_default), len(data) - 1)  # a fraction near 1 still cuts a byte
     truth = GroundTruth(
         spec.kind,
         spec.seed,

@@ -93,6 +93,8 @@ class AttackSpec:
             raise UsageError(f"--n {self.n} must be at least 1")
         if self.fraction is not None and not 0.0 < self.fraction <= 1.0:
             raise UsageError(f"--fraction {self.fraction} must be in (0, 1]")
+        if self.kind == "truncate" and self.fraction == 1.0:  # keeping every byte is no attack
+            raise UsageError("truncate --fraction 1.0 keeps the whole file; give a fraction below 1")
         if not (0 <= self.sigma < math.inf and self.steps >= 1 and 0 < self.lr < math.inf):  # NaN fails too
             raise UsageError("--sigma must be >= 0, --steps >= 1 and --lr > 0 (all finite)")
         modes = MODES.get(self.kind)
