@@ -374,11 +374,13 @@ class AdapterTests:
         return {}
 
     @pytest.fixture(scope="class")
-    def sealed_raw(self, tmp_path_factory: pytest.TempPathFactory, key: paramseal.Key) -> bytes:
+    @classmethod  # a class-scoped fixture as an instance method is an error from pytest 9.2 on
+    def sealed_raw(cls, tmp_path_factory: pytest.TempPathFactory, key: paramseal.Key) -> bytes:
         """The bytes of a sealed file of this format (sealed once per class; the tests corrupt copies)."""
         d = tmp_path_factory.mktemp("sealed")
-        src = self.write_native(d, self.flow_model(np.dtype(np.float32)), "original")
-        out = self.path(d, "sealed")
+        suite = cls()
+        src = suite.write_native(d, suite.flow_model(np.dtype(np.float32)), "original")
+        out = suite.path(d, "sealed")
         files.seal_file(src, out, key)
         return out.read_bytes()
 

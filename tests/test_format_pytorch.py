@@ -185,7 +185,7 @@ def test_non_contiguous_and_shared_storage_tensors_read_as_their_values(tmp_path
     assert not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1 :])
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.")  # a DeprecationWarning in torch 2.13, a FutureWarning in 2.14
 def test_torchscript_archive_is_refused_without_loading_its_code(tmp_path: Path, key_file: Path) -> None:
     p = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(4, 4)), p)
