@@ -179,6 +179,17 @@ def test_output_that_is_a_directory_is_a_usage_error(tmp_path: Path, model_file:
     assert d.is_dir() and not any(d.iterdir())
 
 
+def test_output_that_is_a_folder_without_a_model_extension_says_it_is_a_folder(
+    tmp_path: Path, model_file: Path, key: paramseal.Key
+) -> None:
+    """'seal m.safetensors outdir' said "cannot tell the format of 'outdir'", which does not say what to change."""
+    d = tmp_path / "outdir"
+    d.mkdir()
+    with pytest.raises(UsageError, match="because it is a directory; give a file path"):
+        files.seal_file(model_file, d, key)
+    assert d.is_dir() and not any(d.iterdir())
+
+
 def test_new_output_files_get_ordinary_permissions(tmp_path: Path, model_file: Path, key: paramseal.Key) -> None:
     """A sealed model is meant to be shared: it gets the mode any new file gets (umask), not 0600."""
     old = os.umask(0o022)

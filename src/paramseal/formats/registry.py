@@ -38,6 +38,8 @@ def adapter_for(path: Path, fmt: str | None = None, *, must_exist: bool = True) 
             return _ADAPTERS[fmt]
         except KeyError:
             raise UsageError(f"unknown format '{fmt}'; known: {', '.join(sorted(_ADAPTERS))}") from None
+    if not must_exist and path.is_dir():  # an output path that is a folder: say so, not "cannot tell the format"
+        raise UsageError(f"cannot write to '{path}' because it is a directory; give a file path")
     suffix = path.suffix.lower()
     by_ext = [a for a in _ADAPTERS.values() if suffix in a.extensions]
     if must_exist and path.is_file():
