@@ -127,6 +127,13 @@ def test_usage_errors_exit_3(tmp_path: Path, argv: list[str]) -> None:
     assert rc == 3, (rc, err)
 
 
+def test_an_unknown_option_shows_the_usage_of_its_command(tmp_path: Path) -> None:
+    """argparse left unknown options to the top-level parser, whose usage says nothing of the command's options."""
+    rc, _, err = run(["seal", "a.safetensors", "b.safetensors", "--levl", "strong"])
+    assert rc == 3 and "usage: paramseal seal " in err and "--level" in err, err
+    assert "paramseal seal: error: unrecognized arguments: --levl strong" in err, err
+
+
 def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
     import subprocess
     import sys

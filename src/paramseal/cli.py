@@ -65,12 +65,14 @@ def _header(args: argparse.Namespace, key: Key) -> str | None:
 class _Parser(argparse.ArgumentParser):
     """argparse exits with 2 on bad usage; 2 means "not fully recoverable" here, so use 3."""
 
+    commands: dict[str, _Parser]  # the top-level parser's, by name
+
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
         self.exit(3, f"{self.prog}: error: {message}\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> _Parser:
     ap = _Parser(
         prog="paramseal",
         description="Keyed fragile watermark for model weights: detect, locate and self-recover tampering.",
@@ -141,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep", metavar="DIR", help="keep the demo files in DIR")
     _cli_eval.add_parsers(sub)
+    ap.commands = sub.choices
     return ap
 
 
@@ -148,7 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (callable from tests)."""
     if argv is None:  # the paramseal program itself (not a caller's process): no spinning BLAS threads
         _kernels.one_blas_thread()
-    args = _parser().parse_args(argv)
+    ap = _parser()
+    args, extra = ap.parse_known_args(argv)
+    if extra:  # argparse reports these with the top-level usage, which lists none of the command's options
+        ap.commands[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
     for stream in (sys.stdout, sys.stderr):  # a name from the file may hold a lone surrogate: print it escaped
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
