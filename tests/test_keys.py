@@ -136,6 +136,23 @@ def test_key_text_passed_as_the_key_file_path_is_not_echoed(
     assert key.secret.hex()[:16] not in (out + err).lower()
 
 
+@pytest.mark.parametrize(
+    "slip", [lambda h: "0x" + h, lambda h: h[:-1], lambda h: h + "0", lambda h: f"'{h}'", lambda h: "key=" + h]
+)
+def test_key_text_near_miss_passed_as_the_key_file_path_is_not_echoed(
+    sealed_file: Path, key: paramseal.Key, slip: Callable[[str], str]
+) -> None:
+    """A pasted key with a prefix, quotes or a digit too few or many is no path either: never quote it."""
+    text = slip(key.secret.hex())
+    with pytest.raises(KeyFileError, match="path of a key file") as ei:
+        paramseal.load_key(text)
+    assert key.secret.hex()[:16] not in str(ei.value).lower()
+    rc, out, err = helpers.run_cli(["verify", sealed_file, "--key", text, "--json"])
+    assert rc == 3 and "path of a key file" in err
+    assert key.secret.hex()[:16] not in (out + err).lower()
+    assert key.secret.hex()[-16:] not in (out + err).lower()
+
+
 def test_an_endless_key_file_is_refused_not_read_forever() -> None:
     """`--key /dev/zero` (a slip, or a hostile path): a bounded read, a clear error, no hang or memory blow-up."""
     if not Path("/dev/zero").exists():

@@ -8,6 +8,7 @@ output: reports show only its fingerprint, a one-way HKDF output.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ KEY_BYTES = 32
 ENV_VAR = "PARAMSEAL_KEY"
 _HKDF_SALT = b"paramseal/v1"
 _KEY_FILE_LIMIT = 4096  # bytes read from a key file at most: 64 hex digits and some whitespace fit
+#: Half a key's hex digits in a row: a "path" holding them is (most of) a pasted key, never to be quoted.
+_KEYISH = re.compile(rf"[0-9a-fA-F]{{{KEY_BYTES},}}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +101,11 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
             )
         return Key.from_text(env, source=f"the {ENV_VAR} variable")
     p = Path(path)
-    if _is_key_text(os.fspath(p)) and not p.exists():  # `--key "$(cat my.key)"`: the key, never to be quoted
+    # `--key "$(cat my.key)"`, or a key pasted with "0x", quotes or a digit too few: never to be quoted
+    if (_is_key_text(os.fspath(p)) or _KEYISH.search(os.fspath(p))) and not p.exists():
         raise KeyFileError(
-            "the key was given where the path of a key file belongs; pass the file 'paramseal keygen' wrote, "
-            f"or put the key in the {ENV_VAR} variable"
+            "the key was given where the path of a key file belongs (no such file; the text is not shown); "
+            f"pass the file 'paramseal keygen' wrote, or put the key in the {ENV_VAR} variable"
         )
     try:
         with p.open("rb") as f:  # bounded: `--key /dev/zero` (or any endless stream) must not read forever
