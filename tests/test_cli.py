@@ -134,6 +134,14 @@ def test_an_unknown_option_shows_the_usage_of_its_command(tmp_path: Path) -> Non
     assert "paramseal seal: error: unrecognized arguments: --levl strong" in err, err
 
 
+@pytest.mark.parametrize("argv", [["recover", "a.safetensors", "b.safetensors", "--in"], ["keygen", "k.key", "--forc"]])
+def test_an_option_prefix_is_not_taken_for_the_option(tmp_path: Path, argv: list[str]) -> None:
+    """argparse took '--in' for --in-place and '--forc' for --force: a typo must not overwrite a file."""
+    verb, *paths, typo = argv
+    rc, _, err = run([verb, *(tmp_path / p for p in paths), typo])
+    assert rc == 3 and f"unrecognized arguments: {argv[-1]}" in err, err
+
+
 def test_python_dash_m_runs_the_cli(tmp_path: Path) -> None:
     import subprocess
     import sys

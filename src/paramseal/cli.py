@@ -18,7 +18,7 @@ from contextlib import contextmanager, nullcontext
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from types import FrameType
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__, _cli_eval, _kernels, files, sharded
 from ._layout import TensorSpec
@@ -66,6 +66,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse exits with 2 on bad usage; 2 means "not fully recoverable" here, so use 3."""
 
     commands: dict[str, _Parser]  # the top-level parser's, by name
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # no prefixes: '--in' must not mean --in-place, nor '--forc' --force
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
