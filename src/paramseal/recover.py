@@ -2,9 +2,12 @@
 
 Tampered blocks are erasures (their tags fail); every lane that lost no more
 than its parity count is decoded. Restored blocks get their parity and tags
-rebuilt, and each rebuilt block's tag is checked again before success is claimed;
-the blocks verify passed are written as they were read (the written file is not
-read back: verify it to check the copy on disk).
+rebuilt. A rebuilt block whose tag lives in the header is checked against that
+authenticated tag before success is claimed; one that carries its own tag cannot be
+(the old tag is not part of the code), so it is trusted from the decoding (see
+`_conclude`). The blocks verify passed are written as they were read (the written
+file is not read back: verify it to check the copy on disk). The input is read more
+than once: it must not change while recover runs (README, "A writer during recover").
 """
 
 from __future__ import annotations
