@@ -381,6 +381,9 @@ def test_header_from_reports_a_different_own_header_and_reads_only_json_or_model
     (tmp_path / "bad.json").write_bytes(b"{\xff\xfe")
     rc, _, err = helpers.run_cli(["verify", same, "--key", key_file, "--header-from", tmp_path / "bad.json"])
     assert rc == 3 and "must be UTF-8 text" in err and "Traceback" not in err
+    (tmp_path / "notes.txt").write_text("hello")  # said only "cannot tell the format": of what, for what?
+    rc, _, err = helpers.run_cli(["verify", same, "--key", key_file, "--header-from", tmp_path / "notes.txt"])
+    assert rc == 3 and "a sealed model file or a .json header file" in err, err
     # the first copy in a kept file damaged: the other one, which authenticates, is taken
     h = sealed_big.header
     damaged = helpers.flip_bit(sealed_big.tensors, h.tensors[h.carriers[0]].name, 64 + 10, 0)
