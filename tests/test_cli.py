@@ -776,3 +776,12 @@ def test_only_numpys_openblas_is_set_to_one_thread() -> None:
     assert not _numpys_openblas(b"/v/lib/python3.11/site-packages/torch/lib/libopenblas.so.0")
     assert not _numpys_openblas(b"/v/site-packages/numpy/core/_multiarray_umath.so")  # not an OpenBLAS
     assert not _numpys_openblas(b"[anon:numpy openblas]")  # not a file
+
+
+def test_one_tensor_is_counted_in_the_singular(tmp_path: Path, key_file: Path) -> None:
+    src = tmp_path / "w.npy"
+    np.save(src, np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32))
+    rc, out, err = run(["seal", src, tmp_path / "s.npy", "--key", key_file])
+    assert rc == 0 and "(1 tensor, " in out, (out, err)
+    rc, out, err = run(["inspect", tmp_path / "s.npy"])
+    assert rc == 0 and ": 1 tensor, parameters" in out, (out, err)

@@ -62,6 +62,10 @@ def _header(args: argparse.Namespace, key: Key) -> str | None:
     return files.read_header(args.header_from, key)
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse exits with 2 on bad usage; 2 means "not fully recoverable" here, so use 3."""
 
@@ -263,7 +267,8 @@ def _run(args: argparse.Namespace) -> int:
             desc = ", ".join(f"{dt} k={k}" for dt, k in ks)
             code = "irs" if h.irs else "lanes"
             how = f"level {h.level}" if h.bits is None else f"--bits {h.bits}"
-            print(f"OK: sealed {args.input} -> {args.output} ({len(h.tensors)} tensors, {desc}, {how}, code {code})")
+            n = _count(len(h.tensors), "tensor")
+            print(f"OK: sealed {args.input} -> {args.output} ({n}, {desc}, {how}, code {code})")
             _warn_bits(ks)
             _note_plain(h.tensors)
             if keep is not None:
@@ -388,7 +393,7 @@ def _pct(fraction: float) -> str:
 
 
 def _inspect_text(info: dict[str, object]) -> str:
-    lines = [f"{info['file']}: {info['tensors']} tensors, parameters by dtype {info['parameters']}"]
+    lines = [f"{info['file']}: {_count(info['tensors'], 'tensor')}, parameters by dtype {info['parameters']}"]
     blocks = info.get("blocks")
     if isinstance(blocks, int) and blocks < FEW_BLOCKS:
         lines.append(
