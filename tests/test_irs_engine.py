@@ -606,6 +606,42 @@ def test_task_map_waits_for_running_tasks_through_a_second_interrupt(
     assert sorted(done) == ran
 
 
+def test_parallel_map_interrupted_waits_for_running_items(two_task_cores: None) -> None:
+    """Ctrl-C during a parallel_map: the items running (native kernels on the caller's arrays) finish first.
+
+    Returning at once let them write into arrays freed as the caller unwound: an interrupted
+    recover ended in a segfault instead of exit 130.
+    """
+    import signal
+    import threading
+    import time
+
+    from paramseal import _kernels
+
+    started: list[int] = []
+    done: list[int] = []
+
+    def item(x: int) -> int:
+        started.append(x)
+        time.sleep(0.2)
+        if x == 0:  # a real SIGINT, which wakes the caller's wait as Ctrl-C does
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+        time.sleep(0.2)
+        done.append(x)
+        return x
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _kernels.parallel_map(item, range(6))
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert started and sorted(done) == sorted(started)  # nothing was still running when it returned
+    ran = sorted(done)
+    time.sleep(0.5)
+    assert sorted(done) == ran  # and nothing started after
+
+
 def _seal_under_the_workqueue_layer(tmp_path: Path, setup: str) -> None:
     """Seal and verify, in a child without the compiled library, the model ``setup`` (code) makes.
 

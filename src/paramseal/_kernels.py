@@ -397,7 +397,9 @@ def _cores() -> int:
 def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     """``[fn(x) for x in items]`` on one thread per core, for work that releases the GIL (nogil kernels).
 
-    The first exception raised by ``fn`` propagates. One process-wide pool, made on first use; a
+    The first exception raised by ``fn`` propagates, once the items already running have finished
+    (as in `task_map`): a kernel left running after Ctrl-C wrote into arrays freed as the caller
+    unwound, and the process ended in a segfault. One process-wide pool, made on first use; a
     `parallel_map` inside ``fn`` runs inline on its thread.
     """
     global _POOL
@@ -417,7 +419,7 @@ def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
         finally:
             _IN_POOL.on = False
 
-    return list(_POOL.map(run, items))
+    return _run_all(_POOL, run, items)
 
 
 def task_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
@@ -451,12 +453,19 @@ def task_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
         finally:
             _IN_TASK.task = _IN_TASK.on = False
 
-    futures = [pool.submit(run, x) for x in items]
+    return _run_all(pool, run, items)
+
+
+def _run_all(pool: ThreadPoolExecutor, run: Callable[[_T], _R], items: list[_T]) -> list[_R]:
+    """``run`` on each item in ``pool``; after a failure or an interrupt none starts, and those running finish."""
+    futures: list[Future[_R]] = []
     try:
+        for x in items:
+            futures.append(pool.submit(run, x))
         wait(futures, return_when=FIRST_EXCEPTION)
     finally:
-        for f in futures:  # after a failure (or an interrupt) start no more; items start in order,
-            f.cancel()  # so every cancelled one comes after the failed one
+        for f in futures:  # items start in order, so every cancelled one comes after the failed one
+            f.cancel()
         _wait_all(futures)
     return [f.result() for f in futures]
 
