@@ -442,3 +442,57 @@ def test_in_place_into_another_folder_is_refused_not_ignored(
         rc, _, err = helpers.run_cli([cmd, src, tmp_path / "out", "--key", key_file, "--in-place"])
         assert rc == 3 and "--in-place works for single files only" in err
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    """A parent killed outright (SIGKILL, the OOM killer) cannot stop its pool: each worker notices and exits.
+
+    They waited on the pool's queue forever, each holding its memory (hundreds of MiB after a shard).
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = "import time; from paramseal import sharded; sharded._map(time.sleep, [(60,), (60,)], 2)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    parent = subprocess.Popen([sys.executable, "-c", script], env=env)
+
+    def workers() -> list[int]:
+        found = []
+        for d in Path("/proc").iterdir():
+            try:
+                stat = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                cmd = (d / "cmdline").read_bytes()
+            except (OSError, IndexError):
+                continue
+            if stat[1] == str(parent.pid) and b"spawn_main" in cmd:
+                found.append(int(d.name))
+        return found
+
+    try:
+        deadline = time.monotonic() + 60
+        while len(pids := workers()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(pids) == 2
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+
+        def alive(pid: int) -> bool:
+            try:
+                return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+
+        deadline = time.monotonic() + 10
+        while any(map(alive, pids)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = [p for p in pids if alive(p)]
+        for p in left:  # cleanup for a failing run: they would sleep on otherwise
+            os.kill(p, signal.SIGKILL)
+        assert left == []
+    finally:
+        if parent.poll() is None:
+            parent.kill()

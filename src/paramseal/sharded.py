@@ -22,6 +22,8 @@ import multiprocessing
 import os
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -126,8 +128,8 @@ def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None)
     with ProcessPoolExecutor(
         max_workers=w,
         mp_context=multiprocessing.get_context("spawn"),
-        initializer=_set_scratch_budget,
-        initargs=(share,),
+        initializer=_start_worker,
+        initargs=(share, os.getpid()),
     ) as pool:
         futures = [pool.submit(_guarded, fn, *j) for j in jobs]
         out = [f.result() for f in futures]
@@ -137,8 +139,19 @@ def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None)
     return out  # type: ignore[return-value]  # no _Raised is left
 
 
-def _set_scratch_budget(mib: int) -> None:
+def _start_worker(mib: int, parent: int) -> None:
     os.environ["PARAMSEAL_SCRATCH_MIB"] = str(mib)
+    threading.Thread(target=_exit_without, args=(parent,), name="paramseal-parent", daemon=True).start()
+
+
+def _exit_without(parent: int) -> None:
+    """End this worker once ``parent`` is gone (SIGKILL, the OOM killer): nothing else tells it to stop.
+
+    It would wait on the pool's queue forever, holding its memory, or go on writing a shard nobody reads.
+    """
+    while os.getppid() == parent:
+        time.sleep(1)
+    os._exit(1)
 
 
 @dataclass(frozen=True, slots=True)
