@@ -9,6 +9,7 @@ import os
 import pickle
 import sys
 from pathlib import Path
+from typing import Any
 
 import helpers
 import ml_dtypes
@@ -339,6 +340,29 @@ def test_seal_header_out_keeps_what_re_ties_a_broken_tie_from_the_cli(tmp_path: 
     for bad, why in ((tmp_path / "h.txt", "must end in .json"), (tmp_path / "no" / "h.json", "does not exist")):
         rc, _, err = helpers.run_cli(["seal", src, tmp_path / "x.pt", "--key", key_file, "--header-out", bad])
         assert rc == 3 and why in err and not (tmp_path / "x.pt").exists(), err
+
+
+def test_header_out_in_a_folder_that_cannot_be_written_fails_before_sealing(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model was sealed and written, then --header-out failed: exit 3 with an output left behind."""
+    import tempfile
+
+    src = tmp_path / "m.pt"
+    torch.save(_Tied().state_dict(), src)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    mkstemp = tempfile.mkstemp
+
+    def refuse(*a: Any, **kw: Any) -> tuple[int, str]:  # a folder we may not write (root ignores chmod)
+        if Path(kw.get("dir", ".")) == locked:
+            raise PermissionError(13, "Permission denied")
+        return mkstemp(*a, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    rc, _, err = helpers.run_cli(["seal", src, tmp_path / "s.pt", "--key", key_file, "--header-out", locked / "h.json"])
+    assert rc == 3 and "Permission denied" in err and not (tmp_path / "s.pt").exists(), err
+    assert not list(locked.iterdir())
 
 
 def test_a_header_grown_by_tags_kept_in_it_is_named_when_a_pt_cannot_hold_it(

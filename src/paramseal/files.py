@@ -759,6 +759,7 @@ def check_header_out(path: PathLike, *others: PathLike) -> Path:
         raise UsageError(f"--header-out '{p}' is the model's input or output; give another file")
     if not p.parent.resolve().is_dir():
         raise UsageError(f"cannot write '{p}': folder '{p.parent}' does not exist")
+    temp_beside(p).unlink()  # a folder we may not write in: say so now, not after the model is sealed
     return p
 
 
