@@ -107,6 +107,21 @@ def test_in_place_seal_and_recover(tmp_path: Path, model_file: Path, key: params
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_in_place_through_a_symlink_writes_the_file_it_names(
+    tmp_path: Path, model_file: Path, key: paramseal.Key
+) -> None:
+    """The link was replaced by a new file and the file it names left unsealed, or tampered (a hub cache's blob)."""
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(model_file)
+    files.seal_file(link, link, key, in_place=True)
+    assert link.is_symlink() and files.verify_file(model_file, key).status == "intact"
+    sealed_t, meta = helpers.read_st(model_file)
+    helpers.write_st(model_file, helpers.flip_bit(sealed_t, "fc.weight", 3, 27), meta)
+    assert files.recover_file(link, link, key, in_place=True).report.status == "recovered"
+    assert link.is_symlink()
+    helpers.assert_model_equal(helpers.read_st(model_file)[0], sealed_t)
+
+
 def test_sealing_an_already_sealed_file_is_refused(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
     with pytest.raises(UsageError, match="already sealed"):
         files.seal_file(sealed_file, tmp_path / "twice.safetensors", key)

@@ -393,7 +393,7 @@ def _pct(fraction: float) -> str:
 
 
 def _inspect_text(info: dict[str, object]) -> str:
-    lines = [f"{info['file']}: {_count(info['tensors'], 'tensor')}, parameters by dtype {info['parameters']}"]
+    lines = [f"{info['file']}: {_count(int(str(info['tensors'])), 'tensor')}, parameters by dtype {info['parameters']}"]
     blocks = info.get("blocks")
     if isinstance(blocks, int) and blocks < FEW_BLOCKS:
         lines.append(

@@ -139,14 +139,18 @@ class _Precopy(threading.Thread):
         self.tmp.unlink(missing_ok=True)
 
 
-def _check_paths(src: Path, dst: Path, in_place: bool) -> None:
+def _check_paths(src: Path, dst: Path, in_place: bool) -> Path:
+    """``dst`` as written: an in-place output reached through a symlink is the file it names."""
     if not src.exists():
         raise UsageError(f"input '{src}' does not exist")
-    if dst.exists() and dst.resolve() == src.resolve() and not in_place:
-        raise UsageError(
-            f"output '{dst}' is the input file; ParamSeal never modifies its input unless you pass --in-place "
-            "(in_place=True)"
-        )
+    if dst.exists() and dst.resolve() == src.resolve():
+        if not in_place:
+            raise UsageError(
+                f"output '{dst}' is the input file; ParamSeal never modifies its input unless you pass --in-place "
+                "(in_place=True)"
+            )
+        return dst.resolve()  # a link replaced by the new file would leave the file it names as it was
+    return dst
 
 
 def read_model(path: PathLike, fmt: str | None = None) -> Loaded:
@@ -379,7 +383,7 @@ def seal_file(
     """
     s, d = Path(src), Path(dst)
     require_key(key)
-    _check_paths(s, d, in_place)
+    d = _check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
     with _open_model(s) as loaded:
         # a header in the metadata, records in the weights (PyTorch files, stripped metadata, lost copies),
@@ -483,7 +487,7 @@ def recover_file(
     as in `verify_file`; the output then carries it.
     """
     s, d = Path(src), Path(dst)
-    _check_paths(s, d, in_place)
+    d = _check_paths(s, d, in_place)
     pre: _Precopy | None = None
     patch_here = in_place and s.is_file() and d.exists() and s.resolve() == d.resolve() and _is_safetensors(s)
     if s.is_file() and _is_safetensors(s) and _is_safetensors(d, output=True) and not patch_here:
