@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import helpers
 import numpy as np
@@ -444,21 +450,8 @@ def test_in_place_into_another_folder_is_refused_not_ignored(
         assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
-def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
-    """A parent killed outright (SIGKILL, the OOM killer) cannot stop its pool: each worker notices and exits.
-
-    They waited on the pool's queue forever, each holding its memory (hundreds of MiB after a shard).
-    """
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    script = "import time; from paramseal import sharded; sharded._map(time.sleep, [(60,), (60,)], 2)"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    parent = subprocess.Popen([sys.executable, "-c", script], env=env)
+def _pool_of(parent: subprocess.Popen[bytes], n: int) -> list[int]:
+    """The pids of ``parent``'s ``n`` spawned pool workers, once all are running (Linux /proc)."""
 
     def workers() -> list[int]:
         found = []
@@ -472,27 +465,61 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
                 found.append(int(d.name))
         return found
 
+    deadline = time.monotonic() + 60
+    while len(pids := workers()) < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(pids) == n
+    return pids
+
+
+def _alive(pid: int) -> bool:
     try:
-        deadline = time.monotonic() + 60
-        while len(pids := workers()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert len(pids) == 2
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _sleeping_pool(**kw: Any) -> subprocess.Popen[bytes]:
+    script = "import time; from paramseal import sharded; sharded._map(time.sleep, [(60,), (60,)], 2)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-c", script], env=env, **kw)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    """A parent killed outright (SIGKILL, the OOM killer) cannot stop its pool: each worker notices and exits.
+
+    They waited on the pool's queue forever, each holding its memory (hundreds of MiB after a shard).
+    """
+    parent = _sleeping_pool()
+    try:
+        pids = _pool_of(parent, 2)
         parent.send_signal(signal.SIGKILL)
         parent.wait()
-
-        def alive(pid: int) -> bool:
-            try:
-                return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-            except OSError:
-                return False
-
         deadline = time.monotonic() + 10
-        while any(map(alive, pids)) and time.monotonic() < deadline:
+        while any(map(_alive, pids)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        left = [p for p in pids if alive(p)]
+        left = [p for p in pids if _alive(p)]
         for p in left:  # cleanup for a failing run: they would sleep on otherwise
             os.kill(p, signal.SIGKILL)
         assert left == []
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_ctrl_c_stops_the_pool_at_once_and_quietly() -> None:
+    """Ctrl-C reaches the whole process group: each worker printed a KeyboardInterrupt traceback, and the
+    parent (on SIGTERM too) waited for the shards being written to finish."""
+    parent = _sleeping_pool(start_new_session=True, stderr=subprocess.PIPE)
+    try:
+        pids = _pool_of(parent, 2)
+        t0 = time.monotonic()
+        os.killpg(parent.pid, signal.SIGINT)
+        _, err = parent.communicate(timeout=50)
+        assert time.monotonic() - t0 < 20 and not any(map(_alive, pids))
+        assert err.decode().count("Traceback") == 1 and "KeyboardInterrupt" in err.decode()  # the parent's own
+    finally:
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)

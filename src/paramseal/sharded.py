@@ -21,6 +21,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -131,8 +132,14 @@ def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None)
         initializer=_start_worker,
         initargs=(share, os.getpid()),
     ) as pool:
-        futures = [pool.submit(_guarded, fn, *j) for j in jobs]
-        out = [f.result() for f in futures]
+        try:
+            futures = [pool.submit(_guarded, fn, *j) for j in jobs]
+            out = [f.result() for f in futures]
+        except BaseException:  # Ctrl-C, SIGTERM: stop the shards being written, do not wait for them
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public way to
+                proc.terminate()  # stop a running job; the caller then removes the half-written folder
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     for r in out:
         if isinstance(r, _Raised):
             r.reraise()
@@ -141,6 +148,7 @@ def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None)
 
 def _start_worker(mib: int, parent: int) -> None:
     os.environ["PARAMSEAL_SCRATCH_MIB"] = str(mib)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     threading.Thread(target=_exit_without, args=(parent,), name="paramseal-parent", daemon=True).start()
 
 
