@@ -785,3 +785,12 @@ def test_one_tensor_is_counted_in_the_singular(tmp_path: Path, key_file: Path) -
     assert rc == 0 and "(1 tensor, " in out, (out, err)
     rc, out, err = run(["inspect", tmp_path / "s.npy"])
     assert rc == 0 and ": 1 tensor, parameters" in out, (out, err)
+
+
+def test_a_usage_error_with_json_prints_the_error_document(tmp_path: Path) -> None:
+    """argparse's errors printed nothing on stdout: a --json reader got an empty string to parse."""
+    for argv in (["verify", "m.safetensors", "--json", "--tensor", "w"], ["verify", "--json"]):
+        rc, out, err = run(argv)
+        doc = json.loads(out)
+        assert rc == 3 and doc["exit_code"] == 3 and doc["status"] == "error", (argv, out, err)
+        assert "paramseal verify" in doc["error"] and "usage:" in err

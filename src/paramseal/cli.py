@@ -77,7 +77,22 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        self.exit(3, f"{self.prog}: error: {message}\n")
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise _UsageExit(f"{self.prog}: {message}")
+
+
+class _UsageExit(SystemExit):
+    """Bad usage found by argparse: exit 3, with the message kept for a --json document."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(3)
+        self.message = message
+
+
+def _error_doc(exit_code: int, message: str) -> None:
+    """A JSON reader gets a document for every outcome, not an empty stdout."""
+    doc = {"status": "tampered" if exit_code == 2 else "error", "recoverable": False, "exit_code": exit_code}
+    print(json.dumps({**doc, "error": message}, indent=2))
 
 
 def _parser() -> _Parser:
@@ -160,9 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the paramseal program itself (not a caller's process): no spinning BLAS threads
         _kernels.one_blas_thread()
     ap = _parser()
-    args, extra = ap.parse_known_args(argv)
-    if extra:  # argparse reports these with the top-level usage, which lists none of the command's options
-        ap.commands[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = ap.parse_known_args(argv)
+        if extra:  # argparse reports these with the top-level usage, which lists none of the command's options
+            ap.commands[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
+    except _UsageExit as e:
+        if "--json" in map(str, sys.argv[1:] if argv is None else argv):
+            _error_doc(3, e.message)
+        raise
     for stream in (sys.stdout, sys.stderr):  # a name from the file may hold a lone surrogate: print it escaped
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
@@ -173,14 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except ParamSealError as e:
         print(f"error: {e.diagnostics()}", file=sys.stderr)
-        if getattr(args, "json", False):  # a JSON reader gets a document for every outcome, not an empty stdout
-            doc = {
-                "status": "tampered" if e.exit_code == 2 else "error",
-                "recoverable": False,
-                "exit_code": e.exit_code,
-                "error": e.diagnostics(),
-            }
-            print(json.dumps(doc, indent=2))
+        if getattr(args, "json", False):
+            _error_doc(e.exit_code, e.diagnostics())
         return e.exit_code
     except _Terminated as e:
         print("terminated", file=sys.stderr)
