@@ -61,6 +61,9 @@ class TestNpzSuite(AdapterTests):
         return {
             "metadata_not_a_string": npz(w=np.ones(3, np.float32), **{METADATA_ENTRY: np.ones(2)}),
             "metadata_not_json": npz(w=np.ones(3, np.float32), **{METADATA_ENTRY: np.array("{oops")}),
+            "metadata_nested_too_deep": npz(
+                w=np.ones(3, np.float32), **{METADATA_ENTRY: np.array("[" * 100_000 + "]" * 100_000)}
+            ),
             "object_array": npz(w=np.array([{"a": 1}], dtype=object)),
             "raw_v2_bfloat16": npz(w=np.ones(3, ml_dtypes.bfloat16)),
         }

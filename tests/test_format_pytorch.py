@@ -389,8 +389,15 @@ def test_a_sealed_module_saved_with_torch_save_verifies_as_a_file(tmp_path: Path
 
 @pytest.mark.parametrize(
     "entry",
-    ['[["head.bias","emb.weight",0]]', '[["x","emb.weight",true]]', '[["x","emb.weight",-1]]', '[["x","nope",1]]', "{"],
-    ids=["before_its_tensor", "bool_position", "negative", "unknown_tensor", "not_json"],
+    [
+        '[["head.bias","emb.weight",0]]',
+        '[["x","emb.weight",true]]',
+        '[["x","emb.weight",-1]]',
+        '[["x","nope",1]]',
+        "{",
+        "[" * 100_000 + "]" * 100_000,
+    ],
+    ids=["before_its_tensor", "bool_position", "negative", "unknown_tensor", "not_json", "nested_too_deep"],
 )
 def test_a_tie_entry_paramseal_did_not_write_is_refused(tmp_path: Path, key_file: Path, entry: str) -> None:
     """A crafted paramseal.tied in a safetensors file must not make seal write a .pt that never verifies."""

@@ -108,6 +108,8 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
         lambda h: h[_first_tensor(h)].update(data_offsets=[False, h[_first_tensor(h)]["data_offsets"][1]])
     ),
     "boolean_dimension": _with(lambda h: h[_first_tensor(h)].update(shape=[True, *h[_first_tensor(h)]["shape"]])),
+    # too deep for Python's json (RecursionError), not for a JSON reader without that limit
+    "nested_too_deep": _text(lambda h: h[:-1] + b',"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
 }
 
 

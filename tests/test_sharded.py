@@ -240,6 +240,24 @@ def test_an_index_naming_no_shards_is_exit_3(tmp_path: Path, key_file: Path) -> 
         assert rc == 3 and "names no shards" in err and "Traceback" not in err
 
 
+def test_an_index_or_set_record_nested_too_deep_for_json_is_no_traceback(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    idx = (checkpoint / sharded.INDEX).read_text()
+    (checkpoint / sharded.INDEX).write_text(idx[:-1] + f', "x": {deep}}}')
+    for args in (["inspect", checkpoint], ["verify", checkpoint, "--key", key_file]):
+        rc, _, err = helpers.run_cli(args)
+        assert rc == 3 and "not a valid safetensors index" in err and "Traceback" not in err, err
+    rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "out", "--key", key_file])
+    assert rc == 3 and not (tmp_path / "out").exists(), err
+    # a shard's set record is read (unauthenticated) to find the shards: an edited one is a metadata edit
+    tensors, meta = helpers.read_st(sealed_ckpt / SHARDS[0])
+    helpers.write_st(sealed_ckpt / SHARDS[0], tensors, {**meta, "paramseal_set": deep})
+    rc, out, err = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file])
+    assert rc == 1 and "paramseal_set" in out and "Traceback" not in err, (out, err)
+
+
 def _edit_index(folder: Path, edit: object) -> dict[str, str]:
     """Apply ``edit`` to the index's weight_map; returns the weight_map as sealed."""
     idx = json.loads((folder / sharded.INDEX).read_text())

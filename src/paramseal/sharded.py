@@ -98,7 +98,7 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
         wm = raw["weight_map"]
         if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
             raise TypeError("weight_map must map tensor names to file names")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise FormatError(
             f"'{p}' is not a valid safetensors index ({e}); expected {{\"weight_map\": {{...}}}}"
         ) from None
@@ -358,7 +358,7 @@ def _peek(path: Path, key: Key) -> tuple[list[str] | None, list[str]]:
         pass
     try:
         listed = [n for n in json.loads(meta[SET_KEY])["shards"] if isinstance(n, str)]
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         pass
     return names, listed
 

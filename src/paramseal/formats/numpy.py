@@ -243,7 +243,7 @@ def _parse_metadata(arr: NDArray[np.generic], path: Path) -> dict[str, str]:
         raise FormatError(f"{bad}; found dtype {arr.dtype} and shape {arr.shape}")
     try:
         meta = json.loads(str(arr[()]))
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
         raise FormatError(f"{bad}; it is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise FormatError(f"{bad}; found {type(meta).__name__} with non-string entries")

@@ -176,7 +176,7 @@ def retie(state: dict[str, Any], metadata: Mapping[str, str], path: Path) -> dic
             if type(pos) is not int or not 0 <= pos <= len(items):
                 raise bad
             items.insert(pos, (alias, state[name]))
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, RecursionError):
         raise bad from None
     out = dict(items)
     unique, again = untie(out)  # reading the file must give this state and entry back

@@ -124,7 +124,7 @@ def _parse_header_json(text: bytes, path: Path) -> dict[str, Any]:
         if not text.startswith(b"{"):
             raise ValueError("the header is not a JSON object")
         header = json.loads(text.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
         raise FormatError(f"'{path}' has a malformed safetensors header (invalid JSON: {e})") from None
     if not isinstance(header, dict):
         raise FormatError(f"'{path}' has a malformed safetensors header: not a JSON object")
