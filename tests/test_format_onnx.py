@@ -713,6 +713,10 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
     "trailing_garbage": lambda raw: raw + b"\0" * 16,
     "raw_data_too_short": _edit(lambda m: setattr(_first_init(m), "raw_data", _first_init(m).raw_data[:-4])),
     "negative_dim": _edit(lambda m: _first_init(m).dims.__setitem__(0, -1)),
+    # no bytes, but numpy counts the other dimensions too: no array has this shape
+    "empty_with_a_huge_dim": _edit(
+        lambda m: m.graph.initializer.append(helper.make_tensor("z", TensorProto.FLOAT, [0, 2**62], b"", raw=True))
+    ),
     "string_tensor": _edit(
         lambda m: m.graph.initializer.append(helper.make_tensor("s", TensorProto.STRING, [1], [b"x"]))
     ),

@@ -108,6 +108,11 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
         lambda h: h[_first_tensor(h)].update(data_offsets=[False, h[_first_tensor(h)]["data_offsets"][1]])
     ),
     "boolean_dimension": _with(lambda h: h[_first_tensor(h)].update(shape=[True, *h[_first_tensor(h)]["shape"]])),
+    # no bytes, but numpy counts the other dimensions too: no array has these shapes
+    "empty_tensor_with_a_huge_dimension": _with(
+        lambda h: h.update(z={"dtype": "F32", "shape": [0, 2**62], "data_offsets": [0, 0]})
+    ),
+    "too_many_dimensions": _with(lambda h: h.update(z={"dtype": "F32", "shape": [0] * 70, "data_offsets": [0, 0]})),
     # too deep for Python's json (RecursionError), not for a JSON reader without that limit
     "nested_too_deep": _text(lambda h: h[:-1] + b',"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
 }

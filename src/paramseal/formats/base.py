@@ -37,6 +37,19 @@ def new_mode(folder: bool = False) -> int:
     return (0o777 if folder else 0o666) & ~_umask()
 
 
+def shape_error(shape: tuple[int, ...], dtype: np.dtype[np.generic]) -> str | None:
+    """Why numpy cannot make an array of this shape and dtype, or None.
+
+    Too many dimensions, or more bytes than it can address: numpy counts the other dimensions
+    even when one is 0, so an empty tensor's header can still name a shape no array can have.
+    """
+    try:
+        np.broadcast_to(np.empty((), dtype), shape)  # a view: nothing is allocated
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Loaded:
     """Tensors (name -> array, in file order) and the file's string metadata."""

@@ -75,7 +75,7 @@ from numpy.typing import NDArray
 from .._embed import header_copies
 from ..errors import FormatError, MissingDependencyError, UsageError
 from ..header import METADATA_KEY
-from .base import Loaded, new_mode
+from .base import Loaded, new_mode, shape_error
 
 # TensorProto.DataType -> numpy dtype, for the dtypes the engine seals.
 _DTYPES: dict[int, np.dtype[np.generic]] = {
@@ -359,6 +359,8 @@ def _to_array(slot: _Slot, base: Path, path: Path, inputs: _Ranges) -> NDArray[n
     shape = tuple(int(d) for d in t.dims)
     if any(d < 0 for d in shape):
         raise FormatError(f"{where} has a negative dimension {list(shape)}")
+    if why := shape_error(shape, dt):
+        raise FormatError(f"{where} has shape {list(shape)}, which no array can have ({why})")
     n = math.prod(shape)
     if t.HasField("segment"):
         raise FormatError(f"{where} is a segmented tensor, which ParamSeal does not support")

@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 from .._pages import Mapping, copy_range, file_span
 from ..errors import FormatError, InputError
 from ..levels import ST_TO_NP, dtype_name
-from .base import Loaded
+from .base import Loaded, shape_error
 
 _MAX_HEADER = 100_000_000  # the safetensors library refuses longer headers
 
@@ -179,6 +179,8 @@ def read_layout(path: Path) -> Layout:
                 f"'{path}': tensor '{name}' spans {end - start} bytes but dtype {dtype} and shape {shape} need "
                 f"{count * ST_TO_NP[dtype].itemsize}"
             )
+        if why := shape_error(tuple(shape), ST_TO_NP[dtype]):
+            raise FormatError(f"'{path}': tensor '{name}' has shape {shape}, which no array can have ({why})")
         spans.append((start, end, name, dtype, tuple(shape)))
     spans.sort()
     pos = 0
