@@ -6,8 +6,10 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -762,6 +764,8 @@ def test_malformed_onnx_is_exit_3_naming_the_file_and_writing_nothing(
         ("missing", "cannot read its external data"),
         ("outside", "outside the model's folder"),
         ("length", "external length"),
+        ("nul_in_location", "malformed external_data"),
+        ("dims_past_the_file", "truncated"),  # 4 TiB claimed: reported, not allocated
     ],
 )
 def test_bad_external_data_is_a_format_error(
@@ -773,13 +777,23 @@ def test_bad_external_data_is_a_format_error(
             data.write_bytes(data.read_bytes()[:-10])
         case "missing":
             data.unlink()
-        case "outside" | "length":
+        case "outside" | "length" | "nul_in_location" | "dims_past_the_file":
             m = onnx.load(str(ext_file), load_external_data=False)
-            for e in m.graph.initializer[0].external_data:
+            t = m.graph.initializer[0]
+            for e in t.external_data:
                 if case == "outside" and e.key == "location":
                     e.value = "../ext.onnx.data"
+                if case == "nul_in_location" and e.key == "location":
+                    e.value = "ext.onnx\0.data"
                 if case == "length" and e.key == "length":
                     e.value = str(int(e.value) + 4)
+            if case == "dims_past_the_file":
+                del t.dims[:]
+                t.dims.append(2**40)
+                keep = [(e.key, e.value) for e in t.external_data if e.key != "length"]
+                del t.external_data[:]
+                for k, v in keep:
+                    t.external_data.add(key=k, value=v)
             ext_file.write_bytes(m.SerializeToString())
     with pytest.raises(FormatError, match=message):
         ADAPTER.read(ext_file)
@@ -787,6 +801,33 @@ def test_bad_external_data_is_a_format_error(
     rc, _, err = helpers.run_cli(["seal", ext_file, tmp_path / "o.onnx", "--key", key_file])
     assert rc == 3 and ext_file.name in err and message in err
     assert helpers.listing(tmp_path) == before
+
+
+def test_external_data_that_is_a_fifo_is_refused_without_waiting_for_a_writer(
+    tmp_path: Path, ext_file: Path, key_file: Path
+) -> None:
+    data = ext_file.parent / "ext.onnx.data"
+    data.unlink()
+    os.mkfifo(data)
+    got: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            ADAPTER.read(ext_file)
+        except BaseException as e:
+            got.append(e)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(30)
+    waited = reader.is_alive()
+    if waited:  # give it a writer, so that the test fails rather than hangs
+        os.close(os.open(data, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join()
+    assert not waited, "reading the model waited for a writer to its FIFO"
+    assert isinstance(got[0], FormatError) and "not a regular file" in str(got[0])
+    rc, _, err = helpers.run_cli(["seal", ext_file, tmp_path / "o.onnx", "--key", key_file])
+    assert rc == 3 and "not a regular file" in err and not (tmp_path / "o.onnx").exists()
 
 
 def test_external_data_linked_from_outside_the_folder_is_refused_saying_it_is_a_link(

@@ -396,7 +396,7 @@ def _external_info(t: Any, where: str) -> tuple[str, int, int | None]:
         length = int(info["length"]) if "length" in info else None
     except ValueError:
         raise FormatError(f"{where} has a malformed external_data offset or length: {info}") from None
-    if not loc or offset < 0:
+    if not loc or "\0" in loc or offset < 0:  # no file name holds a NUL byte
         raise FormatError(f"{where} has malformed external_data (location and offset): {info}")
     return loc, offset, length
 
@@ -415,9 +415,15 @@ def _read_external(t: Any, base: Path, nbytes: int, where: str, inputs: _Ranges,
     if length is not None and length != nbytes:
         raise FormatError(f"{where} has external length {length} but its dtype and shape need {nbytes} bytes")
     try:
-        with open(file, "rb") as f:
-            f.seek(offset)
-            raw = f.read(nbytes)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused below)
+        with open(os.open(file, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise FormatError(f"{where}: its external data '{loc}' is not a regular file; refusing to read it")
+            raw = b""  # a size the file cannot hold is reported below, not allocated: the dims are the file's to claim
+            if offset + nbytes <= st.st_size:
+                f.seek(offset)
+                raw = f.read(nbytes)
     except OSError as e:
         raise FormatError(f"{where}: cannot read its external data '{loc}': {e.strerror}") from None
     if len(raw) != nbytes:
