@@ -53,6 +53,16 @@ def _overlap(h: dict) -> None:
     h[b]["data_offsets"] = [s - 8, e - 8]
 
 
+def _gap(raw: bytes) -> bytes:
+    """Unused bytes before the second tensor: the values stay as sealed, but the safetensors library refuses it."""
+    h, data = helpers.st_parts(raw)
+    at = h[_second_tensor(h)]["data_offsets"][0]
+    for k, v in h.items():
+        if k != "__metadata__" and v["data_offsets"][0] >= at:
+            v["data_offsets"] = [o + 8 for o in v["data_offsets"]]
+    return helpers.st_build(h, data[:at] + b"\0" * 8 + data[at:])
+
+
 def _text(fn: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
     """Edit the header's JSON text itself (what a dict cannot express: a key twice, a BOM)."""
 
@@ -88,6 +98,7 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
         lambda h: h[_first_tensor(h)].update(data_offsets=[-8, h[_first_tensor(h)]["data_offsets"][1]])
     ),
     "overlapping_tensors": _with(_overlap),
+    "gap_between_tensors": _gap,
     "size_does_not_match_shape": _with(lambda h: h[_first_tensor(h)].update(shape=[1])),
     "unsupported_dtype": _with(lambda h: h[_first_tensor(h)].update(dtype="C64")),
     "unknown_dtype": _with(lambda h: h[_first_tensor(h)].update(dtype="F8_E4M3")),

@@ -1,7 +1,7 @@
 """safetensors files, read and written with the safetensors library (numpy backend).
 
 The header is validated here first (size, JSON, dtypes, offsets in range,
-sorted and non-overlapping, covering the data) because the library accepts
+back to back with no overlap or gap, covering the data) because the library accepts
 overlapping offsets and a malformed file must fail clearly before anything runs.
 """
 
@@ -132,7 +132,7 @@ def _parse_header_json(text: bytes, path: Path) -> dict[str, Any]:
 
 
 def read_layout(path: Path) -> Layout:
-    """Validate the header (size, JSON, dtypes, offsets in range, sorted, non-overlapping, covering the data)."""
+    """Validate the header (size, JSON, dtypes, offsets in range, back to back with no gap, covering the data)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -187,6 +187,11 @@ def read_layout(path: Path) -> Layout:
     for start, end, name, _, _ in spans:
         if start < pos:
             raise FormatError(f"'{path}': tensor '{name}' overlaps the tensor before it (offset {start} < {pos})")
+        if start > pos:  # the library refuses the file: a verified model must be one it loads
+            raise FormatError(
+                f"'{path}': tensor '{name}' starts at offset {start}, leaving {start - pos} unused bytes after the "
+                "tensor before it; the safetensors library refuses such a file (the file is corrupt or edited)"
+            )
         pos = end
     if pos != data_len:
         raise FormatError(f"'{path}': the data section is {data_len} bytes but the tensors cover {pos}")
