@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -296,3 +298,31 @@ def test_corrupt_compressed_npz_is_a_format_error(tmp_path: Path, key_file: Path
     bad = _flip_member_byte(src, 300)
     rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
     assert rc == 3 and "flipped.npz" in err and "Traceback" not in err, (out, err)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_header_promising_more_than_the_file_holds_costs_no_memory(
+    tmp_path: Path, key_file: Path, suffix: str
+) -> None:
+    """A file of a few hundred bytes whose header promises 2 GB is truncated: reading it must not fill 2 GB."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (500_000_000,)})
+    raw = buf.getvalue() + bytes(16)
+    p = tmp_path / f"m{suffix}"
+    if suffix == ".npz":
+        with zipfile.ZipFile(p, "w") as zf:
+            zf.writestr("w.npy", raw)
+    else:
+        p.write_bytes(raw)
+    err_file = tmp_path / "stderr"
+    with open(err_file, "wb") as err_out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "paramseal", "verify", str(p), "--key", str(key_file)],
+            stdout=subprocess.DEVNULL,
+            stderr=err_out,
+        )
+        _, status, usage = os.wait4(child.pid, 0)  # the child's own peak memory, which Popen.wait does not give
+        child.returncode = os.waitstatus_to_exitcode(status)
+    err = err_file.read_text()
+    assert child.returncode == 3 and "truncated" in err, err
+    assert usage.ru_maxrss < 1 << 20, f"{usage.ru_maxrss} KiB at peak"  # KiB on Linux: under 1 GiB

@@ -46,6 +46,7 @@ NPY_TENSOR_NAME = "array"
 
 _NPY_MAGIC = b"\x93NUMPY"
 _BF16 = np.dtype(ml_dtypes.bfloat16)
+_STEP = 64 << 20  # bytes read per call
 _READ_ERRORS = (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError, struct.error, UnicodeDecodeError,
                 SyntaxError, TypeError, MemoryError, zlib.error, NotImplementedError)  # fmt: skip
 
@@ -206,10 +207,13 @@ def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
     for d in shape:
         count *= int(d)
     nbytes = count * dtype.itemsize
-    buf = bytearray(nbytes)  # read in place: a writable array without a second copy of the data
+    # Read in place: a writable array without a second copy of the data. np.empty, not bytearray,
+    # which zero-fills: a header that promises more than the file holds must not cost that memory.
+    buf = np.empty(nbytes, np.uint8)
     view, got = memoryview(buf), 0
     while got < nbytes:
-        n = f.readinto(view[got:])  # type: ignore[attr-defined]
+        # in steps: a zip member's reader copies what each call asks for into a new buffer first
+        n = f.readinto(view[got : got + _STEP])  # type: ignore[attr-defined]
         if not n:
             raise FormatError(f"{what} is truncated: its header promises {nbytes} bytes of data, found {got}")
         got += n
