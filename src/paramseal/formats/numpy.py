@@ -210,7 +210,7 @@ def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
     # Read in place: a writable array without a second copy of the data. np.empty, not bytearray,
     # which zero-fills: a header that promises more than the file holds must not cost that memory.
     buf = np.empty(nbytes, np.uint8)
-    view, got = memoryview(buf), 0
+    view, got = buf.data, 0
     while got < nbytes:
         # in steps: a zip member's reader copies what each call asks for into a new buffer first
         n = f.readinto(view[got : got + _STEP])  # type: ignore[attr-defined]
