@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -420,3 +421,24 @@ def test_a_torchscript_archive_under_another_extension_is_named(tmp_path: Path, 
     jit = Path(silero.__file__).parent / "data" / "silero_vad.jit"
     rc, _, err = helpers.run_cli(["verify", jit, "--key", key_file])
     assert rc == 3 and "TorchScript archive" in err and "state_dict()" in err, err
+
+
+def test_a_torch_archive_named_npz_is_refused(tmp_path: Path, key_file: Path) -> None:
+    """Read by content, it verified intact as a .pt while np.load read an .npy member appended to it."""
+    import zipfile
+
+    torch.save({"w": torch.randn(512, 512)}, tmp_path / "m.pt")
+    assert helpers.run_cli(["seal", tmp_path / "m.pt", tmp_path / "s.pt", "--key", key_file])[0] == 0
+    poly = tmp_path / "poly.npz"
+    shutil.copyfile(tmp_path / "s.pt", poly)
+    with zipfile.ZipFile(poly) as zf:
+        prefix = zf.namelist()[0].split("/")[0]
+    buf = io.BytesIO()
+    np.save(buf, np.full(4, 666.0, np.float32))
+    with zipfile.ZipFile(poly, "a") as zf:
+        zf.writestr(f"{prefix}/w.npy", buf.getvalue())
+    assert any(np.all(v == 666) for v in np.load(poly).values())  # what a .npz loader reads
+    rc, _, err = helpers.run_cli(["verify", poly, "--key", key_file])
+    assert rc == 3 and "named .npz but holds a pytorch file" in err and "rename it to .pt" in err, err
+    shutil.copyfile(tmp_path / "s.pt", tmp_path / "s.bin")  # .bin names no one format: read by content
+    assert helpers.run_cli(["verify", tmp_path / "s.bin", "--key", key_file])[0] == 0

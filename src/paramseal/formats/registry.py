@@ -49,6 +49,13 @@ def adapter_for(path: Path, fmt: str | None = None, *, must_exist: bool = True) 
             head = f.read(4096)
         for a in [*by_ext, *_ADAPTERS.values()]:
             if a.sniff(head):
+                if by_ext and a not in by_ext and suffix != ".bin":  # .bin names no one format
+                    # np.load reads any zip: a torch archive named .npz would verify as one model and
+                    # load as another (its extra .npy members)
+                    raise FormatError(
+                        f"'{path}' is named {suffix} but holds a {a.name} file, which a {suffix} loader would "
+                        f"read differently or not at all; rename it to {a.extensions[0]}"
+                    )
                 return a
     if by_ext:
         return by_ext[0]
