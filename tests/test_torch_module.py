@@ -204,6 +204,15 @@ def test_wrong_key_is_a_key_mismatch_not_a_tamper_report(key: paramseal.Key, oth
         pst.verify_module(net, other_key, seal.header_json)
 
 
+@pytest.mark.parametrize("call", ["verify_module", "recover_module"])
+def test_passing_the_module_seal_instead_of_its_header_text_is_a_usage_error(key: paramseal.Key, call: str) -> None:
+    """seal_module returns a ModuleSeal; passing it whole is the caller's mistake, not an edited header."""
+    net = mlp()
+    seal = pst.seal_module(net, key)
+    with pytest.raises(paramseal.UsageError, match=r"header_json.*not ModuleSeal"):
+        getattr(pst, call)(net, key, seal)
+
+
 def test_module_sealed_in_memory_verifies_after_a_state_dict_round_trip(tmp_path, key: paramseal.Key) -> None:
     """A sealed live module saved with torch.save verifies as a .pt file (header found in the weights)."""
     net = nn.Sequential(nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 64))

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import UnsupportedError
+from .errors import UnsupportedError, UsageError
 from .formats.pytorch import TIED_KEY, import_torch, numpy_to_tensor, tensor_to_numpy, untie
 from .header import Header, parse_header
 from .keys import Key
@@ -162,7 +162,7 @@ def verify_module(module: torch.nn.Module, key: Key, header_json: str | None = N
     """
     live, tied = untie(_state(module))
     arrays = _as_numpy(live)
-    header_json = header_json or header_from_weights(arrays, key)
+    header_json = _header_text(header_json, arrays, key)
     rep = verify(arrays, key, header_json, **_with_ties(kw, header_json, key, tied))
     return _in_place(rep, live, header_json, key)
 
@@ -184,7 +184,7 @@ def recover_module(
     """
     live, tied = untie(_state(module))
     current = _as_numpy(live)
-    header_json = header_json or header_from_weights(current, key)
+    header_json = _header_text(header_json, current, key)
     result = recover(current, key, header_json, **_with_ties(kw, header_json, key, tied))
     rep = _in_place(result.report, live, header_json, key)
     if rep.status == "recovered" or (allow_partial and rep.restored_count):
@@ -192,6 +192,17 @@ def recover_module(
         if result.metadata.get(TIED_KEY) != tied.get(TIED_KEY):
             _retie(module, result.metadata.get(TIED_KEY))
     return rep
+
+
+def _header_text(header_json: str | None, arrays: Mapping[str, NDArray[np.generic]], key: Key) -> str:
+    """The header text given, or the copy in the weights when None; another type is the caller's mistake."""
+    if header_json is not None and not isinstance(header_json, str):
+        # checked here: parsing it first would call a ModuleSeal passed whole an edited header
+        raise UsageError(
+            "header_json must be the seal header text (what seal_module returned as .header_json), "
+            f"not {type(header_json).__name__}"
+        )
+    return header_json or header_from_weights(arrays, key)
 
 
 def _with_ties(kw: dict[str, Any], header_json: str, key: Key, tied: Mapping[str, str]) -> dict[str, Any]:
