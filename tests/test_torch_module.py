@@ -162,6 +162,21 @@ def test_header_is_found_in_the_weights_when_not_given(key: paramseal.Key) -> No
     assert pst.verify_module(net, key).status == "intact"
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.")  # torch.compile's first import
+def test_a_compiled_module_is_checked_as_the_module_it_wraps(key: paramseal.Key) -> None:
+    """torch.compile's wrapper names every entry '_orig_mod.*': each was reported renamed, not recoverable."""
+    net = mlp()
+    h = pst.seal_module(net, key).header_json
+    compiled = torch.compile(net)  # compiles lazily, on the first forward: nothing runs here
+    assert pst.verify_module(compiled, key, h).status == "intact"
+    with torch.no_grad():
+        net[2].weight.view(torch.int32)[7, 7] ^= 1 << 20
+    rep = pst.verify_module(compiled, key, h)
+    assert rep.status == "tampered" and list(rep.tampered_tensors) == ["2.weight"], rep.summary()
+    assert pst.recover_module(compiled, key, h).status == "recovered"
+    assert pst.seal_module(torch.compile(mlp()), key).names == tuple(mlp().state_dict())
+
+
 def test_tied_weights_are_sealed_once_and_stay_tied(key: paramseal.Key) -> None:
     torch.manual_seed(4)
     emb = nn.Embedding(300, 64)

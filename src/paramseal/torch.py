@@ -67,6 +67,10 @@ def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    # torch.compile's wrapper holds the same weights under '_orig_mod.' names: seal and check the module's own
+    inner = getattr(module, "_orig_mod", None)
+    if type(module).__name__ == "OptimizedModule" and isinstance(inner, _torch.nn.Module):
+        module = inner
     return {n: t for n, t in module.state_dict(keep_vars=True).items() if isinstance(t, _torch.Tensor)}
 
 
