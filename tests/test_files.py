@@ -122,6 +122,27 @@ def test_in_place_through_a_symlink_writes_the_file_it_names(
     helpers.assert_model_equal(helpers.read_st(model_file)[0], sealed_t)
 
 
+@pytest.mark.parametrize("ext", [".safetensors", ".npz"])
+def test_in_place_through_a_hub_cache_link_keeps_the_links_format(
+    tmp_path: Path, model: dict[str, np.ndarray], key: paramseal.Key, ext: str
+) -> None:
+    """A hub cache's blob has no extension: the format is the link's name's ('cannot tell the format' of the blob)."""
+    fmt = ext[1:]
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "snapshot").mkdir()
+    blob = tmp_path / "blobs" / "9f86d081884c7d65"
+    files.write_model(blob, Loaded(model, {}), fmt)
+    link = tmp_path / "snapshot" / f"model{ext}"
+    link.symlink_to(Path("..") / "blobs" / blob.name)
+    files.seal_file(link, link, key, in_place=True)
+    assert link.is_symlink() and files.verify_file(link, key).status == "intact"
+    sealed = files.read_model(link)
+    files.write_model(blob, Loaded(helpers.flip_bit(sealed.tensors, "fc.weight", 3, 27), sealed.metadata), fmt)
+    assert files.recover_file(link, link, key, in_place=True).report.status == "recovered"
+    assert link.is_symlink() and sorted(p.name for p in blob.parent.iterdir()) == [blob.name]
+    helpers.assert_model_equal(files.read_model(link).tensors, sealed.tensors)
+
+
 def test_sealing_an_already_sealed_file_is_refused(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
     with pytest.raises(UsageError, match="already sealed"):
         files.seal_file(sealed_file, tmp_path / "twice.safetensors", key)

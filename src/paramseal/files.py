@@ -139,18 +139,24 @@ class _Precopy(threading.Thread):
         self.tmp.unlink(missing_ok=True)
 
 
-def _check_paths(src: Path, dst: Path, in_place: bool) -> Path:
-    """``dst`` as written: an in-place output reached through a symlink is the file it names."""
+def _check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
+    """``dst`` as written, and its format: the one ``dst``'s own name gives (a hub cache's blob has no extension).
+
+    An in-place output reached through a symlink is the file it names: a link replaced by the new
+    file would leave that file as it was.
+    """
     if not src.exists():
         raise UsageError(f"input '{src}' does not exist")
-    if dst.exists() and dst.resolve() == src.resolve():
-        if not in_place:
-            raise UsageError(
-                f"output '{dst}' is the input file; ParamSeal never modifies its input unless you pass --in-place "
-                "(in_place=True)"
-            )
-        return dst.resolve()  # a link replaced by the new file would leave the file it names as it was
-    return dst
+    same = dst.exists() and dst.resolve() == src.resolve()
+    if same and not in_place:
+        raise UsageError(
+            f"output '{dst}' is the input file; ParamSeal never modifies its input unless you pass --in-place "
+            "(in_place=True)"
+        )
+    fmt = adapter_for(dst, must_exist=False).name
+    if same:
+        return dst.resolve(), fmt
+    return dst, fmt
 
 
 def read_model(path: PathLike, fmt: str | None = None) -> Loaded:
@@ -383,7 +389,7 @@ def seal_file(
     """
     s, d = Path(src), Path(dst)
     require_key(key)
-    d = _check_paths(s, d, in_place)
+    d, fmt = _check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
     with _open_model(s) as loaded:
         # a header in the metadata, records in the weights (PyTorch files, stripped metadata, lost copies),
@@ -402,10 +408,10 @@ def seal_file(
         if loaded.graph is not None:  # the graph is sealed with the metadata: a re-pointed node is tampering
             meta[GRAPH_KEY] = loaded.graph
         prog = Progress("seal", 2 * len(loaded.tensors) + 1, enabled=progress)
-        if not _is_safetensors(d, output=True):
+        if fmt != "safetensors":
             sealed = cfg.seal(loaded.tensors, key, metadata=meta, progress=prog)
             prog.done()
-            write_model(d, Loaded(sealed.tensors, {**meta, METADATA_KEY: sealed.header_json}, loaded.source))
+            write_model(d, Loaded(sealed.tensors, {**meta, METADATA_KEY: sealed.header_json}, loaded.source), fmt)
             return SealedFile(d, sealed.header_json, sealed.header)
         done = with_non_finite(loaded.tensors, lambda plain: _seal_stream(loaded, d, key, cfg, meta, prog, plain))
         prog.done()
@@ -487,10 +493,10 @@ def recover_file(
     as in `verify_file`; the output then carries it.
     """
     s, d = Path(src), Path(dst)
-    d = _check_paths(s, d, in_place)
+    d, fmt = _check_paths(s, d, in_place)
     pre: _Precopy | None = None
     patch_here = in_place and s.is_file() and d.exists() and s.resolve() == d.resolve() and _is_safetensors(s)
-    if s.is_file() and _is_safetensors(s) and _is_safetensors(d, output=True) and not patch_here:
+    if s.is_file() and _is_safetensors(s) and fmt == "safetensors" and not patch_here:
         pre = _Precopy(s, temp_beside(d))
         pre.start()
     try:
@@ -519,11 +525,11 @@ def recover_file(
                     return RecoveredFile(d, rec.report, rec.metadata)
                 pre.cancel()  # free its disk space before the output is written another way
                 pre = None
-            if _is_safetensors(d, output=True):
+            if fmt == "safetensors":
                 _write_recovered(d, chk, rec, out_meta)
             else:
                 result = recover_from_plan(chk, rec)
-                write_model(d, Loaded(result.tensors, out_meta, loaded.source))
+                write_model(d, Loaded(result.tensors, out_meta, loaded.source), fmt)
         return RecoveredFile(d, rec.report, rec.metadata)
     finally:
         if pre is not None:
