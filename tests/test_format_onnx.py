@@ -662,6 +662,18 @@ def test_in_place_seal_and_recover_of_a_model_with_external_data(
     assert files.verify_file(ext_file, key).status == "intact"
 
 
+def test_in_place_through_a_link_into_another_folder_keeps_the_external_data_beside_the_link(
+    tmp_path: Path, ext_file: Path, key: paramseal.Key
+) -> None:
+    """A reader finds external data beside the name it opens: side files written beside the link's target were lost."""
+    (tmp_path / "blobs").mkdir()
+    blob = ext_file.rename(tmp_path / "blobs" / "ext.onnx")
+    ext_file.symlink_to(blob)
+    files.seal_file(ext_file, ext_file, key, in_place=True)
+    assert files.verify_file(ext_file, key).status == "intact"
+    assert [p.name for p in blob.parent.iterdir()] == ["ext.onnx"]
+
+
 def test_a_sealed_model_is_never_written_as_a_graphless_onnx(
     tmp_path: Path, model_file: Path, key: paramseal.Key, key_file: Path
 ) -> None:

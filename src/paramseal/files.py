@@ -143,7 +143,8 @@ def _check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
     """``dst`` as written, and its format: the one ``dst``'s own name gives (a hub cache's blob has no extension).
 
     An in-place output reached through a symlink is the file it names: a link replaced by the new
-    file would leave that file as it was.
+    file would leave that file as it was. Not for ONNX in another folder: a reader finds the external
+    data beside the link, and the side files would be written beside the file it names.
     """
     if not src.exists():
         raise UsageError(f"input '{src}' does not exist")
@@ -154,7 +155,7 @@ def _check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
             "(in_place=True)"
         )
     fmt = adapter_for(dst, must_exist=False).name
-    if same:
+    if same and (fmt != "onnx" or dst.resolve().parent == dst.parent.resolve()):
         return dst.resolve(), fmt
     return dst, fmt
 
