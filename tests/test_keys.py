@@ -153,6 +153,14 @@ def test_key_text_near_miss_passed_as_the_key_file_path_is_not_echoed(
     assert key.secret.hex()[-16:] not in (out + err).lower()
 
 
+def test_a_missing_key_file_under_a_folder_named_by_a_hash_is_named(tmp_path: Path) -> None:
+    """A hub snapshot folder is named by a 40-digit commit hash: its path was hidden as if it were a key."""
+    missing = tmp_path / "snapshots" / ("0123456789abcdef" * 3)[:40] / "paramseal.key"
+    with pytest.raises(KeyFileError, match="does not exist") as ei:
+        paramseal.load_key(missing)
+    assert str(missing) in str(ei.value)
+
+
 def test_an_endless_key_file_is_refused_not_read_forever() -> None:
     """`--key /dev/zero` (a slip, or a hostile path): a bounded read, a clear error, no hang or memory blow-up."""
     if not Path("/dev/zero").exists():

@@ -101,8 +101,9 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
             )
         return Key.from_text(env, source=f"the {ENV_VAR} variable")
     p = Path(path)
-    # `--key "$(cat my.key)"`, or a key pasted with "0x", quotes or a digit too few: never to be quoted
-    if (_is_key_text(os.fspath(p)) or _KEYISH.search(os.fspath(p))) and not p.exists():
+    # `--key "$(cat my.key)"`, or a key pasted with "0x", quotes or a digit too few: never to be quoted.
+    # The last name only: a folder named by a commit hash (a hub snapshot) is a path, not a key.
+    if (_is_key_text(os.fspath(p)) or _KEYISH.search(p.name)) and not p.exists():
         raise KeyFileError(
             "the key was given where the path of a key file belongs (no such file; the text is not shown); "
             f"pass the file 'paramseal keygen' wrote, or put the key in the {ENV_VAR} variable"
