@@ -142,3 +142,29 @@ def test_raise_for_status_maps_the_report_to_the_exported_errors(key: paramseal.
         rep.raise_for_status()
     assert ei2.value.exit_code == 2
     paramseal.recover(flipped, key, sealed.header_json).report.raise_for_status()  # recovered: whole
+
+
+def test_sealing_sealed_tensors_again_is_refused_unless_reseal(key: paramseal.Key) -> None:
+    """The file API refused this while paramseal.seal sealed again silently: tampering laundered by a reseal."""
+    rng = np.random.default_rng(0)
+    sealed = paramseal.seal({"w": rng.standard_normal((256, 256)).astype(np.float32)}, key)
+    tampered = {"w": sealed.tensors["w"].copy()}
+    tampered["w"][3, 3] = 7.0
+    with pytest.raises(paramseal.UsageError, match="already sealed"):
+        paramseal.seal(tampered, key)
+    again = paramseal.seal(tampered, key, reseal=True)
+    assert paramseal.verify(again.tensors, key, again.header_json).status == "intact"
+
+
+def test_sealing_a_sealed_module_again_is_refused_unless_reseal(key: paramseal.Key) -> None:
+    torch = pytest.importorskip("torch")
+    pst = pytest.importorskip("paramseal.torch")
+    torch.manual_seed(0)
+    net = torch.nn.Linear(256, 256)
+    pst.seal_module(net, key)
+    before = net.weight.detach().clone()
+    with pytest.raises(paramseal.UsageError, match="already sealed"):
+        pst.seal_module(net, key)
+    assert torch.equal(net.weight, before)  # untouched
+    h = pst.seal_module(net, key, reseal=True).header_json
+    assert pst.verify_module(net, key, h).status == "intact"

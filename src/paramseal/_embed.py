@@ -284,6 +284,11 @@ def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
             return
 
 
+def carries_seal(tensors: Mapping[str, NDArray[np.generic]]) -> bool:
+    """Whether the weights hold a seal's traces: a record, or a header copy where seal puts one."""
+    return sealed_traces(tensors)[0] > 0 or next(located_copies(tensors), None) is not None
+
+
 def located_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
     """Header texts from copies whose record is gone (a burst over a carrier's first blocks), found where seal put them.
 

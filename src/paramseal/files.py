@@ -148,6 +148,7 @@ def _check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
     """
     if not src.exists():
         raise UsageError(f"input '{src}' does not exist")
+    _require_file(src)  # what is wrong with the input is said before what the output's name lacks
     same = dst.exists() and dst.resolve() == src.resolve()
     if same and not in_place:
         raise UsageError(
@@ -395,11 +396,7 @@ def seal_file(
     with _open_model(s) as loaded:
         # a header in the metadata, records in the weights (PyTorch files, stripped metadata, lost copies),
         # or header copies where a seal puts them (their records zeroed)
-        if not reseal and (
-            METADATA_KEY in loaded.metadata
-            or _embed.sealed_traces(loaded.tensors)[0]
-            or next(_embed.located_copies(loaded.tensors), None) is not None
-        ):
+        if not reseal and (METADATA_KEY in loaded.metadata or _embed.carries_seal(loaded.tensors)):
             raise UsageError(
                 f"'{s}' is already sealed; verify or recover it, or pass --reseal to replace its seal "
                 "(after a change to its weights that you approved)"

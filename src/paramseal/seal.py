@@ -568,9 +568,23 @@ def seal(
     level: str = "standard",
     bits: int | None = None,
     metadata: Mapping[str, str] | None = None,
+    reseal: bool = False,
 ) -> SealedModel:
-    """Seal ``tensors`` with the default configuration at ``level`` (or explicit ``bits``)."""
+    """Seal ``tensors`` with the default configuration at ``level`` (or explicit ``bits``).
+
+    Tensors that carry a seal already are refused unless ``reseal`` (as ``seal --reseal``).
+    """
+    refuse_sealed(tensors, reseal)
     return SealConfig(level=level, bits=bits).seal(tensors, key, metadata=metadata)
+
+
+def refuse_sealed(tensors: Mapping[str, NDArray[np.generic]], reseal: bool) -> None:
+    """A UsageError for weights that carry a seal, unless ``reseal``: sealing again would hide tampering."""
+    if not reseal and _embed.carries_seal(tensors):
+        raise UsageError(
+            "the model is already sealed; verify or recover it, or pass reseal=True to replace its seal "
+            "(after a change to its weights that you approved)"
+        )
 
 
 __all__ = [
@@ -579,6 +593,7 @@ __all__ = [
     "TensorSpec",
     "probe_header",
     "read_blocks",
+    "refuse_sealed",
     "seal",
     "seal_flat",
     "write_blocks",

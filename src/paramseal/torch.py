@@ -43,7 +43,7 @@ from .header import Header, parse_header
 from .keys import Key
 from .recover import recover
 from .report import Report
-from .seal import SealConfig
+from .seal import SealConfig, refuse_sealed
 from .verify import header_from_weights, verify
 
 _torch = import_torch("paramseal.torch")
@@ -144,15 +144,18 @@ def seal_module(
     level: str = "standard",
     bits: int | None = None,
     metadata: Mapping[str, str] | None = None,
+    reseal: bool = False,
 ) -> ModuleSeal:
     """Seal ``module`` in place (its low mantissa bits change once) and return the header to keep.
 
     Raises like :func:`paramseal.seal` (for example UnsupportedError when every float tensor
-    holds NaN/Inf); on error the module is left unchanged.
+    holds NaN/Inf, UsageError when it is sealed already and not ``reseal``); on error the
+    module is left unchanged.
     """
     live, tied = untie(_state(module))
     # the tied names are sealed as the .pt reader finds them: torch.save(module.state_dict()) then verifies
     arrays = _as_numpy(live)
+    refuse_sealed(arrays, reseal)
     sealed = SealConfig(level=level, bits=bits).seal(arrays, key, metadata={**(metadata or {}), **tied})
     _write_back(live, {n: a for n, a in sealed.tensors.items() if not _same(a, arrays[n])})
     return ModuleSeal(sealed.header_json, sealed.header, tuple(live))
