@@ -143,6 +143,24 @@ def test_in_place_through_a_hub_cache_link_keeps_the_links_format(
     helpers.assert_model_equal(files.read_model(link).tensors, sealed.tensors)
 
 
+@pytest.mark.parametrize("ext", [".safetensors", ".npz"])
+def test_in_place_through_a_link_without_an_extension_takes_the_files_format(
+    tmp_path: Path, model: dict[str, np.ndarray], key: paramseal.Key, ext: str
+) -> None:
+    """'model' -> 'model.safetensors': 'cannot tell the format of model' once the link's name alone was asked."""
+    target = tmp_path / f"model{ext}"
+    files.write_model(target, Loaded(model, {}))
+    link = tmp_path / "model"
+    link.symlink_to(target.name)
+    files.seal_file(link, link, key, in_place=True)
+    assert link.is_symlink() and files.verify_file(target, key).status == "intact"
+    sealed = files.read_model(target)
+    files.write_model(target, Loaded(helpers.flip_bit(sealed.tensors, "fc.weight", 3, 27), sealed.metadata))
+    assert files.recover_file(link, link, key, in_place=True).report.status == "recovered"
+    assert link.is_symlink()
+    helpers.assert_model_equal(files.read_model(target).tensors, sealed.tensors)
+
+
 def test_sealing_an_already_sealed_file_is_refused(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:
     with pytest.raises(UsageError, match="already sealed"):
         files.seal_file(sealed_file, tmp_path / "twice.safetensors", key)

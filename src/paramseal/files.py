@@ -155,7 +155,15 @@ def _check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
             f"output '{dst}' is the input file; ParamSeal never modifies its input unless you pass --in-place "
             "(in_place=True)"
         )
-    fmt = adapter_for(dst, must_exist=False).name
+    try:
+        fmt = adapter_for(dst, must_exist=False).name
+    except FormatError as e:
+        if not same:
+            raise
+        try:  # in place through a link without an extension ('model' -> 'model.safetensors'): the file's name
+            fmt = adapter_for(dst.resolve(), must_exist=False).name
+        except FormatError:
+            raise e from None
     if same and (fmt != "onnx" or dst.resolve().parent == dst.parent.resolve()):
         return dst.resolve(), fmt
     return dst, fmt
