@@ -44,7 +44,10 @@ ST_ROOM_LIMIT = 10**15  # recorded safetensors header lengths stay below it: the
 
 @dataclass(frozen=True, slots=True)
 class SealConfig:
-    """How to seal. ``SealConfig().seal(t, key)`` is exactly ``paramseal.seal(t, key)``."""
+    """How to seal. ``SealConfig().seal(t, key)`` is exactly ``paramseal.seal(t, key, reseal=True)``.
+
+    It does not refuse weights that carry a seal already, as `seal` (and `files.seal_file`) do.
+    """
 
     level: str = "standard"
     bits: int | None = None
