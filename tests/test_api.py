@@ -6,6 +6,7 @@ import __future__
 import doctest
 import inspect
 import types
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +155,29 @@ def test_sealing_sealed_tensors_again_is_refused_unless_reseal(key: paramseal.Ke
         paramseal.seal(tampered, key)
     again = paramseal.seal(tampered, key, reseal=True)
     assert paramseal.verify(again.tensors, key, again.header_json).status == "intact"
+
+
+def test_seal_reads_each_tensor_of_a_mapping_once(key: paramseal.Key) -> None:
+    """The check for a seal read a lazy mapping's tensors again and again (20 times each: 20 reads of a model)."""
+
+    class Lazy(Mapping[str, np.ndarray]):
+        def __init__(self, d: dict[str, np.ndarray]) -> None:
+            self.d, self.reads = d, 0
+
+        def __getitem__(self, name: str) -> np.ndarray:
+            self.reads += 1
+            return self.d[name].copy()
+
+        def __iter__(self) -> Iterator[str]:
+            return iter(self.d)
+
+        def __len__(self) -> int:
+            return len(self.d)
+
+    rng = np.random.default_rng(0)
+    lazy = Lazy({f"t{i}": rng.standard_normal((256, 256)).astype(np.float32) for i in range(6)})
+    paramseal.seal(lazy, key)
+    assert lazy.reads == 6
 
 
 def test_sealing_a_sealed_module_again_is_refused_unless_reseal(key: paramseal.Key) -> None:

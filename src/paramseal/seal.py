@@ -577,8 +577,9 @@ def seal(
 
     Tensors that carry a seal already are refused unless ``reseal`` (as ``seal --reseal``).
     """
-    refuse_sealed(tensors, reseal)
-    return SealConfig(level=level, bits=bits).seal(tensors, key, metadata=metadata)
+    arrays = _model.as_mapping(tensors)  # once: the check and the seal read a lazy mapping's tensors again
+    refuse_sealed(arrays, reseal)
+    return SealConfig(level=level, bits=bits).seal(arrays, key, metadata=metadata)
 
 
 def refuse_sealed(tensors: Mapping[str, NDArray[np.generic]], reseal: bool) -> None:
