@@ -794,3 +794,5 @@ def test_a_usage_error_with_json_prints_the_error_document(tmp_path: Path) -> No
         doc = json.loads(out)
         assert rc == 3 and doc["exit_code"] == 3 and doc["status"] == "error", (argv, out, err)
         assert "paramseal verify" in doc["error"] and "usage:" in err
+    rc, out, err = run(["keygen", "k.key", "--json"])  # a command without --json prints no document
+    assert rc == 3 and out == "" and "unrecognized arguments: --json" in err

@@ -180,7 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra:  # argparse reports these with the top-level usage, which lists none of the command's options
             ap.commands[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
     except _UsageExit as e:
-        if "--json" in map(str, sys.argv[1:] if argv is None else argv):
+        given = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
+        cmd = next((ap.commands[a] for a in given if a in ap.commands), None)
+        if "--json" in given and (cmd is None or "--json" in cmd._option_string_actions):  # keygen has none
             _error_doc(3, e.message)
         raise
     for stream in (sys.stdout, sys.stderr):  # a name from the file may hold a lone surrogate: print it escaped
