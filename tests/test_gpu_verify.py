@@ -438,6 +438,17 @@ def test_notes_of_a_header_read_from_the_weights_are_the_cpu_engines(key: params
     assert len(rep.notes) == 1  # the header's origin only: the ties were checked against their digest
 
 
+def test_a_tied_modules_state_dict_is_refused_saying_to_pass_the_module(key: paramseal.Key) -> None:
+    """It said only "'head.weight' is not in the seal", though the weights were the sealed ones."""
+    torch.manual_seed(0)
+    net = torch.nn.ModuleDict({"emb": torch.nn.Embedding(300, 64), "head": torch.nn.Linear(64, 300, bias=False)})
+    net["head"].weight = net["emb"].weight
+    h = pst.seal_module(net, key).header_json
+    with pytest.raises(paramseal.TamperedError, match="tied tensors, which a seal holds once: pass the module"):
+        gpu.GpuVerifier(net.state_dict(), key, h)
+    assert gpu.GpuVerifier(net, key, h).check().ok
+
+
 @needs_cuda
 def test_a_tensor_moved_to_another_device_is_a_usage_error(key: paramseal.Key) -> None:
     state, header = seal_state(model_of("F32"), key)

@@ -155,6 +155,9 @@ class GpuVerifier:
 
     The verifier keeps a reference to the module or mapping and reads its current
     tensors at every check, so parameters replaced since are checked, not stale copies.
+    A mapping is checked name by name, ties included: a tied module's ``state_dict()`` holds
+    a name the seal does not (it sealed the tied tensor once), so pass the module itself,
+    whose ties are checked as `paramseal.torch.verify_module` checks them.
     """
 
     def __init__(
@@ -288,7 +291,10 @@ class GpuVerifier:
                 issues.append(f"'{spec.name}' has dtype {dt}, sealed as {spec.dtype}")
             elif tuple(x.shape) != spec.shape:
                 issues.append(f"'{spec.name}' has shape {list(x.shape)}, sealed as {list(spec.shape)}")
-        issues += [f"'{n}' is not in the seal" for n in tensors if n not in names]
+        extra = [n for n in tensors if n not in names]
+        issues += [f"'{n}' is not in the seal" for n in extra]
+        if extra and isinstance(self._source, Mapping) and untie(dict(tensors))[1]:
+            issues.append("the mapping holds tied tensors, which a seal holds once: pass the module itself")
         if issues:
             report = cpu_verify(_host(tensors), self._key, self._header_json)
             raise TamperedError(
