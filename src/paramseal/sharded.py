@@ -133,7 +133,8 @@ def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None)
         initargs=(share, os.getpid()),
     ) as pool:
         try:
-            futures = [pool.submit(_guarded, fn, *j) for j in jobs]
+            with _sigint_blocked():  # the workers start here and inherit the mask (see _start_worker)
+                futures = [pool.submit(_guarded, fn, *j) for j in jobs]
             out = [f.result() for f in futures]
         except BaseException:  # Ctrl-C, SIGTERM: stop the shards being written, do not wait for them
             for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public way to
@@ -146,9 +147,24 @@ def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None)
     return out  # type: ignore[return-value]  # no _Raised is left
 
 
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread: a worker it starts keeps it pending, not a traceback from its imports."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no masks
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _start_worker(mib: int, parent: int) -> None:
     os.environ["PARAMSEAL_SCRATCH_MIB"] = str(mib)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    if hasattr(signal, "pthread_sigmask"):  # blocked since spawn: one sent meanwhile is discarded now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     threading.Thread(target=_exit_without, args=(parent,), name="paramseal-parent", daemon=True).start()
 
 
