@@ -7,6 +7,7 @@ never modified unless the caller passes the same path with ``in_place=True``.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _embed, _model, _outer, _strata
+from . import _embed, _outer, _strata
 from ._bits import uint_view
 from ._layout import TensorSpec, block_count
 from ._pages import Workspace, chunks, copy_range, release
@@ -585,10 +586,10 @@ def _patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str,
     if _sealed_room(chk, meta) not in (0, room):
         return False
     try:
-        fd = os.open(tmp, os.O_WRONLY)
+        fd = os.open(tmp, os.O_RDWR)
         try:
             for t, patch in rec.patches.items():
-                _pwrite_patch(fd, lay.data_start + lay.entries[t].start, chk.specs[t], patch, chk.blocks[t])
+                _pwrite_patch(fd, lay.data_start + lay.entries[t].start, chk.specs[t], patch)
             raw = struct.pack("<Q", room) + head.ljust(room, b" ")
             done = 0
             while done < len(raw):  # pwrite may write less than asked
@@ -639,10 +640,10 @@ def _patch_in_place(path: Path, chk: Check, rec: Recovery, meta: dict[str, str])
     if not rec.patches:
         return True
     try:
-        fd = os.open(path, os.O_WRONLY)
+        fd = os.open(path, os.O_RDWR)
         try:
             for t, patch in rec.patches.items():
-                _pwrite_patch(fd, lay.data_start + lay.entries[t].start, chk.specs[t], patch, chk.blocks[t])
+                _pwrite_patch(fd, lay.data_start + lay.entries[t].start, chk.specs[t], patch)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -655,43 +656,46 @@ _DENSE_RUNS = 4096  # runs of rebuilt blocks past which a tensor's patch goes ou
 _WINDOW = 1 << 16  # blocks per window (16 MiB of fp32)
 
 
-def _pwrite_patch(fd: int, at: int, spec: TensorSpec, patch: Patch, blocks: _model.Blocks) -> None:
-    """Write a patch's rebuilt blocks at byte ``at`` (the tensor's start) of a file.
+def _pwrite_patch(fd: int, at: int, spec: TensorSpec, patch: Patch) -> None:
+    """Write a patch's rebuilt blocks at byte ``at`` (the tensor's start) of a file open for reading and writing.
 
     One call per run of blocks; past `_DENSE_RUNS` runs (scattered damage: a million of them at
     1% of a 1 GiB model, seconds of Python and syscalls) one call per window instead, from the
-    first rebuilt block in it to the last, the blocks between taken from ``blocks`` (the file's
-    own content, as read).
+    first rebuilt block in it to the last, the blocks between read back from the file itself
+    (with pread: through a mapping its pages would count against the process).
     """
     item = patch.new.dtype.itemsize
     rows = patch.rows
     cuts = np.flatnonzero(np.diff(rows) != 1) + 1
     if cuts.size < _DENSE_RUNS:
-        spans = zip(np.r_[0, cuts].tolist(), np.r_[cuts, rows.size].tolist(), strict=True)
-        parts = ((int(rows[a]), int(rows[b - 1]) + 1, patch.new[a:b]) for a, b in spans)
+        spans: Iterator[tuple[int, int]] = zip(np.r_[0, cuts].tolist(), np.r_[cuts, rows.size].tolist(), strict=True)
     else:
-        edges = np.searchsorted(rows, np.arange(0, int(rows[-1]) + _WINDOW + 1, _WINDOW))
-        parts = (
-            _windowed(rows[a:b], patch.new[a:b], blocks) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a
-        )
-    for r0, r1, new in parts:
+        edges = np.searchsorted(rows, np.arange(0, int(rows[-1]) + _WINDOW + 1, _WINDOW)).tolist()
+        spans = ((a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a)
+    for a, b in spans:
+        r0, r1 = int(rows[a]), int(rows[b - 1]) + 1
         n0, n1 = r0 * BLOCK, min(r1 * BLOCK, spec.numel)
         if n1 <= n0:
             continue
+        new = patch.new[a:b]
+        if r1 - r0 != b - a:  # a window with blocks between its rebuilt ones: read them, then write the span
+            span = np.zeros((r1 - r0, new.shape[1]), new.dtype)
+            _pread_into(fd, span.reshape(-1)[: n1 - n0].view(np.uint8).data, at + n0 * item)
+            span[rows[a:b] - r0] = new
+            new = span
         buf = np.ascontiguousarray(new).reshape(-1)[: n1 - n0].view(np.uint8).data
         done = 0
         while done < len(buf):  # pwrite may write less than asked
             done += os.pwrite(fd, buf[done:], at + n0 * item + done)
 
 
-def _windowed(
-    rows: NDArray[np.int64], new: NDArray[np.generic], blocks: _model.Blocks
-) -> tuple[int, int, _model.Blocks]:
-    """Blocks ``rows[0]`` to ``rows[-1]`` as one span: the rebuilt ones from ``new``, the others from ``blocks``."""
-    r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    span = np.array(blocks[r0:r1])
-    span[rows - r0] = new
-    return r0, r1, span
+def _pread_into(fd: int, buf: memoryview, at: int) -> None:
+    done = 0
+    while done < len(buf):  # pread may read less than asked
+        n = os.preadv(fd, [buf[done:]], at + done)
+        if n == 0:
+            raise OSError(errno.EIO, "the file ended before the blocks to patch")
+        done += n
 
 
 def _write_recovered(dst: Path, chk: Check, rec: Recovery, meta: dict[str, str]) -> None:
