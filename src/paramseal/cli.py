@@ -18,7 +18,7 @@ from contextlib import contextmanager, nullcontext
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from . import __version__, _cli_eval, _kernels, files, sharded
 from ._layout import TensorSpec
@@ -409,7 +409,9 @@ def _pct(fraction: float) -> str:
 
 
 def _inspect_text(info: dict[str, object]) -> str:
-    lines = [f"{info['file']}: {_count(int(str(info['tensors'])), 'tensor')}, parameters by dtype {info['parameters']}"]
+    lines = [
+        f"{info['file']}: {_count(cast(int, info['tensors']), 'tensor')}, parameters by dtype {info['parameters']}"
+    ]
     blocks = info.get("blocks")
     if isinstance(blocks, int) and blocks < FEW_BLOCKS:
         lines.append(

@@ -751,17 +751,17 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
     found: str | None = None
     why = ""
     try:
-        if p.suffix.lower() != ".json":
-            try:
-                adapter_for(p)
-            except FormatError as e:  # "cannot tell the format" alone does not say what a header source is
-                why = "a seal header is read from a sealed model file or a .json header file"
-                raise UsageError(f"{e}; {why}") from None
         if p.suffix.lower() == ".json":
             texts = [p.read_text(encoding="utf-8").strip()]  # the output carries it: a saved newline dropped
             if key is not None:
                 found, why = _first_authentic(texts, key)
         else:
+            try:
+                adapter_for(p)
+            except FormatError as e:  # "cannot tell the format" alone does not say what a header source is
+                raise UsageError(
+                    f"{e}; a seal header is read from a sealed model file or a .json header file"
+                ) from None
             with _open_model(p) as loaded:
                 texts = [loaded.metadata[METADATA_KEY]] if METADATA_KEY in loaded.metadata else []
                 texts += [t for _, t in _embed.header_copies(loaded.tensors)]
