@@ -534,3 +534,31 @@ def test_scattered_patches_are_written_a_window_at_a_time(
         assert got_meta == meta
         windows = -(-(512 * 1024 // 64) // window)
         assert len(calls) <= windows + 1, len(calls)  # the header's call too (new file)
+
+
+def test_sparse_patches_past_the_run_count_do_not_rewrite_the_blocks_far_between(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many runs spread over a large tensor rewrote every window whole (GiBs written, a reflinked copy unshared)."""
+    rng = np.random.default_rng(6)
+    model = {"w": rng.standard_normal((512, 1024)).astype(np.float32)}
+    sealed, t, meta = _sealed(tmp_path, model, key)
+    flips = [("w", (i * 1000 + 17) * 64 + 5, 20) for i in range(8)]  # 8 blocks, 1000 blocks apart
+    monkeypatch.setattr(files, "_DENSE_RUNS", 4)
+    real, wrote = os.pwrite, []
+
+    def counted(fd: int, data: object, at: int) -> int:
+        wrote.append(len(data))  # type: ignore[arg-type]
+        return real(fd, data, at)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(files.os, "pwrite", counted)
+    for in_place in (False, True):
+        p = _edited_copy(sealed, tmp_path / "bad.safetensors", flips, meta)
+        out = p if in_place else tmp_path / "out.safetensors"
+        wrote.clear()
+        assert files.recover_file(p, out, key, in_place=in_place).report.status == "recovered"
+        got, got_meta = helpers.read_st(out)
+        helpers.assert_model_equal(got, t)
+        assert got_meta == meta
+        blocks = sum(wrote) - (0 if in_place else _room(sealed) + 8)
+        assert blocks <= 8 * 64 * 4, blocks  # the 8 rebuilt blocks, not the 7000 between

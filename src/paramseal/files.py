@@ -654,31 +654,32 @@ def _patch_in_place(path: Path, chk: Check, rec: Recovery, meta: dict[str, str])
 
 _DENSE_RUNS = 4096  # runs of rebuilt blocks past which a tensor's patch goes out in windows
 _WINDOW = 1 << 16  # blocks per window (16 MiB of fp32)
+_GAP = 64 << 10  # bytes between two runs of a window past which they go out apart
 
 
 def _pwrite_patch(fd: int, at: int, spec: TensorSpec, patch: Patch) -> None:
     """Write a patch's rebuilt blocks at byte ``at`` (the tensor's start) of a file open for reading and writing.
 
     One call per run of blocks; past `_DENSE_RUNS` runs (scattered damage: a million of them at
-    1% of a 1 GiB model, seconds of Python and syscalls) one call per window instead, from the
-    first rebuilt block in it to the last, the blocks between read back from the file itself
-    (with pread: through a mapping its pages would count against the process).
+    1% of a 1 GiB model, seconds of Python and syscalls) the runs of a window less than `_GAP`
+    apart go out as one call, the blocks between read back from the file itself (with pread:
+    through a mapping its pages would count against the process). Runs far apart still go out
+    apart: a few thousand spread over a large tensor would otherwise rewrite all of it.
     """
     item = patch.new.dtype.itemsize
     rows = patch.rows
-    cuts = np.flatnonzero(np.diff(rows) != 1) + 1
-    if cuts.size < _DENSE_RUNS:
-        spans: Iterator[tuple[int, int]] = zip(np.r_[0, cuts].tolist(), np.r_[cuts, rows.size].tolist(), strict=True)
-    else:
-        edges = np.searchsorted(rows, np.arange(0, int(rows[-1]) + _WINDOW + 1, _WINDOW)).tolist()
-        spans = ((a, b) for a, b in zip(edges[:-1], edges[1:], strict=True) if b > a)
-    for a, b in spans:
+    step = np.diff(rows)
+    cuts = np.flatnonzero(step != 1) + 1
+    if cuts.size >= _DENSE_RUNS:
+        near = step <= max(1, _GAP // (BLOCK * item)) + 1
+        cuts = np.flatnonzero(~near | (np.diff(rows // _WINDOW) != 0)) + 1
+    for a, b in zip(np.r_[0, cuts].tolist(), np.r_[cuts, rows.size].tolist(), strict=True):
         r0, r1 = int(rows[a]), int(rows[b - 1]) + 1
         n0, n1 = r0 * BLOCK, min(r1 * BLOCK, spec.numel)
         if n1 <= n0:
             continue
         new = patch.new[a:b]
-        if r1 - r0 != b - a:  # a window with blocks between its rebuilt ones: read them, then write the span
+        if r1 - r0 != b - a:  # runs with blocks between them: read those, then write the span
             span = np.zeros((r1 - r0, new.shape[1]), new.dtype)
             _pread_into(fd, span.reshape(-1)[: n1 - n0].view(np.uint8).data, at + n0 * item)
             span[rows[a:b] - r0] = new
