@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import helpers
@@ -505,46 +506,12 @@ def test_read_ahead_raises_a_read_s_error_at_its_item_and_stops_reading() -> Non
     assert seen == [0, 1] and max(started) <= 3  # at most one read past the failed one
 
 
-@pytest.mark.parametrize("window", [1 << 16, 7])
-def test_scattered_patches_are_written_a_window_at_a_time(
-    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, window: int
-) -> None:
-    """One pwrite per run of rebuilt blocks was a million calls (seconds) at 1% scattered of a 1 GiB model."""
-    rng = np.random.default_rng(5)
-    model = {"w": rng.standard_normal((512, 1024)).astype(np.float32), "b": rng.standard_normal(300).astype(np.float32)}
+def _recovered_both_ways(
+    tmp_path: Path, key: paramseal.Key, model: dict, flips: list[tuple[str, int, int]], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[int, list[int]]]:
+    """Seal ``model``, apply ``flips``, recover to a new file and then in place, each checked against
+    the sealed model: ``(header bytes written, length of every pwrite)``."""
     sealed, t, meta = _sealed(tmp_path, model, key)
-    spots = rng.choice(512 * 1024, 800, replace=False)  # about 800 runs of one block: 4 copies of the model's
-    flips = [("w", int(i), int(rng.integers(0, 32))) for i in spots]
-    monkeypatch.setattr(files, "_DENSE_RUNS", 100)
-    monkeypatch.setattr(files, "_WINDOW", window)
-    real, calls = os.pwrite, []
-
-    def counted(fd: int, data: object, at: int) -> int:
-        calls.append(at)
-        return real(fd, data, at)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(files.os, "pwrite", counted)
-    for in_place in (False, True):
-        p = _edited_copy(sealed, tmp_path / "bad.safetensors", flips, meta)
-        out = p if in_place else tmp_path / "out.safetensors"
-        calls.clear()
-        assert files.recover_file(p, out, key, in_place=in_place).report.status == "recovered"
-        got, got_meta = helpers.read_st(out)
-        helpers.assert_model_equal(got, t)
-        assert got_meta == meta
-        windows = -(-(512 * 1024 // 64) // window)
-        assert len(calls) <= windows + 1, len(calls)  # the header's call too (new file)
-
-
-def test_sparse_patches_past_the_run_count_do_not_rewrite_the_blocks_far_between(
-    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Many runs spread over a large tensor rewrote every window whole (GiBs written, a reflinked copy unshared)."""
-    rng = np.random.default_rng(6)
-    model = {"w": rng.standard_normal((512, 1024)).astype(np.float32)}
-    sealed, t, meta = _sealed(tmp_path, model, key)
-    flips = [("w", (i * 1000 + 17) * 64 + 5, 20) for i in range(8)]  # 8 blocks, 1000 blocks apart
-    monkeypatch.setattr(files, "_DENSE_RUNS", 4)
     real, wrote = os.pwrite, []
 
     def counted(fd: int, data: object, at: int) -> int:
@@ -560,5 +527,32 @@ def test_sparse_patches_past_the_run_count_do_not_rewrite_the_blocks_far_between
         got, got_meta = helpers.read_st(out)
         helpers.assert_model_equal(got, t)
         assert got_meta == meta
-        blocks = sum(wrote) - (0 if in_place else _room(sealed) + 8)
+        yield 0 if in_place else _room(sealed) + 8, list(wrote)
+
+
+@pytest.mark.parametrize("window", [1 << 16, 7])
+def test_scattered_patches_are_written_a_window_at_a_time(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, window: int
+) -> None:
+    """One pwrite per run of rebuilt blocks was a million calls (seconds) at 1% scattered of a 1 GiB model."""
+    rng = np.random.default_rng(5)
+    model = {"w": rng.standard_normal((512, 1024)).astype(np.float32), "b": rng.standard_normal(300).astype(np.float32)}
+    spots = rng.choice(512 * 1024, 800, replace=False)  # about 800 runs of one block: 4 copies of the model's
+    monkeypatch.setattr(files, "_DENSE_RUNS", 100)
+    monkeypatch.setattr(files, "_WINDOW", window)
+    flips = [("w", int(i), int(rng.integers(0, 32))) for i in spots]
+    for header, wrote in _recovered_both_ways(tmp_path, key, model, flips, monkeypatch):
+        windows = -(-(512 * 1024 // 64) // window)
+        assert len(wrote) <= windows + (1 if header else 0), len(wrote)
+
+
+def test_sparse_patches_past_the_run_count_do_not_rewrite_the_blocks_far_between(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many runs spread over a large tensor rewrote every window whole (GiBs written, a reflinked copy unshared)."""
+    model = {"w": np.random.default_rng(6).standard_normal((512, 1024)).astype(np.float32)}
+    monkeypatch.setattr(files, "_DENSE_RUNS", 4)
+    flips = [("w", (i * 1000 + 17) * 64 + 5, 20) for i in range(8)]  # 8 blocks, 1000 blocks apart
+    for header, wrote in _recovered_both_ways(tmp_path, key, model, flips, monkeypatch):
+        blocks = sum(wrote) - header
         assert blocks <= 8 * 64 * 4, blocks  # the 8 rebuilt blocks, not the 7000 between
