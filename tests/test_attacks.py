@@ -427,8 +427,8 @@ def test_a_no_op_attack_reports_no_change(sealed_model: Loaded) -> None:
 @pytest.mark.parametrize(
     ("argv", "why"),
     [
-        (["--kind", "bitflip", "--sigma", "0.5"], "--sigma does not apply to bitflip: it applies to noise"),
-        (["--kind", "noise", "--steps", "3"], "--steps does not apply to noise: it applies to finetune"),
+        (["--kind", "bitflip", "--sigma", "0.5"], "--sigma does not apply to bitflip; --sigma applies to noise"),
+        (["--kind", "noise", "--steps", "3"], "--steps does not apply to noise; --steps applies to finetune"),
         (["--kind", "prune", "--lr", "0.1"], "--lr does not apply to prune"),
         (["--kind", "truncate", "--tensor", "fc.weight"], "--tensor does not apply to truncate"),
         (["--kind", "metadata", "--tensor", "fc.weight"], "--tensor does not apply to metadata"),

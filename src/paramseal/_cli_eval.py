@@ -88,11 +88,6 @@ def _one_line_lists(doc: dict[str, Any]) -> str:
 
 
 def _attack(args: argparse.Namespace) -> int:
-    # options with a default in AttackSpec: refused where they do not apply, passed only when given
-    tuning = {"sigma": ("noise",), "steps": ("finetune",), "lr": ("finetune",)}
-    given = {name: getattr(args, name) for name in tuning if getattr(args, name) is not None}
-    if wrong := [name for name in given if args.kind not in tuning[name]]:
-        raise UsageError("; ".join(f"--{n} does not apply to {args.kind}: it applies to {tuning[n][0]}" for n in wrong))
     spec = AttackSpec(
         args.kind,
         seed=args.seed,
@@ -104,7 +99,9 @@ def _attack(args: argparse.Namespace) -> int:
         bits=args.bits,
         contiguous=args.contiguous,
         model=args.model,
-        **given,
+        sigma=args.sigma,
+        steps=args.steps,
+        lr=args.lr,
     )
     truth = attack_file(args.input, args.output, spec)
     if args.json:

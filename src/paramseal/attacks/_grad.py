@@ -128,8 +128,8 @@ def finetune(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
         w = classifier(t)
         names = [w] + [b for b in (w.removesuffix("weight") + "bias",) if b in t and b != w]
     p = _params(t, names)
-    opt = torch.optim.SGD([p[n] for n in names], lr=spec.lr)
-    for step in range(spec.steps):
+    opt = torch.optim.SGD([p[n] for n in names], lr=spec.sgd_lr)
+    for step in range(spec.sgd_steps):
         opt.zero_grad()
         model.loss(p, step).backward()  # type: ignore[no-untyped-call]
         opt.step()

@@ -50,7 +50,12 @@ _APPLIES: dict[str, tuple[str, ...]] = {
     "--contiguous": ("random-modify",),
     "--model": NEEDS_MODEL,
     "--tensor": tuple(k for k in KINDS if k not in ("metadata", "truncate")),  # those two work on the file
+    "--sigma": ("noise",),
+    "--steps": ("finetune",),
+    "--lr": ("finetune",),
 }
+#: The tuning settings' values when not given.
+TUNING_DEFAULTS: dict[str, float] = {"sigma": 0.01, "steps": 10, "lr": 0.01}
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,12 +76,12 @@ class AttackSpec:
     seed: int = 0
     n: int | None = None
     fraction: float | None = None
-    sigma: float = 0.01
+    sigma: float | None = None  # noise; None: TUNING_DEFAULTS (as steps and lr)
     field: Field = "any"
     tensors: tuple[str, ...] = ()
     mode: str | None = None
-    steps: int = 10
-    lr: float = 0.01
+    steps: int | None = None  # finetune
+    lr: float | None = None  # finetune
     bits: int | None = None
     contiguous: bool = False
     model: str | None = None
@@ -95,7 +100,7 @@ class AttackSpec:
             raise UsageError(f"--fraction {self.fraction} must be in (0, 1]")
         if self.kind == "truncate" and self.fraction == 1.0:  # keeping every byte is no attack
             raise UsageError("truncate --fraction 1.0 keeps the whole file; give a fraction below 1")
-        if not (0 <= self.sigma < math.inf and self.steps >= 1 and 0 < self.lr < math.inf):  # NaN fails too
+        if not (0 <= self.noise_sigma < math.inf and self.sgd_steps >= 1 and 0 < self.sgd_lr < math.inf):  # NaN fails
             raise UsageError("--sigma must be >= 0, --steps >= 1 and --lr > 0 (all finite)")
         modes = MODES.get(self.kind)
         if self.mode is not None and (modes is None or self.mode not in modes):
@@ -117,6 +122,9 @@ class AttackSpec:
             "--contiguous": self.contiguous,
             "--model": self.model is not None,
             "--tensor": bool(self.tensors),
+            "--sigma": self.sigma is not None,
+            "--steps": self.steps is not None,
+            "--lr": self.lr is not None,
         }
         wrong = [opt for opt, on in given.items() if on and self.kind not in _APPLIES[opt]]
         if wrong:
@@ -130,6 +138,18 @@ class AttackSpec:
         """The mode in effect ('' for kinds without modes)."""
         modes = MODES.get(self.kind)
         return self.mode or (modes[0] if modes else "")
+
+    @property
+    def noise_sigma(self) -> float:
+        return TUNING_DEFAULTS["sigma"] if self.sigma is None else self.sigma
+
+    @property
+    def sgd_steps(self) -> int:
+        return int(TUNING_DEFAULTS["steps"]) if self.steps is None else self.steps
+
+    @property
+    def sgd_lr(self) -> float:
+        return TUNING_DEFAULTS["lr"] if self.lr is None else self.lr
 
     @property
     def fraction_or_default(self) -> float:
@@ -149,9 +169,9 @@ class AttackSpec:
         if k == "random-modify":
             d["contiguous"] = self.contiguous
         if k == "noise":
-            d["sigma"] = self.sigma
+            d["sigma"] = self.noise_sigma
         if k == "finetune":
-            d["steps"], d["lr"] = self.steps, self.lr
+            d["steps"], d["lr"] = self.sgd_steps, self.sgd_lr
         if k == "lsb-rewrite":
             d["bits"] = self.bits
         if k in NEEDS_MODEL:

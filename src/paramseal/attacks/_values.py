@@ -208,7 +208,7 @@ def noise(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
     for nm in pick(t, spec, lambda _n, a: is_float(a)):
         _, s = scale(t[nm])
         x = t[nm].astype(np.float64)
-        d.t[nm] = (x + spec.sigma * s * rng.standard_normal(x.shape)).astype(t[nm].dtype)
+        d.t[nm] = (x + spec.noise_sigma * s * rng.standard_normal(x.shape)).astype(t[nm].dtype)
     return d.t
 
 
