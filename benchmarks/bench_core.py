@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -533,7 +534,7 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-gib", type=float, default=1.0, help="checkpoint size in GiB (default 1.0)")
     ap.add_argument(
@@ -554,10 +555,21 @@ def main() -> int:
     )
     ap.add_argument("--timeout", type=float, default=3600.0, help="kill a worker after this many seconds")
     ap.add_argument("--worker", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.worker:
         worker(a.worker[0], a.worker[1:])
         return 0
+    # a size of 0 or less would still write the smallest model (hidden 128, one layer) and report it
+    if not (math.isfinite(a.size_gib) and a.size_gib > 0):
+        ap.error(f"--size-gib must be a positive number of GiB, not {a.size_gib}")
+    if a.repeats < 1:
+        ap.error(f"--repeats must be at least 1, not {a.repeats}")
+    if not a.max_repeat_s >= 0:
+        ap.error(f"--max-repeat-s must be 0 or more, not {a.max_repeat_s}")
+    if not a.timeout > 0:
+        ap.error(f"--timeout must be positive, not {a.timeout}")
+    if a.dir is not None and a.dir.exists() and not a.dir.is_dir():
+        ap.error(f"--dir {a.dir} exists and is not a folder")
 
     from paramseal import Key
 
