@@ -534,6 +534,23 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+def outcome(op: str, status: str | None, exact: bool | None) -> tuple[bool, str]:
+    """Whether an operation's time may count toward its target, and a note for the targets line.
+
+    A verify counts only when it found the sealed file intact. A recover whose status says
+    whole (``recovered`` or ``intact``) counts only when its output was compared with the sealed
+    file and found bit-exact; otherwise its claim is false. A recover that says it could not
+    restore everything keeps its time verdict, with a note (its status is printed as measured).
+    """
+    if op == "verify":
+        return (True, "") if status == "intact" else (False, f"  [status {status}: the sealed file did not verify]")
+    if status not in ("recovered", "intact"):
+        return True, f"  [status {status}: not fully recovered]"
+    if not exact:
+        return False, f"  [FALSE CLAIM: status {status} but the output is not bit-exact to the sealed file]"
+    return True, ""
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-gib", type=float, default=1.0, help="checkpoint size in GiB (default 1.0)")
@@ -634,7 +651,7 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
         ("contiguous", "recover, 1% contiguous"),
         ("scattered", "recover, 1% scattered"),
     ]
-    rec: dict[str, tuple[Run | None, str, str]] = {}
+    rec: dict[str, tuple[Run | None, str, str, bool | None]] = {}
     for i, (kind, label) in enumerate(cases):
         src = work / f"tampered.{kind}.safetensors"
         dst = work / f"recovered.{kind}.safetensors"
@@ -647,14 +664,15 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
             r, _ = best_of(
                 "recover_inplace" if kind == "inplace" else "recover", [str(src), str(dst)], env, rep, mrs, tmo
             )
+            exact: bool | None = None
             if dst.exists():
                 exact, ndiff = compare_to_sealed(sealed, dst)
                 check = "bit-exact to sealed" if exact else f"{ndiff:,} values differ from sealed"
             else:
                 check = "no output written"
-            rec[kind] = (r, desc, check)
+            rec[kind] = (r, desc, check, exact)
         except OpFailed as e:
-            rec[kind] = (None, desc, str(e))
+            rec[kind] = (None, desc, str(e), None)
         if not a.keep:
             src.unlink(missing_ok=True)
             dst.unlink(missing_ok=True)
@@ -732,7 +750,7 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
     row("verify (sealed file)", ver, f"status={ver.info.get('status')} exit={ver.info.get('exit_code')}")
     done: list[tuple[str, Run]] = [("sha256", sha), ("seal", seal), ("verify", ver)]
     for kind, label in cases:
-        rr, _, check = rec[kind]
+        rr, _, check, _ = rec[kind]
         if rr is None:
             row(label, None, f"FAILED: {check}")
             continue
@@ -761,9 +779,11 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
     sr = (mbytes / seal.seconds) / sha_speed
     vr_p = sha.process_s / ver.process_s
     sr_p = sha.process_s / seal.process_s
+    ver_ok, ver_note = outcome("verify", ver.info.get("status"), None)
+    failed = not ver_ok
     print(
         f"  {'verify speed / SHA-256 speed':<38}{vr:7.3f}  (target >= {TARGET_VERIFY_VS_SHA})  "
-        f"{verdict(vr >= TARGET_VERIFY_VS_SHA)}   [whole process: {vr_p:.3f}]"
+        f"{verdict(ver_ok and vr >= TARGET_VERIFY_VS_SHA)}   [whole process: {vr_p:.3f}]{ver_note}"
     )
     print(
         f"  {'seal speed / SHA-256 speed':<38}{sr:7.3f}  (target >= {TARGET_SEAL_VS_SHA})  "
@@ -776,10 +796,11 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
             print(f"  {name:<38}{'-':>7}  (target <= {TARGET_RECOVER_VS_VERIFY})  MISS (did not finish)")
             continue
         q = rk.seconds / ver.seconds
-        ok = rk.info["status"] in ("recovered", "intact")
-        note = "" if ok else f"  [status {rk.info['status']}: not fully recovered]"
+        ok, note = outcome("recover", rk.info["status"], rec[kind][3])
+        failed |= not ok
         print(
-            f"  {name:<38}{q:7.3f}  (target <= {TARGET_RECOVER_VS_VERIFY})  {verdict(q <= TARGET_RECOVER_VS_VERIFY)}"
+            f"  {name:<38}{q:7.3f}  (target <= {TARGET_RECOVER_VS_VERIFY})  "
+            f"{verdict(ok and q <= TARGET_RECOVER_VS_VERIFY)}"
             f"   [whole process: {rk.process_s / ver.process_s:.3f}]{note}"
         )
     print()
@@ -796,6 +817,9 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
         "  peak RSS (no target set): "
         + ", ".join(f"{n} {r.rss_mib * MIB / largest_bytes:.1f}x largest tensor" for n, r in done)
     )
+    if failed:
+        print("\nFAILED: the sealed file did not verify, or a recover said 'recovered' for an output not bit-exact")
+        return 1
     return 0
 
 

@@ -46,3 +46,15 @@ def test_bench_core_refuses_nonsense_arguments(
         bench.main()
     assert e.value.code == 2
     assert "must be" in capsys.readouterr().err
+
+
+def test_bench_core_targets_need_a_true_outcome() -> None:
+    outcome = _load("bench_core").outcome
+    assert outcome("verify", "intact", None) == (True, "")
+    assert not outcome("verify", "tampered", None)[0]
+    assert outcome("recover", "recovered", True) == (True, "")
+    for exact in (False, None):  # compared and different, or no output to compare
+        ok, note = outcome("recover", "recovered", exact)
+        assert not ok and "FALSE CLAIM" in note
+    ok, note = outcome("recover", "unrecoverable", False)  # said so itself: its time is still reported
+    assert ok and "not fully recovered" in note
