@@ -14,7 +14,8 @@ the imports, for SHA-256 and ParamSeal alike):
 * SHA-256 of the sealed file (8 MiB reads), the baseline and the reference hash;
 * ``files.seal_file`` of the checkpoint (the input is deleted afterwards to save disk);
 * ``files.verify_file`` of the sealed file;
-* ``files.verify_file --tensors`` on one layer (partial verification);
+* ``files.verify_file --tensors`` on one layer (partial verification; its MB/s counts
+  only that layer's bytes, the data it checks);
 * 1000 single-bit flips written into the sealed file in place, then
   ``files.recover_file`` to a new file, whose data section must hash like the sealed one.
 
@@ -28,7 +29,9 @@ and the lane store while sealing).
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -122,12 +125,19 @@ def flip_bits(path: Path, n: int, seed: int) -> list[int]:
     return offs
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-gib", type=float, default=14.0)
     ap.add_argument("--dir", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
+    if not (math.isfinite(args.size_gib) and args.size_gib > 0):
+        ap.error(f"--size-gib must be a positive number of GiB, not {args.size_gib}")
+    if args.dir is not None and not args.dir.is_dir():
+        ap.error(f"--dir {args.dir} is not an existing folder")
+    shapes, dims = llm_shapes(int(args.size_gib * (1 << 30)) // 4)
+    pattern = f"model.layers.{min(3, dims['layers'] - 1)}.*"  # a small model may have fewer than 4 layers
+    layer_bytes = sum(4 * int(np.prod(s)) for n, s in shapes if fnmatch.fnmatchcase(n, pattern))
     folder = Path(tempfile.mkdtemp(prefix="paramseal-ooc-", dir=args.dir))
     env = {**os.environ, "BENCH_KEY": os.urandom(32).hex()}
     try:
@@ -142,15 +152,16 @@ def main() -> None:
 
         budget = scratch_budget()
         bound = largest + 512 * MIB + budget
-        rows = [("seal", run("seal", src, sealed, env))]
+        # (label, result, bytes the operation covers: the whole file but for the partial verify)
+        rows = [("seal", run("seal", src, sealed, env), size)]
         src.unlink()
-        rows.append(("sha256 (baseline)", run("sha256", sealed, sealed, env)))
+        rows.append(("sha256 (baseline)", run("sha256", sealed, sealed, env), size))
         ref = run("data-sha256", sealed, sealed, env)["out"]
-        rows.append(("verify", run("verify", sealed, sealed, env)))
-        env_p = {**env, "BENCH_PATTERN": "model.layers.3.*"}
-        rows.append(("verify --tensors 'model.layers.3.*'", run("verify", sealed, sealed, env_p)))
-        flip_bits(sealed, 1000, 1)
-        rows.append(("recover (1000 bit flips)", run("recover", sealed, fixed, env)))
+        rows.append(("verify", run("verify", sealed, sealed, env), size))
+        env_p = {**env, "BENCH_PATTERN": pattern}
+        rows.append((f"verify --tensors '{pattern}'", run("verify", sealed, sealed, env_p), layer_bytes))
+        flips = len(flip_bits(sealed, 1000, 1))  # distinct bytes: a small file may draw one twice
+        rows.append((f"recover ({flips} bit flips)", run("recover", sealed, fixed, env), size))
         same = run("data-sha256", fixed, fixed, env)["out"] == ref
         sha_s = float(rows[1][1]["seconds"])  # type: ignore[arg-type]
         print(
@@ -158,12 +169,18 @@ def main() -> None:
             f"= {bound / MIB:.0f} MiB"
         )
         print(f"{'operation':<38} {'s':>8} {'MB/s':>8} {'x SHA':>7} {'peak RSS MiB':>13}  result")
-        for name, r in rows:
+        for name, r, nbytes in rows:
             s = float(r["seconds"])  # type: ignore[arg-type]
             peak = int(r["peak"])  # type: ignore[call-overload]
             ok = "within bound" if peak < bound else "OVER BOUND"
-            print(f"{name:<38} {s:8.1f} {size / s / 1e6:8.0f} {sha_s / s:7.2f} {peak / MIB:13.0f}  {r['out']} ({ok})")
+            print(f"{name:<38} {s:8.1f} {nbytes / s / 1e6:8.0f} {sha_s / s:7.2f} {peak / MIB:13.0f}  {r['out']} ({ok})")
+        print(f"MB/s: bytes covered / s (the partial verify: its {layer_bytes / MIB:.0f} MiB); x SHA: time ratio")
         print(f"recovered tensor data identical to the sealed file's (SHA-256 of the data sections): {same}")
+        status = rows[-1][1]["out"][0]  # type: ignore[index]
+        if not same or status != "recovered":
+            print(f"FAILED: recover said {status!r}; its data section {'matches' if same else 'differs'}")
+            return 1
+        return 0
     finally:
         if args.keep:
             print(f"files kept in {folder}")
@@ -172,4 +189,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
