@@ -283,7 +283,7 @@ class Tamper:
 def attack_contiguous_blocks(tg: Target, rate: float, rng: np.random.Generator) -> Tamper:
     B = tg.total_blocks
     n = max(1, round(rate * B))
-    runs = int(rng.integers(2, 6))  # 2..5 runs
+    runs = min(int(rng.integers(2, 6)), n)  # 2..5 runs, each of at least one block
     cuts = np.sort(rng.choice(np.arange(1, n), runs - 1, replace=False))
     lens = np.diff(np.concatenate([[0], cuts, [n]]))
     free = B - n
@@ -679,6 +679,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     levels = [x.strip() for x in args.levels.split(",") if x.strip()]
     attacks = [x.strip() for x in args.attacks.split(",") if x.strip()]
     override = [float(x) for x in args.rates.split(",") if x.strip()] if args.rates else None
+    if trials < 1:
+        ap.error(f"--trials must be at least 1, not {trials}")
+    if nparams < 1:
+        ap.error(f"--params must be at least 1, not {nparams}")
+    if override and not all(0 < r <= 1 for r in override):
+        ap.error(f"--rates are fractions of the model, each in (0, 1]: {args.rates}")
     for lv in levels:
         if lv not in paramseal.levels.LEVELS:
             ap.error(f"unknown level {lv!r}")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 _DIR = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -58,3 +59,24 @@ def test_bench_core_targets_need_a_true_outcome() -> None:
         assert not ok and "FALSE CLAIM" in note
     ok, note = outcome("recover", "unrecoverable", False)  # said so itself: its time is still reported
     assert ok and "not fully recovered" in note
+
+
+@pytest.mark.parametrize(
+    "args", [["--trials", "0"], ["--rates", "0.1,1.5"], ["--rates", "0"], ["--rates", "-0.1"], ["--params", "0"]]
+)
+def test_recovery_rates_refuses_nonsense_arguments(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    rates = _load("recovery_rates")
+    with pytest.raises(SystemExit) as e:
+        rates.main(["--params", "20000", "--levels", "standard", "--attacks", "contiguous-blocks", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "must be" in err or "fractions" in err
+
+
+def test_recovery_rates_contiguous_attack_of_one_block() -> None:
+    """A rate that rounds to fewer blocks than the 2-5 runs drawn still makes a run per block."""
+    rates = _load("recovery_rates")
+    tg = rates.make_target(rates.build_model(20_000), "standard")
+    for seed in range(8):
+        tp = rates.attack_contiguous_blocks(tg, 1 / tg.total_blocks, np.random.default_rng(seed))
+        assert sum(b.size for b in rates.changed_blocks(tg, tp.out).values()) == 1
