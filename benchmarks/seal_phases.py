@@ -28,6 +28,7 @@ import argparse
 import collections
 import functools
 import importlib
+import math
 import os
 import shutil
 import subprocess
@@ -131,10 +132,25 @@ def main() -> None:
     if a.recover:
         recover_phases(a.recover)
         return
+    if not (math.isfinite(a.size_gib) and a.size_gib > 0):
+        ap.error(f"--size-gib must be a positive number of GiB, not {a.size_gib}")
+    if a.dir is not None and not a.dir.is_dir():
+        ap.error(f"--dir {a.dir} is not an existing folder")
     work = a.dir or Path(tempfile.mkdtemp(prefix="paramseal-phases-"))
-    key = Key.generate()
     model, sealed, bad = work / "model.safetensors", work / "sealed.safetensors", work / "bad.safetensors"
-    bench_core.write_checkpoint(model, a.size_gib)
+    try:
+        phases(model, sealed, bad, a.size_gib)
+    finally:  # three files of the model's size: removed however the run ends
+        for f in (model, sealed, bad):
+            f.unlink(missing_ok=True)
+        if a.dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def phases(model: Path, sealed: Path, bad: Path, size_gib: float) -> None:
+    """Seal ``model`` with step timers, then recover a tampered copy in place in a fresh process."""
+    key = Key.generate()
+    bench_core.write_checkpoint(model, size_gib)
     os.sync()
 
     seal = importlib.import_module("paramseal.seal")
@@ -162,8 +178,6 @@ def main() -> None:
     # recover in a fresh process, as a user runs it: this one has loaded numba and the tables already
     env = {**os.environ, "PARAMSEAL_KEY": key.secret.hex()}
     subprocess.run([sys.executable, os.path.abspath(__file__), "--recover", str(bad)], env=env, check=True)
-    if a.dir is None:
-        shutil.rmtree(work)
 
 
 def recover_phases(path: Path) -> None:
