@@ -90,6 +90,10 @@ def main() -> int:
     ap.add_argument("--flips", type=int, default=1000)
     ap.add_argument("--dir", help="scratch folder (default: a temporary one)")
     a = ap.parse_args()
+    if a.trials < 1:
+        ap.error(f"--trials must be at least 1, not {a.trials}")
+    if a.flips < 1:  # with no flip the status is 'intact', never 'recovered': every trial would count as failed
+        ap.error(f"--flips must be at least 1, not {a.flips}")
     work = Path(a.dir or tempfile.mkdtemp(prefix="ps-copies-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -103,6 +107,10 @@ def main() -> int:
     finally:
         if not a.dir:
             shutil.rmtree(work, ignore_errors=True)
+        else:  # the files it wrote into the given folder
+            for kind, ext in (("npy", ".npy"), ("stripped", ".safetensors")):
+                for s in ("src", "sealed", "bad", "out"):
+                    (work / f"{kind}.{s}{ext}").unlink(missing_ok=True)
     return 0
 
 
