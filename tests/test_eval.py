@@ -527,3 +527,20 @@ def test_a_rate_recovered_above_a_failing_one_does_not_hide_the_failure() -> Non
     top = _scattered("mlp", "standard", {0.1: False, 0.3: True})  # a verdict from 30% would say it wins
     assert report.thresholds(top)[("mlp", "F32", "standard", "scattered")][:2] == (None, 0.1)
     assert "**loses** on mlp (standard: none, fails at 10%)" in report._claims(top, {cfg["id"]: cfg})
+
+
+def test_a_flagged_no_op_run_counts_as_a_false_positive(tmp_path: Path) -> None:
+    # an fp16 round trip of an fp16 model changes nothing: the page counted its verify flagging it as a false
+    # positive, while the summary (and so the CLI's "no false positives", exit 0) counted only the configs
+    import io
+
+    b = Battery("t", (Plan("mlp", ("F16",), ("standard",), (0,), (("quantize", {"mode": "fp16"}),)),))
+    first = run_eval(b, tmp_path, progress=False, stream=io.StringIO())
+    assert first.false_positives == 0
+    lines = [json.loads(ln) for ln in (tmp_path / "results.jsonl").read_text().splitlines()]
+    (noop,) = [r for r in lines if r.get("type") == "run"]
+    assert noop["noop"] is True and noop["detected"] is False
+    noop["detected"] = True  # as if verify had flagged the untampered copy
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    again = run_eval(b, tmp_path, progress=False, stream=io.StringIO())
+    assert again.new_runs == 0 and again.false_positives == 1

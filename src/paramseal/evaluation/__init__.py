@@ -32,7 +32,7 @@ class EvalSummary:
 
     runs: int  # attacked runs in the battery
     new_runs: int  # of which run now (the rest were already in the results file)
-    false_positives: int  # untampered sealed configurations that did not verify
+    false_positives: int  # untampered copies flagged: sealed configurations, and attacks that changed nothing
     configs: int
     files: tuple[Path, ...]
     seconds: float
@@ -69,10 +69,12 @@ def run_eval(
     if docs is not None:
         files.append(report.write_page(records, docs, files, command=command, wall_s=wall, battery=battery.name))
     configs = [r for r in records if r.get("type") == "config"]
+    # a no-op attack leaves an untampered copy: flagging it is a false positive, as the results page counts it
+    noop_flagged = sum(bool(r.get("detected")) for r in records if r.get("type") == "run" and r.get("noop"))
     return EvalSummary(
         runs=battery.size(),
         new_runs=new,
-        false_positives=sum(c["clean_verify_status"] != "intact" for c in configs),
+        false_positives=sum(c["clean_verify_status"] != "intact" for c in configs) + noop_flagged,
         configs=len(configs),
         files=tuple(files),
         seconds=time.monotonic() - t0,
