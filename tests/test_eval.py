@@ -544,3 +544,16 @@ def test_a_flagged_no_op_run_counts_as_a_false_positive(tmp_path: Path) -> None:
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     again = run_eval(b, tmp_path, progress=False, stream=io.StringIO())
     assert again.new_runs == 0 and again.false_positives == 1
+
+
+def test_conflicting_or_unusable_eval_options_are_refused_before_any_run(tmp_path: Path) -> None:
+    # a folder as --docs failed only after the whole battery had run (and written OUT); --battery next to
+    # --model was silently ignored (a "full" run measured every attack on one model instead)
+    (tmp_path / "page").mkdir()
+    for argv, msg in (
+        (["--battery", "tiny", "--docs", tmp_path / "page"], "is a directory"),
+        (["--battery", "full", "--model", "mlp"], "--battery and --model"),
+    ):
+        rc, _, err = helpers.run_cli(["eval", "--out", tmp_path / "o", *argv])
+        assert rc == 3 and msg in err and "Traceback" not in err, err
+        assert not (tmp_path / "o").exists()

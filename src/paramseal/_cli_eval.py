@@ -48,7 +48,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         "kept in OUT/results.jsonl: interrupt at any time and rerun the same command to resume.",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (also the resume state)")
-    p.add_argument("--battery", default="tiny", help="tiny (seconds), docs (~20 min on 2 cores) or full")
+    p.add_argument("--battery", help="tiny (seconds, the default), docs (~20 min on 2 cores) or full")
     p.add_argument(
         "--model",
         action="append",
@@ -125,20 +125,24 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(f"paramseal eval cannot start: {e}") from None
     if not args.model and (args.dtype or args.level or args.seeds is not None):
         raise UsageError("--dtype, --level and --seeds go with --model; a named --battery fixes them")
+    if args.model and args.battery:  # a --model battery replaces the named one: taking one would drop the other
+        raise UsageError("--battery and --model cannot be used together; --model runs every attack on that model")
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds {args.seeds} must be at least 1")
     if args.model:
         battery = custom(
             tuple(args.model), tuple(args.dtype or ["F32"]), tuple(args.level or ["standard"]), args.seeds or 1
         )
-    elif args.battery in BATTERIES:
-        battery = BATTERIES[args.battery]
+    elif (args.battery or "tiny") in BATTERIES:
+        battery = BATTERIES[args.battery or "tiny"]
     else:
         raise UsageError(f"unknown battery '{args.battery}'; choose one of {', '.join(BATTERIES)} or pass --model")
     command = "paramseal " + shlex.join(_canonical(args))
     for what, d in (("--out", Path(args.out)), ("--docs", Path(args.docs).parent if args.docs else None)):
         if d is not None and (d.exists() and not d.is_dir()):
             raise UsageError(f"{what} '{d}' is a file, not a folder; choose a folder for the results")
+    if args.docs and Path(args.docs).is_dir():  # found now, not after the whole battery has run
+        raise UsageError(f"--docs '{args.docs}' is a directory; give a file path for the results page")
     if args.docs and not Path(args.docs).parent.is_dir():
         raise UsageError(f"--docs '{args.docs}': its folder does not exist; create it first")
     try:
@@ -170,7 +174,7 @@ def _canonical(args: argparse.Namespace) -> list[str]:
             argv += ["--level", lv]
         argv += ["--seeds", str(args.seeds or 1)]
     else:
-        argv += ["--battery", args.battery]
+        argv += ["--battery", args.battery or "tiny"]
     argv += ["--out", args.out]
     if args.docs:
         argv += ["--docs", args.docs]
