@@ -557,3 +557,19 @@ def test_conflicting_or_unusable_eval_options_are_refused_before_any_run(tmp_pat
         rc, _, err = helpers.run_cli(["eval", "--out", tmp_path / "o", *argv])
         assert rc == 3 and msg in err and "Traceback" not in err, err
         assert not (tmp_path / "o").exists()
+
+
+def test_whole_tensor_attacks_at_one_fraction_are_not_counted_as_seeds() -> None:
+    # replace-tensor and zero-tensor share the "whole tensors" family: at the same fraction, one seed of each was
+    # reported as "4.88% (0/2 seeds recovered)", at the mean of two attacks' tampering rates
+    from paramseal.evaluation import report
+
+    cfg = _config("mlp", "standard", code="lanes", contiguous_bound=0.03, scattered_bound=0.0005)
+    run = {"type": "run", "model": "mlp", "dtype": "F32", "level": "standard", "seed": 0, "detected": True}
+    runs = [
+        {**run, "kind": k, "label": f"{k} p=0.1", "options": {"fraction": 0.1}, "tampering_rate": x, "recovered": False}
+        for k, x in (("replace-tensor", 0.0489), ("zero-tensor", 0.0488))
+    ]
+    best, fail, seeds = report.thresholds(runs)[("mlp", "F32", "standard", "whole")]
+    assert (best, fail, seeds) == (None, 0.0488, (0, 1))
+    assert report._threshold_table(runs, {cfg["id"]: cfg}).endswith("| not tested | – | none | 4.88% |")

@@ -41,10 +41,10 @@ def family(r: dict[str, Any]) -> str | None:
 
 def _sweep(runs: Sequence[dict[str, Any]], fam: str) -> list[tuple[float, float, float]]:
     """(mean tampering rate, bit-exact success rate, mean fraction restored) per strength."""
-    groups: dict[float, list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
-        if family(r) == fam and "tampering_rate" in r:
-            groups[float(r["options"]["fraction"])].append(r)
+        if family(r) == fam and "tampering_rate" in r:  # the seeds of one attack at one strength
+            groups[(r["kind"], float(r["options"]["fraction"]))].append(r)
     out = []
     for _, rs in sorted(groups.items()):
         rate = sum(r["tampering_rate"] for r in rs) / len(rs)

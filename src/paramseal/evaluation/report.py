@@ -159,11 +159,11 @@ def thresholds(runs: Sequence[Rec]) -> dict[_Key, tuple[float | None, float | No
     tested up to it recovered. The third item is how many of the seeds at that failing rate still
     recovered: (recovered, run).
     """
-    g: dict[_Key, dict[float, list[Rec]]] = defaultdict(lambda: defaultdict(list))
+    g: dict[_Key, dict[tuple[str, float], list[Rec]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
         fam = plots.family(r)
-        if fam and "tampering_rate" in r:
-            g[(r["model"], r["dtype"], r["level"], fam)][r["options"]["fraction"]].append(r)
+        if fam and "tampering_rate" in r:  # by attack and strength: a family holds two attacks at one fraction
+            g[(r["model"], r["dtype"], r["level"], fam)][(r["kind"], r["options"]["fraction"])].append(r)
     out = {}
     for k, by_p in g.items():
         rate = {p: _mean(x["tampering_rate"] for x in rs) for p, rs in by_p.items()}
