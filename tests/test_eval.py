@@ -573,3 +573,29 @@ def test_whole_tensor_attacks_at_one_fraction_are_not_counted_as_seeds() -> None
     best, fail, seeds = report.thresholds(runs)[("mlp", "F32", "standard", "whole")]
     assert (best, fail, seeds) == (None, 0.0488, (0, 1))
     assert report._threshold_table(runs, {cfg["id"]: cfg}).endswith("| not tested | – | none | 4.88% |")
+
+
+def test_recovery_legend_names_curves_drawn_only_in_later_panels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the legend was read from the first panel only: minilm F16 light has no sweep, so its figure had coloured
+    # curves and a legend naming only the bound lines
+    from matplotlib.figure import Figure
+
+    from paramseal.evaluation import plots
+
+    configs = [
+        {**_config("mlp", lv, code="lanes", contiguous_bound=0.1, scattered_bound=0.001)}
+        for lv in ("light", "standard")
+    ]
+    runs = _scattered("mlp", "standard", {0.001: True, 0.01: False})
+    seen: list[str] = []
+    legend = Figure.legend
+
+    def spy(self: Figure, handles: list[object], labels: list[str], *a: object, **k: object) -> object:
+        seen.extend(labels)
+        return legend(self, handles, labels, *a, **k)
+
+    monkeypatch.setattr(Figure, "legend", spy)
+    assert plots.recovery_curves(runs, configs, "mlp", "F32", tmp_path / "r.png")
+    assert "random-modify (scattered values)" in seen and len(seen) == len(set(seen))

@@ -81,8 +81,11 @@ def recovery_curves(
         ax.set_xlabel("fraction of parameters changed", fontsize=7)
         ax.tick_params(labelsize=7)
     axes[0][0].set_ylabel("bit-exact recovery rate\n(dotted: fraction restored)", fontsize=7)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=6, frameon=False)
+    entries: dict[str, Any] = {}  # from every panel: the first may have no sweep (minilm F16 light)
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(lab, h)
+    fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=3, fontsize=6, frameon=False)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
