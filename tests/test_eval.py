@@ -599,3 +599,33 @@ def test_recovery_legend_names_curves_drawn_only_in_later_panels(
     monkeypatch.setattr(Figure, "legend", spy)
     assert plots.recovery_curves(runs, configs, "mlp", "F32", tmp_path / "r.png")
     assert "random-modify (scattered values)" in seen and len(seen) == len(set(seen))
+
+
+def test_figures_are_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # savefig wrote the PNGs in place: a full disk or an interrupt left a figure cut short
+    from matplotlib.figure import Figure
+
+    from paramseal.evaluation import plots
+
+    cfg = _config("mlp", "standard", code="lanes", contiguous_bound=0.1, scattered_bound=0.001)
+    runs = [{**r, "metric_attacked": {"accuracy": 0.5}} for r in _scattered("mlp", "standard", {0.01: False})]
+    png = tmp_path / "r.png"
+    assert plots.recovery_curves(runs, [cfg], "mlp", "F32", png)
+    before = png.read_bytes()
+
+    def half_then_fail(self: Figure, fname: object, *a: object, **k: object) -> None:
+        with open(str(fname), "wb") as f:
+            f.write(before[: len(before) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", half_then_fail)
+    for draw in (
+        lambda: plots.recovery_curves(runs, [cfg], "mlp", "F32", png),
+        lambda: plots.metric_curves(runs, cfg, "accuracy", png),
+        lambda: plots.heatmap(
+            {**runs[0], "seed": 0, "heat": [{"tensor": f"w{i}", "codes": [0, 1]} for i in range(10)]}, png
+        ),
+    ):
+        with pytest.raises(OSError):
+            draw()
+        assert png.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["r.png"]

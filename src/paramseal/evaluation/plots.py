@@ -29,6 +29,14 @@ def _plt() -> Any:
     return plt
 
 
+def _save(fig: Any, path: Path) -> None:
+    """Write the figure as a PNG atomically: an interrupt or a full disk leaves no cut-short figure."""
+    from ..files import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")  # the temporary name has no .png to infer it from
+
+
 def family(r: dict[str, Any]) -> str | None:
     """Which curve a run belongs to (None: not a rate sweep)."""
     o = r.get("options", {})
@@ -87,7 +95,7 @@ def recovery_curves(
             entries.setdefault(lab, h)
     fig.legend(list(entries.values()), list(entries), loc="lower center", ncol=3, fontsize=6, frameon=False)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -136,7 +144,7 @@ def metric_curves(runs: Sequence[dict[str, Any]], config: dict[str, Any], metric
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=5, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -176,6 +184,6 @@ def heatmap(run: dict[str, Any], path: Path) -> bool:
         frameon=False,
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    _save(fig, path)
     plt.close(fig)
     return True
