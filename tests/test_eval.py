@@ -274,7 +274,9 @@ def test_missing_extra_names_the_pip_line(tmp_path: Path, monkeypatch: pytest.Mo
 def test_sentence_set_is_large_and_varied() -> None:
     s = sentences()
     assert len(s) >= 200 and len(set(s)) == len(s)
-    assert min(map(len, s)) < 10 < 150 < max(map(len, s)) or max(map(len, s)) > 60
+    lengths = sorted(map(len, s))
+    # short and long sentences both (the set measured at 3 to 85 characters), many openings
+    assert lengths[0] <= 10 and lengths[-1] >= 60 and len({x.split()[0] for x in s}) >= 30
 
 
 @pytest.mark.slow
