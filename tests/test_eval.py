@@ -631,3 +631,25 @@ def test_figures_are_written_atomically(tmp_path: Path, monkeypatch: pytest.Monk
         with pytest.raises(OSError):
             draw()
         assert png.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["r.png"]
+
+
+def test_eval_names_the_file_an_error_is_about(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # every OSError was "cannot write the results in OUT", a model that could not be read too (InputError is one)
+    import errno
+
+    import paramseal.evaluation as evaluation
+    from paramseal.errors import InputError
+
+    for exc, msg in (
+        (InputError("cannot read 'cache/model.npz': Input/output error"), "cannot read 'cache/model.npz'"),
+        (OSError(errno.EIO, "Input/output error", str(tmp_path / "cache.bin")), "eval failed on"),
+        (OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "x")), "cannot write the results"),
+    ):
+
+        def fail(*a: object, exc: BaseException = exc, **k: object) -> None:
+            raise exc
+
+        monkeypatch.setattr(evaluation, "run_eval", fail)
+        rc, _, err = helpers.run_cli(["eval", "--out", tmp_path / "o", "--battery", "tiny"])
+        assert rc == 3 and msg in err and "Traceback" not in err, err
+        assert ("cannot write the results" in err) == (msg == "cannot write the results"), err

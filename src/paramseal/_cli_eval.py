@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .attacks import FIELDS, KINDS, AttackSpec, attack_file
-from .errors import OutputError, UsageError
+from .errors import OutputError, ParamSealError, UsageError
 from .report import write_json_streamed
 
 
@@ -147,8 +147,12 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--docs '{args.docs}': its folder does not exist; create it first")
     try:
         s = run_eval(battery, Path(args.out), docs=Path(args.docs) if args.docs else None, command=command)
-    except OSError as e:  # the folder cannot be made or written (a read-only place, a full disk)
-        raise OutputError(f"cannot write the results in '{args.out}': {e.strerror or e}") from None
+    except ParamSealError:  # its own errors (InputError, OutputError) say what failed: an OSError too
+        raise
+    except OSError as e:  # the folder cannot be made or written (a read-only place, a full disk), or a read failed
+        if e.filename is None or Path(e.filename).resolve().is_relative_to(Path(args.out).resolve()):
+            raise OutputError(f"cannot write the results in '{args.out}': {e.strerror or e}") from None
+        raise OutputError(f"eval failed on '{e.filename}': {e.strerror or e}") from None
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP as the program unwinds them (their own exit code)
         print(
             f"\ninterrupted; finished runs are kept in {args.out}/results.jsonl: rerun the same command to resume",
