@@ -433,6 +433,11 @@ def test_a_no_op_attack_reports_no_change(sealed_model: Loaded) -> None:
         (["--kind", "truncate", "--tensor", "fc.weight"], "--tensor does not apply to truncate"),
         (["--kind", "metadata", "--tensor", "fc.weight"], "--tensor does not apply to metadata"),
         (["--kind", "truncate", "--fraction", "1.0"], "keeps the whole file"),  # was cut to len-1 bytes silently
+        # these were ignored while the ground truth's options recorded them
+        (["--kind", "replace-tensor", "--tensor", "fc.weight", "--fraction", "0.01"], "--tensor or --fraction"),
+        (["--kind", "zero-tensor", "--tensor", "fc.weight", "--fraction", "0.01"], "--tensor or --fraction"),
+        (["--kind", "backdoor-row", "--tensor", "fc.weight", "--tensor", "fc2.weight"], "one --tensor"),
+        (["--kind", "swap", "--mode", "tensors", "--n", "3"], "--n does not apply to swap --mode tensors"),
     ],
 )
 def test_an_option_the_attack_would_ignore_is_refused(

@@ -115,6 +115,13 @@ class AttackSpec:
             raise UsageError(f"--bits {self.bits} must be at least 1")
         if self.bits is not None and self.kind == "bitflip" and self.field != "watermark":
             raise UsageError(f"--bits applies to bitflip with --field watermark only, not --field {self.field}")
+        if self.kind in ("replace-tensor", "zero-tensor") and self.tensors and self.fraction is not None:
+            # the named tensors are replaced whole: a fraction would be ignored, yet recorded as applied
+            raise UsageError(f"{self.kind} takes --tensor or --fraction, not both (--tensor replaces those whole)")
+        if self.kind == "backdoor-row" and len(self.tensors) > 1:  # it overwrites rows of one tensor only
+            raise UsageError(f"backdoor-row takes one --tensor, not {len(self.tensors)}; run it once per tensor")
+        if self.kind == "swap" and self.mode == "tensors" and self.n is not None:  # one pair of tensors is swapped
+            raise UsageError("--n does not apply to swap --mode tensors (it swaps one pair of tensors)")
         given = {
             "--n": self.n is not None,
             "--fraction": self.fraction is not None,
