@@ -213,6 +213,19 @@ def test_swap_moves_values_without_changing_them(sealed_model: Loaded) -> None:
     assert np.array_equal(out.tensors["fc.weight"], sealed_model.tensors["fc2.weight"])
 
 
+def test_swap_n_pairs_are_n_distinct_pairs() -> None:
+    # pairs were drawn independently: the same pair drawn twice swapped back, and --n 2 changed nothing
+    rows = np.arange(4 * 64, dtype=np.float32).reshape(4, 64)  # four distinct blocks and rows
+    m = Loaded({"w": rows})
+    for mode in ("blocks", "rows"):
+        for seed in range(12):
+            out, truth = attack(m, AttackSpec("swap", seed=seed, mode=mode, n=2))
+            assert truth.changed_parameters == rows.size, (mode, seed)
+            assert sorted(uview(out.tensors["w"]).tolist()) == sorted(uview(rows).tolist())
+    with pytest.raises(UsageError, match="cannot swap 3 distinct pairs of blocks: the chosen tensors have 2"):
+        attack(m, AttackSpec("swap", n=3))
+
+
 def test_quantize_round_trips(sealed_model: Loaded) -> None:
     out, _ = attack(sealed_model, AttackSpec("quantize", mode="int8", tensors=("embed.weight",)))
     assert np.unique(out.tensors["embed.weight"]).size <= 255

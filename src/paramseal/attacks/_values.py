@@ -326,15 +326,32 @@ def swap(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
             f"swap --mode {mode} needs at least two {what} in each tensor; {', '.join(map(repr, short))} "
             f"{'has' if len(short) == 1 else 'have'} fewer"
         )
-    weights = np.array([t[nm].size // unit(t[nm]) for nm in names], dtype=np.float64)
+    # n distinct pairs: a pair drawn twice swapped back, and a unit in two pairs moved twice
+    free = np.array([t[nm].size // unit(t[nm]) for nm in names], dtype=np.float64)
+    if n > int((free // 2).sum()):
+        what = "blocks" if mode == "blocks" else "rows"
+        raise UsageError(f"cannot swap {n} distinct pairs of {what}: the chosen tensors have {int((free // 2).sum())}")
+    used: dict[str, list[int]] = {nm: [] for nm in names}
     for _ in range(n):
-        nm = names[int(rng.choice(len(names), p=weights / weights.sum()))]
-        w = unit(t[nm])
-        i, j = rng.choice(t[nm].size // w, size=2, replace=False)
+        p = np.where(free >= 2, free, 0)
+        k = int(rng.choice(len(names), p=p / p.sum()))
+        nm, w = names[k], unit(t[names[k]])
+        i, j = (_nth_free(used[nm], int(r)) for r in rng.choice(int(free[k]), size=2, replace=False))
+        used[nm] = sorted([*used[nm], i, j])
+        free[k] -= 2
         u = d.bits(nm)
         a_, b_ = u[i * w : (i + 1) * w].copy(), u[j * w : (j + 1) * w].copy()
         u[i * w : (i + 1) * w], u[j * w : (j + 1) * w] = b_, a_
     return d.t
+
+
+def _nth_free(used: list[int], r: int) -> int:
+    """The ``r``-th unit (from 0) not in ``used`` (sorted)."""
+    for v in used:
+        if v > r:
+            break
+        r += 1
+    return r
 
 
 def quantize(t: Tensors, spec: AttackSpec) -> Tensors:
