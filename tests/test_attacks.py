@@ -265,6 +265,19 @@ def test_options_that_do_not_fit_are_refused(sealed_model: Loaded) -> None:
         attack(plain, AttackSpec("lsb-rewrite"))
 
 
+def test_a_model_sealed_without_metadata_gives_k_from_the_header_in_its_weights(key: paramseal.Key) -> None:
+    # a sealed .pt or .npy keeps its header in the weights only: lsb-rewrite said it "needs a sealed model"
+    s = paramseal.seal({"w": np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)}, key)
+    bare = Loaded(dict(s.tensors), {})
+    k = s.header.tensors[0].k
+    _, truth = attack(bare, AttackSpec("lsb-rewrite", seed=2, fraction=0.1))
+    assert truth.changed_parameters and max(truth.changes[0].bit_counts()) < k
+    _, truth = attack(bare, AttackSpec("bitflip", seed=2, n=20, field="watermark"))
+    assert sum(c.bits_flipped for c in truth.changes) == 20 and max(truth.changes[0].bit_counts()) < k
+    with pytest.raises(UsageError, match="keeps it in its weights only"):  # it said "needs a sealed model"
+        attack(bare, AttackSpec("metadata"))
+
+
 def test_bits_out_of_range_or_unused_is_refused(sealed_model: Loaded) -> None:
     # --bits 0 or -1 fell back to the seal's k or found no tensor; past a value's width it crashed (lsb-rewrite)
     # or flipped fewer bits than --n (bitflip); with another --field it was ignored

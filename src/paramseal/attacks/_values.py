@@ -59,9 +59,17 @@ def _low_bits(a: NDArray[Any], k: int) -> int:
     return k
 
 
-def sealed_k(metadata: Mapping[str, str]) -> dict[str, int]:
-    """The watermark bits per tensor from a ParamSeal header (untrusted; empty when not sealed)."""
+def sealed_k(metadata: Mapping[str, str], tensors: Mapping[str, NDArray[Any]] | None = None) -> dict[str, int]:
+    """The watermark bits per tensor from a ParamSeal header (untrusted; empty when not sealed).
+
+    Without one in ``metadata``, the copy in the weights of ``tensors`` (a sealed .pt or .npy keeps only that).
+    """
     text = metadata.get(METADATA_KEY)
+    if text is None and tensors is not None:
+        from .._embed import header_copies
+
+        copies = header_copies(tensors)
+        text = copies[0][1] if copies else None
     if text is None:
         return {}
     try:
@@ -154,7 +162,7 @@ def _spread(sizes: list[int], pos: NDArray[np.int64]) -> list[tuple[str | int, N
 def bitflip(t: Tensors, spec: AttackSpec, meta: Mapping[str, str], rng: Rng) -> Tensors:
     """Flip exactly ``n`` distinct random bits, drawn uniformly over the allowed bits of the chosen tensors."""
     n = spec.n or 1
-    ks = sealed_k(meta)
+    ks = sealed_k(meta, t) if spec.field == "watermark" and spec.bits is None else {}
     if spec.field == "watermark" and not ks and spec.bits is None:
         raise UsageError("--field watermark needs a sealed model (to read k per tensor) or --bits K")
     names = pick(t, spec, lambda _n, a: spec.field == "any" or is_float(a))
@@ -275,7 +283,7 @@ def whole_tensors(t: Tensors, spec: AttackSpec, rng: Rng, zero: bool) -> Tensors
 
 def lsb_rewrite(t: Tensors, spec: AttackSpec, meta: Mapping[str, str], rng: Rng) -> Tensors:
     """Rewrite the low k bits of a fraction of values with uniformly random (plausible) bits."""
-    ks = sealed_k(meta)
+    ks = sealed_k(meta, t) if spec.bits is None else {}
     if spec.bits is None and not ks:
         raise UsageError("lsb-rewrite needs a sealed model (to read k per tensor) or --bits K")
     d = Draft(t)
@@ -377,7 +385,10 @@ def metadata(meta: Mapping[str, str], spec: AttackSpec, rng: Rng) -> dict[str, s
         out["attacker.note"] = f"edited {int(rng.integers(1 << 30))}"
         return out
     if METADATA_KEY not in out:
-        raise UsageError(f"metadata --mode {mode} needs a sealed model: this file has no ParamSeal header")
+        raise UsageError(
+            f"metadata --mode {mode} needs a ParamSeal header in the file's metadata, and this file has none (a "
+            "sealed .pt or .npy keeps it in its weights only: use bitflip --field watermark or lsb-rewrite)"
+        )
     if mode == "strip":
         del out[METADATA_KEY]
         return out
