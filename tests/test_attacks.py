@@ -192,6 +192,16 @@ def test_whole_tensors(sealed_model: Loaded) -> None:
         assert c.count in (0, c.numel) or c.count > 0.95 * c.numel  # whole tensors (a random value may repeat)
 
 
+def test_replace_tensor_changes_every_value() -> None:
+    # random bf16/fp16 values on the tensor's scale equal the old one now and then: 74 of 65536 bf16 values stayed
+    import ml_dtypes
+
+    for dt in (np.float16, ml_dtypes.bfloat16):
+        m = Loaded({"w": np.random.default_rng(0).standard_normal((256, 256)).astype(dt)})
+        _, truth = attack(m, AttackSpec("replace-tensor", seed=1))
+        assert truth.changed_parameters == 256 * 256, dt
+
+
 def test_lsb_rewrite_touches_only_low_bits(sealed_model: Loaded) -> None:
     _, truth = attack(sealed_model, AttackSpec("lsb-rewrite", seed=1, fraction=1.0))
     ks = {t["name"]: t["k"] for t in json.loads(sealed_model.metadata[METADATA_KEY])["tensors"]}

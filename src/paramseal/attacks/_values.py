@@ -277,7 +277,10 @@ def whole_tensors(t: Tensors, spec: AttackSpec, rng: Rng, zero: bool) -> Tensors
     d = Draft(t)
     for nm in names:
         a = t[nm]
-        d.t[nm] = np.zeros_like(a) if zero else random_like(a, a.size, rng).reshape(a.shape)
+        if zero:
+            d.t[nm] = np.zeros_like(a)
+        else:  # every value changes, as random-modify's do (a low-precision draw can equal the old value)
+            _overwrite(d, nm, np.arange(a.size, dtype=np.int64), random_like(a, a.size, rng))
     return d.t
 
 
