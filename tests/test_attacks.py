@@ -244,6 +244,17 @@ def test_quantize_round_trips(sealed_model: Loaded) -> None:
     assert np.array_equal(v.astype(np.float16).astype(np.float32), v)
 
 
+def test_quantize_int8_keeps_non_finite_values_out_of_the_scale() -> None:
+    # one -inf gave an infinite scale: every value became NaN; a NaN gave scale 1 (values rounded to integers)
+    w = np.linspace(-0.5, 0.5, 128, dtype=np.float32)
+    for bad in (-np.inf, np.nan):
+        x = w.copy()
+        x[3] = bad
+        out = attack(Loaded({"w": x}), AttackSpec("quantize"))[0].tensors["w"]
+        want = np.round(w / (0.5 / 127)) * (0.5 / 127)
+        assert np.allclose(np.delete(out, 3), np.delete(want, 3)) and uview(out)[3] == uview(x)[3]
+
+
 def test_metadata_modes(sealed_model: Loaded) -> None:
     out, truth = attack(sealed_model, AttackSpec("metadata", mode="strip"))
     assert METADATA_KEY not in out.metadata and truth.metadata_keys == (METADATA_KEY,)

@@ -374,9 +374,11 @@ def quantize(t: Tensors, spec: AttackSpec) -> Tensors:
         if spec.mode_or_default == "fp16":
             d.t[nm] = x.astype(np.float16).astype(a.dtype)
         else:
-            m = float(np.max(np.abs(x))) if x.size else 0.0
+            # the scale from the finite values, which alone are quantised: one -inf (a mask) made every value NaN
+            ok = np.isfinite(x)
+            m = float(np.max(np.abs(x[ok]))) if ok.any() else 0.0
             s = m / 127 if m > 0 else 1.0
-            d.t[nm] = (np.clip(np.round(x / s), -127, 127) * s).astype(a.dtype)
+            d.t[nm] = np.where(ok, np.clip(np.round(np.where(ok, x, 0) / s), -127, 127) * s, x).astype(a.dtype)
     return d.t
 
 
