@@ -284,3 +284,40 @@ def test_seal_from_before_own_metadata_digest_serialises_as_sealed(key: paramsea
     header = parse_header(old, key)
     assert header.to_json(key) == old
     assert "own_metadata_sha256" not in json.loads(header.to_json(key, embedded=True))
+
+
+def _edited_value(name: str, v: object) -> object:
+    """Another value of the same kind for header field ``name``."""
+    if name == "keyed_offset":
+        return 0  # read as a flag: 1 on, anything else off
+    if isinstance(v, bool) or v is None:
+        return 8
+    if isinstance(v, int):
+        return v + 1
+    if isinstance(v, str):
+        return _bump_hex(v)
+    if isinstance(v, list):
+        return [*v, 1]
+    raise AssertionError(f"no edit for {name}={v!r}")
+
+
+def test_every_field_of_an_irs_file_header_is_under_the_mac(key: paramseal.Key) -> None:
+    """Each field, edited alone, fails authentication, also those only some seals carry.
+
+    The irs4 settings, ``carriers``, ``header_copies``, ``safetensors_header_bytes`` and
+    ``own_metadata_sha256``, in the copy kept in the weights (no user metadata beside it, whose
+    digest check would otherwise catch a changed digest without the MAC).
+    """
+    w = {"w": np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)}
+    sealed = paramseal.SealConfig().seal(w, key, metadata={"paramseal.tied": '[["v","w",1]]', "u": "v"}, st_room=4096)
+    embedded = parse_header(sealed.header_json, key).to_json(key, embedded=True)
+    body = json.loads(embedded)
+    optional = {"strata", "outer_host", "strata_perms", "keyed_offset", "carriers", "header_copies"}
+    optional |= {"safetensors_header_bytes", "own_metadata_sha256"}
+    assert optional <= set(body) and "user_metadata" not in body
+    skip = {"hmac", "scheme", "tensors", "external_tags", "key_fingerprint"}  # edited in EDITS and their own tests
+    for name in sorted(set(body) - skip):
+        text = _edit(embedded, lambda h, name=name: h.update({name: _edited_value(name, h[name])}))
+        assert text != embedded, name
+        with pytest.raises(HeaderAuthError):
+            parse_header(text, key)
