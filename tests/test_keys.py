@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 import threading
 from collections.abc import Callable
@@ -69,6 +70,25 @@ def test_derive_is_deterministic_and_separates_purposes(key: paramseal.Key, othe
     assert a != other_key.derive("mac-hash")
     assert len(key.derive("x", 8)) == 8
     assert key.secret not in (a, b)
+
+
+def test_every_subkey_has_its_own_hkdf_label() -> None:
+    """Domain separation: each ``key.derive(...)`` call site in the package uses a label no other uses.
+
+    Two purposes sharing a label share a subkey (the fingerprint, published in every report, would
+    then be a prefix of a secret subkey). The golden files cannot show every such collision: those
+    with the lane code have one lane, where the interleave subkey changes nothing.
+    """
+    src = Path(paramseal.__file__).parent
+    sites = [
+        (m.group(1), f"{p.name}:{text.count(chr(10), 0, m.start()) + 1}")
+        for p in sorted(src.rglob("*.py"))
+        for text in [p.read_text()]
+        for m in re.finditer(r"""\.derive\(\s*["']([^"']+)["']""", text)
+    ]
+    labels = [label for label, _ in sites]
+    assert len(labels) == len(set(labels)), sorted(sites)
+    assert {"fingerprint", "header", "mac-hash", "mac-pad", "interleave"} <= set(labels)  # the scan finds them
 
 
 def test_write_key_creates_owner_only_file_and_load_key_reads_it(tmp_path: Path, key: paramseal.Key) -> None:
