@@ -178,6 +178,21 @@ def test_verify_tampered_text_and_json(tmp_path: Path, sealed_file: Path, key_fi
     assert d["kind"] == "verify"
 
 
+def test_verify_json_names_an_added_tensor_and_edited_metadata(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
+    t, meta = helpers.read_st(sealed_file)
+    t["evil"] = np.ones(3, np.float32)
+    bad = helpers.write_st(tmp_path / "bad.safetensors", t, {**meta, "author": "mallory"})
+    rc, so, _ = run(["verify", bad, "--key", key_file, "--json"])
+    d = json.loads(so)
+    assert rc == 1 and d["status"] == "tampered" and d["tampered_tensors"] == [] and d["tampered_blocks"] == 0
+    assert d["extra_tensors"] == ["evil"]
+    assert d["metadata_issues"] == ["key 'author' was changed"]
+    rc, so, _ = run(["verify", bad, "--key", key_file])
+    assert rc == 1 and "extra tensor not in the seal: evil" in so and "metadata: key 'author' was changed" in so
+
+
 def test_verify_json_intact(sealed_file: Path, key_file: Path) -> None:
     rc, so, se = run(["verify", sealed_file, "--key", key_file, "--json"])
     assert se == "", "no progress or other noise on stderr when it is not a terminal"
