@@ -517,3 +517,31 @@ def test_attack_json_is_the_ground_truth_with_each_list_on_one_line(tmp_path: Pa
     assert doc == want
     ranges = sum(len(t["ranges"]) for t in doc["tensors"].values())
     assert ranges > 100 and len(out.splitlines()) < ranges
+
+
+def test_ground_truth_diff_counts_blocks_ranges_and_bits_of_a_known_change() -> None:
+    """The ground truth every evaluation is scored against, checked on a change written by hand."""
+    from paramseal.attacks._truth import diff
+
+    a = np.full(200, -1.75, np.float32)  # not zero: the XOR is not the new bits
+    b = a.copy()
+    ub = b.view(np.uint32)
+    ub[[3, 4, 5, 63, 64, 130]] ^= np.array([1 << 0, 1 << 31, 1 << 5, 1 << 23, 3, 1 << 1], np.uint32)
+    before = {"w": a, "gone": np.ones(2, np.int8), "s": np.ones(4, np.float16)}
+    changes, structural = diff(before, {"w": b, "s": np.ones((2, 2), np.float16), "new": np.ones(1, np.int8)})
+    (w, s) = changes
+    assert w.name == "w" and w.numel == 200 and w.width == 32
+    assert w.indices.tolist() == [3, 4, 5, 63, 64, 130] and w.count == 6
+    assert w.xor.tolist() == [1, 1 << 31, 1 << 5, 1 << 23, 3, 2]
+    assert w.blocks.tolist() == [0, 1, 2]
+    assert w.ranges() == [[3, 6], [63, 65], [130, 131]]
+    assert w.bits_flipped == 7
+    assert w.bit_counts() == {0: 2, 1: 2, 5: 1, 23: 1, 31: 1}
+    d = w.to_dict()
+    assert d["changed"] == 6 and d["blocks"] == 3 and d["bits"] == [[0], [31], [5], [23], [0, 1], [1]]
+    assert s.count == 0  # reshaped only: no value changed
+    assert structural == (
+        "tensor 'gone' removed",
+        "tensor 's' reshaped from [4] to [2, 2]",
+        "tensor 'new' added",
+    )
