@@ -259,3 +259,35 @@ def test_the_same_model_is_written_to_the_same_bytes_and_read_back_by_the_librar
     big = tmp_path / "big.safetensors"  # safetensors is little-endian: a big-endian array is byte-swapped
     files.write_model(big, Loaded({"w": np.arange(5, dtype=">f4")}, {}))
     assert load_file(str(big))["w"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_written_files_put_the_widest_dtypes_first_so_every_tensor_is_aligned(tmp_path: Path, key_file: Path) -> None:
+    """Widest dtype first, then by name, as the safetensors library lays files out: no tensor starts off its width.
+
+    Odd-sized narrow tensors placed before wide ones would leave the wide ones misaligned.
+    """
+    from paramseal.formats.safetensors import read_layout
+
+    rng = np.random.default_rng(0)
+    model = {
+        "a.mask": np.ones(3, np.bool_),
+        "b.ids": np.arange(5, dtype=np.int8),
+        "c.half": rng.standard_normal(7).astype(np.float16),
+        "d.w": rng.standard_normal((64, 65)).astype(np.float32),
+        "e.big": rng.standard_normal(129),
+        "f.w": rng.standard_normal(300).astype(np.float32),
+    }
+    plain = helpers.write_st(tmp_path / "plain.safetensors", model)
+    written = tmp_path / "written.safetensors"
+    files.write_model(written, files.read_model(plain))
+    sealed = tmp_path / "sealed.safetensors"
+    rc, _, err = helpers.run_cli(["seal", plain, sealed, "--key", key_file])
+    assert rc == 0, err
+    for p in (written, sealed):
+        lay = read_layout(p)
+        widths = [np.dtype(model[e.name].dtype).itemsize for e in lay.entries]
+        assert widths == sorted(widths, reverse=True) and len(widths) == len(model), p.name
+        assert [e.name for e in lay.entries][:3] == ["e.big", "d.w", "f.w"]  # then by name
+        assert lay.data_start % 8 == 0
+        for e in lay.entries:
+            assert e.start % np.dtype(model[e.name].dtype).itemsize == 0, (p.name, e.name, e.start)
