@@ -210,6 +210,39 @@ def test_default_lane_count_keeps_one_lost_block_recoverable(key: paramseal.Key)
     assert paramseal.recover(t, key, s.header_json).report.status == "recovered"
 
 
+def test_verify_predicts_recovery_across_a_lane_s_capacity_counting_unstored_parity(
+    key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify's "recoverable" is recover's outcome, block by block across one lane's capacity.
+
+    The lane damaged has parity shards that no block stores (holes): they count as lost. Leaving
+    them out, verify calls 28 blocks lost here recoverable, and recover fails. The salt is fixed
+    so that the layout, and with it where the capacity falls, is the same every run.
+    """
+    import os
+
+    from paramseal.verify import check
+
+    real = os.urandom
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(range(16)) if n == 16 else real(n))
+    s = paramseal.SealConfig(code="lanes", lanes=2).seal(helpers.fp32_model(15_000, seed=4), key)
+    lay = check(s.tensors, key, s.header_json).layout
+    lane = int(np.argmax(lay.holes))
+    assert (~lay.stored(np.array([lane]))).sum() == lay.holes[lane] > 0
+    blocks = np.flatnonzero(lay.lane[np.arange(-(-15_000 // 64))] == lane)
+    outcomes = []
+    for n in range(24, 32):
+        t = helpers.copy_model(s.tensors)
+        for b in blocks[:n]:
+            t["layer0.weight"][b * 64 : b * 64 + 64] = 1.0
+        predicted = paramseal.verify(t, key, s.header_json).recoverable
+        res = paramseal.recover(t, key, s.header_json)
+        helpers.assert_honest_recovery(res, t, s.tensors)
+        outcomes.append((n, predicted, res.report.status == "recovered"))
+    assert all(p == r for _, p, r in outcomes), outcomes
+    assert outcomes[0][2] and not outcomes[-1][2], outcomes  # the capacity lies in the range
+
+
 def test_recovery_from_a_partial_check_is_refused_clearly(key: paramseal.Key) -> None:
     """A check of some tensors only (verify's selection) cannot drive a recovery: a usage error, not a crash."""
     import importlib
