@@ -263,6 +263,40 @@ def test_recover_beyond_capacity_writes_nothing_unless_allow_partial(
     assert run(["verify", out, "--key", key_file])[0] == 2
 
 
+def test_partial_recover_in_place_never_loses_values_the_output_drops(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
+    # written over IN, a partial result zeroed a tensor IN held at another size, and dropped a tensor the
+    # seal does not know: values the user had (say a row cut off: the rest still sealed content) were gone
+    def cut(t: dict) -> None:
+        t["embed.weight"] = t["embed.weight"][:-1].copy()  # one row off: read as missing, not restored
+        t["fc.weight"] = np.zeros_like(t["fc.weight"])
+
+    def extra(t: dict) -> None:
+        t["embed.weight"] = np.zeros_like(t["embed.weight"])
+        t["fc.weight"] = np.zeros_like(t["fc.weight"])
+        t["added"] = np.ones(8, np.float32)
+
+    for fn, name in ((cut, "embed.weight"), (extra, "added")):
+        bad = _tamper(sealed_file, tmp_path / "bad.safetensors", fn)
+        h = helpers.sha256(bad)
+        rc, _, err = run(["recover", bad, bad, "--key", key_file, "--in-place", "--allow-partial"])
+        assert rc == 3 and f"'{name}'" in err and "nothing was written" in err, err
+        assert helpers.sha256(bad) == h and not list(tmp_path.glob(".*.tmp"))
+        out = tmp_path / "out.safetensors"  # into a new file IN keeps them: allowed
+        rc, so, _ = run(["recover", bad, out, "--key", key_file, "--allow-partial"])
+        assert rc == 2 and "partial result written" in so and helpers.sha256(bad) == h
+        out.unlink()
+    # damage within the tensors loses nothing in place: the blocks not restored stay as found
+    wiped = _tamper(
+        sealed_file,
+        tmp_path / "wiped.safetensors",
+        lambda t: t.update({n: np.zeros_like(t[n]) for n in ("embed.weight", "fc.weight")}),
+    )
+    rc, so, _ = run(["recover", wiped, wiped, "--key", key_file, "--in-place", "--allow-partial"])
+    assert rc == 2 and "partial result written" in so
+
+
 def test_out_equal_in_is_refused_without_in_place(sealed_file: Path, model_file: Path, key_file: Path) -> None:
     for argv in (
         ["seal", model_file, model_file, "--key", key_file],

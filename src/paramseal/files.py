@@ -14,7 +14,7 @@ import stat
 import struct
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,6 +56,7 @@ from .verify import (
     check,
     header_from_weights,
     report_of,
+    usable,
 )
 
 PathLike = str | os.PathLike[str]
@@ -519,6 +520,8 @@ def recover_file(
             prog.done()
             if not (rec.report.ok or allow_partial):
                 return RecoveredFile(None, rec.report, rec.metadata)
+            if in_place and not rec.report.ok:
+                _refuse_losing_partial(s, loaded.tensors, chk, rec.report)
             out_meta = dict(rec.metadata)
             if not found.embedded:  # a header read from the weights stays there only, as in the input
                 out_meta[METADATA_KEY] = found.text
@@ -541,6 +544,31 @@ def recover_file(
     finally:
         if pre is not None:
             pre.cancel()
+
+
+def _refuse_losing_partial(src: Path, tensors: Mapping[str, NDArray[np.generic]], chk: Check, report: Report) -> None:
+    """A partial result written over IN must not lose what IN holds that the output will not.
+
+    The output has the sealed tensors only: a tensor IN holds at another size (read as missing)
+    that stays unrecoverable is written as zeros, and a tensor the seal does not know is left
+    out. Over a new file IN keeps them; in place they would be gone.
+    """
+    lost = [
+        s.name
+        for s in chk.specs
+        if s.name in tensors
+        and usable(tensors[s.name], s)[0] is None
+        and (f := report.tensors.get(s.name)) is not None
+        and f.unrecoverable_blocks
+    ]
+    lost += chk.extra
+    if lost:
+        shown = ", ".join(f"'{n}'" for n in lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
+        raise UsageError(
+            f"recover --in-place --allow-partial would lose what '{src}' holds in {shown} (not restored, and "
+            "its data is not the sealed tensor's size, or the seal does not know it); nothing was written: "
+            "recover into a new file, which leaves the input as it is"
+        )
 
 
 _HEADER_SLACK = 64 << 10  # input header room beyond the output's own that a patched copy may keep

@@ -184,7 +184,7 @@ def check(
     extra = [n for n in arrays if n not in sealed_names and (select is None or fnmatch.fnmatchcase(n, select))]
     for t, spec in enumerate(specs):
         prog.step(spec.name)
-        found, why = _usable(arrays.get(spec.name), spec)
+        found, why = usable(arrays.get(spec.name), spec)
         issues.append(why)
         if not chosen[t]:  # partial verification: never read
             issues[-1] = []
@@ -268,7 +268,8 @@ _OWN_DIFFERS = (
 )
 
 
-def _usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.generic] | None, list[str]]:
+def usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.generic] | None, list[str]]:
+    """``a`` as the sealed tensor's data (None when it cannot be: missing, or another size) and what differs."""
     if a is None:
         return None, ["missing"]
     try:
