@@ -3,14 +3,19 @@
 tag = (H_k(block) + F(salt, tensor, block)) mod p, with p = 2**32 - 5.
 
 * H is the multilinear hash over 16-bit words, sum(k_i * m_i) mod p with k_i
-  uniform in Z_p. For two different blocks of the same length it collides with
-  probability at most 1/p (some m_i - m'_i is a nonzero residue), so it is
-  1/p-almost-universal.
+  uniform in Z_p (64-bit keystream words mod p: each residue has probability
+  at most 1/p + 2**-64). For two different blocks of the same length and any c,
+  H(m) - H(m') = sum k_i (m_i - m'_i) equals c with probability at most
+  1/p + 2**-64 (some m_i - m'_i is a nonzero residue, and H has no constant
+  term), whatever the length: H is almost-delta-universal, the property a
+  Wegman–Carter tag with an additive pad needs (almost-universal alone is not
+  enough). Block lengths are fixed by the authenticated tensor table.
 * F is AES-256 in counter mode, a PRF, with a counter block unique to the seal
-  salt and tensor, so every block gets a fresh one-time pad.
+  salt and tensor, so every block gets a fresh one-time pad (a 64-bit keystream
+  word mod p: within statistical distance 25 * 2**-64 < 2**-59 of uniform).
 
 A forger who does not hold the key therefore succeeds with probability at most
-1/p + Adv_PRF(AES) per block, which is below 2**-32 + negligible. The tag bits
+1/p + 2**-58 + Adv_PRF(AES) per block, which is below 2**-32 + negligible. The tag bits
 themselves are zeroed before hashing, so changing them is detected too. The
 same salt ties blocks to one seal: a block copied from another model sealed
 with the same key gets a different pad.
