@@ -1,8 +1,9 @@
 """Reed–Solomon over GF(2^16) (leopard / reed-solomon-simd), run on many lanes at once.
 
 Each lane is one codeword of K data shards and M parity shards of 4 bytes.
-Lanes are batched by putting lane g's 4 bytes at offset 4g of every shard, so a
-single library call codes a whole batch; erasures are then the union over the
+Lanes are batched by making lane g's 4 bytes GF(2^16) elements 2g and 2g + 1 of
+every shard (in the library's split layout, `_to_split`), so a single library
+call codes a whole batch; erasures are then the union over the
 batch, so the decoder batches lanes only while that union stays decodable.
 """
 
