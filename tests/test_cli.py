@@ -283,10 +283,11 @@ def test_partial_recover_in_place_never_loses_values_the_output_drops(
         rc, _, err = run(["recover", bad, bad, "--key", key_file, "--in-place", "--allow-partial"])
         assert rc == 3 and f"'{name}'" in err and "nothing was written" in err, err
         assert helpers.sha256(bad) == h and not list(tmp_path.glob(".*.tmp"))
-        out = tmp_path / "out.safetensors"  # into a new file IN keeps them: allowed
-        rc, so, _ = run(["recover", bad, out, "--key", key_file, "--allow-partial"])
-        assert rc == 2 and "partial result written" in so and helpers.sha256(bad) == h
-        out.unlink()
+        out = tmp_path / "out.safetensors"  # into a new file IN keeps them: allowed, --in-place or not
+        for more in ([], ["--in-place"]):
+            rc, so, _ = run(["recover", bad, out, "--key", key_file, "--allow-partial", *more])
+            assert rc == 2 and "partial result written" in so and helpers.sha256(bad) == h, more
+            out.unlink()
     # damage within the tensors loses nothing in place: the blocks not restored stay as found
     wiped = _tamper(
         sealed_file,

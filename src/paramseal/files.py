@@ -503,7 +503,8 @@ def recover_file(
     s, d = Path(src), Path(dst)
     d, fmt = _check_paths(s, d, in_place)
     pre: _Precopy | None = None
-    patch_here = in_place and s.is_file() and d.exists() and s.resolve() == d.resolve() and _is_safetensors(s)
+    onto_input = in_place and d.exists() and s.resolve() == d.resolve()  # --in-place only permits it
+    patch_here = onto_input and s.is_file() and _is_safetensors(s)
     if s.is_file() and _is_safetensors(s) and fmt == "safetensors" and not patch_here:
         pre = _Precopy(s, temp_beside(d))
         pre.start()
@@ -520,7 +521,7 @@ def recover_file(
             prog.done()
             if not (rec.report.ok or allow_partial):
                 return RecoveredFile(None, rec.report, rec.metadata)
-            if in_place and not rec.report.ok:
+            if onto_input and not rec.report.ok:
                 _refuse_losing_partial(s, loaded.tensors, chk, rec.report)
             out_meta = dict(rec.metadata)
             if not found.embedded:  # a header read from the weights stays there only, as in the input
