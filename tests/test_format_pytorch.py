@@ -157,6 +157,25 @@ def test_a_sealed_state_dict_wrapped_with_other_entries_is_tampered(
     assert list(torch.load(tmp_path / "r.pt", weights_only=True)) == list(sd)  # the sealed weights alone
 
 
+def test_partial_recover_in_place_keeps_a_checkpoint_s_other_entries(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """A partial result written over IN dropped the optimizer state and epoch beside the weights: refused."""
+    src, bad = tmp_path / "m.pt", tmp_path / "bad.pt"
+    g = torch.Generator().manual_seed(0)
+    torch.save({"fc.weight": torch.randn(300, 200, generator=g), "fc.bias": torch.randn(300, generator=g)}, src)
+    files.seal_file(src, bad, key)
+    sd = torch.load(bad, weights_only=True)
+    sd["fc.weight"][-120:] = 0  # past capacity, clear of the header copy at the start
+    torch.save({"state_dict": sd, "optimizer": {"lr": 0.1}, "epoch": 3}, bad)
+    h = helpers.sha256(bad)
+    rc, _, err = helpers.run_cli(["recover", bad, bad, "--key", key_file, "--in-place", "--allow-partial"])
+    assert rc == 3 and "'optimizer', 'epoch'" in err and "nothing was written" in err, err
+    assert helpers.sha256(bad) == h
+    rc, so, _ = helpers.run_cli(["recover", bad, tmp_path / "r.pt", "--key", key_file, "--allow-partial"])
+    assert rc == 2 and "partial result written" in so  # into a new file: IN keeps them
+
+
 @pytest.mark.parametrize(
     ("obj", "expect"),
     [

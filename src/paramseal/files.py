@@ -14,7 +14,7 @@ import stat
 import struct
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -522,7 +522,7 @@ def recover_file(
             if not (rec.report.ok or allow_partial):
                 return RecoveredFile(None, rec.report, rec.metadata)
             if onto_input and not rec.report.ok:
-                _refuse_losing_partial(s, loaded.tensors, chk, rec.report)
+                _refuse_losing_partial(s, loaded, chk, rec.report)
             out_meta = dict(rec.metadata)
             if not found.embedded:  # a header read from the weights stays there only, as in the input
                 out_meta[METADATA_KEY] = found.text
@@ -547,13 +547,15 @@ def recover_file(
             pre.cancel()
 
 
-def _refuse_losing_partial(src: Path, tensors: Mapping[str, NDArray[np.generic]], chk: Check, report: Report) -> None:
+def _refuse_losing_partial(src: Path, loaded: Loaded, chk: Check, report: Report) -> None:
     """A partial result written over IN must not lose what IN holds that the output will not.
 
     The output has the sealed tensors only: a tensor IN holds at another size (read as missing)
-    that stays unrecoverable is written as zeros, and a tensor the seal does not know is left
-    out. Over a new file IN keeps them; in place they would be gone.
+    that stays unrecoverable is written as zeros, and a tensor the seal does not know, or a
+    checkpoint's other entries (a .pt's optimizer state), are left out. Over a new file IN keeps
+    them; in place they would be gone.
     """
+    tensors = loaded.tensors
     lost = [
         s.name
         for s in chk.specs
@@ -562,12 +564,13 @@ def _refuse_losing_partial(src: Path, tensors: Mapping[str, NDArray[np.generic]]
         and (f := report.tensors.get(s.name)) is not None
         and f.unrecoverable_blocks
     ]
-    lost += chk.extra
+    lost += chk.extra + list(loaded.others)
     if lost:
         shown = ", ".join(f"'{n}'" for n in lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
         raise UsageError(
             f"recover --in-place --allow-partial would lose what '{src}' holds in {shown} (not restored, and "
-            "its data is not the sealed tensor's size, or the seal does not know it); nothing was written: "
+            "its data is not the sealed tensor's size, or the seal does not know it, or it is not a tensor the output "
+            "keeps); nothing was written: "
             "recover into a new file, which leaves the input as it is"
         )
 
