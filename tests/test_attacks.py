@@ -236,6 +236,17 @@ def test_swap_n_pairs_are_n_distinct_pairs() -> None:
         attack(m, AttackSpec("swap", n=3))
 
 
+def test_swap_of_many_pairs_takes_time_linear_in_n() -> None:
+    # each pair scanned a list of the units already used: 16,000 pairs took 8 s, 40,000 about a minute
+    import time
+
+    m = Loaded({"w": np.arange(64 * 100_000, dtype=np.float32)})
+    t0 = time.perf_counter()
+    _, truth = attack(m, AttackSpec("swap", seed=3, mode="blocks", n=40_000))
+    assert time.perf_counter() - t0 < 15  # about 0.5 s here; a limit far from both
+    assert truth.changed_parameters == 80_000 * 64
+
+
 def test_quantize_round_trips(sealed_model: Loaded) -> None:
     out, _ = attack(sealed_model, AttackSpec("quantize", mode="int8", tensors=("embed.weight",)))
     assert np.unique(out.tensors["embed.weight"]).size <= 255

@@ -342,27 +342,21 @@ def swap(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
     if n > int((free // 2).sum()):
         what = "blocks" if mode == "blocks" else "rows"
         raise UsageError(f"cannot swap {n} distinct pairs of {what}: the chosen tensors have {int((free // 2).sum())}")
-    used: dict[str, list[int]] = {nm: [] for nm in names}
-    for _ in range(n):
-        p = np.where(free >= 2, free, 0)
+    left, per = free.copy(), np.zeros(len(names), dtype=np.int64)
+    for _ in range(n):  # the tensor of each pair, by the units it has left
+        p = np.where(left >= 2, left, 0)
         k = int(rng.choice(len(names), p=p / p.sum()))
-        nm, w = names[k], unit(t[names[k]])
-        i, j = (_nth_free(used[nm], int(r)) for r in rng.choice(int(free[k]), size=2, replace=False))
-        used[nm] = sorted([*used[nm], i, j])
-        free[k] -= 2
-        u = d.bits(nm)
-        a_, b_ = u[i * w : (i + 1) * w].copy(), u[j * w : (j + 1) * w].copy()
-        u[i * w : (i + 1) * w], u[j * w : (j + 1) * w] = b_, a_
+        per[k] += 1
+        left[k] -= 2
+    for nm, units, c in zip(names, free.astype(np.int64).tolist(), per.tolist(), strict=True):
+        if not c:
+            continue
+        # all of a tensor's pairs in one draw without replacement: one unit per pair at most
+        w = unit(t[nm])
+        i, j = rng.choice(units, size=(2, c), replace=False)
+        v = d.bits(nm)[: units * w].reshape(units, w)
+        v[i], v[j] = v[j], v[i]  # fancy indexing copies: the right side is read before either write
     return d.t
-
-
-def _nth_free(used: list[int], r: int) -> int:
-    """The ``r``-th unit (from 0) not in ``used`` (sorted)."""
-    for v in used:
-        if v > r:
-            break
-        r += 1
-    return r
 
 
 def quantize(t: Tensors, spec: AttackSpec) -> Tensors:
