@@ -564,7 +564,7 @@ def test_conflicting_or_unusable_eval_options_are_refused_before_any_run(tmp_pat
 def test_whole_tensor_attacks_at_one_fraction_are_not_counted_as_seeds() -> None:
     # replace-tensor and zero-tensor share the "whole tensors" family: at the same fraction, one seed of each was
     # reported as "4.88% (0/2 seeds recovered)", at the mean of two attacks' tampering rates
-    from paramseal.evaluation import report
+    from paramseal.evaluation import plots, report
 
     cfg = _config("mlp", "standard", code="lanes", contiguous_bound=0.03, scattered_bound=0.0005)
     run = {"type": "run", "model": "mlp", "dtype": "F32", "level": "standard", "seed": 0, "detected": True}
@@ -575,6 +575,9 @@ def test_whole_tensor_attacks_at_one_fraction_are_not_counted_as_seeds() -> None
     best, fail, seeds = report.thresholds(runs)[("mlp", "F32", "standard", "whole")]
     assert (best, fail, seeds) == (None, 0.0488, (0, 1))
     assert report._threshold_table(runs, {cfg["id"]: cfg}).endswith("| not tested | – | none | 4.88% |")
+    # the figures' points too: one per attack, each at its own rate (it drew one at 50% recovered)
+    runs[0] = {**runs[0], "recovered": True, "fraction_restored": 1.0}
+    assert plots._sweep(runs, "whole") == [(0.0488, 0.0, 0.0), (0.0489, 1.0, 1.0)]
 
 
 def test_recovery_legend_names_curves_drawn_only_in_later_panels(
