@@ -51,14 +51,15 @@ def test_bench_core_refuses_nonsense_arguments(
 
 def test_bench_core_targets_need_a_true_outcome() -> None:
     outcome = _load("bench_core").outcome
-    assert outcome("verify", "intact", None) == (True, "")
-    assert not outcome("verify", "tampered", None)[0]
-    assert outcome("recover", "recovered", True) == (True, "")
+    assert outcome("verify", "intact", None) == (True, False, "")
+    assert outcome("verify", "tampered", None)[:2] == (False, True)
+    assert outcome("recover", "recovered", True) == (True, False, "")
     for exact in (False, None):  # compared and different, or no output to compare
-        ok, note = outcome("recover", "recovered", exact)
-        assert not ok and "FALSE CLAIM" in note
-    ok, note = outcome("recover", "unrecoverable", False)  # said so itself: its time is still reported
-    assert ok and "not fully recovered" in note
+        ok, wrong, note = outcome("recover", "recovered", exact)
+        assert not ok and wrong and "FALSE CLAIM" in note
+    # said so itself: honest (the run is not wrong), but a fast failure cannot pass a recover target
+    ok, wrong, note = outcome("recover", "unrecoverable", False)
+    assert not ok and not wrong and "not fully recovered" in note
 
 
 @pytest.mark.parametrize(
