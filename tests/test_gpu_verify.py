@@ -330,6 +330,11 @@ def test_the_repr_shows_no_key_material(key: paramseal.Key) -> None:
     assert "4 tensors" in text
     assert key.secret.hex() not in text and "keys" not in text and str(int(v._plans[0].consts.keys64[0])) not in text
     assert "keys64" not in repr(v.check())
+    # nor the per-tensor plans and groups, which a traceback with locals (pytest -l, an error reporter) prints
+    keys = str(int(v._plans[0].consts.keys64[0]))
+    pad = str(int(v._plans[0].c[0]))
+    for inner in (*v._plans, *v._groups):
+        assert keys not in repr(inner) and pad not in repr(inner) and "keys64" not in repr(inner)
 
 
 def test_unknown_backend_is_a_usage_error(key: paramseal.Key) -> None:

@@ -98,7 +98,7 @@ class GpuCheck:
         return self.failing == 0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)  # key material: never in a repr (a _Plan's or a traceback's)
 class _Consts:
     """Per (device, words per block, k): the hash keys and where a block keeps its tag bits."""
 
