@@ -567,6 +567,39 @@ def test_many_tensors_of_every_size_in_one_launch(
     assert dict(got.blocks) == cpu_blocks(live, key, header)
 
 
+@pytest.mark.parametrize("device", TRITON_DEVICES)
+def test_a_tensor_the_grouped_kernel_cannot_read_leaves_the_others_in_one_launch(
+    key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, device: str
+) -> None:
+    """A transposed view and a tensor 4 bytes off alignment are launched on their own; the rest stay grouped.
+
+    One such tensor sent every tensor of its group to a launch of its own (docs/gpu.md: "tensors that
+    are not contiguous or not 16-byte aligned are launched one by one").
+    """
+    alone: list[str] = []
+    launch = gpu._launch
+    monkeypatch.setattr(
+        gpu, "_launch", lambda kernel, plan, words: (alone.append(plan.spec.name), launch(kernel, plan, words))
+    )
+    rng = np.random.default_rng(14)
+    state, header = seal_state(
+        {f"t{i}": helpers.random_tensor(rng, np.float32, (20, 30)) for i in range(5)}, key, "lanes"
+    )
+    live = to_device(state, device)
+    live["t1"] = live["t1"].t().contiguous().t()
+    buf = torch.zeros(live["t3"].numel() + 1, device=device)
+    buf[1:] = live["t3"].reshape(-1)
+    live["t3"] = buf[1:].view(20, 30)
+    v = gpu.GpuVerifier(live, key, header, backend="triton")
+    assert v.check().ok
+    assert sorted(alone) == ["t1", "t3"]
+    for i, t in enumerate(live.values()):
+        if i != 1:
+            flip(t, 64 * i + 5, 20)
+    flip(live["t1"].t(), 9 * 20 + 2, 20)  # t1[2, 9], its value 69: block 1 (a flip through a copy would be lost)
+    assert dict(v.check().blocks) == cpu_blocks(live, key, header) == {f"t{i}": (i,) for i in range(5)}
+
+
 @pytest.mark.parametrize("device,backend", ENGINES)
 def test_empty_tensors_from_numpy_are_checked(key: paramseal.Key, device: str, backend: str) -> None:
     """``torch.from_numpy`` of an empty array has stride (0,), which a 16-bit view refuses: it must still be checked."""

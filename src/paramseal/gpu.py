@@ -209,8 +209,8 @@ class GpuVerifier:
         done: set[int] = set()
         if GROUPED and self._backend != "torch" and _triton_kernel() is not None:
             for group in self._groups:
-                if self._use_triton(group.plans[0]) and group.launch(tensors):
-                    done.update(p.t for p in group.plans)
+                if self._use_triton(group.plans[0]):
+                    done.update(p.t for p in group.launch(tensors))
         for plan in self._plans:
             if plan.t not in done:
                 self._run(plan, tensors[plan.spec.name])
@@ -537,7 +537,8 @@ class _Group:
     the kernel takes on a tensor of a few megabytes; an LLM has hundreds of tensors. The grouped
     kernel reads a table: per program, the tensor and its first block; per tensor, where its
     words are (an offset in 16-bit words from the first tensor's), its sizes and its rules.
-    Offsets are recomputed whenever a tensor's storage moved.
+    Offsets are recomputed whenever a tensor's storage moved. A tensor the kernel cannot read in
+    place (not contiguous, or not 16-byte aligned) is left out of the table and launched on its own.
     """
 
     def __init__(self, plans: list[_Plan], offsets: dict[int, int], c: torch.Tensor, flags: torch.Tensor) -> None:
@@ -549,42 +550,46 @@ class _Group:
         self.nwords = self._up([s.numel * s.width // 16 for s in specs])
         self.g0 = self._up([offsets[p.t] for p in plans])
         self.rules = self._up([p.full_internal | p.last_internal << 1 | p.ext_ok << 2 for p in plans], _torch.int32)
-        self._ptrs: tuple[int, ...] = ()
+        self._ptrs: tuple[tuple[int, ...], int] = ((), -1)  # the pointers and base the offsets are from
         self._woff: torch.Tensor | None = None
-        self._programs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._programs: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _up(self, values: list[int], dtype: Any = None) -> torch.Tensor:
         out: torch.Tensor = _torch.tensor(values, dtype=dtype or _torch.int64, device=self.device)
         return out
 
-    def programs(self, bpp: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per program: its tensor (index in the group) and first block, for ``bpp`` blocks per program."""
-        if bpp not in self._programs:
-            counts = np.array([-(-p.spec.nblocks // bpp) for p in self.plans], dtype=np.int64)
+    def programs(self, bpp: int, skip: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per program: its tensor (index in the group) and first block, for ``bpp`` blocks per program.
+
+        The tensors in ``skip`` get no program.
+        """
+        if (bpp, skip) not in self._programs:
+            counts = np.array(
+                [0 if i in skip else -(-p.spec.nblocks // bpp) for i, p in enumerate(self.plans)], dtype=np.int64
+            )
             tid = np.repeat(np.arange(len(self.plans), dtype=np.int32), counts)
             first = np.arange(tid.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-            self._programs[bpp] = (
+            self._programs[bpp, skip] = (
                 _torch.from_numpy(tid).to(self.device),
                 _torch.from_numpy(first * bpp).to(self.device),
             )
-        return self._programs[bpp]
+        return self._programs[bpp, skip]
 
-    def launch(self, tensors: Mapping[str, torch.Tensor]) -> bool:
-        """Check every tensor of the group in one launch; False (nothing done) if one is not laid out for it."""
+    def launch(self, tensors: Mapping[str, torch.Tensor]) -> list[_Plan]:
+        """Check in one launch every tensor of the group laid out for it; return their plans (the rest: one by one)."""
         xs = [tensors[p.spec.name] for p in self.plans]
-        if not all(x.is_contiguous() for x in xs):
-            return False
         ptrs = tuple(x.data_ptr() for x in xs)
-        if any(q % 16 for q in ptrs):  # the kernel's loads assume 16-byte aligned tensors
-            return False
-        base = max(range(len(xs)), key=lambda i: xs[i].numel())  # never an empty tensor's null pointer
-        if not xs[base].numel():  # a group of empty tensors (their last blocks): the per-tensor path
-            return False
-        if ptrs != self._ptrs or self._woff is None:
+        # the kernel reads a tensor in place: contiguous and 16-byte aligned (what its loads assume)
+        skip = tuple(i for i, x in enumerate(xs) if not x.is_contiguous() or ptrs[i] % 16)
+        sized = [i for i in range(len(xs)) if i not in skip and xs[i].numel()]
+        if not sized:  # nothing to read (empty tensors only: their last blocks go the per-tensor path)
+            return []
+        base = max(sized, key=lambda i: xs[i].numel())  # never an empty tensor's null pointer
+        if (ptrs, base) != self._ptrs or self._woff is None:
             self._woff = self._up([(q - ptrs[base]) // 2 for q in ptrs])
-            self._ptrs = ptrs
+            self._ptrs = (ptrs, base)
         bpp, warps = tile(self.plans[0].words)
-        prog_t, prog_b0 = self.programs(bpp)
+        prog_t, prog_b0 = self.programs(bpp, skip)
         k = self.plans[0].consts
         _GROUPED_KERNEL[(prog_t.numel(),)](
             xs[base].detach().reshape(-1).view(_torch.int16), self.c, self.flags,
@@ -593,7 +598,7 @@ class _Group:
             P, self.plans[0].words, k.nm, bpp,
             num_warps=warps,
         )  # fmt: skip
-        return True
+        return [p for i, p in enumerate(self.plans) if i not in skip]
 
 
 def _triton_kernel() -> Any:
