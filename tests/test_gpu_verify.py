@@ -343,6 +343,17 @@ def test_unknown_backend_is_a_usage_error(key: paramseal.Key) -> None:
         gpu.GpuVerifier(state, key, header, backend="cuda")  # type: ignore[arg-type]
 
 
+def test_backend_triton_without_triton_is_refused_when_built(
+    key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It was accepted, and the first check() raised, saying to install triton even where PARAMSEAL_NO_TRITON hid it."""
+    state, header = seal_state(model_of("F32"), key)
+    monkeypatch.setenv("PARAMSEAL_NO_TRITON", "1")
+    with pytest.raises(paramseal.UsageError, match="needs triton .* PARAMSEAL_NO_TRITON unset"):
+        gpu.GpuVerifier(state, key, header, backend="triton")
+    assert gpu.GpuVerifier(state, key, header).check().ok  # auto: the torch engine
+
+
 @pytest.mark.parametrize(
     "change,error,words",
     [

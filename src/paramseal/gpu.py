@@ -83,6 +83,9 @@ NUM_WARPS: int | None = None
 #: One launch per device, block size and k (True) rather than one per tensor (see ``_Group``).
 GROUPED = True
 _ALIGN = 16  # per-tensor segments of the flag and pad buffers start on 16 elements
+_NO_TRITON = (
+    "backend='triton' needs triton (pip install triton, on CUDA) and PARAMSEAL_NO_TRITON unset; or use backend='auto'"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +173,8 @@ class GpuVerifier:
     ) -> None:
         if backend not in ("auto", "torch", "triton"):
             raise UsageError(f"unknown backend '{backend}'; choose auto, torch or triton")
+        if backend == "triton" and _triton_kernel() is None:
+            raise UsageError(_NO_TRITON)
         require_key(key)
         if header_json is not None and not isinstance(header_json, str):
             raise UsageError(
@@ -434,7 +439,7 @@ class GpuVerifier:
             return False
         if self._backend == "triton":
             if _triton_kernel() is None:
-                raise UsageError("backend='triton' needs triton: pip install triton (CUDA), or use backend='auto'")
+                raise UsageError(_NO_TRITON)
             return True
         return plan.device.type == "cuda"
 
