@@ -11,9 +11,10 @@ CPU (numba on every core; the seal time is printed), moves the sealed tensors to
 the GPU and times, each the best and median of ``--repeat`` runs after a warm-up,
 with ``torch.cuda.synchronize`` around ``time.perf_counter``:
 
-* ``check()``: the whole call a user makes (structure check, one kernel per tensor,
-  the count of failing blocks and its transfer to the host);
-* kernels: only the per-tensor kernel launches, timed with CUDA events;
+* ``check()``: the whole call a user makes (structure check, one kernel launch per device, block size
+  and k, the count of failing blocks and its transfer to the host);
+* kernels: only the kernel launches (the grouped ones; per tensor where grouping is off), timed with
+  CUDA events;
 * copy: ``dst.copy_(src)`` of one flat buffer of the same bytes (reads and writes
   them: the reference for a pass over the weights).
 

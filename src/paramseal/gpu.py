@@ -14,7 +14,7 @@ block. Only when a block fails are the flags copied to the host.
 
 Two engines compute the tags:
 
-* a tiled Triton kernel, used on CUDA when ``triton`` imports (a program checks 16 to
+* a tiled Triton kernel, used on CUDA when ``triton`` imports (a program checks 8 to
   64 consecutive blocks; one launch covers every tensor of a device, block size and k);
 * plain torch ops, on any device (the reference the Triton kernel is tested
   against, and what runs on the CPU). It works through a tensor in chunks of
