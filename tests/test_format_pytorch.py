@@ -136,16 +136,22 @@ def test_training_checkpoint_wrappers_are_unwrapped(tmp_path: Path, wrapper: str
     assert got.others == ("epoch", "optimizer")
 
 
+def _sealed_fc(tmp_path: Path, key: paramseal.Key) -> dict[str, torch.Tensor]:
+    """The state dict of a sealed .pt (one 300x200 layer), as torch.load reads it."""
+    src, sealed = tmp_path / "m.pt", tmp_path / "s.pt"
+    g = torch.Generator().manual_seed(0)
+    torch.save({"fc.weight": torch.randn(300, 200, generator=g), "fc.bias": torch.randn(300, generator=g)}, src)
+    files.seal_file(src, sealed, key)
+    sd: dict[str, torch.Tensor] = torch.load(sealed, weights_only=True)
+    return sd
+
+
 @pytest.mark.parametrize("wrapper", ["state_dict", "model", "module"])
 def test_a_sealed_state_dict_wrapped_with_other_entries_is_tampered(
     tmp_path: Path, key: paramseal.Key, key_file: Path, wrapper: str
 ) -> None:
     """A loader may prefer a sibling (timm's use_ema reads 'state_dict_ema'): the seal must not vouch for the file."""
-    src, sealed = tmp_path / "m.pt", tmp_path / "s.pt"
-    g = torch.Generator().manual_seed(0)
-    torch.save({"fc.weight": torch.randn(300, 200, generator=g), "fc.bias": torch.randn(300, generator=g)}, src)
-    files.seal_file(src, sealed, key)
-    sd = torch.load(sealed, weights_only=True)
+    sd = _sealed_fc(tmp_path, key)
     wrapped = tmp_path / "w.pt"
     torch.save({wrapper: sd, f"{wrapper}_ema": {k: torch.zeros_like(v) for k, v in sd.items()}, "epoch": 3}, wrapped)
     rc, out, _ = helpers.run_cli(["verify", wrapped, "--key", key_file, "--json"])
@@ -161,11 +167,8 @@ def test_partial_recover_in_place_keeps_a_checkpoint_s_other_entries(
     tmp_path: Path, key: paramseal.Key, key_file: Path
 ) -> None:
     """A partial result written over IN dropped the optimizer state and epoch beside the weights: refused."""
-    src, bad = tmp_path / "m.pt", tmp_path / "bad.pt"
-    g = torch.Generator().manual_seed(0)
-    torch.save({"fc.weight": torch.randn(300, 200, generator=g), "fc.bias": torch.randn(300, generator=g)}, src)
-    files.seal_file(src, bad, key)
-    sd = torch.load(bad, weights_only=True)
+    bad = tmp_path / "bad.pt"
+    sd = _sealed_fc(tmp_path, key)
     sd["fc.weight"][-120:] = 0  # past capacity, clear of the header copy at the start
     torch.save({"state_dict": sd, "optimizer": {"lr": 0.1}, "epoch": 3}, bad)
     h = helpers.sha256(bad)
