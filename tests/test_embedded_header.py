@@ -524,6 +524,19 @@ def test_a_model_too_small_for_a_copy_beside_a_larger_non_finite_tensor_says_so(
         header_from_weights(sealed.tensors, key)
 
 
+def test_a_damaged_copy_in_a_carrier_smaller_than_the_largest_tensor_is_not_called_no_room(
+    key: paramseal.Key,
+) -> None:
+    """The copy's cost picks the carrier: fp64 (wide k) holds it though the fp32 tensor has more room."""
+    rng = np.random.default_rng(0)
+    m = {"a": rng.standard_normal((960, 64)).astype(np.float32), "d": rng.standard_normal((32, 64))}
+    sealed = paramseal.seal(m, key, level="light")
+    assert [name for name, _ in _embed.header_copies(sealed.tensors)] == ["d"]
+    t = helpers.flip_bit(sealed.tensors, "d", 200, 7)  # a bit of the only copy, not of the record
+    with pytest.raises(HeaderAuthError, match="no copy of its header in the weights is intact"):
+        header_from_weights(t, key)
+
+
 @pytest.fixture(scope="module", params=[np.float32, np.float16], ids=["f32-irs4", "f16-lanes"])
 def lone(request: pytest.FixtureRequest, key: paramseal.Key) -> paramseal.SealedModel:
     """A one-tensor model (a lone carrier, three copies): fp32 seals with irs4, fp16 with lanes."""

@@ -206,10 +206,11 @@ def scan(a: NDArray[np.generic], *, damaged: bool = False) -> Found | None:
 def sealed_traces(tensors: Mapping[str, NDArray[np.generic]]) -> tuple[int, bool]:
     """Records left in a model whose header copies are gone: how many, and whether it never had copies.
 
-    A model once sealed keeps a record in every float tensor with room. Copies go to the tensors
-    with the most room first, so when the tensor with the most room holds an intact record
-    without a copy, and no tensor whose record is gone could have had more room (at any k), the
-    model was too small to carry one: its header lived in the metadata only.
+    A model once sealed keeps a record in every float tensor with room. A record that gives a
+    copy says the model had one. Copies go to the tensors with the most room first, so when the
+    tensor with the most room holds an intact record without a copy, and no tensor whose record
+    is gone could have had more room (at any k), the model was too small to carry one: its
+    header lived in the metadata only.
     """
     found = {n: scan(np.asarray(a)) for n, a in tensors.items()}
 
@@ -219,7 +220,9 @@ def sealed_traces(tensors: Mapping[str, NDArray[np.generic]]) -> tuple[int, bool
     recs = {n: f for n, f in found.items() if f is not None}
     known = {n: room(n, f.k) for n, f in recs.items()}
     top = max(known, key=lambda n: known[n], default=None)
-    if top is None or recs[top].header:  # never sealed (seal asks this of every model), or a copy is there
+    # never sealed (seal asks this of every model), or a copy is there: the copy's cost, not the
+    # tensor's room, picks a carrier, so a smaller tensor with a wider k (an fp64 one) may hold it
+    if top is None or any(f.header for f in recs.values()):
         return len(known), False
     from .seal import non_finite  # seal imports this module
 
