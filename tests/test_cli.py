@@ -697,10 +697,6 @@ def test_json_gives_a_document_for_errors_and_header_level_verdicts(
     rc, out, err = run(["verify", bad, "--key", key_file, "--json"])
     doc = json.loads(out)
     assert rc == 2 and doc["status"] == "tampered" and not doc["recoverable"] and doc["error"] in err
-    # every document has the report's key fields: a script reading tampered_tensors gets null (not known)
-    assert doc["tampered_tensors"] is None and "tampered_tensors" in json.loads(
-        run(["verify", sealed_file, "--key", other, "--json"])[1]
-    )
 
 
 def test_ctrl_c_ends_quietly_with_130_and_leaves_no_output(

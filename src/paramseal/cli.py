@@ -90,16 +90,8 @@ class _UsageExit(SystemExit):
 
 
 def _error_doc(exit_code: int, message: str) -> None:
-    """A JSON reader gets a document for every outcome, not an empty stdout.
-
-    ``tampered_tensors`` is null: which tensors changed is not known (no header could be read).
-    """
-    doc = {
-        "status": "tampered" if exit_code == 2 else "error",
-        "recoverable": False,
-        "tampered_tensors": None,
-        "exit_code": exit_code,
-    }
+    """A JSON reader gets a document for every outcome, not an empty stdout."""
+    doc = {"status": "tampered" if exit_code == 2 else "error", "recoverable": False, "exit_code": exit_code}
     print(json.dumps({**doc, "error": message}, indent=2))
 
 
