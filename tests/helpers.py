@@ -39,6 +39,18 @@ ALL_DTYPES = [*FLOAT_LAYOUT, *INT_DTYPES, np.dtype(np.bool_)]
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
+def default_signals() -> None:
+    """``preexec_fn`` for a child a test signals: SIGINT, SIGTERM and SIGHUP at their defaults.
+
+    A test run from a background job (``&``: SIGINT ignored) or under ``nohup`` (SIGHUP ignored)
+    passes those on, and ParamSeal rightly leaves an ignored signal ignored.
+    """
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def is_float(dt: np.dtype) -> bool:
     return np.dtype(dt) in FLOAT_LAYOUT
 

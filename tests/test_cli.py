@@ -738,7 +738,8 @@ def test_sigterm_ends_with_its_code_and_leaves_no_temporary_file(
     out = tmp_path / "out" / "o.safetensors"
     out.parent.mkdir()
     args = [sealed_file, out, key_file]
-    r = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, timeout=120)
+    argv = [sys.executable, "-c", script, *map(str, args)]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120, preexec_fn=helpers.default_signals)
     signum = int(getattr(__import__("signal"), sig))
     assert r.returncode == 128 + signum and r.stderr.strip() == "terminated", r.stderr[-2000:]
     assert list(out.parent.iterdir()) == []

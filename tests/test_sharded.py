@@ -530,7 +530,7 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
 def test_ctrl_c_stops_the_pool_at_once_and_quietly() -> None:
     """Ctrl-C reaches the whole process group: each worker printed a KeyboardInterrupt traceback, and the
     parent (on SIGTERM too) waited for the shards being written to finish."""
-    parent = _sleeping_pool(start_new_session=True, stderr=subprocess.PIPE)
+    parent = _sleeping_pool(start_new_session=True, stderr=subprocess.PIPE, preexec_fn=helpers.default_signals)
     try:
         pids = _pool_of(parent, 2)
         t0 = time.monotonic()
