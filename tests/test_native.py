@@ -341,6 +341,23 @@ def test_a_library_built_from_other_source_is_not_used(tmp_path: Path, monkeypat
         _native._lib.__wrapped__()  # type: ignore[attr-defined]
 
 
+def test_require_without_the_library_is_a_clear_exit_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sealed_file: Path, key_file: Path
+) -> None:
+    """An install without a C compiler under PARAMSEAL_NATIVE=require ended in a RuntimeError traceback (exit 1)."""
+    monkeypatch.setattr(_native, "library_path", lambda: tmp_path / "missing" / "_psnative.so")
+    monkeypatch.setenv("PARAMSEAL_NATIVE", "require")
+    _native._lib.cache_clear()
+    _native._load.cache_clear()
+    try:
+        rc, _, err = helpers.run_cli(["verify", sealed_file, "--key", key_file])
+    finally:
+        monkeypatch.undo()
+        _native._lib.cache_clear()
+        _native._load.cache_clear()
+    assert rc == 3 and "PARAMSEAL_NATIVE=require" in err and "C compiler" in err and "Traceback" not in err, err
+
+
 def _damaged_groups(code: _irs.Code, rng: np.random.Generator, ng: int) -> tuple[np.ndarray, np.ndarray]:
     """Encoded groups under every kind of damage the decoder tells apart, with their flags.
 

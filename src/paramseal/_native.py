@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from . import _irs
 from ._kernels import _PARALLEL_ROWS, halves, parallel_map
-from .errors import InputError, UsageError
+from .errors import InputError, NativeUnavailableError, UsageError
 
 _ABI = 3
 _LIB_NAME = "_psnative.so"
@@ -53,7 +53,10 @@ def _mode() -> str:
 
 def _refuse(why: str) -> None:
     if _mode() == "require":
-        raise RuntimeError(f"PARAMSEAL_NATIVE=require, but the compiled kernels are unusable: {why}")
+        raise NativeUnavailableError(
+            f"PARAMSEAL_NATIVE=require, but the compiled kernels are unusable: {why}; "
+            "or unset PARAMSEAL_NATIVE to run the same code in numba"
+        ) from None
 
 
 @functools.lru_cache(maxsize=1)

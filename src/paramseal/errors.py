@@ -116,6 +116,10 @@ class NotSealedError(ParamSealError, ValueError):
     """The model carries no ParamSeal header."""
 
 
+class NativeUnavailableError(ParamSealError, RuntimeError):
+    """``PARAMSEAL_NATIVE=require``, and the compiled kernels cannot be used here (exit 3, not a traceback)."""
+
+
 class MissingDependencyError(ParamSealError, ImportError):
     """An optional framework is needed but not installed."""
 
