@@ -535,6 +535,11 @@ def test_a_damaged_copy_in_a_carrier_smaller_than_the_largest_tensor_is_not_call
     t = helpers.flip_bit(sealed.tensors, "d", 200, 7)  # a bit of the only copy, not of the record
     with pytest.raises(HeaderAuthError, match="no copy of its header in the weights is intact"):
         header_from_weights(t, key)
+    # the carrier's record gone too (its first block's low bit flipped in every value): it may have carried one
+    d = sealed.tensors["d"].copy()
+    d.reshape(-1)[:64].view(np.uint64)[:] ^= np.uint64(1)
+    with pytest.raises(HeaderAuthError, match="no copy of its header in the weights is intact"):
+        header_from_weights({**sealed.tensors, "d": d}, key)
 
 
 @pytest.fixture(scope="module", params=[np.float32, np.float16], ids=["f32-irs4", "f16-lanes"])

@@ -47,6 +47,7 @@ MERGE_TEXT = 64 << 20  # must not make verify authenticate for long
 COPY_START = b'{"bits":'  # how every copy begins (canonical JSON, keys sorted: "bits" is the first)
 LOCATE_FIRST = 4 << 10  # `located_copies` reads this much storage of a tensor at a k first, then 8 times more,
 LOCATE_BYTES = 32 << 20  # up to this much in all (each window within the copy budget)
+_HEADER_MIN = 160  # bytes every header has: its hmac, salt and key fingerprint in hex (112) and their field names
 LOCATE_LENGTHS = 16  # header lengths `located_copies` tries in all (a real seal's copies give one or two)
 
 
@@ -207,35 +208,38 @@ def sealed_traces(tensors: Mapping[str, NDArray[np.generic]]) -> tuple[int, bool
     """Records left in a model whose header copies are gone: how many, and whether it never had copies.
 
     A model once sealed keeps a record in every float tensor with room. A record that gives a
-    copy says the model had one. Copies go to the tensors with the most room first, so when the
-    tensor with the most room holds an intact record without a copy, and no tensor whose record
-    is gone could have had more room (at any k), the model was too small to carry one: its
+    copy says the model had one. Copies go to the tensors with the most room first whose copy
+    fits the copy budget, so when no intact record holds a copy and no tensor whose record is
+    gone could have carried one within that budget, the model was too small to carry one: its
     header lived in the metadata only.
     """
     found = {n: scan(np.asarray(a)) for n, a in tensors.items()}
 
-    def room(n: str, k: int) -> int:
-        return int(np.asarray(tensors[n]).size) // BLOCK * block_bytes(k)
-
-    recs = {n: f for n, f in found.items() if f is not None}
-    known = {n: room(n, f.k) for n, f in recs.items()}
-    top = max(known, key=lambda n: known[n], default=None)
+    recs = [f for f in found.values() if f is not None]
     # never sealed (seal asks this of every model), or a copy is there: the copy's cost, not the
     # tensor's room, picks a carrier, so a smaller tensor with a wider k (an fp64 one) may hold it
-    if top is None or any(f.header for f in recs.values()):
-        return len(known), False
+    if not recs or any(f.header for f in recs):
+        return len(recs), False
     from .seal import non_finite  # seal imports this module
 
-    # tensors without a record that could have had more room (at any k) than the one with the most
-    bigger = {
+    # tensors without a record that could have carried a copy (at their widest k, the cheapest in blocks):
+    # not only ones with more room than the one with the most, as the budget may have passed that one by
+    budget = COPY_BUDGET * sum(block_count(int(np.asarray(a).size)) for a in tensors.values() if _float(np.asarray(a)))
+
+    # the least a copy takes: the header's fixed fields, and the names of the tensors with records it lists
+    need = RECORD_BYTES + _HEADER_MIN + sum(len(n) + 2 for n, f in found.items() if f is not None)
+
+    def could_carry(a: NDArray[np.generic]) -> bool:
+        cost = blocks_needed(FLOATS[dtype_name(a.dtype)].mantissa - 1, need)
+        return a.size // BLOCK >= cost and cost <= budget
+
+    lost = {
         n: np.asarray(a)
         for n, a in tensors.items()
-        if found[n] is None
-        and _float(np.asarray(a))
-        and room(n, FLOATS[dtype_name(np.asarray(a).dtype)].mantissa - 1) > known[top]
+        if found[n] is None and _float(np.asarray(a)) and could_carry(np.asarray(a))
     }
     # one holding NaN or Inf was sealed as data (k=0): it never had a record to lose (read only if needed)
-    return len(known), not bigger or set(bigger) <= non_finite(bigger)
+    return len(recs), not lost or set(lost) <= non_finite(lost)
 
 
 def _float(a: NDArray[np.generic]) -> bool:
