@@ -9,6 +9,7 @@ import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
@@ -192,3 +193,45 @@ def test_sealing_a_sealed_module_again_is_refused_unless_reseal(key: paramseal.K
     assert torch.equal(net.weight, before)  # untouched
     h = pst.seal_module(net, key, reseal=True).header_json
     assert pst.verify_module(net, key, h).status == "intact"
+
+
+def test_threads_may_verify_and_recover_side_by_side(key: paramseal.Key) -> None:
+    """A serving process may check several models at once: the shared pool, caches and kernels hold up."""
+    import threading
+
+    import ml_dtypes
+
+    rng = np.random.default_rng(7)
+    fp32 = {n: rng.standard_normal((256, 256)).astype(np.float32) for n in ("a", "b")}  # irs4
+    mixed = {"e": rng.standard_normal((512, 256)).astype(ml_dtypes.bfloat16), "w": fp32["a"]}  # the lane code
+    jobs = []
+    for i, m in enumerate((fp32, mixed, fp32, mixed)):
+        s = paramseal.seal(m, key)
+        t = {n: a.copy() for n, a in s.tensors.items()}
+        if m is fp32:  # scattered values
+            for a in t.values():
+                idx = rng.choice(a.size, a.size // 20, replace=False)
+                a.reshape(-1)[idx] = rng.standard_normal(idx.size).astype(np.float32)
+        else:  # a run of blocks
+            t["e"].reshape(-1)[i * 640 : i * 640 + 2048] = 0
+        jobs.append((s, t))
+    got: list[object] = [None] * len(jobs)
+
+    def run(j: int) -> None:
+        s, t = jobs[j]
+        try:
+            for _ in range(2):
+                assert paramseal.verify(t, key, s.header_json).status == "tampered"
+                r = paramseal.recover(t, key, s.header_json)
+                assert r.report.status == "recovered"
+                assert all(helpers.same_bytes(r.tensors[n], s.tensors[n]) for n in s.tensors)
+            got[j] = True
+        except BaseException as e:  # noqa: BLE001 - reported below, with the job it came from
+            got[j] = e
+
+    threads = [threading.Thread(target=run, args=(j,)) for j in range(len(jobs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert got == [True] * len(jobs), got
