@@ -503,6 +503,7 @@ def recover_file(
     s, d = Path(src), Path(dst)
     d, fmt = _check_paths(s, d, in_place)
     pre: _Precopy | None = None
+    ws: Workspace | None = None
     onto_input = in_place and d.exists() and s.resolve() == d.resolve()  # --in-place only permits it
     patch_here = onto_input and s.is_file() and _is_safetensors(s)
     if s.is_file() and _is_safetensors(s) and fmt == "safetensors" and not patch_here:
@@ -511,13 +512,12 @@ def recover_file(
     try:
         with _open_model(s) as loaded:
             prog = Progress("recover", len(loaded.tensors), enabled=progress)
+            # Open until the output is written: the rebuilt blocks past the budget live in its files, and
+            # closing it unregisters their maps, so writing them out would keep every page resident.
             ws = Workspace(d.parent)
-            try:
-                with _about(s):
-                    chk, found = _checked(loaded, s, key, header, progress=prog)
-                    rec = plan_recovery(chk, ws)
-            finally:
-                ws.close()
+            with _about(s):
+                chk, found = _checked(loaded, s, key, header, progress=prog)
+                rec = plan_recovery(chk, ws)
             prog.done()
             if not (rec.report.ok or allow_partial):
                 return RecoveredFile(None, rec.report, rec.metadata)
@@ -543,6 +543,8 @@ def recover_file(
                 write_model(d, Loaded(result.tensors, out_meta, loaded.source), fmt)
         return RecoveredFile(d, rec.report, rec.metadata)
     finally:
+        if ws is not None:
+            ws.close()
         if pre is not None:
             pre.cancel()
 
@@ -720,6 +722,7 @@ def _pwrite_patch(fd: int, at: int, spec: TensorSpec, patch: Patch) -> None:
         done = 0
         while done < len(buf):  # pwrite may write less than asked
             done += os.pwrite(fd, buf[done:], at + n0 * item + done)
+        release(patch.new[a:b])  # rebuilt blocks in a scratch file: let the pages written go
 
 
 def _pread_into(fd: int, buf: memoryview, at: int) -> None:
@@ -751,9 +754,10 @@ def _write_recovered(dst: Path, chk: Check, rec: Recovery, meta: dict[str, str])
                 for r0, r1 in chunks(spec.nblocks, ub.dtype.itemsize, 0, 1):
                     part = ub[r0:r1].copy()
                     release(ub[r0:r1])
-                    if patch is not None:
-                        sel = (patch.rows >= r0) & (patch.rows < r1)
-                        part[patch.rows[sel] - r0] = patch.new[sel]
+                    if patch is not None:  # its rows are sorted
+                        i0, i1 = np.searchsorted(patch.rows, [r0, r1])
+                        part[patch.rows[i0:i1] - r0] = patch.new[i0:i1]
+                        release(patch.new[i0:i1])
                     write_blocks(out, spec, r0, part)
             w.finish(meta)
         except BaseException:

@@ -177,12 +177,15 @@ def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, 
     for t, p in list(patches.items()):
         s = specs[t]
         internal = s.block_storage()[1]
-        want = _model.compute_tags(chk.mac, chk.header.salt, t, s, p.new, internal, at=p.rows)
         ext = chk.header.external_tags.get(t)
         before = np.cumsum(~internal) - 1  # index of each external block's tag
-        mine = None if ext is None else ext[before[p.rows][~internal[p.rows]]]
-        have = _model.stored_tags(s, p.new, internal[p.rows], mine)
-        good = want == have
+        good = np.empty(p.rows.size, np.bool_)
+        for a in range(0, p.rows.size, _FINDINGS_STEP):  # a step at a time: the blocks may lie in a scratch file
+            rows, new = p.rows[a : a + _FINDINGS_STEP], p.new[a : a + _FINDINGS_STEP]
+            want = _model.compute_tags(chk.mac, chk.header.salt, t, s, new, internal, at=rows)
+            mine = None if ext is None else ext[before[rows][~internal[rows]]]
+            good[a : a + rows.size] = want == _model.stored_tags(s, new, internal[rows], mine)
+            release(new)
         if not good.all():
             chk.bad[t] = chk.bad[t].copy()
             chk.bad[t][p.rows[~good]] = True
