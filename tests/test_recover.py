@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import helpers
 import numpy as np
@@ -371,3 +372,33 @@ def test_the_json_writer_never_holds_a_whole_long_list(monkeypatch: pytest.Monke
 
     _big_report().write_json(Sink())  # type: ignore[arg-type]
     assert sum(sizes) > 500_000 and max(sizes) < 20_000  # 5,000 values and their bits: many short writes
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_rebuilt_blocks_live_in_the_workspace_past_its_budget(tmp_path: Path, key: paramseal.Key, dtype: str) -> None:
+    """Both codes keep the blocks they rebuild under the scratch budget (README: past it, in scratch files).
+
+    The lane code copied a tensor's damaged blocks into one array in memory, outside the budget.
+    """
+    import ml_dtypes
+
+    from paramseal import _pages
+    from paramseal.recover import plan_recovery, recover_from_plan
+    from paramseal.verify import check
+
+    dt = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.float32
+    rng = np.random.default_rng(3)
+    m = {f"l{i}": (rng.standard_normal(1 << 17) * 0.02).astype(dt) for i in range(4)}
+    s = paramseal.seal(m, key, level="strong")
+    t = {n: a.copy() for n, a in s.tensors.items()}
+    t["l1"][:4096] = 0  # a run of blocks, rebuilt by either code
+    ws = _pages.Workspace(tmp_path, budget=0)
+    try:
+        chk = check(t, key, s.header_json)
+        rec = plan_recovery(chk, ws)
+        assert rec.report.status == "recovered" and set(rec.patches) == {1}
+        assert _pages.is_mapped(rec.patches[1].new)  # in a scratch file beside the output, not in memory
+        got = recover_from_plan(chk, rec).tensors
+        assert all(helpers.same_bytes(got[n], s.tensors[n]) for n in s.tensors)
+    finally:
+        ws.close()

@@ -155,7 +155,7 @@ def _decode_lanes(chk: Check, ws: Workspace) -> tuple[dict[int, Patch], int]:
             lane_ok[lanes[redo][~agree]] = False
             lane_ok[lanes[~ok]] = False
         for t in range(len(specs)):
-            p = _rebuild(chk, t, data, parity, lane_ok, col)
+            p = _rebuild(chk, t, data, parity, lane_ok, col, ws)
             release(data, parity)
             if p is not None:
                 patches[t] = p
@@ -218,6 +218,7 @@ def _rebuild(
     parity: NDArray[np.uint32],
     lane_ok: NDArray[np.bool_],
     col: NDArray[np.int64],
+    ws: Workspace,
 ) -> Patch | None:
     """Rebuild the tampered blocks of tensor ``t`` that lie in decoded lanes (the input is not touched)."""
     lay, spec, ub = chk.layout, chk.specs[t], chk.blocks[t]
@@ -226,23 +227,26 @@ def _rebuild(
     rows = rows[lane_ok[lay.lane[b0 + rows]]]  # lanes of the tampered blocks only: each is a keyed permutation
     if not rows.size:
         return None
-    new = ub[rows]  # fancy indexing: a copy
-    release(ub)
-    every = np.arange(rows.size)
-    # Each rebuilt block reads its own lane of the stores: on disk, a bounded group at a time.
-    step = SCATTERED_BLOCKS // 4 if is_mapped(data) else rows.size
+    # Into an array of ws (a scratch file past the budget), a bounded group at a time: each rebuilt
+    # block reads its own lane of the stores, and the blocks built so far need not stay resident.
+    new = ws.zeros((rows.size, ub.shape[1]), ub.dtype.type)
+    internal = lay.tag_internal[b0 : b0 + spec.nblocks]
+    step = SCATTERED_BLOCKS // 4 if is_mapped(data) or is_mapped(new) else rows.size
     for i in range(0, rows.size, step):
-        sel, part = every[i : i + step], rows[i : i + step]
-        _model.set_data(new, spec, sel, _model.lane_block_data(lay, t, spec, data, part, col))
+        part = rows[i : i + step]
+        sub = ub[part]  # fancy indexing: a copy
+        release(ub)
+        every = np.arange(part.size)
+        _model.set_data(sub, spec, every, _model.lane_block_data(lay, t, spec, data, part, col))
         if spec.is_float:
             words = _model.block_parity(lay, t, spec, parity, part, col)
             lo = np.zeros((part.size, 2 * spec.k), dtype=np.uint32)
             lo[:, 1:] = words
-            sub = new[sel]
             set_lo(sub, lo.view(np.uint8), spec.k)
-            new[sel] = sub
         release(data, parity)
-    finish_rebuilt(chk, t, new, rows, lay.tag_internal[b0 : b0 + spec.nblocks])
+        finish_rebuilt(chk, t, sub, part, internal)
+        new[i : i + part.size] = sub
+        release(new[i : i + part.size])
     chk.bad[t] = chk.bad[t].copy()
     chk.bad[t][rows] = False
     return Patch(rows, new)
