@@ -204,6 +204,14 @@ _RSS_WORKER = textwrap.dedent(
 )
 
 
+def _rss_of(script: Path, env: dict[str, str], op: str, a: Path, b: Path) -> dict[str, int]:
+    """``_RSS_WORKER``'s baseline and peak (MiB) for one operation in a fresh process."""
+    argv = [sys.executable, str(script), op, str(a), str(b)]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900, check=True)
+    r: dict[str, int] = json.loads(out.stdout.strip().splitlines()[-1])
+    return r
+
+
 def _growth(tmp_path: Path, key: paramseal.Key, ntensors: int) -> dict[str, int]:
     """Resident-memory growth (MiB) of seal, verify and recover on a model of ``ntensors`` 32 MiB tensors."""
     rng = np.random.default_rng(ntensors)
@@ -223,15 +231,7 @@ def _growth(tmp_path: Path, key: paramseal.Key, ntensors: int) -> dict[str, int]
     sealed, bad = folder / "s.safetensors", folder / "bad.safetensors"
 
     def run(op: str, a: Path, b: Path) -> int:
-        out = subprocess.run(
-            [sys.executable, str(script), op, str(a), str(b)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=True,
-        )
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r = _rss_of(script, env, op, a, b)
         # the issue's bound: peak RSS below the largest tensor (32 MiB) plus 512 MiB
         assert r["peak"] < 32 + 512, (op, ntensors, r)
         return int(r["peak"] - r["base"])
@@ -585,16 +585,8 @@ def test_recover_past_the_scratch_budget_does_not_keep_the_rebuilt_blocks_reside
     script = tmp_path / "worker.py"
     script.write_text(_RSS_WORKER)
     env = {**os.environ, "K": key.secret.hex(), "WARM": str(warm), "PARAMSEAL_SCRATCH_MIB": "0"}
-    for args in ([str(bad), str(tmp_path / "fixed.safetensors")], [str(bad), str(bad)]):
-        out = subprocess.run(
-            [sys.executable, str(script), "recover" if args[0] != args[1] else "in-place", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=True,
-        )
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        assert r["peak"] - r["base"] < 240, (args, r)  # 298 MiB before the fix, 187 after
+    for op, out in (("recover", tmp_path / "fixed.safetensors"), ("in-place", bad)):
+        r = _rss_of(script, env, op, bad, out)
+        assert r["peak"] - r["base"] < 240, (op, r)  # 298 MiB before the fix, 187 after
     assert files.verify_file(tmp_path / "fixed.safetensors", key).status == "intact"
     assert files.verify_file(bad, key).status == "intact"
