@@ -127,14 +127,16 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError("--dtype, --level and --seeds go with --model; a named --battery fixes them")
     if args.model and args.battery:  # a --model battery replaces the named one: taking one would drop the other
         raise UsageError("--battery and --model cannot be used together; --model runs every attack on that model")
+    if not args.model:
+        args.battery = args.battery or "tiny"  # the default, given here: with --model none may be given
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds {args.seeds} must be at least 1")
     if args.model:
         battery = custom(
             tuple(args.model), tuple(args.dtype or ["F32"]), tuple(args.level or ["standard"]), args.seeds or 1
         )
-    elif (args.battery or "tiny") in BATTERIES:
-        battery = BATTERIES[args.battery or "tiny"]
+    elif args.battery in BATTERIES:
+        battery = BATTERIES[args.battery]
     else:
         raise UsageError(f"unknown battery '{args.battery}'; choose one of {', '.join(BATTERIES)} or pass --model")
     command = "paramseal " + shlex.join(_canonical(args))
@@ -178,7 +180,7 @@ def _canonical(args: argparse.Namespace) -> list[str]:
             argv += ["--level", lv]
         argv += ["--seeds", str(args.seeds or 1)]
     else:
-        argv += ["--battery", args.battery or "tiny"]
+        argv += ["--battery", args.battery]
     argv += ["--out", args.out]
     if args.docs:
         argv += ["--docs", args.docs]
