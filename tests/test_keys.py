@@ -173,6 +173,26 @@ def test_key_text_near_miss_passed_as_the_key_file_path_is_not_echoed(
     assert key.secret.hex()[-16:] not in (out + err).lower()
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        lambda s, k, h: ["verify", h, "--key", k, "--json"],  # `verify "$PARAMSEAL_KEY" model`: the key is IN
+        lambda s, k, h: ["verify", s, h, "--key", k, "--json"],  # argparse: "unrecognized arguments: <key>"
+        lambda s, k, h: ["verify", s, "--key", k, f"--tensors={h}", "--json"],
+        lambda s, k, h: ["verify", s, "--key", k, "--header-from", "0x" + h],
+        lambda s, k, h: [h, s],  # argparse: "invalid choice: <key>"
+    ],
+)
+def test_key_text_given_for_another_argument_is_not_echoed(
+    sealed_file: Path, key_file: Path, key: paramseal.Key, argv: Callable[[str, str, str], list[str]]
+) -> None:
+    """Key text where a model, a pattern or a command belongs is never quoted back, as ``--key`` is not."""
+    rc, out, err = helpers.run_cli(argv(str(sealed_file), str(key_file), key.secret.hex()))
+    assert rc == 3 and "not shown" in err
+    assert key.secret.hex()[:16] not in (out + err).lower()
+    assert key.secret.hex()[-16:] not in (out + err).lower()
+
+
 def test_a_missing_key_file_under_a_folder_named_by_a_hash_is_named(tmp_path: Path) -> None:
     """A hub snapshot folder is named by a 40-digit commit hash: its path was hidden as if it were a key."""
     missing = tmp_path / "snapshots" / ("0123456789abcdef" * 3)[:40] / "paramseal.key"

@@ -23,7 +23,7 @@ from typing import Any, NoReturn, cast
 from . import __version__, _cli_eval, _kernels, files, sharded
 from ._layout import TensorSpec
 from .errors import ParamSealError, UsageError
-from .keys import Key, exposed_to_others, load_key, write_key
+from .keys import Key, exposed_to_others, key_like_args, load_key, redact, write_key
 from .levels import BLOCK, FLOATS, LEVELS, max_relative_change
 from .report import Report
 
@@ -70,12 +70,14 @@ class _Parser(argparse.ArgumentParser):
     """argparse exits with 2 on bad usage; 2 means "not fully recoverable" here, so use 3."""
 
     commands: dict[str, _Parser]  # the top-level parser's, by name
+    hidden: tuple[str, ...] = ()  # words of the command line holding key text: argparse would quote them
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # no prefixes: '--in' must not mean --in-place, nor '--forc' --force
         super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message: str) -> NoReturn:
+        message = redact(message, self.hidden)
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise _UsageExit(f"{self.prog}: {message}")
@@ -175,6 +177,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None:  # the paramseal program itself (not a caller's process): no spinning BLAS threads
         _kernels.one_blas_thread()
     ap = _parser()
+    # a key pasted where a path or name belongs (`verify "$PARAMSEAL_KEY" model`) is never quoted back
+    hidden = key_like_args(str(a) for a in (sys.argv[1:] if argv is None else argv))
+    for p in (ap, *ap.commands.values()):
+        p.hidden = hidden
     try:
         args, extra = ap.parse_known_args(argv)
         if extra:  # argparse reports these with the top-level usage, which lists none of the command's options
@@ -194,9 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # here, so a reader that left is met below and not at interpreter exit
         return code
     except ParamSealError as e:
-        print(f"error: {e.diagnostics()}", file=sys.stderr)
+        message = redact(e.diagnostics(), hidden)
+        print(f"error: {message}", file=sys.stderr)
         if getattr(args, "json", False):
-            _error_doc(e.exit_code, e.diagnostics())
+            _error_doc(e.exit_code, message)
         return e.exit_code
     except _Terminated as e:
         print("terminated", file=sys.stderr)

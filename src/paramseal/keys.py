@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +137,27 @@ def _is_key_text(text: str) -> bool:
     return len(t) == 2 * KEY_BYTES and all(c in "0123456789abcdefABCDEF" for c in t)
 
 
+def key_like_args(args: Iterable[str]) -> tuple[str, ...]:
+    """The command-line words that hold key text rather than a path (``--opt=VALUE`` too): never to be quoted.
+
+    The same test `load_key` makes of ``--key``: 64 hex digits, or a name with half a key's
+    digits in a row, that is no existing file (``paramseal verify "$PARAMSEAL_KEY" model``).
+    """
+    found: list[str] = []
+    for a in args:
+        value = a.partition("=")[2] if a.startswith("-") else a
+        if value and (_is_key_text(value) or _KEYISH.search(os.path.basename(value))) and not os.path.exists(value):
+            found += [value, value.strip()]
+    return tuple(sorted(set(found) - {""}, key=len, reverse=True))
+
+
+def redact(text: str, hidden: Iterable[str]) -> str:
+    """``text`` with each of ``hidden`` (from `key_like_args`) replaced by a placeholder."""
+    for h in hidden:
+        text = text.replace(h, "<key-like text, not shown>")
+    return text
+
+
 def exposed_to_others(path: Path) -> int | None:
     """The permission bits of a key file that its group or others may read, else None."""
     try:
@@ -166,4 +188,14 @@ def require_key(key: object) -> Key:
     return key
 
 
-__all__ = ["ENV_VAR", "Key", "exposed_to_others", "load_key", "looks_like_key_file", "require_key", "write_key"]
+__all__ = [
+    "ENV_VAR",
+    "Key",
+    "exposed_to_others",
+    "key_like_args",
+    "load_key",
+    "looks_like_key_file",
+    "redact",
+    "require_key",
+    "write_key",
+]
