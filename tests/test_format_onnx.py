@@ -558,6 +558,19 @@ def test_a_failed_write_leaves_no_external_data_behind(
     assert list(out_dir.iterdir()) == []
 
 
+def test_a_side_file_that_cannot_be_written_is_named_as_the_output_not_read_as_an_input(
+    tmp_path: Path, ext_file: Path, key_file: Path
+) -> None:
+    out_dir = tmp_path / "out"
+    (out_dir / "sealed.onnx.data").mkdir(parents=True)  # the side file's name is taken by a folder
+    before = helpers.listing(tmp_path)
+    rc, stdout, stderr = helpers.run_cli(["seal", ext_file, out_dir / "sealed.onnx", "--key", key_file])
+    assert rc == 3, (stdout, stderr)
+    assert stderr.startswith("error: cannot write ") and "sealed.onnx.data'" in stderr, stderr
+    assert "cannot read" not in stderr and ".tmp" not in stderr, stderr
+    assert helpers.listing(tmp_path) == before
+
+
 def test_typed_field_model_seals_and_runs_in_onnxruntime(tmp_path: Path, key: paramseal.Key) -> None:
     src = save(mlp(np.random.default_rng(8), typed=True), tmp_path / "typed.onnx")
     out = tmp_path / "sealed.onnx"

@@ -73,7 +73,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._embed import header_copies
-from ..errors import FormatError, MissingDependencyError, UsageError
+from ..errors import FormatError, MissingDependencyError, ParamSealError, UsageError, cannot_write
 from ..header import METADATA_KEY
 from .base import Loaded, new_mode, shape_error
 
@@ -636,8 +636,10 @@ class _SidePlan:
         fresh = new_mode()
         temps: list[Path] = []
         placed: list[Path] = []
+        target = dst  # the file being made, for the message: a side file's temporary would read as an input
         try:
             for loc, parts in self.files.items():
+                target = self.folder / self.names[loc]
                 t = self._temp(self.names[loc], temps)
                 with open(t, "r+b") as f:
                     for offset, data in sorted(parts, key=lambda p: p[0]):
@@ -647,8 +649,10 @@ class _SidePlan:
                     os.fsync(f.fileno())
                 os.chmod(t, fresh)
             for loc, t in zip(self.files, temps, strict=True):
-                os.replace(t, self.folder / self.names[loc])
-                placed.append(self.folder / self.names[loc])
+                target = self.folder / self.names[loc]
+                os.replace(t, target)
+                placed.append(target)
+            target = dst
             t = self._temp(dst.name, temps)
             with open(t, "r+b") as f:
                 f.write(model)
@@ -660,9 +664,11 @@ class _SidePlan:
                 mode = fresh
             os.chmod(t, mode)
             os.replace(t, dst)
-        except BaseException:
+        except BaseException as e:
             for p in placed:
                 p.unlink(missing_ok=True)
+            if isinstance(e, OSError) and not isinstance(e, ParamSealError):
+                raise cannot_write(target, e) from e
             raise
         finally:
             for p in temps:
