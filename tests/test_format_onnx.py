@@ -3,6 +3,7 @@ subgraphs, typed fields, external data), malformed files through the CLI, and si
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.util
 import json
@@ -559,16 +560,42 @@ def test_a_failed_write_leaves_no_external_data_behind(
 
 
 def test_a_side_file_that_cannot_be_written_is_named_as_the_output_not_read_as_an_input(
-    tmp_path: Path, ext_file: Path, key_file: Path
+    tmp_path: Path, ext_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     out_dir = tmp_path / "out"
-    (out_dir / "sealed.onnx.data").mkdir(parents=True)  # the side file's name is taken by a folder
+    out_dir.mkdir()
+    real = os.replace
+
+    def replace(a: Any, b: Any) -> None:
+        if str(b).endswith(".data"):  # the side file cannot be put in place
+            raise OSError(errno.EACCES, "Permission denied")
+        real(a, b)
+
+    monkeypatch.setattr("os.replace", replace)
     before = helpers.listing(tmp_path)
     rc, stdout, stderr = helpers.run_cli(["seal", ext_file, out_dir / "sealed.onnx", "--key", key_file])
     assert rc == 3, (stdout, stderr)
     assert stderr.startswith("error: cannot write ") and "sealed.onnx.data'" in stderr, stderr
     assert "cannot read" not in stderr and ".tmp" not in stderr, stderr
     assert helpers.listing(tmp_path) == before
+
+
+def test_another_models_file_with_the_side_files_name_is_kept(
+    tmp_path: Path, ext_file: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """A file named like the output's data that neither the input nor the replaced model uses may be another's."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    other = out_dir / "sealed.onnx.data"
+    other.write_bytes(b"another model's weights")
+    rc, _, err = helpers.run_cli(["seal", ext_file, out_dir / "sealed.onnx", "--key", key_file])
+    assert rc == 0, err
+    assert other.read_bytes() == b"another model's weights"
+    (side,) = _side_names(out_dir / "sealed.onnx")
+    assert side != "sealed.onnx.data" and sorted(p.name for p in out_dir.iterdir()) == sorted(
+        ["sealed.onnx", side, "sealed.onnx.data"]
+    )
+    assert files.verify_file(out_dir / "sealed.onnx", key).status == "intact"
 
 
 def test_typed_field_model_seals_and_runs_in_onnxruntime(tmp_path: Path, key: paramseal.Key) -> None:

@@ -39,10 +39,10 @@ is refused): a sealed file is meant to be deployed, and that one could not be.
 
 External data stays external, with the same tensors in the same order at the
 same offsets, in side files named after the output (``OUT.data``, or
-``OUT.1.data``... when the source had several). A name that the model being
-replaced, or the input, still uses is not reused: the side files then get a fresh
-name (``OUT.<8 hex digits>.data``), so that the old model and its data stay a
-matching pair until the new model takes the output's name. ``write`` therefore
+``OUT.1.data``... when the source had several). A name some file already has is
+not reused: the side files then get a fresh name (``OUT.<8 hex digits>.data``), so
+that the old model and its data stay a matching pair until the new model takes the
+output's name, and another model's data in the same folder is never overwritten. ``write`` therefore
 renames the model into place itself (``files.atomic_path`` then replaces it with
 the same bytes) and only afterwards removes the side files of the replaced
 model that carry ParamSeal's names for this output. A failure before that rename
@@ -249,7 +249,7 @@ class OnnxAdapter:
         inputs = template.inputs if template is not None else frozenset()
         in_place = template is not None and dst.resolve() == template.model
         old = _side_files(onnx, dst)
-        plan.relocate(inputs, old)
+        plan.relocate()
         plan.commit(_serialize(model, out), path, dst, plan.stale(old, inputs, in_place))
 
 
@@ -577,17 +577,18 @@ class _SidePlan:
         self.files.setdefault(loc, []).append((offset, data))
         self.protos.append((t, loc))
 
-    def relocate(self, inputs: frozenset[Path], old: frozenset[Path] | None) -> None:
+    def relocate(self) -> None:
         """Point every external tensor at its new side file, named after the output.
 
-        A name the input or the model being replaced (``old``; None: unknown) uses gets a fresh
-        suffix instead: renaming over it would pair the old model with the new data.
+        A name some file already has gets a fresh suffix instead: it may be the input's or the
+        replaced model's data (renaming over it would pair the old model with the new data) or
+        another model's.
         """
         n = len(self.files)
         for i, loc in enumerate(self.files, 1):
             stem = self.out_name if n == 1 else f"{self.out_name}.{i}"
             name = f"{stem}.data"
-            while self._taken(name, inputs, old):
+            while self._taken(name):
                 name = f"{stem}.{secrets.token_hex(4)}.data"
             self.names[loc] = name
         for t, loc in self.protos:
@@ -598,13 +599,10 @@ class _SidePlan:
                 if k != "checksum":
                     t.external_data.add(key=k, value=v)
 
-    def _taken(self, name: str, inputs: frozenset[Path], old: frozenset[Path] | None) -> bool:
-        p = self.folder / name
-        if not os.path.lexists(p) and name not in self.names.values():
-            return False
-        if name in self.names.values() or old is None:
-            return True
-        return p.resolve() in inputs or p.resolve() in old
+    def _taken(self, name: str) -> bool:
+        # any file already there: the replaced model's or the input's (renaming over it would pair
+        # the old model with the new data), or another model's that shares the folder
+        return name in self.names.values() or os.path.lexists(self.folder / name)
 
     def stale(self, old: frozenset[Path] | None, inputs: frozenset[Path], in_place: bool) -> list[Path]:
         """Side files of the replaced model to remove once the new one is in place.
