@@ -998,6 +998,23 @@ def test_partial_recover_of_a_model_with_a_renamed_initializer_is_a_clear_error(
     assert helpers.listing(tmp_path) == before
 
 
+def test_recover_of_a_renamed_initializer_does_not_say_zero_values_were_lost(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """Every value is restored, but the graph no longer names it: the failure is the graph's, not lost values."""
+    sealed = tmp_path / "sealed.onnx"
+    files.seal_file(save(mlp(np.random.default_rng(2)), tmp_path / "m.onnx"), sealed, key)
+    m = onnx.load(str(sealed))
+    m.graph.initializer[0].name = "W1x"
+    m.graph.node[0].input[1] = "W1x"
+    renamed = save(m, tmp_path / "renamed.onnx")
+    rc, out, err = helpers.run_cli(["recover", renamed, tmp_path / "out.onnx", "--key", key_file])
+    assert rc == 2, (out, err)
+    first = out.splitlines()[0]
+    assert first.startswith("FAIL: ") and "nothing written" in first and "0 values lost" not in first, out
+    assert "graph" in out, out
+
+
 def test_fresh_tensors_are_written_as_a_graphless_container(tmp_path: Path, model: dict[str, np.ndarray]) -> None:
     p = tmp_path / "fresh.onnx"
     ADAPTER.write(p, Loaded(model, {"a": "1"}))
