@@ -42,7 +42,7 @@ def test_keygen_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert run(["keygen", p])[0] == 0
     first = p.read_text()
     rc, out, err = run(["keygen", p])
-    assert rc == 3 and "exists" in err and str(p) in err
+    assert rc == 3 and "exists" in err and str(p) in err and "--force" in err  # the way out, and its cost
     assert p.read_text() == first
     rc, _, _ = run(["keygen", p, "--force"])
     assert rc == 0 and p.read_text() != first

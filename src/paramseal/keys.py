@@ -76,7 +76,10 @@ def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False
     """Write ``key`` to a new file readable only by its owner."""
     p = Path(path)
     if p.exists() and not overwrite:
-        raise UsageError(f"cannot write key to '{p}' because it exists; choose another path")
+        raise UsageError(
+            f"cannot write key to '{p}' because it exists; choose another path, or replace it on purpose "
+            "with 'keygen --force' (models sealed with the old key can then no longer be checked)"
+        )
     # O_NOFOLLOW: overwriting through a link would write the key into (and chmod) whatever it points at
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | (0 if overwrite else os.O_EXCL)
     try:
