@@ -410,6 +410,23 @@ def test_a_shard_that_cannot_be_sealed_is_named(tmp_path: Path, checkpoint: Path
     assert not (tmp_path / "out").exists()
 
 
+def test_an_index_that_disagrees_with_its_shards_is_refused_at_seal_time(
+    tmp_path: Path, checkpoint: Path, key_file: Path
+) -> None:
+    """Sealing went ahead and the fresh seal failed verify (tampered) at once; every difference is listed."""
+    index = json.loads((checkpoint / sharded.INDEX).read_text())
+    del index["weight_map"]["layers.0.norm.weight"]  # held by shard 1, not listed
+    index["weight_map"]["layers.1.mlp.weight"] = SHARDS[2]  # held by shard 2
+    index["weight_map"]["ghost"] = SHARDS[0]  # held by none
+    (checkpoint / sharded.INDEX).write_text(json.dumps(index))
+    out = tmp_path / "out"
+    rc, _, err = helpers.run_cli(["seal", checkpoint, out, "--key", key_file])
+    assert rc == 3 and "disagrees with its shards" in err and "Traceback" not in err, err
+    for name in ("layers.0.norm.weight", "layers.1.mlp.weight", "ghost"):
+        assert f"'{name}'" in err
+    assert not out.exists() and not list(tmp_path.glob(".out.*"))
+
+
 def test_a_folder_output_named_like_a_model_file_is_refused(tmp_path: Path, checkpoint: Path, key_file: Path) -> None:
     """'seal ckpt out.safetensors' made a folder called out.safetensors, which no loader reads as one file."""
     rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "out.safetensors", "--key", key_file])

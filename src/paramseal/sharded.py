@@ -291,6 +291,7 @@ def seal_dir(
     """
     idx = read_index(src)
     shards = idx.shards
+    _check_index(idx)
     set_id = os.urandom(16).hex()
     with _atomic_dir(dst, src) as tmp:
         jobs = [
@@ -309,6 +310,32 @@ def seal_dir(
         _map(_seal_one, jobs, workers)
         _copy_others(src, tmp, set(shards), tmp)
     return shards
+
+
+def _check_index(idx: Index) -> None:
+    """Refuse to seal a checkpoint whose index disagrees with its shards (verify would call it tampered).
+
+    Every difference is listed: a tensor a shard holds that the index omits or maps elsewhere,
+    one the index maps to a shard that does not hold it.
+    """
+    held: dict[str, list[str]] = {}
+    for shard in idx.shards:
+        for e in st_format.read_layout(idx.folder / shard).entries:
+            held.setdefault(e.name, []).append(shard)
+    issues = []
+    for name, where in held.items():
+        mapped = idx.weight_map.get(name)
+        if mapped is None:
+            issues.append(f"tensor '{name}' in shard '{where[0]}' is not in the index")
+        elif mapped not in where or len(where) > 1:
+            issues.append(f"tensor '{name}' is mapped to '{mapped}' but held by {', '.join(map(repr, where))}")
+    unheld = [(n, s) for n, s in idx.weight_map.items() if n not in held]
+    issues += [f"tensor '{n}' is mapped to '{s}', which does not hold it" for n, s in unheld]
+    if issues:
+        raise FormatError(
+            f"'{idx.folder / INDEX}' disagrees with its shards: " + "; ".join(issues) + "; fix the index so that it "
+            "maps every tensor to the one shard holding it, then seal (a sealed set would fail verify)"
+        )
 
 
 # A shard that cannot be read as a sealed model (replaced by an unsealed file, truncated) is
