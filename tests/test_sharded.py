@@ -127,6 +127,9 @@ def test_shards_swapped_or_from_another_seal_are_caught(
     shutil.copy(other / SHARDS[2], mixed / SHARDS[2])
     rep = sharded.verify_dir(mixed, key, workers=1)
     assert rep.status == "tampered" and any("different sealed sets" in m for m in rep.metadata_issues)
+    # the foreign shard is named apart from the others (it was not: only the count of sets was given)
+    (msg,) = [m for m in rep.metadata_issues if "different sealed sets" in m]
+    assert msg.endswith(f"'{SHARDS[0]}', '{SHARDS[1]}'; '{SHARDS[2]}')"), msg
 
 
 def test_an_index_that_disagrees_with_the_shards_is_reported(

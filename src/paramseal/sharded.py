@@ -599,7 +599,7 @@ def _set_issues(
     """
     grave: list[str] = []
     index: list[str] = []
-    ids = set()
+    ids: dict[str, list[str]] = {}
     listed: set[str] = set()
     for shard, text in records.items():
         if text == UNTRUSTED:  # metadata edited where only its digest is sealed: the set cannot be checked
@@ -610,15 +610,18 @@ def _set_issues(
             continue
         try:
             rec = json.loads(text)
-            ids.add(rec["set"])
+            ids.setdefault(rec["set"], []).append(shard)
             listed.update(rec["shards"])
             if rec["shard"] != shard:
                 grave.append(f"shard '{shard}' was sealed as '{rec['shard']}': shards were renamed or swapped")
         except (ValueError, KeyError, TypeError):
             grave.append(f"shard '{shard}' has a malformed set record")
-    if len(ids) > 1:
+    if len(ids) > 1:  # name them: the odd one out is the smaller group
+        groups = sorted(ids.values(), key=len, reverse=True)
+        together = "; ".join(", ".join(f"'{s}'" for s in g) for g in groups)
         grave.append(
-            f"the shards come from {len(ids)} different sealed sets: a shard was replaced by one from another seal"
+            f"the shards come from {len(ids)} different sealed sets: a shard was replaced by one from another seal "
+            f"(sealed together: {together})"
         )
     if pattern is None:
         for name in sorted(listed - set(idx.shards)):
