@@ -384,6 +384,27 @@ def test_inspect_merges_the_levels_of_every_shard(tmp_path: Path) -> None:
     assert sorted(info["levels"]["standard"]) == ["F16", "F32"]
 
 
+def test_inspect_does_not_flag_shards_whose_code_differs_by_dtype(tmp_path: Path, key_file: Path) -> None:
+    """An fp16-only shard is sealed with lanes (paramseal/2), an fp32 one with irs (paramseal/3), in one run.
+
+    inspect warned that they were 'sealed differently or not at all'.
+    """
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    helpers.write_st(folder / SHARDS[0], {"a": helpers.random_tensor(rng, np.float32, (64, 64))}, {})
+    helpers.write_st(folder / SHARDS[1], {"b": helpers.random_tensor(rng, np.float16, (64, 64))}, {})
+    (folder / sharded.INDEX).write_text(json.dumps({"weight_map": {"a": SHARDS[0], "b": SHARDS[1]}}))
+    rc, _, err = helpers.run_cli(["seal", folder, tmp_path / "out", "--key", key_file])
+    assert rc == 0, err
+    each = {files.inspect_file(tmp_path / "out" / s)["seal"]["scheme"] for s in SHARDS[:2]}
+    assert len(each) == 2  # the premise: the shards' schemes differ
+    info = sharded.inspect_dir(tmp_path / "out")
+    assert info["sealed"] and info["mismatched_shards"] == [] and info["seal"]["scheme"] == " + ".join(sorted(each))
+    rc, text, _ = helpers.run_cli(["inspect", tmp_path / "out"])
+    assert rc == 0 and "WARNING" not in text, text
+
+
 def test_errors_name_the_output_folder_and_in_place_is_refused_for_folders(
     tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

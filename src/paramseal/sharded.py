@@ -651,8 +651,9 @@ def _set_issues(
 def inspect_dir(folder: Path) -> dict[str, Any]:
     """Describe a sharded checkpoint without a key: totals, the seal settings, and each shard.
 
-    The settings shown are the first sealed shard's; any shard whose level, key fingerprint
-    or scheme differs (or that is not sealed) is listed under ``mismatched_shards``. ``levels``
+    The settings shown are the first sealed shard's (``scheme``: every sealed shard's, as it
+    follows each shard's code); any shard whose level, bits or key fingerprint differs (or that
+    is not sealed) is listed under ``mismatched_shards``. ``levels``
     merges every shard's (each shard is sealed on its own, so the weakest shard sets a dtype's bound).
     """
     index = read_index(folder)
@@ -673,10 +674,11 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
         "sealed_shards": len(sealed),
     }
     first = shards[sealed[0]] if sealed else next(iter(shards.values()))
-    same = ("scheme", "level", "bits", "key_fingerprint")
+    same = ("level", "bits", "key_fingerprint")  # not the scheme: it follows each shard's code (irs or lanes)
     if sealed:
         ref = {k: first["seal"].get(k) for k in same}
-        out["seal"] = {**ref, "authenticated": "not checked (inspect has no key; run verify)"}
+        schemes = " + ".join(sorted({str(shards[n]["seal"].get("scheme")) for n in sealed}))
+        out["seal"] = {"scheme": schemes, **ref, "authenticated": "not checked (inspect has no key; run verify)"}
         out["mismatched_shards"] = [
             n for n, i in shards.items() if not i["sealed"] or {k: i["seal"].get(k) for k in same} != ref
         ]
