@@ -157,8 +157,9 @@ def test_a_deleted_shard_is_tampering_not_a_bad_input(
     assert rc == 2 and any("missing" in m for m in json.loads(out)["metadata_issues"])
     rc, _, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file, "--tensors", "layers.0.*"])
     assert rc == 0  # the shards checked are intact; the deleted one was not asked for
-    rc, _, _ = helpers.run_cli(["recover", sealed_ckpt, tmp_path / "fixed", "--key", key_file])
+    rc, out, _ = helpers.run_cli(["recover", sealed_ckpt, tmp_path / "fixed", "--key", key_file])
     assert rc == 2 and not (tmp_path / "fixed").exists()
+    assert "0 values lost" not in out and "nothing written" in out, out  # a whole shard's values are lost
     (checkpoint / SHARDS[1]).unlink()  # before sealing, the same folder is a bad input
     rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "s2", "--key", key_file])
     assert rc == 3 and "does not exist" in err

@@ -348,7 +348,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(rep.summary())
             else:
                 wrote = f"partial result written to {args.output}" if args.allow_partial else "nothing written"
-                # no value lost: the reason is elsewhere (a graph, a tensor the seal lacks); the summary says it
+                # no value counted lost: the reason is elsewhere (a graph, a missing shard); the summary says it
                 lost = f"{rep.unrecoverable_count} values lost; " if rep.unrecoverable_count else ""
                 print(f"FAIL: {args.input} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
             return rep.exit_code
