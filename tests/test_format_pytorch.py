@@ -227,6 +227,18 @@ def test_unsupported_dtype_is_named(tmp_path: Path) -> None:
         adapter_for(p).read(p)
 
 
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+def test_a_sparse_tensor_is_refused_by_name_with_exit_3(tmp_path: Path, key_file: Path, layout: str) -> None:
+    """A sparse tensor has no storage to compare for ties: it must reach the dense check, not crash."""
+    p = tmp_path / "s.pt"
+    dense = torch.eye(8)
+    torch.save({"w": torch.ones(300, 300), "s": dense.to_sparse() if layout == "coo" else dense.to_sparse_csr()}, p)
+    rc, _, err = helpers.run_cli(["seal", p, tmp_path / "o.safetensors", "--key", key_file])
+    assert rc == 3 and f"tensor 's' is a torch.sparse_{layout} tensor" in err and "to_dense()" in err, err
+    assert "Traceback" not in err and not (tmp_path / "o.safetensors").exists(), err
+
+
 def test_sealed_file_is_a_plain_state_dict_that_load_state_dict_accepts(tmp_path: Path, key: paramseal.Key) -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.BatchNorm1d(256),

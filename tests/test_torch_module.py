@@ -390,3 +390,16 @@ def test_state_entries_sharing_memory_are_refused_and_the_module_is_unchanged(ke
     with pytest.raises(paramseal.UnsupportedError, match=f"'{name}'.*share.*memory.*clone"):
         pst.seal_module(net, key)
     assert all(bits_equal(net.state_dict()[n], v) for n, v in before.items()), "the module was changed"
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("layout", ["coo", "csr"])
+@pytest.mark.parametrize("call", ["seal_module", "verify_module"])
+def test_a_sparse_state_entry_is_refused_by_name(key: paramseal.Key, layout: str, call: str) -> None:
+    net = mlp()
+    dense = torch.eye(8)
+    net.register_buffer("mask", dense.to_sparse() if layout == "coo" else dense.to_sparse_csr())
+    before = state(net)
+    with pytest.raises(paramseal.UnsupportedError, match=rf"'mask' is a torch.sparse_{layout} tensor.*to_dense\(\)"):
+        getattr(pst, call)(net, key)
+    assert all(bits_equal(net.state_dict()[n], v) for n, v in before.items() if n != "mask")

@@ -122,8 +122,11 @@ class PyTorchAdapter:
         state, others = _state_dict(obj, path)
         unique, meta = untie(state)
         for name, t in unique.items():
+            what = f"'{path}': tensor '{name}'"
+            if t.layout != torch.strided:
+                tensor_to_numpy(t, what)  # raises: names the layout and how to convert it
             ptr = t.untyped_storage().data_ptr()  # overlapping views (not ties) get their own copy
-            tensors[name] = tensor_to_numpy(t, f"'{path}': tensor '{name}'", copy=ptr in storages)
+            tensors[name] = tensor_to_numpy(t, what, copy=ptr in storages)
             storages.add(ptr)
         return Loaded(tensors, meta, others=others)
 
@@ -144,12 +147,16 @@ class PyTorchAdapter:
 def untie(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """The state without its tied names, and the metadata entry that names them (empty if none).
 
-    A tied name is the same tensor again: storage, offset, shape, strides and dtype.
+    A tied name is the same tensor again: storage, offset, shape, strides and dtype. A sparse
+    tensor has no storage to compare: it is kept, for the reader to refuse with a clear message.
     """
     first: dict[tuple[Any, ...], str] = {}
     unique: dict[str, Any] = {}
     tied: list[list[Any]] = []
     for pos, (name, t) in enumerate(state.items()):
+        if t.layout != import_torch("reading tensors").strided:
+            unique[name] = t
+            continue
         ident = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
         if t.numel() and ident in first:
             tied.append([name, first[ident], pos])
