@@ -403,3 +403,11 @@ def test_a_sparse_state_entry_is_refused_by_name(key: paramseal.Key, layout: str
     with pytest.raises(paramseal.UnsupportedError, match=rf"'mask' is a torch.sparse_{layout} tensor.*to_dense\(\)"):
         getattr(pst, call)(net, key)
     assert all(bits_equal(net.state_dict()[n], v) for n, v in before.items() if n != "mask")
+
+
+def test_a_module_on_the_meta_device_is_refused_with_how_to_load_its_weights(key: paramseal.Key) -> None:
+    with torch.device("meta"):
+        net = nn.Linear(512, 512)
+    with pytest.raises(paramseal.UnsupportedError, match=r"'weight' is on the meta device.*to_empty") as ei:
+        pst.seal_module(net, key)
+    assert "to_dense" not in str(ei.value)  # the advice for sparse tensors does not apply

@@ -248,9 +248,14 @@ def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True) -> NDArr
     nobody else holds, such as those just loaded from a file).
     """
     torch = import_torch(what)
-    if t.layout != torch.strided or t.is_quantized or t.is_meta:
+    if t.is_meta:
         raise UnsupportedError(
-            f"{what} is a {t.layout} {'quantized ' if t.is_quantized else ''}{'meta ' if t.is_meta else ''}tensor; "
+            f"{what} is on the meta device and holds no values; give the module its weights first "
+            "(e.g. module.to_empty(device='cpu') and load_state_dict, or load it without device='meta')"
+        )
+    if t.layout != torch.strided or t.is_quantized:
+        raise UnsupportedError(
+            f"{what} is a {t.layout} {'quantized ' if t.is_quantized else ''}tensor; "
             "ParamSeal seals dense tensors: convert it with .to_dense() / .dequantize() first"
         )
     t = t.detach().cpu()
