@@ -128,6 +128,25 @@ def test_api_arguments_of_the_wrong_kind_get_clear_errors(tmp_path: Path, key: p
         files.verify_file(ckpt, key)
 
 
+def test_metadata_that_is_not_text_is_refused_before_anything_is_sealed(tmp_path: Path, key: paramseal.Key) -> None:
+    """An int value was sealed as given and read back as text: the seal never verified again, and
+    seal_file wrote a safetensors file whose metadata safetensors (and verify) refuses."""
+    from safetensors.numpy import save_file
+
+    from paramseal import files
+
+    model = {"w": np.linspace(-1, 1, 4096, dtype=np.float32).reshape(64, 64)}
+    with pytest.raises(paramseal.UsageError, match=r"metadata keys and values must be str.*'epoch'"):
+        paramseal.seal(model, key, metadata={"epoch": 3, "ok": "yes"})  # type: ignore[dict-item]
+    with pytest.raises(paramseal.UsageError, match="metadata must be a mapping of str to str, not list"):
+        paramseal.seal(model, key, metadata=[("a", "b")])  # type: ignore[arg-type]
+    save_file(model, str(tmp_path / "m.safetensors"))
+    for out in ("s.safetensors", "s.npz"):
+        with pytest.raises(paramseal.UsageError, match=r"must be str.*'epoch'"):
+            files.seal_file(tmp_path / "m.safetensors", tmp_path / out, key, extra_metadata={"epoch": 3})  # type: ignore[dict-item]
+        assert not (tmp_path / out).exists(), f"{out} was written"
+
+
 def test_raise_for_status_maps_the_report_to_the_exported_errors(key: paramseal.Key) -> None:
     model = {"w": np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)}
     sealed = paramseal.seal(model, key)

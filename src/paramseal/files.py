@@ -46,7 +46,7 @@ from .keys import Key, looks_like_key_file, require_key
 from .levels import BLOCK, FLOATS, LEVELS, bits_for, capacity, dtype_name
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
 from .report import Report
-from .seal import SealConfig, probe_header, seal_flat, use_irs, with_non_finite, write_blocks
+from .seal import SealConfig, check_metadata, probe_header, seal_flat, use_irs, with_non_finite, write_blocks
 from .verify import (
     GRAPH_EDITED,
     HEADER_FROM_WEIGHTS,
@@ -401,6 +401,7 @@ def seal_file(
     """
     s, d = Path(src), Path(dst)
     require_key(key)
+    check_metadata(extra_metadata)  # before anything is written: the streamed path writes it as given
     d, fmt = _check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
     with _open_model(s) as loaded:

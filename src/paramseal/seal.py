@@ -101,6 +101,7 @@ class SealConfig:
         """
         if type(st_room) is not int or not 0 <= st_room < ST_ROOM_LIMIT:
             raise UsageError(f"st_room must be a safetensors header length in bytes, not {st_room!r}")
+        check_metadata(metadata)
         arrays = _model.as_mapping(tensors)
         return with_non_finite(arrays, lambda plain: self._seal(arrays, key, metadata, progress, st_room, plain))
 
@@ -564,6 +565,20 @@ class SealedModel:
     header: Header = field(repr=False)
 
 
+def check_metadata(metadata: Mapping[str, str] | None) -> None:
+    """Refuse metadata that is not text to text: the header keeps it as text, so it would never verify."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, Mapping):
+        raise UsageError(f"metadata must be a mapping of str to str, not {type(metadata).__name__}")
+    bad = [repr(k) for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))]
+    if bad:
+        raise UsageError(
+            f"metadata keys and values must be str (as safetensors metadata is); not so for {', '.join(bad[:8])}"
+            f"{' ...' if len(bad) > 8 else ''}: convert them, e.g. {{k: str(v) for k, v in metadata.items()}}"
+        )
+
+
 def seal(
     tensors: Mapping[str, NDArray[np.generic]],
     key: Key,
@@ -595,6 +610,7 @@ __all__ = [
     "SealConfig",
     "SealedModel",
     "TensorSpec",
+    "check_metadata",
     "probe_header",
     "read_blocks",
     "refuse_sealed",
