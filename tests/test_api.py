@@ -147,6 +147,23 @@ def test_metadata_that_is_not_text_is_refused_before_anything_is_sealed(tmp_path
         assert not (tmp_path / out).exists(), f"{out} was written"
 
 
+def test_metadata_under_the_headers_own_key_is_refused(tmp_path: Path, key: paramseal.Key) -> None:
+    """seal_file wrote the header over the user's entry: the fresh seal verified as tampered."""
+    from safetensors.numpy import save_file
+
+    from paramseal import files
+
+    model = {"w": np.linspace(-1, 1, 4096, dtype=np.float32).reshape(64, 64)}
+    with pytest.raises(paramseal.UsageError, match="'paramseal' is where the seal header goes"):
+        paramseal.seal(model, key, metadata={"paramseal": "mine"})
+    save_file(model, str(tmp_path / "m.safetensors"))
+    with pytest.raises(paramseal.UsageError, match="'paramseal' is where the seal header goes"):
+        files.seal_file(tmp_path / "m.safetensors", tmp_path / "s.safetensors", key, extra_metadata={"paramseal": "x"})
+    assert not (tmp_path / "s.safetensors").exists()
+    files.seal_file(tmp_path / "m.safetensors", tmp_path / "s.safetensors", key, extra_metadata={"paramseal_note": "x"})
+    assert files.verify_file(tmp_path / "s.safetensors", key).status == "intact"
+
+
 def test_raise_for_status_maps_the_report_to_the_exported_errors(key: paramseal.Key) -> None:
     model = {"w": np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)}
     sealed = paramseal.seal(model, key)

@@ -32,7 +32,7 @@ from ._pages import (
 )
 from ._progress import Progress
 from .errors import InputError, NonFiniteError, UnsupportedError, UsageError
-from .header import SCHEME_IRS, Header
+from .header import METADATA_KEY, SCHEME_IRS, Header
 from .keys import Key, require_key
 from .levels import BLOCK, FLOATS, LEVELS, bits_for, dtype_name
 
@@ -577,6 +577,8 @@ def check_metadata(metadata: Mapping[str, str] | None) -> None:
             f"metadata keys and values must be str (as safetensors metadata is); not so for {', '.join(bad[:8])}"
             f"{' ...' if len(bad) > 8 else ''}: convert them, e.g. {{k: str(v) for k, v in metadata.items()}}"
         )
+    if METADATA_KEY in metadata:  # the header's own entry: the writer would replace it, and the digest fail
+        raise UsageError(f"metadata key '{METADATA_KEY}' is where the seal header goes; use another name")
 
 
 def seal(
