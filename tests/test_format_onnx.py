@@ -982,16 +982,21 @@ def test_writing_tensors_that_do_not_match_the_graph_read_is_refused(tmp_path: P
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_partial_recover_of_a_model_with_a_renamed_initializer_is_a_clear_error(
-    tmp_path: Path, key: paramseal.Key, key_file: Path
-) -> None:
-    """The recovered tensors carry the sealed names, which the file's graph no longer has."""
+def _renamed_initializer(tmp_path: Path, key: paramseal.Key) -> Path:
+    """A sealed MLP whose first initializer (and the node reading it) was renamed 'W1x'."""
     sealed = tmp_path / "sealed.onnx"
     files.seal_file(save(mlp(np.random.default_rng(2)), tmp_path / "m.onnx"), sealed, key)
     m = onnx.load(str(sealed))
     m.graph.initializer[0].name = "W1x"
     m.graph.node[0].input[1] = "W1x"
-    renamed = save(m, tmp_path / "renamed.onnx")
+    return save(m, tmp_path / "renamed.onnx")
+
+
+def test_partial_recover_of_a_model_with_a_renamed_initializer_is_a_clear_error(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """The recovered tensors carry the sealed names, which the file's graph no longer has."""
+    renamed = _renamed_initializer(tmp_path, key)
     before = helpers.listing(tmp_path)
     rc, _, err = helpers.run_cli(["recover", renamed, tmp_path / "out.onnx", "--key", key_file, "--allow-partial"])
     assert rc == 3 and "'W1x'" in err and "out.onnx'" in err and "Traceback" not in err, err
@@ -1002,12 +1007,7 @@ def test_recover_of_a_renamed_initializer_does_not_say_zero_values_were_lost(
     tmp_path: Path, key: paramseal.Key, key_file: Path
 ) -> None:
     """Every value is restored, but the graph no longer names it: the failure is the graph's, not lost values."""
-    sealed = tmp_path / "sealed.onnx"
-    files.seal_file(save(mlp(np.random.default_rng(2)), tmp_path / "m.onnx"), sealed, key)
-    m = onnx.load(str(sealed))
-    m.graph.initializer[0].name = "W1x"
-    m.graph.node[0].input[1] = "W1x"
-    renamed = save(m, tmp_path / "renamed.onnx")
+    renamed = _renamed_initializer(tmp_path, key)
     rc, out, err = helpers.run_cli(["recover", renamed, tmp_path / "out.onnx", "--key", key_file])
     assert rc == 2, (out, err)
     first = out.splitlines()[0]
