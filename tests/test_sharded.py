@@ -583,3 +583,62 @@ def test_ctrl_c_stops_the_pool_at_once_and_quietly() -> None:
     finally:
         if parent.poll() is None:
             os.killpg(parent.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "name", ["diffusion_pytorch_model.safetensors.index.json", "model.fp16.safetensors.index.json"]
+)
+def test_an_index_under_another_name_is_used_everywhere(
+    tmp_path: Path, checkpoint: Path, key: paramseal.Key, key_file: Path, name: str
+) -> None:
+    (checkpoint / sharded.INDEX).rename(checkpoint / name)
+    assert sharded.is_sharded(checkpoint)
+    sealed = tmp_path / "sealed"
+    rc, out, err = helpers.run_cli(["seal", checkpoint, sealed, "--key", key_file])
+    assert rc == 0 and "3 shard(s)" in out, err
+    assert sorted(p.name for p in sealed.iterdir()) == sorted([*SHARDS, name, "config.json"])
+    assert (sealed / name).read_bytes() == (checkpoint / name).read_bytes()
+    rc, out, _ = helpers.run_cli(["inspect", sealed, "--json"])
+    assert rc == 0 and json.loads(out)["index"] == name and json.loads(out)["sealed_shards"] == 3
+    rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file])
+    assert rc == 0, err
+    rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--tensors", "nothing.*"])
+    assert rc == 3 and f"'{sealed / name}'" in err
+    with pytest.raises(paramseal.UsageError, match="is a sharded checkpoint"):
+        files.verify_file(sealed, key)
+    # a wrong index is rebuilt under its own name, and the note names it
+    idx = json.loads((sealed / name).read_text())
+    sealed_map = dict(idx["weight_map"])
+    idx["weight_map"].pop("layers.1.mlp.weight")
+    (sealed / name).write_text(json.dumps(idx))
+    rc, out, _ = helpers.run_cli(["verify", sealed, "--key", key_file])
+    assert rc == 1 and "'layers.1.mlp.weight'" in out
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", sealed, fixed, "--key", key_file])
+    assert rc == 0 and f"{name} was rebuilt" in out, (out, err)
+    assert sorted(p.name for p in fixed.iterdir()) == sorted([*SHARDS, name, "config.json"])
+    assert json.loads((fixed / name).read_text())["weight_map"] == sealed_map
+    assert sharded.verify_dir(fixed, key, workers=1).status == "intact"
+    # an index that disagrees with its shards is named at seal time
+    (checkpoint / name).write_text(json.dumps({"weight_map": {**sealed_map, "ghost": SHARDS[0]}}))
+    rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "s2", "--key", key_file])
+    assert rc == 3 and f"'{checkpoint / name}' disagrees with its shards" in err
+
+
+def test_a_folder_with_several_indexes_is_refused_naming_them(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    variant = "model.fp16.safetensors.index.json"
+    for folder in (checkpoint, sealed_ckpt):
+        shutil.copy(folder / sharded.INDEX, folder / variant)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (
+        ["seal", checkpoint, tmp_path / "out", "--key", key_file],
+        ["verify", sealed_ckpt, "--key", key_file],
+        ["recover", sealed_ckpt, tmp_path / "out", "--key", key_file],
+        ["inspect", sealed_ckpt],
+    ):
+        rc, out, err = helpers.run_cli(args)
+        assert rc == 3 and out == "" and "Traceback" not in err, (args, err)
+        assert f"2 safetensors indexes ('{variant}', '{sharded.INDEX}')" in err and "folder of its own" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written

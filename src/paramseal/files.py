@@ -185,9 +185,12 @@ def _require_file(p: Path) -> None:
             "(model.safetensors.index.json): convert it first (transformers' save_pretrained writes safetensors)"
         )
     if p.is_dir():
+        from . import sharded as _sharded  # here: sharded imports this module
+
         raise UsageError(
-            f"input '{p}' is a folder; a sharded checkpoint folder needs its index ('model.safetensors.index.json')"
-            if not (p / "model.safetensors.index.json").is_file()
+            f"input '{p}' is a folder; a sharded checkpoint folder needs its index ('model.safetensors.index.json', "
+            "or another '*.safetensors.index.json')"
+            if not _sharded.index_files(p)
             else f"input '{p}' is a sharded checkpoint: use paramseal.sharded (seal_dir, verify_dir, recover_dir), "
             "which the command line calls for a folder"
         )

@@ -1,4 +1,9 @@
-"""Sharded Hugging Face checkpoints: a folder with ``model.safetensors.index.json`` and its shards.
+"""Sharded Hugging Face checkpoints: a folder with one safetensors index and its shards.
+
+The index is the folder's one ``*.safetensors.index.json`` (``model.safetensors.index.json``,
+diffusers' ``diffusion_pytorch_model.safetensors.index.json``, a variant's
+``model.fp16.safetensors.index.json``); a folder with several is refused, as which set of
+shards to seal would be a guess.
 
 Every shard is sealed as a model of its own (its own salt, header and parity), so
 shards are checked and repaired independently, in parallel, and a damaged shard
@@ -55,22 +60,49 @@ from .keys import Key
 from .report import Report, Status, TensorFinding
 
 INDEX = "model.safetensors.index.json"
+INDEX_SUFFIX = ".safetensors.index.json"  # what every safetensors index's name ends with
 
 T = TypeVar("T")
 
 
+def index_files(folder: Path) -> list[str]:
+    """The names of the safetensors indexes (``*.safetensors.index.json``) in ``folder``, sorted."""
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.name.endswith(INDEX_SUFFIX) and p.is_file())
+    except OSError:  # not a folder, or one we cannot list: no index (the caller says what is wrong)
+        return []
+
+
 def is_sharded(path: Path) -> bool:
-    """Whether ``path`` is a folder holding a safetensors index."""
-    return path.is_dir() and (path / INDEX).is_file()
+    """Whether ``path`` is a folder holding a safetensors index (several: `read_index` refuses them)."""
+    return path.is_dir() and bool(index_files(path))
+
+
+def index_name(folder: Path) -> str:
+    """The name of the folder's one safetensors index (``INDEX`` when it has none, which reading then reports).
+
+    Several (a variant's beside the default, ``model.fp16.safetensors.index.json``) are refused:
+    they name different shards, and picking one would seal, verify or recover a set the user did
+    not choose.
+    """
+    names = index_files(folder)
+    if len(names) > 1:
+        raise UsageError(
+            f"'{folder}' holds {len(names)} safetensors indexes ({', '.join(map(repr, names))}): ParamSeal "
+            "takes one sharded checkpoint per folder; move each index with the shards it names into a folder "
+            "of its own (the other files copied to each) and seal, verify or recover each folder"
+        )
+    return names[0] if names else INDEX
 
 
 @dataclass(frozen=True, slots=True)
 class Index:
-    """A parsed ``model.safetensors.index.json``."""
+    """A parsed safetensors index (``name``: its file name in ``folder``)."""
 
     folder: Path
     raw: dict[str, Any]
     weight_map: dict[str, str]
+    name: str = INDEX
 
     @property
     def shards(self) -> list[str]:
@@ -92,7 +124,8 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
     With ``missing_ok`` (verify and recover, where a deleted shard is tampering) shards may be
     missing, even all of them.
     """
-    p = folder / INDEX
+    name = index_name(folder)
+    p = folder / name
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
         wm = raw["weight_map"]
@@ -107,7 +140,7 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
     for shard in set(wm.values()):
         if Path(shard).name != shard or not shard.endswith(".safetensors"):
             raise FormatError(f"'{p}' names shard '{shard}', which is not a .safetensors file in the same folder")
-    idx = Index(folder, raw, dict(wm))
+    idx = Index(folder, raw, dict(wm), name)
     gone = [] if missing_ok else idx.absent()
     if gone:
         raise FormatError(f"'{p}' names shard '{gone[0]}', which does not exist in '{folder}'")
@@ -333,7 +366,7 @@ def _check_index(idx: Index) -> None:
     issues += [f"tensor '{n}' is mapped to '{s}', which does not hold it" for n, s in unheld]
     if issues:
         raise FormatError(
-            f"'{idx.folder / INDEX}' disagrees with its shards: " + "; ".join(issues) + "; fix the index so that it "
+            f"'{idx.folder / idx.name}' disagrees with its shards: " + "; ".join(issues) + "; fix the index so that it "
             "maps every tensor to the one shard holding it, then seal (a sealed set would fail verify)"
         )
 
@@ -445,7 +478,7 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
         chosen = [s for s in everything if hit(idx.tensors_in(s)) or (s in peeked and sealed[s] is None)
                   or hit(sealed.get(s))]  # fmt: skip
         if not chosen:
-            raise UsageError(f"--tensors '{tensors}' matches no tensor in '{folder / INDEX}'; check the pattern")
+            raise UsageError(f"--tensors '{tensors}' matches no tensor in '{folder / idx.name}'; check the pattern")
         # a shard the index sends us to that seals no match (swapped, or a wrong index) is read
         # whole: its report and set record say what is wrong, where the pattern would only fail
         patterns = {s: tensors if hit(sealed.get(s)) else None for s in chosen}
@@ -555,13 +588,13 @@ def recover_dir(
             everything = [s for s in everything if s in reports or s in failed or s not in peeked]  # others copied
             # nothing is written unless the shards recovered, so neither is an index
             rebuild = bool(fixable) and not grave and (allow_partial or all(r.ok for r in reports.values()))
-            merged = _merge("recover", reports, grave, fixable=fixable, fixed=rebuild, lost=lost)
+            merged = _merge("recover", reports, grave, fixable=fixable, fixed=rebuild, lost=lost, index=idx.name)
             if not (merged.ok or allow_partial):
                 raise _Discard(merged)
-            _copy_others(src, tmp, set(everything) | ({INDEX} if rebuild else set()), tmp)
+            _copy_others(src, tmp, set(everything) | ({idx.name} if rebuild else set()), tmp)
             if rebuild:
                 index = _rebuilt_index(idx, reports, tmp)
-                (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+                (tmp / idx.name).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     except _Discard as e:
         return e.report, False
     return merged, True
@@ -665,7 +698,7 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
     sealed = [n for n, i in shards.items() if i["sealed"]]
     out: dict[str, Any] = {
         "file": str(folder),
-        "index": INDEX,
+        "index": index.name,
         "shards": len(shards),
         "tensors": sum(i["tensors"] for i in shards.values()),
         "parameters": params,
@@ -712,12 +745,14 @@ def _merge(
     lost: dict[str, TensorFinding] | None = None,
     skipped: int = 0,
     unread: int = 0,
+    index: str = INDEX,
 ) -> Report:
     """One report for the whole checkpoint: tensors from every shard, the worst status.
 
     ``set_issues`` lose weights; ``fixable`` ones are a wrong index, which recover rebuilds
     (``fixed``: it did). ``lost`` names tensors of shards with no report. ``skipped`` shards
-    (``unread`` blocks) were left out by a partial verification, or could not be read.
+    (``unread`` blocks) were left out by a partial verification, or could not be read. ``index``:
+    the index's file name.
     """
     tensors: dict[str, TensorFinding] = {}
     fixable = fixable or []
@@ -731,7 +766,7 @@ def _merge(
     if skipped:
         notes.append(f"partial verification: {len(reports)} shard(s) checked, {skipped} not read")
     if fixed:
-        notes.append(f"{INDEX} was rebuilt from the shards' sealed headers")
+        notes.append(f"{index} was rebuilt from the shards' sealed headers")
     order: list[Status] = ["intact", "recovered", "tampered", "unrecoverable"]
     status: Status = max((r.status for r in reports.values()), key=order.index, default="intact")
     if set_issues and status in ("intact", "recovered"):
@@ -758,8 +793,11 @@ def _merge(
 
 __all__ = [
     "INDEX",
+    "INDEX_SUFFIX",
     "SET_KEY",
     "Index",
+    "index_files",
+    "index_name",
     "inspect_dir",
     "is_sharded",
     "read_index",
