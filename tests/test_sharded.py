@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -117,7 +118,11 @@ def test_shards_swapped_or_from_another_seal_are_caught(
     (swapped / SHARDS[1]).rename(swapped / SHARDS[0])
     (swapped / "tmp").rename(swapped / SHARDS[1])
     rep = sharded.verify_dir(swapped, key, workers=1)
-    assert rep.status == "tampered"
+    assert rep.status == "tampered" and rep.exit_code == 1  # the whole set is there: recover renames them back
+    assert any(f"file '{SHARDS[0]}' holds sealed shard '{SHARDS[1]}'" in m for m in rep.metadata_issues)
+    (swapped / SHARDS[2]).unlink()  # and with a shard gone, not every shard can be placed: as before
+    rep = sharded.verify_dir(swapped, key, workers=1)
+    assert rep.status == "tampered" and rep.exit_code == 2
     assert any(f"shard '{SHARDS[0]}' was sealed as '{SHARDS[1]}'" in m for m in rep.metadata_issues)
 
     other = tmp_path / "other"
@@ -307,8 +312,8 @@ def test_with_tensors_a_swapped_shard_or_a_misplaced_tensor_is_tampering_not_a_b
     (swapped / SHARDS[2]).rename(swapped / SHARDS[0])
     (swapped / "tmp").rename(swapped / SHARDS[2])
     rep = sharded.verify_dir(swapped, key, tensors="layers.0.*", workers=1)
-    assert rep.exit_code == 2
-    assert any(f"shard '{SHARDS[0]}' was sealed as '{SHARDS[2]}'" in m for m in rep.metadata_issues)
+    assert rep.exit_code == 1 and rep.tampered_tensors == [] and "layers.0.attn.weight" in rep.tensors
+    assert any(f"file '{SHARDS[2]}' holds sealed shard '{SHARDS[0]}'" in m for m in rep.metadata_issues)
     _edit_index(sealed_ckpt, lambda wm: wm.update({"layers.2.attn.weight": SHARDS[0]}))
     rep = sharded.verify_dir(sealed_ckpt, key, tensors="layers.2.attn.*", workers=1)
     assert rep.exit_code == 1 and rep.partial
@@ -642,3 +647,61 @@ def test_a_folder_with_several_indexes_is_refused_naming_them(
         assert rc == 3 and out == "" and "Traceback" not in err, (args, err)
         assert f"2 safetensors indexes ('{variant}', '{sharded.INDEX}')" in err and "folder of its own" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def _swap(folder: Path, a: str, b: str) -> None:
+    (folder / a).rename(folder / "tmp")
+    (folder / b).rename(folder / a)
+    (folder / "tmp").rename(folder / b)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_swapped_shards_are_recovered_under_their_sealed_names_bit_exact(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path, flip: bool
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(sealed_ckpt, bad)
+    _swap(bad, SHARDS[0], SHARDS[1])
+    if flip:  # the file named SHARDS[0] holds the sealed SHARDS[1], whose tensors are layers.1.*
+        t, meta = helpers.read_st(bad / SHARDS[0])
+        helpers.write_st(bad / SHARDS[0], helpers.flip_bit(t, "layers.1.mlp.weight", 700, 29), meta)
+    rc, out, _ = helpers.run_cli(["verify", bad, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 1 and rep["recoverable"], out
+    assert rep["tampered_tensors"] == (["layers.1.mlp.weight"] if flip else [])
+    for here, sealed_as in ((SHARDS[0], SHARDS[1]), (SHARDS[1], SHARDS[0])):
+        assert any(f"file '{here}' holds sealed shard '{sealed_as}'" in m for m in rep["metadata_issues"]), rep
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0 and f"file '{SHARDS[0]}' was written as '{SHARDS[1]}'" in out, (out, err)
+    assert _digests(fixed) == _digests(sealed_ckpt)  # every file, index and config.json too
+    rc, _, _ = helpers.run_cli(["verify", fixed, "--key", key_file])
+    assert rc == 0
+    assert sharded.verify_dir(bad, key, tensors="layers.1.*", workers=1).exit_code == 1
+
+
+def test_a_shard_renamed_to_a_name_nothing_lists_is_found_and_put_back(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    bad = tmp_path / "bad"
+    shutil.copytree(sealed_ckpt, bad)
+    (bad / SHARDS[2]).rename(bad / "renamed.safetensors")
+    rc, out, _ = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 1 and f"file 'renamed.safetensors' holds sealed shard '{SHARDS[2]}'" in out, out
+    fixed = tmp_path / "fixed"
+    rc, _, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0 and _digests(fixed) == _digests(sealed_ckpt), err
+    assert sharded.verify_dir(fixed, key, workers=1).status == "intact"
+
+
+def test_a_shard_claimed_by_two_files_is_not_guessed(tmp_path: Path, sealed_ckpt: Path, key_file: Path) -> None:
+    (sealed_ckpt / SHARDS[2]).rename(sealed_ckpt / "a.safetensors")
+    shutil.copy(sealed_ckpt / "a.safetensors", sealed_ckpt / "b.safetensors")
+    rc, out, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file])
+    assert rc == 2 and f"shard '{SHARDS[2]}' named in the index is missing" in out and "holds sealed" not in out
+    rc, _, _ = helpers.run_cli(["recover", sealed_ckpt, tmp_path / "fixed", "--key", key_file])
+    assert rc == 2 and not (tmp_path / "fixed").exists()

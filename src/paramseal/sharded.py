@@ -12,7 +12,8 @@ record** sealed into each shard's metadata (``paramseal_set``): a random set id,
 the shard's file name and the list of every shard. Verify then also catches a
 shard that is missing, renamed, swapped with another, or taken from another
 sealed set, and an index whose ``weight_map`` disagrees with the shards (which
-recover rebuilds from the shards' sealed headers).
+recover rebuilds from the shards' sealed headers). Shards only renamed or swapped,
+the whole set there once each, recover writes back under their sealed names.
 
 The index and the other files and subfolders (``config.json``, tokenizer files)
 are copied unchanged: they are not protected.
@@ -458,6 +459,76 @@ def _shards(folder: Path, idx: Index, key: Key) -> tuple[list[str], dict[str, tu
     return idx.shards + extra, peeked
 
 
+def _locate(folder: Path, idx: Index, key: Key) -> tuple[list[str], dict[str, Any], dict[str, str]]:
+    """`_shards`, by sealed name, and the file holding each shard (empty unless renamed or swapped: `_placement`)."""
+    everything, peeked = _shards(folder, idx, key)
+    where = _placement(folder, key, everything, peeked)
+    if where is None:
+        return everything, peeked, {}
+    everything = [*idx.shards, *(s for s in where if s not in idx.shards)]
+    return everything, {s: _peek(folder / f, key) for s, f in where.items()}, where
+
+
+def _claimed(path: Path) -> str | None:
+    """The shard a file's set record names, unauthenticated: only to choose whether to look further."""
+    try:
+        return str(json.loads(st_format.read_layout(path).metadata[SET_KEY])["shard"])
+    except (ParamSealError, OSError, ValueError, KeyError, TypeError, RecursionError):
+        return None
+
+
+def _placement(folder: Path, key: Key, everything: list[str], peeked: dict[str, Any]) -> dict[str, str] | None:
+    """Sealed shard name -> the file holding it, when the folder holds the sealed set whole under other names.
+
+    That is: every shard the index or a set record sends us to, and every other ``.safetensors``
+    file whose set record claims a shard, carries an authenticated record of one set; each shard
+    of the set is claimed by exactly one file; and some file holds a shard other than its name.
+    Anything else (a shard missing, two files claiming one, a shard of another set, a record not
+    authenticated) gives None and is reported as it always was.
+    """
+    if len(peeked) == len(everything) and all(_claimed(folder / s) in (s, None) for s in peeked):
+        return None  # every shard is in place (or is reported for what it is)
+    try:
+        others = sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors" and p.name not in peeked)
+    except OSError:
+        return None
+    others = [f for f in others if (folder / f).is_file() and _claimed(folder / f) is not None]
+    ids: set[str] = set()
+    lists: set[tuple[str, ...]] = set()
+    holders: dict[str, list[str]] = {}
+    for f in [*peeked, *others]:
+        try:
+            rec = json.loads(_record(folder / f, key) or "")  # UNTRUSTED is no JSON either
+            names = tuple(rec["shards"])
+            if not all(isinstance(n, str) for n in [rec["set"], rec["shard"], *names]):
+                raise TypeError("not text")
+        except (ParamSealError, OSError, ValueError, KeyError, TypeError, RecursionError):
+            if f in peeked:
+                return None
+            continue  # a file beside the shards, not one of them
+        ids.add(rec["set"])
+        lists.add(names)
+        holders.setdefault(rec["shard"], []).append(f)
+    if len(ids) != 1 or len(lists) != 1:
+        return None
+    names = lists.pop()
+    if set(holders) != set(names) or any(len(h) > 1 for h in holders.values()):
+        return None
+    if not all(Path(n).name == n and n.endswith(".safetensors") for n in names):
+        return None
+    where = {n: holders[n][0] for n in names}
+    return where if any(n != f for n, f in where.items()) else None
+
+
+def _moved(where: dict[str, str]) -> list[str]:
+    """What `_placement` found, file by file (a wrong name only: recover writes each shard under its own)."""
+    return [
+        f"file '{f}' holds sealed shard '{s}': shards were renamed or swapped (recover writes it as '{s}')"
+        for s, f in where.items()
+        if f != s
+    ]
+
+
 def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: int | None = None) -> Report:
     """Verify every shard (only those holding tensors that match ``tensors``), plus the set and the index.
 
@@ -466,7 +537,7 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
     the index or its sealed header puts a matching tensor in it.
     """
     idx = read_index(folder, missing_ok=True)
-    everything, peeked = _shards(folder, idx, key)
+    everything, peeked, where = _locate(folder, idx, key)
     chosen, patterns = everything, dict.fromkeys(everything, tensors)
     if tensors is not None:
 
@@ -483,18 +554,19 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
         # whole: its report and set record say what is wrong, where the pattern would only fail
         patterns = {s: tensors if hit(sealed.get(s)) else None for s in chosen}
     opened = [s for s in chosen if s in peeked]
-    results = _map(_verify_one, [(folder / s, key, patterns[s]) for s in opened], workers)
+    results = _map(_verify_one, [(folder / where.get(s, s), key, patterns[s]) for s in opened], workers)
     reports = {s: r for s, (r, _, _) in zip(opened, results, strict=True) if r is not None}
     failed = {s: why for s, (_, _, why) in zip(opened, results, strict=True) if why is not None}
     records = {s: rec for s, (r, rec, _) in zip(opened, results, strict=True) if r is not None}
     grave, fixable, lost, failed = _verdict(idx, records, reports, failed, chosen, everything, peeked, tensors)
     unread = [s for s in everything if s not in chosen and s in peeked]
-    blocks = sum(_blocks(folder / s) for s in [*unread, *failed])  # the model's blocks not checked, for the total
+    # the model's blocks not checked, for the total
+    blocks = sum(_blocks(folder / where.get(s, s)) for s in [*unread, *failed])
     return _merge(
         "verify",
         reports,
         grave,
-        fixable=fixable,
+        fixable=[*_moved(where), *fixable],
         lost=lost,
         skipped=len(everything) - len(chosen),
         unread=blocks,
@@ -572,14 +644,15 @@ def recover_dir(
 
     ``dst`` appears (atomically, whole) only if every shard recovers and the set is
     consistent, or with ``allow_partial``. An index that disagrees with a consistent set of
-    shards is rebuilt from the shards' sealed headers, which fully determine it.
+    shards is rebuilt from the shards' sealed headers, which fully determine it. Shards renamed
+    or swapped (the whole set there, each once: see `_placement`) are written under their sealed names.
     """
     idx = read_index(src, missing_ok=True)
-    everything, peeked = _shards(src, idx, key)
+    everything, peeked, where = _locate(src, idx, key)
     shards = [s for s in everything if s in peeked]
     try:
         with _atomic_dir(dst, src) as tmp:
-            jobs = [(src / s, tmp / s, key, True) for s in shards]
+            jobs = [(src / where.get(s, s), tmp / s, key, True) for s in shards]
             results = dict(zip(shards, _map(_recover_one, jobs, workers), strict=True))
             reports = {s: r for s, r in results.items() if isinstance(r, Report)}
             failed = {s: r.replace(str(tmp), str(dst)) for s, r in results.items() if isinstance(r, str)}
@@ -587,11 +660,23 @@ def recover_dir(
             grave, fixable, lost, failed = _verdict(idx, records, reports, failed, everything, everything, peeked)
             everything = [s for s in everything if s in reports or s in failed or s not in peeked]  # others copied
             # nothing is written unless the shards recovered, so neither is an index
-            rebuild = bool(fixable) and not grave and (allow_partial or all(r.ok for r in reports.values()))
-            merged = _merge("recover", reports, grave, fixable=fixable, fixed=rebuild, lost=lost, index=idx.name)
+            fixing = not grave and (allow_partial or all(r.ok for r in reports.values()))
+            rebuild = bool(fixable) and fixing
+            moved = _moved(where)
+            fixes = [f"{idx.name} was rebuilt from the shards' sealed headers"] if rebuild else []
+            fixes += [f"file '{f}' was written as '{s}', its sealed name" for s, f in where.items() if f != s]
+            merged = _merge(
+                "recover",
+                reports,
+                grave,
+                fixable=[*moved, *fixable],
+                fixed=fixes if fixing else [],
+                lost=lost,
+            )
             if not (merged.ok or allow_partial):
                 raise _Discard(merged)
-            _copy_others(src, tmp, set(everything) | ({idx.name} if rebuild else set()), tmp)
+            shard_files = set(everything) | {where.get(s, s) for s in everything}
+            _copy_others(src, tmp, shard_files | ({idx.name} if rebuild else set()), tmp)
             if rebuild:
                 index = _rebuilt_index(idx, reports, tmp)
                 (tmp / idx.name).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
@@ -741,18 +826,17 @@ def _merge(
     set_issues: list[str],
     *,
     fixable: list[str] | None = None,
-    fixed: bool = False,
+    fixed: list[str] | None = None,
     lost: dict[str, TensorFinding] | None = None,
     skipped: int = 0,
     unread: int = 0,
-    index: str = INDEX,
 ) -> Report:
     """One report for the whole checkpoint: tensors from every shard, the worst status.
 
-    ``set_issues`` lose weights; ``fixable`` ones are a wrong index, which recover rebuilds
-    (``fixed``: it did). ``lost`` names tensors of shards with no report. ``skipped`` shards
-    (``unread`` blocks) were left out by a partial verification, or could not be read. ``index``:
-    the index's file name.
+    ``set_issues`` lose weights; ``fixable`` ones are a wrong index, which recover rebuilds, or
+    shards under the wrong names, which it writes under their own (``fixed``: it did, each a
+    note). ``lost`` names tensors of shards with no report. ``skipped`` shards
+    (``unread`` blocks) were left out by a partial verification, or could not be read.
     """
     tensors: dict[str, TensorFinding] = {}
     fixable = fixable or []
@@ -765,8 +849,7 @@ def _merge(
     tensors |= {n: f for n, f in (lost or {}).items() if n not in tensors}
     if skipped:
         notes.append(f"partial verification: {len(reports)} shard(s) checked, {skipped} not read")
-    if fixed:
-        notes.append(f"{index} was rebuilt from the shards' sealed headers")
+    notes += fixed or []
     order: list[Status] = ["intact", "recovered", "tampered", "unrecoverable"]
     status: Status = max((r.status for r in reports.values()), key=order.index, default="intact")
     if set_issues and status in ("intact", "recovered"):
