@@ -379,13 +379,19 @@ def test_a_missing_shard_names_its_tensors(sealed_ckpt: Path, key: paramseal.Key
     assert "missing" in rep.tensors["layers.1.attn.weight"].issues[0]
 
 
-def test_inspect_merges_the_levels_of_every_shard(tmp_path: Path) -> None:
+def _fp32_and_fp16_shards(tmp_path: Path) -> Path:
+    """An unsealed folder of two shards: an fp32 tensor 'a' and an fp16 tensor 'b'."""
     folder = tmp_path / "mixed"
     folder.mkdir()
     rng = np.random.default_rng(1)
     helpers.write_st(folder / SHARDS[0], {"a": helpers.random_tensor(rng, np.float32, (64, 64))}, {})
     helpers.write_st(folder / SHARDS[1], {"b": helpers.random_tensor(rng, np.float16, (64, 64))}, {})
     (folder / sharded.INDEX).write_text(json.dumps({"weight_map": {"a": SHARDS[0], "b": SHARDS[1]}}))
+    return folder
+
+
+def test_inspect_merges_the_levels_of_every_shard(tmp_path: Path) -> None:
+    folder = _fp32_and_fp16_shards(tmp_path)
     info = sharded.inspect_dir(folder)
     assert sorted(info["levels"]["standard"]) == ["F16", "F32"]
 
@@ -395,12 +401,7 @@ def test_inspect_does_not_flag_shards_whose_code_differs_by_dtype(tmp_path: Path
 
     inspect warned that they were 'sealed differently or not at all'.
     """
-    folder = tmp_path / "mixed"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    helpers.write_st(folder / SHARDS[0], {"a": helpers.random_tensor(rng, np.float32, (64, 64))}, {})
-    helpers.write_st(folder / SHARDS[1], {"b": helpers.random_tensor(rng, np.float16, (64, 64))}, {})
-    (folder / sharded.INDEX).write_text(json.dumps({"weight_map": {"a": SHARDS[0], "b": SHARDS[1]}}))
+    folder = _fp32_and_fp16_shards(tmp_path)
     rc, _, err = helpers.run_cli(["seal", folder, tmp_path / "out", "--key", key_file])
     assert rc == 0, err
     each = {files.inspect_file(tmp_path / "out" / s)["seal"]["scheme"] for s in SHARDS[:2]}
