@@ -17,6 +17,9 @@ the whole set there once each, recover writes back under their sealed names.
 
 The index and the other files and subfolders (``config.json``, tokenizer files)
 are copied unchanged: they are not protected.
+
+The index's reading and checking live in `_shard_index`; the set records, where each shard
+is, the set's findings and the merged report in `_shard_set`.
 """
 
 from __future__ import annotations
@@ -34,15 +37,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import files
 from ._layout import block_count
 from ._pages import scratch_budget
+from ._shard_index import INDEX, INDEX_SUFFIX, Index, _check_index, index_files, index_name, read_index
+from ._shard_set import _locate, _merge, _moved, _record, _verdict
 from .errors import (
-    FormatError,
     InputError,
     KeyMismatchError,
     MissingDependencyError,
@@ -56,96 +60,16 @@ from .errors import (
 from .formats import safetensors as st_format
 from .formats.base import new_mode
 from .formats.registry import adapters
-from .header import METADATA_KEY, SET_KEY, metadata_digest, parse_header, peek_header
+from .header import METADATA_KEY, SET_KEY, peek_header
 from .keys import Key
-from .report import Report, Status, TensorFinding
-
-INDEX = "model.safetensors.index.json"
-INDEX_SUFFIX = ".safetensors.index.json"  # what every safetensors index's name ends with
+from .report import Report
 
 T = TypeVar("T")
-
-
-def index_files(folder: Path) -> list[str]:
-    """The names of the safetensors indexes (``*.safetensors.index.json``) in ``folder``, sorted."""
-    try:
-        return sorted(p.name for p in folder.iterdir() if p.name.endswith(INDEX_SUFFIX) and p.is_file())
-    except OSError:  # not a folder, or one we cannot list: no index (the caller says what is wrong)
-        return []
 
 
 def is_sharded(path: Path) -> bool:
     """Whether ``path`` is a folder holding a safetensors index (several: `read_index` refuses them)."""
     return path.is_dir() and bool(index_files(path))
-
-
-def index_name(folder: Path) -> str:
-    """The name of the folder's one safetensors index (``INDEX`` when it has none, which reading then reports).
-
-    Several (a variant's beside the default, ``model.fp16.safetensors.index.json``) are refused:
-    they name different shards, and picking one would seal, verify or recover a set the user did
-    not choose.
-    """
-    names = index_files(folder)
-    if len(names) > 1:
-        raise UsageError(
-            f"'{folder}' holds {len(names)} safetensors indexes ({', '.join(map(repr, names))}): ParamSeal "
-            "takes one sharded checkpoint per folder; move each index with the shards it names into a folder "
-            "of its own (the other files copied to each) and seal, verify or recover each folder"
-        )
-    return names[0] if names else INDEX
-
-
-@dataclass(frozen=True, slots=True)
-class Index:
-    """A parsed safetensors index (``name``: its file name in ``folder``)."""
-
-    folder: Path
-    raw: dict[str, Any]
-    weight_map: dict[str, str]
-    name: str = INDEX
-
-    @property
-    def shards(self) -> list[str]:
-        """Shard file names, in order of first use."""
-        return list(dict.fromkeys(self.weight_map.values()))
-
-    def tensors_in(self, shard: str) -> list[str]:
-        """The tensors the index maps to ``shard``."""
-        return [n for n, f in self.weight_map.items() if f == shard]
-
-    def absent(self) -> list[str]:
-        """Shards the index names that are not in the folder (looked up now: call once)."""
-        return [s for s in self.shards if not (self.folder / s).is_file()]
-
-
-def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
-    """Parse and check the index: a JSON object whose ``weight_map`` names shard files in this folder.
-
-    With ``missing_ok`` (verify and recover, where a deleted shard is tampering) shards may be
-    missing, even all of them.
-    """
-    name = index_name(folder)
-    p = folder / name
-    try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
-        wm = raw["weight_map"]
-        if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
-            raise TypeError("weight_map must map tensor names to file names")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as e:
-        raise FormatError(
-            f"'{p}' is not a valid safetensors index ({e}); expected {{\"weight_map\": {{...}}}}"
-        ) from None
-    if not wm:
-        raise FormatError(f"'{p}' names no shards: its weight_map is empty")
-    for shard in set(wm.values()):
-        if Path(shard).name != shard or not shard.endswith(".safetensors"):
-            raise FormatError(f"'{p}' names shard '{shard}', which is not a .safetensors file in the same folder")
-    idx = Index(folder, raw, dict(wm), name)
-    gone = [] if missing_ok else idx.absent()
-    if gone:
-        raise FormatError(f"'{p}' names shard '{gone[0]}', which does not exist in '{folder}'")
-    return idx
 
 
 def _workers(n: int) -> int:
@@ -346,55 +270,9 @@ def seal_dir(
     return shards
 
 
-def _check_index(idx: Index) -> None:
-    """Refuse to seal a checkpoint whose index disagrees with its shards (verify would call it tampered).
-
-    Every difference is listed: a tensor a shard holds that the index omits or maps elsewhere,
-    one the index maps to a shard that does not hold it.
-    """
-    held: dict[str, list[str]] = {}
-    for shard in idx.shards:
-        for e in st_format.read_layout(idx.folder / shard).entries:
-            held.setdefault(e.name, []).append(shard)
-    issues = []
-    for name, where in held.items():
-        mapped = idx.weight_map.get(name)
-        if mapped is None:
-            issues.append(f"tensor '{name}' in shard '{where[0]}' is not in the index")
-        elif mapped not in where or len(where) > 1:
-            issues.append(f"tensor '{name}' is mapped to '{mapped}' but held by {', '.join(map(repr, where))}")
-    unheld = [(n, s) for n, s in idx.weight_map.items() if n not in held]
-    issues += [f"tensor '{n}' is mapped to '{s}', which does not hold it" for n, s in unheld]
-    if issues:
-        raise FormatError(
-            f"'{idx.folder / idx.name}' disagrees with its shards: " + "; ".join(issues) + "; fix the index so that it "
-            "maps every tensor to the one shard holding it, then seal (a sealed set would fail verify)"
-        )
-
-
 # A shard that cannot be read as a sealed model (replaced by an unsealed file, truncated) is
 # tampering with the set; these stay errors: a wrong key, a failed read or write, a missing extra.
 _NOT_TAMPERING = (KeyMismatchError, InputError, OutputError, MissingDependencyError)
-
-
-UNTRUSTED = "\0untrusted"  # a set record that nothing authenticates (see `_record`)
-
-
-def _record(path: Path, key: Key) -> str | None:
-    """A shard's set record as sealed, or ``UNTRUSTED`` when nothing vouches for it.
-
-    From its authenticated header's user metadata, else the file's metadata when that matches
-    the sealed digest (a header from the weights keeps only the digest).
-    """
-    meta = dict(st_format.read_layout(path).metadata)
-    text = meta.pop(METADATA_KEY, None)
-    try:
-        h = parse_header(text if text is not None else files.read_header(path, key), key)
-    except ParamSealError:
-        return UNTRUSTED
-    if h.user_metadata is not None:
-        return h.user_metadata.get(SET_KEY)
-    return meta.get(SET_KEY) if metadata_digest(meta) == h.digest else UNTRUSTED
 
 
 def _verify_one(path: Path, key: Key, pattern: str | None) -> tuple[Report | None, str | None, str | None]:
@@ -415,118 +293,6 @@ def _recover_one(src: Path, dst: Path, key: Key, allow_partial: bool) -> Report 
         raise
     except ParamSealError as e:
         return f"shard '{src.name}' cannot be recovered: {e}"
-
-
-def _peek(path: Path, key: Key) -> tuple[list[str] | None, list[str]]:
-    """A shard's sealed tensor names (from its header, authenticated) and the shards its set record lists.
-
-    Only to choose what to open. Names are None when the header is missing or does not
-    authenticate (the shard is then read whole); the list is not trusted (verify checks it).
-    """
-    try:
-        meta = st_format.read_layout(path).metadata
-    except (ParamSealError, OSError):
-        return None, []
-    names: list[str] | None = None
-    listed: list[str] = []
-    try:
-        names = [t.name for t in parse_header(meta[METADATA_KEY], key).tensors]
-    except (ParamSealError, KeyError):
-        pass
-    try:
-        listed = [n for n in json.loads(meta[SET_KEY])["shards"] if isinstance(n, str)]
-    except (ValueError, KeyError, TypeError, RecursionError):
-        pass
-    return names, listed
-
-
-def _shards(folder: Path, idx: Index, key: Key) -> tuple[list[str], dict[str, tuple[list[str] | None, list[str]]]]:
-    """The shards to check: the index's, then any other that a shard's set record lists and the folder holds.
-
-    Returns them (present or not) and what `_peek` found in each present one.
-    """
-    peeked = {s: _peek(folder / s, key) for s in idx.shards if (folder / s).is_file()}
-    more = dict.fromkeys(n for _, listed in peeked.values() for n in listed)
-    extra = [
-        n
-        for n in more
-        if n not in idx.weight_map.values()
-        and Path(n).name == n
-        and n.endswith(".safetensors")
-        and (folder / n).is_file()
-    ]
-    peeked |= {s: _peek(folder / s, key) for s in extra}
-    return idx.shards + extra, peeked
-
-
-def _locate(folder: Path, idx: Index, key: Key) -> tuple[list[str], dict[str, Any], dict[str, str]]:
-    """`_shards`, by sealed name, and the file holding each shard (empty unless renamed or swapped: `_placement`)."""
-    everything, peeked = _shards(folder, idx, key)
-    where = _placement(folder, key, everything, peeked)
-    if where is None:
-        return everything, peeked, {}
-    everything = [*idx.shards, *(s for s in where if s not in idx.shards)]
-    return everything, {s: _peek(folder / f, key) for s, f in where.items()}, where
-
-
-def _claimed(path: Path) -> str | None:
-    """The shard a file's set record names, unauthenticated: only to choose whether to look further."""
-    try:
-        return str(json.loads(st_format.read_layout(path).metadata[SET_KEY])["shard"])
-    except (ParamSealError, OSError, ValueError, KeyError, TypeError, RecursionError):
-        return None
-
-
-def _placement(folder: Path, key: Key, everything: list[str], peeked: dict[str, Any]) -> dict[str, str] | None:
-    """Sealed shard name -> the file holding it, when the folder holds the sealed set whole under other names.
-
-    That is: every shard the index or a set record sends us to, and every other ``.safetensors``
-    file whose set record claims a shard, carries an authenticated record of one set; each shard
-    of the set is claimed by exactly one file; and some file holds a shard other than its name.
-    Anything else (a shard missing, two files claiming one, a shard of another set, a record not
-    authenticated) gives None and is reported as it always was.
-    """
-    if len(peeked) == len(everything) and all(_claimed(folder / s) in (s, None) for s in peeked):
-        return None  # every shard is in place (or is reported for what it is)
-    try:
-        others = sorted(p.name for p in folder.iterdir() if p.suffix == ".safetensors" and p.name not in peeked)
-    except OSError:
-        return None
-    others = [f for f in others if (folder / f).is_file() and _claimed(folder / f) is not None]
-    ids: set[str] = set()
-    lists: set[tuple[str, ...]] = set()
-    holders: dict[str, list[str]] = {}
-    for f in [*peeked, *others]:
-        try:
-            rec = json.loads(_record(folder / f, key) or "")  # UNTRUSTED is no JSON either
-            names = tuple(rec["shards"])
-            if not all(isinstance(n, str) for n in [rec["set"], rec["shard"], *names]):
-                raise TypeError("not text")
-        except (ParamSealError, OSError, ValueError, KeyError, TypeError, RecursionError):
-            if f in peeked:
-                return None
-            continue  # a file beside the shards, not one of them
-        ids.add(rec["set"])
-        lists.add(names)
-        holders.setdefault(rec["shard"], []).append(f)
-    if len(ids) != 1 or len(lists) != 1:
-        return None
-    names = lists.pop()
-    if set(holders) != set(names) or any(len(h) > 1 for h in holders.values()):
-        return None
-    if not all(Path(n).name == n and n.endswith(".safetensors") for n in names):
-        return None
-    where = {n: holders[n][0] for n in names}
-    return where if any(n != f for n, f in where.items()) else None
-
-
-def _moved(where: dict[str, str]) -> list[str]:
-    """What `_placement` found, file by file (a wrong name only: recover writes each shard under its own)."""
-    return [
-        f"file '{f}' holds sealed shard '{s}': shards were renamed or swapped (recover writes it as '{s}')"
-        for s, f in where.items()
-        if f != s
-    ]
 
 
 def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: int | None = None) -> Report:
@@ -571,53 +337,6 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
         skipped=len(everything) - len(chosen),
         unread=blocks,
     )
-
-
-def _verdict(
-    idx: Index,
-    records: dict[str, str | None],
-    reports: dict[str, Report],
-    failed: dict[str, str],
-    asked: list[str],
-    everything: list[str],
-    peeked: dict[str, Any],
-    pattern: str | None = None,
-) -> tuple[list[str], list[str], dict[str, TensorFinding], dict[str, str]]:
-    """The set's findings, for verify and recover alike: ``(grave, fixable, lost tensors, failed shards)``.
-
-    ``asked``: the shards looked for (present or not). A failed file that neither the index nor
-    an authenticated set record names (an edited record, say) is no shard, and is left out.
-    """
-    grave, fixable, listed = _set_issues(idx, records, reports, pattern)
-    failed = {s: why for s, why in failed.items() if s in idx.shards or s in listed}
-    gone = _gone(idx, [s for s in asked if s not in peeked], listed)
-    missing = gone["missing"] + (sorted(listed - set(everything)) if pattern is None else [])
-    grave += [f"shard '{s}' named in the index is missing from the folder (deleted or moved)" for s in missing]
-    grave += list(failed.values())
-    lost = _lost(idx, missing, "its shard '{}' is missing: its weights are lost", pattern)
-    lost |= _lost(idx, list(failed), "its shard '{}' cannot be checked", pattern)
-    return grave, fixable + gone["bogus"], lost, failed
-
-
-def _gone(idx: Index, absent: list[str], listed: set[str]) -> dict[str, list[str]]:
-    """Split shards the index names but the folder lacks: missing ones, and names the sealed set never had."""
-    out: dict[str, list[str]] = {"missing": [], "bogus": []}
-    for s in absent:
-        if listed and s not in listed:
-            out["bogus"].append(f"the index names shard '{s}', which is neither in the folder nor in the sealed set")
-        else:
-            out["missing"].append(s)
-    return out
-
-
-def _lost(idx: Index, shards: list[str], why: str, pattern: str | None) -> dict[str, TensorFinding]:
-    """Findings for the tensors the index puts in ``shards`` (shards with no report to name them)."""
-    return {
-        n: TensorFinding(n, issues=(why.format(s),))
-        for s in shards
-        for n in idx.tensors_in(s)
-        if pattern is None or fnmatch.fnmatchcase(n, pattern)
-    }
 
 
 def float_widths(folder: Path, shards: list[str]) -> set[tuple[str, int]]:
@@ -707,65 +426,6 @@ class _Discard(Exception):
         self.report = report
 
 
-def _set_issues(
-    idx: Index, records: dict[str, str | None], reports: dict[str, Report], pattern: str | None = None
-) -> tuple[list[str], list[str], set[str]]:
-    """Everything wrong with the set as a whole: ``(membership and naming, the index, shards the set lists)``.
-
-    The first kind loses or misplaces weights; the second is a wrong index only, which the
-    shards' sealed headers can rebuild. The shards listed come from authenticated records.
-    """
-    grave: list[str] = []
-    index: list[str] = []
-    ids: dict[str, list[str]] = {}
-    listed: set[str] = set()
-    for shard, text in records.items():
-        if text == UNTRUSTED:  # metadata edited where only its digest is sealed: the set cannot be checked
-            grave.append(f"shard '{shard}': its set record cannot be trusted (its metadata was edited)")
-            continue
-        if text is None:
-            grave.append(f"shard '{shard}' carries no set record (not sealed as part of this checkpoint)")
-            continue
-        try:
-            rec = json.loads(text)
-            ids.setdefault(rec["set"], []).append(shard)
-            listed.update(rec["shards"])
-            if rec["shard"] != shard:
-                grave.append(f"shard '{shard}' was sealed as '{rec['shard']}': shards were renamed or swapped")
-        except (ValueError, KeyError, TypeError):
-            grave.append(f"shard '{shard}' has a malformed set record")
-    if len(ids) > 1:  # name them: the odd one out is the smaller group
-        groups = sorted(ids.values(), key=len, reverse=True)
-        together = "; ".join(", ".join(f"'{s}'" for s in g) for g in groups)
-        grave.append(
-            f"the shards come from {len(ids)} different sealed sets: a shard was replaced by one from another seal "
-            f"(sealed together: {together})"
-        )
-    if pattern is None:
-        for name in sorted(listed - set(idx.shards)):
-            index.append(f"shard '{name}' of the sealed set is missing from the index")
-        for name in sorted(set(idx.shards) & set(records) - listed) if listed else []:
-            grave.append(f"shard '{name}' in the index is not part of the sealed set")
-
-    def asked(n: str) -> bool:
-        return pattern is None or fnmatch.fnmatchcase(n, pattern)
-
-    for shard, rep in reports.items():
-        names = set(idx.tensors_in(shard))
-        sealed = set(rep.tensors)
-        for n in sorted(names - sealed):
-            if asked(n):
-                index.append(f"the index maps tensor '{n}' to shard '{shard}', which does not hold it")
-        for n in sorted(sealed - names):
-            if asked(n):
-                where = idx.weight_map.get(n)
-                index.append(
-                    f"shard '{shard}' holds sealed tensor '{n}', which the index "
-                    + ("does not list" if where is None else f"maps to shard '{where}'")
-                )
-    return grave, index, listed
-
-
 def inspect_dir(folder: Path) -> dict[str, Any]:
     """Describe a sharded checkpoint without a key: totals, the seal settings, and each shard.
 
@@ -818,60 +478,6 @@ def _merge_levels(each: list[dict[str, Any]]) -> dict[str, Any]:
                 if old is None or cap.get("contiguous_bound", 1) < old.get("contiguous_bound", 1):
                     mine[dt] = cap
     return out
-
-
-def _merge(
-    kind: str,
-    reports: dict[str, Report],
-    set_issues: list[str],
-    *,
-    fixable: list[str] | None = None,
-    fixed: list[str] | None = None,
-    lost: dict[str, TensorFinding] | None = None,
-    skipped: int = 0,
-    unread: int = 0,
-) -> Report:
-    """One report for the whole checkpoint: tensors from every shard, the worst status.
-
-    ``set_issues`` lose weights; ``fixable`` ones are a wrong index, which recover rebuilds, or
-    shards under the wrong names, which it writes under their own (``fixed``: it did, each a
-    note). ``lost`` names tensors of shards with no report. ``skipped`` shards
-    (``unread`` blocks) were left out by a partial verification, or could not be read.
-    """
-    tensors: dict[str, TensorFinding] = {}
-    fixable = fixable or []
-    extra, meta, notes = [], [*set_issues, *fixable], []
-    for shard, r in reports.items():
-        tensors.update(r.tensors)
-        extra += [f"{shard}:{n}" for n in r.extra_tensors]
-        meta += [f"{shard}: {m}" for m in r.metadata_issues]
-        notes += [f"{shard}: {n}" for n in r.notes if "partial verification" not in n]
-    tensors |= {n: f for n, f in (lost or {}).items() if n not in tensors}
-    if skipped:
-        notes.append(f"partial verification: {len(reports)} shard(s) checked, {skipped} not read")
-    notes += fixed or []
-    order: list[Status] = ["intact", "recovered", "tampered", "unrecoverable"]
-    status: Status = max((r.status for r in reports.values()), key=order.index, default="intact")
-    if set_issues and status in ("intact", "recovered"):
-        status = "tampered" if kind == "verify" else "unrecoverable"
-    elif fixable and status in ("intact", "recovered"):
-        status = "tampered" if kind == "verify" else "recovered" if fixed else "unrecoverable"
-    first = next(iter(reports.values()), None) or Report(kind="verify", status=status, recoverable=False)
-    return replace(
-        first,
-        kind=kind,  # type: ignore[arg-type]
-        status=status,
-        recoverable=all(r.recoverable for r in reports.values()) and not set_issues,
-        tensors=tensors,
-        extra_tensors=tuple(extra),
-        metadata_issues=tuple(meta),
-        notes=tuple(notes),
-        total_blocks=sum(r.total_blocks for r in reports.values()) + unread,
-        checked_blocks=None
-        if all(r.checked_blocks is None for r in reports.values()) and not skipped
-        else sum(r.total_blocks if r.checked_blocks is None else r.checked_blocks for r in reports.values()),
-        lanes_failed=sum(r.lanes_failed for r in reports.values()),
-    )
 
 
 __all__ = [

@@ -1,0 +1,124 @@
+"""The index of a sharded checkpoint: finding the folder's one safetensors index, parsing it, checking it.
+
+`read_index` checks the index on its own; `_check_index`, before sealing, against the tensors
+the shards hold.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import FormatError, UsageError
+from .formats import safetensors as st_format
+
+INDEX = "model.safetensors.index.json"
+INDEX_SUFFIX = ".safetensors.index.json"  # what every safetensors index's name ends with
+
+
+def index_files(folder: Path) -> list[str]:
+    """The names of the safetensors indexes (``*.safetensors.index.json``) in ``folder``, sorted."""
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.name.endswith(INDEX_SUFFIX) and p.is_file())
+    except OSError:  # not a folder, or one we cannot list: no index (the caller says what is wrong)
+        return []
+
+
+def index_name(folder: Path) -> str:
+    """The name of the folder's one safetensors index (``INDEX`` when it has none, which reading then reports).
+
+    Several (a variant's beside the default, ``model.fp16.safetensors.index.json``) are refused:
+    they name different shards, and picking one would seal, verify or recover a set the user did
+    not choose.
+    """
+    names = index_files(folder)
+    if len(names) > 1:
+        raise UsageError(
+            f"'{folder}' holds {len(names)} safetensors indexes ({', '.join(map(repr, names))}): ParamSeal "
+            "takes one sharded checkpoint per folder; move each index with the shards it names into a folder "
+            "of its own (the other files copied to each) and seal, verify or recover each folder"
+        )
+    return names[0] if names else INDEX
+
+
+@dataclass(frozen=True, slots=True)
+class Index:
+    """A parsed safetensors index (``name``: its file name in ``folder``)."""
+
+    folder: Path
+    raw: dict[str, Any]
+    weight_map: dict[str, str]
+    name: str = INDEX
+
+    @property
+    def shards(self) -> list[str]:
+        """Shard file names, in order of first use."""
+        return list(dict.fromkeys(self.weight_map.values()))
+
+    def tensors_in(self, shard: str) -> list[str]:
+        """The tensors the index maps to ``shard``."""
+        return [n for n, f in self.weight_map.items() if f == shard]
+
+    def absent(self) -> list[str]:
+        """Shards the index names that are not in the folder (looked up now: call once)."""
+        return [s for s in self.shards if not (self.folder / s).is_file()]
+
+
+def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
+    """Parse and check the index: a JSON object whose ``weight_map`` names shard files in this folder.
+
+    With ``missing_ok`` (verify and recover, where a deleted shard is tampering) shards may be
+    missing, even all of them.
+    """
+    name = index_name(folder)
+    p = folder / name
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+        wm = raw["weight_map"]
+        if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
+            raise TypeError("weight_map must map tensor names to file names")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as e:
+        raise FormatError(
+            f"'{p}' is not a valid safetensors index ({e}); expected {{\"weight_map\": {{...}}}}"
+        ) from None
+    if not wm:
+        raise FormatError(f"'{p}' names no shards: its weight_map is empty")
+    for shard in set(wm.values()):
+        if Path(shard).name != shard or not shard.endswith(".safetensors"):
+            raise FormatError(f"'{p}' names shard '{shard}', which is not a .safetensors file in the same folder")
+    idx = Index(folder, raw, dict(wm), name)
+    gone = [] if missing_ok else idx.absent()
+    if gone:
+        raise FormatError(f"'{p}' names shard '{gone[0]}', which does not exist in '{folder}'")
+    return idx
+
+
+def _check_index(idx: Index) -> None:
+    """Refuse to seal a checkpoint whose index disagrees with its shards (verify would call it tampered).
+
+    Every difference is listed: a tensor a shard holds that the index omits or maps elsewhere,
+    one the index maps to a shard that does not hold it.
+    """
+    held: dict[str, list[str]] = {}
+    for shard in idx.shards:
+        for e in st_format.read_layout(idx.folder / shard).entries:
+            held.setdefault(e.name, []).append(shard)
+    issues = []
+    for name, where in held.items():
+        mapped = idx.weight_map.get(name)
+        if mapped is None:
+            issues.append(f"tensor '{name}' in shard '{where[0]}' is not in the index")
+        elif mapped not in where or len(where) > 1:
+            issues.append(f"tensor '{name}' is mapped to '{mapped}' but held by {', '.join(map(repr, where))}")
+    unheld = [(n, s) for n, s in idx.weight_map.items() if n not in held]
+    issues += [f"tensor '{n}' is mapped to '{s}', which does not hold it" for n, s in unheld]
+    if issues:
+        raise FormatError(
+            f"'{idx.folder / idx.name}' disagrees with its shards: " + "; ".join(issues) + "; fix the index so that it "
+            "maps every tensor to the one shard holding it, then seal (a sealed set would fail verify)"
+        )
+
+
+__all__ = ["INDEX", "INDEX_SUFFIX", "Index", "index_files", "index_name", "read_index"]
