@@ -847,3 +847,15 @@ def test_a_usage_error_with_json_prints_the_error_document(tmp_path: Path) -> No
         assert "paramseal verify" in doc["error"] and "usage:" in err
     rc, out, err = run(["keygen", "k.key", "--json"])  # a command without --json prints no document
     assert rc == 3 and out == "" and "unrecognized arguments: --json" in err
+
+
+def test_header_out_naming_the_model_file_is_refused_and_overwrites_nothing(
+    tmp_path: Path, model: dict, key_file: Path
+) -> None:
+    """A safetensors model named '.json' (told by its content) given again as --header-out would be overwritten."""
+    src = helpers.write_st(tmp_path / "model.json", model)
+    h = helpers.sha256(src)
+    out = tmp_path / "sealed.safetensors"
+    rc, _, err = run(["seal", src, out, "--key", key_file, "--header-out", src])
+    assert rc == 3 and "--header-out" in err and "input or output" in err, err
+    assert helpers.sha256(src) == h and not out.exists()

@@ -14,8 +14,8 @@ import pytest
 import paramseal
 from paramseal import NotSealedError, OutputError, UsageError, files
 from paramseal.formats import Loaded
-from paramseal.formats.safetensors import StreamWriter
-from paramseal.header import METADATA_KEY, parse_header
+from paramseal.formats.safetensors import StreamWriter, read_layout
+from paramseal.header import METADATA_KEY, SET_KEY, parse_header
 
 META = {"author": "tests", "license": "apache-2.0"}
 
@@ -696,3 +696,94 @@ def test_in_place_recover_of_a_file_with_its_header_repadded_writes_the_sealed_f
     bad.write_bytes(bytes(moved))
     assert files.recover_file(bad, bad, key, in_place=True).report.status == "recovered"
     assert bad.read_bytes() == sealed.read_bytes()
+
+
+def test_reseal_drops_the_old_seal_s_shard_set_record(tmp_path: Path, model_file: Path, key: paramseal.Key) -> None:
+    """A shard resealed on its own is a new seal: the old checkpoint's set record is not carried into it."""
+    shard = tmp_path / "shard.safetensors"
+    files.seal_file(model_file, shard, key, extra_metadata={SET_KEY: '{"set": "old"}'})
+    out = tmp_path / "resealed.safetensors"
+    sealed = files.seal_file(shard, out, key, reseal=True)
+    _, meta = helpers.read_st(out)
+    assert SET_KEY not in meta and sealed.header.user_metadata is not None
+    assert SET_KEY not in sealed.header.user_metadata
+    assert {k: v for k, v in meta.items() if k != METADATA_KEY} == META
+
+
+def test_in_place_recover_flushes_the_patched_blocks_to_disk(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Patched where it lies, the file is fsynced before recover reports it recovered (a crash must not undo it)."""
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(model_file, sealed, key)
+    _flip_in_file(sealed, [sealed.stat().st_size - 5])
+    inode = os.stat(sealed).st_ino
+    synced: list[int] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    assert files.recover_file(sealed, sealed, key, in_place=True).report.status == "recovered"
+    assert os.stat(sealed).st_ino == inode  # patched, not replaced
+    assert inode in synced
+
+
+def test_in_place_recover_of_edited_metadata_writes_the_sealed_metadata_back(
+    tmp_path: Path, model_file: Path, key: paramseal.Key
+) -> None:
+    """A metadata value edited in the header at the same length: patching in place would keep the edit."""
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(model_file, sealed, key)
+    want = sealed.read_bytes()
+    n = int.from_bytes(want[:8], "little")
+    old = json.dumps(META["license"]).encode()
+    new = json.dumps(META["license"][::-1]).encode()
+    assert want[8 : 8 + n].count(old) == 1 and len(new) == len(old) and new != old
+    sealed.write_bytes(want.replace(old, new, 1))
+    _flip_in_file(sealed, [sealed.stat().st_size - 5])
+    assert files.verify_file(sealed, key).status == "tampered"
+    assert files.recover_file(sealed, sealed, key, in_place=True).report.ok
+    assert helpers.read_st(sealed)[1]["license"] == META["license"]
+    assert sealed.read_bytes() == want
+
+
+def test_recover_of_swapped_tensors_puts_their_data_back_in_place_and_in_a_copy(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """Two tensors' data swapped, the header untouched: the fast paths (a patched copy, in place) must move it back."""
+    src = helpers.write_st(tmp_path / "m.safetensors", helpers.fp32_model(8192, tensors=2))
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(src, sealed, key)
+    want = sealed.read_bytes()
+    lay = read_layout(sealed)
+    a, b = (want[lay.data_start + e.start : lay.data_start + e.end] for e in lay.entries)
+    assert len(a) == len(b) and a != b
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(want[: lay.data_start] + b + a)
+    rep = files.verify_file(bad, key)
+    assert rep.status == "tampered" and sorted(rep.tampered_tensors) == sorted(e.name for e in lay.entries)
+    out = tmp_path / "out.safetensors"
+    assert files.recover_file(bad, out, key).report.status == "recovered"
+    assert out.read_bytes() == want
+    assert files.recover_file(bad, bad, key, in_place=True).report.status == "recovered"
+    assert bad.read_bytes() == want
+
+
+def test_recover_does_not_use_a_copy_of_the_input_that_failed(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The input's copy made beside the output while verify runs stopped short: the output is written anew."""
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(model_file, sealed, key)
+    want = sealed.read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(want)
+    _flip_in_file(bad, [len(want) - 5])
+    monkeypatch.setattr(files, "copy_range", lambda *a: False)  # the kernel copy fails: nothing copied
+    out = tmp_path / "out.safetensors"
+    assert files.recover_file(bad, out, key).report.status == "recovered"
+    assert out.read_bytes() == want
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([model_file.name, sealed.name, bad.name, out.name])
