@@ -99,6 +99,10 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
     ),
     "overlapping_tensors": _with(_overlap),
     "gap_between_tensors": _gap,
+    # two names on the same bytes, the data covered exactly once: only the overlap check refuses it
+    "two_tensors_on_the_same_bytes": lambda raw: helpers.st_build(
+        {n: {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]} for n in ("a", "b")}, b"\0" * 8
+    ),
     "size_does_not_match_shape": _with(lambda h: h[_first_tensor(h)].update(shape=[1])),
     "unsupported_dtype": _with(lambda h: h[_first_tensor(h)].update(dtype="C64")),
     "unknown_dtype": _with(lambda h: h[_first_tensor(h)].update(dtype="F8_E4M3")),
