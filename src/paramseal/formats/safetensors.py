@@ -1,8 +1,10 @@
 """safetensors files, read and written with the safetensors library (numpy backend).
 
 The header is validated here first (size, JSON, dtypes, offsets in range,
-back to back with no overlap or gap, covering the data) because the library accepts
-overlapping offsets and a malformed file must fail clearly before anything runs.
+back to back with no overlap or gap, covering the data) because a malformed file
+must fail clearly before anything runs, whatever the installed library checks (0.8
+refuses overlapping offsets; older versions read them), and ParamSeal also reads
+files through its own mapping.
 """
 
 from __future__ import annotations
@@ -116,6 +118,9 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 def _parse_header_json(text: bytes, path: Path) -> dict[str, Any]:
     """The header as the safetensors library reads it: UTF-8 (no BOM), one JSON object, no key twice.
+
+    Stricter in one way: the object must be the first byte (the library also skips leading
+    spaces, which no writer puts there).
 
     Python's json would guess UTF-16/32, skip a BOM and keep the last of two equal keys, so a file
     the library refuses, or reads otherwise, could pass here.
