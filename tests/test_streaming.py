@@ -329,6 +329,28 @@ def test_a_full_disk_while_patching_the_copy_is_exit_3_and_leaves_nothing(
     assert p.read_bytes() == before
 
 
+def test_a_write_that_takes_no_bytes_is_an_error_not_a_hang(
+    tmp_path: Path, model: dict, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pwrite returning 0 (nothing written, no error) looped forever where a short write is retried."""
+    sealed, _, meta = _sealed(tmp_path, model, key)
+    p = _edited_copy(sealed, tmp_path / "bad.safetensors", [("fc.weight", 5, 3)], meta)
+    before = p.read_bytes()
+    calls = 0
+
+    def nothing(fd: int, data: object, at: int) -> int:
+        nonlocal calls
+        calls += 1
+        assert calls < 1000, "pwrite is called again and again"
+        return 0
+
+    monkeypatch.setattr(os, "pwrite", nothing)
+    with pytest.raises(paramseal.OutputError, match="took no more bytes"):
+        files.recover_file(p, tmp_path / "out.safetensors", key)
+    assert not (tmp_path / "out.safetensors").exists() and not list(tmp_path.glob(".*.tmp"))
+    assert p.read_bytes() == before
+
+
 def test_recover_that_fails_leaves_no_output_and_no_copy(tmp_path: Path, model: dict, key: paramseal.Key) -> None:
     sealed, t, meta = _sealed(tmp_path, model, key)
     t = {k: np.zeros_like(v) if v.dtype.kind == "f" else v for k, v in t.items()}  # everything destroyed

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import functools
 import mmap
 import os
@@ -290,6 +291,17 @@ def chunks(nblocks: int, itemsize: int, first_block: int, lanes: int, *, scatter
     return out or [(0, nblocks)]
 
 
+def pwrite_all(fd: int, buf: Any, at: int) -> None:
+    """Write all of ``buf`` at offset ``at``: pwrite may write less than asked, and a 0 would spin forever."""
+    view = memoryview(buf).cast("B")
+    done = 0
+    while done < len(view):
+        n = os.pwrite(fd, view[done:], at + done)
+        if n == 0:
+            raise OSError(errno.EIO, "the file took no more bytes")
+        done += n
+
+
 def file_span(a: NDArray[Any]) -> tuple[int, int] | None:
     """``(descriptor, byte offset)`` of a C-contiguous array that lies in a mapped file, else None."""
     if not a.flags.c_contiguous:
@@ -357,5 +369,6 @@ __all__ = [
     "scratch_budget",
     "file_span",
     "is_mapped",
+    "pwrite_all",
     "release",
 ]

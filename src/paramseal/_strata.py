@@ -33,7 +33,6 @@ erasures, like unpermuted ones.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -46,7 +45,7 @@ from numpy.typing import NDArray
 from . import _irs, _native, _outer
 from ._kernels import halves, parallel_map
 from ._layout import TensorSpec
-from ._pages import file_span, release
+from ._pages import file_span, pwrite_all, release
 from .errors import NonFiniteError
 from .keys import Key
 from .levels import BLOCK
@@ -810,10 +809,7 @@ def write_run(out: NDArray[np.unsignedinteger], lo: int, words: NDArray[np.unsig
     if where is None:
         dst[:] = words
         return
-    buf = np.ascontiguousarray(words).view(np.uint8).reshape(-1).data
-    done = 0
-    while done < len(buf):  # pwrite may write less than asked
-        done += os.pwrite(where[0], buf[done:], where[1] + done)
+    pwrite_all(where[0], np.ascontiguousarray(words).view(np.uint8).reshape(-1).data, where[1])
 
 
 __all__ = ["CODE_NAME", "KS", "PERMS", "DataRegion", "Strata", "applies", "as_data", "capacity", "plan", "write_run"]

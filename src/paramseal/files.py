@@ -26,7 +26,7 @@ from numpy.typing import NDArray
 from . import _embed, _outer, _strata
 from ._bits import uint_view
 from ._layout import TensorSpec, block_count
-from ._pages import Workspace, chunks, copy_range, release
+from ._pages import Workspace, chunks, copy_range, pwrite_all, release
 from ._progress import Progress
 from .errors import (
     FormatError,
@@ -628,10 +628,7 @@ def _patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str,
         try:
             for t, patch in rec.patches.items():
                 _pwrite_patch(fd, lay.data_start + lay.entries[t].start, chk.specs[t], patch)
-            raw = struct.pack("<Q", room) + head.ljust(room, b" ")
-            done = 0
-            while done < len(raw):  # pwrite may write less than asked
-                done += os.pwrite(fd, raw[done:], done)
+            pwrite_all(fd, struct.pack("<Q", room) + head.ljust(room, b" "), 0)
         finally:
             os.close(fd)
     except OSError as e:
@@ -722,10 +719,7 @@ def _pwrite_patch(fd: int, at: int, spec: TensorSpec, patch: Patch) -> None:
             _pread_into(fd, span.reshape(-1)[: n1 - n0].view(np.uint8).data, at + n0 * item)
             span[rows[a:b] - r0] = new
             new = span
-        buf = np.ascontiguousarray(new).reshape(-1)[: n1 - n0].view(np.uint8).data
-        done = 0
-        while done < len(buf):  # pwrite may write less than asked
-            done += os.pwrite(fd, buf[done:], at + n0 * item + done)
+        pwrite_all(fd, np.ascontiguousarray(new).reshape(-1)[: n1 - n0].view(np.uint8).data, at + n0 * item)
         release(patch.new[a:b])  # rebuilt blocks in a scratch file: let the pages written go
 
 

@@ -26,6 +26,7 @@ from ._pages import (
     chunks,
     file_span,
     is_mapped,
+    pwrite_all,
     read_ahead,
     release,
     write_behind,
@@ -450,10 +451,7 @@ def write_blocks(flat: NDArray[np.unsignedinteger], spec: TensorSpec, r0: int, u
         where = file_span(dst)
         src = ub.reshape(-1)[: n1 - n0]
         if where is not None:  # a write call fills the page cache without a page fault per page
-            buf = np.ascontiguousarray(src).view(np.uint8).reshape(-1).data
-            done = 0
-            while done < len(buf):  # pwrite may write less than asked
-                done += os.pwrite(where[0], buf[done:], where[1] + done)
+            pwrite_all(where[0], np.ascontiguousarray(src).view(np.uint8).reshape(-1).data, where[1])
             return
         dst[:] = src
         release(dst)
