@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -60,6 +61,19 @@ class TestNpzSuite(AdapterTests):
             np.savez(buf, **arrays)
             return buf.getvalue()
 
+        def npy(a: np.ndarray) -> bytes:
+            buf = io.BytesIO()
+            np.save(buf, a)
+            return buf.getvalue()
+
+        def zipped(*members: tuple[str, bytes]) -> bytes:
+            buf = io.BytesIO()
+            with warnings.catch_warnings(), zipfile.ZipFile(buf, "w") as zf:
+                warnings.simplefilter("ignore")  # "Duplicate name"
+                for name, raw in members:
+                    zf.writestr(name, raw)
+            return buf.getvalue()
+
         return {
             "metadata_not_a_string": npz(w=np.ones(3, np.float32), **{METADATA_ENTRY: np.ones(2)}),
             "metadata_not_json": npz(w=np.ones(3, np.float32), **{METADATA_ENTRY: np.array("{oops")}),
@@ -68,6 +82,13 @@ class TestNpzSuite(AdapterTests):
             ),
             "object_array": npz(w=np.array([{"a": 1}], dtype=object)),
             "raw_v2_bfloat16": npz(w=np.ones(3, ml_dtypes.bfloat16)),
+            "metadata_value_not_a_string": npz(w=np.ones(3, np.float32), **{METADATA_ENTRY: np.array('{"a": 1}')}),
+            "only_metadata": npz(**{METADATA_ENTRY: np.array('{"a": "1"}')}),
+            "member_with_trailing_bytes": zipped(("w.npy", npy(np.ones(3, np.float32)) + bytes(8))),
+            "member_named_twice": zipped(
+                ("w.npy", npy(np.ones(3, np.float32))), ("w.npy", npy(np.zeros(3, np.float32)))
+            ),
+            "member_not_npy": zipped(("w.npy", npy(np.ones(3, np.float32))), ("b", npy(np.ones(3, np.float32)))),
         }
 
 
@@ -103,6 +124,7 @@ class TestNpySuite(AdapterTests):
         return {
             "trailing_bytes": good + b"\0" * 8,
             "bad_version": good[:6] + b"\x09\x00" + good[8:],
+            "cut_inside_the_version": good[:7],
             "header_not_a_dict": good[:10] + b"[1, 2]".ljust(len(good) - 10 - 12, b" ") + good[-12:],
         }
 
@@ -327,3 +349,44 @@ def test_a_header_promising_more_than_the_file_holds_costs_no_memory(
     assert child.returncode == 3 and "truncated" in child.stderr, child.stderr
     peak_kib = int(child.stdout.split()[-1])
     assert peak_kib < 1 << 20, f"{peak_kib} KiB at peak"  # under 1 GiB
+
+
+def test_a_sealed_npz_without_its_metadata_member_still_locates_a_bit_flip(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """The header copy in the weights lets verify read past a stale CRC even when the metadata member is gone."""
+    src = tmp_path / "m.npz"
+    np.savez(src, big=helpers.random_tensor(np.random.default_rng(5), np.float32, (800, 64)), b=np.ones(7, np.float32))
+    sealed = tmp_path / "sealed.npz"
+    paramseal.files.seal_file(src, sealed, key)
+    stripped = tmp_path / "stripped.npz"
+    with zipfile.ZipFile(sealed) as zin, zipfile.ZipFile(stripped, "w") as zout:
+        for info in zin.infolist():
+            if info.filename != f"{METADATA_ENTRY}.npy":
+                zout.writestr(info.filename, zin.read(info))
+    bad = _flip_member_byte(stripped, 128 + 4 * 40_000 + 3)  # value 40000's top byte, past the header copy
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file, "--json"])
+    assert rc == 1, err
+    assert json.loads(out)["tensors"]["big"]["tampered_blocks"] == [40_000 // 64]
+    fixed = tmp_path / "fixed.npz"
+    rc, _, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0, err
+    helpers.assert_model_equal(adapter_for(fixed).read(fixed).tensors, adapter_for(sealed).read(sealed).tensors)
+
+
+def test_an_unsealed_npz_is_written_with_only_its_arrays_and_never_an_object_array(tmp_path: Path) -> None:
+    p = tmp_path / "plain.npz"
+    a = adapter_for(p, must_exist=False)
+    a.write(p, Loaded({"w": np.ones(3, np.float32), "b": np.zeros(2, np.int8)}))
+    with np.load(p, allow_pickle=False) as z:
+        assert z.files == ["w", "b"]
+    with pytest.raises(UsageError, match="never pickles"):
+        a.write(tmp_path / "o.npz", Loaded({"w": np.array([{"a": 1}], dtype=object)}))
+
+
+def test_a_zip_whose_first_member_is_not_an_array_is_not_taken_for_npz(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("readme.txt", "hello " * 20)
+        zf.writestr("w.npy", b"")
+    assert not adapter_for(tmp_path / "x.npz", must_exist=False).sniff(buf.getvalue()[:4096])
