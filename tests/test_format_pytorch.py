@@ -136,6 +136,15 @@ def test_training_checkpoint_wrappers_are_unwrapped(tmp_path: Path, wrapper: str
     assert got.others == ("epoch", "optimizer")
 
 
+def test_a_wrapper_key_holding_a_name_does_not_count_as_a_second_state_dict(tmp_path: Path) -> None:
+    """Checkpoints often keep the architecture's name under 'model' beside the weights under 'state_dict'."""
+    sd = _sd()
+    p = tmp_path / "ckpt.pth"
+    torch.save({"model": "resnet18", "state_dict": sd, "epoch": 3}, p)
+    got = adapter_for(p).read(p)
+    assert list(got.tensors) == list(sd) and got.others == ("model", "epoch")
+
+
 def _sealed_fc(tmp_path: Path, key: paramseal.Key) -> dict[str, torch.Tensor]:
     """The state dict of a sealed .pt (one 300x200 layer), as torch.load reads it."""
     src, sealed = tmp_path / "m.pt", tmp_path / "s.pt"
@@ -187,8 +196,9 @@ def test_partial_recover_in_place_keeps_a_checkpoint_s_other_entries(
         ({"state_dict": {"w": torch.ones(2)}, "model": {"w": torch.ones(2)}}, "entry 'state_dict' is a dict"),
         ([torch.ones(2)], "holds a list, not a state dict"),
         ({}, "empty state dict"),
+        ({1: torch.ones(2)}, "key 1 is a int"),
     ],
-    ids=["nested", "non_tensor", "two_wrappers", "list", "empty"],
+    ids=["nested", "non_tensor", "two_wrappers", "list", "empty", "non_string_key"],
 )
 def test_anything_but_a_state_dict_is_refused_with_a_hint(tmp_path: Path, obj: object, expect: str) -> None:
     p = tmp_path / "odd.pt"
@@ -209,6 +219,32 @@ def test_non_contiguous_and_shared_storage_tensors_read_as_their_values(tmp_path
     assert not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1 :])
 
 
+def test_a_transposed_view_and_empty_tensors_are_not_ties(tmp_path: Path) -> None:
+    """A tie is the same tensor: a transpose starting at the same byte is another one, and so is every empty one."""
+    square = torch.arange(16, dtype=torch.float32).reshape(4, 4)
+    p = tmp_path / "views.pt"
+    torch.save({"w": square, "w_t": square.T, "e1": torch.zeros(0), "e2": torch.zeros(0)}, p)
+    got = adapter_for(p).read(p)
+    assert list(got.tensors) == ["w", "w_t", "e1", "e2"] and got.metadata == {}
+    assert np.array_equal(got.tensors["w_t"], square.numpy().T)
+
+
+def test_big_endian_arrays_are_written_as_their_values(tmp_path: Path) -> None:
+    p = tmp_path / "be.pt"
+    adapter_for(p, must_exist=False).write(p, Loaded({"w": np.arange(6, dtype=">f4"), "i": np.arange(3, dtype=">i8")}))
+    got = torch.load(p, weights_only=True)
+    assert got["w"].dtype == torch.float32 and got["w"].tolist() == list(range(6))
+    assert got["i"].dtype == torch.int64 and got["i"].tolist() == [0, 1, 2]
+
+
+@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")  # deprecated in recent torch
+def test_a_quantized_tensor_is_refused_with_how_to_dequantize_it(tmp_path: Path) -> None:
+    p = tmp_path / "q.pt"
+    torch.save({"q": torch.quantize_per_tensor(torch.ones(4), 0.1, 0, torch.qint8)}, p)
+    with pytest.raises(paramseal.UnsupportedError, match=r"'q' is a .*quantized tensor.*dequantize"):
+        adapter_for(p).read(p)
+
+
 @pytest.mark.filterwarnings("ignore:`torch.jit.")  # a DeprecationWarning in torch 2.13, a FutureWarning in 2.14
 def test_torchscript_archive_is_refused_without_loading_its_code(tmp_path: Path, key_file: Path) -> None:
     p = tmp_path / "scripted.pt"
@@ -216,6 +252,8 @@ def test_torchscript_archive_is_refused_without_loading_its_code(tmp_path: Path,
     with pytest.raises(FormatError, match="TorchScript archive") as ei:
         adapter_for(p).read(p)
     assert "scripted.pt" in str(ei.value) and "weights_only=False" not in str(ei.value)
+    with pytest.raises(FormatError, match=r"is a TorchScript archive \(torch\.jit\.save\)"):  # the adapter too
+        adapter_for(tmp_path / "any.pt", must_exist=False).read(p)
     rc, _, err = helpers.run_cli(["seal", p, tmp_path / "o.pt", "--key", key_file])
     assert rc == 3 and "TorchScript" in err and not (tmp_path / "o.pt").exists()
 
