@@ -10,6 +10,7 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import helpers
 import ml_dtypes
@@ -160,6 +161,26 @@ def test_object_arrays_are_refused_and_never_unpickled(tmp_path: Path, key_file:
 
 
 # --------------------------------------------------------------------------- bfloat16, names, metadata, layouts
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        (lambda b: b"\x93NUMPX" + b[6:], "does not start with the \\x93NUMPY magic"),
+        (lambda b: b[:6] + b"\x03\x00" + b[8:], "has .npy format version 3.0; supported: 1.0, 2.0"),
+    ],
+    ids=["magic", "version"],
+)
+def test_a_npy_header_that_is_not_numpys_says_what_is_wrong(
+    tmp_path: Path, key_file: Path, edit: Any, says: str
+) -> None:
+    """Without these checks the file still failed (exit 3), as a bare TypeError from numpy's header reader."""
+    buf = io.BytesIO()
+    np.save(buf, np.ones(3, np.float32))
+    p = tmp_path / "m.npy"
+    p.write_bytes(edit(buf.getvalue()))
+    rc, _, err = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 3 and says in err, err
 
 
 def test_bfloat16_written_by_paramseal_is_read_by_plain_numpy_with_ml_dtypes(tmp_path: Path) -> None:
