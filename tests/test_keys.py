@@ -181,6 +181,7 @@ def test_key_text_near_miss_passed_as_the_key_file_path_is_not_echoed(
         lambda s, k, h: ["verify", s, "--key", k, f"--tensors={h}", "--json"],
         lambda s, k, h: ["verify", s, "--key", k, "--header-from", "0x" + h],
         lambda s, k, h: [h, s],  # argparse: "invalid choice: <key>"
+        lambda s, k, h: ["verify", h + "/", "--key", k, "--json"],  # the path as the error shows it: no '/'
     ],
 )
 def test_key_text_given_for_another_argument_is_not_echoed(

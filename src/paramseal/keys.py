@@ -144,13 +144,14 @@ def key_like_args(args: Iterable[str]) -> tuple[str, ...]:
     """The command-line words that hold key text rather than a path (``--opt=VALUE`` too): never to be quoted.
 
     The same test `load_key` makes of ``--key``: 64 hex digits, or a name with half a key's
-    digits in a row, that is no existing file (``paramseal verify "$PARAMSEAL_KEY" model``).
+    digits in a row, that is no existing file (``paramseal verify "$PARAMSEAL_KEY" model``). The runs
+    of digits are hidden too: a message may quote the word changed (``KEY/`` as the path ``KEY``).
     """
     found: list[str] = []
     for a in args:
         value = a.partition("=")[2] if a.startswith("-") else a
-        if value and (_is_key_text(value) or _KEYISH.search(os.path.basename(value))) and not os.path.exists(value):
-            found += [value, value.strip()]
+        if value and (_is_key_text(value) or _KEYISH.search(Path(value).name)) and not os.path.exists(value):
+            found += [value, value.strip(), *_KEYISH.findall(value)]
     return tuple(sorted(set(found) - {""}, key=len, reverse=True))
 
 
