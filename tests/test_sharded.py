@@ -706,3 +706,21 @@ def test_a_shard_claimed_by_two_files_is_not_guessed(tmp_path: Path, sealed_ckpt
     assert rc == 2 and f"shard '{SHARDS[2]}' named in the index is missing" in out and "holds sealed" not in out
     rc, _, _ = helpers.run_cli(["recover", sealed_ckpt, tmp_path / "fixed", "--key", key_file])
     assert rc == 2 and not (tmp_path / "fixed").exists()
+
+
+def test_an_index_renamed_with_its_shard_is_not_said_to_name_a_file_the_folder_lacks(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """The index sends the renamed shard's tensors to its new name: a file there, said to be 'neither in the folder'."""
+    bad = tmp_path / "bad"
+    shutil.copytree(sealed_ckpt, bad)
+    (bad / SHARDS[2]).rename(bad / "renamed.safetensors")
+    _edit_index(bad, lambda wm: wm.update({n: "renamed.safetensors" for n, s in wm.items() if s == SHARDS[2]}))
+    rc, out, _ = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 1 and f"file 'renamed.safetensors' holds sealed shard '{SHARDS[2]}'" in out, out
+    (msg,) = [m for m in out.splitlines() if "the index names shard 'renamed.safetensors'" in m]
+    assert "neither in the folder" not in msg and "not in the sealed set" in msg, msg
+    fixed = tmp_path / "fixed"
+    rc, _, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0 and _digests(fixed).keys() == _digests(sealed_ckpt).keys(), err
+    assert sharded.verify_dir(fixed, key, workers=1).status == "intact"

@@ -185,7 +185,11 @@ def _gone(idx: Index, absent: list[str], listed: set[str]) -> dict[str, list[str
     out: dict[str, list[str]] = {"missing": [], "bogus": []}
     for s in absent:
         if listed and s not in listed:
-            out["bogus"].append(f"the index names shard '{s}', which is neither in the folder nor in the sealed set")
+            # a file there that was not asked for holds a shard of the set under another name (`_placement`)
+            what = "is not in the sealed set (the file holds another of its shards)"
+            if not (idx.folder / s).is_file():
+                what = "is neither in the folder nor in the sealed set"
+            out["bogus"].append(f"the index names shard '{s}', which {what}")
         else:
             out["missing"].append(s)
     return out
