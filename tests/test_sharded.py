@@ -685,12 +685,18 @@ def test_swapped_shards_are_recovered_under_their_sealed_names_bit_exact(
     assert sharded.verify_dir(bad, key, tensors="layers.1.*", workers=1).exit_code == 1
 
 
-def test_a_shard_renamed_to_a_name_nothing_lists_is_found_and_put_back(
-    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path
-) -> None:
+def _with_last_shard_renamed(tmp_path: Path, sealed_ckpt: Path) -> Path:
+    """A copy of the sealed folder whose last shard is now 'renamed.safetensors'."""
     bad = tmp_path / "bad"
     shutil.copytree(sealed_ckpt, bad)
     (bad / SHARDS[2]).rename(bad / "renamed.safetensors")
+    return bad
+
+
+def test_a_shard_renamed_to_a_name_nothing_lists_is_found_and_put_back(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    bad = _with_last_shard_renamed(tmp_path, sealed_ckpt)
     rc, out, _ = helpers.run_cli(["verify", bad, "--key", key_file])
     assert rc == 1 and f"file 'renamed.safetensors' holds sealed shard '{SHARDS[2]}'" in out, out
     fixed = tmp_path / "fixed"
@@ -712,9 +718,7 @@ def test_an_index_renamed_with_its_shard_is_not_said_to_name_a_file_the_folder_l
     tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path
 ) -> None:
     """The index sends the renamed shard's tensors to its new name: a file there, said to be 'neither in the folder'."""
-    bad = tmp_path / "bad"
-    shutil.copytree(sealed_ckpt, bad)
-    (bad / SHARDS[2]).rename(bad / "renamed.safetensors")
+    bad = _with_last_shard_renamed(tmp_path, sealed_ckpt)
     _edit_index(bad, lambda wm: wm.update({n: "renamed.safetensors" for n, s in wm.items() if s == SHARDS[2]}))
     rc, out, _ = helpers.run_cli(["verify", bad, "--key", key_file])
     assert rc == 1 and f"file 'renamed.safetensors' holds sealed shard '{SHARDS[2]}'" in out, out
