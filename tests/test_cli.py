@@ -638,6 +638,40 @@ def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path, model_file
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
 
 
+@pytest.mark.parametrize("unbuffered", ["1", ""])
+@pytest.mark.parametrize("what", ["missing input", "no key", "unknown option"])
+def test_a_reader_that_leaves_before_an_error_document_keeps_exit_3(
+    tmp_path: Path, sealed_file: Path, key_file: Path, what: str, unbuffered: str
+) -> None:
+    """`verify ... --json | true` on an error: exit 3 and no traceback, buffered stdout or not (it was 1 or 120)."""
+    import subprocess
+    import sys
+
+    argv = {
+        "missing input": ["verify", str(tmp_path / "nope.safetensors"), "--key", str(key_file)],
+        "no key": ["verify", str(sealed_file)],
+        "unknown option": ["verify", str(sealed_file), "--key", str(key_file), "--bogus"],
+    }[what]
+    env = {k: v for k, v in os.environ.items() if k not in ("PARAMSEAL_KEY", "PYTHONUNBUFFERED")}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = unbuffered
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys; from paramseal.cli import main; sys.exit(main())", *argv, "--json"],
+            stdout=w,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+    finally:
+        os.close(w)
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".safetensors", ".pt", ".npz", ".onnx"])
 def test_a_key_file_given_as_the_model_is_named_and_never_quoted(
     tmp_path: Path, sealed_file: Path, key_file: Path, suffix: str

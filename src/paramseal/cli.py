@@ -92,9 +92,22 @@ class _UsageExit(SystemExit):
 
 
 def _error_doc(exit_code: int, message: str) -> None:
-    """A JSON reader gets a document for every outcome, not an empty stdout."""
+    """A JSON reader gets a document for every outcome, not an empty stdout.
+
+    A reader that left (`| head`, `| true`) does not turn the error's exit code into a
+    BrokenPipeError traceback (exit 1, 'tampered but recoverable') or exit 120.
+    """
     doc = {"status": "tampered" if exit_code == 2 else "error", "recoverable": False, "exit_code": exit_code}
-    print(json.dumps({**doc, "error": message}, indent=2))
+    try:
+        print(json.dumps({**doc, "error": message}, indent=2))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null once its reader has left, so the interpreter's final flush does not fail again."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _parser() -> _Parser:
@@ -213,8 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # The reader left (`paramseal verify ... | head`): stop quietly, as a SIGPIPE'd Unix tool
-        # would. Point stdout at /dev/null so the interpreter's final flush does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        # would.
+        _stdout_to_devnull()
         return 128 + 13
 
 
