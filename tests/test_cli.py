@@ -229,6 +229,25 @@ def test_recover_text_and_json_report_indices_and_bits(
     assert rc == 0 and so.startswith("OK: recovered") and "[1000] bits 30" in so
 
 
+def test_recover_json_gives_every_tensor_the_same_entries_a_renamed_one_included(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
+    """A tensor only renamed had no 'restored' entry: `t['restored']['indices']` (README's example) raised KeyError."""
+
+    def rename_and_flip(t: dict) -> None:
+        t.update(helpers.flip_bit(t, "embed.weight", 1000, 30))
+        t["fc.renamed"] = t.pop("fc.weight")
+
+    bad = _tamper(sealed_file, tmp_path / "bad.safetensors", rename_and_flip)
+    rc, so, se = run(["recover", bad, tmp_path / "fixed.safetensors", "--key", key_file, "--json"])
+    assert rc == 0, se
+    d = json.loads(so)
+    assert sorted(d["tensors"]) == ["embed.weight", "fc.weight"] and d["tensors"]["fc.weight"]["issues"]
+    entries = {n: sorted(t) for n, t in d["tensors"].items()}
+    assert entries["fc.weight"] == entries["embed.weight"], entries
+    assert {n: len(t["restored"]["indices"]) for n, t in d["tensors"].items()} == {"embed.weight": 1, "fc.weight": 0}
+
+
 def test_recover_intact_copies(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
     out = tmp_path / "copy.safetensors"
     rc, so, _ = run(["recover", sealed_file, out, "--key", key_file])

@@ -136,14 +136,18 @@ class TensorFinding:
         """Every flat index in ``unrecoverable_ranges`` (can be large: prefer the ranges)."""
         return tuple(i for lo, hi in self.unrecoverable_ranges for i in range(lo, hi))
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (the lists `Report.write_json` streams, here whole)."""
-        return self._json_parts(lambda chunks: json.loads("[" + ", ".join(chunks) + "]"))
+    def to_dict(self, recover: bool = False) -> dict[str, Any]:
+        """JSON-able form (the lists `Report.write_json` streams, here whole).
 
-    def _json_parts(self, put: Any) -> dict[str, Any]:
+        ``recover``: a recover report's finding, which always has ``restored`` and the
+        ``unrecoverable_*`` entries (empty for a tensor only renamed), so a script can read them.
+        """
+        return self._json_parts(lambda chunks: json.loads("[" + ", ".join(chunks) + "]"), recover)
+
+    def _json_parts(self, put: Any, recover: bool = False) -> dict[str, Any]:
         """`to_dict` with each long list replaced by ``put(chunks)``: a placeholder the writer streams."""
         d: dict[str, Any] = {"tampered_blocks": put(_ints(self.tampered_blocks.array)), "issues": list(self.issues)}
-        if self.restored_indices or self.unrecoverable_blocks:
+        if recover or self.restored_indices or self.unrecoverable_blocks:
             xor = self.restored_xor.array
             d["restored"] = {
                 "indices": put(_ints(self.restored_indices.array)),
@@ -284,7 +288,7 @@ class Report:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the schema of ``--json``)."""
-        return self._to_dict(lambda f: f.to_dict())
+        return self._to_dict(lambda f: f.to_dict(self.kind == "recover"))
 
     def _to_dict(self, finding: Any) -> dict[str, Any]:
         """`to_dict`, each tampered tensor's entry made by ``finding(tensor_finding)``."""
@@ -318,7 +322,8 @@ class Report:
         A report can name tens of millions of values (a replaced layer of an LLM): formatting them
         all at once would take gigabytes. Memory stays bounded by ``_CHUNK`` entries.
         """
-        write_json_streamed(out, lambda put: self._to_dict(lambda f: f._json_parts(put)), indent=2)
+        recover = self.kind == "recover"
+        write_json_streamed(out, lambda put: self._to_dict(lambda f: f._json_parts(put, recover)), indent=2)
 
     def summary(self) -> str:
         """Human-readable lines for the CLI."""
