@@ -293,3 +293,32 @@ def test_key_never_appears_in_sealed_output(sealed: paramseal.SealedModel, key: 
     blob = b"".join(np.ascontiguousarray(a).tobytes() for a in sealed.tensors.values())
     assert key.secret not in blob
     assert key.secret.hex().encode() not in blob
+
+
+def _no_file_growth() -> None:
+    """``preexec_fn``: every write to a file fails with EFBIG (RLIMIT_FSIZE 0, SIGXFSZ ignored); pipes still work."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX rlimits")
+@pytest.mark.parametrize("force", [False, True])
+def test_keygen_that_cannot_write_leaves_no_empty_key_and_keeps_the_old_one(tmp_path: Path, force: bool) -> None:
+    """A failed write (full disk, quota) was a traceback, exit 1, and an empty key file; with --force the
+    old key was already truncated, so every model sealed with it could no longer be checked."""
+    import subprocess
+    import sys
+
+    p = tmp_path / "k.key"
+    old = paramseal.write_key(p, paramseal.Key.generate()).read_bytes() if force else None
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "paramseal", "keygen", str(p), *(["--force"] if force else [])]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=_no_file_growth, check=False)
+    assert r.returncode == 3, r.stderr
+    assert "Traceback" not in r.stderr and f"cannot write '{p}'" in r.stderr
+    assert sorted(x.name for x in tmp_path.iterdir()) == (["k.key"] if force else [])  # no temporary file either
+    if force:
+        assert p.read_bytes() == old

@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .errors import KeyFileError, UsageError
+from .errors import KeyFileError, UsageError, cannot_write
 
 KEY_BYTES = 32
 ENV_VAR = "PARAMSEAL_KEY"
@@ -80,18 +80,30 @@ def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False
             f"cannot write key to '{p}' because it exists; choose another path, or replace it on purpose "
             "with 'keygen --force' (models sealed with the old key can then no longer be checked)"
         )
-    # O_NOFOLLOW: overwriting through a link would write the key into (and chmod) whatever it points at
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | (0 if overwrite else os.O_EXCL)
+    link = f"cannot write key to '{p}': it is a symbolic link; remove it or choose another path"
+    if overwrite and p.is_symlink():  # replacing it would leave the file it names; writing through it, worse
+        raise UsageError(link)
+    # O_EXCL (no overwrite) or a new temporary file renamed over the old key: a failed write
+    # leaves no empty key file behind and never destroys the key it was meant to replace
+    target = p.parent / f".{p.name}.{secrets.token_hex(4)}.tmp" if overwrite else p
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
-        fd = os.open(p, flags, stat.S_IRUSR | stat.S_IWUSR)
+        fd = os.open(target, flags, stat.S_IRUSR | stat.S_IWUSR)
     except OSError as e:
         if p.is_symlink():
-            why = "it is a symbolic link; remove it or choose another path"
-            raise UsageError(f"cannot write key to '{p}': {why}") from None
+            raise UsageError(link) from None
         raise UsageError(f"cannot write key to '{p}': {e.strerror}") from None
-    os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)  # also when overwriting a file that was readable by others
-    with os.fdopen(fd, "w") as f:
-        f.write(key.secret.hex() + "\n")
+    try:
+        os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)  # whatever the umask
+        with os.fdopen(fd, "w") as f:
+            f.write(key.secret.hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(target, p)
+    except OSError as e:
+        target.unlink(missing_ok=True)
+        raise cannot_write(p, e) from None
     return p
 
 
