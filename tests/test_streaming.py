@@ -612,3 +612,43 @@ def test_recover_past_the_scratch_budget_does_not_keep_the_rebuilt_blocks_reside
         assert r["peak"] - r["base"] < 240, (op, r)  # 298 MiB before the fix, 187 after
     assert files.verify_file(tmp_path / "fixed.safetensors", key).status == "intact"
     assert files.verify_file(bad, key).status == "intact"
+
+
+def _file_size_limit_8mib() -> None:
+    """``preexec_fn``: no file may grow past 8 MiB (writes past it fail with EFBIG, SIGXFSZ ignored)."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (8 << 20, resource.RLIM_INFINITY))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX rlimits")
+@pytest.mark.parametrize("out", ["out.safetensors", "out.npy"])
+def test_scratch_on_disk_that_cannot_be_written_is_exit_3_naming_the_folder(
+    tmp_path: Path, key: paramseal.Key, out: str
+) -> None:
+    """Recover's scratch past the memory budget (a 64 MiB file) on a full disk was a traceback, exit 1."""
+    src = helpers.write_st(tmp_path / "m.safetensors", helpers.fp32_model(64 * 64, seed=3))
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(src, sealed, key, code="lanes")
+    t, meta = helpers.read_st(sealed)
+    bad = helpers.write_st(tmp_path / "bad.safetensors", helpers.flip_bit(t, next(iter(t)), 70, 30), meta)
+    before = helpers.sha256(bad)
+    dst = tmp_path / "o"
+    dst.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PARAMSEAL_SCRATCH_MIB": "0", "K": key.secret.hex()}
+    cmd = [
+        sys.executable,
+        "-c",
+        "import os, sys; from paramseal.cli import main; os.environ['PARAMSEAL_KEY'] = "
+        "os.environ['K']; sys.exit(main(sys.argv[1:]))",
+        "recover",
+        str(bad),
+        str(dst / out),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=_file_size_limit_8mib, check=False)
+    assert r.returncode == 3, r.stderr
+    assert "Traceback" not in r.stderr and f"cannot write scratch files in '{dst}'" in r.stderr
+    assert list(dst.iterdir()) == []  # no output, no temporary file, no .paramseal-* folder
+    assert helpers.sha256(bad) == before

@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from .errors import cannot_write
+
 CHUNK_BYTES = 16 << 20  # bytes of tensor data the engine handles at a time
 _ARENA_BYTES = 4 * CHUNK_BYTES  # a scratch file that holds many arrays smaller than a chunk
 _PAGE = mmap.PAGESIZE
@@ -214,6 +216,14 @@ class Workspace:
         return self._on_disk(shape, dtype)
 
     def _on_disk(self, shape: tuple[int, ...], dtype: type[np.generic]) -> NDArray[Any]:
+        assert self.folder is not None
+        try:
+            return self._scratch(shape, dtype)
+        except OSError as e:  # a full disk or a size limit: exit 3 naming the folder, not a traceback
+            what = f"scratch files in '{self.folder}' (used past PARAMSEAL_SCRATCH_MIB of memory)"
+            raise cannot_write(self.folder / ".paramseal-scratch", e, what=what) from e
+
+    def _scratch(self, shape: tuple[int, ...], dtype: type[np.generic]) -> NDArray[Any]:
         assert self.folder is not None
         n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         if self._dir is None:

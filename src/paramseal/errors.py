@@ -80,8 +80,11 @@ _HINTS = {
 }
 
 
-def cannot_write(dst: str | os.PathLike[str], e: OSError) -> OutputError:
-    """The error to raise when writing ``dst`` failed with ``e``: the reason, a hint, the free space."""
+def cannot_write(dst: str | os.PathLike[str], e: OSError, *, what: str | None = None) -> OutputError:
+    """The error to raise when writing ``dst`` failed with ``e``: the reason, a hint, the free space.
+
+    ``what`` names what could not be written in place of ``'dst'`` (the folder's free space is ``dst``'s).
+    """
     why = e.strerror or str(e)
     folder = os.path.dirname(os.path.abspath(dst))
     if e.filename and os.path.dirname(os.path.abspath(str(e.filename))) != folder:  # not dst or its temporary file
@@ -93,7 +96,8 @@ def cannot_write(dst: str | os.PathLike[str], e: OSError) -> OutputError:
         free = None
     if hint is None and free is not None and free < 64 << 20:  # e.g. torch.save reports a full disk as a bad position
         hint = f"only {free / 2**20:.1f} MiB are free there: is the disk full?"
-    return OutputError(f"cannot write '{dst}': {why}" + (f"; {hint}" if hint else ""))
+    what = what or f"'{dst}'"
+    return OutputError(f"cannot write {what}: {why}" + (f"; {hint}" if hint else ""))
 
 
 def io_failure(
