@@ -912,3 +912,27 @@ def test_header_out_naming_the_model_file_is_refused_and_overwrites_nothing(
     rc, _, err = run(["seal", src, out, "--key", key_file, "--header-out", src])
     assert rc == 3 and "--header-out" in err and "input or output" in err, err
     assert helpers.sha256(src) == h and not out.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["seal", "{model}", "{keyfile}", "--key", "{keyfile}"],
+        ["seal", "{model}", "{tmp}/out.safetensors", "--key", "{keyfile}", "--header-out", "{keyjson}"],
+        ["recover", "{sealed}", "{keyfile}", "--key", "{keyfile}"],
+        ["attack", "{sealed}", "{keyfile}", "--kind", "bitflip"],
+    ],
+    ids=["seal", "header-out", "recover", "attack"],
+)
+def test_an_output_path_holding_a_key_is_refused_and_the_key_kept(
+    tmp_path: Path, model_file: Path, sealed_file: Path, key: paramseal.Key, argv: list[str]
+) -> None:
+    """An output named like the key file (a slip of the arguments) replaced the key: every model sealed
+    with it, the one just written included, could never be checked again."""
+    keyfile = paramseal.write_key(tmp_path / "my-key.safetensors", key)
+    keyjson = paramseal.write_key(tmp_path / "my-key.json", key)
+    names = {"model": model_file, "sealed": sealed_file, "keyfile": keyfile, "keyjson": keyjson, "tmp": tmp_path}
+    rc, _, err = helpers.run_cli([a.format(**names) for a in argv])
+    assert rc == 3 and "holds a ParamSeal key" in err and key.secret.hex() not in err
+    assert paramseal.load_key(keyfile) == key and paramseal.load_key(keyjson) == key
+    assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "out.safetensors").exists()

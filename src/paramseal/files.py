@@ -91,10 +91,19 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def _never_a_key(dst: Path) -> None:
+    """Refuse to replace a key file: the models sealed with it could never be checked again."""
+    if looks_like_key_file(dst):
+        raise UsageError(
+            f"cannot write '{dst}': it holds a ParamSeal key, which would be lost; give another output path"
+        )
+
+
 def temp_beside(dst: Path) -> Path:
     """A new empty temporary file in ``dst``'s folder (so the final rename is atomic)."""
     if dst.is_dir():
         raise UsageError(f"cannot write to '{dst}' because it is a directory; give a file path")
+    _never_a_key(dst)
     parent = dst.parent if str(dst.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
@@ -151,6 +160,7 @@ def _check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
     if not src.exists():
         raise UsageError(f"input '{src}' does not exist")
     _require_file(src)  # what is wrong with the input is said before what the output's name lacks
+    _never_a_key(dst)  # now, not after the seal has been computed
     same = dst.exists() and dst.resolve() == src.resolve()
     if same and not in_place:
         raise UsageError(
