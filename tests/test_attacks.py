@@ -375,6 +375,15 @@ def test_attack_file_truncate_and_atomic_output(tmp_path: Path, sealed_model: Lo
         attack_file(src, src, AttackSpec("noise"))
 
 
+def test_attack_truncate_refuses_a_key_file_and_writes_nothing(tmp_path: Path, key: paramseal.Key) -> None:
+    """truncate works on any file: given the key file, it copied half the key into an output others can read."""
+    keyfile = paramseal.write_key(tmp_path / "k.key", key)
+    rc, out, err = helpers.run_cli(["attack", keyfile, tmp_path / "cut.safetensors", "--kind", "truncate"])
+    assert rc == 3 and "key file" in err
+    assert key.secret.hex()[:16] not in out + err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.key"]
+
+
 def test_attack_file_refuses_an_output_that_would_drop_metadata(tmp_path: Path, sealed_model: Loaded) -> None:
     # metadata --mode user into a .pt claimed "metadata key 'attacker.note' added" and wrote none; a
     # .safetensors -> .pt bitflip dropped the seal header unreported

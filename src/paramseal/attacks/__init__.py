@@ -127,10 +127,13 @@ def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: 
     """Read ``src``, attack it and write ``dst`` atomically; ``src`` is never modified."""
     from ..files import atomic_path, inspect_file, read_model, write_model
     from ..formats.registry import adapter_for
+    from ..keys import looks_like_key_file
 
     s, d = Path(src), Path(dst)
     if not s.is_file():
         raise UsageError(f"input '{s}' does not exist or is not a file")
+    if looks_like_key_file(s):  # truncate would copy part of the key into an output others can read
+        raise UsageError(f"'{s}' looks like a ParamSeal key file, not a model; attack takes a model file")
     if d.exists() and d.resolve() == s.resolve():
         raise UsageError(f"output '{d}' is the input file; attack writes a new file and never modifies its input")
     if spec.kind == "truncate":
