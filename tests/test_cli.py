@@ -936,3 +936,29 @@ def test_an_output_path_holding_a_key_is_refused_and_the_key_kept(
     assert rc == 3 and "holds a ParamSeal key" in err and key.secret.hex() not in err
     assert paramseal.load_key(keyfile) == key and paramseal.load_key(keyjson) == key
     assert not list(tmp_path.glob(".*.tmp")) and not (tmp_path / "out.safetensors").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("extra", [[], ["--json"]])
+@pytest.mark.parametrize("which", ["sealed", "missing"])
+def test_stdout_on_a_full_disk_is_exit_3_not_a_traceback(
+    tmp_path: Path, sealed_file: Path, key_file: Path, extra: list[str], which: str
+) -> None:
+    """`verify m > report.txt` on a full disk was a traceback and exit 1, which reads as "tampered"."""
+    import subprocess
+    import sys
+
+    model = sealed_file if which == "sealed" else tmp_path / "missing.safetensors"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-c", "import sys; from paramseal.cli import main; sys.exit(main())"]
+            + ["verify", str(model), "--key", str(key_file), *extra],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    want = "standard output: No space left" if which == "sealed" else "missing.safetensors' does not exist"
+    assert want in proc.stderr

@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, redirect_stdout
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from types import FrameType
@@ -101,13 +101,8 @@ def _error_doc(exit_code: int, message: str) -> None:
     try:
         print(json.dumps({**doc, "error": message}, indent=2))
         sys.stdout.flush()
-    except BrokenPipeError:
-        _stdout_to_devnull()
-
-
-def _stdout_to_devnull() -> None:
-    """Point stdout at /dev/null once its reader has left, so the interpreter's final flush does not fail again."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:  # stdout itself failed (a full disk, a reader that left): stderr has the message
+        _quiet_stdout()
 
 
 def _parser() -> _Parser:
@@ -208,10 +203,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     try:
-        with _terminate_as_interrupt() if argv is None else nullcontext():
+        with _terminate_as_interrupt() if argv is None else nullcontext(), redirect_stdout(_Stdout(sys.stdout)):
             code = _run(args)
-        sys.stdout.flush()  # here, so a reader that left is met below and not at interpreter exit
+            sys.stdout.flush()  # here, so a reader that left is met below and not at interpreter exit
         return code
+    except _StdoutFailed as e:
+        # `verify ... > report.txt` on a full disk: exit 1 (with a traceback) read as "tampered"
+        print(f"error: cannot write the output to standard output: {e.strerror or e}", file=sys.stderr)
+        _quiet_stdout()
+        return 3
     except ParamSealError as e:
         message = redact(e.diagnostics(), hidden)
         print(f"error: {message}", file=sys.stderr)
@@ -226,9 +226,48 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # The reader left (`paramseal verify ... | head`): stop quietly, as a SIGPIPE'd Unix tool
-        # would.
-        _stdout_to_devnull()
+        # would. Point stdout at /dev/null so the interpreter's final flush does not fail again.
+        _quiet_stdout()
         return 128 + 13
+
+
+class _StdoutFailed(OSError):
+    """Writing to standard output failed (not a reader that left: that is BrokenPipeError)."""
+
+
+class _Stdout(io.TextIOBase):
+    """``sys.stdout`` whose write errors are told apart from the library's own OSErrors (which are bugs)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return cast(int, self._stream.write(text))
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _StdoutFailed(e.errno, e.strerror) from e
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise _StdoutFailed(e.errno, e.strerror) from e
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a file (a test's StringIO): nothing is flushed at exit
+        return
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
 
 
 class _Terminated(KeyboardInterrupt):
