@@ -962,3 +962,22 @@ def test_stdout_on_a_full_disk_is_exit_3_not_a_traceback(
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
     want = "standard output: No space left" if which == "sealed" else "missing.safetensors' does not exist"
     assert want in proc.stderr
+
+
+def test_a_header_out_that_cannot_be_written_says_the_model_was(
+    tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header is written after the model: its failure (exit 3) must not read as "nothing written"."""
+    import errno
+
+    def full(self: Path, *a: object, **k: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    out = tmp_path / "s.safetensors"
+    rc, _, err = run(["seal", model_file, out, "--key", key_file, "--header-out", tmp_path / "h.json"])
+    assert rc == 3 and "cannot write" in err and "h.json" in err
+    assert f"the sealed model was written to {out}" in err
+    assert not (tmp_path / "h.json").exists() and not list(tmp_path.glob(".*.tmp"))
+    monkeypatch.undo()
+    assert run(["verify", out, "--key", key_file])[0] == 0
