@@ -964,6 +964,20 @@ def test_stdout_on_a_full_disk_is_exit_3_not_a_traceback(
     assert want in proc.stderr
 
 
+def test_the_stdout_wrapper_answers_for_the_stream_it_wraps() -> None:
+    """Progress and colour decisions ask stdout whether it is a terminal: the wrapper must not answer for itself."""
+    from paramseal.cli import _Stdout
+
+    main_fd, tty_fd = os.openpty()
+    with open(tty_fd, "w", encoding="utf-8") as tty:
+        out = _Stdout(tty)
+        assert out.isatty() and out.fileno() == tty.fileno() and out.encoding == "utf-8"
+        out.write("x")
+        out.flush()
+    assert os.read(main_fd, 16) == b"x"
+    os.close(main_fd)
+
+
 def test_a_header_out_that_cannot_be_written_says_the_model_was(
     tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -18,7 +18,7 @@ from contextlib import contextmanager, nullcontext, redirect_stdout
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, cast
+from typing import IO, Any, NoReturn, cast
 
 from . import __version__, _cli_eval, _kernels, files, sharded
 from ._layout import TensorSpec
@@ -203,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
     try:
-        with _terminate_as_interrupt() if argv is None else nullcontext(), redirect_stdout(_Stdout(sys.stdout)):
+        out = cast(IO[str], _Stdout(sys.stdout))  # a failing stdout told apart from the library's own OSErrors
+        with _terminate_as_interrupt() if argv is None else nullcontext(), redirect_stdout(out):
             code = _run(args)
             sys.stdout.flush()  # here, so a reader that left is met below and not at interpreter exit
         return code
@@ -235,8 +236,11 @@ class _StdoutFailed(OSError):
     """Writing to standard output failed (not a reader that left: that is BrokenPipeError)."""
 
 
-class _Stdout(io.TextIOBase):
-    """``sys.stdout`` whose write errors are told apart from the library's own OSErrors (which are bugs)."""
+class _Stdout:
+    """``sys.stdout`` whose write errors are told apart from the library's own OSErrors (which are bugs).
+
+    No io base class: its own isatty(), fileno() and encoding would hide the stream's.
+    """
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
