@@ -305,48 +305,32 @@ def test_recover_writes_the_same_model_by_every_output_path(
     assert not list(tmp_path.glob(".*.tmp")), "no temporary file is left behind"
 
 
-def test_a_full_disk_while_patching_the_copy_is_exit_3_and_leaves_nothing(
-    tmp_path: Path, model: dict, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(("fails", "says"), [("full", "No space left"), ("takes_nothing", "took no more bytes")])
+def test_a_write_that_fails_while_patching_the_copy_is_exit_3_and_leaves_nothing(
+    tmp_path: Path, model: dict, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, fails: str, says: str
 ) -> None:
-    """The patched copy is written with pwrite: a reflinked copy needs new space, and ENOSPC must not be a SIGBUS."""
+    """The patched copy is written with pwrite: a reflinked copy needs new space, and ENOSPC must not be a
+    SIGBUS; a pwrite returning 0 (nothing written, no error) looped forever where a short write is retried."""
     import errno
 
     sealed, _, meta = _sealed(tmp_path, model, key)
     p = _edited_copy(sealed, tmp_path / "bad.safetensors", [("fc.weight", 5, 3)], meta)
     before = p.read_bytes()
-    real, seen = os.pwrite, []
-
-    def full(fd: int, data: object, at: int) -> int:
-        seen.append(at)
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(files.os, "pwrite", full)
-    with pytest.raises(paramseal.OutputError, match="No space left"):
-        files.recover_file(p, tmp_path / "out.safetensors", key)
-    monkeypatch.setattr(files.os, "pwrite", real)
-    assert seen, "the patched copy was written with pwrite"
-    assert not (tmp_path / "out.safetensors").exists() and not list(tmp_path.glob(".*.tmp"))
-    assert p.read_bytes() == before
-
-
-def test_a_write_that_takes_no_bytes_is_an_error_not_a_hang(
-    tmp_path: Path, model: dict, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """pwrite returning 0 (nothing written, no error) looped forever where a short write is retried."""
-    sealed, _, meta = _sealed(tmp_path, model, key)
-    p = _edited_copy(sealed, tmp_path / "bad.safetensors", [("fc.weight", 5, 3)], meta)
-    before = p.read_bytes()
     calls = 0
 
-    def nothing(fd: int, data: object, at: int) -> int:
+    def pwrite(fd: int, data: object, at: int) -> int:
         nonlocal calls
         calls += 1
         assert calls < 1000, "pwrite is called again and again"
+        if fails == "full":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return 0
 
-    monkeypatch.setattr(os, "pwrite", nothing)
-    with pytest.raises(paramseal.OutputError, match="took no more bytes"):
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with pytest.raises(paramseal.OutputError, match=says):
         files.recover_file(p, tmp_path / "out.safetensors", key)
+    monkeypatch.undo()
+    assert calls, "the patched copy was written with pwrite"
     assert not (tmp_path / "out.safetensors").exists() and not list(tmp_path.glob(".*.tmp"))
     assert p.read_bytes() == before
 

@@ -28,6 +28,7 @@ from ._bits import uint_view
 from ._layout import TensorSpec, block_count
 from ._pages import Workspace, chunks, copy_range, pwrite_all, release
 from ._progress import Progress
+from ._shard_index import index_files
 from .errors import (
     FormatError,
     InputError,
@@ -195,12 +196,10 @@ def _require_file(p: Path) -> None:
             "(model.safetensors.index.json): convert it first (transformers' save_pretrained writes safetensors)"
         )
     if p.is_dir():
-        from . import sharded as _sharded  # here: sharded imports this module
-
         raise UsageError(
             f"input '{p}' is a folder; a sharded checkpoint folder needs its index ('model.safetensors.index.json', "
             "or another '*.safetensors.index.json')"
-            if not _sharded.index_files(p)
+            if not index_files(p)
             else f"input '{p}' is a sharded checkpoint: use paramseal.sharded (seal_dir, verify_dir, recover_dir), "
             "which the command line calls for a folder"
         )
