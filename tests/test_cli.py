@@ -227,6 +227,7 @@ def test_recover_text_and_json_report_indices_and_bits(
     out2 = tmp_path / "fixed2.safetensors"
     rc, so, _ = run(["recover", bad, out2, "--key", key_file])
     assert rc == 0 and so.startswith("OK: recovered") and "[1000] bits 30" in so
+    assert so.splitlines()[0].endswith("(1 value restored)"), so
 
 
 def test_recover_json_gives_every_tensor_the_same_entries_a_renamed_one_included(

@@ -406,12 +406,12 @@ def _run(args: argparse.Namespace) -> int:
             elif rep.status == "intact":
                 print(f"OK: {args.input} was intact; written to {args.output}")
             elif rep.status == "recovered":
-                print(f"OK: recovered {args.input} -> {args.output} ({rep.restored_count} values restored)")
+                print(f"OK: recovered {args.input} -> {args.output} ({_count(rep.restored_count, 'value')} restored)")
                 print(rep.summary())
             else:
                 wrote = f"partial result written to {args.output}" if args.allow_partial else "nothing written"
                 # no value counted lost: the reason is elsewhere (a graph, a missing shard); the summary says it
-                lost = f"{rep.unrecoverable_count} values lost; " if rep.unrecoverable_count else ""
+                lost = f"{_count(rep.unrecoverable_count, 'value')} lost; " if rep.unrecoverable_count else ""
                 print(f"FAIL: {args.input} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
             return rep.exit_code
         case "inspect":
