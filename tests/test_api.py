@@ -128,6 +128,24 @@ def test_api_arguments_of_the_wrong_kind_get_clear_errors(tmp_path: Path, key: p
         files.verify_file(ckpt, key)
 
 
+def test_tensors_bits_and_names_of_the_wrong_kind_are_usage_errors(key: paramseal.Key) -> None:
+    """They were Python's own AttributeError/TypeError; a name that was not str was sealed under str(name),
+    so {1: a, "1": b} sealed one tensor of two."""
+    a = np.linspace(-1, 1, 4096, dtype=np.float32)
+    sealed = paramseal.seal({"w": a}, key)
+    with pytest.raises(paramseal.UsageError, match="tensors must be a mapping of name .* not list"):
+        paramseal.seal([a], key)  # type: ignore[arg-type]
+    with pytest.raises(paramseal.UsageError, match="tensors must be a mapping of name .* not NoneType"):
+        paramseal.verify(None, key, sealed.header_json)  # type: ignore[arg-type]
+    for named in ({1: a}, {1: a, "1": a + 1}):
+        with pytest.raises(paramseal.UsageError, match=r"tensor names must be str, not int \(1\)"):
+            paramseal.seal(named, key)  # type: ignore[arg-type]
+    for bits in ("8", 8.0, True, np.int64(8)):
+        with pytest.raises(paramseal.UsageError, match="bits must be an int"):
+            paramseal.seal({"w": a}, key, bits=bits)  # type: ignore[arg-type]
+    assert paramseal.seal({"w": a}, key, bits=8).header.tensors[0].k == 8
+
+
 def test_metadata_that_is_not_text_is_refused_before_anything_is_sealed(tmp_path: Path, key: paramseal.Key) -> None:
     """An int value was sealed as given and read back as text: the seal never verified again, and
     seal_file wrote a safetensors file whose metadata safetensors (and verify) refuses."""

@@ -212,6 +212,18 @@ def test_seal_error_leaves_the_module_unchanged(key: paramseal.Key) -> None:
     assert all(bits_equal(net.state_dict()[n], v) for n, v in before.items())
 
 
+def test_a_state_dict_or_metadata_of_the_wrong_kind_is_a_usage_error(key: paramseal.Key) -> None:
+    """Python's own AttributeError ('dict' has no 'state_dict') and TypeError (metadata merged with the ties)."""
+    m = torch.nn.Linear(64, 64)
+    for f in (pst.seal_module, pst.verify_module, pst.recover_module):
+        with pytest.raises(paramseal.UsageError, match="must be a torch.nn.Module, not OrderedDict .*paramseal.seal"):
+            f(m.state_dict(), key)  # type: ignore[arg-type]
+    before = m.weight.detach().clone()
+    with pytest.raises(paramseal.UsageError, match="metadata must be a mapping of str to str, not list"):
+        pst.seal_module(m, key, metadata=[("a", "b")])  # type: ignore[arg-type]
+    assert torch.equal(m.weight, before)
+
+
 def test_wrong_key_is_a_key_mismatch_not_a_tamper_report(key: paramseal.Key, other_key: paramseal.Key) -> None:
     net = mlp()
     seal = pst.seal_module(net, key)

@@ -11,6 +11,7 @@ from . import _bits, _kernels
 from ._layout import Layout, TensorSpec
 from ._mac import BlockMac
 from ._pages import SCATTERED_BLOCKS, Workspace, chunks, is_mapped, release
+from .errors import UsageError
 from .levels import BLOCK, ST_TO_NP
 
 Blocks = NDArray[np.unsignedinteger]
@@ -322,8 +323,18 @@ def stored_tags(
 
 
 def as_mapping(tensors: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[np.generic]]:
-    """Plain dict of numpy arrays (accepts any mapping, keeps order)."""
-    return {str(k): np.asarray(v) for k, v in tensors.items()}
+    """Plain dict of numpy arrays (accepts any mapping, keeps order); names must be str.
+
+    A name made str here would not be the caller's ({1: a} sealed as '1'), and two could merge ({1: a, '1': b}).
+    """
+    if not isinstance(tensors, Mapping):
+        raise UsageError(f"tensors must be a mapping of name (str) to array, not {type(tensors).__name__}")
+    out: dict[str, NDArray[np.generic]] = {}
+    for k, v in tensors.items():
+        if not isinstance(k, str):
+            raise UsageError(f"tensor names must be str, not {type(k).__name__} ({k!r}); use {{str(k): v ...}}")
+        out[k] = np.asarray(v)
+    return out
 
 
 __all__ = [

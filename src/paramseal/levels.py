@@ -72,6 +72,8 @@ def dtype_name(dt: np.dtype[np.generic]) -> str:
 
 def bits_for(dtype: str, level: str, bits: int | None) -> int:
     """Return k, the low bits a tensor of ``dtype`` carries at ``level`` (0 for integers)."""
+    if bits is not None and type(bits) is not int:  # bool, float, numpy ints: the header records it as JSON
+        raise UsageError(f"bits must be an int (the low bits each value carries), not {type(bits).__name__}")
     fmt = FLOATS.get(dtype)
     if fmt is None:
         return 0

@@ -43,7 +43,7 @@ from .header import Header, parse_header
 from .keys import Key
 from .recover import recover
 from .report import Report
-from .seal import SealConfig, refuse_sealed
+from .seal import SealConfig, check_metadata, refuse_sealed
 from .verify import header_from_weights, verify
 
 _torch = import_torch("paramseal.torch")
@@ -67,6 +67,9 @@ def module_tensors(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    if not isinstance(module, _torch.nn.Module):
+        hint = " (for a state dict use paramseal.seal)" if isinstance(module, Mapping) else ""
+        raise UsageError(f"module must be a torch.nn.Module, not {type(module).__name__}{hint}")
     # torch.compile's wrapper holds the same weights under '_orig_mod.' names: seal and check the module's own
     inner = getattr(module, "_orig_mod", None)
     if type(module).__name__ == "OptimizedModule" and isinstance(inner, _torch.nn.Module):
@@ -152,6 +155,7 @@ def seal_module(
     holds NaN/Inf, UsageError when it is sealed already and not ``reseal``); on error the
     module is left unchanged.
     """
+    check_metadata(metadata)  # before it is merged with the ties
     live, tied = untie(_state(module))
     # the tied names are sealed as the .pt reader finds them: torch.save(module.state_dict()) then verifies
     arrays = _as_numpy(live)
