@@ -787,3 +787,47 @@ def test_recover_does_not_use_a_copy_of_the_input_that_failed(
     assert files.recover_file(bad, out, key).report.status == "recovered"
     assert out.read_bytes() == want
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([model_file.name, sealed.name, bad.name, out.name])
+
+
+@pytest.mark.parametrize(
+    "tensors",
+    [
+        {"w": (150_000,), "ids": (20_000,)},  # an int64 tensor takes a fifth of every group: fewer parity strata
+        {"w": (120, 128), "b": (10,)},  # too small for the outer code: no hosted bytes
+    ],
+    ids=["integer-data", "small"],
+)
+def test_inspect_bounds_are_those_of_the_layout_seal_chooses(
+    tmp_path: Path, key: paramseal.Key, tensors: dict[str, tuple[int, ...]]
+) -> None:
+    """What each level 'would give' (unsealed) is what the sealed file shows, from the code the seal built."""
+    from paramseal import _strata
+    from paramseal.evaluation.battery import seal_code
+
+    rng = np.random.default_rng(0)
+    model = {
+        n: rng.integers(0, 1 << 40, s).astype(np.int64) if n == "ids" else rng.standard_normal(s).astype(np.float32)
+        for n, s in tensors.items()
+    }
+    src = helpers.write_st(tmp_path / "m.safetensors", model)
+    before = files.inspect_file(src)["levels"]
+    for level in ("standard", "strong"):
+        out = tmp_path / f"{level}.safetensors"
+        files.seal_file(src, out, key, level=level)
+        text = helpers.read_st(out)[1][METADATA_KEY]
+        h = json.loads(text)
+        assert h["code"] == _strata.CODE_NAME
+        g, sf = _strata._strata_of(*_strata._sizes(_strata.as_data(list(parse_header(text, key).tensors))))
+        assert g == h["strata"]
+        want = _strata.capacity(before[level]["F32"]["k"], h["outer_host"], sf)
+        shown = files.inspect_file(out)["levels"][level]["F32"]
+        assert shown["contiguous_bound"] == round(want["contiguous_bound"], 4)
+        assert shown["contiguous_bound"] == before[level]["F32"]["contiguous_bound"]
+        assert shown["scattered_radius_per_group"] == round(want["scattered_radius"], 4)
+        assert shown["scattered_radius_per_group"] == before[level]["F32"]["scattered_radius_per_group"]
+        # eval's results report the same bounds as inspect
+        got = seal_code(text, "F32", before[level]["F32"]["k"])
+        assert (got["contiguous_bound"], got["scattered_bound"]) == (
+            shown["contiguous_bound"],
+            shown["scattered_radius_per_group"],
+        )

@@ -110,6 +110,13 @@ def _strata_of(nf: int, nd: int) -> tuple[int, int]:
     return g, -(-nf // g)
 
 
+def layout_of(specs: list[TensorSpec]) -> tuple[int, int, int]:
+    """``(G, free strata, outer host)`` irs4 gives this tensor table (seal's choice; `applies` must hold)."""
+    g, sf = _strata_of(*_sizes(as_data(specs)))
+    k = next(s.k for s in as_data(specs) if s.is_float)
+    return g, sf, _outer.choose_host(g, k, sf)
+
+
 def _free_bytes(k: int) -> int:
     """Bit mask of the bytes of an fp32 word that hold free (watermark) nibbles."""
     return 0b1 if k <= 8 else 0b11
@@ -126,16 +133,18 @@ def _tag_bytes(k: int) -> NDArray[np.uint8]:
     return out
 
 
-def capacity(k: int, host: int = 0) -> dict[str, float]:
+def capacity(k: int, host: int = 0, free_strata: int = N_POS) -> dict[str, float]:
     """Recovery bounds of the irs4 code at ``k`` bits (``host`` bytes for the outer code), per group.
 
-    Tag bytes are erasures in every group (about 255 * tag bytes per block / 256 per codeword).
+    ``free_strata``: the strata of fp32 values (the rest hold integer data and carry no parity), as
+    `layout_of` gives for a model. Tag bytes are erasures in every group (about ``free_strata`` * tag
+    bytes per block / 256 per codeword).
     ``contiguous``: damage whose position the tags reveal (erasures), per codeword d_t - eps.
     ``scattered``: errors-only collaborative radius sum_t (d_t - eps) / 5. The whole model decodes
     only if every group does, so the rate reached on a large model is below this radius.
     """
-    code = _irs.code_for(k, N_POS, host)
-    eps = N_POS * int(np.unpackbits(_tag_bytes(k)).sum()) / (BLOCK * 4)
+    code = _irs.code_for(k, free_strata, host)
+    eps = free_strata * int(np.unpackbits(_tag_bytes(k)).sum()) / (BLOCK * 4)
     d = code.d.astype(np.float64)
     return {
         "contiguous_bound": float(np.mean(d - eps) / N_POS),
@@ -812,4 +821,16 @@ def write_run(out: NDArray[np.unsignedinteger], lo: int, words: NDArray[np.unsig
     pwrite_all(where[0], np.ascontiguousarray(words).view(np.uint8).reshape(-1).data, where[1])
 
 
-__all__ = ["CODE_NAME", "KS", "PERMS", "DataRegion", "Strata", "applies", "as_data", "capacity", "plan", "write_run"]
+__all__ = [
+    "CODE_NAME",
+    "KS",
+    "PERMS",
+    "DataRegion",
+    "Strata",
+    "applies",
+    "as_data",
+    "capacity",
+    "layout_of",
+    "plan",
+    "write_run",
+]

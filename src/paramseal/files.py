@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _embed, _outer, _strata
+from . import _embed, _strata
 from ._bits import uint_view
 from ._layout import TensorSpec, block_count
 from ._pages import Workspace, chunks, copy_range, pwrite_all, release
@@ -911,18 +911,44 @@ def _inspect(p: Path, loaded: Loaded) -> dict[str, Any]:
                 ks[t["dtype"]] = max(ks.get(t["dtype"], 0), t["k"])
         label = info["seal"]["level"] if info["seal"]["bits"] is None else f"bits={info['seal']['bits']}"
         host = h.get("outer_host")
-        info["levels"] = {str(label): _caps(ks, host if irs and isinstance(host, int) and 0 <= host <= 8 else None)}
+        irs_host = host if irs and isinstance(host, int) and 0 <= host <= 8 else None
+        info["levels"] = {str(label): _caps(ks, irs_host, _free_strata(table, irs_host))}
     else:
         info["levels"] = {}
         for lv in LEVELS:
             ks = {dt: bits_for(dt, lv, None) for dt in dtypes}
-            specs = [TensorSpec(f"t{i}", dt, (n,), ks[dt]) for i, (dt, n) in enumerate(dtypes.items())]
-            info["levels"][lv] = _caps(ks, _outer.host_for(ks.get("F32", 0)) if _strata.applies(specs) else None)
+            specs = [
+                TensorSpec(name, (dt := dtype_name(a.dtype)), tuple(int(d) for d in a.shape), bits_for(dt, lv, None))
+                for name, a in loaded.tensors.items()
+            ]
+            if _strata.applies(specs):  # the layout seal would choose: a small model has no outer code
+                _, sf, host = _strata.layout_of(specs)
+                info["levels"][lv] = _caps(ks, host, sf)
+            else:
+                info["levels"][lv] = _caps(ks, None)
     return info
 
 
-def _caps(ks: dict[Any, Any], host: int | None) -> dict[str, Any]:
-    """Bounds per dtype; ``host`` is the irs4 outer code's hosting (None: the lane code)."""
+def _free_strata(table: Any, host: int | None) -> int:
+    """The fp32 strata of a sealed irs4 model, from its (untrusted) header table; 255 if it cannot tell."""
+    if host is None or not isinstance(table, list):
+        return _strata.N_POS
+    try:
+        specs = [
+            TensorSpec(str(t["name"]), str(t["dtype"]), tuple(int(d) for d in t["shape"]), int(t["k"])) for t in table
+        ]
+        if not _strata.applies(specs):
+            return _strata.N_POS
+        return _strata.layout_of(specs)[1]
+    except (KeyError, TypeError, ValueError, ParamSealError):
+        return _strata.N_POS
+
+
+def _caps(ks: dict[Any, Any], host: int | None, free_strata: int | None = None) -> dict[str, Any]:
+    """Bounds per dtype; ``host`` is the irs4 outer code's hosting (None: the lane code).
+
+    ``free_strata``: the model's fp32 strata under irs4 (None: all 255, a model of fp32 values only).
+    """
     irs = host is not None
     out: dict[str, Any] = {}
     for dt, k in ks.items():
@@ -930,7 +956,7 @@ def _caps(ks: dict[Any, Any], host: int | None) -> dict[str, Any]:
             c = capacity(dt, k)
             out[dt] = {"k": k, "max_relative_change": c.max_relative_change}
             if irs and dt == "F32" and k in _strata.KS:
-                ic = _strata.capacity(k, host or 0)
+                ic = _strata.capacity(k, host or 0, _strata.N_POS if free_strata is None else free_strata)
                 out[dt] |= {
                     "code": "irs",
                     "contiguous_bound": round(ic["contiguous_bound"], 4),
