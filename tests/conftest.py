@@ -59,8 +59,13 @@ TEST_KEY_HEX = "5ea1" * 16
 
 @pytest.fixture(autouse=True)
 def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No test picks up a PARAMSEAL_KEY from the developer's shell by accident."""
+    """No test picks up a PARAMSEAL_KEY from the developer's shell by accident.
+
+    Nor a COLUMNS: argparse wraps its usage lines to it, so a narrow terminal's would split
+    the usage the CLI tests read (80 is the width it falls back to without a terminal).
+    """
     monkeypatch.delenv("PARAMSEAL_KEY", raising=False)
+    monkeypatch.setenv("COLUMNS", "80")
 
 
 @pytest.fixture(scope="session")
