@@ -182,6 +182,11 @@ def test_partial_verification_checks_only_the_selected_tensors(
 _RSS_WORKER = textwrap.dedent(
     """
     import json, os, sys, resource
+    # One core, before paramseal is imported: tasks in flight (one per core, up to four) each hold a
+    # superblock, and how many overlap at the peak depends on the cores and on scheduling. Alone,
+    # the peak is the same on every run and machine; concurrency adds a fixed amount per core.
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     import numpy as np
     from pathlib import Path
     from paramseal import Key, files
