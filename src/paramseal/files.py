@@ -29,6 +29,7 @@ from ._layout import TensorSpec, block_count
 from ._pages import Workspace, chunks, copy_range, pwrite_all, release
 from ._progress import Progress
 from ._shard_index import index_files
+from ._tempname import renamed_to, temp_prefix
 from .errors import (
     FormatError,
     InputError,
@@ -72,7 +73,8 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
     tmp_path = tmp or temp_beside(dst)
     try:
         try:
-            yield tmp_path
+            with renamed_to(tmp_path, dst.name):  # a writer that names files after the output asks for it
+                yield tmp_path
             # mkstemp (and the safetensors writer) leave 0600; a sealed model is meant to be shared.
             # A file replaced keeps its mode (an in-place recover of a read-only model stays read-only).
             try:
@@ -109,7 +111,7 @@ def temp_beside(dst: Path) -> Path:
     if not parent.is_dir():
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dst.name, parent), suffix=".tmp", dir=parent)
     except OSError as e:
         raise cannot_write(dst, e) from e
     os.close(fd)

@@ -18,6 +18,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ._tempname import temp_prefix
 from .errors import KeyFileError, UsageError, cannot_write
 
 KEY_BYTES = 32
@@ -85,7 +86,7 @@ def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False
         raise UsageError(link)
     # O_EXCL (no overwrite) or a new temporary file renamed over the old key: a failed write
     # leaves no empty key file behind and never destroys the key it was meant to replace
-    target = p.parent / f".{p.name}.{secrets.token_hex(4)}.tmp" if overwrite else p
+    target = p.parent / f"{temp_prefix(p.name, p.parent)}{secrets.token_hex(4)}.tmp" if overwrite else p
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     try:
         fd = os.open(target, flags, stat.S_IRUSR | stat.S_IWUSR)

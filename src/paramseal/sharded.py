@@ -46,6 +46,7 @@ from ._layout import block_count
 from ._pages import scratch_budget
 from ._shard_index import INDEX, INDEX_SUFFIX, Index, _check_index, index_files, index_name, read_index
 from ._shard_set import _locate, _merge, _moved, _record, _verdict
+from ._tempname import temp_prefix
 from .errors import (
     InputError,
     KeyMismatchError,
@@ -181,7 +182,7 @@ def _atomic_dir(dst: Path, src: Path) -> Iterator[Path]:
     if not parent.is_dir():
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=parent))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dst.name, parent), suffix=".tmp", dir=parent))
         os.chmod(tmp, new_mode(folder=True))  # mkdtemp's 0700 would outlive the rename: make it a normal folder
     except OSError as e:
         raise cannot_write(dst, e) from e

@@ -73,6 +73,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._embed import header_copies
+from .._tempname import cut_name, final_name, name_max, temp_prefix
 from ..errors import FormatError, MissingDependencyError, ParamSealError, UsageError, cannot_write
 from ..header import METADATA_KEY
 from .base import Loaded, new_mode, shape_error
@@ -221,7 +222,7 @@ class OnnxAdapter:
         """Fill the graph read earlier with the new values (see the module docstring) and write it."""
         onnx = _onnx()
         src = loaded.source
-        out = _final_name(path)
+        out = final_name(path)  # files.atomic_path writes to a temporary file and renames it
         try:
             template = src if isinstance(src, _Template) else _TEMPLATES.find(frozenset(loaded.tensors))
             if template is not None and template.names != frozenset(loaded.tensors):
@@ -566,6 +567,7 @@ class _SidePlan:
     def __init__(self, folder: Path, out_name: str) -> None:
         self.folder = folder
         self.out_name = out_name
+        self.stem = out_name  # what the side files' names start with (`relocate`)
         self.files: dict[str, list[tuple[int, bytes]]] = {}  # original location -> (offset, bytes)
         self.protos: list[tuple[Any, str]] = []
         self.names: dict[str, str] = {}  # original location -> new side file name
@@ -585,8 +587,11 @@ class _SidePlan:
         another model's.
         """
         n = len(self.files)
+        # named after the output, cut where a name would pass the file system's limit (a legal output name)
+        room = name_max(self.folder) - len(f".{n}.{secrets.token_hex(4)}.data")
+        self.stem = cut_name(self.out_name, room)
         for i, loc in enumerate(self.files, 1):
-            stem = self.out_name if n == 1 else f"{self.out_name}.{i}"
+            stem = self.stem if n == 1 else f"{self.stem}.{i}"
             name = f"{stem}.data"
             while self._taken(name):
                 name = f"{stem}.{secrets.token_hex(4)}.data"
@@ -610,7 +615,7 @@ class _SidePlan:
         Only those named by ParamSeal for this output: another file may be shared with other models.
         An input's file goes only when the input itself is replaced.
         """
-        ours = re.compile(re.escape(self.out_name) + r"(\.[0-9]+)?(\.[0-9a-f]{8})?\.data")
+        ours = re.compile(re.escape(self.stem) + r"(\.[0-9]+)?(\.[0-9a-f]{8})?\.data")
         new = {(self.folder / n).resolve() for n in self.names.values()}
         return sorted(
             p
@@ -678,16 +683,10 @@ class _SidePlan:
                 pass
 
     def _temp(self, name: str, temps: list[Path]) -> Path:
-        fd, t = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
+        fd, t = tempfile.mkstemp(prefix=temp_prefix(name, self.folder), suffix=".tmp", dir=self.folder)
         os.close(fd)
         temps.append(Path(t))
         return Path(t)
-
-
-def _final_name(path: Path) -> str:
-    """The name the file will have: files.atomic_path writes to '.NAME.XXXXXXXX.tmp' and renames it."""
-    m = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]+\.tmp", path.name)
-    return m.group(1) if m else path.name
 
 
 def _few(names: list[str]) -> str:

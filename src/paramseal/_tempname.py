@@ -1,0 +1,53 @@
+"""Names of the temporary files and folders an output is written to before its rename into place.
+
+A temporary name is '.NAME.XXXXXXXX.tmp' (the final name, random letters), cut so that it fits the
+file system's name limit whenever NAME does: a legal output name must never fail for its temporary's.
+Writers that need the final name (ONNX names its side files after it) look it up with `final_name`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+_NAME_MAX = 255  # bytes in a name on the common file systems, where pathconf cannot tell
+_TAIL = 8 + len(".tmp")  # mkstemp's random letters (secrets.token_hex(4) gives as many) and the suffix
+_FINAL: dict[Path, str] = {}  # temporary path -> the name it is renamed to
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that ``folder``'s file system takes."""
+    try:
+        return min(os.pathconf(folder, "PC_NAME_MAX"), _NAME_MAX) or _NAME_MAX
+    except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or no answer
+        return _NAME_MAX
+
+
+def temp_prefix(name: str, folder: Path) -> str:
+    """'.NAME.' for a temporary beside ``folder / name``: NAME cut (at a character) to leave room for the tail."""
+    return f".{cut_name(name, name_max(folder) - len('..') - _TAIL)}."
+
+
+def cut_name(name: str, room: int) -> str:
+    """``name`` cut at a character to at most ``room`` bytes (as the file system gets it)."""
+    cut = name[:room]
+    while len(os.fsencode(cut)) > room:
+        cut = cut[:-1]
+    return cut
+
+
+@contextmanager
+def renamed_to(tmp: Path, name: str) -> Iterator[None]:
+    """While the block runs, `final_name` of ``tmp`` is ``name``."""
+    _FINAL[tmp] = name
+    try:
+        yield
+    finally:
+        _FINAL.pop(tmp, None)
+
+
+def final_name(path: Path) -> str:
+    """The name the file being written at ``path`` will have: its own unless it is a temporary of `renamed_to`."""
+    return _FINAL.get(path, path.name)

@@ -1,0 +1,117 @@
+"""Output and input paths that are odd but legal: long names, names a shell or a decoder trips on, links."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import files, sharded
+
+NAME_MAX = 255  # bytes in a file name on the file systems the tests run on
+
+
+def _long(suffix: str, fill: str = "m") -> str:
+    """A name of exactly NAME_MAX bytes ending in ``suffix`` (``fill`` may be a multi-byte character)."""
+    room = NAME_MAX - len(suffix.encode())
+    n = room // len(fill.encode())
+    return "x" * (room - n * len(fill.encode())) + fill * n + suffix
+
+
+def _model_in(tmp_path: Path, suffix: str) -> Path:
+    """A one-tensor fp32 model (large enough for a .pt to carry its header in its weights) as ``suffix``."""
+    w = helpers.fp32_model(1 << 16, seed=3)
+    src = helpers.write_st(tmp_path / "in.safetensors", w)
+    if suffix == ".safetensors":
+        return src
+    out = tmp_path / f"in{suffix}"
+    files.write_model(out, files.read_model(src))
+    return out
+
+
+def _temps(folder: Path) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz", ".npy", ".pt"])
+@pytest.mark.parametrize("fill", ["m", "é"])
+def test_an_output_name_at_the_length_limit_is_written(tmp_path: Path, key_file: Path, suffix: str, fill: str) -> None:
+    """The temporary file beside it ('.NAME.XXXXXXXX.tmp') is longer: it must not make a legal name fail."""
+    if suffix == ".pt":
+        pytest.importorskip("torch")
+    src = _model_in(tmp_path, suffix)
+    out = tmp_path / _long(suffix, fill)
+    rc, _, err = helpers.run_cli(["seal", src, out, "--key", key_file])
+    assert rc == 0, err
+    rc, _, err = helpers.run_cli(["verify", out, "--key", key_file])
+    assert rc == 0, err
+    back = tmp_path / _long(suffix, "r")
+    rc, _, err = helpers.run_cli(["recover", out, back, "--key", key_file])
+    assert rc == 0 and back.is_file(), err
+    assert _temps(tmp_path) == []
+
+
+def test_a_sharded_output_folder_named_at_the_length_limit_is_written(tmp_path: Path, key_file: Path) -> None:
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    shard = _long(".safetensors", "s")  # a shard's own temporary, in the folder being built
+    t = helpers.fp32_model(1 << 12, seed=1)
+    helpers.write_st(folder / shard, t)
+    (folder / sharded.INDEX).write_text(json.dumps({"metadata": {}, "weight_map": dict.fromkeys(t, shard)}))
+    out = tmp_path / _long("")
+    rc, _, err = helpers.run_cli(["seal", folder, out, "--key", key_file])
+    assert rc == 0, err
+    assert sharded.verify_dir(out, paramseal.load_key(key_file)).status == "intact"
+    assert _temps(tmp_path) == []
+
+
+def test_keygen_force_replaces_a_key_named_at_the_length_limit(tmp_path: Path) -> None:
+    kf = tmp_path / _long(".key")
+    rc, _, err = helpers.run_cli(["keygen", kf])
+    assert rc == 0, err
+    old = kf.read_text()
+    rc, _, err = helpers.run_cli(["keygen", kf, "--force"])
+    assert rc == 0, err
+    assert kf.read_text() != old and _temps(tmp_path) == []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file-name limits as on Linux")
+def test_atomic_path_temporary_names_fit_and_leave_the_final_name_known(tmp_path: Path) -> None:
+    from paramseal._tempname import final_name
+
+    dst = tmp_path / _long(".safetensors", "é")
+    with files.atomic_path(dst) as tmp:
+        assert len(os.fsencode(tmp.name)) <= NAME_MAX and tmp.parent == dst.parent
+        assert final_name(tmp) == dst.name
+        tmp.write_bytes(b"x")
+    assert dst.read_bytes() == b"x" and final_name(tmp) == tmp.name
+
+
+def test_onnx_external_data_side_files_fit_beside_an_output_named_at_the_limit(tmp_path: Path, key_file: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(4)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 64)).astype(np.float32), f"w{i}") for i in range(2)]
+    model = helper.make_model(helper.make_graph([], "g", [], [], initializer=inits))
+    src = tmp_path / "in.onnx"
+    onnx.save_model(model, str(src), save_as_external_data=True, location="in.onnx.data", size_threshold=0)
+    out = tmp_path / _long(".onnx")
+    rc, _, err = helpers.run_cli(["seal", src, out, "--key", key_file])
+    assert rc == 0, err
+    side = [p for p in tmp_path.iterdir() if p.name.endswith(".data") and p.name != "in.onnx.data"]
+    assert len(side) == 1 and side[0].name.startswith(out.name[:200]), [p.name for p in side]
+    rc, _, err = helpers.run_cli(["verify", out, "--key", key_file])
+    assert rc == 0, err
+    rc, _, err = helpers.run_cli(["recover", out, out, "--in-place", "--key", key_file])  # its side file replaced
+    assert rc == 0, err
+    side = [p for p in tmp_path.iterdir() if p.name.endswith(".data") and p.name != "in.onnx.data"]
+    assert len(side) == 1 and _temps(tmp_path) == [], [p.name for p in side]
+    rc, _, err = helpers.run_cli(["verify", out, "--key", key_file])
+    assert rc == 0, err
