@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import io
 import json
@@ -514,3 +515,31 @@ def test_a_torch_archive_named_npz_is_refused(tmp_path: Path, key_file: Path) ->
     assert rc == 3 and "named .npz but holds a pytorch file" in err and "rename it to .pt" in err, err
     shutil.copyfile(tmp_path / "s.pt", tmp_path / "s.bin")  # .bin names no one format: read by content
     assert helpers.run_cli(["verify", tmp_path / "s.bin", "--key", key_file])[0] == 0
+
+
+def _file_size_limit_64kib() -> None:
+    """``preexec_fn``: no file may grow past 64 KiB (writes past it fail with EFBIG, SIGXFSZ ignored)."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 10, resource.RLIM_INFINITY))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs POSIX rlimits")
+def test_a_pt_write_that_fails_says_why_as_other_formats_do(tmp_path: Path, key_file: Path) -> None:
+    """torch's writer turned a full disk or quota into 'unexpected pos 704 vs 598' (or 'file write failed'):
+    the error met by the write itself is the one reported, as for every other format."""
+    import subprocess
+
+    src = tmp_path / "m.pt"
+    torch.save({"w": torch.from_numpy(helpers.fp32_model(1 << 16, seed=2)["layer0.weight"])}, src)
+    before = helpers.sha256(src)
+    out = tmp_path / "o" / "sealed.pt"
+    out.parent.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = [sys.executable, "-m", "paramseal", "seal", str(src), str(out), "--key", str(key_file)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=_file_size_limit_64kib, check=False)
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.strip() == f"error: cannot write '{out}': {os.strerror(errno.EFBIG)}", r.stderr
+    assert list(out.parent.iterdir()) == [] and helpers.sha256(src) == before

@@ -34,7 +34,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import ml_dtypes
 import numpy as np
@@ -138,10 +138,34 @@ class PyTorchAdapter:
         torch = import_torch("writing PyTorch (.pt/.pth/.bin) files")
         require_header_in_weights(loaded, "PyTorch (.pt/.pth/.bin)")
         state = retie({name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}, loaded.metadata, path)
+        # Through a file of ours: torch's own writer reports a failed write (a full disk, a quota) as a
+        # RuntimeError about positions, without its errno; the OSError met in `_Sink.write` has it.
+        with open(path, "wb") as f:
+            sink = _Sink(f)
+            try:
+                torch.save(state, sink)
+            except RuntimeError as e:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise OSError(errno.EIO, f"torch.save failed: {str(e).splitlines()[0]}") from e
+
+
+class _Sink:
+    """A file for ``torch.save`` that keeps the OSError a write met (torch turns it into a RuntimeError)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
         try:
-            torch.save(state, str(path))
-        except RuntimeError as e:  # torch's writer reports a failed write (a full disk) as a RuntimeError
-            raise OSError(errno.EIO, f"torch.save failed: {str(e).splitlines()[0]}") from e
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def untie(state: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
