@@ -979,16 +979,43 @@ def test_the_stdout_wrapper_answers_for_the_stream_it_wraps() -> None:
     os.close(main_fd)
 
 
-def test_a_header_out_that_cannot_be_written_says_the_model_was(
-    tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names an open file through /proc")
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_a_header_out_that_cannot_be_written_leaves_no_model_either(
+    tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, suffix: str
 ) -> None:
-    """The header is written after the model: its failure (exit 3) must not read as "nothing written"."""
+    """The header was written after the model: a full disk left a sealed model without its header (exit 3)."""
     import errno
 
-    def full(self: Path, *a: object, **k: object) -> int:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    real = os.fsync
 
-    monkeypatch.setattr(Path, "write_text", full)
+    def full(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(".h.json."):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "o" / f"s{suffix}"
+    out.parent.mkdir()
+    rc, _, err = run(["seal", model_file, out, "--key", key_file, "--header-out", out.parent / "h.json"])
+    assert rc == 3 and f"cannot write '{out.parent / 'h.json'}': No space left" in err, err
+    assert list(out.parent.iterdir()) == []  # neither file, nor a temporary one
+
+
+def test_a_header_out_whose_rename_fails_says_the_model_was_written(
+    tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the header's rename comes after the model's: its failure (exit 3) must not read as "nothing written"."""
+    import errno
+
+    real = os.replace
+
+    def refuse(a: object, b: object) -> None:
+        if str(b).endswith("h.json"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(a))
+        real(a, b)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", refuse)
     out = tmp_path / "s.safetensors"
     rc, _, err = run(["seal", model_file, out, "--key", key_file, "--header-out", tmp_path / "h.json"])
     assert rc == 3 and "cannot write" in err and "h.json" in err

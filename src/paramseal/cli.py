@@ -22,7 +22,7 @@ from typing import IO, Any, NoReturn, cast
 
 from . import __version__, _cli_eval, _kernels, files, sharded
 from ._layout import TensorSpec
-from .errors import OutputError, ParamSealError, UsageError
+from .errors import ParamSealError, UsageError
 from .keys import Key, exposed_to_others, key_like_args, load_key, redact, write_key
 from .levels import BLOCK, FLOATS, LEVELS, max_relative_change
 from .report import Report
@@ -340,6 +340,7 @@ def _run(args: argparse.Namespace) -> int:
                 in_place=args.in_place,
                 code=args.code,
                 reseal=args.reseal,
+                header_out=keep,
             )
             h = sealed.header
             ks = sorted({(t.dtype, t.k) for t in h.tensors if t.k})
@@ -351,13 +352,6 @@ def _run(args: argparse.Namespace) -> int:
             _warn_bits(ks)
             _note_plain(h.tensors)
             if keep is not None:
-                try:
-                    files.write_text(keep, sealed.header_json + "\n")  # no key in it
-                except OutputError as e:  # the model is in place: say so, not "nothing written"
-                    raise OutputError(
-                        f"{e}; the sealed model was written to {args.output} without it: free space and seal again "
-                        "(a new seal), or keep a copy of the sealed model, which --header-from also reads"
-                    ) from e
                 print(f"OK: kept the seal header in {keep} (for --header-from)")
             return 0
         case "verify":

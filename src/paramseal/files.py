@@ -14,7 +14,7 @@ import stat
 import struct
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +35,7 @@ from .errors import (
     InputError,
     KeyMismatchError,
     NotSealedError,
+    OutputError,
     ParamSealError,
     UsageError,
     cannot_write,
@@ -394,6 +395,41 @@ def _open_model(path: Path) -> Iterator[Loaded]:
         m.close()
 
 
+@contextmanager
+def _header_file(path: PathLike | None, model: Path) -> Iterator[Callable[[str], None]]:
+    """``header_out``'s file: the callback writes it beside its place, renamed there just after the model.
+
+    A failure before the model's rename leaves neither file; only the header's own rename comes after it.
+    """
+    if path is None:
+        yield lambda text: None
+        return
+    p = Path(path)
+    tmp = temp_beside(p)
+
+    def keep(text: str) -> None:
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text + "\n")  # no key in it
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise cannot_write(p, e) from e
+
+    placed = False
+    try:
+        with atomic_path(p, tmp):
+            yield keep
+            placed = True
+    except OutputError as e:
+        if not placed:
+            raise
+        raise OutputError(
+            f"{e}; the sealed model was written to {model} without it: seal again (a new seal), or keep a copy "
+            "of the sealed model, which --header-from also reads"
+        ) from e
+
+
 def seal_file(
     src: PathLike,
     dst: PathLike,
@@ -406,19 +442,22 @@ def seal_file(
     extra_metadata: dict[str, str] | None = None,
     code: str | None = None,
     reseal: bool = False,
+    header_out: PathLike | None = None,
 ) -> SealedFile:
     """Seal the model in ``src`` and write it to ``dst``; the file's metadata is kept.
 
     safetensors to safetensors streams: memory stays bounded by a few chunks, whatever the model size.
     ``extra_metadata`` is added to the file's metadata and sealed with it. A file that carries a
     seal already is refused unless ``reseal`` (its old seal is then dropped and replaced).
+    ``header_out`` (a .json path, see `check_header_out`) also keeps the seal header there: it is
+    written before the model is renamed into place, so a failed write leaves neither file.
     """
     s, d = Path(src), Path(dst)
     require_key(key)
     check_metadata(extra_metadata)  # before anything is written: the streamed path writes it as given
     d, fmt = _check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
-    with _open_model(s) as loaded:
+    with _open_model(s) as loaded, _header_file(header_out, d) as keep:
         # a header in the metadata, records in the weights (PyTorch files, stripped metadata, lost copies),
         # or header copies where a seal puts them (their records zeroed)
         if not reseal and (METADATA_KEY in loaded.metadata or _embed.carries_seal(loaded.tensors)):
@@ -434,15 +473,23 @@ def seal_file(
         if fmt != "safetensors":
             sealed = cfg.seal(loaded.tensors, key, metadata=meta, progress=prog)
             prog.done()
+            keep(sealed.header_json)  # before the model: an ONNX writer may place it before it returns
             write_model(d, Loaded(sealed.tensors, {**meta, METADATA_KEY: sealed.header_json}, loaded.source), fmt)
             return SealedFile(d, sealed.header_json, sealed.header)
-        done = with_non_finite(loaded.tensors, lambda plain: _seal_stream(loaded, d, key, cfg, meta, prog, plain))
+        done = with_non_finite(loaded.tensors, lambda plain: _seal_stream(loaded, d, key, cfg, meta, prog, plain, keep))
         prog.done()
         return done
 
 
 def _seal_stream(
-    loaded: Loaded, d: Path, key: Key, cfg: SealConfig, meta: dict[str, str], prog: Progress, as_data: frozenset[str]
+    loaded: Loaded,
+    d: Path,
+    key: Key,
+    cfg: SealConfig,
+    meta: dict[str, str],
+    prog: Progress,
+    as_data: frozenset[str],
+    keep: Callable[[str], None],
 ) -> SealedFile:
     """Seal safetensors to safetensors chunk by chunk, in a file written in place (`seal_file`)."""
     specs = cfg.specs(loaded.tensors, as_data)
@@ -463,6 +510,7 @@ def _seal_stream(
                     flats, outs, specs, key, salt, cfg.level, cfg.bits, cfg.lanes, meta, ws, prog, cfg.code, room
                 )
                 text = header.to_json(key)
+                keep(text)
                 # in the order recover writes them (the header keeps them sorted): it gives this file back
                 w.finish({**dict(sorted(meta.items())), METADATA_KEY: text})
             except BaseException:
