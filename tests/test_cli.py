@@ -913,6 +913,10 @@ def test_header_out_naming_the_model_file_is_refused_and_overwrites_nothing(
     rc, _, err = run(["seal", src, out, "--key", key_file, "--header-out", src])
     assert rc == 3 and "--header-out" in err and "input or output" in err, err
     assert helpers.sha256(src) == h and not out.exists()
+    # the API's header_out as well: it wrote the header over the input model
+    with pytest.raises(paramseal.UsageError, match="input or output"):
+        files.seal_file(src, out, paramseal.load_key(key_file), header_out=src)
+    assert helpers.sha256(src) == h and not out.exists()
 
 
 @pytest.mark.parametrize(

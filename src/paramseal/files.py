@@ -396,7 +396,7 @@ def _open_model(path: Path) -> Iterator[Loaded]:
 
 
 @contextmanager
-def _header_file(path: PathLike | None, model: Path) -> Iterator[Callable[[str], None]]:
+def _header_file(path: PathLike | None, src: Path, model: Path) -> Iterator[Callable[[str], None]]:
     """``header_out``'s file: the callback writes it beside its place, renamed there just after the model.
 
     A failure before the model's rename leaves neither file; only the header's own rename comes after it.
@@ -404,7 +404,7 @@ def _header_file(path: PathLike | None, model: Path) -> Iterator[Callable[[str],
     if path is None:
         yield lambda text: None
         return
-    p = Path(path)
+    p = check_header_out(path, src, model)  # never over the input (or the model): the API caller too
     tmp = temp_beside(p)
 
     def keep(text: str) -> None:
@@ -457,7 +457,7 @@ def seal_file(
     check_metadata(extra_metadata)  # before anything is written: the streamed path writes it as given
     d, fmt = _check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
-    with _open_model(s) as loaded, _header_file(header_out, d) as keep:
+    with _open_model(s) as loaded, _header_file(header_out, s, d) as keep:
         # a header in the metadata, records in the weights (PyTorch files, stripped metadata, lost copies),
         # or header copies where a seal puts them (their records zeroed)
         if not reseal and (METADATA_KEY in loaded.metadata or _embed.carries_seal(loaded.tensors)):
