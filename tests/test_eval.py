@@ -391,7 +391,7 @@ def test_bound_shown_is_the_one_of_the_code_the_model_was_sealed_with() -> None:
     # section 3 gave the lane code's (k - 1/2)/(b - 1/2) for fp32 standard/strong, which irs4 seals
     import numpy as np
 
-    from paramseal import _strata, files, levels
+    from paramseal import _inspect, _strata, levels
     from paramseal.evaluation import report
     from paramseal.evaluation.battery import seal_code
     from paramseal.header import peek_header
@@ -417,7 +417,7 @@ def test_bound_shown_is_the_one_of_the_code_the_model_was_sealed_with() -> None:
                 assert got["code"] == "lanes"
                 assert got["contiguous_bound"] == round(levels.capacity(dt, k).erasure_bound, 4)
             # the same figure inspect prints for the sealed file
-            assert got["contiguous_bound"] == files._caps({dt: k}, h.get("outer_host"))[dt]["contiguous_bound"]
+            assert got["contiguous_bound"] == _inspect.caps({dt: k}, h.get("outer_host"))[dt]["contiguous_bound"]
             c = {**_config("mlp", level, **got), "dtype": dt, "id": f"config:mlp/{dt}/{level}"}
             configs[c["id"]] = c
             runs += [{**r, "dtype": dt} for r in _scattered("mlp", level, {0.001: True})]

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _embed, _strata
+from . import _embed
 from ._bits import uint_view
-from ._layout import TensorSpec, block_count
+from ._inspect import describe
+from ._layout import TensorSpec
 from ._pages import Workspace, chunks, copy_range, pwrite_all, release
 from ._progress import Progress
 from ._shard_index import index_files
@@ -44,9 +45,9 @@ from .errors import (
 from .formats import GRAPH_KEY, Loaded, adapter_for
 from .formats import safetensors as st_format
 from .formats.base import new_mode
-from .header import METADATA_KEY, SET_KEY, Header, metadata_digest, parse_header, peek_header
+from .header import METADATA_KEY, SET_KEY, Header, metadata_digest, parse_header
 from .keys import Key, looks_like_key_file, require_key
-from .levels import BLOCK, FLOATS, LEVELS, bits_for, capacity, dtype_name
+from .levels import BLOCK
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
 from .report import Report
 from .seal import SealConfig, check_metadata, probe_header, seal_flat, use_irs, with_non_finite, write_blocks
@@ -918,110 +919,7 @@ def inspect_file(path: PathLike) -> dict[str, Any]:
     """Describe a model file without a key: its seal settings, or what each level would give."""
     p = Path(path)
     with _open_model(p) as loaded:
-        return _inspect(p, loaded)
-
-
-def _inspect(p: Path, loaded: Loaded) -> dict[str, Any]:
-    text = loaded.metadata.get(METADATA_KEY)
-    where = "metadata"
-    if text is None and (copies := _embed.header_copies(loaded.tensors)):
-        text, where = copies[0][1], f"weights (tensor '{copies[0][0]}')"
-    dtypes: dict[str, int] = {}
-    for a in loaded.tensors.values():
-        dt = dtype_name(a.dtype)
-        dtypes[dt] = dtypes.get(dt, 0) + int(a.size)
-    info: dict[str, Any] = {
-        "file": str(p),
-        "tensors": len(loaded.tensors),
-        "parameters": dtypes,
-        "blocks": sum(block_count(int(a.size)) for a in loaded.tensors.values()),
-        "sealed": text is not None,
-    }
-    if text is not None:
-        h = peek_header(text)
-        irs = h.get("code") == _strata.CODE_NAME
-        shape = ("strata", "outer_host") if irs else ("lanes",)
-        info["seal"] = {
-            k: h.get(k) if isinstance(h.get(k), str | int | None) else "(malformed)"
-            for k in ("scheme", "level", "bits", "block", "mac", "code", *shape, "key_fingerprint", "salt")
-        }
-        info["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
-        info["seal"]["header_in"] = where
-        info["seal"]["header_copies_in_weights"] = h.get("carriers", [])  # the carrier tensors' indices
-        info["seal"]["copies_per_carrier"] = h.get("header_copies", 1)
-        table = h.get("tensors")
-        ks: dict[str, int] = {}
-        for t in table if isinstance(table, list) else []:  # untrusted here: keep only well-formed entries
-            if (
-                isinstance(t, dict)
-                and isinstance(t.get("dtype"), str)
-                and isinstance(t.get("k"), int)
-                and (t["dtype"] not in FLOATS or 0 <= t["k"] < FLOATS[t["dtype"]].mantissa)
-            ):  # the widest k of a dtype: its small tensors (too small to carry bits) have k = 0
-                ks[t["dtype"]] = max(ks.get(t["dtype"], 0), t["k"])
-        label = info["seal"]["level"] if info["seal"]["bits"] is None else f"bits={info['seal']['bits']}"
-        host = h.get("outer_host")
-        irs_host = host if irs and isinstance(host, int) and 0 <= host <= 8 else None
-        info["levels"] = {str(label): _caps(ks, irs_host, _free_strata(table, irs_host))}
-    else:
-        info["levels"] = {}
-        for lv in LEVELS:
-            ks = {dt: bits_for(dt, lv, None) for dt in dtypes}
-            specs = [
-                TensorSpec(name, (dt := dtype_name(a.dtype)), tuple(int(d) for d in a.shape), bits_for(dt, lv, None))
-                for name, a in loaded.tensors.items()
-            ]
-            if _strata.applies(specs):  # the layout seal would choose: a small model has no outer code
-                _, sf, host = _strata.layout_of(specs)
-                info["levels"][lv] = _caps(ks, host, sf)
-            else:
-                info["levels"][lv] = _caps(ks, None)
-    return info
-
-
-def _free_strata(table: Any, host: int | None) -> int:
-    """The fp32 strata of a sealed irs4 model, from its (untrusted) header table; 255 if it cannot tell."""
-    if host is None or not isinstance(table, list):
-        return _strata.N_POS
-    try:
-        specs = [
-            TensorSpec(str(t["name"]), str(t["dtype"]), tuple(int(d) for d in t["shape"]), int(t["k"])) for t in table
-        ]
-        if not _strata.applies(specs):
-            return _strata.N_POS
-        return _strata.layout_of(specs)[1]
-    except (KeyError, TypeError, ValueError, ParamSealError):
-        return _strata.N_POS
-
-
-def _caps(ks: dict[Any, Any], host: int | None, free_strata: int | None = None) -> dict[str, Any]:
-    """Bounds per dtype; ``host`` is the irs4 outer code's hosting (None: the lane code).
-
-    ``free_strata``: the model's fp32 strata under irs4 (None: all 255, a model of fp32 values only).
-    """
-    irs = host is not None
-    out: dict[str, Any] = {}
-    for dt, k in ks.items():
-        if dt in FLOATS and isinstance(k, int) and k > 0:
-            c = capacity(dt, k)
-            out[dt] = {"k": k, "max_relative_change": c.max_relative_change}
-            if irs and dt == "F32" and k in _strata.KS:
-                ic = _strata.capacity(k, host or 0, _strata.N_POS if free_strata is None else free_strata)
-                out[dt] |= {
-                    "code": "irs",
-                    "contiguous_bound": round(ic["contiguous_bound"], 4),
-                    "scattered_radius_per_group": round(ic["scattered_radius"], 4),
-                }
-            else:
-                out[dt] |= {
-                    "code": "lanes",
-                    "contiguous_bound": round(c.erasure_bound, 4),
-                    "unknown_positions_bound": round(c.error_bound, 4),
-                    "scattered_bound": round(c.scattered_bound, 6),
-                }
-        else:
-            out[str(dt)] = {"k": 0, "note": "integer/bool: authenticated and protected, carries no bits"}
-    return out
+        return describe(p, loaded)
 
 
 __all__ = [

@@ -25,9 +25,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .. import _strata
+from .._inspect import caps, free_strata
 from ..attacks import AttackSpec, attack, attack_file
 from ..errors import ParamSealError, UsageError
-from ..files import _caps, _free_strata
 from ..formats import Loaded
 from ..header import METADATA_KEY, peek_header
 from ..keys import Key
@@ -193,7 +193,7 @@ def seal_code(header_json: str, dtype: str, k: int) -> dict[str, Any]:
     h = peek_header(header_json)
     host = h.get("outer_host")
     irs = h.get("code") == _strata.CODE_NAME and isinstance(host, int)
-    c = _caps({dtype: k}, host if irs else None, _free_strata(h.get("tensors"), host if irs else None))[dtype]
+    c = caps({dtype: k}, host if irs else None, free_strata(h.get("tensors"), host if irs else None))[dtype]
     if c.get("code") == "irs":
         return {
             "code": "irs4",

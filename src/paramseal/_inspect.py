@@ -1,0 +1,124 @@
+"""``paramseal inspect``: a model's seal settings, or what each level would give it, without a key.
+
+The bounds are those of the layout seal chooses for this model (`_strata.layout_of`), not of a
+model of fp32 values only; a sealed model's come from its header's table, read untrusted.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import _embed, _strata
+from ._layout import TensorSpec, block_count
+from .errors import ParamSealError
+from .formats import Loaded
+from .header import METADATA_KEY, peek_header
+from .levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
+
+
+def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
+    """What `paramseal.files.inspect_file` reports on the model ``loaded`` from ``p``."""
+    text = loaded.metadata.get(METADATA_KEY)
+    where = "metadata"
+    if text is None and (copies := _embed.header_copies(loaded.tensors)):
+        text, where = copies[0][1], f"weights (tensor '{copies[0][0]}')"
+    dtypes: dict[str, int] = {}
+    for a in loaded.tensors.values():
+        dt = dtype_name(a.dtype)
+        dtypes[dt] = dtypes.get(dt, 0) + int(a.size)
+    info: dict[str, Any] = {
+        "file": str(p),
+        "tensors": len(loaded.tensors),
+        "parameters": dtypes,
+        "blocks": sum(block_count(int(a.size)) for a in loaded.tensors.values()),
+        "sealed": text is not None,
+    }
+    if text is not None:
+        h = peek_header(text)
+        irs = h.get("code") == _strata.CODE_NAME
+        shape = ("strata", "outer_host") if irs else ("lanes",)
+        info["seal"] = {
+            k: h.get(k) if isinstance(h.get(k), str | int | None) else "(malformed)"
+            for k in ("scheme", "level", "bits", "block", "mac", "code", *shape, "key_fingerprint", "salt")
+        }
+        info["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
+        info["seal"]["header_in"] = where
+        info["seal"]["header_copies_in_weights"] = h.get("carriers", [])  # the carrier tensors' indices
+        info["seal"]["copies_per_carrier"] = h.get("header_copies", 1)
+        table = h.get("tensors")
+        ks: dict[str, int] = {}
+        for t in table if isinstance(table, list) else []:  # untrusted here: keep only well-formed entries
+            if (
+                isinstance(t, dict)
+                and isinstance(t.get("dtype"), str)
+                and isinstance(t.get("k"), int)
+                and (t["dtype"] not in FLOATS or 0 <= t["k"] < FLOATS[t["dtype"]].mantissa)
+            ):  # the widest k of a dtype: its small tensors (too small to carry bits) have k = 0
+                ks[t["dtype"]] = max(ks.get(t["dtype"], 0), t["k"])
+        label = info["seal"]["level"] if info["seal"]["bits"] is None else f"bits={info['seal']['bits']}"
+        host = h.get("outer_host")
+        irs_host = host if irs and isinstance(host, int) and 0 <= host <= 8 else None
+        info["levels"] = {str(label): caps(ks, irs_host, free_strata(table, irs_host))}
+    else:
+        info["levels"] = {}
+        for lv in LEVELS:
+            ks = {dt: bits_for(dt, lv, None) for dt in dtypes}
+            specs = [
+                TensorSpec(name, (dt := dtype_name(a.dtype)), tuple(int(d) for d in a.shape), bits_for(dt, lv, None))
+                for name, a in loaded.tensors.items()
+            ]
+            if _strata.applies(specs):  # the layout seal would choose: a small model has no outer code
+                _, sf, host = _strata.layout_of(specs)
+                info["levels"][lv] = caps(ks, host, sf)
+            else:
+                info["levels"][lv] = caps(ks, None)
+    return info
+
+
+def free_strata(table: Any, host: int | None) -> int:
+    """The fp32 strata of a sealed irs4 model, from its (untrusted) header table; 255 if it cannot tell."""
+    if host is None or not isinstance(table, list):
+        return _strata.N_POS
+    try:
+        specs = [
+            TensorSpec(str(t["name"]), str(t["dtype"]), tuple(int(d) for d in t["shape"]), int(t["k"])) for t in table
+        ]
+        if not _strata.applies(specs):
+            return _strata.N_POS
+        return _strata.layout_of(specs)[1]
+    except (KeyError, TypeError, ValueError, ParamSealError):
+        return _strata.N_POS
+
+
+def caps(ks: dict[Any, Any], host: int | None, free_strata: int | None = None) -> dict[str, Any]:
+    """Bounds per dtype; ``host`` is the irs4 outer code's hosting (None: the lane code).
+
+    ``free_strata``: the model's fp32 strata under irs4 (None: all 255, a model of fp32 values only).
+    """
+    irs = host is not None
+    out: dict[str, Any] = {}
+    for dt, k in ks.items():
+        if dt in FLOATS and isinstance(k, int) and k > 0:
+            c = capacity(dt, k)
+            out[dt] = {"k": k, "max_relative_change": c.max_relative_change}
+            if irs and dt == "F32" and k in _strata.KS:
+                ic = _strata.capacity(k, host or 0, _strata.N_POS if free_strata is None else free_strata)
+                out[dt] |= {
+                    "code": "irs",
+                    "contiguous_bound": round(ic["contiguous_bound"], 4),
+                    "scattered_radius_per_group": round(ic["scattered_radius"], 4),
+                }
+            else:
+                out[dt] |= {
+                    "code": "lanes",
+                    "contiguous_bound": round(c.erasure_bound, 4),
+                    "unknown_positions_bound": round(c.error_bound, 4),
+                    "scattered_bound": round(c.scattered_bound, 6),
+                }
+        else:
+            out[str(dt)] = {"k": 0, "note": "integer/bool: authenticated and protected, carries no bits"}
+    return out
+
+
+__all__ = ["caps", "describe", "free_strata"]
