@@ -604,6 +604,8 @@ def test_an_index_under_another_name_is_used_everywhere(
     assert rc == 0 and "3 shard(s)" in out, err
     assert sorted(p.name for p in sealed.iterdir()) == sorted([*SHARDS, name, "config.json"])
     assert (sealed / name).read_bytes() == (checkpoint / name).read_bytes()
+    for shard in SHARDS:  # each set record names the index, so a lost one is rebuilt under its own name
+        assert json.loads(helpers.read_st(sealed / shard)[1][sharded.SET_KEY])["index"] == name
     rc, out, _ = helpers.run_cli(["inspect", sealed, "--json"])
     assert rc == 0 and json.loads(out)["index"] == name and json.loads(out)["sealed_shards"] == 3
     rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file])

@@ -9,7 +9,7 @@ Every shard is sealed as a model of its own (its own salt, header and parity), s
 shards are checked and repaired independently, in parallel, and a damaged shard
 never costs another one its capacity. What ties them together is a **set
 record** sealed into each shard's metadata (``paramseal_set``): a random set id,
-the shard's file name and the list of every shard. Verify then also catches a
+the shard's file name, the list of every shard and the index's file name. Verify then also catches a
 shard that is missing, renamed, swapped with another, or taken from another
 sealed set, and an index whose ``weight_map`` disagrees with the shards (which
 recover rebuilds from the shards' sealed headers). Shards only renamed or swapped,
@@ -260,7 +260,7 @@ def seal_dir(
                 key,
                 level,
                 bits,
-                json.dumps({"set": set_id, "shard": name, "shards": shards}),
+                json.dumps({"set": set_id, "shard": name, "shards": shards, "index": idx.name}),
                 code,
                 reseal,
             )
