@@ -147,9 +147,9 @@ def test_an_index_that_disagrees_with_the_shards_is_reported(
     (bad / sharded.INDEX).write_text(json.dumps(idx))
     rep = sharded.verify_dir(bad, key, workers=1)
     assert any("maps tensor 'layers.0.attn.weight' to shard" in m for m in rep.metadata_issues)
-    (bad / sharded.INDEX).write_text("{not json")
-    rc, _, err = helpers.run_cli(["verify", bad, "--key", key_file])
-    assert rc == 3 and "not a valid safetensors index" in err and "Traceback" not in err
+    (bad / sharded.INDEX).write_text("{not json")  # sealed shards: an index lost, not a bad input
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 1 and "not a valid safetensors index" in out and err == ""
 
 
 def test_a_deleted_shard_is_tampering_not_a_bad_input(
@@ -730,3 +730,132 @@ def test_an_index_renamed_with_its_shard_is_not_said_to_name_a_file_the_folder_l
     rc, _, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
     assert rc == 0 and _digests(fixed).keys() == _digests(sealed_ckpt).keys(), err
     assert sharded.verify_dir(fixed, key, workers=1).status == "intact"
+
+
+def _total_size(folder: Path) -> int:
+    return sum(t.nbytes for s in SHARDS for t in helpers.read_st(folder / s)[0].values())
+
+
+@pytest.mark.parametrize(
+    ("how", "text", "says"),
+    [
+        ("deleted", None, f"the index '{sharded.INDEX}' is missing from the folder"),
+        ("malformed", '{"weight_map": ', "is not a valid safetensors index"),
+        ("emptied", '{"metadata": {}, "weight_map": {}}', "names no shards"),
+    ],
+)
+def test_a_lost_index_is_tampering_and_recover_rebuilds_it_from_the_shards(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path,
+    how: str, text: str | None, says: str,
+) -> None:  # fmt: skip
+    bad = tmp_path / "bad"
+    shutil.copytree(sealed_ckpt, bad)
+    if text is None:
+        (bad / sharded.INDEX).unlink()
+    else:
+        (bad / sharded.INDEX).write_text(text)
+    assert sharded.is_sharded(bad)
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 1 and rep["status"] == "tampered" and rep["recoverable"] and err == "", (out, err)
+    assert [m for m in rep["metadata_issues"] if says in m and "recover rebuilds it" in m] == rep["metadata_issues"]
+    assert rep["checked_blocks"] == rep["total_blocks"] == sharded.verify_dir(sealed_ckpt, key, workers=1).total_blocks
+    rc, info, err = helpers.run_cli(["inspect", bad, "--json"])
+    assert rc == 0 and json.loads(info)["index"] is None and json.loads(info)["sealed_shards"] == len(SHARDS), err
+    assert "'paramseal recover' rebuilds it" in json.loads(info)["index_problem"]
+    rc, _, err = helpers.run_cli(["seal", bad, tmp_path / "again", "--key", key_file, "--reseal"])
+    assert rc == 3 and "'paramseal recover' rebuilds the index" in err and not (tmp_path / "again").exists()
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0 and f"{sharded.INDEX} was rebuilt" in out and "other metadata" in out, (out, err)
+    rebuilt = json.loads((fixed / sharded.INDEX).read_text())
+    assert rebuilt == {
+        "metadata": {"total_size": _total_size(sealed_ckpt)},  # the fixture's index said 1: recomputed
+        "weight_map": json.loads((sealed_ckpt / sharded.INDEX).read_text())["weight_map"],
+    }
+    assert {n: d for n, d in _digests(fixed).items() if n != sharded.INDEX} == {
+        n: d for n, d in _digests(sealed_ckpt).items() if n != sharded.INDEX
+    }
+    rc, _, _ = helpers.run_cli(["verify", fixed, "--key", key_file])
+    assert rc == 0
+    (bad / SHARDS[1]).unlink()  # a shard lost too: its weights are gone, nothing written
+    rc, out, _ = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 2 and f"shard '{SHARDS[1]}' of the sealed set is missing from the folder" in out, out
+    rc, _, _ = helpers.run_cli(["recover", bad, tmp_path / "fixed2", "--key", key_file])
+    assert rc == 2 and not (tmp_path / "fixed2").exists()
+
+
+def test_a_folder_of_unsealed_or_unrelated_files_without_an_index_is_still_a_bad_input(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    """Only set records make a folder without an index a checkpoint; several sets are not guessed between."""
+    (checkpoint / sharded.INDEX).unlink()
+    assert not sharded.is_sharded(checkpoint)
+    for args in (["verify", checkpoint, "--key", key_file], ["recover", checkpoint, tmp_path / "o", "--key", key_file],
+                 ["inspect", checkpoint]):  # fmt: skip
+        rc, _, err = helpers.run_cli(args)
+        assert rc == 3 and "is a folder; a sharded checkpoint folder needs its index" in err, err
+    other = tmp_path / "other"  # a second sealing of the same checkpoint
+    shutil.copy(sealed_ckpt / sharded.INDEX, checkpoint / sharded.INDEX)
+    rc, _, err = helpers.run_cli(["seal", checkpoint, other, "--key", key_file])
+    assert rc == 0, err
+    (sealed_ckpt / sharded.INDEX).unlink()
+    shutil.copy(other / SHARDS[0], sealed_ckpt / "foreign.safetensors")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for args in (
+        ["verify", sealed_ckpt, "--key", key_file],
+        ["recover", sealed_ckpt, tmp_path / "o", "--key", key_file],
+    ):
+        rc, out, err = helpers.run_cli(args)
+        assert rc == 3 and out == "" and "2 different sealed sets" in err and "'foreign.safetensors'" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_lost_index_under_another_name_is_rebuilt_under_its_own_name(
+    tmp_path: Path, checkpoint: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    name = "diffusion_pytorch_model.safetensors.index.json"
+    (checkpoint / sharded.INDEX).rename(checkpoint / name)
+    sealed = tmp_path / "sealed"
+    sharded.seal_dir(checkpoint, sealed, key, workers=1)
+    sealed_map = json.loads((sealed / name).read_text())["weight_map"]
+    (sealed / name).unlink()
+    rc, out, _ = helpers.run_cli(["verify", sealed, "--key", key_file])
+    assert rc == 1 and f"the index '{name}' is missing" in out and "conventional" not in out, out
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", sealed, fixed, "--key", key_file])
+    assert rc == 0 and f"{name} was rebuilt" in out, (out, err)
+    assert sorted(p.name for p in fixed.iterdir()) == sorted([*SHARDS, name, "config.json"])
+    assert json.loads((fixed / name).read_text())["weight_map"] == sealed_map
+    assert sharded.verify_dir(fixed, key, workers=1).status == "intact"
+
+
+def test_a_lost_index_of_shards_sealed_before_records_named_it_takes_the_conventional_name(
+    tmp_path: Path, checkpoint: Path, key: paramseal.Key, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Set records without the index's name (older ParamSeal): rebuilt as model.safetensors.index.json, and said."""
+    real = sharded._seal_one
+
+    def old_style(src: Path, dst: Path, k: paramseal.Key, level: str, bits: int | None, record: str, *rest: Any) -> str:
+        rec = json.loads(record)
+        del rec["index"]
+        return real(src, dst, k, level, bits, json.dumps(rec), *rest)
+
+    name = "diffusion_pytorch_model.safetensors.index.json"
+    (checkpoint / sharded.INDEX).rename(checkpoint / name)
+    sealed = tmp_path / "sealed"
+    with monkeypatch.context() as m:
+        m.setattr(sharded, "_seal_one", old_style)
+        sharded.seal_dir(checkpoint, sealed, key, workers=1)
+    assert "index" not in json.loads(helpers.read_st(sealed / SHARDS[0])[1][sharded.SET_KEY])
+    sealed_map = json.loads((sealed / name).read_text())["weight_map"]
+    assert sharded.verify_dir(sealed, key, workers=1).status == "intact"  # old records still verify
+    (sealed / name).unlink()
+    rep = sharded.verify_dir(sealed, key, workers=1)
+    assert rep.exit_code == 1 and any(f"rebuilt as '{sharded.INDEX}', the conventional name" in m
+                                      for m in rep.metadata_issues), rep.metadata_issues  # fmt: skip
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", sealed, fixed, "--key", key_file])
+    assert rc == 0 and "the conventional name" in out, (out, err)
+    assert json.loads((fixed / sharded.INDEX).read_text())["weight_map"] == sealed_map
+    assert not (fixed / name).exists() and sharded.verify_dir(fixed, key, workers=1).status == "intact"

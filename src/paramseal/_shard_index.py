@@ -1,7 +1,8 @@
 """The index of a sharded checkpoint: finding the folder's one safetensors index, parsing it, checking it.
 
 `read_index` checks the index on its own; `_check_index`, before sealing, against the tensors
-the shards hold.
+the shards hold. `set_files` finds, without the key, the files that carry a set record: a folder
+whose index is lost is still a sealed checkpoint when they are there.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FormatError, UsageError
+from .errors import FormatError, ParamSealError, UsageError
 from .formats import safetensors as st_format
+from .header import SET_KEY
 
 INDEX = "model.safetensors.index.json"
 INDEX_SUFFIX = ".safetensors.index.json"  # what every safetensors index's name ends with
@@ -43,14 +45,40 @@ def index_name(folder: Path) -> str:
     return names[0] if names else INDEX
 
 
+def set_files(folder: Path) -> list[str]:
+    """The ``.safetensors`` files in ``folder`` whose metadata carries a set record, sorted (unauthenticated).
+
+    Only their headers are read: enough to tell a sealed sharded checkpoint whose index is lost
+    from a folder of plain files. The key authenticates the records later (`_shard_set`).
+    """
+    try:
+        paths = sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" and p.is_file())
+    except OSError:
+        return []
+    out = []
+    for p in paths:
+        try:
+            if SET_KEY in st_format.read_layout(p).metadata:
+                out.append(p.name)
+        except (ParamSealError, OSError):
+            continue  # unreadable: not a shard we can recognise (verify reports it if a record lists it)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Index:
-    """A parsed safetensors index (``name``: its file name in ``folder``)."""
+    """A parsed safetensors index (``name``: its file name in ``folder``).
+
+    ``lost`` says why the folder's index could not be used (missing, malformed, empty); the
+    index is then made from the shards' set records and sealed headers (`_shard_set.open_index`),
+    ``name`` is the one the records give, and ``raw`` what could be read of the old one.
+    """
 
     folder: Path
     raw: dict[str, Any]
     weight_map: dict[str, str]
     name: str = INDEX
+    lost: str | None = None
 
     @property
     def shards(self) -> list[str]:
@@ -74,6 +102,8 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
     """
     name = index_name(folder)
     p = folder / name
+    if not p.exists():
+        raise FormatError(f"'{folder}' has no safetensors index ('{INDEX}', or another '*{INDEX_SUFFIX}')")
     try:
         raw = json.loads(p.read_text(encoding="utf-8"))
         wm = raw["weight_map"]
@@ -93,6 +123,15 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
     if gone:
         raise FormatError(f"'{p}' names shard '{gone[0]}', which does not exist in '{folder}'")
     return idx
+
+
+def salvage(path: Path) -> dict[str, Any]:
+    """What can be read of a broken index: its JSON object, or nothing."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
 
 
 def _check_index(idx: Index) -> None:
@@ -121,4 +160,4 @@ def _check_index(idx: Index) -> None:
         )
 
 
-__all__ = ["INDEX", "INDEX_SUFFIX", "Index", "index_files", "index_name", "read_index"]
+__all__ = ["INDEX", "INDEX_SUFFIX", "Index", "index_files", "index_name", "read_index", "salvage", "set_files"]

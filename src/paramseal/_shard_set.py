@@ -4,6 +4,7 @@ Each shard carries a set record (``paramseal_set``): the set id, its own name an
 shard's. `_record` reads it as sealed; `_locate` finds the shards, by sealed name, and the
 file holding each (`_placement`: shards renamed or swapped); `_verdict` and `_set_issues`
 say what is wrong with the set and the index; `_merge` makes one report of the shards'.
+`open_index` reads the index, or makes one from the set records when it is lost.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from . import files
-from ._shard_index import Index
-from .errors import ParamSealError
+from ._shard_index import INDEX, INDEX_SUFFIX, Index, index_files, read_index, salvage, set_files
+from .errors import FormatError, ParamSealError, UsageError
 from .formats import safetensors as st_format
 from .header import METADATA_KEY, SET_KEY, metadata_digest, parse_header
 from .keys import Key
@@ -40,6 +41,84 @@ def _record(path: Path, key: Key) -> str | None:
     if h.user_metadata is not None:
         return h.user_metadata.get(SET_KEY)
     return meta.get(SET_KEY) if metadata_digest(meta) == h.digest else UNTRUSTED
+
+
+def open_index(folder: Path, key: Key) -> Index:
+    """The folder's index (shards may be missing), or one made from the shards when it is lost.
+
+    Lost: missing, or not a usable index (malformed, naming no shards), in a folder whose files
+    carry set records (`set_files`). The index made then maps each shard's sealed tensors
+    (authenticated header) to its sealed name (authenticated set record), is named as the
+    records say, and says in ``lost`` what happened (a fixable finding: recover rebuilds it).
+    A folder without set records keeps `read_index`'s error.
+    """
+    try:
+        return read_index(folder, missing_ok=True)
+    except FormatError as e:
+        members = set_files(folder)
+        if not members:
+            raise
+        present = index_files(folder)  # at most one: read_index refused several
+        return _from_records(folder, key, members, present[0] if present else None, str(e))
+
+
+def _from_records(folder: Path, key: Key, members: list[str], present: str | None, error: str) -> Index:
+    """The index of `open_index` when the folder's is lost (``present``: its file, if any; ``error``: why)."""
+    sets: dict[str, list[str]] = {}
+    named: set[str] = set()
+    weight_map: dict[str, str] = {}
+    for f in members:
+        rec = _parsed(_record(folder / f, key))
+        shard = f  # a record nothing vouches for: the file is checked under its own name (and reported)
+        if rec is not None:
+            sets.setdefault(rec["set"], []).append(f)
+            shard = rec["shard"]
+            if isinstance(rec.get("index"), str):
+                named.add(rec["index"])
+        for n in _tensor_names(folder / f, key):
+            weight_map.setdefault(n, shard)
+    if len(sets) > 1:
+        together = "; ".join(", ".join(f"'{s}'" for s in g) for g in sets.values())
+        raise UsageError(
+            f"{error}, and the files in '{folder}' carry set records of {len(sets)} different sealed sets (sealed "
+            f"together: {together}): which is the checkpoint would be a guess; "
+            "restore the index, or move each set's shards into a folder of its own"
+        )
+    names = [n for n in named if Path(n).name == n and n.endswith(INDEX_SUFFIX)]
+    name = names[0] if len(names) == 1 else present or INDEX
+    lost = f"the index '{name}' is missing from the folder (deleted or moved)" if present is None else error
+    lost += "; recover rebuilds it from the shards' sealed headers"
+    if present not in (None, name):
+        lost += f" as '{name}', the name the set records give"
+    if len(names) != 1 and present is None:
+        lost += (
+            f" (the set records do not name the index, as in shards sealed before they did: it is rebuilt as "
+            f"'{INDEX}', the conventional name; rename it if the checkpoint used another)"
+        )
+    raw = salvage(folder / present) if present is not None else {}
+    return Index(folder, raw, weight_map, name, lost)
+
+
+def _parsed(text: str | None) -> dict[str, Any] | None:
+    """A set record as a dict, when well-formed (set id and shard names text, the shard's a plain file name)."""
+    try:
+        rec = json.loads(text or "")  # UNTRUSTED is no JSON either
+        ok = all(isinstance(n, str) for n in [rec["set"], rec["shard"], *rec["shards"]])
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None
+    shard = rec["shard"] if ok else ""
+    return rec if ok and Path(shard).name == shard and shard.endswith(".safetensors") else None
+
+
+def _tensor_names(path: Path, key: Key) -> list[str]:
+    """A shard's sealed tensor names (authenticated header), else the names in the file (unread: none)."""
+    names, _ = _peek(path, key)
+    if names is not None:
+        return names
+    try:
+        return [e.name for e in st_format.read_layout(path).entries]
+    except (ParamSealError, OSError):
+        return []
 
 
 def _peek(path: Path, key: Key) -> tuple[list[str] | None, list[str]]:
@@ -173,11 +252,12 @@ def _verdict(
     failed = {s: why for s, why in failed.items() if s in idx.shards or s in listed}
     gone = _gone(idx, [s for s in asked if s not in peeked], listed)
     missing = gone["missing"] + (sorted(listed - set(everything)) if pattern is None else [])
-    grave += [f"shard '{s}' named in the index is missing from the folder (deleted or moved)" for s in missing]
+    named = "of the sealed set" if idx.lost else "named in the index"
+    grave += [f"shard '{s}' {named} is missing from the folder (deleted or moved)" for s in missing]
     grave += list(failed.values())
     lost = _lost(idx, missing, "its shard '{}' is missing: its weights are lost", pattern)
     lost |= _lost(idx, list(failed), "its shard '{}' cannot be checked", pattern)
-    return grave, fixable + gone["bogus"], lost, failed
+    return grave, [*([idx.lost] if idx.lost else []), *fixable, *gone["bogus"]], lost, failed
 
 
 def _gone(idx: Index, absent: list[str], listed: set[str]) -> dict[str, list[str]]:
@@ -243,7 +323,9 @@ def _set_issues(
         for name in sorted(listed - set(idx.shards)):
             index.append(f"shard '{name}' of the sealed set is missing from the index")
         for name in sorted(set(idx.shards) & set(records) - listed) if listed else []:
-            grave.append(f"shard '{name}' in the index is not part of the sealed set")
+            grave.append(f"shard '{name}' in the {'folder' if idx.lost else 'index'} is not part of the sealed set")
+    if idx.lost:  # made from the shards: comparing it with them says nothing (`_verdict` reports it lost)
+        return grave, [], listed
 
     def asked(n: str) -> bool:
         return pattern is None or fnmatch.fnmatchcase(n, pattern)

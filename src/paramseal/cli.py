@@ -485,6 +485,8 @@ def _inspect_text(info: dict[str, object]) -> str:
         odd = info.get("mismatched_shards")
         if isinstance(odd, list) and odd:
             lines.append(f"WARNING: shards sealed differently or not at all: {', '.join(map(str, odd))}")
+        if info.get("index_problem"):
+            lines.append(f"WARNING: {info['index_problem']}")
     seal = info.get("seal")
     if isinstance(seal, dict):
         lines.append("sealed: " + ", ".join(f"{k}={v}" for k, v in seal.items()))

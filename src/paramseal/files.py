@@ -29,7 +29,7 @@ from ._inspect import describe
 from ._layout import TensorSpec
 from ._pages import Workspace, chunks, copy_range, pwrite_all, release
 from ._progress import Progress
-from ._shard_index import index_files
+from ._shard_index import index_files, set_files
 from ._tempname import renamed_to, temp_prefix
 from .errors import (
     FormatError,
@@ -203,7 +203,7 @@ def _require_file(p: Path) -> None:
         raise UsageError(
             f"input '{p}' is a folder; a sharded checkpoint folder needs its index ('model.safetensors.index.json', "
             "or another '*.safetensors.index.json')"
-            if not index_files(p)
+            if not (index_files(p) or set_files(p))
             else f"input '{p}' is a sharded checkpoint: use paramseal.sharded (seal_dir, verify_dir, recover_dir), "
             "which the command line calls for a folder"
         )

@@ -11,12 +11,14 @@ never costs another one its capacity. What ties them together is a **set
 record** sealed into each shard's metadata (``paramseal_set``): a random set id,
 the shard's file name, the list of every shard and the index's file name. Verify then also catches a
 shard that is missing, renamed, swapped with another, or taken from another
-sealed set, and an index whose ``weight_map`` disagrees with the shards (which
-recover rebuilds from the shards' sealed headers). Shards only renamed or swapped,
+sealed set, and an index whose ``weight_map`` disagrees with the shards, or that
+is missing or unusable (malformed, naming no shards): recover rebuilds it from the
+shards' sealed headers, under the name the set records give (`_shard_set.open_index`). Shards only renamed or swapped,
 the whole set there once each, recover writes back under their sealed names.
 
-The index and the other files and subfolders (``config.json``, tokenizer files)
-are copied unchanged: they are not protected.
+The other files and subfolders (``config.json``, tokenizer files), and the index's
+fields other than ``weight_map`` and ``metadata.total_size``, are copied unchanged: they
+are not protected.
 
 The index's reading and checking live in `_shard_index`; the set records, where each shard
 is, the set's findings and the merged report in `_shard_set`.
@@ -44,10 +46,20 @@ from typing import Any, TypeVar
 from . import files
 from ._layout import block_count
 from ._pages import scratch_budget
-from ._shard_index import INDEX, INDEX_SUFFIX, Index, _check_index, index_files, index_name, read_index
-from ._shard_set import _locate, _merge, _moved, _record, _verdict
+from ._shard_index import (
+    INDEX,
+    INDEX_SUFFIX,
+    Index,
+    _check_index,
+    index_files,
+    index_name,
+    read_index,
+    set_files,
+)
+from ._shard_set import _locate, _merge, _moved, _record, _verdict, open_index
 from ._tempname import temp_prefix
 from .errors import (
+    FormatError,
     InputError,
     KeyMismatchError,
     MissingDependencyError,
@@ -69,8 +81,11 @@ T = TypeVar("T")
 
 
 def is_sharded(path: Path) -> bool:
-    """Whether ``path`` is a folder holding a safetensors index (several: `read_index` refuses them)."""
-    return path.is_dir() and bool(index_files(path))
+    """Whether ``path`` is a folder holding a safetensors index (several: `read_index` refuses them).
+
+    Or, its index lost, shards carrying set records (`set_files`: their metadata only, no key).
+    """
+    return path.is_dir() and bool(index_files(path) or set_files(path))
 
 
 def _workers(n: int) -> int:
@@ -248,7 +263,12 @@ def seal_dir(
 
     Shards sealed already are refused unless ``reseal`` (see `files.seal_file`).
     """
-    idx = read_index(src)
+    try:
+        idx = read_index(src)
+    except FormatError as e:
+        if set_files(src):  # a sealed checkpoint that lost its index
+            raise FormatError(f"{e}; its shards are sealed already: 'paramseal recover' rebuilds the index") from None
+        raise
     shards = idx.shards
     _check_index(idx)
     set_id = os.urandom(16).hex()
@@ -303,7 +323,7 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
     so is a shard that cannot be read as a sealed model. With ``tensors``, a shard is opened when
     the index or its sealed header puts a matching tensor in it.
     """
-    idx = read_index(folder, missing_ok=True)
+    idx = open_index(folder, key)
     everything, peeked, where = _locate(folder, idx, key)
     chosen, patterns = everything, dict.fromkeys(everything, tensors)
     if tensors is not None:
@@ -367,7 +387,7 @@ def recover_dir(
     shards is rebuilt from the shards' sealed headers, which fully determine it. Shards renamed
     or swapped (the whole set there, each once: see `_placement`) are written under their sealed names.
     """
-    idx = read_index(src, missing_ok=True)
+    idx = open_index(src, key)
     everything, peeked, where = _locate(src, idx, key)
     shards = [s for s in everything if s in peeked]
     try:
@@ -383,7 +403,7 @@ def recover_dir(
             fixing = not grave and (allow_partial or all(r.ok for r in reports.values()))
             rebuild = bool(fixable) and fixing
             moved = _moved(where)
-            fixes = [f"{idx.name} was rebuilt from the shards' sealed headers"] if rebuild else []
+            fixes = [_rebuilt_note(idx)] if rebuild else []
             fixes += [f"file '{f}' was written as '{s}', its sealed name" for s, f in where.items() if f != s]
             merged = _merge(
                 "recover",
@@ -396,7 +416,8 @@ def recover_dir(
             if not (merged.ok or allow_partial):
                 raise _Discard(merged)
             shard_files = set(everything) | {where.get(s, s) for s in everything}
-            _copy_others(src, tmp, shard_files | ({idx.name} if rebuild else set()), tmp)
+            # a rebuilt index replaces the folder's (an unusable one, under another name, too)
+            _copy_others(src, tmp, shard_files | ({idx.name, *index_files(src)} if rebuild else set()), tmp)
             if rebuild:
                 index = _rebuilt_index(idx, reports, tmp)
                 (tmp / idx.name).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
@@ -419,6 +440,16 @@ def _rebuilt_index(idx: Index, reports: dict[str, Report], folder: Path) -> dict
     return {"metadata": meta, "weight_map": {n: sealed[n] for n in order}}
 
 
+def _rebuilt_note(idx: Index) -> str:
+    note = f"{idx.name} was rebuilt from the shards' sealed headers"
+    if idx.lost is None:
+        return note
+    old = idx.raw.get("metadata")
+    if isinstance(old, dict) and set(old) - {"total_size"}:
+        return note + " (weight_map and metadata.total_size; the unusable index's other metadata fields kept)"
+    return note + " (weight_map and metadata.total_size only: any other metadata the lost index had is gone)"
+
+
 class _Discard(Exception):
     """Leave the output folder unwritten (carries the report)."""
 
@@ -434,9 +465,19 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
     follows each shard's code); any shard whose level, bits or key fingerprint differs (or that
     is not sealed) is listed under ``mismatched_shards``. ``levels``
     merges every shard's (each shard is sealed on its own, so the weakest shard sets a dtype's bound).
+
+    A sealed folder whose index is missing or unusable is described from the files carrying set
+    records (`set_files`), with ``index`` None and ``index_problem`` saying what is wrong.
     """
-    index = read_index(folder)
-    shards = {name: files.inspect_file(folder / name) for name in index.shards}
+    problem = None
+    try:
+        read_index(folder, missing_ok=True)
+    except FormatError as e:
+        if not set_files(folder):
+            raise
+        problem = f"{e}; the shards carry set records: 'paramseal verify' checks them, 'paramseal recover' rebuilds it"
+    names = set_files(folder) if problem else read_index(folder).shards  # a shard it names must be there
+    shards = {name: files.inspect_file(folder / name) for name in names}
     params: dict[str, int] = {}
     for info in shards.values():
         for dt, n in info["parameters"].items():
@@ -444,7 +485,8 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
     sealed = [n for n, i in shards.items() if i["sealed"]]
     out: dict[str, Any] = {
         "file": str(folder),
-        "index": index.name,
+        "index": None if problem else index_name(folder),
+        **({"index_problem": problem} if problem else {}),
         "shards": len(shards),
         "tensors": sum(i["tensors"] for i in shards.values()),
         "parameters": params,
