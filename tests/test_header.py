@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import helpers
@@ -82,6 +83,21 @@ def test_edited_key_fingerprint_with_the_right_key_is_an_edited_header_not_a_wro
         paramseal.verify(sealed.tensors, key, text)
     assert not isinstance(ei.value, KeyMismatchError), str(ei.value)
     assert ei.value.exit_code == 2
+
+
+@pytest.mark.parametrize("embedded", [False, True], ids=["file", "weights-copy"])
+def test_scheme_edited_to_another_supported_one_fails_authentication(
+    sealed: paramseal.SealedModel, key: paramseal.Key, embedded: bool
+) -> None:
+    """The scheme is under the MAC: read as another scheme this version supports, a seal would be checked
+    and rebuilt with the wrong code (an irs4 seal under lanes), so relabelling it must fail authentication."""
+    text = parse_header(sealed.header_json, key).to_json(key, embedded=embedded)
+    current = json.loads(text)["scheme"]
+    others = [s for s in paramseal.header.READS if s != current]
+    assert others
+    for scheme in others:
+        with pytest.raises(HeaderAuthError):
+            parse_header(_edit(text, lambda h, s=scheme: h.update(scheme=s)), key)
 
 
 def test_edited_scheme_is_refused(sealed: paramseal.SealedModel, key: paramseal.Key) -> None:
@@ -321,3 +337,20 @@ def test_every_field_of_an_irs_file_header_is_under_the_mac(key: paramseal.Key) 
         assert text != embedded, name
         with pytest.raises(HeaderAuthError):
             parse_header(text, key)
+
+
+def test_optional_fields_left_out_of_a_header_read_as_the_older_seals_that_lack_them(key: paramseal.Key) -> None:
+    """Fields absent from older seals' headers (and so from their MAC) read as what those seals did.
+
+    An irs4 seal without ``keyed_offset`` or ``strata_perms`` has no keyed pad and unpermuted groups,
+    and one without ``header_copies`` one copy in each carrier: read otherwise, recover rebuilds it wrongly.
+    """
+    w = {"w": np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)}
+    h = parse_header(paramseal.seal(w, key).header_json, key)
+    assert h.irs and h.keyed_offset and h.strata_perms and h.copies != 1  # a current seal records all three
+    old = replace(h, keyed_offset=False, strata_perms=0, copies=1)
+    for embedded in (False, True):
+        body = json.loads(old.to_json(key, embedded=embedded))
+        assert not {"keyed_offset", "strata_perms", "header_copies"} & set(body)
+        got = parse_header(json.dumps(body), key)
+        assert (got.keyed_offset, got.strata_perms, got.copies) == (False, 0, 1)
