@@ -588,6 +588,17 @@ def test_a_burst_over_a_lone_carrier_with_another_key_is_a_key_mismatch(
     assert key.fingerprint in str(ei.value)
 
 
+def test_a_lone_carrier_read_with_another_key_is_a_key_mismatch(
+    lone: paramseal.SealedModel, other_key: paramseal.Key, key: paramseal.Key
+) -> None:
+    """One carrier gives one copy to read: naming another key, it is a wrong key (exit 3), not damage (exit 2)."""
+    assert len(_embed.header_copies(lone.tensors)) == 1
+    with pytest.raises(KeyMismatchError) as ei:
+        header_from_weights(lone.tensors, other_key)
+    assert (ei.value.stored, ei.value.given) == (key.fingerprint, other_key.fingerprint)
+    assert ei.value.exit_code == 3
+
+
 def test_a_burst_that_leaves_no_copy_authentic_is_tampering_not_an_unsealed_model(
     lone: paramseal.SealedModel, key: paramseal.Key
 ) -> None:

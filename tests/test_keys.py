@@ -262,6 +262,9 @@ def test_wrong_key_raises_key_mismatch_with_both_fingerprints(
         e = ei.value
         assert e.stored == key.fingerprint and e.given == other_key.fingerprint
         assert key.fingerprint in str(e) and other_key.fingerprint in str(e)
+        # which is which: the seal's fingerprint is the one it was sealed with, the given key's the other
+        assert f"sealed with key fingerprint {key.fingerprint}" in str(e)
+        assert f"the key given has fingerprint {other_key.fingerprint}" in str(e)
         assert e.exit_code == 3
         assert isinstance(e, PermissionError) and isinstance(e, paramseal.ParamSealError)
         assert "tamper" not in str(e).lower()
