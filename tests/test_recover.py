@@ -408,3 +408,47 @@ def test_rebuilt_blocks_live_in_the_workspace_past_its_budget(tmp_path: Path, ke
         assert all(helpers.same_bytes(got[n], s.tensors[n]) for n in s.tensors)
     finally:
         ws.close()
+
+
+def _subset_summing_to(sizes: np.ndarray, target: int) -> list[int]:
+    """Indices of ``sizes`` whose sum is ``target`` (a subset sum, by dynamic programming)."""
+    reach: dict[int, list[int]] = {0: []}
+    for i, x in enumerate(sizes.tolist()):
+        for total, pick in list(reach.items()):
+            if total + x <= target and total + x not in reach:
+                reach[total + x] = [*pick, i]
+        if target in reach:
+            return reach[target]
+    raise AssertionError(f"no blocks of the lane add up to {target} shards")
+
+
+def test_lane_damage_of_exactly_its_parity_is_recoverable_and_one_shard_more_is_not(key: paramseal.Key) -> None:
+    """The lane code rebuilds a lane that lost as many shards (data, parity, never stored) as it has parity.
+
+    Verify's ``recoverable`` must agree with what recover does on both sides of that edge.
+    """
+    from paramseal.verify import check
+
+    rng = np.random.default_rng(1)
+    model = {
+        "a": rng.standard_normal((256, 256)).astype(np.float16),
+        "b": rng.standard_normal((128, 128)).astype(helpers.BF16),
+        "c": rng.standard_normal((64, 64)),
+        "d": rng.standard_normal((64, 64)).astype(np.float32),
+    }
+    s = paramseal.seal(model, key)
+    assert not s.header.irs  # the lane code
+    lay = check(s.tensors, key, s.header_json).layout
+    lane0 = np.flatnonzero(lay.lane[np.arange(lay.nblocks)] == 0)
+    sizes = lay.n_data[lane0] + lay.n_store[lane0]
+    for more, ok in ((0, True), (1, False)):
+        t = helpers.copy_model(s.tensors)
+        for g in lane0[_subset_summing_to(sizes, lay.M - int(lay.holes[0]) + more)]:
+            ti = int(np.searchsorted(lay.block_start, g, side="right")) - 1
+            t = helpers.flip_bit(t, lay.specs[ti].name, (int(g) - int(lay.block_start[ti])) * 64, 12)
+        v = paramseal.verify(t, key, s.header_json)
+        res = paramseal.recover(t, key, s.header_json)
+        assert v.status == "tampered" and v.recoverable is ok, more
+        assert (res.report.status == "recovered") is ok, more
+        if ok:
+            helpers.assert_model_equal(res.tensors, s.tensors)

@@ -364,6 +364,22 @@ def test_added_tensor_is_reported_as_extra_and_dropped_by_recover(
     helpers.assert_model_equal(res.tensors, sealed.tensors)
 
 
+def test_a_tampered_tensor_beside_an_intact_copy_of_it_is_located_not_taken_as_renamed(
+    sealed: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    """A copy of a tensor added under a new name, then the original edited: the edit is located in the
+    original and the copy is an extra tensor (rename matching is for tensors whose own data is gone)."""
+    t = helpers.flip_bit(sealed.tensors, "embed.weight", 200, 25)
+    t["embed.copy"] = sealed.tensors["embed.weight"].copy()
+    v, res = _report(t, sealed, key)
+    assert v.status == "tampered"
+    assert v.tensors["embed.weight"].tampered_blocks == (3,)
+    assert v.tensors["embed.weight"].issues == ()
+    assert v.extra_tensors == ("embed.copy",)
+    assert res.report.status == "recovered"
+    helpers.assert_model_equal(res.tensors, sealed.tensors)
+
+
 def test_removed_and_reinserted_under_another_shape_is_detected(
     sealed: paramseal.SealedModel, key: paramseal.Key
 ) -> None:
