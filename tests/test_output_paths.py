@@ -115,3 +115,19 @@ def test_onnx_external_data_side_files_fit_beside_an_output_named_at_the_limit(t
     assert len(side) == 1 and _temps(tmp_path) == [], [p.name for p in side]
     rc, _, err = helpers.run_cli(["verify", out, "--key", key_file])
     assert rc == 0, err
+
+
+@pytest.mark.parametrize("limit", [-1, 0, 8])
+def test_a_name_limit_the_file_system_cannot_tell_or_too_small_gives_a_usable_temporary_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """pathconf says -1 where a file system has no limit: temporary names must not be cut to nothing (or loop)."""
+    from paramseal import _tempname
+
+    monkeypatch.setattr(_tempname.os, "pathconf", lambda *_: limit)
+    assert _tempname.name_max(tmp_path) == (NAME_MAX if limit <= 0 else limit)
+    assert _tempname.cut_name("model.safetensors", -3) == ""
+    dst = tmp_path / "model.safetensors"
+    with files.atomic_path(dst) as tmp:
+        tmp.write_bytes(b"x")
+    assert dst.read_bytes() == b"x" and _temps(tmp_path) == []

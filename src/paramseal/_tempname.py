@@ -20,9 +20,10 @@ _FINAL: dict[Path, str] = {}  # temporary path -> the name it is renamed to
 def name_max(folder: Path) -> int:
     """The longest file name, in bytes, that ``folder``'s file system takes."""
     try:
-        return min(os.pathconf(folder, "PC_NAME_MAX"), _NAME_MAX) or _NAME_MAX
+        limit = os.pathconf(folder, "PC_NAME_MAX")
     except (AttributeError, OSError, ValueError):  # no pathconf (Windows), or no answer
         return _NAME_MAX
+    return min(limit, _NAME_MAX) if limit > 0 else _NAME_MAX  # -1: the file system sets no limit
 
 
 def temp_prefix(name: str, folder: Path) -> str:
@@ -31,9 +32,9 @@ def temp_prefix(name: str, folder: Path) -> str:
 
 
 def cut_name(name: str, room: int) -> str:
-    """``name`` cut at a character to at most ``room`` bytes (as the file system gets it)."""
-    cut = name[:room]
-    while len(os.fsencode(cut)) > room:
+    """``name`` cut at a character to at most ``room`` bytes (as the file system gets it; none if below 1)."""
+    cut = name[: max(room, 0)]
+    while cut and len(os.fsencode(cut)) > room:
         cut = cut[:-1]
     return cut
 
