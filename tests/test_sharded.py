@@ -859,3 +859,25 @@ def test_a_lost_index_of_shards_sealed_before_records_named_it_takes_the_convent
     assert rc == 0 and "the conventional name" in out, (out, err)
     assert json.loads((fixed / sharded.INDEX).read_text())["weight_map"] == sealed_map
     assert not (fixed / name).exists() and sharded.verify_dir(fixed, key, workers=1).status == "intact"
+
+
+@pytest.mark.parametrize("stray", ["a-copy.safetensors", "z-copy.safetensors"])
+def test_a_stray_copy_of_a_shard_sealed_with_another_key_does_not_take_its_place_when_the_index_is_lost(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path, other_key: paramseal.Key, stray: str
+) -> None:
+    """The rebuilt index maps a tensor to the shard the key vouches for, whatever the stray file's name sorts as."""
+    other = tmp_path / "other"
+    sharded.seal_dir(checkpoint, other, other_key, workers=1)
+    shutil.copy(other / SHARDS[1], sealed_ckpt / stray)
+    rc, out, err = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file])
+    assert rc == 0, (out, err)  # with the index, a file it does not name is not a shard
+    (sealed_ckpt / sharded.INDEX).unlink()
+    rc, out, err = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file, "--json"])
+    assert rc == 1 and err == "" and json.loads(out)["recoverable"], (out, err)
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", sealed_ckpt, fixed, "--key", key_file])
+    assert rc == 0, (out, err)
+    weight_map = json.loads((fixed / sharded.INDEX).read_text())["weight_map"]
+    assert set(weight_map.values()) == set(SHARDS)
+    rc, _, err = helpers.run_cli(["verify", fixed, "--key", key_file])
+    assert rc == 0, err

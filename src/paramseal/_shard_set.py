@@ -67,8 +67,11 @@ def _from_records(folder: Path, key: Key, members: list[str], present: str | Non
     sets: dict[str, list[str]] = {}
     named: set[str] = set()
     weight_map: dict[str, str] = {}
-    for f in members:
-        rec = _parsed(_record(folder / f, key))
+    records = {f: _parsed(_record(folder / f, key)) for f in members}
+    # the shards the key vouches for first: a stray file holding the same tensor names (another
+    # key's copy of a shard) must not take them from the set, whatever its name sorts as
+    for f in sorted(members, key=lambda f: records[f] is None):
+        rec = records[f]
         shard = f  # a record nothing vouches for: the file is checked under its own name (and reported)
         if rec is not None:
             sets.setdefault(rec["set"], []).append(f)
