@@ -52,6 +52,17 @@ def sealed_ckpt(tmp_path: Path, checkpoint: Path, key_file: Path) -> Path:
     return out
 
 
+def _recover_rebuilds_the_index(
+    sealed: Path, fixed: Path, name: str, sealed_map: dict[str, str], key: paramseal.Key, key_file: Path
+) -> None:
+    """recover writes ``fixed`` with the index ``name`` rebuilt as sealed, says so, and the result verifies."""
+    rc, out, err = helpers.run_cli(["recover", sealed, fixed, "--key", key_file])
+    assert rc == 0 and f"{name} was rebuilt" in out, (out, err)
+    assert sorted(p.name for p in fixed.iterdir()) == sorted([*SHARDS, name, "config.json"])
+    assert json.loads((fixed / name).read_text())["weight_map"] == sealed_map
+    assert sharded.verify_dir(fixed, key, workers=1).status == "intact"
+
+
 def test_sealed_checkpoint_keeps_the_layout_and_every_shard_verifies_alone(
     sealed_ckpt: Path, checkpoint: Path, key: paramseal.Key, key_file: Path
 ) -> None:
@@ -621,12 +632,7 @@ def test_an_index_under_another_name_is_used_everywhere(
     (sealed / name).write_text(json.dumps(idx))
     rc, out, _ = helpers.run_cli(["verify", sealed, "--key", key_file])
     assert rc == 1 and "'layers.1.mlp.weight'" in out
-    fixed = tmp_path / "fixed"
-    rc, out, err = helpers.run_cli(["recover", sealed, fixed, "--key", key_file])
-    assert rc == 0 and f"{name} was rebuilt" in out, (out, err)
-    assert sorted(p.name for p in fixed.iterdir()) == sorted([*SHARDS, name, "config.json"])
-    assert json.loads((fixed / name).read_text())["weight_map"] == sealed_map
-    assert sharded.verify_dir(fixed, key, workers=1).status == "intact"
+    _recover_rebuilds_the_index(sealed, tmp_path / "fixed", name, sealed_map, key, key_file)
     # an index that disagrees with its shards is named at seal time
     (checkpoint / name).write_text(json.dumps({"weight_map": {**sealed_map, "ghost": SHARDS[0]}}))
     rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "s2", "--key", key_file])
@@ -822,12 +828,7 @@ def test_a_lost_index_under_another_name_is_rebuilt_under_its_own_name(
     (sealed / name).unlink()
     rc, out, _ = helpers.run_cli(["verify", sealed, "--key", key_file])
     assert rc == 1 and f"the index '{name}' is missing" in out and "conventional" not in out, out
-    fixed = tmp_path / "fixed"
-    rc, out, err = helpers.run_cli(["recover", sealed, fixed, "--key", key_file])
-    assert rc == 0 and f"{name} was rebuilt" in out, (out, err)
-    assert sorted(p.name for p in fixed.iterdir()) == sorted([*SHARDS, name, "config.json"])
-    assert json.loads((fixed / name).read_text())["weight_map"] == sealed_map
-    assert sharded.verify_dir(fixed, key, workers=1).status == "intact"
+    _recover_rebuilds_the_index(sealed, tmp_path / "fixed", name, sealed_map, key, key_file)
 
 
 def test_a_lost_index_of_shards_sealed_before_records_named_it_takes_the_conventional_name(
@@ -881,3 +882,23 @@ def test_a_stray_copy_of_a_shard_sealed_with_another_key_does_not_take_its_place
     assert set(weight_map.values()) == set(SHARDS)
     rc, _, err = helpers.run_cli(["verify", fixed, "--key", key_file])
     assert rc == 0, err
+
+
+def test_a_file_of_another_sealed_model_is_no_shard_when_the_index_is_lost(
+    tmp_path: Path, sealed_ckpt: Path, key_file: Path, other_key: paramseal.Key
+) -> None:
+    """Another key's sealed shard with tensors of its own stopped verify with 'key does not match' (exit 3)."""
+    src, other = tmp_path / "stranger", tmp_path / "stranger-sealed"
+    src.mkdir()
+    helpers.write_st(src / "x.safetensors", {"other.weight": np.ones((64, 64), np.float32)})
+    (src / sharded.INDEX).write_text(json.dumps({"weight_map": {"other.weight": "x.safetensors"}}))
+    sharded.seal_dir(src, other, other_key, workers=1)
+    shutil.copy(other / "x.safetensors", sealed_ckpt / "stranger.safetensors")
+    (sealed_ckpt / sharded.INDEX).unlink()
+    rc, out, err = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file, "--json"])
+    assert rc == 1 and json.loads(out)["recoverable"], (out, err)
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", sealed_ckpt, fixed, "--key", key_file])
+    assert rc == 0, (out, err)
+    assert set(json.loads((fixed / sharded.INDEX).read_text())["weight_map"].values()) == set(SHARDS)
+    assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0

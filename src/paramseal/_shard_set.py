@@ -68,9 +68,11 @@ def _from_records(folder: Path, key: Key, members: list[str], present: str | Non
     named: set[str] = set()
     weight_map: dict[str, str] = {}
     records = {f: _parsed(_record(folder / f, key)) for f in members}
-    # the shards the key vouches for first: a stray file holding the same tensor names (another
-    # key's copy of a shard) must not take them from the set, whatever its name sorts as
-    for f in sorted(members, key=lambda f: records[f] is None):
+    # A file nothing vouches for is a shard only under a name the vouched records list (one whose
+    # record was damaged), as with an index only the files it names are: another key's file is
+    # no part of the set. The vouched first: a stray copy of a shard must not take its tensors.
+    listed = {n for r in records.values() if r is not None for n in r["shards"]}
+    for f in sorted((f for f in members if records[f] is not None or f in listed), key=lambda f: records[f] is None):
         rec = records[f]
         shard = f  # a record nothing vouches for: the file is checked under its own name (and reported)
         if rec is not None:
