@@ -902,3 +902,21 @@ def test_a_file_of_another_sealed_model_is_no_shard_when_the_index_is_lost(
     assert rc == 0, (out, err)
     assert set(json.loads((fixed / sharded.INDEX).read_text())["weight_map"].values()) == set(SHARDS)
     assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0
+
+
+def test_an_index_that_cannot_be_read_is_a_bad_input_not_a_lost_index(
+    tmp_path: Path, sealed_ckpt: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unreadable (permissions, an I/O error) was taken for tampering: exit 1, and recover replaced the index."""
+    real = Path.read_bytes
+
+    def denied(self: Path) -> bytes:
+        if self.name == sharded.INDEX:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    for argv in (["verify", sealed_ckpt], ["recover", sealed_ckpt, tmp_path / "fixed"]):
+        rc, out, err = helpers.run_cli([*argv, "--key", key_file])
+        assert rc == 3 and f"cannot read '{sealed_ckpt / sharded.INDEX}': Permission denied" in err, (out, err)
+    assert not (tmp_path / "fixed").exists()

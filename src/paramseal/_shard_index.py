@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import FormatError, ParamSealError, UsageError
+from .errors import FormatError, InputError, ParamSealError, UsageError
 from .formats import safetensors as st_format
 from .header import SET_KEY
 
@@ -105,11 +105,15 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
     if not p.exists():
         raise FormatError(f"'{folder}' has no safetensors index ('{INDEX}', or another '*{INDEX_SUFFIX}')")
     try:
-        raw = json.loads(p.read_text(encoding="utf-8"))
+        text = p.read_bytes()
+    except OSError as e:  # unreadable is not tampering (recover would replace it): a bad input
+        raise InputError(f"cannot read '{p}': {e.strerror or e}") from None
+    try:
+        raw = json.loads(text.decode("utf-8"))
         wm = raw["weight_map"]
         if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
             raise TypeError("weight_map must map tensor names to file names")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as e:
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as e:
         raise FormatError(
             f"'{p}' is not a valid safetensors index ({e}); expected {{\"weight_map\": {{...}}}}"
         ) from None
