@@ -452,3 +452,55 @@ def test_lane_damage_of_exactly_its_parity_is_recoverable_and_one_shard_more_is_
         assert (res.report.status == "recovered") is ok, more
         if ok:
             helpers.assert_model_equal(res.tensors, s.tensors)
+
+
+def _forge_block(t: dict[str, np.ndarray], key: paramseal.Key, header_json: str, name: str, row: int) -> None:
+    """Change a value of block ``row`` and give the block its valid tag: a forgery only a key holder makes."""
+    from paramseal import _model
+    from paramseal._bits import write_tags
+    from paramseal.verify import check
+
+    t[name].reshape(-1)[row * 64 + 5] += np.float32(0.5)
+    chk = check(t, key, header_json)
+    ti = [s.name for s in chk.specs].index(name)
+    spec = chk.specs[ti]
+    internal = spec.block_storage()[1]
+    at = np.array([row])
+    sub = chk.blocks[ti][at].copy()
+    write_tags(sub, _model.compute_tags(chk.mac, chk.header.salt, ti, spec, sub, internal, at=at), spec.k)
+    t[name].reshape(-1).view(np.uint32)[row * 64 : row * 64 + 64] = sub.reshape(-1)
+
+
+def test_lanes_recovery_refuses_decoded_data_that_the_surviving_parity_contradicts(key: paramseal.Key) -> None:
+    """The last guard of the lane code: a block that verifies but was forged (a key holder's, or a tag
+    collision) feeds the decoder wrong data; the surviving parity disagrees, so its lane is not restored."""
+    from paramseal.verify import check
+
+    s = paramseal.SealConfig(code="lanes", lanes=2).seal(helpers.fp32_model(15_000, seed=4), key)
+    lay = check(s.tensors, key, s.header_json).layout
+    blocks = np.flatnonzero(lay.lane[np.arange(-(-15_000 // 64))] == 0)
+    t = helpers.copy_model(s.tensors)
+    _forge_block(t, key, s.header_json, "layer0.weight", int(blocks[0]))
+    assert paramseal.verify(t, key, s.header_json).status == "intact"  # the forgery verifies
+    t["layer0.weight"][blocks[1] * 64 + 7] += np.float32(1.0)  # and a block of the same lane is tampered
+    res = paramseal.recover(t, key, s.header_json)
+    assert res.report.status == "unrecoverable" and res.report.lanes_failed == 1
+    assert res.report.tensors["layer0.weight"].unrecoverable_blocks == (blocks[1],)
+    assert helpers.same_bytes(res.tensors["layer0.weight"], t["layer0.weight"])  # nothing rebuilt from it
+
+
+def test_lanes_recovery_counts_the_lanes_that_failed(key: paramseal.Key) -> None:
+    from paramseal.verify import check
+
+    s = paramseal.SealConfig(code="lanes", lanes=3).seal(helpers.fp32_model(15_000, seed=4), key)
+    lay = check(s.tensors, key, s.header_json).layout
+    lanes = lay.lane[np.arange(-(-15_000 // 64))]
+    t = helpers.copy_model(s.tensors)
+    t["layer0.weight"][int(np.flatnonzero(lanes == 1)[0]) * 64] += np.float32(1.0)
+    res = paramseal.recover(t, key, s.header_json)
+    assert res.report.status == "recovered" and res.report.lanes_failed == 0
+    for b in np.flatnonzero(lanes == 2):  # every block of one lane of three: beyond its parity
+        t["layer0.weight"][b * 64 : b * 64 + 64] = 1.0
+    res = paramseal.recover(t, key, s.header_json)
+    assert res.report.status == "unrecoverable" and res.report.lanes_failed == 1
+    helpers.assert_honest_recovery(res, t, s.tensors)
