@@ -6,6 +6,7 @@ Ground truth is always a byte comparison with the sealed model, never the engine
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import helpers
@@ -15,7 +16,8 @@ import safetensors.numpy as stn
 
 import paramseal
 from paramseal import _irs, _irs_recover, _outer, _strata, files, sharded
-from paramseal.header import HeaderAuthError, parse_header
+from paramseal.formats.base import Loaded
+from paramseal.header import METADATA_KEY, HeaderAuthError, parse_header
 from paramseal.seal import SealConfig
 from paramseal.verify import check, report_of
 
@@ -665,3 +667,54 @@ def test_heavy_damage_to_many_tensors_past_the_budget_does_not_run_out_of_descri
     assert res.report.status == "recovered" and len(res.report.tensors) == 150
     assert all(t.restored_indices for t in res.report.tensors.values())
     assert (tmp_path / "out.safetensors").read_bytes() == (tmp_path / "s.safetensors").read_bytes()
+
+
+def _slip(monkeypatch: pytest.MonkeyPatch, name: str, row: int) -> None:
+    """A decoder slip in value 1 of the rebuilt block ``row`` of tensor ``name`` (its tag is in the header)."""
+    real = _irs_recover._rebuild
+
+    def wrong(chk, st, t, rows, fv, fw, ws):  # type: ignore[no-untyped-def]
+        p = real(chk, st, t, rows, fv, fw, ws)
+        if chk.specs[t].name == name:
+            p.new[p.rows == row, 1] ^= 1
+        return p
+
+    monkeypatch.setattr(_irs_recover, "_rebuild", wrong)
+
+
+def test_a_rebuilt_block_failing_its_header_tag_is_dropped_and_its_neighbours_kept(
+    sealed: paramseal.SealedModel, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of two rebuilt blocks of one tensor, the one refused by its header tag is left as received and
+    named; the other is restored and listed."""
+    _slip(monkeypatch, "ids", 3)
+    bad = helpers.flip_bit(sealed.tensors, "ids", 10, 40)
+    bad = helpers.flip_bit(bad, "ids", 200, 40)
+    res = paramseal.recover(bad, key, sealed.header_json)
+    assert res.report.status == "unrecoverable"
+    f = res.report.tensors["ids"]
+    assert f.restored_indices == (10,) and f.unrecoverable_blocks == (3,)
+    got, want = res.tensors["ids"].copy(), sealed.tensors["ids"].copy()
+    assert got[200] == bad["ids"][200] != want[200]  # the refused block as received
+    got[192:256], want[192:256] = 0, 0
+    assert np.array_equal(got, want)
+
+
+def test_a_partial_file_keeps_a_block_its_header_tag_refused_as_received(
+    tmp_path: Path, sealed: paramseal.SealedModel, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """recover --allow-partial, to a file or in place: a tensor whose rebuilt blocks all fail stays as received."""
+    _slip(monkeypatch, "tiny", 0)
+    bad = helpers.flip_bit(sealed.tensors, "tiny", 2, 7)
+    bad = helpers.flip_bit(bad, "w1", 500, 30)
+    src = tmp_path / "in.safetensors"
+    files.write_model(src, Loaded(bad, {METADATA_KEY: sealed.header_json}))
+    shutil.copyfile(src, tmp_path / "here.safetensors")
+    for name in ("out.safetensors", "out.npz", "here.safetensors"):
+        dst = tmp_path / name
+        out = files.recover_file(
+            dst if name == "here.safetensors" else src, dst, key, allow_partial=True, in_place=True
+        )
+        assert out.report.status == "unrecoverable" and out.path == dst
+        got = files.read_model(dst).tensors
+        assert helpers.same_bytes(got["tiny"], bad["tiny"]) and helpers.same_bytes(got["w1"], sealed.tensors["w1"])
