@@ -718,3 +718,27 @@ def test_a_partial_file_keeps_a_block_its_header_tag_refused_as_received(
         assert out.report.status == "unrecoverable" and out.path == dst
         got = files.read_model(dst).tensors
         assert helpers.same_bytes(got["tiny"], bad["tiny"]) and helpers.same_bytes(got["w1"], sealed.tensors["w1"])
+
+
+@pytest.mark.parametrize("extra", [0, 1])
+def test_outer_repair_reaches_exactly_its_parity_bound(extra: int) -> None:
+    """R failed groups that host no parity (the superblock's last ones): each column loses R data
+    shards and no parity, and the repair must rebuild them exactly; one group more and it says no."""
+    k, host = 8, _outer.host_for(8)
+    code = _irs.code_for(k, 255, host)
+    o = _outer.plan(1024, k, 255, host)
+    r = o.parity_count(0)
+    hosting = -(-o.columns * r * 64 // (4 * host))  # groups that hold a byte of parity
+    assert o.superblocks == 1 and 1024 - hosting > r
+    rng = np.random.default_rng(5)
+    w = (rng.integers(0, 1 << 32, (1024, 255), dtype=np.uint64).astype(np.uint32)) & np.uint32(0xFFFFFF00)
+    o.put(code, w, o.parity(o.content(w), 0))
+    _irs.encode(code, w)
+    sent = w.copy()
+    failed = np.zeros(1024, np.bool_)
+    failed[hosting : hosting + r + extra] = True
+    w[failed] = rng.integers(0, 1 << 32, (r + extra, 255), dtype=np.uint64).astype(np.uint32)
+    rows = o.repair(code, w, failed, 0)
+    assert o.can_repair(failed, 0) == (extra == 0) == (rows is not None)
+    if rows is not None:
+        assert np.array_equal(rows, sent[failed])
