@@ -16,6 +16,7 @@ import safetensors.numpy as stn
 
 import paramseal
 from paramseal import _irs, _irs_recover, _outer, _strata, files, sharded
+from paramseal.formats import safetensors as st_format
 from paramseal.formats.base import Loaded
 from paramseal.header import METADATA_KEY, HeaderAuthError, parse_header
 from paramseal.seal import SealConfig
@@ -742,3 +743,97 @@ def test_outer_repair_reaches_exactly_its_parity_bound(extra: int) -> None:
     assert o.can_repair(failed, 0) == (extra == 0) == (rows is not None)
     if rows is not None:
         assert np.array_equal(rows, sent[failed])
+
+
+def _mantissa_noise(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` nonzero XOR masks over fp32 mantissa bits above the free ones (content changes, values stay finite)."""
+    return rng.integers(1, 1 << 15, n).astype(np.uint32) << np.uint32(8)
+
+
+def _group_words(st: _strata.Strata, g: int, numel: int) -> np.ndarray:
+    """Flat indices of group ``g``'s words in a model of one fp32 tensor of ``numel`` values (sorted)."""
+    v = st.vindex(np.array([g], np.int64)).reshape(-1)
+    return np.sort(v[v < numel])
+
+
+def test_the_outer_code_repairs_a_group_in_a_later_superblock(
+    key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group the inner code cannot decode, in the second superblock: the outer code rebuilds it and the
+    status must mark that group (offset by the superblock's first group), not one of the first superblock."""
+    monkeypatch.setattr(_outer, "SUPER_MAX", 512)  # read by _outer.plan when sealing and when recovering
+    model = helpers.fp32_model(210_000, seed=4)
+    s = paramseal.seal(model, key)
+    st = _irs_recover.strata_of(check(s.tensors, key, s.header_json))
+    assert st.host and st.outer.superblocks >= 2
+    a, b = st.outer.span(1)
+    (name,) = model
+    bad = helpers.copy_model(s.tensors)
+    v = _group_words(st, b - 3, model[name].size)
+    bad[name].reshape(-1).view(np.uint32)[v] ^= _mantissa_noise(np.random.default_rng(0), v.size)
+    with monkeypatch.context() as m:  # the damage is past the inner code: without the outer code it is lost
+        m.setattr(_irs_recover, "_outer_repair", lambda *args: None)
+        assert paramseal.recover(bad, key, s.header_json).report.status == "unrecoverable"
+    res = paramseal.recover(bad, key, s.header_json)
+    assert res.report.status == "recovered"
+    helpers.assert_honest_recovery(res, bad, s.tensors)
+
+
+def test_corrections_in_blocks_that_stay_lost_do_not_reach_the_rebuilt_ones(key: paramseal.Key) -> None:
+    """A group lost (no outer code in a model this small) fails its blocks; a word of another group in one of
+    them is still corrected by its group, and that correction must not land in a rebuilt block."""
+    model = helpers.fp32_model(60_000, seed=4)
+    s = paramseal.seal(model, key)
+    st = _irs_recover.strata_of(check(s.tensors, key, s.header_json))
+    assert not st.host
+    (name,) = model
+    bad = helpers.copy_model(s.tensors)
+    flat = bad[name].reshape(-1).view(np.uint32)
+    rng = np.random.default_rng(0)
+    v = _group_words(st, st.G // 2, flat.size)
+    flat[v] ^= _mantissa_noise(rng, v.size)
+    near = int(v[1]) + 1 if (int(v[1]) + 1) % BLOCK else int(v[1]) - 1  # same block, another group
+    assert near not in set(v.tolist())
+    free = np.setdiff1d(np.arange(-(-flat.size // BLOCK)), v // BLOCK)
+    lone = [int(free[0]) * BLOCK + 5, int(free[-1]) * BLOCK + 7]  # rebuilt blocks before and after the lost ones
+    for i in [near, *lone]:
+        flat[i] ^= _mantissa_noise(rng, 1)[0]
+    res = paramseal.recover(bad, key, s.header_json)
+    f = res.report.tensors[name]
+    assert res.report.status == "unrecoverable" and near in f.unrecoverable_indices
+    assert set(lone) <= set(f.restored_indices)
+    helpers.assert_honest_recovery(res, bad, s.tensors)
+
+
+def test_a_sealed_file_whose_only_rebuilt_block_of_a_tensor_is_refused_is_patched(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--allow-partial through the patched pre-copy and in place: a tensor whose rebuilt blocks are all refused
+    has no patch (an empty one made the block writer index past its rows)."""
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(helpers.write_st(tmp_path / "m.safetensors", _fp32_model()), sealed, key)
+    want = files.read_model(sealed).tensors
+    _slip(monkeypatch, "tiny", 0)
+    bad = helpers.flip_bit(want, "tiny", 2, 7)
+    bad = helpers.flip_bit(bad, "w1", 500, 30)
+    src = tmp_path / "in.safetensors"
+    shutil.copyfile(sealed, src)
+    lay = st_format.read_layout(sealed)
+    with open(src, "r+b") as fh:  # the sealed file with the two values changed: the same header and room
+        for entry in lay.entries:
+            if entry.name in ("tiny", "w1"):
+                fh.seek(lay.data_start + entry.start)
+                fh.write(bad[entry.name].tobytes())
+    shutil.copyfile(src, tmp_path / "here.safetensors")
+    patched = []
+    real = files._patch_copy, files._patch_in_place
+    monkeypatch.setattr(files, "_patch_copy", lambda *a: patched.append(real[0](*a)) or patched[-1])
+    monkeypatch.setattr(files, "_patch_in_place", lambda *a: patched.append(real[1](*a)) or patched[-1])
+    for dst in (tmp_path / "out.safetensors", tmp_path / "here.safetensors"):
+        out = files.recover_file(
+            dst if dst.name == "here.safetensors" else src, dst, key, allow_partial=True, in_place=True
+        )
+        assert out.report.status == "unrecoverable" and out.path == dst
+        got = files.read_model(dst).tensors
+        assert helpers.same_bytes(got["tiny"], bad["tiny"]) and helpers.same_bytes(got["w1"], want["w1"])
+    assert patched == [True, True], "both outputs are written by patching the blocks"
