@@ -58,6 +58,7 @@ def _recover_rebuilds_the_index(
     """recover writes ``fixed`` with the index ``name`` rebuilt as sealed, says so, and the result verifies."""
     rc, out, err = helpers.run_cli(["recover", sealed, fixed, "--key", key_file])
     assert rc == 0 and f"{name} was rebuilt" in out, (out, err)
+    assert out.splitlines()[0].endswith("(no value needed restoring)"), out  # not "(0 values restored)"
     assert sorted(p.name for p in fixed.iterdir()) == sorted([*SHARDS, name, "config.json"])
     assert json.loads((fixed / name).read_text())["weight_map"] == sealed_map
     assert sharded.verify_dir(fixed, key, workers=1).status == "intact"

@@ -400,7 +400,9 @@ def _run(args: argparse.Namespace) -> int:
             elif rep.status == "intact":
                 print(f"OK: {args.input} was intact; written to {args.output}")
             elif rep.status == "recovered":
-                print(f"OK: recovered {args.input} -> {args.output} ({_count(rep.restored_count, 'value')} restored)")
+                done = rep.restored_count  # 0: only the metadata, names or a shard index needed fixing
+                what = f"{_count(done, 'value')} restored" if done else "no value needed restoring"
+                print(f"OK: recovered {args.input} -> {args.output} ({what})")
                 print(rep.summary())
             else:
                 wrote = f"partial result written to {args.output}" if args.allow_partial else "nothing written"
