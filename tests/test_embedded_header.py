@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import time
 from pathlib import Path
 
@@ -686,3 +687,104 @@ def test_header_from_a_model_whose_record_is_gone_is_found_with_the_key(
         ["verify", tmp_path / "s.npy", "--key", key_file, "--header-from", tmp_path / "copy.npy"]
     )
     assert rc == 0 and "intact" in out, err
+
+
+def _hex_flip(c: str) -> int:
+    """A bit whose flip turns the hex digit ``c`` into another hex digit (a fingerprint that stays well-formed)."""
+    return next(b for b in range(7) if (d := chr(ord(c) ^ (1 << b))) != c and d in "0123456789abcdef")
+
+
+def test_copies_naming_different_well_formed_keys_are_damage_not_another_key(
+    sealed_bare: paramseal.SealedModel, key: paramseal.Key, other_key: paramseal.Key
+) -> None:
+    """Each copy's fingerprint flipped at another digit (and its salt): two keys named, so neither is believed."""
+    h = sealed_bare.header
+    a, b = (h.tensors[c].name for c in h.carriers)
+    text = dict(_embed.header_copies(sealed_bare.tensors))[a]
+    fp, salt = text.index(h.key_fingerprint), text.index(h.salt.hex())
+    t = sealed_bare.tensors
+    for name, i, j in ((a, fp + 2, salt + 3), (b, fp + 9, salt + 11)):
+        t = helpers.flip_bit(t, name, _text_value(i), _hex_flip(text[i]))
+        t = helpers.flip_bit(t, name, _text_value(j), _hex_flip(text[j]))
+    named = set()
+    for _, copy in _embed.header_copies(t):
+        with pytest.raises(KeyMismatchError) as ei:
+            parse_header(copy, key)
+        named.add(ei.value.stored)
+    assert len(named) == 2 and h.key_fingerprint not in named  # two well-formed fingerprints, neither the key's
+    assert header_from_weights(t, key) == text  # the right key: the mix of the two copies authenticates
+    # another key, with one copy intact (naming the sealing key) and one naming a flipped fingerprint: the
+    # flipped one names no key at all, so this is damage (exit 2), never a mismatch naming either fingerprint
+    one = helpers.flip_bit(sealed_bare.tensors, a, _text_value(fp + 2), _hex_flip(text[fp + 2]))
+    one = helpers.flip_bit(one, a, _text_value(salt + 3), _hex_flip(text[salt + 3]))
+    with pytest.raises(HeaderAuthError) as e2:
+        header_from_weights(one, other_key)
+    assert e2.value.exit_code == 2 and "damaged" in str(e2.value) and "--header-from" in str(e2.value)
+
+
+def _wipe_record(tensors: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    """``tensors`` with the record of fp32 carrier ``name`` (k = 8) zeroed, its copies untouched."""
+    out = helpers.copy_model(tensors)
+    u = out[name].reshape(-1).view(np.uint32)
+    per = _embed.block_bytes(8)
+    for q in range(_embed.RECORD_BYTES):
+        u[(q // per) * 64 + TAG_BITS // 8 + q % per] &= np.uint32(0xFFFFFF00)
+    return out
+
+
+def test_a_damaged_copy_beside_one_found_without_its_record_naming_another_key_is_damage(
+    sealed_bare: paramseal.SealedModel, key: paramseal.Key, other_key: paramseal.Key
+) -> None:
+    """Whether a carrier's record survived must not change the answer: with a copy damaged it is exit 2 either way."""
+    h = sealed_bare.header
+    a, b = (h.tensors[c].name for c in h.carriers)
+    text = dict(_embed.header_copies(sealed_bare.tensors))[a]
+    s = text.index('"scheme":"') + len('"scheme":"')  # 'paramseal/2' -> 'qaramseal/2': names no scheme
+    damaged = helpers.flip_bit(sealed_bare.tensors, a, _text_value(s), 0)
+    with pytest.raises(HeaderAuthError):
+        parse_header(dict(_embed.header_copies(damaged))[a], other_key)
+    gone = _wipe_record(damaged, b)
+    assert [n for n, _ in _embed.header_copies(gone)] == [a] and _embed.scan(gone[b], damaged=True) is None
+    named = set()
+    for cand in _embed.located_copies(gone):  # b's copy, found where seal put it, names the sealing key
+        try:
+            parse_header(cand, other_key)
+        except KeyMismatchError as e:
+            named.add(e.stored)
+        except HeaderAuthError:
+            continue
+    assert named == {h.key_fingerprint}
+    for t in (damaged, gone):  # b's record intact, then gone
+        with pytest.raises(HeaderAuthError) as ei:
+            header_from_weights(t, other_key)
+        assert ei.value.exit_code == 2 and "--header-from" in str(ei.value)
+        assert header_from_weights(t, key) == text  # with the right key, b's copy is the header
+
+
+def test_copies_found_without_a_record_naming_a_malformed_fingerprint_are_damage(
+    lone: paramseal.SealedModel, key: paramseal.Key, other_key: paramseal.Key
+) -> None:
+    """A digit of the fingerprint made a letter in every copy: no key has that fingerprint, so it is exit 2."""
+    text = dict(_embed.header_copies(lone.tensors))["w"]
+    n, k = len(text), lone.header.tensors[0].k
+    fp = text.index(lone.header.key_fingerprint)
+    p = fp + next(i for i, c in enumerate(lone.header.key_fingerprint) if c.isdigit())  # '0'..'9' -> 'p'..'y'
+    t = _burst(lone)
+    flat = t["w"].reshape(-1).view(np.uint16 if t["w"].dtype == np.float16 else np.uint32)
+    per = _embed.block_bytes(k) * 8
+    for c in range(3):
+        q = (_embed.RECORD_BYTES + c * n + p) * 8 + 6  # bit 6 of the character, in storage bits
+        v = (q // per) * 64 + (TAG_BITS + q % per) // k
+        flat[v] ^= flat.dtype.type(1 << ((TAG_BITS + q % per) % k))
+    stored = set()
+    for cand in _embed.located_copies(t):
+        try:
+            parse_header(cand, other_key)
+        except KeyMismatchError as e:
+            stored.add(e.stored)
+        except HeaderAuthError:
+            continue
+    assert len(stored) == 1 and not re.fullmatch("[0-9a-f]{16}", stored.pop())  # one malformed fingerprint named
+    with pytest.raises(HeaderAuthError) as ei:
+        header_from_weights(t, other_key)
+    assert ei.value.exit_code == 2 and "none of them authenticates" in str(ei.value)
