@@ -23,6 +23,7 @@ import paramseal
 from paramseal import FormatError, files
 from paramseal.errors import MissingDependencyError
 from paramseal.formats import Loaded, adapter_for
+from paramseal.verify import header_from_weights
 
 torch = pytest.importorskip("torch")
 
@@ -459,6 +460,42 @@ def test_a_sealed_module_saved_with_torch_save_verifies_as_a_file(tmp_path: Path
     pst.seal_module(net, key)
     torch.save(net.state_dict(), tmp_path / "m.pt")
     assert files.verify_file(tmp_path / "m.pt", key).status == "intact"
+
+
+def test_a_pt_sealed_with_user_keys_beside_its_tie_checks_the_tie_and_says_what_it_did_not(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """A .pt holds its tie, never the user's keys: the tie is checked by its own digest, the user keys are named.
+
+    A user key that starts with "paramseal" but not "paramseal." (as the set record "paramseal_set") is the
+    user's, not one of ParamSeal's own entries that a .pt keeps.
+    """
+    torch.manual_seed(5)
+    src, out, kept = tmp_path / "tied.pt", tmp_path / "s.pt", tmp_path / "h.json"
+    torch.save(_Tied().state_dict(), src)
+    user = {"owner": "me", "paramseal_note": "the user's"}
+    files.seal_file(src, out, key, extra_metadata=user, header_out=kept)
+    rep = files.verify_file(out, key)
+    assert rep.status == "intact" and rep.metadata_issues == (), rep
+    assert any("stores no user metadata: the sealed user keys were not checked" in n for n in rep.notes), rep.notes
+    # the kept header knows the keys: the user's are named as not checked, the tie is checked
+    rep = files.verify_file(out, key, header=kept.read_text())
+    assert rep.status == "intact" and rep.metadata_issues == (), rep
+    assert any("sealed key(s) 'owner', 'paramseal_note' not checked" in n for n in rep.notes), rep.notes
+    sd = torch.load(out, weights_only=True)
+    del sd["head.weight"]  # the tied name dropped: the tensors are all there, the tie is not
+    torch.save(sd, tmp_path / "untied.pt")
+    rep = files.verify_file(tmp_path / "untied.pt", key, header=kept.read_text())
+    assert rep.status == "tampered" and rep.metadata_issues == ("key 'paramseal.tied' was removed",), rep
+    assert files.verify_file(tmp_path / "untied.pt", key).status == "tampered"  # by the tie's digest alone
+    # sealed with the tie alone, there are no user keys to leave unchecked
+    files.seal_file(src, tmp_path / "t.pt", key)
+    rep = files.verify_file(tmp_path / "t.pt", key)
+    assert rep.status == "intact" and not any("not checked" in n for n in rep.notes), rep.notes
+    # through the API with no metadata given: the weights are checked, the metadata is said not to be
+    tensors = adapter_for(out).read(out).tensors
+    rep = paramseal.verify(tensors, key, header_from_weights(tensors, key), metadata_kept=False)
+    assert rep.status == "intact" and any("sealed metadata could not be" in n for n in rep.notes), rep.notes
 
 
 @pytest.mark.parametrize(

@@ -266,6 +266,22 @@ def test_own_metadata_digest_is_set_where_own_entries_are_sealed_and_authenticat
     assert embedded.user_metadata is None and embedded.own_digest == both["own_metadata_sha256"]
 
 
+def test_only_paramseal_dot_entries_are_paramseal_s_own(key: paramseal.Key) -> None:
+    """A shard's set record ("paramseal_set") or a user's "paramseal_note" is user metadata, not an own entry.
+
+    Own entries are what a .pt keeps (its tie): counted as one, a sealed user key would make every
+    .pt sealed with it fail its own digest, and go unchecked against a kept header.
+    """
+    tie = {"paramseal.tied": '[["v","w",1]]'}
+    meta = {**tie, "paramseal_set": '{"shard":"a"}', "paramseal_note": "x", "owner": "me"}
+    assert paramseal.header.own_entries(meta) == tie
+    w = {"w": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)}
+    shard = json.loads(paramseal.seal(w, key, metadata={"paramseal_set": '{"shard":"a"}'}).header_json)
+    assert "own_metadata_sha256" not in shard
+    both = json.loads(paramseal.seal(w, key, metadata=meta).header_json)
+    assert both["own_metadata_sha256"] == paramseal.header.metadata_digest(tie)
+
+
 def test_seal_from_before_own_metadata_digest_with_own_entries_authenticates(key: paramseal.Key) -> None:
     """A seal made before ``own_metadata_sha256`` (every ONNX seal has ``paramseal.graph``) still verifies."""
     w = {"w": np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)}
