@@ -179,6 +179,19 @@ def test_partial_verification_checks_only_the_selected_tensors(
     assert not whole.partial and whole.to_dict()["checked_blocks"] == whole.total_blocks
 
 
+def test_partial_verification_names_the_added_tensors_its_pattern_covers_and_no_others(
+    tmp_path: Path, model: dict, key: paramseal.Key
+) -> None:
+    """A partial report speaks for the tensors its pattern covers: one added outside it is left to a full verify."""
+    _, t, meta = _sealed(tmp_path, model, key)
+    p = helpers.write_st(tmp_path / "added.safetensors", {**t, "fc.extra": np.ones(64, np.float32)}, meta)
+    assert files.verify_file(p, key).extra_tensors == ("fc.extra",)
+    rep = files.verify_file(p, key, tensors="fc.*")
+    assert rep.status == "tampered" and rep.extra_tensors == ("fc.extra",) and rep.partial
+    rep = files.verify_file(p, key, tensors="embed.*")
+    assert rep.status == "intact" and rep.extra_tensors == () and rep.partial
+
+
 _RSS_WORKER = textwrap.dedent(
     """
     import json, os, sys, resource
