@@ -15,7 +15,7 @@ import pytest
 import paramseal
 from paramseal import _embed, files
 from paramseal.errors import KeyMismatchError, NotSealedError
-from paramseal.header import HeaderAuthError, parse_header
+from paramseal.header import Header, HeaderAuthError, parse_header
 from paramseal.levels import TAG_BITS
 from paramseal.verify import header_from_weights
 
@@ -689,6 +689,26 @@ def test_header_from_a_model_whose_record_is_gone_is_found_with_the_key(
     assert rc == 0 and "intact" in out, err
 
 
+def _carriers(sealed: paramseal.SealedModel) -> tuple[Header, str, str, str]:
+    """The header, the two carrier tensors' names, and the header text the first one carries."""
+    h = sealed.header
+    a, b = (h.tensors[c].name for c in h.carriers)
+    return h, a, b, dict(_embed.header_copies(sealed.tensors))[a]
+
+
+def _named_keys(tensors: dict[str, np.ndarray], key: paramseal.Key) -> set[str]:
+    """The key fingerprints the copies found where seal puts them name, when ``key`` is not theirs."""
+    named = set()
+    for cand in _embed.located_copies(tensors):
+        try:
+            parse_header(cand, key)
+        except KeyMismatchError as e:
+            named.add(e.stored)
+        except HeaderAuthError:
+            continue
+    return named
+
+
 def _hex_flip(c: str) -> int:
     """A bit whose flip turns the hex digit ``c`` into another hex digit (a fingerprint that stays well-formed)."""
     return next(b for b in range(7) if (d := chr(ord(c) ^ (1 << b))) != c and d in "0123456789abcdef")
@@ -698,9 +718,7 @@ def test_copies_naming_different_well_formed_keys_are_damage_not_another_key(
     sealed_bare: paramseal.SealedModel, key: paramseal.Key, other_key: paramseal.Key
 ) -> None:
     """Each copy's fingerprint flipped at another digit (and its salt): two keys named, so neither is believed."""
-    h = sealed_bare.header
-    a, b = (h.tensors[c].name for c in h.carriers)
-    text = dict(_embed.header_copies(sealed_bare.tensors))[a]
+    h, a, b, text = _carriers(sealed_bare)
     fp, salt = text.index(h.key_fingerprint), text.index(h.salt.hex())
     t = sealed_bare.tensors
     for name, i, j in ((a, fp + 2, salt + 3), (b, fp + 9, salt + 11)):
@@ -736,24 +754,14 @@ def test_a_damaged_copy_beside_one_found_without_its_record_naming_another_key_i
     sealed_bare: paramseal.SealedModel, key: paramseal.Key, other_key: paramseal.Key
 ) -> None:
     """Whether a carrier's record survived must not change the answer: with a copy damaged it is exit 2 either way."""
-    h = sealed_bare.header
-    a, b = (h.tensors[c].name for c in h.carriers)
-    text = dict(_embed.header_copies(sealed_bare.tensors))[a]
+    h, a, b, text = _carriers(sealed_bare)
     s = text.index('"scheme":"') + len('"scheme":"')  # 'paramseal/2' -> 'qaramseal/2': names no scheme
     damaged = helpers.flip_bit(sealed_bare.tensors, a, _text_value(s), 0)
     with pytest.raises(HeaderAuthError):
         parse_header(dict(_embed.header_copies(damaged))[a], other_key)
     gone = _wipe_record(damaged, b)
     assert [n for n, _ in _embed.header_copies(gone)] == [a] and _embed.scan(gone[b], damaged=True) is None
-    named = set()
-    for cand in _embed.located_copies(gone):  # b's copy, found where seal put it, names the sealing key
-        try:
-            parse_header(cand, other_key)
-        except KeyMismatchError as e:
-            named.add(e.stored)
-        except HeaderAuthError:
-            continue
-    assert named == {h.key_fingerprint}
+    assert _named_keys(gone, other_key) == {h.key_fingerprint}  # b's copy, found where seal put it
     for t in (damaged, gone):  # b's record intact, then gone
         with pytest.raises(HeaderAuthError) as ei:
             header_from_weights(t, other_key)
@@ -776,14 +784,7 @@ def test_copies_found_without_a_record_naming_a_malformed_fingerprint_are_damage
         q = (_embed.RECORD_BYTES + c * n + p) * 8 + 6  # bit 6 of the character, in storage bits
         v = (q // per) * 64 + (TAG_BITS + q % per) // k
         flat[v] ^= flat.dtype.type(1 << ((TAG_BITS + q % per) % k))
-    stored = set()
-    for cand in _embed.located_copies(t):
-        try:
-            parse_header(cand, other_key)
-        except KeyMismatchError as e:
-            stored.add(e.stored)
-        except HeaderAuthError:
-            continue
+    stored = _named_keys(t, other_key)
     assert len(stored) == 1 and not re.fullmatch("[0-9a-f]{16}", stored.pop())  # one malformed fingerprint named
     with pytest.raises(HeaderAuthError) as ei:
         header_from_weights(t, other_key)
