@@ -738,6 +738,10 @@ def test_copies_naming_different_well_formed_keys_are_damage_not_another_key(
     with pytest.raises(HeaderAuthError) as e2:
         header_from_weights(one, other_key)
     assert e2.value.exit_code == 2 and "damaged" in str(e2.value) and "--header-from" in str(e2.value)
+    # the intact copy's key is named, so a user holding the wrong key learns it (not only "damaged")
+    tail = str(e2.value).partition("A copy names key fingerprint ")[2]
+    assert h.key_fingerprint in tail.partition(", not the given key's")[0], str(e2.value)
+    assert f"not the given key's ({other_key.fingerprint})" in tail
 
 
 def _wipe_record(tensors: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
@@ -766,6 +770,7 @@ def test_a_damaged_copy_beside_one_found_without_its_record_naming_another_key_i
         with pytest.raises(HeaderAuthError) as ei:
             header_from_weights(t, other_key)
         assert ei.value.exit_code == 2 and "--header-from" in str(ei.value)
+        assert f"A copy names key fingerprint {h.key_fingerprint}, not the given key's" in str(ei.value)
         assert header_from_weights(t, key) == text  # with the right key, b's copy is the header
 
 

@@ -365,7 +365,7 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
             errs.append(e)
     # Another key only when every copy names the same well-formed one: a flipped fingerprint is damage.
     named = {e.stored if isinstance(e, KeyMismatchError) else "" for e in errs}
-    other_key = bool(errs) and len(named) == 1 and re.fullmatch("[0-9a-f]{16}", next(iter(named))) is not None
+    other_key = bool(errs) and len(named) == 1 and _FP.fullmatch(next(iter(named))) is not None
     if other_key and len(copies) > 1:
         raise errs[0]
     # Damaged copies (also ones no longer valid UTF-8, or behind a damaged record): rebuild the header from them.
@@ -391,13 +391,22 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
             continue  # the destroyed copy, or a length that was not the header's
     # another key when the copies found that name a key all name one well-formed key (the destroyed copy names none)
     if not errs and located and len({e.stored for e in located}) == 1:
-        if re.fullmatch("[0-9a-f]{16}", located[0].stored):
+        if _FP.fullmatch(located[0].stored):
             raise located[0]
     if errs:
         why = next((str(e) for e in errs if not isinstance(e, KeyMismatchError)), "")
+        # damage, but a copy may name the sealing key: a user holding the wrong key must learn it here
+        mismatches = [e for e in [*errs, *located] if isinstance(e, KeyMismatchError)]
+        keys = sorted({e.stored for e in mismatches if _FP.fullmatch(e.stored)})
+        other = (
+            f". A copy names key fingerprint {' or '.join(keys)}, not the given key's ({key.fingerprint}): if the "
+            "model was sealed with that key, check it with that key"
+            if keys
+            else ""
+        )
         raise HeaderAuthError(
             f"{why or 'the copies of the ParamSeal header in the weights do not authenticate (they were damaged)'}. "
-            f"{HEADER_HINT}"
+            f"{HEADER_HINT}{other}"
         ) from None
     n, never_had_copies = _embed.sealed_traces(tensors)
     if n and never_had_copies:
@@ -437,6 +446,7 @@ class HeaderOnlyInMetadata(NotSealedError):
     exit_code = 2
 
 
+_FP = re.compile("[0-9a-f]{16}")  # a well-formed key fingerprint
 HEADER_HINT = (
     "Pass the header of a copy of the sealed model that keeps it (--header-from FILE: the sealed model file as "
     "written by seal, or its header in a .json file, as seal --header-out keeps it) to verify and recover; do not "
