@@ -261,6 +261,14 @@ def test_an_index_naming_no_shards_is_exit_3(tmp_path: Path, key_file: Path) -> 
         assert rc == 3 and "names no shards" in err and "Traceback" not in err
 
 
+def test_an_index_that_is_no_json_object_says_so(checkpoint: Path) -> None:
+    """A list or a string was reported in Python's words: 'list indices must be integers or slices, not str'."""
+    for text, kind in (("[1, 2]", "list"), ('"weights"', "str")):
+        (checkpoint / sharded.INDEX).write_text(text)
+        rc, _, err = helpers.run_cli(["inspect", checkpoint])
+        assert rc == 3 and f"it holds a JSON {kind}, not an object" in err and "indices" not in err, err
+
+
 def test_an_index_or_set_record_nested_too_deep_for_json_is_no_traceback(
     tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path
 ) -> None:

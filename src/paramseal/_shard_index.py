@@ -110,6 +110,8 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
         raise InputError(f"cannot read '{p}': {e.strerror or e}") from None
     try:
         raw = json.loads(text.decode("utf-8"))
+        if not isinstance(raw, dict):  # else Python's own words ("list indices must be integers...")
+            raise TypeError(f"it holds a JSON {type(raw).__name__}, not an object")
         wm = raw["weight_map"]
         if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
             raise TypeError("weight_map must map tensor names to file names")
