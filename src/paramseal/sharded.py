@@ -469,14 +469,15 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
     A sealed folder whose index is missing or unusable is described from the files carrying set
     records (`set_files`), with ``index`` None and ``index_problem`` saying what is wrong.
     """
-    problem = None
+    problem, members = None, []
     try:
         read_index(folder, missing_ok=True)
     except FormatError as e:
-        if not set_files(folder):
+        members = set_files(folder)
+        if not members:
             raise
         problem = f"{e}; the shards carry set records: 'paramseal verify' checks them, 'paramseal recover' rebuilds it"
-    names = set_files(folder) if problem else read_index(folder).shards  # a shard it names must be there
+    names = members if problem else read_index(folder).shards  # a shard it names must be there
     shards = {name: files.inspect_file(folder / name) for name in names}
     params: dict[str, int] = {}
     for info in shards.values():
