@@ -509,6 +509,13 @@ def test_inspect_text_and_json(sealed_file: Path, model_file: Path) -> None:
     assert "not sealed" in so and "strong" in so
 
 
+def test_inspect_text_says_when_nan_floats_leave_nothing_to_carry_the_watermark(tmp_path: Path) -> None:
+    src = helpers.write_st(tmp_path / "m.safetensors", {"a": np.full(640, np.inf, np.float32)})
+    rc, so, _ = run(["inspect", src])
+    assert rc == 0 and "cannot be sealed: its float tensors all hold NaN or Inf" in so
+    assert "F32   NaN/Inf values: sealed as data" in so and "k=8" not in so
+
+
 def test_inspect_shows_the_seal_salt_for_a_registry_to_compare(sealed_file: Path, key: paramseal.Key) -> None:
     """README: catching a rollback needs an external record, e.g. the salt, compared with `inspect`."""
     salt = json.loads(files.read_header(sealed_file, key))["salt"]

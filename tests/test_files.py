@@ -368,6 +368,24 @@ def test_inspect_unsealed_file_describes_every_level(model_file: Path) -> None:
     assert info["levels"]["standard"]["I64"]["k"] == 0
 
 
+def test_inspect_says_a_model_whose_floats_all_hold_nan_cannot_be_sealed(tmp_path: Path, key: paramseal.Key) -> None:
+    """Seal takes NaN/Inf tensors as data; inspect must not promise bits they will not carry."""
+    from paramseal.errors import UnsupportedError
+
+    src = helpers.write_st(tmp_path / "m.safetensors", {"a": np.full(1000, np.nan, np.float32), "i": np.arange(10)})
+    info = files.inspect_file(src)
+    assert "NaN or Inf" in info["cannot_seal"]
+    assert {lv: c["F32"]["k"] for lv, c in info["levels"].items()} == {"light": 0, "standard": 0, "strong": 0}
+    with pytest.raises(UnsupportedError, match="NaN or Inf"):
+        files.seal_file(src, tmp_path / "out.safetensors", key)
+    # one finite fp32 tensor is enough: the dtype carries bits again
+    mixed = helpers.write_st(
+        tmp_path / "mixed.safetensors", {"a": np.full(1000, np.nan, np.float32), "b": np.ones(640, np.float32)}
+    )
+    info = files.inspect_file(mixed)
+    assert "cannot_seal" not in info and info["levels"]["standard"]["F32"]["k"] == 8
+
+
 def test_inspect_sealed_file_needs_no_key_and_shows_the_settings(sealed_file: Path, key: paramseal.Key) -> None:
     info = files.inspect_file(sealed_file)
     assert info["sealed"] is True
@@ -794,8 +812,9 @@ def test_recover_does_not_use_a_copy_of_the_input_that_failed(
     [
         {"w": (150_000,), "ids": (20_000,)},  # an int64 tensor takes a fifth of every group: fewer parity strata
         {"w": (120, 128), "b": (10,)},  # too small for the outer code: no hosted bytes
+        {"w": (150_000,), "mask": (20_000,)},  # an fp32 tensor holding -inf is sealed as data, as an integer one
     ],
-    ids=["integer-data", "small"],
+    ids=["integer-data", "small", "non-finite"],
 )
 def test_inspect_bounds_are_those_of_the_layout_seal_chooses(
     tmp_path: Path, key: paramseal.Key, tensors: dict[str, tuple[int, ...]]
@@ -809,6 +828,8 @@ def test_inspect_bounds_are_those_of_the_layout_seal_chooses(
         n: rng.integers(0, 1 << 40, s).astype(np.int64) if n == "ids" else rng.standard_normal(s).astype(np.float32)
         for n, s in tensors.items()
     }
+    if "mask" in model:
+        model["mask"][::2] = -np.inf
     src = helpers.write_st(tmp_path / "m.safetensors", model)
     before = files.inspect_file(src)["levels"]
     for level in ("standard", "strong"):

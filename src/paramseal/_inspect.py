@@ -15,6 +15,7 @@ from .errors import ParamSealError
 from .formats import Loaded
 from .header import METADATA_KEY, peek_header
 from .levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
+from .seal import non_finite
 
 
 def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
@@ -62,10 +63,19 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
         info["levels"] = {str(label): caps(ks, irs_host, free_strata(table, irs_host))}
     else:
         info["levels"] = {}
+        plain = non_finite(loaded.tensors)  # seal takes these as data (k = 0): they fill strata, carry no parity
+        carrying = {dtype_name(a.dtype) for n, a in loaded.tensors.items() if n not in plain}
+        if not carrying & set(FLOATS):
+            info["cannot_seal"] = "its float tensors all hold NaN or Inf: the watermark lives in float mantissas"
         for lv in LEVELS:
-            ks = {dt: bits_for(dt, lv, None) for dt in dtypes}
+            ks = {dt: bits_for(dt, lv, None) if dt in carrying else 0 for dt in dtypes}
             specs = [
-                TensorSpec(name, (dt := dtype_name(a.dtype)), tuple(int(d) for d in a.shape), bits_for(dt, lv, None))
+                TensorSpec(
+                    name,
+                    (dt := dtype_name(a.dtype)),
+                    tuple(int(d) for d in a.shape),
+                    0 if name in plain else bits_for(dt, lv, None),
+                )
                 for name, a in loaded.tensors.items()
             ]
             if _strata.applies(specs):  # the layout seal would choose: a small model has no outer code
@@ -116,6 +126,8 @@ def caps(ks: dict[Any, Any], host: int | None, free_strata: int | None = None) -
                     "unknown_positions_bound": round(c.error_bound, 4),
                     "scattered_bound": round(c.scattered_bound, 6),
                 }
+        elif dt in FLOATS:  # every tensor of the dtype holds NaN or Inf
+            out[str(dt)] = {"k": 0, "note": "NaN/Inf values: sealed as data, authenticated and protected, no bits"}
         else:
             out[str(dt)] = {"k": 0, "note": "integer/bool: authenticated and protected, carries no bits"}
     return out

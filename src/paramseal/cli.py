@@ -489,6 +489,8 @@ def _inspect_text(info: dict[str, object]) -> str:
             lines.append(f"WARNING: shards sealed differently or not at all: {', '.join(map(str, odd))}")
         if info.get("index_problem"):
             lines.append(f"WARNING: {info['index_problem']}")
+    if info.get("cannot_seal"):
+        lines.append(f"cannot be sealed: {info['cannot_seal']}")
     seal = info.get("seal")
     if isinstance(seal, dict):
         lines.append("sealed: " + ", ".join(f"{k}={v}" for k, v in seal.items()))
