@@ -241,6 +241,30 @@ def test_a_tampered_header_copy_falls_back_to_the_other_and_is_recovered(
     helpers.assert_model_equal(got, sealed_bare.tensors)
 
 
+def test_an_older_seals_header_copy_pasted_into_a_carrier_does_not_take_over(
+    tmp_path: Path, big: dict[str, np.ndarray], sealed_bare: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    # Another seal of the same model under the same key: its header copy is authentic too. Pasted over
+    # the first carrier's reserved blocks, only those blocks changed; the other carrier keeps this seal's.
+    older = paramseal.seal(big, key)
+    h = sealed_bare.header
+    carrier = h.tensors[h.carriers[0]]
+    t = helpers.copy_model(sealed_bare.tensors)
+    n = 64 * carrier.reserved
+    t[carrier.name].reshape(-1)[:n] = older.tensors[carrier.name].reshape(-1)[:n]
+    assert json.loads(header_from_weights(t, key))["salt"] == h.salt.hex()
+    p = helpers.write_st(tmp_path / "t.safetensors", t)
+    rep = files.verify_file(p, key)
+    assert rep.status == "tampered" and rep.recoverable
+    assert {s: f.tampered_blocks for s, f in rep.tensors.items() if f.tampered_blocks} == {
+        carrier.name: tuple(range(carrier.reserved))
+    }
+    res = files.recover_file(p, tmp_path / "fixed.safetensors", key)
+    assert res.report.status == "recovered"
+    got, _ = helpers.read_st(tmp_path / "fixed.safetensors")
+    helpers.assert_model_equal(got, sealed_bare.tensors)
+
+
 def test_destroyed_record_blocks_are_rebuilt_bit_exactly(sealed_big: paramseal.SealedModel, key: paramseal.Key) -> None:
     t = helpers.copy_model(sealed_big.tensors)
     for name in ("fc.bias", "norm.weight", "emb.weight"):

@@ -357,12 +357,20 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
     """
     copies = _embed.header_copies(tensors)
     errs: list[ParamSealError] = []
+    authentic: list[str] = []
     for _, text in copies:
         try:
             parse_header(text, key)
-            return text
+            if text not in authentic:
+                authentic.append(text)
         except (KeyMismatchError, HeaderAuthError, FormatError) as e:
             errs.append(e)
+    if len(authentic) == 1:
+        return authentic[0]
+    if authentic:
+        # Two authentic headers: one is another seal's under this key (an older seal's copy pasted into a
+        # carrier, or added as a tensor). The weights say which seal they are: the header most blocks verify under.
+        return max(authentic, key=lambda text: _verified_blocks(tensors, key, text))
     # Another key only when every copy names the same well-formed one: a flipped fingerprint is damage.
     named = {e.stored if isinstance(e, KeyMismatchError) else "" for e in errs}
     other_key = bool(errs) and len(named) == 1 and _FP.fullmatch(next(iter(named))) is not None
@@ -432,6 +440,12 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
         "seal it first with 'paramseal seal' if it never was (a model too small to hold a copy needs its "
         f"original metadata). {NOT_SEALED_WARNING}"
     )
+
+
+def _verified_blocks(tensors: Mapping[str, NDArray[np.generic]], key: Key, text: str) -> int:
+    """How many blocks of ``tensors`` verify under the authentic header ``text``."""
+    chk = check(tensors, key, text)
+    return sum(int((~b).sum()) for b in chk.bad)
 
 
 NOT_SEALED_WARNING = (
