@@ -15,7 +15,7 @@ import pytest
 import paramseal
 from paramseal import _embed, files
 from paramseal.errors import KeyMismatchError, NotSealedError
-from paramseal.header import Header, HeaderAuthError, parse_header
+from paramseal.header import METADATA_KEY, Header, HeaderAuthError, parse_header
 from paramseal.levels import TAG_BITS
 from paramseal.verify import header_from_weights
 
@@ -263,6 +263,29 @@ def test_an_older_seals_header_copy_pasted_into_a_carrier_does_not_take_over(
     assert res.report.status == "recovered"
     got, _ = helpers.read_st(tmp_path / "fixed.safetensors")
     helpers.assert_model_equal(got, sealed_bare.tensors)
+
+
+def test_an_older_seals_metadata_copied_over_is_found_by_the_weights_and_recovered(
+    tmp_path: Path, big: dict[str, np.ndarray], sealed_big: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    """Another seal's metadata under the same key authenticates too: it must not make every block look tampered."""
+    older = paramseal.seal(big, key, metadata=META)
+    assert older.header.salt != sealed_big.header.salt
+    good = helpers.write_st(
+        tmp_path / "good.safetensors", sealed_big.tensors, {**META, METADATA_KEY: sealed_big.header_json}
+    )
+    p = helpers.write_st(tmp_path / "t.safetensors", sealed_big.tensors, {**META, METADATA_KEY: older.header_json})
+    rep = files.verify_file(p, key)
+    assert rep.status == "tampered" and rep.recoverable
+    assert not [n for n, f in rep.tensors.items() if f.tampered_blocks]
+    assert any("another seal's under this key" in m for m in rep.metadata_issues)
+    files.recover_file(p, tmp_path / "fixed.safetensors", key)
+    got, meta = helpers.read_st(tmp_path / "fixed.safetensors")
+    helpers.assert_model_equal(got, sealed_big.tensors)
+    assert parse_header(meta.pop(METADATA_KEY), key).salt == sealed_big.header.salt and meta == META
+    assert files.verify_file(tmp_path / "fixed.safetensors", key).status == "intact"
+    # the file as sealed is intact: its copies in the weights are the same seal's
+    assert files.verify_file(good, key).status == "intact"
 
 
 def test_destroyed_record_blocks_are_rebuilt_bit_exactly(sealed_big: paramseal.SealedModel, key: paramseal.Key) -> None:

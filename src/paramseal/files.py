@@ -57,8 +57,10 @@ from .verify import (
     NOT_SEALED_WARNING,
     Check,
     HeaderOnlyInMetadata,
+    best_header,
     check,
     header_from_weights,
+    other_seals_copies,
     report_of,
     usable,
 )
@@ -333,6 +335,14 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
     if h.user_metadata is None:  # the weights' form, which seal never writes into the metadata: an edit
         cut = "the ParamSeal header in the file's metadata was cut down to the form kept in the weights"
         return _Found(_restored(text, meta, key), meta, False, [cut])
+    rivals = other_seals_copies(loaded.tensors, key, text)
+    if rivals and (copy := best_header(loaded.tensors, key, [text, *rivals])) != text:
+        # another seal's metadata under this key (an older seal's file's, copied over): the weights tell
+        replaced = (
+            f"the ParamSeal header in the file's metadata is another seal's under this key (salt {h.salt.hex()}), "
+            f"not the one the weights were sealed with; {_USED}"
+        )
+        return _Found(_restored(copy, meta, key), meta, False, [replaced])
     return _Found(text, meta, False)
 
 

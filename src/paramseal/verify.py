@@ -370,7 +370,7 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
     if authentic:
         # Two authentic headers: one is another seal's under this key (an older seal's copy pasted into a
         # carrier, or added as a tensor). The weights say which seal they are: the header most blocks verify under.
-        return max(authentic, key=lambda text: _verified_blocks(tensors, key, text))
+        return best_header(tensors, key, authentic)
     # Another key only when every copy names the same well-formed one: a flipped fingerprint is damage.
     named = {e.stored if isinstance(e, KeyMismatchError) else "" for e in errs}
     other_key = bool(errs) and len(named) == 1 and _FP.fullmatch(next(iter(named))) is not None
@@ -442,10 +442,31 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
     )
 
 
-def _verified_blocks(tensors: Mapping[str, NDArray[np.generic]], key: Key, text: str) -> int:
-    """How many blocks of ``tensors`` verify under the authentic header ``text``."""
-    chk = check(tensors, key, text)
-    return sum(int((~b).sum()) for b in chk.bad)
+def best_header(tensors: Mapping[str, NDArray[np.generic]], key: Key, texts: list[str]) -> str:
+    """Of authentic headers from different seals under ``key``, the one most blocks of ``tensors`` verify under.
+
+    Another seal's header under the same key (an older seal's copy, pasted in) authenticates too;
+    under it almost every block fails. The first wins a tie.
+    """
+
+    def verified(text: str) -> int:
+        return sum(int((~b).sum()) for b in check(tensors, key, text).bad)
+
+    return max(texts, key=verified)
+
+
+def other_seals_copies(tensors: Mapping[str, NDArray[np.generic]], key: Key, header_json: str) -> list[str]:
+    """The intact copies in the weights that authenticate under ``key`` but are another seal than ``header_json``."""
+    this = parse_header(header_json, key).to_json(key, embedded=True)
+    out: list[str] = []
+    for _, text in _embed.header_copies(tensors):
+        try:
+            h = parse_header(text, key)
+        except (KeyMismatchError, HeaderAuthError, FormatError):
+            continue  # damaged or another key's: no rival seal
+        if h.to_json(key, embedded=True) != this and text not in out:
+            out.append(text)
+    return out
 
 
 NOT_SEALED_WARNING = (
@@ -531,9 +552,11 @@ __all__ = [
     "NOT_SEALED_WARNING",
     "Check",
     "HeaderOnlyInMetadata",
+    "best_header",
     "check",
     "header_from_weights",
     "metadata_findings",
+    "other_seals_copies",
     "report_of",
     "verify",
 ]
