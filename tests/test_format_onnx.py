@@ -609,6 +609,40 @@ def test_typed_field_model_seals_and_runs_in_onnxruntime(tmp_path: Path, key: pa
     assert files.verify_file(out, key).status == "intact"
 
 
+@pytest.mark.parametrize(
+    ("name", "change"),
+    [("half", 0x10000), ("brain", -0x10000), ("codes", 0x100), ("mask", 1)],
+    ids=["float16_high_bits", "bfloat16_negative", "uint8_high_bits", "bool_2"],
+)
+def test_typed_values_out_of_their_dtypes_range_are_tampering_not_intact(
+    tmp_path: Path, key: paramseal.Key, name: str, change: int
+) -> None:
+    """int32_data wider than the dtype: the low bits read the sealed value, but loaders differ on the rest."""
+    model = mlp(np.random.default_rng(8), typed=True)
+    model.graph.node.append(helper.make_node("Cast", [name], ["used"], to=F32))  # else onnxruntime drops it
+    model.graph.output.append(helper.make_tensor_value_info("used", F32, None))
+    src = save(model, tmp_path / "typed.onnx")
+    sealed = tmp_path / "sealed.onnx"
+    files.seal_file(src, sealed, key)
+    m = onnx.load(str(sealed))
+    t = next(t for t in m.graph.initializer if t.name == name)
+    i = next(i for i, v in enumerate(t.int32_data) if v)  # a 1 (True) for the bool: 2 stays True
+    t.int32_data[i] += change
+    bad = save(m, tmp_path / "bad.onnx")
+    same = adapter_for(sealed).read(sealed).tensors[name]
+    assert adapter_for(bad).read(bad).tensors[name].tobytes() == same.tobytes()  # ParamSeal reads the low bits
+    if name in ("half", "brain"):  # the model no longer loads in onnxruntime
+        with pytest.raises(Exception, match="data overflow"):
+            run(bad, {"X": np.zeros((1, 8), np.float32)})
+    rep = files.verify_file(bad, key)
+    assert rep.status == "tampered" and rep.exit_code == 1 and rep.tampered_tensors == []
+    assert any(f"'{name}'" in m and "int32_data" in m for m in rep.metadata_issues)
+    fixed = tmp_path / "fixed.onnx"
+    assert files.recover_file(bad, fixed, key).report.status == "recovered"
+    assert files.verify_file(fixed, key).status == "intact"
+    run(fixed, {"X": np.zeros((1, 8), np.float32)})
+
+
 def _side_names(model: Path) -> set[str]:
     m = onnx.load(str(model), load_external_data=False)
     return {{e.key: e.value for e in t.external_data}["location"] for _, t in _protos(m) if t.data_location == 1}

@@ -205,8 +205,9 @@ class OnnxAdapter:
         base = path.parent
         tensors: dict[str, NDArray[np.generic]] = {}
         inputs: _Ranges = {}
+        issues: list[str] = []
         for name, slot in zip(names, slots, strict=True):
-            tensors[name] = _to_array(slot, base, path, inputs)
+            tensors[name] = _to_array(slot, base, path, inputs, issues)
             _strip(slot.proto)
         _refuse_shared(path, inputs)
         meta: dict[str, str] = {}
@@ -216,7 +217,8 @@ class OnnxAdapter:
             meta[p.key] = p.value
         template = _Template(model.SerializeToString(), frozenset(names), frozenset(inputs), path.resolve())
         _TEMPLATES.remember(template)
-        return Loaded(tensors, meta, source=template, graph=_graph_digest(onnx, template.skeleton))
+        graph = _graph_digest(onnx, template.skeleton)
+        return Loaded(tensors, meta, source=template, container_issues=tuple(issues), graph=graph)
 
     def write(self, path: Path, loaded: Loaded) -> None:
         """Fill the graph read earlier with the new values (see the module docstring) and write it."""
@@ -354,7 +356,7 @@ def _dtype(proto: Any, where: str) -> np.dtype[np.generic]:
     return dt
 
 
-def _to_array(slot: _Slot, base: Path, path: Path, inputs: _Ranges) -> NDArray[np.generic]:
+def _to_array(slot: _Slot, base: Path, path: Path, inputs: _Ranges, issues: list[str]) -> NDArray[np.generic]:
     t, where = slot.proto, f"'{path}': {slot.where}"
     dt = _dtype(t, where)
     shape = tuple(int(d) for d in t.dims)
@@ -380,13 +382,32 @@ def _to_array(slot: _Slot, base: Path, path: Path, inputs: _Ranges) -> NDArray[n
     vals = getattr(t, field)
     if len(vals) != n:
         raise FormatError(f"{where} has {len(vals)} values in {field} but shape {list(shape)} needs {n}")
+    wide = np.array(vals, np.int64 if field == "int32_data" else _FIELD_DTYPE[field])
+    lim = _typed_range(dt, field)
+    # no writer stores these, and the value read depends on the loader: one that keeps the low bits (as
+    # here) reads the sealed values, while ONNX Runtime refuses float16/bfloat16 ones ('data overflow')
+    if lim is not None and (bad := int(((wide < lim[0]) | (wide > lim[1])).sum())):
+        issues.append(
+            f"{slot.where}: {bad} value(s) in {field} lie outside [{lim[0]}, {lim[1]}], the range of {dt}"
+            f"{' bit patterns' if dt.kind not in 'biu' else ''}, which "
+            "ONNX loaders truncate or refuse (ONNX Runtime: 'data overflow'); recover writes them in range"
+        )
     if field == "int32_data" and dt.itemsize == 2 and dt.kind != "i" and dt.kind != "u":
-        a = (np.array(vals, np.int64) & 0xFFFF).astype(np.uint16).view(dt)  # float16/bfloat16: bit patterns
-    elif field == "int32_data":
-        a = np.array(vals, np.int64).astype(dt)
+        a = (wide & 0xFFFF).astype(np.uint16).view(dt)  # float16/bfloat16: bit patterns
     else:
-        a = np.array(vals, _FIELD_DTYPE[field]).astype(dt)
+        a = wide.astype(dt)
     return a.reshape(shape)
+
+
+def _typed_range(dt: np.dtype[np.generic], field: str) -> tuple[int, int] | None:
+    """The values a typed field may hold for ``dt`` when it is wider than ``dt`` (None: any value)."""
+    if dt == np.bool_:
+        return 0, 1
+    if dt.kind not in "iu":  # float16/bfloat16 bit patterns in int32_data; float/double fields are exact
+        return (0, 0xFFFF) if field == "int32_data" else None
+    info = np.iinfo(dt)  # type: ignore[type-var]
+    wide = np.iinfo(np.int32 if field == "int32_data" else _FIELD_DTYPE[field])  # type: ignore[type-var]
+    return None if (info.min, info.max) == (wide.min, wide.max) else (int(info.min), int(info.max))
 
 
 def _external_info(t: Any, where: str) -> tuple[str, int, int | None]:
