@@ -200,6 +200,19 @@ def test_raw_v2_bfloat16_from_np_save_is_refused_with_a_hint(tmp_path: Path) -> 
     assert "bfloat16" in str(ei.value) and "v2.npy" in str(ei.value)
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_structured_array_is_refused_as_structured_not_as_raw_bfloat16(
+    tmp_path: Path, key_file: Path, suffix: str
+) -> None:
+    rec = np.zeros(4096, dtype=[("x", "<f4"), ("y", "<i4")])
+    p = tmp_path / f"rec{suffix}"
+    np.save(p, rec) if suffix == ".npy" else np.savez(p, w=np.ones(3, np.float32), rec=rec)
+    out = tmp_path / f"out{suffix}"
+    rc, _, err = helpers.run_cli(["seal", p, out, "--key", key_file])
+    assert rc == 3 and "structured array" in err and "'x'" in err and p.name in err, err
+    assert "bfloat16" not in err and not out.exists()
+
+
 def test_metadata_entry_is_hidden_and_its_name_is_reserved(tmp_path: Path) -> None:
     p = tmp_path / "m.npz"
     a = adapter_for(p, must_exist=False)

@@ -198,6 +198,11 @@ def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
     shape, fortran, dtype = read_header(f)
     if dtype.hasobject:
         raise FormatError(f"{what} is an object array; ParamSeal never unpickles, so it reads numeric arrays only")
+    if dtype.names is not None or dtype.subdtype is not None:  # also kind "V": not a raw bfloat16
+        raise FormatError(
+            f"{what} is a structured array (dtype {dtype.descr}); ParamSeal reads plain numeric arrays: "
+            "save each field as an array of its own (np.savez(path, **{n: a[n] for n in a.dtype.names}))"
+        )
     if dtype.kind == "V" and dtype != _BF16:
         raise FormatError(
             f"{what} has raw dtype {dtype.str} (np.save writes bfloat16 this way and loses its type); "
