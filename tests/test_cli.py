@@ -283,6 +283,31 @@ def test_recover_beyond_capacity_writes_nothing_unless_allow_partial(
     assert run(["verify", out, "--key", key_file])[0] == 2
 
 
+def test_recover_beyond_capacity_counts_values_in_unrecoverable_blocks_not_values_lost(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
+    """A third of the values changed is beyond capacity, but most values of each block are as sealed: not 'lost'."""
+
+    def every_third(t: dict) -> None:
+        for name in ("embed.weight", "fc.weight"):
+            a = t[name].copy()
+            a.reshape(-1)[::3] = 0
+            t[name] = a
+
+    bad = _tamper(sealed_file, tmp_path / "bad.safetensors", every_third)
+    out = tmp_path / "out.safetensors"
+    rc, so, _ = run(["recover", bad, out, "--key", key_file, "--json"])
+    assert rc == 2
+    count = json.loads(so)["unrecoverable_parameters"]
+    got, sealed = helpers.read_st(bad)[0], helpers.read_st(sealed_file)[0]
+    changed = sum(int((got[n] != sealed[n]).sum()) for n in sealed)
+    assert count > changed  # whole blocks are counted: more than the values that changed
+    rc, so, _ = run(["recover", bad, out, "--key", key_file])
+    first = so.splitlines()[0]
+    assert rc == 2 and f"({count} values in unrecoverable blocks; nothing written)" in first, so
+    assert "lost" not in first, so
+
+
 def test_partial_recover_in_place_never_loses_values_the_output_drops(
     tmp_path: Path, sealed_file: Path, key_file: Path
 ) -> None:

@@ -406,8 +406,11 @@ def _run(args: argparse.Namespace) -> int:
                 print(rep.summary())
             else:
                 wrote = f"partial result written to {args.output}" if args.allow_partial else "nothing written"
-                # no value counted lost: the reason is elsewhere (a graph, a missing shard); the summary says it
-                lost = f"{_count(rep.unrecoverable_count, 'value')} lost; " if rep.unrecoverable_count else ""
+                # whole blocks: which of their values changed is unknown, so "lost" would overstate it (a 30%
+                # prune is 100% of the values in unrecoverable blocks). None counted: the reason is elsewhere
+                # (a graph, a missing shard); the summary says it
+                gone = rep.unrecoverable_count
+                lost = f"{_count(gone, 'value')} in unrecoverable blocks; " if gone else ""
                 print(f"FAIL: {args.input} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
             return rep.exit_code
         case "inspect":
