@@ -484,6 +484,34 @@ def test_cli_finetune_with_a_builtin_model(tmp_path: Path, mlp_sealed: Loaded) -
     assert rc == 3 and "--model" in err
 
 
+@pytest.mark.parametrize("kind", ["bfa", "finetune"])
+@pytest.mark.parametrize(
+    ("change", "extra", "why"),
+    [
+        ("other", [], "no float tensor 'fc1.weight', which mlp needs"),  # a model of another task
+        ("transposed", [], "do not fit mlp (mat1 and mat2 shapes cannot be multiplied"),
+        ("extra", ["--tensor", "step"], "--tensor 'step' is not float"),
+        ("extra", ["--tensor", "unused"], "mlp's task loss uses none of the tensors 'unused'"),
+    ],
+)
+def test_cli_gradient_attacks_refuse_a_model_the_task_model_cannot_use(
+    tmp_path: Path, mlp_sealed: Loaded, kind: str, change: str, extra: list[str], why: str
+) -> None:
+    pytest.importorskip("torch")
+    t = dict(mlp_sealed.tensors)
+    if change == "other":
+        t = {"w": np.ones((4, 64), np.float32)}
+    elif change == "transposed":
+        t = {n: np.ascontiguousarray(a.T) for n, a in t.items()}
+    else:
+        t |= {"step": np.arange(3, dtype=np.int64), "unused": np.ones((4, 4), np.float32)}
+    src, dst = tmp_path / "m.safetensors", tmp_path / "a.safetensors"
+    write_model(src, Loaded(t, {}))
+    rc, _, err = helpers.run_cli(["attack", src, dst, "--kind", kind, "--model", "mlp", *extra])
+    assert rc == 3 and why in err, err
+    assert not dst.exists()
+
+
 def test_a_no_op_attack_reports_no_change(sealed_model: Loaded) -> None:
     fp16_only = Loaded({"h": sealed_model.tensors["norm.weight"]}, {})
     out, truth = attack(fp16_only, AttackSpec("quantize", mode="fp16"))

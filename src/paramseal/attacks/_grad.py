@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from .._bits import uint_view
-from ..errors import MissingDependencyError
+from ..errors import MissingDependencyError, UsageError
 from ._spec import AttackSpec
 from ._values import Draft, Tensors, classifier, is_float, pick
 
@@ -43,13 +43,30 @@ def _torch() -> Any:
     return torch
 
 
-def _params(t: Mapping[str, Any], trainable: list[str]) -> dict[str, Any]:
+def _params(t: Mapping[str, Any], trainable: list[str], kind: str) -> dict[str, Any]:
+    if ints := [n for n in trainable if not is_float(t[n])]:  # named with --tensor: the task model takes floats
+        raise UsageError(f"{kind} changes float tensors only; --tensor {', '.join(map(repr, ints))} is not float")
     torch = _torch()
     # np.array copies: torch.from_numpy shares memory, and the optimiser must never write into the input
     out = {n: torch.from_numpy(np.array(a, dtype=np.float32, order="C")) for n, a in t.items() if is_float(a)}
     for n in trainable:
         out[n].requires_grad_(True)
     return out
+
+
+def _first_loss(model: GradModel, p: Mapping[str, Any], batch: int | None, kind: str, names: list[str]) -> Any:
+    """The task loss, first called: a tensor it lacks or cannot use means a model of another task."""
+    name = getattr(model, "name", "the task model")
+    fix = f"{kind} runs on the weights of the built-in task model it is given (--model {name})"
+    try:
+        loss = model.loss(p, batch)
+    except KeyError as e:  # the task's forward pass names a tensor this model does not hold as a float
+        raise UsageError(f"the model has no float tensor {e.args[0]!r}, which {name} needs; {fix}") from None
+    except RuntimeError as e:  # torch: tensors of shapes the task's forward pass cannot use
+        raise UsageError(f"the model's tensors do not fit {name} ({str(e).splitlines()[0]}); {fix}") from None
+    if not loss.requires_grad:  # no chosen tensor reaches the loss: no gradient to follow, nothing would change
+        raise UsageError(f"{name}'s task loss uses none of the tensors {', '.join(map(repr, names))}; {fix}")
+    return loss
 
 
 def _real_loss(model: GradModel, p: Mapping[str, Any]) -> float:
@@ -71,7 +88,7 @@ def bfa(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
     names = pick(t, spec, lambda _n, a: is_float(a))
     d = Draft(t)
     done: set[tuple[str, int, int]] = set()
-    p = _params(d.t, names)  # kept in step with d: one value changes per round
+    p = _params(d.t, names, "bfa")  # kept in step with d: one value changes per round
 
     def flipped(nm: str, i: int, bit: int) -> float:
         v = d.t[nm].reshape(-1)[i : i + 1].copy()
@@ -79,8 +96,9 @@ def bfa(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
         with np.errstate(all="ignore"):
             return float(v.astype(np.float32)[0])
 
-    for _ in range(spec.n or 5):
-        grads = torch.autograd.grad(model.loss(p, None), [p[n] for n in names], allow_unused=True)
+    for r in range(spec.n or 5):
+        loss = _first_loss(model, p, None, "bfa", names) if r == 0 else model.loss(p, None)
+        grads = torch.autograd.grad(loss, [p[n] for n in names], allow_unused=True)
         cands: list[tuple[float, str, int, int]] = []
         for nm, g in zip(names, grads, strict=True):
             if g is None:  # a tensor the task does not use (e.g. a pooler nobody calls)
@@ -127,11 +145,11 @@ def finetune(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
     else:
         w = classifier(t)
         names = [w] + [b for b in (w.removesuffix("weight") + "bias",) if b in t and b != w]
-    p = _params(t, names)
+    p = _params(t, names, "finetune")
     opt = torch.optim.SGD([p[n] for n in names], lr=spec.sgd_lr)
     for step in range(spec.sgd_steps):
         opt.zero_grad()
-        model.loss(p, step).backward()  # type: ignore[no-untyped-call]
+        (_first_loss(model, p, step, "finetune", names) if step == 0 else model.loss(p, step)).backward()
         opt.step()
     d = Draft(t)
     for nm in names:
