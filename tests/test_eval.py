@@ -264,6 +264,24 @@ def test_cli_eval_bad_options_exit_3(tmp_path: Path) -> None:
     assert not (tmp_path / "results.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b'{"foo": 1}\n', "line 1 is no run or configuration record"),
+        (b"[1, 2]\n", "line 1 is no run or configuration record"),
+        (b'{"id": "x", "type": "config"}\n{"id": 3, "type": "run"}', "line 2 is no run or configuration record"),
+        (b"\xff\xfe binary\n", "not UTF-8"),
+    ],
+)
+def test_cli_eval_refuses_a_results_file_it_did_not_write(tmp_path: Path, content: bytes, why: str) -> None:
+    # --out holds another tool's results.jsonl: exit 3 before any run, and that file is left as it was
+    (tmp_path / "results.jsonl").write_bytes(content)
+    rc, out, err = helpers.run_cli(["eval", "--out", tmp_path])
+    assert rc == 3 and why in err and "not a results file of paramseal eval" in err, err
+    assert (tmp_path / "results.jsonl").read_bytes() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["results.jsonl"] and not out
+
+
 def test_missing_extra_names_the_pip_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     rc, _, err = helpers.run_cli(["eval", "--out", tmp_path / "o"])

@@ -252,16 +252,23 @@ class Runner:
         """Records already in the results file, by id (a torn last line is ignored)."""
         recs: dict[str, dict[str, Any]] = {}
         if self.results_path.is_file():
-            text = self.results_path.read_text()
-            if text and not text.endswith("\n"):  # killed mid-write: end the torn line before appending
-                with open(self.results_path, "a") as f:
-                    f.write("\n")
-            for line in text.splitlines():
+            p = self.results_path
+            foreign = f"'{p}' is not a results file of paramseal eval; give --out a folder of its own"
+            try:
+                text = p.read_text(encoding="utf-8")
+            except UnicodeDecodeError:  # eval writes ASCII JSON only
+                raise UsageError(f"{foreign} (it is not UTF-8 text)") from None
+            for n, line in enumerate(text.splitlines(), 1):
                 try:
                     r = json.loads(line)
                 except ValueError:
                     continue
+                if not (isinstance(r, dict) and isinstance(r.get("id"), str) and r.get("type") in ("config", "run")):
+                    raise UsageError(f"{foreign} (line {n} is no run or configuration record)")
                 recs[r["id"]] = r
+            if text and not text.endswith("\n"):  # killed mid-write: end the torn line before appending
+                with open(p, "a") as f:
+                    f.write("\n")
         return recs
 
     def _save(self, rec: dict[str, Any]) -> None:
