@@ -274,6 +274,23 @@ def test_metadata_modes(sealed_model: Loaded) -> None:
     assert truth.changed_parameters == 0
 
 
+@pytest.mark.parametrize("header", ["not json", "[1, 2]", '"text"'])
+def test_cli_metadata_edit_of_a_header_that_is_no_json_object_is_exit_3(tmp_path: Path, header: str) -> None:
+    src, dst = tmp_path / "m.safetensors", tmp_path / "a.safetensors"
+    write_model(src, Loaded({"w": np.ones((4, 64), np.float32)}, {METADATA_KEY: header}))
+    rc, _, err = helpers.run_cli(["attack", src, dst, "--kind", "metadata"])
+    assert rc == 3 and "to be a JSON object" in err and "--mode strip" in err, err
+    assert not dst.exists()
+    rc, _, err = helpers.run_cli(["attack", src, dst, "--kind", "metadata", "--mode", "strip"])
+    assert rc == 0 and METADATA_KEY not in read_model(dst).metadata, err
+
+
+def test_metadata_edit_of_an_empty_salt_edits_the_header() -> None:
+    m = Loaded({"w": np.ones((4, 64), np.float32)}, {METADATA_KEY: '{"salt": ""}'})
+    out, truth = attack(m, AttackSpec("metadata", seed=3))
+    assert truth.metadata_keys == (METADATA_KEY,) and out.metadata[METADATA_KEY] != m.metadata[METADATA_KEY]
+
+
 def test_options_that_do_not_fit_are_refused(sealed_model: Loaded) -> None:
     with pytest.raises(UsageError, match="kind"):
         AttackSpec("nope")  # type: ignore[arg-type]

@@ -391,8 +391,16 @@ def metadata(meta: Mapping[str, str], spec: AttackSpec, rng: Rng) -> dict[str, s
     if mode == "strip":
         del out[METADATA_KEY]
         return out
-    body = json.loads(out[METADATA_KEY])
-    salt = str(body.get("salt", "00"))
+    try:
+        body = json.loads(out[METADATA_KEY])
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):  # edit changes one character of its salt: there is no salt to edit
+        raise UsageError(
+            f"metadata --mode edit needs the file's ParamSeal header ('{METADATA_KEY}') to be a JSON object, and it "
+            "is not (it is damaged already); use --mode strip to remove it"
+        )
+    salt = str(body.get("salt") or "00")  # an empty salt has no character to change
     i = int(rng.integers(len(salt)))
     body["salt"] = salt[:i] + ("0" if salt[i] != "0" else "1") + salt[i + 1 :]
     out[METADATA_KEY] = json.dumps(body, separators=(",", ":"))
