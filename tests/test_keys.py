@@ -182,6 +182,9 @@ def test_key_text_near_miss_passed_as_the_key_file_path_is_not_echoed(
         lambda s, k, h: ["verify", s, "--key", k, "--header-from", "0x" + h],
         lambda s, k, h: [h, s],  # argparse: "invalid choice: <key>"
         lambda s, k, h: ["verify", h + "/", "--key", k, "--json"],  # the path as the error shows it: no '/'
+        lambda s, k, h: ["verify", s, "--key", h + "/x"],  # a key pasted before a name: not the last name
+        lambda s, k, h: ["verify", h + "/model.safetensors", "--key", k],
+        lambda s, k, h: ["recover", s, h + "/out.safetensors", "--key", k],
     ],
 )
 def test_key_text_given_for_another_argument_is_not_echoed(

@@ -27,6 +27,7 @@ _HKDF_SALT = b"paramseal/v1"
 _KEY_FILE_LIMIT = 4096  # bytes read from a key file at most: 64 hex digits and some whitespace fit
 #: Half a key's hex digits in a row: a "path" holding them is (most of) a pasted key, never to be quoted.
 _KEYISH = re.compile(rf"[0-9a-fA-F]{{{KEY_BYTES},}}")
+_KEYISH_DIR = re.compile(r"[0-9a-fA-F]{48,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +120,7 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
         return Key.from_text(env, source=f"the {ENV_VAR} variable")
     p = Path(path)
     # `--key "$(cat my.key)"`, or a key pasted with "0x", quotes or a digit too few: never to be quoted.
-    # The last name only: a folder named by a commit hash (a hub snapshot) is a path, not a key.
-    if (_is_key_text(os.fspath(p)) or _KEYISH.search(p.name)) and not p.exists():
+    if _holds_key_text(os.fspath(p)):
         raise KeyFileError(
             "the key was given where the path of a key file belongs (no such file; the text is not shown); "
             f"pass the file 'paramseal keygen' wrote, or put the key in the {ENV_VAR} variable"
@@ -147,6 +147,24 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
     return Key.from_text(text, source=f"key file '{p}'")
 
 
+def _holds_key_text(value: str) -> bool:
+    """Whether a path holds a pasted key, never to be quoted.
+
+    64 hex digits, or a name with half a key's digits in a row (a folder's: 48, ``KEY/x``) that names
+    nothing. Where that name exists it is a path: a hub snapshot folder is named by a commit hash.
+    """
+    if _is_key_text(value) and not os.path.exists(value):
+        return True
+    parts = Path(value).parts
+    prefix = Path()
+    for i, part in enumerate(parts):
+        prefix /= part
+        # a folder: more digits than a 40-digit commit hash, whose snapshot folder may be missing
+        if (_KEYISH if i == len(parts) - 1 else _KEYISH_DIR).search(part) and not prefix.exists():
+            return True
+    return False
+
+
 def _is_key_text(text: str) -> bool:
     """Whether ``text`` is what a key file holds (64 hex digits), so that it is never quoted as a path."""
     t = text.strip()
@@ -163,7 +181,7 @@ def key_like_args(args: Iterable[str]) -> tuple[str, ...]:
     found: list[str] = []
     for a in args:
         value = a.partition("=")[2] if a.startswith("-") else a
-        if value and (_is_key_text(value) or _KEYISH.search(Path(value).name)) and not os.path.exists(value):
+        if value and _holds_key_text(value):
             found += [value, value.strip(), *_KEYISH.findall(value)]
     return tuple(sorted(set(found) - {""}, key=len, reverse=True))
 
