@@ -340,7 +340,7 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
         # another seal's metadata under this key (an older seal's file's, copied over): the weights tell
         replaced = (
             f"the ParamSeal header in the file's metadata is another seal's under this key (salt {h.salt.hex()}), "
-            f"not the one the weights were sealed with; {_USED}"
+            f"not that of the seal the weights carry (salt {parse_header(copy, key).salt.hex()}); {_USED}"
         )
         return _Found(_restored(copy, meta, key), meta, False, [replaced])
     return _Found(text, meta, False)
