@@ -394,8 +394,13 @@ def test_inspect_finds_the_header_in_the_weights_without_a_key(
         sealed_big.header.carriers
     )
     assert info["seal"]["copies_per_carrier"] == sealed_big.header.copies == 1  # two carriers: one copy each
+    names = [sealed_big.header.tensors[i].name for i in sealed_big.header.carriers]
+    assert info["seal"]["header_copies_in_tensors"] == names and names
     rc, out, _ = helpers.run_cli(["inspect", p])
     assert rc == 0 and "header_in=weights" in out
+    # the text names the carrier tensors, as header_in does, not their places in the header's table
+    assert f"header_copies_in_weights=tensors {' and '.join(map(repr, names))}," in out, out
+    assert "bits=None" not in out and "level=standard" in out
 
 
 def test_a_mixed_precision_model_with_its_copy_destroyed_is_tampered_not_too_small(

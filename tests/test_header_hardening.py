@@ -68,6 +68,8 @@ def test_crafted_header_is_a_clean_error(
         {"tensors": [{"dtype": [1], "k": 3}]},
         {"level": [1]},
         {"tensors": [{"dtype": "F32", "k": 10**6}]},
+        {"carriers": [3, True], "tensors": [{"name": "a"}]},
+        {"carriers": "x"},
     ],
 )
 def test_inspect_survives_untrusted_header_shapes(
@@ -78,6 +80,15 @@ def test_inspect_survives_untrusted_header_shapes(
     assert main(["inspect", str(bad)]) == 0
     out = capsys.readouterr().out
     assert "authenticated=not checked" in out
+
+
+def test_inspect_text_calls_untrusted_carriers_malformed(
+    sealed: tuple[Path, Path, Loaded], capsys: pytest.CaptureFixture[str]
+) -> None:
+    d, _, m = sealed
+    bad = _with_header(d, m, json.dumps({"carriers": [3], "tensors": [{"name": "a"}]}))
+    assert main(["inspect", str(bad)]) == 0
+    assert "header_copies_in_weights=(malformed)" in capsys.readouterr().out
 
 
 def test_canonical_header_still_verifies(sealed: tuple[Path, Path, Loaded]) -> None:

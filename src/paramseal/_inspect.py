@@ -45,9 +45,10 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
         }
         info["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
         info["seal"]["header_in"] = where
-        info["seal"]["header_copies_in_weights"] = h.get("carriers", [])  # the carrier tensors' indices
-        info["seal"]["copies_per_carrier"] = h.get("header_copies", 1)
         table = h.get("tensors")
+        info["seal"]["header_copies_in_weights"] = h.get("carriers", [])  # the carrier tensors' indices in the table
+        info["seal"]["header_copies_in_tensors"] = carrier_names(h.get("carriers", []), table)
+        info["seal"]["copies_per_carrier"] = h.get("header_copies", 1)
         ks: dict[str, int] = {}
         for t in table if isinstance(table, list) else []:  # untrusted here: keep only well-formed entries
             if (
@@ -84,6 +85,19 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
             else:
                 info["levels"][lv] = caps(ks, None)
     return info
+
+
+def carrier_names(carriers: Any, table: Any) -> list[str] | str:
+    """The names of the tensors holding header copies, from the (untrusted) header's table."""
+    if not isinstance(carriers, list) or not isinstance(table, list):
+        return "(malformed)"
+    names: list[str] = []
+    for i in carriers:
+        t = table[i] if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(table) else None
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            return "(malformed)"
+        names.append(t["name"])
+    return names
 
 
 def free_strata(table: Any, host: int | None) -> int:
@@ -133,4 +147,4 @@ def caps(ks: dict[Any, Any], host: int | None, free_strata: int | None = None) -
     return out
 
 
-__all__ = ["caps", "describe", "free_strata"]
+__all__ = ["caps", "carrier_names", "describe", "free_strata"]

@@ -475,6 +475,22 @@ def _pct(fraction: float) -> str:
     return str((Decimal(str(fraction)) * 100).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
 
 
+def _seal_fields(seal: dict[str, Any]) -> Iterator[str]:
+    """The seal settings as ``name=value``: header copies by tensor name, no bits unless --bits set them."""
+    for k, v in seal.items():
+        if k == "bits" and v is None:  # the level's own bits: the level says it
+            continue
+        if k == "header_copies_in_weights" and "header_copies_in_tensors" in seal:
+            names = seal["header_copies_in_tensors"]
+            if isinstance(names, list) and names:  # as header_in names its tensor
+                v = f"{'tensor' if len(names) == 1 else 'tensors'} {' and '.join(map(repr, names))}"
+            else:
+                v = names or "none"
+        elif k == "header_copies_in_tensors":
+            continue
+        yield f"{k}={v}"
+
+
 def _inspect_text(info: dict[str, object]) -> str:
     lines = [
         f"{info['file']}: {_count(cast(int, info['tensors']), 'tensor')}, parameters by dtype {info['parameters']}"
@@ -496,7 +512,7 @@ def _inspect_text(info: dict[str, object]) -> str:
         lines.append(f"cannot be sealed: {info['cannot_seal']}")
     seal = info.get("seal")
     if isinstance(seal, dict):
-        lines.append("sealed: " + ", ".join(f"{k}={v}" for k, v in seal.items()))
+        lines.append("sealed: " + ", ".join(_seal_fields(seal)))
     else:
         lines.append("not sealed; what each level would give:")
     levels = info["levels"]
