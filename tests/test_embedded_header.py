@@ -368,7 +368,7 @@ def test_an_edited_metadata_header_falls_back_to_the_copy_in_the_weights(
     body["salt"] = ("0" if body["salt"][0] != "0" else "1") + body["salt"][1:]
     p = helpers.write_st(tmp_path / "m.safetensors", sealed_big.tensors, {**META, "paramseal": json.dumps(body)})
     rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file])
-    assert rc == 1 and "header in the file's metadata was edited" in out
+    assert rc == 1 and "header in the metadata does not authenticate (its settings or tensor table were edited)" in out
     fixed = tmp_path / "fixed.safetensors"
     rc, _, _ = helpers.run_cli(["recover", p, fixed, "--key", key_file])
     assert rc == 0
@@ -455,7 +455,29 @@ def test_an_edited_scheme_in_the_metadata_header_falls_back_too(
     body["scheme"] = "paramseal/9"  # an unknown scheme: not an authentication failure, a FormatError
     p = helpers.write_st(tmp_path / "m.safetensors", sealed_big.tensors, {**META, "paramseal": json.dumps(body)})
     rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file])
-    assert rc == 1 and "was edited or replaced" in out
+    assert rc == 1 and "header in the metadata cannot be used (seal scheme 'paramseal/9'" in out, out
+    assert "upgrade" not in out and "its authenticated copy in the weights was used" in out
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        ({"level": "strong"}, "does not authenticate (its settings or tensor table were edited)"),
+        ({"key_fingerprint": "0" * 16}, "does not authenticate (its key fingerprint was edited)"),
+        ({"hmac": "not hex"}, "is malformed (its MAC is not 64 hex digits)"),
+    ],
+)
+def test_an_edited_metadata_header_is_named_once_and_the_weights_copy_as_used(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key_file: Path, edit: dict[str, object], why: str
+) -> None:
+    """The note said the weights 'cannot be checked against an untrusted header', then that they were."""
+    body = {**json.loads(sealed_big.header_json), **edit}
+    p = helpers.write_st(tmp_path / "m.safetensors", sealed_big.tensors, {**META, "paramseal": json.dumps(body)})
+    rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 1, out
+    assert f"metadata: the ParamSeal header in the metadata {why}" in out, out
+    assert "its authenticated copy in the weights was used" in out and out.count("ParamSeal header") == 1
+    assert "cannot be checked" not in out and "cannot be trusted" not in out
 
 
 def _text_value(i: int) -> int:
@@ -847,3 +869,15 @@ def test_copies_found_without_a_record_naming_a_malformed_fingerprint_are_damage
     with pytest.raises(HeaderAuthError) as ei:
         header_from_weights(t, other_key)
     assert ei.value.exit_code == 2 and "none of them authenticates" in str(ei.value)
+
+
+def test_another_keys_metadata_header_is_named_as_such_not_as_a_key_to_pass(
+    tmp_path: Path, big: dict[str, np.ndarray], sealed_big: paramseal.SealedModel, key_file: Path
+) -> None:
+    other = paramseal.Key.generate()
+    theirs = paramseal.seal(big, other, metadata=META).header_json
+    p = helpers.write_st(tmp_path / "m.safetensors", sealed_big.tensors, {**META, "paramseal": theirs})
+    rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 1, out
+    assert f"header in the metadata is sealed under another key (fingerprint {other.fingerprint})" in out, out
+    assert "pass the key used at seal time" not in out

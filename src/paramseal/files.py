@@ -45,7 +45,7 @@ from .errors import (
 from .formats import GRAPH_KEY, Loaded, adapter_for
 from .formats import safetensors as st_format
 from .formats.base import new_mode
-from .header import METADATA_KEY, SET_KEY, Header, metadata_digest, parse_header
+from .header import METADATA_KEY, SET_KEY, Header, HeaderAuthError, metadata_digest, parse_header
 from .keys import Key, looks_like_key_file, require_key
 from .levels import BLOCK
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
@@ -330,7 +330,7 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
             copy = header_from_weights(loaded.tensors, key)
         except ParamSealError:
             raise e from None
-        edited = f"the ParamSeal header in the file's metadata was edited or replaced ({e}); {_USED}"
+        edited = f"the ParamSeal header in the metadata {_unusable(e)}; its authenticated copy in the weights was used"
         return _Found(_restored(copy, meta, key), meta, False, [edited])
     if h.user_metadata is None:  # the weights' form, which seal never writes into the metadata: an edit
         cut = "the ParamSeal header in the file's metadata was cut down to the form kept in the weights"
@@ -348,6 +348,15 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
 
 _USED = "the copy in the weights was used"
 _NOT_GIVEN = "the file's own ParamSeal header is not the one given (--header-from), which was used"
+
+
+def _unusable(e: FormatError | KeyMismatchError) -> str:
+    """Why the metadata's header was not used, without what its error adds for a model with no other copy."""
+    if isinstance(e, HeaderAuthError):
+        return e.reason
+    if isinstance(e, KeyMismatchError):
+        return f"is sealed under another key (fingerprint {e.stored})"
+    return f"cannot be used ({str(e).split(';')[0]})"  # an unknown scheme: not 'upgrade', the weights' copy is read
 
 
 def _same_header(text: str, given: str, key: Key) -> bool:

@@ -167,9 +167,17 @@ def _mac(key: Key, body: dict[str, Any]) -> str:
 
 
 class HeaderAuthError(FormatError):
-    """The header's MAC does not verify: it was edited or corrupted."""
+    """The header's MAC does not verify: it was edited or corrupted.
+
+    ``reason`` says what is wrong with the header alone ("does not authenticate (...)"), for a
+    message that goes on to the copy in the weights, where the full message's consequences do not hold.
+    """
 
     exit_code = 2
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def parse_header(text: str, key: Key) -> Header:
@@ -188,10 +196,14 @@ def parse_header(text: str, key: Key) -> Header:
             raise ValueError("its MAC is not 64 hex digits")
     except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise HeaderAuthError(
-            f"the ParamSeal header is malformed ({e}); it was edited or corrupted, so the model cannot be trusted"
+            f"the ParamSeal header is malformed ({e}); it was edited or corrupted, so the model cannot be trusted",
+            reason=f"is malformed ({e})",
         ) from None
     if not str(body.get("scheme", "")).startswith("paramseal/"):
-        raise HeaderAuthError(f"the ParamSeal header names no ParamSeal scheme ({body.get('scheme')!r}): it was edited")
+        raise HeaderAuthError(
+            f"the ParamSeal header names no ParamSeal scheme ({body.get('scheme')!r}): it was edited",
+            reason=f"names no ParamSeal scheme ({body.get('scheme')!r})",
+        )
     if body.get("scheme") not in READS:
         raise FormatError(
             f"seal scheme {body.get('scheme')!r} is not supported by this ParamSeal (it reads {', '.join(READS)}); "
@@ -201,12 +213,16 @@ def parse_header(text: str, key: Key) -> Header:
         # With the fingerprint put back, does the header authenticate under this key? Then the
         # key is right and the fingerprint was edited: that is tampering, not a key mix-up.
         if hmac.compare_digest(claimed, _mac(key, {**body, "key_fingerprint": key.fingerprint})):
-            raise HeaderAuthError("the ParamSeal header does not authenticate: its key fingerprint was edited")
+            raise HeaderAuthError(
+                "the ParamSeal header does not authenticate: its key fingerprint was edited",
+                reason="does not authenticate (its key fingerprint was edited)",
+            )
         raise KeyMismatchError(stored_fp, key.fingerprint)
     if not hmac.compare_digest(claimed, _mac(key, body)):
         raise HeaderAuthError(
             "the ParamSeal header does not authenticate: its settings or tensor table were edited; "
-            "the weights cannot be checked against an untrusted header"
+            "the weights cannot be checked against an untrusted header",
+            reason="does not authenticate (its settings or tensor table were edited)",
         )
     v1 = body["scheme"] == "paramseal/1"
     user_meta: dict[str, str] | None = None
@@ -221,7 +237,8 @@ def parse_header(text: str, key: Key) -> Header:
             or ("own_metadata_sha256" in body and _own_digest(meta_copy) != body["own_metadata_sha256"])
         ):
             raise HeaderAuthError(
-                "the ParamSeal header does not authenticate: its copy of the user metadata was edited"
+                "the ParamSeal header does not authenticate: its copy of the user metadata was edited",
+                reason="does not authenticate (its copy of the user metadata was edited)",
             )
         user_meta = meta_copy
     # The MAC covers every parsed field, not the JSON bytes: re-serialising the same fields
