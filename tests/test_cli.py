@@ -163,6 +163,32 @@ def test_help_and_version_exit_0() -> None:
     assert rc == 0 and paramseal.__version__ in out
     rc, out, _ = run(["--help"])
     assert rc == 0 and "keygen" in out and "exit codes" in out
+    for code in (0, 1, 2, 3, 129, 130, 141, 143):  # as the README lists them
+        assert f" {code} " in " ".join(out.split()), (code, out)
+
+
+@pytest.mark.parametrize(
+    ("cmd", "positionals"),
+    [
+        ("keygen", ["KEYFILE"]),
+        ("seal", ["IN", "OUT"]),
+        ("recover", ["IN", "OUT"]),
+        ("verify", ["IN"]),
+        ("inspect", ["IN"]),
+        ("attack", ["IN", "OUT"]),
+    ],
+)
+def test_help_describes_every_positional_and_option(cmd: str, positionals: list[str]) -> None:
+    """Every argument of every command says what it is: none is listed bare, as `keygen keyfile` was."""
+    import argparse
+
+    from paramseal.cli import _parser
+
+    p = _parser().commands[cmd]
+    assert [a.metavar for a in p._actions if not a.option_strings] == positionals  # the README's names
+    bare = [a.dest for a in p._actions if not a.help or a.help == argparse.SUPPRESS]
+    assert bare == [], bare
+    assert not [a.dest for a in _parser().commands["demo"]._actions if not a.help]  # demo --seed had none
 
 
 def test_verify_tampered_text_and_json(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:

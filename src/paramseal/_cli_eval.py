@@ -23,9 +23,9 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         description="Apply one seeded attack to IN and write OUT atomically (IN is never modified). "
         "Prints the ground truth: every tensor, flat index and bit that changed (--json for all of it).",
     )
-    p.add_argument("input")
-    p.add_argument("output")
-    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("input", metavar="IN", help="the model to attack (never modified)")
+    p.add_argument("output", metavar="OUT", help="where to write the attacked model")
+    p.add_argument("--kind", required=True, choices=KINDS, help="the attack to apply")
     p.add_argument("--seed", type=int, default=0, help="the same seed changes the same bits (default 0)")
     p.add_argument("--n", type=int, help="bits (bitflip, bfa), rows (backdoor-row), pairs (swap blocks/rows)")
     p.add_argument("--fraction", type=float, metavar="P", help="fraction of parameters (or of the file, truncate)")

@@ -42,6 +42,11 @@ def _json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print a machine-readable JSON report")
 
 
+def _in_out(p: argparse.ArgumentParser, what_in: str, what_out: str) -> None:
+    p.add_argument("input", metavar="IN", help=what_in)
+    p.add_argument("output", metavar="OUT", help=what_out)
+
+
 def _header_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--header-from",
@@ -110,23 +115,23 @@ def _parser() -> _Parser:
         prog="paramseal",
         description="Keyed fragile watermark for model weights: detect, locate and self-recover tampering.",
         epilog="exit codes: 0 intact/recovered, 1 tampered but recoverable, 2 not fully recoverable, "
-        "3 usage error, bad file or wrong key",
+        "3 usage error, bad file or wrong key; stopped early: 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP, "
+        "141 a reader that left (| head)",
     )
     ap.add_argument("--version", action="version", version=f"paramseal {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("keygen", help="create a new random key file")
-    p.add_argument("keyfile")
+    p.add_argument("keyfile", metavar="KEYFILE", help="where to write the key (64 hex digits; keep it secret)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
 
     p = sub.add_parser("seal", help="embed the watermark: IN -> OUT")
-    p.add_argument("input")
-    p.add_argument("output")
+    _in_out(p, "the model to seal (a file, or a sharded checkpoint folder)", "where to write the sealed model")
     _key_args(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--level", choices=LEVELS, default="standard", help="protection level (default: standard)")
     g.add_argument("--bits", type=int, metavar="K", help="explicit low bits per float value")
-    p.add_argument("--in-place", action="store_true", help="allow OUTPUT to be the INPUT file")
+    p.add_argument("--in-place", action="store_true", help="allow OUT to be the IN file")
     p.add_argument(
         "--reseal",
         action="store_true",
@@ -146,7 +151,7 @@ def _parser() -> _Parser:
     )
 
     p = sub.add_parser("verify", help="check a sealed model and locate tampering")
-    p.add_argument("input")
+    p.add_argument("input", metavar="IN", help="the sealed model (a file, or a sharded checkpoint folder)")
     _key_args(p)
     _json_arg(p)
     p.add_argument(
@@ -155,25 +160,26 @@ def _parser() -> _Parser:
     _header_arg(p)
 
     p = sub.add_parser("recover", help="restore a tampered model bit-exactly: IN -> OUT")
-    p.add_argument("input")
-    p.add_argument("output")
+    _in_out(
+        p, "the tampered sealed model (a file, or a sharded checkpoint folder)", "where to write the recovered model"
+    )
     _key_args(p)
     _json_arg(p)
-    p.add_argument("--allow-partial", action="store_true", help="write OUTPUT even if not everything is recovered")
+    p.add_argument("--allow-partial", action="store_true", help="write OUT even if not everything is recovered")
     _header_arg(p)
     p.add_argument(
         "--in-place",
         action="store_true",
-        help="allow OUTPUT to be the INPUT file; a safetensors file whose header needs no change gets only its "
+        help="allow OUT to be the IN file; a safetensors file whose header needs no change gets only its "
         "rebuilt blocks written",
     )
 
     p = sub.add_parser("inspect", help="show seal settings, perturbation bounds and recovery capacity")
-    p.add_argument("input")
+    p.add_argument("input", metavar="IN", help="a model, sealed or not (a file, or a sharded checkpoint folder)")
     _json_arg(p)
 
     p = sub.add_parser("demo", help="offline demo on a small real model: seal, attack, verify, recover")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the training and the attacks (default 0)")
     p.add_argument("--keep", metavar="DIR", help="keep the demo files in DIR")
     _cli_eval.add_parsers(sub)
     ap.commands = sub.choices
