@@ -192,6 +192,8 @@ def test_raise_for_status_maps_the_report_to_the_exported_errors(key: paramseal.
     with pytest.raises(paramseal.TamperedError) as ei:
         rep.raise_for_status()
     assert ei.value.report is rep and ei.value.exit_code == 1
+    assert "paramseal.recover, paramseal.files.recover_file" in str(ei.value)  # what to call, not "recover it"
+    assert "recover it)" not in str(ei.value) and "'paramseal recover'" not in str(ei.value)
     wrecked = {"w": np.zeros_like(sealed.tensors["w"])}
     rep = paramseal.recover(wrecked, key, sealed.header_json).report
     with pytest.raises(paramseal.UnrecoverableError) as ei2:

@@ -283,7 +283,8 @@ class Report:
         lines = self.summary().splitlines()
         line = lines[0].strip() if lines else self.status
         if self.status == "tampered" and self.recoverable:
-            raise TamperedError(f"the model was tampered with (recoverable: recover it): {line}", self)
+            how = "paramseal.recover, paramseal.files.recover_file or paramseal.sharded.recover_dir restores it"
+            raise TamperedError(f"the model was tampered with (recoverable: {how}): {line}", self)
         raise UnrecoverableError(f"the model was tampered with and cannot be fully recovered: {line}", self)
 
     def to_dict(self) -> dict[str, Any]:
