@@ -392,6 +392,17 @@ def test_attack_file_truncate_and_atomic_output(tmp_path: Path, sealed_model: Lo
         attack_file(src, src, AttackSpec("noise"))
 
 
+def test_attack_truncate_summary_claims_no_share_of_parameters(tmp_path: Path, sealed_model: Loaded) -> None:
+    """It said '0 value(s) in 0 tensor(s), 0 bit(s) changed; 0% of parameters' of a file cut in half."""
+    src = tmp_path / "m.safetensors"
+    write_model(src, sealed_model)
+    rc, out, _ = helpers.run_cli(["attack", src, tmp_path / "cut.safetensors", "--kind", "truncate"])
+    head = out.splitlines()[0]
+    assert rc == 0 and "the file was cut short; its values are not counted" in head, out
+    assert "% of parameters" not in head and "0 value(s)" not in head
+    assert f"file truncated from {src.stat().st_size} to {src.stat().st_size // 2} bytes" in out
+
+
 def test_attack_truncate_refuses_a_key_file_and_writes_nothing(tmp_path: Path, key: paramseal.Key) -> None:
     """truncate works on any file: given the key file, it copied half the key into an output others can read."""
     keyfile = paramseal.write_key(tmp_path / "k.key", key)

@@ -108,11 +108,14 @@ def _attack(args: argparse.Namespace) -> int:
         print(_one_line_lists(truth.to_dict()))
         return 0
     bits = sum(c.bits_flipped for c in truth.changes)
-    print(
-        f"OK: attacked {args.input} -> {args.output} ({args.kind}, seed {args.seed}: "
-        f"{truth.changed_parameters} value(s) in {len(truth.changed_tensors)} tensor(s), {bits} bit(s) changed; "
-        f"{100 * truth.tampering_rate:.4g}% of parameters)"
-    )
+    if truth.file:  # truncate cuts bytes, not values: a count of 0 values, 0% would say nothing was damaged
+        what = "the file was cut short; its values are not counted (a cut file cannot be read as a model)"
+    else:
+        what = (
+            f"{truth.changed_parameters} value(s) in {len(truth.changed_tensors)} tensor(s), {bits} bit(s) changed; "
+            f"{100 * truth.tampering_rate:.4g}% of parameters"
+        )
+    print(f"OK: attacked {args.input} -> {args.output} ({args.kind}, seed {args.seed}: {what})")
     if summary := truth.summary():
         print(summary)
     return 0
