@@ -200,6 +200,26 @@ def test_raw_v2_bfloat16_from_np_save_is_refused_with_a_hint(tmp_path: Path) -> 
     assert "bfloat16" in str(ei.value) and "v2.npy" in str(ei.value)
 
 
+@pytest.mark.parametrize(
+    ("array", "says"),
+    [
+        (np.ones(3, ml_dtypes.float8_e4m3fn), "1-byte values of unknown type (np.save writes float8"),
+        (np.ones(3, np.float32).view("V4"), "4-byte values of unknown type"),
+    ],
+    ids=["float8-V1", "V4"],
+)
+def test_a_raw_void_array_other_than_v2_is_refused_without_talking_of_bfloat16(
+    tmp_path: Path, key_file: Path, array: np.ndarray, says: str
+) -> None:
+    """A float8 array from np.save (|V1) was refused as if it were bfloat16 ('as a uint16 view')."""
+    p = tmp_path / "raw.npy"
+    np.save(p, array)
+    out = tmp_path / "out.safetensors"
+    rc, _, err = helpers.run_cli(["seal", p, out, "--key", key_file])
+    assert rc == 3 and f"raw dtype |V{array.dtype.itemsize}: {says}" in err and "raw.npy" in err, err
+    assert "bfloat16" not in err and "uint16" not in err and not out.exists()
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".npz"])
 def test_a_structured_array_is_refused_as_structured_not_as_raw_bfloat16(
     tmp_path: Path, key_file: Path, suffix: str

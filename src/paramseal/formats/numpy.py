@@ -181,6 +181,21 @@ def write_npy(f: IO[bytes], a: NDArray[np.generic]) -> None:
     f.write(c.reshape(-1).view(np.uint8).data)
 
 
+def _raw_void(size: int) -> str:
+    """Why raw values of ``size`` bytes (ml_dtypes' types as ``np.save`` writes them) are refused, and what to do."""
+    what = f"{size}-byte values of unknown type (np.save writes"
+    if size == 2:
+        return (
+            f"{what} bfloat16 this way and loses its type); save it with ParamSeal, as a uint16 view, or as safetensors"
+        )
+    if size == 1:
+        return (
+            f"{what} float8 this way and loses its type); ParamSeal cannot read it and does not seal 8-bit "
+            "floats: save it as a uint8 view to have it read as integer data"
+        )
+    return f"{what} ml_dtypes' types this way and loses the type); ParamSeal cannot read it: save it in its real dtype"
+
+
 def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
     """Read one .npy stream without pickles; non-native byte order and Fortran order become native C order."""
     magic = f.read(6)
@@ -204,10 +219,7 @@ def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
             "save each field as an array of its own (np.savez(path, **{n: a[n] for n in a.dtype.names}))"
         )
     if dtype.kind == "V" and dtype != _BF16:
-        raise FormatError(
-            f"{what} has raw dtype {dtype.str} (np.save writes bfloat16 this way and loses its type); "
-            "save it with ParamSeal, as a uint16 view, or as safetensors"
-        )
+        raise FormatError(f"{what} has raw dtype {dtype.str}: {_raw_void(dtype.itemsize)}")
     count = 1
     for d in shape:
         count *= int(d)
