@@ -118,7 +118,6 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
     "utf8_bom": _text(lambda h: b"\xef\xbb\xbf" + h),
     "utf16_header": _text(lambda h: h.decode().encode("utf-16-le")),
     "metadata_false": _with(lambda h: h.update(__metadata__=False)),
-    "metadata_null": _with(lambda h: h.update(__metadata__=None)),
     "boolean_offset": _with(
         lambda h: h[_first_tensor(h)].update(data_offsets=[False, h[_first_tensor(h)]["data_offsets"][1]])
     ),
@@ -221,6 +220,49 @@ def test_a_dtype_relabelled_in_the_header_is_exit_1_and_recovered_byte_for_byte(
     fixed = tmp_path / "fixed.safetensors"
     assert helpers.run_cli(["recover", bad, fixed, "--key", key_file])[0] == 0
     assert fixed.read_bytes() == sealed_file.read_bytes()
+
+
+def test_null_metadata_is_no_metadata_as_the_library_reads_it(tmp_path: Path, key_file: Path) -> None:
+    """``"__metadata__": null``, which the library loads (and returns as None), is a model without metadata.
+
+    Seal, verify and recover it; a sealed file whose metadata is set to null reads as one whose metadata is empty.
+    """
+    from safetensors.numpy import load_file
+
+    model = helpers.fp32_model(4096, seed=3, tensors=2)
+    raw = helpers.write_st(tmp_path / "plain.safetensors", model).read_bytes()
+    h, data = helpers.st_parts(raw)
+    assert "__metadata__" not in h
+    plain = tmp_path / "null.safetensors"
+    plain.write_bytes(helpers.st_build({"__metadata__": None, **h}, data))
+    assert sorted(load_file(str(plain))) == sorted(model)  # the library reads it
+    assert files.read_model(plain).metadata == {}
+
+    sealed = tmp_path / "sealed.safetensors"
+    rc, _, err = helpers.run_cli(["seal", plain, sealed, "--key", key_file])
+    assert rc == 0, err
+    assert helpers.run_cli(["verify", sealed, "--key", key_file])[0] == 0
+    tensors, _ = helpers.read_st(sealed)
+    name = sorted(tensors)[0]
+    tampered = tmp_path / "tampered.safetensors"
+    helpers.write_st(tampered, helpers.flip_bit(tensors, name, 5, 30), helpers.read_st(sealed)[1])
+    rc, out, _ = helpers.run_cli(["verify", tampered, "--key", key_file])
+    assert rc == 1 and name in out, out
+    fixed = tmp_path / "fixed.safetensors"
+    rc, _, err = helpers.run_cli(["recover", tampered, fixed, "--key", key_file])
+    assert rc == 0, err
+    helpers.assert_model_equal(helpers.read_st(fixed)[0], tensors)
+
+    # a sealed file's metadata replaced by null: read exactly as the same file with empty metadata
+    sh, sdata = helpers.st_parts(sealed.read_bytes())
+    for meta, fname in ((None, "nulled.safetensors"), ({}, "emptied.safetensors")):
+        (tmp_path / fname).write_bytes(helpers.st_build({**sh, "__metadata__": meta}, sdata))
+    got = [
+        helpers.run_cli(["verify", tmp_path / f"{f}.safetensors", "--key", key_file, "--json"])
+        for f in ("nulled", "emptied")
+    ]
+    assert got[0][0] == got[1][0] != 3, got
+    assert got[0][1].replace("nulled", "X") == got[1][1].replace("emptied", "X")
 
 
 def test_file_re_saved_by_another_writer_still_verifies(tmp_path: Path, sealed_file: Path, key: paramseal.Key) -> None:

@@ -154,7 +154,9 @@ def read_layout(path: Path) -> Layout:
     except OSError as e:  # a read that failed is not a malformed file (nor, in a shard, tampering)
         raise InputError(f"cannot read '{path}': {e.strerror}") from None
     header = _parse_header_json(text, path)
-    meta_raw = header.pop("__metadata__", {})
+    meta_raw = header.pop("__metadata__", None)
+    if meta_raw is None:  # the library reads null as no metadata (its Option), so a verified model may have it
+        meta_raw = {}
     if not isinstance(meta_raw, dict) or not all(isinstance(v, str) for v in meta_raw.values()):
         raise FormatError(f"'{path}' has malformed __metadata__: it must map strings to strings")
     spans = []
