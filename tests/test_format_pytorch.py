@@ -288,13 +288,53 @@ def test_sealed_file_is_a_plain_state_dict_that_load_state_dict_accepts(tmp_path
     out = tmp_path / "sealed.bin"
     files.seal_file(src, out, key)
     raw = torch.load(out, weights_only=True)
-    assert type(raw) is dict and list(raw) == list(net.state_dict()), "extra or missing keys"
+    assert isinstance(raw, dict) and list(raw) == list(net.state_dict()), "extra or missing keys"
     fresh = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.BatchNorm1d(256),
                                 torch.nn.Linear(256, 256))  # fmt: skip
     fresh.load_state_dict(raw, strict=True)
     for k, v in fresh.state_dict().items():
         assert v.dtype == net.state_dict()[k].dtype and v.shape == net.state_dict()[k].shape
     assert files.verify_file(out, key).status == "intact"
+
+
+def _observed() -> torch.nn.Module:
+    """Modules whose load_state_dict reads their version: a quantization observer, BatchNorm, InstanceNorm."""
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 4096), torch.nn.Linear(4096, 64), torch.nn.BatchNorm1d(64),
+        torch.nn.InstanceNorm1d(64, affine=True), torch.ao.quantization.MinMaxObserver(eps=1e-3),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("wrapper", [None, "state_dict"])
+def test_module_versions_are_written_back_so_load_state_dict_keeps_sealed_values(
+    tmp_path: Path, key_file: Path, wrapper: str | None
+) -> None:
+    """state_dict()'s _metadata (module versions) is kept by seal and recover, readable with weights_only=True.
+
+    Without it load_state_dict takes the file for its oldest version: the observer's eps, a
+    sealed tensor, was replaced by the default (1.19e-7 for the 1e-3 in the file).
+    """
+    torch.manual_seed(0)
+    net = _observed()
+    net[4](torch.randn(10, 64))
+    sd = net.state_dict()
+    src, sealed = tmp_path / "m.pt", tmp_path / "s.pt"
+    torch.save(sd if wrapper is None else {wrapper: sd, "epoch": 3}, src)
+    assert helpers.run_cli(["seal", src, sealed, "--key", key_file])[0] == 0
+    raw = torch.load(sealed, weights_only=True)
+    fresh = _observed()
+    fresh.load_state_dict(raw)
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, raw[k]), k  # every module holds the file's values
+    assert dict(raw._metadata) == dict(sd._metadata)
+    assert helpers.run_cli(["verify", sealed, "--key", key_file])[0] == 0
+
+    raw["1.weight"][3, 7] += 1.0  # tampered, re-saved by torch: recover keeps the versions too
+    bad, fixed = tmp_path / "bad.pt", tmp_path / "fixed.pt"
+    torch.save(raw, bad)
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0, (out, err)
+    assert dict(torch.load(fixed, weights_only=True)._metadata) == dict(sd._metadata)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

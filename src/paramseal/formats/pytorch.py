@@ -19,7 +19,12 @@ What counts as the model:
 
 Writing always produces a plain state dict with exactly the model's tensors and
 no extra keys, loadable with ``module.load_state_dict(torch.load(path))``. The
-format has no place for string metadata, so metadata is not stored
+input's per-module version numbers (the ``_metadata`` attribute of what
+``module.state_dict()`` gives) are written back with it (`ModuleVersions`):
+``load_state_dict`` reads them to migrate old checkpoints, and without them some
+modules change sealed values as they load (a quantization observer's ``eps`` is
+reset to its default). They are not sealed: verify neither checks nor reports them.
+The format has no place for string metadata, so metadata is not stored
 (``keeps_metadata = False``). bfloat16 travels through an int16 view
 (``torch.from_numpy`` rejects ml_dtypes' bfloat16), which is lossless.
 """
@@ -32,7 +37,9 @@ import pickle
 import struct
 import warnings
 import zipfile
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -53,6 +60,33 @@ WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model", "module")
 #: Metadata entry naming tied tensors (one tensor under several names): JSON ``[[alias, tensor, position], ...]``.
 #: A tied tensor is sealed once; the entry is sealed with the metadata, so re-tying is tampering.
 TIED_KEY = "paramseal.tied"
+
+
+@dataclass(frozen=True, slots=True)
+class ModuleVersions:
+    """A state dict's ``_metadata``: module prefix -> its local metadata (``{"version": 2}``), carried as ``source``.
+
+    ``load_state_dict`` passes each module its entry; a module whose entry is missing takes the
+    state dict for its oldest version and migrates it. Not sealed (see the module docstring).
+    """
+
+    by_module: dict[str, dict[str, object]]
+
+
+def _module_versions(state: Mapping[Any, Any]) -> ModuleVersions | None:
+    """The ``_metadata`` ``module.state_dict()`` attaches, or None if absent or not of the shape it writes."""
+    meta = getattr(state, "_metadata", None)
+    if not isinstance(meta, Mapping):
+        return None
+    out: dict[str, dict[str, object]] = {}
+    for prefix, local in meta.items():
+        if not (isinstance(prefix, str) and isinstance(local, Mapping)):
+            return None
+        if not all(isinstance(k, str) and (v is None or type(v) in (int, float, str, bool)) for k, v in local.items()):
+            return None  # not plain values: a file whose entry torch loads and saves back as it is, but we won't
+        out[prefix] = dict(local)
+    return ModuleVersions(out)
+
 
 # The legacy (non-zip) torch.save format starts with this pickled magic number.
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
@@ -119,7 +153,7 @@ class PyTorchAdapter:
             ) from None
         tensors: dict[str, NDArray[np.generic]] = {}
         storages: set[int] = set()
-        state, others = _state_dict(obj, path)
+        state, others, versions = _state_dict(obj, path)
         unique, meta = untie(state)
         for name, t in unique.items():
             what = f"'{path}': tensor '{name}'"
@@ -128,16 +162,20 @@ class PyTorchAdapter:
             ptr = t.untyped_storage().data_ptr()  # overlapping views (not ties) get their own copy
             tensors[name] = tensor_to_numpy(t, what, copy=ptr in storages)
             storages.add(ptr)
-        return Loaded(tensors, meta, others=others)
+        return Loaded(tensors, meta, source=versions, others=others)
 
     def write(self, path: Path, loaded: Loaded) -> None:
         """``torch.save`` a plain dict of tensors (no extra keys; metadata is not stored).
 
-        A sealed model must carry its header in its weights (see ``require_header_in_weights``).
+        With the input's module versions (``loaded.source``) when it had them, as ``module.state_dict()``
+        attaches them. A sealed model must carry its header in its weights (see ``require_header_in_weights``).
         """
         torch = import_torch("writing PyTorch (.pt/.pth/.bin) files")
         require_header_in_weights(loaded, "PyTorch (.pt/.pth/.bin)")
         state = retie({name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}, loaded.metadata, path)
+        if isinstance(loaded.source, ModuleVersions):
+            state = OrderedDict(state)
+            state._metadata = OrderedDict((k, dict(v)) for k, v in loaded.source.by_module.items())  # type: ignore[attr-defined]
         # Through a file of ours: torch's own writer reports a failed write (a full disk, a quota) as a
         # RuntimeError about positions, without its errno; the OSError met in `_Sink.write` has it.
         with open(path, "wb") as f:
@@ -236,8 +274,8 @@ def is_torchscript(path: Path) -> bool:
         return False  # torch.load reports the damage
 
 
-def _state_dict(obj: object, path: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
-    """The state dict, and the keys of the checkpoint's other entries when it wraps one."""
+def _state_dict(obj: object, path: Path) -> tuple[dict[str, Any], tuple[str, ...], ModuleVersions | None]:
+    """The state dict, the keys of the checkpoint's other entries when it wraps one, and its module versions."""
     torch = import_torch(f"reading PyTorch file '{path}'")
     if not isinstance(obj, Mapping):
         raise FormatError(
@@ -262,7 +300,7 @@ def _state_dict(obj: object, path: Path) -> tuple[dict[str, Any], tuple[str, ...
             )
     if not state:
         raise FormatError(f"'{path}' holds an empty state dict: there are no tensors to read")
-    return dict(state), others
+    return dict(state), others, _module_versions(state)
 
 
 def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True) -> NDArray[np.generic]:
