@@ -522,9 +522,39 @@ def test_a_file_only_an_edited_set_record_lists_is_no_shard(
     helpers.write_st(sealed_ckpt / "junk.safetensors", {"x": np.ones(4, np.float32)})  # unsealed
     rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
     assert rep.exit_code == 1 and not any("junk" in m for m in rep.metadata_issues), rep.summary()
+    assert any("'junk.safetensors' is not a shard" in n for n in rep.notes), rep.notes
     rep, wrote = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
     assert wrote and rep.status == "recovered" and (tmp_path / "fixed" / "junk.safetensors").is_file()
     assert sharded.verify_dir(tmp_path / "fixed", key, workers=1).status == "intact"
+
+
+def test_a_safetensors_file_that_is_no_shard_is_noted_not_tampering(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """A loader that globs *.safetensors would read a stray copy or an unsealed file: verify says so, exit 0."""
+    assert not any("not a shard" in n for n in sharded.verify_dir(sealed_ckpt, key, workers=1).notes)
+    strays = ["extra.safetensors", "model-00004-of-00003.safetensors"]
+    shutil.copy(sealed_ckpt / SHARDS[0], sealed_ckpt / strays[1])  # a copy of a sealed shard, under a new name
+    helpers.write_st(sealed_ckpt / strays[0], {"x": np.ones(4, np.float32)})  # unsealed
+    rc, out, err = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file])
+    assert rc == 0 and out.startswith("OK:"), (out, err)
+    assert all(f"note: file '{f}' is not a shard" in out for f in strays), out
+    rc, out, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 0 and rep["status"] == "intact" and rep["metadata_issues"] == []
+    assert [n.split("'")[1] for n in rep["notes"] if "not a shard" in n] == strays, rep["notes"]
+    rc, out, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file, "--tensors", "layers.0.*"])
+    assert rc == 0 and all(f"file '{f}' is not a shard" in out for f in strays), out
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", sealed_ckpt, fixed, "--key", key_file])
+    assert rc == 0 and all(f"file '{f}' is not a shard" in out for f in strays), (out, err)
+    assert "recover copies it unchanged" in out and all((fixed / f).is_file() for f in strays)
+    # a shard under another name (the set whole, renamed) is a shard, not a stray
+    for f in strays:
+        (sealed_ckpt / f).unlink()
+    (sealed_ckpt / SHARDS[2]).rename(sealed_ckpt / "renamed.safetensors")
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 1 and not any("not a shard" in n for n in rep.notes), rep.summary()
 
 
 def test_in_place_into_another_folder_is_refused_not_ignored(

@@ -351,6 +351,26 @@ def _set_issues(
     return grave, index, listed
 
 
+def _strays(folder: Path, shards: set[str], done: str) -> list[str]:
+    """A note for each ``.safetensors`` file in ``folder`` that is not one of ``shards`` (file names).
+
+    Not tampering (no index nor authenticated set record names it), but a loader that reads
+    every ``*.safetensors`` file in a folder would load it with the shards. ``done``: what
+    verify or recover did with it.
+    """
+    try:
+        names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".safetensors") and p.name not in shards)
+    except OSError:
+        return []  # the shards were read: a listing that fails now hides nothing they were checked for
+    return [
+        f"file '{n}' is not a shard of this checkpoint (neither the index nor a sealed set record names it) "
+        f"and was {done}; a loader that reads every *.safetensors file in the folder would load it too: "
+        "remove it or move it out of the folder"
+        for n in names
+        if (folder / n).is_file()
+    ]
+
+
 def _merge(
     kind: str,
     reports: dict[str, Report],
@@ -358,6 +378,7 @@ def _merge(
     *,
     fixable: list[str] | None = None,
     fixed: list[str] | None = None,
+    strays: list[str] | None = None,
     lost: dict[str, TensorFinding] | None = None,
     skipped: int = 0,
     unread: int = 0,
@@ -366,7 +387,8 @@ def _merge(
 
     ``set_issues`` lose weights; ``fixable`` ones are a wrong index, which recover rebuilds, or
     shards under the wrong names, which it writes under their own (``fixed``: it did, each a
-    note). ``lost`` names tensors of shards with no report. ``skipped`` shards
+    note). ``strays``: notes on files beside the shards that are none (`_strays`). ``lost`` names tensors of
+    shards with no report. ``skipped`` shards
     (``unread`` blocks) were left out by a partial verification, or could not be read.
     """
     tensors: dict[str, TensorFinding] = {}
@@ -380,7 +402,7 @@ def _merge(
     tensors |= {n: f for n, f in (lost or {}).items() if n not in tensors}
     if skipped:
         notes.append(f"partial verification: {len(reports)} shard(s) checked, {skipped} not read")
-    notes += fixed or []
+    notes += [*(fixed or []), *(strays or [])]
     order: list[Status] = ["intact", "recovered", "tampered", "unrecoverable"]
     status: Status = max((r.status for r in reports.values()), key=order.index, default="intact")
     if set_issues and status in ("intact", "recovered"):

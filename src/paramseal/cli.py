@@ -405,6 +405,8 @@ def _run(args: argparse.Namespace) -> int:
                 _print_json(rep)
             elif rep.status == "intact":
                 print(f"OK: {args.input} was intact; written to {args.output}")
+                if rep.notes:
+                    print(rep.summary())
             elif rep.status == "recovered":
                 done = rep.restored_count  # 0: only the metadata, names or a shard index needed fixing
                 what = f"{_count(done, 'value')} restored" if done else "no value needed restoring"

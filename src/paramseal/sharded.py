@@ -18,7 +18,8 @@ the whole set there once each, recover writes back under their sealed names.
 
 The other files and subfolders (``config.json``, tokenizer files), and the index's
 fields other than ``weight_map`` and ``metadata.total_size``, are copied unchanged: they
-are not protected.
+are not protected. A ``.safetensors`` file among them is named in a note (`_strays`): a
+loader that globs ``*.safetensors`` would read it with the shards.
 
 The index's reading and checking live in `_shard_index`; the set records, where each shard
 is, the set's findings and the merged report in `_shard_set`.
@@ -56,7 +57,7 @@ from ._shard_index import (
     read_index,
     set_files,
 )
-from ._shard_set import _locate, _merge, _moved, _record, _verdict, open_index
+from ._shard_set import _locate, _merge, _moved, _record, _strays, _verdict, open_index
 from ._tempname import temp_prefix
 from .errors import (
     FormatError,
@@ -345,7 +346,10 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
     reports = {s: r for s, (r, _, _) in zip(opened, results, strict=True) if r is not None}
     failed = {s: why for s, (_, _, why) in zip(opened, results, strict=True) if why is not None}
     records = {s: rec for s, (r, rec, _) in zip(opened, results, strict=True) if r is not None}
+    tried = set(failed)
     grave, fixable, lost, failed = _verdict(idx, records, reports, failed, chosen, everything, peeked, tensors)
+    no_shards = tried - set(failed)  # failed files that only an edited set record lists: left out
+    shard_files = {where.get(s, s) for s in everything if s not in no_shards}
     unread = [s for s in everything if s not in chosen and s in peeked]
     # the model's blocks not checked, for the total
     blocks = sum(_blocks(folder / where.get(s, s)) for s in [*unread, *failed])
@@ -354,6 +358,7 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
         reports,
         grave,
         fixable=[*_moved(where), *fixable],
+        strays=_strays(folder, shard_files, "not checked"),
         lost=lost,
         skipped=len(everything) - len(chosen),
         unread=blocks,
@@ -411,6 +416,7 @@ def recover_dir(
                 grave,
                 fixable=[*moved, *fixable],
                 fixed=fixes if fixing else [],
+                strays=_strays(src, {where.get(s, s) for s in everything}, "not checked (recover copies it unchanged)"),
                 lost=lost,
             )
             if not (merged.ok or allow_partial):
