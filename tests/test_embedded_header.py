@@ -289,6 +289,25 @@ def test_an_older_seals_metadata_copied_over_is_found_by_the_weights_and_recover
     assert files.verify_file(good, key).status == "intact"
 
 
+def test_a_larger_models_sealed_tensor_added_does_not_take_over_the_authentic_metadata_header(
+    tmp_path: Path, big: dict[str, np.ndarray], sealed_big: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    """Its copy authenticates under the key and more blocks verify under it than under the model's own header."""
+    rng = np.random.default_rng(11)
+    other = paramseal.seal({"huge": helpers.random_tensor(rng, np.float32, (4000, 64))}, key)
+    assert other.header.tensors[0].nblocks > sum(s.nblocks for s in sealed_big.header.tensors)
+    t = {**helpers.copy_model(sealed_big.tensors), "huge": other.tensors["huge"]}
+    p = helpers.write_st(tmp_path / "t.safetensors", t, {**META, METADATA_KEY: sealed_big.header_json})
+    rep = files.verify_file(p, key)
+    assert rep.status == "tampered" and rep.recoverable
+    assert not [n for n, f in rep.tensors.items() if f.tampered_blocks] and not rep.metadata_issues
+    assert rep.extra_tensors == ("huge",)
+    files.recover_file(p, tmp_path / "fixed.safetensors", key)
+    got, meta = helpers.read_st(tmp_path / "fixed.safetensors")
+    helpers.assert_model_equal(got, sealed_big.tensors)
+    assert parse_header(meta[METADATA_KEY], key).salt == sealed_big.header.salt
+
+
 def test_destroyed_record_blocks_are_rebuilt_bit_exactly(sealed_big: paramseal.SealedModel, key: paramseal.Key) -> None:
     t = helpers.copy_model(sealed_big.tensors)
     for name in ("fc.bias", "norm.weight", "emb.weight"):

@@ -11,6 +11,7 @@ import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -443,14 +444,17 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
 
 
 def best_header(tensors: Mapping[str, NDArray[np.generic]], key: Key, texts: list[str]) -> str:
-    """Of authentic headers from different seals under ``key``, the one most blocks of ``tensors`` verify under.
+    """Of authentic headers from different seals under ``key``, the one under which ``tensors`` verify best.
 
     Another seal's header under the same key (an older seal's copy, pasted in) authenticates too;
-    under it almost every block fails. The first wins a tie.
+    under it almost every block fails. Best: the largest share of the header's own blocks, not the
+    most blocks, which a sealed tensor of a larger model, added, would win. The first wins a tie.
     """
 
-    def verified(text: str) -> int:
-        return sum(int((~b).sum()) for b in check(tensors, key, text).bad)
+    def verified(text: str) -> Fraction:
+        bad = check(tensors, key, text).bad
+        total = sum(int(b.size) for b in bad)
+        return Fraction(sum(int((~b).sum()) for b in bad), total) if total else Fraction(0)
 
     return max(texts, key=verified)
 
