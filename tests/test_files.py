@@ -386,6 +386,19 @@ def test_inspect_says_a_model_whose_floats_all_hold_nan_cannot_be_sealed(tmp_pat
     assert "cannot_seal" not in info and info["levels"]["standard"]["F32"]["k"] == 8
 
 
+def test_inspect_says_a_model_without_floats_has_none_not_that_they_hold_nan(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """An integer-only model holds no NaN: inspect says why it cannot be sealed as seal does."""
+    from paramseal.errors import UnsupportedError
+
+    src = helpers.write_st(tmp_path / "m.safetensors", {"i": np.arange(1000, dtype=np.int64)})
+    info = files.inspect_file(src)
+    assert info["cannot_seal"].startswith("it has no float tensors") and "NaN" not in info["cannot_seal"]
+    with pytest.raises(UnsupportedError, match="without float tensors"):
+        files.seal_file(src, tmp_path / "out.safetensors", key)
+
+
 def test_inspect_sealed_file_needs_no_key_and_shows_the_settings(sealed_file: Path, key: paramseal.Key) -> None:
     info = files.inspect_file(sealed_file)
     assert info["sealed"] is True

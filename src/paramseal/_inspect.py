@@ -66,8 +66,9 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
         info["levels"] = {}
         plain = non_finite(loaded.tensors)  # seal takes these as data (k = 0): they fill strata, carry no parity
         carrying = {dtype_name(a.dtype) for n, a in loaded.tensors.items() if n not in plain}
-        if not carrying & set(FLOATS):
-            info["cannot_seal"] = "its float tensors all hold NaN or Inf: the watermark lives in float mantissas"
+        if not carrying & set(FLOATS):  # as seal words it
+            what = "its float tensors all hold NaN or Inf" if plain else "it has no float tensors"
+            info["cannot_seal"] = f"{what}: the watermark lives in float mantissas"
         for lv in LEVELS:
             ks = {dt: bits_for(dt, lv, None) if dt in carrying else 0 for dt in dtypes}
             specs = [
