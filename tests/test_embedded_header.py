@@ -308,6 +308,23 @@ def test_a_larger_models_sealed_tensor_added_does_not_take_over_the_authentic_me
     assert parse_header(meta[METADATA_KEY], key).salt == sealed_big.header.salt
 
 
+def test_another_whole_model_added_beside_a_damaged_one_does_not_take_over_the_metadata_header(
+    tmp_path: Path, big: dict[str, np.ndarray], sealed_big: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    """Another model sealed under the key verifies wholly; the model's own verifies in part: still no rival."""
+    rng = np.random.default_rng(12)
+    other = paramseal.seal({"huge": helpers.random_tensor(rng, np.float32, (4000, 64))}, key)
+    t = {**helpers.copy_model(sealed_big.tensors), "huge": other.tensors["huge"]}
+    t["emb.weight"].reshape(-1)[: 64 * 100] = 0  # most of the model's own blocks still verify
+    p = helpers.write_st(tmp_path / "t.safetensors", t, {**META, METADATA_KEY: sealed_big.header_json})
+    rep = files.verify_file(p, key)
+    assert rep.extra_tensors == ("huge",) and not rep.metadata_issues
+    assert {n for n, f in rep.tensors.items() if f.tampered_blocks} == {"emb.weight"}
+    files.recover_file(p, tmp_path / "fixed.safetensors", key)
+    got, meta = helpers.read_st(tmp_path / "fixed.safetensors")
+    helpers.assert_model_equal(got, sealed_big.tensors)
+
+
 def test_destroyed_record_blocks_are_rebuilt_bit_exactly(sealed_big: paramseal.SealedModel, key: paramseal.Key) -> None:
     t = helpers.copy_model(sealed_big.tensors)
     for name in ("fc.bias", "norm.weight", "emb.weight"):

@@ -450,25 +450,31 @@ def best_header(tensors: Mapping[str, NDArray[np.generic]], key: Key, texts: lis
     under it almost every block fails. Best: the largest share of the header's own blocks, not the
     most blocks, which a sealed tensor of a larger model, added, would win. The first wins a tie.
     """
+    return max(texts, key=lambda text: verified_share(tensors, key, text))
 
-    def verified(text: str) -> Fraction:
-        bad = check(tensors, key, text).bad
-        total = sum(int(b.size) for b in bad)
-        return Fraction(sum(int((~b).sum()) for b in bad), total) if total else Fraction(0)
 
-    return max(texts, key=verified)
+def verified_share(tensors: Mapping[str, NDArray[np.generic]], key: Key, text: str) -> Fraction:
+    """The share of the authentic header ``text``'s blocks that verify in ``tensors``."""
+    bad = check(tensors, key, text).bad
+    total = sum(int(b.size) for b in bad)
+    return Fraction(sum(int((~b).sum()) for b in bad), total) if total else Fraction(0)
 
 
 def other_seals_copies(tensors: Mapping[str, NDArray[np.generic]], key: Key, header_json: str) -> list[str]:
-    """The intact copies in the weights that authenticate under ``key`` but are another seal than ``header_json``."""
-    this = parse_header(header_json, key).to_json(key, embedded=True)
+    """The intact copies in the weights of another seal of the same model as ``header_json``, under ``key``.
+
+    The same model: the same tensor names, dtypes and shapes (an older seal, any level). Another
+    model's copy (its sealed tensor added to the file) is no rival: its tensors are extra ones.
+    """
+    this = parse_header(header_json, key)
+    table = [(s.name, s.dtype, s.shape) for s in this.tensors]
     out: list[str] = []
     for _, text in _embed.header_copies(tensors):
         try:
             h = parse_header(text, key)
         except (KeyMismatchError, HeaderAuthError, FormatError):
             continue  # damaged or another key's: no rival seal
-        if h.to_json(key, embedded=True) != this and text not in out:
+        if h.salt != this.salt and [(s.name, s.dtype, s.shape) for s in h.tensors] == table and text not in out:
             out.append(text)
     return out
 
@@ -562,5 +568,6 @@ __all__ = [
     "metadata_findings",
     "other_seals_copies",
     "report_of",
+    "verified_share",
     "verify",
 ]
