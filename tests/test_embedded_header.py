@@ -325,6 +325,18 @@ def test_another_whole_model_added_beside_a_damaged_one_does_not_take_over_the_m
     helpers.assert_model_equal(got, sealed_big.tensors)
 
 
+def test_looking_for_another_seals_copy_costs_no_header_parse_on_a_sealed_model(
+    sealed_big: paramseal.SealedModel, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every verify of a file whose metadata header authenticates looks: its own copies are not parsed again."""
+    from paramseal import verify as verify_mod
+
+    calls: list[str] = []
+    monkeypatch.setattr(verify_mod, "parse_header", lambda text, k: calls.append(text))
+    assert verify_mod.other_seals_copies(sealed_big.tensors, key, sealed_big.header) == []
+    assert calls == []
+
+
 def test_destroyed_record_blocks_are_rebuilt_bit_exactly(sealed_big: paramseal.SealedModel, key: paramseal.Key) -> None:
     t = helpers.copy_model(sealed_big.tensors)
     for name in ("fc.bias", "norm.weight", "emb.weight"):

@@ -337,7 +337,7 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
     if h.user_metadata is None:  # the weights' form, which seal never writes into the metadata: an edit
         cut = "the ParamSeal header in the file's metadata was cut down to the form kept in the weights"
         return _Found(_restored(text, meta, key), meta, False, [cut])
-    rivals = other_seals_copies(loaded.tensors, key, text)
+    rivals = other_seals_copies(loaded.tensors, key, h)
     if rivals and (copy := best_header(loaded.tensors, key, [text, *rivals])) != text:
         # another seal's metadata under this key (an older seal's file's, copied over): the weights tell
         replaced = (

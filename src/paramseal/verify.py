@@ -460,16 +460,20 @@ def verified_share(tensors: Mapping[str, NDArray[np.generic]], key: Key, text: s
     return Fraction(sum(int((~b).sum()) for b in bad), total) if total else Fraction(0)
 
 
-def other_seals_copies(tensors: Mapping[str, NDArray[np.generic]], key: Key, header_json: str) -> list[str]:
-    """The intact copies in the weights of another seal of the same model as ``header_json``, under ``key``.
+def other_seals_copies(tensors: Mapping[str, NDArray[np.generic]], key: Key, this: Header) -> list[str]:
+    """The intact copies in the weights of another seal of the same model as ``this``, under ``key``.
 
     The same model: the same tensor names, dtypes and shapes (an older seal, any level). Another
     model's copy (its sealed tensor added to the file) is no rival: its tensors are extra ones.
+    Only the carriers ``this`` chose are read: another seal of the same model chose the same ones.
     """
-    this = parse_header(header_json, key)
     table = [(s.name, s.dtype, s.shape) for s in this.tensors]
+    mine = f'"salt":"{this.salt.hex()}"'  # in this seal's own copies (JSON strings escape quotes: only the field)
+    carriers = {n: tensors[n] for c in this.carriers if (n := this.tensors[c].name) in tensors}
     out: list[str] = []
-    for _, text in _embed.header_copies(tensors):
+    for _, text in _embed.header_copies(carriers):
+        if mine in text:  # this seal's copy: no need to authenticate it again
+            continue
         try:
             h = parse_header(text, key)
         except (KeyMismatchError, HeaderAuthError, FormatError):
