@@ -787,6 +787,7 @@ def _total_size(folder: Path) -> int:
         ("deleted", None, f"the index '{sharded.INDEX}' is missing from the folder"),
         ("malformed", '{"weight_map": ', "is not a valid safetensors index"),
         ("emptied", '{"metadata": {}, "weight_map": {}}', "names no shards"),
+        ("a list", "[1, 2]", "it holds a JSON list, not an object"),
     ],
 )
 def test_a_lost_index_is_tampering_and_recover_rebuilds_it_from_the_shards(
@@ -959,3 +960,68 @@ def test_an_index_that_cannot_be_read_is_a_bad_input_not_a_lost_index(
         rc, out, err = helpers.run_cli([*argv, "--key", key_file])
         assert rc == 3 and f"cannot read '{sealed_ckpt / sharded.INDEX}': Permission denied" in err, (out, err)
     assert not (tmp_path / "fixed").exists()
+
+
+def test_a_subfolder_named_like_an_index_is_no_second_index(
+    tmp_path: Path, checkpoint: Path, key: paramseal.Key
+) -> None:
+    """Only files are indexes: a folder ending in .safetensors.index.json beside the index is copied, not refused."""
+    (checkpoint / "old.safetensors.index.json").mkdir()
+    assert sharded.index_files(checkpoint) == [sharded.INDEX]
+    out = tmp_path / "out"
+    assert sharded.seal_dir(checkpoint, out, key, workers=1) == SHARDS
+    assert (out / "old.safetensors.index.json").is_dir()
+    assert sharded.verify_dir(out, key, workers=1).status == "intact"
+
+
+@pytest.mark.parametrize("weight_map", [{"a": 1}, {"a": None}, {"a": ["x.safetensors"]}])
+def test_an_index_mapping_a_tensor_to_no_file_name_is_exit_3(
+    checkpoint: Path, key_file: Path, weight_map: dict[str, object]
+) -> None:
+    (checkpoint / sharded.INDEX).write_text(json.dumps({"weight_map": weight_map}))
+    for args in (["inspect", checkpoint], ["verify", checkpoint, "--key", key_file]):
+        rc, _, err = helpers.run_cli(args)
+        assert rc == 3 and "weight_map must map tensor names to file names" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("name", ["../outside.safetensors", "sub/inside.safetensors"])
+def test_an_index_naming_a_shard_in_another_folder_is_refused(
+    tmp_path: Path, checkpoint: Path, key_file: Path, name: str
+) -> None:
+    """A shard path outside the folder (or in a subfolder) would be read, and written, outside the checkpoint."""
+    (checkpoint / "sub").mkdir()
+    for p in (checkpoint / name, tmp_path / "outside.safetensors"):  # the file exists: only its place is wrong
+        shutil.copy(checkpoint / SHARDS[0], p)
+    _edit_index(checkpoint, lambda wm: wm.update({n: name for n, s in wm.items() if s == SHARDS[0]}))
+    before = sorted(p.name for p in tmp_path.iterdir()), (tmp_path / "outside.safetensors").read_bytes()
+    rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "out", "--key", key_file])
+    assert rc == 3 and f"names shard '{name}', which is not a .safetensors file in the same folder" in err, err
+    assert (sorted(p.name for p in tmp_path.iterdir()), (tmp_path / "outside.safetensors").read_bytes()) == before
+
+
+def test_a_tensor_held_by_two_shards_is_refused_at_seal_time(tmp_path: Path, checkpoint: Path, key_file: Path) -> None:
+    """The index maps it to one of them: the other copy would be sealed, and verify would call the set tampered."""
+    t, meta = helpers.read_st(checkpoint / SHARDS[2])
+    t["layers.0.attn.weight"] = helpers.read_st(checkpoint / SHARDS[0])[0]["layers.0.attn.weight"]
+    helpers.write_st(checkpoint / SHARDS[2], t, meta)
+    rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "out", "--key", key_file])
+    assert rc == 3 and f"held by '{SHARDS[0]}', '{SHARDS[2]}'" in err and not (tmp_path / "out").exists(), err
+
+
+def test_a_set_record_edited_to_list_a_file_outside_the_folder_does_not_open_it(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The set record in the file is read unauthenticated to find the shards: only names in the folder count."""
+    shutil.copy(sealed_ckpt / SHARDS[0], tmp_path / "outside.safetensors")
+    p = sealed_ckpt / SHARDS[1]
+    t, meta = helpers.read_st(p)
+    rec = json.loads(meta[sharded.SET_KEY])
+    helpers.write_st(
+        p, t, {**meta, sharded.SET_KEY: json.dumps({**rec, "shards": [*rec["shards"], "../outside.safetensors"]})}
+    )
+    opened: list[Path] = []
+    real = files.verify_file
+    monkeypatch.setattr(files, "verify_file", lambda f, k, **kw: opened.append(Path(f)) or real(f, k, **kw))
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 1 and not any("outside" in m for m in [*rep.metadata_issues, *rep.notes]), rep.summary()
+    assert sorted(f.name for f in opened) == SHARDS and all(f.parent == sealed_ckpt for f in opened)
