@@ -232,6 +232,17 @@ def test_wrong_key_is_a_key_mismatch_not_a_tamper_report(key: paramseal.Key, oth
 
 
 @pytest.mark.parametrize("call", ["verify_module", "recover_module"])
+@pytest.mark.parametrize("given", ["hex text", None], ids=["str", "none"])
+def test_a_key_that_is_no_key_is_a_usage_error(key: paramseal.Key, call: str, given: str | None) -> None:
+    """Not Python's AttributeError from parsing the header with it ('str' has no 'fingerprint')."""
+    net = mlp()
+    seal = pst.seal_module(net, key)
+    for header in (seal.header_json, None):
+        with pytest.raises(paramseal.UsageError, match="the key must be a paramseal.Key"):
+            getattr(pst, call)(net, given, header)
+
+
+@pytest.mark.parametrize("call", ["verify_module", "recover_module"])
 def test_passing_the_module_seal_instead_of_its_header_text_is_a_usage_error(key: paramseal.Key, call: str) -> None:
     """seal_module returns a ModuleSeal; passing it whole is the caller's mistake, not an edited header."""
     net = mlp()

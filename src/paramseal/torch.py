@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 from .errors import UnsupportedError, UsageError
 from .formats.pytorch import TIED_KEY, import_torch, numpy_to_tensor, tensor_to_numpy, untie
 from .header import Header, parse_header
-from .keys import Key
+from .keys import Key, require_key
 from .recover import recover
 from .report import Report
 from .seal import SealConfig, check_metadata, refuse_sealed
@@ -171,6 +171,7 @@ def verify_module(module: torch.nn.Module, key: Key, header_json: str | None = N
     ``header_json`` is what ``seal_module`` returned; None reads the copy embedded
     in the weights. ``kw`` is passed to :func:`paramseal.verify` (e.g. ``metadata=``).
     """
+    require_key(key)  # before the header is parsed with it
     live, tied = untie(_state(module))
     arrays = _as_numpy(live)
     header_json = _header_text(header_json, arrays, key)
@@ -193,6 +194,7 @@ def recover_module(
     or unrecoverable module is left as it is. Tensors the seal does not know
     (extra parameters) are not touched. ``header_json`` as for ``verify_module``.
     """
+    require_key(key)
     live, tied = untie(_state(module))
     current = _as_numpy(live)
     header_json = _header_text(header_json, current, key)
