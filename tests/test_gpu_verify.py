@@ -465,6 +465,23 @@ def test_a_tied_modules_state_dict_is_refused_saying_to_pass_the_module(key: par
     assert gpu.GpuVerifier(net, key, h).check().ok
 
 
+@pytest.mark.parametrize("change", ["added", "untied"])
+def test_a_modules_structure_mismatch_carries_verify_modules_report(key: paramseal.Key, change: str) -> None:
+    """It carried paramseal.verify's on the bare tensors: recoverable where recover_module is not, ties unchecked."""
+    torch.manual_seed(0)
+    net = torch.nn.ModuleDict({"emb": torch.nn.Embedding(300, 64), "head": torch.nn.Linear(64, 300, bias=False)})
+    net["head"].weight = net["emb"].weight
+    h = pst.seal_module(net, key).header_json
+    if change == "added":
+        net["extra"] = torch.nn.Linear(3, 3)
+    else:
+        net["head"].weight = torch.nn.Parameter(net["emb"].weight.detach().clone())
+    with pytest.raises(paramseal.TamperedError) as e:
+        gpu.GpuVerifier(net, key, h)
+    assert e.value.report.to_dict() == pst.verify_module(net, key, h).to_dict()
+    assert e.value.report.recoverable == (pst.recover_module(net, key, h).status == "recovered")
+
+
 @needs_cuda
 def test_a_tensor_moved_to_another_device_is_a_usage_error(key: paramseal.Key) -> None:
     state, header = seal_state(model_of("F32"), key)

@@ -61,7 +61,7 @@ from .header import Header, parse_header
 from .keys import Key, require_key
 from .levels import BLOCK
 from .report import Report
-from .torch import _state, _with_ties, module_tensors
+from .torch import _state, _with_ties, module_tensors, verify_module
 from .verify import Check, _match_moved, header_from_weights, metadata_findings, report_of
 from .verify import verify as cpu_verify
 
@@ -153,7 +153,7 @@ class GpuVerifier:
     weights (this copies the model to the host once). A wrong key raises
     :class:`~paramseal.errors.KeyMismatchError`; tensors that are missing, extra,
     retyped or reshaped against the seal raise :class:`~paramseal.errors.TamperedError`
-    naming every difference, with the CPU engine's report. ``backend`` picks the
+    naming every difference, with the CPU engine's report (for a module, ``verify_module``'s). ``backend`` picks the
     engine: "auto" (Triton on CUDA when it imports, else torch ops), "torch" or "triton".
 
     The verifier keeps a reference to the module or mapping and reads its current
@@ -301,7 +301,12 @@ class GpuVerifier:
         if extra and isinstance(self._source, Mapping) and untie(dict(tensors))[1]:
             issues.append("the mapping holds tied tensors, which a seal holds once: pass the module itself")
         if issues:
-            report = cpu_verify(_host(tensors), self._key, self._header_json)
+            src = self._source
+            report = (  # a module's report is verify_module's: its ties checked, and whether recover_module can help
+                cpu_verify(_host(tensors), self._key, self._header_json)
+                if isinstance(src, Mapping)
+                else verify_module(src, self._key, self._header_json)
+            )
             raise TamperedError(
                 f"the tensors do not match the seal ({'; '.join(issues)}); the GPU check needs the sealed "
                 "structure: the report (from the CPU engine) names every finding, and "
