@@ -434,3 +434,11 @@ def test_a_module_on_the_meta_device_is_refused_with_how_to_load_its_weights(key
     with pytest.raises(paramseal.UnsupportedError, match=r"'weight' is on the meta device.*to_empty") as ei:
         pst.seal_module(net, key)
     assert "to_dense" not in str(ei.value)  # the advice for sparse tensors does not apply
+
+
+@pytest.mark.parametrize("call", ["seal_module", "verify_module", "recover_module"])
+def test_an_uninitialized_lazy_module_is_refused_saying_to_run_it_once(key: paramseal.Key, call: str) -> None:
+    """Not torch's ValueError from reading an UninitializedParameter's storage deep inside."""
+    net = torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.Linear(8, 4))
+    with pytest.raises(paramseal.UnsupportedError, match=r"'0.weight', '0.bias' are uninitialized .*forward once"):
+        getattr(pst, call)(net, key)

@@ -74,7 +74,14 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     inner = getattr(module, "_orig_mod", None)
     if type(module).__name__ == "OptimizedModule" and isinstance(inner, _torch.nn.Module):
         module = inner
-    return {n: t for n, t in module.state_dict(keep_vars=True).items() if isinstance(t, _torch.Tensor)}
+    state = {n: t for n, t in module.state_dict(keep_vars=True).items() if isinstance(t, _torch.Tensor)}
+    lazy = [n for n, t in state.items() if isinstance(t, _torch.nn.parameter.UninitializedTensorMixin)]
+    if lazy:  # torch raises a ValueError on any use of one (its storage, its dtype's bits)
+        raise UnsupportedError(
+            f"module tensor(s) {', '.join(map(repr, lazy[:8]))} are uninitialized (a lazy module's) and hold no "
+            "values; run the module's forward once with a sample batch (or load its weights) first"
+        )
+    return state
 
 
 def _as_numpy(tensors: Mapping[str, torch.Tensor]) -> dict[str, NDArray[np.generic]]:
