@@ -442,3 +442,25 @@ def test_an_uninitialized_lazy_module_is_refused_saying_to_run_it_once(key: para
     net = torch.nn.Sequential(torch.nn.LazyLinear(8), torch.nn.Linear(8, 4))
     with pytest.raises(paramseal.UnsupportedError, match=r"'0.weight', '0.bias' are uninitialized .*forward once"):
         getattr(pst, call)(net, key)
+
+
+def test_state_made_anew_at_each_state_dict_call_is_refused_and_the_module_is_unchanged(key: paramseal.Key) -> None:
+    """A tensor from get_extra_state took the seal bits and was dropped: the sealed module never verified."""
+
+    class WithExtraState(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = torch.nn.Linear(300, 300)
+
+        def get_extra_state(self) -> torch.Tensor:
+            return torch.linspace(0.5, 1.5, 200)
+
+        def set_extra_state(self, state: object) -> None:
+            pass
+
+    torch.manual_seed(0)
+    net = WithExtraState()
+    before = net.lin.weight.detach().clone()
+    with pytest.raises(paramseal.UnsupportedError, match="'_extra_state' are new tensors at every state_dict"):
+        pst.seal_module(net, key)
+    assert torch.equal(net.lin.weight, before)

@@ -163,7 +163,16 @@ def seal_module(
     module is left unchanged.
     """
     check_metadata(metadata)  # before it is merged with the ties
-    live, tied = untie(_state(module))
+    state = _state(module)
+    again = _state(module)
+    fresh = [n for n, t in state.items() if again.get(n) is not t]
+    if fresh:  # the seal bits would go into a temporary: the module would never verify
+        raise UnsupportedError(
+            f"module state entries {', '.join(map(repr, fresh[:8]))} are new tensors at every state_dict() call "
+            "(made by get_extra_state or a state_dict hook), so seal bits written into them would not stay in the "
+            "module; keep such state in a registered buffer, or save the state dict and seal the file"
+        )
+    live, tied = untie(state)
     # the tied names are sealed as the .pt reader finds them: torch.save(module.state_dict()) then verifies
     arrays = _as_numpy(live)
     refuse_sealed(arrays, reseal)
