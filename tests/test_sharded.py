@@ -1025,3 +1025,33 @@ def test_a_set_record_edited_to_list_a_file_outside_the_folder_does_not_open_it(
     rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
     assert rep.exit_code == 1 and not any("outside" in m for m in [*rep.metadata_issues, *rep.notes]), rep.summary()
     assert sorted(f.name for f in opened) == SHARDS and all(f.parent == sealed_ckpt for f in opened)
+
+
+def test_a_set_record_edited_where_only_the_metadata_digest_is_sealed_cannot_be_trusted(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """With the metadata header gone, the header from the weights keeps only the metadata's digest: an edited
+    set record no longer matches it, so it vouches for nothing (not read as a record of another set)."""
+    from paramseal.header import METADATA_KEY, SET_KEY
+
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    weight_map = {}
+    for i, name in enumerate(SHARDS[:2]):  # shards large enough to carry header copies in their weights
+        helpers.write_st(folder / name, {f"w{i}": helpers.random_tensor(rng, np.float32, (1024, 512))})
+        weight_map[f"w{i}"] = name
+    (folder / sharded.INDEX).write_text(json.dumps({"weight_map": weight_map}))
+    sealed = tmp_path / "sealed"
+    assert helpers.run_cli(["seal", folder, sealed, "--key", key_file])[0] == 0
+    shard = sealed / SHARDS[1]
+    t, meta = helpers.read_st(shard)
+    del meta[METADATA_KEY]
+    helpers.write_st(shard, t, meta)
+    rc, out, _ = helpers.run_cli(["verify", sealed, "--key", key_file])
+    assert rc == 0, out  # the header from the weights and the unedited record vouch for the shard
+    rec = json.loads(meta[SET_KEY])
+    rec["set"] = "0" * len(rec["set"])
+    helpers.write_st(shard, t, {**meta, SET_KEY: json.dumps(rec)})
+    rc, out, _ = helpers.run_cli(["verify", sealed, "--key", key_file])
+    assert rc != 0 and f"shard '{SHARDS[1]}': its set record cannot be trusted (its metadata was edited)" in out, out
