@@ -1087,3 +1087,27 @@ def test_a_header_out_whose_rename_fails_says_the_model_was_written(
     assert not (tmp_path / "h.json").exists() and not list(tmp_path.glob(".*.tmp"))
     monkeypatch.undo()
     assert run(["verify", out, "--key", key_file])[0] == 0
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"]])
+def test_a_closed_stdout_or_stderr_is_not_read_as_tampered(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sealed_file: Path, key_file: Path, extra: list[str]
+) -> None:
+    """`verify m >&-` or `2>&-` (Python then has no sys.stdout / sys.stderr) was an AttributeError.
+
+    Its exit 1 read as "tampered but recoverable", for an intact model too.
+    """
+    import io
+    import sys
+
+    argv = ["verify", str(sealed_file), "--key", str(key_file), *extra]
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(argv) == 0  # the messages are lost, the verdict is not
+    assert main(["verify", str(tmp_path / "missing.safetensors"), "--key", str(key_file), *extra]) == 3
+    for model in (sealed_file, tmp_path / "missing.safetensors"):
+        err = io.StringIO()
+        monkeypatch.setattr(sys, "stdout", None)
+        monkeypatch.setattr(sys, "stderr", err)
+        assert main(["verify", str(model), "--key", str(key_file), *extra]) == 3
+        want = "standard output is closed" if model == sealed_file else "missing.safetensors' does not exist"
+        assert want in err.getvalue()

@@ -7,6 +7,7 @@ not fully recoverable, 3 usage error, bad file or wrong key.
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import os
@@ -102,6 +103,8 @@ def _error_doc(exit_code: int, message: str) -> None:
     A reader that left (`| head`, `| true`) does not turn the error's exit code into a
     BrokenPipeError traceback (exit 1, 'tampered but recoverable') or exit 120.
     """
+    if sys.stdout is None:  # closed (`>&-`): no reader to give it to
+        return
     doc = {"status": "tampered" if exit_code == 2 else "error", "recoverable": False, "exit_code": exit_code}
     try:
         print(json.dumps({**doc, "error": message}, indent=2))
@@ -205,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--json" in given and (cmd is None or "--json" in cmd._option_string_actions):  # keygen has none
             _error_doc(3, e.message)
         raise
+    if sys.stderr is None:  # closed (`2>&-`): its messages are lost, the verdict's exit code must not be
+        sys.stderr = _Discard()
     for stream in (sys.stdout, sys.stderr):  # a name from the file may hold a lone surrogate: print it escaped
         if isinstance(stream, io.TextIOWrapper):
             stream.reconfigure(errors="backslashreplace")
@@ -238,6 +243,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + 13
 
 
+class _Discard(io.StringIO):
+    """A stream that drops what is written to it (and is no terminal: no progress bar)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
 class _StdoutFailed(OSError):
     """Writing to standard output failed (not a reader that left: that is BrokenPipeError)."""
 
@@ -252,6 +264,7 @@ class _Stdout:
         self._stream = stream
 
     def write(self, text: str) -> int:
+        self._require_open()
         try:
             return cast(int, self._stream.write(text))
         except BrokenPipeError:
@@ -260,6 +273,7 @@ class _Stdout:
             raise _StdoutFailed(e.errno, e.strerror) from e
 
     def flush(self) -> None:
+        self._require_open()
         try:
             self._stream.flush()
         except BrokenPipeError:
@@ -267,12 +281,18 @@ class _Stdout:
         except OSError as e:
             raise _StdoutFailed(e.errno, e.strerror) from e
 
+    def _require_open(self) -> None:
+        if self._stream is None:  # closed (`>&-`): Python has no sys.stdout at all
+            raise _StdoutFailed(errno.EBADF, "standard output is closed")
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
 
 
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    if sys.stdout is None:  # closed: nothing is flushed at exit
+        return
     try:
         fd = sys.stdout.fileno()
     except (OSError, ValueError):  # not a file (a test's StringIO): nothing is flushed at exit
