@@ -363,6 +363,8 @@ def test_backend_triton_without_triton_is_refused_when_built(
         ("numpy", paramseal.UsageError, "'w' is a ndarray, not a torch.Tensor"),
         ("sparse", paramseal.UnsupportedError, "'w' is a torch.sparse_coo tensor"),
         ("meta", paramseal.UnsupportedError, "'w' is a meta tensor"),
+        ("lazy", paramseal.UnsupportedError, r"'w' are uninitialized \(a lazy module's\).*forward once"),
+        ("lazy, no header", paramseal.UnsupportedError, r"'w' are uninitialized \(a lazy module's\).*forward once"),
     ],
 )
 def test_bad_arguments_are_named(key: paramseal.Key, change: str, error: type[Exception], words: str) -> None:
@@ -379,6 +381,10 @@ def test_bad_arguments_are_named(key: paramseal.Key, change: str, error: type[Ex
         args[0] = {**state, "w": state["w"].numpy()}
     elif change == "sparse":
         args[0] = {**state, "w": state["w"].to_sparse()}
+    elif change.startswith("lazy"):  # an nn.LazyLinear's weight before its first forward
+        args[0] = {**state, "w": torch.nn.parameter.UninitializedParameter()}
+        if change == "lazy, no header":  # the embedded header is read from the tensors first
+            del args[2]
     else:
         args[0] = {**state, "w": state["w"].to("meta")}
     with pytest.raises(error, match=words):

@@ -61,7 +61,7 @@ from .header import Header, parse_header
 from .keys import Key, require_key
 from .levels import BLOCK
 from .report import Report
-from .torch import _state, _with_ties, module_tensors, verify_module
+from .torch import _refuse_lazy, _state, _with_ties, module_tensors, verify_module
 from .verify import Check, _match_moved, header_from_weights, metadata_findings, report_of
 from .verify import verify as cpu_verify
 
@@ -451,6 +451,7 @@ class GpuVerifier:
 
 def _refuse_unreadable(tensors: Mapping[str, torch.Tensor]) -> None:
     """Raise a clear error for a value that is not a dense torch tensor with data (as the CPU engine refuses it)."""
+    _refuse_lazy(tensors, "tensor(s)")
     for name, x in tensors.items():
         if not isinstance(x, _torch.Tensor):
             raise UsageError(

@@ -75,13 +75,18 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     if type(module).__name__ == "OptimizedModule" and isinstance(inner, _torch.nn.Module):
         module = inner
     state = {n: t for n, t in module.state_dict(keep_vars=True).items() if isinstance(t, _torch.Tensor)}
-    lazy = [n for n, t in state.items() if isinstance(t, _torch.nn.parameter.UninitializedTensorMixin)]
-    if lazy:  # torch raises a ValueError on any use of one (its storage, its dtype's bits)
+    _refuse_lazy(state, "module tensor(s)")
+    return state
+
+
+def _refuse_lazy(tensors: Mapping[str, object], what: str) -> None:
+    """Refuse uninitialized (lazy) parameters and buffers, naming them, with how to give them values."""
+    lazy = [n for n, t in tensors.items() if isinstance(t, _torch.nn.parameter.UninitializedTensorMixin)]
+    if lazy:  # torch raises a ValueError or RuntimeError on any use of one (its shape, its storage)
         raise UnsupportedError(
-            f"module tensor(s) {', '.join(map(repr, lazy[:8]))} are uninitialized (a lazy module's) and hold no "
+            f"{what} {', '.join(map(repr, lazy[:8]))} are uninitialized (a lazy module's) and hold no "
             "values; run the module's forward once with a sample batch (or load its weights) first"
         )
-    return state
 
 
 def _as_numpy(tensors: Mapping[str, torch.Tensor]) -> dict[str, NDArray[np.generic]]:
