@@ -464,3 +464,45 @@ def test_state_made_anew_at_each_state_dict_call_is_refused_and_the_module_is_un
     with pytest.raises(paramseal.UnsupportedError, match="'_extra_state' are new tensors at every state_dict"):
         pst.seal_module(net, key)
     assert torch.equal(net.lin.weight, before)
+
+
+class _KeepsExtraState(nn.Module):
+    """Its state_dict() holds a copy of ``extra`` (a plain attribute), made at every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(30, 30)
+        self.extra = torch.linspace(0.5, 1.5, 600)
+
+    def get_extra_state(self) -> torch.Tensor:
+        return self.extra.clone()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.extra = state.clone()
+
+
+@pytest.mark.parametrize("damaged", ["extra", "lin.weight"])
+def test_recover_module_does_not_claim_to_restore_state_made_anew_at_each_state_dict_call(
+    key: paramseal.Key, damaged: str
+) -> None:
+    """Restoring an extra-state tensor wrote into a copy: 'recovered', and the module kept the damage."""
+    torch.manual_seed(0)
+    net = _KeepsExtraState()
+    sealed = paramseal.seal({n: t.numpy() for n, t in net.state_dict().items()}, key)  # as sealing the saved file
+    net.load_state_dict({n: torch.from_numpy(a.copy()) for n, a in sealed.tensors.items()})
+    header = sealed.header_json
+    assert pst.verify_module(net, key, header).status == "intact"
+    with torch.no_grad():
+        (net.extra if damaged == "extra" else net.lin.weight).view(-1)[3] += 1.0
+    if damaged == "extra":
+        rep = pst.verify_module(net, key, header)
+        assert (rep.status, rep.recoverable) == ("tampered", False)
+        assert any("'_extra_state' are new tensors at every state_dict() call" in n for n in rep.notes)
+        rep = pst.recover_module(net, key, header)
+        assert (rep.status, rep.exit_code) == ("unrecoverable", 2)
+        assert any("recover a saved copy of the state dict" in n for n in rep.notes)
+        assert pst.verify_module(net, key, header).status == "tampered"
+    else:  # an intact extra-state entry does not stand in the way of restoring the others
+        assert pst.verify_module(net, key, header).recoverable
+        assert pst.recover_module(net, key, header).status == "recovered"
+        assert pst.verify_module(net, key, header).status == "intact"

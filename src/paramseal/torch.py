@@ -89,6 +89,20 @@ def _refuse_lazy(tensors: Mapping[str, object], what: str) -> None:
         )
 
 
+def _made_anew(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The entries of ``state`` (``_state(module)``) that ``state_dict()`` makes anew at every call."""
+    again = _state(module)
+    return [n for n, t in state.items() if again.get(n) is not t]
+
+
+def _anew(names: list[str], what: str) -> str:
+    """Why ``what`` cannot be written into the entries ``_made_anew`` found."""
+    return (
+        f"{', '.join(map(repr, names[:8]))}{' ...' if len(names) > 8 else ''} are new tensors at every state_dict() "
+        f"call (made by get_extra_state or a state_dict hook), so {what} written into them would not stay in the module"
+    )
+
+
 def _as_numpy(tensors: Mapping[str, torch.Tensor]) -> dict[str, NDArray[np.generic]]:
     return {name: tensor_to_numpy(t, f"module tensor '{name}'") for name, t in tensors.items()}
 
@@ -169,13 +183,10 @@ def seal_module(
     """
     check_metadata(metadata)  # before it is merged with the ties
     state = _state(module)
-    again = _state(module)
-    fresh = [n for n, t in state.items() if again.get(n) is not t]
-    if fresh:  # the seal bits would go into a temporary: the module would never verify
+    if fresh := _made_anew(module, state):  # the seal bits would go into a temporary: the module would never verify
         raise UnsupportedError(
-            f"module state entries {', '.join(map(repr, fresh[:8]))} are new tensors at every state_dict() call "
-            "(made by get_extra_state or a state_dict hook), so seal bits written into them would not stay in the "
-            "module; keep such state in a registered buffer, or save the state dict and seal the file"
+            f"module state entries {_anew(fresh, 'seal bits')}; keep such state in a registered buffer, or save the "
+            "state dict and seal the file"
         )
     live, tied = untie(state)
     # the tied names are sealed as the .pt reader finds them: torch.save(module.state_dict()) then verifies
@@ -193,11 +204,12 @@ def verify_module(module: torch.nn.Module, key: Key, header_json: str | None = N
     in the weights. ``kw`` is passed to :func:`paramseal.verify` (e.g. ``metadata=``).
     """
     require_key(key)  # before the header is parsed with it
-    live, tied = untie(_state(module))
+    state = _state(module)
+    live, tied = untie(state)
     arrays = _as_numpy(live)
     header_json = _header_text(header_json, arrays, key)
     rep = verify(arrays, key, header_json, **_with_ties(kw, header_json, key, tied))
-    return _in_place(rep, live, header_json, key)
+    return _in_place(rep, live, header_json, key, _made_anew(module, state))
 
 
 def recover_module(
@@ -216,11 +228,12 @@ def recover_module(
     (extra parameters) are not touched. ``header_json`` as for ``verify_module``.
     """
     require_key(key)
-    live, tied = untie(_state(module))
+    state = _state(module)
+    live, tied = untie(state)
     current = _as_numpy(live)
     header_json = _header_text(header_json, current, key)
     result = recover(current, key, header_json, **_with_ties(kw, header_json, key, tied))
-    rep = _in_place(result.report, live, header_json, key)
+    rep = _in_place(result.report, live, header_json, key, _made_anew(module, state))
     if rep.status == "recovered" or (allow_partial and rep.restored_count):
         _write_back(live, {n: a for n, a in result.tensors.items() if n in live and not _same(a, current[n])})
         if result.metadata.get(TIED_KEY) != tied.get(TIED_KEY):
@@ -255,31 +268,42 @@ def _with_ties(kw: dict[str, Any], header_json: str, key: Key, tied: Mapping[str
     return {**kw, "metadata": {**{k: v for k, v in sealed.items() if k != TIED_KEY}, **tied}}
 
 
-def _in_place(rep: Report, live: Mapping[str, Any], header_json: str, key: Key) -> Report:
-    """``rep`` as it applies to the module: not recoverable when its entries differ from the sealed ones.
+def _in_place(rep: Report, live: Mapping[str, Any], header_json: str, key: Key, anew: list[str]) -> Report:
+    """``rep`` as it applies to the module: not recoverable when recover cannot write what it restores.
 
     Recover restores values in place: it cannot give a module an entry it lacks (removed or
-    renamed) or take one away (added), so such a module would still not verify afterwards.
+    renamed) or take one away (added), so such a module would still not verify afterwards; nor
+    restore an entry ``state_dict()`` makes anew at each call (``anew``), whose copy it would write.
     """
+    if not (rep.recoverable or rep.status == "recovered"):
+        return rep
     header = parse_header(header_json, key)
     missing = [t.name for t in header.tensors if t.name not in live]
     ties = (header.user_metadata or {}).get(TIED_KEY)
     aliases = {alias for alias, _name, _pos in json.loads(ties)} if ties else set()
     extra = [n for n in rep.extra_tensors if n not in aliases]  # a sealed alias untied: recover re-ties it
-    if not (missing or extra) or not (rep.recoverable or rep.status == "recovered"):
+    damaged = [n for n in anew if (f := rep.tensors.get(n)) and (f.tampered_blocks or f.issues or f.restored_indices)]
+    notes = []
+    if missing or extra:
+        what = "; ".join(
+            f"{label}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+            for label, names in (("sealed but not in the module", missing), ("not sealed", extra))
+            if names
+        )
+        notes.append(
+            f"the module's state entries differ from the sealed ones ({what}); recover_module restores values in "
+            "place and cannot add, remove or rename a module's parameters or buffers: give the module the sealed "
+            "structure (the names of its state_dict at seal time) and recover again"
+        )
+    if damaged:
+        notes.append(
+            f"the tampered module state entries {_anew(damaged, 'restored values')}: recover a saved copy of the "
+            "state dict (paramseal.recover) and load it into the module with load_state_dict"
+        )
+    if not notes:
         return rep
-    what = "; ".join(
-        f"{label}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
-        for label, names in (("sealed but not in the module", missing), ("not sealed", extra))
-        if names
-    )
-    note = (
-        f"the module's state entries differ from the sealed ones ({what}); recover_module restores values in "
-        "place and cannot add, remove or rename a module's parameters or buffers: give the module the sealed "
-        "structure (the names of its state_dict at seal time) and recover again"
-    )
     status = "unrecoverable" if rep.status == "recovered" else rep.status
-    return dataclasses.replace(rep, status=status, recoverable=False, notes=(*rep.notes, note))
+    return dataclasses.replace(rep, status=status, recoverable=False, notes=(*rep.notes, *notes))
 
 
 def _retie(module: torch.nn.Module, entry: str | None) -> None:
