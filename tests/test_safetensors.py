@@ -222,6 +222,19 @@ def test_a_dtype_relabelled_in_the_header_is_exit_1_and_recovered_byte_for_byte(
     assert fixed.read_bytes() == sealed_file.read_bytes()
 
 
+def test_a_file_converted_whole_from_f16_to_f32_says_so_once_and_keeps_exit_2(tmp_path: Path, key_file: Path) -> None:
+    rng = np.random.default_rng(0)
+    plain = helpers.write_st(
+        tmp_path / "half.safetensors", {n: rng.standard_normal(500).astype(np.float16) for n in "ab"}
+    )
+    sealed = tmp_path / "sealed.safetensors"
+    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
+    got, meta = helpers.read_st(sealed)
+    widened = helpers.write_st(tmp_path / "float.safetensors", {n: a.astype(np.float32) for n, a in got.items()}, meta)
+    rc, out, _ = helpers.run_cli(["verify", widened, "--key", key_file])
+    assert rc == 2 and out.count("converted from F16 to F32") == 1 and "convert it back to F16" in out
+
+
 def test_null_metadata_is_no_metadata_as_the_library_reads_it(tmp_path: Path, key_file: Path) -> None:
     """``"__metadata__": null``, which the library loads (and returns as None), is a model without metadata.
 

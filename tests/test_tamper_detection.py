@@ -319,6 +319,51 @@ def test_a_large_tensor_relabelled_as_another_dtype_of_its_width_is_recovered_fr
     helpers.assert_model_equal(res.tensors, sealed.tensors)
 
 
+def _half_model(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "a": rng.standard_normal((40, 50)).astype(np.float16),
+        "b": rng.standard_normal(300).astype(np.float16),
+        "steps": np.arange(6, dtype=np.int64),
+    }
+
+
+@pytest.mark.parametrize("converted", ["all", "all but one"])
+def test_a_whole_model_converted_to_another_float_dtype_gets_one_note_saying_how_to_undo_it(
+    key: paramseal.Key, converted: str
+) -> None:
+    """model.float() after sealing an F16 model: the findings, one note with the fix, and the same exit codes."""
+    s = paramseal.seal(_half_model(1), key)
+    t = helpers.copy_model(s.tensors)
+    for name in ["a", "b"] if converted == "all" else ["a"]:
+        t[name] = t[name].astype(np.float32)
+    v, res = _report(t, s, key)
+    assert v.exit_code == res.report.exit_code == 2 and v.tensors["a"].issues[0] == "dtype changed from F16 to F32"
+    note = [n for n in v.notes if "converted" in n]
+    if converted == "all but one":  # not a conversion of the model: the findings say it all
+        assert note == []
+        return
+    assert note == [n for n in res.report.notes if "converted" in n]
+    assert (
+        len(note) == 1
+        and "converted from F16 to F32" in note[0]
+        and "convert it back to F16 (a module: .half()" in note[0]
+    )
+    back = {n: a.astype(np.float16) if a.dtype == np.float32 else a for n, a in t.items()}  # as the note says
+    assert paramseal.verify(back, key, s.header_json).status == "intact"
+
+
+def test_a_whole_model_converted_to_a_narrower_float_dtype_is_noted_as_lost(key: paramseal.Key) -> None:
+    s = paramseal.seal(
+        {n: a.astype(np.float32) if a.dtype == np.float16 else a for n, a in _half_model(2).items()}, key
+    )
+    t = {n: a.astype(np.float16) if a.dtype == np.float32 else a for n, a in s.tensors.items()}
+    v = paramseal.verify(t, key, s.header_json)
+    assert v.exit_code == 2
+    note = [n for n in v.notes if "converted" in n]
+    assert len(note) == 1 and "from F32 to F16, which drops low mantissa bits" in note[0] and "kept copy" in note[0]
+
+
 def test_a_relabelled_tensor_whose_bytes_changed_too_is_still_tampered_there(
     sealed: paramseal.SealedModel, key: paramseal.Key
 ) -> None:

@@ -152,6 +152,17 @@ def test_half_and_double_modules_seal_and_recover_keeping_their_dtype(key: param
     assert all(bits_equal(net.state_dict()[n], v) for n, v in sealed.items())
 
 
+def test_a_half_module_converted_with_float_after_sealing_is_told_to_convert_back(key: paramseal.Key) -> None:
+    torch.manual_seed(0)
+    net = mlp().half()
+    header = pst.seal_module(net, key).header_json
+    net.float()
+    rep = pst.verify_module(net, key, header)
+    assert rep.exit_code == 2 and [n for n in rep.notes if "converted from F16 to F32" in n and ".half()" in n]
+    net.half()
+    assert pst.verify_module(net, key, header).status == "intact"
+
+
 def test_header_is_found_in_the_weights_when_not_given(key: paramseal.Key) -> None:
     net = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 512))
     pst.seal_module(net, key)

@@ -25,7 +25,7 @@ from ._progress import Progress
 from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError, UnsupportedError, UsageError
 from .header import Header, HeaderAuthError, metadata_digest, own_entries, parse_header
 from .keys import Key, require_key
-from .levels import ST_TO_NP, dtype_name
+from .levels import FLOATS, ST_TO_NP, dtype_name
 from .report import Ints, Report, TensorFinding
 
 
@@ -200,7 +200,7 @@ def check(
         blocks.append(ub)
         bad.append(~_tags_ok(mac, header, t, spec, ub))
     moved = _match_moved(arrays, header, mac, specs, blocks, bad, issues, extra)
-    notes: list[str] = []
+    notes: list[str] = [n for n in [_converted(arrays, specs, chosen)] if n]
     if select is not None:
         n = sum(chosen)
         notes.append(f"partial verification: {n} of {len(specs)} tensors match '{select}'; only they were checked")
@@ -289,6 +289,35 @@ def usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.
     if tuple(a.shape) != spec.shape:
         return a, [f"reshaped from {list(spec.shape)} to {list(a.shape)}"]
     return a, []
+
+
+_BACK = {"F64": ".double()", "F32": ".float()", "F16": ".half()", "BF16": ".bfloat16()"}
+
+
+def _converted(arrays: Mapping[str, NDArray[np.generic]], specs: list[TensorSpec], chosen: list[bool]) -> str | None:
+    """A note when every sealed float tensor checked was found converted to one other float dtype (``.float()``).
+
+    The findings name each retyped tensor; this says once what happened to the model and how to undo it.
+    """
+    pairs = set()
+    for spec, on in zip(specs, chosen, strict=True):
+        if on and spec.dtype in FLOATS:
+            a = arrays.get(spec.name)
+            if a is None or a.size != spec.numel:
+                return None
+            pairs.add((spec.dtype, _dt(a)))
+    if len(pairs) != 1:
+        return None
+    ((was, now),) = pairs
+    if was == now or now not in FLOATS:
+        return None
+    said = f"every sealed float tensor is {now}, sealed as {was}: the whole model was converted from {was} to {now}"
+    if FLOATS[now].mantissa >= FLOATS[was].mantissa and FLOATS[now].exponent >= FLOATS[was].exponent:
+        return (
+            f"{said}, which keeps every value: convert it back to {was} (a module: {_BACK[was]}; a file: save its "
+            f"tensors as {was}) and verify again"
+        )
+    return f"{said}, which drops low mantissa bits and the seal with them: take the sealed model from a kept copy"
 
 
 def _match_moved(
