@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import helpers
 import numpy as np
@@ -538,6 +540,43 @@ def test_cli_gradient_attacks_refuse_a_model_the_task_model_cannot_use(
     rc, _, err = helpers.run_cli(["attack", src, dst, "--kind", kind, "--model", "mlp", *extra])
     assert rc == 3 and why in err, err
     assert not dst.exists()
+
+
+class _Failing:
+    """A task model whose forward pass fails with ``error``, as torch would raise it."""
+
+    name = "failing"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def loss(self, params: object, batch: int | None) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "misfit"),
+    [
+        ("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", False),
+        ("RuntimeError: CUDA error: device-side assert triggered", False),
+        ("RuntimeError: mat1 and mat2 shapes cannot be multiplied (256x64 and 10x64)", True),
+        ("RuntimeError: expected scalar type Float but found Half", True),
+    ],
+)
+def test_only_a_shape_or_dtype_misfit_in_the_task_loss_is_called_a_model_that_does_not_fit(
+    mlp_sealed: Loaded, error: str, misfit: bool
+) -> None:
+    """An out-of-memory error (a RuntimeError) or a torch bug keeps its own error: the model is not at fault."""
+    torch = pytest.importorskip("torch")
+    kind, text = error.split(": ", 1)
+    exc = (torch.OutOfMemoryError if kind == "OutOfMemoryError" else RuntimeError)(text)
+    if misfit:
+        with pytest.raises(UsageError, match=re.escape(f"do not fit failing ({text})")):
+            attack(mlp_sealed, AttackSpec("bfa", n=1), model=_Failing(exc))
+    else:
+        with pytest.raises(type(exc)) as ei:
+            attack(mlp_sealed, AttackSpec("bfa", n=1), model=_Failing(exc))
+        assert ei.value is exc
 
 
 def test_a_no_op_attack_reports_no_change(sealed_model: Loaded) -> None:

@@ -8,6 +8,7 @@ name to an fp32 torch tensor; ``batch=None`` is the attacker's evaluation set an
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -54,6 +55,11 @@ def _params(t: Mapping[str, Any], trainable: list[str], kind: str) -> dict[str, 
     return out
 
 
+#: torch's words for tensors of the wrong shape or dtype ("mat1 and mat2 shapes cannot be multiplied",
+#: "The size of tensor a (3) must match ...", "expected scalar type Float but found Half", ...).
+_MISFIT = re.compile(r"shape|size|dimension|dtype|scalar type", re.IGNORECASE)
+
+
 def _first_loss(model: GradModel, p: Mapping[str, Any], batch: int | None, kind: str, names: list[str]) -> Any:
     """The task loss, first called: a tensor it lacks or cannot use means a model of another task."""
     name = getattr(model, "name", "the task model")
@@ -63,7 +69,10 @@ def _first_loss(model: GradModel, p: Mapping[str, Any], batch: int | None, kind:
     except KeyError as e:  # the task's forward pass names a tensor this model does not hold as a float
         raise UsageError(f"the model has no float tensor {e.args[0]!r}, which {name} needs; {fix}") from None
     except RuntimeError as e:  # torch: tensors of shapes the task's forward pass cannot use
-        raise UsageError(f"the model's tensors do not fit {name} ({str(e).splitlines()[0]}); {fix}") from None
+        first = (str(e).splitlines() or [""])[0]
+        if isinstance(e, _torch().OutOfMemoryError) or not _MISFIT.search(first):  # not the model's fault
+            raise
+        raise UsageError(f"the model's tensors do not fit {name} ({first}); {fix}") from None
     if not loss.requires_grad:  # no chosen tensor reaches the loss: no gradient to follow, nothing would change
         raise UsageError(f"{name}'s task loss uses none of the tensors {', '.join(map(repr, names))}; {fix}")
     return loss
