@@ -271,6 +271,8 @@ def test_cli_eval_bad_options_exit_3(tmp_path: Path) -> None:
         (b"[1, 2]\n", "line 1 is no run or configuration record"),
         (b'{"id": "x", "type": "config"}\n{"id": 3, "type": "run"}', "line 2 is no run or configuration record"),
         (b"\xff\xfe binary\n", "not UTF-8"),
+        (b"model,dtype,accuracy\nmlp,F32,0.97\n", "line 1 is not JSON"),  # a CSV was appended to
+        (b'{"id": "x", "type": "config"}\nnotes: rerun\n', "line 2 is not JSON"),
     ],
 )
 def test_cli_eval_refuses_a_results_file_it_did_not_write(tmp_path: Path, content: bytes, why: str) -> None:
@@ -280,6 +282,16 @@ def test_cli_eval_refuses_a_results_file_it_did_not_write(tmp_path: Path, conten
     assert rc == 3 and why in err and "not a results file of paramseal eval" in err, err
     assert (tmp_path / "results.jsonl").read_bytes() == content
     assert [p.name for p in tmp_path.iterdir()] == ["results.jsonl"] and not out
+
+
+def test_a_record_cut_short_is_skipped_wherever_a_resume_left_it(tmp_path: Path) -> None:
+    """Resuming ends a torn last line and appends after it: a second resume finds it mid-file."""
+    from paramseal.evaluation.battery import Runner
+
+    recs = [{"id": "a", "type": "config"}, {"id": "b", "type": "run"}]
+    (tmp_path / "results.jsonl").write_text(f'{json.dumps(recs[0])}\n{{"id": "to\n{json.dumps(recs[1])}\n{{"id')
+    assert Runner(tmp_path).done() == {r["id"]: r for r in recs}
+    assert Runner(tmp_path).done() == {r["id"]: r for r in recs}  # the torn last line was ended, now mid-file
 
 
 def test_missing_extra_names_the_pip_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

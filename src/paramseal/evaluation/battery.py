@@ -249,7 +249,7 @@ class Runner:
         return self.out / "results.jsonl"
 
     def done(self) -> dict[str, dict[str, Any]]:
-        """Records already in the results file, by id (a torn last line is ignored)."""
+        """Records already in the results file, by id (a torn line, a record cut short, is ignored)."""
         recs: dict[str, dict[str, Any]] = {}
         if self.results_path.is_file():
             p = self.results_path
@@ -262,7 +262,10 @@ class Runner:
                 try:
                     r = json.loads(line)
                 except ValueError:
-                    continue
+                    # a record cut short when eval was killed: the last line, or one a resume since ended
+                    if line.startswith("{"):
+                        continue
+                    raise UsageError(f"{foreign} (line {n} is not JSON)") from None
                 if not (isinstance(r, dict) and isinstance(r.get("id"), str) and r.get("type") in ("config", "run")):
                     raise UsageError(f"{foreign} (line {n} is no run or configuration record)")
                 recs[r["id"]] = r
