@@ -233,6 +233,18 @@ def test_a_structured_array_is_refused_as_structured_not_as_raw_bfloat16(
     assert "bfloat16" not in err and not out.exists()
 
 
+def test_a_subarray_dtype_is_named_as_one_with_the_plain_array_to_save_instead(tmp_path: Path, key_file: Path) -> None:
+    """A crafted descr ('<f4', (2,)) was called 'a structured array (dtype [('', '|V8')])', fixed with dtype.names."""
+    text = "{'descr': ('<f4', (2,)), 'fortran_order': False, 'shape': (3,), }"
+    text += " " * (117 - len(text)) + "\n"  # the header padded to 128 bytes in all
+    p = tmp_path / "sub.npy"
+    p.write_bytes(b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode() + bytes(24))
+    out = tmp_path / "out.npy"
+    rc, _, err = helpers.run_cli(["seal", p, out, "--key", key_file])
+    assert rc == 3 and "subarray dtype (<f4 in blocks of shape (2,))" in err and "shape (3, 2)" in err, err
+    assert "structured" not in err and "names" not in err and not out.exists()
+
+
 def test_metadata_entry_is_hidden_and_its_name_is_reserved(tmp_path: Path) -> None:
     p = tmp_path / "m.npz"
     a = adapter_for(p, must_exist=False)

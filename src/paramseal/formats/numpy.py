@@ -213,7 +213,13 @@ def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
     shape, fortran, dtype = read_header(f)
     if dtype.hasobject:
         raise FormatError(f"{what} is an object array; ParamSeal never unpickles, so it reads numeric arrays only")
-    if dtype.names is not None or dtype.subdtype is not None:  # also kind "V": not a raw bfloat16
+    if dtype.subdtype is not None:  # only a crafted header holds one: numpy writes its base type, a longer shape
+        base, sub = dtype.subdtype
+        raise FormatError(
+            f"{what} has a subarray dtype ({base.str} in blocks of shape {sub}); ParamSeal reads plain numeric "
+            f"arrays: save the data as a {base.str} array of shape {tuple(shape) + tuple(sub)} (np.save writes it so)"
+        )
+    if dtype.names is not None:  # also kind "V": not a raw bfloat16
         raise FormatError(
             f"{what} is a structured array (dtype {dtype.descr}); ParamSeal reads plain numeric arrays: "
             "save each field as an array of its own (np.savez(path, **{n: a[n] for n in a.dtype.names}))"
