@@ -1027,6 +1027,28 @@ def test_a_set_record_edited_to_list_a_file_outside_the_folder_does_not_open_it(
     assert sorted(f.name for f in opened) == SHARDS and all(f.parent == sealed_ckpt for f in opened)
 
 
+def test_a_stray_file_that_an_edited_set_record_names_is_said_to_be_named_by_it(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """The note said 'neither the index nor a sealed set record names it' while the file's edited record did."""
+    p = sealed_ckpt / SHARDS[1]
+    t, meta = helpers.read_st(p)
+    rec = json.loads(meta[sharded.SET_KEY])
+    helpers.write_st(
+        p, t, {**meta, sharded.SET_KEY: json.dumps({**rec, "shards": [*rec["shards"], "junk.safetensors"]})}
+    )
+    helpers.write_st(sealed_ckpt / "junk.safetensors", {"x": np.ones(4, np.float32)})  # unsealed
+    helpers.write_st(sealed_ckpt / "other.safetensors", {"x": np.ones(4, np.float32)})  # named by nothing
+    said = "only a set record that was edited does"
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    notes = {n.split("'")[1]: n for n in rep.notes if "is not a shard" in n}
+    assert set(notes) == {"junk.safetensors", "other.safetensors"}, rep.notes
+    assert said in notes["junk.safetensors"] and "neither the index nor" not in notes["junk.safetensors"]
+    assert said not in notes["other.safetensors"] and "neither the index nor" in notes["other.safetensors"]
+    rc, out, err = helpers.run_cli(["recover", sealed_ckpt, tmp_path / "fixed", "--key", key_file])
+    assert rc == 0 and "file 'junk.safetensors' is not a shard of this checkpoint (the index does not" in out, err
+
+
 def test_a_set_record_edited_where_only_the_metadata_digest_is_sealed_cannot_be_trusted(
     tmp_path: Path, key_file: Path
 ) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -351,20 +352,27 @@ def _set_issues(
     return grave, index, listed
 
 
-def _strays(folder: Path, shards: set[str], done: str) -> list[str]:
+def _strays(folder: Path, shards: set[str], done: str, peeked: Mapping[str, Any]) -> list[str]:
     """A note for each ``.safetensors`` file in ``folder`` that is not one of ``shards`` (file names).
 
     Not tampering (no index nor authenticated set record names it), but a loader that reads
     every ``*.safetensors`` file in a folder would load it with the shards. ``done``: what
-    verify or recover did with it.
+    verify or recover did with it. ``peeked``: `_peek`'s findings, whose set records as the files
+    hold them (unauthenticated) may name a stray: an edited record, said so.
     """
     try:
         names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".safetensors") and p.name not in shards)
     except OSError:
         return []  # the shards were read: a listing that fails now hides nothing they were checked for
+    edited = {n for _, listed in peeked.values() for n in listed}  # an authenticated record's are shards
     return [
-        f"file '{n}' is not a shard of this checkpoint (neither the index nor a sealed set record names it) "
-        f"and was {done}; a loader that reads every *.safetensors file in the folder would load it too: "
+        f"file '{n}' is not a shard of this checkpoint ("
+        + (
+            "the index does not name it, nor does a sealed set record: only a set record that was edited does"
+            if n in edited
+            else "neither the index nor a sealed set record names it"
+        )
+        + f") and was {done}; a loader that reads every *.safetensors file in the folder would load it too: "
         "remove it or move it out of the folder"
         for n in names
         if (folder / n).is_file()
