@@ -1077,3 +1077,30 @@ def test_a_set_record_edited_where_only_the_metadata_digest_is_sealed_cannot_be_
     helpers.write_st(shard, t, {**meta, SET_KEY: json.dumps(rec)})
     rc, out, _ = helpers.run_cli(["verify", sealed, "--key", key_file])
     assert rc != 0 and f"shard '{SHARDS[1]}': its set record cannot be trusted (its metadata was edited)" in out, out
+
+
+def test_a_sealed_file_listed_only_by_an_edited_set_record_is_a_stray_not_a_lost_shard(
+    tmp_path: Path, sealed_ckpt: Path, key_file: Path, key: paramseal.Key
+) -> None:
+    """The shard's authenticated header holds its record as sealed: the edited copy in the metadata lists a file
+    (another model sealed under the key) that is no shard; it made the set 'NOT fully recoverable' (exit 2)."""
+    from paramseal.header import SET_KEY
+
+    files.seal_file(
+        helpers.write_st(tmp_path / "o.safetensors", {"o": np.ones((64, 80), np.float32)}),
+        sealed_ckpt / "junk.safetensors",
+        key,
+    )
+    shard = sealed_ckpt / SHARDS[0]
+    t, meta = helpers.read_st(shard)
+    rec = json.loads(meta[SET_KEY])
+    rec["shards"].append("junk.safetensors")
+    helpers.write_st(shard, t, {**meta, SET_KEY: json.dumps(rec)})
+    rc, out, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file, "--json"])
+    d = json.loads(out)
+    assert rc == 1 and d["recoverable"], out
+    assert d["metadata_issues"] == [f"{SHARDS[0]}: key '{SET_KEY}' was changed"], out
+    assert any("junk.safetensors" in n for n in d["notes"]), out
+    fixed = tmp_path / "fixed"
+    assert helpers.run_cli(["recover", sealed_ckpt, fixed, "--key", key_file])[0] == 0
+    assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0

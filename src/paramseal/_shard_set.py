@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -131,7 +130,8 @@ def _peek(path: Path, key: Key) -> tuple[list[str] | None, list[str]]:
     """A shard's sealed tensor names (from its header, authenticated) and the shards its set record lists.
 
     Only to choose what to open. Names are None when the header is missing or does not
-    authenticate (the shard is then read whole); the list is not trusted (verify checks it).
+    authenticate (the shard is then read whole); the list is the sealed record's when the header
+    authenticates, else the file's, not trusted (verify checks it).
     """
     try:
         meta = st_format.read_layout(path).metadata
@@ -139,12 +139,16 @@ def _peek(path: Path, key: Key) -> tuple[list[str] | None, list[str]]:
         return None, []
     names: list[str] | None = None
     listed: list[str] = []
+    record = meta.get(SET_KEY)
     try:
-        names = [t.name for t in parse_header(meta[METADATA_KEY], key).tensors]
+        h = parse_header(meta[METADATA_KEY], key)
+        names = [t.name for t in h.tensors]
+        if h.user_metadata is not None:  # the record as sealed: an edited one must not make a file a shard
+            record = h.user_metadata.get(SET_KEY)
     except (ParamSealError, KeyError):
         pass
     try:
-        listed = [n for n in json.loads(meta[SET_KEY])["shards"] if isinstance(n, str)]
+        listed = [n for n in json.loads(record or "")["shards"] if isinstance(n, str)]
     except (ValueError, KeyError, TypeError, RecursionError):
         pass
     return names, listed
@@ -352,19 +356,19 @@ def _set_issues(
     return grave, index, listed
 
 
-def _strays(folder: Path, shards: set[str], done: str, peeked: Mapping[str, Any]) -> list[str]:
+def _strays(folder: Path, shards: set[str], done: str) -> list[str]:
     """A note for each ``.safetensors`` file in ``folder`` that is not one of ``shards`` (file names).
 
     Not tampering (no index nor authenticated set record names it), but a loader that reads
     every ``*.safetensors`` file in a folder would load it with the shards. ``done``: what
-    verify or recover did with it. ``peeked``: `_peek`'s findings, whose set records as the files
-    hold them (unauthenticated) may name a stray: an edited record, said so.
+    verify or recover did with it. A shard's set record as the file holds it (unauthenticated)
+    may name a stray: an edited record, said so.
     """
     try:
         names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".safetensors") and p.name not in shards)
     except OSError:
         return []  # the shards were read: a listing that fails now hides nothing they were checked for
-    edited = {n for _, listed in peeked.values() for n in listed}  # an authenticated record's are shards
+    edited = {n for s in shards for n in _file_listing(folder / s)} if names else set()
     return [
         f"file '{n}' is not a shard of this checkpoint ("
         + (
@@ -377,6 +381,15 @@ def _strays(folder: Path, shards: set[str], done: str, peeked: Mapping[str, Any]
         for n in names
         if (folder / n).is_file()
     ]
+
+
+def _file_listing(path: Path) -> list[str]:
+    """The shards the set record in ``path``'s metadata lists, as the file holds it (unauthenticated)."""
+    try:
+        listed = json.loads(st_format.read_layout(path).metadata.get(SET_KEY) or "")["shards"]
+        return [n for n in listed if isinstance(n, str)]
+    except (ParamSealError, OSError, ValueError, KeyError, TypeError, RecursionError):
+        return []
 
 
 def _merge(

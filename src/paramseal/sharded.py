@@ -358,7 +358,7 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
         reports,
         grave,
         fixable=[*_moved(where), *fixable],
-        strays=_strays(folder, shard_files, "not checked", peeked),
+        strays=_strays(folder, shard_files, "not checked"),
         lost=lost,
         skipped=len(everything) - len(chosen),
         unread=blocks,
@@ -416,9 +416,7 @@ def recover_dir(
                 grave,
                 fixable=[*moved, *fixable],
                 fixed=fixes if fixing else [],
-                strays=_strays(
-                    src, {where.get(s, s) for s in everything}, "not checked (recover copies it unchanged)", peeked
-                ),
+                strays=_strays(src, {where.get(s, s) for s in everything}, "not checked (recover copies it unchanged)"),
                 lost=lost,
             )
             if not (merged.ok or allow_partial):
