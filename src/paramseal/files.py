@@ -265,9 +265,9 @@ def _split_header(loaded: Loaded, path: Path, key: Key, header: str | None = Non
     The header is ``header`` if given (kept by the user: ``--header-from``), else the metadata's,
     else the copy in the weights. A metadata header that does not authenticate while a copy in the
     weights does was edited: the copy is used, and the edit is reported as tampering. An authentic
-    header of another seal in the metadata is replaced by an intact copy in the weights of a different
-    seal when the weights verify better under it (`best_header`); with none, it is kept: the weights
-    then fail against it, as a replay should.
+    header of another seal in the metadata is replaced by an intact copy in the weights of another seal
+    of the same model when a larger share of its blocks verify under it (`best_header`); with none, it
+    is kept: the weights then fail against it, as a replay should.
     """
     found = _find_header(loaded, path, key, header, _keeps(path))
     if loaded.others:  # a sealed file is the model alone: a loader could read these instead

@@ -399,7 +399,8 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
         return authentic[0]
     if authentic:
         # Two authentic headers: one is another seal's under this key (an older seal's copy pasted into a
-        # carrier, or added as a tensor). The weights say which seal they are: the header most blocks verify under.
+        # carrier, or added as a tensor). The weights say which seal they are: the header the largest share of
+        # its blocks verify under.
         return best_header(tensors, key, authentic)
     # Another key only when every copy names the same well-formed one: a flipped fingerprint is damage.
     named = {e.stored if isinstance(e, KeyMismatchError) else "" for e in errs}
