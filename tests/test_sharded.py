@@ -1104,3 +1104,24 @@ def test_a_sealed_file_listed_only_by_an_edited_set_record_is_a_stray_not_a_lost
     fixed = tmp_path / "fixed"
     assert helpers.run_cli(["recover", sealed_ckpt, fixed, "--key", key_file])[0] == 0
     assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0
+
+
+def test_a_lost_index_beside_shards_whose_records_nothing_vouches_for_is_not_rebuilt_naming_no_shard(
+    tmp_path: Path, sealed_ckpt: Path, key_file: Path, other_key: paramseal.Key
+) -> None:
+    """Index deleted and every shard's header overwritten (no key needed): recover said 'OK' (exit 0), writing an
+    index that named no shard beside the shards copied unchecked; verify said exit 1. Another key: exit 3."""
+    from paramseal.header import METADATA_KEY
+
+    (sealed_ckpt / sharded.INDEX).unlink()
+    other = paramseal.write_key(tmp_path / "other.key", other_key)
+    for args in (["verify", sealed_ckpt, "--key", other], ["recover", sealed_ckpt, tmp_path / "o", "--key", other]):
+        rc, _, err = helpers.run_cli(args)
+        assert rc == 3 and "does not match" in err and not (tmp_path / "o").exists(), err
+    for s in SHARDS:
+        t, meta = helpers.read_st(sealed_ckpt / s)
+        helpers.write_st(sealed_ckpt / s, t, {**meta, METADATA_KEY: "overwritten"})
+    rc, out, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file])
+    assert rc == 2 and all(f"shard '{s}' cannot be verified" in out for s in SHARDS), out
+    rc, out, _ = helpers.run_cli(["recover", sealed_ckpt, tmp_path / "fixed", "--key", key_file])
+    assert rc == 2 and not (tmp_path / "fixed").exists(), out

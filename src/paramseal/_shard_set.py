@@ -72,7 +72,11 @@ def _from_records(folder: Path, key: Key, members: list[str], present: str | Non
     # record was damaged), as with an index only the files it names are: another key's file is
     # no part of the set. The vouched first: a stray copy of a shard must not take its tensors.
     listed = {n for r in records.values() if r is not None for n in r["shards"]}
-    for f in sorted((f for f in members if records[f] is not None or f in listed), key=lambda f: records[f] is None):
+    # None vouched for (every record edited, or another key's): each file is checked under its own name and
+    # reported, as an index with no shard would let recover "rebuild" one naming nothing, the shards unchecked.
+    anyone = any(r is not None for r in records.values())
+    for f in sorted((f for f in members if records[f] is not None or f in listed or not anyone),
+                    key=lambda f: records[f] is None):  # fmt: skip
         rec = records[f]
         shard = f  # a record nothing vouches for: the file is checked under its own name (and reported)
         if rec is not None:
