@@ -1125,3 +1125,33 @@ def test_a_lost_index_beside_shards_whose_records_nothing_vouches_for_is_not_reb
     assert rc == 2 and all(f"shard '{s}' cannot be verified" in out for s in SHARDS), out
     rc, out, _ = helpers.run_cli(["recover", sealed_ckpt, tmp_path / "fixed", "--key", key_file])
     assert rc == 2 and not (tmp_path / "fixed").exists(), out
+
+
+def _seal_forged(
+    checkpoint: Path, sealed: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, edit: Any
+) -> None:
+    """Seal ``checkpoint`` with each shard's set record changed by ``edit(record)`` first: forged WITH the key."""
+    real = sharded._seal_one
+
+    def forged(src: Path, dst: Path, k: paramseal.Key, level: str, bits: int | None, record: str, *rest: Any) -> str:
+        return real(src, dst, k, level, bits, json.dumps(edit(json.loads(record))), *rest)
+
+    with monkeypatch.context() as m:
+        m.setattr(sharded, "_seal_one", forged)
+        sharded.seal_dir(checkpoint, sealed, key, workers=1)
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_a_set_record_listing_shard_names_that_are_no_text_is_malformed_not_a_crash(
+    tmp_path: Path, checkpoint: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, lost: bool
+) -> None:
+    """Forged with the key: names None and 7 in the set's list were sorted with the others (TypeError)."""
+    sealed = tmp_path / "sealed"
+    _seal_forged(checkpoint, sealed, key, monkeypatch, lambda rec: {**rec, "shards": [*rec["shards"], None, 7]})
+    if lost:
+        (sealed / sharded.INDEX).unlink()
+    rep = sharded.verify_dir(sealed, key, workers=1)
+    assert rep.exit_code == 2 and "None" not in rep.summary(), rep.summary()
+    assert all(any(f"shard '{s}' has a malformed set record" in m for m in rep.metadata_issues) for s in SHARDS)
+    rep, written = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
+    assert rep.exit_code == 2 and not written and not (tmp_path / "fixed").exists()

@@ -320,6 +320,8 @@ def _set_issues(
             continue
         try:
             rec = json.loads(text)
+            if not all(isinstance(n, str) for n in [rec["set"], rec["shard"], *rec["shards"]]):
+                raise TypeError("not text")  # forged with the key: sorted with the others below, it crashed
             ids.setdefault(rec["set"], []).append(shard)
             listed.update(rec["shards"])
             if rec["shard"] != shard:
