@@ -1155,3 +1155,110 @@ def test_a_set_record_listing_shard_names_that_are_no_text_is_malformed_not_a_cr
     assert all(any(f"shard '{s}' has a malformed set record" in m for m in rep.metadata_issues) for s in SHARDS)
     rep, written = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
     assert rep.exit_code == 2 and not written and not (tmp_path / "fixed").exists()
+
+
+@pytest.mark.parametrize(
+    "names", [["../outside.safetensors.index.json"] * 3, ["a.safetensors.index.json", "b.safetensors.index.json"] * 2]
+)
+def test_a_lost_index_is_rebuilt_under_the_conventional_name_unless_the_records_name_one_plain_file(
+    tmp_path: Path, checkpoint: Path, key: paramseal.Key, key_file: Path, monkeypatch: pytest.MonkeyPatch,
+    names: list[str],
+) -> None:  # fmt: skip
+    """Records (authenticated) naming the index outside the folder, or naming two indexes, give no name to trust."""
+    sealed, it = tmp_path / "sealed", iter(names)
+    _seal_forged(checkpoint, sealed, key, monkeypatch, lambda rec: {**rec, "index": next(it)})
+    sealed_map = json.loads((sealed / sharded.INDEX).read_text())["weight_map"]
+    (sealed / sharded.INDEX).unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _recover_rebuilds_the_index(sealed, tmp_path / "fixed", sharded.INDEX, sealed_map, key, key_file)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "fixed"])  # nothing written outside
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_a_set_record_naming_its_shard_outside_the_folder_opens_and_writes_nothing_there(
+    tmp_path: Path, checkpoint: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, lost: bool
+) -> None:
+    """A record forged with the key, whose shard (and the set's list) is '../outside.safetensors'."""
+    outside = "../outside.safetensors"
+    sealed = tmp_path / "sealed"
+
+    def edit(rec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **rec,
+            "shards": [*SHARDS[:2], outside],
+            "shard": outside if rec["shard"] == SHARDS[2] else rec["shard"],
+        }
+
+    _seal_forged(checkpoint, sealed, key, monkeypatch, edit)
+    shutil.copy(sealed / SHARDS[0], tmp_path / "outside.safetensors")  # a sealed file is there
+    if lost:
+        (sealed / sharded.INDEX).unlink()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    opened: list[Path] = []
+    real = files.verify_file
+    monkeypatch.setattr(files, "verify_file", lambda f, k, **kw: opened.append(Path(f)) or real(f, k, **kw))
+    rep = sharded.verify_dir(sealed, key, workers=1)
+    assert rep.exit_code == 2 and opened and all(f.parent == sealed for f in opened), (opened, rep.summary())
+    rep, written = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
+    assert rep.exit_code == 2 and not written and not (tmp_path / "fixed").exists()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_a_lost_index_still_names_the_tensors_of_a_listed_shard_that_cannot_be_checked(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    """A shard the set records list but whose own record nothing vouches for (its unsealed file, given the sealed
+    record) is still in the index made from the records: its tensors are reported lost with it, not left out."""
+    t, meta = helpers.read_st(checkpoint / SHARDS[1])
+    record = helpers.read_st(sealed_ckpt / SHARDS[1])[1][sharded.SET_KEY]
+    helpers.write_st(sealed_ckpt / SHARDS[1], t, {**meta, sharded.SET_KEY: record})
+    (sealed_ckpt / sharded.INDEX).unlink()
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 2 and any(f"shard '{SHARDS[1]}' cannot be verified" in m for m in rep.metadata_issues)
+    held = [n for n in rep.tensors if n.startswith("layers.1.")]
+    assert len(held) == 3 and all(
+        rep.tensors[n].issues == (f"its shard '{SHARDS[1]}' cannot be checked",) for n in held
+    ), rep.tensors
+
+
+def test_shards_swapped_beside_an_indexed_file_without_an_authenticated_record_are_not_placed(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    """Placing shards by their records needs every file the index sends us to vouched for: one is not (unsealed)."""
+    _swap(sealed_ckpt, SHARDS[0], SHARDS[1])
+    helpers.write_st(sealed_ckpt / "extra.safetensors", {"extra.weight": np.ones((8, 8), np.float32)})
+    _edit_index(sealed_ckpt, lambda wm: wm.update({"extra.weight": "extra.safetensors"}))
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 2 and any(
+        f"shard '{SHARDS[0]}' was sealed as '{SHARDS[1]}'" in m for m in rep.metadata_issues
+    )
+    assert not any("holds sealed shard" in m for m in rep.metadata_issues), rep.metadata_issues
+
+
+def test_shards_swapped_in_a_set_whose_records_disagree_on_the_shard_list_are_not_placed(
+    tmp_path: Path, checkpoint: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records forged with the key: one set id, but one shard lists the shards in another order (no one seal)."""
+    sealed = tmp_path / "sealed"
+
+    def edit(rec: dict[str, Any]) -> dict[str, Any]:
+        return {**rec, "shards": rec["shards"][::-1] if rec["shard"] == SHARDS[2] else rec["shards"]}
+
+    _seal_forged(checkpoint, sealed, key, monkeypatch, edit)
+    assert sharded.verify_dir(sealed, key, workers=1).status == "intact"
+    _swap(sealed, SHARDS[0], SHARDS[1])
+    rep = sharded.verify_dir(sealed, key, workers=1)
+    assert rep.exit_code == 2 and any(
+        f"shard '{SHARDS[0]}' was sealed as '{SHARDS[1]}'" in m for m in rep.metadata_issues
+    )
+    rep, written = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
+    assert rep.exit_code == 2 and not written and not (tmp_path / "fixed").exists()
+
+
+def test_a_partial_verification_counts_only_the_blocks_it_checked_in_a_shard_read_in_part(
+    sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    rep = sharded.verify_dir(sealed_ckpt, key, tensors="layers.0.attn.weight", workers=1)
+    alone = files.verify_file(sealed_ckpt / SHARDS[0], key, tensors="layers.0.attn.weight")
+    assert rep.status == "intact" and alone.checked_blocks is not None
+    assert rep.checked_blocks == alone.checked_blocks < alone.total_blocks
