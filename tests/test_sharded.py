@@ -1262,3 +1262,61 @@ def test_a_partial_verification_counts_only_the_blocks_it_checked_in_a_shard_rea
     alone = files.verify_file(sealed_ckpt / SHARDS[0], key, tensors="layers.0.attn.weight")
     assert rep.status == "intact" and alone.checked_blocks is not None
     assert rep.checked_blocks == alone.checked_blocks < alone.total_blocks
+
+
+def _scramble(folder: Path, shard: str, name: str) -> None:
+    """Every value of tensor ``name`` in ``shard`` replaced: far past what recover can rebuild."""
+    t, meta = helpers.read_st(folder / shard)
+    t[name] = helpers.random_tensor(np.random.default_rng(9), t[name].dtype, t[name].shape)
+    helpers.write_st(folder / shard, t, meta)
+
+
+def test_recover_of_a_lost_index_beside_an_unrecoverable_shard_writes_nothing_and_claims_no_rebuild(
+    sealed_ckpt: Path, tmp_path: Path, key: paramseal.Key
+) -> None:
+    (sealed_ckpt / sharded.INDEX).unlink()
+    _scramble(sealed_ckpt, SHARDS[1], "layers.1.mlp.weight")
+    rep, written = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert rep.status == "unrecoverable" and not written and not (tmp_path / "fixed").exists()
+    assert not any("rebuilt" in n for n in rep.notes), rep.notes  # nothing was
+
+
+def test_recover_allow_partial_writes_a_set_missing_a_shard_but_rebuilds_no_index_for_it(
+    sealed_ckpt: Path, tmp_path: Path, key: paramseal.Key
+) -> None:
+    """A shard gone (grave): with allow_partial the others are written, the unusable index copied as it was."""
+    (sealed_ckpt / sharded.INDEX).write_text('{"weight_map": ')
+    (sealed_ckpt / SHARDS[2]).unlink()
+    fixed = tmp_path / "fixed"
+    rep, written = sharded.recover_dir(sealed_ckpt, fixed, key, allow_partial=True, workers=1)
+    assert rep.exit_code == 2 and written and not any("rebuilt" in n for n in rep.notes), rep.notes
+    assert sorted(p.name for p in fixed.iterdir()) == sorted([*SHARDS[:2], sharded.INDEX, "config.json"])
+    assert (fixed / sharded.INDEX).read_text() == '{"weight_map": '
+    assert all(files.verify_file(fixed / s, key).status == "intact" for s in SHARDS[:2])
+
+
+def test_a_lost_index_left_under_another_name_is_not_copied_beside_the_rebuilt_one(
+    sealed_ckpt: Path, tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    sealed_map = json.loads((sealed_ckpt / sharded.INDEX).read_text())["weight_map"]
+    (sealed_ckpt / sharded.INDEX).unlink()
+    (sealed_ckpt / "old.safetensors.index.json").write_text("[1, 2]")
+    _recover_rebuilds_the_index(sealed_ckpt, tmp_path / "fixed", sharded.INDEX, sealed_map, key, key_file)
+
+
+@pytest.mark.parametrize(("metadata", "says"), [({"format": "pt"}, "other metadata fields kept"), ({}, "is gone")])
+def test_a_rebuilt_index_keeps_the_other_metadata_fields_of_the_unusable_one(
+    sealed_ckpt: Path, tmp_path: Path, key_file: Path, metadata: dict[str, str], says: str
+) -> None:
+    (sealed_ckpt / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 5, **metadata}, "weight_map": {}}))
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", sealed_ckpt, fixed, "--key", key_file])
+    assert rc == 0 and says in out, (out, err)
+    rebuilt = json.loads((fixed / sharded.INDEX).read_text())
+    assert rebuilt["metadata"] == {**metadata, "total_size": _total_size(sealed_ckpt)}
+
+
+def test_inspect_of_a_folder_missing_a_shard_names_the_index_that_lists_it(sealed_ckpt: Path) -> None:
+    (sealed_ckpt / SHARDS[1]).unlink()
+    rc, out, err = helpers.run_cli(["inspect", sealed_ckpt])
+    assert rc == 3 and out == "" and f"{sharded.INDEX}' names shard '{SHARDS[1]}', which does not exist" in err, err
