@@ -1320,3 +1320,27 @@ def test_inspect_of_a_folder_missing_a_shard_names_the_index_that_lists_it(seale
     (sealed_ckpt / SHARDS[1]).unlink()
     rc, out, err = helpers.run_cli(["inspect", sealed_ckpt])
     assert rc == 3 and out == "" and f"{sharded.INDEX}' names shard '{SHARDS[1]}', which does not exist" in err, err
+
+
+def test_a_tensor_added_where_the_metadata_header_is_gone_is_not_blamed_on_the_index_made_from_the_shards(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """Index lost, one shard's metadata header deleted and a tensor added: the index made from the files maps
+    it, but it is the shard's extra tensor, not a wrong index (the made index is not checked against the shards)."""
+    from paramseal.header import METADATA_KEY
+
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    for i, name in enumerate(SHARDS[:2]):  # shards large enough to carry header copies in their weights
+        helpers.write_st(folder / name, {f"w{i}": helpers.random_tensor(rng, np.float32, (1024, 512))})
+    (folder / sharded.INDEX).write_text(json.dumps({"weight_map": {"w0": SHARDS[0], "w1": SHARDS[1]}}))
+    sealed = tmp_path / "sealed"
+    assert helpers.run_cli(["seal", folder, sealed, "--key", key_file])[0] == 0
+    (sealed / sharded.INDEX).unlink()
+    t, meta = helpers.read_st(sealed / SHARDS[1])
+    del meta[METADATA_KEY]
+    helpers.write_st(sealed / SHARDS[1], {**t, "evil": np.ones((4,), np.float32)}, meta)
+    rep = sharded.verify_dir(sealed, key, workers=1)
+    assert rep.extra_tensors == (f"{SHARDS[1]}:evil",) and rep.exit_code != 0, rep.summary()
+    assert not any("'evil'" in m for m in rep.metadata_issues), rep.metadata_issues
