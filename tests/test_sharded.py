@@ -1344,3 +1344,14 @@ def test_a_tensor_added_where_the_metadata_header_is_gone_is_not_blamed_on_the_i
     rep = sharded.verify_dir(sealed, key, workers=1)
     assert rep.extra_tensors == (f"{SHARDS[1]}:evil",) and rep.exit_code != 0, rep.summary()
     assert not any("'evil'" in m for m in rep.metadata_issues), rep.metadata_issues
+
+
+def test_only_the_swapped_shards_are_said_to_be_held_by_another_file(sealed_ckpt: Path, key: paramseal.Key) -> None:
+    _swap(sealed_ckpt, SHARDS[0], SHARDS[1])
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert [m for m in rep.metadata_issues if "holds sealed shard" in m] == [
+        f"file '{SHARDS[1]}' holds sealed shard '{SHARDS[0]}': shards were renamed or swapped (recover writes it as "
+        f"'{SHARDS[0]}')",
+        f"file '{SHARDS[0]}' holds sealed shard '{SHARDS[1]}': shards were renamed or swapped (recover writes it as "
+        f"'{SHARDS[1]}')",
+    ], rep.metadata_issues
