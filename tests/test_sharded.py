@@ -1355,3 +1355,14 @@ def test_only_the_swapped_shards_are_said_to_be_held_by_another_file(sealed_ckpt
         f"file '{SHARDS[0]}' holds sealed shard '{SHARDS[1]}': shards were renamed or swapped (recover writes it as "
         f"'{SHARDS[1]}')",
     ], rep.metadata_issues
+
+
+def test_a_tensor_the_index_puts_in_a_missing_shard_keeps_the_finding_of_the_shard_that_holds_it(
+    sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    """The index wrong and a shard gone: the tensor verified in its shard is not reported lost with the missing one."""
+    _edit_index(sealed_ckpt, lambda wm: wm.update({"layers.0.attn.weight": SHARDS[2]}))
+    (sealed_ckpt / SHARDS[2]).unlink()
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 2 and rep.tensors["layers.2.attn.weight"].issues  # lost with its shard
+    assert rep.tensors["layers.0.attn.weight"].issues == (), rep.tensors["layers.0.attn.weight"]
