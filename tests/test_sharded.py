@@ -1366,3 +1366,50 @@ def test_a_tensor_the_index_puts_in_a_missing_shard_keeps_the_finding_of_the_sha
     rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
     assert rep.exit_code == 2 and rep.tensors["layers.2.attn.weight"].issues  # lost with its shard
     assert rep.tensors["layers.0.attn.weight"].issues == (), rep.tensors["layers.0.attn.weight"]
+
+
+def test_a_partial_verification_leaves_out_index_errors_on_tensors_outside_its_pattern(
+    sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    _edit_index(sealed_ckpt, lambda wm: wm.update({"layers.0.attn.weight": SHARDS[1]}))
+    assert sharded.verify_dir(sealed_ckpt, key, tensors="layers.1.*", workers=1).status == "intact"
+    rep = sharded.verify_dir(sealed_ckpt, key, tensors="layers.0.*", workers=1)
+    assert rep.status == "tampered" and any("'layers.0.attn.weight'" in m for m in rep.metadata_issues)
+
+
+def test_a_rebuilt_index_keeps_the_order_of_the_wrong_one(
+    sealed_ckpt: Path, tmp_path: Path, key: paramseal.Key
+) -> None:
+    idx = json.loads((sealed_ckpt / sharded.INDEX).read_text())
+    order = list(idx["weight_map"])[::-1]  # the last shard's tensors first
+    idx["weight_map"] = {n: idx["weight_map"][n] for n in order} | {"layers.0.attn.weight": SHARDS[1]}
+    (sealed_ckpt / sharded.INDEX).write_text(json.dumps(idx))
+    rep, written = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert written and rep.status == "recovered", rep.summary()
+    assert list(json.loads((tmp_path / "fixed" / sharded.INDEX).read_text())["weight_map"]) == order
+
+
+def test_a_copied_subfolder_keeps_its_mode(tmp_path: Path, checkpoint: Path, key: paramseal.Key) -> None:
+    (checkpoint / "1_Pooling").mkdir()
+    (checkpoint / "1_Pooling").chmod(0o750)
+    sharded.seal_dir(checkpoint, tmp_path / "out", key, workers=1)
+    assert (tmp_path / "out" / "1_Pooling").stat().st_mode & 0o777 == 0o750
+
+
+def test_a_shard_that_cannot_be_verified_still_counts_in_the_total_blocks(
+    sealed_ckpt: Path, checkpoint: Path, key: paramseal.Key
+) -> None:
+    whole = sharded.verify_dir(sealed_ckpt, key, workers=1).total_blocks
+    shutil.copy(checkpoint / SHARDS[1], sealed_ckpt / SHARDS[1])  # unsealed: cannot be verified
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 2 and rep.total_blocks == whole, (rep.total_blocks, whole)
+
+
+def test_an_index_naming_a_shard_that_is_no_safetensors_file_is_refused_at_seal_time(
+    tmp_path: Path, checkpoint: Path, key_file: Path
+) -> None:
+    (checkpoint / SHARDS[0]).rename(checkpoint / "part-1.bin")
+    _edit_index(checkpoint, lambda wm: wm.update({n: "part-1.bin" for n, s in wm.items() if s == SHARDS[0]}))
+    rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "out", "--key", key_file])
+    assert rc == 3 and "names shard 'part-1.bin', which is not a .safetensors file" in err, err
+    assert not (tmp_path / "out").exists()
