@@ -1413,3 +1413,62 @@ def test_an_index_naming_a_shard_that_is_no_safetensors_file_is_refused_at_seal_
     rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "out", "--key", key_file])
     assert rc == 3 and "names shard 'part-1.bin', which is not a .safetensors file" in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_shard_replaced_by_its_weights_sealed_alone_with_the_same_key_carries_no_set_record(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    files.seal_file(checkpoint / SHARDS[1], tmp_path / "alone.safetensors", key)
+    shutil.copy(tmp_path / "alone.safetensors", sealed_ckpt / SHARDS[1])
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 2 and f"shard '{SHARDS[1]}' carries no set record" in " ".join(rep.metadata_issues)
+
+
+def test_a_partial_verification_says_it_is_partial_once(sealed_ckpt: Path, key: paramseal.Key) -> None:
+    rep = sharded.verify_dir(sealed_ckpt, key, tensors="layers.0.attn.weight", workers=1)
+    assert rep.status == "intact" and [n for n in rep.notes if "partial verification" in n] == [
+        "partial verification: 1 shard(s) checked, 2 not read"
+    ], rep.notes
+
+
+def test_the_note_on_a_rebuilt_wrong_index_says_only_that(
+    sealed_ckpt: Path, tmp_path: Path, key: paramseal.Key
+) -> None:
+    _edit_index(sealed_ckpt, lambda wm: wm.update({"layers.0.attn.weight": SHARDS[1]}))
+    rep, written = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert written and f"{sharded.INDEX} was rebuilt from the shards' sealed headers" in rep.notes, rep.notes
+
+
+def test_a_renamed_shard_is_not_also_called_a_stray_file(tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key) -> None:
+    bad = _with_last_shard_renamed(tmp_path, sealed_ckpt)
+    rep = sharded.verify_dir(bad, key, workers=1)
+    assert rep.exit_code == 1 and not any("is not a shard of this checkpoint" in n for n in rep.notes), rep.notes
+    rep, written = sharded.recover_dir(bad, tmp_path / "fixed", key, workers=1)
+    assert written and not any("is not a shard of this checkpoint" in n for n in rep.notes), rep.notes
+
+
+def test_a_partial_verification_names_only_the_lost_tensors_it_was_asked_for(
+    sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    (sealed_ckpt / SHARDS[2]).unlink()
+    rep = sharded.verify_dir(sealed_ckpt, key, tensors="layers.2.attn.weight", workers=1)
+    assert rep.exit_code == 2 and sorted(n for n, t in rep.tensors.items() if t.issues) == ["layers.2.attn.weight"]
+
+
+def test_shards_swapped_beside_a_shard_from_another_seal_are_not_placed(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    """Every list the same, but two set ids: which shard belongs would be a guess."""
+    other = tmp_path / "other"
+    sharded.seal_dir(checkpoint, other, key, workers=1)
+    shutil.copy(other / SHARDS[2], sealed_ckpt / SHARDS[2])
+    _swap(sealed_ckpt, SHARDS[0], SHARDS[1])
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 2 and not any("holds sealed shard" in m for m in rep.metadata_issues), rep.metadata_issues
+    assert any(f"shard '{SHARDS[0]}' was sealed as '{SHARDS[1]}'" in m for m in rep.metadata_issues)
+
+
+def test_a_subfolder_named_like_a_shard_is_no_stray_file(sealed_ckpt: Path, key: paramseal.Key) -> None:
+    (sealed_ckpt / "extra.safetensors").mkdir()
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.status == "intact" and not any("extra.safetensors" in n for n in rep.notes), rep.notes
