@@ -75,8 +75,8 @@ def _from_records(folder: Path, key: Key, members: list[str], present: str | Non
     # None vouched for (every record edited, or another key's): each file is checked under its own name and
     # reported, as an index with no shard would let recover "rebuild" one naming nothing, the shards unchecked.
     anyone = any(r is not None for r in records.values())
-    for f in sorted((f for f in members if records[f] is not None or f in listed or not anyone),
-                    key=lambda f: records[f] is None):  # fmt: skip
+    chosen = (f for f in members if records[f] is not None or f in listed or not anyone)
+    for f in sorted(chosen, key=lambda f: records[f] is None):
         rec = records[f]
         shard = f  # a record nothing vouches for: the file is checked under its own name (and reported)
         if rec is not None:
