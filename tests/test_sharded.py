@@ -1472,3 +1472,29 @@ def test_a_subfolder_named_like_a_shard_is_no_stray_file(sealed_ckpt: Path, key:
     (sealed_ckpt / "extra.safetensors").mkdir()
     rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
     assert rep.status == "intact" and not any("extra.safetensors" in n for n in rep.notes), rep.notes
+
+
+def test_a_garbage_metadata_header_on_a_shard_whose_weights_carry_the_header_leaves_its_record_untrusted(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """The shard still verifies from the header in its weights, but nothing vouches for the set record beside the
+    garbage: that is a record that cannot be trusted, not a shard sealed outside the set."""
+    from paramseal.header import METADATA_KEY
+
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    weight_map = {}
+    for i, name in enumerate(SHARDS[:2]):  # shards large enough to carry header copies in their weights
+        helpers.write_st(folder / name, {f"w{i}": helpers.random_tensor(rng, np.float32, (1024, 512))})
+        weight_map[f"w{i}"] = name
+    (folder / sharded.INDEX).write_text(json.dumps({"weight_map": weight_map}))
+    sealed = tmp_path / "sealed"
+    sharded.seal_dir(folder, sealed, key, workers=1)
+    t, meta = helpers.read_st(sealed / SHARDS[1])
+    helpers.write_st(sealed / SHARDS[1], t, {**meta, METADATA_KEY: "garbage"})
+    assert files.verify_file(sealed / SHARDS[1], key).recoverable  # read by the header in its weights
+    rep = sharded.verify_dir(sealed, key, workers=1)
+    issues = " ".join(rep.metadata_issues)
+    assert rep.exit_code != 0 and f"shard '{SHARDS[1]}': its set record cannot be trusted" in issues, issues
+    assert "carries no set record" not in issues, issues
