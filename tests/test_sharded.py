@@ -1498,3 +1498,21 @@ def test_a_garbage_metadata_header_on_a_shard_whose_weights_carry_the_header_lea
     issues = " ".join(rep.metadata_issues)
     assert rep.exit_code != 0 and f"shard '{SHARDS[1]}': its set record cannot be trusted" in issues, issues
     assert "carries no set record" not in issues, issues
+
+
+def test_a_listed_shard_with_no_trusted_record_does_not_take_the_tensors_of_a_vouched_one_when_the_index_is_lost(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    """A listed shard replaced by another shard's weights sealed alone, given its set record in the metadata (which
+    nothing vouches for): the index made from the records keeps each of those tensors in the shard whose record
+    vouches for it, though that file sorts first."""
+    record = helpers.read_st(sealed_ckpt / SHARDS[1])[1][sharded.SET_KEY]
+    files.seal_file(checkpoint / SHARDS[0], tmp_path / "alone.safetensors", key)
+    t, meta = helpers.read_st(tmp_path / "alone.safetensors")
+    helpers.write_st(sealed_ckpt / SHARDS[1], t, {**meta, sharded.SET_KEY: record})  # the record, unsealed
+    (sealed_ckpt / sharded.INDEX).unlink()
+    sealed_map = {n: s for n, s in json.loads((checkpoint / sharded.INDEX).read_text())["weight_map"].items()
+                  if s != SHARDS[1]}  # fmt: skip
+    assert sharded.open_index(sealed_ckpt, key).weight_map == sealed_map
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 2 and f"shard '{SHARDS[1]}' carries no set record" in " ".join(rep.metadata_issues)
