@@ -1516,3 +1516,18 @@ def test_a_listed_shard_with_no_trusted_record_does_not_take_the_tensors_of_a_vo
     assert sharded.open_index(sealed_ckpt, key).weight_map == sealed_map
     rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
     assert rep.exit_code == 2 and f"shard '{SHARDS[1]}' carries no set record" in " ".join(rep.metadata_issues)
+
+
+def test_an_unusable_index_under_another_name_is_rebuilt_under_that_name_when_the_records_do_not_name_one(
+    tmp_path: Path, checkpoint: Path, key: paramseal.Key, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records without the index's name (older ParamSeal): the unusable index there gives it, not the convention."""
+    name = "diffusion_pytorch_model.safetensors.index.json"
+    (checkpoint / sharded.INDEX).rename(checkpoint / name)
+    sealed = tmp_path / "sealed"
+    _seal_forged(checkpoint, sealed, key, monkeypatch, lambda rec: {k: v for k, v in rec.items() if k != "index"})
+    sealed_map = json.loads((sealed / name).read_text())["weight_map"]
+    (sealed / name).write_text('{"weight_map": ')
+    rep = sharded.verify_dir(sealed, key, workers=1)
+    assert rep.exit_code == 1 and not any("conventional" in m for m in rep.metadata_issues), rep.metadata_issues
+    _recover_rebuilds_the_index(sealed, tmp_path / "fixed", name, sealed_map, key, key_file)
