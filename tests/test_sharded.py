@@ -1531,3 +1531,24 @@ def test_an_unusable_index_under_another_name_is_rebuilt_under_that_name_when_th
     rep = sharded.verify_dir(sealed, key, workers=1)
     assert rep.exit_code == 1 and not any("conventional" in m for m in rep.metadata_issues), rep.metadata_issues
     _recover_rebuilds_the_index(sealed, tmp_path / "fixed", name, sealed_map, key, key_file)
+
+
+def test_a_lost_index_is_not_made_to_name_a_shard_that_is_no_safetensors_file(
+    tmp_path: Path, checkpoint: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record forged with the key naming its shard 'x.bin': no shard of a set; the file stays under its own name."""
+    sealed = tmp_path / "sealed"
+    _seal_forged(
+        checkpoint,
+        sealed,
+        key,
+        monkeypatch,
+        lambda rec: {**rec, "shard": "x.bin"} if rec["shard"] == SHARDS[2] else rec,
+    )
+    (sealed / sharded.INDEX).unlink()
+    assert set(sharded.open_index(sealed, key).weight_map.values()) == set(SHARDS)
+    rep = sharded.verify_dir(sealed, key, workers=1)
+    assert rep.exit_code == 2 and f"shard '{SHARDS[2]}' was sealed as 'x.bin'" in " ".join(rep.metadata_issues)
+    assert not any("the index names shard 'x.bin'" in m for m in rep.metadata_issues), rep.metadata_issues
+    rep, written = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
+    assert rep.exit_code == 2 and not written and not (tmp_path / "fixed").exists()
