@@ -1049,6 +1049,19 @@ def test_a_stray_file_that_an_edited_set_record_names_is_said_to_be_named_by_it(
     assert rc == 0 and "file 'junk.safetensors' is not a shard of this checkpoint (the index does not" in out, err
 
 
+def _large_checkpoint(tmp_path: Path) -> Path:
+    """Two shards large enough to carry header copies in their weights, and their index."""
+    rng = np.random.default_rng(6)
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    weight_map = {}
+    for i, name in enumerate(SHARDS[:2]):
+        helpers.write_st(folder / name, {f"w{i}": helpers.random_tensor(rng, np.float32, (1024, 512))})
+        weight_map[f"w{i}"] = name
+    (folder / sharded.INDEX).write_text(json.dumps({"weight_map": weight_map}))
+    return folder
+
+
 def test_a_set_record_edited_where_only_the_metadata_digest_is_sealed_cannot_be_trusted(
     tmp_path: Path, key_file: Path
 ) -> None:
@@ -1056,14 +1069,7 @@ def test_a_set_record_edited_where_only_the_metadata_digest_is_sealed_cannot_be_
     set record no longer matches it, so it vouches for nothing (not read as a record of another set)."""
     from paramseal.header import METADATA_KEY, SET_KEY
 
-    rng = np.random.default_rng(6)
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
-    weight_map = {}
-    for i, name in enumerate(SHARDS[:2]):  # shards large enough to carry header copies in their weights
-        helpers.write_st(folder / name, {f"w{i}": helpers.random_tensor(rng, np.float32, (1024, 512))})
-        weight_map[f"w{i}"] = name
-    (folder / sharded.INDEX).write_text(json.dumps({"weight_map": weight_map}))
+    folder = _large_checkpoint(tmp_path)
     sealed = tmp_path / "sealed"
     assert helpers.run_cli(["seal", folder, sealed, "--key", key_file])[0] == 0
     shard = sealed / SHARDS[1]
@@ -1481,14 +1487,7 @@ def test_a_garbage_metadata_header_on_a_shard_whose_weights_carry_the_header_lea
     garbage: that is a record that cannot be trusted, not a shard sealed outside the set."""
     from paramseal.header import METADATA_KEY
 
-    rng = np.random.default_rng(6)
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
-    weight_map = {}
-    for i, name in enumerate(SHARDS[:2]):  # shards large enough to carry header copies in their weights
-        helpers.write_st(folder / name, {f"w{i}": helpers.random_tensor(rng, np.float32, (1024, 512))})
-        weight_map[f"w{i}"] = name
-    (folder / sharded.INDEX).write_text(json.dumps({"weight_map": weight_map}))
+    folder = _large_checkpoint(tmp_path)
     sealed = tmp_path / "sealed"
     sharded.seal_dir(folder, sealed, key, workers=1)
     t, meta = helpers.read_st(sealed / SHARDS[1])
