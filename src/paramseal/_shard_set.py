@@ -108,11 +108,16 @@ def _from_records(folder: Path, key: Key, members: list[str], present: str | Non
     return Index(folder, raw, weight_map, name, lost)
 
 
+def _all_text(rec: Any) -> bool:
+    """Whether a set record's id, shard name and listed shard names are all text (raises on a missing key)."""
+    return all(isinstance(n, str) for n in [rec["set"], rec["shard"], *rec["shards"]])
+
+
 def _parsed(text: str | None) -> dict[str, Any] | None:
     """A set record as a dict, when well-formed (set id and shard names text, the shard's a plain file name)."""
     try:
         rec = json.loads(text or "")  # UNTRUSTED is no JSON either
-        ok = all(isinstance(n, str) for n in [rec["set"], rec["shard"], *rec["shards"]])
+        ok = _all_text(rec)
     except (ValueError, KeyError, TypeError, RecursionError):
         return None
     shard = rec["shard"] if ok else ""
@@ -142,7 +147,6 @@ def _peek(path: Path, key: Key) -> tuple[list[str] | None, list[str]]:
     except (ParamSealError, OSError):
         return None, []
     names: list[str] | None = None
-    listed: list[str] = []
     record = meta.get(SET_KEY)
     try:
         h = parse_header(meta[METADATA_KEY], key)
@@ -151,11 +155,15 @@ def _peek(path: Path, key: Key) -> tuple[list[str] | None, list[str]]:
             record = h.user_metadata.get(SET_KEY)
     except (ParamSealError, KeyError):
         pass
+    return names, _listing(record)
+
+
+def _listing(record: str | None) -> list[str]:
+    """The shard names (text) a set record's JSON lists; none when it is no well-formed record."""
     try:
-        listed = [n for n in json.loads(record or "")["shards"] if isinstance(n, str)]
+        return [n for n in json.loads(record or "")["shards"] if isinstance(n, str)]
     except (ValueError, KeyError, TypeError, RecursionError):
-        pass
-    return names, listed
+        return []
 
 
 def _shards(folder: Path, idx: Index, key: Key) -> tuple[list[str], dict[str, tuple[list[str] | None, list[str]]]]:
@@ -320,7 +328,7 @@ def _set_issues(
             continue
         try:
             rec = json.loads(text)
-            if not all(isinstance(n, str) for n in [rec["set"], rec["shard"], *rec["shards"]]):
+            if not _all_text(rec):
                 raise TypeError("not text")  # forged with the key: sorted with the others below, it crashed
             ids.setdefault(rec["set"], []).append(shard)
             listed.update(rec["shards"])
@@ -392,9 +400,8 @@ def _strays(folder: Path, shards: set[str], done: str) -> list[str]:
 def _file_listing(path: Path) -> list[str]:
     """The shards the set record in ``path``'s metadata lists, as the file holds it (unauthenticated)."""
     try:
-        listed = json.loads(st_format.read_layout(path).metadata.get(SET_KEY) or "")["shards"]
-        return [n for n in listed if isinstance(n, str)]
-    except (ParamSealError, OSError, ValueError, KeyError, TypeError, RecursionError):
+        return _listing(st_format.read_layout(path).metadata.get(SET_KEY))
+    except (ParamSealError, OSError):
         return []
 
 
