@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import helpers
@@ -865,3 +867,49 @@ def test_inspect_bounds_are_those_of_the_layout_seal_chooses(
             shown["contiguous_bound"],
             shown["scattered_radius_per_group"],
         )
+
+
+_CUT_SHORT = """
+import os, sys
+from paramseal import _model
+from paramseal.cli import main
+
+path, at = sys.argv[1], int(sys.argv[2])
+tags = _model.compute_tags
+
+def cut(*args, **kw):  # another program cuts the input short once its first tensor is being checked
+    if os.path.getsize(path) > at:
+        os.truncate(path, at)
+    return tags(*args, **kw)
+
+_model.compute_tags = cut
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("command", ["verify", "recover"])
+def test_an_input_cut_short_while_it_is_read_is_a_clean_error(tmp_path: Path, key: paramseal.Key, command: str) -> None:
+    """Not a SIGBUS with no message: exit 3 naming the file, no temp file left, the input only cut."""
+    rng = np.random.default_rng(7)
+    src = tmp_path / "m.safetensors"
+    tensors = {f"t{i}": rng.standard_normal((256, 256)).astype(np.float32) for i in range(6)}
+    files.write_model(src, Loaded(tensors, {}))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    sealed = out_dir / "sealed.safetensors"
+    files.seal_file(src, sealed, key)
+    keyfile = paramseal.keys.write_key(tmp_path / "k.key", key)
+    before = sealed.read_bytes()
+    at = read_layout(sealed).data_start + 256 * 256 * 4 + 1000  # inside the second tensor
+    args = [command, str(sealed), *([str(out_dir / "rec.safetensors")] if command == "recover" else [])]
+    run = subprocess.run(
+        [sys.executable, "-c", _CUT_SHORT, str(sealed), str(at), *args, "--key", str(keyfile)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 3, (run.returncode, run.stderr)
+    assert f"'{sealed}' changed while it was read" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["sealed.safetensors"]  # no hidden temporary output
+    assert sealed.read_bytes() == before[:at]

@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 
 from . import _bits
 from ._layout import TensorSpec, block_count
+from ._pages import read
 from .levels import BLOCK, FLOATS, TAG_BITS, dtype_name
 
 MAGIC = b"PSL\x02"
@@ -147,7 +148,7 @@ def write_reserved(
 
 
 def _storage(ub: NDArray[np.unsignedinteger], k: int) -> bytes:
-    return _bits.lo_bytes(ub, k)[:, TAG_BITS // 8 :].tobytes()
+    return _bits.lo_bytes(read(ub), k)[:, TAG_BITS // 8 :].tobytes()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from . import _bits, _kernels
 from ._layout import Layout, TensorSpec
 from ._mac import BlockMac
-from ._pages import SCATTERED_BLOCKS, Workspace, chunks, is_mapped, release
+from ._pages import SCATTERED_BLOCKS, Workspace, chunks, is_mapped, read, release
 from .errors import UsageError
 from .levels import BLOCK, ST_TO_NP
 
@@ -22,7 +22,13 @@ def blocks_of(arr: NDArray[np.generic] | None, spec: TensorSpec, *, copy: bool =
     if arr is None:
         dt = ST_TO_NP[spec.dtype]
         return np.zeros((spec.nblocks, BLOCK), dtype=_bits._UINT[1 if dt == np.bool_ else dt.itemsize])
-    return _bits.to_blocks(_bits.uint_view(arr), copy=copy)
+    flat = _bits.uint_view(arr)
+    if copy or flat.size % BLOCK or not flat.size:  # a copy: an input file's values are read with pread
+        got = read(flat)
+        if got is not flat and got.size and got.size % BLOCK == 0:
+            return got.reshape(-1, BLOCK)
+        return _bits.to_blocks(got, copy=copy)
+    return _bits.to_blocks(flat, copy=False)
 
 
 def to_tensor(ub: Blocks, spec: TensorSpec) -> NDArray[np.generic]:

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import cannot_write
+from .errors import InputError, cannot_write
 
 CHUNK_BYTES = 16 << 20  # bytes of tensor data the engine handles at a time
 _ARENA_BYTES = 4 * CHUNK_BYTES  # a scratch file that holds many arrays smaller than a chunk
@@ -34,6 +34,7 @@ _PAGE = mmap.PAGESIZE
 _FAULT_AROUND = 64 << 10  # Linux maps up to this much of cached file around a read fault
 _MAPS: dict[int, tuple[int, mmap.mmap]] = {}  # base address -> (length, map)
 _FDS: dict[int, int] = {}  # base address -> descriptor of the mapped file
+_INPUTS: dict[int, Path] = {}  # base address -> path of a file mapped for reading (an input)
 
 
 class Mapping:
@@ -60,6 +61,8 @@ class Mapping:
         self.buf = np.frombuffer(self._mm, dtype=np.uint8)
         _MAPS[self.buf.ctypes.data] = (length, self._mm)
         _FDS[self.buf.ctypes.data] = self._file.fileno()
+        if not write:
+            _INPUTS[self.buf.ctypes.data] = path
 
     def fileno(self) -> int:
         """The mapped file's descriptor."""
@@ -80,6 +83,7 @@ class Mapping:
         if self._mm is not None:
             _MAPS.pop(self.buf.ctypes.data, None)
             _FDS.pop(self.buf.ctypes.data, None)
+            _INPUTS.pop(self.buf.ctypes.data, None)
             self.buf = np.zeros(0, np.uint8)
             try:
                 self._mm.close()
@@ -323,6 +327,65 @@ def file_span(a: NDArray[Any]) -> tuple[int, int] | None:
     return None
 
 
+def read(a: NDArray[Any]) -> NDArray[Any]:
+    """The values of ``a``: read with ``pread`` into a new array when ``a`` lies in an input file mapped here.
+
+    Touching a map of a file another process cut short kills the process (SIGBUS); a read call
+    returns short instead, which is raised as an `InputError` naming the file. Anything else
+    (an ordinary array, a view of an output or of scratch) is returned as it is.
+    """
+    where = _input_span(a)
+    if where is None:
+        return a
+    out = np.empty(a.shape, a.dtype)
+    _pread_all(where[0], out.reshape(-1).view(np.uint8), where[1], where[2])
+    return out
+
+
+def check_inputs() -> None:
+    """Raise `InputError` if an input file mapped here is now shorter than its map (cut short meanwhile).
+
+    For code about to touch an input's map directly: a page past the new end would kill the process.
+    """
+    for base, path in list(_INPUTS.items()):
+        length = _MAPS.get(base, (0, None))[0]
+        fd = _FDS.get(base)
+        if fd is not None and os.fstat(fd).st_size < length:
+            raise changed_meanwhile(path)
+
+
+def _input_span(a: NDArray[Any]) -> tuple[int, int, Path] | None:
+    """``(descriptor, byte offset, path)`` of a C-contiguous array in an input file mapped here, else None."""
+    if not _INPUTS or not a.flags.c_contiguous or a.size == 0:
+        return None
+    lo = a.ctypes.data
+    for base, path in list(_INPUTS.items()):
+        length = _MAPS.get(base, (0, None))[0]
+        if base <= lo and lo + a.nbytes <= base + length:
+            return _FDS[base], lo - base, path
+    return None
+
+
+def _pread_all(fd: int, view: NDArray[np.uint8], at: int, path: Path) -> None:
+    done = 0
+    while done < view.size:
+        try:
+            got = os.preadv(fd, [view[done:].data], at + done)
+        except OSError as e:
+            raise InputError(f"cannot read '{path}': {e.strerror or e}") from None
+        if got <= 0:
+            raise changed_meanwhile(path)
+        done += got
+
+
+def changed_meanwhile(path: Path) -> InputError:
+    """The error for an input file cut short while it was read."""
+    return InputError(
+        f"'{path}' changed while it was read: it was cut short by another program; nothing was written. "
+        "Read it again once nothing else writes to it"
+    )
+
+
 def copy_range(src: int, src_off: int, dst: int, dst_off: int, n: int) -> bool:
     """Copy ``n`` bytes between files inside the kernel (no page faults, shared extents where supported).
 
@@ -370,6 +433,9 @@ def read_ahead(read: Callable[[_T], _R], items: Iterable[_T]) -> Iterator[tuple[
 
 __all__ = [
     "CHUNK_BYTES",
+    "changed_meanwhile",
+    "check_inputs",
+    "read",
     "read_ahead",
     "SCATTERED_BLOCKS",
     "Mapping",

@@ -27,7 +27,7 @@ from . import _embed
 from ._bits import uint_view
 from ._inspect import describe
 from ._layout import TensorSpec
-from ._pages import Workspace, chunks, copy_range, pwrite_all, release
+from ._pages import Workspace, check_inputs, chunks, copy_range, pwrite_all, read, release
 from ._progress import Progress
 from ._shard_index import index_files, set_files
 from ._tempname import renamed_to, temp_prefix
@@ -248,8 +248,10 @@ class _Found:
 
 def _checked(loaded: Loaded, path: Path, key: Key, header: str | None, **kw: Any) -> tuple[Check, _Found]:
     """The check of a loaded model file against its seal header (see `_split_header`)."""
+    check_inputs()  # the header's copies, a moved tensor's data are read through the map: not past a new end
     found = _split_header(loaded, path, key, header)
     chk = check(loaded.tensors, key, found.text, metadata=found.meta, metadata_kept=_keeps(path), **kw)
+    check_inputs()  # recover goes on to read damaged blocks' neighbours through the map
     chk.metadata_issues[:0] = found.issues
     chk.notes.extend(found.notes)
     return chk, found
@@ -606,6 +608,7 @@ def recover_file(
             prog.done()
             if not (rec.report.ok or allow_partial):
                 return RecoveredFile(None, rec.report, rec.metadata)
+            check_inputs()  # the output is made from the input's blocks: not from a file cut short meanwhile
             if onto_input and not rec.report.ok:
                 _refuse_losing_partial(s, loaded, chk, rec.report)
             out_meta = dict(rec.metadata)
@@ -831,8 +834,8 @@ def _write_recovered(dst: Path, chk: Check, rec: Recovery, meta: dict[str, str])
                         _write_patch(out, spec, patch)
                     continue
                 for r0, r1 in chunks(spec.nblocks, ub.dtype.itemsize, 0, 1):
-                    part = ub[r0:r1].copy()
-                    release(ub[r0:r1])
+                    part = read(ub[r0:r1])  # an input's blocks with pread: a file cut short is an error, not SIGBUS
+                    part = part.copy() if np.may_share_memory(part, ub) else part
                     if patch is not None:  # its rows are sorted
                         i0, i1 = np.searchsorted(patch.rows, [r0, r1])
                         part[patch.rows[i0:i1] - r0] = patch.new[i0:i1]

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from . import _embed, _model
 from ._layout import Layout, TensorSpec, build_layout
 from ._mac import BlockMac
-from ._pages import chunks, release
+from ._pages import chunks, read
 from ._progress import Progress
 from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError, UnsupportedError, UsageError
 from .header import Header, HeaderAuthError, metadata_digest, own_entries, parse_header
@@ -130,7 +130,7 @@ class Check:
 
 
 def _tags_ok(mac: BlockMac, header: Header, t: int, spec: TensorSpec, ub: _model.Blocks) -> NDArray[np.bool_]:
-    """Which blocks of tensor ``t`` carry the right tag, chunk by chunk (mapped pages are released)."""
+    """Which blocks of tensor ``t`` carry the right tag, chunk by chunk (an input file's with ``pread``)."""
     internal = spec.block_storage()[1]
     ext = header.external_tags.get(t)
     if ext is not None and ext.size != int((~internal).sum()):
@@ -138,11 +138,10 @@ def _tags_ok(mac: BlockMac, header: Header, t: int, spec: TensorSpec, ub: _model
     before = np.concatenate([[0], np.cumsum(~internal)])  # external tags before each block
     ok = np.empty(spec.nblocks, dtype=np.bool_)
     for r0, r1 in chunks(spec.nblocks, ub.dtype.itemsize, 0, 1):
-        c = ub[r0:r1]
+        c = read(ub[r0:r1])
         want = _model.compute_tags(mac, header.salt, t, spec, c, internal, r0=r0)
         have = _model.stored_tags(spec, c, internal[r0:r1], None if ext is None else ext[before[r0] : before[r1]])
         ok[r0:r1] = want == have
-        release(c)
     return ok
 
 
