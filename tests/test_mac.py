@@ -108,3 +108,30 @@ def test_compiled_and_numpy_hash_agree(seed: int, nw: int, nmask: int) -> None:
     fast = _kernels.mlh_tags(words, keys, wmask, internal, pads)
     slow = _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads)
     assert np.array_equal(fast, slow)
+
+
+@pytest.mark.parametrize("start", [1, 2, 3, 6, 7])
+def test_the_pads_of_a_later_chunk_are_the_same_blocks_pads_as_from_the_start(start: int) -> None:
+    """Verify reads a large tensor a chunk at a time: pads from block ``start`` (odd or even, half an AES block
+    in) must be the pads of those very blocks, or an intact tensor fails past its first chunk."""
+    mac = BlockMac(paramseal.Key(bytes(range(32))))
+    whole = mac.pads(b"s" * 16, 3, start + 9)
+    assert np.array_equal(mac.pads(b"s" * 16, 3, 9, start), whole[start:])
+    assert not np.array_equal(mac.pads(b"s" * 16, 3, 9, start), whole[:9])  # each block its own pad
+
+
+def test_a_tensor_verified_in_odd_sized_chunks_is_intact_and_a_flip_is_located(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunks of 3 blocks (starting at odd and even blocks) verify as the whole tensor does."""
+    from paramseal import _pages
+
+    key = paramseal.Key(bytes(range(32)))
+    w = {"w": np.random.default_rng(5).standard_normal(64 * 20).astype(np.float32)}
+    sealed = paramseal.seal(w, key)
+    monkeypatch.setattr(_pages, "CHUNK_BYTES", 64 * 4 * 3)
+    assert paramseal.verify(sealed.tensors, key, sealed.header_json).status == "intact"
+    bad = {"w": sealed.tensors["w"].copy()}
+    bad["w"].view(np.uint32)[64 * 7 + 5] ^= 1 << 20
+    r = paramseal.verify(bad, key, sealed.header_json)
+    assert r.status == "tampered" and r.tensors["w"].tampered_blocks == (7,)
