@@ -434,3 +434,34 @@ def test_removed_and_reinserted_under_another_shape_is_detected(
     assert v.status == "tampered" and any("shape changed" in i for i in v.tensors["fc.bias"].issues)
     assert res.report.status == "recovered"
     helpers.assert_model_equal(res.tensors, sealed.tensors)
+
+
+def test_an_unrelated_extra_tensor_is_not_taken_for_an_overwritten_one(key: paramseal.Key) -> None:
+    """A tensor whose data was overwritten stays wholly tampered; an extra tensor of its size whose blocks do not
+    verify under its name is an extra tensor, not where it was "renamed to"."""
+    rng = np.random.default_rng(1)
+    w = {n: helpers.random_tensor(rng, np.float32, (64, 64)) for n in ("a", "b")}
+    sealed = paramseal.seal(w, key)
+    t = helpers.copy_model(sealed.tensors)
+    t["a"] = helpers.random_tensor(rng, np.float32, (64, 64))
+    t["x"] = helpers.random_tensor(rng, np.float32, (64, 64))
+    v = paramseal.verify(t, key, sealed.header_json)
+    assert v.status == "tampered" and v.extra_tensors == ("x",)
+    assert v.tensors["a"].issues == () and len(v.tensors["a"].tampered_blocks) == sealed.header.tensors[0].nblocks
+    assert v.tensors["b"].tampered_blocks == () and v.tensors["b"].issues == ()
+
+
+def test_another_seals_record_over_a_renamed_tensor_does_not_hide_it(key: paramseal.Key) -> None:
+    """A record from another seal (another salt) pasted over a renamed tensor's first block names another
+    tensor: it is not this seal's, so the tensor is still matched by its tags (renamed, block 0 tampered)."""
+    rng = np.random.default_rng(2)
+    w = {n: helpers.random_tensor(rng, np.float32, (64, 64)) for n in ("a", "b")}
+    sealed, other = paramseal.seal(w, key), paramseal.seal(w, key)
+    spec = sealed.header.tensors[0]
+    assert spec.reserved == 1 and sealed.header.salt != other.header.salt
+    x = sealed.tensors["a"].copy().reshape(-1)
+    x[: spec.reserved * 64] = other.tensors["b"].reshape(-1)[: spec.reserved * 64]  # that seal's record of tensor 1
+    t = {"b": sealed.tensors["b"], "x": x.reshape(64, 64)}
+    v = paramseal.verify(t, key, sealed.header_json)
+    assert v.extra_tensors == () and v.tensors["a"].issues == ("renamed to 'x'",)
+    assert v.tensors["a"].tampered_blocks == (0,) and v.tensors["b"].tampered_blocks == ()
