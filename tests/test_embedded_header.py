@@ -928,3 +928,21 @@ def test_another_keys_metadata_header_is_named_as_such_not_as_a_key_to_pass(
     assert rc == 1, out
     assert f"header in the metadata is sealed under another key (fingerprint {other.fingerprint})" in out, out
     assert "pass the key used at seal time" not in out
+
+
+def test_a_lone_carriers_two_copies_are_under_the_mac_and_both_rebuilt(key: paramseal.Key) -> None:
+    """Where the copy budget holds two copies but not three, the header records two (header_copies is under
+    the MAC only when not 1), and recover rebuilds the second copy byte for byte."""
+    w = helpers.random_tensor(np.random.default_rng(0), np.float32, (80000,))
+    sealed = paramseal.seal({"w": w}, key)
+    h = sealed.header
+    assert h.carriers == (0,) and h.copies == 2 and parse_header(sealed.header_json, key).copies == 2
+    reserved = h.tensors[0].reserved
+    half = reserved // 2  # the later reserved blocks: the second copy ends there
+    t = {"w": sealed.tensors["w"].copy()}
+    t["w"][half * 64 : reserved * 64] = 0.0
+    v = paramseal.verify(t, key, sealed.header_json)
+    assert v.status == "tampered" and v.tensors["w"].tampered_blocks == tuple(range(half, reserved))
+    fixed = paramseal.recover(t, key, sealed.header_json)
+    assert fixed.report.status == "recovered"
+    assert fixed.tensors["w"].tobytes() == sealed.tensors["w"].tobytes()
