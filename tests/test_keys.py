@@ -328,3 +328,12 @@ def test_keygen_that_cannot_write_leaves_no_empty_key_and_keeps_the_old_one(tmp_
     assert sorted(x.name for x in tmp_path.iterdir()) == (["k.key"] if force else [])  # no temporary file either
     if force:
         assert p.read_bytes() == old
+
+
+def test_repr_shows_the_secret_in_no_encoding(key: paramseal.Key) -> None:
+    """Not as hex only: the bytes' own repr (a dataclass field's default), base64 or a list of ints neither."""
+    import base64
+
+    forms = [repr(key.secret)[2:-1], base64.b64encode(key.secret).decode(), str(list(key.secret))[1:-1]]
+    for text in (repr(key), str(key), repr([key]), repr({"k": key})):
+        assert not any(f in text for f in forms)
