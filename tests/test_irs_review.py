@@ -837,3 +837,34 @@ def test_a_sealed_file_whose_only_rebuilt_block_of_a_tensor_is_refused_is_patche
         got = files.read_model(dst).tensors
         assert helpers.same_bytes(got["tiny"], bad["tiny"]) and helpers.same_bytes(got["w1"], want["w1"])
     assert patched == [True, True], "both outputs are written by patching the blocks"
+
+
+def test_an_outer_rebuild_contradicting_a_verified_word_is_not_used(
+    key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outer code's answer for a group must agree with the group's words in verified blocks: one that
+    does not (here made wrong on purpose, as a forged neighbour would make it) must leave the group lost,
+    never re-tag its guess into the failed blocks and call them recovered."""
+    monkeypatch.setattr(_outer, "SUPER_MAX", 512)
+    model = helpers.fp32_model(210_000, seed=4)
+    s = paramseal.seal(model, key)
+    st = _irs_recover.strata_of(check(s.tensors, key, s.header_json))
+    assert st.host
+    (name,) = model
+    bad = helpers.copy_model(s.tensors)
+    v = _group_words(st, st.G // 2, model[name].size)
+    hit = v[: 3 * v.size // 5]  # past the inner code; the rest of the group's words stay verified
+    bad[name].reshape(-1).view(np.uint32)[hit] ^= _mantissa_noise(np.random.default_rng(0), hit.size)
+    assert paramseal.recover(bad, key, s.header_json).report.status == "recovered"  # the honest outer rebuild
+    real = _outer.Outer.repair
+
+    def wrong(self: _outer.Outer, *args: object) -> np.ndarray | None:
+        rows = real(self, *args)
+        return None if rows is None else rows ^ np.uint32(1 << 20)  # every word's content off by one bit
+
+    monkeypatch.setattr(_outer.Outer, "repair", wrong)
+    res = paramseal.recover(bad, key, s.header_json)
+    f = res.report.tensors[name]
+    assert res.report.status == "unrecoverable"
+    assert set(hit.tolist()) <= set(f.unrecoverable_indices)
+    helpers.assert_honest_recovery(res, bad, s.tensors)
