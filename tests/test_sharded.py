@@ -1551,3 +1551,23 @@ def test_a_lost_index_is_not_made_to_name_a_shard_that_is_no_safetensors_file(
     assert not any("the index names shard 'x.bin'" in m for m in rep.metadata_issues), rep.metadata_issues
     rep, written = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
     assert rep.exit_code == 2 and not written and not (tmp_path / "fixed").exists()
+
+
+@pytest.mark.parametrize("tampered", ["shard", "copy"])
+def test_a_listed_file_no_set_record_vouches_for_does_not_speak_for_the_shard_it_copies(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key: paramseal.Key, tampered: str
+) -> None:
+    """A shard sealed alone (same key, no set record), copied in and listed by an edited index: its findings for
+    the tensors it shares with the real shard replaced the real shard's (a flipped bit hidden, or blamed on it)."""
+    copy = "copy.safetensors"
+    files.seal_file(checkpoint / SHARDS[0], sealed_ckpt / copy, key)
+    _edit_index(sealed_ckpt, lambda wm: wm.update({"extra.weight": copy}))
+    flipped = SHARDS[0] if tampered == "shard" else copy
+    t, meta = helpers.read_st(sealed_ckpt / flipped)
+    helpers.write_st(sealed_ckpt / flipped, helpers.flip_bit(t, "layers.0.mlp.weight", 700, 29), meta)
+    want = ["layers.0.mlp.weight" if tampered == "shard" else f"{copy}:layers.0.mlp.weight"]
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 2 and f"shard '{copy}' carries no set record" in " ".join(rep.metadata_issues)
+    assert rep.tampered_tensors == want and rep.tensors[want[0]].tampered_blocks == [700 // 64], rep.summary()
+    rep, written = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert rep.exit_code == 2 and not written and rep.tampered_tensors == want, rep.summary()

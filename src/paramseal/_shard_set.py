@@ -124,6 +124,11 @@ def _parsed(text: str | None) -> dict[str, Any] | None:
     return rec if ok and Path(shard).name == shard and shard.endswith(".safetensors") else None
 
 
+def _vouched(records: dict[str, str | None]) -> set[str]:
+    """The files whose authenticated set record names them as the shard they are (`_merge` puts them first)."""
+    return {f for f, text in records.items() if (rec := _parsed(text)) is not None and rec["shard"] == f}
+
+
 def _tensor_names(path: Path, key: Key) -> list[str]:
     """A shard's sealed tensor names (authenticated header), else the names in the file (unread: none)."""
     names, _ = _peek(path, key)
@@ -416,6 +421,7 @@ def _merge(
     lost: dict[str, TensorFinding] | None = None,
     skipped: int = 0,
     unread: int = 0,
+    vouched: set[str] | None = None,
 ) -> Report:
     """One report for the whole checkpoint: tensors from every shard, the worst status.
 
@@ -423,13 +429,18 @@ def _merge(
     shards under the wrong names, which it writes under their own (``fixed``: it did, each a
     note). ``strays``: notes on files beside the shards that are none (`_strays`). ``lost`` names tensors of
     shards with no report. ``skipped`` shards
-    (``unread`` blocks) were left out by a partial verification, or could not be read.
+    (``unread`` blocks) were left out by a partial verification, or could not be read. ``vouched``: the
+    files an authenticated set record names (`_vouched`; None: all); another file's finding for a tensor
+    one of them holds too (a copy listed by an edited index) is its own, named ``file:tensor``.
     """
     tensors: dict[str, TensorFinding] = {}
     fixable = fixable or []
     extra, meta, notes = [], [*set_issues, *fixable], []
+    held = {n for s, r in reports.items() if vouched is None or s in vouched for n in r.tensors}
     for shard, r in reports.items():
-        tensors.update(r.tensors)
+        mine = vouched is None or shard in vouched
+        for n, f in r.tensors.items():
+            tensors[n if (mine or n not in held) and n not in tensors else f"{shard}:{n}"] = f
         extra += [f"{shard}:{n}" for n in r.extra_tensors]
         meta += [f"{shard}: {m}" for m in r.metadata_issues]
         notes += [f"{shard}: {n}" for n in r.notes if "partial verification" not in n]

@@ -57,7 +57,7 @@ from ._shard_index import (
     read_index,
     set_files,
 )
-from ._shard_set import _locate, _merge, _moved, _record, _strays, _verdict, open_index
+from ._shard_set import _locate, _merge, _moved, _record, _strays, _verdict, _vouched, open_index
 from ._tempname import temp_prefix
 from .errors import (
     FormatError,
@@ -362,6 +362,7 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
         lost=lost,
         skipped=len(everything) - len(chosen),
         unread=blocks,
+        vouched=_vouched(records),
     )
 
 
@@ -418,6 +419,7 @@ def recover_dir(
                 fixed=fixes if fixing else [],
                 strays=_strays(src, {where.get(s, s) for s in everything}, "not checked (recover copies it unchanged)"),
                 lost=lost,
+                vouched=_vouched(records),
             )
             if not (merged.ok or allow_partial):
                 raise _Discard(merged)
