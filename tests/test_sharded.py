@@ -1571,3 +1571,15 @@ def test_a_listed_file_no_set_record_vouches_for_does_not_speak_for_the_shard_it
     assert rep.tampered_tensors == want and rep.tensors[want[0]].tampered_blocks == [700 // 64], rep.summary()
     rep, written = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
     assert rep.exit_code == 2 and not written and rep.tampered_tensors == want, rep.summary()
+
+
+def test_a_shard_deleted_and_dropped_from_the_index_is_not_said_to_be_named_in_it(
+    sealed_ckpt: Path, tmp_path: Path, key: paramseal.Key
+) -> None:
+    """Only the set records list it: 'named in the index is missing' contradicted 'missing from the index'."""
+    (sealed_ckpt / SHARDS[2]).unlink()
+    _edit_index(sealed_ckpt, lambda wm: [wm.pop(n) for n in [n for n, s in wm.items() if s == SHARDS[2]]])
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 2 and not any("named in the index" in m for m in rep.metadata_issues), rep.summary()
+    assert f"shard '{SHARDS[2]}' of the sealed set is missing from the folder" in " ".join(rep.metadata_issues)
+    assert f"shard '{SHARDS[2]}' of the sealed set is missing from the index" in " ".join(rep.metadata_issues)

@@ -278,9 +278,11 @@ def _verdict(
     grave, fixable, listed = _set_issues(idx, records, reports, pattern)
     failed = {s: why for s, why in failed.items() if s in idx.shards or s in listed}
     gone = _gone(idx, [s for s in asked if s not in peeked], listed)
-    missing = gone["missing"] + (sorted(listed - set(everything)) if pattern is None else [])
+    unlisted = sorted(listed - set(everything)) if pattern is None else []  # the index does not name these
+    missing = gone["missing"] + unlisted
     named = "of the sealed set" if idx.lost else "named in the index"
-    grave += [f"shard '{s}' {named} is missing from the folder (deleted or moved)" for s in missing]
+    grave += [f"shard '{s}' {named if s not in unlisted else 'of the sealed set'} is missing from the folder "
+              "(deleted or moved)" for s in missing]  # fmt: skip
     grave += list(failed.values())
     lost = _lost(idx, missing, "its shard '{}' is missing: its weights are lost", pattern)
     lost |= _lost(idx, list(failed), "its shard '{}' cannot be checked", pattern)
