@@ -1583,3 +1583,24 @@ def test_a_shard_deleted_and_dropped_from_the_index_is_not_said_to_be_named_in_i
     assert rep.exit_code == 2 and not any("named in the index" in m for m in rep.metadata_issues), rep.summary()
     assert f"shard '{SHARDS[2]}' of the sealed set is missing from the folder" in " ".join(rep.metadata_issues)
     assert f"shard '{SHARDS[2]}' of the sealed set is missing from the index" in " ".join(rep.metadata_issues)
+
+
+def test_a_wrong_total_size_in_the_index_is_a_note_not_tampering(
+    sealed_ckpt: Path, tmp_path: Path, key: paramseal.Key
+) -> None:
+    """metadata.total_size is not sealed (seal copies the index as it is): a wrong one went unmentioned."""
+    size = _total_size(sealed_ckpt)
+    for wrong, shown in [(1, "1"), ("many", "not a number")]:  # the fixture's index says 1
+        idx = json.loads((sealed_ckpt / sharded.INDEX).read_text())
+        (sealed_ckpt / sharded.INDEX).write_text(json.dumps({**idx, "metadata": {"total_size": wrong}}))
+        rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+        said = [n for n in rep.notes if "metadata.total_size" in n]
+        assert rep.status == "intact" and said and f"is {shown}, but the shards' tensors take {size} bytes" in said[0]
+    fixed = tmp_path / "fixed"
+    rep, written = sharded.recover_dir(sealed_ckpt, fixed, key, workers=1)
+    assert written and rep.exit_code == 0 and any("total_size" in n and "copied unchanged" in n for n in rep.notes)
+    assert (fixed / sharded.INDEX).read_text() == (sealed_ckpt / sharded.INDEX).read_text()
+    assert not any("total_size" in n for n in sharded.verify_dir(sealed_ckpt, key, tensors="layers.0.*").notes)
+    idx = json.loads((sealed_ckpt / sharded.INDEX).read_text())
+    (sealed_ckpt / sharded.INDEX).write_text(json.dumps({**idx, "metadata": {"total_size": size}}))
+    assert not any("total_size" in n for n in sharded.verify_dir(sealed_ckpt, key, workers=1).notes)

@@ -140,6 +140,29 @@ def salvage(path: Path) -> dict[str, Any]:
     return raw if isinstance(raw, dict) else {}
 
 
+def _size_note(idx: Index, shards: list[Path], done: str) -> list[str]:
+    """A note when the index's ``metadata.total_size`` is not the bytes the ``shards``' tensors take.
+
+    Not tampering: nothing seals it (no set record lists it, and seal copies the index as it is),
+    and loaders take it for information only. ``done``: what recover does with it.
+    """
+    meta = idx.raw.get("metadata")
+    if idx.lost is not None or not isinstance(meta, dict) or "total_size" not in meta:
+        return []
+    try:
+        size = sum(e.end - e.start for p in shards for e in st_format.read_layout(p).entries)
+    except (ParamSealError, OSError):
+        return []
+    old = meta["total_size"]
+    if type(old) is int and old == size:
+        return []
+    shown = str(old) if type(old) in (int, float) else "not a number"
+    return [
+        f"{idx.name}: metadata.total_size is {shown}, but the shards' tensors take {size} bytes (not tampering: "
+        f"it is not sealed, and loaders take it for information only); {done}"
+    ]
+
+
 def _check_index(idx: Index) -> None:
     """Refuse to seal a checkpoint whose index disagrees with its shards (verify would call it tampered).
 

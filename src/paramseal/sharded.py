@@ -17,9 +17,10 @@ shards' sealed headers, under the name the set records give (`_shard_set.open_in
 the whole set there once each, recover writes back under their sealed names.
 
 The other files and subfolders (``config.json``, tokenizer files), and the index's
-fields other than ``weight_map`` and ``metadata.total_size``, are copied unchanged: they
-are not protected. A ``.safetensors`` file among them is named in a note (`_strays`): a
-loader that globs ``*.safetensors`` would read it with the shards.
+fields other than ``weight_map``, are copied unchanged: they are not protected (a wrong
+``metadata.total_size`` is a note, `_size_note`; recomputed when the index is rebuilt).
+A ``.safetensors`` file among them is named in a note (`_strays`): a loader that globs
+``*.safetensors`` would read it with the shards.
 
 The index's reading and checking live in `_shard_index`; the set records, where each shard
 is, the set's findings and the merged report in `_shard_set`.
@@ -52,6 +53,7 @@ from ._shard_index import (
     INDEX_SUFFIX,
     Index,
     _check_index,
+    _size_note,
     index_files,
     index_name,
     read_index,
@@ -353,12 +355,13 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
     unread = [s for s in everything if s not in chosen and s in peeked]
     # the model's blocks not checked, for the total
     blocks = sum(_blocks(folder / where.get(s, s)) for s in [*unread, *failed])
+    size = [] if grave or fixable or tensors else _size_note(idx, [folder / s for s in shard_files], _SET_IT)
     return _merge(
         "verify",
         reports,
         grave,
         fixable=[*_moved(where), *fixable],
-        strays=_strays(folder, shard_files, "not checked"),
+        strays=[*size, *_strays(folder, shard_files, "not checked")],
         lost=lost,
         skipped=len(everything) - len(chosen),
         unread=blocks,
@@ -411,6 +414,8 @@ def recover_dir(
             moved = _moved(where)
             fixes = [_rebuilt_note(idx)] if rebuild else []
             fixes += [f"file '{f}' was written as '{s}', its sealed name" for s, f in where.items() if f != s]
+            if not (grave or fixable):
+                fixes += _size_note(idx, [tmp / s for s in reports], "it was copied unchanged; " + _SET_IT)
             merged = _merge(
                 "recover",
                 reports,
@@ -432,6 +437,9 @@ def recover_dir(
     except _Discard as e:
         return e.report, False
     return merged, True
+
+
+_SET_IT = "correct it in the index if anything relies on it (editing it leaves the seal intact)"
 
 
 def _rebuilt_index(idx: Index, reports: dict[str, Report], folder: Path) -> dict[str, Any]:
