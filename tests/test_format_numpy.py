@@ -456,3 +456,49 @@ def test_a_zip_whose_first_member_is_not_an_array_is_not_taken_for_npz(tmp_path:
         zf.writestr("readme.txt", "hello " * 20)
         zf.writestr("w.npy", b"")
     assert not adapter_for(tmp_path / "x.npz", must_exist=False).sniff(buf.getvalue()[:4096])
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_version_2_header_written_by_numpy_reads_bit_exactly(tmp_path: Path, key: paramseal.Key, suffix: str) -> None:
+    """np.lib.format writes version 2.0 headers (np.save does for huge headers); both versions are read."""
+    a = helpers.random_tensor(np.random.default_rng(3), np.float32, (600, 64), wild=True)
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a, version=(2, 0), allow_pickle=False)
+    assert buf.getvalue()[6:8] == b"\x02\x00"
+    p = tmp_path / f"v2{suffix}"
+    if suffix == ".npz":
+        with zipfile.ZipFile(p, "w") as zf:
+            zf.writestr("w.npy", buf.getvalue())
+    else:
+        p.write_bytes(buf.getvalue())
+    (got,) = adapter_for(p).read(p).tensors.values()
+    assert helpers.same_bytes(got, a)
+    out = tmp_path / f"sealed{suffix}"
+    paramseal.files.seal_file(p, out, key)
+    assert paramseal.files.verify_file(out, key).status == "intact"
+
+
+def test_an_npz_member_with_bytes_after_its_array_is_named_as_such_not_as_a_crc_error(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """The zip is sound (its CRC covers the extra bytes): the message must say what is really wrong."""
+    buf = io.BytesIO()
+    np.save(buf, np.ones(3, np.float32))
+    p = tmp_path / "extra.npz"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("w.npy", buf.getvalue() + b"hidden payload")
+    with zipfile.ZipFile(p) as zf:
+        assert zf.testzip() is None  # every CRC-32 matches
+    before = helpers.listing(tmp_path)
+    rc, out, err = helpers.run_cli(["seal", p, tmp_path / "o.npz", "--key", key_file])
+    assert rc == 3, (out, err)
+    assert "'w.npy'" in err and "bytes after its array data" in err and "CRC" not in err, err
+    assert helpers.listing(tmp_path) == before
+
+
+def test_a_metadata_member_that_is_not_0_d_names_its_shape(tmp_path: Path) -> None:
+    p = tmp_path / "m.npz"
+    np.savez(p, w=np.ones(3, np.float32), **{METADATA_ENTRY: np.array(['{"a": "1"}'])})
+    with pytest.raises(FormatError, match=r"must be a 0-d string") as ei:
+        adapter_for(p).read(p)
+    assert "shape (1,)" in str(ei.value) and "m.npz" in str(ei.value)
