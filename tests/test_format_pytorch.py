@@ -620,3 +620,22 @@ def test_a_pt_write_that_fails_says_why_as_other_formats_do(tmp_path: Path, key_
     assert r.returncode == 3, r.stderr
     assert r.stderr.strip() == f"error: cannot write '{out}': {os.strerror(errno.EFBIG)}", r.stderr
     assert list(out.parent.iterdir()) == [] and helpers.sha256(src) == before
+
+
+def test_module_versions_holding_more_than_plain_values_are_not_carried_to_the_output(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """_metadata is not sealed: a tensor or container hidden in it must not reach the sealed file."""
+    sd = torch.nn.Linear(1024, 512).state_dict()
+    sd._metadata[""]["stowaway"] = torch.arange(4.0)  # type: ignore[attr-defined]
+    src, out = tmp_path / "m.pt", tmp_path / "s.pt"
+    torch.save(sd, src)
+    assert isinstance(torch.load(src, weights_only=True)._metadata[""]["stowaway"], torch.Tensor)
+    files.seal_file(src, out, key)
+    raw = torch.load(out, weights_only=True)
+    assert getattr(raw, "_metadata", None) is None
+    assert files.verify_file(out, key).status == "intact"
+    plain = torch.nn.Linear(1024, 512).state_dict()  # plain version numbers are still carried
+    torch.save(plain, src)
+    files.seal_file(src, out, key)
+    assert dict(torch.load(out, weights_only=True)._metadata) == dict(plain._metadata)
