@@ -792,6 +792,13 @@ def _first_init(m: Any) -> Any:
     return m.graph.initializer[0]
 
 
+def _key_twice(m: Any) -> None:
+    """The first metadata_props entry (the seal header of a sealed model) again, as a second value for its key."""
+    if not m.metadata_props:
+        m.metadata_props.add(key="k", value="v")
+    m.metadata_props.add(key=m.metadata_props[0].key, value=m.metadata_props[0].value)
+
+
 MALFORMED: dict[str, Callable[[bytes], bytes]] = {
     "truncated": lambda raw: raw[: len(raw) // 2],
     "truncated_by_one_byte": lambda raw: raw[:-1],
@@ -808,6 +815,8 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
     "string_tensor": _edit(
         lambda m: m.graph.initializer.append(helper.make_tensor("s", TensorProto.STRING, [1], [b"x"]))
     ),
+    # two values for one key (the seal header here): a reader would have to pick one
+    "metadata_key_twice": _edit(_key_twice),
     "complex_tensor": _edit(lambda m: setattr(_first_init(m), "data_type", TensorProto.COMPLEX64)),
     "sparse_initializer": _edit(
         lambda m: m.graph.sparse_initializer.append(
