@@ -1277,3 +1277,36 @@ def test_an_edited_graph_is_tampering_that_recover_refuses(tmp_path: Path, key: 
     del m.metadata_props[:]  # every entry gone: the header and the graph digest come back from the weights
     onnx.save(m, str(tmp_path / "bare.onnx"))
     assert files.verify_file(tmp_path / "bare.onnx", key).status == "intact"
+
+
+def test_a_list_of_tensors_attribute_is_read_sealed_and_tamper_located(tmp_path: Path, key: paramseal.Key) -> None:
+    """A TENSORS attribute (a custom op's) holds weights like any other: each is named, sealed and checked."""
+    rng = np.random.default_rng(11)
+    parts = [rng.standard_normal((64, 64)).astype(np.float32), rng.standard_normal(300).astype(np.float32)]
+    node = helper.make_node("Mix", ["X"], ["Y"], domain="custom")
+    node.attribute.append(helper.make_attribute("tables", [numpy_helper.from_array(p) for p in parts]))
+    assert node.attribute[0].type == onnx.AttributeProto.TENSORS
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("X", F32, [1])],
+        [helper.make_tensor_value_info("Y", F32, [1])],
+        initializer=[_tensor("w", rng.standard_normal(5000).astype(np.float32))],
+    )
+    m = helper.make_model(graph, opset_imports=[*OPSET, helper.make_opsetid("custom", 1)])
+    m.ir_version = 8
+    src = save(m, tmp_path / "mix.onnx")
+    got = ADAPTER.read(src).tensors
+    assert list(got) == ["w", "Y:tables[0]", "Y:tables[1]"]
+    for i, p in enumerate(parts):
+        assert helpers.same_bytes(got[f"Y:tables[{i}]"], p)
+    sealed = tmp_path / "sealed.onnx"
+    files.seal_file(src, sealed, key)
+    tampered = onnx.load(str(sealed))
+    t = tampered.graph.node[0].attribute[0].tensors[1]
+    a = numpy_helper.to_array(t).copy()
+    a[100] = -a[100]
+    t.CopyFrom(numpy_helper.from_array(a, t.name))
+    bad = save(tampered, tmp_path / "bad.onnx")
+    rep = files.verify_file(bad, key)
+    assert rep.status == "tampered" and rep.tampered_tensors == ["Y:tables[1]"]
