@@ -502,3 +502,17 @@ def test_a_metadata_member_that_is_not_0_d_names_its_shape(tmp_path: Path) -> No
     with pytest.raises(FormatError, match=r"must be a 0-d string") as ei:
         adapter_for(p).read(p)
     assert "shape (1,)" in str(ei.value) and "m.npz" in str(ei.value)
+
+
+def test_an_unknown_format_name_is_refused_listing_the_known_ones(tmp_path: Path) -> None:
+    p = tmp_path / "m.npz"
+    np.savez(p, w=np.ones(3, np.float32))
+    before = helpers.listing(tmp_path)
+    for call in (
+        lambda: paramseal.files.read_model(p, "npzz"),
+        lambda: paramseal.files.write_model(tmp_path / "o.npz", Loaded({"w": np.ones(3, np.float32)}), "npzz"),
+    ):
+        with pytest.raises(UsageError, match="unknown format 'npzz'") as ei:
+            call()
+        assert all(name in str(ei.value) for name in ("npz", "npy", "pytorch", "onnx", "safetensors"))
+    assert helpers.listing(tmp_path) == before
