@@ -1310,3 +1310,41 @@ def test_a_list_of_tensors_attribute_is_read_sealed_and_tamper_located(tmp_path:
     bad = save(tampered, tmp_path / "bad.onnx")
     rep = files.verify_file(bad, key)
     assert rep.status == "tampered" and rep.tampered_tensors == ["Y:tables[1]"]
+
+
+def test_training_info_and_graph_list_attributes_are_covered(tmp_path: Path, key: paramseal.Key) -> None:
+    """Tensors in a training_info graph and in a list-of-graphs (GRAPHS) attribute are read and sealed."""
+    rng = np.random.default_rng(12)
+    init_w = rng.standard_normal(3000).astype(np.float32)
+    branch_w = rng.standard_normal(3000).astype(np.float32)
+    node = helper.make_node("Fanout", ["X"], ["Y"], domain="custom")
+    branch = helper.make_graph([_const("bw", branch_w)], "b", [], [helper.make_tensor_value_info("bw", F32, [3000])])
+    node.attribute.append(helper.make_attribute("branches", [branch]))
+    assert node.attribute[0].type == onnx.AttributeProto.GRAPHS
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("X", F32, [1])],
+        [helper.make_tensor_value_info("Y", F32, [1])],
+        initializer=[_tensor("w", rng.standard_normal(3000).astype(np.float32))],
+    )
+    m = helper.make_model(graph, opset_imports=[*OPSET, helper.make_opsetid("custom", 1)])
+    m.ir_version = 8
+    ti = m.training_info.add()
+    ti.initialization.CopyFrom(helper.make_graph([], "init", [], [], initializer=[_tensor("iw", init_w)]))
+    src = save(m, tmp_path / "ti.onnx")
+    got = ADAPTER.read(src).tensors
+    assert set(got) == {"w", "bw", "iw"}
+    assert helpers.same_bytes(got["iw"], init_w) and helpers.same_bytes(got["bw"], branch_w)
+    sealed = tmp_path / "sealed.onnx"
+    files.seal_file(src, sealed, key)
+    assert files.verify_file(sealed, key).status == "intact"
+    for name, proto in (("iw", lambda t: t.training_info[0].initialization.initializer[0]),
+                        ("bw", lambda t: t.graph.node[0].attribute[0].graphs[0].node[0].attribute[0].t)):  # fmt: skip
+        tampered = onnx.load(str(sealed))
+        t = proto(tampered)
+        a = numpy_helper.to_array(t).copy()
+        a[7] = -a[7]
+        t.CopyFrom(numpy_helper.from_array(a, t.name))
+        rep = files.verify_file(save(tampered, tmp_path / f"bad_{name}.onnx"), key)
+        assert rep.status == "tampered" and rep.tampered_tensors == [name], name
