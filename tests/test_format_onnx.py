@@ -1348,3 +1348,20 @@ def test_training_info_and_graph_list_attributes_are_covered(tmp_path: Path, key
         t.CopyFrom(numpy_helper.from_array(a, t.name))
         rep = files.verify_file(save(tampered, tmp_path / f"bad_{name}.onnx"), key)
         assert rep.status == "tampered" and rep.tampered_tensors == [name], name
+
+
+def test_a_main_graph_name_that_a_subgraph_reuses_keeps_its_plain_name(tmp_path: Path) -> None:
+    """Only the subgraph's tensor gets the path prefix: the main graph's name is what the seal records."""
+    rng = np.random.default_rng(13)
+    w, inner = rng.standard_normal(8).astype(np.float32), rng.standard_normal(8).astype(np.float32)
+    out = [helper.make_tensor_value_info("w", F32, [8])]
+    branch = helper.make_graph([_const("w", inner)], "b", [], out)
+    node = helper.make_node("If", ["c"], ["Y"], name="gate", then_branch=branch, else_branch=branch)
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("Y", F32, [8])], initializer=[_tensor("w", w)],
+    )  # fmt: skip
+    src = save(_model(graph), tmp_path / "clash.onnx")
+    got = ADAPTER.read(src).tensors
+    assert list(got) == ["w", "gate:else_branch/w", "gate:then_branch/w"]
+    assert helpers.same_bytes(got["w"], w) and helpers.same_bytes(got["gate:then_branch/w"], inner)
