@@ -815,6 +815,9 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
     "string_tensor": _edit(
         lambda m: m.graph.initializer.append(helper.make_tensor("s", TensorProto.STRING, [1], [b"x"]))
     ),
+    "typed_values_too_few": _edit(
+        lambda m: m.graph.initializer.append(TensorProto(name="t", data_type=F32, dims=[4], float_data=[1.0, 2.0, 3.0]))
+    ),
     # two values for one key (the seal header here): a reader would have to pick one
     "metadata_key_twice": _edit(_key_twice),
     "complex_tensor": _edit(lambda m: setattr(_first_init(m), "data_type", TensorProto.COMPLEX64)),
