@@ -300,7 +300,7 @@ def test_outer_can_repair_matches_repair() -> None:
     r = o.parity_count(0)
     a, b = o.span(0)
     rng = np.random.default_rng(0)
-    for nf in (1, r // 2, r - 2, r, r + 1):
+    for nf in (0, 1, r // 2, r - 2, r, r + 1):
         failed = np.zeros(b - a, np.bool_)
         failed[rng.choice(b - a, nf, replace=False)] = True
         per = 4 * o.host
