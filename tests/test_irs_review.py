@@ -12,6 +12,7 @@ from pathlib import Path
 import helpers
 import numpy as np
 import pytest
+import reed_solomon_leopard as rsl
 import safetensors.numpy as stn
 
 import paramseal
@@ -743,6 +744,38 @@ def test_outer_repair_reaches_exactly_its_parity_bound(extra: int) -> None:
     assert o.can_repair(failed, 0) == (extra == 0) == (rows is not None)
     if rows is not None:
         assert np.array_equal(rows, sent[failed])
+
+
+def test_outer_repair_gives_up_when_one_column_cannot_be_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A column the erasure decoder refuses leaves that column's bytes of the failed groups unknown:
+    the repair returns nothing rather than rows holding them as received."""
+    k, host = 8, _outer.host_for(8)
+    code = _irs.code_for(k, 255, host)
+    o = _outer.plan(1024, k, 255, host)
+    r = o.parity_count(0)
+    hosting = -(-o.columns * r * 64 // (4 * host))
+    rng = np.random.default_rng(6)
+    w = (rng.integers(0, 1 << 32, (1024, 255), dtype=np.uint64).astype(np.uint32)) & np.uint32(0xFFFFFF00)
+    o.put(code, w, o.parity(o.content(w), 0))
+    _irs.encode(code, w)
+    sent = w.copy()
+    failed = np.zeros(1024, np.bool_)
+    failed[hosting : hosting + r] = True
+    w[failed] = rng.integers(0, 1 << 32, (r, 255), dtype=np.uint64).astype(np.uint32)
+    assert o.columns > 1 and o.can_repair(failed, 0)
+    rows = o.repair(code, w.copy(), failed, 0)
+    assert rows is not None and np.array_equal(rows, sent[failed])
+    real, calls = rsl.decode, []
+
+    def refuse_second(*args: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("refused")
+        return real(*args)
+
+    monkeypatch.setattr(rsl, "decode", refuse_second)  # the module _outer calls
+    assert o.repair(code, w.copy(), failed, 0) is None
+    assert len(calls) == 2  # it stopped at the refused column
 
 
 def _mantissa_noise(rng: np.random.Generator, n: int) -> np.ndarray:
