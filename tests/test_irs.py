@@ -191,6 +191,23 @@ def test_flagged_entries_decode_as_erasures_up_to_d(k: int, free: int) -> None:
     assert (st == _irs.CORRECTED).all() and np.array_equal(W, clean)
 
 
+@pytest.mark.parametrize("k", [8, 12, 16])
+def test_fits_holds_at_exactly_d_flagged_entries_and_not_one_more(k: int) -> None:
+    """`fits` (the erasure bound the first irs layout trusts alone) is d_t flagged entries inclusive:
+    at d = min d_t every flagged entry is wrong and the group still decodes exactly; one more does not fit."""
+    rng = np.random.default_rng(k)
+    code = _irs.code_for(k)
+    d = int(code.d.min())
+    clean = sealed(code, 2, rng)
+    W, fl = clean.copy(), np.zeros(clean.shape, np.uint8)
+    fl[0, replace(W[:1], rng, d)[0]] = FLAG_BAD
+    fl[1, replace(W[1:], rng, d + 1)[0]] = FLAG_BAD
+    assert _irs.fits(code, fl).tolist() == [True, False]
+    assert _irs.within_reach(code, fl)[0]
+    st = _irs.decode(code, W, fl)
+    assert st[0] == _irs.CORRECTED and np.array_equal(W[0], clean[0])
+
+
 @pytest.mark.parametrize(("k", "free"), LEVELS)
 def test_fixed_bytes_are_rederived(k: int, free: int) -> None:
     rng = np.random.default_rng(30 * k + free)
