@@ -14,7 +14,7 @@ import pytest
 
 import paramseal
 from paramseal import FormatError, KeyMismatchError, ParamSealError, files
-from paramseal.header import METADATA_KEY, HeaderAuthError, parse_header
+from paramseal.header import METADATA_KEY, HeaderAuthError, metadata_digest, own_entries, parse_header
 
 
 def _edit(text: str, fn: Callable[[dict], None]) -> str:
@@ -370,3 +370,81 @@ def test_optional_fields_left_out_of_a_header_read_as_the_older_seals_that_lack_
         assert not {"keyed_offset", "strata_perms", "header_copies"} & set(body)
         got = parse_header(json.dumps(body), key)
         assert (got.keyed_offset, got.strata_perms, got.copies) == (False, 0, 1)
+
+
+def _other(v: object) -> object:
+    """Another JSON value of the same kind."""
+    if isinstance(v, bool) or v is None:
+        return 8
+    if isinstance(v, int):
+        return v + 1
+    if isinstance(v, str):
+        return _bump_hex(v) if v and all(c in "0123456789abcdef" for c in v) else v + "x"
+    if isinstance(v, list):
+        return [*v, 1]
+    if isinstance(v, dict):
+        return {**v, "z": "1"}
+    raise AssertionError(f"no edit for {v!r}")
+
+
+def _every_edit(body: dict) -> dict[str, dict]:
+    """The header JSON ``body`` with one field edited, for every field: each tensor's and each entry's too."""
+    out: dict[str, dict] = {}
+    for name, v in body.items():
+        edited = {"paramseal/2": "paramseal/3", "paramseal/3": "paramseal/2"}.get(v, v) if name == "scheme" else v
+        out[name] = {**body, name: _other(v) if edited == v else edited}
+        if isinstance(v, dict):  # the external tags and the user metadata, entry by entry
+            out |= {f"{name}.{e}": {**body, name: {**v, e: _other(x)}} for e, x in v.items()}
+    for i, t in enumerate(body["tensors"]):
+        for f, x in t.items():
+            tensors = [dict(s) for s in body["tensors"]]
+            tensors[i][f] = _other(x)
+            out[f"tensors.{t['name']}.{f}"] = {**body, "tensors": tensors}
+    out["tensors.reordered"] = {**body, "tensors": body["tensors"][::-1]}
+    # the user metadata and its digest edited together: only the MAC over the digest catches that
+    meta = {**body["user_metadata"], "author": "mallory"}
+    out["user_metadata+digest"] = {**body, "user_metadata": meta, "user_metadata_sha256": metadata_digest(meta)}
+    if "own_metadata_sha256" in body:
+        own = {**meta, **{k: v + " " for k, v in own_entries(meta).items()}}
+        out["own_entries+digests"] = {
+            **body,
+            "user_metadata": own,
+            "user_metadata_sha256": metadata_digest(own),
+            "own_metadata_sha256": metadata_digest(own_entries(own)),
+        }
+    out["tensors.last_removed"] = {**body, "tensors": body["tensors"][:-1]}
+    return out
+
+
+@pytest.mark.parametrize("code", ["lanes", "irs"])
+def test_every_field_edited_in_a_sealed_files_header_is_reported_as_an_edited_header(
+    tmp_path: Path, key: paramseal.Key, key_file: Path, code: str
+) -> None:
+    """A safetensors file's header with any one field edited (re-serialised) verifies as an edited header.
+
+    Every field is under the MAC, each tensor's ``reserved`` and the last tensor's fields too: one left
+    out would authenticate with the edit, and verify would use the edited value. The weights hold an
+    authentic copy, so the verdict is tampered (exit 1) with a note naming the metadata header, never intact.
+    """
+    rng = np.random.default_rng(3)
+    model = {"w": rng.standard_normal((512, 256)).astype(np.float32), "b": rng.standard_normal(48).astype(np.float32)}
+    if code == "lanes":
+        model |= {"h": rng.standard_normal((64, 64)).astype(np.float16), "pos": np.arange(40, dtype=np.int64)}
+    meta = {"author": "tests", "paramseal.tied": '[["v","w",1]]'} if code == "irs" else {"author": "tests"}
+    src = helpers.write_st(tmp_path / "src.safetensors", model, meta)
+    files.seal_file(src, tmp_path / "sealed.safetensors", key, code=code)
+    tensors, meta = helpers.read_st(tmp_path / "sealed.safetensors")
+    body = json.loads(meta[METADATA_KEY])
+    assert (body["scheme"] == "paramseal/3") == (code == "irs") and body["carriers"] and body["external_tags"]
+    edits = _every_edit(body)
+    assert {"salt", "user_metadata+digest", "safetensors_header_bytes", "tensors.w.reserved"} <= set(edits)
+    assert code == "lanes" or {"strata", "strata_perms", "keyed_offset", "own_entries+digests"} <= set(edits)
+    p = tmp_path / "edited.safetensors"
+    for what, edited in edits.items():
+        helpers.write_st(p, tensors, {**meta, METADATA_KEY: json.dumps(edited, indent=1)})
+        r = files.verify_file(p, key)
+        assert r.status == "tampered", (what, r.summary())
+        assert "the ParamSeal header in the metadata does not authenticate" in r.summary(), (what, r.summary())
+        assert "its authenticated copy in the weights was used" in r.summary(), what
+    rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 1 and "does not authenticate" in out, out
