@@ -946,3 +946,22 @@ def test_a_lone_carriers_two_copies_are_under_the_mac_and_both_rebuilt(key: para
     fixed = paramseal.recover(t, key, sealed.header_json)
     assert fixed.report.status == "recovered"
     assert fixed.tensors["w"].tobytes() == sealed.tensors["w"].tobytes()
+
+
+def test_a_lone_carriers_three_copies_each_hit_by_a_burst_are_rebuilt_by_majority(key: paramseal.Key) -> None:
+    """Each copy hit over more bytes than two copies are mixed in (``MERGE_BYTES``), each elsewhere.
+
+    No copy is intact and no two differ in few enough bytes to be mixed: only the byte-wise majority reads it.
+    """
+    w = helpers.random_tensor(np.random.default_rng(3), np.float32, (1024, 512))
+    sealed = paramseal.seal({"w": w}, key)
+    assert sealed.header.carriers == (0,) and sealed.header.copies == 3
+    text = dict(_embed.header_copies(sealed.tensors))["w"]
+    n, burst = len(text), _embed.MERGE_BYTES + 4
+    t = sealed.tensors
+    for c, start in ((0, 20), (1, n // 2), (2, n - 2 * burst)):
+        for pos in range(start, start + burst):
+            t = helpers.flip_bit(t, "w", _text_value(c * n + pos), 0)
+    k = sealed.header.tensors[0].k
+    assert all(_embed._copy_bytes(t["w"], k, n, c) != text.encode() for c in range(3))  # no copy is intact
+    assert header_from_weights(t, key) == text
