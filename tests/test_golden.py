@@ -118,3 +118,18 @@ def test_golden_file_bit_flip_is_located_and_recovered(tmp_path: Path, version: 
 def test_golden_file_with_wrong_key_is_a_key_mismatch(golden: Path) -> None:
     with pytest.raises(paramseal.KeyMismatchError):
         files.verify_file(golden / "sealed.safetensors", paramseal.Key(bytes(32)))
+
+
+def test_golden_files_identity_records_are_read_with_the_metadata_gone(tmp_path: Path, golden: Path) -> None:
+    """v2+ wrote a record (magic, index, salt) in each float tensor with room: this version must still read them.
+
+    With the metadata header kept, records serve only renamed tensors, so verifying intact never reads them.
+    """
+    if golden.name == "v1":
+        pytest.skip("v1 wrote no records")
+    tensors, meta = helpers.read_st(golden / "sealed.safetensors")
+    with_records = sum(t["reserved"] > 0 for t in json.loads(meta["paramseal"])["tensors"])
+    assert with_records
+    p = helpers.write_st(tmp_path / "stripped.safetensors", tensors, {"model": meta["model"]})
+    rc, _, err = helpers.run_cli(["verify", p, "--key", golden / "golden.key"])
+    assert rc == 2 and f"ParamSeal records remain in {with_records} of its tensors" in err, err
