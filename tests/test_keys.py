@@ -98,6 +98,21 @@ def test_write_key_creates_owner_only_file_and_load_key_reads_it(tmp_path: Path,
     assert p.read_text().strip() == key.secret.hex()
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_key_file_is_owner_read_write_whatever_the_umask(tmp_path: Path, key: paramseal.Key, overwrite: bool) -> None:
+    """A umask taking the owner's write (or read) bit away still gives 0600: the key stays usable and replaceable."""
+    p = tmp_path / "k.key"
+    if overwrite:
+        paramseal.write_key(p, key)
+    old = os.umask(0o277)
+    try:
+        paramseal.write_key(p, key, overwrite=overwrite)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
+    assert paramseal.load_key(p) == key
+
+
 def test_write_key_refuses_to_overwrite(tmp_path: Path, key: paramseal.Key, other_key: paramseal.Key) -> None:
     p = paramseal.write_key(tmp_path / "k.key", key)
     with pytest.raises(UsageError, match="exists"):
@@ -128,11 +143,27 @@ def test_write_key_overwrite_never_follows_a_symbolic_link(tmp_path: Path, key: 
     assert rc == 3 and "symbolic link" in err and target.read_text() == "not a key"
 
 
-def test_a_key_file_others_can_read_is_warned_about(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
+def test_write_key_never_writes_through_a_dangling_symbolic_link(tmp_path: Path, key: paramseal.Key) -> None:
+    """A link to a file not there yet "does not exist": writing through it would put the key where the link points."""
+    link, target = tmp_path / "k.key", tmp_path / "elsewhere" / "planted.key"
+    target.parent.mkdir()
+    link.symlink_to(target)
+    with pytest.raises(UsageError, match="symbolic link"):
+        paramseal.write_key(link, key)
+    assert not target.exists() and link.is_symlink()
+    rc, _, err = helpers.run_cli(["keygen", link])
+    assert rc == 3 and "symbolic link" in err and not target.exists()
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640], ids=["others", "group"])
+def test_a_key_file_others_can_read_is_warned_about(
+    tmp_path: Path, sealed_file: Path, key_file: Path, mode: int
+) -> None:
+    """Readable by its group alone is readable by other users too."""
     assert helpers.run_cli(["verify", sealed_file, "--key", key_file])[2] == ""  # keygen writes it 0600
-    key_file.chmod(0o644)
+    key_file.chmod(mode)
     rc, _, err = helpers.run_cli(["verify", sealed_file, "--key", key_file])
-    assert rc == 0 and "readable by other users (mode 644)" in err and "chmod 600" in err
+    assert rc == 0 and f"readable by other users (mode {mode:o})" in err and "chmod 600" in err
 
 
 def test_load_key_missing_file_names_it_and_suggests_keygen(tmp_path: Path) -> None:
