@@ -348,10 +348,9 @@ def preload(a: NDArray[Any], lo: NDArray[np.int64], hi: NDArray[np.int64]) -> ND
     For code that reads a few scattered elements of an input file mapped here (a gather, a
     compiled kernel): the stand-in lives in anonymous memory, where only the pages read are
     resident, so it is read like the map without touching it (no SIGBUS when the file is cut
-    short meanwhile: an `InputError`). Elements outside the ranges are undefined. Ranges less
-    than a page apart are read in one call: one call per stretch, not per element (wider merges
-    copied half the file for 100 damaged groups, whose 255 strata spread them everywhere).
-    ``a`` itself where it is not in an input file.
+    short meanwhile: an `InputError`). Elements outside the ranges are undefined. Ranges closer
+    than 64 KiB are read in one call (what a fault on the map reads around it): one call per
+    stretch, not per element. ``a`` itself where it is not in an input file.
     """
     where = _input_span(a)
     if where is None or not lo.size:
@@ -364,7 +363,7 @@ def preload(a: NDArray[Any], lo: NDArray[np.int64], hi: NDArray[np.int64]) -> ND
     order = np.argsort(b0, kind="stable")
     b0, b1 = b0[order], b1[order]
     reach = np.maximum.accumulate(b1) if b1.size else b1
-    first = np.flatnonzero(np.r_[True, b0[1:] > reach[:-1] + _PAGE]) if b0.size else b0
+    first = np.flatnonzero(np.r_[True, b0[1:] > reach[:-1] + _FAULT_AROUND]) if b0.size else b0
     starts, ends = b0[first], reach[np.r_[first[1:] - 1, b0.size - 1]] if b0.size else b0
     mm = mmap.mmap(-1, max(1, a.nbytes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
     buf = np.frombuffer(mm, np.uint8)
