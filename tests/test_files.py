@@ -887,62 +887,6 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
-_CUT_WHILE_REBUILT = """
-import os, sys
-from paramseal import _irs_recover, _model
-from paramseal.cli import main
-
-path, at = sys.argv[1], int(sys.argv[2])
-wrapped = {"irs": (_irs_recover, "decode_check"), "lanes": (_model, "gather_selected")}[sys.argv[3]]
-fn = getattr(*wrapped)
-
-def cut(*args, **kw):  # another program cuts the input short once its damage is being decoded
-    if os.path.getsize(path) > at:
-        os.truncate(path, at)
-    return fn(*args, **kw)
-
-setattr(*wrapped, cut)
-sys.exit(main(sys.argv[4:]))
-"""
-
-
-@pytest.mark.parametrize(("command", "code"), [("verify", "irs"), ("recover", "irs"), ("recover", "lanes")])
-def test_a_tampered_input_cut_short_while_it_is_rebuilt_is_a_clean_error(
-    tmp_path: Path, key: paramseal.Key, command: str, code: str
-) -> None:
-    """The reads of a tampered model (decoding, rebuilding) use pread too: exit 3, not a SIGBUS."""
-    rng = np.random.default_rng(8)
-    src = tmp_path / "m.safetensors"
-    tensors = {f"t{i}": rng.standard_normal((256, 256)).astype(np.float32) for i in range(6)}
-    files.write_model(src, Loaded(tensors, {}))
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    sealed = out_dir / "sealed.safetensors"
-    files.seal_file(src, sealed, key, code=code)
-    keyfile = paramseal.keys.write_key(tmp_path / "k.key", key)
-    start = read_layout(sealed).data_start
-    with open(sealed, "r+b") as f:  # a few bit flips in the last tensors, past the cut
-        for i in rng.choice(256 * 256 * 4, 20, replace=False):
-            f.seek(start + 4 * 256 * 256 * 4 + int(i))
-            b = f.read(1)[0]
-            f.seek(-1, os.SEEK_CUR)
-            f.write(bytes([b ^ 0x40]))
-    before = sealed.read_bytes()
-    at = start + 256 * 256 * 4 + 1000  # inside the second tensor
-    args = [command, str(sealed), *([str(out_dir / "rec.safetensors")] if command == "recover" else [])]
-    run = subprocess.run(
-        [sys.executable, "-c", _CUT_WHILE_REBUILT, str(sealed), str(at), code, *args, "--key", str(keyfile)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 3, (run.returncode, run.stderr)
-    assert f"'{sealed}' changed while it was read" in run.stderr
-    assert "Traceback" not in run.stderr
-    assert sorted(p.name for p in out_dir.iterdir()) == ["sealed.safetensors"]  # no hidden temporary output
-    assert sealed.read_bytes() == before[:at]
-
-
 @pytest.mark.parametrize("command", ["verify", "recover"])
 def test_an_input_cut_short_while_it_is_read_is_a_clean_error(tmp_path: Path, key: paramseal.Key, command: str) -> None:
     """Not a SIGBUS with no message: exit 3 naming the file, no temp file left, the input only cut."""

@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _irs, _outer, _strata
-from ._pages import Workspace, release, take
+from ._pages import Workspace, release
 from ._strata import FLAG_BAD, GROUP_BATCH, DataRegion, Strata
 from .errors import FormatError
 
@@ -291,7 +291,7 @@ def _rebuild(
     pos, off, words = pos[inside], (local % wpb)[inside], words[inside]
     cut = np.searchsorted(pos, np.arange(0, rows.size + _REBUILD_STEP, _REBUILD_STEP))  # pos is sorted
     for i, a in enumerate(range(0, rows.size, _REBUILD_STEP)):
-        part = take(ub, rows[a : a + _REBUILD_STEP])  # a copy (an input file's rows with pread)
+        part = ub[rows[a : a + _REBUILD_STEP]]  # fancy indexing: a copy
         release(ub)
         as_words = part.view(np.uint8).reshape(part.shape[0], -1).view(np.uint32)  # [rows, wpb]
         as_words[pos[cut[i] : cut[i + 1]] - a, off[cut[i] : cut[i + 1]]] = words[cut[i] : cut[i + 1]]

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from . import _bits, _kernels
 from ._layout import Layout, TensorSpec
 from ._mac import BlockMac
-from ._pages import SCATTERED_BLOCKS, Workspace, chunks, is_mapped, read, release, take
+from ._pages import SCATTERED_BLOCKS, Workspace, chunks, is_mapped, read, release
 from .errors import UsageError
 from .levels import BLOCK, ST_TO_NP
 
@@ -166,7 +166,7 @@ def gather_selected(
             for r0, r1 in chunks(
                 spec.nblocks, ub.dtype.itemsize, int(layout.block_start[t]), layout.lanes, scattered=far
             ):
-                part = read(ub[r0:r1])
+                part = ub[r0:r1]
                 gather_chunk(data, layout, t, spec, part, r0)
                 read_parity_chunk(parity, layout, t, spec, part, r0)
                 release(part, data, parity)
@@ -178,7 +178,7 @@ def gather_selected(
         if not b.size:
             continue
         rows, c = b - int(layout.block_start[t]), col_of_lane[layout.lane[b]]
-        sub = np.ascontiguousarray(take(ub, rows))
+        sub = np.ascontiguousarray(ub[rows])
         release(ub)
         d = np.full(b.size, spec.data_shards, np.int64)
         _kernels.scatter_blocks(data, layout.off_data[b], c, d, data_bytes(sub, spec))
@@ -306,7 +306,7 @@ def compute_tags(
     """
     mask = _bits.tag_mask(spec.k, ub.dtype.itemsize * 8) if spec.is_float else None
     if rows is not None:
-        ub, at = np.ascontiguousarray(take(ub, rows)), rows
+        ub, at = np.ascontiguousarray(ub[rows]), rows
     if at is not None:
         return mac.tags(ub, mac.pads(salt, t, spec.nblocks)[at], mask, internal[at])
     n = ub.shape[0]

@@ -342,49 +342,6 @@ def read(a: NDArray[Any]) -> NDArray[Any]:
     return out
 
 
-def preload(a: NDArray[Any], lo: NDArray[np.int64], hi: NDArray[np.int64]) -> NDArray[Any]:
-    """A stand-in for ``a`` whose elements ``[lo[i], hi[i])`` (flat indices) hold ``a``'s values, read with ``pread``.
-
-    For code that reads a few scattered elements of an input file mapped here (a gather, a
-    compiled kernel): the stand-in lives in anonymous memory, where only the pages read are
-    resident, so it is read like the map without touching it (no SIGBUS when the file is cut
-    short meanwhile: an `InputError`). Elements outside the ranges are undefined. Ranges closer
-    than 64 KiB are read in one call (what a fault on the map reads around it): one call per
-    stretch, not per element. ``a`` itself where it is not in an input file.
-    """
-    where = _input_span(a)
-    if where is None or not lo.size:
-        return a
-    fd, at, path = where
-    b0 = np.asarray(lo, np.int64).reshape(-1) * a.itemsize
-    b1 = np.asarray(hi, np.int64).reshape(-1) * a.itemsize
-    keep = b1 > b0
-    b0, b1 = b0[keep], b1[keep]
-    order = np.argsort(b0, kind="stable")
-    b0, b1 = b0[order], b1[order]
-    reach = np.maximum.accumulate(b1) if b1.size else b1
-    first = np.flatnonzero(np.r_[True, b0[1:] > reach[:-1] + _FAULT_AROUND]) if b0.size else b0
-    starts, ends = b0[first], reach[np.r_[first[1:] - 1, b0.size - 1]] if b0.size else b0
-    mm = mmap.mmap(-1, max(1, a.nbytes), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
-    buf = np.frombuffer(mm, np.uint8)
-    for x, y in zip(starts.tolist(), ends.tolist(), strict=True):
-        _pread_all(fd, buf[x:y], at + x, path)
-    return buf[: a.nbytes].view(a.dtype).reshape(a.shape)
-
-
-_MAP_NORESERVE = 0x4000 if sys.platform.startswith("linux") else 0  # no swap reserved for a sparse stand-in
-
-
-def take(a: NDArray[Any], rows: NDArray[np.int64]) -> NDArray[Any]:
-    """``a[rows]`` (a copy), read with ``pread`` when ``a`` lies in an input file mapped here (see `preload`)."""
-    rows = np.asarray(rows, np.int64)
-    if _input_span(a) is None or not rows.size:
-        return a[rows]
-    width = int(np.prod(a.shape[1:], dtype=np.int64))
-    flat = a.reshape(-1)
-    return preload(flat, rows * width, (rows + 1) * width).reshape(a.shape)[rows]
-
-
 def check_inputs() -> None:
     """Raise `InputError` if an input file mapped here is now shorter than its map (cut short meanwhile).
 
@@ -478,9 +435,7 @@ __all__ = [
     "CHUNK_BYTES",
     "changed_meanwhile",
     "check_inputs",
-    "preload",
     "read",
-    "take",
     "read_ahead",
     "SCATTERED_BLOCKS",
     "Mapping",

@@ -45,7 +45,7 @@ from numpy.typing import NDArray
 from . import _irs, _native, _outer
 from ._kernels import halves, parallel_map
 from ._layout import TensorSpec
-from ._pages import file_span, preload, pwrite_all, read, release, take
+from ._pages import file_span, pwrite_all, release
 from .errors import NonFiniteError
 from .keys import Key
 from .levels import BLOCK
@@ -296,7 +296,7 @@ class Strata:
         for j, v0, c0, n in self._pieces(g0, g1):
             if j < self.free_strata:
                 for t, lo, v, m in self.float_runs(v0, v0 + n):
-                    part = np.asarray(read(flats[t][lo : lo + m]))
+                    part = np.asarray(flats[t][lo : lo + m])
                     if seal and np.any((part >> np.uint32(23)) & np.uint32(0xFF) == 0xFF):
                         raise self._non_finite(t)
                     wt[j, c0 + v - v0 : c0 + v - v0 + m] = part
@@ -454,7 +454,7 @@ class Strata:
             at = live[sel]
             local = flat_v[at] - self.start[t]
             if self.is_float[t]:
-                out[at] = take(flats[t], local)  # a gather: only the pages holding these words are read
+                out[at] = flats[t][local]  # a gather: only the pages holding these words are read
                 release(flats[t][int(local.min()) : int(local.max()) + 1])
             if bad is not None:
                 fl[at] = self._flags_of(t, local, bad, free)
@@ -501,48 +501,33 @@ class Strata:
         # the compiled gather where the library is built (no numba kernel to load: most of a light recover)
         kern = _native.gather_runs if _native.portable() else _gather_nb
 
-        parts = _split_runs(runs, ng)
-        lo, hi = self._stretches(runs)
-        for t, last_internal in tensors:  # a tensor at a time: an input's words are read with pread first
-            spec, t0, t1 = self.specs[t], int(self.start[t]), int(self.start[t] + self.nwords[t])
-            src = preload(flats[t], np.clip(lo, t0, t1) - t0, np.clip(hi, t0, t1) - t0)
-            fixed = (
-                self.G, self.offs, ipermt, t0, t1, src, no_bad if bad is None else bad[t],
-                spec.nblocks, last_internal, spec.reserved, tagb, free, keep, seal, w, f,
-            )  # fmt: skip
-
-            def part(rs: NDArray[np.int64], fixed: tuple[Any, ...] = fixed) -> int:  # one core's rows of w
-                return int(kern(rs, *fixed))  # the kernels drop the GIL
-
-            first_bad = max(parallel_map(part, parts))
-            release(flats[t])
-            del src, fixed, part  # its pages go now, not with the next tensor's
-            if first_bad >= 0:
-                raise self._non_finite(t)
-        if f is not None and self.n_float < self.data0:  # padding at the end of the float region
-            for rs in parts:
+        def part(rs: NDArray[np.int64]) -> int:  # one core's rows of w, every tensor (the kernels drop the GIL)
+            for t, last_internal in tensors:
+                spec, t0 = self.specs[t], int(self.start[t])
+                first_bad = kern(
+                    rs, self.G, self.offs, ipermt, t0, t0 + int(self.nwords[t]), flats[t],
+                    no_bad if bad is None else bad[t], spec.nblocks, last_internal, spec.reserved,
+                    tagb, free, keep, seal, w, f,
+                )  # fmt: skip
+                release(flats[t])
+                if first_bad >= 0:
+                    return t
+            if f is not None and self.n_float < self.data0:  # padding at the end of the float region
                 kern(
                     rs, self.G, self.offs, ipermt, self.n_float, self.data0, None, no_bad,
                     0, False, 0, tagb, free, keep, False, w, f,
                 )  # fmt: skip
+            return -1
+
+        nan_in = [t for t in parallel_map(part, _split_runs(runs, ng)) if t >= 0]
+        if nan_in:
+            raise self._non_finite(min(nan_in))
         if self.free_strata < N_POS:
             r, pos, dw, df = self._data_strata(flats, data, g, bad)
             w[r, pos] = dw
             if f is not None and df is not None:
                 f[r, pos] = df
         return w, f
-
-    def _stretches(self, runs: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """Stream ranges ``[lo, hi)`` holding the words of ``runs`` of consecutive groups: one per run and stratum."""
-        j = np.arange(N_POS, dtype=np.int64)
-        g0, n = runs[:, :1], runs[:, 1:2]
-        at = (g0 + self.offs[None, :]) % self.G  # [runs, 255]: where each run starts in each stratum
-        end = np.minimum(at + n, self.G)
-        wrap = np.maximum(at + n - self.G, 0)  # the rest of a run that wraps to the stratum's start
-        base = j[None, :] * self.G
-        lo = np.concatenate([(base + at).reshape(-1), (base + 0 * at).reshape(-1)])
-        hi = np.concatenate([(base + end).reshape(-1), (base + wrap).reshape(-1)])
-        return lo, hi
 
     def _data_strata(
         self,

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from . import _code, _embed, _model
 from ._bits import set_lo, write_tags
 from ._layout import ranges_mask
-from ._pages import SCATTERED_BLOCKS, Workspace, is_mapped, release, take
+from ._pages import SCATTERED_BLOCKS, Workspace, is_mapped, release
 from ._progress import Progress
 from .errors import UsageError
 from .keys import Key
@@ -234,7 +234,7 @@ def _rebuild(
     step = SCATTERED_BLOCKS // 4 if is_mapped(data) or is_mapped(new) else rows.size
     for i in range(0, rows.size, step):
         part = rows[i : i + step]
-        sub = take(ub, part)  # a copy (an input file's rows with pread)
+        sub = ub[part]  # fancy indexing: a copy
         release(ub)
         every = np.arange(part.size)
         _model.set_data(sub, spec, every, _model.lane_block_data(lay, t, spec, data, part, col))
@@ -283,7 +283,7 @@ def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, 
             p, ub = patches[t], chk.blocks[t]
             for a in range(0, p.rows.size, _FINDINGS_STEP):  # bounded temporaries
                 rows = p.rows[a : a + _FINDINGS_STEP]
-                diff = take(ub, rows) ^ p.new[a : a + _FINDINGS_STEP]
+                diff = ub[rows] ^ p.new[a : a + _FINDINGS_STEP]
                 release(ub, p.new[a : a + _FINDINGS_STEP])
                 r, c = np.nonzero(diff)
                 flat = rows[r] * 64 + c
