@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import shutil
+import stat
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -821,6 +822,7 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
     # two values for one key (the seal header here): a reader would have to pick one
     "metadata_key_twice": _edit(_key_twice),
     "complex_tensor": _edit(lambda m: setattr(_first_init(m), "data_type", TensorProto.COMPLEX64)),
+    "segmented_tensor": _edit(lambda m: _first_init(m).segment.CopyFrom(TensorProto.Segment(begin=0, end=1))),
     "sparse_initializer": _edit(
         lambda m: m.graph.sparse_initializer.append(
             helper.make_sparse_tensor(
@@ -861,6 +863,9 @@ def test_malformed_onnx_is_exit_3_naming_the_file_and_writing_nothing(
         ("truncated", "truncated"),
         ("missing", "cannot read its external data"),
         ("outside", "outside the model's folder"),
+        ("absolute_location", "outside the model's folder"),
+        ("negative_offset", "malformed external_data"),
+        ("a_folder", "cannot read its external data"),
         ("length", "external length"),
         ("nul_in_location", "malformed external_data"),
         ("dims_past_the_file", "truncated"),  # 4 TiB claimed: reported, not allocated
@@ -875,12 +880,20 @@ def test_bad_external_data_is_a_format_error(
             data.write_bytes(data.read_bytes()[:-10])
         case "missing":
             data.unlink()
-        case "outside" | "length" | "nul_in_location" | "dims_past_the_file":
+        case "a_folder":
+            data.unlink()
+            data.mkdir()
+        case "outside" | "absolute_location" | "negative_offset" | "length" | "nul_in_location" | "dims_past_the_file":
+            shutil.copy(data, tmp_path / "ext.onnx.data")  # there to be read, were '..' followed
             m = onnx.load(str(ext_file), load_external_data=False)
             t = m.graph.initializer[0]
             for e in t.external_data:
                 if case == "outside" and e.key == "location":
                     e.value = "../ext.onnx.data"
+                if case == "absolute_location" and e.key == "location":  # the model's own data file, named absolutely
+                    e.value = str(data.resolve())
+                if case == "negative_offset" and e.key == "offset":
+                    e.value = "-4"
                 if case == "nul_in_location" and e.key == "location":
                     e.value = "ext.onnx\0.data"
                 if case == "length" and e.key == "length":
@@ -1368,3 +1381,99 @@ def test_a_main_graph_name_that_a_subgraph_reuses_keeps_its_plain_name(tmp_path:
     got = ADAPTER.read(src).tensors
     assert list(got) == ["w", "gate:else_branch/w", "gate:then_branch/w"]
     assert helpers.same_bytes(got["w"], w) and helpers.same_bytes(got["gate:then_branch/w"], inner)
+
+
+def _with_external_data(path: Path, fn: Callable[[dict[str, str]], dict[str, str]]) -> None:
+    """Rewrite every external tensor's external_data entries of the model at ``path`` with ``fn``."""
+    m = onnx.load(str(path), load_external_data=False)
+    for _, t in _protos(m):
+        if t.data_location == TensorProto.EXTERNAL:
+            info = fn({e.key: e.value for e in t.external_data})
+            del t.external_data[:]
+            for k, v in info.items():
+                t.external_data.add(key=k, value=v)
+    path.write_bytes(m.SerializeToString())
+
+
+def test_a_checksum_of_the_inputs_external_data_is_not_carried_to_the_new_side_file(
+    tmp_path: Path, ext_file: Path, key: paramseal.Key
+) -> None:
+    """The checksum (optional in ONNX) describes the input's data file: the sealed file's bytes differ."""
+    _with_external_data(ext_file, lambda info: {**info, "checksum": "0" * 40})
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    files.seal_file(ext_file, out_dir / "sealed.onnx", key)
+    m = onnx.load(str(out_dir / "sealed.onnx"), load_external_data=False)
+    layout = [{e.key: e.value for e in t.external_data} for _, t in _protos(m) if t.data_location == 1]
+    assert len(layout) >= 10 and all(set(info) == {"location", "offset", "length"} for info in layout), layout
+    assert files.verify_file(out_dir / "sealed.onnx", key).status == "intact"
+
+
+def test_replacing_a_model_that_shares_the_inputs_external_data_keeps_that_data(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """b.onnx, a copy of a.onnx, uses a.onnx's data file b.onnx.data (ParamSeal's naming for b.onnx):
+    sealing a.onnx over b.onnx must not remove the data file the input still reads."""
+    src = save(mlp(np.random.default_rng(4)), tmp_path / "a.onnx")
+    onnx.save_model(onnx.load(str(src)), str(src), save_as_external_data=True, location="b.onnx.data", size_threshold=0)
+    shutil.copy(src, tmp_path / "b.onnx")
+    want = {n: a.tobytes() for n, a in ADAPTER.read(src).tensors.items()}
+    before = helpers.listing(tmp_path)
+    rc, _, err = helpers.run_cli(["seal", src, tmp_path / "b.onnx", "--key", key_file])
+    assert rc == 0, err
+    after = helpers.listing(tmp_path)
+    assert after["a.onnx"] == before["a.onnx"] and after["b.onnx.data"] == before["b.onnx.data"]
+    assert {n: a.tobytes() for n, a in ADAPTER.read(src).tensors.items()} == want
+    (side,) = _side_names(tmp_path / "b.onnx")
+    assert side != "b.onnx.data" and set(after) == {*before, side}
+    assert files.verify_file(tmp_path / "b.onnx", key).status == "intact"
+
+
+def test_the_model_and_its_side_files_are_flushed_to_disk_before_they_replace_the_old_ones(
+    tmp_path: Path, ext_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash after the rename must not leave a model whose external data never reached the disk."""
+    synced: list[int] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    out = tmp_path / "sealed.onnx"
+    files.seal_file(ext_file, out, key)
+    (side,) = _side_names(out)
+    assert {out.stat().st_ino, (tmp_path / side).stat().st_ino} <= set(synced)
+    assert files.verify_file(out, key).status == "intact"
+
+
+def test_a_model_with_external_data_gets_the_usual_mode_and_a_replaced_one_keeps_its_own(
+    tmp_path: Path, ext_file: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """As files.atomic_path: new files get the umask's mode (not mkstemp's 0600), a replaced model keeps its mode."""
+    out = tmp_path / "sealed.onnx"
+    old = os.umask(0o022)
+    try:
+        files.seal_file(ext_file, out, key)
+    finally:
+        os.umask(old)
+    (side,) = _side_names(out)
+    assert stat.S_IMODE(out.stat().st_mode) == stat.S_IMODE((tmp_path / side).stat().st_mode) == 0o644
+    os.chmod(out, 0o640)
+    rc, _, err = helpers.run_cli(["seal", ext_file, out, "--key", key_file])
+    assert rc == 0, err
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640
+    assert files.verify_file(out, key).status == "intact"
+
+
+def test_a_tensor_that_does_not_fit_its_external_slot_is_refused_and_nothing_written(
+    tmp_path: Path, ext_file: Path
+) -> None:
+    """The side file keeps the input's offsets: a longer tensor would run into its neighbour's bytes."""
+    loaded = ADAPTER.read(ext_file)
+    grown = {**loaded.tensors, "W1": np.zeros(loaded.tensors["W1"].size + 1, np.float32)}
+    before = helpers.listing(tmp_path)
+    with pytest.raises(FormatError, match="'W1'.*do not fit"):
+        ADAPTER.write(tmp_path / "o.onnx", Loaded(grown, loaded.metadata, source=loaded.source))
+    assert helpers.listing(tmp_path) == before
