@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import threading
 from pathlib import Path
 
 import helpers
@@ -1111,3 +1112,38 @@ def test_a_closed_stdout_or_stderr_is_not_read_as_tampered(
         assert main(["verify", str(model), "--key", str(key_file), *extra]) == 3
         want = "standard output is closed" if model == sealed_file else "missing.safetensors' does not exist"
         assert want in err.getvalue()
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+@pytest.mark.parametrize("verb", ["seal", "recover", "attack"])
+def test_an_output_that_is_a_fifo_is_refused_without_waiting_for_a_writer(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, key_file: Path, verb: str
+) -> None:
+    """The key-file check read the output path: on a FIFO it waited for a writer forever."""
+    src = tmp_path / "sealed.safetensors"
+    files.seal_file(model_file, src, key)
+    out = tmp_path / "out.safetensors"
+    os.mkfifo(out)
+    argv = {
+        "seal": ["seal", model_file, out, "--key", key_file],
+        "recover": ["recover", src, out, "--key", key_file],
+        "attack": ["attack", src, out, "--kind", "bitflip", "--seed", "1"],
+    }[verb]
+    before = helpers.listing(tmp_path)
+    got: list[tuple[int, str, str]] = []
+    runner = threading.Thread(target=lambda: got.append(helpers.run_cli(argv)), daemon=True)
+    runner.start()
+    runner.join(10)
+    waited = runner.is_alive()
+    for _ in range(100):  # give each open a writer, so that the test fails rather than hangs
+        if not runner.is_alive():
+            break
+        try:
+            os.close(os.open(out, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:  # no reader at this moment
+            pass
+        runner.join(0.2)
+    assert not waited, f"{verb} waited for a writer to its output FIFO"
+    rc, stdout, stderr = got[0]
+    assert rc == 3 and "not a regular file" in stderr and "Traceback" not in stderr, (rc, stdout, stderr)
+    assert stat.S_ISFIFO(os.stat(out).st_mode) and helpers.listing(tmp_path) == before

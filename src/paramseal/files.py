@@ -110,6 +110,8 @@ def temp_beside(dst: Path) -> Path:
     """A new empty temporary file in ``dst``'s folder (so the final rename is atomic)."""
     if dst.is_dir():
         raise UsageError(f"cannot write to '{dst}' because it is a directory; give a file path")
+    if dst.exists() and not dst.is_file():  # a FIFO or a device: not a file to replace, and reading it may block
+        raise UsageError(f"cannot write to '{dst}' because it is not a regular file; give a file path")
     _never_a_key(dst)
     parent = dst.parent if str(dst.parent) else Path(".")
     if not parent.is_dir():

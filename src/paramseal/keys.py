@@ -205,7 +205,8 @@ def exposed_to_others(path: Path) -> int | None:
 def looks_like_key_file(path: Path) -> bool:
     """Whether ``path`` holds what `write_key` writes (64 hex digits), so that it is never read as a model."""
     try:
-        if path.stat().st_size > 4 * KEY_BYTES:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 4 * KEY_BYTES:  # a FIFO's read would wait for a writer
             return False
         t = path.read_bytes().strip()
     except OSError:
