@@ -208,6 +208,34 @@ def test_fits_holds_at_exactly_d_flagged_entries_and_not_one_more(k: int) -> Non
     assert st[0] == _irs.CORRECTED and np.array_equal(W[0], clean[0])
 
 
+@pytest.mark.parametrize("k", [8, 12, 16])
+@pytest.mark.parametrize("share", [0, 2, 4])
+def test_within_reach_is_exactly_what_decodes_when_every_flagged_entry_is_wrong(k: int, share: int) -> None:
+    """The prediction partial verification relies on, group by group for 1 to max d_t wrong flagged entries.
+
+    ``share``: a fraction (share / 4) of codeword 0's parity is lost to fixed bytes in entries
+    not flagged. With half of it gone the errors-only radius of the other codewords is far larger
+    than codeword 0 can take (each wrong entry costs an unknown value in it): no claim may rest on it.
+    """
+    rng = np.random.default_rng(k + share)
+    code = _irs.code_for(k)
+    counts = np.arange(1, int(code.d.max()) + 1)
+    fixed_js = np.arange(0, 4 * (int(code.d[0]) * share // 8), 4)  # byte 0 of j = 0 mod 4: codeword 0
+    clean = sealed(code, counts.size, rng)
+    W, fl = clean.copy(), np.zeros(clean.shape, np.uint8)
+    fl[:, fixed_js] |= 1
+    W[:, fixed_js] ^= np.uint32(0x5A)
+    cols = np.setdiff1d(np.arange(255), fixed_js)
+    for g, n in enumerate(counts):
+        fl[g, replace(W[g : g + 1], rng, int(n), cols)[0]] |= FLAG_BAD
+    pred = _irs.within_reach(code, fl)
+    st = _irs.decode(code, W, fl)
+    exact = (st >= 0) & (W == clean).all(axis=1)
+    assert pred.any() and (~pred).any()
+    assert exact[pred].all()  # every group it calls within reach decodes exactly
+    assert not exact[~pred].any()  # and it gives up on none that would
+
+
 @pytest.mark.parametrize(("k", "free"), LEVELS)
 def test_fixed_bytes_are_rederived(k: int, free: int) -> None:
     rng = np.random.default_rng(30 * k + free)

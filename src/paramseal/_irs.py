@@ -249,52 +249,32 @@ def radius(code: Code, eps_per_codeword: float = 0.0) -> float:
     return float(sum(max(0.0, float(dt) - eps_per_codeword) for dt in code.d)) / 5.0
 
 
-def _fixed_counts(
-    code: Code, flags: NDArray[np.uint8]
-) -> tuple[NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64]]:
-    """Per group: the FLAG_BAD entries, and per codeword its fixed bytes (all; in entries not FLAG_BAD)."""
-    if flags.ndim != 2 or flags.shape[1] != N_POS:
-        raise ValueError(f"flags must have shape (ng, {N_POS}); got {flags.shape}")
-    bad = ((flags & FLAG_BAD) != 0) & ((flags & FLAG_PAD) == 0)
-    fx = flags & np.uint8(FLAG_FIXED_MASK)
-    shift = ((np.arange(4)[:, None] + np.arange(N_POS)[None, :]) & 3).astype(np.uint8)  # byte of codeword t in j
-    fixed_all = np.zeros((flags.shape[0], 4), np.int64)
-    fixed_ok = np.zeros((flags.shape[0], 4), np.int64)
-    for t in range(4):
-        fixed = (fx >> shift[t]) & np.uint8(1)
-        fixed_all[:, t] = fixed.sum(axis=1)
-        fixed_ok[:, t] = (fixed & ~bad).sum(axis=1)
-    return bad, fixed_all, fixed_ok
-
-
 def fits(code: Code, flags: NDArray[np.uint8]) -> NDArray[np.bool_]:
     """Per group: whether its FLAG_BAD entries fit as erasures with the fixed bytes (<= d_t in every codeword).
 
     Then `decode` rebuilds the group from the entries not flagged alone (those the caller verified),
     whatever the flagged ones hold; otherwise it trusts the flagged entries it does not locate as errors.
     """
-    bad, _, fixed_ok = _fixed_counts(code, flags)
-    out: NDArray[np.bool_] = np.all(bad.sum(axis=1)[:, None] + fixed_ok <= code.d[None, :], axis=1)
+    if flags.ndim != 2 or flags.shape[1] != N_POS:
+        raise ValueError(f"flags must have shape (ng, {N_POS}); got {flags.shape}")
+    bad = ((flags & FLAG_BAD) != 0) & ((flags & FLAG_PAD) == 0)
+    fx = np.where(bad, 0, flags & np.uint8(FLAG_FIXED_MASK))  # fixed bytes outside the flagged entries
+    shift = ((np.arange(4)[:, None] + np.arange(N_POS)[None, :]) & 3).astype(np.uint8)  # byte of codeword t in j
+    fixed = np.stack([((fx >> shift[t]) & 1).sum(axis=1) for t in range(4)], axis=1)
+    out: NDArray[np.bool_] = np.all(bad.sum(axis=1)[:, None] + fixed <= code.d[None, :], axis=1)
     return out
 
 
 def within_reach(code: Code, flags: NDArray[np.uint8]) -> NDArray[np.bool_]:
     """Per group, from its flags alone: whether `decode` gets it back when every FLAG_BAD entry is wrong.
 
-    Certain when the flagged entries fit as erasures (`fits`). Otherwise it takes every flagged
-    entry as an error against the errors-only radius the fixed bytes leave, which the
-    collaborative decoder reaches for all but rare patterns; fewer real errors only help.
+    Exactly when the flagged entries fit as erasures (`fits`). Errors-only decoding reaches no
+    further here: once the locator is found, each wrong entry still costs one unknown value in
+    every codeword whose byte it stores, so codeword t needs nbad + (its fixed bytes outside the
+    flagged entries) <= d_t, the erasure bound itself. The errors-only radius only pays off when
+    fewer flagged entries are wrong than flagged, which the flags cannot tell.
     """
-    bad, fixed_all, fixed_ok = _fixed_counts(code, flags)
-    nbad = bad.sum(axis=1)
-    d = code.d[None, :]
-    erasures = np.all(nbad[:, None] + fixed_ok <= d, axis=1)
-    nlen = d - fixed_all  # errors-only: the fixed bytes of every entry are erasures
-    lmax = np.zeros(flags.shape[0], np.int64)
-    for L in range(1, int(code.d.max()) + 1):  # the radius of `_locate_errors`: sum_t max(nlen_t - L, 0) >= L
-        lmax += np.maximum(nlen - L, 0).sum(axis=1) >= L
-    out: NDArray[np.bool_] = erasures | (np.all(nlen >= 0, axis=1) & (nbad <= lmax))
-    return out
+    return fits(code, flags)
 
 
 def _check(W: NDArray[np.uint32], flags: NDArray[np.uint8] | None = None) -> None:

@@ -132,18 +132,18 @@ def _failed_blocks(st: Strata, t: int, rows: NDArray[np.int64], lost: NDArray[np
 def estimate(chk: Check) -> bool:
     """Whether recovery should succeed, from the flags alone (used when not every tensor was read).
 
-    A group counts as recoverable when its failed words fit as erasures (then decoding is certain)
-    or, all taken as errors, within the errors-only radius its fixed bytes leave (`_irs.within_reach`);
-    the groups that do not must be few enough in their superblock for the outer code. Scattered
-    damage flags most words of a group although few are wrong, so there it says no where decoding
-    would tell; tensors not read count as intact.
+    A group counts as recoverable when its failed words fit as erasures (`_irs.within_reach`: with
+    every failed word taken as wrong, errors-only decoding reaches no further, and erasure decoding
+    is trusted in every layout); the groups that do not must be few enough in their superblock for
+    the outer code. Scattered damage flags most words of a group although few are wrong, so there
+    it says no where decoding would tell; tensors not read count as intact.
     """
     st = strata_of(chk)
     code, outer = st.code, st.outer
     gids = np.flatnonzero(damaged_groups(st, chk))
     lost = np.zeros(st.G, np.bool_)
     for g, f in _flag_batches(st, chk, gids):
-        lost[g] = ~(_irs.within_reach(code, f) if st.trusted else _irs.fits(code, f))
+        lost[g] = ~_irs.within_reach(code, f)
     for sb in np.unique(np.searchsorted(outer.sb_start, np.flatnonzero(lost), side="right") - 1):
         a, b = outer.span(int(sb))
         if not (st.host and outer.can_repair(lost[a:b], int(sb))):
