@@ -177,6 +177,25 @@ def test_errors_within_90_percent_of_the_radius_decode_exactly(k: int, free: int
     assert np.array_equal(W, clean)  # tag bytes re-derived too
 
 
+@pytest.mark.parametrize("k", [8, 16])
+def test_errors_at_exactly_the_radius_decode(k: int) -> None:
+    """At the largest L with sum_t (d_t - L) >= L, met with equality, the locator is still found.
+
+    free_strata 200 gives 4 codewords of equal length (the case the collaborative bound is tight for).
+    """
+    rng = np.random.default_rng(60 + k)
+    code = _irs.code_for(k, 200)
+    L = max(n for n in range(1, 256) if np.maximum(code.d - n, 0).sum() >= n)
+    assert np.maximum(code.d - L, 0).sum() == L  # the boundary itself
+    clean = sealed(code, 100, rng)
+    W = clean.copy()
+    replace(W, rng, L)
+    st = _irs.decode(code, W, np.full(W.shape, FLAG_BAD, np.uint8))
+    ok = (st == _irs.CORRECTED) & (W == clean).all(axis=1)
+    assert ok.sum() >= 0.9 * W.shape[0]
+    assert ((st >= 0) <= ok).all()
+
+
 @pytest.mark.parametrize(("k", "free"), LEVELS)
 def test_flagged_entries_decode_as_erasures_up_to_d(k: int, free: int) -> None:
     rng = np.random.default_rng(20 * k + free)
