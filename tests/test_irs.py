@@ -227,6 +227,20 @@ def test_fits_holds_at_exactly_d_flagged_entries_and_not_one_more(k: int) -> Non
     assert st[0] == _irs.CORRECTED and np.array_equal(W[0], clean[0])
 
 
+def test_fits_ignores_padding_even_when_flagged_bad() -> None:
+    """Padding is never an error position for `decode`, so `fits` does not count it among the flagged entries."""
+    rng = np.random.default_rng(11)
+    code = _irs.code_for(8)
+    d = int(code.d.min())
+    clean = sealed(code, 1, rng)
+    W, fl = clean.copy(), np.zeros(clean.shape, np.uint8)
+    wrong = replace(W, rng, d)[0]
+    fl[0, wrong] = FLAG_BAD
+    fl[0, np.flatnonzero(~wrong)[:8]] = FLAG_PAD | FLAG_BAD  # a failed block's padding: still known content
+    assert _irs.fits(code, fl)[0] and _irs.within_reach(code, fl)[0]
+    assert _irs.decode(code, W, fl)[0] == _irs.CORRECTED and np.array_equal(W, clean)
+
+
 @pytest.mark.parametrize("k", [8, 12, 16])
 @pytest.mark.parametrize("share", [0, 2, 4])
 def test_within_reach_is_exactly_what_decodes_when_every_flagged_entry_is_wrong(k: int, share: int) -> None:
