@@ -1604,3 +1604,15 @@ def test_a_wrong_total_size_in_the_index_is_a_note_not_tampering(
     idx = json.loads((sealed_ckpt / sharded.INDEX).read_text())
     (sealed_ckpt / sharded.INDEX).write_text(json.dumps({**idx, "metadata": {"total_size": size}}))
     assert not any("total_size" in n for n in sharded.verify_dir(sealed_ckpt, key, workers=1).notes)
+
+
+def test_a_total_size_written_as_a_float_of_the_right_value_is_no_note(sealed_ckpt: Path, key: paramseal.Key) -> None:
+    """A JSON float total_size of the right value read 'is 135552.0, but the tensors take 135552 bytes'."""
+    size = _total_size(sealed_ckpt)
+    idx = json.loads((sealed_ckpt / sharded.INDEX).read_text())
+    for right, wrong in [(float(size), float(size + 1)), (size, True)]:
+        (sealed_ckpt / sharded.INDEX).write_text(json.dumps({**idx, "metadata": {"total_size": right}}))
+        assert not any("total_size" in n for n in sharded.verify_dir(sealed_ckpt, key, workers=1).notes)
+        (sealed_ckpt / sharded.INDEX).write_text(json.dumps({**idx, "metadata": {"total_size": wrong}}))
+        said = [n for n in sharded.verify_dir(sealed_ckpt, key, workers=1).notes if "metadata.total_size" in n]
+        assert said and f"take {size} bytes" in said[0], said

@@ -154,9 +154,10 @@ def _size_note(idx: Index, shards: list[Path], done: str) -> list[str]:
     except (ParamSealError, OSError):
         return []
     old = meta["total_size"]
-    if type(old) is int and old == size:
+    number = type(old) in (int, float)  # a JSON float (1e3, 135552.0) is a number too; a bool is none
+    if number and old == size:
         return []
-    shown = str(old) if type(old) in (int, float) else "not a number"
+    shown = str(old) if number else "not a number"
     return [
         f"{idx.name}: metadata.total_size is {shown}, but the shards' tensors take {size} bytes (not tampering: "
         f"it is not sealed, and loaders take it for information only); {done}"
