@@ -913,3 +913,50 @@ def test_an_input_cut_short_while_it_is_read_is_a_clean_error(tmp_path: Path, ke
     assert "Traceback" not in run.stderr
     assert sorted(p.name for p in out_dir.iterdir()) == ["sealed.safetensors"]  # no hidden temporary output
     assert sealed.read_bytes() == before[:at]
+
+
+_CUT_WHILE_WRITING = """
+import os, sys
+from paramseal.formats import numpy as npz_format, pytorch
+from paramseal.cli import main
+
+path, at, hook = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+module = npz_format if hook == "write_npy" else pytorch
+first = getattr(module, hook)
+
+def cut(*args, **kw):  # another program cuts the input short once the output's values are being written
+    if os.path.getsize(path) > at:
+        os.truncate(path, at)
+    return first(*args, **kw)
+
+setattr(module, hook, cut)
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+@pytest.mark.parametrize(("out_name", "hook"), [("rec.npz", "write_npy"), ("rec.pt", "numpy_to_tensor")])
+def test_an_input_cut_short_while_another_format_is_written_from_it_is_a_clean_error(
+    tmp_path: Path, key: paramseal.Key, out_name: str, hook: str
+) -> None:
+    """recover IN.safetensors OUT.npz (or .pt) wrote OUT's values straight from IN's map: SIGBUS, temp file left."""
+    if hook == "numpy_to_tensor":
+        pytest.importorskip("torch")
+    rng = np.random.default_rng(8)
+    src = tmp_path / "m.safetensors"
+    files.write_model(src, Loaded({f"t{i}": rng.standard_normal((256, 256)).astype(np.float32) for i in range(4)}, {}))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    sealed = out_dir / "sealed.safetensors"
+    files.seal_file(src, sealed, key)
+    keyfile = paramseal.keys.write_key(tmp_path / "k.key", key)
+    at = read_layout(sealed).data_start + 1000  # inside the first tensor
+    args = ["recover", str(sealed), str(out_dir / out_name), "--key", str(keyfile)]
+    run = subprocess.run(
+        [sys.executable, "-c", _CUT_WHILE_WRITING, str(sealed), str(at), hook, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 3, (run.returncode, run.stderr)
+    assert f"'{sealed}' changed while it was read" in run.stderr and "Traceback" not in run.stderr
+    assert sorted(p.name for p in out_dir.iterdir()) == ["sealed.safetensors"]  # no hidden temporary output

@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._embed import header_copies
+from .._pages import CHUNK_BYTES, read
 from ..errors import FormatError, UsageError
 from ..header import METADATA_KEY
 from ._headerless import require_header_in_weights
@@ -178,7 +179,9 @@ def write_npy(f: IO[bytes], a: NDArray[np.generic]) -> None:
         np.lib.format.write_array_header_1_0(f, header)
     except ValueError:  # header over 64 KiB (a huge shape tuple): version 2.0
         np.lib.format.write_array_header_2_0(f, header)
-    f.write(c.reshape(-1).view(np.uint8).data)
+    raw = c.reshape(-1).view(np.uint8)
+    for i in range(0, raw.size, CHUNK_BYTES):  # an input file's values with pread: one cut short is an error
+        f.write(read(raw[i : i + CHUNK_BYTES]).data)
 
 
 def _raw_void(size: int) -> str:

@@ -47,6 +47,7 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
+from .._pages import read
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
 from ..levels import dtype_name
 from ._headerless import require_header_in_weights
@@ -343,7 +344,8 @@ def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True) -> NDArr
 def numpy_to_tensor(a: NDArray[np.generic]) -> torch_t.Tensor:
     """A CPU tensor with the same dtype, shape and bytes as ``a`` (bfloat16 via an int16 view)."""
     torch = import_torch("converting arrays to torch tensors")
-    c = np.array(a, copy=True, order="C")  # writable and contiguous; 0-d stays 0-d
+    c = read(a)  # an input file's values with pread (a new array): one cut short is an error, not SIGBUS
+    c = np.array(a, copy=True, order="C") if c is a else c  # writable and contiguous; 0-d stays 0-d
     if c.dtype == np.dtype(ml_dtypes.bfloat16):
         t: torch_t.Tensor = torch.from_numpy(c.view(np.int16)).view(torch.bfloat16)
         return t
