@@ -155,6 +155,17 @@ def test_write_key_never_writes_through_a_dangling_symbolic_link(tmp_path: Path,
     assert rc == 3 and "symbolic link" in err and not target.exists()
 
 
+def test_keygen_force_does_not_replace_a_fifo_with_a_key(tmp_path: Path, key: paramseal.Key) -> None:
+    """--force replaces a key file; a FIFO (or, as root, a device node such as /dev/null) is no key to replace."""
+    fifo = tmp_path / "k.key"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="not a regular file"):
+        paramseal.write_key(fifo, key, overwrite=True)
+    rc, out, err = helpers.run_cli(["keygen", fifo, "--force"])
+    assert rc == 3 and "not a regular file" in err and out == ""
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and sorted(p.name for p in tmp_path.iterdir()) == ["k.key"]
+
+
 @pytest.mark.parametrize("mode", [0o644, 0o640], ids=["others", "group"])
 def test_a_key_file_others_can_read_is_warned_about(
     tmp_path: Path, sealed_file: Path, key_file: Path, mode: int

@@ -85,6 +85,8 @@ def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False
     link = f"cannot write key to '{p}': it is a symbolic link; remove it or choose another path"
     if overwrite and p.is_symlink():  # replacing it would leave the file it names; writing through it, worse
         raise UsageError(link)
+    if overwrite and p.exists() and not p.is_file():  # a FIFO or a device node: --force means a key file, not it
+        raise UsageError(f"cannot write key to '{p}' because it is not a regular file; choose another path")
     # O_EXCL (no overwrite) or a new temporary file renamed over the old key: a failed write
     # leaves no empty key file behind and never destroys the key it was meant to replace
     target = p.parent / f"{temp_prefix(p.name, p.parent)}{secrets.token_hex(4)}.tmp" if overwrite else p
