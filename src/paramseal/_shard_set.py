@@ -125,7 +125,10 @@ def _parsed(text: str | None) -> dict[str, Any] | None:
 
 
 def _vouched(records: dict[str, str | None]) -> set[str]:
-    """The files whose authenticated set record names them as the shard they are (`_merge` puts them first)."""
+    """The files whose authenticated set record names them as the shard they are.
+
+    `_merge` reports their findings under plain tensor names; another file's, for the same names, as ``file:tensor``.
+    """
     return {f for f, text in records.items() if (rec := _parsed(text)) is not None and rec["shard"] == f}
 
 
