@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -317,3 +318,16 @@ def randomize_blocks(
         lo, hi = b * BLOCK, min(a.size, (b + 1) * BLOCK)
         flat[lo:hi] = random_tensor(rng, a.dtype, (hi - lo,), wild=is_float(a.dtype))
     return out
+
+
+def record_fsyncs(monkeypatch) -> list[int]:
+    """The inodes of the files ``os.fsync`` flushes from now on (each is still flushed)."""
+    synced: list[int] = []
+    real = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    return synced

@@ -751,14 +751,7 @@ def test_in_place_recover_flushes_the_patched_blocks_to_disk(
     files.seal_file(model_file, sealed, key)
     _flip_in_file(sealed, [sealed.stat().st_size - 5])
     inode = os.stat(sealed).st_ino
-    synced: list[int] = []
-    real = os.fsync
-
-    def record(fd: int) -> None:
-        synced.append(os.fstat(fd).st_ino)
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", record)
+    synced = helpers.record_fsyncs(monkeypatch)
     assert files.recover_file(sealed, sealed, key, in_place=True).report.status == "recovered"
     assert os.stat(sealed).st_ino == inode  # patched, not replaced
     assert inode in synced

@@ -1433,14 +1433,7 @@ def test_the_model_and_its_side_files_are_flushed_to_disk_before_they_replace_th
     tmp_path: Path, ext_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A crash after the rename must not leave a model whose external data never reached the disk."""
-    synced: list[int] = []
-    real = os.fsync
-
-    def record(fd: int) -> None:
-        synced.append(os.fstat(fd).st_ino)
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", record)
+    synced = helpers.record_fsyncs(monkeypatch)
     out = tmp_path / "sealed.onnx"
     files.seal_file(ext_file, out, key)
     (side,) = _side_names(out)

@@ -722,20 +722,27 @@ def test_a_partial_file_keeps_a_block_its_header_tag_refused_as_received(
         assert helpers.same_bytes(got["tiny"], bad["tiny"]) and helpers.same_bytes(got["w1"], sealed.tensors["w1"])
 
 
+def _one_superblock(seed: int) -> tuple[_irs.Code, _outer.Outer, np.ndarray, int, np.random.Generator]:
+    """1024 random k=8 groups, outer parity put and inner code applied: the code, the plan, the
+    words, how many leading groups host a byte of outer parity, and the generator for more."""
+    k, host = 8, _outer.host_for(8)
+    code = _irs.code_for(k, 255, host)
+    o = _outer.plan(1024, k, 255, host)
+    hosting = -(-o.columns * o.parity_count(0) * 64 // (4 * host))  # groups that hold a byte of parity
+    rng = np.random.default_rng(seed)
+    w = (rng.integers(0, 1 << 32, (1024, 255), dtype=np.uint64).astype(np.uint32)) & np.uint32(0xFFFFFF00)
+    o.put(code, w, o.parity(o.content(w), 0))
+    _irs.encode(code, w)
+    return code, o, w, hosting, rng
+
+
 @pytest.mark.parametrize("extra", [0, 1])
 def test_outer_repair_reaches_exactly_its_parity_bound(extra: int) -> None:
     """R failed groups that host no parity (the superblock's last ones): each column loses R data
     shards and no parity, and the repair must rebuild them exactly; one group more and it says no."""
-    k, host = 8, _outer.host_for(8)
-    code = _irs.code_for(k, 255, host)
-    o = _outer.plan(1024, k, 255, host)
+    code, o, w, hosting, rng = _one_superblock(5)
     r = o.parity_count(0)
-    hosting = -(-o.columns * r * 64 // (4 * host))  # groups that hold a byte of parity
     assert o.superblocks == 1 and 1024 - hosting > r
-    rng = np.random.default_rng(5)
-    w = (rng.integers(0, 1 << 32, (1024, 255), dtype=np.uint64).astype(np.uint32)) & np.uint32(0xFFFFFF00)
-    o.put(code, w, o.parity(o.content(w), 0))
-    _irs.encode(code, w)
     sent = w.copy()
     failed = np.zeros(1024, np.bool_)
     failed[hosting : hosting + r + extra] = True
@@ -749,15 +756,8 @@ def test_outer_repair_reaches_exactly_its_parity_bound(extra: int) -> None:
 def test_outer_repair_gives_up_when_one_column_cannot_be_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A column the erasure decoder refuses leaves that column's bytes of the failed groups unknown:
     the repair returns nothing rather than rows holding them as received."""
-    k, host = 8, _outer.host_for(8)
-    code = _irs.code_for(k, 255, host)
-    o = _outer.plan(1024, k, 255, host)
+    code, o, w, hosting, rng = _one_superblock(6)
     r = o.parity_count(0)
-    hosting = -(-o.columns * r * 64 // (4 * host))
-    rng = np.random.default_rng(6)
-    w = (rng.integers(0, 1 << 32, (1024, 255), dtype=np.uint64).astype(np.uint32)) & np.uint32(0xFFFFFF00)
-    o.put(code, w, o.parity(o.content(w), 0))
-    _irs.encode(code, w)
     sent = w.copy()
     failed = np.zeros(1024, np.bool_)
     failed[hosting : hosting + r] = True
