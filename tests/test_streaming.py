@@ -657,3 +657,25 @@ def test_scratch_on_disk_that_cannot_be_written_is_exit_3_naming_the_folder(
     assert "Traceback" not in r.stderr and f"cannot write scratch files in '{dst}'" in r.stderr
     assert list(dst.iterdir()) == []  # no output, no temporary file, no .paramseal-* folder
     assert helpers.sha256(bad) == before
+
+
+def test_a_large_read_of_an_input_is_split_over_the_cores_exactly_and_a_cut_is_an_input_error(tmp_path: Path) -> None:
+    """`_pages.read` past `_SPLIT_READ`: every byte of the map's span, into the reused buffer when given; then
+    the file cut short inside the span is an `InputError` naming it (a read returns short; the map would SIGBUS)."""
+    from paramseal.formats import safetensors as st_format
+
+    n = (_pages._SPLIT_READ + 3 * 4096 + 12) // 4  # past the split, halves not page-aligned
+    want = np.random.default_rng(3).integers(0, 1 << 32, n, dtype=np.uint64).astype(np.uint32)
+    path = helpers.write_st(tmp_path / "m.safetensors", {"w": want})
+    m, tensors, _ = st_format.map_tensors(path)
+    try:
+        view = tensors["w"].view(np.uint32)[1:]  # an odd start: not the file's first data byte
+        buf = np.zeros(view.nbytes + 64, np.uint8)
+        got = _pages.read(view, buf)
+        assert np.shares_memory(got, buf) and np.array_equal(got, want[1:])
+        assert np.array_equal(_pages.read(view), want[1:])  # a new array without a buffer
+        os.truncate(path, path.stat().st_size - 100)
+        with pytest.raises(InputError, match=f"'{path}' changed while it was read"):
+            _pages.read(view)
+    finally:
+        m.close()

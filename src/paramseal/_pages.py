@@ -327,19 +327,30 @@ def file_span(a: NDArray[Any]) -> tuple[int, int] | None:
     return None
 
 
-def read(a: NDArray[Any]) -> NDArray[Any]:
+def read(a: NDArray[Any], buf: NDArray[np.uint8] | None = None) -> NDArray[Any]:
     """The values of ``a``: read with ``pread`` into a new array when ``a`` lies in an input file mapped here.
 
     Touching a map of a file another process cut short kills the process (SIGBUS); a read call
     returns short instead, which is raised as an `InputError` naming the file. Anything else
-    (an ordinary array, a view of an output or of scratch) is returned as it is.
+    (an ordinary array, a view of an output or of scratch) is returned as it is. ``buf``: bytes
+    to read into instead of a new array, when large enough (a loop's reused chunk: no page faults).
+    Large reads are split over the cores (the copy out of the page cache is most of their cost).
     """
     where = _input_span(a)
     if where is None:
         return a
-    out = np.empty(a.shape, a.dtype)
-    _pread_all(where[0], out.reshape(-1).view(np.uint8), where[1], where[2])
-    return out
+    raw = buf[: a.nbytes] if buf is not None and buf.size >= a.nbytes else np.empty(a.nbytes, np.uint8)
+    fd, at, path = where
+    if a.nbytes < _SPLIT_READ:
+        _pread_all(fd, raw, at, path)
+    else:
+        from ._kernels import halves, parallel_map  # _kernels' importers load this module first
+
+        parallel_map(lambda r: _pread_all(fd, raw[r[0] : r[1]], at + r[0], path), halves(a.nbytes))
+    return raw.view(a.dtype).reshape(a.shape)
+
+
+_SPLIT_READ = 4 << 20  # bytes from which a read is split over the cores
 
 
 def check_inputs() -> None:

@@ -137,8 +137,12 @@ def _tags_ok(mac: BlockMac, header: Header, t: int, spec: TensorSpec, ub: _model
         ext = None  # a header for another model: those blocks fail
     before = np.concatenate([[0], np.cumsum(~internal)])  # external tags before each block
     ok = np.empty(spec.nblocks, dtype=np.bool_)
+    buf = None  # the first chunk read from an input file, reused for the next (no fresh pages each time)
     for r0, r1 in chunks(spec.nblocks, ub.dtype.itemsize, 0, 1):
-        c = read(ub[r0:r1])
+        part = ub[r0:r1]
+        c = read(part, buf)
+        if buf is None and c is not part:
+            buf = c.reshape(-1).view(np.uint8)
         want = _model.compute_tags(mac, header.salt, t, spec, c, internal, r0=r0)
         have = _model.stored_tags(spec, c, internal[r0:r1], None if ext is None else ext[before[r0] : before[r1]])
         ok[r0:r1] = want == have
