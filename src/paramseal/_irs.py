@@ -152,10 +152,14 @@ def _syndrome_bytes(first: NDArray[np.int64], d: NDArray[np.int64], nbytes: int)
     i = np.arange(nbytes)[None, None, :]
     t = ((n >> 1) - j) & 3
     pw = _EXP[((i + first[t]) * j) % 255]  # (255, 8, nbytes)
-    v = np.arange(16)[:, None] << (4 * (np.arange(8) & 1))[None, :]  # (16, 8)
-    out = _gf_mul(v.T[None, :, :, None], pw[:, :, None, :])
-    out[np.broadcast_to((i >= d[t])[:, :, None, :], out.shape)] = 0
-    return out.astype(np.uint8)
+    bit = (1 << np.arange(4))[:, None] << (4 * (np.arange(8) & 1))[None, :]  # (4, 8): the nibble's bits
+    one = _gf_mul(bit.T[None, :, :, None], pw[:, :, None, :])  # (255, 8, 4, nbytes)
+    one[np.broadcast_to((i >= d[t])[:, :, None, :], one.shape)] = 0
+    one = one.astype(np.uint8)
+    out = np.zeros((N_POS, 8, 16, nbytes), np.uint8)
+    for v in range(1, 16):  # the product is linear over GF(2) in v: XOR of its bits' (a quarter of the multiplies)
+        out[:, :, v] = out[:, :, v & (v - 1)] ^ one[:, :, (v & -v).bit_length() - 1]
+    return out
 
 
 def _solver(t: int, nibs: list[int], d_t: int) -> tuple[int, NDArray[np.uint8]]:
