@@ -1295,6 +1295,20 @@ def test_an_edited_graph_is_tampering_that_recover_refuses(tmp_path: Path, key: 
     assert files.verify_file(tmp_path / "bare.onnx", key).status == "intact"
 
 
+def _custom_op_model(node: onnx.NodeProto, w: np.ndarray) -> onnx.ModelProto:
+    """A one-node model X -> Y in a custom domain, with one initializer ``w``."""
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("X", F32, [1])],
+        [helper.make_tensor_value_info("Y", F32, [1])],
+        initializer=[_tensor("w", w)],
+    )
+    m = helper.make_model(graph, opset_imports=[*OPSET, helper.make_opsetid("custom", 1)])
+    m.ir_version = 8
+    return m
+
+
 def test_a_list_of_tensors_attribute_is_read_sealed_and_tamper_located(tmp_path: Path, key: paramseal.Key) -> None:
     """A TENSORS attribute (a custom op's) holds weights like any other: each is named, sealed and checked."""
     rng = np.random.default_rng(11)
@@ -1302,15 +1316,7 @@ def test_a_list_of_tensors_attribute_is_read_sealed_and_tamper_located(tmp_path:
     node = helper.make_node("Mix", ["X"], ["Y"], domain="custom")
     node.attribute.append(helper.make_attribute("tables", [numpy_helper.from_array(p) for p in parts]))
     assert node.attribute[0].type == onnx.AttributeProto.TENSORS
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("X", F32, [1])],
-        [helper.make_tensor_value_info("Y", F32, [1])],
-        initializer=[_tensor("w", rng.standard_normal(5000).astype(np.float32))],
-    )
-    m = helper.make_model(graph, opset_imports=[*OPSET, helper.make_opsetid("custom", 1)])
-    m.ir_version = 8
+    m = _custom_op_model(node, rng.standard_normal(5000).astype(np.float32))
     src = save(m, tmp_path / "mix.onnx")
     got = ADAPTER.read(src).tensors
     assert list(got) == ["w", "Y:tables[0]", "Y:tables[1]"]
@@ -1337,15 +1343,7 @@ def test_training_info_and_graph_list_attributes_are_covered(tmp_path: Path, key
     branch = helper.make_graph([_const("bw", branch_w)], "b", [], [helper.make_tensor_value_info("bw", F32, [3000])])
     node.attribute.append(helper.make_attribute("branches", [branch]))
     assert node.attribute[0].type == onnx.AttributeProto.GRAPHS
-    graph = helper.make_graph(
-        [node],
-        "g",
-        [helper.make_tensor_value_info("X", F32, [1])],
-        [helper.make_tensor_value_info("Y", F32, [1])],
-        initializer=[_tensor("w", rng.standard_normal(3000).astype(np.float32))],
-    )
-    m = helper.make_model(graph, opset_imports=[*OPSET, helper.make_opsetid("custom", 1)])
-    m.ir_version = 8
+    m = _custom_op_model(node, rng.standard_normal(3000).astype(np.float32))
     ti = m.training_info.add()
     ti.initialization.CopyFrom(helper.make_graph([], "init", [], [], initializer=[_tensor("iw", init_w)]))
     src = save(m, tmp_path / "ti.onnx")

@@ -250,7 +250,7 @@ class _Found:
 
 def _checked(loaded: Loaded, path: Path, key: Key, header: str | None, **kw: Any) -> tuple[Check, _Found]:
     """The check of a loaded model file against its seal header (see `_split_header`)."""
-    check_inputs()  # the header's copies, a moved tensor's data are read through the map: not past a new end
+    check_inputs()  # check's decode of damaged groups reads through the map: not past a new end
     found = _split_header(loaded, path, key, header)
     chk = check(loaded.tensors, key, found.text, metadata=found.meta, metadata_kept=_keeps(path), **kw)
     check_inputs()  # recover goes on to read damaged blocks' neighbours through the map
