@@ -33,10 +33,43 @@ CODES = [
 ]
 
 
+def _cpu_has_coding_flags() -> bool | None:
+    """Whether /proc/cpuinfo lists what the coding kernels need (None where there is no such file)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return {"gfni", "avx512f", "avx512bw", "avx512vbmi"} <= set(flags)
+
+
 def test_library_present_where_required() -> None:
     if os.environ.get("PARAMSEAL_NATIVE", "").lower() != "require":
         pytest.skip("PARAMSEAL_NATIVE=require not set (CI sets it)")
-    assert _native.available()
+    assert _native._lib() is not None
+    cpu = _cpu_has_coding_flags()
+    if cpu is None:
+        pytest.skip("no /proc/cpuinfo to tell whether this CPU should run the coding kernels")
+    assert _native.available() == cpu  # the coding kernels load exactly where the CPU has GFNI and AVX-512
+
+
+def test_require_on_a_cpu_without_gfni_runs_numba_not_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI on an AVX2-only CPU failed every seal under require: the build was fine, the CPU could not run it."""
+    lib = _native._lib()
+    if lib is None:
+        pytest.skip("compiled library not built")
+    monkeypatch.setenv("PARAMSEAL_NATIVE", "require")
+
+    class NoGfni:
+        def __getattr__(self, name: str) -> object:
+            return (lambda: 0) if name == "ps_gfni" else getattr(lib, name)
+
+    monkeypatch.setattr(_native, "_lib", lambda: NoGfni())
+    _native._load.cache_clear()
+    try:
+        assert _native._load() is None and not _native.available()
+    finally:
+        _native._load.cache_clear()
 
 
 @pytest.fixture
