@@ -208,6 +208,9 @@ _RSS_WORKER = textwrap.dedent(
     op, src, dst = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     key = Key(bytes.fromhex(os.environ["K"]))
     files.verify_file(Path(os.environ["WARM"]), key)  # imports and compiled kernels loaded: the baseline
+    if os.environ.get("WARM_BAD"):  # and the decoder's, which are numba kernels on a CPU without GFNI
+        bad = Path(os.environ["WARM_BAD"])
+        files.recover_file(bad, bad.with_suffix(".out.safetensors"), key)
     base = rss()
     if op == "seal":
         files.seal_file(src, dst, key)
@@ -603,6 +606,9 @@ def test_recover_past_the_scratch_budget_does_not_keep_the_rebuilt_blocks_reside
     files.seal_file(src, sealed, key)
     warm = tmp_path / "warm.safetensors"
     files.seal_file(helpers.write_st(tmp_path / "w.safetensors", {"w": np.ones(1 << 16, np.float32)}), warm, key)
+    w, wmeta = helpers.read_st(warm)
+    w["w"][::500] = 2.0  # scattered damage: the warm-up recover loads the decoder's kernels too
+    warm_bad = helpers.write_st(tmp_path / "warm_bad.safetensors", w, wmeta)
     t, meta = helpers.read_st(sealed)
     for a in t.values():  # 1% of the values replaced at random positions
         idx = rng.integers(0, a.size, a.size // 100)
@@ -612,6 +618,7 @@ def test_recover_past_the_scratch_budget_does_not_keep_the_rebuilt_blocks_reside
     script = tmp_path / "worker.py"
     script.write_text(_RSS_WORKER)
     env = {**os.environ, "K": key.secret.hex(), "WARM": str(warm), "PARAMSEAL_SCRATCH_MIB": "0"}
+    env["WARM_BAD"] = str(warm_bad)
     for op, out in (("recover", tmp_path / "fixed.safetensors"), ("in-place", bad)):
         r = _rss_of(script, env, op, bad, out)
         assert r["peak"] - r["base"] < 240, (op, r)  # 298 MiB before the fix, 187 after
