@@ -19,6 +19,7 @@ from paramseal.errors import NonFiniteError
 from paramseal.seal import SealConfig
 
 needs_native = pytest.mark.skipif(not _native.available(), reason="compiled kernels not built or no GFNI here")
+needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
 
 CODES = [
     (8, 255, 0),
@@ -118,10 +119,10 @@ def test_gf_columns_refuse_tables_that_are_not_gf256_linear() -> None:
     assert _native._gf_columns(bent, p.d.astype(np.int64), fwd, inv) is None
 
 
-@needs_native
+@needs_lib
 @pytest.mark.parametrize("k,F,host", CODES)
 def test_decoder_syndromes_equal_the_numba_kernel(k: int, F: int, host: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Decoding with the compiled syndromes: the same words and statuses as with numba's own."""
+    """Decoding with the compiled syndromes (GFNI, or the tables without it): the same words and statuses as numba."""
     code = _irs.code_for(k, F, host)
     rng = np.random.default_rng(7 * k + F + host)
     ng = 600
@@ -143,6 +144,7 @@ def test_decoder_syndromes_equal_the_numba_kernel(k: int, F: int, host: int, mon
     zero_native = _irs.syndromes_zero(code, W)
     with monkeypatch.context() as m:
         m.setattr(_native, "_load", lambda: None)
+        m.setattr(_native, "_lib", lambda: None)
         want_w = W.copy()
         want = _irs.decode(code, want_w, flags.copy())
         assert np.array_equal(_irs.syndromes_zero(code, W), zero_native)
@@ -151,6 +153,31 @@ def test_decoder_syndromes_equal_the_numba_kernel(k: int, F: int, host: int, mon
         assert (want == _irs.CORRECTED).sum() > ng // 2 and (want < 0).any()
     pre = _native.syndromes(code, W, flags)
     assert pre is not None and pre.shape == (4 * ng, code.words)
+
+
+@needs_lib
+@pytest.mark.parametrize("k,F,host", CODES)
+def test_table_kernels_equal_numba(k: int, F: int, host: int) -> None:
+    """The coding kernels of CPUs without GFNI (numba's nibble tables in C): encoder and syndromes."""
+    code = _irs.code_for(k, F, host)
+    rng = np.random.default_rng(k * 1000 + F + host + 1)
+    W = rng.integers(0, 2**32, (700, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    W[:, :F] &= np.uint32(~((1 << k) - 1) & 0xFFFFFFFF)
+    W[:5] = 0
+    W[600:] |= np.uint32(0xA5)  # free bits set: both read only the bits the code covers
+    want = W.copy()
+    _irs._run(0, code, want, None)  # the numba kernel
+    got = W.copy()
+    assert _native._encode_tab(code, got)
+    assert np.array_equal(got, want)
+    assert _irs.syndromes_zero(code, got[:600]).all()
+    flags = rng.integers(0, 256, W.shape, dtype=np.uint8)
+    for fl in (None, flags):  # with flags, the fixed bytes count as zero
+        want_s = _irs._batch_shares(W, flags, fl is not None, 0, W.shape[0], code.syn, 0, code.free_strata)
+        assert np.array_equal(_native._syndromes_tab(code, W, fl), want_s)
+    broken = got.copy()
+    broken[np.arange(0, 600, 7), 9] ^= np.uint32(1 << 30)
+    assert np.array_equal(_irs.syndromes_zero(code, broken[:600]), np.arange(600) % 7 != 0)
 
 
 @needs_native
@@ -237,7 +264,7 @@ def test_seal_words_refuses_nan_naming_the_tensor(key: paramseal.Key) -> None:
     assert [t.k for t in paramseal.seal(model, key).header.tensors if t.name == "c"] == [0]  # then as data
 
 
-@needs_native
+@needs_lib
 @pytest.mark.parametrize("level", ["standard", "strong"])
 def test_sealed_bytes_do_not_depend_on_the_kernels(
     level: str, key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -256,6 +283,7 @@ def test_sealed_bytes_do_not_depend_on_the_kernels(
     assert "content" in calls or level == "strong"
     with monkeypatch.context() as m:
         m.setattr(_native, "_load", lambda: None)
+        m.setattr(_native, "_lib", lambda: None)
         ref = paramseal.seal(model, key, level=level)
         files.seal_file(src, tmp_path / "ref.safetensors", key, level=level)
     assert mem.header_json == ref.header_json
@@ -275,9 +303,6 @@ def test_fallback_seals_and_verifies(no_native: None, key: paramseal.Key) -> Non
     res = paramseal.recover(bad, key, sealed.header_json)
     assert res.report.status == "recovered"
     helpers.assert_model_equal(res.tensors, sealed.tensors)
-
-
-needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
 
 
 @needs_lib

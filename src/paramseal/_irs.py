@@ -302,7 +302,7 @@ def _run(
     # the encoder skips whole free bytes (unless some host data); syndromes take every byte
     b0f = code.k // 8 if op == 0 and not code.host else 0
     pre = None
-    if op != 0 and W.shape[0]:  # syndromes from the compiled GFNI kernel where it is built
+    if op != 0 and W.shape[0]:  # syndromes from the compiled kernels where the library is built
         from . import _native  # imports this module
 
         pre = _native.syndromes(code, W, flags)
@@ -311,6 +311,8 @@ def _run(
             got = _native.decode(code, W, flags, pre)
             assert got is not None  # the syndrome kernel's library holds the decoder
             return ok, got
+        if pre is not None:  # op 2: nor does a check of the syndromes
+            return np.asarray(~pre.reshape(W.shape[0], -1).any(axis=1)), status
     if pre is None:
         pre = np.zeros((0, code.words), np.uint64)
     _run_nb(op, W, fl, table, code.fn, code.d, code.first, b0f, code.free_strata, pre, ok, status)
@@ -320,8 +322,8 @@ def _run(
 def encode(code: Code, W: NDArray[np.uint32]) -> None:
     """OR the parity nibbles into W in place; its free bits must be zero on entry.
 
-    Uses the compiled GFNI encoder (`_native`) where it is built and the CPU has it; the
-    numba kernel below is the reference, and gives the same words.
+    Uses the compiled encoder (`_native`: GFNI where the CPU has it, else nibble tables) where
+    the library is built; the numba kernel below is the reference, and gives the same words.
     """
     _check(W)
     from . import _native  # imports this module

@@ -1,8 +1,9 @@
 /* Optional compiled kernels of ParamSeal (loaded with ctypes by _native.py). Each kernel's
  * comment names the numba/numpy reference it mirrors; tests/test_native.py compares the two.
  *
- * First, the irs4 inner encoder with GFNI + AVX-512: the numba encoder in _irs.py is the reference and
- * the fallback, and the output of the two is compared bit for bit in tests/test_native.py.
+ * First, the irs4 inner encoder with GFNI + AVX-512: the numba encoder in _irs.py is the reference
+ * (ps_encode_tab below, the same tables in C, serves other CPUs), and the outputs are compared bit
+ * for bit in tests/test_native.py.
  *
  * Per group (255 words = 1020 bytes), in four steps:
  *  1. each 64-byte chunk is mapped into GF(2^8) mod 0x11b (gf2p8mulb's field) by the field
@@ -197,6 +198,153 @@ TARGET int ps_irs_encode(uint8_t *W, int64_t ng, const uint8_t *powers, int dmax
     return 0;
 }
 
+/* The outer code's content of rows [r0, r1) of w ([ng][255] words): each float word (position < F)
+ * with its k free bits cleared and its k / 8 whole free bytes dropped, then the data words whole,
+ * then zeros up to shard bytes (out: [ng][shard]). As _outer._content_nb. */
+TARGET void ps_content(const uint32_t *w, int64_t r0, int64_t r1, int F, int k, uint8_t *out, int64_t shard)
+{
+    const uint32_t keep = ~((1u << k) - 1u);
+    const int lo = k / 8, nb = 4 - lo;
+    uint8_t ix[64] = {0};
+    for (int m = 0; m < 16 * nb; m++)
+        ix[m] = (uint8_t)(4 * (m / nb) + lo + m % nb);
+    const __m512i idx = _mm512_loadu_si512((const void *)ix), km = _mm512_set1_epi32((int)keep);
+    const __mmask64 part = nb == 4 ? ~(__mmask64)0 : (((__mmask64)1) << (16 * nb)) - 1;
+    for (int64_t r = r0; r < r1; r++) {
+        const uint32_t *row = w + r * 255;
+        uint8_t *o = out + r * shard;
+        int64_t at = 0;
+        int j = 0;
+        for (; j + 16 <= F; j += 16, at += 16 * nb) {
+            __m512i v = _mm512_and_si512(_mm512_loadu_si512((const void *)(row + j)), km);
+            _mm512_mask_storeu_epi8(o + at, part, _mm512_permutexvar_epi8(idx, v));
+        }
+        for (; j < F; j++) {
+            uint32_t x = row[j] & keep;
+            for (int b = lo; b < 4; b++)
+                o[at++] = (uint8_t)(x >> (8 * b));
+        }
+        memcpy(o + at, row + j, 4 * (size_t)(255 - j));
+        at += 4 * (255 - j);
+        memset(o + at, 0, (size_t)(shard - at));
+    }
+}
+#endif /* X86 */
+
+/* The block MAC's hash (as _kernels.mlh_tags): for blocks [b0, b1) of words ([nb][nw] 16-bit),
+ * out[b] = (sum_i keys[i] * m_i mod p + pads[b]) mod p, where m_i is word i with the tag bits
+ * wmask[i] (i < nm) cleared in blocks flagged internal. keys < 2^32 and m_i < 2^16, so the sum
+ * of up to 256 terms stays below 2^56 and one reduction is exact. Plain C (any CPU), with clones
+ * the compiler vectorises for AVX2 and AVX-512, picked at load time. */
+#if defined(X86) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"), optimize("O3")))
+#else
+#define CLONES
+#endif
+
+/* ------------------------------------------------------------------ irs4 coding on any CPU
+ * _irs._accumulate (the numba reference and fallback) in C: each byte of a group adds two rows
+ * of a nibble table (its share) to the accumulator of its codeword. Position-major over batches
+ * of PS_BATCH_WORDS / words groups, so that a position's table slice (128 rows) is reused by the
+ * whole batch from L1. The coding kernels without GFNI: seal, and a light recover's syndromes,
+ * then load no numba kernel. */
+#define PS_BATCH_WORDS 1024 /* as _irs._BATCH_WORDS */
+
+static inline uint32_t keep_of(uint8_t f)
+{
+    uint32_t k = 0;
+    for (int b = 0; b < 4; b++)
+        if (!((f >> b) & 1))
+            k |= 0xFFu << (8 * b);
+    return k;
+}
+
+static inline __attribute__((always_inline)) void shares_w(const uint32_t *W, const uint8_t *flags, int64_t g0, int64_t m,
+                                                           const uint64_t *table, const int words, int b0f, int F,
+                                                           uint64_t *acc)
+{
+    memset(acc, 0, (size_t)32 * m * words);
+    for (int j = 0; j < 255; j++) {
+        const int b0 = j < F ? b0f : 0;
+        const uint64_t *base = table + (size_t)128 * j * words;
+        for (int64_t gg = 0; gg < m; gg++) {
+            uint32_t v = W[(g0 + gg) * 255 + j];
+            if (flags)
+                v &= keep_of(flags[(g0 + gg) * 255 + j] & 0x0F);
+            for (int b = b0; b < 4; b++) {
+                const unsigned x = (v >> (8 * b)) & 255u;
+                if (!x)
+                    continue;
+                uint64_t *a = acc + (size_t)(4 * gg + ((b - j) & 3)) * words;
+                const uint64_t *t0 = base + (size_t)(32 * b + (x & 15)) * words;
+                const uint64_t *t1 = base + (size_t)(32 * b + 16 + (x >> 4)) * words;
+                for (int w = 0; w < words; w++)
+                    a[w] ^= t0[w] ^ t1[w];
+            }
+        }
+    }
+}
+
+/* _irs._batch_shares for groups [g0, g0 + m): words a compile-time constant in each branch. */
+CLONES static void shares(const uint32_t *W, const uint8_t *flags, int64_t g0, int64_t m, const uint64_t *table, int words,
+                          int b0f, int F, uint64_t *acc)
+{
+    switch (words) {
+    case 4: shares_w(W, flags, g0, m, table, 4, b0f, F, acc); break;
+    case 8: shares_w(W, flags, g0, m, table, 8, b0f, F, acc); break;
+    case 12: shares_w(W, flags, g0, m, table, 12, b0f, F, acc); break;
+    default: shares_w(W, flags, g0, m, table, 16, b0f, F, acc); break;
+    }
+}
+
+/* Syndromes of groups [r0, r1) of W ([ng][255] words) from the table syn (_irs.Code.syn), as
+ * _irs._run computes them for the decoder: acc ([4 ng][words]), fixed bytes of flags (when
+ * given) counted as zero. Returns -1 for a words value the kernel does not take. */
+int ps_shares(const uint32_t *W, const uint8_t *flags, int64_t r0, int64_t r1, const uint64_t *syn, int words, int F,
+              uint64_t *acc)
+{
+    if (words != 4 && words != 8 && words != 12 && words != 16)
+        return -1;
+    const int64_t batch = PS_BATCH_WORDS / words;
+    for (int64_t g0 = r0; g0 < r1; g0 += batch) {
+        const int64_t m = r1 - g0 < batch ? r1 - g0 : batch;
+        shares(W, flags, g0, m, syn, words, 0, F, acc + g0 * 4 * words);
+    }
+    return 0;
+}
+
+/* _irs.encode's numba path (_batch_shares with the table enc, then _place) for groups [r0, r1)
+ * of W, updated in place (free bits zero on entry). fn: [4][fn_len] free nibble r of codeword
+ * t -> 8 j + n; d: [4]; b0f: the whole free bytes per float word the shares skip. */
+int ps_encode_tab(uint32_t *W, int64_t r0, int64_t r1, const uint64_t *enc, int words, int b0f, int F,
+                  const int64_t *fn, int64_t fn_len, const int64_t *d)
+{
+    if (words != 4 && words != 8 && words != 12 && words != 16)
+        return -1;
+    for (int t = 0; t < 4; t++)
+        if (d[t] < 0 || 2 * d[t] > fn_len || 2 * d[t] > 16 * words)
+            return -2;
+    const int64_t batch = PS_BATCH_WORDS / words;
+    uint64_t acc[4 * PS_BATCH_WORDS];
+    for (int64_t g0 = r0; g0 < r1; g0 += batch) {
+        const int64_t m = r1 - g0 < batch ? r1 - g0 : batch;
+        shares(W, NULL, g0, m, enc, words, b0f, F, acc);
+        for (int64_t gg = 0; gg < m; gg++) {
+            uint32_t *row = W + (g0 + gg) * 255;
+            for (int t = 0; t < 4; t++) {
+                const uint64_t *a = acc + (4 * gg + t) * words;
+                const int64_t *f = fn + t * fn_len;
+                for (int r = 0; r < 2 * d[t]; r++) {
+                    const uint32_t nib = (uint32_t)((a[r >> 4] >> (4 * (r & 15))) & 15u);
+                    row[f[r] >> 3] |= nib << (4 * (f[r] & 7));
+                }
+            }
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ the seal's data movers (any CPU) */
 /* The float words of a batch of consecutive groups, in position order: the gather of irs4 sealing.
  *
  * w: [ng][255] words (data positions are left as they are); row r is group g0 + r, and position
@@ -284,49 +432,6 @@ void ps_to_strata(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1
     }
 }
 
-/* The outer code's content of rows [r0, r1) of w ([ng][255] words): each float word (position < F)
- * with its k free bits cleared and its k / 8 whole free bytes dropped, then the data words whole,
- * then zeros up to shard bytes (out: [ng][shard]). As _outer._content_nb. */
-TARGET void ps_content(const uint32_t *w, int64_t r0, int64_t r1, int F, int k, uint8_t *out, int64_t shard)
-{
-    const uint32_t keep = ~((1u << k) - 1u);
-    const int lo = k / 8, nb = 4 - lo;
-    uint8_t ix[64] = {0};
-    for (int m = 0; m < 16 * nb; m++)
-        ix[m] = (uint8_t)(4 * (m / nb) + lo + m % nb);
-    const __m512i idx = _mm512_loadu_si512((const void *)ix), km = _mm512_set1_epi32((int)keep);
-    const __mmask64 part = nb == 4 ? ~(__mmask64)0 : (((__mmask64)1) << (16 * nb)) - 1;
-    for (int64_t r = r0; r < r1; r++) {
-        const uint32_t *row = w + r * 255;
-        uint8_t *o = out + r * shard;
-        int64_t at = 0;
-        int j = 0;
-        for (; j + 16 <= F; j += 16, at += 16 * nb) {
-            __m512i v = _mm512_and_si512(_mm512_loadu_si512((const void *)(row + j)), km);
-            _mm512_mask_storeu_epi8(o + at, part, _mm512_permutexvar_epi8(idx, v));
-        }
-        for (; j < F; j++) {
-            uint32_t x = row[j] & keep;
-            for (int b = lo; b < 4; b++)
-                o[at++] = (uint8_t)(x >> (8 * b));
-        }
-        memcpy(o + at, row + j, 4 * (size_t)(255 - j));
-        at += 4 * (255 - j);
-        memset(o + at, 0, (size_t)(shard - at));
-    }
-}
-#endif /* X86 */
-
-/* The block MAC's hash (as _kernels.mlh_tags): for blocks [b0, b1) of words ([nb][nw] 16-bit),
- * out[b] = (sum_i keys[i] * m_i mod p + pads[b]) mod p, where m_i is word i with the tag bits
- * wmask[i] (i < nm) cleared in blocks flagged internal. keys < 2^32 and m_i < 2^16, so the sum
- * of up to 256 terms stays below 2^56 and one reduction is exact. Plain C (any CPU), with clones
- * the compiler vectorises for AVX2 and AVX-512, picked at load time. */
-#if defined(X86) && defined(__GNUC__) && !defined(__clang__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"), optimize("O3")))
-#else
-#define CLONES
-#endif
 CLONES void ps_mlh(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint64_t *keys, const uint16_t *wmask, int nm,
             const uint8_t *internal, const uint64_t *pads, uint64_t *out)
 {

@@ -1,10 +1,12 @@
 """Optional compiled kernels (``_native.c``, built at install when a C compiler is there), via ctypes.
 
-With GFNI and AVX-512 (BW, VBMI): the irs4 inner encoder, the decoder's syndromes, the seal
-gather and its inverse placement, and the outer code's content. On any CPU: the block MAC's
-hash, the tag read and write, the recovery gather (words and flags of damaged groups), the
-irs4 decoder (used with the compiled syndromes, so a light recover loads no numba kernel) and
-the lane code's data movers (bit fields, stripes and blocks to and from the lane store, the
+With GFNI and AVX-512 (BW, VBMI): the irs4 inner encoder, the decoder's syndromes and the
+outer code's content. On any CPU: the same encoder and syndromes by numba's nibble tables
+(numba's speed, but no numba kernel to load and none of its parallel kernels: seal runs its
+superblocks side by side), the seal gather and its inverse placement, the block MAC's hash,
+the tag read and write, the recovery gather (words and flags of damaged groups), the irs4
+decoder (used with the compiled syndromes, so a light recover loads no numba kernel) and the
+lane code's data movers (bit fields, stripes and blocks to and from the lane store, the
 coder's split layout).
 Each has a numba (or numpy) counterpart that stays the reference and
 the fallback; the tests compare the two bit for bit. Where the library is missing or unusable
@@ -104,6 +106,14 @@ def _lib() -> ctypes.CDLL | None:
         f.restype = None
     lib.ps_argsort_rows.argtypes = [p, i64, i64, i64, p]
     lib.ps_argsort_rows.restype = i32
+    lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, ctypes.c_uint32, i32]
+    lib.ps_gather.restype = i64
+    lib.ps_to_strata.argtypes = [p, p, i64, i64, i64, p, i32, i32, p, i64]
+    lib.ps_to_strata.restype = None
+    lib.ps_shares.argtypes = [p, p, i64, i64, p, i32, i32, p]
+    lib.ps_shares.restype = i32
+    lib.ps_encode_tab.argtypes = [p, i64, i64, p, i32, i32, i32, p, i64, p]
+    lib.ps_encode_tab.restype = i32
     return lib
 
 
@@ -119,10 +129,6 @@ def _load() -> ctypes.CDLL | None:
     lib.ps_irs_encode.argtypes = [p, ctypes.c_int64, p, i32, p, p, u64, p, p, i32, p, p, p, u64]
     lib.ps_irs_encode.restype = i32
     i64 = ctypes.c_int64
-    lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, ctypes.c_uint32, i32]
-    lib.ps_gather.restype = i64
-    lib.ps_to_strata.argtypes = [p, p, i64, i64, i64, p, i32, i32, p, i64]
-    lib.ps_to_strata.restype = None
     lib.ps_content.argtypes = [p, i64, i64, i32, i32, p, i64]
     lib.ps_content.restype = None
     lib.ps_irs_syndromes.argtypes = [p, p, i64, i64, p, i32, p, u64, u64, p, i32, p]
@@ -468,14 +474,46 @@ def _rows(n: int, at: int = 256) -> list[tuple[int, int]]:
     return halves(n) if n >= at else [(0, n)]
 
 
+_TAB_WORDS = (4, 8, 12, 16)  # packed vector sizes the table kernels are built for (every irs4 code in use)
+
+
+def encodes(code: _irs.Code) -> bool:
+    """Whether `encode` and `syndromes` take this code compiled (else numba's parallel kernel does)."""
+    return _lib() is not None and code.words in _TAB_WORDS
+
+
 def encode(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
-    """`_irs.encode` with the compiled kernel, on one thread per core; False if it is unavailable."""
+    """`_irs.encode` compiled, one thread per core (GFNI where the CPU has it); False without the library."""
+    return _encode_gfni(code, W) or _encode_tab(code, W)
+
+
+def _encode_tab(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
+    """`_irs.encode` by ``ps_encode_tab`` (numba's nibble tables in C, any CPU); False without the library."""
+    lib = _lib()
+    if lib is None or not encodes(code):
+        return False
+    _irs._check(W)
+    b0f = code.k // 8 if not code.host else 0  # as _irs._run: the hosted outer bytes take the free bytes' place
+    fn, d = np.ascontiguousarray(code.fn, np.int64), np.ascontiguousarray(code.d, np.int64)
+    a = (W.ctypes.data, code.enc.ctypes.data, fn.ctypes.data, d.ctypes.data)
+    assert code.enc.flags.c_contiguous and code.enc.dtype == np.uint64
+    rcs = parallel_map(
+        lambda r: lib.ps_encode_tab(a[0], r[0], r[1], a[1], code.words, b0f, code.free_strata, a[2], fn.shape[1], a[3]),
+        _rows(W.shape[0]),
+    )
+    if any(rcs):
+        raise RuntimeError(f"compiled irs4 table encoder refused the code's parameters (code {min(rcs)})")
+    return True
+
+
+def _encode_gfni(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
+    """`_irs.encode` by the GFNI kernel; False where it is unavailable or the code is past its limits."""
     lib = _load()
     if lib is None:
         return False
     _irs._check(W)
     p = _plan(code.k, code.free_strata, code.host)
-    if not 1 <= p.dmax <= 128:  # no parity (d = 0) or past the kernel's limits: numba serves these
+    if not 1 <= p.dmax <= 128:  # no parity (d = 0) or past the kernel's limits: the table kernel serves these
         return False
     args = (p.powers, p.perm, p.keep, p.tabs, p.d, p.spread, p.masks)
     ptr = [a.ctypes.data for a in args]
@@ -497,8 +535,37 @@ def encode(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
 def syndromes(code: _irs.Code, W: NDArray[np.uint32], flags: NDArray[np.uint8] | None) -> NDArray[np.uint64] | None:
     """Every group's packed syndromes ``[4 ng, code.words]`` as `_irs`'s decoder takes them, or None.
 
-    With ``flags``, fixed bytes (flag bits 0-3) count as zero.
+    With ``flags``, fixed bytes (flag bits 0-3) count as zero. The GFNI kernel where the CPU has
+    it, else the table kernel; None without the library.
     """
+    got = _syndromes_gfni(code, W, flags)
+    return got if got is not None else _syndromes_tab(code, W, flags)
+
+
+def _syndromes_tab(
+    code: _irs.Code, W: NDArray[np.uint32], flags: NDArray[np.uint8] | None
+) -> NDArray[np.uint64] | None:
+    """`syndromes` by ``ps_shares`` (numba's nibble tables in C, any CPU); None without the library."""
+    lib = _lib()
+    if lib is None or not encodes(code):
+        return None
+    _irs._check(W, flags)
+    assert code.syn.flags.c_contiguous and code.syn.dtype == np.uint64
+    out = np.empty((4 * W.shape[0], code.words), np.uint64)
+    fptr = None if flags is None else flags.ctypes.data
+    a = (W.ctypes.data, code.syn.ctypes.data, out.ctypes.data)
+    rcs = parallel_map(
+        lambda r: lib.ps_shares(a[0], fptr, r[0], r[1], a[1], code.words, code.free_strata, a[2]), _rows(W.shape[0])
+    )
+    if any(rcs):
+        raise RuntimeError(f"compiled syndrome table kernel refused the code's parameters (code {min(rcs)})")
+    return out
+
+
+def _syndromes_gfni(
+    code: _irs.Code, W: NDArray[np.uint32], flags: NDArray[np.uint8] | None
+) -> NDArray[np.uint64] | None:
+    """`syndromes` by the GFNI kernel; None where it is unavailable or the code is past its limits."""
     lib = _load()
     if lib is None:
         return None
@@ -537,7 +604,7 @@ def gather(
     ``perm``: ``[nperm, 255]`` stratum at each position. Returns -1, or ``r * 255 + p`` of a
     NaN/Inf word. The caller keeps the arrays the piece addresses point into alive.
     """
-    lib = _load()
+    lib = _lib()
     assert lib is not None
     pstart, row_end, base, fd = pieces
     stage = np.empty((F, w.shape[0]) if (fd >= 0).any() else (1, 1), np.uint32)
@@ -567,7 +634,7 @@ def to_strata(
     w: NDArray[np.uint32], pad: NDArray[np.uint32], g0: int, perm: NDArray[np.int16], F: int
 ) -> NDArray[np.uint32]:
     """``[F, ng]``: the float strata of groups ``g0...`` from ``w`` XOR ``pad`` (see ``ps_to_strata``)."""
-    lib = _load()
+    lib = _lib()
     assert lib is not None
     assert w.flags.c_contiguous and pad.flags.c_contiguous and perm.flags.c_contiguous and w.shape == pad.shape
     ng = w.shape[0]

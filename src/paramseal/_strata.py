@@ -314,13 +314,13 @@ class Strata:
     ) -> NDArray[np.uint32]:
         """The encoder's input for groups ``[g0, g1)``: their words XOR ``pad``, free bits cleared.
 
-        NaN/Inf values are refused. The compiled gather where it is built (`_native`), else
-        `groups` (its reference: the tests compare the two).
+        NaN/Inf values are refused. The compiled gather where the library is built (`_native`,
+        any CPU), else `groups` (its reference: the tests compare the two).
         """
         ng = g1 - g0
         g = np.arange(g0, g1, dtype=np.int64)
         ts = [int(t) for t in np.flatnonzero(self.is_float & (self.nwords > 0))]
-        native = _native.available() and ng > 0 and self.free_strata > 0
+        native = _native.portable() and ng > 0 and self.free_strata > 0
         if not native or any(
             flats[t].dtype != np.uint32 or flats[t].ndim != 1 or not flats[t].flags.c_contiguous for t in ts
         ):
@@ -400,7 +400,7 @@ class Strata:
         pad: NDArray[np.uint32] | None = None,
     ) -> None:
         """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``, XOR ``pad`` if given) into ``outs``."""
-        if pad is not None and _native.available() and w.shape[0] and self.free_strata:
+        if pad is not None and _native.portable() and w.shape[0] and self.free_strata:
             wt = _native.to_strata(w, pad, g0, self._perm16(), self.free_strata)
         else:
             wt = self.to_strata(w if pad is None else w ^ pad, g0)

@@ -368,9 +368,9 @@ def _seal_irs(
 
     # Superblocks are independent (their groups, and so the words they write, are disjoint): one per
     # core at a time, so that one's single-threaded steps (gather, leopard, writes) overlap another's.
-    # Only with the compiled kernels: numba's fallback encoder is a parallel kernel, which two
-    # threads must not enter (numba's workqueue layer aborts), and it fills the cores itself.
-    side_by_side = task_map if _native.available() else _in_turn
+    # Only with the compiled encoder: numba's fallback is a parallel kernel, which two threads
+    # must not enter (numba's workqueue layer aborts), and it fills the cores itself.
+    side_by_side = task_map if _native.encodes(code) else _in_turn
     side_by_side(superblock, range(outer.superblocks))
     mac = BlockMac(key)
 
