@@ -192,10 +192,15 @@ def test_encode_ignores_free_bits_like_the_reference() -> None:
     assert np.array_equal(got, want)
 
 
-@needs_native
+@needs_lib
+@pytest.mark.parametrize("gfni", [True, False])
 @pytest.mark.parametrize("k", [8, 12, 16])
 @pytest.mark.parametrize("F", [255, 200, 17, 3])
-def test_content_equals_the_numba_kernel(k: int, F: int) -> None:
+def test_content_equals_the_numba_kernel(k: int, F: int, gfni: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    if gfni and not _native.available():
+        pytest.skip("no GFNI here")
+    if not gfni:  # the portable kernel
+        monkeypatch.setattr(_native, "_load", lambda: None)
     o = _outer.plan(5000, k, F, 0)
     w = np.random.default_rng(F).integers(0, 2**32, (333, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
     want = np.zeros((333, o.shard), np.uint8)

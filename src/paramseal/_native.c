@@ -264,23 +264,43 @@ static inline __attribute__((always_inline)) void shares_w(const uint32_t *W, co
                                                            uint64_t *acc)
 {
     memset(acc, 0, (size_t)32 * m * words);
-    for (int j = 0; j < 255; j++) {
-        const int b0 = j < F ? b0f : 0;
-        const uint64_t *base = table + (size_t)128 * j * words;
+    /* Four positions at a time (32 KB of table, in L1 while the batch passes over it), each group's
+     * four accumulators held in registers across them: position 4q + jj feeds byte b to codeword
+     * (b - jj) & 3, known when jj is unrolled. */
+    for (int j0 = 0; j0 < 255; j0 += 4) {
+        const int nj = 255 - j0 < 4 ? 255 - j0 : 4;
         for (int64_t gg = 0; gg < m; gg++) {
-            uint32_t v = W[(g0 + gg) * 255 + j];
-            if (flags)
-                v &= keep_of(flags[(g0 + gg) * 255 + j] & 0x0F);
-            for (int b = b0; b < 4; b++) {
-                const unsigned x = (v >> (8 * b)) & 255u;
-                if (!x)
-                    continue;
-                uint64_t *a = acc + (size_t)(4 * gg + ((b - j) & 3)) * words;
-                const uint64_t *t0 = base + (size_t)(32 * b + (x & 15)) * words;
-                const uint64_t *t1 = base + (size_t)(32 * b + 16 + (x >> 4)) * words;
+            uint64_t a[4][16];
+            for (int t = 0; t < 4; t++)
                 for (int w = 0; w < words; w++)
-                    a[w] ^= t0[w] ^ t1[w];
+                    a[t][w] = acc[(4 * gg + t) * words + w];
+            const uint32_t *row = W + (g0 + gg) * 255;
+            const uint8_t *frow = flags ? flags + (g0 + gg) * 255 : NULL;
+#pragma GCC unroll 4
+            for (int jj = 0; jj < 4; jj++) {
+                if (jj >= nj)
+                    break;
+                const int j = j0 + jj;
+                const int b0 = j < F ? b0f : 0;
+                const uint64_t *base = table + (size_t)128 * j * words;
+                uint32_t v = row[j];
+                if (frow)
+                    v &= keep_of(frow[j] & 0x0F);
+#pragma GCC unroll 4
+                for (int b = 0; b < 4; b++) {
+                    if (b < b0)
+                        continue;
+                    const unsigned x = (v >> (8 * b)) & 255u;
+                    const uint64_t *t0 = base + (size_t)(32 * b + (x & 15)) * words;
+                    const uint64_t *t1 = base + (size_t)(32 * b + 16 + (x >> 4)) * words;
+                    uint64_t *ac = a[(b - jj) & 3]; /* (b - j) & 3, as j0 is a multiple of 4 */
+                    for (int w = 0; w < words; w++)
+                        ac[w] ^= t0[w] ^ t1[w];
+                }
             }
+            for (int t = 0; t < 4; t++)
+                for (int w = 0; w < words; w++)
+                    acc[(4 * gg + t) * words + w] = a[t][w];
         }
     }
 }
@@ -345,6 +365,37 @@ int ps_encode_tab(uint32_t *W, int64_t r0, int64_t r1, const uint64_t *enc, int 
 }
 
 /* ------------------------------------------------------------------ the seal's data movers (any CPU) */
+
+/* The outer code's content as ps_content (and _outer._content_nb), on any CPU: each float word
+ * (position < F) less its k free bits, its k / 8 whole free bytes dropped, then the data words
+ * whole, then zeros up to shard bytes (out: [ng][shard]). Little-endian words, as safetensors. */
+static inline __attribute__((always_inline)) void content_row(const uint32_t *row, int F, uint32_t keep, const int lo,
+                                                              uint8_t *o, int64_t shard)
+{
+    const int nb = 4 - lo;
+    int64_t at = 0;
+    for (int j = 0; j < F; j++, at += nb) {
+        const uint32_t x = row[j] & keep;
+        memcpy(o + at, (const uint8_t *)&x + lo, (size_t)nb);
+    }
+    memcpy(o + at, row + F, 4 * (size_t)(255 - F));
+    at += 4 * (255 - F);
+    memset(o + at, 0, (size_t)(shard - at));
+}
+
+CLONES void ps_content_any(const uint32_t *w, int64_t r0, int64_t r1, int F, int k, uint8_t *out, int64_t shard)
+{
+    const uint32_t keep = ~((1u << k) - 1u);
+    for (int64_t r = r0; r < r1; r++) {
+        if (k / 8 == 1) /* a constant byte count per branch: each memcpy is a plain move */
+            content_row(w + r * 255, F, keep, 1, out + r * shard, shard);
+        else if (k / 8 == 2)
+            content_row(w + r * 255, F, keep, 2, out + r * shard, shard);
+        else
+            content_row(w + r * 255, F, keep, 0, out + r * shard, shard);
+    }
+}
+
 /* The float words of a batch of consecutive groups, in position order: the gather of irs4 sealing.
  *
  * w: [ng][255] words (data positions are left as they are); row r is group g0 + r, and position

@@ -114,6 +114,8 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_shares.restype = i32
     lib.ps_encode_tab.argtypes = [p, i64, i64, p, i32, i32, i32, p, i64, p]
     lib.ps_encode_tab.restype = i32
+    lib.ps_content_any.argtypes = [p, i64, i64, i32, i32, p, i64]
+    lib.ps_content_any.restype = None
     return lib
 
 
@@ -649,13 +651,14 @@ def to_strata(
 
 
 def content(w: NDArray[np.uint32], F: int, k: int, shard: int) -> NDArray[np.uint8] | None:
-    """`_outer.Outer.content` compiled: ``[ng, shard]`` bytes, or None without the library."""
-    lib = _load()
+    """`_outer.Outer.content` compiled (AVX-512 with GFNI, else portable): ``[ng, shard]`` bytes, or None."""
+    gfni, lib = _load(), _lib()
     if lib is None or k not in (8, 12, 16) or shard < 4 * _irs.N_POS - (k // 8) * F:
         return None
     assert w.flags.c_contiguous and w.dtype == np.uint32 and w.shape[1] == _irs.N_POS
+    fn = lib.ps_content_any if gfni is None else gfni.ps_content
     out = np.empty((w.shape[0], shard), np.uint8)
-    parallel_map(lambda r: lib.ps_content(w.ctypes.data, r[0], r[1], F, k, out.ctypes.data, shard), _rows(w.shape[0]))
+    parallel_map(lambda r: fn(w.ctypes.data, r[0], r[1], F, k, out.ctypes.data, shard), _rows(w.shape[0]))
     return out
 
 
