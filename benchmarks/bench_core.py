@@ -296,7 +296,8 @@ def worker(op: str, argv: list[str]) -> None:
                 t0 = time.perf_counter()
                 _irs.encode(st.code, w)
                 spent += time.perf_counter() - t0
-            how = "compiled GFNI kernel" if _native.available() else "numba"
+            how = "compiled GFNI kernel" if _native.available() else "compiled table kernel"
+            how = how if _native.encodes(st.code) else "numba"
             out.update(seconds=spent, coder=f"irs4 inner code, k={st.k}, {st.G} groups, {how}, all cores")
         else:
             lay = build_layout(list(h.tensors), key, h.salt, h.lanes)
@@ -316,6 +317,7 @@ def worker(op: str, argv: list[str]) -> None:
         out["seconds"] = 0.0
         out["module"] = os.path.dirname(paramseal.__file__)
         out["native"] = _native.available()
+        out["portable"] = _native.portable()
     else:
         from paramseal import files, load_key
 
@@ -726,7 +728,13 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
         )
     )
     print(f"paramseal : imported from {idle.info.get('module')} ({_git_state(idle.info.get('module'))})")
-    print(f"kernels   : compiled GFNI/AVX-512 library {'used' if idle.info.get('native') else 'NOT used (numba only)'}")
+    if idle.info.get("native"):
+        kernels = "compiled library, irs4 coding with GFNI/AVX-512"
+    elif idle.info.get("portable"):
+        kernels = "compiled library, irs4 coding by nibble tables (this CPU has no GFNI/AVX-512)"
+    else:
+        kernels = "compiled library NOT used (numba only)"
+    print(f"kernels   : {kernels}")
     print(
         "peak RSS  : per process (VmHWM of the worker, as /usr/bin/time reports it); "
         f"a worker that only imports paramseal peaks at {idle.rss_mib:.0f} MiB"
