@@ -2,8 +2,8 @@
 
 With GFNI and AVX-512 (BW, VBMI): the irs4 inner encoder, the decoder's syndromes and the
 outer code's content. On any CPU: the same encoder and syndromes by numba's nibble tables
-(numba's speed, but no numba kernel to load and none of its parallel kernels: seal runs its
-superblocks side by side), the seal gather and its inverse placement, the block MAC's hash,
+(about twice numba's speed, no numba kernel to load and none of its parallel kernels: seal runs
+its superblocks side by side) and the outer content, the seal gather and its inverse placement, the block MAC's hash,
 the tag read and write, the recovery gather (words and flags of damaged groups), the irs4
 decoder (used with the compiled syndromes, so a light recover loads no numba kernel) and the
 lane code's data movers (bit fields, stripes and blocks to and from the lane store, the
@@ -13,7 +13,7 @@ the fallback; the tests compare the two bit for bit. Where the library is missin
 the functions here return False or None and the caller uses the reference.
 ``PARAMSEAL_NATIVE=0`` turns the library off; ``PARAMSEAL_NATIVE=require`` makes a missing or
 unloadable library an error (CI sets it, so a silently skipped build cannot pass). A CPU without
-GFNI and AVX-512 is not an error under it: the coding kernels then run in numba there.
+GFNI and AVX-512 is not an error under it: the portable coding kernels serve it.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def _load() -> ctypes.CDLL | None:
     lib = _lib()
     if lib is None:
         return None
-    if not lib.ps_gfni():  # not a failed build: even under require, this CPU runs the coding in numba
+    if not lib.ps_gfni():  # not a failed build: even under require, this CPU codes with the portable kernels
         return None
     p, i32, u64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64
     lib.ps_irs_encode.argtypes = [p, ctypes.c_int64, p, i32, p, p, u64, p, p, i32, p, p, p, u64]
