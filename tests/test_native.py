@@ -180,7 +180,7 @@ def test_table_kernels_equal_numba(k: int, F: int, host: int) -> None:
     assert np.array_equal(_irs.syndromes_zero(code, broken[:600]), np.arange(600) % 7 != 0)
 
 
-@needs_native
+@needs_lib
 def test_encode_ignores_free_bits_like_the_reference() -> None:
     # the encoder's input has its free bits clear; with them set both read only the data bits
     code = _irs.code_for(8, 255, 2)
@@ -236,7 +236,7 @@ def _mixed_model(seed: int) -> dict[str, np.ndarray]:
     }
 
 
-@needs_native
+@needs_lib
 @pytest.mark.parametrize("seed", [0, 1])
 def test_seal_words_and_scatter_equal_the_reference(seed: int, key: paramseal.Key) -> None:
     model = _mixed_model(seed)
@@ -259,7 +259,7 @@ def test_seal_words_and_scatter_equal_the_reference(seed: int, key: paramseal.Ke
         )
 
 
-@needs_native
+@needs_lib
 def test_seal_words_refuses_nan_naming_the_tensor(key: paramseal.Key) -> None:
     model = _mixed_model(0)
     model["c"][7, 9] = np.inf
@@ -448,7 +448,7 @@ def _damaged_groups(code: _irs.Code, rng: np.random.Generator, ng: int) -> tuple
     return W, flags
 
 
-@needs_native
+@needs_lib
 @pytest.mark.parametrize("k,F,host", CODES)
 def test_compiled_decoder_equals_the_numba_decoder(k: int, F: int, host: int) -> None:
     """Same syndromes in, the same corrected words and the same status per group out, every path taken."""
@@ -502,7 +502,7 @@ def test_compiled_gather_with_flags_equals_the_numba_kernel(
     assert calls  # the compiled kernel ran
 
 
-@needs_native
+@needs_lib
 @pytest.mark.parametrize("k,F,host", [(8, 255, 2), (16, 255, 0), (8, 9, 0)])
 def test_compiled_decoder_equals_numba_on_garbage(k: int, F: int, host: int) -> None:
     """Any flags byte and any syndromes (a file the attacker wrote): the same words and statuses, and no crash."""

@@ -573,7 +573,7 @@ def _syndromes_gfni(
         return None
     _irs._check(W, flags)
     p = _plan(code.k, code.free_strata, code.host)
-    if not 1 <= p.dmax <= 128:  # the kernel's limits; numba serves the rest
+    if not 1 <= p.dmax <= 128:  # the kernel's limits; the table kernel serves the rest
         return None
     ng = W.shape[0]
     out = np.empty((4 * ng, code.words), np.uint64)
