@@ -642,8 +642,9 @@ def test_parallel_map_interrupted_waits_for_running_items(two_task_cores: None) 
     assert sorted(done) == ran  # and nothing started after
 
 
-def _seal_under_the_workqueue_layer(tmp_path: Path, setup: str) -> None:
-    """Seal and verify, in a child without the compiled library, the model ``setup`` (code) makes.
+def _seal_under_the_workqueue_layer(tmp_path: Path, setup: str, native: str = "0", after: str = "") -> None:
+    """Seal and verify, in a child without the compiled library (or ``native`` as PARAMSEAL_NATIVE), the
+    model ``setup`` (code) makes; then run ``after`` (code).
 
     numba's workqueue threading layer aborts the process when two threads enter a parallel kernel.
     """
@@ -671,7 +672,8 @@ def _seal_under_the_workqueue_layer(tmp_path: Path, setup: str) -> None:
         print(files.verify_file(src.with_name("s.safetensors"), key).status)
         """
     )
-    env = {**os.environ, "PARAMSEAL_NATIVE": "0", "NUMBA_THREADING_LAYER": "workqueue"}
+    script += textwrap.dedent(after)
+    env = {**os.environ, "PARAMSEAL_NATIVE": native, "NUMBA_THREADING_LAYER": "workqueue"}
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().endswith("intact")
@@ -684,6 +686,45 @@ def test_a_seal_without_the_coding_kernels_survives_numbas_workqueue_layer(tmp_p
         """
         assert not _native.available()
         model = {"a": (0.02 * rng.standard_normal((2200, 2000))).astype(np.float32)}  # two superblocks
+        """,
+    )
+
+
+def test_a_seal_with_the_table_kernels_runs_superblocks_side_by_side_and_no_numba_parallel_kernel(
+    tmp_path: Path,
+) -> None:
+    """With the library on any CPU, seal runs superblocks in task_map (`_native.encodes`): nothing in a
+    superblock (gather, content, encoder, placement) nor in the tagging, verify or a recover in
+    place may enter numba's parallel kernels, which would abort under the workqueue layer."""
+    from paramseal import _native
+
+    if _native._lib() is None:
+        pytest.skip("compiled library not built")
+    _seal_under_the_workqueue_layer(
+        tmp_path,
+        """
+        import importlib, numba
+        sealing = importlib.import_module("paramseal.seal")
+        ran = []
+        real = sealing.task_map
+        sealing.task_map = lambda fn, xs: ran.append(1) or real(fn, xs)
+        model = {"a": (0.02 * rng.standard_normal((2200, 2000))).astype(np.float32),  # two superblocks
+                 "ids": np.arange(40_000, dtype=np.int64)}
+        """,
+        native="",
+        after="""
+        out = src.with_name("s.safetensors")
+        raw = bytearray(out.read_bytes())
+        raw[-400_000:-300_000] = bytes(100_000)  # a damaged stretch of "a": recovered in place
+        out.write_bytes(bytes(raw))
+        assert files.recover_file(out, out, key, in_place=True).report.status == "recovered"
+        try:
+            numba.threading_layer()
+            raise AssertionError("a numba parallel kernel ran")
+        except ValueError:  # "Threading layer is not initialized": none ran
+            pass
+        assert ran
+        print("intact")
         """,
     )
 
