@@ -765,3 +765,13 @@ def test_an_unknown_native_setting_is_an_error_not_the_default(monkeypatch: pyte
     for ok in ("", "0", "OFF", "require", " Require "):
         monkeypatch.setenv("PARAMSEAL_NATIVE", ok)
         assert _native._mode() == ok.strip().lower()
+
+
+@needs_lib
+def test_seal_gather_refusing_its_strata_is_an_error_not_a_clean_batch() -> None:
+    """ps_gather returns -2 for a strata count it does not take; that once read as 'no NaN' with w unfilled."""
+    w, pad = np.zeros((2, _irs.N_POS), np.uint32), np.zeros((2, _irs.N_POS), np.uint32)
+    perm = np.arange(_irs.N_POS, dtype=np.int16)[None, :]
+    pieces = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.uint64), np.full(1, -1, np.int32))
+    with pytest.raises(RuntimeError, match="refused 0 float strata"):
+        _native.gather(w, 0, perm, 0, pieces, pad, 0xFFFFFFFF)

@@ -628,6 +628,8 @@ def gather(
         raise InputError(
             "reading the model file failed while sealing (an I/O error, or the file was cut short meanwhile)"
         )
+    if -2 in got:  # w was left unfilled: never to be taken for "no NaN"
+        raise RuntimeError(f"compiled seal gather refused {F} float strata")
     hits = [h for h in got if h >= 0]
     return min(hits) if hits else -1
 
