@@ -260,7 +260,7 @@ static inline uint32_t keep_of(uint8_t f)
 }
 
 static inline __attribute__((always_inline)) void shares_w(const uint32_t *W, const uint8_t *flags, int64_t g0, int64_t m,
-                                                           const uint64_t *table, const int words, int b0f, int F,
+                                                           const uint64_t *table, const int words, const uint8_t *b0s,
                                                            uint64_t *acc)
 {
     memset(acc, 0, (size_t)32 * m * words);
@@ -281,7 +281,7 @@ static inline __attribute__((always_inline)) void shares_w(const uint32_t *W, co
                 if (jj >= nj)
                     break;
                 const int j = j0 + jj;
-                const int b0 = j < F ? b0f : 0;
+                const int b0 = b0s ? b0s[j] : 0;
                 const uint64_t *base = table + (size_t)128 * j * words;
                 uint32_t v = row[j];
                 if (frow)
@@ -307,20 +307,20 @@ static inline __attribute__((always_inline)) void shares_w(const uint32_t *W, co
 
 /* _irs._batch_shares for groups [g0, g0 + m): words a compile-time constant in each branch. */
 CLONES static void shares(const uint32_t *W, const uint8_t *flags, int64_t g0, int64_t m, const uint64_t *table, int words,
-                          int b0f, int F, uint64_t *acc)
+                          const uint8_t *b0s, uint64_t *acc)
 {
     switch (words) {
-    case 4: shares_w(W, flags, g0, m, table, 4, b0f, F, acc); break;
-    case 8: shares_w(W, flags, g0, m, table, 8, b0f, F, acc); break;
-    case 12: shares_w(W, flags, g0, m, table, 12, b0f, F, acc); break;
-    default: shares_w(W, flags, g0, m, table, 16, b0f, F, acc); break;
+    case 4: shares_w(W, flags, g0, m, table, 4, b0s, acc); break;
+    case 8: shares_w(W, flags, g0, m, table, 8, b0s, acc); break;
+    case 12: shares_w(W, flags, g0, m, table, 12, b0s, acc); break;
+    default: shares_w(W, flags, g0, m, table, 16, b0s, acc); break;
     }
 }
 
 /* Syndromes of groups [r0, r1) of W ([ng][255] words) from the table syn (_irs.Code.syn), as
  * _irs._run computes them for the decoder: acc ([4 ng][words]), fixed bytes of flags (when
  * given) counted as zero. Returns -1 for a words value the kernel does not take. */
-int ps_shares(const uint32_t *W, const uint8_t *flags, int64_t r0, int64_t r1, const uint64_t *syn, int words, int F,
+int ps_shares(const uint32_t *W, const uint8_t *flags, int64_t r0, int64_t r1, const uint64_t *syn, int words,
               uint64_t *acc)
 {
     if (words != 4 && words != 8 && words != 12 && words != 16)
@@ -328,15 +328,16 @@ int ps_shares(const uint32_t *W, const uint8_t *flags, int64_t r0, int64_t r1, c
     const int64_t batch = PS_BATCH_WORDS / words;
     for (int64_t g0 = r0; g0 < r1; g0 += batch) {
         const int64_t m = r1 - g0 < batch ? r1 - g0 : batch;
-        shares(W, flags, g0, m, syn, words, 0, F, acc + g0 * 4 * words);
+        shares(W, flags, g0, m, syn, words, NULL, acc + g0 * 4 * words);
     }
     return 0;
 }
 
 /* _irs.encode's numba path (_batch_shares with the table enc, then _place) for groups [r0, r1)
  * of W, updated in place (free bits zero on entry). fn: [4][fn_len] free nibble r of codeword
- * t -> 8 j + n; d: [4]; b0f: the whole free bytes per float word the shares skip. */
-int ps_encode_tab(uint32_t *W, int64_t r0, int64_t r1, const uint64_t *enc, int words, int b0f, int F,
+ * t -> 8 j + n; d: [4]; b0s: [255] bytes of each position the shares skip (its whole free bytes,
+ * whose rows of enc are zero: all but hosted ones). */
+int ps_encode_tab(uint32_t *W, int64_t r0, int64_t r1, const uint64_t *enc, int words, const uint8_t *b0s,
                   const int64_t *fn, int64_t fn_len, const int64_t *d)
 {
     if (words != 4 && words != 8 && words != 12 && words != 16)
@@ -348,7 +349,7 @@ int ps_encode_tab(uint32_t *W, int64_t r0, int64_t r1, const uint64_t *enc, int 
     uint64_t acc[4 * PS_BATCH_WORDS];
     for (int64_t g0 = r0; g0 < r1; g0 += batch) {
         const int64_t m = r1 - g0 < batch ? r1 - g0 : batch;
-        shares(W, NULL, g0, m, enc, words, b0f, F, acc);
+        shares(W, NULL, g0, m, enc, words, b0s, acc);
         for (int64_t gg = 0; gg < m; gg++) {
             uint32_t *row = W + (g0 + gg) * 255;
             for (int t = 0; t < 4; t++) {

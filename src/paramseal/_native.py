@@ -110,9 +110,9 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_gather.restype = i64
     lib.ps_to_strata.argtypes = [p, p, i64, i64, i64, p, i32, i32, p, i64]
     lib.ps_to_strata.restype = None
-    lib.ps_shares.argtypes = [p, p, i64, i64, p, i32, i32, p]
+    lib.ps_shares.argtypes = [p, p, i64, i64, p, i32, p]
     lib.ps_shares.restype = i32
-    lib.ps_encode_tab.argtypes = [p, i64, i64, p, i32, i32, i32, p, i64, p]
+    lib.ps_encode_tab.argtypes = [p, i64, i64, p, i32, p, p, i64, p]
     lib.ps_encode_tab.restype = i32
     lib.ps_content_any.argtypes = [p, i64, i64, i32, i32, p, i64]
     lib.ps_content_any.restype = None
@@ -495,12 +495,16 @@ def _encode_tab(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
     if lib is None or not encodes(code):
         return False
     _irs._check(W)
-    b0f = code.k // 8 if not code.host else 0  # as _irs._run: the hosted outer bytes take the free bytes' place
+    # the whole free bytes of each position are skipped (their rows of enc are zero), but for the
+    # hosted bytes, which carry the outer code: numba reads them all where there is a host
+    b0s = np.zeros(_irs.N_POS, np.uint8)
+    b0s[: code.free_strata] = code.k // 8
+    b0s[code.hosted.reshape(-1)] = 0
     fn, d = np.ascontiguousarray(code.fn, np.int64), np.ascontiguousarray(code.d, np.int64)
-    a = (W.ctypes.data, code.enc.ctypes.data, fn.ctypes.data, d.ctypes.data)
+    a = (W.ctypes.data, code.enc.ctypes.data, b0s.ctypes.data, fn.ctypes.data, d.ctypes.data)
     assert code.enc.flags.c_contiguous and code.enc.dtype == np.uint64
     rcs = parallel_map(
-        lambda r: lib.ps_encode_tab(a[0], r[0], r[1], a[1], code.words, b0f, code.free_strata, a[2], fn.shape[1], a[3]),
+        lambda r: lib.ps_encode_tab(a[0], r[0], r[1], a[1], code.words, a[2], a[3], fn.shape[1], a[4]),
         _rows(W.shape[0]),
     )
     if any(rcs):
@@ -556,9 +560,7 @@ def _syndromes_tab(
     out = np.empty((4 * W.shape[0], code.words), np.uint64)
     fptr = None if flags is None else flags.ctypes.data
     a = (W.ctypes.data, code.syn.ctypes.data, out.ctypes.data)
-    rcs = parallel_map(
-        lambda r: lib.ps_shares(a[0], fptr, r[0], r[1], a[1], code.words, code.free_strata, a[2]), _rows(W.shape[0])
-    )
+    rcs = parallel_map(lambda r: lib.ps_shares(a[0], fptr, r[0], r[1], a[1], code.words, a[2]), _rows(W.shape[0]))
     if any(rcs):
         raise RuntimeError(f"compiled syndrome table kernel refused the code's parameters (code {min(rcs)})")
     return out
