@@ -365,6 +365,34 @@ int ps_encode_tab(uint32_t *W, int64_t r0, int64_t r1, const uint64_t *enc, int 
     return 0;
 }
 
+/* _irs._gf2_inverse's elimination (Gauss-Jordan over GF(2)) on the packed augmented matrix
+ * [m | I] (n rows of pw uint64 words, bit c of a row in word c >> 6): the same pivots (the first
+ * row at or below c with bit c set), so the same result. Returns 0, or -1 where m is singular. */
+int ps_gf2_eliminate(uint64_t *a, int64_t n, int64_t pw)
+{
+    for (int64_t c = 0; c < n; c++) {
+        const int64_t w = c >> 6;
+        const uint64_t bit = (uint64_t)1 << (c & 63);
+        int64_t p = c;
+        while (p < n && !(a[p * pw + w] & bit))
+            p++;
+        if (p == n)
+            return -1;
+        if (p != c)
+            for (int64_t i = 0; i < pw; i++) {
+                const uint64_t x = a[c * pw + i];
+                a[c * pw + i] = a[p * pw + i];
+                a[p * pw + i] = x;
+            }
+        const uint64_t *pr = a + c * pw;
+        for (int64_t r = 0; r < n; r++)
+            if (r != c && (a[r * pw + w] & bit))
+                for (int64_t i = w; i < pw; i++)
+                    a[r * pw + i] ^= pr[i];
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ the seal's data movers (any CPU) */
 
 /* The outer code's content as ps_content (and _outer._content_nb), on any CPU: each float word

@@ -116,6 +116,8 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_encode_tab.restype = i32
     lib.ps_content_any.argtypes = [p, i64, i64, i32, i32, p, i64]
     lib.ps_content_any.restype = None
+    lib.ps_gf2_eliminate.argtypes = [p, i64, i64]
+    lib.ps_gf2_eliminate.restype = i32
     return lib
 
 
@@ -202,6 +204,18 @@ def write_tag(
     assert m.size == sh.size <= nw and tg.size == nb
     lib.ps_write_tag(words.ctypes.data, 0, nb, nw, m.ctypes.data, sh.ctypes.data, m.size, tg.ctypes.data)
     return True
+
+
+def gf2_eliminate(packed: NDArray[np.uint64]) -> bool | None:
+    """`_irs._gf2_inverse`'s elimination on ``packed`` (``[n, pw]``, in place).
+
+    True, False where the matrix is singular, or None without the library.
+    """
+    lib = _lib()
+    if lib is None:
+        return None
+    assert packed.dtype == np.uint64 and packed.ndim == 2 and packed.flags.c_contiguous
+    return int(lib.ps_gf2_eliminate(packed.ctypes.data, packed.shape[0], packed.shape[1])) == 0
 
 
 def portable() -> bool:
