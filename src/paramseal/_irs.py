@@ -108,19 +108,24 @@ def _gf2_inverse(m: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
     """Inverse of a square 0/1 matrix over GF(2), or None if it is singular."""
     n = m.shape[0]
     aug = np.concatenate([m.astype(np.uint8), np.eye(n, dtype=np.uint8)], axis=1)
-    pw = (2 * n + 63) // 64
-    packed = _pack_bits(aug, pw)
+    packed = _pack_bits(aug, (2 * n + 63) // 64)
     from . import _native  # imports this module
 
     done = _native.gf2_eliminate(packed)  # compiled: every seal and recover builds its code (4 of these)
-    if done is False:
+    if not (_gf2_eliminate(packed) if done is None else done):
         return None
-    for c in range(n if done is None else 0):
+    bits = np.unpackbits(packed.view(np.uint8), axis=1, bitorder="little")
+    return bits[:, n : 2 * n]
+
+
+def _gf2_eliminate(packed: NDArray[np.uint64]) -> bool:
+    """Gauss–Jordan on the packed ``[m | I]`` in place (the reference of ``ps_gf2_eliminate``); False if singular."""
+    for c in range(packed.shape[0]):
         w, bit = c >> 6, np.uint64(1 << (c & 63))
         col = (packed[:, w] & bit) != 0
         cand = np.flatnonzero(col[c:])
         if cand.size == 0:
-            return None
+            return False
         p = c + int(cand[0])
         if p != c:
             packed[[c, p]] = packed[[p, c]]
@@ -128,8 +133,7 @@ def _gf2_inverse(m: NDArray[np.uint8]) -> NDArray[np.uint8] | None:
         rows = np.flatnonzero(col)
         rows = rows[rows != c]
         packed[rows, w:] ^= packed[c, w:]
-    bits = np.unpackbits(packed.view(np.uint8), axis=1, bitorder="little")
-    return bits[:, n : 2 * n]
+    return True
 
 
 def _gf2_apply(inv: NDArray[np.uint8], syn: NDArray[np.uint8], words: int) -> NDArray[np.uint64]:
