@@ -231,11 +231,7 @@ TARGET void ps_content(const uint32_t *w, int64_t r0, int64_t r1, int F, int k, 
 }
 #endif /* X86 */
 
-/* The block MAC's hash (as _kernels.mlh_tags): for blocks [b0, b1) of words ([nb][nw] 16-bit),
- * out[b] = (sum_i keys[i] * m_i mod p + pads[b]) mod p, where m_i is word i with the tag bits
- * wmask[i] (i < nm) cleared in blocks flagged internal. keys < 2^32 and m_i < 2^16, so the sum
- * of up to 256 terms stays below 2^56 and one reduction is exact. Plain C (any CPU), with clones
- * the compiler vectorises for AVX2 and AVX-512, picked at load time. */
+/* Plain C kernels for any CPU, with clones the compiler vectorises for AVX2 and AVX-512, picked at load time. */
 #if defined(X86) && defined(__GNUC__) && !defined(__clang__)
 #define CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default"), optimize("O3")))
 #else
@@ -512,6 +508,10 @@ void ps_to_strata(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1
     }
 }
 
+/* The block MAC's hash (as _kernels.mlh_tags): for blocks [b0, b1) of words ([nb][nw] 16-bit),
+ * out[b] = (sum_i keys[i] * m_i mod p + pads[b]) mod p, where m_i is word i with the tag bits
+ * wmask[i] (i < nm) cleared in blocks flagged internal. keys < 2^32 and m_i < 2^16, so the sum
+ * of up to 256 terms stays below 2^56 and one reduction is exact. Plain C (any CPU, CLONES). */
 CLONES void ps_mlh(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint64_t *keys, const uint16_t *wmask, int nm,
             const uint8_t *internal, const uint64_t *pads, uint64_t *out)
 {
