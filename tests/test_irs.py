@@ -84,6 +84,9 @@ def test_code_matches_the_design_and_is_cached() -> None:
     assert _irs.radius(c8) == pytest.approx(255 / 5)
     assert _irs.radius(c8, 1.0) == pytest.approx(251 / 5)
     assert not c8.syn.flags.writeable and not c8.d.flags.writeable
+    for c in (c8, c12, _irs.code_for(8, 255, 2)):  # a table row is one cache line, not two (the encoder's speed)
+        assert c.syn.ctypes.data % 64 == 0 and c.enc.ctypes.data % 64 == 0
+        assert c.syn.flags.c_contiguous and c.enc.flags.c_contiguous
 
 
 @pytest.mark.parametrize(("k", "free"), [(7, 255), (0, 255), (8, 0), (8, 256)])
