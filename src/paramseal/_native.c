@@ -343,6 +343,19 @@ int ps_encode_tab(uint32_t *W, int64_t r0, int64_t r1, const uint64_t *enc, int 
             return -2;
     const int64_t batch = PS_BATCH_WORDS / words;
     uint64_t acc[4 * PS_BATCH_WORDS];
+    /* Where each codeword's free nibbles pair up into whole bytes of the row (k = 8 and 16: nibbles
+     * 2i and 2i + 1 are one byte), byte i of its parity is ORed in at once: a quarter of the work. */
+    int16_t boff[4][128];
+    int bytes = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+    for (int t = 0; t < 4 && bytes; t++)
+        for (int i = 0; i < d[t]; i++) {
+            const int64_t lo = fn[t * fn_len + 2 * i], hi = fn[t * fn_len + 2 * i + 1];
+            if ((lo & 1) || hi != lo + 1) {
+                bytes = 0;
+                break;
+            }
+            boff[t][i] = (int16_t)(4 * (lo >> 3) + ((lo & 7) >> 1));
+        }
     for (int64_t g0 = r0; g0 < r1; g0 += batch) {
         const int64_t m = r1 - g0 < batch ? r1 - g0 : batch;
         shares(W, NULL, g0, m, enc, words, b0s, acc);
@@ -351,6 +364,12 @@ int ps_encode_tab(uint32_t *W, int64_t r0, int64_t r1, const uint64_t *enc, int 
             for (int t = 0; t < 4; t++) {
                 const uint64_t *a = acc + (4 * gg + t) * words;
                 const int64_t *f = fn + t * fn_len;
+                if (bytes) {
+                    const uint8_t *ab = (const uint8_t *)a;
+                    for (int i = 0; i < d[t]; i++)
+                        ((uint8_t *)row)[boff[t][i]] |= ab[i];
+                    continue;
+                }
                 for (int r = 0; r < 2 * d[t]; r++) {
                     const uint32_t nib = (uint32_t)((a[r >> 4] >> (4 * (r & 15))) & 15u);
                     row[f[r] >> 3] |= nib << (4 * (f[r] & 7));
