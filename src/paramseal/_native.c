@@ -31,6 +31,10 @@
 #define MAX_D 128
 #define MAX_ROW 128
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "the kernels read packed words as little-endian bytes; ParamSeal runs numba's instead"
+#endif
+
 #ifndef PS_SRC_HASH
 #define PS_SRC_HASH "" /* hatch_build.py passes the first 16 hex digits of this file's SHA-256 */
 #endif
@@ -343,18 +347,18 @@ int ps_encode_tab(uint32_t *W, int64_t r0, int64_t r1, const uint64_t *enc, int 
             return -2;
     const int64_t batch = PS_BATCH_WORDS / words;
     uint64_t acc[4 * PS_BATCH_WORDS];
-    /* Where each codeword's free nibbles pair up into whole bytes of the row (k = 8 and 16: nibbles
-     * 2i and 2i + 1 are one byte), byte i of its parity is ORed in at once: a quarter of the work. */
-    int16_t boff[4][128];
-    int bytes = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
-    for (int t = 0; t < 4 && bytes; t++)
-        for (int i = 0; i < d[t]; i++) {
-            const int64_t lo = fn[t * fn_len + 2 * i], hi = fn[t * fn_len + 2 * i + 1];
-            if ((lo & 1) || hi != lo + 1) {
-                bytes = 0;
-                break;
-            }
-            boff[t][i] = (int16_t)(4 * (lo >> 3) + ((lo & 7) >> 1));
+    /* Free nibble r of codeword t goes to byte noff[t][r] of the row, at bit nsh[t][r]. Where each
+     * codeword's nibbles pair up into whole bytes (k = 8 and 16: nibbles 2i and 2i + 1 are one
+     * byte), byte i of its parity is ORed in at once: a quarter of the work. */
+    int16_t noff[4][256];
+    uint8_t nsh[4][256];
+    int bytes = 1;
+    for (int t = 0; t < 4; t++)
+        for (int r = 0; r < 2 * d[t]; r++) {
+            const int64_t f = fn[t * fn_len + r];
+            noff[t][r] = (int16_t)(4 * (f >> 3) + ((f & 7) >> 1));
+            nsh[t][r] = (uint8_t)(4 * (f & 1));
+            bytes &= nsh[t][r] == 4 * (r & 1) && (!(r & 1) || noff[t][r] == noff[t][r - 1]);
         }
     for (int64_t g0 = r0; g0 < r1; g0 += batch) {
         const int64_t m = r1 - g0 < batch ? r1 - g0 : batch;
@@ -362,18 +366,16 @@ int ps_encode_tab(uint32_t *W, int64_t r0, int64_t r1, const uint64_t *enc, int 
         for (int64_t gg = 0; gg < m; gg++) {
             uint32_t *row = W + (g0 + gg) * 255;
             for (int t = 0; t < 4; t++) {
-                const uint64_t *a = acc + (4 * gg + t) * words;
-                const int64_t *f = fn + t * fn_len;
-                if (bytes) {
-                    const uint8_t *ab = (const uint8_t *)a;
+                const uint8_t *ab = (const uint8_t *)(acc + (4 * gg + t) * words); /* nibble 2i + h: byte i */
+                uint8_t *rb = (uint8_t *)row;
+                if (bytes)
                     for (int i = 0; i < d[t]; i++)
-                        ((uint8_t *)row)[boff[t][i]] |= ab[i];
-                    continue;
-                }
-                for (int r = 0; r < 2 * d[t]; r++) {
-                    const uint32_t nib = (uint32_t)((a[r >> 4] >> (4 * (r & 15))) & 15u);
-                    row[f[r] >> 3] |= nib << (4 * (f[r] & 7));
-                }
+                        rb[noff[t][2 * i]] |= ab[i];
+                else
+                    for (int i = 0; i < d[t]; i++) {
+                        rb[noff[t][2 * i]] |= (uint8_t)((ab[i] & 15u) << nsh[t][2 * i]);
+                        rb[noff[t][2 * i + 1]] |= (uint8_t)((ab[i] >> 4) << nsh[t][2 * i + 1]);
+                    }
             }
         }
     }
