@@ -495,6 +495,32 @@ def test_header_from_reports_a_different_own_header_and_reads_only_json_or_model
     assert helpers.run_cli(["verify", same, "--key", key_file, "--header-from", keep])[0] == 0
 
 
+def test_header_from_an_older_seal_says_the_weights_are_intact_under_their_own(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """A header kept from an older seal of the model, given to a file sealed again: every block fails, and the
+    report said only that the file's header was not the one given, as if the weights were wrecked."""
+    rng = np.random.default_rng(21)
+    model = helpers.write_st(tmp_path / "m.safetensors", {"w": rng.standard_normal((128, 256)).astype(np.float32)})
+    old, new = tmp_path / "old.safetensors", tmp_path / "new.safetensors"
+    for out, kept in ((old, "old.json"), (new, "new.json")):
+        assert helpers.run_cli(["seal", model, out, "--key", key_file, "--header-out", tmp_path / kept])[0] == 0
+    salts = [parse_header((tmp_path / f).read_text(), key).salt.hex() for f in ("old.json", "new.json")]
+    assert salts[0] != salts[1]
+    rc, out, _ = helpers.run_cli(["verify", new, "--key", key_file, "--header-from", tmp_path / "old.json"])
+    assert rc == 2 and "is not the one given (--header-from)" in out  # the check asked for stands
+    assert "another seal of the same model" in out and salts[0] in out and salts[1] in out
+    assert "intact under the file's own header" in out
+    assert helpers.run_cli(["verify", new, "--key", key_file])[0] == 0
+    bad = helpers.write_st(  # the weights damaged as well: no claim that they are intact
+        tmp_path / "bad.safetensors",
+        helpers.flip_bit(paramseal.files.read_model(new).tensors, "w", 5000, 20),
+        paramseal.files.read_model(new).metadata,
+    )
+    rc, out, _ = helpers.run_cli(["verify", bad, "--key", key_file, "--header-from", tmp_path / "old.json"])
+    assert rc == 2 and "is not the one given (--header-from)" in out and "intact" not in out
+
+
 def test_an_edited_scheme_in_the_metadata_header_falls_back_too(
     tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key, key_file: Path
 ) -> None:

@@ -63,6 +63,7 @@ from .verify import (
     other_seals_copies,
     report_of,
     usable,
+    verified_share,
 )
 
 PathLike = str | os.PathLike[str]
@@ -299,7 +300,8 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
     meta = dict(loaded.metadata)
     text = meta.pop(METADATA_KEY, None)
     if header is not None:
-        found = _Found(header, meta, False, [] if text is None or _same_header(text, header, key) else [_NOT_GIVEN])
+        issues = [] if text is None or _same_header(text, header, key) else [_not_given(loaded, text, header, key)]
+        found = _Found(header, meta, False, issues)
         if text is None and kept:  # say so, as verify without --header-from would
             found.notes.append("the file's metadata carries no ParamSeal header; the one given was used")
         return found
@@ -354,6 +356,27 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
 
 _USED = "the copy in the weights was used"
 _NOT_GIVEN = "the file's own ParamSeal header is not the one given (--header-from), which was used"
+
+
+def _not_given(loaded: Loaded, text: str, given: str, key: Key) -> str:
+    """`_NOT_GIVEN`, and, when the file's own header is another seal's of the same model, whether the weights carry it.
+
+    A header kept from an older seal (given with --header-from) fails nearly every block of a
+    model sealed again since: the check against it stands (it is what the user asked for), but
+    the report says that the weights are intact under the seal they carry, not damaged.
+    """
+    try:
+        own, kept = parse_header(text, key), parse_header(given, key)
+    except (FormatError, KeyMismatchError):
+        return _NOT_GIVEN
+    same_model = [(t.name, t.dtype, t.shape) for t in own.tensors] == [(t.name, t.dtype, t.shape) for t in kept.tensors]
+    if own.salt == kept.salt or not same_model or verified_share(loaded.tensors, key, text) != 1:
+        return _NOT_GIVEN
+    return (
+        f"{_NOT_GIVEN}: the weights carry another seal of the same model (salt {own.salt.hex()}; the header given "
+        f"is of salt {kept.salt.hex()}) and are intact under the file's own header (verify without --header-from "
+        "checks them against it)"
+    )
 
 
 def _unusable(e: FormatError | KeyMismatchError) -> str:
