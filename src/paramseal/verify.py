@@ -500,7 +500,6 @@ def other_seals_copies(tensors: Mapping[str, NDArray[np.generic]], key: Key, thi
     model's copy (its sealed tensor added to the file) is no rival: its tensors are extra ones.
     Only the carriers ``this`` chose are read: another seal of the same model chose the same ones.
     """
-    table = [(s.name, s.dtype, s.shape) for s in this.tensors]
     mine = f'"salt":"{this.salt.hex()}"'  # in this seal's own copies (JSON strings escape quotes: only the field)
     carriers = {n: tensors[n] for c in this.carriers if (n := this.tensors[c].name) in tensors}
     out: list[str] = []
@@ -511,9 +510,15 @@ def other_seals_copies(tensors: Mapping[str, NDArray[np.generic]], key: Key, thi
             h = parse_header(text, key)
         except (KeyMismatchError, HeaderAuthError, FormatError):
             continue  # damaged or another key's: no rival seal
-        if h.salt != this.salt and [(s.name, s.dtype, s.shape) for s in h.tensors] == table and text not in out:
+        if another_seal(this, h) and text not in out:
             out.append(text)
     return out
+
+
+def another_seal(this: Header, other: Header) -> bool:
+    """Whether ``other`` is another seal (another salt) of the same model: the same tensor names, dtypes and shapes."""
+    table = [(s.name, s.dtype, s.shape) for s in this.tensors]
+    return other.salt != this.salt and [(s.name, s.dtype, s.shape) for s in other.tensors] == table
 
 
 NOT_SEALED_WARNING = (
@@ -604,6 +609,7 @@ __all__ = [
     "header_from_weights",
     "metadata_findings",
     "other_seals_copies",
+    "another_seal",
     "report_of",
     "verified_share",
     "verify",
