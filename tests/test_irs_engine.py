@@ -507,10 +507,35 @@ def test_a_seal_of_several_superblocks_is_the_same_in_parallel_and_in_turn(
     together = files.seal_file(src, tmp_path / "p.safetensors", key)
     assert together.header.scheme == SCHEME_IRS
     assert -(-together.header.strata // _outer.SUPER_MAX) >= 3
-    monkeypatch.setattr(seal_mod, "task_map", seal_mod._in_turn)
+    monkeypatch.setattr(seal_mod, "task_map", seal_mod.in_turn)
     files.seal_file(src, tmp_path / "s.safetensors", key)
     assert (tmp_path / "p.safetensors").read_bytes() == (tmp_path / "s.safetensors").read_bytes()
     assert files.verify_file(tmp_path / "p.safetensors", key).status == "intact"
+
+
+def test_a_recover_of_several_batches_is_the_same_in_parallel_and_in_turn(
+    sealed: paramseal.SealedModel, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, two_task_cores: None
+) -> None:
+    """Batches of damaged groups are decoded side by side (task_map): what is restored must not depend on it."""
+    from paramseal import _kernels, _native
+
+    monkeypatch.setattr(_irs_recover, "GROUP_BATCH", 97)  # about 9 batches of this model's groups
+    batches: list[int] = []
+
+    def spy(fn: Callable[[int], _T], items: range) -> list[_T]:
+        batches.append(len(items))
+        return _kernels.task_map(fn, items)
+
+    monkeypatch.setattr(_irs_recover, "task_map", spy)
+    bad = _scatter(sealed.tensors, 0.05, 7)
+    side = paramseal.recover(bad, key, sealed.header_json)
+    if _native.portable():  # the compiled decoder: the batches went to task_map, several of them
+        assert batches and max(batches) >= 5, batches
+    monkeypatch.setattr(_irs_recover, "task_map", _kernels.in_turn)
+    turn = paramseal.recover(bad, key, sealed.header_json)
+    assert side.report.status == turn.report.status == "recovered"
+    assert _bytes_equal(side.tensors, sealed.tensors) and _bytes_equal(turn.tensors, sealed.tensors)
+    assert side.report.to_dict() == turn.report.to_dict()
 
 
 def test_a_nan_found_by_one_of_several_superblocks_leaves_no_output_of_the_first_try(

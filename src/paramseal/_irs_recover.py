@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _irs, _outer, _strata
+from . import _irs, _native, _outer, _strata
+from ._kernels import in_turn, task_map
 from ._pages import Workspace, release
 from ._strata import FLAG_BAD, GROUP_BATCH, DataRegion, Strata
 from .errors import FormatError
@@ -177,14 +178,26 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
     data = st.pack_data(flats)
     gids = np.flatnonzero(damaged_groups(st, chk))
     status = np.zeros(st.G, np.int8)
-    fixes: tuple[list[NDArray[np.int64]], list[NDArray[np.uint32]]] | None = ([], []) if rebuild else None
-    for g, w, f, pad in _batches(st, chk, flats, data, gids):
-        before = w.copy() if fixes is not None else w
-        status[g] = _decode(st, w, f)
-        if fixes is not None:  # words as stored: the decoded codeword minus the keyed offset
-            r, c = np.nonzero((w != before) & ((f & FLAG_BAD) != 0) & (status[g] >= 0)[:, None])
-            fixes[0].append(st.vindex_at(g[r], c))
-            fixes[1].append(w[r, c] ^ pad[r, c])
+
+    def batch(i: int) -> tuple[NDArray[np.int64], NDArray[np.uint32]]:
+        """Decode groups ``gids[i : i + GROUP_BATCH]``; their corrections: stream indices, words as stored."""
+        g = gids[i : i + GROUP_BATCH]
+        w, f = st.groups(flats, data, g, chk.bad)
+        assert f is not None
+        pad = st.pad(g)
+        w ^= pad  # the code runs on the words plus the keyed offset
+        before = w.copy() if rebuild else w
+        status[g] = ok = _decode(st, w, f)
+        if not rebuild:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint32)
+        r, c = np.nonzero((w != before) & ((f & FLAG_BAD) != 0) & (ok >= 0)[:, None])
+        return st.vindex_at(g[r], c), w[r, c] ^ pad[r, c]
+
+    # Batches side by side, one per core (as seal's superblocks): one's gather and numpy steps
+    # overlap another's kernels. Only with the compiled decoder: numba's is a parallel kernel.
+    side_by_side = task_map if _native.encodes(st.code) else in_turn
+    found = side_by_side(batch, range(0, gids.size, GROUP_BATCH))
+    fixes = ([v for v, _ in found], [w for _, w in found]) if rebuild else None
     if st.host:
         for sb in np.unique(np.searchsorted(st.outer.sb_start, np.flatnonzero(status < 0), side="right") - 1):
             _outer_repair(st, chk, flats, data, int(sb), status, fixes)
@@ -208,19 +221,6 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
         patches[t] = _rebuild(chk, st, t, rows, fv, fw, ws or Workspace())
         release(chk.blocks[t])
     return Outcome(patches, int((status < 0).sum()), all_ok)
-
-
-def _batches(
-    st: Strata, chk: Check, flats: list[NDArray[np.unsignedinteger]], data: DataRegion, gids: NDArray[np.int64]
-) -> Iterator[tuple[NDArray[np.int64], NDArray[np.uint32], NDArray[np.uint8], NDArray[np.uint32]]]:
-    """``(groups, words plus the keyed offset, flags, the offset)`` of groups ``gids`` a batch at a time."""
-    for i in range(0, gids.size, GROUP_BATCH):
-        g = gids[i : i + GROUP_BATCH]
-        w, f = st.groups(flats, data, g, chk.bad)
-        assert f is not None
-        pad = st.pad(g)
-        w ^= pad
-        yield g, w, f, pad
 
 
 def _outer_repair(

@@ -456,6 +456,11 @@ def task_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     return _run_all(pool, run, items)
 
 
+def in_turn(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    """`task_map`'s contract, one item after another (where ``fn`` enters numba's parallel kernels)."""
+    return [fn(x) for x in items]
+
+
 def _run_all(pool: ThreadPoolExecutor, run: Callable[[_T], _R], items: list[_T]) -> list[_R]:
     """``run`` on each item in ``pool``; after a failure or an interrupt none starts, and those running finish."""
     futures: list[Future[_R]] = []
@@ -552,6 +557,7 @@ __all__ = [
     "rows_as_bytes",
     "parallel_map",
     "task_map",
+    "in_turn",
     "HAVE_NUMBA",
     "gather_stripes",
     "mlh_tags",

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from . import _bits, _code, _embed, _irs, _model, _native, _pages, _strata
 from ._bits import write_tags
-from ._kernels import task_map
+from ._kernels import in_turn, task_map
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
 from ._pages import (
@@ -37,7 +37,6 @@ from .header import METADATA_KEY, SCHEME_IRS, Header
 from .keys import Key, require_key
 from .levels import BLOCK, FLOATS, LEVELS, bits_for, dtype_name
 
-_T = TypeVar("_T")
 _R = TypeVar("_R")
 WINDOW_BYTES = 64 << 20  # stripes gathered in memory before a lane store on disk is written
 ST_ROOM_LIMIT = 10**15  # recorded safetensors header lengths stay below it: the probe header sizes their digits
@@ -264,11 +263,6 @@ def seal_flat(
     return header
 
 
-def _in_turn(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
-    """`task_map`'s contract, one item after another."""
-    return [fn(x) for x in items]
-
-
 def _tag_chunk(
     ub: _model.Blocks,
     t: int,
@@ -370,7 +364,7 @@ def _seal_irs(
     # core at a time, so that one's single-threaded steps (gather, leopard, writes) overlap another's.
     # Only with the compiled encoder: numba's fallback is a parallel kernel, which two threads
     # must not enter (numba's workqueue layer aborts), and it fills the cores itself.
-    side_by_side = task_map if _native.encodes(code) else _in_turn
+    side_by_side = task_map if _native.encodes(code) else in_turn
     side_by_side(superblock, range(outer.superblocks))
     mac = BlockMac(key)
 
