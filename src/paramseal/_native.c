@@ -673,8 +673,16 @@ enum { D_CLEAN = 0, D_CORRECTED = 1, D_TOO_MANY = -1, D_ROOT_COUNT = -2, D_ROOT_
 /* GF(2^8) mod 0x11d as _irs._gf_tables: LOG[0] = 512 and EXP[>= 510] = 0 make products branch-free. */
 static int32_t EXP[1040], LOG[256];
 
+/* FIXED_PER_T[j & 3][fx]: the fixed bytes fx of word j counted per codeword t = (b - j) & 3, 16 bits each */
+static uint64_t FIXED_PER_T[4][16];
+
 __attribute__((constructor)) static void gf_tables(void)
 {
+    for (int r = 0; r < 4; r++)
+        for (int fx = 0; fx < 16; fx++)
+            for (int b = 0; b < 4; b++)
+                if ((fx >> b) & 1)
+                    FIXED_PER_T[r][fx] += (uint64_t)1 << (16 * ((b - r) & 3));
     int x = 1;
     for (int i = 0; i < 256; i++)
         LOG[i] = 512;
@@ -689,7 +697,7 @@ __attribute__((constructor)) static void gf_tables(void)
 
 typedef struct { /* _irs._scratch */
     int32_t S[4][D_NMAX], pos[4][256], val[4][256], npos[4], u[4][D_NMAX], nlen[4];
-    int32_t lam[D_NMAX], psi[D_NMAX], om[D_NMAX], lpsi[D_NMAX], ers[4], B[4][D_NMAX], tmp[D_NMAX];
+    int32_t lam[D_NMAX], llam[D_NMAX], psi[D_NMAX], om[D_NMAX], lpsi[D_NMAX], ers[4], B[4][D_NMAX], tmp[D_NMAX];
     int32_t bd[4], nt[4], LB[4], ordr[4];
 } dscratch;
 
@@ -718,10 +726,10 @@ static inline int d_eval_inv(const int32_t *lt, int deg, int j)
 
 static int d_multi_bm(dscratch *s, int lmax)
 {
-    int32_t *lam = s->lam;
+    int32_t *lam = s->lam, *llam = s->llam; /* llam: LOG of lam, kept for the discrepancies (most steps) */
     for (int i = 1; i < lmax + 2; i++)
-        lam[i] = 0;
-    lam[0] = 1;
+        lam[i] = 0, llam[i] = LOG[0];
+    lam[0] = 1, llam[0] = 0;
     int L = 0, nmax = 0;
     for (int t = 0; t < 4; t++) {
         s->B[t][0] = 1;
@@ -746,7 +754,7 @@ static int d_multi_bm(dscratch *s, int lmax)
                 continue;
             int dsc = 0;
             for (int i = 0; i <= (L < n ? L : n); i++)
-                dsc ^= EXP[LOG[lam[i]] + s->u[t][n - i]];
+                dsc ^= EXP[llam[i] + s->u[t][n - i]];
             if (dsc == 0)
                 continue;
             const int m = n - s->nt[t], lnew = L > s->LB[t] + m ? L : s->LB[t] + m;
@@ -756,8 +764,10 @@ static int d_multi_bm(dscratch *s, int lmax)
                 for (int i = 0; i <= L; i++)
                     s->tmp[i] = lam[i];
             const int lc = (LOG[dsc] + 255 - LOG[s->bd[t]]) % 255;
-            for (int i = 0; i <= s->LB[t]; i++)
+            for (int i = 0; i <= s->LB[t]; i++) {
                 lam[i + m] ^= EXP[LOG[s->B[t][i]] + lc];
+                llam[i + m] = LOG[lam[i + m]];
+            }
             if (lnew > L) {
                 for (int i = 0; i <= L; i++)
                     s->B[t][i] = s->tmp[i];
@@ -779,6 +789,8 @@ static void d_erasures(const uint8_t *fl, int erase_bad, dscratch *s)
         int fx = f & D_FIXED;
         if (erase_bad && (f & D_BAD) && !(f & D_PAD))
             fx = 15;
+        if (!fx) /* most words: no per-byte loop */
+            continue;
         for (int b = 0; b < 4; b++)
             if ((fx >> b) & 1) {
                 const int t = (b - j) & 3;
@@ -904,20 +916,15 @@ static int d_group(uint32_t *wg, const uint8_t *fl, const uint64_t *acc, int wor
                    const int64_t *first, dscratch *s)
 {
     int nbad = 0, nfix = 0;
-    for (int t = 0; t < 4; t++)
-        s->ers[t] = 0;
+    uint64_t fixed = 0; /* fixed bytes of unflagged words per codeword, 16 bits each: no branch per word */
     for (int j = 0; j < 255; j++) {
-        const int f = fl[j], fx = f & D_FIXED;
-        if ((f & D_BAD) && !(f & D_PAD)) {
-            nbad++;
-            for (int t = 0; t < 4; t++)
-                s->ers[t]++;
-        } else
-            for (int b = 0; b < 4; b++)
-                if ((fx >> b) & 1)
-                    s->ers[(b - j) & 3]++;
+        const int f = fl[j], fx = f & D_FIXED, bad = (f & (D_BAD | D_PAD)) == D_BAD;
+        nbad += bad;
+        fixed += FIXED_PER_T[j & 3][bad ? 0 : fx];
         nfix += fx != 0;
     }
+    for (int t = 0; t < 4; t++)
+        s->ers[t] = nbad + (int)((fixed >> (16 * t)) & 0xFFFF);
     if (nbad == 0 && nfix == 0) {
         for (int i = 0; i < 4 * words; i++)
             if (acc[i])
