@@ -190,8 +190,16 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
         status[g] = ok = _decode(st, w, f)
         if not rebuild:
             return np.zeros(0, np.int64), np.zeros(0, np.uint32)
-        r, c = np.nonzero((w != before) & ((f & FLAG_BAD) != 0) & (ok >= 0)[:, None])
-        return st.vindex_at(g[r], c), w[r, c] ^ pad[r, c]
+        # Corrections: words of failed blocks changed outside the free bits of their fixed bytes
+        # (tag and header-copy bits, which the rebuild writes anew; at k = 12 a fixed byte also
+        # holds value bits). Counting those too made 4x as many under scattered damage (a tagged
+        # word in every failed block), each one sorted and written.
+        r, c = np.nonzero(w != before)
+        fl, new = f[r, c], w[r, c]
+        rewritten = ~_irs.byte_mask(fl) & np.where(c < st.free_strata, np.uint32((1 << st.k) - 1), np.uint32(0))
+        keep = ((fl & FLAG_BAD) != 0) & (ok[r] >= 0) & (((new ^ before[r, c]) & ~rewritten) != 0)
+        r, c = r[keep], c[keep]
+        return st.vindex_at(g[r], c), new[keep] ^ pad[r, c]
 
     # Batches side by side, one per core (as seal's superblocks): one's gather and numpy steps
     # overlap another's kernels. Only with the compiled decoder: numba's is a parallel kernel.
