@@ -673,6 +673,10 @@ enum { D_CLEAN = 0, D_CORRECTED = 1, D_TOO_MANY = -1, D_ROOT_COUNT = -2, D_ROOT_
 /* GF(2^8) mod 0x11d as _irs._gf_tables: LOG[0] = 512 and EXP[>= 510] = 0 make products branch-free. */
 static int32_t EXP[1040], LOG[256];
 
+/* MULNIB[c][0][x] = c x and MULNIB[c][1][x] = c (x << 4) in GF(2^8) mod 0x11d, x < 16: a product by c
+ * is two 16-entry lookups (one byte shuffle each, 16 bytes at a time) */
+static uint8_t MULNIB[256][2][16];
+
 /* FIXED_PER_T[j & 3][fx]: the fixed bytes fx of word j counted per codeword t = (b - j) & 3, 16 bits each */
 static uint64_t FIXED_PER_T[4][16];
 
@@ -693,13 +697,54 @@ __attribute__((constructor)) static void gf_tables(void)
         if (x & 0x100)
             x ^= 0x11d;
     }
+    for (int c = 0; c < 256; c++)
+        for (int v = 0; v < 16; v++) {
+            MULNIB[c][0][v] = (uint8_t)EXP[LOG[c] + LOG[v]];
+            MULNIB[c][1][v] = (uint8_t)EXP[LOG[c] + LOG[v << 4]];
+        }
 }
 
-typedef struct { /* _irs._scratch */
-    int32_t S[4][D_NMAX], pos[4][256], val[4][256], npos[4], u[4][D_NMAX], nlen[4];
+#define D_FRONT 256 /* zeros before each codeword's syndromes: products read S_(i - k) for k > i */
+typedef struct { /* _irs._scratch (S as bytes, D_FRONT zeros first, then slack for 16-byte reads) */
+    uint8_t S[4][D_FRONT + 256 + 16];
+    int32_t pos[4][256], val[4][256], npos[4], u[4][D_NMAX], nlen[4];
     int32_t lam[D_NMAX], llam[D_NMAX], psi[D_NMAX], om[D_NMAX], lpsi[D_NMAX], ers[4], B[4][D_NMAX], tmp[D_NMAX];
     int32_t bd[4], nt[4], LB[4], ordr[4];
 } dscratch;
+
+/* out[i] = sum_(k <= min(i, n)) c[k] S_(i - k) for i < len (GF(2^8) mod 0x11d): the product of the
+ * polynomial c (n + 1 coefficients) and the syndromes, cut at len <= 256. sb points at S_0, with
+ * D_FRONT zeros before it; bytes past len only reach out[>= len], which may hold anything. out:
+ * len rounded up to 16. Each 16 outputs are summed in a register (a store per k would stall). */
+#if defined(__GNUC__) && !defined(__clang__)
+typedef uint8_t d_v16 __attribute__((vector_size(16)));
+CLONES static void d_product(const int32_t *c, int n, const uint8_t *sb, int len, uint8_t *out)
+{
+    for (int x = 0; x < len; x += 16) {
+        d_v16 acc = {0};
+        for (int k = 0; k <= n && k <= x + 15; k++) {
+            if (!c[k])
+                continue;
+            d_v16 lo, hi, v;
+            memcpy(&lo, MULNIB[c[k]][0], 16);
+            memcpy(&hi, MULNIB[c[k]][1], 16);
+            memcpy(&v, sb + x - k, 16);
+            acc ^= __builtin_shuffle(lo, v & 15) ^ __builtin_shuffle(hi, v >> 4);
+        }
+        memcpy(out + x, &acc, 16);
+    }
+}
+#else
+static void d_product(const int32_t *c, int n, const uint8_t *sb, int len, uint8_t *out)
+{
+    for (int i = 0; i < len; i++) {
+        int v = 0;
+        for (int k = 0; k <= n && k <= i; k++)
+            v ^= MULNIB[c[k]][0][sb[i - k] & 15] ^ MULNIB[c[k]][1][sb[i - k] >> 4];
+        out[i] = (uint8_t)v;
+    }
+}
+#endif
 
 static void d_locator(const int32_t *pos, int n, int32_t *psi)
 {
@@ -807,14 +852,10 @@ static int d_locate_errors(const uint8_t *fl, const int64_t *d, int cap, dscratc
             return D_TOO_MANY;
         s->nlen[t] = (int)d[t] - e;
         d_locator(s->pos[t], e, s->psi);
-        for (int k = 0; k <= e; k++)
-            s->lpsi[k] = LOG[s->psi[k]];
-        for (int i = e; i < d[t]; i++) { /* Forney syndromes: the erasures taken out */
-            int v = 0;
-            for (int k = 0; k <= e; k++)
-                v ^= EXP[s->lpsi[k] + s->S[t][i - k]];
-            s->u[t][i - e] = LOG[v];
-        }
+        uint8_t prod[256];
+        d_product(s->psi, e, s->S[t] + D_FRONT, (int)d[t], prod);
+        for (int i = e; i < d[t]; i++) /* Forney syndromes: the erasures taken out */
+            s->u[t][i - e] = LOG[prod[i]];
     }
     int lmax = 0;
     for (;;) { /* the radius: largest L with sum_t max(nlen_t - L, 0) >= L */
@@ -862,13 +903,12 @@ static int d_forney(const int64_t *d, const int64_t *first, dscratch *s)
         d_locator(s->pos[t], n, s->psi);
         for (int k = 0; k <= n; k++)
             s->lpsi[k] = LOG[s->psi[k]];
+        uint8_t prod[256];
+        d_product(s->psi, n, s->S[t] + D_FRONT, (int)d[t], prod);
         for (int i = 0; i < d[t]; i++) { /* Omega = S Psi mod x^d must vanish above deg Psi */
-            int v = 0;
-            for (int k = 0; k <= (i < n ? i : n); k++)
-                v ^= EXP[s->lpsi[k] + s->S[t][i - k]];
             if (i < n)
-                s->om[i] = LOG[v];
-            else if (v != 0)
+                s->om[i] = LOG[prod[i]];
+            else if (prod[i] != 0)
                 return D_INCONSISTENT;
         }
         const int e1b = (int)((256 - first[t]) % 255); /* Forney factor X^(1 - b) */
@@ -933,7 +973,7 @@ static int d_group(uint32_t *wg, const uint8_t *fl, const uint64_t *acc, int wor
     }
     for (int t = 0; t < 4; t++)
         for (int i = 0; i < d[t]; i++)
-            s->S[t][i] = LOG[(acc[t * words + (i >> 3)] >> (8 * (i & 7))) & 255];
+            s->S[t][D_FRONT + i] = (uint8_t)(acc[t * words + (i >> 3)] >> (8 * (i & 7)));
     int fits = 1;
     for (int t = 0; t < 4; t++)
         fits &= s->ers[t] <= d[t];
