@@ -538,6 +538,28 @@ def test_a_recover_of_several_batches_is_the_same_in_parallel_and_in_turn(
     assert side.report.to_dict() == turn.report.to_dict()
 
 
+def test_the_progress_bar_goes_on_through_a_heavy_decode(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Scattered damage decodes for seconds a GiB after the check: the bar stood full and still meanwhile."""
+    monkeypatch.setattr(_irs_recover, "GROUP_BATCH", 97)
+    src = helpers.write_st(tmp_path / "m.safetensors", _model())
+    sealed = files.seal_file(src, tmp_path / "s.safetensors", key)
+    assert sealed.header.scheme == SCHEME_IRS
+    t, meta = helpers.read_st(tmp_path / "s.safetensors")
+    bad = helpers.write_st(tmp_path / "bad.safetensors", _scatter(t, 0.05, 3), meta)
+    n = -(-sealed.header.strata // 97)  # every group is damaged
+    for run in (
+        lambda: files.verify_file(bad, key, progress=True).status,
+        lambda: files.recover_file(bad, tmp_path / "r.safetensors", key, progress=True).report.status,
+    ):
+        capsys.readouterr()
+        assert run() in ("tampered", "recovered")
+        err = capsys.readouterr().err
+        assert f"decode 1/{n}" in err and f"decode {n}/{n}" in err, err[-300:]
+        assert "done in" in err
+
+
 def test_a_nan_found_by_one_of_several_superblocks_leaves_no_output_of_the_first_try(
     tmp_path: Path, key: paramseal.Key, two_task_cores: None
 ) -> None:

@@ -178,9 +178,12 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
     data = st.pack_data(flats)
     gids = np.flatnonzero(damaged_groups(st, chk))
     status = np.zeros(st.G, np.int8)
+    nbatch = -(-gids.size // GROUP_BATCH)
+    chk.progress.expect(nbatch)  # heavy damage decodes for seconds a GiB: the bar goes on through it
 
     def batch(i: int) -> tuple[NDArray[np.int64], NDArray[np.uint32]]:
         """Decode groups ``gids[i : i + GROUP_BATCH]``; their corrections: stream indices, words as stored."""
+        chk.progress.step(f"decode {i // GROUP_BATCH + 1}/{nbatch}")
         g = gids[i : i + GROUP_BATCH]
         w, f = st.groups(flats, data, g, chk.bad)
         assert f is not None

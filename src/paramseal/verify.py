@@ -46,6 +46,7 @@ class Check:
     file_metadata: dict[str, str] | None = None  # the file's own metadata, as given
     moved: frozenset[int] = frozenset()  # tensors whose data was found under another name
     chosen: tuple[bool, ...] = ()  # partial verification: the tensors checked (empty: all)
+    progress: Progress = field(default_factory=Progress.null, repr=False)  # the check's; a decode steps it on
 
     _layout: Layout | None = field(default=None, repr=False)
     _irs: Any = field(default=None, repr=False)  # the irs4 decode with rebuilt blocks, run once (recover)
@@ -211,7 +212,9 @@ def check(
     notes += more
     given = None if metadata is None else dict(metadata)
     picked = tuple(chosen) if select is not None else ()
-    return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved), picked)
+    return Check(
+        header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved), picked, progress=prog
+    )
 
 
 def metadata_findings(
