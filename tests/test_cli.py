@@ -7,6 +7,7 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import helpers
 import numpy as np
@@ -509,6 +510,54 @@ def test_an_output_folder_that_cannot_be_written_is_exit_3(
     assert rc == 3 and "Traceback" not in err
     assert f"cannot write '{tmp_path / out_name}'" in err and "writable" in err
     assert not (tmp_path / out_name).exists() and _no_temp_left(tmp_path)
+
+
+def _unreadable(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """``path`` as a file its user may not read (chmod 000; root ignores that, so every open refuses it too)."""
+    import builtins
+    import errno
+    import io
+
+    os.chmod(path, 0)
+    target = os.path.abspath(path)
+
+    def guard(real: Any) -> Any:
+        def opener(file: Any, *a: Any, **k: Any) -> Any:
+            if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == target:
+                raise PermissionError(errno.EACCES, "Permission denied", str(file))
+            return real(file, *a, **k)
+
+        return opener
+
+    for mod in (builtins, io, os):
+        monkeypatch.setattr(mod, "open", guard(mod.open))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["verify", "IN", "--key", "KEY"],
+        ["verify", "IN", "--key", "KEY", "--json"],
+        ["recover", "IN", "OUT", "--key", "KEY", "--json"],
+        ["seal", "IN", "OUT", "--key", "KEY", "--reseal"],
+        ["inspect", "IN", "--json"],
+        ["attack", "--kind", "bitflip", "IN", "OUT"],
+        ["attack", "--kind", "truncate", "IN", "OUT", "--json"],
+    ],
+)
+def test_an_input_that_cannot_be_read_is_exit_3(
+    tmp_path: Path, sealed_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
+) -> None:
+    """A model without read permission: exit 3 with the reason, not a traceback and exit 1 ("tampered")."""
+    out = tmp_path / "out.safetensors"
+    _unreadable(monkeypatch, sealed_file)
+    names = {"IN": str(sealed_file), "OUT": str(out), "KEY": str(key_file)}
+    rc, so, err = run([names.get(a, a) for a in argv])
+    assert rc == 3 and "Traceback" not in err, err
+    assert f"cannot read '{sealed_file}': Permission denied" in err and not out.exists() and _no_temp_left(tmp_path)
+    if "--json" in argv:
+        doc = json.loads(so)
+        assert doc["status"] == "error" and doc["exit_code"] == 3 and "Permission denied" in doc["error"]
 
 
 def test_a_full_disk_is_exit_3_and_leaves_nothing(

@@ -215,8 +215,17 @@ def _require_file(p: Path) -> None:
         )
     if not p.is_file():
         raise UsageError(f"input '{p}' does not exist or is not a file")
+    require_readable(p)
     if looks_like_key_file(p):  # caught here, before a format's error could quote its first bytes
         raise UsageError(f"'{p}' looks like a ParamSeal key file, not a model: pass the key with --key (key=)")
+
+
+def require_readable(p: Path) -> None:
+    """An input file its user may not read is exit 3 with the reason (a PermissionError was a traceback, exit 1)."""
+    try:
+        os.close(os.open(p, os.O_RDONLY | os.O_NONBLOCK))  # a FIFO put there since is_file(): no wait for a writer
+    except OSError as e:
+        raise InputError(f"cannot read '{p}': {e.strerror or e}") from None
 
 
 def write_model(path: PathLike, loaded: Loaded, fmt: str | None = None) -> None:

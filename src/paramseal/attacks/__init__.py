@@ -125,13 +125,14 @@ def _builtin_model(name: str | None) -> GradModel:
 
 def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: AttackSpec) -> GroundTruth:
     """Read ``src``, attack it and write ``dst`` atomically; ``src`` is never modified."""
-    from ..files import atomic_path, inspect_file, read_model, write_model
+    from ..files import atomic_path, inspect_file, read_model, require_readable, write_model
     from ..formats.registry import adapter_for
     from ..keys import looks_like_key_file
 
     s, d = Path(src), Path(dst)
     if not s.is_file():
         raise UsageError(f"input '{s}' does not exist or is not a file")
+    require_readable(s)
     if looks_like_key_file(s):  # truncate would copy part of the key into an output others can read
         raise UsageError(f"'{s}' looks like a ParamSeal key file, not a model; attack takes a model file")
     if d.exists() and d.resolve() == s.resolve():
