@@ -56,6 +56,14 @@ def test_keygen_into_missing_folder_is_exit_3(tmp_path: Path) -> None:
     assert rc == 3 and "Traceback" not in err
 
 
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_keygen_into_a_folder_says_it_is_a_folder(tmp_path: Path, force: list[str]) -> None:
+    """A folder given as KEYFILE: not "it exists ... replace it with --force", which --force then refuses."""
+    rc, _, err = run(["keygen", tmp_path, *force])
+    assert rc == 3 and f"'{tmp_path}': it is a folder" in err and "--force" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------- seal / verify / recover / inspect
 
 

@@ -77,6 +77,8 @@ class Key:
 def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False) -> Path:
     """Write ``key`` to a new file readable only by its owner."""
     p = Path(path)
+    if p.is_dir():  # "it exists ... --force" would point at an option that refuses it too
+        raise UsageError(f"cannot write key to '{p}': it is a folder; give a file path, such as '{p / 'my.key'}'")
     if p.exists() and not overwrite:
         raise UsageError(
             f"cannot write key to '{p}' because it exists; choose another path, or replace it on purpose "
