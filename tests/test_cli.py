@@ -54,6 +54,7 @@ def test_keygen_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
 def test_keygen_into_missing_folder_is_exit_3(tmp_path: Path) -> None:
     rc, _, err = run(["keygen", tmp_path / "nope" / "k.key"])
     assert rc == 3 and "Traceback" not in err
+    assert f"folder '{tmp_path / 'nope'}' does not exist" in err  # as seal says it; not a bare "No such file"
 
 
 @pytest.mark.parametrize("force", [[], ["--force"]])

@@ -7,6 +7,7 @@ output: reports show only its fingerprint, a one-way HKDF output.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import secrets
@@ -98,6 +99,8 @@ def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False
     except OSError as e:
         if p.is_symlink():
             raise UsageError(link) from None
+        if e.errno == errno.ENOENT and not p.parent.is_dir():  # as seal says it, not a bare "No such file"
+            raise UsageError(f"cannot write key to '{p}': folder '{p.parent}' does not exist") from None
         raise UsageError(f"cannot write key to '{p}': {e.strerror}") from None
     try:
         os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)  # whatever the umask
