@@ -260,6 +260,17 @@ def test_torchscript_archive_is_refused_without_loading_its_code(tmp_path: Path,
     assert rc == 3 and "TorchScript" in err and not (tmp_path / "o.pt").exists()
 
 
+@pytest.mark.parametrize("name", ["e.pt", "e.bin"])
+def test_an_empty_pytorch_file_says_it_is_empty(tmp_path: Path, key_file: Path, name: str) -> None:
+    """Not "(truncated or not a torch.save file): EOFError: " with nothing after it (as an empty .onnx says)."""
+    p = tmp_path / name
+    p.write_bytes(b"")
+    for argv in (["inspect", p], ["seal", p, tmp_path / "o.pt", "--key", key_file]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and f"'{p}' is not a PyTorch file: the file is empty" in err and "EOFError" not in err, err
+    assert not (tmp_path / "o.pt").exists()
+
+
 def test_unsupported_dtype_is_named(tmp_path: Path) -> None:
     p = tmp_path / "c.pt"
     torch.save({"z": torch.ones(2, dtype=torch.complex64)}, p)

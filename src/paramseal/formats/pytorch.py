@@ -132,6 +132,8 @@ class PyTorchAdapter:
         torch = import_torch(f"reading PyTorch file '{path}'")
         if is_torchscript(path):
             raise torchscript_error(path)
+        if path.is_file() and path.stat().st_size == 0:  # torch.load's EOFError has no message: say what it means
+            raise FormatError(f"'{path}' is not a PyTorch file: the file is empty")
         try:
             with warnings.catch_warnings():  # e.g. "pickle protocol 4": we validate strictly below anyway
                 warnings.simplefilter("ignore")
