@@ -521,6 +521,22 @@ def test_an_output_folder_that_cannot_be_written_is_exit_3(
     assert not (tmp_path / out_name).exists() and _no_temp_left(tmp_path)
 
 
+def test_a_partial_verify_says_its_not_recoverable_is_judged_without_decoding(tmp_path: Path, key_file: Path) -> None:
+    """Scattered damage that a full verify decodes (exit 1): --tensors says exit 2, and now why, in a note."""
+    rng = np.random.default_rng(0)
+    weights = {n: rng.standard_normal((128, 128)).astype(np.float32) for n in ("a", "b")}
+    src = helpers.write_st(tmp_path / "m.safetensors", weights)
+    sealed, bad = tmp_path / "s.safetensors", tmp_path / "bad.safetensors"
+    assert run(["seal", src, sealed, "--key", key_file])[0] == 0
+    assert run(["attack", "--kind", "random-modify", "--fraction", "0.01", "--tensor", "a", sealed, bad])[0] == 0
+    assert run(["verify", bad, "--key", key_file])[0] == 1
+    rc, out, _ = run(["verify", bad, "--key", key_file, "--tensors", "a", "--json"])
+    notes = json.loads(out)["notes"]
+    assert rc == 2 and any("without decoding" in n and "a full verify" in n for n in notes), notes
+    rc, out, _ = run(["verify", bad, "--key", key_file, "--tensors", "a"])
+    assert rc == 2 and "a full verify decodes them" in out
+
+
 def _unreadable(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
     """``path`` as a file its user may not read (chmod 000; root ignores that, so every open refuses it too)."""
     import builtins

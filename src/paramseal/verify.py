@@ -570,14 +570,22 @@ def report_of(chk: Check) -> Report:
         for s, b, iss in zip(chk.specs, chk.bad, chk.issues, strict=True)
     }
     tampered = bool(chk.bad_global.any() or any(chk.issues) or chk.extra or chk.metadata_issues)
+    recoverable = chk.recoverable()
+    notes = list(chk.notes)
+    if not recoverable and chk.header.irs and not chk.complete and chk.bad_global.any() and not chk.metadata_lost:
+        # the estimate from the flags alone says no to scattered damage that decoding rebuilds
+        notes.append(
+            "judged not recoverable from the failed blocks alone, without decoding them (--tensors): "
+            "a full verify decodes them and may find the damage recoverable"
+        )
     return Report(
         kind="verify",
         status="tampered" if tampered else "intact",
-        recoverable=chk.recoverable(),
+        recoverable=recoverable,
         tensors=findings,
         extra_tensors=tuple(chk.extra),
         metadata_issues=tuple(chk.metadata_issues),
-        notes=tuple(chk.notes),
+        notes=tuple(notes),
         key_fingerprint=chk.header.key_fingerprint,
         level=chk.header.level if chk.header.bits is None else f"bits={chk.header.bits}",
         total_blocks=chk.total_blocks,
