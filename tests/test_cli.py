@@ -1221,3 +1221,25 @@ def test_an_output_that_is_a_fifo_is_refused_without_waiting_for_a_writer(
     rc, stdout, stderr = got[0]
     assert rc == 3 and "not a regular file" in stderr and "Traceback" not in stderr, (rc, stdout, stderr)
     assert stat.S_ISFIFO(os.stat(out).st_mode) and helpers.listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, MemoryError])
+def test_an_unexpected_error_keeps_its_traceback_and_is_exit_3_not_a_verdict(
+    sealed_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, exc: type[Exception]
+) -> None:
+    """A bug is not exit 1 ('tampered but recoverable', Python's code for it); the key stays hidden."""
+    key_hex = key_file.read_text().strip()
+
+    def broken(*a: object, **k: object) -> None:
+        raise exc(f"boom {key_hex}")
+
+    monkeypatch.setattr(files, "verify_file", broken)
+    monkeypatch.setenv("PARAMSEAL_KEY", key_hex)
+    rc, out, err = run(["verify", sealed_file, "--json"])
+    assert rc == 3, (rc, err)
+    assert "Traceback (most recent call last)" in err and f"{exc.__name__}: boom" in err
+    what = "out of memory" if exc is MemoryError else "internal error"
+    assert f"error: {what}, no verdict on the model" in err and "bug in ParamSeal" in err
+    doc = json.loads(out)
+    assert doc["exit_code"] == 3 and doc["status"] == "error" and "boom" in doc["error"]
+    assert key_hex not in err and key_hex not in out and "<key-like text, not shown>" in err

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, redirect_stdout
 from decimal import ROUND_HALF_UP, Decimal
@@ -241,6 +242,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         # would. Point stdout at /dev/null so the interpreter's final flush does not fail again.
         _quiet_stdout()
         return 128 + 13
+    except Exception as e:  # a bug: its traceback is kept, its exit code must not read as a verdict
+        return _internal_error(e, args, hidden)
+
+
+def _internal_error(e: Exception, args: argparse.Namespace, hidden: Iterable[str]) -> int:
+    """An exception none of ours: print its traceback (STYLE: a real bug keeps it) and exit 3.
+
+    Python's own exit code for it, 1, is the verdict "tampered but recoverable", which a script
+    would act on. The key, from the command line or PARAMSEAL_KEY, is masked in what is printed.
+    """
+    masked = [*hidden, *key_like_args([os.environ.get("PARAMSEAL_KEY", "")])]
+    print(redact("".join(traceback.format_exception(e)), masked), file=sys.stderr, end="")
+    what = "out of memory" if isinstance(e, MemoryError) else "internal error"
+    message = redact(
+        f"{what}, no verdict on the model ({type(e).__name__}: {e}); unless the machine ran out of "
+        "memory, this is a bug in ParamSeal: please report it with the traceback above",
+        masked,
+    )
+    print(f"error: {message}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _error_doc(3, message)
+    return 3
 
 
 class _Discard(io.StringIO):
