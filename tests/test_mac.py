@@ -135,3 +135,23 @@ def test_a_tensor_verified_in_odd_sized_chunks_is_intact_and_a_flip_is_located(
     bad["w"].view(np.uint32)[64 * 7 + 5] ^= 1 << 20
     r = paramseal.verify(bad, key, sealed.header_json)
     assert r.status == "tampered" and r.tensors["w"].tampered_blocks == (7,)
+
+
+def test_a_last_block_with_its_tag_in_the_header_verifies_in_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A last block too short to hold its tag keeps it in the header (external_tags). Read a chunk at a time,
+    a chunk takes the header tags of its own external blocks (counted before it), not the ones at its block
+    numbers, or an intact tensor fails in its last chunk."""
+    from paramseal import _pages
+    from paramseal.header import parse_header
+
+    key = paramseal.Key(bytes(range(32)))
+    w = {"w": np.random.default_rng(6).standard_normal(64 * 20 + 2).astype(np.float32)}
+    sealed = paramseal.seal(w, key)
+    ext = parse_header(sealed.header_json, key).external_tags
+    assert list(ext) == [0] and ext[0].size == 1  # only block 20, the two-value last one, keeps it outside
+    monkeypatch.setattr(_pages, "CHUNK_BYTES", 64 * 4 * 3)
+    assert paramseal.verify(sealed.tensors, key, sealed.header_json).status == "intact"
+    bad = {"w": sealed.tensors["w"].copy()}
+    bad["w"].view(np.uint32)[64 * 20 + 1] ^= 1
+    r = paramseal.verify(bad, key, sealed.header_json)
+    assert r.status == "tampered" and r.tensors["w"].tampered_blocks == (20,)
