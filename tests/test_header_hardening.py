@@ -94,3 +94,20 @@ def test_inspect_text_calls_untrusted_carriers_malformed(
 def test_canonical_header_still_verifies(sealed: tuple[Path, Path, Loaded]) -> None:
     d, kf, _ = sealed
     assert main(["verify", str(d / "s.safetensors"), "--key", str(kf)]) == 0
+
+
+def test_a_header_over_the_size_limit_is_refused_before_it_is_parsed() -> None:
+    """A header longer than the limit is never handed to the JSON parser (a crafted multi-GB header would take
+    that much memory and more), even one that would authenticate: whitespace padding an authentic header."""
+    from paramseal.errors import FormatError
+    from paramseal.header import _MAX_HEADER_CHARS, HeaderAuthError, parse_header, peek_header
+
+    key = paramseal.Key(bytes(range(32)))
+    text = paramseal.seal({"w": np.linspace(-1, 1, 300, dtype=np.float32)}, key).header_json
+    assert parse_header(text, key).tensors[0].name == "w"
+    padded = text + " " * (_MAX_HEADER_CHARS + 1 - len(text))
+    with pytest.raises(HeaderAuthError, match=rf"malformed \({len(padded)} characters\)"):
+        parse_header(padded, key)
+    with pytest.raises(FormatError, match=f"{len(padded)} characters long"):
+        peek_header(padded)
+    assert parse_header(padded[:-1], key).tensors[0].name == "w"  # at the limit: read as ever
