@@ -8,6 +8,7 @@ import inspect
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Literal
 
 import helpers
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 
 import paramseal
 from paramseal import errors
+from paramseal.report import Report, Status
 
 
 def _public_names() -> set[str]:
@@ -200,6 +202,37 @@ def test_raise_for_status_maps_the_report_to_the_exported_errors(key: paramseal.
         rep.raise_for_status()
     assert ei2.value.exit_code == 2
     paramseal.recover(flipped, key, sealed.header_json).report.raise_for_status()  # recovered: whole
+
+
+@pytest.mark.parametrize(
+    ("kind", "status", "recoverable", "code", "error"),
+    [
+        ("verify", "intact", True, 0, None),
+        ("recover", "recovered", True, 0, None),
+        ("verify", "tampered", True, 1, paramseal.TamperedError),
+        ("verify", "tampered", False, 2, paramseal.UnrecoverableError),
+        ("recover", "unrecoverable", False, 2, paramseal.UnrecoverableError),
+        # the two fields are set apart (_shard_set._merge takes the worst status and ANDs the shards'
+        # recoverable): should they ever disagree, a model that is not whole never exits 1
+        ("recover", "unrecoverable", True, 2, paramseal.UnrecoverableError),
+    ],
+)
+def test_exit_code_and_raise_for_status_follow_the_status_first(
+    kind: Literal["verify", "recover"],
+    status: Status,
+    recoverable: bool,
+    code: int,
+    error: type[errors.ParamSealError] | None,
+) -> None:
+    """0 whole, 1 only for a tampered model that can be recovered, 2 otherwise, whatever ``recoverable`` says."""
+    rep = Report(kind=kind, status=status, recoverable=recoverable)
+    assert rep.exit_code == code and rep.ok == (code == 0)
+    if error is None:
+        rep.raise_for_status()
+        return
+    with pytest.raises(error) as ei:
+        rep.raise_for_status()
+    assert type(ei.value) is error and ei.value.exit_code == code
 
 
 def test_sealing_sealed_tensors_again_is_refused_unless_reseal(key: paramseal.Key) -> None:
