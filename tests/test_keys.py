@@ -379,3 +379,16 @@ def test_repr_shows_the_secret_in_no_encoding(key: paramseal.Key) -> None:
     forms = [repr(key.secret)[2:-1], base64.b64encode(key.secret).decode(), str(list(key.secret))[1:-1]]
     for text in (repr(key), str(key), repr([key]), repr({"k": key})):
         assert not any(f in text for f in forms)
+
+
+def test_an_option_value_naming_an_existing_file_is_not_taken_for_key_text(tmp_path: Path) -> None:
+    """``--opt=VALUE`` is judged by VALUE, as ``--opt VALUE`` is: a hub blob is named by a 64-digit SHA-256,
+    and that existing path is shown in messages; key text there (no such file) is hidden."""
+    from paramseal.keys import key_like_args
+
+    blob = tmp_path / ("0123456789abcdef" * 4)
+    blob.write_bytes(b"{}")
+    assert key_like_args([str(blob)]) == ()
+    assert key_like_args([f"--header-from={blob}"]) == ()
+    missing = tmp_path / ("fedcba9876543210" * 4)
+    assert str(missing) in key_like_args([f"--header-from={missing}"])
