@@ -991,3 +991,18 @@ def test_a_lone_carriers_three_copies_each_hit_by_a_burst_are_rebuilt_by_majorit
     k = sealed.header.tensors[0].k
     assert all(_embed._copy_bytes(t["w"], k, n, c) != text.encode() for c in range(3))  # no copy is intact
     assert header_from_weights(t, key) == text
+
+
+def test_a_seal_is_not_another_seal_of_itself(key: paramseal.Key) -> None:
+    """``another_seal``: another salt over the same tensor table. The same seal's header (its copy, reformatted,
+    or cut to the weights' form) is no rival seal; a seal again of the same model is one; another model is not."""
+    from paramseal.header import parse_header
+    from paramseal.verify import another_seal
+
+    w = {"w": np.linspace(-1, 1, 300, dtype=np.float32)}
+    one = parse_header(paramseal.seal(w, key).header_json, key)
+    again = parse_header(paramseal.seal(w, key).header_json, key)
+    other = parse_header(paramseal.seal({"v": w["w"]}, key).header_json, key)
+    assert not another_seal(one, one)
+    assert another_seal(one, again) and another_seal(again, one)
+    assert not another_seal(one, other)
