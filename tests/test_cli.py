@@ -1223,7 +1223,7 @@ def test_an_output_that_is_a_fifo_is_refused_without_waiting_for_a_writer(
     assert stat.S_ISFIFO(os.stat(out).st_mode) and helpers.listing(tmp_path) == before
 
 
-@pytest.mark.parametrize("exc", [RuntimeError, MemoryError])
+@pytest.mark.parametrize("exc", [RuntimeError, MemoryError, OSError])
 def test_an_unexpected_error_keeps_its_traceback_and_is_exit_3_not_a_verdict(
     sealed_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, exc: type[Exception]
 ) -> None:
@@ -1238,7 +1238,7 @@ def test_an_unexpected_error_keeps_its_traceback_and_is_exit_3_not_a_verdict(
     rc, out, err = run(["verify", sealed_file, "--json"])
     assert rc == 3, (rc, err)
     assert "Traceback (most recent call last)" in err and f"{exc.__name__}: boom" in err
-    what = "out of memory" if exc is MemoryError else "internal error"
+    what = {MemoryError: "out of memory", OSError: "I/O error"}.get(exc, "internal error")
     assert f"error: {what}, no verdict on the model" in err and "bug in ParamSeal" in err
     doc = json.loads(out)
     assert doc["exit_code"] == 3 and doc["status"] == "error" and "boom" in doc["error"]

@@ -254,10 +254,11 @@ def _internal_error(e: Exception, args: argparse.Namespace, hidden: Iterable[str
     """
     masked = [*hidden, *key_like_args([os.environ.get("PARAMSEAL_KEY", "")])]
     print(redact("".join(traceback.format_exception(e)), masked), file=sys.stderr, end="")
-    what = "out of memory" if isinstance(e, MemoryError) else "internal error"
+    kinds = ((MemoryError, "out of memory"), (OSError, "I/O error"), (Exception, "internal error"))
+    what = next(w for t, w in kinds if isinstance(e, t))
     message = redact(
         f"{what}, no verdict on the model ({type(e).__name__}: {e}); unless the machine ran out of "
-        "memory, this is a bug in ParamSeal: please report it with the traceback above",
+        "memory or a disk failed, this is a bug in ParamSeal: please report it with the traceback above",
         masked,
     )
     print(f"error: {message}", file=sys.stderr)
