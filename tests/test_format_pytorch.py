@@ -650,3 +650,23 @@ def test_module_versions_holding_more_than_plain_values_are_not_carried_to_the_o
     torch.save(plain, src)
     files.seal_file(src, out, key)
     assert dict(torch.load(out, weights_only=True)._metadata) == dict(plain._metadata)
+
+
+def test_attack_on_a_sealed_tied_pt_writes_a_tied_pt(tmp_path: Path, key: paramseal.Key, key_file: Path) -> None:
+    """A .pt keeps its ties as ties: attack refused every .pt output of a tied sealed .pt ('cannot hold metadata')."""
+    torch.manual_seed(5)
+    src, out, bad = tmp_path / "tied.pt", tmp_path / "sealed.pt", tmp_path / "bad.pt"
+    torch.save(_Tied().state_dict(), src)
+    files.seal_file(src, out, key)
+    rc, stdout, err = helpers.run_cli(["attack", out, bad, "--kind", "bitflip", "--n", "3", "--seed", "1"])
+    assert rc == 0, err
+    sd = torch.load(bad, weights_only=True)
+    assert sd["head.weight"].data_ptr() == sd["emb.weight"].data_ptr()  # still tied
+    assert files.verify_file(bad, key).status == "tampered"
+    rc, _, _ = helpers.run_cli(["recover", bad, tmp_path / "back.pt", "--key", key_file])
+    assert rc == 0 and files.verify_file(tmp_path / "back.pt", key).status == "intact"
+    # a .npy cannot keep the tie: still refused, naming the entry
+    rc, _, err = helpers.run_cli(["attack", out, tmp_path / "bad.npz", "--kind", "bitflip"])
+    assert rc == 0
+    rc, _, err = helpers.run_cli(["attack", out, tmp_path / "bad.npy", "--kind", "bitflip"])
+    assert rc == 3 and "paramseal.tied" in err

@@ -126,6 +126,7 @@ def _builtin_model(name: str | None) -> GradModel:
 def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: AttackSpec) -> GroundTruth:
     """Read ``src``, attack it and write ``dst`` atomically; ``src`` is never modified."""
     from ..files import atomic_path, inspect_file, read_model, require_readable, write_model
+    from ..formats.pytorch import TIED_KEY
     from ..formats.registry import adapter_for
     from ..keys import looks_like_key_file
 
@@ -148,10 +149,14 @@ def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: 
             tmp.write_bytes(out)
         return truth
     attacked, truth = attack(read_model(s), spec)
-    if attacked.metadata and not adapter_for(d, must_exist=False).keeps_metadata:
+    writer = adapter_for(d, must_exist=False)
+    lost = [] if writer.keeps_metadata else sorted(attacked.metadata)
+    if writer.name == "pytorch":  # a .pt keeps a tie as a tie: the writer re-ties from this entry
+        lost = [k for k in lost if k != TIED_KEY]
+    if lost:
         # the ground truth would not say so: the file written would lose every key, not the attack's alone
         raise UsageError(
-            f"output '{d}' cannot hold metadata, so the metadata {', '.join(map(repr, sorted(attacked.metadata)))} "
+            f"output '{d}' cannot hold metadata, so the metadata {', '.join(map(repr, lost))} "
             f"would be lost besides what {spec.kind} changes; write OUT as .safetensors, .npz or .onnx"
         )
     write_model(d, attacked)
