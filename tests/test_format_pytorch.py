@@ -670,3 +670,22 @@ def test_attack_on_a_sealed_tied_pt_writes_a_tied_pt(tmp_path: Path, key: params
     assert rc == 0
     rc, _, err = helpers.run_cli(["attack", out, tmp_path / "bad.npy", "--kind", "bitflip"])
     assert rc == 3 and "paramseal.tied" in err
+
+
+def test_attack_keeps_the_module_versions_of_a_pt(tmp_path: Path, key: paramseal.Key, key_file: Path) -> None:
+    """attack wrote a .pt without the input's ``_metadata``, a change its ground truth did not list.
+
+    Recover cannot put them back (they are carried, not sealed), so the drill's recovered file lost them too.
+    """
+    torch.manual_seed(6)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 2048), torch.nn.BatchNorm1d(2048)).eval()
+    src, out, bad, back = tmp_path / "m.pt", tmp_path / "s.pt", tmp_path / "bad.pt", tmp_path / "back.pt"
+    torch.save(net.state_dict(), src)
+    files.seal_file(src, out, key)
+    want = dict(torch.load(out, weights_only=True)._metadata)
+    assert want["1"]["version"] == 2
+    rc, _, err = helpers.run_cli(["attack", out, bad, "--kind", "bitflip", "--seed", "1"])
+    assert rc == 0, err
+    assert dict(torch.load(bad, weights_only=True)._metadata) == want
+    rc, _, _ = helpers.run_cli(["recover", bad, back, "--key", key_file])
+    assert rc == 0 and dict(torch.load(back, weights_only=True)._metadata) == want

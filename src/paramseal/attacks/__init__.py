@@ -95,7 +95,8 @@ def attack(loaded: Loaded, spec: AttackSpec, *, model: GradModel | None = None) 
         ),
         keys,
     )
-    return Loaded(t, meta), truth
+    # what the writer needs besides the values (a .pt's module versions, an ONNX graph) stays the input's
+    return Loaded(t, meta, source=loaded.source if list(t) == list(loaded.tensors) else None), truth
 
 
 def attack_bytes(data: bytes, spec: AttackSpec, total_parameters: int = 0) -> tuple[bytes, GroundTruth]:
