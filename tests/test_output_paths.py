@@ -131,3 +131,22 @@ def test_a_name_limit_the_file_system_cannot_tell_or_too_small_gives_a_usable_te
     with files.atomic_path(dst) as tmp:
         tmp.write_bytes(b"x")
     assert dst.read_bytes() == b"x" and _temps(tmp_path) == []
+
+
+def test_in_place_keeps_the_format_of_a_safetensors_file_named_bin(tmp_path: Path, key_file: Path) -> None:
+    """``.bin`` names no one format: a safetensors file under it is read as one, and written in place as one.
+
+    ``seal``/``recover --in-place`` turned such a file into a torch pickle (a new ``.bin`` output is a .pt),
+    dropping its metadata, and recover called the result recovered.
+    """
+    w = helpers.fp32_model(1 << 16, seed=5)
+    m = helpers.write_st(tmp_path / "pytorch_model.bin", w, metadata={"format": "pt"})
+    assert helpers.run_cli(["seal", m, m, "--key", key_file, "--in-place"])[0] == 0
+    assert m.read_bytes()[8:9] == b"{"  # still safetensors: an 8-byte length, then its JSON header
+    sealed = m.read_bytes()
+    raw = bytearray(sealed)
+    raw[-100] ^= 0x40  # a bit flipped in the last tensor's data
+    m.write_bytes(bytes(raw))
+    rc, out, err = helpers.run_cli(["recover", m, m, "--key", key_file, "--in-place"])
+    assert rc == 0, out + err
+    assert m.read_bytes() == sealed

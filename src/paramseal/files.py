@@ -162,8 +162,9 @@ class _Precopy(threading.Thread):
 
 
 def _check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
-    """``dst`` as written, and its format: the one ``dst``'s own name gives (a hub cache's blob has no extension).
+    """``dst`` as written, and its format: the one ``dst``'s name gives, or in place the input's own.
 
+    (A hub cache's blob has no extension; a safetensors file may be named .bin.)
     An in-place output reached through a symlink is the file it names: a link replaced by the new
     file would leave that file as it was. Not for ONNX in another folder: a reader finds the external
     data beside the link, and the side files would be written beside the file it names.
@@ -179,7 +180,9 @@ def _check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
             "(in_place=True)"
         )
     try:
-        fmt = adapter_for(dst, must_exist=False).name
+        # in place, the file keeps its own format: a safetensors file named .bin (which names no one
+        # format) stays safetensors, where a new .bin output is a PyTorch file
+        fmt = adapter_for(src).name if same else adapter_for(dst, must_exist=False).name
     except FormatError as e:
         if not same:
             raise
