@@ -382,6 +382,21 @@ def _break_copies(sealed: paramseal.SealedModel) -> dict[str, np.ndarray]:
     return t
 
 
+def test_inspect_does_not_call_a_model_whose_copies_were_destroyed_unsealed(
+    tmp_path: Path, sealed_bare: paramseal.SealedModel
+) -> None:
+    """inspect said "not sealed; what each level would give" where verify says sealed and tampered (exit 2)."""
+    p = helpers.write_st(tmp_path / "t.safetensors", _break_copies(sealed_bare))
+    info = files.inspect_file(p)
+    assert info["sealed"] is False and "seal" not in info
+    assert "ParamSeal records remain in" in info["seal_unreadable"] and "--header-from" in info["seal_unreadable"]
+    rc, out, _ = helpers.run_cli(["inspect", p])
+    assert rc == 0 and "not sealed" not in out and "WARNING: the model was sealed" in out, out
+    plain = helpers.write_st(tmp_path / "plain.safetensors", helpers.fp32_model(1 << 16, seed=8))
+    assert "seal_unreadable" not in files.inspect_file(plain)
+    assert "not sealed; what each level would give" in helpers.run_cli(["inspect", plain])[1]
+
+
 def test_copies_destroyed_in_the_weights_are_tampering_not_an_unsealed_model(
     tmp_path: Path, sealed_bare: paramseal.SealedModel, key: paramseal.Key, key_file: Path
 ) -> None:

@@ -64,6 +64,14 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
         info["levels"] = {str(label): caps(ks, irs_host, free_strata(table, irs_host))}
     else:
         info["levels"] = {}
+        records, _ = _embed.sealed_traces(loaded.tensors)
+        if records or next(_embed.located_copies(loaded.tensors), None) is not None:  # as seal refuses it
+            where = f"ParamSeal records remain in {records} of its tensors" if records else "header copies remain"
+            info["seal_unreadable"] = (
+                f"the model was sealed ({where}), but no copy of its header can be read: they were tampered with, "
+                "or the metadata that held the header is gone. Run 'paramseal verify' (with --header-from FILE, "
+                "a kept copy of the sealed header); do not seal it again unless you approve its weights"
+            )
         plain = non_finite(loaded.tensors)  # seal takes these as data (k = 0): they fill strata, carry no parity
         carrying = {dtype_name(a.dtype) for n, a in loaded.tensors.items() if n not in plain}
         if not carrying & set(FLOATS):  # as seal words it

@@ -565,6 +565,9 @@ def _inspect_text(info: dict[str, object]) -> str:
     seal = info.get("seal")
     if isinstance(seal, dict):
         lines.append("sealed: " + ", ".join(_seal_fields(seal)))
+    elif info.get("seal_unreadable"):
+        lines.append(f"WARNING: {info['seal_unreadable']}")
+        lines.append("no readable seal header; what each level would give a fresh seal:")
     else:
         lines.append("not sealed; what each level would give:")
     levels = info["levels"]
