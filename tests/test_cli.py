@@ -1243,3 +1243,20 @@ def test_an_unexpected_error_keeps_its_traceback_and_is_exit_3_not_a_verdict(
     doc = json.loads(out)
     assert doc["exit_code"] == 3 and doc["status"] == "error" and "boom" in doc["error"]
     assert key_hex not in err and key_hex not in out and "<key-like text, not shown>" in err
+
+
+def test_attack_on_a_folder_says_it_takes_one_model_file(tmp_path: Path) -> None:
+    """A sharded folder exists: not "does not exist or is not a file"; the way out is one of its shards."""
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    shard = helpers.write_st(ck / "model-00001-of-00001.safetensors", {"w": np.ones((64, 64), np.float32)})
+    index = {"metadata": {}, "weight_map": {"w": shard.name}}
+    (ck / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = tmp_path / "out.safetensors"
+    rc, _, err = run(["attack", "--kind", "bitflip", ck, out])
+    assert rc == 3 and "Traceback" not in err and "does not exist" not in err, err
+    assert f"'{ck}' is a sharded checkpoint folder; attack takes one model file" in err and str(shard) in err
+    assert not out.exists()
+    (tmp_path / "plain").mkdir()
+    rc, _, err = run(["attack", "--kind", "bitflip", tmp_path / "plain", out])
+    assert rc == 3 and f"'{tmp_path / 'plain'}' is a folder; attack takes one model file" in err, err

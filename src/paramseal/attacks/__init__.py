@@ -132,6 +132,17 @@ def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: 
     from ..keys import looks_like_key_file
 
     s, d = Path(src), Path(dst)
+    if s.is_dir():  # it exists: "does not exist or is not a file" would send the user looking for it
+        from ..sharded import is_sharded
+
+        if not is_sharded(s):
+            raise UsageError(f"input '{s}' is a folder; attack takes one model file")
+        shards = sorted(s.glob("*.safetensors"))
+        example = f" (such as '{shards[0]}')" if shards else ""
+        raise UsageError(
+            f"input '{s}' is a sharded checkpoint folder; attack takes one model file: "
+            f"attack one of its shards{example}"
+        )
     if not s.is_file():
         raise UsageError(f"input '{s}' does not exist or is not a file")
     require_readable(s)
