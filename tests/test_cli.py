@@ -1260,3 +1260,25 @@ def test_attack_on_a_folder_says_it_takes_one_model_file(tmp_path: Path) -> None
     (tmp_path / "plain").mkdir()
     rc, _, err = run(["attack", "--kind", "bitflip", tmp_path / "plain", out])
     assert rc == 3 and f"'{tmp_path / 'plain'}' is a folder; attack takes one model file" in err, err
+
+
+@pytest.mark.parametrize("via", ["file", "env-upper"])
+def test_an_unexpected_error_masks_a_key_from_a_file_or_in_other_case(
+    sealed_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, via: str
+) -> None:
+    """--key FILE puts no key digits in the arguments; PARAMSEAL_KEY in capitals hides no lowercase digits."""
+    key_hex = key_file.read_text().strip().lower()
+
+    def broken(*a: object, **k: object) -> None:
+        raise RuntimeError(f"boom {key_hex} {key_hex.upper()}")
+
+    monkeypatch.setattr(files, "verify_file", broken)
+    if via == "file":
+        monkeypatch.delenv("PARAMSEAL_KEY", raising=False)
+        rc, out, err = run(["verify", sealed_file, "--key", key_file, "--json"])
+    else:
+        monkeypatch.setenv("PARAMSEAL_KEY", key_hex.upper())
+        rc, out, err = run(["verify", sealed_file, "--json"])
+    assert rc == 3 and "Traceback (most recent call last)" in err and "RuntimeError: boom" in err, err
+    for text in (err, out):
+        assert key_hex not in text.lower() and "<key-like text, not shown>" in text

@@ -11,6 +11,7 @@ import errno
 import io
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -253,13 +254,19 @@ def _internal_error(e: Exception, args: argparse.Namespace, hidden: Iterable[str
     would act on. The key, from the command line or PARAMSEAL_KEY, is masked in what is printed.
     """
     masked = [*hidden, *key_like_args([os.environ.get("PARAMSEAL_KEY", "")])]
-    print(redact("".join(traceback.format_exception(e)), masked), file=sys.stderr, end="")
+    loaded = getattr(args, "loaded_key", None)  # from --key FILE too, in either case of hex digits
+    secret = re.compile(re.escape(loaded.secret.hex()), re.IGNORECASE) if isinstance(loaded, Key) else None
+
+    def mask(text: str) -> str:
+        text = redact(text, masked)
+        return secret.sub("<key-like text, not shown>", text) if secret is not None else text
+
+    print(mask("".join(traceback.format_exception(e))), file=sys.stderr, end="")
     kinds = ((MemoryError, "out of memory"), (OSError, "I/O error"), (Exception, "internal error"))
     what = next(w for t, w in kinds if isinstance(e, t))
-    message = redact(
+    message = mask(
         f"{what}, no verdict on the model ({type(e).__name__}: {e}); unless the machine ran out of "
-        "memory or a disk failed, this is a bug in ParamSeal: please report it with the traceback above",
-        masked,
+        "memory or a disk failed, this is a bug in ParamSeal: please report it with the traceback above"
     )
     print(f"error: {message}", file=sys.stderr)
     if getattr(args, "json", False):
@@ -370,7 +377,7 @@ def _run(args: argparse.Namespace) -> int:
             names = sharded.seal_dir(
                 Path(args.input),
                 Path(args.output),
-                _load_key(args.key),
+                _load_key(args),
                 level=args.level,
                 bits=args.bits,
                 code=args.code,
@@ -384,7 +391,7 @@ def _run(args: argparse.Namespace) -> int:
             sealed = files.seal_file(
                 args.input,
                 args.output,
-                _load_key(args.key),
+                _load_key(args),
                 level=args.level,
                 bits=args.bits,
                 in_place=args.in_place,
@@ -405,7 +412,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"OK: kept the seal header in {keep} (for --header-from)")
             return 0
         case "verify":
-            key = _load_key(args.key)
+            key = _load_key(args)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
                 rep = sharded.verify_dir(Path(args.input), key, tensors=args.tensors)
@@ -430,7 +437,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"FAIL: {args.input} was tampered with ({how})\n{rep.summary()}")
             return rep.exit_code
         case "recover":
-            key = _load_key(args.key)
+            key = _load_key(args)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
                 if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
@@ -481,8 +488,10 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.cmd)  # argparse rejects unknown commands
 
 
-def _load_key(path: str | None) -> Key:
+def _load_key(args: argparse.Namespace) -> Key:
+    path = args.key
     key = load_key(path)
+    args.loaded_key = key  # masked in an internal error's traceback: a key FILE's digits are in no argument
     if path is not None and (mode := exposed_to_others(Path(path))) is not None:
         print(
             f"warning: key file '{path}' is readable by other users (mode {mode:o}); run 'chmod 600 {path}'",
