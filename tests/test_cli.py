@@ -1282,3 +1282,21 @@ def test_an_unexpected_error_masks_a_key_from_a_file_or_in_other_case(
     assert rc == 3 and "Traceback (most recent call last)" in err and "RuntimeError: boom" in err, err
     for text in (err, out):
         assert key_hex not in text.lower() and "<key-like text, not shown>" in text
+
+
+def test_an_unexpected_error_whose_message_fails_is_still_exit_3(
+    sealed_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """str() of the exception raising too must not end in Python's exit 1 (a verdict) after all."""
+
+    class Unprintable(Exception):
+        def __str__(self) -> str:
+            raise ValueError("no text")
+
+    def broken(*a: object, **k: object) -> None:
+        raise Unprintable()
+
+    monkeypatch.setattr(files, "verify_file", broken)
+    rc, out, err = run(["verify", sealed_file, "--key", key_file, "--json"])
+    assert rc == 3 and "error: internal error, no verdict on the model (Unprintable" in err, err
+    assert json.loads(out)["exit_code"] == 3

@@ -264,8 +264,12 @@ def _internal_error(e: Exception, args: argparse.Namespace, hidden: Iterable[str
     print(mask("".join(traceback.format_exception(e))), file=sys.stderr, end="")
     kinds = ((MemoryError, "out of memory"), (OSError, "I/O error"), (Exception, "internal error"))
     what = next(w for t, w in kinds if isinstance(e, t))
+    try:
+        said = str(e)
+    except Exception:  # a broken __str__ must not turn this into Python's exit 1 after all
+        said = "<exception str() failed>"
     message = mask(
-        f"{what}, no verdict on the model ({type(e).__name__}: {e}); unless the machine ran out of "
+        f"{what}, no verdict on the model ({type(e).__name__}: {said}); unless the machine ran out of "
         "memory or a disk failed, this is a bug in ParamSeal: please report it with the traceback above"
     )
     print(f"error: {message}", file=sys.stderr)
