@@ -1300,3 +1300,12 @@ def test_an_unexpected_error_whose_message_fails_is_still_exit_3(
     rc, out, err = run(["verify", sealed_file, "--key", key_file, "--json"])
     assert rc == 3 and "error: internal error, no verdict on the model (Unprintable" in err, err
     assert json.loads(out)["exit_code"] == 3
+
+
+def test_a_readable_input_is_read_where_os_has_no_o_nonblock(
+    sealed_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows has no os.O_NONBLOCK: the read check must not make every verb an internal error there."""
+    monkeypatch.delattr(os, "O_NONBLOCK")
+    rc, out, err = run(["verify", sealed_file, "--key", key_file])
+    assert rc == 0 and out.startswith("OK:"), err

@@ -226,7 +226,7 @@ def _require_file(p: Path) -> None:
 def require_readable(p: Path) -> None:
     """An input file its user may not read is exit 3 with the reason (a PermissionError was a traceback, exit 1)."""
     try:
-        os.close(os.open(p, os.O_RDONLY | os.O_NONBLOCK))  # a FIFO put there since is_file(): no wait for a writer
+        os.close(os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))  # a FIFO put there: no wait (Windows: none)
     except OSError as e:
         raise InputError(f"cannot read '{p}': {e.strerror or e}") from None
 
