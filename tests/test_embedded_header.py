@@ -744,6 +744,19 @@ def test_a_burst_over_a_lone_carriers_first_blocks_is_read_from_its_other_copies
     assert rc == 3 and "already sealed" in err  # no laundering by sealing it anew
 
 
+def test_inspect_of_a_burst_over_a_lone_carriers_records_points_to_verify(
+    tmp_path: Path, lone: paramseal.SealedModel, key_file: Path
+) -> None:
+    """Its copies remain and verify reads them (exit 1): inspect said no copy could be read, --header-from needed."""
+    np.save(tmp_path / "w.npy", _burst(lone)["w"])
+    warning = files.inspect_file(tmp_path / "w.npy")["seal_unreadable"]
+    assert "no copy of its header can be read" not in warning and "--header-from" not in warning, warning
+    assert "'paramseal verify' finds them with the key" in warning
+    rc, out, _ = helpers.run_cli(["inspect", tmp_path / "w.npy"])
+    assert rc == 0 and "WARNING: the model was sealed (copies of a seal header" in out and "not sealed" not in out
+    assert helpers.run_cli(["verify", tmp_path / "w.npy", "--key", key_file])[0] == 1
+
+
 def test_a_burst_over_a_lone_carrier_with_another_key_is_a_key_mismatch(
     lone: paramseal.SealedModel, other_key: paramseal.Key, key: paramseal.Key
 ) -> None:

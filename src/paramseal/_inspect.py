@@ -65,12 +65,18 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
     else:
         info["levels"] = {}
         records, _ = _embed.sealed_traces(loaded.tensors)
-        if records or next(_embed.located_copies(loaded.tensors), None) is not None:  # as seal refuses it
-            where = f"ParamSeal records remain in {records} of its tensors" if records else "header copies remain"
+        if records:  # as seal refuses it
             info["seal_unreadable"] = (
-                f"the model was sealed ({where}), but no copy of its header can be read: they were tampered with, "
-                "or the metadata that held the header is gone. Run 'paramseal verify' (with --header-from FILE, "
-                "a kept copy of the sealed header); do not seal it again unless you approve its weights"
+                f"the model was sealed (ParamSeal records remain in {records} of its tensors), but no copy of its "
+                "header can be read: they were tampered with, or the metadata that held the header is gone. Run "
+                "'paramseal verify' (with --header-from FILE, a kept copy of the sealed header); do not seal it "
+                "again unless you approve its weights"
+            )
+        elif next(_embed.located_copies(loaded.tensors), None) is not None:  # a burst took the records only
+            info["seal_unreadable"] = (
+                "the model was sealed (copies of a seal header lie where seal puts them), but the records that "
+                "say where are gone: they were tampered with. inspect has no key to authenticate those copies; "
+                "'paramseal verify' finds them with the key. Do not seal it again unless you approve its weights"
             )
         plain = non_finite(loaded.tensors)  # seal takes these as data (k = 0): they fill strata, carry no parity
         carrying = {dtype_name(a.dtype) for n, a in loaded.tensors.items() if n not in plain}
