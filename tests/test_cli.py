@@ -535,6 +535,11 @@ def test_a_partial_verify_says_its_not_recoverable_is_judged_without_decoding(tm
     assert rc == 2 and any("without decoding" in n and "a full verify" in n for n in notes), notes
     rc, out, _ = run(["verify", bad, "--key", key_file, "--tensors", "a"])
     assert rc == 2 and "a full verify decodes them" in out
+    # a full verify that finds the damage not recoverable has decoded it: no such note there
+    gone = tmp_path / "gone.safetensors"
+    assert run(["attack", "--kind", "zero-tensor", "--tensor", "a", sealed, gone])[0] == 0
+    rc, out, _ = run(["verify", gone, "--key", key_file, "--json"])
+    assert rc == 2 and not any("without decoding" in n for n in json.loads(out)["notes"]), out
 
 
 def _unreadable(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
