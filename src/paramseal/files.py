@@ -216,15 +216,15 @@ def _require_file(p: Path) -> None:
             else f"input '{p}' is a sharded checkpoint: use paramseal.sharded (seal_dir, verify_dir, recover_dir), "
             "which the command line calls for a folder"
         )
-    if not p.is_file():
-        raise UsageError(f"input '{p}' does not exist or is not a file")
-    require_readable(p)
+    require_readable_file(p)
     if looks_like_key_file(p):  # caught here, before a format's error could quote its first bytes
         raise UsageError(f"'{p}' looks like a ParamSeal key file, not a model: pass the key with --key (key=)")
 
 
-def require_readable(p: Path) -> None:
-    """An input file its user may not read is exit 3 with the reason (a PermissionError was a traceback, exit 1)."""
+def require_readable_file(p: Path) -> None:
+    """An input that is no file, or one its user may not read, is exit 3 with the reason (not a traceback, exit 1)."""
+    if not p.is_file():
+        raise UsageError(f"input '{p}' does not exist or is not a file")
     try:
         os.close(os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))  # a FIFO put there: no wait (Windows: none)
     except OSError as e:

@@ -126,8 +126,7 @@ def _builtin_model(name: str | None) -> GradModel:
 
 def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: AttackSpec) -> GroundTruth:
     """Read ``src``, attack it and write ``dst`` atomically; ``src`` is never modified."""
-    from ..files import atomic_path, inspect_file, read_model, require_readable, write_model
-    from ..formats.pytorch import TIED_KEY
+    from ..files import atomic_path, inspect_file, read_model, require_readable_file, write_model
     from ..formats.registry import adapter_for
     from ..keys import looks_like_key_file
 
@@ -143,9 +142,7 @@ def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: 
             f"input '{s}' is a sharded checkpoint folder; attack takes one model file: "
             f"attack one of its shards{example}"
         )
-    if not s.is_file():
-        raise UsageError(f"input '{s}' does not exist or is not a file")
-    require_readable(s)
+    require_readable_file(s)
     if looks_like_key_file(s):  # truncate would copy part of the key into an output others can read
         raise UsageError(f"'{s}' looks like a ParamSeal key file, not a model; attack takes a model file")
     if d.exists() and d.resolve() == s.resolve():
@@ -162,9 +159,7 @@ def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: 
         return truth
     attacked, truth = attack(read_model(s), spec)
     writer = adapter_for(d, must_exist=False)
-    lost = [] if writer.keeps_metadata else sorted(attacked.metadata)
-    if writer.name == "pytorch":  # a .pt keeps a tie as a tie: the writer re-ties from this entry
-        lost = [k for k in lost if k != TIED_KEY]
+    lost = [] if writer.keeps_metadata else sorted(set(attacked.metadata) - writer.carried_metadata)
     if lost:
         # the ground truth would not say so: the file written would lose every key, not the attack's alone
         raise UsageError(

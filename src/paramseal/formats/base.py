@@ -90,6 +90,11 @@ class Adapter(Protocol):
         """Whether the format stores string metadata (the seal header and the user's)."""
         ...
 
+    @property
+    def carried_metadata(self) -> frozenset[str]:
+        """Metadata keys written back in the file's own terms where it stores no metadata (a .pt's ties)."""
+        ...
+
     def sniff(self, head: bytes) -> bool:
         """Whether the first bytes of a file look like this format."""
         ...

@@ -58,6 +58,7 @@ class NpzAdapter:
     name = "npz"
     extensions: tuple[str, ...] = (".npz",)
     keeps_metadata = True
+    carried_metadata: frozenset[str] = frozenset()
 
     def sniff(self, head: bytes) -> bool:
         """A zip archive whose first member is ``<name>.npy`` (a torch archive starts with ``.../data.pkl``)."""
@@ -136,6 +137,7 @@ class NpyAdapter:
     name = "npy"
     extensions: tuple[str, ...] = (".npy",)
     keeps_metadata = False
+    carried_metadata: frozenset[str] = frozenset()
 
     def sniff(self, head: bytes) -> bool:
         """The .npy magic bytes (0x93 then ``NUMPY``)."""

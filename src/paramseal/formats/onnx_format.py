@@ -188,6 +188,7 @@ class OnnxAdapter:
     name = "onnx"
     extensions: tuple[str, ...] = (".onnx",)
     keeps_metadata = True  # metadata_props
+    carried_metadata: frozenset[str] = frozenset()
 
     def sniff(self, head: bytes) -> bool:
         """A ModelProto: ``ir_version`` (field 1) first, then one of the fields that follow it."""

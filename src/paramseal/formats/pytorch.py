@@ -119,6 +119,7 @@ class PyTorchAdapter:
     name = "pytorch"
     extensions: tuple[str, ...] = (".pt", ".pth", ".bin")
     keeps_metadata = False
+    carried_metadata = frozenset({TIED_KEY})  # written back as ties
 
     def sniff(self, head: bytes) -> bool:
         """A torch zip archive (first member ``<archive>/data.pkl``) or the legacy pickle magic."""

@@ -33,6 +33,7 @@ class SafetensorsAdapter:
     name = "safetensors"
     extensions: tuple[str, ...] = (".safetensors", ".st")
     keeps_metadata = True
+    carried_metadata: frozenset[str] = frozenset()
 
     def sniff(self, head: bytes) -> bool:
         """A little-endian header length followed by a JSON object."""
