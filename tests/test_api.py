@@ -284,6 +284,33 @@ def test_sealing_a_sealed_module_again_is_refused_unless_reseal(key: paramseal.K
     assert pst.verify_module(net, key, h).status == "intact"
 
 
+def test_a_torch_state_dict_seals_verifies_and_recovers_as_arrays_would(key: paramseal.Key) -> None:
+    """bfloat16 and requires_grad tensors too: np.asarray raised torch's TypeError / RuntimeError for them."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(128, 256), torch.nn.LayerNorm(256))
+    for sd in (net.state_dict(keep_vars=True), net.to(torch.bfloat16).state_dict()):
+        before = {n: t.detach().clone() for n, t in sd.items()}
+        s = paramseal.seal(sd, key)
+        assert all(torch.equal(t, before[n]) for n, t in sd.items())  # the caller's tensors are untouched
+        assert all(s.tensors[n].dtype.itemsize == t.element_size() for n, t in sd.items())
+        # the sealed state dict as torch tensors again, of the dtype and requires_grad given
+        sealed = {
+            n: torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+            if a.dtype.itemsize == 2
+            else torch.from_numpy(a.copy())
+            for n, a in s.tensors.items()
+        }
+        sealed = {n: t.requires_grad_(sd[n].requires_grad) for n, t in sealed.items()}
+        assert paramseal.verify(sealed, key, s.header_json).status == "intact"
+        with torch.no_grad():
+            sealed["0.weight"][3, :40] = 0
+        assert paramseal.verify(sealed, key, s.header_json).tampered_tensors == ["0.weight"]
+        fixed = paramseal.recover(sealed, key, s.header_json)
+        assert fixed.report.status == "recovered"
+        assert all(helpers.same_bytes(fixed.tensors[n], s.tensors[n]) for n in s.tensors)
+
+
 def test_threads_may_verify_and_recover_side_by_side(key: paramseal.Key) -> None:
     """A serving process may check several models at once: the shared pool, caches and kernels hold up."""
     import threading

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -332,14 +333,22 @@ def as_mapping(tensors: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[
     """Plain dict of numpy arrays (accepts any mapping, keeps order); names must be str.
 
     A name made str here would not be the caller's ({1: a} sealed as '1'), and two could merge ({1: a, '1': b}).
+    A torch tensor (a state dict's) is read as the ``.pt`` reader reads one: bfloat16 as ml_dtypes', one
+    that requires grad or lies on a GPU too (``np.asarray`` refuses those with torch's own errors).
     """
     if not isinstance(tensors, Mapping):
         raise UsageError(f"tensors must be a mapping of name (str) to array, not {type(tensors).__name__}")
+    torch = sys.modules.get("torch")  # a torch tensor can only come from a process that imported torch
     out: dict[str, NDArray[np.generic]] = {}
     for k, v in tensors.items():
         if not isinstance(k, str):
             raise UsageError(f"tensor names must be str, not {type(k).__name__} ({k!r}); use {{str(k): v ...}}")
-        out[k] = np.asarray(v)
+        if torch is not None and isinstance(v, torch.Tensor):
+            from .formats.pytorch import tensor_to_numpy
+
+            out[k] = tensor_to_numpy(v, f"tensor '{k}'", copy=False)
+        else:
+            out[k] = np.asarray(v)
     return out
 
 
