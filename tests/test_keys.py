@@ -30,6 +30,32 @@ def test_key_must_be_32_bytes(n: int) -> None:
         paramseal.Key(bytes(n))
 
 
+@pytest.mark.parametrize("secret", ["ab" * 16, "ab" * 32, 12345, [1] * 32], ids=["str32", "hex64", "int", "list"])
+def test_a_key_of_another_type_is_a_usage_error_that_never_quotes_it(secret: object) -> None:
+    """Key('x' * 32) was accepted, and failed later in HKDF with cryptography's TypeError."""
+    with pytest.raises(UsageError, match="Key takes the secret as bytes") as e:
+        paramseal.Key(secret)  # type: ignore[arg-type]
+    assert "abab" not in str(e.value)
+
+
+def test_a_key_from_a_bytearray_keeps_a_copy_of_its_own() -> None:
+    raw = bytearray(range(32))
+    k = paramseal.Key(raw)  # type: ignore[arg-type]
+    fp = k.fingerprint
+    raw[:] = bytes(32)
+    assert type(k.secret) is bytes and k.secret == bytes(range(32)) and k.fingerprint == fp
+    assert hash(k) == hash(paramseal.Key(bytes(range(32))))
+
+
+@pytest.mark.parametrize("given", ["key", "bytes"])
+def test_load_key_of_a_key_or_bytes_is_a_usage_error(key: paramseal.Key, given: str) -> None:
+    """Not pathlib's TypeError; the secret's bytes are never quoted."""
+    arg = key if given == "key" else key.secret
+    with pytest.raises(UsageError, match="load_key takes the path of a key file") as e:
+        paramseal.load_key(arg)  # type: ignore[arg-type]
+    assert key.secret.hex() not in str(e.value) and repr(key.secret) not in str(e.value)
+
+
 def test_from_text_accepts_surrounding_whitespace_and_upper_case(key: paramseal.Key) -> None:
     text = "\n  " + key.secret.hex().upper() + " \n"
     assert paramseal.Key.from_text(text) == key

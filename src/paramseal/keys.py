@@ -38,6 +38,15 @@ class Key:
     secret: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.secret, str):  # hex text, or a path: never quoted
+            raise UsageError(
+                "Key takes the secret as bytes, not str: for 64 hex digits use Key.from_text(text), for a key "
+                "file paramseal.load_key(path)"
+            )
+        if not isinstance(self.secret, (bytes, bytearray, memoryview)):
+            raise UsageError(f"Key takes the secret as bytes, not {type(self.secret).__name__}")
+        if type(self.secret) is not bytes:  # a copy of its own: a bytearray changed later must not change the key
+            object.__setattr__(self, "secret", bytes(self.secret))
         if len(self.secret) != KEY_BYTES:
             raise KeyFileError(f"a ParamSeal key is {KEY_BYTES} bytes; got {len(self.secret)} bytes")
 
@@ -125,6 +134,9 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
                 f"no key given: pass --key KEYFILE or set {ENV_VAR}; create a key with 'paramseal keygen KEYFILE'"
             )
         return Key.from_text(env, source=f"the {ENV_VAR} variable")
+    if not isinstance(path, (str, os.PathLike)):  # a Key, or the secret's bytes: never quoted
+        hint = " (it is a key already: pass it as it is)" if isinstance(path, Key) else ""
+        raise UsageError(f"load_key takes the path of a key file, not {type(path).__name__}{hint}")
     p = Path(path)
     # `--key "$(cat my.key)"`, or a key pasted with "0x", quotes or a digit too few: never to be quoted.
     if _holds_key_text(os.fspath(p)):
