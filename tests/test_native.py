@@ -605,6 +605,38 @@ def test_stripes_and_blocks_equal_the_numba_kernels(lane_major: bool) -> None:
     assert np.array_equal(out_got, out_want)
 
 
+def test_threads_of_the_callers_take_turns_in_numba_parallel_kernels() -> None:
+    """Without the library, numba's parallel kernels (irs4 encode, the threaded hash) do the work; its
+    workqueue threading layer (no OpenMP, no TBB) aborted the process when two threads sealed at once."""
+    import subprocess
+    import sys
+    import textwrap
+
+    pytest.importorskip("numba")
+    script = textwrap.dedent(
+        """
+        import threading, numpy as np, paramseal
+        key = paramseal.Key.generate()
+        rng = np.random.default_rng(3)
+        models = [{"w": rng.standard_normal((600, 1024)).astype(np.float32)} for _ in range(3)]  # 9600 blocks
+        got = {}
+        def run(i):
+            for _ in range(2):
+                s = paramseal.seal(models[i], key)
+                got[i] = paramseal.verify(s.tensors, key, s.header_json).status
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+        import numba
+        print(numba.threading_layer(), sorted(got.values()))
+        """
+    )
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "PARAMSEAL_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["workqueue", "['intact',", "'intact',", "'intact']"], out.stdout
+
+
 @needs_lib
 def test_a_light_recover_of_a_bf16_model_loads_no_numba_kernel(tmp_path: Path) -> None:
     """The lane code's data movers are compiled: a few flips in a bf16 file are recovered without numba."""

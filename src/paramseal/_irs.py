@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _kernels  # noqa: F401  (sets OMP_WAIT_POLICY before numba loads)
+from . import _kernels  # first: it sets OMP_WAIT_POLICY before numba loads
 
 # isort: split
 import numba
@@ -337,7 +337,8 @@ def _run(
             return np.asarray(~pre.reshape(W.shape[0], -1).any(axis=1)), status
     if pre is None:
         pre = np.zeros((0, code.words), np.uint64)
-    _run_nb(op, W, fl, table, code.fn, code.d, code.first, b0f, code.free_strata, pre, ok, status)
+    with _kernels.PARALLEL_LOCK:  # a parallel kernel: another thread of the caller's may be in one
+        _run_nb(op, W, fl, table, code.fn, code.d, code.first, b0f, code.free_strata, pre, ok, status)
     return ok, status
 
 

@@ -193,6 +193,10 @@ except ImportError:  # pragma: no cover - exercised only without numba
 
 
 _PARALLEL_ROWS = 8192  # rows (blocks) from which the threaded kernels are used
+#: Held while a numba ``parallel=True`` kernel runs. numba's workqueue threading layer (where neither
+#: OpenMP nor TBB is found) aborts the process when a second thread enters one: two threads of the
+#: caller's, each sealing or verifying a model, must take turns. Each such kernel fills the cores itself.
+PARALLEL_LOCK = threading.Lock()
 
 
 def _kernel(name: str, rows: int) -> Any:
@@ -242,7 +246,12 @@ def mlh_tags(
         return out
     if not HAVE_NUMBA:
         return mlh_tags_numpy(words, keys, wmask, internal, pads)
-    _kernel("mlh", words.shape[0])(words, keys[: words.shape[1]], wmask, internal, pads, out)
+    kernel = _kernel("mlh", words.shape[0])
+    if kernel is _PAR["mlh"]:
+        with PARALLEL_LOCK:
+            kernel(words, keys[: words.shape[1]], wmask, internal, pads, out)
+    else:
+        kernel(words, keys[: words.shape[1]], wmask, internal, pads, out)
     return out
 
 
