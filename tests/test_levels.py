@@ -176,3 +176,15 @@ def test_capacity_given_a_level_or_a_non_int_says_what_it_takes() -> None:
         with pytest.raises(UsageError, match="k must be an int"):
             paramseal.capacity("F16", bad)  # type: ignore[arg-type]
     assert capacity("F32", bits_for("F32", "standard", None)) == capacity("F32", 8)
+
+
+def test_a_big_endian_array_is_refused_with_how_to_convert_it(key: paramseal.Key) -> None:
+    """Seal writes the native byte order's bits: a '>f4' array is refused (never read as garbage), saying how."""
+    other = ">" if np.little_endian else "<"
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(other + "f4")
+    with pytest.raises(UnsupportedError, match=r"byte order: a\.astype\('[<>]f4'\)"):
+        paramseal.seal({"w": w}, key)
+    s = paramseal.seal({"w": w.astype(w.dtype.newbyteorder("="))}, key)
+    assert paramseal.verify(s.tensors, key, s.header_json).status == "intact"
+    with pytest.raises(UnsupportedError, match=r"complex64 is not supported; supported"):
+        dtype_name(np.dtype(np.complex64))

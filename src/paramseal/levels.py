@@ -67,7 +67,9 @@ def dtype_name(dt: np.dtype[np.generic]) -> str:
         return _NP_TO_ST[np.dtype(dt)]
     except KeyError:
         supported = ", ".join(sorted(_NP_TO_ST.values()))
-        raise UnsupportedError(f"dtype {dt} is not supported; supported: {supported}") from None
+        native = np.dtype(dt).newbyteorder("=")
+        hint = f" (convert it to this machine's byte order: a.astype('{native.str}'))" if native in _NP_TO_ST else ""
+        raise UnsupportedError(f"dtype {dt} is not supported{hint}; supported: {supported}") from None
 
 
 def bits_for(dtype: str, level: str, bits: int | None) -> int:
