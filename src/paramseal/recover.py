@@ -31,7 +31,11 @@ from .verify import Check, check, report_of
 
 @dataclass(frozen=True, slots=True)
 class RecoverResult:
-    """Recovered tensors (as sealed: names, order, shapes) and the report."""
+    """Recovered tensors (as sealed: names, order, shapes) and the report.
+
+    A tensor recover did not rebuild may be the caller's own array (a view of the same memory,
+    not a copy): copy it before writing into it, or the input changes too (and the other way round).
+    """
 
     tensors: dict[str, NDArray[np.generic]]
     report: Report
@@ -50,6 +54,8 @@ def recover(
     """Recover a sealed model. Check ``result.report.status``: only "intact" and "recovered" are whole.
 
     ``metadata_kept``: whether the model's format stores user metadata (see `verify.check`).
+    Damage that cannot be undone is reported (status "unrecoverable"), not raised; the errors
+    raised are `paramseal.verify`'s. The input is not modified.
     """
     chk = check(tensors, key, header_json, metadata=metadata, progress=progress, metadata_kept=metadata_kept)
     return recover_from(chk)

@@ -604,6 +604,9 @@ def verify(
     """Check a sealed model; ``metadata`` (the file's other metadata) is compared when given.
 
     ``metadata_kept``: whether the model's format stores user metadata (see `check`).
+    Tampering is reported, not raised (``report.raise_for_status()`` raises it). Raises
+    KeyMismatchError for another key than the seal's, FormatError (``header.HeaderAuthError``) for a
+    header that is malformed or does not authenticate, UsageError for arguments of the wrong type.
     """
     return report_of(check(tensors, key, header_json, metadata=metadata, metadata_kept=metadata_kept))
 
