@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import helpers
 import numpy as np
@@ -150,3 +151,61 @@ def test_in_place_keeps_the_format_of_a_safetensors_file_named_bin(tmp_path: Pat
     rc, out, err = helpers.run_cli(["recover", m, m, "--key", key_file, "--in-place"])
     assert rc == 0, out + err
     assert m.read_bytes() == sealed
+
+
+def _as_a_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``os.access`` answering as a user who is not root would: a file without its owner's write bit is not writable."""
+    import stat
+
+    real = os.access
+
+    def access(path: Any, mode: int, **kw: Any) -> bool:
+        if mode & os.W_OK and os.path.isfile(path) and not os.stat(path).st_mode & stat.S_IWUSR:
+            return False
+        return real(path, mode, **kw)
+
+    monkeypatch.setattr(os, "access", access)
+
+
+@pytest.mark.parametrize("verb", ["seal", "recover", "attack", "header-out"])
+def test_an_existing_output_you_may_not_write_is_refused_as_cp_refuses_it(
+    tmp_path: Path, model_file: Path, sealed_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, verb: str
+) -> None:
+    """A read-only file at OUT was replaced without a word: the rename into place needs only the folder's permission.
+
+    cp, a shell's ``>`` and every framework's save refuse it; so does ParamSeal now, before any work (exit 3).
+    """
+    _as_a_user(monkeypatch)
+    kept = tmp_path / ("h.json" if verb == "header-out" else "kept.safetensors")
+    kept.write_bytes(b"released, read-only")
+    kept.chmod(0o444)
+    argv = {
+        "seal": ["seal", model_file, kept, "--key", key_file],
+        "recover": ["recover", sealed_file, kept, "--key", key_file],
+        "attack": ["attack", "--kind", "bitflip", sealed_file, kept],
+        "header-out": ["seal", model_file, tmp_path / "s.safetensors", "--key", key_file, "--header-out", kept],
+    }[verb]
+    rc, _, err = helpers.run_cli(argv)
+    assert rc == 3 and f"cannot write '{kept}'" in err and "mode 444" in err, err
+    assert kept.read_bytes() == b"released, read-only" and _temps(tmp_path) == []
+    assert not (tmp_path / "s.safetensors").exists()
+
+
+def test_in_place_still_replaces_a_read_only_model_and_a_link_to_one_is_replaced_not_written_through(
+    tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--in-place names the file to change (it stays read-only); a link at OUT is replaced, the file it names stays."""
+    import shutil
+
+    _as_a_user(monkeypatch)
+    m = shutil.copy(model_file, tmp_path / "m.safetensors")
+    os.chmod(m, 0o444)
+    assert helpers.run_cli(["seal", m, m, "--key", key_file, "--in-place"])[0] == 0
+    assert os.stat(m).st_mode & 0o777 == 0o444 and helpers.run_cli(["verify", m, "--key", key_file])[0] == 0
+    kept = tmp_path / "kept.bin"
+    kept.write_bytes(b"x")
+    kept.chmod(0o444)
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(kept.name)
+    assert helpers.run_cli(["seal", model_file, link, "--key", key_file])[0] == 0
+    assert not link.is_symlink() and kept.read_bytes() == b"x"

@@ -108,6 +108,25 @@ def _never_a_key(dst: Path) -> None:
         )
 
 
+def never_read_only(dst: Path) -> None:
+    """Refuse to replace an existing file its user may not write, as cp and a shell's ``>`` refuse it.
+
+    The output is renamed into place, which needs only the folder's write permission: a model
+    made read-only to keep it (a released one) would be replaced without a word. Root may write
+    any file, and replaces it as cp does; a link at the output is replaced, and the file it names
+    stays as it is. ``--in-place`` names the file to change, and does not come here.
+    """
+    if dst.is_symlink() or not dst.is_file():
+        return
+    effective = os.access in os.supports_effective_ids  # as open() would decide, in a setuid program too
+    if not os.access(dst, os.W_OK, effective_ids=effective):
+        mode = stat.S_IMODE(os.stat(dst).st_mode)
+        raise UsageError(
+            f"cannot write '{dst}': it exists and you may not write it (mode {mode:o}); ParamSeal does not "
+            "replace it (nor would cp): make it writable (chmod u+w), remove it, or give another output path"
+        )
+
+
 def temp_beside(dst: Path) -> Path:
     """A new empty temporary file in ``dst``'s folder (so the final rename is atomic)."""
     if dst.is_dir():
@@ -179,6 +198,8 @@ def _check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
             f"output '{dst}' is the input file; ParamSeal never modifies its input unless you pass --in-place "
             "(in_place=True)"
         )
+    if not same:
+        never_read_only(dst)
     try:
         # in place, the file keeps its own format: a safetensors file named .bin (which names no one
         # format) stays safetensors, where a new .bin output is a PyTorch file
@@ -958,6 +979,7 @@ def check_header_out(path: PathLike, *others: PathLike) -> Path:
         raise UsageError(f"--header-out '{p}' must end in .json (--header-from reads a header from a .json file)")
     if any(p.resolve() == Path(o).resolve() for o in others):
         raise UsageError(f"--header-out '{p}' is the model's input or output; give another file")
+    never_read_only(p)
     if not p.parent.resolve().is_dir():
         raise UsageError(f"cannot write '{p}': folder '{p.parent}' does not exist")
     temp_beside(p).unlink()  # a folder we may not write in: say so now, not after the model is sealed
@@ -985,6 +1007,7 @@ __all__ = [
     "RecoveredFile",
     "SealedFile",
     "atomic_path",
+    "never_read_only",
     "inspect_file",
     "read_model",
     "recover_file",
