@@ -1109,6 +1109,53 @@ def test_stdout_on_a_full_disk_is_exit_3_not_a_traceback(
     assert want in proc.stderr
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "case, want",
+    [
+        ("intact, a key others may read", 0),  # its warning cannot be written
+        ("tampered", 1),
+        ("seal --bits past strong", 0),  # its warning cannot be written
+        ("missing key file", 3),
+        ("bad usage", 3),
+        ("internal error", 3),
+    ],
+)
+def test_a_standard_error_that_cannot_be_written_loses_the_messages_not_the_exit_code(
+    tmp_path: Path, sealed_file: Path, key_file: Path, case: str, want: int
+) -> None:
+    """`2>/dev/full`: the failed write of a message or a warning was an OSError out of the handler, Python's exit 1.
+
+    That is the verdict "tampered but recoverable", for an intact model or a missing key file too. As
+    with a closed standard error (`2>&-`), the messages are lost and the exit code is kept.
+    """
+    import subprocess
+    import sys
+
+    t, meta = helpers.read_st(sealed_file)
+    tampered = helpers.write_st(tmp_path / "t.safetensors", helpers.flip_bit(t, "fc.weight", 3, 27), meta)
+    fp32 = helpers.write_st(tmp_path / "f.safetensors", helpers.fp32_model(1 << 14))  # --bits 20 fits every dtype
+    out = tmp_path / "o.safetensors"
+    key_file.chmod(0o644 if case.startswith("intact") else 0o600)
+    argv = {
+        "intact, a key others may read": ["verify", sealed_file, "--key", key_file],
+        "tampered": ["verify", tampered, "--key", key_file],
+        "seal --bits past strong": ["seal", fp32, out, "--key", key_file, "--bits", "20"],
+        "missing key file": ["verify", sealed_file, "--key", tmp_path / "no.key"],
+        "bad usage": ["verify", "--no-such-option"],
+        "internal error": ["inspect", sealed_file],
+    }[case]
+    code = "import sys; from paramseal.cli import main; sys.exit(main())"
+    if case == "internal error":
+        code = "import paramseal.files as f; f.inspect_file = lambda p: 1 / 0; " + code
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *map(str, argv)], stdout=subprocess.DEVNULL, stderr=full, timeout=120
+        )
+    assert proc.returncode == want
+    assert out.exists() == (case == "seal --bits past strong")
+
+
 def test_the_stdout_wrapper_answers_for_the_stream_it_wraps() -> None:
     """Progress and colour decisions ask stdout whether it is a terminal: the wrapper must not answer for itself."""
     from paramseal.cli import _Stdout

@@ -193,6 +193,11 @@ def _parser() -> _Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (callable from tests)."""
+    with _stderr_kept():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     if argv is None:  # the paramseal program itself (not a caller's process): no spinning BLAS threads
         _kernels.one_blas_thread()
     ap = _parser()
@@ -210,11 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "--json" in given and (cmd is None or "--json" in cmd._option_string_actions):  # keygen has none
             _error_doc(3, e.message)
         raise
-    if sys.stderr is None:  # closed (`2>&-`): its messages are lost, the verdict's exit code must not be
-        sys.stderr = _Discard()
-    for stream in (sys.stdout, sys.stderr):  # a name from the file may hold a lone surrogate: print it escaped
-        if isinstance(stream, io.TextIOWrapper):
-            stream.reconfigure(errors="backslashreplace")
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a name from the file may hold a lone surrogate: print it escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         out = cast(IO[str], _Stdout(sys.stdout))  # a failing stdout told apart from the library's own OSErrors
         with _terminate_as_interrupt() if argv is None else nullcontext(), redirect_stdout(out):
@@ -278,6 +280,64 @@ def _internal_error(e: Exception, args: argparse.Namespace, hidden: Iterable[str
     return 3
 
 
+@contextmanager
+def _stderr_kept() -> Iterator[None]:
+    """While the program runs, a standard error that is closed or fails loses its messages, not the exit code.
+
+    Closed (`2>&-`), Python has none; failing (`2>/dev/full`), a message's write raised OSError out of
+    the handler that printed it (or out of a warning): Python's exit 1, the verdict "tampered but
+    recoverable", for an intact model or a missing key file too.
+    """
+    err = sys.stderr
+    if isinstance(err, io.TextIOWrapper):  # a name from the file may hold a lone surrogate: print it escaped
+        try:
+            err.reconfigure(errors="backslashreplace")
+        except OSError:  # it flushes what it holds, into a failing stream: _Stderr says so again below
+            pass
+    sys.stderr = _Discard() if err is None else cast(IO[str], _Stderr(err))
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = err
+
+
+class _Stderr:
+    """``sys.stderr`` whose failing writes are dropped, the stream pointed at /dev/null after the first.
+
+    No io base class: its own isatty() would hide the stream's (the progress bar asks it).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._failed = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._failed:
+            try:
+                self._stream.write(text)
+            except (OSError, ValueError):  # ValueError: a stream closed under us
+                self._lost()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._failed:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._lost()
+
+    def _lost(self) -> None:
+        self._failed = True
+        _quiet(self._stream)
+        try:  # what it holds goes to /dev/null now, not at exit, where a failed flush is Python's exit 120
+            self._stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 class _Discard(io.StringIO):
     """A stream that drops what is written to it (and is no terminal: no progress bar)."""
 
@@ -326,13 +386,20 @@ class _Stdout:
 
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
-    if sys.stdout is None:  # closed: nothing is flushed at exit
+    _quiet(sys.stdout)
+
+
+def _quiet(stream: Any) -> None:
+    """Point ``stream``'s file at /dev/null so that flushing it (at the interpreter's exit too) cannot fail again."""
+    if stream is None:  # closed: nothing is flushed at exit
         return
     try:
-        fd = sys.stdout.fileno()
-    except (OSError, ValueError):  # not a file (a test's StringIO): nothing is flushed at exit
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):  # not a file (a test's StringIO): nothing is flushed at exit
         return
-    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
 
 
 class _Terminated(KeyboardInterrupt):
