@@ -190,6 +190,27 @@ def test_partial_recover_in_place_keeps_a_checkpoint_s_other_entries(
     assert rc == 2 and "partial result written" in so  # into a new file: IN keeps them
 
 
+def test_a_partial_result_whose_header_copy_stays_tampered_is_refused_as_that_not_as_too_small(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """The copy in 'fc.weight' lies in blocks left unrecoverable: a .pt cannot hold the header; the model is not small.
+
+    It said the model was "too small to carry its seal header", which sealed it there; written to .npz the
+    partial result keeps its header in the metadata.
+    """
+    bad = tmp_path / "bad.pt"
+    sd = _sealed_fc(tmp_path, key)
+    sd["fc.weight"][:120] = 0  # past capacity, over the header copy at the start
+    torch.save(sd, bad)
+    argv = ["recover", bad, tmp_path / "r.pt", "--key", key_file, "--allow-partial", "--header-from", tmp_path / "s.pt"]
+    rc, _, err = helpers.run_cli(argv)
+    assert rc == 3 and "too small" not in err and not (tmp_path / "r.pt").exists(), err
+    assert "its copies in the weights ('fc.weight') lie in blocks this partial result leaves tampered" in err, err
+    argv[2] = tmp_path / "r.npz"
+    rc, so, _ = helpers.run_cli(argv)
+    assert rc == 2 and "partial result written" in so
+
+
 @pytest.mark.parametrize(
     ("obj", "expect"),
     [

@@ -7,6 +7,8 @@ writing it is refused before anything reaches the disk.
 
 from __future__ import annotations
 
+from typing import Any
+
 from .._embed import header_copies
 from ..errors import UsageError
 from ..header import METADATA_KEY, peek_header
@@ -19,7 +21,16 @@ def require_header_in_weights(loaded: Loaded, fmt: str) -> None:
         return
     n = sum(int(a.size) for a in loaded.tensors.values())
     text = loaded.metadata[METADATA_KEY]
-    tags = peek_header(text).get("external_tags") or {}
+    body = peek_header(text)
+    held = _carriers(body)
+    if held:  # the seal put copies there: they lie in blocks left tampered (recover --allow-partial)
+        raise UsageError(
+            f"the seal header cannot be written with this model: its copies in the weights "
+            f"({', '.join(map(repr, held))}) lie in blocks this partial result leaves tampered, and {fmt} files "
+            "have no metadata to hold it, so the output could never be verified; write the partial result to "
+            ".safetensors or .npz instead (they keep the header in their metadata)"
+        )
+    tags = body.get("external_tags") or {}
     # tensors sealed as data (integers, floats holding NaN/Inf) keep their block tags in the header
     why = f", {len(tags)} tensor(s) keeping their block tags in it" if tags else ""
     raise UsageError(
@@ -27,6 +38,15 @@ def require_header_in_weights(loaded: Loaded, fmt: str) -> None:
         f"weights, and {fmt} files have no metadata to hold it, so the output could never be verified; write "
         ".safetensors or .npz instead (they keep the header in their metadata)"
     )
+
+
+def _carriers(body: dict[str, Any]) -> list[str]:
+    """The names of the tensors the seal put header copies in (none where the model was too small)."""
+    table, carriers = body.get("tensors"), body.get("carriers")
+    if not isinstance(table, list) or not isinstance(carriers, list):
+        return []
+    ok = [table[i] for i in carriers if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(table)]
+    return [t["name"] for t in ok if isinstance(t, dict) and isinstance(t.get("name"), str)]
 
 
 __all__ = ["require_header_in_weights"]
