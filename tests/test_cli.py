@@ -140,6 +140,16 @@ def test_usage_errors_exit_3(tmp_path: Path, argv: list[str]) -> None:
     assert rc == 3, (rc, err)
 
 
+def test_tensors_given_twice_is_refused_not_narrowed_to_the_last_pattern(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
+    """argparse kept the last --tensors: 'OK ... matching head.*' while fc.weight, asked for too, was never read."""
+    for argv in (["--tensors", "fc.*", "--tensors", "head.*"], ["--tensors", "fc.*", "--tensors=fc.*"]):
+        rc, out, err = run(["verify", sealed_file, "--key", key_file, *argv, "--json"])
+        assert rc == 3 and "--tensors given twice" in err and "OK" not in out, err
+        assert json.loads(out)["status"] == "error"
+
+
 def test_an_unknown_option_shows_the_usage_of_its_command(tmp_path: Path) -> None:
     """argparse left unknown options to the top-level parser, whose usage says nothing of the command's options."""
     rc, _, err = run(["seal", "a.safetensors", "b.safetensors", "--levl", "strong"])

@@ -91,6 +91,24 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageExit(f"{self.prog}: {message}")
 
 
+class _Once(argparse.Action):
+    """An option that takes one value: given again it is refused, where argparse would keep the last silently.
+
+    Two ``--tensors`` read as "check both"; argparse checked only the second and reported it intact.
+    """
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, ns: argparse.Namespace, value: Any, opt: str | None = None
+    ) -> None:
+        old = getattr(ns, self.dest)
+        if old is not None:
+            parser.error(
+                f"{opt} given twice ('{old}', then '{value}'): it takes one glob; to check tensors that no one "
+                "glob matches, run verify once for each"
+            )
+        setattr(ns, self.dest, value)
+
+
 class _UsageExit(SystemExit):
     """Bad usage found by argparse: exit 3, with the message kept for a --json document."""
 
@@ -160,7 +178,10 @@ def _parser() -> _Parser:
     _key_args(p)
     _json_arg(p)
     p.add_argument(
-        "--tensors", metavar="PATTERN", help="check only tensors whose names match this glob (the others are not read)"
+        "--tensors",
+        metavar="PATTERN",
+        action=_Once,
+        help="check only tensors whose names match this glob (the others are not read); give it once",
     )
     _header_arg(p)
 
