@@ -405,6 +405,21 @@ def test_names_are_output_names_with_subgraph_prefix_only_on_clashes(cf_file: Pa
     assert "subgraph outer_if:else_branch/inner_if:else_branch" in where[names[2]]
 
 
+def test_a_tensors_pattern_matching_nothing_names_the_close_tensor_names(
+    tmp_path: Path, cf_file: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """A subgraph's 'w' is sealed as 'outer_if:.../w' and a typo names nothing: exit 3 said only 'check the pattern'."""
+    sealed = tmp_path / "s.onnx"
+    files.seal_file(cf_file, sealed, key)
+    rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--tensors", "w"])
+    assert rc == 3 and "matches none of the 11 sealed tensors" in err, err
+    assert "'outer_if:else_branch/inner_if:else_branch/w', 'outer_if:else_branch/inner_if:then_branch/w'" in err, err
+    rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--tensors", "then_W"])
+    assert rc == 3 and "close names: 'then_w'" in err, err
+    rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--tensors", "zzz*"])
+    assert rc == 3 and "close names" not in err, err
+
+
 def test_constants_in_model_local_functions_are_covered(tmp_path: Path, key: paramseal.Key) -> None:
     fw = np.random.default_rng(9).standard_normal((4, 64)).astype(np.float32)
     fn = helper.make_function(

@@ -661,7 +661,9 @@ def test_an_index_under_another_name_is_used_everywhere(
     rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file])
     assert rc == 0, err
     rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--tensors", "nothing.*"])
-    assert rc == 3 and f"'{sealed / name}'" in err
+    assert rc == 3 and f"'{sealed / name}'" in err and "close names" not in err
+    rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--tensors", "layers.1.mlp.wieght"])
+    assert rc == 3 and "close names: 'layers.1.mlp.weight'" in err, err  # it said only "check the pattern"
     with pytest.raises(paramseal.UsageError, match="is a sharded checkpoint"):
         files.verify_file(sealed, key)
     # a wrong index is rebuilt under its own name, and the note names it

@@ -79,6 +79,7 @@ from .formats.registry import adapters
 from .header import METADATA_KEY, SET_KEY, peek_header
 from .keys import Key
 from .report import Report
+from .verify import unmatched
 
 T = TypeVar("T")
 
@@ -339,7 +340,8 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
         chosen = [s for s in everything if hit(idx.tensors_in(s)) or (s in peeked and sealed[s] is None)
                   or hit(sealed.get(s))]  # fmt: skip
         if not chosen:
-            raise UsageError(f"--tensors '{tensors}' matches no tensor in '{folder / idx.name}'; check the pattern")
+            names = [n for s in everything for n in [*(idx.tensors_in(s) or ()), *(sealed.get(s) or ())]]
+            raise unmatched(tensors, names, f"no tensor in '{folder / idx.name}'")
         # a shard the index sends us to that seals no match (swapped, or a wrong index) is read
         # whole: its report and set record say what is wrong, where the pattern would only fail
         patterns = {s: tensors if hit(sealed.get(s)) else None for s in chosen}

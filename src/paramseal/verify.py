@@ -7,9 +7,10 @@ reshaped, retyped, swapped and extra tensors are all named.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -185,7 +186,8 @@ def check(
     sealed_names = {s.name for s in specs}
     chosen = [select is None or fnmatch.fnmatchcase(s.name, select) for s in specs]
     if not any(chosen):
-        raise UsageError(f"--tensors '{select}' matches none of the {len(specs)} sealed tensors; check the pattern")
+        n = len(specs)
+        raise unmatched(select, [s.name for s in specs], f"none of the {n} sealed tensor{'s' if n != 1 else ''}")
     extra = [n for n in arrays if n not in sealed_names and (select is None or fnmatch.fnmatchcase(n, select))]
     for t, spec in enumerate(specs):
         prog.step(spec.name)
@@ -324,6 +326,19 @@ def _converted(arrays: Mapping[str, NDArray[np.generic]], specs: list[TensorSpec
             f"tensors as {was}) and verify again"
         )
     return f"{said}, which drops low mantissa bits and the seal with them: take the sealed model from a kept copy"
+
+
+def unmatched(select: str | None, names: Iterable[str], what: str) -> UsageError:
+    """The error for a ``--tensors`` pattern that matches ``what`` (none of ``names``), naming close names.
+
+    Close: names whose last path part matches (an ONNX subgraph's ``w`` is sealed as ``if:then_branch/w``),
+    else names that read almost the same (a typo, another case).
+    """
+    pool = sorted(set(names))
+    near = [n for n in pool if "/" in n and fnmatch.fnmatchcase(n.rsplit("/", 1)[1], select or "")]
+    near = near or difflib.get_close_matches(select or "", pool, n=3, cutoff=0.75)
+    hint = f" (close names: {', '.join(map(repr, near[:5]))})" if near else ""
+    return UsageError(f"--tensors '{select}' matches {what}; check the pattern{hint}")
 
 
 def _match_moved(
@@ -621,6 +636,7 @@ __all__ = [
     "best_header",
     "check",
     "header_from_weights",
+    "unmatched",
     "metadata_findings",
     "other_seals_copies",
     "another_seal",
