@@ -211,6 +211,23 @@ def test_a_partial_result_whose_header_copy_stays_tampered_is_refused_as_that_no
     assert rc == 2 and "partial result written" in so
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_recover_with_the_header_from_a_pt_writes_a_whole_header_where_the_output_keeps_metadata(
+    tmp_path: Path, key: paramseal.Key, key_file: Path, suffix: str
+) -> None:
+    """--header-from a sealed .pt gives the weights' cut-down header: written as it was into an .npz's
+    metadata, 'OK: recovered' left a file that verify called tampered (exit 1, 'cut down')."""
+    bad = tmp_path / "bad.pt"
+    sd = _sealed_fc(tmp_path, key)
+    sd["fc.weight"].view(-1)[30000] *= -1
+    torch.save(sd, bad)
+    out = tmp_path / f"r{suffix}"
+    rc, so, _ = helpers.run_cli(["recover", bad, out, "--key", key_file, "--header-from", tmp_path / "s.pt"])
+    assert rc == 0 and "OK: recovered" in so, so
+    rc, so, _ = helpers.run_cli(["verify", out, "--key", key_file])
+    assert rc == 0 and "cut down" not in so, so
+
+
 @pytest.mark.parametrize(
     ("obj", "expect"),
     [

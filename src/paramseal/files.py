@@ -335,6 +335,12 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
     text = meta.pop(METADATA_KEY, None)
     if header is not None:
         issues = [] if text is None or _same_header(text, header, key) else [_not_given(loaded, text, header, key)]
+        # a header kept from a .pt or .npy is the weights' cut-down form: made whole, as verify makes a copy
+        # it reads from the weights, so that an output that keeps metadata does not carry it cut down
+        try:
+            header = _restored(header, meta, key)
+        except (FormatError, KeyMismatchError):  # not authentic: the check says so, as before
+            pass
         found = _Found(header, meta, False, issues)
         if text is None and kept:  # say so, as verify without --header-from would
             found.notes.append("the file's metadata carries no ParamSeal header; the one given was used")
