@@ -637,6 +637,54 @@ def test_threads_of_the_callers_take_turns_in_numba_parallel_kernels() -> None:
     assert out.stdout.split() == ["workqueue", "['intact',", "'intact',", "'intact']"], out.stdout
 
 
+def test_a_child_forked_while_a_thread_is_in_a_parallel_kernel_may_seal() -> None:
+    """The lock is a parent thread's at the fork, and no thread of the child's ever releases it: the child's
+    first seal through numba's parallel kernels waited forever (the workqueue layer itself is fork safe)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    pytest.importorskip("numba")
+    if not hasattr(os, "fork"):
+        pytest.skip("needs fork")
+    script = textwrap.dedent(
+        """
+        import os, threading, time, numpy as np, paramseal
+        from paramseal import _kernels
+        inside, leave = threading.Event(), threading.Event()
+        def kernel():  # a caller's thread in a parallel kernel while another thread forks
+            with _kernels.PARALLEL_LOCK:
+                inside.set()
+                leave.wait()
+        t = threading.Thread(target=kernel)
+        t.start()
+        inside.wait()
+        pid = os.fork()
+        if pid == 0:
+            key = paramseal.Key.generate()
+            w = {"w": np.random.default_rng(3).standard_normal((600, 1024)).astype(np.float32)}  # 9600 blocks
+            s = paramseal.seal(w, key)
+            os._exit(0 if paramseal.verify(s.tensors, key, s.header_json).status == "intact" else 1)
+        leave.set()
+        t.join()
+        for _ in range(600):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print("child exit", os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            print("child hung")
+        """
+    )
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "PARAMSEAL_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["child", "exit", "0"], out.stdout + out.stderr[-2000:]
+
+
 @needs_lib
 def test_a_light_recover_of_a_bf16_model_loads_no_numba_kernel(tmp_path: Path) -> None:
     """The lane code's data movers are compiled: a few flips in a bf16 file are recovered without numba."""

@@ -498,9 +498,13 @@ def _wait_all(futures: list[Future[Any]]) -> None:
 
 
 def _forget_pool() -> None:
-    """In a forked child: the pools' threads were not copied, so work queued there would never run."""
-    global _POOL, _TASKS, _POOL_LOCK
-    _POOL, _TASKS, _POOL_LOCK = None, None, threading.Lock()
+    """In a forked child: the pools' threads were not copied, so work queued there would never run.
+
+    Nor were the threads that held a lock at the fork: ``PARALLEL_LOCK`` taken by one of them would
+    never be released, and the child's first parallel kernel would wait forever.
+    """
+    global _POOL, _TASKS, _POOL_LOCK, PARALLEL_LOCK
+    _POOL, _TASKS, _POOL_LOCK, PARALLEL_LOCK = None, None, threading.Lock(), threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
