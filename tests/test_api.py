@@ -311,6 +311,19 @@ def test_a_torch_state_dict_seals_verifies_and_recovers_as_arrays_would(key: par
         assert all(helpers.same_bytes(fixed.tensors[n], s.tensors[n]) for n in s.tensors)
 
 
+def test_a_torch_tensor_with_its_negative_or_conjugate_bit_set_is_read_as_its_values(key: paramseal.Key) -> None:
+    """``z.conj().imag`` is a float32 view with torch's negative bit: tensor.numpy() refuses it, and that read
+    as "has dtype torch.float32, which ParamSeal does not support"."""
+    torch = pytest.importorskip("torch")
+    z = torch.complex(torch.randn(64, 128), torch.randn(64, 128))
+    neg = z.conj().imag
+    assert neg.is_neg() and neg.dtype == torch.float32
+    s = paramseal.seal({"w": neg}, key)
+    want = {"w": neg.resolve_neg().numpy()}
+    assert paramseal.verify({"w": torch.from_numpy(s.tensors["w"])}, key, s.header_json).status == "intact"
+    assert np.allclose(s.tensors["w"], want["w"], rtol=1e-3, atol=1e-6)
+
+
 def test_threads_may_verify_and_recover_side_by_side(key: paramseal.Key) -> None:
     """A serving process may check several models at once: the shared pool, caches and kernels hold up."""
     import threading

@@ -324,7 +324,7 @@ def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True) -> NDArr
             f"{what} is a {t.layout} {'quantized ' if t.is_quantized else ''}tensor; "
             "ParamSeal seals dense tensors: convert it with .to_dense() / .dequantize() first"
         )
-    t = t.detach().cpu()
+    t = t.detach().cpu().resolve_conj().resolve_neg()  # a lazy negated view (z.conj().imag): its values
     unsupported = UnsupportedError(
         f"{what} has dtype {t.dtype}, which ParamSeal does not support; "
         "supported: float64/32/16, bfloat16, (u)int8/16/32/64, bool"
