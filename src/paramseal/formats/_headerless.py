@@ -7,8 +7,6 @@ writing it is refused before anything reaches the disk.
 
 from __future__ import annotations
 
-from typing import Any
-
 from .._embed import header_copies
 from ..errors import UsageError
 from ..header import METADATA_KEY, peek_header
@@ -22,8 +20,11 @@ def require_header_in_weights(loaded: Loaded, fmt: str) -> None:
     n = sum(int(a.size) for a in loaded.tensors.values())
     text = loaded.metadata[METADATA_KEY]
     body = peek_header(text)
-    held = _carriers(body)
-    if held:  # the seal put copies there: they lie in blocks left tampered (recover --allow-partial)
+    from .._inspect import carrier_names  # here: it imports this package
+
+    held = carrier_names(body.get("carriers"), body.get("tensors"))
+    # the seal put copies there (a list: the header names them): they lie in blocks left tampered (--allow-partial)
+    if isinstance(held, list) and held:
         raise UsageError(
             f"the seal header cannot be written with this model: its copies in the weights "
             f"({', '.join(map(repr, held))}) lie in blocks this partial result leaves tampered, and {fmt} files "
@@ -38,15 +39,6 @@ def require_header_in_weights(loaded: Loaded, fmt: str) -> None:
         f"weights, and {fmt} files have no metadata to hold it, so the output could never be verified; write "
         ".safetensors or .npz instead (they keep the header in their metadata)"
     )
-
-
-def _carriers(body: dict[str, Any]) -> list[str]:
-    """The names of the tensors the seal put header copies in (none where the model was too small)."""
-    table, carriers = body.get("tensors"), body.get("carriers")
-    if not isinstance(table, list) or not isinstance(carriers, list):
-        return []
-    ok = [table[i] for i in carriers if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(table)]
-    return [t["name"] for t in ok if isinstance(t, dict) and isinstance(t.get("name"), str)]
 
 
 __all__ = ["require_header_in_weights"]
