@@ -178,13 +178,22 @@ def test_capacity_given_a_level_or_a_non_int_says_what_it_takes() -> None:
     assert capacity("F32", bits_for("F32", "standard", None)) == capacity("F32", 8)
 
 
-def test_a_big_endian_array_is_refused_with_how_to_convert_it(key: paramseal.Key) -> None:
-    """Seal writes the native byte order's bits: a '>f4' array is refused (never read as garbage), saying how."""
+def test_a_big_endian_array_is_read_as_its_values(key: paramseal.Key) -> None:
+    """A '>f4' array holds the values a '<f4' one does, as a big-endian .npy file does (whose reader converts it).
+
+    seal refused it (saying how to convert it) while verify called the sealed model, given so, tampered
+    ("dtype changed from F32 to >f4", every block) and recover called it unrecoverable.
+    """
     other = ">" if np.little_endian else "<"
     w = np.random.default_rng(0).standard_normal((64, 64)).astype(other + "f4")
+    s = paramseal.seal({"w": w}, key)
+    native = s.tensors["w"]
+    assert native.dtype.isnative and paramseal.verify(s.tensors, key, s.header_json).status == "intact"
+    swapped = {"w": native.astype(native.dtype.newbyteorder(other))}
+    assert paramseal.verify(swapped, key, s.header_json).status == "intact"
+    assert paramseal.recover(swapped, key, s.header_json).report.status == "intact"
+    # dtype_name, for a caller that asks it directly, still says how to convert one
     with pytest.raises(UnsupportedError, match=r"byte order: a\.astype\('[<>]f4'\)"):
-        paramseal.seal({"w": w}, key)
-    s = paramseal.seal({"w": w.astype(w.dtype.newbyteorder("="))}, key)
-    assert paramseal.verify(s.tensors, key, s.header_json).status == "intact"
+        dtype_name(w.dtype)
     with pytest.raises(UnsupportedError, match=r"complex64 is not supported; supported"):
         dtype_name(np.dtype(np.complex64))

@@ -334,7 +334,8 @@ def as_mapping(tensors: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[
 
     A name made str here would not be the caller's ({1: a} sealed as '1'), and two could merge ({1: a, '1': b}).
     A torch tensor (a state dict's) is read as the ``.pt`` reader reads one: bfloat16 as ml_dtypes', one
-    that requires grad or lies on a GPU too (``np.asarray`` refuses those with torch's own errors).
+    that requires grad or lies on a GPU too (``np.asarray`` refuses those with torch's own errors). An array
+    in the other byte order ('>f4') is read in this machine's: the same values (a copy).
     """
     if not isinstance(tensors, Mapping):
         raise UsageError(f"tensors must be a mapping of name (str) to array, not {type(tensors).__name__}")
@@ -348,7 +349,9 @@ def as_mapping(tensors: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[
 
             out[k] = tensor_to_numpy(v, f"tensor '{k}'", copy=False)
         else:
-            out[k] = np.asarray(v)
+            a = np.asarray(v)
+            # the other byte order holds the same values: read in this machine's, as the file readers read it
+            out[k] = a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
     return out
 
 
