@@ -2,19 +2,32 @@
 
 Such a file keeps the seal header only as the copy embedded in the weights. A
 model too small to hold that copy would be written sealed yet unverifiable, so
-writing it is refused before anything reaches the disk.
+writing it is refused before anything reaches the disk. So is a model whose sealed
+metadata holds ParamSeal's own entries the format cannot write back in its own terms
+(an ONNX model's graph digest): verify checks them, and the file would lack them.
 """
 
 from __future__ import annotations
 
 from .._embed import header_copies
 from ..errors import UsageError
-from ..header import METADATA_KEY, peek_header
+from ..header import METADATA_KEY, own_entries, peek_header
 from .base import Loaded
 
 
-def require_header_in_weights(loaded: Loaded, fmt: str) -> None:
-    """Raise UsageError if ``loaded`` is sealed but its weights carry no copy of the header."""
+def require_header_in_weights(loaded: Loaded, fmt: str, carried: frozenset[str] = frozenset()) -> None:
+    """Raise UsageError if ``loaded`` is sealed but its weights carry no copy of the header.
+
+    Or if its metadata holds ParamSeal's own entries (sealed: verify checks them against the
+    digest the weights' copy keeps) other than ``carried``, those the format writes back itself.
+    """
+    lost = sorted(own_entries(loaded.metadata).keys() - carried)
+    if lost:
+        raise UsageError(
+            f"the sealed model's metadata holds {', '.join(map(repr, lost))} (ParamSeal's own: an ONNX model's graph "
+            f"digest), which verify checks, and {fmt} files have no metadata to hold it, so the output could never "
+            "be verified; write .safetensors or .npz instead (they keep it in their metadata), or .onnx"
+        )
     if METADATA_KEY not in loaded.metadata or header_copies(loaded.tensors):
         return
     n = sum(int(a.size) for a in loaded.tensors.values())

@@ -165,7 +165,7 @@ class NpyAdapter:
                 f"a .npy file holds exactly one array, but this model has {len(loaded.tensors)} tensors; "
                 "write it as .npz or .safetensors instead"
             )
-        require_header_in_weights(loaded, ".npy")
+        require_header_in_weights(loaded, ".npy", self.carried_metadata)
         with open(path, "wb") as f:
             write_npy(f, next(iter(loaded.tensors.values())))
 

@@ -175,7 +175,7 @@ class PyTorchAdapter:
         attaches them. A sealed model must carry its header in its weights (see ``require_header_in_weights``).
         """
         torch = import_torch("writing PyTorch (.pt/.pth/.bin) files")
-        require_header_in_weights(loaded, "PyTorch (.pt/.pth/.bin)")
+        require_header_in_weights(loaded, "PyTorch (.pt/.pth/.bin)", self.carried_metadata)
         state = retie({name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}, loaded.metadata, path)
         if isinstance(loaded.source, ModuleVersions):
             state = OrderedDict(state)
