@@ -686,3 +686,18 @@ def test_eval_names_the_file_an_error_is_about(tmp_path: Path, monkeypatch: pyte
         rc, _, err = helpers.run_cli(["eval", "--out", tmp_path / "o", "--battery", "tiny"])
         assert rc == 3 and msg in err and "Traceback" not in err, err
         assert ("cannot write the results" in err) == (msg == "cannot write the results"), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--model", "mlp", "--model", "mlp"], "--model 'mlp'"),
+        (["--model", "mlp", "--dtype", "F32", "--dtype", "F32"], "--dtype 'F32'"),
+        (["--model", "mlp", "--level", "standard", "--level", "standard"], "--level 'standard'"),
+    ],
+)
+def test_a_model_dtype_or_level_named_twice_is_refused(tmp_path: Path, argv: list[str], named: str) -> None:
+    # each was run once but counted twice: 'OK: 172 runs (43 new)' after a fresh run of 43
+    rc, out, err = helpers.run_cli(["eval", "--out", tmp_path / "o", *argv])
+    assert rc == 3 and named in err and "more than once" in err and not out, err
+    assert not (tmp_path / "o").exists()

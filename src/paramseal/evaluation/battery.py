@@ -156,6 +156,10 @@ BATTERIES["full"] = Battery("full", tuple(Plan(m, tuple(DTYPES), LEVELS, (0, 1, 
 
 def custom(models: tuple[str, ...], dtypes: tuple[str, ...], levels: tuple[str, ...], seeds: int) -> Battery:
     """Every attack on the given models, dtypes and levels, with seeds ``0..seeds-1``."""
+    for opt, given in (("--model", models), ("--dtype", dtypes), ("--level", levels)):
+        # run once but counted (and reported) once per mention: 'OK: 172 runs (43 new)' after a fresh run of 43
+        if twice := sorted({v for v in given if given.count(v) > 1}):
+            raise UsageError(f"{opt} {', '.join(map(repr, twice))} given more than once; name each once")
     for m in models:
         get_model(m)
     for d in dtypes:
