@@ -701,3 +701,22 @@ def test_a_model_dtype_or_level_named_twice_is_refused(tmp_path: Path, argv: lis
     rc, out, err = helpers.run_cli(["eval", "--out", tmp_path / "o", *argv])
     assert rc == 3 and named in err and "more than once" in err and not out, err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("which", "drop"), [("mlp/F32/standard/s0/bitflip_n=10", "label"), ("config:mlp/F32/standard", "metric_sealed")]
+)
+def test_a_kept_record_that_lacks_a_field_is_a_clear_error(tmp_path: Path, which: str, drop: str) -> None:
+    # a record edited or damaged in a finished configuration was kept and crashed the report: 'internal error
+    # (KeyError: 'label') ... this is a bug in ParamSeal', after the whole battery had run
+    run_eval(BATTERIES["tiny"], tmp_path, progress=False)
+    lines = [json.loads(ln) for ln in (tmp_path / "results.jsonl").read_text().splitlines()]
+    for r in lines:
+        if r["id"] == which:
+            del r[drop]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    before = (tmp_path / "results.json").read_bytes()
+    rc, out, err = helpers.run_cli(["eval", "--out", tmp_path])
+    assert rc == 3 and "Traceback" not in err and not out, err
+    assert "results.jsonl" in err and which in err and repr(drop) in err, err
+    assert (tmp_path / "results.json").read_bytes() == before  # refused before anything was written

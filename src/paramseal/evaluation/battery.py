@@ -220,6 +220,26 @@ def seal_id(header_json: str) -> str:
     return hashlib.sha256(header_json.encode()).hexdigest()[:16]
 
 
+_NUMBER = (int, float)
+#: The fields the report reads from every saved record, and their types.
+_FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "config": {
+        "model": str,
+        "dtype": str,
+        "level": str,
+        "k": int,
+        "metric_original": dict,
+        "metric_sealed": dict,
+        "bound_relative_change": _NUMBER,
+        "measured_relative_change": _NUMBER,
+        "clean_verify_status": str,
+        "clean_verify_flagged_blocks": int,
+        "total_blocks": int,
+    },
+    "run": {"model": str, "dtype": str, "level": str, "seed": int, "kind": str, "options": dict, "label": str},
+}
+
+
 @dataclass
 class _Config:
     """One sealed model (model, dtype, level) and its reference metrics."""
@@ -347,6 +367,8 @@ class Runner:
             saved = [done[r] for r in (cid, *(rid for rid, _, _ in runs)) if r in done]
             seals = {r.get("seal") for r in saved}
             if len(saved) == len(runs) + 1 and len(seals) == 1 and None not in seals:
+                for r in saved:  # kept as they are for the report: refused now, not after the rest has run
+                    self._check_kept(r)
                 i += len(runs)  # complete, and all from one seal: nothing to seal or redo
                 continue
             cfg = self._config(model, dt, lv, done)
@@ -376,6 +398,17 @@ class Runner:
         wanted = {run_id(p.model, d, lv, s, a) for p, d, lv, s, a in battery.runs()}
         wanted |= {f"config:{p.model}/{d}/{lv}" for p, d, lv, _, _ in battery.runs()}
         return [r for r in done.values() if r["id"] in wanted]
+
+    def _check_kept(self, rec: dict[str, Any]) -> None:
+        """Refuse a saved record the report cannot use (edited or damaged), naming it and its field."""
+        for name, want in _FIELDS[rec["type"]].items():
+            v = rec.get(name)
+            if v is None or not isinstance(v, want) or isinstance(v, bool):
+                what = "lacks" if name not in rec else "has an unusable"
+                raise UsageError(
+                    f"'{self.results_path}': the record '{rec['id']}' {what} field {name!r} (it was edited or "
+                    "damaged); delete that line to have its configuration run again, or give --out a new folder"
+                )
 
     def _say(self, msg: str, show: bool) -> None:
         self.stream.write(("\n" if show else "") + f"eval: {msg}\n")  # below the progress line, not over it
