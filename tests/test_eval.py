@@ -720,3 +720,26 @@ def test_a_kept_record_that_lacks_a_field_is_a_clear_error(tmp_path: Path, which
     assert rc == 3 and "Traceback" not in err and not out, err
     assert "results.jsonl" in err and which in err and repr(drop) in err, err
     assert (tmp_path / "results.json").read_bytes() == before  # refused before anything was written
+
+
+def test_the_page_names_the_cores_its_records_were_measured_on(tiny: tuple[Path, object], tmp_path: Path) -> None:
+    # the page said "on this project's 2-core machine" wherever eval ran: a figure no record held
+    import os
+
+    from paramseal.evaluation import report
+
+    out, _ = tiny
+    recs = json.loads((out / "results.json").read_text())["records"]
+    configs = [r for r in recs if r["type"] == "config"]
+    assert configs and all(c["cpus"] == os.cpu_count() for c in configs)
+    configs[0]["cpus"], configs[1]["cpus"] = 16, 64
+    text = report.write_page(recs, tmp_path / "a.md", [], command="c", wall_s=0, battery="tiny").read_text()
+    assert "2-core" not in text and "on machines of 16 and 64 CPU cores" in text
+    for c in configs:
+        c["cpus"] = 16
+    text = report.write_page(recs, tmp_path / "b.md", [], command="c", wall_s=0, battery="tiny").read_text()
+    assert "on a machine of 16 CPU cores" in text
+    for c in configs:
+        del c["cpus"]  # records from before they noted it
+    text = report.write_page(recs, tmp_path / "c.md", [], command="c", wall_s=0, battery="tiny").read_text()
+    assert "2-core" not in text and "on the machine that ran it (its cores not recorded)" in text

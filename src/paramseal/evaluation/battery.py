@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import tempfile
 import time
@@ -346,6 +347,7 @@ class Runner:
                 "clean_verify_status": clean.status,
                 "total_blocks": clean.total_blocks,
                 "seal_s": seal_s,
+                "cpus": os.cpu_count(),  # where its times were measured (the results page says so)
                 "numel": {n: int(a.size) for n, a in original.items()},
             }
             self._save(rec)
