@@ -44,8 +44,9 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         "eval",
         help="measure detection, localisation, recovery and task metrics under an attack battery",
         description="Run a battery (attacks x strengths x levels x dtypes x seeds) on built-in models; write "
-        "results.json, results.md and PNG plots into OUT (and a results page with --docs). Finished runs are "
-        "kept in OUT/results.jsonl: interrupt at any time and rerun the same command to resume.",
+        "results.json, results.md and PNG plots into OUT (and a results page with --docs). Runs are kept "
+        "in OUT/results.jsonl as they finish: interrupt at any time and rerun the same command to resume. Each "
+        "session seals with a fresh key, so the configuration (model, dtype, level) cut short is run again whole.",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (also the resume state)")
     p.add_argument("--battery", help="tiny (seconds, the default), docs (~20 min on 2 cores) or full")
@@ -160,7 +161,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise OutputError(f"eval failed on '{e.filename}': {e.strerror or e}") from None
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP as the program unwinds them (their own exit code)
         print(
-            f"\ninterrupted; finished runs are kept in {args.out}/results.jsonl: rerun the same command to resume",
+            f"\ninterrupted; finished configurations are kept in {args.out}/results.jsonl: rerun the same command "
+            "to resume (the configuration cut short is run again whole, on a new seal)",
             file=sys.stderr,
         )
         return 128 + int(getattr(e, "signum", 2))

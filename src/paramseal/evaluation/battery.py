@@ -1,7 +1,7 @@
 """The evaluation battery: attacks x strengths x levels x dtypes x seeds on real models.
 
 Every run has an id built from everything that defines it; finished runs are appended to
-``results.jsonl`` one line each, so an interrupted battery resumes where it stopped and a
+``results.jsonl`` one line each, so an interrupted battery resumes at the configuration it stopped in and a
 rerun of the same command skips what is done. Each session seals with a fresh key, so every
 record carries the identity of the seal it measured (:func:`seal_id`, never the key): on resume
 a configuration whose saved records come from another seal is redone whole, and figures from

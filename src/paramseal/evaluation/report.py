@@ -328,7 +328,7 @@ def write_page(
         "`paramseal.attacks` (the same code as `paramseal attack`), then verifies and recovers the tensors in "
         "memory; truncation and header edits go through a file. To reproduce: "
         "`pip install 'paramseal[eval]'`, then run the command above "
-        "(interrupt it at any time; rerunning it resumes).\n"
+        "(interrupt it at any time; rerunning it resumes, running the configuration cut short again whole).\n"
     )
     add("## 1. Embedding impact (fidelity)\n")
     add(
