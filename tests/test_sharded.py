@@ -453,6 +453,32 @@ def test_errors_name_the_output_folder_and_in_place_is_refused_for_folders(
     assert f"cannot write '{out / SHARDS[0]}'" in str(e.value) and ".tmp" not in str(e.value)
 
 
+def test_header_from_is_refused_for_a_folder_naming_what_to_give_instead(
+    tmp_path: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    """--header-from is one file's header: a folder as IN or as FILE is refused (exit 3), a shard alone takes one.
+
+    A folder as FILE was called 'input ... a sharded checkpoint: use paramseal.sharded', which is the API's advice.
+    """
+    shard = sealed_ckpt / SHARDS[0]
+    kept = shutil.copy(shard, tmp_path / "kept.safetensors")
+    for argv in (
+        ["verify", sealed_ckpt, "--key", key_file, "--header-from", kept],
+        ["recover", sealed_ckpt, tmp_path / "out", "--key", key_file, "--header-from", kept],
+    ):
+        rc, out, err = helpers.run_cli(argv)
+        assert rc == 3 and "drop --header-from to check the folder, or give one shard's file" in err, err
+    for argv in (
+        ["verify", shard, "--key", key_file, "--header-from", sealed_ckpt],
+        ["recover", shard, tmp_path / "o.safetensors", "--key", key_file, "--header-from", sealed_ckpt],
+    ):
+        rc, out, err = helpers.run_cli(argv)
+        assert rc == 3 and f"'{sealed_ckpt}' is a folder; a seal header" in err and "input" not in err, err
+        assert "give one shard's file" in err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o.safetensors").exists()
+    assert helpers.run_cli(["verify", shard, "--key", key_file, "--header-from", kept])[0] == 0
+
+
 def test_a_shard_that_cannot_be_sealed_is_named(tmp_path: Path, checkpoint: Path, key_file: Path) -> None:
     t, meta = helpers.read_st(checkpoint / SHARDS[1])
     helpers.write_st(checkpoint / SHARDS[1], {n: np.full_like(a, np.nan) for n, a in t.items()}, meta)

@@ -66,7 +66,10 @@ def _header(args: argparse.Namespace, key: Key) -> str | None:
     if args.header_from is None:
         return None
     if sharded.is_sharded(Path(args.input)):
-        raise UsageError("--header-from takes one file's header; a sharded checkpoint's shards each carry their own")
+        raise UsageError(
+            f"--header-from takes one file's header, and each shard of '{args.input}' carries its own: drop "
+            "--header-from to check the folder, or give one shard's file as IN with the header kept for it"
+        )
     return files.read_header(args.header_from, key)
 
 

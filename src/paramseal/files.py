@@ -928,6 +928,11 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
     With ``key``, the first candidate that authenticates (verify and recover authenticate it again).
     """
     p = Path(path)
+    if p.is_dir():  # _require_file would call it the input and point at paramseal.sharded
+        raise UsageError(
+            f"'{p}' is a folder; a seal header (--header-from, header=) is read from a sealed model file or a .json "
+            "header file, and each shard of a sharded checkpoint carries its own: give one shard's file"
+        )
     _require_file(p)
     found: str | None = None
     why = ""
