@@ -14,6 +14,7 @@ import os
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -331,3 +332,17 @@ def record_fsyncs(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(os, "fsync", record)
     return synced
+
+
+def as_a_user(monkeypatch: Any) -> None:
+    """``os.access`` answering as a user who is not root would: a file without its owner's write bit is not writable."""
+    import stat
+
+    real = os.access
+
+    def access(path: Any, mode: int, **kw: Any) -> bool:
+        if mode & os.W_OK and os.path.isfile(path) and not os.stat(path).st_mode & stat.S_IWUSR:
+            return False
+        return real(path, mode, **kw)
+
+    monkeypatch.setattr(os, "access", access)

@@ -614,6 +614,29 @@ def test_another_models_file_with_the_side_files_name_is_kept(
     assert files.verify_file(out_dir / "sealed.onnx", key).status == "intact"
 
 
+def test_a_replaced_models_data_file_you_may_not_write_is_refused_before_any_work(
+    tmp_path: Path, ext_file: Path, key: paramseal.Key, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new data goes to a fresh name, but the old pair's data is deleted once the new model is in place.
+
+    A read-only (or another user's) data file went without a word, though the model beside it would be
+    refused (exit 3); now it is refused the same way. --in-place still replaces a read-only model's data.
+    """
+    helpers.as_a_user(monkeypatch)
+    out = tmp_path / "o" / "m.onnx"
+    out.parent.mkdir()
+    files.seal_file(ext_file, out, key)
+    (side,) = _side_names(out)
+    (out.parent / side).chmod(0o444)
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    for argv in (["seal", ext_file, out, "--key", key_file, "--reseal"], ["recover", ext_file, out, "--key", key_file]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and f"cannot write '{out.parent / side}' (the external data of '{out}'" in err, err
+        assert "mode 444" in err and {p.name: p.read_bytes() for p in out.parent.iterdir()} == before
+    rc, _, err = helpers.run_cli(["recover", out, out, "--key", key_file, "--in-place"])
+    assert rc == 0 and not (out.parent / side).exists() and files.verify_file(out, key).status == "intact", err
+
+
 def test_typed_field_model_seals_and_runs_in_onnxruntime(tmp_path: Path, key: paramseal.Key) -> None:
     src = save(mlp(np.random.default_rng(8), typed=True), tmp_path / "typed.onnx")
     out = tmp_path / "sealed.onnx"

@@ -6,7 +6,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import helpers
 import numpy as np
@@ -153,20 +152,6 @@ def test_in_place_keeps_the_format_of_a_safetensors_file_named_bin(tmp_path: Pat
     assert m.read_bytes() == sealed
 
 
-def _as_a_user(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``os.access`` answering as a user who is not root would: a file without its owner's write bit is not writable."""
-    import stat
-
-    real = os.access
-
-    def access(path: Any, mode: int, **kw: Any) -> bool:
-        if mode & os.W_OK and os.path.isfile(path) and not os.stat(path).st_mode & stat.S_IWUSR:
-            return False
-        return real(path, mode, **kw)
-
-    monkeypatch.setattr(os, "access", access)
-
-
 @pytest.mark.parametrize("verb", ["seal", "recover", "attack", "header-out"])
 def test_an_existing_output_you_may_not_write_is_refused_as_cp_refuses_it(
     tmp_path: Path, model_file: Path, sealed_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, verb: str
@@ -175,7 +160,7 @@ def test_an_existing_output_you_may_not_write_is_refused_as_cp_refuses_it(
 
     cp, a shell's ``>`` and every framework's save refuse it; so does ParamSeal now, before any work (exit 3).
     """
-    _as_a_user(monkeypatch)
+    helpers.as_a_user(monkeypatch)
     kept = tmp_path / ("h.json" if verb == "header-out" else "kept.safetensors")
     kept.write_bytes(b"released, read-only")
     kept.chmod(0o444)
@@ -197,7 +182,7 @@ def test_in_place_still_replaces_a_read_only_model_and_a_link_to_one_is_replaced
     """--in-place names the file to change (it stays read-only); a link at OUT is replaced, the file it names stays."""
     import shutil
 
-    _as_a_user(monkeypatch)
+    helpers.as_a_user(monkeypatch)
     m = shutil.copy(model_file, tmp_path / "m.safetensors")
     os.chmod(m, 0o444)
     assert helpers.run_cli(["seal", m, m, "--key", key_file, "--in-place"])[0] == 0

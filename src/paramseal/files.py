@@ -42,7 +42,7 @@ from .errors import (
     cannot_write,
     io_failure,
 )
-from .formats import GRAPH_KEY, Loaded, adapter_for
+from .formats import GRAPH_KEY, Loaded, adapter_for, onnx_format
 from .formats import safetensors as st_format
 from .formats.base import new_mode
 from .header import METADATA_KEY, SET_KEY, Header, HeaderAuthError, metadata_digest, parse_header
@@ -108,21 +108,23 @@ def _never_a_key(dst: Path) -> None:
         )
 
 
-def never_read_only(dst: Path) -> None:
+def never_read_only(dst: Path, of: Path | None = None) -> None:
     """Refuse to replace an existing file its user may not write, as cp and a shell's ``>`` refuse it.
 
     The output is renamed into place, which needs only the folder's write permission: a model
     made read-only to keep it (a released one) would be replaced without a word. Root may write
     any file, and replaces it as cp does; a link at the output is replaced, and the file it names
-    stays as it is. ``--in-place`` names the file to change, and does not come here.
+    stays as it is. ``--in-place`` names the file to change, and does not come here. ``of``: the
+    output whose file ``dst`` is (an ONNX model's external data, removed when the model is replaced).
     """
     if dst.is_symlink() or not dst.is_file():
         return
     effective = os.access in os.supports_effective_ids  # as open() would decide, in a setuid program too
     if not os.access(dst, os.W_OK, effective_ids=effective):
         mode = stat.S_IMODE(os.stat(dst).st_mode)
+        whose = "" if of is None else f" (the external data of '{of}', deleted when that model is replaced)"
         raise UsageError(
-            f"cannot write '{dst}': it exists and you may not write it (mode {mode:o}); ParamSeal does not "
+            f"cannot write '{dst}'{whose}: it exists and you may not write it (mode {mode:o}); ParamSeal does not "
             "replace it (nor would cp): make it writable (chmod u+w), remove it, or give another output path"
         )
 
@@ -213,6 +215,9 @@ def _check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
             raise e from None
     if same and (fmt != "onnx" or dst.resolve().parent == dst.parent.resolve()):
         return dst.resolve(), fmt
+    if not same and fmt == "onnx":
+        for side in onnx_format.replaced_side_files(dst, src):
+            never_read_only(side, of=dst)
     return dst, fmt
 
 

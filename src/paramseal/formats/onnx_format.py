@@ -547,6 +547,37 @@ def _side_files(onnx: ModuleType, dst: Path) -> frozenset[Path] | None:
         return None
 
 
+def replaced_side_files(dst: Path, src: Path) -> list[Path]:
+    """The side files of the model at ``dst`` that writing ``src``'s model there removes, and its user may not write.
+
+    Checked before any work, as ``dst`` itself is (`files.never_read_only`): the new data goes to
+    fresh names, but once the new model is in place the old data it named is deleted, and a
+    read-only or another user's data file would go without a word (a folder's permission suffices).
+    """
+    if dst.is_symlink() or not dst.is_file():
+        return []
+    onnx = _onnx()
+    old = _side_files(onnx, dst) or frozenset()
+    ours = _ours(cut_name(dst.name, name_max(dst.parent) - len(f".{len(old)}.{'0' * 8}.data")))
+    effective = os.access in os.supports_effective_ids
+    kept = [
+        p
+        for p in old
+        if p.parent == dst.parent.resolve()
+        and ours.fullmatch(p.name)
+        and p.is_file()
+        and not os.access(p, os.W_OK, effective_ids=effective)
+    ]
+    # an input's data file stays (`_SidePlan.stale`); read the input only when one is in question
+    inputs = (_side_files(onnx, src) or frozenset()) if kept else frozenset()
+    return sorted(dst.parent / p.name for p in kept if p not in inputs)  # named as the user named the folder
+
+
+def _ours(stem: str) -> re.Pattern[str]:
+    """The names `_SidePlan.relocate` gives side files of an output whose names start with ``stem``."""
+    return re.compile(re.escape(stem) + r"(\.[0-9]+)?(\.[0-9a-f]{8})?\.data")
+
+
 def _container(onnx: ModuleType, loaded: Loaded) -> Any:
     """A graph-less model of initializers, for tensors that come from no ONNX graph."""
     inits = []
@@ -637,7 +668,7 @@ class _SidePlan:
         Only those named by ParamSeal for this output: another file may be shared with other models.
         An input's file goes only when the input itself is replaced.
         """
-        ours = re.compile(re.escape(self.stem) + r"(\.[0-9]+)?(\.[0-9a-f]{8})?\.data")
+        ours = _ours(self.stem)
         new = {(self.folder / n).resolve() for n in self.names.values()}
         return sorted(
             p
@@ -724,4 +755,4 @@ def iter_tensor_names(path: Path) -> Iterator[tuple[str, str]]:
     yield from ((n, s.where) for n, s in zip(_names(slots), slots, strict=True))
 
 
-__all__ = ["OnnxAdapter", "iter_tensor_names"]
+__all__ = ["OnnxAdapter", "iter_tensor_names", "replaced_side_files"]
