@@ -20,10 +20,13 @@ from paramseal.report import Report, Status
 
 
 def _public_names() -> set[str]:
+    """By dir(), not vars(): the package loads most of its names on first use."""
     return {
         n
-        for n, v in vars(paramseal).items()
-        if not n.startswith("_") and not isinstance(v, types.ModuleType) and not isinstance(v, __future__._Feature)
+        for n in dir(paramseal)
+        if not n.startswith("_")
+        and not isinstance(v := getattr(paramseal, n), types.ModuleType)
+        and not isinstance(v, __future__._Feature)
     }
 
 

@@ -915,6 +915,59 @@ def test_ctrl_c_ends_quietly_with_130_and_leaves_no_output(
     assert rc == 130 and err.strip() == "interrupted" and helpers.listing(tmp_path) == before
 
 
+# The program, started as `python -m paramseal` or as the command pyproject.toml installs; stalls
+# when it first imports numpy (the first of the heavy modules) and says so on stdout.
+_STALLED_START = """
+import importlib, os, runpy, sys, time, tomllib
+
+class Stall:
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy":
+            os.write(1, b"importing numpy\\n")
+            time.sleep(60)
+        return None
+
+how = sys.argv[1]
+sys.argv = ["paramseal", "verify", "model.safetensors", "--key", "key.hex"]
+sys.meta_path.insert(0, Stall())
+if how == "-m":
+    runpy.run_module("paramseal", run_name="__main__", alter_sys=True)
+else:
+    with open(how, "rb") as f:
+        entry = tomllib.load(f)["project"]["scripts"]["paramseal"]
+    module, _, name = entry.partition(":")
+    sys.exit(getattr(importlib.import_module(module), name)())
+"""
+
+
+@pytest.mark.parametrize("how", ["-m", "script"])
+def test_ctrl_c_while_the_program_starts_ends_quietly_with_130(tmp_path: Path, how: str) -> None:
+    """Ctrl-C while numpy, numba and the formats loaded printed a traceback (numpy's own could say
+    'numpy._core.umath failed to import', exit 1, the code for "tampered"); now it ends as it does later."""
+    import signal
+    import subprocess
+    import sys
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    arg = "-m" if how == "-m" else str(pyproject)
+    env = {**os.environ, "PYTHONPATH": str(Path(paramseal.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_START, arg],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "importing numpy\n"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and err == "interrupted\n", err
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
 def test_sigterm_ends_with_its_code_and_leaves_no_temporary_file(
     tmp_path: Path, sealed_file: Path, key_file: Path, sig: str

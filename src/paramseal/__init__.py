@@ -22,6 +22,11 @@ Files: :func:`paramseal.files.seal_file`, :func:`~paramseal.files.verify_file` a
 
 from __future__ import annotations
 
+import importlib as _importlib
+import sys as _sys
+import types as _types
+import typing as _typing
+
 from .errors import (
     FormatError,
     InputError,
@@ -35,14 +40,65 @@ from .errors import (
     UnsupportedError,
     UsageError,
 )
-from .keys import Key, load_key, write_key
-from .levels import LEVELS, capacity
-from .recover import RecoverResult, recover
-from .report import Report, TensorFinding
-from .seal import SealConfig, SealedModel, seal
-from .verify import verify
+
+if _typing.TYPE_CHECKING:
+    from .keys import Key, load_key, write_key
+    from .levels import LEVELS, capacity
+    from .recover import RecoverResult, recover
+    from .report import Report, TensorFinding
+    from .seal import SealConfig, SealedModel, seal
+    from .verify import verify
 
 __version__ = "0.1.0"
+
+# Imported on first use: numpy, numba and ml_dtypes take most of a second, and the paramseal
+# program (__main__.main) must have its Ctrl-C handler in place before they load.
+_LAZY = {
+    "Key": "keys",
+    "load_key": "keys",
+    "write_key": "keys",
+    "LEVELS": "levels",
+    "capacity": "levels",
+    "RecoverResult": "recover",
+    "recover": "recover",
+    "Report": "report",
+    "TensorFinding": "report",
+    "SealConfig": "seal",
+    "SealedModel": "seal",
+    "seal": "seal",
+    "verify": "verify",
+}
+
+
+if not _typing.TYPE_CHECKING:  # a type checker reads the imports above, and flags a misspelt name
+
+    def __getattr__(name: str) -> _typing.Any:
+        where = _LAZY.get(name)
+        if where is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(_importlib.import_module(f".{where}", __name__), name)
+        globals()[name] = value
+        return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(_types.ModuleType):
+    """Keeps ``paramseal.seal``/``verify``/``recover`` the functions once their submodules load.
+
+    Loading a submodule binds it on its package, by the submodule's name: these three share
+    theirs with the one-call functions.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in ("seal", "verify", "recover") and isinstance(value, _types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "LEVELS",

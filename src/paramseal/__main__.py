@@ -1,7 +1,33 @@
-"""``python -m paramseal``: the same CLI as the ``paramseal`` command."""
+"""``python -m paramseal`` and the ``paramseal`` command: the CLI, with Ctrl-C handled from the start."""
 
+import os
+import signal
 import sys
+from types import FrameType
 
-from .cli import main
 
-sys.exit(main())
+def _interrupted(signum: int, frame: FrameType | None) -> None:
+    # Nothing is written yet. A KeyboardInterrupt raised inside an import is not always one when it
+    # arrives (numpy reports 'numpy._core.umath failed to import', exit 1, read as "tampered").
+    os.write(2, b"interrupted\n")
+    os._exit(130)
+
+
+def main() -> int:
+    """Run the ``paramseal`` program; Ctrl-C while its modules load exits 130 as it does later.
+
+    The handler is in place before numpy, numba and the formats load (``paramseal`` itself loads
+    them lazily); `cli.main` then handles Ctrl-C as KeyboardInterrupt, so its outputs are cleaned up.
+    """
+    mine = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # an ignored Ctrl-C stays ignored
+    if mine:
+        signal.signal(signal.SIGINT, _interrupted)
+    from .cli import main as cli_main
+
+    if mine:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return cli_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
