@@ -637,6 +637,26 @@ def test_a_replaced_models_data_file_you_may_not_write_is_refused_before_any_wor
     assert rc == 0 and not (out.parent / side).exists() and files.verify_file(out, key).status == "intact", err
 
 
+def test_the_data_files_take_the_replaced_models_mode(
+    tmp_path: Path, ext_file: Path, key: paramseal.Key, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read-only model sealed --in-place stays read-only, and so does its new data (it came out writable)."""
+    helpers.as_a_user(monkeypatch)
+    ext_file.chmod(0o444)
+    (ext_file.parent / "ext.onnx.data").chmod(0o444)
+    rc, _, err = helpers.run_cli(["seal", ext_file, ext_file, "--key", key_file, "--in-place"])
+    assert rc == 0, err
+    (side,) = _side_names(ext_file)
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (ext_file, ext_file.parent / side)] == [0o444, 0o444]
+    out = tmp_path / "o.onnx"
+    out.write_bytes(b"an older model")
+    out.chmod(0o640)
+    assert helpers.run_cli(["recover", ext_file, out, "--key", key_file])[0] == 0
+    (side,) = _side_names(out)
+    assert [stat.S_IMODE(p.stat().st_mode) for p in (out, tmp_path / side)] == [0o640, 0o640]
+    assert files.verify_file(out, key).status == "intact"
+
+
 def test_typed_field_model_seals_and_runs_in_onnxruntime(tmp_path: Path, key: paramseal.Key) -> None:
     src = save(mlp(np.random.default_rng(8), typed=True), tmp_path / "typed.onnx")
     out = tmp_path / "sealed.onnx"

@@ -689,7 +689,10 @@ class _SidePlan:
         """
         if tmp != dst:
             tmp.write_bytes(model)
-        fresh = new_mode()
+        try:  # as files.atomic_path: a replaced model keeps its mode, and its data takes it too
+            mode = stat.S_IMODE(os.stat(dst).st_mode)
+        except FileNotFoundError:
+            mode = new_mode()
         temps: list[Path] = []
         placed: list[Path] = []
         target = dst  # the file being made, for the message: a side file's temporary would read as an input
@@ -703,7 +706,7 @@ class _SidePlan:
                         f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.chmod(t, fresh)
+                os.chmod(t, mode)  # a read-only model replaced --in-place: its new data is read-only too
             for loc, t in zip(self.files, temps, strict=True):
                 target = self.folder / self.names[loc]
                 os.replace(t, target)
@@ -714,10 +717,6 @@ class _SidePlan:
                 f.write(model)
                 f.flush()
                 os.fsync(f.fileno())
-            try:  # as files.atomic_path: a replaced file keeps its mode
-                mode = stat.S_IMODE(os.stat(dst).st_mode)
-            except FileNotFoundError:
-                mode = fresh
             os.chmod(t, mode)
             os.replace(t, dst)
         except BaseException as e:
