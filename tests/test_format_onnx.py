@@ -629,7 +629,11 @@ def test_a_replaced_models_data_file_you_may_not_write_is_refused_before_any_wor
     (side,) = _side_names(out)
     (out.parent / side).chmod(0o444)
     before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
-    for argv in (["seal", ext_file, out, "--key", key_file, "--reseal"], ["recover", ext_file, out, "--key", key_file]):
+    for argv in (
+        ["seal", ext_file, out, "--key", key_file, "--reseal"],
+        ["recover", ext_file, out, "--key", key_file],
+        ["attack", "--kind", "bitflip", ext_file, out],
+    ):
         rc, _, err = helpers.run_cli(argv)
         assert rc == 3 and f"cannot write '{out.parent / side}' (the external data of '{out}'" in err, err
         assert "mode 444" in err and {p.name: p.read_bytes() for p in out.parent.iterdir()} == before

@@ -148,6 +148,11 @@ def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: 
     if d.exists() and d.resolve() == s.resolve():
         raise UsageError(f"output '{d}' is the input file; attack writes a new file and never modifies its input")
     never_read_only(d)
+    if spec.kind != "truncate" and d.suffix.lower() == ".onnx":  # ONNX is written only to .onnx
+        from ..formats.onnx_format import replaced_side_files
+
+        for side in replaced_side_files(d, s):  # the data of an ONNX model at OUT goes with it
+            never_read_only(side, of=d)
     if spec.kind == "truncate":
         try:  # the share of parameters it reports needs their count (a mapped read: no tensor is loaded)
             total = sum(inspect_file(s)["parameters"].values())
