@@ -968,6 +968,31 @@ def test_ctrl_c_while_the_program_starts_ends_quietly_with_130(tmp_path: Path, h
     assert proc.returncode == 130 and err == "interrupted\n", err
 
 
+def test_ctrl_c_before_the_cli_handles_it_ends_quietly_with_130(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Between the start-up handler and cli.main's own (building the parser), Ctrl-C gave a traceback."""
+    import signal
+
+    from paramseal import __main__ as program
+    from paramseal import cli
+
+    def stop() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_parser", stop)
+    monkeypatch.setattr(cli._kernels, "one_blas_thread", lambda: None)  # the program's, not this process's
+    monkeypatch.setattr("sys.argv", ["paramseal", "verify", "m.safetensors"])
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        rc = program.main()
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a traceback")
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert rc == 130 and capfd.readouterr().err == "interrupted\n"
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
 def test_sigterm_ends_with_its_code_and_leaves_no_temporary_file(
     tmp_path: Path, sealed_file: Path, key_file: Path, sig: str

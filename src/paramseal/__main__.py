@@ -6,10 +6,17 @@ import sys
 from types import FrameType
 
 
+def _say_interrupted() -> None:
+    try:
+        os.write(2, b"interrupted\n")
+    except OSError:  # a standard error that cannot be written loses the message, not the exit code
+        pass
+
+
 def _interrupted(signum: int, frame: FrameType | None) -> None:
     # Nothing is written yet. A KeyboardInterrupt raised inside an import is not always one when it
     # arrives (numpy reports 'numpy._core.umath failed to import', exit 1, read as "tampered").
-    os.write(2, b"interrupted\n")
+    _say_interrupted()
     os._exit(130)
 
 
@@ -26,7 +33,11 @@ def main() -> int:
 
     if mine:
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    return cli_main()
+    try:
+        return cli_main()
+    except KeyboardInterrupt:  # before cli.main handles it (while it builds its parser): nothing written yet
+        _say_interrupted()
+        return 130
 
 
 if __name__ == "__main__":
