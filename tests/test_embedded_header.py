@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _embed, files
+from paramseal import _bits, _embed, files
 from paramseal.errors import KeyMismatchError, NotSealedError
 from paramseal.header import METADATA_KEY, Header, HeaderAuthError, parse_header
 from paramseal.levels import TAG_BITS
@@ -632,7 +632,6 @@ def test_a_single_carrier_keeps_three_copies_and_survives_a_flip_in_each(tmp_pat
 
 def test_a_model_crafted_to_multiply_header_candidates_is_answered_quickly(key: paramseal.Key) -> None:
     """Twelve JSON copies, each 6 bytes off a common text: 66 pairs of 2^12 mixes unless the reader is bounded."""
-    from paramseal import _bits
     from paramseal._layout import TensorSpec
 
     rng = np.random.default_rng(0)
@@ -814,6 +813,34 @@ def test_a_burst_over_the_record_of_a_single_copy_carrier_is_read_from_the_copy(
         assert res.report.status == "recovered"
     got, _ = helpers.read_st(tmp_path / "r.safetensors")
     helpers.assert_model_equal(got, sealed.tensors)
+
+
+def _flip_storage_bit(t: dict[str, np.ndarray], k: int, q: int) -> None:
+    """Flip storage bit ``q`` of tensor ``w`` sealed at ``k`` (after each block's tag bits), in place."""
+    flat = _bits.uint_view(t["w"])
+    per = _embed.block_bytes(k) * 8
+    v = (q // per) * 64 + (TAG_BITS + q % per) // k
+    flat[v] ^= flat.dtype.type(1 << ((TAG_BITS + q % per) % k))
+
+
+def test_a_flip_in_a_lone_carriers_only_copy_is_undone(tmp_path: Path, key: paramseal.Key) -> None:
+    """A carrier with room for one copy had nothing to mix it with: one flipped bit in it lost the header (exit 2)."""
+    torch = pytest.importorskip("torch")
+    w = helpers.random_tensor(np.random.default_rng(6), helpers.BF16, (1024, 512))
+    sealed = paramseal.seal({"w": w}, key)
+    assert sealed.header.carriers == (0,) and sealed.header.copies == 1 and sealed.header.tensors[0].k == 1
+    text = dict(_embed.header_copies(sealed.tensors))["w"]
+    t = helpers.copy_model(sealed.tensors)
+    _flip_storage_bit(t, 1, (_embed.RECORD_BYTES + len(text) // 2) * 8 + 3)
+    assert [c for _, c in _embed.header_copies(t)] != [text]
+    assert header_from_weights(t, key) == text
+    torch.save({"w": torch.from_numpy(t["w"].view(np.int16)).view(torch.bfloat16)}, tmp_path / "w.pt")
+    res = files.recover_file(tmp_path / "w.pt", tmp_path / "r.safetensors", key)
+    assert res.report.status == "recovered"
+    helpers.assert_model_equal(helpers.read_st(tmp_path / "r.safetensors")[0], sealed.tensors)
+    _flip_storage_bit(t, 1, (_embed.RECORD_BYTES + 10) * 8)  # two bits: past what is undone, never a wrong header
+    with pytest.raises(HeaderAuthError):
+        header_from_weights(t, key)
 
 
 def test_looking_for_copies_whose_record_is_gone_is_bounded(

@@ -5,7 +5,7 @@ Every float tensor with room gets an identity **record** in the storage bits
 **carriers**, also hold the header JSON right after their record: one copy each,
 or three in a lone carrier (copies may take at most 2% of the blocks, so a tiny
 model keeps its header in the metadata only). A header whose copies were all hit
-is rebuilt from them (`merged_copies`) before it is given up. Those blocks
+is rebuilt from them (`merged_copies`; a lone copy with one bit flipped back) before it is given up. Those blocks
 store no parity (``TensorSpec.reserved``), but their tags cover the record and
 the copy, so both are authenticated like any other bit; the copy itself is the
 HMAC'd header without the user metadata (its digest is under the MAC).
@@ -45,6 +45,7 @@ COPY_BUDGET = 0.02  # at most this fraction of the float blocks holds header cop
 MERGE_BYTES = 12  # two damaged copies differing in up to this many bytes are mixed (2^12 mixes a pair)
 MERGE_LIMIT = 4096  # candidates `merged_copies` yields in all (and MERGE_TEXT bytes): a crafted model
 MERGE_TEXT = 64 << 20  # must not make verify authenticate for long
+FLIP_LIMIT = 16 << 10  # a lone copy is also tried with each one of its bits flipped: this many in all (2 KiB of copy)
 COPY_START = b'{"bits":'  # how every copy begins (canonical JSON, keys sorted: "bits" is the first)
 LOCATE_FIRST = 4 << 10  # `located_copies` reads this much storage of a tensor at a k first, then 8 times more,
 LOCATE_BYTES = 32 << 20  # up to this much in all (each window within the copy budget)
@@ -266,11 +267,13 @@ def header_copies(tensors: Mapping[str, NDArray[np.generic]]) -> list[tuple[str,
 
 
 def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
-    """Header texts rebuilt from damaged copies: each copy, a byte-wise majority, mixes of two.
+    """Header texts rebuilt from damaged copies: each copy, a byte-wise majority, mixes of two, one-bit flips.
 
     A mix of two takes, at each byte where they differ, either one's byte. The copies have no
     parity of their own, so a flip in each leaves none authentic; but unless two were hit at the
     same byte, the majority (a lone carrier holds three copies) or a mix of two is the header.
+    A lone copy (a carrier with room for one only) is also tried with each one of its bits
+    flipped (``FLIP_LIMIT`` bits in all), which undoes a single hit in it.
     A copy whose record was hit is still read: at the other records' k, at the length most
     records give first, then at lengths with one bit of it undone (a hit length field), in the
     largest float tensors (where carriers are). Lengths past the copy budget are skipped,
@@ -287,7 +290,7 @@ def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
     for hlen in (*recorded, *flipped):
         if not (0 < hlen and any(blocks_needed(k, RECORD_BYTES + hlen) <= budget for k in ks)):
             continue
-        yield from limit.texts(_candidates(tensors, big, {n: f.k for n, f in recs.items()}, ks, hlen))
+        yield from limit.rebuilt(_copies(tensors, big, {n: f.k for n, f in recs.items()}, ks, hlen), hlen)
         if limit.spent:
             return
 
@@ -338,7 +341,7 @@ def located_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
                     return
                 tried.add(hlen)
                 if blocks_needed(k, RECORD_BYTES + hlen) <= budget:
-                    yield from limit.texts(_candidates(tensors, big, k_of | {n: k}, sorted(ks | {k}), hlen))
+                    yield from limit.rebuilt(_copies(tensors, big, k_of | {n: k}, sorted(ks | {k}), hlen), hlen)
                     if limit.spent:
                         return
         pairs, window = grow, window * 8
@@ -375,30 +378,49 @@ def _survey(tensors: Mapping[str, NDArray[np.generic]]) -> tuple[list[str], floa
 
 @dataclass(slots=True)
 class _Limit:
-    """Candidates yielded once each, at most ``MERGE_LIMIT`` of them and ``MERGE_TEXT`` bytes."""
+    """Candidates yielded once each: at most ``MERGE_LIMIT`` (and ``FLIP_LIMIT`` flips), ``MERGE_TEXT`` bytes."""
 
     seen: set[bytes] = field(default_factory=set)
     left: int = MERGE_LIMIT
     text_left: int = MERGE_TEXT
+    flips_left: int = FLIP_LIMIT
 
     @property
     def spent(self) -> bool:
         return self.left < 0 or self.text_left < 0
 
-    def texts(self, candidates: Iterator[bytes]) -> Iterator[str]:
+    def rebuilt(self, raw: list[NDArray[np.uint8]], hlen: int) -> Iterator[str]:
+        """Texts from the copies ``raw`` of one length: `_candidates`, then a lone copy's one-bit flips."""
+        yield from self.texts(_candidates(raw, hlen))
+        # A lone copy (one carrier with room for one, the other carrier's lost) has nothing to be mixed
+        # with, but one bit flipped in it (a flip, or a replaced value at k = 1) is undone.
+        if len(raw) == 1 and hlen * 8 <= self.flips_left and not self.spent:
+            self.flips_left -= hlen * 8
+            yield from self.texts(_flipped(raw[0]), flips=True)
+
+    def texts(self, candidates: Iterator[bytes], *, flips: bool = False) -> Iterator[str]:
         for cand in candidates:
             if cand in self.seen:
                 continue
             self.seen.add(cand)
-            self.left, self.text_left = self.left - 1, self.text_left - len(cand)
+            self.text_left -= len(cand)
+            self.left -= not flips  # flips have their own bound, taken whole by `rebuilt`
             if self.spent:
                 return
             yield from _text(cand)
 
 
-def _candidates(
+def _flipped(copy: NDArray[np.uint8]) -> Iterator[bytes]:
+    """``copy`` with each one of its bits flipped."""
+    for q in range(copy.size * 8):
+        one = copy.copy()
+        one[q >> 3] ^= 1 << (q & 7)
+        yield one.tobytes()
+
+
+def _copies(
     tensors: Mapping[str, NDArray[np.generic]], big: list[str], k_of: dict[str, int], ks: list[int], hlen: int
-) -> Iterator[bytes]:
+) -> list[NDArray[np.uint8]]:
     """Copies of length ``hlen`` (each carrier at its own k, or at every k found when its record is gone)."""
     found = [
         (i, c)
@@ -410,8 +432,12 @@ def _candidates(
     arrays = [np.frombuffer(c, np.uint8) for _, c in found]
     # Past a carrier's copies (one, in most) lie other bits: a later slot counts only when another
     # slot nearly matches it (and the first is always tried: its record may be all that was hit).
-    raw = [a for (i, _), a in zip(found, arrays, strict=True) if i == 0 or any(
+    return [a for (i, _), a in zip(found, arrays, strict=True) if i == 0 or any(
         b is not a and np.count_nonzero(a != b) <= 8 * MERGE_BYTES for b in arrays)]  # fmt: skip
+
+
+def _candidates(raw: list[NDArray[np.uint8]], hlen: int) -> Iterator[bytes]:
+    """Each of the copies ``raw``, a byte-wise majority of three or more, and mixes of two."""
     yield from (a.tobytes() for a in raw)  # a later copy of a carrier may be intact
     if len(raw) >= 3:  # each byte as most copies hold it
         votes = np.stack(raw)
