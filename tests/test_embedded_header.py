@@ -743,6 +743,23 @@ def test_a_burst_over_a_lone_carriers_first_blocks_is_read_from_its_other_copies
     assert rc == 3 and "already sealed" in err  # no laundering by sealing it anew
 
 
+def test_a_lone_carrier_whose_record_length_was_rewritten_is_read_from_its_copies(
+    tmp_path: Path, lone: paramseal.SealedModel, key: paramseal.Key, key_file: Path
+) -> None:
+    """A replaced value rewrote the length's top byte: its copies went unread, the .npy "carries no header" (exit 3)."""
+    text = dict(_embed.header_copies(lone.tensors))["w"]
+    t = helpers.copy_model(lone.tensors)
+    for bit in (0, 3, 6):  # three bits of the length's last byte: not a one-bit variant of it
+        _flip_storage_bit(t, lone.header.tensors[0].k, (_embed.RECORD_BYTES - 1) * 8 + bit)
+    found = _embed.scan(t["w"], damaged=True)
+    assert found is not None and found.hlen != len(text) and _embed.header_copies(t) == []
+    assert header_from_weights(t, key) == text
+    np.save(tmp_path / "w.npy", t["w"])
+    rc, _, err = helpers.run_cli(["recover", tmp_path / "w.npy", tmp_path / "r.npy", "--key", key_file])
+    assert rc == 0, err
+    assert np.load(tmp_path / "r.npy").tobytes() == lone.tensors["w"].tobytes()
+
+
 def test_inspect_of_a_burst_over_a_lone_carriers_records_points_to_verify(
     tmp_path: Path, lone: paramseal.SealedModel, key_file: Path
 ) -> None:

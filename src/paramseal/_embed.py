@@ -301,11 +301,12 @@ def carries_seal(tensors: Mapping[str, NDArray[np.generic]]) -> bool:
 
 
 def located_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
-    """Header texts from copies whose record is gone (a burst over a carrier's first blocks), found where seal put them.
+    """Header texts from copies whose record is gone or wrong, found where seal put them.
 
-    Without its record a carrier says neither its k nor the header length. But copy ``i`` starts
+    Without its record (a burst over a carrier's first blocks) a carrier says neither its k nor
+    the header length, and a record hit in its length field gives a wrong one. But copy ``i`` starts
     with ``COPY_START`` at storage byte ``RECORD_BYTES + i * length``, within the copy budget: in
-    the largest float tensors with no record giving a length, at each k, that start is looked for
+    the largest float tensors, at their record's k or else at each k, that start is looked for
     (in a window growing eightfold a round, ``LOCATE_BYTES`` read in all). Each start gives lengths:
     the JSON object it opens, its distance past the record (copy 1 or 2), the distance between two
     starts. Each length's copies, majority and mixes are yielded as by `merged_copies` (with its
@@ -317,12 +318,10 @@ def located_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
     tried: set[int] = set()
     limit = _Limit()
     read, window = 0, LOCATE_FIRST
-    # a tensor whose record gives its k (not a length: a non-carrier's, or one whose length was hit) at that k
+    # a tensor whose record gives its k at that k: its length may be what was hit (a replaced value
+    # rewrites a byte of it, past the one-bit variants `merged_copies` tries)
     pairs = [
-        (n, k)
-        for n in big
-        if not (n in found and found[n].hlen)
-        for k in ([found[n].k] if n in found else _ks(dtype_name(np.asarray(tensors[n]).dtype)))
+        (n, k) for n in big for k in ([found[n].k] if n in found else _ks(dtype_name(np.asarray(tensors[n]).dtype)))
     ]
     while pairs:
         grow: list[tuple[str, int]] = []
