@@ -5,6 +5,7 @@ import __future__
 
 import doctest
 import inspect
+import os
 import types
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -45,6 +46,19 @@ def test_star_import_gives_exactly_all() -> None:
     ns: dict[str, object] = {}
     exec("from paramseal import *", ns)
     assert set(ns) - {"__builtins__"} == set(paramseal.__all__)
+
+
+def test_public_submodules_are_attributes_of_a_fresh_import(tmp_path: Path) -> None:
+    """``import paramseal; paramseal.levels.capacity(...)`` (as README writes it): AttributeError once the
+    API loaded lazily, since nothing had imported levels, keys, report or header; files and sharded never were."""
+    import subprocess
+    import sys
+
+    names = ["files", "header", "keys", "levels", "report", "sharded"]
+    code = f"import paramseal, types; print([type(getattr(paramseal, n)) is types.ModuleType for n in {names}])"
+    env = {**os.environ, "PYTHONPATH": str(Path(paramseal.__file__).parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == str([True] * len(names)), out.stderr
 
 
 def test_one_call_functions_are_functions_not_submodules() -> None:

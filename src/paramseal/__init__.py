@@ -68,11 +68,16 @@ _LAZY = {
     "seal": "seal",
     "verify": "verify",
 }
+# Public submodules, bound on the package as `import paramseal` once bound header, keys, levels and report
+# (by importing the API): `paramseal.levels.capacity(...)` with nothing else imported. Not torch: an extra.
+_SUBMODULES = frozenset({"files", "header", "keys", "levels", "report", "sharded"})
 
 
 if not _typing.TYPE_CHECKING:  # a type checker reads the imports above, and flags a misspelt name
 
     def __getattr__(name: str) -> _typing.Any:
+        if name in _SUBMODULES:
+            return _importlib.import_module(f".{name}", __name__)  # its import binds it here
         where = _LAZY.get(name)
         if where is None:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -82,7 +87,7 @@ if not _typing.TYPE_CHECKING:  # a type checker reads the imports above, and fla
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, *_SUBMODULES})
 
 
 class _Package(_types.ModuleType):
