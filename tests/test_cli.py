@@ -993,6 +993,35 @@ def test_ctrl_c_before_the_cli_handles_it_ends_quietly_with_130(
     assert rc == 130 and capfd.readouterr().err == "interrupted\n"
 
 
+def test_ctrl_c_as_the_start_up_handler_is_lifted_ends_quietly_with_130(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C met right after the default handler came back (before the try around cli.main) gave a traceback."""
+    import signal
+
+    from paramseal import __main__ as program
+    from paramseal import cli
+
+    real = signal.signal
+
+    def lifted(signum: int, handler: Any) -> Any:
+        old = real(signum, handler)
+        if signum == signal.SIGINT and handler is signal.default_int_handler:
+            raise KeyboardInterrupt  # as the handler itself would, for a Ctrl-C pending at this point
+        return old
+
+    monkeypatch.setattr(signal, "signal", lifted)
+    monkeypatch.setattr(cli, "main", lambda: pytest.fail("cli.main ran after Ctrl-C"))
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        rc = program.main()
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a traceback")
+    finally:
+        real(signal.SIGINT, before)
+    assert rc == 130 and capfd.readouterr().err == "interrupted\n"
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
 def test_sigterm_ends_with_its_code_and_leaves_no_temporary_file(
     tmp_path: Path, sealed_file: Path, key_file: Path, sig: str

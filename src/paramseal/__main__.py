@@ -31,9 +31,9 @@ def main() -> int:
         signal.signal(signal.SIGINT, _interrupted)
     from .cli import main as cli_main
 
-    if mine:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
+        if mine:  # inside the try: a Ctrl-C at the very next instruction is a KeyboardInterrupt met below
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         return cli_main()
     except KeyboardInterrupt:  # before cli.main handles it (while it builds its parser): nothing written yet
         _say_interrupted()
