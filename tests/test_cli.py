@@ -1022,6 +1022,27 @@ def test_ctrl_c_as_the_start_up_handler_is_lifted_ends_quietly_with_130(
     assert rc == 130 and capfd.readouterr().err == "interrupted\n"
 
 
+def test_the_program_entry_runs_outside_the_main_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """paramseal.__main__.main (the console script's entry) set its SIGINT handler in any thread:
+    ValueError 'signal only works in main thread' where cli.main, the entry before it, ran."""
+    from paramseal import __main__ as program
+    from paramseal import cli
+
+    monkeypatch.setattr(cli, "main", lambda: 0)
+    got: list[object] = []
+
+    def run() -> None:
+        try:
+            got.append(program.main())
+        except Exception as e:
+            got.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert got == [0]
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
 def test_sigterm_ends_with_its_code_and_leaves_no_temporary_file(
     tmp_path: Path, sealed_file: Path, key_file: Path, sig: str

@@ -3,6 +3,7 @@
 import os
 import signal
 import sys
+import threading
 from types import FrameType
 
 
@@ -26,7 +27,11 @@ def main() -> int:
     The handler is in place before numpy, numba and the formats load (``paramseal`` itself loads
     them lazily); `cli.main` then handles Ctrl-C as KeyboardInterrupt, so its outputs are cleaned up.
     """
-    mine = signal.getsignal(signal.SIGINT) is signal.default_int_handler  # an ignored Ctrl-C stays ignored
+    # an ignored Ctrl-C stays ignored; only the main thread may set a handler (cli.main runs in any thread)
+    mine = (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    )
     if mine:
         signal.signal(signal.SIGINT, _interrupted)
     from .cli import main as cli_main
