@@ -968,13 +968,27 @@ def test_ctrl_c_while_the_program_starts_ends_quietly_with_130(tmp_path: Path, h
     assert proc.returncode == 130 and err == "interrupted\n", err
 
 
+def _program_main(set_handler: Any) -> int:
+    """``paramseal.__main__.main()``, failing the test if Ctrl-C escapes it; this process's SIGINT handler kept."""
+    import signal
+
+    from paramseal import __main__ as program
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        return program.main()
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C escaped as a traceback")
+    finally:
+        set_handler(signal.SIGINT, before)
+
+
 def test_ctrl_c_before_the_cli_handles_it_ends_quietly_with_130(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
     """Between the start-up handler and cli.main's own (building the parser), Ctrl-C gave a traceback."""
     import signal
 
-    from paramseal import __main__ as program
     from paramseal import cli
 
     def stop() -> None:
@@ -983,14 +997,7 @@ def test_ctrl_c_before_the_cli_handles_it_ends_quietly_with_130(
     monkeypatch.setattr(cli, "_parser", stop)
     monkeypatch.setattr(cli._kernels, "one_blas_thread", lambda: None)  # the program's, not this process's
     monkeypatch.setattr("sys.argv", ["paramseal", "verify", "m.safetensors"])
-    before = signal.getsignal(signal.SIGINT)
-    try:
-        rc = program.main()
-    except KeyboardInterrupt:
-        pytest.fail("Ctrl-C escaped as a traceback")
-    finally:
-        signal.signal(signal.SIGINT, before)
-    assert rc == 130 and capfd.readouterr().err == "interrupted\n"
+    assert _program_main(signal.signal) == 130 and capfd.readouterr().err == "interrupted\n"
 
 
 def test_ctrl_c_as_the_start_up_handler_is_lifted_ends_quietly_with_130(
@@ -999,7 +1006,6 @@ def test_ctrl_c_as_the_start_up_handler_is_lifted_ends_quietly_with_130(
     """Ctrl-C met right after the default handler came back (before the try around cli.main) gave a traceback."""
     import signal
 
-    from paramseal import __main__ as program
     from paramseal import cli
 
     real = signal.signal
@@ -1012,14 +1018,7 @@ def test_ctrl_c_as_the_start_up_handler_is_lifted_ends_quietly_with_130(
 
     monkeypatch.setattr(signal, "signal", lifted)
     monkeypatch.setattr(cli, "main", lambda: pytest.fail("cli.main ran after Ctrl-C"))
-    before = signal.getsignal(signal.SIGINT)
-    try:
-        rc = program.main()
-    except KeyboardInterrupt:
-        pytest.fail("Ctrl-C escaped as a traceback")
-    finally:
-        real(signal.SIGINT, before)
-    assert rc == 130 and capfd.readouterr().err == "interrupted\n"
+    assert _program_main(real) == 130 and capfd.readouterr().err == "interrupted\n"
 
 
 def test_the_program_entry_runs_outside_the_main_thread(monkeypatch: pytest.MonkeyPatch) -> None:
