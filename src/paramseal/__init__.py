@@ -68,8 +68,8 @@ _LAZY = {
     "seal": "seal",
     "verify": "verify",
 }
-# Public submodules, bound on the package as `import paramseal` once bound header, keys, levels and report
-# (by importing the API): `paramseal.levels.capacity(...)` with nothing else imported. Not torch: an extra.
+# Public submodules reached as attributes after a bare `import paramseal` (`paramseal.levels.capacity(...)`),
+# as when the package imported its API eagerly. Not torch: an optional extra.
 _SUBMODULES = frozenset({"files", "header", "keys", "levels", "report", "sharded"})
 
 
