@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _kernels  # first: it sets OMP_WAIT_POLICY before numba loads
+from . import _kernels
 
 # isort: split
 import numba

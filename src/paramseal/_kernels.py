@@ -22,12 +22,6 @@ from numpy.typing import NDArray
 
 P = (1 << 32) - 5
 
-# numba's threads come from GNU OpenMP, whose idle threads spin by default. On a busy machine
-# a spinning thread steals the core the working one needs: measured here with other work on
-# both cores, sealing 0.1 GiB took 21 s instead of 1 s. Sleeping idle threads cost nothing
-# measurable. A user's own setting wins; it only takes effect if OpenMP is not loaded yet.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 try:  # numba is a declared dependency; the fallback keeps a broken install usable, only slower
     if os.environ.get("PARAMSEAL_NO_NUMBA"):
         raise ImportError("disabled by PARAMSEAL_NO_NUMBA")
