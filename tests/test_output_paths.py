@@ -176,6 +176,32 @@ def test_an_existing_output_you_may_not_write_is_refused_as_cp_refuses_it(
     assert not (tmp_path / "s.safetensors").exists()
 
 
+def test_an_existing_output_on_a_read_only_file_system_is_refused_as_such_not_by_its_mode(
+    tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a read-only mount (simulated: mounting needs root) the kernel's access() says no for a 0644 file.
+
+    The refusal said 'you may not write it (mode 644) ... chmod u+w', which fails there too; a new output
+    in the same folder was told the file system is read-only. Both are now told that.
+    """
+    kept = tmp_path / "kept.safetensors"
+    kept.write_bytes(b"on a read-only mount")
+    kept.chmod(0o644)
+    real_access, real_statvfs = os.access, os.statvfs
+
+    def access(path: object, mode: int, **kw: object) -> bool:
+        return False if mode & os.W_OK and Path(str(path)) == kept else real_access(path, mode, **kw)  # type: ignore[arg-type]
+
+    class _Ro:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(os, "access", access)
+    monkeypatch.setattr(os, "statvfs", lambda p: _Ro() if Path(str(p)) == kept else real_statvfs(p))
+    rc, _, err = helpers.run_cli(["seal", model_file, kept, "--key", key_file])
+    assert rc == 3 and "the file system is read-only" in err and "chmod" not in err, err
+    assert kept.read_bytes() == b"on a read-only mount"
+
+
 def test_in_place_still_replaces_a_read_only_model_and_a_link_to_one_is_replaced_not_written_through(
     tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -121,12 +121,21 @@ def never_read_only(dst: Path, of: Path | None = None) -> None:
         return
     effective = os.access in os.supports_effective_ids  # as open() would decide, in a setuid program too
     if not os.access(dst, os.W_OK, effective_ids=effective):
+        if _on_read_only_fs(dst):  # no mode would let it be written: 'chmod u+w' fails there too
+            raise cannot_write(dst, OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst)))
         mode = stat.S_IMODE(os.stat(dst).st_mode)
         whose = "" if of is None else f" (the external data of '{of}', deleted when that model is replaced)"
         raise UsageError(
             f"cannot write '{dst}'{whose}: it exists and you may not write it (mode {mode:o}); ParamSeal does not "
             "replace it (nor would cp): make it writable (chmod u+w), remove it, or give another output path"
         )
+
+
+def _on_read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): the mode's message stands
+        return False
 
 
 def temp_beside(dst: Path) -> Path:
