@@ -341,6 +341,26 @@ def test_a_torch_tensor_with_its_negative_or_conjugate_bit_set_is_read_as_its_va
     assert np.allclose(s.tensors["w"], want["w"], rtol=1e-3, atol=1e-6)
 
 
+def test_a_torch_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_reported_tampered_not_raised(
+    key: paramseal.Key,
+) -> None:
+    """verify raised UnsupportedError for a state dict whose tensor was made complex (reported tampered before
+    cd18646, as a numpy array of it is) or float8 (a quantized model); seal still refuses such a tensor."""
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("this torch has no float8")
+    torch.manual_seed(0)
+    sd = {"a": torch.randn(128, 256), "b": torch.randn(64, 256), "c": torch.randn(64, 256)}
+    s = paramseal.seal(sd, key)
+    retyped = {n: torch.from_numpy(a.copy()) for n, a in s.tensors.items()}
+    retyped["a"], retyped["b"] = retyped["a"].to(torch.complex64), retyped["b"].to(torch.float8_e4m3fn)
+    report = paramseal.verify(retyped, key, s.header_json)
+    assert report.status != "intact" and report.tampered_tensors == ["a", "b"]
+    for t in (retyped["a"], retyped["b"]):
+        with pytest.raises(paramseal.UnsupportedError, match="not supported"):
+            paramseal.seal({"w": t}, key)
+
+
 def test_threads_may_verify_and_recover_side_by_side(key: paramseal.Key) -> None:
     """A serving process may check several models at once: the shared pool, caches and kernels hold up."""
     import threading

@@ -347,7 +347,8 @@ def as_mapping(tensors: Mapping[str, NDArray[np.generic]]) -> dict[str, NDArray[
         if torch is not None and isinstance(v, torch.Tensor):
             from .formats.pytorch import tensor_to_numpy
 
-            out[k] = tensor_to_numpy(v, f"tensor '{k}'", copy=False)
+            # any dtype: seal refuses one it cannot seal, verify reports a sealed tensor retyped as tampered
+            out[k] = tensor_to_numpy(v, f"tensor '{k}'", copy=False, any_dtype=True)
         else:
             a = np.asarray(v)
             # the other byte order holds the same values: read in this machine's, as the file readers read it

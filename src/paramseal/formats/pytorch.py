@@ -307,11 +307,13 @@ def _state_dict(obj: object, path: Path) -> tuple[dict[str, Any], tuple[str, ...
     return dict(state), others, _module_versions(state)
 
 
-def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True) -> NDArray[np.generic]:
+def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True, any_dtype: bool = False) -> NDArray[np.generic]:
     """A C-contiguous numpy array of a dense tensor on any device, bfloat16 as ml_dtypes.bfloat16.
 
     With ``copy=False`` a contiguous CPU tensor's memory is shared, not copied (for tensors
-    nobody else holds, such as those just loaded from a file).
+    nobody else holds, such as those just loaded from a file). ``any_dtype``: a dtype ParamSeal
+    does not seal (complex, float8 as ml_dtypes') is read too, for the caller to judge: to verify,
+    a sealed tensor now in another dtype is tampered with, as a numpy array of it is.
     """
     torch = import_torch(what)
     if t.is_meta:
@@ -329,17 +331,21 @@ def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True) -> NDArr
         f"{what} has dtype {t.dtype}, which ParamSeal does not support; "
         "supported: float64/32/16, bfloat16, (u)int8/16/32/64, bool"
     )
+    float8 = getattr(ml_dtypes, str(t.dtype).removeprefix("torch."), None) if t.element_size() == 1 else None
     if t.dtype == torch.bfloat16:
         a = t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    elif any_dtype and float8 is not None and t.is_floating_point():  # numpy has no float8: ml_dtypes' bytes
+        a = t.contiguous().view(torch.uint8).numpy().view(float8)
     else:
         try:
             a = t.numpy()
         except (TypeError, RuntimeError):
             raise unsupported from None
-    try:
-        dtype_name(a.dtype)
-    except UnsupportedError:
-        raise unsupported from None
+    if not any_dtype:
+        try:
+            dtype_name(a.dtype)
+        except UnsupportedError:
+            raise unsupported from None
     out: NDArray[np.generic] = a.copy(order="C") if copy or not a.flags.c_contiguous else a
     return out
 
