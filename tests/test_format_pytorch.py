@@ -727,3 +727,25 @@ def test_attack_keeps_the_module_versions_of_a_pt(tmp_path: Path, key: paramseal
     assert dict(torch.load(bad, weights_only=True)._metadata) == want
     rc, _, _ = helpers.run_cli(["recover", bad, back, "--key", key_file])
     assert rc == 0 and dict(torch.load(back, weights_only=True)._metadata) == want
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_recover_of_a_pt_whose_sealed_metadata_it_lacks_into_a_metadata_format_is_refused(
+    tmp_path: Path, key_file: Path, suffix: str
+) -> None:
+    """A .pt sealed from a file with user metadata keeps only its digest: 'OK: written' to .npz left a file
+    verify called tampered (exit 2, metadata stripped). Refused now, nothing written; --header-from restores it."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(5)
+    src, sealed, kept = tmp_path / "m.safetensors", tmp_path / "s.pt", tmp_path / "h.json"
+    save_file({f"l{i}": rng.standard_normal((256, 128)).astype(np.float32) for i in range(4)}, src, {"run": "7"})
+    assert helpers.run_cli(["seal", src, sealed, "--key", key_file, "--header-out", kept])[0] == 0
+    out = tmp_path / f"out{suffix}"
+    rc, _, err = helpers.run_cli(["recover", sealed, out, "--key", key_file])
+    assert rc == 3 and "never verify" in err and "--header-from" in err and not out.exists(), err
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("out")] == []  # no temporary left either
+    assert helpers.run_cli(["recover", sealed, tmp_path / "same.pt", "--key", key_file])[0] == 0  # its own format
+    assert helpers.run_cli(["recover", sealed, out, "--key", key_file, "--header-from", kept])[0] == 0
+    rc, stdout, err = helpers.run_cli(["verify", out, "--key", key_file])
+    assert rc == 0 and "intact" in stdout, err

@@ -61,6 +61,7 @@ from .verify import (
     best_header,
     check,
     header_from_weights,
+    metadata_findings,
     other_seals_copies,
     report_of,
     usable,
@@ -693,6 +694,8 @@ def recover_file(
             out_meta = dict(rec.metadata)
             if not found.embedded:  # a header read from the weights stays there only, as in the input
                 out_meta[METADATA_KEY] = found.text
+            if rec.report.ok:
+                _refuse_unverifiable_metadata(chk, out_meta, d, fmt)
             if patch_here and _patch_in_place(s, chk, rec, out_meta):
                 return RecoveredFile(d, rec.report, rec.metadata)
             if pre is not None:
@@ -714,6 +717,24 @@ def recover_file(
             ws.close()
         if pre is not None:
             pre.cancel()
+
+
+def _refuse_unverifiable_metadata(chk: Check, out_meta: dict[str, str], dst: Path, fmt: str) -> None:
+    """An output presented as recovered must verify: refuse one whose metadata verify would call stripped.
+
+    A model sealed with user metadata into a format that keeps none (.pt, .npy) keeps only its digest in
+    the weights' header; written to a format that keeps metadata (.npz, .safetensors), the output would
+    lack what was sealed, and verify would call it tampered.
+    """
+    user = {k: v for k, v in out_meta.items() if k != METADATA_KEY}
+    issues, _ = metadata_findings(chk.header, user, adapter_for(dst, fmt, must_exist=False).keeps_metadata)
+    if issues:
+        raise UsageError(
+            f"the model was sealed with user metadata that this file does not hold (only its digest is in the seal "
+            f"header): a {fmt} output, which keeps metadata, would lack it and never verify; nothing was written. "
+            "Recover to the input's own format, or pass --header-from a kept copy of the sealed model that holds "
+            "it (the file seal wrote, or seal --header-out's .json)"
+        )
 
 
 def _refuse_losing_partial(src: Path, loaded: Loaded, chk: Check, report: Report) -> None:
