@@ -285,6 +285,24 @@ def test_npy_tensor_name_is_fixed_so_seal_into_another_name_verifies(tmp_path: P
     assert paramseal.files.verify_file(out, key).status == "intact"
 
 
+def test_a_one_tensor_model_of_another_name_sealed_or_recovered_into_npy_verifies(
+    tmp_path: Path, key_file: Path
+) -> None:
+    # a .npy holds no name (read as 'array'): its array is the sealed model's only tensor, whatever it was called
+    src = tmp_path / "m.npz"
+    np.savez(src, w=helpers.random_tensor(np.random.default_rng(0), np.float32, (800, 64)))
+    out = tmp_path / "sealed.npy"
+    assert helpers.run_cli(["seal", src, out, "--key", key_file])[0] == 0
+    rc, _, err = helpers.run_cli(["verify", out, "--key", key_file])
+    assert rc == 0, err
+    for ext in ("npy", "npz"):
+        rec = tmp_path / f"recovered.{ext}"
+        assert helpers.run_cli(["recover", out, rec, "--key", key_file])[0] == 0
+        rc, _, err = helpers.run_cli(["verify", rec, "--key", key_file])
+        assert rc == 0, err
+    assert list(adapter_for(rec).read(rec).tensors) == ["w"]  # the .npz gets the sealed name back
+
+
 def test_several_tensors_into_npy_is_exit_3_with_a_hint(tmp_path: Path, key_file: Path) -> None:
     src = tmp_path / "m.npz"
     np.savez(src, a=np.ones(3, np.float32), b=np.ones(4, np.float32))

@@ -45,6 +45,7 @@ from .errors import (
 from .formats import GRAPH_KEY, Loaded, adapter_for, onnx_format
 from .formats import safetensors as st_format
 from .formats.base import new_mode
+from .formats.numpy import NPY_TENSOR_NAME
 from .header import METADATA_KEY, SET_KEY, Header, HeaderAuthError, metadata_digest, parse_header
 from .keys import Key, looks_like_key_file, require_key
 from .levels import BLOCK
@@ -302,11 +303,27 @@ def _checked(loaded: Loaded, path: Path, key: Key, header: str | None, **kw: Any
     """The check of a loaded model file against its seal header (see `_split_header`)."""
     check_inputs()  # check's decode of damaged groups reads through the map: not past a new end
     found = _split_header(loaded, path, key, header)
+    _name_npy_array(loaded, path, found.text)
     chk = check(loaded.tensors, key, found.text, metadata=found.meta, metadata_kept=_keeps(path), **kw)
     check_inputs()  # recover goes on to read damaged blocks' neighbours through the map
     chk.metadata_issues[:0] = found.issues
     chk.notes.extend(found.notes)
     return chk, found
+
+
+def _name_npy_array(loaded: Loaded, path: Path, text: str) -> None:
+    """A .npy's array (read as ``'array'``) takes the name of the seal's only tensor: the file holds no name.
+
+    Sealed or recovered into .npy, a one-tensor model named otherwise was otherwise reported renamed.
+    """
+    if adapter_for(path).name != "npy" or list(loaded.tensors) != [NPY_TENSOR_NAME]:
+        return
+    try:  # check authenticates the header; a forged one fails there whatever the array is called
+        names = [str(t["name"]) for t in json.loads(text)["tensors"]]
+    except (ValueError, KeyError, TypeError):
+        return
+    if len(names) == 1:
+        loaded.tensors[names[0]] = loaded.tensors.pop(NPY_TENSOR_NAME)
 
 
 def _keeps(path: Path) -> bool:
