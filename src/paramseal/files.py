@@ -46,7 +46,7 @@ from .formats import GRAPH_KEY, Loaded, adapter_for, onnx_format
 from .formats import safetensors as st_format
 from .formats.base import new_mode
 from .formats.numpy import NPY_TENSOR_NAME
-from .header import METADATA_KEY, SET_KEY, Header, HeaderAuthError, metadata_digest, parse_header
+from .header import METADATA_KEY, SET_KEY, Header, HeaderAuthError, metadata_digest, parse_header, peek_header
 from .keys import Key, looks_like_key_file, require_key
 from .levels import BLOCK
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
@@ -131,6 +131,12 @@ def never_read_only(dst: Path, of: Path | None = None) -> None:
             f"cannot write '{dst}'{whose}: it exists and you may not write it (mode {mode:o}); ParamSeal does not "
             "replace it (nor would cp): make it writable (chmod u+w), remove it, or give another output path"
         )
+
+
+def never_read_only_data(dst: Path, src: Path) -> None:
+    """`never_read_only` for the external data files of the ONNX model at ``dst`` that writing ``src``'s removes."""
+    for side in onnx_format.replaced_side_files(dst, src):
+        never_read_only(side, of=dst)
 
 
 def _on_read_only_fs(path: Path) -> bool:
@@ -227,8 +233,7 @@ def _check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
     if same and (fmt != "onnx" or dst.resolve().parent == dst.parent.resolve()):
         return dst.resolve(), fmt
     if not same and fmt == "onnx":
-        for side in onnx_format.replaced_side_files(dst, src):
-            never_read_only(side, of=dst)
+        never_read_only_data(dst, src)
     return dst, fmt
 
 
@@ -319,8 +324,8 @@ def _name_npy_array(loaded: Loaded, path: Path, text: str) -> None:
     if adapter_for(path).name != "npy" or list(loaded.tensors) != [NPY_TENSOR_NAME]:
         return
     try:  # check authenticates the header; a forged one fails there whatever the array is called
-        names = [str(t["name"]) for t in json.loads(text)["tensors"]]
-    except (ValueError, KeyError, TypeError):
+        names = [str(t["name"]) for t in peek_header(text)["tensors"]]
+    except (FormatError, KeyError, TypeError):
         return
     if len(names) == 1:
         loaded.tensors[names[0]] = loaded.tensors.pop(NPY_TENSOR_NAME)
@@ -1071,6 +1076,7 @@ __all__ = [
     "SealedFile",
     "atomic_path",
     "never_read_only",
+    "never_read_only_data",
     "inspect_file",
     "read_model",
     "recover_file",

@@ -126,7 +126,15 @@ def _builtin_model(name: str | None) -> GradModel:
 
 def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: AttackSpec) -> GroundTruth:
     """Read ``src``, attack it and write ``dst`` atomically; ``src`` is never modified."""
-    from ..files import atomic_path, inspect_file, never_read_only, read_model, require_readable_file, write_model
+    from ..files import (
+        atomic_path,
+        inspect_file,
+        never_read_only,
+        never_read_only_data,
+        read_model,
+        require_readable_file,
+        write_model,
+    )
     from ..formats.registry import adapter_for
     from ..keys import looks_like_key_file
 
@@ -149,10 +157,7 @@ def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: 
         raise UsageError(f"output '{d}' is the input file; attack writes a new file and never modifies its input")
     never_read_only(d)
     if spec.kind != "truncate" and d.suffix.lower() == ".onnx":  # ONNX is written only to .onnx
-        from ..formats.onnx_format import replaced_side_files
-
-        for side in replaced_side_files(d, s):  # the data of an ONNX model at OUT goes with it
-            never_read_only(side, of=d)
+        never_read_only_data(d, s)  # the data of an ONNX model at OUT goes with it
     if spec.kind == "truncate":
         try:  # the share of parameters it reports needs their count (a mapped read: no tensor is loaded)
             total = sum(inspect_file(s)["parameters"].values())
