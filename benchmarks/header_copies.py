@@ -7,16 +7,18 @@ Usage::
     python benchmarks/header_copies.py --format pt --dtype bf16 --attack lowflips --flips 20
     python benchmarks/header_copies.py --format npy,pt,safetensors --attack scattered --rate 0.01
 
-A `.pt` or `.npy` file (or a safetensors file whose metadata was stripped) keeps the seal
-header only as copies in the low bits of its largest tensors. Those copies carry no parity,
-so this measures the reader that rebuilds the header from damaged copies (each copy, a
-byte-wise majority, mixes of two). Each model is sealed once at ``--level`` (``standard``):
+An `.npy` file, a `.pt` saved by torch itself (``torch.save(model.state_dict())``, which drops
+the ``_metadata`` entry ParamSeal's own `.pt` files keep it in) or a safetensors file whose
+metadata was stripped keeps the seal header only as copies in the low bits of its largest
+tensors. Those copies carry no parity, so this measures the reader that rebuilds the header
+from damaged copies (each copy, a byte-wise majority, mixes of two). Each model is sealed once
+at ``--level`` (``standard``):
 
 * ``npy``: one 1024 x 1024 array saved as ``.npy`` (one carrier; ``--rows``: another number of rows);
 * ``safetensors`` (printed as ``stripped``): a transformer-shaped model of 13 tensors (1.18M
   values), written as safetensors with no metadata at all (two carriers at fp32);
-* ``pt``: the same 13 tensors as a PyTorch ``.pt`` state dict (``--one``: the one array of
-  ``npy`` instead, in any format).
+* ``pt``: the same 13 tensors as a PyTorch ``.pt`` state dict, without that entry (``--one``:
+  the one array of ``npy`` instead, in any format).
 
 ``--dtype`` casts the model (fp32 by default, or bf16); the header copies per carrier and the
 carriers are whatever ``seal`` chose for that model, and are printed. Every trial applies one
@@ -30,12 +32,12 @@ output is byte-identical to the sealed model:
 * ``scattered``: ``--rate`` of all values, uniformly over the model, replaced by random
   values on the model's scale (as ``recovery_rates.py --attacks scattered``).
 
-``--metadata`` keeps the sealed safetensors metadata (the header with it): the same attacks
-with the header not at stake, for comparison. A failed trial is counted as ``header lost``
-(no authentic header: every copy was hit beyond rebuilding), ``unrecoverable`` (the header
-was found; the damage is past the code's capacity, as it would be with the header in the
-metadata) or ``other`` (anything else, such as an output that is not the sealed model), and
-its reason is printed on stderr.
+``--metadata`` keeps the sealed metadata (the header with it) in the attacked safetensors or
+``.pt`` file, as ParamSeal writes them: the same attacks with the header not at stake. A
+failed trial is counted as ``header lost`` (no authentic header: every copy was hit beyond
+rebuilding), ``unrecoverable`` (the header was found; the damage is past the code's capacity,
+as it would be with the header in the metadata) or ``other`` (anything else, such as an
+output that is not the sealed model), and its reason is printed on stderr.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def main() -> int:
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="f32")
     ap.add_argument("--level", choices=("light", "standard", "strong"), default="standard")
     ap.add_argument(
-        "--metadata", action="store_true", help="keep the sealed metadata (safetensors only): the header is not lost"
+        "--metadata", action="store_true", help="keep the sealed metadata (safetensors, pt): the header is not lost"
     )
     ap.add_argument("--dir", help="scratch folder (default: a temporary one)")
     a = ap.parse_args()
@@ -178,8 +180,8 @@ def main() -> int:
         ap.error(f"--rate must be a share of the values in (0, 1], not {a.rate}")
     if bad := [f for f in fmts if f not in EXT]:
         ap.error(f"--format must list npy, pt or safetensors, not {', '.join(map(repr, bad))}")
-    if a.metadata and fmts != ["safetensors"]:
-        ap.error("--metadata needs --format safetensors: the other formats have no metadata to keep the header in")
+    if a.metadata and "npy" in fmts:
+        ap.error("--metadata needs --format safetensors or pt: an .npy has no metadata to keep the header in")
     what = {
         "flips": f"{a.flips} random flips",
         "lowflips": f"{a.flips} random flips in the low k bits",
@@ -190,7 +192,7 @@ def main() -> int:
     try:
         for fmt in dict.fromkeys(fmts):
             t0 = time.perf_counter()
-            label = "metadata" if a.metadata else LABEL[fmt]
+            label = ("metadata" if fmt == "safetensors" else f"{fmt}+meta") if a.metadata else LABEL[fmt]
             head = label if a.dtype == "f32" and a.level == "standard" else f"{label} {a.dtype} {a.level}"
             try:
                 ok, failed, carriers, copies = run(fmt, a.one or fmt == "npy", a, work)

@@ -416,16 +416,20 @@ def test_attack_truncate_refuses_a_key_file_and_writes_nothing(tmp_path: Path, k
 
 def test_attack_file_refuses_an_output_that_would_drop_metadata(tmp_path: Path, sealed_model: Loaded) -> None:
     # metadata --mode user into a .pt claimed "metadata key 'attacker.note' added" and wrote none; a
-    # .safetensors -> .pt bitflip dropped the seal header unreported
+    # .safetensors -> .pt bitflip dropped the seal header unreported. A .pt keeps metadata now; an .npy cannot
     src = tmp_path / "m.safetensors"
     write_model(src, sealed_model)
-    plain = tmp_path / "plain.pt"
-    write_model(plain, Loaded(dict(sealed_model.tensors)))
-    for s, spec in ((plain, AttackSpec("metadata", mode="user")), (src, AttackSpec("bitflip"))):
+    truth = attack_file(src, tmp_path / "out.pt", AttackSpec("metadata", mode="user"))
+    assert truth.metadata_keys and read_model(tmp_path / "out.pt").metadata.keys() > sealed_model.metadata.keys()
+    one = tmp_path / "one.safetensors"
+    write_model(one, Loaded({"w": np.ones(64, np.float32)}, {"note": "kept"}))
+    plain = tmp_path / "plain.npy"
+    write_model(plain, Loaded({"w": np.ones(64, np.float32)}))
+    for s, spec in ((plain, AttackSpec("metadata", mode="user")), (one, AttackSpec("bitflip"))):
         with pytest.raises(UsageError, match="cannot hold metadata"):
-            attack_file(s, tmp_path / "out.pt", spec)
-        assert not (tmp_path / "out.pt").exists()
-    truth = attack_file(plain, tmp_path / "out.pt", AttackSpec("bitflip"))  # nothing to lose: fine
+            attack_file(s, tmp_path / "out.npy", spec)
+        assert not (tmp_path / "out.npy").exists()
+    truth = attack_file(plain, tmp_path / "out.npy", AttackSpec("bitflip"))  # nothing to lose: fine
     assert truth.changed_parameters == 1 and not truth.metadata_keys
 
 

@@ -10,6 +10,7 @@ import os
 import pickle
 import shutil
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import paramseal
 from paramseal import FormatError, files
 from paramseal.errors import MissingDependencyError
 from paramseal.formats import Loaded, adapter_for
+from paramseal.formats.pytorch import META_ENTRY
 from paramseal.verify import header_from_weights
 
 torch = pytest.importorskip("torch")
@@ -42,13 +44,22 @@ def from_torch(t: torch.Tensor) -> np.ndarray:
     return t.numpy().copy()
 
 
+def with_metadata(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, torch.Tensor]:
+    """``state`` with ``metadata`` where the adapter keeps it (none: a plain dict, as most tools write)."""
+    if not metadata:
+        return state
+    out = OrderedDict(state)
+    out._metadata = OrderedDict({META_ENTRY: dict(metadata)})  # type: ignore[attr-defined]
+    return out
+
+
 class TestPyTorchSuite(AdapterTests):
     adapter_name = "pytorch"
     suffix = ".pt"
-    keeps_metadata = False  # a plain state dict has no place for strings; the seal header lives in the weights
+    keeps_metadata = True  # in the state dict's _metadata, under META_ENTRY
 
     def make_file(self, path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-        torch.save({k: to_torch(v) for k, v in tensors.items()}, path)
+        torch.save(with_metadata({k: to_torch(v) for k, v in tensors.items()}, metadata), path)
 
     def read_native(self, path: Path) -> dict[str, np.ndarray]:
         return {k: from_torch(v) for k, v in torch.load(path, weights_only=True).items()}
@@ -67,7 +78,8 @@ class TestPyTorchLegacySuite(TestPyTorchSuite):
     suffix = ".bin"
 
     def make_file(self, path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
-        torch.save({k: to_torch(v) for k, v in tensors.items()}, path, _use_new_zipfile_serialization=False)
+        state = with_metadata({k: to_torch(v) for k, v in tensors.items()}, metadata)
+        torch.save(state, path, _use_new_zipfile_serialization=False)
 
 
 # --------------------------------------------------------------------------- never unpickle code
@@ -157,6 +169,14 @@ def _sealed_fc(tmp_path: Path, key: paramseal.Key) -> dict[str, torch.Tensor]:
     return sd
 
 
+def _resaved(path: Path, out: Path) -> Path:
+    """``path`` saved again without ParamSeal's _metadata entry, as torch.save(model.state_dict()) writes it."""
+    sd = torch.load(path, weights_only=True)
+    getattr(sd, "_metadata", {}).pop(META_ENTRY, None)
+    torch.save(sd, out)
+    return out
+
+
 @pytest.mark.parametrize("wrapper", ["state_dict", "model", "module"])
 def test_a_sealed_state_dict_wrapped_with_other_entries_is_tampered(
     tmp_path: Path, key: paramseal.Key, key_file: Path, wrapper: str
@@ -190,25 +210,34 @@ def test_partial_recover_in_place_keeps_a_checkpoint_s_other_entries(
     assert rc == 2 and "partial result written" in so  # into a new file: IN keeps them
 
 
-def test_a_partial_result_whose_header_copy_stays_tampered_is_refused_as_that_not_as_too_small(
+def test_a_partial_result_whose_header_copies_stay_tampered_keeps_the_header_in_a_pt_not_in_an_npy(
     tmp_path: Path, key: paramseal.Key, key_file: Path
 ) -> None:
-    """The copy in 'fc.weight' lies in blocks left unrecoverable: a .pt cannot hold the header; the model is not small.
+    """The copies in 'fc.weight' lie in blocks left unrecoverable: a .pt keeps the header in its _metadata.
 
-    It said the model was "too small to carry its seal header", which sealed it there; written to .npz the
-    partial result keeps its header in the metadata.
+    It was refused (a .pt held no metadata), saying first that the model was "too small to carry its seal
+    header", which sealed it there. An .npy still holds none: refused as that, not as too small.
     """
     bad = tmp_path / "bad.pt"
     sd = _sealed_fc(tmp_path, key)
     sd["fc.weight"][:120] = 0  # past capacity, over the header copy at the start
+    getattr(sd, "_metadata", {}).pop(META_ENTRY, None)  # the entry lost as well: the header comes from s.pt
     torch.save(sd, bad)
     argv = ["recover", bad, tmp_path / "r.pt", "--key", key_file, "--allow-partial", "--header-from", tmp_path / "s.pt"]
-    rc, _, err = helpers.run_cli(argv)
-    assert rc == 3 and "too small" not in err and not (tmp_path / "r.pt").exists(), err
-    assert "its copies in the weights ('fc.weight') lie in blocks this partial result leaves tampered" in err, err
-    argv[2] = tmp_path / "r.npz"
-    rc, so, _ = helpers.run_cli(argv)
-    assert rc == 2 and "partial result written" in so
+    rc, so, err = helpers.run_cli(argv)
+    assert rc == 2 and "partial result written" in so, err
+    rc, so, _ = helpers.run_cli(["verify", tmp_path / "r.pt", "--key", key_file])
+    assert rc == 2 and "read from the weights" not in so, so  # tampered, judged by the header in its _metadata
+    arr = tmp_path / "a.npy"
+    np.save(arr, np.random.default_rng(0).standard_normal((300, 200)).astype(np.float32))
+    files.seal_file(arr, tmp_path / "s.npy", key)
+    damaged = np.load(tmp_path / "s.npy")
+    damaged[:120] = 0
+    np.save(tmp_path / "bad.npy", damaged)
+    argv = ["recover", tmp_path / "bad.npy", tmp_path / "r.npy", "--key", key_file, "--allow-partial"]
+    rc, _, err = helpers.run_cli([*argv, "--header-from", tmp_path / "s.npy"])
+    assert rc == 3 and "too small" not in err and not (tmp_path / "r.npy").exists(), err
+    assert "its copies in the weights ('array') lie in blocks this partial result leaves tampered" in err, err
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
@@ -375,7 +404,7 @@ def test_module_versions_are_written_back_so_load_state_dict_keeps_sealed_values
     fresh.load_state_dict(raw)
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, raw[k]), k  # every module holds the file's values
-    assert dict(raw._metadata) == dict(sd._metadata)
+    assert {k: v for k, v in raw._metadata.items() if k != META_ENTRY} == dict(sd._metadata)
     assert helpers.run_cli(["verify", sealed, "--key", key_file])[0] == 0
 
     raw["1.weight"][3, 7] += 1.0  # tampered, re-saved by torch: recover keeps the versions too
@@ -383,7 +412,8 @@ def test_module_versions_are_written_back_so_load_state_dict_keeps_sealed_values
     torch.save(raw, bad)
     rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
     assert rc == 0, (out, err)
-    assert dict(torch.load(fixed, weights_only=True)._metadata) == dict(sd._metadata)
+    kept = torch.load(fixed, weights_only=True)._metadata
+    assert {k: v for k, v in kept.items() if k != META_ENTRY} == dict(sd._metadata) and META_ENTRY in kept
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -472,7 +502,12 @@ def test_a_broken_tie_is_never_written_as_recovered_without_the_tied_name(tmp_pa
     sealed = files.seal_file(src, out, key)
     sd = torch.load(out, weights_only=True)
     sd["head.weight"] = sd["emb.weight"].clone()  # the same values, no longer tied
-    torch.save(sd, tmp_path / "broken.pt")
+    torch.save(sd, tmp_path / "broken.pt")  # torch.load kept the _metadata: the file still holds the header
+    rep = files.verify_file(tmp_path / "broken.pt", key)
+    assert rep.status == "tampered" and rep.metadata_issues == ("key 'paramseal.tied' was removed",), rep
+    res = files.recover_file(tmp_path / "broken.pt", tmp_path / "tied.pt", key)
+    assert res.report.status == "recovered" and files.verify_file(tmp_path / "tied.pt", key).status == "intact"
+    _resaved(tmp_path / "broken.pt", tmp_path / "broken.pt")  # now only the weights' header, which has its digest
     rep = files.verify_file(tmp_path / "broken.pt", key)
     assert rep.status == "tampered" and any("weight ties" in m for m in rep.metadata_issues)
     res = files.recover_file(tmp_path / "broken.pt", tmp_path / "back.pt", key)  # the weights know the tie by digest
@@ -494,6 +529,7 @@ def test_seal_header_out_keeps_what_re_ties_a_broken_tie_from_the_cli(tmp_path: 
     assert "paramseal.tied" in json.loads(kept.read_text())["user_metadata"]
     sd = torch.load(out, weights_only=True)
     sd["head.weight"] = sd["emb.weight"].clone()  # the tie broken
+    getattr(sd, "_metadata", {}).pop(META_ENTRY, None)  # and the header in the file lost: the weights' remains
     torch.save(sd, tmp_path / "broken.pt")
     back = tmp_path / "back.pt"
     assert helpers.run_cli(["recover", tmp_path / "broken.pt", back, "--key", key_file])[0] == 2
@@ -529,16 +565,20 @@ def test_header_out_in_a_folder_that_cannot_be_written_fails_before_sealing(
     assert not list(locked.iterdir())
 
 
-def test_a_header_grown_by_tags_kept_in_it_is_named_when_a_pt_cannot_hold_it(
+def test_a_header_grown_by_tags_kept_in_it_is_held_by_a_pt_in_its_metadata(
     tmp_path: Path, key: paramseal.Key, key_file: Path
 ) -> None:
-    """A -inf mask is sealed as data: its block tags go into the header, which a small .pt may not hold."""
+    """A -inf mask is sealed as data: its block tags go into the header, too big for the weights to hold.
+
+    Sealing to .pt was refused (exit 3): a .pt held no metadata. Its _metadata holds the header now.
+    """
     rng = np.random.default_rng(3)
     model = {"w": rng.standard_normal((512, 512)).astype(np.float32), "mask": np.full((512, 512), -np.inf, np.float32)}
     src = helpers.write_st(tmp_path / "m.safetensors", model)
     rc, _, err = helpers.run_cli(["seal", src, tmp_path / "s.pt", "--key", key_file])
-    assert rc == 3 and "keeping their block tags in it" in err and "Traceback" not in err, err
-    assert not (tmp_path / "s.pt").exists()
+    assert rc == 0 and files.verify_file(tmp_path / "s.pt", key).status == "intact", err
+    rc, so, err = helpers.run_cli(["verify", _resaved(tmp_path / "s.pt", tmp_path / "r.pt"), "--key", key_file])
+    assert rc == 2 and "--header-from" in err, (so, err)  # saved again without it: the weights hold none
 
 
 def test_a_sealed_module_saved_with_torch_save_verifies_as_a_file(tmp_path: Path, key: paramseal.Key) -> None:
@@ -563,7 +603,10 @@ def test_a_pt_sealed_with_user_keys_beside_its_tie_checks_the_tie_and_says_what_
     src, out, kept = tmp_path / "tied.pt", tmp_path / "s.pt", tmp_path / "h.json"
     torch.save(_Tied().state_dict(), src)
     user = {"owner": "me", "paramseal_note": "the user's"}
-    files.seal_file(src, out, key, extra_metadata=user, header_out=kept)
+    files.seal_file(src, tmp_path / "full.pt", key, extra_metadata=user, header_out=kept)
+    rep = files.verify_file(tmp_path / "full.pt", key)  # its _metadata holds the header and the user's keys
+    assert rep.status == "intact" and rep.metadata_issues == () and rep.notes == (), rep
+    _resaved(tmp_path / "full.pt", out)  # without them: the header in the weights has their digest only
     rep = files.verify_file(out, key)
     assert rep.status == "intact" and rep.metadata_issues == (), rep
     assert any("stores no user metadata: the sealed user keys were not checked" in n for n in rep.notes), rep.notes
@@ -579,7 +622,7 @@ def test_a_pt_sealed_with_user_keys_beside_its_tie_checks_the_tie_and_says_what_
     assert files.verify_file(tmp_path / "untied.pt", key).status == "tampered"  # by the tie's digest alone
     # sealed with the tie alone, there are no user keys to leave unchecked
     files.seal_file(src, tmp_path / "t.pt", key)
-    rep = files.verify_file(tmp_path / "t.pt", key)
+    rep = files.verify_file(_resaved(tmp_path / "t.pt", tmp_path / "t.pt"), key)
     assert rep.status == "intact" and not any("not checked" in n for n in rep.notes), rep.notes
     # through the API with no metadata given: the weights are checked, the metadata is said not to be
     tensors = adapter_for(out).read(out).tensors
@@ -682,12 +725,13 @@ def test_module_versions_holding_more_than_plain_values_are_not_carried_to_the_o
     assert isinstance(torch.load(src, weights_only=True)._metadata[""]["stowaway"], torch.Tensor)
     files.seal_file(src, out, key)
     raw = torch.load(out, weights_only=True)
-    assert getattr(raw, "_metadata", None) is None
+    assert list(raw._metadata) == [META_ENTRY]  # the seal's metadata alone
     assert files.verify_file(out, key).status == "intact"
     plain = torch.nn.Linear(1024, 512).state_dict()  # plain version numbers are still carried
     torch.save(plain, src)
     files.seal_file(src, out, key)
-    assert dict(torch.load(out, weights_only=True)._metadata) == dict(plain._metadata)
+    kept = torch.load(out, weights_only=True)._metadata
+    assert {k: v for k, v in kept.items() if k != META_ENTRY} == dict(plain._metadata)
 
 
 def test_attack_on_a_sealed_tied_pt_writes_a_tied_pt(tmp_path: Path, key: paramseal.Key, key_file: Path) -> None:
@@ -733,14 +777,23 @@ def test_attack_keeps_the_module_versions_of_a_pt(tmp_path: Path, key: paramseal
 def test_recover_of_a_pt_whose_sealed_metadata_it_lacks_into_a_metadata_format_is_refused(
     tmp_path: Path, key_file: Path, suffix: str
 ) -> None:
-    """A .pt sealed from a file with user metadata keeps only its digest: 'OK: written' to .npz left a file
-    verify called tampered (exit 2, metadata stripped). Refused now, nothing written; --header-from restores it."""
+    """A .pt sealed from a file with user metadata keeps it in its _metadata, and is recovered into .npz with it.
+
+    Saved again without that entry (torch.save(model.state_dict())), the weights keep only its digest:
+    'OK: written' to .npz left a file verify called tampered (exit 2, metadata stripped). Refused, nothing
+    written; --header-from restores it.
+    """
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(5)
     src, sealed, kept = tmp_path / "m.safetensors", tmp_path / "s.pt", tmp_path / "h.json"
     save_file({f"l{i}": rng.standard_normal((256, 128)).astype(np.float32) for i in range(4)}, src, {"run": "7"})
     assert helpers.run_cli(["seal", src, sealed, "--key", key_file, "--header-out", kept])[0] == 0
+    whole = tmp_path / f"whole{suffix}"
+    assert helpers.run_cli(["recover", sealed, whole, "--key", key_file])[0] == 0
+    rc, stdout, err = helpers.run_cli(["verify", whole, "--key", key_file])
+    assert rc == 0 and "intact" in stdout, err
+    _resaved(sealed, sealed)
     out = tmp_path / f"out{suffix}"
     rc, _, err = helpers.run_cli(["recover", sealed, out, "--key", key_file])
     assert rc == 3 and "never verify" in err and "--header-from" in err and not out.exists(), err
@@ -749,3 +802,40 @@ def test_recover_of_a_pt_whose_sealed_metadata_it_lacks_into_a_metadata_format_i
     assert helpers.run_cli(["recover", sealed, out, "--key", key_file, "--header-from", kept])[0] == 0
     rc, stdout, err = helpers.run_cli(["verify", out, "--key", key_file])
     assert rc == 0 and "intact" in stdout, err
+
+
+def test_a_pt_keeps_its_header_in_its_metadata_so_scattered_damage_is_recovered(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """A .pt held its header only as copies in its weights, which 1% of its values replaced destroyed in every trial.
+
+    ParamSeal's .pt keeps it in the state dict's _metadata now: 3% scattered is recovered bit for bit, as from
+    a safetensors file, and the file still loads into its module.
+    """
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 512), torch.nn.Linear(512, 256))
+    src, sealed, bad, out = (tmp_path / f"{n}.pt" for n in ("m", "s", "bad", "out"))
+    torch.save(net.state_dict(), src)
+    assert helpers.run_cli(["seal", src, sealed, "--key", key_file])[0] == 0
+    sd = torch.load(sealed, weights_only=True)
+    ref = {k: v.clone() for k, v in sd.items()}
+    rng = np.random.default_rng(2)
+    for t in sd.values():
+        flat = t.view(-1)
+        idx = torch.from_numpy(rng.choice(flat.numel(), int(0.03 * flat.numel()), replace=False))
+        flat[idx] = torch.from_numpy(rng.standard_normal(idx.numel()).astype(np.float32))
+    torch.save(sd, bad)  # torch.load kept the _metadata, as a script editing the file does
+    rc, so, err = helpers.run_cli(["recover", bad, out, "--key", key_file])
+    assert rc == 0 and "recovered" in so, (so, err)
+    back = torch.load(out, weights_only=True)
+    assert all(torch.equal(back[k].view(torch.int32), ref[k].view(torch.int32)) for k in ref)
+    net.load_state_dict(back)  # the entry is handed to no module
+
+
+def test_a_pt_whose_metadata_entry_is_not_strings_is_refused_naming_it(tmp_path: Path, key_file: Path) -> None:
+    """An entry of another shape (edited by hand) is not taken for metadata nor ignored: exit 3, naming it."""
+    sd = OrderedDict(w=torch.ones(4))
+    sd._metadata = OrderedDict({META_ENTRY: {"paramseal": 5}})  # type: ignore[attr-defined]
+    torch.save(sd, tmp_path / "m.pt")
+    rc, _, err = helpers.run_cli(["verify", tmp_path / "m.pt", "--key", key_file])
+    assert rc == 3 and f"'{META_ENTRY}'" in err and "not a mapping of strings to strings" in err, err

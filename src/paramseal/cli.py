@@ -172,8 +172,8 @@ def _parser() -> _Parser:
     p.add_argument(
         "--header-out",
         metavar="FILE.json",
-        help="also keep the seal header in FILE.json (no key in it), for --header-from: a .pt or .npy file keeps "
-        "only a digest of the sealed metadata (its weight ties) in its weights",
+        help="also keep the seal header in FILE.json (no key in it), for --header-from: an .npy file, or a .pt saved "
+        "again by torch, keeps only a digest of the sealed metadata (its weight ties) in its weights",
     )
 
     p = sub.add_parser("verify", help="check a sealed model and locate tampering")

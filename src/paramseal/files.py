@@ -309,7 +309,7 @@ def _checked(loaded: Loaded, path: Path, key: Key, header: str | None, **kw: Any
     check_inputs()  # check's decode of damaged groups reads through the map: not past a new end
     found = _split_header(loaded, path, key, header)
     _name_npy_array(loaded, path, found.text)
-    chk = check(loaded.tensors, key, found.text, metadata=found.meta, metadata_kept=_keeps(path), **kw)
+    chk = check(loaded.tensors, key, found.text, metadata=found.meta, metadata_kept=_keeps(loaded, path), **kw)
     check_inputs()  # recover goes on to read damaged blocks' neighbours through the map
     chk.metadata_issues[:0] = found.issues
     chk.notes.extend(found.notes)
@@ -331,8 +331,8 @@ def _name_npy_array(loaded: Loaded, path: Path, text: str) -> None:
         loaded.tensors[names[0]] = loaded.tensors.pop(NPY_TENSOR_NAME)
 
 
-def _keeps(path: Path) -> bool:
-    return adapter_for(path).keeps_metadata
+def _keeps(loaded: Loaded, path: Path) -> bool:
+    return adapter_for(path).keeps_metadata if loaded.metadata_kept is None else loaded.metadata_kept
 
 
 def _split_header(loaded: Loaded, path: Path, key: Key, header: str | None = None) -> _Found:
@@ -345,7 +345,7 @@ def _split_header(loaded: Loaded, path: Path, key: Key, header: str | None = Non
     of the same model when a larger share of its blocks verify under it (`best_header`); with none, it
     is kept: the weights then fail against it, as a replay should.
     """
-    found = _find_header(loaded, path, key, header, _keeps(path))
+    found = _find_header(loaded, path, key, header, _keeps(loaded, path))
     if loaded.others:  # a sealed file is the model alone: a loader could read these instead
         shown = ", ".join(repr(n) for n in loaded.others[:8]) + (", ..." if len(loaded.others) > 8 else "")
         found.issues.append(
@@ -744,12 +744,15 @@ def recover_file(
 def _refuse_unverifiable_metadata(chk: Check, out_meta: dict[str, str], dst: Path, fmt: str) -> None:
     """An output presented as recovered must verify: refuse one whose metadata verify would call stripped.
 
-    A model sealed with user metadata into a format that keeps none (.pt, .npy) keeps only its digest in
-    the weights' header; written to a format that keeps metadata (.npz, .safetensors), the output would
-    lack what was sealed, and verify would call it tampered.
+    A model sealed with user metadata into a file that keeps none (.npy, a .pt saved again by torch) keeps
+    only its digest in the weights' header; written to a format that keeps metadata (.npz, .safetensors),
+    the output would lack what was sealed, and verify would call it tampered.
     """
     user = {k: v for k, v in out_meta.items() if k != METADATA_KEY}
-    issues, _ = metadata_findings(chk.header, user, adapter_for(dst, fmt, must_exist=False).keeps_metadata)
+    writer = adapter_for(dst, fmt, must_exist=False)
+    # a format that writes some entries in its own terms (a .pt's ties) holds metadata only when given more
+    held = writer.keeps_metadata and (not writer.carried_metadata or bool(set(out_meta) - writer.carried_metadata))
+    issues, _ = metadata_findings(chk.header, user, held)
     if issues:
         raise UsageError(
             f"the model was sealed with user metadata that this file does not hold (only its digest is in the seal "

@@ -166,7 +166,7 @@ def check(
     ``select`` is a glob pattern over tensor names: only matching tensors are checked
     (partial verification; the others' data is not read). ``metadata_kept``: True, the model came
     from a format that stores metadata, so empty ``metadata`` where some was sealed was stripped;
-    False, from one that stores none of the user's (.pt, .npy: ``metadata`` holds only what the
+    False, from one that stores none of the user's (.npy, a .pt saved by torch: ``metadata`` holds only what the
     format itself records, as a tie), so sealed keys absent from it are not checked; None: unknown.
     """
     require_key(key)
@@ -240,7 +240,7 @@ def metadata_findings(
             pass  # none was sealed: nothing is missing
         elif metadata_kept:  # the format stores metadata: this file lost what was sealed
             meta = [META_STRIPPED]
-        else:  # a format with no room for it (.pt, .npy), or metadata not given
+        else:  # a file with no room for it (.npy, a .pt saved by torch), or metadata not given
             notes.append("the model carries no metadata; the weights were checked, the sealed metadata could not be")
     else:
         sealed = header.user_metadata

@@ -1,4 +1,4 @@
-"""A guard for formats that cannot store metadata (``.pt``, ``.npy``).
+"""A guard for formats that cannot store metadata (``.npy``).
 
 Such a file keeps the seal header only as the copy embedded in the weights. A
 model too small to hold that copy would be written sealed yet unverifiable, so

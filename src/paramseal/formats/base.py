@@ -69,6 +69,9 @@ class Loaded:
     #: A digest of what the file holds besides tensor values that a loader runs (an ONNX graph: nodes,
     #: attributes, inputs, outputs), or None. Sealed with the metadata under ``GRAPH_KEY``.
     graph: str | None = None
+    #: Whether this file holds its metadata, where its format only may (a ``.pt`` written before its
+    #: state dict kept ParamSeal's entry holds none); None: as the format's ``keeps_metadata`` says.
+    metadata_kept: bool | None = None
 
 
 @runtime_checkable

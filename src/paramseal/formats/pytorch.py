@@ -24,8 +24,11 @@ input's per-module version numbers (the ``_metadata`` attribute of what
 ``load_state_dict`` reads them to migrate old checkpoints, and without them some
 modules change sealed values as they load (a quantization observer's ``eps`` is
 reset to its default). They are not sealed: verify neither checks nor reports them.
-The format has no place for string metadata, so metadata is not stored
-(``keeps_metadata = False``). bfloat16 travels through an int16 view
+String metadata (the seal header, the user's keys) is kept in the same ``_metadata``
+under the entry ``".paramseal"`` (`META_ENTRY`), a prefix no module has, so
+``load_state_dict`` passes it to none. A ``.pt`` without that entry (written by other
+tools, by ``torch.save(model.state_dict())``, or by ParamSeal before it kept one) holds
+no metadata: its seal header is then the copy in its weights. bfloat16 travels through an int16 view
 (``torch.from_numpy`` rejects ml_dtypes' bfloat16), which is lossless.
 """
 
@@ -50,7 +53,6 @@ from numpy.typing import NDArray
 from .._pages import read
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
 from ..levels import dtype_name
-from ._headerless import require_header_in_weights
 from .base import Loaded
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,6 +63,9 @@ WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model", "module")
 #: Metadata entry naming tied tensors (one tensor under several names): JSON ``[[alias, tensor, position], ...]``.
 #: A tied tensor is sealed once; the entry is sealed with the metadata, so re-tying is tampering.
 TIED_KEY = "paramseal.tied"
+#: The ``_metadata`` entry holding the file's string metadata. Module names are never empty, so
+#: no module prefix starts with a dot: ``load_state_dict`` gives this entry to no module.
+META_ENTRY = ".paramseal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +86,29 @@ def _module_versions(state: Mapping[Any, Any]) -> ModuleVersions | None:
         return None
     out: dict[str, dict[str, object]] = {}
     for prefix, local in meta.items():
+        if prefix == META_ENTRY:
+            continue
         if not (isinstance(prefix, str) and isinstance(local, Mapping)):
             return None
         if not all(isinstance(k, str) and (v is None or type(v) in (int, float, str, bool)) for k, v in local.items()):
             return None  # not plain values: a file whose entry torch loads and saves back as it is, but we won't
         out[prefix] = dict(local)
     return ModuleVersions(out)
+
+
+def _stored_metadata(state: Mapping[Any, Any], path: Path) -> dict[str, str] | None:
+    """The metadata the state dict's ``_metadata`` keeps under `META_ENTRY`, or None if it keeps none."""
+    meta = getattr(state, "_metadata", None)
+    if not isinstance(meta, Mapping) or META_ENTRY not in meta:
+        return None
+    entry = meta[META_ENTRY]
+    if not isinstance(entry, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in entry.items()):
+        raise FormatError(
+            f"'{path}': the state dict's _metadata entry '{META_ENTRY}', where ParamSeal keeps the file's metadata, "
+            "is not a mapping of strings to strings; the file was edited by hand or by another tool. Take the model "
+            "from a kept copy, or pass --header-from the sealed model's header"
+        )
+    return dict(entry)
 
 
 # The legacy (non-zip) torch.save format starts with this pickled magic number.
@@ -118,7 +140,7 @@ class PyTorchAdapter:
 
     name = "pytorch"
     extensions: tuple[str, ...] = (".pt", ".pth", ".bin")
-    keeps_metadata = False
+    keeps_metadata = True  # in the state dict's _metadata (`META_ENTRY`)
     carried_metadata = frozenset({TIED_KEY})  # written back as ties
 
     def sniff(self, head: bytes) -> bool:
@@ -157,8 +179,10 @@ class PyTorchAdapter:
             ) from None
         tensors: dict[str, NDArray[np.generic]] = {}
         storages: set[int] = set()
-        state, others, versions = _state_dict(obj, path)
-        unique, meta = untie(state)
+        state, others, versions, stored = _state_dict(obj, path)
+        unique, ties = untie(state)
+        # the ties are read from the tensors themselves: a tie re-pointed in the file shows, whatever the entry says
+        meta = {k: v for k, v in (stored or {}).items() if k != TIED_KEY} | ties
         for name, t in unique.items():
             what = f"'{path}': tensor '{name}'"
             if t.layout != torch.strided:
@@ -166,20 +190,23 @@ class PyTorchAdapter:
             ptr = t.untyped_storage().data_ptr()  # overlapping views (not ties) get their own copy
             tensors[name] = tensor_to_numpy(t, what, copy=ptr in storages)
             storages.add(ptr)
-        return Loaded(tensors, meta, source=versions, others=others)
+        return Loaded(tensors, meta, source=versions, others=others, metadata_kept=stored is not None)
 
     def write(self, path: Path, loaded: Loaded) -> None:
-        """``torch.save`` a plain dict of tensors (no extra keys; metadata is not stored).
+        """``torch.save`` a plain dict of tensors (no extra keys), the metadata in its ``_metadata``.
 
         With the input's module versions (``loaded.source``) when it had them, as ``module.state_dict()``
-        attaches them. A sealed model must carry its header in its weights (see ``require_header_in_weights``).
+        attaches them, and the metadata under `META_ENTRY` (the ties are written as ties, not there).
         """
         torch = import_torch("writing PyTorch (.pt/.pth/.bin) files")
-        require_header_in_weights(loaded, "PyTorch (.pt/.pth/.bin)", self.carried_metadata)
         state = retie({name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}, loaded.metadata, path)
-        if isinstance(loaded.source, ModuleVersions):
+        by_module = loaded.source.by_module if isinstance(loaded.source, ModuleVersions) else {}
+        kept = {k: v for k, v in loaded.metadata.items() if k != TIED_KEY}
+        if by_module or kept:
             state = OrderedDict(state)
-            state._metadata = OrderedDict((k, dict(v)) for k, v in loaded.source.by_module.items())  # type: ignore[attr-defined]
+            state._metadata = OrderedDict((k, dict(v)) for k, v in by_module.items())  # type: ignore[attr-defined]
+            if kept:
+                state._metadata[META_ENTRY] = kept  # type: ignore[attr-defined]
         # Through a file of ours: torch's own writer reports a failed write (a full disk, a quota) as a
         # RuntimeError about positions, without its errno; the OSError met in `_Sink.write` has it.
         with open(path, "wb") as f:
@@ -278,8 +305,10 @@ def is_torchscript(path: Path) -> bool:
         return False  # torch.load reports the damage
 
 
-def _state_dict(obj: object, path: Path) -> tuple[dict[str, Any], tuple[str, ...], ModuleVersions | None]:
-    """The state dict, the keys of the checkpoint's other entries when it wraps one, and its module versions."""
+def _state_dict(
+    obj: object, path: Path
+) -> tuple[dict[str, Any], tuple[str, ...], ModuleVersions | None, dict[str, str] | None]:
+    """The state dict, the other entries' keys of a checkpoint that wraps it, its module versions and metadata."""
     torch = import_torch(f"reading PyTorch file '{path}'")
     if not isinstance(obj, Mapping):
         raise FormatError(
@@ -304,7 +333,7 @@ def _state_dict(obj: object, path: Path) -> tuple[dict[str, Any], tuple[str, ...
             )
     if not state:
         raise FormatError(f"'{path}' holds an empty state dict: there are no tensors to read")
-    return dict(state), others, _module_versions(state)
+    return dict(state), others, _module_versions(state), _stored_metadata(state, path)
 
 
 def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True, any_dtype: bool = False) -> NDArray[np.generic]:
