@@ -824,6 +824,15 @@ def test_a_sealed_model_is_never_written_as_a_graphless_onnx(
     rc, _, err = helpers.run_cli(["recover", sealed, tmp_path / "r.onnx", "--key", key_file])
     assert rc == 3 and "graph" in err, err
     assert helpers.listing(tmp_path) == before
+    # sealed with user metadata into .npy: refused as graphless, not sent to --header-from, which cannot help
+    one, arr = tmp_path / "one.safetensors", tmp_path / "one.npy"
+    w = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    files.write_model(one, Loaded({"w": w}, {"run": "7"}))
+    files.seal_file(one, arr, key)
+    before = helpers.listing(tmp_path)
+    rc, _, err = helpers.run_cli(["recover", arr, tmp_path / "r.onnx", "--key", key_file])
+    assert rc == 3 and "ONNX needs the model's graph" in err and "--header-from" not in err, err
+    assert helpers.listing(tmp_path) == before
 
 
 @pytest.mark.parametrize("out", [".npy"])

@@ -584,6 +584,8 @@ def seal_file(
     d, fmt = _check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
     with _open_model(s) as loaded, _header_file(header_out, s, d) as keep:
+        if fmt == "onnx":
+            onnx_format.require_graph(d, loaded)
         # a header in the metadata, records in the weights (PyTorch files, stripped metadata, lost copies),
         # or header copies where a seal puts them (their records zeroed)
         if not reseal and (METADATA_KEY in loaded.metadata or _embed.carries_seal(loaded.tensors)):
@@ -700,6 +702,8 @@ def recover_file(
         pre.start()
     try:
         with _open_model(s) as loaded:
+            if fmt == "onnx":
+                onnx_format.require_graph(d, loaded)
             prog = Progress("recover", len(loaded.tensors), enabled=progress)
             # Open until the output is written: the rebuilt blocks past the budget live in its files, and
             # closing it unregisters their maps, so writing them out would keep every page resident.

@@ -517,11 +517,25 @@ def _strip(t: Any) -> None:
 
 def _refuse_sealed_container(dst: Path, loaded: Loaded) -> None:
     if METADATA_KEY in loaded.metadata or header_copies(loaded.tensors):
-        raise UsageError(
-            f"cannot write the sealed model to '{dst.name}': ONNX needs the model's graph, and these tensors come "
-            "from no ONNX model (ParamSeal does not convert models); write it as .safetensors or .npz, "
-            "or seal the original .onnx model"
-        )
+        raise _graphless(dst)
+
+
+def _graphless(dst: Path) -> UsageError:
+    return UsageError(
+        f"cannot write the sealed model to '{dst.name}': ONNX needs the model's graph, and these tensors come "
+        "from no ONNX model (ParamSeal does not convert models); write it as .safetensors, .npz or .pt, "
+        "or seal the original .onnx model"
+    )
+
+
+def require_graph(dst: Path, loaded: Loaded) -> None:
+    """Raise UsageError, before any work, if a sealed model read as ``loaded`` cannot be written to ONNX ``dst``.
+
+    Such a model comes from no ONNX model, so the writer would refuse it only after a whole recover, and
+    an earlier refusal (about the metadata) would point the user at a remedy that cannot help.
+    """
+    if not isinstance(loaded.source, _Template) and _TEMPLATES.find(frozenset(loaded.tensors)) is None:
+        raise _graphless(dst)
 
 
 def _serialize(model: Any, out: str) -> bytes:
