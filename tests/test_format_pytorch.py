@@ -338,11 +338,14 @@ def test_an_empty_pytorch_file_says_it_is_empty(tmp_path: Path, key_file: Path, 
     assert not (tmp_path / "o.pt").exists()
 
 
-def test_unsupported_dtype_is_named(tmp_path: Path) -> None:
+def test_unsupported_dtype_is_named(tmp_path: Path, key_file: Path) -> None:
+    """Read (verify reports a sealed tensor retyped so), but seal refuses it, naming the file and the tensor."""
     p = tmp_path / "c.pt"
-    torch.save({"z": torch.ones(2, dtype=torch.complex64)}, p)
-    with pytest.raises(paramseal.UnsupportedError, match="'z' has dtype torch.complex64"):
-        adapter_for(p).read(p)
+    torch.save({"w": torch.ones(300, 300), "z": torch.ones(2, dtype=torch.complex64)}, p)
+    assert adapter_for(p).read(p).tensors["z"].dtype == np.complex64
+    rc, _, err = helpers.run_cli(["seal", p, tmp_path / "o.pt", "--key", key_file])
+    assert rc == 3 and f"'{p}': cannot seal tensor 'z': dtype complex64 is not supported" in err, err
+    assert not (tmp_path / "o.pt").exists()
 
 
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")

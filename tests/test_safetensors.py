@@ -34,6 +34,10 @@ def _first_tensor(h: dict) -> str:
     return sorted((v["data_offsets"][0], k) for k, v in h.items() if k != "__metadata__")[0][1]
 
 
+def _first_f32(h: dict) -> str:
+    return next(k for k, v in h.items() if k != "__metadata__" and v["dtype"] == "F32")
+
+
 def _second_tensor(h: dict) -> str:
     return sorted((v["data_offsets"][0], k) for k, v in h.items() if k != "__metadata__")[1][1]
 
@@ -104,8 +108,11 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
         {n: {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]} for n in ("a", "b")}, b"\0" * 8
     ),
     "size_does_not_match_shape": _with(lambda h: h[_first_tensor(h)].update(shape=[1])),
-    "unsupported_dtype": _with(lambda h: h[_first_tensor(h)].update(dtype="C64")),
-    "unknown_dtype": _with(lambda h: h[_first_tensor(h)].update(dtype="F8_E4M3")),
+    "unsupported_dtype": _with(lambda h: h[_first_tensor(h)].update(dtype="F4")),
+    "unknown_dtype": _with(lambda h: h[_first_tensor(h)].update(dtype="F8_E9M9")),
+    # a dtype read (to report a tensor retyped), whose size the entry's bytes do not match
+    "complex_over_f32_bytes": _with(lambda h: h[_first_f32(h)].update(dtype="C64")),
+    "float8_over_f32_bytes": _with(lambda h: h[_first_f32(h)].update(dtype="F8_E4M3")),
     "missing_dtype": _with(lambda h: h[_first_tensor(h)].pop("dtype")),
     "negative_shape": _with(lambda h: h[_first_tensor(h)].update(shape=[-1])),
     "string_shape": _with(lambda h: h[_first_tensor(h)].update(shape="3")),
@@ -220,6 +227,48 @@ def test_a_dtype_relabelled_in_the_header_is_exit_1_and_recovered_byte_for_byte(
     fixed = tmp_path / "fixed.safetensors"
     assert helpers.run_cli(["recover", bad, fixed, "--key", key_file])[0] == 0
     assert fixed.read_bytes() == sealed_file.read_bytes()
+
+
+@pytest.mark.parametrize("ext", [".safetensors", ".pt"])
+@pytest.mark.parametrize("dtype", ["complex64", "float8_e4m3fn"])
+def test_a_sealed_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_tampering_not_a_bad_file(
+    tmp_path: Path, key_file: Path, ext: str, dtype: str
+) -> None:
+    """verify and recover exited 3 ('has dtype C64, which ParamSeal does not support') on a file whose sealed F32
+    tensor was saved again as complex or float8, where the API reports it tampered (746da06) and F16 is exit 1;
+    seal still refuses such a tensor, exit 3, naming the file and the tensor."""
+    torch = pytest.importorskip("torch")
+    st_torch = pytest.importorskip("safetensors.torch")
+    if not hasattr(torch, dtype):
+        pytest.skip(f"this torch has no {dtype}")
+    torch.manual_seed(0)
+    plain = tmp_path / f"m{ext}"
+    sd = {"a": torch.randn(128, 256), "b": torch.randn(32, 256), "c": torch.randn(64, 256)}  # b: within capacity
+    st_torch.save_file(sd, plain) if ext == ".safetensors" else torch.save(sd, plain)
+    sealed = tmp_path / f"sealed{ext}"
+    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
+    got = files.read_model(sealed)
+    retyped = {n: torch.from_numpy(a.copy()) for n, a in got.tensors.items()}
+    retyped["b"] = retyped["b"].to(getattr(torch, dtype))
+    bad = tmp_path / f"retyped{ext}"
+    st_torch.save_file(retyped, bad, got.metadata) if ext == ".safetensors" else torch.save(retyped, bad)
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 1 and f"b: dtype changed from F32 to {dtype}" in out, (out, err)
+    drill = tmp_path / f"drill{ext}"  # attack writes the retyped tensor back as it was read
+    assert helpers.run_cli(["attack", bad, drill, "--kind", "bitflip", "--seed", "1"])[0] == 0
+    assert str(files.read_model(drill).tensors["b"].dtype) == dtype
+    fixed = tmp_path / f"fixed{ext}"
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0, (out, err)
+    helpers.assert_model_equal(files.read_model(fixed).tensors, got.tensors)
+    assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0
+    unsealed = tmp_path / f"u{ext}"
+    sd["b"] = sd["b"].to(getattr(torch, dtype))
+    st_torch.save_file(sd, unsealed) if ext == ".safetensors" else torch.save(sd, unsealed)
+    for argv in (["seal", unsealed, tmp_path / f"o{ext}", "--key", key_file], ["inspect", unsealed]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and f"'{unsealed}'" in err and f"tensor 'b': dtype {dtype} is not supported" in err, err
+    assert not (tmp_path / f"o{ext}").exists()
 
 
 def test_a_file_converted_whole_from_f16_to_f32_says_so_once_and_keeps_exit_2(tmp_path: Path, key_file: Path) -> None:

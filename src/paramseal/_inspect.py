@@ -11,7 +11,7 @@ from typing import Any
 
 from . import _embed, _strata
 from ._layout import TensorSpec, block_count
-from .errors import ParamSealError
+from .errors import ParamSealError, UnsupportedError
 from .formats import Loaded
 from .header import METADATA_KEY, peek_header
 from .levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
@@ -25,8 +25,13 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
     if text is None and (copies := _embed.header_copies(loaded.tensors)):
         text, where = copies[0][1], f"weights (tensor '{copies[0][0]}')"
     dtypes: dict[str, int] = {}
-    for a in loaded.tensors.values():
-        dt = dtype_name(a.dtype)
+    odd = ""
+    for name, a in loaded.tensors.items():
+        try:
+            dt = dtype_name(a.dtype)
+        except UnsupportedError as e:
+            odd = odd or f"'{p}': tensor '{name}': {e}"
+            dt = str(a.dtype)  # in a sealed model, a tensor retyped: verify reports it
         dtypes[dt] = dtypes.get(dt, 0) + int(a.size)
     info: dict[str, Any] = {
         "file": str(p),
@@ -78,6 +83,10 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
                 "say where are gone: they were tampered with. inspect has no key to authenticate those copies; "
                 "'paramseal verify' finds them with the key. Do not seal it again unless you approve its weights"
             )
+        if odd and "seal_unreadable" not in info:  # as seal refuses it
+            raise UnsupportedError(odd)
+        if odd:  # no level applies to a model that was sealed: its lost header is what to report
+            return info
         plain = non_finite(loaded.tensors)  # seal takes these as data (k = 0): they fill strata, carry no parity
         carrying = {dtype_name(a.dtype) for n, a in loaded.tensors.items() if n not in plain}
         if not carrying & set(FLOATS):  # as seal words it

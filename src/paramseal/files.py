@@ -38,6 +38,7 @@ from .errors import (
     NotSealedError,
     OutputError,
     ParamSealError,
+    UnsupportedError,
     UsageError,
     cannot_write,
     io_failure,
@@ -282,11 +283,11 @@ def write_model(path: PathLike, loaded: Loaded, fmt: str | None = None) -> None:
 
 
 @contextmanager
-def _about(path: Path) -> Iterator[None]:
+def _about(path: Path, kinds: tuple[type[ParamSealError], ...] = (FormatError, KeyMismatchError)) -> Iterator[None]:
     """Prefix errors about a model's content with the file they concern."""
     try:
         yield
-    except (FormatError, KeyMismatchError) as e:
+    except kinds as e:
         if str(path) in str(e):
             raise
         e.args = (f"'{path}': {e}",)
@@ -583,7 +584,8 @@ def seal_file(
     check_metadata(extra_metadata)  # before anything is written: the streamed path writes it as given
     d, fmt = _check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
-    with _open_model(s) as loaded, _header_file(header_out, s, d) as keep:
+    # a dtype seal refuses is read all the same (verify reports a sealed tensor retyped so): name the file
+    with _about(s, (UnsupportedError,)), _open_model(s) as loaded, _header_file(header_out, s, d) as keep:
         if fmt == "onnx":
             onnx_format.require_graph(d, loaded)
         # a header in the metadata, records in the weights (PyTorch files, stripped metadata, lost copies),

@@ -59,6 +59,14 @@ _NP_TO_ST: dict[np.dtype[np.generic], str] = {
     np.dtype(np.bool_): "BOOL",
 }
 ST_TO_NP: dict[str, np.dtype[np.generic]] = {v: k for k, v in _NP_TO_ST.items()}
+# Read from files but never sealed: a sealed tensor retyped to one is tampering to report, not a file to refuse.
+ST_UNSEALED: dict[str, np.dtype[np.generic]] = {
+    "C64": np.dtype(np.complex64),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
+}
 
 
 def dtype_name(dt: np.dtype[np.generic]) -> str:
@@ -139,6 +147,7 @@ __all__ = [
     "FLOATS",
     "LEVELS",
     "ST_TO_NP",
+    "ST_UNSEALED",
     "TAG_BITS",
     "Capacity",
     "FloatFormat",

@@ -188,7 +188,8 @@ class PyTorchAdapter:
             if t.layout != torch.strided:
                 tensor_to_numpy(t, what)  # raises: names the layout and how to convert it
             ptr = t.untyped_storage().data_ptr()  # overlapping views (not ties) get their own copy
-            tensors[name] = tensor_to_numpy(t, what, copy=ptr in storages)
+            # any dtype: seal refuses one it cannot seal, verify reports a sealed tensor retyped as tampered
+            tensors[name] = tensor_to_numpy(t, what, copy=ptr in storages, any_dtype=True)
             storages.add(ptr)
         return Loaded(tensors, meta, source=versions, others=others, metadata_kept=stored is not None)
 
@@ -380,13 +381,16 @@ def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True, any_dtyp
 
 
 def numpy_to_tensor(a: NDArray[np.generic]) -> torch_t.Tensor:
-    """A CPU tensor with the same dtype, shape and bytes as ``a`` (bfloat16 via an int16 view)."""
+    """A CPU tensor with the same dtype, shape and bytes as ``a`` (bfloat16 and float8 via an integer view)."""
     torch = import_torch("converting arrays to torch tensors")
     c = read(a)  # an input file's values with pread (a new array): one cut short is an error, not SIGBUS
     c = np.array(a, copy=True, order="C") if c is a else c  # writable and contiguous; 0-d stays 0-d
     if c.dtype == np.dtype(ml_dtypes.bfloat16):
         t: torch_t.Tensor = torch.from_numpy(c.view(np.int16)).view(torch.bfloat16)
         return t
+    float8 = getattr(torch, c.dtype.name, None) if c.dtype.itemsize == 1 and c.dtype.name.startswith("float8") else None
+    if float8 is not None:  # a retyped tensor read as ml_dtypes' (`tensor_to_numpy`), written back as it was
+        return torch.from_numpy(c.view(np.uint8)).view(float8)  # type: ignore[no-any-return]
     if c.dtype.byteorder == ">":
         c = c.astype(c.dtype.newbyteorder("="))
     t = torch.from_numpy(c)

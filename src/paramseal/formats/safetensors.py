@@ -21,10 +21,16 @@ from safetensors import SafetensorError, safe_open
 
 from .._pages import Mapping, copy_range, file_span
 from ..errors import FormatError, InputError
-from ..levels import ST_TO_NP, dtype_name
+from ..levels import ST_TO_NP, ST_UNSEALED, dtype_name
 from .base import Loaded, shape_error
 
 _MAX_HEADER = 100_000_000  # the safetensors library refuses longer headers
+_READ = {**ST_TO_NP, **ST_UNSEALED}  # seal refuses the latter itself; verify reports a sealed tensor retyped so
+
+
+def _dtype_name(dt: np.dtype[np.generic]) -> str:
+    """The file's name of ``dt``: one seal refuses is written as read (an attack drill on a retyped model)."""
+    return next((k for k, v in ST_UNSEALED.items() if v == dt), None) or dtype_name(dt)
 
 
 class SafetensorsAdapter:
@@ -44,13 +50,16 @@ class SafetensorsAdapter:
 
     def read(self, path: Path) -> Loaded:
         """Validate the header, then load every tensor in file order."""
-        order, meta = _validate(path)
+        lay = read_layout(path)
         try:
             with safe_open(str(path), framework="numpy") as f:
-                tensors = {name: _contiguous(f.get_tensor(name)) for name in order}
+                tensors = {
+                    e.name: _contiguous(f.get_tensor(e.name)) if e.dtype in ST_TO_NP else _raw(path, lay, e)
+                    for e in lay.entries
+                }
         except (SafetensorError, OSError, ValueError, TypeError) as e:
             raise FormatError(f"cannot read safetensors file '{path}': {e}") from None
-        return Loaded(tensors, meta)
+        return Loaded(tensors, lay.metadata)
 
     def write(self, path: Path, loaded: Loaded) -> None:
         """Write widest dtypes first, then by name (each tensor aligned), with the metadata sorted.
@@ -60,7 +69,7 @@ class SafetensorsAdapter:
         """
         arrays = {k: _contiguous(_little(v)) for k, v in loaded.tensors.items()}
         order = sorted(arrays, key=lambda n: (-arrays[n].dtype.itemsize, n))
-        entries = [(n, dtype_name(arrays[n].dtype), tuple(arrays[n].shape)) for n in order]
+        entries = [(n, _dtype_name(arrays[n].dtype), tuple(arrays[n].shape)) for n in order]
         meta = dict(sorted(loaded.metadata.items()))
         w = StreamWriter(path, entries, exact_room(entries, meta))
         try:
@@ -82,10 +91,13 @@ def _contiguous(a: NDArray[np.generic]) -> NDArray[np.generic]:
     return a if a.flags.c_contiguous else a.copy(order="C")
 
 
-def _validate(path: Path) -> tuple[list[str], dict[str, str]]:
-    """Check the header and return tensor names in data order plus the metadata."""
-    lay = read_layout(path)
-    return [e.name for e in lay.entries], lay.metadata
+def _raw(path: Path, lay: Layout, e: Entry) -> NDArray[np.generic]:
+    """A tensor in a dtype ParamSeal does not seal, read from its bytes (the library's numpy side lacks float8)."""
+    count = (e.end - e.start) // _READ[e.dtype].itemsize
+    a: NDArray[np.generic] = np.fromfile(path, _READ[e.dtype], count, offset=lay.data_start + e.start)
+    if a.size != count:
+        raise FormatError(f"'{path}' is truncated: tensor '{e.name}' ends past the end of the file")
+    return a.reshape(e.shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +184,7 @@ def read_layout(path: Path) -> Layout:
                 count *= d
         except (KeyError, TypeError, ValueError):
             raise FormatError(f"'{path}': tensor '{name}' has a malformed entry {info!r}") from None
-        if dtype not in ST_TO_NP:
+        if dtype not in _READ:
             raise FormatError(
                 f"'{path}': tensor '{name}' has dtype {dtype}, which ParamSeal does not support; "
                 f"supported: {', '.join(sorted(ST_TO_NP))}"
@@ -182,12 +194,12 @@ def read_layout(path: Path) -> Layout:
                 f"'{path}': tensor '{name}' has offsets [{start}, {end}] outside the {data_len}-byte data section "
                 "(the file is truncated or corrupt)"
             )
-        if end - start != count * ST_TO_NP[dtype].itemsize:
+        if end - start != count * _READ[dtype].itemsize:
             raise FormatError(
                 f"'{path}': tensor '{name}' spans {end - start} bytes but dtype {dtype} and shape {shape} need "
-                f"{count * ST_TO_NP[dtype].itemsize}"
+                f"{count * _READ[dtype].itemsize}"
             )
-        if why := shape_error(tuple(shape), ST_TO_NP[dtype]):
+        if why := shape_error(tuple(shape), _READ[dtype]):
             raise FormatError(f"'{path}': tensor '{name}' has shape {shape}, which no array can have ({why})")
         spans.append((start, end, name, dtype, tuple(shape)))
     spans.sort()
@@ -214,7 +226,7 @@ def map_tensors(path: Path) -> tuple[Mapping, dict[str, NDArray[np.generic]], di
     """
     lay = read_layout(path)
     m = Mapping(path)
-    tensors = {e.name: m.array(lay.data_start + e.start, ST_TO_NP[e.dtype], e.shape) for e in lay.entries}
+    tensors = {e.name: m.array(lay.data_start + e.start, _READ[e.dtype], e.shape) for e in lay.entries}
     return m, tensors, lay.metadata
 
 
@@ -235,7 +247,7 @@ class StreamWriter:
     def array(self, name: str) -> NDArray[np.generic]:
         """The writable view of tensor ``name``."""
         e = self._by_name[name]
-        return self.map.array(8 + self.room + e.start, ST_TO_NP[e.dtype], e.shape)
+        return self.map.array(8 + self.room + e.start, _READ[e.dtype], e.shape)
 
     def copy_in(self, name: str, src: NDArray[np.generic]) -> bool:
         """Fill tensor ``name`` from ``src``, a view of a mapped file, by an in-kernel copy.
@@ -273,7 +285,7 @@ def _lay_out(entries: list[tuple[str, str, tuple[int, ...]]]) -> tuple[list[Entr
     """The tensors one after another in this order, and the data section's length."""
     laid, pos = [], 0
     for name, dt, shape in entries:
-        n = int(np.prod(shape, dtype=np.int64)) * ST_TO_NP[dt].itemsize
+        n = int(np.prod(shape, dtype=np.int64)) * _READ[dt].itemsize
         laid.append(Entry(name, dt, tuple(shape), pos, pos + n))
         pos += n
     return laid, pos
