@@ -575,6 +575,52 @@ def _text_value(i: int) -> int:
     return (q // per) * 64 + TAG_BITS // 8 + q % per
 
 
+def _blanked_copies(sealed: paramseal.SealedModel) -> dict[str, np.ndarray]:
+    """The carriers' header copies made NUL characters (a valid UTF-8 text, no JSON), their records kept."""
+    t = dict(sealed.tensors)
+    for name, text in _embed.header_copies(sealed.tensors):
+        u = np.array(t[name], copy=True).reshape(-1).view(np.uint32)
+        u[[_text_value(i) for i in range(len(text.encode()))]] &= np.uint32(0xFFFFFF00)
+        t[name] = u.view(np.float32).reshape(t[name].shape)
+    return t
+
+
+@pytest.mark.parametrize(
+    ("entry", "why"), [(None, ""), ("", "is malformed (it is empty)"), ("{x", "is malformed (it is not JSON)")]
+)
+def test_a_lost_header_says_it_could_not_be_read_and_the_remedy_not_the_json_decoder(
+    tmp_path: Path, sealed_bare: paramseal.SealedModel, key: paramseal.Key, key_file: Path, entry: str | None, why: str
+) -> None:
+    """Copies in the weights that are no JSON (or a metadata entry that is none) said 'the ParamSeal header is
+    malformed (Expecting value: line 1 column 1 (char 0)); ... cannot be trusted', without --header-from."""
+    blank = _blanked_copies(sealed_bare)
+    assert all(set(text) == {"\0"} for _, text in _embed.header_copies(blank)), "the copies are read, as NULs"
+    meta = {} if entry is None else {METADATA_KEY: entry}
+    paths = [helpers.write_st(tmp_path / "t.safetensors", blank, meta)]
+    if entry is None:  # the weights alone: a .pt
+        paths.append(tmp_path / "t.pt")
+        files.write_model(paths[-1], paramseal.formats.Loaded(blank, {}))
+    for p in paths:
+        rc, _, err = helpers.run_cli(["verify", p, "--key", key_file])
+        assert rc == 2 and "header in the weights cannot be read (they were damaged)" in err, err
+        assert "--header-from" in err, err
+        assert f"the ParamSeal header in the file's metadata {why}; " in err if why else "metadata" not in err, err
+        assert "line 1 column" not in err and "Expecting" not in err, err
+    if entry is None:
+        return
+    # copies intact: the entry is named as what it is, and the copy is used (exit 1)
+    p = helpers.write_st(tmp_path / "m.safetensors", sealed_bare.tensors, meta)
+    rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 1 and f"the ParamSeal header in the metadata {why}; its authenticated copy" in out, out
+    # no copy in the weights at all (a model too small for one): the remedy, not 'cannot be trusted'
+    small = paramseal.seal({"w": np.linspace(-1, 1, 512, dtype=np.float32)}, key)
+    assert _embed.header_copies(small.tensors) == []
+    p = helpers.write_st(tmp_path / "small.safetensors", small.tensors, meta)
+    rc, _, err = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 2 and f"the ParamSeal header in the file's metadata {why}; the weights hold no copy of it" in err
+    assert "--header-from" in err and "line 1 column" not in err, err
+
+
 def test_a_flip_in_each_header_copy_is_survived_by_mixing_the_two(
     tmp_path: Path, sealed_bare: paramseal.SealedModel, key: paramseal.Key
 ) -> None:

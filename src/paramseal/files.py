@@ -56,6 +56,7 @@ from .seal import SealConfig, check_metadata, probe_header, seal_flat, use_irs, 
 from .verify import (
     GRAPH_EDITED,
     HEADER_FROM_WEIGHTS,
+    HEADER_HINT,
     NOT_SEALED_WARNING,
     Check,
     HeaderOnlyInMetadata,
@@ -414,8 +415,8 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
     except (FormatError, KeyMismatchError) as e:  # edited, or another key's: is the copy in the weights intact?
         try:
             copy = header_from_weights(loaded.tensors, key)
-        except ParamSealError:
-            raise e from None
+        except ParamSealError as w:
+            raise _both_lost(e, w) from None
         edited = f"the ParamSeal header in the metadata {_unusable(e)}; its authenticated copy in the weights was used"
         return _Found(_restored(copy, meta, key), meta, False, [edited])
     if h.user_metadata is None:  # the weights' form, which seal never writes into the metadata: an edit
@@ -455,6 +456,18 @@ def _not_given(loaded: Loaded, text: str, given: str, key: Key) -> str:
         f"is of salt {kept.salt.hex()}) and are intact under the file's own header (verify without --header-from "
         "checks them against it)"
     )
+
+
+def _both_lost(e: FormatError | KeyMismatchError, w: ParamSealError) -> ParamSealError:
+    """The error for a header in the metadata that cannot be used (``e``) and none usable in the weights (``w``).
+
+    A damaged or edited one (exit 2) says so, then what the weights hold and the remedy, as a header lost
+    from the weights alone does; another key's, or an unknown scheme, is that error (exit 3).
+    """
+    if not isinstance(e, HeaderAuthError) or isinstance(w, KeyMismatchError):
+        return e
+    weights = str(w) if isinstance(w, HeaderAuthError) else f"the weights hold no copy of it. {HEADER_HINT}"
+    return HeaderAuthError(f"the ParamSeal header in the file's metadata {e.reason}; {weights}", reason=e.reason)
 
 
 def _unusable(e: FormatError | KeyMismatchError) -> str:

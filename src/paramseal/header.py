@@ -175,9 +175,21 @@ class HeaderAuthError(FormatError):
 
     exit_code = 2
 
-    def __init__(self, message: str, *, reason: str = "") -> None:
+    def __init__(self, message: str, *, reason: str = "", unreadable: bool = False) -> None:
         super().__init__(message)
         self.reason = reason or message
+        self.unreadable = unreadable  # no ParamSeal header at all (a damaged copy's bytes), not an edited one
+
+
+def _malformed(text: str, e: BaseException) -> str:
+    """What is wrong with a header that does not parse, in words: not the JSON decoder's line and column."""
+    if isinstance(e, json.JSONDecodeError):
+        return "it is empty" if not text.strip() else "it is not JSON"
+    if isinstance(e, RecursionError):
+        return "it is nested too deep"
+    if isinstance(e, KeyError):
+        return f"it has no {e} field"
+    return str(e)
 
 
 def parse_header(text: str, key: Key) -> Header:
@@ -195,9 +207,11 @@ def parse_header(text: str, key: Key) -> Header:
         if not (isinstance(claimed, str) and len(claimed) == 64 and all(c in "0123456789abcdef" for c in claimed)):
             raise ValueError("its MAC is not 64 hex digits")
     except (ValueError, KeyError, TypeError, RecursionError) as e:
+        why = _malformed(text, e)
         raise HeaderAuthError(
-            f"the ParamSeal header is malformed ({e}); it was edited or corrupted, so the model cannot be trusted",
-            reason=f"is malformed ({e})",
+            f"the ParamSeal header is malformed ({why}); it was edited or corrupted, so the model cannot be trusted",
+            reason=f"is malformed ({why})",
+            unreadable=True,
         ) from None
     if not str(body.get("scheme", "")).startswith("paramseal/"):
         raise HeaderAuthError(

@@ -454,7 +454,9 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
         if _FP.fullmatch(located[0].stored):
             raise located[0]
     if errs:
-        why = next((str(e) for e in errs if not isinstance(e, KeyMismatchError)), "")
+        # a copy that is no header at all (its bytes damaged, as zeroed values leave it) has no reason to quote
+        why = next((str(e) for e in errs if not isinstance(e, KeyMismatchError) and not _unreadable(e)), "")
+        lost = "cannot be read" if any(_unreadable(e) for e in errs) else "do not authenticate"
         # damage, but a copy may name the sealing key: a user holding the wrong key must learn it here
         mismatches = [e for e in [*errs, *located] if isinstance(e, KeyMismatchError)]
         keys = sorted({e.stored for e in mismatches if _FP.fullmatch(e.stored)})
@@ -465,7 +467,7 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
             else ""
         )
         raise HeaderAuthError(
-            f"{why or 'the copies of the ParamSeal header in the weights do not authenticate (they were damaged)'}. "
+            f"{why or f'the copies of the ParamSeal header in the weights {lost} (they were damaged)'}. "
             f"{HEADER_HINT}{other}"
         ) from None
     n, never_had_copies = _embed.sealed_traces(tensors)
@@ -552,6 +554,12 @@ class HeaderOnlyInMetadata(NotSealedError):
 
 
 _FP = re.compile("[0-9a-f]{16}")  # a well-formed key fingerprint
+
+
+def _unreadable(e: ParamSealError) -> bool:
+    return isinstance(e, HeaderAuthError) and e.unreadable
+
+
 HEADER_HINT = (
     "Pass the header of a copy of the sealed model that keeps it (--header-from FILE: the sealed model file as "
     "written by seal, or its header in a .json file, as seal --header-out keeps it) to verify and recover; do not "
