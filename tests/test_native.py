@@ -236,8 +236,12 @@ def _mixed_model(seed: int) -> dict[str, np.ndarray]:
 
 
 @needs_lib
+@pytest.mark.parametrize("simd", [True, False])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_seal_words_and_scatter_equal_the_reference(seed: int, key: paramseal.Key) -> None:
+def test_seal_words_and_scatter_equal_the_reference(
+    seed: int, simd: bool, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_native, "SIMD", simd)  # AVX-512 where the CPU has it, and the plain C every CPU has
     model = _mixed_model(seed)
     from paramseal.seal import SealConfig
 
@@ -259,6 +263,59 @@ def test_seal_words_and_scatter_equal_the_reference(seed: int, key: paramseal.Ke
 
 
 @needs_lib
+@pytest.mark.parametrize("misaligned", [False, True])
+def test_seal_gather_finds_the_first_nan_with_and_without_simd(misaligned: bool, key: paramseal.Key) -> None:
+    """ps_gather's AVX-512 rows return the same words and the same first NaN/Inf index as its plain loop.
+
+    ``misaligned``: one tensor starts at an odd byte address, so no common base serves the gather's
+    32-bit word offsets and the plain loop must take those rows.
+    """
+    from paramseal.seal import SealConfig
+
+    model = _mixed_model(2)
+    specs = SealConfig(level="standard").specs(model)
+    flats = [helpers.uview(np.ascontiguousarray(model[s.name])).reshape(-1) for s in specs]
+    if misaligned:
+        t = next(i for i, s in enumerate(specs) if s.name == "b")
+        raw = np.zeros(flats[t].nbytes + 1, np.uint8)
+        raw[1:] = flats[t].view(np.uint8)
+        flats[t] = raw[1:].view(np.uint32)
+        assert flats[t].ctypes.data % 4 == 1
+    st = _strata.plan(specs, key, bytes(range(16)))
+    ts = [int(t) for t in np.flatnonzero(st.is_float & (st.nwords > 0))]
+    rng = np.random.default_rng(5)
+    g0, g1 = st.G - 40, st.G  # the strata wrap: pieces start inside the batch
+    ng = g1 - g0
+    zeros = np.zeros(ng, np.uint32)
+    pad = st.pad(np.arange(g0, g1, dtype=np.int64))
+    v = st.vindex(np.arange(g0, g1, dtype=np.int64))
+    floats = np.flatnonzero(v.reshape(-1) < st.n_float)
+    for nans in (0, 1, 3):
+        for x in rng.choice(floats, nans, replace=False):  # Inf, NaN and -NaN at float words of the batch
+            t = int(st.owner(v.reshape(-1)[x : x + 1])[0])
+            flats[t][v.reshape(-1)[x] - st.start[t]] = rng.choice([0x7F800000, 0x7FC00001, 0xFFC00000])
+        got = []
+        for simd in (True, False):
+            _native.SIMD = simd
+            try:
+                w = np.zeros((ng, _irs.N_POS), np.uint32)
+                pieces = st._native_pieces(flats, ts, g0, ng, zeros)
+                hit = _native.gather(w, g0, st._perm16(), st.free_strata, pieces, pad, int(st._clear_mask()))
+            finally:
+                _native.SIMD = True
+            got.append((hit, w))
+        assert got[0][0] == got[1][0]
+        assert (got[0][0] >= 0) == (nans > 0)
+        if nans == 0:  # after a NaN the rows left are not filled
+            assert np.array_equal(got[0][1], got[1][1])
+        else:
+            r, p = divmod(got[0][0], _irs.N_POS)
+            words = st.read(flats, st.pack_data(flats), v)[0]
+            bad = ((words >> 23) & 0xFF == 0xFF) & (v < st.n_float)
+            assert bad[r, p] and not bad[:r].any() and not bad[r, :p].any()  # the first one, row by row
+
+
+@needs_lib
 def test_seal_words_refuses_nan_naming_the_tensor(key: paramseal.Key) -> None:
     model = _mixed_model(0)
     model["c"][7, 9] = np.inf
@@ -269,11 +326,13 @@ def test_seal_words_refuses_nan_naming_the_tensor(key: paramseal.Key) -> None:
 
 
 @needs_lib
+@pytest.mark.parametrize("simd", [True, False])
 @pytest.mark.parametrize("level", ["standard", "strong"])
 def test_sealed_bytes_do_not_depend_on_the_kernels(
-    level: str, key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    level: str, simd: bool, key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Same salt, with and without the compiled kernels: the same model, in memory and file to file."""
+    monkeypatch.setattr(_native, "SIMD", simd)
     model = _mixed_model(3)
     monkeypatch.setattr(os, "urandom", lambda n: bytes(range(n)))  # the salt
     src = helpers.write_st(tmp_path / "m.safetensors", model)

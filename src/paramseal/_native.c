@@ -442,6 +442,48 @@ CLONES void ps_content_any(const uint32_t *w, int64_t r0, int64_t r1, int F, int
     }
 }
 
+#ifdef X86
+#define MOVERS __attribute__((target("avx512f,avx512bw")))
+
+static int have_avx512bw(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+}
+
+/* Rows [r, lim) of ps_gather where every float stratum's source lies within 2^31 words above lo:
+ * per row, 16 positions at a time, the stratum of each (perm), its source's word offset (offw, a
+ * table of 255 in L1) and the word itself are gathered, so the row is written, and pad read, as a
+ * run instead of word by word. The same words and NaN index as the scalar loop (the test compares). */
+MOVERS static int64_t gather_rows_avx512(uint32_t *w, int64_t r, int64_t lim, int64_t g0, const int16_t *perm, int nperm,
+                                         int F, const int32_t *offw, const uint32_t *lo, const uint32_t *pad,
+                                         uint32_t keep, int check_nan)
+{
+    const __m512i ex = _mm512_set1_epi32(0x7F800000), kp = _mm512_set1_epi32((int)keep), nf = _mm512_set1_epi32(F);
+    for (; r < lim; r++) {
+        const int16_t *pr = perm + ((g0 + r) % nperm) * 255;
+        const uint32_t *pd = pad + r * 255, *src = lo + r;
+        uint32_t *out = w + r * 255;
+        int first_nan = -1;
+        for (int p = 0; p < 255; p += 16) {
+            const __mmask16 in_row = p + 16 <= 255 ? 0xFFFF : (__mmask16)((1u << (255 - p)) - 1);
+            const __m512i j = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(_mm512_maskz_loadu_epi16(in_row, pr + p)));
+            const __mmask16 m = _mm512_mask_cmplt_epi32_mask(in_row, j, nf);
+            const __m512i at = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, j, offw, 4);
+            const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, at, src, 4);
+            const __mmask16 nan = _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(v, ex), ex);
+            if (nan && first_nan < 0)
+                first_nan = p + __builtin_ctz(nan);
+            const __m512i x = _mm512_xor_si512(v, _mm512_maskz_loadu_epi32(m, pd + p));
+            _mm512_mask_storeu_epi32(out + p, m, _mm512_and_si512(x, kp));
+        }
+        if (first_nan >= 0 && check_nan)
+            return r * 255 + first_nan;
+    }
+    return -1;
+}
+#endif
+
 /* The float words of a batch of consecutive groups, in position order: the gather of irs4 sealing.
  *
  * w: [ng][255] words (data positions are left as they are); row r is group g0 + r, and position
@@ -452,13 +494,18 @@ CLONES void ps_content_any(const uint32_t *w, int64_t r0, int64_t r1, int F, int
  * never faulted in, so it adds nothing to resident memory and needs no release. Each word is XORed with pad (same shape as w) and
  * masked with keep. Only rows [r0, r1) are done (one call per thread). Returns -3 when a
  * read fails, else -1, or with check_nan the index r * 255 + p of the first word whose
- * exponent is all ones (NaN or Inf), which the caller refuses. */
+ * exponent is all ones (NaN or Inf), which the caller refuses. simd: AVX-512 where the CPU has it
+ * (0: the plain loop, for the tests' comparison). */
 int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F, const int64_t *pstart,
                   const int64_t *row_end, const uint64_t *base, const int32_t *fd, uint32_t *stage, int64_t ng,
-                  const uint32_t *pad, uint32_t keep, int check_nan)
+                  const uint32_t *pad, uint32_t keep, int check_nan, int simd)
 {
     int64_t cur[256];
     const uint32_t *src[256];
+#ifdef X86
+    int32_t offw[256];
+    simd = simd && have_avx512bw();
+#endif
     if (F < 1 || F > 255)
         return -2;
     for (int j = 0; j < F; j++) {
@@ -491,6 +538,27 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
             if (row_end[cur[j]] < lim)
                 lim = row_end[cur[j]];
         }
+#ifdef X86
+        if (simd) { /* word offsets from the lowest source, when they all fit a gather's 32-bit index */
+            uintptr_t low = (uintptr_t)src[0];
+            for (int j = 1; j < F; j++)
+                low = (uintptr_t)src[j] < low ? (uintptr_t)src[j] : low;
+            int fits = 1;
+            for (int j = 0; j < F && fits; j++) {
+                uintptr_t d = (uintptr_t)src[j] - low;
+                fits = d % 4 == 0 && d / 4 + (uintptr_t)lim < ((uintptr_t)1 << 31);
+                offw[j] = (int32_t)(d / 4);
+            }
+            if (fits) {
+                int64_t got = gather_rows_avx512(w, r, lim, g0, perm, nperm, F, offw, (const uint32_t *)low, pad, keep,
+                                                 check_nan);
+                if (got >= 0)
+                    return got;
+                r = lim;
+                continue;
+            }
+        }
+#endif
         for (; r < lim; r++) {
             const int16_t *pr = perm + ((g0 + r) % nperm) * 255;
             uint32_t *out = w + r * 255;

@@ -106,7 +106,7 @@ def _lib() -> ctypes.CDLL | None:
         f.restype = None
     lib.ps_argsort_rows.argtypes = [p, i64, i64, i64, p]
     lib.ps_argsort_rows.restype = i32
-    lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, ctypes.c_uint32, i32]
+    lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, ctypes.c_uint32, i32, i32]
     lib.ps_gather.restype = i64
     lib.ps_to_strata.argtypes = [p, p, i64, i64, i64, p, i32, i32, p, i64]
     lib.ps_to_strata.restype = None
@@ -490,6 +490,8 @@ def _rows(n: int, at: int = 256) -> list[tuple[int, int]]:
     return halves(n) if n >= at else [(0, n)]
 
 
+SIMD = True  # the seal's data movers take their AVX-512 paths where the CPU has them (tests set False: plain C)
+
 _TAB_WORDS = (4, 8, 12, 16)  # packed vector sizes the table kernels are built for (every irs4 code in use)
 
 
@@ -635,7 +637,7 @@ def gather(
             lib.ps_gather(
                 w.ctypes.data, r[0], r[1], g0, perm.ctypes.data, perm.shape[0], F, pstart.ctypes.data,
                 row_end.ctypes.data, base.ctypes.data, fd.ctypes.data, stage.ctypes.data, w.shape[0], pad.ctypes.data,
-                keep, 1,
+                keep, 1, int(SIMD),
             )
         )  # fmt: skip
 
