@@ -222,6 +222,17 @@ def test_outer_parity_of_joined_columns_equals_column_by_column() -> None:
         assert np.frombuffer(b"".join(rsl.encode(col, r)), np.uint8).reshape(r, 64).tobytes() == got[c].tobytes()
 
 
+@pytest.mark.parametrize("shape", [(3000, 1024), (5, 0), (0, 64)])
+def test_rows_as_bytes_are_the_rows(shape: tuple[int, int]) -> None:
+    """leopard's shards, unpacked from the array's buffer: each row's bytes, of a slice (a copy) too."""
+    from paramseal._kernels import rows_as_bytes
+
+    a = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    assert rows_as_bytes(a) == [row.tobytes() for row in a]
+    part = a[:, 3 : max(3, shape[1] - 5)]  # not contiguous
+    assert rows_as_bytes(part) == [row.tobytes() for row in part]
+
+
 def _mixed_model(seed: int) -> dict[str, np.ndarray]:
     """fp32 tensors of awkward sizes (strata cut inside tensors, padding, wrap-around) and integer data."""
     rng = np.random.default_rng(seed)
