@@ -274,6 +274,47 @@ def test_seal_words_and_scatter_equal_the_reference(
 
 
 @needs_lib
+@pytest.mark.parametrize("mapped", [False, True])
+def test_scatter_writes_as_the_reference_writes(mapped: bool, key: paramseal.Key, tmp_path: Path) -> None:
+    """The compiled writes of `Strata.scatter` (ps_put_strata: a copy, or pwrite into a mapped output)
+    leave every output word as the reference's loop of `write_run` calls does, padding untouched."""
+    from paramseal._pages import Mapping
+
+    model = _mixed_model(1)
+    specs = SealConfig(level="standard").specs(model)
+    st = _strata.plan(specs, key, bytes(range(16)))
+    sizes = [s.numel * s.width // 8 for s in specs]
+    maps = []
+
+    def outs_of(name: str) -> list[np.ndarray]:
+        if not mapped:
+            raw = np.full(sum(sizes), 0xA5, np.uint8)
+        else:
+            m = Mapping(tmp_path / name, write=True, size=sum(sizes))
+            maps.append(m)
+            raw = m.buf
+            raw[:] = 0xA5
+        at = np.cumsum([0, *sizes])
+        return [raw[at[i] : at[i + 1]].view(helpers.uview(model[s.name]).dtype) for i, s in enumerate(specs)]
+
+    try:
+        got, want = outs_of("got"), outs_of("want")
+        rng = np.random.default_rng(3)
+        for g0, g1 in [(0, st.G), (st.G - 5, st.G), (3, 7)]:  # from the second: the strata wrap
+            w = rng.integers(0, 1 << 32, (g1 - g0, _irs.N_POS), dtype=np.uint32)
+            pad = rng.integers(0, 1 << 32, (g1 - g0, _irs.N_POS), dtype=np.uint32)
+            st.scatter(got, w, g0, g1, pad)  # compiled
+            st.scatter(want, w ^ pad, g0, g1)  # the reference: numba placement, write_run per piece
+            for a, b in zip(got, want, strict=True):
+                assert np.array_equal(a.view(np.uint8), b.view(np.uint8))
+    finally:
+        for m in maps:
+            m.close()
+    if mapped:
+        assert (tmp_path / "got").read_bytes() == (tmp_path / "want").read_bytes()
+
+
+@needs_lib
 @pytest.mark.parametrize("misaligned", [False, True])
 def test_seal_gather_finds_the_first_nan_with_and_without_simd(misaligned: bool, key: paramseal.Key) -> None:
     """ps_gather's AVX-512 rows return the same words and the same first NaN/Inf index as its plain loop.

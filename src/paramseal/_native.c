@@ -597,6 +597,39 @@ void ps_to_strata(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1
     }
 }
 
+/* The scatter's writes (as _strata.write_run, piece by piece): rows of the float strata [j0, j1) of
+ * wt ([F][ng] words) to where the pieces of ps_gather's layout say, with pwrite where fd[q] >= 0
+ * (base[q]: the byte offset of row 0 in that file), a copy where fd[q] == -1 (base[q]: the
+ * address of row 0), nothing for padding (fd[q] == -2). Returns 0, -errno of a failed write, or
+ * -100000 when a write took no bytes. */
+int64_t ps_put_strata(const uint32_t *wt, int64_t ng, int j0, int j1, const int64_t *pstart, const int64_t *row_end,
+                      const uint64_t *base, const int32_t *fd)
+{
+    for (int j = j0; j < j1; j++)
+        for (int64_t q = pstart[j]; q < pstart[j + 1]; q++) {
+            const int64_t a = q == pstart[j] ? 0 : row_end[q - 1], b = row_end[q];
+            if (fd[q] == -2 || a >= b)
+                continue;
+            const char *src = (const char *)(wt + j * ng + a);
+            if (fd[q] < 0) {
+                memcpy((char *)(uintptr_t)(base[q] + 4 * (uint64_t)a), src, 4 * (size_t)(b - a));
+                continue;
+            }
+            int64_t off = (int64_t)base[q] + 4 * a, left = 4 * (b - a);
+            while (left > 0) {
+                ssize_t put = pwrite(fd[q], src, (size_t)left, (off_t)off);
+                if (put < 0 && errno == EINTR)
+                    continue;
+                if (put < 0)
+                    return -(int64_t)errno;
+                if (put == 0)
+                    return -100000;
+                src += put, off += put, left -= put;
+            }
+        }
+    return 0;
+}
+
 /* The block MAC's hash (as _kernels.mlh_tags): for blocks [b0, b1) of words ([nb][nw] 16-bit),
  * out[b] = (sum_i keys[i] * m_i mod p + pads[b]) mod p, where m_i is word i with the tag bits
  * wmask[i] (i < nm) cleared in blocks flagged internal. keys < 2^32 and m_i < 2^16, so the sum

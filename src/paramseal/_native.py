@@ -19,6 +19,7 @@ GFNI and AVX-512 is not an error under it: the portable coding kernels serve it.
 from __future__ import annotations
 
 import ctypes
+import errno
 import functools
 import hashlib
 import os
@@ -110,6 +111,8 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_gather.restype = i64
     lib.ps_to_strata.argtypes = [p, p, i64, i64, i64, p, i32, i32, p, i64]
     lib.ps_to_strata.restype = None
+    lib.ps_put_strata.argtypes = [p, i64, i32, i32, p, p, p, p]
+    lib.ps_put_strata.restype = i64
     lib.ps_shares.argtypes = [p, p, i64, i64, p, i32, p]
     lib.ps_shares.restype = i32
     lib.ps_encode_tab.argtypes = [p, i64, i64, p, i32, p, p, i64, p]
@@ -668,6 +671,33 @@ def to_strata(
         _rows(ng),
     )
     return out
+
+
+def put_strata(
+    wt: NDArray[np.uint32],
+    pieces: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]],
+) -> None:
+    """Write the float strata ``wt`` (``[F, ng]``) where ``pieces`` say: see ``ps_put_strata``.
+
+    The caller keeps the arrays the piece addresses point into alive.
+    """
+    lib = _lib()
+    assert lib is not None
+    pstart, row_end, base, fd = pieces
+    for a in (wt, pstart, row_end, base, fd):
+        assert a.flags.c_contiguous
+    F, ng = wt.shape
+    assert pstart.size == F + 1
+    args = (pstart.ctypes.data, row_end.ctypes.data, base.ctypes.data, fd.ctypes.data)
+    got = parallel_map(
+        lambda r: int(lib.ps_put_strata(wt.ctypes.data, ng, r[0], r[1], *args)),
+        halves(F) if ng * F >= 1 << 16 else [(0, F)],
+    )
+    if -100000 in got:
+        raise OSError(errno.EIO, "the file took no more bytes")
+    for e in got:
+        if e < 0:
+            raise OSError(-e, os.strerror(-e))
 
 
 def content(w: NDArray[np.uint32], F: int, k: int, shard: int) -> NDArray[np.uint8] | None:

@@ -346,14 +346,20 @@ class Strata:
         return np.ascontiguousarray(p, dtype=np.int16)
 
     def _native_pieces(
-        self, flats: list[NDArray[np.unsignedinteger]], ts: list[int], g0: int, ng: int, zeros: NDArray[np.uint32]
+        self,
+        flats: list[NDArray[np.unsignedinteger]],
+        ts: list[int],
+        g0: int,
+        ng: int,
+        zeros: NDArray[np.uint32] | None,
     ) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]]:
         """Where rows ``[0, ng)`` (groups ``g0...``) of each float stratum lie: pieces for ``ps_gather``.
 
         A stratum's rows are one stretch of the stream, or two where it wraps; each is cut where
-        a tensor starts and where padding does (padding reads from ``zeros``). Returns the first
-        piece of each stratum (``F + 1``), each piece's end row, the address of its row 0 and
-        the descriptor of the mapped file it lies in (-1 if none; the address is then the
+        a tensor starts and where padding does (padding reads from ``zeros``; None: the pieces are
+        for writing, ``ps_put_strata``, and padding is marked with descriptor -2). Returns the
+        first piece of each stratum (``F + 1``), each piece's end row, the address of its row 0
+        and the descriptor of the mapped file it lies in (-1 if none; the address is then the
         byte offset of row 0 in that file: ``ps_gather`` reads it without faulting pages in).
         """
         F, G = self.free_strata, self.G
@@ -380,11 +386,13 @@ class Strata:
         tstart = self.start[tarr]  # float tensors lie in header order: increasing
         owner = np.maximum(np.searchsorted(tstart, s0, side="right") - 1, 0)
         addr0 = np.array([flats[t].ctypes.data for t in ts], np.int64)
-        addr = np.where(s0 >= self.n_float, zeros.ctypes.data, addr0[owner] + 4 * (s0 - tstart[owner])) - 4 * row0
+        padding = s0 >= self.n_float
+        at_pad = 0 if zeros is None else zeros.ctypes.data
+        addr = np.where(padding, at_pad, addr0[owner] + 4 * (s0 - tstart[owner])) - 4 * row0
         spans = [file_span(flats[t]) for t in ts]
         fds = np.array([-1 if sp is None else sp[0] for sp in spans], np.int32)
         foff = np.array([0 if sp is None else sp[1] for sp in spans], np.int64)
-        fd = np.where(s0 >= self.n_float, -1, fds[owner]).astype(np.int32)
+        fd = np.where(padding, -1 if zeros is not None else -2, fds[owner]).astype(np.int32)
         addr = np.where(fd >= 0, foff[owner] + 4 * (s0 - tstart[owner]) - 4 * row0, addr)  # a file offset there
         order = np.lexsort((row0, rj[idx]))
         pstart = np.searchsorted(rj[idx][order], np.arange(F + 1, dtype=np.int64)).astype(np.int64)
@@ -402,6 +410,11 @@ class Strata:
         """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``, XOR ``pad`` if given) into ``outs``."""
         if pad is not None and _native.portable() and w.shape[0] and self.free_strata:
             wt = _native.to_strata(w, pad, g0, self._perm16(), self.free_strata)
+            ts = [int(t) for t in np.flatnonzero(self.is_float & (self.nwords > 0))]
+            if all(outs[t].dtype == np.uint32 and outs[t].ndim == 1 and outs[t].flags.c_contiguous for t in ts):
+                # the writes in one compiled loop: a Python call per piece cost as much as the copying
+                _native.put_strata(wt, self._native_pieces(outs, ts, g0, g1 - g0, None))
+                return
         else:
             wt = self.to_strata(w if pad is None else w ^ pad, g0)
         for j, v0, c0, n in self._pieces(g0, g1):
