@@ -842,3 +842,26 @@ def test_a_pt_whose_metadata_entry_is_not_strings_is_refused_naming_it(tmp_path:
     torch.save(sd, tmp_path / "m.pt")
     rc, _, err = helpers.run_cli(["verify", tmp_path / "m.pt", "--key", key_file])
     assert rc == 3 and f"'{META_ENTRY}'" in err and "not a mapping of strings to strings" in err, err
+
+
+def test_the_remedy_for_a_pt_metadata_entry_that_is_not_strings_works(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """The message said to pass --header-from, which hit the same refusal (exit 3): the remedy it names now works."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 256))
+    sealed, bad = tmp_path / "s.pt", tmp_path / "bad.pt"
+    torch.save(net.state_dict(), tmp_path / "m.pt")
+    assert (
+        helpers.run_cli(["seal", tmp_path / "m.pt", sealed, "--key", key_file, "--header-out", tmp_path / "h.json"])[0]
+        == 0
+    )
+    sd = torch.load(sealed, weights_only=True)
+    sd._metadata[META_ENTRY]["paramseal"] = None
+    torch.save(sd, bad)
+    rc, _, err = helpers.run_cli(["verify", bad, "--key", key_file, "--header-from", tmp_path / "h.json"])
+    assert rc == 3 and "--header-from" not in err, err  # the header given does not get past the entry
+    assert f"del sd._metadata['{META_ENTRY}']" in err, err
+    del sd._metadata[META_ENTRY]  # as the message says
+    torch.save(sd, bad)
+    assert files.verify_file(bad, key).status == "intact"

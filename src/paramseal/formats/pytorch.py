@@ -106,7 +106,8 @@ def _stored_metadata(state: Mapping[Any, Any], path: Path) -> dict[str, str] | N
         raise FormatError(
             f"'{path}': the state dict's _metadata entry '{META_ENTRY}', where ParamSeal keeps the file's metadata, "
             "is not a mapping of strings to strings; the file was edited by hand or by another tool. Take the model "
-            "from a kept copy, or pass --header-from the sealed model's header"
+            "from a kept copy, or remove the entry (sd = torch.load(f, weights_only=True); "
+            f"del sd._metadata['{META_ENTRY}']; torch.save(sd, f)) to check the weights against the header they carry"
         )
     return dict(entry)
 
