@@ -865,3 +865,52 @@ def test_the_remedy_for_a_pt_metadata_entry_that_is_not_strings_works(
     del sd._metadata[META_ENTRY]  # as the message says
     torch.save(sd, bad)
     assert files.verify_file(bad, key).status == "intact"
+
+
+def test_sealing_a_pt_whose_header_only_its_metadata_entry_holds_warns(tmp_path: Path, key_file: Path) -> None:
+    """Such a .pt was refused (exit 3); written now, a torch.save(model.state_dict()) of it cannot verify alone.
+
+    Seal says so (with the remedy) where the weights hold no copy of the header and no --header-out kept it.
+    """
+    torch.manual_seed(1)
+    small = torch.nn.Linear(64, 64)
+    torch.save(small.state_dict(), tmp_path / "m.pt")
+    rc, _, err = helpers.run_cli(["seal", tmp_path / "m.pt", tmp_path / "s.pt", "--key", key_file])
+    assert rc == 0 and "torch.save(model.state_dict())" in err and "--header-out" in err, err
+    rc, _, err2 = helpers.run_cli(["verify", _resaved(tmp_path / "s.pt", tmp_path / "r.pt"), "--key", key_file])
+    assert rc == 2 and "--header-from" in err2, err2  # what the warning foretold
+    h = tmp_path / "h.json"
+    rc, _, err = helpers.run_cli(["seal", tmp_path / "m.pt", tmp_path / "s2.pt", "--key", key_file, "--header-out", h])
+    assert rc == 0 and "warning" not in err, err
+    assert helpers.run_cli(["verify", tmp_path / "r.pt", "--key", key_file, "--header-from", tmp_path / "s.pt"])[0] == 0
+    rc, _, err = helpers.run_cli(["seal", tmp_path / "m.pt", tmp_path / "s.safetensors", "--key", key_file])
+    assert rc == 0 and "warning" not in err, err
+    big = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 512), torch.nn.Linear(512, 256))
+    torch.save(big.state_dict(), tmp_path / "big.pt")
+    rc, _, err = helpers.run_cli(["seal", tmp_path / "big.pt", tmp_path / "sbig.pt", "--key", key_file])
+    assert rc == 0 and "warning" not in err, err  # its weights hold the header: a re-save verifies
+    assert helpers.run_cli(["verify", _resaved(tmp_path / "sbig.pt", tmp_path / "rbig.pt"), "--key", key_file])[0] == 0
+
+
+def test_sealing_an_onnx_model_into_a_pt_warns_that_a_torch_resave_loses_its_graph_digest(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """The graph digest is sealed: a .pt saved again without the entry fails verify (exit 2). Seal says so."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 512])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 512])],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    rc, _, err = helpers.run_cli(["seal", tmp_path / "m.onnx", tmp_path / "s.pt", "--key", key_file])
+    assert rc == 0 and "graph" in err and "torch.save(model.state_dict())" in err, err
+    assert helpers.run_cli(["verify", tmp_path / "s.pt", "--key", key_file])[0] == 0
+    assert helpers.run_cli(["verify", _resaved(tmp_path / "s.pt", tmp_path / "r.pt"), "--key", key_file])[0] == 2

@@ -26,6 +26,9 @@ from typing import IO, Any, NoReturn, cast
 from . import __version__, _cli_eval, _kernels, files, sharded
 from ._layout import TensorSpec
 from .errors import ParamSealError, UsageError
+from .formats import GRAPH_KEY, adapter_for
+from .formats.pytorch import META_ENTRY
+from .header import Header
 from .keys import Key, exposed_to_others, key_like_args, load_key, redact, write_key
 from .levels import BLOCK, FLOATS, LEVELS, max_relative_change
 from .report import Report
@@ -503,6 +506,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"OK: sealed {args.input} -> {args.output} ({n}, {desc}, {how}, code {code})")
             _warn_bits(ks)
             _note_plain(h.tensors)
+            _warn_pt_entry(Path(args.output), h, keep is not None)
             if keep is not None:
                 print(f"OK: kept the seal header in {keep} (for --header-from)")
             return 0
@@ -606,6 +610,30 @@ def _warn_bits(widths: Iterable[tuple[str, int]]) -> None:
                 "model's accuracy before you use it",
                 file=sys.stderr,
             )
+
+
+def _warn_pt_entry(out: Path, h: Header, header_kept: bool) -> None:
+    """Warn where a sealed .pt verifies only while it keeps its _metadata entry, which a re-save drops.
+
+    ``torch.save(model.state_dict())`` writes no '.paramseal' entry: the file then has the header only if
+    its weights hold a copy, and a sealed ONNX graph digest nowhere (verify calls that tampering).
+    """
+    if adapter_for(out).name != "pytorch":
+        return
+    resaved = "which torch.save(model.state_dict()) does not write back (torch.save(torch.load(f)) does)"
+    if not h.carriers and not header_kept:
+        print(
+            f"warning: '{out}' keeps its seal header only in its state dict's _metadata entry '{META_ENTRY}' (the "
+            f"weights have no room for a copy), {resaved}: a file saved so verifies only with --header-from; keep "
+            "the header with seal --header-out, or seal to .safetensors",
+            file=sys.stderr,
+        )
+    if GRAPH_KEY in (h.user_metadata or {}):
+        print(
+            f"warning: '{out}' keeps the sealed digest of its ONNX model's graph only in its state dict's _metadata "
+            f"entry '{META_ENTRY}', {resaved}: a file saved so fails verify (exit 2); keep the file as written",
+            file=sys.stderr,
+        )
 
 
 def _note_plain(specs: Iterable[TensorSpec]) -> None:
