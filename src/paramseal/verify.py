@@ -104,7 +104,7 @@ class Check:
     @property
     def metadata_lost(self) -> bool:
         """What recover cannot restore: metadata the weights know only by digest, or an edited graph."""
-        lost = (_META_DIFFERS, META_STRIPPED, _OWN_DIFFERS)
+        lost = (_META_DIFFERS, META_STRIPPED, _OWN_DIFFERS, _OWN_LOST)
         if GRAPH_EDITED in self.metadata_issues:  # values can be rebuilt; a graph cannot
             return True
         return self.header.user_metadata is None and any(m in self.metadata_issues for m in lost)
@@ -231,7 +231,8 @@ def metadata_findings(
         if metadata_kept is False and own is not None and metadata is not None:
             # a .pt keeps the tie, not the user's keys: the tie is checked against its own digest
             mine = dict(metadata)
-            meta = [] if mine == own_entries(mine) and metadata_digest(mine) == own else [_OWN_DIFFERS]
+            differs = _OWN_DIFFERS if mine else _OWN_LOST  # none left: a tie removed, or a graph digest
+            meta = [] if mine == own_entries(mine) and metadata_digest(mine) == own else [differs]
             if own != header.digest:
                 notes.append("this format stores no user metadata: the sealed user keys were not checked")
         elif metadata:
@@ -274,6 +275,12 @@ _META_DIFFERS = (
 _OWN_DIFFERS = (
     "the model's ParamSeal entries (its weight ties) are not the ones sealed: a tie was re-pointed, added or "
     "removed (the header in the weights keeps only their digest: it cannot say which)"
+)
+_OWN_LOST = (
+    "the model holds none of the ParamSeal entries sealed with it (its weight ties, or a graph digest): a tie was "
+    "removed, or the model was sealed from an ONNX model and this file lost its graph digest (a .pt keeps it only "
+    "in its _metadata entry '.paramseal', which torch.save(model.state_dict()) drops; the header in the weights "
+    "keeps only their digest: it cannot say which). Verify the file as seal wrote it"
 )
 
 
