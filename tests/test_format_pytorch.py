@@ -612,7 +612,11 @@ def test_a_pt_sealed_with_user_keys_beside_its_tie_checks_the_tie_and_says_what_
     _resaved(tmp_path / "full.pt", out)  # without them: the header in the weights has their digest only
     rep = files.verify_file(out, key)
     assert rep.status == "intact" and rep.metadata_issues == (), rep
-    assert any("stores no user metadata: the sealed user keys were not checked" in n for n in rep.notes), rep.notes
+    # a .pt stores them (in its _metadata): the note says that this one does not, not that the format cannot
+    assert any(
+        "carries no user metadata (an .npy, a module, a .pt saved again by torch): the sealed user keys" in n
+        for n in rep.notes
+    ), rep.notes
     # the kept header knows the keys: the user's are named as not checked, the tie is checked
     rep = files.verify_file(out, key, header=kept.read_text())
     assert rep.status == "intact" and rep.metadata_issues == (), rep

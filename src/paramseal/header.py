@@ -85,7 +85,7 @@ class Header:
     def own_digest(self) -> str | None:
         """SHA-256 of ParamSeal's own metadata entries (a weight tie, a graph digest), None if there are none.
 
-        A format that stores no user metadata (.pt) keeps only these: without the header's copy
+        A file that holds no user metadata (a .pt saved again by torch) keeps only these: without the header's copy
         of the metadata, this digest is what checks them (a tie dropped, added or re-pointed).
         Absent from seals before 2026-12-01: None then says nothing.
         """

@@ -234,7 +234,7 @@ def metadata_findings(
             differs = _OWN_DIFFERS if mine else _OWN_LOST  # none left: a tie removed, or a graph digest
             meta = [] if mine == own_entries(mine) and metadata_digest(mine) == own else [differs]
             if own != header.digest:
-                notes.append("this format stores no user metadata: the sealed user keys were not checked")
+                notes.append(f"{_NO_USER_METADATA}: the sealed user keys were not checked")
         elif metadata:
             meta = [] if metadata_digest(dict(metadata)) == header.digest else [_META_DIFFERS]
         elif header.digest == metadata_digest({}):
@@ -250,13 +250,13 @@ def metadata_findings(
             absent = sorted(k for k in set(sealed) - set(metadata) if k not in own_entries(sealed))
             sealed = {k: v for k, v in sealed.items() if k not in absent}
             if absent:
-                notes.append(
-                    f"this format stores no user metadata: sealed key(s) {', '.join(map(repr, absent))} not checked"
-                )
+                notes.append(f"{_NO_USER_METADATA}: sealed key(s) {', '.join(map(repr, absent))} not checked")
         meta = _metadata_issues(sealed, metadata) if metadata is not None else []
     return meta, notes
 
 
+# a .pt holds the user's keys in its _metadata entry, which torch.save(model.state_dict()) does not write back
+_NO_USER_METADATA = "the model carries no user metadata (an .npy, a module, a .pt saved again by torch)"
 HEADER_FROM_WEIGHTS = "the seal header was read from the weights"  # a note: the metadata held no header
 GRAPH_EDITED = (
     "the model's graph (its nodes, their inputs and attributes, the model's inputs and outputs) is not the one "

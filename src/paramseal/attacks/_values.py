@@ -386,7 +386,8 @@ def metadata(meta: Mapping[str, str], spec: AttackSpec, rng: Rng) -> dict[str, s
     if METADATA_KEY not in out:
         raise UsageError(
             f"metadata --mode {mode} needs a ParamSeal header in the file's metadata, and this file has none (a "
-            "sealed .pt or .npy keeps it in its weights only: use bitflip --field watermark or lsb-rewrite)"
+            "sealed .npy, or a .pt saved again by torch, keeps it in its weights only: use bitflip --field "
+            "watermark or lsb-rewrite)"
         )
     if mode == "strip":
         del out[METADATA_KEY]
