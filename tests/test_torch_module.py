@@ -11,6 +11,7 @@ import pytest
 import paramseal
 from paramseal import files
 from paramseal.levels import max_relative_change, max_subnormal_change
+from paramseal.verify import header_from_weights
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -517,3 +518,45 @@ def test_recover_module_does_not_claim_to_restore_state_made_anew_at_each_state_
         assert pst.verify_module(net, key, header).recoverable
         assert pst.recover_module(net, key, header).status == "recovered"
         assert pst.verify_module(net, key, header).status == "intact"
+
+
+def test_a_sealed_module_saved_with_its_header_reads_as_a_file_paramseal_wrote(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """torch.save(module.state_dict()) keeps the header only as copies in the weights (none in a tiny model).
+
+    Saved with sealed_state_dict, the file holds the header and the user metadata in its _metadata, as a .pt
+    that `paramseal seal` writes: the tiny model verifies without header_json, the user keys are checked,
+    3% of the values replaced at random are recovered bit for bit, and the file loads into the module.
+    """
+    torch.manual_seed(3)
+    tiny = nn.Linear(64, 32)
+    header = pst.seal_module(tiny, key, metadata={"owner": "me"}).header_json
+    torch.save(tiny.state_dict(), tmp_path / "plain.pt")
+    with pytest.raises(paramseal.ParamSealError):  # no copy in its weights, and the file holds no header
+        files.verify_file(tmp_path / "plain.pt", key)
+    torch.save(pst.sealed_state_dict(tiny, header), tmp_path / "tiny.pt")
+    rep = files.verify_file(tmp_path / "tiny.pt", key)
+    assert rep.status == "intact" and rep.notes == (), rep
+
+    net = nn.Sequential(nn.Linear(512, 512), nn.Embedding(300, 512))
+    net[1].weight = net[0].weight  # tied: the tie is read from the tensors, not from the entry
+    header = pst.seal_module(net, key, metadata={"owner": "me"}).header_json
+    sd = pst.sealed_state_dict(net, header)
+    ref = {k: v.clone() for k, v in sd.items()}
+    rng = np.random.default_rng(4)
+    for t in sd.values():
+        flat = t.detach().view(-1)
+        idx = torch.from_numpy(rng.choice(flat.numel(), int(0.03 * flat.numel()), replace=False))
+        flat[idx] = torch.from_numpy(rng.standard_normal(idx.numel()).astype(np.float32))
+    torch.save(sd, tmp_path / "bad.pt")
+    res = files.recover_file(tmp_path / "bad.pt", tmp_path / "back.pt", key)
+    assert res.report.status == "recovered", res.report
+    back = torch.load(tmp_path / "back.pt", weights_only=True)
+    assert all(torch.equal(back[k].view(torch.int32), ref[k].view(torch.int32)) for k in ref)
+    assert back["1.weight"].data_ptr() == back["0.weight"].data_ptr()  # still tied
+    net.load_state_dict(back)
+    assert files.verify_file(tmp_path / "back.pt", key).status == "intact"
+    cut = header_from_weights({k: v.numpy() for k, v in ref.items() if k != "1.weight"}, key)
+    with pytest.raises(paramseal.UsageError, match="not the whole seal header"):
+        pst.sealed_state_dict(net, cut)

@@ -23,23 +23,26 @@ Example::
 Keep ``header_json`` (it is not secret) beside the model, for example in your
 model registry. Without it, ``verify_module`` and ``recover_module`` read the
 copy of the header that sealing embeds in the weights of a large enough model
-(a tiny model has no room for one and needs ``header_json``).
+(a tiny model has no room for one and needs ``header_json``). To save the module,
+``torch.save(sealed_state_dict(net, header), path)`` keeps the header in the file as
+``paramseal seal`` does for a ``.pt``.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
 
 from .errors import UnsupportedError, UsageError
-from .formats.pytorch import TIED_KEY, import_torch, numpy_to_tensor, tensor_to_numpy, untie
-from .header import Header, parse_header
+from .formats.pytorch import META_ENTRY, TIED_KEY, import_torch, numpy_to_tensor, tensor_to_numpy, untie
+from .header import METADATA_KEY, Header, parse_header, peek_header
 from .keys import Key, require_key
 from .recover import recover
 from .report import Report
@@ -197,6 +200,33 @@ def seal_module(
     return ModuleSeal(sealed.header_json, sealed.header, tuple(live))
 
 
+def sealed_state_dict(module: torch.nn.Module, header_json: str) -> dict[str, torch.Tensor]:
+    """``module.state_dict()`` with the seal header in its ``_metadata``, where ParamSeal's ``.pt`` files keep it.
+
+    ``torch.save(sealed_state_dict(net, header), path)`` writes a file that ``paramseal verify`` and
+    ``recover`` read as one written by ``paramseal seal``: the header and the sealed user metadata
+    come from the file, not from the copies in the weights, which scattered damage destroys long
+    before the recovery capacity, and which a tiny model has no room for. ``header_json`` is the
+    whole header ``seal_module`` returned (not the cut-down copy read from the weights).
+    """
+    body = peek_header(header_json)
+    user = body.get("user_metadata")
+    if not isinstance(user, dict):
+        raise UsageError(
+            "header_json is not the whole seal header (it holds no user_metadata: the form read from the weights); "
+            "pass the header_json seal_module returned"
+        )
+    state: Any = module.state_dict()
+    if not hasattr(state, "_metadata"):  # module.state_dict() attaches it; an override may not
+        state = collections.OrderedDict(state)
+        state._metadata = collections.OrderedDict()
+    # the ties are read from the tensors, as the .pt reader does: only the rest goes into the entry
+    state._metadata[META_ENTRY] = {str(k): str(v) for k, v in user.items() if k != TIED_KEY} | {
+        METADATA_KEY: header_json
+    }
+    return cast(dict[str, "torch.Tensor"], state)
+
+
 def verify_module(module: torch.nn.Module, key: Key, header_json: str | None = None, **kw: Any) -> Report:
     """Verify a live module against its seal; the module is not changed.
 
@@ -318,4 +348,4 @@ def _same(a: NDArray[np.generic], b: NDArray[np.generic]) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-__all__ = ["ModuleSeal", "module_tensors", "recover_module", "seal_module", "verify_module"]
+__all__ = ["ModuleSeal", "module_tensors", "recover_module", "seal_module", "sealed_state_dict", "verify_module"]
