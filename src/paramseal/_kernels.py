@@ -509,7 +509,7 @@ def rows_as_bytes(rows: NDArray[np.uint8]) -> list[bytes]:
     """Each row of ``rows`` as one ``bytes`` (one C call, not one per row; leopard takes bytes only).
 
     Unpacked from the array's own buffer: a ``tobytes`` copy first cost a superblock's content in
-    fresh pages each time, six times the unpacking.
+    fresh pages each time.
     """
     raw = np.ascontiguousarray(rows)
     return list(_splitter(rows.shape[0], rows.shape[1]).unpack_from(raw.data))

@@ -319,11 +319,8 @@ class Strata:
         """
         ng = g1 - g0
         g = np.arange(g0, g1, dtype=np.int64)
-        ts = [int(t) for t in np.flatnonzero(self.is_float & (self.nwords > 0))]
-        native = _native.portable() and ng > 0 and self.free_strata > 0
-        if not native or any(
-            flats[t].dtype != np.uint32 or flats[t].ndim != 1 or not flats[t].flags.c_contiguous for t in ts
-        ):
+        ts = self._flat_words(flats)
+        if not (_native.portable() and ng > 0 and self.free_strata > 0) or ts is None:
             w = self.groups(flats, data, g, seal=True)[0]
             w ^= pad
             w[:, : self.free_strata] &= self._clear_mask()
@@ -339,6 +336,12 @@ class Strata:
             r, pos, dw, _ = self._data_strata(flats, data, g, None)
             w[r, pos] = dw ^ pad[r, pos]
         return w
+
+    def _flat_words(self, arrays: list[NDArray[np.unsignedinteger]]) -> list[int] | None:
+        """The float tensors with words, or None if one is no flat contiguous uint32 array (the kernels' input)."""
+        ts = [int(t) for t in np.flatnonzero(self.is_float & (self.nwords > 0))]
+        ok = all(arrays[t].dtype == np.uint32 and arrays[t].ndim == 1 and arrays[t].flags.c_contiguous for t in ts)
+        return ts if ok else None
 
     def _perm16(self) -> NDArray[np.int16]:
         """``[perms or 1, 255]``: the stratum at each position, as the compiled kernels take it."""
@@ -410,8 +413,8 @@ class Strata:
         """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``, XOR ``pad`` if given) into ``outs``."""
         if pad is not None and _native.portable() and w.shape[0] and self.free_strata:
             wt = _native.to_strata(w, pad, g0, self._perm16(), self.free_strata)
-            ts = [int(t) for t in np.flatnonzero(self.is_float & (self.nwords > 0))]
-            if all(outs[t].dtype == np.uint32 and outs[t].ndim == 1 and outs[t].flags.c_contiguous for t in ts):
+            ts = self._flat_words(outs)
+            if ts is not None:
                 # the writes in one compiled loop: a Python call per piece cost as much as the copying
                 _native.put_strata(wt, self._native_pieces(outs, ts, g0, g1 - g0, None))
                 return
@@ -495,8 +498,8 @@ class Strata:
         f = np.zeros((ng, N_POS), np.uint8) if bad is not None else None
         if not ng:
             return w, f
-        ts = np.flatnonzero(self.is_float & (self.nwords > 0))
-        if any(flats[t].dtype != np.uint32 or flats[t].ndim != 1 or not flats[t].flags.c_contiguous for t in ts):
+        ts = self._flat_words(flats)
+        if ts is None:
             v = self.vindex(g)  # a tensor the kernel cannot take (not a contiguous uint32 array): numpy
             w, f = self.read(flats, data, v, bad)
             if seal:
@@ -509,7 +512,7 @@ class Strata:
         ipermt = self._ipermt()
         keep = int(self._clear_mask()) if seal else 0xFFFFFFFF
         tagb, free, no_bad = _tag_bytes(self.k), _free_bytes(self.k), np.zeros(1, np.bool_)
-        tensors = [(int(t), self.specs[t].block_storage_ends()[1][1]) for t in ts]  # with last block's tag inside
+        tensors = [(t, self.specs[t].block_storage_ends()[1][1]) for t in ts]  # with last block's tag inside
 
         # the compiled gather where the library is built (no numba kernel to load: most of a light recover)
         kern = _native.gather_runs if _native.portable() else _gather_nb

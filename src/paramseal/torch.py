@@ -41,7 +41,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import UnsupportedError, UsageError
-from .formats.pytorch import META_ENTRY, TIED_KEY, import_torch, numpy_to_tensor, tensor_to_numpy, untie
+from .formats.pytorch import TIED_KEY, import_torch, keep_metadata, numpy_to_tensor, tensor_to_numpy, untie
 from .header import METADATA_KEY, Header, parse_header, peek_header
 from .keys import Key, require_key
 from .recover import recover
@@ -220,10 +220,7 @@ def sealed_state_dict(module: torch.nn.Module, header_json: str) -> dict[str, to
     if not hasattr(state, "_metadata"):  # module.state_dict() attaches it; an override may not
         state = collections.OrderedDict(state)
         state._metadata = collections.OrderedDict()
-    # the ties are read from the tensors, as the .pt reader does: only the rest goes into the entry
-    state._metadata[META_ENTRY] = {str(k): str(v) for k, v in user.items() if k != TIED_KEY} | {
-        METADATA_KEY: header_json
-    }
+    keep_metadata(state._metadata, {**{str(k): str(v) for k, v in user.items()}, METADATA_KEY: header_json})
     return cast(dict[str, "torch.Tensor"], state)
 
 

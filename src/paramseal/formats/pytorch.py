@@ -41,7 +41,7 @@ import struct
 import warnings
 import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -110,6 +110,16 @@ def _stored_metadata(state: Mapping[Any, Any], path: Path) -> dict[str, str] | N
             f"del sd._metadata['{META_ENTRY}']; torch.save(sd, f)) to check the weights against the header they carry"
         )
     return dict(entry)
+
+
+def keep_metadata(meta: MutableMapping[str, Any], metadata: Mapping[str, str]) -> None:
+    """Put ``metadata`` into a state dict's ``_metadata`` ``meta`` under `META_ENTRY`, where the reader finds it.
+
+    The ties are left out: they are written as ties, and read from the tensors.
+    """
+    kept = {k: v for k, v in metadata.items() if k != TIED_KEY}
+    if kept:
+        meta[META_ENTRY] = kept
 
 
 # The legacy (non-zip) torch.save format starts with this pickled magic number.
@@ -203,12 +213,11 @@ class PyTorchAdapter:
         torch = import_torch("writing PyTorch (.pt/.pth/.bin) files")
         state = retie({name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}, loaded.metadata, path)
         by_module = loaded.source.by_module if isinstance(loaded.source, ModuleVersions) else {}
-        kept = {k: v for k, v in loaded.metadata.items() if k != TIED_KEY}
-        if by_module or kept:
+        meta = OrderedDict((k, dict(v)) for k, v in by_module.items())
+        keep_metadata(meta, loaded.metadata)
+        if meta:
             state = OrderedDict(state)
-            state._metadata = OrderedDict((k, dict(v)) for k, v in by_module.items())  # type: ignore[attr-defined]
-            if kept:
-                state._metadata[META_ENTRY] = kept  # type: ignore[attr-defined]
+            state._metadata = meta  # type: ignore[attr-defined]
         # Through a file of ours: torch's own writer reports a failed write (a full disk, a quota) as a
         # RuntimeError about positions, without its errno; the OSError met in `_Sink.write` has it.
         with open(path, "wb") as f:
@@ -398,4 +407,13 @@ def numpy_to_tensor(a: NDArray[np.generic]) -> torch_t.Tensor:
     return t
 
 
-__all__ = ["WRAPPER_KEYS", "PyTorchAdapter", "first_zip_entry", "import_torch", "numpy_to_tensor", "tensor_to_numpy"]
+__all__ = [
+    "META_ENTRY",
+    "WRAPPER_KEYS",
+    "PyTorchAdapter",
+    "first_zip_entry",
+    "import_torch",
+    "keep_metadata",
+    "numpy_to_tensor",
+    "tensor_to_numpy",
+]
