@@ -16,7 +16,9 @@ at ``--level`` (``standard``):
 
 * ``npy``: one 1024 x 1024 array saved as ``.npy`` (one carrier; ``--rows``: another number of rows);
 * ``safetensors`` (printed as ``stripped``): a transformer-shaped model of 13 tensors (1.18M
-  values), written as safetensors with no metadata at all (two carriers at fp32);
+  values; ``--scale S``: its widths S times, S x 1.18M values), written as safetensors with no
+  metadata at all (two carriers at fp32);
+* ``--model PATH``: the float tensors of a real model instead (cast to ``--dtype``; not with npy);
 * ``pt``: the same 13 tensors as a PyTorch ``.pt`` state dict, without that entry (``--one``:
   the one array of ``npy`` instead, in any format).
 
@@ -105,22 +107,29 @@ def scatter(tensors: dict[str, np.ndarray], rate: float, rng: np.random.Generato
     return out
 
 
-def model(one: bool, dtype: np.dtype, rng: np.random.Generator, rows: int = 1024) -> dict[str, np.ndarray]:
+def model(
+    one: bool, dtype: np.dtype, rng: np.random.Generator, rows: int = 1024, scale: int = 1
+) -> dict[str, np.ndarray]:
     def w(*shape: int) -> np.ndarray:
         return (rng.standard_normal(shape) * SCALE).astype(np.float32).astype(dtype)
 
     if one:
         return {"array": w(rows, 1024)}
-    m = {"tok": w(1000, 256)}
+    m = {"tok": w(1000 * scale, 256)}
     for i in range(4):
-        m |= {f"h{i}.qkv": w(256, 768), f"h{i}.qkv.b": w(768), f"h{i}.mlp": w(256, 128)}
+        m |= {f"h{i}.qkv": w(256, 768 * scale), f"h{i}.qkv.b": w(768 * scale), f"h{i}.mlp": w(256, 128 * scale)}
     return m
 
 
 def run(fmt: str, one: bool, a: argparse.Namespace, work: Path) -> tuple[int, collections.Counter[str], int, int]:
     ext, label = EXT[fmt], LABEL[fmt]
     src, sealed_p, bad, out = (work / f"{label}.{s}{ext}" for s in ("src", "sealed", "bad", "out"))
-    files.write_model(src, Loaded(model(one, DTYPES[a.dtype], np.random.default_rng(11), a.rows), {}))
+    if a.model:  # a real model's float tensors (its integer ones would be left alone by every attack)
+        own = files.read_model(Path(a.model)).tensors
+        tensors = {n: np.asarray(t).astype(DTYPES[a.dtype]) for n, t in own.items() if np.asarray(t).dtype.kind == "f"}
+    else:
+        tensors = model(one, DTYPES[a.dtype], np.random.default_rng(11), a.rows, a.scale)
+    files.write_model(src, Loaded(tensors, {}))
     sealed = files.seal_file(src, sealed_p, KEY, level=a.level)
     loaded = files.read_model(sealed_p)
     ref, meta = loaded.tensors, (loaded.metadata if a.metadata else {})
@@ -162,6 +171,10 @@ def main() -> int:
     )
     ap.add_argument("--one", action="store_true", help="seal one ROWS x 1024 array in every format")
     ap.add_argument("--rows", type=int, default=1024, help="rows of the one array (npy, --one; default 1024)")
+    ap.add_argument(
+        "--scale", type=int, default=1, help="the 13-tensor model's widths times this (S x 1.18M values; default 1)"
+    )
+    ap.add_argument("--model", help="a model file (safetensors, ...) whose float tensors are used instead")
     ap.add_argument("--dtype", choices=tuple(DTYPES), default="f32")
     ap.add_argument("--level", choices=("light", "standard", "strong"), default="standard")
     ap.add_argument(
@@ -176,10 +189,14 @@ def main() -> int:
         ap.error(f"--flips must be at least 1, not {a.flips}")
     if a.rows < 1:
         ap.error(f"--rows must be at least 1, not {a.rows}")
+    if a.scale < 1:
+        ap.error(f"--scale must be at least 1, not {a.scale}")
     if not (math.isfinite(a.rate) and 0 < a.rate <= 1):
         ap.error(f"--rate must be a share of the values in (0, 1], not {a.rate}")
     if bad := [f for f in fmts if f not in EXT]:
         ap.error(f"--format must list npy, pt or safetensors, not {', '.join(map(repr, bad))}")
+    if a.model and "npy" in fmts:
+        ap.error("--model needs --format safetensors or pt: an .npy holds one array")
     if a.metadata and "npy" in fmts:
         ap.error("--metadata needs --format safetensors or pt: an .npy has no metadata to keep the header in")
     what = {
@@ -194,6 +211,10 @@ def main() -> int:
             t0 = time.perf_counter()
             label = ("metadata" if fmt == "safetensors" else f"{fmt}+meta") if a.metadata else LABEL[fmt]
             head = label if a.dtype == "f32" and a.level == "standard" else f"{label} {a.dtype} {a.level}"
+            if a.model:
+                head += f" {Path(a.model).name}"
+            elif a.scale > 1 and not (a.one or fmt == "npy"):
+                head += f" x{a.scale}"
             try:
                 ok, failed, carriers, copies = run(fmt, a.one or fmt == "npy", a, work)
             except UsageError as e:  # seal refuses a model too small to carry its header in a format without metadata

@@ -1124,3 +1124,86 @@ def test_a_seal_is_not_another_seal_of_itself(key: paramseal.Key) -> None:
     assert not another_seal(one, one)
     assert another_seal(one, again) and another_seal(again, one)
     assert not another_seal(one, other)
+
+
+def _scatter(tensors: dict[str, np.ndarray], rate: float, seed: int) -> dict[str, np.ndarray]:
+    """``rate`` of every float tensor's values replaced by random values on its scale (scattered tampering)."""
+    rng = np.random.default_rng(seed)
+    out = helpers.copy_model(tensors)
+    for a in out.values():
+        if a.dtype.kind == "f" and a.size >= 64:
+            flat = a.reshape(-1)
+            idx = rng.choice(flat.size, size=round(rate * flat.size), replace=False)
+            flat[idx] = (rng.standard_normal(idx.size) * 0.05).astype(a.dtype)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sealed_array(key: paramseal.Key) -> paramseal.SealedModel:
+    """One 1M-value fp32 array (an .npy): copies of its header are cheap there."""
+    return paramseal.seal({"w": helpers.random_tensor(np.random.default_rng(5), np.float32, (1024, 1024))}, key)
+
+
+def test_where_copies_are_cheap_a_carrier_holds_more_and_their_cost_stays_small(
+    sealed_array: paramseal.SealedModel, sealed_big: paramseal.SealedModel
+) -> None:
+    """Three copies in a lone carrier lost the header to 3% scattered damage; two carriers of one copy to 1%."""
+    h = sealed_array.header
+    assert h.copies == 7 > _embed.COPIES
+    spec = h.tensors[0]
+    copy_blocks = spec.reserved - _embed.blocks_needed(spec.k, _embed.RECORD_BYTES)
+    assert copy_blocks <= _embed.CHEAP_BUDGET * spec.nblocks
+    assert sealed_big.header.copies == 1  # a small model's copies are not cheap: its capacity is unchanged
+
+
+@pytest.mark.parametrize("rate", [0.05, 0.10])
+def test_a_header_in_the_weights_outlasts_scattered_damage_up_to_the_levels_capacity(
+    sealed_array: paramseal.SealedModel, key: paramseal.Key, rate: float
+) -> None:
+    text = dict(_embed.header_copies(sealed_array.tensors))["w"]
+    for seed in range(3):
+        bad = _scatter(sealed_array.tensors, rate, seed)
+        assert header_from_weights(bad, key) == text
+
+
+def test_a_stripped_file_with_scattered_damage_recovers_from_the_copies_alone(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """Two carriers with copies to spare: 5% of the values replaced, no metadata, recovered bit for bit."""
+    rng = np.random.default_rng(8)
+    model = {f"l{i}.weight": helpers.random_tensor(rng, np.float32, (1024, 768)) for i in range(3)}
+    sealed = paramseal.seal(model, key)
+    assert len(sealed.header.carriers) == 2 and sealed.header.copies > 1
+    bad = helpers.write_st(tmp_path / "bad.safetensors", _scatter(sealed.tensors, 0.05, 1))  # no metadata
+    code, out, err = helpers.run_cli(["recover", str(bad), str(tmp_path / "r.safetensors"), "--key", str(key_file)])
+    assert code == 0, err
+    helpers.assert_model_equal(helpers.read_st(tmp_path / "r.safetensors")[0], sealed.tensors)
+
+
+def test_copies_whose_record_and_every_start_were_hit_are_found_by_their_repeats(
+    sealed_array: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    """No record and no '{"bits":' left: the copies recur a header length apart, which gives the length."""
+    text = dict(_embed.header_copies(sealed_array.tensors))["w"]
+    n = len(text)
+    bad = _scatter(sealed_array.tensors, 0.03, 4)
+    u = helpers.uview(bad["w"])
+    u[:64] ^= 0xFF  # the record's block
+    for c in range(sealed_array.header.copies):  # each copy's start, at another byte of it in each
+        u[_text_value(c * n + c % len(_embed.COPY_START))] ^= 0x5A
+    bad["w"] = helpers.from_uview(u, bad["w"])
+    assert _embed.sealed_traces(bad)[0] == 0 and _embed.header_copies(bad) == []
+    assert list(_embed.merged_copies(bad)) == []
+    assert text in _embed.located_copies(bad)
+    assert header_from_weights(bad, key) == text
+
+
+def test_bytes_tied_between_copies_are_tried_each_way() -> None:
+    """Two of three copies hit at one byte, each differently: the most held byte is a tie of three."""
+    text = np.frombuffer(b'{"bits":8,"salt":"00ff"}', np.uint8)
+    copies = [text.copy() for _ in range(3)]
+    copies[0][5] ^= 1
+    copies[1][5] ^= 2
+    copies[2][11] ^= 4  # and a byte the other two outvote
+    got = list(_embed._plurality(np.stack(copies)))
+    assert text.tobytes() in got and len(set(got)) == 3  # each of the three values at byte 5

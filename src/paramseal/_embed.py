@@ -3,9 +3,11 @@
 Every float tensor with room gets an identity **record** in the storage bits
 (after the tag) of its first blocks; up to two of the largest tensors, the
 **carriers**, also hold the header JSON right after their record: one copy each,
-or three in a lone carrier (copies may take at most 2% of the blocks, so a tiny
-model keeps its header in the metadata only). A header whose copies were all hit
-is rebuilt from them (`merged_copies`; a lone copy with one bit flipped back) before it is given up. Those blocks
+or three in a lone carrier, and up to 15 each where that costs at most 0.5% of the
+blocks (copies may take at most 2% of the blocks, so a tiny model keeps its header
+in the metadata only). A header whose copies were all hit is rebuilt from them
+(`merged_copies`: a byte-wise plurality, mixes of two, a lone copy with one bit
+flipped back) before it is given up. Those blocks
 store no parity (``TensorSpec.reserved``), but their tags cover the record and
 the copy, so both are authenticated like any other bit; the copy itself is the
 HMAC'd header without the user metadata (its digest is under the MAC).
@@ -14,7 +16,8 @@ With the header in the metadata this is only used to match renamed tensors by
 identity. Without it (metadata stripped, or converted to ``.pt``/``.npz`` by
 another tool) ``find_header`` reads the copy: a record is found by trying each
 possible k, since k itself is in the header. Where a carrier's record is gone (its first
-block zeroed), `located_copies` finds the copies after it by where they start.
+block zeroed), `located_copies` finds the copies after it by where they start, or
+where they repeat.
 
 Record (little-endian): magic ``PSL`` + byte 2 | tensor index u32 | tensor count u32 |
 salt[:8] | header length u32.
@@ -23,7 +26,9 @@ salt[:8] | header length u32.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
+import math
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -42,6 +47,11 @@ RECORD_BYTES = _RECORD.size
 CARRIERS = 2
 COPIES = 3  # copies a lone carrier holds when the budget allows: any byte has a majority
 COPY_BUDGET = 0.02  # at most this fraction of the float blocks holds header copies
+# Copies that take at most this fraction of the float blocks cost the irs4 groups a fraction of a word
+# of radius each: then up to MAX_COPIES a carrier, so that a byte-wise plurality outlasts scattered damage
+# up to the level's capacity (the probe header counts the field as MAX_COPIES: its digits).
+CHEAP_BUDGET = 0.005
+MAX_COPIES = 15
 MERGE_BYTES = 12  # two damaged copies differing in up to this many bytes are mixed (2^12 mixes a pair)
 MERGE_LIMIT = 4096  # candidates `merged_copies` yields in all (and MERGE_TEXT bytes): a crafted model
 MERGE_TEXT = 64 << 20  # must not make verify authenticate for long
@@ -51,6 +61,10 @@ LOCATE_FIRST = 4 << 10  # `located_copies` reads this much storage of a tensor a
 LOCATE_BYTES = 32 << 20  # up to this much in all (each window within the copy budget)
 _HEADER_MIN = 160  # bytes every header has: its hmac, salt and key fingerprint in hex (112) and their field names
 LOCATE_LENGTHS = 16  # header lengths `located_copies` tries in all (a real seal's copies give one or two)
+PERIOD_BYTES = 1 << 20  # `_periods` looks for repeats in this much of a carrier's storage
+PERIODS, PERIOD_VOTES = 2, 8  # it gives the most frequent distances, each seen this many times
+TEXT_PIECE, TEXT_SHARE = 1024, 0.6  # in pieces this long with this share of printable bytes or more
+TIE_MIXES = 1024  # texts `_plurality` makes of the values tied for the most copies at some bytes
 
 
 def block_bytes(k: int) -> int:
@@ -82,7 +96,8 @@ def plan(specs: list[TensorSpec], header_bytes: int) -> Plan:
     # Largest storage first: a big tensor holds the copy in a small fraction of its blocks.
     by_room = sorted(fits, key=lambda i: (-(specs[i].numel // BLOCK) * block_bytes(specs[i].k), i))
     # A copy is worth a little capacity, not much: small models keep their header in the metadata only.
-    total = budget = COPY_BUDGET * sum(s.nblocks for s in specs if s.is_float)
+    floats = sum(s.nblocks for s in specs if s.is_float)
+    total = budget = COPY_BUDGET * floats
     chosen: list[int] = []
     for i in by_room:
         cost = blocks_needed(specs[i].k, need)
@@ -92,12 +107,14 @@ def plan(specs: list[TensorSpec], header_bytes: int) -> Plan:
     carriers = tuple(chosen)
     # The copies carry no parity: a flip in each of two leaves neither intact, but two carriers'
     # copies can still be mixed (`merged_copies`). A lone carrier holds three where the budget
-    # allows, so that every byte has a majority. (Two carriers keep one each: more reserved
-    # blocks cost the irs4 groups parity, and strong's 20% scattered point is at its edge.)
+    # allows, so that every byte has a majority. Where copies are cheap (a larger model) a carrier
+    # holds up to MAX_COPIES. (Otherwise two carriers keep one each: reserved blocks cost the irs4
+    # groups parity, and strong's 20% scattered point on a 1M-value model is at its edge.)
     copies = 1
-    for n in range(COPIES if len(carriers) == 1 else 1, 1, -1):
+    for n in range(MAX_COPIES, 1, -1):
         sizes = [blocks_needed(specs[i].k, RECORD_BYTES + n * header_bytes) for i in carriers]
-        if sum(sizes) <= total and all(specs[i].numel // BLOCK >= b for i, b in zip(carriers, sizes, strict=True)):
+        cap = total if n <= COPIES and len(carriers) == 1 else CHEAP_BUDGET * floats
+        if sum(sizes) <= cap and all(specs[i].numel // BLOCK >= b for i, b in zip(carriers, sizes, strict=True)):
             copies = n
             break
     for i in fits:
@@ -267,11 +284,11 @@ def header_copies(tensors: Mapping[str, NDArray[np.generic]]) -> list[tuple[str,
 
 
 def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
-    """Header texts rebuilt from damaged copies: each copy, a byte-wise majority, mixes of two, one-bit flips.
+    """Header texts rebuilt from damaged copies: each copy, a byte-wise plurality, mixes of two, one-bit flips.
 
     A mix of two takes, at each byte where they differ, either one's byte. The copies have no
-    parity of their own, so a flip in each leaves none authentic; but unless two were hit at the
-    same byte, the majority (a lone carrier holds three copies) or a mix of two is the header.
+    parity of their own, so a flip in each leaves none authentic; but unless every copy was hit
+    at the same byte, the plurality (`_plurality`: three copies or more) or a mix of two is the header.
     A lone copy (a carrier with room for one only) is also tried with each one of its bits
     flipped (``FLIP_LIMIT`` bits in all), which undoes a single hit in it.
     A copy whose record was hit is still read: at the other records' k, at the length most
@@ -335,26 +352,33 @@ def located_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
             read += len(data)
             if len(data) < room:
                 grow.append((n, k))
-            for hlen in sorted(_lengths(data) - tried):
+            for hlen in _lengths(data):
+                if hlen in tried or blocks_needed(k, RECORD_BYTES + hlen) > budget:
+                    continue
                 if len(tried) >= LOCATE_LENGTHS:  # each length reads copy slots: a crafted model gets a few
                     return
                 tried.add(hlen)
-                if blocks_needed(k, RECORD_BYTES + hlen) <= budget:
-                    yield from limit.rebuilt(_copies(tensors, big, k_of | {n: k}, sorted(ks | {k}), hlen), hlen)
-                    if limit.spent:
-                        return
+                yield from limit.rebuilt(_copies(tensors, big, k_of | {n: k}, sorted(ks | {k}), hlen), hlen)
+                if limit.spent:
+                    return
         pairs, window = grow, window * 8
 
 
-def _lengths(data: bytes) -> set[int]:
-    """Header lengths the copy starts in ``data`` (a carrier's storage, record first) give (see `located_copies`)."""
+def _lengths(data: bytes) -> list[int]:
+    """Header lengths the copy starts and repeats in ``data`` (a carrier's storage, record first) give.
+
+    See `located_copies`.
+
+    The repeats' lengths (`_periods`) come first: a wrong length costs candidates, and a length
+    a copy start gives may be a fraction of the header's (a start hit, the next one whole).
+    """
     starts: list[int] = []
     at = data.find(COPY_START, RECORD_BYTES)
-    while at >= 0 and len(starts) <= COPIES:  # seal's copies are the first starts past the record
+    while at >= 0 and len(starts) <= MAX_COPIES:  # seal's copies are the first starts past the record
         starts.append(at)
         at = data.find(COPY_START, at + 1)
     out = {q - p for i, p in enumerate(starts) for q in starts[i + 1 :]}
-    out |= {(p - RECORD_BYTES) // i for p in starts for i in range(1, COPIES) if (p - RECORD_BYTES) % i == 0}
+    out |= {(p - RECORD_BYTES) // i for p in starts for i in range(1, MAX_COPIES) if (p - RECORD_BYTES) % i == 0}
     text = data.decode("latin-1")  # a byte a character: offsets stay byte offsets
     for p in starts:
         try:
@@ -363,7 +387,43 @@ def _lengths(data: bytes) -> set[int]:
             continue
         if isinstance(obj, dict):
             out.add(end - p)
-    return {h for h in out if h > 0}
+    periods = _periods(data)
+    return periods + sorted(h for h in out if h > 0 and h not in periods)
+
+
+def _periods(data: bytes) -> list[int]:
+    """Header lengths the repeats in a carrier's storage (record first) give: where its copies recur.
+
+    Copy ``i + 1`` repeats copy ``i`` a header length on, so a 4-byte sequence found once in the
+    header (most are: keys, hex digits) recurs at that distance wherever both copies still hold it.
+    Scattered damage leaves no copy start whole, but most sequences: the distances between each
+    sequence's successive places are counted, and the most frequent (past ``_HEADER_MIN``) are the
+    length. Other bits (the words of other tensors' parity) rarely repeat a sequence at all.
+    """
+    body = np.frombuffer(data, np.uint8)[RECORD_BYTES : RECORD_BYTES + PERIOD_BYTES]
+
+    # Only the leading text (copies, also damaged ones) is searched: other bits, such as the low bits
+    # of a model never sealed, are printable at 95/256 of their bytes, and are skipped at little cost.
+    def texty(b: NDArray[np.uint8]) -> NDArray[np.bool_]:  # per piece of b (a short b: one piece)
+        pieces = b[: max(1, b.size // TEXT_PIECE) * TEXT_PIECE].reshape(-1, min(b.size, TEXT_PIECE))
+        counts = np.count_nonzero((pieces >= 0x20) & (pieces < 0x7F), axis=1)
+        return np.asarray(counts >= TEXT_SHARE * pieces.shape[1])
+
+    if body.size < 2 * _HEADER_MIN or not texty(body[:TEXT_PIECE]).all():  # the copies start here
+        return []
+    text = texty(body)
+    body = body[: TEXT_PIECE * int(np.argmin(text)) if not text.all() else body.size].astype(np.uint32)
+    grams = body[:-3] | body[1:-2] << 8 | body[2:-1] << 16 | body[3:] << 24
+    at = np.argsort(grams, kind="stable")  # equal sequences in place order
+    same = grams[at[1:]] == grams[at[:-1]]
+    # a header holds no NUL: sequences with one are padding, or other bits' structure (low bits left zero)
+    nul = np.zeros(grams.size, bool)
+    for z in (body[:-3], body[1:-2], body[2:-1], body[3:]):
+        nul |= z == 0
+    gaps = (at[1:] - at[:-1])[same & ~nul[at[1:]]]
+    counts = np.bincount(gaps[gaps >= _HEADER_MIN])
+    top = np.argsort(counts)[::-1][:PERIODS]
+    return [int(h) for h in top if counts[h] >= PERIOD_VOTES]  # most frequent first
 
 
 def _survey(tensors: Mapping[str, NDArray[np.generic]]) -> tuple[list[str], float, dict[str, Found]]:
@@ -425,23 +485,22 @@ def _copies(
         (i, c)
         for n in big
         for k in ([k_of[n]] if n in k_of else ks)
-        for i in range(COPIES)
+        for i in range(MAX_COPIES)
         if (c := _copy_bytes(np.asarray(tensors[n]), k, hlen, i)) is not None and any(c)
     ]
     arrays = [np.frombuffer(c, np.uint8) for _, c in found]
-    # Past a carrier's copies (one, in most) lie other bits: a later slot counts only when another
-    # slot nearly matches it (and the first is always tried: its record may be all that was hit).
+    # Past a carrier's copies lie other bits: a later slot counts only when it matches another slot
+    # at half its bytes or more (copies hit at a quarter of their bytes match at over half; other
+    # bits at 1/256), and the first is always tried: its record may be all that was hit.
     return [a for (i, _), a in zip(found, arrays, strict=True) if i == 0 or any(
-        b is not a and np.count_nonzero(a != b) <= 8 * MERGE_BYTES for b in arrays)]  # fmt: skip
+        b is not a and 2 * np.count_nonzero(a == b) >= hlen for b in arrays)]  # fmt: skip
 
 
 def _candidates(raw: list[NDArray[np.uint8]], hlen: int) -> Iterator[bytes]:
     """Each of the copies ``raw``, a byte-wise majority of three or more, and mixes of two."""
     yield from (a.tobytes() for a in raw)  # a later copy of a carrier may be intact
-    if len(raw) >= 3:  # each byte as most copies hold it
-        votes = np.stack(raw)
-        counts = (votes[:, None, :] == votes[None, :, :]).sum(axis=0)
-        yield votes[counts.argmax(axis=0), np.arange(hlen)].tobytes()
+    if len(raw) >= 3:
+        yield from _plurality(np.stack(raw))
     for i in range(len(raw)):
         for j in range(i + 1, len(raw)):
             a, b = raw[i], raw[j]
@@ -453,6 +512,26 @@ def _candidates(raw: list[NDArray[np.uint8]], hlen: int) -> Iterator[bytes]:
                 mix = a.copy()
                 mix[pick] = b[pick]
                 yield mix.tobytes()
+
+
+def _plurality(votes: NDArray[np.uint8]) -> Iterator[bytes]:
+    """Each byte as most of the copies ``votes`` ([copies, length]) hold it; where values tie, each of them.
+
+    Scattered damage writes random bytes, which rarely agree: a byte is lost only where every copy
+    was hit, and where as many hit copies agree by chance as intact ones remain (two of three
+    hit, each differently) the tie is tried each way, up to ``TIE_MIXES`` texts.
+    """
+    counts = (votes[:, None, :] == votes[None, :, :]).sum(axis=0)  # per copy and byte: copies agreeing with it
+    top = votes[counts.argmax(axis=0), np.arange(votes.shape[1])]
+    yield top.tobytes()
+    tied = np.flatnonzero(((counts == counts.max(axis=0)) & (votes != top)).any(axis=0))
+    options = [np.unique(votes[counts[:, b] == counts[:, b].max(), b]) for b in tied]
+    if not tied.size or math.prod(len(o) for o in options) > TIE_MIXES:
+        return
+    for pick in itertools.product(*options):  # `top` among them: the caller yields each text once
+        mix = top.copy()
+        mix[tied] = pick
+        yield mix.tobytes()
 
 
 def _text(b: bytes) -> Iterator[str]:

@@ -514,7 +514,7 @@ def probe_header(
         for t, s in enumerate(specs)
         if not s.block_storage()[1].all()
     }
-    probe = Header(  # copies=9: its field then counts in the length, as it will when a carrier holds three
+    probe = Header(  # copies=MAX_COPIES: its field then counts in the length, as it will with 2 or more
         level,
         bits,
         salt,
@@ -524,7 +524,7 @@ def probe_header(
         ext,
         meta,
         carriers=(0,) * _embed.CARRIERS,
-        copies=9,
+        copies=_embed.MAX_COPIES,
         st_room=ST_ROOM_LIMIT if st_room else 0,
     )
     if irs:
