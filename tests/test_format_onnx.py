@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import helpers
+import ml_dtypes
 import numpy as np
 import pytest
 from adapter_suite import AdapterTests
@@ -919,7 +920,10 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
     ),
     # two values for one key (the seal header here): a reader would have to pick one
     "metadata_key_twice": _edit(_key_twice),
-    "complex_tensor": _edit(lambda m: setattr(_first_init(m), "data_type", TensorProto.COMPLEX64)),
+    "unsupported_dtype": _edit(lambda m: setattr(_first_init(m), "data_type", TensorProto.FLOAT4E2M1)),
+    # a dtype read (to report a tensor retyped), whose size the tensor's bytes do not match
+    "complex_over_f32_bytes": _edit(lambda m: setattr(_first_init(m), "data_type", TensorProto.COMPLEX64)),
+    "float8_over_f32_bytes": _edit(lambda m: setattr(_first_init(m), "data_type", TensorProto.FLOAT8E4M3FN)),
     "segmented_tensor": _edit(lambda m: _first_init(m).segment.CopyFrom(TensorProto.Segment(begin=0, end=1))),
     "sparse_initializer": _edit(
         lambda m: m.graph.sparse_initializer.append(
@@ -1391,6 +1395,99 @@ def test_an_edited_graph_is_tampering_that_recover_refuses(tmp_path: Path, key: 
     del m.metadata_props[:]  # every entry gone: the header and the graph digest come back from the weights
     onnx.save(m, str(tmp_path / "bare.onnx"))
     assert files.verify_file(tmp_path / "bare.onnx", key).status == "intact"
+
+
+def _retype(src: Path, dst: Path, name: str, dtype: str, *, typed: bool = False) -> np.ndarray:
+    """Save the model again with tensor ``name`` converted to ``dtype`` (raw_data or its typed field); its values."""
+    m = onnx.load(str(src))
+    (t,) = (t for n, t in _protos(m) if n == name)
+    a = numpy_helper.to_array(t).astype(getattr(ml_dtypes, dtype, None) or np.dtype(dtype))
+    new = TensorProto(name=t.name, data_type=helper.np_dtype_to_tensor_dtype(a.dtype), dims=a.shape)
+    if not typed:
+        new.raw_data = a.tobytes()
+    elif a.dtype.kind == "c":
+        new.float_data.extend(a.reshape(-1).view(np.float32).tolist())  # real and imaginary parts
+    else:
+        new.int32_data.extend(a.reshape(-1).view(np.uint8).astype(np.int32).tolist())  # float8 bit patterns
+    t.CopyFrom(new)
+    onnx.save(m, str(dst))
+    return a
+
+
+@pytest.mark.parametrize(
+    ("dtype", "typed"), [("complex64", False), ("float8_e4m3fn", False), ("complex64", True), ("float8_e5m2", True)]
+)
+def test_a_sealed_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_tampering_not_a_bad_file(
+    tmp_path: Path, key_file: Path, dtype: str, typed: bool
+) -> None:
+    """verify and recover exited 3 ('has ONNX data type 14, which ParamSeal does not support') on a model whose
+    sealed F32 initializer was saved again as complex or float8, as .safetensors and .pt report it (19009ea);
+    the data type also changed the graph digest, which recover cannot restore. seal and inspect still refuse
+    such a tensor, exit 3, naming the file and the tensor."""
+    src = save(mlp(np.random.default_rng(3)), tmp_path / "m.onnx")
+    sealed = tmp_path / "sealed.onnx"
+    assert helpers.run_cli(["seal", src, sealed, "--key", key_file])[0] == 0
+    bad = tmp_path / "retyped.onnx"
+    want = _retype(sealed, bad, "b1", dtype, typed=typed)
+    assert helpers.same_bytes(ADAPTER.read(bad).tensors["b1"], want)  # read as written, typed fields included
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 1 and f"b1: dtype changed from F32 to {dtype}" in out and "graph" not in out, (out, err)
+    drill = tmp_path / "drill.onnx"  # attack writes the retyped tensor back as it was read
+    assert helpers.run_cli(["attack", bad, drill, "--kind", "bitflip", "--seed", "1"])[0] == 0
+    assert str(files.read_model(drill).tensors["b1"].dtype) == dtype
+    fixed = tmp_path / "fixed.onnx"
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0, (out, err)
+    helpers.assert_model_equal(ADAPTER.read(fixed).tensors, ADAPTER.read(sealed).tensors)
+    assert typed or fixed.read_bytes() == sealed.read_bytes()  # typed: F32 values go to float_data, not raw_data
+    assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0
+    x = {"X": np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)}
+    assert helpers.same_bytes(run(fixed, x)[0], run(sealed, x)[0])
+    unsealed = tmp_path / "u.onnx"
+    _retype(src, unsealed, "b1", dtype, typed=typed)
+    for argv in (["seal", unsealed, tmp_path / "o.onnx", "--key", key_file], ["inspect", unsealed]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and f"'{unsealed}'" in err and f"tensor 'b1': dtype {dtype} is not supported" in err, err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("variant", "name", "dtype", "stripped"),
+    [
+        ("silero_vad.onnx", "If_0_else_branch__Inline_0__encoder.0.reparam_conv.weight", "complex64", False),
+        ("silero_vad_op18_ifless.onnx", "model.encoder.2.reparam_conv.weight", "float8_e4m3fn", True),
+    ],
+)
+def test_silero_with_a_weight_retyped_is_tampering_that_recover_restores_to_run_identically(
+    tmp_path: Path, key_file: Path, variant: str, name: str, dtype: str, stripped: bool
+) -> None:
+    """A Constant inside an If branch, an initializer: saved again as complex or float8 with the onnx library.
+
+    ``stripped``: its metadata_props dropped too (the other variants have no room for a header copy in their
+    weights): the header and the graph digest then come from the weights."""
+    if variant not in VARIANTS:
+        pytest.skip("silero-vad is not installed")
+    assert SILERO is not None
+    sealed = tmp_path / "sealed.onnx"
+    assert helpers.run_cli(["seal", SILERO / variant, sealed, "--key", key_file])[0] == 0
+    bad = tmp_path / "bad.onnx"
+    _retype(sealed, bad, name, dtype)
+    bare = tmp_path / "bare.onnx"
+    m = onnx.load(str(bad))
+    del m.metadata_props[:]
+    onnx.save(m, str(bare))
+    for p in (bad, bare) if stripped else (bad,):
+        rc, out, err = helpers.run_cli(["verify", p, "--key", key_file, "--json"])
+        rep = json.loads(out)
+        assert rc == 1 and rep["tampered_tensors"] == [name] and not rep["metadata_issues"], (p, out, err)
+        assert f"dtype changed from F32 to {dtype}" in " ".join(rep["tensors"][name]["issues"])
+    fixed = tmp_path / "fixed.onnx"
+    assert helpers.run_cli(["recover", bad, fixed, "--key", key_file])[0] == 0
+    assert fixed.read_bytes() == sealed.read_bytes()
+    helpers.assert_model_equal(ADAPTER.read(fixed).tensors, ADAPTER.read(sealed).tensors)
+    pf, sf = vad(fixed, 16000)
+    ps, ss = vad(sealed, 16000)
+    assert np.array_equal(pf, ps) and np.array_equal(sf, ss)
 
 
 def _custom_op_model(node: onnx.NodeProto, w: np.ndarray) -> onnx.ModelProto:

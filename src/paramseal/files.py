@@ -366,7 +366,18 @@ def _graph_issues(loaded: Loaded, text: str, meta: dict[str, str], key: Key) -> 
     h = parse_header(text, key)
     sealed = h.user_metadata if h.user_metadata is not None else meta if metadata_digest(meta) == h.digest else {}
     want = sealed.get(GRAPH_KEY)
-    return [] if want is None or want == loaded.graph else [GRAPH_EDITED]
+    if want is None or want == loaded.graph or want == _graph_as_sealed(loaded, h):
+        return []
+    return [GRAPH_EDITED]
+
+
+def _graph_as_sealed(loaded: Loaded, h: Header) -> str | None:
+    """The file's graph digest with its tensors' dtypes as sealed (None: no ONNX model).
+
+    A tensor saved again as another dtype is that tensor's tampering, which check reports (the header
+    holds its dtype) and recover restores, not an edited graph.
+    """
+    return onnx_format.graph_as_sealed(loaded, {s.name: s.dtype for s in h.tensors})
 
 
 def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept: bool) -> _Found:
@@ -394,8 +405,10 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
                 f"'{path}' carries no ParamSeal header, in its metadata or in its weights; seal it first with "
                 f"'paramseal seal' if it never was. {NOT_SEALED_WARNING}"
             ) from None
-        derived = {GRAPH_KEY: loaded.graph} if loaded.graph is not None else {}
-        sealed_digest = parse_header(copy, key).digest
+        h = parse_header(copy, key)
+        graph = _graph_as_sealed(loaded, h) if loaded.graph is not None else None
+        derived = {GRAPH_KEY: graph} if graph is not None else {}
+        sealed_digest = h.digest
         if not meta and derived and metadata_digest(derived) == sealed_digest:
             return _Found(copy, derived, True)  # all the metadata sealed was the graph's digest: nothing is lost
         if kept and not meta and sealed_digest == metadata_digest({}):

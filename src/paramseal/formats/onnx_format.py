@@ -5,9 +5,11 @@ tensor-valued node attributes (the ``value`` of a ``Constant`` node, and of
 ``ConstantOfShape``), in the main graph, in every ``If``/``Loop``/``Scan``
 subgraph at any depth, in model-local functions and in training-info graphs;
 inline (``raw_data`` or typed fields) or in external-data files. Sparse
-tensors and string / complex / 4- and 8-bit-float tensors are refused with a
-FormatError rather than left unprotected, and so are tensors whose external bytes
-overlap (each is sealed apart: writing one would overwrite the other's seal).
+tensors and string / complex128 / 4-bit tensors are refused with a FormatError
+rather than left unprotected, and so are tensors whose external bytes overlap
+(each is sealed apart: writing one would overwrite the other's seal). complex64
+and 8-bit-float tensors are read, for verify to report a sealed tensor saved
+again so as tampered, and written back as read; seal refuses them itself.
 
 Tensor names (stable: they depend only on the graph, which sealing never
 changes):
@@ -62,7 +64,7 @@ import stat
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -76,6 +78,7 @@ from .._embed import header_copies
 from .._tempname import cut_name, final_name, name_max, temp_prefix
 from ..errors import FormatError, MissingDependencyError, ParamSealError, UsageError, cannot_write
 from ..header import METADATA_KEY
+from ..levels import ST_TO_NP
 from .base import Loaded, new_mode, shape_error
 
 # TensorProto.DataType -> numpy dtype, for the dtypes the engine seals.
@@ -94,7 +97,17 @@ _DTYPES: dict[int, np.dtype[np.generic]] = {
     13: np.dtype(np.uint64),
     16: np.dtype(ml_dtypes.bfloat16),
 }
-_ONNX_OF: dict[np.dtype[np.generic], int] = {v: k for k, v in _DTYPES.items()}
+# Read but never sealed (as levels.ST_UNSEALED): a sealed tensor retyped to one is tampering to report, not a
+# file to refuse; seal refuses them itself. complex64, float8 e4m3fn / e4m3fnuz / e5m2 / e5m2fnuz.
+_UNSEALED: dict[int, np.dtype[np.generic]] = {
+    14: np.dtype(np.complex64),
+    17: np.dtype(ml_dtypes.float8_e4m3fn),
+    18: np.dtype(ml_dtypes.float8_e4m3fnuz),
+    19: np.dtype(ml_dtypes.float8_e5m2),
+    20: np.dtype(ml_dtypes.float8_e5m2fnuz),
+}
+_READ = {**_DTYPES, **_UNSEALED}
+_ONNX_OF: dict[np.dtype[np.generic], int] = {v: k for k, v in _READ.items()}
 # Where a tensor keeps its values when it does not use raw_data (onnx.proto3 comments).
 _TYPED_FIELD: dict[int, str] = {
     1: "float_data",
@@ -102,7 +115,8 @@ _TYPED_FIELD: dict[int, str] = {
     7: "int64_data",
     12: "uint64_data",
     13: "uint64_data",
-    **{t: "int32_data" for t in (2, 3, 4, 5, 6, 9, 10, 16)},
+    14: "float_data",  # real and imaginary parts, one after the other
+    **{t: "int32_data" for t in (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20)},
 }
 _FIELD_DTYPE = {"float_data": np.float32, "double_data": np.float64, "int64_data": np.int64, "uint64_data": np.uint64}
 _ALL_TYPED = ("float_data", "double_data", "int32_data", "int64_data", "uint64_data", "string_data")
@@ -348,7 +362,7 @@ def _names(slots: list[_Slot]) -> list[str]:
 
 
 def _dtype(proto: Any, where: str) -> np.dtype[np.generic]:
-    dt = _DTYPES.get(proto.data_type)
+    dt = _READ.get(proto.data_type)
     if dt is None:
         raise FormatError(
             f"{where} has ONNX data type {proto.data_type}, which ParamSeal does not support; supported: "
@@ -381,9 +395,12 @@ def _to_array(slot: _Slot, base: Path, path: Path, inputs: _Ranges, issues: list
         return np.frombuffer(t.raw_data, le).astype(dt).reshape(shape)
     field = _TYPED_FIELD[t.data_type]
     vals = getattr(t, field)
-    if len(vals) != n:
-        raise FormatError(f"{where} has {len(vals)} values in {field} but shape {list(shape)} needs {n}")
+    per = 2 if dt.kind == "c" else 1  # a complex value is two floats
+    if len(vals) != n * per:
+        raise FormatError(f"{where} has {len(vals)} values in {field} but shape {list(shape)} needs {n * per}")
     wide = np.array(vals, np.int64 if field == "int32_data" else _FIELD_DTYPE[field])
+    if per == 2:
+        return wide.view(dt).reshape(shape)
     lim = _typed_range(dt, field)
     # no writer stores these, and the value read depends on the loader: one that keeps the low bits (as
     # here) reads the sealed values, while ONNX Runtime refuses float16/bfloat16 ones ('data overflow')
@@ -393,8 +410,8 @@ def _to_array(slot: _Slot, base: Path, path: Path, inputs: _Ranges, issues: list
             f"{' bit patterns' if dt.kind not in 'biu' else ''}, which "
             "ONNX loaders truncate or refuse (ONNX Runtime: 'data overflow'); recover writes them in range"
         )
-    if field == "int32_data" and dt.itemsize == 2 and dt.kind != "i" and dt.kind != "u":
-        a = (wide & 0xFFFF).astype(np.uint16).view(dt)  # float16/bfloat16: bit patterns
+    if field == "int32_data" and dt.kind not in "biu":  # float16/bfloat16/float8: bit patterns
+        a = (wide & ((1 << 8 * dt.itemsize) - 1)).astype(f"<u{dt.itemsize}").view(dt)
     else:
         a = wide.astype(dt)
     return a.reshape(shape)
@@ -404,8 +421,8 @@ def _typed_range(dt: np.dtype[np.generic], field: str) -> tuple[int, int] | None
     """The values a typed field may hold for ``dt`` when it is wider than ``dt`` (None: any value)."""
     if dt == np.bool_:
         return 0, 1
-    if dt.kind not in "iu":  # float16/bfloat16 bit patterns in int32_data; float/double fields are exact
-        return (0, 0xFFFF) if field == "int32_data" else None
+    if dt.kind not in "iu":  # float16/bfloat16/float8 bit patterns in int32_data; float/double fields are exact
+        return (0, (1 << 8 * dt.itemsize) - 1) if field == "int32_data" else None
     info = np.iinfo(dt)  # type: ignore[type-var]
     wide = np.iinfo(np.int32 if field == "int32_data" else _FIELD_DTYPE[field])  # type: ignore[type-var]
     return None if (info.min, info.max) == (wide.min, wide.max) else (int(info.min), int(info.max))
@@ -470,22 +487,39 @@ def _refuse_shared(path: Path, inputs: _Ranges) -> None:
                 )
 
 
-def _graph_digest(onnx: ModuleType, skeleton: bytes) -> str:
+def _graph_digest(onnx: ModuleType, skeleton: bytes, dtypes: Mapping[str, str] | None = None) -> str:
     """SHA-256 of what the model runs besides its tensor values: what the seal adds to the values.
 
     Re-pointing a node at another initializer, or changing an operator or attribute, changes it.
     Not covered: how and where values are stored (raw or typed fields, external files), metadata,
     doc strings, the producer, and ``value_info`` (shape annotations that shape inference adds).
+    ``dtypes`` (tensor name -> safetensors dtype name) puts those tensors' data types back first.
     """
     m = onnx.ModelProto()
     m.ParseFromString(skeleton)
-    for slot in _slots(m):
+    slots = _slots(m)
+    for name, slot in zip(_names(slots), slots, strict=True):
+        if dtypes and (dt := ST_TO_NP.get(dtypes.get(name, ""))) is not None and dt in _ONNX_OF:
+            slot.proto.data_type = _ONNX_OF[dt]
+    for slot in slots:
         for f in ("raw_data", "external_data", "data_location", *_ALL_TYPED):
             slot.proto.ClearField(f)
     for f in ("metadata_props", "doc_string", "producer_name", "producer_version"):
         m.ClearField(f)
     _strip_notes(m.graph)
     return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
+
+
+def graph_as_sealed(loaded: Loaded, dtypes: Mapping[str, str]) -> str | None:
+    """The graph digest of the ONNX model read as ``loaded`` with its tensors' data types as sealed (``dtypes``).
+
+    A tensor's data type is in the digest (seals before this kept it there), but the seal header holds
+    each tensor's dtype too: a tensor saved again as another dtype is reported and restored as that
+    tensor's tampering, not as an edited graph that recover cannot restore. None if not an ONNX model read.
+    """
+    if not isinstance(loaded.source, _Template):
+        return None
+    return _graph_digest(_onnx(), loaded.source.skeleton, dtypes)
 
 
 def _strip_notes(g: Any) -> None:
@@ -619,8 +653,10 @@ def _fill(t: Any, a: NDArray[np.generic], name: str, plan: _SidePlan) -> None:
         field = _TYPED_FIELD[t.data_type]
         for f in _ALL_TYPED:
             t.ClearField(f)
-        if a.dtype.itemsize == 2 and a.dtype.kind in "fV":  # float16 / bfloat16 bit patterns
-            vals = flat.view(np.uint16).astype(np.int32)
+        if a.dtype.kind == "c":  # complex64: real and imaginary parts in float_data
+            vals = flat.view(np.float32)
+        elif a.dtype.itemsize <= 2 and a.dtype.kind in "fV":  # float16 / bfloat16 / float8 bit patterns
+            vals = flat.view(f"u{a.dtype.itemsize}").astype(np.int32)
         elif field == "int32_data":
             vals = flat.astype(np.int32)
         else:
@@ -768,4 +804,4 @@ def iter_tensor_names(path: Path) -> Iterator[tuple[str, str]]:
     yield from ((n, s.where) for n, s in zip(_names(slots), slots, strict=True))
 
 
-__all__ = ["OnnxAdapter", "iter_tensor_names", "replaced_side_files"]
+__all__ = ["OnnxAdapter", "graph_as_sealed", "iter_tensor_names", "replaced_side_files"]
