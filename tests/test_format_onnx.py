@@ -1397,28 +1397,37 @@ def test_an_edited_graph_is_tampering_that_recover_refuses(tmp_path: Path, key: 
     assert files.verify_file(tmp_path / "bare.onnx", key).status == "intact"
 
 
-def _retype(src: Path, dst: Path, name: str, dtype: str, *, typed: bool = False) -> np.ndarray:
-    """Save the model again with tensor ``name`` converted to ``dtype`` (raw_data or its typed field); its values."""
+def _retype(src: Path, dst: Path, name: str, dtype: str, form: str = "raw") -> np.ndarray:
+    """Save the model again with tensor ``name`` converted to ``dtype`` (in raw_data, its typed field, or every
+    tensor in external data); its values."""
     m = onnx.load(str(src))
     (t,) = (t for n, t in _protos(m) if n == name)
     a = numpy_helper.to_array(t).astype(getattr(ml_dtypes, dtype, None) or np.dtype(dtype))
     new = TensorProto(name=t.name, data_type=helper.np_dtype_to_tensor_dtype(a.dtype), dims=a.shape)
-    if not typed:
+    if form != "typed":
         new.raw_data = a.tobytes()
     elif a.dtype.kind == "c":
         new.float_data.extend(a.reshape(-1).view(np.float32).tolist())  # real and imaginary parts
     else:
         new.int32_data.extend(a.reshape(-1).view(np.uint8).astype(np.int32).tolist())  # float8 bit patterns
     t.CopyFrom(new)
-    onnx.save(m, str(dst))
+    save(m, dst, external=form == "external")
     return a
 
 
 @pytest.mark.parametrize(
-    ("dtype", "typed"), [("complex64", False), ("float8_e4m3fn", False), ("complex64", True), ("float8_e5m2", True)]
+    ("dtype", "form"),
+    [
+        ("complex64", "raw"),
+        ("float8_e4m3fn", "raw"),
+        ("complex64", "typed"),
+        ("float8_e5m2", "typed"),
+        ("complex64", "external"),  # restored at the end of the side file: its slot no longer fits
+        ("float8_e4m3fnuz", "external"),
+    ],
 )
 def test_a_sealed_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_tampering_not_a_bad_file(
-    tmp_path: Path, key_file: Path, dtype: str, typed: bool
+    tmp_path: Path, key_file: Path, dtype: str, form: str
 ) -> None:
     """verify and recover exited 3 ('has ONNX data type 14, which ParamSeal does not support') on a model whose
     sealed F32 initializer was saved again as complex or float8, as .safetensors and .pt report it (19009ea);
@@ -1428,7 +1437,7 @@ def test_a_sealed_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_tampering_n
     sealed = tmp_path / "sealed.onnx"
     assert helpers.run_cli(["seal", src, sealed, "--key", key_file])[0] == 0
     bad = tmp_path / "retyped.onnx"
-    want = _retype(sealed, bad, "b1", dtype, typed=typed)
+    want = _retype(sealed, bad, "b1", dtype, form)
     assert helpers.same_bytes(ADAPTER.read(bad).tensors["b1"], want)  # read as written, typed fields included
     rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
     assert rc == 1 and f"b1: dtype changed from F32 to {dtype}" in out and "graph" not in out, (out, err)
@@ -1439,12 +1448,13 @@ def test_a_sealed_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_tampering_n
     rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
     assert rc == 0, (out, err)
     helpers.assert_model_equal(ADAPTER.read(fixed).tensors, ADAPTER.read(sealed).tensors)
-    assert typed or fixed.read_bytes() == sealed.read_bytes()  # typed: F32 values go to float_data, not raw_data
+    if form == "raw":  # typed: F32 values go to float_data; external: to side files
+        assert fixed.read_bytes() == sealed.read_bytes()
     assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0
     x = {"X": np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)}
     assert helpers.same_bytes(run(fixed, x)[0], run(sealed, x)[0])
     unsealed = tmp_path / "u.onnx"
-    _retype(src, unsealed, "b1", dtype, typed=typed)
+    _retype(src, unsealed, "b1", dtype, form)
     for argv in (["seal", unsealed, tmp_path / "o.onnx", "--key", key_file], ["inspect", unsealed]):
         rc, _, err = helpers.run_cli(argv)
         assert rc == 3 and f"'{unsealed}'" in err and f"tensor 'b1': dtype {dtype} is not supported" in err, err

@@ -40,7 +40,9 @@ refused. A sealed model is never written graph-less (``seal m.safetensors m.onnx
 is refused): a sealed file is meant to be deployed, and that one could not be.
 
 External data stays external, with the same tensors in the same order at the
-same offsets, in side files named after the output (``OUT.data``, or
+same offsets (a tensor written in another dtype than read, as recover restores
+one saved again as complex or float8, no longer fits its slot: it goes after
+the rest of its file), in side files named after the output (``OUT.data``, or
 ``OUT.1.data``... when the source had several). A name some file already has is
 not reused: the side files then get a fresh name (``OUT.<8 hex digits>.data``), so
 that the old model and its data stay a matching pair until the new model takes the
@@ -121,6 +123,7 @@ _TYPED_FIELD: dict[int, str] = {
 _FIELD_DTYPE = {"float_data": np.float32, "double_data": np.float64, "int64_data": np.int64, "uint64_data": np.uint64}
 _ALL_TYPED = ("float_data", "double_data", "int32_data", "int64_data", "uint64_data", "string_data")
 _EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
+_ALIGN = 4096  # where a tensor moved to the end of its external-data file starts (onnx's page alignment)
 _ATTR_TENSOR, _ATTR_GRAPH, _ATTR_SPARSE, _ATTR_TENSORS, _ATTR_GRAPHS, _ATTR_SPARSES = 4, 5, 11, 9, 10, 12
 # ModelProto field tags that can follow ir_version (field 1) at the start of a file.
 _SECOND_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
@@ -260,6 +263,7 @@ class OnnxAdapter:
         del model.metadata_props[:]
         for k, v in loaded.metadata.items():
             model.metadata_props.add(key=k, value=v)
+        plan.place_moved()
         if not plan.files:
             path.write_bytes(_serialize(model, out))
             return
@@ -641,12 +645,13 @@ def _container(onnx: ModuleType, loaded: Loaded) -> Any:
 def _fill(t: Any, a: NDArray[np.generic], name: str, plan: _SidePlan) -> None:
     if a.dtype not in _ONNX_OF:
         raise FormatError(f"cannot write tensor '{name}' to ONNX: dtype {a.dtype} has no ONNX equivalent here")
+    retyped = t.data_type != _ONNX_OF[a.dtype]  # a tensor saved again as another dtype, restored
     t.data_type = _ONNX_OF[a.dtype]
     del t.dims[:]
     t.dims.extend(a.shape)
     flat = np.ascontiguousarray(a).reshape(-1)
     if t.data_location == _EXTERNAL:
-        plan.add(t, flat.astype(flat.dtype.newbyteorder("<")).tobytes(), name)
+        plan.add(t, flat.astype(flat.dtype.newbyteorder("<")).tobytes(), name, retyped=retyped)
     elif t.HasField("raw_data") or flat.size == 0:
         t.raw_data = flat.astype(flat.dtype.newbyteorder("<")).tobytes()
     else:
@@ -674,13 +679,32 @@ class _SidePlan:
         self.files: dict[str, list[tuple[int, bytes]]] = {}  # original location -> (offset, bytes)
         self.protos: list[tuple[Any, str]] = []
         self.names: dict[str, str] = {}  # original location -> new side file name
+        self.moved: list[tuple[Any, str, bytes]] = []  # retyped tensors: their slot no longer fits (`place_moved`)
 
-    def add(self, t: Any, data: bytes, name: str) -> None:
+    def add(self, t: Any, data: bytes, name: str, *, retyped: bool = False) -> None:
+        """Write ``data`` at the tensor's offset; a ``retyped`` tensor's slot has another size: after the rest."""
         loc, offset, length = _external_info(t, f"tensor '{name}'")
+        if retyped:
+            self.moved.append((t, loc, data))
+            return
         if length is not None and length != len(data):
             raise FormatError(f"cannot write tensor '{name}': {len(data)} bytes do not fit its {length}-byte slot")
         self.files.setdefault(loc, []).append((offset, data))
         self.protos.append((t, loc))
+
+    def place_moved(self) -> None:
+        """Put the retyped tensors after every other tensor of their file (the others keep their offsets)."""
+        for t, loc, data in self.moved:
+            parts = self.files.setdefault(loc, [])
+            end = max((o + len(d) for o, d in parts), default=0)
+            offset = -(-end // _ALIGN) * _ALIGN
+            keep = {e.key: e.value for e in t.external_data} | {"offset": str(offset), "length": str(len(data))}
+            del t.external_data[:]
+            for k, v in keep.items():
+                t.external_data.add(key=k, value=v)
+            parts.append((offset, data))
+            self.protos.append((t, loc))
+        self.moved.clear()
 
     def relocate(self) -> None:
         """Point every external tensor at its new side file, named after the output.
