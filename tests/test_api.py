@@ -90,7 +90,7 @@ def test_version_is_a_string() -> None:
     assert isinstance(paramseal.__version__, str) and paramseal.__version__.count(".") >= 1
 
 
-@pytest.mark.parametrize("name", errors.__all__)
+@pytest.mark.parametrize("name", [n for n in errors.__all__ if not issubclass(getattr(errors, n), Warning)])
 def test_every_error_is_a_paramseal_error_and_a_builtin_error(name: str) -> None:
     cls = getattr(errors, name)
     assert issubclass(cls, errors.ParamSealError)
@@ -98,6 +98,12 @@ def test_every_error_is_a_paramseal_error_and_a_builtin_error(name: str) -> None
         builtin = [b for b in cls.__mro__ if b.__module__ == "builtins" and b not in (Exception, BaseException, object)]
         assert builtin, f"{name} should also derive from a natural built-in error"
     assert cls.exit_code in (1, 2, 3)
+
+
+def test_the_warning_category_is_a_user_warning_that_no_error_handler_catches() -> None:
+    assert [n for n in errors.__all__ if issubclass(getattr(errors, n), Warning)] == ["ParamSealWarning"]
+    assert issubclass(paramseal.ParamSealWarning, UserWarning)
+    assert not issubclass(paramseal.ParamSealWarning, errors.ParamSealError)  # a result written, not a failure
 
 
 def test_error_diagnostics_is_the_message() -> None:

@@ -10,6 +10,7 @@ import os
 import pickle
 import shutil
 import sys
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ def with_metadata(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> d
     return out
 
 
+# the suite's models have no room for a header copy in their weights: seal_file warns so (tested below)
+@pytest.mark.filterwarnings("ignore::paramseal.ParamSealWarning")
 class TestPyTorchSuite(AdapterTests):
     adapter_name = "pytorch"
     suffix = ".pt"
@@ -894,6 +897,53 @@ def test_sealing_a_pt_whose_header_only_its_metadata_entry_holds_warns(tmp_path:
     rc, _, err = helpers.run_cli(["seal", tmp_path / "big.pt", tmp_path / "sbig.pt", "--key", key_file])
     assert rc == 0 and "warning" not in err, err  # its weights hold the header: a re-save verifies
     assert helpers.run_cli(["verify", _resaved(tmp_path / "sbig.pt", tmp_path / "rbig.pt"), "--key", key_file])[0] == 0
+
+
+def test_seal_file_to_such_a_pt_warns_through_pythons_warnings_and_the_cli_prints_it_once(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """Only the CLI warned (its own print): an API caller of files.seal_file got a .pt whose re-save cannot verify
+    alone, or (from an ONNX model) fails verify, without a word. The API now warns with ParamSealWarning, pointing
+    at the caller's line; the CLI prints each once, in its own 'warning: ' form, and Python does not print it again.
+    """
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    torch.manual_seed(1)
+    torch.save(torch.nn.Linear(64, 64).state_dict(), tmp_path / "m.pt")
+    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 64])],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp_path / "m.onnx")
+    for src, want in (("m.pt", ["keeps its seal header only"]), ("m.onnx", ["keeps its seal header only", "graph"])):
+        out = tmp_path / f"api_{src}.pt"
+        with pytest.warns(paramseal.ParamSealWarning) as got:
+            files.seal_file(tmp_path / src, out, key)
+        assert [w.filename for w in got] == [__file__] * len(want)  # the caller's line
+        assert all(m in str(w.message) and f"'{out}'" in str(w.message) for m, w in zip(want, got, strict=True))
+        cli_out = tmp_path / f"cli_{src}.pt"
+        rc, _, err = helpers.run_cli(["seal", tmp_path / src, cli_out, "--key", key_file])  # a warning escaping fails
+        assert rc == 0 and err == "".join(f"warning: {str(w.message).replace(str(out), str(cli_out))}\n" for w in got)
+    h = tmp_path / "h.json"  # the header kept: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        files.seal_file(tmp_path / "m.pt", tmp_path / "kept.pt", key, header_out=h)
+    import subprocess
+
+    code = "import sys; from paramseal.cli import main; sys.exit(main())"  # Python's own warning filters
+    argv = ["seal", tmp_path / "m.pt", tmp_path / "sub.pt", "--key", key_file]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0 and proc.stderr.count("keeps its seal header only") == 1, proc.stderr
+    assert proc.stderr.startswith("warning: ") and "ParamSealWarning" not in proc.stderr, proc.stderr
 
 
 def test_sealing_an_onnx_model_into_a_pt_warns_that_a_torch_resave_loses_its_graph_digest(

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, redirect_stdout
 from decimal import ROUND_HALF_UP, Decimal
@@ -25,10 +26,7 @@ from typing import IO, Any, NoReturn, cast
 
 from . import __version__, _cli_eval, _kernels, files, sharded
 from ._layout import TensorSpec
-from .errors import ParamSealError, UsageError
-from .formats import GRAPH_KEY, adapter_for
-from .formats.pytorch import META_ENTRY
-from .header import Header
+from .errors import ParamSealError, ParamSealWarning, UsageError
 from .keys import Key, exposed_to_others, key_like_args, load_key, redact, write_key
 from .levels import BLOCK, FLOATS, LEVELS, max_relative_change
 from .report import Report
@@ -486,17 +484,18 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         case "seal":
             keep = None if args.header_out is None else files.check_header_out(args.header_out, args.input, args.output)
-            sealed = files.seal_file(
-                args.input,
-                args.output,
-                _load_key(args),
-                level=args.level,
-                bits=args.bits,
-                in_place=args.in_place,
-                code=args.code,
-                reseal=args.reseal,
-                header_out=keep,
-            )
+            with _library_warnings() as warned:
+                sealed = files.seal_file(
+                    args.input,
+                    args.output,
+                    _load_key(args),
+                    level=args.level,
+                    bits=args.bits,
+                    in_place=args.in_place,
+                    code=args.code,
+                    reseal=args.reseal,
+                    header_out=keep,
+                )
             h = sealed.header
             ks = sorted({(t.dtype, t.k) for t in h.tensors if t.k})
             desc = ", ".join(f"{dt} k={k}" for dt, k in ks)
@@ -506,7 +505,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"OK: sealed {args.input} -> {args.output} ({n}, {desc}, {how}, code {code})")
             _warn_bits(ks)
             _note_plain(h.tensors)
-            _warn_pt_entry(Path(args.output), h, keep is not None)
+            for w in warned:
+                print(f"warning: {w}", file=sys.stderr)
             if keep is not None:
                 print(f"OK: kept the seal header in {keep} (for --header-from)")
             return 0
@@ -612,28 +612,25 @@ def _warn_bits(widths: Iterable[tuple[str, int]]) -> None:
             )
 
 
-def _warn_pt_entry(out: Path, h: Header, header_kept: bool) -> None:
-    """Warn where a sealed .pt verifies only while it keeps its _metadata entry, which a re-save drops.
+@contextmanager
+def _library_warnings() -> Iterator[list[str]]:
+    """The library's `ParamSealWarning` messages, kept to print as this program's ``warning:`` lines.
 
-    ``torch.save(model.state_dict())`` writes no '.paramseal' entry: the file then has the header only if
-    its weights hold a copy, and a sealed ONNX graph digest nowhere (verify calls that tampering).
+    Not also shown by Python (once, not twice); other warnings are shown as ever.
     """
-    if adapter_for(out).name != "pytorch":
-        return
-    resaved = "which torch.save(model.state_dict()) does not write back (torch.save(torch.load(f)) does)"
-    if not h.carriers and not header_kept:
-        print(
-            f"warning: '{out}' keeps its seal header only in its state dict's _metadata entry '{META_ENTRY}' (the "
-            f"weights have no room for a copy), {resaved}: a file saved so verifies only with --header-from; keep "
-            "the header with seal --header-out, or seal to .safetensors",
-            file=sys.stderr,
-        )
-    if GRAPH_KEY in (h.user_metadata or {}):
-        print(
-            f"warning: '{out}' keeps the sealed digest of its ONNX model's graph only in its state dict's _metadata "
-            f"entry '{META_ENTRY}', {resaved}: a file saved so fails verify (exit 2); keep the file as written",
-            file=sys.stderr,
-        )
+    kept: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ParamSealWarning)  # each seal's own, though an earlier one said the same
+        show = warnings.showwarning
+
+        def keep(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
+            if issubclass(category, ParamSealWarning):
+                kept.append(str(message))
+            else:
+                show(message, category, *args, **kw)
+
+        warnings.showwarning = keep
+        yield kept
 
 
 def _note_plain(specs: Iterable[TensorSpec]) -> None:

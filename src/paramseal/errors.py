@@ -23,6 +23,14 @@ class ParamSealError(Exception):
         return str(self)
 
 
+class ParamSealWarning(UserWarning):
+    """A result written as asked, with a weakness its user should know of (a ``warnings`` category).
+
+    The ``paramseal`` program prints each as ``warning: <message>`` on standard error; an API caller
+    sees Python's warning, or silences it with ``warnings.filterwarnings("ignore", category=ParamSealWarning)``.
+    """
+
+
 class UsageError(ParamSealError, ValueError):
     """An argument or option cannot be used as given."""
 
@@ -160,6 +168,7 @@ __all__ = [
     "NotSealedError",
     "OutputError",
     "ParamSealError",
+    "ParamSealWarning",
     "TamperedError",
     "UnrecoverableError",
     "UnsupportedError",

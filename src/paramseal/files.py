@@ -14,6 +14,7 @@ import stat
 import struct
 import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -38,6 +39,7 @@ from .errors import (
     NotSealedError,
     OutputError,
     ParamSealError,
+    ParamSealWarning,
     UnsupportedError,
     UsageError,
     cannot_write,
@@ -47,6 +49,7 @@ from .formats import GRAPH_KEY, Loaded, adapter_for, onnx_format
 from .formats import safetensors as st_format
 from .formats.base import new_mode
 from .formats.numpy import NPY_TENSOR_NAME
+from .formats.pytorch import META_ENTRY
 from .header import METADATA_KEY, SET_KEY, Header, HeaderAuthError, metadata_digest, parse_header, peek_header
 from .keys import Key, looks_like_key_file, require_key
 from .levels import BLOCK
@@ -604,6 +607,8 @@ def seal_file(
     seal already is refused unless ``reseal`` (its old seal is then dropped and replaced).
     ``header_out`` (a .json path, see `check_header_out`) also keeps the seal header there: it is
     written before the model is renamed into place, so a failed write leaves neither file.
+    A ``.pt`` that verifies only while it keeps its state dict's ``_metadata`` entry (which
+    ``torch.save(model.state_dict())`` drops) gets a `ParamSealWarning` saying so.
     """
     s, d = Path(src), Path(dst)
     require_key(key)
@@ -631,10 +636,36 @@ def seal_file(
             prog.done()
             keep(sealed.header_json)  # before the model: an ONNX writer may place it before it returns
             write_model(d, Loaded(sealed.tensors, {**meta, METADATA_KEY: sealed.header_json}, loaded.source), fmt)
+            if fmt == "pytorch":
+                _warn_pt_entry(Path(dst), sealed.header, header_out is not None)
             return SealedFile(d, sealed.header_json, sealed.header)
         done = with_non_finite(loaded.tensors, lambda plain: _seal_stream(loaded, d, key, cfg, meta, prog, plain, keep))
         prog.done()
         return done
+
+
+def _warn_pt_entry(out: Path, h: Header, header_kept: bool) -> None:
+    """Warn where a sealed .pt verifies only while it keeps its _metadata entry, which a re-save drops.
+
+    ``torch.save(model.state_dict())`` writes no '.paramseal' entry: the file then has the header only if
+    its weights hold a copy, and a sealed ONNX graph digest nowhere (verify calls that tampering).
+    """
+    resaved = "which torch.save(model.state_dict()) does not write back (torch.save(torch.load(f)) does)"
+    if not h.carriers and not header_kept:
+        warnings.warn(
+            f"'{out}' keeps its seal header only in its state dict's _metadata entry '{META_ENTRY}' (the "
+            f"weights have no room for a copy), {resaved}: a file saved so verifies only with --header-from; keep "
+            "the header with seal --header-out, or seal to .safetensors",
+            ParamSealWarning,
+            stacklevel=3,  # the caller of seal_file
+        )
+    if GRAPH_KEY in (h.user_metadata or {}):
+        warnings.warn(
+            f"'{out}' keeps the sealed digest of its ONNX model's graph only in its state dict's _metadata "
+            f"entry '{META_ENTRY}', {resaved}: a file saved so fails verify (exit 2); keep the file as written",
+            ParamSealWarning,
+            stacklevel=3,
+        )
 
 
 def _seal_stream(
