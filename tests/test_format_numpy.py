@@ -19,7 +19,7 @@ import pytest
 from adapter_suite import AdapterTests
 
 import paramseal
-from paramseal import FormatError, UsageError
+from paramseal import FormatError, UsageError, files
 from paramseal.formats import Loaded, adapter_for
 from paramseal.formats.numpy import METADATA_ENTRY, NPY_TENSOR_NAME
 
@@ -192,12 +192,53 @@ def test_bfloat16_written_by_paramseal_is_read_by_plain_numpy_with_ml_dtypes(tmp
         helpers.assert_model_equal({"w": z["w"]}, {"w": a})
 
 
-def test_raw_v2_bfloat16_from_np_save_is_refused_with_a_hint(tmp_path: Path) -> None:
+def test_raw_v2_bfloat16_from_np_save_is_refused_with_a_hint(tmp_path: Path, key_file: Path) -> None:
+    """Read as raw bytes (verify reports a sealed tensor saved so as retyped); seal and inspect refuse it."""
     p = tmp_path / "v2.npy"
     np.save(p, np.ones(3, ml_dtypes.bfloat16))
-    with pytest.raises(FormatError, match=r"raw dtype \|V2|raw dtype <V2") as ei:
-        adapter_for(p).read(p)
-    assert "bfloat16" in str(ei.value) and "v2.npy" in str(ei.value)
+    assert adapter_for(p).read(p).tensors["array"].dtype == np.dtype("V2")
+    for argv in (["seal", p, tmp_path / "o.safetensors", "--key", key_file], ["inspect", p]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and "raw dtype |V2" in err and "bfloat16" in err and "v2.npy" in err, err
+
+
+@pytest.mark.parametrize(("dtype", "raw"), [("float8_e4m3fn", "|V1"), ("bfloat16", "|V2"), ("complex64", None)])
+def test_a_sealed_tensor_saved_again_by_np_savez_as_float8_is_tampering_not_a_bad_file(
+    tmp_path: Path, key_file: Path, dtype: str, raw: str | None
+) -> None:
+    """verify and recover of a sealed .npz whose F32 tensor was saved again (np.savez) as float8 or bfloat16 exited
+    3 ('raw dtype |V1: ...'), where .safetensors/.pt/.onnx report the retype as tampering: np.savez writes ml_dtypes'
+    types as raw bytes (the type is lost), now read as such; verify names the tensor and the change (exit 1),
+    recover restores it byte for byte; seal and inspect of an unsealed file still refuse it, naming file and tensor."""
+    rng = np.random.default_rng(0)
+    plain = tmp_path / "m.npz"
+    sizes = {"a": 32768, "b": 8192, "c": 16384}  # b: within capacity
+    np.savez(plain, **{n: rng.standard_normal(k).astype(np.float32) for n, k in sizes.items()})
+    sealed = tmp_path / "sealed.npz"
+    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
+    got = files.read_model(sealed)
+    arrays = {n: a.astype(getattr(ml_dtypes, dtype, None) or dtype) if n == "b" else a for n, a in got.tensors.items()}
+    bad = tmp_path / "retyped.npz"
+    with np.load(sealed, allow_pickle=False) as z:
+        np.savez(bad, **arrays, **{METADATA_ENTRY: z[METADATA_ENTRY]})
+    assert files.read_model(bad).tensors["b"].dtype.str == (raw or np.dtype(dtype).str)
+    shown = raw or dtype
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 1 and f"b: dtype changed from F32 to {shown}" in out, (out, err)
+    drill = tmp_path / "drill.npz"  # attack writes the retyped tensor back as it was read
+    assert helpers.run_cli(["attack", bad, drill, "--kind", "bitflip", "--seed", "1"])[0] == 0
+    assert files.read_model(drill).tensors["b"].dtype == files.read_model(bad).tensors["b"].dtype
+    fixed = tmp_path / "fixed.npz"
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0, (out, err)
+    assert fixed.read_bytes() == sealed.read_bytes()
+    unsealed = tmp_path / "u.npz"
+    with np.load(plain, allow_pickle=False) as z:
+        np.savez(unsealed, **{n: z[n].astype(arrays[n].dtype) for n in z.files})
+    for argv in (["seal", unsealed, tmp_path / "o.npz", "--key", key_file], ["inspect", unsealed]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and f"'{unsealed}'" in err and "tensor 'b'" in err and shown in err, err
+    assert not (tmp_path / "o.npz").exists()
 
 
 @pytest.mark.parametrize(

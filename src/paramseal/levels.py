@@ -69,11 +69,29 @@ ST_UNSEALED: dict[str, np.dtype[np.generic]] = {
 }
 
 
+def _raw_void(size: int) -> str:
+    """Why raw values of ``size`` bytes (ml_dtypes' types as ``np.save`` writes them) are refused, and what to do."""
+    what = f"{size}-byte values of unknown type (np.save writes"
+    if size == 2:
+        return (
+            f"{what} bfloat16 this way and loses its type); save it with ParamSeal, as a uint16 view, or as safetensors"
+        )
+    if size == 1:
+        return (
+            f"{what} float8 this way and loses its type); ParamSeal does not seal them, nor 8-bit "
+            "floats: save it as a uint8 view to have it sealed as integer data"
+        )
+    tail = "ParamSeal does not seal them: save the array in its real dtype"
+    return f"{what} ml_dtypes' types this way and loses the type); {tail}"
+
+
 def dtype_name(dt: np.dtype[np.generic]) -> str:
     """Return the safetensors name of a numpy dtype, or raise UnsupportedError."""
     try:
         return _NP_TO_ST[np.dtype(dt)]
     except KeyError:
+        if np.dtype(dt).type is np.void and np.dtype(dt).names is None:  # raw bytes: a .npy of ml_dtypes' types
+            raise UnsupportedError(f"raw dtype {np.dtype(dt).str}: {_raw_void(np.dtype(dt).itemsize)}") from None
         supported = ", ".join(sorted(_NP_TO_ST.values()))
         native = np.dtype(dt).newbyteorder("=")
         hint = f" (convert it to this machine's byte order: a.astype('{native.str}'))" if native in _NP_TO_ST else ""

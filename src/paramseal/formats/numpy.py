@@ -16,7 +16,9 @@ There is no room for metadata (``keeps_metadata = False``).
 bfloat16: ``np.save`` writes ml_dtypes' bfloat16 as raw ``V2`` bytes and loses
 the type, so ParamSeal writes the header descr ``'bfloat16'``. ``np.load``
 reads such a file back as bfloat16 whenever ml_dtypes is imported. A ``V2``
-array written by someone else is refused: its real dtype cannot be known.
+array written by someone else (``V1``: float8) is read as raw bytes: seal refuses
+it, since its real dtype cannot be known, and verify reports a sealed tensor saved
+so as retyped (tampering, which recover restores).
 """
 
 from __future__ import annotations
@@ -186,21 +188,6 @@ def write_npy(f: IO[bytes], a: NDArray[np.generic]) -> None:
         f.write(read(raw[i : i + CHUNK_BYTES]).data)
 
 
-def _raw_void(size: int) -> str:
-    """Why raw values of ``size`` bytes (ml_dtypes' types as ``np.save`` writes them) are refused, and what to do."""
-    what = f"{size}-byte values of unknown type (np.save writes"
-    if size == 2:
-        return (
-            f"{what} bfloat16 this way and loses its type); save it with ParamSeal, as a uint16 view, or as safetensors"
-        )
-    if size == 1:
-        return (
-            f"{what} float8 this way and loses its type); ParamSeal cannot read it and does not seal 8-bit "
-            "floats: save it as a uint8 view to have it read as integer data"
-        )
-    return f"{what} ml_dtypes' types this way and loses the type); ParamSeal cannot read it: save it in its real dtype"
-
-
 def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
     """Read one .npy stream without pickles; non-native byte order and Fortran order become native C order."""
     magic = f.read(6)
@@ -229,8 +216,8 @@ def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
             f"{what} is a structured array (dtype {dtype.descr}); ParamSeal reads plain numeric arrays: "
             "save each field as an array of its own (np.savez(path, **{n: a[n] for n in a.dtype.names}))"
         )
-    if dtype.kind == "V" and dtype != _BF16:
-        raise FormatError(f"{what} has raw dtype {dtype.str}: {_raw_void(dtype.itemsize)}")
+    # a raw void (ml_dtypes' types as np.save writes them) is read as such: seal refuses it (levels.dtype_name),
+    # verify reports a sealed tensor saved so as retyped
     count = 1
     for d in shape:
         count *= int(d)
