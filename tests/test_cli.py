@@ -255,6 +255,16 @@ def test_verify_json_intact(sealed_file: Path, key_file: Path) -> None:
     )
 
 
+def test_recover_json_of_an_intact_model_is_a_recover_report(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
+    """A script reading ``kind`` learns which command ran: recover of an intact model said "verify"."""
+    out = tmp_path / "same.safetensors"
+    rc, so, se = run(["recover", sealed_file, out, "--key", key_file, "--json"])
+    assert rc == 0, se
+    d = json.loads(so)
+    assert d["kind"] == "recover" and d["status"] == "intact" and d["restored_parameters"] == 0
+    assert out.read_bytes() == sealed_file.read_bytes()
+
+
 def test_recover_text_and_json_report_indices_and_bits(
     tmp_path: Path, sealed_file: Path, key_file: Path, key: paramseal.Key
 ) -> None:

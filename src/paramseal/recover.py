@@ -13,7 +13,7 @@ than once: it must not change while recover runs (README, "A writer during recov
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numpy.typing import NDArray
@@ -113,8 +113,8 @@ def plan_recovery(chk: Check, ws: Workspace | None = None) -> Recovery:
     base = report_of(chk)
     # A header read from the weights knows only the metadata's digest: keep what the file has.
     meta = dict(chk.header.user_metadata if chk.header.user_metadata is not None else chk.file_metadata or {})
-    if base.status == "intact":
-        return Recovery(base, {}, meta)
+    if base.status == "intact":  # a recover report still, so --json's kind says which command ran
+        return Recovery(replace(base, kind="recover"), {}, meta)
     if chk.header.irs:
         outcome = chk.irs_outcome()
         patches: dict[int, Patch] = outcome.patches
