@@ -638,6 +638,23 @@ def test_attack_json_is_the_ground_truth_with_each_list_on_one_line(tmp_path: Pa
     assert ranges > 100 and len(out.splitlines()) < ranges
 
 
+def test_attack_json_lists_every_changed_index_and_its_bits_past_ten_thousand(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """`attack --json` promises every index and bit; a tensor of over 10,000 changed values had only ranges."""
+    src, dst = tmp_path / "m.safetensors", tmp_path / "a.safetensors"
+    paramseal.files.seal_file(helpers.write_st(tmp_path / "p.safetensors", helpers.fp32_model(12_000)), src, key)
+    rc, out, err = helpers.run_cli(["attack", src, dst, "--kind", "noise", "--sigma", "0.5", "--json"])
+    assert rc == 0, err
+    t = json.loads(out)["tensors"]["layer0.weight"]
+    assert t["changed"] > 10_000
+    old, new = uview(read_model(src).tensors["layer0.weight"]), uview(read_model(dst).tensors["layer0.weight"])
+    diff = np.flatnonzero(old != new)
+    assert t["indices"] == diff.tolist()
+    xor = (old ^ new)[diff]
+    assert t["bits"] == [[b for b in range(32) if int(x) >> b & 1] for x in xor]
+
+
 def test_ground_truth_diff_counts_blocks_ranges_and_bits_of_a_known_change() -> None:
     """The ground truth every evaluation is scored against, checked on a change written by hand."""
     from paramseal.attacks._truth import diff

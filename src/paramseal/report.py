@@ -219,6 +219,16 @@ def _ints(a: NDArray[np.integer]) -> Iterator[str]:
     return _chunked(a, lambda c: ", ".join(map(str, c.tolist())))
 
 
+def ints_json(a: NDArray[np.integer]) -> Iterator[str]:
+    """``a`` as the items of a JSON list, a slice at a time (for `write_json_streamed`)."""
+    return _ints(a)
+
+
+def bit_lists_json(xor: NDArray[np.integer]) -> Iterator[str]:
+    """Each XOR's set bit numbers (``[0, 3], [17]``) as the items of a JSON list, a slice at a time."""
+    return _chunked(np.asarray(xor), _bit_lists)
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     """The outcome of ``verify`` or ``recover``."""
@@ -353,4 +363,4 @@ class Report:
         return "\n".join(lines)
 
 
-__all__ = ["Ints", "Report", "Status", "TensorFinding", "write_json_streamed"]
+__all__ = ["Ints", "Report", "Status", "TensorFinding", "bit_lists_json", "ints_json", "write_json_streamed"]

@@ -12,8 +12,8 @@ from numpy.typing import NDArray
 from .._bits import uint_view
 from ..levels import BLOCK
 
-#: Per-index detail (indices and bits) is listed in JSON only up to this many changed values per tensor;
-#: beyond it the exact index ranges and a per-bit histogram are given.
+#: Per-index detail (indices and bits) is listed by ``to_dict`` only up to this many changed values per tensor;
+#: beyond it the exact index ranges and a per-bit histogram are given (``attack --json`` streams them all).
 MAX_LISTED = 10_000
 
 
