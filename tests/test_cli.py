@@ -39,6 +39,19 @@ def test_keygen_writes_an_owner_only_key_and_prints_only_its_fingerprint(tmp_pat
     assert key.secret.hex() not in out.lower()
 
 
+def test_key_text_typed_as_an_output_path_is_not_printed_on_success(
+    tmp_path: Path, model_file: Path, key_file: Path
+) -> None:
+    """`keygen "$PARAMSEAL_KEY"` printed that key in its OK line; errors hid it already."""
+    key_hex = key_file.read_text().strip()
+    rc, out, err = run(["keygen", tmp_path / key_hex])
+    assert rc == 0 and out.startswith("OK: wrote key") and "<key-like text, not shown>" in out, (out, err)
+    rc, out2, err2 = run(["seal", model_file, tmp_path / f"{key_hex[:40]}.safetensors", "--key", key_file])
+    assert rc == 0 and out2.startswith("OK: sealed") and "<key-like text, not shown>" in out2, (out2, err2)
+    for text in (out, err, out2, err2):
+        assert key_hex[:32] not in text
+
+
 def test_keygen_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     p = tmp_path / "k.key"
     assert run(["keygen", p])[0] == 0

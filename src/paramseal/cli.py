@@ -243,7 +243,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):  # a name from the file may hold a lone surrogate: print it escaped
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
-        out = cast(IO[str], _Stdout(sys.stdout))  # a failing stdout told apart from the library's own OSErrors
+        out = cast(IO[str], _Stdout(sys.stdout, hidden))  # a failing stdout told apart from the library's own OSErrors
         with _terminate_as_interrupt() if argv is None else nullcontext(), redirect_stdout(out):
             code = _run(args)
             sys.stdout.flush()  # here, so a reader that left is met below and not at interpreter exit
@@ -380,11 +380,14 @@ class _Stdout:
     No io base class: its own isatty(), fileno() and encoding would hide the stream's.
     """
 
-    def __init__(self, stream: Any) -> None:
+    def __init__(self, stream: Any, hidden: tuple[str, ...] = ()) -> None:
         self._stream = stream
+        self._hidden = hidden  # key text typed as a path: a success line names OUT too (`keygen KEY`)
 
     def write(self, text: str) -> int:
         self._require_open()
+        if self._hidden:
+            text = redact(text, self._hidden)
         try:
             return cast(int, self._stream.write(text))
         except BrokenPipeError:
