@@ -786,6 +786,12 @@ def test_demo_exits_0_and_tells_the_story(tmp_path: Path) -> None:
     assert (tmp_path / "demo" / "sealed.safetensors").exists()
 
 
+def test_demo_with_a_negative_seed_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
+    rc, out, err = run(["demo", "--seed", "-1", "--keep", tmp_path / "demo"])
+    assert rc == 3 and "Traceback" not in err and "--seed -1 must be 0 or more" in err, err
+    assert not (tmp_path / "demo").exists()
+
+
 def test_main_is_callable_with_an_argument_list(tmp_path: Path) -> None:
     assert main(["keygen", str(tmp_path / "x.key")]) == 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _demo_model, files
-from .errors import cannot_write
+from .errors import UsageError, cannot_write
 from .formats import Loaded
 from .keys import Key, write_key
 
@@ -27,6 +27,8 @@ def _acc(path: Path, X: np.ndarray, y: np.ndarray) -> float:
 
 def run_demo(seed: int = 0, keep: str | None = None) -> int:
     """Run the demo; returns 0 when every stage behaved as expected, else 1."""
+    if seed < 0:  # numpy's seed sequence takes non-negative integers only: a traceback, exit 3, said "a bug"
+        raise UsageError(f"--seed {seed} must be 0 or more")
     t0 = time.monotonic()
     X, y = _demo_model.load_digits()
     _, _, Xte, yte = _demo_model.split(X, y)
