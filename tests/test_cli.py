@@ -724,6 +724,17 @@ def test_key_from_environment_variable(
     assert rc == 0 and json.loads(so)["key_fingerprint"] == key.fingerprint
 
 
+def test_a_key_file_path_in_the_environment_variable_says_to_pass_it_with_key(
+    sealed_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`PARAMSEAL_KEY=my.key` said "create one with 'paramseal keygen'": a new key checks none of the models."""
+    monkeypatch.setenv("PARAMSEAL_KEY", str(key_file))
+    rc, out, err = run(["verify", sealed_file])
+    assert rc == 3 and "Traceback" not in err and "keygen" not in err, err
+    assert f"holds the path of a file ('{key_file}'), not a key" in err and f"--key {key_file}" in err
+    assert key_file.read_text().strip() not in err + out
+
+
 def test_no_key_at_all_is_exit_3_with_a_hint(sealed_file: Path) -> None:
     rc, _, err = run(["verify", sealed_file])
     assert rc == 3 and "--key" in err and "PARAMSEAL_KEY" in err

@@ -133,6 +133,11 @@ def load_key(path: str | os.PathLike[str] | None = None) -> Key:
             raise UsageError(
                 f"no key given: pass --key KEYFILE or set {ENV_VAR}; create a key with 'paramseal keygen KEYFILE'"
             )
+        if not _is_key_text(env) and os.path.isfile(env):  # `PARAMSEAL_KEY=my.key`: "create one" would lose models
+            raise KeyFileError(
+                f"the {ENV_VAR} variable holds the path of a file ('{env}'), not a key: it takes the key's 64 hex "
+                f'digits themselves; pass the key file with --key {env}, or set {ENV_VAR}="$(cat {env})"'
+            )
         return Key.from_text(env, source=f"the {ENV_VAR} variable")
     if not isinstance(path, (str, os.PathLike)):  # a Key, or the secret's bytes: never quoted
         hint = " (it is a key already: pass it as it is)" if isinstance(path, Key) else ""
