@@ -64,6 +64,18 @@ def test_keygen_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600
 
 
+@pytest.mark.parametrize("force", [[], ["--force"]])
+def test_keygen_never_replaces_a_file_that_holds_no_key(tmp_path: Path, model_file: Path, force: list[str]) -> None:
+    """`keygen model.safetensors --force` replaced the model with a key; without --force it spoke of "the old key"."""
+    before = model_file.read_bytes()
+    rc, out, err = run(["keygen", model_file, *force])
+    assert rc == 3 and "holds no ParamSeal key" in err and "old key" not in err, err
+    assert model_file.read_bytes() == before
+    empty = tmp_path / "empty.key"  # `touch my.key` first: nothing to lose
+    empty.touch()
+    assert run(["keygen", empty, "--force"])[0] == 0 and paramseal.load_key(empty)
+
+
 def test_keygen_into_missing_folder_is_exit_3(tmp_path: Path) -> None:
     rc, _, err = run(["keygen", tmp_path / "nope" / "k.key"])
     assert rc == 3 and "Traceback" not in err

@@ -150,7 +150,7 @@ def test_write_key_refuses_to_overwrite(tmp_path: Path, key: paramseal.Key, othe
 
 def test_write_key_overwrite_makes_an_existing_readable_file_owner_only(tmp_path: Path, key: paramseal.Key) -> None:
     p = tmp_path / "k.key"
-    p.write_text("old\n")
+    p.write_text(paramseal.Key.generate().secret.hex() + "\n")  # an old key, left readable by others
     os.chmod(p, 0o644)
     paramseal.write_key(p, key, overwrite=True)
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, "a key file must never stay world-readable"

@@ -89,6 +89,11 @@ def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False
     p = Path(path)
     if p.is_dir():  # "it exists ... --force" would point at an option that refuses it too
         raise UsageError(f"cannot write key to '{p}': it is a folder; give a file path, such as '{p / 'my.key'}'")
+    if p.is_file() and not p.is_symlink() and p.stat().st_size and not looks_like_key_file(p):  # not a model
+        raise UsageError(
+            f"cannot write key to '{p}': it exists and holds no ParamSeal key (a model, or another file), which "
+            "--force would destroy; choose another path, or remove that file first if it is not needed"
+        )
     if p.exists() and not overwrite:
         raise UsageError(
             f"cannot write key to '{p}' because it exists; choose another path, or replace it on purpose "
