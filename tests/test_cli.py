@@ -815,6 +815,18 @@ def test_demo_with_a_negative_seed_is_a_usage_error_not_a_traceback(tmp_path: Pa
     assert not (tmp_path / "demo").exists()
 
 
+@pytest.mark.parametrize("name", ["model.safetensors", "demo.key"])
+def test_demo_keep_refuses_a_folder_holding_files_it_would_replace(tmp_path: Path, name: str) -> None:
+    """`demo --keep .` in a project folder replaced the user's own model.safetensors (and demo.key)."""
+    mine = tmp_path / name
+    mine.write_bytes(b"the user's own file")
+    rc, out, err = run(["demo", "--keep", tmp_path])
+    assert rc == 3 and "Traceback" not in err and f"already holds {name}" in err, err
+    assert mine.read_bytes() == b"the user's own file" and sorted(tmp_path.iterdir()) == [mine]
+    rc, _, err = run(["demo", "--keep", mine])
+    assert rc == 3 and f"--keep '{mine}' is a file" in err, err
+
+
 def test_main_is_callable_with_an_argument_list(tmp_path: Path) -> None:
     assert main(["keygen", str(tmp_path / "x.key")]) == 0
 

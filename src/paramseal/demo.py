@@ -9,6 +9,7 @@ printed at every stage.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +20,9 @@ from . import _demo_model, files
 from .errors import UsageError, cannot_write
 from .formats import Loaded
 from .keys import Key, write_key
+
+#: What the demo writes into its folder (``--keep DIR``): the model at each stage, and its key.
+_FILES = ("model.safetensors", "sealed.safetensors", "attacked.safetensors", "recovered.safetensors", "demo.key")
 
 
 def _acc(path: Path, X: np.ndarray, y: np.ndarray) -> float:
@@ -34,6 +38,15 @@ def run_demo(seed: int = 0, keep: str | None = None) -> int:
     _, _, Xte, yte = _demo_model.split(X, y)
     ctx = tempfile.TemporaryDirectory(prefix="paramseal-demo-") if keep is None else None
     d = Path(ctx.name if ctx else keep or ".")
+    if ctx is None:  # a kept folder is the user's: `--keep .` replaced their own model.safetensors and demo.key
+        if d.exists() and not d.is_dir():
+            raise UsageError(f"--keep '{d}' is a file; give a folder to keep the demo files in")
+        taken = [n for n in _FILES if os.path.lexists(d / n)]
+        if taken:
+            raise UsageError(
+                f"--keep '{d}' already holds {', '.join(taken)}, which the demo would replace; give a new or empty "
+                "folder, or remove them first"
+            )
     try:
         d.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -41,15 +54,10 @@ def run_demo(seed: int = 0, keep: str | None = None) -> int:
     try:
         weights = _demo_model.train(seed)
         n = sum(int(a.size) for a in weights.values())
-        orig, sealed_p, attacked, fixed = (
-            d / "model.safetensors",
-            d / "sealed.safetensors",
-            d / "attacked.safetensors",
-            d / "recovered.safetensors",
-        )
+        orig, sealed_p, attacked, fixed = (d / n for n in _FILES[:4])
         files.write_model(orig, Loaded(dict(weights.items()), {"model": "digits-mlp", "seed": str(seed)}))
         key = Key.generate()
-        write_key(d / "demo.key", key, overwrite=True)
+        write_key(d / _FILES[4], key, overwrite=True)
         print(f"model: MLP 64-128-64-10 on UCI digits, {n} fp32 parameters, 500 held-out test images")
         a0 = _acc(orig, Xte, yte)
         print(f"  original   accuracy {100 * a0:.1f}%")
