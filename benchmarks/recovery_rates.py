@@ -712,7 +712,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         tg = make_target(model, lv, code=args.code)
         targets.append(tg)
         hosted = f" (outer code in {tg.host} bytes per codeword)" if tg.code == "irs4" else ""
-        log(f"sealed at {lv} (k={tg.k}) with {tg.code}{hosted} in {tg.seal_s:.2f}s: {tg.total_blocks} blocks")
+        h = paramseal.header.parse_header(tg.header_json, KEY)
+        reserved = sum(t.reserved for t in h.tensors)  # records and header copies: no parity in their free bits
+        log(
+            f"sealed at {lv} (k={tg.k}) with {tg.code}{hosted} in {tg.seal_s:.2f}s: {tg.total_blocks} blocks, "
+            f"{reserved} reserved (header copies: {h.copies} in each of {len(h.carriers)} carriers)"
+        )
         for attack in attacks:
             rates, stop = rates_for(tg, attack, override)
             points += sweep(tg, attack, rates, trials, args.seed, stop_after_zeros=stop, log=log)
