@@ -1207,3 +1207,16 @@ def test_bytes_tied_between_copies_are_tried_each_way() -> None:
     copies[2][11] ^= 4  # and a byte the other two outvote
     got = list(_embed._plurality(np.stack(copies)))
     assert text.tobytes() in got and len(set(got)) == 3  # each of the three values at byte 5
+
+
+def test_the_copy_slots_read_for_a_crafted_length_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A record may give any length within the copy budget: 15 slots of it in each large tensor were read whole."""
+    read: list[int] = []
+    storage = _embed._storage
+    monkeypatch.setattr(_embed, "_storage", lambda ub, k: read.append(len(b := storage(ub, k))) or b)
+    monkeypatch.setattr(_embed, "MERGE_TEXT", 1 << 20)
+    rng = np.random.default_rng(3)
+    t = {f"t{i}": rng.standard_normal(1 << 22).astype(np.float32) for i in range(4)}
+    got = _embed._copies(t, list(t), {n: 8 for n in t}, [8], 256 << 10)
+    assert got and sum(a.size for a in got) <= 1 << 20
+    assert sum(read) <= (1 << 20) + 4 * (_embed.RECORD_BYTES + _embed.block_bytes(8))

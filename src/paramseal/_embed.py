@@ -480,14 +480,18 @@ def _flipped(copy: NDArray[np.uint8]) -> Iterator[bytes]:
 def _copies(
     tensors: Mapping[str, NDArray[np.generic]], big: list[str], k_of: dict[str, int], ks: list[int], hlen: int
 ) -> list[NDArray[np.uint8]]:
-    """Copies of length ``hlen`` (each carrier at its own k, or at every k found when its record is gone)."""
-    found = [
-        (i, c)
-        for n in big
-        for k in ([k_of[n]] if n in k_of else ks)
-        for i in range(MAX_COPIES)
-        if (c := _copy_bytes(np.asarray(tensors[n]), k, hlen, i)) is not None and any(c)
-    ]
+    """Copies of length ``hlen`` (each carrier at its own k, or at every k found when its record is gone).
+
+    Each carrier's slots are read at once, ``MERGE_TEXT`` bytes in all: a crafted length must not
+    make the reader copy out the model (the comparisons below and `_plurality` grow with it too).
+    """
+    found: list[tuple[int, bytes]] = []
+    left = MERGE_TEXT
+    for n in big:
+        for k in [k_of[n]] if n in k_of else ks:
+            slots = _copy_bytes(np.asarray(tensors[n]), k, hlen, min(MAX_COPIES, left // hlen) - 1, every=True) or b""
+            left -= len(slots)
+            found += [(i, c) for i in range(len(slots) // hlen) if any(c := slots[i * hlen : (i + 1) * hlen])]
     arrays = [np.frombuffer(c, np.uint8) for _, c in found]
     # Past a carrier's copies lie other bits: a later slot counts only when it matches another slot
     # at half its bytes or more (copies hit at a quarter of their bytes match at over half; other
@@ -521,7 +525,11 @@ def _plurality(votes: NDArray[np.uint8]) -> Iterator[bytes]:
     was hit, and where as many hit copies agree by chance as intact ones remain (two of three
     hit, each differently) the tie is tried each way, up to ``TIE_MIXES`` texts.
     """
-    counts = (votes[:, None, :] == votes[None, :, :]).sum(axis=0)  # per copy and byte: copies agreeing with it
+    counts = np.empty(votes.shape, np.int16)  # per copy and byte: copies agreeing with it (in pieces: bounded memory)
+    step = max(1, (16 << 20) // votes.shape[0] ** 2)
+    for c in range(0, votes.shape[1], step):
+        v = votes[:, c : c + step]
+        counts[:, c : c + step] = (v[:, None, :] == v[None, :, :]).sum(axis=0)
     top = votes[counts.argmax(axis=0), np.arange(votes.shape[1])]
     yield top.tobytes()
     tied = np.flatnonzero(((counts == counts.max(axis=0)) & (votes != top)).any(axis=0))
@@ -541,16 +549,22 @@ def _text(b: bytes) -> Iterator[str]:
         return
 
 
-def _copy_bytes(a: NDArray[np.generic], k: int, hlen: int, copy: int = 0) -> bytes | None:
-    """Copy ``copy`` of the ``hlen`` header bytes a carrier sealed at ``k`` would hold (whatever its record says)."""
+def _copy_bytes(a: NDArray[np.generic], k: int, hlen: int, copy: int = 0, *, every: bool = False) -> bytes | None:
+    """Copy ``copy`` of the ``hlen`` header bytes a carrier sealed at ``k`` would hold (whatever its record says).
+
+    ``every``: copies 0 to ``copy`` instead, as many of them as the tensor holds (None: not one).
+    """
     flat = _bits.uint_view(a)
-    if flat.dtype.itemsize * 8 <= k or block_bytes(k) <= 0:
+    if copy < 0 or flat.dtype.itemsize * 8 <= k or block_bytes(k) <= 0:
+        return None
+    fits = (flat.size // BLOCK * block_bytes(k) - RECORD_BYTES) // hlen  # whole copies the tensor has room for
+    if every:
+        copy = min(copy, fits - 1)
+    if copy >= fits:
         return None
     end = RECORD_BYTES + (copy + 1) * hlen
     nb = blocks_needed(k, end)
-    if flat.size < nb * BLOCK:
-        return None
-    return _storage(flat[: nb * BLOCK].reshape(nb, BLOCK), k)[end - hlen : end]
+    return _storage(flat[: nb * BLOCK].reshape(nb, BLOCK), k)[end - (copy + 1) * hlen if every else end - hlen : end]
 
 
 __all__ = [
