@@ -718,7 +718,8 @@ def test_inspect_prints_the_lane_codes_scattered_capacity_not_a_half_bound(tmp_p
     np.savez(m, w=np.zeros(4096, dtype=np.float16))
     rc, so, _ = run(["inspect", m])
     assert rc == 0 and "positions unknown" not in so, so
-    assert "scattered values about 0.051%" in so and "scattered values about 0.16%" in so, so
+    # a bound, not a figure: recovery stops below it (the blocks hit are not spread evenly over the lanes)
+    assert "scattered values below 0.051%" in so and "scattered values below 0.16%" in so, so
     info = json.loads(run(["inspect", m, "--json"])[1])
     assert info["levels"]["light"]["F16"]["scattered_bound"] == pytest.approx(0.00051, abs=1e-5)
 
