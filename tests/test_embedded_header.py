@@ -1220,3 +1220,16 @@ def test_the_copy_slots_read_for_a_crafted_length_stay_bounded(monkeypatch: pyte
     got = _embed._copies(t, list(t), {n: 8 for n in t}, [8], 256 << 10)
     assert got and sum(a.size for a in got) <= 1 << 20
     assert sum(read) <= (1 << 20) + 4 * (_embed.RECORD_BYTES + _embed.block_bytes(8))
+
+
+@pytest.mark.parametrize(("k", "wanted"), [(8, _embed.WANTED), (12, _embed.WANTED_WIDE)])
+def test_cheap_copies_are_as_many_as_the_plurality_needs_not_as_many_as_fit(k: int, wanted: int) -> None:
+    """Every reserved block costs the code capacity: on 16.7M values 10 copies a carrier (all that fit) took
+    failed groups at strong's 20% scattered point from at most 75 to 104 of 205 parity shards."""
+    from paramseal._layout import TensorSpec
+
+    specs = [TensorSpec(f"t{i}", "F32", (4096, 1024), k) for i in range(4)]
+    p = _embed.plan(specs, 1500)
+    assert len(p.carriers) == 2 and p.copies * len(p.carriers) == wanted + (wanted % 2)
+    one = _embed.plan(specs[:1], 1500)
+    assert one.carriers == (0,) and one.copies == wanted  # a lone carrier holds them all

@@ -3,7 +3,7 @@
 Every float tensor with room gets an identity **record** in the storage bits
 (after the tag) of its first blocks; up to two of the largest tensors, the
 **carriers**, also hold the header JSON right after their record: one copy each,
-or three in a lone carrier, and up to 15 each where that costs at most 0.5% of the
+or three in a lone carrier, and 7 (12 at k = 12) between them where that costs at most 0.5% of the
 blocks (copies may take at most 2% of the blocks, so a tiny model keeps its header
 in the metadata only). A header whose copies were all hit is rebuilt from them
 (`merged_copies`: a byte-wise plurality, mixes of two, a lone copy with one bit
@@ -48,10 +48,13 @@ CARRIERS = 2
 COPIES = 3  # copies a lone carrier holds when the budget allows: any byte has a majority
 COPY_BUDGET = 0.02  # at most this fraction of the float blocks holds header copies
 # Copies that take at most this fraction of the float blocks cost the irs4 groups a fraction of a word
-# of radius each: then up to MAX_COPIES a carrier, so that a byte-wise plurality outlasts scattered damage
-# up to the level's capacity (the probe header counts the field as MAX_COPIES: its digits).
+# of radius each: then as many as a byte-wise plurality needs to outlast scattered damage up to the
+# level's capacity target, in all carriers together: 10% of the values at k <= 8 (a byte of a copy is
+# hit about as often), 20% at k = 12, where a byte may span two values (about a quarter of them hit).
+# More would cost the code capacity for nothing (the probe header counts the field as MAX_COPIES).
 CHEAP_BUDGET = 0.005
-MAX_COPIES = 15
+WANTED, WANTED_WIDE = 7, 12
+MAX_COPIES = WANTED_WIDE
 MERGE_BYTES = 12  # two damaged copies differing in up to this many bytes are mixed (2^12 mixes a pair)
 MERGE_LIMIT = 4096  # candidates `merged_copies` yields in all (and MERGE_TEXT bytes): a crafted model
 MERGE_TEXT = 64 << 20  # must not make verify authenticate for long
@@ -107,11 +110,12 @@ def plan(specs: list[TensorSpec], header_bytes: int) -> Plan:
     carriers = tuple(chosen)
     # The copies carry no parity: a flip in each of two leaves neither intact, but two carriers'
     # copies can still be mixed (`merged_copies`). A lone carrier holds three where the budget
-    # allows, so that every byte has a majority. Where copies are cheap (a larger model) a carrier
-    # holds up to MAX_COPIES. (Otherwise two carriers keep one each: reserved blocks cost the irs4
-    # groups parity, and strong's 20% scattered point on a 1M-value model is at its edge.)
+    # allows, so that every byte has a majority. Where copies are cheap (a larger model) the carriers
+    # hold WANTED (or WANTED_WIDE) between them. (Otherwise two carriers keep one each: reserved blocks
+    # cost the irs4 groups parity, and strong's 20% scattered point on a 1M-value model is at its edge.)
     copies = 1
-    for n in range(MAX_COPIES, 1, -1):
+    wanted = WANTED_WIDE if max((specs[i].k for i in carriers), default=0) >= 12 else WANTED
+    for n in range(max(COPIES, -(-wanted // max(1, len(carriers)))), 1, -1):
         sizes = [blocks_needed(specs[i].k, RECORD_BYTES + n * header_bytes) for i in carriers]
         cap = total if n <= COPIES and len(carriers) == 1 else CHEAP_BUDGET * floats
         if sum(sizes) <= cap and all(specs[i].numel // BLOCK >= b for i, b in zip(carriers, sizes, strict=True)):
