@@ -1233,3 +1233,16 @@ def test_cheap_copies_are_as_many_as_the_plurality_needs_not_as_many_as_fit(k: i
     assert len(p.carriers) == 2 and p.copies * len(p.carriers) == wanted + (wanted % 2)
     one = _embed.plan(specs[:1], 1500)
     assert one.carriers == (0,) and one.copies == wanted  # a lone carrier holds them all
+
+
+def test_weights_of_a_few_values_are_not_taken_for_a_seal(tmp_path: Path, key: paramseal.Key) -> None:
+    """Three levels times a scale repeat their low bits' text at every distance: repeats alone are no seal's sign."""
+    rng = np.random.default_rng(0)
+    t = {"w": (rng.integers(-1, 2, 1 << 20) * 0.0123).astype(np.float32)}
+    t["b"] = (rng.integers(0, 3, 1 << 19) * 0.37).astype(np.float32)
+    assert next(_embed.located_copies(t), None) is not None  # verify tries such lengths: it has the key
+    assert not _embed.carries_seal(t)
+    sealed = paramseal.seal(t, key)
+    assert paramseal.verify(sealed.tensors, key, sealed.header_json).status == "intact"
+    np.savez(tmp_path / "m.npz", **t)
+    assert "seal_unreadable" not in files.inspect_file(tmp_path / "m.npz")  # inspect says it may be sealed

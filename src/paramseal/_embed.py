@@ -318,10 +318,19 @@ def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
 
 def carries_seal(tensors: Mapping[str, NDArray[np.generic]]) -> bool:
     """Whether the weights hold a seal's traces: a record, or a header copy where seal puts one."""
-    return sealed_traces(tensors)[0] > 0 or next(located_copies(tensors), None) is not None
+    return sealed_traces(tensors)[0] > 0 or copies_located(tensors)
 
 
-def located_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
+def copies_located(tensors: Mapping[str, NDArray[np.generic]]) -> bool:
+    """Whether a copy's start (``COPY_START``) lies where seal puts copies: without a key, the sign of a seal.
+
+    Repeats (`_periods`) are no such sign: a tensor of a few values (weights quantised to three
+    levels, cast to float) repeats its low bits' text at every distance, and seal must not refuse it.
+    """
+    return next(located_copies(tensors, repeats=False), None) is not None
+
+
+def located_copies(tensors: Mapping[str, NDArray[np.generic]], *, repeats: bool = True) -> Iterator[str]:
     """Header texts from copies whose record is gone or wrong, found where seal put them.
 
     Without its record (a burst over a carrier's first blocks) a carrier says neither its k nor
@@ -332,6 +341,7 @@ def located_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
     the JSON object it opens, its distance past the record (copy 1 or 2), the distance between two
     starts. Each length's copies, majority and mixes are yielded as by `merged_copies` (with its
     bounds). The caller authenticates each: a start found in other bits costs a candidate, never trust.
+    ``repeats``: also lengths from where the copies' text repeats (`_periods`), first.
     """
     big, budget, found = _survey(tensors)
     ks = {f.k for f in found.values()}
@@ -356,7 +366,7 @@ def located_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
             read += len(data)
             if len(data) < room:
                 grow.append((n, k))
-            for hlen in _lengths(data):
+            for hlen in [*(_periods(data) if repeats else []), *_lengths(data)]:
                 if hlen in tried or blocks_needed(k, RECORD_BYTES + hlen) > budget:
                     continue
                 if len(tried) >= LOCATE_LENGTHS:  # each length reads copy slots: a crafted model gets a few
@@ -369,12 +379,11 @@ def located_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
 
 
 def _lengths(data: bytes) -> list[int]:
-    """Header lengths the copy starts and repeats in ``data`` (a carrier's storage, record first) give.
+    """Header lengths the copy starts in ``data`` (a carrier's storage, record first) give (see `located_copies`).
 
-    See `located_copies`.
-
-    The repeats' lengths (`_periods`) come first: a wrong length costs candidates, and a length
-    a copy start gives may be a fraction of the header's (a start hit, the next one whole).
+    `located_copies` tries the repeats' lengths (`_periods`) before these: a wrong length costs
+    candidates, and a length a copy start gives may be a fraction of the header's (a start hit,
+    the next one whole).
     """
     starts: list[int] = []
     at = data.find(COPY_START, RECORD_BYTES)
@@ -391,8 +400,7 @@ def _lengths(data: bytes) -> list[int]:
             continue
         if isinstance(obj, dict):
             out.add(end - p)
-    periods = _periods(data)
-    return periods + sorted(h for h in out if h > 0 and h not in periods)
+    return sorted(h for h in out if h > 0)
 
 
 def _periods(data: bytes) -> list[int]:
@@ -579,6 +587,8 @@ __all__ = [
     "Plan",
     "block_bytes",
     "blocks_needed",
+    "carries_seal",
+    "copies_located",
     "header_copies",
     "located_copies",
     "merged_copies",

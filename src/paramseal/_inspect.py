@@ -77,7 +77,7 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
                 "'paramseal verify' (with --header-from FILE, a kept copy of the sealed header); do not seal it "
                 "again unless you approve its weights"
             )
-        elif next(_embed.located_copies(loaded.tensors), None) is not None:  # a burst took the records only
+        elif _embed.copies_located(loaded.tensors):  # a burst took the records only
             info["seal_unreadable"] = (
                 "the model was sealed (copies of a seal header lie where seal puts them), but the records that "
                 "say where are gone: they were tampered with. inspect has no key to authenticate those copies; "
