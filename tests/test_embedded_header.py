@@ -1246,3 +1246,42 @@ def test_weights_of_a_few_values_are_not_taken_for_a_seal(tmp_path: Path, key: p
     assert paramseal.verify(sealed.tensors, key, sealed.header_json).status == "intact"
     np.savez(tmp_path / "m.npz", **t)
     assert "seal_unreadable" not in files.inspect_file(tmp_path / "m.npz")  # inspect says it may be sealed
+
+
+def _plant_storage(a: np.ndarray, k: int, content: bytes) -> None:
+    """Write ``content`` into the storage (past the tags) of the first blocks of ``a`` at ``k``."""
+    u = _bits.uint_view(a)  # a view: ``a`` is written
+    per = _embed.block_bytes(k)
+    nb = -(-len(content) // per)
+    sub = u[: nb * 64].reshape(nb, 64).copy()
+    lo = _bits.lo_bytes(sub, k).copy()
+    lo[:, TAG_BITS // 8 :] = np.frombuffer(content.ljust(nb * per, b"\0"), np.uint8).reshape(nb, per)
+    _bits.set_lo(sub, lo, k)
+    u[: nb * 64] = sub.reshape(-1)
+
+
+def test_the_comparisons_among_copy_slots_stay_bounded(monkeypatch: pytest.MonkeyPatch, key: paramseal.Key) -> None:
+    """A record giving a long length over slots that match across carriers, not within one: each length's
+    slots were compared pair by pair (slots^2 x length) at every length tried (a 4 x 4M-value model: a minute)."""
+    monkeypatch.setattr(_embed, "COMPARE_LIMIT", 64 << 20, raising=False)
+    compared: list[int] = []
+    plurality = _embed._plurality
+    monkeypatch.setattr(_embed, "_plurality", lambda v: compared.append(v.shape[0] ** 2 * v.shape[1]) or plurality(v))
+    rng = np.random.default_rng(4)
+    hlen = 20_000
+    slots = bytes(rng.integers(0x21, 0x7F, 15 * hlen, dtype=np.uint8))
+    t = {f"t{i}": rng.standard_normal(1 << 20).astype(np.float32) for i in range(4)}
+    for i, a in enumerate(t.values()):
+        _plant_storage(a, 8, _embed.record(i, 4, b"\1" * 16, hlen) + slots)  # the same slots in each carrier
+    with pytest.raises(HeaderAuthError):
+        header_from_weights(t, key)
+    assert compared and sum(compared) <= 2 * (64 << 20)  # merged_copies' and located_copies' each
+
+
+def test_bytes_tied_at_every_byte_are_not_looked_at_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slots of other bits differ at every byte, a tie there: past 10 tied bytes no mix is made, nor its options."""
+    looked = []
+    unique = np.unique
+    monkeypatch.setattr(np, "unique", lambda *a, **kw: looked.append(1) or unique(*a, **kw))
+    votes = np.random.default_rng(5).integers(0, 256, (15, 50_000), dtype=np.uint8)
+    assert len(list(_embed._plurality(votes))) == 1 and not looked

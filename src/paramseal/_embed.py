@@ -67,6 +67,10 @@ LOCATE_LENGTHS = 16  # header lengths `located_copies` tries in all (a real seal
 PERIOD_BYTES = 1 << 20  # `_periods` looks for repeats in this much of a carrier's storage
 PERIODS, PERIOD_VOTES = 2, 8  # it gives the most frequent distances, each seen this many times
 TEXT_PIECE, TEXT_SHARE = 1024, 0.6  # in pieces this long with this share of printable bytes or more
+# byte comparisons among the slots read for each length (slots x slots x length: `_matching`, `_plurality`
+# and the mixes each compare every pair) that `merged_copies` and `located_copies` each spend in all:
+# 60 slots (15 in each of the 4 largest tensors) of a 100 KiB header take 360 MiB a length
+COMPARE_LIMIT = 2 << 30
 TIE_MIXES = 1024  # texts `_plurality` makes of the values tied for the most copies at some bytes
 
 
@@ -311,7 +315,7 @@ def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
     for hlen in (*recorded, *flipped):
         if not (0 < hlen and any(blocks_needed(k, RECORD_BYTES + hlen) <= budget for k in ks)):
             continue
-        yield from limit.rebuilt(_copies(tensors, big, {n: f.k for n, f in recs.items()}, ks, hlen), hlen)
+        yield from limit.rebuilt(limit.copies(tensors, big, {n: f.k for n, f in recs.items()}, ks, hlen), hlen)
         if limit.spent:
             return
 
@@ -372,7 +376,7 @@ def located_copies(tensors: Mapping[str, NDArray[np.generic]], *, repeats: bool 
                 if len(tried) >= LOCATE_LENGTHS:  # each length reads copy slots: a crafted model gets a few
                     return
                 tried.add(hlen)
-                yield from limit.rebuilt(_copies(tensors, big, k_of | {n: k}, sorted(ks | {k}), hlen), hlen)
+                yield from limit.rebuilt(limit.copies(tensors, big, k_of | {n: k}, sorted(ks | {k}), hlen), hlen)
                 if limit.spent:
                     return
         pairs, window = grow, window * 8
@@ -455,10 +459,19 @@ class _Limit:
     left: int = MERGE_LIMIT
     text_left: int = MERGE_TEXT
     flips_left: int = FLIP_LIMIT
+    compare_left: int = field(default_factory=lambda: COMPARE_LIMIT)  # read when made: tests lower it
 
     @property
     def spent(self) -> bool:
-        return self.left < 0 or self.text_left < 0
+        return self.left < 0 or self.text_left < 0 or self.compare_left <= 0
+
+    def copies(
+        self, tensors: Mapping[str, NDArray[np.generic]], big: list[str], k_of: dict[str, int], ks: list[int], hlen: int
+    ) -> list[NDArray[np.uint8]]:
+        """`_copies`, as many slots as the comparisons left allow: slots x slots x ``hlen`` bytes each length."""
+        found = _slots(tensors, big, k_of, ks, hlen, math.isqrt(max(self.compare_left, 0) // hlen))
+        self.compare_left -= len(found) ** 2 * hlen
+        return _matching(found, hlen)
 
     def rebuilt(self, raw: list[NDArray[np.uint8]], hlen: int) -> Iterator[str]:
         """Texts from the copies ``raw`` of one length: `_candidates`, then a lone copy's one-bit flips."""
@@ -492,23 +505,42 @@ def _flipped(copy: NDArray[np.uint8]) -> Iterator[bytes]:
 def _copies(
     tensors: Mapping[str, NDArray[np.generic]], big: list[str], k_of: dict[str, int], ks: list[int], hlen: int
 ) -> list[NDArray[np.uint8]]:
-    """Copies of length ``hlen`` (each carrier at its own k, or at every k found when its record is gone).
+    """Copies of length ``hlen`` (each carrier at its own k, or at every k found when its record is gone)."""
+    return _matching(_slots(tensors, big, k_of, ks, hlen, MERGE_TEXT // hlen), hlen)
 
-    Each carrier's slots are read at once, ``MERGE_TEXT`` bytes in all: a crafted length must not
-    make the reader copy out the model (the comparisons below and `_plurality` grow with it too).
+
+def _slots(
+    tensors: Mapping[str, NDArray[np.generic]],
+    big: list[str],
+    k_of: dict[str, int],
+    ks: list[int],
+    hlen: int,
+    most: int,
+) -> list[tuple[int, NDArray[np.uint8]]]:
+    """Up to ``most`` copy slots of length ``hlen`` (not all zero), with their place in their carrier.
+
+    Each carrier's slots are read at once, at most ``MERGE_TEXT`` bytes in all: a crafted length must
+    not make the reader copy out the model (`_matching`, `_plurality` and the mixes grow with it too).
     """
     found: list[tuple[int, bytes]] = []
-    left = MERGE_TEXT
+    left = min(MERGE_TEXT // hlen, most)
     for n in big:
         for k in [k_of[n]] if n in k_of else ks:
-            slots = _copy_bytes(np.asarray(tensors[n]), k, hlen, min(MAX_COPIES, left // hlen) - 1, every=True) or b""
-            left -= len(slots)
+            if left <= 0:
+                break
+            slots = _copy_bytes(np.asarray(tensors[n]), k, hlen, min(MAX_COPIES, left) - 1, every=True) or b""
+            left -= len(slots) // hlen
             found += [(i, c) for i in range(len(slots) // hlen) if any(c := slots[i * hlen : (i + 1) * hlen])]
-    arrays = [np.frombuffer(c, np.uint8) for _, c in found]
+    return [(i, np.frombuffer(c, np.uint8)) for i, c in found]
+
+
+def _matching(found: list[tuple[int, NDArray[np.uint8]]], hlen: int) -> list[NDArray[np.uint8]]:
+    """The slots ``found`` that may be copies."""
+    arrays = [a for _, a in found]
     # Past a carrier's copies lie other bits: a later slot counts only when it matches another slot
     # at half its bytes or more (copies hit at a quarter of their bytes match at over half; other
     # bits at 1/256), and the first is always tried: its record may be all that was hit.
-    return [a for (i, _), a in zip(found, arrays, strict=True) if i == 0 or any(
+    return [a for i, a in found if i == 0 or any(
         b is not a and 2 * np.count_nonzero(a == b) >= hlen for b in arrays)]  # fmt: skip
 
 
@@ -545,8 +577,12 @@ def _plurality(votes: NDArray[np.uint8]) -> Iterator[bytes]:
     top = votes[counts.argmax(axis=0), np.arange(votes.shape[1])]
     yield top.tobytes()
     tied = np.flatnonzero(((counts == counts.max(axis=0)) & (votes != top)).any(axis=0))
+    # each tied byte holds two values or more: past log2(TIE_MIXES) of them the mixes are too many, and
+    # other bits read as copies (each slot differing) tie at every byte, which must not cost a look at each
+    if not tied.size or 1 << tied.size > TIE_MIXES:
+        return
     options = [np.unique(votes[counts[:, b] == counts[:, b].max(), b]) for b in tied]
-    if not tied.size or math.prod(len(o) for o in options) > TIE_MIXES:
+    if math.prod(len(o) for o in options) > TIE_MIXES:
         return
     for pick in itertools.product(*options):  # `top` among them: the caller yields each text once
         mix = top.copy()
