@@ -1217,7 +1217,7 @@ def test_the_copy_slots_read_for_a_crafted_length_stay_bounded(monkeypatch: pyte
     monkeypatch.setattr(_embed, "MERGE_TEXT", 1 << 20)
     rng = np.random.default_rng(3)
     t = {f"t{i}": rng.standard_normal(1 << 22).astype(np.float32) for i in range(4)}
-    got = _embed._copies(t, list(t), {n: 8 for n in t}, [8], 256 << 10)
+    got = _embed._Limit().copies(t, list(t), {n: 8 for n in t}, [8], 256 << 10)
     assert got and sum(a.size for a in got) <= 1 << 20
     assert sum(read) <= (1 << 20) + 4 * (_embed.RECORD_BYTES + _embed.block_bytes(8))
 

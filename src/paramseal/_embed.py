@@ -468,7 +468,7 @@ class _Limit:
     def copies(
         self, tensors: Mapping[str, NDArray[np.generic]], big: list[str], k_of: dict[str, int], ks: list[int], hlen: int
     ) -> list[NDArray[np.uint8]]:
-        """`_copies`, as many slots as the comparisons left allow: slots x slots x ``hlen`` bytes each length."""
+        """Copies of length ``hlen`` (`_slots`, `_matching`), as many as the comparisons left allow."""
         found = _slots(tensors, big, k_of, ks, hlen, math.isqrt(max(self.compare_left, 0) // hlen))
         self.compare_left -= len(found) ** 2 * hlen
         return _matching(found, hlen)
@@ -500,13 +500,6 @@ def _flipped(copy: NDArray[np.uint8]) -> Iterator[bytes]:
         one = copy.copy()
         one[q >> 3] ^= 1 << (q & 7)
         yield one.tobytes()
-
-
-def _copies(
-    tensors: Mapping[str, NDArray[np.generic]], big: list[str], k_of: dict[str, int], ks: list[int], hlen: int
-) -> list[NDArray[np.uint8]]:
-    """Copies of length ``hlen`` (each carrier at its own k, or at every k found when its record is gone)."""
-    return _matching(_slots(tensors, big, k_of, ks, hlen, MERGE_TEXT // hlen), hlen)
 
 
 def _slots(
