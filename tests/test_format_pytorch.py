@@ -906,22 +906,9 @@ def test_seal_file_to_such_a_pt_warns_through_pythons_warnings_and_the_cli_print
     alone, or (from an ONNX model) fails verify, without a word. The API now warns with ParamSealWarning, pointing
     at the caller's line; the CLI prints each once, in its own 'warning: ' form, and Python does not print it again.
     """
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
     torch.manual_seed(1)
     torch.save(torch.nn.Linear(64, 64).state_dict(), tmp_path / "m.pt")
-    w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
-        "g",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 64])],
-        initializer=[numpy_helper.from_array(w, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "m.onnx")
+    _matmul_onnx(tmp_path / "m.onnx", 64)
     for src, want in (("m.pt", ["keeps its seal header only"]), ("m.onnx", ["keeps its seal header only", "graph"])):
         out = tmp_path / f"api_{src}.pt"
         with pytest.warns(paramseal.ParamSealWarning) as got:
@@ -950,22 +937,27 @@ def test_sealing_an_onnx_model_into_a_pt_warns_that_a_torch_resave_loses_its_gra
     tmp_path: Path, key_file: Path
 ) -> None:
     """The graph digest is sealed: a .pt saved again without the entry fails verify (exit 2). Seal says so."""
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.random.default_rng(0).standard_normal((512, 512)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
-        "g",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 512])],
-        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 512])],
-        initializer=[numpy_helper.from_array(w, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, tmp_path / "m.onnx")
+    _matmul_onnx(tmp_path / "m.onnx", 512)
     rc, _, err = helpers.run_cli(["seal", tmp_path / "m.onnx", tmp_path / "s.pt", "--key", key_file])
     assert rc == 0 and "graph" in err and "torch.save(model.state_dict())" in err, err
     assert helpers.run_cli(["verify", tmp_path / "s.pt", "--key", key_file])[0] == 0
     rc, so, err = helpers.run_cli(["verify", _resaved(tmp_path / "s.pt", tmp_path / "r.pt"), "--key", key_file])
     assert rc == 2 and "graph digest" in so and "re-pointed" not in so, (so, err)  # no tie was there to re-point
+
+
+def _matmul_onnx(path: Path, n: int) -> None:
+    """An ONNX model of one MatMul by an n x n fp32 initializer 'W' (skips without onnx)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["X", "W"], ["Y"])],
+        "g",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, n])],
+        initializer=[numpy_helper.from_array(w, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
