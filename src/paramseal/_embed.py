@@ -6,7 +6,7 @@ Every float tensor with room gets an identity **record** in the storage bits
 or three in a lone carrier, and 7 (12 at k = 12) between them where that costs at most 0.5% of the
 blocks (copies may take at most 2% of the blocks, so a tiny model keeps its header
 in the metadata only). A header whose copies were all hit is rebuilt from them
-(`merged_copies`: a byte-wise plurality, mixes of two, a lone copy with one bit
+(`merged_copies`: a byte-wise and a nibble-wise plurality, mixes of two, a lone copy with one bit
 flipped back) before it is given up. Those blocks
 store no parity (``TensorSpec.reserved``), but their tags cover the record and
 the copy, so both are authenticated like any other bit; the copy itself is the
@@ -66,11 +66,13 @@ _HEADER_MIN = 160  # bytes every header has: its hmac, salt and key fingerprint 
 LOCATE_LENGTHS = 16  # header lengths `located_copies` tries in all (a real seal's copies give one or two)
 PERIOD_BYTES = 1 << 20  # `_periods` looks for repeats in this much of a carrier's storage
 PERIODS, PERIOD_VOTES = 2, 8  # it gives the most frequent distances, each seen this many times
+PERIOD_RARE = 2 * MAX_COPIES  # among 4-byte sequences found at most this often (once or twice a copy)
 TEXT_PIECE, TEXT_SHARE = 1024, 0.6  # in pieces this long with this share of printable bytes or more
 # byte comparisons among the slots read for each length (slots x slots x length: `_matching`, `_plurality`
 # and the mixes each compare every pair) that `merged_copies` and `located_copies` each spend in all:
-# 60 slots (15 in each of the 4 largest tensors) of a 100 KiB header take 360 MiB a length
+# 48 slots (12 in each of the 4 largest tensors) of a 100 KiB header take 675 MiB a length (COMPARE_COST)
 COMPARE_LIMIT = 2 << 30
+COMPARE_COST = 3  # comparisons a pair of slots costs a byte: the byte plurality's one and the nibble plurality's two
 TIE_MIXES = 1024  # texts `_plurality` makes of the values tied for the most copies at some bytes
 
 
@@ -292,7 +294,7 @@ def header_copies(tensors: Mapping[str, NDArray[np.generic]]) -> list[tuple[str,
 
 
 def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
-    """Header texts rebuilt from damaged copies: each copy, a byte-wise plurality, mixes of two, one-bit flips.
+    """Header texts rebuilt from damaged copies: each copy, pluralities (by byte, nibble), mixes, one-bit flips.
 
     A mix of two takes, at each byte where they differ, either one's byte. The copies have no
     parity of their own, so a flip in each leaves none authentic; but unless every copy was hit
@@ -411,10 +413,13 @@ def _periods(data: bytes) -> list[int]:
     """Header lengths the repeats in a carrier's storage (record first) give: where its copies recur.
 
     Copy ``i + 1`` repeats copy ``i`` a header length on, so a 4-byte sequence found once in the
-    header (most are: keys, hex digits) recurs at that distance wherever both copies still hold it.
-    Scattered damage leaves no copy start whole, but most sequences: the distances between each
-    sequence's successive places are counted, and the most frequent (past ``_HEADER_MIN``) are the
-    length. Other bits (the words of other tensors' parity) rarely repeat a sequence at all.
+    header (hex digits, a name's numbers) recurs at that distance wherever both copies still hold it.
+    Scattered damage leaves no copy start whole, but most sequences: the distances between the places
+    of each sequence found at most ``PERIOD_RARE`` times are counted, and the most frequent (past
+    ``_HEADER_MIN``) are the length (from each place to the next two: linear time). Frequent ones are
+    skipped: in a header of many like-named tensors (MiniLM's 103) a sequence such as ``"dty`` recurs
+    every entry, and those distances outvoted the length. Other bits (the words of other tensors'
+    parity) rarely repeat a sequence at all.
     """
     body = np.frombuffer(data, np.uint8)[RECORD_BYTES : RECORD_BYTES + PERIOD_BYTES]
 
@@ -431,13 +436,22 @@ def _periods(data: bytes) -> list[int]:
     body = body[: TEXT_PIECE * int(np.argmin(text)) if not text.all() else body.size].astype(np.uint32)
     grams = body[:-3] | body[1:-2] << 8 | body[2:-1] << 16 | body[3:] << 24
     at = np.argsort(grams, kind="stable")  # equal sequences in place order
-    same = grams[at[1:]] == grams[at[:-1]]
+    seq = grams[at]
     # a header holds no NUL: sequences with one are padding, or other bits' structure (low bits left zero)
     nul = np.zeros(grams.size, bool)
     for z in (body[:-3], body[1:-2], body[2:-1], body[3:]):
         nul |= z == 0
-    gaps = (at[1:] - at[:-1])[same & ~nul[at[1:]]]
-    counts = np.bincount(gaps[gaps >= _HEADER_MIN])
+    starts = np.flatnonzero(np.r_[True, seq[1:] != seq[:-1]])
+    sizes = np.diff(np.r_[starts, seq.size])
+    each = np.repeat(sizes, sizes)
+    kept = np.flatnonzero((each > 1) & (each <= PERIOD_RARE) & ~nul[at])  # whole runs: still in sorted order
+    seq, at = seq[kept], at[kept]
+    gaps = [np.zeros(0, at.dtype)]
+    for r in (1, 2):  # each place and the sequence's next two: a sequence found twice a copy gives the length too
+        pair = seq[r:] == seq[:-r]
+        gaps.append(at[r:][pair] - at[:-r][pair])
+    found = np.concatenate(gaps)
+    counts = np.bincount(found[found >= _HEADER_MIN])
     top = np.argsort(counts)[::-1][:PERIODS]
     return [int(h) for h in top if counts[h] >= PERIOD_VOTES]  # most frequent first
 
@@ -469,8 +483,9 @@ class _Limit:
         self, tensors: Mapping[str, NDArray[np.generic]], big: list[str], k_of: dict[str, int], ks: list[int], hlen: int
     ) -> list[NDArray[np.uint8]]:
         """Copies of length ``hlen`` (`_slots`, `_matching`), as many as the comparisons left allow."""
-        found = _slots(tensors, big, k_of, ks, hlen, math.isqrt(max(self.compare_left, 0) // hlen))
-        self.compare_left -= len(found) ** 2 * hlen
+        cost = COMPARE_COST * hlen  # per pair of slots
+        found = _slots(tensors, big, k_of, ks, hlen, math.isqrt(max(self.compare_left, 0) // cost))
+        self.compare_left -= len(found) ** 2 * cost
         return _matching(found, hlen)
 
     def rebuilt(self, raw: list[NDArray[np.uint8]], hlen: int) -> Iterator[str]:
@@ -538,10 +553,18 @@ def _matching(found: list[tuple[int, NDArray[np.uint8]]], hlen: int) -> list[NDA
 
 
 def _candidates(raw: list[NDArray[np.uint8]], hlen: int) -> Iterator[bytes]:
-    """Each of the copies ``raw``, a byte-wise majority of three or more, and mixes of two."""
+    """Each of the copies ``raw``, a byte-wise and a nibble-wise plurality of three or more, and mixes of two."""
     yield from (a.tobytes() for a in raw)  # a later copy of a carrier may be intact
     if len(raw) >= 3:
-        yield from _plurality(np.stack(raw))
+        votes = np.stack(raw)
+        yield from _plurality(votes)
+        # Nibble by nibble too: at k = 12 (and 4) each nibble lies in one value, in every copy, but a byte
+        # straddles two in every copy alike (a header length a multiple of 3), so a third of the bytes are hit
+        # about twice as often, in all copies at once: on MiniLM at strong's 20%, a few bytes in every trial.
+        nibbles = np.stack([votes & 15, votes >> 4], axis=2).reshape(len(raw), -1)
+        for text in _plurality(nibbles):
+            half = np.frombuffer(text, np.uint8)
+            yield (half[0::2] | half[1::2] << 4).tobytes()
     for i in range(len(raw)):
         for j in range(i + 1, len(raw)):
             a, b = raw[i], raw[j]

@@ -408,7 +408,7 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
     """The seal header embedded in the weights, authenticated with ``key``.
 
     Each copy is tried, then headers rebuilt from damaged copies (`_embed.merged_copies`: a
-    byte-wise majority, mixes of two), then copies whose record is gone, found where seal put
+    plurality by byte and by nibble, mixes of two), then copies whose record is gone, found where seal put
     them (`_embed.located_copies`), each authenticated like the copies. Raises NotSealedError
     when no copy is found, KeyMismatchError when every copy names the same other key, and
     HeaderAuthError when nothing authenticates.
