@@ -32,6 +32,7 @@ import math
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -70,9 +71,10 @@ PERIOD_RARE = 2 * MAX_COPIES  # among 4-byte sequences found at most this often 
 TEXT_PIECE, TEXT_SHARE = 1024, 0.6  # in pieces this long with this share of printable bytes or more
 # byte comparisons among the slots read for each length (slots x slots x length: `_matching`, `_plurality`
 # and the mixes each compare every pair) that `merged_copies` and `located_copies` each spend in all:
-# 48 slots (12 in each of the 4 largest tensors) of a 100 KiB header take 675 MiB a length (COMPARE_COST)
+# 48 slots (12 in each of the 4 largest tensors) of a 100 KiB header take 1.3 GiB a length (COMPARE_COST)
 COMPARE_LIMIT = 2 << 30
-COMPARE_COST = 3  # comparisons a pair of slots costs a byte: the byte plurality's one and the nibble plurality's two
+COMPARE_COST = 6  # comparisons a pair of slots costs a byte: the byte plurality 1, the nibbles' 2, `_agreeing` 3
+AGREE_SHARE = 1 / 8  # `_agreeing` looks at most at this share of the nibbles (an eighth, 11 neighbours each at k = 24)
 TIE_MIXES = 1024  # texts `_plurality` makes of the values tied for the most copies at some bytes
 
 
@@ -481,21 +483,21 @@ class _Limit:
 
     def copies(
         self, tensors: Mapping[str, NDArray[np.generic]], big: list[str], k_of: dict[str, int], ks: list[int], hlen: int
-    ) -> list[NDArray[np.uint8]]:
+    ) -> list[_Slot]:
         """Copies of length ``hlen`` (`_slots`, `_matching`), as many as the comparisons left allow."""
         cost = COMPARE_COST * hlen  # per pair of slots
         found = _slots(tensors, big, k_of, ks, hlen, math.isqrt(max(self.compare_left, 0) // cost))
         self.compare_left -= len(found) ** 2 * cost
         return _matching(found, hlen)
 
-    def rebuilt(self, raw: list[NDArray[np.uint8]], hlen: int) -> Iterator[str]:
+    def rebuilt(self, raw: list[_Slot], hlen: int) -> Iterator[str]:
         """Texts from the copies ``raw`` of one length: `_candidates`, then a lone copy's one-bit flips."""
         yield from self.texts(_candidates(raw, hlen))
         # A lone copy (one carrier with room for one, the other carrier's lost) has nothing to be mixed
         # with, but one bit flipped in it (a flip, or a replaced value at k = 1) is undone.
         if len(raw) == 1 and hlen * 8 <= self.flips_left and not self.spent:
             self.flips_left -= hlen * 8
-            yield from self.texts(_flipped(raw[0]), flips=True)
+            yield from self.texts(_flipped(raw[0].data), flips=True)
 
     def texts(self, candidates: Iterator[bytes], *, flips: bool = False) -> Iterator[str]:
         for cand in candidates:
@@ -524,13 +526,13 @@ def _slots(
     ks: list[int],
     hlen: int,
     most: int,
-) -> list[tuple[int, NDArray[np.uint8]]]:
+) -> list[_Slot]:
     """Up to ``most`` copy slots of length ``hlen`` (not all zero), with their place in their carrier.
 
     Each carrier's slots are read at once, at most ``MERGE_TEXT`` bytes in all: a crafted length must
     not make the reader copy out the model (`_matching`, `_plurality` and the mixes grow with it too).
     """
-    found: list[tuple[int, bytes]] = []
+    found: list[tuple[int, int, bytes]] = []
     left = min(MERGE_TEXT // hlen, most)
     for n in big:
         for k in [k_of[n]] if n in k_of else ks:
@@ -538,36 +540,46 @@ def _slots(
                 break
             slots = _copy_bytes(np.asarray(tensors[n]), k, hlen, min(MAX_COPIES, left) - 1, every=True) or b""
             left -= len(slots) // hlen
-            found += [(i, c) for i in range(len(slots) // hlen) if any(c := slots[i * hlen : (i + 1) * hlen])]
-    return [(i, np.frombuffer(c, np.uint8)) for i, c in found]
+            found += [(i, k, c) for i in range(len(slots) // hlen) if any(c := slots[i * hlen : (i + 1) * hlen])]
+    return [_Slot(i, k, np.frombuffer(c, np.uint8)) for i, k, c in found]
 
 
-def _matching(found: list[tuple[int, NDArray[np.uint8]]], hlen: int) -> list[NDArray[np.uint8]]:
+class _Slot(NamedTuple):
+    """A copy slot read from a carrier: its place there (copy ``copy`` at ``k``) and its bytes."""
+
+    copy: int
+    k: int
+    data: NDArray[np.uint8]
+
+
+def _matching(found: list[_Slot], hlen: int) -> list[_Slot]:
     """The slots ``found`` that may be copies."""
-    arrays = [a for _, a in found]
     # Past a carrier's copies lie other bits: a later slot counts only when it matches another slot
     # at half its bytes or more (copies hit at a quarter of their bytes match at over half; other
     # bits at 1/256), and the first is always tried: its record may be all that was hit.
-    return [a for i, a in found if i == 0 or any(
-        b is not a and 2 * np.count_nonzero(a == b) >= hlen for b in arrays)]  # fmt: skip
+    return [s for s in found if s.copy == 0 or any(
+        t is not s and 2 * np.count_nonzero(s.data == t.data) >= hlen for t in found)]  # fmt: skip
 
 
-def _candidates(raw: list[NDArray[np.uint8]], hlen: int) -> Iterator[bytes]:
-    """Each of the copies ``raw``, a byte-wise and a nibble-wise plurality of three or more, and mixes of two."""
-    yield from (a.tobytes() for a in raw)  # a later copy of a carrier may be intact
+def _candidates(raw: list[_Slot], hlen: int) -> Iterator[bytes]:
+    """Each of the copies ``raw``; of three or more, pluralities (agreeing values, bytes, nibbles); mixes of two."""
+    yield from (s.data.tobytes() for s in raw)  # a later copy of a carrier may be intact
     if len(raw) >= 3:
-        votes = np.stack(raw)
+        votes = np.stack([s.data for s in raw])
+        nibbles = np.stack([votes & 15, votes >> 4], axis=2).reshape(len(raw), -1)
+        if all(s.k % 4 == 0 for s in raw):  # every nibble lies in one value
+            half = _agreeing(nibbles, [_value_spans(s.copy, s.k, hlen) for s in raw])
+            yield (half[0::2] | half[1::2] << 4).tobytes()
         yield from _plurality(votes)
         # Nibble by nibble too: at k = 12 (and 4) each nibble lies in one value, in every copy, but a byte
         # straddles two in every copy alike (a header length a multiple of 3), so a third of the bytes are hit
         # about twice as often, in all copies at once: on MiniLM at strong's 20%, a few bytes in every trial.
-        nibbles = np.stack([votes & 15, votes >> 4], axis=2).reshape(len(raw), -1)
         for text in _plurality(nibbles):
             half = np.frombuffer(text, np.uint8)
             yield (half[0::2] | half[1::2] << 4).tobytes()
     for i in range(len(raw)):
         for j in range(i + 1, len(raw)):
-            a, b = raw[i], raw[j]
+            a, b = raw[i].data, raw[j].data
             diff = np.flatnonzero(a != b)
             if not 0 < diff.size <= MERGE_BYTES:
                 continue
@@ -576,6 +588,50 @@ def _candidates(raw: list[NDArray[np.uint8]], hlen: int) -> Iterator[bytes]:
                 mix = a.copy()
                 mix[pick] = b[pick]
                 yield mix.tobytes()
+
+
+Spans = tuple[NDArray[np.int32], NDArray[np.int32]]  # per nibble: the first and last nibble of its value
+
+
+def _value_spans(index: int, k: int, hlen: int) -> Spans:
+    """Per nibble of copy ``index`` (``hlen`` bytes at ``k``, a multiple of 4): the first and last nibble of its value.
+
+    A block's storage bits follow its tag's, value j holding bits ``j * k`` on (`_bits.lo_bytes`).
+    """
+    m = np.arange(2 * hlen)
+    at = RECORD_BYTES + index * hlen + m // 2  # storage byte
+    per = block_bytes(k)
+    value = at // per * BLOCK + (TAG_BITS + 8 * (at % per) + 4 * (m % 2)) // k  # never decreasing
+    first, last = np.searchsorted(value, value, "left"), np.searchsorted(value, value, "right") - 1
+    return first.astype(np.int32), last.astype(np.int32)
+
+
+def _agreeing(nibbles: NDArray[np.uint8], spans: list[Spans]) -> NDArray[np.uint8]:
+    """The nibble plurality, but where most copies differ: the nibble of the copy most agree with over its value.
+
+    A replaced value writes random bits over all of it, so two copies agreeing on all 12 bits of a value
+    (at k = 12) are both intact there but by a 1/4096 chance: where 10 of 12 copies were hit at the
+    same value, the plurality of a nibble may go to hit copies agreeing by chance (1/16), this to the two
+    intact ones. Copies whose values are placed differently must agree over both values' nibbles. Only
+    nibbles held by half the copies or fewer are looked at (a few in a hundred), and none where more
+    than ``AGREE_SHARE`` of them are: such slots are no copies of one text.
+    """
+    n, size = nibbles.shape
+    top: NDArray[np.uint8] = np.frombuffer(next(_plurality(nibbles)), np.uint8).copy()
+    weak = np.flatnonzero(2 * np.count_nonzero(nibbles == top, axis=0) <= n)
+    if not weak.size or weak.size > AGREE_SHARE * size:
+        return top
+    lo, hi = np.stack([s[0][weak] for s in spans]), np.stack([s[1][weak] for s in spans])  # [copies, weak]
+    reach = int((hi - lo).max())
+    at = weak[:, None] + np.arange(-reach, reach + 1)  # each weak nibble's neighbours a value may cover
+    window = nibbles[:, np.clip(at, 0, size - 1)]  # [copies, weak, 2 * reach + 1]
+    inside = (lo[:, :, None] <= at) & (at <= hi[:, :, None])
+    support = np.zeros((n, weak.size), np.int32)
+    for j in range(n):  # per copy, not per value: each copy against copy j over both of their values
+        support += ~((window != window[j]) & (inside | inside[j])).any(axis=2)
+    best = window[support.argmax(axis=0), np.arange(weak.size), reach]
+    top[weak] = np.where(support.max(axis=0) >= 2, best, top[weak])
+    return top
 
 
 def _plurality(votes: NDArray[np.uint8]) -> Iterator[bytes]:
