@@ -1358,6 +1358,38 @@ def test_a_standard_error_that_cannot_be_written_loses_the_messages_not_the_exit
     assert out.exists() == (case == "seal --bits past strong")
 
 
+def test_a_standard_error_that_fails_in_process_leaves_the_callers_fd_2_writable(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A caller's sys.stderr that failed on one message (an ASCII-only writer on fd 2, a non-ASCII file name)
+    had fd 2 itself pointed at /dev/null when main() returned: everything the caller wrote to it later vanished."""
+    import codecs
+
+    monkeypatch.setattr("sys.stderr", codecs.getwriter("ascii")(open(2, "wb", buffering=0, closefd=False)))
+    assert main(["verify", str(tmp_path / "caf\u00e9.safetensors"), "--key", str(key_file)]) == 3
+    monkeypatch.undo()
+    os.write(2, b"the caller's own message\n")
+    assert "the caller's own message" in capfd.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_standard_output_that_fails_in_process_is_the_callers_file_again_after_main(
+    sealed_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process main() with fd 1 on a full disk (exit 3, as it should) left fd 1 on /dev/null for the caller."""
+    saved = os.dup(1)
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.dup2(full, 1)
+        monkeypatch.setattr("sys.stdout", open(1, "w", closefd=False))
+        assert main(["verify", str(sealed_file), "--key", str(key_file)]) == 3
+        assert os.fstat(1).st_rdev == os.fstat(full).st_rdev != os.stat(os.devnull).st_rdev
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(full)
+
+
 def test_the_stdout_wrapper_answers_for_the_stream_it_wraps() -> None:
     """Progress and colour decisions ask stdout whether it is a terminal: the wrapper must not answer for itself."""
     from paramseal.cli import _Stdout

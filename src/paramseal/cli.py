@@ -19,6 +19,7 @@ import traceback
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext, redirect_stdout
+from contextvars import ContextVar
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from types import FrameType
@@ -218,7 +219,7 @@ def _parser() -> _Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (callable from tests)."""
-    with _stderr_kept():
+    with _files_given_back(), _stderr_kept():
         return _main(argv)
 
 
@@ -335,6 +336,7 @@ class _Stderr:
 
     def __init__(self, stream: Any) -> None:
         self._stream, self._failed = stream, False
+        self._quieted = _QUIETED.get()  # a worker thread's progress line may be the write that fails
 
     def write(self, text: str) -> int:
         if not self._failed:
@@ -353,11 +355,7 @@ class _Stderr:
 
     def _lost(self) -> None:
         self._failed = True
-        _quiet(self._stream)
-        try:  # what it holds goes to /dev/null now, not at exit, where a failed flush is Python's exit 120
-            self._stream.flush()
-        except (OSError, ValueError):
-            pass
+        _quiet(self._stream, self._quieted)  # flushed there: not at exit, where a failed flush is Python's exit 120
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -412,12 +410,34 @@ class _Stdout:
         return getattr(self._stream, name)
 
 
+# the files `_quiet` pointed at /dev/null in this main() call: descriptor -> (a copy of the caller's file, inheritable)
+_QUIETED: ContextVar[dict[int, tuple[int, bool]] | None] = ContextVar("_QUIETED", default=None)
+
+
+@contextmanager
+def _files_given_back() -> Iterator[None]:
+    """The standard output and error files `_quiet` replaced are the caller's own again when main() returns.
+
+    In-process, a stream that failed once (a full disk, an ASCII-only sys.stderr given a non-ASCII
+    name) left its descriptor on /dev/null for good: the caller's later messages vanished.
+    """
+    quieted: dict[int, tuple[int, bool]] = {}
+    token = _QUIETED.set(quieted)
+    try:
+        yield
+    finally:
+        _QUIETED.reset(token)
+        for fd, (mine, inheritable) in quieted.items():
+            os.dup2(mine, fd, inheritable=inheritable)
+            os.close(mine)
+
+
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
     _quiet(sys.stdout)
 
 
-def _quiet(stream: Any) -> None:
+def _quiet(stream: Any, quieted: dict[int, tuple[int, bool]] | None = None) -> None:
     """Point ``stream``'s file at /dev/null so that flushing it (at the interpreter's exit too) cannot fail again."""
     if stream is None:  # closed: nothing is flushed at exit
         return
@@ -425,9 +445,16 @@ def _quiet(stream: Any) -> None:
         fd = stream.fileno()
     except (OSError, ValueError, AttributeError):  # not a file (a test's StringIO): nothing is flushed at exit
         return
+    quieted = _QUIETED.get() if quieted is None else quieted
+    if quieted is not None and fd not in quieted:
+        quieted[fd] = (os.dup(fd), os.get_inheritable(fd))
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, fd)
     os.close(null)
+    try:  # what it holds goes to /dev/null now, not to the caller's file once main() gives it back
+        stream.flush()
+    except (OSError, ValueError):
+        pass
 
 
 class _Terminated(KeyboardInterrupt):
