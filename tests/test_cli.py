@@ -367,6 +367,33 @@ def test_recover_beyond_capacity_writes_nothing_unless_allow_partial(
     assert run(["verify", out, "--key", key_file])[0] == 2
 
 
+def test_recover_json_says_whether_its_output_was_written(tmp_path: Path, key_file: Path) -> None:
+    """Beyond capacity without --allow-partial nothing is written (exit 2), but the JSON listed restored values
+    (`restored_parameters`, each tensor's `restored`) as a partial result's did: a script could not tell."""
+    m = helpers.write_st(tmp_path / "m.safetensors", helpers.fp32_model(1 << 16, tensors=2))
+    sealed = tmp_path / "s.safetensors"
+    assert run(["seal", m, sealed, "--key", key_file])[0] == 0
+    t, meta = helpers.read_st(sealed)
+    blocks = helpers.block_list(t)
+    pick = np.random.default_rng(0).choice(len(blocks), len(blocks) // 5, replace=False)  # past the code's reach
+    bad = helpers.write_st(tmp_path / "bad.safetensors", helpers.randomize_blocks(t, [blocks[i] for i in pick]), meta)
+    out = tmp_path / "out.safetensors"
+    rc, so, _ = run(["recover", bad, out, "--key", key_file, "--json"])
+    d = json.loads(so)
+    assert rc == 2 and not out.exists() and d["status"] == "unrecoverable"
+    assert d["restored_parameters"] > 0 and any(f["restored"]["indices"] for f in d["tensors"].values())  # kept
+    assert d["written"] is False and d["output"] is None
+    rc, so, _ = run(["recover", bad, out, "--key", key_file, "--json", "--allow-partial"])
+    d = json.loads(so)
+    assert rc == 2 and out.exists() and d["written"] is True and d["output"] == str(out)
+    out.unlink()
+    rc, so, _ = run(["recover", sealed, out, "--key", key_file, "--json"])
+    d = json.loads(so)
+    assert rc == 0 and out.exists() and d["written"] is True and d["output"] == str(out)
+    rc, so, _ = run(["verify", sealed, "--key", key_file, "--json"])
+    assert rc == 0 and "written" not in json.loads(so)  # verify writes nothing, ever: no such question
+
+
 def test_recover_beyond_capacity_counts_values_in_unrecoverable_blocks_not_values_lost(
     tmp_path: Path, sealed_file: Path, key_file: Path
 ) -> None:

@@ -101,6 +101,20 @@ def test_a_flipped_bit_in_one_shard_is_located_and_recovered(tmp_path: Path, sea
     assert (fixed / "config.json").exists()
 
 
+def test_recover_json_says_whether_the_folder_was_written(tmp_path: Path, sealed_ckpt: Path, key_file: Path) -> None:
+    """Exit 2 is a partial folder written (--allow-partial) or none: the JSON says which, as for one file."""
+    bad = tmp_path / "bad"
+    shutil.copytree(sealed_ckpt, bad)
+    t, meta = helpers.read_st(bad / SHARDS[1])
+    helpers.write_st(bad / SHARDS[1], {n: np.zeros_like(a) for n, a in t.items()}, meta)
+    fixed = tmp_path / "fixed"
+    for extra, written in (([], False), (["--allow-partial"], True)):
+        rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file, "--json", *extra])
+        d = json.loads(out)
+        assert rc == 2 and fixed.exists() == written and d["status"] == "unrecoverable", err
+        assert d["written"] is written and d["output"] == (str(fixed) if written else None)
+
+
 def test_partial_verification_reads_only_the_shards_it_needs(
     tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -37,9 +37,9 @@ def _key_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", metavar="KEYFILE", help="key file (default: the PARAMSEAL_KEY variable)")
 
 
-def _print_json(rep: Report) -> None:
+def _print_json(rep: Report, extra: dict[str, Any] | None = None) -> None:
     """The report's JSON on stdout, streamed: a report of millions of values is never one string."""
-    rep.write_json(sys.stdout)
+    rep.write_json(sys.stdout, extra)
     sys.stdout.write("\n")
 
 
@@ -571,18 +571,23 @@ def _run(args: argparse.Namespace) -> int:
             if sharded.is_sharded(Path(args.input)):
                 if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
                     raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
-                rep, _ = sharded.recover_dir(Path(args.input), Path(args.output), key, allow_partial=args.allow_partial)
+                rep, written = sharded.recover_dir(
+                    Path(args.input), Path(args.output), key, allow_partial=args.allow_partial
+                )
+                output = args.output if written else None
             else:
-                rep = files.recover_file(
+                res = files.recover_file(
                     args.input,
                     args.output,
                     key,
                     allow_partial=args.allow_partial,
                     in_place=args.in_place,
                     header=header,
-                ).report
+                )
+                rep, output = res.report, None if res.path is None else str(res.path)
             if args.json:
-                _print_json(rep)
+                # exit 2 is a partial result written (--allow-partial) or nothing: `restored` alone cannot say
+                _print_json(rep, {"written": output is not None, "output": output})
             elif rep.status == "intact":
                 print(f"OK: {args.input} was intact; written to {args.output}")
                 if rep.notes:

@@ -6,7 +6,7 @@ import functools
 import io
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO, overload
 
@@ -301,12 +301,13 @@ class Report:
         """JSON-able form (the schema of ``--json``)."""
         return self._to_dict(lambda f: f.to_dict(self.kind == "recover"))
 
-    def _to_dict(self, finding: Any) -> dict[str, Any]:
-        """`to_dict`, each tampered tensor's entry made by ``finding(tensor_finding)``."""
+    def _to_dict(self, finding: Any, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """`to_dict`, each tensor's entry made by ``finding(tensor_finding)``; ``extra`` follows ``recoverable``."""
         return {
             "kind": self.kind,
             "status": self.status,
             "recoverable": self.recoverable,
+            **(extra or {}),
             "tampered_tensors": self.tampered_tensors,
             "tampered_blocks": self.tampered_block_count,
             "total_blocks": self.total_blocks,
@@ -327,14 +328,16 @@ class Report:
         self.write_json(out)
         return out.getvalue()
 
-    def write_json(self, out: TextIO) -> None:
+    def write_json(self, out: TextIO, extra: Mapping[str, Any] | None = None) -> None:
         """Write `to_json`'s document to ``out`` as it is formatted, a slice of each long list at a time.
 
         A report can name tens of millions of values (a replaced layer of an LLM): formatting them
-        all at once would take gigabytes. Memory stays bounded by ``_CHUNK`` entries.
+        all at once would take gigabytes. Memory stays bounded by ``_CHUNK`` entries. ``extra``:
+        top-level entries the report cannot know, after ``recoverable`` (the CLI's ``written`` and
+        ``output``: whether recover wrote OUT, which its exit code 2 leaves open).
         """
         recover = self.kind == "recover"
-        write_json_streamed(out, lambda put: self._to_dict(lambda f: f._json_parts(put, recover)), indent=2)
+        write_json_streamed(out, lambda put: self._to_dict(lambda f: f._json_parts(put, recover), extra), indent=2)
 
     def summary(self) -> str:
         """Human-readable lines for the CLI."""
