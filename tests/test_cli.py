@@ -314,6 +314,43 @@ def test_recover_text_and_json_report_indices_and_bits(
     assert so.splitlines()[0].endswith("(1 value restored)"), so
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_recover_of_swapped_tensors_says_it_moved_them_back(tmp_path: Path, key_file: Path, flip: bool) -> None:
+    """Two tensors' data exchanged: recover put each back under its own name, yet its OK line said
+    "(no value needed restoring)", which reads as "nothing was done"."""
+    m = helpers.write_st(tmp_path / "m.safetensors", helpers.fp32_model(1 << 12, tensors=3))
+    sealed = tmp_path / "s.safetensors"
+    assert run(["seal", m, sealed, "--key", key_file])[0] == 0
+    t, meta = helpers.read_st(sealed)
+    want = helpers.copy_model(t)
+    t["layer0.weight"], t["layer1.weight"] = t["layer1.weight"], t["layer0.weight"]
+    if flip:  # a value rebuilt too: both are said
+        t = helpers.flip_bit(t, "layer2.weight", 5, 30)
+    bad = helpers.write_st(tmp_path / "bad.safetensors", t, meta)
+    out = tmp_path / "out.safetensors"
+    rc, so, se = run(["recover", bad, out, "--key", key_file])
+    first = so.splitlines()[0]
+    assert rc == 0 and first.startswith("OK: recovered"), (so, se)
+    assert "2 swapped tensors moved back in place" in first and "no value needed restoring" not in first, first
+    assert ("1 value restored" in first) == flip, first
+    helpers.assert_model_equal(helpers.read_st(out)[0], want)
+    rc, so, _ = run(["recover", bad, out, "--key", key_file, "--json"])
+    d = json.loads(so)  # the same facts: recovered, the swap named on both tensors, no value's bits rebuilt
+    assert rc == 0 and d["status"] == "recovered" and d["restored_parameters"] == int(flip)
+    for a, b in (("layer0.weight", "layer1.weight"), ("layer1.weight", "layer0.weight")):
+        assert d["tensors"][a]["issues"] == [f"swapped: its data was found under '{b}'"]
+        assert d["tensors"][a]["restored"]["indices"] == []
+
+
+def test_recover_of_a_renamed_tensor_says_it_wrote_it_under_its_sealed_name(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
+    """As for a swap: "(no value needed restoring)" left out the one thing recover did."""
+    bad = _tamper(sealed_file, tmp_path / "bad.safetensors", lambda t: t.update({"fc.renamed": t.pop("fc.weight")}))
+    rc, so, se = run(["recover", bad, tmp_path / "fixed.safetensors", "--key", key_file])
+    assert rc == 0 and so.splitlines()[0].endswith("(1 renamed tensor written under its sealed name)"), (so, se)
+
+
 def test_recover_json_gives_every_tensor_the_same_entries_a_renamed_one_included(
     tmp_path: Path, sealed_file: Path, key_file: Path
 ) -> None:

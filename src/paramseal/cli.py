@@ -31,6 +31,7 @@ from .errors import ParamSealError, ParamSealWarning, UsageError
 from .keys import Key, exposed_to_others, key_like_args, load_key, redact, write_key
 from .levels import BLOCK, FLOATS, LEVELS, max_relative_change
 from .report import Report
+from .verify import RENAMED, SWAPPED
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -593,9 +594,7 @@ def _run(args: argparse.Namespace) -> int:
                 if rep.notes:
                     print(rep.summary())
             elif rep.status == "recovered":
-                done = rep.restored_count  # 0: only the metadata, names or a shard index needed fixing
-                what = f"{_count(done, 'value')} restored" if done else "no value needed restoring"
-                print(f"OK: recovered {args.input} -> {args.output} ({what})")
+                print(f"OK: recovered {args.input} -> {args.output} ({_what_recover_did(rep)})")
                 print(rep.summary())
             else:
                 wrote = f"partial result written to {args.output}" if args.allow_partial else "nothing written"
@@ -620,6 +619,24 @@ def _run(args: argparse.Namespace) -> int:
         case "attack" | "eval":
             return _cli_eval.run(args)
     raise AssertionError(args.cmd)  # argparse rejects unknown commands
+
+
+def _what_recover_did(rep: Report) -> str:
+    """Values restored and tensors moved back: a swap undone restores no value, but is not "nothing needed"."""
+    done = rep.restored_count
+
+    def moved(issue: str) -> int:
+        return sum(any(i.startswith(issue) for i in f.issues) for f in rep.tensors.values())
+
+    swapped, renamed = moved(SWAPPED), moved(RENAMED)
+    parts = [f"{_count(done, 'value')} restored"] if done else []
+    if swapped:
+        parts.append(f"{_count(swapped, 'swapped tensor')} moved back in place")
+    if renamed:
+        whose = "its sealed name" if renamed == 1 else "their sealed names"
+        parts.append(f"{_count(renamed, 'renamed tensor')} written under {whose}")
+    # none: only the metadata or a shard index needed fixing; the summary's lines say which
+    return ", ".join(parts) or "no value needed restoring"
 
 
 def _load_key(args: argparse.Namespace) -> Key:

@@ -348,6 +348,11 @@ def unmatched(select: str | None, names: Iterable[str], what: str) -> UsageError
     return UsageError(f"--tensors '{select}' matches {what}; check the pattern{hint}")
 
 
+# the issue naming a tensor whose data was found under another name (recover puts it back under its own)
+SWAPPED = "swapped: its data was found under"
+RENAMED = "renamed to"
+
+
 def _match_moved(
     arrays: dict[str, NDArray[np.generic]],
     header: Header,
@@ -397,9 +402,9 @@ def _match_moved(
             blocks[t], bad[t] = ub, ~ok
             if name in extra:
                 extra.remove(name)
-                issues[t] = [f"renamed to '{name}'"]
+                issues[t] = [f"{RENAMED} '{name}'"]
             else:
-                issues[t] = [f"swapped: its data was found under '{name}'"]
+                issues[t] = [f"{SWAPPED} '{name}'"]
             break
     return moved
 
@@ -646,6 +651,8 @@ __all__ = [
     "HEADER_FROM_WEIGHTS",
     "HEADER_HINT",
     "NOT_SEALED_WARNING",
+    "RENAMED",
+    "SWAPPED",
     "Check",
     "HeaderOnlyInMetadata",
     "best_header",
