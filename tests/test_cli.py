@@ -404,9 +404,8 @@ def test_recover_beyond_capacity_writes_nothing_unless_allow_partial(
     assert run(["verify", out, "--key", key_file])[0] == 2
 
 
-def test_recover_json_says_whether_its_output_was_written(tmp_path: Path, key_file: Path) -> None:
-    """Beyond capacity without --allow-partial nothing is written (exit 2), but the JSON listed restored values
-    (`restored_parameters`, each tensor's `restored`) as a partial result's did: a script could not tell."""
+def _past_reach(tmp_path: Path, key_file: Path) -> tuple[Path, Path]:
+    """A sealed model of 2 fp32 tensors and a copy with 20% of its blocks randomized: some restorable, some not."""
     m = helpers.write_st(tmp_path / "m.safetensors", helpers.fp32_model(1 << 16, tensors=2))
     sealed = tmp_path / "s.safetensors"
     assert run(["seal", m, sealed, "--key", key_file])[0] == 0
@@ -414,6 +413,13 @@ def test_recover_json_says_whether_its_output_was_written(tmp_path: Path, key_fi
     blocks = helpers.block_list(t)
     pick = np.random.default_rng(0).choice(len(blocks), len(blocks) // 5, replace=False)  # past the code's reach
     bad = helpers.write_st(tmp_path / "bad.safetensors", helpers.randomize_blocks(t, [blocks[i] for i in pick]), meta)
+    return sealed, bad
+
+
+def test_recover_json_says_whether_its_output_was_written(tmp_path: Path, key_file: Path) -> None:
+    """Beyond capacity without --allow-partial nothing is written (exit 2), but the JSON listed restored values
+    (`restored_parameters`, each tensor's `restored`) as a partial result's did: a script could not tell."""
+    sealed, bad = _past_reach(tmp_path, key_file)
     out = tmp_path / "out.safetensors"
     rc, so, _ = run(["recover", bad, out, "--key", key_file, "--json"])
     d = json.loads(so)
@@ -429,6 +435,22 @@ def test_recover_json_says_whether_its_output_was_written(tmp_path: Path, key_fi
     assert rc == 0 and out.exists() and d["written"] is True and d["output"] == str(out)
     rc, so, _ = run(["verify", sealed, "--key", key_file, "--json"])
     assert rc == 0 and "written" not in json.loads(so)  # verify writes nothing, ever: no such question
+
+
+def test_recover_text_says_restored_values_were_not_written_when_nothing_was(tmp_path: Path, key_file: Path) -> None:
+    """Exit 2 without --allow-partial writes nothing, yet each tensor's line said "restored N value(s)", word for
+    word as when the partial result was written: only the FAIL line told them apart."""
+    _, bad = _past_reach(tmp_path, key_file)
+    out = tmp_path / "out.safetensors"
+    rc, unwritten, se = run(["recover", bad, out, "--key", key_file])
+    assert rc == 2 and not out.exists(), se
+    rc, written, se = run(["recover", bad, out, "--key", key_file, "--allow-partial"])
+    assert rc == 2 and out.exists(), se
+    lines, why = unwritten.splitlines()[1:], ", not written (--allow-partial writes them)"
+    assert len(lines) == 2 and all(f"{why}: [" in ln and "restored" not in ln for ln in lines), unwritten
+    # the rest as when written, word for word: the same counts and values, the FAIL line's outcome apart
+    as_written = unwritten.replace("could restore", "restored").replace(why, "")
+    assert as_written == written.replace(f"partial result written to {out}", "nothing written")
 
 
 def test_recover_beyond_capacity_counts_values_in_unrecoverable_blocks_not_values_lost(

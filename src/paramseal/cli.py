@@ -597,13 +597,15 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"OK: recovered {args.input} -> {args.output} ({_what_recover_did(rep)})")
                 print(rep.summary())
             else:
-                wrote = f"partial result written to {args.output}" if args.allow_partial else "nothing written"
+                wrote = "nothing written" if output is None else f"partial result written to {args.output}"
                 # whole blocks: which of their values changed is unknown, so "lost" would overstate it (a 30%
                 # prune is 100% of the values in unrecoverable blocks). None counted: the reason is elsewhere
                 # (a graph, a missing shard); the summary says it
                 gone = rep.unrecoverable_count
                 lost = f"{_count(gone, 'value')} in unrecoverable blocks; " if gone else ""
-                print(f"FAIL: {args.input} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
+                print(
+                    f"FAIL: {args.input} cannot be fully recovered ({lost}{wrote})\n{rep.summary(output is not None)}"
+                )
             return rep.exit_code
         case "inspect":
             if sharded.is_sharded(Path(args.input)):

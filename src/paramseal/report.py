@@ -339,8 +339,12 @@ class Report:
         recover = self.kind == "recover"
         write_json_streamed(out, lambda put: self._to_dict(lambda f: f._json_parts(put, recover), extra), indent=2)
 
-    def summary(self) -> str:
-        """Human-readable lines for the CLI."""
+    def summary(self, written: bool = True) -> str:
+        """Human-readable lines for the CLI.
+
+        ``written``: whether recover wrote its output, which the report cannot know (as ``write_json``'s
+        ``extra``); when not (exit 2 without ``--allow-partial``), restored values are said to be restorable only.
+        """
         lines = []
         for name in self.tampered_tensors:
             f = self.tensors[name]
@@ -354,7 +358,9 @@ class Report:
                     for i, x in zip(f.restored_indices[:4], f.restored_xor[:4], strict=True)
                 )
                 more = " ..." if len(f.restored_indices) > 4 else ""
-                what.append(f"restored {len(f.restored_indices)} value(s): {idx}{more}")
+                n = f"{len(f.restored_indices)} value(s)"
+                done = f"restored {n}" if written else f"could restore {n}, not written (--allow-partial writes them)"
+                what.append(f"{done}: {idx}{more}")
             if f.unrecoverable_blocks:
                 what.append(
                     f"{f.unrecoverable_count} value(s) in {len(f.unrecoverable_blocks)} block(s) NOT recoverable"
