@@ -237,6 +237,16 @@ def test_help_describes_every_positional_and_option(cmd: str, positionals: list[
     assert not [a.dest for a in _parser().commands["demo"]._actions if not a.help]  # demo --seed had none
 
 
+def test_seal_help_gives_the_range_of_bits_for_each_dtype() -> None:
+    """--bits said only "explicit low bits per float value": a user learnt the range from an error."""
+    from paramseal.cli import _parser
+    from paramseal.levels import FLOATS
+
+    text = " ".join(_parser().commands["seal"].format_help().split())
+    for f in FLOATS.values():
+        assert f"1-{f.mantissa - 1} at {f.name.lower()}" in text
+
+
 def test_verify_tampered_text_and_json(tmp_path: Path, sealed_file: Path, key_file: Path) -> None:
     bad = _tamper(
         sealed_file, tmp_path / "bad.safetensors", lambda t: t["fc.weight"].reshape(-1).__setitem__(70, 123.0)

@@ -159,7 +159,8 @@ def _parser() -> _Parser:
     _key_args(p)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--level", choices=LEVELS, default="standard", help="protection level (default: standard)")
-    g.add_argument("--bits", type=int, metavar="K", help="explicit low bits per float value")
+    ranges = ", ".join(f"1-{f.mantissa - 1} at {f.name.lower()}" for f in FLOATS.values())
+    g.add_argument("--bits", type=int, metavar="K", help=f"low bits per float value instead of a level: {ranges}")
     p.add_argument("--in-place", action="store_true", help="allow OUT to be the IN file")
     p.add_argument(
         "--reseal",
