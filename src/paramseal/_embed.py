@@ -74,7 +74,8 @@ TEXT_PIECE, TEXT_SHARE = 1024, 0.6  # in pieces this long with this share of pri
 # 48 slots (12 in each of the 4 largest tensors) of a 100 KiB header take 1.3 GiB a length (COMPARE_COST)
 COMPARE_LIMIT = 2 << 30
 COMPARE_COST = 6  # comparisons a pair of slots costs a byte: the byte plurality 1, the nibbles' 2, `_agreeing` 3
-AGREE_SHARE = 1 / 8  # `_agreeing` looks at most at this share of the nibbles (an eighth, 11 neighbours each at k = 24)
+AGREE_SHARE = 1 / 8  # `_agreeing` looks at most at this share of the nibbles,
+AGREE_WINDOWS = 5 / 8  # and at most this many nibbles of their values' windows a nibble (an eighth at k = 12: 5 each)
 TIE_MIXES = 1024  # texts `_plurality` makes of the values tied for the most copies at some bytes
 
 
@@ -567,15 +568,17 @@ def _candidates(raw: list[_Slot], hlen: int) -> Iterator[bytes]:
     if len(raw) >= 3:
         votes = np.stack([s.data for s in raw])
         nibbles = np.stack([votes & 15, votes >> 4], axis=2).reshape(len(raw), -1)
+        by_nibble = (np.frombuffer(t, np.uint8) for t in _plurality(nibbles))
+        counted: list[NDArray[np.uint8]] = []  # the nibble plurality, counted once: `_agreeing` starts from it
         if all(s.k % 4 == 0 for s in raw):  # every nibble lies in one value
-            half = _agreeing(nibbles, [_value_spans(s.copy, s.k, hlen) for s in raw])
+            counted.append(next(by_nibble))
+            half = _agreeing(nibbles, counted[0], [(s.copy, s.k) for s in raw], hlen)
             yield (half[0::2] | half[1::2] << 4).tobytes()
         yield from _plurality(votes)
         # Nibble by nibble too: at k = 12 (and 4) each nibble lies in one value, in every copy, but a byte
         # straddles two in every copy alike (a header length a multiple of 3), so a third of the bytes are hit
         # about twice as often, in all copies at once: on MiniLM at strong's 20%, a few bytes in every trial.
-        for text in _plurality(nibbles):
-            half = np.frombuffer(text, np.uint8)
+        for half in itertools.chain(counted, by_nibble):
             yield (half[0::2] | half[1::2] << 4).tobytes()
     for i in range(len(raw)):
         for j in range(i + 1, len(raw)):
@@ -590,39 +593,42 @@ def _candidates(raw: list[_Slot], hlen: int) -> Iterator[bytes]:
                 yield mix.tobytes()
 
 
-Spans = tuple[NDArray[np.int32], NDArray[np.int32]]  # per nibble: the first and last nibble of its value
+def _value_spans(index: int, k: int, hlen: int, m: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Per nibble ``m`` of copy ``index`` (``hlen`` bytes at ``k``, a multiple of 4): its value's first and last nibble.
 
-
-def _value_spans(index: int, k: int, hlen: int) -> Spans:
-    """Per nibble of copy ``index`` (``hlen`` bytes at ``k``, a multiple of 4): the first and last nibble of its value.
-
-    A block's storage bits follow its tag's, value j holding bits ``j * k`` on (`_bits.lo_bytes`).
+    Both within the copy. A block's storage bits follow its tag's, value j holding bits ``j * k`` on (`_bits.lo_bytes`).
     """
-    m = np.arange(2 * hlen)
-    at = RECORD_BYTES + index * hlen + m // 2  # storage byte
-    per = block_bytes(k)
-    value = at // per * BLOCK + (TAG_BITS + 8 * (at % per) + 4 * (m % 2)) // k  # never decreasing
-    first, last = np.searchsorted(value, value, "left"), np.searchsorted(value, value, "right") - 1
-    return first.astype(np.int32), last.astype(np.int32)
+    per, start = block_bytes(k), RECORD_BYTES + index * hlen  # the copy's first storage byte
+    block, byte = np.divmod(start + m // 2, per)
+    j = (TAG_BITS + 8 * byte + 4 * (m % 2)) // k  # the value, within its block
+    base = 2 * (block * per - start)  # the block's first storage nibble, from the copy's
+    first = base + (np.maximum(j * k, TAG_BITS) - TAG_BITS) // 4
+    last = base + ((j + 1) * k - TAG_BITS) // 4 - 1
+    return np.maximum(first, 0), np.minimum(last, 2 * hlen - 1)
 
 
-def _agreeing(nibbles: NDArray[np.uint8], spans: list[Spans]) -> NDArray[np.uint8]:
-    """The nibble plurality, but where most copies differ: the nibble of the copy most agree with over its value.
+def _agreeing(
+    nibbles: NDArray[np.uint8], top: NDArray[np.uint8], places: list[tuple[int, int]], hlen: int
+) -> NDArray[np.uint8]:
+    """The nibble plurality ``top``, but where most copies differ: the nibble of the copy most agree with over a value.
 
     A replaced value writes random bits over all of it, so two copies agreeing on all 12 bits of a value
     (at k = 12) are both intact there but by a 1/4096 chance: where 10 of 12 copies were hit at the
     same value, the plurality of a nibble may go to hit copies agreeing by chance (1/16), this to the two
-    intact ones. Copies whose values are placed differently must agree over both values' nibbles. Only
-    nibbles held by half the copies or fewer are looked at (a few in a hundred), and none where more
-    than ``AGREE_SHARE`` of them are: such slots are no copies of one text.
+    intact ones. Copies whose values are placed differently (``places``: each copy's index and k) must
+    agree over both values' nibbles. Only nibbles held by half the copies or fewer are looked at (a few in
+    a hundred), and none where more than ``AGREE_SHARE`` of them are (such slots are no copies of one
+    text), or where their windows (a value's nibbles either side) hold more than ``AGREE_WINDOWS`` nibbles
+    a nibble of the text: wider values (a crafted k = 48) must not cost more than k = 12's share.
     """
     n, size = nibbles.shape
-    top: NDArray[np.uint8] = np.frombuffer(next(_plurality(nibbles)), np.uint8).copy()
+    top = top.copy()
     weak = np.flatnonzero(2 * np.count_nonzero(nibbles == top, axis=0) <= n)
-    if not weak.size or weak.size > AGREE_SHARE * size:
+    reach = max(k for _, k in places) // 4 - 1  # nibbles a value spans past the one looked at
+    if not weak.size or weak.size > AGREE_SHARE * size or weak.size * (2 * reach + 1) > AGREE_WINDOWS * size:
         return top
-    lo, hi = np.stack([s[0][weak] for s in spans]), np.stack([s[1][weak] for s in spans])  # [copies, weak]
-    reach = int((hi - lo).max())
+    spans = [_value_spans(i, k, hlen, weak) for i, k in places]
+    lo, hi = np.stack([s[0] for s in spans]), np.stack([s[1] for s in spans])  # [copies, weak]
     at = weak[:, None] + np.arange(-reach, reach + 1)  # each weak nibble's neighbours a value may cover
     window = nibbles[:, np.clip(at, 0, size - 1)]  # [copies, weak, 2 * reach + 1]
     inside = (lo[:, :, None] <= at) & (at <= hi[:, :, None])
