@@ -6,8 +6,8 @@ Every float tensor with room gets an identity **record** in the storage bits
 or three in a lone carrier, and 7 (12 at k = 12) between them where that costs at most 0.5% of the
 blocks (copies may take at most 2% of the blocks, so a tiny model keeps its header
 in the metadata only). A header whose copies were all hit is rebuilt from them
-(`merged_copies`: a byte-wise and a nibble-wise plurality, mixes of two, a lone copy with one bit
-flipped back) before it is given up. Those blocks
+(`merged_copies`: pluralities by nibble, corrected by whole values, by byte and by nibble, mixes
+of two, a lone copy with one bit flipped back) before it is given up. Those blocks
 store no parity (``TensorSpec.reserved``), but their tags cover the record and
 the copy, so both are authenticated like any other bit; the copy itself is the
 HMAC'd header without the user metadata (its digest is under the MAC).
