@@ -1461,6 +1461,73 @@ def test_a_sealed_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_tampering_n
     assert not (tmp_path / "o.onnx").exists()
 
 
+def _ext_layout(path: Path) -> dict[str, tuple[str, int, int]]:
+    """(side file, offset, length) of every external tensor of the model at ``path``."""
+    m = onnx.load(str(path), load_external_data=False)
+    info = {n: {e.key: e.value for e in t.external_data} for n, t in _protos(m) if t.data_location == 1}
+    return {n: (i["location"], int(i["offset"]), int(i["length"])) for n, i in info.items()}
+
+
+def test_a_tensor_restored_to_its_slots_length_goes_back_into_its_slot_and_the_side_file_does_not_grow(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """recover put every retyped external tensor after the end of its side file, even one whose restored bytes
+    have the slot's length (float16 saved again as bfloat16): the side file grew by a page and more, and left a
+    hole where the tensor was; it now goes back at its offset. A slot it no longer fits still moves to the end."""
+    src = save(mlp(np.random.default_rng(3)), tmp_path / "src.onnx", external=True)
+    sealed = tmp_path / "sealed.onnx"
+    assert helpers.run_cli(["seal", src, sealed, "--key", key_file])[0] == 0
+    want = ADAPTER.read(sealed).tensors
+    bad = tmp_path / "bad" / "bad.onnx"
+    bad.parent.mkdir()
+    _retype(sealed, tmp_path / "half.onnx", "half", "bfloat16", "external")  # same width: the slot keeps its length
+    _retype(tmp_path / "half.onnx", bad, "b1", "complex64", "external")  # twice the width: the F32 bytes no longer fit
+    before, data = _ext_layout(bad), (bad.parent / "bad.onnx.data").read_bytes()
+    assert before["half"][2] == want["half"].nbytes and before["b1"][2] == 2 * want["b1"].nbytes
+    fixed = tmp_path / "fixed" / "fixed.onnx"
+    fixed.parent.mkdir()
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0, (out, err)
+    assert (bad.parent / "bad.onnx.data").read_bytes() == data  # the input's side file is not written to
+    after = _ext_layout(fixed)
+    assert after["half"][1:] == before["half"][1:]
+    assert after["b1"][1] >= len(data) and after["b1"][2] == want["b1"].nbytes
+    assert {n: a[1:] for n, a in after.items() if n != "b1"} == {n: b[1:] for n, b in before.items() if n != "b1"}
+    side = fixed.parent / after["b1"][0]
+    assert side.stat().st_size == after["b1"][1] + after["b1"][2]  # nothing after the moved tensor
+    loaded = onnx.load(str(fixed))
+    for n, t in _protos(loaded):
+        assert helpers.same_bytes(numpy_helper.to_array(t), want[n]), n
+    assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0
+    again = tmp_path / "fixed" / "again.onnx"
+    assert helpers.run_cli(["recover", fixed, again, "--key", key_file])[0] == 0
+    assert _ext_layout(again) == {n: (f"{again.name}.data", *a[1:]) for n, a in after.items()}
+    assert (fixed.parent / "again.onnx.data").read_bytes() == side.read_bytes()
+
+
+def test_a_partial_recover_of_an_external_tensor_saved_with_another_shape_writes_it_after_its_file(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """recover --allow-partial of a model whose sealed external tensor was saved again with another shape ran the
+    whole recover, then exited 3 ('cannot write tensor 'b1': 1024 bytes do not fit its 512-byte slot') where the
+    same model with inline data was written; the restored tensor now goes after the rest of its side file."""
+    src = save(mlp(np.random.default_rng(3)), tmp_path / "src.onnx", external=True)
+    sealed = tmp_path / "sealed.onnx"
+    assert helpers.run_cli(["seal", src, sealed, "--key", key_file])[0] == 0
+    m = onnx.load(str(sealed))
+    (t,) = (t for n, t in _protos(m) if n == "b1")
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t)[:128], "b1"))
+    bad = save(m, tmp_path / "bad.onnx", external=True)
+    fixed = tmp_path / "fixed.onnx"
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file, "--allow-partial"])
+    assert rc == 2 and "partial result written" in out, (out, err)
+    loc, offset, length = _ext_layout(fixed)["b1"]
+    want = ADAPTER.read(sealed).tensors["b1"]
+    assert offset >= (tmp_path / "bad.onnx.data").stat().st_size and length == want.nbytes
+    assert helpers.same_bytes(ADAPTER.read(fixed).tensors["b1"], want)
+    assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0
+
+
 @pytest.mark.parametrize(
     ("variant", "name", "dtype", "stripped"),
     [
@@ -1663,13 +1730,14 @@ def test_a_model_with_external_data_gets_the_usual_mode_and_a_replaced_one_keeps
     assert files.verify_file(out, key).status == "intact"
 
 
-def test_a_tensor_that_does_not_fit_its_external_slot_is_refused_and_nothing_written(
+def test_a_tensor_that_does_not_fit_its_external_slot_goes_after_the_rest_of_its_file(
     tmp_path: Path, ext_file: Path
 ) -> None:
-    """The side file keeps the input's offsets: a longer tensor would run into its neighbour's bytes."""
+    """The side file keeps the input's offsets: a longer tensor written there would run into its neighbour's bytes."""
     loaded = ADAPTER.read(ext_file)
-    grown = {**loaded.tensors, "W1": np.zeros(loaded.tensors["W1"].size + 1, np.float32)}
-    before = helpers.listing(tmp_path)
-    with pytest.raises(FormatError, match="'W1'.*do not fit"):
-        ADAPTER.write(tmp_path / "o.onnx", Loaded(grown, loaded.metadata, source=loaded.source))
-    assert helpers.listing(tmp_path) == before
+    grown = {**loaded.tensors, "W1": np.arange(loaded.tensors["W1"].size + 1, dtype=np.float32)}
+    ADAPTER.write(tmp_path / "o.onnx", Loaded(grown, loaded.metadata, source=loaded.source))
+    before, after = _ext_layout(ext_file), _ext_layout(tmp_path / "o.onnx")
+    assert after["W1"][1] >= (ext_file.parent / before["W1"][0]).stat().st_size
+    assert {n: a[1:] for n, a in after.items() if n != "W1"} == {n: b[1:] for n, b in before.items() if n != "W1"}
+    helpers.assert_model_equal(ADAPTER.read(tmp_path / "o.onnx").tensors, grown)

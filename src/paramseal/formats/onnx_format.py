@@ -40,10 +40,11 @@ refused. A sealed model is never written graph-less (``seal m.safetensors m.onnx
 is refused): a sealed file is meant to be deployed, and that one could not be.
 
 External data stays external, with the same tensors in the same order at the
-same offsets (a tensor written in another dtype than read, as recover restores
-one saved again as complex or float8, no longer fits its slot: it goes after
-the rest of its file), in side files named after the output (``OUT.data``, or
-``OUT.1.data``... when the source had several). A name some file already has is
+same offsets (a tensor written with another byte length than read, as recover
+restores one saved again as complex or float8, no longer fits its slot: it goes
+after the rest of its file; one saved again in a dtype of the same width, such as
+float16 as bfloat16, goes back into its slot), in side files named after the
+output (``OUT.data``, or ``OUT.1.data``... when the source had several). A name some file already has is
 not reused: the side files then get a fresh name (``OUT.<8 hex digits>.data``), so
 that the old model and its data stay a matching pair until the new model takes the
 output's name, and another model's data in the same folder is never overwritten. ``write`` therefore
@@ -645,13 +646,15 @@ def _container(onnx: ModuleType, loaded: Loaded) -> Any:
 def _fill(t: Any, a: NDArray[np.generic], name: str, plan: _SidePlan) -> None:
     if a.dtype not in _ONNX_OF:
         raise FormatError(f"cannot write tensor '{name}' to ONNX: dtype {a.dtype} has no ONNX equivalent here")
-    retyped = t.data_type != _ONNX_OF[a.dtype]  # a tensor saved again as another dtype, restored
+    external = t.data_location == _EXTERNAL
+    # the length read at its offset (the slot), before the dtype and dims change
+    read = math.prod(t.dims) * _dtype(t, f"tensor '{name}'").itemsize if external else 0
     t.data_type = _ONNX_OF[a.dtype]
     del t.dims[:]
     t.dims.extend(a.shape)
     flat = np.ascontiguousarray(a).reshape(-1)
-    if t.data_location == _EXTERNAL:
-        plan.add(t, flat.astype(flat.dtype.newbyteorder("<")).tobytes(), name, retyped=retyped)
+    if external:
+        plan.add(t, flat.astype(flat.dtype.newbyteorder("<")).tobytes(), name, read)
     elif t.HasField("raw_data") or flat.size == 0:
         t.raw_data = flat.astype(flat.dtype.newbyteorder("<")).tobytes()
     else:
@@ -679,21 +682,23 @@ class _SidePlan:
         self.files: dict[str, list[tuple[int, bytes]]] = {}  # original location -> (offset, bytes)
         self.protos: list[tuple[Any, str]] = []
         self.names: dict[str, str] = {}  # original location -> new side file name
-        self.moved: list[tuple[Any, str, bytes]] = []  # retyped tensors: their slot no longer fits (`place_moved`)
+        self.moved: list[tuple[Any, str, bytes]] = []  # tensors that no longer fit their slot (`place_moved`)
 
-    def add(self, t: Any, data: bytes, name: str, *, retyped: bool = False) -> None:
-        """Write ``data`` at the tensor's offset; a ``retyped`` tensor's slot has another size: after the rest."""
+    def add(self, t: Any, data: bytes, name: str, read: int) -> None:
+        """Write ``data`` at the tensor's offset if it has its slot's length, else after the rest of its file.
+
+        The slot's length is the entry's, or ``read`` where it gives none; the others go to `place_moved`.
+        The slot is no other tensor's: reading refuses tensors whose bytes overlap (`_refuse_shared`).
+        """
         loc, offset, length = _external_info(t, f"tensor '{name}'")
-        if retyped:
+        if len(data) != (read if length is None else length):  # e.g. restored from complex64: twice its size
             self.moved.append((t, loc, data))
             return
-        if length is not None and length != len(data):
-            raise FormatError(f"cannot write tensor '{name}': {len(data)} bytes do not fit its {length}-byte slot")
         self.files.setdefault(loc, []).append((offset, data))
         self.protos.append((t, loc))
 
     def place_moved(self) -> None:
-        """Put the retyped tensors after every other tensor of their file (the others keep their offsets)."""
+        """Put the tensors that no longer fit their slot after the rest of their file (the others stay put)."""
         for t, loc, data in self.moved:
             parts = self.files.setdefault(loc, [])
             end = max((o + len(d) for o, d in parts), default=0)
