@@ -361,6 +361,28 @@ def test_recover_of_a_renamed_tensor_says_it_wrote_it_under_its_sealed_name(
     assert rc == 0 and so.splitlines()[0].endswith("(1 renamed tensor written under its sealed name)"), (so, se)
 
 
+def test_verify_and_recover_json_name_each_moved_tensor_at_the_top(tmp_path: Path, key_file: Path) -> None:
+    """A swap or a rename was said only inside each tensor's issue text: a script had to parse the wording."""
+    m = helpers.write_st(tmp_path / "m.safetensors", helpers.fp32_model(1 << 12, tensors=3))
+    sealed = tmp_path / "s.safetensors"
+    assert run(["seal", m, sealed, "--key", key_file])[0] == 0
+    t, meta = helpers.read_st(sealed)
+    t["layer0.weight"], t["layer1.weight"] = t["layer1.weight"], t["layer0.weight"]
+    t["layer2.renamed"] = t.pop("layer2.weight")
+    bad = helpers.write_st(tmp_path / "bad.safetensors", t, meta)
+    want = {"layer0.weight": "layer1.weight", "layer1.weight": "layer0.weight", "layer2.weight": "layer2.renamed"}
+    rc, so, se = run(["verify", bad, "--key", key_file, "--json"])
+    assert rc == 1 and json.loads(so)["moved"] == want, (so, se)
+    out = tmp_path / "out.safetensors"
+    rc, so, se = run(["recover", bad, out, "--key", key_file, "--json"])
+    d = json.loads(so)
+    assert rc == 0 and d["status"] == "recovered" and d["moved"] == want, (so, se)
+    assert d["tensors"]["layer2.weight"]["issues"] == ["renamed to 'layer2.renamed'"]  # the issues stay
+    for argv in (["verify", out], ["recover", out, tmp_path / "again.safetensors"]):  # nothing moved: empty
+        rc, so, se = run([*argv, "--key", key_file, "--json"])
+        assert rc == 0 and json.loads(so)["moved"] == {}, (so, se)
+
+
 def test_recover_json_gives_every_tensor_the_same_entries_a_renamed_one_included(
     tmp_path: Path, sealed_file: Path, key_file: Path
 ) -> None:

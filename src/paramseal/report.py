@@ -229,6 +229,12 @@ def bit_lists_json(xor: NDArray[np.integer]) -> Iterator[str]:
     return _chunked(np.asarray(xor), _bit_lists)
 
 
+# the issue naming a tensor whose data was found under another name (recover puts it back under its own),
+# followed by that name in quotes (`Report.moved`)
+SWAPPED = "swapped: its data was found under"
+RENAMED = "renamed to"
+
+
 @dataclass(frozen=True, slots=True)
 class Report:
     """The outcome of ``verify`` or ``recover``."""
@@ -260,6 +266,17 @@ class Report:
     def tampered_tensors(self) -> list[str]:
         """Names (as sealed) of tensors with any finding."""
         return [n for n, f in self.tensors.items() if f.tampered_blocks or f.issues]
+
+    @property
+    def moved(self) -> dict[str, str]:
+        """Sealed name -> the name its data was found under, for each tensor swapped or renamed."""
+        out: dict[str, str] = {}
+        for n, f in self.tensors.items():
+            for issue in f.issues:
+                for lead in (f"{SWAPPED} '", f"{RENAMED} '"):
+                    if issue.startswith(lead) and issue.endswith("'"):
+                        out[n] = issue[len(lead) : -1]
+        return out
 
     @property
     def tampered_block_count(self) -> int:
@@ -315,6 +332,7 @@ class Report:
             "restored_parameters": self.restored_count,
             "unrecoverable_parameters": self.unrecoverable_count,
             "extra_tensors": list(self.extra_tensors),
+            "moved": self.moved,
             "metadata_issues": list(self.metadata_issues),
             "notes": list(self.notes),
             "key_fingerprint": self.key_fingerprint,

@@ -27,7 +27,7 @@ from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealErro
 from .header import Header, HeaderAuthError, metadata_digest, own_entries, parse_header
 from .keys import Key, require_key
 from .levels import FLOATS, ST_TO_NP, dtype_name
-from .report import Ints, Report, TensorFinding
+from .report import RENAMED, SWAPPED, Ints, Report, TensorFinding
 
 
 @dataclass(slots=True)
@@ -346,11 +346,6 @@ def unmatched(select: str | None, names: Iterable[str], what: str) -> UsageError
     near = near or difflib.get_close_matches(select or "", pool, n=3, cutoff=0.75)
     hint = f" (close names: {', '.join(map(repr, near[:5]))})" if near else ""
     return UsageError(f"--tensors '{select}' matches {what}; check the pattern{hint}")
-
-
-# the issue naming a tensor whose data was found under another name (recover puts it back under its own)
-SWAPPED = "swapped: its data was found under"
-RENAMED = "renamed to"
 
 
 def _match_moved(
