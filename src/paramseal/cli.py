@@ -627,11 +627,7 @@ def _run(args: argparse.Namespace) -> int:
 def _what_recover_did(rep: Report) -> str:
     """Values restored and tensors moved back: a swap undone restores no value, but is not "nothing needed"."""
     done = rep.restored_count
-
-    def moved(issue: str) -> int:
-        return sum(any(i.startswith(issue) for i in f.issues) for f in rep.tensors.values())
-
-    swapped, renamed = moved(SWAPPED), moved(RENAMED)
+    swapped, renamed = len(rep.moved_by(SWAPPED)), len(rep.moved_by(RENAMED))
     parts = [f"{_count(done, 'value')} restored"] if done else []
     if swapped:
         parts.append(f"{_count(swapped, 'swapped tensor')} moved back in place")

@@ -270,13 +270,17 @@ class Report:
     @property
     def moved(self) -> dict[str, str]:
         """Sealed name -> the name its data was found under, for each tensor swapped or renamed."""
-        out: dict[str, str] = {}
-        for n, f in self.tensors.items():
-            for issue in f.issues:
-                for lead in (f"{SWAPPED} '", f"{RENAMED} '"):
-                    if issue.startswith(lead) and issue.endswith("'"):
-                        out[n] = issue[len(lead) : -1]
-        return out
+        return self.moved_by(SWAPPED) | self.moved_by(RENAMED)
+
+    def moved_by(self, how: str) -> dict[str, str]:
+        """`moved`, only the tensors whose issue is ``how`` (``SWAPPED`` or ``RENAMED``)."""
+        lead = f"{how} '"
+        return {
+            n: i[len(lead) : -1]
+            for n, f in self.tensors.items()
+            for i in f.issues
+            if i.startswith(lead) and i.endswith("'")
+        }
 
     @property
     def tampered_block_count(self) -> int:
