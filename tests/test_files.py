@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -796,6 +797,29 @@ def test_recover_of_swapped_tensors_puts_their_data_back_in_place_and_in_a_copy(
     assert out.read_bytes() == want
     assert files.recover_file(bad, bad, key, in_place=True).report.status == "recovered"
     assert bad.read_bytes() == want
+
+
+def test_a_swap_and_a_rename_are_structured_in_the_findings_not_only_in_their_issue_text(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """Report.moved parsed the issue wording: a finding with other words (or none) lost its move."""
+    src = helpers.write_st(tmp_path / "m.safetensors", helpers.fp32_model(1 << 12, tensors=4))
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(src, sealed, key)
+    t, meta = helpers.read_st(sealed)
+    t["layer0.weight"], t["layer1.weight"] = t["layer1.weight"], t["layer0.weight"]
+    t["layer2.renamed"] = t.pop("layer2.weight")
+    bad = helpers.write_st(tmp_path / "bad.safetensors", t, meta)
+    want = {"layer0.weight": "layer1.weight", "layer1.weight": "layer0.weight", "layer2.weight": "layer2.renamed"}
+    how = {"layer0.weight": "swapped", "layer1.weight": "swapped", "layer2.weight": "renamed"}
+    for rep in (files.verify_file(bad, key), files.recover_file(bad, tmp_path / "out.safetensors", key).report):
+        assert {n: f.moved_from for n, f in rep.tensors.items() if f.moved_from} == want, rep.kind
+        assert {n: f.moved_how for n, f in rep.tensors.items() if f.moved_how} == how, rep.kind
+        assert rep.tensors["layer3.weight"].moved_from is None and rep.tensors["layer3.weight"].moved_how is None
+        # the issue text is for people: reworded or dropped, the moves stay
+        quiet = dataclasses.replace(rep, tensors={n: dataclasses.replace(f, issues=()) for n, f in rep.tensors.items()})
+        assert quiet.moved == want and quiet.moved_by("renamed") == {"layer2.weight": "layer2.renamed"}, rep.kind
+        assert quiet.moved_by("swapped") == {k: v for k, v in want.items() if how[k] == "swapped"}, rep.kind
 
 
 def test_recover_does_not_use_a_copy_of_the_input_that_failed(

@@ -31,7 +31,6 @@ from .errors import ParamSealError, ParamSealWarning, UsageError
 from .keys import Key, exposed_to_others, key_like_args, load_key, redact, write_key
 from .levels import BLOCK, FLOATS, LEVELS, max_relative_change
 from .report import Report
-from .verify import RENAMED, SWAPPED
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -627,7 +626,7 @@ def _run(args: argparse.Namespace) -> int:
 def _what_recover_did(rep: Report) -> str:
     """Values restored and tensors moved back: a swap undone restores no value, but is not "nothing needed"."""
     done = rep.restored_count
-    swapped, renamed = len(rep.moved_by(SWAPPED)), len(rep.moved_by(RENAMED))
+    swapped, renamed = len(rep.moved_by("swapped")), len(rep.moved_by("renamed"))
     parts = [f"{_count(done, 'value')} restored"] if done else []
     if swapped:
         parts.append(f"{_count(swapped, 'swapped tensor')} moved back in place")

@@ -60,7 +60,7 @@ from .formats.pytorch import import_torch, tensor_to_numpy, untie
 from .header import Header, parse_header
 from .keys import Key, require_key
 from .levels import BLOCK
-from .report import Report
+from .report import Moved, Report
 from .torch import _refuse_lazy, _state, _with_ties, module_tensors, verify_module
 from .verify import Check, _match_moved, header_from_weights, metadata_findings, report_of
 from .verify import verify as cpu_verify
@@ -243,7 +243,7 @@ class GpuVerifier:
             if spec.name in found.blocks:
                 bad[t][list(found.blocks[spec.name])] = True
         issues: list[list[str]] = [[] for _ in self._specs]
-        moved: set[int] = set()
+        moved: dict[int, tuple[Moved, str]] = {}
         if found.ok:
             blocks: list[_model.Blocks] = [np.zeros((0, BLOCK), np.uint8) for _ in self._specs]
         else:
@@ -260,7 +260,7 @@ class GpuVerifier:
         meta, notes = metadata_findings(self._header, metadata, kept)
         chk = Check(
             self._header, self._specs, self._key, self._mac, blocks, bad,
-            issues, [], meta, notes, None if metadata is None else dict(metadata), frozenset(moved),
+            issues, [], meta, notes, None if metadata is None else dict(metadata), moved,
         )  # fmt: skip
         return report_of(chk)
 

@@ -304,6 +304,8 @@ def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, 
             Ints(np.concatenate(restored_x) if restored_x else ()),
             Ints(np.flatnonzero(chk.bad[t])),
             spec.numel,
+            f.moved_from,
+            f.moved_how,
         )
     return out
 

@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 from .errors import TamperedError, UnrecoverableError
 
 Status = Literal["intact", "tampered", "recovered", "unrecoverable"]
+Moved = Literal["swapped", "renamed"]  # how a tensor's data came to be under another name
 
 
 class Ints(Sequence[int]):
@@ -102,8 +103,12 @@ class TensorFinding:
     restored_xor: Ints = Ints()  # per restored value: XOR of found and sealed bits
     unrecoverable_blocks: Ints = Ints()  # tampered blocks recover could not rebuild
     numel: int = 0
+    moved_from: str | None = None  # the name this tensor's data was found under (swapped or renamed)
+    moved_how: Moved | None = None  # set with ``moved_from``: "swapped" or "renamed"
 
     def __post_init__(self) -> None:
+        if (self.moved_from is None) != (self.moved_how is None):
+            raise ValueError("moved_from and moved_how are given together or not at all")
         for f in ("tampered_blocks", "restored_indices", "restored_xor", "unrecoverable_blocks"):
             v = getattr(self, f)
             if not isinstance(v, Ints):
@@ -230,7 +235,7 @@ def bit_lists_json(xor: NDArray[np.integer]) -> Iterator[str]:
 
 
 # the issue naming a tensor whose data was found under another name (recover puts it back under its own),
-# followed by that name in quotes (`Report.moved`)
+# followed by that name in quotes; `TensorFinding.moved_from` says the same for scripts
 SWAPPED = "swapped: its data was found under"
 RENAMED = "renamed to"
 
@@ -270,17 +275,14 @@ class Report:
     @property
     def moved(self) -> dict[str, str]:
         """Sealed name -> the name its data was found under, for each tensor swapped or renamed."""
-        return self.moved_by(SWAPPED) | self.moved_by(RENAMED)
+        return {n: f.moved_from for n, f in self.tensors.items() if f.moved_from is not None}
 
-    def moved_by(self, how: str) -> dict[str, str]:
-        """`moved`, only the tensors whose issue is ``how`` (``SWAPPED`` or ``RENAMED``)."""
-        lead = f"{how} '"
-        return {
-            n: i[len(lead) : -1]
-            for n, f in self.tensors.items()
-            for i in f.issues
-            if i.startswith(lead) and i.endswith("'")
-        }
+    def moved_by(self, how: Moved | str) -> dict[str, str]:
+        """`moved`, only the tensors moved ``how``: "swapped" or "renamed" (``SWAPPED``, ``RENAMED`` too)."""
+        kind = {SWAPPED: "swapped", RENAMED: "renamed"}.get(how, how)
+        if kind not in ("swapped", "renamed"):
+            raise ValueError(f"moved_by takes 'swapped' or 'renamed', not {how!r}")
+        return {n: f.moved_from for n, f in self.tensors.items() if f.moved_from is not None and f.moved_how == kind}
 
     @property
     def tampered_block_count(self) -> int:
@@ -394,4 +396,4 @@ class Report:
         return "\n".join(lines)
 
 
-__all__ = ["Ints", "Report", "Status", "TensorFinding", "bit_lists_json", "ints_json", "write_json_streamed"]
+__all__ = ["Ints", "Moved", "Report", "Status", "TensorFinding", "bit_lists_json", "ints_json", "write_json_streamed"]

@@ -27,7 +27,7 @@ from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealErro
 from .header import Header, HeaderAuthError, metadata_digest, own_entries, parse_header
 from .keys import Key, require_key
 from .levels import FLOATS, ST_TO_NP, dtype_name
-from .report import RENAMED, SWAPPED, Ints, Report, TensorFinding
+from .report import RENAMED, SWAPPED, Ints, Moved, Report, TensorFinding
 
 
 @dataclass(slots=True)
@@ -45,7 +45,8 @@ class Check:
     metadata_issues: list[str]
     notes: list[str] = field(default_factory=list)
     file_metadata: dict[str, str] | None = None  # the file's own metadata, as given
-    moved: frozenset[int] = frozenset()  # tensors whose data was found under another name
+    # tensors whose data was found under another name: index -> (how, that name)
+    moved: dict[int, tuple[Moved, str]] = field(default_factory=dict)
     chosen: tuple[bool, ...] = ()  # partial verification: the tensors checked (empty: all)
     progress: Progress = field(default_factory=Progress.null, repr=False)  # the check's; a decode steps it on
 
@@ -214,9 +215,7 @@ def check(
     notes += more
     given = None if metadata is None else dict(metadata)
     picked = tuple(chosen) if select is not None else ()
-    return Check(
-        header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, frozenset(moved), picked, progress=prog
-    )
+    return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, moved, picked, progress=prog)
 
 
 def metadata_findings(
@@ -357,14 +356,14 @@ def _match_moved(
     bad: list[NDArray[np.bool_]],
     issues: list[list[str]],
     extra: list[str],
-) -> set[int]:
+) -> dict[int, tuple[Moved, str]]:
     """Find renamed and swapped tensors: a wholly failing tensor whose data verifies under another name.
 
     Candidates that carry an identity record are matched by the tensor index in it;
     the rest (integer tensors, tiny ones) are tried against each failing tensor.
-    Returns the tensors whose blocks now come from another name.
+    Returns the tensors whose blocks now come from another name: index -> (how, that name).
     """
-    moved: set[int] = set()
+    moved: dict[int, tuple[Moved, str]] = {}
     failing = [t for t, b in enumerate(bad) if b.all()]
     if not failing:
         return moved
@@ -393,12 +392,13 @@ def _match_moved(
             if ok.mean() < 0.5:
                 continue
             used.add(name)
-            moved.add(t)
             blocks[t], bad[t] = ub, ~ok
             if name in extra:
                 extra.remove(name)
+                moved[t] = ("renamed", name)
                 issues[t] = [f"{RENAMED} '{name}'"]
             else:
+                moved[t] = ("swapped", name)
                 issues[t] = [f"{SWAPPED} '{name}'"]
             break
     return moved
@@ -596,8 +596,14 @@ def _metadata_issues(sealed: Mapping[str, str], found: Mapping[str, str]) -> lis
 def report_of(chk: Check) -> Report:
     """The verify report of a finished check."""
     findings = {
-        s.name: TensorFinding(s.name, Ints(np.flatnonzero(b)), tuple(iss))
-        for s, b, iss in zip(chk.specs, chk.bad, chk.issues, strict=True)
+        s.name: TensorFinding(
+            s.name,
+            Ints(np.flatnonzero(b)),
+            tuple(iss),
+            moved_from=chk.moved[t][1] if t in chk.moved else None,
+            moved_how=chk.moved[t][0] if t in chk.moved else None,
+        )
+        for t, (s, b, iss) in enumerate(zip(chk.specs, chk.bad, chk.issues, strict=True))
     }
     tampered = bool(chk.bad_global.any() or any(chk.issues) or chk.extra or chk.metadata_issues)
     recoverable = chk.recoverable()
