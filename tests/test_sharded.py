@@ -774,6 +774,27 @@ def test_swapped_shards_are_recovered_under_their_sealed_names_bit_exact(
     assert sharded.verify_dir(bad, key, tensors="layers.1.*", workers=1).exit_code == 1
 
 
+def test_verify_and_recover_json_say_which_file_held_each_swapped_shard(
+    tmp_path: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    """Shards swapped were said only in metadata_issues' text: a script had to parse the wording."""
+    bad = tmp_path / "bad"
+    shutil.copytree(sealed_ckpt, bad)
+    _swap(bad, SHARDS[0], SHARDS[1])
+    want = {SHARDS[0]: SHARDS[1], SHARDS[1]: SHARDS[0]}
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 1 and rep["moved_shards"] == want and rep["moved"] == {}, (out, err)
+    assert list(rep).index("moved_shards") == list(rep).index("moved") + 1  # beside the tensors' moves
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 0 and rep["written"] and rep["moved_shards"] == want, (out, err)
+    for argv in (["verify", fixed], ["verify", sealed_ckpt / SHARDS[0]]):  # nothing moved, a single file too: empty
+        rc, out, err = helpers.run_cli([*argv, "--key", key_file, "--json"])
+        assert rc == 0 and json.loads(out)["moved_shards"] == {}, (out, err)
+
+
 def _with_last_shard_renamed(tmp_path: Path, sealed_ckpt: Path) -> Path:
     """A copy of the sealed folder whose last shard is now 'renamed.safetensors'."""
     bad = tmp_path / "bad"

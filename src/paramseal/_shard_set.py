@@ -427,6 +427,7 @@ def _merge(
     skipped: int = 0,
     unread: int = 0,
     vouched: set[str] | None = None,
+    moved: dict[str, str] | None = None,
 ) -> Report:
     """One report for the whole checkpoint: tensors from every shard, the worst status.
 
@@ -437,6 +438,7 @@ def _merge(
     (``unread`` blocks) were left out by a partial verification, or could not be read. ``vouched``: the
     files an authenticated set record names (`_vouched`; None: all); another file's finding for a tensor
     one of them holds too (a copy listed by an edited index) is its own, named ``file:tensor``.
+    ``moved``: where `_placement` found each shard (sealed name -> file); those under another name are kept.
     """
     tensors: dict[str, TensorFinding] = {}
     fixable = fixable or []
@@ -474,4 +476,5 @@ def _merge(
         if all(r.checked_blocks is None for r in reports.values()) and not skipped
         else sum(r.total_blocks if r.checked_blocks is None else r.checked_blocks for r in reports.values()),
         lanes_failed=sum(r.lanes_failed for r in reports.values()),
+        moved_shards={s: f for s, f in (moved or {}).items() if f != s},
     )

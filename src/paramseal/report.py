@@ -256,6 +256,8 @@ class Report:
     total_blocks: int = 0
     lanes_failed: int = 0
     checked_blocks: int | None = None  # partial verification (verify --tensors): the blocks checked
+    # a sharded folder's shards found under other file names (renamed or swapped): sealed shard name -> file
+    moved_shards: dict[str, str] = field(default_factory=dict)
 
     @property
     def partial(self) -> bool:
@@ -339,6 +341,7 @@ class Report:
             "unrecoverable_parameters": self.unrecoverable_count,
             "extra_tensors": list(self.extra_tensors),
             "moved": self.moved,
+            "moved_shards": dict(self.moved_shards),
             "metadata_issues": list(self.metadata_issues),
             "notes": list(self.notes),
             "key_fingerprint": self.key_fingerprint,

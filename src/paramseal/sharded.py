@@ -368,6 +368,7 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
         skipped=len(everything) - len(chosen),
         unread=blocks,
         vouched=_vouched(records),
+        moved=where,
     )
 
 
@@ -427,6 +428,7 @@ def recover_dir(
                 strays=_strays(src, {where.get(s, s) for s in everything}, "not checked (recover copies it unchanged)"),
                 lost=lost,
                 vouched=_vouched(records),
+                moved=where,
             )
             if not (merged.ok or allow_partial):
                 raise _Discard(merged)
