@@ -115,6 +115,30 @@ def test_recover_json_says_whether_the_folder_was_written(tmp_path: Path, sealed
         assert d["written"] is written and d["output"] == (str(fixed) if written else None)
 
 
+def test_recover_text_says_restored_values_were_not_written_when_the_folder_was_not(
+    tmp_path: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    """Exit 2 without --allow-partial writes no folder: a shard's restorable values must not read as restored."""
+    bad = tmp_path / "bad"
+    shutil.copytree(sealed_ckpt, bad)
+    t, meta = helpers.read_st(bad / SHARDS[1])
+    helpers.write_st(bad / SHARDS[1], {n: np.zeros_like(a) for n, a in t.items()}, meta)  # past any code's reach
+    t, meta = helpers.read_st(bad / SHARDS[0])
+    helpers.write_st(bad / SHARDS[0], helpers.flip_bit(t, "layers.0.mlp.weight", 700, 29), meta)  # restorable
+    fixed = tmp_path / "fixed"
+    rc, unwritten, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 2 and not fixed.exists() and "nothing written" in unwritten.splitlines()[0], (unwritten, err)
+    why = ", not written (--allow-partial writes them)"
+    assert f"layers.0.mlp.weight: 1 tampered block(s): 10; could restore 1 value(s){why}: [700] bits 29" in unwritten
+    assert "restored" not in unwritten, unwritten
+    rc, written, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file, "--allow-partial"])
+    assert rc == 2 and fixed.exists() and "restored 1 value(s): [700] bits 29" in written, (written, err)
+    # the tensors' lines word for word as when written (a note on what was copied comes only with a folder)
+    lines = [ln.replace("could restore", "restored").replace(why, "") for ln in unwritten.splitlines()[1:]]
+    tensors = [ln for ln in lines if not ln.startswith("  note:")]
+    assert len(tensors) == 4 and tensors == [ln for ln in written.splitlines()[1:] if ln in tensors], written
+
+
 def test_partial_verification_reads_only_the_shards_it_needs(
     tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
 ) -> None:
