@@ -822,6 +822,32 @@ def test_a_swap_and_a_rename_are_structured_in_the_findings_not_only_in_their_is
         assert quiet.moved_by("swapped") == {k: v for k, v in want.items() if how[k] == "swapped"}, rep.kind
 
 
+def test_recover_file_summary_says_restorable_values_were_not_written_when_nothing_was(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """recover_file past the code's reach wrote nothing (path None), yet report.summary() said "restored N value(s)"."""
+    src = helpers.write_st(tmp_path / "m.safetensors", helpers.fp32_model(1 << 16, tensors=2))
+    sealed = tmp_path / "s.safetensors"
+    files.seal_file(src, sealed, key)
+    t, meta = helpers.read_st(sealed)
+    blocks = helpers.block_list(t)
+    pick = np.random.default_rng(0).choice(len(blocks), len(blocks) // 5, replace=False)  # past the code's reach
+    bad = helpers.write_st(tmp_path / "bad.safetensors", helpers.randomize_blocks(t, [blocks[i] for i in pick]), meta)
+    out = tmp_path / "out.safetensors"
+    res = files.recover_file(bad, out, key)
+    assert res.path is None and not out.exists() and res.report.restored_count, res.report.summary()
+    assert not res.report.written
+    lines = res.report.summary().splitlines()
+    why = ", not written (--allow-partial writes them): ["
+    assert len(lines) == 2 and all("could restore" in ln and why in ln and "restored" not in ln for ln in lines)
+    part = files.recover_file(bad, out, key, allow_partial=True)
+    assert part.path == out and part.report.written and part.report.restored_count == res.report.restored_count
+    assert part.report.summary() == res.report.summary().replace("could restore", "restored").replace(why, ": [")
+    # the CLI prints the report's own lines: one place words them
+    rc, text, err = helpers.run_cli(["recover", bad, tmp_path / "cli.safetensors", "--key", key_file])
+    assert rc == 2 and text.splitlines()[1:] == lines, (text, err)
+
+
 def test_recover_does_not_use_a_copy_of_the_input_that_failed(
     tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -139,6 +139,23 @@ def test_recover_text_says_restored_values_were_not_written_when_the_folder_was_
     assert len(tensors) == 4 and tensors == [ln for ln in written.splitlines()[1:] if ln in tensors], written
 
 
+def test_recover_dir_report_says_restorable_values_were_not_written_when_the_folder_was_not(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    """A library caller's report.summary() said "restored" for values in no folder (only the CLI passed written)."""
+    bad = tmp_path / "bad"
+    shutil.copytree(sealed_ckpt, bad)
+    t, meta = helpers.read_st(bad / SHARDS[1])
+    helpers.write_st(bad / SHARDS[1], {n: np.zeros_like(a) for n, a in t.items()}, meta)
+    t, meta = helpers.read_st(bad / SHARDS[0])
+    helpers.write_st(bad / SHARDS[0], helpers.flip_bit(t, "layers.0.mlp.weight", 700, 29), meta)
+    rep, written = sharded.recover_dir(bad, tmp_path / "fixed", key, workers=1)
+    assert not written and not rep.written and rep.restored_count == 1
+    assert "could restore 1 value(s), not written" in rep.summary() and "restored" not in rep.summary()
+    rep, written = sharded.recover_dir(bad, tmp_path / "fixed", key, allow_partial=True, workers=1)
+    assert written and rep.written and "restored 1 value(s): [700] bits 29" in rep.summary()
+
+
 def test_partial_verification_reads_only_the_shards_it_needs(
     tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
 ) -> None:

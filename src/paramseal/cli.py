@@ -603,9 +603,7 @@ def _run(args: argparse.Namespace) -> int:
                 # (a graph, a missing shard); the summary says it
                 gone = rep.unrecoverable_count
                 lost = f"{_count(gone, 'value')} in unrecoverable blocks; " if gone else ""
-                print(
-                    f"FAIL: {args.input} cannot be fully recovered ({lost}{wrote})\n{rep.summary(output is not None)}"
-                )
+                print(f"FAIL: {args.input} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
             return rep.exit_code
         case "inspect":
             if sharded.is_sharded(Path(args.input)):

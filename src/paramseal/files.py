@@ -772,7 +772,7 @@ def recover_file(
                 rec = plan_recovery(chk, ws)
             prog.done()
             if not (rec.report.ok or allow_partial):
-                return RecoveredFile(None, rec.report, rec.metadata)
+                return RecoveredFile(None, replace(rec.report, written=False), rec.metadata)
             check_inputs()  # the output is made from the input's blocks: not from a file cut short meanwhile
             if onto_input and not rec.report.ok:
                 _refuse_losing_partial(s, loaded, chk, rec.report)

@@ -258,6 +258,9 @@ class Report:
     checked_blocks: int | None = None  # partial verification (verify --tensors): the blocks checked
     # a sharded folder's shards found under other file names (renamed or swapped): sealed shard name -> file
     moved_shards: dict[str, str] = field(default_factory=dict)
+    # recover: whether its output was written; False (exit 2 without allow_partial): the restored values are
+    # what it could restore, in no file, and `summary` says so
+    written: bool = True
 
     @property
     def partial(self) -> bool:
@@ -366,12 +369,14 @@ class Report:
         recover = self.kind == "recover"
         write_json_streamed(out, lambda put: self._to_dict(lambda f: f._json_parts(put, recover), extra), indent=2)
 
-    def summary(self, written: bool = True) -> str:
+    def summary(self, written: bool | None = None) -> str:
         """Human-readable lines for the CLI.
 
-        ``written``: whether recover wrote its output, which the report cannot know (as ``write_json``'s
-        ``extra``); when not (exit 2 without ``--allow-partial``), restored values are said to be restorable only.
+        ``written``: whether recover wrote its output (default: the report's ``written``, which
+        ``files.recover_file`` and ``sharded.recover_dir`` set); when not (exit 2 without
+        ``--allow-partial``), restored values are said to be restorable only.
         """
+        written = self.written if written is None else written
         lines = []
         for name in self.tampered_tensors:
             f = self.tensors[name]

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -439,7 +439,7 @@ def recover_dir(
                 index = _rebuilt_index(idx, reports, tmp)
                 (tmp / idx.name).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     except _Discard as e:
-        return e.report, False
+        return replace(e.report, written=False), False
     return merged, True
 
 
