@@ -466,6 +466,18 @@ def test_inspect_finds_the_header_in_the_weights_without_a_key(
     assert "bits=None" not in out and "level=standard" in out
 
 
+def test_inspect_gives_no_copies_per_carrier_to_a_model_with_no_carrier(tmp_path: Path, key: paramseal.Key) -> None:
+    """A model too small for a copy said header_copies_in_weights=none beside copies_per_carrier=1."""
+    model = {"w": helpers.random_tensor(np.random.default_rng(3), np.float32, (4_000,))}
+    sealed = paramseal.seal(model, key)
+    assert sealed.header.carriers == ()  # too small: the header is kept in the metadata only
+    p = helpers.write_st(tmp_path / "small.safetensors", sealed.tensors, {"paramseal": sealed.header_json})
+    info = files.inspect_file(p)
+    assert info["seal"]["header_copies_in_weights"] == [] and info["seal"]["copies_per_carrier"] == 0
+    rc, out, _ = helpers.run_cli(["inspect", p])
+    assert rc == 0 and "header_copies_in_weights=none, copies_per_carrier=0" in out, out
+
+
 def test_a_mixed_precision_model_with_its_copy_destroyed_is_tampered_not_too_small(
     tmp_path: Path, key: paramseal.Key, key_file: Path
 ) -> None:

@@ -53,7 +53,8 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
         table = h.get("tensors")
         info["seal"]["header_copies_in_weights"] = h.get("carriers", [])  # the carrier tensors' indices in the table
         info["seal"]["header_copies_in_tensors"] = carrier_names(h.get("carriers", []), table)
-        info["seal"]["copies_per_carrier"] = h.get("header_copies", 1)
+        # no carrier, no copy: a small model keeps its header in the metadata only (the field's absence means 1)
+        info["seal"]["copies_per_carrier"] = h.get("header_copies", 1) if h.get("carriers") else 0
         ks: dict[str, int] = {}
         for t in table if isinstance(table, list) else []:  # untrusted here: keep only well-formed entries
             if (
