@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import threading
 from pathlib import Path
@@ -91,6 +92,24 @@ def test_keygen_into_a_folder_says_it_is_a_folder(tmp_path: Path, force: list[st
 
 
 # --------------------------------------------------------------------------- seal / verify / recover / inspect
+
+
+def test_a_model_folder_without_an_index_names_the_model_file_in_it(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
+    """A Hugging Face folder of one model.safetensors given as IN said only that an index was missing."""
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    shutil.copy(sealed_file, folder / "model.safetensors")
+    (folder / "config.json").write_text("{}")
+    for args in (["seal", folder, tmp_path / "o", "--key", key_file], ["verify", folder, "--key", key_file],
+                 ["inspect", folder]):  # fmt: skip
+        rc, _, err = helpers.run_cli(args)
+        assert rc == 3 and f"give its path: '{folder / 'model.safetensors'}'" in err, err
+        assert "config.json" not in err
+    (folder / "model.safetensors").unlink()  # no model file: the index message alone
+    rc, _, err = helpers.run_cli(["verify", folder, "--key", key_file])
+    assert rc == 3 and err.rstrip().endswith("'*.safetensors.index.json')"), err
 
 
 def test_seal_then_verify_intact(tmp_path: Path, model_file: Path, key_file: Path) -> None:

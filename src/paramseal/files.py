@@ -50,6 +50,7 @@ from .formats import safetensors as st_format
 from .formats.base import new_mode
 from .formats.numpy import NPY_TENSOR_NAME
 from .formats.pytorch import META_ENTRY
+from .formats.registry import adapters
 from .header import METADATA_KEY, SET_KEY, Header, HeaderAuthError, metadata_digest, parse_header, peek_header
 from .keys import Key, looks_like_key_file, require_key
 from .levels import BLOCK
@@ -256,16 +257,31 @@ def _require_file(p: Path) -> None:
             "(model.safetensors.index.json): convert it first (transformers' save_pretrained writes safetensors)"
         )
     if p.is_dir():
+        if index_files(p) or set_files(p):
+            raise UsageError(
+                f"input '{p}' is a sharded checkpoint: use paramseal.sharded (seal_dir, verify_dir, recover_dir), "
+                "which the command line calls for a folder"
+            )
         raise UsageError(
             f"input '{p}' is a folder; a sharded checkpoint folder needs its index ('model.safetensors.index.json', "
-            "or another '*.safetensors.index.json')"
-            if not (index_files(p) or set_files(p))
-            else f"input '{p}' is a sharded checkpoint: use paramseal.sharded (seal_dir, verify_dir, recover_dir), "
-            "which the command line calls for a folder"
+            f"or another '*.safetensors.index.json'){_model_files_hint(p)}"
         )
     require_readable_file(p)
     if looks_like_key_file(p):  # caught here, before a format's error could quote its first bytes
         raise UsageError(f"'{p}' looks like a ParamSeal key file, not a model: pass the key with --key (key=)")
+
+
+def _model_files_hint(folder: Path) -> str:
+    """Name the model files in a folder given as the model: a Hugging Face folder of one `model.safetensors`."""
+    known = {e for a in adapters() for e in a.extensions}
+    try:
+        found = sorted(str(f) for f in folder.iterdir() if f.suffix.lower() in known and f.is_file())
+    except OSError:  # a folder we cannot list: the index message alone
+        return ""
+    if not found:
+        return ""
+    more = f", and {len(found) - 3} more" if len(found) > 3 else ""
+    return f"; to use one model file in it, give its path: {', '.join(map(repr, found[:3]))}{more}"
 
 
 def require_readable_file(p: Path) -> None:
