@@ -1044,6 +1044,19 @@ def test_a_reader_that_leaves_before_an_error_document_keeps_exit_3(
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
 
 
+def test_a_header_from_that_is_missing_or_a_key_file_is_named_as_the_header(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
+    """It was called the input ("input 'h.json' does not exist") or "not a model", as if IN were wrong."""
+    missing = tmp_path / "h.json"
+    rc, _, se = run(["verify", sealed_file, "--key", key_file, "--header-from", missing])
+    assert rc == 3 and f"header file '{missing}' (--header-from, header=) does not exist" in se, se
+    assert "input '" not in se
+    rc, _, se = run(["recover", sealed_file, tmp_path / "o.safetensors", "--key", key_file, "--header-from", key_file])
+    assert rc == 3 and f"'{key_file}' looks like a ParamSeal key file, not a seal header" in se, se
+    assert "not a model" not in se and not (tmp_path / "o.safetensors").exists()
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".safetensors", ".pt", ".npz", ".onnx"])
 def test_a_key_file_given_as_the_model_is_named_and_never_quoted(
     tmp_path: Path, sealed_file: Path, key_file: Path, suffix: str

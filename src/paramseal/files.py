@@ -1072,6 +1072,14 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
             f"'{p}' is a folder; a seal header (--header-from, header=) is read from a sealed model file or a .json "
             "header file, and each shard of a sharded checkpoint carries its own: give one shard's file"
         )
+    # _require_file would call it the input (the model) and a key file "not a model"
+    if not p.is_file():
+        raise UsageError(f"header file '{p}' (--header-from, header=) does not exist or is not a file")
+    if looks_like_key_file(p):
+        raise UsageError(
+            f"'{p}' looks like a ParamSeal key file, not a seal header: --header-from (header=) takes a copy of the "
+            "sealed model or the .json file seal --header-out wrote; the key goes in --key"
+        )
     _require_file(p)
     found: str | None = None
     why = ""
