@@ -1057,6 +1057,24 @@ def test_a_header_from_that_is_missing_or_a_key_file_is_named_as_the_header(
     assert "not a model" not in se and not (tmp_path / "o.safetensors").exists()
 
 
+def test_an_error_document_of_verify_and_recover_gives_its_kind(tmp_path: Path, sealed_file: Path) -> None:
+    """A script reading r["kind"] met a KeyError on the error document, where every report has it."""
+    other = tmp_path / "other.key"
+    assert run(["keygen", other])[0] == 0
+    for argv, kind in (
+        (["verify", sealed_file, "--key", other, "--json"], "verify"),  # wrong key: a ParamSealError
+        (["recover", sealed_file, tmp_path / "o.safetensors", "--key", other, "--json"], "recover"),
+        (["recover", sealed_file, "--key", other, "--json"], "recover"),  # OUT missing: argparse's error
+    ):
+        rc, so, _ = run(argv)
+        doc = json.loads(so)
+        assert rc == 3 and doc["kind"] == kind and doc["status"] == "error", (argv, so)
+    rc, so, _ = run(
+        ["attack", "--kind", "bitflip", tmp_path / "none.safetensors", tmp_path / "o2.safetensors", "--json"]
+    )
+    assert rc == 3 and "kind" not in json.loads(so)  # attack's kind names the attack, which an error did not apply
+
+
 @pytest.mark.parametrize("suffix", [".npy", ".safetensors", ".pt", ".npz", ".onnx"])
 def test_a_key_file_given_as_the_model_is_named_and_never_quoted(
     tmp_path: Path, sealed_file: Path, key_file: Path, suffix: str

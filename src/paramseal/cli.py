@@ -122,15 +122,19 @@ class _UsageExit(SystemExit):
         self.message = message
 
 
-def _error_doc(exit_code: int, message: str) -> None:
+def _error_doc(exit_code: int, message: str, command: str | None) -> None:
     """A JSON reader gets a document for every outcome, not an empty stdout.
+
+    verify's and recover's carry their ``kind`` as every report of theirs does (attack's ``kind`` is
+    the attack's, which an error has not applied).
 
     A reader that left (`| head`, `| true`) does not turn the error's exit code into a
     BrokenPipeError traceback (exit 1, 'tampered but recoverable') or exit 120.
     """
     if sys.stdout is None:  # closed (`>&-`): no reader to give it to
         return
-    doc = {"status": "tampered" if exit_code == 2 else "error", "recoverable": False, "exit_code": exit_code}
+    doc: dict[str, object] = {"kind": command} if command in ("verify", "recover") else {}
+    doc |= {"status": "tampered" if exit_code == 2 else "error", "recoverable": False, "exit_code": exit_code}
     try:
         print(json.dumps({**doc, "error": message}, indent=2))
         sys.stdout.flush()
@@ -238,9 +242,10 @@ def _main(argv: Sequence[str] | None) -> int:
             ap.commands[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
     except _UsageExit as e:
         given = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
-        cmd = next((ap.commands[a] for a in given if a in ap.commands), None)
+        name = next((a for a in given if a in ap.commands), None)
+        cmd = None if name is None else ap.commands[name]
         if "--json" in given and (cmd is None or "--json" in cmd._option_string_actions):  # keygen has none
-            _error_doc(3, e.message)
+            _error_doc(3, e.message, name)
         raise
     if isinstance(sys.stdout, io.TextIOWrapper):  # a name from the file may hold a lone surrogate: print it escaped
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -259,7 +264,7 @@ def _main(argv: Sequence[str] | None) -> int:
         message = redact(e.diagnostics(), hidden)
         print(f"error: {message}", file=sys.stderr)
         if getattr(args, "json", False):
-            _error_doc(e.exit_code, message)
+            _error_doc(e.exit_code, message, args.cmd)
         return e.exit_code
     except _Terminated as e:
         print("terminated", file=sys.stderr)
@@ -303,7 +308,7 @@ def _internal_error(e: Exception, args: argparse.Namespace, hidden: Iterable[str
     )
     print(f"error: {message}", file=sys.stderr)
     if getattr(args, "json", False):
-        _error_doc(3, message)
+        _error_doc(3, message, getattr(args, "cmd", None))
     return 3
 
 
