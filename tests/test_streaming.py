@@ -126,8 +126,19 @@ def test_the_scratch_budget_decides_where_lane_stores_live(tmp_path: Path, monke
     assert list(tmp_path.glob(".paramseal-*/scratch0"))
     ws.close()
     assert not list(tmp_path.glob(".paramseal-*"))
-    monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", "not a number")
+    monkeypatch.delenv("PARAMSEAL_SCRATCH_MIB")
     assert _pages.scratch_budget() == _pages.DEFAULT_SCRATCH_MIB << 20
+
+
+@pytest.mark.parametrize("raw", ["not a number", "0MB", "-5", "1.5"])
+def test_a_scratch_budget_that_is_no_whole_number_of_mib_is_refused(
+    tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, raw: str
+) -> None:
+    """It passed as the 1 GiB default: '0MB', meant to keep scratch on disk, kept it in memory."""
+    monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", raw)
+    rc, _, err = helpers.run_cli(["seal", model_file, tmp_path / "o.safetensors", "--key", key_file])
+    assert rc == 3 and f"PARAMSEAL_SCRATCH_MIB={raw!r} is not a setting" in err, err
+    assert not (tmp_path / "o.safetensors").exists()
 
 
 def test_chunked_verify_and_recover_locate_and_restore_exactly(

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import InputError, cannot_write
+from .errors import InputError, UsageError, cannot_write
 
 CHUNK_BYTES = 16 << 20  # bytes of tensor data the engine handles at a time
 _ARENA_BYTES = 4 * CHUNK_BYTES  # a scratch file that holds many arrays smaller than a chunk
@@ -183,8 +183,13 @@ def scratch_budget() -> int:
     try:
         mib = int(raw) if raw else DEFAULT_SCRATCH_MIB
     except ValueError:
-        mib = DEFAULT_SCRATCH_MIB
-    return max(0, mib) << 20
+        mib = -1
+    if mib < 0:  # a typo ('0MB', meant to force disk) must not pass as the 1 GiB default, as PARAMSEAL_NATIVE's
+        raise UsageError(
+            f"PARAMSEAL_SCRATCH_MIB={raw!r} is not a setting: give a whole number of MiB (0 keeps scratch on disk), "
+            f"or leave it unset ({DEFAULT_SCRATCH_MIB} MiB)"
+        )
+    return mib << 20
 
 
 DEFAULT_SCRATCH_MIB = 1024
