@@ -112,6 +112,22 @@ def test_a_model_folder_without_an_index_names_the_model_file_in_it(
     assert rc == 3 and err.rstrip().endswith("'*.safetensors.index.json')"), err
 
 
+def test_an_index_file_given_as_the_model_names_its_folder(tmp_path: Path, key_file: Path) -> None:
+    """It said "cannot tell the format of 'model.safetensors.index.json'", not that its folder is the model."""
+    index = tmp_path / "ck" / "model.safetensors.index.json"
+    index.parent.mkdir()
+    index.write_text(json.dumps({"metadata": {}, "weight_map": {"w": "model-00001-of-00001.safetensors"}}))
+    for args in (["verify", index, "--key", key_file], ["seal", index, tmp_path / "o", "--key", key_file],
+                 ["inspect", index]):  # fmt: skip
+        rc, _, err = helpers.run_cli(args)
+        assert (
+            rc == 3
+            and f"is a sharded checkpoint's index, not a model file: give the folder that holds it ('{index.parent}')"
+            in err
+        ), err
+        assert not (tmp_path / "o").exists()
+
+
 def test_seal_then_verify_intact(tmp_path: Path, model_file: Path, key_file: Path) -> None:
     out = tmp_path / "s.safetensors"
     rc, so, se = run(["seal", model_file, out, "--key", key_file])

@@ -30,7 +30,7 @@ from ._inspect import describe
 from ._layout import TensorSpec
 from ._pages import Workspace, check_inputs, chunks, copy_range, pwrite_all, read, release
 from ._progress import Progress
-from ._shard_index import index_files, set_files
+from ._shard_index import INDEX_SUFFIX, index_files, set_files
 from ._tempname import renamed_to, temp_prefix
 from .errors import (
     FormatError,
@@ -250,7 +250,7 @@ def read_model(path: PathLike, fmt: str | None = None) -> Loaded:
     return adapter_for(p, fmt).read(p)
 
 
-def _require_file(p: Path) -> None:
+def _require_file(p: Path, *, model: bool = True) -> None:
     if p.is_dir() and (p / "pytorch_model.bin.index.json").is_file():
         raise UsageError(
             f"input '{p}' is a sharded PyTorch checkpoint; ParamSeal seals sharded safetensors checkpoints "
@@ -265,6 +265,11 @@ def _require_file(p: Path) -> None:
         raise UsageError(
             f"input '{p}' is a folder; a sharded checkpoint folder needs its index ('model.safetensors.index.json', "
             f"or another '*.safetensors.index.json'){_model_files_hint(p)}"
+        )
+    if model and p.name.endswith(INDEX_SUFFIX) and p.is_file():  # "cannot tell the format" says not what to give
+        raise UsageError(
+            f"'{p}' is a sharded checkpoint's index, not a model file: give the folder that holds it "
+            f"('{p.parent}') to seal, verify, recover or inspect the checkpoint"
         )
     require_readable_file(p)
     if looks_like_key_file(p):  # caught here, before a format's error could quote its first bytes
@@ -1080,7 +1085,7 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
             f"'{p}' looks like a ParamSeal key file, not a seal header: --header-from (header=) takes a copy of the "
             "sealed model or the .json file seal --header-out wrote; the key goes in --key"
         )
-    _require_file(p)
+    _require_file(p, model=False)  # a .json read as a header: an index there is no header, as any other
     found: str | None = None
     why = ""
     try:
