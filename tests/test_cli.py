@@ -1073,6 +1073,18 @@ def test_a_header_from_that_is_missing_or_a_key_file_is_named_as_the_header(
     assert "not a model" not in se and not (tmp_path / "o.safetensors").exists()
 
 
+@pytest.mark.parametrize("text", ['{"architectures": ["BertModel"]}', "not json", "[1, 2]"])
+def test_a_header_from_json_that_is_no_header_blames_the_file_not_the_model(
+    tmp_path: Path, sealed_file: Path, key_file: Path, text: str
+) -> None:
+    """A config.json given as --header-from said the header was edited "so the model cannot be trusted"."""
+    wrong = tmp_path / "config.json"
+    wrong.write_text(text)
+    rc, _, se = run(["verify", sealed_file, "--key", key_file, "--header-from", wrong])
+    assert rc == 3 and f"'{wrong}' is no ParamSeal header (no JSON object with a 'scheme' field)" in se, se
+    assert "cannot be trusted" not in se
+
+
 def test_an_error_document_of_verify_and_recover_gives_its_kind(tmp_path: Path, sealed_file: Path) -> None:
     """A script reading r["kind"] met a KeyError on the error document, where every report has it."""
     other = tmp_path / "other.key"

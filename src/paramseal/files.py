@@ -1091,6 +1091,15 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
     try:
         if p.suffix.lower() == ".json":
             texts = [p.read_text(encoding="utf-8").strip()]  # the output carries it: a saved newline dropped
+            try:  # config.json given by mistake: "malformed header, the model cannot be trusted" blamed the model
+                body = json.loads(texts[0])
+            except ValueError:
+                body = None
+            if not (isinstance(body, dict) and "scheme" in body):
+                raise UsageError(
+                    f"'{p}' is no ParamSeal header (no JSON object with a 'scheme' field): give the .json file "
+                    "seal --header-out wrote, or a copy of the sealed model file"
+                )
             if key is not None:
                 found, why = _first_authentic(texts, key)
         else:
