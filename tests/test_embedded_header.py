@@ -549,6 +549,38 @@ def test_header_from_an_older_seal_says_the_weights_are_intact_under_their_own(
     assert rc == 2 and "is not the one given (--header-from)" in out and "intact" not in out
 
 
+def test_header_from_another_model_says_so(tmp_path: Path, key: paramseal.Key, key_file: Path) -> None:
+    """Another model's header (same key): every tensor missing and every one extra, and only a last line
+    saying the file's header was not the one given, not that the header seals another model."""
+    rng = np.random.default_rng(22)
+    for m in ("a", "b"):
+        tensors = {f"{m}{i}": rng.standard_normal((64, 256)).astype(np.float32) for i in range(3)}
+        model = helpers.write_st(tmp_path / f"{m}.safetensors", tensors)
+        argv = [
+            "seal",
+            model,
+            tmp_path / f"s{m}.safetensors",
+            "--key",
+            key_file,
+            "--header-out",
+            tmp_path / f"{m}.json",
+        ]
+        assert helpers.run_cli(argv)[0] == 0
+    rc, out, _ = helpers.run_cli(
+        ["verify", tmp_path / "sa.safetensors", "--key", key_file, "--header-from", tmp_path / "b.json"]
+    )
+    assert rc == 2 and "is not the one given (--header-from)" in out
+    assert "it seals another model (none of its 3 tensors is in this file" in out, out
+    # the same model's header (another seal): not called another model's
+    assert (
+        helpers.run_cli(["seal", tmp_path / "a.safetensors", tmp_path / "sa2.safetensors", "--key", key_file])[0] == 0
+    )
+    rc, out, _ = helpers.run_cli(
+        ["verify", tmp_path / "sa2.safetensors", "--key", key_file, "--header-from", tmp_path / "a.json"]
+    )
+    assert rc == 2 and "another seal of the same model" in out and "another model (" not in out
+
+
 def test_an_edited_scheme_in_the_metadata_header_falls_back_too(
     tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key, key_file: Path
 ) -> None:

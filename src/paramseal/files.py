@@ -475,7 +475,8 @@ _NOT_GIVEN = "the file's own ParamSeal header is not the one given (--header-fro
 
 
 def _not_given(loaded: Loaded, text: str, given: str, key: Key) -> str:
-    """`_NOT_GIVEN`, and, when the file's own header is another seal's of the same model, whether the weights carry it.
+    """`_NOT_GIVEN`, and whether the header given seals another model, or, when the file's own header is
+    another seal's of the same model, whether the weights carry it.
 
     A header kept from an older seal (given with --header-from) fails nearly every block of a
     model sealed again since: the check against it stands (it is what the user asked for), but
@@ -483,7 +484,13 @@ def _not_given(loaded: Loaded, text: str, given: str, key: Key) -> str:
     takes a second check of the weights, only when the two headers differ.
     """
     try:
-        own, kept = parse_header(text, key), parse_header(given, key)
+        kept = parse_header(given, key)
+        if not {s.name for s in kept.tensors} & set(loaded.tensors):  # every line above would say missing / extra
+            return (
+                f"{_NOT_GIVEN}: it seals another model (none of its {len(kept.tensors)} tensors is in this file; "
+                "verify without --header-from checks the file against its own header)"
+            )
+        own = parse_header(text, key)
     except (FormatError, KeyMismatchError):
         return _NOT_GIVEN
     if not another_seal(kept, own) or verified_share(loaded.tensors, key, text) != 1:
