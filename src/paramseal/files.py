@@ -475,13 +475,13 @@ _NOT_GIVEN = "the file's own ParamSeal header is not the one given (--header-fro
 
 
 def _not_given(loaded: Loaded, text: str, given: str, key: Key) -> str:
-    """`_NOT_GIVEN`, and whether the header given seals another model, or, when the file's own header is
-    another seal's of the same model, whether the weights carry it.
+    """`_NOT_GIVEN`, and why: the header given seals another model, or the weights carry another seal of it.
 
-    A header kept from an older seal (given with --header-from) fails nearly every block of a
-    model sealed again since: the check against it stands (it is what the user asked for), but
-    the report says that the weights are intact under the seal they carry, not damaged. That
-    takes a second check of the weights, only when the two headers differ.
+    A header given that names none of the file's tensors is another model's. A header kept from an
+    older seal (given with --header-from) fails nearly every block of a model sealed again since:
+    the check against it stands (it is what the user asked for), but the report says that the
+    weights are intact under the seal they carry, not damaged. That takes a second check of the
+    weights, only when the two headers differ.
     """
     try:
         kept = parse_header(given, key)
