@@ -52,6 +52,21 @@ def sealed_ckpt(tmp_path: Path, checkpoint: Path, key_file: Path) -> Path:
     return out
 
 
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(
+    sealed_ckpt: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`verify "$MODEL"` with MODEL unset, run inside a sealed checkpoint: it verified that folder, exit 0."""
+    monkeypatch.chdir(sealed_ckpt)
+    rc, out, err = helpers.run_cli(["verify", "", "--key", key_file])
+    assert rc == 3 and "IN is empty (an unset shell variable?)" in err and "intact" not in out, (out, err)
+    rc, out, _ = helpers.run_cli(["verify", "", "--key", key_file, "--json"])  # the error document says so too
+    assert rc == 3 and json.loads(out)["error"].endswith("IN is empty (an unset shell variable?); give a path")
+    for argv in (["verify", ".", "--key", ""], ["recover", ".", "", "--key", key_file], ["keygen", ""]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and "is empty (an unset shell variable?)" in err, (argv, err)
+    assert helpers.run_cli(["verify", ".", "--key", key_file])[0] == 0  # '.' given on purpose still works
+
+
 def _recover_rebuilds_the_index(
     sealed: Path, fixed: Path, name: str, sealed_map: dict[str, str], key: paramseal.Key, key_file: Path
 ) -> None:

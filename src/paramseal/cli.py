@@ -228,6 +228,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _main(argv)
 
 
+# path arguments by dest: an empty one ('verify "$MODEL"', MODEL unset) would name the current folder
+_PATHS = {
+    "input": "IN",
+    "output": "OUT",
+    "keyfile": "KEYFILE",
+    "key": "--key",
+    "header_from": "--header-from",
+    "header_out": "--header-out",
+    "keep": "--keep",
+    "out": "--out",
+    "docs": "--docs",
+}
+
+
+def _no_empty_paths(p: _Parser, args: argparse.Namespace) -> None:
+    """Refuse an empty path: it reads as '.', and a sealed sharded folder there would verify as IN."""
+    for dest, name in _PATHS.items():
+        if getattr(args, dest, None) == "":
+            p.error(f"{name} is empty (an unset shell variable?); give a path")
+
+
 def _main(argv: Sequence[str] | None) -> int:
     if argv is None:  # the paramseal program itself (not a caller's process): no spinning BLAS threads
         _kernels.one_blas_thread()
@@ -240,6 +261,7 @@ def _main(argv: Sequence[str] | None) -> int:
         args, extra = ap.parse_known_args(argv)
         if extra:  # argparse reports these with the top-level usage, which lists none of the command's options
             ap.commands[args.cmd].error(f"unrecognized arguments: {' '.join(extra)}")
+        _no_empty_paths(ap.commands[args.cmd], args)
     except _UsageExit as e:
         given = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
         name = next((a for a in given if a in ap.commands), None)
