@@ -1424,6 +1424,8 @@ def _retype(src: Path, dst: Path, name: str, dtype: str, form: str = "raw") -> n
         ("float8_e5m2", "typed"),
         ("complex64", "external"),  # restored at the end of the side file: its slot no longer fits
         ("float8_e4m3fnuz", "external"),
+        ("float8_e8m0fnu", "raw"),
+        ("float8_e8m0fnu", "typed"),
     ],
 )
 def test_a_sealed_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_tampering_not_a_bad_file(

@@ -230,7 +230,7 @@ def test_a_dtype_relabelled_in_the_header_is_exit_1_and_recovered_byte_for_byte(
 
 
 @pytest.mark.parametrize("ext", [".safetensors", ".pt"])
-@pytest.mark.parametrize("dtype", ["complex64", "float8_e4m3fn"])
+@pytest.mark.parametrize("dtype", ["complex64", "float8_e4m3fn", "float8_e8m0fnu"])
 def test_a_sealed_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_tampering_not_a_bad_file(
     tmp_path: Path, key_file: Path, ext: str, dtype: str
 ) -> None:

@@ -66,6 +66,7 @@ ST_UNSEALED: dict[str, np.dtype[np.generic]] = {
     "F8_E4M3FNUZ": np.dtype(ml_dtypes.float8_e4m3fnuz),
     "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
     "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
+    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),  # MX block scales: safetensors.torch writes float8_e8m0fnu so
 }
 
 

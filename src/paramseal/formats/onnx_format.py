@@ -101,13 +101,14 @@ _DTYPES: dict[int, np.dtype[np.generic]] = {
     16: np.dtype(ml_dtypes.bfloat16),
 }
 # Read but never sealed (as levels.ST_UNSEALED): a sealed tensor retyped to one is tampering to report, not a
-# file to refuse; seal refuses them itself. complex64, float8 e4m3fn / e4m3fnuz / e5m2 / e5m2fnuz.
+# file to refuse; seal refuses them itself. complex64, float8 e4m3fn / e4m3fnuz / e5m2 / e5m2fnuz / e8m0.
 _UNSEALED: dict[int, np.dtype[np.generic]] = {
     14: np.dtype(np.complex64),
     17: np.dtype(ml_dtypes.float8_e4m3fn),
     18: np.dtype(ml_dtypes.float8_e4m3fnuz),
     19: np.dtype(ml_dtypes.float8_e5m2),
     20: np.dtype(ml_dtypes.float8_e5m2fnuz),
+    24: np.dtype(ml_dtypes.float8_e8m0fnu),
 }
 _READ = {**_DTYPES, **_UNSEALED}
 _ONNX_OF: dict[np.dtype[np.generic], int] = {v: k for k, v in _READ.items()}
@@ -119,7 +120,7 @@ _TYPED_FIELD: dict[int, str] = {
     12: "uint64_data",
     13: "uint64_data",
     14: "float_data",  # real and imaginary parts, one after the other
-    **{t: "int32_data" for t in (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20)},
+    **{t: "int32_data" for t in (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 24)},
 }
 _FIELD_DTYPE = {"float_data": np.float32, "double_data": np.float64, "int64_data": np.int64, "uint64_data": np.uint64}
 _ALL_TYPED = ("float_data", "double_data", "int32_data", "int64_data", "uint64_data", "string_data")
