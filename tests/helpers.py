@@ -76,8 +76,9 @@ def copy_model(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
-    """Same dtype, same shape and the same bytes (NaN-safe, -0.0-safe)."""
-    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(uview(a), uview(b))
+    """Same dtype, same shape and the same bytes (NaN-safe, -0.0-safe; complex128 too, which no uint is as wide as)."""
+    flat = [np.ascontiguousarray(x).reshape(-1).view(np.uint8) for x in (a, b)]
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(*flat)
 
 
 def assert_model_equal(got: Mapping[str, np.ndarray], want: Mapping[str, np.ndarray]) -> None:

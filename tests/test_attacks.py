@@ -681,3 +681,33 @@ def test_ground_truth_diff_counts_blocks_ranges_and_bits_of_a_known_change() -> 
         "tensor 's' reshaped from [4] to [2, 2]",
         "tensor 'new' added",
     )
+
+
+def test_cli_attack_of_a_model_holding_complex128_values_is_no_traceback(tmp_path: Path) -> None:
+    """attack of a model with a complex128 tensor (an .npz or .pt read so, or a sealed one saved again so) ended in
+    KeyError: 16 and a traceback whatever it attacked: no unsigned integer is 128 bits wide. bitflip now leaves
+    such tensors alone unless named, naming one is refused (exit 3, nothing written), and swapping two of them
+    is listed bit for bit, 128 bits a value."""
+    rng = np.random.default_rng(0)
+    z1, z2 = (rng.standard_normal(8) + 1j * rng.standard_normal(8) for _ in range(2))
+    src = tmp_path / "m.npz"
+    np.savez(src, w=rng.standard_normal((16, 16)).astype(np.float32), z1=z1, z2=z2)
+    dst = tmp_path / "a.npz"
+    rc, out, err = helpers.run_cli(["attack", src, dst, "--kind", "bitflip", "--n", "20", "--seed", "1", "--json"])
+    assert rc == 0 and set(json.loads(out)["tensors"]) == {"w"}, (out, err)
+    rc, _, err = helpers.run_cli(["attack", src, tmp_path / "b.npz", "--kind", "bitflip", "--tensor", "z1"])
+    assert rc == 3 and "tensor 'z1': its complex128 values are 128 bits wide" in err and "Traceback" not in err, err
+    assert not (tmp_path / "b.npz").exists()
+    swapped = tmp_path / "s.npz"
+    rc, out, err = helpers.run_cli(
+        ["attack", src, swapped, "--kind", "swap", "--mode", "tensors", "--tensor", "z1", "--tensor", "z2", "--json"]
+    )
+    assert rc == 0, (out, err)
+    xor = (z1.view("<u8") ^ z2.view("<u8")).tolist()
+    bits = [[b for b in range(64) if v >> b & 1] for v in xor]  # per float64 half: real, then imaginary
+    want = [bits[2 * i] + [64 + b for b in bits[2 * i + 1]] for i in range(8)]
+    truth = json.loads(out)["tensors"]["z1"]
+    assert truth["indices"] == list(range(8)) and truth["bits"] == want
+    assert truth["bits_flipped"] == sum(map(len, want)) and sum(truth["bit_counts"].values()) == sum(map(len, want))
+    with np.load(swapped) as z:
+        assert helpers.same_bytes(z["z1"], z2) and helpers.same_bytes(z["z2"], z1)

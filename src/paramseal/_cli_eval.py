@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from .attacks import FIELDS, KINDS, AttackSpec, GroundTruth, attack_file
 from .errors import OutputError, ParamSealError, UsageError
-from .report import bit_lists_json, ints_json, write_json_streamed
+from .report import ints_json, write_json_streamed
 
 
 def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
@@ -95,7 +95,7 @@ def _write_truth(truth: GroundTruth, out: TextIO) -> None:
                 name: {
                     **walk(t, put),
                     "indices": put(ints_json(changes[name].indices)),
-                    "bits": put(bit_lists_json(changes[name].xor)),
+                    "bits": put(changes[name].bits_json()),
                 }
                 for name, t in tensors.items()
             }

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,6 +12,7 @@ from numpy.typing import NDArray
 
 from .._bits import uint_view
 from ..levels import BLOCK
+from ..report import bit_lists_json
 
 #: Per-index detail (indices and bits) is listed by ``to_dict`` only up to this many changed values per tensor;
 #: beyond it the exact index ranges and a per-bit histogram are given (``attack --json`` streams them all).
@@ -25,7 +27,7 @@ class TensorChange:
     numel: int
     width: int  # bits per value
     indices: NDArray[np.int64]  # sorted flat indices
-    xor: NDArray[np.uint64]  # per index: XOR of the old and new bits
+    xor: NDArray[np.uint64]  # per index: XOR of the old and new bits (a row of 64-bit words, low first, past 64)
 
     @property
     def count(self) -> int:
@@ -59,9 +61,20 @@ class TensorChange:
 
     def bit_counts(self) -> dict[int, int]:
         """How many changed values had each bit position flipped (LSB = 0)."""
-        bits = np.unpackbits(self.xor.view(np.uint8).reshape(-1, 8), axis=1, bitorder="little")
+        row = 8 * (self.xor.shape[1] if self.xor.ndim == 2 else 1)
+        bits = np.unpackbits(self.xor.view(np.uint8).reshape(-1, row), axis=1, bitorder="little")
         totals = bits.sum(axis=0)
         return {b: int(c) for b, c in enumerate(totals[: self.width]) if c}
+
+    def bits_json(self) -> Iterator[str]:
+        """Each changed value's set bit numbers as the items of a JSON list, a slice at a time (``attack --json``)."""
+        if self.xor.ndim == 1:
+            return bit_lists_json(self.xor)
+        step = 4096  # values wider than 64 bits (complex128): rare and small, listed one by one
+        return (
+            ", ".join(json.dumps(_set_bits(x, self.width)) for x in self.xor[i : i + step])
+            for i in range(0, self.count, step)
+        )
 
     def to_dict(self, max_listed: int = MAX_LISTED) -> dict[str, Any]:
         """JSON-able form: counts, exact index ranges, bit histogram, and per-index bits when few."""
@@ -75,7 +88,7 @@ class TensorChange:
         }
         if self.count <= max_listed:
             d["indices"] = self.indices.tolist()
-            d["bits"] = [[b for b in range(self.width) if int(x) >> b & 1] for x in self.xor]
+            d["bits"] = [_set_bits(x, self.width) for x in self.xor]
         return d
 
 
@@ -136,13 +149,26 @@ class GroundTruth:
             if not c.count:
                 continue
             shown = ", ".join(
-                f"[{i}] bits {'/'.join(str(b) for b in range(c.width) if int(x) >> b & 1)}"
+                f"[{i}] bits {'/'.join(map(str, _set_bits(x, c.width)))}"
                 for i, x in zip(c.indices[:4], c.xor[:4], strict=True)
             )
             more = " ..." if c.count > 4 else ""
             lines.append(f"  {c.name}: {c.count} value(s) in {c.blocks.size} block(s) changed: {shown}{more}")
         lines += [f"  {s}" for s in self.structural]
         return "\n".join(lines)
+
+
+def _set_bits(x: NDArray[np.uint64], width: int) -> list[int]:
+    """The bit positions set in one index's XOR (a word, or a row of words low first)."""
+    v = int.from_bytes(np.ascontiguousarray(x).astype("<u8").tobytes(), "little")
+    return [b for b in range(width) if v >> b & 1]
+
+
+def words(a: NDArray[Any]) -> NDArray[np.unsignedinteger]:
+    """Each value's bits as one unsigned word, or a row of 64-bit words when wider (complex128: no uint128)."""
+    if a.dtype.itemsize <= 8:
+        return uint_view(a)
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint64).reshape(a.size, a.dtype.itemsize // 8)
 
 
 def diff(
@@ -156,18 +182,19 @@ def diff(
         if b is None:
             structural.append(f"tensor '{name}' removed")
             continue
-        ua = uint_view(a)
+        width = a.dtype.itemsize * 8
         if a.dtype != b.dtype or a.size != b.size:
             structural.append(f"tensor '{name}' changed from {a.dtype}{list(a.shape)} to {b.dtype}{list(b.shape)}")
             idx = np.arange(a.size, dtype=np.int64)
-            changes.append(TensorChange(name, a.size, ua.dtype.itemsize * 8, idx, np.zeros(a.size, np.uint64)))
+            changes.append(TensorChange(name, a.size, width, idx, np.zeros(a.size, np.uint64)))
             continue
         if a.shape != b.shape:
             structural.append(f"tensor '{name}' reshaped from {list(a.shape)} to {list(b.shape)}")
-        ub = uint_view(b)
-        idx = np.flatnonzero(ua != ub).astype(np.int64)
+        ua, ub = words(a), words(b)
+        ne = ua != ub
+        idx = np.flatnonzero(ne.any(axis=1) if ne.ndim == 2 else ne).astype(np.int64)
         xor = (ua[idx] ^ ub[idx]).astype(np.uint64)
-        changes.append(TensorChange(name, a.size, ua.dtype.itemsize * 8, idx, xor))
+        changes.append(TensorChange(name, a.size, width, idx, xor))
     structural += [f"tensor '{n}' added" for n in after if n not in before]
     return tuple(changes), tuple(structural)
 

@@ -14,6 +14,7 @@ from ..errors import UnsupportedError, UsageError
 from ..header import METADATA_KEY
 from ..levels import BLOCK, FLOATS, dtype_name
 from ._spec import AttackSpec
+from ._truth import words
 
 Tensors = dict[str, NDArray[Any]]
 Rng = np.random.Generator
@@ -120,6 +121,12 @@ class Draft:
 
     def bits(self, name: str) -> NDArray[np.unsignedinteger]:
         """Writable flat unsigned view of ``name``."""
+        a = self.t[name]
+        if a.dtype.itemsize > 8:  # complex128: no unsigned integer is as wide, and ParamSeal never seals it
+            raise UsageError(
+                f"attack cannot change the bits of tensor '{name}': its {a.dtype} values are "
+                f"{a.dtype.itemsize * 8} bits wide, more than the 64 it handles; choose others with --tensor"
+            )
         return uint_view(self.w(name))
 
 
@@ -165,7 +172,7 @@ def bitflip(t: Tensors, spec: AttackSpec, meta: Mapping[str, str], rng: Rng) -> 
     ks = sealed_k(meta, t) if spec.field == "watermark" and spec.bits is None else {}
     if spec.field == "watermark" and not ks and spec.bits is None:
         raise UsageError("--field watermark needs a sealed model (to read k per tensor) or --bits K")
-    names = pick(t, spec, lambda _n, a: spec.field == "any" or is_float(a))
+    names = pick(t, spec, lambda _n, a: (spec.field == "any" and a.dtype.itemsize <= 8) or is_float(a))
     fields = [field_bits(t[nm], spec.field, spec.bits or ks.get(nm, 0)) for nm in names]
     sizes = [t[nm].size * len(f) for nm, f in zip(names, fields, strict=True)]
     total = sum(sizes)
@@ -312,9 +319,7 @@ def swap(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
             (x, y)
             for i, x in enumerate(names)
             for y in names[i + 1 :]
-            if t[x].shape == t[y].shape
-            and t[x].dtype == t[y].dtype
-            and not np.array_equal(uint_view(t[x]), uint_view(t[y]))
+            if t[x].shape == t[y].shape and t[x].dtype == t[y].dtype and not np.array_equal(words(t[x]), words(t[y]))
         ]
         if not pairs:
             raise UsageError("no two tensors with the same shape and dtype (and different values) to swap")
