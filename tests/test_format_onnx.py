@@ -1406,8 +1406,9 @@ def _retype(src: Path, dst: Path, name: str, dtype: str, form: str = "raw") -> n
     new = TensorProto(name=t.name, data_type=helper.np_dtype_to_tensor_dtype(a.dtype), dims=a.shape)
     if form != "typed":
         new.raw_data = a.tobytes()
-    elif a.dtype.kind == "c":
-        new.float_data.extend(a.reshape(-1).view(np.float32).tolist())  # real and imaginary parts
+    elif a.dtype.kind == "c":  # real and imaginary parts
+        field = "float_data" if a.dtype == np.complex64 else "double_data"
+        getattr(new, field).extend(a.reshape(-1).view(a.real.dtype).tolist())
     else:
         new.int32_data.extend(a.reshape(-1).view(np.uint8).astype(np.int32).tolist())  # float8 bit patterns
     t.CopyFrom(new)
@@ -1426,6 +1427,8 @@ def _retype(src: Path, dst: Path, name: str, dtype: str, form: str = "raw") -> n
         ("float8_e4m3fnuz", "external"),
         ("float8_e8m0fnu", "raw"),
         ("float8_e8m0fnu", "typed"),
+        ("complex128", "raw"),
+        ("complex128", "typed"),
     ],
 )
 def test_a_sealed_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_tampering_not_a_bad_file(

@@ -5,10 +5,10 @@ tensor-valued node attributes (the ``value`` of a ``Constant`` node, and of
 ``ConstantOfShape``), in the main graph, in every ``If``/``Loop``/``Scan``
 subgraph at any depth, in model-local functions and in training-info graphs;
 inline (``raw_data`` or typed fields) or in external-data files. Sparse
-tensors and string / complex128 / 4-bit tensors are refused with a FormatError
-rather than left unprotected, and so are tensors whose external bytes overlap
-(each is sealed apart: writing one would overwrite the other's seal). complex64
-and 8-bit-float tensors are read, for verify to report a sealed tensor saved
+tensors and string / 4-bit tensors are refused with a FormatError rather than
+left unprotected, and so are tensors whose external bytes overlap (each is
+sealed apart: writing one would overwrite the other's seal). complex and
+8-bit-float tensors are read, for verify to report a sealed tensor saved
 again so as tampered, and written back as read; seal refuses them itself.
 
 Tensor names (stable: they depend only on the graph, which sealing never
@@ -101,9 +101,10 @@ _DTYPES: dict[int, np.dtype[np.generic]] = {
     16: np.dtype(ml_dtypes.bfloat16),
 }
 # Read but never sealed (as levels.ST_UNSEALED): a sealed tensor retyped to one is tampering to report, not a
-# file to refuse; seal refuses them itself. complex64, float8 e4m3fn / e4m3fnuz / e5m2 / e5m2fnuz / e8m0.
+# file to refuse; seal refuses them itself. complex64/128, float8 e4m3fn / e4m3fnuz / e5m2 / e5m2fnuz / e8m0.
 _UNSEALED: dict[int, np.dtype[np.generic]] = {
     14: np.dtype(np.complex64),
+    15: np.dtype(np.complex128),
     17: np.dtype(ml_dtypes.float8_e4m3fn),
     18: np.dtype(ml_dtypes.float8_e4m3fnuz),
     19: np.dtype(ml_dtypes.float8_e5m2),
@@ -120,6 +121,7 @@ _TYPED_FIELD: dict[int, str] = {
     12: "uint64_data",
     13: "uint64_data",
     14: "float_data",  # real and imaginary parts, one after the other
+    15: "double_data",  # as 14
     **{t: "int32_data" for t in (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 24)},
 }
 _FIELD_DTYPE = {"float_data": np.float32, "double_data": np.float64, "int64_data": np.int64, "uint64_data": np.uint64}
@@ -662,8 +664,8 @@ def _fill(t: Any, a: NDArray[np.generic], name: str, plan: _SidePlan) -> None:
         field = _TYPED_FIELD[t.data_type]
         for f in _ALL_TYPED:
             t.ClearField(f)
-        if a.dtype.kind == "c":  # complex64: real and imaginary parts in float_data
-            vals = flat.view(np.float32)
+        if a.dtype.kind == "c":  # real and imaginary parts in float_data (complex64) or double_data
+            vals = flat.view(np.float32 if a.dtype == np.complex64 else np.float64)
         elif a.dtype.itemsize <= 2 and a.dtype.kind in "fV":  # float16 / bfloat16 / float8 bit patterns
             vals = flat.view(f"u{a.dtype.itemsize}").astype(np.int32)
         elif field == "int32_data":
