@@ -202,7 +202,11 @@ def test_raw_v2_bfloat16_from_np_save_is_refused_with_a_hint(tmp_path: Path, key
         assert rc == 3 and "raw dtype |V2" in err and "bfloat16" in err and "v2.npy" in err, err
 
 
-@pytest.mark.parametrize(("dtype", "raw"), [("float8_e4m3fn", "|V1"), ("bfloat16", "|V2"), ("complex64", None)])
+@pytest.mark.parametrize(
+    ("dtype", "raw"),
+    # float8_e5m2: np.savez writes '<f1', which np.load cannot read (it exited 3, 'truncated or corrupt')
+    [("float8_e4m3fn", "|V1"), ("float8_e5m2", "|V1"), ("bfloat16", "|V2"), ("complex64", None)],
+)
 def test_a_sealed_tensor_saved_again_by_np_savez_as_float8_is_tampering_not_a_bad_file(
     tmp_path: Path, key_file: Path, dtype: str, raw: str | None
 ) -> None:

@@ -16,7 +16,8 @@ There is no room for metadata (``keeps_metadata = False``).
 bfloat16: ``np.save`` writes ml_dtypes' bfloat16 as raw ``V2`` bytes and loses
 the type, so ParamSeal writes the header descr ``'bfloat16'``. ``np.load``
 reads such a file back as bfloat16 whenever ml_dtypes is imported. A ``V2``
-array written by someone else (``V1``: float8) is read as raw bytes: seal refuses
+array written by someone else (``V1``: float8; ``<f1``, float8_e5m2, which
+``np.load`` cannot read) is read as raw bytes: seal refuses
 it, since its real dtype cannot be known, and verify reports a sealed tensor saved
 so as retyped (tampering, which recover restores).
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import zipfile
 import zlib
@@ -202,7 +204,16 @@ def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
     }.get((ver[0], ver[1]))
     if read_header is None:
         raise FormatError(f"{what} has .npy format version {ver[0]}.{ver[1]}; supported: 1.0, 2.0")
-    shape, fortran, dtype = read_header(f)
+    seen = _Recorder(f)
+    try:
+        shape, fortran, dtype = read_header(seen)
+    except ValueError:
+        # np.save writes ml_dtypes' float8_e5m2 as '<f1', which numpy cannot read back: read its bytes as the
+        # raw |V1 np.save writes the other float8 types as (verify reports a sealed tensor saved so as retyped)
+        raw = re.sub(rb"('descr':\s*')[<>|=]f1'", rb"\1|V1'", seen.data, count=1)  # same length
+        if raw == seen.data:
+            raise
+        shape, fortran, dtype = read_header(io.BytesIO(raw))
     if dtype.hasobject:
         raise FormatError(f"{what} is an object array; ParamSeal never unpickles, so it reads numeric arrays only")
     if dtype.subdtype is not None:  # only a crafted header holds one: numpy writes its base type, a longer shape
@@ -238,6 +249,19 @@ def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
     if dtype.byteorder == ">":
         arr = arr.astype(dtype.newbyteorder("="))
     return arr
+
+
+class _Recorder:
+    """Reads through ``f`` and keeps what was read (a .npy header, to read again if numpy refuses its dtype)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self.data = b""
+
+    def read(self, n: int = -1) -> bytes:
+        got = self._f.read(n)
+        self.data += got
+        return got
 
 
 class _CrcReader(io.RawIOBase):
