@@ -282,12 +282,11 @@ class Report:
         """Sealed name -> the name its data was found under, for each tensor swapped or renamed."""
         return {n: f.moved_from for n, f in self.tensors.items() if f.moved_from is not None}
 
-    def moved_by(self, how: Moved | str) -> dict[str, str]:
-        """`moved`, only the tensors moved ``how``: "swapped" or "renamed" (``SWAPPED``, ``RENAMED`` too)."""
-        kind = {SWAPPED: "swapped", RENAMED: "renamed"}.get(how, how)
-        if kind not in ("swapped", "renamed"):
+    def moved_by(self, how: Moved) -> dict[str, str]:
+        """`moved`, only the tensors moved ``how``: "swapped" or "renamed"."""
+        if how not in ("swapped", "renamed"):
             raise ValueError(f"moved_by takes 'swapped' or 'renamed', not {how!r}")
-        return {n: f.moved_from for n, f in self.tensors.items() if f.moved_from is not None and f.moved_how == kind}
+        return {n: f.moved_from for n, f in self.tensors.items() if f.moved_from is not None and f.moved_how == how}
 
     @property
     def tampered_block_count(self) -> int:
