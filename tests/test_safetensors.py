@@ -6,8 +6,10 @@ import json
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import helpers
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -269,6 +271,66 @@ def test_a_sealed_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_tampering_n
         rc, _, err = helpers.run_cli(argv)
         assert rc == 3 and f"'{unsealed}'" in err and f"tensor 'b': dtype {dtype} is not supported" in err, err
     assert not (tmp_path / f"o{ext}").exists()
+
+
+def _to_f4(torch: Any, t: Any) -> Any:
+    """``t`` quantized to E2M1 as torch stores it (float4_e2m1fn_x2: two codes a byte, the first in the low nibble;
+    torch casts nothing to it): the last dimension halves."""
+    codes = torch.from_numpy(t.numpy().astype(ml_dtypes.float4_e2m1fn).view(np.uint8))
+    return (codes[..., 0::2] | (codes[..., 1::2] << 4)).view(torch.float4_e2m1fn_x2)
+
+
+def test_a_sealed_tensor_quantized_to_4_bits_is_tampering_that_recover_restores_byte_for_byte(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """verify and recover exited 3 ('tensor 'b' has dtype F4, which ParamSeal does not support') on a sealed file
+    whose F32 tensor was saved again by safetensors.torch as float4_e2m1fn_x2, an unapproved 4-bit quantization,
+    where float8 is reported tampered (19009ea); F4 is now read one value a byte (float4_e2m1fn). seal and inspect
+    still refuse such a tensor, exit 3, and a file with an odd count of F4 values, which the library refuses."""
+    torch = pytest.importorskip("torch")
+    st_torch = pytest.importorskip("safetensors.torch")
+    if not hasattr(torch, "float4_e2m1fn_x2"):
+        pytest.skip("this torch has no float4_e2m1fn_x2")
+    torch.manual_seed(0)
+    sd = {"a": torch.randn(128, 256), "b": torch.randn(32, 256), "c": torch.randn(64, 256)}  # b: within capacity
+    plain = tmp_path / "m.safetensors"
+    st_torch.save_file(sd, plain)
+    sealed = tmp_path / "sealed.safetensors"
+    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
+    got = files.read_model(sealed)
+    retyped = {n: torch.from_numpy(a.copy()) for n, a in got.tensors.items()}
+    retyped["b"] = _to_f4(torch, retyped["b"])
+    bad = tmp_path / "retyped.safetensors"
+    st_torch.save_file(retyped, bad, got.metadata)
+    read = files.read_model(bad).tensors["b"]  # the values as quantized, in the sealed tensor's shape
+    assert helpers.same_bytes(read, got.tensors["b"].astype(ml_dtypes.float4_e2m1fn))
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 1 and "b: dtype changed from F32 to float4_e2m1fn" in out, (out, err)
+    drill = tmp_path / "drill.safetensors"  # attack writes the retyped tensor back as it was read
+    assert helpers.run_cli(["attack", bad, drill, "--kind", "bitflip", "--seed", "1", "--tensor", "a"])[0] == 0
+    assert helpers.st_parts(drill.read_bytes())[0]["b"]["dtype"] == "F4"
+    assert helpers.same_bytes(files.read_model(drill).tensors["b"], read)
+    fixed = tmp_path / "fixed.safetensors"
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0, (out, err)
+    assert fixed.read_bytes() == sealed.read_bytes()
+    unsealed = tmp_path / "u.safetensors"
+    st_torch.save_file({**sd, "b": _to_f4(torch, sd["b"])}, unsealed)
+    for argv in (["seal", unsealed, tmp_path / "o.safetensors", "--key", key_file], ["inspect", unsealed]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and f"'{unsealed}'" in err and "tensor 'b': dtype float4_e2m1fn is not supported" in err, err
+        assert "4-bit values" in err, err
+    assert not (tmp_path / "o.safetensors").exists()
+    h, data = helpers.st_parts(unsealed.read_bytes())
+    h["b"]["shape"] = [32, 255]  # 8160 values, 4080 bytes, where the tensor spans 4096
+    odd = tmp_path / "odd.safetensors"
+    odd.write_bytes(helpers.st_build(h, data))
+    rc, _, err = helpers.run_cli(["verify", odd, "--key", key_file])
+    assert rc == 3 and "spans 4096 bytes but dtype F4 and shape [32, 255] need 4080" in err, err
+    h["b"]["shape"] = [1, 8191]  # an odd count: the library reads no tensor that ends inside a byte
+    odd.write_bytes(helpers.st_build(h, data))
+    rc, _, err = helpers.run_cli(["verify", odd, "--key", key_file])
+    assert rc == 3 and "8191 values of dtype F4, two a byte: an odd number" in err, err
 
 
 def test_a_file_converted_whole_from_f16_to_f32_says_so_once_and_keeps_exit_2(tmp_path: Path, key_file: Path) -> None:

@@ -67,7 +67,19 @@ ST_UNSEALED: dict[str, np.dtype[np.generic]] = {
     "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
     "F8_E5M2FNUZ": np.dtype(ml_dtypes.float8_e5m2fnuz),
     "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),  # MX block scales: safetensors.torch writes float8_e8m0fnu so
+    "F4": np.dtype(ml_dtypes.float4_e2m1fn),  # safetensors.torch's float4_e2m1fn_x2: two values a byte (NIBBLE)
 }
+#: 4-bit dtypes (ONNX INT4 / UINT4 / FLOAT4E2M1, safetensors F4), which files pack two values a byte, low nibble
+#: first: held here one value a byte in its low 4 bits, as ml_dtypes' types (the formats unpack and pack them), so
+#: a sealed tensor retyped to one keeps its shape and dtype name. Never sealed, as float8: no mantissa bits to spare.
+NIBBLE: frozenset[np.dtype[np.generic]] = frozenset(
+    {np.dtype(ml_dtypes.int4), np.dtype(ml_dtypes.uint4), np.dtype(ml_dtypes.float4_e2m1fn)}
+)
+
+
+def value_bits(dt: np.dtype[np.generic]) -> int:
+    """Bits a value of ``dt`` holds in a file: 4 for the NIBBLE dtypes (held in a byte here), else its width."""
+    return 4 if np.dtype(dt) in NIBBLE else np.dtype(dt).itemsize * 8
 
 
 def _raw_void(size: int) -> str:
@@ -94,6 +106,11 @@ def dtype_name(dt: np.dtype[np.generic]) -> str:
         if np.dtype(dt).type is np.void and np.dtype(dt).names is None:  # raw bytes: a .npy of ml_dtypes' types
             raise UnsupportedError(f"raw dtype {np.dtype(dt).str}: {_raw_void(np.dtype(dt).itemsize)}") from None
         supported = ", ".join(sorted(_NP_TO_ST.values()))
+        if np.dtype(dt) in NIBBLE:  # two values a byte in the file: no mantissa bits to carry a watermark
+            raise UnsupportedError(
+                f"dtype {dt} is not supported (4-bit values: ParamSeal does not seal them; save the codes as "
+                f"uint8, one a byte, to have them sealed as integer data); supported: {supported}"
+            ) from None
         native = np.dtype(dt).newbyteorder("=")
         hint = f" (convert it to this machine's byte order: a.astype('{native.str}'))" if native in _NP_TO_ST else ""
         raise UnsupportedError(f"dtype {dt} is not supported{hint}; supported: {supported}") from None
@@ -165,6 +182,7 @@ __all__ = [
     "BLOCK",
     "FLOATS",
     "LEVELS",
+    "NIBBLE",
     "ST_TO_NP",
     "ST_UNSEALED",
     "TAG_BITS",
@@ -175,4 +193,5 @@ __all__ = [
     "dtype_name",
     "max_relative_change",
     "max_subnormal_change",
+    "value_bits",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,6 +10,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
+
+from ..levels import NIBBLE
 
 #: Metadata entry holding the sealed `Loaded.graph` digest.
 GRAPH_KEY = "paramseal.graph"
@@ -48,6 +51,28 @@ def shape_error(shape: tuple[int, ...], dtype: np.dtype[np.generic]) -> str | No
     except ValueError as e:
         return str(e)
     return None
+
+
+def stored_size(dtype: np.dtype[np.generic], count: int) -> int:
+    """Bytes ``count`` values of ``dtype`` take in a file: a 4-bit dtype (levels.NIBBLE) packs two a byte."""
+    return (count + 1) // 2 if dtype in NIBBLE else count * dtype.itemsize
+
+
+def unpack4(raw: bytes | NDArray[np.generic], dt: np.dtype[np.generic], shape: tuple[int, ...]) -> NDArray[np.generic]:
+    """4-bit values packed two a byte, low nibble first (ONNX's order), as ``dt`` one a byte (a copy)."""
+    b = np.frombuffer(raw, np.uint8) if isinstance(raw, bytes) else raw.reshape(-1).view(np.uint8)
+    out = np.empty(2 * b.size, np.uint8)
+    out[0::2], out[1::2] = b & 0x0F, b >> 4
+    return out[: math.prod(shape)].view(dt).reshape(shape)
+
+
+def pack4(a: NDArray[np.generic]) -> NDArray[np.uint8]:
+    """``a``'s 4-bit values (one a byte, in the low nibble) packed two a byte; an odd count's last high nibble is 0."""
+    u = np.ascontiguousarray(a).reshape(-1).view(np.uint8) & 0x0F
+    if u.size % 2:
+        u = np.concatenate((u, np.zeros(1, np.uint8)))
+    out: NDArray[np.uint8] = u[0::2] | (u[1::2] << np.uint8(4))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

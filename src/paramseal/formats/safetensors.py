@@ -21,8 +21,8 @@ from safetensors import SafetensorError, safe_open
 
 from .._pages import Mapping, copy_range, file_span
 from ..errors import FormatError, InputError
-from ..levels import ST_TO_NP, ST_UNSEALED, dtype_name
-from .base import Loaded, shape_error
+from ..levels import NIBBLE, ST_TO_NP, ST_UNSEALED, dtype_name
+from .base import Loaded, pack4, shape_error, stored_size, unpack4
 
 _MAX_HEADER = 100_000_000  # the safetensors library refuses longer headers
 _READ = {**ST_TO_NP, **ST_UNSEALED}  # seal refuses the latter itself; verify reports a sealed tensor retyped so
@@ -68,13 +68,19 @@ class SafetensorsAdapter:
         model would give other bytes each time (a seeded attack, a conversion, a checksum kept).
         """
         arrays = {k: _contiguous(_little(v)) for k, v in loaded.tensors.items()}
+        for n, a in arrays.items():
+            if a.dtype in NIBBLE and a.size % 2:
+                raise FormatError(
+                    f"cannot write tensor '{n}' to safetensors: it holds {a.size} 4-bit values, an odd number, and "
+                    "safetensors packs them two a byte; write it to the format it was read from"
+                )
         order = sorted(arrays, key=lambda n: (-arrays[n].dtype.itemsize, n))
         entries = [(n, _dtype_name(arrays[n].dtype), tuple(arrays[n].shape)) for n in order]
         meta = dict(sorted(loaded.metadata.items()))
         w = StreamWriter(path, entries, exact_room(entries, meta))
         try:
             for n in order:
-                w.array(n)[...] = arrays[n]
+                w.array(n)[...] = pack4(arrays[n]) if arrays[n].dtype in NIBBLE else arrays[n]
             w.finish(meta)
         except BaseException:
             w.abort()
@@ -92,12 +98,17 @@ def _contiguous(a: NDArray[np.generic]) -> NDArray[np.generic]:
 
 
 def _raw(path: Path, lay: Layout, e: Entry) -> NDArray[np.generic]:
-    """A tensor in a dtype ParamSeal does not seal, read from its bytes (the library's numpy side lacks float8)."""
-    count = (e.end - e.start) // _READ[e.dtype].itemsize
-    a: NDArray[np.generic] = np.fromfile(path, _READ[e.dtype], count, offset=lay.data_start + e.start)
+    """A tensor in a dtype ParamSeal does not seal, read from its bytes (the library's numpy side lacks float8).
+
+    F4 is unpacked, one value a byte (levels.NIBBLE).
+    """
+    dt = _READ[e.dtype]
+    packed = dt in NIBBLE
+    count = e.end - e.start if packed else (e.end - e.start) // dt.itemsize
+    a: NDArray[np.generic] = np.fromfile(path, np.uint8 if packed else dt, count, offset=lay.data_start + e.start)
     if a.size != count:
         raise FormatError(f"'{path}' is truncated: tensor '{e.name}' ends past the end of the file")
-    return a.reshape(e.shape)
+    return unpack4(a, dt, e.shape) if packed else a.reshape(e.shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,10 +205,15 @@ def read_layout(path: Path) -> Layout:
                 f"'{path}': tensor '{name}' has offsets [{start}, {end}] outside the {data_len}-byte data section "
                 "(the file is truncated or corrupt)"
             )
-        if end - start != count * _READ[dtype].itemsize:
+        if _READ[dtype] in NIBBLE and count % 2:  # the library reads no tensor that ends inside a byte
+            raise FormatError(
+                f"'{path}': tensor '{name}' holds {count} values of dtype {dtype}, two a byte: an odd number, which "
+                "the safetensors library refuses (the file is corrupt or edited)"
+            )
+        if end - start != stored_size(_READ[dtype], count):
             raise FormatError(
                 f"'{path}': tensor '{name}' spans {end - start} bytes but dtype {dtype} and shape {shape} need "
-                f"{count * _READ[dtype].itemsize}"
+                f"{stored_size(_READ[dtype], count)}"
             )
         if why := shape_error(tuple(shape), _READ[dtype]):
             raise FormatError(f"'{path}': tensor '{name}' has shape {shape}, which no array can have ({why})")
@@ -226,8 +242,16 @@ def map_tensors(path: Path) -> tuple[Mapping, dict[str, NDArray[np.generic]], di
     """
     lay = read_layout(path)
     m = Mapping(path)
-    tensors = {e.name: m.array(lay.data_start + e.start, _READ[e.dtype], e.shape) for e in lay.entries}
+    tensors = {e.name: _view(m, lay.data_start + e.start, e) for e in lay.entries}
     return m, tensors, lay.metadata
+
+
+def _view(m: Mapping, at: int, e: Entry) -> NDArray[np.generic]:
+    """Tensor ``e`` of a mapped file: a view, or an unpacked copy of an F4 one (two values a byte)."""
+    dt = _READ[e.dtype]
+    if dt in NIBBLE:
+        return unpack4(m.array(at, np.dtype(np.uint8), (e.end - e.start,)), dt, e.shape)
+    return m.array(at, dt, e.shape)
 
 
 class StreamWriter:
@@ -245,8 +269,10 @@ class StreamWriter:
         self.map = Mapping(path, write=True, size=8 + self.room + pos)
 
     def array(self, name: str) -> NDArray[np.generic]:
-        """The writable view of tensor ``name``."""
+        """The writable view of tensor ``name`` (of an F4 one, its packed bytes: `pack4`)."""
         e = self._by_name[name]
+        if _READ[e.dtype] in NIBBLE:
+            return self.map.array(8 + self.room + e.start, np.dtype(np.uint8), (e.end - e.start,))
         return self.map.array(8 + self.room + e.start, _READ[e.dtype], e.shape)
 
     def copy_in(self, name: str, src: NDArray[np.generic]) -> bool:
@@ -285,7 +311,7 @@ def _lay_out(entries: list[tuple[str, str, tuple[int, ...]]]) -> tuple[list[Entr
     """The tensors one after another in this order, and the data section's length."""
     laid, pos = [], 0
     for name, dt, shape in entries:
-        n = int(np.prod(shape, dtype=np.int64)) * _READ[dt].itemsize
+        n = stored_size(_READ[dt], int(np.prod(shape, dtype=np.int64)))
         laid.append(Entry(name, dt, tuple(shape), pos, pos + n))
         pos += n
     return laid, pos
