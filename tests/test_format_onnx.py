@@ -1404,7 +1404,9 @@ def _retype(src: Path, dst: Path, name: str, dtype: str, form: str = "raw") -> n
     (t,) = (t for n, t in _protos(m) if n == name)
     a = numpy_helper.to_array(t).astype(getattr(ml_dtypes, dtype, None) or np.dtype(dtype))
     new = TensorProto(name=t.name, data_type=helper.np_dtype_to_tensor_dtype(a.dtype), dims=a.shape)
-    if form != "typed":
+    if "4" in dtype:  # int4, uint4, float4_e2m1fn: packed two a byte (typed: one byte in each int32_data)
+        new = helper.make_tensor(t.name, new.data_type, a.shape, a, raw=form != "typed")
+    elif form != "typed":
         new.raw_data = a.tobytes()
     elif a.dtype.kind == "c":  # real and imaginary parts
         field = "float_data" if a.dtype == np.complex64 else "double_data"
@@ -1429,6 +1431,11 @@ def _retype(src: Path, dst: Path, name: str, dtype: str, form: str = "raw") -> n
         ("float8_e8m0fnu", "typed"),
         ("complex128", "raw"),
         ("complex128", "typed"),
+        ("int4", "raw"),
+        ("uint4", "typed"),
+        ("float4_e2m1fn", "raw"),
+        ("float4_e2m1fn", "typed"),
+        ("int4", "external"),
     ],
 )
 def test_a_sealed_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_tampering_not_a_bad_file(
@@ -1464,6 +1471,33 @@ def test_a_sealed_tensor_retyped_to_a_dtype_paramseal_cannot_seal_is_tampering_n
         rc, _, err = helpers.run_cli(argv)
         assert rc == 3 and f"'{unsealed}'" in err and f"tensor 'b1': dtype {dtype} is not supported" in err, err
     assert not (tmp_path / "o.onnx").exists()
+
+
+@pytest.mark.parametrize("form", ["raw", "typed"])
+def test_a_sealed_tensor_of_an_odd_count_retyped_to_4_bits_reads_without_its_pad_nibble(
+    tmp_path: Path, key_file: Path, form: str
+) -> None:
+    """33 values in 17 bytes (the last high nibble pads): read as 33, written back as 17; recover restores the
+    sealed model byte for byte."""
+    src = save(mlp(np.random.default_rng(3)), tmp_path / "m.onnx")
+    sealed = tmp_path / "sealed.onnx"
+    assert helpers.run_cli(["seal", src, sealed, "--key", key_file])[0] == 0
+    bad = tmp_path / "retyped.onnx"
+    want = _retype(sealed, bad, "brain", "uint4", form)
+    assert want.shape == (33,) and helpers.same_bytes(ADAPTER.read(bad).tensors["brain"], want)
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 1 and "brain: dtype changed from BF16 to uint4" in out, (out, err)
+    drill = tmp_path / "drill.onnx"
+    assert helpers.run_cli(["attack", bad, drill, "--kind", "bitflip", "--seed", "1", "--tensor", "b1"])[0] == 0
+    (t,) = (t for n, t in _protos(onnx.load(str(drill))) if n == "brain")
+    assert len(t.raw_data if form == "raw" else t.int32_data) == 17
+    assert helpers.same_bytes(numpy_helper.to_array(t), want)
+    fixed = tmp_path / "fixed.onnx"
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0, (out, err)
+    helpers.assert_model_equal(ADAPTER.read(fixed).tensors, ADAPTER.read(sealed).tensors)
+    if form == "raw":
+        assert fixed.read_bytes() == sealed.read_bytes()
 
 
 def _ext_layout(path: Path) -> dict[str, tuple[str, int, int]]:

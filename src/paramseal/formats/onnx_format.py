@@ -5,11 +5,12 @@ tensor-valued node attributes (the ``value`` of a ``Constant`` node, and of
 ``ConstantOfShape``), in the main graph, in every ``If``/``Loop``/``Scan``
 subgraph at any depth, in model-local functions and in training-info graphs;
 inline (``raw_data`` or typed fields) or in external-data files. Sparse
-tensors and string / 4-bit tensors are refused with a FormatError rather than
+and string tensors are refused with a FormatError rather than
 left unprotected, and so are tensors whose external bytes overlap (each is
-sealed apart: writing one would overwrite the other's seal). complex and
-8-bit-float tensors are read, for verify to report a sealed tensor saved
-again so as tampered, and written back as read; seal refuses them itself.
+sealed apart: writing one would overwrite the other's seal). complex,
+8-bit-float and 4-bit (uint4, int4, float4: unpacked, one value a byte) tensors
+are read, for verify to report a sealed tensor saved again so as tampered, and
+written back as read (packed); seal refuses them itself.
 
 Tensor names (stable: they depend only on the graph, which sealing never
 changes):
@@ -81,8 +82,8 @@ from .._embed import header_copies
 from .._tempname import cut_name, final_name, name_max, temp_prefix
 from ..errors import FormatError, MissingDependencyError, ParamSealError, UsageError, cannot_write
 from ..header import METADATA_KEY
-from ..levels import ST_TO_NP
-from .base import Loaded, new_mode, shape_error
+from ..levels import NIBBLE, ST_TO_NP
+from .base import Loaded, new_mode, pack4, shape_error, stored_size, unpack4
 
 # TensorProto.DataType -> numpy dtype, for the dtypes the engine seals.
 _DTYPES: dict[int, np.dtype[np.generic]] = {
@@ -101,7 +102,8 @@ _DTYPES: dict[int, np.dtype[np.generic]] = {
     16: np.dtype(ml_dtypes.bfloat16),
 }
 # Read but never sealed (as levels.ST_UNSEALED): a sealed tensor retyped to one is tampering to report, not a
-# file to refuse; seal refuses them itself. complex64/128, float8 e4m3fn / e4m3fnuz / e5m2 / e5m2fnuz / e8m0.
+# file to refuse; seal refuses them itself. complex64/128, float8 e4m3fn / e4m3fnuz / e5m2 / e5m2fnuz / e8m0, and
+# uint4 / int4 / float4 e2m1, stored two a byte and held one a byte (levels.NIBBLE).
 _UNSEALED: dict[int, np.dtype[np.generic]] = {
     14: np.dtype(np.complex64),
     15: np.dtype(np.complex128),
@@ -109,6 +111,9 @@ _UNSEALED: dict[int, np.dtype[np.generic]] = {
     18: np.dtype(ml_dtypes.float8_e4m3fnuz),
     19: np.dtype(ml_dtypes.float8_e5m2),
     20: np.dtype(ml_dtypes.float8_e5m2fnuz),
+    21: np.dtype(ml_dtypes.uint4),
+    22: np.dtype(ml_dtypes.int4),
+    23: np.dtype(ml_dtypes.float4_e2m1fn),
     24: np.dtype(ml_dtypes.float8_e8m0fnu),
 }
 _READ = {**_DTYPES, **_UNSEALED}
@@ -122,7 +127,7 @@ _TYPED_FIELD: dict[int, str] = {
     13: "uint64_data",
     14: "float_data",  # real and imaginary parts, one after the other
     15: "double_data",  # as 14
-    **{t: "int32_data" for t in (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 24)},
+    **{t: "int32_data" for t in (2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23, 24)},  # 21-23: a byte each
 }
 _FIELD_DTYPE = {"float_data": np.float32, "double_data": np.float64, "int64_data": np.int64, "uint64_data": np.uint64}
 _ALL_TYPED = ("float_data", "double_data", "int32_data", "int64_data", "uint64_data", "string_data")
@@ -390,22 +395,25 @@ def _to_array(slot: _Slot, base: Path, path: Path, inputs: _Ranges, issues: list
     n = math.prod(shape)
     if t.HasField("segment"):
         raise FormatError(f"{where} is a segmented tensor, which ParamSeal does not support")
-    le = dt.newbyteorder("<")
+    le, size = dt.newbyteorder("<"), stored_size(dt, n)
     if t.data_location == _EXTERNAL:
-        raw = _read_external(t, base, n * dt.itemsize, where, inputs, slot.where)
-        return np.frombuffer(raw, le).astype(dt).reshape(shape)
+        raw = _read_external(t, base, size, where, inputs, slot.where)
+        return unpack4(raw, dt, shape) if dt in NIBBLE else np.frombuffer(raw, le).astype(dt).reshape(shape)
     if t.HasField("raw_data"):
-        if len(t.raw_data) != n * dt.itemsize:
+        if len(t.raw_data) != size:
             raise FormatError(
                 f"{where} holds {len(t.raw_data)} bytes but {dt} with shape {list(shape)} needs "
-                f"{n * dt.itemsize} (the file is truncated or corrupt)"
+                f"{size} (the file is truncated or corrupt)"
             )
+        if dt in NIBBLE:
+            return unpack4(t.raw_data, dt, shape)
         return np.frombuffer(t.raw_data, le).astype(dt).reshape(shape)
     field = _TYPED_FIELD[t.data_type]
     vals = getattr(t, field)
     per = 2 if dt.kind == "c" else 1  # a complex value is two floats
-    if len(vals) != n * per:
-        raise FormatError(f"{where} has {len(vals)} values in {field} but shape {list(shape)} needs {n * per}")
+    want = size if dt in NIBBLE else n * per  # 4-bit: one packed byte (two values) each
+    if len(vals) != want:
+        raise FormatError(f"{where} has {len(vals)} values in {field} but shape {list(shape)} needs {want}")
     wide = np.array(vals, np.int64 if field == "int32_data" else _FIELD_DTYPE[field])
     if per == 2:
         return wide.view(dt).reshape(shape)
@@ -418,6 +426,8 @@ def _to_array(slot: _Slot, base: Path, path: Path, inputs: _Ranges, issues: list
             f"{' bit patterns' if dt.kind not in 'biu' else ''}, which "
             "ONNX loaders truncate or refuse (ONNX Runtime: 'data overflow'); recover writes them in range"
         )
+    if dt in NIBBLE:
+        return unpack4((wide & 0xFF).astype(np.uint8), dt, shape)
     if field == "int32_data" and dt.kind not in "biu":  # float16/bfloat16/float8: bit patterns
         a = (wide & ((1 << 8 * dt.itemsize) - 1)).astype(f"<u{dt.itemsize}").view(dt)
     else:
@@ -651,20 +661,22 @@ def _fill(t: Any, a: NDArray[np.generic], name: str, plan: _SidePlan) -> None:
         raise FormatError(f"cannot write tensor '{name}' to ONNX: dtype {a.dtype} has no ONNX equivalent here")
     external = t.data_location == _EXTERNAL
     # the length read at its offset (the slot), before the dtype and dims change
-    read = math.prod(t.dims) * _dtype(t, f"tensor '{name}'").itemsize if external else 0
+    read = stored_size(_dtype(t, f"tensor '{name}'"), math.prod(t.dims)) if external else 0
     t.data_type = _ONNX_OF[a.dtype]
     del t.dims[:]
     t.dims.extend(a.shape)
     flat = np.ascontiguousarray(a).reshape(-1)
     if external:
-        plan.add(t, flat.astype(flat.dtype.newbyteorder("<")).tobytes(), name, read)
+        plan.add(t, _stored(flat), name, read)
     elif t.HasField("raw_data") or flat.size == 0:
-        t.raw_data = flat.astype(flat.dtype.newbyteorder("<")).tobytes()
+        t.raw_data = _stored(flat)
     else:
         field = _TYPED_FIELD[t.data_type]
         for f in _ALL_TYPED:
             t.ClearField(f)
-        if a.dtype.kind == "c":  # real and imaginary parts in float_data (complex64) or double_data
+        if a.dtype in NIBBLE:  # one packed byte (two values) in each int32
+            vals = pack4(flat).astype(np.int32)
+        elif a.dtype.kind == "c":  # real and imaginary parts in float_data (complex64) or double_data
             vals = flat.view(np.float32 if a.dtype == np.complex64 else np.float64)
         elif a.dtype.itemsize <= 2 and a.dtype.kind in "fV":  # float16 / bfloat16 / float8 bit patterns
             vals = flat.view(f"u{a.dtype.itemsize}").astype(np.int32)
@@ -673,6 +685,11 @@ def _fill(t: Any, a: NDArray[np.generic], name: str, plan: _SidePlan) -> None:
         else:
             vals = flat
         getattr(t, field).extend(vals.tolist())
+
+
+def _stored(flat: NDArray[np.generic]) -> bytes:
+    """``flat``'s values as ONNX stores them: little-endian, and 4-bit ones two a byte."""
+    return pack4(flat).tobytes() if flat.dtype in NIBBLE else flat.astype(flat.dtype.newbyteorder("<")).tobytes()
 
 
 class _SidePlan:
