@@ -711,3 +711,31 @@ def test_cli_attack_of_a_model_holding_complex128_values_is_no_traceback(tmp_pat
     assert truth["bits_flipped"] == sum(map(len, want)) and sum(truth["bit_counts"].values()) == sum(map(len, want))
     with np.load(swapped) as z:
         assert helpers.same_bytes(z["z1"], z2) and helpers.same_bytes(z["z2"], z1)
+
+
+def test_cli_bitflip_of_a_4_bit_tensor_flips_only_bits_its_file_keeps(tmp_path: Path) -> None:
+    """bitflip of a 4-bit tensor (a safetensors F4 one, read one value a byte) flipped bits 0-7 of each byte and
+    reported them all, where the file keeps bits 0-3: --n 40 reported 40 bits, and the file written back held about
+    half. It now flips only the 4 bits a value has, and reports what the file holds."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(64).astype(np.float32)
+    q = rng.integers(0, 256, 32, dtype=np.uint8)  # 64 E2M1 values, two a byte
+    header = {
+        "q": {"dtype": "F4", "shape": [64], "data_offsets": [0, 32]},
+        "w": {"dtype": "F32", "shape": [64], "data_offsets": [32, 288]},
+    }
+    src = tmp_path / "m.safetensors"
+    src.write_bytes(helpers.st_build(header, q.tobytes() + w.tobytes()))
+    dst = tmp_path / "a.safetensors"
+    argv = ["attack", src, dst, "--kind", "bitflip", "--tensor", "q", "--n", "40", "--seed", "1", "--json"]
+    rc, out, err = helpers.run_cli(argv)
+    assert rc == 0, (out, err)
+    truth = json.loads(out)["tensors"]["q"]
+    before, after = read_model(src).tensors["q"], read_model(dst).tensors["q"]
+    real = _bits_changed({"q": before}, {"q": after})["q"]
+    assert truth["bits_flipped"] == len(real) == 40 and all(bit < 4 for _, bit in real), (truth, real)
+    h, data = helpers.st_parts(dst.read_bytes())
+    start, end = h["q"]["data_offsets"]
+    assert h["q"]["dtype"] == "F4" and end - start == 32
+    packed = np.frombuffer(data[start:end], np.uint8)
+    assert int(np.unpackbits(packed ^ q).sum()) == 40

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 from .._bits import uint_view
 from ..errors import UnsupportedError, UsageError
 from ..header import METADATA_KEY
-from ..levels import BLOCK, FLOATS, dtype_name
+from ..levels import BLOCK, FLOATS, dtype_name, value_bits
 from ._spec import AttackSpec
 from ._truth import words
 
@@ -34,7 +34,7 @@ def is_float(a: NDArray[Any]) -> bool:
 
 def field_bits(a: NDArray[Any], field: str, k: int) -> list[int]:
     """Bit positions (LSB = 0) of ``field`` in ``a``'s dtype; integer tensors have only 'any'."""
-    width = a.dtype.itemsize * 8
+    width = value_bits(a.dtype)  # a 4-bit value is held in a byte whose high bits the file does not keep
     fmt = FLOATS.get(_name(a))
     match field:
         case "any":
