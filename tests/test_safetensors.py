@@ -333,6 +333,47 @@ def test_a_sealed_tensor_quantized_to_4_bits_is_tampering_that_recover_restores_
     assert rc == 3 and "8191 values of dtype F4, two a byte: an odd number" in err, err
 
 
+def test_a_sealed_pt_tensor_quantized_to_4_bits_is_tampering_that_recover_restores(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """verify and recover exited 3 ('tensor 'b' has dtype torch.float4_e2m1fn_x2, which ParamSeal does not
+    support') on a sealed .pt whose F32 tensor was saved again by torch.save as float4_e2m1fn_x2, where float8 is
+    reported tampered; it is now read as safetensors' F4 is, one value a byte, the last dimension doubled, and
+    written back packed. seal still refuses it, exit 3."""
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, "float4_e2m1fn_x2"):
+        pytest.skip("this torch has no float4_e2m1fn_x2")
+    torch.manual_seed(0)
+    sd = {"a": torch.randn(128, 256), "b": torch.randn(32, 256), "c": torch.randn(64, 256)}  # b: within capacity
+    plain = tmp_path / "m.pt"
+    torch.save(sd, plain)
+    sealed = tmp_path / "sealed.pt"
+    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
+    got = files.read_model(sealed)
+    retyped = torch.load(sealed, weights_only=True)
+    retyped["b"] = _to_f4(torch, retyped["b"])
+    bad = tmp_path / "retyped.pt"
+    torch.save(retyped, bad)
+    read = files.read_model(bad).tensors["b"]
+    assert helpers.same_bytes(read, got.tensors["b"].astype(ml_dtypes.float4_e2m1fn))
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert rc == 1 and "b: dtype changed from F32 to float4_e2m1fn" in out, (out, err)
+    drill = tmp_path / "drill.pt"  # attack writes the retyped tensor back as it was read
+    assert helpers.run_cli(["attack", bad, drill, "--kind", "bitflip", "--seed", "1", "--tensor", "a"])[0] == 0
+    back = torch.load(drill, weights_only=True)["b"]
+    assert back.dtype == torch.float4_e2m1fn_x2 and back.view(torch.uint8).equal(retyped["b"].view(torch.uint8))
+    fixed = tmp_path / "fixed.pt"
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0, (out, err)
+    helpers.assert_model_equal(files.read_model(fixed).tensors, got.tensors)
+    assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0
+    unsealed = tmp_path / "u.pt"
+    torch.save({**sd, "b": _to_f4(torch, sd["b"])}, unsealed)
+    rc, _, err = helpers.run_cli(["seal", unsealed, tmp_path / "o.pt", "--key", key_file])
+    assert rc == 3 and "tensor 'b': dtype float4_e2m1fn is not supported (4-bit values" in err, err
+    assert not (tmp_path / "o.pt").exists()
+
+
 def test_a_file_converted_whole_from_f16_to_f32_says_so_once_and_keeps_exit_2(tmp_path: Path, key_file: Path) -> None:
     rng = np.random.default_rng(0)
     plain = helpers.write_st(

@@ -52,8 +52,8 @@ from numpy.typing import NDArray
 
 from .._pages import read
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
-from ..levels import dtype_name
-from .base import Loaded
+from ..levels import NIBBLE, dtype_name
+from .base import Loaded, pack4, unpack4
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch as torch_t
@@ -374,6 +374,10 @@ def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True, any_dtyp
     float8 = getattr(ml_dtypes, str(t.dtype).removeprefix("torch."), None) if t.element_size() == 1 else None
     if t.dtype == torch.bfloat16:
         a = t.contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    elif any_dtype and t.dtype == getattr(torch, "float4_e2m1fn_x2", None) and t.dim():
+        # two E2M1 values a byte: one a byte here (levels.NIBBLE), the last dimension doubled, as safetensors does
+        raw = t.contiguous().view(torch.uint8).numpy()
+        a = unpack4(raw, np.dtype(ml_dtypes.float4_e2m1fn), (*t.shape[:-1], 2 * t.shape[-1]))
     elif any_dtype and float8 is not None and t.is_floating_point():  # numpy has no float8: ml_dtypes' bytes
         a = t.contiguous().view(torch.uint8).numpy().view(float8)
     else:
@@ -401,6 +405,15 @@ def numpy_to_tensor(a: NDArray[np.generic]) -> torch_t.Tensor:
     float8 = getattr(torch, c.dtype.name, None) if c.dtype.itemsize == 1 and c.dtype.name.startswith("float8") else None
     if float8 is not None:  # a retyped tensor read as ml_dtypes' (`tensor_to_numpy`), written back as it was
         return torch.from_numpy(c.view(np.uint8)).view(float8)  # type: ignore[no-any-return]
+    if c.dtype in NIBBLE:
+        x2 = getattr(torch, "float4_e2m1fn_x2", None)
+        if c.dtype != np.dtype(ml_dtypes.float4_e2m1fn) or x2 is None or not c.ndim or c.shape[-1] % 2:
+            raise UnsupportedError(
+                f"cannot write {c.dtype} values of shape {list(c.shape)} to a .pt file: torch holds 4-bit values "
+                "only as float4_e2m1fn_x2, two a byte along the last dimension; write them to the format they "
+                "were read from"
+            )
+        return torch.from_numpy(pack4(c).reshape(*c.shape[:-1], c.shape[-1] // 2)).view(x2)  # type: ignore[no-any-return]
     if c.dtype.byteorder == ">":
         c = c.astype(c.dtype.newbyteorder("="))
     t = torch.from_numpy(c)
