@@ -581,6 +581,29 @@ def test_header_from_another_model_says_so(tmp_path: Path, key: paramseal.Key, k
     assert rc == 2 and "another seal of the same model" in out and "another model (" not in out
 
 
+@pytest.mark.parametrize("shape", [(64, 256), (8, 16)], ids=["copy-in-weights", "no-copy"])
+def test_header_from_another_model_says_so_when_the_file_has_no_header_of_its_own(
+    tmp_path: Path, key_file: Path, shape: tuple[int, int]
+) -> None:
+    """Metadata stripped (save_file without metadata=): no own header to compare with, yet the header given
+    is still another model's, and what to give instead depends on whether the weights keep a copy."""
+    rng = np.random.default_rng(23)
+    for m in ("a", "b"):
+        model = helpers.write_st(
+            tmp_path / f"{m}.safetensors", {f"{m}{i}": rng.standard_normal(shape).astype(np.float32) for i in range(3)}
+        )
+        out_json = tmp_path / f"{m}.json"
+        argv = ["seal", model, tmp_path / f"s{m}.safetensors", "--key", key_file, "--header-out", out_json]
+        assert helpers.run_cli(argv)[0] == 0
+    stripped = helpers.write_st(tmp_path / "strip.safetensors", helpers.read_st(tmp_path / "sa.safetensors")[0])
+    rc, out, _ = helpers.run_cli(["verify", stripped, "--key", key_file, "--header-from", tmp_path / "b.json"])
+    assert rc == 2 and "seals another model: none of its 3 tensors is in this file" in out, out
+    own = "copy of its own header in its weights" if shape == (64, 256) else "give this model's own"
+    assert own in out, out
+    rc, out, _ = helpers.run_cli(["verify", stripped, "--key", key_file, "--header-from", tmp_path / "a.json"])
+    assert rc == 0 and "another model" not in out, out
+
+
 def test_an_edited_scheme_in_the_metadata_header_falls_back_too(
     tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key, key_file: Path
 ) -> None:

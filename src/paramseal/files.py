@@ -418,6 +418,8 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
         found = _Found(header, meta, False, issues)
         if text is None and kept:  # say so, as verify without --header-from would
             found.notes.append("the file's metadata carries no ParamSeal header; the one given was used")
+        if text is None:  # no own header to compare with (`_not_given`): another model's still needs saying
+            found.notes += _another_models(loaded, header, key)
         return found
     if text is None:
         try:
@@ -485,7 +487,7 @@ def _not_given(loaded: Loaded, text: str, given: str, key: Key) -> str:
     """
     try:
         kept = parse_header(given, key)
-        if not {s.name for s in kept.tensors} & set(loaded.tensors):  # every line above would say missing / extra
+        if _seals_another_model(loaded, kept):
             return (
                 f"{_NOT_GIVEN}: it seals another model (none of its {len(kept.tensors)} tensors is in this file; "
                 "verify without --header-from checks the file against its own header)"
@@ -500,6 +502,30 @@ def _not_given(loaded: Loaded, text: str, given: str, key: Key) -> str:
         f"is of salt {kept.salt.hex()}) and are intact under the file's own header (verify without --header-from "
         "checks them against it)"
     )
+
+
+def _seals_another_model(loaded: Loaded, given: Header) -> bool:
+    """Whether a header given names none of the file's tensors: every one would read as missing and extra."""
+    return not {s.name for s in given.tensors} & set(loaded.tensors)
+
+
+def _another_models(loaded: Loaded, given: str, key: Key) -> list[str]:
+    """A note for a header given that seals another model, to a file whose metadata holds no header of its own."""
+    try:
+        kept = parse_header(given, key)
+    except (FormatError, KeyMismatchError):  # the check says so
+        return []
+    if not _seals_another_model(loaded, kept):
+        return []
+    try:  # what to give instead: whether the file keeps a copy of its own header in its weights
+        header_from_weights(loaded.tensors, key)
+        own = "verify without --header-from checks the file against the copy of its own header in its weights"
+    except ParamSealError:
+        own = "give this model's own: a copy of its sealed file, or the .json file seal --header-out wrote for it"
+    return [
+        f"the header given (--header-from) seals another model: none of its {len(kept.tensors)} tensors is in "
+        f"this file; {own}"
+    ]
 
 
 def _both_lost(e: FormatError | KeyMismatchError, w: ParamSealError) -> ParamSealError:
