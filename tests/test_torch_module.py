@@ -387,12 +387,17 @@ def test_recover_never_calls_a_module_recovered_that_it_cannot_make_whole(key: p
     assert rep.status == "unrecoverable" and not rep.ok and rep.exit_code == 2
     assert any("cannot add, remove or rename" in n for n in rep.notes), rep.notes
     assert all(bits_equal(net.state_dict()[n], v) for n, v in before.items()), "the module was changed"
+    # so its summary says the values it could restore were not written, as recover_file's does
+    assert not rep.written
+    if change != "renamed":  # the damaged entry is still there: its values could be restored
+        assert rep.restored_count and "not written" in rep.summary(), rep.summary()
     assert pst.verify_module(net, key, seal.header_json).status == "tampered"
     if change == "renamed":
         return
     # allow_partial restores the values the module has room for, and still does not claim it whole
     rep = pst.recover_module(net, key, seal.header_json, allow_partial=True)
     assert rep.status == "unrecoverable" and rep.restored_count >= 10
+    assert rep.written and "not written" not in rep.summary(), rep.summary()
     assert float(net[2].weight.detach()[3, :10].abs().min()) > 0
 
 

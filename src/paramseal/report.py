@@ -259,7 +259,7 @@ class Report:
     # a sharded folder's shards found under other file names (renamed or swapped): sealed shard name -> file
     moved_shards: dict[str, str] = field(default_factory=dict)
     # recover: whether its output was written; False (exit 2 without allow_partial): the restored values are
-    # what it could restore, in no file, and `summary` says so
+    # what it could restore, in no file (or module), and `summary` says so
     written: bool = True
 
     @property

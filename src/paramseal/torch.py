@@ -265,6 +265,8 @@ def recover_module(
         _write_back(live, {n: a for n, a in result.tensors.items() if n in live and not _same(a, current[n])})
         if result.metadata.get(TIED_KEY) != tied.get(TIED_KEY):
             _retie(module, result.metadata.get(TIED_KEY))
+    elif rep.status != "intact":  # left as it was: the summary must not say its values were restored
+        rep = dataclasses.replace(rep, written=False)
     return rep
 
 
