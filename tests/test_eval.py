@@ -254,6 +254,7 @@ def test_cli_eval_custom_battery(tmp_path: Path) -> None:
 def test_cli_eval_bad_options_exit_3(tmp_path: Path) -> None:
     for argv in (
         ["eval", "--out", tmp_path, "--battery", "huge"],
+        ["eval", "--out", tmp_path, "--battery", ""],  # an unset variable: it ran the default battery
         ["eval", "--out", tmp_path, "--model", "gpt"],
         ["eval", "--out", tmp_path, "--model", "mlp", "--dtype", "F8"],
     ):
@@ -585,6 +586,7 @@ def test_conflicting_or_unusable_eval_options_are_refused_before_any_run(tmp_pat
     for argv, msg in (
         (["--battery", "tiny", "--docs", tmp_path / "page"], "is a directory"),
         (["--battery", "full", "--model", "mlp"], "--battery and --model"),
+        (["--battery", "", "--model", "mlp"], "--battery and --model"),
     ):
         rc, _, err = helpers.run_cli(["eval", "--out", tmp_path / "o", *argv])
         assert rc == 3 and msg in err and "Traceback" not in err, err

@@ -146,10 +146,12 @@ def _eval(args: argparse.Namespace) -> int:
         raise UsageError(f"paramseal eval cannot start: {e}") from None
     if not args.model and (args.dtype or args.level or args.seeds is not None):
         raise UsageError("--dtype, --level and --seeds go with --model; a named --battery fixes them")
-    if args.model and args.battery:  # a --model battery replaces the named one: taking one would drop the other
+    # a --model battery replaces the named one: taking one would drop the other (an empty one too: a typo)
+    if args.model and args.battery is not None:
         raise UsageError("--battery and --model cannot be used together; --model runs every attack on that model")
     if not args.model:
-        args.battery = args.battery or "tiny"  # the default, given here: with --model none may be given
+        # the default, given here: with --model none may be given; an empty one (an unset variable) is no name
+        args.battery = "tiny" if args.battery is None else args.battery
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds {args.seeds} must be at least 1")
     if args.model:
