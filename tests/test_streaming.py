@@ -135,10 +135,15 @@ def test_a_scratch_budget_that_is_no_whole_number_of_mib_is_refused(
     tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, raw: str
 ) -> None:
     """It passed as the 1 GiB default: '0MB', meant to keep scratch on disk, kept it in memory."""
+    sealed = tmp_path / "s.safetensors"
+    assert helpers.run_cli(["seal", model_file, sealed, "--key", key_file])[0] == 0
     monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", raw)
     rc, _, err = helpers.run_cli(["seal", model_file, tmp_path / "o.safetensors", "--key", key_file])
     assert rc == 3 and f"PARAMSEAL_SCRATCH_MIB={raw!r} is not a setting" in err, err
     assert not (tmp_path / "o.safetensors").exists()
+    # refused before any work, whether this model needs scratch or not (an intact verify needs none)
+    rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file])
+    assert rc == 3 and f"PARAMSEAL_SCRATCH_MIB={raw!r} is not a setting" in err, err
 
 
 def test_chunked_verify_and_recover_locate_and_restore_exactly(

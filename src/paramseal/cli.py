@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn, cast
 
-from . import __version__, _cli_eval, _kernels, files, sharded
+from . import __version__, _cli_eval, _kernels, _pages, files, sharded
 from ._layout import TensorSpec
 from .errors import ParamSealError, ParamSealWarning, UsageError
 from .keys import Key, exposed_to_others, key_like_args, load_key, redact, write_key
@@ -517,6 +517,10 @@ def _terminate_as_interrupt() -> Iterator[None]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.cmd in ("seal", "verify", "recover", "eval", "demo"):
+        # before any work: read where scratch is first needed, a bad setting passed an intact verify
+        # and failed a recover only after its check (the whole model read)
+        _pages.scratch_budget()
     match args.cmd:
         case "keygen":
             key = Key.generate()
