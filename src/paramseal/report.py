@@ -368,14 +368,12 @@ class Report:
         recover = self.kind == "recover"
         write_json_streamed(out, lambda put: self._to_dict(lambda f: f._json_parts(put, recover), extra), indent=2)
 
-    def summary(self, written: bool | None = None) -> str:
+    def summary(self) -> str:
         """Human-readable lines for the CLI.
 
-        ``written``: whether recover wrote its output (default: the report's ``written``, which
-        ``files.recover_file`` and ``sharded.recover_dir`` set); when not (exit 2 without
-        ``--allow-partial``), restored values are said to be restorable only.
+        A recover report whose output was not ``written`` (exit 2 without ``--allow-partial``) calls its
+        restored values restorable only.
         """
-        written = self.written if written is None else written
         lines = []
         for name in self.tampered_tensors:
             f = self.tensors[name]
@@ -390,7 +388,9 @@ class Report:
                 )
                 more = " ..." if len(f.restored_indices) > 4 else ""
                 n = f"{len(f.restored_indices)} value(s)"
-                done = f"restored {n}" if written else f"could restore {n}, not written (--allow-partial writes them)"
+                done = (
+                    f"restored {n}" if self.written else f"could restore {n}, not written (--allow-partial writes them)"
+                )
                 what.append(f"{done}: {idx}{more}")
             if f.unrecoverable_blocks:
                 what.append(
