@@ -1791,3 +1791,31 @@ def test_a_readable_input_is_read_where_os_has_no_o_nonblock(
     monkeypatch.delattr(os, "O_NONBLOCK")
     rc, out, err = run(["verify", sealed_file, "--key", key_file])
     assert rc == 0 and out.startswith("OK:"), err
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["seal", "", "o.safetensors"], "IN"),
+        (["seal", "m.safetensors", ""], "OUT"),
+        (["seal", "m.safetensors", "o.safetensors", "--key", ""], "--key"),
+        (["seal", "m.safetensors", "o.safetensors", "--header-out", ""], "--header-out"),
+        (["verify", "m.safetensors", "--header-from", ""], "--header-from"),
+        (["recover", "m.safetensors", "o.safetensors", "--header-from", ""], "--header-from"),
+        (["inspect", ""], "IN"),
+        (["keygen", ""], "KEYFILE"),
+        (["attack", "", "o.safetensors", "--kind", "bitflip"], "IN"),
+        (["attack", "m.safetensors", "", "--kind", "bitflip"], "OUT"),
+        (["eval", "--out", ""], "--out"),
+        (["eval", "--out", "o", "--docs", ""], "--docs"),
+        (["demo", "--keep", ""], "--keep"),
+    ],
+)
+def test_every_path_option_refuses_an_empty_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str], name: str
+) -> None:
+    """Each verb's path options, not only those the sharded test covers: an empty one names the current folder."""
+    monkeypatch.chdir(tmp_path)  # where an option taken as '.' would write
+    rc, _, err = helpers.run_cli(argv)
+    assert rc == 3 and f"{name} is empty (an unset shell variable?); give a path" in err, err
+    assert not list(tmp_path.iterdir())
