@@ -413,6 +413,8 @@ def test_verify_and_recover_json_name_each_moved_tensor_at_the_top(tmp_path: Pat
     d = json.loads(so)
     assert rc == 0 and d["status"] == "recovered" and d["moved"] == want, (so, se)
     assert d["tensors"]["layer2.weight"]["issues"] == ["renamed to 'layer2.renamed'"]  # the issues stay
+    how = {n: e["moved_how"] for n, e in d["tensors"].items()}  # a swap told from a rename without the wording
+    assert how == {"layer0.weight": "swapped", "layer1.weight": "swapped", "layer2.weight": "renamed"}, how
     for argv in (["verify", out], ["recover", out, tmp_path / "again.safetensors"]):  # nothing moved: empty
         rc, so, se = run([*argv, "--key", key_file, "--json"])
         assert rc == 0 and json.loads(so)["moved"] == {}, (so, se)

@@ -151,7 +151,11 @@ class TensorFinding:
 
     def _json_parts(self, put: Any, recover: bool = False) -> dict[str, Any]:
         """`to_dict` with each long list replaced by ``put(chunks)``: a placeholder the writer streams."""
-        d: dict[str, Any] = {"tampered_blocks": put(_ints(self.tampered_blocks.array)), "issues": list(self.issues)}
+        d: dict[str, Any] = {
+            "tampered_blocks": put(_ints(self.tampered_blocks.array)),
+            "issues": list(self.issues),
+            "moved_how": self.moved_how,  # the name found under is in the top-level `moved`
+        }
         if recover or self.restored_indices or self.unrecoverable_blocks:
             xor = self.restored_xor.array
             d["restored"] = {
@@ -232,12 +236,6 @@ def ints_json(a: NDArray[np.integer]) -> Iterator[str]:
 def bit_lists_json(xor: NDArray[np.integer]) -> Iterator[str]:
     """Each XOR's set bit numbers (``[0, 3], [17]``) as the items of a JSON list, a slice at a time."""
     return _chunked(np.asarray(xor), _bit_lists)
-
-
-# the issue naming a tensor whose data was found under another name (recover puts it back under its own),
-# followed by that name in quotes; `TensorFinding.moved_from` says the same for scripts
-SWAPPED = "swapped: its data was found under"
-RENAMED = "renamed to"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealErro
 from .header import Header, HeaderAuthError, metadata_digest, own_entries, parse_header
 from .keys import Key, require_key
 from .levels import FLOATS, ST_TO_NP, dtype_name
-from .report import RENAMED, SWAPPED, Ints, Moved, Report, TensorFinding
+from .report import Ints, Moved, Report, TensorFinding
 
 
 @dataclass(slots=True)
@@ -396,10 +396,10 @@ def _match_moved(
             if name in extra:
                 extra.remove(name)
                 moved[t] = ("renamed", name)
-                issues[t] = [f"{RENAMED} '{name}'"]
+                issues[t] = [f"renamed to '{name}'"]
             else:
                 moved[t] = ("swapped", name)
-                issues[t] = [f"{SWAPPED} '{name}'"]
+                issues[t] = [f"swapped: its data was found under '{name}'"]
             break
     return moved
 
@@ -652,8 +652,6 @@ __all__ = [
     "HEADER_FROM_WEIGHTS",
     "HEADER_HINT",
     "NOT_SEALED_WARNING",
-    "RENAMED",
-    "SWAPPED",
     "Check",
     "HeaderOnlyInMetadata",
     "best_header",
