@@ -280,6 +280,23 @@ def _to_f4(torch: Any, t: Any) -> Any:
     return (codes[..., 0::2] | (codes[..., 1::2] << 4)).view(torch.float4_e2m1fn_x2)
 
 
+def _sealed_fp32(tmp_path: Path, key_file: Path, suffix: str) -> tuple[Any, dict[str, Any], Path]:
+    """torch (skips without float4_e2m1fn_x2), a 3-tensor fp32 state dict, and it saved as ``suffix`` and sealed."""
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, "float4_e2m1fn_x2"):
+        pytest.skip("this torch has no float4_e2m1fn_x2")
+    torch.manual_seed(0)
+    sd = {"a": torch.randn(128, 256), "b": torch.randn(32, 256), "c": torch.randn(64, 256)}  # b: within capacity
+    plain = tmp_path / f"m{suffix}"
+    if suffix == ".pt":
+        torch.save(sd, plain)
+    else:
+        pytest.importorskip("safetensors.torch").save_file(sd, plain)
+    sealed = tmp_path / f"sealed{suffix}"
+    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
+    return torch, sd, sealed
+
+
 def test_a_sealed_tensor_quantized_to_4_bits_is_tampering_that_recover_restores_byte_for_byte(
     tmp_path: Path, key_file: Path
 ) -> None:
@@ -287,16 +304,8 @@ def test_a_sealed_tensor_quantized_to_4_bits_is_tampering_that_recover_restores_
     whose F32 tensor was saved again by safetensors.torch as float4_e2m1fn_x2, an unapproved 4-bit quantization,
     where float8 is reported tampered (19009ea); F4 is now read one value a byte (float4_e2m1fn). seal and inspect
     still refuse such a tensor, exit 3, and a file with an odd count of F4 values, which the library refuses."""
-    torch = pytest.importorskip("torch")
     st_torch = pytest.importorskip("safetensors.torch")
-    if not hasattr(torch, "float4_e2m1fn_x2"):
-        pytest.skip("this torch has no float4_e2m1fn_x2")
-    torch.manual_seed(0)
-    sd = {"a": torch.randn(128, 256), "b": torch.randn(32, 256), "c": torch.randn(64, 256)}  # b: within capacity
-    plain = tmp_path / "m.safetensors"
-    st_torch.save_file(sd, plain)
-    sealed = tmp_path / "sealed.safetensors"
-    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
+    torch, sd, sealed = _sealed_fp32(tmp_path, key_file, ".safetensors")
     got = files.read_model(sealed)
     retyped = {n: torch.from_numpy(a.copy()) for n, a in got.tensors.items()}
     retyped["b"] = _to_f4(torch, retyped["b"])
@@ -340,15 +349,7 @@ def test_a_sealed_pt_tensor_quantized_to_4_bits_is_tampering_that_recover_restor
     support') on a sealed .pt whose F32 tensor was saved again by torch.save as float4_e2m1fn_x2, where float8 is
     reported tampered; it is now read as safetensors' F4 is, one value a byte, the last dimension doubled, and
     written back packed. seal still refuses it, exit 3."""
-    torch = pytest.importorskip("torch")
-    if not hasattr(torch, "float4_e2m1fn_x2"):
-        pytest.skip("this torch has no float4_e2m1fn_x2")
-    torch.manual_seed(0)
-    sd = {"a": torch.randn(128, 256), "b": torch.randn(32, 256), "c": torch.randn(64, 256)}  # b: within capacity
-    plain = tmp_path / "m.pt"
-    torch.save(sd, plain)
-    sealed = tmp_path / "sealed.pt"
-    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
+    torch, sd, sealed = _sealed_fp32(tmp_path, key_file, ".pt")
     got = files.read_model(sealed)
     retyped = torch.load(sealed, weights_only=True)
     retyped["b"] = _to_f4(torch, retyped["b"])
