@@ -351,6 +351,7 @@ def test_the_streamed_json_is_the_report_s_document(monkeypatch: pytest.MonkeyPa
     assert want["tensors"]["blocks only"] == {  # a recover report's every entry has them, empty or not
         "tampered_blocks": [3, 4],
         "issues": [],
+        "moved_how": None,
         "restored": {"indices": [], "xor_bits": [], "bits_changed": []},
         "unrecoverable_ranges": [],
         "unrecoverable_count": 0,
