@@ -30,7 +30,7 @@ from ._layout import TensorSpec
 from .errors import ParamSealError, ParamSealWarning, UsageError
 from .keys import Key, exposed_to_others, key_like_args, load_key, redact, write_key
 from .levels import BLOCK, FLOATS, LEVELS, max_relative_change
-from .report import Report
+from .report import Report, pinned, seal_id_arg
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -62,6 +62,16 @@ def _header_arg(p: argparse.ArgumentParser) -> None:
 
 
 _FOLDER_IN_PLACE = "--in-place works for single files only; a sharded checkpoint is written to a new folder"
+
+
+def _expect_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--expect-seal",
+        metavar="ID",
+        action=_Once,
+        help="the seal id the model must carry (seal printed it): another seal of it, such as an older sealed "
+        "version put back, is then tampering that cannot be recovered",
+    )
 
 
 def _header(args: argparse.Namespace, key: Key) -> str | None:
@@ -107,10 +117,12 @@ class _Once(argparse.Action):
     ) -> None:
         old = getattr(ns, self.dest)
         if old is not None:
-            parser.error(
-                f"{opt} given twice ('{old}', then '{value}'): it takes one glob; to check tensors that no one "
-                "glob matches, run verify once for each"
+            why = (
+                "it takes one glob; to check tensors that no one glob matches, run verify once for each"
+                if self.dest == "tensors"
+                else "a model carries one seal"
             )
+            parser.error(f"{opt} given twice ('{old}', then '{value}'): {why}")
         setattr(ns, self.dest, value)
 
 
@@ -194,6 +206,7 @@ def _parser() -> _Parser:
         help="check only tensors whose names match this glob (the others are not read); give it once",
     )
     _header_arg(p)
+    _expect_arg(p)
 
     p = sub.add_parser("recover", help="restore a tampered model bit-exactly: IN -> OUT")
     _in_out(
@@ -203,6 +216,7 @@ def _parser() -> _Parser:
     _json_arg(p)
     p.add_argument("--allow-partial", action="store_true", help="write OUT even if not everything is recovered")
     _header_arg(p)
+    _expect_arg(p)
     p.add_argument(
         "--in-place",
         action="store_true",
@@ -565,6 +579,7 @@ def _run(args: argparse.Namespace) -> int:
             how = f"level {h.level}" if h.bits is None else f"--bits {h.bits}"
             n = _count(len(h.tensors), "tensor")
             print(f"OK: sealed {args.input} -> {args.output} ({n}, {desc}, {how}, code {code})")
+            print(f"seal id: {h.salt.hex()} (keep it: verify --expect-seal ID refuses any other seal of this model)")
             _warn_bits(ks)
             _note_plain(h.tensors)
             for w in warned:
@@ -573,12 +588,13 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"OK: kept the seal header in {keep} (for --header-from)")
             return 0
         case "verify":
+            expect = None if args.expect_seal is None else seal_id_arg(args.expect_seal)
             key = _load_key(args)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
-                rep = sharded.verify_dir(Path(args.input), key, tensors=args.tensors)
+                rep = pinned(sharded.verify_dir(Path(args.input), key, tensors=args.tensors), expect)
             else:
-                rep = files.verify_file(args.input, key, tensors=args.tensors, header=header)
+                rep = files.verify_file(args.input, key, tensors=args.tensors, header=header, expect_seal=expect)
             if args.json:
                 _print_json(rep)
             elif rep.status == "intact" and rep.partial:
@@ -598,6 +614,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"FAIL: {args.input} was tampered with ({how})\n{rep.summary()}")
             return rep.exit_code
         case "recover":
+            expect = None if args.expect_seal is None else seal_id_arg(args.expect_seal)
             key = _load_key(args)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
@@ -615,6 +632,7 @@ def _run(args: argparse.Namespace) -> int:
                     allow_partial=args.allow_partial,
                     in_place=args.in_place,
                     header=header,
+                    expect_seal=expect,
                 )
                 rep, output = res.report, None if res.path is None else str(res.path)
             if args.json:

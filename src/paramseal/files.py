@@ -55,7 +55,7 @@ from .header import METADATA_KEY, SET_KEY, Header, HeaderAuthError, metadata_dig
 from .keys import Key, looks_like_key_file, require_key
 from .levels import BLOCK
 from .recover import Patch, Recovery, plan_recovery, recover_from_plan
-from .report import Report
+from .report import Report, pinned, seal_id_arg
 from .seal import SealConfig, check_metadata, probe_header, seal_flat, use_irs, with_non_finite, write_blocks
 from .verify import (
     GRAPH_EDITED,
@@ -769,21 +769,26 @@ def verify_file(
     tensors: str | None = None,
     progress: bool | None = None,
     header: str | None = None,
+    expect_seal: str | None = None,
 ) -> Report:
     """Verify a sealed model file (weights, tensor table and metadata).
 
     ``tensors`` is a glob pattern (``fnmatch``) over tensor names: only those tensors are
     checked, and the others' data is never read. ``header`` is the seal header JSON kept
     elsewhere (`read_header`), for a file whose own copies were lost or edited.
+    ``expect_seal``: the seal id the model must carry (`Report.seal_id` of the approved model,
+    which seal prints); another seal of it, such as an older version put back, is then tampering
+    that cannot be recovered (`paramseal.report.pinned`).
     """
     p = Path(path)
+    expect_seal = None if expect_seal is None else seal_id_arg(expect_seal)  # a typo fails before any work
     with _open_model(p) as loaded:
         prog = Progress("verify", len(loaded.tensors), enabled=progress)
         with _about(p):
             chk, _ = _checked(loaded, p, key, header, progress=prog, select=tensors)
             rep = report_of(chk)
     prog.done()
-    return rep
+    return pinned(rep, expect_seal)
 
 
 def recover_file(
@@ -795,6 +800,7 @@ def recover_file(
     in_place: bool = False,
     progress: bool | None = None,
     header: str | None = None,
+    expect_seal: str | None = None,
 ) -> RecoveredFile:
     """Recover a sealed model file into ``dst``.
 
@@ -802,8 +808,10 @@ def recover_file(
     model that cannot be fully recovered is written only with
     ``allow_partial=True``, and keeps its seal header so that verify still
     names every block that remains tampered. safetensors to safetensors streams. ``header``:
-    as in `verify_file`; the output then carries it.
+    as in `verify_file`; the output then carries it. ``expect_seal``: as in `verify_file`; a
+    model carrying another seal is not recovered, and nothing is written.
     """
+    expect_seal = None if expect_seal is None else seal_id_arg(expect_seal)
     s, d = Path(src), Path(dst)
     d, fmt = _check_paths(s, d, in_place)
     pre: _Precopy | None = None
@@ -823,6 +831,9 @@ def recover_file(
             ws = Workspace(d.parent)
             with _about(s):
                 chk, found = _checked(loaded, s, key, header, progress=prog)
+                if expect_seal is not None and chk.header.salt.hex() != expect_seal:  # nothing to decode or write
+                    prog.done()
+                    return RecoveredFile(None, pinned(replace(report_of(chk), kind="recover"), expect_seal), {})
                 rec = plan_recovery(chk, ws)
             prog.done()
             if not (rec.report.ok or allow_partial):

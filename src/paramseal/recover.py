@@ -211,6 +211,7 @@ def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, 
         notes=base.notes,
         key_fingerprint=base.key_fingerprint,
         level=base.level,
+        seal_id=base.seal_id,
         total_blocks=base.total_blocks,
         lanes_failed=failed,
     )

@@ -6,14 +6,15 @@ import functools
 import io
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TextIO, overload
 
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import TamperedError, UnrecoverableError
+from .errors import TamperedError, UnrecoverableError, UsageError
 
 Status = Literal["intact", "tampered", "recovered", "unrecoverable"]
 Moved = Literal["swapped", "renamed"]  # how a tensor's data came to be under another name
@@ -259,6 +260,9 @@ class Report:
     # recover: whether its output was written; False (exit 2 without allow_partial): the restored values are
     # what it could restore, in no file (or module), and `summary` says so
     written: bool = True
+    # the seal's id (32 hex digits, authenticated): a file's header salt, a sharded set's set id; another
+    # seal of the same model under the same key (an older version put back) has another id
+    seal_id: str = ""
 
     @property
     def partial(self) -> bool:
@@ -345,6 +349,7 @@ class Report:
             "metadata_issues": list(self.metadata_issues),
             "notes": list(self.notes),
             "key_fingerprint": self.key_fingerprint,
+            "seal_id": self.seal_id,
             "level": self.level,
             "tensors": {n: finding(f) for n, f in self.tensors.items() if f.tampered_blocks or f.issues},
         }
@@ -401,4 +406,58 @@ class Report:
         return "\n".join(lines)
 
 
-__all__ = ["Ints", "Moved", "Report", "Status", "TensorFinding", "bit_lists_json", "ints_json", "write_json_streamed"]
+SEAL_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def seal_id_arg(text: str) -> str:
+    """A seal id as the user gives it (any case, spaces around): 32 hex digits, lower case; UsageError if not."""
+    sid = text.strip().lower()
+    if not SEAL_ID.fullmatch(sid):
+        what = "hex digits" if re.fullmatch(r"[0-9a-f]*", sid) else "characters, not all hex digits"
+        # not quoted: a key pasted in its place must not be printed
+        raise UsageError(
+            f"a seal id is the 32 hex digits that 'paramseal seal' printed after 'seal id'; the one given has "
+            f"{len(sid)} {what} (verify --json gives a model's as seal_id)"
+        )
+    return sid
+
+
+def pinned(rep: Report, expected: str | None) -> Report:
+    """``rep`` judged against the seal id the user approved (None: as it is).
+
+    A model sealed anew, or an older sealed version put back, verifies under its own seal;
+    only the id tells it from the approved one. Such a model is tampering that recover cannot
+    undo (the approved weights are not in it): not recoverable, and recover writes nothing.
+    """
+    if expected is None:
+        return rep
+    expected = seal_id_arg(expected)
+    if rep.seal_id == expected:
+        return rep
+    # the expected id is not quoted: the caller has it, and one who passed a key's half by mistake must not see it
+    issue = (
+        f"the model carries seal {rep.seal_id}, not the one expected: another seal of it under this key (an older "
+        "version put back, or the model sealed again), which recover cannot turn into the expected one"
+    )
+    return replace(
+        rep,
+        status="tampered" if rep.kind == "verify" else "unrecoverable",
+        recoverable=False,
+        metadata_issues=(issue, *rep.metadata_issues),
+        written=rep.written and rep.kind == "verify",
+    )
+
+
+__all__ = [
+    "SEAL_ID",
+    "Ints",
+    "Moved",
+    "Report",
+    "Status",
+    "TensorFinding",
+    "bit_lists_json",
+    "ints_json",
+    "pinned",
+    "seal_id_arg",
+    "write_json_streamed",
+]

@@ -624,6 +624,7 @@ def report_of(chk: Check) -> Report:
         notes=tuple(notes),
         key_fingerprint=chk.header.key_fingerprint,
         level=chk.header.level if chk.header.bits is None else f"bits={chk.header.bits}",
+        seal_id=chk.header.salt.hex(),
         total_blocks=chk.total_blocks,
         checked_blocks=chk.checked_blocks if chk.chosen else None,
     )

@@ -1,0 +1,126 @@
+"""The seal id and ``--expect-seal``: an older sealed version put back (a rollback) is caught."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+
+from paramseal import files
+from paramseal.errors import UsageError
+from paramseal.report import pinned, seal_id_arg
+
+run = helpers.run_cli
+
+
+def _seal(src: Path, dst: Path, key_file: Path, *extra: str) -> str:
+    """Seal through the CLI; the seal id it printed."""
+    rc, out, err = run(["seal", src, dst, "--key", key_file, *extra])
+    assert rc == 0, (out, err)
+    m = re.search(r"^seal id: ([0-9a-f]{32}) ", out, re.M)
+    assert m, out
+    return m.group(1)
+
+
+@pytest.fixture()
+def versions(tmp_path: Path, model_file: Path, key_file: Path) -> tuple[Path, str, Path, str]:
+    """v1 sealed; then an approved change sealed again (--reseal) as v2: their files and seal ids."""
+    v1 = tmp_path / "v1.safetensors"
+    id1 = _seal(model_file, v1, key_file)
+    t, meta = helpers.read_st(v1)
+    name = sorted(n for n, a in t.items() if a.dtype == np.float32)[0]
+    t[name] = (t[name] * np.float32(1.5)).astype(np.float32)  # the approved fine-tune
+    changed = helpers.write_st(tmp_path / "changed.safetensors", t, meta)
+    v2 = tmp_path / "v2.safetensors"
+    id2 = _seal(changed, v2, key_file, "--reseal")
+    return v1, id1, v2, id2
+
+
+def test_seal_prints_the_id_that_verify_reports_and_inspect_shows(
+    tmp_path: Path, model_file: Path, key_file: Path
+) -> None:
+    out = tmp_path / "s.safetensors"
+    sid = _seal(model_file, out, key_file)
+    rc, so, _ = run(["verify", out, "--key", key_file, "--json"])
+    assert rc == 0 and json.loads(so)["seal_id"] == sid
+    rc, so, _ = run(["inspect", out, "--json"])
+    assert rc == 0 and json.loads(so)["seal"]["salt"] == sid
+    assert _seal(model_file, tmp_path / "again.safetensors", key_file) != sid  # each seal its own
+
+
+def test_an_older_version_put_back_verifies_alone_but_not_against_the_approved_id(
+    tmp_path: Path, key_file: Path, versions: tuple[Path, str, Path, str]
+) -> None:
+    v1, id1, v2, id2 = versions
+    deployed = tmp_path / "deployed.safetensors"
+    shutil.copyfile(v1, deployed)  # the rollback: v1 where v2 was approved
+    assert run(["verify", deployed, "--key", key_file])[0] == 0  # its own seal is intact: the reason for a pin
+    rc, so, _ = run(["verify", deployed, "--key", key_file, "--expect-seal", id2])
+    assert rc == 2 and so.startswith("FAIL:") and "NOT fully recoverable" in so
+    assert f"carries seal {id1}, not the one expected" in so
+    rc, so, _ = run(["verify", deployed, "--key", key_file, "--expect-seal", id2, "--json"])
+    doc = json.loads(so)
+    assert rc == 2 and doc["status"] == "tampered" and doc["recoverable"] is False and doc["seal_id"] == id1
+    assert any(id1 in m for m in doc["metadata_issues"])
+    assert run(["verify", v2, "--key", key_file, "--expect-seal", id2.upper()])[0] == 0  # any case
+    assert run(["verify", deployed, "--key", key_file, "--expect-seal", f" {id1} "])[0] == 0
+
+
+def test_recover_writes_nothing_for_another_seal_and_recovers_the_expected_one(
+    tmp_path: Path, key_file: Path, versions: tuple[Path, str, Path, str]
+) -> None:
+    v1, id1, v2, id2 = versions
+    out = tmp_path / "out.safetensors"
+    for extra in ([], ["--allow-partial"]):
+        rc, so, _ = run(["recover", v1, out, "--key", key_file, "--expect-seal", id2, "--json", *extra])
+        doc = json.loads(so)
+        assert rc == 2 and not out.exists()
+        assert doc["status"] == "unrecoverable" and doc["written"] is False and doc["seal_id"] == id1
+    before = helpers.sha256(v1)
+    rc, so, _ = run(["recover", v1, v1, "--in-place", "--key", key_file, "--expect-seal", id2])
+    assert rc == 2 and "nothing written" in so and helpers.sha256(v1) == before
+    # the approved version, tampered, is recovered as ever
+    t, meta = helpers.read_st(v2)
+    bad = helpers.write_st(tmp_path / "bad.safetensors", helpers.flip_bit(t, "fc.bias", 3, 30), meta)
+    rc, so, _ = run(["recover", bad, out, "--key", key_file, "--expect-seal", id2])
+    assert rc == 0 and so.startswith("OK: recovered") and helpers.sha256(out) == helpers.sha256(v2)
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [("xyz", "3 characters, not all hex digits"), ("ab" * 15, "30 hex digits"), ("", "0 hex digits")],
+)
+def test_a_malformed_seal_id_is_refused_before_any_work(
+    tmp_path: Path, sealed_file: Path, key_file: Path, given: str, says: str
+) -> None:
+    out = tmp_path / "out.safetensors"
+    for argv in (["verify", sealed_file], ["recover", sealed_file, out]):
+        rc, so, se = run([*argv, "--key", tmp_path / "no such key", "--expect-seal", given])
+        assert rc == 3 and says in se and "key" not in se.split("seal id")[0], se  # before the key is read
+        assert not out.exists()
+
+
+def test_a_key_given_as_the_seal_id_is_never_printed(sealed_file: Path, key_file: Path) -> None:
+    secret = key_file.read_text().strip()
+    for given in (secret, secret[:32]):
+        rc, so, se = run(["verify", sealed_file, "--key", key_file, "--expect-seal", given])
+        assert rc in (2, 3) and secret[:16] not in so + se, (so, se)
+
+
+def test_the_library_pins_too(tmp_path: Path, sealed_file: Path, key: object) -> None:
+    rep = files.verify_file(sealed_file, key)  # type: ignore[arg-type]
+    assert re.fullmatch(r"[0-9a-f]{32}", rep.seal_id)
+    assert files.verify_file(sealed_file, key, expect_seal=rep.seal_id.upper()) == rep  # type: ignore[arg-type]
+    other = "0" * 32
+    got = files.verify_file(sealed_file, key, expect_seal=other)  # type: ignore[arg-type]
+    assert got.status == "tampered" and not got.recoverable and got.exit_code == 2
+    res = files.recover_file(sealed_file, tmp_path / "r.safetensors", key, expect_seal=other)  # type: ignore[arg-type]
+    assert res.path is None and not res.report.written and res.report.status == "unrecoverable"
+    assert pinned(rep, None) is rep and pinned(rep, rep.seal_id) is rep
+    with pytest.raises(UsageError, match="32 hex digits"):
+        seal_id_arg("g" * 32)
