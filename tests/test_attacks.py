@@ -739,3 +739,71 @@ def test_cli_bitflip_of_a_4_bit_tensor_flips_only_bits_its_file_keeps(tmp_path: 
     assert h["q"]["dtype"] == "F4" and end - start == 32
     packed = np.frombuffer(data[start:end], np.uint8)
     assert int(np.unpackbits(packed ^ q).sum()) == 40
+
+
+def _complex_model() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((8, 64)) * 2 + 1j * (rng.standard_normal((8, 64)) * 0.5 + 3)  # parts of unlike scale
+    return {"w": rng.standard_normal((8, 64)).astype(np.float32), "z64": z.astype(np.complex64), "z128": z}
+
+
+@pytest.mark.parametrize("name", ["z64", "z128"])
+def test_value_attacks_change_both_parts_of_a_named_complex_tensor(name: str) -> None:
+    """noise, quantize and prune of a complex tensor named with --tensor went through astype(float64): a
+    ComplexWarning, and every imaginary part came out 0 (prune ranked values by their real part). Each part is now
+    changed as a tensor of its own; prune ranks by modulus."""
+    m = Loaded(_complex_model())
+    z = m.tensors[name]
+    out = attack(m, AttackSpec("noise", seed=2, sigma=0.05, tensors=(name,)))[0].tensors[name]
+    assert out.dtype == z.dtype
+    for got, was in ((out.real, z.real), (out.imag, z.imag)):
+        assert 0.04 < (got.astype(np.float64) - was).std() / was.std() < 0.06
+    out = attack(m, AttackSpec("quantize", mode="int8", tensors=(name,)))[0].tensors[name]
+    for got, was in ((out.real, z.real), (out.imag, z.imag)):
+        step = np.abs(was).max() / 127
+        assert np.allclose(got, np.round(was / step) * step, rtol=1e-6, atol=0) and not np.array_equal(got, was)
+    out = attack(m, AttackSpec("quantize", mode="fp16", tensors=(name,)))[0].tensors[name]
+    for got, was in ((out.real, z.real), (out.imag, z.imag)):
+        assert np.array_equal(got, was.astype(np.float16).astype(got.dtype))
+    out = attack(m, AttackSpec("prune", fraction=0.25, tensors=(name,)))[0].tensors[name].reshape(-1)
+    zeroed = np.flatnonzero(out == 0)
+    mod = np.abs(z.reshape(-1))
+    assert zeroed.size == round(0.25 * z.size) and mod[zeroed].max() <= np.delete(mod, zeroed).min()
+
+
+@pytest.mark.parametrize("kind", ["random-modify", "replace-tensor", "backdoor-row"])
+def test_overwriting_attacks_draw_both_parts_of_a_named_complex64_tensor(kind: str) -> None:
+    """random-modify, replace-tensor and backdoor-row drew real values for a complex64 tensor (a ComplexWarning
+    from its scale; every value written had imaginary part 0); each part is now drawn on its own scale."""
+    m = Loaded(_complex_model())
+    z = m.tensors["z64"]
+    out, truth = attack(m, AttackSpec(kind, seed=3, tensors=("z64",)))
+    (change,) = [c for c in truth.changes if c.count]
+    new = out.tensors["z64"].reshape(-1)[change.indices]
+    assert change.name == "z64" and np.all(new.imag != 0)
+    # the imaginary parts are drawn around theirs (mean 3, std 0.5), not the real parts' (mean 0, std 2)
+    if kind != "backdoor-row":  # its rows are 3 std around 0, the real parts' and the imaginary parts' each
+        assert abs(new.imag.mean() - z.imag.mean()) < 0.5
+    assert 0.5 * z.imag.std() < new.imag.std() < 4 * z.imag.std()
+
+
+def test_cli_attack_of_a_named_complex_tensor_keeps_its_imaginary_part(tmp_path: Path) -> None:
+    """`paramseal attack m.npz --kind noise --tensor z` of a complex tensor wrote it with every imaginary part 0
+    (or, warnings as errors, ended in an internal error); it now perturbs both parts. A complex128 tensor named to
+    an attack that writes its bits is refused, exit 3, as before, not a ComplexWarning."""
+    src = tmp_path / "m.npz"
+    np.savez(src, **_complex_model())
+    for name, kind in (("z64", "noise"), ("z128", "noise"), ("z128", "quantize"), ("z64", "random-modify")):
+        dst = tmp_path / f"{name}-{kind}.npz"
+        rc, out, err = helpers.run_cli(["attack", src, dst, "--kind", kind, "--tensor", name, "--json"])
+        assert rc == 0 and list(json.loads(out)["tensors"]) == [name], (kind, out, err)
+        with np.load(src) as a, np.load(dst) as b:
+            was, got = a[name], b[name]
+            assert got.dtype == was.dtype and np.all(got.imag != 0), (name, kind)
+            assert helpers.same_bytes(b["w"], a["w"])
+        changed = json.loads(out)["tensors"][name]["indices"]
+        assert np.any(got.reshape(-1)[changed].imag != was.reshape(-1)[changed].imag), (name, kind)
+    for kind in ("random-modify", "backdoor-row"):
+        rc, _, err = helpers.run_cli(["attack", src, tmp_path / "x.npz", "--kind", kind, "--tensor", "z128"])
+        assert rc == 3 and "tensor 'z128': its complex128 values are 128 bits wide" in err, (kind, err)
+        assert not (tmp_path / "x.npz").exists()

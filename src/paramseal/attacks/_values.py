@@ -140,10 +140,30 @@ def scale(a: NDArray[Any]) -> tuple[float, float]:
     return m, s if s > 0 else max(abs(m), 1.0) * 0.1
 
 
+def _parts(a: NDArray[Any]) -> list[NDArray[Any]]:
+    """``a``'s real-valued parts: a complex tensor's real and imaginary parts, else ``a`` itself.
+
+    Value attacks change each part as a tensor of its own (``astype(np.float64)`` keeps the real part only).
+    """
+    return [a.real, a.imag] if np.iscomplexobj(a) else [a]
+
+
+def _join(dtype: np.dtype[Any], values: list[NDArray[Any]]) -> NDArray[Any]:
+    """The values of dtype ``dtype`` whose :func:`_parts` are ``values``."""
+    if len(values) == 1:
+        return values[0].astype(dtype, copy=False)
+    out = np.empty(values[0].shape, dtype)
+    out.real, out.imag = values
+    return out
+
+
 def random_like(a: NDArray[Any], size: int, rng: Rng) -> NDArray[Any]:
-    """``size`` random values on ``a``'s scale, in ``a``'s dtype."""
-    m, s = scale(a)
-    return (m + s * rng.standard_normal(size)).astype(a.dtype)
+    """``size`` random values on ``a``'s scale (each part's, for a complex ``a``), in ``a``'s dtype."""
+    values = []
+    for p in _parts(a):
+        m, s = scale(p)
+        values.append((m + s * rng.standard_normal(size)).astype(p.dtype))
+    return _join(a.dtype, values)
 
 
 def _overwrite(d: Draft, name: str, idx: NDArray[np.int64], new: NDArray[Any]) -> None:
@@ -218,22 +238,26 @@ def random_modify(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
 
 
 def noise(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
-    """Add Gaussian noise with std ``sigma`` x each chosen tensor's std."""
+    """Add Gaussian noise with std ``sigma`` x each chosen tensor's std (a complex one's: each part's, to each part)."""
     d = Draft(t)
     for nm in pick(t, spec, lambda _n, a: is_float(a)):
-        _, s = scale(t[nm])
-        x = t[nm].astype(np.float64)
-        d.t[nm] = (x + spec.noise_sigma * s * rng.standard_normal(x.shape)).astype(t[nm].dtype)
+        noisy = []
+        for p in _parts(t[nm]):
+            _, s = scale(p)
+            x = p.astype(np.float64)
+            noisy.append((x + spec.noise_sigma * s * rng.standard_normal(x.shape)).astype(p.dtype))
+        d.t[nm] = _join(t[nm].dtype, noisy)
     return d.t
 
 
 def prune(t: Tensors, spec: AttackSpec) -> Tensors:
-    """Magnitude pruning: zero the round(fraction x numel) smallest-magnitude values of each chosen tensor."""
+    """Magnitude pruning: zero the round(fraction x numel) smallest-magnitude values (complex: modulus) of each."""
     d = Draft(t)
     for nm in pick(t, spec, lambda _n, a: is_float(a) and a.ndim >= 2):
         count = round(spec.fraction_or_default * t[nm].size)
         if count:
-            mag = np.abs(t[nm].astype(np.float64).reshape(-1))
+            a = t[nm]
+            mag = np.abs((a if np.iscomplexobj(a) else a.astype(np.float64)).reshape(-1))
             d.flat(nm)[np.argpartition(mag, count - 1)[:count]] = 0
     return d.t
 
@@ -251,10 +275,10 @@ def backdoor_row(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
     rows = np.sort(rng.choice(a.shape[0], size=n, replace=False))
     d = Draft(t)
     width = a.size // a.shape[0]
-    _, s = scale(a)
+    stds = [(p.dtype, scale(p)[1]) for p in _parts(a)]
     for r in rows:
         idx = np.arange(r * width, (r + 1) * width, dtype=np.int64)
-        _overwrite(d, nm, idx, (3 * s * rng.standard_normal(width)).astype(a.dtype))
+        _overwrite(d, nm, idx, _join(a.dtype, [(3 * s * rng.standard_normal(width)).astype(dt) for dt, s in stds]))
     return d.t
 
 
@@ -365,20 +389,25 @@ def swap(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
 
 
 def quantize(t: Tensors, spec: AttackSpec) -> Tensors:
-    """An int8 (per-tensor symmetric) or fp16 quantise/dequantise round trip of the chosen tensors."""
+    """An int8 (per-tensor symmetric) or fp16 quantise/dequantise round trip of the chosen tensors.
+
+    A complex tensor's real and imaginary parts are quantised each as a tensor of its own (int8: each its own scale).
+    """
     d = Draft(t)
     for nm in pick(t, spec, lambda _n, a: is_float(a)):
-        a = t[nm]
-        x = a.astype(np.float64)
-        if spec.mode_or_default == "fp16":
-            d.t[nm] = x.astype(np.float16).astype(a.dtype)
-        else:
-            # the scale from the finite values, which alone are quantised: one -inf (a mask) made every value NaN
-            ok = np.isfinite(x)
-            m = float(np.max(np.abs(x[ok]))) if ok.any() else 0.0
-            s = m / 127 if m > 0 else 1.0
-            d.t[nm] = np.where(ok, np.clip(np.round(np.where(ok, x, 0) / s), -127, 127) * s, x).astype(a.dtype)
+        d.t[nm] = _join(t[nm].dtype, [_quantized(p, spec.mode_or_default) for p in _parts(t[nm])])
     return d.t
+
+
+def _quantized(a: NDArray[Any], mode: str) -> NDArray[Any]:
+    x = a.astype(np.float64)
+    if mode == "fp16":
+        return x.astype(np.float16).astype(a.dtype)
+    # the scale from the finite values, which alone are quantised: one -inf (a mask) made every value NaN
+    ok = np.isfinite(x)
+    m = float(np.max(np.abs(x[ok]))) if ok.any() else 0.0
+    s = m / 127 if m > 0 else 1.0
+    return np.where(ok, np.clip(np.round(np.where(ok, x, 0) / s), -127, 127) * s, x).astype(a.dtype)
 
 
 def metadata(meta: Mapping[str, str], spec: AttackSpec, rng: Rng) -> dict[str, str]:
