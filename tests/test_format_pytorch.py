@@ -961,3 +961,23 @@ def _matmul_onnx(path: Path, n: int) -> None:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     onnx.save(model, path)
+
+
+def test_float4_e2m1fn_x2_element_order_is_torch_s(tmp_path: Path) -> None:
+    """A .pt float4_e2m1fn_x2 tensor is read and written with element 0 in each byte's low nibble, as torch has it
+    (c10's Float4_e2m1fn_x2.h: 'val1 : val0' = bits 7654 : 3210). The oracle is torch's own unpacker (its ONNX
+    exporter's), not a packer of ours: a reversed order would show every retyped value's neighbour."""
+    torch = pytest.importorskip("torch")
+    if not hasattr(torch, "float4_e2m1fn_x2"):
+        pytest.skip("this torch has no float4_e2m1fn_x2")
+    casting = pytest.importorskip("torch.onnx._internal.exporter._type_casting")
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (3, 5), dtype=np.uint8)  # every byte value: each pair of nibbles differs somewhere
+    x2 = torch.from_numpy(codes).view(torch.float4_e2m1fn_x2)
+    torch.save({"q": x2}, tmp_path / "q.pt")
+    got = files.read_model(tmp_path / "q.pt").tensors["q"]
+    want = casting.unpack_float4x2_as_uint8(x2)  # torch's element order, one code a byte
+    assert got.dtype == ml_dtypes.float4_e2m1fn and got.shape == (3, 10) and np.array_equal(got.view(np.uint8), want)
+    files.write_model(tmp_path / "w.pt", Loaded({"q": want.view(ml_dtypes.float4_e2m1fn)}))
+    back = torch.load(tmp_path / "w.pt", weights_only=True)["q"]
+    assert back.dtype == torch.float4_e2m1fn_x2 and np.array_equal(back.view(torch.uint8).numpy(), codes)
