@@ -492,8 +492,8 @@ def test_sharded_irs_checkpoint_recovers(tmp_path: Path, key: paramseal.Key) -> 
         u[::37] ^= np.uint32(1 << 20)  # scattered: every 37th value
         _save_like(bad / p.name, t, p)
     assert sharded.verify_dir(bad, key, workers=1).status == "tampered"
-    rep, written = sharded.recover_dir(bad, tmp_path / "rec", key, workers=1)
-    assert rep.status == "recovered" and written
+    rep = sharded.recover_dir(bad, tmp_path / "rec", key, workers=1)
+    assert rep.status == "recovered" and rep.written
     for p in out.glob("*.safetensors"):
         assert _same(stn.load_file(str(tmp_path / "rec" / p.name)), stn.load_file(str(p)))
 

@@ -164,11 +164,22 @@ def test_recover_dir_report_says_restorable_values_were_not_written_when_the_fol
     helpers.write_st(bad / SHARDS[1], {n: np.zeros_like(a) for n, a in t.items()}, meta)
     t, meta = helpers.read_st(bad / SHARDS[0])
     helpers.write_st(bad / SHARDS[0], helpers.flip_bit(t, "layers.0.mlp.weight", 700, 29), meta)
-    rep, written = sharded.recover_dir(bad, tmp_path / "fixed", key, workers=1)
-    assert not written and not rep.written and rep.restored_count == 1
+    rep = sharded.recover_dir(bad, tmp_path / "fixed", key, workers=1)
+    assert not rep.written and rep.restored_count == 1 and not (tmp_path / "fixed").exists()
     assert "could restore 1 value(s), not written" in rep.summary() and "restored" not in rep.summary()
-    rep, written = sharded.recover_dir(bad, tmp_path / "fixed", key, allow_partial=True, workers=1)
-    assert written and rep.written and "restored 1 value(s): [700] bits 29" in rep.summary()
+    rep = sharded.recover_dir(bad, tmp_path / "fixed", key, allow_partial=True, workers=1)
+    assert rep.written and (tmp_path / "fixed").is_dir() and "restored 1 value(s): [700] bits 29" in rep.summary()
+
+
+def test_recover_dir_of_an_intact_folder_copies_it_and_says_written_as_recover_file_does(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    """An intact model is written (copied), as recover_file writes an intact file: report.written says so."""
+    one = files.recover_file(sealed_ckpt / SHARDS[0], tmp_path / "one.safetensors", key)
+    assert one.report.status == "intact" and one.report.written and one.path is not None and one.path.is_file()
+    rep = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert rep.status == "intact" and rep.written and rep.exit_code == 0, rep.summary()
+    assert sorted(p.name for p in (tmp_path / "fixed").iterdir()) == sorted(p.name for p in sealed_ckpt.iterdir())
 
 
 def test_partial_verification_reads_only_the_shards_it_needs(
@@ -378,8 +389,8 @@ def test_a_tensor_dropped_from_the_index_is_tampering_and_recover_rebuilds_the_i
     rep = sharded.verify_dir(sealed_ckpt, key, tensors="layers.2.mlp.*", workers=1)
     assert rep.exit_code == 1 and any("'layers.2.mlp.weight'" in m for m in rep.metadata_issues)
     fixed = tmp_path / "fixed"
-    rep, wrote = sharded.recover_dir(sealed_ckpt, fixed, key, workers=1)
-    assert wrote and rep.status == "recovered" and any("rebuilt" in n for n in rep.notes)
+    rep = sharded.recover_dir(sealed_ckpt, fixed, key, workers=1)
+    assert rep.written and rep.status == "recovered" and any("rebuilt" in n for n in rep.notes)
     rebuilt = json.loads((fixed / sharded.INDEX).read_text())
     size = sum(a.nbytes for s in SHARDS for a in helpers.read_st(fixed / s)[0].values())
     assert rebuilt["weight_map"] == sealed_map and rebuilt["metadata"] == {"total_size": size}  # not the index's 1
@@ -388,8 +399,8 @@ def test_a_tensor_dropped_from_the_index_is_tampering_and_recover_rebuilds_the_i
     _edit_index(sealed_ckpt, lambda wm: [wm.pop(n) for n in [n for n, f in wm.items() if f == SHARDS[1]]])
     rc, out, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file])
     assert rc == 1 and f"shard '{SHARDS[1]}' of the sealed set is missing from the index" in out
-    rep, wrote = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed2", key, workers=1)
-    assert wrote and json.loads((tmp_path / "fixed2" / sharded.INDEX).read_text())["weight_map"] == sealed_map
+    rep = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed2", key, workers=1)
+    assert rep.written and json.loads((tmp_path / "fixed2" / sharded.INDEX).read_text())["weight_map"] == sealed_map
     assert files.verify_file(tmp_path / "fixed2" / SHARDS[1], key).status == "intact"
 
 
@@ -457,8 +468,8 @@ def test_subfolders_are_copied_and_the_output_folder_gets_the_usual_mode(
     mask = os.umask(0o022)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o777 & ~mask
-    rep, wrote = sharded.recover_dir(out, tmp_path / "fixed", key, workers=1)
-    assert wrote and (tmp_path / "fixed" / "1_Pooling" / "config.json").exists()
+    rep = sharded.recover_dir(out, tmp_path / "fixed", key, workers=1)
+    assert rep.written and (tmp_path / "fixed" / "1_Pooling" / "config.json").exists()
 
 
 def test_a_missing_shard_names_its_tensors(sealed_ckpt: Path, key: paramseal.Key) -> None:
@@ -603,8 +614,8 @@ def test_a_foreign_shard_is_caught_even_when_its_metadata_was_also_edited(
     helpers.write_st(sealed_ckpt / SHARDS[1], t, {**meta, "note": "hi"})
     rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
     assert rep.exit_code == 2 and any("different sealed sets" in m for m in rep.metadata_issues), rep.summary()
-    rep, wrote = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
-    assert not wrote and rep.status == "unrecoverable" and not (tmp_path / "fixed").exists()
+    rep = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert not rep.written and rep.status == "unrecoverable" and not (tmp_path / "fixed").exists()
 
 
 def test_a_file_only_an_edited_set_record_lists_is_no_shard(
@@ -619,8 +630,8 @@ def test_a_file_only_an_edited_set_record_lists_is_no_shard(
     rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
     assert rep.exit_code == 1 and not any("junk" in m for m in rep.metadata_issues), rep.summary()
     assert any("'junk.safetensors' is not a shard" in n for n in rep.notes), rep.notes
-    rep, wrote = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
-    assert wrote and rep.status == "recovered" and (tmp_path / "fixed" / "junk.safetensors").is_file()
+    rep = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert rep.written and rep.status == "recovered" and (tmp_path / "fixed" / "junk.safetensors").is_file()
     assert sharded.verify_dir(tmp_path / "fixed", key, workers=1).status == "intact"
 
 
@@ -1278,8 +1289,8 @@ def test_a_set_record_listing_shard_names_that_are_no_text_is_malformed_not_a_cr
     rep = sharded.verify_dir(sealed, key, workers=1)
     assert rep.exit_code == 2 and "None" not in rep.summary(), rep.summary()
     assert all(any(f"shard '{s}' has a malformed set record" in m for m in rep.metadata_issues) for s in SHARDS)
-    rep, written = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
-    assert rep.exit_code == 2 and not written and not (tmp_path / "fixed").exists()
+    rep = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
+    assert rep.exit_code == 2 and not rep.written and not (tmp_path / "fixed").exists()
 
 
 @pytest.mark.parametrize(
@@ -1324,8 +1335,8 @@ def test_a_set_record_naming_its_shard_outside_the_folder_opens_and_writes_nothi
     monkeypatch.setattr(files, "verify_file", lambda f, k, **kw: opened.append(Path(f)) or real(f, k, **kw))
     rep = sharded.verify_dir(sealed, key, workers=1)
     assert rep.exit_code == 2 and opened and all(f.parent == sealed for f in opened), (opened, rep.summary())
-    rep, written = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
-    assert rep.exit_code == 2 and not written and not (tmp_path / "fixed").exists()
+    rep = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
+    assert rep.exit_code == 2 and not rep.written and not (tmp_path / "fixed").exists()
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
 
 
@@ -1376,8 +1387,8 @@ def test_shards_swapped_in_a_set_whose_records_disagree_on_the_shard_list_are_no
     assert rep.exit_code == 2 and any(
         f"shard '{SHARDS[0]}' was sealed as '{SHARDS[1]}'" in m for m in rep.metadata_issues
     )
-    rep, written = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
-    assert rep.exit_code == 2 and not written and not (tmp_path / "fixed").exists()
+    rep = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
+    assert rep.exit_code == 2 and not rep.written and not (tmp_path / "fixed").exists()
 
 
 def test_a_partial_verification_counts_only_the_blocks_it_checked_in_a_shard_read_in_part(
@@ -1401,8 +1412,8 @@ def test_recover_of_a_lost_index_beside_an_unrecoverable_shard_writes_nothing_an
 ) -> None:
     (sealed_ckpt / sharded.INDEX).unlink()
     _scramble(sealed_ckpt, SHARDS[1], "layers.1.mlp.weight")
-    rep, written = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
-    assert rep.status == "unrecoverable" and not written and not (tmp_path / "fixed").exists()
+    rep = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert rep.status == "unrecoverable" and not rep.written and not (tmp_path / "fixed").exists()
     assert not any("rebuilt" in n for n in rep.notes), rep.notes  # nothing was
 
 
@@ -1413,8 +1424,8 @@ def test_recover_allow_partial_writes_a_set_missing_a_shard_but_rebuilds_no_inde
     (sealed_ckpt / sharded.INDEX).write_text('{"weight_map": ')
     (sealed_ckpt / SHARDS[2]).unlink()
     fixed = tmp_path / "fixed"
-    rep, written = sharded.recover_dir(sealed_ckpt, fixed, key, allow_partial=True, workers=1)
-    assert rep.exit_code == 2 and written and not any("rebuilt" in n for n in rep.notes), rep.notes
+    rep = sharded.recover_dir(sealed_ckpt, fixed, key, allow_partial=True, workers=1)
+    assert rep.exit_code == 2 and rep.written and not any("rebuilt" in n for n in rep.notes), rep.notes
     assert sorted(p.name for p in fixed.iterdir()) == sorted([*SHARDS[:2], sharded.INDEX, "config.json"])
     assert (fixed / sharded.INDEX).read_text() == '{"weight_map": '
     assert all(files.verify_file(fixed / s, key).status == "intact" for s in SHARDS[:2])
@@ -1509,8 +1520,8 @@ def test_a_rebuilt_index_keeps_the_order_of_the_wrong_one(
     order = list(idx["weight_map"])[::-1]  # the last shard's tensors first
     idx["weight_map"] = {n: idx["weight_map"][n] for n in order} | {"layers.0.attn.weight": SHARDS[1]}
     (sealed_ckpt / sharded.INDEX).write_text(json.dumps(idx))
-    rep, written = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
-    assert written and rep.status == "recovered", rep.summary()
+    rep = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert rep.written and rep.status == "recovered", rep.summary()
     assert list(json.loads((tmp_path / "fixed" / sharded.INDEX).read_text())["weight_map"]) == order
 
 
@@ -1560,16 +1571,16 @@ def test_the_note_on_a_rebuilt_wrong_index_says_only_that(
     sealed_ckpt: Path, tmp_path: Path, key: paramseal.Key
 ) -> None:
     _edit_index(sealed_ckpt, lambda wm: wm.update({"layers.0.attn.weight": SHARDS[1]}))
-    rep, written = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
-    assert written and f"{sharded.INDEX} was rebuilt from the shards' sealed headers" in rep.notes, rep.notes
+    rep = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert rep.written and f"{sharded.INDEX} was rebuilt from the shards' sealed headers" in rep.notes, rep.notes
 
 
 def test_a_renamed_shard_is_not_also_called_a_stray_file(tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key) -> None:
     bad = _with_last_shard_renamed(tmp_path, sealed_ckpt)
     rep = sharded.verify_dir(bad, key, workers=1)
     assert rep.exit_code == 1 and not any("is not a shard of this checkpoint" in n for n in rep.notes), rep.notes
-    rep, written = sharded.recover_dir(bad, tmp_path / "fixed", key, workers=1)
-    assert written and not any("is not a shard of this checkpoint" in n for n in rep.notes), rep.notes
+    rep = sharded.recover_dir(bad, tmp_path / "fixed", key, workers=1)
+    assert rep.written and not any("is not a shard of this checkpoint" in n for n in rep.notes), rep.notes
 
 
 def test_a_partial_verification_names_only_the_lost_tensors_it_was_asked_for(
@@ -1668,8 +1679,8 @@ def test_a_lost_index_is_not_made_to_name_a_shard_that_is_no_safetensors_file(
     rep = sharded.verify_dir(sealed, key, workers=1)
     assert rep.exit_code == 2 and f"shard '{SHARDS[2]}' was sealed as 'x.bin'" in " ".join(rep.metadata_issues)
     assert not any("the index names shard 'x.bin'" in m for m in rep.metadata_issues), rep.metadata_issues
-    rep, written = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
-    assert rep.exit_code == 2 and not written and not (tmp_path / "fixed").exists()
+    rep = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
+    assert rep.exit_code == 2 and not rep.written and not (tmp_path / "fixed").exists()
 
 
 @pytest.mark.parametrize("tampered", ["shard", "copy"])
@@ -1688,8 +1699,8 @@ def test_a_listed_file_no_set_record_vouches_for_does_not_speak_for_the_shard_it
     rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
     assert rep.exit_code == 2 and f"shard '{copy}' carries no set record" in " ".join(rep.metadata_issues)
     assert rep.tampered_tensors == want and rep.tensors[want[0]].tampered_blocks == [700 // 64], rep.summary()
-    rep, written = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
-    assert rep.exit_code == 2 and not written and rep.tampered_tensors == want, rep.summary()
+    rep = sharded.recover_dir(sealed_ckpt, tmp_path / "fixed", key, workers=1)
+    assert rep.exit_code == 2 and not rep.written and rep.tampered_tensors == want, rep.summary()
 
 
 def test_a_shard_deleted_and_dropped_from_the_index_is_not_said_to_be_named_in_it(
@@ -1716,8 +1727,8 @@ def test_a_wrong_total_size_in_the_index_is_a_note_not_tampering(
         said = [n for n in rep.notes if "metadata.total_size" in n]
         assert rep.status == "intact" and said and f"is {shown}, but the shards' tensors take {size} bytes" in said[0]
     fixed = tmp_path / "fixed"
-    rep, written = sharded.recover_dir(sealed_ckpt, fixed, key, workers=1)
-    assert written and rep.exit_code == 0 and any("total_size" in n and "copied unchanged" in n for n in rep.notes)
+    rep = sharded.recover_dir(sealed_ckpt, fixed, key, workers=1)
+    assert rep.written and rep.exit_code == 0 and any("total_size" in n and "copied unchanged" in n for n in rep.notes)
     assert (fixed / sharded.INDEX).read_text() == (sealed_ckpt / sharded.INDEX).read_text()
     assert not any("total_size" in n for n in sharded.verify_dir(sealed_ckpt, key, tensors="layers.0.*").notes)
     idx = json.loads((sealed_ckpt / sharded.INDEX).read_text())

@@ -620,10 +620,8 @@ def _run(args: argparse.Namespace) -> int:
             if sharded.is_sharded(Path(args.input)):
                 if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
                     raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
-                rep, written = sharded.recover_dir(
-                    Path(args.input), Path(args.output), key, allow_partial=args.allow_partial
-                )
-                output = args.output if written else None
+                rep = sharded.recover_dir(Path(args.input), Path(args.output), key, allow_partial=args.allow_partial)
+                output = args.output if rep.written else None
             else:
                 res = files.recover_file(
                     args.input,

@@ -389,13 +389,11 @@ def _blocks(shard: Path) -> int:
         return 0
 
 
-def recover_dir(
-    src: Path, dst: Path, key: Key, *, allow_partial: bool = False, workers: int | None = None
-) -> tuple[Report, bool]:
-    """Recover every shard into the new folder ``dst``; returns the report and whether ``dst`` was written.
+def recover_dir(src: Path, dst: Path, key: Key, *, allow_partial: bool = False, workers: int | None = None) -> Report:
+    """Recover every shard into the new folder ``dst``; ``report.written`` says whether ``dst`` was written.
 
     ``dst`` appears (atomically, whole) only if every shard recovers and the set is
-    consistent, or with ``allow_partial``. An index that disagrees with a consistent set of
+    consistent (an intact one is copied), or with ``allow_partial``. An index that disagrees with a consistent set of
     shards is rebuilt from the shards' sealed headers, which fully determine it. Shards renamed
     or swapped (the whole set there, each once: see `_placement`) are written under their sealed names.
     """
@@ -439,8 +437,9 @@ def recover_dir(
                 index = _rebuilt_index(idx, reports, tmp)
                 (tmp / idx.name).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     except _Discard as e:
-        return replace(e.report, written=False), False
-    return merged, True
+        return replace(e.report, written=False)
+    # set, not inherited: `_merge` copies the first shard's report, and its flag is that shard's file
+    return replace(merged, written=True)
 
 
 _SET_IT = "correct it in the index if anything relies on it (editing it leaves the seal intact)"
