@@ -112,6 +112,25 @@ def test_a_model_folder_without_an_index_names_the_model_file_in_it(
     assert rc == 3 and err.rstrip().endswith("'*.safetensors.index.json')"), err
 
 
+def test_a_trainer_checkpoint_folder_hint_names_the_model_not_the_trainer_state(tmp_path: Path, key_file: Path) -> None:
+    """The hint named training_args.bin, optimizer.pt, rng_state.pth... (Trainer state with a model's extension)."""
+    folder = tmp_path / "checkpoint-500"
+    folder.mkdir()
+    state = ["training_args.bin", "optimizer.pt", "optimizer.bin", "scheduler.pt", "scheduler.bin", "scaler.pt",
+             "rng_state.pth", "rng_state_0.pth", "rng_state_1.pth", "sampler.bin", "optimizer_1.bin"]  # fmt: skip
+    for name in [*state, "trainer_state.json", "config.json"]:
+        (folder / name).write_bytes(b"")
+    rc, _, err = helpers.run_cli(["verify", folder, "--key", key_file])  # only state: the index message alone
+    assert rc == 3 and err.rstrip().endswith("'*.safetensors.index.json')"), err
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "adapter_model.bin").write_bytes(b"")  # a PEFT adapter's weights are a model file
+    for args in (["verify", folder, "--key", key_file], ["inspect", folder]):
+        rc, _, err = helpers.run_cli(args)
+        want = f"give its path: '{folder / 'adapter_model.bin'}', '{folder / 'model.safetensors'}'"
+        assert rc == 3 and err.rstrip().endswith(want), err
+        assert not any(name in err for name in state), err
+
+
 def test_an_index_file_given_as_the_model_names_its_folder(tmp_path: Path, key_file: Path) -> None:
     """It said "cannot tell the format of 'model.safetensors.index.json'", not that its folder is the model."""
     index = tmp_path / "ck" / "model.safetensors.index.json"

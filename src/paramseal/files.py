@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 import struct
 import tempfile
@@ -276,11 +277,24 @@ def _require_file(p: Path, *, model: bool = True) -> None:
         raise UsageError(f"'{p}' looks like a ParamSeal key file, not a model: pass the key with --key (key=)")
 
 
+# What the Hugging Face Trainer (and Accelerate's save_state) writes beside the model in a checkpoint folder,
+# with a model file's extension but no model in it: pickled arguments, optimizer, scheduler, AMP scaler,
+# sampler and RNG states (``rng_state_3.pth`` on rank 3). A hint naming them would send the user astray.
+_TRAINER_STATE = re.compile(
+    r"(training_args|(optimizer|scheduler|scaler|sampler|rng_state|random_states)(_\d+)?)\.(bin|pt|pth)",
+    re.IGNORECASE,
+)
+
+
 def _model_files_hint(folder: Path) -> str:
     """Name the model files in a folder given as the model: a Hugging Face folder of one `model.safetensors`."""
     known = {e for a in adapters() for e in a.extensions}
     try:
-        found = sorted(str(f) for f in folder.iterdir() if f.suffix.lower() in known and f.is_file())
+        found = sorted(
+            str(f)
+            for f in folder.iterdir()
+            if f.suffix.lower() in known and not _TRAINER_STATE.fullmatch(f.name) and f.is_file()
+        )
     except OSError:  # a folder we cannot list: the index message alone
         return ""
     if not found:
