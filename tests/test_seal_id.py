@@ -48,6 +48,11 @@ def test_seal_prints_the_id_that_verify_reports_and_inspect_shows(
     sid = _seal(model_file, out, key_file)
     rc, so, _ = run(["verify", out, "--key", key_file, "--json"])
     assert rc == 0 and json.loads(so)["seal_id"] == sid
+    # half a key's digits, which output hides when typed on the command line: not the id pinned
+    rc, so, _ = run(["verify", out, "--key", key_file, "--json", "--expect-seal", sid])
+    assert rc == 0 and json.loads(so)["seal_id"] == sid
+    rc, _, se = run(["verify", out, "--key", key_file, "--expect-seal", sid, "--expect-seal", sid])
+    assert rc == 3 and "--expect-seal given twice: a model carries one seal" in se
     rc, so, _ = run(["inspect", out, "--json"])
     assert rc == 0 and json.loads(so)["seal"]["salt"] == sid
     assert _seal(model_file, tmp_path / "again.safetensors", key_file) != sid  # each seal its own
@@ -124,3 +129,59 @@ def test_the_library_pins_too(tmp_path: Path, sealed_file: Path, key: object) ->
     assert pinned(rep, None) is rep and pinned(rep, rep.seal_id) is rep
     with pytest.raises(UsageError, match="32 hex digits"):
         seal_id_arg("g" * 32)
+
+
+# --------------------------------------------------------------------------- sharded folders: the set's id
+
+
+def _checkpoint(folder: Path, scale: float = 1.0) -> Path:
+    """Two shards and their index (the Hugging Face layout)."""
+    from paramseal import sharded
+
+    rng = np.random.default_rng(11)
+    folder.mkdir()
+    weight_map = {}
+    for i in range(2):
+        shard = f"model-0000{i + 1}-of-00002.safetensors"
+        t = {f"layers.{i}.weight": (rng.standard_normal((64, 80)) * scale).astype(np.float32)}
+        helpers.write_st(folder / shard, t, {"format": "pt"})
+        weight_map.update({n: shard for n in t})
+    (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+    return folder
+
+
+def test_a_sharded_folder_s_seal_id_is_its_set_s_and_pins_verify_and_recover(tmp_path: Path, key_file: Path) -> None:
+    from paramseal import load_key, sharded
+
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    id1 = _seal(_checkpoint(tmp_path / "c1"), v1, key_file)
+    id2 = _seal(_checkpoint(tmp_path / "c2", scale=0.5), v2, key_file)
+    assert id1 != id2 and sharded.seal_id(v2, load_key(key_file)) == id2
+    rc, so, _ = run(["verify", v2, "--key", key_file, "--json", "--expect-seal", id2])
+    assert rc == 0 and json.loads(so)["seal_id"] == id2
+    # the older set put back
+    rc, so, _ = run(["verify", v1, "--key", key_file, "--json", "--expect-seal", id2])
+    doc = json.loads(so)
+    assert rc == 2 and doc["status"] == "tampered" and doc["seal_id"] == id1
+    assert any(f"carries seal {id1}, not the one expected" in m for m in doc["metadata_issues"])
+    out = tmp_path / "out"
+    rc, so, _ = run(["recover", v1, out, "--key", key_file, "--json", "--expect-seal", id2, "--allow-partial"])
+    doc = json.loads(so)
+    assert rc == 2 and doc["written"] is False and doc["status"] == "unrecoverable" and not out.exists()
+    # one shard of the older set among the approved one's: no one id, nothing written
+    mixed = tmp_path / "mixed"
+    shutil.copytree(v2, mixed)
+    shutil.copyfile(v1 / "model-00001-of-00002.safetensors", mixed / "model-00001-of-00002.safetensors")
+    rc, so, _ = run(["recover", mixed, out, "--key", key_file, "--expect-seal", id2])
+    assert rc == 2 and "nothing written" in so and not out.exists()
+    # the approved set, tampered, recovers as ever
+    bad = tmp_path / "bad"
+    shutil.copytree(v2, bad)
+    shard = bad / "model-00002-of-00002.safetensors"
+    t, meta = helpers.read_st(shard)
+    w = t["layers.1.weight"].reshape(-1).view(np.uint32)
+    w[7] ^= np.uint32(1 << 29)
+    helpers.write_st(shard, t, meta)
+    rc, so, _ = run(["recover", bad, out, "--key", key_file, "--expect-seal", id2])
+    assert rc == 0 and so.startswith("OK: recovered"), so
+    assert helpers.sha256(out / shard.name) == helpers.sha256(v2 / shard.name)

@@ -124,6 +124,12 @@ def _parsed(text: str | None) -> dict[str, Any] | None:
     return rec if ok and Path(shard).name == shard and shard.endswith(".safetensors") else None
 
 
+def _set_id(records: dict[str, str | None]) -> str:
+    """The set id the authenticated set records give ("" when none gives one, or they differ): the set's seal id."""
+    ids = {r["set"] for r in map(_parsed, records.values()) if r is not None}
+    return ids.pop() if len(ids) == 1 else ""
+
+
 def _vouched(records: dict[str, str | None]) -> set[str]:
     """The files whose authenticated set record names them as the shard they are.
 
@@ -428,6 +434,7 @@ def _merge(
     unread: int = 0,
     vouched: set[str] | None = None,
     moved: dict[str, str] | None = None,
+    set_id: str = "",
 ) -> Report:
     """One report for the whole checkpoint: tensors from every shard, the worst status.
 
@@ -477,4 +484,5 @@ def _merge(
         else sum(r.total_blocks if r.checked_blocks is None else r.checked_blocks for r in reports.values()),
         lanes_failed=sum(r.lanes_failed for r in reports.values()),
         moved_shards={s: f for s, f in (moved or {}).items() if f != s},
+        seal_id=set_id,  # not the first shard's own (its header's salt)
     )

@@ -30,7 +30,7 @@ from ._layout import TensorSpec
 from .errors import ParamSealError, ParamSealWarning, UsageError
 from .keys import Key, exposed_to_others, key_like_args, load_key, redact, write_key
 from .levels import BLOCK, FLOATS, LEVELS, max_relative_change
-from .report import Report, pinned, seal_id_arg
+from .report import SEAL_ID, Report, seal_id_arg
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -62,6 +62,9 @@ def _header_arg(p: argparse.ArgumentParser) -> None:
 
 
 _FOLDER_IN_PLACE = "--in-place works for single files only; a sharded checkpoint is written to a new folder"
+
+
+_SEAL_ID = "seal id: {} (keep it: verify --expect-seal ID refuses any other seal of this model)"
 
 
 def _expect_arg(p: argparse.ArgumentParser) -> None:
@@ -117,12 +120,12 @@ class _Once(argparse.Action):
     ) -> None:
         old = getattr(ns, self.dest)
         if old is not None:
-            why = (
-                "it takes one glob; to check tensors that no one glob matches, run verify once for each"
-                if self.dest == "tensors"
-                else "a model carries one seal"
+            if self.dest != "tensors":  # a seal id: not quoted, as it is nowhere (see _seal_id_shown)
+                parser.error(f"{opt} given twice: a model carries one seal")
+            parser.error(
+                f"{opt} given twice ('{old}', then '{value}'): it takes one glob; to check tensors that no one "
+                "glob matches, run verify once for each"
             )
-            parser.error(f"{opt} given twice ('{old}', then '{value}'): {why}")
         setattr(ns, self.dest, value)
 
 
@@ -256,6 +259,16 @@ _PATHS = {
 }
 
 
+def _seal_id_shown(hidden: tuple[str, ...], given: str | None) -> tuple[str, ...]:
+    """``hidden`` less a well-formed ``--expect-seal`` id: half a key's digits, but ``seal_id`` when it matches.
+
+    Only the model's own id is ever printed (the one given is not quoted), so nothing else of it shows.
+    """
+    if given is None or not SEAL_ID.fullmatch(given.strip().lower()):
+        return hidden
+    return tuple(h for h in hidden if h.strip().lower() != given.strip().lower())
+
+
 def _no_empty_paths(p: _Parser, args: argparse.Namespace) -> None:
     """Refuse an empty path: it reads as '.', and a sealed sharded folder there would verify as IN."""
     for dest, name in _PATHS.items():
@@ -283,6 +296,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if "--json" in given and (cmd is None or "--json" in cmd._option_string_actions):  # keygen has none
             _error_doc(3, e.message, name)
         raise
+    hidden = _seal_id_shown(hidden, getattr(args, "expect_seal", None))
     if isinstance(sys.stdout, io.TextIOWrapper):  # a name from the file may hold a lone surrogate: print it escaped
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
@@ -546,16 +560,18 @@ def _run(args: argparse.Namespace) -> int:
                 raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
             if args.header_out is not None:
                 raise UsageError("--header-out keeps one file's header; the shards of a checkpoint each keep their own")
+            key = _load_key(args)
             names = sharded.seal_dir(
                 Path(args.input),
                 Path(args.output),
-                _load_key(args),
+                key,
                 level=args.level,
                 bits=args.bits,
                 code=args.code,
                 reseal=args.reseal,
             )
             print(f"OK: sealed {len(names)} shard(s) of {args.input} -> {args.output} (each self-contained)")
+            print(_SEAL_ID.format(sharded.seal_id(Path(args.output), key)))
             _warn_bits(sharded.float_widths(Path(args.output), names))
             return 0
         case "seal":
@@ -579,7 +595,7 @@ def _run(args: argparse.Namespace) -> int:
             how = f"level {h.level}" if h.bits is None else f"--bits {h.bits}"
             n = _count(len(h.tensors), "tensor")
             print(f"OK: sealed {args.input} -> {args.output} ({n}, {desc}, {how}, code {code})")
-            print(f"seal id: {h.salt.hex()} (keep it: verify --expect-seal ID refuses any other seal of this model)")
+            print(_SEAL_ID.format(h.salt.hex()))
             _warn_bits(ks)
             _note_plain(h.tensors)
             for w in warned:
@@ -592,7 +608,7 @@ def _run(args: argparse.Namespace) -> int:
             key = _load_key(args)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
-                rep = pinned(sharded.verify_dir(Path(args.input), key, tensors=args.tensors), expect)
+                rep = sharded.verify_dir(Path(args.input), key, tensors=args.tensors, expect_seal=expect)
             else:
                 rep = files.verify_file(args.input, key, tensors=args.tensors, header=header, expect_seal=expect)
             if args.json:
@@ -620,7 +636,9 @@ def _run(args: argparse.Namespace) -> int:
             if sharded.is_sharded(Path(args.input)):
                 if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
                     raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
-                rep = sharded.recover_dir(Path(args.input), Path(args.output), key, allow_partial=args.allow_partial)
+                rep = sharded.recover_dir(
+                    Path(args.input), Path(args.output), key, allow_partial=args.allow_partial, expect_seal=expect
+                )
                 output = args.output if rep.written else None
             else:
                 res = files.recover_file(

@@ -59,7 +59,7 @@ from ._shard_index import (
     read_index,
     set_files,
 )
-from ._shard_set import _locate, _merge, _moved, _record, _strays, _verdict, _vouched, open_index
+from ._shard_set import _locate, _merge, _moved, _record, _set_id, _strays, _verdict, _vouched, open_index
 from ._tempname import temp_prefix
 from .errors import (
     FormatError,
@@ -78,7 +78,7 @@ from .formats.base import new_mode
 from .formats.registry import adapters
 from .header import METADATA_KEY, SET_KEY, peek_header
 from .keys import Key
-from .report import Report
+from .report import Report, pinned, seal_id_arg
 from .verify import unmatched
 
 T = TypeVar("T")
@@ -320,13 +320,17 @@ def _recover_one(src: Path, dst: Path, key: Key, allow_partial: bool) -> Report 
         return f"shard '{src.name}' cannot be recovered: {e}"
 
 
-def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: int | None = None) -> Report:
+def verify_dir(
+    folder: Path, key: Key, *, tensors: str | None = None, workers: int | None = None, expect_seal: str | None = None
+) -> Report:
     """Verify every shard (only those holding tensors that match ``tensors``), plus the set and the index.
 
     A shard the index names but the folder lacks is tampering (not recoverable), not a bad input;
     so is a shard that cannot be read as a sealed model. With ``tensors``, a shard is opened when
-    the index or its sealed header puts a matching tensor in it.
+    the index or its sealed header puts a matching tensor in it. The report's ``seal_id`` is the
+    set id; ``expect_seal`` as in `files.verify_file`.
     """
+    expect_seal = None if expect_seal is None else seal_id_arg(expect_seal)  # a typo fails before any work
     idx = open_index(folder, key)
     everything, peeked, where = _locate(folder, idx, key)
     chosen, patterns = everything, dict.fromkeys(everything, tensors)
@@ -358,7 +362,7 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
     # the model's blocks not checked, for the total
     blocks = sum(_blocks(folder / where.get(s, s)) for s in [*unread, *failed])
     size = [] if grave or fixable or tensors else _size_note(idx, [folder / s for s in shard_files], _SET_IT)
-    return _merge(
+    merged = _merge(
         "verify",
         reports,
         grave,
@@ -369,7 +373,19 @@ def verify_dir(folder: Path, key: Key, *, tensors: str | None = None, workers: i
         unread=blocks,
         vouched=_vouched(records),
         moved=where,
+        set_id=_set_id(records),
     )
+    return pinned(merged, expect_seal)
+
+
+def seal_id(folder: Path, key: Key) -> str:
+    """The seal id of a sealed sharded folder: its set id, from the shards' authenticated set records.
+
+    "" when no shard gives one or they differ (verify says what is wrong with the set).
+    """
+    idx = open_index(folder, key)
+    everything, peeked, where = _locate(folder, idx, key)
+    return _set_id({s: _record(folder / where.get(s, s), key) for s in everything if s in peeked})
 
 
 def float_widths(folder: Path, shards: list[str]) -> set[tuple[str, int]]:
@@ -389,17 +405,31 @@ def _blocks(shard: Path) -> int:
         return 0
 
 
-def recover_dir(src: Path, dst: Path, key: Key, *, allow_partial: bool = False, workers: int | None = None) -> Report:
+def recover_dir(
+    src: Path,
+    dst: Path,
+    key: Key,
+    *,
+    allow_partial: bool = False,
+    workers: int | None = None,
+    expect_seal: str | None = None,
+) -> Report:
     """Recover every shard into the new folder ``dst``; ``report.written`` says whether ``dst`` was written.
 
     ``dst`` appears (atomically, whole) only if every shard recovers and the set is
     consistent (an intact one is copied), or with ``allow_partial``. An index that disagrees with a consistent set of
     shards is rebuilt from the shards' sealed headers, which fully determine it. Shards renamed
     or swapped (the whole set there, each once: see `_placement`) are written under their sealed names.
+    ``expect_seal``: as in `files.recover_file`; a set of another seal is verified, not recovered.
     """
+    expect_seal = None if expect_seal is None else seal_id_arg(expect_seal)
     idx = open_index(src, key)
     everything, peeked, where = _locate(src, idx, key)
     shards = [s for s in everything if s in peeked]
+    # another seal, or shards of several (no one id): verified, for a report that says which; nothing is written
+    if expect_seal is not None and _set_id({s: _record(src / where.get(s, s), key) for s in shards}) != expect_seal:
+        found = verify_dir(src, key, workers=workers)
+        return pinned(replace(found, kind="recover", written=False), expect_seal)
     try:
         with _atomic_dir(dst, src) as tmp:
             jobs = [(src / where.get(s, s), tmp / s, key, True) for s in shards]
@@ -427,6 +457,7 @@ def recover_dir(src: Path, dst: Path, key: Key, *, allow_partial: bool = False, 
                 lost=lost,
                 vouched=_vouched(records),
                 moved=where,
+                set_id=_set_id(records),
             )
             if not (merged.ok or allow_partial):
                 raise _Discard(merged)
@@ -555,5 +586,6 @@ __all__ = [
     "read_index",
     "recover_dir",
     "seal_dir",
+    "seal_id",
     "verify_dir",
 ]
