@@ -1840,3 +1840,118 @@ def test_every_path_option_refuses_an_empty_path(
     rc, _, err = helpers.run_cli(argv)
     assert rc == 3 and f"{name} is empty (an unset shell variable?); give a path" in err, err
     assert not list(tmp_path.iterdir())
+
+
+def _with_metadata_header(src: Path, dst: Path, text: str | None) -> Path:
+    """``src`` written again with ``text`` as its metadata's ParamSeal header (None: no such entry)."""
+    t, meta = helpers.read_st(src)
+    meta.pop("paramseal")
+    return helpers.write_st(dst, t, meta if text is None else {**meta, "paramseal": text})
+
+
+@pytest.fixture()
+def sealed_with_copies(tmp_path: Path, key: paramseal.Key) -> Path:
+    """A model large enough to carry copies of its header in its weights."""
+    out = tmp_path / "big.safetensors"
+    files.seal_file(helpers.write_st(tmp_path / "big-plain.safetensors", helpers.fp32_model(1 << 16)), out, key)
+    assert files.inspect_file(_with_metadata_header(out, tmp_path / "stripped.safetensors", None))["sealed"]
+    return out
+
+
+_MALFORMED = [
+    ("", "it is empty"),
+    ("{not json", "it is not JSON"),
+    ("half", "it is not JSON"),  # the sealed header cut in half
+    ("[1, 2]", "it is a JSON array, not an object"),
+    ('"paramseal/3"', "it is a JSON string, not an object"),
+    ("null", "it is a JSON null, not an object"),
+]
+
+
+@pytest.mark.parametrize(("text", "why"), _MALFORMED)
+def test_inspect_of_a_malformed_metadata_header_names_the_file_and_shows_the_copy_in_the_weights(
+    tmp_path: Path, sealed_with_copies: Path, key: paramseal.Key, text: str, why: str
+) -> None:
+    """It was exit 3, 'the ParamSeal header is not valid JSON: Expecting value: line 1 column 1 (char 0)', no file."""
+    real = files.read_header(sealed_with_copies, key)
+    bad = _with_metadata_header(
+        sealed_with_copies, tmp_path / "bad.safetensors", real[: len(real) // 2] if text == "half" else text
+    )
+    said = f"'{bad}': the ParamSeal header in the file's metadata is malformed ({why})"
+    rc, so, se = run(["inspect", bad])
+    assert rc == 0 and not se, se
+    assert f"WARNING: {said}" in so and "'paramseal verify'" in so and "line 1 column" not in so, so
+    assert "header_in=weights (tensor " in so and f"salt={json.loads(real)['salt']}" in so, so
+    rc, so, _ = run(["inspect", bad, "--json"])
+    d = json.loads(so)
+    assert rc == 0 and d["sealed"] is True and d["header_problem"].startswith(said)
+    assert d["seal"]["header_in"].startswith("weights (tensor ") and d["seal"]["salt"] == json.loads(real)["salt"]
+
+
+@pytest.mark.parametrize(("text", "why"), _MALFORMED)
+def test_inspect_of_a_malformed_metadata_header_with_no_copy_in_the_weights_warns_and_points_to_verify(
+    tmp_path: Path, sealed_file: Path, key: paramseal.Key, text: str, why: str
+) -> None:
+    assert not paramseal.seal(helpers.small_model(0), key).header.carriers  # no copy to fall back on
+    real = files.read_header(sealed_file, key)
+    bad = _with_metadata_header(
+        sealed_file, tmp_path / "bad.safetensors", real[: len(real) // 2] if text == "half" else text
+    )
+    said = f"'{bad}': the ParamSeal header in the file's metadata is malformed ({why})"
+    rc, so, se = run(["inspect", bad])
+    assert rc == 0 and not se, se
+    assert f"WARNING: {said}" in so and "--header-from" in so and "'paramseal verify'" in so, so
+    assert "no readable seal header" in so and "not sealed" not in so and "line 1 column" not in so, so
+    rc, so, _ = run(["inspect", bad, "--json"])
+    d = json.loads(so)
+    assert rc == 0 and d["sealed"] is False and d["seal_unreadable"].startswith(said) and d["levels"]
+
+
+def test_inspect_of_a_header_over_the_size_limit_says_how_long_it_is(
+    tmp_path: Path, sealed_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from paramseal import header
+
+    real = files.read_header(sealed_file, key)
+    monkeypatch.setattr(header, "_MAX_HEADER_CHARS", len(real) - 1)  # a header past the limit, without 64 MiB of it
+    rc, so, _ = run(["inspect", sealed_file, "--json"])
+    said = (
+        f"'{sealed_file}': the ParamSeal header in the file's metadata is malformed (it is {len(real)} characters long)"
+    )
+    assert rc == 0 and json.loads(so)["seal_unreadable"].startswith(said), so
+
+
+@pytest.mark.parametrize(
+    ("gone", "said"), [(["scheme"], "no 'scheme' field"), (["hmac", "lanes"], "no 'lanes', 'hmac' fields")]
+)
+def test_inspect_names_the_fields_a_metadata_header_lacks(
+    tmp_path: Path, sealed_file: Path, key: paramseal.Key, gone: list[str], said: str
+) -> None:
+    """A header without its scheme was shown as sealed with scheme=None, nothing said."""
+    body = json.loads(files.read_header(sealed_file, key))
+    for field in gone:
+        del body[field]
+    bad = _with_metadata_header(sealed_file, tmp_path / "bad.safetensors", json.dumps(body))
+    rc, so, _ = run(["inspect", bad])
+    assert rc == 0 and f"WARNING: '{bad}': the ParamSeal header in the file's metadata has {said}" in so, so
+    assert "'paramseal verify'" in so and ("scheme=(missing)" in so) == ("scheme" in gone), so
+    d = json.loads(run(["inspect", bad, "--json"])[1])
+    assert said in d["header_problem"] and d["sealed"] is True
+    assert "header_problem" not in json.loads(run(["inspect", sealed_file, "--json"])[1])  # an intact one has them all
+
+
+def test_inspect_of_a_model_whose_only_copy_in_the_weights_is_damaged_warns(
+    tmp_path: Path, sealed_with_copies: Path
+) -> None:
+    """Metadata stripped, the copy's text hit (not JSON): it was exit 3, 'not valid JSON: ... line 1 column 3'."""
+    from paramseal import _embed
+
+    t, _ = helpers.read_st(sealed_with_copies)
+    name = _embed.header_copies(t)[0][0]
+    w = t[name].reshape(-1).view(np.uint32)
+    w[8:400:7] ^= 1 << 1  # low bits of the copy's first bytes
+    assert all(not c.startswith('{"') for _, c in _embed.header_copies(t))  # no longer JSON
+    bad = helpers.write_st(tmp_path / "bad.safetensors", t)
+    rc, so, se = run(["inspect", bad])
+    assert rc == 0 and not se and f"WARNING: '{bad}': the model was sealed" in so and "not sealed" not in so, (so, se)
+    assert "no readable seal header" in so

@@ -392,7 +392,7 @@ def test_inspect_does_not_call_a_model_whose_copies_were_destroyed_unsealed(
     assert info["sealed"] is False and "seal" not in info
     assert "ParamSeal records remain in" in info["seal_unreadable"] and "--header-from" in info["seal_unreadable"]
     rc, out, _ = helpers.run_cli(["inspect", p])
-    assert rc == 0 and "not sealed" not in out and "WARNING: the model was sealed" in out, out
+    assert rc == 0 and "not sealed" not in out and f"WARNING: '{p}': the model was sealed" in out, out
     plain = helpers.write_st(tmp_path / "plain.safetensors", helpers.fp32_model(1 << 16, seed=8))
     assert "seal_unreadable" not in files.inspect_file(plain)
     assert "not sealed; what each level would give" in helpers.run_cli(["inspect", plain])[1]
@@ -883,7 +883,8 @@ def test_inspect_of_a_burst_over_a_lone_carriers_records_points_to_verify(
     assert "no copy of its header can be read" not in warning and "--header-from" not in warning, warning
     assert "'paramseal verify' finds them with the key" in warning
     rc, out, _ = helpers.run_cli(["inspect", tmp_path / "w.npy"])
-    assert rc == 0 and "WARNING: the model was sealed (copies of a seal header" in out and "not sealed" not in out
+    assert rc == 0 and "not sealed" not in out
+    assert f"WARNING: '{tmp_path / 'w.npy'}': the model was sealed (copies of a seal header" in out
     assert helpers.run_cli(["verify", tmp_path / "w.npy", "--key", key_file])[0] == 1
 
 

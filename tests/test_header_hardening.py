@@ -41,7 +41,7 @@ def _canon(h: dict[str, object]) -> str:
         (lambda h: _canon({**h, "hmac": "é"}), "verify", 2),
         (lambda h: _canon({**h, "hmac": 5}), "recover", 2),
         (lambda h: "[" * 50000 + "]" * 50000, "verify", 2),
-        (lambda h: "[" * 50000 + "]" * 50000, "inspect", 3),
+        (lambda h: "[" * 50000 + "]" * 50000, "inspect", 0),  # a warning: inspect reports what it can
         (lambda h: _canon({**h, "scheme": "evil"}), "verify", 2),
     ],
 )
@@ -56,8 +56,11 @@ def test_crafted_header_is_a_clean_error(
         cmd, ["recover", str(bad), str(d / "out.safetensors"), "--key", str(kf)]
     )
     assert main(argv) == code
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and err.startswith("error:")
+    out, err = capsys.readouterr()
+    if code:
+        assert "Traceback" not in err and err.startswith("error:")
+    else:
+        assert not err and f"WARNING: '{bad}': the ParamSeal header in the file's metadata is malformed (it is " in out
     assert not (d / "out.safetensors").exists()
 
 

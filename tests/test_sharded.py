@@ -333,6 +333,21 @@ def test_inspect_describes_a_sharded_checkpoint(
     assert rc == 0 and "in 3 shards (2 sealed)" in text and SHARDS[1] in text
 
 
+def test_inspect_of_a_checkpoint_with_a_shards_header_emptied_names_that_shard(sealed_ckpt: Path) -> None:
+    """It was exit 3 with 'the ParamSeal header is not valid JSON: Expecting value: line 1 column 1', no shard named."""
+    t, meta = helpers.read_st(sealed_ckpt / SHARDS[1])
+    helpers.write_st(sealed_ckpt / SHARDS[1], t, {**meta, "paramseal": ""})
+    said = f"'{sealed_ckpt / SHARDS[1]}': the ParamSeal header in the file's metadata is malformed (it is empty)"
+    rc, out, err = helpers.run_cli(["inspect", sealed_ckpt, "--json"])
+    info = json.loads(out)
+    assert (
+        rc == 0 and list(info["shard_warnings"]) == [SHARDS[1]] and info["shard_warnings"][SHARDS[1]].startswith(said)
+    )
+    assert info["sealed_shards"] == 2 and info["mismatched_shards"] == [SHARDS[1]]
+    rc, out, err = helpers.run_cli(["inspect", sealed_ckpt])
+    assert rc == 0 and f"WARNING: {said}" in out and "line 1 column" not in out + err, (out, err)
+
+
 def test_an_index_naming_no_shards_is_exit_3(tmp_path: Path, key_file: Path) -> None:
     folder = tmp_path / "empty"
     folder.mkdir()

@@ -13,17 +13,14 @@ from . import _embed, _strata
 from ._layout import TensorSpec, block_count
 from .errors import ParamSealError, UnsupportedError
 from .formats import Loaded
-from .header import METADATA_KEY, peek_header
+from .header import METADATA_KEY, MalformedHeaderError, missing_fields, peek_header
 from .levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
 from .seal import non_finite
 
 
 def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
     """What `paramseal.files.inspect_file` reports on the model ``loaded`` from ``p``."""
-    text = loaded.metadata.get(METADATA_KEY)
-    where = "metadata"
-    if text is None and (copies := _embed.header_copies(loaded.tensors)):
-        text, where = copies[0][1], f"weights (tensor '{copies[0][0]}')"
+    h, where, problem = _read_header(p, loaded)
     dtypes: dict[str, int] = {}
     odd = ""
     for name, a in loaded.tensors.items():
@@ -38,14 +35,26 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
         "tensors": len(loaded.tensors),
         "parameters": dtypes,
         "blocks": sum(block_count(int(a.size)) for a in loaded.tensors.values()),
-        "sealed": text is not None,
+        "sealed": h is not None,
     }
-    if text is not None:
-        h = peek_header(text)
+    if h is not None and problem:
+        info["header_problem"] = (
+            f"{problem}; the copy shown, from the {where}, is unauthenticated. Run 'paramseal verify' with the key: "
+            "it checks that copy and the model ('paramseal recover' writes the header back)"
+        )
+    elif h is not None and (missing := missing_fields(h)):
+        place = "file's metadata" if where == "metadata" else where
+        info["header_problem"] = (
+            f"'{p}': the ParamSeal header in the {place} has no "
+            f"{', '.join(map(repr, missing))} {'field' if len(missing) == 1 else 'fields'}: it was edited or "
+            "corrupted and does not authenticate. Run 'paramseal verify' with the key: it uses an intact copy of the "
+            "header in the weights, if there is one, else pass --header-from FILE, a kept copy of the sealed header"
+        )
+    if h is not None:
         irs = h.get("code") == _strata.CODE_NAME
         shape = ("strata", "outer_host") if irs else ("lanes",)
         info["seal"] = {
-            k: h.get(k) if isinstance(h.get(k), str | int | None) else "(malformed)"
+            k: "(missing)" if k not in h else h[k] if isinstance(h[k], str | int | None) else "(malformed)"
             for k in ("scheme", "level", "bits", "block", "mac", "code", *shape, "key_fingerprint", "salt")
         }
         info["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
@@ -64,23 +73,29 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
                 and (t["dtype"] not in FLOATS or 0 <= t["k"] < FLOATS[t["dtype"]].mantissa)
             ):  # the widest k of a dtype: its small tensors (too small to carry bits) have k = 0
                 ks[t["dtype"]] = max(ks.get(t["dtype"], 0), t["k"])
-        label = info["seal"]["level"] if info["seal"]["bits"] is None else f"bits={info['seal']['bits']}"
+        label = info["seal"]["level"] if h.get("bits") is None else f"bits={info['seal']['bits']}"
         host = h.get("outer_host")
         irs_host = host if irs and isinstance(host, int) and 0 <= host <= 8 else None
         info["levels"] = {str(label): caps(ks, irs_host, free_strata(table, irs_host))}
     else:
         info["levels"] = {}
         records, _ = _embed.sealed_traces(loaded.tensors)
-        if records:  # as seal refuses it
+        if problem:  # the metadata names a seal whatever the weights hold: seal refuses it
             info["seal_unreadable"] = (
-                f"the model was sealed (ParamSeal records remain in {records} of its tensors), but no copy of its "
-                "header can be read: they were tampered with, or the metadata that held the header is gone. Run "
+                f"{problem}, and inspect reads no copy of it in the weights. Run 'paramseal verify' with the key (it "
+                "also rebuilds damaged copies; if none is left, pass --header-from FILE, a kept copy of the sealed "
+                "header); do not seal it again unless you approve its weights"
+            )
+        elif records:  # as seal refuses it
+            info["seal_unreadable"] = (
+                f"'{p}': the model was sealed (ParamSeal records remain in {records} of its tensors), but no copy of "
+                "its header can be read: they were tampered with, or the metadata that held the header is gone. Run "
                 "'paramseal verify' (with --header-from FILE, a kept copy of the sealed header); do not seal it "
                 "again unless you approve its weights"
             )
         elif _embed.copies_located(loaded.tensors):  # a burst took the records only
             info["seal_unreadable"] = (
-                "the model was sealed (copies of a seal header lie where seal puts them), but the records that "
+                f"'{p}': the model was sealed (copies of a seal header lie where seal puts them), but the records that "
                 "say where are gone: they were tampered with. inspect has no key to authenticate those copies; "
                 "'paramseal verify' finds them with the key. Do not seal it again unless you approve its weights"
             )
@@ -110,6 +125,28 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
             else:
                 info["levels"][lv] = caps(ks, None)
     return info
+
+
+def _read_header(p: Path, loaded: Loaded) -> tuple[dict[str, Any] | None, str, str]:
+    """The (untrusted) header to show, where it lies, and what is wrong with the metadata's, if it is malformed.
+
+    A metadata entry that is no header (emptied, cut short, not JSON) gives way to a copy in the weights,
+    as in verify; a damaged copy gives way to the next.
+    """
+    problem = ""
+    if (text := loaded.metadata.get(METADATA_KEY)) is not None:
+        try:
+            return peek_header(text), "metadata", ""
+        except MalformedHeaderError as e:
+            problem = (
+                f"'{p}': the ParamSeal header in the file's metadata is malformed ({e.why}): it was edited or corrupted"
+            )
+    for name, copy in _embed.header_copies(loaded.tensors):
+        try:
+            return peek_header(copy), f"weights (tensor '{name}')", problem
+        except MalformedHeaderError:
+            continue
+    return None, "", problem
 
 
 def carrier_names(carriers: Any, table: Any) -> list[str] | str:

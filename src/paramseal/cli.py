@@ -802,8 +802,12 @@ def _inspect_text(info: dict[str, object]) -> str:
             lines.append(f"WARNING: shards sealed differently or not at all: {', '.join(map(str, odd))}")
         if info.get("index_problem"):
             lines.append(f"WARNING: {info['index_problem']}")
+        warned = info.get("shard_warnings")
+        lines += [f"WARNING: {w}" for w in (warned.values() if isinstance(warned, dict) else ())]
     if info.get("cannot_seal"):
         lines.append(f"cannot be sealed: {info['cannot_seal']}")
+    if info.get("header_problem"):
+        lines.append(f"WARNING: {info['header_problem']}")
     seal = info.get("seal")
     if isinstance(seal, dict):
         lines.append("sealed: " + ", ".join(_seal_fields(seal)))

@@ -320,6 +320,14 @@ def _room(value: object) -> int:
     return value
 
 
+class MalformedHeaderError(FormatError):
+    """A header that is no JSON object (`peek_header`); ``why`` says how in words, for a message naming where it lay."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the ParamSeal header is malformed ({why})")
+        self.why = why
+
+
 def peek_header(text: str) -> dict[str, Any]:
     """Read a header without a key (for ``inspect``); nothing in it is trusted."""
     try:
@@ -327,10 +335,23 @@ def peek_header(text: str) -> dict[str, Any]:
             raise ValueError(f"it is {len(text)} characters long")
         body = json.loads(text)
     except (ValueError, RecursionError) as e:
-        raise FormatError(f"the ParamSeal header is not valid JSON: {e}") from None
+        raise MalformedHeaderError(_malformed(text, e)) from None
     if not isinstance(body, dict):
-        raise FormatError("the ParamSeal header is not a JSON object")
+        kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(body), "number")
+        raise MalformedHeaderError(f"it is a JSON {kind}, not an object")
     return body
+
+
+def missing_fields(body: Mapping[str, Any]) -> list[str]:
+    """The fields `parse_header` needs that a (peeked, untrusted) header lacks, for a scheme this version reads."""
+    scheme = body.get("scheme")
+    need = ["scheme"]
+    if scheme in READS:
+        need += ["level", "bits", "block", "mac", "code", "shard_bytes", "lanes", "salt", "key_fingerprint"]
+        need += ["tensors", "external_tags", "hmac"]
+        need += ["user_metadata"] if scheme == "paramseal/1" else ["user_metadata_sha256", "carriers"]
+        need += ["strata", "outer_host"] if scheme == SCHEME_IRS else []
+    return [f for f in need if f not in body]
 
 
 __all__ = [
@@ -340,7 +361,9 @@ __all__ = [
     "SCHEME_IRS",
     "Header",
     "HeaderAuthError",
+    "MalformedHeaderError",
     "metadata_digest",
+    "missing_fields",
     "own_entries",
     "parse_header",
     "peek_header",

@@ -554,6 +554,9 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
         out["mismatched_shards"] = [
             n for n, i in shards.items() if not i["sealed"] or {k: i["seal"].get(k) for k in same} != ref
         ]
+    # a shard's damaged or unreadable seal header: each message names its file
+    if warned := {n: w for n, i in shards.items() if (w := i.get("header_problem") or i.get("seal_unreadable"))}:
+        out["shard_warnings"] = warned
     out["levels"] = _merge_levels([i["levels"] for i in shards.values()])
     out["per_shard"] = {
         n: {"tensors": i["tensors"], "parameters": i["parameters"], "sealed": i["sealed"]} for n, i in shards.items()
