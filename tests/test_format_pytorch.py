@@ -197,6 +197,26 @@ def test_a_sealed_state_dict_wrapped_with_other_entries_is_tampered(
     assert list(torch.load(tmp_path / "r.pt", weights_only=True)) == list(sd)  # the sealed weights alone
 
 
+def test_sealing_a_checkpoint_in_place_does_not_drop_its_other_entries(tmp_path: Path, key_file: Path) -> None:
+    """seal --in-place of a training checkpoint wrote the weights alone over it, its optimizer state and epoch gone.
+
+    A sealed file cannot keep them (verify calls them tampering): in place that is refused, nothing written;
+    into a new file the input keeps them, and seal says which entries the output lacks.
+    """
+    ckpt = tmp_path / "ckpt.pt"
+    sd = {"fc.weight": torch.randn(300, 200), "fc.bias": torch.randn(300)}
+    torch.save({"model": sd, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}, "epoch": 3}, ckpt)
+    h = helpers.sha256(ckpt)
+    rc, out, err = helpers.run_cli(["seal", ckpt, ckpt, "--key", key_file, "--in-place"])
+    assert rc == 3 and "'optimizer', 'epoch'" in err and "nothing was written" in err and not out, (out, err)
+    assert helpers.sha256(ckpt) == h and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "test.key"]
+    rc, out, err = helpers.run_cli(["seal", ckpt, tmp_path / "s.pt", "--key", key_file])
+    assert rc == 0 and out.startswith("OK: sealed"), (out, err)
+    assert err.startswith("warning: ") and "'optimizer', 'epoch'" in err and "s.pt" in err, err
+    assert list(torch.load(tmp_path / "s.pt", weights_only=True)) == list(sd)
+    assert helpers.sha256(ckpt) == h
+
+
 def test_partial_recover_in_place_keeps_a_checkpoint_s_other_entries(
     tmp_path: Path, key: paramseal.Key, key_file: Path
 ) -> None:

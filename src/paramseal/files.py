@@ -687,6 +687,8 @@ def seal_file(
     with _about(s, (UnsupportedError,)), _open_model(s) as loaded, _header_file(header_out, s, d) as keep:
         if fmt == "onnx":
             onnx_format.require_graph(d, loaded)
+        if loaded.others:
+            _others_left_out(s, d, loaded.others)
         # a header in the metadata, records in the weights (PyTorch files, stripped metadata, lost copies),
         # or header copies where a seal puts them (their records zeroed)
         if not reseal and (METADATA_KEY in loaded.metadata or _embed.carries_seal(loaded.tensors)):
@@ -710,6 +712,22 @@ def seal_file(
         done = with_non_finite(loaded.tensors, lambda plain: _seal_stream(loaded, d, key, cfg, meta, prog, plain, keep))
         prog.done()
         return done
+
+
+def _others_left_out(src: Path, dst: Path, others: tuple[str, ...]) -> None:
+    """A checkpoint's entries besides the weights (optimizer state, epoch) are not sealed and not written.
+
+    A sealed file is the model alone (verify calls other entries tampering): over the input they would be
+    lost, so in place is refused; a new output lacks them, which seal says.
+    """
+    shown = ", ".join(repr(n) for n in others[:8]) + (", ..." if len(others) > 8 else "")
+    what = f"'{src}' holds {len(others)} entries besides the model's weights ({shown}), which a sealed file lacks"
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise UsageError(
+            f"{what}: sealing it in place would lose them; nothing was written. Seal into a new file, which leaves "
+            "the checkpoint as it is"
+        )
+    warnings.warn(f"{what}: '{dst}' holds the sealed weights alone", ParamSealWarning, stacklevel=3)
 
 
 def _warn_pt_entry(out: Path, h: Header, header_kept: bool) -> None:
