@@ -284,13 +284,15 @@ def test_recover_with_the_header_from_a_pt_writes_a_whole_header_where_the_outpu
     ("obj", "expect"),
     [
         ({"encoder": {"w": torch.ones(2)}, "decoder": {"w": torch.ones(2)}}, "entry 'encoder' is a dict"),
-        ({"w": torch.ones(2), "step": 5}, "entry 'step' is a int"),
+        ({"w": torch.ones(2), "step": 5}, "entry 'step' is an int"),
         ({"state_dict": {"w": torch.ones(2)}, "model": {"w": torch.ones(2)}}, "entry 'state_dict' is a dict"),
         ([torch.ones(2)], "holds a list, not a state dict"),
+        ((torch.ones(2),), "holds a tuple, not a state dict"),
+        ({"w": torch.ones(2), "opt": OrderedDict(lr=0.1)}, "entry 'opt' is an OrderedDict"),
         ({}, "empty state dict"),
-        ({1: torch.ones(2)}, "key 1 is a int"),
+        ({1: torch.ones(2)}, "key 1 is an int"),
     ],
-    ids=["nested", "non_tensor", "two_wrappers", "list", "empty", "non_string_key"],
+    ids=["nested", "non_tensor", "two_wrappers", "list", "tuple", "ordered_dict", "empty", "non_string_key"],
 )
 def test_anything_but_a_state_dict_is_refused_with_a_hint(tmp_path: Path, obj: object, expect: str) -> None:
     p = tmp_path / "odd.pt"

@@ -323,7 +323,7 @@ def _state_dict(
     torch = import_torch(f"reading PyTorch file '{path}'")
     if not isinstance(obj, Mapping):
         raise FormatError(
-            f"'{path}' holds a {type(obj).__name__}, not a state dict; expected a mapping of tensor names to "
+            f"'{path}' holds {_a(obj)}, not a state dict; expected a mapping of tensor names to "
             "tensors, as saved by torch.save(model.state_dict(), path)"
         )
     state: Mapping[Any, Any] = obj
@@ -335,16 +335,22 @@ def _state_dict(
             state = state[wrapped[0]]
     for name, v in state.items():
         if not isinstance(name, str):
-            raise FormatError(f"'{path}': key {name!r} is a {type(name).__name__}; state-dict keys must be strings")
+            raise FormatError(f"'{path}': key {name!r} is {_a(name)}; state-dict keys must be strings")
         if not isinstance(v, torch.Tensor):
             raise FormatError(
-                f"'{path}': entry '{name}' is a {type(v).__name__}, not a tensor; ParamSeal reads a flat state dict "
+                f"'{path}': entry '{name}' is {_a(v)}, not a tensor; ParamSeal reads a flat state dict "
                 f"(or one wrapped under {', '.join(repr(k) for k in WRAPPER_KEYS)}). Save just the weights with "
                 "torch.save(model.state_dict(), path)"
             )
     if not state:
         raise FormatError(f"'{path}' holds an empty state dict: there are no tensors to read")
     return dict(state), others, _module_versions(state), _stored_metadata(state, path)
+
+
+def _a(obj: object) -> str:
+    """``obj``'s type with its article, as a message says it ('an int', 'a list')."""
+    name = type(obj).__name__
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def tensor_to_numpy(t: torch_t.Tensor, what: str, *, copy: bool = True, any_dtype: bool = False) -> NDArray[np.generic]:
