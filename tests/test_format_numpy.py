@@ -22,6 +22,7 @@ import paramseal
 from paramseal import FormatError, UsageError, files
 from paramseal.formats import Loaded, adapter_for
 from paramseal.formats.numpy import METADATA_ENTRY, NPY_TENSOR_NAME
+from paramseal.header import METADATA_KEY
 
 
 def save_npy(f: io.BufferedIOBase | io.BytesIO, a: np.ndarray) -> None:
@@ -346,6 +347,30 @@ def test_a_one_tensor_model_of_another_name_sealed_or_recovered_into_npy_verifie
         rc, _, err = helpers.run_cli(["verify", rec, "--key", key_file])
         assert rc == 0, err
     assert list(adapter_for(rec).read(rec).tensors) == ["w"]  # the .npz gets the sealed name back
+
+
+@pytest.mark.parametrize("ext", ["npz", "safetensors"])
+def test_a_npy_recovered_into_a_format_with_metadata_carries_the_header_there(
+    tmp_path: Path, key: paramseal.Key, key_file: Path, ext: str
+) -> None:
+    """A .npy keeps its header in its weights only: recovered into .npz, the output had none in its metadata.
+
+    verify of that output then said its metadata 'was stripped; recover writes it back', of a file recover had
+    just written, and a second recover wrote another file. Sealed without user metadata, the header is whole.
+    """
+    src, sealed, bad = tmp_path / "m.npy", tmp_path / "s.npy", tmp_path / "bad.npy"
+    np.save(src, helpers.random_tensor(np.random.default_rng(0), np.float32, (800, 200)))
+    files.seal_file(src, sealed, key)
+    a = np.load(sealed)
+    a[-3:] = 0.5  # clear of the header copies at the start
+    np.save(bad, a)
+    rec, again = tmp_path / f"r.{ext}", tmp_path / f"again.{ext}"
+    assert helpers.run_cli(["recover", bad, rec, "--key", key_file])[0] == 0
+    assert METADATA_KEY in adapter_for(rec).read(rec).metadata
+    rc, out, err = helpers.run_cli(["verify", rec, "--key", key_file])
+    assert rc == 0 and "note" not in out, (out, err)
+    assert helpers.run_cli(["recover", rec, again, "--key", key_file])[0] == 0
+    assert helpers.sha256(again) == helpers.sha256(rec)
 
 
 def test_several_tensors_into_npy_is_exit_3_with_a_hint(tmp_path: Path, key_file: Path) -> None:

@@ -180,6 +180,27 @@ def _resaved(path: Path, out: Path) -> Path:
     return out
 
 
+def test_a_pt_saved_again_by_torch_and_recovered_gets_its_header_entry_back(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """torch.save(model.state_dict()) drops the '.paramseal' entry; recover wrote its output without it too.
+
+    The output then kept its header in its weights only, as the re-saved file did (a recovered .npz or
+    .safetensors was said to have had its metadata 'stripped'), and was not the file seal wrote.
+    """
+    sd = _sealed_fc(tmp_path, key)
+    sd["fc.weight"][-2:] = 0.5  # clear of the header copy at the start
+    getattr(sd, "_metadata", {}).pop(META_ENTRY, None)
+    bad, fixed = tmp_path / "bad.pt", tmp_path / "fixed.pt"
+    torch.save(sd, bad)
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0 and "read from the weights" in out, (out, err)  # the input's header came from its weights
+    assert META_ENTRY in getattr(torch.load(fixed, weights_only=True), "_metadata", {})
+    rc, out, err = helpers.run_cli(["verify", fixed, "--key", key_file])
+    assert rc == 0 and "note" not in out, (out, err)
+    assert helpers.sha256(fixed) == helpers.sha256(tmp_path / "s.pt")  # the file seal wrote, byte for byte
+
+
 @pytest.mark.parametrize("wrapper", ["state_dict", "model", "module"])
 def test_a_sealed_state_dict_wrapped_with_other_entries_is_tampered(
     tmp_path: Path, key: paramseal.Key, key_file: Path, wrapper: str

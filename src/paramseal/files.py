@@ -874,8 +874,12 @@ def recover_file(
             if onto_input and not rec.report.ok:
                 _refuse_losing_partial(s, loaded, chk, rec.report)
             out_meta = dict(rec.metadata)
-            if not found.embedded:  # a header read from the weights stays there only, as in the input
+            if not found.embedded:
                 out_meta[METADATA_KEY] = found.text
+            elif (whole := _restored(found.text, out_meta, key)) != found.text:
+                # read from the weights (a .npy, a .pt saved again by torch), but the metadata its digest vouches
+                # for is known: the output keeps the whole header in its metadata, as the file seal wrote did
+                out_meta[METADATA_KEY] = whole
             if rec.report.ok:
                 _refuse_unverifiable_metadata(chk, out_meta, d, fmt)
             if patch_here and _patch_in_place(s, chk, rec, out_meta):
