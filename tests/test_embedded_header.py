@@ -604,6 +604,32 @@ def test_header_from_another_model_says_so_when_the_file_has_no_header_of_its_ow
     assert rc == 0 and "another model" not in out, out
 
 
+def test_header_from_an_older_seal_says_so_when_the_file_has_no_header_of_its_own(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """A .npy (no metadata) sealed again, verified against the header kept from its older seal: every block
+    failed, exit 2, and not a word that the weights carry another seal of the same model, intact under the
+    copy of its header in them, as a file with its header in its metadata is told."""
+    model = tmp_path / "m.npy"
+    np.save(model, np.random.default_rng(24).standard_normal((800, 200)).astype(np.float32))
+    old, new = tmp_path / "old.npy", tmp_path / "new.npy"
+    for out, kept in ((old, "old.json"), (new, "new.json")):
+        assert helpers.run_cli(["seal", model, out, "--key", key_file, "--header-out", tmp_path / kept])[0] == 0
+    salts = [parse_header((tmp_path / f).read_text(), key).salt.hex() for f in ("old.json", "new.json")]
+    rc, out, _ = helpers.run_cli(["verify", new, "--key", key_file, "--header-from", tmp_path / "old.json"])
+    assert rc == 2, out  # the check asked for stands
+    assert "another seal of the same model" in out and salts[0] in out and salts[1] in out, out
+    assert "intact under the copy of its header in them" in out
+    assert helpers.run_cli(["verify", new, "--key", key_file])[0] == 0
+    a = np.load(new)
+    a[-1, -5:] = 0.5  # the weights damaged as well: no claim that they are intact
+    np.save(tmp_path / "bad.npy", a)
+    rc, out, _ = helpers.run_cli(
+        ["verify", tmp_path / "bad.npy", "--key", key_file, "--header-from", tmp_path / "old.json"]
+    )
+    assert rc == 2 and "intact" not in out, out
+
+
 def test_an_edited_scheme_in_the_metadata_header_falls_back_too(
     tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key, key_file: Path
 ) -> None:

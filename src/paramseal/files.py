@@ -524,13 +524,16 @@ def _seals_another_model(loaded: Loaded, given: Header) -> bool:
 
 
 def _another_models(loaded: Loaded, given: str, key: Key) -> list[str]:
-    """A note for a header given that seals another model, to a file whose metadata holds no header of its own."""
+    """A note for a header given that seals another model, or another seal of this one (no own header to compare).
+
+    For a file whose metadata holds no header of its own; `_not_given` says the same of one whose metadata does.
+    """
     try:
         kept = parse_header(given, key)
     except (FormatError, KeyMismatchError):  # the check says so
         return []
     if not _seals_another_model(loaded, kept):
-        return []
+        return _another_seal_in_weights(loaded, kept, key)
     try:  # what to give instead: whether the file keeps a copy of its own header in its weights
         header_from_weights(loaded.tensors, key)
         own = "verify without --header-from checks the file against the copy of its own header in its weights"
@@ -539,6 +542,25 @@ def _another_models(loaded: Loaded, given: str, key: Key) -> list[str]:
     return [
         f"the header given (--header-from) seals another model: none of its {len(kept.tensors)} tensors is in "
         f"this file; {own}"
+    ]
+
+
+def _another_seal_in_weights(loaded: Loaded, kept: Header, key: Key) -> list[str]:
+    """A note when the weights carry another seal of the model than ``kept`` and are intact under it.
+
+    Only when the salts differ: a second check of the weights, as `_not_given` makes.
+    """
+    try:
+        text = header_from_weights(loaded.tensors, key)
+        own = parse_header(text, key)
+    except ParamSealError:  # no copy, or none usable: the check against the header given is all there is
+        return []
+    if not another_seal(kept, own) or verified_share(loaded.tensors, key, text) != 1:
+        return []
+    return [
+        f"the weights carry another seal of the same model (salt {own.salt.hex()}; the header given is of salt "
+        f"{kept.salt.hex()}) and are intact under the copy of its header in them (verify without --header-from "
+        "checks them against it)"
     ]
 
 
