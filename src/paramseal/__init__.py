@@ -17,7 +17,8 @@ A short tour::
     ('recovered', True)
 
 Files: :func:`paramseal.files.seal_file`, :func:`~paramseal.files.verify_file` and
-:func:`~paramseal.files.recover_file` do the same on safetensors files.
+:func:`~paramseal.files.recover_file` do the same on model files (safetensors, PyTorch ``.pt``,
+ONNX, NumPy ``.npy``/``.npz``); :mod:`paramseal.sharded` on sharded checkpoint folders.
 """
 
 from __future__ import annotations
