@@ -185,3 +185,38 @@ def test_a_sharded_folder_s_seal_id_is_its_set_s_and_pins_verify_and_recover(tmp
     rc, so, _ = run(["recover", bad, out, "--key", key_file, "--expect-seal", id2])
     assert rc == 0 and so.startswith("OK: recovered"), so
     assert helpers.sha256(out / shard.name) == helpers.sha256(v2 / shard.name)
+
+
+# --------------------------------------------------------------------------- the in-memory and torch APIs
+
+
+def test_verify_and_recover_in_memory_and_on_a_live_module_take_the_expected_seal(key: object) -> None:
+    import paramseal
+
+    torch = pytest.importorskip("torch")
+    from paramseal import torch as pst
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Linear(48, 8))
+    first = pst.seal_module(m, key)  # type: ignore[arg-type]
+    id1 = first.header.salt.hex()
+    old = {n: t.clone() for n, t in m.state_dict().items()}
+    with torch.no_grad():
+        m[0].weight.mul_(0.5)  # the approved change, sealed again
+    second = pst.seal_module(m, key, reseal=True)  # type: ignore[arg-type]
+    id2 = second.header.salt.hex()
+    assert pst.verify_module(m, key, second.header_json, expect_seal=id2).status == "intact"  # type: ignore[arg-type]
+    m.load_state_dict(old)  # the older version put back, with its own header
+    rep = pst.verify_module(m, key, first.header_json, expect_seal=id2)  # type: ignore[arg-type]
+    assert rep.status == "tampered" and not rep.recoverable and rep.seal_id == id1
+    rep = pst.recover_module(m, key, first.header_json, expect_seal=id2, allow_partial=True)  # type: ignore[arg-type]
+    assert rep.status == "unrecoverable" and not rep.written
+    assert all(torch.equal(t, old[n]) for n, t in m.state_dict().items())  # left as it was
+    # numpy arrays: paramseal.verify / recover
+    arrays = {n: t.numpy() for n, t in m.state_dict().items()}
+    assert paramseal.verify(arrays, key, first.header_json, expect_seal=id1).status == "intact"  # type: ignore[arg-type]
+    res = paramseal.recover(arrays, key, first.header_json, expect_seal=id2)  # type: ignore[arg-type]
+    assert res.report.status == "unrecoverable" and not res.report.written
+    assert all(np.array_equal(res.tensors[n], a) for n, a in arrays.items())
+    with pytest.raises(UsageError, match="32 hex digits"):
+        paramseal.verify(arrays, key, first.header_json, expect_seal=id1[:-1])  # type: ignore[arg-type]

@@ -55,7 +55,7 @@ from .formats.registry import adapters
 from .header import METADATA_KEY, SET_KEY, Header, HeaderAuthError, metadata_digest, parse_header, peek_header
 from .keys import Key, looks_like_key_file, require_key
 from .levels import BLOCK
-from .recover import Patch, Recovery, plan_recovery, recover_from_plan
+from .recover import Patch, Recovery, not_the_expected_seal, plan_recovery, recover_from_plan
 from .report import Report, pinned, seal_id_arg
 from .seal import SealConfig, check_metadata, probe_header, seal_flat, use_irs, with_non_finite, write_blocks
 from .verify import (
@@ -885,9 +885,10 @@ def recover_file(
             ws = Workspace(d.parent)
             with _about(s):
                 chk, found = _checked(loaded, s, key, header, progress=prog)
-                if expect_seal is not None and chk.header.salt.hex() != expect_seal:  # nothing to decode or write
+                other = not_the_expected_seal(chk, expect_seal)
+                if other is not None:  # nothing to decode or write
                     prog.done()
-                    return RecoveredFile(None, pinned(replace(report_of(chk), kind="recover"), expect_seal), {})
+                    return RecoveredFile(None, other, {})
                 rec = plan_recovery(chk, ws)
             prog.done()
             if not (rec.report.ok or allow_partial):

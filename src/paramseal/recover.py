@@ -25,7 +25,7 @@ from ._pages import SCATTERED_BLOCKS, Workspace, is_mapped, release
 from ._progress import Progress
 from .errors import UsageError
 from .keys import Key
-from .report import Ints, Report, Status, TensorFinding
+from .report import Ints, Report, Status, TensorFinding, pinned, seal_id_arg
 from .verify import Check, check, report_of
 
 
@@ -50,15 +50,31 @@ def recover(
     metadata: Mapping[str, str] | None = None,
     progress: Progress | None = None,
     metadata_kept: bool | None = None,
+    expect_seal: str | None = None,
 ) -> RecoverResult:
     """Recover a sealed model. Check ``result.report.status``: only "intact" and "recovered" are whole.
 
     ``metadata_kept``: whether the model's format stores user metadata (see `verify.check`).
     Damage that cannot be undone is reported (status "unrecoverable"), not raised; the errors
-    raised are `paramseal.verify`'s. The input is not modified.
+    raised are `paramseal.verify`'s. The input is not modified. ``expect_seal``: as in
+    `paramseal.verify`; a model of another seal is not rebuilt (its tensors come back as given).
     """
+    expect_seal = None if expect_seal is None else seal_id_arg(expect_seal)
     chk = check(tensors, key, header_json, metadata=metadata, progress=progress, metadata_kept=metadata_kept)
+    other = not_the_expected_seal(chk, expect_seal)
+    if other is not None:
+        return recover_from_plan(chk, Recovery(other, {}, {}))
     return recover_from(chk)
+
+
+def not_the_expected_seal(chk: Check, expect_seal: str | None) -> Report | None:
+    """The recover report of a model that carries another seal than ``expect_seal`` (a checked id), else None.
+
+    Nothing is decoded: the expected model's weights are not in it (`paramseal.report.pinned`).
+    """
+    if expect_seal is None or chk.header.salt.hex() == expect_seal:
+        return None
+    return pinned(replace(report_of(chk), kind="recover", written=False), expect_seal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,4 +327,13 @@ def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, 
     return out
 
 
-__all__ = ["Patch", "RecoverResult", "Recovery", "plan_recovery", "recover", "recover_from", "recover_from_plan"]
+__all__ = [
+    "Patch",
+    "RecoverResult",
+    "Recovery",
+    "not_the_expected_seal",
+    "plan_recovery",
+    "recover",
+    "recover_from",
+    "recover_from_plan",
+]

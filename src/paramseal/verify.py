@@ -27,7 +27,7 @@ from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealErro
 from .header import Header, HeaderAuthError, metadata_digest, own_entries, parse_header
 from .keys import Key, require_key
 from .levels import FLOATS, ST_TO_NP, dtype_name
-from .report import Ints, Moved, Report, TensorFinding
+from .report import Ints, Moved, Report, TensorFinding, pinned, seal_id_arg
 
 
 @dataclass(slots=True)
@@ -637,6 +637,7 @@ def verify(
     *,
     metadata: Mapping[str, str] | None = None,
     metadata_kept: bool | None = None,
+    expect_seal: str | None = None,
 ) -> Report:
     """Check a sealed model; ``metadata`` (the file's other metadata) is compared when given.
 
@@ -644,8 +645,13 @@ def verify(
     Tampering is reported, not raised (``report.raise_for_status()`` raises it). Raises
     KeyMismatchError for another key than the seal's, FormatError (``header.HeaderAuthError``) for a
     header that is malformed or does not authenticate, UsageError for arguments of the wrong type.
+    ``expect_seal``: the seal id the model must carry (`Report.seal_id` of the approved model);
+    another seal of it, such as an older version put back, is then tampering that cannot be
+    recovered (`paramseal.report.pinned`).
     """
-    return report_of(check(tensors, key, header_json, metadata=metadata, metadata_kept=metadata_kept))
+    expect_seal = None if expect_seal is None else seal_id_arg(expect_seal)  # a typo fails before any work
+    rep = report_of(check(tensors, key, header_json, metadata=metadata, metadata_kept=metadata_kept))
+    return pinned(rep, expect_seal)
 
 
 __all__ = [
