@@ -982,6 +982,11 @@ def test_demo_exits_0_and_tells_the_story(tmp_path: Path) -> None:
         assert f"{stage}" in out and "accuracy" in out
     assert "bit-exact vs sealed: True" in out
     assert (tmp_path / "demo" / "sealed.safetensors").exists()
+    # the rollback stage: the older sealed file verifies under its own seal, not against the update's id
+    new_id = out.split("an update sealed as seal id ")[1].split(";")[0]
+    assert f"with --expect-seal {new_id}: tampered, recoverable=False" in out and "verify: intact under its own" in out
+    kept = tmp_path / "demo"
+    assert files.verify_file(kept / "update.safetensors", paramseal.load_key(kept / "demo.key"), expect_seal=new_id).ok
 
 
 def test_demo_with_a_negative_seed_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
@@ -990,7 +995,7 @@ def test_demo_with_a_negative_seed_is_a_usage_error_not_a_traceback(tmp_path: Pa
     assert not (tmp_path / "demo").exists()
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", "demo.key"])
+@pytest.mark.parametrize("name", ["model.safetensors", "demo.key", "update.safetensors"])
 def test_demo_keep_refuses_a_folder_holding_files_it_would_replace(tmp_path: Path, name: str) -> None:
     """`demo --keep .` in a project folder replaced the user's own model.safetensors (and demo.key)."""
     mine = tmp_path / name

@@ -22,7 +22,14 @@ from .formats import Loaded
 from .keys import Key, write_key
 
 #: What the demo writes into its folder (``--keep DIR``): the model at each stage, and its key.
-_FILES = ("model.safetensors", "sealed.safetensors", "attacked.safetensors", "recovered.safetensors", "demo.key")
+_FILES = (
+    "model.safetensors",
+    "sealed.safetensors",
+    "attacked.safetensors",
+    "recovered.safetensors",
+    "demo.key",
+    "update.safetensors",
+)
 
 
 def _acc(path: Path, X: np.ndarray, y: np.ndarray) -> float:
@@ -110,9 +117,21 @@ def run_demo(seed: int = 0, keep: str | None = None) -> int:
         print(f"  recovered  accuracy {100 * a3:.1f}%")
         v = files.verify_file(fixed, key)
         print(f"verify recovered file: {v.status}")
+
+        # a rollback: an approved update is sealed (a new seal id); the older sealed file is put back
+        update = d / _FILES[5]
+        files.write_model(update, Loaded({**s, "fc3.bias": s["fc3.bias"] * np.float32(0.9)}, {"model": "digits-mlp"}))
+        new_id = files.seal_file(update, update, key, in_place=True, reseal=True).header.salt.hex()
+        own = files.verify_file(sealed_p, key)
+        pin = files.verify_file(sealed_p, key, expect_seal=new_id)
+        print(f"rollback: an update sealed as seal id {new_id}; the older sealed file put back in its place")
+        print(
+            f"  verify: {own.status} under its own seal {own.seal_id}; with --expect-seal {new_id}: {pin.status}, "
+            f"recoverable={pin.recoverable}"
+        )
         print(f"demo finished in {time.monotonic() - t0:.1f}s; files in {d if keep else '(temporary folder, removed)'}")
         good = rep.status == "tampered" and rr.status == "recovered" and exact and located and scattered
-        good &= v.status == "intact"
+        good &= v.status == "intact" and own.status == "intact" and pin.status == "tampered" and not pin.recoverable
         return 0 if good else 1
     finally:
         if ctx is not None:
