@@ -134,8 +134,8 @@ def test_the_library_pins_too(tmp_path: Path, sealed_file: Path, key: object) ->
 # --------------------------------------------------------------------------- sharded folders: the set's id
 
 
-def _checkpoint(folder: Path, scale: float = 1.0) -> Path:
-    """Two shards and their index (the Hugging Face layout)."""
+def _checkpoint(folder: Path, scale: float = 1.0, shape: tuple[int, int] = (64, 80)) -> Path:
+    """Two shards and their index (the Hugging Face layout); ``shape`` large enough carries header copies."""
     from paramseal import sharded
 
     rng = np.random.default_rng(11)
@@ -143,7 +143,7 @@ def _checkpoint(folder: Path, scale: float = 1.0) -> Path:
     weight_map = {}
     for i in range(2):
         shard = f"model-0000{i + 1}-of-00002.safetensors"
-        t = {f"layers.{i}.weight": (rng.standard_normal((64, 80)) * scale).astype(np.float32)}
+        t = {f"layers.{i}.weight": (rng.standard_normal(shape) * scale).astype(np.float32)}
         helpers.write_st(folder / shard, t, {"format": "pt"})
         weight_map.update({n: shard for n in t})
     (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
@@ -220,3 +220,29 @@ def test_verify_and_recover_in_memory_and_on_a_live_module_take_the_expected_sea
     assert all(np.array_equal(res.tensors[n], a) for n, a in arrays.items())
     with pytest.raises(UsageError, match="32 hex digits"):
         paramseal.verify(arrays, key, first.header_json, expect_seal=id1[:-1])  # type: ignore[arg-type]
+
+
+def _versions(tmp_path: Path, key_file: Path) -> tuple[Path, str, Path, str]:
+    """An older and an approved sealed checkpoint, shards large enough to carry header copies in their weights."""
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    id1 = _seal(_checkpoint(tmp_path / "c1", shape=(256, 320)), v1, key_file)
+    id2 = _seal(_checkpoint(tmp_path / "c2", scale=0.5, shape=(256, 320)), v2, key_file)
+    return v1, id1, v2, id2
+
+
+SHARD = "model-00001-of-00002.safetensors"
+
+
+def test_an_approved_shard_s_header_on_an_older_shard_s_weights_is_another_seal(tmp_path: Path, key_file: Path) -> None:
+    v1, _, v2, id2 = _versions(tmp_path, key_file)
+    assert "header_copies_in_weights=tensor" in run(["inspect", v1 / SHARD])[1]  # else there is no rival to find
+    mixed = tmp_path / "mixed"
+    shutil.copytree(v2, mixed)
+    t, meta = helpers.read_st(v1 / SHARD)
+    # the older shard whole (its set record too), but the approved shard's authenticated header in the metadata
+    helpers.write_st(mixed / SHARD, t, {**meta, "paramseal": helpers.read_st(v2 / SHARD)[1]["paramseal"]})
+    rc, so, _ = run(["verify", mixed, "--key", key_file, "--expect-seal", id2, "--json"])
+    doc = json.loads(so)
+    # its weights are checked under their own seal: the pasted header's record vouched for them (exit 1, the id pinned)
+    assert rc == 2 and doc["recoverable"] is False and doc["seal_id"] != id2, doc
+    assert any("2 different sealed sets" in m for m in doc["metadata_issues"])

@@ -16,31 +16,54 @@ from pathlib import Path
 from typing import Any
 
 from . import files
+from ._embed import header_copies
 from ._shard_index import INDEX, INDEX_SUFFIX, Index, index_files, read_index, salvage, set_files
 from .errors import FormatError, ParamSealError, UsageError
 from .formats import safetensors as st_format
-from .header import METADATA_KEY, SET_KEY, metadata_digest, parse_header
+from .header import METADATA_KEY, SET_KEY, Header, metadata_digest, parse_header
 from .keys import Key
 from .report import Report, Status, TensorFinding
 
 UNTRUSTED = "\0untrusted"  # a set record that nothing authenticates (see `_record`)
 
 
-def _record(path: Path, key: Key) -> str | None:
+def _record(path: Path, key: Key, salt: str | None = None) -> str | None:
     """A shard's set record as sealed, or ``UNTRUSTED`` when nothing vouches for it.
 
     From its authenticated header's user metadata, else the file's metadata when that matches
-    the sealed digest (a header from the weights keeps only the digest).
+    the sealed digest (a header from the weights keeps only the digest). ``salt``: the seal the
+    shard's weights were verified under (its report's ``seal_id``); only that seal's header vouches.
     """
     meta = dict(st_format.read_layout(path).metadata)
     text = meta.pop(METADATA_KEY, None)
     try:
-        h = parse_header(text if text is not None else files.read_header(path, key), key)
+        found = parse_header(text if text is not None else files.read_header(path, key), key)
+        # an approved shard's header put onto an older shard's weights: verify used the weights' own seal, and
+        # the pasted header's record (the approved set id) would vouch for weights it does not seal
+        h = found if salt is None or found.salt.hex() == salt else _copy_of(path, key, salt)
     except ParamSealError:
+        return UNTRUSTED
+    if h is None:
         return UNTRUSTED
     if h.user_metadata is not None:
         return h.user_metadata.get(SET_KEY)
     return meta.get(SET_KEY) if metadata_digest(meta) == h.digest else UNTRUSTED
+
+
+def _copy_of(path: Path, key: Key, salt: str) -> Header | None:
+    """The authentic header copy of seal ``salt`` in a shard's weights, if any."""
+    m, tensors, _ = st_format.map_tensors(path)
+    try:
+        for _, text in header_copies(tensors):
+            try:
+                h = parse_header(text, key)
+            except ParamSealError:
+                continue
+            if h.salt.hex() == salt:
+                return h
+        return None
+    finally:
+        m.close()
 
 
 def open_index(folder: Path, key: Key) -> Index:

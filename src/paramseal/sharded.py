@@ -308,7 +308,7 @@ def _verify_one(path: Path, key: Key, pattern: str | None) -> tuple[Report | Non
         raise
     except ParamSealError as e:
         return None, None, f"shard '{path.name}' cannot be verified: {e}"
-    return rep, _record(path, key), None
+    return rep, _record(path, key, rep.seal_id), None
 
 
 def _recover_one(src: Path, dst: Path, key: Key, allow_partial: bool) -> Report | str:
