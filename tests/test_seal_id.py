@@ -246,3 +246,29 @@ def test_an_approved_shard_s_header_on_an_older_shard_s_weights_is_another_seal(
     # its weights are checked under their own seal: the pasted header's record vouched for them (exit 1, the id pinned)
     assert rc == 2 and doc["recoverable"] is False and doc["seal_id"] != id2, doc
     assert any("2 different sealed sets" in m for m in doc["metadata_issues"])
+
+
+@pytest.mark.parametrize("how", ["header pasted", "record stripped and pasted"])
+def test_recover_allow_partial_writes_no_folder_holding_an_older_shard(
+    tmp_path: Path, key_file: Path, how: str
+) -> None:
+    v1, _, v2, id2 = _versions(tmp_path, key_file)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(v2, mixed)
+    t, meta = helpers.read_st(v1 / SHARD)
+    approved = helpers.read_st(v2 / SHARD)[1]
+    if how == "header pasted":  # its weights' own seal is another set's: found once recovered
+        meta["paramseal"] = approved["paramseal"]
+    else:  # read from the weights, its record untrusted: it took the approved shards' id
+        del meta["paramseal"]
+        meta["paramseal_set"] = approved["paramseal_set"]
+    helpers.write_st(mixed / SHARD, t, meta)
+    out = tmp_path / "out"
+    rc, so, _ = run(["recover", mixed, out, "--key", key_file, "--expect-seal", id2, "--allow-partial", "--json"])
+    doc = json.loads(so)
+    assert rc == 2 and doc["written"] is False and not out.exists(), doc
+    assert any("carries no one seal" in m for m in doc["metadata_issues"])
+    # without the pin, --allow-partial writes what it could, as ever: the older shard's weights among them
+    rc, _, _ = run(["recover", mixed, out, "--key", key_file, "--allow-partial"])
+    assert rc == 2 and helpers.read_st(out / SHARD)[0].keys() == t.keys()
+    assert all(helpers.same_bytes(helpers.read_st(out / SHARD)[0][n], t[n]) for n in t)

@@ -148,9 +148,14 @@ def _parsed(text: str | None) -> dict[str, Any] | None:
 
 
 def _set_id(records: dict[str, str | None]) -> str:
-    """The set id the authenticated set records give ("" when none gives one, or they differ): the set's seal id."""
-    ids = {r["set"] for r in map(_parsed, records.values()) if r is not None}
-    return ids.pop() if len(ids) == 1 else ""
+    """The set id the authenticated set records give: the set's seal id.
+
+    "" when they differ, or a shard gives none (no record, one nothing vouches for, a malformed one):
+    an older shard whose record was stripped or edited must not take the others' id.
+    """
+    parsed = [_parsed(t) for t in records.values()]
+    ids = {r["set"] for r in parsed if r is not None}
+    return ids.pop() if len(ids) == 1 and all(r is not None for r in parsed) else ""
 
 
 def _vouched(records: dict[str, str | None]) -> set[str]:

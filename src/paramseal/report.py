@@ -435,9 +435,14 @@ def pinned(rep: Report, expected: str | None) -> Report:
     if rep.seal_id == expected:
         return rep
     # the expected id is not quoted: the caller has it, and one who passed a key's half by mistake must not see it
+    carries = (
+        f"carries seal {rep.seal_id}"
+        if rep.seal_id
+        else "carries no one seal (shards of several, or one whose set record nothing vouches for)"
+    )
     issue = (
-        f"the model carries seal {rep.seal_id}, not the one expected: another seal of it under this key (an older "
-        "version put back, or the model sealed again), which recover cannot turn into the expected one"
+        f"the model {carries}, not the one expected: another seal of it under this key (an older version put "
+        "back, or the model sealed again), which recover cannot turn into the expected one"
     )
     return replace(
         rep,

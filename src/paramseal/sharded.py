@@ -459,6 +459,10 @@ def recover_dir(
                 moved=where,
                 set_id=_set_id(records),
             )
+            # what was written is judged too: a shard of another seal that the source's records hid (one whose
+            # record nothing vouches for, another seal's header pasted on) is written as its weights' own seal
+            if expect_seal is not None and merged.seal_id != expect_seal:
+                raise _Discard(pinned(merged, expect_seal))  # allow_partial included: not the model asked for
             if not (merged.ok or allow_partial):
                 raise _Discard(merged)
             shard_files = set(everything) | {where.get(s, s) for s in everything}
