@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -1133,6 +1134,59 @@ def test_a_damaged_copy_beside_one_found_without_its_record_naming_another_key_i
         assert ei.value.exit_code == 2 and "--header-from" in str(ei.value)
         assert f"A copy names key fingerprint {h.key_fingerprint}, not the given key's" in str(ei.value)
         assert header_from_weights(t, key) == text  # with the right key, b's copy is the header
+
+
+def test_bits_of_tensors_holding_a_record_only_do_not_vote_in_the_rebuilt_header(
+    big: dict[str, np.ndarray], key: paramseal.Key, other_key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two carriers of one copy each, and two tensors holding a record only, whose slot 0 (their own low bits) was
+    read as a copy and voted: where those two agree by chance (a byte in 256) they tied with the two copies, and the
+    tie's mix that took their byte named a key fingerprint no copy names. With this salt that byte is a hex digit
+    of the fingerprint: the wrong key was told of two fingerprints, one of them made up."""
+    real = os.urandom
+    monkeypatch.setattr(
+        os, "urandom", lambda n: bytes.fromhex("21771a7b945a2633341e552852419936") if n == 16 else real(n)
+    )
+    sealed = paramseal.seal(big, key)
+    h, a, b, text = _carriers(sealed)
+    assert h.copies == 1  # so that two copies and the two tensors' slots vote alike
+    s = text.index('"scheme":"') + len('"scheme":"')
+    gone = _wipe_record(helpers.flip_bit(sealed.tensors, a, _text_value(s), 0), b)
+    assert _named_keys(gone, other_key) == {h.key_fingerprint}
+    with pytest.raises(HeaderAuthError) as ei:
+        header_from_weights(gone, other_key)
+    assert f"A copy names key fingerprint {h.key_fingerprint}, not the given key's" in str(ei.value)
+    # each copy is still yielded as read, the tensors' slots too: only their votes are gone
+    assert text in _embed.located_copies(gone)
+
+
+def test_a_slot_matching_no_other_does_not_vote_but_a_copy_hit_over_most_of_it_does() -> None:
+    """Two slots of other bits agreeing at a byte must not tie with two copies there; a copy whose first
+    three quarters were zeroed still matches the others at its tail, and its bytes there outvote a hit."""
+    text = np.frombuffer(_entries(3), np.uint8)
+    rng = np.random.default_rng(1)
+    junk = [rng.integers(0, 256, text.size, dtype=np.uint8) for _ in range(2)]
+    p = text.size // 2
+    junk[1][p] = junk[0][p] = text[p] ^ 1  # the two agree where the copies hold the text
+    hit = text.copy()
+    hit[text.size // 3] ^= 0x40  # one copy hit elsewhere: the copies differ
+    slots = _embed._matching([_embed._Slot(0, 8, c) for c in (text, *junk, hit)], text.size)
+    assert [s.votes for s in slots] == [True, False, False, True]
+    bad = text.copy()
+    bad[p] = junk[0][p]
+    assert bad.tobytes() not in set(_embed._candidates(slots, text.size))
+    # three copies of a lone carrier: copy 0 zeroed over three quarters (a burst), copies 1 and 2 hit at
+    # more bytes each than a mix of two takes, copy 0 intact there: the three-way plurality has the text
+    burst = text.copy()
+    burst[: 3 * text.size // 4] = 0
+    c1, c2 = text.copy(), text.copy()
+    tail = np.arange(3 * text.size // 4, text.size)
+    c1[tail[: _embed.MERGE_BYTES + 1]] ^= 0x40
+    c2[tail[_embed.MERGE_BYTES + 1 : 2 * _embed.MERGE_BYTES + 2]] ^= 0x40
+    c2[tail[0]] ^= 0x20  # both hit at this byte, differently: the burst copy's byte decides it
+    slots = _embed._matching([_embed._Slot(i, 8, c) for i, c in enumerate((burst, c1, c2))], text.size)
+    assert all(s.votes for s in slots)
+    assert text.tobytes() in set(_embed._candidates(slots, text.size))
 
 
 def test_copies_found_without_a_record_naming_a_malformed_fingerprint_are_damage(

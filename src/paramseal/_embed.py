@@ -77,6 +77,7 @@ COMPARE_COST = 6  # comparisons a pair of slots costs a byte: the byte plurality
 AGREE_SHARE = 1 / 8  # `_agreeing` looks at most at this share of the nibbles,
 AGREE_WINDOWS = 5 / 8  # and at most this many nibbles of their values' windows a nibble (an eighth at k = 12: 5 each)
 TIE_MIXES = 1024  # texts `_plurality` makes of the values tied for the most copies at some bytes
+VOTE_SHARE = 1 / 8  # a slot votes in the pluralities when it matches another slot at this share of its bytes
 
 
 def block_bytes(k: int) -> int:
@@ -551,20 +552,32 @@ class _Slot(NamedTuple):
     copy: int
     k: int
     data: NDArray[np.uint8]
+    votes: bool = True  # it matches another slot (`_matching`): it may vote in the pluralities
 
 
 def _matching(found: list[_Slot], hlen: int) -> list[_Slot]:
-    """The slots ``found`` that may be copies."""
+    """The slots ``found`` that may be copies, each marked whether it may vote (``votes``)."""
     # Past a carrier's copies lie other bits: a later slot counts only when it matches another slot
     # at half its bytes or more (copies hit at a quarter of their bytes match at over half; other
     # bits at 1/256), and the first is always tried: its record may be all that was hit.
-    return [s for s in found if s.copy == 0 or any(
-        t is not s and 2 * np.count_nonzero(s.data == t.data) >= hlen for t in found)]  # fmt: skip
+    same = np.zeros((len(found), len(found)), np.int64)  # bytes each pair of slots shares (0 with itself)
+    for i, j in itertools.combinations(range(len(found)), 2):
+        same[i, j] = same[j, i] = np.count_nonzero(found[i].data == found[j].data)
+    # But a first slot that matches no other slot at VOTE_SHARE of its bytes is no copy of theirs (slot 0 of
+    # a tensor holding a record only: its own low bits): it must not vote, or where two such slots agree by
+    # chance (a byte in 256) they tie with two copies, and the tie's mixes put their byte in the header
+    # (a key fingerprint no copy names). VOTE_SHARE, not half: a copy a burst hit over most of it still votes.
+    return [
+        s._replace(votes=bool(n >= VOTE_SHARE * hlen))
+        for s, n in zip(found, same.max(axis=1, initial=0), strict=True)
+        if s.copy == 0 or 2 * n >= hlen
+    ]
 
 
 def _candidates(raw: list[_Slot], hlen: int) -> Iterator[bytes]:
     """Each of the copies ``raw``; of three or more, pluralities (agreeing values, bytes, nibbles); mixes of two."""
     yield from (s.data.tobytes() for s in raw)  # a later copy of a carrier may be intact
+    raw = [s for s in raw if s.votes]  # the mixes of two need no such bound: other bits differ at most bytes
     if len(raw) >= 3:
         votes = np.stack([s.data for s in raw])
         nibbles = np.stack([votes & 15, votes >> 4], axis=2).reshape(len(raw), -1)
