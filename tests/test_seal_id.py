@@ -246,6 +246,10 @@ def test_an_approved_shard_s_header_on_an_older_shard_s_weights_is_another_seal(
     # its weights are checked under their own seal: the pasted header's record vouched for them (exit 1, the id pinned)
     assert rc == 2 and doc["recoverable"] is False and doc["seal_id"] != id2, doc
     assert any("2 different sealed sets" in m for m in doc["metadata_issues"])
+    from paramseal import load_key, sharded
+
+    # what the records name, the weights unread (README): verify's seal_id above is the one checked
+    assert sharded.seal_id(mixed, load_key(key_file)) == id2
 
 
 @pytest.mark.parametrize("how", ["header pasted", "record stripped and pasted"])

@@ -379,13 +379,20 @@ def verify_dir(
 
 
 def seal_id(folder: Path, key: Key) -> str:
-    """The seal id of a sealed sharded folder: its set id, from the shards' authenticated set records.
+    """The seal id a sealed sharded folder's authenticated set records name (its set id); the weights are not read.
 
-    "" when no shard gives one or they differ (verify says what is wrong with the set).
+    "" when no shard gives one or they differ (verify says what is wrong with the set). An older
+    shard's weights under the approved shard's header still name the approved id here: to check a
+    folder, use `verify_dir`'s ``report.seal_id`` or ``expect_seal=``.
     """
     idx = open_index(folder, key)
     everything, peeked, where = _locate(folder, idx, key)
-    return _set_id({s: _record(folder / where.get(s, s), key) for s in everything if s in peeked})
+    return _named_id(folder, key, [s for s in everything if s in peeked], where)
+
+
+def _named_id(folder: Path, key: Key, shards: list[str], where: dict[str, str]) -> str:
+    """The set id the ``shards``' records name, each read from the header in its metadata (see `seal_id`)."""
+    return _set_id({s: _record(folder / where.get(s, s), key) for s in shards})
 
 
 def float_widths(folder: Path, shards: list[str]) -> set[tuple[str, int]]:
@@ -427,7 +434,7 @@ def recover_dir(
     everything, peeked, where = _locate(src, idx, key)
     shards = [s for s in everything if s in peeked]
     # another seal, or shards of several (no one id): verified, for a report that says which; nothing is written
-    if expect_seal is not None and _set_id({s: _record(src / where.get(s, s), key) for s in shards}) != expect_seal:
+    if expect_seal is not None and _named_id(src, key, shards, where) != expect_seal:
         found = verify_dir(src, key, workers=workers)
         return pinned(replace(found, kind="recover", written=False), expect_seal)
     try:
