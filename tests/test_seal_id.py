@@ -276,3 +276,21 @@ def test_recover_allow_partial_writes_no_folder_holding_an_older_shard(
     rc, _, _ = run(["recover", mixed, out, "--key", key_file, "--allow-partial"])
     assert rc == 2 and helpers.read_st(out / SHARD)[0].keys() == t.keys()
     assert all(helpers.same_bytes(helpers.read_st(out / SHARD)[0][n], t[n]) for n in t)
+
+
+def test_recover_pinned_restores_an_approved_shard_under_an_older_shard_s_header(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """It was exit 1, nothing written: the records named another id, the weights verify under the pinned one."""
+    v1, _, v2, id2 = _versions(tmp_path, key_file)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(v2, mixed)
+    t, meta = helpers.read_st(v2 / SHARD)
+    helpers.write_st(mixed / SHARD, t, {**meta, "paramseal": helpers.read_st(v1 / SHARD)[1]["paramseal"]})
+    rc, so, _ = run(["verify", mixed, "--key", key_file, "--expect-seal", id2, "--json"])
+    assert rc == 1 and json.loads(so)["seal_id"] == id2  # the approved weights, recoverable
+    out = tmp_path / "out"
+    rc, so, _ = run(["recover", mixed, out, "--key", key_file, "--expect-seal", id2, "--json"])
+    doc = json.loads(so)
+    assert rc == 0 and doc["written"] is True and doc["seal_id"] == id2, doc
+    assert run(["verify", out, "--key", key_file, "--expect-seal", id2])[0] == 0
