@@ -1873,16 +1873,20 @@ _MALFORMED = [
 ]
 
 
+def _malformed(sealed: Path, tmp_path: Path, key: paramseal.Key, text: str, why: str) -> tuple[Path, str, str]:
+    """A copy of ``sealed`` with ``text`` as its metadata header ("half": the real one cut), its warning, the header."""
+    real = files.read_header(sealed, key)
+    given = real[: len(real) // 2] if text == "half" else text
+    bad = _with_metadata_header(sealed, tmp_path / "bad.safetensors", given)
+    return bad, f"'{bad}': the ParamSeal header in the file's metadata is malformed ({why})", real
+
+
 @pytest.mark.parametrize(("text", "why"), _MALFORMED)
 def test_inspect_of_a_malformed_metadata_header_names_the_file_and_shows_the_copy_in_the_weights(
     tmp_path: Path, sealed_with_copies: Path, key: paramseal.Key, text: str, why: str
 ) -> None:
     """It was exit 3, 'the ParamSeal header is not valid JSON: Expecting value: line 1 column 1 (char 0)', no file."""
-    real = files.read_header(sealed_with_copies, key)
-    bad = _with_metadata_header(
-        sealed_with_copies, tmp_path / "bad.safetensors", real[: len(real) // 2] if text == "half" else text
-    )
-    said = f"'{bad}': the ParamSeal header in the file's metadata is malformed ({why})"
+    bad, said, real = _malformed(sealed_with_copies, tmp_path, key, text, why)
     rc, so, se = run(["inspect", bad])
     assert rc == 0 and not se, se
     assert f"WARNING: {said}" in so and "'paramseal verify'" in so and "line 1 column" not in so, so
@@ -1898,11 +1902,7 @@ def test_inspect_of_a_malformed_metadata_header_with_no_copy_in_the_weights_warn
     tmp_path: Path, sealed_file: Path, key: paramseal.Key, text: str, why: str
 ) -> None:
     assert not paramseal.seal(helpers.small_model(0), key).header.carriers  # no copy to fall back on
-    real = files.read_header(sealed_file, key)
-    bad = _with_metadata_header(
-        sealed_file, tmp_path / "bad.safetensors", real[: len(real) // 2] if text == "half" else text
-    )
-    said = f"'{bad}': the ParamSeal header in the file's metadata is malformed ({why})"
+    bad, said, _ = _malformed(sealed_file, tmp_path, key, text, why)
     rc, so, se = run(["inspect", bad])
     assert rc == 0 and not se, se
     assert f"WARNING: {said}" in so and "--header-from" in so and "'paramseal verify'" in so, so
