@@ -216,7 +216,7 @@ def test_resume_never_mixes_two_seals(tmp_path: Path) -> None:
     (header, change), *_ = used.values()
     assert recs["config:mlp/F32/standard"]["measured_relative_change"] == change
     assert recs["config:mlp/F32/standard"] != before["config:mlp/F32/standard"]
-    assert {r["seal"] for r in f32} == {bat.seal_id(header)} and len(f32) == 4
+    assert {r["seal"] for r in f32} == {bat.header_digest(header)} and len(f32) == 4
     assert (
         recs["mlp/F32/standard/s0/bitflip_n=10"]["metric_recovered"] == recs["config:mlp/F32/standard"]["metric_sealed"]
     )

@@ -3,9 +3,9 @@
 Every run has an id built from everything that defines it; finished runs are appended to
 ``results.jsonl`` one line each, so an interrupted battery resumes at the configuration it stopped in and a
 rerun of the same command skips what is done. Each session seals with a fresh key, so every
-record carries the identity of the seal it measured (:func:`seal_id`, never the key): on resume
-a configuration whose saved records come from another seal is redone whole, and figures from
-two seals are never mixed.
+record carries the identity of the seal it measured (:func:`header_digest`, never the key; not
+the seal id that ``seal`` prints, the salt alone): on resume a configuration whose saved records
+come from another seal is redone whole, and figures from two seals are never mixed.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def run_id(model: str, dtype: str, level: str, seed: int, a: Attack) -> str:
     return f"{model}/{dtype}/{level}/s{seed}/{label(a).replace(' ', '_')}"
 
 
-def seal_id(header_json: str) -> str:
+def header_digest(header_json: str) -> str:
     """The identity of one seal: a digest of its header (salt, key fingerprint, MACs; never the key)."""
     return hashlib.sha256(header_json.encode()).hexdigest()[:16]
 
@@ -253,7 +253,7 @@ class _Config:
     @property
     def seal(self) -> str:
         """The seal identity its records carry."""
-        return seal_id(self.header)
+        return header_digest(self.header)
 
 
 @dataclass
@@ -322,7 +322,7 @@ class Runner:
         sealed = SealConfig(level=level).seal(original, self.key)
         seal_s = time.monotonic() - t0
         loaded = Loaded(dict(sealed.tensors), {METADATA_KEY: sealed.header_json})
-        cid, seal = f"config:{model}/{dtype}/{level}", seal_id(sealed.header_json)
+        cid, seal = f"config:{model}/{dtype}/{level}", header_digest(sealed.header_json)
         rec = done.get(cid)
         if rec is None or rec.get("seal") != seal:  # a record of another seal describes another sealed model
             clean = report_of(check(sealed.tensors, self.key, sealed.header_json, metadata={}))
