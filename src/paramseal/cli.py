@@ -604,7 +604,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"OK: kept the seal header in {keep} (for --header-from)")
             return 0
         case "verify":
-            expect = None if args.expect_seal is None else seal_id_arg(args.expect_seal)
+            expect = seal_id_arg(args.expect_seal)
             key = _load_key(args)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
@@ -630,7 +630,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"FAIL: {args.input} was tampered with ({how})\n{rep.summary()}")
             return rep.exit_code
         case "recover":
-            expect = None if args.expect_seal is None else seal_id_arg(args.expect_seal)
+            expect = seal_id_arg(args.expect_seal)
             key = _load_key(args)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):

@@ -509,12 +509,23 @@ def _not_given(loaded: Loaded, text: str, given: str, key: Key) -> str:
         own = parse_header(text, key)
     except (FormatError, KeyMismatchError):
         return _NOT_GIVEN
+    intact = _intact_under_another_seal(loaded, key, kept, own, text, "the file's own header")
+    return _NOT_GIVEN if intact is None else f"{_NOT_GIVEN}: {intact}"
+
+
+def _intact_under_another_seal(
+    loaded: Loaded, key: Key, kept: Header, own: Header, text: str, where: str
+) -> str | None:
+    """What to say when the weights verify whole under ``own`` (``text``, at ``where``), another seal than ``kept``.
+
+    None when ``own`` is the seal ``kept``, or the weights fail under it too. A second check of the
+    weights, only when the two headers differ.
+    """
     if not another_seal(kept, own) or verified_share(loaded.tensors, key, text) != 1:
-        return _NOT_GIVEN
+        return None
     return (
-        f"{_NOT_GIVEN}: the weights carry another seal of the same model (salt {own.salt.hex()}; the header given "
-        f"is of salt {kept.salt.hex()}) and are intact under the file's own header (verify without --header-from "
-        "checks them against it)"
+        f"the weights carry another seal of the same model (salt {own.salt.hex()}; the header given is of salt "
+        f"{kept.salt.hex()}) and are intact under {where} (verify without --header-from checks them against it)"
     )
 
 
@@ -546,22 +557,14 @@ def _another_models(loaded: Loaded, given: str, key: Key) -> list[str]:
 
 
 def _another_seal_in_weights(loaded: Loaded, kept: Header, key: Key) -> list[str]:
-    """A note when the weights carry another seal of the model than ``kept`` and are intact under it.
-
-    Only when the salts differ: a second check of the weights, as `_not_given` makes.
-    """
+    """A note when the weights carry another seal of the model than ``kept`` and are intact under it."""
     try:
         text = header_from_weights(loaded.tensors, key)
         own = parse_header(text, key)
     except ParamSealError:  # no copy, or none usable: the check against the header given is all there is
         return []
-    if not another_seal(kept, own) or verified_share(loaded.tensors, key, text) != 1:
-        return []
-    return [
-        f"the weights carry another seal of the same model (salt {own.salt.hex()}; the header given is of salt "
-        f"{kept.salt.hex()}) and are intact under the copy of its header in them (verify without --header-from "
-        "checks them against it)"
-    ]
+    intact = _intact_under_another_seal(loaded, key, kept, own, text, "the copy of its header in them")
+    return [] if intact is None else [intact]
 
 
 def _both_lost(e: FormatError | KeyMismatchError, w: ParamSealError) -> ParamSealError:
@@ -835,7 +838,7 @@ def verify_file(
     that cannot be recovered (`paramseal.report.pinned`).
     """
     p = Path(path)
-    expect_seal = None if expect_seal is None else seal_id_arg(expect_seal)  # a typo fails before any work
+    expect_seal = seal_id_arg(expect_seal)
     with _open_model(p) as loaded:
         prog = Progress("verify", len(loaded.tensors), enabled=progress)
         with _about(p):
@@ -865,7 +868,7 @@ def recover_file(
     as in `verify_file`; the output then carries it. ``expect_seal``: as in `verify_file`; a
     model carrying another seal is not recovered, and nothing is written.
     """
-    expect_seal = None if expect_seal is None else seal_id_arg(expect_seal)
+    expect_seal = seal_id_arg(expect_seal)
     s, d = Path(src), Path(dst)
     d, fmt = _check_paths(s, d, in_place)
     pre: _Precopy | None = None

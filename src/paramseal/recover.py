@@ -59,7 +59,7 @@ def recover(
     raised are `paramseal.verify`'s. The input is not modified. ``expect_seal``: as in
     `paramseal.verify`; a model of another seal is not rebuilt (its tensors come back as given).
     """
-    expect_seal = None if expect_seal is None else seal_id_arg(expect_seal)
+    expect_seal = seal_id_arg(expect_seal)
     chk = check(tensors, key, header_json, metadata=metadata, progress=progress, metadata_kept=metadata_kept)
     other = not_the_expected_seal(chk, expect_seal)
     if other is not None:

@@ -409,8 +409,17 @@ class Report:
 SEAL_ID = re.compile(r"[0-9a-f]{32}")
 
 
-def seal_id_arg(text: str) -> str:
-    """A seal id as the user gives it (any case, spaces around): 32 hex digits, lower case; UsageError if not."""
+@overload
+def seal_id_arg(text: str) -> str: ...
+@overload
+def seal_id_arg(text: None) -> None: ...
+def seal_id_arg(text: str | None) -> str | None:
+    """A seal id as the user gives it (any case, spaces around): 32 hex digits, lower case; UsageError if not.
+
+    None (no id expected) stays None. The entry points call it first, so a typo fails before any work.
+    """
+    if text is None:
+        return None
     sid = text.strip().lower()
     if not SEAL_ID.fullmatch(sid):
         what = "hex digits" if re.fullmatch(r"[0-9a-f]*", sid) else "characters, not all hex digits"

@@ -330,7 +330,7 @@ def verify_dir(
     the index or its sealed header puts a matching tensor in it. The report's ``seal_id`` is the
     set id; ``expect_seal`` as in `files.verify_file`.
     """
-    expect_seal = None if expect_seal is None else seal_id_arg(expect_seal)  # a typo fails before any work
+    expect_seal = seal_id_arg(expect_seal)
     idx = open_index(folder, key)
     everything, peeked, where = _locate(folder, idx, key)
     chosen, patterns = everything, dict.fromkeys(everything, tensors)
@@ -429,7 +429,7 @@ def recover_dir(
     or swapped (the whole set there, each once: see `_placement`) are written under their sealed names.
     ``expect_seal``: as in `files.recover_file`; a set of another seal is verified, not recovered.
     """
-    expect_seal = None if expect_seal is None else seal_id_arg(expect_seal)
+    expect_seal = seal_id_arg(expect_seal)
     idx = open_index(src, key)
     everything, peeked, where = _locate(src, idx, key)
     shards = [s for s in everything if s in peeked]

@@ -649,7 +649,7 @@ def verify(
     another seal of it, such as an older version put back, is then tampering that cannot be
     recovered (`paramseal.report.pinned`).
     """
-    expect_seal = None if expect_seal is None else seal_id_arg(expect_seal)  # a typo fails before any work
+    expect_seal = seal_id_arg(expect_seal)
     rep = report_of(check(tensors, key, header_json, metadata=metadata, metadata_kept=metadata_kept))
     return pinned(rep, expect_seal)
 
