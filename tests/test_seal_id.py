@@ -96,6 +96,69 @@ def test_recover_writes_nothing_for_another_seal_and_recovers_the_expected_one(
     assert rc == 0 and so.startswith("OK: recovered") and helpers.sha256(out) == helpers.sha256(v2)
 
 
+@pytest.fixture()
+def large_versions(tmp_path: Path, key_file: Path) -> tuple[Path, str, Path, str]:
+    """As `versions`, of a model large enough to carry copies of its header in its weights."""
+    rng = np.random.default_rng(5)
+    t = {"a.weight": rng.standard_normal((256, 320)).astype(np.float32), "fc.bias": np.ones(40, np.float32)}
+    v1, v2 = tmp_path / "v1.safetensors", tmp_path / "v2.safetensors"
+    id1 = _seal(helpers.write_st(tmp_path / "m.safetensors", t), v1, key_file)
+    t, meta = helpers.read_st(v1)
+    t["a.weight"] = (t["a.weight"] * np.float32(0.5)).astype(np.float32)  # the approved fine-tune
+    id2 = _seal(helpers.write_st(tmp_path / "changed.safetensors", t, meta), v2, key_file, "--reseal")
+    return v1, id1, v2, id2
+
+
+@pytest.mark.parametrize("how", ["as sealed", "approved header pasted", "metadata stripped"])
+def test_the_approved_header_given_over_an_older_version_recovers_nothing(
+    tmp_path: Path, key_file: Path, key: object, large_versions: tuple[Path, str, Path, str], how: str
+) -> None:
+    """recover --header-from the approved header --allow-partial --expect-seal wrote the older weights under it."""
+    v1, id1, v2, id2 = large_versions
+    assert "header_copies_in_weights=tensor" in run(["inspect", v1])[1]  # else "pasted" leaves nothing to tell
+    old = tmp_path / "old.safetensors"
+    t, meta = helpers.read_st(v1)
+    if how == "approved header pasted":  # the metadata then agrees with the header given: only the weights tell
+        meta["paramseal"] = helpers.read_st(v2)[1]["paramseal"]
+    elif how == "metadata stripped":
+        meta = {}
+    helpers.write_st(old, t, meta)
+    out = tmp_path / "out.safetensors"
+    pin = ["--header-from", v2, "--expect-seal", id2, "--json"]
+    rc, so, _ = run(["verify", old, "--key", key_file, *pin])
+    doc = json.loads(so)
+    assert rc == 2 and doc["seal_id"] == id1 and doc["recoverable"] is False, doc
+    assert any(f"carries seal {id1}, not the one expected" in m for m in doc["metadata_issues"])
+    rc, so, _ = run(["recover", old, out, "--key", key_file, "--allow-partial", *pin])
+    doc = json.loads(so)
+    assert rc == 2 and not out.exists() and doc["written"] is False and doc["seal_id"] == id1, doc
+    assert any(f"carries seal {id1}, not the one expected" in m for m in doc["metadata_issues"])
+    # the library: files.recover_file, and paramseal.recover on the arrays (the torch API goes through it)
+    import paramseal
+
+    approved = files.read_header(v2, key)  # type: ignore[arg-type]
+    res = files.recover_file(old, out, key, header=approved, expect_seal=id2, allow_partial=True)  # type: ignore[arg-type]
+    assert res.path is None and not out.exists() and res.report.seal_id == id1
+    got = paramseal.recover(t, key, approved, expect_seal=id2)  # type: ignore[arg-type]
+    assert got.report.status == "unrecoverable" and got.report.seal_id == id1 and not got.report.written
+    assert all(helpers.same_bytes(got.tensors[n], a) for n, a in t.items())  # as given, nothing rebuilt
+    # without the pin, --allow-partial writes what it could under the header given, as ever
+    rc, _, _ = run(["recover", old, out, "--key", key_file, "--allow-partial", "--header-from", v2])
+    assert rc == 2 and out.exists()
+
+
+def test_the_approved_version_tampered_recovers_pinned_with_its_header_given(
+    tmp_path: Path, key_file: Path, large_versions: tuple[Path, str, Path, str]
+) -> None:
+    """The other seal's copies are looked for only to refuse a rollback: the approved model, damaged, recovers."""
+    _, _, v2, id2 = large_versions
+    t, meta = helpers.read_st(v2)
+    bad = helpers.write_st(tmp_path / "bad.safetensors", helpers.flip_bit(t, "fc.bias", 3, 30), meta)
+    out = tmp_path / "out.safetensors"
+    rc, so, _ = run(["recover", bad, out, "--key", key_file, "--header-from", v2, "--expect-seal", id2])
+    assert rc == 0 and so.startswith("OK: recovered") and helpers.sha256(out) == helpers.sha256(v2), so
+
+
 @pytest.mark.parametrize(
     ("given", "says"),
     [("xyz", "3 characters, not all hex digits"), ("ab" * 15, "30 hex digits"), ("", "0 hex digits")],

@@ -56,7 +56,7 @@ from .header import METADATA_KEY, SET_KEY, Header, HeaderAuthError, metadata_dig
 from .keys import Key, looks_like_key_file, require_key
 from .levels import BLOCK
 from .recover import Patch, Recovery, not_the_expected_seal, plan_recovery, recover_from_plan
-from .report import Report, pinned, seal_id_arg
+from .report import Report, seal_id_arg
 from .seal import SealConfig, check_metadata, probe_header, seal_flat, use_irs, with_non_finite, write_blocks
 from .verify import (
     GRAPH_EDITED,
@@ -71,6 +71,7 @@ from .verify import (
     header_from_weights,
     metadata_findings,
     other_seals_copies,
+    pinned_check,
     report_of,
     usable,
     verified_share,
@@ -843,9 +844,10 @@ def verify_file(
         prog = Progress("verify", len(loaded.tensors), enabled=progress)
         with _about(p):
             chk, _ = _checked(loaded, p, key, header, progress=prog, select=tensors)
-            rep = report_of(chk)
+            own = loaded.metadata.get(METADATA_KEY)
+            rep = pinned_check(report_of(chk), chk, loaded.tensors, expect_seal, [] if own is None else [own])
     prog.done()
-    return pinned(rep, expect_seal)
+    return rep
 
 
 def recover_file(
@@ -888,7 +890,9 @@ def recover_file(
             ws = Workspace(d.parent)
             with _about(s):
                 chk, found = _checked(loaded, s, key, header, progress=prog)
-                other = not_the_expected_seal(chk, expect_seal)
+                # the file's own header as well: the weights may be its seal's, not the header given's
+                own = loaded.metadata.get(METADATA_KEY)
+                other = not_the_expected_seal(chk, expect_seal, loaded.tensors, [] if own is None else [own])
                 if other is not None:  # nothing to decode or write
                     prog.done()
                     return RecoveredFile(None, other, {})

@@ -12,7 +12,7 @@ than once: it must not change while recover runs (README, "A writer during recov
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -26,7 +26,7 @@ from ._progress import Progress
 from .errors import UsageError
 from .keys import Key
 from .report import Ints, Report, Status, TensorFinding, pinned, seal_id_arg
-from .verify import Check, check, report_of
+from .verify import Check, carried_seal, check, report_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,20 +61,30 @@ def recover(
     """
     expect_seal = seal_id_arg(expect_seal)
     chk = check(tensors, key, header_json, metadata=metadata, progress=progress, metadata_kept=metadata_kept)
-    other = not_the_expected_seal(chk, expect_seal)
+    other = not_the_expected_seal(chk, expect_seal, tensors)
     if other is not None:
         return recover_from_plan(chk, Recovery(other, {}, {}))
     return recover_from(chk)
 
 
-def not_the_expected_seal(chk: Check, expect_seal: str | None) -> Report | None:
+def not_the_expected_seal(
+    chk: Check, expect_seal: str | None, tensors: Mapping[str, NDArray[np.generic]], also: Iterable[str] = ()
+) -> Report | None:
     """The recover report of a model that carries another seal than ``expect_seal`` (a checked id), else None.
 
+    The seal carried is the header's, or another seal's that the weights verify under better
+    (`carried_seal`: the approved header given with an older version's weights); ``also`` as there.
     Nothing is decoded: the expected model's weights are not in it (`paramseal.report.pinned`).
     """
-    if expect_seal is None or chk.header.salt.hex() == expect_seal:
+    if expect_seal is None:
         return None
-    return pinned(replace(report_of(chk), kind="recover", written=False), expect_seal)
+    sid = chk.header.salt.hex()
+    if sid == expect_seal:
+        carried = carried_seal(tensors, chk, also)
+        if carried is None:
+            return None
+        sid = carried
+    return pinned(replace(report_of(chk), kind="recover", written=False, seal_id=sid), expect_seal)
 
 
 @dataclass(frozen=True, slots=True)

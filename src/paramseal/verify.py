@@ -11,7 +11,7 @@ import difflib
 import fnmatch
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
@@ -542,6 +542,49 @@ def other_seals_copies(tensors: Mapping[str, NDArray[np.generic]], key: Key, thi
     return out
 
 
+def carried_seal(tensors: Mapping[str, NDArray[np.generic]], chk: Check, also: Iterable[str] = ()) -> str | None:
+    """The id of another seal of the same model that ``tensors`` verify under better than under ``chk``'s header.
+
+    A header given (``--header-from``, the in-memory API's) is the one checked, whatever seal the
+    weights carry: an older version put back, checked against the approved header it was not sealed
+    with, fails nearly every block, which recover would rebuild what it can of under that header.
+    The rivals: the intact copies in the weights of another seal (`other_seals_copies`), and ``also``
+    (a file's own metadata header). None when the weights verify whole under ``chk``'s header, when
+    no rival beats it, and for a partial check (``chk.chosen``), whose other tensors are never read.
+    """
+    bad = chk.bad_global
+    if chk.chosen or not bad.any():
+        return None
+    rivals = other_seals_copies(tensors, chk.key, chk.header)
+    for text in also:
+        try:
+            h = parse_header(text, chk.key)
+        except (KeyMismatchError, HeaderAuthError, FormatError):
+            continue
+        if another_seal(chk.header, h) and text not in rivals:
+            rivals.append(text)
+    mine = Fraction(int((~bad).sum()), int(bad.size))
+    shares = [(verified_share(tensors, chk.key, text), text) for text in rivals]
+    best = max(shares, default=None, key=lambda st: st[0])
+    return None if best is None or best[0] <= mine else parse_header(best[1], chk.key).salt.hex()
+
+
+def pinned_check(
+    rep: Report,
+    chk: Check,
+    tensors: Mapping[str, NDArray[np.generic]],
+    expect_seal: str | None,
+    also: Iterable[str] = (),
+) -> Report:
+    """`pinned` for ``rep``, the report of ``chk``, with the seal the weights carry when not the header's.
+
+    See `carried_seal` (``also`` as there); ``expect_seal`` is a checked id (`seal_id_arg`).
+    """
+    if expect_seal is not None and rep.seal_id == expect_seal and (sid := carried_seal(tensors, chk, also)):
+        rep = replace(rep, seal_id=sid)
+    return pinned(rep, expect_seal)
+
+
 def another_seal(this: Header, other: Header) -> bool:
     """Whether ``other`` is another seal (another salt) of the same model: the same tensor names, dtypes and shapes."""
     table = [(s.name, s.dtype, s.shape) for s in this.tensors]
@@ -650,8 +693,8 @@ def verify(
     recovered (`paramseal.report.pinned`).
     """
     expect_seal = seal_id_arg(expect_seal)
-    rep = report_of(check(tensors, key, header_json, metadata=metadata, metadata_kept=metadata_kept))
-    return pinned(rep, expect_seal)
+    chk = check(tensors, key, header_json, metadata=metadata, metadata_kept=metadata_kept)
+    return pinned_check(report_of(chk), chk, tensors, expect_seal)
 
 
 __all__ = [
@@ -662,11 +705,13 @@ __all__ = [
     "Check",
     "HeaderOnlyInMetadata",
     "best_header",
+    "carried_seal",
     "check",
     "header_from_weights",
     "unmatched",
     "metadata_findings",
     "other_seals_copies",
+    "pinned_check",
     "another_seal",
     "report_of",
     "verified_share",
