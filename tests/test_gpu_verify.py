@@ -676,3 +676,34 @@ def test_tensors_without_tag_bits_beside_float_tensors_of_the_same_width(
     flip(live["b"], 700, 0)
     assert dict(v.check().blocks) == {"a": (0,), "b": (10,)}
     assert_same(v, live, key, header)
+
+
+# --------------------------------------------------------------------------- the seal id pinned
+
+
+@pytest.mark.parametrize("device,backend", ENGINES)
+def test_verify_takes_the_expected_seal_as_the_cpu_engine_does(key: paramseal.Key, device: str, backend: str) -> None:
+    """An older sealed version put back verifies under its own seal; pinned to the approved id it is tampered."""
+    rng = np.random.default_rng(21)
+    arrays = {
+        "a": helpers.random_tensor(rng, np.float32, (256, 320)),
+        "c": helpers.random_tensor(rng, np.float32, (90,)),
+    }
+    first = paramseal.seal(arrays, key)
+    changed = {**first.tensors, "a": (first.tensors["a"] * np.float32(0.5)).astype(np.float32)}
+    second = paramseal.seal(changed, key, reseal=True)  # the approved version
+    id1, id2 = first.header.salt.hex(), second.header.salt.hex()
+    old = to_device({n: numpy_to_tensor(a) for n, a in first.tensors.items()}, device)
+    host = {n: tensor_to_numpy(t, n) for n, t in old.items()}
+    v = gpu.GpuVerifier(old, key, first.header_json, backend=backend)  # type: ignore[arg-type]
+    assert v.verify(expect_seal=id1.upper()).to_dict() == v.verify().to_dict()  # its own id: intact, any case
+    rep = v.verify(expect_seal=id2)
+    assert rep.status == "tampered" and not rep.recoverable and rep.exit_code == 2 and rep.seal_id == id1
+    assert any(f"carries seal {id1}, not the one expected" in m for m in rep.metadata_issues)
+    assert rep.to_dict() == paramseal.verify(host, key, first.header_json, expect_seal=id2).to_dict()
+    # the approved header given over the older weights: the weights' own copies name the seal they carry
+    rep = gpu.GpuVerifier(old, key, second.header_json, backend=backend).verify(expect_seal=id2)  # type: ignore[arg-type]
+    assert rep.seal_id == id1 and not rep.recoverable
+    assert rep.to_dict() == paramseal.verify(host, key, second.header_json, expect_seal=id2).to_dict()
+    with pytest.raises(paramseal.UsageError, match="32 hex digits"):
+        v.verify(expect_seal=id1[:-1])

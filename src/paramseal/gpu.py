@@ -60,9 +60,9 @@ from .formats.pytorch import import_torch, tensor_to_numpy, untie
 from .header import Header, parse_header
 from .keys import Key, require_key
 from .levels import BLOCK
-from .report import Moved, Report
+from .report import Moved, Report, seal_id_arg
 from .torch import _refuse_lazy, _state, _with_ties, module_tensors, verify_module
-from .verify import Check, _match_moved, header_from_weights, metadata_findings, report_of
+from .verify import Check, _match_moved, header_from_weights, metadata_findings, pinned_check, report_of
 from .verify import verify as cpu_verify
 
 _torch = import_torch("paramseal.gpu")
@@ -231,13 +231,18 @@ class GpuVerifier:
                 found[plan.spec.name] = tuple(int(i) for i in idx)
         return GpuCheck(failing, found)
 
-    def verify(self) -> Report:
+    def verify(self, *, expect_seal: str | None = None) -> Report:
         """A full :class:`~paramseal.Report`, as :func:`paramseal.verify` gives for the same weights.
 
         An intact model is decided on the device alone. When blocks fail, the weights
         are copied to the host to decide ``recoverable`` exactly as the CPU engine does.
+        ``expect_seal``: as in :func:`paramseal.verify`, the seal id the model must carry; another
+        seal of it (an older version put back) is tampering that cannot be recovered
+        (`paramseal.report.pinned`).
         """
+        expect_seal = seal_id_arg(expect_seal)  # a typo fails before the check
         found = self.check()
+        arrays: Mapping[str, NDArray[np.generic]] = {}  # the host copy: only when blocks failed
         bad = [np.zeros(s.nblocks, dtype=np.bool_) for s in self._specs]
         for t, spec in enumerate(self._specs):
             if spec.name in found.blocks:
@@ -262,7 +267,8 @@ class GpuVerifier:
             self._header, self._specs, self._key, self._mac, blocks, bad,
             issues, [], meta, notes, None if metadata is None else dict(metadata), moved,
         )  # fmt: skip
-        return report_of(chk)
+        # the weights are read again only when blocks failed (another seal's?): they are on the host then
+        return pinned_check(report_of(chk), chk, arrays, expect_seal)
 
     # --- construction ----------------------------------------------------------------------------
 
