@@ -250,6 +250,36 @@ def test_a_sharded_folder_s_seal_id_is_its_set_s_and_pins_verify_and_recover(tmp
     assert helpers.sha256(out / shard.name) == helpers.sha256(v2 / shard.name)
 
 
+def test_inspect_shows_a_sharded_folder_s_set_id_read_without_the_key(tmp_path: Path, key_file: Path) -> None:
+    """inspect of a folder showed no set id (the id seal and verify give it); its records name it, the key unused."""
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    id1 = _seal(_checkpoint(tmp_path / "c1"), v1, key_file)
+    id2 = _seal(_checkpoint(tmp_path / "c2", scale=0.5), v2, key_file)
+    rc, so, _ = run(["inspect", v2, "--json"])
+    doc = json.loads(so)
+    assert rc == 0 and doc["seal"]["set_id"] == id2 and doc["seal"]["authenticated"].startswith("not checked")
+    assert {i["set_id"] for i in doc["per_shard"].values()} == {id2}
+    rc, so, _ = run(["inspect", v2])
+    assert rc == 0 and f"set_id={id2}, authenticated=not checked" in so and "WARNING" not in so
+    # one shard of the older set among the approved one's: no one id, and each shard's named
+    mixed = tmp_path / "mixed"
+    shutil.copytree(v2, mixed)
+    shutil.copyfile(v1 / SHARD, mixed / SHARD)
+    doc = json.loads(run(["inspect", mixed, "--json"])[1])
+    assert doc["seal"]["set_id"] is None and doc["per_shard"][SHARD]["set_id"] == id1
+    rc, so, _ = run(["inspect", mixed])
+    assert rc == 0 and "set_id=none" in so and f"{SHARD}: {id1}" in so and f": {id2}" in so
+    # a record naming no well-formed id (here the key's digits) is shown as none, never printed
+    secret = key_file.read_text().strip()
+    t, meta = helpers.read_st(v2 / SHARD)
+    meta["paramseal_set"] = json.dumps({**json.loads(meta["paramseal_set"]), "set": secret})
+    helpers.write_st(mixed / SHARD, t, meta)
+    for extra in ([], ["--json"]):
+        rc, so, se = run(["inspect", mixed, *extra])
+        assert rc == 0 and secret[:16] not in so + se and secret[-16:] not in so + se
+    assert json.loads(run(["inspect", mixed, "--json"])[1])["per_shard"][SHARD]["set_id"] is None
+
+
 # --------------------------------------------------------------------------- the in-memory and torch APIs
 
 

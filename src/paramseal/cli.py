@@ -782,6 +782,8 @@ def _seal_fields(seal: dict[str, Any]) -> Iterator[str]:
                 v = names or "none"
         elif k == "header_copies_in_tensors":
             continue
+        elif k == "set_id" and v is None:  # a sharded folder's: its shards' records name no one set
+            v = "none (the shards' set records name no one set; run verify)"
         yield f"{k}={v}"
 
 
@@ -804,6 +806,11 @@ def _inspect_text(info: dict[str, object]) -> str:
             lines.append(f"WARNING: {info['index_problem']}")
         warned = info.get("shard_warnings")
         lines += [f"WARNING: {w}" for w in (warned.values() if isinstance(warned, dict) else ())]
+        each = info.get("per_shard")
+        seal = info.get("seal")
+        if isinstance(each, dict) and isinstance(seal, dict) and seal.get("set_id") is None:
+            named = ", ".join(f"{n}: {i['set_id'] or 'none'}" for n, i in each.items() if "set_id" in i)
+            lines.append(f"WARNING: the sealed shards' set records (read without the key) name no one set id: {named}")
     if info.get("cannot_seal"):
         lines.append(f"cannot be sealed: {info['cannot_seal']}")
     if info.get("header_problem"):

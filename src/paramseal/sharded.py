@@ -59,7 +59,7 @@ from ._shard_index import (
     read_index,
     set_files,
 )
-from ._shard_set import _locate, _merge, _moved, _record, _set_id, _strays, _verdict, _vouched, open_index
+from ._shard_set import _locate, _merge, _moved, _parsed, _record, _set_id, _strays, _verdict, _vouched, open_index
 from ._tempname import temp_prefix
 from .errors import (
     FormatError,
@@ -78,7 +78,7 @@ from .formats.base import new_mode
 from .formats.registry import adapters
 from .header import METADATA_KEY, SET_KEY, peek_header
 from .keys import Key
-from .report import Report, pinned, seal_id_arg
+from .report import SEAL_ID, Report, pinned, seal_id_arg
 from .verify import unmatched
 
 T = TypeVar("T")
@@ -526,7 +526,9 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
 
     The settings shown are the first sealed shard's (``scheme``: every sealed shard's, as it
     follows each shard's code); any shard whose level, bits or key fingerprint differs (or that
-    is not sealed) is listed under ``mismatched_shards``. ``levels``
+    is not sealed) is listed under ``mismatched_shards``. ``seal["set_id"]``: the set id (the seal id
+    verify gives the folder) that every sealed shard's set record names, read without the key
+    (`_unchecked_set_id`; each shard's under ``per_shard``), None when they name no one id. ``levels``
     merges every shard's (each shard is sealed on its own, so the weakest shard sets a dtype's bound).
 
     A sealed folder whose index is missing or unusable is described from the files carrying set
@@ -560,10 +562,14 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
     }
     first = shards[sealed[0]] if sealed else next(iter(shards.values()))
     same = ("level", "bits", "key_fingerprint")  # not the scheme: it follows each shard's code (irs or lanes)
+    named = {n: _unchecked_set_id(folder / n) for n in sealed}
     if sealed:
         ref = {k: first["seal"].get(k) for k in same}
         schemes = " + ".join(sorted({str(shards[n]["seal"].get("scheme")) for n in sealed}))
-        out["seal"] = {"scheme": schemes, **ref, "authenticated": "not checked (inspect has no key; run verify)"}
+        ids = set(named.values())
+        one = ids.pop() if len(ids) == 1 else None  # None: the records name several sets, or a shard none
+        out["seal"] = {"scheme": schemes, **ref, "set_id": one}
+        out["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
         out["mismatched_shards"] = [
             n for n, i in shards.items() if not i["sealed"] or {k: i["seal"].get(k) for k in same} != ref
         ]
@@ -572,9 +578,24 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
         out["shard_warnings"] = warned
     out["levels"] = _merge_levels([i["levels"] for i in shards.values()])
     out["per_shard"] = {
-        n: {"tensors": i["tensors"], "parameters": i["parameters"], "sealed": i["sealed"]} for n, i in shards.items()
+        n: {"tensors": i["tensors"], "parameters": i["parameters"], "sealed": i["sealed"]}
+        | ({"set_id": named[n]} if n in named else {})
+        for n, i in shards.items()
     }
     return out
+
+
+def _unchecked_set_id(shard: Path) -> str | None:
+    """The set id a shard's set record names, read without the key (as inspect reads a file's salt).
+
+    None when it has no record, or one that is malformed or names no well-formed id (nothing else
+    from it is printed). seal prints the set id as ``seal id``; verify authenticates the records (``seal_id``).
+    """
+    try:
+        rec = _parsed(st_format.read_layout(shard).metadata.get(SET_KEY))
+    except (ParamSealError, OSError):
+        return None
+    return rec["set"] if rec is not None and SEAL_ID.fullmatch(rec["set"]) else None
 
 
 def _merge_levels(each: list[dict[str, Any]]) -> dict[str, Any]:
