@@ -187,11 +187,13 @@ def test_a_pt_saved_again_by_torch_and_recovered_gets_its_header_entry_back(
 
     The output then kept its header in its weights only, as the re-saved file did (a recovered .npz or
     .safetensors was said to have had its metadata 'stripped'), and was not the file seal wrote.
+    Saved again under the sealed file's record names (torch names them after the file: 'm/', as seal kept them).
     """
     sd = _sealed_fc(tmp_path, key)
     sd["fc.weight"][-2:] = 0.5  # clear of the header copy at the start
     getattr(sd, "_metadata", {}).pop(META_ENTRY, None)
-    bad, fixed = tmp_path / "bad.pt", tmp_path / "fixed.pt"
+    bad, fixed = tmp_path / "again" / "m.pt", tmp_path / "fixed.pt"
+    bad.parent.mkdir()
     torch.save(sd, bad)
     rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
     assert rc == 0 and "read from the weights" in out, (out, err)  # the input's header came from its weights
@@ -199,6 +201,47 @@ def test_a_pt_saved_again_by_torch_and_recovered_gets_its_header_entry_back(
     rc, out, err = helpers.run_cli(["verify", fixed, "--key", key_file])
     assert rc == 0 and "note" not in out, (out, err)
     assert helpers.sha256(fixed) == helpers.sha256(tmp_path / "s.pt")  # the file seal wrote, byte for byte
+
+
+def _flip_in_record(src: Path, dst: Path, record: str, at: int) -> None:
+    """``src`` copied to ``dst`` with one bit of zip member ``record``'s data flipped on disk (its CRC left stale)."""
+    import zipfile
+
+    raw = bytearray(src.read_bytes())
+    with zipfile.ZipFile(src) as zf:
+        start = zf.getinfo(record).header_offset
+    name_len, extra_len = (
+        int.from_bytes(raw[start + 26 : start + 28], "little"),
+        int.from_bytes(raw[start + 28 : start + 30], "little"),
+    )
+    raw[start + 30 + name_len + extra_len + at] ^= 0x40
+    dst.write_bytes(bytes(raw))
+
+
+def test_a_pt_torch_saved_from_sealed_state_dict_is_recovered_to_its_own_bytes(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """torch.save(sd, 'm.pt') names the zip records 'm/...'; recover wrote 'archive/...', so a bit flipped on
+    disk was recovered to the sealed tensors but not to the sealed file. The output keeps the input's names."""
+    import zipfile
+
+    import paramseal.torch as pst
+
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
+    sealed = tmp_path / "m.pt"
+    torch.save(pst.sealed_state_dict(net, pst.seal_module(net, key).header_json), sealed)
+    bad, fixed = tmp_path / "m_bad.pt", tmp_path / "m_fixed.pt"
+    _flip_in_record(sealed, bad, "m/data/0", 42)
+    assert helpers.run_cli(["verify", bad, "--key", key_file])[0] == 1
+    assert helpers.run_cli(["recover", bad, fixed, "--key", key_file])[0] == 0
+    assert fixed.read_bytes() == sealed.read_bytes()
+    # saved again under another name, its records are named after that file: the output keeps that name
+    sd = torch.load(sealed, weights_only=True)
+    sd["0.weight"][0, 0] += 1
+    torch.save(sd, bad)
+    assert helpers.run_cli(["recover", bad, fixed, "--key", key_file])[0] == 0
+    with zipfile.ZipFile(fixed) as zf:
+        assert zf.namelist()[0] == "m_bad/data.pkl"
 
 
 @pytest.mark.parametrize("wrapper", ["state_dict", "model", "module"])

@@ -24,6 +24,9 @@ input's per-module version numbers (the ``_metadata`` attribute of what
 ``load_state_dict`` reads them to migrate old checkpoints, and without them some
 modules change sealed values as they load (a quantization observer's ``eps`` is
 reset to its default). They are not sealed: verify neither checks nor reports them.
+So is the zip archive's record prefix (`Layout`): ``torch.save(sd, "m.pt")`` names the records
+``m/data.pkl``, ... and a file object ``archive/...``; written back as the input had it, a recovered
+file is the sealed file byte for byte when its records kept their names.
 String metadata (the seal header, the user's keys) is kept in the same ``_metadata``
 under the entry ``".paramseal"`` (`META_ENTRY`), a prefix no module has, so
 ``load_state_dict`` passes it to none. A ``.pt`` without that entry (written by other
@@ -36,8 +39,10 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pickle
 import struct
+import tempfile
 import warnings
 import zipfile
 from collections import OrderedDict
@@ -51,6 +56,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._pages import read
+from .._tempname import final_name, name_max, temp_prefix
 from ..errors import FormatError, MissingDependencyError, UnsupportedError
 from ..levels import NIBBLE, dtype_name
 from .base import Loaded, pack4, unpack4
@@ -70,13 +76,50 @@ META_ENTRY = ".paramseal"
 
 @dataclass(frozen=True, slots=True)
 class ModuleVersions:
-    """A state dict's ``_metadata``: module prefix -> its local metadata (``{"version": 2}``), carried as ``source``.
+    """A state dict's ``_metadata``: module prefix -> its local metadata (``{"version": 2}``), carried in `Layout`.
 
     ``load_state_dict`` passes each module its entry; a module whose entry is missing takes the
     state dict for its oldest version and migrates it. Not sealed (see the module docstring).
     """
 
     by_module: dict[str, dict[str, object]]
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """What the writer keeps of an input ``.pt`` besides tensors and metadata, carried as ``source``.
+
+    ``archive``: the zip records' prefix, which torch takes from the name of the file it writes
+    (``m`` for ``m.pt``, ``archive`` for a file object); None for a legacy file.
+    """
+
+    versions: ModuleVersions | None
+    archive: str | None = None
+
+
+#: The records' prefix torch writes to a file object (`_Sink`).
+_STREAM_ARCHIVE = "archive"
+
+
+def _archive_name(path: Path) -> str | None:
+    """The prefix of a torch zip's records (torch's reader takes it from the first), or None (legacy)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            first = zf.namelist()[:1]
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    return first[0].split("/", 1)[0] if first and "/" in first[0] else None
+
+
+def _nameable(archive: str, folder: Path) -> bool:
+    """Whether torch names the records ``archive/...`` when it writes a file named ``archive + '.pt'``.
+
+    It cuts the folder and the last extension from the path, and writes a path that is not ASCII
+    through a file object (``archive``); the name must fit the file system.
+    """
+    if archive in ("", ".", "..") or not (archive.isascii() and archive.isprintable()) or {"/", "\\"} & set(archive):
+        return False
+    return len(archive) + len(".pt") <= name_max(folder)
 
 
 def _module_versions(state: Mapping[Any, Any]) -> ModuleVersions | None:
@@ -202,22 +245,29 @@ class PyTorchAdapter:
             # any dtype: seal refuses one it cannot seal, verify reports a sealed tensor retyped as tampered
             tensors[name] = tensor_to_numpy(t, what, copy=ptr in storages, any_dtype=True)
             storages.add(ptr)
-        return Loaded(tensors, meta, source=versions, others=others, metadata_kept=stored is not None)
+        layout = Layout(versions, _archive_name(path))
+        return Loaded(tensors, meta, source=layout, others=others, metadata_kept=stored is not None)
 
     def write(self, path: Path, loaded: Loaded) -> None:
         """``torch.save`` a plain dict of tensors (no extra keys), the metadata in its ``_metadata``.
 
         With the input's module versions (``loaded.source``) when it had them, as ``module.state_dict()``
         attaches them, and the metadata under `META_ENTRY` (the ties are written as ties, not there).
+        The records are named as the input's were (`Layout`), else ``archive/...``.
         """
         torch = import_torch("writing PyTorch (.pt/.pth/.bin) files")
         state = retie({name: numpy_to_tensor(a) for name, a in loaded.tensors.items()}, loaded.metadata, path)
-        by_module = loaded.source.by_module if isinstance(loaded.source, ModuleVersions) else {}
+        layout = loaded.source if isinstance(loaded.source, Layout) else Layout(None)
+        by_module = layout.versions.by_module if layout.versions is not None else {}
         meta = OrderedDict((k, dict(v)) for k, v in by_module.items())
         keep_metadata(meta, loaded.metadata)
         if meta:
             state = OrderedDict(state)
             state._metadata = meta  # type: ignore[attr-defined]
+        archive = layout.archive
+        if archive is not None and archive != _STREAM_ARCHIVE and _nameable(archive, path.parent):
+            if _save_named(torch, state, path, archive):
+                return
         # Through a file of ours: torch's own writer reports a failed write (a full disk, a quota) as a
         # RuntimeError about positions, without its errno; the OSError met in `_Sink.write` has it.
         with open(path, "wb") as f:
@@ -228,6 +278,27 @@ class PyTorchAdapter:
                 if sink.error is not None:
                     raise sink.error from None
                 raise OSError(errno.EIO, f"torch.save failed: {str(e).splitlines()[0]}") from e
+
+
+def _save_named(torch: Any, state: object, path: Path, archive: str) -> bool:
+    """``torch.save`` to ``path`` with its records named ``archive/...``: False if that write failed.
+
+    torch names them after the path it is given, so it writes ``archive.pt`` in a new folder beside
+    ``path``, moved over it after. torch's own writer reports a failed write without its errno: the
+    caller then writes through `_Sink`, which names it (or gives a good file, records ``archive/``).
+    """
+    folder = Path(tempfile.mkdtemp(prefix=temp_prefix(final_name(path), path.parent), suffix=".tmp", dir=path.parent))
+    named = folder / f"{archive}.pt"
+    try:
+        try:
+            torch.save(state, str(named))
+        except RuntimeError:
+            return False
+        os.replace(named, path)
+        return True
+    finally:
+        named.unlink(missing_ok=True)
+        folder.rmdir()
 
 
 class _Sink:
