@@ -800,6 +800,31 @@ def test_in_place_seal_and_recover_of_a_model_with_external_data(
     assert files.verify_file(ext_file, key).status == "intact"
 
 
+def test_in_place_seal_keeps_a_data_file_another_model_in_the_folder_names(
+    tmp_path: Path, ext_file: Path, key_file: Path
+) -> None:
+    """'ext.onnx.data' has ParamSeal's name for ext.onnx's data, but a copy of the model file shares it: the
+    in-place seal deleted it without a word, and the copy no longer loaded. It is kept, and seal says so."""
+    folder = ext_file.parent
+    shared = folder / "ext.onnx.data"
+    before = shared.read_bytes()
+    copy = shutil.copy(ext_file, folder / "copy.onnx")
+    rc, _, err = helpers.run_cli(["seal", ext_file, ext_file, "--key", key_file, "--in-place"])
+    assert rc == 0, err
+    (side,) = _side_names(ext_file)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["ext.onnx", side, "copy.onnx", "ext.onnx.data"])
+    assert shared.read_bytes() == before
+    assert "warning: kept 'ext.onnx.data'" in err and "'copy.onnx'" in err and f"'{side}'" in err, err
+    feeds = {"X": np.ones((1, 8), np.float32)}
+    assert run(copy, feeds)[0].shape == run(ext_file, feeds)[0].shape
+    # once no other model names it, the next rewrite removes ParamSeal's own data of the replaced model
+    Path(copy).unlink()
+    rc, _, err = helpers.run_cli(["recover", ext_file, ext_file, "--key", key_file, "--in-place"])
+    assert rc == 0 and "warning" not in err, err
+    (fixed,) = _side_names(ext_file)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["ext.onnx", fixed, "ext.onnx.data"])
+
+
 def test_in_place_through_a_link_into_another_folder_keeps_the_external_data_beside_the_link(
     tmp_path: Path, ext_file: Path, key: paramseal.Key
 ) -> None:

@@ -51,8 +51,9 @@ that the old model and its data stay a matching pair until the new model takes t
 output's name, and another model's data in the same folder is never overwritten. ``write`` therefore
 renames the model into place itself (``files.atomic_path`` then replaces it with
 the same bytes) and only afterwards removes the side files of the replaced
-model that carry ParamSeal's names for this output. A failure before that rename
-removes the new side files and leaves the old pair as it was; a side file of the
+model that carry ParamSeal's names for this output, unless another ``.onnx`` file in
+the folder names them (a copy of the model file shares its data): those are kept, with
+a warning. A failure before that rename removes the new side files and leaves the old pair as it was; a side file of the
 input is never overwritten, and is removed only when the input itself was
 replaced (in place).
 """
@@ -61,12 +62,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+import mmap
 import os
 import re
 import secrets
 import stat
 import tempfile
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -80,7 +83,7 @@ from numpy.typing import NDArray
 
 from .._embed import header_copies
 from .._tempname import cut_name, final_name, name_max, temp_prefix
-from ..errors import FormatError, MissingDependencyError, ParamSealError, UsageError, cannot_write
+from ..errors import FormatError, MissingDependencyError, ParamSealError, ParamSealWarning, UsageError, cannot_write
 from ..header import METADATA_KEY
 from ..levels import NIBBLE, ST_TO_NP
 from .base import Loaded, new_mode, pack4, shape_error, stored_size, unpack4
@@ -281,7 +284,16 @@ class OnnxAdapter:
         in_place = template is not None and dst.resolve() == template.model
         old = _side_files(onnx, dst)
         plan.relocate()
-        plan.commit(_serialize(model, out), path, dst, plan.stale(old, inputs, in_place))
+        stale = plan.stale(old, inputs, in_place)
+        shared = _named_by_others(stale, dst)
+        plan.commit(_serialize(model, out), path, dst, [p for p in stale if p not in shared])
+        for p, by in shared.items():
+            warnings.warn(
+                f"kept '{p.name}', which the replaced '{out}' used: {_few(by)} in the same folder may use it too "
+                f"(the new '{out}' uses {_few(sorted(plan.names.values()))}); delete it once no model needs it",
+                ParamSealWarning,
+                stacklevel=2,
+            )
 
 
 # --------------------------------------------------------------------------- reading
@@ -637,6 +649,34 @@ def replaced_side_files(dst: Path, src: Path) -> list[Path]:
     # an input's data file stays (`_SidePlan.stale`); read the input only when one is in question
     inputs = (_side_files(onnx, src) or frozenset()) if kept else frozenset()
     return sorted(dst.parent / p.name for p in kept if p not in inputs)  # named as the user named the folder
+
+
+def _named_by_others(files: list[Path], model: Path) -> dict[Path, list[str]]:
+    """Of ``files``, those another ``.onnx`` file beside ``model`` may use: its bytes hold the name.
+
+    Two models may share one data file (a copy of a model file), and a name alone does not tell whose
+    it is. A location is a relative path under the model's folder, stored as a plain string; a file that
+    cannot be read counts as using them all.
+    """
+    found: dict[Path, list[str]] = {}
+    if not files:
+        return found
+    me = model.resolve()
+    try:
+        others = sorted(f for f in model.parent.iterdir() if f.suffix.lower() == ".onnx" and f.resolve() != me)
+    except OSError:
+        return {p: ["another model"] for p in files}
+    for other in others:
+        try:
+            if not other.is_file() or not other.stat().st_size:  # mmap refuses a length of 0
+                continue
+            with open(other, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as raw:
+                named = [p for p in files if raw.find(os.fsencode(p.name)) >= 0]
+        except OSError:
+            named = files
+        for p in named:
+            found.setdefault(p, []).append(other.name)
+    return found
 
 
 def _ours(stem: str) -> re.Pattern[str]:
