@@ -373,6 +373,29 @@ def test_a_npy_recovered_into_a_format_with_metadata_carries_the_header_there(
     assert helpers.sha256(again) == helpers.sha256(rec)
 
 
+@pytest.mark.parametrize("verb", ["verify", "recover"])
+def test_a_sealed_npy_widened_to_float64_names_the_conversion_and_the_way_back(
+    tmp_path: Path, key: paramseal.Key, key_file: Path, verb: str
+) -> None:
+    """np.save(p, np.load(p).astype(np.float64)) keeps every sealed value, but no header copy: the file was
+    called unsealed, to be treated as tampered. It names the conversion and the np.save that undoes it."""
+    src, sealed, wide = tmp_path / "m.npy", tmp_path / "w.npy", tmp_path / "w64.npy"
+    np.save(src, helpers.random_tensor(np.random.default_rng(0), np.float32, (800, 200)))
+    files.seal_file(src, sealed, key)
+    np.save(wide, np.load(sealed).astype(np.float64))
+    argv = [verb, wide, "--key", key_file] if verb == "verify" else [verb, wide, tmp_path / "r.npy", "--key", key_file]
+    rc, _, err = helpers.run_cli(argv)
+    assert rc == 3 and "converted from F32 to F64" in err, err
+    fix = f"np.save({str(wide)!r}, np.load({str(wide)!r}).astype(np.float32))"
+    assert fix in err and not (tmp_path / "r.npy").exists(), err
+    np.save(wide, np.load(wide).astype(np.float32))  # the fix, as named
+    assert helpers.sha256(wide) == helpers.sha256(sealed)
+    # float32 values never sealed, saved as float64: no seal narrowed either, the usual message
+    np.save(wide, np.load(src).astype(np.float64))
+    rc, _, err = helpers.run_cli(["verify", wide, "--key", key_file])
+    assert rc == 3 and "carries no ParamSeal header, in its metadata or in its weights" in err, err
+
+
 def test_several_tensors_into_npy_is_exit_3_with_a_hint(tmp_path: Path, key_file: Path) -> None:
     src = tmp_path / "m.npz"
     np.savez(src, a=np.ones(3, np.float32), b=np.ones(4, np.float32))

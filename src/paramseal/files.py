@@ -75,6 +75,7 @@ from .verify import (
     report_of,
     usable,
     verified_share,
+    widened_seal,
 )
 
 PathLike = str | os.PathLike[str]
@@ -442,6 +443,9 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
         except HeaderOnlyInMetadata as e:
             raise HeaderOnlyInMetadata(f"'{path}': {e}") from None
         except NotSealedError:
+            widened = widened_seal(loaded.tensors, key)
+            if widened is not None:
+                raise NotSealedError(_widened(path, widened)) from None
             raise NotSealedError(
                 f"'{path}' carries no ParamSeal header, in its metadata or in its weights; seal it first with "
                 f"'paramseal seal' if it never was. {NOT_SEALED_WARNING}"
@@ -485,6 +489,24 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
         )
         return _Found(_restored(copy, meta, key), meta, False, [replaced])
     return _Found(text, meta, False)
+
+
+def _widened(path: Path, widened: dict[str, tuple[str, str]]) -> str:
+    """Why a model whose floats were widened after sealing (`widened_seal`) cannot be checked, and the fix."""
+    changes = sorted(set(widened.values()))
+    names = sorted(widened)
+    shown = ", ".join(f"'{n}'" for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    how = "; ".join(f"{sealed} to {now}" for now, sealed in changes)
+    to = changes[0][1]  # one narrower type for the whole model
+    fix = f"save {'it' if len(names) == 1 else 'them'} as {to} again"
+    if path.suffix.lower() == ".npy" and to in ("F32", "F16"):
+        fix = f"np.save({str(path)!r}, np.load({str(path)!r}).astype(np.float{to[1:]}))"
+    return (
+        f"'{path}' carries no ParamSeal header as it is, but its float tensor(s) {shown} hold only values exactly "
+        f"representable in a narrower type, and narrowed back they carry this key's seal header: the model was "
+        f"converted from {how} after it was sealed, which keeps every value but not the bits verify reads. As it "
+        f"is, the file is not the sealed one; convert it back ({fix}) and verify or recover that"
+    )
 
 
 _USED = "the copy in the weights was used"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
@@ -589,6 +590,36 @@ def another_seal(this: Header, other: Header) -> bool:
     """Whether ``other`` is another seal (another salt) of the same model: the same tensor names, dtypes and shapes."""
     table = [(s.name, s.dtype, s.shape) for s in this.tensors]
     return other.salt != this.salt and [(s.name, s.dtype, s.shape) for s in other.tensors] == table
+
+
+#: Float dtypes a sealed float tensor may have been widened from, tried in turn (`widened_seal`).
+_NARROWER = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
+
+
+def widened_seal(tensors: Mapping[str, NDArray[np.generic]], key: Key) -> dict[str, tuple[str, str]] | None:
+    """Where a model with no header copy of its own has one once its floats are narrowed back, what was widened.
+
+    A sealed float32 model saved as float64 keeps every value but not the bits its header copies are
+    written in. For each narrower float dtype, the tensors whose every value it holds exactly are
+    narrowed, and the copies authenticated with ``key``: name -> (its dtype, the one narrowed to) for
+    the first that gives a header, or None.
+    """
+    floats = {n: a for n, a in tensors.items() if a.dtype.kind == "f" and a.size}
+    for target in _NARROWER:
+        narrowed: dict[str, NDArray[np.generic]] = {}
+        for name, a in floats.items():
+            if a.dtype.itemsize > target.itemsize:
+                b = a.astype(target)
+                if np.array_equal(b.astype(a.dtype), a, equal_nan=True):
+                    narrowed[name] = b
+        if not narrowed:
+            continue
+        try:
+            header_from_weights({**tensors, **narrowed}, key)
+        except ParamSealError:
+            continue
+        return {n: (dtype_name(tensors[n].dtype), dtype_name(target)) for n in narrowed}
+    return None
 
 
 NOT_SEALED_WARNING = (
