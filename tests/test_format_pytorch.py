@@ -244,6 +244,30 @@ def test_a_pt_torch_saved_from_sealed_state_dict_is_recovered_to_its_own_bytes(
         assert zf.namelist()[0] == "m_bad/data.pkl"
 
 
+def test_recover_into_a_small_pt_warns_as_seal_into_it_does(tmp_path: Path, key_file: Path) -> None:
+    """A .pt whose weights have no room for a header copy keeps it only in its _metadata entry, which a re-save
+    drops: seal into it warned so, recover into it wrote the same file without a word (.npz and .safetensors
+    keep the header in metadata a re-save keeps, and warn of nothing)."""
+    g = torch.Generator().manual_seed(0)
+    src, sealed, bad = tmp_path / "m.pt", tmp_path / "s.safetensors", tmp_path / "bad.safetensors"
+    torch.save({"w": torch.randn(128, 128, generator=g), "b": torch.randn(128, generator=g)}, src)
+    rc, _, err = helpers.run_cli(["seal", src, tmp_path / "s.pt", "--key", key_file])
+    assert rc == 0 and "warning: " in err, err
+    seal_warning = err[err.index("warning: ") :].split("; keep the header")[0]
+    rc, _, err = helpers.run_cli(["seal", src, sealed, "--key", key_file])
+    assert rc == 0 and "warning" not in err, err
+    raw = bytearray(sealed.read_bytes())
+    raw[-5] ^= 0x01  # a low bit of the last value
+    bad.write_bytes(bytes(raw))
+    for ext in ("safetensors", "npz"):
+        rc, _, err = helpers.run_cli(["recover", bad, tmp_path / f"r.{ext}", "--key", key_file])
+        assert rc == 0 and "warning" not in err, (ext, err)
+    rc, _, err = helpers.run_cli(["recover", bad, tmp_path / "r.pt", "--key", key_file])
+    assert rc == 0 and err.count("warning: ") == 1, err
+    assert seal_warning.replace("'" + str(tmp_path / "s.pt"), "'" + str(tmp_path / "r.pt")) in err, err
+    assert "or recover to .safetensors" in err, err
+
+
 @pytest.mark.parametrize("wrapper", ["state_dict", "model", "module"])
 def test_a_sealed_state_dict_wrapped_with_other_entries_is_tampered(
     tmp_path: Path, key: paramseal.Key, key_file: Path, wrapper: str

@@ -633,6 +633,7 @@ def _run(args: argparse.Namespace) -> int:
             expect = seal_id_arg(args.expect_seal)
             key = _load_key(args)
             header = _header(args, key)
+            warned = []  # the folder path writes none
             if sharded.is_sharded(Path(args.input)):
                 if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
                     raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
@@ -641,15 +642,16 @@ def _run(args: argparse.Namespace) -> int:
                 )
                 output = args.output if rep.written else None
             else:
-                res = files.recover_file(
-                    args.input,
-                    args.output,
-                    key,
-                    allow_partial=args.allow_partial,
-                    in_place=args.in_place,
-                    header=header,
-                    expect_seal=expect,
-                )
+                with _library_warnings() as warned:  # printed after the verdict, as seal prints its own
+                    res = files.recover_file(
+                        args.input,
+                        args.output,
+                        key,
+                        allow_partial=args.allow_partial,
+                        in_place=args.in_place,
+                        header=header,
+                        expect_seal=expect,
+                    )
                 rep, output = res.report, None if res.path is None else str(res.path)
             if args.json:
                 # exit 2 is a partial result written (--allow-partial) or nothing: `restored` alone cannot say
@@ -669,6 +671,8 @@ def _run(args: argparse.Namespace) -> int:
                 gone = rep.unrecoverable_count
                 lost = f"{_count(gone, 'value')} in unrecoverable blocks; " if gone else ""
                 print(f"FAIL: {args.input} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
+            for w in warned:
+                print(f"warning: {w}", file=sys.stderr)
             return rep.exit_code
         case "inspect":
             if sharded.is_sharded(Path(args.input)):

@@ -778,18 +778,20 @@ def _others_left_out(src: Path, dst: Path, others: tuple[str, ...]) -> None:
     warnings.warn(f"{what}: '{dst}' holds the sealed weights alone", ParamSealWarning, stacklevel=3)
 
 
-def _warn_pt_entry(out: Path, h: Header, header_kept: bool) -> None:
+def _warn_pt_entry(out: Path, h: Header, header_kept: bool, verb: str = "seal") -> None:
     """Warn where a sealed .pt verifies only while it keeps its _metadata entry, which a re-save drops.
 
     ``torch.save(model.state_dict())`` writes no '.paramseal' entry: the file then has the header only if
     its weights hold a copy, and a sealed ONNX graph digest nowhere (verify calls that tampering).
+    ``header_kept``: the header is kept in a file too (seal --header-out, recover --header-from). ``verb``:
+    the command that wrote ``out``, whose other output formats the advice names.
     """
     resaved = "which torch.save(model.state_dict()) does not write back (torch.save(torch.load(f)) does)"
     if not h.carriers and not header_kept:
         warnings.warn(
             f"'{out}' keeps its seal header only in its state dict's _metadata entry '{META_ENTRY}' (the "
             f"weights have no room for a copy), {resaved}: a file saved so verifies only with --header-from; keep "
-            "the header with seal --header-out, or seal to .safetensors",
+            f"the header with seal --header-out, or {verb} to .safetensors",
             ParamSealWarning,
             stacklevel=3,  # the caller of seal_file
         )
@@ -949,6 +951,8 @@ def recover_file(
             else:
                 result = recover_from_plan(chk, rec)
                 write_model(d, Loaded(result.tensors, out_meta, loaded.source), fmt)
+                if fmt == "pytorch":  # as seal warns of the .pt it writes: the same file, the same weakness
+                    _warn_pt_entry(d, chk.header, header is not None, "recover")
         return RecoveredFile(d, rec.report, rec.metadata)
     finally:
         if ws is not None:
