@@ -244,6 +244,25 @@ def test_a_pt_torch_saved_from_sealed_state_dict_is_recovered_to_its_own_bytes(
         assert zf.namelist()[0] == "m_bad/data.pkl"
 
 
+def test_a_pt_moved_into_a_folder_whose_path_is_not_ascii_is_recovered_to_its_own_bytes(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """torch writes a path that is not ASCII through a file object, which names the records 'archive/': the output
+    of a file sealed elsewhere ('m/...') and moved into such a folder lost its names again."""
+    import paramseal.torch as pst
+
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
+    torch.save(pst.sealed_state_dict(net, pst.seal_module(net, key).header_json), tmp_path / "m.pt")
+    folder = tmp_path / "modèles"
+    folder.mkdir()
+    sealed = (tmp_path / "m.pt").rename(folder / "m.pt")
+    bad, fixed = folder / "m_bad.pt", folder / "m_fixed.pt"
+    _flip_in_record(sealed, bad, "m/data/0", 42)
+    assert helpers.run_cli(["recover", bad, fixed, "--key", key_file])[0] == 0
+    assert fixed.read_bytes() == sealed.read_bytes()
+    assert sorted(p.name for p in folder.iterdir()) == ["m.pt", "m_bad.pt", "m_fixed.pt"]
+
+
 def test_recover_into_a_small_pt_warns_as_seal_into_it_does(tmp_path: Path, key_file: Path) -> None:
     """A .pt whose weights have no room for a header copy keeps it only in its _metadata entry, which a re-save
     drops: seal into it warned so, recover into it wrote the same file without a word (.npz and .safetensors

@@ -286,17 +286,26 @@ def _save_named(torch: Any, state: object, path: Path, archive: str) -> bool:
     torch names them after the path it is given, so it writes ``archive.pt`` in a new folder beside
     ``path``, moved over it after. torch's own writer reports a failed write without its errno: the
     caller then writes through `_Sink`, which names it (or gives a good file, records ``archive/``).
+    A path that is not ASCII torch writes through a file object too: the folder is then named by its
+    descriptor under /proc (Linux), else False.
     """
     folder = Path(tempfile.mkdtemp(prefix=temp_prefix(final_name(path), path.parent), suffix=".tmp", dir=path.parent))
     named = folder / f"{archive}.pt"
+    fd = os.open(folder, os.O_RDONLY)
     try:
+        where = str(named)
+        if not where.isascii():
+            where = f"/proc/self/fd/{fd}/{named.name}"
+            if not os.path.isdir(os.path.dirname(where)):
+                return False
         try:
-            torch.save(state, str(named))
+            torch.save(state, where)
         except RuntimeError:
             return False
         os.replace(named, path)
         return True
     finally:
+        os.close(fd)
         named.unlink(missing_ok=True)
         folder.rmdir()
 
