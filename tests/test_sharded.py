@@ -67,6 +67,22 @@ def test_an_empty_path_is_refused_not_read_as_the_current_folder(
     assert helpers.run_cli(["verify", ".", "--key", key_file])[0] == 0  # '.' given on purpose still works
 
 
+def test_the_api_takes_str_paths_as_files_does(tmp_path: Path, checkpoint: Path, key: paramseal.Key) -> None:
+    """seal_dir('ckpt', 'out', key) as files.seal_file takes str: AttributeError 'str' has no 'iterdir'."""
+    out, rec = str(tmp_path / "out"), str(tmp_path / "rec")
+    assert sharded.seal_dir(str(checkpoint), out, key, workers=1) == SHARDS
+    assert sharded.is_sharded(out) and sharded.inspect_dir(out)["sealed"]
+    t, meta = helpers.read_st(Path(out) / SHARDS[1])
+    t["layers.1.mlp.weight"].reshape(-1)[:64] = 0
+    helpers.write_st(Path(out) / SHARDS[1], t, meta)
+    report = sharded.verify_dir(out, key, workers=1)
+    assert report.status == "tampered" and report.tampered_tensors == ["layers.1.mlp.weight"]
+    assert report.seal_id == sharded.seal_id(out, key)
+    report = sharded.recover_dir(out, rec, key, workers=1, expect_seal=report.seal_id)
+    assert report.status == "recovered" and report.written
+    assert sharded.verify_dir(rec, key, workers=1).status == "intact"
+
+
 def _recover_rebuilds_the_index(
     sealed: Path, fixed: Path, name: str, sealed_map: dict[str, str], key: paramseal.Key, key_file: Path
 ) -> None:

@@ -84,11 +84,12 @@ from .verify import unmatched
 T = TypeVar("T")
 
 
-def is_sharded(path: Path) -> bool:
+def is_sharded(path: files.PathLike) -> bool:
     """Whether ``path`` is a folder holding a safetensors index (several: `read_index` refuses them).
 
     Or, its index lost, shards carrying set records (`set_files`: their metadata only, no key).
     """
+    path = Path(path)
     return path.is_dir() and bool(index_files(path) or set_files(path))
 
 
@@ -253,8 +254,8 @@ def _seal_one(
 
 
 def seal_dir(
-    src: Path,
-    dst: Path,
+    src: files.PathLike,
+    dst: files.PathLike,
     key: Key,
     *,
     level: str = "standard",
@@ -267,6 +268,7 @@ def seal_dir(
 
     Shards sealed already are refused unless ``reseal`` (see `files.seal_file`).
     """
+    src, dst = Path(src), Path(dst)  # a str is as good as a Path here, as in `files`
     try:
         idx = read_index(src)
     except FormatError as e:
@@ -321,7 +323,12 @@ def _recover_one(src: Path, dst: Path, key: Key, allow_partial: bool) -> Report 
 
 
 def verify_dir(
-    folder: Path, key: Key, *, tensors: str | None = None, workers: int | None = None, expect_seal: str | None = None
+    folder: files.PathLike,
+    key: Key,
+    *,
+    tensors: str | None = None,
+    workers: int | None = None,
+    expect_seal: str | None = None,
 ) -> Report:
     """Verify every shard (only those holding tensors that match ``tensors``), plus the set and the index.
 
@@ -330,6 +337,7 @@ def verify_dir(
     the index or its sealed header puts a matching tensor in it. The report's ``seal_id`` is the
     set id; ``expect_seal`` as in `files.verify_file`.
     """
+    folder = Path(folder)
     expect_seal = seal_id_arg(expect_seal)
     idx = open_index(folder, key)
     everything, peeked, where = _locate(folder, idx, key)
@@ -378,13 +386,14 @@ def verify_dir(
     return pinned(merged, expect_seal)
 
 
-def seal_id(folder: Path, key: Key) -> str:
+def seal_id(folder: files.PathLike, key: Key) -> str:
     """The seal id a sealed sharded folder's authenticated set records name (its set id); the weights are not read.
 
     "" when no shard gives one or they differ (verify says what is wrong with the set). An older
     shard's weights under the approved shard's header still name the approved id here: to check a
     folder, use `verify_dir`'s ``report.seal_id`` or ``expect_seal=``.
     """
+    folder = Path(folder)
     idx = open_index(folder, key)
     everything, peeked, where = _locate(folder, idx, key)
     return _named_id(folder, key, [s for s in everything if s in peeked], where)
@@ -413,8 +422,8 @@ def _blocks(shard: Path) -> int:
 
 
 def recover_dir(
-    src: Path,
-    dst: Path,
+    src: files.PathLike,
+    dst: files.PathLike,
     key: Key,
     *,
     allow_partial: bool = False,
@@ -429,6 +438,7 @@ def recover_dir(
     or swapped (the whole set there, each once: see `_placement`) are written under their sealed names.
     ``expect_seal``: as in `files.recover_file`; a set of another seal is verified, not recovered.
     """
+    src, dst = Path(src), Path(dst)
     expect_seal = seal_id_arg(expect_seal)
     idx = open_index(src, key)
     everything, peeked, where = _locate(src, idx, key)
@@ -521,7 +531,7 @@ class _Discard(Exception):
         self.report = report
 
 
-def inspect_dir(folder: Path) -> dict[str, Any]:
+def inspect_dir(folder: files.PathLike) -> dict[str, Any]:
     """Describe a sharded checkpoint without a key: totals, the seal settings, and each shard.
 
     The settings shown are the first sealed shard's (``scheme``: every sealed shard's, as it
@@ -534,6 +544,7 @@ def inspect_dir(folder: Path) -> dict[str, Any]:
     A sealed folder whose index is missing or unusable is described from the files carrying set
     records (`set_files`), with ``index`` None and ``index_problem`` saying what is wrong.
     """
+    folder = Path(folder)
     problem, members = None, []
     try:
         read_index(folder, missing_ok=True)
