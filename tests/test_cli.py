@@ -229,6 +229,13 @@ def test_tensors_given_twice_is_refused_not_narrowed_to_the_last_pattern(
         assert json.loads(out)["status"] == "error"
 
 
+def test_a_glob_with_a_typo_names_the_close_glob(sealed_file: Path, key_file: Path) -> None:
+    """'--tensors embd.*' said only 'check the pattern': a glob is no close name of any tensor's whole name."""
+    rc, _, err = run(["verify", sealed_file, "--key", key_file, "--tensors", "embd.*"])
+    assert rc == 3 and err.rstrip().endswith("check the pattern (close patterns: 'embed.*')"), err
+    assert run(["verify", sealed_file, "--key", key_file, "--tensors", "embed.*"])[0] == 0  # what it names matches
+
+
 def test_an_unknown_option_shows_the_usage_of_its_command(tmp_path: Path) -> None:
     """argparse left unknown options to the top-level parser, whose usage says nothing of the command's options."""
     rc, _, err = run(["seal", "a.safetensors", "b.safetensors", "--levl", "strong"])

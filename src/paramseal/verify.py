@@ -339,13 +339,39 @@ def unmatched(select: str | None, names: Iterable[str], what: str) -> UsageError
     """The error for a ``--tensors`` pattern that matches ``what`` (none of ``names``), naming close names.
 
     Close: names whose last path part matches (an ONNX subgraph's ``w`` is sealed as ``if:then_branch/w``),
-    else names that read almost the same (a typo, another case).
+    else names that read almost the same (a typo, another case), else, for a glob, the globs with
+    a near prefix that match (``model.layer.3.*`` for ``model.layers.3.*``).
     """
     pool = sorted(set(names))
     near = [n for n in pool if "/" in n and fnmatch.fnmatchcase(n.rsplit("/", 1)[1], select or "")]
     near = near or difflib.get_close_matches(select or "", pool, n=3, cutoff=0.75)
-    hint = f" (close names: {', '.join(map(repr, near[:5]))})" if near else ""
+    if near:
+        return UsageError(f"--tensors '{select}' matches {what}; check the pattern (close names: {_quoted(near)})")
+    globs = _close_globs(select or "", pool)
+    hint = f" (close patterns: {_quoted(globs)})" if globs else ""
     return UsageError(f"--tensors '{select}' matches {what}; check the pattern{hint}")
+
+
+def _quoted(names: list[str]) -> str:
+    return ", ".join(map(repr, names[:5]))
+
+
+def _close_globs(select: str, pool: list[str]) -> list[str]:
+    """Globs like ``select`` whose text before the first wildcard is a near prefix of some names, each matching."""
+    cut = min((select.find(c) for c in "*?[" if c in select), default=-1)
+    if cut <= 0:  # a plain name (close names are tried on it) or one that starts with a wildcard
+        return []
+    # whole names differ from the prefix by their tails: compare it with their prefixes of about its length
+    prefixes = sorted({n[:n_] for n in pool for n_ in range(max(1, cut - 2), cut + 3)})
+    out: list[str] = []
+    seen: list[set[str]] = []
+    for p in difflib.get_close_matches(select[:cut], prefixes, n=6, cutoff=0.8):
+        glob = p + select[cut:]
+        hits = {n for n in pool if fnmatch.fnmatchcase(n, glob)}
+        if hits and not any(hits <= s for s in seen):  # not a part of a closer glob's tensors
+            seen.append(hits)
+            out.append(glob)
+    return out[:3]
 
 
 def _match_moved(
