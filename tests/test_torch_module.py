@@ -11,7 +11,7 @@ import pytest
 import paramseal
 from paramseal import files
 from paramseal.levels import max_relative_change, max_subnormal_change
-from paramseal.verify import header_from_weights
+from paramseal.verify import HEADER_FROM_WEIGHTS, header_from_weights
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -167,7 +167,10 @@ def test_a_half_module_converted_with_float_after_sealing_is_told_to_convert_bac
 def test_header_is_found_in_the_weights_when_not_given(key: paramseal.Key) -> None:
     net = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 512))
     pst.seal_module(net, key)
-    assert pst.verify_module(net, key).status == "intact"
+    rep = pst.verify_module(net, key)
+    # its note said "the file carries none in its metadata": a live module has no file
+    note = f"{HEADER_FROM_WEIGHTS} (none was given, and the metadata holds none)"
+    assert rep.status == "intact" and rep.notes == (note,), rep.notes
     with torch.no_grad():
         net[1].weight[100, :] = 0.5
     assert pst.recover_module(net, key).status == "recovered"

@@ -225,7 +225,8 @@ def metadata_findings(
     """The metadata issues and notes of a check (``metadata``, ``metadata_kept`` as for `check`)."""
     notes: list[str] = []
     if header.user_metadata is None:  # read from the weights: only the metadata's digest is known
-        notes.append(f"{HEADER_FROM_WEIGHTS} (the file carries none in its metadata)")
+        # also for arrays and live modules, which have no file: say what was missing in words true of both
+        notes.append(f"{HEADER_FROM_WEIGHTS} (none was given, and the metadata holds none)")
         meta = []
         own = header.own_digest  # set when ParamSeal's own entries (a tie) were sealed
         if metadata_kept is False and own is not None and metadata is not None:
