@@ -745,6 +745,21 @@ def test_a_flip_in_each_header_copy_is_survived_by_mixing_the_two(
     assert ei.value.exit_code == 2 and "--header-from" in str(ei.value)
 
 
+def test_the_same_flip_in_every_copy_is_called_damage_to_the_copies_not_an_edited_metadata_header(
+    tmp_path: Path, sealed_bare: paramseal.SealedModel, key_file: Path
+) -> None:
+    """A metadata-stripped file, one bit flipped at the same place in both copies, said 'the ParamSeal header does not
+    authenticate: its settings or tensor table were edited; the weights cannot be checked against an untrusted
+    header': the metadata header's words, of a file that has none, and no word of the copies in the weights."""
+    h = sealed_bare.header
+    a, b = (h.tensors[c].name for c in h.carriers)
+    i = dict(_embed.header_copies(sealed_bare.tensors))[a].index('"level"') + 3
+    t = helpers.flip_bit(helpers.flip_bit(sealed_bare.tensors, a, _text_value(i), 0), b, _text_value(i), 0)
+    rc, _, err = helpers.run_cli(["verify", helpers.write_st(tmp_path / "t.safetensors", t), "--key", key_file])
+    assert rc == 2 and "the copies of the ParamSeal header in the weights do not authenticate (they were damaged" in err
+    assert "settings or tensor table" not in err and "--header-from" in err, err
+
+
 def test_a_single_carrier_keeps_three_copies_and_survives_a_flip_in_each(tmp_path: Path, key: paramseal.Key) -> None:
     """A one-tensor model (.npy) has one carrier: one copy there left a flip in it unrecoverable."""
     w = helpers.random_tensor(np.random.default_rng(3), np.float32, (1024, 512))

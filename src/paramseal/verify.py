@@ -489,9 +489,12 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
         if _FP.fullmatch(located[0].stored):
             raise located[0]
     if errs:
-        # a copy that is no header at all (its bytes damaged, as zeroed values leave it) has no reason to quote
-        why = next((str(e) for e in errs if not isinstance(e, KeyMismatchError) and not _unreadable(e)), "")
+        # a copy that is no header at all (its bytes damaged, as zeroed values leave it) has no reason to quote, nor
+        # one that does not authenticate: its message is the metadata header's ("its settings or tensor table were
+        # edited; the weights cannot be checked"), where a bit flipped in a copy here is the likelier cause
+        why = next((str(e) for e in errs if not isinstance(e, (KeyMismatchError, HeaderAuthError))), "")
         lost = "cannot be read" if any(_unreadable(e) for e in errs) else "do not authenticate"
+        cause = "damaged" if lost == "cannot be read" else "damaged or edited"
         # damage, but a copy may name the sealing key: a user holding the wrong key must learn it here
         mismatches = [e for e in [*errs, *located] if isinstance(e, KeyMismatchError)]
         keys = sorted({e.stored for e in mismatches if _FP.fullmatch(e.stored)})
@@ -502,7 +505,7 @@ def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) ->
             else ""
         )
         raise HeaderAuthError(
-            f"{why or f'the copies of the ParamSeal header in the weights {lost} (they were damaged)'}. "
+            f"{why or f'the copies of the ParamSeal header in the weights {lost} (they were {cause})'}. "
             f"{HEADER_HINT}{other}"
         ) from None
     n, never_had_copies = _embed.sealed_traces(tensors)
