@@ -171,6 +171,7 @@ def test_seal_bits_option(tmp_path: Path, key_file: Path) -> None:
     assert rc == 0 and "F32 k=6" in so and "F16 k=6" in so and "--bits 6" in so and "level" not in so
     rc, so, _ = run(["inspect", out])  # the text shows bits only where --bits set them
     assert rc == 0 and ", bits=6," in so
+    assert "level=" not in so, so  # it said 'level=standard, bits=6': standard is k=2 at F16, not what was sealed
     assert "warning: k=6 changes F16 weights by up to 6.2e-02" in se and "F32" not in se  # F16 strong is k=4
     assert run(["verify", out, "--key", key_file])[0] == 0
 

@@ -778,6 +778,8 @@ def _seal_fields(seal: dict[str, Any]) -> Iterator[str]:
     for k, v in seal.items():
         if k == "bits" and v is None:  # the level's own bits: the level says it
             continue
+        if k == "level" and seal.get("bits") is not None:  # --bits set them: the header's default level set nothing
+            continue
         if k == "header_copies_in_weights" and "header_copies_in_tensors" in seal:
             names = seal["header_copies_in_tensors"]
             if isinstance(names, list) and names:  # as header_in names its tensor
