@@ -322,6 +322,8 @@ def test_verify_tampered_text_and_json(tmp_path: Path, sealed_file: Path, key_fi
     assert d["tampered_tensors"] == ["fc.weight"]
     assert d["tensors"]["fc.weight"]["tampered_blocks"] == [1]
     assert d["kind"] == "verify"
+    # verify decodes nothing: it counts no restored or lost values, rather than a 0 read as "none lost"
+    assert d["restored_parameters"] is None and d["unrecoverable_parameters"] is None
 
 
 def test_verify_json_names_an_added_tensor_and_edited_metadata(

@@ -341,8 +341,9 @@ class Report:
             "tampered_blocks": self.tampered_block_count,
             "total_blocks": self.total_blocks,
             "checked_blocks": self.total_blocks if self.checked_blocks is None else self.checked_blocks,
-            "restored_parameters": self.restored_count,
-            "unrecoverable_parameters": self.unrecoverable_count,
+            # verify decodes nothing: null, not a 0 a script could read as "nothing lost"
+            "restored_parameters": None if self.kind == "verify" else self.restored_count,
+            "unrecoverable_parameters": None if self.kind == "verify" else self.unrecoverable_count,
             "extra_tensors": list(self.extra_tensors),
             "moved": self.moved,
             "moved_shards": dict(self.moved_shards),
