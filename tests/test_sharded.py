@@ -453,6 +453,25 @@ def test_with_tensors_a_swapped_shard_or_a_misplaced_tensor_is_tampering_not_a_b
     assert any(f"shard '{SHARDS[2]}' holds sealed tensor 'layers.2.attn.weight'" in m for m in rep.metadata_issues)
 
 
+def test_a_tensor_moved_to_another_shard_is_said_to_be_gone_from_its_sealed_shard(
+    sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    """Re-sharded (as save_pretrained does): the index and the files agree, but not with the sealed set.
+    The shard sealed with the tensor no longer holds it, and must not be said to."""
+    name = "layers.2.attn.weight"
+    t2, m2 = helpers.read_st(sealed_ckpt / SHARDS[2])
+    t1, m1 = helpers.read_st(sealed_ckpt / SHARDS[1])
+    t1[name] = t2.pop(name)
+    helpers.write_st(sealed_ckpt / SHARDS[2], t2, m2)
+    helpers.write_st(sealed_ckpt / SHARDS[1], t1, m1)
+    _edit_index(sealed_ckpt, lambda wm: wm.update({name: SHARDS[1]}))
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code != 0
+    said = [m for m in rep.metadata_issues if f"shard '{SHARDS[2]}'" in m and f"'{name}'" in m]
+    assert said and not any("holds sealed tensor" in m for m in said)
+    assert any(f"was sealed with, and no longer holds, sealed tensor '{name}'" in m for m in said)
+
+
 def test_an_unreadable_shard_is_reported_and_the_others_still_checked(
     tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path
 ) -> None:

@@ -407,9 +407,11 @@ def _set_issues(
         for n in sorted(sealed - names):
             if asked(n):
                 where = idx.weight_map.get(n)
+                # its header's tensor: the file may have lost it (re-sharded), which its own finding says
+                gone = "missing" in rep.tensors[n].issues
                 index.append(
-                    f"shard '{shard}' holds sealed tensor '{n}', which the index "
-                    + ("does not list" if where is None else f"maps to shard '{where}'")
+                    f"shard '{shard}' {'was sealed with, and no longer holds,' if gone else 'holds'} sealed tensor "
+                    f"'{n}', which the index " + ("does not list" if where is None else f"maps to shard '{where}'")
                 )
     return grave, index, listed
 
