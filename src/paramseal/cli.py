@@ -843,7 +843,8 @@ def _inspect_text(info: dict[str, object]) -> str:
                 lines.append(
                     f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {c['max_relative_change']:.2e}  code lanes: "
                     f"recovers up to {_pct(c['contiguous_bound'])}% of parameters in tampered blocks "
-                    f"(bound; scattered values below {100 * c['scattered_bound']:.2g}%, where their blocks reach it)"
+                    f"(bound; scattered values: under {100 * c['scattered_bound']:.2g}%, where their blocks reach "
+                    "the bound; recovery stops short of it)"
                 )
             else:
                 lines.append(f"  {lv:<9} {dt:<5} {c['note']}")
