@@ -396,6 +396,28 @@ def test_a_sealed_npy_widened_to_float64_names_the_conversion_and_the_way_back(
     assert rc == 3 and "carries no ParamSeal header, in its metadata or in its weights" in err, err
 
 
+class _Counted(np.ndarray):
+    """An array that records the size of each conversion of it (``astype``)."""
+
+    converted: list[int] = []
+
+    def astype(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        _Counted.converted.append(int(self.size))
+        return super().astype(*args, **kwargs)
+
+
+def test_a_large_model_never_sealed_is_not_converted_whole_to_look_for_a_widened_seal(key: paramseal.Key) -> None:
+    """With no header found, every float tensor was narrowed whole to each narrower type and compared (a 256 MiB
+    float32 model: peak memory 124 MB -> 524 MB, time x2): weights that never were narrower fail on their first
+    values."""
+    from paramseal.verify import widened_seal
+
+    w = np.random.default_rng(0).standard_normal((512, 512)).view(_Counted)  # float64 of no narrower type
+    _Counted.converted.clear()
+    assert widened_seal({"w": w}, key) is None
+    assert max(_Counted.converted, default=0) < w.size, _Counted.converted
+
+
 def test_several_tensors_into_npy_is_exit_3_with_a_hint(tmp_path: Path, key_file: Path) -> None:
     src = tmp_path / "m.npz"
     np.savez(src, a=np.ones(3, np.float32), b=np.ones(4, np.float32))

@@ -638,10 +638,8 @@ def widened_seal(tensors: Mapping[str, NDArray[np.generic]], key: Key) -> dict[s
     for target in _NARROWER:
         narrowed: dict[str, NDArray[np.generic]] = {}
         for name, a in floats.items():
-            if a.dtype.itemsize > target.itemsize:
-                b = a.astype(target)
-                if np.array_equal(b.astype(a.dtype), a, equal_nan=True):
-                    narrowed[name] = b
+            if a.dtype.itemsize > target.itemsize and (b := _narrowed(a, target)) is not None:
+                narrowed[name] = b
         if not narrowed:
             continue
         try:
@@ -650,6 +648,23 @@ def widened_seal(tensors: Mapping[str, NDArray[np.generic]], key: Key) -> dict[s
             continue
         return {n: (dtype_name(tensors[n].dtype), dtype_name(target)) for n in narrowed}
     return None
+
+
+#: Values of a tensor tried first (`_narrowed`): a model never sealed is rejected without converting it whole.
+_PROBE = 4096
+
+
+def _narrowed(a: NDArray[np.generic], target: np.dtype[Any]) -> NDArray[np.generic] | None:
+    """``a`` as ``target`` when that holds every value exactly, else None.
+
+    Its first values are tried first: weights that were never narrower fail there, where converting
+    and comparing the whole tensor read every value of a large unsealed model (the error path).
+    """
+    head = a.flat[:_PROBE]
+    if not np.array_equal(head.astype(target).astype(a.dtype), head, equal_nan=True):
+        return None
+    b = a.astype(target)
+    return b if np.array_equal(b.astype(a.dtype), a, equal_nan=True) else None
 
 
 NOT_SEALED_WARNING = (
