@@ -825,6 +825,19 @@ def test_in_place_seal_keeps_a_data_file_another_model_in_the_folder_names(
     assert sorted(p.name for p in folder.iterdir()) == sorted(["ext.onnx", fixed, "ext.onnx.data"])
 
 
+def test_in_place_seal_removes_its_data_file_when_another_model_names_only_a_longer_name_ending_in_it(
+    tmp_path: Path, ext_file: Path, key_file: Path
+) -> None:
+    """'next.onnx' beside 'ext.onnx' uses 'next.onnx.data', whose name holds 'ext.onnx.data': the search of its
+    bytes took that for a use, kept the replaced model's data and warned that 'next.onnx' may use it."""
+    folder = ext_file.parent
+    save(mlp(np.random.default_rng(5)), folder / "next.onnx", external=True)
+    rc, _, err = helpers.run_cli(["seal", ext_file, ext_file, "--key", key_file, "--in-place"])
+    assert rc == 0 and "warning" not in err, err
+    (side,) = _side_names(ext_file)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["ext.onnx", side, "next.onnx", "next.onnx.data"])
+
+
 def test_in_place_through_a_link_into_another_folder_keeps_the_external_data_beside_the_link(
     tmp_path: Path, ext_file: Path, key: paramseal.Key
 ) -> None:

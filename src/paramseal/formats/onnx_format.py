@@ -671,12 +671,32 @@ def _named_by_others(files: list[Path], model: Path) -> dict[Path, list[str]]:
             if not other.is_file() or not other.stat().st_size:  # mmap refuses a length of 0
                 continue
             with open(other, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as raw:
-                named = [p for p in files if raw.find(os.fsencode(p.name)) >= 0]
+                named = [p for p in files if _locates(raw, os.fsencode(p.name))]
         except OSError:
             named = files
         for p in named:
             found.setdefault(p, []).append(other.name)
     return found
+
+
+def _locates(raw: mmap.mmap, name: bytes) -> bool:
+    """Whether a model's bytes name the file ``name``: as a whole location, or after a folder in one.
+
+    A location is a protobuf string, its length just before it: 'next.onnx.data' holds 'ext.onnx.data',
+    which a plain search takes for a use.
+    """
+    n, size = len(name), b""
+    while True:  # the varint of the length
+        size += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            break
+    i = raw.find(name)
+    while i >= 0:
+        if raw[max(0, i - len(size)) : i] == size or raw[i - 1 : i] in (b"/", b"\\"):
+            return True
+        i = raw.find(name, i + 1)
+    return False
 
 
 def _ours(stem: str) -> re.Pattern[str]:
