@@ -263,6 +263,35 @@ def test_a_pt_moved_into_a_folder_whose_path_is_not_ascii_is_recovered_to_its_ow
     assert sorted(p.name for p in folder.iterdir()) == ["m.pt", "m_bad.pt", "m_fixed.pt"]
 
 
+def test_a_failure_to_open_the_named_write_s_folder_leaves_no_temporary_folder(
+    tmp_path: Path, key: paramseal.Key, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The folder torch writes a non-ASCII path's file in was opened (for /proc/self/fd) outside the block that
+    removes it: a failed open (EMFILE) left the hidden '.m_fixed.pt...tmp' folder beside the output."""
+    import errno
+    import os
+
+    import paramseal.torch as pst
+
+    net = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
+    folder = tmp_path / "modèles"
+    folder.mkdir()
+    torch.save(pst.sealed_state_dict(net, pst.seal_module(net, key).header_json), tmp_path / "m.pt")
+    sealed = (tmp_path / "m.pt").rename(folder / "m.pt")  # records 'm/...', which the output keeps
+    real = os.open
+
+    def no_folder(p: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.path.isdir(p) and str(p).endswith(".tmp"):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(p, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_folder)
+    rc, _, err = helpers.run_cli(["recover", sealed, folder / "m_fixed.pt", "--key", key_file])
+    monkeypatch.undo()
+    assert rc == 3 and "Too many open files" in err, err
+    assert sorted(p.name for p in folder.iterdir()) == ["m.pt"]
+
+
 def test_recover_into_a_small_pt_warns_as_seal_into_it_does(tmp_path: Path, key_file: Path) -> None:
     """A .pt whose weights have no room for a header copy keeps it only in its _metadata entry, which a re-save
     drops: seal into it warned so, recover into it wrote the same file without a word (.npz and .safetensors

@@ -291,10 +291,11 @@ def _save_named(torch: Any, state: object, path: Path, archive: str) -> bool:
     """
     folder = Path(tempfile.mkdtemp(prefix=temp_prefix(final_name(path), path.parent), suffix=".tmp", dir=path.parent))
     named = folder / f"{archive}.pt"
-    fd = os.open(folder, os.O_RDONLY)
-    try:
+    fd = -1
+    try:  # the folder is removed whatever fails, opening it included
         where = str(named)
         if not where.isascii():
+            fd = os.open(folder, os.O_RDONLY)
             where = f"/proc/self/fd/{fd}/{named.name}"
             if not os.path.isdir(os.path.dirname(where)):
                 return False
@@ -305,7 +306,8 @@ def _save_named(torch: Any, state: object, path: Path, archive: str) -> bool:
         os.replace(named, path)
         return True
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         named.unlink(missing_ok=True)
         folder.rmdir()
 
