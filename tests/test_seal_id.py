@@ -86,6 +86,8 @@ def test_recover_writes_nothing_for_another_seal_and_recovers_the_expected_one(
         doc = json.loads(so)
         assert rc == 2 and not out.exists()
         assert doc["status"] == "unrecoverable" and doc["written"] is False and doc["seal_id"] == id1
+        # nothing decoded: no counts, as verify gives none (they were 0 and 0, read as "nothing lost")
+        assert doc["restored_parameters"] is None and doc["unrecoverable_parameters"] is None, doc
     before = helpers.sha256(v1)
     rc, so, _ = run(["recover", v1, v1, "--in-place", "--key", key_file, "--expect-seal", id2])
     assert rc == 2 and "nothing written" in so and helpers.sha256(v1) == before
@@ -231,6 +233,7 @@ def test_a_sharded_folder_s_seal_id_is_its_set_s_and_pins_verify_and_recover(tmp
     rc, so, _ = run(["recover", v1, out, "--key", key_file, "--json", "--expect-seal", id2, "--allow-partial"])
     doc = json.loads(so)
     assert rc == 2 and doc["written"] is False and doc["status"] == "unrecoverable" and not out.exists()
+    assert doc["restored_parameters"] is None and doc["unrecoverable_parameters"] is None, doc  # none decoded
     # one shard of the older set among the approved one's: no one id, nothing written
     mixed = tmp_path / "mixed"
     shutil.copytree(v2, mixed)

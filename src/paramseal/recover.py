@@ -84,7 +84,7 @@ def not_the_expected_seal(
         if carried is None:
             return None
         sid = carried
-    return pinned(replace(report_of(chk), kind="recover", written=False, seal_id=sid), expect_seal)
+    return pinned(replace(report_of(chk), kind="recover", written=False, seal_id=sid, decoded=False), expect_seal)
 
 
 @dataclass(frozen=True, slots=True)

@@ -263,6 +263,9 @@ class Report:
     # the seal's id (32 hex digits, authenticated): a file's header salt, a sharded set's set id; another
     # seal of the same model under the same key (an older version put back) has another id
     seal_id: str = ""
+    # recover: False where it decoded nothing (another seal than the one expected: `pinned`), whose
+    # restored and unrecoverable counts are then no counts, as verify's are not (null in `to_dict`)
+    decoded: bool = True
 
     @property
     def partial(self) -> bool:
@@ -326,6 +329,11 @@ class Report:
             raise TamperedError(f"the model was tampered with (recoverable: {how}): {line}", self)
         raise UnrecoverableError(f"the model was tampered with and cannot be fully recovered: {line}", self)
 
+    @property
+    def _counted(self) -> bool:
+        """Whether values were decoded, so restored and unrecoverable counts mean something."""
+        return self.kind == "recover" and self.decoded
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the schema of ``--json``)."""
         return self._to_dict(lambda f: f.to_dict(self.kind == "recover"))
@@ -341,9 +349,9 @@ class Report:
             "tampered_blocks": self.tampered_block_count,
             "total_blocks": self.total_blocks,
             "checked_blocks": self.total_blocks if self.checked_blocks is None else self.checked_blocks,
-            # verify decodes nothing: null, not a 0 a script could read as "nothing lost"
-            "restored_parameters": None if self.kind == "verify" else self.restored_count,
-            "unrecoverable_parameters": None if self.kind == "verify" else self.unrecoverable_count,
+            # verify decodes nothing, nor a recover the pin refused: null, not a 0 read as "nothing lost"
+            "restored_parameters": self.restored_count if self._counted else None,
+            "unrecoverable_parameters": self.unrecoverable_count if self._counted else None,
             "extra_tensors": list(self.extra_tensors),
             "moved": self.moved,
             "moved_shards": dict(self.moved_shards),

@@ -448,7 +448,7 @@ def recover_dir(
     if expect_seal is not None and _named_id(src, key, shards, where) != expect_seal:
         found = verify_dir(src, key, workers=workers)
         if found.seal_id != expect_seal:
-            return pinned(replace(found, kind="recover", written=False), expect_seal)
+            return pinned(replace(found, kind="recover", written=False, decoded=False), expect_seal)
     try:
         with _atomic_dir(dst, src) as tmp:
             jobs = [(src / where.get(s, s), tmp / s, key, True) for s in shards]
