@@ -114,3 +114,28 @@ def test_a_header_over_the_size_limit_is_refused_before_it_is_parsed() -> None:
     with pytest.raises(FormatError, match=f"{len(padded)} characters long"):
         peek_header(padded)
     assert parse_header(padded[:-1], key).tensors[0].name == "w"  # at the limit: read as ever
+
+
+def test_a_header_nested_just_under_the_recursion_limit_is_malformed_not_an_internal_error(
+    sealed: tuple[Path, Path, Loaded], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JSON nested a little under Python's recursion limit parses, then failed to be serialised for the MAC:
+    verify and recover ended in 'internal error' (RecursionError) instead of reporting the edited header."""
+    import sys
+
+    from paramseal.header import HeaderAuthError, MalformedHeaderError, parse_header, peek_header
+
+    d, kf, m = sealed
+    h = json.loads(m.metadata[METADATA_KEY])
+    key = paramseal.load_key(kf)
+    limit = sys.getrecursionlimit()
+    texts = [_canon(h)[:-1] + ',"zz":' + "[" * n + "]" * n + "}" for n in range(limit - 400, limit)]
+    for text in texts:  # the depths that parse but cannot be serialised (the stack's depth sets which) lie here
+        with pytest.raises(HeaderAuthError):  # not RecursionError
+            parse_header(text, key)
+    for text in texts:
+        with pytest.raises(MalformedHeaderError, match="nested too deep"):
+            peek_header(text)
+    bad = _with_header(d, m, _canon(h)[:-1] + ',"zz":' + "[" * 20 + "]" * 20 + "}")
+    assert main(["verify", str(bad), "--key", str(kf)]) == 2
+    assert "header in the file's metadata is malformed (it is nested too deep)" in capsys.readouterr().err

@@ -35,6 +35,9 @@ SET_KEY = "paramseal_set"  # a sharded checkpoint's set record, sealed in each s
 MAC_NAME = "mlh-p32+aes256ctr"
 CODE_NAME = "rs-gf16-leopard"
 _MAX_HEADER_CHARS = 64 << 20
+# A header nests 4 deep (body, tensor table, entry, shape); deeper is an edit. Checked after parsing:
+# JSON nested just under the recursion limit parses, then fails to be serialised for the MAC or printed.
+_MAX_HEADER_DEPTH = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +184,24 @@ class HeaderAuthError(FormatError):
         self.unreadable = unreadable  # no ParamSeal header at all (a damaged copy's bytes), not an edited one
 
 
+def _too_deep(value: object) -> bool:
+    """Whether JSON ``value`` nests deeper than `_MAX_HEADER_DEPTH` (walked without recursion)."""
+    level: list[object] = [value]
+    for _ in range(_MAX_HEADER_DEPTH + 1):
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else ())]
+        if not level:
+            return False
+    return True
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` of a header, refusing one nested too deep to be serialised or printed again."""
+    body = json.loads(text)
+    if _too_deep(body):
+        raise RecursionError
+    return body
+
+
 def _malformed(text: str, e: BaseException) -> str:
     """What is wrong with a header that does not parse, in words: not the JSON decoder's line and column."""
     if isinstance(e, json.JSONDecodeError):
@@ -197,7 +218,7 @@ def parse_header(text: str, key: Key) -> Header:
     try:
         if len(text) > _MAX_HEADER_CHARS:
             raise ValueError(f"{len(text)} characters")
-        body = json.loads(text)
+        body = _loads(text)
         if not isinstance(body, dict):
             raise ValueError("not an object")
         stored_fp = str(body["key_fingerprint"])
@@ -333,7 +354,7 @@ def peek_header(text: str) -> dict[str, Any]:
     try:
         if len(text) > _MAX_HEADER_CHARS:
             raise ValueError(f"it is {len(text)} characters long")
-        body = json.loads(text)
+        body = _loads(text)
     except (ValueError, RecursionError) as e:
         raise MalformedHeaderError(_malformed(text, e)) from None
     if not isinstance(body, dict):
