@@ -184,6 +184,32 @@ def test_a_npy_header_that_is_not_numpys_says_what_is_wrong(
     assert rc == 3 and says in err, err
 
 
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_npy_header_with_an_unclosed_bracket_is_a_clean_error_not_an_internal_one(
+    tmp_path: Path, key_file: Path, suffix: str
+) -> None:
+    """numpy's fallback parser for such a header raised tokenize.TokenError (found by a header bit-flip fuzz):
+    verify, inspect and seal ended in 'internal error' with a traceback."""
+    buf = io.BytesIO()
+    np.save(buf, np.ones(3, np.float32))
+    raw = buf.getvalue()
+    end = raw.index(b"}")
+    bad = raw[:end] + b" " + raw[end + 1 :]  # the dict's closing brace gone, the length kept
+    p = tmp_path / f"m{suffix}"
+    if suffix == ".npy":
+        p.write_bytes(bad)
+        where = f"'{p}'"
+    else:
+        with zipfile.ZipFile(p, "w") as zf:
+            zf.writestr("w.npy", bad)
+        where = f"'{p}': member 'w.npy'"
+    out = tmp_path / f"o{suffix}"
+    for argv in (["verify", p, "--key", key_file], ["inspect", p], ["seal", p, out, "--key", key_file]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and f"{where} has a malformed .npy header" in err and "Traceback" not in err, (argv, err)
+    assert not out.exists()
+
+
 def test_bfloat16_written_by_paramseal_is_read_by_plain_numpy_with_ml_dtypes(tmp_path: Path) -> None:
     a = helpers.random_tensor(np.random.default_rng(0), helpers.BF16, (50,), wild=True)
     p = tmp_path / "b.npz"

@@ -28,6 +28,7 @@ import io
 import json
 import re
 import struct
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -206,14 +207,19 @@ def _read_npy(f: IO[bytes], what: str) -> NDArray[np.generic]:
         raise FormatError(f"{what} has .npy format version {ver[0]}.{ver[1]}; supported: 1.0, 2.0")
     seen = _Recorder(f)
     try:
-        shape, fortran, dtype = read_header(seen)
-    except ValueError:
-        # np.save writes ml_dtypes' float8_e5m2 as '<f1', which numpy cannot read back: read its bytes as the
-        # raw |V1 np.save writes the other float8 types as (verify reports a sealed tensor saved so as retyped)
-        raw = re.sub(rb"('descr':\s*')[<>|=]f1'", rb"\1|V1'", seen.data, count=1)  # same length
-        if raw == seen.data:
-            raise
-        shape, fortran, dtype = read_header(io.BytesIO(raw))
+        try:
+            shape, fortran, dtype = read_header(seen)
+        except ValueError:
+            # np.save writes ml_dtypes' float8_e5m2 as '<f1', which numpy cannot read back: read its bytes as the
+            # raw |V1 np.save writes the other float8 types as (verify reports a sealed tensor saved so as retyped)
+            raw = re.sub(rb"('descr':\s*')[<>|=]f1'", rb"\1|V1'", seen.data, count=1)  # same length
+            if raw == seen.data:
+                raise
+            shape, fortran, dtype = read_header(io.BytesIO(raw))
+    except tokenize.TokenError:  # from numpy's fallback parser (for Python 2 headers), not a ValueError
+        raise FormatError(
+            f"{what} has a malformed .npy header (a bracket or string in it is never closed): it is corrupt"
+        ) from None
     if dtype.hasobject:
         raise FormatError(f"{what} is an object array; ParamSeal never unpickles, so it reads numeric arrays only")
     if dtype.subdtype is not None:  # only a crafted header holds one: numpy writes its base type, a longer shape
