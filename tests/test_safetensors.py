@@ -116,6 +116,9 @@ MALFORMED: dict[str, Callable[[bytes], bytes]] = {
     "complex_over_f32_bytes": _with(lambda h: h[_first_f32(h)].update(dtype="C64")),
     "float8_over_f32_bytes": _with(lambda h: h[_first_f32(h)].update(dtype="F8_E4M3")),
     "missing_dtype": _with(lambda h: h[_first_tensor(h)].pop("dtype")),
+    # unhashable: looking one up among the dtypes was a TypeError traceback (found by a header fuzz)
+    "dtype_a_list": _with(lambda h: h[_first_tensor(h)].update(dtype=["F32"])),
+    "dtype_an_object": _with(lambda h: h[_first_tensor(h)].update(dtype={"F32": 1})),
     "negative_shape": _with(lambda h: h[_first_tensor(h)].update(shape=[-1])),
     "string_shape": _with(lambda h: h[_first_tensor(h)].update(shape="3")),
     "entry_not_an_object": _with(lambda h: h.update({_first_tensor(h): 7})),

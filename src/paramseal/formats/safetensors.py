@@ -188,6 +188,8 @@ def read_layout(path: Path) -> Layout:
     for name, info in header.items():
         try:
             dtype, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+            if type(dtype) is not str:  # a list or object is no dtype (nor a key to look up)
+                raise TypeError
             count = 1
             for d in shape:
                 if type(d) is not int or d < 0:  # not bool: JSON true is not a dimension
