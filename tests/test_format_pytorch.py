@@ -153,6 +153,22 @@ def test_training_checkpoint_wrappers_are_unwrapped(tmp_path: Path, wrapper: str
     assert got.others == ("epoch", "optimizer")
 
 
+def test_a_view_larger_than_its_storage_is_refused_before_it_costs_its_size(tmp_path: Path, key_file: Path) -> None:
+    """A file of 2 KB held torch.zeros(1).expand(2**31): every command made it an 8 GiB array (found in a review
+    of malicious files; under a 6 GB limit, "out of memory" and a traceback). A view within its storage (the
+    position_ids buffer Hugging Face models keep, arange(n).expand(1, -1)) still reads."""
+    p = tmp_path / "expanded.pt"
+    torch.save({**_sd(), "mask": torch.zeros(1).expand(2**20)}, p)
+    out = tmp_path / "o.pt"
+    for argv in (["inspect", p], ["verify", p, "--key", key_file], ["seal", p, out, "--key", key_file]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and "tensor 'mask' is a view of 4194304 bytes over a storage of 4" in err, (argv, err)
+    assert not out.exists()
+    ok = tmp_path / "position_ids.pt"
+    torch.save({**_sd(), "position_ids": torch.arange(8).expand(1, -1)}, ok)
+    assert adapter_for(ok).read(ok).tensors["position_ids"].tolist() == [list(range(8))]
+
+
 def test_a_wrapper_key_holding_a_name_does_not_count_as_a_second_state_dict(tmp_path: Path) -> None:
     """Checkpoints often keep the architecture's name under 'model' beside the weights under 'state_dict'."""
     sd = _sd()

@@ -241,6 +241,14 @@ class PyTorchAdapter:
             what = f"'{path}': tensor '{name}'"
             if t.layout != torch.strided:
                 tensor_to_numpy(t, what)  # raises: names the layout and how to convert it
+            # a view repeating its values (t.expand, stride 0) costs its full size when read: a file of a few
+            # bytes could ask for any amount of memory
+            if (size := t.numel() * t.element_size()) > (held := t.untyped_storage().nbytes()):
+                raise FormatError(
+                    f"{what} is a view of {size} bytes over a storage of {held} (its values repeat, as "
+                    "tensor.expand makes them): ParamSeal reads tensors whose values the file holds; save it "
+                    "with .contiguous() (or .clone()) if it is meant to be so"
+                )
             ptr = t.untyped_storage().data_ptr()  # overlapping views (not ties) get their own copy
             # any dtype: seal refuses one it cannot seal, verify reports a sealed tensor retyped as tampered
             tensors[name] = tensor_to_numpy(t, what, copy=ptr in storages, any_dtype=True)
