@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
@@ -139,3 +140,37 @@ def test_a_header_nested_just_under_the_recursion_limit_is_malformed_not_an_inte
     bad = _with_header(d, m, _canon(h)[:-1] + ',"zz":' + "[" * 20 + "]" * 20 + "}")
     assert main(["verify", str(bad), "--key", str(kf)]) == 2
     assert "header in the file's metadata is malformed (it is nested too deep)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (lambda b: b["tensors"][0].update(dtype="X"), "has dtype 'X', which is never sealed"),
+        (lambda b: b["tensors"][0].update(k=63), "carries k=63 low bits, out of range for F32"),
+        (lambda b: b["tensors"][0].update(k=256), "carries k=256 low bits, out of range for F32"),
+        (lambda b: b["tensors"][0].update(shape=[-1]), "has shape [-1]"),
+        (lambda b: b.update(carriers=[2**40]), "its carriers [1099511627776] are not all tensors of its table"),
+    ],
+)
+def test_an_authentic_header_with_a_tensor_table_seal_never_writes_is_exit_3_not_an_internal_error(
+    sealed: tuple[Path, Path, Loaded], edit: object, why: str
+) -> None:
+    """Only a key holder (or a writer bug) makes one, but verify and recover ended in 'internal error' and a
+    traceback (KeyError 'X', a reshape ValueError, negative dimensions, an IndexError from the carriers)."""
+    from paramseal import header as hdr
+
+    d, kf, m = sealed
+    key = paramseal.load_key(kf)
+    body = json.loads(m.metadata[METADATA_KEY])
+    assert callable(edit)
+    edit(body)
+    meta = body.pop("user_metadata", None)
+    body.pop("hmac")
+    body["hmac"] = hdr._mac(key, body)  # authentic: forged with the key
+    if meta is not None:
+        body["user_metadata"] = meta
+    bad = _with_header(d, m, json.dumps(body))
+    for argv in (["verify", bad, "--key", kf], ["recover", bad, d / "out.safetensors", "--key", kf]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and "authentic but unreadable" in err and why in err and "Traceback" not in err, (argv, err)
+    assert not (d / "out.safetensors").exists()

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from ._layout import TensorSpec
 from .errors import FormatError, KeyMismatchError
 from .keys import Key
-from .levels import BLOCK
+from .levels import BLOCK, FLOATS, ST_TO_NP
 
 SCHEME = "paramseal/2"
 #: v3: the same header with the interleaved Reed–Solomon code (``_irs``) instead of lanes.
@@ -289,6 +289,11 @@ def parse_header(text: str, key: Key) -> Header:
             )
             for t in body["tensors"]
         )
+        for t in tensors:
+            _check_spec(t)
+        carriers = () if v1 else tuple(int(i) for i in body["carriers"])
+        if not all(0 <= i < len(tensors) for i in carriers):
+            raise ValueError(f"its carriers {list(carriers)} are not all tensors of its table")
         ext = {
             int(i): np.frombuffer(base64.b64decode(v), dtype="<u4").astype(np.uint64)
             for i, v in body["external_tags"].items()
@@ -305,7 +310,7 @@ def parse_header(text: str, key: Key) -> Header:
             metadata_digest=None if v1 else str(body["user_metadata_sha256"]),
             own_metadata_digest=None if user_meta is not None else _hex_digest(body.get("own_metadata_sha256")),
             own_field="own_metadata_sha256" in body,
-            carriers=() if v1 else tuple(int(i) for i in body["carriers"]),
+            carriers=carriers,
             scheme=str(body["scheme"]),
             block=int(body["block"]),
             mac=str(body["mac"]),
@@ -320,6 +325,17 @@ def parse_header(text: str, key: Key) -> Header:
         )
     except (KeyError, TypeError, ValueError, OverflowError) as e:  # authenticated but unreadable: a writer bug
         raise FormatError(f"the ParamSeal header is authentic but unreadable: {e}") from None
+
+
+def _check_spec(t: TensorSpec) -> None:
+    """Refuse a tensor table entry seal never writes: the code that reads it assumes these hold."""
+    fmt = FLOATS.get(t.dtype)
+    if t.dtype not in ST_TO_NP:
+        raise ValueError(f"tensor {t.name!r} has dtype {t.dtype!r}, which is never sealed")
+    if not (0 <= t.k < fmt.mantissa if fmt else t.k == 0):  # 0: a float tensor left unsealed
+        raise ValueError(f"tensor {t.name!r} carries k={t.k} low bits, out of range for {t.dtype}")
+    if any(d < 0 for d in t.shape) or not 0 <= t.reserved <= t.nblocks:
+        raise ValueError(f"tensor {t.name!r} has shape {list(t.shape)} and {t.reserved} reserved blocks")
 
 
 def _own_digest(meta: dict[str, str]) -> str | None:
