@@ -543,6 +543,24 @@ def test_tampered_external_data_is_located_and_recovered_into_external_data(
     assert files.verify_file(fixed_dir / "fixed.onnx", key).status == "intact"
 
 
+def test_an_external_data_location_that_is_not_utf8_is_exit_3_not_an_internal_error(
+    tmp_path: Path, ext_file: Path, key_file: Path
+) -> None:
+    """protobuf hands such a string field over as bytes, and the location check raised TypeError (found by a
+    byte-flip fuzz): verify, recover, inspect and seal ended in 'internal error' with a traceback."""
+    raw = ext_file.read_bytes()
+    name = ext_file.name.encode() + b".data"
+    assert name in raw
+    bad = ext_file.with_name("bad.onnx")
+    bad.write_bytes(raw.replace(name, name[:-6] + b"\xf8.data", 1))  # one byte of the name, the length kept
+    out = tmp_path / "o.onnx"
+    for argv in (["verify", bad, "--key", key_file], ["recover", bad, out, "--key", key_file], ["inspect", bad]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and "has malformed external_data (text that is not UTF-8)" in err, (argv, err)
+    rc, _, err = helpers.run_cli(["seal", bad, out, "--key", key_file])
+    assert rc == 3 and "Traceback" not in err and not out.exists(), err
+
+
 def test_one_external_file_per_tensor_keeps_that_layout(tmp_path: Path, key: paramseal.Key) -> None:
     src = tmp_path / "src" / "m.onnx"
     src.parent.mkdir()

@@ -460,6 +460,8 @@ def _typed_range(dt: np.dtype[np.generic], field: str) -> tuple[int, int] | None
 
 def _external_info(t: Any, where: str) -> tuple[str, int, int | None]:
     info = {e.key: e.value for e in t.external_data}
+    if not all(isinstance(v, str) for v in [*info, *info.values()]):  # protobuf gives bytes for non-UTF-8 text
+        raise FormatError(f"{where} has malformed external_data (text that is not UTF-8): {info}")
     loc = info.get("location")
     try:
         offset = int(info.get("offset", "0"))
