@@ -491,6 +491,12 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
     return _Found(text, meta, False)
 
 
+def _own_header(loaded: Loaded) -> list[str]:
+    """The file's own metadata header, if any: under ``--header-from`` the weights may carry its seal instead."""
+    own = loaded.metadata.get(METADATA_KEY)
+    return [] if own is None else [own]
+
+
 def _widened(path: Path, widened: dict[str, tuple[str, str]]) -> str:
     """Why a model whose floats were widened after sealing (`widened_seal`) cannot be checked, and the fix."""
     changes = sorted(set(widened.values()))
@@ -868,8 +874,7 @@ def verify_file(
         prog = Progress("verify", len(loaded.tensors), enabled=progress)
         with _about(p):
             chk, _ = _checked(loaded, p, key, header, progress=prog, select=tensors)
-            own = loaded.metadata.get(METADATA_KEY)
-            rep = pinned_check(report_of(chk), chk, loaded.tensors, expect_seal, [] if own is None else [own])
+            rep = pinned_check(report_of(chk), chk, loaded.tensors, expect_seal, _own_header(loaded))
     prog.done()
     return rep
 
@@ -914,9 +919,7 @@ def recover_file(
             ws = Workspace(d.parent)
             with _about(s):
                 chk, found = _checked(loaded, s, key, header, progress=prog)
-                # the file's own header as well: the weights may be its seal's, not the header given's
-                own = loaded.metadata.get(METADATA_KEY)
-                other = not_the_expected_seal(chk, expect_seal, loaded.tensors, [] if own is None else [own])
+                other = not_the_expected_seal(chk, expect_seal, loaded.tensors, _own_header(loaded))
                 if other is not None:  # nothing to decode or write
                     prog.done()
                     return RecoveredFile(None, other, {})

@@ -25,8 +25,8 @@ from ._pages import SCATTERED_BLOCKS, Workspace, is_mapped, release
 from ._progress import Progress
 from .errors import UsageError
 from .keys import Key
-from .report import Ints, Report, Status, TensorFinding, pinned, seal_id_arg
-from .verify import Check, carried_seal, check, report_of
+from .report import Ints, Report, Status, TensorFinding, seal_id_arg
+from .verify import Check, check, pinned_check, report_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +78,9 @@ def not_the_expected_seal(
     """
     if expect_seal is None:
         return None
-    sid = chk.header.salt.hex()
-    if sid == expect_seal:
-        carried = carried_seal(tensors, chk, also)
-        if carried is None:
-            return None
-        sid = carried
-    return pinned(replace(report_of(chk), kind="recover", written=False, seal_id=sid, decoded=False), expect_seal)
+    refused = replace(report_of(chk), kind="recover", written=False, decoded=False)
+    rep = pinned_check(refused, chk, tensors, expect_seal, also)
+    return None if rep.seal_id == expect_seal else rep
 
 
 @dataclass(frozen=True, slots=True)
