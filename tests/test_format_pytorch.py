@@ -370,6 +370,15 @@ def test_sealing_a_checkpoint_in_place_does_not_drop_its_other_entries(tmp_path:
     assert helpers.sha256(ckpt) == h
 
 
+def test_seal_counts_a_checkpoint_s_one_other_entry_in_the_singular(tmp_path: Path, key_file: Path) -> None:
+    """seal of a checkpoint with one entry besides its weights warned "holds 1 entries besides the model's weights"."""
+    ckpt = tmp_path / "ckpt.pt"
+    torch.save({"model": {"fc.weight": torch.randn(300, 200)}, "epoch": 3}, ckpt)
+    rc, out, err = helpers.run_cli(["seal", ckpt, tmp_path / "s.pt", "--key", key_file])
+    assert rc == 0 and out.startswith("OK: sealed"), (out, err)
+    assert "holds 1 entry besides the model's weights ('epoch')" in err, err
+
+
 def test_partial_recover_in_place_keeps_a_checkpoint_s_other_entries(
     tmp_path: Path, key: paramseal.Key, key_file: Path
 ) -> None:

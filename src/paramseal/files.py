@@ -775,7 +775,8 @@ def _others_left_out(src: Path, dst: Path, others: tuple[str, ...]) -> None:
     lost, so in place is refused; a new output lacks them, which seal says.
     """
     shown = ", ".join(repr(n) for n in others[:8]) + (", ..." if len(others) > 8 else "")
-    what = f"'{src}' holds {len(others)} entries besides the model's weights ({shown}), which a sealed file lacks"
+    entries = "1 entry" if len(others) == 1 else f"{len(others)} entries"
+    what = f"'{src}' holds {entries} besides the model's weights ({shown}), which a sealed file lacks"
     if dst.exists() and dst.resolve() == src.resolve():
         raise UsageError(
             f"{what}: sealing it in place would lose them; nothing was written. Seal into a new file, which leaves "
