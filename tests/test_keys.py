@@ -265,6 +265,52 @@ def test_key_text_given_for_another_argument_is_not_echoed(
     assert key.secret.hex()[-16:] not in (out + err).lower()
 
 
+def _grouped(h: str, sep: str, size: int = 8) -> str:
+    return sep.join(h[i : i + size] for i in range(0, len(h), size))
+
+
+def _shows_key_digits(text: str, h: str) -> bool:
+    """Whether ``text`` holds 8 digits of the key in a row, as written or in groups."""
+    return any(h[i : i + 8] in text.lower() for i in range(0, len(h) - 7))
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        lambda h: _grouped(h, "-"),  # as a vault or a UUID-minded UI shows it
+        lambda h: _grouped(h, " "),  # quoted, groups of 8
+        lambda h: _grouped(h, ":", 2),
+        lambda h: h[:20] + "-" + h[21:41] + "-" + h[42:],  # two digits mistyped
+    ],
+)
+def test_key_text_in_groups_or_mistyped_is_not_echoed(
+    sealed_file: Path, key_file: Path, key: paramseal.Key, form: Callable[[str], str]
+) -> None:
+    """Key text broken by separators was quoted whole: 'key file 'b010f5bd-735b41d8-...' does not exist'."""
+    h = key.secret.hex()
+    text = form(h)
+    with pytest.raises(KeyFileError, match="path of a key file") as ei:
+        paramseal.load_key(text)
+    assert not _shows_key_digits(str(ei.value), h)
+    for argv in (["verify", sealed_file, "--key", text], ["verify", text, "--key", key_file, "--json"]):
+        rc, out, err = helpers.run_cli(argv)
+        assert rc == 3 and "not shown" in err
+        assert not _shows_key_digits(out + err, h)
+
+
+def test_key_text_split_over_several_arguments_is_not_echoed(sealed_file: Path, key: paramseal.Key) -> None:
+    """`--key $KEY` of a key kept in groups of 8: argparse said 'unrecognized arguments: 735b41d8 7849aa96 ...'."""
+    h = key.secret.hex()
+    words = [h[i : i + 8] for i in range(0, 64, 8)]
+    for argv in (
+        ["verify", sealed_file, "--key", *words, "--json"],
+        ["verify", sealed_file, f"--key={words[0]}", *words[1:]],
+    ):
+        rc, out, err = helpers.run_cli(argv)
+        assert rc == 3
+        assert not _shows_key_digits(out + err, h)
+
+
 def test_a_missing_key_file_under_a_folder_named_by_a_hash_is_named(tmp_path: Path) -> None:
     """A hub snapshot folder is named by a 40-digit commit hash: its path was hidden as if it were a key."""
     missing = tmp_path / "snapshots" / ("0123456789abcdef" * 3)[:40] / "paramseal.key"

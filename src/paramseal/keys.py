@@ -29,6 +29,11 @@ _KEY_FILE_LIMIT = 4096  # bytes read from a key file at most: 64 hex digits and 
 #: Half a key's hex digits in a row: a "path" holding them is (most of) a pasted key, never to be quoted.
 _KEYISH = re.compile(rf"[0-9a-fA-F]{{{KEY_BYTES},}}")
 _KEYISH_DIR = re.compile(r"[0-9a-fA-F]{48,}")
+#: Key text in groups (``b010f5bd-735b41d8-...``, ``b0:10:...``) or with a digit or two mistyped: runs of hex digits
+#: broken by one or two other characters; three quarters of a key's digits in one such stretch are never quoted.
+_HEX_RUN = re.compile(r"[0-9a-fA-F]+")
+_GROUPED_DIGITS = 48
+_HEX_WORD = re.compile(r"[0-9a-fA-F]{2,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,9 +194,29 @@ def _holds_key_text(value: str) -> bool:
     for i, part in enumerate(parts):
         prefix /= part
         # a folder: more digits than a 40-digit commit hash, whose snapshot folder may be missing
-        if (_KEYISH if i == len(parts) - 1 else _KEYISH_DIR).search(part) and not prefix.exists():
+        keyish = (_KEYISH if i == len(parts) - 1 else _KEYISH_DIR).search(part) or _grouped_key_text(part)
+        if keyish and not prefix.exists():
             return True
     return False
+
+
+def _grouped_key_text(text: str) -> list[str]:
+    """The stretches of ``text`` that hold a key in groups or mistyped (hex runs 1 or 2 characters apart, no '/').
+
+    One pass over the runs: a regular expression for it backtracks, quadratic in a long name.
+    """
+    found: list[str] = []
+    start = end = digits = 0
+    for m in _HEX_RUN.finditer(text):
+        gap = text[end : m.start()]
+        if not digits or not 1 <= len(gap) <= 2 or "/" in gap:
+            if digits >= _GROUPED_DIGITS:
+                found.append(text[start:end])
+            start, digits = m.start(), 0
+        end, digits = m.end(), digits + m.end() - m.start()
+    if digits >= _GROUPED_DIGITS:
+        found.append(text[start:end])
+    return found
 
 
 def _is_key_text(text: str) -> bool:
@@ -204,14 +229,24 @@ def key_like_args(args: Iterable[str]) -> tuple[str, ...]:
     """The command-line words that hold key text rather than a path (``--opt=VALUE`` too): never to be quoted.
 
     The same test `load_key` makes of ``--key``: 64 hex digits, or a name with half a key's
-    digits in a row, that is no existing file (``paramseal verify "$PARAMSEAL_KEY" model``). The runs
-    of digits are hidden too: a message may quote the word changed (``KEY/`` as the path ``KEY``).
+    digits in a row, or three quarters of them in groups, that is no existing file (``paramseal verify
+    "$PARAMSEAL_KEY" model``); and words of hex digits in a row that make three quarters of a key (a key
+    kept in groups, unquoted). The runs of digits are hidden too: a message may quote the word changed
+    (``KEY/`` as the path ``KEY``).
     """
     found: list[str] = []
-    for a in args:
+    run: list[str] = []  # words of hex digits in a row: `--key $KEY` of a key kept in groups splits it
+    for a in [*args, ""]:
         value = a.partition("=")[2] if a.startswith("-") else a
+        if _HEX_WORD.fullmatch(value) and not os.path.exists(value):
+            run.append(value)
+        else:
+            found += run if sum(map(len, run)) >= _GROUPED_DIGITS else []
+            run = []
         if value and _holds_key_text(value):
-            found += [value, value.strip(), *_KEYISH.findall(value)]
+            grouped = _grouped_key_text(value)
+            found += [value, value.strip(), *_KEYISH.findall(value), *grouped]
+            found += [w for g in grouped for w in re.findall(r"[0-9a-fA-F]{4,}", g)]  # a message may regroup it
     return tuple(sorted(set(found) - {""}, key=len, reverse=True))
 
 
