@@ -311,6 +311,18 @@ def test_key_text_split_over_several_arguments_is_not_echoed(sealed_file: Path, 
         assert not _shows_key_digits(out + err, h)
 
 
+@pytest.mark.parametrize(
+    "where", [lambda s, k, h: ["verify", h, "--key", k], lambda s, k, h: ["verify", s, "--key", h]]
+)
+def test_a_name_of_hex_digits_too_long_for_the_system_is_exit_3_not_a_traceback(
+    sealed_file: Path, key_file: Path, where: Callable[[str, str, str], list[str]]
+) -> None:
+    """A 300-digit name: asking whether it existed raised ENAMETOOLONG before parsing, exit 1 (a verdict)."""
+    rc, out, err = helpers.run_cli(where(str(sealed_file), str(key_file), "ab" * 150))
+    assert rc == 3 and "Traceback" not in err and "ab" * 150 not in out + err
+    assert "longer than this system allows" in err
+
+
 def test_a_missing_key_file_under_a_folder_named_by_a_hash_is_named(tmp_path: Path) -> None:
     """A hub snapshot folder is named by a 40-digit commit hash: its path was hidden as if it were a key."""
     missing = tmp_path / "snapshots" / ("0123456789abcdef" * 3)[:40] / "paramseal.key"

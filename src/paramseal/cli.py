@@ -270,10 +270,20 @@ def _seal_id_shown(hidden: tuple[str, ...], given: str | None) -> tuple[str, ...
 
 
 def _no_empty_paths(p: _Parser, args: argparse.Namespace) -> None:
-    """Refuse an empty path: it reads as '.', and a sealed sharded folder there would verify as IN."""
+    """Refuse an empty path: it reads as '.', and a sealed sharded folder there would verify as IN.
+
+    Also a name longer than the system allows: every look at it (is it a folder?) raises ENAMETOOLONG.
+    """
     for dest, name in _PATHS.items():
-        if getattr(args, dest, None) == "":
+        value = getattr(args, dest, None)
+        if value == "":
             p.error(f"{name} is empty (an unset shell variable?); give a path")
+        if isinstance(value, str):
+            try:
+                os.stat(value)
+            except OSError as e:
+                if e.errno == errno.ENAMETOOLONG:
+                    p.error(f"{name} holds a name longer than this system allows; give a shorter path")
 
 
 def _main(argv: Sequence[str] | None) -> int:

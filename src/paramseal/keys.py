@@ -195,7 +195,7 @@ def _holds_key_text(value: str) -> bool:
         prefix /= part
         # a folder: more digits than a 40-digit commit hash, whose snapshot folder may be missing
         keyish = (_KEYISH if i == len(parts) - 1 else _KEYISH_DIR).search(part) or _grouped_key_text(part)
-        if keyish and not prefix.exists():
+        if keyish and not os.path.exists(prefix):  # False, not ENAMETOOLONG, for a name too long to be a file
             return True
     return False
 
