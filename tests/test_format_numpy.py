@@ -675,3 +675,38 @@ def test_an_unknown_format_name_is_refused_listing_the_known_ones(tmp_path: Path
             call()
         assert all(name in str(ei.value) for name in ("npz", "npy", "pytorch", "onnx", "safetensors"))
     assert helpers.listing(tmp_path) == before
+
+
+def test_a_sealed_bfloat16_model_saved_again_by_np_savez_as_raw_v2_is_found_and_restored(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """np.savez of a sealed bf16 model's ml_dtypes arrays writes raw |V2 (same bits, type lost): verify and recover
+    said 'carries no ParamSeal header ... seal it first' (exit 3; the copies in the weights were not looked for in
+    raw bytes), inspect refused the file, and with --header-from every block failed (exit 2, 'NOT fully
+    recoverable') though every bit was as sealed; now the copies are read, the retype is reported (exit 1) and
+    recover writes the sealed values back as bfloat16, bit for bit, also after a flip."""
+    rng = np.random.default_rng(3)
+    model = {
+        "w": rng.standard_normal((1024, 1024)).astype(ml_dtypes.bfloat16),
+        "b": rng.standard_normal(256).astype(ml_dtypes.bfloat16),
+    }
+    sealed = paramseal.seal(model, key)
+    assert sealed.header.carriers  # the header lives in the weights alone once the file has no metadata
+    raw = tmp_path / "raw.npz"
+    np.savez(raw, **sealed.tensors)
+    assert {a.dtype.str for a in files.read_model(raw).tensors.values()} == {"|V2"}
+    rc, out, err = helpers.run_cli(["verify", raw, "--key", key_file])
+    assert rc == 1 and "w: dtype changed from BF16 to |V2" in out and "np.savez" in out, (out, err)
+    rc, out, err = helpers.run_cli(["inspect", raw])
+    assert rc == 0 and "sealed:" in out and "BF16" in out, (out, err)
+    flipped = {n: a.copy() for n, a in sealed.tensors.items()}
+    flipped["w"].view(np.uint16).reshape(-1)[5000] ^= 1 << 14
+    hit = tmp_path / "hit.npz"
+    np.savez(hit, **flipped)
+    for src in (raw, hit):
+        fixed = tmp_path / f"fixed-{src.stem}.npz"
+        rc, out, err = helpers.run_cli(["recover", src, fixed, "--key", key_file])
+        assert rc == 0, (out, err)
+        got = files.read_model(fixed).tensors
+        assert {a.dtype for a in got.values()} == {np.dtype(ml_dtypes.bfloat16)}
+        helpers.assert_model_equal(got, sealed.tensors)

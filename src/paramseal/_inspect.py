@@ -16,6 +16,7 @@ from .formats import Loaded
 from .header import METADATA_KEY, MalformedHeaderError, missing_fields, peek_header
 from .levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
 from .seal import non_finite
+from .verify import typed_voids
 
 
 def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
@@ -141,11 +142,12 @@ def _read_header(p: Path, loaded: Loaded) -> tuple[dict[str, Any] | None, str, s
             problem = (
                 f"'{p}': the ParamSeal header in the file's metadata is malformed ({e.why}): it was edited or corrupted"
             )
-    for name, copy in _embed.header_copies(loaded.tensors):
-        try:
-            return peek_header(copy), f"weights (tensor '{name}')", problem
-        except MalformedHeaderError:
-            continue
+    for tensors in (loaded.tensors, *typed_voids(loaded.tensors)):  # np.savez's raw bfloat16 bytes too
+        for name, copy in _embed.header_copies(tensors):
+            try:
+                return peek_header(copy), f"weights (tensor '{name}')", problem
+            except MalformedHeaderError:
+                continue
     return None, "", problem
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
@@ -296,7 +296,8 @@ def usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.
     if dt != spec.dtype:
         why = [f"dtype changed from {spec.dtype} to {dt}"]
         sealed = ST_TO_NP[spec.dtype]
-        if dt in ST_TO_NP and a.size == spec.numel and a.dtype.itemsize == sealed.itemsize:
+        same = dt in ST_TO_NP or _raw_void(a.dtype)  # a raw void: np.save's ml_dtypes bfloat16
+        if same and a.size == spec.numel and a.dtype.itemsize == sealed.itemsize:
             # the same bytes under another name (F32 marked I32): their tags decide, as for a reshape
             return np.ascontiguousarray(a).view(sealed).reshape(spec.shape), why
         return None, why
@@ -325,6 +326,12 @@ def _converted(arrays: Mapping[str, NDArray[np.generic]], specs: list[TensorSpec
     if len(pairs) != 1:
         return None
     ((was, now),) = pairs
+    if was != now and now.startswith("|V"):  # `usable` read their bytes as sealed; their tags decided
+        return (
+            f"every sealed float tensor is raw {now} bytes, sealed as {was}: np.save and np.savez write ml_dtypes' "
+            f"bfloat16 so, which keeps the bits but loses the type; recover writes them back as {was} (np.load "
+            "reads ParamSeal's .npz as bfloat16 once ml_dtypes is imported)"
+        )
     if was == now or now not in FLOATS:
         return None
     said = f"every sealed float tensor is {now}, sealed as {was}: the whole model was converted from {was} to {now}"
@@ -432,7 +439,40 @@ def _match_moved(
     return moved
 
 
+def _raw_void(dt: np.dtype[Any]) -> bool:
+    """Raw bytes of no known type: ``np.save`` writes ml_dtypes' bfloat16 (and float8) arrays so."""
+    return dt.kind == "V" and dt.names is None and dt.subdtype is None
+
+
+#: What a raw 2-byte void may be: np.save writes ml_dtypes' bfloat16 as ``|V2`` (float16 keeps its type).
+_VOID_AS = (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
+
+
 def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) -> str:
+    """The seal header embedded in the weights, authenticated with ``key`` (see `_header_from_weights`).
+
+    Tensors saved as raw 2-byte voids (``np.savez`` of ml_dtypes bfloat16 arrays keeps their bytes but
+    not their type) are read as each 2-byte float in turn when the weights hold no copy as they are.
+    """
+    try:
+        return _header_from_weights(tensors, key)
+    except NotSealedError:
+        for typed in typed_voids(tensors):
+            try:
+                return _header_from_weights(typed, key)
+            except NotSealedError:
+                continue
+        raise
+
+
+def typed_voids(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[dict[str, NDArray[np.generic]]]:
+    """``tensors`` with their raw 2-byte voids read as each 2-byte float in turn; nothing if none is one."""
+    voids = {n: a for n, a in tensors.items() if _raw_void(a.dtype) and a.dtype.itemsize == 2}
+    for dt in _VOID_AS if voids else ():
+        yield {**tensors, **{n: a.view(dt) for n, a in voids.items()}}
+
+
+def _header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) -> str:
     """The seal header embedded in the weights, authenticated with ``key``.
 
     Each copy is tried, then headers rebuilt from damaged copies (`_embed.merged_copies`: a
