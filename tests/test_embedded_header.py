@@ -120,6 +120,32 @@ def test_stripped_user_metadata_is_tampering_restored_only_from_a_kept_header(
     assert rep.status == "intact" and any("carries no metadata" in n for n in rep.notes), rep.notes
 
 
+def test_a_stripped_writers_format_entry_is_known_from_its_digest_and_written_back(
+    tmp_path: Path, big: dict[str, np.ndarray], key: paramseal.Key, key_file: Path
+) -> None:
+    """A model sealed with save_pretrained's {"format": "pt"} alone, its metadata stripped by a re-save
+    (safetensors.torch.save_file, np.savez), was 'tampered with (NOT fully recoverable)', exit 2, and recover wrote
+    nothing, though that entry is the one safetensors' writers add and the header's digest names it: it now verifies
+    (exit 0, a note says what was stripped), and recover writes the sealed file back byte for byte, also after a
+    flip."""
+    plain = helpers.write_st(tmp_path / "plain.safetensors", big, {"format": "pt"})
+    whole = tmp_path / "sealed.safetensors"
+    assert helpers.run_cli(["seal", plain, whole, "--key", key_file])[0] == 0
+    tensors = helpers.read_st(whole)[0]
+    p = helpers.write_st(tmp_path / "stripped.safetensors", tensors)
+    rc, out, err = helpers.run_cli(["verify", p, "--key", key_file])
+    assert rc == 0 and "{'format': 'pt'}" in out and "was stripped" in out, (out, err)
+    hit = {n: np.array(a) for n, a in tensors.items()}
+    hit["emb.weight"].view(np.uint32).reshape(-1)[777] ^= 1 << 30
+    for src in (p, helpers.write_st(tmp_path / "hit.safetensors", hit)):
+        out_p = tmp_path / f"r-{src.name}"
+        rc, out, err = helpers.run_cli(["recover", src, out_p, "--key", key_file])
+        assert rc == 0 and out_p.read_bytes() == whole.read_bytes(), (out, err)
+    rc, out, err = helpers.run_cli(["verify", _stripped(tmp_path, paramseal.seal(big, key, metadata={"format": "x"}),
+                                                         "x.safetensors"), "--key", key_file])  # fmt: skip
+    assert rc == 2 and "metadata was stripped" in out, (out, err)  # any other metadata is still lost
+
+
 def test_a_removed_or_cut_down_header_entry_is_noted_or_undone(
     tmp_path: Path, sealed_big: paramseal.SealedModel, sealed_bare: paramseal.SealedModel, key: paramseal.Key
 ) -> None:

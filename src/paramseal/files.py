@@ -461,6 +461,14 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
             why = f"{HEADER_FROM_WEIGHTS} (the file's metadata, which held it alone, was stripped); "
             why += "recover writes it back"
             return _Found(_restored(copy, {}, key), {}, False, notes=[why])
+        if kept and not meta and (known := _writers_metadata(sealed_digest)) is not None:
+            # all it held besides the header was a writer's format entry: known from its digest, nothing is lost
+            why = (
+                f"{HEADER_FROM_WEIGHTS} (the file's metadata, which held it and {known} alone, the entry "
+                "safetensors' writers add, was stripped; the sealed metadata is known from its digest); "
+                "recover writes them back"
+            )
+            return _Found(_restored(copy, known, key), known, False, notes=[why])
         if not meta or not kept:  # none stored (a conversion, a re-save: check judges what was lost), or
             return _Found(copy, meta, True)  # none storable: the reader's own entries (.pt ties)
         # Other metadata but no header entry: a tool re-saved the file with metadata of its own or
@@ -624,6 +632,16 @@ def _same_header(text: str, given: str, key: Key) -> bool:
         return a.to_json(key, embedded=True) == b.to_json(key, embedded=True)
     except (FormatError, KeyMismatchError):
         return False
+
+
+#: The metadata safetensors' framework writers put in a file (save_pretrained's {"format": "pt"}): a model sealed
+#: with only this, whose metadata a tool stripped, has lost nothing that its header's digest cannot name.
+_WRITERS_METADATA = tuple({"format": f} for f in ("pt", "tf", "flax", "mlx", "np"))
+
+
+def _writers_metadata(digest: str) -> dict[str, str] | None:
+    """The writer's metadata whose digest is ``digest``, if it is one of `_WRITERS_METADATA`."""
+    return next((dict(m) for m in _WRITERS_METADATA if metadata_digest(m) == digest), None)
 
 
 def _restored(copy: str, meta: dict[str, str], key: Key) -> str:
