@@ -174,3 +174,51 @@ def test_an_authentic_header_with_a_tensor_table_seal_never_writes_is_exit_3_not
         rc, _, err = helpers.run_cli(argv)
         assert rc == 3 and "authentic but unreadable" in err and why in err and "Traceback" not in err, (argv, err)
     assert not (d / "out.safetensors").exists()
+
+
+def _forged(body: dict[str, object], key: paramseal.Key) -> str:
+    """``body`` as an authentic header: MAC'd again with the key, as a key holder (or a buggy writer) would."""
+    from paramseal import header as hdr
+
+    body = dict(body)
+    body.pop("hmac", None)
+    meta = body.pop("user_metadata", None) if body.get("scheme") != "paramseal/1" else None
+    body["hmac"] = hdr._mac(key, body)
+    if meta is not None:
+        body["user_metadata"] = meta
+    return json.dumps(body)
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+@pytest.mark.parametrize("scheme", ["paramseal/1", "paramseal/2", "paramseal/3"])
+def test_missing_fields_asks_for_a_field_the_serializer_gains(monkeypatch: pytest.MonkeyPatch, scheme: str) -> None:
+    """missing_fields kept its own list of fields beside Header.body: one the serializer gained went unnamed."""
+    from paramseal import header as hdr
+
+    assert scheme in hdr.READS
+    body = hdr.Header.body
+    monkeypatch.setattr(hdr.Header, "body", lambda self: {**body(self), "new_field": 1})
+    assert "new_field" in hdr.missing_fields({"scheme": scheme})
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
+def test_the_fields_parse_header_needs_are_the_ones_missing_fields_names(version: str) -> None:
+    """Each field missing_fields names, removed from an authentic header (MAC'd again), fails parse_header; any
+    other field removed still parses: the list inspect shows is what verify needs."""
+    from paramseal.errors import ParamSealError
+    from paramseal.header import missing_fields, parse_header
+
+    key = paramseal.load_key(GOLDEN / version / "golden.key")
+    body = json.loads(files.read_model(GOLDEN / version / "sealed.safetensors").metadata[METADATA_KEY])
+    need = {"scheme", *missing_fields({"scheme": body["scheme"]})}
+    assert missing_fields(body) == [] and {"hmac", "tensors", "salt"} <= need
+    for name in body:
+        without = {k: v for k, v in body.items() if k != name}
+        text = _forged(without, key) if name != "hmac" else json.dumps(without)
+        if name in need:
+            with pytest.raises(ParamSealError):
+                parse_header(text, key)
+        else:
+            assert parse_header(text, key).salt.hex() == body["salt"], name

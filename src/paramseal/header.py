@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ OWN_PREFIX = "paramseal."  # metadata entries ParamSeal itself writes into a mod
 SET_KEY = "paramseal_set"  # a sharded checkpoint's set record, sealed in each shard (see sharded)
 MAC_NAME = "mlh-p32+aes256ctr"
 CODE_NAME = "rs-gf16-leopard"
+SALT_BYTES = 16
 _MAX_HEADER_CHARS = 64 << 20
 # A header nests 4 deep (body, tensor table, entry, shape); deeper is an edit. Checked after parsing:
 # JSON nested just under the recursion limit parses, then fails to be serialised for the MAC or printed.
@@ -262,7 +263,10 @@ def parse_header(text: str, key: Key) -> Header:
     v1 = body["scheme"] == "paramseal/1"
     user_meta: dict[str, str] | None = None
     if v1:
-        user_meta = body["user_metadata"]
+        user_meta = body.get("user_metadata")
+        if not isinstance(user_meta, dict):  # under the MAC in v1: authentic, but no metadata to read
+            what = "it has no 'user_metadata' field" if user_meta is None else "its user_metadata is not an object"
+            raise FormatError(f"the ParamSeal header is authentic but unreadable: {what}")
     elif meta_copy is not None:
         if (
             not isinstance(meta_copy, dict)
@@ -379,15 +383,30 @@ def peek_header(text: str) -> dict[str, Any]:
     return body
 
 
+def _fields(scheme: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The fields every header of ``scheme`` holds (in the order written), and those it may hold.
+
+    Both are read off what `Header.body` writes: the serializer is the one list, so a field it gains
+    is required here with it (or allowed, once ``full`` below sets what makes it written).
+    """
+    bare = Header("standard", None, bytes(SALT_BYTES), "", 0, (), scheme=scheme, own_field=False)
+    full = replace(
+        bare,
+        user_metadata={OWN_PREFIX + "x": ""},
+        own_field=True,
+        carriers=(0,),
+        copies=2,
+        st_room=1,
+        strata_perms=1,
+        keyed_offset=True,
+    )
+    return (*bare.body(), "hmac"), frozenset(full.body()) | {"hmac", "user_metadata"}
+
+
 def missing_fields(body: Mapping[str, Any]) -> list[str]:
     """The fields `parse_header` needs that a (peeked, untrusted) header lacks, for a scheme this version reads."""
     scheme = body.get("scheme")
-    need = ["scheme"]
-    if scheme in READS:
-        need += ["level", "bits", "block", "mac", "code", "shard_bytes", "lanes", "salt", "key_fingerprint"]
-        need += ["tensors", "external_tags", "hmac"]
-        need += ["user_metadata"] if scheme == "paramseal/1" else ["user_metadata_sha256", "carriers"]
-        need += ["strata", "outer_host"] if scheme == SCHEME_IRS else []
+    need = list(_fields(scheme)[0]) if scheme in READS else ["scheme"]
     return [f for f in need if f not in body]
 
 
