@@ -222,3 +222,96 @@ def test_the_fields_parse_header_needs_are_the_ones_missing_fields_names(version
                 parse_header(text, key)
         else:
             assert parse_header(text, key).salt.hex() == body["salt"], name
+
+
+@pytest.fixture(params=["irs", "lanes"])
+def sealed_code(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Path, Path, Loaded]:
+    """A sealed model of each code: a float matrix, a bias below one block and an integer tensor."""
+    key = paramseal.Key.generate()
+    kf = tmp_path / "k.key"
+    paramseal.write_key(kf, key)
+    rng = np.random.default_rng(0)
+    model = {"w": rng.standard_normal((64, 256)).astype(np.float32), "b": rng.standard_normal(48).astype(np.float32)}
+    files.write_model(tmp_path / "m.safetensors", Loaded({**model, "i": np.arange(100)}))
+    files.seal_file(tmp_path / "m.safetensors", tmp_path / "s.safetensors", key, code=request.param)
+    return tmp_path, kf, files.read_model(tmp_path / "s.safetensors")
+
+
+def _entry(b: dict, name: str) -> dict:
+    return next(t for t in b["tensors"] if t["name"] == name)
+
+
+# (edit, what the message says, the code it applies to: None for both)
+IGNORED = [
+    (lambda b: b.update(block=0), "block is 0, expected 64", None),
+    (lambda b: b.update(block=128), "block is 128, expected 64", None),
+    (lambda b: b.update(code="x"), "code is 'x', expected 'irs4-gf256'", "irs"),
+    (lambda b: b.update(code="x"), "code is 'x', expected 'rs-gf16-leopard'", "lanes"),
+    (lambda b: b.update(code="irs4-gf256"), "code is 'irs4-gf256', expected 'rs-gf16-leopard'", "lanes"),
+    (lambda b: b.update(mac="x"), "mac is 'x', expected 'mlh-p32+aes256ctr'", None),
+    (lambda b: b.update(shard_bytes=8), "shard_bytes is 8, expected 4", None),
+    (lambda b: b.update(level="x"), "level is 'x', expected one of 'light', 'standard', 'strong'", None),
+    (lambda b: b.update(bits=99), "bits is 99, expected null or 1..51", None),
+    (lambda b: b.update(salt="ab"), "salt is 1 byte(s) long, expected 16", None),
+    (lambda b: b.update(lanes=7), "lanes is 7, expected 0", "irs"),
+    (lambda b: b.update(lanes=0), "lanes is 0, expected a positive number of lanes", "lanes"),
+    (lambda b: b.update(strata=b["strata"] + 1), "words per stratum of its tensor table", "irs"),
+    (lambda b: b.update(outer_host=7), "outer_host is 7, expected one of 0, 2, 3", "irs"),
+    (lambda b: b.update(strata_perms=3), "strata_perms is 3, expected 256 (or absent)", "irs"),
+    (lambda b: b.update(keyed_offset=2), "keyed_offset is 2, expected it absent", "irs"),
+    (lambda b: b.update(strata=5), "strata is 5, a field never read", "lanes"),
+    (lambda b: b.update(header_copies=99), "header_copies is 99, expected 1..12", None),
+    (lambda b: b.update(header_copies=1), "header_copies is 1, expected it absent", None),
+    (lambda b: b.update(zz=1), "zz is 1, a field never read", None),
+    (lambda b: _entry(b, "w").update(zz=1), "tensor 'w': zz is 1, a field never read", None),
+    (
+        lambda b: _entry(b, "w").update(shape=["64", 256]),
+        """tensor 'w': shape is ["64", 256], read as [64, 256]""",
+        None,
+    ),
+    (lambda b: b.update(bits=8.0), "bits is 8.0, read as 8", None),
+    (lambda b: b["external_tags"].update({"9": ""}), "external_tags names tensor 9", None),
+    (lambda b: _entry(b, "w").update(k=4), "holds k = [4], expected fp32 tensors that all carry k = 8 or 12", "irs"),
+    # the copy in the weights: no user metadata beside it, whose own check would come first
+    (lambda b: (b.pop("user_metadata"), b.update(user_metadata_sha256="x" * 64)), "user_metadata_sha256 is 'xx", None),
+]
+
+
+@pytest.mark.parametrize(
+    ("sealed_code", "edit", "why"),
+    [(c, e, w) for e, w, code in IGNORED for c in ([code] if code else ["irs", "lanes"])],
+    ids=[f"{c}-{w}" for _, w, code in IGNORED for c in ([code] if code else ["irs", "lanes"])],
+    indirect=["sealed_code"],
+)
+def test_an_authentic_header_with_a_setting_the_engine_does_not_use_is_unreadable_not_ignored(
+    sealed_code: tuple[Path, Path, Loaded], edit: object, why: str
+) -> None:
+    """Such a header (only a key holder, a buggy tool or a hand edit MAC'd again, makes one) verified the model
+    intact under settings it never used: block 0, an unknown code or MAC, fields ignored or read otherwise."""
+    d, kf, m = sealed_code
+    key = paramseal.load_key(kf)
+    body = json.loads(m.metadata[METADATA_KEY])
+    assert callable(edit)
+    edit(body)
+    bad = _with_header(d, m, _forged(body, key))
+    for argv in (["verify", bad, "--key", kf], ["recover", bad, d / "out.safetensors", "--key", kf]):
+        rc, out, err = helpers.run_cli(argv)
+        assert rc == 3 and "authentic but unreadable" in err and why in err and "Traceback" not in err, (argv, err)
+    assert not (d / "out.safetensors").exists()
+
+
+def test_every_setting_the_engine_does_not_use_is_named(sealed_code: tuple[Path, Path, Loaded]) -> None:
+    d, kf, m = sealed_code
+    body = json.loads(m.metadata[METADATA_KEY]) | {"block": 0, "code": "x", "mac": "y", "shard_bytes": 2}
+    rc, _, err = helpers.run_cli(["verify", _with_header(d, m, _forged(body, paramseal.load_key(kf))), "--key", kf])
+    assert rc == 3 and "block is 0, expected 64; mac is 'y', expected 'mlh-p32+aes256ctr'; code is 'x'" in err
+    assert "; shard_bytes is 2, expected 4. Seal never writes these" in err, err
+
+
+def test_an_authentic_header_as_seal_writes_it_still_reads_after_a_json_tool_rewrites_it(
+    sealed_code: tuple[Path, Path, Loaded],
+) -> None:
+    """The check compares values, not text: another indent or key order keeps the seal, as the MAC does."""
+    d, kf, m = sealed_code
+    text = json.dumps(json.loads(m.metadata[METADATA_KEY]), indent=3)
+    assert helpers.run_cli(["verify", _with_header(d, m, text), "--key", kf])[0] == 0

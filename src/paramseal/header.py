@@ -18,10 +18,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from . import _embed, _outer, _strata
 from ._layout import TensorSpec
 from .errors import FormatError, KeyMismatchError
 from .keys import Key
-from .levels import BLOCK, FLOATS, ST_TO_NP
+from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP
 
 SCHEME = "paramseal/2"
 #: v3: the same header with the interleaved Reed–Solomon code (``_irs``) instead of lanes.
@@ -34,6 +35,7 @@ OWN_PREFIX = "paramseal."  # metadata entries ParamSeal itself writes into a mod
 SET_KEY = "paramseal_set"  # a sharded checkpoint's set record, sealed in each shard (see sharded)
 MAC_NAME = "mlh-p32+aes256ctr"
 CODE_NAME = "rs-gf16-leopard"
+SHARD_BYTES = 4  # bytes of a parity shard: one 32-bit word
 SALT_BYTES = 16
 _MAX_HEADER_CHARS = 64 << 20
 # A header nests 4 deep (body, tensor table, entry, shape); deeper is an edit. Checked after parsing:
@@ -63,7 +65,7 @@ class Header:
     block: int = BLOCK
     mac: str = MAC_NAME
     code: str = CODE_NAME
-    shard_bytes: int = 4
+    shard_bytes: int = SHARD_BYTES
     strata: int = 0  # v3: words per stratum (the number of code groups)
     host: int = 0  # v3: free bytes per codeword that carry the outer code
     strata_perms: int = 0  # v3: keyed position permutations of the groups (absent, 0, in the first v3 seals)
@@ -293,16 +295,12 @@ def parse_header(text: str, key: Key) -> Header:
             )
             for t in body["tensors"]
         )
-        for t in tensors:
-            _check_spec(t)
         carriers = () if v1 else tuple(int(i) for i in body["carriers"])
-        if not all(0 <= i < len(tensors) for i in carriers):
-            raise ValueError(f"its carriers {list(carriers)} are not all tensors of its table")
         ext = {
             int(i): np.frombuffer(base64.b64decode(v), dtype="<u4").astype(np.uint64)
             for i, v in body["external_tags"].items()
         }
-        return Header(
+        h = Header(
             level=str(body["level"]),
             bits=None if body["bits"] is None else int(body["bits"]),
             salt=bytes.fromhex(body["salt"]),
@@ -328,18 +326,140 @@ def parse_header(text: str, key: Key) -> Header:
             st_room=0 if v1 else _room(body.get("safetensors_header_bytes", 0)),
         )
     except (KeyError, TypeError, ValueError, OverflowError) as e:  # authenticated but unreadable: a writer bug
-        raise FormatError(f"the ParamSeal header is authentic but unreadable: {e}") from None
+        raise FormatError(f"the ParamSeal header is authentic but unreadable: {_malformed(text, e)}") from None
+    if problems := _unreadable_fields(h, body):
+        raise FormatError(
+            f"the ParamSeal header is authentic but unreadable: {'; '.join(problems)}. Seal never writes these: "
+            "the header was written by another tool, by hand, or by a newer ParamSeal (upgrade ParamSeal, or "
+            "seal the original model again with this one)"
+        )
+    return h
 
 
-def _check_spec(t: TensorSpec) -> None:
-    """Refuse a tensor table entry seal never writes: the code that reads it assumes these hold."""
+def _unreadable_fields(h: Header, body: Mapping[str, Any]) -> list[str]:
+    """What in authentic header ``h`` (parsed from ``body``, the fields its MAC covers) the engine cannot do.
+
+    Each entry names the field, the value found and the value expected. Only the key holder makes an
+    authentic header, but a tool other than seal (or a hand edit, MAC'd again) can record settings that
+    the engine would otherwise ignore, verifying the model under its own.
+    """
+    out = [why for t in h.tensors if (why := _check_spec(t))]
+    if not all(0 <= i < len(h.tensors) for i in h.carriers):
+        out.append(f"its carriers {list(h.carriers)} are not all tensors of its table")
+    elif len(set(h.carriers)) != len(h.carriers):
+        out.append(f"its carriers {list(h.carriers)} name a tensor twice, expected distinct tensors")
+    code = _strata.CODE_NAME if h.irs else CODE_NAME
+    fixed = [("block", h.block, BLOCK), ("mac", h.mac, MAC_NAME), ("code", h.code, code)]
+    fixed.append(("shard_bytes", h.shard_bytes, SHARD_BYTES))
+    out += [f"{name} is {got!r}, expected {want!r}" for name, got, want in fixed if got != want]
+    if h.level not in LEVELS:
+        out.append(f"level is {h.level!r}, expected one of {', '.join(map(repr, LEVELS))}")
+    top = max(f.mantissa for f in FLOATS.values()) - 1
+    if h.bits is not None and not 1 <= h.bits <= top:
+        out.append(f"bits is {h.bits}, expected null or 1..{top} (the low bits each value carries)")
+    if len(h.salt) != SALT_BYTES:
+        out.append(f"salt is {len(h.salt)} byte(s) long, expected {SALT_BYTES}")
+    if h.irs and h.lanes != 0:
+        out.append(f"lanes is {h.lanes}, expected 0 (an irs4 seal has no lanes)")
+    elif not h.irs and h.lanes < 1:  # any number above: SealConfig(lanes=) chooses it
+        out.append(f"lanes is {h.lanes}, expected a positive number of lanes")
+    if h.irs:
+        if h.host not in (0, *_outer.KNOWN_HOSTS):
+            out.append(f"outer_host is {h.host}, expected one of {', '.join(map(str, (0, *_outer.KNOWN_HOSTS)))}")
+        if h.strata_perms not in (0, _strata.PERMS):
+            out.append(f"strata_perms is {h.strata_perms}, expected {_strata.PERMS} (or absent)")
+        if not out:  # a table that passed the checks above
+            out += _irs_table_problems(h)
+    if not 1 <= h.copies <= _embed.MAX_COPIES:
+        out.append(f"header_copies is {h.copies}, expected 1..{_embed.MAX_COPIES}")
+    if h.metadata_digest is not None and not _is_hex_digest(h.metadata_digest):
+        out.append(f"user_metadata_sha256 is {h.metadata_digest!r}, expected a SHA-256 digest (64 hex digits)")
+    if not out:  # the external tags are sized by the table: only once it holds
+        out += _external_problems(h)
+    # Last, what the parse above left out or read otherwise (an unknown field, keyed_offset 2, a number
+    # written as text): the header seal writes for the values read must be the one given.
+    if not out:
+        out += _not_as_written(h, body)
+    return out
+
+
+def _irs_table_problems(h: Header) -> list[str]:
+    """An irs4 table holds fp32 tensors that carry one of `_strata.KS` bits, and strata as seal lays them out."""
+    ks = sorted({t.k for t in h.tensors if t.is_float})
+    other = sorted({t.dtype for t in h.tensors if t.is_float and t.dtype != "F32"})
+    if other or len(ks) != 1 or ks[0] not in _strata.KS:
+        allowed = " or ".join(map(str, _strata.KS))
+        found = f"{', '.join(other)} tensors carrying bits" if other else f"k = {ks or 'none'}"
+        return [f"its tensor table holds {found}, expected fp32 tensors that all carry k = {allowed} (irs4)"]
+    g = _strata.layout_of(list(h.tensors))[0]
+    return [] if h.strata == g else [f"strata is {h.strata}, expected {g} (words per stratum of its tensor table)"]
+
+
+def _external_problems(h: Header) -> list[str]:
+    """The external tags (of blocks with no room for their own tag) must be one for each such block."""
+    out = [
+        f"external_tags names tensor {i}, expected only tensors of its table (0..{len(h.tensors) - 1})"
+        for i in sorted(h.external_tags)
+        if not 0 <= i < len(h.tensors)
+    ]
+    for i, t in enumerate(h.tensors):
+        want = _external_count(t)
+        got = h.external_tags.get(i)
+        if (got.size if got is not None else 0) != want or (got is not None and not want):
+            n = "none" if got is None else f"{got.size} tags"
+            out.append(f"external_tags holds {n} for tensor {t.name!r}, expected {want or 'none'}")
+    return out
+
+
+def _external_count(t: TensorSpec) -> int:
+    """Blocks of ``t`` whose tag is not in their own low bits (`TensorSpec.block_storage`, without its arrays)."""
+    _, (full_inside, last_inside) = t.block_storage_ends()
+    return (t.nblocks - 1) * (not full_inside) + (not last_inside)
+
+
+def _not_as_written(h: Header, body: Mapping[str, Any]) -> list[str]:
+    """The fields of ``body`` that ``h``, written again, does not hold as given: read otherwise, or not at all."""
+    again = h.body()
+    out = _differences(body, again, _fields(h.scheme)[1])
+    given = body.get("tensors")
+    if isinstance(given, list) and len(given) == len(again["tensors"]):  # name the entries, field by field
+        out = [w for w in out if not w.startswith("tensors ")]
+        for a, b in zip(given, again["tensors"], strict=True):
+            if isinstance(a, dict):
+                out += [f"tensor {b['name']!r}: {w}" for w in _differences(a, b, frozenset(b))]
+    return out
+
+
+def _differences(given: Mapping[str, Any], again: Mapping[str, Any], known: frozenset[str]) -> list[str]:
+    """Each field of ``given`` that ``again`` (the same values written again) holds otherwise or not at all."""
+    out = []
+    for name in sorted(set(given) | set(again)):
+        if name not in again:
+            why = "expected it absent (seal leaves it out at that value)" if name in known else "a field never read"
+            out.append(f"{name} is {_short(given[name])}, {why}")
+        elif name not in given:
+            out.append(f"{name} is absent, expected {_short(again[name])}")
+        elif _canonical({"v": given[name]}) != _canonical({"v": again[name]}):
+            out.append(f"{name} is {_short(given[name])}, read as {_short(again[name])}")
+    return out
+
+
+def _short(value: object) -> str:
+    """``value`` as JSON, cut to a length a message can quote."""
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _check_spec(t: TensorSpec) -> str:
+    """What is wrong with a table entry seal never writes ('' if nothing): the code that reads it assumes these."""
     fmt = FLOATS.get(t.dtype)
     if t.dtype not in ST_TO_NP:
-        raise ValueError(f"tensor {t.name!r} has dtype {t.dtype!r}, which is never sealed")
+        return f"tensor {t.name!r} has dtype {t.dtype!r}, which is never sealed"
     if not (0 <= t.k < fmt.mantissa if fmt else t.k == 0):  # 0: a float tensor left unsealed
-        raise ValueError(f"tensor {t.name!r} carries k={t.k} low bits, out of range for {t.dtype}")
+        return f"tensor {t.name!r} carries k={t.k} low bits, out of range for {t.dtype}"
     if any(d < 0 for d in t.shape) or not 0 <= t.reserved <= t.nblocks:
-        raise ValueError(f"tensor {t.name!r} has shape {list(t.shape)} and {t.reserved} reserved blocks")
+        return f"tensor {t.name!r} has shape {list(t.shape)} and {t.reserved} reserved blocks"
+    return ""
 
 
 def _own_digest(meta: dict[str, str]) -> str | None:
@@ -347,9 +467,13 @@ def _own_digest(meta: dict[str, str]) -> str | None:
     return metadata_digest(own) if own else None
 
 
+def _is_hex_digest(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 def _hex_digest(value: object) -> str | None:
     """``own_metadata_sha256``: 64 hex digits, or absent."""
-    if value is None or (isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)):
+    if value is None or isinstance(value, str) and _is_hex_digest(value):
         return value
     raise ValueError(f"own_metadata_sha256 is {value!r}, not a SHA-256 digest")
 
