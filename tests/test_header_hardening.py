@@ -315,3 +315,50 @@ def test_an_authentic_header_as_seal_writes_it_still_reads_after_a_json_tool_rew
     d, kf, m = sealed_code
     text = json.dumps(json.loads(m.metadata[METADATA_KEY]), indent=3)
     assert helpers.run_cli(["verify", _with_header(d, m, text), "--key", kf])[0] == 0
+
+
+def _huge(body: dict, how: str) -> str:
+    """``body`` with a tensor of 2**40 values in its table, as ``how`` says; what the message says of it."""
+    from paramseal import _strata
+    from paramseal._layout import TensorSpec
+
+    w = _entry(body, "w")
+    if how == "resized":
+        w["shape"], said = [2**20, 2**20], "'w' (shape changed from [1048576, 1048576] to [64, 256])"
+    else:
+        body["tensors"].append({**w, "name": "zz", "shape": [2**20, 2**20], "reserved": 0})
+        said = "'zz' (missing)"
+    if body["scheme"] == "paramseal/3":  # strata as the new table gives them: the header is consistent, only huge
+        table = [TensorSpec(t["name"], t["dtype"], tuple(t["shape"]), t["k"], t["reserved"]) for t in body["tensors"]]
+        body["strata"] = _strata.words_per_stratum(table)
+    return said
+
+
+@pytest.mark.parametrize("how", ["resized", "added"])
+def test_an_authentic_table_far_larger_than_the_model_is_refused_before_anything_is_allocated(
+    sealed_code: tuple[Path, Path, Loaded], how: str
+) -> None:
+    """A tensor the authentic header records at 2**40 values (the file's 'w' holds 16384, or none at all) made verify
+    and recover allocate 4 TiB to stand in for it: 'out of memory, no verdict on the model' and a traceback. It is
+    tampering nothing can rebuild (more data than the file holds): exit 2, as that verdict, the tensor named."""
+    d, kf, m = sealed_code
+    body = json.loads(m.metadata[METADATA_KEY])
+    said = _huge(body, how)
+    bad = _with_header(d, m, _forged(body, paramseal.load_key(kf)))
+    for argv in (["verify", bad, "--key", kf], ["recover", bad, d / "out.safetensors", "--key", kf]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 2 and "Traceback" not in err and "out of memory" not in err, (argv, err)
+        assert f"does not hold the tensors its authentic seal header records: {said}. Their data" in err, err
+    assert not (d / "out.safetensors").exists()
+
+
+def test_the_largest_tensor_removed_is_still_reported_block_by_block(sealed_code: tuple[Path, Path, Loaded]) -> None:
+    """The refusal above is for tables no machine could stand in for: 'w', 16384 of the model's 16532 values,
+    removed, is the tamper report naming its blocks, as before (exit 2: nothing can rebuild it)."""
+    d, kf, m = sealed_code
+    out = d / "cut.safetensors"
+    files.write_model(out, Loaded({n: a for n, a in m.tensors.items() if n != "w"}, m.metadata))
+    rc, so, _ = helpers.run_cli(["verify", out, "--key", kf])
+    assert (
+        rc == 2 and "was tampered with (NOT fully recoverable)" in so and "w: missing; 256 tampered block(s)" in so
+    ), so

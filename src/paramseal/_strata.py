@@ -104,10 +104,16 @@ def _data_words(s: TensorSpec) -> int:
 
 def _strata_of(nf: int, nd: int) -> tuple[int, int]:
     """Smallest stratum size G that fits both regions in 255 strata, and the float strata."""
-    g = max(1, -(-(nf + nd) // N_POS))
-    while -(-nf // g) + -(-nd // g) > N_POS:
-        g += 1
-    return g, -(-nf // g)
+    lo, hi = max(1, -(-(nf + nd) // N_POS)), max(1, nf, nd)  # hi fits: one stratum a region
+    while lo < hi:  # the strata needed only fall as G grows: bisect (a step at a time took G / 255 steps)
+        g = (lo + hi) // 2
+        lo, hi = (lo, g) if -(-nf // g) + -(-nd // g) <= N_POS else (g + 1, hi)
+    return lo, -(-nf // lo)
+
+
+def words_per_stratum(specs: list[TensorSpec]) -> int:
+    """G, the words per stratum irs4 gives this tensor table (the header's ``strata``)."""
+    return _strata_of(*_sizes(as_data(specs)))[0]
 
 
 def layout_of(specs: list[TensorSpec]) -> tuple[int, int, int]:
@@ -848,5 +854,6 @@ __all__ = [
     "capacity",
     "layout_of",
     "plan",
+    "words_per_stratum",
     "write_run",
 ]

@@ -391,7 +391,7 @@ def _irs_table_problems(h: Header) -> list[str]:
         allowed = " or ".join(map(str, _strata.KS))
         found = f"{', '.join(other)} tensors carrying bits" if other else f"k = {ks or 'none'}"
         return [f"its tensor table holds {found}, expected fp32 tensors that all carry k = {allowed} (irs4)"]
-    g = _strata.layout_of(list(h.tensors))[0]
+    g = _strata.words_per_stratum(list(h.tensors))
     return [] if h.strata == g else [f"strata is {h.strata}, expected {g} (words per stratum of its tensor table)"]
 
 

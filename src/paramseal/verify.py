@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,7 @@ from ._progress import Progress
 from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError, UnsupportedError, UsageError
 from .header import Header, HeaderAuthError, metadata_digest, own_entries, parse_header
 from .keys import Key, require_key
-from .levels import FLOATS, ST_TO_NP, dtype_name
+from .levels import BLOCK, FLOATS, ST_TO_NP, dtype_name
 from .report import Ints, Moved, Report, TensorFinding, pinned, seal_id_arg
 
 
@@ -191,9 +192,11 @@ def check(
         n = len(specs)
         raise unmatched(select, [s.name for s in specs], f"none of the {n} sealed tensor{'s' if n != 1 else ''}")
     extra = [n for n in arrays if n not in sealed_names and (select is None or fnmatch.fnmatchcase(n, select))]
+    use = [usable(arrays.get(s.name), s) for s in specs]
+    _refuse_unfounded(specs, use, arrays)
     for t, spec in enumerate(specs):
         prog.step(spec.name)
-        found, why = usable(arrays.get(spec.name), spec)
+        found, why = use[t]
         issues.append(why)
         if not chosen[t]:  # partial verification: never read
             issues[-1] = []
@@ -217,6 +220,57 @@ def check(
     given = None if metadata is None else dict(metadata)
     picked = tuple(chosen) if select is not None else ()
     return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, moved, picked, progress=prog)
+
+
+class UnfoundedTableError(FormatError):
+    """Sealed tensors a model lacks (missing, or of another size) that it could neither rebuild nor stand in for.
+
+    Their data is more than the model holds in all, and standing in for them (zeros and a flag per
+    block, at the sizes the authentic header records) would take more than this machine's memory.
+    Exit 2, as the verdict it stands for: tampered and not recoverable.
+    """
+
+    exit_code = 2
+
+
+def _memory() -> int | None:
+    """Bytes of physical memory, None where the platform does not say."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _refuse_unfounded(
+    specs: list[TensorSpec],
+    use: list[tuple[NDArray[np.generic] | None, list[str]]],
+    arrays: Mapping[str, NDArray[np.generic]],
+) -> None:
+    """Raise `UnfoundedTableError`, before anything is allocated, for lacking tensors too big to stand in for.
+
+    Refused only where that allocation would fail and be for nothing. What recover rebuilds of a tensor is
+    its data bits (those above the ``k`` it carries); parity for them can only be among the bits the model
+    holds, so data beyond those cannot be rebuilt. Otherwise (a tensor removed, a model converted to another
+    dtype) they are stood in for and reported block by block, as ever.
+    """
+    lacking = [(s, why) for s, (found, why) in zip(specs, use, strict=True) if found is None]
+    needed = sum(s.numel * (ST_TO_NP[s.dtype].itemsize * 8 - s.k) for s, _ in lacking)
+    held = sum(int(a.size) * a.dtype.itemsize * 8 for a in arrays.values())
+    # zeros for the blocks, a flag each, and its index in the report
+    standin = sum(s.nblocks * (BLOCK * ST_TO_NP[s.dtype].itemsize + 9) for s, _ in lacking)
+    memory = _memory()
+    if needed <= held or standin <= (held // 8 if memory is None else memory):
+        return
+    shown = "; ".join(f"'{s.name}' ({', '.join(why)})" for s, why in lacking[:8])
+    more = f"; and {len(lacking) - 8} more" if len(lacking) > 8 else ""
+    room = "the model's size" if memory is None else f"this machine's memory ({memory} bytes)"
+    raise UnfoundedTableError(
+        f"the model does not hold the tensors its authentic seal header records: {shown}{more}. Their data "
+        f"({needed // 8} bytes) is more than the model's tensors hold in all ({held // 8} bytes), so none of it can "
+        f"be rebuilt, and standing in for them to list their blocks would take {standin} bytes, more than {room}: "
+        "they were not read. The model was tampered with (tensors removed or resized) or the header is another "
+        "model's: take the sealed model from a kept copy, or verify this one with its own header"
+    )
 
 
 def metadata_findings(
@@ -586,7 +640,10 @@ def best_header(tensors: Mapping[str, NDArray[np.generic]], key: Key, texts: lis
 
 def verified_share(tensors: Mapping[str, NDArray[np.generic]], key: Key, text: str) -> Fraction:
     """The share of the authentic header ``text``'s blocks that verify in ``tensors``."""
-    bad = check(tensors, key, text).bad
+    try:
+        bad = check(tensors, key, text).bad
+    except UnfoundedTableError:  # a table the tensors cannot hold: none of its blocks are there to verify
+        return Fraction(0)
     total = sum(int(b.size) for b in bad)
     return Fraction(sum(int((~b).sum()) for b in bad), total) if total else Fraction(0)
 
@@ -803,7 +860,8 @@ def verify(
     ``metadata_kept``: whether the model's format stores user metadata (see `check`).
     Tampering is reported, not raised (``report.raise_for_status()`` raises it). Raises
     KeyMismatchError for another key than the seal's, FormatError (``header.HeaderAuthError``) for a
-    header that is malformed or does not authenticate, UsageError for arguments of the wrong type.
+    header that is malformed or does not authenticate, `UnfoundedTableError` (a FormatError, exit 2) for
+    sealed tensors missing or resized that hold more data than the model, UsageError for arguments of the wrong type.
     ``expect_seal``: the seal id the model must carry (`Report.seal_id` of the approved model);
     another seal of it, such as an older version put back, is then tampering that cannot be
     recovered (`paramseal.report.pinned`).
@@ -820,6 +878,7 @@ __all__ = [
     "NOT_SEALED_WARNING",
     "Check",
     "HeaderOnlyInMetadata",
+    "UnfoundedTableError",
     "best_header",
     "carried_seal",
     "check",
