@@ -187,7 +187,7 @@ def recover_phases(path: Path) -> None:
     timed(_irs, "code_for", "code tables")
     timed(_irs, "decode", "decode")
     timed(_strata.Strata, "groups", "gather the damaged groups")
-    timed(files, "_patch_in_place", "write the rebuilt blocks")
+    timed(files, "patch_in_place", "write the rebuilt blocks")
     t0 = time.perf_counter()
     res = files.recover_file(path, path, load_key(None), in_place=True, progress=False)
     show(f"recover --in-place of 100 bit flips, fresh process ({res.report.status})", time.perf_counter() - t0)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import NotSealedError, OutputError, UsageError, files
+from paramseal import NotSealedError, OutputError, UsageError, _patch, files
 from paramseal.formats import Loaded
 from paramseal.formats.safetensors import StreamWriter, read_layout
 from paramseal.header import METADATA_KEY, SET_KEY, parse_header
@@ -858,7 +858,7 @@ def test_recover_does_not_use_a_copy_of_the_input_that_failed(
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(want)
     _flip_in_file(bad, [len(want) - 5])
-    monkeypatch.setattr(files, "copy_range", lambda *a: False)  # the kernel copy fails: nothing copied
+    monkeypatch.setattr(_patch, "copy_range", lambda *a: False)  # the kernel copy fails: nothing copied
     out = tmp_path / "out.safetensors"
     assert files.recover_file(bad, out, key).report.status == "recovered"
     assert out.read_bytes() == want

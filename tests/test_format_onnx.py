@@ -1809,7 +1809,7 @@ def test_the_model_and_its_side_files_are_flushed_to_disk_before_they_replace_th
 def test_a_model_with_external_data_gets_the_usual_mode_and_a_replaced_one_keeps_its_own(
     tmp_path: Path, ext_file: Path, key: paramseal.Key, key_file: Path
 ) -> None:
-    """As files.atomic_path: new files get the umask's mode (not mkstemp's 0600), a replaced model keeps its mode."""
+    """As _paths.atomic_path: new files get the umask's mode (not mkstemp's 0600), a replaced model keeps its mode."""
     out = tmp_path / "sealed.onnx"
     old = os.umask(0o022)
     try:

@@ -859,9 +859,9 @@ def test_a_sealed_file_whose_only_rebuilt_block_of_a_tensor_is_refused_is_patche
                 fh.write(bad[entry.name].tobytes())
     shutil.copyfile(src, tmp_path / "here.safetensors")
     patched = []
-    real = files._patch_copy, files._patch_in_place
-    monkeypatch.setattr(files, "_patch_copy", lambda *a: patched.append(real[0](*a)) or patched[-1])
-    monkeypatch.setattr(files, "_patch_in_place", lambda *a: patched.append(real[1](*a)) or patched[-1])
+    real = files.patch_copy, files.patch_in_place
+    monkeypatch.setattr(files, "patch_copy", lambda *a: patched.append(real[0](*a)) or patched[-1])
+    monkeypatch.setattr(files, "patch_in_place", lambda *a: patched.append(real[1](*a)) or patched[-1])
     for dst in (tmp_path / "out.safetensors", tmp_path / "here.safetensors"):
         out = files.recover_file(
             dst if dst.name == "here.safetensors" else src, dst, key, allow_partial=True, in_place=True

@@ -17,7 +17,7 @@ import pytest
 import safetensors.numpy as stn
 
 import paramseal
-from paramseal import _pages, files
+from paramseal import _pages, _patch, files
 from paramseal.errors import InputError
 from paramseal.header import METADATA_KEY
 
@@ -327,11 +327,11 @@ def test_recover_writes_the_same_model_by_every_output_path(
 
         return wrapped
 
-    monkeypatch.setattr(files, "copy_range", spy("files", files.copy_range))
+    monkeypatch.setattr(_patch, "copy_range", spy("files", _patch.copy_range))
     monkeypatch.setattr(st_format, "copy_range", spy("st", st_format.copy_range))
     files.recover_file(p, tmp_path / "patched.safetensors", key)
     assert calls == {"files": 1, "st": 0}, "the input is copied once, then patched"
-    monkeypatch.setattr(files, "copy_range", lambda *a: False)
+    monkeypatch.setattr(_patch, "copy_range", lambda *a: False)
     files.recover_file(p, tmp_path / "copied.safetensors", key)
     assert calls["st"] > 0, "without the whole-file copy, intact tensors are copied one by one"
     monkeypatch.setattr(st_format, "copy_range", lambda *a: False)
@@ -393,9 +393,9 @@ def test_recover_in_place_and_recover_of_renamed_tensors_leave_no_temporary_file
 ) -> None:
     patched: list[bool] = []
     here: list[bool] = []
-    real, real_here = files._patch_copy, files._patch_in_place
-    monkeypatch.setattr(files, "_patch_copy", lambda *a: patched.append(real(*a)) or patched[-1])
-    monkeypatch.setattr(files, "_patch_in_place", lambda *a: here.append(real_here(*a)) or here[-1])
+    real, real_here = files.patch_copy, files.patch_in_place
+    monkeypatch.setattr(files, "patch_copy", lambda *a: patched.append(real(*a)) or patched[-1])
+    monkeypatch.setattr(files, "patch_in_place", lambda *a: here.append(real_here(*a)) or here[-1])
     sealed, t, meta = _sealed(tmp_path, model, key)
     bad = helpers.flip_bit(t, "embed.weight", 77, 29)
     p = _edited_copy(sealed, tmp_path / "bad.safetensors", [("embed.weight", 77, 29)], meta)
@@ -426,8 +426,8 @@ def test_recover_puts_swapped_tensors_back_and_drops_bloated_headers(
     files.seal_file(helpers.write_st(tmp_path / "m.safetensors", model, META), sealed, key)
     t, meta = helpers.read_st(sealed)
     patched: list[bool] = []
-    real = files._patch_copy
-    monkeypatch.setattr(files, "_patch_copy", lambda *a: patched.append(real(*a)) or patched[-1])
+    real = files.patch_copy
+    monkeypatch.setattr(files, "patch_copy", lambda *a: patched.append(real(*a)) or patched[-1])
 
     swapped = helpers.write_st(tmp_path / "swapped.safetensors", {**t, "a": t["b"], "b": t["a"]}, meta)
     out = tmp_path / "out1.safetensors"
@@ -590,7 +590,7 @@ def test_scattered_patches_are_written_a_window_at_a_time(
     rng = np.random.default_rng(5)
     model = {"w": rng.standard_normal((512, 1024)).astype(np.float32), "b": rng.standard_normal(300).astype(np.float32)}
     spots = rng.choice(512 * 1024, 800, replace=False)  # about 800 runs of one block: 4 copies of the model's
-    monkeypatch.setattr(files, "_WINDOW", window)
+    monkeypatch.setattr(_patch, "_WINDOW", window)
     flips = [("w", int(i), int(rng.integers(0, 32))) for i in spots]
     for header, wrote in _recovered_both_ways(tmp_path, key, model, flips, monkeypatch):
         windows = -(-(512 * 1024 // 64) // window)

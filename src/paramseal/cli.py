@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any, NoReturn, cast
 
-from . import __version__, _cli_eval, _kernels, _pages, files, sharded
+from . import __version__, _cli_eval, _kernels, _pages, _paths, files, sharded
 from ._layout import TensorSpec
 from .errors import ParamSealError, ParamSealWarning, UsageError
 from .keys import Key, exposed_to_others, key_like_args, load_key, redact, write_key
@@ -585,7 +585,9 @@ def _run(args: argparse.Namespace) -> int:
             _warn_bits(sharded.float_widths(Path(args.output), names))
             return 0
         case "seal":
-            keep = None if args.header_out is None else files.check_header_out(args.header_out, args.input, args.output)
+            keep = (
+                None if args.header_out is None else _paths.check_header_out(args.header_out, args.input, args.output)
+            )
             with _library_warnings() as warned:
                 sealed = files.seal_file(
                     args.input,

@@ -126,15 +126,8 @@ def _builtin_model(name: str | None) -> GradModel:
 
 def attack_file(src: str | os.PathLike[str], dst: str | os.PathLike[str], spec: AttackSpec) -> GroundTruth:
     """Read ``src``, attack it and write ``dst`` atomically; ``src`` is never modified."""
-    from ..files import (
-        atomic_path,
-        inspect_file,
-        never_read_only,
-        never_read_only_data,
-        read_model,
-        require_readable_file,
-        write_model,
-    )
+    from .._paths import atomic_path, never_read_only, never_read_only_data, require_readable_file
+    from ..files import inspect_file, read_model, write_model
     from ..formats.registry import adapter_for
     from ..keys import looks_like_key_file
 

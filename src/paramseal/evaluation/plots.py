@@ -31,7 +31,7 @@ def _plt() -> Any:
 
 def _save(fig: Any, path: Path) -> None:
     """Write the figure as a PNG atomically: an interrupt or a full disk leaves no cut-short figure."""
-    from ..files import atomic_path
+    from .._paths import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90, format="png")  # the temporary name has no .png to infer it from

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..files import write_text
+from .._paths import write_text
 from . import plots
 
 Rec = dict[str, Any]

@@ -49,7 +49,7 @@ output (``OUT.data``, or ``OUT.1.data``... when the source had several). A name 
 not reused: the side files then get a fresh name (``OUT.<8 hex digits>.data``), so
 that the old model and its data stay a matching pair until the new model takes the
 output's name, and another model's data in the same folder is never overwritten. ``write`` therefore
-renames the model into place itself (``files.atomic_path`` then replaces it with
+renames the model into place itself (``_paths.atomic_path`` then replaces it with
 the same bytes) and only afterwards removes the side files of the replaced
 model that carry ParamSeal's names for this output, unless another ``.onnx`` file in
 the folder names them (a copy of the model file shares its data): those are kept, with
@@ -254,7 +254,7 @@ class OnnxAdapter:
         """Fill the graph read earlier with the new values (see the module docstring) and write it."""
         onnx = _onnx()
         src = loaded.source
-        out = final_name(path)  # files.atomic_path writes to a temporary file and renames it
+        out = final_name(path)  # _paths.atomic_path writes to a temporary file and renames it
         try:
             template = src if isinstance(src, _Template) else _TEMPLATES.find(frozenset(loaded.tensors))
             if template is not None and template.names != frozenset(loaded.tensors):
@@ -630,7 +630,7 @@ def _side_files(onnx: ModuleType, dst: Path) -> frozenset[Path] | None:
 def replaced_side_files(dst: Path, src: Path) -> list[Path]:
     """The side files of the model at ``dst`` that writing ``src``'s model there removes, and its user may not write.
 
-    Checked before any work, as ``dst`` itself is (`files.never_read_only`): the new data goes to
+    Checked before any work, as ``dst`` itself is (`_paths.never_read_only`): the new data goes to
     fresh names, but once the new model is in place the old data it named is deleted, and a
     read-only or another user's data file would go without a word (a folder's permission suffices).
     """
@@ -850,7 +850,7 @@ class _SidePlan:
         """
         if tmp != dst:
             tmp.write_bytes(model)
-        try:  # as files.atomic_path: a replaced model keeps its mode, and its data takes it too
+        try:  # as _paths.atomic_path: a replaced model keeps its mode, and its data takes it too
             mode = stat.S_IMODE(os.stat(dst).st_mode)
         except FileNotFoundError:
             mode = new_mode()

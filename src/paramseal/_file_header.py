@@ -1,0 +1,384 @@
+"""Which seal header a model file is checked against, and what was noticed finding it.
+
+The header given (``--header-from``), else the file's metadata, else the copy in the weights;
+an edited, cut-down or replayed metadata header is reported as tampering and the weights' copy
+used (`check_loaded`, the check of a loaded file, is where verify and recover start).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ._pages import check_inputs
+from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError
+from .formats import GRAPH_KEY, Loaded, adapter_for, onnx_format
+from .formats.numpy import NPY_TENSOR_NAME
+from .header import METADATA_KEY, Header, HeaderAuthError, metadata_digest, parse_header, peek_header
+from .keys import Key
+from .verify import (
+    GRAPH_EDITED,
+    HEADER_FROM_WEIGHTS,
+    HEADER_HINT,
+    NOT_SEALED_WARNING,
+    Check,
+    HeaderOnlyInMetadata,
+    another_seal,
+    best_header,
+    check,
+    header_from_weights,
+    other_seals_copies,
+    verified_share,
+    widened_seal,
+)
+
+
+@contextmanager
+def prefixed_errors(
+    path: Path, kinds: tuple[type[ParamSealError], ...] = (FormatError, KeyMismatchError)
+) -> Iterator[None]:
+    """Prefix errors about a model's content with the file they concern."""
+    try:
+        yield
+    except kinds as e:
+        if str(path) in str(e):
+            raise
+        e.args = (f"'{path}': {e}",)
+        raise
+
+
+@dataclass
+class FoundHeader:
+    """Where a file's seal header came from, and what was noticed on the way."""
+
+    text: str
+    meta: dict[str, str]  # the file's other metadata
+    embedded: bool  # the header came from the weights (and stays there when recovered)
+    issues: list[str] = field(default_factory=list)  # tampering found besides the weights
+    notes: list[str] = field(default_factory=list)
+
+
+def check_loaded(loaded: Loaded, path: Path, key: Key, header: str | None, **kw: Any) -> tuple[Check, FoundHeader]:
+    """The check of a loaded model file against its seal header (see `_split_header`)."""
+    check_inputs()  # check's decode of damaged groups reads through the map: not past a new end
+    found = _split_header(loaded, path, key, header)
+    _name_npy_array(loaded, path, found.text)
+    chk = check(loaded.tensors, key, found.text, metadata=found.meta, metadata_kept=_keeps(loaded, path), **kw)
+    check_inputs()  # recover goes on to read damaged blocks' neighbours through the map
+    chk.metadata_issues[:0] = found.issues
+    chk.notes.extend(found.notes)
+    return chk, found
+
+
+def _name_npy_array(loaded: Loaded, path: Path, text: str) -> None:
+    """A .npy's array (read as ``'array'``) takes the name of the seal's only tensor: the file holds no name.
+
+    Sealed or recovered into .npy, a one-tensor model named otherwise was otherwise reported renamed.
+    """
+    if path.is_dir() or adapter_for(path).name != "npy" or list(loaded.tensors) != [NPY_TENSOR_NAME]:
+        return
+    try:  # check authenticates the header; a forged one fails there whatever the array is called
+        names = [str(t["name"]) for t in peek_header(text)["tensors"]]
+    except (FormatError, KeyError, TypeError):
+        return
+    if len(names) == 1:
+        loaded.tensors[names[0]] = loaded.tensors.pop(NPY_TENSOR_NAME)
+
+
+def _keeps(loaded: Loaded, path: Path) -> bool:
+    return adapter_for(path).keeps_metadata if loaded.metadata_kept is None else loaded.metadata_kept
+
+
+def _split_header(loaded: Loaded, path: Path, key: Key, header: str | None = None) -> FoundHeader:
+    """The seal header, the other metadata, whether the header came from the weights, and issues met.
+
+    The header is ``header`` if given (kept by the user: ``--header-from``), else the metadata's,
+    else the copy in the weights. A metadata header that does not authenticate while a copy in the
+    weights does was edited: the copy is used, and the edit is reported as tampering. An authentic
+    header of another seal in the metadata is replaced by an intact copy in the weights of another seal
+    of the same model when a larger share of its blocks verify under it (`best_header`); with none, it
+    is kept: the weights then fail against it, as a replay should.
+    """
+    found = _find_header(loaded, path, key, header, _keeps(loaded, path))
+    if loaded.others:  # a sealed file is the model alone: a loader could read these instead
+        shown = ", ".join(repr(n) for n in loaded.others[:8]) + (", ..." if len(loaded.others) > 8 else "")
+        found.issues.append(
+            f"the file holds {len(loaded.others)} entries besides the sealed weights ({shown}); a loader may read "
+            "them instead of the sealed ones (recover writes the sealed weights alone)"
+        )
+    found.issues.extend(loaded.container_issues)  # damage to the container itself (a stale zip CRC), not the values
+    found.issues.extend(_graph_issues(loaded, found.text, found.meta, key))
+    return found
+
+
+def _graph_issues(loaded: Loaded, text: str, meta: dict[str, str], key: Key) -> list[str]:
+    """The graph sealed (in the header's metadata, or the file's when its digest vouches for it) against the file's."""
+    if loaded.graph is None:
+        return []
+    h = parse_header(text, key)
+    sealed = h.user_metadata if h.user_metadata is not None else meta if metadata_digest(meta) == h.digest else {}
+    want = sealed.get(GRAPH_KEY)
+    if want is None or want == loaded.graph or want == _graph_as_sealed(loaded, h):
+        return []
+    return [GRAPH_EDITED]
+
+
+def _graph_as_sealed(loaded: Loaded, h: Header) -> str | None:
+    """The file's graph digest with its tensors' dtypes as sealed (None: no ONNX model).
+
+    A tensor saved again as another dtype is that tensor's tampering, which check reports (the header
+    holds its dtype) and recover restores, not an edited graph.
+    """
+    return onnx_format.graph_as_sealed(loaded, {s.name: s.dtype for s in h.tensors})
+
+
+def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept: bool) -> FoundHeader:
+    meta = dict(loaded.metadata)
+    text = meta.pop(METADATA_KEY, None)
+    if header is not None:
+        issues = [] if text is None or _same_header(text, header, key) else [_not_given(loaded, text, header, key)]
+        # a header kept from a .pt or .npy is the weights' cut-down form: made whole, as verify makes a copy
+        # it reads from the weights, so that an output that keeps metadata does not carry it cut down
+        try:
+            header = made_whole(header, meta, key)
+        except (FormatError, KeyMismatchError):  # not authentic: the check says so, as before
+            pass
+        found = FoundHeader(header, meta, False, issues)
+        if text is None and kept:  # say so, as verify without --header-from would
+            found.notes.append("the file's metadata carries no ParamSeal header; the one given was used")
+        if text is None:  # no own header to compare with (`_not_given`): another model's still needs saying
+            found.notes += _another_models(loaded, header, key)
+        return found
+    if text is None:
+        try:
+            copy = header_from_weights(loaded.tensors, key)
+        except HeaderOnlyInMetadata as e:
+            raise HeaderOnlyInMetadata(f"'{path}': {e}") from None
+        except NotSealedError:
+            widened = widened_seal(loaded.tensors, key)
+            if widened is not None:
+                raise NotSealedError(_widened(path, widened)) from None
+            raise NotSealedError(
+                f"'{path}' carries no ParamSeal header, in its metadata or in its weights; seal it first with "
+                f"'paramseal seal' if it never was. {NOT_SEALED_WARNING}"
+            ) from None
+        h = parse_header(copy, key)
+        graph = _graph_as_sealed(loaded, h) if loaded.graph is not None else None
+        derived = {GRAPH_KEY: graph} if graph is not None else {}
+        sealed_digest = h.digest
+        if not meta and derived and metadata_digest(derived) == sealed_digest:
+            return FoundHeader(copy, derived, True)  # all the metadata sealed was the graph's digest: nothing is lost
+        if kept and not meta and sealed_digest == metadata_digest({}):
+            # the file had the header alone in its metadata, which was stripped: recover writes it back
+            why = f"{HEADER_FROM_WEIGHTS} (the file's metadata, which held it alone, was stripped); "
+            why += "recover writes it back"
+            return FoundHeader(made_whole(copy, {}, key), {}, False, notes=[why])
+        if kept and not meta and (known := _writers_metadata(sealed_digest)) is not None:
+            # all it held besides the header was a writer's format entry: known from its digest, nothing is lost
+            why = (
+                f"{HEADER_FROM_WEIGHTS} (the file's metadata, which held it and {known} alone, the entry "
+                "safetensors' writers add, was stripped; the sealed metadata is known from its digest); "
+                "recover writes them back"
+            )
+            return FoundHeader(made_whole(copy, known, key), known, False, notes=[why])
+        if not meta or not kept:  # none stored (a conversion, a re-save: check judges what was lost), or
+            return FoundHeader(copy, meta, True)  # none storable: the reader's own entries (.pt ties)
+        # Other metadata but no header entry: a tool re-saved the file with metadata of its own or
+        # the user's (save_pretrained writes {"format": "pt"}). Check judges that metadata against
+        # the sealed digest; the header is whole again in what recover writes.
+        why = f"the file's metadata has no ParamSeal header entry (a tool re-saved it?); {_USED}"
+        return FoundHeader(made_whole(copy, meta, key), meta, False, notes=[why])
+    try:
+        h = parse_header(text, key)
+    except (FormatError, KeyMismatchError) as e:  # edited, or another key's: is the copy in the weights intact?
+        try:
+            copy = header_from_weights(loaded.tensors, key)
+        except ParamSealError as w:
+            raise _both_lost(e, w) from None
+        edited = f"the ParamSeal header in the metadata {_unusable(e)}; its authenticated copy in the weights was used"
+        return FoundHeader(made_whole(copy, meta, key), meta, False, [edited])
+    if h.user_metadata is None:  # the weights' form, which seal never writes into the metadata: an edit
+        cut = "the ParamSeal header in the file's metadata was cut down to the form kept in the weights"
+        return FoundHeader(made_whole(text, meta, key), meta, False, [cut])
+    rivals = other_seals_copies(loaded.tensors, key, h)
+    if rivals and (copy := best_header(loaded.tensors, key, [text, *rivals])) != text:
+        # another seal's metadata under this key (an older seal's file's, copied over): the weights tell
+        replaced = (
+            f"the ParamSeal header in the file's metadata is another seal's under this key (salt {h.salt.hex()}), "
+            f"not that of the seal the weights carry (salt {parse_header(copy, key).salt.hex()}); {_USED}"
+        )
+        return FoundHeader(made_whole(copy, meta, key), meta, False, [replaced])
+    return FoundHeader(text, meta, False)
+
+
+def own_header(loaded: Loaded) -> list[str]:
+    """The file's own metadata header, if any: under ``--header-from`` the weights may carry its seal instead."""
+    own = loaded.metadata.get(METADATA_KEY)
+    return [] if own is None else [own]
+
+
+def _widened(path: Path, widened: dict[str, tuple[str, str]]) -> str:
+    """Why a model whose floats were widened after sealing (`widened_seal`) cannot be checked, and the fix."""
+    changes = sorted(set(widened.values()))
+    names = sorted(widened)
+    shown = ", ".join(f"'{n}'" for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    how = "; ".join(f"{sealed} to {now}" for now, sealed in changes)
+    to = changes[0][1]  # one narrower type for the whole model
+    fix = f"save {'it' if len(names) == 1 else 'them'} as {to} again"
+    if path.suffix.lower() == ".npy" and to in ("F32", "F16"):
+        fix = f"np.save({str(path)!r}, np.load({str(path)!r}).astype(np.float{to[1:]}))"
+    return (
+        f"'{path}' carries no ParamSeal header as it is, but its float tensor(s) {shown} hold only values exactly "
+        f"representable in a narrower type, and narrowed back they carry this key's seal header: the model was "
+        f"converted from {how} after it was sealed, which keeps every value but not the bits verify reads. As it "
+        f"is, the file is not the sealed one; convert it back ({fix}) and verify or recover that"
+    )
+
+
+_USED = "the copy in the weights was used"
+
+
+_NOT_GIVEN = "the file's own ParamSeal header is not the one given (--header-from), which was used"
+
+
+def _not_given(loaded: Loaded, text: str, given: str, key: Key) -> str:
+    """`_NOT_GIVEN`, and why: the header given seals another model, or the weights carry another seal of it.
+
+    A header given that names none of the file's tensors is another model's. A header kept from an
+    older seal (given with --header-from) fails nearly every block of a model sealed again since:
+    the check against it stands (it is what the user asked for), but the report says that the
+    weights are intact under the seal they carry, not damaged. That takes a second check of the
+    weights, only when the two headers differ.
+    """
+    try:
+        kept = parse_header(given, key)
+        if _seals_another_model(loaded, kept):
+            return (
+                f"{_NOT_GIVEN}: it seals another model (none of its {len(kept.tensors)} tensors is in this file; "
+                "verify without --header-from checks the file against its own header)"
+            )
+        own = parse_header(text, key)
+    except (FormatError, KeyMismatchError):
+        return _NOT_GIVEN
+    intact = _intact_under_another_seal(loaded, key, kept, own, text, "the file's own header")
+    return _NOT_GIVEN if intact is None else f"{_NOT_GIVEN}: {intact}"
+
+
+def _intact_under_another_seal(
+    loaded: Loaded, key: Key, kept: Header, own: Header, text: str, where: str
+) -> str | None:
+    """What to say when the weights verify whole under ``own`` (``text``, at ``where``), another seal than ``kept``.
+
+    None when ``own`` is the seal ``kept``, or the weights fail under it too. A second check of the
+    weights, only when the two headers differ.
+    """
+    if not another_seal(kept, own) or verified_share(loaded.tensors, key, text) != 1:
+        return None
+    return (
+        f"the weights carry another seal of the same model (salt {own.salt.hex()}; the header given is of salt "
+        f"{kept.salt.hex()}) and are intact under {where} (verify without --header-from checks them against it)"
+    )
+
+
+def _seals_another_model(loaded: Loaded, given: Header) -> bool:
+    """Whether a header given names none of the file's tensors: every one would read as missing and extra."""
+    return not {s.name for s in given.tensors} & set(loaded.tensors)
+
+
+def _another_models(loaded: Loaded, given: str, key: Key) -> list[str]:
+    """A note for a header given that seals another model, or another seal of this one (no own header to compare).
+
+    For a file whose metadata holds no header of its own; `_not_given` says the same of one whose metadata does.
+    """
+    try:
+        kept = parse_header(given, key)
+    except (FormatError, KeyMismatchError):  # the check says so
+        return []
+    if not _seals_another_model(loaded, kept):
+        return _another_seal_in_weights(loaded, kept, key)
+    try:  # what to give instead: whether the file keeps a copy of its own header in its weights
+        header_from_weights(loaded.tensors, key)
+        own = "verify without --header-from checks the file against the copy of its own header in its weights"
+    except ParamSealError:
+        own = "give this model's own: a copy of its sealed file, or the .json file seal --header-out wrote for it"
+    return [
+        f"the header given (--header-from) seals another model: none of its {len(kept.tensors)} tensors is in "
+        f"this file; {own}"
+    ]
+
+
+def _another_seal_in_weights(loaded: Loaded, kept: Header, key: Key) -> list[str]:
+    """A note when the weights carry another seal of the model than ``kept`` and are intact under it."""
+    try:
+        text = header_from_weights(loaded.tensors, key)
+        own = parse_header(text, key)
+    except ParamSealError:  # no copy, or none usable: the check against the header given is all there is
+        return []
+    intact = _intact_under_another_seal(loaded, key, kept, own, text, "the copy of its header in them")
+    return [] if intact is None else [intact]
+
+
+def _both_lost(e: FormatError | KeyMismatchError, w: ParamSealError) -> ParamSealError:
+    """The error for a header in the metadata that cannot be used (``e``) and none usable in the weights (``w``).
+
+    A damaged or edited one (exit 2) says so, then what the weights hold and the remedy, as a header lost
+    from the weights alone does; another key's, or an unknown scheme, is that error (exit 3).
+    """
+    if not isinstance(e, HeaderAuthError) or isinstance(w, KeyMismatchError):
+        return e
+    weights = str(w) if isinstance(w, HeaderAuthError) else f"the weights hold no copy of it. {HEADER_HINT}"
+    return HeaderAuthError(f"the ParamSeal header in the file's metadata {e.reason}; {weights}", reason=e.reason)
+
+
+def _unusable(e: FormatError | KeyMismatchError) -> str:
+    """Why the metadata's header was not used, without what its error adds for a model with no other copy."""
+    if isinstance(e, HeaderAuthError):
+        return e.reason
+    if isinstance(e, KeyMismatchError):
+        return f"is sealed under another key (fingerprint {e.stored})"
+    return f"cannot be used ({str(e).split(';')[0]})"  # an unknown scheme: not 'upgrade', the weights' copy is read
+
+
+def _same_header(text: str, given: str, key: Key) -> bool:
+    try:
+        # the settings and tensor table (a copy from the weights carries the user metadata by digest only)
+        a, b = parse_header(text, key), parse_header(given, key)
+        return a.to_json(key, embedded=True) == b.to_json(key, embedded=True)
+    except (FormatError, KeyMismatchError):
+        return False
+
+
+#: The metadata safetensors' framework writers put in a file (save_pretrained's {"format": "pt"}): a model sealed
+#: with only this, whose metadata a tool stripped, has lost nothing that its header's digest cannot name.
+_WRITERS_METADATA = tuple({"format": f} for f in ("pt", "tf", "flax", "mlx", "np"))
+
+
+def _writers_metadata(digest: str) -> dict[str, str] | None:
+    """The writer's metadata whose digest is ``digest``, if it is one of `_WRITERS_METADATA`."""
+    return next((dict(m) for m in _WRITERS_METADATA if metadata_digest(m) == digest), None)
+
+
+def made_whole(copy: str, meta: dict[str, str], key: Key) -> str:
+    """The copy from the weights made whole: with the user metadata its digest vouches for (the file's, or none)."""
+    h = parse_header(copy, key)
+    if h.user_metadata is not None:
+        return copy
+    for known in (meta, {}):  # sealed with none: it is known exactly, and the file's can be compared key by key
+        if metadata_digest(known) == h.digest:
+            return replace(h, user_metadata=known, metadata_digest=None).to_json(key)
+    return copy
+
+
+def first_authentic(texts: list[str], key: Key) -> tuple[str | None, str]:
+    """The first of ``texts`` that authenticates with ``key``, else None and why the last one did not."""
+    why = ""
+    for t in texts:
+        try:
+            parse_header(t, key)
+            return t, ""
+        except (FormatError, KeyMismatchError) as e:
+            why = str(e)
+    return None, why

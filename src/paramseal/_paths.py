@@ -1,0 +1,243 @@
+"""Paths in and out of a model file operation: atomic outputs, and what may not be read or replaced.
+
+Outputs are written to a temporary file beside the destination, flushed and renamed into place
+(`atomic_path`), so a failure leaves nothing half-written; a key file, a read-only file or the
+input itself (unless in place) is never replaced.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ._shard_index import INDEX_SUFFIX, index_files, set_files
+from ._tempname import renamed_to, temp_prefix
+from .errors import FormatError, InputError, ParamSealError, UsageError, cannot_write, io_failure
+from .formats import adapter_for, onnx_format
+from .formats.base import new_mode
+from .formats.registry import adapters
+from .keys import looks_like_key_file
+
+PathLike = str | os.PathLike[str]
+
+
+@contextmanager
+def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``dst`` (``tmp``, from :func:`temp_beside`, if given).
+
+    It is renamed over ``dst`` only if the block succeeds, and deleted otherwise.
+    """
+    tmp_path = tmp or temp_beside(dst)
+    try:
+        try:
+            with renamed_to(tmp_path, dst.name):  # a writer that names files after the output asks for it
+                yield tmp_path
+            # mkstemp (and the safetensors writer) leave 0600; a sealed model is meant to be shared.
+            # A file replaced keeps its mode (an in-place recover of a read-only model stays read-only).
+            try:
+                mode = stat.S_IMODE(os.stat(dst).st_mode)
+            except FileNotFoundError:
+                mode = new_mode()
+            os.chmod(tmp_path, mode)
+            with open(tmp_path, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp_path, dst)
+        except OSError as e:
+            if isinstance(e, ParamSealError):
+                raise
+            raise io_failure(dst, e, tmp_path) from e
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def never_a_key(dst: Path) -> None:
+    """Refuse to replace a key file: the models sealed with it could never be checked again."""
+    if looks_like_key_file(dst):
+        raise UsageError(
+            f"cannot write '{dst}': it holds a ParamSeal key, which would be lost; give another output path"
+        )
+
+
+def never_read_only(dst: Path, of: Path | None = None) -> None:
+    """Refuse to replace an existing file its user may not write, as cp and a shell's ``>`` refuse it.
+
+    The output is renamed into place, which needs only the folder's write permission: a model
+    made read-only to keep it (a released one) would be replaced without a word. Root may write
+    any file, and replaces it as cp does; a link at the output is replaced, and the file it names
+    stays as it is. ``--in-place`` names the file to change, and does not come here. ``of``: the
+    output whose file ``dst`` is (an ONNX model's external data, removed when the model is replaced).
+    """
+    if dst.is_symlink() or not dst.is_file():
+        return
+    effective = os.access in os.supports_effective_ids  # as open() would decide, in a setuid program too
+    if not os.access(dst, os.W_OK, effective_ids=effective):
+        if _on_read_only_fs(dst):  # no mode would let it be written: 'chmod u+w' fails there too
+            raise cannot_write(dst, OSError(errno.EROFS, os.strerror(errno.EROFS), str(dst)))
+        mode = stat.S_IMODE(os.stat(dst).st_mode)
+        whose = "" if of is None else f" (the external data of '{of}', deleted when that model is replaced)"
+        raise UsageError(
+            f"cannot write '{dst}'{whose}: it exists and you may not write it (mode {mode:o}); ParamSeal does not "
+            "replace it (nor would cp): make it writable (chmod u+w), remove it, or give another output path"
+        )
+
+
+def never_read_only_data(dst: Path, src: Path) -> None:
+    """`never_read_only` for the external data files of the ONNX model at ``dst`` that writing ``src``'s removes."""
+    for side in onnx_format.replaced_side_files(dst, src):
+        never_read_only(side, of=dst)
+
+
+def _on_read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):  # no statvfs (Windows): the mode's message stands
+        return False
+
+
+def temp_beside(dst: Path) -> Path:
+    """A new empty temporary file in ``dst``'s folder (so the final rename is atomic)."""
+    if dst.is_dir():
+        raise UsageError(f"cannot write to '{dst}' because it is a directory; give a file path")
+    if dst.exists() and not dst.is_file():  # a FIFO or a device: not a file to replace, and reading it may block
+        raise UsageError(f"cannot write to '{dst}' because it is not a regular file; give a file path")
+    never_a_key(dst)
+    parent = dst.parent if str(dst.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dst.name, parent), suffix=".tmp", dir=parent)
+    except OSError as e:
+        raise cannot_write(dst, e) from e
+    os.close(fd)
+    return Path(tmp)
+
+
+def check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
+    """``dst`` as written, and its format: the one ``dst``'s name gives, or in place the input's own.
+
+    (A hub cache's blob has no extension; a safetensors file may be named .bin.)
+    An in-place output reached through a symlink is the file it names: a link replaced by the new
+    file would leave that file as it was. Not for ONNX in another folder: a reader finds the external
+    data beside the link, and the side files would be written beside the file it names.
+    """
+    if not src.exists():
+        raise UsageError(f"input '{src}' does not exist")
+    require_file(src)  # what is wrong with the input is said before what the output's name lacks
+    never_a_key(dst)  # now, not after the seal has been computed
+    same = dst.exists() and dst.resolve() == src.resolve()
+    if same and not in_place:
+        raise UsageError(
+            f"output '{dst}' is the input file; ParamSeal never modifies its input unless you pass --in-place "
+            "(in_place=True)"
+        )
+    if not same:
+        never_read_only(dst)
+    try:
+        # in place, the file keeps its own format: a safetensors file named .bin (which names no one
+        # format) stays safetensors, where a new .bin output is a PyTorch file
+        fmt = adapter_for(src).name if same else adapter_for(dst, must_exist=False).name
+    except FormatError as e:
+        if not same:
+            raise
+        try:  # in place through a link without an extension ('model' -> 'model.safetensors'): the file's name
+            fmt = adapter_for(dst.resolve(), must_exist=False).name
+        except FormatError:
+            raise e from None
+    if same and (fmt != "onnx" or dst.resolve().parent == dst.parent.resolve()):
+        return dst.resolve(), fmt
+    if not same and fmt == "onnx":
+        never_read_only_data(dst, src)
+    return dst, fmt
+
+
+def require_file(p: Path, *, model: bool = True) -> None:
+    if p.is_dir() and (p / "pytorch_model.bin.index.json").is_file():
+        raise UsageError(
+            f"input '{p}' is a sharded PyTorch checkpoint; ParamSeal seals sharded safetensors checkpoints "
+            "(model.safetensors.index.json): convert it first (transformers' save_pretrained writes safetensors)"
+        )
+    if p.is_dir():
+        if index_files(p) or set_files(p):
+            raise UsageError(
+                f"input '{p}' is a sharded checkpoint: use paramseal.sharded (seal_dir, verify_dir, recover_dir), "
+                "which the command line calls for a folder"
+            )
+        raise UsageError(
+            f"input '{p}' is a folder; a sharded checkpoint folder needs its index ('model.safetensors.index.json', "
+            f"or another '*.safetensors.index.json'){_model_files_hint(p)}"
+        )
+    if model and p.name.endswith(INDEX_SUFFIX) and p.is_file():  # "cannot tell the format" says not what to give
+        raise UsageError(
+            f"'{p}' is a sharded checkpoint's index, not a model file: give the folder that holds it "
+            f"('{p.parent}') to seal, verify, recover or inspect the checkpoint"
+        )
+    require_readable_file(p)
+    if looks_like_key_file(p):  # caught here, before a format's error could quote its first bytes
+        raise UsageError(f"'{p}' looks like a ParamSeal key file, not a model: pass the key with --key (key=)")
+
+
+# What the Hugging Face Trainer (and Accelerate's save_state) writes beside the model in a checkpoint folder,
+# with a model file's extension but no model in it: pickled arguments, optimizer, scheduler, AMP scaler,
+# sampler and RNG states (``rng_state_3.pth`` on rank 3). A hint naming them would send the user astray.
+_TRAINER_STATE = re.compile(
+    r"(training_args|(optimizer|scheduler|scaler|sampler|rng_state|random_states)(_\d+)?)\.(bin|pt|pth)",
+    re.IGNORECASE,
+)
+
+
+def _model_files_hint(folder: Path) -> str:
+    """Name the model files in a folder given as the model: a Hugging Face folder of one `model.safetensors`."""
+    known = {e for a in adapters() for e in a.extensions}
+    try:
+        found = sorted(
+            str(f)
+            for f in folder.iterdir()
+            if f.suffix.lower() in known and not _TRAINER_STATE.fullmatch(f.name) and f.is_file()
+        )
+    except OSError:  # a folder we cannot list: the index message alone
+        return ""
+    if not found:
+        return ""
+    more = f", and {len(found) - 3} more" if len(found) > 3 else ""
+    return f"; to use one model file in it, give its path: {', '.join(map(repr, found[:3]))}{more}"
+
+
+def require_readable_file(p: Path) -> None:
+    """An input that is no file, or one its user may not read, is exit 3 with the reason (not a traceback, exit 1)."""
+    if not p.is_file():
+        raise UsageError(f"input '{p}' does not exist or is not a file")
+    try:
+        os.close(os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))  # a FIFO put there: no wait (Windows: none)
+    except OSError as e:
+        raise InputError(f"cannot read '{p}': {e.strerror or e}") from None
+
+
+def check_header_out(path: PathLike, *others: PathLike) -> Path:
+    """Where ``seal --header-out`` writes, checked before anything is sealed: a .json file in an existing folder."""
+    p = Path(path)
+    if p.suffix.lower() != ".json":
+        raise UsageError(f"--header-out '{p}' must end in .json (--header-from reads a header from a .json file)")
+    if any(p.resolve() == Path(o).resolve() for o in others):
+        raise UsageError(f"--header-out '{p}' is the model's input or output; give another file")
+    never_read_only(p)
+    if not p.parent.resolve().is_dir():
+        raise UsageError(f"cannot write '{p}': folder '{p.parent}' does not exist")
+    temp_beside(p).unlink()  # a folder we may not write in: say so now, not after the model is sealed
+    return p
+
+
+def write_text(path: PathLike, text: str) -> None:
+    """Write a text file atomically (a seal header kept for ``--header-from``, a results page)."""
+    p = Path(path)
+    with atomic_path(p) as tmp:
+        try:
+            tmp.write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise cannot_write(p, e) from e
