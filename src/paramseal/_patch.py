@@ -12,6 +12,7 @@ import json
 import os
 import struct
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -143,31 +144,16 @@ def patch_copy(tmp: Path, src: Path, chk: Check, rec: Recovery, meta: dict[str, 
     with ``pwrite``: where the copy shares the input's blocks (a reflink on XFS or btrfs) a write
     needs new space, and a full disk is then an error (exit 3), not a SIGBUS through a mapping.
     """
-    if chk.moved:  # swapped or renamed data: the copy holds it in the wrong places
-        return False
-    lay = st_format.read_layout(src)
-    entries = [(x.name, x.dtype, x.shape) for x in chk.specs]
-    if [(e.name, e.dtype, e.shape) for e in lay.entries] != entries:
+    lay = _same_tensors(src, chk)  # swapped or renamed data: the copy holds it in the wrong places
+    if lay is None:
         return False
     head = st_format.header_json(lay.entries, meta)
     room = lay.data_start - 8
-    # The new header must fit the input's room, and that room must not be bloated (say by junk
-    # metadata an attacker added): the output would keep it as padding. Where the seal recorded its
-    # room, only that one: the output is then the sealed file byte for byte.
-    if not len(head) <= room <= st_format.header_room(entries, meta) + _HEADER_SLACK:
+    if len(head) > room or not _room_kept(room, chk, meta):
         return False
-    if _sealed_room(chk, meta) not in (0, room):
-        return False
-    try:
-        fd = os.open(tmp, os.O_RDWR)
-        try:
-            for t, patch in rec.patches.items():
-                _pwrite_patch(fd, lay.data_start + lay.entries[t].start, chk.specs[t], patch)
-            pwrite_all(fd, struct.pack("<Q", room) + head.ljust(room, b" "), 0)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise cannot_write(dst, e) from e
+    _write_patches(
+        tmp, lay, chk, rec, lambda fd: pwrite_all(fd, struct.pack("<Q", room) + head.ljust(room, b" "), 0), dst
+    )
     return True
 
 
@@ -183,11 +169,10 @@ def patch_in_place(path: Path, chk: Check, rec: Recovery, meta: dict[str, str]) 
     which verify names and recover finishes. Blocks go out with ``pwrite``, so a full disk is
     an error, not a SIGBUS.
     """
-    if chk.moved or path.is_symlink() or os.stat(path).st_nlink != 1 or not os.access(path, os.W_OK):
+    if path.is_symlink() or os.stat(path).st_nlink != 1 or not os.access(path, os.W_OK):
         return False
-    lay = st_format.read_layout(path)
-    entries = [(x.name, x.dtype, x.shape) for x in chk.specs]
-    if [(e.name, e.dtype, e.shape) for e in lay.entries] != entries:
+    lay = _same_tensors(path, chk)
+    if lay is None:
         return False
     spans = sorted((e.start, e.end) for e in lay.entries)
     size = os.path.getsize(path) - lay.data_start
@@ -195,8 +180,7 @@ def patch_in_place(path: Path, chk: Check, rec: Recovery, meta: dict[str, str]) 
         return False  # a gap between tensors (or after them) would be kept
     with open(path, "rb") as f:
         raw = f.read(lay.data_start)[8:]
-    room = lay.data_start - 8
-    if room > st_format.header_room(entries, meta) + _HEADER_SLACK or _sealed_room(chk, meta) not in (0, room):
+    if not _room_kept(lay.data_start - 8, chk, meta):
         return False
     body = raw.rstrip(b" ")
     try:  # the same JSON object in the same compact form (key order aside: the input's is kept)
@@ -207,19 +191,45 @@ def patch_in_place(path: Path, chk: Check, rec: Recovery, meta: dict[str, str]) 
             return False
     except (ValueError, UnicodeDecodeError):
         return False
-    if not rec.patches:
-        return True
+    if rec.patches:  # on an error, the blocks written so far restore sealed content: verify and recover go on
+        _write_patches(path, lay, chk, rec, os.fsync, path)
+    return True
+
+
+def _same_tensors(path: Path, chk: Check) -> st_format.Layout | None:
+    """The layout of safetensors file ``path`` if it holds the sealed tensors in place: names, dtypes, shapes, order."""
+    if chk.moved:
+        return None
+    lay = st_format.read_layout(path)
+    entries = [(x.name, x.dtype, x.shape) for x in chk.specs]
+    return lay if [(e.name, e.dtype, e.shape) for e in lay.entries] == entries else None
+
+
+def _room_kept(room: int, chk: Check, meta: dict[str, str]) -> bool:
+    """Whether an output may keep the input's header room ``room``.
+
+    Not a bloated one (say by junk metadata an attacker added): the output would keep it as
+    padding. Where the seal recorded its room, only that one: the output is then the sealed file
+    byte for byte.
+    """
+    entries = [(x.name, x.dtype, x.shape) for x in chk.specs]
+    return room <= st_format.header_room(entries, meta) + _HEADER_SLACK and _sealed_room(chk, meta) in (0, room)
+
+
+def _write_patches(
+    path: Path, lay: st_format.Layout, chk: Check, rec: Recovery, last: Callable[[int], object], dst: Path
+) -> None:
+    """Write every rebuilt block into ``path`` (laid out as ``lay``), then ``last(fd)``; a failure names ``dst``."""
     try:
         fd = os.open(path, os.O_RDWR)
         try:
             for t, patch in rec.patches.items():
                 _pwrite_patch(fd, lay.data_start + lay.entries[t].start, chk.specs[t], patch)
-            os.fsync(fd)
+            last(fd)
         finally:
             os.close(fd)
-    except OSError as e:  # the blocks written so far restore sealed content: verify and recover go on from there
-        raise cannot_write(path, e) from e
-    return True
+    except OSError as e:
+        raise cannot_write(dst, e) from e
 
 
 _WINDOW = 1 << 16  # blocks per window (16 MiB of fp32)
