@@ -33,7 +33,6 @@ from ._paths import (
     atomic_path,
     check_header_out,
     check_paths,
-    never_a_key,
     never_read_only,
     never_read_only_data,
     require_file,
@@ -322,55 +321,6 @@ def verify_file(
     return rep
 
 
-def verify_loaded(
-    loaded: Loaded, where: Path, key: Key, *, tensors: str | None = None, expect_seal: str | None = None
-) -> Report:
-    """Verify a model already read (the shards of one re-sharded model, merged) as `verify_file` does a file."""
-    with prefixed_errors(where):
-        chk, _ = check_loaded(loaded, where, key, None, select=tensors)
-        return pinned_check(report_of(chk), chk, loaded.tensors, seal_id_arg(expect_seal), [])
-
-
-def recover_loaded(
-    loaded: Loaded,
-    where: Path,
-    dst: PathLike,
-    key: Key,
-    *,
-    allow_partial: bool = False,
-    expect_seal: str | None = None,
-) -> RecoveredFile:
-    """Recover a model already read (a re-sharded single-file seal's shards, merged) into the new file ``dst``.
-
-    As `recover_file` without streaming: ``dst`` is written when the result verifies, else only with
-    ``allow_partial``; its metadata holds the whole header. ``where`` names the model in messages.
-    """
-    d = Path(dst)
-    never_a_key(d)
-    never_read_only(d)
-    fmt = adapter_for(d, must_exist=False).name
-    if fmt == "onnx":
-        onnx_format.require_graph(d, loaded)
-    ws = Workspace(d.parent)  # the rebuilt blocks past the memory budget live in its files until written
-    try:
-        with prefixed_errors(where):
-            chk, found = check_loaded(loaded, where, key, None)
-            other = not_the_expected_seal(chk, seal_id_arg(expect_seal), loaded.tensors, [])
-            if other is not None:
-                return RecoveredFile(None, other, {})
-            rec = plan_recovery(chk, ws)
-        if not (rec.report.ok or allow_partial):
-            return RecoveredFile(None, replace(rec.report, written=False), rec.metadata)
-        out_meta = dict(rec.metadata)
-        out_meta[METADATA_KEY] = made_whole(found.text, out_meta, key)
-        if rec.report.ok:
-            refuse_unverifiable_metadata(chk, out_meta, d, fmt)
-        write_model(d, Loaded(recover_from_plan(chk, rec).tensors, out_meta), fmt)
-    finally:
-        ws.close()
-    return RecoveredFile(d, rec.report, rec.metadata)
-
-
 def recover_file(
     src: PathLike,
     dst: PathLike,
@@ -538,9 +488,7 @@ __all__ = [
     "inspect_file",
     "read_model",
     "recover_file",
-    "recover_loaded",
     "seal_file",
     "verify_file",
-    "verify_loaded",
     "write_model",
 ]

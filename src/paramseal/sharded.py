@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import files
-from ._embed import header_copies
 from ._layout import block_count
 from ._pages import scratch_budget
+from ._resharded import one_file_seal, recover_as_one, verify_as_one
 from ._shard_index import (
     INDEX,
     INDEX_SUFFIX,
@@ -74,11 +74,10 @@ from .errors import (
     cannot_write,
     io_failure,
 )
-from .formats import Loaded
 from .formats import safetensors as st_format
 from .formats.base import new_mode
-from .formats.registry import adapter_for, adapters
-from .header import METADATA_KEY, SET_KEY, parse_header, peek_header
+from .formats.registry import adapters
+from .header import METADATA_KEY, SET_KEY, peek_header
 from .keys import Key
 from .report import SEAL_ID, Report, pinned, seal_id_arg
 from .verify import unmatched
@@ -341,9 +340,9 @@ def verify_dir(
     """
     folder = Path(folder)
     expect_seal = seal_id_arg(expect_seal)
-    with _one_file_seal(folder, key) as one:
+    with one_file_seal(folder, key) as one:
         if one is not None:
-            return _verify_as_one(folder, key, one, tensors, expect_seal)
+            return verify_as_one(folder, key, one, tensors, expect_seal)
     idx = open_index(folder, key)
     everything, peeked, where = _locate(folder, idx, key)
     chosen, patterns = everything, dict.fromkeys(everything, tensors)
@@ -389,62 +388,6 @@ def verify_dir(
         set_id=_set_id(records),
     )
     return pinned(merged, expect_seal)
-
-
-@contextmanager
-def _one_file_seal(folder: Path, key: Key) -> Iterator[Loaded | None]:
-    """The folder's shards as one model, when they hold a model sealed as one file and re-sharded since.
-
-    ``save_pretrained(max_shard_size=...)`` of a sealed single-file model writes shards with no ParamSeal
-    metadata and no set record; the header copy in their weights seals tensors of more than one shard.
-    Such a folder is that one model, not a set of sealed shards. None when the folder is not one.
-    """
-    maps: list[Any] = []
-    try:
-        try:
-            idx = read_index(folder)
-            if len(idx.shards) < 2 or idx.absent():
-                yield None
-                return
-            merged: dict[str, Any] = {}
-            metas: list[dict[str, str]] = []
-            held: list[set[str]] = []
-            for shard in idx.shards:
-                m, tensors, meta = st_format.map_tensors(folder / shard)
-                maps.append(m)
-                if METADATA_KEY in meta or SET_KEY in meta or merged.keys() & tensors.keys():
-                    yield None  # a sealed shard set's (or a damaged one's): verified shard by shard
-                    return
-                merged.update(tensors)
-                metas.append(dict(meta))
-                held.append(set(tensors))
-        except ParamSealError:  # no readable index or shards: verified shard by shard
-            yield None
-            return
-        spans = False
-        for _, text in header_copies(merged):  # intact copies only: a quick look, verify reads them all
-            try:
-                names = {t.name for t in parse_header(text, key).tensors}
-            except ParamSealError:
-                continue
-            spans = spans or sum(1 for h in held if h & names) > 1
-        yield Loaded(merged, metas[0], metadata_kept=True) if spans and all(m == metas[0] for m in metas) else None
-    finally:
-        for m in maps:
-            m.close()
-
-
-def _verify_as_one(folder: Path, key: Key, one: Loaded, pattern: str | None, expect_seal: str | None) -> Report:
-    """Verify the shards of a re-sharded single-file seal (`_one_file_seal`) as the one model they hold."""
-    rep = files.verify_loaded(one, folder, key, tensors=pattern, expect_seal=expect_seal)
-    why = (
-        f"the folder's shards hold one model sealed as a single file (seal id {rep.seal_id}) and re-sharded since "
-        f"(save_pretrained with max_shard_size writes so): it was checked as that one model. {_MERGE}"
-    )
-    return replace(rep, notes=(*rep.notes, why))
-
-
-_MERGE = "recover restores it as the one file sealed: give a file as OUT (paramseal recover FOLDER OUT.safetensors)"
 
 
 def seal_id(folder: files.PathLike, key: Key) -> str:
@@ -501,18 +444,9 @@ def recover_dir(
     """
     src, dst = Path(src), Path(dst)
     expect_seal = seal_id_arg(expect_seal)
-    with _one_file_seal(src, key) as one:
+    with one_file_seal(src, key) as one:
         if one is not None:
-            try:
-                adapter_for(dst, must_exist=False)
-            except FormatError:  # a folder: the shards' layout is no seal's, so recover restores the one file
-                raise UsageError(
-                    f"the shards of '{src}' hold one model sealed as a single file and re-sharded since "
-                    "(save_pretrained with max_shard_size writes so), not a sealed set of shards; nothing was "
-                    f"written. {_MERGE}"
-                ) from None
-            res = files.recover_loaded(one, src, dst, key, allow_partial=allow_partial, expect_seal=expect_seal)
-            return replace(res.report, written=res.path is not None)
+            return recover_as_one(src, dst, key, one, allow_partial, expect_seal)
     idx = open_index(src, key)
     everything, peeked, where = _locate(src, idx, key)
     shards = [s for s in everything if s in peeked]

@@ -1,0 +1,126 @@
+"""A model sealed as one file and re-sharded since, checked and recovered as that one model.
+
+``save_pretrained(max_shard_size=...)`` of a sealed single-file model writes shards with no ParamSeal
+metadata and no set record, while the header copy in their weights seals tensors of more than one
+shard. `sharded.verify_dir` and `recover_dir` come here first (`one_file_seal`); recover writes the
+one file sealed (a folder as OUT is refused: the shards' layout is no seal's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from ._embed import header_copies
+from ._file_header import check_loaded, made_whole, prefixed_errors
+from ._pages import Workspace
+from ._patch import refuse_unverifiable_metadata
+from ._paths import never_a_key, never_read_only
+from ._shard_index import read_index
+from .errors import FormatError, ParamSealError, UsageError
+from .files import write_model
+from .formats import Loaded, adapter_for, onnx_format
+from .formats import safetensors as st_format
+from .header import METADATA_KEY, SET_KEY, parse_header
+from .keys import Key
+from .recover import not_the_expected_seal, plan_recovery, recover_from_plan
+from .report import Report, seal_id_arg
+from .verify import pinned_check, report_of
+
+
+@contextmanager
+def one_file_seal(folder: Path, key: Key) -> Iterator[Loaded | None]:
+    """The folder's shards as one model, when they hold a model sealed as one file and re-sharded since.
+
+    ``save_pretrained(max_shard_size=...)`` of a sealed single-file model writes shards with no ParamSeal
+    metadata and no set record; the header copy in their weights seals tensors of more than one shard.
+    Such a folder is that one model, not a set of sealed shards. None when the folder is not one.
+    """
+    maps: list[Any] = []
+    try:
+        try:
+            idx = read_index(folder)
+            if len(idx.shards) < 2 or idx.absent():
+                yield None
+                return
+            merged: dict[str, Any] = {}
+            metas: list[dict[str, str]] = []
+            held: list[set[str]] = []
+            for shard in idx.shards:
+                m, tensors, meta = st_format.map_tensors(folder / shard)
+                maps.append(m)
+                if METADATA_KEY in meta or SET_KEY in meta or merged.keys() & tensors.keys():
+                    yield None  # a sealed shard set's (or a damaged one's): verified shard by shard
+                    return
+                merged.update(tensors)
+                metas.append(dict(meta))
+                held.append(set(tensors))
+        except ParamSealError:  # no readable index or shards: verified shard by shard
+            yield None
+            return
+        spans = False
+        for _, text in header_copies(merged):  # intact copies only: a quick look, verify reads them all
+            try:
+                names = {t.name for t in parse_header(text, key).tensors}
+            except ParamSealError:
+                continue
+            spans = spans or sum(1 for h in held if h & names) > 1
+        yield Loaded(merged, metas[0], metadata_kept=True) if spans and all(m == metas[0] for m in metas) else None
+    finally:
+        for m in maps:
+            m.close()
+
+
+def verify_as_one(folder: Path, key: Key, one: Loaded, pattern: str | None, expect_seal: str | None) -> Report:
+    """Verify the shards of a re-sharded single-file seal (`one_file_seal`) as the one model they hold."""
+    with prefixed_errors(folder):
+        chk, _ = check_loaded(one, folder, key, None, select=pattern)
+        rep = pinned_check(report_of(chk), chk, one.tensors, seal_id_arg(expect_seal), [])
+    why = (
+        f"the folder's shards hold one model sealed as a single file (seal id {rep.seal_id}) and re-sharded since "
+        f"(save_pretrained with max_shard_size writes so): it was checked as that one model. {_MERGE}"
+    )
+    return replace(rep, notes=(*rep.notes, why))
+
+
+def recover_as_one(src: Path, dst: Path, key: Key, one: Loaded, allow_partial: bool, expect_seal: str | None) -> Report:
+    """Recover the shards of a re-sharded single-file seal (`one_file_seal`) into the one file ``dst``.
+
+    As `files.recover_file` without streaming: ``dst`` is written when the result verifies, else only
+    with ``allow_partial``; its metadata holds the whole header.
+    """
+    try:
+        fmt = adapter_for(dst, must_exist=False).name
+    except FormatError:  # a folder: the shards' layout is no seal's, so recover restores the one file
+        raise UsageError(
+            f"the shards of '{src}' hold one model sealed as a single file and re-sharded since "
+            "(save_pretrained with max_shard_size writes so), not a sealed set of shards; nothing was "
+            f"written. {_MERGE}"
+        ) from None
+    never_a_key(dst)
+    never_read_only(dst)
+    if fmt == "onnx":
+        onnx_format.require_graph(dst, one)
+    ws = Workspace(dst.parent)  # the rebuilt blocks past the memory budget live in its files until written
+    try:
+        with prefixed_errors(src):
+            chk, found = check_loaded(one, src, key, None)
+            other = not_the_expected_seal(chk, seal_id_arg(expect_seal), one.tensors, [])
+            if other is not None:
+                return replace(other, written=False)
+            rec = plan_recovery(chk, ws)
+        if not (rec.report.ok or allow_partial):
+            return replace(rec.report, written=False)
+        out_meta = {**rec.metadata, METADATA_KEY: made_whole(found.text, rec.metadata, key)}
+        if rec.report.ok:
+            refuse_unverifiable_metadata(chk, out_meta, dst, fmt)
+        write_model(dst, Loaded(recover_from_plan(chk, rec).tensors, out_meta), fmt)
+    finally:
+        ws.close()
+    return replace(rec.report, written=True)
+
+
+_MERGE = "recover restores it as the one file sealed: give a file as OUT (paramseal recover FOLDER OUT.safetensors)"
