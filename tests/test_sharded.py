@@ -1846,3 +1846,31 @@ def test_a_single_file_seal_re_sharded_is_verified_and_recovered_as_that_one_mod
     helpers.assert_model_equal(got, tensors)
     assert meta == helpers.read_st(sealed)[1]
     assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0
+
+
+def test_a_re_sharded_single_file_seal_is_never_recovered_over_its_own_shard(tmp_path: Path, key_file: Path) -> None:
+    """recover FOLDER FOLDER/model-00001-of-00002.safetensors of a re-sharded single-file seal replaced that input
+    shard with the whole model (exit 0; the folder then held every tensor twice), where a file OUT that is the
+    input is refused without --in-place: now exit 3, every file of the folder as it was."""
+    rng = np.random.default_rng(12)
+    model = {
+        "emb.weight": helpers.random_tensor(rng, np.float32, (2000, 64)),
+        "fc.weight": helpers.random_tensor(rng, np.float32, (512, 96)),
+    }
+    plain = helpers.write_st(tmp_path / "plain.safetensors", model, {"format": "pt"})
+    sealed = tmp_path / "sealed.safetensors"
+    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
+    tensors = helpers.read_st(sealed)[0]
+    folder = tmp_path / "resharded"
+    folder.mkdir()
+    parts = {"model-00001-of-00002.safetensors": "emb.weight", "model-00002-of-00002.safetensors": "fc.weight"}
+    for shard, name in parts.items():
+        helpers.write_st(folder / shard, {name: tensors[name]}, {"format": "pt"})
+    weight_map = {name: shard for shard, name in parts.items()}
+    (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+    assert "sealed as a single file" in helpers.run_cli(["verify", folder, "--key", key_file])[1]
+    before = helpers.listing(folder)
+    for out in (*parts, sharded.INDEX):
+        rc, out_, err = helpers.run_cli(["recover", folder, folder / out, "--key", key_file])
+        assert rc == 3 and "the input" in err, (out, out_, err)
+        assert helpers.listing(folder) == before, out

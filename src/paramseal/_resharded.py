@@ -92,6 +92,13 @@ def recover_as_one(src: Path, dst: Path, key: Key, one: Loaded, allow_partial: b
     As `files.recover_file` without streaming: ``dst`` is written when the result verifies, else only
     with ``allow_partial``; its metadata holds the whole header.
     """
+    idx = read_index(src)
+    if dst.exists() and dst.resolve() in {(src / n).resolve() for n in (*idx.shards, idx.name)}:
+        # the rename would replace one of the shards read (or the index): the input, changed without --in-place
+        raise UsageError(
+            f"output '{dst}' is one of the files of '{src}', the input; ParamSeal never modifies its input: give "
+            "a path outside it (paramseal recover FOLDER OUT.safetensors); nothing was written"
+        )
     try:
         fmt = adapter_for(dst, must_exist=False).name
     except FormatError:  # a folder: the shards' layout is no seal's, so recover restores the one file
