@@ -280,6 +280,7 @@ def _shows_key_digits(text: str, h: str) -> bool:
         lambda h: _grouped(h, "-"),  # as a vault or a UUID-minded UI shows it
         lambda h: _grouped(h, " "),  # quoted, groups of 8
         lambda h: _grouped(h, ":", 2),
+        lambda h: _grouped(h, " - "),  # separators of three characters: the key was quoted whole
         lambda h: h[:20] + "-" + h[21:41] + "-" + h[42:],  # two digits mistyped
     ],
 )

@@ -34,6 +34,8 @@ _KEYISH_DIR = re.compile(r"[0-9a-fA-F]{48,}")
 _HEX_RUN = re.compile(r"[0-9a-fA-F]+")
 _GROUPED_DIGITS = 48
 _HEX_WORD = re.compile(r"[0-9a-fA-F]{2,}")
+#: Separators between groups longer than two characters ('b010f5bd - 735b41d8'): spaces and punctuation alone.
+_SEPARATORS = re.compile(r"[\s,.:;_|-]{1,4}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +203,9 @@ def _holds_key_text(value: str) -> bool:
 
 
 def _grouped_key_text(text: str) -> list[str]:
-    """The stretches of ``text`` that hold a key in groups or mistyped (hex runs 1 or 2 characters apart, no '/').
+    """The stretches of ``text`` that hold a key in groups or mistyped: hex runs apart by 1-2 characters, or 3-4.
+
+    Runs 3 or 4 characters apart only when those are spaces and punctuation ('b010f5bd - 735b41d8'); never '/'.
 
     One pass over the runs: a regular expression for it backtracks, quadratic in a long name.
     """
@@ -209,7 +213,7 @@ def _grouped_key_text(text: str) -> list[str]:
     start = end = digits = 0
     for m in _HEX_RUN.finditer(text):
         gap = text[end : m.start()]
-        if not digits or not 1 <= len(gap) <= 2 or "/" in gap:
+        if not digits or not (1 <= len(gap) <= 2 or _SEPARATORS.fullmatch(gap)) or "/" in gap:
             if digits >= _GROUPED_DIGITS:
                 found.append(text[start:end])
             start, digits = m.start(), 0
