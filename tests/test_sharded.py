@@ -1874,3 +1874,27 @@ def test_a_re_sharded_single_file_seal_is_never_recovered_over_its_own_shard(tmp
         rc, out_, err = helpers.run_cli(["recover", folder, folder / out, "--key", key_file])
         assert rc == 3 and "the input" in err, (out, out_, err)
         assert helpers.listing(folder) == before, out
+
+
+def test_a_re_sharded_single_file_seal_recovered_onto_a_key_file_says_it_holds_a_key(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """recover FOLDER KEYFILE of a re-sharded single-file seal said the shards 'hold one model sealed as a single
+    file ... give a file as OUT', as for a folder OUT: the key file was kept (exit 3), but not for the reason said."""
+    rng = np.random.default_rng(13)
+    model = {"emb.weight": helpers.random_tensor(rng, np.float32, (2000, 64)),
+             "fc.weight": helpers.random_tensor(rng, np.float32, (512, 96))}  # fmt: skip
+    plain = helpers.write_st(tmp_path / "plain.safetensors", model, {"format": "pt"})
+    sealed = tmp_path / "sealed.safetensors"
+    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
+    tensors = helpers.read_st(sealed)[0]
+    folder = tmp_path / "resharded"
+    folder.mkdir()
+    for i, name in enumerate(model, 1):
+        helpers.write_st(folder / f"model-0000{i}-of-00002.safetensors", {name: tensors[name]}, {"format": "pt"})
+    weight_map = {name: f"model-0000{i}-of-00002.safetensors" for i, name in enumerate(model, 1)}
+    (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+    held = key_file.read_bytes()
+    rc, out, err = helpers.run_cli(["recover", folder, key_file, "--key", key_file])
+    assert rc == 3 and "holds a ParamSeal key" in err and "OUT.safetensors" not in err, (out, err)
+    assert key_file.read_bytes() == held

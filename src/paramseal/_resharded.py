@@ -99,6 +99,7 @@ def recover_as_one(src: Path, dst: Path, key: Key, one: Loaded, allow_partial: b
             f"output '{dst}' is one of the files of '{src}', the input; ParamSeal never modifies its input: give "
             "a path outside it (paramseal recover FOLDER OUT.safetensors); nothing was written"
         )
+    never_a_key(dst)  # first: its name is no model format's either, and what matters is the key it holds
     try:
         fmt = adapter_for(dst, must_exist=False).name
     except FormatError:  # a folder: the shards' layout is no seal's, so recover restores the one file
@@ -107,7 +108,6 @@ def recover_as_one(src: Path, dst: Path, key: Key, one: Loaded, allow_partial: b
             "(save_pretrained with max_shard_size writes so), not a sealed set of shards; nothing was "
             f"written. {_MERGE}"
         ) from None
-    never_a_key(dst)
     never_read_only(dst)
     if fmt == "onnx":
         onnx_format.require_graph(dst, one)
