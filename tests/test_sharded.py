@@ -1848,10 +1848,8 @@ def test_a_single_file_seal_re_sharded_is_verified_and_recovered_as_that_one_mod
     assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0
 
 
-def test_a_re_sharded_single_file_seal_is_never_recovered_over_its_own_shard(tmp_path: Path, key_file: Path) -> None:
-    """recover FOLDER FOLDER/model-00001-of-00002.safetensors of a re-sharded single-file seal replaced that input
-    shard with the whole model (exit 0; the folder then held every tensor twice), where a file OUT that is the
-    input is refused without --in-place: now exit 3, every file of the folder as it was."""
+def _re_sharded(tmp_path: Path, key_file: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """A single-file seal re-sharded as save_pretrained(max_shard_size=...) writes it (2 shards), and its tensors."""
     rng = np.random.default_rng(12)
     model = {
         "emb.weight": helpers.random_tensor(rng, np.float32, (2000, 64)),
@@ -1863,14 +1861,21 @@ def test_a_re_sharded_single_file_seal_is_never_recovered_over_its_own_shard(tmp
     tensors = helpers.read_st(sealed)[0]
     folder = tmp_path / "resharded"
     folder.mkdir()
-    parts = {"model-00001-of-00002.safetensors": "emb.weight", "model-00002-of-00002.safetensors": "fc.weight"}
-    for shard, name in parts.items():
+    weight_map = {name: f"model-0000{i}-of-00002.safetensors" for i, name in enumerate(model, 1)}
+    for name, shard in weight_map.items():
         helpers.write_st(folder / shard, {name: tensors[name]}, {"format": "pt"})
-    weight_map = {name: shard for shard, name in parts.items()}
     (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
     assert "sealed as a single file" in helpers.run_cli(["verify", folder, "--key", key_file])[1]
+    return folder, tensors
+
+
+def test_a_re_sharded_single_file_seal_is_never_recovered_over_its_own_shard(tmp_path: Path, key_file: Path) -> None:
+    """recover FOLDER FOLDER/model-00001-of-00002.safetensors of a re-sharded single-file seal replaced that input
+    shard with the whole model (exit 0; the folder then held every tensor twice), where a file OUT that is the
+    input is refused without --in-place: now exit 3, every file of the folder as it was."""
+    folder, _ = _re_sharded(tmp_path, key_file)
     before = helpers.listing(folder)
-    for out in (*parts, sharded.INDEX):
+    for out in before:
         rc, out_, err = helpers.run_cli(["recover", folder, folder / out, "--key", key_file])
         assert rc == 3 and "the input" in err, (out, out_, err)
         assert helpers.listing(folder) == before, out
@@ -1881,20 +1886,27 @@ def test_a_re_sharded_single_file_seal_recovered_onto_a_key_file_says_it_holds_a
 ) -> None:
     """recover FOLDER KEYFILE of a re-sharded single-file seal said the shards 'hold one model sealed as a single
     file ... give a file as OUT', as for a folder OUT: the key file was kept (exit 3), but not for the reason said."""
-    rng = np.random.default_rng(13)
-    model = {"emb.weight": helpers.random_tensor(rng, np.float32, (2000, 64)),
-             "fc.weight": helpers.random_tensor(rng, np.float32, (512, 96))}  # fmt: skip
-    plain = helpers.write_st(tmp_path / "plain.safetensors", model, {"format": "pt"})
-    sealed = tmp_path / "sealed.safetensors"
-    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
-    tensors = helpers.read_st(sealed)[0]
-    folder = tmp_path / "resharded"
-    folder.mkdir()
-    for i, name in enumerate(model, 1):
-        helpers.write_st(folder / f"model-0000{i}-of-00002.safetensors", {name: tensors[name]}, {"format": "pt"})
-    weight_map = {name: f"model-0000{i}-of-00002.safetensors" for i, name in enumerate(model, 1)}
-    (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+    folder, _ = _re_sharded(tmp_path, key_file)
     held = key_file.read_bytes()
     rc, out, err = helpers.run_cli(["recover", folder, key_file, "--key", key_file])
     assert rc == 3 and "holds a ParamSeal key" in err and "OUT.safetensors" not in err, (out, err)
     assert key_file.read_bytes() == held
+
+
+def test_a_re_sharded_single_file_seal_whose_index_lies_about_its_shards_is_not_intact(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """The index of a re-sharded single-file seal was never compared with its shards: one mapping 'emb.weight' to
+    the shard that does not hold it, and a tensor no shard holds, verified intact (exit 0), where a sealed set's
+    index that disagrees is tampering. Now exit 1 naming both; recover writes the one file sealed (no index)."""
+    folder, tensors = _re_sharded(tmp_path, key_file)
+    idx = json.loads((folder / sharded.INDEX).read_text())
+    idx["weight_map"] |= {"emb.weight": "model-00002-of-00002.safetensors", "ghost": "model-00001-of-00002.safetensors"}
+    (folder / sharded.INDEX).write_text(json.dumps(idx))
+    rc, out, err = helpers.run_cli(["verify", folder, "--key", key_file])
+    assert rc == 1 and "tensor 'emb.weight' is mapped to 'model-00002-of-00002.safetensors' but held by" in out, out
+    assert "tensor 'ghost' is mapped to 'model-00001-of-00002.safetensors', which does not hold it" in out, (out, err)
+    fixed = tmp_path / "fixed.safetensors"
+    rc, out, err = helpers.run_cli(["recover", folder, fixed, "--key", key_file])
+    assert rc == 0 and "ghost" in out, (out, err)
+    helpers.assert_model_equal(helpers.read_st(fixed)[0], tensors)

@@ -19,7 +19,7 @@ from ._file_header import check_loaded, made_whole, prefixed_errors
 from ._pages import Workspace
 from ._patch import refuse_unverifiable_metadata
 from ._paths import never_a_key, never_read_only
-from ._shard_index import read_index
+from ._shard_index import disagreements, read_index
 from .errors import FormatError, ParamSealError, UsageError
 from .files import write_model
 from .formats import Loaded, adapter_for, onnx_format
@@ -78,7 +78,7 @@ def verify_as_one(folder: Path, key: Key, one: Loaded, pattern: str | None, expe
     """Verify the shards of a re-sharded single-file seal (`one_file_seal`) as the one model they hold."""
     with prefixed_errors(folder):
         chk, _ = check_loaded(one, folder, key, None, select=pattern)
-        rep = pinned_check(report_of(chk), chk, one.tensors, seal_id_arg(expect_seal), [])
+        rep = _index_checked(pinned_check(report_of(chk), chk, one.tensors, seal_id_arg(expect_seal), []), folder)
     why = (
         f"the folder's shards hold one model sealed as a single file (seal id {rep.seal_id}) and re-sharded since "
         f"(save_pretrained with max_shard_size writes so): it was checked as that one model. {_MERGE}"
@@ -127,7 +127,24 @@ def recover_as_one(src: Path, dst: Path, key: Key, one: Loaded, allow_partial: b
         write_model(dst, Loaded(recover_from_plan(chk, rec).tensors, out_meta), fmt)
     finally:
         ws.close()
-    return replace(rec.report, written=True)
+    return _index_checked(replace(rec.report, written=True), src)
+
+
+def _index_checked(rep: Report, folder: Path) -> Report:
+    """``rep`` with what the folder's index says wrongly of its shards: nothing seals it, but a loader follows it.
+
+    A tensor the index maps to a shard that does not hold it (or one it lists that no shard holds) is
+    tampering with what a loader reads, as `sharded.verify_dir` says of a sealed set's; recover writes
+    the one file sealed, which needs no index.
+    """
+    idx = read_index(folder)
+    wrong = [f"{idx.name}: {w}" for w in disagreements(idx)]
+    if not wrong:
+        return rep
+    status = rep.status
+    if status in ("intact", "recovered"):
+        status = "tampered" if rep.kind == "verify" else "recovered"
+    return replace(rep, status=status, metadata_issues=(*rep.metadata_issues, *wrong))
 
 
 _MERGE = "recover restores it as the one file sealed: give a file as OUT (paramseal recover FOLDER OUT.safetensors)"

@@ -165,10 +165,20 @@ def _size_note(idx: Index, shards: list[Path], done: str) -> list[str]:
 
 
 def _check_index(idx: Index) -> None:
-    """Refuse to seal a checkpoint whose index disagrees with its shards (verify would call it tampered).
+    """Refuse to seal a checkpoint whose index disagrees with its shards (verify would call it tampered)."""
+    issues = disagreements(idx)
+    if issues:
+        raise FormatError(
+            f"'{idx.folder / idx.name}' disagrees with its shards: " + "; ".join(issues) + "; fix the index so that it "
+            "maps every tensor to the one shard holding it, then seal (a sealed set would fail verify)"
+        )
 
-    Every difference is listed: a tensor a shard holds that the index omits or maps elsewhere,
-    one the index maps to a shard that does not hold it.
+
+def disagreements(idx: Index) -> list[str]:
+    """Each way the index disagrees with its shards' headers (read here; none may be missing).
+
+    A tensor a shard holds that the index omits or maps elsewhere, one the index maps to a shard
+    that does not hold it.
     """
     held: dict[str, list[str]] = {}
     for shard in idx.shards:
@@ -183,11 +193,17 @@ def _check_index(idx: Index) -> None:
             issues.append(f"tensor '{name}' is mapped to '{mapped}' but held by {', '.join(map(repr, where))}")
     unheld = [(n, s) for n, s in idx.weight_map.items() if n not in held]
     issues += [f"tensor '{n}' is mapped to '{s}', which does not hold it" for n, s in unheld]
-    if issues:
-        raise FormatError(
-            f"'{idx.folder / idx.name}' disagrees with its shards: " + "; ".join(issues) + "; fix the index so that it "
-            "maps every tensor to the one shard holding it, then seal (a sealed set would fail verify)"
-        )
+    return issues
 
 
-__all__ = ["INDEX", "INDEX_SUFFIX", "Index", "index_files", "index_name", "read_index", "salvage", "set_files"]
+__all__ = [
+    "INDEX",
+    "INDEX_SUFFIX",
+    "Index",
+    "disagreements",
+    "index_files",
+    "index_name",
+    "read_index",
+    "salvage",
+    "set_files",
+]
