@@ -1812,12 +1812,7 @@ def test_a_single_file_seal_re_sharded_is_verified_and_recovered_as_that_one_mod
         "fc.weight": helpers.random_tensor(rng, np.float32, (512, 96)),
         "fc.bias": helpers.random_tensor(rng, np.float32, (96,)),
     }
-    plain = helpers.write_st(tmp_path / "plain.safetensors", model, {"format": "pt"})
-    sealed = tmp_path / "sealed.safetensors"
-    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
-    tensors = helpers.read_st(sealed)[0]
-    folder = tmp_path / "resharded"
-    folder.mkdir()
+    sealed, tensors, folder = _sealed_file_and_folder(tmp_path, key_file, model)
     parts = {
         "model-00001-of-00002.safetensors": ["emb.weight"],
         "model-00002-of-00002.safetensors": ["fc.weight", "fc.bias"],
@@ -1848,6 +1843,18 @@ def test_a_single_file_seal_re_sharded_is_verified_and_recovered_as_that_one_mod
     assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0
 
 
+def _sealed_file_and_folder(
+    tmp_path: Path, key_file: Path, model: dict[str, np.ndarray]
+) -> tuple[Path, dict[str, np.ndarray], Path]:
+    """``model`` sealed as one file (with save_pretrained's {"format": "pt"}), its tensors, and an empty folder."""
+    plain = helpers.write_st(tmp_path / "plain.safetensors", model, {"format": "pt"})
+    sealed = tmp_path / "sealed.safetensors"
+    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
+    folder = tmp_path / "resharded"
+    folder.mkdir()
+    return sealed, helpers.read_st(sealed)[0], folder
+
+
 def _re_sharded(tmp_path: Path, key_file: Path) -> tuple[Path, dict[str, np.ndarray]]:
     """A single-file seal re-sharded as save_pretrained(max_shard_size=...) writes it (2 shards), and its tensors."""
     rng = np.random.default_rng(12)
@@ -1855,12 +1862,7 @@ def _re_sharded(tmp_path: Path, key_file: Path) -> tuple[Path, dict[str, np.ndar
         "emb.weight": helpers.random_tensor(rng, np.float32, (2000, 64)),
         "fc.weight": helpers.random_tensor(rng, np.float32, (512, 96)),
     }
-    plain = helpers.write_st(tmp_path / "plain.safetensors", model, {"format": "pt"})
-    sealed = tmp_path / "sealed.safetensors"
-    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
-    tensors = helpers.read_st(sealed)[0]
-    folder = tmp_path / "resharded"
-    folder.mkdir()
+    sealed, tensors, folder = _sealed_file_and_folder(tmp_path, key_file, model)
     weight_map = {name: f"model-0000{i}-of-00002.safetensors" for i, name in enumerate(model, 1)}
     for name, shard in weight_map.items():
         helpers.write_st(folder / shard, {name: tensors[name]}, {"format": "pt"})

@@ -1,8 +1,10 @@
 """Seal, verify and recover model files.
 
 Outputs are written to a temporary file beside the destination, flushed and
-renamed into place, so a failure leaves nothing half-written. The input is
-never modified unless the caller passes the same path with ``in_place=True``.
+renamed into place (`_paths.atomic_path`), so a failure leaves nothing half-written.
+The input is never modified unless the caller passes the same path with ``in_place=True``.
+Which header a file is checked against is `_file_header`'s; writing a recovered
+safetensors model block by block is `_patch`'s.
 """
 
 from __future__ import annotations
