@@ -46,6 +46,7 @@ class Precopy(threading.Thread):
         super().__init__(name="paramseal-precopy", daemon=True)
         self.src, self.tmp, self.ok = src, tmp, False
         self._halt = threading.Event()
+        self._taken = False
 
     def run(self) -> None:
         try:
@@ -61,11 +62,17 @@ class Precopy(threading.Thread):
         except OSError:
             self.ok = False
 
+    def take(self) -> Path:
+        """The finished copy's path, the caller's from now on: `cancel` leaves it be."""
+        self._taken = True
+        return self.tmp
+
     def cancel(self) -> None:
-        """Stop copying and delete the temporary file."""
+        """Stop copying and delete the temporary file, unless it was taken."""
         self._halt.set()
         self.join()
-        self.tmp.unlink(missing_ok=True)
+        if not self._taken:
+            self.tmp.unlink(missing_ok=True)
 
 
 def refuse_unverifiable_metadata(chk: Check, out_meta: dict[str, str], dst: Path, fmt: str) -> None:

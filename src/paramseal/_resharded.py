@@ -15,18 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from ._embed import header_copies
-from ._file_header import check_loaded, made_whole, prefixed_errors
-from ._pages import Workspace
-from ._patch import refuse_unverifiable_metadata
+from ._file_header import check_loaded, prefixed_errors
 from ._paths import never_a_key, never_read_only
 from ._shard_index import disagreements, read_index
 from .errors import FormatError, ParamSealError, UsageError
-from .files import write_model
-from .formats import Loaded, adapter_for, onnx_format
+from .files import recover_loaded
+from .formats import Loaded, adapter_for
 from .formats import safetensors as st_format
 from .header import METADATA_KEY, SET_KEY, parse_header
 from .keys import Key
-from .recover import not_the_expected_seal, plan_recovery, recover_from_plan
 from .report import Report, seal_id_arg
 from .verify import pinned_check, report_of
 
@@ -89,8 +86,8 @@ def verify_as_one(folder: Path, key: Key, one: Loaded, pattern: str | None, expe
 def recover_as_one(src: Path, dst: Path, key: Key, one: Loaded, allow_partial: bool, expect_seal: str | None) -> Report:
     """Recover the shards of a re-sharded single-file seal (`one_file_seal`) into the one file ``dst``.
 
-    As `files.recover_file` without streaming: ``dst`` is written when the result verifies, else only
-    with ``allow_partial``; its metadata holds the whole header.
+    As `files.recover_file` (`files.recover_loaded` after the checks of a folder's paths): ``dst`` is written
+    when the result verifies, else only with ``allow_partial``.
     """
     idx = read_index(src)
     if dst.exists() and dst.resolve() in {(src / n).resolve() for n in (*idx.shards, idx.name)}:
@@ -109,25 +106,8 @@ def recover_as_one(src: Path, dst: Path, key: Key, one: Loaded, allow_partial: b
             f"written. {_MERGE}"
         ) from None
     never_read_only(dst)
-    if fmt == "onnx":
-        onnx_format.require_graph(dst, one)
-    ws = Workspace(dst.parent)  # the rebuilt blocks past the memory budget live in its files until written
-    try:
-        with prefixed_errors(src):
-            chk, found = check_loaded(one, src, key, None)
-            other = not_the_expected_seal(chk, seal_id_arg(expect_seal), one.tensors, [])
-            if other is not None:
-                return replace(other, written=False)
-            rec = plan_recovery(chk, ws)
-        if not (rec.report.ok or allow_partial):
-            return replace(rec.report, written=False)
-        out_meta = {**rec.metadata, METADATA_KEY: made_whole(found.text, rec.metadata, key)}
-        if rec.report.ok:
-            refuse_unverifiable_metadata(chk, out_meta, dst, fmt)
-        write_model(dst, Loaded(recover_from_plan(chk, rec).tensors, out_meta), fmt)
-    finally:
-        ws.close()
-    return _index_checked(replace(rec.report, written=True), src)
+    res = recover_loaded(one, src, dst, fmt, key, allow_partial=allow_partial, progress=None, expect_seal=expect_seal)
+    return _index_checked(replace(res.report, written=res.path is not None), src)
 
 
 def _index_checked(rep: Report, folder: Path) -> Report:

@@ -347,7 +347,6 @@ def recover_file(
     s, d = Path(src), Path(dst)
     d, fmt = check_paths(s, d, in_place)
     pre: Precopy | None = None
-    ws: Workspace | None = None
     onto_input = in_place and d.exists() and s.resolve() == d.resolve()  # --in-place only permits it
     patch_here = onto_input and s.is_file() and _is_safetensors(s)
     if s.is_file() and _is_safetensors(s) and fmt == "safetensors" and not patch_here:
@@ -355,57 +354,94 @@ def recover_file(
         pre.start()
     try:
         with _open_model(s) as loaded:
-            if fmt == "onnx":
-                onnx_format.require_graph(d, loaded)
-            prog = Progress("recover", len(loaded.tensors), enabled=progress)
-            # Open until the output is written: the rebuilt blocks past the budget live in its files, and
-            # closing it unregisters their maps, so writing them out would keep every page resident.
-            ws = Workspace(d.parent)
-            with prefixed_errors(s):
-                chk, found = check_loaded(loaded, s, key, header, progress=prog)
-                other = not_the_expected_seal(chk, expect_seal, loaded.tensors, own_header(loaded))
-                if other is not None:  # nothing to decode or write
-                    prog.done()
-                    return RecoveredFile(None, other, {})
-                rec = plan_recovery(chk, ws)
-            prog.done()
-            if not (rec.report.ok or allow_partial):
-                return RecoveredFile(None, replace(rec.report, written=False), rec.metadata)
-            check_inputs()  # the output is made from the input's blocks: not from a file cut short meanwhile
-            if onto_input and not rec.report.ok:
-                refuse_losing_partial(s, loaded, chk, rec.report)
-            out_meta = dict(rec.metadata)
-            if not found.embedded:
-                out_meta[METADATA_KEY] = found.text
-            elif (whole := made_whole(found.text, out_meta, key)) != found.text:
-                # read from the weights (a .npy, a .pt saved again by torch), but the metadata its digest vouches
-                # for is known: the output keeps the whole header in its metadata, as the file seal wrote did
-                out_meta[METADATA_KEY] = whole
-            if rec.report.ok:
-                refuse_unverifiable_metadata(chk, out_meta, d, fmt)
-            if patch_here and patch_in_place(s, chk, rec, out_meta):
+            return recover_loaded(
+                loaded,
+                s,
+                d,
+                fmt,
+                key,
+                allow_partial=allow_partial,
+                progress=progress,
+                header=header,
+                expect_seal=expect_seal,
+                onto_input=onto_input,
+                patch_here=patch_here,
+                pre=pre,
+            )
+    finally:
+        if pre is not None:
+            pre.cancel()  # a no-op for a copy `recover_loaded` took as the output
+
+
+def recover_loaded(
+    loaded: Loaded,
+    s: Path,
+    d: Path,
+    fmt: str,
+    key: Key,
+    *,
+    allow_partial: bool,
+    progress: bool | None,
+    header: str | None = None,
+    expect_seal: str | None = None,
+    onto_input: bool = False,
+    patch_here: bool = False,
+    pre: Precopy | None = None,
+) -> RecoveredFile:
+    """Recover ``loaded``, read from ``s``, into ``d`` (format ``fmt``, paths checked): `recover_file` after its checks.
+
+    Also recovers a re-sharded single-file seal's shards read as one model (`_resharded.recover_as_one`).
+    ``onto_input``/``patch_here``: ``d`` is ``s`` (--in-place), patched there where it can be; ``pre``: the
+    input's copy being made beside ``d``, patched and renamed into place where its layout allows.
+    """
+    if fmt == "onnx":
+        onnx_format.require_graph(d, loaded)
+    prog = Progress("recover", len(loaded.tensors), enabled=progress)
+    # Open until the output is written: the rebuilt blocks past the budget live in its files, and
+    # closing it unregisters their maps, so writing them out would keep every page resident.
+    ws = Workspace(d.parent)
+    try:
+        with prefixed_errors(s):
+            chk, found = check_loaded(loaded, s, key, header, progress=prog)
+            other = not_the_expected_seal(chk, expect_seal, loaded.tensors, own_header(loaded))
+            if other is not None:  # nothing to decode or write
+                prog.done()
+                return RecoveredFile(None, other, {})
+            rec = plan_recovery(chk, ws)
+        prog.done()
+        if not (rec.report.ok or allow_partial):
+            return RecoveredFile(None, replace(rec.report, written=False), rec.metadata)
+        check_inputs()  # the output is made from the input's blocks: not from a file cut short meanwhile
+        if onto_input and not rec.report.ok:
+            refuse_losing_partial(s, loaded, chk, rec.report)
+        out_meta = dict(rec.metadata)
+        if not found.embedded:
+            out_meta[METADATA_KEY] = found.text
+        elif (whole := made_whole(found.text, out_meta, key)) != found.text:
+            # read from the weights (a .npy, a .pt saved again by torch), but the metadata its digest vouches
+            # for is known: the output keeps the whole header in its metadata, as the file seal wrote did
+            out_meta[METADATA_KEY] = whole
+        if rec.report.ok:
+            refuse_unverifiable_metadata(chk, out_meta, d, fmt)
+        if patch_here and patch_in_place(s, chk, rec, out_meta):
+            return RecoveredFile(d, rec.report, rec.metadata)
+        if pre is not None:
+            pre.join()
+            if pre.ok and patch_copy(pre.tmp, s, chk, rec, out_meta, d):
+                with atomic_path(d, pre.take()):
+                    pass
                 return RecoveredFile(d, rec.report, rec.metadata)
-            if pre is not None:
-                pre.join()
-                if pre.ok and patch_copy(pre.tmp, s, chk, rec, out_meta, d):
-                    with atomic_path(d, pre.tmp):
-                        pre = None  # atomic_path owns the file now
-                    return RecoveredFile(d, rec.report, rec.metadata)
-                pre.cancel()  # free its disk space before the output is written another way
-                pre = None
-            if fmt == "safetensors":
-                write_recovered(d, chk, rec, out_meta)
-            else:
-                result = recover_from_plan(chk, rec)
-                write_model(d, Loaded(result.tensors, out_meta, loaded.source), fmt)
-                if fmt == "pytorch":  # as seal warns of the .pt it writes: the same file, the same weakness
-                    _warn_pt_entry(d, chk.header, header is not None, "recover")
+            pre.cancel()  # free its disk space before the output is written another way
+        if fmt == "safetensors":
+            write_recovered(d, chk, rec, out_meta)
+        else:
+            result = recover_from_plan(chk, rec)
+            write_model(d, Loaded(result.tensors, out_meta, loaded.source), fmt)
+            if fmt == "pytorch":  # as seal warns of the .pt it writes: the same file, the same weakness
+                _warn_pt_entry(d, chk.header, header is not None, "recover")
         return RecoveredFile(d, rec.report, rec.metadata)
     finally:
-        if ws is not None:
-            ws.close()
-        if pre is not None:
-            pre.cancel()
+        ws.close()
 
 
 def read_header(path: PathLike, key: Key | None = None) -> str:
