@@ -188,6 +188,23 @@ def test_other_metadata_on_a_stripped_header_is_reported(
     assert rep.status == "intact" and any("no ParamSeal header entry" in n for n in rep.notes)
 
 
+def test_a_partial_recovery_of_unknown_metadata_does_not_cut_the_header_down_itself(
+    tmp_path: Path, sealed_big: paramseal.SealedModel, key: paramseal.Key
+) -> None:
+    """Metadata re-saved over a header that was in it (sealed metadata known only by digest): recover
+    --allow-partial wrote the weights' digest-only copy into the output's metadata, a form seal never writes, so
+    verify of recover's own output added 'the ParamSeal header in the file's metadata was cut down' (an edit it
+    did not find in the input). The output now keeps that copy in its weights only: the one issue left is the
+    input's."""
+    p = helpers.write_st(tmp_path / "m.safetensors", sealed_big.tensors, {"author": "mallory"})
+    before = files.verify_file(p, key).metadata_issues
+    res = files.recover_file(p, tmp_path / "r.safetensors", key, allow_partial=True)
+    assert res.path is not None and res.report.status == "unrecoverable"
+    assert METADATA_KEY not in helpers.read_st(res.path)[1]
+    after = files.verify_file(res.path, key).metadata_issues
+    assert after == before and not any("cut down" in m for m in after), after
+
+
 def test_a_model_converted_by_another_tool_verifies_through_the_api(
     sealed_big: paramseal.SealedModel, key: paramseal.Key
 ) -> None:

@@ -55,7 +55,7 @@ from .errors import (
 from .formats import GRAPH_KEY, Loaded, adapter_for, onnx_format
 from .formats import safetensors as st_format
 from .formats.pytorch import META_ENTRY
-from .header import METADATA_KEY, SET_KEY, Header
+from .header import METADATA_KEY, SET_KEY, Header, parse_header
 from .keys import Key, looks_like_key_file, require_key
 from .recover import not_the_expected_seal, plan_recovery, recover_from_plan
 from .report import Report, seal_id_arg
@@ -415,11 +415,11 @@ def recover_loaded(
         if onto_input and not rec.report.ok:
             refuse_losing_partial(s, loaded, chk, rec.report)
         out_meta = dict(rec.metadata)
-        if not found.embedded:
-            out_meta[METADATA_KEY] = found.text
-        elif (whole := made_whole(found.text, out_meta, key)) != found.text:
-            # read from the weights (a .npy, a .pt saved again by torch), but the metadata its digest vouches
-            # for is known: the output keeps the whole header in its metadata, as the file seal wrote did
+        whole = made_whole(found.text, out_meta, key)
+        # Read from the weights (a .npy, a .pt saved again by torch) where the metadata its digest vouches for is
+        # known, it is whole: the output keeps it in its metadata, as the file seal wrote did. A copy still
+        # digest-only (the sealed metadata lost) stays in the weights alone: seal never writes that form there.
+        if parse_header(whole, key).user_metadata is not None or (header is not None and not found.embedded):
             out_meta[METADATA_KEY] = whole
         if rec.report.ok:
             refuse_unverifiable_metadata(chk, out_meta, d, fmt)
