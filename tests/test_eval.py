@@ -81,7 +81,7 @@ def test_header_attacks_are_verified_and_recovered_as_files_are(tmp_path: Path) 
 
     import paramseal
     from paramseal.attacks import AttackSpec, attack
-    from paramseal.evaluation.battery import _Config, _header_attacked
+    from paramseal.evaluation._runner import _Config, _header_attacked
     from paramseal.formats import Loaded
     from paramseal.header import METADATA_KEY
 
@@ -173,8 +173,8 @@ def test_resume_never_mixes_two_seals(tmp_path: Path) -> None:
     # measured change, the clean verify) while its new runs were made on the second seal
     import io
 
+    from paramseal.evaluation import _runner, metrics
     from paramseal.evaluation import battery as bat
-    from paramseal.evaluation import metrics
 
     b = Battery(
         "t",
@@ -196,10 +196,10 @@ def test_resume_never_mixes_two_seals(tmp_path: Path) -> None:
     cut = [ln for ln in lines if "BF16" in ln or "bitflip" in ln or '"config"' in ln]
     (tmp_path / "results.jsonl").write_text("\n".join(cut) + '\n{"id": "mlp/F32/sta')
     used: dict[str, tuple[str, float]] = {}  # run id -> the seal it was made on: its header, its measured change
-    one = bat.Runner._one
+    one = _runner.Runner._one
 
     def spy(
-        self: bat.Runner, model: str, dtype: str, level: str, seed: int, a: bat.Attack, cfg: bat._Config
+        self: _runner.Runner, model: str, dtype: str, level: str, seed: int, a: bat.Attack, cfg: _runner._Config
     ) -> dict[str, object]:
         change = metrics.max_relative_change(cfg.original, cfg.sealed.tensors)
         used[bat.run_id(model, dtype, level, seed, a)] = (cfg.header, change)
@@ -207,7 +207,7 @@ def test_resume_never_mixes_two_seals(tmp_path: Path) -> None:
 
     err = io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bat.Runner, "_one", spy)
+        mp.setattr(_runner.Runner, "_one", spy)
         again = run_eval(b, tmp_path, progress=False, stream=err)
     recs = {r["id"]: r for r in json.loads((tmp_path / "results.json").read_text())["records"]}
     f32 = [r for i, r in recs.items() if "F32" in i]
@@ -216,7 +216,7 @@ def test_resume_never_mixes_two_seals(tmp_path: Path) -> None:
     (header, change), *_ = used.values()
     assert recs["config:mlp/F32/standard"]["measured_relative_change"] == change
     assert recs["config:mlp/F32/standard"] != before["config:mlp/F32/standard"]
-    assert {r["seal"] for r in f32} == {bat.header_digest(header)} and len(f32) == 4
+    assert {r["seal"] for r in f32} == {_runner.header_digest(header)} and len(f32) == 4
     assert (
         recs["mlp/F32/standard/s0/bitflip_n=10"]["metric_recovered"] == recs["config:mlp/F32/standard"]["metric_sealed"]
     )
@@ -287,7 +287,7 @@ def test_cli_eval_refuses_a_results_file_it_did_not_write(tmp_path: Path, conten
 
 def test_a_record_cut_short_is_skipped_wherever_a_resume_left_it(tmp_path: Path) -> None:
     """Resuming ends a torn last line and appends after it: a second resume finds it mid-file."""
-    from paramseal.evaluation.battery import Runner
+    from paramseal.evaluation._runner import Runner
 
     recs = [{"id": "a", "type": "config"}, {"id": "b", "type": "run"}]
     (tmp_path / "results.jsonl").write_text(f'{json.dumps(recs[0])}\n{{"id": "to\n{json.dumps(recs[1])}\n{{"id')
@@ -424,7 +424,7 @@ def test_bound_shown_is_the_one_of_the_code_the_model_was_sealed_with() -> None:
 
     from paramseal import _inspect, _strata, levels
     from paramseal.evaluation import report
-    from paramseal.evaluation.battery import seal_code
+    from paramseal.evaluation._runner import seal_code
     from paramseal.header import peek_header
     from paramseal.keys import Key
     from paramseal.seal import SealConfig

@@ -879,7 +879,7 @@ def test_inspect_bounds_are_those_of_the_layout_seal_chooses(
 ) -> None:
     """What each level 'would give' (unsealed) is what the sealed file shows, from the code the seal built."""
     from paramseal import _strata
-    from paramseal.evaluation.battery import seal_code
+    from paramseal.evaluation._runner import seal_code
 
     rng = np.random.default_rng(0)
     model = {

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import UsageError
-from .battery import BATTERIES, DTYPES, Battery, Plan, Runner, custom
+from ._runner import Runner
+from .battery import BATTERIES, DTYPES, Battery, Plan, custom
 from .models import MODELS, get_model
 
 
