@@ -391,28 +391,28 @@ def _config(model: str, level: str, **code: object) -> dict[str, object]:
 )
 def test_gao_verdict_follows_the_measured_scattered_rate(top: float, ok: bool, want: str) -> None:
     # the page said "ParamSeal loses on scattered modification" next to 20% recovered at strong
-    from paramseal.evaluation import report
+    from paramseal.evaluation import _findings
 
     cfg = _config("mlp", "strong", code="irs4", contiguous_bound=0.34, scattered_bound=0.27)
     runs = _scattered("mlp", "strong", {0.01: True, 0.05: True, top: ok})
-    text = report._claims(runs, {cfg["id"]: cfg})
+    text = _findings._claims(runs, {cfg["id"]: cfg})
     best = max(p for p, o in {0.05: True, top: ok}.items() if o)
-    assert report.verdict(best, report.GAO_SCATTERED, fail=None if ok else top) == want
+    assert _findings.verdict(best, _findings.GAO_SCATTERED, fail=None if ok else top) == want
     assert f"ParamSeal **{want}** on mlp" in text
     assert sum(f"**{v}**" in text for v in ("wins", "ties", "loses")) == 1
-    losses = report._losses(runs, {cfg["id"]: cfg})
+    losses = _findings._losses(runs, {cfg["id"]: cfg})
     assert ("below Gao et al.'s 20%" in losses) == (want == "loses")
 
 
 def test_scattered_loss_names_the_code_and_which_side_of_its_bound() -> None:
-    from paramseal.evaluation import report
+    from paramseal.evaluation import _findings
 
     lanes = _config("mlp", "light", code="lanes", contiguous_bound=0.1111, scattered_bound=0.001838)
     irs = _config("cnn", "strong", code="irs4", contiguous_bound=0.3432, scattered_bound=0.2746)
     runs = _scattered("mlp", "light", {0.001: True, 0.002: False}) + _scattered(
         "cnn", "strong", {0.05: True, 0.2: False}
     )
-    text = report._losses(runs, {c["id"]: c for c in (lanes, irs)})
+    text = _findings._losses(runs, {c["id"]: c for c in (lanes, irs)})
     assert "mlp light (lanes) 0.1% (fails at 0.2%): at 0.2%, 50% of blocks were tampered, and 0.2% is above" in text
     assert "cnn strong (irs4) 5% (fails at 20%): at 20%, 50% of blocks were tampered, and 20% is below" in text
     assert "the code's scattered bound 27.5% (contiguous 34.3%)" in text
@@ -423,7 +423,7 @@ def test_bound_shown_is_the_one_of_the_code_the_model_was_sealed_with() -> None:
     import numpy as np
 
     from paramseal import _inspect, _strata, levels
-    from paramseal.evaluation import report
+    from paramseal.evaluation import _tables
     from paramseal.evaluation._runner import seal_code
     from paramseal.header import peek_header
     from paramseal.keys import Key
@@ -452,17 +452,17 @@ def test_bound_shown_is_the_one_of_the_code_the_model_was_sealed_with() -> None:
             c = {**_config("mlp", level, **got), "dtype": dt, "id": f"config:mlp/{dt}/{level}"}
             configs[c["id"]] = c
             runs += [{**r, "dtype": dt} for r in _scattered("mlp", level, {0.001: True})]
-    table = report._threshold_table(runs, configs)
+    table = _tables._threshold_table(runs, configs)
     for c in configs.values():
-        row = f"| mlp | {c['dtype']} | {c['level']} | {c['code']} | {report._pct(c['contiguous_bound'])} |"
+        row = f"| mlp | {c['dtype']} | {c['level']} | {c['code']} | {_tables._pct(c['contiguous_bound'])} |"
         assert row in table
     assert "| mlp | F32 | standard | irs4 |" in table and "| mlp | F32 | light | lanes |" in table
     del configs["config:mlp/F32/light"]["code"]  # a record from before the battery noted its code
-    assert "| mlp | F32 | light | not recorded | – | – |" in report._threshold_table(runs, configs)
+    assert "| mlp | F32 | light | not recorded | – | – |" in _tables._threshold_table(runs, configs)
 
 
 def test_header_rows_count_a_noted_strip_as_detected() -> None:
-    from paramseal.evaluation import report
+    from paramseal.evaluation import _findings
 
     noted = "intact, noted: the seal header was read from the weights"
     meta = [
@@ -476,7 +476,7 @@ def test_header_rows_count_a_noted_strip_as_detected() -> None:
         },
         {"kind": "metadata", "options": {"mode": "edit"}, "detected": True, "detection": "tampered", "recovered": True},
     ]
-    text = report._header_text(meta)
+    text = _findings._header_text(meta)
     assert "strip: 2/2 detected, 1/2 recovered bit-exactly (verify: 1 " + noted in text
     assert "edit: 1/1 detected, 1/1 recovered" in text and "Weights changed in 0/3" in text
 
@@ -484,34 +484,34 @@ def test_header_rows_count_a_noted_strip_as_detected() -> None:
 @pytest.mark.parametrize("rates", [{0.01: True, 0.05: True}, {0.05: True, 0.3: False}])
 def test_gao_verdict_is_no_loss_where_nothing_failed_up_to_their_figure(rates: dict[float, bool]) -> None:
     # 5% recovered and no failure at or below 20%: nothing measured says ParamSeal loses
-    from paramseal.evaluation import report
+    from paramseal.evaluation import _findings
 
     cfg = _config("mlp", "strong", code="irs4", contiguous_bound=0.34, scattered_bound=0.27)
     runs = _scattered("mlp", "strong", rates)
-    text = report._claims(runs, {cfg["id"]: cfg})
+    text = _findings._claims(runs, {cfg["id"]: cfg})
     assert "**loses**" not in text and "has **no verdict** on mlp (strong: 5%" in text
     assert "nothing failed at or below their 20%" in text
-    assert "below Gao et al.'s 20%" not in report._losses(runs, {cfg["id"]: cfg})
+    assert "below Gao et al.'s 20%" not in _findings._losses(runs, {cfg["id"]: cfg})
 
 
 def test_rates_that_all_failed_were_tested() -> None:
     # every scattered rate failed: the section 3 table said "none tested", the headline left the model out
-    from paramseal.evaluation import report
+    from paramseal.evaluation import _findings, _tables
 
     cfgs = {}
     for m in ("mlp", "cnn"):
         c = _config(m, "standard", code="irs4", contiguous_bound=0.23, scattered_bound=0.18, total_blocks=100)
         cfgs[c["id"]] = {**c, "clean_verify_status": "intact", "clean_verify_flagged_blocks": 0}
     runs = _scattered("mlp", "standard", {0.01: False, 0.05: False}) + _scattered("cnn", "standard", {0.05: True})
-    table = report._threshold_table(runs, cfgs)
+    table = _tables._threshold_table(runs, cfgs)
     assert "| mlp | F32 | standard | irs4 | 23% | 18% | none | 1% | not tested | – | not tested | – |" in table
     assert "none tested" not in table
-    assert "scattered single values none–5% at standard" in report._headline(runs, cfgs)
-    assert "ParamSeal **loses** on mlp (standard: none, fails at 1%)" in report._claims(runs, cfgs)
+    assert "scattered single values none–5% at standard" in _findings._headline(runs, cfgs)
+    assert "ParamSeal **loses** on mlp (standard: none, fails at 1%)" in _findings._claims(runs, cfgs)
 
 
 def test_whole_model_bullet_names_only_the_attacks_it_counts() -> None:
-    from paramseal.evaluation import report
+    from paramseal.evaluation import _findings
 
     cfg = _config("mlp", "standard", code="irs4", contiguous_bound=0.23, scattered_bound=0.18)
     run = {"type": "run", "model": "mlp", "dtype": "F32", "level": "standard", "options": {}, "detected": True}
@@ -519,47 +519,47 @@ def test_whole_model_bullet_names_only_the_attacks_it_counts() -> None:
         {**run, "kind": "noise", "label": "noise", "tampering_rate": 1.0, "changed_blocks": 100, "total_blocks": 100},
         {**run, "kind": "prune", "label": "prune", "tampering_rate": 0.1, "changed_blocks": 10, "total_blocks": 100},
     ]
-    text = report._losses(runs, {cfg["id"]: cfg})
+    text = _findings._losses(runs, {cfg["id"]: cfg})
     assert "* **Whole-model changes** (noise over most values): 0/1 runs recovered" in text
     assert "prun" not in text and "fine-tun" not in text
 
 
 def test_claims_without_scattered_runs_end_the_sentence() -> None:
-    from paramseal.evaluation import report
+    from paramseal.evaluation import _findings
 
     cfg = _config("mlp", "standard", code="irs4", contiguous_bound=0.23, scattered_bound=0.18)
-    assert "no verdict. Contiguous runs (F32)" in report._claims([], {cfg["id"]: cfg})
+    assert "no verdict. Contiguous runs (F32)" in _findings._claims([], {cfg["id"]: cfg})
 
 
 def test_a_failing_rate_says_how_many_seeds_still_recovered() -> None:
     """'fails at 20%' read as every seed failing where two of three recovered."""
-    from paramseal.evaluation import report
+    from paramseal.evaluation import _findings, _tables
 
     cfg = _config("mlp", "strong", code="irs4", contiguous_bound=0.34, scattered_bound=0.27)
     runs = _scattered("mlp", "strong", {0.05: True})
     for seed, ok in enumerate((True, False, True)):  # three seeds at 20%: one fails
         runs += [{**r, "seed": seed} for r in _scattered("mlp", "strong", {0.2: ok})]
-    best, fail, seeds = report.thresholds(runs)[("mlp", "F32", "strong", "scattered")]
+    best, fail, seeds = _tables.thresholds(runs)[("mlp", "F32", "strong", "scattered")]
     assert (best, seeds) == (0.05, (2, 3)) and fail == pytest.approx(0.2)
-    text = report._claims(runs, {cfg["id"]: cfg})
+    text = _findings._claims(runs, {cfg["id"]: cfg})
     assert "mlp 5% (fails at 20% (2/3 seeds recovered))" in text
     one = _scattered("mlp", "strong", {0.05: True, 0.2: False})  # one seed: no count shown
-    assert "fails at 20%)" in report._claims(one, {cfg["id"]: cfg})
+    assert "fails at 20%)" in _findings._claims(one, {cfg["id"]: cfg})
 
 
 def test_a_rate_recovered_above_a_failing_one_does_not_hide_the_failure() -> None:
     """'recovered up to 5%, no higher rate tested' while 1% had failed: every rate up to the figure must recover."""
-    from paramseal.evaluation import report
+    from paramseal.evaluation import _findings, _tables
 
     cfg = _config("mlp", "standard", code="irs4", contiguous_bound=0.23, scattered_bound=0.18)
     runs = _scattered("mlp", "standard", {0.005: True, 0.01: False, 0.05: True})
-    best, fail, seeds = report.thresholds(runs)[("mlp", "F32", "standard", "scattered")]
+    best, fail, seeds = _tables.thresholds(runs)[("mlp", "F32", "standard", "scattered")]
     assert (best, fail, seeds) == (0.005, 0.01, (0, 1))
-    table = report._threshold_table(runs, {cfg["id"]: cfg})
+    table = _tables._threshold_table(runs, {cfg["id"]: cfg})
     assert "| mlp | F32 | standard | irs4 | 23% | 18% | 0.5% | 1% |" in table
     top = _scattered("mlp", "standard", {0.1: False, 0.3: True})  # a verdict from 30% would say it wins
-    assert report.thresholds(top)[("mlp", "F32", "standard", "scattered")][:2] == (None, 0.1)
-    assert "**loses** on mlp (standard: none, fails at 10%)" in report._claims(top, {cfg["id"]: cfg})
+    assert _tables.thresholds(top)[("mlp", "F32", "standard", "scattered")][:2] == (None, 0.1)
+    assert "**loses** on mlp (standard: none, fails at 10%)" in _findings._claims(top, {cfg["id"]: cfg})
 
 
 def test_a_flagged_no_op_run_counts_as_a_false_positive(tmp_path: Path) -> None:
@@ -596,7 +596,7 @@ def test_conflicting_or_unusable_eval_options_are_refused_before_any_run(tmp_pat
 def test_whole_tensor_attacks_at_one_fraction_are_not_counted_as_seeds() -> None:
     # replace-tensor and zero-tensor share the "whole tensors" family: at the same fraction, one seed of each was
     # reported as "4.88% (0/2 seeds recovered)", at the mean of two attacks' tampering rates
-    from paramseal.evaluation import plots, report
+    from paramseal.evaluation import _tables, plots
 
     cfg = _config("mlp", "standard", code="lanes", contiguous_bound=0.03, scattered_bound=0.0005)
     run = {"type": "run", "model": "mlp", "dtype": "F32", "level": "standard", "seed": 0, "detected": True}
@@ -604,9 +604,9 @@ def test_whole_tensor_attacks_at_one_fraction_are_not_counted_as_seeds() -> None
         {**run, "kind": k, "label": f"{k} p=0.1", "options": {"fraction": 0.1}, "tampering_rate": x, "recovered": False}
         for k, x in (("replace-tensor", 0.0489), ("zero-tensor", 0.0488))
     ]
-    best, fail, seeds = report.thresholds(runs)[("mlp", "F32", "standard", "whole")]
+    best, fail, seeds = _tables.thresholds(runs)[("mlp", "F32", "standard", "whole")]
     assert (best, fail, seeds) == (None, 0.0488, (0, 1))
-    assert report._threshold_table(runs, {cfg["id"]: cfg}).endswith("| not tested | – | none | 4.88% |")
+    assert _tables._threshold_table(runs, {cfg["id"]: cfg}).endswith("| not tested | – | none | 4.88% |")
     # the figures' points too: one per attack, each at its own rate (it drew one at 50% recovered)
     runs[0] = {**runs[0], "recovered": True, "fraction_restored": 1.0}
     assert plots._sweep(runs, "whole") == [(0.0488, 0.0, 0.0), (0.0489, 1.0, 1.0)]
