@@ -405,17 +405,17 @@ def test_the_thread_pool_works_in_a_process_forked_after_using_it(monkeypatch: p
     import time
     import warnings
 
-    from paramseal import _kernels
+    from paramseal import _parallel
 
-    monkeypatch.setattr(_kernels, "_cores", lambda: 4)  # the pool is used only with more than one core
-    monkeypatch.setattr(_kernels, "_POOL", None)  # a pool of its own, of four workers
+    monkeypatch.setattr(_parallel, "_cores", lambda: 4)  # the pool is used only with more than one core
+    monkeypatch.setattr(_parallel, "_POOL", None)  # a pool of its own, of four workers
     meet = threading.Barrier(4, timeout=10)  # all four workers started: the pool starts no more
 
     def double(x: int) -> int:
         meet.wait()
         return 2 * x
 
-    assert _kernels.parallel_map(double, range(4)) == [0, 2, 4, 6]
+    assert _parallel.parallel_map(double, range(4)) == [0, 2, 4, 6]
     time.sleep(0.5)  # the workers go idle
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.12+: fork with threads running
@@ -424,11 +424,11 @@ def test_the_thread_pool_works_in_a_process_forked_after_using_it(monkeypatch: p
         code = 1
         try:
             signal.alarm(20)
-            code = 0 if _kernels.parallel_map(lambda x: 3 * x, range(8)) == [3 * x for x in range(8)] else 2
+            code = 0 if _parallel.parallel_map(lambda x: 3 * x, range(8)) == [3 * x for x in range(8)] else 2
         finally:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
-    pool = _kernels._POOL
+    pool = _parallel._POOL
     assert pool is not None
     pool.shutdown()
     assert os.waitstatus_to_exitcode(status) == 0
@@ -437,13 +437,13 @@ def test_the_thread_pool_works_in_a_process_forked_after_using_it(monkeypatch: p
 @pytest.fixture()
 def two_task_cores(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """task_map and parallel_map with pools of their own, as on two cores (even on one), shut down after."""
-    from paramseal import _kernels
+    from paramseal import _parallel
 
-    monkeypatch.setattr(_kernels, "_cores", lambda: 2)
-    monkeypatch.setattr(_kernels, "_TASKS", None)
-    monkeypatch.setattr(_kernels, "_POOL", None)
+    monkeypatch.setattr(_parallel, "_cores", lambda: 2)
+    monkeypatch.setattr(_parallel, "_TASKS", None)
+    monkeypatch.setattr(_parallel, "_POOL", None)
     yield
-    for pool in (_kernels._TASKS, _kernels._POOL):
+    for pool in (_parallel._TASKS, _parallel._POOL):
         if pool is not None:
             pool.shutdown()
 
@@ -452,7 +452,7 @@ def test_task_map_keeps_order_runs_nested_work_inline_and_raises_the_first_failu
     import threading
     import time
 
-    from paramseal import _kernels
+    from paramseal import _parallel
 
     meet = threading.Barrier(2, timeout=10)  # two tasks at once, or this times out
 
@@ -460,10 +460,10 @@ def test_task_map_keeps_order_runs_nested_work_inline_and_raises_the_first_failu
         if x < 2:
             meet.wait()
         # a task's own parallel_map runs on its thread: the pool's threads may all be taken by tasks
-        where = set(_kernels.parallel_map(lambda _: threading.get_ident(), range(4)))
+        where = set(_parallel.parallel_map(lambda _: threading.get_ident(), range(4)))
         return 10 * x, where
 
-    out = _kernels.task_map(task, range(5))
+    out = _parallel.task_map(task, range(5))
     assert [r for r, _ in out] == [0, 10, 20, 30, 40]
     assert all(len(w) == 1 and threading.get_ident() not in w for _, w in out)
     assert len({next(iter(w)) for _, w in out}) == 2  # both task threads worked
@@ -478,7 +478,7 @@ def test_task_map_keeps_order_runs_nested_work_inline_and_raises_the_first_failu
         return x
 
     with pytest.raises(ValueError, match="item 1"):  # the first in item order, not in time
-        _kernels.task_map(fails, range(6))
+        _parallel.task_map(fails, range(6))
     ran = list(done)
     time.sleep(0.3)
     assert done == ran  # nothing was still running (or started) after task_map returned
@@ -517,21 +517,21 @@ def test_a_recover_of_several_batches_is_the_same_in_parallel_and_in_turn(
     sealed: paramseal.SealedModel, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, two_task_cores: None
 ) -> None:
     """Batches of damaged groups are decoded side by side (task_map): what is restored must not depend on it."""
-    from paramseal import _kernels, _native
+    from paramseal import _native, _parallel
 
     monkeypatch.setattr(_irs_recover, "GROUP_BATCH", 97)  # about 9 batches of this model's groups
     batches: list[int] = []
 
     def spy(fn: Callable[[int], _T], items: range) -> list[_T]:
         batches.append(len(items))
-        return _kernels.task_map(fn, items)
+        return _parallel.task_map(fn, items)
 
     monkeypatch.setattr(_irs_recover, "task_map", spy)
     bad = _scatter(sealed.tensors, 0.05, 7)
     side = paramseal.recover(bad, key, sealed.header_json)
     if _native.portable():  # the compiled decoder: the batches went to task_map, several of them
         assert batches and max(batches) >= 5, batches
-    monkeypatch.setattr(_irs_recover, "task_map", _kernels.in_turn)
+    monkeypatch.setattr(_irs_recover, "task_map", _parallel.in_turn)
     turn = paramseal.recover(bad, key, sealed.header_json)
     assert side.report.status == turn.report.status == "recovered"
     assert _bytes_equal(side.tensors, sealed.tensors) and _bytes_equal(turn.tensors, sealed.tensors)
@@ -591,10 +591,10 @@ def _without_deadlock(fn: Callable[[], _T], what: str) -> _T:
 
 def test_nested_parallel_map_runs_inline(two_task_cores: None) -> None:
     """A parallel_map item that calls parallel_map (a sort inside a split of stripes) must not wait on its own pool."""
-    from paramseal import _kernels
+    from paramseal import _parallel
 
     got = _without_deadlock(
-        lambda: _kernels.parallel_map(lambda x: _kernels.parallel_map(lambda y: x * y, range(3)), range(4)),
+        lambda: _parallel.parallel_map(lambda x: _parallel.parallel_map(lambda y: x * y, range(3)), range(4)),
         "nested parallel_map",
     )
     assert got == [[x * y for y in range(3)] for x in range(4)]
@@ -602,16 +602,16 @@ def test_nested_parallel_map_runs_inline(two_task_cores: None) -> None:
 
 def test_nested_task_map_runs_inline_on_many_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """More cores than TASKS_MAX: the tasks do not fill the cores, yet a nested task_map must not wait on their pool."""
-    from paramseal import _kernels
+    from paramseal import _parallel
 
-    monkeypatch.setattr(_kernels, "_cores", lambda: 8)
-    monkeypatch.setattr(_kernels, "_TASKS", None)
-    monkeypatch.setattr(_kernels, "_POOL", None)
+    monkeypatch.setattr(_parallel, "_cores", lambda: 8)
+    monkeypatch.setattr(_parallel, "_TASKS", None)
+    monkeypatch.setattr(_parallel, "_POOL", None)
     got = _without_deadlock(
-        lambda: _kernels.task_map(lambda x: _kernels.task_map(lambda y: x * y, range(3)), range(6)), "nested task_map"
+        lambda: _parallel.task_map(lambda x: _parallel.task_map(lambda y: x * y, range(3)), range(6)), "nested task_map"
     )
     assert got == [[x * y for y in range(3)] for x in range(6)]
-    for pool in (_kernels._TASKS, _kernels._POOL):
+    for pool in (_parallel._TASKS, _parallel._POOL):
         if pool is not None:
             pool.shutdown()
 
@@ -622,7 +622,7 @@ def test_task_map_waits_for_running_tasks_through_a_second_interrupt(
     import concurrent.futures
     import time
 
-    from paramseal import _kernels
+    from paramseal import _parallel
 
     done: list[int] = []
     started: list[int] = []
@@ -637,7 +637,7 @@ def test_task_map_waits_for_running_tasks_through_a_second_interrupt(
             raise KeyboardInterrupt
         return real_wait(fs, *a, **k)
 
-    monkeypatch.setattr(_kernels, "wait", interrupted_wait)
+    monkeypatch.setattr(_parallel, "wait", interrupted_wait)
 
     def slow(x: int) -> int:
         started.append(x)
@@ -646,7 +646,7 @@ def test_task_map_waits_for_running_tasks_through_a_second_interrupt(
         return x
 
     with pytest.raises(KeyboardInterrupt):
-        _kernels.task_map(slow, range(6))
+        _parallel.task_map(slow, range(6))
     ran = sorted(done)
     assert ran == [0, 1]  # the two running tasks finished; no later item started
     time.sleep(0.5)
@@ -663,7 +663,7 @@ def test_parallel_map_interrupted_waits_for_running_items(two_task_cores: None) 
     import threading
     import time
 
-    from paramseal import _kernels
+    from paramseal import _parallel
 
     started: list[int] = []
     done: list[int] = []
@@ -680,7 +680,7 @@ def test_parallel_map_interrupted_waits_for_running_items(two_task_cores: None) 
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(KeyboardInterrupt):
-            _kernels.parallel_map(item, range(6))
+            _parallel.parallel_map(item, range(6))
     finally:
         signal.signal(signal.SIGINT, old)
     assert started and sorted(done) == sorted(started)  # nothing was still running when it returned

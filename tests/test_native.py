@@ -761,10 +761,10 @@ def test_a_child_forked_while_a_thread_is_in_a_parallel_kernel_may_seal() -> Non
     script = textwrap.dedent(
         """
         import os, threading, time, numpy as np, paramseal
-        from paramseal import _kernels
+        from paramseal import _parallel
         inside, leave = threading.Event(), threading.Event()
         def kernel():  # a caller's thread in a parallel kernel while another thread forks
-            with _kernels.PARALLEL_LOCK:
+            with _parallel.PARALLEL_LOCK:
                 inside.set()
                 leave.wait()
         t = threading.Thread(target=kernel)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _kernels
+from . import _parallel
 
 # isort: split
 import numba
@@ -337,7 +337,7 @@ def _run(
             return np.asarray(~pre.reshape(W.shape[0], -1).any(axis=1)), status
     if pre is None:
         pre = np.zeros((0, code.words), np.uint64)
-    with _kernels.PARALLEL_LOCK:  # a parallel kernel: another thread of the caller's may be in one
+    with _parallel.PARALLEL_LOCK:  # a parallel kernel: another thread of the caller's may be in one
         _run_nb(op, W, fl, table, code.fn, code.d, code.first, b0f, code.free_strata, pre, ok, status)
     return ok, status
 

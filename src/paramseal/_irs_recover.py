@@ -20,8 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _irs, _native, _outer, _strata
-from ._kernels import in_turn, task_map
 from ._pages import Workspace, release
+from ._parallel import in_turn, task_map
 from ._strata import FLAG_BAD, GROUP_BATCH, DataRegion, Strata
 from .errors import FormatError
 

@@ -11,14 +11,13 @@ import ctypes
 import functools
 import os
 import struct
-import threading
 import types
-from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+
+from . import _parallel
 
 P = (1 << 32) - 5
 
@@ -187,15 +186,11 @@ except ImportError:  # pragma: no cover - exercised only without numba
 
 
 _PARALLEL_ROWS = 8192  # rows (blocks) from which the threaded kernels are used
-#: Held while a numba ``parallel=True`` kernel runs. numba's workqueue threading layer (where neither
-#: OpenMP nor TBB is found) aborts the process when a second thread enters one: two threads of the
-#: caller's, each sealing or verifying a model, must take turns. Each such kernel fills the cores itself.
-PARALLEL_LOCK = threading.Lock()
 
 
 def _kernel(name: str, rows: int) -> Any:
     # never the parallel one in a task_map task: numba's workqueue layer aborts on a second thread
-    if rows >= _PARALLEL_ROWS and name in _PAR and not getattr(_IN_TASK, "task", False):
+    if rows >= _PARALLEL_ROWS and name in _PAR and not getattr(_parallel._IN_TASK, "task", False):
         return _PAR[name]
     return _SER[name]
 
@@ -242,7 +237,7 @@ def mlh_tags(
         return mlh_tags_numpy(words, keys, wmask, internal, pads)
     kernel = _kernel("mlh", words.shape[0])
     if kernel is _PAR["mlh"]:
-        with PARALLEL_LOCK:
+        with _parallel.PARALLEL_LOCK:
             kernel(words, keys[: words.shape[1]], wmask, internal, pads, out)
     else:
         kernel(words, keys[: words.shape[1]], wmask, internal, pads, out)
@@ -379,132 +374,6 @@ def unpack_fields(data: NDArray[np.uint8], u: NDArray[np.unsignedinteger], shift
     return True
 
 
-_T = TypeVar("_T")
-_R = TypeVar("_R")
-_POOL: ThreadPoolExecutor | None = None
-_TASKS: ThreadPoolExecutor | None = None  # whole pieces of work that may call parallel_map themselves
-_POOL_LOCK = threading.Lock()
-_IN_TASK = threading.local()  # .task: in a task_map task; .on: its parallel_map calls run inline
-_IN_POOL = threading.local()  # .on: running a parallel_map item (a nested parallel_map runs inline)
-TASKS_MAX = 4  # task_map items in flight, each with its buffers (a seal's superblock: about 100 MiB)
-
-
-def _cores() -> int:
-    """The cores this process may run on (its affinity mask where the platform has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
-    """``[fn(x) for x in items]`` on one thread per core, for work that releases the GIL (nogil kernels).
-
-    The first exception raised by ``fn`` propagates, once the items already running have finished
-    (as in `task_map`): a kernel left running after Ctrl-C wrote into arrays freed as the caller
-    unwound, and the process ended in a segfault. One process-wide pool, made on first use; a
-    `parallel_map` inside ``fn`` runs inline on its thread.
-    """
-    global _POOL
-    items = list(items)
-    workers = min(len(items), _cores())
-    # inline in a task_map task whose peers fill the cores, and in an item of this pool: it would wait on itself
-    if workers <= 1 or getattr(_IN_TASK, "on", False) or getattr(_IN_POOL, "on", False):
-        return [fn(x) for x in items]
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=_cores(), thread_name_prefix="paramseal")
-
-    def run(x: _T) -> _R:
-        _IN_POOL.on = True
-        try:
-            return fn(x)
-        finally:
-            _IN_POOL.on = False
-
-    return _run_all(_POOL, run, items)
-
-
-def task_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
-    """``[fn(x) for x in items]``, one per core (at most ``TASKS_MAX``) at a time: steps that mix kernels and Python.
-
-    Unlike `parallel_map`, ``fn`` may itself call `parallel_map`: these tasks run on a pool of their
-    own, so they never wait on threads they occupy; where they fill every core, those calls run
-    inline. A nested `task_map` runs inline. ``fn`` must not call numba's ``parallel=True``
-    kernels: numba's workqueue threading layer aborts the process when two threads enter them.
-    After a failure no further item starts; the first exception in item order propagates once
-    the tasks already running have finished (none is left writing behind the caller's back,
-    even through a second Ctrl-C). Memory: ``TASKS_MAX`` items' worth.
-    """
-    global _TASKS
-    items = list(items)
-    workers = min(_cores(), TASKS_MAX)
-    if min(len(items), workers) <= 1 or getattr(_IN_TASK, "task", False):  # nested: its pool is busy with us
-        return [fn(x) for x in items]
-    with _POOL_LOCK:
-        if _TASKS is None or _TASKS._max_workers != workers:
-            if _TASKS is not None:
-                _TASKS.shutdown(wait=False)
-            _TASKS = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="paramseal-task")
-        pool = _TASKS
-    inline = workers >= _cores()  # the tasks fill every core: splitting their kernels would only add waits
-
-    def run(x: _T) -> _R:
-        _IN_TASK.task, _IN_TASK.on = True, inline
-        try:
-            return fn(x)
-        finally:
-            _IN_TASK.task = _IN_TASK.on = False
-
-    return _run_all(pool, run, items)
-
-
-def in_turn(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
-    """`task_map`'s contract, one item after another (where ``fn`` enters numba's parallel kernels)."""
-    return [fn(x) for x in items]
-
-
-def _run_all(pool: ThreadPoolExecutor, run: Callable[[_T], _R], items: list[_T]) -> list[_R]:
-    """``run`` on each item in ``pool``; after a failure or an interrupt none starts, and those running finish."""
-    futures: list[Future[_R]] = []
-    try:
-        for x in items:
-            futures.append(pool.submit(run, x))
-        wait(futures, return_when=FIRST_EXCEPTION)
-    finally:
-        for f in futures:  # items start in order, so every cancelled one comes after the failed one
-            f.cancel()
-        _wait_all(futures)
-    return [f.result() for f in futures]
-
-
-def _wait_all(futures: list[Future[Any]]) -> None:
-    """Wait for every running task, even through repeated KeyboardInterrupts (re-raised after)."""
-    stopped: KeyboardInterrupt | None = None
-    while True:
-        try:
-            wait(futures)
-            break
-        except KeyboardInterrupt as e:
-            stopped = e
-    if stopped is not None:
-        raise stopped
-
-
-def _forget_pool() -> None:
-    """In a forked child: the pools' threads were not copied, so work queued there would never run.
-
-    Nor were the threads that held a lock at the fork: ``PARALLEL_LOCK`` taken by one of them would
-    never be released, and the child's first parallel kernel would wait forever.
-    """
-    global _POOL, _TASKS, _POOL_LOCK, PARALLEL_LOCK
-    _POOL, _TASKS, _POOL_LOCK, PARALLEL_LOCK = None, None, threading.Lock(), threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
 def rows_as_bytes(rows: NDArray[np.uint8]) -> list[bytes]:
     """Each row of ``rows`` as one ``bytes`` (one C call, not one per row; leopard takes bytes only).
 
@@ -556,19 +425,8 @@ def one_blas_thread() -> int:
     return done
 
 
-def halves(n: int, parts: int | None = None) -> list[tuple[int, int]]:
-    """``[a, b)`` ranges that cut ``range(n)`` into one nearly equal part per core (or ``parts``)."""
-    k = max(1, min(n, parts or _cores()))
-    cuts = [n * i // k for i in range(k + 1)]
-    return [(cuts[i], cuts[i + 1]) for i in range(k) if cuts[i] < cuts[i + 1]]
-
-
 __all__ = [
-    "halves",
     "rows_as_bytes",
-    "parallel_map",
-    "task_map",
-    "in_turn",
     "HAVE_NUMBA",
     "gather_stripes",
     "mlh_tags",

@@ -25,6 +25,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
+from ._parallel import halves, parallel_map
 from .keys import Key
 from .levels import BLOCK, FLOATS, ST_TO_NP, TAG_BITS
 
@@ -179,8 +180,6 @@ class Layout:
         """Every stripe's permutation in the narrowest lane type, made once, if the model is small enough."""
         full = self._cache.get("perm")
         if full is None and self.nstripes * self.lanes <= _CACHE_ENTRIES:
-            from ._kernels import halves, parallel_map  # _kernels' importers load this module first
-
             full = np.empty((self.nstripes, self.lanes), self._lane_type)
             step = self._stripe_step
 

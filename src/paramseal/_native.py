@@ -31,7 +31,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _irs
-from ._kernels import _PARALLEL_ROWS, halves, parallel_map
+from ._kernels import _PARALLEL_ROWS
+from ._parallel import halves, parallel_map
 from .errors import InputError, NativeUnavailableError, UsageError
 
 _ABI = 3

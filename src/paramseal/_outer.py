@@ -23,8 +23,8 @@ import reed_solomon_leopard as rsl
 from numpy.typing import NDArray
 
 from . import _irs, _native
-from ._kernels import halves, parallel_map
 from ._kernels import rows_as_bytes as _shards
+from ._parallel import halves, parallel_map
 
 SUPER_MAX = 16384  # groups per superblock: [16384, 255] words (16 MiB) at a time when sealing
 # Free bytes per codeword given to the outer code, per k: each costs the inner code one parity

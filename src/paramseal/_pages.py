@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from ._parallel import halves, parallel_map
 from .errors import InputError, UsageError, cannot_write
 
 CHUNK_BYTES = 16 << 20  # bytes of tensor data the engine handles at a time
@@ -349,8 +350,6 @@ def read(a: NDArray[Any], buf: NDArray[np.uint8] | None = None) -> NDArray[Any]:
     if a.nbytes < _SPLIT_READ:
         _pread_all(fd, raw, at, path)
     else:
-        from ._kernels import halves, parallel_map  # _kernels' importers load this module first
-
         parallel_map(lambda r: _pread_all(fd, raw[r[0] : r[1]], at + r[0], path), halves(a.nbytes))
     return raw.view(a.dtype).reshape(a.shape)
 
@@ -433,7 +432,7 @@ def read_ahead(read: Callable[[_T], _R], items: Iterable[_T]) -> Iterator[tuple[
     """``(item, read(item))`` in order, the next item's read running on a thread of its own meanwhile.
 
     For reads (``pread``: no GIL held) that would otherwise wait between chunks of compute.
-    Memory: one chunk more. ``read`` must not enter numba's parallel kernels (see `_kernels.task_map`).
+    Memory: one chunk more. ``read`` must not enter numba's parallel kernels (see `_parallel.task_map`).
     """
     todo = list(items)
     if not todo:

@@ -43,9 +43,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
 from . import _irs, _native, _outer
-from ._kernels import halves, parallel_map
 from ._layout import TensorSpec
 from ._pages import file_span, pwrite_all, release
+from ._parallel import halves, parallel_map
 from .errors import NonFiniteError
 from .keys import Key
 from .levels import BLOCK

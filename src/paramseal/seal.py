@@ -17,7 +17,6 @@ from numpy.typing import NDArray
 
 from . import _bits, _code, _embed, _irs, _model, _native, _pages, _strata
 from ._bits import write_tags
-from ._kernels import in_turn, task_map
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
 from ._pages import (
@@ -31,6 +30,7 @@ from ._pages import (
     release,
     write_behind,
 )
+from ._parallel import in_turn, task_map
 from ._progress import Progress
 from .errors import InputError, NonFiniteError, UnsupportedError, UsageError
 from .header import METADATA_KEY, SCHEME_IRS, Header
