@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from paramseal import _irs, _kernels, _native, _outer
+from paramseal import _irs, _kernels, _native, _native_blocks, _outer
 
 
 def best(fn: Callable[[], object], repeats: int) -> float:
@@ -125,7 +125,7 @@ def main() -> None:
     out, ref = np.empty(nb, np.uint64), np.empty(nb, np.uint64)
     numba_mlh = _kernels._kernel("mlh", nb)
     numba_mlh(words, keys[:128], wmask, internal, pads, ref)  # load it before timing
-    tn = best(lambda: _native.mlh(words, keys, wmask, internal, pads, out), a.repeats)
+    tn = best(lambda: _native_blocks.mlh(words, keys, wmask, internal, pads, out), a.repeats)
     tr = best(lambda: numba_mlh(words, keys[:128], wmask, internal, pads, ref), a.repeats)
     print(
         f"{'block MAC hash (fp32 blocks)':<34}{tn * (1 << 30) / words.nbytes:>10.3f}"
@@ -146,17 +146,17 @@ def lane_code(rng: np.random.Generator, mib: int, repeats: int) -> None:
     ref = np.empty((nb, 120), np.uint8)
     ser = _kernels._SER
     ser["pack"](u, 1, 15, ref)  # numba's first call compiles or loads it: not timed
-    got = _native.pack(u, 1, 15)
-    tn = best(lambda: _native.pack(u, 1, 15), repeats)
+    got = _native_blocks.pack(u, 1, 15)
+    tn = best(lambda: _native_blocks.pack(u, 1, 15), repeats)
     tr = best(lambda: ser["pack"](u, 1, 15, ref), repeats)
     row("lanes: pack 15 high bits (bf16 k=1)", tn, tr, got is not None and np.array_equal(got, ref))
     # start from u's complement, not u: the fields are u's own, so unpacking into u leaves it
     # unchanged and a compiled unpack that wrote nothing would still compare equal
     v1, v2 = ~u, ~u
     ser["unpack"](ref, 1, 15, v1)
-    done = _native.unpack(ref, v2, 1, 15)
+    done = _native_blocks.unpack(ref, v2, 1, 15)
     same = done and np.array_equal(v1, v2) and np.array_equal(v1 >> 1, u >> 1)
-    tn = best(lambda: _native.unpack(ref, v2, 1, 15), repeats)
+    tn = best(lambda: _native_blocks.unpack(ref, v2, 1, 15), repeats)
     tr = best(lambda: ser["unpack"](ref, 1, 15, v1), repeats)
     row("lanes: unpack them", tn, tr, same)
     K, lanes = 30_000, max(16, nb // 30_000 * 4)  # a store's shape: data shards x lanes, a 128-lane slice coded
@@ -165,9 +165,9 @@ def lane_code(rng: np.random.Generator, mib: int, repeats: int) -> None:
     sref = np.zeros((K, 64 * -(-2 * sl.shape[1] // 32)), np.uint8)
     ser["split"](sl, sref)
     calls = lanes // sl.shape[1]  # the whole store, as encode_into codes it
-    tn = best(lambda: [_native.split(sl) for _ in range(calls)], repeats) * nb * 120 / store.nbytes
+    tn = best(lambda: [_native_blocks.split(sl) for _ in range(calls)], repeats) * nb * 120 / store.nbytes
     tr = best(lambda: [ser["split"](sl, sref) for _ in range(calls)], repeats) * nb * 120 / store.nbytes
-    got = _native.split(sl)
+    got = _native_blocks.split(sl)
     row("lanes: leopard split layout", tn, tr, got is not None and np.array_equal(got, sref))
     g = 9000
     ns = nb // g
@@ -175,14 +175,14 @@ def lane_code(rng: np.random.Generator, mib: int, repeats: int) -> None:
     x = rng.integers(0, 1 << 32, (ns, g, 30), dtype=np.uint64).astype(np.uint32)
     s1, s2 = np.zeros((ns * 30, g), np.uint32), np.zeros((ns * 30, g), np.uint32)
     _kernels._stripes_in_nb(s1, 0, 30, perm, x)
-    tn = best(lambda: _native.stripes(s2, 0, perm, x, out=False), repeats)
+    tn = best(lambda: _native_blocks.stripes(s2, 0, perm, x, out=False), repeats)
     tr = best(lambda: _kernels._stripes_in_nb(s1, 0, 30, perm, x), repeats)
     row("lanes: stripes into the store", tn, tr, np.array_equal(s1, s2))
     keys = rng.integers(0, 2**64 - 1, (ns, g), dtype=np.uint64, endpoint=True)
     want = np.argsort(keys, axis=1, kind="stable")
-    tn = best(lambda: _native.argsort_rows(keys), repeats)
+    tn = best(lambda: _native_blocks.argsort_rows(keys), repeats)
     tr = best(lambda: np.argsort(keys, axis=1, kind="stable"), repeats)
-    row("lanes: permutation sort (vs numpy)", tn, tr, np.array_equal(_native.argsort_rows(keys), want))
+    row("lanes: permutation sort (vs numpy)", tn, tr, np.array_equal(_native_blocks.argsort_rows(keys), want))
 
 
 if __name__ == "__main__":

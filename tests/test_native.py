@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _irs, _native, _outer, _strata, files
+from paramseal import _gfni_plan, _irs, _native, _native_blocks, _outer, _strata, files
 from paramseal.errors import NonFiniteError
 from paramseal.seal import SealConfig
 
@@ -80,11 +80,11 @@ def no_native(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_phi_is_a_field_isomorphism() -> None:
-    fwd, inv = _native._phi()
+    fwd, inv = _gfni_plan._phi()
     a = np.arange(256)
     prod_11d = _irs._EXP[_irs._LOG[a][:, None] + _irs._LOG[a][None, :]]  # products mod 0x11d (0 where a factor is 0)
     want = fwd[prod_11d.astype(np.uint8)]
-    got = np.array([[_native._mul_11b(int(fwd[x]), int(fwd[y])) for y in range(256)] for x in range(256)])
+    got = np.array([[_gfni_plan._mul_11b(int(fwd[x]), int(fwd[y])) for y in range(256)] for x in range(256)])
     assert np.array_equal(got, want)
     assert np.array_equal(inv[fwd], np.arange(256))
     assert np.array_equal(fwd[a ^ 0x5A], fwd[a] ^ fwd[0x5A])  # linear
@@ -106,16 +106,16 @@ def test_encode_equals_the_numba_encoder(k: int, F: int, host: int) -> None:
     assert np.array_equal(got, want)
     assert _irs.syndromes_zero(code, got).all()
     # whole free bytes (k = 8, 16) take the GF(2^8) columns, the nibbles of k = 12 the tables: both ran
-    assert (_native._plan(k, F, host).cols is not None) == (k != 12)
+    assert (_gfni_plan._plan(k, F, host).cols is not None) == (k != 12)
 
 
 def test_gf_columns_refuse_tables_that_are_not_gf256_linear() -> None:
-    p = _native._plan(8, 255, 0)
-    fwd, inv = _native._phi()
-    assert _native._gf_columns(p.tabs, p.d.astype(np.int64), fwd, inv) is not None
+    p = _gfni_plan._plan(8, 255, 0)
+    fwd, inv = _gfni_plan._phi()
+    assert _gfni_plan._gf_columns(p.tabs, p.d.astype(np.int64), fwd, inv) is not None
     bent = p.tabs.copy()
     bent[2, 6, 1, 0] ^= 0x10  # one table row no longer the image of a GF(2^8) multiple
-    assert _native._gf_columns(bent, p.d.astype(np.int64), fwd, inv) is None
+    assert _gfni_plan._gf_columns(bent, p.d.astype(np.int64), fwd, inv) is None
 
 
 @needs_lib
@@ -436,7 +436,7 @@ def test_mlh_equals_the_numpy_reference(nw: int, nm: int) -> None:
     pads = rng.integers(0, (1 << 32) - 5, nb, dtype=np.uint64)
     want = _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads)
     got = np.empty(nb, np.uint64)
-    assert _native.mlh(words, keys, wmask, internal, pads, got)
+    assert _native_blocks.mlh(words, keys, wmask, internal, pads, got)
     assert np.array_equal(got, want)
 
 
@@ -449,7 +449,7 @@ def test_read_tag_equals_the_numpy_reference() -> None:
     want = np.zeros(500, np.uint64)
     for i in range(12):
         want |= (words[:, i] & wmask[i]).astype(np.uint64) << wshift[i]
-    got = _native.read_tag(words, wmask, wshift)
+    got = _native_blocks.read_tag(words, wmask, wshift)
     assert got is not None and np.array_equal(got, want)
 
 
@@ -466,8 +466,8 @@ def test_write_tags_compiled_equals_the_numpy_version(dtype: type, k: int, monke
     tags = rng.integers(0, 1 << 32, 700, dtype=np.uint64)
     got = ub.copy()
     calls: list[int] = []
-    real = _native.write_tag
-    monkeypatch.setattr(_native, "write_tag", lambda *a: calls.append(1) or real(*a))
+    real = _native_blocks.write_tag
+    monkeypatch.setattr(_native_blocks, "write_tag", lambda *a: calls.append(1) or real(*a))
     _bits.write_tags(got, tags, k)
     assert calls
     want = ub.copy()
@@ -653,12 +653,12 @@ def test_pack_and_unpack_equal_the_numba_kernels(dtype: type, shift: int, width:
     u = big[:, :64]  # rows 80 values apart, as a block view of a wider array
     want = np.empty((u.shape[0], width * 8), np.uint8)
     _kernels._SER["pack"](u, shift, width, want)
-    got = _native.pack(u, shift, width)
+    got = _native_blocks.pack(u, shift, width)
     assert got is not None and np.array_equal(got, want)
     data = rng.integers(0, 256, want.shape, dtype=np.uint8)
     a, b = big.copy(), big.copy()
     _kernels._SER["unpack"](data, shift, width, a[:, :64])
-    assert _native.unpack(data, b[:, :64], shift, width)
+    assert _native_blocks.unpack(data, b[:, :64], shift, width)
     assert np.array_equal(a, b)  # the bits outside the field and the columns past the view are kept
     assert not np.array_equal(a, big)
 
@@ -673,7 +673,7 @@ def test_split_equals_the_numba_kernel_for_any_strides(lanes: int) -> None:
     for view in (a, a.T.copy().T, a[::2]):  # row-major, lane-major (a transposed store), every other row
         want = np.zeros((view.shape[0], 64 * -(-2 * lanes // 32)), np.uint8)
         _kernels._SER["split"](view, want)
-        got = _native.split(view)
+        got = _native_blocks.split(view)
         assert got is not None and np.array_equal(got, want)
 
 
@@ -695,11 +695,11 @@ def test_stripes_and_blocks_equal_the_numba_kernels(lane_major: bool) -> None:
     want, got = store(), None
     got = want.copy(order="F" if lane_major else "C")
     (_kernels._scatter_lm_nb if lane_major else _kernels._stripes_in_nb)(want, off, d, perm, x)
-    assert _native.stripes(got, off, perm, x, out=False)
+    assert _native_blocks.stripes(got, off, perm, x, out=False)
     assert np.array_equal(got, want)
     back_want, back_got = np.empty(x.shape, np.uint32), np.empty((ns, g, d + 2), np.uint32)[:, :, 2:]
     _kernels._stripes_out_nb(want, off, d, perm, back_want)
-    assert _native.stripes(got, off, perm, back_got, out=True)
+    assert _native_blocks.stripes(got, off, perm, back_got, out=True)
     assert np.array_equal(back_got, back_want) and np.array_equal(back_got, x)
 
     nb = 500
@@ -708,11 +708,11 @@ def test_stripes_and_blocks_equal_the_numba_kernels(lane_major: bool) -> None:
     counts = rng.integers(0, d + 1, nb).astype(np.int64)
     xb = rng.integers(0, 1 << 32, (nb, d + 1), dtype=np.uint64).astype(np.uint32)[:, 1:]
     _kernels._blocks_in_nb(want, offs, lanes, counts, xb)  # overlapping blocks: the last one wins in both
-    assert _native.blocks(got, offs, lanes, counts, xb, out=False)
+    assert _native_blocks.blocks(got, offs, lanes, counts, xb, out=False)
     assert np.array_equal(got, want)
     out_want, out_got = np.zeros(xb.shape, np.uint32), np.zeros(xb.shape, np.uint32)
     _kernels._blocks_out_nb(want, offs, lanes, counts, out_want)
-    assert _native.blocks(got, offs, lanes, counts, out_got, out=True)
+    assert _native_blocks.blocks(got, offs, lanes, counts, out_got, out=True)
     assert np.array_equal(out_got, out_want)
 
 
@@ -855,8 +855,8 @@ def test_lane_code_bytes_and_recovery_do_not_depend_on_the_kernels(
     src = helpers.write_st(tmp_path / "m.safetensors", model)
     calls: list[str] = []
     for name in ("pack", "unpack", "split", "stripes", "blocks"):
-        real = getattr(_native, name)
-        monkeypatch.setattr(_native, name, lambda *a, _f=real, _n=name, **k: calls.append(_n) or _f(*a, **k))
+        real = getattr(_native_blocks, name)
+        monkeypatch.setattr(_native_blocks, name, lambda *a, _f=real, _n=name, **k: calls.append(_n) or _f(*a, **k))
 
     def run(tag: str) -> tuple[str, bytes]:
         sealed = paramseal.seal(model, key, level=level)
@@ -890,7 +890,7 @@ def test_argsort_rows_equals_numpys_stable_argsort(g: int) -> None:
     r[6:10] %= np.uint64(3)  # whole keys tie: index order must be kept
     r[10] = np.uint64(2**64 - 1)
     want = np.argsort(r, axis=1, kind="stable")
-    got = _native.argsort_rows(r)
+    got = _native_blocks.argsort_rows(r)
     assert got is not None and np.array_equal(got, want)
     assert np.array_equal(stable_argsort_rows(r), want)
 
@@ -903,7 +903,7 @@ def test_argsort_rows_of_keys_it_cannot_cast_is_numpys(dtype: type) -> None:
 
     r = np.array([[-1, 0, 3, -5, 2], [0.5, -0.25, 2.0, 1.5, -3]], dtype)
     want = np.argsort(r, axis=1, kind="stable")
-    got = _native.argsort_rows(r)
+    got = _native_blocks.argsort_rows(r)
     assert got is None or np.array_equal(got, want)
     assert np.array_equal(stable_argsort_rows(r), want)
 
@@ -920,9 +920,9 @@ def test_pack_and_unpack_leave_values_that_are_not_native_unsigned_to_the_refere
     want = np.empty((16, 8 * width), np.uint8)
     if np.dtype(dtype).isnative:
         _kernels._SER["pack"](u, shift, width, want)
-    got = _native.pack(u, shift, width)
+    got = _native_blocks.pack(u, shift, width)
     assert got is None or (np.dtype(dtype).isnative and np.array_equal(got, want))
-    assert not _native.unpack(np.zeros_like(want), u.copy(), shift, width)
+    assert not _native_blocks.unpack(np.zeros_like(want), u.copy(), shift, width)
 
 
 def test_a_big_endian_host_does_not_use_the_library(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -150,10 +150,10 @@ def write_tags(ub: NDArray[np.unsignedinteger], tags: NDArray[np.uint64], k: int
     """Write 32-bit ``tags`` into the first low bits of each block, in place."""
     mask = tag_mask(k, ub.dtype.itemsize * 8)
     if ub.flags.c_contiguous and ub.flags.writeable and ub.ndim == 2:  # the compiled kernel, where it is built
-        from . import _native
+        from . import _native_blocks
 
         wm, shift = _tag_words(mask, ub.dtype.itemsize // 2, k)
-        if _native.write_tag(ub.view(np.uint16).reshape(ub.shape[0], -1), wm, shift, tags):
+        if _native_blocks.write_tag(ub.view(np.uint16).reshape(ub.shape[0], -1), wm, shift, tags):
             return
     for j in np.flatnonzero(mask):
         part = ((tags >> np.uint64(j * k)) & np.uint64(int(mask[j]))).astype(ub.dtype)

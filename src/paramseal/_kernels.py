@@ -228,10 +228,10 @@ def mlh_tags(
     The compiled library where it is built (no numba kernel to load: half of a verify's time);
     else numba, else numpy.
     """
-    from . import _native  # imports this module
+    from . import _native_blocks  # imports this module
 
     out = np.empty(words.shape[0], dtype=np.uint64)
-    if words.flags.c_contiguous and _native.mlh(words, keys, wmask, internal, pads, out):
+    if words.flags.c_contiguous and _native_blocks.mlh(words, keys, wmask, internal, pads, out):
         return out
     if not HAVE_NUMBA:
         return mlh_tags_numpy(words, keys, wmask, internal, pads)
@@ -246,9 +246,9 @@ def mlh_tags(
 
 def to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8] | None:
     """Compiled ``_code._to_split`` (the library's, else numba's); None without either."""
-    from . import _native
+    from . import _native_blocks
 
-    fast = _native.split(a)
+    fast = _native_blocks.split(a)
     if fast is not None or not HAVE_NUMBA:
         return fast
     n, lanes = a.shape
@@ -259,10 +259,10 @@ def to_split(a: NDArray[np.uint32]) -> NDArray[np.uint8] | None:
 
 def scatter_stripes(out: NDArray[np.uint32], off: int, perm: NDArray[np.int64], x: NDArray[np.uint32]) -> None:
     """``out[off + s*d + i, perm[s, j]] = x[s, j, i]`` for ``x`` ``[stripes, lanes, d]`` (any strides in ``out``)."""
-    from . import _native
+    from . import _native_blocks
 
     ns, g, d = x.shape
-    if _native.stripes(out, off, perm, x, out=False):
+    if _native_blocks.stripes(out, off, perm, x, out=False):
         return
     if HAVE_NUMBA:
         if out.strides[0] < out.strides[1]:
@@ -276,11 +276,11 @@ def scatter_stripes(out: NDArray[np.uint32], off: int, perm: NDArray[np.int64], 
 
 def gather_stripes(src: NDArray[np.uint32], off: int, perm: NDArray[np.int64], d: int) -> NDArray[np.uint32]:
     """Inverse of :func:`scatter_stripes`: ``[stripes, lanes, d]``."""
-    from . import _native
+    from . import _native_blocks
 
     ns, g = perm.shape
     out = np.empty((ns, g, d), dtype=np.uint32)
-    if _native.stripes(src, off, perm, out, out=True):
+    if _native_blocks.stripes(src, off, perm, out, out=True):
         return out
     if HAVE_NUMBA:
         _stripes_out_nb(src, off, d, perm, out)
@@ -298,9 +298,9 @@ def scatter_blocks(
     x: NDArray[np.uint32],
 ) -> None:
     """``store[offs[b] + i, lanes[b]] = x[b, i]`` for ``i < counts[b]``: single blocks, any strides."""
-    from . import _native
+    from . import _native_blocks
 
-    if _native.blocks(store, offs, lanes, counts, x, out=False):
+    if _native_blocks.blocks(store, offs, lanes, counts, x, out=False):
         return
     if HAVE_NUMBA:
         _blocks_in_nb(store, offs, lanes, counts, x)
@@ -314,10 +314,10 @@ def gather_blocks(
     store: NDArray[np.uint32], offs: NDArray[np.int64], lanes: NDArray[np.int64], counts: NDArray[np.int64], w: int
 ) -> NDArray[np.uint32]:
     """Inverse of :func:`scatter_blocks`: ``[blocks, w]``, zero past each block's count."""
-    from . import _native
+    from . import _native_blocks
 
     out = np.zeros((offs.size, w), dtype=np.uint32)
-    if _native.blocks(store, offs, lanes, counts, out, out=True):
+    if _native_blocks.blocks(store, offs, lanes, counts, out, out=True):
         return out
     if HAVE_NUMBA:
         _blocks_out_nb(store, offs, lanes, counts, out)
@@ -332,9 +332,9 @@ def read_tag_words(
     words: NDArray[np.uint16], wmask: NDArray[np.uint16], wshift: NDArray[np.uint64]
 ) -> NDArray[np.uint64]:
     """Assemble each block's stored tag from the masked low bits of its first words."""
-    from . import _native
+    from . import _native_blocks
 
-    fast = _native.read_tag(words, wmask, wshift) if words.flags.c_contiguous else None
+    fast = _native_blocks.read_tag(words, wmask, wshift) if words.flags.c_contiguous else None
     if fast is not None:
         return fast
     out = np.zeros(words.shape[0], dtype=np.uint64)
@@ -348,11 +348,11 @@ def read_tag_words(
 
 def pack_fields(u: NDArray[np.unsignedinteger], shift: int, width: int) -> NDArray[np.uint8] | None:
     """Bits ``[shift, shift+width)`` of every value, packed per block; None when no kernel applies."""
-    from . import _native
+    from . import _native_blocks
 
     if width > 56 or width * u.shape[1] % 8:
         return None
-    fast = _native.pack(u, shift, width)
+    fast = _native_blocks.pack(u, shift, width)
     if fast is not None or not HAVE_NUMBA:
         return fast
     out = np.empty((u.shape[0], width * u.shape[1] // 8), dtype=np.uint8)
@@ -362,11 +362,11 @@ def pack_fields(u: NDArray[np.unsignedinteger], shift: int, width: int) -> NDArr
 
 def unpack_fields(data: NDArray[np.uint8], u: NDArray[np.unsignedinteger], shift: int, width: int) -> bool:
     """Write packed fields back into ``u`` in place; False when no kernel applies."""
-    from . import _native
+    from . import _native_blocks
 
     if width > 56 or width * u.shape[1] % 8:
         return False
-    if _native.unpack(data, u, shift, width):
+    if _native_blocks.unpack(data, u, shift, width):
         return True
     if not HAVE_NUMBA:
         return False

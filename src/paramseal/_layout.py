@@ -379,9 +379,9 @@ def stable_argsort_rows(r: NDArray[np.uint64]) -> NDArray[np.int64]:
     Without equal keys in a row every sort gives the stable permutation, so quicksort is used
     and only rows with a tie (about 1e-12 each for random 64-bit keys) are sorted again stably.
     """
-    from . import _native  # imports _kernels, which this module's importers need first
+    from . import _native_blocks  # imports _kernels, which this module's importers need first
 
-    fast = _native.argsort_rows(r)  # a radix sort, several times faster
+    fast = _native_blocks.argsort_rows(r)  # a radix sort, several times faster
     if fast is not None:
         return fast
     perm = np.argsort(r, axis=1, kind="quicksort").astype(np.int64)

@@ -14,6 +14,10 @@ the functions here return False or None and the caller uses the reference.
 ``PARAMSEAL_NATIVE=0`` turns the library off; ``PARAMSEAL_NATIVE=require`` makes a missing or
 unloadable library an error (CI sets it, so a silently skipped build cannot pass). A CPU without
 GFNI and AVX-512 is not an error under it: the portable coding kernels serve it.
+
+This module loads the library and wraps the coding and strata kernels; `_native_blocks` wraps
+the block kernels (MAC hash, tags, bit fields, lane store, row sort) and `_gfni_plan` builds the
+tables the GFNI kernels take.
 """
 
 from __future__ import annotations
@@ -24,14 +28,12 @@ import functools
 import hashlib
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _irs
-from ._kernels import _PARALLEL_ROWS
+from . import _gfni_plan, _irs
 from ._parallel import halves, parallel_map
 from .errors import InputError, NativeUnavailableError, UsageError
 
@@ -149,67 +151,6 @@ def available() -> bool:
     return _load() is not None
 
 
-def mlh(
-    words: NDArray[np.uint16],
-    keys: NDArray[np.uint64],
-    wmask: NDArray[np.uint16],
-    internal: NDArray[np.bool_],
-    pads: NDArray[np.uint64],
-    out: NDArray[np.uint64],
-) -> bool:
-    """`_kernels.mlh_tags` compiled (``ps_mlh``), into ``out``; False without the library."""
-    lib = _lib()
-    if lib is None:
-        return False
-    nb, nw = words.shape
-    assert words.dtype == np.uint16 and words.flags.c_contiguous and keys.size >= nw and nw <= 256
-    k = np.ascontiguousarray(keys, np.uint64)
-    m = np.ascontiguousarray(wmask, np.uint16)
-    f = np.ascontiguousarray(internal, np.bool_)
-    pd = np.ascontiguousarray(pads, np.uint64)
-    assert f.size == nb and pd.size == nb and out.size == nb and out.flags.c_contiguous and m.size <= nw
-    a = (words.ctypes.data, k.ctypes.data, m.ctypes.data, f.ctypes.data, pd.ctypes.data, out.ctypes.data)
-    parallel_map(
-        lambda r: lib.ps_mlh(a[0], r[0], r[1], nw, a[1], a[2], m.size, a[3], a[4], a[5]),
-        halves(nb) if nb >= _PARALLEL_ROWS else [(0, nb)],
-    )
-    return True
-
-
-def read_tag(
-    words: NDArray[np.uint16], wmask: NDArray[np.uint16], wshift: NDArray[np.uint64]
-) -> NDArray[np.uint64] | None:
-    """`_kernels.read_tag_words` compiled, or None without the library."""
-    lib = _lib()
-    if lib is None:
-        return None
-    nb, nw = words.shape
-    assert words.dtype == np.uint16 and words.flags.c_contiguous
-    m = np.ascontiguousarray(wmask, np.uint16)
-    sh = np.ascontiguousarray(wshift, np.uint64)
-    assert m.size == sh.size <= nw
-    out = np.empty(nb, np.uint64)
-    lib.ps_read_tag(words.ctypes.data, 0, nb, nw, m.ctypes.data, sh.ctypes.data, m.size, out.ctypes.data)
-    return out
-
-
-def write_tag(
-    words: NDArray[np.uint16], wmask: NDArray[np.uint16], wshift: NDArray[np.uint64], tags: NDArray[np.uint64]
-) -> bool:
-    """`_bits.write_tags` compiled, in place into ``words`` (``[blocks, words]``); False without the library."""
-    lib = _lib()
-    if lib is None:
-        return False
-    nb, nw = words.shape
-    assert words.dtype == np.uint16 and words.flags.c_contiguous and words.flags.writeable
-    m = np.ascontiguousarray(wmask, np.uint16)
-    sh = np.ascontiguousarray(wshift, np.uint64)
-    tg = np.ascontiguousarray(tags, np.uint64)
-    assert m.size == sh.size <= nw and tg.size == nb
-    lib.ps_write_tag(words.ctypes.data, 0, nb, nw, m.ctypes.data, sh.ctypes.data, m.size, tg.ctypes.data)
-    return True
-
-
 def gf2_eliminate(packed: NDArray[np.uint64]) -> bool | None:
     """`_irs._gf2_inverse`'s elimination on ``packed`` (``[n, pw]``, in place).
 
@@ -290,205 +231,6 @@ def decode(
     return status
 
 
-# --------------------------------------------------------------------------- GF(2^8) field map
-
-
-def _mul_11b(a: int, b: int) -> int:
-    r = 0
-    while b:
-        if b & 1:
-            r ^= a
-        a <<= 1
-        if a & 0x100:
-            a ^= 0x11B
-        b >>= 1
-    return r
-
-
-@functools.lru_cache(maxsize=1)
-def _phi() -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
-    """phi: GF(2^8) mod 0x11d -> mod 0x11b (alpha -> a root gamma of 0x11d there), and its inverse, as tables."""
-    for gamma in range(2, 256):
-        pw = [1]
-        for _ in range(8):
-            pw.append(_mul_11b(pw[-1], gamma))
-        if pw[8] ^ pw[4] ^ pw[3] ^ pw[2] ^ pw[0] == 0:  # x^8 + x^4 + x^3 + x^2 + 1
-            break
-    else:  # pragma: no cover - the two fields are isomorphic, so a root exists
-        raise AssertionError("no root of 0x11d in GF(2^8) mod 0x11b")
-    fwd = np.zeros(256, np.uint8)
-    for x in range(256):
-        y = 0
-        for b in range(8):
-            if (x >> b) & 1:
-                y ^= pw[b]
-        fwd[x] = y
-    inv = np.zeros(256, np.uint8)
-    inv[fwd] = np.arange(256, dtype=np.uint8)
-    return fwd, inv
-
-
-def _affine_matrix(table: NDArray[np.uint8]) -> int:
-    """The gf2p8affineqb matrix of a GF(2)-linear byte map (byte 7 - r: the inputs of output bit r)."""
-    q = 0
-    for r in range(8):
-        row = sum(1 << b for b in range(8) if (int(table[1 << b]) >> r) & 1)
-        q |= row << (8 * (7 - r))
-    return q
-
-
-# --------------------------------------------------------------------------- encoder tables
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _Plan:
-    powers: NDArray[np.uint8]
-    dmax: int
-    perm: NDArray[np.uint8]
-    keep: NDArray[np.uint8]
-    phi: int
-    phi_inv: int
-    tabs: NDArray[np.uint8]
-    d: NDArray[np.int32]
-    rowbytes: int
-    spread: NDArray[np.uint8]  # [16, 64] and masks [16, 3]: where free bytes go (`_spread`)
-    masks: NDArray[np.uint64]
-    cols: NDArray[np.uint8] | None  # [4, dmax, rowbytes] where the solver is GF(2^8)-linear, else None
-
-
-def _lane_perm() -> NDArray[np.uint8]:
-    """Lanes of a 64-byte chunk (16 words) grouped by codeword: byte b of word j is codeword (b - j) & 3."""
-    lanes = np.arange(64)
-    cls = ((lanes & 3) - (lanes >> 2)) & 3
-    return np.concatenate([lanes[cls == t] for t in range(4)]).astype(np.uint8)
-
-
-@functools.lru_cache(maxsize=16)
-def _plan(k: int, free_strata: int, host: int) -> _Plan:
-    code = _irs.code_for(k, free_strata, host)
-    fwd, inv_phi = _phi()
-    d = code.d.astype(np.int64)
-    dmax = int(d.max())
-    perm = _lane_perm()
-    # syndrome powers: alpha^((i + first_t) j) for byte lane (chunk c, permuted lane m)
-    lane = perm.astype(np.int64)
-    j = 16 * np.arange(16)[:, None] + (lane >> 2)[None, :]  # (16, 64)
-    t = ((lane & 3) - (lane >> 2)) & 3  # (64,) codeword of each permuted lane
-    i = np.arange(dmax)[:, None, None]
-    e = ((i + code.first[t][None, None, :]) * j[None]) % 255
-    powers = fwd[_irs._EXP[e].astype(np.uint8)]
-    powers[(i >= d[t][None, None, :]) | (j[None] >= _irs.N_POS)] = 0
-    # the bits the code reads: all but the free nibbles (hosted bytes are data)
-    keep = np.full(1024, 0xFF, np.uint8)
-    keep[1020:] = 0
-    free_nibbles = [8 * jj + n for jj in range(free_strata) for n in range(k // 4)]
-    hosted = {8 * int(jj) + n for jj in code.hosted.reshape(-1) for n in (0, 1)}
-    for x in free_nibbles:
-        if x not in hosted:
-            keep[4 * (x >> 3) + ((x & 7) >> 1)] &= 0xF0 if x & 1 == 0 else 0x0F
-    # free bits as bytes: composed solver rows, then Four Russians tables per syndrome nibble
-    phi_inv = np.array([[(int(inv_phi[1 << b]) >> r) & 1 for b in range(8)] for r in range(8)], np.uint8)
-    locs: list[list[int]] = []
-    mats: list[NDArray[np.uint8]] = []
-    for tt in range(4):
-        dt = int(d[tt])
-        used = [int(x) for x in code.fn[tt, : 2 * dt]]
-        blist = sorted({4 * (x >> 3) + ((x & 7) >> 1) for x in used})
-        locs.append(blist)
-        m = np.zeros((8 * len(blist), 8 * dt), np.uint8)
-        inv = code.inverses[tt]
-        if inv is not None:
-            # inv composed with phi^-1 on each syndrome byte: bits(S) = phi_inv bits(S')
-            comp = ((inv.reshape(-1, dt, 8).astype(np.int32) @ phi_inv.astype(np.int32)) & 1).reshape(inv.shape)
-            where = {b: n for n, b in enumerate(blist)}
-            for r, x in enumerate(used):
-                row = 8 * where[4 * (x >> 3) + ((x & 7) >> 1)] + 4 * (x & 1)
-                m[row : row + 4] = comp[4 * r : 4 * r + 4]
-        mats.append(m)
-    rowbytes = 64 if max(len(b) for b in locs) <= 64 else 128
-    tabs = np.zeros((4, 2 * dmax, 16, rowbytes), np.uint8)
-    for tt in range(4):
-        dt, nb = int(d[tt]), len(locs[tt])
-        if not dt:
-            continue
-        cols = np.zeros((8 * dt, rowbytes), np.uint8)  # syndrome bit -> free-byte image
-        cols[:, :nb] = np.packbits(mats[tt].T.reshape(8 * dt, nb, 8), axis=2, bitorder="little")[..., 0]
-        cols4 = cols.reshape(2 * dt, 4, rowbytes)
-        for v in range(1, 16):
-            low = (v & -v).bit_length() - 1
-            tabs[tt, : 2 * dt, v] = tabs[tt, : 2 * dt, v & (v - 1)] ^ cols4[:, low]
-    return _Plan(
-        np.ascontiguousarray(powers),
-        dmax,
-        perm,
-        keep,
-        _affine_matrix(fwd),
-        _affine_matrix(inv_phi),
-        tabs,
-        d.astype(np.int32),
-        rowbytes,
-        *_spread(locs),
-        _gf_columns(tabs, d, fwd, inv_phi),
-    )
-
-
-def _spread(locs: list[list[int]]) -> tuple[NDArray[np.uint8], NDArray[np.uint64]]:
-    """Where ``ps_irs_encode`` puts free byte e of codeword t (byte ``locs[t][e]`` of the group).
-
-    ``spread[c, b]``: the low 7 bits of source ``128 t + e`` for byte b of 64-byte chunk c;
-    ``masks[c]``: the bytes whose source has bit 7 set, bit 8 set, and the bytes that get one.
-    """
-    flat = np.full(16 * 64, -1, np.int64)
-    for t, where in enumerate(locs):
-        assert len(where) <= 128 and (flat[where] < 0).all()  # codewords own disjoint bytes
-        flat[where] = 128 * t + np.arange(len(where))
-    src = flat.reshape(16, 64)
-    bits = np.uint64(1) << np.arange(64, dtype=np.uint64)
-    masks = np.stack([(bits * ((src >= 0) & (src >> b & 1 == 1))).sum(axis=1, dtype=np.uint64) for b in (7, 8)] +
-                     [(bits * (src >= 0)).sum(axis=1, dtype=np.uint64)], axis=1)  # fmt: skip
-    return np.ascontiguousarray(np.where(src >= 0, src & 127, 0).astype(np.uint8)), np.ascontiguousarray(masks)
-
-
-@functools.lru_cache(maxsize=1)
-def _mul_table_11b() -> NDArray[np.uint8]:
-    """``[256, 256]`` products in GF(2^8) mod 0x11b (gf2p8mulb's field)."""
-    exp = np.zeros(510, np.int64)
-    x = 1
-    for i in range(255):  # 3 generates the multiplicative group mod 0x11b
-        exp[i] = x
-        x = _mul_11b(x, 3)
-    exp[255:] = exp[:255]
-    log = np.zeros(256, np.int64)
-    log[exp[:255]] = np.arange(255)
-    out: NDArray[np.uint8] = exp[log[:, None] + log[None, :]].astype(np.uint8)
-    out[0, :] = out[:, 0] = 0
-    return out
-
-
-def _gf_columns(
-    tabs: NDArray[np.uint8], d: NDArray[np.int64], fwd: NDArray[np.uint8], inv_phi: NDArray[np.uint8]
-) -> NDArray[np.uint8] | None:
-    """The nibble tables as one GF(2^8) column per syndrome, or None where they are not GF(2^8)-linear.
-
-    Where the free bits are whole bytes, the image of syndrome byte s (phi-domain) is
-    ``phi^-1(col * s)`` byte by byte, ``col = phi(image of 1)``: checked here for every s, so
-    the encoder takes this shortcut only where it gives the tables' bytes exactly.
-    """
-    dmax, rowbytes = tabs.shape[1] // 2, tabs.shape[3]
-    cols = np.zeros((4, dmax, rowbytes), np.uint8)
-    s = np.arange(256)
-    mul = _mul_table_11b()
-    for t in range(4):
-        dt = int(d[t])
-        if not dt:
-            continue
-        image = tabs[t, 0 : 2 * dt : 2][:, s & 15] ^ tabs[t, 1 : 2 * dt : 2][:, s >> 4]  # [dt, 256, rowbytes]
-        cols[t, :dt] = fwd[image[:, 1]]
-        if not np.array_equal(inv_phi[mul[cols[t, :dt][:, None, :], s[None, :, None]]], image):
-            return None
-    return cols
-
-
 def _rows(n: int, at: int = 256) -> list[tuple[int, int]]:
     """Row ranges for one call per core (one call below ``at`` rows: threads cost more than small calls)."""
     return halves(n) if n >= at else [(0, n)]
@@ -538,7 +280,7 @@ def _encode_gfni(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
     if lib is None:
         return False
     _irs._check(W)
-    p = _plan(code.k, code.free_strata, code.host)
+    p = _gfni_plan._plan(code.k, code.free_strata, code.host)
     if not 1 <= p.dmax <= 128:  # no parity (d = 0) or past the kernel's limits: the table kernel serves these
         return False
     args = (p.powers, p.perm, p.keep, p.tabs, p.d, p.spread, p.masks)
@@ -594,7 +336,7 @@ def _syndromes_gfni(
     if lib is None:
         return None
     _irs._check(W, flags)
-    p = _plan(code.k, code.free_strata, code.host)
+    p = _gfni_plan._plan(code.k, code.free_strata, code.host)
     if not 1 <= p.dmax <= 128:  # the kernel's limits; the table kernel serves the rest
         return None
     ng = W.shape[0]
@@ -713,139 +455,15 @@ def content(w: NDArray[np.uint32], F: int, k: int, shard: int) -> NDArray[np.uin
     return out
 
 
-def _strides(a: NDArray[np.generic]) -> tuple[int, ...] | None:
-    """Strides in elements, or None where one is not a whole number of them."""
-    size = a.dtype.itemsize
-    return None if any(st % size for st in a.strides) else tuple(st // size for st in a.strides)
-
-
-def _native_uint(u: NDArray[np.generic]) -> bool:
-    """Whether ``u`` holds unsigned words of 2, 4 or 8 bytes in this machine's order, as the C code reads them."""
-    return u.dtype.kind == "u" and u.dtype.isnative and u.dtype.itemsize in (2, 4, 8)
-
-
-def pack(u: NDArray[np.unsignedinteger], shift: int, width: int) -> NDArray[np.uint8] | None:
-    """`_kernels.pack_fields` compiled (``ps_pack``), or None where it does not apply."""
-    lib = _lib()
-    st = _strides(u)
-    if lib is None or st is None or u.ndim != 2 or st[1] != 1 or not _native_uint(u):
-        return None
-    nb, n = u.shape
-    assert 0 < width <= 56 and width * n % 8 == 0
-    out = np.empty((nb, width * n // 8), np.uint8)
-    size, ld = u.dtype.itemsize, st[0]
-    parallel_map(
-        lambda r: lib.ps_pack(u.ctypes.data, size, ld, r[0], r[1], n, shift, width, out.ctypes.data),
-        _rows(nb, _PARALLEL_ROWS),
-    )
-    return out
-
-
-def unpack(data: NDArray[np.uint8], u: NDArray[np.unsignedinteger], shift: int, width: int) -> bool:
-    """`_kernels.unpack_fields` compiled (``ps_unpack``), in place; False where it does not apply."""
-    lib = _lib()
-    st = _strides(u)
-    if lib is None or st is None or u.ndim != 2 or st[1] != 1 or not _native_uint(u):
-        return False
-    nb, n = u.shape
-    assert 0 < width <= 56 and width * n % 8 == 0 and u.flags.writeable
-    d = np.ascontiguousarray(data, np.uint8)
-    assert d.shape == (nb, width * n // 8)
-    size, ld = u.dtype.itemsize, st[0]
-    parallel_map(
-        lambda r: lib.ps_unpack(d.ctypes.data, r[0], r[1], n, shift, width, u.ctypes.data, size, ld),
-        _rows(nb, _PARALLEL_ROWS),
-    )
-    return True
-
-
-def split(a: NDArray[np.uint32]) -> NDArray[np.uint8] | None:
-    """`_kernels.to_split` compiled (``ps_split``, any strides), or None without the library."""
-    lib = _lib()
-    st = _strides(a)
-    if lib is None or st is None or a.dtype != np.uint32 or a.ndim != 2:
-        return None
-    n, lanes = a.shape
-    out = np.empty((n, 64 * -(-2 * lanes // 32)), dtype=np.uint8)  # every byte is written, padding as zeros
-    parallel_map(
-        lambda r: lib.ps_split(a.ctypes.data, st[0], st[1], r[0], r[1], lanes, out.ctypes.data, out.shape[1]),
-        _rows(n, _PARALLEL_ROWS),
-    )
-    return out
-
-
-def stripes(store: NDArray[np.uint32], off: int, perm: NDArray[np.int64], x: NDArray[np.uint32], out: bool) -> bool:
-    """`_kernels.scatter_stripes` compiled (``out``: `gather_stripes`, into ``x``); False where it does not apply."""
-    lib = _lib()
-    st, xs = _strides(store), _strides(x)
-    if lib is None or st is None or xs is None or store.dtype != np.uint32 or x.dtype != np.uint32:
-        return False
-    ns, g, d = x.shape
-    pm = np.ascontiguousarray(perm, np.int64)
-    assert pm.shape == (ns, g) and (out or store.flags.writeable) and (not out or x.flags.writeable)
-    a = (store.ctypes.data, pm.ctypes.data, x.ctypes.data)
-    # stripes write disjoint rows of the store: they split over the cores
-    parallel_map(
-        lambda r: lib.ps_stripes(a[0], st[0], st[1], off, d, a[1], g, r[0], r[1], a[2], *xs, out),
-        _rows(ns, 2) if ns * g >= _PARALLEL_ROWS else [(0, ns)],
-    )
-    return True
-
-
-def blocks(
-    store: NDArray[np.uint32],
-    offs: NDArray[np.int64],
-    lanes: NDArray[np.int64],
-    counts: NDArray[np.int64],
-    x: NDArray[np.uint32],
-    out: bool,
-) -> bool:
-    """`_kernels.scatter_blocks` compiled (``out``: `gather_blocks`, into ``x``); False where it does not apply."""
-    lib = _lib()
-    st, xs = _strides(store), _strides(x)
-    if lib is None or st is None or xs is None or store.dtype != np.uint32 or x.dtype != np.uint32:
-        return False
-    nb, w = x.shape
-    o, ln, c = (np.ascontiguousarray(v, np.int64) for v in (offs, lanes, counts))
-    assert o.size == ln.size == c.size == nb and int(c.max(initial=0)) <= w
-    assert (out or store.flags.writeable) and (not out or x.flags.writeable)
-    # one thread: blocks may share a store cell, and the last one written must win, as in the reference
-    lib.ps_blocks(store.ctypes.data, *st, o.ctypes.data, ln.ctypes.data, c.ctypes.data, 0, nb, x.ctypes.data, *xs, out)
-    return True
-
-
-def argsort_rows(keys: NDArray[np.uint64]) -> NDArray[np.int64] | None:
-    """``np.argsort(keys, axis=1, kind="stable")`` compiled (``ps_argsort_rows``), or None without the library."""
-    lib = _lib()
-    if lib is None or keys.ndim != 2 or keys.dtype.kind not in "bu":  # signed or float keys change order as uint64
-        return None
-    k = np.ascontiguousarray(keys, np.uint64)
-    n, g = k.shape
-    out = np.empty((n, g), np.int64)
-    rcs = parallel_map(
-        lambda r: lib.ps_argsort_rows(k.ctypes.data, r[0], r[1], g, out.ctypes.data),
-        _rows(n, 2) if n * g >= 1 << 15 else [(0, n)],
-    )
-    return out if not any(rcs) else None
-
-
 __all__ = [
-    "argsort_rows",
     "available",
-    "blocks",
     "content",
     "decode",
     "encode",
     "gather",
     "gather_runs",
     "library_path",
-    "mlh",
-    "pack",
     "portable",
-    "read_tag",
-    "split",
-    "stripes",
     "syndromes",
     "to_strata",
-    "unpack",
 ]
