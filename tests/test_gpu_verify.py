@@ -22,12 +22,13 @@ from paramseal.verify import check, header_from_weights
 torch = pytest.importorskip("torch")
 gpu = pytest.importorskip("paramseal.gpu")
 pst = pytest.importorskip("paramseal.torch")
+from paramseal import _gpu_triton  # noqa: E402
 from paramseal.formats.pytorch import numpy_to_tensor, tensor_to_numpy  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 TRITON = CUDA and gpu.triton_available()
 #: the kernels were defined under TRITON_INTERPRET=1 (see conftest.py): they run on CPU tensors
-INTERPRETED = gpu.triton_available() and type(gpu._KERNEL).__name__ == "InterpretedFunction"
+INTERPRETED = gpu.triton_available() and type(_gpu_triton._KERNEL).__name__ == "InterpretedFunction"
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 needs_triton = pytest.mark.skipif(not TRITON, reason="needs a CUDA GPU and triton")
 needs_interpreter = pytest.mark.skipif(

@@ -44,7 +44,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,15 +52,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _bits, _model
+from ._gpu_tensors import _Consts, _dtype_name, _host, _Plan, _refuse_unreadable, _tags_bad, _words_of
+from ._gpu_triton import _Group, _triton_kernel, triton_available
 from ._layout import TensorSpec
 from ._mac import BlockMac, P
-from .errors import TamperedError, UnsupportedError, UsageError
-from .formats.pytorch import import_torch, tensor_to_numpy, untie
+from .errors import TamperedError, UsageError
+from .formats.pytorch import import_torch, untie
 from .header import Header, parse_header
 from .keys import Key, require_key
 from .levels import BLOCK
 from .report import Moved, Report, seal_id_arg
-from .torch import _refuse_lazy, _state, _with_ties, module_tensors, verify_module
+from .torch import _state, _with_ties, module_tensors, verify_module
 from .verify import Check, _match_moved, header_from_weights, metadata_findings, pinned_check, report_of
 from .verify import verify as cpu_verify
 
@@ -80,7 +81,7 @@ _TILES = {64: (64, 2), 128: (16, 2), 256: (8, 2)}
 #: Overrides of the tile for every block size (None: ``_TILES``); for tuning and tests.
 BLOCKS_PER_PROGRAM: int | None = None
 NUM_WARPS: int | None = None
-#: One launch per device, block size and k (True) rather than one per tensor (see ``_Group``).
+#: One launch per device, block size and k (True) rather than one per tensor (see ``_gpu_triton._Group``).
 GROUPED = True
 _ALIGN = 16  # per-tensor segments of the flag and pad buffers start on 16 elements
 _NO_TRITON = (
@@ -99,51 +100,6 @@ class GpuCheck:
     def ok(self) -> bool:
         """True when every block carries its tag."""
         return self.failing == 0
-
-
-@dataclass(frozen=True, slots=True, repr=False)  # key material: never in a repr (a _Plan's or a traceback's)
-class _Consts:
-    """Per (device, words per block, k): the hash keys and where a block keeps its tag bits."""
-
-    keys64: torch.Tensor  # [W] int64, each < p
-    keys32: torch.Tensor  # [W] int32, the same keys as uint32 bit patterns (Triton)
-    wmask: torch.Tensor  # [NM] int64: tag bits of each of the first NM words
-    shift: torch.Tensor  # [NM] int64: where those bits go in the 32-bit tag
-    nm: int  # a power of two covering every word with tag bits (at least 16)
-    keep32: torch.Tensor  # [W] int32: 0xFFFF less the tag bits (Triton)
-    mask32: torch.Tensor  # [NM] int32 copy of wmask (Triton)
-    shift32: torch.Tensor  # [NM] int32 copy of shift (Triton)
-
-
-@dataclass(slots=True)
-class _Plan:
-    """One tensor: its spec, device, key material and its share of the flag buffer."""
-
-    t: int
-    spec: TensorSpec
-    device: torch.device
-    words: int  # 16-bit words per block
-    full_internal: bool  # every block but the last keeps its tag in its low bits
-    last_internal: bool
-    ext_ok: bool  # the header holds the tags of the blocks that keep none
-    consts: _Consts
-    dtype: torch.dtype
-    c: torch.Tensor = field(repr=False)  # [nblocks] int32 (uint32 bits): per-block constant, see _constants
-    flags: torch.Tensor = field(repr=False)  # [nblocks] uint8, written by every check
-
-
-_TORCH_DTYPES = {
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
-    "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8",
-    "U64": "uint64", "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool",
-}  # fmt: skip
-
-
-def _dtype_name(x: torch.Tensor) -> str:
-    for name, attr in _TORCH_DTYPES.items():
-        if getattr(_torch, attr, None) == x.dtype:
-            return name
-    return str(x.dtype).removeprefix("torch.")
 
 
 class GpuVerifier:
@@ -215,7 +171,7 @@ class GpuVerifier:
         if GROUPED and self._backend != "torch" and _triton_kernel() is not None:
             for group in self._groups:
                 if self._use_triton(group.plans[0]):
-                    done.update(p.t for p in group.launch(tensors))
+                    done.update(p.t for p in group.launch(tensors, tile(group.plans[0].words)))
         for plan in self._plans:
             if plan.t not in done:
                 self._run(plan, tensors[plan.spec.name])
@@ -455,49 +411,6 @@ class GpuVerifier:
         return plan.device.type == "cuda"
 
 
-def _refuse_unreadable(tensors: Mapping[str, torch.Tensor]) -> None:
-    """Raise a clear error for a value that is not a dense torch tensor with data (as the CPU engine refuses it)."""
-    _refuse_lazy(tensors, "tensor(s)")
-    for name, x in tensors.items():
-        if not isinstance(x, _torch.Tensor):
-            raise UsageError(
-                f"'{name}' is a {type(x).__name__}, not a torch.Tensor: GpuVerifier checks torch tensors "
-                "(paramseal.verify checks numpy arrays)"
-            )
-        if x.layout != _torch.strided or x.is_quantized or x.is_meta:
-            kind = "quantized" if x.is_quantized else "meta" if x.is_meta else str(x.layout)
-            raise UnsupportedError(
-                f"tensor '{name}' is a {kind} tensor; ParamSeal checks dense tensors that hold their data: convert "
-                "it with .to_dense() / .dequantize(), or load the weights, first"
-            )
-
-
-def _host(tensors: Mapping[str, torch.Tensor]) -> dict[str, NDArray[np.generic]]:
-    return {n: tensor_to_numpy(x, f"tensor '{n}'") for n, x in tensors.items()}
-
-
-def _words_of(plan: _Plan, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tensor's whole blocks as ``[nfull, W]`` 16-bit words, and its last block zero-padded as ``[1, W]``."""
-    spec, w = plan.spec, plan.words
-    if flat.dtype == _torch.bool:
-        flat = flat.view(_torch.uint8)
-    nfull = spec.numel // BLOCK
-    per_value = spec.width // 8
-    full_bytes = nfull * BLOCK * per_value
-    if per_value == 1:
-        if flat.storage_offset() % 2:  # a 16-bit view needs an even byte offset; a slice may start at an odd one
-            flat = flat.clone()
-        full = flat[:full_bytes].view(_torch.int16).view(nfull, w)
-        rest = flat[full_bytes:]
-    else:
-        words = flat.view(_torch.int16)
-        full = words[: nfull * w].view(nfull, w)
-        rest = words[nfull * w :]
-    tail = _torch.zeros(BLOCK * per_value, dtype=_torch.uint8, device=flat.device)
-    tail[: rest.numel() * rest.element_size()] = rest.view(_torch.uint8)
-    return full, tail.view(_torch.int16).view(1, w)
-
-
 def _bad_torch(plan: _Plan, flat: torch.Tensor) -> None:
     """The torch engine: write the failing flags of every block of ``plan``'s tensor, chunk by chunk."""
     spec = plan.spec
@@ -516,19 +429,6 @@ def _bad_torch(plan: _Plan, flat: torch.Tensor) -> None:
         plan.flags[r0 : r0 + n] = _tags_bad(w16, c, inside, plan.consts, plan.ext_ok)
 
 
-def _tags_bad(w16: torch.Tensor, c: torch.Tensor, inside: torch.Tensor, k: _Consts, ext_ok: bool) -> torch.Tensor:
-    """Failing flags of ``[n, W]`` blocks: (H mod p + c) mod p against the stored tag (see ``_constants``)."""
-    w = w16.to(_torch.int64) & 0xFFFF
-    h = (w * k.keys64).sum(1)
-    head = w[:, : k.nm] & k.wmask  # the tag bits: left out of the hash where the block keeps its tag
-    h = h - _torch.where(inside, (head * k.keys64[: k.nm]).sum(1), 0)
-    stored = _torch.where(inside, (head << k.shift).sum(1), 0)
-    bad: torch.Tensor = (h % P + c) % P != stored
-    if not ext_ok:
-        bad |= ~inside
-    return bad
-
-
 def tile(words: int) -> tuple[int, int]:
     """Blocks per program and warps per program of the Triton kernel for blocks of ``words`` 16-bit words."""
     bpp, warps = _TILES.get(words, (16, 2))
@@ -545,166 +445,6 @@ def _launch(kernel: Any, plan: _Plan, words: torch.Tensor) -> None:
         P, plan.words, k.nm, bpp,
         num_warps=warps,
     )  # fmt: skip
-
-
-class _Group:
-    """Tensors of one device, block size and k (one set of constants), checked by one launch of the grouped kernel.
-
-    One launch per tensor costs a Python launch each (tens of microseconds), which is more than
-    the kernel takes on a tensor of a few megabytes; an LLM has hundreds of tensors. The grouped
-    kernel reads a table: per program, the tensor and its first block; per tensor, where its
-    words are (an offset in 16-bit words from the first tensor's), its sizes and its rules.
-    Offsets are recomputed whenever a tensor's storage moved. A tensor the kernel cannot read in
-    place (not contiguous, or not 16-byte aligned) is left out of the table and launched on its own.
-    """
-
-    def __init__(self, plans: list[_Plan], offsets: dict[int, int], c: torch.Tensor, flags: torch.Tensor) -> None:
-        self.plans, self.c, self.flags = plans, c, flags
-        self.device = plans[0].device
-        specs = [p.spec for p in plans]
-        self.nblocks = self._up([s.nblocks for s in specs])
-        self.nfull = self._up([s.numel // BLOCK for s in specs])
-        self.nwords = self._up([s.numel * s.width // 16 for s in specs])
-        self.g0 = self._up([offsets[p.t] for p in plans])
-        self.rules = self._up([p.full_internal | p.last_internal << 1 | p.ext_ok << 2 for p in plans], _torch.int32)
-        self._ptrs: tuple[tuple[int, ...], int] = ((), -1)  # the pointers and base the offsets are from
-        self._woff: torch.Tensor | None = None
-        self._programs: dict[tuple[int, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def _up(self, values: list[int], dtype: Any = None) -> torch.Tensor:
-        out: torch.Tensor = _torch.tensor(values, dtype=dtype or _torch.int64, device=self.device)
-        return out
-
-    def programs(self, bpp: int, skip: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per program: its tensor (index in the group) and first block, for ``bpp`` blocks per program.
-
-        The tensors in ``skip`` get no program.
-        """
-        if (bpp, skip) not in self._programs:
-            counts = np.array(
-                [0 if i in skip else -(-p.spec.nblocks // bpp) for i, p in enumerate(self.plans)], dtype=np.int64
-            )
-            tid = np.repeat(np.arange(len(self.plans), dtype=np.int32), counts)
-            first = np.arange(tid.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-            self._programs[bpp, skip] = (
-                _torch.from_numpy(tid).to(self.device),
-                _torch.from_numpy(first * bpp).to(self.device),
-            )
-        return self._programs[bpp, skip]
-
-    def launch(self, tensors: Mapping[str, torch.Tensor]) -> list[_Plan]:
-        """Check in one launch every tensor of the group laid out for it; return their plans (the rest: one by one)."""
-        xs = [tensors[p.spec.name] for p in self.plans]
-        ptrs = tuple(x.data_ptr() for x in xs)
-        # the kernel reads a tensor in place: contiguous and 16-byte aligned (what its loads assume)
-        skip = tuple(i for i, x in enumerate(xs) if not x.is_contiguous() or ptrs[i] % 16)
-        sized = [i for i in range(len(xs)) if i not in skip and xs[i].numel()]
-        if not sized:  # nothing to read (empty tensors only: their last blocks go the per-tensor path)
-            return []
-        base = max(sized, key=lambda i: xs[i].numel())  # never an empty tensor's null pointer
-        if (ptrs, base) != self._ptrs or self._woff is None:
-            self._woff = self._up([(q - ptrs[base]) // 2 for q in ptrs])
-            self._ptrs = (ptrs, base)
-        bpp, warps = tile(self.plans[0].words)
-        prog_t, prog_b0 = self.programs(bpp, skip)
-        k = self.plans[0].consts
-        _GROUPED_KERNEL[(prog_t.numel(),)](
-            xs[base].detach().reshape(-1).view(_torch.int16), self.c, self.flags,
-            k.keys32, k.keep32, k.mask32, k.shift32,
-            prog_t, prog_b0, self._woff, self.nblocks, self.nfull, self.nwords, self.g0, self.rules,
-            P, self.plans[0].words, k.nm, bpp,
-            num_warps=warps,
-        )  # fmt: skip
-        return [p for i, p in enumerate(self.plans) if i not in skip]
-
-
-def _triton_kernel() -> Any:
-    """The Triton kernel, or None where triton does not import (or PARAMSEAL_NO_TRITON is set)."""
-    return None if os.environ.get("PARAMSEAL_NO_TRITON") else _KERNEL
-
-
-try:  # optional: only a CUDA machine has (and needs) it
-    import triton
-    import triton.language as tl
-except ImportError:
-    _KERNEL: Any = None
-    _GROUPED_KERNEL: Any = None
-else:
-
-    @triton.jit  # type: ignore[misc, untyped-decorator, unused-ignore]
-    def _blocks_bad(  # type: ignore[no-untyped-def]
-        w_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr,
-        b0, nblocks, nfull, nwords, full_internal, last_internal, ext_ok,
-        PRIME: tl.constexpr, W: tl.constexpr, NM: tl.constexpr, BPP: tl.constexpr,
-    ):  # fmt: skip
-        # Blocks b0 .. b0 + BPP - 1 of one tensor, as a [BPP, W] tile of 16-bit words.
-        b = b0 + tl.arange(0, BPP)
-        j = tl.arange(0, W)
-        off = b[:, None] * W + j[None, :]
-        jm = tl.arange(0, NM)  # the first NM words hold the tag bits (loaded again: the lines are in L1)
-        offm = b[:, None] * W + jm[None, :]
-        keep = tl.load(keep_ptr + j)  # [W]: the bits hashed in a block that keeps its tag (0xFFFF past NM)
-        ins = tl.where(b < nblocks - 1, full_internal, last_internal)
-        if b0 + BPP <= nfull:  # whole blocks only, which all follow the full-block rule: unmasked loads
-            w = tl.load(w_ptr + off)
-            head = tl.load(w_ptr + offm)
-            kept = w.to(tl.int32) & tl.where(full_internal != 0, keep, 0xFFFF)[None, :]
-        else:  # the tensor's end: past it, the padded block reads zeros
-            w = tl.load(w_ptr + off, mask=off < nwords, other=0)
-            head = tl.load(w_ptr + offm, mask=offm < nwords, other=0)
-            kept = w.to(tl.int32) & tl.where(ins[:, None] != 0, keep[None, :], 0xFFFF)
-        key = tl.load(key_ptr + j).to(tl.uint32, bitcast=True).to(tl.uint64)
-        # 16-bit words times 32-bit keys, summed over at most 256 words: below 2**56, exact in uint64
-        h = tl.sum(kept.to(tl.uint32, bitcast=True).to(tl.uint64) * key[None, :], axis=1)
-        # the stored tag: disjoint bit fields below bit 32, so a uint32 sum is their concatenation
-        bits = head.to(tl.uint16, bitcast=True).to(tl.uint32) & tl.load(mask_ptr + jm).to(tl.uint32)[None, :]
-        stored = tl.sum(bits << tl.load(shift_ptr + jm).to(tl.uint32)[None, :], axis=1).to(tl.uint64)
-        stored = stored * (ins != 0).to(tl.uint64)
-        inb = b < nblocks
-        c = tl.load(c_ptr + b, mask=inb, other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
-        tag = (h % PRIME + c) % PRIME
-        bad = (tag != stored) | ((ins == 0) & (ext_ok == 0))
-        tl.store(flag_ptr + b, bad.to(tl.uint8), mask=inb)
-
-    @triton.jit  # type: ignore[misc, untyped-decorator, unused-ignore]
-    def _tags_bad_kernel(  # type: ignore[no-untyped-def]
-        w_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr,
-        nblocks, nfull, nwords, full_internal, last_internal, ext_ok,
-        PRIME: tl.constexpr, W: tl.constexpr, NM: tl.constexpr, BPP: tl.constexpr,
-    ):  # fmt: skip
-        # One tensor per launch: program i checks blocks i*BPP ...
-        b0 = tl.program_id(0).to(tl.int64) * BPP
-        _blocks_bad(
-            w_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr,
-            b0, nblocks, nfull, nwords, full_internal, last_internal, ext_ok, PRIME, W, NM, BPP,
-        )  # fmt: skip
-
-    @triton.jit  # type: ignore[misc, untyped-decorator, unused-ignore]
-    def _grouped_kernel(  # type: ignore[no-untyped-def]
-        base_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr,
-        prog_t_ptr, prog_b0_ptr, woff_ptr, nblocks_ptr, nfull_ptr, nwords_ptr, g0_ptr, rules_ptr,
-        PRIME: tl.constexpr, W: tl.constexpr, NM: tl.constexpr, BPP: tl.constexpr,
-    ):  # fmt: skip
-        # Many tensors per launch (see _Group): look up this program's tensor, then as above.
-        pid = tl.program_id(0)
-        t = tl.load(prog_t_ptr + pid)
-        b0 = tl.multiple_of(tl.load(prog_b0_ptr + pid), BPP)
-        woff = tl.multiple_of(tl.load(woff_ptr + t), 8)  # tensors are 16-byte aligned (checked on the host)
-        g0 = tl.load(g0_ptr + t)
-        rules = tl.load(rules_ptr + t)
-        _blocks_bad(
-            base_ptr + woff, c_ptr + g0, flag_ptr + g0, key_ptr, keep_ptr, mask_ptr, shift_ptr,
-            b0, tl.load(nblocks_ptr + t), tl.load(nfull_ptr + t), tl.load(nwords_ptr + t),
-            rules & 1, (rules >> 1) & 1, (rules >> 2) & 1, PRIME, W, NM, BPP,
-        )  # fmt: skip
-
-    _KERNEL = _tags_bad_kernel
-    _GROUPED_KERNEL = _grouped_kernel
-
-
-def triton_available() -> bool:
-    """Whether the Triton kernel can be used here (triton imports)."""
-    return _triton_kernel() is not None
 
 
 __all__ = [
