@@ -16,10 +16,10 @@ import pytest
 
 import paramseal
 from paramseal import _bits, _embed, files
+from paramseal._weights_header import header_from_weights
 from paramseal.errors import KeyMismatchError, NotSealedError
 from paramseal.header import METADATA_KEY, Header, HeaderAuthError, parse_header
 from paramseal.levels import TAG_BITS
-from paramseal.verify import header_from_weights
 
 META = {"author": "tests", "license": "apache-2.0"}
 

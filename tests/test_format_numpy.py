@@ -436,7 +436,7 @@ def test_a_large_model_never_sealed_is_not_converted_whole_to_look_for_a_widened
     """With no header found, every float tensor was narrowed whole to each narrower type and compared (a 256 MiB
     float32 model: peak memory 124 MB -> 524 MB, time x2): weights that never were narrower fail on their first
     values."""
-    from paramseal.verify import widened_seal
+    from paramseal._weights_header import widened_seal
 
     w = np.random.default_rng(0).standard_normal((512, 512)).view(_Counted)  # float64 of no narrower type
     _Counted.converted.clear()

@@ -23,10 +23,10 @@ from adapter_suite import AdapterTests
 
 import paramseal
 from paramseal import FormatError, files
+from paramseal._weights_header import header_from_weights
 from paramseal.errors import MissingDependencyError
 from paramseal.formats import Loaded, adapter_for
 from paramseal.formats.pytorch import META_ENTRY
-from paramseal.verify import header_from_weights
 
 torch = pytest.importorskip("torch")
 

@@ -16,8 +16,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import paramseal
+from paramseal._weights_header import header_from_weights
 from paramseal.levels import BLOCK, bits_for
-from paramseal.verify import check, header_from_weights
+from paramseal.verify import check
 
 torch = pytest.importorskip("torch")
 gpu = pytest.importorskip("paramseal.gpu")

@@ -17,9 +17,9 @@ import safetensors.numpy as stn
 
 import paramseal
 from paramseal import _irs_recover, cli, files
+from paramseal._weights_header import header_from_weights
 from paramseal.header import SCHEME_IRS, parse_header
 from paramseal.keys import write_key
-from paramseal.verify import header_from_weights
 
 _T = TypeVar("_T")
 

@@ -10,8 +10,9 @@ import pytest
 
 import paramseal
 from paramseal import files
+from paramseal._findings import HEADER_FROM_WEIGHTS
+from paramseal._weights_header import header_from_weights
 from paramseal.levels import max_relative_change, max_subnormal_change
-from paramseal.verify import HEADER_FROM_WEIGHTS, header_from_weights
 
 torch = pytest.importorskip("torch")
 nn = torch.nn

@@ -13,27 +13,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ._findings import GRAPH_EDITED, HEADER_FROM_WEIGHTS
 from ._pages import check_inputs
+from ._weights_header import HEADER_HINT, NOT_SEALED_WARNING, HeaderOnlyInMetadata, header_from_weights, widened_seal
 from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError
 from .formats import GRAPH_KEY, Loaded, adapter_for, onnx_format
 from .formats.numpy import NPY_TENSOR_NAME
 from .header import METADATA_KEY, Header, HeaderAuthError, metadata_digest, parse_header, peek_header
 from .keys import Key
-from .verify import (
-    GRAPH_EDITED,
-    HEADER_FROM_WEIGHTS,
-    HEADER_HINT,
-    NOT_SEALED_WARNING,
-    Check,
-    HeaderOnlyInMetadata,
-    another_seal,
-    best_header,
-    check,
-    header_from_weights,
-    other_seals_copies,
-    verified_share,
-    widened_seal,
-)
+from .verify import Check, another_seal, best_header, check, other_seals_copies, verified_share
 
 
 @contextmanager

@@ -11,12 +11,12 @@ from typing import Any
 
 from . import _embed, _strata
 from ._layout import TensorSpec, block_count
+from ._weights_header import typed_voids
 from .errors import ParamSealError, UnsupportedError
 from .formats import Loaded
 from .header import METADATA_KEY, MalformedHeaderError, missing_fields, peek_header
 from .levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
 from .seal import non_finite
-from .verify import typed_voids
 
 
 def describe(p: Path, loaded: Loaded) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._bits import uint_view
+from ._findings import metadata_findings, usable
 from ._layout import TensorSpec
 from ._pages import chunks, copy_range, pwrite_all, read, release
 from ._paths import atomic_path
@@ -30,7 +31,7 @@ from .levels import BLOCK
 from .recover import Patch, Recovery
 from .report import Report
 from .seal import write_blocks
-from .verify import Check, metadata_findings, usable
+from .verify import Check
 
 
 class Precopy(threading.Thread):

@@ -52,10 +52,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _bits, _model
+from ._findings import metadata_findings
 from ._gpu_tensors import _Consts, _dtype_name, _host, _Plan, _refuse_unreadable, _tags_bad, _words_of
 from ._gpu_triton import _Group, _triton_kernel, triton_available
 from ._layout import TensorSpec
 from ._mac import BlockMac, P
+from ._weights_header import header_from_weights
 from .errors import TamperedError, UsageError
 from .formats.pytorch import import_torch, untie
 from .header import Header, parse_header
@@ -63,7 +65,7 @@ from .keys import Key, require_key
 from .levels import BLOCK
 from .report import Moved, Report, seal_id_arg
 from .torch import _state, _with_ties, module_tensors, verify_module
-from .verify import Check, _match_moved, header_from_weights, metadata_findings, pinned_check, report_of
+from .verify import Check, _match_moved, pinned_check, report_of
 from .verify import verify as cpu_verify
 
 _torch = import_torch("paramseal.gpu")

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import files
+from ._findings import unmatched
 from ._layout import block_count
 from ._pages import scratch_budget
 from ._resharded import one_file_seal, recover_as_one, verify_as_one
@@ -80,7 +81,6 @@ from .formats.registry import adapters
 from .header import METADATA_KEY, SET_KEY, peek_header
 from .keys import Key
 from .report import SEAL_ID, Report, pinned, seal_id_arg
-from .verify import unmatched
 
 T = TypeVar("T")
 

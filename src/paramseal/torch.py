@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
+from ._weights_header import header_from_weights
 from .errors import UnsupportedError, UsageError
 from .formats.pytorch import TIED_KEY, import_torch, keep_metadata, numpy_to_tensor, tensor_to_numpy, untie
 from .header import METADATA_KEY, Header, parse_header, peek_header
@@ -47,7 +48,7 @@ from .keys import Key, require_key
 from .recover import recover
 from .report import Report
 from .seal import SealConfig, check_metadata, refuse_sealed
-from .verify import header_from_weights, verify
+from .verify import verify
 
 _torch = import_torch("paramseal.torch")
 

@@ -7,28 +7,37 @@ reshaped, retyped, swapped and extra tensors are all named.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
-import os
-import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
 from . import _embed, _model
+from ._findings import (
+    GRAPH_EDITED,
+    META_DIFFERS,
+    META_STRIPPED,
+    OWN_DIFFERS,
+    OWN_LOST,
+    UnfoundedTableError,
+    converted,
+    dtype_label,
+    metadata_findings,
+    refuse_unfounded,
+    unmatched,
+    usable,
+)
 from ._layout import Layout, TensorSpec, build_layout
 from ._mac import BlockMac
 from ._pages import chunks, read
 from ._progress import Progress
-from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError, UnsupportedError, UsageError
-from .header import Header, HeaderAuthError, metadata_digest, own_entries, parse_header
+from .errors import FormatError, KeyMismatchError, UsageError
+from .header import Header, HeaderAuthError, parse_header
 from .keys import Key, require_key
-from .levels import BLOCK, FLOATS, ST_TO_NP, dtype_name
 from .report import Ints, Moved, Report, TensorFinding, pinned, seal_id_arg
 
 
@@ -107,7 +116,7 @@ class Check:
     @property
     def metadata_lost(self) -> bool:
         """What recover cannot restore: metadata the weights know only by digest, or an edited graph."""
-        lost = (_META_DIFFERS, META_STRIPPED, _OWN_DIFFERS, _OWN_LOST)
+        lost = (META_DIFFERS, META_STRIPPED, OWN_DIFFERS, OWN_LOST)
         if GRAPH_EDITED in self.metadata_issues:  # values can be rebuilt; a graph cannot
             return True
         return self.header.user_metadata is None and any(m in self.metadata_issues for m in lost)
@@ -193,7 +202,7 @@ def check(
         raise unmatched(select, [s.name for s in specs], f"none of the {n} sealed tensor{'s' if n != 1 else ''}")
     extra = [n for n in arrays if n not in sealed_names and (select is None or fnmatch.fnmatchcase(n, select))]
     use = [usable(arrays.get(s.name), s) for s in specs]
-    _refuse_unfounded(specs, use, arrays)
+    refuse_unfounded(specs, use, arrays)
     for t, spec in enumerate(specs):
         prog.step(spec.name)
         found, why = use[t]
@@ -211,7 +220,7 @@ def check(
         blocks.append(ub)
         bad.append(~_tags_ok(mac, header, t, spec, ub))
     moved = _match_moved(arrays, header, mac, specs, blocks, bad, issues, extra)
-    notes: list[str] = [n for n in [_converted(arrays, specs, chosen)] if n]
+    notes: list[str] = [n for n in [converted(arrays, specs, chosen)] if n]
     if select is not None:
         n = sum(chosen)
         notes.append(f"partial verification: {n} of {len(specs)} tensors match '{select}'; only they were checked")
@@ -220,220 +229,6 @@ def check(
     given = None if metadata is None else dict(metadata)
     picked = tuple(chosen) if select is not None else ()
     return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, moved, picked, progress=prog)
-
-
-class UnfoundedTableError(FormatError):
-    """Sealed tensors a model lacks (missing, or of another size) that it could neither rebuild nor stand in for.
-
-    Their data is more than the model holds in all, and standing in for them (zeros and a flag per
-    block, at the sizes the authentic header records) would take more than this machine's memory.
-    Exit 2, as the verdict it stands for: tampered and not recoverable.
-    """
-
-    exit_code = 2
-
-
-def _memory() -> int | None:
-    """Bytes of physical memory, None where the platform does not say."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _refuse_unfounded(
-    specs: list[TensorSpec],
-    use: list[tuple[NDArray[np.generic] | None, list[str]]],
-    arrays: Mapping[str, NDArray[np.generic]],
-) -> None:
-    """Raise `UnfoundedTableError`, before anything is allocated, for lacking tensors too big to stand in for.
-
-    Refused only where that allocation would fail and be for nothing. What recover rebuilds of a tensor is
-    its data bits (those above the ``k`` it carries); parity for them can only be among the bits the model
-    holds, so data beyond those cannot be rebuilt. Otherwise (a tensor removed, a model converted to another
-    dtype) they are stood in for and reported block by block, as ever.
-    """
-    lacking = [(s, why) for s, (found, why) in zip(specs, use, strict=True) if found is None]
-    needed = sum(s.numel * (ST_TO_NP[s.dtype].itemsize * 8 - s.k) for s, _ in lacking)
-    held = sum(int(a.size) * a.dtype.itemsize * 8 for a in arrays.values())
-    # zeros for the blocks, a flag each, and its index in the report
-    standin = sum(s.nblocks * (BLOCK * ST_TO_NP[s.dtype].itemsize + 9) for s, _ in lacking)
-    memory = _memory()
-    if needed <= held or standin <= (held // 8 if memory is None else memory):
-        return
-    shown = "; ".join(f"'{s.name}' ({', '.join(why)})" for s, why in lacking[:8])
-    more = f"; and {len(lacking) - 8} more" if len(lacking) > 8 else ""
-    room = "the model's size" if memory is None else f"this machine's memory ({memory} bytes)"
-    raise UnfoundedTableError(
-        f"the model does not hold the tensors its authentic seal header records: {shown}{more}. Their data "
-        f"({needed // 8} bytes) is more than the model's tensors hold in all ({held // 8} bytes), so none of it can "
-        f"be rebuilt, and standing in for them to list their blocks would take {standin} bytes, more than {room}: "
-        "they were not read. The model was tampered with (tensors removed or resized) or the header is another "
-        "model's: take the sealed model from a kept copy, or verify this one with its own header"
-    )
-
-
-def metadata_findings(
-    header: Header, metadata: Mapping[str, str] | None, metadata_kept: bool | None
-) -> tuple[list[str], list[str]]:
-    """The metadata issues and notes of a check (``metadata``, ``metadata_kept`` as for `check`)."""
-    notes: list[str] = []
-    if header.user_metadata is None:  # read from the weights: only the metadata's digest is known
-        # also for arrays and live modules, which have no file: say what was missing in words true of both
-        notes.append(f"{HEADER_FROM_WEIGHTS} (none was given, and the metadata holds none)")
-        meta = []
-        own = header.own_digest  # set when ParamSeal's own entries (a tie) were sealed
-        if metadata_kept is False and own is not None and metadata is not None:
-            # a .pt keeps the tie, not the user's keys: the tie is checked against its own digest
-            mine = dict(metadata)
-            differs = _OWN_DIFFERS if mine else _OWN_LOST  # none left: a tie removed, or a graph digest
-            meta = [] if mine == own_entries(mine) and metadata_digest(mine) == own else [differs]
-            if own != header.digest:
-                notes.append(f"{_NO_USER_METADATA}: the sealed user keys were not checked")
-        elif metadata:
-            meta = [] if metadata_digest(dict(metadata)) == header.digest else [_META_DIFFERS]
-        elif header.digest == metadata_digest({}):
-            pass  # none was sealed: nothing is missing
-        elif metadata_kept:  # the format stores metadata: this file lost what was sealed
-            meta = [META_STRIPPED]
-        else:  # a file with no room for it (.npy, a .pt saved by torch), or metadata not given
-            notes.append("the model carries no metadata; the weights were checked, the sealed metadata could not be")
-    else:
-        sealed = header.user_metadata
-        if metadata_kept is False and metadata is not None:  # the file could not hold the user's keys
-            # ParamSeal's own entries (a tie, a graph digest) are the format's: missing, they were removed
-            absent = sorted(k for k in set(sealed) - set(metadata) if k not in own_entries(sealed))
-            sealed = {k: v for k, v in sealed.items() if k not in absent}
-            if absent:
-                notes.append(f"{_NO_USER_METADATA}: sealed key(s) {', '.join(map(repr, absent))} not checked")
-        meta = _metadata_issues(sealed, metadata) if metadata is not None else []
-    return meta, notes
-
-
-# a .pt holds the user's keys in its _metadata entry, which torch.save(model.state_dict()) does not write back
-_NO_USER_METADATA = "the model carries no user metadata (an .npy, a module, a .pt saved again by torch)"
-HEADER_FROM_WEIGHTS = "the seal header was read from the weights"  # a note: the metadata held no header
-GRAPH_EDITED = (
-    "the model's graph (its nodes, their inputs and attributes, the model's inputs and outputs) is not the one "
-    "sealed; ParamSeal restores values, not graphs: take the sealed model from a kept copy"
-)
-META_STRIPPED = (
-    "the file's metadata was stripped, and the sealed metadata with it (the header in the weights keeps only its "
-    "digest: it cannot be restored; --header-from a kept copy of the sealed model restores it)"
-)
-_META_DIFFERS = (
-    "the file's metadata differs from the metadata sealed (the header in the weights keeps only its digest: "
-    "it cannot be compared key by key, nor restored)"
-)
-
-
-_OWN_DIFFERS = (
-    "the model's ParamSeal entries (its weight ties) are not the ones sealed: a tie was re-pointed, added or "
-    "removed (the header in the weights keeps only their digest: it cannot say which)"
-)
-_OWN_LOST = (
-    "the model holds none of the ParamSeal entries sealed with it (its weight ties, or a graph digest): a tie was "
-    "removed, or the model was sealed from an ONNX model and this file lost its graph digest (a .pt keeps it only "
-    "in its _metadata entry '.paramseal', which torch.save(model.state_dict()) drops; the header in the weights "
-    "keeps only their digest: it cannot say which). Verify the file as seal wrote it"
-)
-
-
-def usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.generic] | None, list[str]]:
-    """``a`` as the sealed tensor's data (None when it cannot be: missing, or another size) and what differs."""
-    if a is None:
-        return None, ["missing"]
-    try:
-        dt = dtype_name(a.dtype)
-    except UnsupportedError:
-        dt = str(a.dtype)
-    if dt != spec.dtype:
-        why = [f"dtype changed from {spec.dtype} to {dt}"]
-        sealed = ST_TO_NP[spec.dtype]
-        same = dt in ST_TO_NP or _raw_void(a.dtype)  # a raw void: np.save's ml_dtypes bfloat16
-        if same and a.size == spec.numel and a.dtype.itemsize == sealed.itemsize:
-            # the same bytes under another name (F32 marked I32): their tags decide, as for a reshape
-            return np.ascontiguousarray(a).view(sealed).reshape(spec.shape), why
-        return None, why
-    if a.size != spec.numel:
-        return None, [f"shape changed from {list(spec.shape)} to {list(a.shape)}"]
-    if tuple(a.shape) != spec.shape:
-        return a, [f"reshaped from {list(spec.shape)} to {list(a.shape)}"]
-    return a, []
-
-
-_BACK = {"F64": ".double()", "F32": ".float()", "F16": ".half()", "BF16": ".bfloat16()"}
-
-
-def _converted(arrays: Mapping[str, NDArray[np.generic]], specs: list[TensorSpec], chosen: list[bool]) -> str | None:
-    """A note when every sealed float tensor checked was found converted to one other float dtype (``.float()``).
-
-    The findings name each retyped tensor; this says once what happened to the model and how to undo it.
-    """
-    pairs = set()
-    for spec, on in zip(specs, chosen, strict=True):
-        if on and spec.dtype in FLOATS:
-            a = arrays.get(spec.name)
-            if a is None or a.size != spec.numel:
-                return None
-            pairs.add((spec.dtype, _dt(a)))
-    if len(pairs) != 1:
-        return None
-    ((was, now),) = pairs
-    if was != now and now.startswith("|V"):  # `usable` read their bytes as sealed; their tags decided
-        return (
-            f"every sealed float tensor is raw {now} bytes, sealed as {was}: np.save and np.savez write ml_dtypes' "
-            f"bfloat16 so, which keeps the bits but loses the type; recover writes them back as {was} (np.load "
-            "reads ParamSeal's .npz as bfloat16 once ml_dtypes is imported)"
-        )
-    if was == now or now not in FLOATS:
-        return None
-    said = f"every sealed float tensor is {now}, sealed as {was}: the whole model was converted from {was} to {now}"
-    if FLOATS[now].mantissa >= FLOATS[was].mantissa and FLOATS[now].exponent >= FLOATS[was].exponent:
-        return (
-            f"{said}, which keeps every value: convert it back to {was} (a module: {_BACK[was]}; a file: save its "
-            f"tensors as {was}) and verify again"
-        )
-    return f"{said}, which drops low mantissa bits and the seal with them: take the sealed model from a kept copy"
-
-
-def unmatched(select: str | None, names: Iterable[str], what: str) -> UsageError:
-    """The error for a ``--tensors`` pattern that matches ``what`` (none of ``names``), naming close names.
-
-    Close: names whose last path part matches (an ONNX subgraph's ``w`` is sealed as ``if:then_branch/w``),
-    else names that read almost the same (a typo, another case), else, for a glob, the globs with
-    a near prefix that match (``model.layer.3.*`` for ``model.layers.3.*``).
-    """
-    pool = sorted(set(names))
-    near = [n for n in pool if "/" in n and fnmatch.fnmatchcase(n.rsplit("/", 1)[1], select or "")]
-    near = near or difflib.get_close_matches(select or "", pool, n=3, cutoff=0.75)
-    if near:
-        return UsageError(f"--tensors '{select}' matches {what}; check the pattern (close names: {_quoted(near)})")
-    globs = _close_globs(select or "", pool)
-    hint = f" (close patterns: {_quoted(globs)})" if globs else ""
-    return UsageError(f"--tensors '{select}' matches {what}; check the pattern{hint}")
-
-
-def _quoted(names: list[str]) -> str:
-    return ", ".join(map(repr, names[:5]))
-
-
-def _close_globs(select: str, pool: list[str]) -> list[str]:
-    """Globs like ``select`` whose text before the first wildcard is a near prefix of some names, each matching."""
-    cut = min((select.find(c) for c in "*?[" if c in select), default=-1)
-    if cut <= 0:  # a plain name (close names are tried on it) or one that starts with a wildcard
-        return []
-    # whole names differ from the prefix by their tails: compare it with their prefixes of about its length
-    prefixes = sorted({n[:n_] for n in pool for n_ in range(max(1, cut - 2), cut + 3)})
-    out: list[str] = []
-    seen: list[set[str]] = []
-    for p in difflib.get_close_matches(select[:cut], prefixes, n=6, cutoff=0.8):
-        glob = p + select[cut:]
-        hits = {n for n in pool if fnmatch.fnmatchcase(n, glob)}
-        if hits and not any(hits <= s for s in seen):  # not a part of a closer glob's tensors
-            seen.append(hits)
-            out.append(glob)
-    return out[:3]
 
 
 def _match_moved(
@@ -463,7 +258,7 @@ def _match_moved(
     for name in cands:
         a = arrays[name]
         for dt, k in ks:
-            if _dt(a) == dt and (f := _embed.read_record(a, k)) is not None and f.salt8 == header.salt[:8]:
+            if dtype_label(a) == dt and (f := _embed.read_record(a, k)) is not None and f.salt8 == header.salt[:8]:
                 claimed[name] = f.index
                 break
     used: set[str] = set()
@@ -474,7 +269,7 @@ def _match_moved(
             if name in used or name == spec.name:
                 continue
             a = arrays[name]
-            if a.size != spec.numel or _dt(a) != spec.dtype:
+            if a.size != spec.numel or dtype_label(a) != spec.dtype:
                 continue
             ub = _model.blocks_of(a, spec)
             ok = _tags_ok(mac, header, t, spec, ub)
@@ -491,141 +286,6 @@ def _match_moved(
                 issues[t] = [f"swapped: its data was found under '{name}'"]
             break
     return moved
-
-
-def _raw_void(dt: np.dtype[Any]) -> bool:
-    """Raw bytes of no known type: ``np.save`` writes ml_dtypes' bfloat16 (and float8) arrays so."""
-    return dt.kind == "V" and dt.names is None and dt.subdtype is None
-
-
-#: What a raw 2-byte void may be: np.save writes ml_dtypes' bfloat16 as ``|V2`` (float16 keeps its type).
-_VOID_AS = (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16))
-
-
-def header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) -> str:
-    """The seal header embedded in the weights, authenticated with ``key`` (see `_header_from_weights`).
-
-    Tensors saved as raw 2-byte voids (``np.savez`` of ml_dtypes bfloat16 arrays keeps their bytes but
-    not their type) are read as each 2-byte float in turn when the weights hold no copy as they are.
-    """
-    try:
-        return _header_from_weights(tensors, key)
-    except NotSealedError:
-        for typed in typed_voids(tensors):
-            try:
-                return _header_from_weights(typed, key)
-            except NotSealedError:
-                continue
-        raise
-
-
-def typed_voids(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[dict[str, NDArray[np.generic]]]:
-    """``tensors`` with their raw 2-byte voids read as each 2-byte float in turn; nothing if none is one."""
-    voids = {n: a for n, a in tensors.items() if _raw_void(a.dtype) and a.dtype.itemsize == 2}
-    for dt in _VOID_AS if voids else ():
-        yield {**tensors, **{n: a.view(dt) for n, a in voids.items()}}
-
-
-def _header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) -> str:
-    """The seal header embedded in the weights, authenticated with ``key``.
-
-    Each copy is tried, then headers rebuilt from damaged copies (`_embed.merged_copies`: a
-    plurality by byte and by nibble, mixes of two), then copies whose record is gone, found where seal put
-    them (`_embed.located_copies`), each authenticated like the copies. Raises NotSealedError
-    when no copy is found, KeyMismatchError when every copy names the same other key, and
-    HeaderAuthError when nothing authenticates.
-    """
-    copies = _embed.header_copies(tensors)
-    errs: list[ParamSealError] = []
-    authentic: list[str] = []
-    for _, text in copies:
-        try:
-            parse_header(text, key)
-            if text not in authentic:
-                authentic.append(text)
-        except (KeyMismatchError, HeaderAuthError, FormatError) as e:
-            errs.append(e)
-    if len(authentic) == 1:
-        return authentic[0]
-    if authentic:
-        # Two authentic headers: one is another seal's under this key (an older seal's copy pasted into a
-        # carrier, or added as a tensor). The weights say which seal they are: the header the largest share of
-        # its blocks verify under.
-        return best_header(tensors, key, authentic)
-    # Another key only when every copy names the same well-formed one: a flipped fingerprint is damage.
-    named = {e.stored if isinstance(e, KeyMismatchError) else "" for e in errs}
-    other_key = bool(errs) and len(named) == 1 and _FP.fullmatch(next(iter(named))) is not None
-    if other_key and len(copies) > 1:
-        raise errs[0]
-    # Damaged copies (also ones no longer valid UTF-8, or behind a damaged record): rebuild the header from them.
-    for text in _embed.merged_copies(tensors):
-        try:
-            parse_header(text, key)
-            return text
-        except (KeyMismatchError, HeaderAuthError, FormatError):
-            continue
-    if other_key:
-        raise errs[0]
-    # Copies whose record is gone (a burst over a carrier's first blocks), found where seal put them.
-    located: list[KeyMismatchError] = []
-    tried = 0
-    for text in _embed.located_copies(tensors):
-        tried += 1
-        try:
-            parse_header(text, key)
-            return text
-        except KeyMismatchError as e:
-            located.append(e)
-        except (HeaderAuthError, FormatError):
-            continue  # the destroyed copy, or a length that was not the header's
-    # another key when the copies found that name a key all name one well-formed key (the destroyed copy names none)
-    if not errs and located and len({e.stored for e in located}) == 1:
-        if _FP.fullmatch(located[0].stored):
-            raise located[0]
-    if errs:
-        # a copy that is no header at all (its bytes damaged, as zeroed values leave it) has no reason to quote, nor
-        # one that does not authenticate: its message is the metadata header's ("its settings or tensor table were
-        # edited; the weights cannot be checked"), where a bit flipped in a copy here is the likelier cause
-        why = next((str(e) for e in errs if not isinstance(e, (KeyMismatchError, HeaderAuthError))), "")
-        lost = "cannot be read" if any(_unreadable(e) for e in errs) else "do not authenticate"
-        cause = "damaged" if lost == "cannot be read" else "damaged or edited"
-        # damage, but a copy may name the sealing key: a user holding the wrong key must learn it here
-        mismatches = [e for e in [*errs, *located] if isinstance(e, KeyMismatchError)]
-        keys = sorted({e.stored for e in mismatches if _FP.fullmatch(e.stored)})
-        other = (
-            f". A copy names key fingerprint {' or '.join(keys)}, not the given key's ({key.fingerprint}): if the "
-            "model was sealed with that key, check it with that key"
-            if keys
-            else ""
-        )
-        raise HeaderAuthError(
-            f"{why or f'the copies of the ParamSeal header in the weights {lost} (they were {cause})'}. "
-            f"{HEADER_HINT}{other}"
-        ) from None
-    n, never_had_copies = _embed.sealed_traces(tensors)
-    if n and never_had_copies:
-        raise HeaderOnlyInMetadata(
-            f"the model was sealed (ParamSeal records remain in {n} of its tensors) but its weights had no room for "
-            "a copy of its header (a small model, or a header made long by block tags kept in it, as for tensors "
-            f"holding NaN/Inf), and its metadata, which held the header, is gone. {HEADER_HINT}"
-        )
-    if n:
-        raise HeaderAuthError(
-            f"the model was sealed (ParamSeal records remain in {n} of its tensors), but no copy of its header in "
-            "the weights is intact: they were tampered with, and nothing can be checked or rebuilt without the "
-            f"header. {HEADER_HINT}"
-        )
-    if tried:
-        raise HeaderAuthError(
-            "the model's weights hold copies of a ParamSeal header where a seal puts them, but their records are "
-            "gone and none of them authenticates with this key: they were tampered with, and nothing can be checked "
-            f"or rebuilt without the header. {HEADER_HINT}"
-        )
-    raise NotSealedError(
-        "the model carries no ParamSeal header: none in the file's metadata and no copy in the weights; "
-        "seal it first with 'paramseal seal' if it never was (a model too small to hold a copy needs its "
-        f"original metadata). {NOT_SEALED_WARNING}"
-    )
 
 
 def best_header(tensors: Mapping[str, NDArray[np.generic]], key: Key, texts: list[str]) -> str:
@@ -719,96 +379,6 @@ def another_seal(this: Header, other: Header) -> bool:
     return other.salt != this.salt and [(s.name, s.dtype, s.shape) for s in other.tensors] == table
 
 
-#: Float dtypes a sealed float tensor may have been widened from, tried in turn (`widened_seal`).
-_NARROWER = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16))
-
-
-def widened_seal(tensors: Mapping[str, NDArray[np.generic]], key: Key) -> dict[str, tuple[str, str]] | None:
-    """Where a model with no header copy of its own has one once its floats are narrowed back, what was widened.
-
-    A sealed float32 model saved as float64 keeps every value but not the bits its header copies are
-    written in. For each narrower float dtype, the tensors whose every value it holds exactly are
-    narrowed, and the copies authenticated with ``key``: name -> (its dtype, the one narrowed to) for
-    the first that gives a header, or None.
-    """
-    floats = {n: a for n, a in tensors.items() if a.dtype.kind == "f" and a.size}
-    for target in _NARROWER:
-        narrowed: dict[str, NDArray[np.generic]] = {}
-        for name, a in floats.items():
-            if a.dtype.itemsize > target.itemsize and (b := _narrowed(a, target)) is not None:
-                narrowed[name] = b
-        if not narrowed:
-            continue
-        try:
-            header_from_weights({**tensors, **narrowed}, key)
-        except ParamSealError:
-            continue
-        return {n: (dtype_name(tensors[n].dtype), dtype_name(target)) for n in narrowed}
-    return None
-
-
-#: Values of a tensor tried first (`_narrowed`): a model never sealed is rejected without converting it whole.
-_PROBE = 4096
-
-
-def _narrowed(a: NDArray[np.generic], target: np.dtype[Any]) -> NDArray[np.generic] | None:
-    """``a`` as ``target`` when that holds every value exactly, else None.
-
-    Its first values are tried first: weights that were never narrower fail there, where converting
-    and comparing the whole tensor read every value of a large unsealed model (the error path).
-    """
-    head = a.flat[:_PROBE]
-    if not np.array_equal(head.astype(target).astype(a.dtype), head, equal_nan=True):
-        return None
-    b = a.astype(target)
-    return b if np.array_equal(b.astype(a.dtype), a, equal_nan=True) else None
-
-
-NOT_SEALED_WARNING = (
-    "If it should be sealed, treat it as tampered: a seal can be stripped whole (metadata, header copies and "
-    "records), and sealing it again would approve whatever it now holds"
-)
-
-
-class HeaderOnlyInMetadata(NotSealedError):
-    """A sealed model too small to carry its header in its weights, read without its metadata: not whole (exit 2)."""
-
-    exit_code = 2
-
-
-_FP = re.compile("[0-9a-f]{16}")  # a well-formed key fingerprint
-
-
-def _unreadable(e: ParamSealError) -> bool:
-    return isinstance(e, HeaderAuthError) and e.unreadable
-
-
-HEADER_HINT = (
-    "Pass the header of a copy of the sealed model that keeps it (--header-from FILE: the sealed model file as "
-    "written by seal, or its header in a .json file, as seal --header-out keeps it) to verify and recover; do not "
-    "seal this file again unless you approve its weights"
-)
-
-
-def _dt(a: NDArray[np.generic]) -> str:
-    try:
-        return dtype_name(a.dtype)
-    except UnsupportedError:
-        return str(a.dtype)
-
-
-def _metadata_issues(sealed: Mapping[str, str], found: Mapping[str, str]) -> list[str]:
-    out = []
-    for k in sorted(set(sealed) | set(found)):
-        if k not in found:
-            out.append(f"key '{k}' was removed")
-        elif k not in sealed:
-            out.append(f"key '{k}' was added")
-        elif sealed[k] != found[k]:
-            out.append(f"key '{k}' was changed")
-    return out
-
-
 def report_of(chk: Check) -> Report:
     """The verify report of a finished check."""
     findings = {
@@ -872,19 +442,10 @@ def verify(
 
 
 __all__ = [
-    "GRAPH_EDITED",
-    "HEADER_FROM_WEIGHTS",
-    "HEADER_HINT",
-    "NOT_SEALED_WARNING",
     "Check",
-    "HeaderOnlyInMetadata",
-    "UnfoundedTableError",
     "best_header",
     "carried_seal",
     "check",
-    "header_from_weights",
-    "unmatched",
-    "metadata_findings",
     "other_seals_copies",
     "pinned_check",
     "another_seal",

@@ -25,6 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .. import _strata
+from .._findings import HEADER_FROM_WEIGHTS
 from .._inspect import caps, free_strata
 from ..attacks import AttackSpec, attack, attack_file
 from ..errors import ParamSealError, UsageError
@@ -35,7 +36,7 @@ from ..levels import bits_for, capacity
 from ..recover import recover_from
 from ..report import Report
 from ..seal import SealConfig
-from ..verify import HEADER_FROM_WEIGHTS, check, report_of
+from ..verify import check, report_of
 from . import metrics
 from .battery import DTYPES, Attack, Battery, label, run_id
 from .models import TaskModel, get_model
