@@ -290,21 +290,21 @@ def test_help_describes_every_positional_and_option(cmd: str, positionals: list[
     """Every argument of every command says what it is: none is listed bare, as `keygen keyfile` was."""
     import argparse
 
-    from paramseal.cli import _parser
+    from paramseal._cli_parser import build_parser
 
-    p = _parser().commands[cmd]
+    p = build_parser().commands[cmd]
     assert [a.metavar for a in p._actions if not a.option_strings] == positionals  # the README's names
     bare = [a.dest for a in p._actions if not a.help or a.help == argparse.SUPPRESS]
     assert bare == [], bare
-    assert not [a.dest for a in _parser().commands["demo"]._actions if not a.help]  # demo --seed had none
+    assert not [a.dest for a in build_parser().commands["demo"]._actions if not a.help]  # demo --seed had none
 
 
 def test_seal_help_gives_the_range_of_bits_for_each_dtype() -> None:
     """--bits said only "explicit low bits per float value": a user learnt the range from an error."""
-    from paramseal.cli import _parser
+    from paramseal._cli_parser import build_parser
     from paramseal.levels import FLOATS
 
-    text = " ".join(_parser().commands["seal"].format_help().split())
+    text = " ".join(build_parser().commands["seal"].format_help().split())
     for f in FLOATS.values():
         assert f"1-{f.mantissa - 1} at {f.name.lower()}" in text
 
@@ -891,7 +891,7 @@ def test_inspect_shows_the_seal_salt_for_a_registry_to_compare(sealed_file: Path
     ("fraction", "shown"), [(0.4765, "47.7"), (0.2273, "22.7"), (0.1815, "18.2"), (0.0, "0.0"), (1.0, "100.0")]
 )
 def test_inspect_prints_a_bound_as_a_percentage_rounding_halves_up(fraction: float, shown: str) -> None:
-    from paramseal.cli import _pct
+    from paramseal._cli_commands import _pct
 
     assert _pct(fraction) == shown
 
@@ -1292,7 +1292,7 @@ def test_ctrl_c_before_the_cli_handles_it_ends_quietly_with_130(
     def stop() -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_parser", stop)
+    monkeypatch.setattr(cli, "build_parser", stop)
     monkeypatch.setattr(cli._kernels, "one_blas_thread", lambda: None)  # the program's, not this process's
     monkeypatch.setattr("sys.argv", ["paramseal", "verify", "m.safetensors"])
     assert _program_main(signal.signal) == 130 and capfd.readouterr().err == "interrupted\n"
@@ -1438,10 +1438,10 @@ def test_one_blas_thread_reads_a_mapped_path_that_is_not_utf8(tmp_path: Path) ->
 
 def test_eval_stopped_by_sigterm_ends_with_sigterms_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """eval's own Ctrl-C handler answered 130 to the SIGTERM the program unwinds as 143, as every other command does."""
-    from paramseal import cli, evaluation
+    from paramseal import _cli_streams, evaluation
 
     def stopped(*a: object, **k: object) -> None:
-        raise cli._Terminated(15)
+        raise _cli_streams.Terminated(15)
 
     monkeypatch.setattr(evaluation, "run_eval", stopped)
     assert main(["eval", "--out", str(tmp_path / "ev")]) == 143
@@ -1625,11 +1625,11 @@ def test_a_standard_output_that_fails_in_process_is_the_callers_file_again_after
 
 def test_the_stdout_wrapper_answers_for_the_stream_it_wraps() -> None:
     """Progress and colour decisions ask stdout whether it is a terminal: the wrapper must not answer for itself."""
-    from paramseal.cli import _Stdout
+    from paramseal._cli_streams import Stdout
 
     main_fd, tty_fd = os.openpty()
     with open(tty_fd, "w", encoding="utf-8") as tty:
-        out = _Stdout(tty)
+        out = Stdout(tty)
         assert out.isatty() and out.fileno() == tty.fileno() and out.encoding == "utf-8"
         out.write("x")
         out.flush()

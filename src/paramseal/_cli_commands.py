@@ -1,0 +1,360 @@
+"""What each ``paramseal`` command does once its arguments are parsed: call the library, print the outcome.
+
+Separate from cli.py, which parses the arguments, guards the streams and turns errors into exit
+codes; ``attack`` and ``eval`` are in _cli_eval.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any, cast
+
+from . import _cli_eval, _pages, _paths, files, sharded
+from ._layout import TensorSpec
+from .errors import ParamSealWarning, UsageError
+from .keys import Key, exposed_to_others, load_key, write_key
+from .levels import BLOCK, FLOATS, max_relative_change
+from .report import Report, seal_id_arg
+
+
+def _print_json(rep: Report, extra: dict[str, Any] | None = None) -> None:
+    """The report's JSON on stdout, streamed: a report of millions of values is never one string."""
+    rep.write_json(sys.stdout, extra)
+    sys.stdout.write("\n")
+
+
+_FOLDER_IN_PLACE = "--in-place works for single files only; a sharded checkpoint is written to a new folder"
+
+
+_SEAL_ID = "seal id: {} (keep it: verify --expect-seal ID refuses any other seal of this model)"
+
+
+def _header(args: argparse.Namespace, key: Key) -> str | None:
+    if args.header_from is None:
+        return None
+    if sharded.is_sharded(Path(args.input)):
+        raise UsageError(
+            f"--header-from takes one file's header, and each shard of '{args.input}' carries its own: drop "
+            "--header-from to check the folder, or give one shard's file as IN with the header kept for it"
+        )
+    return files.read_header(args.header_from, key)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.cmd in ("seal", "verify", "recover", "eval", "demo"):
+        # before any work: read where scratch is first needed, a bad setting passed an intact verify
+        # and failed a recover only after its check (the whole model read)
+        _pages.scratch_budget()
+    match args.cmd:
+        case "keygen":
+            key = Key.generate()
+            write_key(args.keyfile, key, overwrite=args.force)
+            print(f"OK: wrote key {args.keyfile} (fingerprint {key.fingerprint}); keep it secret")
+            return 0
+        case "seal" if sharded.is_sharded(Path(args.input)):
+            if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
+                raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
+            if args.header_out is not None:
+                raise UsageError("--header-out keeps one file's header; the shards of a checkpoint each keep their own")
+            key = _load_key(args)
+            names = sharded.seal_dir(
+                Path(args.input),
+                Path(args.output),
+                key,
+                level=args.level,
+                bits=args.bits,
+                code=args.code,
+                reseal=args.reseal,
+            )
+            print(f"OK: sealed {len(names)} shard(s) of {args.input} -> {args.output} (each self-contained)")
+            print(_SEAL_ID.format(sharded.seal_id(Path(args.output), key)))
+            _warn_bits(sharded.float_widths(Path(args.output), names))
+            return 0
+        case "seal":
+            keep = (
+                None if args.header_out is None else _paths.check_header_out(args.header_out, args.input, args.output)
+            )
+            with _library_warnings() as warned:
+                sealed = files.seal_file(
+                    args.input,
+                    args.output,
+                    _load_key(args),
+                    level=args.level,
+                    bits=args.bits,
+                    in_place=args.in_place,
+                    code=args.code,
+                    reseal=args.reseal,
+                    header_out=keep,
+                )
+            h = sealed.header
+            ks = sorted({(t.dtype, t.k) for t in h.tensors if t.k})
+            desc = ", ".join(f"{dt} k={k}" for dt, k in ks)
+            code = "irs" if h.irs else "lanes"
+            how = f"level {h.level}" if h.bits is None else f"--bits {h.bits}"
+            n = _count(len(h.tensors), "tensor")
+            print(f"OK: sealed {args.input} -> {args.output} ({n}, {desc}, {how}, code {code})")
+            print(_SEAL_ID.format(h.salt.hex()))
+            _warn_bits(ks)
+            _note_plain(h.tensors)
+            for w in warned:
+                print(f"warning: {w}", file=sys.stderr)
+            if keep is not None:
+                print(f"OK: kept the seal header in {keep} (for --header-from)")
+            return 0
+        case "verify":
+            expect = seal_id_arg(args.expect_seal)
+            key = _load_key(args)
+            header = _header(args, key)
+            if sharded.is_sharded(Path(args.input)):
+                rep = sharded.verify_dir(Path(args.input), key, tensors=args.tensors, expect_seal=expect)
+            else:
+                rep = files.verify_file(args.input, key, tensors=args.tensors, header=header, expect_seal=expect)
+            if args.json:
+                _print_json(rep)
+            elif rep.status == "intact" and rep.partial:
+                rest = "the rest was not checked" if rep.checked_blocks != rep.total_blocks else "every tensor matched"
+                print(
+                    f"OK: the tensors of {args.input} matching '{args.tensors}' are intact ({rep.checked_blocks} of "
+                    f"{rep.total_blocks} blocks verified; {rest})"
+                )
+                if rep.notes:
+                    print(rep.summary())
+            elif rep.status == "intact":
+                print(f"OK: {args.input} is intact ({rep.total_blocks} blocks verified)")
+                if rep.notes:
+                    print(rep.summary())
+            else:
+                how = "recoverable: run 'paramseal recover'" if rep.recoverable else "NOT fully recoverable"
+                print(f"FAIL: {args.input} was tampered with ({how})\n{rep.summary()}")
+            return rep.exit_code
+        case "recover":
+            expect = seal_id_arg(args.expect_seal)
+            key = _load_key(args)
+            header = _header(args, key)
+            warned = []  # the folder path writes none
+            if sharded.is_sharded(Path(args.input)):
+                if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
+                    raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
+                rep = sharded.recover_dir(
+                    Path(args.input), Path(args.output), key, allow_partial=args.allow_partial, expect_seal=expect
+                )
+                output = args.output if rep.written else None
+            else:
+                with _library_warnings() as warned:  # printed after the verdict, as seal prints its own
+                    res = files.recover_file(
+                        args.input,
+                        args.output,
+                        key,
+                        allow_partial=args.allow_partial,
+                        in_place=args.in_place,
+                        header=header,
+                        expect_seal=expect,
+                    )
+                rep, output = res.report, None if res.path is None else str(res.path)
+            if args.json:
+                # exit 2 is a partial result written (--allow-partial) or nothing: `restored` alone cannot say
+                _print_json(rep, {"written": output is not None, "output": output})
+            elif rep.status == "intact":
+                print(f"OK: {args.input} was intact; written to {args.output}")
+                if rep.notes:
+                    print(rep.summary())
+            elif rep.status == "recovered":
+                print(f"OK: recovered {args.input} -> {args.output} ({_what_recover_did(rep)})")
+                print(rep.summary())
+            else:
+                wrote = "nothing written" if output is None else f"partial result written to {args.output}"
+                # whole blocks: which of their values changed is unknown, so "lost" would overstate it (a 30%
+                # prune is 100% of the values in unrecoverable blocks). None counted: the reason is elsewhere
+                # (a graph, a missing shard); the summary says it
+                gone = rep.unrecoverable_count
+                lost = f"{_count(gone, 'value')} in unrecoverable blocks; " if gone else ""
+                print(f"FAIL: {args.input} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
+            for w in warned:
+                print(f"warning: {w}", file=sys.stderr)
+            return rep.exit_code
+        case "inspect":
+            if sharded.is_sharded(Path(args.input)):
+                info = sharded.inspect_dir(Path(args.input))
+            else:
+                info = files.inspect_file(args.input)
+            print(json.dumps(info, indent=2) if args.json else _inspect_text(info))
+            return 0
+        case "demo":
+            from .demo import run_demo
+
+            return run_demo(seed=args.seed, keep=args.keep)
+        case "attack" | "eval":
+            return _cli_eval.run(args)
+    raise AssertionError(args.cmd)  # argparse rejects unknown commands
+
+
+def _what_recover_did(rep: Report) -> str:
+    """Values restored and tensors moved back: a swap undone restores no value, but is not "nothing needed"."""
+    done = rep.restored_count
+    swapped, renamed = len(rep.moved_by("swapped")), len(rep.moved_by("renamed"))
+    parts = [f"{_count(done, 'value')} restored"] if done else []
+    if swapped:
+        parts.append(f"{_count(swapped, 'swapped tensor')} moved back in place")
+    if renamed:
+        whose = "its sealed name" if renamed == 1 else "their sealed names"
+        parts.append(f"{_count(renamed, 'renamed tensor')} written under {whose}")
+    # none: only the metadata or a shard index needed fixing; the summary's lines say which
+    return ", ".join(parts) or "no value needed restoring"
+
+
+def _load_key(args: argparse.Namespace) -> Key:
+    path = args.key
+    key = load_key(path)
+    args.loaded_key = key  # masked in an internal error's traceback: a key FILE's digits are in no argument
+    if path is not None and (mode := exposed_to_others(Path(path))) is not None:
+        print(
+            f"warning: key file '{path}' is readable by other users (mode {mode:o}); run 'chmod 600 {path}'",
+            file=sys.stderr,
+        )
+    return key
+
+
+def _warn_bits(widths: Iterable[tuple[str, int]]) -> None:
+    """Warn about each float dtype sealed with more bits than level strong gives it (an explicit --bits)."""
+    for dt, k in sorted(set(widths)):
+        strong = FLOATS[dt].levels["strong"] if dt in FLOATS else k
+        if k > strong:
+            print(
+                f"warning: k={k} changes {dt} weights by up to {max_relative_change(dt, k):.1e} of their "
+                f"magnitude, against {max_relative_change(dt, strong):.1e} at level strong; check the "
+                "model's accuracy before you use it",
+                file=sys.stderr,
+            )
+
+
+@contextmanager
+def _library_warnings() -> Iterator[list[str]]:
+    """The library's `ParamSealWarning` messages, kept to print as this program's ``warning:`` lines.
+
+    Not also shown by Python (once, not twice); other warnings are shown as ever.
+    """
+    kept: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", ParamSealWarning)  # each seal's own, though an earlier one said the same
+        show = warnings.showwarning
+
+        def keep(message: Warning | str, category: type[Warning], *args: Any, **kw: Any) -> None:
+            if issubclass(category, ParamSealWarning):
+                kept.append(str(message))
+            else:
+                show(message, category, *args, **kw)
+
+        warnings.showwarning = keep
+        yield kept
+
+
+def _note_plain(specs: Iterable[TensorSpec]) -> None:
+    """Name the float tensors sealed as data because they hold NaN or Inf (smaller ones are data anyway)."""
+    plain = [s.name for s in specs if s.dtype in FLOATS and s.k == 0 and s.numel >= BLOCK]
+    if plain:
+        shown = ", ".join(repr(n) for n in plain[:8]) + (", ..." if len(plain) > 8 else "")
+        print(
+            f"note: {len(plain)} float tensor(s) hold NaN or Inf values and carry no watermark bits ({shown}); "
+            "they are authenticated and recoverable as integer tensors are, and their values are unchanged",
+            file=sys.stderr,
+        )
+
+
+FEW_BLOCKS = 64  # below this, inspect warns that its capacity bounds are asymptotic
+
+
+def _pct(fraction: float) -> str:
+    """A bound given to 4 places (inspect's JSON) as a percentage to 1 place, halves rounded up.
+
+    0.4765 (the bound 0.47653) is 47.7, not the 47.6 that formatting the binary float 47.65 gives.
+    """
+    return str((Decimal(str(fraction)) * 100).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
+
+
+def _seal_fields(seal: dict[str, Any]) -> Iterator[str]:
+    """The seal settings as ``name=value``: header copies by tensor name, no bits unless --bits set them."""
+    for k, v in seal.items():
+        if k == "bits" and v is None:  # the level's own bits: the level says it
+            continue
+        if k == "level" and seal.get("bits") is not None:  # --bits set them: the header's default level set nothing
+            continue
+        if k == "header_copies_in_weights" and "header_copies_in_tensors" in seal:
+            names = seal["header_copies_in_tensors"]
+            if isinstance(names, list) and names:  # as header_in names its tensor
+                v = f"{'tensor' if len(names) == 1 else 'tensors'} {' and '.join(map(repr, names))}"
+            else:
+                v = names or "none"
+        elif k == "header_copies_in_tensors":
+            continue
+        elif k == "set_id" and v is None:  # a sharded folder's: its shards' records name no one set
+            v = "none (the shards' set records name no one set; run verify)"
+        yield f"{k}={v}"
+
+
+def _inspect_text(info: dict[str, object]) -> str:
+    lines = [
+        f"{info['file']}: {_count(cast(int, info['tensors']), 'tensor')}, parameters by dtype {info['parameters']}"
+    ]
+    blocks = info.get("blocks")
+    if isinstance(blocks, int) and blocks < FEW_BLOCKS:
+        lines.append(
+            f"note: only {blocks} block(s) of 64 values: damage counts in whole blocks and the bounds below hold "
+            "for models of many blocks; one damaged block here may be beyond recovery"
+        )
+    if "shards" in info:
+        lines[0] += f", in {info['shards']} shards ({info['sealed_shards']} sealed)"
+        odd = info.get("mismatched_shards")
+        if isinstance(odd, list) and odd:
+            lines.append(f"WARNING: shards sealed differently or not at all: {', '.join(map(str, odd))}")
+        if info.get("index_problem"):
+            lines.append(f"WARNING: {info['index_problem']}")
+        warned = info.get("shard_warnings")
+        lines += [f"WARNING: {w}" for w in (warned.values() if isinstance(warned, dict) else ())]
+        each = info.get("per_shard")
+        seal = info.get("seal")
+        if isinstance(each, dict) and isinstance(seal, dict) and seal.get("set_id") is None:
+            named = ", ".join(f"{n}: {i['set_id'] or 'none'}" for n, i in each.items() if "set_id" in i)
+            lines.append(f"WARNING: the sealed shards' set records (read without the key) name no one set id: {named}")
+    if info.get("cannot_seal"):
+        lines.append(f"cannot be sealed: {info['cannot_seal']}")
+    if info.get("header_problem"):
+        lines.append(f"WARNING: {info['header_problem']}")
+    seal = info.get("seal")
+    if isinstance(seal, dict):
+        lines.append("sealed: " + ", ".join(_seal_fields(seal)))
+    elif info.get("seal_unreadable"):
+        lines.append(f"WARNING: {info['seal_unreadable']}")
+        lines.append("no readable seal header; what each level would give a fresh seal:")
+    else:
+        lines.append("not sealed; what each level would give:")
+    levels = info["levels"]
+    assert isinstance(levels, dict)
+    for lv, caps in levels.items():
+        for dt, c in caps.items():
+            if c.get("k") and c.get("code") == "irs":
+                lines.append(
+                    f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {c['max_relative_change']:.2e}  code irs: "
+                    f"recovers contiguous damage up to {_pct(c['contiguous_bound'])}% and scattered values up to "
+                    f"{_pct(c['scattered_radius_per_group'])}% (per-group bounds; see README)"
+                )
+            elif c.get("k"):
+                lines.append(
+                    f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {c['max_relative_change']:.2e}  code lanes: "
+                    f"recovers up to {_pct(c['contiguous_bound'])}% of parameters in tampered blocks "
+                    f"(bound; scattered values: under {100 * c['scattered_bound']:.2g}%, where their blocks reach "
+                    "the bound; recovery stops short of it)"
+                )
+            else:
+                lines.append(f"  {lv:<9} {dt:<5} {c['note']}")
+    return "\n".join(lines)

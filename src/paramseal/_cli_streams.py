@@ -1,0 +1,204 @@
+"""Standard output, standard error and signals while the ``paramseal`` program runs.
+
+Separate from cli.py, which puts them in place: a stream that fails or is closed, a reader that
+left, or SIGTERM and SIGHUP must not end the program with Python's exit 1 (the verdict "tampered but
+recoverable") or leave a temporary output behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from types import FrameType
+from typing import IO, Any, cast
+
+from .keys import redact
+
+
+@contextmanager
+def stderr_kept() -> Iterator[None]:
+    """While the program runs, a standard error that is closed or fails loses its messages, not the exit code.
+
+    Closed (`2>&-`), Python has none; failing (`2>/dev/full`), a message's write raised OSError out of
+    the handler that printed it (or out of a warning): Python's exit 1, the verdict "tampered but
+    recoverable", for an intact model or a missing key file too.
+    """
+    err = sys.stderr
+    if isinstance(err, io.TextIOWrapper):  # a name from the file may hold a lone surrogate: print it escaped
+        try:
+            err.reconfigure(errors="backslashreplace")
+        except OSError:  # it flushes what it holds, into a failing stream: _Stderr says so again below
+            pass
+    sys.stderr = _Discard() if err is None else cast(IO[str], _Stderr(err))
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = err
+
+
+class _Stderr:
+    """``sys.stderr`` whose failing writes are dropped, the stream pointed at /dev/null after the first.
+
+    No io base class: its own isatty() would hide the stream's (the progress bar asks it).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._failed = stream, False
+        self._quieted = _QUIETED.get()  # a worker thread's progress line may be the write that fails
+
+    def write(self, text: str) -> int:
+        if not self._failed:
+            try:
+                self._stream.write(text)
+            except (OSError, ValueError):  # ValueError: a stream closed under us
+                self._lost()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._failed:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._lost()
+
+    def _lost(self) -> None:
+        self._failed = True
+        _quiet(self._stream, self._quieted)  # flushed there: not at exit, where a failed flush is Python's exit 120
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class _Discard(io.StringIO):
+    """A stream that drops what is written to it (and is no terminal: no progress bar)."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+
+class StdoutFailed(OSError):
+    """Writing to standard output failed (not a reader that left: that is BrokenPipeError)."""
+
+
+class Stdout:
+    """``sys.stdout`` whose write errors are told apart from the library's own OSErrors (which are bugs).
+
+    No io base class: its own isatty(), fileno() and encoding would hide the stream's.
+    """
+
+    def __init__(self, stream: Any, hidden: tuple[str, ...] = ()) -> None:
+        self._stream = stream
+        self._hidden = hidden  # key text typed as a path: a success line names OUT too (`keygen KEY`)
+
+    def write(self, text: str) -> int:
+        self._require_open()
+        if self._hidden:
+            text = redact(text, self._hidden)
+        try:
+            return cast(int, self._stream.write(text))
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise StdoutFailed(e.errno, e.strerror) from e
+
+    def flush(self) -> None:
+        self._require_open()
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise StdoutFailed(e.errno, e.strerror) from e
+
+    def _require_open(self) -> None:
+        if self._stream is None:  # closed (`>&-`): Python has no sys.stdout at all
+            raise StdoutFailed(errno.EBADF, "standard output is closed")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+# the files `_quiet` pointed at /dev/null in this main() call: descriptor -> (a copy of the caller's file, inheritable)
+_QUIETED: ContextVar[dict[int, tuple[int, bool]] | None] = ContextVar("_QUIETED", default=None)
+
+
+@contextmanager
+def files_given_back() -> Iterator[None]:
+    """The standard output and error files `_quiet` replaced are the caller's own again when main() returns.
+
+    In-process, a stream that failed once (a full disk, an ASCII-only sys.stderr given a non-ASCII
+    name) left its descriptor on /dev/null for good: the caller's later messages vanished.
+    """
+    quieted: dict[int, tuple[int, bool]] = {}
+    token = _QUIETED.set(quieted)
+    try:
+        yield
+    finally:
+        _QUIETED.reset(token)
+        for fd, (mine, inheritable) in quieted.items():
+            os.dup2(mine, fd, inheritable=inheritable)
+            os.close(mine)
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    _quiet(sys.stdout)
+
+
+def _quiet(stream: Any, quieted: dict[int, tuple[int, bool]] | None = None) -> None:
+    """Point ``stream``'s file at /dev/null so that flushing it (at the interpreter's exit too) cannot fail again."""
+    if stream is None:  # closed: nothing is flushed at exit
+        return
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):  # not a file (a test's StringIO): nothing is flushed at exit
+        return
+    quieted = _QUIETED.get() if quieted is None else quieted
+    if quieted is not None and fd not in quieted:
+        quieted[fd] = (os.dup(fd), os.get_inheritable(fd))
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+    try:  # what it holds goes to /dev/null now, not to the caller's file once main() gives it back
+        stream.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, unwound as Ctrl-C is: the atomic writes delete their temporary files."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM and SIGHUP into `Terminated` while the program runs (a signal left ignored stays so).
+
+    Their default action ends the process at once, which left a full-size temporary output
+    behind (`kill`, a job scheduler, a closed terminal). Repeats are ignored while the first unwinds.
+    """
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
+    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None and main_thread]
+    old = {s: signal.signal(s, stop) for s in sigs if signal.getsignal(s) is signal.SIG_DFL}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
