@@ -372,6 +372,17 @@ def test_ground_truth_options_give_the_fraction_applied(sealed_model: Loaded) ->
     assert truth.to_dict() == ref.to_dict()
 
 
+def test_ground_truth_options_give_the_bits_of_a_watermark_bitflip(sealed_model: Loaded) -> None:
+    # bitflip --field watermark --bits 2 flipped only bits 0-1 but recorded {"n": 20, "field": "watermark"}
+    _, truth = attack(sealed_model, AttackSpec("bitflip", n=20, field="watermark", bits=2))
+    assert truth.options["bits"] == 2
+    assert all(b < 2 for t in truth.to_dict()["tensors"].values() for bits in t["bits"] for b in bits)
+    ref = attack(sealed_model, AttackSpec("bitflip", n=20, field="watermark", bits=truth.options["bits"]))[1]
+    assert truth.to_dict() == ref.to_dict()
+    assert AttackSpec("bitflip", field="watermark").options()["bits"] is None  # the seal's k per tensor
+    assert "bits" not in AttackSpec("bitflip").options()  # other fields take no --bits
+
+
 def test_a_tensor_named_twice_is_refused(sealed_model: Loaded) -> None:
     # --tensor fc.bias --tensor fc.bias --n 2560 flipped every bit of fc.bias twice: 0 bits changed, reported OK
     with pytest.raises(UsageError, match="--tensor 'fc.bias' given more than once"):

@@ -179,8 +179,8 @@ class AttackSpec:
             d["sigma"] = self.noise_sigma
         if k == "finetune":
             d["steps"], d["lr"] = self.sgd_steps, self.sgd_lr
-        if k == "lsb-rewrite":
-            d["bits"] = self.bits
+        if k == "lsb-rewrite" or (k == "bitflip" and self.field == "watermark"):
+            d["bits"] = self.bits  # None: the seal's k per tensor
         if k in NEEDS_MODEL:
             d["model"] = self.model
         if self.mode_or_default:
