@@ -195,6 +195,29 @@ def test_partial_verification_checks_only_the_selected_tensors(
     assert not whole.partial and whole.to_dict()["checked_blocks"] == whole.total_blocks
 
 
+def test_a_partial_verify_does_not_promise_what_the_tensors_it_skipped_may_deny(
+    tmp_path: Path, model: dict, key: paramseal.Key, key_file: Path
+) -> None:
+    """verify --tensors treats the tensors it does not read as intact: with one bit flipped in fc.weight and the
+    rest of the model replaced, it said 'tampered with (recoverable: run 'paramseal recover')' (exit 1) where a
+    full verify says exit 2 and recover writes nothing. Its exit stays 1 (what it read is recoverable), but it
+    now says the judgement covers the tensors read, and a note (in --json too) says a full verify decides."""
+    _, t, meta = _sealed(tmp_path, model, key)
+    rng = np.random.default_rng(5)
+    bad = helpers.flip_bit(t, "fc.weight", 7, 2)
+    for name, a in bad.items():
+        if name != "fc.weight":
+            bad[name] = rng.integers(0, 256, a.nbytes, dtype=np.uint8).view(a.dtype).reshape(a.shape)
+    p = helpers.write_st(tmp_path / "bad.safetensors", bad, meta)
+    assert helpers.run_cli(["verify", p, "--key", key_file])[0] == 2
+    rc, out, err = helpers.run_cli(["verify", p, "--key", key_file, "--tensors", "fc.weight"])
+    assert rc == 1 and "run 'paramseal recover'" not in out, (out, err)
+    assert "recoverable as far as the tensors checked show" in out, out
+    rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file, "--tensors", "fc.weight", "--json"])
+    notes = json.loads(out)["notes"]
+    assert rc == 1 and any("a full verify" in n and "not read count as intact" in n for n in notes), notes
+
+
 def test_partial_verification_names_the_added_tensors_its_pattern_covers_and_no_others(
     tmp_path: Path, model: dict, key: paramseal.Key
 ) -> None:

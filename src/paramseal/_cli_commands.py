@@ -136,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
                     print(rep.summary())
             else:
                 how = "recoverable: run 'paramseal recover'" if rep.recoverable else "NOT fully recoverable"
+                if rep.recoverable and rep.partial:  # the tensors not read were taken as intact
+                    how = "recoverable as far as the tensors checked show; "
+                    how += f"{rep.checked_blocks} of {rep.total_blocks} blocks verified"
                 print(f"FAIL: {args.input} was tampered with ({how})\n{rep.summary()}")
             return rep.exit_code
         case "recover":

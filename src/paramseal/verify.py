@@ -394,6 +394,11 @@ def report_of(chk: Check) -> Report:
     tampered = bool(chk.bad_global.any() or any(chk.issues) or chk.extra or chk.metadata_issues)
     recoverable = chk.recoverable()
     notes = list(chk.notes)
+    if recoverable and tampered and not chk.complete:
+        notes.append(
+            "judged recoverable from the tensors read alone (--tensors): those not read count as intact, and "
+            "damage in them may leave the model beyond recovery; a full verify (or recover) decides"
+        )
     if not recoverable and chk.header.irs and not chk.complete and chk.bad_global.any() and not chk.metadata_lost:
         # the estimate from the flags alone says no to scattered damage that decoding rebuilds
         notes.append(
