@@ -355,7 +355,7 @@ def test_keystream_zeros_stay_whole_when_threads_grow_the_buffer(monkeypatch: py
     """
     import threading
 
-    from paramseal import _strata
+    from paramseal import _strata_map
 
     small_in, big_made, small_done = threading.Event(), threading.Event(), threading.Event()
 
@@ -377,18 +377,18 @@ def test_keystream_zeros_stay_whole_when_threads_grow_the_buffer(monkeypatch: py
                 return np.zeros(n, dtype)
             return np.zeros(n, dtype).view(Held)
 
-    monkeypatch.setattr(_strata, "_ZEROS", np.zeros(0, np.uint8))
-    monkeypatch.setattr(_strata, "np", Numpy())
+    monkeypatch.setattr(_strata_map, "_ZEROS", np.zeros(0, np.uint8))
+    monkeypatch.setattr(_strata_map, "np", Numpy())
     got: dict[str, int] = {}
 
     def small() -> None:
-        got["small"] = len(_strata._zeros(10))
+        got["small"] = len(_strata_map._zeros(10))
         small_done.set()
 
     th = threading.Thread(target=small)
     th.start()
     assert small_in.wait(5)
-    got["big"] = len(_strata._zeros(4000))
+    got["big"] = len(_strata_map._zeros(4000))
     th.join(5)
     assert got == {"small": 10, "big": 4000}
 

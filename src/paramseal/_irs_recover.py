@@ -20,9 +20,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _irs, _native, _outer, _strata
+from ._irs import FLAG_BAD
 from ._pages import Workspace, release
 from ._parallel import in_turn, task_map
-from ._strata import FLAG_BAD, GROUP_BATCH, DataRegion, Strata
+from ._strata import GROUP_BATCH, DataRegion, Strata
 from .errors import FormatError
 
 if TYPE_CHECKING:
