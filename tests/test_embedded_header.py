@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _bits, _embed, files
+from paramseal import _bits, _embed, _embed_merge, files
 from paramseal._weights_header import header_from_weights
 from paramseal.errors import KeyMismatchError, NotSealedError
 from paramseal.header import METADATA_KEY, Header, HeaderAuthError, parse_header
@@ -71,8 +71,11 @@ def test_the_weights_carry_an_authentic_copy_of_the_header(
 
 def test_reserved_blocks_cost_little_capacity(sealed_big: paramseal.SealedModel) -> None:
     h = sealed_big.header
-    copies = sum(h.tensors[i].reserved - _embed.blocks_needed(h.tensors[i].k, _embed.RECORD_BYTES) for i in h.carriers)
-    records = sum(_embed.blocks_needed(s.k, _embed.RECORD_BYTES) for s in h.tensors if s.reserved)
+    copies = sum(
+        h.tensors[i].reserved - _embed_merge.blocks_needed(h.tensors[i].k, _embed_merge.RECORD_BYTES)
+        for i in h.carriers
+    )
+    records = sum(_embed_merge.blocks_needed(s.k, _embed_merge.RECORD_BYTES) for s in h.tensors if s.reserved)
     assert 0 < copies <= _embed.COPY_BUDGET * sum(s.nblocks for s in h.tensors if s.is_float)
     assert sum(s.reserved for s in h.tensors) <= copies + records + len(h.carriers)
 
@@ -708,8 +711,8 @@ def test_an_edited_metadata_header_is_named_once_and_the_weights_copy_as_used(
 
 def _text_value(i: int) -> int:
     """The value whose low byte holds character ``i`` of a carrier's header copy (fp32 at k = 8: a byte a value)."""
-    q = _embed.RECORD_BYTES + i  # storage byte q, after each block's tag bytes
-    per = _embed.block_bytes(8)
+    q = _embed_merge.RECORD_BYTES + i  # storage byte q, after each block's tag bytes
+    per = _embed_merge.block_bytes(8)
     return (q // per) * 64 + TAG_BITS // 8 + q % per
 
 
@@ -825,7 +828,7 @@ def test_a_single_carrier_keeps_three_copies_and_survives_a_flip_in_each(tmp_pat
     odd = helpers.flip_bit(helpers.flip_bit(sealed.tensors, "w", 4, 0), "w", _text_value(20), 7)
     assert _embed.header_copies(odd) == [] and header_from_weights(odd, key) == text
     # the record's header length hit (its top byte: the length no longer fits the tensor)
-    long = helpers.flip_bit(sealed.tensors, "w", TAG_BITS // 8 + _embed.RECORD_BYTES - 1, 2)
+    long = helpers.flip_bit(sealed.tensors, "w", TAG_BITS // 8 + _embed_merge.RECORD_BYTES - 1, 2)
     assert _embed.header_copies(long) == [] and header_from_weights(long, key) == text
 
 
@@ -847,7 +850,7 @@ def test_a_model_crafted_to_multiply_header_candidates_is_answered_quickly(key: 
         copies.append(bytes(c))
     for i, name in enumerate(t):
         body = _embed.record(i, 4, bytes(8), size) + b"".join(copies[3 * i : 3 * i + 3])
-        nb = _embed.blocks_needed(8, len(body))
+        nb = _embed_merge.blocks_needed(8, len(body))
         flat = _bits.uint_view(t[name])
         ub = flat[: nb * 64].reshape(nb, 64).copy()
         _embed.write_reserved(ub, TensorSpec(name, "F32", (1 << 16,), 8, nb), body.ljust(nb * 60, b"\0"), np.arange(nb))
@@ -870,7 +873,7 @@ def test_two_copies_twelve_bytes_apart_are_rebuilt_within_the_bound(
     for i in range(6):  # six bytes hit in each copy, never the same byte: the copies differ in twelve
         t = helpers.flip_bit(t, a, _text_value(10 + 50 * i), 0)
         t = helpers.flip_bit(t, b, _text_value(35 + 50 * i), 1)
-    assert 12 <= _embed.MERGE_BYTES and 50 * 6 + 35 < n
+    assert 12 <= _embed_merge.MERGE_BYTES and 50 * 6 + 35 < n
     assert header_from_weights(t, key) == dict(_embed.header_copies(sealed_bare.tensors))[a]
 
 
@@ -949,7 +952,7 @@ def test_a_lone_carrier_whose_record_length_was_rewritten_is_read_from_its_copie
     text = dict(_embed.header_copies(lone.tensors))["w"]
     t = helpers.copy_model(lone.tensors)
     for bit in (0, 3, 6):  # three bits of the length's last byte: not a one-bit variant of it
-        _flip_storage_bit(t, lone.header.tensors[0].k, (_embed.RECORD_BYTES - 1) * 8 + bit)
+        _flip_storage_bit(t, lone.header.tensors[0].k, (_embed_merge.RECORD_BYTES - 1) * 8 + bit)
     found = _embed.scan(t["w"], damaged=True)
     assert found is not None and found.hlen != len(text) and _embed.header_copies(t) == []
     assert header_from_weights(t, key) == text
@@ -1001,8 +1004,8 @@ def test_a_burst_that_leaves_no_copy_authentic_is_tampering_not_an_unsealed_mode
     t = _burst(lone)
     flat = t["w"].reshape(-1).view(np.uint16 if t["w"].dtype == np.float16 else np.uint32)
     for c in range(3):  # the same storage bit of every copy (past the burst): no majority, nothing to mix
-        q = (_embed.RECORD_BYTES + c * n + n // 2) * 8  # storage bit q, after each block's tag bits
-        per = _embed.block_bytes(k) * 8
+        q = (_embed_merge.RECORD_BYTES + c * n + n // 2) * 8  # storage bit q, after each block's tag bits
+        per = _embed_merge.block_bytes(k) * 8
         v = (q // per) * 64 + (TAG_BITS + q % per) // k
         flat[v] ^= flat.dtype.type(1 << ((TAG_BITS + q % per) % k))
     with pytest.raises(HeaderAuthError) as ei:
@@ -1035,7 +1038,7 @@ def test_a_burst_over_the_record_of_a_single_copy_carrier_is_read_from_the_copy(
 def _flip_storage_bit(t: dict[str, np.ndarray], k: int, q: int) -> None:
     """Flip storage bit ``q`` of tensor ``w`` sealed at ``k`` (after each block's tag bits), in place."""
     flat = _bits.uint_view(t["w"])
-    per = _embed.block_bytes(k) * 8
+    per = _embed_merge.block_bytes(k) * 8
     v = (q // per) * 64 + (TAG_BITS + q % per) // k
     flat[v] ^= flat.dtype.type(1 << ((TAG_BITS + q % per) % k))
 
@@ -1048,14 +1051,14 @@ def test_a_flip_in_a_lone_carriers_only_copy_is_undone(tmp_path: Path, key: para
     assert sealed.header.carriers == (0,) and sealed.header.copies == 1 and sealed.header.tensors[0].k == 1
     text = dict(_embed.header_copies(sealed.tensors))["w"]
     t = helpers.copy_model(sealed.tensors)
-    _flip_storage_bit(t, 1, (_embed.RECORD_BYTES + len(text) // 2) * 8 + 3)
+    _flip_storage_bit(t, 1, (_embed_merge.RECORD_BYTES + len(text) // 2) * 8 + 3)
     assert [c for _, c in _embed.header_copies(t)] != [text]
     assert header_from_weights(t, key) == text
     torch.save({"w": torch.from_numpy(t["w"].view(np.int16)).view(torch.bfloat16)}, tmp_path / "w.pt")
     res = files.recover_file(tmp_path / "w.pt", tmp_path / "r.safetensors", key)
     assert res.report.status == "recovered"
     helpers.assert_model_equal(helpers.read_st(tmp_path / "r.safetensors")[0], sealed.tensors)
-    _flip_storage_bit(t, 1, (_embed.RECORD_BYTES + 10) * 8)  # two bits: past what is undone, never a wrong header
+    _flip_storage_bit(t, 1, (_embed_merge.RECORD_BYTES + 10) * 8)  # two bits: past what is undone, never a wrong header
     with pytest.raises(HeaderAuthError):
         header_from_weights(t, key)
 
@@ -1168,8 +1171,8 @@ def _wipe_record(tensors: dict[str, np.ndarray], name: str) -> dict[str, np.ndar
     """``tensors`` with the record of fp32 carrier ``name`` (k = 8) zeroed, its copies untouched."""
     out = helpers.copy_model(tensors)
     u = out[name].reshape(-1).view(np.uint32)
-    per = _embed.block_bytes(8)
-    for q in range(_embed.RECORD_BYTES):
+    per = _embed_merge.block_bytes(8)
+    for q in range(_embed_merge.RECORD_BYTES):
         u[(q // per) * 64 + TAG_BITS // 8 + q % per] &= np.uint32(0xFFFFFF00)
     return out
 
@@ -1228,23 +1231,23 @@ def test_a_slot_matching_no_other_does_not_vote_but_a_copy_hit_over_most_of_it_d
     junk[1][p] = junk[0][p] = text[p] ^ 1  # the two agree where the copies hold the text
     hit = text.copy()
     hit[text.size // 3] ^= 0x40  # one copy hit elsewhere: the copies differ
-    slots = _embed._matching([_embed._Slot(0, 8, c) for c in (text, *junk, hit)], text.size)
+    slots = _embed_merge._matching([_embed_merge._Slot(0, 8, c) for c in (text, *junk, hit)], text.size)
     assert [s.votes for s in slots] == [True, False, False, True]
     bad = text.copy()
     bad[p] = junk[0][p]
-    assert bad.tobytes() not in set(_embed._candidates(slots, text.size))
+    assert bad.tobytes() not in set(_embed_merge._candidates(slots, text.size))
     # three copies of a lone carrier: copy 0 zeroed over three quarters (a burst), copies 1 and 2 hit at
     # more bytes each than a mix of two takes, copy 0 intact there: the three-way plurality has the text
     burst = text.copy()
     burst[: 3 * text.size // 4] = 0
     c1, c2 = text.copy(), text.copy()
     tail = np.arange(3 * text.size // 4, text.size)
-    c1[tail[: _embed.MERGE_BYTES + 1]] ^= 0x40
-    c2[tail[_embed.MERGE_BYTES + 1 : 2 * _embed.MERGE_BYTES + 2]] ^= 0x40
+    c1[tail[: _embed_merge.MERGE_BYTES + 1]] ^= 0x40
+    c2[tail[_embed_merge.MERGE_BYTES + 1 : 2 * _embed_merge.MERGE_BYTES + 2]] ^= 0x40
     c2[tail[0]] ^= 0x20  # both hit at this byte, differently: the burst copy's byte decides it
-    slots = _embed._matching([_embed._Slot(i, 8, c) for i, c in enumerate((burst, c1, c2))], text.size)
+    slots = _embed_merge._matching([_embed_merge._Slot(i, 8, c) for i, c in enumerate((burst, c1, c2))], text.size)
     assert all(s.votes for s in slots)
-    assert text.tobytes() in set(_embed._candidates(slots, text.size))
+    assert text.tobytes() in set(_embed_merge._candidates(slots, text.size))
 
 
 def test_copies_found_without_a_record_naming_a_malformed_fingerprint_are_damage(
@@ -1257,9 +1260,9 @@ def test_copies_found_without_a_record_naming_a_malformed_fingerprint_are_damage
     p = fp + next(i for i, c in enumerate(lone.header.key_fingerprint) if c.isdigit())  # '0'..'9' -> 'p'..'y'
     t = _burst(lone)
     flat = t["w"].reshape(-1).view(np.uint16 if t["w"].dtype == np.float16 else np.uint32)
-    per = _embed.block_bytes(k) * 8
+    per = _embed_merge.block_bytes(k) * 8
     for c in range(3):
-        q = (_embed.RECORD_BYTES + c * n + p) * 8 + 6  # bit 6 of the character, in storage bits
+        q = (_embed_merge.RECORD_BYTES + c * n + p) * 8 + 6  # bit 6 of the character, in storage bits
         v = (q // per) * 64 + (TAG_BITS + q % per) // k
         flat[v] ^= flat.dtype.type(1 << ((TAG_BITS + q % per) % k))
     stored = _named_keys(t, other_key)
@@ -1308,7 +1311,7 @@ def test_a_lone_carriers_three_copies_each_hit_by_a_burst_are_rebuilt_by_majorit
     sealed = paramseal.seal({"w": w}, key)
     assert sealed.header.carriers == (0,) and sealed.header.copies == 3
     text = dict(_embed.header_copies(sealed.tensors))["w"]
-    n, burst = len(text), _embed.MERGE_BYTES + 4
+    n, burst = len(text), _embed_merge.MERGE_BYTES + 4
     t = sealed.tensors
     for c, start in ((0, 20), (1, n // 2), (2, n - 2 * burst)):
         for pos in range(start, start + burst):
@@ -1358,7 +1361,7 @@ def test_where_copies_are_cheap_a_carrier_holds_more_and_their_cost_stays_small(
     h = sealed_array.header
     assert h.copies == 7 > _embed.COPIES
     spec = h.tensors[0]
-    copy_blocks = spec.reserved - _embed.blocks_needed(spec.k, _embed.RECORD_BYTES)
+    copy_blocks = spec.reserved - _embed_merge.blocks_needed(spec.k, _embed_merge.RECORD_BYTES)
     assert copy_blocks <= _embed.CHEAP_BUDGET * spec.nblocks
     assert sealed_big.header.copies == 1  # a small model's copies are not cheap: its capacity is unchanged
 
@@ -1412,7 +1415,7 @@ def test_bytes_tied_between_copies_are_tried_each_way() -> None:
     copies[0][5] ^= 1
     copies[1][5] ^= 2
     copies[2][11] ^= 4  # and a byte the other two outvote
-    got = list(_embed._plurality(np.stack(copies)))
+    got = list(_embed_merge._plurality(np.stack(copies)))
     assert text.tobytes() in got and len(set(got)) == 3  # each of the three values at byte 5
 
 
@@ -1426,7 +1429,7 @@ def test_the_copy_slots_read_for_a_crafted_length_stay_bounded(monkeypatch: pyte
     t = {f"t{i}": rng.standard_normal(1 << 22).astype(np.float32) for i in range(4)}
     got = _embed._Limit().copies(t, list(t), {n: 8 for n in t}, [8], 256 << 10)
     assert got and sum(s.data.size for s in got) <= 1 << 20
-    assert sum(read) <= (1 << 20) + 4 * (_embed.RECORD_BYTES + _embed.block_bytes(8))
+    assert sum(read) <= (1 << 20) + 4 * (_embed_merge.RECORD_BYTES + _embed_merge.block_bytes(8))
 
 
 @pytest.mark.parametrize(("k", "wanted"), [(8, _embed.WANTED), (12, _embed.WANTED_WIDE)])
@@ -1458,7 +1461,7 @@ def test_weights_of_a_few_values_are_not_taken_for_a_seal(tmp_path: Path, key: p
 def _plant_storage(a: np.ndarray, k: int, content: bytes) -> None:
     """Write ``content`` into the storage (past the tags) of the first blocks of ``a`` at ``k``."""
     u = _bits.uint_view(a)  # a view: ``a`` is written
-    per = _embed.block_bytes(k)
+    per = _embed_merge.block_bytes(k)
     nb = -(-len(content) // per)
     sub = u[: nb * 64].reshape(nb, 64).copy()
     lo = _bits.lo_bytes(sub, k).copy()
@@ -1472,8 +1475,10 @@ def test_the_comparisons_among_copy_slots_stay_bounded(monkeypatch: pytest.Monke
     slots were compared pair by pair (slots^2 x length) at every length tried (a 4 x 4M-value model: a minute)."""
     monkeypatch.setattr(_embed, "COMPARE_LIMIT", 64 << 20, raising=False)
     compared: list[int] = []
-    plurality = _embed._plurality
-    monkeypatch.setattr(_embed, "_plurality", lambda v: compared.append(v.shape[0] ** 2 * v.shape[1]) or plurality(v))
+    plurality = _embed_merge._plurality
+    monkeypatch.setattr(
+        _embed_merge, "_plurality", lambda v: compared.append(v.shape[0] ** 2 * v.shape[1]) or plurality(v)
+    )
     rng = np.random.default_rng(4)
     hlen = 20_000
     slots = bytes(rng.integers(0x21, 0x7F, 15 * hlen, dtype=np.uint8))
@@ -1491,7 +1496,7 @@ def test_bytes_tied_at_every_byte_are_not_looked_at_one_by_one(monkeypatch: pyte
     unique = np.unique
     monkeypatch.setattr(np, "unique", lambda *a, **kw: looked.append(1) or unique(*a, **kw))
     votes = np.random.default_rng(5).integers(0, 256, (15, 50_000), dtype=np.uint8)
-    assert len(list(_embed._plurality(votes))) == 1 and not looked
+    assert len(list(_embed_merge._plurality(votes))) == 1 and not looked
 
 
 def _entries(n: int) -> bytes:
@@ -1516,18 +1521,18 @@ def test_bytes_hit_in_most_copies_are_rebuilt_nibble_by_nibble() -> None:
     copies = np.stack([text] * 7)
     copies[:, 9] ^= np.array([0x01, 0x01, 0x10, 0x20, 0x30, 0x02, 0], np.uint8)
     for c in range(7):  # and each copy at bytes of its own, too many for a mix of two (MERGE_BYTES)
-        copies[c, 20 + c :: 7][: _embed.MERGE_BYTES + 1] ^= 0x40
-    assert text.tobytes() not in _embed._plurality(copies)
-    slots = [_embed._Slot(0, 12, c) for c in copies]
-    assert text.tobytes() in _embed._candidates(slots, text.size)
+        copies[c, 20 + c :: 7][: _embed_merge.MERGE_BYTES + 1] ^= 0x40
+    assert text.tobytes() not in _embed_merge._plurality(copies)
+    slots = [_embed_merge._Slot(0, 12, c) for c in copies]
+    assert text.tobytes() in _embed_merge._candidates(slots, text.size)
 
 
 def test_a_value_hit_in_all_copies_but_two_is_taken_from_the_two_that_agree_over_all_of_it() -> None:
     """MiniLM at strong's 20%: 10 of 12 copies hit at one value, three agreeing by chance on a byte of it (not on
     its third nibble): the byte and nibble pluralities took their byte, the two intact copies agree on all 12 bits."""
-    per = _embed.block_bytes(12)
+    per = _embed_merge.block_bytes(12)
     text = np.frombuffer(_entries(6)[: 6 * per], np.uint8)  # a length of whole blocks: every copy's values alike
-    first, last = _embed._value_spans(0, 12, text.size, np.arange(2 * text.size))
+    first, last = _embed_merge._value_spans(0, 12, text.size, np.arange(2 * text.size))
     m = next(m for m in range(400, 2 * text.size) if first[m] == m and m % 2 == 0 and last[m] == m + 2)
     nib = np.stack([text & 15, text >> 4], axis=1).reshape(-1)
     copies = [nib.copy() for _ in range(12)]
@@ -1535,10 +1540,10 @@ def test_a_value_hit_in_all_copies_but_two_is_taken_from_the_two_that_agree_over
         copies[c][m : m + 3] = (nib[m : m + 3] + ([1, 1, 2 + c] if c < 3 else c + 2)) % 16
     votes = np.stack([(c[0::2] | c[1::2] << 4).astype(np.uint8) for c in copies])
     for c in range(12):  # and each copy at bytes of its own, too many for a mix of two (MERGE_BYTES)
-        votes[c, 20 + c :: 12][: _embed.MERGE_BYTES + 1] ^= 0x40
-    assert text.tobytes() not in _embed._plurality(votes)
-    slots = [_embed._Slot(c % 6, 12, v) for c, v in enumerate(votes)]  # two carriers of six copies
-    assert text.tobytes() in _embed._candidates(slots, text.size)
+        votes[c, 20 + c :: 12][: _embed_merge.MERGE_BYTES + 1] ^= 0x40
+    assert text.tobytes() not in _embed_merge._plurality(votes)
+    slots = [_embed_merge._Slot(c % 6, 12, v) for c, v in enumerate(votes)]  # two carriers of six copies
+    assert text.tobytes() in _embed_merge._candidates(slots, text.size)
 
 
 def _agreeing_seconds(k: int, hlen: int = 40_000) -> float:
@@ -1551,11 +1556,11 @@ def _agreeing_seconds(k: int, hlen: int = 40_000) -> float:
     for c in range(48):
         x = nib.copy()
         x[::8] = (x[::8] + c) % 16
-        slots.append(_embed._Slot(c % 12, k, (x[0::2] | x[1::2] << 4).astype(np.uint8)))
+        slots.append(_embed_merge._Slot(c % 12, k, (x[0::2] | x[1::2] << 4).astype(np.uint8)))
     best = float("inf")
     for _ in range(3):
         t0 = time.perf_counter()
-        next(itertools.islice(_embed._candidates(slots, hlen), len(slots), None))  # past the copies themselves
+        next(itertools.islice(_embed_merge._candidates(slots, hlen), len(slots), None))  # past the copies themselves
         best = min(best, time.perf_counter() - t0)
     return best
 
