@@ -74,7 +74,7 @@ PERIOD_BYTES = 1 << 20  # `_periods` looks for repeats in this much of a carrier
 PERIODS, PERIOD_VOTES = 2, 8  # it gives the most frequent distances, each seen this many times
 PERIOD_RARE = 2 * MAX_COPIES  # among 4-byte sequences found at most this often (once or twice a copy)
 TEXT_PIECE, TEXT_SHARE = 1024, 0.6  # in pieces this long with this share of printable bytes or more
-# byte comparisons among the slots read for each length (slots x slots x length: `_matching`, `_plurality`
+# byte comparisons among the slots read for each length (slots x slots x length: `_matching`, `_embed_merge._plurality`
 # and the mixes each compare every pair) that `merged_copies` and `located_copies` each spend in all:
 # 48 slots (12 in each of the 4 largest tensors) of a 100 KiB header take 1.3 GiB a length (COMPARE_COST)
 COMPARE_LIMIT = 2 << 30
@@ -292,7 +292,7 @@ def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
 
     A mix of two takes, at each byte where they differ, either one's byte. The copies have no
     parity of their own, so a flip in each leaves none authentic; but unless every copy was hit
-    at the same byte, the plurality (`_plurality`: three copies or more) or a mix of two is the header.
+    at the same byte, the plurality (`_embed_merge._plurality`: three copies or more) or a mix of two is the header.
     A lone copy (a carrier with room for one only) is also tried with each one of its bits
     flipped (``FLIP_LIMIT`` bits in all), which undoes a single hit in it.
     A copy whose record was hit is still read: at the other records' k, at the length most
@@ -514,7 +514,7 @@ def _slots(
     """Up to ``most`` copy slots of length ``hlen`` (not all zero), with their place in their carrier.
 
     Each carrier's slots are read at once, at most ``MERGE_TEXT`` bytes in all: a crafted length must
-    not make the reader copy out the model (`_matching`, `_plurality` and the mixes grow with it too).
+    not make the reader copy out the model (`_matching`, `_embed_merge._plurality` and the mixes grow with it too).
     """
     found: list[tuple[int, int, bytes]] = []
     left = min(MERGE_TEXT // hlen, most)

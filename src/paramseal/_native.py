@@ -187,7 +187,7 @@ def gather_runs(
     w: NDArray[np.uint32],
     fl: NDArray[np.uint8] | None,
 ) -> int:
-    """`_strata._gather_nb` compiled (``ps_gather_runs``); ``src`` None is padding. Needs `portable`."""
+    """`_strata_kernels._gather_nb` compiled (``ps_gather_runs``); ``src`` None is padding. Needs `portable`."""
     lib = _lib()
     assert lib is not None
     for a in (runs, offs, ipermt, bad, tagb, w):
