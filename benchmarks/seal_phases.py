@@ -153,7 +153,7 @@ def phases(model: Path, sealed: Path, bad: Path, size_gib: float) -> None:
     bench_core.write_checkpoint(model, size_gib)
     os.sync()
 
-    seal = importlib.import_module("paramseal.seal")
+    seal = importlib.import_module("paramseal._sealing")
     timed(_strata.Strata, "pad", "keyed offset (AES-CTR)")
     timed(_strata.Strata, "seal_words", "gather (read words, offset, mask)")
     timed(_outer.Outer, "content", "outer code: content")

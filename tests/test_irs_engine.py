@@ -493,7 +493,7 @@ def test_a_seal_of_several_superblocks_is_the_same_in_parallel_and_in_turn(
 
     from paramseal import _outer
 
-    seal_mod = importlib.import_module("paramseal.seal")
+    seal_mod = importlib.import_module("paramseal._sealing")
     real = os.urandom
     monkeypatch.setattr(os, "urandom", lambda n: bytes(range(16)) if n == 16 else real(n))
     rng = np.random.default_rng(11)
@@ -751,7 +751,7 @@ def test_a_seal_with_the_table_kernels_runs_superblocks_side_by_side_and_no_numb
         tmp_path,
         """
         import importlib, numba
-        sealing = importlib.import_module("paramseal.seal")
+        sealing = importlib.import_module("paramseal._sealing")
         ran = []
         real = sealing.task_map
         sealing.task_map = lambda fn, xs: ran.append(1) or real(fn, xs)

@@ -287,8 +287,8 @@ def test_report_json_round_trips(sealed: paramseal.SealedModel, key: paramseal.K
 @pytest.mark.parametrize("dtype", ["F16", "BF16", "F32", "F64"])
 def test_the_non_finite_scan_finds_exactly_the_words_with_an_all_ones_exponent(dtype: str) -> None:
     """The seal's NaN/Inf refusal (value less its sign >= the exponent mask) against the definition."""
+    from paramseal._sealing import _has_non_finite
     from paramseal.levels import FLOATS, ST_TO_NP
-    from paramseal.seal import _has_non_finite
 
     fmt, width = FLOATS[dtype], ST_TO_NP[dtype].itemsize * 8
     word = np.dtype(f"u{width // 8}").type

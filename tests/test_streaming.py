@@ -477,7 +477,7 @@ def test_a_sliding_stripe_window_fills_the_on_disk_store_exactly(
 
     from paramseal import _model
 
-    seal_module = importlib.import_module("paramseal.seal")  # paramseal.seal is also the function
+    seal_module = importlib.import_module("paramseal._sealing")
     rng = np.random.default_rng(8)
     model = {
         "a": helpers.random_tensor(rng, np.float32, (700, 300)),  # 3282 blocks, ragged last block

@@ -23,6 +23,7 @@ from ._findings import metadata_findings, usable
 from ._layout import TensorSpec
 from ._pages import chunks, copy_range, pwrite_all, read, release
 from ._paths import atomic_path
+from ._sealing import write_blocks
 from .errors import UsageError, cannot_write
 from .formats import Loaded, adapter_for
 from .formats import safetensors as st_format
@@ -30,7 +31,6 @@ from .header import METADATA_KEY
 from .levels import BLOCK
 from .recover import Patch, Recovery
 from .report import Report
-from .seal import write_blocks
 from .verify import Check
 
 

@@ -41,6 +41,7 @@ from ._paths import (
     temp_beside,
 )
 from ._progress import Progress
+from ._sealing import probe_header, seal_flat, use_irs
 from ._weights_header import header_from_weights
 from .errors import (
     FormatError,
@@ -60,7 +61,7 @@ from .header import METADATA_KEY, SET_KEY, Header, parse_header
 from .keys import Key, looks_like_key_file, require_key
 from .recover import not_the_expected_seal, plan_recovery, recover_from_plan
 from .report import Report, seal_id_arg
-from .seal import SealConfig, check_metadata, probe_header, seal_flat, use_irs, with_non_finite
+from .seal import SealConfig, check_metadata, with_non_finite
 from .verify import pinned_check, report_of
 
 PathLike = str | os.PathLike[str]

@@ -1,0 +1,415 @@
+"""The seal's passes over flat tensor views: gather, encode, embed and tag, chunk by chunk.
+
+`seal_flat` seals tensors given as flat unsigned views (arrays in memory, or memory-mapped files
+from `files.seal_file`) with the lane code or the irs4 code, then writes the header into its
+carriers; `read_blocks` and `write_blocks` move whole blocks in and out of those views.
+Kept apart from `seal`, which holds the public API (`SealConfig`, `seal`, the checks of its arguments).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _code, _embed, _irs, _model, _native, _pages, _strata
+from ._bits import write_tags
+from ._layout import TensorSpec, build_layout
+from ._mac import BlockMac
+from ._pages import (
+    SCATTERED_BLOCKS,
+    Workspace,
+    chunks,
+    file_span,
+    is_mapped,
+    pwrite_all,
+    read_ahead,
+    release,
+    write_behind,
+)
+from ._parallel import in_turn, task_map
+from ._progress import Progress
+from .errors import InputError, NonFiniteError
+from .header import SCHEME_IRS, Header
+from .keys import Key, require_key
+from .levels import BLOCK, FLOATS
+
+WINDOW_BYTES = 64 << 20  # stripes gathered in memory before a lane store on disk is written
+ST_ROOM_LIMIT = 10**15  # recorded safetensors header lengths stay below it: the probe header sizes their digits
+
+
+def seal_flat(
+    flats: list[NDArray[np.unsignedinteger]],
+    outs: list[NDArray[np.unsignedinteger]],
+    specs: list[TensorSpec],
+    key: Key,
+    salt: bytes,
+    level: str,
+    bits: int | None,
+    lanes: int | None,
+    meta: dict[str, str],
+    ws: Workspace,
+    progress: Progress | None = None,
+    code: str | None = None,
+    st_room: int = 0,
+) -> Header:
+    """Seal tensors given as flat unsigned views (``flats``) into ``outs``, chunk by chunk.
+
+    Inputs and outputs may be memory-mapped files: every pass works on chunks of
+    about ``CHUNK_BYTES`` and releases their pages, and the lane store lives in
+    ``ws`` (temporary files for large models), so memory stays bounded.
+
+    1. gather: every chunk's data bits go to the lane store (NaN/Inf are refused here);
+    2. encode: Reed–Solomon parity per batch of lanes;
+    3. embed: every chunk gets its parity, records and tags, and is written out;
+    4. the header is built and copied into the carriers' reserved blocks.
+
+    ``st_room``: the safetensors header length of the file ``outs`` lie in, recorded in the header.
+    """
+    require_key(key)
+    irs = use_irs(specs, code, lanes)
+    probe, slack = probe_header(specs, level, bits, salt, key, meta, irs, bool(st_room))
+    emb = _embed.plan(specs, len(probe.to_json(key, embedded=True)) + slack)  # the embedded copy's bound
+    specs = emb.specs
+    if irs:
+        return _seal_irs(flats, outs, specs, key, salt, level, bits, meta, emb, progress, st_room)
+    layout = build_layout(specs, key, salt, lanes)
+    prog = progress or Progress.null()
+    g = layout.lanes
+    store = ws.lanes_array(layout.K, g)
+    far = is_mapped(store)
+    # a store on disk is filled through a window of whole stripes in memory (see StripeWindow)
+    window = _model.StripeWindow(store, layout, max(g, _pages.CHUNK_BYTES // 64), WINDOW_BYTES) if far else None
+
+    def parts_of(t: int, cap: int) -> list[tuple[int, int]]:
+        return chunks(specs[t].nblocks, flats[t].dtype.itemsize, int(layout.block_start[t]), g, scattered=cap)
+
+    read_cap = SCATTERED_BLOCKS if far else 0  # embed reads parity from the store
+
+    def read(job: tuple[int, int, int]) -> _model.Blocks:
+        return read_blocks(flats[job[0]], specs[job[0]], job[1], job[2])
+
+    def gather(job: tuple[int, int, int]) -> None:  # chunks are disjoint blocks: their cells of the store too
+        t, r0, _ = job
+        if r0 == 0:
+            prog.step(f"read {specs[t].name}")
+        ub = read(job)
+        _refuse_non_finite(ub, specs[t])
+        _model.gather_chunk(store, layout, t, specs[t], ub, r0)
+
+    # Chunks side by side, one per core (`task_map`): one's reads and writes overlap another's
+    # kernels. The lane code's kernels are safe there (numba's parallel ones are never entered
+    # in a task). A store on disk is filled through the window, which takes blocks in order.
+    jobs = [(t, r0, r1) for t in range(len(specs)) for r0, r1 in parts_of(t, 0)]
+    if window is None:
+        layout.perm_rows(0, 1)  # the cached permutations (a model that fits) made once, before the tasks share them
+        task_map(gather, jobs)
+    else:
+        for (t, r0, _), ub in read_ahead(read, jobs):  # the next chunk is read while this one is worked on
+            if r0 == 0:
+                prog.step(f"read {specs[t].name}")
+            _refuse_non_finite(ub, specs[t])
+            window.gather(t, specs[t], ub, r0)
+        window.finish()
+    prog.step("encode")
+    release(store)
+    # Parity is read back in file order (embed), so on disk it is kept shard-major: a chunk reads
+    # a few contiguous rows instead of one page per block.
+    parity = ws.lanes_array(layout.M, g, lane_major=False)
+    _code.encode_into(store, parity)
+    mac = BlockMac(key)
+
+    @functools.lru_cache(maxsize=8)  # the tensors being embedded (a few at a time: memory stays bounded)
+    def of(t: int) -> tuple[NDArray[np.bool_], bytes]:
+        b0, spec = int(layout.block_start[t]), specs[t]
+        plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
+        return layout.tag_internal[b0 : b0 + spec.nblocks], plain
+
+    def embed(job: tuple[int, int, int]) -> NDArray[np.uint64]:  # chunks are disjoint blocks: any order
+        t, r0, r1 = job
+        spec, b0 = specs[t], int(layout.block_start[t])
+        if r0 == 0:
+            prog.step(f"embed {spec.name}")
+        internal, plain = of(t)
+        ub = read(job)
+        _model.write_storage(layout, spec, t, ub, parity, r0=r0)
+        tags = _tag_chunk(ub, t, spec, r0, internal, plain, t not in emb.carriers, mac, salt)
+        write_blocks(outs[t], spec, r0, ub)
+        lo, hi = layout.stripe_store[(b0 + r0) // g], layout.stripe_store[(b0 + r1 - 1) // g]
+        release(parity[lo : hi + 2 * spec.k])  # the rows this chunk read
+        return tags
+
+    jobs = [(t, r0, r1) for t in range(len(specs)) for r0, r1 in parts_of(t, read_cap)]
+    ext: dict[int, list[NDArray[np.uint64]]] = {}
+    for (t, _, _), tags in zip(jobs, task_map(embed, jobs), strict=True):
+        if tags.size:  # the header's tags: blocks without room for their own
+            ext.setdefault(t, []).append(tags)
+    external = {t: np.concatenate(e) for t, e in ext.items()}
+    store = parity = np.zeros(0, np.uint32)  # let the workspace go
+    header = Header(
+        level=level,
+        bits=bits,
+        salt=salt,
+        key_fingerprint=key.fingerprint,
+        lanes=layout.lanes,
+        tensors=tuple(specs),
+        external_tags=external,
+        user_metadata=meta,
+        carriers=emb.carriers,
+        copies=emb.copies,
+        st_room=st_room,
+    )
+    _write_carriers(outs, header, key, mac)
+    return header
+
+
+def _tag_chunk(
+    ub: _model.Blocks,
+    t: int,
+    spec: TensorSpec,
+    r0: int,
+    internal: NDArray[np.bool_],
+    plain: bytes,
+    record: bool,
+    mac: BlockMac,
+    salt: bytes,
+) -> NDArray[np.uint64]:
+    """Finish blocks ``[r0, r0 + len(ub))`` of tensor ``t`` in place; return the tags kept in the header.
+
+    First the identity record (``record``; carriers get theirs once the header exists), then the
+    tags of the blocks that keep them in their low bits. A block whose tag lives in the header
+    keeps its low bits (irs4 parity; zero in the lane code).
+    """
+    r1 = r0 + ub.shape[0]
+    if record and r0 < spec.reserved:
+        _embed.write_reserved(ub, spec, plain, np.arange(min(r1, spec.reserved) - r0), r0)
+    tags = _model.compute_tags(mac, salt, t, spec, ub, internal, r0=r0)
+    inside = internal[r0:r1]
+    if spec.is_float and inside.all():  # the usual chunk: no copy of it in and out
+        write_tags(ub, tags, spec.k)
+    elif spec.is_float and inside.any():
+        sub = ub[inside]
+        write_tags(sub, tags[inside], spec.k)
+        ub[inside] = sub
+    return tags[~inside]
+
+
+def _write_carriers(outs: list[NDArray[np.unsignedinteger]], header: Header, key: Key, mac: BlockMac) -> None:
+    """Copy the finished header into the reserved blocks of its carriers, and tag those blocks."""
+    specs, salt = header.tensors, header.salt
+    copy = header.to_json(key, embedded=True).encode()
+    for t in header.carriers:
+        spec = specs[t]
+        ub = read_blocks(outs[t], spec, 0, spec.reserved)
+        rows = np.arange(spec.reserved)
+        content = _embed.reserved_content(spec, t, len(specs), salt, copy, header.copies)
+        _embed.write_reserved(ub, spec, content, rows)
+        tags = _model.compute_tags(mac, salt, t, spec, ub, np.ones(spec.nblocks, np.bool_))
+        write_tags(ub, tags, spec.k)
+        write_blocks(outs[t], spec, 0, ub)
+
+
+def use_irs(specs: list[TensorSpec], code: str | None, lanes: int | None) -> bool:
+    """Whether to seal with the interleaved Reed–Solomon code (see ``SealConfig.code``)."""
+    if code == "lanes" or (code is None and lanes is not None):
+        return False
+    return code == "irs" or _strata.applies(specs)
+
+
+def _seal_irs(
+    flats: list[NDArray[np.unsignedinteger]],
+    outs: list[NDArray[np.unsignedinteger]],
+    specs: list[TensorSpec],
+    key: Key,
+    salt: bytes,
+    level: str,
+    bits: int | None,
+    meta: dict[str, str],
+    emb: _embed.Plan,
+    progress: Progress | None,
+    st_room: int = 0,
+) -> Header:
+    """Seal with the irs4 code: parity per superblock of groups, then tags chunk by chunk.
+
+    Both passes run one item per core, at most four at a time (`task_map`, with the compiled
+    kernels). Memory: a superblock or tag chunk per item in flight (about 100 MiB each), the
+    integer tensors' words and the code tables; the model itself is read and written through
+    ``flats`` and ``outs`` (memory maps for files).
+    """
+    prog = progress or Progress.null()
+    carriers = emb.carriers
+    st = _strata.plan(specs, key, salt)
+    code = st.code
+    data = st.pack_data(flats)
+    for i in np.flatnonzero(~st.is_float):
+        _strata.write_run(outs[int(i)], 0, flats[int(i)])
+    outer = st.outer
+    work = [(t, r0, r1) for t, s in enumerate(specs) for r0, r1 in chunks(s.nblocks, flats[t].dtype.itemsize, 0, 1)]
+    prog.expect(outer.superblocks + len(work))
+
+    def superblock(s: int) -> None:  # with an outer code, a whole superblock: its parity goes into its groups
+        prog.step(f"encode {s + 1}/{outer.superblocks}")
+        a, b = outer.span(s)
+        step = b - a if st.host else _strata.GROUP_BATCH
+        for g0 in range(a, b, step):
+            g1 = min(b, g0 + step)
+            pad = st.pad(np.arange(g0, g1, dtype=np.int64))
+            w = st.seal_words(flats, data, g0, g1, pad)  # the code runs on the words plus the keyed offset
+            if st.host:
+                outer.put(code, w, outer.parity(outer.content(w), s))
+            _irs.encode(code, w)
+            st.scatter(outs, w, g0, g1, pad)
+
+    # Superblocks are independent (their groups, and so the words they write, are disjoint): one per
+    # core at a time, so that one's single-threaded steps (gather, leopard, writes) overlap another's.
+    # Only with the compiled encoder: numba's fallback is a parallel kernel, which two threads
+    # must not enter (numba's workqueue layer aborts), and it fills the cores itself.
+    side_by_side = task_map if _native.encodes(code) else in_turn
+    side_by_side(superblock, range(outer.superblocks))
+    mac = BlockMac(key)
+
+    @functools.lru_cache(maxsize=8)  # the tensors being tagged (a few at a time: memory stays bounded)
+    def of(t: int) -> tuple[NDArray[np.bool_], bytes]:
+        spec = specs[t]
+        plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
+        return spec.block_storage()[1], plain
+
+    def tag(job: tuple[int, int, int]) -> NDArray[np.uint64]:  # chunks are disjoint blocks: any order
+        t, r0, r1 = job
+        spec = specs[t]
+        prog.step(f"tag {spec.name}")
+        internal, plain = of(t)
+        ub = read_blocks(outs[t], spec, r0, r1)
+        ext = _tag_chunk(ub, t, spec, r0, internal, plain, t not in carriers, mac, salt)
+        write_blocks(outs[t], spec, r0, ub)
+        # final but for the carriers' few reserved blocks: the disk can start on it while the others are tagged
+        write_behind(outs[t][r0 * BLOCK : r1 * BLOCK])
+        return ext
+
+    parts: dict[int, list[NDArray[np.uint64]]] = {}  # the header's tags: blocks without room for their own
+    for (t, _, _), ext in zip(work, side_by_side(tag, work), strict=True):
+        if ext.size:
+            parts.setdefault(t, []).append(ext)
+    external = {t: np.concatenate(p) for t, p in parts.items()}
+    header = Header(
+        level=level,
+        bits=bits,
+        salt=salt,
+        key_fingerprint=key.fingerprint,
+        lanes=0,
+        tensors=tuple(specs),
+        external_tags=external,
+        user_metadata=meta,
+        carriers=carriers,
+        copies=emb.copies,
+        scheme=SCHEME_IRS,
+        code=_strata.CODE_NAME,
+        strata=st.G,
+        host=st.host,
+        strata_perms=st.perms,
+        keyed_offset=st.pad_key is not None,
+        st_room=st_room,
+    )
+    _write_carriers(outs, header, key, mac)
+    return header
+
+
+def read_blocks(flat: NDArray[np.unsignedinteger], spec: TensorSpec, r0: int, r1: int) -> _model.Blocks:
+    """A copy of blocks ``[r0, r1)`` of a tensor's flat values, zero-padded; their pages are released."""
+    n0, n1 = r0 * BLOCK, min(r1 * BLOCK, spec.numel)
+    out = np.zeros((r1 - r0, BLOCK), dtype=flat.dtype)
+    if n1 > n0:
+        where = file_span(flat[n0:n1])
+        if where is not None:  # a read call: no page faults, and nothing left mapped to release
+            view = out.reshape(-1)[: n1 - n0].view(np.uint8)
+            done = 0
+            while done < view.size:
+                try:
+                    got = os.preadv(where[0], [view[done:].data], where[1] + done)
+                except OSError as e:
+                    raise InputError(f"cannot read tensor '{spec.name}' from its file: {e.strerror or e}") from e
+                if got <= 0:
+                    raise InputError(f"cannot read tensor '{spec.name}' from its file: it was cut short meanwhile")
+                done += got
+            return out
+        out.reshape(-1)[: n1 - n0] = flat[n0:n1]
+        release(flat[n0:n1])
+    return out
+
+
+def write_blocks(flat: NDArray[np.unsignedinteger], spec: TensorSpec, r0: int, ub: _model.Blocks) -> None:
+    """Write blocks back into a tensor's flat values starting at block ``r0`` (padding dropped)."""
+    n0, n1 = r0 * BLOCK, min(r0 * BLOCK + ub.size, spec.numel)
+    if n1 > n0:
+        dst = flat[n0:n1]
+        where = file_span(dst)
+        src = ub.reshape(-1)[: n1 - n0]
+        if where is not None:  # a write call fills the page cache without a page fault per page
+            pwrite_all(where[0], np.ascontiguousarray(src).view(np.uint8).reshape(-1).data, where[1])
+            return
+        dst[:] = src
+        release(dst)
+
+
+def _refuse_non_finite(ub: _model.Blocks, spec: TensorSpec) -> None:
+    if spec.is_float and _has_non_finite(ub, spec.dtype):
+        raise NonFiniteError(spec.name)
+
+
+def _has_non_finite(u: NDArray[np.unsignedinteger], dtype: str) -> bool:
+    # exponent all ones <=> the value less its sign is at least the exponent mask: one AND and a max
+    fmt = FLOATS[dtype]
+    if not u.size:
+        return False
+    magnitude = u & u.dtype.type((1 << (fmt.exponent + fmt.mantissa)) - 1)
+    return int(magnitude.max()) >= ((1 << fmt.exponent) - 1) << fmt.mantissa
+
+
+def probe_header(
+    specs: list[TensorSpec],
+    level: str,
+    bits: int | None,
+    salt: bytes,
+    key: Key,
+    meta: dict[str, str],
+    irs: bool = False,
+    st_room: bool = False,
+) -> tuple[Header, int]:
+    """A header as long as the final one but for a few digits, and how many characters those may add.
+
+    Tags, MACs and digests have fixed widths, so only the reserved block counts, the
+    lane count and the carriers can still grow the JSON: allow them 7 digits each.
+    ``st_room``: the header will record a safetensors header length (given its widest here).
+    """
+    ext = {
+        t: np.zeros(int((~s.block_storage()[1]).sum()), np.uint64)
+        for t, s in enumerate(specs)
+        if not s.block_storage()[1].all()
+    }
+    probe = Header(  # copies=MAX_COPIES: its field then counts in the length, as it will with 2 or more
+        level,
+        bits,
+        salt,
+        key.fingerprint,
+        0,
+        tuple(specs),
+        ext,
+        meta,
+        carriers=(0,) * _embed.CARRIERS,
+        copies=_embed.MAX_COPIES,
+        st_room=ST_ROOM_LIMIT if st_room else 0,
+    )
+    if irs:
+        probe = replace(
+            probe,
+            scheme=SCHEME_IRS,
+            code=_strata.CODE_NAME,
+            strata=10**12,
+            host=9,
+            strata_perms=_strata.PERMS,
+            keyed_offset=True,
+        )
+    return probe, 7 * (len(specs) + 1 + _embed.CARRIERS)
