@@ -753,7 +753,7 @@ def _alive(pid: int) -> bool:
 
 
 def _sleeping_pool(**kw: Any) -> subprocess.Popen[bytes]:
-    script = "import time; from paramseal import sharded; sharded._map(time.sleep, [(60,), (60,)], 2)"
+    script = "import time; from paramseal import _shard_pool; _shard_pool._map(time.sleep, [(60,), (60,)], 2)"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     return subprocess.Popen([sys.executable, "-c", script], env=env, **kw)
 

@@ -23,7 +23,8 @@ A ``.safetensors`` file among them is named in a note (`_strays`): a loader that
 ``*.safetensors`` would read it with the shards.
 
 The index's reading and checking live in `_shard_index`; the set records, where each shard
-is, the set's findings and the merged report in `_shard_set`.
+is, the set's findings and the merged report in `_shard_set`; the pool of worker processes in
+`_shard_pool`; the keyless description (``inspect``) in `_shard_inspect`.
 """
 
 from __future__ import annotations
@@ -31,24 +32,18 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
-import multiprocessing
 import os
 import shutil
-import signal
 import tempfile
-import threading
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from . import files
 from ._findings import unmatched
 from ._layout import block_count
-from ._pages import scratch_budget
 from ._resharded import one_file_seal, recover_as_one, verify_as_one
 from ._shard_index import (
     INDEX,
@@ -61,7 +56,9 @@ from ._shard_index import (
     read_index,
     set_files,
 )
-from ._shard_set import _locate, _merge, _moved, _parsed, _record, _set_id, _strays, _verdict, _vouched, open_index
+from ._shard_inspect import inspect_dir
+from ._shard_pool import _map
+from ._shard_set import _locate, _merge, _moved, _record, _set_id, _strays, _verdict, _vouched, open_index
 from ._tempname import temp_prefix
 from .errors import (
     FormatError,
@@ -80,9 +77,7 @@ from .formats.base import new_mode
 from .formats.registry import adapters
 from .header import METADATA_KEY, SET_KEY, peek_header
 from .keys import Key
-from .report import SEAL_ID, Report, pinned, seal_id_arg
-
-T = TypeVar("T")
+from .report import Report, pinned, seal_id_arg
 
 
 def is_sharded(path: files.PathLike) -> bool:
@@ -92,96 +87,6 @@ def is_sharded(path: files.PathLike) -> bool:
     """
     path = Path(path)
     return path.is_dir() and bool(index_files(path) or set_files(path))
-
-
-def _workers(n: int) -> int:
-    return max(1, min(n, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
-
-
-def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None) -> list[T]:
-    """Run ``fn(*job)`` for every job on a pool of processes (in order); one job runs inline."""
-    w = _workers(len(jobs)) if workers is None else max(1, workers)
-    if w == 1 or len(jobs) == 1:
-        return [fn(*j) for j in jobs]
-    share = (scratch_budget() // w) >> 20  # the workers share the scratch budget (MiB each)
-    # spawn, not fork: the parent may already run numba's (or torch's) thread pools, which a forked
-    # child inherits half-initialised and can die in
-    with ProcessPoolExecutor(
-        max_workers=w,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_start_worker,
-        initargs=(share, os.getpid()),
-    ) as pool:
-        try:
-            with _sigint_blocked():  # the workers start here and inherit the mask (see _start_worker)
-                futures = [pool.submit(_guarded, fn, *j) for j in jobs]
-            out = [f.result() for f in futures]
-        except BaseException:  # Ctrl-C, SIGTERM: stop the shards being written, do not wait for them
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):  # no public way to
-                proc.terminate()  # stop a running job; the caller then removes the half-written folder
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-    for r in out:
-        if isinstance(r, _Raised):
-            r.reraise()
-    return out  # type: ignore[return-value]  # no _Raised is left
-
-
-@contextmanager
-def _sigint_blocked() -> Iterator[None]:
-    """SIGINT blocked in this thread: a worker it starts keeps it pending, not a traceback from its imports."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no masks
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _start_worker(mib: int, parent: int) -> None:
-    os.environ["PARAMSEAL_SCRATCH_MIB"] = str(mib)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
-    if hasattr(signal, "pthread_sigmask"):  # blocked since spawn: one sent meanwhile is discarded now
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    threading.Thread(target=_exit_without, args=(parent,), name="paramseal-parent", daemon=True).start()
-
-
-def _exit_without(parent: int) -> None:
-    """End this worker once ``parent`` is gone (SIGKILL, the OOM killer): nothing else tells it to stop.
-
-    It would wait on the pool's queue forever, holding its memory, or go on writing a shard nobody reads.
-    """
-    while os.getppid() == parent:
-        time.sleep(1)
-    os._exit(1)
-
-
-@dataclass(frozen=True, slots=True)
-class _Raised:
-    """A ParamSealError from a worker, carried by value.
-
-    An error whose ``__init__`` takes other arguments than the message (KeyMismatchError)
-    does not unpickle, and the pool would break instead of reporting it.
-    """
-
-    cls: type[ParamSealError]
-    args: tuple[Any, ...]
-    attrs: dict[str, Any]
-
-    def reraise(self) -> None:
-        e = self.cls.__new__(self.cls)
-        e.args = self.args
-        e.__dict__.update(self.attrs)
-        raise e
-
-
-def _guarded(fn: Callable[..., T], *job: Any) -> T | _Raised:
-    try:
-        return fn(*job)
-    except ParamSealError as e:
-        return _Raised(type(e), e.args, dict(e.__dict__))
 
 
 @contextmanager
@@ -536,97 +441,6 @@ class _Discard(Exception):
     def __init__(self, report: Report) -> None:
         super().__init__("not recovered")
         self.report = report
-
-
-def inspect_dir(folder: files.PathLike) -> dict[str, Any]:
-    """Describe a sharded checkpoint without a key: totals, the seal settings, and each shard.
-
-    The settings shown are the first sealed shard's (``scheme``: every sealed shard's, as it
-    follows each shard's code); any shard whose level, bits or key fingerprint differs (or that
-    is not sealed) is listed under ``mismatched_shards``. ``seal["set_id"]``: the set id (the seal id
-    verify gives the folder) that every sealed shard's set record names, read without the key
-    (`_unchecked_set_id`; each shard's under ``per_shard``), None when they name no one id. ``levels``
-    merges every shard's (each shard is sealed on its own, so the weakest shard sets a dtype's bound).
-
-    A sealed folder whose index is missing or unusable is described from the files carrying set
-    records (`set_files`), with ``index`` None and ``index_problem`` saying what is wrong.
-    """
-    folder = Path(folder)
-    problem, members = None, []
-    try:
-        read_index(folder, missing_ok=True)
-    except FormatError as e:
-        members = set_files(folder)
-        if not members:
-            raise
-        problem = f"{e}; the shards carry set records: 'paramseal verify' checks them, 'paramseal recover' rebuilds it"
-    names = members if problem else read_index(folder).shards  # a shard it names must be there
-    shards = {name: files.inspect_file(folder / name) for name in names}
-    params: dict[str, int] = {}
-    for info in shards.values():
-        for dt, n in info["parameters"].items():
-            params[dt] = params.get(dt, 0) + n
-    sealed = [n for n, i in shards.items() if i["sealed"]]
-    out: dict[str, Any] = {
-        "file": str(folder),
-        "index": None if problem else index_name(folder),
-        **({"index_problem": problem} if problem else {}),
-        "shards": len(shards),
-        "tensors": sum(i["tensors"] for i in shards.values()),
-        "parameters": params,
-        "blocks": sum(i["blocks"] for i in shards.values()),
-        "sealed": len(sealed) == len(shards),
-        "sealed_shards": len(sealed),
-    }
-    first = shards[sealed[0]] if sealed else next(iter(shards.values()))
-    same = ("level", "bits", "key_fingerprint")  # not the scheme: it follows each shard's code (irs or lanes)
-    named = {n: _unchecked_set_id(folder / n) for n in sealed}
-    if sealed:
-        ref = {k: first["seal"].get(k) for k in same}
-        schemes = " + ".join(sorted({str(shards[n]["seal"].get("scheme")) for n in sealed}))
-        ids = set(named.values())
-        one = ids.pop() if len(ids) == 1 else None  # None: the records name several sets, or a shard none
-        out["seal"] = {"scheme": schemes, **ref, "set_id": one}
-        out["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
-        out["mismatched_shards"] = [
-            n for n, i in shards.items() if not i["sealed"] or {k: i["seal"].get(k) for k in same} != ref
-        ]
-    # a shard's damaged or unreadable seal header: each message names its file
-    if warned := {n: w for n, i in shards.items() if (w := i.get("header_problem") or i.get("seal_unreadable"))}:
-        out["shard_warnings"] = warned
-    out["levels"] = _merge_levels([i["levels"] for i in shards.values()])
-    out["per_shard"] = {
-        n: {"tensors": i["tensors"], "parameters": i["parameters"], "sealed": i["sealed"]}
-        | ({"set_id": named[n]} if n in named else {})
-        for n, i in shards.items()
-    }
-    return out
-
-
-def _unchecked_set_id(shard: Path) -> str | None:
-    """The set id a shard's set record names, read without the key (as inspect reads a file's salt).
-
-    None when it has no record, or one that is malformed or names no well-formed id (nothing else
-    from it is printed). seal prints the set id as ``seal id``; verify authenticates the records (``seal_id``).
-    """
-    try:
-        rec = _parsed(st_format.read_layout(shard).metadata.get(SET_KEY))
-    except (ParamSealError, OSError):
-        return None
-    return rec["set"] if rec is not None and SEAL_ID.fullmatch(rec["set"]) else None
-
-
-def _merge_levels(each: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every shard's ``levels``: for a dtype two shards give differently, the smaller contiguous bound."""
-    out: dict[str, dict[str, Any]] = {}
-    for levels in each:
-        for label, dtypes in levels.items():
-            mine = out.setdefault(label, {})
-            for dt, cap in dtypes.items():
-                old = mine.get(dt)
-                if old is None or cap.get("contiguous_bound", 1) < old.get("contiguous_bound", 1):
-                    mine[dt] = cap
-    return out
 
 
 __all__ = [

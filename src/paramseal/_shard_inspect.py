@@ -1,0 +1,109 @@
+"""Describe a sharded checkpoint without a key (``paramseal inspect`` on a folder).
+
+Kept apart from `sharded`, which seals, verifies and recovers with the key: this only reads
+each shard's unauthenticated description (`files.inspect_file`) and sums it up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import files
+from ._shard_index import index_name, read_index, set_files
+from ._shard_set import _parsed
+from .errors import FormatError, ParamSealError
+from .formats import safetensors as st_format
+from .header import SET_KEY
+from .report import SEAL_ID
+
+
+def inspect_dir(folder: files.PathLike) -> dict[str, Any]:
+    """Describe a sharded checkpoint without a key: totals, the seal settings, and each shard.
+
+    The settings shown are the first sealed shard's (``scheme``: every sealed shard's, as it
+    follows each shard's code); any shard whose level, bits or key fingerprint differs (or that
+    is not sealed) is listed under ``mismatched_shards``. ``seal["set_id"]``: the set id (the seal id
+    verify gives the folder) that every sealed shard's set record names, read without the key
+    (`_unchecked_set_id`; each shard's under ``per_shard``), None when they name no one id. ``levels``
+    merges every shard's (each shard is sealed on its own, so the weakest shard sets a dtype's bound).
+
+    A sealed folder whose index is missing or unusable is described from the files carrying set
+    records (`set_files`), with ``index`` None and ``index_problem`` saying what is wrong.
+    """
+    folder = Path(folder)
+    problem, members = None, []
+    try:
+        read_index(folder, missing_ok=True)
+    except FormatError as e:
+        members = set_files(folder)
+        if not members:
+            raise
+        problem = f"{e}; the shards carry set records: 'paramseal verify' checks them, 'paramseal recover' rebuilds it"
+    names = members if problem else read_index(folder).shards  # a shard it names must be there
+    shards = {name: files.inspect_file(folder / name) for name in names}
+    params: dict[str, int] = {}
+    for info in shards.values():
+        for dt, n in info["parameters"].items():
+            params[dt] = params.get(dt, 0) + n
+    sealed = [n for n, i in shards.items() if i["sealed"]]
+    out: dict[str, Any] = {
+        "file": str(folder),
+        "index": None if problem else index_name(folder),
+        **({"index_problem": problem} if problem else {}),
+        "shards": len(shards),
+        "tensors": sum(i["tensors"] for i in shards.values()),
+        "parameters": params,
+        "blocks": sum(i["blocks"] for i in shards.values()),
+        "sealed": len(sealed) == len(shards),
+        "sealed_shards": len(sealed),
+    }
+    first = shards[sealed[0]] if sealed else next(iter(shards.values()))
+    same = ("level", "bits", "key_fingerprint")  # not the scheme: it follows each shard's code (irs or lanes)
+    named = {n: _unchecked_set_id(folder / n) for n in sealed}
+    if sealed:
+        ref = {k: first["seal"].get(k) for k in same}
+        schemes = " + ".join(sorted({str(shards[n]["seal"].get("scheme")) for n in sealed}))
+        ids = set(named.values())
+        one = ids.pop() if len(ids) == 1 else None  # None: the records name several sets, or a shard none
+        out["seal"] = {"scheme": schemes, **ref, "set_id": one}
+        out["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
+        out["mismatched_shards"] = [
+            n for n, i in shards.items() if not i["sealed"] or {k: i["seal"].get(k) for k in same} != ref
+        ]
+    # a shard's damaged or unreadable seal header: each message names its file
+    if warned := {n: w for n, i in shards.items() if (w := i.get("header_problem") or i.get("seal_unreadable"))}:
+        out["shard_warnings"] = warned
+    out["levels"] = _merge_levels([i["levels"] for i in shards.values()])
+    out["per_shard"] = {
+        n: {"tensors": i["tensors"], "parameters": i["parameters"], "sealed": i["sealed"]}
+        | ({"set_id": named[n]} if n in named else {})
+        for n, i in shards.items()
+    }
+    return out
+
+
+def _unchecked_set_id(shard: Path) -> str | None:
+    """The set id a shard's set record names, read without the key (as inspect reads a file's salt).
+
+    None when it has no record, or one that is malformed or names no well-formed id (nothing else
+    from it is printed). seal prints the set id as ``seal id``; verify authenticates the records (``seal_id``).
+    """
+    try:
+        rec = _parsed(st_format.read_layout(shard).metadata.get(SET_KEY))
+    except (ParamSealError, OSError):
+        return None
+    return rec["set"] if rec is not None and SEAL_ID.fullmatch(rec["set"]) else None
+
+
+def _merge_levels(each: list[dict[str, Any]]) -> dict[str, Any]:
+    """Every shard's ``levels``: for a dtype two shards give differently, the smaller contiguous bound."""
+    out: dict[str, dict[str, Any]] = {}
+    for levels in each:
+        for label, dtypes in levels.items():
+            mine = out.setdefault(label, {})
+            for dt, cap in dtypes.items():
+                old = mine.get(dt)
+                if old is None or cap.get("contiguous_bound", 1) < old.get("contiguous_bound", 1):
+                    mine[dt] = cap
+    return out
