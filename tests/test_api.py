@@ -235,7 +235,7 @@ def test_raise_for_status_maps_the_report_to_the_exported_errors(key: paramseal.
         ("verify", "tampered", True, 1, paramseal.TamperedError),
         ("verify", "tampered", False, 2, paramseal.UnrecoverableError),
         ("recover", "unrecoverable", False, 2, paramseal.UnrecoverableError),
-        # the two fields are set apart (_shard_set._merge takes the worst status and ANDs the shards'
+        # the two fields are set apart (_shard_findings._merge takes the worst status and ANDs the shards'
         # recoverable): should they ever disagree, a model that is not whole never exits 1
         ("recover", "unrecoverable", True, 2, paramseal.UnrecoverableError),
     ],

@@ -1,17 +1,15 @@
-"""The set a sharded checkpoint's shards were sealed as: set records, where each shard is, the findings.
+"""The set a sharded checkpoint's shards were sealed as: set records, and where each shard is.
 
 Each shard carries a set record (``paramseal_set``): the set id, its own name and every
 shard's. `_record` reads it as sealed; `_locate` finds the shards, by sealed name, and the
-file holding each (`_placement`: shards renamed or swapped); `_verdict` and `_set_issues`
-say what is wrong with the set and the index; `_merge` makes one report of the shards'.
+file holding each (`_placement`: shards renamed or swapped). What is wrong with the set, and
+the merged report, are `_shard_findings`'.
 `open_index` reads the index, or makes one from the set records when it is lost.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,6 @@ from .errors import FormatError, ParamSealError, UsageError
 from .formats import safetensors as st_format
 from .header import METADATA_KEY, SET_KEY, Header, metadata_digest, parse_header
 from .keys import Key
-from .report import Report, Status, TensorFinding
 
 UNTRUSTED = "\0untrusted"  # a set record that nothing authenticates (see `_record`)
 
@@ -295,224 +292,3 @@ def _moved(where: dict[str, str]) -> list[str]:
         for s, f in where.items()
         if f != s
     ]
-
-
-def _verdict(
-    idx: Index,
-    records: dict[str, str | None],
-    reports: dict[str, Report],
-    failed: dict[str, str],
-    asked: list[str],
-    everything: list[str],
-    peeked: dict[str, Any],
-    pattern: str | None = None,
-) -> tuple[list[str], list[str], dict[str, TensorFinding], dict[str, str]]:
-    """The set's findings, for verify and recover alike: ``(grave, fixable, lost tensors, failed shards)``.
-
-    ``asked``: the shards looked for (present or not). A failed file that neither the index nor
-    an authenticated set record names (an edited record, say) is no shard, and is left out.
-    """
-    grave, fixable, listed = _set_issues(idx, records, reports, pattern)
-    failed = {s: why for s, why in failed.items() if s in idx.shards or s in listed}
-    gone = _gone(idx, [s for s in asked if s not in peeked], listed)
-    unlisted = sorted(listed - set(everything)) if pattern is None else []  # the index does not name these
-    missing = gone["missing"] + unlisted
-    named = "of the sealed set" if idx.lost else "named in the index"
-    grave += [f"shard '{s}' {named if s not in unlisted else 'of the sealed set'} is missing from the folder "
-              "(deleted or moved)" for s in missing]  # fmt: skip
-    grave += list(failed.values())
-    lost = _lost(idx, missing, "its shard '{}' is missing: its weights are lost", pattern)
-    lost |= _lost(idx, list(failed), "its shard '{}' cannot be checked", pattern)
-    return grave, [*([idx.lost] if idx.lost else []), *fixable, *gone["bogus"]], lost, failed
-
-
-def _gone(idx: Index, absent: list[str], listed: set[str]) -> dict[str, list[str]]:
-    """Split shards the index names but the folder lacks: missing ones, and names the sealed set never had."""
-    out: dict[str, list[str]] = {"missing": [], "bogus": []}
-    for s in absent:
-        if listed and s not in listed:
-            # a file there that was not asked for holds a shard of the set under another name (`_placement`)
-            what = "is not in the sealed set (the file holds another of its shards)"
-            if not (idx.folder / s).is_file():
-                what = "is neither in the folder nor in the sealed set"
-            out["bogus"].append(f"the index names shard '{s}', which {what}")
-        else:
-            out["missing"].append(s)
-    return out
-
-
-def _lost(idx: Index, shards: list[str], why: str, pattern: str | None) -> dict[str, TensorFinding]:
-    """Findings for the tensors the index puts in ``shards`` (shards with no report to name them)."""
-    return {
-        n: TensorFinding(n, issues=(why.format(s),))
-        for s in shards
-        for n in idx.tensors_in(s)
-        if pattern is None or fnmatch.fnmatchcase(n, pattern)
-    }
-
-
-def _set_issues(
-    idx: Index, records: dict[str, str | None], reports: dict[str, Report], pattern: str | None = None
-) -> tuple[list[str], list[str], set[str]]:
-    """Everything wrong with the set as a whole: ``(membership and naming, the index, shards the set lists)``.
-
-    The first kind loses or misplaces weights; the second is a wrong index only, which the
-    shards' sealed headers can rebuild. The shards listed come from authenticated records.
-    """
-    grave: list[str] = []
-    index: list[str] = []
-    ids: dict[str, list[str]] = {}
-    listed: set[str] = set()
-    for shard, text in records.items():
-        if text == UNTRUSTED:  # metadata edited where only its digest is sealed: the set cannot be checked
-            grave.append(f"shard '{shard}': its set record cannot be trusted (its metadata was edited)")
-            continue
-        if text is None:
-            grave.append(f"shard '{shard}' carries no set record (not sealed as part of this checkpoint)")
-            continue
-        try:
-            rec = json.loads(text)
-            if not _all_text(rec):
-                raise TypeError("not text")  # forged with the key: sorted with the others below, it crashed
-            ids.setdefault(rec["set"], []).append(shard)
-            listed.update(rec["shards"])
-            if rec["shard"] != shard:
-                grave.append(f"shard '{shard}' was sealed as '{rec['shard']}': shards were renamed or swapped")
-        except (ValueError, KeyError, TypeError):
-            grave.append(f"shard '{shard}' has a malformed set record")
-    if len(ids) > 1:  # name them: the odd one out is the smaller group
-        groups = sorted(ids.values(), key=len, reverse=True)
-        together = "; ".join(", ".join(f"'{s}'" for s in g) for g in groups)
-        grave.append(
-            f"the shards come from {len(ids)} different sealed sets: a shard was replaced by one from another seal "
-            f"(sealed together: {together})"
-        )
-    if pattern is None:
-        for name in sorted(listed - set(idx.shards)):
-            index.append(f"shard '{name}' of the sealed set is missing from the index")
-        for name in sorted(set(idx.shards) & set(records) - listed) if listed else []:
-            grave.append(f"shard '{name}' in the {'folder' if idx.lost else 'index'} is not part of the sealed set")
-    if idx.lost:  # made from the shards: comparing it with them says nothing (`_verdict` reports it lost)
-        return grave, [], listed
-
-    def asked(n: str) -> bool:
-        return pattern is None or fnmatch.fnmatchcase(n, pattern)
-
-    for shard, rep in reports.items():
-        names = set(idx.tensors_in(shard))
-        sealed = set(rep.tensors)
-        for n in sorted(names - sealed):
-            if asked(n):
-                index.append(f"the index maps tensor '{n}' to shard '{shard}', which does not hold it")
-        for n in sorted(sealed - names):
-            if asked(n):
-                where = idx.weight_map.get(n)
-                # its header's tensor: the file may have lost it (re-sharded), which its own finding says
-                gone = "missing" in rep.tensors[n].issues
-                index.append(
-                    f"shard '{shard}' {'was sealed with, and no longer holds,' if gone else 'holds'} sealed tensor "
-                    f"'{n}', which the index " + ("does not list" if where is None else f"maps to shard '{where}'")
-                )
-    return grave, index, listed
-
-
-def _strays(folder: Path, shards: set[str], done: str) -> list[str]:
-    """A note for each ``.safetensors`` file in ``folder`` that is not one of ``shards`` (file names).
-
-    Not tampering (no index nor authenticated set record names it), but a loader that reads
-    every ``*.safetensors`` file in a folder would load it with the shards. ``done``: what
-    verify or recover did with it. A shard's set record as the file holds it (unauthenticated)
-    may name a stray: an edited record, said so.
-    """
-    try:
-        names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".safetensors") and p.name not in shards)
-    except OSError:
-        return []  # the shards were read: a listing that fails now hides nothing they were checked for
-    edited = {n for s in shards for n in _file_listing(folder / s)} if names else set()
-    return [
-        f"file '{n}' is not a shard of this checkpoint ("
-        + (
-            "the index does not name it, nor does a sealed set record: only a set record that was edited does"
-            if n in edited
-            else "neither the index nor a sealed set record names it"
-        )
-        + f") and was {done}; a loader that reads every *.safetensors file in the folder would load it too: "
-        "remove it or move it out of the folder"
-        for n in names
-        if (folder / n).is_file()
-    ]
-
-
-def _file_listing(path: Path) -> list[str]:
-    """The shards the set record in ``path``'s metadata lists, as the file holds it (unauthenticated)."""
-    try:
-        return _listing(st_format.read_layout(path).metadata.get(SET_KEY))
-    except (ParamSealError, OSError):
-        return []
-
-
-def _merge(
-    kind: str,
-    reports: dict[str, Report],
-    set_issues: list[str],
-    *,
-    fixable: list[str] | None = None,
-    fixed: list[str] | None = None,
-    strays: list[str] | None = None,
-    lost: dict[str, TensorFinding] | None = None,
-    skipped: int = 0,
-    unread: int = 0,
-    vouched: set[str] | None = None,
-    moved: dict[str, str] | None = None,
-    set_id: str = "",
-) -> Report:
-    """One report for the whole checkpoint: tensors from every shard, the worst status.
-
-    ``set_issues`` lose weights; ``fixable`` ones are a wrong index, which recover rebuilds, or
-    shards under the wrong names, which it writes under their own (``fixed``: it did, each a
-    note). ``strays``: notes on files beside the shards that are none (`_strays`). ``lost`` names tensors of
-    shards with no report. ``skipped`` shards
-    (``unread`` blocks) were left out by a partial verification, or could not be read. ``vouched``: the
-    files an authenticated set record names (`_vouched`; None: all); another file's finding for a tensor
-    one of them holds too (a copy listed by an edited index) is its own, named ``file:tensor``.
-    ``moved``: where `_placement` found each shard (sealed name -> file); those under another name are kept.
-    """
-    tensors: dict[str, TensorFinding] = {}
-    fixable = fixable or []
-    extra, meta, notes = [], [*set_issues, *fixable], []
-    held = {n for s, r in reports.items() if vouched is None or s in vouched for n in r.tensors}
-    for shard, r in reports.items():
-        mine = vouched is None or shard in vouched
-        for n, f in r.tensors.items():
-            tensors[n if (mine or n not in held) and n not in tensors else f"{shard}:{n}"] = f
-        extra += [f"{shard}:{n}" for n in r.extra_tensors]
-        meta += [f"{shard}: {m}" for m in r.metadata_issues]
-        notes += [f"{shard}: {n}" for n in r.notes if "partial verification" not in n]
-    tensors |= {n: f for n, f in (lost or {}).items() if n not in tensors}
-    if skipped:
-        notes.append(f"partial verification: {len(reports)} shard(s) checked, {skipped} not read")
-    notes += [*(fixed or []), *(strays or [])]
-    order: list[Status] = ["intact", "recovered", "tampered", "unrecoverable"]
-    status: Status = max((r.status for r in reports.values()), key=order.index, default="intact")
-    if set_issues and status in ("intact", "recovered"):
-        status = "tampered" if kind == "verify" else "unrecoverable"
-    elif fixable and status in ("intact", "recovered"):
-        status = "tampered" if kind == "verify" else "recovered" if fixed else "unrecoverable"
-    first = next(iter(reports.values()), None) or Report(kind="verify", status=status, recoverable=False)
-    return replace(
-        first,
-        kind=kind,  # type: ignore[arg-type]
-        status=status,
-        recoverable=all(r.recoverable for r in reports.values()) and not set_issues,
-        tensors=tensors,
-        extra_tensors=tuple(extra),
-        metadata_issues=tuple(meta),
-        notes=tuple(notes),
-        total_blocks=sum(r.total_blocks for r in reports.values()) + unread,
-        checked_blocks=None
-        if all(r.checked_blocks is None for r in reports.values()) and not skipped
-        else sum(r.total_blocks if r.checked_blocks is None else r.checked_blocks for r in reports.values()),
-        lanes_failed=sum(r.lanes_failed for r in reports.values()),
-        moved_shards={s: f for s, f in (moved or {}).items() if f != s},
-        seal_id=set_id,  # not the first shard's own (its header's salt)
-    )

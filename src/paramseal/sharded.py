@@ -22,9 +22,9 @@ fields other than ``weight_map``, are copied unchanged: they are not protected (
 A ``.safetensors`` file among them is named in a note (`_strays`): a loader that globs
 ``*.safetensors`` would read it with the shards.
 
-The index's reading and checking live in `_shard_index`; the set records, where each shard
-is, the set's findings and the merged report in `_shard_set`; the pool of worker processes in
-`_shard_pool`; the keyless description (``inspect``) in `_shard_inspect`.
+The index's reading and checking live in `_shard_index`; the set records and where each shard
+is in `_shard_set`; the set's findings and the merged report in `_shard_findings`; the pool of
+worker processes in `_shard_pool`; the keyless description (``inspect``) in `_shard_inspect`.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from . import files
 from ._findings import unmatched
 from ._layout import block_count
 from ._resharded import one_file_seal, recover_as_one, verify_as_one
+from ._shard_findings import _merge, _strays, _verdict
 from ._shard_index import (
     INDEX,
     INDEX_SUFFIX,
@@ -58,7 +59,7 @@ from ._shard_index import (
 )
 from ._shard_inspect import inspect_dir
 from ._shard_pool import _map
-from ._shard_set import _locate, _merge, _moved, _record, _set_id, _strays, _verdict, _vouched, open_index
+from ._shard_set import _locate, _moved, _record, _set_id, _vouched, open_index
 from ._tempname import temp_prefix
 from .errors import (
     FormatError,
