@@ -648,7 +648,7 @@ def _forged_room(sealed: Path, dst: Path, key: paramseal.Key, room: object) -> P
     holder's) with ``room`` as the recorded safetensors header length."""
     import safetensors.numpy as stn
 
-    from paramseal.header import _mac
+    from paramseal._header_body import _mac
 
     t, meta = helpers.read_st(sealed)
     name = next(n for n, a in t.items() if a.dtype == np.float32 and a.size > 1000)

@@ -14,6 +14,7 @@ import pytest
 
 import paramseal
 from paramseal import FormatError, KeyMismatchError, ParamSealError, files
+from paramseal._header_body import _mac
 from paramseal.header import METADATA_KEY, HeaderAuthError, metadata_digest, own_entries, parse_header
 
 
@@ -290,7 +291,7 @@ def test_seal_from_before_own_metadata_digest_with_own_entries_authenticates(key
     def as_before(h: dict) -> None:  # the field absent, the MAC as the older ParamSeal computed it
         del h["own_metadata_sha256"], h["hmac"]
         copy = h.pop("user_metadata")
-        h["hmac"] = paramseal.header._mac(key, h)
+        h["hmac"] = _mac(key, h)
         h["user_metadata"] = copy
 
     old = _edit(paramseal.seal(w, key, metadata=meta).header_json, as_before)
@@ -309,7 +310,7 @@ def test_seal_from_before_own_metadata_digest_serialises_as_sealed(key: paramsea
     def as_before(h: dict) -> None:
         del h["own_metadata_sha256"], h["hmac"]
         copy = h.pop("user_metadata")
-        h["hmac"] = paramseal.header._mac(key, h)
+        h["hmac"] = _mac(key, h)
         h["user_metadata"] = copy
 
     old = _edit(sealed.header_json, as_before)

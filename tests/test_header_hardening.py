@@ -157,7 +157,7 @@ def test_an_authentic_header_with_a_tensor_table_seal_never_writes_is_exit_3_not
 ) -> None:
     """Only a key holder (or a writer bug) makes one, but verify and recover ended in 'internal error' and a
     traceback (KeyError 'X', a reshape ValueError, negative dimensions, an IndexError from the carriers)."""
-    from paramseal import header as hdr
+    from paramseal._header_body import _mac
 
     d, kf, m = sealed
     key = paramseal.load_key(kf)
@@ -166,7 +166,7 @@ def test_an_authentic_header_with_a_tensor_table_seal_never_writes_is_exit_3_not
     edit(body)
     meta = body.pop("user_metadata", None)
     body.pop("hmac")
-    body["hmac"] = hdr._mac(key, body)  # authentic: forged with the key
+    body["hmac"] = _mac(key, body)  # authentic: forged with the key
     if meta is not None:
         body["user_metadata"] = meta
     bad = _with_header(d, m, json.dumps(body))
@@ -178,12 +178,12 @@ def test_an_authentic_header_with_a_tensor_table_seal_never_writes_is_exit_3_not
 
 def _forged(body: dict[str, object], key: paramseal.Key) -> str:
     """``body`` as an authentic header: MAC'd again with the key, as a key holder (or a buggy writer) would."""
-    from paramseal import header as hdr
+    from paramseal._header_body import _mac
 
     body = dict(body)
     body.pop("hmac", None)
     meta = body.pop("user_metadata", None) if body.get("scheme") != "paramseal/1" else None
-    body["hmac"] = hdr._mac(key, body)
+    body["hmac"] = _mac(key, body)
     if meta is not None:
         body["user_metadata"] = meta
     return json.dumps(body)
