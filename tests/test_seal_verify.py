@@ -178,6 +178,16 @@ def test_empty_model_is_refused(key: paramseal.Key) -> None:
         paramseal.seal({}, key)
 
 
+@pytest.mark.parametrize("lanes", [0, -1, 2.5, True, "3"])
+def test_lanes_that_are_not_a_positive_int_are_a_usage_error(key: paramseal.Key, lanes: object) -> None:
+    """SealConfig(lanes=0) died in a ZeroDivisionError, lanes=-1 in numpy's ValueError ("negative dimensions"),
+    other types in a TypeError: not a ParamSealError (exit 3), and nothing said that lanes was wrong."""
+    w = {"w": np.linspace(-1, 1, 4096, dtype=np.float32)}
+    with pytest.raises(UsageError, match=r"lanes must be a positive int .*, not " + repr(lanes).replace(".", r"\.")):
+        paramseal.SealConfig(lanes=lanes).seal(w, key)  # type: ignore[arg-type]
+    assert paramseal.SealConfig(lanes=1).seal(w, key).header.lanes == 1  # the smallest that is valid
+
+
 def test_model_without_float_tensors_is_refused(key: paramseal.Key) -> None:
     with pytest.raises(UnsupportedError, match="without float tensors"):
         paramseal.seal({"i": np.arange(100), "b": np.ones(5, bool)}, key)

@@ -59,6 +59,11 @@ class SealConfig:
             raise UnsupportedError(f"cannot seal a model {what}: the watermark lives in float mantissas")
         if self.code not in (None, "irs", "lanes"):
             raise UsageError(f"unknown code '{self.code}'; choose irs or lanes")
+        if self.lanes is not None and (type(self.lanes) is not int or self.lanes < 1):  # bool too: JSON in the header
+            raise UsageError(
+                "lanes must be a positive int (the lane code's codewords; None chooses it from the model size), "
+                f"not {self.lanes!r}"
+            )
         if self.code == "irs" and not _strata.applies(specs):
             raise UnsupportedError(
                 "the irs code needs every float tensor in fp32 with --bits 8, 12 or 16 (standard and strong "
