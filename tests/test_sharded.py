@@ -1871,6 +1871,21 @@ def _re_sharded(tmp_path: Path, key_file: Path) -> tuple[Path, dict[str, np.ndar
     return folder, tensors
 
 
+def test_inspect_of_a_re_sharded_single_file_seal_says_what_it_is_not_a_set_with_no_id(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """inspect (no key) of a single-file seal re-sharded by save_pretrained warned 'the sealed shards' set records
+    name no one set id: ...: none, ...: none', as of a damaged sealed set, where verify checks it as one model:
+    it now says every shard carries one seal's header and no set record, gives that seal id (verify's), and warns
+    of nothing."""
+    folder, _ = _re_sharded(tmp_path, key_file)
+    rc, out, err = helpers.run_cli(["inspect", folder])
+    assert rc == 0 and "WARNING" not in out and "re-sharded since" in out, (out, err)
+    rc, out, _ = helpers.run_cli(["inspect", folder, "--json"])
+    seal_id = json.loads(helpers.run_cli(["verify", folder, "--key", key_file, "--json"])[1])["seal_id"]
+    assert rc == 0 and json.loads(out)["seal"]["one_file_seal_id"] == seal_id
+
+
 def test_a_re_sharded_single_file_seal_is_never_recovered_over_its_own_shard(tmp_path: Path, key_file: Path) -> None:
     """recover FOLDER FOLDER/model-00001-of-00002.safetensors of a re-sharded single-file seal replaced that input
     shard with the whole model (exit 0; the folder then held every tensor twice), where a file OUT that is the

@@ -300,6 +300,8 @@ def _seal_fields(seal: dict[str, Any]) -> Iterator[str]:
                 v = names or "none"
         elif k == "header_copies_in_tensors":
             continue
+        elif k == "set_id" and v is None and seal.get("one_file_seal_id"):
+            v = "none (a model sealed as one file and re-sharded since: no set records)"
         elif k == "set_id" and v is None:  # a sharded folder's: its shards' records name no one set
             v = "none (the shards' set records name no one set; run verify)"
         yield f"{k}={v}"
@@ -326,7 +328,13 @@ def _inspect_text(info: dict[str, object]) -> str:
         lines += [f"WARNING: {w}" for w in (warned.values() if isinstance(warned, dict) else ())]
         each = info.get("per_shard")
         seal = info.get("seal")
-        if isinstance(each, dict) and isinstance(seal, dict) and seal.get("set_id") is None:
+        if isinstance(seal, dict) and seal.get("one_file_seal_id"):
+            lines.append(
+                f"note: every sealed shard carries the header of one seal (id {seal['one_file_seal_id']}) and none a "
+                "set record: a model sealed as one file and re-sharded since (save_pretrained with max_shard_size "
+                "writes so); verify checks it as that one model, and recover restores the one file"
+            )
+        elif isinstance(each, dict) and isinstance(seal, dict) and seal.get("set_id") is None:
             named = ", ".join(f"{n}: {i['set_id'] or 'none'}" for n, i in each.items() if "set_id" in i)
             lines.append(f"WARNING: the sealed shards' set records (read without the key) name no one set id: {named}")
     if info.get("cannot_seal"):

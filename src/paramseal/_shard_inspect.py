@@ -27,6 +27,8 @@ def inspect_dir(folder: files.PathLike) -> dict[str, Any]:
     verify gives the folder) that every sealed shard's set record names, read without the key
     (`_unchecked_set_id`; each shard's under ``per_shard``), None when they name no one id. ``levels``
     merges every shard's (each shard is sealed on its own, so the weakest shard sets a dtype's bound).
+    ``seal["one_file_seal_id"]``: present when every sealed shard carries the same seal's header (its salt, the
+    seal id) and none a set record: a model sealed as one file and re-sharded since, which verify checks as one.
 
     A sealed folder whose index is missing or unusable is described from the files carrying set
     records (`set_files`), with ``index`` None and ``index_problem`` saying what is wrong.
@@ -67,6 +69,11 @@ def inspect_dir(folder: files.PathLike) -> dict[str, Any]:
         ids = set(named.values())
         one = ids.pop() if len(ids) == 1 else None  # None: the records name several sets, or a shard none
         out["seal"] = {"scheme": schemes, **ref, "set_id": one}
+        salts = {shards[n]["seal"].get("salt") for n in sealed}
+        if len(sealed) > 1 and not any(named.values()) and len(salts) == 1 and None not in salts:
+            # one header in several shards and no set records: a single-file seal re-sharded since (`_resharded`),
+            # which verify checks as one model; a sealed set's shards each carry their own seal and record
+            out["seal"]["one_file_seal_id"] = salts.pop()
         out["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
         out["mismatched_shards"] = [
             n for n, i in shards.items() if not i["sealed"] or {k: i["seal"].get(k) for k in same} != ref
