@@ -362,3 +362,17 @@ def test_the_largest_tensor_removed_is_still_reported_block_by_block(sealed_code
     assert (
         rc == 2 and "was tampered with (NOT fully recoverable)" in so and "w: missing; 256 tampered block(s)" in so
     ), so
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"paramseal/3"', "null", "3", "true"])
+def test_verify_and_inspect_say_the_same_of_a_header_that_is_no_object(text: str, key: paramseal.Key) -> None:
+    """verify said 'malformed (not an object)' of a header '[1, 2]' where inspect (and the README) said 'it is a
+    JSON array, not an object': both now name the JSON kind in the same words."""
+    from paramseal.header import HeaderAuthError, MalformedHeaderError, parse_header, peek_header
+
+    with pytest.raises(MalformedHeaderError) as peeked:
+        peek_header(text)
+    with pytest.raises(HeaderAuthError) as parsed:
+        parse_header(text, key)
+    assert f"malformed ({peeked.value.why})" in str(parsed.value), (str(peeked.value), str(parsed.value))
+    assert "not an object" in peeked.value.why

@@ -100,7 +100,7 @@ def parse_header(text: str, key: Key) -> Header:
             raise ValueError(f"{len(text)} characters")
         body = _loads(text)
         if not isinstance(body, dict):
-            raise ValueError("not an object")
+            raise ValueError(_no_object(body))
         stored_fp = str(body["key_fingerprint"])
         claimed = body.pop("hmac")
         # v2: the user metadata travels beside the MAC'd body; only its digest is authenticated
@@ -374,9 +374,14 @@ def peek_header(text: str) -> dict[str, Any]:
     except (ValueError, RecursionError) as e:
         raise MalformedHeaderError(_malformed(text, e)) from None
     if not isinstance(body, dict):
-        kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(body), "number")
-        raise MalformedHeaderError(f"it is a JSON {kind}, not an object")
+        raise MalformedHeaderError(_no_object(body))
     return body
+
+
+def _no_object(body: Any) -> str:
+    """What a header's JSON is instead of an object, in the words both verify and inspect give."""
+    kind = {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(body), "number")
+    return f"it is a JSON {kind}, not an object"
 
 
 def _fields(scheme: str) -> tuple[tuple[str, ...], frozenset[str]]:
