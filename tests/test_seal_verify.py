@@ -188,6 +188,15 @@ def test_lanes_that_are_not_a_positive_int_are_a_usage_error(key: paramseal.Key,
     assert paramseal.SealConfig(lanes=1).seal(w, key).header.lanes == 1  # the smallest that is valid
 
 
+def test_lanes_with_the_irs_code_is_refused_not_ignored(key: paramseal.Key) -> None:
+    """SealConfig(code="irs", lanes=4) sealed with irs4 and dropped lanes without a word (its header recorded
+    none): a setting that cannot apply is a usage error, as an unknown code is."""
+    w = {"w": np.linspace(-1, 1, 4096, dtype=np.float32)}
+    with pytest.raises(UsageError, match="lanes applies to the lane code only"):
+        paramseal.SealConfig(code="irs", lanes=4).seal(w, key)
+    assert paramseal.SealConfig(code="lanes", lanes=4).seal(w, key).header.lanes == 4
+
+
 def test_model_without_float_tensors_is_refused(key: paramseal.Key) -> None:
     with pytest.raises(UnsupportedError, match="without float tensors"):
         paramseal.seal({"i": np.arange(100), "b": np.ones(5, bool)}, key)

@@ -64,6 +64,11 @@ class SealConfig:
                 "lanes must be a positive int (the lane code's codewords; None chooses it from the model size), "
                 f"not {self.lanes!r}"
             )
+        if self.code == "irs" and self.lanes is not None:
+            raise UsageError(
+                "lanes applies to the lane code only (its codewords), not to code='irs'; pass code='lanes' with it, "
+                "or leave code None"
+            )
         if self.code == "irs" and not _strata.applies(specs):
             raise UnsupportedError(
                 "the irs code needs every float tensor in fp32 with --bits 8, 12 or 16 (standard and strong "
