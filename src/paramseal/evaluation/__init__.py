@@ -66,7 +66,7 @@ def run_eval(
     runner = Runner(out, stream=stream or sys.stderr, progress=progress)
     records = runner.run(battery, on_run=count)
     wall = sum(float(r.get("wall_s", 0.0)) + float(r.get("seal_s", 0.0)) for r in records)
-    files = report.write_outputs(records, out, command=command, wall_s=wall, battery=battery.name)
+    files = report.write_outputs(records, out, command=command, battery=battery.name)
     if docs is not None:
         files.append(report.write_page(records, docs, files, command=command, wall_s=wall, battery=battery.name))
     configs = [r for r in records if r.get("type") == "config"]

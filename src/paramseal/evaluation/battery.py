@@ -88,8 +88,7 @@ class Battery:
         return sum(len(p.dtypes) * len(p.levels) * len(p.seeds) * len(p.attacks) for p in self.plans)
 
 
-def _all(model: str) -> tuple[Attack, ...]:
-    return _COMMON + _SWEEP + _GRAD
+_ALL: tuple[Attack, ...] = _COMMON + _SWEEP + _GRAD
 
 
 BATTERIES: dict[str, Battery] = {
@@ -118,9 +117,9 @@ BATTERIES: dict[str, Battery] = {
     "docs": Battery(
         "docs",
         (
-            Plan("mlp", ("F32",), LEVELS, (0, 1, 2), _all("mlp")),
-            Plan("mlp", ("F16", "BF16"), LEVELS, (0,), _all("mlp")),
-            Plan("cnn", ("F32", "F16", "BF16"), LEVELS, (0,), _all("cnn")),
+            Plan("mlp", ("F32",), LEVELS, (0, 1, 2), _ALL),
+            Plan("mlp", ("F16", "BF16"), LEVELS, (0,), _ALL),
+            Plan("cnn", ("F32", "F16", "BF16"), LEVELS, (0,), _ALL),
             Plan("minilm", ("F32",), ("standard", "strong"), (0,), _COMMON + _SWEEP[::2] + _GRAD[1:]),
             Plan("minilm", ("F16", "BF16"), ("standard",), (0,), _COMMON[:3] + _SWEEP[::3]),
             # every other level and dtype: sealing fidelity (plus one bit flip each)
@@ -129,7 +128,7 @@ BATTERIES: dict[str, Battery] = {
         ),
     ),
 }
-BATTERIES["full"] = Battery("full", tuple(Plan(m, tuple(DTYPES), LEVELS, (0, 1, 2), _all(m)) for m in MODELS))
+BATTERIES["full"] = Battery("full", tuple(Plan(m, tuple(DTYPES), LEVELS, (0, 1, 2), _ALL) for m in MODELS))
 
 
 def custom(models: tuple[str, ...], dtypes: tuple[str, ...], levels: tuple[str, ...], seeds: int) -> Battery:
@@ -146,7 +145,7 @@ def custom(models: tuple[str, ...], dtypes: tuple[str, ...], levels: tuple[str, 
     for lv in levels:
         if lv not in LEVELS:
             raise UsageError(f"unknown level '{lv}'; choose from {', '.join(LEVELS)}")
-    return Battery("custom", tuple(Plan(m, dtypes, levels, tuple(range(seeds)), _all(m)) for m in models))
+    return Battery("custom", tuple(Plan(m, dtypes, levels, tuple(range(seeds)), _ALL) for m in models))
 
 
 def label(a: Attack) -> str:

@@ -19,7 +19,7 @@ from ._findings import _claims, _headline, _losses
 from ._tables import Rec, _configs, _impact, _matrix, _primary, _threshold_table, full_table, run_table
 
 
-def write_outputs(records: Sequence[Rec], out: Path, *, command: str, wall_s: float, battery: str) -> list[Path]:
+def write_outputs(records: Sequence[Rec], out: Path, *, command: str, battery: str) -> list[Path]:
     """Write ``results.json``, ``results.md`` and PNG plots into ``out``; returns the files written."""
     configs = _configs(records)
     runs = [r for r in records if r.get("type") == "run"]
