@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("torch")
 
+from paramseal.errors import UsageError  # noqa: E402
 from paramseal.evaluation import BATTERIES, Battery, Plan, run_eval  # noqa: E402
 from paramseal.evaluation.models import sentences  # noqa: E402
 
@@ -745,3 +746,16 @@ def test_the_page_names_the_cores_its_records_were_measured_on(tiny: tuple[Path,
         del c["cpus"]  # records from before they noted it
     text = report.write_page(recs, tmp_path / "c.md", [], command="c", wall_s=0, battery="tiny").read_text()
     assert "2-core" not in text and "on the machine that ran it (its cores not recorded)" in text
+
+
+@pytest.mark.parametrize(
+    "name", ["results.md", "results.json", "results.jsonl", "recovery_mlp_F32.png", "heatmap_mlp.png"]
+)
+def test_docs_over_a_file_the_battery_writes_is_refused_before_any_run(tmp_path: Path, name: str) -> None:
+    """--docs naming a file the battery writes into OUT was refused only for results.*: --docs OUT/heatmap_mlp.png
+    ran the battery, then wrote the page over the plot the page links to. Every such name is refused now, before
+    any run, and nothing is written."""
+    out = tmp_path / "out"
+    with pytest.raises(UsageError, match="would overwrite the battery's own output"):
+        run_eval(BATTERIES["tiny"], out, docs=out / name, progress=False)
+    assert not out.exists()

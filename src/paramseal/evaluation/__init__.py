@@ -52,9 +52,11 @@ def run_eval(
     from . import report
 
     _require(battery)  # fail before hours of work if an extra is missing
-    if docs is not None and docs.resolve() in {
-        (out / n).resolve() for n in ("results.md", "results.json", "results.jsonl")
-    }:
+    if (
+        docs is not None
+        and docs.resolve().parent == out.resolve()
+        and (docs.name in ("results.md", "results.json", "results.jsonl") or docs.suffix == ".png")  # its plots
+    ):
         raise UsageError(f"--docs {docs} would overwrite the battery's own output in {out}; choose another path")
     t0 = time.monotonic()
     new = 0
