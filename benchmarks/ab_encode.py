@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from paramseal import _irs
+from paramseal import _irs, _irs_consts
 
 
 def main() -> int:
@@ -31,16 +31,18 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=8, choices=(8, 12, 16))
     ap.add_argument("--rounds", type=int, default=6)
     args = ap.parse_args()
-    code = _irs.code_for(args.k, _irs.N_POS, 2)
+    code = _irs.code_for(args.k, _irs_consts.N_POS, 2)
     i64, vp = ctypes.c_int64, ctypes.c_void_p
     libs = [ctypes.CDLL(p) for p in (args.a, args.b)]
     for lib in libs:
         lib.ps_encode_tab.restype = ctypes.c_int
         lib.ps_encode_tab.argtypes = [vp, i64, i64, vp, ctypes.c_int, vp, vp, i64, vp]
-    ng = (64 << 20) // (4 * _irs.N_POS)
+    ng = (64 << 20) // (4 * _irs_consts.N_POS)
     rng = np.random.default_rng(0)
-    w0 = rng.integers(0, 2**32, (ng, _irs.N_POS), dtype=np.uint32) & np.uint32((0xFFFFFFFF << args.k) & 0xFFFFFFFF)
-    b0s = np.zeros(_irs.N_POS, np.uint8)  # as _native._encode_tab: whole free bytes skipped, hosted ones read
+    w0 = rng.integers(0, 2**32, (ng, _irs_consts.N_POS), dtype=np.uint32) & np.uint32(
+        (0xFFFFFFFF << args.k) & 0xFFFFFFFF
+    )
+    b0s = np.zeros(_irs_consts.N_POS, np.uint8)  # as _native._encode_tab: whole free bytes skipped, hosted ones read
     b0s[: code.free_strata] = code.k // 8
     b0s[code.hosted.reshape(-1)] = 0
     fn, d = np.ascontiguousarray(code.fn, np.int64), np.ascontiguousarray(code.d, np.int64)

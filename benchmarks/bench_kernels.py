@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from paramseal import _irs, _kernels, _native, _native_blocks, _outer
+from paramseal import _irs, _irs_consts, _irs_kernels, _kernels, _native, _native_blocks, _outer
 
 
 def best(fn: Callable[[], object], repeats: int) -> float:
@@ -63,16 +63,16 @@ def main() -> None:
     how = "GFNI and AVX-512" if _native.available() else "nibble tables (this CPU has no GFNI/AVX-512)"
     print(f"irs4 coding kernels: {how}")
     rng = np.random.default_rng(1)
-    ng = (a.mib << 20) // (4 * _irs.N_POS)
-    per_gib = (1 << 30) / (ng * 4 * _irs.N_POS)
+    ng = (a.mib << 20) // (4 * _irs_consts.N_POS)
+    per_gib = (1 << 30) / (ng * 4 * _irs_consts.N_POS)
     print(
-        f"{ng:,} groups ({ng * 4 * _irs.N_POS / 2**20:.0f} MiB of words); "
+        f"{ng:,} groups ({ng * 4 * _irs_consts.N_POS / 2**20:.0f} MiB of words); "
         f"seconds per GiB, best of {a.repeats} after a warm-up"
     )
     print(f"{'kernel':<34}{'compiled':>10}{'numba':>10}{'ratio':>8}  same output")
-    base = rng.integers(0, 2**32, (ng, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    base = rng.integers(0, 2**32, (ng, _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
     for k in (8, 12, 16):
-        code = _irs.code_for(k, _irs.N_POS, 2)
+        code = _irs.code_for(k, _irs_consts.N_POS, 2)
         w0 = base & np.uint32(~((1 << k) - 1) & 0xFFFFFFFF)
         x, y = w0.copy(), w0.copy()
         tn = best(lambda x=x, code=code, w0=w0: (np.copyto(x, w0), _native.encode(code, x)), a.repeats)
@@ -85,14 +85,14 @@ def main() -> None:
         print(f"{f'irs4 encode, k={k}':<34}{tn * per_gib:>10.2f}{tr * per_gib:>10.2f}{tr / tn:>8.1f}  {same}")
         if k == 8:
             enc8 = enc
-    o = _outer.plan(ng, 8, _irs.N_POS, 2)
-    got_c = _native.content(base, _irs.N_POS, 8, o.shard)
+    o = _outer.plan(ng, 8, _irs_consts.N_POS, 2)
+    got_c = _native.content(base, _irs_consts.N_POS, 8, o.shard)
     want_c = np.zeros((ng, o.shard), np.uint8)
-    tn = best(lambda: _native.content(base, _irs.N_POS, 8, o.shard), a.repeats)
-    tr = best(lambda: _outer._content_nb(base, _irs.N_POS, 8, want_c), a.repeats)
+    tn = best(lambda: _native.content(base, _irs_consts.N_POS, 8, o.shard), a.repeats)
+    tr = best(lambda: _outer._content_nb(base, _irs_consts.N_POS, 8, want_c), a.repeats)
     same = got_c is not None and np.array_equal(got_c, want_c)
     print(f"{'outer content, k=8':<34}{tn * per_gib:>10.2f}{tr * per_gib:>10.2f}{tr / tn:>8.1f}  {same}")
-    code = _irs.code_for(8, _irs.N_POS, 2)
+    code = _irs.code_for(8, _irs_consts.N_POS, 2)
     enc = enc8
     flags = np.zeros(enc.shape, np.uint8)
     flags[:, :4] = 1  # some fixed bytes, as tag bytes are
@@ -100,15 +100,15 @@ def main() -> None:
     with numba_only():  # numba's own syndromes (all groups, as a decode computes them)
         tr = best(lambda: _irs._run(2, code, enc, None), a.repeats)
     got = _native.syndromes(code, enc[:2048], flags[:2048])
-    want = _irs._batch_shares(enc, flags, True, 0, 2048, code.syn, 0, _irs.N_POS)
+    want = _irs_kernels._batch_shares(enc, flags, True, 0, 2048, code.syn, 0, _irs_consts.N_POS)
     same = got is not None and np.array_equal(got, want)
     print(f"{'decoder syndromes (k=8)':<34}{tn * per_gib:>10.2f}{tr * per_gib:>10.2f}{tr / tn:>8.1f}  {same}")
     # a whole decode, as heavy damage needs it: every group with 3 replaced words (flagged) and tag bytes fixed
     bad = enc.copy()
-    hit = rng.integers(4, _irs.N_POS, (ng, 3))
+    hit = rng.integers(4, _irs_consts.N_POS, (ng, 3))
     rows = np.arange(ng)
     for c in range(3):
-        flags[rows, hit[:, c]] |= _irs.FLAG_BAD
+        flags[rows, hit[:, c]] |= _irs_consts.FLAG_BAD
         bad[rows, hit[:, c]] ^= rng.integers(1, 2**32, ng, dtype=np.uint64).astype(np.uint32)
     x, y = bad.copy(), bad.copy()
     tn = best(lambda: (np.copyto(x, bad), _irs.decode(code, x, flags)), a.repeats)

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 
-from paramseal import _irs
+from paramseal import _irs_consts
 
 # --------------------------------------------------------------------------- GF(2^8)
 N_POS = 255  # values per group = RS length
@@ -56,7 +56,7 @@ GB = 256  # groups per batch in the syndrome kernel
 
 
 # the library's GF(2^8) tables (same field, 0x11D): LOG[0] = 512 and EXP[>= 510] = 0 keep products branch-free
-EXP, LOG = _irs._EXP.astype(np.int32), _irs._LOG.astype(np.int32)
+EXP, LOG = _irs_consts.EXP.astype(np.int32), _irs_consts.LOG.astype(np.int32)
 
 
 def gf_mul_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from paramseal import _irs
-from paramseal._irs import FLAG_BAD, FLAG_PAD
+from paramseal import _irs, _irs_consts
+from paramseal._irs_consts import FLAG_BAD, FLAG_PAD
 
 # independent GF(2^8) tables (primitive polynomial 0x11d)
 _EXP = np.zeros(255, np.int64)
@@ -136,12 +136,12 @@ def test_untouched_batch_decodes_clean_and_unchanged() -> None:
         W = sealed(code, 300, rng)
         before = W.copy()
         st0 = _irs.decode(code, W, np.zeros(W.shape, np.uint8))
-        assert st0.dtype == np.int8 and (st0 == _irs.CLEAN).all() and np.array_equal(W, before)
+        assert st0.dtype == np.int8 and (st0 == _irs_consts.CLEAN).all() and np.array_equal(W, before)
         # flagged but untouched: still nothing to correct, in both modes
         for nflag in (5, 255):
             fl = np.zeros(W.shape, np.uint8)
             fl[:, :nflag] = FLAG_BAD
-            assert (_irs.decode(code, W, fl) == _irs.CLEAN).all() and np.array_equal(W, before)
+            assert (_irs.decode(code, W, fl) == _irs_consts.CLEAN).all() and np.array_equal(W, before)
 
 
 def test_tiny_free_strata_give_codewords_without_parity() -> None:
@@ -154,14 +154,14 @@ def test_tiny_free_strata_give_codewords_without_parity() -> None:
     # an erasure in codeword 2 (d_2 = 0) cannot be filled
     fl = np.zeros(W.shape, np.uint8)
     fl[:, 2] = 1
-    assert (_irs.decode(code, W.copy(), fl) == _irs.TOO_MANY).all()
+    assert (_irs.decode(code, W.copy(), fl) == _irs_consts.TOO_MANY).all()
     # a change in codeword 0 (d_0 = 1) is detected, not corrected (one syndrome cannot locate it)
     bad = W.copy()
     bad[:, 4] ^= np.uint32(0x5A)
     st = _irs.decode(code, bad, np.full(W.shape, FLAG_BAD, np.uint8))
-    assert (st == _irs.TOO_MANY).all() and np.array_equal(bad[:, 4], W[:, 4] ^ np.uint32(0x5A))
+    assert (st == _irs_consts.TOO_MANY).all() and np.array_equal(bad[:, 4], W[:, 4] ^ np.uint32(0x5A))
     st = _irs.decode(code, bad, np.zeros(W.shape, np.uint8))
-    assert (st == _irs.INCONSISTENT).all()
+    assert (st == _irs_consts.INCONSISTENT).all()
 
 
 # --------------------------------------------------------------------------- decode within capacity
@@ -176,7 +176,7 @@ def test_errors_within_90_percent_of_the_radius_decode_exactly(k: int, free: int
     replace(W, rng, e)
     fl |= FLAG_BAD
     st = _irs.decode(code, W, fl)
-    assert (st == _irs.CORRECTED).all()
+    assert (st == _irs_consts.CORRECTED).all()
     assert np.array_equal(W, clean)  # tag bytes re-derived too
 
 
@@ -194,7 +194,7 @@ def test_errors_at_exactly_the_radius_decode(k: int) -> None:
     W = clean.copy()
     replace(W, rng, L)
     st = _irs.decode(code, W, np.full(W.shape, FLAG_BAD, np.uint8))
-    ok = (st == _irs.CORRECTED) & (W == clean).all(axis=1)
+    ok = (st == _irs_consts.CORRECTED) & (W == clean).all(axis=1)
     assert ok.sum() >= 0.9 * W.shape[0]
     assert ((st >= 0) <= ok).all()
 
@@ -210,7 +210,7 @@ def test_flagged_entries_decode_as_erasures_up_to_d(k: int, free: int) -> None:
     hit = replace(W, rng, n)
     fl[hit] |= FLAG_BAD
     st = _irs.decode(code, W, fl)
-    assert (st == _irs.CORRECTED).all() and np.array_equal(W, clean)
+    assert (st == _irs_consts.CORRECTED).all() and np.array_equal(W, clean)
 
 
 @pytest.mark.parametrize("k", [8, 12, 16])
@@ -227,7 +227,7 @@ def test_fits_holds_at_exactly_d_flagged_entries_and_not_one_more(k: int) -> Non
     assert _irs.fits(code, fl).tolist() == [True, False]
     assert _irs.within_reach(code, fl)[0]
     st = _irs.decode(code, W, fl)
-    assert st[0] == _irs.CORRECTED and np.array_equal(W[0], clean[0])
+    assert st[0] == _irs_consts.CORRECTED and np.array_equal(W[0], clean[0])
 
 
 def test_fits_ignores_padding_even_when_flagged_bad() -> None:
@@ -241,7 +241,7 @@ def test_fits_ignores_padding_even_when_flagged_bad() -> None:
     fl[0, wrong] = FLAG_BAD
     fl[0, np.flatnonzero(~wrong)[:8]] = FLAG_PAD | FLAG_BAD  # a failed block's padding: still known content
     assert _irs.fits(code, fl)[0] and _irs.within_reach(code, fl)[0]
-    assert _irs.decode(code, W, fl)[0] == _irs.CORRECTED and np.array_equal(W, clean)
+    assert _irs.decode(code, W, fl)[0] == _irs_consts.CORRECTED and np.array_equal(W, clean)
 
 
 @pytest.mark.parametrize("k", [8, 12, 16])
@@ -281,7 +281,7 @@ def test_fixed_bytes_are_rederived(k: int, free: int) -> None:
     tag_bytes(W, fl, rng, 3, free)
     assert (W != clean).any()
     st = _irs.decode(code, W, fl)
-    assert (st == _irs.CLEAN).all() and np.array_equal(W, clean)
+    assert (st == _irs_consts.CLEAN).all() and np.array_equal(W, clean)
 
 
 def test_data_only_columns_are_protected() -> None:
@@ -290,7 +290,7 @@ def test_data_only_columns_are_protected() -> None:
     clean = sealed(code, 50, rng)
     W = clean.copy()
     replace(W, rng, 30, np.arange(200, 255))  # errors only in the integer words
-    assert (_irs.decode(code, W, np.full(W.shape, FLAG_BAD, np.uint8)) == _irs.CORRECTED).all()
+    assert (_irs.decode(code, W, np.full(W.shape, FLAG_BAD, np.uint8)) == _irs_consts.CORRECTED).all()
     assert np.array_equal(W, clean)
     W = clean.copy()
     hit = replace(W, rng, 45, np.arange(200, 255))
@@ -307,7 +307,7 @@ def test_bad_entries_with_fixed_bytes_in_errors_mode() -> None:
     hit = replace(W, rng, 50)
     fl |= FLAG_BAD  # too many to erase: errors only, some errors on entries holding a tag byte
     assert (hit & (fl & 1 == 1)).any()
-    assert (_irs.decode(code, W, fl) == _irs.CORRECTED).all() and np.array_equal(W, clean)
+    assert (_irs.decode(code, W, fl) == _irs_consts.CORRECTED).all() and np.array_equal(W, clean)
 
 
 def test_radius_at_k8_with_four_fixed_bytes_per_codeword() -> None:
@@ -319,7 +319,7 @@ def test_radius_at_k8_with_four_fixed_bytes_per_codeword() -> None:
     replace(W, rng, 45)  # radius (255 - 16) / 5 = 47.8
     fl |= FLAG_BAD
     st = _irs.decode(code, W, fl)
-    ok = (st == _irs.CORRECTED) & (W == clean).all(axis=1)
+    ok = (st == _irs_consts.CORRECTED) & (W == clean).all(axis=1)
     assert ok.sum() >= 198
     assert ((st >= 0) <= ok).all()  # no claimed group is wrong
 
@@ -334,7 +334,7 @@ def test_padding_is_rederived_and_never_an_error() -> None:
     W, fl = clean.copy(), np.zeros(clean.shape, np.uint8)
     W[:, 250:] = 0  # the pads' parity is not stored anywhere
     fl[:, 250:] = FLAG_PAD | 1
-    assert (_irs.decode(code, W, fl) == _irs.CLEAN).all() and np.array_equal(W, clean)
+    assert (_irs.decode(code, W, fl) == _irs_consts.CLEAN).all() and np.array_equal(W, clean)
     # a changed pad word cannot be "corrected": pads are never error positions, even flagged bad
     W[:, 252] = np.uint32(0x12345600)
     fl[:, 252] |= FLAG_BAD
@@ -355,7 +355,12 @@ def test_beyond_capacity_fails_and_leaves_rows_unchanged(k: int) -> None:
     before = W.copy()
     st = _irs.decode(code, W, np.full(W.shape, FLAG_BAD, np.uint8))
     assert (st < 0).all() and np.array_equal(W, before)
-    assert set(st.tolist()) <= {_irs.TOO_MANY, _irs.ROOT_COUNT, _irs.ROOT_LOCATION, _irs.INCONSISTENT}
+    assert set(st.tolist()) <= {
+        _irs_consts.TOO_MANY,
+        _irs_consts.ROOT_COUNT,
+        _irs_consts.ROOT_LOCATION,
+        _irs_consts.INCONSISTENT,
+    }
 
 
 @pytest.mark.parametrize("k", [8, 12])
@@ -387,7 +392,7 @@ def test_errors_on_unflagged_entries_are_rejected() -> None:
     fl = np.where(hit, 0, FLAG_BAD).astype(np.uint8)
     before = W.copy()
     st = _irs.decode(code, W, fl)
-    assert (st == _irs.ROOT_LOCATION).all() and np.array_equal(W, before)
+    assert (st == _irs_consts.ROOT_LOCATION).all() and np.array_equal(W, before)
     # erasures: a few flagged entries, and one changed entry that is not flagged
     W = clean.copy()
     hit = replace(W, rng, 11)
@@ -395,13 +400,13 @@ def test_errors_on_unflagged_entries_are_rejected() -> None:
     fl[np.arange(60), np.argmax(hit, axis=1)] = 0
     before = W.copy()
     st = _irs.decode(code, W, fl)
-    assert (st == _irs.INCONSISTENT).all() and np.array_equal(W, before)
+    assert (st == _irs_consts.INCONSISTENT).all() and np.array_equal(W, before)
     # nothing flagged at all
     W = clean.copy()
     W[:, 9] ^= np.uint32(1 << 31)
     before = W.copy()
     st = _irs.decode(code, W, np.zeros(W.shape, np.uint8))
-    assert (st == _irs.INCONSISTENT).all() and np.array_equal(W, before)
+    assert (st == _irs_consts.INCONSISTENT).all() and np.array_equal(W, before)
 
 
 def test_too_many_fixed_bytes_fail() -> None:
@@ -412,7 +417,7 @@ def test_too_many_fixed_bytes_fail() -> None:
     fl[:, 0] = 0b0011
     before = W.copy()
     st = _irs.decode(code, W, fl)
-    assert (st == _irs.TOO_MANY).all() and np.array_equal(W, before)
+    assert (st == _irs_consts.TOO_MANY).all() and np.array_equal(W, before)
 
 
 def test_a_mixed_batch_corrects_each_group_on_its_own() -> None:

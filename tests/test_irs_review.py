@@ -16,7 +16,7 @@ import reed_solomon_leopard as rsl
 import safetensors.numpy as stn
 
 import paramseal
-from paramseal import _irs, _irs_recover, _outer, _strata, files, sharded
+from paramseal import _irs, _irs_consts, _irs_recover, _outer, _strata, files, sharded
 from paramseal.formats import safetensors as st_format
 from paramseal.formats.base import Loaded
 from paramseal.header import METADATA_KEY, HeaderAuthError, parse_header
@@ -283,10 +283,10 @@ def test_within_reach_matches_the_decoder_on_erasures() -> None:
     flags = np.zeros((ng, 255), np.uint8)
     for g in range(ng):
         n = int(rng.integers(0, 70))
-        flags[g, rng.choice(255, n, replace=False)] = _irs.FLAG_BAD
+        flags[g, rng.choice(255, n, replace=False)] = _irs_consts.FLAG_BAD
     flags[:, :16:4] |= 0x01  # some fixed bytes, as tags give
     sent = W.copy()
-    bad = (flags & _irs.FLAG_BAD) != 0
+    bad = (flags & _irs_consts.FLAG_BAD) != 0
     W[bad] = rng.integers(0, 1 << 32, int(bad.sum()), dtype=np.uint64).astype(np.uint32)
     pred = _irs.within_reach(code, flags)
     got = _irs.decode(code, W, flags) >= 0

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _gfni_plan, _irs, _native, _native_blocks, _outer, _strata, files
+from paramseal import _gfni_plan, _irs, _irs_consts, _irs_kernels, _native, _native_blocks, _outer, _strata, files
 from paramseal.errors import NonFiniteError
 from paramseal.seal import SealConfig
 
@@ -82,7 +82,8 @@ def no_native(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_phi_is_a_field_isomorphism() -> None:
     fwd, inv = _gfni_plan._phi()
     a = np.arange(256)
-    prod_11d = _irs._EXP[_irs._LOG[a][:, None] + _irs._LOG[a][None, :]]  # products mod 0x11d (0 where a factor is 0)
+    exp, log = _irs_consts.EXP, _irs_consts.LOG
+    prod_11d = exp[log[a][:, None] + log[a][None, :]]  # products mod 0x11d (0 where a factor is 0)
     want = fwd[prod_11d.astype(np.uint8)]
     got = np.array([[_gfni_plan._mul_11b(int(fwd[x]), int(fwd[y])) for y in range(256)] for x in range(256)])
     assert np.array_equal(got, want)
@@ -95,7 +96,7 @@ def test_phi_is_a_field_isomorphism() -> None:
 def test_encode_equals_the_numba_encoder(k: int, F: int, host: int) -> None:
     code = _irs.code_for(k, F, host)
     rng = np.random.default_rng(k * 1000 + F + host)
-    W = rng.integers(0, 2**32, (700, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    W = rng.integers(0, 2**32, (700, _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
     W[:, :F] &= np.uint32(~((1 << k) - 1) & 0xFFFFFFFF)
     W[:5] = 0  # the all-zero group, and a few with one word set
     W[1, 3] = 0xFFFFFFFF & ~((1 << k) - 1)
@@ -125,19 +126,19 @@ def test_decoder_syndromes_equal_the_numba_kernel(k: int, F: int, host: int, mon
     code = _irs.code_for(k, F, host)
     rng = np.random.default_rng(7 * k + F + host)
     ng = 600
-    W = rng.integers(0, 2**32, (ng, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    W = rng.integers(0, 2**32, (ng, _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
     W[:, :F] &= np.uint32(~((1 << k) - 1) & 0xFFFFFFFF)
     _irs._run(0, code, W, None)
     flags = np.zeros(W.shape, np.uint8)
     flags[:, :6] |= rng.integers(0, 16, (ng, 6)).astype(np.uint8)  # fixed bytes (erasures; content ignored)
     W[:, :6] ^= rng.integers(0, 2**32, (ng, 6), dtype=np.uint64).astype(np.uint32) & _irs.byte_mask(~flags[:, :6])
-    hit = rng.integers(6, _irs.N_POS, (ng, 3))
+    hit = rng.integers(6, _irs_consts.N_POS, (ng, 3))
     for c in range(3):  # up to 3 replaced words per group, flagged; some groups past the radius
         rows = rng.random(ng) < 0.7
-        flags[rows, hit[rows, c]] |= _irs.FLAG_BAD
+        flags[rows, hit[rows, c]] |= _irs_consts.FLAG_BAD
         W[rows, hit[rows, c]] ^= rng.integers(1, 2**32, int(rows.sum()), dtype=np.uint64).astype(np.uint32)
-    W[::50] = rng.integers(0, 2**32, (len(W[::50]), _irs.N_POS), dtype=np.uint64).astype(np.uint32)  # wrecked
-    flags[::50, ::2] |= _irs.FLAG_BAD
+    W[::50] = rng.integers(0, 2**32, (len(W[::50]), _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)  # wrecked
+    flags[::50, ::2] |= _irs_consts.FLAG_BAD
     got_w, got_f = W.copy(), flags.copy()
     got = _irs.decode(code, got_w, got_f)
     zero_native = _irs.syndromes_zero(code, W)
@@ -149,7 +150,7 @@ def test_decoder_syndromes_equal_the_numba_kernel(k: int, F: int, host: int, mon
         assert np.array_equal(_irs.syndromes_zero(code, W), zero_native)
     assert np.array_equal(got, want) and np.array_equal(got_w, want_w)
     if code.d.min() >= 8:  # both outcomes were exercised (a tiny code corrects little)
-        assert (want == _irs.CORRECTED).sum() > ng // 2 and (want < 0).any()
+        assert (want == _irs_consts.CORRECTED).sum() > ng // 2 and (want < 0).any()
     pre = _native.syndromes(code, W, flags)
     assert pre is not None and pre.shape == (4 * ng, code.words)
 
@@ -160,7 +161,7 @@ def test_table_kernels_equal_numba(k: int, F: int, host: int) -> None:
     """The coding kernels of CPUs without GFNI (numba's nibble tables in C): encoder and syndromes."""
     code = _irs.code_for(k, F, host)
     rng = np.random.default_rng(k * 1000 + F + host + 1)
-    W = rng.integers(0, 2**32, (700, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    W = rng.integers(0, 2**32, (700, _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
     W[:, :F] &= np.uint32(~((1 << k) - 1) & 0xFFFFFFFF)
     W[:5] = 0
     W[600:] |= np.uint32(0xA5)  # free bits set: both read only the bits the code covers
@@ -172,7 +173,7 @@ def test_table_kernels_equal_numba(k: int, F: int, host: int) -> None:
     assert _irs.syndromes_zero(code, got[:600]).all()
     flags = rng.integers(0, 256, W.shape, dtype=np.uint8)
     for fl in (None, flags):  # with flags, the fixed bytes count as zero
-        want_s = _irs._batch_shares(W, flags, fl is not None, 0, W.shape[0], code.syn, 0, code.free_strata)
+        want_s = _irs_kernels._batch_shares(W, flags, fl is not None, 0, W.shape[0], code.syn, 0, code.free_strata)
         assert np.array_equal(_native._syndromes_tab(code, W, fl), want_s)
     broken = got.copy()
     broken[np.arange(0, 600, 7), 9] ^= np.uint32(1 << 30)
@@ -183,7 +184,7 @@ def test_table_kernels_equal_numba(k: int, F: int, host: int) -> None:
 def test_encode_ignores_free_bits_like_the_reference() -> None:
     # the encoder's input has its free bits clear; with them set both read only the data bits
     code = _irs.code_for(8, 255, 2)
-    W = np.random.default_rng(5).integers(0, 2**32, (64, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    W = np.random.default_rng(5).integers(0, 2**32, (64, _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
     want = W.copy()
     _irs._run(0, code, want, None)
     got = W.copy()
@@ -201,7 +202,7 @@ def test_content_equals_the_numba_kernel(k: int, F: int, gfni: bool, monkeypatch
     if not gfni:  # the portable kernel
         monkeypatch.setattr(_native, "_load", lambda: None)
     o = _outer.plan(5000, k, F, 0)
-    w = np.random.default_rng(F).integers(0, 2**32, (333, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    w = np.random.default_rng(F).integers(0, 2**32, (333, _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
     want = np.zeros((333, o.shard), np.uint8)
     _outer._content_nb(w, F, k, want)
     got = _native.content(w, F, k, o.shard)
@@ -259,7 +260,7 @@ def test_seal_words_and_scatter_equal_the_reference(
     specs = SealConfig(level="standard").specs(model)
     flats = [helpers.uview(np.ascontiguousarray(model[s.name])).reshape(-1) for s in specs]
     st = _strata.plan(specs, key, bytes(range(16)))
-    assert st.free_strata < _irs.N_POS  # data strata too
+    assert st.free_strata < _irs_consts.N_POS  # data strata too
     data = st.pack_data(flats)
     for g0, g1 in [(0, st.G), (3, 7), (st.G - 5, st.G)]:
         g = np.arange(g0, g1, dtype=np.int64)
@@ -301,8 +302,8 @@ def test_scatter_writes_as_the_reference_writes(mapped: bool, key: paramseal.Key
         got, want = outs_of("got"), outs_of("want")
         rng = np.random.default_rng(3)
         for g0, g1 in [(0, st.G), (st.G - 5, st.G), (3, 7)]:  # from the second: the strata wrap
-            w = rng.integers(0, 1 << 32, (g1 - g0, _irs.N_POS), dtype=np.uint32)
-            pad = rng.integers(0, 1 << 32, (g1 - g0, _irs.N_POS), dtype=np.uint32)
+            w = rng.integers(0, 1 << 32, (g1 - g0, _irs_consts.N_POS), dtype=np.uint32)
+            pad = rng.integers(0, 1 << 32, (g1 - g0, _irs_consts.N_POS), dtype=np.uint32)
             st.scatter(got, w, g0, g1, pad)  # compiled
             st.scatter(want, w ^ pad, g0, g1)  # the reference: numba placement, write_run per piece
             for a, b in zip(got, want, strict=True):
@@ -350,7 +351,7 @@ def test_seal_gather_finds_the_first_nan_with_and_without_simd(misaligned: bool,
         for simd in (True, False):
             _native.SIMD = simd
             try:
-                w = np.zeros((ng, _irs.N_POS), np.uint32)
+                w = np.zeros((ng, _irs_consts.N_POS), np.uint32)
                 pieces = st._native_pieces(flats, ts, g0, ng, zeros)
                 hit = _native.gather(w, g0, st._perm16(), st.free_strata, pieces, pad, int(st._clear_mask()))
             finally:
@@ -361,7 +362,7 @@ def test_seal_gather_finds_the_first_nan_with_and_without_simd(misaligned: bool,
         if nans == 0:  # after a NaN the rows left are not filled
             assert np.array_equal(got[0][1], got[1][1])
         else:
-            r, p = divmod(got[0][0], _irs.N_POS)
+            r, p = divmod(got[0][0], _irs_consts.N_POS)
             words = st.read(flats, st.pack_data(flats), v)[0]
             bad = ((words >> 23) & 0xFF == 0xFF) & (v < st.n_float)
             assert bad[r, p] and not bad[:r].any() and not bad[r, :p].any()  # the first one, row by row
@@ -538,23 +539,23 @@ def _damaged_groups(code: _irs.Code, rng: np.random.Generator, ng: int) -> tuple
     left intact (scattered damage flags whole blocks), fixed bytes, padding; a few groups with an
     unflagged error or wrecked whole.
     """
-    W = rng.integers(0, 2**32, (ng, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    W = rng.integers(0, 2**32, (ng, _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
     W[:, : code.free_strata] &= np.uint32(~((1 << code.k) - 1) & 0xFFFFFFFF)
     _irs.encode(code, W)
     flags = np.zeros(W.shape, np.uint8)
     dmax = int(code.d.max())
     nerr = rng.choice([0, 1, 2, 3, 5, 8, 9, 12, 20, 30, 60, dmax // 3, dmax // 2, dmax - 2, dmax + 5], ng)
-    nflag = np.minimum(_irs.N_POS, nerr + rng.choice([0, 0, 2, 10, 40, 120], ng))
+    nflag = np.minimum(_irs_consts.N_POS, nerr + rng.choice([0, 0, 2, 10, 40, 120], ng))
     for g in range(ng):
-        js = rng.permutation(_irs.N_POS)
-        flags[g, js[: nflag[g]]] |= _irs.FLAG_BAD
+        js = rng.permutation(_irs_consts.N_POS)
+        flags[g, js[: nflag[g]]] |= _irs_consts.FLAG_BAD
         W[g, js[: nerr[g]]] ^= rng.integers(1, 2**32, nerr[g], dtype=np.uint64).astype(np.uint32)
     fixed = rng.random(ng) < 0.3
     flags[fixed, 200:204] |= rng.integers(1, 16, (int(fixed.sum()), 4)).astype(np.uint8)
-    flags[::17, 250:] |= _irs.FLAG_PAD
+    flags[::17, 250:] |= _irs_consts.FLAG_PAD
     W[::17, 250:] = 0
     W[5::23, 7] ^= 1 << 20  # an error in an entry not flagged
-    W[::41] = rng.integers(0, 2**32, (len(W[::41]), _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    W[::41] = rng.integers(0, 2**32, (len(W[::41]), _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
     return W, flags
 
 
@@ -569,16 +570,23 @@ def test_compiled_decoder_equals_the_numba_decoder(k: int, F: int, host: int) ->
     got_w = W.copy()
     got = _native.decode(code, got_w, flags, pre)
     want_w, want = W.copy(), np.zeros(W.shape[0], np.int8)
-    _irs._run_nb(
+    _irs_kernels.run_nb(
         1, want_w, flags, code.syn, code.fn, code.d, code.first, 0, code.free_strata, pre,
         np.zeros(W.shape[0], np.bool_), want,
     )  # fmt: skip
     assert got is not None
     assert np.array_equal(got, want) and np.array_equal(got_w, want_w)
     seen = set(np.unique(want).tolist())
-    assert {_irs.CLEAN, _irs.CORRECTED, _irs.TOO_MANY} <= seen
+    assert {_irs_consts.CLEAN, _irs_consts.CORRECTED, _irs_consts.TOO_MANY} <= seen
     if code.d.min() >= 8:  # every outcome of the decoder was compared
-        want_all = {_irs.CLEAN, _irs.CORRECTED, _irs.TOO_MANY, _irs.ROOT_COUNT, _irs.ROOT_LOCATION, _irs.INCONSISTENT}
+        want_all = {
+            _irs_consts.CLEAN,
+            _irs_consts.CORRECTED,
+            _irs_consts.TOO_MANY,
+            _irs_consts.ROOT_COUNT,
+            _irs_consts.ROOT_LOCATION,
+            _irs_consts.INCONSISTENT,
+        }
         assert seen == want_all
 
 
@@ -608,7 +616,7 @@ def test_compiled_gather_with_flags_equals_the_numba_kernel(
             want_w, want_f = st.groups(flats, data, g, bad)
             want_s = st.groups(flats, data, g, seal=True)[0]
         assert np.array_equal(got_w, want_w) and np.array_equal(got_f, want_f) and np.array_equal(got_s, want_s)
-        assert got_f is not None and (got_f & _irs.FLAG_BAD).any() and (got_f & _irs.FLAG_PAD).any()
+        assert got_f is not None and (got_f & _irs_consts.FLAG_BAD).any() and (got_f & _irs_consts.FLAG_PAD).any()
     assert calls  # the compiled kernel ran
 
 
@@ -619,15 +627,15 @@ def test_compiled_decoder_equals_numba_on_garbage(k: int, F: int, host: int) -> 
     code = _irs.code_for(k, F, host)
     rng = np.random.default_rng(k + F + host)
     ng = 3000
-    W = rng.integers(0, 2**32, (ng, _irs.N_POS), dtype=np.uint64).astype(np.uint32)
+    W = rng.integers(0, 2**32, (ng, _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
     flags = rng.integers(0, 256, W.shape, dtype=np.uint8)
-    flags[: ng // 2] &= rng.choice(np.array([0, 0x10, 0x1F, 0x20, 0x0F, 0xFF], np.uint8), (ng // 2, _irs.N_POS))
+    flags[: ng // 2] &= rng.choice(np.array([0, 0x10, 0x1F, 0x20, 0x0F, 0xFF], np.uint8), (ng // 2, _irs_consts.N_POS))
     real = _native.syndromes(code, W, flags)
     assert real is not None
     for pre in (real, rng.integers(0, 2**64 - 1, real.shape, dtype=np.uint64, endpoint=True)):
         got_w, want_w, want = W.copy(), W.copy(), np.zeros(ng, np.int8)
         got = _native.decode(code, got_w, flags, pre)
-        _irs._run_nb(
+        _irs_kernels.run_nb(
             1, want_w, flags, code.syn, code.fn, code.d, code.first, 0, code.free_strata, pre,
             np.zeros(ng, np.bool_), want,
         )  # fmt: skip
@@ -960,8 +968,8 @@ def test_an_unknown_native_setting_is_an_error_not_the_default(monkeypatch: pyte
 @needs_lib
 def test_seal_gather_refusing_its_strata_is_an_error_not_a_clean_batch() -> None:
     """ps_gather returns -2 for a strata count it does not take; that once read as 'no NaN' with w unfilled."""
-    w, pad = np.zeros((2, _irs.N_POS), np.uint32), np.zeros((2, _irs.N_POS), np.uint32)
-    perm = np.arange(_irs.N_POS, dtype=np.int16)[None, :]
+    w, pad = np.zeros((2, _irs_consts.N_POS), np.uint32), np.zeros((2, _irs_consts.N_POS), np.uint32)
+    perm = np.arange(_irs_consts.N_POS, dtype=np.int16)[None, :]
     pieces = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.uint64), np.full(1, -1, np.int32))
     with pytest.raises(RuntimeError, match="refused 0 float strata"):
         _native.gather(w, 0, perm, 0, pieces, pad, 0xFFFFFFFF)

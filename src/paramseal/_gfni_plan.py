@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _irs
+from . import _irs, _irs_consts
 
 # --------------------------------------------------------------------------- GF(2^8) field map
 
@@ -102,8 +102,8 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
     t = ((lane & 3) - (lane >> 2)) & 3  # (64,) codeword of each permuted lane
     i = np.arange(dmax)[:, None, None]
     e = ((i + code.first[t][None, None, :]) * j[None]) % 255
-    powers = fwd[_irs._EXP[e].astype(np.uint8)]
-    powers[(i >= d[t][None, None, :]) | (j[None] >= _irs.N_POS)] = 0
+    powers = fwd[_irs_consts.EXP[e].astype(np.uint8)]
+    powers[(i >= d[t][None, None, :]) | (j[None] >= _irs_consts.N_POS)] = 0
     # the bits the code reads: all but the free nibbles (hosted bytes are data)
     keep = np.full(1024, 0xFF, np.uint8)
     keep[1020:] = 0

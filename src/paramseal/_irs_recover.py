@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _irs, _native, _outer, _strata
-from ._irs import FLAG_BAD
+from ._irs_consts import FLAG_BAD
 from ._pages import Workspace, release
 from ._parallel import in_turn, task_map
 from ._strata import GROUP_BATCH, DataRegion, Strata

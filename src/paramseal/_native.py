@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _gfni_plan, _irs
+from . import _gfni_plan, _irs, _irs_consts
 from ._parallel import halves, parallel_map
 from .errors import InputError, NativeUnavailableError, UsageError
 
@@ -192,8 +192,8 @@ def gather_runs(
     assert lib is not None
     for a in (runs, offs, ipermt, bad, tagb, w):
         assert a.flags.c_contiguous
-    assert runs.dtype == offs.dtype == ipermt.dtype == np.int64 and ipermt.shape[0] == _irs.N_POS
-    assert w.dtype == np.uint32 and w.shape[1] == _irs.N_POS and tagb.size == 64 and bad.dtype == np.bool_
+    assert runs.dtype == offs.dtype == ipermt.dtype == np.int64 and ipermt.shape[0] == _irs_consts.N_POS
+    assert w.dtype == np.uint32 and w.shape[1] == _irs_consts.N_POS and tagb.size == 64 and bad.dtype == np.bool_
     assert fl is None or (fl.shape == w.shape and fl.dtype == np.uint8 and fl.flags.c_contiguous)
     if src is not None:
         assert src.dtype == np.uint32 and src.flags.c_contiguous and src.size >= t1 - t0
@@ -259,7 +259,7 @@ def _encode_tab(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
     _irs._check(W)
     # the whole free bytes of each position are skipped (their rows of enc are zero), but for the
     # hosted bytes, which carry the outer code: numba reads them all where there is a host
-    b0s = np.zeros(_irs.N_POS, np.uint8)
+    b0s = np.zeros(_irs_consts.N_POS, np.uint8)
     b0s[: code.free_strata] = code.k // 8
     b0s[code.hosted.reshape(-1)] = 0
     fn, d = np.ascontiguousarray(code.fn, np.int64), np.ascontiguousarray(code.d, np.int64)
@@ -376,7 +376,7 @@ def gather(
     stage = np.empty((F, w.shape[0]) if (fd >= 0).any() else (1, 1), np.uint32)
     for a in (w, pad, perm, pstart, row_end, base, fd):
         assert a.flags.c_contiguous
-    assert w.shape == pad.shape and w.shape[1] == _irs.N_POS and pstart.size == F + 1
+    assert w.shape == pad.shape and w.shape[1] == _irs_consts.N_POS and pstart.size == F + 1
 
     def run(r: tuple[int, int]) -> int:
         return int(
@@ -446,9 +446,9 @@ def put_strata(
 def content(w: NDArray[np.uint32], F: int, k: int, shard: int) -> NDArray[np.uint8] | None:
     """`_outer.Outer.content` compiled (AVX-512 with GFNI, else portable): ``[ng, shard]`` bytes, or None."""
     gfni, lib = _load(), _lib()
-    if lib is None or k not in (8, 12, 16) or shard < 4 * _irs.N_POS - (k // 8) * F:
+    if lib is None or k not in (8, 12, 16) or shard < 4 * _irs_consts.N_POS - (k // 8) * F:
         return None
-    assert w.flags.c_contiguous and w.dtype == np.uint32 and w.shape[1] == _irs.N_POS
+    assert w.flags.c_contiguous and w.dtype == np.uint32 and w.shape[1] == _irs_consts.N_POS
     fn = lib.ps_content_any if gfni is None else gfni.ps_content
     out = np.empty((w.shape[0], shard), np.uint8)
     parallel_map(lambda r: fn(w.ctypes.data, r[0], r[1], F, k, out.ctypes.data, shard), _rows(w.shape[0]))

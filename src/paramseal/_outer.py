@@ -22,7 +22,7 @@ import numpy as np
 import reed_solomon_leopard as rsl
 from numpy.typing import NDArray
 
-from . import _irs, _native
+from . import _irs, _irs_consts, _native
 from ._kernels import rows_as_bytes as _shards
 from ._parallel import halves, parallel_map
 
@@ -80,12 +80,12 @@ class Outer:
     def words(self, content: NDArray[np.uint8]) -> NDArray[np.uint32]:
         """Inverse of ``content``: words with free bits zero (hosted bytes zero too)."""
         ng = content.shape[0]
-        by = np.zeros((ng, _irs.N_POS, 4), np.uint8)
+        by = np.zeros((ng, _irs_consts.N_POS, 4), np.uint8)
         lo = self.k // 8
         nf = self.free_strata * (4 - lo)
         by[:, : self.free_strata, lo:] = content[:, :nf].reshape(ng, self.free_strata, 4 - lo)
-        by[:, self.free_strata :] = content[:, nf : nf + 4 * (_irs.N_POS - self.free_strata)].reshape(ng, -1, 4)
-        return by.view(np.uint32).reshape(ng, _irs.N_POS)
+        by[:, self.free_strata :] = content[:, nf : nf + 4 * (_irs_consts.N_POS - self.free_strata)].reshape(ng, -1, 4)
+        return by.view(np.uint32).reshape(ng, _irs_consts.N_POS)
 
     @property
     def columns(self) -> int:
@@ -142,7 +142,7 @@ class Outer:
         if r == 0 or not self.can_repair(failed, s):
             return None
         content = self.content(w)
-        stream = w.view(np.uint8).reshape(w.shape[0], _irs.N_POS, 4)[:, code.hosted.reshape(-1), 0].reshape(-1)
+        stream = w.view(np.uint8).reshape(w.shape[0], _irs_consts.N_POS, 4)[:, code.hosted.reshape(-1), 0].reshape(-1)
         gone = self._lost_parity(failed, r)
         for c in range(self.columns):
             have = {}
@@ -171,7 +171,7 @@ class Outer:
         """Write the hosted bytes of superblock rows ``which`` (of ``ng``) into ``rows``: parity column by column."""
         stream = np.zeros(ng * 4 * self.host, np.uint8)
         stream[: parity.size] = parity.reshape(-1)
-        by = rows.view(np.uint8).reshape(rows.shape[0], _irs.N_POS, 4)
+        by = rows.view(np.uint8).reshape(rows.shape[0], _irs_consts.N_POS, 4)
         by[:, code.hosted.reshape(-1), 0] = stream.reshape(ng, -1)[which]
 
 
@@ -200,7 +200,7 @@ def plan(G: int, k: int, free_strata: int, host: int) -> Outer:
     """Superblocks of at most SUPER_MAX groups, as even as possible; ``host`` 0 gives plain batches."""
     n = -(-G // SUPER_MAX)
     sb = np.array([round(i * G / n) for i in range(n + 1)], np.int64)
-    content = free_strata * (4 - k // 8) + 4 * (_irs.N_POS - free_strata)
+    content = free_strata * (4 - k // 8) + 4 * (_irs_consts.N_POS - free_strata)
     return Outer(k, free_strata, host, sb, -(-content // 64) * 64)
 
 

@@ -11,7 +11,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from ._irs import FLAG_BAD, FLAG_PAD
+from ._irs_consts import FLAG_BAD, FLAG_PAD
 from ._parallel import halves
 
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
 from . import _irs, _outer
-from ._irs import FLAG_BAD, FLAG_PAD, N_POS
+from ._irs_consts import FLAG_BAD, FLAG_PAD, N_POS
 from ._layout import TensorSpec
 from ._pages import file_span
 from ._parallel import halves, parallel_map
