@@ -42,7 +42,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_core  # noqa: E402
 
-from paramseal import Key, _irs, _outer, _strata, files, load_key  # noqa: E402
+from paramseal import Key, _irs, _outer, _recover_file, _strata, files, load_key  # noqa: E402
 
 T: collections.Counter[str] = collections.Counter()  # wall seconds per label (summed over threads)
 CPU: collections.Counter[str] = collections.Counter()  # CPU seconds of the calling threads per label
@@ -187,7 +187,7 @@ def recover_phases(path: Path) -> None:
     timed(_irs, "code_for", "code tables")
     timed(_irs, "decode", "decode")
     timed(_strata.Strata, "groups", "gather the damaged groups")
-    timed(files, "patch_in_place", "write the rebuilt blocks")
+    timed(_recover_file, "patch_in_place", "write the rebuilt blocks")
     t0 = time.perf_counter()
     res = files.recover_file(path, path, load_key(None), in_place=True, progress=False)
     show(f"recover --in-place of 100 bit flips, fresh process ({res.report.status})", time.perf_counter() - t0)

@@ -1352,14 +1352,14 @@ def test_sigterm_ends_with_its_code_and_leaves_no_temporary_file(
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        import paramseal.files
+        import paramseal._recover_file
         from paramseal import cli
 
         def killed(*a, **k):
             os.kill(os.getpid(), signal.{sig})  # while the input is being copied into the output's temporary file
             raise AssertionError("not reached")
 
-        paramseal.files.plan_recovery = killed
+        paramseal._recover_file.plan_recovery = killed
         sys.argv = ["paramseal", "recover", sys.argv[1], sys.argv[2], "--key", sys.argv[3]]
         sys.exit(cli.main())
         """

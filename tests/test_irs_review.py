@@ -16,7 +16,7 @@ import reed_solomon_leopard as rsl
 import safetensors.numpy as stn
 
 import paramseal
-from paramseal import _irs, _irs_consts, _irs_recover, _outer, _strata, files, sharded
+from paramseal import _irs, _irs_consts, _irs_recover, _outer, _recover_file, _strata, files, sharded
 from paramseal.formats import safetensors as st_format
 from paramseal.formats.base import Loaded
 from paramseal.header import METADATA_KEY, HeaderAuthError, parse_header
@@ -859,9 +859,9 @@ def test_a_sealed_file_whose_only_rebuilt_block_of_a_tensor_is_refused_is_patche
                 fh.write(bad[entry.name].tobytes())
     shutil.copyfile(src, tmp_path / "here.safetensors")
     patched = []
-    real = files.patch_copy, files.patch_in_place
-    monkeypatch.setattr(files, "patch_copy", lambda *a: patched.append(real[0](*a)) or patched[-1])
-    monkeypatch.setattr(files, "patch_in_place", lambda *a: patched.append(real[1](*a)) or patched[-1])
+    real = _recover_file.patch_copy, _recover_file.patch_in_place
+    monkeypatch.setattr(_recover_file, "patch_copy", lambda *a: patched.append(real[0](*a)) or patched[-1])
+    monkeypatch.setattr(_recover_file, "patch_in_place", lambda *a: patched.append(real[1](*a)) or patched[-1])
     for dst in (tmp_path / "out.safetensors", tmp_path / "here.safetensors"):
         out = files.recover_file(
             dst if dst.name == "here.safetensors" else src, dst, key, allow_partial=True, in_place=True

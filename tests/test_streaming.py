@@ -17,7 +17,7 @@ import pytest
 import safetensors.numpy as stn
 
 import paramseal
-from paramseal import _pages, _patch, files
+from paramseal import _pages, _patch, _recover_file, files
 from paramseal.errors import InputError
 from paramseal.header import METADATA_KEY
 
@@ -416,9 +416,9 @@ def test_recover_in_place_and_recover_of_renamed_tensors_leave_no_temporary_file
 ) -> None:
     patched: list[bool] = []
     here: list[bool] = []
-    real, real_here = files.patch_copy, files.patch_in_place
-    monkeypatch.setattr(files, "patch_copy", lambda *a: patched.append(real(*a)) or patched[-1])
-    monkeypatch.setattr(files, "patch_in_place", lambda *a: here.append(real_here(*a)) or here[-1])
+    real, real_here = _recover_file.patch_copy, _recover_file.patch_in_place
+    monkeypatch.setattr(_recover_file, "patch_copy", lambda *a: patched.append(real(*a)) or patched[-1])
+    monkeypatch.setattr(_recover_file, "patch_in_place", lambda *a: here.append(real_here(*a)) or here[-1])
     sealed, t, meta = _sealed(tmp_path, model, key)
     bad = helpers.flip_bit(t, "embed.weight", 77, 29)
     p = _edited_copy(sealed, tmp_path / "bad.safetensors", [("embed.weight", 77, 29)], meta)
@@ -449,8 +449,8 @@ def test_recover_puts_swapped_tensors_back_and_drops_bloated_headers(
     files.seal_file(helpers.write_st(tmp_path / "m.safetensors", model, META), sealed, key)
     t, meta = helpers.read_st(sealed)
     patched: list[bool] = []
-    real = files.patch_copy
-    monkeypatch.setattr(files, "patch_copy", lambda *a: patched.append(real(*a)) or patched[-1])
+    real = _recover_file.patch_copy
+    monkeypatch.setattr(_recover_file, "patch_copy", lambda *a: patched.append(real(*a)) or patched[-1])
 
     swapped = helpers.write_st(tmp_path / "swapped.safetensors", {**t, "a": t["b"], "b": t["a"]}, meta)
     out = tmp_path / "out1.safetensors"

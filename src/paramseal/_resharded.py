@@ -17,9 +17,9 @@ from typing import Any
 from ._embed import header_copies
 from ._file_header import check_loaded, prefixed_errors
 from ._paths import never_a_key, never_read_only
+from ._recover_file import recover_loaded
 from ._shard_index import disagreements, read_index
 from .errors import FormatError, ParamSealError, UsageError
-from .files import recover_loaded
 from .formats import Loaded, adapter_for
 from .formats import safetensors as st_format
 from .header import METADATA_KEY, SET_KEY, parse_header
@@ -86,7 +86,7 @@ def verify_as_one(folder: Path, key: Key, one: Loaded, pattern: str | None, expe
 def recover_as_one(src: Path, dst: Path, key: Key, one: Loaded, allow_partial: bool, expect_seal: str | None) -> Report:
     """Recover the shards of a re-sharded single-file seal (`one_file_seal`) into the one file ``dst``.
 
-    As `files.recover_file` (`files.recover_loaded` after the checks of a folder's paths): ``dst`` is written
+    As `files.recover_file` (`_recover_file.recover_loaded` after the checks of a folder's paths): ``dst`` is written
     when the result verifies, else only with ``allow_partial``.
     """
     idx = read_index(src)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import files
+from ._model_io import PathLike
 from ._shard_index import index_name, read_index, set_files
 from ._shard_set import _parsed
 from .errors import FormatError, ParamSealError
@@ -18,7 +19,7 @@ from .header import SET_KEY
 from .report import SEAL_ID
 
 
-def inspect_dir(folder: files.PathLike) -> dict[str, Any]:
+def inspect_dir(folder: PathLike) -> dict[str, Any]:
     """Describe a sharded checkpoint without a key: totals, the seal settings, and each shard.
 
     The settings shown are the first sealed shard's (``scheme``: every sealed shard's, as it

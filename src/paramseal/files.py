@@ -3,8 +3,8 @@
 Outputs are written to a temporary file beside the destination, flushed and
 renamed into place (`_paths.atomic_path`), so a failure leaves nothing half-written.
 The input is never modified unless the caller passes the same path with ``in_place=True``.
-Which header a file is checked against is `_file_header`'s; writing a recovered
-safetensors model block by block is `_patch`'s.
+Which header a file is checked against is `_file_header`'s; recovering a file is
+`_recover_file`'s, and reading and writing one `_model_io`'s.
 """
 
 from __future__ import annotations
@@ -14,23 +14,16 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import _embed
 from ._bits import uint_view
-from ._file_header import check_loaded, first_authentic, made_whole, own_header, prefixed_errors
+from ._file_header import check_loaded, first_authentic, own_header, prefixed_errors
 from ._inspect import describe
-from ._pages import Workspace, check_inputs
-from ._patch import (
-    Precopy,
-    patch_copy,
-    patch_in_place,
-    refuse_losing_partial,
-    refuse_unverifiable_metadata,
-    write_recovered,
-)
+from ._model_io import PathLike, open_model, read_model, warn_pt_entry, write_model
+from ._pages import Workspace
 from ._paths import (
     atomic_path,
     check_header_out,
@@ -41,6 +34,7 @@ from ._paths import (
     temp_beside,
 )
 from ._progress import Progress
+from ._recover_file import RecoveredFile, recover_file
 from ._sealing import probe_header, seal_flat, use_irs
 from ._weights_header import header_from_weights
 from .errors import (
@@ -56,30 +50,11 @@ from .errors import (
 )
 from .formats import GRAPH_KEY, Loaded, adapter_for, onnx_format
 from .formats import safetensors as st_format
-from .formats.pytorch import META_ENTRY
-from .header import METADATA_KEY, SET_KEY, Header, parse_header
+from .header import METADATA_KEY, SET_KEY, Header
 from .keys import Key, looks_like_key_file, require_key
-from .recover import not_the_expected_seal, plan_recovery, recover_from_plan
 from .report import Report, seal_id_arg
 from .seal import SealConfig, check_metadata, with_non_finite
 from .verify import pinned_check, report_of
-
-PathLike = str | os.PathLike[str]
-
-
-def read_model(path: PathLike, fmt: str | None = None) -> Loaded:
-    """Read a model file with the adapter for its format."""
-    p = Path(path)
-    require_file(p)
-    return adapter_for(p, fmt).read(p)
-
-
-def write_model(path: PathLike, loaded: Loaded, fmt: str | None = None) -> None:
-    """Write a model file atomically."""
-    p = Path(path)
-    adapter = adapter_for(p, fmt, must_exist=False)
-    with atomic_path(p) as tmp:
-        adapter.write(tmp, loaded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,33 +64,6 @@ class SealedFile:
     path: Path
     header_json: str
     header: Header
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveredFile:
-    """The outcome of ``recover_file``: the report, and the output path if one was written."""
-
-    path: Path | None
-    report: Report
-    metadata: dict[str, str]
-
-
-def _is_safetensors(path: Path, *, output: bool = False) -> bool:
-    return adapter_for(path, must_exist=not output).name == "safetensors"
-
-
-@contextmanager
-def _open_model(path: Path) -> Iterator[Loaded]:
-    """The model in ``path``: safetensors are mapped (pages read on use), other formats loaded."""
-    require_file(path)
-    if not _is_safetensors(path):
-        yield read_model(path)
-        return
-    m, tensors, meta = st_format.map_tensors(path)
-    try:
-        yield Loaded(tensors, meta)
-    finally:
-        m.close()
 
 
 @contextmanager
@@ -183,7 +131,7 @@ def seal_file(
     d, fmt = check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
     # a dtype seal refuses is read all the same (verify reports a sealed tensor retyped so): name the file
-    with prefixed_errors(s, (UnsupportedError,)), _open_model(s) as loaded, _header_file(header_out, s, d) as keep:
+    with prefixed_errors(s, (UnsupportedError,)), open_model(s) as loaded, _header_file(header_out, s, d) as keep:
         if fmt == "onnx":
             onnx_format.require_graph(d, loaded)
         if loaded.others:
@@ -206,7 +154,7 @@ def seal_file(
             keep(sealed.header_json)  # before the model: an ONNX writer may place it before it returns
             write_model(d, Loaded(sealed.tensors, {**meta, METADATA_KEY: sealed.header_json}, loaded.source), fmt)
             if fmt == "pytorch":
-                _warn_pt_entry(Path(dst), sealed.header, header_out is not None)
+                warn_pt_entry(Path(dst), sealed.header, header_out is not None)
             return SealedFile(d, sealed.header_json, sealed.header)
         done = with_non_finite(loaded.tensors, lambda plain: _seal_stream(loaded, d, key, cfg, meta, prog, plain, keep))
         prog.done()
@@ -228,32 +176,6 @@ def _others_left_out(src: Path, dst: Path, others: tuple[str, ...]) -> None:
             "the checkpoint as it is"
         )
     warnings.warn(f"{what}: '{dst}' holds the sealed weights alone", ParamSealWarning, stacklevel=3)
-
-
-def _warn_pt_entry(out: Path, h: Header, header_kept: bool, verb: str = "seal") -> None:
-    """Warn where a sealed .pt verifies only while it keeps its _metadata entry, which a re-save drops.
-
-    ``torch.save(model.state_dict())`` writes no '.paramseal' entry: the file then has the header only if
-    its weights hold a copy, and a sealed ONNX graph digest nowhere (verify calls that tampering).
-    ``header_kept``: the header is kept in a file too (seal --header-out, recover --header-from). ``verb``:
-    the command that wrote ``out``, whose other output formats the advice names.
-    """
-    resaved = "which torch.save(model.state_dict()) does not write back (torch.save(torch.load(f)) does)"
-    if not h.carriers and not header_kept:
-        warnings.warn(
-            f"'{out}' keeps its seal header only in its state dict's _metadata entry '{META_ENTRY}' (the "
-            f"weights have no room for a copy), {resaved}: a file saved so verifies only with --header-from; keep "
-            f"the header with seal --header-out, or {verb} to .safetensors",
-            ParamSealWarning,
-            stacklevel=3,  # the caller of seal_file
-        )
-    if GRAPH_KEY in (h.user_metadata or {}):
-        warnings.warn(
-            f"'{out}' keeps the sealed digest of its ONNX model's graph only in its state dict's _metadata "
-            f"entry '{META_ENTRY}', {resaved}: a file saved so fails verify (exit 2); keep the file as written",
-            ParamSealWarning,
-            stacklevel=3,
-        )
 
 
 def _seal_stream(
@@ -316,134 +238,13 @@ def verify_file(
     """
     p = Path(path)
     expect_seal = seal_id_arg(expect_seal)
-    with _open_model(p) as loaded:
+    with open_model(p) as loaded:
         prog = Progress("verify", len(loaded.tensors), enabled=progress)
         with prefixed_errors(p):
             chk, _ = check_loaded(loaded, p, key, header, progress=prog, select=tensors)
             rep = pinned_check(report_of(chk), chk, loaded.tensors, expect_seal, own_header(loaded))
     prog.done()
     return rep
-
-
-def recover_file(
-    src: PathLike,
-    dst: PathLike,
-    key: Key,
-    *,
-    allow_partial: bool = False,
-    in_place: bool = False,
-    progress: bool | None = None,
-    header: str | None = None,
-    expect_seal: str | None = None,
-) -> RecoveredFile:
-    """Recover a sealed model file into ``dst``.
-
-    ``dst`` is written when the result verifies (or the model was intact). A
-    model that cannot be fully recovered is written only with
-    ``allow_partial=True``, and keeps its seal header so that verify still
-    names every block that remains tampered. safetensors to safetensors streams. ``header``:
-    as in `verify_file`; the output then carries it. ``expect_seal``: as in `verify_file`; a
-    model carrying another seal is not recovered, and nothing is written.
-    """
-    expect_seal = seal_id_arg(expect_seal)
-    s, d = Path(src), Path(dst)
-    d, fmt = check_paths(s, d, in_place)
-    pre: Precopy | None = None
-    onto_input = in_place and d.exists() and s.resolve() == d.resolve()  # --in-place only permits it
-    patch_here = onto_input and s.is_file() and _is_safetensors(s)
-    if s.is_file() and _is_safetensors(s) and fmt == "safetensors" and not patch_here:
-        pre = Precopy(s, temp_beside(d))
-        pre.start()
-    try:
-        with _open_model(s) as loaded:
-            return recover_loaded(
-                loaded,
-                s,
-                d,
-                fmt,
-                key,
-                allow_partial=allow_partial,
-                progress=progress,
-                header=header,
-                expect_seal=expect_seal,
-                onto_input=onto_input,
-                patch_here=patch_here,
-                pre=pre,
-            )
-    finally:
-        if pre is not None:
-            pre.cancel()  # a no-op for a copy `recover_loaded` took as the output
-
-
-def recover_loaded(
-    loaded: Loaded,
-    s: Path,
-    d: Path,
-    fmt: str,
-    key: Key,
-    *,
-    allow_partial: bool,
-    progress: bool | None,
-    header: str | None = None,
-    expect_seal: str | None = None,
-    onto_input: bool = False,
-    patch_here: bool = False,
-    pre: Precopy | None = None,
-) -> RecoveredFile:
-    """Recover ``loaded``, read from ``s``, into ``d`` (format ``fmt``, paths checked): `recover_file` after its checks.
-
-    Also recovers a re-sharded single-file seal's shards read as one model (`_resharded.recover_as_one`).
-    ``onto_input``/``patch_here``: ``d`` is ``s`` (--in-place), patched there where it can be; ``pre``: the
-    input's copy being made beside ``d``, patched and renamed into place where its layout allows.
-    """
-    if fmt == "onnx":
-        onnx_format.require_graph(d, loaded)
-    prog = Progress("recover", len(loaded.tensors), enabled=progress)
-    # Open until the output is written: the rebuilt blocks past the budget live in its files, and
-    # closing it unregisters their maps, so writing them out would keep every page resident.
-    ws = Workspace(d.parent)
-    try:
-        with prefixed_errors(s):
-            chk, found = check_loaded(loaded, s, key, header, progress=prog)
-            other = not_the_expected_seal(chk, expect_seal, loaded.tensors, own_header(loaded))
-            if other is not None:  # nothing to decode or write
-                prog.done()
-                return RecoveredFile(None, other, {})
-            rec = plan_recovery(chk, ws)
-        prog.done()
-        if not (rec.report.ok or allow_partial):
-            return RecoveredFile(None, replace(rec.report, written=False), rec.metadata)
-        check_inputs()  # the output is made from the input's blocks: not from a file cut short meanwhile
-        if onto_input and not rec.report.ok:
-            refuse_losing_partial(s, loaded, chk, rec.report)
-        out_meta = dict(rec.metadata)
-        whole = made_whole(found.text, out_meta, key)
-        # Read from the weights (a .npy, a .pt saved again by torch) where the metadata its digest vouches for is
-        # known, it is whole: the output keeps it in its metadata, as the file seal wrote did. A copy still
-        # digest-only (the sealed metadata lost) stays in the weights alone: seal never writes that form there.
-        if parse_header(whole, key).user_metadata is not None or (header is not None and not found.embedded):
-            out_meta[METADATA_KEY] = whole
-        if rec.report.ok:
-            refuse_unverifiable_metadata(chk, out_meta, d, fmt)
-        if patch_here and patch_in_place(s, chk, rec, out_meta):
-            return RecoveredFile(d, rec.report, rec.metadata)
-        if pre is not None:
-            pre.join()
-            if pre.ok and patch_copy(pre.tmp, s, chk, rec, out_meta, d):
-                with atomic_path(d, pre.take()):
-                    pass
-                return RecoveredFile(d, rec.report, rec.metadata)
-            pre.cancel()  # free its disk space before the output is written another way
-        if fmt == "safetensors":
-            write_recovered(d, chk, rec, out_meta)
-        else:
-            result = recover_from_plan(chk, rec)
-            write_model(d, Loaded(result.tensors, out_meta, loaded.source), fmt)
-            if fmt == "pytorch":  # as seal warns of the .pt it writes: the same file, the same weakness
-                _warn_pt_entry(d, chk.header, header is not None, "recover")
-        return RecoveredFile(d, rec.report, rec.metadata)
-    finally:
-        ws.close()
 
 
 def read_header(path: PathLike, key: Key | None = None) -> str:
@@ -489,7 +290,7 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
                 raise UsageError(
                     f"{e}; a seal header is read from a sealed model file or a .json header file"
                 ) from None
-            with _open_model(p) as loaded:
+            with open_model(p) as loaded:
                 texts = [loaded.metadata[METADATA_KEY]] if METADATA_KEY in loaded.metadata else []
                 texts += [t for _, t in _embed.header_copies(loaded.tensors)]
                 if key is not None:
@@ -515,7 +316,7 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
 def inspect_file(path: PathLike) -> dict[str, Any]:
     """Describe a model file without a key: its seal settings, or what each level would give."""
     p = Path(path)
-    with _open_model(p) as loaded:
+    with open_model(p) as loaded:
         return describe(p, loaded)
 
 

@@ -44,6 +44,7 @@ from typing import Any
 from . import files
 from ._findings import unmatched
 from ._layout import block_count
+from ._model_io import PathLike
 from ._resharded import one_file_seal, recover_as_one, verify_as_one
 from ._shard_findings import _merge, _strays, _verdict
 from ._shard_index import (
@@ -81,7 +82,7 @@ from .keys import Key
 from .report import Report, pinned, seal_id_arg
 
 
-def is_sharded(path: files.PathLike) -> bool:
+def is_sharded(path: PathLike) -> bool:
     """Whether ``path`` is a folder holding a safetensors index (several: `read_index` refuses them).
 
     Or, its index lost, shards carrying set records (`set_files`: their metadata only, no key).
@@ -161,8 +162,8 @@ def _seal_one(
 
 
 def seal_dir(
-    src: files.PathLike,
-    dst: files.PathLike,
+    src: PathLike,
+    dst: PathLike,
     key: Key,
     *,
     level: str = "standard",
@@ -230,7 +231,7 @@ def _recover_one(src: Path, dst: Path, key: Key, allow_partial: bool) -> Report 
 
 
 def verify_dir(
-    folder: files.PathLike,
+    folder: PathLike,
     key: Key,
     *,
     tensors: str | None = None,
@@ -296,7 +297,7 @@ def verify_dir(
     return pinned(merged, expect_seal)
 
 
-def seal_id(folder: files.PathLike, key: Key) -> str:
+def seal_id(folder: PathLike, key: Key) -> str:
     """The seal id a sealed sharded folder's authenticated set records name (its set id); the weights are not read.
 
     "" when no shard gives one or they differ (verify says what is wrong with the set). An older
@@ -332,8 +333,8 @@ def _blocks(shard: Path) -> int:
 
 
 def recover_dir(
-    src: files.PathLike,
-    dst: files.PathLike,
+    src: PathLike,
+    dst: PathLike,
     key: Key,
     *,
     allow_partial: bool = False,
