@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _bits, _embed, _embed_merge, files
+from paramseal import _bits, _embed, _embed_find, _embed_merge, files
 from paramseal._weights_header import header_from_weights
 from paramseal.errors import KeyMismatchError, NotSealedError
 from paramseal.header import METADATA_KEY, Header, HeaderAuthError, parse_header
@@ -855,7 +855,7 @@ def test_a_model_crafted_to_multiply_header_candidates_is_answered_quickly(key: 
         ub = flat[: nb * 64].reshape(nb, 64).copy()
         _embed.write_reserved(ub, TensorSpec(name, "F32", (1 << 16,), 8, nb), body.ljust(nb * 60, b"\0"), np.arange(nb))
         flat[: nb * 64] = ub.reshape(-1)
-    assert sum(1 for _ in _embed.merged_copies(t)) <= _embed.MERGE_LIMIT
+    assert sum(1 for _ in _embed_find.merged_copies(t)) <= _embed_find.MERGE_LIMIT
     t0 = time.perf_counter()
     with pytest.raises(HeaderAuthError):
         header_from_weights(t, key)
@@ -929,7 +929,7 @@ def test_a_burst_over_a_lone_carriers_first_blocks_is_read_from_its_other_copies
 ) -> None:
     """Zeroing the first block left copies 1 and 2 intact, but with no record to say where: "no header" (exit 3)."""
     text = dict(_embed.header_copies(lone.tensors))["w"]
-    assert text.startswith(_embed.COPY_START.decode())  # where `located_copies` looks for a copy
+    assert text.startswith(_embed_find.COPY_START.decode())  # where `located_copies` looks for a copy
     t = _burst(lone, n)
     assert _embed.scan(t["w"], damaged=True) is None and _embed.header_copies(t) == []
     assert header_from_weights(t, key) == text  # found where seal put it, and authenticated
@@ -1067,16 +1067,17 @@ def test_looking_for_copies_whose_record_is_gone_is_bounded(
     monkeypatch: pytest.MonkeyPatch, big: dict[str, np.ndarray]
 ) -> None:
     """An unsealed model (no copy anywhere) is searched at every k of its largest tensors: within LOCATE_BYTES."""
-    assert list(_embed.located_copies(big)) == []
+    assert list(_embed_find.located_copies(big)) == []
     read = []
     storage = _embed._storage
-    monkeypatch.setattr(_embed, "_storage", lambda ub, k: read.append(len(b := storage(ub, k))) or b)
-    monkeypatch.setattr(_embed, "LOCATE_BYTES", 64 << 10)
+    for module in (_embed, _embed_find):  # the records' reads, and the copies'
+        monkeypatch.setattr(module, "_storage", lambda ub, k: read.append(len(b := storage(ub, k))) or b)
+    monkeypatch.setattr(_embed_find, "LOCATE_BYTES", 64 << 10)
     rng = np.random.default_rng(1)
     t = {f"t{i}": rng.standard_normal(1 << 18).astype(np.float32) for i in range(6)}
-    _embed._survey(t)  # the records' reads
+    _embed_find._survey(t)  # the records' reads
     records = sum(read)
-    assert list(_embed.located_copies(t)) == []
+    assert list(_embed_find.located_copies(t)) == []
     assert 0 < sum(read) - 2 * records <= 64 << 10
 
 
@@ -1085,12 +1086,12 @@ def test_a_crafted_model_gets_a_few_header_lengths_tried_not_one_per_copy_start_
 ) -> None:
     """Each length tried reads copy slots: planted copy starts (many lengths) must not multiply the reads."""
     lengths: list[int] = []
-    monkeypatch.setattr(_embed, "_lengths", lambda data: set(range(100, 5000, 7)))  # what planted starts give
-    monkeypatch.setattr(_embed, "_candidates", lambda *a: lengths.append(a[-1]) or iter(()))
+    monkeypatch.setattr(_embed_find, "_lengths", lambda data: set(range(100, 5000, 7)))  # what planted starts give
+    monkeypatch.setattr(_embed_find, "_candidates", lambda *a: lengths.append(a[-1]) or iter(()))
     rng = np.random.default_rng(2)
     t = {f"t{i}": rng.standard_normal(1 << 16).astype(np.float32) for i in range(3)}
-    assert list(_embed.located_copies(t)) == []
-    assert len(lengths) == len(set(lengths)) == _embed.LOCATE_LENGTHS
+    assert list(_embed_find.located_copies(t)) == []
+    assert len(lengths) == len(set(lengths)) == _embed_find.LOCATE_LENGTHS
 
 
 @pytest.mark.parametrize("dt", [np.float32, np.float16])
@@ -1122,7 +1123,7 @@ def _carriers(sealed: paramseal.SealedModel) -> tuple[Header, str, str, str]:
 def _named_keys(tensors: dict[str, np.ndarray], key: paramseal.Key) -> set[str]:
     """The key fingerprints the copies found where seal puts them name, when ``key`` is not theirs."""
     named = set()
-    for cand in _embed.located_copies(tensors):
+    for cand in _embed_find.located_copies(tensors):
         try:
             parse_header(cand, key)
         except KeyMismatchError as e:
@@ -1218,7 +1219,7 @@ def test_bits_of_tensors_holding_a_record_only_do_not_vote_in_the_rebuilt_header
         header_from_weights(gone, other_key)
     assert f"A copy names key fingerprint {h.key_fingerprint}, not the given key's" in str(ei.value)
     # each copy is still yielded as read, the tensors' slots too: only their votes are gone
-    assert text in _embed.located_copies(gone)
+    assert text in _embed_find.located_copies(gone)
 
 
 def test_a_slot_matching_no_other_does_not_vote_but_a_copy_hit_over_most_of_it_does() -> None:
@@ -1317,7 +1318,7 @@ def test_a_lone_carriers_three_copies_each_hit_by_a_burst_are_rebuilt_by_majorit
         for pos in range(start, start + burst):
             t = helpers.flip_bit(t, "w", _text_value(c * n + pos), 0)
     k = sealed.header.tensors[0].k
-    assert all(_embed._copy_bytes(t["w"], k, n, c) != text.encode() for c in range(3))  # no copy is intact
+    assert all(_embed_find._copy_bytes(t["w"], k, n, c) != text.encode() for c in range(3))  # no copy is intact
     assert header_from_weights(t, key) == text
 
 
@@ -1400,11 +1401,11 @@ def test_copies_whose_record_and_every_start_were_hit_are_found_by_their_repeats
     u = helpers.uview(bad["w"])
     u[:64] ^= 0xFF  # the record's block
     for c in range(sealed_array.header.copies):  # each copy's start, at another byte of it in each
-        u[_text_value(c * n + c % len(_embed.COPY_START))] ^= 0x5A
+        u[_text_value(c * n + c % len(_embed_find.COPY_START))] ^= 0x5A
     bad["w"] = helpers.from_uview(u, bad["w"])
     assert _embed.sealed_traces(bad)[0] == 0 and _embed.header_copies(bad) == []
-    assert list(_embed.merged_copies(bad)) == []
-    assert text in _embed.located_copies(bad)
+    assert list(_embed_find.merged_copies(bad)) == []
+    assert text in _embed_find.located_copies(bad)
     assert header_from_weights(bad, key) == text
 
 
@@ -1423,11 +1424,11 @@ def test_the_copy_slots_read_for_a_crafted_length_stay_bounded(monkeypatch: pyte
     """A record may give any length within the copy budget: 15 slots of it in each large tensor were read whole."""
     read: list[int] = []
     storage = _embed._storage
-    monkeypatch.setattr(_embed, "_storage", lambda ub, k: read.append(len(b := storage(ub, k))) or b)
-    monkeypatch.setattr(_embed, "MERGE_TEXT", 1 << 20)
+    monkeypatch.setattr(_embed_find, "_storage", lambda ub, k: read.append(len(b := storage(ub, k))) or b)
+    monkeypatch.setattr(_embed_find, "MERGE_TEXT", 1 << 20)
     rng = np.random.default_rng(3)
     t = {f"t{i}": rng.standard_normal(1 << 22).astype(np.float32) for i in range(4)}
-    got = _embed._Limit().copies(t, list(t), {n: 8 for n in t}, [8], 256 << 10)
+    got = _embed_find._Limit().copies(t, list(t), {n: 8 for n in t}, [8], 256 << 10)
     assert got and sum(s.data.size for s in got) <= 1 << 20
     assert sum(read) <= (1 << 20) + 4 * (_embed_merge.RECORD_BYTES + _embed_merge.block_bytes(8))
 
@@ -1450,8 +1451,8 @@ def test_weights_of_a_few_values_are_not_taken_for_a_seal(tmp_path: Path, key: p
     rng = np.random.default_rng(0)
     t = {"w": (rng.integers(-1, 2, 1 << 20) * 0.0123).astype(np.float32)}
     t["b"] = (rng.integers(0, 3, 1 << 19) * 0.37).astype(np.float32)
-    assert next(_embed.located_copies(t), None) is not None  # verify tries such lengths: it has the key
-    assert not _embed.carries_seal(t)
+    assert next(_embed_find.located_copies(t), None) is not None  # verify tries such lengths: it has the key
+    assert not _embed_find.carries_seal(t)
     sealed = paramseal.seal(t, key)
     assert paramseal.verify(sealed.tensors, key, sealed.header_json).status == "intact"
     np.savez(tmp_path / "m.npz", **t)
@@ -1473,7 +1474,7 @@ def _plant_storage(a: np.ndarray, k: int, content: bytes) -> None:
 def test_the_comparisons_among_copy_slots_stay_bounded(monkeypatch: pytest.MonkeyPatch, key: paramseal.Key) -> None:
     """A record giving a long length over slots that match across carriers, not within one: each length's
     slots were compared pair by pair (slots^2 x length) at every length tried (a 4 x 4M-value model: a minute)."""
-    monkeypatch.setattr(_embed, "COMPARE_LIMIT", 64 << 20, raising=False)
+    monkeypatch.setattr(_embed_find, "COMPARE_LIMIT", 64 << 20, raising=False)
     compared: list[int] = []
     plurality = _embed_merge._plurality
     monkeypatch.setattr(
@@ -1511,7 +1512,7 @@ def test_the_length_of_a_header_of_like_named_tensors_is_found_from_its_rare_seq
     """Sequences such as '"dty' recur every entry: counted too, their distances outvoted the header length."""
     text = _entries(120)
     storage = _embed.record(0, 1, b"\1" * 8, len(text)) + text * 6
-    assert _embed._periods(storage)[0] == len(text)
+    assert _embed_find._periods(storage)[0] == len(text)
 
 
 def test_bytes_hit_in_most_copies_are_rebuilt_nibble_by_nibble() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import _embed, _strata
+from . import _embed, _embed_find, _strata
 from ._layout import TensorSpec, block_count
 from ._weights_header import typed_voids
 from .errors import ParamSealError, UnsupportedError
@@ -94,7 +94,7 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
                 "'paramseal verify' (with --header-from FILE, a kept copy of the sealed header); do not seal it "
                 "again unless you approve its weights"
             )
-        elif _embed.copies_located(loaded.tensors):  # a burst took the records only
+        elif _embed_find.copies_located(loaded.tensors):  # a burst took the records only
             info["seal_unreadable"] = (
                 f"'{p}': the model was sealed (copies of a seal header lie where seal puts them), but the records that "
                 "say where are gone: they were tampered with. inspect has no key to authenticate those copies; "

@@ -15,7 +15,7 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _embed
+from . import _embed, _embed_find
 from ._findings import raw_void
 from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError
 from .header import HeaderAuthError, parse_header
@@ -54,9 +54,9 @@ def typed_voids(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[dict[str
 def _header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) -> str:
     """The seal header embedded in the weights, authenticated with ``key``.
 
-    Each copy is tried, then headers rebuilt from damaged copies (`_embed.merged_copies`: a
+    Each copy is tried, then headers rebuilt from damaged copies (`_embed_find.merged_copies`: a
     plurality by byte and by nibble, mixes of two), then copies whose record is gone, found where seal put
-    them (`_embed.located_copies`), each authenticated like the copies. Raises NotSealedError
+    them (`_embed_find.located_copies`), each authenticated like the copies. Raises NotSealedError
     when no copy is found, KeyMismatchError when every copy names the same other key, and
     HeaderAuthError when nothing authenticates.
     """
@@ -83,7 +83,7 @@ def _header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) -
     if other_key and len(copies) > 1:
         raise errs[0]
     # Damaged copies (also ones no longer valid UTF-8, or behind a damaged record): rebuild the header from them.
-    for text in _embed.merged_copies(tensors):
+    for text in _embed_find.merged_copies(tensors):
         try:
             parse_header(text, key)
             return text
@@ -94,7 +94,7 @@ def _header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) -
     # Copies whose record is gone (a burst over a carrier's first blocks), found where seal put them.
     located: list[KeyMismatchError] = []
     tried = 0
-    for text in _embed.located_copies(tensors):
+    for text in _embed_find.located_copies(tensors):
         tried += 1
         try:
             parse_header(text, key)

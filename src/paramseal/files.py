@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _embed
+from . import _embed, _embed_find
 from ._bits import uint_view
 from ._file_header import check_loaded, first_authentic, own_header, prefixed_errors
 from ._inspect import describe
@@ -138,7 +138,7 @@ def seal_file(
             _others_left_out(s, d, loaded.others)
         # a header in the metadata, records in the weights (PyTorch files, stripped metadata, lost copies),
         # or header copies where a seal puts them (their records zeroed)
-        if not reseal and (METADATA_KEY in loaded.metadata or _embed.carries_seal(loaded.tensors)):
+        if not reseal and (METADATA_KEY in loaded.metadata or _embed_find.carries_seal(loaded.tensors)):
             raise UsageError(
                 f"'{s}' is already sealed; verify or recover it, or pass --reseal to replace its seal "
                 "(after a change to its weights that you approved)"

@@ -14,7 +14,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _bits, _embed, _model, _pages, _strata
+from . import _bits, _embed_find, _model, _pages, _strata
 from ._layout import TensorSpec
 from ._pages import Workspace, release
 from ._progress import Progress
@@ -214,7 +214,7 @@ def seal(
 
 def refuse_sealed(tensors: Mapping[str, NDArray[np.generic]], reseal: bool) -> None:
     """A UsageError for weights that carry a seal, unless ``reseal``: sealing again would hide tampering."""
-    if not reseal and _embed.carries_seal(tensors):
+    if not reseal and _embed_find.carries_seal(tensors):
         raise UsageError(
             "the model is already sealed; verify or recover it, or pass reseal=True to replace its seal "
             "(after a change to its weights that you approved)"
