@@ -42,7 +42,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_core  # noqa: E402
 
-from paramseal import Key, _irs, _outer, _recover_file, _strata, files, load_key  # noqa: E402
+from paramseal import Key, _file_header, _irs, _outer, _recover_file, _strata, files, load_key  # noqa: E402
 
 T: collections.Counter[str] = collections.Counter()  # wall seconds per label (summed over threads)
 CPU: collections.Counter[str] = collections.Counter()  # CPU seconds of the calling threads per label
@@ -183,7 +183,7 @@ def phases(model: Path, sealed: Path, bad: Path, size_gib: float) -> None:
 def recover_phases(path: Path) -> None:
     """The in-place recover of ``path`` with step timers (key from PARAMSEAL_KEY)."""
     first_kernel_load()
-    timed(files, "check", "check (verify)")
+    timed(_file_header, "check", "check (verify)")
     timed(_irs, "code_for", "code tables")
     timed(_irs, "decode", "decode")
     timed(_strata.Strata, "groups", "gather the damaged groups")
