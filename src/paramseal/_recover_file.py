@@ -63,8 +63,9 @@ def recover_file(
     d, fmt = check_paths(s, d, in_place)
     pre: Precopy | None = None
     onto_input = in_place and d.exists() and s.resolve() == d.resolve()  # --in-place only permits it
-    patch_here = onto_input and s.is_file() and is_safetensors(s)
-    if s.is_file() and is_safetensors(s) and fmt == "safetensors" and not patch_here:
+    st_file = s.is_file() and is_safetensors(s)
+    patch_here = onto_input and st_file
+    if st_file and fmt == "safetensors" and not patch_here:
         pre = Precopy(s, temp_beside(d))
         pre.start()
     try:

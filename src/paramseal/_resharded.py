@@ -18,7 +18,7 @@ from ._embed import header_copies
 from ._file_header import check_loaded, prefixed_errors
 from ._paths import never_a_key, never_read_only
 from ._recover_file import recover_loaded
-from ._shard_index import disagreements, read_index
+from ._shard_index import Index, disagreements, read_index
 from .errors import FormatError, ParamSealError, UsageError
 from .formats import Loaded, adapter_for
 from .formats import safetensors as st_format
@@ -75,7 +75,8 @@ def verify_as_one(folder: Path, key: Key, one: Loaded, pattern: str | None, expe
     """Verify the shards of a re-sharded single-file seal (`one_file_seal`) as the one model they hold."""
     with prefixed_errors(folder):
         chk, _ = check_loaded(one, folder, key, None, select=pattern)
-        rep = _index_checked(pinned_check(report_of(chk), chk, one.tensors, seal_id_arg(expect_seal), []), folder)
+        rep = pinned_check(report_of(chk), chk, one.tensors, seal_id_arg(expect_seal), [])
+        rep = _index_checked(rep, read_index(folder))
     why = (
         f"the folder's shards hold one model sealed as a single file (seal id {rep.seal_id}) and re-sharded since "
         f"(save_pretrained with max_shard_size writes so): it was checked as that one model. {_MERGE}"
@@ -107,17 +108,16 @@ def recover_as_one(src: Path, dst: Path, key: Key, one: Loaded, allow_partial: b
         ) from None
     never_read_only(dst)
     res = recover_loaded(one, src, dst, fmt, key, allow_partial=allow_partial, progress=None, expect_seal=expect_seal)
-    return _index_checked(replace(res.report, written=res.path is not None), src)
+    return _index_checked(replace(res.report, written=res.path is not None), idx)
 
 
-def _index_checked(rep: Report, folder: Path) -> Report:
+def _index_checked(rep: Report, idx: Index) -> Report:
     """``rep`` with what the folder's index says wrongly of its shards: nothing seals it, but a loader follows it.
 
     A tensor the index maps to a shard that does not hold it (or one it lists that no shard holds) is
     tampering with what a loader reads, as `sharded.verify_dir` says of a sealed set's; recover writes
     the one file sealed, which needs no index.
     """
-    idx = read_index(folder)
     wrong = [f"{idx.name}: {w}" for w in disagreements(idx)]
     if not wrong:
         return rep
