@@ -1,7 +1,7 @@
 /* Optional compiled kernels of ParamSeal (loaded with ctypes by _native.py). Each kernel's
  * comment names the numba/numpy reference it mirrors; tests/test_native.py compares the two.
  *
- * First, the irs4 inner encoder with GFNI + AVX-512: the numba encoder in _irs.py is the reference
+ * First, the irs4 inner encoder with GFNI + AVX-512: the numba encoder in _irs_kernels.py is the reference
  * (ps_encode_tab below, the same tables in C, serves other CPUs), and the outputs are compared bit
  * for bit in tests/test_native.py.
  *
@@ -13,7 +13,7 @@
  *  3. the free bits: a GF(2) matrix (the parity solver composed with phi^-1) applied to the
  *     syndrome bits, by table lookup per syndrome nibble (Four Russians);
  *  4. the free bytes are ORed into their words (they are zero on entry), by byte permutes.
- * All tables are built in Python (_native.py) from the same code description the numba
+ * All tables are built in Python (_gfni_plan.py) from the same code description the numba
  * encoder uses.
  */
 #include <stdint.h>
@@ -243,12 +243,12 @@ TARGET void ps_content(const uint32_t *w, int64_t r0, int64_t r1, int F, int k, 
 #endif
 
 /* ------------------------------------------------------------------ irs4 coding on any CPU
- * _irs._accumulate (the numba reference and fallback) in C: each byte of a group adds two rows
+ * _irs_kernels._accumulate (the numba reference and fallback) in C: each byte of a group adds two rows
  * of a nibble table (its share) to the accumulator of its codeword. Position-major over batches
  * of PS_BATCH_WORDS / words groups, so that a position's table slice (128 rows) is reused by the
  * whole batch from L1. The coding kernels without GFNI: seal, and a light recover's syndromes,
  * then load no numba kernel. */
-#define PS_BATCH_WORDS 1024 /* as _irs._BATCH_WORDS */
+#define PS_BATCH_WORDS 1024 /* as _irs_kernels._BATCH_WORDS */
 
 static inline uint32_t keep_of(uint8_t f)
 {
@@ -305,7 +305,7 @@ static inline __attribute__((always_inline)) void shares_w(const uint32_t *W, co
     }
 }
 
-/* _irs._batch_shares for groups [g0, g0 + m): words a compile-time constant in each branch. */
+/* _irs_kernels._batch_shares for groups [g0, g0 + m): words a compile-time constant in each branch. */
 CLONES static void shares(const uint32_t *W, const uint8_t *flags, int64_t g0, int64_t m, const uint64_t *table, int words,
                           const uint8_t *b0s, uint64_t *acc)
 {
@@ -681,7 +681,7 @@ CLONES void ps_write_tag(uint16_t *words, int64_t b0, int64_t b1, int nw, const 
 #ifdef X86
 /* Syndromes of groups [r0, r1) of W, as the decoder takes them (acc: [ng * 4][words] uint64,
  * row 4 g + t holds syndrome i of codeword t in byte i, zero past d_t). With flags
- * ([ng][255]), the bytes marked fixed (flag bits 0-3) count as zero, as in _irs._accumulate.
+ * ([ng][255]), the bytes marked fixed (flag bits 0-3) count as zero, as in _irs_kernels._accumulate.
  * Same steps as ps_irs_encode's first two, then phi^-1 (phi_inv) back to GF(2^8) mod 0x11d. */
 TARGET int ps_irs_syndromes(const uint8_t *W, const uint8_t *flags, int64_t r0, int64_t r1, const uint8_t *powers,
                             int dmax, const uint8_t *perm, uint64_t phi, uint64_t phi_inv, const int32_t *d, int words,
@@ -705,12 +705,12 @@ TARGET int ps_irs_syndromes(const uint8_t *W, const uint8_t *flags, int64_t r0, 
 
 /* ------------------------------------------------------------------ recovery (any CPU)
  * The gather with flags and the irs4 decoder, ported line for line from their numba references
- * (_strata._gather_nb, _irs._decode_group and helpers), so that a lightly tampered model is
+ * (_strata_kernels._gather_nb, _irs_kernels._decode_group and helpers), so that a lightly tampered model is
  * recovered without loading any numba kernel. tests/test_native.py compares the two on random
  * damage: the same words and the same statuses. */
 
 /* The words (and flags) of stream range [t0, t1) (one tensor, flat values src; NULL: padding) that
- * runs of groups hold, into w ([rows][255], position order) and fl: as _strata._gather_nb. runs:
+ * runs of groups hold, into w ([rows][255], position order) and fl: as _strata_kernels._gather_nb. runs:
  * nruns rows (first group, groups, first row); ipermt: [255][nperm] position of stratum j under
  * permutation p; bad: the tensor's failed blocks (nb blocks, the last internal if li, the first rs
  * reserved). Returns the stream index of the first NaN/Inf word when seal, else -1. */
@@ -771,7 +771,7 @@ int64_t ps_gather_runs(const int64_t *runs, int64_t nruns, int64_t G, const int6
 #define D_ERASE_DIRECT 8
 enum { D_CLEAN = 0, D_CORRECTED = 1, D_TOO_MANY = -1, D_ROOT_COUNT = -2, D_ROOT_LOCATION = -3, D_INCONSISTENT = -4 };
 
-/* GF(2^8) mod 0x11d as _irs._gf_tables: LOG[0] = 512 and EXP[>= 510] = 0 make products branch-free. */
+/* GF(2^8) mod 0x11d as _irs_consts._gf_tables: LOG[0] = 512 and EXP[>= 510] = 0 make products branch-free. */
 static int32_t EXP[1040], LOG[256];
 
 /* MULNIB[c][0][x] = c x and MULNIB[c][1][x] = c (x << 4) in GF(2^8) mod 0x11d, x < 16: a product by c
@@ -806,7 +806,7 @@ __attribute__((constructor)) static void gf_tables(void)
 }
 
 #define D_FRONT 256 /* zeros before each codeword's syndromes: products read S_(i - k) for k > i */
-typedef struct { /* _irs._scratch (S as bytes, D_FRONT zeros first, then slack for 16-byte reads) */
+typedef struct { /* _irs_kernels._scratch (S as bytes, D_FRONT zeros first, then slack for 16-byte reads) */
     uint8_t S[4][D_FRONT + 256 + 16];
     int32_t pos[4][256], val[4][256], npos[4], u[4][D_NMAX], nlen[4];
     int32_t lam[D_NMAX], llam[D_NMAX], psi[D_NMAX], om[D_NMAX], lpsi[D_NMAX], ers[4], B[4][D_NMAX], tmp[D_NMAX];
