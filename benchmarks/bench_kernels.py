@@ -121,7 +121,7 @@ def main() -> None:
     keys = rng.integers(0, (1 << 32) - 5, 512, dtype=np.uint64)
     wmask = np.full(10, 0xFF, np.uint16)
     internal = np.ones(nb, np.bool_)
-    pads = rng.integers(0, (1 << 32) - 5, nb, dtype=np.uint64)
+    pads = rng.integers(0, (1 << 32) - 5, (nb, 2), dtype=np.uint64)
     out, ref = np.empty(nb, np.uint64), np.empty(nb, np.uint64)
     numba_mlh = _kernels._kernel("mlh", nb)
     numba_mlh(words, keys[:128], wmask, internal, pads, ref)  # load it before timing

@@ -18,6 +18,7 @@ import pytest
 
 import paramseal
 from paramseal import files
+from paramseal._mac import MAC_NAME, MAC_V1
 
 GOLDEN = Path(__file__).parent / "golden"
 VERSIONS = sorted(p.name for p in GOLDEN.iterdir() if p.is_dir() and (p / "sealed.safetensors").exists())
@@ -35,7 +36,7 @@ FP32_ONLY = {n: d for n, d in EXPECTED_DTYPES.items() if d in ("float32", "int64
 
 
 def expected_dtypes(version: str) -> dict[str, str]:
-    return FP32_ONLY if version == "v3" else EXPECTED_DTYPES
+    return FP32_ONLY if version.startswith("v3") else EXPECTED_DTYPES
 
 
 def test_corpus_is_present_and_small() -> None:
@@ -53,8 +54,10 @@ def test_golden_file_has_the_expected_tensors_and_scheme(golden: Path) -> None:
     tensors, meta = helpers.read_st(golden / "sealed.safetensors")
     assert {n: str(a.dtype) for n, a in tensors.items()} == expected_dtypes(golden.name)
     h = json.loads(meta["paramseal"])
-    assert h["scheme"] == f"paramseal/{golden.name[1:]}"
-    assert (h["code"] == "irs4-gf256") == (golden.name == "v3")
+    scheme, _, mac = golden.name[1:].partition("-")  # vN: scheme paramseal/N; vN-mac2: with the second block MAC
+    assert h["scheme"] == f"paramseal/{scheme}"
+    assert (h["code"] == "irs4-gf256") == (scheme == "3")
+    assert h["mac"] == (MAC_NAME if mac == "mac2" else MAC_V1)
     assert meta["model"] == "paramseal-golden"
 
 
@@ -113,6 +116,12 @@ def test_golden_file_bit_flip_is_located_and_recovered(tmp_path: Path, version: 
     fixed, fixed_meta = helpers.read_st(out)
     helpers.assert_model_equal(fixed, sealed)
     assert fixed_meta == meta
+
+
+def test_only_seals_of_the_older_block_mac_get_its_note(golden: Path) -> None:
+    r = files.verify_file(golden / "sealed.safetensors", paramseal.load_key(golden / "golden.key"))
+    older = [n for n in r.notes if n.startswith(f"sealed with the older block MAC '{MAC_V1}'")]
+    assert len(older) == (0 if golden.name.endswith("-mac2") else 1), r.notes
 
 
 def test_golden_file_with_wrong_key_is_a_key_mismatch(golden: Path) -> None:

@@ -9,6 +9,8 @@ triton is installed: conftest.py sets TRITON_INTERPRET=1 before triton is import
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import helpers
 import numpy as np
 import pytest
@@ -185,6 +187,22 @@ def test_single_bit_flips_fail_exactly_the_blocks_the_cpu_engine_fails(
         flip(live[name], 0, width - 2)
     assert_same(v, live, key, header)
     assert v.verify().to_dict() == cpu_report(live, key, header).to_dict()
+
+
+@pytest.mark.parametrize("device,backend", ENGINES)
+@pytest.mark.parametrize("version", ["v2", "v3", "v2-mac2", "v3-mac2"])
+def test_golden_files_of_either_block_mac_verify_and_locate_a_flip(device: str, backend: str, version: str) -> None:
+    """Seals made with the additive-pad MAC (v2, v3) and with the per-block multiplier (-mac2): the GPU engines
+    read the header's MAC, as the CPU engine does."""
+    golden = Path(__file__).parent / "golden" / version
+    key = paramseal.load_key(golden / "golden.key")
+    arrays, meta = helpers.read_st(golden / "sealed.safetensors")
+    live = to_device({n: numpy_to_tensor(a) for n, a in arrays.items()}, device)
+    v = gpu.GpuVerifier(live, key, meta["paramseal"], backend=backend)  # type: ignore[arg-type]
+    assert v.check().ok
+    flip(live["encoder.weight"], 1000, 27)
+    assert dict(v.check().blocks) == {"encoder.weight": (1000 // BLOCK,)}
+    assert_same(v, live, key, meta["paramseal"])
 
 
 @pytest.mark.parametrize("device,backend", ENGINES)

@@ -6,10 +6,18 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from numpy.typing import NDArray
 
 import paramseal
 from paramseal import _kernels
-from paramseal._mac import BlockMac, P
+from paramseal._mac import MAC_NAME, MAC_V1, BlockMac, P
+
+
+def _pads(s: NDArray[np.uint64], r: NDArray[np.uint64] | int = 1) -> NDArray[np.uint64]:
+    """`BlockMac.pads`' rows (s_b, r_b) from given values."""
+    out = np.empty((s.size, 2), np.uint64)
+    out[:, 0], out[:, 1] = s, r
+    return out
 
 
 def _hash_keys(mac: BlockMac, dtype: type, nw: int) -> list[int]:
@@ -18,12 +26,12 @@ def _hash_keys(mac: BlockMac, dtype: type, nw: int) -> list[int]:
     ub = np.zeros((nw, 64), dtype=dtype)
     words = ub.view(np.uint16).reshape(nw, 64 * per)
     words[np.arange(nw), np.arange(nw)] = 1
-    return [int(x) for x in mac.tags(ub, np.zeros(nw, np.uint64), None)]
+    return [int(x) for x in mac.tags(ub, _pads(np.zeros(nw, np.uint64)), None)]
 
 
 @given(seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([np.uint16, np.uint32, np.uint64]), extreme=st.booleans())
 def test_block_hash_is_exact_multilinear_arithmetic_mod_p(seed: int, dtype: type, extreme: bool) -> None:
-    """tag(m) = sum(k_i * m_i) + pad mod p, computed exactly (no float rounding, no uint64 overflow)."""
+    """tag(m) = r * sum(k_i * m_i) + s mod p, computed exactly (no float rounding, no uint64 overflow)."""
     mac = BlockMac(paramseal.Key(seed.to_bytes(4, "little") * 8))
     nw = 64 * np.dtype(dtype).itemsize // 2
     k = _hash_keys(mac, dtype, nw)
@@ -33,10 +41,16 @@ def test_block_hash_is_exact_multilinear_arithmetic_mod_p(seed: int, dtype: type
     if extreme:
         ub[0] = np.iinfo(dtype).max  # the largest possible sums
         ub[1] = 0
-    pads = rng.integers(0, P, size=4, dtype=np.uint64)
+    s = rng.integers(0, P, size=4, dtype=np.uint64)
+    r = rng.integers(1, P, size=4, dtype=np.uint64)
+    if extreme:
+        s[0], r[0] = P - 1, P - 1  # the largest product and sum
     words = ub.view(np.uint16).reshape(4, nw)
-    want = [(sum(k[i] * int(w[i]) for i in range(nw)) + int(pads[b])) % P for b, w in enumerate(words)]
-    assert mac.tags(ub, pads, None).tolist() == want
+    want = [(int(r[b]) * sum(k[i] * int(w[i]) for i in range(nw)) + int(s[b])) % P for b, w in enumerate(words)]
+    assert mac.tags(ub, _pads(s, r), None).tolist() == want
+    v1 = BlockMac(paramseal.Key(seed.to_bytes(4, "little") * 8), MAC_V1)  # older seals: no multiplier
+    additive = [(sum(k[i] * int(w[i]) for i in range(nw)) + int(s[b])) % P for b, w in enumerate(words)]
+    assert v1.tags(ub, _pads(s), None).tolist() == additive
 
 
 def test_block_hash_is_exact_for_many_blocks(key: paramseal.Key) -> None:
@@ -44,7 +58,7 @@ def test_block_hash_is_exact_for_many_blocks(key: paramseal.Key) -> None:
     k = _hash_keys(mac, np.uint32, 128)
     rng = np.random.default_rng(1)
     ub = rng.integers(0, 2**32, size=(20000, 64), dtype=np.uint32)
-    got = mac.tags(ub, np.zeros(ub.shape[0], np.uint64), None)
+    got = mac.tags(ub, _pads(np.zeros(ub.shape[0], np.uint64)), None)
     words = ub.view(np.uint16).reshape(ub.shape[0], 128)
     for b in (0, 1, 8191, 8192, 8193, 16384, 19999):
         assert int(got[b]) == sum(k[i] * int(words[b, i]) for i in range(128)) % P, b
@@ -104,7 +118,7 @@ def test_compiled_and_numpy_hash_agree(seed: int, nw: int, nmask: int) -> None:
     keys = rng.integers(0, P, size=256, dtype=np.uint64)
     wmask = rng.integers(0, 2**16, size=nmask, dtype=np.uint16)
     internal = rng.integers(0, 2, size=50).astype(bool)
-    pads = rng.integers(0, P, size=50, dtype=np.uint64)
+    pads = rng.integers(0, P, size=(50, 2), dtype=np.uint64)
     fast = _kernels.mlh_tags(words, keys, wmask, internal, pads)
     slow = _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads)
     assert np.array_equal(fast, slow)
@@ -155,3 +169,41 @@ def test_a_last_block_with_its_tag_in_the_header_verifies_in_chunks(monkeypatch:
     bad["w"].view(np.uint32)[64 * 20 + 1] ^= 1
     r = paramseal.verify(bad, key, sealed.header_json)
     assert r.status == "tampered" and r.tensors["w"].tampered_blocks == (20,)
+
+
+@pytest.mark.parametrize("mac_name", [MAC_NAME, MAC_V1])
+def test_pads_are_residues_and_multipliers_nonzero(key: paramseal.Key, mac_name: str) -> None:
+    pads = BlockMac(key, mac_name).pads(bytes(16), 0, 5000)
+    assert pads.shape == (5000, 2) and (pads[:, 0] < P).all()
+    if mac_name == MAC_V1:
+        assert (pads[:, 1] == 1).all()
+    else:
+        assert (pads[:, 1] >= 1).all() and (pads[:, 1] < P).all() and len(set(pads[:, 1].tolist())) == 5000
+
+
+def _tag_change(mac: BlockMac, salt: bytes, block: int, ub: NDArray[np.uint32], edited: NDArray[np.uint32]) -> int:
+    """What a forger must add to block ``block``'s tag for ``edited`` to pass where ``ub`` did."""
+    pads = mac.pads(salt, 0, 1, block)
+    return (int(mac.tags(edited, pads, None)[0]) - int(mac.tags(ub, pads, None)[0])) % P
+
+
+def test_a_tag_change_found_for_one_block_does_not_carry_to_other_blocks_or_models(key: paramseal.Key) -> None:
+    """A verify report names the blocks that fail, so a forger who puts one edit with many guesses at its tag
+    change into many blocks learns, from the one block that passes, that block's tag change. With an additive
+    pad only (MAC_V1) that change was k_i * delta everywhere: it then passed in every block of every model
+    sealed with the key. The per-block multiplier r_b makes it block's own."""
+    rng = np.random.default_rng(3)
+    ub = rng.integers(0, 2**32, size=(1, 64), dtype=np.uint32)
+    other = rng.integers(0, 2**32, size=(1, 64), dtype=np.uint32)
+    delta = np.zeros_like(ub)
+    delta[0, 9] = 1 << 30  # one edit: set an exponent bit, clear in both blocks (so the same change of word)
+    ub &= ~delta
+    other &= ~delta
+    for name, carries in ((MAC_V1, True), (MAC_NAME, False)):
+        mac = BlockMac(key, name)
+        learned = _tag_change(mac, b"a" * 16, 5, ub, ub ^ delta)
+        elsewhere = [
+            _tag_change(mac, b"a" * 16, 6, other, other ^ delta),  # another block of the model
+            _tag_change(mac, b"b" * 16, 5, ub, ub ^ delta),  # the same block of another model sealed with the key
+        ]
+        assert all(c == learned for c in elsewhere) == carries, name

@@ -434,7 +434,8 @@ def test_mlh_equals_the_numpy_reference(nw: int, nm: int) -> None:
     keys[:nw][:2] = (1 << 32) - 6
     wmask = rng.integers(0, 1 << 16, nm, dtype=np.uint16)
     internal = rng.integers(0, 2, nb).astype(np.bool_)
-    pads = rng.integers(0, (1 << 32) - 5, nb, dtype=np.uint64)
+    pads = rng.integers(0, (1 << 32) - 5, (nb, 2), dtype=np.uint64)
+    pads[:3] = (1 << 32) - 6  # the largest product and sum
     want = _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads)
     got = np.empty(nb, np.uint64)
     assert _native_blocks.mlh(words, keys, wmask, internal, pads, got)

@@ -55,7 +55,7 @@ class _Plan:
     ext_ok: bool  # the header holds the tags of the blocks that keep none
     consts: _Consts
     dtype: torch.dtype
-    c: torch.Tensor = field(repr=False)  # [nblocks] int32 (uint32 bits): per-block constant, see _constants
+    c: torch.Tensor = field(repr=False)  # [nblocks] int64 (uint64 bits): per-block r << 32 | c, see _constants
     flags: torch.Tensor = field(repr=False)  # [nblocks] uint8, written by every check
 
 
@@ -117,13 +117,16 @@ def _words_of(plan: _Plan, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 
 def _tags_bad(w16: torch.Tensor, c: torch.Tensor, inside: torch.Tensor, k: _Consts, ext_ok: bool) -> torch.Tensor:
-    """Failing flags of ``[n, W]`` blocks: (H mod p + c) mod p against the stored tag (see ``_constants``)."""
+    """Failing flags of ``[n, W]`` blocks: (r H + c) mod p against the stored tag (c: r << 32 | c, see _constants)."""
     w = w16.to(_torch.int64) & 0xFFFF
     h = (w * k.keys64).sum(1)
     head = w[:, : k.nm] & k.wmask  # the tag bits: left out of the hash where the block keeps its tag
     h = h - _torch.where(inside, (head * k.keys64[: k.nm]).sum(1), 0)
     stored = _torch.where(inside, (head << k.shift).sum(1), 0)
-    bad: torch.Tensor = (h % P + c) % P != stored
+    r, c = (c >> 32) & 0xFFFFFFFF, c & 0xFFFFFFFF
+    hm = h % P  # r * hm needs 64 unsigned bits: multiplied in 16-bit halves to stay in int64
+    tag = ((r * (hm >> 16) % P) * 65536 + r * (hm & 0xFFFF) + c) % P
+    bad: torch.Tensor = tag != stored
     if not ext_ok:
         bad |= ~inside
     return bad

@@ -142,8 +142,8 @@ else:
         stored = tl.sum(bits << tl.load(shift_ptr + jm).to(tl.uint32)[None, :], axis=1).to(tl.uint64)
         stored = stored * (ins != 0).to(tl.uint64)
         inb = b < nblocks
-        c = tl.load(c_ptr + b, mask=inb, other=0).to(tl.uint32, bitcast=True).to(tl.uint64)
-        tag = (h % PRIME + c) % PRIME
+        rc = tl.load(c_ptr + b, mask=inb, other=0).to(tl.uint64, bitcast=True)  # r << 32 | c
+        tag = ((h % PRIME) * (rc >> 32) % PRIME + (rc & 0xFFFFFFFF)) % PRIME  # both factors < 2**32
         bad = (tag != stored) | ((ins == 0) & (ext_ok == 0))
         tl.store(flag_ptr + b, bad.to(tl.uint8), mask=inb)
 

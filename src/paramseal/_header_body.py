@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._layout import TensorSpec
+from ._mac import MAC_NAME
 from .keys import Key
 from .levels import BLOCK
 
@@ -26,7 +27,6 @@ SCHEME = "paramseal/2"
 #: v3: the same header with the interleaved Reed–Solomon code (``_irs``) instead of lanes.
 SCHEME_IRS = "paramseal/3"
 OWN_PREFIX = "paramseal."  # metadata entries ParamSeal itself writes into a model's metadata
-MAC_NAME = "mlh-p32+aes256ctr"
 CODE_NAME = "rs-gf16-leopard"
 SHARD_BYTES = 4  # bytes of a parity shard: one 32-bit word
 

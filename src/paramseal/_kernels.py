@@ -37,7 +37,7 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
             if internal[b]:
                 for i in range(nm):  # remove the tag bits' share (the hash is linear)
                     acc -= keys[i] * np.uint64(words[b, i] & wmask[i])
-            out[b] = (acc % p + pads[b]) % p
+            out[b] = ((acc % p) * pads[b, 1] % p + pads[b, 0]) % p
 
     @numba.njit(cache=True, nogil=True)
     def _read_tag_nb(words, wmask, wshift, out):  # type: ignore[no-untyped-def]
@@ -212,7 +212,8 @@ def mlh_tags_numpy(
         if wmask.size:
             w[:, : wmask.size] &= np.where(internal[s : s + step, None], ~wmask.astype(np.uint64), ~np.uint64(0))
         acc = (w * keys[:nw]).sum(axis=1, dtype=np.uint64)
-        out[s : s + step] = (acc % p + pads[s : s + step]) % p
+        pd = pads[s : s + step]
+        out[s : s + step] = ((acc % p) * pd[:, 1] % p + pd[:, 0]) % p
     return out
 
 
@@ -223,7 +224,9 @@ def mlh_tags(
     internal: NDArray[np.bool_],
     pads: NDArray[np.uint64],
 ) -> NDArray[np.uint64]:
-    """Tags of every row of ``words``: (sum k_i m_i mod p + pad) mod p, tag bits masked where internal.
+    """Tags of every row of ``words``: (r * (sum k_i m_i mod p) + s) mod p, tag bits masked where internal.
+
+    ``pads``: ``[rows, 2]``, each row's (s, r), both below 2**32 (`_mac.BlockMac.pads`).
 
     The compiled library where it is built (no numba kernel to load: half of a verify's time);
     else numba, else numpy.

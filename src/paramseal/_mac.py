@@ -1,24 +1,28 @@
 """Block authentication: a Wegman–Carter MAC with a 32-bit tag per block.
 
-tag = (H_k(block) + F(salt, tensor, block)) mod p, with p = 2**32 - 5.
+tag = (r_b * H_k(block) + s_b) mod p, with p = 2**32 - 5 (``MAC_NAME``; seals made before it
+used r_b = 1, ``MAC_V1``, and still verify).
 
 * H is the multilinear hash over 16-bit words, sum(k_i * m_i) mod p with k_i
   uniform in Z_p (64-bit keystream words mod p: each residue has probability
   at most 1/p + 2**-64). For two different blocks of the same length and any c,
   H(m) - H(m') = sum k_i (m_i - m'_i) equals c with probability at most
   1/p + 2**-64 (some m_i - m'_i is a nonzero residue, and H has no constant
-  term), whatever the length: H is almost-delta-universal, the property a
-  Wegman–Carter tag with an additive pad needs (almost-universal alone is not
-  enough). Block lengths are fixed by the authenticated tensor table.
-* F is AES-256 in counter mode, a PRF, with a counter block unique to the seal
-  salt and tensor, so every block gets a fresh one-time pad (a 64-bit keystream
-  word mod p: within statistical distance 25 * 2**-64 < 2**-59 of uniform).
+  term), whatever the length: H is almost-delta-universal. Block lengths are fixed
+  by the authenticated tensor table.
+* (s_b, r_b) come from AES-256 in counter mode, a PRF, with a counter block unique to
+  the seal salt, tensor and block: s_b uniform in Z_p, r_b uniform in 1..p-1 (64-bit
+  keystream words reduced: within 2**-59 of uniform each).
 
-A forger who does not hold the key therefore succeeds with probability at most
-1/p + 2**-58 + Adv_PRF(AES) per block, which is below 2**-32 + negligible. The tag bits
-themselves are zeroed before hashing, so changing them is detected too. The
-same salt ties blocks to one seal: a block copied from another model sealed
-with the same key gets a different pad.
+A forger who does not hold the key, changing block m into m' and tag T into T', needs
+r_b (H(m') - H(m)) = T' - T: for T' = T that is H(m') = H(m) (probability <= 1/p + 2**-64),
+otherwise H(m') != H(m) and r_b = (T' - T) / (H(m') - H(m)) (<= 1/(p-1) + 2**-59, r_b being
+independent of k). So each guess succeeds with probability at most 1/(p-1) + 2**-58 + Adv_PRF(AES),
+below 2**-32 + negligible per block. r_b is why a verify report does not become a forgery
+kit: with r_b = 1 (``MAC_V1``) the tag change of an edit is k_i * delta in every block, so one
+block found passing in a report told it for every block of every model sealed with the key;
+now it is r_b * k_i * delta, and r_b is fresh per salt, tensor and block. The tag bits
+themselves are zeroed before hashing, so changing them is detected too.
 """
 
 from __future__ import annotations
@@ -34,31 +38,52 @@ from .keys import Key
 from .levels import BLOCK
 
 P = (1 << 32) - 5
+#: The MAC new seals use: a per-block multiplier and pad (see the module docstring).
+MAC_NAME = "mlh-p32*aes256ctr+aes256ctr"
+#: The MAC of seals made before it, additive pad only: verified, never written.
+MAC_V1 = "mlh-p32+aes256ctr"
+MACS = (MAC_V1, MAC_NAME)
 _MAX_WORDS = BLOCK * 8 // 2  # 64 values of up to 8 bytes, in 16-bit words
 
 
-def _stream(key: bytes, counter_block: bytes, nbytes: int) -> bytes:
+def _words(key: bytes, counter_block: bytes, n: int) -> NDArray[np.uint64]:
+    """``n`` little-endian 64-bit words of AES-CTR keystream, written into a fresh array (no bytes copies)."""
     enc = Cipher(algorithms.AES(key), modes.CTR(counter_block)).encryptor()
-    return enc.update(bytes(nbytes)) + enc.finalize()
+    buf = np.empty(n + 2, dtype="<u8")  # update_into wants a block's slack
+    enc.update_into(np.zeros(8 * n, np.uint8).data, buf.data.cast("B"))
+    return buf[:n]
 
 
 class BlockMac:
-    """The block MAC for one key; subkeys come from HKDF and never leave this object."""
+    """The block MAC for one key; subkeys come from HKDF and never leave this object.
 
-    def __init__(self, key: Key) -> None:
-        raw = np.frombuffer(_stream(key.derive("mac-hash"), bytes(16), 8 * _MAX_WORDS), dtype="<u8")
-        self._keys = (raw % np.uint64(P)).astype(np.uint64)
+    ``mac`` is the header's ``mac`` field: `MAC_NAME` or, for an older seal, `MAC_V1`.
+    """
+
+    def __init__(self, key: Key, mac: str = MAC_NAME) -> None:
+        if mac not in MACS:
+            raise ValueError(f"unknown block MAC {mac!r}, expected one of {', '.join(map(repr, MACS))}")
+        self._keys = (_words(key.derive("mac-hash"), bytes(16), _MAX_WORDS) % np.uint64(P)).astype(np.uint64)
         self._pad_key = key.derive("mac-pad")
+        self._v1 = mac == MAC_V1
 
     def pads(self, salt: bytes, tensor_index: int, nblocks: int, start: int = 0) -> NDArray[np.uint64]:
-        """One-time pads for blocks ``[start, start + nblocks)`` of one tensor (AES-CTR keystream, mod p)."""
-        nonce = hashlib.sha256(b"pad" + salt + tensor_index.to_bytes(4, "big")).digest()[:12]
-        # 8 bytes a pad, 16 an AES block: start the counter at the AES block holding pad `start`
-        skip = 8 * (start % 2)
-        raw = _stream(self._pad_key, nonce + (start // 2).to_bytes(4, "big"), skip + 8 * nblocks)
-        ks = np.frombuffer(raw, dtype="<u8", offset=skip)
-        pads: NDArray[np.uint64] = (ks % np.uint64(P)).astype(np.uint64)
-        return pads
+        """Per-block constants for blocks ``[start, start + nblocks)`` of one tensor: ``[nblocks, 2]``, (s_b, r_b)."""
+        if self._v1:  # 8 bytes a pad, 16 an AES block: start the counter at the AES block holding pad `start`
+            nonce = hashlib.sha256(b"pad" + salt + tensor_index.to_bytes(4, "big")).digest()[:12]
+            skip = start % 2
+            ks = _words(self._pad_key, nonce + (start // 2).to_bytes(4, "big"), skip + nblocks)
+            out = np.empty((nblocks, 2), dtype=np.uint64)
+            np.remainder(ks[skip:], np.uint64(P), out=out[:, 0])
+            out[:, 1] = 1
+            return out
+        # one AES block a block: its two 64-bit words are s_b and r_b (a 64-bit counter: no wrap)
+        nonce = hashlib.sha256(b"pad2" + salt + tensor_index.to_bytes(4, "big")).digest()[:8]
+        out = _words(self._pad_key, nonce + start.to_bytes(8, "big"), 2 * nblocks).reshape(nblocks, 2)
+        np.remainder(out[:, 0], np.uint64(P), out=out[:, 0])
+        np.remainder(out[:, 1], np.uint64(P - 1), out=out[:, 1])
+        out[:, 1] += np.uint64(1)
+        return out
 
     def tags(
         self,
@@ -67,7 +92,7 @@ class BlockMac:
         mask: NDArray[np.unsignedinteger] | None,
         internal: NDArray[np.bool_] | None = None,
     ) -> NDArray[np.uint64]:
-        """Tags of ``[nblocks, 64]`` values.
+        """Tags of ``[nblocks, 64]`` values with their `pads` rows (s_b, r_b).
 
         ``mask`` marks the bits that hold the tag; they are left out of the hash
         in the blocks flagged ``internal`` (all blocks when None). Blocks whose
@@ -81,7 +106,7 @@ class BlockMac:
             wm = np.ascontiguousarray(mask).view(np.uint16)
             wmask = wm[: int(np.flatnonzero(wm).max()) + 1].copy()
         inside = np.ones(nb, dtype=np.bool_) if internal is None else internal
-        return mlh_tags(words, self._keys, wmask, inside, pads)
+        return mlh_tags(words, self._keys, wmask, inside, np.ascontiguousarray(pads))  # r_b = 1 in MAC_V1's pads
 
 
-__all__ = ["P", "BlockMac"]
+__all__ = ["MACS", "MAC_NAME", "MAC_V1", "P", "BlockMac"]

@@ -631,9 +631,10 @@ int64_t ps_put_strata(const uint32_t *wt, int64_t ng, int j0, int j1, const int6
 }
 
 /* The block MAC's hash (as _kernels.mlh_tags): for blocks [b0, b1) of words ([nb][nw] 16-bit),
- * out[b] = (sum_i keys[i] * m_i mod p + pads[b]) mod p, where m_i is word i with the tag bits
- * wmask[i] (i < nm) cleared in blocks flagged internal. keys < 2^32 and m_i < 2^16, so the sum
- * of up to 256 terms stays below 2^56 and one reduction is exact. Plain C (any CPU, CLONES). */
+ * out[b] = ((sum_i keys[i] * m_i mod p) * r_b mod p + s_b) mod p, pads[b] = (s_b, r_b), where m_i is
+ * word i with the tag bits wmask[i] (i < nm) cleared in blocks flagged internal. keys < 2^32 and
+ * m_i < 2^16, so the sum of up to 256 terms stays below 2^56 and one reduction is exact; r_b < 2^32
+ * keeps the product in 64 bits. Plain C (any CPU, CLONES). */
 CLONES void ps_mlh(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint64_t *keys, const uint16_t *wmask, int nm,
             const uint8_t *internal, const uint64_t *pads, uint64_t *out)
 {
@@ -647,7 +648,7 @@ CLONES void ps_mlh(const uint16_t *words, int64_t b0, int64_t b1, int nw, const 
                 acc += keys[i] * (uint64_t)(uint16_t)(w[i] & ~wmask[i]);
         for (; i < nw; i++)
             acc += keys[i] * (uint64_t)w[i];
-        out[b] = (acc % p + pads[b]) % p;
+        out[b] = ((acc % p) * pads[2 * b + 1] % p + pads[2 * b]) % p;
     }
 }
 

@@ -35,7 +35,7 @@ def mlh(
     m = np.ascontiguousarray(wmask, np.uint16)
     f = np.ascontiguousarray(internal, np.bool_)
     pd = np.ascontiguousarray(pads, np.uint64)
-    assert f.size == nb and pd.size == nb and out.size == nb and out.flags.c_contiguous and m.size <= nw
+    assert f.size == nb and pd.shape == (nb, 2) and out.size == nb and out.flags.c_contiguous and m.size <= nw
     a = (words.ctypes.data, k.ctypes.data, m.ctypes.data, f.ctypes.data, pd.ctypes.data, out.ctypes.data)
     parallel_map(
         lambda r: lib.ps_mlh(a[0], r[0], r[1], nw, a[1], a[2], m.size, a[3], a[4], a[5]),

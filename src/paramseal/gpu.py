@@ -7,7 +7,7 @@ failing blocks is the same, bit for bit, for every dtype and both seal codes.
 
 Everything that depends on the key is derived once, on the CPU, when the
 verifier is built, and uploaded next to the weights: the hash keys, each block's
-one-time pad (AES-CTR) reduced mod p, the masks of the tag bits, and the tags
+pad and multiplier (AES-CTR) reduced mod p, the masks of the tag bits, and the tags
 kept in the header. A check then reads each weight once as raw 16-bit words (so
 NaN payloads, -0.0 and subnormals are exact) and writes one byte per 64-value
 block. Only when a block fails are the flags copied to the host.
@@ -152,7 +152,7 @@ class GpuVerifier:
         self._header: Header = parse_header(header_json, key)  # KeyMismatchError on a wrong key
         self._header_json = header_json
         self._key = key
-        self._mac = BlockMac(key)
+        self._mac = BlockMac(key, self._header.mac)
         self._specs = list(self._header.tensors)
         self._backend = backend
         self._raise_if_mismatched(tensors, None)
@@ -297,7 +297,7 @@ class GpuVerifier:
             self._offsets[t] = sizes.get(dev, 0)
             sizes[dev] = self._offsets[t] + -(-spec.nblocks // _ALIGN) * _ALIGN
         self._flag_buffers = {d: _torch.zeros(n, dtype=_torch.uint8, device=d) for d, n in sizes.items()}
-        c_buffers = {d: _torch.zeros(n, dtype=_torch.int32, device=d) for d, n in sizes.items()}
+        c_buffers = {d: _torch.zeros(n, dtype=_torch.int64, device=d) for d, n in sizes.items()}
         self._c_buffers = c_buffers
         plans = []
         dtypes = {s.name: tensors[s.name].dtype for s in self._specs}
@@ -315,7 +315,7 @@ class GpuVerifier:
             c, ext_ok = self._constants(t, spec, internal)
             o = self._offsets[t]
             seg = c_buffers[dev][o : o + spec.nblocks]
-            seg.copy_(_torch.from_numpy(c.astype(np.uint32).view(np.int32)))
+            seg.copy_(_torch.from_numpy(c.view(np.int64)))
             flags = self._flag_buffers[dev][o : o + spec.nblocks]
             plans.append(
                 _Plan(
@@ -371,23 +371,25 @@ class GpuVerifier:
         )  # fmt: skip
 
     def _constants(self, t: int, spec: TensorSpec, internal: NDArray[np.bool_]) -> tuple[NDArray[np.uint64], bool]:
-        """Per block the constant ``c`` with: block is intact <=> (H mod p + c) mod p == stored tag.
+        """Per block (r, c) packed as r << 32 | c: the block is intact <=> (r H + c) mod p == its stored tag.
 
-        A block that keeps its tag has c = pad and its stored tag in its low bits. One
-        whose tag is in the header has c = (pad - tag) mod p and "stored tag" 0, which is
-        the same test as the CPU engine's (H mod p + pad) mod p == tag, for tags < p.
+        A block that keeps its tag has (r, c) = the MAC's (r_b, s_b) and its stored tag in its
+        low bits. One whose tag is in the header has c = (s_b - tag) mod p and "stored tag" 0,
+        which is the same test as the CPU engine's (r_b H + s_b) mod p == tag, for tags < p.
         A header whose tags do not fit this tensor (or are not residues) fails those blocks,
         as the CPU engine does.
         """
-        c = self._mac.pads(self._header.salt, t, spec.nblocks)
+        pads = self._mac.pads(self._header.salt, t, spec.nblocks)
+        c, r = pads[:, 0].copy(), pads[:, 1]
         outside = np.flatnonzero(~internal)
-        if not outside.size:
-            return c, True
-        ext = self._header.external_tags.get(t)
-        if ext is None or ext.size != outside.size or bool(np.any(ext >= P)):
-            return c, False
-        c[outside] = (c[outside] + np.uint64(P) - ext.astype(np.uint64)) % np.uint64(P)
-        return c, True
+        ok = True
+        if outside.size:
+            ext = self._header.external_tags.get(t)
+            ok = ext is not None and ext.size == outside.size and not bool(np.any(ext >= P))
+            if ext is not None and ok:
+                c[outside] = (c[outside] + np.uint64(P) - ext.astype(np.uint64)) % np.uint64(P)
+        packed: NDArray[np.uint64] = (r << np.uint64(32)) | c
+        return packed, ok
 
     # --- the engines -----------------------------------------------------------------------------
 
@@ -427,8 +429,7 @@ def _bad_torch(plan: _Plan, flat: torch.Tensor) -> None:
         inside = _torch.full((n,), plan.full_internal, dtype=_torch.bool, device=plan.device)
         if r0 + n == spec.nblocks:
             inside[-1] = plan.last_internal
-        c = plan.c[r0 : r0 + n].to(_torch.int64) & 0xFFFFFFFF
-        plan.flags[r0 : r0 + n] = _tags_bad(w16, c, inside, plan.consts, plan.ext_ok)
+        plan.flags[r0 : r0 + n] = _tags_bad(w16, plan.c[r0 : r0 + n], inside, plan.consts, plan.ext_ok)
 
 
 def tile(words: int) -> tuple[int, int]:

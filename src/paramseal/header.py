@@ -20,7 +20,6 @@ import numpy as np
 from . import _embed, _outer, _strata
 from ._header_body import (
     CODE_NAME,
-    MAC_NAME,
     OWN_PREFIX,
     SCHEME,
     SCHEME_IRS,
@@ -33,6 +32,7 @@ from ._header_body import (
     own_entries,
 )
 from ._layout import TensorSpec
+from ._mac import MACS
 from .errors import FormatError, KeyMismatchError
 from .keys import Key
 from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP
@@ -226,9 +226,11 @@ def _unreadable_fields(h: Header, body: Mapping[str, Any]) -> list[str]:
     elif len(set(h.carriers)) != len(h.carriers):
         out.append(f"its carriers {list(h.carriers)} name a tensor twice, expected distinct tensors")
     code = _strata.CODE_NAME if h.irs else CODE_NAME
-    fixed = [("block", h.block, BLOCK), ("mac", h.mac, MAC_NAME), ("code", h.code, code)]
-    fixed.append(("shard_bytes", h.shard_bytes, SHARD_BYTES))
-    out += [f"{name} is {got!r}, expected {want!r}" for name, got, want in fixed if got != want]
+    fixed: list[tuple[str, object, tuple[object, ...]]] = [("block", h.block, (BLOCK,)), ("mac", h.mac, MACS)]
+    fixed += [("code", h.code, (code,)), ("shard_bytes", h.shard_bytes, (SHARD_BYTES,))]
+    out += [
+        f"{name} is {got!r}, expected {' or '.join(map(repr, want))}" for name, got, want in fixed if got not in want
+    ]
     if h.level not in LEVELS:
         out.append(f"level is {h.level!r}, expected one of {', '.join(map(repr, LEVELS))}")
     top = max(f.mantissa for f in FLOATS.values()) - 1

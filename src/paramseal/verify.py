@@ -32,7 +32,7 @@ from ._findings import (
     usable,
 )
 from ._layout import Layout, TensorSpec, build_layout
-from ._mac import BlockMac
+from ._mac import MAC_V1, BlockMac
 from ._pages import chunks, read
 from ._progress import Progress
 from .errors import FormatError, KeyMismatchError, UsageError
@@ -189,7 +189,7 @@ def check(
         )
     header = parse_header(header_json, key)
     specs = list(header.tensors)
-    mac = BlockMac(key)
+    mac = BlockMac(key, header.mac)
     arrays = _model.as_mapping(tensors)
     prog = progress or Progress.null()
     blocks: list[_model.Blocks] = []
@@ -226,6 +226,13 @@ def check(
         notes.append(f"partial verification: {n} of {len(specs)} tensors match '{select}'; only they were checked")
     meta, more = metadata_findings(header, metadata, metadata_kept)
     notes += more
+    if header.mac == MAC_V1:
+        notes.append(
+            f"sealed with the older block MAC {MAC_V1!r}: an edit found passing in one block would pass in every "
+            "block sealed with this key, so show its verify and recover reports to no one who can submit models; "
+            "'paramseal seal --reseal' of the model, once it verifies intact, moves it to the per-block multiplier "
+            "(README, 'Authenticate')"
+        )
     given = None if metadata is None else dict(metadata)
     picked = tuple(chosen) if select is not None else ()
     return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, moved, picked, progress=prog)

@@ -58,7 +58,7 @@ def main(version: str = "v1") -> None:
     out.mkdir()
     key = paramseal.Key(bytes.fromhex(GOLDEN_KEY_HEX))
     paramseal.write_key(out / "golden.key", key)
-    model = golden_model_v3() if version == "v3" else golden_model()
+    model = golden_model_v3() if version.startswith("v3") else golden_model()  # v3-mac2 too
     files.write_model(out / "original.safetensors", Loaded(model, dict(METADATA)))
     files.seal_file(out / "original.safetensors", out / "sealed.safetensors", key, level="standard")
     print(f"wrote {out} with paramseal {paramseal.__version__}")
