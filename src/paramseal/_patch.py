@@ -69,11 +69,18 @@ class Precopy(threading.Thread):
         return self.tmp
 
     def cancel(self) -> None:
-        """Stop copying and delete the temporary file, unless it was taken."""
+        """Stop copying and delete the temporary file, unless it was taken.
+
+        Deleted even when the wait is cut short (a second Ctrl-C while a step of the copy ends):
+        the thread, told to stop, writes on into a file that no longer has a name.
+        """
         self._halt.set()
-        self.join()
-        if not self._taken:
-            self.tmp.unlink(missing_ok=True)
+        try:
+            if self.ident is not None:  # started
+                self.join()
+        finally:
+            if not self._taken:
+                self.tmp.unlink(missing_ok=True)
 
 
 def refuse_unverifiable_metadata(chk: Check, out_meta: dict[str, str], dst: Path, fmt: str) -> None:

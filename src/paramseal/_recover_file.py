@@ -65,10 +65,10 @@ def recover_file(
     onto_input = in_place and d.exists() and s.resolve() == d.resolve()  # --in-place only permits it
     st_file = s.is_file() and is_safetensors(s)
     patch_here = onto_input and st_file
-    if st_file and fmt == "safetensors" and not patch_here:
-        pre = Precopy(s, temp_beside(d))
-        pre.start()
     try:
+        if st_file and fmt == "safetensors" and not patch_here:
+            pre = Precopy(s, temp_beside(d))
+            pre.start()  # it waits for the thread: a Ctrl-C there too finds the copy in `pre`, cancelled below
         with open_model(s) as loaded:
             return recover_loaded(
                 loaded,
