@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -57,3 +58,46 @@ def test_an_interrupt_while_recover_starts_its_input_copy_leaves_no_temporary_fi
         files.recover_file(sealed_file, out, key)
     _precopy_done()
     assert _temporaries(tmp_path) == [] and not out.exists()
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_an_interrupt_once_the_sealed_model_is_in_place_still_places_its_header_out(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """Ctrl-C (or SIGTERM) between the sealed model's rename and its --header-out's: the new model was
+    in place and the header file was still an older seal's, which --header-from then read for this one."""
+    out, hdr = tmp_path / f"sealed{suffix}", tmp_path / "sealed.header.json"
+    old = files.seal_file(model_file, out, key, header_out=hdr)
+    real = os.replace
+
+    def interrupted_after(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+        real(a, b)
+        if Path(b) == out:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted_after)
+    with pytest.raises(KeyboardInterrupt):
+        files.seal_file(model_file, out, key, header_out=hdr, reseal=True)
+    monkeypatch.undo()
+    new = files.read_header(out, key)
+    assert new != old.header_json  # the model was sealed again (a new salt) ...
+    assert hdr.read_text(encoding="utf-8").strip() == new  # ... and the header kept beside it is its own
+    assert files.verify_file(out, key, header=files.read_header(hdr)).ok
+    assert _temporaries(tmp_path) == []
+
+
+def test_an_interrupt_before_the_sealed_model_is_in_place_leaves_both_outputs_as_they_were(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, hdr = tmp_path / "sealed.safetensors", tmp_path / "sealed.header.json"
+    files.seal_file(model_file, out, key, header_out=hdr)
+    before = out.read_bytes(), hdr.read_bytes()
+
+    def interrupted_before(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted_before)
+    with pytest.raises(KeyboardInterrupt):
+        files.seal_file(model_file, out, key, header_out=hdr, reseal=True)
+    monkeypatch.undo()
+    assert (out.read_bytes(), hdr.read_bytes()) == before and _temporaries(tmp_path) == []

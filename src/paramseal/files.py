@@ -71,14 +71,19 @@ def _header_file(path: PathLike | None, src: Path, model: Path) -> Iterator[Call
     """``header_out``'s file: the callback writes it beside its place, renamed there just after the model.
 
     A failure before the model's rename leaves neither file; only the header's own rename comes after it.
+    An interrupt (Ctrl-C, SIGTERM) once the model is in place still puts its header in place, then goes on:
+    the header file an older seal left there would otherwise sit beside the new model.
     """
     if path is None:
         yield lambda text: None
         return
     p = check_header_out(path, src, model)  # never over the input (or the model): the API caller too
     tmp = temp_beside(p)
+    kept = False
+    was = _file_id(model)
 
     def keep(text: str) -> None:
+        nonlocal kept
         try:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(text + "\n")  # no key in it
@@ -86,11 +91,18 @@ def _header_file(path: PathLike | None, src: Path, model: Path) -> Iterator[Call
                 os.fsync(f.fileno())
         except OSError as e:
             raise cannot_write(p, e) from e
+        kept = True
 
     placed = False
+    late: KeyboardInterrupt | None = None
     try:
         with atomic_path(p, tmp):
-            yield keep
+            try:
+                yield keep
+            except KeyboardInterrupt as e:
+                if not kept or _file_id(model) in (was, None):  # the model is not (yet) the new one
+                    raise
+                late = e
             placed = True
     except OutputError as e:
         if not placed:
@@ -99,6 +111,17 @@ def _header_file(path: PathLike | None, src: Path, model: Path) -> Iterator[Call
             f"{e}; the sealed model was written to {model} without it: seal again (a new seal), or keep a copy "
             "of the sealed model, which --header-from also reads"
         ) from e
+    if late is not None:
+        raise late
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The file at ``path`` (not one a link there names): the rename of a new one into place changes it."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def seal_file(
