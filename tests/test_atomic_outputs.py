@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from pathlib import Path
 
@@ -101,3 +102,20 @@ def test_an_interrupt_before_the_sealed_model_is_in_place_leaves_both_outputs_as
         files.seal_file(model_file, out, key, header_out=hdr, reseal=True)
     monkeypatch.undo()
     assert (out.read_bytes(), hdr.read_bytes()) == before and _temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("command", "suffix"), [("seal", ".safetensors"), ("seal", ".npz"), ("recover", ".safetensors")]
+)
+def test_an_existing_output_keeps_its_mode_as_cp_keeps_it(
+    tmp_path: Path, model_file: Path, sealed_file: Path, key: paramseal.Key, command: str, suffix: str
+) -> None:
+    """README: a new output gets the umask's mode, one that replaces a file keeps that file's mode (as cp does)."""
+    out = tmp_path / f"out{suffix}"
+    out.write_bytes(b"an older output")
+    os.chmod(out, 0o640)
+    if command == "seal":
+        files.seal_file(model_file, out, key)
+    else:
+        assert files.recover_file(sealed_file, out, key).path == out
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640 and out.read_bytes() != b"an older output"
