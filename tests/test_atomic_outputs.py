@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -119,3 +121,41 @@ def test_an_existing_output_keeps_its_mode_as_cp_keeps_it(
     else:
         assert files.recover_file(sealed_file, out, key).path == out
     assert stat.S_IMODE(out.stat().st_mode) == 0o640 and out.read_bytes() != b"an older output"
+
+
+_CUT_SUBMIT = """
+import threading, time
+from paramseal import _parallel
+_parallel._cores = lambda: 2  # a pool even on one core
+start, ran = threading.Thread.start, []
+def cut(self):  # Ctrl-C just as the pool's first thread started, before the pool recorded it
+    start(self)
+    if self.name.startswith("paramseal") and not getattr(cut, "done", False):
+        cut.done = True
+        raise KeyboardInterrupt
+threading.Thread.start = cut
+def item(x):
+    time.sleep(0.2)
+    ran.append(x)
+try:
+    _parallel.parallel_map(item, range(4))
+except KeyboardInterrupt:
+    seen = sorted(ran)
+time.sleep(0.5)
+print(seen)
+print(sorted(ran))
+"""
+
+
+def test_an_interrupt_while_a_pool_starts_a_thread_neither_leaves_work_running_nor_hangs_the_exit() -> None:
+    """Ctrl-C inside ThreadPoolExecutor.submit, as it started the pool's first thread: the item queued ran on
+    after parallel_map had raised, and at exit the interpreter waited forever for that thread, which
+    concurrent.futures never wakes (the program hung after printing 'interrupted'; seen under SIGINT)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    try:
+        r = subprocess.run([sys.executable, "-c", _CUT_SUBMIT], env=env, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the interpreter never exited")
+    assert r.returncode == 0, r.stderr
+    seen, at_exit = r.stdout.splitlines()
+    assert seen == at_exit  # nothing ran after parallel_map raised

@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 
 #: Held while a numba ``parallel=True`` kernel runs. numba's workqueue threading layer (where neither
 #: OpenMP nor TBB is found) aborts the process when a second thread enters one: two threads of the
@@ -105,30 +105,75 @@ def in_turn(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
 
 
 def _run_all(pool: ThreadPoolExecutor, run: Callable[[_T], _R], items: list[_T]) -> list[_R]:
-    """``run`` on each item in ``pool``; after a failure or an interrupt none starts, and those running finish."""
-    futures: list[Future[_R]] = []
+    """``run`` on each item in ``pool``; after a failure or an interrupt none starts, and those running finish.
+
+    Which items run is `_Gate`'s, not the futures': a Ctrl-C inside ``submit`` (while it starts a
+    thread) leaves an item queued whose future the caller never got, and it ran behind its back.
+    """
+    gate = _Gate()
+    futures: list[Future[_R | None]] = []
     try:
         for x in items:
-            futures.append(pool.submit(run, x))
+            futures.append(pool.submit(gate.run, run, x))
         wait(futures, return_when=FIRST_EXCEPTION)
     finally:
+        gate.stop()
         for f in futures:  # items start in order, so every cancelled one comes after the failed one
             f.cancel()
-        _wait_all(futures)
-    return [f.result() for f in futures]
+    return [cast(_R, f.result()) for f in futures]
 
 
-def _wait_all(futures: list[Future[Any]]) -> None:
-    """Wait for every running task, even through repeated KeyboardInterrupts (re-raised after)."""
-    stopped: KeyboardInterrupt | None = None
-    while True:
+class _Gate:
+    """Lets the items of one `_run_all` start until `stop`, and knows when those started have finished."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open, self._running = True, 0
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def run(self, fn: Callable[[_T], _R], x: _T) -> _R | None:
+        with self._lock:
+            if not self._open:  # stopped: not run (its result is never read)
+                return None
+            self._running += 1
+            self._idle.clear()
         try:
-            wait(futures)
-            break
-        except KeyboardInterrupt as e:
-            stopped = e
-    if stopped is not None:
-        raise stopped
+            return fn(x)
+        finally:
+            with self._lock:
+                self._running -= 1
+                if not self._running:
+                    self._idle.set()
+
+    def stop(self) -> None:
+        """Start no more items; wait for those running, through repeated KeyboardInterrupts too (re-raised after)."""
+        stopped: KeyboardInterrupt | None = None
+        while True:
+            try:
+                with self._lock:
+                    self._open = False
+                self._idle.wait()
+                break
+            except KeyboardInterrupt as e:
+                stopped = e
+        if stopped is not None:
+            raise stopped
+
+
+def _wake_pools() -> None:
+    """At interpreter exit, before its threads are waited for: every thread of the pools stops waiting for work.
+
+    concurrent.futures wakes only the threads it registered; one whose ``start()`` a Ctrl-C cut short
+    never was, and the interpreter waited for it forever after printing 'interrupted' (SIGTERM: 'terminated').
+    """
+    for pool in (_POOL, _TASKS):
+        if pool is not None:
+            pool.shutdown(wait=False)
+
+
+if hasattr(threading, "_register_atexit"):  # what concurrent.futures uses itself (CPython 3.9+)
+    threading._register_atexit(_wake_pools)
 
 
 def _forget_pool() -> None:
