@@ -86,6 +86,11 @@ class NpzAdapter:
                             "an .npz model holds only <name>.npy members"
                         )
                     name = info.filename[: -len(".npy")]
+                    if info.flag_bits & 0x1:  # zipfile would raise RuntimeError: np.load cannot read it either
+                        raise FormatError(
+                            f"'{path}': member '{info.filename}' is encrypted, which neither np.load nor ParamSeal "
+                            "reads; save the arrays again with np.savez (or the zip flag was damaged: take a good copy)"
+                        )
                     with zf.open(info) as raw:
                         # A flipped bit must reach verify (located, recoverable), not fail as a corrupt zip:
                         # zipfile's own CRC-32 check is off and the CRC is compared after the archive is read.

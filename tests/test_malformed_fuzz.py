@@ -1,0 +1,68 @@
+"""Malformed model files, for every verb: a one-line error and exit 3, no traceback, nothing written.
+
+Cases found by fuzzing the format readers (the `adapter_suite` cases cover the general ones).
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+
+VERBS = ("verify", "recover", "seal", "inspect")
+
+
+def assert_clean_exit_3(tmp_path: Path, key_file: Path, bad: Path, verb: str, *needles: str) -> str:
+    """Run ``verb`` on ``bad``: exit 3, one 'error:' line naming the file, no output, no file changed."""
+    out = bad.with_name("out" + bad.suffix)
+    before = helpers.listing(tmp_path)
+    argv = {
+        "verify": ["verify", bad, "--key", key_file],
+        "recover": ["recover", bad, out, "--key", key_file],
+        "seal": ["seal", bad, out, "--key", key_file],
+        "inspect": ["inspect", bad],
+    }[verb]
+    rc, stdout, stderr = helpers.run_cli(argv)
+    assert rc == 3, (verb, stdout, stderr)
+    assert "Traceback" not in stdout + stderr and "internal error" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and bad.name in lines[0], stderr
+    for n in needles:
+        assert n in lines[0], stderr
+    assert not out.exists() and helpers.listing(tmp_path) == before
+    return lines[0]
+
+
+def _npz(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- .npz / .npy
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_an_encrypted_npz_member_is_a_format_error_not_an_internal_one(
+    tmp_path: Path, key_file: Path, verb: str
+) -> None:
+    """zipfile refuses an encrypted member with a RuntimeError (found by flipping the zip flag bit)."""
+    raw = bytearray(_npz({"a.npy": _npy(np.arange(100, dtype=np.float32))}))
+    raw[6] |= 1  # the local header's general-purpose flag: bit 0, encrypted
+    i = raw.find(b"PK\x01\x02")
+    raw[i + 8] |= 1  # and the central directory's, which zipfile reads
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(bytes(raw))
+    assert_clean_exit_3(tmp_path, key_file, bad, verb, "'a.npy' is encrypted")
