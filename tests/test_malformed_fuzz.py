@@ -6,6 +6,7 @@ Cases found by fuzzing the format readers (the `adapter_suite` cases cover the g
 from __future__ import annotations
 
 import io
+import struct
 import zipfile
 from pathlib import Path
 
@@ -66,3 +67,23 @@ def test_an_encrypted_npz_member_is_a_format_error_not_an_internal_one(
     bad = tmp_path / "bad.npz"
     bad.write_bytes(bytes(raw))
     assert_clean_exit_3(tmp_path, key_file, bad, verb, "'a.npy' is encrypted")
+
+
+def _long_header_npy() -> bytes:
+    """A .npy whose header is longer than numpy's max_header_size (10000): numpy's refusal spans three lines."""
+    text = "{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }"
+    header = text + " " * (20032 - 12 - len(text) - 1) + "\n"
+    return b"\x93NUMPY\x02\x00" + struct.pack("<I", len(header)) + header.encode() + bytes(16)
+
+
+@pytest.mark.parametrize("verb", VERBS)
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_numpys_multi_line_refusal_of_a_long_header_is_one_error_line_without_its_pickle_advice(
+    tmp_path: Path, key_file: Path, verb: str, suffix: str
+) -> None:
+    """Found flipping a bit of a sealed .npz member's header length: numpy's advice (allow_pickle) is not ours."""
+    raw = _long_header_npy()
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes(raw if suffix == ".npy" else _npz({"a.npy": raw}))
+    line = assert_clean_exit_3(tmp_path, key_file, bad, verb, "Header info length (20020)")
+    assert "allow_pickle" not in line

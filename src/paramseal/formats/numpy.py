@@ -111,7 +111,7 @@ class NpzAdapter:
             raise
         except _READ_ERRORS as e:
             raise FormatError(
-                f"cannot read .npz file '{path}' (truncated or corrupt): {type(e).__name__}: {e}"
+                f"cannot read .npz file '{path}' (truncated or corrupt): {type(e).__name__}: {_first_line(e)}"
             ) from None
         if not tensors:
             raise FormatError(f"'{path}' holds no arrays: there are no tensors to read")
@@ -164,7 +164,7 @@ class NpyAdapter:
             raise
         except _READ_ERRORS as e:
             raise FormatError(
-                f"cannot read .npy file '{path}' (truncated or corrupt): {type(e).__name__}: {e}"
+                f"cannot read .npy file '{path}' (truncated or corrupt): {type(e).__name__}: {_first_line(e)}"
             ) from None
         return Loaded({NPY_TENSOR_NAME: arr}, {})
 
@@ -178,6 +178,11 @@ class NpyAdapter:
         require_header_in_weights(loaded, ".npy", self.carried_metadata)
         with open(path, "wb") as f:
             write_npy(f, next(iter(loaded.tensors.values())))
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of ``e``'s message: numpy's refusal of a long header goes on with advice for np.load's caller."""
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
 
 
 def write_npy(f: IO[bytes], a: NDArray[np.generic]) -> None:
