@@ -87,3 +87,23 @@ def test_numpys_multi_line_refusal_of_a_long_header_is_one_error_line_without_it
     bad.write_bytes(raw if suffix == ".npy" else _npz({"a.npy": raw}))
     line = assert_clean_exit_3(tmp_path, key_file, bad, verb, "Header info length (20020)")
     assert "allow_pickle" not in line
+
+
+# --------------------------------------------------------------------------- --header-from
+
+
+@pytest.mark.parametrize("verb", ["verify", "recover"])
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"scheme": ' + "[" * 100_000 + "]" * 100_000 + "}"])
+def test_a_header_json_nested_too_deep_is_a_clean_error_not_a_recursion_error(
+    tmp_path: Path, key_file: Path, sealed_file: Path, verb: str, text: str
+) -> None:
+    """json.loads raises RecursionError, not ValueError, on deep nesting (found fuzzing --header-from)."""
+    header = tmp_path / "header.json"
+    header.write_text(text)
+    out = tmp_path / "out.safetensors"
+    before = helpers.listing(tmp_path)
+    argv = [verb, sealed_file, *([out] if verb == "recover" else []), "--key", key_file, "--header-from", header]
+    rc, stdout, stderr = helpers.run_cli(argv)
+    assert rc == 3 and "Traceback" not in stderr and "internal error" not in stderr, stderr
+    assert stderr.splitlines() == [stderr.strip()] and "header.json' is no ParamSeal header" in stderr, stderr
+    assert not out.exists() and helpers.listing(tmp_path) == before

@@ -297,7 +297,7 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
             texts = [p.read_text(encoding="utf-8").strip()]  # the output carries it: a saved newline dropped
             try:  # config.json given by mistake: "malformed header, the model cannot be trusted" blamed the model
                 body = json.loads(texts[0])
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: nested too deep
                 body = None
             if not (isinstance(body, dict) and "scheme" in body):
                 raise UsageError(
