@@ -107,3 +107,28 @@ def test_a_header_json_nested_too_deep_is_a_clean_error_not_a_recursion_error(
     assert rc == 3 and "Traceback" not in stderr and "internal error" not in stderr, stderr
     assert stderr.splitlines() == [stderr.strip()] and "header.json' is no ParamSeal header" in stderr, stderr
     assert not out.exists() and helpers.listing(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- attack on a damaged header
+
+
+@pytest.mark.parametrize(
+    ("attack", "said"),
+    [
+        (["--kind", "metadata", "--mode", "edit"], "to be a JSON object, and it is not"),
+        (["--kind", "lsb-rewrite"], "lsb-rewrite needs a sealed model"),
+        (["--kind", "bitflip", "--field", "watermark"], "--field watermark needs a sealed model"),
+    ],
+)
+def test_attack_on_a_header_nested_too_deep_is_a_clean_error_as_for_any_header_that_is_not_json(
+    tmp_path: Path, attack: list[str], said: str
+) -> None:
+    """json.loads raises RecursionError there, which the attacks' readers of the header did not catch."""
+    model = {"w": np.arange(4000, dtype=np.float32)}
+    src = helpers.write_st(tmp_path / "m.safetensors", model, {"paramseal": "[" * 50_000 + "]" * 50_000})
+    out = tmp_path / "out.safetensors"
+    before = helpers.listing(tmp_path)
+    rc, stdout, stderr = helpers.run_cli(["attack", *attack, src, out])
+    assert rc == 3 and "Traceback" not in stderr and "internal error" not in stderr, stderr
+    assert stderr.splitlines() == [stderr.strip()] and said in stderr, stderr
+    assert not out.exists() and helpers.listing(tmp_path) == before

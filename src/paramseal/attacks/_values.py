@@ -76,7 +76,7 @@ def sealed_k(metadata: Mapping[str, str], tensors: Mapping[str, NDArray[Any]] | 
     try:
         table = json.loads(text).get("tensors", [])
         return {str(t["name"]): int(t["k"]) for t in table}
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):  # RecursionError: nested too deep
         return {}
 
 
@@ -428,7 +428,7 @@ def metadata(meta: Mapping[str, str], spec: AttackSpec, rng: Rng) -> dict[str, s
         return out
     try:
         body = json.loads(out[METADATA_KEY])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deep
         body = None
     if not isinstance(body, dict):  # edit changes one character of its salt: there is no salt to edit
         raise UsageError(
