@@ -6,6 +6,7 @@ Cases found by fuzzing the format readers (the `adapter_suite` cases cover the g
 from __future__ import annotations
 
 import io
+import json
 import struct
 import zipfile
 from pathlib import Path
@@ -132,3 +133,23 @@ def test_attack_on_a_header_nested_too_deep_is_a_clean_error_as_for_any_header_t
     assert rc == 3 and "Traceback" not in stderr and "internal error" not in stderr, stderr
     assert stderr.splitlines() == [stderr.strip()] and said in stderr, stderr
     assert not out.exists() and helpers.listing(tmp_path) == before
+
+
+# --------------------------------------------------------------------------- names from the file in an error line
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_control_characters_of_a_tensor_name_in_an_error_are_shown_escaped_on_one_line(
+    tmp_path: Path, key_file: Path, verb: str
+) -> None:
+    """A name is the file's to choose: a newline split the error line, an escape sequence drove the terminal."""
+    name = "w\x1b[2K\rOK: intact\n\u202e"
+    src = helpers.write_st(tmp_path / "m.safetensors", {name: np.arange(8, dtype=np.float32)})
+    header, data = helpers.st_parts(src.read_bytes())
+    header[name]["dtype"] = "F99"
+    text = json.dumps(header).encode()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(text)) + text + data)
+    src.unlink()
+    line = assert_clean_exit_3(tmp_path, key_file, bad, verb, r"tensor 'w\x1b[2K\rOK: intact\n\u202e' has dtype F99")
+    assert not any(c in line for c in "\x1b\r\u202e")

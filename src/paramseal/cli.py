@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import traceback
+import unicodedata
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext, redirect_stdout
 from typing import IO, cast
@@ -51,6 +52,18 @@ def _error_doc(exit_code: int, message: str, command: str | None) -> None:
         sys.stdout.flush()
     except OSError:  # stdout itself failed (a full disk, a reader that left): stderr has the message
         quiet_stdout()
+
+
+def one_line(text: str) -> str:
+    r"""``text`` with its control and format characters escaped (``\n``, ``\x1b``, ``\u202e``).
+
+    An error quotes names from the file (tensors, members, metadata keys): a newline there split the
+    one error line, and an escape sequence or a bidi override drove the reader's terminal.
+    """
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" else c
+        for c in text
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,7 +107,7 @@ def _main(argv: Sequence[str] | None) -> int:
         quiet_stdout()
         return 3
     except ParamSealError as e:
-        message = redact(e.diagnostics(), hidden)
+        message = one_line(redact(e.diagnostics(), hidden))
         print(f"error: {message}", file=sys.stderr)
         if getattr(args, "json", False):
             _error_doc(e.exit_code, message, args.cmd)
