@@ -101,7 +101,7 @@ def _archive_name(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as zf:
             first = zf.namelist()[:1]
-    except (OSError, zipfile.BadZipFile, ValueError):
+    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError):  # zipfile's: 'zip file version 12.8'
         return None
     return first[0].split("/", 1)[0] if first and "/" in first[0] else None
 
@@ -388,7 +388,7 @@ def is_torchscript(path: Path) -> bool:
             return False
         with zipfile.ZipFile(path) as zf:
             return any("/code/" in n or n.endswith("/constants.pkl") for n in zf.namelist())
-    except (OSError, zipfile.BadZipFile, ValueError):
+    except (OSError, zipfile.BadZipFile, ValueError, NotImplementedError):  # NotImplementedError: a newer zip version
         return False  # torch.load reports the damage
 
 
