@@ -180,3 +180,20 @@ def test_a_torch_zip_asking_for_a_newer_zip_version_is_read_by_torch_not_an_inte
     assert "Traceback" not in stderr and "internal error" not in stderr, stderr
     # read as the unsealed model it is: inspect shows it, verify says it carries no seal
     assert (rc, stderr) == (0, "") if verb == "inspect" else rc == 3 and "carries no ParamSeal header" in stderr
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_a_legacy_torch_file_whose_storage_list_names_an_unknown_storage_is_a_format_error(
+    tmp_path: Path, key_file: Path, verb: str
+) -> None:
+    """torch's legacy reader asserts (AssertionError) that each storage listed was unpickled (found by byte flips)."""
+    torch = pytest.importorskip("torch")
+    buf = io.BytesIO()
+    torch.save({"w": torch.arange(300, dtype=torch.float32)}, buf, _use_new_zipfile_serialization=False)
+    raw = buf.getvalue()
+    key = next(k for k in raw.split(b"X")[1:] if k[4:].split(b"q")[0].isdigit())  # a BINUNICODE storage key
+    name = key[4 : 4 + struct.unpack("<I", key[:4])[0]]
+    at = raw.rfind(name)  # its last mention: the list of storages after the model's pickle
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(raw[:at] + b"9" * len(name) + raw[at + len(name) :])
+    assert_clean_exit_3(tmp_path, key_file, bad, verb, "cannot read PyTorch file", "AssertionError")

@@ -210,8 +210,9 @@ class PyTorchAdapter:
                 "from a model file. Re-save the weights from a trusted environment with "
                 "torch.save(model.state_dict(), path), or convert them to safetensors"
             ) from None
+        # AssertionError: torch's legacy reader asserts what the file holds ("storage key ... not found")
         except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError,
-                zipfile.BadZipFile, struct.error, UnicodeDecodeError, MemoryError) as e:  # fmt: skip
+                zipfile.BadZipFile, struct.error, UnicodeDecodeError, MemoryError, AssertionError) as e:  # fmt: skip
             msg = str(e).strip().splitlines()
             raise FormatError(
                 f"cannot read PyTorch file '{path}' (truncated or not a torch.save file): "
