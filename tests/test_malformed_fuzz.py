@@ -197,3 +197,14 @@ def test_a_legacy_torch_file_whose_storage_list_names_an_unknown_storage_is_a_fo
     bad = tmp_path / "bad.pt"
     bad.write_bytes(raw[:at] + b"9" * len(name) + raw[at + len(name) :])
     assert_clean_exit_3(tmp_path, key_file, bad, verb, "cannot read PyTorch file", "AssertionError")
+
+
+def test_a_torch_error_without_a_message_is_named_without_a_dangling_colon(tmp_path: Path, key_file: Path) -> None:
+    """torch.load of a legacy file cut short raises a bare EOFError: the line ended in 'EOFError:'."""
+    torch = pytest.importorskip("torch")
+    buf = io.BytesIO()
+    torch.save({"w": torch.arange(300, dtype=torch.float32)}, buf, _use_new_zipfile_serialization=False)
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(buf.getvalue()[:64])
+    line = assert_clean_exit_3(tmp_path, key_file, bad, "inspect", "cannot read PyTorch file")
+    assert line.endswith("EOFError") and not line.endswith(":"), line

@@ -216,7 +216,7 @@ class PyTorchAdapter:
             msg = str(e).strip().splitlines()
             raise FormatError(
                 f"cannot read PyTorch file '{path}' (truncated or not a torch.save file): "
-                f"{type(e).__name__}: {msg[0] if msg else ''}"
+                f"{type(e).__name__}{f': {msg[0]}' if msg else ''}"
             ) from None
         tensors: dict[str, NDArray[np.generic]] = {}
         storages: set[int] = set()
