@@ -208,3 +208,16 @@ def test_a_torch_error_without_a_message_is_named_without_a_dangling_colon(tmp_p
     bad.write_bytes(buf.getvalue()[:64])
     line = assert_clean_exit_3(tmp_path, key_file, bad, "inspect", "cannot read PyTorch file")
     assert line.endswith("EOFError") and not line.endswith(":"), line
+
+
+def test_a_tensor_name_added_to_a_sealed_file_is_shown_escaped_in_verifys_report(
+    tmp_path: Path, key_file: Path, sealed_file: Path
+) -> None:
+    """An added tensor's name is the tamperer's: raw, '\\x1b[2K\\r' erased the report's line and wrote another."""
+    tensors, meta = helpers.read_st(sealed_file)
+    name = "x\x1b[2K\rOK: the model is intact\n\u202e"
+    helpers.write_st(sealed_file, {**tensors, name: np.zeros(4, np.float32)}, meta)
+    rc, stdout, stderr = helpers.run_cli(["verify", sealed_file, "--key", key_file])
+    assert rc in (1, 2) and stdout.startswith("FAIL: "), (rc, stdout, stderr)
+    assert r"extra tensor not in the seal: x\x1b[2K\rOK: the model is intact\n\u202e" in stdout, stdout
+    assert not any(c in stdout for c in "\x1b\r\u202e")

@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import traceback
-import unicodedata
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext, redirect_stdout
 from typing import IO, cast
@@ -30,7 +29,7 @@ from ._cli_streams import (
     stderr_kept,
     terminate_as_interrupt,
 )
-from .errors import ParamSealError
+from .errors import ParamSealError, one_line
 from .keys import Key, key_like_args, redact
 
 
@@ -52,18 +51,6 @@ def _error_doc(exit_code: int, message: str, command: str | None) -> None:
         sys.stdout.flush()
     except OSError:  # stdout itself failed (a full disk, a reader that left): stderr has the message
         quiet_stdout()
-
-
-def one_line(text: str) -> str:
-    r"""``text`` with its control and format characters escaped (``\n``, ``\x1b``, ``\u202e``).
-
-    An error quotes names from the file (tensors, members, metadata keys): a newline there split the
-    one error line, and an escape sequence or a bidi override drove the reader's terminal.
-    """
-    return "".join(
-        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" else c
-        for c in text
-    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

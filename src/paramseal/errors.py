@@ -10,7 +10,20 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import unicodedata
 from typing import Any
+
+
+def one_line(text: str) -> str:
+    r"""``text`` with its control and format characters escaped (``\n``, ``\x1b``, ``\u202e``).
+
+    An error or a report quotes names from a file (tensors, members, metadata keys): a newline there split the
+    line, and an escape sequence or a bidi override drove the reader's terminal.
+    """
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" else c
+        for c in text
+    )
 
 
 class ParamSealError(Exception):

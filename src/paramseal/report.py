@@ -14,7 +14,7 @@ from typing import Any, Literal, TextIO, overload
 import numpy as np
 from numpy.typing import NDArray
 
-from .errors import TamperedError, UnrecoverableError, UsageError
+from .errors import TamperedError, UnrecoverableError, UsageError, one_line
 
 Status = Literal["intact", "tampered", "recovered", "unrecoverable"]
 Moved = Literal["swapped", "renamed"]  # how a tensor's data came to be under another name
@@ -412,7 +412,7 @@ class Report:
         lines += [f"  extra tensor not in the seal: {n}" for n in self.extra_tensors]
         lines += [f"  metadata: {m}" for m in self.metadata_issues]
         lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
+        return "\n".join(map(one_line, lines))  # a tensor name is the file's: its control characters escaped
 
 
 SEAL_ID = re.compile(r"[0-9a-f]{32}")
