@@ -1927,3 +1927,45 @@ def test_a_re_sharded_single_file_seal_whose_index_lies_about_its_shards_is_not_
     rc, out, err = helpers.run_cli(["recover", folder, fixed, "--key", key_file])
     assert rc == 0 and "ghost" in out, (out, err)
     helpers.assert_model_equal(helpers.read_st(fixed)[0], tensors)
+
+
+@pytest.mark.parametrize("index_follows", [False, True])
+def test_a_tensor_moved_whole_to_another_shard_is_found_there_and_put_back(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, key_file: Path, index_follows: bool
+) -> None:
+    """A tensor moved to another shard, its data unchanged, was only "missing" from its sealed shard: beyond that
+    shard's parity (exit 2, "NOT recoverable", nothing written) though every value of it was in the folder."""
+    name = "layers.0.attn.weight"  # 6144 of the shard's 11328 values: far past what its parity rebuilds
+    bad = tmp_path / "bad"
+    shutil.copytree(sealed_ckpt, bad)
+    t0, m0 = helpers.read_st(bad / SHARDS[0])
+    t1, m1 = helpers.read_st(bad / SHARDS[1])
+    t1[name] = t0.pop(name)
+    helpers.write_st(bad / SHARDS[0], t0, m0)
+    helpers.write_st(bad / SHARDS[1], t1, m1)
+    if index_follows:
+        _edit_index(bad, lambda wm: wm.update({name: SHARDS[1]}))
+    rc, out, _ = helpers.run_cli(["verify", bad, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 1 and rep["recoverable"], out
+    assert rep["tampered_tensors"] == [name] and rep["extra_tensors"] == [], out
+    assert rep["tensors"][name]["issues"] == [f"moved to shard '{SHARDS[1]}'"], out
+    assert rep["tensors"][name]["tampered_blocks"] == [], out
+    assert any(
+        f"tensor '{name}' sealed in shard '{SHARDS[0]}' is held by shard '{SHARDS[1]}'" in m
+        for m in rep["metadata_issues"]
+    ), out
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", bad, fixed, "--key", key_file])
+    assert rc == 0 and f"tensor '{name}' was written back into shard '{SHARDS[0]}'" in out, (out, err)
+    assert helpers.run_cli(["verify", fixed, "--key", key_file])[0] == 0
+    for s in SHARDS:  # bit-exact: the tensor back in its shard, and gone from the other
+        assert (fixed / s).read_bytes() == (sealed_ckpt / s).read_bytes(), s
+    rebuilt = json.loads((fixed / sharded.INDEX).read_text())["weight_map"]
+    assert rebuilt[name] == SHARDS[0]
+    # the tensor asked for by pattern is found there too
+    assert sharded.verify_dir(bad, key, tensors="layers.0.*", workers=1).exit_code == 1
+    t1[name].reshape(-1)[:6000] = 0  # the copy no longer its data: not taken for the sealed tensor
+    helpers.write_st(bad / SHARDS[1], t1, m1)
+    rep2 = sharded.verify_dir(bad, key, workers=1)
+    assert rep2.exit_code == 2 and "missing" in rep2.tensors[name].issues

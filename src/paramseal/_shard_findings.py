@@ -132,7 +132,7 @@ def _set_issues(
             if asked(n):
                 where = idx.weight_map.get(n)
                 # its header's tensor: the file may have lost it (re-sharded), which its own finding says
-                gone = "missing" in rep.tensors[n].issues
+                gone = any(i == "missing" or i.startswith("moved to shard ") for i in rep.tensors[n].issues)
                 index.append(
                     f"shard '{shard}' {'was sealed with, and no longer holds,' if gone else 'holds'} sealed tensor "
                     f"'{n}', which the index " + ("does not list" if where is None else f"maps to shard '{where}'")

@@ -59,6 +59,7 @@ from ._shard_index import (
     set_files,
 )
 from ._shard_inspect import inspect_dir
+from ._shard_moves import borrowed, moved_issues, recover_moved, verify_moved, without_moved
 from ._shard_pool import _map
 from ._shard_set import _locate, _moved, _record, _set_id, _vouched, open_index
 from ._tempname import temp_prefix
@@ -210,24 +211,38 @@ def seal_dir(
 _NOT_TAMPERING = (KeyMismatchError, InputError, OutputError, MissingDependencyError)
 
 
-def _verify_one(path: Path, key: Key, pattern: str | None) -> tuple[Report | None, str | None, str | None]:
-    """``(report, set record, None)``, or ``(None, None, why)`` for a shard that cannot be verified."""
+def _verify_one(
+    path: Path, key: Key, pattern: str | None, borrow: dict[str, str]
+) -> tuple[Report | None, str | None, str | None, dict[str, str]]:
+    """``(report, set record, None, tensors taken from other files)``, or ``(None, None, why, {})``.
+
+    The second for a shard that cannot be verified. ``borrow``: tensors moved out of the shard, and the
+    file holding each (`_shard_moves`).
+    """
+    taken: dict[str, str] = {}
     try:
-        rep = files.verify_file(path, key, tensors=pattern)
+        if borrow:
+            rep, taken = verify_moved(path, key, pattern, borrow)
+        else:
+            rep = files.verify_file(path, key, tensors=pattern)
     except _NOT_TAMPERING:
         raise
     except ParamSealError as e:
-        return None, None, f"shard '{path.name}' cannot be verified: {e}"
-    return rep, _record(path, key, rep.seal_id), None
+        return None, None, f"shard '{path.name}' cannot be verified: {e}", {}
+    return rep, _record(path, key, rep.seal_id), None, taken
 
 
-def _recover_one(src: Path, dst: Path, key: Key, allow_partial: bool) -> Report | str:
+def _recover_one(
+    src: Path, dst: Path, key: Key, allow_partial: bool, borrow: dict[str, str]
+) -> tuple[Report | str, dict[str, str]]:
     try:
-        return files.recover_file(src, dst, key, allow_partial=allow_partial).report
+        if borrow:
+            return recover_moved(src, dst, key, allow_partial, borrow)
+        return files.recover_file(src, dst, key, allow_partial=allow_partial).report, {}
     except _NOT_TAMPERING:
         raise
     except ParamSealError as e:
-        return f"shard '{src.name}' cannot be recovered: {e}"
+        return f"shard '{src.name}' cannot be recovered: {e}", {}
 
 
 def verify_dir(
@@ -269,10 +284,15 @@ def verify_dir(
         # whole: its report and set record say what is wrong, where the pattern would only fail
         patterns = {s: tensors if hit(sealed.get(s)) else None for s in chosen}
     opened = [s for s in chosen if s in peeked]
-    results = _map(_verify_one, [(folder / where.get(s, s), key, patterns[s]) for s in opened], workers)
-    reports = {s: r for s, (r, _, _) in zip(opened, results, strict=True) if r is not None}
-    failed = {s: why for s, (_, _, why) in zip(opened, results, strict=True) if why is not None}
-    records = {s: rec for s, (r, rec, _) in zip(opened, results, strict=True) if r is not None}
+    moves = borrowed(folder, everything, peeked, where)
+    jobs = [(folder / where.get(s, s), key, patterns[s], moves.get(s, {})) for s in opened]
+    results = _map(_verify_one, jobs, workers)
+    taken = {s: t for s, (_, _, _, t) in zip(opened, results, strict=True) if t}
+    reports = without_moved(
+        {s: r for s, (r, _, _, _) in zip(opened, results, strict=True) if r is not None}, where, taken
+    )
+    failed = {s: why for s, (_, _, why, _) in zip(opened, results, strict=True) if why is not None}
+    records = {s: rec for s, (r, rec, _, _) in zip(opened, results, strict=True) if r is not None}
     tried = set(failed)
     grave, fixable, lost, failed = _verdict(idx, records, reports, failed, chosen, everything, peeked, tensors)
     no_shards = tried - set(failed)  # failed files that only an edited set record lists: left out
@@ -285,7 +305,7 @@ def verify_dir(
         "verify",
         reports,
         grave,
-        fixable=[*_moved(where), *fixable],
+        fixable=[*_moved(where), *moved_issues(taken), *fixable],
         strays=[*size, *_strays(folder, shard_files, "not checked")],
         lost=lost,
         skipped=len(everything) - len(chosen),
@@ -365,9 +385,12 @@ def recover_dir(
             return pinned(replace(found, kind="recover", written=False, decoded=False), expect_seal)
     try:
         with _atomic_dir(dst, src) as tmp:
-            jobs = [(src / where.get(s, s), tmp / s, key, True) for s in shards]
-            results = dict(zip(shards, _map(_recover_one, jobs, workers), strict=True))
-            reports = {s: r for s, r in results.items() if isinstance(r, Report)}
+            moves = borrowed(src, shards, peeked, where)
+            jobs = [(src / where.get(s, s), tmp / s, key, True, moves.get(s, {})) for s in shards]
+            done = dict(zip(shards, _map(_recover_one, jobs, workers), strict=True))
+            results = {s: r for s, (r, _) in done.items()}
+            taken = {s: t for s, (_, t) in done.items() if t}
+            reports = without_moved({s: r for s, r in results.items() if isinstance(r, Report)}, where, taken)
             failed = {s: r.replace(str(tmp), str(dst)) for s, r in results.items() if isinstance(r, str)}
             records = {s: _record(tmp / s, key) for s in reports}
             grave, fixable, lost, failed = _verdict(idx, records, reports, failed, everything, everything, peeked)
@@ -378,13 +401,16 @@ def recover_dir(
             moved = _moved(where)
             fixes = [_rebuilt_note(idx)] if rebuild else []
             fixes += [f"file '{f}' was written as '{s}', its sealed name" for s, f in where.items() if f != s]
+            fixes += [
+                f"tensor '{n}' was written back into shard '{s}', its sealed shard" for s, t in taken.items() for n in t
+            ]
             if not (grave or fixable):
                 fixes += _size_note(idx, [tmp / s for s in reports], "it was copied unchanged; " + _SET_IT)
             merged = _merge(
                 "recover",
                 reports,
                 grave,
-                fixable=[*moved, *fixable],
+                fixable=[*moved, *moved_issues(taken), *fixable],
                 fixed=fixes if fixing else [],
                 strays=_strays(src, {where.get(s, s) for s in everything}, "not checked (recover copies it unchanged)"),
                 lost=lost,
