@@ -1969,3 +1969,52 @@ def test_a_tensor_moved_whole_to_another_shard_is_found_there_and_put_back(
     helpers.write_st(bad / SHARDS[1], t1, m1)
     rep2 = sharded.verify_dir(bad, key, workers=1)
     assert rep2.exit_code == 2 and "missing" in rep2.tensors[name].issues
+
+
+def test_a_sealed_set_re_sharded_is_checked_seal_by_seal_not_as_a_single_file_seal(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """A sealed *set* re-saved with another shard size (save_pretrained: metadata gone, each sealed shard's header
+    copy left in its weights) was called "one model sealed as a single file", checked under one shard's header,
+    every other shard's tensor an "extra tensor not in the seal". Each seal's tensors are now checked under it."""
+    rng = np.random.default_rng(3)
+    src = tmp_path / "src"
+    src.mkdir()
+    weight_map = {}
+    for i, shard in enumerate(SHARDS):
+        t = {
+            f"layers.{i}.attn.weight": helpers.random_tensor(rng, np.float32, (256, 256)),
+            f"layers.{i}.norm.weight": helpers.random_tensor(rng, np.float16, (256,)),
+        }
+        helpers.write_st(src / shard, t, {"format": "pt"})
+        weight_map.update({n: shard for n in t})
+    (src / sharded.INDEX).write_text(json.dumps({"weight_map": weight_map}))
+    sealed = tmp_path / "sealed"
+    sharded.seal_dir(src, sealed, key, workers=1)
+    tensors = {n: a for s in SHARDS for n, a in helpers.read_st(sealed / s)[0].items()}
+    folder = tmp_path / "resharded"
+    folder.mkdir()
+    parts = {
+        "model-00001-of-00002.safetensors": list(tensors)[:3],
+        "model-00002-of-00002.safetensors": list(tensors)[3:],
+    }
+
+    def write(ts: dict[str, np.ndarray]) -> None:
+        for shard, names in parts.items():
+            helpers.write_st(folder / shard, {n: ts[n] for n in names}, {"format": "pt"})
+        wm = {n: s for s, names in parts.items() for n in names}
+        (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": wm}))
+
+    write(tensors)
+    rc, out, err = helpers.run_cli(["verify", folder, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 2 and rep["tampered_tensors"] == [] and rep["extra_tensors"] == [], out
+    assert not any("single file" in n for n in rep["notes"]), out
+    assert any("re-sharded" in m and "3 sealed shards" in m for m in rep["metadata_issues"]), out
+    hit = {n: np.array(a) for n, a in tensors.items()}
+    hit["layers.2.attn.weight"].view(np.uint32).reshape(-1)[100] ^= 1 << 29
+    write(hit)
+    rep = sharded.verify_dir(folder, key, workers=1)
+    assert rep.tampered_tensors == ["layers.2.attn.weight"] and rep.tensors["layers.2.attn.weight"].tampered_blocks
+    rc, out, err = helpers.run_cli(["recover", folder, tmp_path / "out", "--key", key_file])
+    assert rc == 2 and "re-sharded" in out and not (tmp_path / "out").exists(), (out, err)
