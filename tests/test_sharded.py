@@ -2018,3 +2018,26 @@ def test_a_sealed_set_re_sharded_is_checked_seal_by_seal_not_as_a_single_file_se
     assert rep.tampered_tensors == ["layers.2.attn.weight"] and rep.tensors["layers.2.attn.weight"].tampered_blocks
     rc, out, err = helpers.run_cli(["recover", folder, tmp_path / "out", "--key", key_file])
     assert rc == 2 and "re-sharded" in out and not (tmp_path / "out").exists(), (out, err)
+
+
+def test_a_tensor_added_to_a_shard_and_the_index_is_not_said_to_be_absent_from_that_shard(
+    tmp_path: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    """A tensor added to a shard and listed in the index: the index "maps it to a shard which does not hold it",
+    while the shard does hold it (not sealed with it). The finding now says what is wrong: it is no sealed tensor."""
+    t, meta = helpers.read_st(sealed_ckpt / SHARDS[0])
+    t["layers.0.added"] = np.ones(8, np.float32)
+    helpers.write_st(sealed_ckpt / SHARDS[0], t, meta)
+    _edit_index(sealed_ckpt, lambda wm: wm.update({"layers.0.added": SHARDS[0], "ghost": SHARDS[1]}))
+    rc, out, _ = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 1 and rep["extra_tensors"] == [f"{SHARDS[0]}:layers.0.added"], out
+    issues = [m for m in rep["metadata_issues"] if "'layers.0.added'" in m]
+    assert issues == [
+        f"the index maps tensor 'layers.0.added' to shard '{SHARDS[0]}', which holds it but was not sealed with it"
+    ], out
+    assert f"the index maps tensor 'ghost' to shard '{SHARDS[1]}', which does not hold it" in rep["metadata_issues"]
+    rc, _, _ = helpers.run_cli(["recover", sealed_ckpt, tmp_path / "fixed", "--key", key_file])
+    assert (
+        rc == 0 and "layers.0.added" not in json.loads((tmp_path / "fixed" / sharded.INDEX).read_text())["weight_map"]
+    )

@@ -127,7 +127,9 @@ def _set_issues(
         sealed = set(rep.tensors)
         for n in sorted(names - sealed):
             if asked(n):
-                index.append(f"the index maps tensor '{n}' to shard '{shard}', which does not hold it")
+                # held, but not sealed with it (an extra tensor), or not held at all
+                how = "holds it but was not sealed with it" if n in rep.extra_tensors else "does not hold it"
+                index.append(f"the index maps tensor '{n}' to shard '{shard}', which {how}")
         for n in sorted(sealed - names):
             if asked(n):
                 where = idx.weight_map.get(n)
