@@ -2041,3 +2041,15 @@ def test_a_tensor_added_to_a_shard_and_the_index_is_not_said_to_be_absent_from_t
     assert (
         rc == 0 and "layers.0.added" not in json.loads((tmp_path / "fixed" / sharded.INDEX).read_text())["weight_map"]
     )
+
+
+def test_an_existing_file_as_the_output_folder_is_not_called_a_folder(sealed_ckpt: Path, key_file: Path) -> None:
+    """recover DIR DIR/SHARD said "output folder '.../model-00001-of-00003.safetensors' already exists"."""
+    for argv in (
+        ["recover", sealed_ckpt, sealed_ckpt / SHARDS[0]],
+        ["recover", sealed_ckpt, sealed_ckpt / "config.json"],
+    ):
+        before = (Path(argv[2])).read_bytes()
+        rc, out, err = helpers.run_cli([*argv, "--key", key_file])
+        assert rc == 3 and out == "" and "is an existing file" in err and "output folder" not in err, err
+        assert Path(argv[2]).read_bytes() == before

@@ -100,8 +100,13 @@ def _atomic_dir(dst: Path, src: Path) -> Iterator[Path]:
             f"cannot write the sharded checkpoint '{src}' onto itself: --in-place works for single files "
             "only; give a new output folder"
         )
-    if dst.exists():
+    if dst.is_dir():
         raise UsageError(f"output folder '{dst}' already exists; give a new folder name")
+    if dst.exists() or dst.is_symlink():  # a file (a shard, config.json): not a folder, never replaced
+        raise UsageError(
+            f"output '{dst}' is an existing file; a sharded checkpoint is written as a new folder: give a new "
+            "folder name"
+        )
     if dst.suffix.lower() in {e for a in adapters() for e in a.extensions}:
         raise UsageError(
             f"a sharded checkpoint is written as a folder, but '{dst}' is named like a model file; "
