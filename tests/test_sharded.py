@@ -2053,3 +2053,15 @@ def test_an_existing_file_as_the_output_folder_is_not_called_a_folder(sealed_ckp
         rc, out, err = helpers.run_cli([*argv, "--key", key_file])
         assert rc == 3 and out == "" and "is an existing file" in err and "output folder" not in err, err
         assert Path(argv[2]).read_bytes() == before
+
+
+def test_a_partial_verification_notes_a_missing_shard_it_was_not_asked_about(
+    sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    """verify --tensors 'layers.0.*' on a folder missing another shard said OK and nothing of it: the loader fails."""
+    (sealed_ckpt / SHARDS[1]).unlink()
+    rep = sharded.verify_dir(sealed_ckpt, key, tensors="layers.0.*", workers=1)
+    assert rep.exit_code == 0 and rep.tampered_tensors == []  # what was asked for is intact
+    said = [n for n in rep.notes if f"shard '{SHARDS[1]}'" in n]
+    assert len(said) == 1 and "missing from the folder" in said[0] and "without --tensors" in said[0], rep.notes
+    assert not any(f"shard '{SHARDS[2]}'" in n for n in rep.notes)

@@ -169,6 +169,16 @@ def _strays(folder: Path, shards: set[str], done: str) -> list[str]:
     ]
 
 
+def _unasked(everything: list[str], chosen: list[str], peeked: dict[str, Any], pattern: str | None) -> list[str]:
+    """A note for each shard missing from the folder that a partial verification was not asked about."""
+    return [
+        f"shard '{s}' is missing from the folder (deleted or moved); not judged here, as none of its tensors matches "
+        f"'{pattern}': verify without --tensors judges it"
+        for s in everything
+        if s not in chosen and s not in peeked
+    ]
+
+
 def _file_listing(path: Path) -> list[str]:
     """The shards the set record in ``path``'s metadata lists, as the file holds it (unauthenticated)."""
     try:

@@ -46,7 +46,7 @@ from ._findings import unmatched
 from ._layout import block_count
 from ._model_io import PathLike
 from ._resharded import one_file_seal, recover_as_one, verify_as_one
-from ._shard_findings import _merge, _strays, _verdict
+from ._shard_findings import _merge, _strays, _unasked, _verdict
 from ._shard_index import (
     INDEX,
     INDEX_SUFFIX,
@@ -311,7 +311,7 @@ def verify_dir(
         reports,
         grave,
         fixable=[*_moved(where), *moved_issues(taken), *fixable],
-        strays=[*size, *_strays(folder, shard_files, "not checked")],
+        strays=[*size, *_unasked(everything, chosen, peeked, tensors), *_strays(folder, shard_files, "not checked")],
         lost=lost,
         skipped=len(everything) - len(chosen),
         unread=blocks,
