@@ -255,6 +255,7 @@ IGNORED = [
     (lambda b: b.update(salt="ab"), "salt is 1 byte(s) long, expected 16", None),
     (lambda b: b.update(lanes=7), "lanes is 7, expected 0", "irs"),
     (lambda b: b.update(lanes=0), "lanes is 0, expected a positive number of lanes", "lanes"),
+    (lambda b: b.update(lanes=10**12), "lanes is 1000000000000, expected 1..259 (a block each at least)", "lanes"),
     (lambda b: b.update(strata=b["strata"] + 1), "words per stratum of its tensor table", "irs"),
     (lambda b: b.update(outer_host=7), "outer_host is 7, expected one of 0, 2, 3", "irs"),
     (lambda b: b.update(strata_perms=3), "strata_perms is 3, expected 256 (or absent)", "irs"),
@@ -298,6 +299,34 @@ def test_an_authentic_header_with_a_setting_the_engine_does_not_use_is_unreadabl
         rc, out, err = helpers.run_cli(argv)
         assert rc == 3 and "authentic but unreadable" in err and why in err and "Traceback" not in err, (argv, err)
     assert not (d / "out.safetensors").exists()
+
+
+@pytest.mark.parametrize("lanes", [10**6, 10**30])
+def test_an_authentic_header_with_more_lanes_than_blocks_is_refused_before_recover_allocates_them(
+    tmp_path: Path, lanes: int
+) -> None:
+    """lanes had no upper bound: recover of a damaged model under an authentic header of 2**31 lanes (the model has
+    259 blocks) allocated 16 GiB for their keys ('out of memory, no verdict on the model' and a traceback; 10**6 here,
+    which then called the model unrecoverable, to stay small before the fix), one of 10**30 an internal error
+    (TypeError); verify called the model intact under lanes it cannot have."""
+    key = paramseal.Key.generate()
+    kf = tmp_path / "k.key"
+    paramseal.write_key(kf, key)
+    rng = np.random.default_rng(0)
+    model = {"w": rng.standard_normal((64, 256)).astype(np.float32), "b": rng.standard_normal(48).astype(np.float32)}
+    files.write_model(tmp_path / "m.safetensors", Loaded({**model, "i": np.arange(100)}))
+    files.seal_file(tmp_path / "m.safetensors", tmp_path / "s.safetensors", key, code="lanes")
+    m = files.read_model(tmp_path / "s.safetensors")
+    body = json.loads(m.metadata[METADATA_KEY]) | {"lanes": lanes}
+    damaged = {n: a.copy() for n, a in m.tensors.items()}
+    damaged["w"].reshape(-1)[100:110] = 0.5
+    bad = tmp_path / "bad.safetensors"
+    files.write_model(bad, Loaded(damaged, {**m.metadata, METADATA_KEY: _forged(body, key)}))
+    for argv in (["verify", bad, "--key", kf], ["recover", bad, tmp_path / "out.safetensors", "--key", kf]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and "Traceback" not in err and "authentic but unreadable" in err, (argv, err)
+        assert f"lanes is {lanes}, expected 1..259" in err, err
+    assert not (tmp_path / "out.safetensors").exists()
 
 
 def test_every_setting_the_engine_does_not_use_is_named(sealed_code: tuple[Path, Path, Loaded]) -> None:

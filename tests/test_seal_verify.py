@@ -188,6 +188,16 @@ def test_lanes_that_are_not_a_positive_int_are_a_usage_error(key: paramseal.Key,
     assert paramseal.SealConfig(lanes=1).seal(w, key).header.lanes == 1  # the smallest that is valid
 
 
+@pytest.mark.parametrize("lanes", [65, 300])
+def test_more_lanes_than_blocks_are_a_usage_error(key: paramseal.Key, lanes: int) -> None:
+    """SealConfig(lanes=10**9) of a 64-block model died in a MemoryError (179 GiB for the lanes' store), not a
+    ParamSealError; any count past the blocks leaves lanes empty, and a header recording one is refused on reading."""
+    w = {"w": np.linspace(-1, 1, 4096, dtype=np.float32)}
+    with pytest.raises(UsageError, match=rf"lanes is {lanes}, more than the model's 64 blocks"):
+        paramseal.SealConfig(lanes=lanes).seal(w, key)
+    assert paramseal.SealConfig(lanes=64).seal(w, key).header.lanes == 64  # the largest that is valid
+
+
 def test_lanes_with_the_irs_code_is_refused_not_ignored(key: paramseal.Key) -> None:
     """SealConfig(code="irs", lanes=4) sealed with irs4 and dropped lanes without a word (its header recorded
     none): a setting that cannot apply is a usage error, as an unknown code is."""

@@ -240,8 +240,10 @@ def _unreadable_fields(h: Header, body: Mapping[str, Any]) -> list[str]:
         out.append(f"salt is {len(h.salt)} byte(s) long, expected {SALT_BYTES}")
     if h.irs and h.lanes != 0:
         out.append(f"lanes is {h.lanes}, expected 0 (an irs4 seal has no lanes)")
-    elif not h.irs and h.lanes < 1:  # any number above: SealConfig(lanes=) chooses it
+    elif not h.irs and h.lanes < 1:  # any number above, to a block each: SealConfig(lanes=) chooses it
         out.append(f"lanes is {h.lanes}, expected a positive number of lanes")
+    elif not h.irs and h.lanes > (blocks := max(1, sum(t.nblocks for t in h.tensors))):  # recover allocates lanes
+        out.append(f"lanes is {h.lanes}, expected 1..{blocks} (a block each at least)")
     if h.irs:
         if h.host not in (0, *_outer.KNOWN_HOSTS):
             out.append(f"outer_host is {h.host}, expected one of {', '.join(map(str, (0, *_outer.KNOWN_HOSTS)))}")

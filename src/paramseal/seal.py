@@ -64,6 +64,12 @@ class SealConfig:
                 "lanes must be a positive int (the lane code's codewords; None chooses it from the model size), "
                 f"not {self.lanes!r}"
             )
+        blocks = max(1, sum(s.nblocks for s in specs))
+        if self.lanes is not None and self.lanes > blocks:  # empty codewords; 10**9 would allocate their store
+            raise UsageError(
+                f"lanes is {self.lanes}, more than the model's {blocks} blocks: each lane holds one block at least; "
+                f"choose 1..{blocks} (None chooses it from the model size)"
+            )
         if self.code == "irs" and self.lanes is not None:
             raise UsageError(
                 "lanes applies to the lane code only (its codewords), not to code='irs'; pass code='lanes' with it, "
