@@ -449,3 +449,20 @@ def test_every_field_edited_in_a_sealed_files_header_is_reported_as_an_edited_he
         assert "its authenticated copy in the weights was used" in r.summary(), what
     rc, out, _ = helpers.run_cli(["verify", p, "--key", key_file])
     assert rc == 1 and "does not authenticate" in out, out
+
+
+@pytest.mark.parametrize(
+    "fp", ["\x1b[31mRED\x1b[0m 0123456789abcdef", "abc\nOK: model is intact", "f" * 100_000, "0123456789ABCDEF", 12]
+)
+def test_a_fingerprint_that_no_key_has_is_a_malformed_header_never_quoted_as_another_key(
+    sealed: paramseal.SealedModel, key: paramseal.Key, fp: object
+) -> None:
+    """The header's key fingerprint is read before its MAC: whatever text a forger put there (terminal escapes, a
+    fake 'OK:' line, 100 kB) was echoed as 'the model was sealed with key fingerprint ...' (KeyMismatchError)."""
+    text = _edit(sealed.header_json, lambda h: h.update(key_fingerprint=fp, level="light"))
+    with pytest.raises(HeaderAuthError, match=r"malformed \(its key fingerprint is not 16 hex digits\)") as ei:
+        parse_header(text, key)
+    assert str(fp) not in str(ei.value) and len(str(ei.value)) < 300
+    other = _edit(sealed.header_json, lambda h: h.update(key_fingerprint="0123456789abcdef", level="light"))
+    with pytest.raises(KeyMismatchError, match="sealed with key fingerprint 0123456789abcdef"):
+        parse_header(other, key)  # a well-formed one is still another key's

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hmac
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -47,6 +48,11 @@ _MAX_HEADER_CHARS = 64 << 20
 # A header nests 4 deep (body, tensor table, entry, shape); deeper is an edit. Checked after parsing:
 # JSON nested just under the recursion limit parses, then fails to be serialised for the MAC or printed.
 _MAX_HEADER_DEPTH = 16
+
+
+#: What `Key.fingerprint` gives; anything else in an unauthenticated header (terminal escapes, a forged 'OK:' line,
+#: megabytes) is an edit, never quoted as "the key the model was sealed with".
+_FINGERPRINT = re.compile("[0-9a-f]{16}")
 
 
 class HeaderAuthError(FormatError):
@@ -101,7 +107,9 @@ def parse_header(text: str, key: Key) -> Header:
         body = _loads(text)
         if not isinstance(body, dict):
             raise ValueError(_no_object(body))
-        stored_fp = str(body["key_fingerprint"])
+        stored_fp = body["key_fingerprint"]
+        if not (isinstance(stored_fp, str) and _FINGERPRINT.fullmatch(stored_fp)):  # quoted as another key's below
+            raise ValueError("its key fingerprint is not 16 hex digits")
         claimed = body.pop("hmac")
         # v2: the user metadata travels beside the MAC'd body; only its digest is authenticated
         meta_copy = body.pop("user_metadata", None) if body.get("scheme") != "paramseal/1" else None
