@@ -466,3 +466,14 @@ def test_a_fingerprint_that_no_key_has_is_a_malformed_header_never_quoted_as_ano
     other = _edit(sealed.header_json, lambda h: h.update(key_fingerprint="0123456789abcdef", level="light"))
     with pytest.raises(KeyMismatchError, match="sealed with key fingerprint 0123456789abcdef"):
         parse_header(other, key)  # a well-formed one is still another key's
+
+
+@pytest.mark.parametrize("scheme", ["paramseal/" + "x" * 1_000_000, "x" * 1_000_000], ids=["paramseal-x", "x"])
+def test_an_unauthenticated_scheme_is_quoted_cut_short(
+    sealed: paramseal.SealedModel, key: paramseal.Key, scheme: str
+) -> None:
+    """The scheme is read before the MAC: a forged one of a million characters was quoted whole in the error."""
+    text = _edit(sealed.header_json, lambda h: h.update(scheme=scheme))
+    with pytest.raises(FormatError, match=r"scheme \(?'(paramseal/)?x{10,}\.\.\.[ )]") as ei:
+        parse_header(text, key)
+    assert len(str(ei.value)) < 400, str(ei.value)[:500]

@@ -122,14 +122,15 @@ def parse_header(text: str, key: Key) -> Header:
             reason=f"is malformed ({why})",
             unreadable=True,
         ) from None
+    scheme = _cut(repr(body.get("scheme")))  # not yet authenticated: any length
     if not str(body.get("scheme", "")).startswith("paramseal/"):
         raise HeaderAuthError(
-            f"the ParamSeal header names no ParamSeal scheme ({body.get('scheme')!r}): it was edited",
-            reason=f"names no ParamSeal scheme ({body.get('scheme')!r})",
+            f"the ParamSeal header names no ParamSeal scheme ({scheme}): it was edited",
+            reason=f"names no ParamSeal scheme ({scheme})",
         )
     if body.get("scheme") not in READS:
         raise FormatError(
-            f"seal scheme {body.get('scheme')!r} is not supported by this ParamSeal (it reads {', '.join(READS)}); "
+            f"seal scheme {scheme} is not supported by this ParamSeal (it reads {', '.join(READS)}); "
             "upgrade ParamSeal, or the header was edited"
         )
     if stored_fp != key.fingerprint:
@@ -335,7 +336,11 @@ def _differences(given: Mapping[str, Any], again: Mapping[str, Any], known: froz
 
 def _short(value: object) -> str:
     """``value`` as JSON, cut to a length a message can quote."""
-    text = json.dumps(value, sort_keys=True)
+    return _cut(json.dumps(value, sort_keys=True))
+
+
+def _cut(text: str) -> str:
+    """``text`` cut to a length a message can quote."""
     return text if len(text) <= 80 else text[:77] + "..."
 
 
