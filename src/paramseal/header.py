@@ -215,7 +215,7 @@ def parse_header(text: str, key: Key) -> Header:
         raise FormatError(f"the ParamSeal header is authentic but unreadable: {_malformed(text, e)}") from None
     if problems := _unreadable_fields(h, body):
         raise FormatError(
-            f"the ParamSeal header is authentic but unreadable: {'; '.join(problems)}. Seal never writes these: "
+            f"the ParamSeal header is authentic but unreadable: {_listed(problems)}. Seal never writes these: "
             "the header was written by another tool, by hand, or by a newer ParamSeal (upgrade ParamSeal, or "
             "seal the original model again with this one)"
         )
@@ -271,6 +271,16 @@ def _unreadable_fields(h: Header, body: Mapping[str, Any]) -> list[str]:
     if not out:
         out += _not_as_written(h, body)
     return out
+
+
+_LISTED = 8  # problems an error names (a table of 200000 tensors lacking their tags made a message of 12 MB)
+
+
+def _listed(problems: list[str]) -> str:
+    """The first `_LISTED` of ``problems``, each cut to a length a message can quote, and how many more there are."""
+    shown = [p if len(p) <= 200 else p[:197] + "..." for p in problems[:_LISTED]]
+    more = len(problems) - len(shown)
+    return "; ".join(shown) + (f"; and {more} more" if more else "")
 
 
 def _irs_table_problems(h: Header) -> list[str]:
