@@ -1892,6 +1892,16 @@ def _malformed(sealed: Path, tmp_path: Path, key: paramseal.Key, text: str, why:
     return bad, f"'{bad}': the ParamSeal header in the file's metadata is malformed ({why})", real
 
 
+def test_inspect_prints_an_untrusted_headers_strings_escaped_and_cut(tmp_path: Path, sealed_file: Path) -> None:
+    """inspect (no key: nothing in the header is checked) printed its fields as found: a key fingerprint holding a
+    terminal's escape sequences or a forged line went to the terminal raw, one of 5 MB whole."""
+    h = json.loads(helpers.read_st(sealed_file)[1]["paramseal"])
+    for fp, shown in [("\x1b[2J\nOK: intact", "key_fingerprint=\\x1b[2J\\nOK: intact,"), ("f" * 5_000_000, "fff...,")]:
+        bad = _with_metadata_header(sealed_file, tmp_path / "bad.safetensors", json.dumps(h | {"key_fingerprint": fp}))
+        rc, so, se = run(["inspect", bad])
+        assert rc == 0 and shown in so and "\x1b" not in so and len(so) < 3000, so[:3000]
+
+
 @pytest.mark.parametrize(("text", "why"), _MALFORMED)
 def test_inspect_of_a_malformed_metadata_header_names_the_file_and_shows_the_copy_in_the_weights(
     tmp_path: Path, sealed_with_copies: Path, key: paramseal.Key, text: str, why: str

@@ -55,7 +55,7 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
         irs = h.get("code") == _strata.CODE_NAME
         shape = ("strata", "outer_host") if irs else ("lanes",)
         info["seal"] = {
-            k: "(missing)" if k not in h else h[k] if isinstance(h[k], str | int | None) else "(malformed)"
+            k: "(missing)" if k not in h else _shown(h[k]) if isinstance(h[k], str | int | None) else "(malformed)"
             for k in ("scheme", "level", "bits", "block", "mac", "code", *shape, "key_fingerprint", "salt")
         }
         info["seal"]["authenticated"] = "not checked (inspect has no key; run verify)"
@@ -160,8 +160,22 @@ def carrier_names(carriers: Any, table: Any) -> list[str] | str:
         t = table[i] if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < len(table) else None
         if not isinstance(t, dict) or not isinstance(t.get("name"), str):
             return "(malformed)"
-        names.append(t["name"])
+        names.append(_shown(t["name"]))
     return names
+
+
+def _shown(value: Any) -> Any:
+    """An untrusted header's string as inspect may print it; other values as they are.
+
+    Control characters (a terminal's escape sequences, a forged line) escaped, and cut to a length a line can hold.
+    """
+    if not isinstance(value, str) or (value.isprintable() and len(value) <= _SHOWN):
+        return value
+    text = value if value.isprintable() else ascii(value)[1:-1]
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+_SHOWN = 200  # characters of an untrusted header string shown (a key fingerprint is 16, a tensor name a few dozen)
 
 
 def free_strata(table: Any, host: int | None) -> int:
