@@ -19,7 +19,7 @@ from typing import Any, cast
 from . import _cli_eval, _pages, _paths, files, sharded
 from ._layout import TensorSpec
 from .errors import ParamSealWarning, UsageError
-from .keys import Key, exposed_to_others, load_key, write_key
+from .keys import Key, exposed_to_others, exposure, load_key, write_key
 from .levels import BLOCK, FLOATS, max_relative_change
 from .report import Report, seal_id_arg
 
@@ -222,7 +222,7 @@ def _load_key(args: argparse.Namespace) -> Key:
     args.loaded_key = key  # masked in an internal error's traceback: a key FILE's digits are in no argument
     if path is not None and (mode := exposed_to_others(Path(path))) is not None:
         print(
-            f"warning: key file '{path}' is readable by other users (mode {mode:o}); run 'chmod 600 {path}'",
+            f"warning: key file '{path}' is {exposure(mode)} by other users (mode {mode:o}); run 'chmod 600 {path}'",
             file=sys.stderr,
         )
     return key

@@ -261,13 +261,24 @@ def redact(text: str, hidden: Iterable[str]) -> str:
     return text
 
 
+_READ_BY_OTHERS = stat.S_IRGRP | stat.S_IROTH
+#: Written by others: whoever may replace the key may seal a model of theirs that then verifies under it.
+_WRITTEN_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+
+
 def exposed_to_others(path: Path) -> int | None:
-    """The permission bits of a key file that its group or others may read, else None."""
+    """The permission bits of a key file that its group or others may read or write, else None."""
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
     except OSError:
         return None
-    return mode if mode & (stat.S_IRGRP | stat.S_IROTH) else None
+    return mode if mode & (_READ_BY_OTHERS | _WRITTEN_BY_OTHERS) else None
+
+
+def exposure(mode: int) -> str:
+    """What `exposed_to_others`'s ``mode`` lets other users do to a key file, in words."""
+    how = [w for bits, w in ((_READ_BY_OTHERS, "readable"), (_WRITTEN_BY_OTHERS, "writable")) if mode & bits]
+    return " and ".join(how)
 
 
 def looks_like_key_file(path: Path) -> bool:
@@ -296,6 +307,7 @@ __all__ = [
     "ENV_VAR",
     "Key",
     "exposed_to_others",
+    "exposure",
     "key_like_args",
     "load_key",
     "looks_like_key_file",
