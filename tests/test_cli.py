@@ -1892,6 +1892,22 @@ def _malformed(sealed: Path, tmp_path: Path, key: paramseal.Key, text: str, why:
     return bad, f"'{bad}': the ParamSeal header in the file's metadata is malformed ({why})", real
 
 
+@pytest.mark.parametrize("text", ["{not json", json.dumps({"scheme": "x"})])
+def test_a_wrong_key_is_named_where_the_metadata_header_is_damaged_and_the_weights_copy_is_another_keys(
+    tmp_path: Path, sealed_with_copies: Path, key: paramseal.Key, other_key: paramseal.Key, text: str
+) -> None:
+    """With the wrong key, a damaged metadata header hid the key mix-up: 'malformed ... cannot be trusted' (exit 2),
+    though the copy in the weights names the sealing key; it is the key mismatch (exit 3, both fingerprints)."""
+    bad = _with_metadata_header(sealed_with_copies, tmp_path / "bad.safetensors", text)
+    kf = tmp_path / "other.key"
+    paramseal.write_key(kf, other_key)
+    for argv in (["verify", bad, "--key", kf], ["recover", bad, tmp_path / "out.safetensors", "--key", kf]):
+        rc, so, se = run(argv)
+        assert rc == 3 and f"sealed with key fingerprint {key.fingerprint}, but the key given has fingerprint " in se
+        assert other_key.fingerprint in se and "; the ParamSeal header in the file's metadata " in se, se
+    assert not (tmp_path / "out.safetensors").exists()
+
+
 def test_inspect_prints_an_untrusted_headers_strings_escaped_and_cut(tmp_path: Path, sealed_file: Path) -> None:
     """inspect (no key: nothing in the header is checked) printed its fields as found: a key fingerprint holding a
     terminal's escape sequences or a forged line went to the terminal raw, one of 5 MB whole."""

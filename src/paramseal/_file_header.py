@@ -313,9 +313,14 @@ def _both_lost(e: FormatError | KeyMismatchError, w: ParamSealError) -> ParamSea
     """The error for a header in the metadata that cannot be used (``e``) and none usable in the weights (``w``).
 
     A damaged or edited one (exit 2) says so, then what the weights hold and the remedy, as a header lost
-    from the weights alone does; another key's, or an unknown scheme, is that error (exit 3).
+    from the weights alone does; another key's, or an unknown scheme, is that error (exit 3), as is a damaged
+    one where the weights' copies name another key (the key given is wrong: that is what to fix first).
     """
-    if not isinstance(e, HeaderAuthError) or isinstance(w, KeyMismatchError):
+    if isinstance(e, HeaderAuthError) and isinstance(w, KeyMismatchError):  # the weights' copies name the sealing key
+        mismatch = KeyMismatchError(w.stored, w.given)
+        mismatch.args = (f"{w}; the ParamSeal header in the file's metadata {e.reason}",)
+        return mismatch
+    if not isinstance(e, HeaderAuthError):
         return e
     weights = str(w) if isinstance(w, HeaderAuthError) else f"the weights hold no copy of it. {HEADER_HINT}"
     return HeaderAuthError(f"the ParamSeal header in the file's metadata {e.reason}; {weights}", reason=e.reason)
