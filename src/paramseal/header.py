@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _embed, _outer, _strata
+from . import _embed, _embed_merge, _outer, _strata
 from ._header_body import (
     CODE_NAME,
     OWN_PREFIX,
@@ -213,7 +213,7 @@ def parse_header(text: str, key: Key) -> Header:
         )
     except (KeyError, TypeError, ValueError, OverflowError) as e:  # authenticated but unreadable: a writer bug
         raise FormatError(f"the ParamSeal header is authentic but unreadable: {_malformed(text, e)}") from None
-    if problems := _unreadable_fields(h, body):
+    if problems := _unreadable_fields(h, body) or _reserved_problems(h, key):
         raise FormatError(
             f"the ParamSeal header is authentic but unreadable: {_listed(problems)}. Seal never writes these: "
             "the header was written by another tool, by hand, or by a newer ParamSeal (upgrade ParamSeal, or "
@@ -294,6 +294,22 @@ def _listed(problems: list[str]) -> str:
     shown = [p if len(p) <= 200 else p[:197] + "..." for p in problems[:_LISTED]]
     more = len(problems) - len(shown)
     return "; ".join(shown) + (f"; and {more} more" if more else "")
+
+
+def _reserved_problems(h: Header, key: Key) -> list[str]:
+    """The tensors whose reserved blocks cannot hold what recover writes back into them (`_embed.reserved_content`).
+
+    Each holds a record, and a carrier its header copies too: a carrier seal never chose (an integer tensor, one
+    too small) made recover end in an internal error.
+    """
+    copy = len(h.to_json(key, embedded=True)) if h.carriers else 0
+    out = []
+    for i, t in enumerate(h.tensors):
+        need = _embed_merge.RECORD_BYTES + (h.copies * copy if i in h.carriers else 0)
+        if (t.reserved or i in h.carriers) and t.reserved * _embed_merge.block_bytes(t.k) < need:
+            what = f"a record and {h.copies} header copies" if i in h.carriers else "a record"
+            out.append(f"tensor {t.name!r} has {t.reserved} reserved blocks, too few for {what} ({need} bytes)")
+    return out
 
 
 def _irs_table_problems(h: Header) -> list[str]:
