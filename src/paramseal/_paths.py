@@ -127,8 +127,6 @@ def check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
     file would leave that file as it was. Not for ONNX in another folder: a reader finds the external
     data beside the link, and the side files would be written beside the file it names.
     """
-    if not src.exists():
-        raise UsageError(f"input '{src}' does not exist")
     require_file(src)  # what is wrong with the input is said before what the output's name lacks
     never_a_key(dst)  # now, not after the seal has been computed
     same = dst.exists() and dst.resolve() == src.resolve()
@@ -211,8 +209,10 @@ def _model_files_hint(folder: Path) -> str:
 
 def require_readable_file(p: Path) -> None:
     """An input that is no file, or one its user may not read, is exit 3 with the reason (not a traceback, exit 1)."""
-    if not p.is_file():
-        raise UsageError(f"input '{p}' does not exist or is not a file")
+    if not p.exists():  # one wording for every verb: seal, verify, recover, inspect
+        raise UsageError(f"input '{p}' does not exist")
+    if not p.is_file():  # a FIFO or a device put there
+        raise UsageError(f"input '{p}' is not a regular file; give a model file")
     try:
         os.close(os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)))  # a FIFO put there: no wait (Windows: none)
     except OSError as e:

@@ -1,0 +1,32 @@
+"""Messages that must read the same across verbs, and --tensors suggestions (found walking the README)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import helpers
+import pytest
+
+
+@pytest.mark.parametrize("verb", ["seal", "verify", "recover", "inspect"])
+def test_a_missing_input_reads_the_same_in_every_verb(tmp_path: Path, key_file: Path, verb: str) -> None:
+    gone = tmp_path / "gone.safetensors"
+    argv: list[object] = [verb, gone]
+    if verb in ("seal", "recover"):
+        argv.append(tmp_path / "out.safetensors")
+    if verb != "inspect":
+        argv += ["--key", key_file]
+    rc, _, err = helpers.run_cli(argv)
+    assert rc == 3 and "Traceback" not in err, err
+    assert err.strip().endswith(f"input '{gone}' does not exist"), err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+@pytest.mark.parametrize("verb", ["seal", "verify"])
+def test_an_input_that_is_no_regular_file_says_so(tmp_path: Path, key_file: Path, verb: str) -> None:
+    fifo = tmp_path / "pipe.safetensors"
+    os.mkfifo(fifo)
+    argv: list[object] = [verb, fifo] + ([tmp_path / "out.safetensors"] if verb == "seal" else []) + ["--key", key_file]
+    rc, _, err = helpers.run_cli(argv)
+    assert rc == 3 and f"input '{fifo}' is not a regular file" in err and "does not exist" not in err, err
