@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import helpers
+import numpy as np
 import pytest
 
 
@@ -30,3 +31,15 @@ def test_an_input_that_is_no_regular_file_says_so(tmp_path: Path, key_file: Path
     argv: list[object] = [verb, fifo] + ([tmp_path / "out.safetensors"] if verb == "seal" else []) + ["--key", key_file]
     rc, _, err = helpers.run_cli(argv)
     assert rc == 3 and f"input '{fifo}' is not a regular file" in err and "does not exist" not in err, err
+
+
+def test_a_glob_with_a_typo_is_answered_with_the_corrected_glob(tmp_path: Path, key_file: Path) -> None:
+    """'model.layer.3.*' once got three whole names ('model.layers.3.q', ...), not 'model.layers.3.*'."""
+    model = {f"model.layers.{i}.{p}": np.ones((64, 64), np.float32) for i in range(8) for p in "qkvo"}
+    src = helpers.write_st(tmp_path / "m.safetensors", model)
+    sealed = tmp_path / "s.safetensors"
+    assert helpers.run_cli(["seal", src, sealed, "--key", key_file])[0] == 0
+    rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--tensors", "model.layer.3.*"])
+    assert rc == 3 and err.rstrip().endswith("check the pattern (close patterns: 'model.layers.3.*')"), err
+    rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--tensors", "model.layers.3.qq"])
+    assert rc == 3 and "close names: 'model.layers.3.q'" in err, err  # a plain name still gets names

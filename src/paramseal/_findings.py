@@ -202,17 +202,19 @@ def unmatched(select: str | None, names: Iterable[str], what: str) -> UsageError
     """The error for a ``--tensors`` pattern that matches ``what`` (none of ``names``), naming close names.
 
     Close: names whose last path part matches (an ONNX subgraph's ``w`` is sealed as ``if:then_branch/w``),
-    else names that read almost the same (a typo, another case), else, for a glob, the globs with
-    a near prefix that match (``model.layer.3.*`` for ``model.layers.3.*``).
+    else, for a glob, the globs with a near prefix that match (``model.layers.3.*`` for ``model.layer.3.*``),
+    else names that read almost the same (a typo, another case).
     """
     pool = sorted(set(names))
     near = [n for n in pool if "/" in n and fnmatch.fnmatchcase(n.rsplit("/", 1)[1], select or "")]
+    # a glob is answered with globs (the corrected pattern, not three of the names it would match)
+    globs = [] if near else _close_globs(select or "", pool)
+    if globs:
+        return UsageError(f"--tensors '{select}' matches {what}; check the pattern (close patterns: {_quoted(globs)})")
     near = near or difflib.get_close_matches(select or "", pool, n=3, cutoff=0.75)
     if near:
         return UsageError(f"--tensors '{select}' matches {what}; check the pattern (close names: {_quoted(near)})")
-    globs = _close_globs(select or "", pool)
-    hint = f" (close patterns: {_quoted(globs)})" if globs else ""
-    return UsageError(f"--tensors '{select}' matches {what}; check the pattern{hint}")
+    return UsageError(f"--tensors '{select}' matches {what}; check the pattern")
 
 
 def _quoted(names: list[str]) -> str:
