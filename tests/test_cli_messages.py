@@ -43,3 +43,16 @@ def test_a_glob_with_a_typo_is_answered_with_the_corrected_glob(tmp_path: Path, 
     assert rc == 3 and err.rstrip().endswith("check the pattern (close patterns: 'model.layers.3.*')"), err
     rc, _, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--tensors", "model.layers.3.qq"])
     assert rc == 3 and "close names: 'model.layers.3.q'" in err, err  # a plain name still gets names
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs")
+@pytest.mark.parametrize("verb", ["verify", "recover"])
+def test_header_from_missing_or_no_regular_file_is_said_as_for_an_input(
+    sealed_file: Path, key_file: Path, tmp_path: Path, verb: str
+) -> None:
+    gone, fifo = tmp_path / "gone.json", tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    out = [tmp_path / "out.safetensors"] if verb == "recover" else []
+    for header, said in ((gone, "does not exist"), (fifo, "is not a regular file")):
+        rc, _, err = helpers.run_cli([verb, sealed_file, *out, "--key", key_file, "--header-from", header])
+        assert rc == 3 and err.strip().endswith(f"header file '{header}' (--header-from, header=) {said}"), err

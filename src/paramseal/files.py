@@ -282,8 +282,10 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
             "header file, and each shard of a sharded checkpoint carries its own: give one shard's file"
         )
     # require_file would call it the input (the model) and a key file "not a model"
+    if not p.exists():  # the wording of a missing input (require_readable_file)
+        raise UsageError(f"header file '{p}' (--header-from, header=) does not exist")
     if not p.is_file():
-        raise UsageError(f"header file '{p}' (--header-from, header=) does not exist or is not a file")
+        raise UsageError(f"header file '{p}' (--header-from, header=) is not a regular file")
     if looks_like_key_file(p):
         raise UsageError(
             f"'{p}' looks like a ParamSeal key file, not a seal header: --header-from (header=) takes a copy of the "
