@@ -56,3 +56,15 @@ def test_header_from_missing_or_no_regular_file_is_said_as_for_an_input(
     for header, said in ((gone, "does not exist"), (fifo, "is not a regular file")):
         rc, _, err = helpers.run_cli([verb, sealed_file, *out, "--key", key_file, "--header-from", header])
         assert rc == 3 and err.strip().endswith(f"header file '{header}' (--header-from, header=) {said}"), err
+
+
+def test_a_glob_that_starts_with_a_wildcard_gets_its_tail_corrected() -> None:
+    """'*.q_prj.weight' once got whole names (or nothing); the glob with the tail fixed is what was meant."""
+    from paramseal._findings import unmatched
+
+    pool = [f"model.layers.{i}.{p}_proj.weight" for i in range(8) for p in "qkvo"]
+    said = str(unmatched("*.q_prj.weight", pool, "no tensor"))
+    assert said.endswith("(close patterns: '*.q_proj.weight')"), said
+    said = str(unmatched("*.[qk]_prj.weight", pool, "no tensor"))
+    assert said.endswith("(close patterns: '*.[qk]_proj.weight')"), said
+    assert str(unmatched("*.zzz", pool, "no tensor")).endswith("check the pattern")

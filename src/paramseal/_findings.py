@@ -222,16 +222,30 @@ def _quoted(names: list[str]) -> str:
 
 
 def _close_globs(select: str, pool: list[str]) -> list[str]:
-    """Globs like ``select`` whose text before the first wildcard is a near prefix of some names, each matching."""
-    cut = min((select.find(c) for c in "*?[" if c in select), default=-1)
-    if cut <= 0:  # a plain name (close names are tried on it) or one that starts with a wildcard
+    """Globs like ``select`` whose literal end is made a near part of some names, each matching.
+
+    The text before the first wildcard is made a near prefix; in a glob that starts with a
+    wildcard, the text after the last one a near suffix (``*.q_proj.weight`` for ``*.q_prj.weight``).
+    """
+    wild = [i for i, c in enumerate(select) if c in "*?["]
+    if not wild:  # a plain name: close names are tried on it
         return []
-    # whole names differ from the prefix by their tails: compare it with their prefixes of about its length
-    prefixes = sorted({n[:n_] for n in pool for n_ in range(max(1, cut - 2), cut + 3)})
+    if wild[0] > 0:
+        cut = wild[0]
+        head, tail = select[:cut], select[cut:]
+        # names differ from the prefix by their tails: compare it with their prefixes of about its length
+        parts = {n[:n_] for n in pool for n_ in range(max(1, cut - 2), cut + 3)}
+    else:  # '*.q_prj': the text after the last wildcard is what may be mistyped
+        end = select.find("]", wild[-1]) + 1 if select[wild[-1]] == "[" else wild[-1] + 1
+        if end <= 0 or end >= len(select):
+            return []
+        head, tail = select[end:], select[:end]
+        k = len(head)
+        parts = {n[-n_:] for n in pool for n_ in range(max(1, k - 2), k + 3) if n_ <= len(n)}
     out: list[str] = []
     seen: list[set[str]] = []
-    for p in difflib.get_close_matches(select[:cut], prefixes, n=6, cutoff=0.8):
-        glob = p + select[cut:]
+    for p in difflib.get_close_matches(head, sorted(parts), n=6, cutoff=0.8):
+        glob = p + tail if wild[0] > 0 else tail + p
         hits = {n for n in pool if fnmatch.fnmatchcase(n, glob)}
         if hits and not any(hits <= s for s in seen):  # not a part of a closer glob's tensors
             seen.append(hits)
