@@ -1836,3 +1836,18 @@ def test_a_tensor_that_does_not_fit_its_external_slot_goes_after_the_rest_of_its
     assert after["W1"][1] >= (ext_file.parent / before["W1"][0]).stat().st_size
     assert {n: a[1:] for n, a in after.items() if n != "W1"} == {n: b[1:] for n, b in before.items() if n != "W1"}
     helpers.assert_model_equal(ADAPTER.read(tmp_path / "o.onnx").tensors, grown)
+
+
+def test_a_metadata_key_damaged_into_invalid_utf8_is_tampering_not_an_internal_error(
+    tmp_path: Path, cf_file: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """protobuf hands back a string field that is not UTF-8 as bytes: comparing it with the sealed keys crashed."""
+    sealed = tmp_path / "sealed.onnx"
+    files.seal_file(cf_file, sealed, key)
+    raw = sealed.read_bytes()
+    assert raw.count(b"\x06author") == 1  # the length-prefixed key of metadata_props' entry
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(raw.replace(b"\x06author", b"\x06auth\xffr"))
+    rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
+    assert "Traceback" not in err and rc == 1, (rc, out, err)
+    assert "key 'author' was removed" in out and "key 'auth\\xffr' was added" in out, out

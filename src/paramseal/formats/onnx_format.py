@@ -93,6 +93,11 @@ from .base import Loaded
 _SECOND_FIELDS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}
 
 
+def _text(v: str | bytes) -> str:
+    """A ``metadata_props`` string; protobuf hands back bytes that are not UTF-8 (a damaged file): kept visible."""
+    return v.decode("utf-8", "backslashreplace") if isinstance(v, bytes) else v
+
+
 @dataclass(frozen=True, slots=True)
 class _Template:
     """A model read in this process, tensor payloads removed, to write the graph back."""
@@ -174,9 +179,10 @@ class OnnxAdapter:
         refuse_shared(path, inputs)
         meta: dict[str, str] = {}
         for p in model.metadata_props:
-            if p.key in meta:
-                raise FormatError(f"'{path}': metadata_props has the key '{p.key}' twice")
-            meta[p.key] = p.value
+            key = _text(p.key)
+            if key in meta:
+                raise FormatError(f"'{path}': metadata_props has the key '{key}' twice")
+            meta[key] = _text(p.value)
         template = _Template(model.SerializeToString(), frozenset(names), frozenset(inputs), path.resolve())
         _TEMPLATES.remember(template)
         graph = graph_digest(onnx, template.skeleton)
