@@ -1918,6 +1918,16 @@ def test_inspect_prints_an_untrusted_headers_strings_escaped_and_cut(tmp_path: P
         assert rc == 0 and shown in so and "\x1b" not in so and len(so) < 3000, so[:3000]
 
 
+def test_inspect_escapes_an_untrusted_headers_strings_as_error_lines_do(tmp_path: Path, sealed_file: Path) -> None:
+    """inspect had an escaper of its own (ascii()): a string with one control character came out with every
+    non-ASCII letter escaped too ('\\xfc'), where an error line quoting it escapes the control character only."""
+    h = json.loads(helpers.read_st(sealed_file)[1]["paramseal"])
+    body = json.dumps(h | {"key_fingerprint": "\u00fc\x1b[2J"})
+    bad = _with_metadata_header(sealed_file, tmp_path / "bad.safetensors", body)
+    rc, so, _ = run(["inspect", bad])
+    assert rc == 0 and "key_fingerprint=\u00fc\\x1b[2J" in so and "\x1b" not in so, so
+
+
 @pytest.mark.parametrize(("text", "why"), _MALFORMED)
 def test_inspect_of_a_malformed_metadata_header_names_the_file_and_shows_the_copy_in_the_weights(
     tmp_path: Path, sealed_with_copies: Path, key: paramseal.Key, text: str, why: str

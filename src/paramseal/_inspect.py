@@ -12,7 +12,7 @@ from typing import Any
 from . import _embed, _embed_find, _strata
 from ._layout import TensorSpec, block_count
 from ._weights_header import typed_voids
-from .errors import ParamSealError, UnsupportedError
+from .errors import ParamSealError, UnsupportedError, cut, one_line
 from .formats import Loaded
 from .header import METADATA_KEY, MalformedHeaderError, missing_fields, peek_header
 from .levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
@@ -167,12 +167,10 @@ def carrier_names(carriers: Any, table: Any) -> list[str] | str:
 def _shown(value: Any) -> Any:
     """An untrusted header's string as inspect may print it; other values as they are.
 
-    Control characters (a terminal's escape sequences, a forged line) escaped, and cut to a length a line can hold.
+    Escaped as error lines are (`errors.one_line`: a terminal's escape sequences, a forged line) and cut to a
+    length a line can hold.
     """
-    if not isinstance(value, str) or (value.isprintable() and len(value) <= _SHOWN):
-        return value
-    text = value if value.isprintable() else ascii(value)[1:-1]
-    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+    return cut(one_line(value), _SHOWN) if isinstance(value, str) else value
 
 
 _SHOWN = 200  # characters of an untrusted header string shown (a key fingerprint is 16, a tensor name a few dozen)

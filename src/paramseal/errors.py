@@ -26,6 +26,11 @@ def one_line(text: str) -> str:
     )
 
 
+def cut(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (its end marked ``...``): a length a message or a line can quote."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ParamSealError(Exception):
     """Base class for every error ParamSeal raises on purpose."""
 

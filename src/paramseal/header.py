@@ -34,7 +34,7 @@ from ._header_body import (
 )
 from ._layout import TensorSpec
 from ._mac import MACS
-from .errors import FormatError, KeyMismatchError
+from .errors import FormatError, KeyMismatchError, cut
 from .keys import Key
 from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP
 
@@ -291,7 +291,7 @@ _LISTED = 8  # problems an error names (a table of 200000 tensors lacking their 
 
 def _listed(problems: list[str]) -> str:
     """The first `_LISTED` of ``problems``, each cut to a length a message can quote, and how many more there are."""
-    shown = [p if len(p) <= 200 else p[:197] + "..." for p in problems[:_LISTED]]
+    shown = [cut(p, 200) for p in problems[:_LISTED]]
     more = len(problems) - len(shown)
     return "; ".join(shown) + (f"; and {more} more" if more else "")
 
@@ -380,7 +380,7 @@ def _short(value: object) -> str:
 
 def _cut(text: str) -> str:
     """``text`` cut to a length a message can quote."""
-    return text if len(text) <= 80 else text[:77] + "..."
+    return cut(text, 80)
 
 
 def _check_spec(t: TensorSpec) -> str:
