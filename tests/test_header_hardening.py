@@ -311,22 +311,17 @@ def test_an_authentic_header_with_a_setting_the_engine_does_not_use_is_unreadabl
     assert not (d / "out.safetensors").exists()
 
 
+@pytest.mark.parametrize("sealed_code", ["lanes"], indirect=True)
 @pytest.mark.parametrize("lanes", [10**6, 10**30])
 def test_an_authentic_header_with_more_lanes_than_blocks_is_refused_before_recover_allocates_them(
-    tmp_path: Path, lanes: int
+    sealed_code: tuple[Path, Path, Loaded], lanes: int
 ) -> None:
     """lanes had no upper bound: recover of a damaged model under an authentic header of 2**31 lanes (the model has
     259 blocks) allocated 16 GiB for their keys ('out of memory, no verdict on the model' and a traceback; 10**6 here,
     which then called the model unrecoverable, to stay small before the fix), one of 10**30 an internal error
     (TypeError); verify called the model intact under lanes it cannot have."""
-    key = paramseal.Key.generate()
-    kf = tmp_path / "k.key"
-    paramseal.write_key(kf, key)
-    rng = np.random.default_rng(0)
-    model = {"w": rng.standard_normal((64, 256)).astype(np.float32), "b": rng.standard_normal(48).astype(np.float32)}
-    files.write_model(tmp_path / "m.safetensors", Loaded({**model, "i": np.arange(100)}))
-    files.seal_file(tmp_path / "m.safetensors", tmp_path / "s.safetensors", key, code="lanes")
-    m = files.read_model(tmp_path / "s.safetensors")
+    tmp_path, kf, m = sealed_code
+    key = paramseal.load_key(kf)
     body = json.loads(m.metadata[METADATA_KEY]) | {"lanes": lanes}
     damaged = {n: a.copy() for n, a in m.tensors.items()}
     damaged["w"].reshape(-1)[100:110] = 0.5
