@@ -710,3 +710,25 @@ def test_a_sealed_bfloat16_model_saved_again_by_np_savez_as_raw_v2_is_found_and_
         got = files.read_model(fixed).tensors
         assert {a.dtype for a in got.values()} == {np.dtype(ml_dtypes.bfloat16)}
         helpers.assert_model_equal(got, sealed.tensors)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_read_error_with_no_message_is_named_alone(
+    tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bare exception from numpy's reader (EOFError()) gave an error line ending in 'EOFError: ', as the
+    PyTorch reader's did before it was fixed: both now say the exception's name alone (formats.base.reason)."""
+    from paramseal.formats import numpy as np_format
+
+    def bare(*_: Any) -> Any:
+        raise EOFError
+
+    p = tmp_path / f"m{suffix}"
+    if suffix == ".npy":
+        np.save(p, np.ones(8, np.float32))
+    else:
+        np.savez(p, w=np.ones(8, np.float32))
+    monkeypatch.setattr(np_format, "_read_npy", bare)
+    with pytest.raises(FormatError) as e:
+        adapter_for(p).read(p)
+    assert str(e.value).endswith("(truncated or corrupt): EOFError"), e.value

@@ -17,6 +17,15 @@ from ..levels import NIBBLE
 GRAPH_KEY = "paramseal.graph"
 
 
+def reason(e: BaseException) -> str:
+    """``e``'s name and the first line of its message, or its name alone when it has none (a bare ``EOFError``).
+
+    A reader's refusal may go on with advice for its own caller (numpy's allow_pickle, for a long .npy header).
+    """
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def _umask() -> int:
     """The process umask, read from /proc where it is there.
 

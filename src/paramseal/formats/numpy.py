@@ -43,7 +43,7 @@ from .._pages import CHUNK_BYTES, read
 from ..errors import FormatError, UsageError
 from ..header import METADATA_KEY
 from ._headerless import require_header_in_weights
-from .base import Loaded
+from .base import Loaded, reason
 
 #: Reserved ``.npz`` member (without ``.npy``) that holds the metadata JSON.
 METADATA_ENTRY = "__paramseal_metadata__"
@@ -110,9 +110,7 @@ class NpzAdapter:
         except FormatError:
             raise
         except _READ_ERRORS as e:
-            raise FormatError(
-                f"cannot read .npz file '{path}' (truncated or corrupt): {type(e).__name__}: {_first_line(e)}"
-            ) from None
+            raise FormatError(f"cannot read .npz file '{path}' (truncated or corrupt): {reason(e)}") from None
         if not tensors:
             raise FormatError(f"'{path}' holds no arrays: there are no tensors to read")
         shown = ", ".join(repr(n) for n in bad_crc)
@@ -163,9 +161,7 @@ class NpyAdapter:
         except FormatError:
             raise
         except _READ_ERRORS as e:
-            raise FormatError(
-                f"cannot read .npy file '{path}' (truncated or corrupt): {type(e).__name__}: {_first_line(e)}"
-            ) from None
+            raise FormatError(f"cannot read .npy file '{path}' (truncated or corrupt): {reason(e)}") from None
         return Loaded({NPY_TENSOR_NAME: arr}, {})
 
     def write(self, path: Path, loaded: Loaded) -> None:
@@ -178,11 +174,6 @@ class NpyAdapter:
         require_header_in_weights(loaded, ".npy", self.carried_metadata)
         with open(path, "wb") as f:
             write_npy(f, next(iter(loaded.tensors.values())))
-
-
-def _first_line(e: BaseException) -> str:
-    """The first line of ``e``'s message: numpy's refusal of a long header goes on with advice for np.load's caller."""
-    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
 
 
 def write_npy(f: IO[bytes], a: NDArray[np.generic]) -> None:

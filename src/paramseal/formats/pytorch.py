@@ -57,7 +57,7 @@ from numpy.typing import NDArray
 from .._tempname import final_name, name_max, temp_prefix
 from ..errors import FormatError
 from ._torch_arrays import import_torch, numpy_to_tensor, tensor_to_numpy
-from .base import Loaded
+from .base import Loaded, reason
 
 #: Keys of training checkpoints that wrap the state dict.
 WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model", "module")
@@ -213,10 +213,8 @@ class PyTorchAdapter:
         # AssertionError: torch's legacy reader asserts what the file holds ("storage key ... not found")
         except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError,
                 zipfile.BadZipFile, struct.error, UnicodeDecodeError, MemoryError, AssertionError) as e:  # fmt: skip
-            msg = str(e).strip().splitlines()
             raise FormatError(
-                f"cannot read PyTorch file '{path}' (truncated or not a torch.save file): "
-                f"{type(e).__name__}{f': {msg[0]}' if msg else ''}"
+                f"cannot read PyTorch file '{path}' (truncated or not a torch.save file): {reason(e)}"
             ) from None
         tensors: dict[str, NDArray[np.generic]] = {}
         storages: set[int] = set()
