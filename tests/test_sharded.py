@@ -2065,3 +2065,19 @@ def test_a_partial_verification_notes_a_missing_shard_it_was_not_asked_about(
     said = [n for n in rep.notes if f"shard '{SHARDS[1]}'" in n]
     assert len(said) == 1 and "missing from the folder" in said[0] and "without --tensors" in said[0], rep.notes
     assert not any(f"shard '{SHARDS[2]}'" in n for n in rep.notes)
+
+
+def test_a_re_sharded_single_file_seals_header_copies_are_authenticated_once(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """one_file_seal scans every tensor for header copies (several seals may have a carrier each): each copy of
+    one seal, the same text, was parsed and authenticated again (the whole header, its tag table included)."""
+    from paramseal import _embed, _resharded
+
+    folder, tensors = _re_sharded(tmp_path, key_file)
+    texts = [t for n in tensors for _, t in _embed.header_copies({n: tensors[n]})]
+    assert len(texts) > 1 and len(set(texts)) == 1  # one seal, a copy in each carrier
+    real, calls = _resharded.parse_header, []
+    monkeypatch.setattr(_resharded, "parse_header", lambda text, key: calls.append(text) or real(text, key))
+    rep = sharded.verify_dir(folder, paramseal.load_key(key_file), workers=1)
+    assert rep.ok and len(calls) == 1, (rep.summary(), len(calls))

@@ -71,10 +71,14 @@ def one_file_seal(folder: Path, key: Key) -> Iterator[Loaded | ManySeals | None]
         except ParamSealError:  # no readable index or shards: verified shard by shard
             yield None
             return
+        if not all(m == metas[0] for m in metas):  # before the scan of every tensor below
+            yield None
+            return
         spans = False
         seals: dict[str, frozenset[str]] = {}
-        # intact copies only: a quick look, verify reads them all. Every tensor's: several seals have a carrier each
-        for _, text in [c for n in merged for c in header_copies({n: merged[n]})]:
+        # intact copies only: a quick look, verify reads them all. Every tensor's: several seals have a carrier each;
+        # a seal's copies are one text, authenticated once
+        for text in dict.fromkeys(text for n in merged for _, text in header_copies({n: merged[n]})):
             try:
                 h = parse_header(text, key)
             except ParamSealError:
@@ -83,9 +87,7 @@ def one_file_seal(folder: Path, key: Key) -> Iterator[Loaded | ManySeals | None]
             seals.setdefault(h.salt.hex(), names)
             spans = spans or sum(1 for h in held if h & names) > 1
         one = Loaded(merged, metas[0], metadata_kept=True)
-        if not all(m == metas[0] for m in metas):
-            yield None
-        elif len(seals) > 1:  # disjoint: two sealings of one shard are no set (verified shard by shard)
+        if len(seals) > 1:  # disjoint: two sealings of one shard are no set (verified shard by shard)
             disjoint = sum(map(len, seals.values())) == len(frozenset().union(*seals.values()))
             yield ManySeals(one, seals) if disjoint else None
         else:
