@@ -2081,3 +2081,18 @@ def test_a_re_sharded_single_file_seals_header_copies_are_authenticated_once(
     monkeypatch.setattr(_resharded, "parse_header", lambda text, key: calls.append(text) or real(text, key))
     rep = sharded.verify_dir(folder, paramseal.load_key(key_file), workers=1)
     assert rep.ok and len(calls) == 1, (rep.summary(), len(calls))
+
+
+def test_a_note_every_shard_gives_is_said_once(
+    sealed_ckpt: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each shard of a set sealed with the older block MAC gives its long note: the set's report repeated it once
+    per shard. The note is made here for this version's MAC, as verify makes it for the older one's."""
+    from paramseal import _mac
+
+    monkeypatch.setattr(sys.modules["paramseal.verify"], "MAC_V1", _mac.MAC_NAME)
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    said = [n for n in rep.notes if "older block MAC" in n]
+    assert rep.status == "intact" and len(said) == 1 and said[0].startswith("every shard: "), rep.notes
+    one = files.verify_file(next(sealed_ckpt.glob("*.safetensors")), key)
+    assert sum("older block MAC" in n for n in one.notes) == 1  # a single file's, as before

@@ -216,6 +216,7 @@ def _merge(
     tensors: dict[str, TensorFinding] = {}
     fixable = fixable or []
     extra, meta, notes = [], [*set_issues, *fixable], []
+    said: dict[str, list[str]] = {}  # note -> the shards that give it, in order
     held = {n for s, r in reports.items() if vouched is None or s in vouched for n in r.tensors}
     for shard, r in reports.items():
         mine = vouched is None or shard in vouched
@@ -223,7 +224,11 @@ def _merge(
             tensors[n if (mine or n not in held) and n not in tensors else f"{shard}:{n}"] = f
         extra += [f"{shard}:{n}" for n in r.extra_tensors]
         meta += [f"{shard}: {m}" for m in r.metadata_issues]
-        notes += [f"{shard}: {n}" for n in r.notes if "partial verification" not in n]
+        for n in r.notes:
+            if "partial verification" not in n:
+                said.setdefault(n, []).append(shard)
+    # a note every shard gives alike (the older block MAC's) is said once, naming the shards
+    notes += [f"{_which(shards, len(reports))}: {n}" for n, shards in said.items()]
     tensors |= {n: f for n, f in (lost or {}).items() if n not in tensors}
     if skipped:
         notes.append(f"partial verification: {len(reports)} shard(s) checked, {skipped} not read")
@@ -252,3 +257,8 @@ def _merge(
         moved_shards={s: f for s, f in (moved or {}).items() if f != s},
         seal_id=set_id,  # not the first shard's own (its header's salt)
     )
+
+
+def _which(shards: list[str], of: int) -> str:
+    """The shards a note came from: one by name, all of them as 'every shard'."""
+    return shards[0] if len(shards) == 1 else "every shard" if len(shards) == of else ", ".join(shards)
