@@ -106,7 +106,7 @@ class BlockMac:
             wm = np.ascontiguousarray(mask).view(np.uint16)
             wmask = wm[: int(np.flatnonzero(wm).max()) + 1].copy()
         inside = np.ones(nb, dtype=np.bool_) if internal is None else internal
-        return mlh_tags(words, self._keys, wmask, inside, np.ascontiguousarray(pads))  # r_b = 1 in MAC_V1's pads
+        return mlh_tags(words, self._keys, wmask, inside, pads)  # r_b = 1 in MAC_V1's pads
 
 
 __all__ = ["MACS", "MAC_NAME", "MAC_V1", "P", "BlockMac"]

@@ -12,6 +12,7 @@ import base64
 import hmac
 import json
 import re
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -232,7 +233,7 @@ def _unreadable_fields(h: Header, body: Mapping[str, Any]) -> list[str]:
     out = [why for t in h.tensors if (why := _check_spec(t))]
     names = [t.name for t in h.tensors]
     if len(set(names)) != len(names):  # a model's tensors are named apart: recover wrote a corrupt file of it
-        twice = sorted(_repeated(names))
+        twice = sorted(n for n, times in Counter(names).items() if times > 1)
         out.append(f"its tensor table names {', '.join(map(repr, twice[:3]))} more than once, expected distinct names")
     if not all(0 <= i < len(h.tensors) for i in h.carriers):
         out.append(f"its carriers {list(h.carriers)} are not all tensors of its table")
@@ -275,15 +276,6 @@ def _unreadable_fields(h: Header, body: Mapping[str, Any]) -> list[str]:
     if not out:
         out += _not_as_written(h, body)
     return out
-
-
-def _repeated(names: list[str]) -> set[str]:
-    """The names that occur more than once in ``names`` (one pass)."""
-    seen: set[str] = set()
-    again: set[str] = set()
-    for n in names:
-        (again if n in seen else seen).add(n)
-    return again
 
 
 _LISTED = 8  # problems an error names (a table of 200000 tensors lacking their tags made a message of 12 MB)
