@@ -209,7 +209,7 @@ def bench_model(
 
     def grouped_only() -> None:
         for g in v._groups:
-            g.launch(state)
+            g.launch(state, gpu.tile(g.plans[0].words))
 
     kernels = grouped_only if grouped and DEVICE == "cuda" else per_tensor
     rows.append(row("kernels only (CUDA events)", nbytes, event_timed(kernels, args.repeat), copy_best))

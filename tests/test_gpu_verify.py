@@ -610,7 +610,8 @@ def test_many_tensors_of_every_size_in_one_launch(
     state, header = seal_state(arrays, key, "lanes")
     live = {n: t if t.numel() else torch.empty(0) for n, t in to_device(state, device).items()}
     v = gpu.GpuVerifier(live, key, header, backend="triton")
-    assert len(v._groups) == 1 and v.check().ok
+    # Empty tensors join no group: on a GPU the host's torch.empty(0) made a second group (seen on an H200).
+    assert [len(g.plans) for g in v._groups] == [len(sizes) - 1] and v.check().ok
     for t in live.values():
         if n := t.numel():
             flip(t, n - 1, 0)  # the last value: of a partial block, or of the last whole one

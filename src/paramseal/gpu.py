@@ -334,9 +334,10 @@ class GpuVerifier:
             )
         # A launch passes one set of constants: group by them (device, block size and k), not by shape
         # alone, or a k=0 tensor (integers, a float holding NaN/Inf) would lend its masks to a float one.
+        # An empty tensor has nothing to check: grouped, one on another device (the host, say) added a launch there.
         by_consts: dict[int, list[_Plan]] = {}
         for p in plans:
-            if p.spec.width >= 16:
+            if p.spec.width >= 16 and p.spec.numel:
                 by_consts.setdefault(id(p.consts), []).append(p)
         self._groups = [
             _Group(g, self._offsets, c_buffers[g[0].device], self._flag_buffers[g[0].device])
