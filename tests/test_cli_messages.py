@@ -68,3 +68,17 @@ def test_a_glob_that_starts_with_a_wildcard_gets_its_tail_corrected() -> None:
     said = str(unmatched("*.[qk]_prj.weight", pool, "no tensor"))
     assert said.endswith("(close patterns: '*.[qk]_proj.weight')"), said
     assert str(unmatched("*.zzz", pool, "no tensor")).endswith("check the pattern")
+
+
+def test_warning_lines_escape_control_characters_as_error_lines_do(tmp_path: Path, key_file: Path) -> None:
+    """A path quoted in a `warning:` line was printed raw: an escape sequence in it drove the terminal."""
+    torch = pytest.importorskip("torch")
+    odd_key = tmp_path / "k\x1b[2J\u202e.hex"
+    odd_key.write_bytes(key_file.read_bytes())
+    odd_key.chmod(0o644)  # readable by others: warned about, naming the file
+    src = tmp_path / "m.pt"
+    torch.save({"w": torch.ones(128, 128), "b": torch.ones(128)}, src)  # no room for a header copy: warned about
+    rc, _, err = helpers.run_cli(["seal", src, tmp_path / "s\x1b]0;x\x07.pt", "--key", odd_key])
+    assert rc == 0 and err.count("warning: ") == 2, err
+    assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err, ascii(err)
+    assert "k\\x1b[2J\\u202e.hex' is readable" in err and "s\\x1b]0;x\\x07.pt' keeps its seal header" in err, err

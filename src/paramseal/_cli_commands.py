@@ -18,7 +18,7 @@ from typing import Any, cast
 
 from . import _cli_eval, _pages, _paths, files, sharded
 from ._layout import TensorSpec
-from .errors import ParamSealWarning, UsageError
+from .errors import ParamSealWarning, UsageError, one_line
 from .keys import Key, exposed_to_others, exposure, load_key, write_key
 from .levels import BLOCK, FLOATS, max_relative_change
 from .report import Report, seal_id_arg
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             _warn_bits(ks)
             _note_plain(h.tensors)
             for w in warned:
-                print(f"warning: {w}", file=sys.stderr)
+                _warn(w)
             if keep is not None:
                 print(f"OK: kept the seal header in {keep} (for --header-from)")
             return 0
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
                 lost = f"{_count(gone, 'value')} in unrecoverable blocks; " if gone else ""
                 print(f"FAIL: {args.input} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
             for w in warned:
-                print(f"warning: {w}", file=sys.stderr)
+                _warn(w)
             return rep.exit_code
         case "inspect":
             if sharded.is_sharded(Path(args.input)):
@@ -221,11 +221,13 @@ def _load_key(args: argparse.Namespace) -> Key:
     key = load_key(path)
     args.loaded_key = key  # masked in an internal error's traceback: a key FILE's digits are in no argument
     if path is not None and (mode := exposed_to_others(Path(path))) is not None:
-        print(
-            f"warning: key file '{path}' is {exposure(mode)} by other users (mode {mode:o}); run 'chmod 600 {path}'",
-            file=sys.stderr,
-        )
+        _warn(f"key file '{path}' is {exposure(mode)} by other users (mode {mode:o}); run 'chmod 600 {path}'")
     return key
+
+
+def _warn(message: str) -> None:
+    """Print ``warning: <message>`` on stderr, escaped as an error line is: it may quote a path or a tensor name."""
+    print(f"warning: {one_line(message)}", file=sys.stderr)
 
 
 def _warn_bits(widths: Iterable[tuple[str, int]]) -> None:
@@ -233,11 +235,10 @@ def _warn_bits(widths: Iterable[tuple[str, int]]) -> None:
     for dt, k in sorted(set(widths)):
         strong = FLOATS[dt].levels["strong"] if dt in FLOATS else k
         if k > strong:
-            print(
-                f"warning: k={k} changes {dt} weights by up to {max_relative_change(dt, k):.1e} of their "
+            _warn(
+                f"k={k} changes {dt} weights by up to {max_relative_change(dt, k):.1e} of their "
                 f"magnitude, against {max_relative_change(dt, strong):.1e} at level strong; check the "
-                "model's accuracy before you use it",
-                file=sys.stderr,
+                "model's accuracy before you use it"
             )
 
 
