@@ -1266,6 +1266,61 @@ def test_ctrl_c_while_the_program_starts_ends_quietly_with_130(tmp_path: Path, h
     assert proc.returncode == 130 and err == "interrupted\n", err
 
 
+@pytest.mark.parametrize(("how", "sig"), [("-m", "SIGTERM"), ("script", "SIGTERM"), ("script", "SIGHUP")])
+def test_sigterm_while_the_program_starts_ends_with_its_code_and_a_message(tmp_path: Path, how: str, sig: str) -> None:
+    """`kill` while numpy, numba and the formats loaded (the first ~0.5 s) ended the program with the signal's own
+    status (-15) and no word: the handlers were set only once a command ran. Now it ends as it does later."""
+    import signal
+    import subprocess
+    import sys
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    arg = "-m" if how == "-m" else str(pyproject)
+    env = {**os.environ, "PYTHONPATH": str(Path(paramseal.__file__).parents[1])}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STALLED_START, arg],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=helpers.default_signals,
+    )
+    signum = int(getattr(signal, sig))
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "importing numpy\n"
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum and err == "terminated\n", (proc.returncode, err)
+
+
+def test_sigterm_before_the_cli_handles_it_ends_with_143_and_a_message(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Between the modules loading and the command's own handler (building the parser), SIGTERM is `Terminated`
+    met by the program's entry: 143 and 'terminated', not the signal's own status, and the default put back."""
+    import signal
+
+    from paramseal import cli
+
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM is not at its default here")
+
+    def stop() -> None:  # as SIGTERM arriving here would (without killing this process if nothing handles it)
+        handler = signal.getsignal(signal.SIGTERM)
+        if not callable(handler):
+            pytest.fail(f"SIGTERM is not handled while the parser is built ({handler!r})")
+        handler(signal.SIGTERM, None)
+
+    monkeypatch.setattr(cli, "build_parser", stop)
+    monkeypatch.setattr(cli._kernels, "one_blas_thread", lambda: None)  # the program's, not this process's
+    monkeypatch.setattr("sys.argv", ["paramseal", "verify", "m.safetensors"])
+    assert _program_main(signal.signal) == 143 and capfd.readouterr().err == "terminated\n"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def _program_main(set_handler: Any) -> int:
     """``paramseal.__main__.main()``, failing the test if Ctrl-C escapes it; this process's SIGINT handler kept."""
     import signal

@@ -1,4 +1,4 @@
-"""``python -m paramseal`` and the ``paramseal`` command: the CLI, with Ctrl-C handled from the start."""
+"""``python -m paramseal`` and the ``paramseal`` command: the CLI, Ctrl-C, SIGTERM and SIGHUP handled from the start."""
 
 import os
 import signal
@@ -7,9 +7,9 @@ import threading
 from types import FrameType
 
 
-def _say_interrupted() -> None:
+def _say(what: str) -> None:
     try:
-        os.write(2, b"interrupted\n")
+        os.write(2, f"{what}\n".encode())
     except OSError:  # a standard error that cannot be written loses the message, not the exit code
         pass
 
@@ -17,32 +17,54 @@ def _say_interrupted() -> None:
 def _interrupted(signum: int, frame: FrameType | None) -> None:
     # Nothing is written yet. A KeyboardInterrupt raised inside an import is not always one when it
     # arrives (numpy reports 'numpy._core.umath failed to import', exit 1, read as "tampered").
-    _say_interrupted()
+    _say("interrupted")
     os._exit(130)
 
 
-def main() -> int:
-    """Run the ``paramseal`` program; Ctrl-C while its modules load exits 130 as it does later.
+def _terminated(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM or SIGHUP while the modules load: nothing is written yet (and raising is unsafe, as above)
+    _say("terminated")
+    os._exit(128 + signum)
 
-    The handler is in place before numpy, numba and the formats load (``paramseal`` itself loads
-    them lazily); `cli.main` then handles Ctrl-C as KeyboardInterrupt, so its outputs are cleaned up.
+
+def main() -> int:
+    """Run the ``paramseal`` program; Ctrl-C, SIGTERM or SIGHUP while its modules load exit as they do later.
+
+    The handlers are in place before numpy, numba and the formats load (``paramseal`` itself loads
+    them lazily), so a `kill` at start-up exits 128 + its number with a message as later, not with
+    the signal's own status. `cli.main` then handles Ctrl-C as KeyboardInterrupt and the others as
+    `Terminated`, so its outputs are cleaned up.
     """
-    # an ignored Ctrl-C stays ignored; only the main thread may set a handler (cli.main runs in any thread)
-    mine = (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    )
+    # an ignored signal stays ignored; only the main thread may set a handler (cli.main runs in any thread)
+    main_thread = threading.current_thread() is threading.main_thread()
+    mine = main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     if mine:
         signal.signal(signal.SIGINT, _interrupted)
+    stops = [
+        s
+        for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None))
+        if s is not None and main_thread and signal.getsignal(s) is signal.SIG_DFL
+    ]
+    for s in stops:
+        signal.signal(s, _terminated)
+    from ._cli_streams import Terminated, raise_terminated
     from .cli import main as cli_main
 
     try:
         if mine:  # inside the try: a Ctrl-C at the very next instruction is a KeyboardInterrupt met below
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s in stops:  # cli.main keeps this handler while it runs
+            signal.signal(s, raise_terminated)
         return cli_main()
-    except KeyboardInterrupt:  # before cli.main handles it (while it builds its parser): nothing written yet
-        _say_interrupted()
+    except Terminated as e:  # before cli.main handles it (while it builds its parser): nothing written yet
+        _say("terminated")
+        return 128 + e.signum
+    except KeyboardInterrupt:  # likewise
+        _say("interrupted")
         return 130
+    finally:
+        for s in stops:
+            signal.signal(s, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

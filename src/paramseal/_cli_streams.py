@@ -181,22 +181,29 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+_STOPPING = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+def raise_terminated(signum: int, frame: FrameType | None) -> None:
+    """The SIGTERM and SIGHUP handler: raise `Terminated`, repeats ignored while the first unwinds."""
+    for s in _STOPPING:
+        if signal.getsignal(s) is raise_terminated:
+            signal.signal(s, signal.SIG_IGN)
+    raise Terminated(signum)
+
+
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Turn SIGTERM and SIGHUP into `Terminated` while the program runs (a signal left ignored stays so).
 
     Their default action ends the process at once, which left a full-size temporary output
-    behind (`kill`, a job scheduler, a closed terminal). Repeats are ignored while the first unwinds.
+    behind (`kill`, a job scheduler, a closed terminal). The program's entry may have set
+    `raise_terminated` already (from start-up on): it is kept, and put back after.
     """
-
-    def stop(signum: int, frame: FrameType | None) -> None:
-        for s in old:
-            signal.signal(s, signal.SIG_IGN)
-        raise Terminated(signum)
-
     main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
-    sigs = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None and main_thread]
-    old = {s: signal.signal(s, stop) for s in sigs if signal.getsignal(s) is signal.SIG_DFL}
+    sigs = [s for s in _STOPPING if main_thread]
+    ours = (signal.SIG_DFL, raise_terminated)
+    old = {s: signal.signal(s, raise_terminated) for s in sigs if signal.getsignal(s) in ours}
     try:
         yield
     finally:
