@@ -508,7 +508,7 @@ def test_subfolders_are_copied_and_the_output_folder_gets_the_usual_mode(
     outside.mkdir()
     (outside / "big.bin").write_text("not part of the checkpoint")
     (checkpoint / "linked").symlink_to(outside, target_is_directory=True)
-    out = checkpoint / "sealed"  # inside the input: the folder being built is not copied into itself
+    out = tmp_path / "sealed"
     sharded.seal_dir(checkpoint, out, key, workers=1)
     assert (out / "1_Pooling" / "config.json").read_text() == '{"pooling_mode_mean_tokens": true}'
     assert (out / "linked").is_symlink() and os.readlink(out / "linked") == str(outside)  # kept as a link
@@ -2096,3 +2096,23 @@ def test_a_note_every_shard_gives_is_said_once(
     assert rep.status == "intact" and len(said) == 1 and said[0].startswith("every shard: "), rep.notes
     one = files.verify_file(next(sealed_ckpt.glob("*.safetensors")), key)
     assert sum("older block MAC" in n for n in one.notes) == 1  # a single file's, as before
+
+
+@pytest.mark.parametrize("verb", ["seal", "recover"])
+def test_an_output_folder_inside_the_input_or_the_input_itself_is_refused(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path, verb: str
+) -> None:
+    """`recover DIR DIR/fixed` wrote the new set inside the one it was made from (and the next recover or seal of
+    DIR copied it along): refused before anything is written, as OUT == IN and IN inside OUT are."""
+    src = checkpoint if verb == "seal" else sealed_ckpt
+    (tmp_path / "alias").symlink_to(src, target_is_directory=True)
+    before = helpers.listing(tmp_path)
+    for out in (src / "sub", src / "." / "sub", tmp_path / "alias" / "sub", src / "1_Pooling" / "sub"):
+        rc, stdout, err = helpers.run_cli([verb, src, out, "--key", key_file])
+        assert rc == 3 and stdout == "" and "Traceback" not in err, err
+        assert f"output folder '{out}' is inside '{src}', the input" in err and "give a folder outside it" in err, err
+        assert helpers.listing(tmp_path) == before
+    for out, said in ((src, "onto itself"), (src.parent, "already exists")):
+        rc, _, err = helpers.run_cli([verb, src, out, "--key", key_file])
+        assert rc == 3 and said in err, err
+    assert helpers.listing(tmp_path) == before

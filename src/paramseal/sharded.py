@@ -113,6 +113,12 @@ def _atomic_dir(dst: Path, src: Path) -> Iterator[Path]:
             "give a folder name (ParamSeal does not merge shards into one file)"
         )
     parent = dst.parent if str(dst.parent) else Path(".")
+    if parent.resolve().is_relative_to(src.resolve()):  # links followed: `recover ckpt ckpt/fixed` by another name
+        raise UsageError(
+            f"output folder '{dst}' is inside '{src}', the input: the new checkpoint would sit among the files it "
+            f"is made from (copied along by the next seal or recover of '{src}'); give a folder outside it; "
+            "nothing was written"
+        )
     if not parent.is_dir():
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
     try:
