@@ -1502,10 +1502,53 @@ def test_a_rebuilt_index_keeps_the_other_metadata_fields_of_the_unusable_one(
     assert rebuilt["metadata"] == {**metadata, "total_size": _total_size(sealed_ckpt)}
 
 
-def test_inspect_of_a_folder_missing_a_shard_names_the_index_that_lists_it(sealed_ckpt: Path) -> None:
-    (sealed_ckpt / SHARDS[1]).unlink()
+@pytest.mark.parametrize("damage", ["missing", "renamed", "truncated"])
+def test_inspect_of_a_damaged_set_describes_what_is_there_and_what_is_not(
+    sealed_ckpt: Path, key_file: Path, damage: str
+) -> None:
+    """A shard missing, renamed or truncated made inspect exit 3 with an error about the index: a user inspecting
+    a damaged set got nothing of it, where verify reports it (exit 1 or 2). Now inspect describes it, exit 0."""
+    shard = sealed_ckpt / SHARDS[1]
+    if damage == "missing":
+        shard.unlink()
+    elif damage == "renamed":
+        shard.rename(sealed_ckpt / "other.safetensors")
+    else:
+        shard.write_bytes(shard.read_bytes()[:100])
+    assert helpers.run_cli(["verify", sealed_ckpt, "--key", key_file])[0] in (1, 2)  # verify reports it
+    rc, out, err = helpers.run_cli(["inspect", sealed_ckpt, "--json"])
+    info = json.loads(out)
+    assert rc == 0 and err == "" and info["shards"] == 3 and info["sealed_shards"] == 2 and not info["sealed"], info
+    assert info["tensors"] == 6 and sorted(info["per_shard"]) == [SHARDS[0], SHARDS[2]], info
+    assert info["seal"]["set_id"] == sharded.inspect_dir(sealed_ckpt)["seal"]["set_id"] is not None
+    rc, text, _ = helpers.run_cli(["inspect", sealed_ckpt])
+    assert rc == 0 and "in 3 shards (2 sealed)" in text.splitlines()[0], text
+    if damage == "truncated":
+        assert "missing_shards" not in info and "unlisted_files" not in info, info
+        assert "is truncated or not safetensors" in info["unreadable_shards"][SHARDS[1]], info
+        assert f"WARNING: shard '{SHARDS[1]}' cannot be read: '{shard}' is truncated" in text, text
+        return
+    assert info["missing_shards"] == [SHARDS[1]] and "unreadable_shards" not in info, info
+    assert f"WARNING: shard '{SHARDS[1]}' is missing from the folder; run verify" in text, text
+    if damage == "renamed":  # where it went, by its set record (unchecked: inspect has no key)
+        assert info["unlisted_files"] == {"other.safetensors": SHARDS[1]}, info
+        said = "file 'other.safetensors' is not named by the index; its set record (unchecked) names shard"
+        assert f"{said} '{SHARDS[1]}'" in text, text
+    else:
+        assert "unlisted_files" not in info, info
+
+
+def test_inspect_of_a_set_whose_every_shard_is_gone_still_exits_0_but_an_unreadable_index_does_not(
+    sealed_ckpt: Path,
+) -> None:
+    for s in SHARDS:
+        (sealed_ckpt / s).unlink()
+    rc, out, err = helpers.run_cli(["inspect", sealed_ckpt, "--json"])
+    info = json.loads(out)
+    assert rc == 0 and info["missing_shards"] == SHARDS and info["sealed_shards"] == 0 and info["tensors"] == 0, info
+    (sealed_ckpt / sharded.INDEX).write_text("{not json")
     rc, out, err = helpers.run_cli(["inspect", sealed_ckpt])
-    assert rc == 3 and out == "" and f"{sharded.INDEX}' names shard '{SHARDS[1]}', which does not exist" in err, err
+    assert rc == 3 and out == "" and "is not a valid safetensors index" in err, err
 
 
 def test_a_tensor_added_where_the_metadata_header_is_gone_is_not_blamed_on_the_index_made_from_the_shards(

@@ -308,6 +308,10 @@ def _seal_fields(seal: dict[str, Any]) -> Iterator[str]:
         yield f"{k}={v}"
 
 
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
+
+
 def _inspect_text(info: dict[str, object]) -> str:
     lines = [
         f"{info['file']}: {_count(cast(int, info['tensors']), 'tensor')}, parameters by dtype {info['parameters']}"
@@ -323,6 +327,15 @@ def _inspect_text(info: dict[str, object]) -> str:
         odd = info.get("mismatched_shards")
         if isinstance(odd, list) and odd:
             lines.append(f"WARNING: shards sealed differently or not at all: {', '.join(map(str, odd))}")
+        for name in _list(info.get("missing_shards")):
+            lines.append(f"WARNING: shard '{name}' is missing from the folder; run verify")
+        unreadable = info.get("unreadable_shards")
+        for name, why in unreadable.items() if isinstance(unreadable, dict) else ():
+            lines.append(f"WARNING: shard '{name}' cannot be read: {why}")
+        unlisted = info.get("unlisted_files")
+        for name, shard in unlisted.items() if isinstance(unlisted, dict) else ():
+            said = f"its set record (unchecked) names shard '{shard}'" if shard else "it carries no set record"
+            lines.append(f"WARNING: file '{name}' is not named by the index; {said}")
         if info.get("index_problem"):
             lines.append(f"WARNING: {info['index_problem']}")
         warned = info.get("shard_warnings")

@@ -13,7 +13,7 @@ from . import files
 from ._model_io import PathLike
 from ._shard_index import index_name, read_index, set_files
 from ._shard_set import _parsed
-from .errors import FormatError, ParamSealError
+from .errors import FormatError, InputError, ParamSealError, one_line
 from .formats import safetensors as st_format
 from .header import SET_KEY
 from .report import SEAL_ID
@@ -37,14 +37,14 @@ def inspect_dir(folder: PathLike) -> dict[str, Any]:
     folder = Path(folder)
     problem, members = None, []
     try:
-        read_index(folder, missing_ok=True)
+        names = read_index(folder, missing_ok=True).shards
     except FormatError as e:
         members = set_files(folder)
         if not members:
             raise
         problem = f"{e}; the shards carry set records: 'paramseal verify' checks them, 'paramseal recover' rebuilds it"
-    names = members if problem else read_index(folder).shards  # a shard it names must be there
-    shards = {name: files.inspect_file(folder / name) for name in names}
+        names = members
+    shards, damaged = _described(folder, names)
     params: dict[str, int] = {}
     for info in shards.values():
         for dt, n in info["parameters"].items():
@@ -54,18 +54,18 @@ def inspect_dir(folder: PathLike) -> dict[str, Any]:
         "file": str(folder),
         "index": None if problem else index_name(folder),
         **({"index_problem": problem} if problem else {}),
-        "shards": len(shards),
+        "shards": len(names),
         "tensors": sum(i["tensors"] for i in shards.values()),
         "parameters": params,
         "blocks": sum(i["blocks"] for i in shards.values()),
-        "sealed": len(sealed) == len(shards),
+        "sealed": len(sealed) == len(names),
         "sealed_shards": len(sealed),
+        **damaged,
     }
-    first = shards[sealed[0]] if sealed else next(iter(shards.values()))
     same = ("level", "bits", "key_fingerprint")  # not the scheme: it follows each shard's code (irs or lanes)
     named = {n: _unchecked_set_id(folder / n) for n in sealed}
     if sealed:
-        ref = {k: first["seal"].get(k) for k in same}
+        ref = {k: shards[sealed[0]]["seal"].get(k) for k in same}
         schemes = " + ".join(sorted({str(shards[n]["seal"].get("scheme")) for n in sealed}))
         ids = set(named.values())
         one = ids.pop() if len(ids) == 1 else None  # None: the records name several sets, or a shard none
@@ -91,17 +91,57 @@ def inspect_dir(folder: PathLike) -> dict[str, Any]:
     return out
 
 
+def _described(folder: Path, names: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Each shard's `files.inspect_file` description, and what is wrong with the set's files.
+
+    A damaged set is described, not refused, as verify reports it: ``missing_shards`` (named, not in the
+    folder), ``unreadable_shards`` (name: why it cannot be read as a model; truncated, not safetensors) and
+    ``unlisted_files``, when a shard is missing or unreadable (``.safetensors`` files the index does not name, where
+    a renamed shard would be: the shard each one's set record names, read without the key, or None). An I/O error
+    stays an error, as in verify.
+    """
+    shards: dict[str, dict[str, Any]] = {}
+    missing: list[str] = []
+    unreadable: dict[str, str] = {}
+    for name in names:
+        path = folder / name
+        if not path.exists():
+            missing.append(name)
+            continue
+        try:
+            shards[name] = files.inspect_file(path)
+        except InputError:
+            raise
+        except ParamSealError as e:
+            unreadable[name] = one_line(str(e))
+    try:
+        others = sorted(p.name for p in folder.iterdir() if p.name.endswith(".safetensors") and p.name not in names)
+    except OSError:
+        others = []
+    unlisted = {n: _unchecked_record(folder / n, "shard") for n in others if (folder / n).is_file()}
+    damaged: dict[str, Any] = {"missing_shards": missing} if missing else {}
+    damaged |= {"unreadable_shards": unreadable} if unreadable else {}
+    damaged |= {"unlisted_files": unlisted} if unlisted and (missing or unreadable) else {}
+    return shards, damaged
+
+
+def _unchecked_record(shard: Path, field: str) -> str | None:
+    """A field of a shard's set record, read without the key; None without a well-formed record."""
+    try:
+        rec = _parsed(st_format.read_layout(shard).metadata.get(SET_KEY))
+    except (ParamSealError, OSError):
+        return None
+    return None if rec is None else str(rec[field])
+
+
 def _unchecked_set_id(shard: Path) -> str | None:
     """The set id a shard's set record names, read without the key (as inspect reads a file's salt).
 
     None when it has no record, or one that is malformed or names no well-formed id (nothing else
     from it is printed). seal prints the set id as ``seal id``; verify authenticates the records (``seal_id``).
     """
-    try:
-        rec = _parsed(st_format.read_layout(shard).metadata.get(SET_KEY))
-    except (ParamSealError, OSError):
-        return None
-    return rec["set"] if rec is not None and SEAL_ID.fullmatch(rec["set"]) else None
+    named = _unchecked_record(shard, "set")
+    return named if named is not None and SEAL_ID.fullmatch(named) else None
 
 
 def _merge_levels(each: list[dict[str, Any]]) -> dict[str, Any]:
