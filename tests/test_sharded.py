@@ -2014,6 +2014,35 @@ def test_a_tensor_moved_whole_to_another_shard_is_found_there_and_put_back(
     assert rep2.exit_code == 2 and "missing" in rep2.tensors[name].issues
 
 
+def test_a_shard_with_a_tensor_moved_out_is_checked_once_unless_a_copy_is_refused(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """verify checked the shard that lacks a moved tensor twice: the copy alone, then the whole shard with it."""
+    from paramseal import _shard_moves
+
+    name = "layers.0.attn.weight"
+    t0, m0 = helpers.read_st(sealed_ckpt / SHARDS[0])
+    t1, m1 = helpers.read_st(sealed_ckpt / SHARDS[1])
+    t1[name] = t0.pop(name)
+    helpers.write_st(sealed_ckpt / SHARDS[0], t0, m0)
+    helpers.write_st(sealed_ckpt / SHARDS[1], t1, m1)
+    real, checked = _shard_moves.check_loaded, []
+
+    def counted(loaded: Any, path: Path, *a: Any, **kw: Any) -> Any:
+        checked.append(path.name)
+        return real(loaded, path, *a, **kw)
+
+    monkeypatch.setattr(_shard_moves, "check_loaded", counted)
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 1 and rep.tensors[name].issues == (f"moved to shard '{SHARDS[1]}'",), rep.tensors[name]
+    assert checked == [SHARDS[0]]
+    t1[name].reshape(-1)[:6000] = 0  # the copy no longer its data: the shard checked again without it
+    helpers.write_st(sealed_ckpt / SHARDS[1], t1, m1)
+    checked.clear()
+    rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
+    assert rep.exit_code == 2 and "missing" in rep.tensors[name].issues and checked == [SHARDS[0]] * 2
+
+
 def test_a_sealed_set_re_sharded_is_checked_seal_by_seal_not_as_a_single_file_seal(
     tmp_path: Path, key: paramseal.Key, key_file: Path
 ) -> None:

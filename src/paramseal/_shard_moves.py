@@ -12,7 +12,7 @@ not its data stays missing. Its finding says where it was (`MOVED`), the set's f
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +26,7 @@ from .errors import ParamSealError
 from .formats import Loaded
 from .formats import safetensors as st_format
 from .keys import Key
-from .report import Report
+from .report import Report, TensorFinding
 from .verify import pinned_check, report_of
 
 MOVED = "moved to shard '{}'"  # the moved tensor's one issue: the file that holds it
@@ -73,13 +73,17 @@ def _with_copies(path: Path, folder: Path, borrow: dict[str, str]) -> Iterator[L
 def _taken(path: Path, key: Key, borrow: dict[str, str]) -> dict[str, str]:
     """The borrowed tensors whose copy verifies, for the most part, as the shard's own tensor."""
     with _with_copies(path, path.parent, borrow) as loaded, prefixed_errors(path):
-        out = {}
-        for n, f in borrow.items():
-            chk, _ = check_loaded(loaded, path, key, None, select=_exact(n))
-            found = report_of(chk).tensors[n]
-            if len(found.tampered_blocks) * 2 < block_count(found.numel) and not found.issues:
-                out[n] = f
-        return out
+        found = {n: report_of(check_loaded(loaded, path, key, None, select=_exact(n))[0]).tensors[n] for n in borrow}
+    return _passing(found, borrow)
+
+
+def _passing(found: Mapping[str, TensorFinding], borrow: dict[str, str]) -> dict[str, str]:
+    """Of ``borrow``, the tensors whose finding has under half its blocks tampered, and no other issue."""
+    return {
+        n: f
+        for n, f in borrow.items()
+        if len(found[n].tampered_blocks) * 2 < block_count(found[n].numel) and not found[n].issues
+    }
 
 
 def _exact(name: str) -> str:
@@ -97,14 +101,23 @@ def _marked(rep: Report, borrow: dict[str, str]) -> Report:
 
 
 def verify_moved(path: Path, key: Key, pattern: str | None, borrow: dict[str, str]) -> tuple[Report, dict[str, str]]:
-    """Verify the shard at ``path`` with the tensors in ``borrow`` read from the other files (those taken)."""
+    """Verify the shard at ``path`` with the tensors in ``borrow`` read from the other files (those taken).
+
+    Checked once, every copy in it: a tensor's finding is its own (`_taken`'s, one check per copy, would be the
+    same), so the copies taken are known from it. Checked again only without a copy not taken (missing, then).
+    """
     if pattern is not None:
         borrow = {n: f for n, f in borrow.items() if fnmatch.fnmatchcase(n, pattern)}
-    taken = _taken(path, key, borrow) if borrow else {}
-    with _with_copies(path, path.parent, taken) as loaded, prefixed_errors(path):
-        chk, _ = check_loaded(loaded, path, key, None, select=pattern)
-        rep = pinned_check(report_of(chk), chk, loaded.tensors, None, own_header(loaded))
-    return _marked(rep, taken), taken
+    taken = borrow
+    while True:
+        with _with_copies(path, path.parent, taken) as loaded, prefixed_errors(path):
+            chk, _ = check_loaded(loaded, path, key, None, select=pattern)
+            rep = report_of(chk)
+            passing = _passing(rep.tensors, taken)
+            if passing == taken:
+                rep = pinned_check(rep, chk, loaded.tensors, None, own_header(loaded))
+                return _marked(rep, taken), taken
+        taken = passing
 
 
 def recover_moved(
