@@ -207,3 +207,35 @@ def test_a_tag_change_found_for_one_block_does_not_carry_to_other_blocks_or_mode
             _tag_change(mac, b"b" * 16, 5, ub, ub ^ delta),  # the same block of another model sealed with the key
         ]
         assert all(c == learned for c in elsewhere) == carries, name
+
+
+def test_the_older_mac_refuses_a_tensor_past_its_4_byte_counter_instead_of_wrapping() -> None:
+    """MAC_V1 packs its AES-CTR block counter in 4 bytes: pads past 2**33 blocks (2**39 values) carried into the
+    nonce, or raised OverflowError (a traceback), where they should be refused with a reason."""
+    from paramseal._mac import V1_MAX_BLOCKS
+    from paramseal.errors import UsageError
+
+    v1 = BlockMac(paramseal.Key(bytes(range(32))), MAC_V1)
+    last = v1.pads(b"salt" * 4, 3, 2, start=V1_MAX_BLOCKS - 2)  # the last two blocks it covers
+    assert last.shape == (2, 2) and (last[:, 1] == 1).all()
+    for start, n in ((V1_MAX_BLOCKS - 1, 2), (V1_MAX_BLOCKS, 1), (1 << 34, 1), (0, V1_MAX_BLOCKS + 1)):
+        with pytest.raises(UsageError, match=r"tensor #3 .*older block MAC 'mlh-p32\+aes256ctr'.*--reseal"):
+            v1.pads(b"salt" * 4, 3, n, start=start)  # refused before any keystream is made (no 64 GiB array)
+    assert BlockMac(paramseal.Key(bytes(range(32)))).pads(b"salt" * 4, 3, 1, start=1 << 34).shape == (1, 2)
+
+
+def test_verify_of_an_older_mac_seal_past_its_counter_is_exit_3_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pathlib import Path
+
+    import helpers
+
+    from paramseal import _mac
+
+    golden = Path(__file__).parent / "golden" / "v1"
+    monkeypatch.setattr(_mac, "V1_MAX_BLOCKS", 1)  # as if its tensors were 2**39 values
+    rc, out, err = helpers.run_cli(["verify", golden / "sealed.safetensors", "--key", golden / "golden.key"])
+    assert rc == 3 and out == "" and "Traceback" not in err, err
+    assert "past what the older block MAC 'mlh-p32+aes256ctr' of its seal authenticates" in err, err
+    assert err.rstrip().endswith("with the current MAC ('paramseal seal --reseal', from a copy you trust)"), err

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
 from ._kernels import mlh_tags
+from .errors import UsageError
 from .keys import Key
 from .levels import BLOCK
 
@@ -43,6 +44,8 @@ MAC_NAME = "mlh-p32*aes256ctr+aes256ctr"
 #: The MAC of seals made before it, additive pad only: verified, never written.
 MAC_V1 = "mlh-p32+aes256ctr"
 MACS = (MAC_V1, MAC_NAME)
+#: The most blocks of one tensor `MAC_V1` gives pads for: two a counter, a 4-byte counter (2**39 values).
+V1_MAX_BLOCKS = 2 << 32
 _MAX_WORDS = BLOCK * 8 // 2  # 64 values of up to 8 bytes, in 16-bit words
 
 
@@ -70,6 +73,13 @@ class BlockMac:
     def pads(self, salt: bytes, tensor_index: int, nblocks: int, start: int = 0) -> NDArray[np.uint64]:
         """Per-block constants for blocks ``[start, start + nblocks)`` of one tensor: ``[nblocks, 2]``, (s_b, r_b)."""
         if self._v1:  # 8 bytes a pad, 16 an AES block: start the counter at the AES block holding pad `start`
+            if start + nblocks > V1_MAX_BLOCKS:  # its 4-byte counter would carry into the nonce
+                raise UsageError(
+                    f"tensor #{tensor_index} reaches block {start + nblocks} ({BLOCK * (start + nblocks)} values), "
+                    f"past what the older block MAC {MAC_V1!r} of its seal authenticates ({V1_MAX_BLOCKS} blocks, "
+                    "2**39 values: its block counter is 4 bytes); reseal the model with the current MAC "
+                    "('paramseal seal --reseal', from a copy you trust)"
+                )
             nonce = hashlib.sha256(b"pad" + salt + tensor_index.to_bytes(4, "big")).digest()[:12]
             skip = start % 2
             ks = _words(self._pad_key, nonce + (start // 2).to_bytes(4, "big"), skip + nblocks)
