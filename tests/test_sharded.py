@@ -1538,6 +1538,17 @@ def test_inspect_of_a_damaged_set_describes_what_is_there_and_what_is_not(
         assert "unlisted_files" not in info, info
 
 
+def test_inspect_text_escapes_the_shard_names_an_index_gives(sealed_ckpt: Path) -> None:
+    """A shard name is the index's text (a missing one need be no file): inspect printed it raw, and an escape
+    sequence in it drove the reader's terminal, where verify's report escapes it."""
+    odd = "x\x1b[2J\u202e.safetensors"
+    _edit_index(sealed_ckpt, lambda wm: wm.update({"layers.0.attn.weight": odd}))
+    (sealed_ckpt / SHARDS[2]).rename(sealed_ckpt / "y\x07.safetensors")
+    rc, out, err = helpers.run_cli(["inspect", sealed_ckpt])
+    assert rc == 0 and "\x1b" not in out and "\u202e" not in out and "\x07" not in out, ascii(out)
+    assert "shard 'x\\x1b[2J\\u202e.safetensors' is missing" in out and "file 'y\\x07.safetensors'" in out, out
+
+
 def test_inspect_of_a_set_whose_every_shard_is_gone_still_exits_0_but_an_unreadable_index_does_not(
     sealed_ckpt: Path,
 ) -> None:

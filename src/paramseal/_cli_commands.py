@@ -382,4 +382,4 @@ def _inspect_text(info: dict[str, object]) -> str:
                 )
             else:
                 lines.append(f"  {lv:<9} {dt:<5} {c['note']}")
-    return "\n".join(lines)
+    return "\n".join(map(one_line, lines))  # names from the folder and its index: their control characters escaped
