@@ -362,10 +362,12 @@ def gather(
     pieces: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]],
     pad: NDArray[np.uint32],
     keep: int,
+    stage: NDArray[np.uint32] | None = None,
 ) -> int:
     """Fill the float positions of ``w`` (``[ng, 255]``, groups ``g0...``) from ``pieces``: see ``ps_gather``.
 
-    Pieces in a mapped file are read with ``pread`` (into a staging array of ``[F, ng]`` words).
+    Pieces in a mapped file are read with ``pread`` (into a staging array of ``[F, ng]`` words:
+    ``stage`` if given, else a new one).
 
     ``perm``: ``[nperm, 255]`` stratum at each position. Returns -1, or ``r * 255 + p`` of a
     NaN/Inf word. The caller keeps the arrays the piece addresses point into alive.
@@ -373,7 +375,11 @@ def gather(
     lib = _lib()
     assert lib is not None
     pstart, row_end, base, fd = pieces
-    stage = np.empty((F, w.shape[0]) if (fd >= 0).any() else (1, 1), np.uint32)
+    if not (fd >= 0).any():
+        stage = np.empty((1, 1), np.uint32)
+    elif stage is None:
+        stage = np.empty((F, w.shape[0]), np.uint32)
+    assert stage.dtype == np.uint32 and stage.flags.c_contiguous
     for a in (w, pad, perm, pstart, row_end, base, fd):
         assert a.flags.c_contiguous
     assert w.shape == pad.shape and w.shape[1] == _irs_consts.N_POS and pstart.size == F + 1
@@ -399,14 +405,24 @@ def gather(
 
 
 def to_strata(
-    w: NDArray[np.uint32], pad: NDArray[np.uint32], g0: int, perm: NDArray[np.int16], F: int
+    w: NDArray[np.uint32],
+    pad: NDArray[np.uint32],
+    g0: int,
+    perm: NDArray[np.int16],
+    F: int,
+    out: NDArray[np.uint32] | None = None,
 ) -> NDArray[np.uint32]:
-    """``[F, ng]``: the float strata of groups ``g0...`` from ``w`` XOR ``pad`` (see ``ps_to_strata``)."""
+    """``[F, ng]``: the float strata of groups ``g0...`` from ``w`` XOR ``pad`` (see ``ps_to_strata``).
+
+    Into ``out`` if given (a new array if not).
+    """
     lib = _lib()
     assert lib is not None
     assert w.flags.c_contiguous and pad.flags.c_contiguous and perm.flags.c_contiguous and w.shape == pad.shape
     ng = w.shape[0]
-    out = np.empty((F, ng), np.uint32)
+    if out is None:
+        out = np.empty((F, ng), np.uint32)
+    assert out.shape == (F, ng) and out.dtype == np.uint32 and out.flags.c_contiguous
     parallel_map(
         lambda r: lib.ps_to_strata(
             w.ctypes.data, pad.ctypes.data, r[0], r[1], g0, perm.ctypes.data, perm.shape[0], F, out.ctypes.data, ng
@@ -443,14 +459,21 @@ def put_strata(
             raise OSError(-e, os.strerror(-e))
 
 
-def content(w: NDArray[np.uint32], F: int, k: int, shard: int) -> NDArray[np.uint8] | None:
-    """`_outer.Outer.content` compiled (AVX-512 with GFNI, else portable): ``[ng, shard]`` bytes, or None."""
+def content(
+    w: NDArray[np.uint32], F: int, k: int, shard: int, out: NDArray[np.uint8] | None = None
+) -> NDArray[np.uint8] | None:
+    """`_outer.Outer.content` compiled (AVX-512 with GFNI, else portable): ``[ng, shard]`` bytes, or None.
+
+    Into ``out`` if given (a new array if not).
+    """
     gfni, lib = _load(), _lib()
     if lib is None or k not in (8, 12, 16) or shard < 4 * _irs_consts.N_POS - (k // 8) * F:
         return None
     assert w.flags.c_contiguous and w.dtype == np.uint32 and w.shape[1] == _irs_consts.N_POS
     fn = lib.ps_content_any if gfni is None else gfni.ps_content
-    out = np.empty((w.shape[0], shard), np.uint8)
+    if out is None:
+        out = np.empty((w.shape[0], shard), np.uint8)
+    assert out.shape == (w.shape[0], shard) and out.dtype == np.uint8 and out.flags.c_contiguous
     parallel_map(lambda r: fn(w.ctypes.data, r[0], r[1], F, k, out.ctypes.data, shard), _rows(w.shape[0]))
     return out
 

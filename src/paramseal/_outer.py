@@ -67,9 +67,12 @@ class Outer:
         a, b = self.span(s)
         return (b - a) * 4 * self.host // self.shard if self.host else 0
 
-    def content(self, w: NDArray[np.uint32]) -> NDArray[np.uint8]:
-        """Each group's content bytes (free bits left out), one padded shard per row."""
-        fast = _native.content(w, self.free_strata, self.k, self.shard)
+    def content(self, w: NDArray[np.uint32], out: NDArray[np.uint8] | None = None) -> NDArray[np.uint8]:
+        """Each group's content bytes (free bits left out), one padded shard per row.
+
+        The compiled kernel writes them into ``out`` if given (the numba fallback into a new array).
+        """
+        fast = _native.content(w, self.free_strata, self.k, self.shard, out)
         if fast is not None:
             return fast
         out = np.zeros((w.shape[0], self.shard), np.uint8)

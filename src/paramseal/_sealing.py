@@ -250,18 +250,23 @@ def _seal_irs(
     work = [(t, r0, r1) for t, s in enumerate(specs) for r0, r1 in chunks(s.nblocks, flats[t].dtype.itemsize, 0, 1)]
     prog.expect(outer.superblocks + len(work))
 
+    # each thread's work arrays, kept from one superblock to the next: fresh ones were mapped and
+    # zeroed by the kernel every time (about 60 MiB a superblock)
+    scratch = _strata.Scratch()
+
     def superblock(s: int) -> None:  # with an outer code, a whole superblock: its parity goes into its groups
         prog.step(f"encode {s + 1}/{outer.superblocks}")
         a, b = outer.span(s)
         step = b - a if st.host else _strata.GROUP_BATCH
         for g0 in range(a, b, step):
             g1 = min(b, g0 + step)
-            pad = st.pad(np.arange(g0, g1, dtype=np.int64))
-            w = st.seal_words(flats, data, g0, g1, pad)  # the code runs on the words plus the keyed offset
+            pad = st.pad(np.arange(g0, g1, dtype=np.int64), scratch)
+            w = st.seal_words(flats, data, g0, g1, pad, scratch)  # the code runs on the words plus the keyed offset
             if st.host:
-                outer.put(code, w, outer.parity(outer.content(w), s))
+                content = outer.content(w, scratch.get("content", (g1 - g0, outer.shard), np.uint8))
+                outer.put(code, w, outer.parity(content, s))
             _irs.encode(code, w)
-            st.scatter(outs, w, g0, g1, pad)
+            st.scatter(outs, w, g0, g1, pad, scratch)
 
     # Superblocks are independent (their groups, and so the words they write, are disjoint): one per
     # core at a time, so that one's single-threaded steps (gather, leopard, writes) overlap another's.
@@ -282,7 +287,7 @@ def _seal_irs(
         spec = specs[t]
         prog.step(f"tag {spec.name}")
         internal, plain = of(t)
-        ub = read_blocks(outs[t], spec, r0, r1)
+        ub = read_blocks(outs[t], spec, r0, r1, scratch)
         ext = _tag_chunk(ub, t, spec, r0, internal, plain, t not in carriers, mac, salt)
         write_blocks(outs[t], spec, r0, ub)
         # final but for the carriers' few reserved blocks: the disk can start on it while the others are tagged
@@ -317,10 +322,19 @@ def _seal_irs(
     return header
 
 
-def read_blocks(flat: NDArray[np.unsignedinteger], spec: TensorSpec, r0: int, r1: int) -> _model.Blocks:
-    """A copy of blocks ``[r0, r1)`` of a tensor's flat values, zero-padded; their pages are released."""
+def read_blocks(
+    flat: NDArray[np.unsignedinteger], spec: TensorSpec, r0: int, r1: int, scratch: _strata.Scratch | None = None
+) -> _model.Blocks:
+    """A copy of blocks ``[r0, r1)`` of a tensor's flat values, zero-padded; their pages are released.
+
+    ``scratch``: the copy is its ``blocks`` buffer of that dtype (valid until the thread's next call with it).
+    """
     n0, n1 = r0 * BLOCK, min(r1 * BLOCK, spec.numel)
-    out = np.zeros((r1 - r0, BLOCK), dtype=flat.dtype)
+    if scratch is None:
+        out = np.zeros((r1 - r0, BLOCK), dtype=flat.dtype)
+    else:
+        out = scratch.get(f"blocks {flat.dtype.str}", (r1 - r0, BLOCK), flat.dtype.type)
+        out.reshape(-1)[max(0, n1 - n0) :] = 0
     if n1 > n0:
         where = file_span(flat[n0:n1])
         if where is not None:  # a read call: no page faults, and nothing left mapped to release

@@ -44,7 +44,7 @@ from ._layout import TensorSpec
 from ._pages import file_span, pwrite_all, release
 from ._parallel import halves, parallel_map
 from ._strata_kernels import _gather_nb, _split_runs, _strata_of_nb
-from ._strata_map import StrataMap, _free_bytes, _tag_bytes
+from ._strata_map import Scratch, StrataMap, _free_bytes, _tag_bytes
 from .errors import NonFiniteError
 from .keys import Key
 from .levels import BLOCK
@@ -170,12 +170,19 @@ class Strata(StrataMap):
         return self._to_positions(wt.T, g0)
 
     def seal_words(
-        self, flats: list[NDArray[np.unsignedinteger]], data: DataRegion, g0: int, g1: int, pad: NDArray[np.uint32]
+        self,
+        flats: list[NDArray[np.unsignedinteger]],
+        data: DataRegion,
+        g0: int,
+        g1: int,
+        pad: NDArray[np.uint32],
+        scratch: Scratch | None = None,
     ) -> NDArray[np.uint32]:
         """The encoder's input for groups ``[g0, g1)``: their words XOR ``pad``, free bits cleared.
 
         NaN/Inf values are refused. The compiled gather where the library is built (`_native`,
-        any CPU), else `groups` (its reference: the tests compare the two).
+        any CPU), else `groups` (its reference: the tests compare the two). ``scratch``: the
+        compiled gather's arrays are its ``words`` and ``stage`` buffers (valid until the next call).
         """
         ng = g1 - g0
         g = np.arange(g0, g1, dtype=np.int64)
@@ -185,11 +192,12 @@ class Strata(StrataMap):
             w ^= pad
             w[:, : self.free_strata] &= self._clear_mask()
             return w
-        w = np.empty((ng, N_POS), np.uint32)
+        w = np.empty((ng, N_POS), np.uint32) if scratch is None else scratch.get("words", (ng, N_POS), np.uint32)
         zeros = np.zeros(ng, np.uint32)  # the source of padding words
         pieces = self._native_pieces(flats, ts, g0, ng, zeros)
         perm = self._perm16()
-        if _native.gather(w, g0, perm, self.free_strata, pieces, pad, int(self._clear_mask())) >= 0:
+        stage = None if scratch is None else scratch.get("stage", (self.free_strata, ng), np.uint32)
+        if _native.gather(w, g0, perm, self.free_strata, pieces, pad, int(self._clear_mask()), stage) >= 0:
             self.groups(flats, data, g, seal=True)  # raises, naming the tensor as the reference does
             raise AssertionError("the compiled gather found a NaN/Inf word that the reference did not")
         if self.free_strata < N_POS:
@@ -204,10 +212,15 @@ class Strata(StrataMap):
         g0: int,
         g1: int,
         pad: NDArray[np.uint32] | None = None,
+        scratch: Scratch | None = None,
     ) -> None:
-        """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``, XOR ``pad`` if given) into ``outs``."""
+        """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``, XOR ``pad`` if given) into ``outs``.
+
+        ``scratch``: the compiled path stages the strata in its ``strata`` buffer.
+        """
         if pad is not None and _native.portable() and w.shape[0] and self.free_strata:
-            wt = _native.to_strata(w, pad, g0, self._perm16(), self.free_strata)
+            out = None if scratch is None else scratch.get("strata", (self.free_strata, w.shape[0]), np.uint32)
+            wt = _native.to_strata(w, pad, g0, self._perm16(), self.free_strata, out)
             ts = self._flat_words(outs)
             if ts is not None:
                 # the writes in one compiled loop: a Python call per piece cost as much as the copying
@@ -457,6 +470,7 @@ __all__ = [
     "CODE_NAME",
     "KS",
     "PERMS",
+    "Scratch",
     "DataRegion",
     "Strata",
     "applies",

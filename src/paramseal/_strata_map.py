@@ -7,6 +7,8 @@ that each stays short. Also the keyed offset's keystream and the flags the decod
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,24 @@ def _tag_bytes(k: int) -> NDArray[np.uint8]:
             break
         out[j] = (1 << -(-bits // 8)) - 1
     return out
+
+
+class Scratch(threading.local):
+    """Each thread's work arrays, reused from one superblock of a seal to the next.
+
+    A fresh array of a few MiB is mapped anew and page-faulted (zeroed by the kernel) on every
+    call; a seal makes several of 16 MiB per superblock, so it keeps them. An array handed out
+    is valid until the same thread asks for that name again.
+    """
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: type[np.generic]) -> NDArray[Any]:
+        """An uninitialised ``shape`` array of ``dtype``, this thread's ``name`` buffer (grown as needed)."""
+        n = math.prod(shape)
+        a: NDArray[Any] | None = self.__dict__.get(name)
+        if a is None or a.size < n or a.dtype != dtype:
+            a = np.empty(n, dtype)
+            self.__dict__[name] = a
+        return a[:n].reshape(shape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,25 +99,29 @@ class StrataMap:
         """Whether errors-only decoding can be trusted (keyed positions and keyed offset)."""
         return bool(self.perms) and self.pad_key is not None
 
-    def pad(self, groups: NDArray[np.int64]) -> NDArray[np.uint32]:
-        """The keyed offset of ``groups``: ``[len(groups), 255]`` words (zero without one)."""
+    def pad(self, groups: NDArray[np.int64], scratch: Scratch | None = None) -> NDArray[np.uint32]:
+        """The keyed offset of ``groups``: ``[len(groups), 255]`` words (zero without one).
+
+        ``scratch``: consecutive groups' keystream is made in its ``pad`` buffer (valid until the next).
+        """
         if self.pad_key is None or not groups.size:
             return np.zeros((groups.size, N_POS), np.uint32)
         cuts = np.flatnonzero(np.diff(groups) != 1) + 1
         if not cuts.size:  # consecutive groups (a seal's batch): the keystream as it comes, no copy
-            return self._pad_run(int(groups[0]), int(groups[-1]) + 1)
+            return self._pad_run(int(groups[0]), int(groups[-1]) + 1, scratch)
         out = np.empty((groups.size, N_POS), np.uint32)
         for a, b in zip(np.r_[0, cuts], np.r_[cuts, groups.size], strict=True):
             out[a:b] = self._pad_run(int(groups[a]), int(groups[b - 1]) + 1)
         return out
 
-    def _pad_run(self, g0: int, g1: int) -> NDArray[np.uint32]:
+    def _pad_run(self, g0: int, g1: int, scratch: Scratch | None = None) -> NDArray[np.uint32]:
         """The offset of consecutive groups ``[g0, g1)``: keystream words ``[255 g0, 255 g1)``."""
         assert self.pad_key is not None
         w0, w1 = N_POS * g0, N_POS * g1
         block = w0 // 4  # 4 words per AES block
         n = 4 * (w1 - 4 * block)
-        raw = np.empty(n + 15, np.uint8)  # update_into wants a block's slack; 3x faster than update
+        # update_into wants a block's slack; 3x faster than update
+        raw = np.empty(n + 15, np.uint8) if scratch is None else scratch.get("pad", (n + 15,), np.uint8)
         nblk = -(-n // 16)
         key = self.pad_key
 

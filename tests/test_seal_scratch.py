@@ -1,0 +1,84 @@
+"""The irs4 seal's reused work arrays (`_strata.Scratch`): the same words as fresh arrays, kept per thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import _native, _strata, files
+from paramseal.seal import SealConfig
+
+needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
+
+
+def _model(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "a": (0.02 * rng.standard_normal((311, 257))).astype(np.float32),
+        "b": (0.05 * rng.standard_normal(70_001)).astype(np.float32),
+        "ids": np.arange(5000, dtype=np.int64),
+    }
+
+
+def test_scratch_reuses_a_buffer_per_thread_and_grows_it() -> None:
+    sc = _strata.Scratch()
+    a = sc.get("x", (4, 8), np.uint32)
+    b = sc.get("x", (2, 8), np.uint32)
+    assert b.shape == (2, 8) and b.dtype == np.uint32 and np.shares_memory(a, b)
+    c = sc.get("x", (10, 8), np.uint32)
+    assert c.shape == (10, 8) and c.flags.c_contiguous
+    assert not np.shares_memory(sc.get("y", (4, 8), np.uint32), c)  # names are apart
+    assert sc.get("x", (2, 8), np.uint8).dtype == np.uint8  # another dtype: another array
+    got: list[np.ndarray] = []
+    th = threading.Thread(target=lambda: got.append(sc.get("x", (2, 8), np.uint8)))
+    th.start()
+    th.join()
+    assert not np.shares_memory(got[0], sc.get("x", (2, 8), np.uint8))  # each thread its own
+
+
+@needs_lib
+def test_batches_with_scratch_give_the_words_of_fresh_arrays(key: paramseal.Key) -> None:
+    model = _model(0)
+    specs = SealConfig(level="standard").specs(model)
+    flats = [helpers.uview(np.ascontiguousarray(model[s.name])).reshape(-1) for s in specs]
+    st = _strata.plan(specs, key, bytes(range(16)))
+    data = st.pack_data(flats)
+    sc = _strata.Scratch()
+    words = []
+    for g0, g1 in [(0, st.G // 2), (st.G // 2, st.G), (3, 7)]:
+        g = np.arange(g0, g1, dtype=np.int64)
+        want_pad = st.pad(g)
+        pad = st.pad(g, sc)
+        assert np.array_equal(pad, want_pad)
+        want = st.seal_words(flats, data, g0, g1, want_pad)
+        got = st.seal_words(flats, data, g0, g1, pad, sc)
+        assert np.array_equal(got, want)
+        words.append(got)
+        outs = [np.zeros_like(f) for f in flats]
+        ref = [np.zeros_like(f) for f in flats]
+        st.scatter(outs, got, g0, g1, pad, sc)
+        st.scatter(ref, want, g0, g1, want_pad)
+        assert all(np.array_equal(a, b) for a, b in zip(outs, ref, strict=True))
+    assert np.shares_memory(words[0], words[1])  # the second batch reused the first's array
+
+
+@needs_lib
+def test_file_seal_keeps_its_work_arrays(key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file seal takes its superblock and tag arrays from a Scratch, and seals the same bytes as one without."""
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(range(n)))  # the salt
+    src = helpers.write_st(tmp_path / "m.safetensors", _model(1))
+    names: set[str] = set()
+    real = _strata.Scratch.get
+    monkeypatch.setattr(_strata.Scratch, "get", lambda self, n, *a: names.add(n) or real(self, n, *a))
+    files.seal_file(src, tmp_path / "a.safetensors", key)
+    assert {"pad", "words", "strata", "blocks <u4"} <= names
+    with monkeypatch.context() as m:  # fresh arrays everywhere: the same file
+        m.setattr(_strata.Scratch, "get", lambda self, n, shape, dtype: np.empty(shape, dtype))
+        files.seal_file(src, tmp_path / "b.safetensors", key)
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
