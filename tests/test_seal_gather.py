@@ -1,0 +1,87 @@
+"""The seal's compiled gather (``ps_gather``) on batches as large as a superblock's: AVX-512 paths and plain C agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from paramseal import _native
+
+needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
+KEEP = 0xFFFFFF00
+
+
+Case = tuple[list[np.ndarray], tuple[np.ndarray, ...], np.ndarray]
+
+
+def _case(seed: int, ng: int, F: int, nperm: int, cut: int) -> Case:
+    """Sources of F strata (stratum j in two pieces, cut at row ``cut`` + j: runs of rows end there), pieces, perms."""
+    rng = np.random.default_rng(seed)
+    srcs = [rng.integers(0, 2**32, ng, dtype=np.uint32) & np.uint32(0xBFFFFFFF) for _ in range(2 * F)]
+    pstart = np.arange(0, 2 * F + 1, 2, dtype=np.int64)
+    ends = np.array([[min(cut + j, ng), ng] for j in range(F)], np.int64).reshape(-1)
+    # piece 2j + 1 starts at row ends[2j]: its address is that of its row 0
+    base = np.array([srcs[q].ctypes.data - (4 * int(ends[q - 1]) if q % 2 else 0) for q in range(2 * F)], np.uint64)
+    fd = np.full(2 * F, -1, np.int32)
+    perm = np.tile(np.arange(255, dtype=np.int16), (nperm, 1))
+    for i in range(nperm):
+        perm[i, :F] = rng.permutation(F)
+    return srcs, (pstart, ends, base, fd), perm
+
+
+def _gather(ng: int, g0: int, perm: np.ndarray, F: int, pieces: tuple[np.ndarray, ...], pad: np.ndarray) -> tuple:
+    w = np.full((ng, 255), 0x5A5A5A5A, np.uint32)  # data positions are left as they are
+    return w, _native.gather(w, g0, perm, F, pieces, pad, KEEP)  # type: ignore[arg-type]
+
+
+@needs_lib
+@pytest.mark.parametrize(
+    ("ng", "g0", "F", "nperm", "cut"),
+    [
+        (6000, 250, 255, 256, 2500),  # long runs of rows, the permutations wrapping
+        (6000, 3, 200, 256, 100),  # data strata left as they are
+        (5000, 7, 255, 1, 4000),  # unpermuted
+        (5000, 1, 192, 5, 2100),  # few permutations
+    ],
+)
+def test_long_batches_gather_as_the_plain_loop(
+    ng: int, g0: int, F: int, nperm: int, cut: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srcs, pieces, perm = _case(ng + F, ng, F, nperm, cut)
+    pad = np.random.default_rng(1).integers(0, 2**32, (ng, 255), dtype=np.uint32)
+    got = {}
+    for simd in (True, False):
+        monkeypatch.setattr(_native, "SIMD", simd)
+        got[simd] = _gather(ng, g0, perm, F, pieces, pad)
+    assert got[True][1] == got[False][1] == -1
+    assert np.array_equal(got[True][0], got[False][0])
+    # the reference itself: position p of row r holds stratum perm[(g0 + r) % nperm][p]'s word, XOR pad, masked
+    r = np.arange(ng)
+    for p in (0, 77, 254):
+        j = perm[(g0 + r) % nperm, p].astype(np.int64)
+        fl = j < F
+        cuts = pieces[1][0::2]  # piece 2j + 1's row r is word r - cut of its source
+        src = np.stack(
+            [np.where(r < c, srcs[2 * i], srcs[2 * i + 1][np.maximum(r - c, 0)]) for i, c in enumerate(cuts)]
+        )
+        want = (src[j[fl], r[fl]] ^ pad[r[fl], p]) & np.uint32(KEEP)
+        assert np.array_equal(got[True][0][r[fl], p], want)
+        assert (got[True][0][r[~fl], p] == 0x5A5A5A5A).all()
+
+
+@needs_lib
+@pytest.mark.parametrize("row", [10, 2600, 5999])
+def test_long_batches_report_the_first_nan_as_the_plain_loop(row: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    ng, F = 6000, 255
+    srcs, pieces, perm = _case(9, ng, F, 256, 2500)
+    j = 17
+    cut = int(pieces[1][2 * j])
+    src, at = (srcs[2 * j], row) if row < cut else (srcs[2 * j + 1], row - cut)
+    src[at] = 0x7F800000  # Inf
+    src[min(at + 1, src.size - 1)] = 0xFFC00000  # a NaN after it
+    pad = np.zeros((ng, 255), np.uint32)
+    hits = []
+    for simd in (True, False):
+        monkeypatch.setattr(_native, "SIMD", simd)
+        hits.append(_gather(ng, 0, perm, F, pieces, pad)[1])
+    assert hits[0] == hits[1] == row * 255 + int(np.flatnonzero(perm[row % 256] == j)[0])
