@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from pathlib import Path
 
 import helpers
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _native, _strata, files
+from paramseal import _native, _sealing, _strata, files
 from paramseal.seal import SealConfig
 
 needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
@@ -82,3 +83,25 @@ def test_file_seal_keeps_its_work_arrays(key: paramseal.Key, tmp_path: Path, mon
         m.setattr(_strata.Scratch, "get", lambda self, n, shape, dtype: np.empty(shape, dtype))
         files.seal_file(src, tmp_path / "b.safetensors", key)
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+@needs_lib
+def test_superblock_arrays_are_let_go_before_the_tag_pass(
+    key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The superblocks' Scratch (about 100 MiB a thread) is gone when the tag pass reads its chunks."""
+    src = helpers.write_st(tmp_path / "m.safetensors", _model(2))
+    made: list[weakref.ref[_strata.Scratch]] = []
+    real_init = _strata.Scratch.__init__
+    monkeypatch.setattr(_strata.Scratch, "__init__", lambda self: made.append(weakref.ref(self)) or real_init(self))
+    seen: list[bool] = []
+    real_read = _sealing.read_blocks
+
+    def read(flat: np.ndarray, spec: object, r0: int, r1: int, scratch: object = None) -> np.ndarray:
+        if scratch is not None:
+            seen.append(made[0]() is None and made[-1]() is scratch)  # (__init__ runs again in each thread)
+        return real_read(flat, spec, r0, r1, scratch)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_sealing, "read_blocks", read)
+    files.seal_file(src, tmp_path / "a.safetensors", key)
+    assert seen and all(seen)  # the first (the superblocks') is gone

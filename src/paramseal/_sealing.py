@@ -235,9 +235,9 @@ def _seal_irs(
     """Seal with the irs4 code: parity per superblock of groups, then tags chunk by chunk.
 
     Both passes run one item per core, at most four at a time (`task_map`, with the compiled
-    kernels). Memory: a superblock or tag chunk per item in flight (about 100 MiB each), the
-    integer tensors' words and the code tables; the model itself is read and written through
-    ``flats`` and ``outs`` (memory maps for files).
+    kernels). Memory: a superblock's work arrays per thread, kept from one superblock to the next,
+    then a tag chunk per thread (about 100 MiB each), the integer tensors' words and the code
+    tables; the model itself is read and written through ``flats`` and ``outs`` (memory maps for files).
     """
     prog = progress or Progress.null()
     carriers = emb.carriers
@@ -274,6 +274,7 @@ def _seal_irs(
     # must not enter (numba's workqueue layer aborts), and it fills the cores itself.
     side_by_side = task_map if _native.encodes(code) else in_turn
     side_by_side(superblock, range(outer.superblocks))
+    scratch = _strata.Scratch()  # the superblocks' arrays go: the tag pass keeps one chunk a thread
     mac = BlockMac(key)
 
     @functools.lru_cache(maxsize=8)  # the tensors being tagged (a few at a time: memory stays bounded)
