@@ -8,7 +8,6 @@ Separate from `_embed` (planning, writing and reading the records and copies), w
 from __future__ import annotations
 
 import collections
-import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _bits
+from . import _bits, _json
 from ._embed import (
     _HEADER_MIN,
     CARRIERS,
@@ -168,8 +167,8 @@ def _lengths(data: bytes) -> list[int]:
     text = data.decode("latin-1")  # a byte a character: offsets stay byte offsets
     for p in starts:
         try:
-            obj, end = json.JSONDecoder().raw_decode(text, p)
-        except (ValueError, RecursionError):
+            obj, end = _json.raw_decode(text, p)
+        except ValueError:
             continue
         if isinstance(obj, dict):
             out.add(end - p)

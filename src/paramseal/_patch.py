@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from . import _json
 from ._bits import uint_view
 from ._findings import metadata_findings, usable
 from ._layout import TensorSpec
@@ -199,7 +200,7 @@ def patch_in_place(path: Path, chk: Check, rec: Recovery, meta: dict[str, str]) 
         return False
     body = raw.rstrip(b" ")
     try:  # the same JSON object in the same compact form (key order aside: the input's is kept)
-        cur = json.loads(body)
+        cur = _json.loads(body)
         if json.dumps(cur, separators=(",", ":")).encode() != body:
             return False
         if cur != json.loads(st_format.header_json(lay.entries, meta)):

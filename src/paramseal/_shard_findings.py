@@ -8,11 +8,11 @@ report of the shards'. Kept apart from `_shard_set`, which reads the records and
 from __future__ import annotations
 
 import fnmatch
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from . import _json
 from ._shard_index import Index
 from ._shard_set import UNTRUSTED, _all_text, _listing
 from .errors import ParamSealError
@@ -95,7 +95,7 @@ def _set_issues(
             grave.append(f"shard '{shard}' carries no set record (not sealed as part of this checkpoint)")
             continue
         try:
-            rec = json.loads(text)
+            rec = _json.loads(text)
             if not _all_text(rec):
                 raise TypeError("not text")  # forged with the key: sorted with the others below, it crashed
             ids.setdefault(rec["set"], []).append(shard)

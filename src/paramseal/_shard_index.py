@@ -7,11 +7,11 @@ whose index is lost is still a sealed checkpoint when they are there.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import _json
 from .errors import FormatError, InputError, ParamSealError, UsageError
 from .formats import safetensors as st_format
 from .header import SET_KEY
@@ -109,13 +109,13 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
     except OSError as e:  # unreadable is not tampering (recover would replace it): a bad input
         raise InputError(f"cannot read '{p}': {e.strerror or e}") from None
     try:
-        raw = json.loads(text.decode("utf-8"))
+        raw = _json.loads(text)
         if not isinstance(raw, dict):  # else Python's own words ("list indices must be integers...")
             raise TypeError(f"it holds a JSON {type(raw).__name__}, not an object")
         wm = raw["weight_map"]
         if not isinstance(wm, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in wm.items()):
             raise TypeError("weight_map must map tensor names to file names")
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, RecursionError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise FormatError(
             f"'{p}' is not a valid safetensors index ({e}); expected {{\"weight_map\": {{...}}}}"
         ) from None
@@ -134,8 +134,8 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
 def salvage(path: Path) -> dict[str, Any]:
     """What can be read of a broken index: its JSON object, or nothing."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        raw = _json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return {}
     return raw if isinstance(raw, dict) else {}
 

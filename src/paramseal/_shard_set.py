@@ -9,11 +9,10 @@ the merged report, are `_shard_findings`'.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from . import files
+from . import _json, files
 from ._embed import header_copies
 from ._shard_index import INDEX, INDEX_SUFFIX, Index, index_files, read_index, salvage, set_files
 from .errors import FormatError, ParamSealError, UsageError
@@ -136,9 +135,9 @@ def _all_text(rec: Any) -> bool:
 def _parsed(text: str | None) -> dict[str, Any] | None:
     """A set record as a dict, when well-formed (set id and shard names text, the shard's a plain file name)."""
     try:
-        rec = json.loads(text or "")  # UNTRUSTED is no JSON either
+        rec = _json.loads(text or "")  # UNTRUSTED is no JSON either
         ok = _all_text(rec)
-    except (ValueError, KeyError, TypeError, RecursionError):
+    except (ValueError, KeyError, TypeError):
         return None
     shard = rec["shard"] if ok else ""
     return rec if ok and Path(shard).name == shard and shard.endswith(".safetensors") else None
@@ -200,8 +199,8 @@ def _peek(path: Path, key: Key) -> tuple[list[str] | None, list[str]]:
 def _listing(record: str | None) -> list[str]:
     """The shard names (text) a set record's JSON lists; none when it is no well-formed record."""
     try:
-        return [n for n in json.loads(record or "")["shards"] if isinstance(n, str)]
-    except (ValueError, KeyError, TypeError, RecursionError):
+        return [n for n in _json.loads(record or "")["shards"] if isinstance(n, str)]
+    except (ValueError, KeyError, TypeError):
         return []
 
 
@@ -237,8 +236,8 @@ def _locate(folder: Path, idx: Index, key: Key) -> tuple[list[str], dict[str, An
 def _claimed(path: Path) -> str | None:
     """The shard a file's set record names, unauthenticated: only to choose whether to look further."""
     try:
-        return str(json.loads(st_format.read_layout(path).metadata[SET_KEY])["shard"])
-    except (ParamSealError, OSError, ValueError, KeyError, TypeError, RecursionError):
+        return str(_json.loads(st_format.read_layout(path).metadata[SET_KEY])["shard"])
+    except (ParamSealError, OSError, ValueError, KeyError, TypeError):
         return None
 
 
@@ -263,11 +262,11 @@ def _placement(folder: Path, key: Key, everything: list[str], peeked: dict[str, 
     holders: dict[str, list[str]] = {}
     for f in [*peeked, *others]:
         try:
-            rec = json.loads(_record(folder / f, key) or "")  # UNTRUSTED is no JSON either
+            rec = _json.loads(_record(folder / f, key) or "")  # UNTRUSTED is no JSON either
             names = tuple(rec["shards"])
             if not all(isinstance(n, str) for n in [rec["set"], rec["shard"], *names]):
                 raise TypeError("not text")
-        except (ParamSealError, OSError, ValueError, KeyError, TypeError, RecursionError):
+        except (ParamSealError, OSError, ValueError, KeyError, TypeError):
             if f in peeked:
                 return None
             continue  # a file beside the shards, not one of them

@@ -9,7 +9,6 @@ Which header a file is checked against is `_file_header`'s; recovering a file is
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _embed, _embed_find
+from . import _embed, _embed_find, _json
 from ._bits import uint_view
 from ._file_header import check_loaded, first_authentic, own_header, prefixed_errors
 from ._inspect import describe
@@ -298,8 +297,8 @@ def read_header(path: PathLike, key: Key | None = None) -> str:
         if p.suffix.lower() == ".json":
             texts = [p.read_text(encoding="utf-8").strip()]  # the output carries it: a saved newline dropped
             try:  # config.json given by mistake: "malformed header, the model cannot be trusted" blamed the model
-                body = json.loads(texts[0])
-            except (ValueError, RecursionError):  # RecursionError: nested too deep
+                body = _json.loads(texts[0])
+            except ValueError:
                 body = None
             if not (isinstance(body, dict) and "scheme" in body):
                 raise UsageError(

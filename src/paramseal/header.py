@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _embed, _embed_merge, _outer, _strata
+from . import _embed, _embed_merge, _json, _outer, _strata
 from ._header_body import (
     CODE_NAME,
     OWN_PREFIX,
@@ -83,9 +83,9 @@ def _too_deep(value: object) -> bool:
 
 def _loads(text: str) -> Any:
     """``json.loads`` of a header, refusing one nested too deep to be serialised or printed again."""
-    body = json.loads(text)
+    body = _json.loads(text)
     if _too_deep(body):
-        raise RecursionError
+        raise _json.TooDeepError
     return body
 
 
@@ -93,7 +93,7 @@ def _malformed(text: str, e: BaseException) -> str:
     """What is wrong with a header that does not parse, in words: not the JSON decoder's line and column."""
     if isinstance(e, json.JSONDecodeError):
         return "it is empty" if not text.strip() else "it is not JSON"
-    if isinstance(e, RecursionError):
+    if isinstance(e, _json.TooDeepError):
         return "it is nested too deep"
     if isinstance(e, KeyError):
         return f"it has no {e} field"
@@ -116,7 +116,7 @@ def parse_header(text: str, key: Key) -> Header:
         meta_copy = body.pop("user_metadata", None) if body.get("scheme") != "paramseal/1" else None
         if not (isinstance(claimed, str) and len(claimed) == 64 and all(c in "0123456789abcdef" for c in claimed)):
             raise ValueError("its MAC is not 64 hex digits")
-    except (ValueError, KeyError, TypeError, RecursionError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         why = _malformed(text, e)
         raise HeaderAuthError(
             f"the ParamSeal header is malformed ({why}); it was edited or corrupted, so the model cannot be trusted",
@@ -419,7 +419,7 @@ def peek_header(text: str) -> dict[str, Any]:
         if len(text) > _MAX_HEADER_CHARS:
             raise ValueError(f"it is {len(text)} characters long")
         body = _loads(text)
-    except (ValueError, RecursionError) as e:
+    except ValueError as e:
         raise MalformedHeaderError(_malformed(text, e)) from None
     if not isinstance(body, dict):
         raise MalformedHeaderError(_no_object(body))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .. import _json
 from .._bits import uint_view
 from ..errors import UnsupportedError, UsageError
 from ..header import METADATA_KEY
@@ -74,9 +75,9 @@ def sealed_k(metadata: Mapping[str, str], tensors: Mapping[str, NDArray[Any]] | 
     if text is None:
         return {}
     try:
-        table = json.loads(text).get("tensors", [])
+        table = _json.loads(text).get("tensors", [])
         return {str(t["name"]): int(t["k"]) for t in table}
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):  # RecursionError: nested too deep
+    except (ValueError, TypeError, KeyError, AttributeError):
         return {}
 
 
@@ -427,8 +428,8 @@ def metadata(meta: Mapping[str, str], spec: AttackSpec, rng: Rng) -> dict[str, s
         del out[METADATA_KEY]
         return out
     try:
-        body = json.loads(out[METADATA_KEY])
-    except (ValueError, RecursionError):  # RecursionError: nested too deep
+        body = _json.loads(out[METADATA_KEY])
+    except ValueError:
         body = None
     if not isinstance(body, dict):  # edit changes one character of its salt: there is no salt to edit
         raise UsageError(

@@ -38,6 +38,7 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
+from .. import _json
 from .._embed import header_copies
 from .._pages import CHUNK_BYTES, read
 from ..errors import FormatError, UsageError
@@ -292,8 +293,8 @@ def _parse_metadata(arr: NDArray[np.generic], path: Path) -> dict[str, str]:
     if arr.dtype.kind != "U" or arr.shape != ():
         raise FormatError(f"{bad}; found dtype {arr.dtype} and shape {arr.shape}")
     try:
-        meta = json.loads(str(arr[()]))
-    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
+        meta = _json.loads(str(arr[()]))
+    except ValueError as e:
         raise FormatError(f"{bad}; it is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
         raise FormatError(f"{bad}; found {type(meta).__name__} with non-string entries")

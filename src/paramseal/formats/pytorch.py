@@ -54,6 +54,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from numpy.typing import NDArray
 
+from .. import _json
 from .._tempname import final_name, name_max, temp_prefix
 from ..errors import FormatError
 from ._torch_arrays import import_torch, numpy_to_tensor, tensor_to_numpy
@@ -354,7 +355,7 @@ def retie(state: dict[str, Any], metadata: Mapping[str, str], path: Path) -> dic
         "tensors (it names tensors, or places, that reading the written file would not give back); remove it"
     )
     try:
-        tied = json.loads(metadata[TIED_KEY])
+        tied = _json.loads(metadata[TIED_KEY])
         items = list(state.items())
         for alias, name, pos in sorted(tied, key=lambda e: e[2]):
             if not (isinstance(alias, str) and name in state and alias not in dict(items)):

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 from safetensors import SafetensorError, safe_open
 
+from .. import _json
 from .._pages import Mapping, copy_range, file_span
 from ..errors import FormatError, InputError
 from ..levels import NIBBLE, ST_TO_NP, ST_UNSEALED, dtype_name
@@ -152,8 +153,8 @@ def _parse_header_json(text: bytes, path: Path) -> dict[str, Any]:
     try:
         if not text.startswith(b"{"):
             raise ValueError("the header is not a JSON object")
-        header = json.loads(text.decode("utf-8"), object_pairs_hook=_unique_keys)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
+        header = _json.loads(text, object_pairs_hook=_unique_keys)
+    except ValueError as e:
         raise FormatError(f"'{path}' has a malformed safetensors header (invalid JSON: {e})") from None
     if not isinstance(header, dict):
         raise FormatError(f"'{path}' has a malformed safetensors header: not a JSON object")
