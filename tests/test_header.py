@@ -477,3 +477,34 @@ def test_an_unauthenticated_scheme_is_quoted_cut_short(
     with pytest.raises(FormatError, match=r"scheme \(?'(paramseal/)?x{10,}\.\.\.[ )]") as ei:
         parse_header(text, key)
     assert len(str(ei.value)) < 400, str(ei.value)[:500]
+
+
+@pytest.mark.parametrize("code", ["lanes", "irs"])
+def test_a_header_with_carriers_is_not_written_again_to_size_its_copies(
+    tmp_path: Path, key: paramseal.Key, code: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """parse_header serialised and MAC'd the header once more (``Header.to_json``) to know the length of the copy
+    its carriers hold: the canonical body it authenticates is that copy but for its MAC, and gives the same length."""
+    from paramseal._embed_merge import RECORD_BYTES, blocks_needed
+    from paramseal.header import Header
+
+    rng = np.random.default_rng(3)
+    src = helpers.write_st(tmp_path / "m.safetensors", {"w": rng.standard_normal((512, 256)).astype(np.float32)}, {})
+    files.seal_file(src, tmp_path / "s.safetensors", key, code=code)
+    text = helpers.read_st(tmp_path / "s.safetensors")[1][METADATA_KEY]
+    h = parse_header(text, key)
+    (c,) = h.carriers
+    need = RECORD_BYTES + h.copies * len(h.to_json(key, embedded=True))
+    body = json.loads(text)
+    del body["hmac"], body["user_metadata"]
+
+    def forged(reserved: int) -> str:
+        body["tensors"][c]["reserved"] = reserved
+        return json.dumps(body | {"hmac": _mac(key, body)})
+
+    enough, short = forged(blocks_needed(h.tensors[c].k, need)), forged(blocks_needed(h.tensors[c].k, need) - 1)
+    monkeypatch.setattr(Header, "to_json", lambda *_, **__: pytest.fail("the header was written again"))
+    assert parse_header(text, key).tensors == h.tensors
+    assert parse_header(enough, key).carriers == (c,)
+    with pytest.raises(FormatError, match=f"too few for a record and {h.copies} header copies \\({need} bytes\\)"):
+        parse_header(short, key)

@@ -157,7 +157,16 @@ def _canonical(body: dict[str, Any]) -> bytes:
 
 
 def _mac(key: Key, body: dict[str, Any]) -> str:
-    return hmac.new(key.derive("header"), _canonical(body), hashlib.sha256).hexdigest()
+    return _mac_of(key, _canonical(body))
+
+
+def _mac_of(key: Key, canonical: bytes) -> str:
+    """The header MAC of a body already in canonical JSON (`_canonical`)."""
+    return hmac.new(key.derive("header"), canonical, hashlib.sha256).hexdigest()
+
+
+#: What `Header.to_json` adds to the canonical body for the MAC: ``,"hmac":"<64 hex digits>"`` (all ASCII).
+HMAC_FIELD_CHARS = len(',"hmac":""') + 64
 
 
 def _own_digest(meta: dict[str, str]) -> str | None:

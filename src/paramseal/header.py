@@ -22,6 +22,7 @@ import numpy as np
 from . import _embed, _embed_merge, _json, _outer, _strata
 from ._header_body import (
     CODE_NAME,
+    HMAC_FIELD_CHARS,
     OWN_PREFIX,
     SCHEME,
     SCHEME_IRS,
@@ -29,6 +30,7 @@ from ._header_body import (
     Header,
     _canonical,
     _mac,
+    _mac_of,
     _own_digest,
     metadata_digest,
     own_entries,
@@ -143,7 +145,8 @@ def parse_header(text: str, key: Key) -> Header:
                 reason="does not authenticate (its key fingerprint was edited)",
             )
         raise KeyMismatchError(stored_fp, key.fingerprint)
-    if not hmac.compare_digest(claimed, _mac(key, body)):
+    canonical = _canonical(body)
+    if not hmac.compare_digest(claimed, _mac_of(key, canonical)):
         raise HeaderAuthError(
             "the ParamSeal header does not authenticate: its settings or tensor table were edited; "
             "the weights cannot be checked against an untrusted header",
@@ -214,7 +217,9 @@ def parse_header(text: str, key: Key) -> Header:
         )
     except (KeyError, TypeError, ValueError, OverflowError) as e:  # authenticated but unreadable: a writer bug
         raise FormatError(f"the ParamSeal header is authentic but unreadable: {_malformed(text, e)}") from None
-    if problems := _unreadable_fields(h, body) or _reserved_problems(h, key):
+    # Past _unreadable_fields, ``body`` is what ``h`` writes again (`_not_as_written`): its canonical JSON and the
+    # MAC are the embedded copy's, whose length the carriers must hold (without writing the header once more).
+    if problems := _unreadable_fields(h, body) or _reserved_problems(h, len(canonical) + HMAC_FIELD_CHARS):
         raise FormatError(
             f"the ParamSeal header is authentic but unreadable: {_listed(problems)}. Seal never writes these: "
             "the header was written by another tool, by hand, or by a newer ParamSeal (upgrade ParamSeal, or "
@@ -288,13 +293,12 @@ def _listed(problems: list[str]) -> str:
     return "; ".join(shown) + (f"; and {more} more" if more else "")
 
 
-def _reserved_problems(h: Header, key: Key) -> list[str]:
+def _reserved_problems(h: Header, copy: int) -> list[str]:
     """The tensors whose reserved blocks cannot hold what recover writes back into them (`_embed.reserved_content`).
 
-    Each holds a record, and a carrier its header copies too: a carrier seal never chose (an integer tensor, one
-    too small) made recover end in an internal error.
+    Each holds a record, and a carrier its header copies too (``copy`` bytes each, ``h.to_json(key, embedded=True)``):
+    a carrier seal never chose (an integer tensor, one too small) made recover end in an internal error.
     """
-    copy = len(h.to_json(key, embedded=True)) if h.carriers else 0
     out = []
     for i, t in enumerate(h.tensors):
         need = _embed_merge.RECORD_BYTES + (h.copies * copy if i in h.carriers else 0)
@@ -341,6 +345,8 @@ def _external_count(t: TensorSpec) -> int:
 def _not_as_written(h: Header, body: Mapping[str, Any]) -> list[str]:
     """The fields of ``body`` that ``h``, written again, does not hold as given: read otherwise, or not at all."""
     again = h.body()
+    if _canonical(dict(body)) == _canonical(again):  # as written, the usual case: one serialisation, not one a field
+        return []
     out = _differences(body, again, _fields(h.scheme)[1])
     given = body.get("tensors")
     if isinstance(given, list) and len(given) == len(again["tensors"]):  # name the entries, field by field
