@@ -279,6 +279,10 @@ IGNORED = [
     (lambda b: b.update(carriers=[_at(b, "i")]), "tensor 'i' has 0 reserved blocks, too few for a record and 1", None),
     (lambda b: b.update(carriers=[_at(b, "b")]), "tensor 'b' has 0 reserved blocks, too few for a record and 1", None),
     (lambda b: b.update(carriers=[_at(b, "w")]), "tensor 'w' has 1 reserved blocks, too few for a record and 1", None),
+    # a count seal never chooses outside the carriers (a record's blocks where one fits, else none) verified intact
+    (lambda b: _entry(b, "w").update(reserved=2), "tensor 'w' has 2 reserved blocks, expected 1 (a record's)", None),
+    (lambda b: _entry(b, "w").update(reserved=0), "tensor 'w' has 0 reserved blocks, expected 1 (a record's)", None),
+    (lambda b: _entry(b, "b").update(reserved=1), "tensor 'b' has 1 reserved blocks, expected 0 (no room for", None),
     # recover exited 0 and wrote a safetensors file its own reader refuses ('w' at an offset leaving unused bytes)
     (lambda b: _entry(b, "b").update(name="w"), "its tensor table names 'w' more than once, expected distinct", None),
     (lambda b: b["external_tags"].update({"9": ""}), "external_tags names tensor 9", None),
@@ -361,7 +365,7 @@ def _huge(body: dict, how: str) -> str:
     if how == "resized":
         w["shape"], said = [2**20, 2**20], "'w' (shape changed from [1048576, 1048576] to [64, 256])"
     else:
-        body["tensors"].append({**w, "name": "zz", "shape": [2**20, 2**20], "reserved": 0})
+        body["tensors"].append({**w, "name": "zz", "shape": [2**20, 2**20]})  # w's k: a record's blocks, as w
         said = "'zz' (missing)"
     if body["scheme"] == "paramseal/3":  # strata as the new table gives them: the header is consistent, only huge
         table = [TensorSpec(t["name"], t["dtype"], tuple(t["shape"]), t["k"], t["reserved"]) for t in body["tensors"]]

@@ -296,16 +296,29 @@ def _listed(problems: list[str]) -> str:
 def _reserved_problems(h: Header, copy: int) -> list[str]:
     """The tensors whose reserved blocks cannot hold what recover writes back into them (`_embed.reserved_content`).
 
-    Each holds a record, and a carrier its header copies too (``copy`` bytes each, ``h.to_json(key, embedded=True)``):
-    a carrier seal never chose (an integer tensor, one too small) made recover end in an internal error.
+    A carrier holds a record and its header copies (``copy`` bytes each, ``h.to_json(key, embedded=True)``): one seal
+    never chose (an integer tensor, one too small) made recover end in an internal error. Seal sized a carrier from
+    a bound on the header's length that its versions drew otherwise (the fields of its probe header), so only too
+    few blocks there are refused. Any other tensor holds a record's blocks where one fits, else none (v2 on): a count
+    seal never chooses verified intact.
     """
     out = []
     for i, t in enumerate(h.tensors):
-        need = _embed_merge.RECORD_BYTES + (h.copies * copy if i in h.carriers else 0)
-        if (t.reserved or i in h.carriers) and t.reserved * _embed_merge.block_bytes(t.k) < need:
-            what = f"a record and {h.copies} header copies" if i in h.carriers else "a record"
-            out.append(f"tensor {t.name!r} has {t.reserved} reserved blocks, too few for {what} ({need} bytes)")
+        if i in h.carriers:
+            need = _embed_merge.RECORD_BYTES + h.copies * copy
+            if t.reserved * _embed_merge.block_bytes(t.k) < need:
+                why = f"too few for a record and {h.copies} header copies ({need} bytes)"
+                out.append(f"tensor {t.name!r} has {t.reserved} reserved blocks, {why}")
+        elif h.scheme != "paramseal/1" and t.reserved != (want := _record_blocks(t)):
+            why = "a record's" if want else "no room for a record"
+            out.append(f"tensor {t.name!r} has {t.reserved} reserved blocks, expected {want} ({why})")
     return out
+
+
+def _record_blocks(t: TensorSpec) -> int:
+    """The blocks seal reserves in ``t`` when it is no carrier (`_embed.plan`): a record's where one fits, else 0."""
+    n = _embed_merge.blocks_needed(t.k, _embed_merge.RECORD_BYTES)
+    return n if t.is_float and t.numel // BLOCK >= n else 0
 
 
 def _irs_table_problems(h: Header) -> list[str]:
