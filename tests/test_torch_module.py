@@ -302,6 +302,22 @@ def test_re_pointed_or_broken_tie_is_tampering_and_recover_reties(key: paramseal
     assert net["c"].weight is net["a"].weight and pst.verify_module(net, key, header).status == "intact"
 
 
+@pytest.mark.parametrize("entry", ["[" * 100000, "[[1, 2]]", '[["c.weight", "a.weight", "0"]]', "{}", "7"])
+def test_an_authentic_ties_entry_seal_never_writes_is_refused_not_a_traceback(key: paramseal.Key, entry: str) -> None:
+    """recover_module parsed the sealed 'paramseal.tied' with a bare json.loads: a key holder's odd entry crashed it."""
+    import dataclasses
+
+    from paramseal.header import parse_header
+
+    net = _tied_abc(9, 128)
+    sealed = parse_header(pst.seal_module(net, key).header_json, key)
+    meta = {**(sealed.user_metadata or {}), "paramseal.tied": entry}
+    forged = dataclasses.replace(sealed, user_metadata=meta).to_json(key)  # MAC'd again, as a key holder can
+    net["c"].weight = net["b"].weight  # the tie re-pointed: recover must read the sealed entry to re-tie
+    with pytest.raises(paramseal.FormatError, match="authentic but unreadable: .*'paramseal.tied'"):
+        pst.recover_module(net, key, forged)
+
+
 def test_a_pt_saved_from_a_module_sealed_with_user_metadata_verifies_with_its_header(
     tmp_path: Path, key: paramseal.Key
 ) -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
@@ -40,8 +39,9 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from numpy.typing import NDArray
 
+from . import _json
 from ._weights_header import header_from_weights
-from .errors import UnsupportedError, UsageError
+from .errors import FormatError, UnsupportedError, UsageError
 from .formats.pytorch import TIED_KEY, import_torch, keep_metadata, numpy_to_tensor, tensor_to_numpy, untie
 from .header import METADATA_KEY, Header, parse_header, peek_header
 from .keys import Key, require_key
@@ -310,7 +310,7 @@ def _in_place(rep: Report, live: Mapping[str, Any], header_json: str, key: Key, 
     header = parse_header(header_json, key)
     missing = [t.name for t in header.tensors if t.name not in live]
     ties = (header.user_metadata or {}).get(TIED_KEY)
-    aliases = {alias for alias, _name, _pos in json.loads(ties)} if ties else set()
+    aliases = {alias for alias, _name, _pos in _tie_entries(ties)}
     extra = [n for n in rep.extra_tensors if n not in aliases]  # a sealed alias untied: recover re-ties it
     damaged = [n for n in anew if (f := rep.tensors.get(n)) and (f.tampered_blocks or f.issues or f.restored_indices)]
     notes = []
@@ -339,9 +339,32 @@ def _in_place(rep: Report, live: Mapping[str, Any], header_json: str, key: Key, 
 def _retie(module: torch.nn.Module, entry: str | None) -> None:
     """Point each tied name of the sealed metadata ``entry`` at its sealed tensor again."""
     state = _state(module)
-    for alias, name, _pos in json.loads(entry) if entry else []:
+    for alias, name, _pos in _tie_entries(entry):
         prefix, _, leaf = alias.rpartition(".")
         setattr(module.get_submodule(prefix), leaf, state[name])
+
+
+def _tie_entries(entry: str | None) -> list[tuple[str, str, int]]:
+    """The (alias, name, position) triples of a sealed ties entry; one seal never writes is refused.
+
+    The entry is authenticated, so only a key holder can write an odd one: refused as header.py
+    refuses an authentic header seal never writes, not a traceback.
+    """
+    if not entry:
+        return []
+    try:
+        tied = _json.loads(entry)
+    except ValueError:
+        tied = None
+    if isinstance(tied, list) and all(
+        isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[1], str) and type(e[2]) is int
+        for e in tied
+    ):
+        return [(e[0], e[1], e[2]) for e in tied]
+    raise FormatError(
+        f"the ParamSeal header is authentic but unreadable: its metadata entry '{TIED_KEY}' is not a list of "
+        "[alias, name, position] as seal writes it; seal the module again"
+    )
 
 
 def _same(a: NDArray[np.generic], b: NDArray[np.generic]) -> bool:
