@@ -1952,6 +1952,19 @@ def test_a_re_sharded_single_file_seal_is_never_recovered_over_its_own_shard(tmp
         assert helpers.listing(folder) == before, out
 
 
+def test_a_re_sharded_single_file_seal_is_never_recovered_into_its_own_folder(tmp_path: Path, key_file: Path) -> None:
+    """recover FOLDER FOLDER/out.safetensors (a new name) wrote the whole model among the shards it was read from
+    (exit 0): the input folder changed, and its next verify met a file no index lists. Refused, as a sealed set's
+    output folder inside its input is: exit 3, the folder as it was."""
+    folder, _ = _re_sharded(tmp_path, key_file)
+    before = helpers.listing(folder)
+    (folder / "sub").mkdir()
+    for out in (folder / "out.safetensors", folder / "sub" / "out.safetensors"):
+        rc, out_, err = helpers.run_cli(["recover", folder, out, "--key", key_file])
+        assert rc == 3 and "inside" in err and "the input" in err, (out, out_, err)
+        assert not out.exists() and helpers.listing(folder) == before
+
+
 def test_a_re_sharded_single_file_seal_recovered_onto_a_key_file_says_it_holds_a_key(
     tmp_path: Path, key_file: Path
 ) -> None:
