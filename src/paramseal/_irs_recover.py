@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _irs, _native, _outer, _strata
-from ._irs_consts import FLAG_BAD
+from ._irs_consts import FLAG_BAD, N_POS
 from ._pages import Workspace, release
 from ._parallel import in_turn, task_map
 from ._strata import GROUP_BATCH, DataRegion, Strata
@@ -198,12 +198,14 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
         # (tag and header-copy bits, which the rebuild writes anew; at k = 12 a fixed byte also
         # holds value bits). Counting those too made 4x as many under scattered damage (a tagged
         # word in every failed block), each one sorted and written.
-        r, c = np.nonzero(w != before)
-        fl, new = f[r, c], w[r, c]
+        # Flat indices: a 2-D nonzero and 2-D fancy indexing took twice as long.
+        at = np.flatnonzero(w.reshape(-1) != before.reshape(-1))
+        fl, new = f.reshape(-1)[at], w.reshape(-1)[at]
+        r, c = np.divmod(at, N_POS)
         rewritten = ~_irs.byte_mask(fl) & np.where(c < st.free_strata, np.uint32((1 << st.k) - 1), np.uint32(0))
-        keep = ((fl & FLAG_BAD) != 0) & (ok[r] >= 0) & (((new ^ before[r, c]) & ~rewritten) != 0)
-        r, c = r[keep], c[keep]
-        return st.vindex_at(g[r], c), new[keep] ^ pad[r, c]
+        keep = ((fl & FLAG_BAD) != 0) & (ok[r] >= 0) & (((new ^ before.reshape(-1)[at]) & ~rewritten) != 0)
+        at, r, c = at[keep], r[keep], c[keep]
+        return st.vindex_at(g[r], c), new[keep] ^ pad.reshape(-1)[at]
 
     # Batches side by side, one per core (as seal's superblocks): one's gather and numpy steps
     # overlap another's kernels. Only with the compiled decoder: numba's is a parallel kernel.
