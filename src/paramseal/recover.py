@@ -293,7 +293,9 @@ def finish_rebuilt(
         _embed.write_reserved(new, spec, content, np.arange(rows.size), at=rows)
     tags = _model.compute_tags(chk.mac, chk.header.salt, t, spec, new, internal, at=rows)
     inside = internal[rows]
-    if spec.is_float and inside.any():
+    if spec.is_float and inside.all():  # most often: written where they lie, without two copies of every block
+        write_tags(new, tags, spec.k)
+    elif spec.is_float and inside.any():
         sub = new[inside]
         write_tags(sub, tags[inside], spec.k)
         new[inside] = sub
