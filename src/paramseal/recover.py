@@ -198,22 +198,27 @@ def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, 
     # surviving parity agreed with it (irs4: or, decoding errors-only, the errors it located lie in
     # failed blocks and reproduce every syndrome, and the keyed group layout keeps anyone without
     # the key from making the words it trusts a codeword: see _strata). Rebuilt blocks whose tag
-    # lives in the header are checked against that authenticated tag here (for the others this
-    # re-reads the tag just written). A block that fails is not restored: it stays tampered, and
-    # the report names it.
+    # lives in the header are checked against that authenticated tag here (the others carry the
+    # tag just written, which a check could only confirm). A block that fails is not restored: it
+    # stays tampered, and the report names it.
     patches = dict(patches)
     for t, p in list(patches.items()):
         s = specs[t]
         internal = s.block_storage()[1]
         ext = chk.header.external_tags.get(t)
         before = np.cumsum(~internal) - 1  # index of each external block's tag
-        good = np.empty(p.rows.size, np.bool_)
-        for a in range(0, p.rows.size, _FINDINGS_STEP):  # a step at a time: the blocks may lie in a scratch file
-            rows, new = p.rows[a : a + _FINDINGS_STEP], p.new[a : a + _FINDINGS_STEP]
+        good = np.ones(p.rows.size, np.bool_)
+        # A float block that carries its own tag holds the one `finish_rebuilt` computed from this
+        # content: computing it again (a MAC over every rebuilt block) could only agree.
+        recheck = ~internal[p.rows] if s.is_float else np.ones(p.rows.size, np.bool_)
+        at = np.flatnonzero(recheck)
+        for a in range(0, at.size, _FINDINGS_STEP):  # a step at a time: the blocks may lie in a scratch file
+            i = at[a : a + _FINDINGS_STEP]
+            rows, new = p.rows[i], p.new[i]
             want = _model.compute_tags(chk.mac, chk.header.salt, t, s, new, internal, at=rows)
             mine = None if ext is None else ext[before[rows][~internal[rows]]]
-            good[a : a + rows.size] = want == _model.stored_tags(s, new, internal[rows], mine)
-            release(new)
+            good[i] = want == _model.stored_tags(s, new, internal[rows], mine)
+            release(p.new)
         if not good.all():
             chk.bad[t] = chk.bad[t].copy()
             chk.bad[t][p.rows[~good]] = True
