@@ -22,6 +22,7 @@ from . import _code, _embed, _model
 from ._bits import set_lo, write_tags
 from ._layout import ranges_mask
 from ._pages import SCATTERED_BLOCKS, Workspace, is_mapped, release
+from ._parallel import task_map
 from ._progress import Progress
 from .errors import UsageError
 from .keys import Key
@@ -310,23 +311,12 @@ _FINDINGS_STEP = 1 << 16  # rebuilt blocks compared with their tampered content 
 
 
 def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, TensorFinding]:
+    # Tensors side by side: under heavy damage every rebuilt block is read and compared (numpy only).
+    restored = dict(zip(patches, task_map(lambda t: _restored(chk, t, patches[t]), list(patches)), strict=True))
     out: dict[str, TensorFinding] = {}
     for t, spec in enumerate(chk.specs):
         f = base.tensors[spec.name]
-        restored_i: list[NDArray[np.int64]] = []
-        restored_x: list[NDArray[np.uint64]] = []
-        if t in patches:
-            p, ub = patches[t], chk.blocks[t]
-            for a in range(0, p.rows.size, _FINDINGS_STEP):  # bounded temporaries
-                rows = p.rows[a : a + _FINDINGS_STEP]
-                diff = (ub[rows] ^ p.new[a : a + _FINDINGS_STEP]).reshape(-1)
-                release(ub, p.new[a : a + _FINDINGS_STEP])
-                at = np.flatnonzero(diff)  # flat: a 2-D nonzero and fancy index took twice as long
-                r, c = np.divmod(at, ub.shape[1])
-                flat = rows[r] * 64 + c
-                keep = flat < spec.numel
-                restored_i.append(flat[keep])
-                restored_x.append(diff[at][keep].astype(np.uint64))
+        restored_i, restored_x = restored.get(t, ([], []))
         out[spec.name] = TensorFinding(
             spec.name,
             f.tampered_blocks,
@@ -339,6 +329,24 @@ def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, 
             f.moved_how,
         )
     return out
+
+
+def _restored(chk: Check, t: int, p: Patch) -> tuple[list[NDArray[np.int64]], list[NDArray[np.uint64]]]:
+    """The values of tensor ``t`` that ``p`` changes: their flat indices, and the XOR of old and new bits (parts)."""
+    spec, ub = chk.specs[t], chk.blocks[t]
+    restored_i: list[NDArray[np.int64]] = []
+    restored_x: list[NDArray[np.uint64]] = []
+    for a in range(0, p.rows.size, _FINDINGS_STEP):  # bounded temporaries
+        rows = p.rows[a : a + _FINDINGS_STEP]
+        diff = (ub[rows] ^ p.new[a : a + _FINDINGS_STEP]).reshape(-1)
+        release(ub, p.new[a : a + _FINDINGS_STEP])
+        at = np.flatnonzero(diff)  # flat: a 2-D nonzero and fancy index took twice as long
+        r, c = np.divmod(at, ub.shape[1])
+        flat = rows[r] * 64 + c
+        keep = flat < spec.numel
+        restored_i.append(flat[keep])
+        restored_x.append(diff[at][keep].astype(np.uint64))
+    return restored_i, restored_x
 
 
 __all__ = [
