@@ -219,7 +219,7 @@ def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, 
             want = _model.compute_tags(chk.mac, chk.header.salt, t, s, new, internal, at=rows)
             mine = None if ext is None else ext[before[rows][~internal[rows]]]
             good[i] = want == _model.stored_tags(s, new, internal[rows], mine)
-            release(p.new)
+            release(p.new[i[0] : i[-1] + 1])  # only the pages this step read (p.new may be a whole scratch file)
         if not good.all():
             chk.bad[t] = chk.bad[t].copy()
             chk.bad[t][p.rows[~good]] = True
