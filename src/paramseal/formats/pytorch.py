@@ -363,7 +363,7 @@ def retie(state: dict[str, Any], metadata: Mapping[str, str], path: Path) -> dic
             if type(pos) is not int or not 0 <= pos <= len(items):
                 raise bad
             items.insert(pos, (alias, state[name]))
-    except (ValueError, TypeError, KeyError, RecursionError):
+    except (ValueError, TypeError, KeyError, IndexError):  # IndexError: an entry of fewer than 3 items
         raise bad from None
     out = dict(items)
     unique, again = untie(out)  # reading the file must give this state and entry back
