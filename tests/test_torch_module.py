@@ -318,6 +318,36 @@ def test_an_authentic_ties_entry_seal_never_writes_is_refused_not_a_traceback(ke
         pst.recover_module(net, key, forged)
 
 
+@pytest.mark.parametrize(
+    ("entry", "named"),
+    [
+        ('[["c.weight", "nope.weight", 2]]', "tensor 'nope.weight'"),
+        ('[["zz.weight", "a.weight", 2]]', "submodule 'zz'"),
+    ],
+)
+def test_an_authentic_ties_entry_naming_what_the_module_lacks_is_refused_before_any_write(
+    key: paramseal.Key, entry: str, named: str
+) -> None:
+    """Well-formed, but naming a tensor or submodule the module lacks: recover_module wrote the restored values back
+    and then ended in a KeyError or AttributeError (the module half recovered, no reason given)."""
+    import dataclasses
+
+    from paramseal.header import parse_header
+
+    net = _tied_abc(9, 128)
+    sealed = parse_header(pst.seal_module(net, key).header_json, key)
+    meta = {**(sealed.user_metadata or {}), "paramseal.tied": entry}
+    forged = dataclasses.replace(sealed, user_metadata=meta).to_json(key)  # MAC'd again, as a key holder can
+    net["c"].weight = net["b"].weight  # the tie re-pointed: recover re-ties from the sealed entry
+    with torch.no_grad():
+        net["a"].weight[0, :5] += 1.0  # damage recover would write back
+    before = {n: t.detach().clone() for n, t in net.state_dict().items()}
+    with pytest.raises(paramseal.FormatError, match=f"authentic but unreadable: .*'paramseal.tied' ties to {named}"):
+        pst.recover_module(net, key, forged)
+    assert net["c"].weight is net["b"].weight  # nothing re-tied
+    assert all(torch.equal(t, before[n]) for n, t in net.state_dict().items())  # nothing written
+
+
 def test_a_pt_saved_from_a_module_sealed_with_user_metadata_verifies_with_its_header(
     tmp_path: Path, key: paramseal.Key
 ) -> None:

@@ -263,9 +263,11 @@ def recover_module(
     result = recover(current, key, header_json, **_with_ties(kw, header_json, key, tied))
     rep = _in_place(result.report, live, header_json, key, _made_anew(module, state))
     if rep.status == "recovered" or (allow_partial and rep.restored_count):
+        entry = result.metadata.get(TIED_KEY)
+        ties = _ties(module, entry) if entry != tied.get(TIED_KEY) else []  # refused before a value is written
         _write_back(live, {n: a for n, a in result.tensors.items() if n in live and not _same(a, current[n])})
-        if result.metadata.get(TIED_KEY) != tied.get(TIED_KEY):
-            _retie(module, result.metadata.get(TIED_KEY))
+        for owner, leaf, tensor in ties:
+            setattr(owner, leaf, tensor)
     elif rep.status != "intact":  # left as it was: the summary must not say its values were restored
         rep = dataclasses.replace(rep, written=False)
     return rep
@@ -336,12 +338,28 @@ def _in_place(rep: Report, live: Mapping[str, Any], header_json: str, key: Key, 
     return dataclasses.replace(rep, status=status, recoverable=False, notes=(*rep.notes, *notes))
 
 
-def _retie(module: torch.nn.Module, entry: str | None) -> None:
-    """Point each tied name of the sealed metadata ``entry`` at its sealed tensor again."""
+def _ties(module: torch.nn.Module, entry: str | None) -> list[tuple[torch.nn.Module, str, torch.Tensor]]:
+    """Where each tied name of the sealed metadata ``entry`` points again: (submodule, attribute, its sealed tensor).
+
+    All resolved before any is set: an authentic entry naming a tensor or a submodule the module lacks
+    (seal never writes one) is refused, the module left as it was.
+    """
     state = _state(module)
+    out = []
     for alias, name, _pos in _tie_entries(entry):
         prefix, _, leaf = alias.rpartition(".")
-        setattr(module.get_submodule(prefix), leaf, state[name])
+        try:
+            owner = module.get_submodule(prefix)
+        except AttributeError:
+            owner = None
+        if owner is None or name not in state:
+            missing = f"tensor {name!r}" if owner is not None else f"submodule {prefix!r} (of {alias!r})"
+            raise FormatError(
+                f"the ParamSeal header is authentic but unreadable: its metadata entry '{TIED_KEY}' ties to "
+                f"{missing}, which the module does not have; seal the module again"
+            )
+        out.append((owner, leaf, state[name]))
+    return out
 
 
 def _tie_entries(entry: str | None) -> list[tuple[str, str, int]]:
