@@ -536,6 +536,19 @@ def test_progress_counts_steps_from_threads_and_takes_a_new_total() -> None:
     assert out.getvalue().count("\r") == 41 and out.getvalue().rstrip().endswith("41/41 x")
 
 
+def test_progress_escapes_the_tensor_names_it_shows(
+    tmp_path: Path, key: paramseal.Key, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The progress line printed each step's tensor name raw: an escape sequence in a model's tensor name drove the
+    terminal while it was sealed, verified or recovered (error, warning and report lines escape it)."""
+    src = helpers.write_st(tmp_path / "m.safetensors", {"w\x1b[2J\u202e": np.ones((64, 64), np.float32)})
+    files.seal_file(src, tmp_path / "s.safetensors", key, progress=True)
+    assert files.verify_file(tmp_path / "s.safetensors", key, progress=True).status == "intact"
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\u202e" not in err, ascii(err)
+    assert "w\\x1b[2J\\u202e" in err, ascii(err)
+
+
 def test_read_ahead_yields_in_order_and_reads_the_next_item_while_one_is_worked_on() -> None:
     import threading
 

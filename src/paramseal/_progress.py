@@ -7,6 +7,8 @@ import threading
 import time
 from typing import TextIO
 
+from .errors import one_line
+
 
 class Progress:
     """Counts named steps; prints ``label: step i/n`` on a terminal, nothing otherwise."""
@@ -35,7 +37,8 @@ class Progress:
             if self.enabled:
                 frac = min(1.0, self.i / self.total)
                 bar = "#" * int(30 * frac)
-                self.stream.write(f"\r{self.label} [{bar:<30}] {self.i}/{self.total} {what[:40]:<40}")
+                # ``what`` names a tensor of the model: its control characters escaped, as in every line
+                self.stream.write(f"\r{self.label} [{bar:<30}] {self.i}/{self.total} {one_line(what)[:40]:<40}")
                 self.stream.flush()
 
     def done(self) -> None:
