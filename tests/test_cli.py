@@ -1238,25 +1238,32 @@ else:
 """
 
 
-@pytest.mark.parametrize("how", ["-m", "script"])
-def test_ctrl_c_while_the_program_starts_ends_quietly_with_130(tmp_path: Path, how: str) -> None:
-    """Ctrl-C while numpy, numba and the formats loaded printed a traceback (numpy's own could say
-    'numpy._core.umath failed to import', exit 1, the code for "tampered"); now it ends as it does later."""
-    import signal
+def _stalled_start(tmp_path: Path, how: str, **kw: Any) -> Any:
+    """The program started as ``python -m paramseal`` or as the installed script, stalled while numpy loads."""
     import subprocess
     import sys
 
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
     arg = "-m" if how == "-m" else str(pyproject)
     env = {**os.environ, "PYTHONPATH": str(Path(paramseal.__file__).parents[1])}
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-c", _STALLED_START, arg],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        **kw,
     )
+
+
+@pytest.mark.parametrize("how", ["-m", "script"])
+def test_ctrl_c_while_the_program_starts_ends_quietly_with_130(tmp_path: Path, how: str) -> None:
+    """Ctrl-C while numpy, numba and the formats loaded printed a traceback (numpy's own could say
+    'numpy._core.umath failed to import', exit 1, the code for "tampered"); now it ends as it does later."""
+    import signal
+
+    proc = _stalled_start(tmp_path, how)
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "importing numpy\n"
         proc.send_signal(signal.SIGINT)
@@ -1271,21 +1278,8 @@ def test_sigterm_while_the_program_starts_ends_with_its_code_and_a_message(tmp_p
     """`kill` while numpy, numba and the formats loaded (the first ~0.5 s) ended the program with the signal's own
     status (-15) and no word: the handlers were set only once a command ran. Now it ends as it does later."""
     import signal
-    import subprocess
-    import sys
 
-    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    arg = "-m" if how == "-m" else str(pyproject)
-    env = {**os.environ, "PYTHONPATH": str(Path(paramseal.__file__).parents[1])}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _STALLED_START, arg],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=helpers.default_signals,
-    )
+    proc = _stalled_start(tmp_path, how, preexec_fn=helpers.default_signals)
     signum = int(getattr(signal, sig))
     try:
         assert proc.stdout is not None and proc.stdout.readline() == "importing numpy\n"

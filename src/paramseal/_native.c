@@ -451,6 +451,17 @@ static int have_avx512bw(void)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 }
 
+/* 16 gathered words of a row (mask m): the row's first NaN or Inf noted, the pad XORed, the bits kp keeps stored. */
+MOVERS static inline void store16(uint32_t *out, const uint32_t *pd, int p, __mmask16 m, __m512i v, __m512i ex,
+                                  __m512i kp, int *first_nan)
+{
+    const __mmask16 nan = _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(v, ex), ex);
+    if (nan && *first_nan < 0)
+        *first_nan = p + __builtin_ctz(nan);
+    const __m512i x = _mm512_xor_si512(v, _mm512_maskz_loadu_epi32(m, pd + p));
+    _mm512_mask_storeu_epi32(out + p, m, _mm512_and_si512(x, kp));
+}
+
 /* Rows [r, lim) of ps_gather where every float stratum's source lies within 2^31 words above lo:
  * per row, 16 positions at a time, the stratum of each (perm), its source's word offset (offw, a
  * table of 255 in L1) and the word itself are gathered, so the row is written, and pad read, as a
@@ -471,11 +482,7 @@ MOVERS static int64_t gather_rows_avx512(uint32_t *w, int64_t r, int64_t lim, in
             const __mmask16 m = _mm512_mask_cmplt_epi32_mask(in_row, j, nf);
             const __m512i at = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, j, offw, 4);
             const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, at, src, 4);
-            const __mmask16 nan = _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(v, ex), ex);
-            if (nan && first_nan < 0)
-                first_nan = p + __builtin_ctz(nan);
-            const __m512i x = _mm512_xor_si512(v, _mm512_maskz_loadu_epi32(m, pd + p));
-            _mm512_mask_storeu_epi32(out + p, m, _mm512_and_si512(x, kp));
+            store16(out, pd, p, m, v, ex, kp, &first_nan);
         }
         if (first_nan >= 0 && check_nan)
             return r * 255 + first_nan;
@@ -501,11 +508,7 @@ MOVERS static int64_t gather_rows_tab_avx512(uint32_t *w, int64_t r, int64_t lim
             const __m512i idx = _mm512_load_si512(ar + p);
             const __mmask16 m = _mm512_mask_cmpneq_epi32_mask(in_row, idx, none);
             const __m512i v = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, src, 4);
-            const __mmask16 nan = _mm512_mask_cmpeq_epi32_mask(m, _mm512_and_si512(v, ex), ex);
-            if (nan && first_nan < 0)
-                first_nan = p + __builtin_ctz(nan);
-            const __m512i x = _mm512_xor_si512(v, _mm512_maskz_loadu_epi32(m, pd + p));
-            _mm512_mask_storeu_epi32(out + p, m, _mm512_and_si512(x, kp));
+            store16(out, pd, p, m, v, ex, kp, &first_nan);
         }
         if (first_nan >= 0 && check_nan)
             return r * 255 + first_nan;
