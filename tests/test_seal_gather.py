@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,18 @@ def test_long_batches_report_the_first_nan_as_the_plain_loop(row: int, monkeypat
         monkeypatch.setattr(_native, "SIMD", simd)
         hits.append(_gather(ng, 0, perm, F, pieces, pad)[1])
     assert hits[0] == hits[1] == row * 255 + int(np.flatnonzero(perm[row % 256] == j)[0])
+
+
+@needs_lib
+def test_a_staging_buffer_too_short_for_the_pieces_read_from_a_file_is_refused(tmp_path: Path) -> None:
+    """ps_gather preads [F, ng] words into ``stage``; a reused buffer (the seal keeps one a thread) was checked for
+    its type and layout only, so one too short would have been written past its end."""
+    ng, F = 64, 8
+    _, (pstart, ends, base, fd), perm = _case(3, ng, F, 1, 10)
+    with open(tmp_path / "model.bin", "wb+") as f:
+        f.write(bytes(4 * ng * 2 * F))
+        f.flush()
+        in_file = (pstart, ends, np.zeros_like(base), np.full_like(fd, f.fileno()))
+        w = np.zeros((ng, 255), np.uint32)
+        with pytest.raises(AssertionError):
+            _native.gather(w, 0, perm, F, in_file, np.zeros_like(w), KEEP, np.empty((F, ng - 1), np.uint32))  # type: ignore[arg-type]

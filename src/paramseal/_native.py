@@ -375,11 +375,13 @@ def gather(
     lib = _lib()
     assert lib is not None
     pstart, row_end, base, fd = pieces
-    if not (fd >= 0).any():
+    reads = bool((fd >= 0).any())
+    if not reads:
         stage = np.empty((1, 1), np.uint32)
     elif stage is None:
         stage = np.empty((F, w.shape[0]), np.uint32)
     assert stage.dtype == np.uint32 and stage.flags.c_contiguous
+    assert not reads or stage.size >= F * w.shape[0]  # pread fills [F, ng] words: a short buffer would overrun
     for a in (w, pad, perm, pstart, row_end, base, fd):
         assert a.flags.c_contiguous
     assert w.shape == pad.shape and w.shape[1] == _irs_consts.N_POS and pstart.size == F + 1
