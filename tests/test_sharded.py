@@ -1563,6 +1563,10 @@ def test_inspect_of_a_set_whose_every_shard_is_gone_still_exits_0_but_an_unreada
     rc, out, err = helpers.run_cli(["inspect", sealed_ckpt, "--json"])
     info = json.loads(out)
     assert rc == 0 and info["missing_shards"] == SHARDS and info["sealed_shards"] == 0 and info["tensors"] == 0, info
+    # the text said "note: only 0 block(s) ..." and "not sealed; what each level would give:", then nothing
+    rc, out, err = helpers.run_cli(["inspect", sealed_ckpt])
+    assert rc == 0 and "0 block(s)" not in out and "not sealed" not in out, out
+    assert out.splitlines()[-1] == "no shard of the set is there to describe; run verify", out
     (sealed_ckpt / sharded.INDEX).write_text("{not json")
     rc, out, err = helpers.run_cli(["inspect", sealed_ckpt])
     assert rc == 3 and out == "" and "is not a valid safetensors index" in err, err

@@ -317,7 +317,7 @@ def _inspect_text(info: dict[str, object]) -> str:
         f"{info['file']}: {_count(cast(int, info['tensors']), 'tensor')}, parameters by dtype {info['parameters']}"
     ]
     blocks = info.get("blocks")
-    if isinstance(blocks, int) and blocks < FEW_BLOCKS:
+    if isinstance(blocks, int) and 0 < blocks < FEW_BLOCKS:
         lines.append(
             f"note: only {blocks} block(s) of 64 values: damage counts in whole blocks and the bounds below hold "
             "for models of many blocks; one damaged block here may be beyond recovery"
@@ -351,6 +351,9 @@ def _inspect_text(info: dict[str, object]) -> str:
         elif isinstance(each, dict) and isinstance(seal, dict) and seal.get("set_id") is None:
             named = ", ".join(f"{n}: {i['set_id'] or 'none'}" for n, i in each.items() if "set_id" in i)
             lines.append(f"WARNING: the sealed shards' set records (read without the key) name no one set id: {named}")
+        if not info["tensors"] and not info["sealed_shards"]:  # every shard missing or unreadable
+            lines.append("no shard of the set is there to describe; run verify")
+            return "\n".join(map(one_line, lines))
     if info.get("cannot_seal"):
         lines.append(f"cannot be sealed: {info['cannot_seal']}")
     if info.get("header_problem"):
