@@ -1290,6 +1290,46 @@ def test_sigterm_while_the_program_starts_ends_with_its_code_and_a_message(tmp_p
     assert proc.returncode == 128 + signum and err == "terminated\n", (proc.returncode, err)
 
 
+_HUP_WHILE_RESETTING = """
+import os, signal, sys
+from paramseal import __main__ as entry
+
+real = signal.signal
+
+def reset_then_hup(sig, handler):
+    old = real(sig, handler)
+    if sig == signal.SIGTERM and handler is signal.SIG_DFL:  # SIGHUP arrives between the two resets
+        os.kill(os.getpid(), signal.SIGHUP)
+    return old
+
+signal.signal = reset_then_hup
+sys.argv = ["paramseal", "--version"]
+code = entry.main()
+os.write(1, b"returned %d\\n" % code)
+"""
+
+
+def test_sighup_while_the_entry_puts_the_default_handlers_back_is_no_traceback() -> None:
+    """A SIGHUP between the entry's two resets of its handlers (SIGTERM put back, SIGHUP not yet) met the CLI's
+    handler outside every try: a Terminated traceback. The resets now happen with both signals held, so it ends the
+    program by its default action once the command is done."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(paramseal.__file__).parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-c", _HUP_WHILE_RESETTING],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=helpers.default_signals,
+    )
+    assert "Traceback" not in proc.stderr and "Terminated" not in proc.stderr, proc.stderr
+    assert proc.returncode == -signal.SIGHUP and "paramseal" in proc.stdout, (proc.returncode, proc.stdout)
+
+
 def test_sigterm_before_the_cli_handles_it_ends_with_143_and_a_message(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:

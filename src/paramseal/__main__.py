@@ -63,8 +63,13 @@ def main() -> int:
         _say("interrupted")
         return 130
     finally:
+        # Held while put back: one arriving between two resets met the other's handler here, a traceback.
+        # Once released, a pending one takes its default action; the command is done by then.
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, stops) if stops and hasattr(signal, "pthread_sigmask") else None
         for s in stops:
             signal.signal(s, signal.SIG_DFL)
+        if held is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 if __name__ == "__main__":
