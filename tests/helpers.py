@@ -256,6 +256,26 @@ def write_st(path: Path, tensors: Mapping[str, np.ndarray], metadata: Mapping[st
     return Path(path)
 
 
+def write_checkpoint(
+    folder: Path,
+    shards: Mapping[str, Mapping[str, np.ndarray]],
+    metadata: Mapping[str, str] | None = None,
+    index_metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """A sharded checkpoint as Hugging Face writes one: each shard (``metadata`` in every one) and the index naming
+    the shard of each tensor (with ``index_metadata``, none if None). ``folder`` is made if it is not there."""
+    folder.mkdir(parents=True, exist_ok=True)
+    weight_map = {}
+    for shard, tensors in shards.items():
+        write_st(folder / shard, tensors, metadata)
+        weight_map.update(dict.fromkeys(tensors, shard))
+    index: dict[str, Any] = {"weight_map": weight_map}
+    if index_metadata is not None:
+        index = {"metadata": dict(index_metadata), **index}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    return folder
+
+
 def read_st(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Read tensors and metadata with the safetensors library itself."""
     from safetensors import safe_open

@@ -467,14 +467,8 @@ def test_files_stream_irs_with_awkward_integer_tensors(tmp_path: Path, key: para
 
 
 def test_sharded_irs_checkpoint_recovers(tmp_path: Path, key: paramseal.Key) -> None:
-    ck = tmp_path / "ck"
-    ck.mkdir()
-    weight_map = {}
-    for i in range(2):
-        t = {f"l{i}.{n}": a for n, a in _fp32_model(60_000, seed=i).items()}
-        stn.save_file(t, str(ck / f"s{i}.safetensors"))
-        weight_map.update({n: f"s{i}.safetensors" for n in t})
-    (ck / sharded.INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    shards = {f"s{i}.safetensors": {f"l{i}.{n}": a for n, a in _fp32_model(60_000, seed=i).items()} for i in range(2)}
+    ck = helpers.write_checkpoint(tmp_path / "ck", shards, index_metadata={})
     out = tmp_path / "sealed"
     sharded.seal_dir(ck, out, key, workers=1)
     bad = tmp_path / "bad"

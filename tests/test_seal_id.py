@@ -201,18 +201,16 @@ def test_the_library_pins_too(tmp_path: Path, sealed_file: Path, key: object) ->
 
 def _checkpoint(folder: Path, scale: float = 1.0, shape: tuple[int, int] = (64, 80)) -> Path:
     """Two shards and their index (the Hugging Face layout); ``shape`` large enough carries header copies."""
-    from paramseal import sharded
 
     rng = np.random.default_rng(11)
-    folder.mkdir()
-    weight_map = {}
-    for i in range(2):
-        shard = f"model-0000{i + 1}-of-00002.safetensors"
-        t = {f"layers.{i}.weight": (rng.standard_normal(shape) * scale).astype(np.float32)}
-        helpers.write_st(folder / shard, t, {"format": "pt"})
-        weight_map.update({n: shard for n in t})
-    (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
-    return folder
+    folder.mkdir()  # a folder already there is the caller's mistake
+    shards = {
+        f"model-0000{i + 1}-of-00002.safetensors": {
+            f"layers.{i}.weight": (rng.standard_normal(shape) * scale).astype(np.float32)
+        }
+        for i in range(2)
+    }
+    return helpers.write_checkpoint(folder, shards, {"format": "pt"}, {"total_size": 1})
 
 
 def test_a_sharded_folder_s_seal_id_is_its_set_s_and_pins_verify_and_recover(tmp_path: Path, key_file: Path) -> None:

@@ -27,18 +27,15 @@ SHARDS = ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors"
 def checkpoint(tmp_path: Path) -> Path:
     """Three shards, an index, a config file: the Hugging Face layout."""
     rng = np.random.default_rng(5)
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
-    weight_map = {}
-    for i, shard in enumerate(SHARDS):
-        t = {
+    shards = {
+        shard: {
             f"layers.{i}.attn.weight": helpers.random_tensor(rng, np.float32, (96, 64)),
             f"layers.{i}.mlp.weight": helpers.random_tensor(rng, np.float32, (64, 80)),
             f"layers.{i}.norm.weight": helpers.random_tensor(rng, np.float16, (64,)),
         }
-        helpers.write_st(folder / shard, t, {"format": "pt"})
-        weight_map.update({n: shard for n in t})
-    (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+        for i, shard in enumerate(SHARDS)
+    }
+    folder = helpers.write_checkpoint(tmp_path / "ckpt", shards, {"format": "pt"}, {"total_size": 1})
     (folder / "config.json").write_text('{"model_type": "test"}')
     return folder
 
@@ -1238,14 +1235,8 @@ def test_a_stray_file_that_an_edited_set_record_names_is_said_to_be_named_by_it(
 def _large_checkpoint(tmp_path: Path) -> Path:
     """Two shards large enough to carry header copies in their weights, and their index."""
     rng = np.random.default_rng(6)
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
-    weight_map = {}
-    for i, name in enumerate(SHARDS[:2]):
-        helpers.write_st(folder / name, {f"w{i}": helpers.random_tensor(rng, np.float32, (1024, 512))})
-        weight_map[f"w{i}"] = name
-    (folder / sharded.INDEX).write_text(json.dumps({"weight_map": weight_map}))
-    return folder
+    shards = {name: {f"w{i}": helpers.random_tensor(rng, np.float32, (1024, 512))} for i, name in enumerate(SHARDS[:2])}
+    return helpers.write_checkpoint(tmp_path / "ckpt", shards)
 
 
 def test_a_set_record_edited_where_only_the_metadata_digest_is_sealed_cannot_be_trusted(
@@ -1883,10 +1874,8 @@ def test_a_single_file_seal_re_sharded_is_verified_and_recovered_as_that_one_mod
     }
 
     def write(ts: dict[str, np.ndarray]) -> None:
-        for shard, names in parts.items():
-            helpers.write_st(folder / shard, {n: ts[n] for n in names}, {"format": "pt"})
-        weight_map = {n: s for s, names in parts.items() for n in names}
-        (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+        shards = {shard: {n: ts[n] for n in names} for shard, names in parts.items()}
+        helpers.write_checkpoint(folder, shards, {"format": "pt"}, {"total_size": 1})
 
     write(tensors)
     rc, out, err = helpers.run_cli(["verify", folder, "--key", key_file])
@@ -1927,10 +1916,8 @@ def _re_sharded(tmp_path: Path, key_file: Path) -> tuple[Path, dict[str, np.ndar
         "fc.weight": helpers.random_tensor(rng, np.float32, (512, 96)),
     }
     sealed, tensors, folder = _sealed_file_and_folder(tmp_path, key_file, model)
-    weight_map = {name: f"model-0000{i}-of-00002.safetensors" for i, name in enumerate(model, 1)}
-    for name, shard in weight_map.items():
-        helpers.write_st(folder / shard, {name: tensors[name]}, {"format": "pt"})
-    (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": weight_map}))
+    shards = {f"model-0000{i}-of-00002.safetensors": {name: tensors[name]} for i, name in enumerate(model, 1)}
+    helpers.write_checkpoint(folder, shards, {"format": "pt"}, {"total_size": 1})
     assert "sealed as a single file" in helpers.run_cli(["verify", folder, "--key", key_file])[1]
     return folder, tensors
 
@@ -2076,17 +2063,14 @@ def test_a_sealed_set_re_sharded_is_checked_seal_by_seal_not_as_a_single_file_se
     copy left in its weights) was called "one model sealed as a single file", checked under one shard's header,
     every other shard's tensor an "extra tensor not in the seal". Each seal's tensors are now checked under it."""
     rng = np.random.default_rng(3)
-    src = tmp_path / "src"
-    src.mkdir()
-    weight_map = {}
-    for i, shard in enumerate(SHARDS):
-        t = {
+    shards = {
+        shard: {
             f"layers.{i}.attn.weight": helpers.random_tensor(rng, np.float32, (256, 256)),
             f"layers.{i}.norm.weight": helpers.random_tensor(rng, np.float16, (256,)),
         }
-        helpers.write_st(src / shard, t, {"format": "pt"})
-        weight_map.update({n: shard for n in t})
-    (src / sharded.INDEX).write_text(json.dumps({"weight_map": weight_map}))
+        for i, shard in enumerate(SHARDS)
+    }
+    src = helpers.write_checkpoint(tmp_path / "src", shards, {"format": "pt"})
     sealed = tmp_path / "sealed"
     sharded.seal_dir(src, sealed, key, workers=1)
     tensors = {n: a for s in SHARDS for n, a in helpers.read_st(sealed / s)[0].items()}
@@ -2098,10 +2082,8 @@ def test_a_sealed_set_re_sharded_is_checked_seal_by_seal_not_as_a_single_file_se
     }
 
     def write(ts: dict[str, np.ndarray]) -> None:
-        for shard, names in parts.items():
-            helpers.write_st(folder / shard, {n: ts[n] for n in names}, {"format": "pt"})
-        wm = {n: s for s, names in parts.items() for n in names}
-        (folder / sharded.INDEX).write_text(json.dumps({"metadata": {"total_size": 1}, "weight_map": wm}))
+        shards = {shard: {n: ts[n] for n in names} for shard, names in parts.items()}
+        helpers.write_checkpoint(folder, shards, {"format": "pt"}, {"total_size": 1})
 
     write(tensors)
     rc, out, err = helpers.run_cli(["verify", folder, "--key", key_file, "--json"])

@@ -3,7 +3,6 @@ RecursionError (Python's parser recurses once per level of nesting) that ends in
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +57,11 @@ def test_every_file_format_says_a_json_nested_too_deep_in_the_same_words(tmp_pat
 @pytest.fixture()
 def checkpoint(tmp_path: Path) -> Path:
     rng = np.random.default_rng(5)
-    folder = tmp_path / "ckpt"
-    folder.mkdir()
-    weight_map = {}
-    for i in range(2):
-        shard = f"model-0000{i + 1}-of-00002.safetensors"
-        helpers.write_st(folder / shard, {f"l{i}.w": helpers.random_tensor(rng, np.float32, (96, 64))}, {})
-        weight_map[f"l{i}.w"] = shard
-    (folder / sharded.INDEX).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return folder
+    shards = {
+        f"model-0000{i + 1}-of-00002.safetensors": {f"l{i}.w": helpers.random_tensor(rng, np.float32, (96, 64))}
+        for i in range(2)
+    }
+    return helpers.write_checkpoint(tmp_path / "ckpt", shards, index_metadata={})
 
 
 @pytest.mark.parametrize("lost", [False, True])
