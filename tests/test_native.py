@@ -994,3 +994,30 @@ def test_compiled_gf2_inverse_equals_the_python_elimination(n: int, monkeypatch:
             assert got is not None and np.array_equal(got, want)
             assert np.array_equal((m.astype(np.int64) @ got) % 2, np.eye(n, dtype=np.int64))
     assert _irs._gf2_inverse(np.eye(3, dtype=np.uint8)[[0, 0, 2]]) is None
+
+
+@needs_native
+def test_with_gfni_seal_and_recover_never_build_the_table_kernels_tables(
+    key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The syndrome and encoder tables serve only the table kernels: building them was half of each code's set-up."""
+
+    def refuse(code: _irs.Code) -> None:
+        raise AssertionError(f"the tables of code k={code.k} were built")
+
+    monkeypatch.setattr(_irs, "_build_tables", refuse)
+    for cached in (_irs.code_for, _irs._tables, _gfni_plan._plan):
+        cached.cache_clear()
+    rng = np.random.default_rng(11)
+    model = {"w": rng.standard_normal((300, 1000)).astype(np.float32), "b": rng.standard_normal(77).astype(np.float32)}
+    src = helpers.write_st(tmp_path / "m.safetensors", model)
+    for level in ("standard", "strong"):
+        sealed = tmp_path / f"{level}.safetensors"
+        files.seal_file(src, sealed, key, level=level)
+        raw = bytearray(sealed.read_bytes())
+        for at in (-4, -40_000, -900_000):  # flip bits inside the tensor data (the header is at the start)
+            raw[at] ^= 0x10
+        (tmp_path / "t.safetensors").write_bytes(bytes(raw))
+        got = files.recover_file(tmp_path / "t.safetensors", tmp_path / "r.safetensors", key)
+        assert got.report.status == "recovered" and got.report.restored_count == 3
+        assert (tmp_path / "r.safetensors").read_bytes() == sealed.read_bytes()

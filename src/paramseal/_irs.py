@@ -20,6 +20,7 @@ fixed bytes) they are erased instead. See docs/scattered-design.md, sections 2, 
 from __future__ import annotations
 
 import functools
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,13 +44,21 @@ class Code:
     d: NDArray[np.int64]  # (4,) parity symbols of each codeword
     first: NDArray[np.int64]  # (4,) first root exponent b_t
     words: int  # uint64 words per packed vector (a multiple of 4)
-    syn: NDArray[np.uint64]  # (255 * 128, words): row 128 j + 16 n + v: syndromes of value v at nibble n of word j
-    enc: NDArray[np.uint64]  # the same rows composed with the solver: their share of the free nibbles
     fn: NDArray[np.int64]  # (4, 2 max d): free nibble r of codeword t -> 8 j + n (-1 past 2 d_t)
     host: int = 0  # whole free bytes per codeword turned into data (they carry the outer code)
     hosted: NDArray[np.int64] = field(default_factory=lambda: np.zeros((4, 0), np.int64))  # (4, host): j of byte 0
     # per codeword, the GF(2) solver: syndrome bits -> its free bits, packed order (None where d_t = 0)
     inverses: tuple[NDArray[np.uint8] | None, ...] = (None, None, None, None)
+
+    @property
+    def syn(self) -> NDArray[np.uint64]:
+        """(255 * 128, words): row 128 j + 16 n + v: syndromes of value v at nibble n of word j."""
+        return _tables(self)[0]
+
+    @property
+    def enc(self) -> NDArray[np.uint64]:
+        """The rows of `syn` composed with the solver: their share of the free nibbles."""
+        return _tables(self)[1]
 
 
 def _gf_mul(a: NDArray[np.int64], b: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -198,13 +207,37 @@ def code_for(k: int, free_strata: int = N_POS, host: int = 0) -> Code:
             used = lists[t][: 2 * int(d[t])]  # an odd free nibble out stays zero
             first[t], inv[t] = _solver(t, used, int(d[t]))
             fn[t, : len(used)] = used
-    sb = _syndrome_bytes(first, d, 8 * words)
+    for a in (d, first, fn, hosted):
+        a.setflags(write=False)
+    for it in inv:
+        if it is not None:
+            it.setflags(write=False)
+    return Code(k, free_strata, d, first, words, fn, host, hosted, tuple(inv))
+
+
+_TABLES_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=16)
+def _tables(code: Code) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
+    """``code``'s syndrome and encoder tables (`Code.syn`, `Code.enc`), built on first use.
+
+    Only the table kernels (numba's, and the compiled ones where the CPU lacks GFNI) read them:
+    with GFNI a seal or recover never builds them (about half of `code_for`'s time).
+    """
+    with _TABLES_LOCK:  # the seal's and recover's threads share one code: build its tables once
+        return _build_tables(code)
+
+
+def _build_tables(code: Code) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
+    words, d, hosted = code.words, code.d, code.hosted
+    sb = _syndrome_bytes(code.first, d, 8 * words)
     syn = sb.view("<u8").reshape(N_POS, 8, 16, words).copy()
     # composed table: the free-nibble share of each single data bit, then XOR-combined per value
     tt = ((np.arange(8)[None, :] >> 1) - np.arange(N_POS)[:, None]) & 3  # codeword of nibble n of word j
     share = np.zeros((N_POS, 8, 4, words), np.uint64)
     for t in range(4):
-        it = inv[t]
+        it = code.inverses[t]
         if it is not None:
             sel = tt == t
             share[sel] = _gf2_apply(it, sb[sel][:, [1, 2, 4, 8], : int(d[t])], words)
@@ -213,15 +246,12 @@ def code_for(k: int, free_strata: int = N_POS, host: int = 0) -> Code:
         low = (v & -v).bit_length() - 1
         enc[:, :, v] = enc[:, :, v & (v - 1)] ^ share[:, :, low]
     keep = enc[hosted.reshape(-1), :2].copy()
-    enc[:free_strata, : k // 4] = 0  # free nibbles carry no data
+    enc[: code.free_strata, : code.k // 4] = 0  # free nibbles carry no data
     enc[hosted.reshape(-1), :2] = keep  # hosted bytes do
     syn, enc = _line_aligned(syn.reshape(-1, words)), _line_aligned(enc.reshape(-1, words))
-    for a in (d, first, syn, enc, fn, hosted):
-        a.setflags(write=False)
-    for it in inv:
-        if it is not None:
-            it.setflags(write=False)
-    return Code(k, free_strata, d, first, words, syn, enc, fn, host, hosted, tuple(inv))
+    syn.setflags(write=False)
+    enc.setflags(write=False)
+    return syn, enc
 
 
 def byte_mask(flags: NDArray[np.uint8]) -> NDArray[np.uint32]:
@@ -280,7 +310,6 @@ def _run(
     ok = np.zeros(W.shape[0], np.bool_)
     status = np.zeros(W.shape[0], np.int8)
     fl = np.zeros((1, 1), np.uint8) if flags is None else flags
-    table = code.enc if op == 0 else code.syn
     # the encoder skips whole free bytes (unless some host data); syndromes take every byte
     b0f = code.k // 8 if op == 0 and not code.host else 0
     pre = None
@@ -297,6 +326,7 @@ def _run(
             return np.asarray(~pre.reshape(W.shape[0], -1).any(axis=1)), status
     if pre is None:
         pre = np.zeros((0, code.words), np.uint64)
+    table = code.enc if op == 0 else code.syn  # only numba's kernels read these: built on first use
     with _parallel.PARALLEL_LOCK:  # a parallel kernel: another thread of the caller's may be in one
         run_nb(op, W, fl, table, code.fn, code.d, code.first, b0f, code.free_strata, pre, ok, status)
     return ok, status
