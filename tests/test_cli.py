@@ -1330,6 +1330,54 @@ def test_sighup_while_the_entry_puts_the_default_handlers_back_is_no_traceback()
     assert proc.returncode == -signal.SIGHUP and "paramseal" in proc.stdout, (proc.returncode, proc.stdout)
 
 
+_TERM_TWICE = """
+import os, signal, sys
+from paramseal import __main__ as entry, cli
+
+second = signal.SIG%s
+
+def stopped(args):
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("not reached")
+
+class Err:  # standard error that sends the second signal right after the first 'terminated' is written
+    def __init__(self, stream):
+        self.stream = stream
+    def write(self, text):
+        n = self.stream.write(text)
+        self.stream.flush()
+        if "terminated" in text:
+            os.kill(os.getpid(), second)
+        return n
+    def flush(self):
+        self.stream.flush()
+
+sys.stderr = Err(sys.stderr)
+cli.run = stopped
+sys.argv = ["paramseal", "inspect", "m.safetensors"]
+sys.exit(entry.main())
+"""
+
+
+@pytest.mark.parametrize("second", ["TERM", "HUP"])
+def test_a_second_sigterm_right_after_the_first_prints_terminated_once(second: str) -> None:
+    """A second SIGTERM (or SIGHUP) arriving as the first was reported met the handler put back after the command:
+    a second `Terminated`, which the program's entry reported again ('terminated' twice). Repeats stay ignored."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(paramseal.__file__).parents[1])}
+    proc = subprocess.run(
+        [sys.executable, "-c", _TERM_TWICE % second],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=helpers.default_signals,
+    )
+    assert proc.returncode == 143 and proc.stderr == "terminated\n", (proc.returncode, proc.stderr)
+
+
 def test_sigterm_before_the_cli_handles_it_ends_with_143_and_a_message(
     monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:

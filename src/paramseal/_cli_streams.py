@@ -198,7 +198,10 @@ def terminate_as_interrupt() -> Iterator[None]:
 
     Their default action ends the process at once, which left a full-size temporary output
     behind (`kill`, a job scheduler, a closed terminal). The program's entry may have set
-    `raise_terminated` already (from start-up on): it is kept, and put back after.
+    `raise_terminated` already (from start-up on): it is kept, and put back after, unless it ran
+    (its repeats ignored): then they stay ignored until the entry, done, puts the defaults back.
+    A second `kill` right after the first met it again as the first was reported: a second
+    `Terminated`, the entry's 'terminated' printed twice (a SIGHUP after a SIGTERM: exit 129).
     """
     main_thread = threading.current_thread() is threading.main_thread()  # only it may set handlers
     sigs = [s for s in _STOPPING if main_thread]
@@ -208,4 +211,6 @@ def terminate_as_interrupt() -> Iterator[None]:
         yield
     finally:
         for s, h in old.items():
+            if h is raise_terminated and signal.getsignal(s) is signal.SIG_IGN:  # it ran: the program is stopping
+                continue
             signal.signal(s, h)
