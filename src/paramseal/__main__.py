@@ -47,9 +47,10 @@ def main() -> int:
     ]
     for s in stops:
         signal.signal(s, _terminated)
-    from ._cli_streams import Terminated, raise_terminated
+    from ._cli_streams import Terminated, entry_done, raise_terminated
     from .cli import main as cli_main
 
+    entry_done(False)
     try:
         if mine:  # inside the try: a Ctrl-C at the very next instruction is a KeyboardInterrupt met below
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -63,8 +64,9 @@ def main() -> int:
         _say("interrupted")
         return 130
     finally:
-        # Held while put back: one arriving between two resets met the other's handler here, a traceback.
-        # Once released, a pending one takes its default action; the command is done by then.
+        # One arriving between two resets met the other's handler here, a traceback: it now takes its
+        # default action (held in this thread while they are put back; the command is done by then).
+        entry_done(True)
         held = signal.pthread_sigmask(signal.SIG_BLOCK, stops) if stops and hasattr(signal, "pthread_sigmask") else None
         for s in stops:
             signal.signal(s, signal.SIG_DFL)

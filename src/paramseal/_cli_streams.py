@@ -184,8 +184,25 @@ class Terminated(KeyboardInterrupt):
 _STOPPING = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
+_ENTRY_DONE = [False]  # set by the program's entry as it puts the default handlers back: its command is done
+
+
+def entry_done(done: bool) -> None:
+    """Tell `raise_terminated` that the program's command is done (True) or about to run (False)."""
+    _ENTRY_DONE[0] = done
+
+
 def raise_terminated(signum: int, frame: FrameType | None) -> None:
-    """The SIGTERM and SIGHUP handler: raise `Terminated`, repeats ignored while the first unwinds."""
+    """The SIGTERM and SIGHUP handler: raise `Terminated`, repeats ignored while the first unwinds.
+
+    Once the entry is done, the signal takes its default action instead: it is met as the entry puts
+    the defaults back (one signal's, then the other's), outside every try. Holding the signals there
+    does not keep it out: sent to the process, it goes to a thread that does not hold them (OpenBLAS's).
+    """
+    if _ENTRY_DONE[0]:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)  # held in this thread: taken once the entry lets it through
+        return
     for s in _STOPPING:
         if signal.getsignal(s) is raise_terminated:
             signal.signal(s, signal.SIG_IGN)
