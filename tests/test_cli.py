@@ -244,6 +244,32 @@ def test_an_unknown_option_shows_the_usage_of_its_command(tmp_path: Path) -> Non
     assert "paramseal seal: error: unrecognized arguments: --levl strong" in err, err
 
 
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["verify", "m.safetensors", "x\x1b[2J.safetensors"], "unrecognized arguments: x\\x1b[2J.safetensors"),
+        (
+            ["seal", "a.npy", "b.npy", "--levl", "strong\rOK: b.npy"],
+            "unrecognized arguments: --levl strong\\rOK: b.npy",
+        ),
+        (
+            ["verify", "m.npy", "--tensors", "a\x1b]0;t\x07", "--tensors", "b\u202e"],
+            "('a\\x1b]0;t\\x07', then 'b\\u202e')",
+        ),
+        (["seal", "a.npy", "b.npy", "--bits", "4\x1b[2J"], "invalid int value: '4\\x1b[2J'"),
+    ],
+)
+def test_a_usage_error_escapes_the_arguments_it_quotes(argv: list[str], said: str) -> None:
+    """argparse's error line quoted the arguments raw: a file name holding an escape sequence (or a carriage return
+    and a forged 'OK:' line) drove the terminal. It is escaped as every other error line is, in --json's too."""
+    for extra in ([], ["--json"]) if argv[0] != "seal" else ([],):  # seal has no --json
+        rc, out, err = run([*argv, *extra])
+        assert rc == 3 and said in err and "usage: " in err, ascii(err)
+        assert not any(c in err for c in "\x1b\x07\r\u202e"), ascii(err)
+        if extra:
+            assert said in json.loads(out)["error"], out
+
+
 @pytest.mark.parametrize("argv", [["recover", "a.safetensors", "b.safetensors", "--in"], ["keygen", "k.key", "--forc"]])
 def test_an_option_prefix_is_not_taken_for_the_option(tmp_path: Path, argv: list[str]) -> None:
     """argparse took '--in' for --in-place and '--forc' for --force: a typo must not overwrite a file."""

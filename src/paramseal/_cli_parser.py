@@ -13,6 +13,7 @@ import sys
 from typing import Any, NoReturn
 
 from . import __version__, _cli_eval
+from .errors import one_line
 from .keys import redact
 from .levels import FLOATS, LEVELS
 from .report import SEAL_ID
@@ -61,7 +62,8 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **{**kwargs, "allow_abbrev": False})
 
     def error(self, message: str) -> NoReturn:
-        message = redact(message, self.hidden)
+        # the arguments it quotes are the user's: escaped as every error line is (a file name's `\x1b[2J`, `\r`)
+        message = one_line(redact(message, self.hidden))
         self.print_usage(sys.stderr)
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise UsageExit(f"{self.prog}: {message}")
