@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -222,6 +225,8 @@ def test_the_older_mac_refuses_a_tensor_past_its_4_byte_counter_instead_of_wrapp
         with pytest.raises(UsageError, match=r"tensor #3 .*older block MAC 'mlh-p32\+aes256ctr'.*--reseal"):
             v1.pads(b"salt" * 4, 3, n, start=start)  # refused before any keystream is made (no 64 GiB array)
     assert BlockMac(paramseal.Key(bytes(range(32)))).pads(b"salt" * 4, 3, 1, start=1 << 34).shape == (1, 2)
+    with pytest.raises(UsageError, match=r"^tensor 'enc\.weight' reaches block"):  # named where its name is known
+        v1.pads(b"salt" * 4, 3, 1, start=V1_MAX_BLOCKS, name="enc.weight")
 
 
 def test_verify_of_an_older_mac_seal_past_its_counter_is_exit_3_with_the_reason(
@@ -237,5 +242,39 @@ def test_verify_of_an_older_mac_seal_past_its_counter_is_exit_3_with_the_reason(
     monkeypatch.setattr(_mac, "V1_MAX_BLOCKS", 1)  # as if its tensors were 2**39 values
     rc, out, err = helpers.run_cli(["verify", golden / "sealed.safetensors", "--key", golden / "golden.key"])
     assert rc == 3 and out == "" and "Traceback" not in err, err
+    assert "error: tensor 'position_ids' reaches block 2 (128 values), past what the older block MAC" in err, err
     assert "past what the older block MAC 'mlh-p32+aes256ctr' of its seal authenticates" in err, err
     assert err.rstrip().endswith("with the current MAC ('paramseal seal --reseal', from a copy you trust)"), err
+
+
+@pytest.mark.parametrize("sharded", [False, True])
+def test_an_older_mac_tensor_past_its_counter_is_named_escaped_and_exit_3_in_a_sharded_verify_too(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, sharded: bool
+) -> None:
+    """The refusal named the tensor 'tensor #N'; and in a sharded verify or recover it became a finding of the set
+    ('shard ... cannot be verified', exit 2, tampering), where a single file is exit 3: it is a refusal of an authentic
+    seal this version cannot check, so the same exit 3 with the reason, the tensor's name escaped."""
+    import helpers
+
+    from paramseal import _mac, _shard_pool
+
+    rng = np.random.default_rng(3)
+    odd = "w\x1b[2J\rOK"
+    model = {odd: helpers.random_tensor(rng, np.float32, (64, 64)), "b": helpers.random_tensor(rng, np.float32, (64,))}
+    if sharded:
+        src = helpers.write_checkpoint(tmp_path / "ckpt", {"a.safetensors": model, "c.safetensors": {"c": model["b"]}})
+        out = tmp_path / "sealed"
+    else:
+        src, out = helpers.write_st(tmp_path / "m.safetensors", model), tmp_path / "s.safetensors"
+    assert helpers.run_cli(["seal", src, out, "--key", key_file])[0] == 0
+    monkeypatch.setattr(_mac, "MAC_V1", MAC_NAME)  # read as sealed with the older MAC (its pads: every block fails)
+    monkeypatch.setattr(_mac, "V1_MAX_BLOCKS", 1)  # as if its tensors were 2**39 values
+    monkeypatch.setattr(_shard_pool, "_workers", lambda n: 1)  # in this process, where the patches hold
+    fixed = tmp_path / ("r" if sharded else "r.safetensors")
+    for argv in (["verify", out], ["verify", out, "--json"], ["recover", out, fixed, "--allow-partial"]):
+        rc, stdout, err = helpers.run_cli([*argv, "--key", key_file])
+        assert rc == 3 and "Traceback" not in err and "\x1b" not in err and "\r" not in err, (argv, ascii(err))
+        assert "error: tensor 'w\\x1b[2J\\rOK' reaches block 64 (4096 values), past what the older block MAC" in err
+        assert not fixed.exists()
+        if "--json" in argv:
+            assert json.loads(stdout)["exit_code"] == 3

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
 from ._kernels import mlh_tags
-from .errors import UsageError
+from .errors import BeyondSealError
 from .keys import Key
 from .levels import BLOCK
 
@@ -70,12 +70,18 @@ class BlockMac:
         self._pad_key = key.derive("mac-pad")
         self._v1 = mac == MAC_V1
 
-    def pads(self, salt: bytes, tensor_index: int, nblocks: int, start: int = 0) -> NDArray[np.uint64]:
-        """Per-block constants for blocks ``[start, start + nblocks)`` of one tensor: ``[nblocks, 2]``, (s_b, r_b)."""
+    def pads(
+        self, salt: bytes, tensor_index: int, nblocks: int, start: int = 0, *, name: str | None = None
+    ) -> NDArray[np.uint64]:
+        """Per-block constants for blocks ``[start, start + nblocks)`` of one tensor: ``[nblocks, 2]``, (s_b, r_b).
+
+        ``name``: the tensor's, for the refusal of an older seal's tensor past its counter (else its number).
+        """
         if self._v1:  # 8 bytes a pad, 16 an AES block: start the counter at the AES block holding pad `start`
             if start + nblocks > V1_MAX_BLOCKS:  # its 4-byte counter would carry into the nonce
-                raise UsageError(
-                    f"tensor #{tensor_index} reaches block {start + nblocks} ({BLOCK * (start + nblocks)} values), "
+                which = f"tensor #{tensor_index}" if name is None else f"tensor '{name}'"
+                raise BeyondSealError(
+                    f"{which} reaches block {start + nblocks} ({BLOCK * (start + nblocks)} values), "
                     f"past what the older block MAC {MAC_V1!r} of its seal authenticates ({V1_MAX_BLOCKS} blocks, "
                     "2**39 values: its block counter is 4 bytes); reseal the model with the current MAC "
                     "('paramseal seal --reseal', from a copy you trust)"

@@ -309,9 +309,9 @@ def compute_tags(
     if rows is not None:
         ub, at = np.ascontiguousarray(ub[rows]), rows
     if at is not None:
-        return mac.tags(ub, mac.pads(salt, t, spec.nblocks)[at], mask, internal[at])
+        return mac.tags(ub, mac.pads(salt, t, spec.nblocks, name=spec.name)[at], mask, internal[at])
     n = ub.shape[0]
-    return mac.tags(ub, mac.pads(salt, t, n, r0), mask, internal[r0 : r0 + n])
+    return mac.tags(ub, mac.pads(salt, t, n, r0, name=spec.name), mask, internal[r0 : r0 + n])
 
 
 def stored_tags(

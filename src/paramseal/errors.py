@@ -142,6 +142,14 @@ def io_failure(
     return cannot_write(dst, e)
 
 
+class BeyondSealError(UsageError):
+    """An authentic seal this version cannot check (its older MAC's tensor past that MAC's counter).
+
+    A refusal of input the tool cannot process (exit 3), not tampering: a sharded verify or recover
+    stops with it too, where a shard that cannot be read is a finding of the set's report.
+    """
+
+
 class NotSealedError(ParamSealError, ValueError):
     """The model carries no ParamSeal header."""
 

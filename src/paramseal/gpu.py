@@ -380,7 +380,7 @@ class GpuVerifier:
         A header whose tags do not fit this tensor (or are not residues) fails those blocks,
         as the CPU engine does.
         """
-        pads = self._mac.pads(self._header.salt, t, spec.nblocks)
+        pads = self._mac.pads(self._header.salt, t, spec.nblocks, name=spec.name)
         c, r = pads[:, 0].copy(), pads[:, 1]
         outside = np.flatnonzero(~internal)
         ok = True

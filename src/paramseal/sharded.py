@@ -41,7 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import files
+from . import errors, files
 from ._findings import unmatched
 from ._layout import block_count
 from ._model_io import PathLike
@@ -217,9 +217,9 @@ def seal_dir(
     return shards
 
 
-# A shard that cannot be read as a sealed model (replaced by an unsealed file, truncated) is
-# tampering with the set; these stay errors: a wrong key, a failed read or write, a missing extra.
-_NOT_TAMPERING = (KeyMismatchError, InputError, OutputError, MissingDependencyError)
+# A shard that cannot be read as a sealed model (replaced by an unsealed file, truncated) is tampering with the set;
+# these stay errors: a wrong key, a failed read or write, a missing extra, a seal this version cannot check.
+_NOT_TAMPERING = (KeyMismatchError, InputError, OutputError, MissingDependencyError, errors.BeyondSealError)
 
 
 def _verify_one(
