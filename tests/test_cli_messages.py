@@ -9,6 +9,8 @@ import helpers
 import numpy as np
 import pytest
 
+import paramseal
+
 
 @pytest.mark.parametrize("verb", ["seal", "verify", "recover", "inspect"])
 def test_a_missing_input_reads_the_same_in_every_verb(tmp_path: Path, key_file: Path, verb: str) -> None:
@@ -82,3 +84,19 @@ def test_warning_lines_escape_control_characters_as_error_lines_do(tmp_path: Pat
     assert rc == 0 and err.count("warning: ") == 2, err
     assert "\x1b" not in err and "\x07" not in err and "\u202e" not in err, ascii(err)
     assert "k\\x1b[2J\\u202e.hex' is readable" in err and "s\\x1b]0;x\\x07.pt' keeps its seal header" in err, err
+
+
+def test_warning_lines_mask_key_text_typed_as_a_path(
+    tmp_path: Path, key_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`seal m.pt KEY.pt` (the key pasted where OUT belongs) masked the key in its OK line but printed it raw in the
+    warnings that quote OUT (a .pt checkpoint's other entries left out; the header kept only in one entry)."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    torch.save({"model": {"w": torch.ones(128, 128)}, "epoch": 3}, "m.pt")  # an entry besides the weights: warned
+    out = f"{key.secret.hex()}.pt"
+    rc, stdout, err = helpers.run_cli(["seal", "m.pt", out, "--key", key_file])
+    assert rc == 0 and err.count("warning: ") == 2, err
+    assert key.secret.hex() not in stdout + err and key.secret.hex()[:32] not in err, err
+    assert "'<key-like text, not shown>' holds the sealed weights alone" in err, err
+    assert "'<key-like text, not shown>' keeps its seal header only in" in err, err

@@ -19,7 +19,7 @@ from typing import Any, cast
 from . import _cli_eval, _pages, _paths, files, sharded
 from ._layout import TensorSpec
 from .errors import ParamSealWarning, UsageError, one_line
-from .keys import Key, exposed_to_others, exposure, load_key, write_key
+from .keys import Key, exposed_to_others, exposure, load_key, redact, write_key
 from .levels import BLOCK, FLOATS, max_relative_change
 from .report import Report, seal_id_arg
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
             )
             print(f"OK: sealed {len(names)} shard(s) of {args.input} -> {args.output} (each self-contained)")
             print(_SEAL_ID.format(sharded.seal_id(Path(args.output), key)))
-            _warn_bits(sharded.float_widths(Path(args.output), names))
+            _warn_bits(args, sharded.float_widths(Path(args.output), names))
             return 0
         case "seal":
             keep = (
@@ -105,10 +105,10 @@ def run(args: argparse.Namespace) -> int:
             n = _count(len(h.tensors), "tensor")
             print(f"OK: sealed {args.input} -> {args.output} ({n}, {desc}, {how}, code {code})")
             print(_SEAL_ID.format(h.salt.hex()))
-            _warn_bits(ks)
+            _warn_bits(args, ks)
             _note_plain(h.tensors)
             for w in warned:
-                _warn(w)
+                _warn(args, w)
             if keep is not None:
                 print(f"OK: kept the seal header in {keep} (for --header-from)")
             return 0
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
                 lost = f"{_count(gone, 'value')} in unrecoverable blocks; " if gone else ""
                 print(f"FAIL: {args.input} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
             for w in warned:
-                _warn(w)
+                _warn(args, w)
             return rep.exit_code
         case "inspect":
             if sharded.is_sharded(Path(args.input)):
@@ -221,24 +221,29 @@ def _load_key(args: argparse.Namespace) -> Key:
     key = load_key(path)
     args.loaded_key = key  # masked in an internal error's traceback: a key FILE's digits are in no argument
     if path is not None and (mode := exposed_to_others(Path(path))) is not None:
-        _warn(f"key file '{path}' is {exposure(mode)} by other users (mode {mode:o}); run 'chmod 600 {path}'")
+        _warn(args, f"key file '{path}' is {exposure(mode)} by other users (mode {mode:o}); run 'chmod 600 {path}'")
     return key
 
 
-def _warn(message: str) -> None:
-    """Print ``warning: <message>`` on stderr, escaped as an error line is: it may quote a path or a tensor name."""
-    print(f"warning: {one_line(message)}", file=sys.stderr)
+def _warn(args: argparse.Namespace, message: str) -> None:
+    """Print ``warning: <message>`` on stderr, escaped as an error line is: it may quote a path or a tensor name.
+
+    Key text typed as a path is masked as in every other line (``args.hidden``, from `keys.key_like_args`):
+    `seal m.pt KEY.pt` wrote the key into the warning that the .pt output keeps its header in one entry.
+    """
+    print(f"warning: {one_line(redact(message, getattr(args, 'hidden', ())))}", file=sys.stderr)
 
 
-def _warn_bits(widths: Iterable[tuple[str, int]]) -> None:
+def _warn_bits(args: argparse.Namespace, widths: Iterable[tuple[str, int]]) -> None:
     """Warn about each float dtype sealed with more bits than level strong gives it (an explicit --bits)."""
     for dt, k in sorted(set(widths)):
         strong = FLOATS[dt].levels["strong"] if dt in FLOATS else k
         if k > strong:
             _warn(
+                args,
                 f"k={k} changes {dt} weights by up to {max_relative_change(dt, k):.1e} of their "
                 f"magnitude, against {max_relative_change(dt, strong):.1e} at level strong; check the "
-                "model's accuracy before you use it"
+                "model's accuracy before you use it",
             )
 
 

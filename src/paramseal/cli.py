@@ -80,6 +80,7 @@ def _main(argv: Sequence[str] | None) -> int:
             _error_doc(3, e.message, name)
         raise
     hidden = seal_id_shown(hidden, getattr(args, "expect_seal", None))
+    args.hidden = hidden  # the command's warning lines, on stderr, mask them too
     if isinstance(sys.stdout, io.TextIOWrapper):  # a name from the file may hold a lone surrogate: print it escaped
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
