@@ -301,9 +301,9 @@ def test_options_that_do_not_fit_are_refused(sealed_model: Loaded) -> None:
     with pytest.raises(UsageError, match="fraction"):
         AttackSpec("prune", fraction=1.5)
     for bad in (float("nan"), float("inf")):  # NaN slipped past 'sigma < 0' and wrote NaN weights
-        with pytest.raises(UsageError, match="--sigma must be >= 0"):
+        with pytest.raises(UsageError, match="--sigma .* must be a finite number, 0 or more"):
             AttackSpec("noise", sigma=bad)
-        with pytest.raises(UsageError, match="--lr > 0"):
+        with pytest.raises(UsageError, match="--lr .* must be a finite number above 0"):
             AttackSpec("finetune", lr=bad)
     with pytest.raises(UsageError, match="--fraction, --contiguous do not apply"):
         AttackSpec("bitflip", fraction=0.1, contiguous=True)
@@ -314,6 +314,24 @@ def test_options_that_do_not_fit_are_refused(sealed_model: Loaded) -> None:
     plain = Loaded({"w": np.ones(100, np.float32)})
     with pytest.raises(UsageError, match="sealed"):
         attack(plain, AttackSpec("lsb-rewrite"))
+
+
+def test_a_bad_tuning_setting_is_named_with_its_value() -> None:
+    # '--steps -3' was answered "--sigma must be >= 0, --steps >= 1 and --lr > 0": the setting at
+    # fault and its value unnamed, and --sigma (which finetune does not take) named first
+    for spec, msg in (
+        (dict(kind="finetune", steps=-3), "--steps -3 must be at least 1"),
+        (dict(kind="finetune", steps=0), "--steps 0 must be at least 1"),
+        (dict(kind="finetune", lr=0.0), "--lr 0.0 must be a finite number above 0"),
+        (dict(kind="finetune", lr=float("nan")), "--lr nan must be a finite number above 0"),
+        (dict(kind="noise", sigma=-1.0), "--sigma -1.0 must be a finite number, 0 or more"),
+        (dict(kind="noise", sigma=float("inf")), "--sigma inf must be a finite number, 0 or more"),
+    ):
+        with pytest.raises(UsageError) as e:
+            AttackSpec(**spec)  # type: ignore[arg-type]
+        assert str(e.value) == msg
+    with pytest.raises(UsageError, match=r"^--sigma does not apply to bitflip"):  # before its value is judged
+        AttackSpec("bitflip", sigma=-1.0)
 
 
 def test_a_model_sealed_without_metadata_gives_k_from_the_header_in_its_weights(key: paramseal.Key) -> None:

@@ -100,8 +100,6 @@ class AttackSpec:
             raise UsageError(f"--fraction {self.fraction} must be in (0, 1]")
         if self.kind == "truncate" and self.fraction == 1.0:  # keeping every byte is no attack
             raise UsageError("truncate --fraction 1.0 keeps the whole file; give a fraction below 1")
-        if not (0 <= self.noise_sigma < math.inf and self.sgd_steps >= 1 and 0 < self.sgd_lr < math.inf):  # NaN fails
-            raise UsageError("--sigma must be >= 0, --steps >= 1 and --lr > 0 (all finite)")
         modes = MODES.get(self.kind)
         if self.mode is not None and (modes is None or self.mode not in modes):
             allowed = f"choose one of {', '.join(modes)}" if modes else "this kind takes no --mode"
@@ -139,6 +137,13 @@ class AttackSpec:
                 f"{', '.join(wrong)} {'does' if len(wrong) == 1 else 'do'} not apply to {self.kind}; "
                 + "; ".join(f"{opt} applies to {', '.join(_APPLIES[opt])}" for opt in wrong)
             )
+        # each setting given is judged alone, named with its value (the defaults are valid); NaN fails each
+        if self.sigma is not None and not 0 <= self.sigma < math.inf:
+            raise UsageError(f"--sigma {self.sigma} must be a finite number, 0 or more")
+        if self.steps is not None and self.steps < 1:
+            raise UsageError(f"--steps {self.steps} must be at least 1")
+        if self.lr is not None and not 0 < self.lr < math.inf:
+            raise UsageError(f"--lr {self.lr} must be a finite number above 0")
 
     @property
     def mode_or_default(self) -> str:
