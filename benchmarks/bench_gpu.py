@@ -244,9 +244,13 @@ def bench_model(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--gib", type=float, default=4.0, help="fp32 model size (GiB)")
-    ap.add_argument("--bf16-gib", type=float, default=2.0, help="bf16 model size (GiB); 0 to skip")
-    ap.add_argument("--probe-gib", type=float, default=1.0, help="fp32 model sealed first to time sealing")
+    ap.add_argument("--gib", type=float, default=None, help="fp32 model size (GiB; default 4, 0.01 on cpu)")
+    ap.add_argument(
+        "--bf16-gib", type=float, default=None, help="bf16 model size (GiB; default 2, 0.01 on cpu); 0 to skip"
+    )
+    ap.add_argument(
+        "--probe-gib", type=float, default=None, help="fp32 model sealed first to time sealing (default 1, 0.01 on cpu)"
+    )
     ap.add_argument("--seal-budget-s", type=float, default=120.0, help="shrink later models to seal within this")
     ap.add_argument("--repeat", type=int, default=10)
     ap.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the tile-size sweep")
@@ -255,6 +259,10 @@ def main() -> None:
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
+    # the dry run's sizes are tiny unless given: the GPU sizes took minutes per check on 2 cores
+    for name, on_gpu in (("gib", 4.0), ("bf16_gib", 2.0), ("probe_gib", 1.0)):
+        if getattr(args, name) is None:
+            setattr(args, name, on_gpu if DEVICE == "cuda" else 0.01)
     if DEVICE == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_gpu needs a CUDA GPU (or --device cpu for a dry run)")
     key = paramseal.Key.generate()

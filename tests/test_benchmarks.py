@@ -81,3 +81,25 @@ def test_recovery_rates_contiguous_attack_of_one_block() -> None:
     for seed in range(8):
         tp = rates.attack_contiguous_blocks(tg, 1 / tg.total_blocks, np.random.default_rng(seed))
         assert sum(b.size for b in rates.changed_blocks(tg, tp.out).values()) == 1
+
+
+def test_bench_gpu_dry_run_on_the_cpu_uses_tiny_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # '--device cpu' promised a dry run of tiny sizes but built the GPU's 1 GiB probe model and
+    # timed it with the torch engine on the CPU: over 400 s before its first result
+    pytest.importorskip("torch")
+    bench = _load("bench_gpu")
+    sizes: list[float] = []
+
+    def model(label: str, gib: float, *a: object) -> dict[str, float]:
+        sizes.append(gib)
+        return {"seal_s": 1.0, "bytes": gib * 2**30}
+
+    monkeypatch.setattr(bench, "bench_model", model)
+    monkeypatch.setenv("PARAMSEAL_COMMIT", "test")  # no 'git rev-parse' pipe left for the GC to close
+    monkeypatch.setattr(sys, "argv", ["bench_gpu.py", "--device", "cpu"])
+    bench.main()
+    assert sizes == [0.01, 0.01, 0.01]
+    monkeypatch.setattr(sys, "argv", ["bench_gpu.py", "--device", "cpu", "--gib", "0.02", "--bf16-gib", "0"])
+    sizes.clear()
+    bench.main()
+    assert sizes == [0.01, 0.02]  # sizes given are kept; 0 skips the bf16 model
