@@ -350,6 +350,17 @@ def test_a_sealed_state_dict_wrapped_with_other_entries_is_tampered(
     assert list(torch.load(tmp_path / "r.pt", weights_only=True)) == list(sd)  # the sealed weights alone
 
 
+def test_verify_counts_a_sealed_file_s_one_other_entry_in_the_singular(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """verify of a sealed state dict wrapped with one sibling said "the file holds 1 entries besides"."""
+    sd = _sealed_fc(tmp_path, key)
+    wrapped = tmp_path / "w.pt"
+    torch.save({"state_dict": sd, "state_dict_ema": dict(sd)}, wrapped)
+    rc, out, _ = helpers.run_cli(["verify", wrapped, "--key", key_file])
+    assert rc == 1 and "the file holds 1 entry besides the sealed weights ('state_dict_ema')" in out, out
+
+
 def test_sealing_a_checkpoint_in_place_does_not_drop_its_other_entries(tmp_path: Path, key_file: Path) -> None:
     """seal --in-place of a training checkpoint wrote the weights alone over it, its optimizer state and epoch gone.
 

@@ -93,8 +93,9 @@ def _split_header(loaded: Loaded, path: Path, key: Key, header: str | None = Non
     found = _find_header(loaded, path, key, header, _keeps(loaded, path))
     if loaded.others:  # a sealed file is the model alone: a loader could read these instead
         shown = ", ".join(repr(n) for n in loaded.others[:8]) + (", ..." if len(loaded.others) > 8 else "")
+        entries = "1 entry" if len(loaded.others) == 1 else f"{len(loaded.others)} entries"
         found.issues.append(
-            f"the file holds {len(loaded.others)} entries besides the sealed weights ({shown}); a loader may read "
+            f"the file holds {entries} besides the sealed weights ({shown}); a loader may read "
             "them instead of the sealed ones (recover writes the sealed weights alone)"
         )
     found.issues.extend(loaded.container_issues)  # damage to the container itself (a stale zip CRC), not the values
