@@ -65,6 +65,26 @@ def never_a_key(dst: Path) -> None:
         )
 
 
+def never_inside(dst: Path, src: Path, *, folder: bool) -> None:
+    """Refuse an output ``dst`` inside the input folder ``src`` (links followed: ``recover ckpt ckpt/fixed`` too).
+
+    It would sit among the files it is made from, and change the input. ``folder``: a sharded set's output
+    folder (`sharded.recover_dir`, `seal_dir`), else a re-sharded single-file seal's one file (`_resharded`).
+    """
+    parent = dst.parent if str(dst.parent) else Path(".")
+    if not parent.resolve().is_relative_to(src.resolve()):
+        return
+    if folder:
+        what = "output folder"
+        why = "the new checkpoint would sit among the files it is made from (copied along by the next seal or "
+        why += f"recover of '{src}'); give a folder outside it"
+    else:
+        what = "output"
+        why = "the model would sit among the shards it is made from (and change the input folder); give a path "
+        why += "outside it"
+    raise UsageError(f"{what} '{dst}' is inside '{src}', the input: {why}; nothing was written")
+
+
 def never_read_only(dst: Path, of: Path | None = None) -> None:
     """Refuse to replace an existing file its user may not write, as cp and a shell's ``>`` refuse it.
 

@@ -18,7 +18,7 @@ from typing import Any
 from ._embed import header_copies
 from ._file_header import check_loaded, prefixed_errors
 from ._findings import unmatched
-from ._paths import never_a_key, never_read_only
+from ._paths import never_a_key, never_inside, never_read_only
 from ._recover_file import recover_loaded
 from ._shard_findings import _merge
 from ._shard_index import Index, disagreements, read_index
@@ -133,12 +133,7 @@ def recover_as_one(
             f"output '{dst}' is one of the files of '{src}', the input; ParamSeal never modifies its input: give "
             "a path outside it (paramseal recover FOLDER OUT.safetensors); nothing was written"
         )
-    parent = dst.parent if str(dst.parent) else Path(".")
-    if parent.resolve().is_relative_to(src.resolve()):  # links followed, as for a sealed set's output folder
-        raise UsageError(
-            f"output '{dst}' is inside '{src}', the input: the model would sit among the shards it is made from "
-            f"(and change the input folder); give a path outside it; nothing was written"
-        )
+    never_inside(dst, src, folder=False)
     never_a_key(dst)  # first: its name is no model format's either, and what matters is the key it holds
     try:
         fmt = adapter_for(dst, must_exist=False).name

@@ -45,6 +45,7 @@ from . import errors, files
 from ._findings import unmatched
 from ._layout import block_count
 from ._model_io import PathLike
+from ._paths import never_inside
 from ._resharded import one_file_seal, recover_as_one, verify_as_one
 from ._shard_findings import _merge, _strays, _unasked, _verdict
 from ._shard_index import (
@@ -112,13 +113,8 @@ def _atomic_dir(dst: Path, src: Path) -> Iterator[Path]:
             f"a sharded checkpoint is written as a folder, but '{dst}' is named like a model file; "
             "give a folder name (ParamSeal does not merge shards into one file)"
         )
+    never_inside(dst, src, folder=True)
     parent = dst.parent if str(dst.parent) else Path(".")
-    if parent.resolve().is_relative_to(src.resolve()):  # links followed: `recover ckpt ckpt/fixed` by another name
-        raise UsageError(
-            f"output folder '{dst}' is inside '{src}', the input: the new checkpoint would sit among the files it "
-            f"is made from (copied along by the next seal or recover of '{src}'); give a folder outside it; "
-            "nothing was written"
-        )
     if not parent.is_dir():
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
     try:
