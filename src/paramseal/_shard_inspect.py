@@ -11,6 +11,7 @@ from typing import Any
 
 from . import files
 from ._model_io import PathLike
+from ._shard_findings import _file_listing
 from ._shard_index import index_name, read_index, set_files
 from ._shard_set import _parsed
 from .errors import FormatError, InputError, ParamSealError, one_line
@@ -32,7 +33,8 @@ def inspect_dir(folder: PathLike) -> dict[str, Any]:
     seal id) and none a set record: a model sealed as one file and re-sharded since, which verify checks as one.
 
     A sealed folder whose index is missing or unusable is described from the files carrying set
-    records (`set_files`), with ``index`` None and ``index_problem`` saying what is wrong.
+    records (`set_files`) and the shards those list (`_recorded`; one no file holds under ``missing_shards``),
+    with ``index`` None and ``index_problem`` saying what is wrong.
     """
     folder = Path(folder)
     problem, members = None, []
@@ -43,7 +45,7 @@ def inspect_dir(folder: PathLike) -> dict[str, Any]:
         if not members:
             raise
         problem = f"{e}; the shards carry set records: 'paramseal verify' checks them, 'paramseal recover' rebuilds it"
-        names = members
+        names = _recorded(folder, members)
     shards, damaged = _described(folder, names)
     params: dict[str, int] = {}
     for info in shards.values():
@@ -123,6 +125,19 @@ def _described(folder: Path, names: list[str]) -> tuple[dict[str, dict[str, Any]
     damaged |= {"unreadable_shards": unreadable} if unreadable else {}
     damaged |= {"unlisted_files": unlisted} if unlisted and (missing or unreadable) else {}
     return shards, damaged
+
+
+def _recorded(folder: Path, members: list[str]) -> list[str]:
+    """The shards of a folder whose index is lost: the files with set records (``members``), then those listed.
+
+    Listed: named by the records, read without the key, as the index is when there is one. A listed shard that
+    no file holds, under its name or by its record's ``shard`` (renamed), is then reported missing, as a shard
+    the index names is; a listed file there without a record is described as a shard.
+    """
+    claimed = {_unchecked_record(folder / m, "shard") for m in members}
+    listed = dict.fromkeys(n for m in members for n in _file_listing(folder / m))
+    more = [n for n in listed if n not in members and Path(n).name == n and n.endswith(".safetensors")]
+    return members + [n for n in more if n not in claimed or (folder / n).exists()]
 
 
 def _unchecked_record(shard: Path, field: str) -> str | None:
