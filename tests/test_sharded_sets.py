@@ -66,3 +66,57 @@ def test_inspect_without_an_index_takes_a_renamed_shard_for_the_one_its_record_n
     shutil.copytree(sealed, intact)
     (intact / "renamed.safetensors").rename(intact / SHARDS[1])
     assert "missing_shards" not in sharded.inspect_dir(intact) and sharded.inspect_dir(intact)["shards"] == 3
+
+
+def _add_unsealed_shard(folder: Path) -> dict[str, np.ndarray]:
+    """An unsealed shard written into the sealed set and added to its index, as a tool adding weights would."""
+    added = {"adapter.weight": np.ones((64, 8), np.float32), "adapter.bias": np.zeros((8,), np.float32)}
+    helpers.write_st(folder / "model-00004-of-00004.safetensors", added)
+    index = json.loads((folder / sharded.INDEX).read_text())
+    index["weight_map"] |= dict.fromkeys(added, "model-00004-of-00004.safetensors")
+    (folder / sharded.INDEX).write_text(json.dumps(index))
+    return added
+
+
+def test_an_unsealed_shard_added_to_the_index_is_added_tensors_as_in_a_single_file(
+    tmp_path: Path, sealed: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """A file never sealed, added to the set and to its index, made verify and recover exit 2 ('cannot be
+    verified', its tensors 'cannot be checked', nothing written). A single file's added tensor is tampering that
+    recover undoes by leaving it out (verify exit 1, recover exit 0): the added shard is now the same, its tensors
+    extra tensors, and recover writes the set without it (and its tensors out of the index)."""
+    one = tmp_path / "one.safetensors"
+    t, meta = helpers.read_st(sealed / SHARDS[0])
+    helpers.write_st(one, {**t, "adapter.weight": np.ones((64, 8), np.float32)}, meta)
+    assert helpers.run_cli(["verify", one, "--key", key_file])[0] == 1
+    assert helpers.run_cli(["recover", one, tmp_path / "one_fixed.safetensors", "--key", key_file])[0] == 0
+    before = json.loads((sealed / sharded.INDEX).read_text())
+    added = _add_unsealed_shard(sealed)
+    shard = "model-00004-of-00004.safetensors"
+    rc, out, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 1 and err == "" and rep["status"] == "tampered" and rep["recoverable"], (out, err)
+    assert sorted(rep["extra_tensors"]) == sorted(f"{shard}:{n}" for n in added), rep
+    assert rep["tampered_tensors"] == [] and not set(added) & set(rep["tensors"]), rep
+    assert [m for m in rep["metadata_issues"] if f"shard '{shard}'" in m and "added" in m] == rep["metadata_issues"]
+    rc, text, _ = helpers.run_cli(["verify", sealed, "--key", key_file])
+    assert rc == 1 and f"extra tensor not in the seal: {shard}:adapter.weight" in text, text
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", sealed, fixed, "--key", key_file])
+    assert rc == 0 and err == "" and f"shard '{shard}', added to the set, was left out" in out, (out, err)
+    assert sorted(p.name for p in fixed.glob("*.safetensors")) == SHARDS
+    assert json.loads((fixed / sharded.INDEX).read_text())["weight_map"] == before["weight_map"]
+    assert sharded.verify_dir(fixed, key, workers=1).status == "intact"
+    report = sharded.recover_dir(sealed, tmp_path / "again", key, workers=1)
+    assert report.status == "recovered" and report.written and len(report.extra_tensors) == 2, report
+
+
+def test_a_shard_of_the_set_replaced_by_an_unsealed_file_is_still_unrecoverable(
+    sealed: Path, key: paramseal.Key
+) -> None:
+    """Only a file the set never had is added: a shard the set records list, replaced by an unsealed file, loses
+    that shard's weights (exit 2), as before."""
+    helpers.write_st(sealed / SHARDS[1], {"layers.1.weight": np.ones((64, 48), np.float32)})
+    report = sharded.verify_dir(sealed, key, workers=1)
+    assert report.status == "tampered" and not report.recoverable and report.extra_tensors == (), report
+    assert any(f"shard '{SHARDS[1]}' cannot be verified" in m for m in report.metadata_issues), report

@@ -8,12 +8,13 @@ report of the shards'. Kept apart from `_shard_set`, which reads the records and
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import _json
 from ._shard_index import Index
+from ._shard_jobs import Failed
 from ._shard_set import UNTRUSTED, _all_text, _listing
 from .errors import ParamSealError
 from .formats import safetensors as st_format
@@ -21,33 +22,70 @@ from .header import SET_KEY
 from .report import Report, Status, TensorFinding
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The set's findings (`_verdict`): ``grave`` lose weights, ``fixable`` are the index's (or an added shard's).
+
+    ``lost``: findings for the tensors of shards with no report; ``failed``: shard -> why it cannot be checked;
+    ``added``: unsealed shards the index names and the set does not (`ADDED`); ``extra``: their tensors, as
+    ``FILE:TENSOR``, extra tensors of the set.
+    """
+
+    grave: list[str]
+    fixable: list[str]
+    lost: dict[str, TensorFinding]
+    failed: dict[str, str]
+    added: list[str]
+    extra: list[str]
+
+
+ADDED = (
+    "shard '{}' in the index is not part of the sealed set and carries no seal: a file added to the checkpoint, its "
+    "tensors extra tensors not in the seal (recover leaves it out, and them out of the index)"
+)
+
+
 def _verdict(
     idx: Index,
     records: dict[str, str | None],
     reports: dict[str, Report],
-    failed: dict[str, str],
+    failed: dict[str, Failed],
     asked: list[str],
     everything: list[str],
     peeked: dict[str, Any],
     pattern: str | None = None,
-) -> tuple[list[str], list[str], dict[str, TensorFinding], dict[str, str]]:
-    """The set's findings, for verify and recover alike: ``(grave, fixable, lost tensors, failed shards)``.
+) -> Verdict:
+    """The set's findings, for verify and recover alike.
 
     ``asked``: the shards looked for (present or not). A failed file that neither the index nor
-    an authenticated set record names (an edited record, say) is no shard, and is left out.
+    an authenticated set record names (an edited record, say) is no shard, and is left out. An unsealed
+    file the index names and no authenticated set record lists was added to the set, as an extra tensor
+    is to a file: tampering that recover undoes by leaving it out.
     """
     grave, fixable, listed = _set_issues(idx, records, reports, pattern)
-    failed = {s: why for s, why in failed.items() if s in idx.shards or s in listed}
+    kept = {s: f for s, f in failed.items() if s in idx.shards or s in listed}
+    added = [s for s, f in kept.items() if f.unsealed and listed and s not in listed]
+    extra = [f"{s}:{n}" for s in added for n in _held(idx, s) if pattern is None or fnmatch.fnmatchcase(n, pattern)]
+    why = {s: f.why for s, f in kept.items() if s not in added}
     gone = _gone(idx, [s for s in asked if s not in peeked], listed)
     unlisted = sorted(listed - set(everything)) if pattern is None else []  # the index does not name these
     missing = gone["missing"] + unlisted
     named = "of the sealed set" if idx.lost else "named in the index"
     grave += [f"shard '{s}' {named if s not in unlisted else 'of the sealed set'} is missing from the folder "
               "(deleted or moved)" for s in missing]  # fmt: skip
-    grave += list(failed.values())
+    grave += list(why.values())
     lost = _lost(idx, missing, "its shard '{}' is missing: its weights are lost", pattern)
-    lost |= _lost(idx, list(failed), "its shard '{}' cannot be checked", pattern)
-    return grave, [*([idx.lost] if idx.lost else []), *fixable, *gone["bogus"]], lost, failed
+    lost |= _lost(idx, list(why), "its shard '{}' cannot be checked", pattern)
+    fixable = [*([idx.lost] if idx.lost else []), *fixable, *gone["bogus"], *(ADDED.format(s) for s in added)]
+    return Verdict(grave, fixable, lost, why, added, extra)
+
+
+def _held(idx: Index, shard: str) -> list[str]:
+    """The tensors a shard file holds, from its header (the index's for it, if it cannot be read)."""
+    try:
+        return [e.name for e in st_format.read_layout(idx.folder / shard).entries]
+    except (ParamSealError, OSError):
+        return idx.tensors_in(shard)
 
 
 def _gone(idx: Index, absent: list[str], listed: set[str]) -> dict[str, list[str]]:
@@ -193,6 +231,7 @@ def _merge(
     set_issues: list[str],
     *,
     fixable: list[str] | None = None,
+    extra: list[str] | None = None,
     fixed: list[str] | None = None,
     strays: list[str] | None = None,
     lost: dict[str, TensorFinding] | None = None,
@@ -212,10 +251,11 @@ def _merge(
     files an authenticated set record names (`_vouched`; None: all); another file's finding for a tensor
     one of them holds too (a copy listed by an edited index) is its own, named ``file:tensor``.
     ``moved``: where `_placement` found each shard (sealed name -> file); those under another name are kept.
+    ``extra``: extra tensors beside the shards' own (an added shard's, `Verdict`).
     """
     tensors: dict[str, TensorFinding] = {}
     fixable = fixable or []
-    extra, meta, notes = [], [*set_issues, *fixable], []
+    extra, meta, notes = list(extra or []), [*set_issues, *fixable], []
     said: dict[str, list[str]] = {}  # note -> the shards that give it, in order
     held = {n for s, r in reports.items() if vouched is None or s in vouched for n in r.tensors}
     for shard, r in reports.items():

@@ -24,7 +24,8 @@ A ``.safetensors`` file among them is named in a note (`_strays`): a loader that
 
 The index's reading and checking live in `_shard_index`; the set records and where each shard
 is in `_shard_set`; the set's findings and the merged report in `_shard_findings`; the pool of
-worker processes in `_shard_pool`; the keyless description (``inspect``) in `_shard_inspect`.
+worker processes in `_shard_pool`, and what each does with its shard in `_shard_jobs`; the keyless
+description (``inspect``) in `_shard_inspect`.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from . import errors, files
+from . import files
 from ._findings import unmatched
 from ._layout import block_count
 from ._model_io import PathLike
@@ -60,16 +61,13 @@ from ._shard_index import (
     set_files,
 )
 from ._shard_inspect import inspect_dir
-from ._shard_moves import borrowed, moved_issues, recover_moved, verify_moved, without_moved
+from ._shard_jobs import Failed, recover_one, verify_one
+from ._shard_moves import borrowed, moved_issues, without_moved
 from ._shard_pool import _map
 from ._shard_set import _locate, _moved, _record, _set_id, _vouched, open_index
 from ._tempname import temp_prefix
 from .errors import (
     FormatError,
-    InputError,
-    KeyMismatchError,
-    MissingDependencyError,
-    OutputError,
     ParamSealError,
     UnsupportedError,
     UsageError,
@@ -213,45 +211,6 @@ def seal_dir(
     return shards
 
 
-# A shard that cannot be read as a sealed model (replaced by an unsealed file, truncated) is tampering with the set;
-# these stay errors: a wrong key, a failed read or write, a missing extra, a seal this version cannot check.
-_NOT_TAMPERING = (KeyMismatchError, InputError, OutputError, MissingDependencyError, errors.BeyondSealError)
-
-
-def _verify_one(
-    path: Path, key: Key, pattern: str | None, borrow: dict[str, str]
-) -> tuple[Report | None, str | None, str | None, dict[str, str]]:
-    """``(report, set record, None, tensors taken from other files)``, or ``(None, None, why, {})``.
-
-    The second for a shard that cannot be verified. ``borrow``: tensors moved out of the shard, and the
-    file holding each (`_shard_moves`).
-    """
-    taken: dict[str, str] = {}
-    try:
-        if borrow:
-            rep, taken = verify_moved(path, key, pattern, borrow)
-        else:
-            rep = files.verify_file(path, key, tensors=pattern)
-    except _NOT_TAMPERING:
-        raise
-    except ParamSealError as e:
-        return None, None, f"shard '{path.name}' cannot be verified: {e}", {}
-    return rep, _record(path, key, rep.seal_id), None, taken
-
-
-def _recover_one(
-    src: Path, dst: Path, key: Key, allow_partial: bool, borrow: dict[str, str]
-) -> tuple[Report | str, dict[str, str]]:
-    try:
-        if borrow:
-            return recover_moved(src, dst, key, allow_partial, borrow)
-        return files.recover_file(src, dst, key, allow_partial=allow_partial).report, {}
-    except _NOT_TAMPERING:
-        raise
-    except ParamSealError as e:
-        return f"shard '{src.name}' cannot be recovered: {e}", {}
-
-
 def verify_dir(
     folder: PathLike,
     key: Key,
@@ -263,7 +222,8 @@ def verify_dir(
     """Verify every shard (only those holding tensors that match ``tensors``), plus the set and the index.
 
     A shard the index names but the folder lacks is tampering (not recoverable), not a bad input;
-    so is a shard that cannot be read as a sealed model. With ``tensors``, a shard is opened when
+    so is a shard that cannot be read as a sealed model, unless it is an unsealed file the set never had
+    (added: its tensors are extra tensors, and recover leaves it out). With ``tensors``, a shard is opened when
     the index or its sealed header puts a matching tensor in it. The report's ``seal_id`` is the
     set id; ``expect_seal`` as in `files.verify_file`.
     """
@@ -293,26 +253,25 @@ def verify_dir(
     opened = [s for s in chosen if s in peeked]
     moves = borrowed(folder, everything, peeked, where)
     jobs = [(folder / where.get(s, s), key, patterns[s], moves.get(s, {})) for s in opened]
-    results = _map(_verify_one, jobs, workers)
-    taken = {s: t for s, (_, _, _, t) in zip(opened, results, strict=True) if t}
-    reports = without_moved(
-        {s: r for s, (r, _, _, _) in zip(opened, results, strict=True) if r is not None}, where, taken
-    )
-    failed = {s: why for s, (_, _, why, _) in zip(opened, results, strict=True) if why is not None}
-    records = {s: rec for s, (r, rec, _, _) in zip(opened, results, strict=True) if r is not None}
-    tried = set(failed)
-    grave, fixable, lost, failed = _verdict(idx, records, reports, failed, chosen, everything, peeked, tensors)
-    no_shards = tried - set(failed)  # failed files that only an edited set record lists: left out
+    done = dict(zip(opened, _map(verify_one, jobs, workers), strict=True))
+    taken = {s: t for s, (_, _, t) in done.items() if t}
+    reports = without_moved({s: r for s, (r, _, _) in done.items() if isinstance(r, Report)}, where, taken)
+    failed = {s: r for s, (r, _, _) in done.items() if isinstance(r, Failed)}
+    records = {s: rec for s, (r, rec, _) in done.items() if isinstance(r, Report)}
+    v = _verdict(idx, records, reports, failed, chosen, everything, peeked, tensors)
+    grave, fixable, lost = v.grave, v.fixable, v.lost
+    no_shards = set(failed) - set(v.failed) - set(v.added)  # failed files that only an edited set record lists
     shard_files = {where.get(s, s) for s in everything if s not in no_shards}
     unread = [s for s in everything if s not in chosen and s in peeked]
     # the model's blocks not checked, for the total
-    blocks = sum(_blocks(folder / where.get(s, s)) for s in [*unread, *failed])
+    blocks = sum(_blocks(folder / where.get(s, s)) for s in [*unread, *v.failed])
     size = [] if grave or fixable or tensors else _size_note(idx, [folder / s for s in shard_files], _SET_IT)
     merged = _merge(
         "verify",
         reports,
         grave,
         fixable=[*_moved(where), *moved_issues(taken), *fixable],
+        extra=v.extra,
         strays=[*size, *_unasked(everything, chosen, peeked, tensors), *_strays(folder, shard_files, "not checked")],
         lost=lost,
         skipped=len(everything) - len(chosen),
@@ -394,14 +353,17 @@ def recover_dir(
         with _atomic_dir(dst, src) as tmp:
             moves = borrowed(src, shards, peeked, where)
             jobs = [(src / where.get(s, s), tmp / s, key, True, moves.get(s, {})) for s in shards]
-            done = dict(zip(shards, _map(_recover_one, jobs, workers), strict=True))
+            done = dict(zip(shards, _map(recover_one, jobs, workers), strict=True))
             results = {s: r for s, (r, _) in done.items()}
             taken = {s: t for s, (_, t) in done.items() if t}
             reports = without_moved({s: r for s, r in results.items() if isinstance(r, Report)}, where, taken)
-            failed = {s: r.replace(str(tmp), str(dst)) for s, r in results.items() if isinstance(r, str)}
+            failed = {s: replace(r, why=r.why.replace(str(tmp), str(dst))) for s, r in results.items()
+                      if isinstance(r, Failed)}  # fmt: skip
             records = {s: _record(tmp / s, key) for s in reports}
-            grave, fixable, lost, failed = _verdict(idx, records, reports, failed, everything, everything, peeked)
-            everything = [s for s in everything if s in reports or s in failed or s not in peeked]  # others copied
+            v = _verdict(idx, records, reports, failed, everything, everything, peeked)
+            grave, fixable, lost = v.grave, v.fixable, v.lost
+            # the others are copied; an added shard is left out
+            everything = [s for s in everything if s in reports or s in v.failed or s in v.added or s not in peeked]
             # nothing is written unless the shards recovered, so neither is an index
             fixing = not grave and (allow_partial or all(r.ok for r in reports.values()))
             rebuild = bool(fixable) and fixing
@@ -411,6 +373,7 @@ def recover_dir(
             fixes += [
                 f"tensor '{n}' was written back into shard '{s}', its sealed shard" for s, t in taken.items() for n in t
             ]
+            fixes += [f"shard '{s}', added to the set, was left out, and its tensors out of the index" for s in v.added]
             if not (grave or fixable):
                 fixes += _size_note(idx, [tmp / s for s in reports], "it was copied unchanged; " + _SET_IT)
             merged = _merge(
@@ -418,6 +381,7 @@ def recover_dir(
                 reports,
                 grave,
                 fixable=[*moved, *moved_issues(taken), *fixable],
+                extra=v.extra,
                 fixed=fixes if fixing else [],
                 strays=_strays(src, {where.get(s, s) for s in everything}, "not checked (recover copies it unchanged)"),
                 lost=lost,

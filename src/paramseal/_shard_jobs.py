@@ -1,0 +1,79 @@
+"""What each worker does with one shard of a sealed set: verify it, or recover it into the new folder.
+
+`sharded.verify_dir` and `recover_dir` run these on the pool (`_shard_pool._map`), one shard a job. A shard that
+cannot be read as a sealed model comes back as `Failed` (tampering with the set, not a bad input), saying whether
+the file carries no seal at all: a file added to the set, when no set record lists it (`_shard_findings._verdict`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import files
+from ._shard_moves import recover_moved, verify_moved
+from ._shard_set import _record
+from ._weights_header import HeaderOnlyInMetadata
+from .errors import (
+    BeyondSealError,
+    InputError,
+    KeyMismatchError,
+    MissingDependencyError,
+    NotSealedError,
+    OutputError,
+    ParamSealError,
+)
+from .keys import Key
+from .report import Report
+
+# A shard that cannot be read as a sealed model (replaced by an unsealed file, truncated) is
+# tampering with the set; these stay errors: a wrong key, a failed read or write, a missing extra,
+# a seal this version cannot check.
+_NOT_TAMPERING = (KeyMismatchError, InputError, OutputError, MissingDependencyError, BeyondSealError)
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A shard that cannot be verified or recovered: ``why``, and whether the file carries no seal at all."""
+
+    why: str
+    unsealed: bool
+
+
+def _failed(e: ParamSealError, why: str) -> Failed:
+    # a sealed model whose header only its metadata could hold, read without it, is sealed all the same
+    return Failed(why, isinstance(e, NotSealedError) and not isinstance(e, HeaderOnlyInMetadata))
+
+
+def verify_one(
+    path: Path, key: Key, pattern: str | None, borrow: dict[str, str]
+) -> tuple[Report | Failed, str | None, dict[str, str]]:
+    """``(report, set record, tensors taken from other files)``, or ``(Failed, None, {})``.
+
+    ``borrow``: tensors moved out of the shard, and the file holding each (`_shard_moves`).
+    """
+    taken: dict[str, str] = {}
+    try:
+        if borrow:
+            rep, taken = verify_moved(path, key, pattern, borrow)
+        else:
+            rep = files.verify_file(path, key, tensors=pattern)
+    except _NOT_TAMPERING:
+        raise
+    except ParamSealError as e:
+        return _failed(e, f"shard '{path.name}' cannot be verified: {e}"), None, {}
+    return rep, _record(path, key, rep.seal_id), taken
+
+
+def recover_one(
+    src: Path, dst: Path, key: Key, allow_partial: bool, borrow: dict[str, str]
+) -> tuple[Report | Failed, dict[str, str]]:
+    """``(report, tensors taken from other files)`` of ``src`` recovered into ``dst``, or ``(Failed, {})``."""
+    try:
+        if borrow:
+            return recover_moved(src, dst, key, allow_partial, borrow)
+        return files.recover_file(src, dst, key, allow_partial=allow_partial).report, {}
+    except _NOT_TAMPERING:
+        raise
+    except ParamSealError as e:
+        return _failed(e, f"shard '{src.name}' cannot be recovered: {e}"), {}
