@@ -12,22 +12,21 @@ not its data stays missing. Its finding says where it was (`MOVED`), the set's f
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ._file_header import check_loaded, own_header, prefixed_errors
-from ._layout import block_count
 from ._model_io import open_model
 from ._recover_file import recover_loaded
 from .errors import ParamSealError
 from .formats import Loaded
 from .formats import safetensors as st_format
 from .keys import Key
-from .report import Report, TensorFinding
-from .verify import pinned_check, report_of
+from .report import Report
+from .verify import Check, pinned_check, report_of
 
 MOVED = "moved to shard '{}'"  # the moved tensor's one issue: the file that holds it
 
@@ -73,16 +72,23 @@ def _with_copies(path: Path, folder: Path, borrow: dict[str, str]) -> Iterator[L
 def _taken(path: Path, key: Key, borrow: dict[str, str]) -> dict[str, str]:
     """The borrowed tensors whose copy verifies, for the most part, as the shard's own tensor."""
     with _with_copies(path, path.parent, borrow) as loaded, prefixed_errors(path):
-        found = {n: report_of(check_loaded(loaded, path, key, None, select=_exact(n))[0]).tensors[n] for n in borrow}
-    return _passing(found, borrow)
+        return {
+            n: f
+            for n, f in borrow.items()
+            if _passing(check_loaded(loaded, path, key, None, select=_exact(n))[0], {n: f})
+        }
 
 
-def _passing(found: Mapping[str, TensorFinding], borrow: dict[str, str]) -> dict[str, str]:
-    """Of ``borrow``, the tensors whose finding has under half its blocks tampered, and no other issue."""
+def _passing(chk: Check, borrow: dict[str, str]) -> dict[str, str]:
+    """Of ``borrow``, the tensors whose copy has under half its blocks failing in ``chk``, and no other issue.
+
+    From the check itself: a report's finding does not carry the tensor's size (its ``numel`` is 0 there).
+    """
+    at = {s.name: t for t, s in enumerate(chk.specs)}
     return {
         n: f
         for n, f in borrow.items()
-        if len(found[n].tampered_blocks) * 2 < block_count(found[n].numel) and not found[n].issues
+        if int(chk.bad[at[n]].sum()) * 2 < chk.specs[at[n]].nblocks and not chk.issues[at[n]]
     }
 
 
@@ -113,7 +119,7 @@ def verify_moved(path: Path, key: Key, pattern: str | None, borrow: dict[str, st
         with _with_copies(path, path.parent, taken) as loaded, prefixed_errors(path):
             chk, _ = check_loaded(loaded, path, key, None, select=pattern)
             rep = report_of(chk)
-            passing = _passing(rep.tensors, taken)
+            passing = _passing(chk, taken)
             if passing == taken:
                 rep = pinned_check(rep, chk, loaded.tensors, None, own_header(loaded))
                 return _marked(rep, taken), taken
