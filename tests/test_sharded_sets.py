@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import helpers
 import numpy as np
@@ -150,3 +151,34 @@ def test_a_moved_tensor_whose_copy_has_a_few_damaged_blocks_is_still_found_and_r
     rec = sharded.recover_dir(sealed, out, key, workers=1)
     assert rec.status == "recovered" and rec.written, rec
     assert ((out / SHARDS[0]).read_bytes(), (out / SHARDS[1]).read_bytes()) == pristine
+
+
+def test_recover_checks_a_shard_with_a_tensor_moved_out_once_unless_a_copy_is_refused(
+    tmp_path: Path, sealed: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """recover checked the shard that lacks a moved tensor twice, as verify once did: each copy alone (to choose the
+    copies to take), then the whole shard with them. Now once, that check the one recover goes on from."""
+    from paramseal import _recover_file, _shard_moves
+
+    checked: list[tuple[str, str | None]] = []
+
+    def counted(real: Any) -> Any:
+        def check(loaded: Any, path: Path, *a: Any, **kw: Any) -> Any:
+            checked.append((path.name, kw.get("select")))
+            return real(loaded, path, *a, **kw)
+
+        return check
+
+    for module in (_shard_moves, _recover_file):
+        monkeypatch.setattr(module, "check_loaded", counted(module.check_loaded))
+    name = "layers.0.weight"
+    t1, m1 = _move(name, sealed / SHARDS[0], sealed / SHARDS[1])
+    rep = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
+    assert rep.status == "recovered" and rep.tensors[name].issues[0] == f"moved to shard '{SHARDS[1]}'", rep
+    assert [c for c in checked if c[0] == SHARDS[0]] == [(SHARDS[0], None)], checked
+    t1[name].reshape(-1)[: 64 * 40] = 0  # 40 blocks of 48 no longer its data: refused, checked again without it
+    helpers.write_st(sealed / SHARDS[1], t1, m1)
+    checked.clear()
+    rep = sharded.recover_dir(sealed, tmp_path / "not", key, workers=1)
+    assert not rep.written and "missing" in rep.tensors[name].issues, rep.tensors[name]
+    assert [c for c in checked if c[0] == SHARDS[0]] == [(SHARDS[0], None)] * 2, checked

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ._file_header import check_loaded, made_whole, own_header, prefixed_errors
+from ._file_header import FoundHeader, check_loaded, made_whole, own_header, prefixed_errors
 from ._model_io import PathLike, is_safetensors, open_model, warn_pt_entry, write_model
 from ._pages import Workspace, check_inputs
 from ._patch import (
@@ -27,6 +27,7 @@ from .header import METADATA_KEY, parse_header
 from .keys import Key
 from .recover import not_the_expected_seal, plan_recovery, recover_from_plan
 from .report import Report, seal_id_arg
+from .verify import Check
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,22 +104,24 @@ def recover_loaded(
     onto_input: bool = False,
     patch_here: bool = False,
     pre: Precopy | None = None,
+    checked: tuple[Check, FoundHeader] | None = None,
 ) -> RecoveredFile:
     """Recover ``loaded``, read from ``s``, into ``d`` (format ``fmt``, paths checked): `recover_file` after its checks.
 
     Also recovers a re-sharded single-file seal's shards read as one model (`_resharded.recover_as_one`).
     ``onto_input``/``patch_here``: ``d`` is ``s`` (--in-place), patched there where it can be; ``pre``: the
-    input's copy being made beside ``d``, patched and renamed into place where its layout allows.
+    input's copy being made beside ``d``, patched and renamed into place where its layout allows. ``checked``: the
+    `check_loaded` of ``loaded`` (``header``'s) made already, by a caller that had to see it first (`_shard_moves`).
     """
     if fmt == "onnx":
         onnx_format.require_graph(d, loaded)
-    prog = Progress("recover", len(loaded.tensors), enabled=progress)
+    prog = Progress("recover", len(loaded.tensors), enabled=progress if checked is None else False)
     # Open until the output is written: the rebuilt blocks past the budget live in its files, and
     # closing it unregisters their maps, so writing them out would keep every page resident.
     ws = Workspace(d.parent)
     try:
         with prefixed_errors(s):
-            chk, found = check_loaded(loaded, s, key, header, progress=prog)
+            chk, found = check_loaded(loaded, s, key, header, progress=prog) if checked is None else checked
             other = not_the_expected_seal(chk, expect_seal, loaded.tensors, own_header(loaded))
             if other is not None:  # nothing to decode or write
                 prog.done()

@@ -20,6 +20,7 @@ from typing import Any
 
 from ._file_header import check_loaded, own_header, prefixed_errors
 from ._model_io import open_model
+from ._progress import Progress
 from ._recover_file import recover_loaded
 from .errors import ParamSealError
 from .formats import Loaded
@@ -69,16 +70,6 @@ def _with_copies(path: Path, folder: Path, borrow: dict[str, str]) -> Iterator[L
         yield replace(loaded, tensors={**loaded.tensors, **{n: others[f].tensors[n] for n, f in borrow.items()}})
 
 
-def _taken(path: Path, key: Key, borrow: dict[str, str]) -> dict[str, str]:
-    """The borrowed tensors whose copy verifies, for the most part, as the shard's own tensor."""
-    with _with_copies(path, path.parent, borrow) as loaded, prefixed_errors(path):
-        return {
-            n: f
-            for n, f in borrow.items()
-            if _passing(check_loaded(loaded, path, key, None, select=_exact(n))[0], {n: f})
-        }
-
-
 def _passing(chk: Check, borrow: dict[str, str]) -> dict[str, str]:
     """Of ``borrow``, the tensors whose copy has under half its blocks failing in ``chk``, and no other issue.
 
@@ -90,11 +81,6 @@ def _passing(chk: Check, borrow: dict[str, str]) -> dict[str, str]:
         for n, f in borrow.items()
         if int(chk.bad[at[n]].sum()) * 2 < chk.specs[at[n]].nblocks and not chk.issues[at[n]]
     }
-
-
-def _exact(name: str) -> str:
-    """A glob pattern matching only ``name``."""
-    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
 def _marked(rep: Report, borrow: dict[str, str]) -> Report:
@@ -109,7 +95,7 @@ def _marked(rep: Report, borrow: dict[str, str]) -> Report:
 def verify_moved(path: Path, key: Key, pattern: str | None, borrow: dict[str, str]) -> tuple[Report, dict[str, str]]:
     """Verify the shard at ``path`` with the tensors in ``borrow`` read from the other files (those taken).
 
-    Checked once, every copy in it: a tensor's finding is its own (`_taken`'s, one check per copy, would be the
+    Checked once, every copy in it: a tensor's finding is its own (a check of the copy alone would give the
     same), so the copies taken are known from it. Checked again only without a copy not taken (missing, then).
     """
     if pattern is not None:
@@ -129,11 +115,26 @@ def verify_moved(path: Path, key: Key, pattern: str | None, borrow: dict[str, st
 def recover_moved(
     src: Path, dst: Path, key: Key, allow_partial: bool, borrow: dict[str, str]
 ) -> tuple[Report, dict[str, str]]:
-    """Recover the shard at ``src`` into ``dst`` with the tensors in ``borrow`` read from the other files."""
-    taken = _taken(src, key, borrow)
-    with _with_copies(src, src.parent, taken) as loaded:
-        res = recover_loaded(loaded, src, dst, "safetensors", key, allow_partial=allow_partial, progress=None)
-    return _marked(res.report, taken), taken
+    """Recover the shard at ``src`` into ``dst`` with the tensors in ``borrow`` read from the other files (those taken).
+
+    As `verify_moved`: checked once, every copy in it, and recover goes on from that check; checked again only
+    without a copy not taken (then missing, for the shard's parity to rebuild if it can).
+    """
+    taken = borrow
+    while True:
+        with _with_copies(src, src.parent, taken) as loaded:
+            prog = Progress("recover", len(loaded.tensors))  # as `recover_loaded` shows its own check
+            with prefixed_errors(src):
+                chk, found = check_loaded(loaded, src, key, None, progress=prog)
+            passing = _passing(chk, taken)
+            if passing == taken:
+                prog.done()
+                checked = (chk, found)
+                res = recover_loaded(
+                    loaded, src, dst, "safetensors", key, allow_partial=allow_partial, progress=None, checked=checked
+                )
+                return _marked(res.report, taken), taken
+        taken = passing
 
 
 def moved_issues(taken: dict[str, dict[str, str]]) -> list[str]:
