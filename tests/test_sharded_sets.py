@@ -182,3 +182,14 @@ def test_recover_checks_a_shard_with_a_tensor_moved_out_once_unless_a_copy_is_re
     rep = sharded.recover_dir(sealed, tmp_path / "not", key, workers=1)
     assert not rep.written and "missing" in rep.tensors[name].issues, rep.tensors[name]
     assert [c for c in checked if c[0] == SHARDS[0]] == [(SHARDS[0], None)] * 2, checked
+
+
+def test_inspect_without_an_index_says_the_set_records_do_not_name_a_stray_file(sealed: Path) -> None:
+    """With the index gone, a stray file beside a missing shard was 'not named by the index': there is none."""
+    (sealed / SHARDS[1]).unlink()
+    (sealed / sharded.INDEX).unlink()
+    helpers.write_st(sealed / "extra.safetensors", {"x": np.ones(8, np.float32)})
+    rc, text, _ = helpers.run_cli(["inspect", sealed])
+    assert rc == 0, text
+    assert "WARNING: file 'extra.safetensors' is not named by the set records; it carries no set record" in text, text
+    assert "index" not in [line for line in text.splitlines() if "extra.safetensors" in line][0]

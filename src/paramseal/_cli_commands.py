@@ -340,7 +340,8 @@ def _inspect_text(info: dict[str, object]) -> str:
         unlisted = info.get("unlisted_files")
         for name, shard in unlisted.items() if isinstance(unlisted, dict) else ():
             said = f"its set record (unchecked) names shard '{shard}'" if shard else "it carries no set record"
-            lines.append(f"WARNING: file '{name}' is not named by the index; {said}")
+            by = "the index" if info.get("index") else "the set records"  # a lost index: the records list the shards
+            lines.append(f"WARNING: file '{name}' is not named by {by}; {said}")
         if info.get("index_problem"):
             lines.append(f"WARNING: {info['index_problem']}")
         warned = info.get("shard_warnings")
