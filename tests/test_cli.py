@@ -901,7 +901,32 @@ def test_inspect_text_says_when_nan_floats_leave_nothing_to_carry_the_watermark(
     src = helpers.write_st(tmp_path / "m.safetensors", {"a": np.full(640, np.inf, np.float32)})
     rc, so, _ = run(["inspect", src])
     assert rc == 0 and "cannot be sealed: its float tensors all hold NaN or Inf" in so
-    assert "F32   NaN/Inf values: sealed as data" in so and "k=8" not in so
+    assert "NaN/Inf values: sealed as data" not in so and "k=8" not in so
+
+
+@pytest.mark.parametrize(
+    ("tensors", "why"),
+    [
+        ({}, "it has no tensors"),
+        ({"i": np.arange(1000, dtype=np.int64)}, "it has no float tensors"),
+        ({"a": np.full(640, np.nan, np.float32)}, "its float tensors all hold NaN or Inf"),
+        ({"a": np.full(640, np.inf, np.float32), "i": np.arange(10)}, "its float tensors all hold NaN or Inf"),
+    ],
+)
+def test_inspect_of_a_model_seal_refuses_lists_no_level_as_protecting_it(
+    tmp_path: Path, key_file: Path, tensors: dict[str, np.ndarray], why: str
+) -> None:
+    """inspect listed every level as 'authenticated and protected' (or, with no tensors, a heading with nothing
+    under it) for a model that seal refuses with exit 3."""
+    src = helpers.write_st(tmp_path / "m.safetensors", tensors)
+    assert run(["seal", src, tmp_path / "o.safetensors", "--key", key_file])[0] == 3
+    rc, so, _ = run(["inspect", src])
+    assert rc == 0 and f"cannot be sealed: {why}" in so, so
+    assert so.splitlines()[-1] == "not sealed; no level applies: seal refuses this model", so
+    assert "protected" not in so and "what each level would give" not in so and "block(s)" not in so, so
+    rc, so, _ = run(["inspect", src, "--json"])
+    info = json.loads(so)
+    assert rc == 0 and info["cannot_seal"].startswith(why) and info["levels"] == {}, info
 
 
 def test_inspect_shows_the_seal_salt_for_a_registry_to_compare(sealed_file: Path, key: paramseal.Key) -> None:

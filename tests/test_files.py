@@ -378,7 +378,7 @@ def test_inspect_says_a_model_whose_floats_all_hold_nan_cannot_be_sealed(tmp_pat
     src = helpers.write_st(tmp_path / "m.safetensors", {"a": np.full(1000, np.nan, np.float32), "i": np.arange(10)})
     info = files.inspect_file(src)
     assert "NaN or Inf" in info["cannot_seal"]
-    assert {lv: c["F32"]["k"] for lv, c in info["levels"].items()} == {"light": 0, "standard": 0, "strong": 0}
+    assert info["levels"] == {}  # seal refuses it: no level would protect it
     with pytest.raises(UnsupportedError, match="NaN or Inf"):
         files.seal_file(src, tmp_path / "out.safetensors", key)
     # one finite fp32 tensor is enough: the dtype carries bits again

@@ -322,7 +322,7 @@ def _inspect_text(info: dict[str, object]) -> str:
         f"{info['file']}: {_count(cast(int, info['tensors']), 'tensor')}, parameters by dtype {info['parameters']}"
     ]
     blocks = info.get("blocks")
-    if isinstance(blocks, int) and 0 < blocks < FEW_BLOCKS:
+    if isinstance(blocks, int) and 0 < blocks < FEW_BLOCKS and info.get("levels"):  # bounds below to qualify
         lines.append(
             f"note: only {blocks} block(s) of 64 values: damage counts in whole blocks and the bounds below hold "
             "for models of many blocks; one damaged block here may be beyond recovery"
@@ -365,15 +365,17 @@ def _inspect_text(info: dict[str, object]) -> str:
     if info.get("header_problem"):
         lines.append(f"WARNING: {info['header_problem']}")
     seal = info.get("seal")
+    levels = info["levels"]
+    assert isinstance(levels, dict)
     if isinstance(seal, dict):
         lines.append("sealed: " + ", ".join(_seal_fields(seal)))
     elif info.get("seal_unreadable"):
         lines.append(f"WARNING: {info['seal_unreadable']}")
-        lines.append("no readable seal header; what each level would give a fresh seal:")
+        lines.append("no readable seal header" + ("; what each level would give a fresh seal:" if levels else ""))
+    elif info.get("cannot_seal"):  # seal refuses it: listing levels would promise a protection it never gets
+        lines.append("not sealed; no level applies: seal refuses this model")
     else:
         lines.append("not sealed; what each level would give:")
-    levels = info["levels"]
-    assert isinstance(levels, dict)
     for lv, caps in levels.items():
         for dt, c in caps.items():
             if c.get("k") and c.get("code") == "irs":

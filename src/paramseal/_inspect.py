@@ -106,9 +106,13 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
             return info
         plain = non_finite(loaded.tensors)  # seal takes these as data (k = 0): they fill strata, carry no parity
         carrying = {dtype_name(a.dtype) for n, a in loaded.tensors.items() if n not in plain}
-        if not carrying & set(FLOATS):  # as seal words it
+        if not loaded.tensors:  # as seal words it
+            info["cannot_seal"] = "it has no tensors"
+        elif not carrying & set(FLOATS):
             what = "its float tensors all hold NaN or Inf" if plain else "it has no float tensors"
             info["cannot_seal"] = f"{what}: the watermark lives in float mantissas"
+        if "cannot_seal" in info:  # seal refuses it (exit 3): no level would protect it
+            return info
         for lv in LEVELS:
             ks = {dt: bits_for(dt, lv, None) if dt in carrying else 0 for dt in dtypes}
             specs = [
