@@ -628,6 +628,28 @@ def test_header_from_another_model_says_so(tmp_path: Path, key: paramseal.Key, k
     assert rc == 2 and "another seal of the same model" in out and "another model (" not in out
 
 
+def test_header_from_another_model_of_one_tensor_counts_it_in_the_singular(tmp_path: Path, key_file: Path) -> None:
+    """It said 'none of its 1 tensors is in this file', with or without the file's own header."""
+    rng = np.random.default_rng(24)
+    for m in ("a", "b"):
+        model = helpers.write_st(tmp_path / f"{m}.safetensors", {m: rng.standard_normal((64, 256)).astype(np.float32)})
+        argv = [
+            "seal",
+            model,
+            tmp_path / f"s{m}.safetensors",
+            "--key",
+            key_file,
+            "--header-out",
+            tmp_path / f"{m}.json",
+        ]
+        assert helpers.run_cli(argv)[0] == 0
+    stripped = helpers.write_st(tmp_path / "strip.safetensors", helpers.read_st(tmp_path / "sa.safetensors")[0])
+    for model in (tmp_path / "sa.safetensors", stripped):
+        rc, out, _ = helpers.run_cli(["verify", model, "--key", key_file, "--header-from", tmp_path / "b.json"])
+        assert rc == 2 and "another model" in out and "its one tensor is not in this file" in out, out
+        assert "1 tensors" not in out, out
+
+
 @pytest.mark.parametrize("shape", [(64, 256), (8, 16)], ids=["copy-in-weights", "no-copy"])
 def test_header_from_another_model_says_so_when_the_file_has_no_header_of_its_own(
     tmp_path: Path, key_file: Path, shape: tuple[int, int]

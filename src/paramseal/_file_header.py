@@ -246,7 +246,7 @@ def _not_given(loaded: Loaded, text: str, given: str, key: Key) -> str:
         kept = parse_header(given, key)
         if _seals_another_model(loaded, kept):
             return (
-                f"{_NOT_GIVEN}: it seals another model (none of its {len(kept.tensors)} tensors is in this file; "
+                f"{_NOT_GIVEN}: it seals another model ({_none_here(len(kept.tensors))}; "
                 "verify without --header-from checks the file against its own header)"
             )
         own = parse_header(text, key)
@@ -293,10 +293,12 @@ def _another_models(loaded: Loaded, given: str, key: Key) -> list[str]:
         own = "verify without --header-from checks the file against the copy of its own header in its weights"
     except ParamSealError:
         own = "give this model's own: a copy of its sealed file, or the .json file seal --header-out wrote for it"
-    return [
-        f"the header given (--header-from) seals another model: none of its {len(kept.tensors)} tensors is in "
-        f"this file; {own}"
-    ]
+    return [f"the header given (--header-from) seals another model: {_none_here(len(kept.tensors))}; {own}"]
+
+
+def _none_here(n: int) -> str:
+    """That none of a header's ``n`` tensors is in the file, counted in the singular for one."""
+    return "its one tensor is not in this file" if n == 1 else f"none of its {n} tensors is in this file"
 
 
 def _another_seal_in_weights(loaded: Loaded, kept: Header, key: Key) -> list[str]:
