@@ -2184,6 +2184,28 @@ def test_inspect_names_the_fields_a_metadata_header_lacks(
     assert "header_problem" not in json.loads(run(["inspect", sealed_file, "--json"])[1])  # an intact one has them all
 
 
+@pytest.mark.parametrize(
+    ("gone", "said"),
+    [
+        (["scheme"], "no 'scheme' field"),
+        (["key_fingerprint", "scheme"], "no 'scheme', 'key_fingerprint' fields"),
+        (["hmac", "level", "scheme"], "no 'scheme', 'level', 'hmac' fields"),
+        (["salt", "level"], "no 'level', 'salt' fields"),
+    ],
+)
+def test_inspect_and_verify_name_the_same_fields_a_metadata_header_lacks(
+    tmp_path: Path, sealed_file: Path, key: paramseal.Key, key_file: Path, gone: list[str], said: str
+) -> None:
+    """A header without its scheme: inspect named 'scheme', verify 'key_fingerprint' (or no field at all)."""
+    body = json.loads(files.read_header(sealed_file, key))
+    for field in gone:
+        del body[field]
+    bad = _with_metadata_header(sealed_file, tmp_path / "bad.safetensors", json.dumps(body))
+    assert said in json.loads(run(["inspect", bad, "--json"])[1])["header_problem"]
+    rc, so, err = run(["verify", bad, "--key", key_file])
+    assert rc == 2 and f"it has {said})" in so + err, so + err
+
+
 def test_inspect_of_a_model_whose_only_copy_in_the_weights_is_damaged_warns(
     tmp_path: Path, sealed_with_copies: Path
 ) -> None:

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -29,6 +29,8 @@ SCHEME_IRS = "paramseal/3"
 OWN_PREFIX = "paramseal."  # metadata entries ParamSeal itself writes into a model's metadata
 CODE_NAME = "rs-gf16-leopard"
 SHARD_BYTES = 4  # bytes of a parity shard: one 32-bit word
+READS = ("paramseal/1", SCHEME, SCHEME_IRS)
+SALT_BYTES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,3 +174,53 @@ HMAC_FIELD_CHARS = len(',"hmac":""') + 64
 def _own_digest(meta: dict[str, str]) -> str | None:
     own = own_entries(meta)
     return metadata_digest(own) if own else None
+
+
+def _fields(scheme: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """The fields every header of ``scheme`` holds (in the order written), and those it may hold.
+
+    Both are read off what `Header.body` writes: the serializer is the one list, so a field it gains
+    is required here with it (or allowed, once ``full`` below sets what makes it written).
+    """
+    bare = Header("standard", None, bytes(SALT_BYTES), "", 0, (), scheme=scheme, own_field=False)
+    full = replace(
+        bare,
+        user_metadata={OWN_PREFIX + "x": ""},
+        own_field=True,
+        carriers=(0,),
+        copies=2,
+        st_room=1,
+        strata_perms=1,
+        keyed_offset=True,
+    )
+    return (*bare.body(), "hmac"), frozenset(full.body()) | {"hmac", "user_metadata"}
+
+
+def missing_fields(body: Mapping[str, Any]) -> list[str]:
+    """The fields `parse_header` needs that a (peeked, untrusted) header lacks, in the order written.
+
+    For a header without a scheme, those every scheme this version reads needs; none for a scheme it
+    does not read (that is what to report of it).
+    """
+    scheme = body.get("scheme")
+    if scheme in READS:
+        need = list(_fields(scheme)[0])
+    elif "scheme" in body:
+        return []
+    else:
+        each = [_fields(s)[0] for s in READS]
+        need = [f for f in each[-1] if all(f in fs for fs in each)]
+    return [f for f in need if f not in body]
+
+
+class _MissingFields(ValueError):
+    """A header lacks fields it needs (`missing_fields`), all named in one message."""
+
+    def __init__(self, fields: list[str]) -> None:
+        super().__init__(fields)
+        self.fields = fields
+
+
+def no_fields(fields: list[str]) -> str:
+    """``no 'a', 'b' fields``: the missing fields, as inspect and verify both name them."""
+    return f"no {', '.join(map(repr, fields))} {'field' if len(fields) == 1 else 'fields'}"

@@ -14,7 +14,7 @@ from ._layout import TensorSpec, block_count
 from ._weights_header import typed_voids
 from .errors import ParamSealError, UnsupportedError, cut, one_line
 from .formats import Loaded
-from .header import METADATA_KEY, MalformedHeaderError, missing_fields, peek_header
+from .header import METADATA_KEY, MalformedHeaderError, missing_fields, no_fields, peek_header
 from .levels import FLOATS, LEVELS, bits_for, capacity, dtype_name
 from .seal import non_finite
 
@@ -46,10 +46,9 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
     elif h is not None and (missing := missing_fields(h)):
         place = "file's metadata" if where == "metadata" else where
         info["header_problem"] = (
-            f"'{p}': the ParamSeal header in the {place} has no "
-            f"{', '.join(map(repr, missing))} {'field' if len(missing) == 1 else 'fields'}: it was edited or "
-            "corrupted and does not authenticate. Run 'paramseal verify' with the key: it uses an intact copy of the "
-            "header in the weights, if there is one, else pass --header-from FILE, a kept copy of the sealed header"
+            f"'{p}': the ParamSeal header in the {place} has {no_fields(missing)}: it was edited or corrupted and "
+            "does not authenticate. Run 'paramseal verify' with the key: it uses an intact copy of the header in the "
+            "weights, if there is one, else pass --header-from FILE, a kept copy of the sealed header"
         )
     if h is not None:
         irs = h.get("code") == _strata.CODE_NAME

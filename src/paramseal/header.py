@@ -14,7 +14,6 @@ import json
 import re
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -23,16 +22,21 @@ from . import _embed, _embed_merge, _json, _outer, _strata
 from ._header_body import (
     CODE_NAME,
     HMAC_FIELD_CHARS,
-    OWN_PREFIX,
+    READS,
+    SALT_BYTES,
     SCHEME,
     SCHEME_IRS,
     SHARD_BYTES,
     Header,
     _canonical,
+    _fields,
     _mac,
     _mac_of,
+    _MissingFields,
     _own_digest,
     metadata_digest,
+    missing_fields,
+    no_fields,
     own_entries,
 )
 from ._layout import TensorSpec
@@ -43,10 +47,8 @@ from .levels import BLOCK, FLOATS, LEVELS, ST_TO_NP
 
 #: Schemes this version reads. v2 added the header copy embedded in the weights (``_embed``) and keeps
 #: only a digest of the user metadata under the MAC, so that copy verifies without the metadata.
-READS = ("paramseal/1", SCHEME, SCHEME_IRS)
 METADATA_KEY = "paramseal"
 SET_KEY = "paramseal_set"  # a sharded checkpoint's set record, sealed in each shard (see sharded)
-SALT_BYTES = 16
 _MAX_HEADER_CHARS = 64 << 20
 # A header nests 4 deep (body, tensor table, entry, shape); deeper is an edit. Checked after parsing:
 # JSON nested just under the recursion limit parses, then fails to be serialised for the MAC or printed.
@@ -97,9 +99,15 @@ def _malformed(text: str, e: BaseException) -> str:
         return "it is empty" if not text.strip() else "it is not JSON"
     if isinstance(e, _json.TooDeepError):
         return "it is nested too deep"
+    if isinstance(e, _MissingFields):
+        return f"it has {no_fields(e.fields)}"
     if isinstance(e, KeyError):
         return f"it has no {e} field"
     return str(e)
+
+
+# Without these the MAC cannot be checked: a header missing one is malformed, whatever else it lacks.
+_TO_AUTHENTICATE = ("scheme", "key_fingerprint", "hmac")
 
 
 def parse_header(text: str, key: Key) -> Header:
@@ -110,6 +118,8 @@ def parse_header(text: str, key: Key) -> Header:
         body = _loads(text)
         if not isinstance(body, dict):
             raise ValueError(_no_object(body))
+        if (missing := missing_fields(body)) and set(missing) & set(_TO_AUTHENTICATE):
+            raise _MissingFields(missing)  # all named, as inspect names them, not the first one read
         stored_fp = body["key_fingerprint"]
         if not (isinstance(stored_fp, str) and _FINGERPRINT.fullmatch(stored_fp)):  # quoted as another key's below
             raise ValueError("its key fingerprint is not 16 hex digits")
@@ -147,10 +157,11 @@ def parse_header(text: str, key: Key) -> Header:
         raise KeyMismatchError(stored_fp, key.fingerprint)
     canonical = _canonical(body)
     if not hmac.compare_digest(claimed, _mac_of(key, canonical)):
+        edited = "its settings or tensor table were edited" + (f": it has {no_fields(missing)}" if missing else "")
         raise HeaderAuthError(
-            "the ParamSeal header does not authenticate: its settings or tensor table were edited; "
+            f"the ParamSeal header does not authenticate: {edited}; "
             "the weights cannot be checked against an untrusted header",
-            reason="does not authenticate (its settings or tensor table were edited)",
+            reason=f"does not authenticate ({edited})",
         )
     v1 = body["scheme"] == "paramseal/1"
     user_meta: dict[str, str] | None = None
@@ -216,7 +227,8 @@ def parse_header(text: str, key: Key) -> Header:
             st_room=0 if v1 else _room(body.get("safetensors_header_bytes", 0)),
         )
     except (KeyError, TypeError, ValueError, OverflowError) as e:  # authenticated but unreadable: a writer bug
-        raise FormatError(f"the ParamSeal header is authentic but unreadable: {_malformed(text, e)}") from None
+        why = f"it has {no_fields(missing)}" if missing else _malformed(text, e)
+        raise FormatError(f"the ParamSeal header is authentic but unreadable: {why}") from None
     # Past _unreadable_fields, ``body`` is what ``h`` writes again (`_not_as_written`): its canonical JSON and the
     # MAC are the embedded copy's, whose length the carriers must hold (without writing the header once more).
     if problems := _unreadable_fields(h, body) or _reserved_problems(h, len(canonical) + HMAC_FIELD_CHARS):
@@ -451,33 +463,6 @@ def _no_object(body: Any) -> str:
     return f"it is a JSON {kind}, not an object"
 
 
-def _fields(scheme: str) -> tuple[tuple[str, ...], frozenset[str]]:
-    """The fields every header of ``scheme`` holds (in the order written), and those it may hold.
-
-    Both are read off what `Header.body` writes: the serializer is the one list, so a field it gains
-    is required here with it (or allowed, once ``full`` below sets what makes it written).
-    """
-    bare = Header("standard", None, bytes(SALT_BYTES), "", 0, (), scheme=scheme, own_field=False)
-    full = replace(
-        bare,
-        user_metadata={OWN_PREFIX + "x": ""},
-        own_field=True,
-        carriers=(0,),
-        copies=2,
-        st_room=1,
-        strata_perms=1,
-        keyed_offset=True,
-    )
-    return (*bare.body(), "hmac"), frozenset(full.body()) | {"hmac", "user_metadata"}
-
-
-def missing_fields(body: Mapping[str, Any]) -> list[str]:
-    """The fields `parse_header` needs that a (peeked, untrusted) header lacks, for a scheme this version reads."""
-    scheme = body.get("scheme")
-    need = list(_fields(scheme)[0]) if scheme in READS else ["scheme"]
-    return [f for f in need if f not in body]
-
-
 __all__ = [
     "METADATA_KEY",
     "READS",
@@ -488,6 +473,7 @@ __all__ = [
     "MalformedHeaderError",
     "metadata_digest",
     "missing_fields",
+    "no_fields",
     "own_entries",
     "parse_header",
     "peek_header",
