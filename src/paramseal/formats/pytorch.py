@@ -58,7 +58,7 @@ from .. import _json
 from .._tempname import final_name, name_max, temp_prefix
 from ..errors import FormatError
 from ._torch_arrays import import_torch, numpy_to_tensor, tensor_to_numpy
-from .base import Loaded, reason
+from .base import Loaded
 
 #: Keys of training checkpoints that wrap the state dict.
 WRAPPER_KEYS: tuple[str, ...] = ("state_dict", "model", "module")
@@ -203,6 +203,8 @@ class PyTorchAdapter:
                 warnings.simplefilter("ignore")
                 obj = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
+            if not _starts_as_torch_save(path):  # bytes read as opcodes ("Unsupported operand 139"): no pickle
+                raise FormatError(f"cannot read PyTorch file '{path}': {_unread(path, e)}; {_RESAVE}") from None
             first = str(e).strip().splitlines()
             detail = next((ln for ln in first if "GLOBAL" in ln or "Unsupported" in ln), first[0] if first else "")
             raise FormatError(
@@ -214,9 +216,7 @@ class PyTorchAdapter:
         # AssertionError: torch's legacy reader asserts what the file holds ("storage key ... not found")
         except (RuntimeError, EOFError, OSError, ValueError, TypeError, AttributeError, KeyError, IndexError,
                 zipfile.BadZipFile, struct.error, UnicodeDecodeError, MemoryError, AssertionError) as e:  # fmt: skip
-            raise FormatError(
-                f"cannot read PyTorch file '{path}' (truncated or not a torch.save file): {reason(e)}"
-            ) from None
+            raise FormatError(f"cannot read PyTorch file '{path}': {_unread(path, e)}; {_RESAVE}") from None
         tensors: dict[str, NDArray[np.generic]] = {}
         storages: set[int] = set()
         state, others, versions, stored = _state_dict(obj, path)
@@ -427,6 +427,52 @@ def _a(obj: object) -> str:
     """``obj``'s type with its article, as a message says it ('an int', 'a list')."""
     name = type(obj).__name__
     return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
+_RESAVE = (
+    "save the weights again with torch.save(model.state_dict(), path), or give a file of another format its own "
+    "extension"
+)
+
+
+def _starts_as_torch_save(path: Path) -> bool:
+    """Whether ``path`` begins as torch.save writes: a zip archive, or (legacy) a pickle of its magic number.
+
+    A pickle of protocol 2 or later begins with PROTO (0x80); torch's legacy writer at protocol 0 or 1
+    begins with the magic number as a LONG ('L').
+    """
+    head = _head(path)
+    return head is None or head.startswith((*_ZIPS, b"\x80", b"L"))  # None: torch.load's own error says it
+
+
+_ZIPS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip archive begins with a local header, or (empty) its end record
+
+
+def _head(path: Path) -> bytes | None:
+    """The first bytes of ``path``; None if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(4)
+    except OSError:
+        return None
+
+
+def _unread(path: Path, e: BaseException) -> str:
+    """Why torch.load could not read ``path``, in words: not the exception's class and text.
+
+    torch.load's unpickler fails on bytes that are no pickle with whatever the bytes lead it to
+    (an IndexError from an empty stack, a KeyError for an unknown opcode), and its zip reader with
+    its C++ checks ("[enforce fail at inline_container.cc]"); none of that helps the user.
+    """
+    if isinstance(e, MemoryError):
+        return "its data asks for more memory than is free (a corrupt file, or one too large for this machine)"
+    if isinstance(e, OSError) and e.strerror:
+        return f"reading it failed: {e.strerror}"
+    if (_head(path) or b"").startswith(_ZIPS):  # not zipfile.is_zipfile: it raises on a damaged end record
+        return "it is a zip archive, but not one torch.save writes (a folder holding data.pkl, data/ and version)"
+    if isinstance(e, EOFError):
+        return "it ends early (truncated, or not a torch.save file)"
+    return "torch.load cannot parse it (truncated, damaged or not a torch.save file)"
 
 
 __all__ = [
