@@ -717,7 +717,7 @@ def test_a_read_error_with_no_message_is_named_alone(
     tmp_path: Path, suffix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bare exception from numpy's reader (EOFError()) gave an error line ending in 'EOFError: ', as the
-    PyTorch reader's did before it was fixed: both now say the exception's name alone (formats.base.reason)."""
+    PyTorch reader's did before it was fixed, then the name alone: now what it means (formats.base.reason)."""
     from paramseal.formats import numpy as np_format
 
     def bare(*_: Any) -> Any:
@@ -731,4 +731,36 @@ def test_a_read_error_with_no_message_is_named_alone(
     monkeypatch.setattr(np_format, "_read_npy", bare)
     with pytest.raises(FormatError) as e:
         adapter_for(p).read(p)
-    assert str(e.value).endswith("(truncated or corrupt): EOFError"), e.value
+    assert str(e.value).endswith("(truncated or corrupt): it ends early"), e.value
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+@pytest.mark.parametrize(
+    ("head", "said"),
+    [
+        (b"\x93NUMPY\x01\x00junk", "EOF: reading array header"),  # numpy's words, without 'ValueError: '
+        (b"\x93NUMPY\x02\x00\x46", "EOF: reading array header length"),
+        (
+            b"\x93NUMPY\x01\x00\x46\x00"
+            + b"{'descr': '<f4', 'fortran_order': False, 'shape': (10**30,), }".ljust(69)
+            + b"\n",
+            "do not parse",
+        ),
+    ],
+    ids=["header-cut", "length-cut", "ast-node"],
+)
+def test_a_garbled_npy_header_is_said_in_words_not_as_pythons_exception(
+    tmp_path: Path, key_file: Path, suffix: str, head: bytes, said: str
+) -> None:
+    """'cannot read .npy file ... (truncated or corrupt): ValueError: malformed node or string on line 1:
+    <ast.BinOp object at 0x7f2b8030e800>': a class name and an object's address in a user's error line."""
+    p = tmp_path / f"m{suffix}"
+    if suffix == ".npy":
+        p.write_bytes(head)
+    else:
+        with zipfile.ZipFile(p, "w") as z:
+            z.writestr("a.npy", head)
+    for argv in (["inspect", p], ["verify", p, "--key", key_file]):
+        rc, out, err = helpers.run_cli(argv)
+        assert rc == 3 and "(truncated or corrupt): " in err and said in err, err
+        assert "Error" not in err and " at 0x" not in err, err

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import struct
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -18,12 +21,30 @@ GRAPH_KEY = "paramseal.graph"
 
 
 def reason(e: BaseException) -> str:
-    """``e``'s name and the first line of its message, or its name alone when it has none (a bare ``EOFError``).
+    """Why a reader could not read a file, in words: a library's own message, never Python's class names.
 
-    A reader's refusal may go on with advice for its own caller (numpy's allow_pickle, for a long .npy header).
+    numpy's header checks and zipfile say what is wrong in words (their first line is kept: a reader's
+    refusal may go on with advice for its own caller, numpy's allow_pickle for a long .npy header); a
+    KeyError's, struct's ("unpack requires a buffer of 4 bytes") or a codec's text says nothing to the user.
     """
+    for kind, said in _SAID:
+        if isinstance(e, kind):
+            return said
     first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    if type(e) in (ValueError, zipfile.BadZipFile) and first and " object at 0x" not in first:  # ast's node repr
+        return first
+    return "its contents do not parse"
+
+
+_SAID: tuple[tuple[type[BaseException], str], ...] = (
+    (EOFError, "it ends early"),
+    (MemoryError, "it asks for more memory than is free"),
+    (UnicodeDecodeError, "text in it is not valid UTF-8"),
+    (struct.error, "a record in it is cut short or malformed"),
+    (zlib.error, "a compressed member of it is damaged"),
+)
 
 
 def _umask() -> int:
