@@ -1851,3 +1851,19 @@ def test_a_metadata_key_damaged_into_invalid_utf8_is_tampering_not_an_internal_e
     rc, out, err = helpers.run_cli(["verify", bad, "--key", key_file])
     assert "Traceback" not in err and rc == 1, (rc, out, err)
     assert "key 'author' was removed" in out and "key 'auth\\xffr' was added" in out, out
+
+
+@pytest.mark.parametrize(
+    "data", [b"\x00" * 8, b"hello world\n" * 10, bytes(range(256)) * 4], ids=["zeros", "text", "bytes"]
+)
+def test_bytes_that_are_no_protobuf_are_said_in_words_not_protobufs_error(
+    tmp_path: Path, key_file: Path, data: bytes
+) -> None:
+    """It said '(truncated or corrupt protobuf: Error parsing message with type 'onnx.ModelProto': Wire format was
+    corrupt)': protobuf's internal text."""
+    p = tmp_path / "x.onnx"
+    p.write_bytes(data)
+    for argv in (["inspect", p], ["verify", p, "--key", key_file], ["seal", p, tmp_path / "o.onnx", "--key", key_file]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and f"'{p}' is not a valid ONNX model: its bytes do not parse as one" in err, err
+        assert "Error" not in err and "ModelProto" not in err, err

@@ -107,8 +107,11 @@ def parse_model(onnx: ModuleType, path: Path) -> Any:
     model = onnx.ModelProto()
     try:
         model.ParseFromString(raw)
-    except Exception as e:  # protobuf's DecodeError and friends, by implementation
-        raise FormatError(f"'{path}' is not a valid ONNX model (truncated or corrupt protobuf: {e})") from None
+    except Exception:  # protobuf's DecodeError and friends, by implementation: their text names its C++ types
+        raise FormatError(
+            f"'{path}' is not a valid ONNX model: its bytes do not parse as one (truncated, corrupt or another "
+            "format); give a file of another format its own extension"
+        ) from None
     # A protobuf cut at a field boundary still parses: require what every model has.
     if model.ir_version <= 0 or not model.HasField("graph") or not len(model.opset_import):
         raise FormatError(
