@@ -168,6 +168,18 @@ def test_malformed_file_is_exit_3_naming_the_file_without_traceback_or_output(
     assert helpers.listing(tmp_path) == before, "input changed or a file was left behind"
 
 
+def test_a_header_that_is_not_utf8_says_so_not_the_codecs_text(tmp_path: Path, key_file: Path) -> None:
+    """It said "(invalid JSON: 'utf-8' codec can't decode byte 0xff in position 8: invalid start byte)"."""
+    header = b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "\xff": 1}'
+    bad = tmp_path / "m.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    for argv in (["inspect", bad], ["verify", bad, "--key", key_file]):
+        rc, _, err = helpers.run_cli(argv)
+        at = header.index(b"\xff")
+        assert rc == 3 and f"(it is not UTF-8 text: byte 0xff at offset {at} of the header)" in err, err
+        assert "codec" not in err, err
+
+
 def test_unsealed_file_to_verify_is_exit_3_with_a_hint(tmp_path: Path, model_file: Path, key_file: Path) -> None:
     h = helpers.sha256(model_file)
     rc, out, err = helpers.run_cli(["verify", model_file, "--key", key_file])

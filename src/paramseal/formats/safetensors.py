@@ -154,6 +154,11 @@ def _parse_header_json(text: bytes, path: Path) -> dict[str, Any]:
         if not text.startswith(b"{"):
             raise ValueError("the header is not a JSON object")
         header = _json.loads(text, object_pairs_hook=_unique_keys)
+    except UnicodeDecodeError as e:  # its own text ("'utf-8' codec can't decode byte ...") is the codec's
+        raise FormatError(
+            f"'{path}' has a malformed safetensors header (it is not UTF-8 text: byte 0x{e.object[e.start]:02x} at "
+            f"offset {e.start} of the header): the file is corrupt"
+        ) from None
     except ValueError as e:
         raise FormatError(f"'{path}' has a malformed safetensors header (invalid JSON: {e})") from None
     if not isinstance(header, dict):
