@@ -764,3 +764,28 @@ def test_a_garbled_npy_header_is_said_in_words_not_as_pythons_exception(
         rc, out, err = helpers.run_cli(argv)
         assert rc == 3 and "(truncated or corrupt): " in err and said in err, err
         assert "Error" not in err and " at 0x" not in err, err
+
+
+def test_a_metadata_member_holding_no_unicode_character_is_a_format_error_not_an_internal_one(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """A byte changed in the metadata member's text made a code past U+10FFFF: numpy made a str of it, on which
+    Python's own code failed ('SystemError: invalid maximum character passed to PyUnicode_New', exit 3 as an
+    internal error with a traceback)."""
+    raw = _npy_bytes(np.array('{"paramseal": "Z"}'))  # valid JSON: the bad code is in a string
+    at = raw.rindex("Z".encode("utf-32-le"))
+    member = raw[:at] + b"\xff\xff\xff\x7f" + raw[at + 4 :]  # the Z, as code 0x7fffffff
+    p = tmp_path / "m.npz"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("w.npy", _npy_bytes(np.ones(64, np.float32)))
+        z.writestr(f"{METADATA_ENTRY}.npy", member)
+    for argv in (["inspect", p], ["verify", p, "--key", key_file]):
+        rc, out, err = helpers.run_cli(argv)
+        assert rc == 3 and "holds 0x7fffffff, which is no Unicode character: the file is corrupt" in err, err
+        assert "Traceback" not in err and "internal error" not in err, err
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, a)
+    return buf.getvalue()

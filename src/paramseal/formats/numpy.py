@@ -292,6 +292,10 @@ def _parse_metadata(arr: NDArray[np.generic], path: Path) -> dict[str, str]:
     bad = f"'{path}': the reserved member '{METADATA_ENTRY}.npy' must be a 0-d string holding a JSON object of strings"
     if arr.dtype.kind != "U" or arr.shape != ():
         raise FormatError(f"{bad}; found dtype {arr.dtype} and shape {arr.shape}")
+    # numpy makes a str of any 32-bit code, and one past U+10FFFF is a str Python's own code fails on (SystemError)
+    codes = np.frombuffer(np.ascontiguousarray(arr).tobytes(), dtype=np.uint32)
+    if (past := codes[codes > 0x10FFFF]).size:
+        raise FormatError(f"{bad}; it holds {int(past[0]):#x}, which is no Unicode character: the file is corrupt")
     try:
         meta = _json.loads(str(arr[()]))
     except ValueError as e:
