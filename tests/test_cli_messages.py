@@ -100,3 +100,25 @@ def test_warning_lines_mask_key_text_typed_as_a_path(
     assert key.secret.hex() not in stdout + err and key.secret.hex()[:32] not in err, err
     assert "'<key-like text, not shown>' holds the sealed weights alone" in err, err
     assert "'<key-like text, not shown>' keeps its seal header only in" in err, err
+
+
+@pytest.mark.parametrize("kind", ["escape", "key"])
+def test_eval_interrupted_line_escapes_and_masks_its_out_folder(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """eval's 'interrupted; finished configurations are kept in OUT/results.jsonl' line quoted --out raw: an escape
+    sequence there drove the terminal, and key text typed as OUT was printed where every other line masks it."""
+    pytest.importorskip("paramseal.evaluation")
+    from paramseal import evaluation
+
+    def stopped(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "run_eval", stopped)
+    monkeypatch.chdir(tmp_path)
+    out = "o\x1b[2J\u202e" if kind == "escape" else key.secret.hex()
+    rc, _, err = helpers.run_cli(["eval", "--out", out])
+    assert rc == 130 and "interrupted; finished configurations are kept in " in err, err
+    assert "\x1b" not in err and "\u202e" not in err and key.secret.hex() not in err, ascii(err)
+    shown = "o\\x1b[2J\\u202e" if kind == "escape" else "<key-like text, not shown>"
+    assert f"kept in {shown}/results.jsonl: rerun" in err, ascii(err)

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .attacks import FIELDS, KINDS, AttackSpec, GroundTruth, attack_file
-from .errors import OutputError, ParamSealError, UsageError
+from .errors import OutputError, ParamSealError, UsageError, one_line
+from .keys import redact
 from .report import ints_json, write_json_streamed
 
 
@@ -179,8 +180,10 @@ def _eval(args: argparse.Namespace) -> int:
             raise OutputError(f"cannot write the results in '{args.out}': {e.strerror or e}") from None
         raise OutputError(f"eval failed on '{e.filename}': {e.strerror or e}") from None
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP as the program unwinds them (their own exit code)
+        # --out is the user's: escaped and masked as every warning and error line is
+        kept = one_line(redact(f"{args.out}/results.jsonl", getattr(args, "hidden", ())))
         print(
-            f"\ninterrupted; finished configurations are kept in {args.out}/results.jsonl: rerun the same command "
+            f"\ninterrupted; finished configurations are kept in {kept}: rerun the same command "
             "to resume (the configuration cut short is run again whole, on a new seal)",
             file=sys.stderr,
         )
