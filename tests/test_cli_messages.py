@@ -122,3 +122,98 @@ def test_eval_interrupted_line_escapes_and_masks_its_out_folder(
     assert "\x1b" not in err and "\u202e" not in err and key.secret.hex() not in err, ascii(err)
     shown = "o\\x1b[2J\\u202e" if kind == "escape" else "<key-like text, not shown>"
     assert f"kept in {shown}/results.jsonl: rerun" in err, ascii(err)
+
+
+_ODD = "\x1b[2J\r\u202e"  # an escape sequence, a carriage return (a forged line) and a bidi override
+_ODD_SHOWN = "\\x1b[2J\\r\\u202e"
+
+
+def _no_raw_controls(text: str) -> None:
+    assert not any(c in text for c in "\x1b\r\u202e"), ascii(text)
+
+
+def test_result_lines_escape_the_paths_and_patterns_they_quote(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The OK: and FAIL: lines on stdout quoted IN, OUT, the key file, --header-out and --tensors raw, where error,
+    warning and report lines escape them: a name holding an escape sequence drove the terminal, a '\\r' forged a
+    line. Each is escaped (errors.one_line) in keygen, seal (a file and a folder), verify, recover and attack."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(5)
+    model = {"w": helpers.random_tensor(rng, np.float32, (256, 64))}
+    np.savez(f"m{_ODD}.npz", **model)
+    runs = {
+        "keygen": (["keygen", f"k{_ODD}.key"], 0, f"OK: wrote key k{_ODD_SHOWN}.key (fingerprint "),
+        "seal": (
+            ["seal", f"m{_ODD}.npz", f"s{_ODD}.npz", "--key", key_file, "--header-out", f"h{_ODD}.json"],
+            0,
+            f"OK: sealed m{_ODD_SHOWN}.npz -> s{_ODD_SHOWN}.npz (1 tensor",
+        ),
+        "kept": (None, 0, f"OK: kept the seal header in h{_ODD_SHOWN}.json (for --header-from)"),
+        "verify": (["verify", f"s{_ODD}.npz", "--key", key_file], 0, f"OK: s{_ODD_SHOWN}.npz is intact ("),
+        "matched": (
+            ["verify", f"s{_ODD}.npz", "--key", key_file, "--tensors", f"[w{_ODD}]"],
+            0,
+            f"OK: the tensors of s{_ODD_SHOWN}.npz matching '[w{_ODD_SHOWN}]' are intact",
+        ),
+        "intact": (
+            ["recover", f"s{_ODD}.npz", f"r{_ODD}.npz", "--key", key_file],
+            0,
+            f"OK: s{_ODD_SHOWN}.npz was intact; written to r{_ODD_SHOWN}.npz",
+        ),
+        "attack": (
+            ["attack", f"s{_ODD}.npz", f"a{_ODD}.npz", "--kind", "bitflip", "--n", "3"],
+            0,
+            f"OK: attacked s{_ODD_SHOWN}.npz -> a{_ODD_SHOWN}.npz (bitflip",
+        ),
+        "tampered": (["verify", f"a{_ODD}.npz", "--key", key_file], 1, f"FAIL: a{_ODD_SHOWN}.npz was tampered with ("),
+        "recovered": (
+            ["recover", f"a{_ODD}.npz", f"f{_ODD}.npz", "--key", key_file],
+            0,
+            f"OK: recovered a{_ODD_SHOWN}.npz -> f{_ODD_SHOWN}.npz (3 values restored)",
+        ),
+    }
+    out = ""
+    for what, (argv, code, shown) in runs.items():
+        if argv is not None:
+            rc, out, err = helpers.run_cli(argv)
+            _no_raw_controls(out + err)
+        assert rc == code and shown in out + err, (what, ascii(out), ascii(err))
+    whole = {"w": np.zeros((256, 64), np.float32)}  # every value changed: beyond recovery
+    sealed = dict(np.load(f"s{_ODD}.npz"))
+    np.savez(f"z{_ODD}.npz", **{**sealed, **whole})
+    rc, out, err = helpers.run_cli(["recover", f"z{_ODD}.npz", f"p{_ODD}.npz", "--key", key_file, "--allow-partial"])
+    _no_raw_controls(out + err)
+    assert rc == 2 and f"FAIL: z{_ODD_SHOWN}.npz cannot be fully recovered (" in out, ascii(out + err)
+    assert f"partial result written to p{_ODD_SHOWN}.npz)" in out, ascii(out)
+
+
+def test_a_sharded_seal_and_eval_escape_the_folders_they_quote(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sharded seal's OK line quoted IN and OUT raw, and eval's 'wrote' lines the files under --out."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(6)
+    shards = {
+        f"model-0000{i}-of-00002.safetensors": {f"t{i}": helpers.random_tensor(rng, np.float32, (64, 64))}
+        for i in (1, 2)
+    }
+    helpers.write_checkpoint(tmp_path / f"c{_ODD}", shards)
+    rc, out, err = helpers.run_cli(["seal", f"c{_ODD}", f"s{_ODD}", "--key", key_file])
+    _no_raw_controls(out + err)
+    assert rc == 0 and f"OK: sealed 2 shard(s) of c{_ODD_SHOWN} -> s{_ODD_SHOWN} (each" in out, ascii(out + err)
+
+    pytest.importorskip("paramseal.evaluation")
+    from types import SimpleNamespace
+
+    from paramseal import evaluation
+
+    def ran(battery: object, out: Path, **_: object) -> SimpleNamespace:
+        return SimpleNamespace(
+            runs=1, new_runs=1, configs=1, seconds=0.0, false_positives=0, files=[out / "results.md"]
+        )
+
+    monkeypatch.setattr(evaluation, "run_eval", ran)
+    rc, out, err = helpers.run_cli(["eval", "--out", f"e{_ODD}"])
+    _no_raw_controls(out + err)
+    assert rc == 0 and f"  wrote e{_ODD_SHOWN}/results.md" in out, ascii(out + err)

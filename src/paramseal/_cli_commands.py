@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from . import _cli_eval, _pages, _paths, files, sharded
+from ._cli_streams import quoted
 from ._layout import TensorSpec
 from .errors import ParamSealWarning, UsageError, one_line
 from .keys import Key, exposed_to_others, exposure, load_key, redact, write_key
@@ -47,6 +48,11 @@ def _header(args: argparse.Namespace, key: Key) -> str | None:
     return files.read_header(args.header_from, key)
 
 
+def _in_out(args: argparse.Namespace) -> str:
+    """``IN -> OUT`` as a result line quotes them (`quoted`)."""
+    return f"{quoted(args, args.input)} -> {quoted(args, args.output)}"
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
@@ -60,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         case "keygen":
             key = Key.generate()
             write_key(args.keyfile, key, overwrite=args.force)
-            print(f"OK: wrote key {args.keyfile} (fingerprint {key.fingerprint}); keep it secret")
+            print(f"OK: wrote key {quoted(args, args.keyfile)} (fingerprint {key.fingerprint}); keep it secret")
             return 0
         case "seal" if sharded.is_sharded(Path(args.input)):
             if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                 code=args.code,
                 reseal=args.reseal,
             )
-            print(f"OK: sealed {len(names)} shard(s) of {args.input} -> {args.output} (each self-contained)")
+            print(f"OK: sealed {len(names)} shard(s) of {_in_out(args)} (each self-contained)")
             print(_SEAL_ID.format(sharded.seal_id(Path(args.output), key)))
             _warn_bits(args, sharded.float_widths(Path(args.output), names))
             return 0
@@ -103,14 +109,14 @@ def run(args: argparse.Namespace) -> int:
             code = "irs" if h.irs else "lanes"
             how = f"level {h.level}" if h.bits is None else f"--bits {h.bits}"
             n = _count(len(h.tensors), "tensor")
-            print(f"OK: sealed {args.input} -> {args.output} ({n}, {desc}, {how}, code {code})")
+            print(f"OK: sealed {_in_out(args)} ({n}, {desc}, {how}, code {code})")
             print(_SEAL_ID.format(h.salt.hex()))
             _warn_bits(args, ks)
             _note_plain(h.tensors)
             for w in warned:
                 _warn(args, w)
             if keep is not None:
-                print(f"OK: kept the seal header in {keep} (for --header-from)")
+                print(f"OK: kept the seal header in {quoted(args, keep)} (for --header-from)")
             return 0
         case "verify":
             expect = seal_id_arg(args.expect_seal)
@@ -125,13 +131,13 @@ def run(args: argparse.Namespace) -> int:
             elif rep.status == "intact" and rep.partial:
                 rest = "the rest was not checked" if rep.checked_blocks != rep.total_blocks else "every tensor matched"
                 print(
-                    f"OK: the tensors of {args.input} matching '{args.tensors}' are intact ({rep.checked_blocks} of "
-                    f"{rep.total_blocks} blocks verified; {rest})"
+                    f"OK: the tensors of {quoted(args, args.input)} matching '{quoted(args, args.tensors)}' are intact "
+                    f"({rep.checked_blocks} of {rep.total_blocks} blocks verified; {rest})"
                 )
                 if rep.notes:
                     print(rep.summary())
             elif rep.status == "intact":
-                print(f"OK: {args.input} is intact ({rep.total_blocks} blocks verified)")
+                print(f"OK: {quoted(args, args.input)} is intact ({rep.total_blocks} blocks verified)")
                 if rep.notes:
                     print(rep.summary())
             else:
@@ -139,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
                 if rep.recoverable and rep.partial:  # the tensors not read were taken as intact
                     how = "recoverable as far as the tensors checked show; "
                     how += f"{rep.checked_blocks} of {rep.total_blocks} blocks verified"
-                print(f"FAIL: {args.input} was tampered with ({how})\n{rep.summary()}")
+                print(f"FAIL: {quoted(args, args.input)} was tampered with ({how})\n{rep.summary()}")
             return rep.exit_code
         case "recover":
             expect = seal_id_arg(args.expect_seal)
@@ -169,20 +175,21 @@ def run(args: argparse.Namespace) -> int:
                 # exit 2 is a partial result written (--allow-partial) or nothing: `restored` alone cannot say
                 _print_json(rep, {"written": output is not None, "output": output})
             elif rep.status == "intact":
-                print(f"OK: {args.input} was intact; written to {args.output}")
+                print(f"OK: {quoted(args, args.input)} was intact; written to {quoted(args, args.output)}")
                 if rep.notes:
                     print(rep.summary())
             elif rep.status == "recovered":
-                print(f"OK: recovered {args.input} -> {args.output} ({_what_recover_did(rep)})")
+                print(f"OK: recovered {_in_out(args)} ({_what_recover_did(rep)})")
                 print(rep.summary())
             else:
-                wrote = "nothing written" if output is None else f"partial result written to {args.output}"
+                out = quoted(args, args.output)
+                wrote = "nothing written" if output is None else f"partial result written to {out}"
                 # whole blocks: which of their values changed is unknown, so "lost" would overstate it (a 30%
                 # prune is 100% of the values in unrecoverable blocks). None counted: the reason is elsewhere
                 # (a graph, a missing shard); the summary says it
                 gone = rep.unrecoverable_count
                 lost = f"{_count(gone, 'value')} in unrecoverable blocks; " if gone else ""
-                print(f"FAIL: {args.input} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
+                print(f"FAIL: {quoted(args, args.input)} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
             for w in warned:
                 _warn(args, w)
             return rep.exit_code

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from ._cli_streams import quoted
 from .attacks import FIELDS, KINDS, AttackSpec, GroundTruth, attack_file
-from .errors import OutputError, ParamSealError, UsageError, one_line
-from .keys import redact
+from .errors import OutputError, ParamSealError, UsageError
 from .report import ints_json, write_json_streamed
 
 
@@ -134,7 +134,8 @@ def _attack(args: argparse.Namespace) -> int:
             f"{truth.changed_parameters} value(s) in {len(truth.changed_tensors)} tensor(s), {bits} bit(s) changed; "
             f"{100 * truth.tampering_rate:.4g}% of parameters"
         )
-    print(f"OK: attacked {args.input} -> {args.output} ({args.kind}, seed {args.seed}: {what})")
+    io = f"{quoted(args, args.input)} -> {quoted(args, args.output)}"
+    print(f"OK: attacked {io} ({args.kind}, seed {args.seed}: {what})")
     if summary := truth.summary():
         print(summary)
     return 0
@@ -180,18 +181,16 @@ def _eval(args: argparse.Namespace) -> int:
             raise OutputError(f"cannot write the results in '{args.out}': {e.strerror or e}") from None
         raise OutputError(f"eval failed on '{e.filename}': {e.strerror or e}") from None
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP as the program unwinds them (their own exit code)
-        # --out is the user's: escaped and masked as every warning and error line is
-        kept = one_line(redact(f"{args.out}/results.jsonl", getattr(args, "hidden", ())))
         print(
-            f"\ninterrupted; finished configurations are kept in {kept}: rerun the same command "
-            "to resume (the configuration cut short is run again whole, on a new seal)",
+            f"\ninterrupted; finished configurations are kept in {quoted(args, args.out)}/results.jsonl: rerun the "
+            "same command to resume (the configuration cut short is run again whole, on a new seal)",
             file=sys.stderr,
         )
         return 128 + int(getattr(e, "signum", 2))
     fp = "no false positives" if not s.false_positives else f"{s.false_positives} FALSE POSITIVE(S)"
     print(f"OK: {s.runs} runs ({s.new_runs} new) on {s.configs} sealed configurations in {s.seconds:.0f}s; {fp}")
     for f in s.files:
-        print(f"  wrote {f}")
+        print(f"  wrote {quoted(args, f)}")
     return 0 if not s.false_positives else 1
 
 

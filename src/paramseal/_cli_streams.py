@@ -7,6 +7,7 @@ recoverable") or leave a temporary output behind.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import io
 import os
@@ -19,7 +20,17 @@ from contextvars import ContextVar
 from types import FrameType
 from typing import IO, Any, cast
 
+from .errors import one_line
 from .keys import redact
+
+
+def quoted(args: argparse.Namespace, text: object) -> str:
+    """``text`` (a path, a pattern: the user's) as an output line quotes it: control characters escaped, key masked.
+
+    As error and warning lines are (`errors.one_line`; ``args.hidden``, the command line's key-like words):
+    an escape sequence or a carriage return in a file name drove the terminal, or forged an 'OK:' line.
+    """
+    return one_line(redact(str(text), getattr(args, "hidden", ())))
 
 
 @contextmanager
