@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -217,3 +218,23 @@ def test_a_sharded_seal_and_eval_escape_the_folders_they_quote(
     rc, out, err = helpers.run_cli(["eval", "--out", f"e{_ODD}"])
     _no_raw_controls(out + err)
     assert rc == 0 and f"  wrote e{_ODD_SHOWN}/results.md" in out, ascii(out + err)
+
+
+def test_an_unexpected_error_escapes_what_its_exception_quotes(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An internal error's traceback and its 'error: internal error, no verdict' line printed the exception's text
+    raw (a path or a tensor name it quotes): an escape sequence drove the terminal, a '\\r' forged a line."""
+    from paramseal import files
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError(f"boom '{tmp_path}/m{_ODD}.npz'")
+
+    monkeypatch.setattr(files, "verify_file", broken)
+    np.savez(tmp_path / "m.npz", w=np.ones(64, np.float32))
+    rc, out, err = helpers.run_cli(["verify", tmp_path / "m.npz", "--key", key_file, "--json"])
+    _no_raw_controls(err)
+    assert rc == 3 and "Traceback (most recent call last)" in err, err
+    assert f"\nRuntimeError: boom '{tmp_path}/m{_ODD_SHOWN}.npz'\n" in err, ascii(err)
+    assert f"error: internal error, no verdict on the model (RuntimeError: boom '{tmp_path}/m{_ODD_SHOWN}.npz')" in err
+    assert f"(RuntimeError: boom '{tmp_path}/m{_ODD_SHOWN}.npz')" in json.loads(out)["error"], out  # as in err

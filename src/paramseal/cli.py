@@ -129,16 +129,20 @@ def _internal_error(e: Exception, args: argparse.Namespace, hidden: Iterable[str
         text = redact(text, masked)
         return secret.sub("<key-like text, not shown>", text) if secret is not None else text
 
-    print(mask("".join(traceback.format_exception(e))), file=sys.stderr, end="")
+    # each line escaped as error lines are: the exception may quote a path or a name from the file
+    shown = "\n".join(map(one_line, mask("".join(traceback.format_exception(e))).split("\n")))
+    print(shown, file=sys.stderr, end="")
     kinds = ((MemoryError, "out of memory"), (OSError, "I/O error"), (Exception, "internal error"))
     what = next(w for t, w in kinds if isinstance(e, t))
     try:
         said = str(e)
     except Exception:  # a broken __str__ must not turn this into Python's exit 1 after all
         said = "<exception str() failed>"
-    message = mask(
-        f"{what}, no verdict on the model ({type(e).__name__}: {said}); unless the machine ran out of "
-        "memory or a disk failed, this is a bug in ParamSeal: please report it with the traceback above"
+    message = one_line(
+        mask(
+            f"{what}, no verdict on the model ({type(e).__name__}: {said}); unless the machine ran out of "
+            "memory or a disk failed, this is a bug in ParamSeal: please report it with the traceback above"
+        )
     )
     print(f"error: {message}", file=sys.stderr)
     if getattr(args, "json", False):
