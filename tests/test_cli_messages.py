@@ -238,3 +238,29 @@ def test_an_unexpected_error_escapes_what_its_exception_quotes(
     assert f"\nRuntimeError: boom '{tmp_path}/m{_ODD_SHOWN}.npz'\n" in err, ascii(err)
     assert f"error: internal error, no verdict on the model (RuntimeError: boom '{tmp_path}/m{_ODD_SHOWN}.npz')" in err
     assert f"(RuntimeError: boom '{tmp_path}/m{_ODD_SHOWN}.npz')" in json.loads(out)["error"], out  # as in err
+
+
+def test_a_re_sharded_seal_recovered_into_a_pt_prints_its_warning_as_a_warning_line(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """recover FOLDER OUT.pt of a single-file seal re-sharded since writes the one file, and recover_file's
+    ParamSealWarning for a .pt (a sealed graph digest kept only in its '.paramseal' entry) came out through
+    Python's warnings handler: its source line, the OUT path raw (an internal error, exit 3, with warnings as
+    errors). It is a `warning:` line, escaped, as a single file's recover prints it."""
+    pytest.importorskip("torch")
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(12)
+    model = {
+        "emb.weight": helpers.random_tensor(rng, np.float32, (2000, 64)),
+        "fc.weight": helpers.random_tensor(rng, np.float32, (512, 96)),
+    }
+    meta = {"format": "pt", "paramseal.graph": "0" * 64}  # the model's sealed metadata holds a graph digest
+    helpers.write_st(tmp_path / "plain.safetensors", model, meta)
+    assert helpers.run_cli(["seal", "plain.safetensors", "sealed.safetensors", "--key", key_file])[0] == 0
+    tensors = helpers.read_st(tmp_path / "sealed.safetensors")[0]
+    shards = {f"model-0000{i}-of-00002.safetensors": {n: tensors[n]} for i, n in enumerate(model, 1)}
+    helpers.write_checkpoint(tmp_path / "resharded", shards, meta)  # as save_pretrained(max_shard_size=...) writes
+    rc, out, err = helpers.run_cli(["recover", "resharded", f"o{_ODD}.pt", "--key", key_file])
+    _no_raw_controls(out + err)
+    assert rc == 0 and "ParamSealWarning" not in err and err.count("\n") == 1, ascii(err)
+    assert err.startswith(f"warning: 'o{_ODD_SHOWN}.pt' keeps the sealed digest of its ONNX model's graph only"), err

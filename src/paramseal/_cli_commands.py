@@ -151,13 +151,14 @@ def run(args: argparse.Namespace) -> int:
             expect = seal_id_arg(args.expect_seal)
             key = _load_key(args)
             header = _header(args, key)
-            warned = []  # the folder path writes none
             if sharded.is_sharded(Path(args.input)):
                 if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
                     raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
-                rep = sharded.recover_dir(
-                    Path(args.input), Path(args.output), key, allow_partial=args.allow_partial, expect_seal=expect
-                )
+                # a re-sharded single-file seal is written as one file, a .pt warned of as recover_file's is
+                with _library_warnings() as warned:
+                    rep = sharded.recover_dir(
+                        Path(args.input), Path(args.output), key, allow_partial=args.allow_partial, expect_seal=expect
+                    )
                 output = args.output if rep.written else None
             else:
                 with _library_warnings() as warned:  # printed after the verdict, as seal prints its own
