@@ -264,3 +264,13 @@ def test_a_re_sharded_seal_recovered_into_a_pt_prints_its_warning_as_a_warning_l
     _no_raw_controls(out + err)
     assert rc == 0 and "ParamSealWarning" not in err and err.count("\n") == 1, ascii(err)
     assert err.startswith(f"warning: 'o{_ODD_SHOWN}.pt' keeps the sealed digest of its ONNX model's graph only"), err
+
+
+def test_attack_escapes_the_tensor_names_it_lists(tmp_path: Path) -> None:
+    """attack's lines of what changed ('  NAME: 3 value(s) in 3 block(s) changed') printed each tensor name raw, where
+    verify's and recover's report lines escape it: a name holding an escape sequence drove the terminal."""
+    name = f"w{_ODD}"
+    np.savez(tmp_path / "m.npz", **{name: np.ones((64, 64), np.float32)})
+    rc, out, err = helpers.run_cli(["attack", tmp_path / "m.npz", tmp_path / "a.npz", "--kind", "bitflip", "--n", "3"])
+    _no_raw_controls(out + err)
+    assert rc == 0 and f"\n  w{_ODD_SHOWN}: 3 value(s) in " in out, ascii(out + err)

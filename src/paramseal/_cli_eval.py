@@ -11,7 +11,7 @@ from typing import Any, TextIO
 
 from ._cli_streams import quoted
 from .attacks import FIELDS, KINDS, AttackSpec, GroundTruth, attack_file
-from .errors import OutputError, ParamSealError, UsageError
+from .errors import OutputError, ParamSealError, UsageError, one_line
 from .report import ints_json, write_json_streamed
 
 
@@ -136,8 +136,8 @@ def _attack(args: argparse.Namespace) -> int:
         )
     io = f"{quoted(args, args.input)} -> {quoted(args, args.output)}"
     print(f"OK: attacked {io} ({args.kind}, seed {args.seed}: {what})")
-    if summary := truth.summary():
-        print(summary)
+    if summary := truth.summary():  # names from the model: escaped line by line, as verify's report lines are
+        print("\n".join(map(one_line, summary.split("\n"))))
     return 0
 
 
