@@ -274,3 +274,18 @@ def test_attack_escapes_the_tensor_names_it_lists(tmp_path: Path) -> None:
     rc, out, err = helpers.run_cli(["attack", tmp_path / "m.npz", tmp_path / "a.npz", "--kind", "bitflip", "--n", "3"])
     _no_raw_controls(out + err)
     assert rc == 0 and f"\n  w{_ODD_SHOWN}: 3 value(s) in " in out, ascii(out + err)
+
+
+def test_the_nan_tensors_note_masks_key_text_as_stdout_does(
+    tmp_path: Path, key_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """seal's 'note: N float tensor(s) hold NaN or Inf values ... (NAMES)' on stderr quoted the names unmasked, where
+    stdout masks the command line's key-like words in every name it prints: key text typed as OUT, also a tensor's
+    name, was printed in the note alone."""
+    monkeypatch.chdir(tmp_path)
+    secret = key.secret.hex()
+    model = {secret: np.full((64, 64), np.nan, np.float32), "w": np.ones((64, 64), np.float32)}
+    helpers.write_st(tmp_path / "m.safetensors", model)
+    rc, out, err = helpers.run_cli(["seal", "m.safetensors", f"{secret}.safetensors", "--key", key_file])
+    assert rc == 0 and "note: 1 float tensor(s) hold NaN or Inf values" in err, err
+    assert secret not in out + err and "('<key-like text, not shown>')" in err, err

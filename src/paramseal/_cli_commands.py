@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"OK: sealed {_in_out(args)} ({n}, {desc}, {how}, code {code})")
             print(_SEAL_ID.format(h.salt.hex()))
             _warn_bits(args, ks)
-            _note_plain(h.tensors)
+            _note_plain(args, h.tensors)
             for w in warned:
                 _warn(args, w)
             if keep is not None:
@@ -276,16 +276,19 @@ def _library_warnings() -> Iterator[list[str]]:
         yield kept
 
 
-def _note_plain(specs: Iterable[TensorSpec]) -> None:
-    """Name the float tensors sealed as data because they hold NaN or Inf (smaller ones are data anyway)."""
+def _note_plain(args: argparse.Namespace, specs: Iterable[TensorSpec]) -> None:
+    """Name the float tensors sealed as data because they hold NaN or Inf (smaller ones are data anyway).
+
+    The names masked as on stdout (`quoted`): the command line's key-like words never reach any line.
+    """
     plain = [s.name for s in specs if s.dtype in FLOATS and s.k == 0 and s.numel >= BLOCK]
     if plain:
         shown = ", ".join(repr(n) for n in plain[:8]) + (", ..." if len(plain) > 8 else "")
-        print(
-            f"note: {len(plain)} float tensor(s) hold NaN or Inf values and carry no watermark bits ({shown}); "
-            "they are authenticated and recoverable as integer tensors are, and their values are unchanged",
-            file=sys.stderr,
+        said = (
+            f"{len(plain)} float tensor(s) hold NaN or Inf values and carry no watermark bits ({shown}); "
+            "they are authenticated and recoverable as integer tensors are, and their values are unchanged"
         )
+        print(f"note: {quoted(args, said)}", file=sys.stderr)
 
 
 FEW_BLOCKS = 64  # below this, inspect warns that its capacity bounds are asymptotic
