@@ -1051,6 +1051,14 @@ def test_demo_exits_0_and_tells_the_story(tmp_path: Path) -> None:
     assert files.verify_file(kept / "update.safetensors", paramseal.load_key(kept / "demo.key"), expect_seal=new_id).ok
 
 
+def test_demo_escapes_the_folder_it_kept_its_files_in(tmp_path: Path) -> None:
+    """`demo --keep` printed the folder raw on stdout: an escape sequence in its name drove the terminal."""
+    rc, out, err = run(["demo", "--keep", tmp_path / "d\x1b[2J\rOK"])
+    assert rc == 0, out + err
+    assert "\x1b" not in out and "\r" not in out and "files in " in out, out
+    assert out.splitlines()[-1].endswith("d\\x1b[2J\\rOK"), out
+
+
 def test_demo_with_a_negative_seed_is_a_usage_error_not_a_traceback(tmp_path: Path) -> None:
     rc, out, err = run(["demo", "--seed", "-1", "--keep", tmp_path / "demo"])
     assert rc == 3 and "Traceback" not in err and "--seed -1 must be 0 or more" in err, err

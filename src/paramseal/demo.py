@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import _demo_model, files
-from .errors import UsageError, cannot_write
+from .errors import UsageError, cannot_write, one_line
 from .formats import Loaded
 from .keys import Key, write_key
 
@@ -129,7 +129,8 @@ def run_demo(seed: int = 0, keep: str | None = None) -> int:
             f"  verify: {own.status} under its own seal {own.seal_id}; with --expect-seal {new_id}: {pin.status}, "
             f"recoverable={pin.recoverable}"
         )
-        print(f"demo finished in {time.monotonic() - t0:.1f}s; files in {d if keep else '(temporary folder, removed)'}")
+        where = one_line(str(d)) if keep else "(temporary folder, removed)"
+        print(f"demo finished in {time.monotonic() - t0:.1f}s; files in {where}")
         good = rep.status == "tampered" and rr.status == "recovered" and exact and located and scattered
         good &= v.status == "intact" and own.status == "intact" and pin.status == "tampered" and not pin.recoverable
         return 0 if good else 1
