@@ -566,6 +566,39 @@ def test_inspect_does_not_flag_shards_whose_code_differs_by_dtype(tmp_path: Path
     assert rc == 0 and "WARNING" not in text, text
 
 
+@pytest.mark.parametrize(
+    ("shards", "refused", "why"),
+    [
+        (  # one integer-only shard: seal names it; its dtype was simply missing from the levels listed
+            {"a.safetensors": {"w": np.ones(1000, np.float32)}, "b.safetensors": {"i": np.arange(100)}},
+            "b.safetensors",
+            "it has no float tensors",
+        ),
+        (  # every shard refused: the heading 'what each level would give:' had nothing under it
+            {"a.safetensors": {"n": np.full(100, np.nan, np.float32)}, "b.safetensors": {"i": np.arange(100)}},
+            "a.safetensors",
+            "its float tensors all hold NaN or Inf",
+        ),
+    ],
+)
+def test_inspect_of_a_folder_with_a_shard_seal_refuses_lists_no_level_and_names_that_shard(
+    tmp_path: Path, key_file: Path, shards: dict[str, dict[str, np.ndarray]], refused: str, why: str
+) -> None:
+    """inspect listed levels for a folder that seal refuses (exit 3) for one of its shards."""
+    folder = helpers.write_checkpoint(tmp_path / "ckpt", shards)
+    rc, _, err = helpers.run_cli(["seal", folder, tmp_path / "out", "--key", key_file])
+    assert rc == 3 and f"shard '{refused}'" in err, err
+    info = sharded.inspect_dir(folder)
+    assert info["levels"] == {} and info["cannot_seal"].startswith(f"shard '{refused}': {why}"), info
+    assert info["per_shard"][refused]["cannot_seal"] == info["cannot_seal"]
+    rc, text, _ = helpers.run_cli(["inspect", folder])
+    assert rc == 0 and f"cannot be sealed: shard '{refused}': {why}" in text, text
+    assert text.splitlines()[-1] == "not sealed; no level applies: seal refuses this model", text
+    assert "what each level would give" not in text and "k=" not in text, text
+    rc, out, _ = helpers.run_cli(["inspect", folder, "--json"])
+    assert rc == 0 and json.loads(out)["levels"] == {}
+
+
 def test_errors_name_the_output_folder_and_in_place_is_refused_for_folders(
     tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

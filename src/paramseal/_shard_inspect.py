@@ -28,7 +28,9 @@ def inspect_dir(folder: PathLike) -> dict[str, Any]:
     is not sealed) is listed under ``mismatched_shards``. ``seal["set_id"]``: the set id (the seal id
     verify gives the folder) that every sealed shard's set record names, read without the key
     (`_unchecked_set_id`; each shard's under ``per_shard``), None when they name no one id. ``levels``
-    merges every shard's (each shard is sealed on its own, so the weakest shard sets a dtype's bound).
+    merges every shard's (each shard is sealed on its own, so the weakest shard sets a dtype's bound); it is
+    empty when seal refuses a shard (no tensors, no finite float tensor): ``cannot_seal`` then names the first
+    such shard, as `sharded.seal_dir` refuses it, and ``per_shard`` each one.
     ``seal["one_file_seal_id"]``: present when every sealed shard carries the same seal's header (its salt, the
     seal id) and none a set record: a model sealed as one file and re-sharded since, which verify checks as one.
 
@@ -84,10 +86,15 @@ def inspect_dir(folder: PathLike) -> dict[str, Any]:
     # a shard's damaged or unreadable seal header: each message names its file
     if warned := {n: w for n, i in shards.items() if (w := i.get("header_problem") or i.get("seal_unreadable"))}:
         out["shard_warnings"] = warned
-    out["levels"] = _merge_levels([i["levels"] for i in shards.values()])
+    # a shard seal refuses (seal_dir: the first in the index's order, named as its refusal names it) refuses the set
+    refused = {n: f"shard '{n}': {i['cannot_seal']}" for n, i in shards.items() if i.get("cannot_seal")}
+    if refused:
+        out["cannot_seal"] = next(iter(refused.values()))
+    out["levels"] = {} if refused else _merge_levels([i["levels"] for i in shards.values()])
     out["per_shard"] = {
         n: {"tensors": i["tensors"], "parameters": i["parameters"], "sealed": i["sealed"]}
         | ({"set_id": named[n]} if n in named else {})
+        | ({"cannot_seal": refused[n]} if n in refused else {})
         for n, i in shards.items()
     }
     return out
