@@ -929,6 +929,20 @@ def test_inspect_of_a_model_seal_refuses_lists_no_level_as_protecting_it(
     assert rc == 0 and info["cannot_seal"].startswith(why) and info["levels"] == {}, info
 
 
+@pytest.mark.parametrize(
+    ("tensors", "why"),
+    [({}, "cannot seal an empty model"), ({"i": np.arange(10)}, "cannot seal a model without float tensors")],
+)
+def test_seal_refusing_a_model_names_the_file_escaped_for_an_empty_one_too(
+    tmp_path: Path, key_file: Path, tensors: dict[str, np.ndarray], why: str
+) -> None:
+    """seal of an empty model said 'error: cannot seal an empty model: it has no tensors', naming no file."""
+    src = helpers.write_st(tmp_path / "m\nx.safetensors", tensors)
+    rc, _, err = run(["seal", src, tmp_path / "o.safetensors", "--key", key_file])
+    assert rc == 3 and err.startswith(f"error: '{tmp_path}/m\\nx.safetensors': {why}"), err
+    assert "Traceback" not in err and not (tmp_path / "o.safetensors").exists()
+
+
 def test_inspect_shows_the_seal_salt_for_a_registry_to_compare(sealed_file: Path, key: paramseal.Key) -> None:
     """README: catching a rollback needs an external record, e.g. the salt, compared with `inspect`."""
     salt = json.loads(files.read_header(sealed_file, key))["salt"]

@@ -52,7 +52,7 @@ from .formats import safetensors as st_format
 from .header import METADATA_KEY, SET_KEY, Header
 from .keys import Key, looks_like_key_file, require_key
 from .report import Report, seal_id_arg
-from .seal import SealConfig, check_metadata, with_non_finite
+from .seal import EMPTY_MODEL, SealConfig, check_metadata, with_non_finite
 from .verify import pinned_check, report_of
 
 
@@ -165,6 +165,8 @@ def seal_file(
                 f"'{s}' is already sealed; verify or recover it, or pass --reseal to replace its seal "
                 "(after a change to its weights that you approved)"
             )
+        if not loaded.tensors:  # SealConfig refuses it too, not knowing the file: name it as the other refusals do
+            raise UsageError(f"'{s}': {EMPTY_MODEL}")
         old = {METADATA_KEY, SET_KEY} if METADATA_KEY in loaded.metadata else set()
         meta = {**{k: v for k, v in loaded.metadata.items() if k not in old}, **(extra_metadata or {})}
         if loaded.graph is not None:  # the graph is sealed with the metadata: a re-pointed node is tampering

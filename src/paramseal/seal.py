@@ -25,6 +25,7 @@ from .keys import Key
 from .levels import FLOATS, LEVELS, bits_for, dtype_name
 
 _R = TypeVar("_R")
+EMPTY_MODEL = "cannot seal an empty model: it has no tensors"  # `files.seal_file` names the file before it
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +51,7 @@ class SealConfig:
         if self.level not in LEVELS:
             raise UsageError(f"unknown level '{self.level}'; choose one of {', '.join(LEVELS)}")
         if not tensors:
-            raise UsageError("cannot seal an empty model: it has no tensors")
+            raise UsageError(EMPTY_MODEL)
         plain = set(as_data)
         specs = [_spec(name, a, self.level, self.bits) for name, a in tensors.items()]
         specs = [replace(s, k=0) if s.name in plain else s for s in specs]
