@@ -285,6 +285,16 @@ def read_st(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(meta)
 
 
+def move_tensor(name: str, src: Path, dst: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Move tensor ``name`` whole from shard ``src`` to ``dst``, both keeping their metadata; ``dst``'s new content."""
+    ts, ms = read_st(src)
+    td, md = read_st(dst)
+    td[name] = ts.pop(name)
+    write_st(src, ts, ms)
+    write_st(dst, td, md)
+    return td, md
+
+
 def st_parts(raw: bytes) -> tuple[dict, bytes]:
     """Split raw safetensors bytes into (header dict, data section)."""
     n = struct.unpack("<Q", raw[:8])[0]

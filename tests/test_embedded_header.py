@@ -8,6 +8,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import helpers
@@ -596,13 +597,10 @@ def test_header_from_an_older_seal_says_the_weights_are_intact_under_their_own(
     assert rc == 2 and "is not the one given (--header-from)" in out and "intact" not in out
 
 
-def test_header_from_another_model_says_so(tmp_path: Path, key: paramseal.Key, key_file: Path) -> None:
-    """Another model's header (same key): every tensor missing and every one extra, and only a last line
-    saying the file's header was not the one given, not that the header seals another model."""
-    rng = np.random.default_rng(22)
+def _seal_a_and_b(tmp_path: Path, key_file: Path, tensors: Callable[[str], dict[str, np.ndarray]]) -> None:
+    """Models a and b (``tensors(name)``) sealed to sa/sb.safetensors, their headers written to a.json and b.json."""
     for m in ("a", "b"):
-        tensors = {f"{m}{i}": rng.standard_normal((64, 256)).astype(np.float32) for i in range(3)}
-        model = helpers.write_st(tmp_path / f"{m}.safetensors", tensors)
+        model = helpers.write_st(tmp_path / f"{m}.safetensors", tensors(m))
         argv = [
             "seal",
             model,
@@ -613,6 +611,15 @@ def test_header_from_another_model_says_so(tmp_path: Path, key: paramseal.Key, k
             tmp_path / f"{m}.json",
         ]
         assert helpers.run_cli(argv)[0] == 0
+
+
+def test_header_from_another_model_says_so(tmp_path: Path, key: paramseal.Key, key_file: Path) -> None:
+    """Another model's header (same key): every tensor missing and every one extra, and only a last line
+    saying the file's header was not the one given, not that the header seals another model."""
+    rng = np.random.default_rng(22)
+    _seal_a_and_b(
+        tmp_path, key_file, lambda m: {f"{m}{i}": rng.standard_normal((64, 256)).astype(np.float32) for i in range(3)}
+    )
     rc, out, _ = helpers.run_cli(
         ["verify", tmp_path / "sa.safetensors", "--key", key_file, "--header-from", tmp_path / "b.json"]
     )
@@ -631,18 +638,7 @@ def test_header_from_another_model_says_so(tmp_path: Path, key: paramseal.Key, k
 def test_header_from_another_model_of_one_tensor_counts_it_in_the_singular(tmp_path: Path, key_file: Path) -> None:
     """It said 'none of its 1 tensors is in this file', with or without the file's own header."""
     rng = np.random.default_rng(24)
-    for m in ("a", "b"):
-        model = helpers.write_st(tmp_path / f"{m}.safetensors", {m: rng.standard_normal((64, 256)).astype(np.float32)})
-        argv = [
-            "seal",
-            model,
-            tmp_path / f"s{m}.safetensors",
-            "--key",
-            key_file,
-            "--header-out",
-            tmp_path / f"{m}.json",
-        ]
-        assert helpers.run_cli(argv)[0] == 0
+    _seal_a_and_b(tmp_path, key_file, lambda m: {m: rng.standard_normal((64, 256)).astype(np.float32)})
     stripped = helpers.write_st(tmp_path / "strip.safetensors", helpers.read_st(tmp_path / "sa.safetensors")[0])
     for model in (tmp_path / "sa.safetensors", stripped):
         rc, out, _ = helpers.run_cli(["verify", model, "--key", key_file, "--header-from", tmp_path / "b.json"])

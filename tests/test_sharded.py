@@ -451,23 +451,13 @@ def test_with_tensors_a_swapped_shard_or_a_misplaced_tensor_is_tampering_not_a_b
     assert any(f"shard '{SHARDS[2]}' holds sealed tensor 'layers.2.attn.weight'" in m for m in rep.metadata_issues)
 
 
-def _move(name: str, src: Path, dst: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Move tensor ``name`` whole from shard ``src`` to ``dst``, both keeping their metadata; ``dst``'s new content."""
-    ts, ms = helpers.read_st(src)
-    td, md = helpers.read_st(dst)
-    td[name] = ts.pop(name)
-    helpers.write_st(src, ts, ms)
-    helpers.write_st(dst, td, md)
-    return td, md
-
-
 def test_a_tensor_moved_to_another_shard_is_said_to_be_gone_from_its_sealed_shard(
     sealed_ckpt: Path, key: paramseal.Key
 ) -> None:
     """Re-sharded (as save_pretrained does): the index and the files agree, but not with the sealed set.
     The shard sealed with the tensor no longer holds it, and must not be said to."""
     name = "layers.2.attn.weight"
-    _move(name, sealed_ckpt / SHARDS[2], sealed_ckpt / SHARDS[1])
+    helpers.move_tensor(name, sealed_ckpt / SHARDS[2], sealed_ckpt / SHARDS[1])
     _edit_index(sealed_ckpt, lambda wm: wm.update({name: SHARDS[1]}))
     rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
     assert rep.exit_code != 0
@@ -2036,7 +2026,7 @@ def test_a_tensor_moved_whole_to_another_shard_is_found_there_and_put_back(
     name = "layers.0.attn.weight"  # 6144 of the shard's 11328 values: far past what its parity rebuilds
     bad = tmp_path / "bad"
     shutil.copytree(sealed_ckpt, bad)
-    t1, m1 = _move(name, bad / SHARDS[0], bad / SHARDS[1])
+    t1, m1 = helpers.move_tensor(name, bad / SHARDS[0], bad / SHARDS[1])
     if index_follows:
         _edit_index(bad, lambda wm: wm.update({name: SHARDS[1]}))
     rc, out, _ = helpers.run_cli(["verify", bad, "--key", key_file, "--json"])
@@ -2072,7 +2062,7 @@ def test_a_shard_with_a_tensor_moved_out_is_checked_once_unless_a_copy_is_refuse
     from paramseal import _shard_moves
 
     name = "layers.0.attn.weight"
-    t1, m1 = _move(name, sealed_ckpt / SHARDS[0], sealed_ckpt / SHARDS[1])
+    t1, m1 = helpers.move_tensor(name, sealed_ckpt / SHARDS[0], sealed_ckpt / SHARDS[1])
     real, checked = _shard_moves.check_loaded, []
 
     def counted(loaded: Any, path: Path, *a: Any, **kw: Any) -> Any:

@@ -123,16 +123,6 @@ def test_a_shard_of_the_set_replaced_by_an_unsealed_file_is_still_unrecoverable(
     assert any(f"shard '{SHARDS[1]}' cannot be verified" in m for m in report.metadata_issues), report
 
 
-def _move(name: str, src: Path, dst: Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Move tensor ``name`` whole from shard ``src`` to ``dst``, both keeping their metadata; ``dst``'s new content."""
-    ts, ms = helpers.read_st(src)
-    td, md = helpers.read_st(dst)
-    td[name] = ts.pop(name)
-    helpers.write_st(src, ts, ms)
-    helpers.write_st(dst, td, md)
-    return td, md
-
-
 def test_a_moved_tensor_whose_copy_has_a_few_damaged_blocks_is_still_found_and_repaired(
     tmp_path: Path, sealed: Path, key: paramseal.Key
 ) -> None:
@@ -141,7 +131,7 @@ def test_a_moved_tensor_whose_copy_has_a_few_damaged_blocks_is_still_found_and_r
     the tensor 'missing' (exit 2, nothing recovered). Now 3 damaged blocks of 48: found, and recover repairs them."""
     name = "layers.0.weight"  # 64 x 48 float32: 48 blocks
     pristine = (sealed / SHARDS[0]).read_bytes(), (sealed / SHARDS[1]).read_bytes()
-    t1, m1 = _move(name, sealed / SHARDS[0], sealed / SHARDS[1])
+    t1, m1 = helpers.move_tensor(name, sealed / SHARDS[0], sealed / SHARDS[1])
     t1[name].reshape(-1)[[0, 64 * 10, 64 * 30]] += 1.0  # one value in each of three blocks
     helpers.write_st(sealed / SHARDS[1], t1, m1)
     rep = sharded.verify_dir(sealed, key, workers=1)
@@ -172,7 +162,7 @@ def test_recover_checks_a_shard_with_a_tensor_moved_out_once_unless_a_copy_is_re
     for module in (_shard_moves, _recover_file):
         monkeypatch.setattr(module, "check_loaded", counted(module.check_loaded))
     name = "layers.0.weight"
-    t1, m1 = _move(name, sealed / SHARDS[0], sealed / SHARDS[1])
+    t1, m1 = helpers.move_tensor(name, sealed / SHARDS[0], sealed / SHARDS[1])
     rep = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
     assert rep.status == "recovered" and rep.tensors[name].issues[0] == f"moved to shard '{SHARDS[1]}'", rep
     assert [c for c in checked if c[0] == SHARDS[0]] == [(SHARDS[0], None)], checked
