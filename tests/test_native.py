@@ -1021,3 +1021,31 @@ def test_with_gfni_seal_and_recover_never_build_the_table_kernels_tables(
         got = files.recover_file(tmp_path / "t.safetensors", tmp_path / "r.safetensors", key)
         assert got.report.status == "recovered" and got.report.restored_count == 3
         assert (tmp_path / "r.safetensors").read_bytes() == sealed.read_bytes()
+
+
+@needs_lib
+def test_table_kernels_keep_the_tables_alive_while_they_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled table kernels took the raw address of ``code.enc`` / ``code.syn``, which `_irs._tables` builds
+    on first use and only its LRU cache holds: another thread evicting them (more codes than the cache keeps) while
+    a kernel ran freed the memory it read. The kernels now hold the tables for as long as they run."""
+    code = _irs.code_for(8, _irs_consts.N_POS, 0)
+    rng = np.random.default_rng(5)
+    W = rng.integers(0, 2**32, (700, _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
+    W[:, : _irs_consts.N_POS] &= np.uint32(~0xFF & 0xFFFFFFFF)
+    want = W.copy()
+    _irs._run(0, code, want, None)
+    flags = np.zeros(W.shape, np.uint8)
+    want_s = _irs_kernels._batch_shares(W, flags, False, 0, W.shape[0], code.syn, 0, code.free_strata)
+    run = _native.parallel_map
+    kept: list[np.ndarray] = []
+
+    def evicting(fn, items):  # type: ignore[no-untyped-def]
+        _irs._tables.cache_clear()  # what 16 other codes' tables would do from another thread
+        kept.extend(np.full(n, 0x5A5A5A5A5A5A5A5A, np.uint64) for n in (code.words * 255 * 128,) * 4)
+        return run(fn, items)
+
+    monkeypatch.setattr(_native, "parallel_map", evicting)
+    got = W.copy()
+    assert _native._encode_tab(code, got)
+    assert np.array_equal(got, want)
+    assert np.array_equal(_native._syndromes_tab(code, W, None), want_s)

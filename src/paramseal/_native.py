@@ -263,8 +263,9 @@ def _encode_tab(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
     b0s[: code.free_strata] = code.k // 8
     b0s[code.hosted.reshape(-1)] = 0
     fn, d = np.ascontiguousarray(code.fn, np.int64), np.ascontiguousarray(code.d, np.int64)
-    a = (W.ctypes.data, code.enc.ctypes.data, b0s.ctypes.data, fn.ctypes.data, d.ctypes.data)
-    assert code.enc.flags.c_contiguous and code.enc.dtype == np.uint64
+    enc = code.enc  # held while the kernel runs: only `_irs._tables`'s cache holds it otherwise
+    a = (W.ctypes.data, enc.ctypes.data, b0s.ctypes.data, fn.ctypes.data, d.ctypes.data)
+    assert enc.flags.c_contiguous and enc.dtype == np.uint64
     rcs = parallel_map(
         lambda r: lib.ps_encode_tab(a[0], r[0], r[1], a[1], code.words, a[2], a[3], fn.shape[1], a[4]),
         _rows(W.shape[0]),
@@ -318,10 +319,11 @@ def _syndromes_tab(
     if lib is None or not encodes(code):
         return None
     _irs._check(W, flags)
-    assert code.syn.flags.c_contiguous and code.syn.dtype == np.uint64
+    syn = code.syn  # held while the kernel runs: only `_irs._tables`'s cache holds it otherwise
+    assert syn.flags.c_contiguous and syn.dtype == np.uint64
     out = np.empty((4 * W.shape[0], code.words), np.uint64)
     fptr = None if flags is None else flags.ctypes.data
-    a = (W.ctypes.data, code.syn.ctypes.data, out.ctypes.data)
+    a = (W.ctypes.data, syn.ctypes.data, out.ctypes.data)
     rcs = parallel_map(lambda r: lib.ps_shares(a[0], fptr, r[0], r[1], a[1], code.words, a[2]), _rows(W.shape[0]))
     if any(rcs):
         raise RuntimeError(f"compiled syndrome table kernel refused the code's parameters (code {min(rcs)})")
