@@ -6,6 +6,7 @@ Where the library is not built, or the CPU lacks GFNI/AVX-512, these tests skip;
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
@@ -1006,7 +1007,7 @@ def test_with_gfni_seal_and_recover_never_build_the_table_kernels_tables(
         raise AssertionError(f"the tables of code k={code.k} were built")
 
     monkeypatch.setattr(_irs, "_build_tables", refuse)
-    for cached in (_irs.code_for, _irs._tables, _gfni_plan._plan):
+    for cached in (_irs.code_for, _gfni_plan._plan):
         cached.cache_clear()
     rng = np.random.default_rng(11)
     model = {"w": rng.standard_normal((300, 1000)).astype(np.float32), "b": rng.standard_normal(77).astype(np.float32)}
@@ -1026,8 +1027,8 @@ def test_with_gfni_seal_and_recover_never_build_the_table_kernels_tables(
 @needs_lib
 def test_table_kernels_keep_the_tables_alive_while_they_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled table kernels took the raw address of ``code.enc`` / ``code.syn``, which `_irs._tables` builds
-    on first use and only its LRU cache holds: another thread evicting them (more codes than the cache keeps) while
-    a kernel ran freed the memory it read. The kernels now hold the tables for as long as they run."""
+    on first use: held by an LRU cache only, another thread evicting them (more codes than the cache keeps) while
+    a kernel ran freed the memory it read. The kernels hold the tables, and so does the code they are given."""
     code = _irs.code_for(8, _irs_consts.N_POS, 0)
     rng = np.random.default_rng(5)
     W = rng.integers(0, 2**32, (700, _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
@@ -1040,7 +1041,8 @@ def test_table_kernels_keep_the_tables_alive_while_they_run(monkeypatch: pytest.
     kept: list[np.ndarray] = []
 
     def evicting(fn, items):  # type: ignore[no-untyped-def]
-        _irs._tables.cache_clear()  # what 16 other codes' tables would do from another thread
+        _irs.code_for.cache_clear()  # what 16 other codes would do from another thread
+        gc.collect()
         kept.extend(np.full(n, 0x5A5A5A5A5A5A5A5A, np.uint64) for n in (code.words * 255 * 128,) * 4)
         return run(fn, items)
 
@@ -1049,3 +1051,23 @@ def test_table_kernels_keep_the_tables_alive_while_they_run(monkeypatch: pytest.
     assert _native._encode_tab(code, got)
     assert np.array_equal(got, want)
     assert np.array_equal(_native._syndromes_tab(code, W, None), want_s)
+
+
+def test_threads_sharing_a_new_code_build_its_tables_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads meeting a code whose tables were not built yet each built them in turn (4 threads: 4 builds)."""
+    import threading
+
+    _irs.code_for.cache_clear()
+    code = _irs.code_for(8, 200, 0)
+    built: list[int] = []
+    build = _irs._build_tables
+    monkeypatch.setattr(_irs, "_build_tables", lambda c: built.append(c.k) or build(c))
+    start = threading.Barrier(4)
+    got: list[np.ndarray] = []
+    threads = [threading.Thread(target=lambda: (start.wait(), got.append(code.enc))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert built == [8] and len(got) == 4 and all(g is got[0] for g in got)
+    assert code.syn is code.syn and not code.syn.flags.writeable

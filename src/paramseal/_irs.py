@@ -49,6 +49,8 @@ class Code:
     hosted: NDArray[np.int64] = field(default_factory=lambda: np.zeros((4, 0), np.int64))  # (4, host): j of byte 0
     # per codeword, the GF(2) solver: syndrome bits -> its free bits, packed order (None where d_t = 0)
     inverses: tuple[NDArray[np.uint8] | None, ...] = (None, None, None, None)
+    # `syn` and `enc` once built (`_tables`): held by the code, so a kernel given the code holds them too
+    held: list[NDArray[np.uint64]] = field(default_factory=list, repr=False)
 
     @property
     def syn(self) -> NDArray[np.uint64]:
@@ -218,15 +220,16 @@ def code_for(k: int, free_strata: int = N_POS, host: int = 0) -> Code:
 _TABLES_LOCK = threading.Lock()
 
 
-@functools.lru_cache(maxsize=16)
-def _tables(code: Code) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
-    """``code``'s syndrome and encoder tables (`Code.syn`, `Code.enc`), built on first use.
+def _tables(code: Code) -> list[NDArray[np.uint64]]:
+    """``code``'s syndrome and encoder tables (`Code.syn`, `Code.enc`), built on first use and kept by the code.
 
     Only the table kernels (numba's, and the compiled ones where the CPU lacks GFNI) read them:
     with GFNI a seal or recover never builds them (about half of `code_for`'s time).
     """
-    with _TABLES_LOCK:  # the seal's and recover's threads share one code: build its tables once
-        return _build_tables(code)
+    with _TABLES_LOCK:  # the seal's and recover's threads share one code: the first builds, the others wait
+        if not code.held:
+            code.held.extend(_build_tables(code))
+        return code.held
 
 
 def _build_tables(code: Code) -> tuple[NDArray[np.uint64], NDArray[np.uint64]]:
