@@ -183,3 +183,70 @@ def test_inspect_without_an_index_says_the_set_records_do_not_name_a_stray_file(
     assert rc == 0, text
     assert "WARNING: file 'extra.safetensors' is not named by the set records; it carries no set record" in text, text
     assert "index" not in [line for line in text.splitlines() if "extra.safetensors" in line][0]
+
+
+def _sealed_with(key: paramseal.Key, tmp_path: Path, name: str, tensors: dict[str, np.ndarray]) -> Path:
+    """``tensors`` sealed as shard ``name`` of a set of its own, with ``key`` (an attacker's re-seal)."""
+    src = helpers.write_checkpoint(tmp_path / f"src-{name[:11]}", {name: tensors})
+    sharded.seal_dir(src, tmp_path / f"resealed-{name[:11]}", key, workers=1, reseal=True)
+    return tmp_path / f"resealed-{name[:11]}" / name
+
+
+def test_a_listed_shard_resealed_with_another_key_is_tampering_not_a_wrong_key(
+    tmp_path: Path, sealed: Path, key: paramseal.Key, key_file: Path, other_key: paramseal.Key
+) -> None:
+    """A shard of the set, tampered and re-sealed with an attacker's key, stopped verify and recover with 'key does
+    not match ... pass the key used at seal time' (exit 3), though the key is right for every other shard. It is
+    tampering: the shard is named as sealed with another key (exit 2), and recover writes nothing."""
+    t, _ = helpers.read_st(sealed / SHARDS[1])
+    shutil.copy(_sealed_with(other_key, tmp_path, SHARDS[1], helpers.flip_bit(t, "layers.1.weight", 3, 30)),
+                sealed / SHARDS[1])  # fmt: skip
+    rc, out, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--json"])
+    assert rc == 2 and err == "", (out, err)
+    rep = json.loads(out)
+    assert rep["status"] == "tampered" and not rep["recoverable"], rep
+    assert any(f"shard '{SHARDS[1]}' was sealed with another key (fingerprint {other_key.fingerprint}" in m
+               for m in rep["metadata_issues"]), rep  # fmt: skip
+    assert "does not match" not in out and "seal time" not in out and key.secret.hex() not in out, out
+    assert "layers.1.weight" in rep["tampered_tensors"] and "layers.0.weight" not in rep["tampered_tensors"], rep
+    rc, out, err = helpers.run_cli(["recover", sealed, tmp_path / "fixed", "--key", key_file])
+    assert rc == 2 and err == "" and not (tmp_path / "fixed").exists(), (out, err)
+    assert f"shard '{SHARDS[1]}' was sealed with another key" in out and "seal time" not in out, out
+    report = sharded.recover_dir(sealed, tmp_path / "partial", key, allow_partial=True, workers=1)
+    assert report.written and report.status == "unrecoverable", report
+
+
+def test_a_shard_sealed_with_another_key_added_to_the_index_is_an_added_shard(
+    tmp_path: Path, sealed: Path, key_file: Path, other_key: paramseal.Key
+) -> None:
+    """A file sealed with another key, added to the set and to its index, stopped verify with 'key does not match'
+    (exit 3): it is an added shard, as an unsealed one is (verify exit 1, recover leaves it out, exit 0)."""
+    shard = "model-00004-of-00004.safetensors"
+    added = {"adapter.weight": np.ones((64, 8), np.float32)}
+    shutil.copy(_sealed_with(other_key, tmp_path, shard, added), sealed / shard)
+    before = json.loads((sealed / sharded.INDEX).read_text())
+    index = json.loads((sealed / sharded.INDEX).read_text())
+    index["weight_map"]["adapter.weight"] = shard
+    (sealed / sharded.INDEX).write_text(json.dumps(index))
+    rc, out, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--json"])
+    assert rc == 1 and err == "", (out, err)
+    rep = json.loads(out)
+    assert rep["extra_tensors"] == [f"{shard}:adapter.weight"] and rep["recoverable"], rep
+    assert any(f"shard '{shard}'" in m and "added" in m and "another key" in m for m in rep["metadata_issues"]), rep
+    fixed = tmp_path / "fixed"
+    rc, out, err = helpers.run_cli(["recover", sealed, fixed, "--key", key_file])
+    assert rc == 0 and err == "" and f"shard '{shard}', added to the set, was left out" in out, (out, err)
+    assert sorted(p.name for p in fixed.glob("*.safetensors")) == SHARDS
+    assert json.loads((fixed / sharded.INDEX).read_text())["weight_map"] == before["weight_map"]
+
+
+def test_every_shard_under_another_key_is_still_a_wrong_key(
+    tmp_path: Path, sealed: Path, key: paramseal.Key, other_key: paramseal.Key
+) -> None:
+    """No shard authenticates with the key given: the key is wrong (exit 3, both fingerprints, the key never said),
+    with a shard replaced by one of the right key's other seal or not."""
+    other = paramseal.write_key(tmp_path / "other.key", other_key)
+    for args in (["verify", sealed, "--key", other], ["recover", sealed, tmp_path / "o", "--key", other]):
+        rc, out, err = helpers.run_cli(args)
+        assert rc == 3 and "key does not match" in err and not (tmp_path / "o").exists(), (out, err)
+        assert key.fingerprint in err and other_key.fingerprint in err and other_key.secret.hex() not in out + err, err

@@ -27,8 +27,8 @@ class Verdict:
     """The set's findings (`_verdict`): ``grave`` lose weights, ``fixable`` are the index's (or an added shard's).
 
     ``lost``: findings for the tensors of shards with no report; ``failed``: shard -> why it cannot be checked;
-    ``added``: unsealed shards the index names and the set does not (`ADDED`); ``extra``: their tensors, as
-    ``FILE:TENSOR``, extra tensors of the set.
+    ``added``: unsealed shards (or another key's) the index names and the set does not (`ADDED`); ``extra``: their
+    tensors, as ``FILE:TENSOR``, extra tensors of the set.
     """
 
     grave: list[str]
@@ -64,7 +64,7 @@ def _verdict(
     """
     grave, fixable, listed = _set_issues(idx, records, reports, pattern)
     kept = {s: f for s, f in failed.items() if s in idx.shards or s in listed}
-    added = [s for s, f in kept.items() if f.unsealed and listed and s not in listed]
+    added = [s for s, f in kept.items() if (f.unsealed or f.other_key) and listed and s not in listed]
     extra = [f"{s}:{n}" for s in added for n in _held(idx, s) if pattern is None or fnmatch.fnmatchcase(n, pattern)]
     why = {s: f.why for s, f in kept.items() if s not in added}
     gone = _gone(idx, [s for s in asked if s not in peeked], listed)
@@ -76,8 +76,16 @@ def _verdict(
     grave += list(why.values())
     lost = _lost(idx, missing, "its shard '{}' is missing: its weights are lost", pattern)
     lost |= _lost(idx, list(why), "its shard '{}' cannot be checked", pattern)
-    fixable = [*([idx.lost] if idx.lost else []), *fixable, *gone["bogus"], *(ADDED.format(s) for s in added)]
+    fixable = [*([idx.lost] if idx.lost else []), *fixable, *gone["bogus"], *(_added(s, kept[s]) for s in added)]
     return Verdict(grave, fixable, lost, why, added, extra)
+
+
+def _added(shard: str, f: Failed) -> str:
+    """`ADDED` for ``shard``; one sealed with another key says so, not that it carries no seal."""
+    said = ADDED.format(shard)
+    if not f.other_key:
+        return said
+    return said.replace("carries no seal", f"was sealed with another key (fingerprint {f.other_key})")
 
 
 def _held(idx: Index, shard: str) -> list[str]:

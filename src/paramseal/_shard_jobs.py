@@ -2,7 +2,8 @@
 
 `sharded.verify_dir` and `recover_dir` run these on the pool (`_shard_pool._map`), one shard a job. A shard that
 cannot be read as a sealed model comes back as `Failed` (tampering with the set, not a bad input), saying whether
-the file carries no seal at all: a file added to the set, when no set record lists it (`_shard_findings._verdict`).
+the file carries no seal at all, or another key's: a file added to the set, when no set record lists it
+(`_shard_findings._verdict`). Another key's seal is a wrong key only when no shard authenticates (`wrong_key`).
 """
 
 from __future__ import annotations
@@ -28,21 +29,41 @@ from .report import Report
 
 # A shard that cannot be read as a sealed model (replaced by an unsealed file, truncated) is
 # tampering with the set; these stay errors: a wrong key, a failed read or write, a missing extra,
-# a seal this version cannot check.
-_NOT_TAMPERING = (KeyMismatchError, InputError, OutputError, MissingDependencyError, BeyondSealError)
+# a seal this version cannot check. Another key's seal is tampering unless the key is wrong for every shard
+# (`wrong_key`).
+_NOT_TAMPERING = (InputError, OutputError, MissingDependencyError, BeyondSealError)
 
 
 @dataclass(frozen=True, slots=True)
 class Failed:
-    """A shard that cannot be verified or recovered: ``why``, and whether the file carries no seal at all."""
+    """A shard that cannot be verified or recovered: ``why``, and whether the file carries no seal at all.
+
+    ``other_key``: the fingerprint of the key it was sealed with, when that is not the key given ("" otherwise).
+    """
 
     why: str
     unsealed: bool
+    other_key: str = ""
 
 
 def _failed(e: ParamSealError, why: str) -> Failed:
     # a sealed model whose header only its metadata could hold, read without it, is sealed all the same
     return Failed(why, isinstance(e, NotSealedError) and not isinstance(e, HeaderOnlyInMetadata))
+
+
+def _other_key(path: Path, e: KeyMismatchError) -> Failed:
+    why = f"shard '{path.name}' was sealed with another key (fingerprint {e.stored}): its weights cannot be trusted"
+    return Failed(why + " or recovered", False, e.stored)
+
+
+def wrong_key(key: Key, results: list[Report | Failed], authentic: bool) -> None:
+    """Raise KeyMismatchError when shards are another key's and none authenticates with ``key``: the key is wrong.
+
+    ``authentic``: whether a shard's header authenticated with ``key`` before the jobs (`_shard_set._peek`).
+    """
+    other = next((r.other_key for r in results if isinstance(r, Failed) and r.other_key), "")
+    if other and not authentic and not any(isinstance(r, Report) for r in results):
+        raise KeyMismatchError(other, key.fingerprint)
 
 
 def verify_one(
@@ -58,6 +79,8 @@ def verify_one(
             rep, taken = verify_moved(path, key, pattern, borrow)
         else:
             rep = files.verify_file(path, key, tensors=pattern)
+    except KeyMismatchError as e:
+        return _other_key(path, e), None, {}
     except _NOT_TAMPERING:
         raise
     except ParamSealError as e:
@@ -73,6 +96,8 @@ def recover_one(
         if borrow:
             return recover_moved(src, dst, key, allow_partial, borrow)
         return files.recover_file(src, dst, key, allow_partial=allow_partial).report, {}
+    except KeyMismatchError as e:
+        return _other_key(src, e), {}
     except _NOT_TAMPERING:
         raise
     except ParamSealError as e:
