@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from . import _cli_eval, _pages, _paths, files, sharded
-from ._cli_streams import quoted
+from ._cli_streams import in_out, quoted
 from ._layout import TensorSpec
 from .errors import ParamSealWarning, UsageError, one_line
 from .keys import Key, exposed_to_others, exposure, load_key, redact, write_key
@@ -46,11 +46,6 @@ def _header(args: argparse.Namespace, key: Key) -> str | None:
             "--header-from to check the folder, or give one shard's file as IN with the header kept for it"
         )
     return files.read_header(args.header_from, key)
-
-
-def _in_out(args: argparse.Namespace) -> str:
-    """``IN -> OUT`` as a result line quotes them (`quoted`)."""
-    return f"{quoted(args, args.input)} -> {quoted(args, args.output)}"
 
 
 def _count(n: int, noun: str) -> str:
@@ -83,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 code=args.code,
                 reseal=args.reseal,
             )
-            print(f"OK: sealed {len(names)} shard(s) of {_in_out(args)} (each self-contained)")
+            print(f"OK: sealed {len(names)} shard(s) of {in_out(args)} (each self-contained)")
             print(_SEAL_ID.format(sharded.seal_id(Path(args.output), key)))
             _warn_bits(args, sharded.float_widths(Path(args.output), names))
             return 0
@@ -109,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
             code = "irs" if h.irs else "lanes"
             how = f"level {h.level}" if h.bits is None else f"--bits {h.bits}"
             n = _count(len(h.tensors), "tensor")
-            print(f"OK: sealed {_in_out(args)} ({n}, {desc}, {how}, code {code})")
+            print(f"OK: sealed {in_out(args)} ({n}, {desc}, {how}, code {code})")
             print(_SEAL_ID.format(h.salt.hex()))
             _warn_bits(args, ks)
             _note_plain(args, h.tensors)
@@ -180,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
                 if rep.notes:
                     print(rep.summary())
             elif rep.status == "recovered":
-                print(f"OK: recovered {_in_out(args)} ({_what_recover_did(rep)})")
+                print(f"OK: recovered {in_out(args)} ({_what_recover_did(rep)})")
                 print(rep.summary())
             else:
                 out = quoted(args, args.output)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from ._cli_streams import quoted
+from ._cli_streams import in_out, quoted
 from .attacks import FIELDS, KINDS, AttackSpec, GroundTruth, attack_file
 from .errors import OutputError, ParamSealError, UsageError, one_line
 from .report import ints_json, write_json_streamed
@@ -134,8 +134,7 @@ def _attack(args: argparse.Namespace) -> int:
             f"{truth.changed_parameters} value(s) in {len(truth.changed_tensors)} tensor(s), {bits} bit(s) changed; "
             f"{100 * truth.tampering_rate:.4g}% of parameters"
         )
-    io = f"{quoted(args, args.input)} -> {quoted(args, args.output)}"
-    print(f"OK: attacked {io} ({args.kind}, seed {args.seed}: {what})")
+    print(f"OK: attacked {in_out(args)} ({args.kind}, seed {args.seed}: {what})")
     if summary := truth.summary():  # names from the model: escaped line by line, as verify's report lines are
         print("\n".join(map(one_line, summary.split("\n"))))
     return 0

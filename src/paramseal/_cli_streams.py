@@ -192,6 +192,11 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+def in_out(args: argparse.Namespace) -> str:
+    """``IN -> OUT`` as a result line quotes them (`quoted`)."""
+    return f"{quoted(args, args.input)} -> {quoted(args, args.output)}"
+
+
 _STOPPING = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from . import files
 from ._shard_moves import recover_moved, verify_moved
@@ -56,12 +57,14 @@ def _other_key(path: Path, e: KeyMismatchError) -> Failed:
     return Failed(why + " or recovered", False, e.stored)
 
 
-def wrong_key(key: Key, results: list[Report | Failed], authentic: bool) -> None:
+def wrong_key(key: Key, results: list[Report | Failed], peeked: dict[str, Any]) -> None:
     """Raise KeyMismatchError when shards are another key's and none authenticates with ``key``: the key is wrong.
 
-    ``authentic``: whether a shard's header authenticated with ``key`` before the jobs (`_shard_set._peek`).
+    ``peeked``: the shards' headers read before the jobs (`_shard_set._peek`: sealed names first, None where the
+    header did not authenticate with ``key``).
     """
     other = next((r.other_key for r in results if isinstance(r, Failed) and r.other_key), "")
+    authentic = any(p[0] is not None for p in peeked.values())
     if other and not authentic and not any(isinstance(r, Report) for r in results):
         raise KeyMismatchError(other, key.fingerprint)
 

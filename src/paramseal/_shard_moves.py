@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ._file_header import check_loaded, own_header, prefixed_errors
+from ._file_header import FoundHeader, check_loaded, own_header, prefixed_errors
 from ._model_io import open_model
 from ._progress import Progress
 from ._recover_file import recover_loaded
@@ -92,49 +92,53 @@ def _marked(rep: Report, borrow: dict[str, str]) -> Report:
     return replace(rep, tensors=tensors)
 
 
-def verify_moved(path: Path, key: Key, pattern: str | None, borrow: dict[str, str]) -> tuple[Report, dict[str, str]]:
-    """Verify the shard at ``path`` with the tensors in ``borrow`` read from the other files (those taken).
+@contextmanager
+def _settled(
+    path: Path, key: Key, borrow: dict[str, str], pattern: str | None = None, label: str | None = None
+) -> Iterator[tuple[Loaded, Check, FoundHeader, dict[str, str], Progress | None]]:
+    """The shard at ``path`` checked once with every copy in ``borrow``; again without each copy that fails.
 
-    Checked once, every copy in it: a tensor's finding is its own (a check of the copy alone would give the
-    same), so the copies taken are known from it. Checked again only without a copy not taken (missing, then).
+    A tensor's finding is its own (a check of the copy alone would give the same), so the copies taken are
+    known from the check: yields the model with them, its check, the header found, the copies taken and the
+    check's progress line (``label``: shown as a run without copies shows it; None: none).
     """
-    if pattern is not None:
-        borrow = {n: f for n, f in borrow.items() if fnmatch.fnmatchcase(n, pattern)}
     taken = borrow
     while True:
-        with _with_copies(path, path.parent, taken) as loaded, prefixed_errors(path):
-            chk, _ = check_loaded(loaded, path, key, None, select=pattern)
-            rep = report_of(chk)
+        with _with_copies(path, path.parent, taken) as loaded:
+            prog = None if label is None else Progress(label, len(loaded.tensors))
+            with prefixed_errors(path):
+                chk, found = check_loaded(loaded, path, key, None, select=pattern, progress=prog)
             passing = _passing(chk, taken)
             if passing == taken:
-                rep = pinned_check(rep, chk, loaded.tensors, None, own_header(loaded))
-                return _marked(rep, taken), taken
+                yield loaded, chk, found, taken, prog
+                return
         taken = passing
+
+
+def verify_moved(path: Path, key: Key, pattern: str | None, borrow: dict[str, str]) -> tuple[Report, dict[str, str]]:
+    """Verify the shard at ``path`` with the tensors in ``borrow`` read from the other files (`_settled`)."""
+    if pattern is not None:
+        borrow = {n: f for n, f in borrow.items() if fnmatch.fnmatchcase(n, pattern)}
+    with _settled(path, key, borrow, pattern) as (loaded, chk, _, taken, _), prefixed_errors(path):
+        rep = pinned_check(report_of(chk), chk, loaded.tensors, None, own_header(loaded))
+    return _marked(rep, taken), taken
 
 
 def recover_moved(
     src: Path, dst: Path, key: Key, allow_partial: bool, borrow: dict[str, str]
 ) -> tuple[Report, dict[str, str]]:
-    """Recover the shard at ``src`` into ``dst`` with the tensors in ``borrow`` read from the other files (those taken).
+    """Recover the shard at ``src`` into ``dst`` with the tensors in ``borrow`` read from the other files.
 
-    As `verify_moved`: checked once, every copy in it, and recover goes on from that check; checked again only
-    without a copy not taken (then missing, for the shard's parity to rebuild if it can).
+    Those taken (`_settled`); recover goes on from that check (a copy not taken leaves its tensor missing, for
+    the shard's parity to rebuild if it can).
     """
-    taken = borrow
-    while True:
-        with _with_copies(src, src.parent, taken) as loaded:
-            prog = Progress("recover", len(loaded.tensors))  # as `recover_loaded` shows its own check
-            with prefixed_errors(src):
-                chk, found = check_loaded(loaded, src, key, None, progress=prog)
-            passing = _passing(chk, taken)
-            if passing == taken:
-                prog.done()
-                checked = (chk, found)
-                res = recover_loaded(
-                    loaded, src, dst, "safetensors", key, allow_partial=allow_partial, progress=None, checked=checked
-                )
-                return _marked(res.report, taken), taken
-        taken = passing
+    with _settled(src, key, borrow, label="recover") as (loaded, chk, found, taken, prog):
+        assert prog is not None
+        prog.done()
+        res = recover_loaded(
+            loaded, src, dst, "safetensors", key, allow_partial=allow_partial, progress=None, checked=(chk, found)
+        )
+    return _marked(res.report, taken), taken
 
 
 def moved_issues(taken: dict[str, dict[str, str]]) -> list[str]:

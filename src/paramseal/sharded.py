@@ -254,7 +254,7 @@ def verify_dir(
     moves = borrowed(folder, everything, peeked, where)
     jobs = [(folder / where.get(s, s), key, patterns[s], moves.get(s, {})) for s in opened]
     done = dict(zip(opened, _map(verify_one, jobs, workers), strict=True))
-    wrong_key(key, [r for r, _, _ in done.values()], any(p[0] is not None for p in peeked.values()))
+    wrong_key(key, [r for r, _, _ in done.values()], peeked)
     taken = {s: t for s, (_, _, t) in done.items() if t}
     reports = without_moved({s: r for s, (r, _, _) in done.items() if isinstance(r, Report)}, where, taken)
     failed = {s: r for s, (r, _, _) in done.items() if isinstance(r, Failed)}
@@ -356,7 +356,7 @@ def recover_dir(
             jobs = [(src / where.get(s, s), tmp / s, key, True, moves.get(s, {})) for s in shards]
             done = dict(zip(shards, _map(recover_one, jobs, workers), strict=True))
             results = {s: r for s, (r, _) in done.items()}
-            wrong_key(key, list(results.values()), any(p[0] is not None for p in peeked.values()))
+            wrong_key(key, list(results.values()), peeked)
             taken = {s: t for s, (_, t) in done.items() if t}
             reports = without_moved({s: r for s, r in results.items() if isinstance(r, Report)}, where, taken)
             failed = {s: replace(r, why=r.why.replace(str(tmp), str(dst))) for s, r in results.items()
