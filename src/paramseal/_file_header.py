@@ -110,18 +110,29 @@ def _graph_issues(loaded: Loaded, text: str, meta: dict[str, str], key: Key) -> 
     h = parse_header(text, key)
     sealed = h.user_metadata if h.user_metadata is not None else meta if metadata_digest(meta) == h.digest else {}
     want = sealed.get(GRAPH_KEY)
-    if want is None or want == loaded.graph or want == _graph_as_sealed(loaded, h):
+    if want is None or want == loaded.graph:
+        return []
+    if want == _graph_as_sealed(loaded, h, onnx_format.graph_version(want)):  # a seal's digest: its version's
         return []
     return [GRAPH_EDITED]
 
 
-def _graph_as_sealed(loaded: Loaded, h: Header) -> str | None:
-    """The file's graph digest with its tensors' dtypes as sealed (None: no ONNX model).
+def _graph_as_sealed(loaded: Loaded, h: Header, version: int | None = None) -> str | None:
+    """The file's graph digest (of ``version``, `_onnx_tensors.GRAPH_VERSION`) with its tensors' dtypes as sealed.
 
     A tensor saved again as another dtype is that tensor's tampering, which check reports (the header
-    holds its dtype) and recover restores, not an edited graph.
+    holds its dtype) and recover restores, not an edited graph. None: no ONNX model.
     """
-    return onnx_format.graph_as_sealed(loaded, {s.name: s.dtype for s in h.tensors})
+    return onnx_format.graph_as_sealed(loaded, {s.name: s.dtype for s in h.tensors}, version)
+
+
+def _sealed_graph_entry(loaded: Loaded, h: Header) -> dict[str, str]:
+    """The metadata sealed, if all it held was the graph's digest (of any version) and the graph is as sealed."""
+    for version in onnx_format.GRAPH_VERSIONS if loaded.graph is not None else ():
+        graph = _graph_as_sealed(loaded, h, version)
+        if graph is not None and metadata_digest(derived := {GRAPH_KEY: graph}) == h.digest:
+            return derived
+    return {}
 
 
 def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept: bool) -> FoundHeader:
@@ -155,10 +166,8 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
                 f"'paramseal seal' if it never was. {NOT_SEALED_WARNING}"
             ) from None
         h = parse_header(copy, key)
-        graph = _graph_as_sealed(loaded, h) if loaded.graph is not None else None
-        derived = {GRAPH_KEY: graph} if graph is not None else {}
         sealed_digest = h.digest
-        if not meta and derived and metadata_digest(derived) == sealed_digest:
+        if not meta and (derived := _sealed_graph_entry(loaded, h)):
             return FoundHeader(copy, derived, True)  # all the metadata sealed was the graph's digest: nothing is lost
         if kept and not meta and sealed_digest == metadata_digest({}):
             # the file had the header alone in its metadata, which was stripped: recover writes it back

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import ml_dtypes
 import numpy as np
@@ -51,6 +52,39 @@ def golden_model_v3() -> dict[str, np.ndarray]:
     return {n: a for n, a in m.items() if a.dtype not in (np.float16, ml_dtypes.bfloat16, np.float64)}
 
 
+def golden_onnx() -> Any:
+    """A small ONNX model (``onnx-graph1``): initializers raw and typed, Constants typed with an empty name
+    present (as silero-vad's), one with a tensor doc string. Runs: y = (x @ W + b) * scale, k = 16000."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.Generator(np.random.PCG64(20261204))
+    w = (rng.standard_normal((16, 16)) * 0.2).astype(np.float32)
+    b = helper.make_tensor("b", TensorProto.FLOAT, [16], np.linspace(-1, 1, 16, dtype=np.float32).tolist())
+    k = helper.make_tensor("", TensorProto.INT64, [], [16000])  # name "" present: numpy_helper.from_array drops it
+    scale = helper.make_tensor("", TensorProto.FLOAT, [1], [0.5])
+    scale.doc_string = "a note on the tensor"
+    nodes = [
+        helper.make_node("Constant", [], ["k"], value=k),
+        helper.make_node("Constant", [], ["scale"], value=scale),
+        helper.make_node("MatMul", ["x", "W"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["h2"]),
+        helper.make_node("Mul", ["h2", "scale"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "golden",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16]),
+            helper.make_tensor_value_info("k", TensorProto.INT64, []),
+        ],
+        [numpy_helper.from_array(w, "W"), b],
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="paramseal-golden")
+    m.ir_version = 8
+    return m
+
+
 def main(version: str = "v1") -> None:
     out = HERE / version
     if out.exists():
@@ -58,6 +92,14 @@ def main(version: str = "v1") -> None:
     out.mkdir()
     key = paramseal.Key(bytes.fromhex(GOLDEN_KEY_HEX))
     paramseal.write_key(out / "golden.key", key)
+    if version == "onnx-graph1":  # the first ONNX graph digest (a bare SHA-256), as sealed before 'v2:'
+        import onnx
+
+        onnx.save_model(golden_onnx(), str(out / "original.onnx"))
+        files.seal_file(out / "original.onnx", out / "sealed.onnx", key, level="standard")
+        (out / "original.onnx").unlink()  # golden_onnx() builds it again
+        print(f"wrote {out} with paramseal {paramseal.__version__}")
+        return
     model = golden_model_v3() if version.startswith("v3") else golden_model()  # v3-mac2 too
     files.write_model(out / "original.safetensors", Loaded(model, dict(METADATA)))
     files.seal_file(out / "original.safetensors", out / "sealed.safetensors", key, level="standard")

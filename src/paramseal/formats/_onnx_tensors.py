@@ -91,6 +91,7 @@ class _Slot:
     path: tuple[str, ...]
     proto: Any  # onnx.TensorProto
     where: str  # for messages
+    initializer: bool = False  # a graph's initializer (bound by its name), not a node attribute's value
 
 
 # the external-data files read: file -> (start, end, which tensor) of each tensor's bytes
@@ -141,7 +142,7 @@ def _walk_graph(g: Any, path: tuple[str, ...], out: list[_Slot]) -> None:
             "ParamSeal does not support sparse tensors yet"
         )
     for t in g.initializer:
-        out.append(_Slot(t.name, path, t, f"initializer '{t.name}' in {_place(path)}"))
+        out.append(_Slot(t.name, path, t, f"initializer '{t.name}' in {_place(path)}", initializer=True))
     _walk_nodes(g.node, path, out)
 
 
@@ -320,14 +321,33 @@ def refuse_shared(path: Path, inputs: Ranges) -> None:
                 )
 
 
-def graph_digest(onnx: ModuleType, skeleton: bytes, dtypes: Mapping[str, str] | None = None) -> str:
+#: The graph digest new seals write. 1 (a bare SHA-256 in hex, seals before 'v2:') also covers the tensor
+#: protos' fields besides their storage: a Constant value's name (even an empty one: whether it is present),
+#: its doc string and metadata_props, which a tool re-encoding a tensor (numpy_helper) drops. 2 ('v2:' and the
+#: hex) keeps of each tensor only what runs: its data type, dims and, for an initializer, its name; the values
+#: are the seal's to authenticate, and a tensor's other fields are notes.
+GRAPH_VERSION = 2
+GRAPH_VERSIONS = (2, 1)  # those verify checks, newest first
+_PREFIX = "v2:"
+
+
+def graph_version(digest: str) -> int:
+    """The version of a sealed ``paramseal.graph`` value (`GRAPH_VERSION`)."""
+    return 2 if digest.startswith(_PREFIX) else 1
+
+
+def graph_digest(
+    onnx: ModuleType, skeleton: bytes, dtypes: Mapping[str, str] | None = None, version: int | None = None
+) -> str:
     """SHA-256 of what the model runs besides its tensor values: what the seal adds to the values.
 
     Re-pointing a node at another initializer, or changing an operator or attribute, changes it.
     Not covered: how and where values are stored (raw or typed fields, external files), metadata,
-    doc strings, the producer, and ``value_info`` (shape annotations that shape inference adds).
-    ``dtypes`` (tensor name -> safetensors dtype name) puts those tensors' data types back first.
+    doc strings, the producer, and ``value_info`` (shape annotations that shape inference adds);
+    from version 2 on, nor a tensor's own notes (`GRAPH_VERSION`). ``dtypes`` (tensor name ->
+    safetensors dtype name) puts those tensors' data types back first. ``version``: `GRAPH_VERSION` if None.
     """
+    version = GRAPH_VERSION if version is None else version
     m = onnx.ModelProto()
     m.ParseFromString(skeleton)
     slots = tensor_slots(m)
@@ -335,12 +355,19 @@ def graph_digest(onnx: ModuleType, skeleton: bytes, dtypes: Mapping[str, str] | 
         if dtypes and (dt := ST_TO_NP.get(dtypes.get(name, ""))) is not None and dt in ONNX_OF:
             slot.proto.data_type = ONNX_OF[dt]
     for slot in slots:
+        t = slot.proto
+        if version >= 2:
+            bare = onnx.TensorProto(data_type=t.data_type, dims=t.dims)
+            if slot.initializer and t.name:
+                bare.name = t.name
+            t.CopyFrom(bare)
         for f in ("raw_data", "external_data", "data_location", *ALL_TYPED):
-            slot.proto.ClearField(f)
+            t.ClearField(f)
     for f in ("metadata_props", "doc_string", "producer_name", "producer_version"):
         m.ClearField(f)
     _strip_notes(m.graph)
-    return hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
+    digest = hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
+    return digest if version == 1 else _PREFIX + digest
 
 
 def _strip_notes(g: Any) -> None:

@@ -76,8 +76,10 @@ from .._tempname import cut_name, final_name, name_max
 from ..errors import FormatError, ParamSealWarning, UsageError
 from ..header import METADATA_KEY
 from ._onnx_tensors import (
+    GRAPH_VERSIONS,
     Ranges,
     graph_digest,
+    graph_version,
     import_onnx,
     parse_model,
     refuse_shared,
@@ -234,16 +236,17 @@ class OnnxAdapter:
             )
 
 
-def graph_as_sealed(loaded: Loaded, dtypes: Mapping[str, str]) -> str | None:
+def graph_as_sealed(loaded: Loaded, dtypes: Mapping[str, str], version: int | None = None) -> str | None:
     """The graph digest of the ONNX model read as ``loaded`` with its tensors' data types as sealed (``dtypes``).
 
     A tensor's data type is in the digest (seals before this kept it there), but the seal header holds
     each tensor's dtype too: a tensor saved again as another dtype is reported and restored as that
-    tensor's tampering, not as an edited graph that recover cannot restore. None if not an ONNX model read.
+    tensor's tampering, not as an edited graph that recover cannot restore. ``version``: the digest's
+    (`_onnx_tensors.GRAPH_VERSION`), as the one sealed; the current one if None. None if not an ONNX model read.
     """
     if not isinstance(loaded.source, _Template):
         return None
-    return graph_digest(import_onnx(), loaded.source.skeleton, dtypes)
+    return graph_digest(import_onnx(), loaded.source.skeleton, dtypes, version)
 
 
 def _refuse_sealed_container(dst: Path, loaded: Loaded) -> None:
@@ -308,4 +311,11 @@ def iter_tensor_names(path: Path) -> Iterator[tuple[str, str]]:
     yield from ((n, s.where) for n, s in zip(tensor_names(slots), slots, strict=True))
 
 
-__all__ = ["OnnxAdapter", "graph_as_sealed", "iter_tensor_names", "replaced_side_files"]
+__all__ = [
+    "GRAPH_VERSIONS",
+    "OnnxAdapter",
+    "graph_as_sealed",
+    "graph_version",
+    "iter_tensor_names",
+    "replaced_side_files",
+]

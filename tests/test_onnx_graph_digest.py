@@ -1,0 +1,221 @@
+"""ONNX graph digest (``paramseal.graph``): tensor protos re-encoded by tools are not an edited graph.
+
+``numpy_helper.from_array(numpy_helper.to_array(t), t.name)`` keeps every value and the graph, but moves typed
+fields into raw_data and drops what the array does not carry: an empty ``name`` that was present (silero-vad's
+Constants), the tensor's doc string. Seals since the ``v2:`` digest verify such a model intact; seals of the first
+digest (``tests/golden/onnx-graph1``) verify exactly as before.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import helpers
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+from onnx import numpy_helper  # noqa: E402
+
+import paramseal  # noqa: E402
+from paramseal import files  # noqa: E402
+from paramseal.formats import GRAPH_KEY, _onnx_tensors  # noqa: E402
+from paramseal.formats._onnx_tensors import tensor_names, tensor_slots  # noqa: E402
+
+GOLDEN = Path(__file__).parent / "golden"
+sys.path.insert(0, str(GOLDEN))
+from make_golden import golden_onnx  # noqa: E402
+
+_spec = importlib.util.find_spec("silero_vad")
+SILERO = Path(_spec.origin).parent / "data" if _spec and _spec.origin else None
+needs_silero = pytest.mark.skipif(
+    SILERO is None or not (SILERO / "silero_vad.onnx").exists(), reason="silero-vad is not installed"
+)
+
+
+def _protos(m: Any) -> Iterator[tuple[str, bool, Any]]:
+    """(ParamSeal name, is an initializer, TensorProto) of every tensor in ``m``."""
+    slots = tensor_slots(m)
+    for name, s in zip(tensor_names(slots), slots, strict=True):
+        yield name, s.where.startswith("initializer"), s.proto
+
+
+def _resave(src: Path, dst: Path, which: str = "constants", edit: Callable[[str, Any], None] | None = None) -> Path:
+    """``src`` with the tensors ``which`` ('none', 'constants', 'initializers', 'all') re-encoded through
+    numpy_helper, then ``edit`` applied to each tensor."""
+    m = onnx.load(str(src))
+    for name, init, t in _protos(m):
+        if which == "all" or which == ("initializers" if init else "constants"):
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t), t.name))
+        if edit is not None:
+            edit(name, t)
+    onnx.save_model(m, str(dst))
+    return dst
+
+
+def _set(name: str, value: Any) -> Callable[[str, Any], None]:
+    """An edit: tensor ``name``'s first value becomes ``value``, in whatever form it is stored."""
+
+    def edit(n: str, t: Any) -> None:
+        if n != name:
+            return
+        a = numpy_helper.to_array(t).copy()
+        a.reshape(-1)[0] = value
+        if t.HasField("raw_data"):
+            t.raw_data = a.tobytes()
+        else:
+            field = {1: "float_data", 7: "int64_data"}[t.data_type]
+            getattr(t, field)[0] = a.reshape(-1)[0].item()
+
+    return edit
+
+
+def _verify(path: Path, key_file: Path) -> tuple[int, dict[str, Any]]:
+    rc, out, err = helpers.run_cli(["verify", path, "--key", key_file, "--json"])
+    assert "Traceback" not in err
+    return rc, json.loads(out)
+
+
+@pytest.fixture
+def small_sealed(tmp_path: Path, key_file: Path) -> Path:
+    onnx.save_model(golden_onnx(), str(tmp_path / "m.onnx"))
+    assert helpers.run_cli(["seal", tmp_path / "m.onnx", tmp_path / "s.onnx", "--key", key_file])[0] == 0
+    return tmp_path / "s.onnx"
+
+
+def test_re_encoded_tensors_of_a_small_model_verify_intact(tmp_path: Path, key_file: Path, small_sealed: Path) -> None:
+    m = onnx.load(str(small_sealed))
+    graph = {p.key: p.value for p in m.metadata_props}[GRAPH_KEY]
+    assert graph.startswith("v2:") and len(graph) == 3 + 64
+    k = next(t for n, _, t in _protos(m) if n == "k")
+    assert k.HasField("name") and list(k.int64_data) == [16000]  # the form numpy_helper changes
+    for which in ("constants", "initializers", "all"):
+        rc, rep = _verify(_resave(small_sealed, tmp_path / f"{which}.onnx", which), key_file)
+        assert rc == 0 and rep["status"] == "intact" and not rep["metadata_issues"], (which, rep)
+        k = onnx.load(str(tmp_path / f"{which}.onnx")).graph.node[0].attribute[0].t
+        assert k.HasField("raw_data") != k.HasField("name") == (which == "initializers")
+
+
+@pytest.mark.parametrize("which", ["none", "all"])
+@pytest.mark.parametrize(("name", "value"), [("k", 16001), ("scale", 0.25), ("b", 7.0), ("W", -3.0)])
+def test_a_value_changed_in_either_storage_form_is_located(
+    tmp_path: Path, key_file: Path, small_sealed: Path, which: str, name: str, value: float
+) -> None:
+    """Typed fields (not re-encoded) or raw_data (re-encoded): the tensor changed is the one reported.
+
+    W has parity to restore a value from; some of the small tensors have none (exit 2).
+    """
+    rc, rep = _verify(_resave(small_sealed, tmp_path / "bad.onnx", which, _set(name, value)), key_file)
+    assert rc in (1, 2) and (rc == 1 or name != "W") and not rep["metadata_issues"], rep
+    assert rep["tampered_tensors"] == [name] and rep["tensors"][name]["tampered_blocks"] == [0], rep
+    if rc == 1:
+        out = tmp_path / "fixed.onnx"
+        assert helpers.run_cli(["recover", tmp_path / "bad.onnx", out, "--key", key_file])[0] == 0
+        assert _verify(out, key_file)[0] == 0
+
+
+def test_re_encoded_model_with_an_edited_graph_is_still_tampering(
+    tmp_path: Path, key_file: Path, small_sealed: Path
+) -> None:
+    """Dropping the storage form from the digest keeps what runs in it: a node, an initializer's name, dims."""
+
+    def repoint(m: Any) -> None:
+        m.graph.node[4].input[1] = "k"  # Mul by the Constant k instead of scale
+
+    def rename(m: Any) -> None:  # the initializer no longer feeds the MatMul
+        m.graph.initializer[1].name = "b_unused"
+
+    def reshape(m: Any) -> None:
+        m.graph.node[1].attribute[0].t.dims[:] = [1, 1]
+
+    for edit in (repoint, rename, reshape):
+        m = onnx.load(str(_resave(small_sealed, tmp_path / "all.onnx", "all")))
+        edit(m)
+        onnx.save_model(m, str(tmp_path / "edited.onnx"))
+        rc, rep = _verify(tmp_path / "edited.onnx", key_file)
+        assert rc == 2 and any("graph" in i for i in rep["metadata_issues"]), (edit.__name__, rep)
+    # the entry switched to the first version's digest of the edited graph: the sealed metadata says otherwise
+    v1 = _onnx_tensors.graph_digest(onnx, onnx.load(str(tmp_path / "edited.onnx")).SerializeToString(), version=1)
+    m = onnx.load(str(tmp_path / "edited.onnx"))
+    next(p for p in m.metadata_props if p.key == GRAPH_KEY).value = v1
+    onnx.save_model(m, str(tmp_path / "switched.onnx"))
+    rc, rep = _verify(tmp_path / "switched.onnx", key_file)
+    assert rc == 2 and any("graph" in i for i in rep["metadata_issues"]), rep
+    assert any(GRAPH_KEY in i and "changed" in i for i in rep["metadata_issues"]), rep
+
+
+def test_first_digest_seals_verify_as_before(tmp_path: Path) -> None:
+    """tests/golden/onnx-graph1: sealed before 'v2:', its bare digest covers the tensors' storage form."""
+    golden, key_file = GOLDEN / "onnx-graph1" / "sealed.onnx", GOLDEN / "onnx-graph1" / "golden.key"
+    graph = {p.key: p.value for p in onnx.load(str(golden)).metadata_props}[GRAPH_KEY]
+    assert len(graph) == 64 and int(graph, 16) >= 0
+    assert _verify(golden, key_file)[0] == 0
+    rc, rep = _verify(_resave(golden, tmp_path / "bad.onnx", "none", _set("W", -3.0)), key_file)
+    assert rc == 1 and rep["tampered_tensors"] == ["W"] and not rep["metadata_issues"], rep
+    assert helpers.run_cli(["recover", tmp_path / "bad.onnx", tmp_path / "fixed.onnx", "--key", key_file])[0] == 0
+    assert (tmp_path / "fixed.onnx").read_bytes() == golden.read_bytes()
+    m = onnx.load(str(golden))
+    m.graph.node[4].input[1] = "k"
+    onnx.save_model(m, str(tmp_path / "edited.onnx"))
+    assert _verify(tmp_path / "edited.onnx", key_file)[0] == 2
+    # typed to raw alone was never the graph; the Constants' empty names dropped were, and stay so for these seals
+    assert _verify(_resave(golden, tmp_path / "init.onnx", "initializers"), key_file)[0] == 0
+    rc, rep = _verify(_resave(golden, tmp_path / "const.onnx", "constants"), key_file)
+    assert rc == 2 and any("graph" in i for i in rep["metadata_issues"]) and not rep["tampered_tensors"], rep
+    # README's remedy: seal the kept model again, which writes the new digest
+    resealed = tmp_path / "resealed.onnx"
+    assert helpers.run_cli(["seal", golden, resealed, "--reseal", "--key", key_file])[0] == 0
+    assert {p.key: p.value for p in onnx.load(str(resealed)).metadata_props}[GRAPH_KEY].startswith("v2:")
+    assert _verify(_resave(resealed, tmp_path / "const2.onnx", "constants"), key_file)[0] == 0
+
+
+@needs_silero
+def test_silero_constants_re_encoded_verify_intact_and_a_changed_one_is_located(tmp_path: Path, key_file: Path) -> None:
+    assert SILERO is not None
+    sealed = tmp_path / "sealed.onnx"
+    assert helpers.run_cli(["seal", SILERO / "silero_vad.onnx", sealed, "--key", key_file])[0] == 0
+    c0 = next(t for n, _, t in _protos(onnx.load(str(sealed))) if n == "Constant_0_output")
+    assert c0.HasField("name") and list(c0.int64_data) == [16000]  # the sample rate, typed, with an empty name
+    for which in ("constants", "initializers", "all"):
+        rc, rep = _verify(_resave(sealed, tmp_path / f"{which}.onnx", which), key_file)
+        assert rc == 0 and rep["status"] == "intact" and not rep["metadata_issues"], (which, rep)
+    w = "If_0_else_branch__Inline_0__encoder.0.reparam_conv.weight"  # a Constant inside the If's else branch
+    for name, value in (("Constant_0_output", 8000), (w, 0.5)):
+        rc, rep = _verify(_resave(sealed, tmp_path / "bad.onnx", "all", _set(name, value)), key_file)
+        assert rc == 1 and rep["tampered_tensors"] == [name] and rep["tensors"][name]["tampered_blocks"] == [0], rep
+
+
+@needs_silero
+def test_stripped_metadata_finds_the_sealed_digest_of_either_version(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the metadata gone, verify derives the sealed graph entry from the weights' header: v1 or v2."""
+    assert SILERO is not None
+    for version in (1, 2):
+        monkeypatch.setattr(_onnx_tensors, "GRAPH_VERSION", version)
+        sealed = tmp_path / f"s{version}.onnx"
+        files.seal_file(SILERO / "silero_vad_op18_ifless.onnx", sealed, key)
+        monkeypatch.undo()
+        m = onnx.load(str(sealed))
+        assert {p.key: p.value for p in m.metadata_props}[GRAPH_KEY].startswith("v2:") == (version == 2)
+        del m.metadata_props[:]
+        onnx.save_model(m, str(tmp_path / "bare.onnx"))
+        rep = files.verify_file(tmp_path / "bare.onnx", key)
+        assert rep.status == "intact" and not rep.metadata_issues, (version, rep.summary())
+        m.graph.node[-1].op_type = "Identity" if m.graph.node[-1].op_type != "Identity" else "Neg"
+        onnx.save_model(m, str(tmp_path / "bare.onnx"))
+        assert files.verify_file(tmp_path / "bare.onnx", key).exit_code == 2, version
+
+
+def test_values_equal_in_every_storage_form() -> None:
+    """The re-encoding these tests call harmless keeps every value (bit for bit) of the golden model."""
+    m = golden_onnx()
+    for _, _, t in _protos(m):
+        a = numpy_helper.to_array(t)
+        b = numpy_helper.to_array(numpy_helper.from_array(a, t.name))
+        assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
