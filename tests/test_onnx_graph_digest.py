@@ -1,4 +1,5 @@
-"""ONNX graph digest (``paramseal.graph``): tensor protos re-encoded by tools are not an edited graph.
+"""ONNX graph digest (``paramseal.graph``): tensor protos re-encoded by tools, and shapes inferred, are not an edited
+graph.
 
 ``numpy_helper.from_array(numpy_helper.to_array(t), t.name)`` keeps every value and the graph, but moves typed
 fields into raw_data and drops what the array does not carry: an empty ``name`` that was present (silero-vad's
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import helpers
+import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
@@ -219,3 +221,71 @@ def test_values_equal_in_every_storage_form() -> None:
         a = numpy_helper.to_array(t)
         b = numpy_helper.to_array(numpy_helper.from_array(a, t.name))
         assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _loop_model(path: Path) -> Path:
+    """y = x + c, n times, in a Loop whose body declares its inputs by name alone (shape inference types them)."""
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["v_in", "c"], ["v_out"])],
+        "body",
+        [onnx.ValueInfoProto(name=n) for n in ("i", "cond_in", "v_in")],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, None), onnx.ValueInfoProto(name="v_out")],
+        [numpy_helper.from_array(np.linspace(0, 1, 64, dtype=np.float32), "c")],
+    )
+    g = helper.make_graph(
+        [helper.make_node("Loop", ["n", "", "x"], ["y"], body=body)],
+        "g",
+        [
+            helper.make_tensor_value_info("n", TensorProto.INT64, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [64]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save_model(m, str(path))
+    return path
+
+
+def _inferred(src: Path, dst: Path) -> Path:
+    onnx.save_model(onnx.shape_inference.infer_shapes(onnx.load(str(src)), data_prop=True), str(dst))
+    return dst
+
+
+def test_shape_inference_is_not_an_edited_graph(tmp_path: Path, key_file: Path) -> None:
+    """infer_shapes types a subgraph's inputs and outputs and names unknown output dims ('unk__0'): annotations."""
+    sealed = tmp_path / "s.onnx"
+    assert helpers.run_cli(["seal", _loop_model(tmp_path / "m.onnx"), sealed, "--key", key_file])[0] == 0
+    inferred = onnx.load(str(_inferred(sealed, tmp_path / "inferred.onnx")))
+    assert inferred.graph.node[0].attribute[0].g.input[2].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    rc, rep = _verify(tmp_path / "inferred.onnx", key_file)
+    assert rc == 0 and not rep["metadata_issues"], rep
+
+    def renamed_output(m: Any) -> None:  # what the caller fetches: a name, not an annotation
+        m.graph.output[0].name = "x"
+
+    def input_retyped(m: Any) -> None:  # the main graph's inputs are what the caller feeds
+        m.graph.input[1].type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+
+    def body_input_renamed(m: Any) -> None:
+        m.graph.node[0].attribute[0].g.input[2].name = "c"
+
+    for edit in (renamed_output, input_retyped, body_input_renamed):
+        m = onnx.load(str(tmp_path / "inferred.onnx"))
+        edit(m)
+        onnx.save_model(m, str(tmp_path / "edited.onnx"))
+        rc, rep = _verify(tmp_path / "edited.onnx", key_file)
+        assert rc == 2 and any("graph" in i for i in rep["metadata_issues"]), (edit.__name__, rep)
+
+
+@needs_silero
+@pytest.mark.parametrize("variant", ["silero_vad.onnx", "silero_vad_16k_op15.onnx", "silero_vad_half.onnx"])
+def test_silero_with_shapes_inferred_verifies_intact(tmp_path: Path, key: paramseal.Key, variant: str) -> None:
+    """These three declare outputs and If branches' outputs untyped or with unknown dims, which inference fills."""
+    assert SILERO is not None
+    sealed = tmp_path / "sealed.onnx"
+    files.seal_file(SILERO / variant, sealed, key)
+    rep = files.verify_file(_inferred(sealed, tmp_path / "inferred.onnx"), key)
+    assert rep.status == "intact" and not rep.metadata_issues, rep.summary()

@@ -323,9 +323,11 @@ def refuse_shared(path: Path, inputs: Ranges) -> None:
 
 #: The graph digest new seals write. 1 (a bare SHA-256 in hex, seals before 'v2:') also covers the tensor
 #: protos' fields besides their storage: a Constant value's name (even an empty one: whether it is present),
-#: its doc string and metadata_props, which a tool re-encoding a tensor (numpy_helper) drops. 2 ('v2:' and the
-#: hex) keeps of each tensor only what runs: its data type, dims and, for an initializer, its name; the values
-#: are the seal's to authenticate, and a tensor's other fields are notes.
+#: its doc string and metadata_props, which a tool re-encoding a tensor (numpy_helper) drops; and the types
+#: graphs declare for their outputs and subgraphs for their inputs, which shape inference fills in. 2 ('v2:'
+#: and the hex) keeps of each tensor only what runs: its data type, dims and, for an initializer, its name
+#: (the values are the seal's to authenticate, and a tensor's other fields are notes), and of those inputs
+#: and outputs their names (`_strip_declared_types`).
 GRAPH_VERSION = 2
 GRAPH_VERSIONS = (2, 1)  # those verify checks, newest first
 _PREFIX = "v2:"
@@ -344,8 +346,9 @@ def graph_digest(
     Re-pointing a node at another initializer, or changing an operator or attribute, changes it.
     Not covered: how and where values are stored (raw or typed fields, external files), metadata,
     doc strings, the producer, and ``value_info`` (shape annotations that shape inference adds);
-    from version 2 on, nor a tensor's own notes (`GRAPH_VERSION`). ``dtypes`` (tensor name ->
-    safetensors dtype name) puts those tensors' data types back first. ``version``: `GRAPH_VERSION` if None.
+    from version 2 on, nor a tensor's own notes and the types of outputs and subgraph inputs
+    (`GRAPH_VERSION`). ``dtypes`` (tensor name -> safetensors dtype name) puts those tensors' data
+    types back first. ``version``: `GRAPH_VERSION` if None.
     """
     version = GRAPH_VERSION if version is None else version
     m = onnx.ModelProto()
@@ -366,6 +369,8 @@ def graph_digest(
     for f in ("metadata_props", "doc_string", "producer_name", "producer_version"):
         m.ClearField(f)
     _strip_notes(m.graph)
+    if version >= 2:
+        _strip_declared_types(m.graph, sub=False)
     digest = hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
     return digest if version == 1 else _PREFIX + digest
 
@@ -381,6 +386,23 @@ def _strip_notes(g: Any) -> None:
                 _strip_notes(a.g)
             for sub in a.graphs:
                 _strip_notes(sub)
+
+
+def _strip_declared_types(g: Any, sub: bool) -> None:
+    """Clear the types a graph declares for its outputs, and a subgraph for its inputs, in its subgraphs too.
+
+    Annotations that shape inference fills in (an untyped If branch output typed, an unknown dim named
+    'unk__0'), which a runtime checks against what the nodes compute; the names stay, and so do the main
+    graph's input types: what a caller may feed.
+    """
+    for v in (*g.output, *(g.input if sub else ())):
+        v.ClearField("type")
+    for node in g.node:
+        for a in node.attribute:
+            if a.HasField("g"):
+                _strip_declared_types(a.g, sub=True)
+            for s in a.graphs:
+                _strip_declared_types(s, sub=True)
 
 
 def strip_payload(t: Any) -> None:
