@@ -77,8 +77,8 @@ def _set(name: str, value: Any) -> Callable[[str, Any], None]:
     return edit
 
 
-def _verify(path: Path, key_file: Path) -> tuple[int, dict[str, Any]]:
-    rc, out, err = helpers.run_cli(["verify", path, "--key", key_file, "--json"])
+def _verify(path: Path, key_file: Path, *extra: str | Path) -> tuple[int, dict[str, Any]]:
+    rc, out, err = helpers.run_cli(["verify", path, "--key", key_file, "--json", *extra])
     assert "Traceback" not in err
     return rc, json.loads(out)
 
@@ -289,3 +289,43 @@ def test_silero_with_shapes_inferred_verifies_intact(tmp_path: Path, key: params
     files.seal_file(SILERO / variant, sealed, key)
     rep = files.verify_file(_inferred(sealed, tmp_path / "inferred.onnx"), key)
     assert rep.status == "intact" and not rep.metadata_issues, rep.summary()
+
+
+def test_a_newer_graph_digest_version_is_refused_and_a_forged_one_is_tampering(
+    tmp_path: Path, key_file: Path, small_sealed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 'v3:' digest sealed by a newer ParamSeal: refused with 'upgrade' (exit 3), not read as an edited graph.
+
+    The sealed entry is authenticated: a 'v3:' written over a seal's entry in the file is tampering, as before.
+    """
+    from paramseal.formats import onnx_format
+
+    real = onnx_format.graph_digest
+
+    def newer(*args: Any, **kw: Any) -> str:  # what a later ParamSeal writes when it reads the model to seal it
+        return "v3:" + real(*args, **kw)[-64:]
+
+    monkeypatch.setattr(onnx_format, "graph_digest", newer)
+    onnx.save_model(golden_onnx(), str(tmp_path / "m.onnx"))
+    newer_sealed = tmp_path / "v3.onnx"
+    assert helpers.run_cli(["seal", tmp_path / "m.onnx", newer_sealed, "--key", key_file])[0] == 0
+    monkeypatch.undo()
+    assert {p.key: p.value for p in onnx.load(str(newer_sealed)).metadata_props}[GRAPH_KEY].startswith("v3:")
+    for cmd in (["verify", newer_sealed], ["recover", newer_sealed, tmp_path / "out.onnx"]):
+        rc, out, err = helpers.run_cli([*cmd, "--key", key_file])
+        assert rc == 3 and "Traceback" not in err and "graph" not in out, (cmd, out, err)
+        assert "newer ParamSeal" in err and "version 3" in err and "upgrade ParamSeal" in err, err
+    assert not (tmp_path / "out.onnx").exists()
+    # this version's seal, its file's entry rewritten to 'v3:': the entry changed (graph as sealed, or edited)
+    for edit_graph in (False, True):
+        m = onnx.load(str(small_sealed))
+        entry = next(p for p in m.metadata_props if p.key == GRAPH_KEY)
+        entry.value = "v3:" + entry.value[-64:]
+        if edit_graph:
+            m.graph.node[4].input[1] = "k"
+        onnx.save_model(m, str(tmp_path / "forged.onnx"))
+        for extra in ([], ["--header-from", small_sealed]):
+            rc, rep = _verify(tmp_path / "forged.onnx", key_file, *extra)
+            assert rc == (2 if edit_graph else 1) and rep["status"] == "tampered", (edit_graph, extra, rep)
+            assert any(GRAPH_KEY in i and "changed" in i for i in rep["metadata_issues"]), rep
+            assert any("graph" in i and "not the one sealed" in i for i in rep["metadata_issues"]) == edit_graph, rep

@@ -99,12 +99,16 @@ def _split_header(loaded: Loaded, path: Path, key: Key, header: str | None = Non
             "them instead of the sealed ones (recover writes the sealed weights alone)"
         )
     found.issues.extend(loaded.container_issues)  # damage to the container itself (a stale zip CRC), not the values
-    found.issues.extend(_graph_issues(loaded, found.text, found.meta, key))
+    found.issues.extend(_graph_issues(loaded, path, found.text, found.meta, key))
     return found
 
 
-def _graph_issues(loaded: Loaded, text: str, meta: dict[str, str], key: Key) -> list[str]:
-    """The graph sealed (in the header's metadata, or the file's when its digest vouches for it) against the file's."""
+def _graph_issues(loaded: Loaded, path: Path, text: str, meta: dict[str, str], key: Key) -> list[str]:
+    """The graph sealed (in the header's metadata, or the file's when its digest vouches for it) against the file's.
+
+    Both are authenticated: a digest of a version this ParamSeal does not know was sealed by a newer one
+    (refused: checked as another version's, any graph would read as edited), never a tampered entry.
+    """
     if loaded.graph is None:
         return []
     h = parse_header(text, key)
@@ -112,7 +116,14 @@ def _graph_issues(loaded: Loaded, text: str, meta: dict[str, str], key: Key) -> 
     want = sealed.get(GRAPH_KEY)
     if want is None or want == loaded.graph:
         return []
-    if want == _graph_as_sealed(loaded, h, onnx_format.graph_version(want)):  # a seal's digest: its version's
+    if (version := onnx_format.graph_version(want)) not in onnx_format.GRAPH_VERSIONS:
+        known = " and ".join(str(v) for v in sorted(onnx_format.GRAPH_VERSIONS))
+        raise FormatError(
+            f"'{path}' was sealed by a newer ParamSeal: its graph digest ('{GRAPH_KEY}', authenticated with the "
+            f"seal) is of version {version}, and this ParamSeal reads versions {known}; upgrade ParamSeal to verify "
+            "or recover it"
+        )
+    if want == _graph_as_sealed(loaded, h, version):  # a seal's digest: its version's
         return []
     return [GRAPH_EDITED]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -330,12 +331,12 @@ def refuse_shared(path: Path, inputs: Ranges) -> None:
 #: and outputs their names (`_strip_declared_types`).
 GRAPH_VERSION = 2
 GRAPH_VERSIONS = (2, 1)  # those verify checks, newest first
-_PREFIX = "v2:"
+_VERSIONED = re.compile(r"v([0-9]{1,9}):")  # 'v2:' and the hex; a newer ParamSeal's 'v3:' and on
 
 
 def graph_version(digest: str) -> int:
-    """The version of a sealed ``paramseal.graph`` value (`GRAPH_VERSION`)."""
-    return 2 if digest.startswith(_PREFIX) else 1
+    """The version of a sealed ``paramseal.graph`` value (`GRAPH_VERSION`); one not in `GRAPH_VERSIONS` is newer."""
+    return int(m.group(1)) if (m := _VERSIONED.match(digest)) else 1
 
 
 def graph_digest(
@@ -372,7 +373,7 @@ def graph_digest(
     if version >= 2:
         _strip_declared_types(m.graph, sub=False)
     digest = hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
-    return digest if version == 1 else _PREFIX + digest
+    return digest if version == 1 else f"v{version}:{digest}"
 
 
 def _strip_notes(g: Any) -> None:
