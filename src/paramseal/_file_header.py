@@ -54,7 +54,15 @@ def check_loaded(loaded: Loaded, path: Path, key: Key, header: str | None, **kw:
     check_inputs()  # check's decode of damaged groups reads through the map: not past a new end
     found = _split_header(loaded, path, key, header)
     _name_npy_array(loaded, path, found.text)
-    chk = check(loaded.tensors, key, found.text, metadata=found.meta, metadata_kept=_keeps(loaded, path), **kw)
+    chk = check(
+        loaded.tensors,
+        key,
+        found.text,
+        metadata=found.meta,
+        metadata_kept=_keeps(loaded, path),
+        shown=onnx_format.unshown_names(loaded),
+        **kw,
+    )
     check_inputs()  # recover goes on to read damaged blocks' neighbours through the map
     chk.metadata_issues[:0] = found.issues
     chk.notes.extend(found.notes)

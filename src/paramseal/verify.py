@@ -172,6 +172,7 @@ def check(
     progress: Progress | None = None,
     select: str | None = None,
     metadata_kept: bool | None = None,
+    shown: Mapping[str, str] | None = None,
 ) -> Check:
     """Run every check and keep the intermediate state (used by verify and recover).
 
@@ -180,6 +181,7 @@ def check(
     from a format that stores metadata, so empty ``metadata`` where some was sealed was stripped;
     False, from one that stores none of the user's (.npy, a .pt saved by torch: ``metadata`` holds only what the
     format itself records, as a tie), so sealed keys absent from it are not checked; None: unknown.
+    ``shown``: how the user finds tensors whose names mean nothing to them (an ONNX initializer with no name).
     """
     require_key(key)
     if not isinstance(header_json, str):
@@ -219,7 +221,7 @@ def check(
         ub = _model.blocks_of(found, spec, copy=False)  # recover copies before it writes
         blocks.append(ub)
         bad.append(~_tags_ok(mac, header, t, spec, ub))
-    moved = _match_moved(arrays, header, mac, specs, blocks, bad, issues, extra)
+    moved = _match_moved(arrays, header, mac, specs, blocks, bad, issues, extra, shown)
     notes: list[str] = [n for n in [converted(arrays, specs, chosen)] if n]
     if select is not None:
         n = sum(chosen)
@@ -247,13 +249,16 @@ def _match_moved(
     bad: list[NDArray[np.bool_]],
     issues: list[list[str]],
     extra: list[str],
+    shown: Mapping[str, str] | None = None,
 ) -> dict[int, tuple[Moved, str]]:
     """Find renamed and swapped tensors: a wholly failing tensor whose data verifies under another name.
 
     Candidates that carry an identity record are matched by the tensor index in it;
     the rest (integer tensors, tiny ones) are tried against each failing tensor.
-    Returns the tensors whose blocks now come from another name: index -> (how, that name).
+    Returns the tensors whose blocks now come from another name: index -> (how, that name). ``shown``: as
+    `check`'s, said in the issue instead of that name.
     """
+    shown = shown or {}
     moved: dict[int, tuple[Moved, str]] = {}
     failing = [t for t, b in enumerate(bad) if b.all()]
     if not failing:
@@ -287,10 +292,14 @@ def _match_moved(
             if name in extra:
                 extra.remove(name)
                 moved[t] = ("renamed", name)
-                issues[t] = [f"renamed to '{name}'"]
+                issues[t] = [f"renamed: its data is now in {shown[name]}" if name in shown else f"renamed to '{name}'"]
             else:
                 moved[t] = ("swapped", name)
-                issues[t] = [f"swapped: its data was found under '{name}'"]
+                issues[t] = [
+                    f"swapped: its data was found in {shown[name]}"
+                    if name in shown
+                    else f"swapped: its data was found under '{name}'"
+                ]
             break
     return moved
 

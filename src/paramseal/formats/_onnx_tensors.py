@@ -171,15 +171,19 @@ def _place(path: tuple[str, ...]) -> str:
     return "the main graph" if not path else f"subgraph {'/'.join(path)}"
 
 
-def tensor_names(slots: list[_Slot]) -> list[str]:
-    """Unique, stable names: the base name, prefixed by the subgraph path only where it clashes."""
+def _plain_names(slots: list[_Slot]) -> list[str]:
+    """The base name, prefixed by the subgraph path only where it clashes; not yet unique (`tensor_names`)."""
     count: dict[str, int] = {}
     for s in slots:
         count[s.base] = count.get(s.base, 0) + 1
+    return [s.base if count[s.base] == 1 or not s.path else "/".join(s.path) + "/" + s.base for s in slots]
+
+
+def tensor_names(slots: list[_Slot]) -> list[str]:
+    """Unique, stable names: `_plain_names`, a clash within one graph told apart by a suffix ('#2', '#3')."""
     seen: set[str] = set()
     names = []
-    for s in slots:
-        name = s.base if count[s.base] == 1 or not s.path else "/".join(s.path) + "/" + s.base
+    for name in _plain_names(slots):
         unique, n = name, 1
         while unique in seen:
             n += 1
@@ -187,6 +191,39 @@ def tensor_names(slots: list[_Slot]) -> list[str]:
         seen.add(unique)
         names.append(unique)
     return names
+
+
+def shown_names(slots: list[_Slot]) -> dict[str, str]:
+    """How the user finds the tensors whose names the file does not tell apart, by their `tensor_names`.
+
+    An initializer with no name, and tensors of one graph that share a name: ParamSeal's own names for them
+    ('', '#2', 'W#2') mean nothing to a reader of the model. Those are said as what and where they are.
+    """
+    plain = _plain_names(slots)
+    groups: dict[str, list[_Slot]] = {}
+    for name, slot in zip(plain, slots, strict=True):
+        groups.setdefault(name, []).append(slot)
+    out: dict[str, str] = {}
+    for name, slot, shared in zip(tensor_names(slots), slots, (groups[n] for n in plain), strict=True):
+        if slot.base and len(shared) == 1:
+            continue  # its name is the file's
+        place = _place(slot.path)
+        if all(s.initializer and s.base == slot.base for s in shared):
+            what = f"named '{slot.base}'" if slot.base else "with no name"
+            nth = next(i for i, s in enumerate(shared, 1) if s is slot)
+            out[name] = (
+                f"an initializer {what} in {place}"
+                if len(shared) == 1
+                else f"the {_ordinal(nth)} of {len(shared)} initializers {what} in {place}"
+            )
+        else:  # a node's value among them, or a name ParamSeal makes up: where the file keeps it
+            out[name] = slot.where + (f" (one of {len(shared)} tensors of that name there)" if len(shared) > 1 else "")
+    return out
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def proto_dtype(proto: Any, where: str) -> np.dtype[np.generic]:

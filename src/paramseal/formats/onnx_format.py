@@ -22,7 +22,8 @@ changes):
 * only when that name occurs more than once in the model (sibling subgraphs may
   reuse names) is it prefixed by its subgraph path, one ``<node>:<attribute>/``
   per level (``If_0:then_branch/w``; a nameless node is ``<op>#<index>``),
-  and ``#2``, ``#3``... is appended if it still clashes.
+  and ``#2``, ``#3``... is appended if it still clashes (a report says where such a tensor,
+  or an initializer with no name, is instead: `shown_names`).
 
 Writing changes tensor values only: the same nodes, inputs, outputs, opsets,
 attributes, tensor dtypes and storage form (``raw_data``, typed fields or
@@ -83,6 +84,7 @@ from ._onnx_tensors import (
     import_onnx,
     parse_model,
     refuse_shared,
+    shown_names,
     strip_payload,
     tensor_names,
     tensor_slots,
@@ -108,6 +110,7 @@ class _Template:
     names: frozenset[str]
     inputs: frozenset[Path]  # external-data files of the source: never overwritten
     model: Path  # the source model file, resolved: writing over it is writing in place
+    shown: Mapping[str, str]  # the tensors the file's names do not tell apart: how to find them (`shown_names`)
 
 
 class _Templates:
@@ -185,7 +188,9 @@ class OnnxAdapter:
             if key in meta:
                 raise FormatError(f"'{path}': metadata_props has the key '{key}' twice")
             meta[key] = _text(p.value)
-        template = _Template(model.SerializeToString(), frozenset(names), frozenset(inputs), path.resolve())
+        template = _Template(
+            model.SerializeToString(), frozenset(names), frozenset(inputs), path.resolve(), shown_names(slots)
+        )
         _TEMPLATES.remember(template)
         graph = graph_digest(onnx, template.skeleton)
         return Loaded(tensors, meta, source=template, container_issues=tuple(issues), graph=graph)
@@ -247,6 +252,15 @@ def graph_as_sealed(loaded: Loaded, dtypes: Mapping[str, str], version: int | No
     if not isinstance(loaded.source, _Template):
         return None
     return graph_digest(import_onnx(), loaded.source.skeleton, dtypes, version)
+
+
+def unshown_names(loaded: Loaded) -> Mapping[str, str]:
+    """How to find the tensors of the ONNX model read as ``loaded`` whose names the file does not tell apart.
+
+    ParamSeal's names for an initializer with no name ('') and for tensors of one graph that share a name ('#2',
+    'W#2') are its own: a report says where the tensor is instead. Empty if none, or not an ONNX model read.
+    """
+    return loaded.source.shown if isinstance(loaded.source, _Template) else {}
 
 
 def _refuse_sealed_container(dst: Path, loaded: Loaded) -> None:
@@ -318,4 +332,5 @@ __all__ = [
     "graph_version",
     "iter_tensor_names",
     "replaced_side_files",
+    "unshown_names",
 ]
