@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 from pathlib import Path
@@ -289,3 +291,36 @@ def test_the_nan_tensors_note_masks_key_text_as_stdout_does(
     rc, out, err = helpers.run_cli(["seal", "m.safetensors", f"{secret}.safetensors", "--key", key_file])
     assert rc == 0 and "note: 1 float tensor(s) hold NaN or Inf values" in err, err
     assert secret not in out + err and "('<key-like text, not shown>')" in err, err
+
+
+class _Terminal(io.StringIO):
+    """A standard error that says it is a terminal: the progress line is shown."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_line_masks_key_text_as_every_other_line_does(
+    tmp_path: Path, key_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The progress line on a terminal escaped each tensor name but did not mask the command line's key-like words
+    in it, as stdout, warning and note lines do: key text typed as OUT, also a tensor's name, was shown there (its
+    first 40 characters) while seal, verify and recover ran (as --tensors too)."""
+    from paramseal.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    secret = key.secret.hex()
+    model = {secret: np.ones((64, 64), np.float32), "w": np.ones((64, 64), np.float32)}
+    helpers.write_st(tmp_path / "m.safetensors", model)
+    sealed = f"s{secret}.safetensors"
+    for argv in (  # key text typed as OUT, or as --tensors: in no existing file's name
+        ["seal", "m.safetensors", sealed],
+        ["verify", sealed, "--tensors", secret],
+        ["recover", sealed, f"r{secret}.safetensors"],
+    ):
+        err = _Terminal()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            assert main([*argv, "--key", str(key_file)]) == 0, err.getvalue()
+        shown = err.getvalue()
+        assert f"\r{argv[0]} [" in shown, ascii(shown)  # the progress line was shown
+        assert secret[:40] not in shown and "<key-like text, not shown>" in shown, (argv, shown)

@@ -5,9 +5,30 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TextIO
 
 from .errors import one_line
+from .keys import redact
+
+# the ``paramseal`` program's key-like words (`keys.key_like_args`), masked in the names a progress line shows
+_HIDDEN: ContextVar[tuple[str, ...]] = ContextVar("_HIDDEN", default=())
+
+
+@contextmanager
+def hiding(words: Iterable[str]) -> Iterator[None]:
+    """Progress lines started meanwhile (in this context) mask ``words`` in the names they show, as `redact` does.
+
+    The program's other lines mask them (`_cli_streams.quoted`): key text typed as OUT, also a tensor's name, was
+    shown on the progress line alone.
+    """
+    token = _HIDDEN.set(tuple(words))
+    try:
+        yield
+    finally:
+        _HIDDEN.reset(token)
 
 
 class Progress:
@@ -19,6 +40,7 @@ class Progress:
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.t0 = time.monotonic()
         self._lock = threading.Lock()  # steps may come from worker threads
+        self._hidden = _HIDDEN.get()  # taken here: a worker thread does not share the context that set them
 
     @classmethod
     def null(cls) -> Progress:
@@ -37,8 +59,10 @@ class Progress:
             if self.enabled:
                 frac = min(1.0, self.i / self.total)
                 bar = "#" * int(30 * frac)
-                # ``what`` names a tensor of the model: its control characters escaped, as in every line
-                self.stream.write(f"\r{self.label} [{bar:<30}] {self.i}/{self.total} {one_line(what)[:40]:<40}")
+                # ``what`` names a tensor of the model: escaped and masked as in every line (`_cli_streams.quoted`),
+                # masked before it is cut: a cut key would no longer match the words masked
+                shown = one_line(redact(what, self._hidden))[:40]
+                self.stream.write(f"\r{self.label} [{bar:<30}] {self.i}/{self.total} {shown:<40}")
                 self.stream.flush()
 
     def done(self) -> None:

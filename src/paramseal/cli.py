@@ -29,6 +29,7 @@ from ._cli_streams import (
     stderr_kept,
     terminate_as_interrupt,
 )
+from ._progress import hiding
 from .errors import ParamSealError, one_line
 from .keys import Key, key_like_args, redact
 
@@ -85,7 +86,7 @@ def _main(argv: Sequence[str] | None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
         out = cast(IO[str], Stdout(sys.stdout, hidden))  # a failing stdout told apart from the library's own OSErrors
-        with terminate_as_interrupt() if argv is None else nullcontext(), redirect_stdout(out):
+        with terminate_as_interrupt() if argv is None else nullcontext(), redirect_stdout(out), hiding(hidden):
             code = run(args)
             sys.stdout.flush()  # here, so a reader that left is met below and not at interpreter exit
         return code
