@@ -324,3 +324,52 @@ def test_the_progress_line_masks_key_text_as_every_other_line_does(
         shown = err.getvalue()
         assert f"\r{argv[0]} [" in shown, ascii(shown)  # the progress line was shown
         assert secret[:40] not in shown and "<key-like text, not shown>" in shown, (argv, shown)
+
+
+# the program, with a library it calls warning (as numpy's or torch's code does) and quoting what it was given
+_WARNED_RUN = """
+import sys, warnings
+from paramseal import cli
+run = cli.run
+def warned(args):
+    warnings.warn(f"odd input {' '.join(sys.argv[1:])}", UserWarning)
+    return run(args)
+cli.run = warned
+sys.exit(cli.main())
+"""
+
+
+@pytest.mark.parametrize("verb", ["keygen", "seal", "verify", "recover", "inspect", "attack"])
+def test_other_libraries_warnings_are_escaped_and_masked_warning_lines(
+    tmp_path: Path, key_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, verb: str
+) -> None:
+    """A warning from numpy, torch or another library during a command came out through Python's own handler: its
+    text (which may quote a tensor name or a path) raw, an escape sequence driving the terminal, a '\\r' forging a
+    line, key text typed on the command line shown. It is a 'warning:' line, escaped and masked, and still shown."""
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    secret = key.secret.hex()
+    np.savez("m.npz", w=np.ones((256, 64), np.float32))
+    assert helpers.run_cli(["seal", "m.npz", "s.npz", "--key", key_file])[0] == 0
+    odd = f"{secret}{_ODD}"  # key text typed as OUT, with an escape sequence, a '\\r' and a bidi override
+    argv = {
+        "keygen": ["keygen", f"k{odd}.key"],
+        "seal": ["seal", "m.npz", f"o{odd}.npz", "--key", str(key_file)],
+        "verify": ["verify", "s.npz", "--key", str(key_file), "--tensors", f"[w{_ODD}]"],
+        "recover": ["recover", "s.npz", f"o{odd}.npz", "--key", str(key_file)],
+        "inspect": ["inspect", "s.npz"],
+        "attack": ["attack", "s.npz", f"o{odd}.npz", "--kind", "bitflip", "--n", "3"],
+    }[verb]
+    done = subprocess.run([sys.executable, "-c", _WARNED_RUN, *argv], capture_output=True, timeout=120)
+    out, err = done.stdout.decode(), done.stderr.decode()  # as bytes: text=True reads a '\\r' as a line's end
+    _no_raw_controls(out + err)
+    assert done.returncode == 0 and secret not in out + err, ascii(err)
+    line = next((x for x in err.split("\n") if "odd input" in x), "")
+    assert line.startswith(f"warning: UserWarning: odd input {verb} "), ascii(err)
+    assert line.endswith(" (<string>:6)"), ascii(err)  # where it was raised, as Python says it
+    if verb == "verify":
+        assert line.endswith(f" --tensors [w{_ODD_SHOWN}] (<string>:6)"), ascii(err)
+    elif verb != "inspect":  # the word typed as OUT, masked whole as on stdout
+        assert " <key-like text, not shown> " in line and "OK: " in out, ascii(err)

@@ -14,13 +14,14 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from types import FrameType
 from typing import IO, Any, cast
 
-from .errors import one_line
+from .errors import ParamSealWarning, one_line
 from .keys import redact
 
 
@@ -31,6 +32,37 @@ def quoted(args: argparse.Namespace, text: object) -> str:
     an escape sequence or a carriage return in a file name drove the terminal, or forged an 'OK:' line.
     """
     return one_line(redact(str(text), getattr(args, "hidden", ())))
+
+
+@contextmanager
+def warnings_escaped(mask: Callable[[str], str]) -> Iterator[None]:
+    r"""While a command runs, Python's warnings (numpy's, torch's, the library's own) are ``warning:`` lines.
+
+    Escaped and masked (``mask``: the key-like words hidden) as the program's own warning lines are, and still shown
+    where Python's filters show them. Python's handler printed their text raw: it may quote a tensor name or a path,
+    so an escape sequence drove the terminal, a '\r' forged a line, key text typed as OUT was shown.
+    """
+    show = warnings.showwarning
+
+    def escaped(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: IO[str] | None = None,
+        line: str | None = None,
+    ) -> None:
+        # the library's own are said as the program's (`_cli_commands._warn`); others with their kind and origin
+        said = str(message)
+        if not issubclass(category, ParamSealWarning):
+            said = f"{category.__name__}: {said} ({filename}:{lineno})"
+        print(f"warning: {one_line(mask(said))}", file=sys.stderr if file is None else file)
+
+    warnings.showwarning = escaped
+    try:
+        yield
+    finally:
+        warnings.showwarning = show
 
 
 @contextmanager

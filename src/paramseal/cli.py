@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext, redirect_stdout
 from typing import IO, cast
 
@@ -28,6 +28,7 @@ from ._cli_streams import (
     quiet_stdout,
     stderr_kept,
     terminate_as_interrupt,
+    warnings_escaped,
 )
 from ._progress import hiding
 from .errors import ParamSealError, one_line
@@ -86,7 +87,12 @@ def _main(argv: Sequence[str] | None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
         out = cast(IO[str], Stdout(sys.stdout, hidden))  # a failing stdout told apart from the library's own OSErrors
-        with terminate_as_interrupt() if argv is None else nullcontext(), redirect_stdout(out), hiding(hidden):
+        with (
+            terminate_as_interrupt() if argv is None else nullcontext(),
+            redirect_stdout(out),
+            hiding(hidden),
+            warnings_escaped(_masking(args, hidden)),
+        ):
             code = run(args)
             sys.stdout.flush()  # here, so a reader that left is met below and not at interpreter exit
         return code
@@ -116,20 +122,30 @@ def _main(argv: Sequence[str] | None) -> int:
         return _internal_error(e, args, hidden)
 
 
+def _masking(args: argparse.Namespace, hidden: Iterable[str]) -> Callable[[str], str]:
+    """What masks the key in text printed: the command line's key-like words, PARAMSEAL_KEY's, a key file's digits.
+
+    The key file's are looked up as each text is masked: the key is loaded once the command runs.
+    """
+    masked = [*hidden, *key_like_args([os.environ.get("PARAMSEAL_KEY", "")])]
+
+    def mask(text: str) -> str:
+        text = redact(text, masked)
+        loaded = getattr(args, "loaded_key", None)  # from --key FILE too, in either case of hex digits
+        if isinstance(loaded, Key):
+            text = re.sub(re.escape(loaded.secret.hex()), "<key-like text, not shown>", text, flags=re.IGNORECASE)
+        return text
+
+    return mask
+
+
 def _internal_error(e: Exception, args: argparse.Namespace, hidden: Iterable[str]) -> int:
     """An exception none of ours: print its traceback (STYLE: a real bug keeps it) and exit 3.
 
     Python's own exit code for it, 1, is the verdict "tampered but recoverable", which a script
     would act on. The key, from the command line or PARAMSEAL_KEY, is masked in what is printed.
     """
-    masked = [*hidden, *key_like_args([os.environ.get("PARAMSEAL_KEY", "")])]
-    loaded = getattr(args, "loaded_key", None)  # from --key FILE too, in either case of hex digits
-    secret = re.compile(re.escape(loaded.secret.hex()), re.IGNORECASE) if isinstance(loaded, Key) else None
-
-    def mask(text: str) -> str:
-        text = redact(text, masked)
-        return secret.sub("<key-like text, not shown>", text) if secret is not None else text
-
+    mask = _masking(args, hidden)
     # each line escaped as error lines are: the exception may quote a path or a name from the file
     shown = "\n".join(map(one_line, mask("".join(traceback.format_exception(e))).split("\n")))
     print(shown, file=sys.stderr, end="")
