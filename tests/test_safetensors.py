@@ -180,6 +180,33 @@ def test_a_header_that_is_not_utf8_says_so_not_the_codecs_text(tmp_path: Path, k
         assert "codec" not in err, err
 
 
+_W = b'{"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}'
+
+
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        (_W + b' "x": 1}', "it is not valid JSON at offset 61 of the header (byte 0x22)"),  # no comma
+        # two 2-byte characters before it: the offset counts bytes, where the parser's 'char 71' counts characters
+        (_W + ', "\u00e9\u00e9": [1,]}'.encode(), "it is not valid JSON at offset 73 of the header (byte 0x5d)"),
+        (_W, "its JSON text ends early, at the end of the header"),
+        (_W + b', "x', "a string in its JSON, from offset 62 of the header, is never closed"),
+        (_W + b"}}", "bytes follow its JSON object, from offset 61 of the header"),
+    ],
+)
+def test_a_header_that_is_no_json_says_so_not_the_parsers_text(
+    tmp_path: Path, key_file: Path, header: bytes, said: str
+) -> None:
+    """It quoted the JSON reader's exception text: "(invalid JSON: Expecting ',' delimiter: line 1 column 62 (char
+    61))", its character count taken for a position; other readers say what is wrong in ParamSeal's words."""
+    bad = tmp_path / "m.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(header)) + header + bytes(8))
+    for argv in (["inspect", bad], ["verify", bad, "--key", key_file]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and f"'{bad}' has a malformed safetensors header ({said}): the file is corrupt" in err, err
+        assert not any(w in err for w in ("Expecting", "delimiter", "column", "char", "Extra", "Unterminated")), err
+
+
 def test_unsealed_file_to_verify_is_exit_3_with_a_hint(tmp_path: Path, model_file: Path, key_file: Path) -> None:
     h = helpers.sha256(model_file)
     rc, out, err = helpers.run_cli(["verify", model_file, "--key", key_file])

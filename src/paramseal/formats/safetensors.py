@@ -141,6 +141,18 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return out
 
 
+def _json_fault(e: json.JSONDecodeError, text: bytes) -> str:
+    """What is wrong with the header's JSON ``text``, in words, at a byte offset (the parser counts characters)."""
+    at = len(e.doc[: e.pos].encode())  # the doc is ``text`` decoded as UTF-8: it encodes back
+    if at >= len(text):
+        return "its JSON text ends early, at the end of the header"
+    if e.msg.startswith("Unterminated string"):
+        return f"a string in its JSON, from offset {at} of the header, is never closed"
+    if e.msg == "Extra data":
+        return f"bytes follow its JSON object, from offset {at} of the header"
+    return f"it is not valid JSON at offset {at} of the header (byte 0x{text[at]:02x})"
+
+
 def _parse_header_json(text: bytes, path: Path) -> dict[str, Any]:
     """The header as the safetensors library reads it: UTF-8 (no BOM), one JSON object, no key twice.
 
@@ -159,7 +171,10 @@ def _parse_header_json(text: bytes, path: Path) -> dict[str, Any]:
             f"'{path}' has a malformed safetensors header (it is not UTF-8 text: byte 0x{e.object[e.start]:02x} at "
             f"offset {e.start} of the header): the file is corrupt"
         ) from None
-    except ValueError as e:
+    except json.JSONDecodeError as e:  # its text ("Expecting ',' delimiter: line 1 column 62 (char 61)"): the parser's
+        fault = _json_fault(e, text)
+        raise FormatError(f"'{path}' has a malformed safetensors header ({fault}): the file is corrupt") from None
+    except ValueError as e:  # ours: a duplicate key, no JSON object, nested too deep
         raise FormatError(f"'{path}' has a malformed safetensors header (invalid JSON: {e})") from None
     if not isinstance(header, dict):
         raise FormatError(f"'{path}' has a malformed safetensors header: not a JSON object")
