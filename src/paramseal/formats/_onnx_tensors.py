@@ -365,7 +365,8 @@ def refuse_shared(path: Path, inputs: Ranges) -> None:
 #: graphs declare for their outputs and subgraphs for their inputs, which shape inference fills in. 2 ('v2:'
 #: and the hex) keeps of each tensor only what runs: its data type, dims and, for an initializer, its name
 #: (the values are the seal's to authenticate, and a tensor's other fields are notes), and of those inputs
-#: and outputs their names (`_strip_declared_types`).
+#: and outputs their names (`_strip_declared_types`), and none of the metadata_props below the model's
+#: (`_strip_annotations`).
 GRAPH_VERSION = 2
 GRAPH_VERSIONS = (2, 1)  # those verify checks, newest first
 _VERSIONED = re.compile(r"v([0-9]{1,9}):")  # 'v2:' and the hex; a newer ParamSeal's 'v3:' and on
@@ -384,9 +385,9 @@ def graph_digest(
     Re-pointing a node at another initializer, or changing an operator or attribute, changes it.
     Not covered: how and where values are stored (raw or typed fields, external files), metadata,
     doc strings, the producer, and ``value_info`` (shape annotations that shape inference adds);
-    from version 2 on, nor a tensor's own notes and the types of outputs and subgraph inputs
-    (`GRAPH_VERSION`). ``dtypes`` (tensor name -> safetensors dtype name) puts those tensors' data
-    types back first. ``version``: `GRAPH_VERSION` if None.
+    from version 2 on, nor a tensor's own notes, the types of outputs and subgraph inputs and the
+    metadata_props of nodes, graphs and functions (`GRAPH_VERSION`). ``dtypes`` (tensor name ->
+    safetensors dtype name) puts those tensors' data types back first. ``version``: `GRAPH_VERSION` if None.
     """
     version = GRAPH_VERSION if version is None else version
     m = onnx.ModelProto()
@@ -409,6 +410,7 @@ def graph_digest(
     _strip_notes(m.graph)
     if version >= 2:
         _strip_declared_types(m.graph, sub=False)
+        _strip_annotations(m)
     digest = hashlib.sha256(m.SerializeToString(deterministic=True)).hexdigest()
     return digest if version == 1 else f"v{version}:{digest}"
 
@@ -424,6 +426,30 @@ def _strip_notes(g: Any) -> None:
                 _strip_notes(a.g)
             for sub in a.graphs:
                 _strip_notes(sub)
+
+
+def _strip_annotations(m: Any) -> None:
+    """Clear the metadata_props of every graph, node, graph input and output, function and its value_info.
+
+    Notes (torch.export writes its stack traces there) that ONNX Runtime does not read and tools drop:
+    onnx.version_converter drops the nodes', onnxruntime's symbolic shape inference the outputs'.
+    The model's own (the seal's header, the user's metadata) are checked apart.
+    """
+    parts = ("initialization", "algorithm")
+    graphs = [m.graph, *(getattr(t, p) for t in m.training_info for p in parts if t.HasField(p))]
+    nodes = [n for f in m.functions for n in f.node]
+    for x in (*m.functions, *(v for f in m.functions for v in f.value_info)):
+        x.ClearField("metadata_props")
+    while graphs:
+        g = graphs.pop()
+        for x in (g, *g.input, *g.output, *g.value_info):
+            x.ClearField("metadata_props")
+        nodes.extend(g.node)
+        while nodes:
+            n = nodes.pop()
+            n.ClearField("metadata_props")
+            for a in n.attribute:
+                graphs.extend([a.g] if a.HasField("g") else a.graphs)
 
 
 def _strip_declared_types(g: Any, sub: bool) -> None:
