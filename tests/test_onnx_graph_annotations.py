@@ -3,6 +3,7 @@
 ``metadata_props`` on nodes, graphs, their inputs and outputs and on functions are notes (torch.export writes its
 ``pkg.torch.onnx.*`` there; ``onnx.version_converter`` and onnxruntime's symbolic shape inference drop them), which
 ONNX Runtime does not read. The model's own ``metadata_props`` (the seal's header, the user's metadata) stay checked.
+An opset domain written as ``""`` names the ONNX operator set as an absent one does (version_converter writes it out).
 Seals of the first digest (``tests/golden/onnx-graph1``) verify exactly as before.
 """
 
@@ -210,4 +211,80 @@ def test_silero_op18_annotations_dropped_by_tools_verify_intact(
         n.input[0], n.input[1] = n.input[1], n.input[0]
 
     for edit in (attribute, node_input):
+        assert _exit(_edited(out, tmp_path / "edited.onnx", edit), key) == 2, edit.__name__
+
+
+def _default_domain(present: bool) -> Callable[[Any], None]:
+    """An edit: the ONNX opset's domain written out as "" (``present``), or absent, in the model and its functions."""
+
+    def edit(m: Any) -> None:
+        for o in (*m.opset_import, *(o for f in m.functions for o in f.opset_import)):
+            if o.domain == "":
+                o.ClearField("domain")
+                if present:
+                    o.domain = ""
+
+    return edit
+
+
+@pytest.mark.parametrize("sealed_present", [False, True])
+def test_an_empty_opset_domain_is_an_absent_one(tmp_path: Path, key: paramseal.Key, sealed_present: bool) -> None:
+    """onnx.proto: the empty string or absence of ``OperatorSetIdProto.domain`` both name the ONNX operator set."""
+    src = _edited(_model(tmp_path / "m.onnx"), tmp_path / "m.onnx", _default_domain(sealed_present))
+    sealed = tmp_path / "s.onnx"
+    files.seal_file(src, sealed, key)
+    m = onnx.load(str(sealed))
+    assert [o.HasField("domain") for o in (m.opset_import[0], m.functions[0].opset_import[0])] == [sealed_present] * 2
+    assert _exit(_edited(sealed, tmp_path / "other.onnx", _default_domain(not sealed_present)), key) == 0
+
+    def ml(m: Any) -> None:  # the operator set named is another one
+        m.opset_import[0].domain = "ai.onnx.ml"
+
+    def ai_onnx(m: Any) -> None:  # runtimes read it as "", onnx.proto names only "" and none: left apart
+        m.opset_import[0].domain = "ai.onnx"
+
+    def function_ml(m: Any) -> None:
+        m.functions[0].opset_import[0].domain = "ai.onnx.ml"
+
+    def opset_version(m: Any) -> None:
+        m.opset_import[0].version = 18
+
+    def node_domain(m: Any) -> None:  # the function is looked up in another domain
+        branch = next(a.g for a in m.graph.node[0].attribute if a.name == "then_branch")
+        branch.node[0].domain = "ai.onnx.ml"
+
+    for edit in (ml, ai_onnx, function_ml, opset_version, node_domain):
+        other = _edited(sealed, tmp_path / "other.onnx", _default_domain(not sealed_present))
+        assert _exit(_edited(other, tmp_path / "edited.onnx", edit), key) == 2, edit.__name__
+
+
+def test_first_digest_seals_still_cover_how_the_opset_domain_is_written(tmp_path: Path) -> None:
+    """onnx-graph1 writes its opset's domain as "": its bare digest tells that from an absent one, as before."""
+    key = paramseal.load_key(GOLDEN / "golden.key")
+    assert onnx.load(str(GOLDEN / "sealed.onnx")).opset_import[0].HasField("domain")
+    assert _exit(_edited(GOLDEN / "sealed.onnx", tmp_path / "absent.onnx", _default_domain(False)), key) == 2
+
+
+@needs_silero
+@pytest.mark.parametrize(
+    "variant", ["silero_vad_half.onnx", "silero_vad_16k_op15.onnx", "silero_vad_16k_sequence.onnx"]
+)
+def test_silero_converted_to_its_own_opset_verifies_intact(tmp_path: Path, key: paramseal.Key, variant: str) -> None:
+    """These three leave the ONNX opset's domain absent; version_converter writes it out as ""."""
+    assert SILERO is not None
+    sealed = tmp_path / "sealed.onnx"
+    files.seal_file(SILERO / variant, sealed, key)
+    assert not onnx.load(str(sealed)).opset_import[0].HasField("domain")
+    out = tmp_path / "out.onnx"
+    onnx.save_model(_same_opset(onnx.load(str(sealed))), str(out))
+    assert onnx.load(str(out)).opset_import[0].HasField("domain")
+    assert _exit(out, key) == 0
+
+    def ml(m: Any) -> None:
+        m.opset_import[0].domain = "ai.onnx.ml"
+
+    def opset_version(m: Any) -> None:
+        m.opset_import[0].version -= 1
+
+    for edit in (ml, opset_version):
         assert _exit(_edited(out, tmp_path / "edited.onnx", edit), key) == 2, edit.__name__

@@ -365,8 +365,8 @@ def refuse_shared(path: Path, inputs: Ranges) -> None:
 #: graphs declare for their outputs and subgraphs for their inputs, which shape inference fills in. 2 ('v2:'
 #: and the hex) keeps of each tensor only what runs: its data type, dims and, for an initializer, its name
 #: (the values are the seal's to authenticate, and a tensor's other fields are notes), and of those inputs
-#: and outputs their names (`_strip_declared_types`), and none of the metadata_props below the model's
-#: (`_strip_annotations`).
+#: and outputs their names (`_strip_declared_types`), none of the metadata_props below the model's, and an
+#: opset domain "" as an absent one (`_strip_annotations`).
 GRAPH_VERSION = 2
 GRAPH_VERSIONS = (2, 1)  # those verify checks, newest first
 _VERSIONED = re.compile(r"v([0-9]{1,9}):")  # 'v2:' and the hex; a newer ParamSeal's 'v3:' and on
@@ -429,12 +429,19 @@ def _strip_notes(g: Any) -> None:
 
 
 def _strip_annotations(m: Any) -> None:
-    """Clear the metadata_props of every graph, node, graph input and output, function and its value_info.
+    """Clear the notes below the model (metadata_props) and an opset domain "" (the same as none).
 
-    Notes (torch.export writes its stack traces there) that ONNX Runtime does not read and tools drop:
-    onnx.version_converter drops the nodes', onnxruntime's symbolic shape inference the outputs'.
-    The model's own (the seal's header, the user's metadata) are checked apart.
+    metadata_props of every graph, node, graph input and output, function and its value_info: notes
+    (torch.export writes its stack traces there) that tools drop: onnx.version_converter the nodes',
+    onnxruntime's symbolic shape inference the outputs'. The model's own (the seal's header, the user's
+    metadata) are checked apart. An opset domain "" is the same as an absent one: onnx.proto's
+    OperatorSetIdProto says 'The empty string ("") or absence of this field implies the operator set that
+    is defined as part of the ONNX specification', and version_converter writes out the "" that
+    silero_vad_half leaves absent. ("ai.onnx", which runtimes also take for it, is kept apart.)
     """
+    for o in (*m.opset_import, *(o for f in m.functions for o in f.opset_import)):
+        if o.domain == "":
+            o.ClearField("domain")
     parts = ("initialization", "algorithm")
     graphs = [m.graph, *(getattr(t, p) for t in m.training_info for p in parts if t.HasField(p))]
     nodes = [n for f in m.functions for n in f.node]
