@@ -75,8 +75,8 @@ def _model(path: Path) -> Path:
 
 
 def _graphs(m: Any) -> Iterator[Any]:
-    """Every GraphProto of ``m``: the main graph, then subgraphs at any depth (functions' nodes' included)."""
-    todo = [m.graph]
+    """Every GraphProto of ``m``: the main and training graphs, and subgraphs at any depth (functions' too)."""
+    todo = [m.graph, *(t.algorithm for t in m.training_info)]
     nodes = [n for f in m.functions for n in f.node]
     while todo or nodes:
         if todo:
@@ -288,3 +288,42 @@ def test_silero_converted_to_its_own_opset_verifies_intact(tmp_path: Path, key: 
 
     for edit in (ml, opset_version):
         assert _exit(_edited(out, tmp_path / "edited.onnx", edit), key) == 2, edit.__name__
+
+
+def _documented(m: Any) -> None:
+    """Doc strings everywhere below the model, and a function's value_info (shape notes, as a graph's)."""
+    for g in _graphs(m):
+        for x in (g, *g.input, *g.output, *g.node, *(a for n in g.node for a in n.attribute)):
+            x.doc_string = "a note"
+    for f in m.functions:
+        for x in (f, *f.node, *(a for n in f.node for a in n.attribute)):
+            x.doc_string = "a note"
+        f.value_info.add(name="two").type.tensor_type.elem_type = TensorProto.FLOAT
+
+
+def test_doc_strings_and_value_info_in_functions_are_not_the_graph(tmp_path: Path, key: paramseal.Key) -> None:
+    """README: doc strings and value_info are not in the digest; those of functions, attributes and graph
+    inputs and outputs neither."""
+
+    def trained(m: Any) -> None:  # a training graph (a copy of the else branch) for its notes
+        step = next(a.g for a in m.graph.node[0].attribute if a.name == "else_branch")
+        m.training_info.add().algorithm.CopyFrom(step)
+
+    sealed = tmp_path / "s.onnx"
+    files.seal_file(_edited(_model(tmp_path / "m.onnx"), tmp_path / "t.onnx", trained), sealed, key)
+    assert _exit(sealed, key) == 0
+    documented = _edited(sealed, tmp_path / "documented.onnx", _documented)
+    assert onnx.load(str(documented)).training_info[0].algorithm.doc_string == "a note"
+    assert _exit(documented, key) == 0
+
+    def renamed(m: Any) -> None:  # what the function is called by: not a note
+        m.functions[0].name = "Twice"
+        branch = next(a.g for a in m.graph.node[0].attribute if a.name == "then_branch")
+        branch.node[0].op_type = "Twice"
+
+    assert _exit(_edited(documented, tmp_path / "renamed.onnx", renamed), key) == 2
+
+
+def test_first_digest_seals_still_cover_input_doc_strings(tmp_path: Path) -> None:
+    key = paramseal.load_key(GOLDEN / "golden.key")
+    assert _exit(_edited(GOLDEN / "sealed.onnx", tmp_path / "doc.onnx", _documented), key) == 2

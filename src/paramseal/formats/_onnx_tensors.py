@@ -365,8 +365,9 @@ def refuse_shared(path: Path, inputs: Ranges) -> None:
 #: graphs declare for their outputs and subgraphs for their inputs, which shape inference fills in. 2 ('v2:'
 #: and the hex) keeps of each tensor only what runs: its data type, dims and, for an initializer, its name
 #: (the values are the seal's to authenticate, and a tensor's other fields are notes), and of those inputs
-#: and outputs their names (`_strip_declared_types`), none of the metadata_props below the model's, and an
-#: opset domain "" as an absent one (`_strip_annotations`).
+#: and outputs their names (`_strip_declared_types`), none of the notes below the model (metadata_props,
+#: doc strings, value_info) in functions and at any depth, and an opset domain "" as an absent one
+#: (`_strip_annotations`).
 GRAPH_VERSION = 2
 GRAPH_VERSIONS = (2, 1)  # those verify checks, newest first
 _VERSIONED = re.compile(r"v([0-9]{1,9}):")  # 'v2:' and the hex; a newer ParamSeal's 'v3:' and on
@@ -385,8 +386,9 @@ def graph_digest(
     Re-pointing a node at another initializer, or changing an operator or attribute, changes it.
     Not covered: how and where values are stored (raw or typed fields, external files), metadata,
     doc strings, the producer, and ``value_info`` (shape annotations that shape inference adds);
-    from version 2 on, nor a tensor's own notes, the types of outputs and subgraph inputs and the
-    metadata_props of nodes, graphs and functions (`GRAPH_VERSION`). ``dtypes`` (tensor name ->
+    from version 2 on, nor a tensor's own notes, the types of outputs and subgraph inputs, the notes
+    (metadata_props, doc strings, value_info) of nodes, graphs and functions, and whether an opset's
+    domain "" is written out (`GRAPH_VERSION`). ``dtypes`` (tensor name ->
     safetensors dtype name) puts those tensors' data types back first. ``version``: `GRAPH_VERSION` if None.
     """
     version = GRAPH_VERSION if version is None else version
@@ -429,15 +431,17 @@ def _strip_notes(g: Any) -> None:
 
 
 def _strip_annotations(m: Any) -> None:
-    """Clear the notes below the model (metadata_props) and an opset domain "" (the same as none).
+    """Clear the notes below the model, and an opset domain "" (the same as none).
 
-    metadata_props of every graph, node, graph input and output, function and its value_info: notes
-    (torch.export writes its stack traces there) that tools drop: onnx.version_converter the nodes',
-    onnxruntime's symbolic shape inference the outputs'. The model's own (the seal's header, the user's
-    metadata) are checked apart. An opset domain "" is the same as an absent one: onnx.proto's
-    OperatorSetIdProto says 'The empty string ("") or absence of this field implies the operator set that
-    is defined as part of the ONNX specification', and version_converter writes out the "" that
-    silero_vad_half leaves absent. ("ai.onnx", which runtimes also take for it, is kept apart.)
+    Notes: the metadata_props and doc strings of every graph, node, graph input and output and function,
+    attributes' doc strings, and every graph's and function's value_info (`_strip_notes`, which version 1
+    runs too, clears the doc strings and value_info of the main graph's tree alone). ONNX Runtime does not
+    read them, and tools drop them: torch.export writes its stack traces into metadata_props,
+    onnx.version_converter drops the nodes', onnxruntime's symbolic shape inference the outputs'. The
+    model's own metadata_props (the seal's header, the user's metadata) are checked apart. An opset domain
+    "" is the same as an absent one: onnx.proto's OperatorSetIdProto says 'The empty string ("") or absence
+    of this field implies the operator set that is defined as part of the ONNX specification', and
+    version_converter writes out the "" that silero_vad_half leaves absent ("ai.onnx" is kept apart).
     """
     for o in (*m.opset_import, *(o for f in m.functions for o in f.opset_import)):
         if o.domain == "":
@@ -445,17 +449,23 @@ def _strip_annotations(m: Any) -> None:
     parts = ("initialization", "algorithm")
     graphs = [m.graph, *(getattr(t, p) for t in m.training_info for p in parts if t.HasField(p))]
     nodes = [n for f in m.functions for n in f.node]
-    for x in (*m.functions, *(v for f in m.functions for v in f.value_info)):
-        x.ClearField("metadata_props")
+    for f in m.functions:
+        for field in ("metadata_props", "doc_string", "value_info"):
+            f.ClearField(field)
     while graphs:
         g = graphs.pop()
-        for x in (g, *g.input, *g.output, *g.value_info):
+        for field in ("metadata_props", "doc_string", "value_info"):
+            g.ClearField(field)
+        for x in (*g.input, *g.output):
             x.ClearField("metadata_props")
+            x.ClearField("doc_string")
         nodes.extend(g.node)
         while nodes:
             n = nodes.pop()
             n.ClearField("metadata_props")
+            n.ClearField("doc_string")
             for a in n.attribute:
+                a.ClearField("doc_string")
                 graphs.extend([a.g] if a.HasField("g") else a.graphs)
 
 
