@@ -505,3 +505,33 @@ def test_lanes_recovery_counts_the_lanes_that_failed(key: paramseal.Key) -> None
     res = paramseal.recover(t, key, s.header_json)
     assert res.report.status == "unrecoverable" and res.report.lanes_failed == 1
     helpers.assert_honest_recovery(res, t, s.tensors)
+
+
+def test_tags_of_chosen_blocks_derive_only_the_pads_of_their_span(
+    key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`compute_tags(at=rows)` (each rebuilt batch's tags) asks the MAC for the pads of rows' span, not the
+    whole tensor's (heavy damage rebuilds a tensor a batch at a time: every batch paid for all of it); same tags."""
+    from paramseal import _mac, _model
+    from paramseal._bits import tag_mask
+    from paramseal.verify import check
+
+    s = paramseal.seal(helpers.fp32_model(64 * 5000, seed=3), key)
+    chk = check(s.tensors, key, s.header_json)
+    spec, ub = chk.specs[0], chk.blocks[0]
+    internal = spec.block_storage()[1]
+    whole = chk.mac.pads(chk.header.salt, 0, spec.nblocks)
+    asked: list[tuple[int, int]] = []
+    real = _mac.BlockMac.pads
+
+    def spy(self: _mac.BlockMac, salt: bytes, t: int, n: int, start: int = 0, **kw: object) -> np.ndarray:
+        asked.append((start, n))
+        return real(self, salt, t, n, start, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_mac.BlockMac, "pads", spy)
+    at = np.array([4100, 4096, 4107], np.int64)  # any order
+    got = _model.compute_tags(chk.mac, chk.header.salt, 0, spec, ub[at], internal, at=at)
+    assert asked == [(4096, 12)]
+    mask = tag_mask(spec.k, 32)
+    assert np.array_equal(got, chk.mac.tags(np.ascontiguousarray(ub[at]), whole[at], mask, internal[at]))
+    assert np.array_equal(got, _model.stored_tags(spec, ub[at], internal[at], None))  # the tags the seal wrote

@@ -308,8 +308,9 @@ def compute_tags(
     mask = _bits.tag_mask(spec.k, ub.dtype.itemsize * 8) if spec.is_float else None
     if rows is not None:
         ub, at = np.ascontiguousarray(ub[rows]), rows
-    if at is not None:
-        return mac.tags(ub, mac.pads(salt, t, spec.nblocks, name=spec.name)[at], mask, internal[at])
+    if at is not None:  # the keystream of the span ``at`` covers only (a tensor's whole was derived per call)
+        lo, hi = int(at.min()), int(at.max()) + 1
+        return mac.tags(ub, mac.pads(salt, t, hi - lo, lo, name=spec.name)[at - lo], mask, internal[at])
     n = ub.shape[0]
     return mac.tags(ub, mac.pads(salt, t, n, r0, name=spec.name), mask, internal[r0 : r0 + n])
 
