@@ -866,6 +866,8 @@ typedef struct { /* _irs_kernels._scratch (S as bytes, D_FRONT zeros first, then
     int32_t pos[4][256], val[4][256], npos[4], u[4][D_NMAX], nlen[4];
     int32_t lam[D_NMAX], llam[D_NMAX], psi[D_NMAX], om[D_NMAX], lpsi[D_NMAX], ers[4], B[4][D_NMAX], tmp[D_NMAX];
     int32_t bd[4], nt[4], LB[4], ordr[4];
+    int32_t bad[256]; /* the entries flagged bad and not padding, in order (where errors-only looks for roots) */
+    int32_t fxd[256], any[256], nfxd, nany; /* those with fixed bytes; with fixed bytes or bad (d_erasures' words) */
 } dscratch;
 
 /* out[i] = sum_(k <= min(i, n)) c[k] S_(i - k) for i < len (GF(2^8) mod 0x11d): the product of the
@@ -985,8 +987,10 @@ static void d_erasures(const uint8_t *fl, int erase_bad, dscratch *s)
 {
     for (int t = 0; t < 4; t++)
         s->npos[t] = 0;
-    for (int j = 0; j < 255; j++) {
-        const int f = fl[j];
+    const int32_t *js = erase_bad ? s->any : s->fxd; /* the words the loop below acts on, in order */
+    const int nj = erase_bad ? s->nany : s->nfxd;
+    for (int r = 0; r < nj; r++) {
+        const int j = js[r], f = fl[j];
         int fx = f & D_FIXED;
         if (erase_bad && (f & D_BAD) && !(f & D_PAD))
             fx = 15;
@@ -1000,7 +1004,7 @@ static void d_erasures(const uint8_t *fl, int erase_bad, dscratch *s)
     }
 }
 
-static int d_locate_errors(const uint8_t *fl, const int64_t *d, int cap, dscratch *s)
+static int d_locate_errors(const uint8_t *fl, int nbad, const int64_t *d, int cap, dscratch *s)
 {
     for (int t = 0; t < 4; t++) {
         const int e = s->npos[t];
@@ -1031,10 +1035,10 @@ static int d_locate_errors(const uint8_t *fl, const int64_t *d, int cap, dscratc
     for (int i = 0; i <= L; i++)
         s->tmp[i] = LOG[s->lam[i]];
     int nr = 0;
-    for (int j = 0; j < 255; j++) { /* every root must be a flagged entry: search only those */
-        const int f = fl[j];
-        if ((f & D_BAD) && !(f & D_PAD) && d_eval_inv(s->tmp, L, j) == 0) {
-            const int fx = f & D_FIXED;
+    for (int r = 0; r < nbad; r++) { /* every root must be a flagged entry: search only those (no branch per entry) */
+        const int j = s->bad[r];
+        if (d_eval_inv(s->tmp, L, j) == 0) {
+            const int fx = fl[j] & D_FIXED;
             for (int t = 0; t < 4; t++)
                 if (!((fx >> ((t + j) & 3)) & 1))
                     s->pos[t][s->npos[t]++] = j;
@@ -1080,7 +1084,9 @@ static int d_forney(const int64_t *d, const int64_t *first, dscratch *s)
             int den = EXP[s->lpsi[1]];
             e = 0;
             for (int i = 3; i <= n; i += 2) {
-                e = (e + 2 * lxi) % 255;
+                e += 2 * lxi; /* (e + 2 lxi) % 255: below 3 * 255 */
+                e -= e >= 255 ? 255 : 0;
+                e -= e >= 255 ? 255 : 0;
                 den ^= EXP[s->lpsi[i] + e];
             }
             if (den == 0)
@@ -1111,14 +1117,18 @@ static int d_apply(uint32_t *wg, const uint8_t *fl, const dscratch *s)
 static int d_group(uint32_t *wg, const uint8_t *fl, const uint64_t *acc, int words, const int64_t *d,
                    const int64_t *first, dscratch *s)
 {
-    int nbad = 0, nfix = 0;
+    int nbad = 0, nfix = 0, nany = 0;
     uint64_t fixed = 0; /* fixed bytes of unflagged words per codeword, 16 bits each: no branch per word */
     for (int j = 0; j < 255; j++) {
         const int f = fl[j], fx = f & D_FIXED, bad = (f & (D_BAD | D_PAD)) == D_BAD;
+        s->bad[nbad] = j; /* kept when bad: a store, not a branch */
         nbad += bad;
+        s->fxd[nfix] = s->any[nany] = j;
+        nany += (fx != 0) | bad;
         fixed += FIXED_PER_T[j & 3][bad ? 0 : fx];
         nfix += fx != 0;
     }
+    s->nfxd = nfix, s->nany = nany;
     for (int t = 0; t < 4; t++)
         s->ers[t] = nbad + (int)((fixed >> (16 * t)) & 0xFFFF);
     if (nbad == 0 && nfix == 0) {
@@ -1127,15 +1137,19 @@ static int d_group(uint32_t *wg, const uint8_t *fl, const uint64_t *acc, int wor
                 return D_INCONSISTENT;
         return D_CLEAN;
     }
-    for (int t = 0; t < 4; t++)
+    for (int t = 0; t < 4; t++) /* syndrome i is byte i & 7 of word i >> 3: the words' bytes in order */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        memcpy(s->S[t] + D_FRONT, acc + t * words, (size_t)d[t]);
+#else
         for (int i = 0; i < d[t]; i++)
             s->S[t][D_FRONT + i] = (uint8_t)(acc[t * words + (i >> 3)] >> (8 * (i & 7)));
+#endif
     int fits = 1;
     for (int t = 0; t < 4; t++)
         fits &= s->ers[t] <= d[t];
     if (!fits || nbad > D_ERASE_DIRECT) { /* a cheap errors-only attempt first: its cost follows the damage */
         d_erasures(fl, 0, s);
-        int res = d_locate_errors(fl, d, fits ? nbad / 2 : D_NMAX, s);
+        int res = d_locate_errors(fl, nbad, d, fits ? nbad / 2 : D_NMAX, s);
         if (res == 0)
             res = d_forney(d, first, s);
         if (res == 0)
