@@ -836,6 +836,10 @@ static uint8_t MULNIB[256][2][16];
 /* FIXED_PER_T[j & 3][fx]: the fixed bytes fx of word j counted per codeword t = (b - j) & 3, 16 bits each */
 static uint64_t FIXED_PER_T[4][16];
 
+/* APOW[i][j] = alpha^(-i j) for j < 255 (APOW[i][255] = 0): the Chien search evaluates a locator of
+ * degree L <= 255 at every alpha^-j by L + 1 rows of these, 16 entries at a time */
+static uint8_t APOW[256][256];
+
 __attribute__((constructor)) static void gf_tables(void)
 {
     for (int r = 0; r < 4; r++)
@@ -853,6 +857,9 @@ __attribute__((constructor)) static void gf_tables(void)
         if (x & 0x100)
             x ^= 0x11d;
     }
+    for (int i = 0; i < 256; i++)
+        for (int j = 0; j < 255; j++)
+            APOW[i][j] = (uint8_t)EXP[i * ((255 - j) % 255) % 255];
     for (int c = 0; c < 256; c++)
         for (int v = 0; v < 16; v++) {
             MULNIB[c][0][v] = (uint8_t)EXP[LOG[c] + LOG[v]];
@@ -926,6 +933,36 @@ static inline int d_eval_inv(const int32_t *lt, int deg, int j)
     }
     return val;
 }
+
+/* ev[j] = lam(alpha^-j) for j < 255 (lam: L + 1 coefficients, L <= 255), what d_eval_inv gives from
+ * their logs; ev: 256 bytes. */
+#if defined(__GNUC__) && !defined(__clang__)
+CLONES static void d_chien(const int32_t *lam, int L, uint8_t *ev)
+{
+    for (int x = 0; x < 256; x += 16) {
+        d_v16 acc = {0};
+        for (int i = 0; i <= L; i++) {
+            if (!lam[i])
+                continue;
+            d_v16 lo, hi, v;
+            memcpy(&lo, MULNIB[lam[i]][0], 16);
+            memcpy(&hi, MULNIB[lam[i]][1], 16);
+            memcpy(&v, APOW[i] + x, 16);
+            acc ^= __builtin_shuffle(lo, v & 15) ^ __builtin_shuffle(hi, v >> 4);
+        }
+        memcpy(ev + x, &acc, 16);
+    }
+}
+#else
+static void d_chien(const int32_t *lam, int L, uint8_t *ev)
+{
+    int32_t lt[256];
+    for (int i = 0; i <= L; i++)
+        lt[i] = LOG[lam[i]];
+    for (int j = 0; j < 255; j++)
+        ev[j] = (uint8_t)d_eval_inv(lt, L, j);
+}
+#endif
 
 static int d_multi_bm(dscratch *s, int lmax)
 {
@@ -1032,12 +1069,12 @@ static int d_locate_errors(const uint8_t *fl, int nbad, const int64_t *d, int ca
         return D_TOO_MANY;
     if (L == 0)
         return 0;
-    for (int i = 0; i <= L; i++)
-        s->tmp[i] = LOG[s->lam[i]];
+    uint8_t ev[256];
+    d_chien(s->lam, L, ev);
     int nr = 0;
-    for (int r = 0; r < nbad; r++) { /* every root must be a flagged entry: search only those (no branch per entry) */
+    for (int r = 0; r < nbad; r++) { /* every root must be a flagged entry: count only those (no branch per entry) */
         const int j = s->bad[r];
-        if (d_eval_inv(s->tmp, L, j) == 0) {
+        if (ev[j] == 0) {
             const int fx = fl[j] & D_FIXED;
             for (int t = 0; t < 4; t++)
                 if (!((fx >> ((t + j) & 3)) & 1))
@@ -1048,7 +1085,7 @@ static int d_locate_errors(const uint8_t *fl, int nbad, const int64_t *d, int ca
     if (nr != L) {
         int nall = 0;
         for (int j = 0; j < 255; j++)
-            nall += d_eval_inv(s->tmp, L, j) == 0;
+            nall += ev[j] == 0;
         return nall == L ? D_ROOT_LOCATION : D_ROOT_COUNT;
     }
     return 0;
