@@ -538,6 +538,31 @@ def test_a_recover_of_several_batches_is_the_same_in_parallel_and_in_turn(
     assert side.report.to_dict() == turn.report.to_dict()
 
 
+def test_corrections_found_among_flagged_words_equal_those_found_in_whole_batches(
+    sealed: paramseal.SealedModel, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sparse damage looks for each batch's corrections among its flagged words only, heavy damage compares
+    whole batches: the same blocks, words and report either way, for either kind of damage."""
+    monkeypatch.setattr(_irs_recover, "GROUP_BATCH", 97)  # several batches
+    from paramseal.verify import check
+
+    sparse = helpers.copy_model(sealed.tensors)
+    name = max(sparse, key=lambda n: sparse[n].size)
+    sparse[name].reshape(-1)[100:740] += np.float32(0.5)  # 11 blocks in a row
+    scattered = _scatter(sealed.tensors, 0.05, 7)
+    real = _irs_recover._few_failed
+    for bad, few in ((sparse, True), (scattered, False)):
+        assert real(check(bad, key, sealed.header_json)) is few  # the default choice for each
+        got = []
+        for forced in (True, False):
+            monkeypatch.setattr(_irs_recover, "_few_failed", lambda chk, forced=forced: forced)
+            got.append(paramseal.recover(bad, key, sealed.header_json))
+        assert got[0].report.status == got[1].report.status == "recovered"
+        assert _bytes_equal(got[0].tensors, sealed.tensors) and _bytes_equal(got[1].tensors, sealed.tensors)
+        assert got[0].report.to_dict() == got[1].report.to_dict()
+        assert got[0].report.tensors[name].restored_indices  # something was corrected
+
+
 def test_the_progress_bar_goes_on_through_a_heavy_decode(
     tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

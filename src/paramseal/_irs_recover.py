@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 UNTRUSTED = -5  # group status: decoded errors-only in a layout where that cannot be trusted
 _REBUILD_STEP = 1 << 15  # blocks rebuilt at a time
 _SCAN = 1 << 16  # failed blocks mapped to groups per step (bounds the index temporaries)
+#: Below this share of failed blocks, a batch's corrections are looked for among its flagged words only
+#: (sparse damage: few of them); above it (scattered damage flags about half the words) in its whole.
+_FEW_FAILED = 1 / 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +170,12 @@ def _flag_batches(
         yield g, st.flags(st.vindex(g), chk.bad)
 
 
+def _few_failed(chk: Check) -> bool:
+    """Whether under `_FEW_FAILED` of the model's blocks failed: how `decode_check`'s batches look for corrections."""
+    nfailed = sum(int(np.count_nonzero(b)) for b in chk.bad)
+    return nfailed < _FEW_FAILED * sum(s.nblocks for s in chk.specs)
+
+
 def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = None) -> Outcome:
     """Decode every damaged group and rebuild the failed blocks it can (the model is not modified).
 
@@ -179,6 +188,7 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
     data = st.pack_data(flats)
     gids = np.flatnonzero(damaged_groups(st, chk))
     status = np.zeros(st.G, np.int8)
+    few = rebuild and _few_failed(chk)
     nbatch = -(-gids.size // GROUP_BATCH)
     chk.progress.expect(nbatch)  # heavy damage decodes for seconds a GiB: the bar goes on through it
 
@@ -190,7 +200,12 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
         assert f is not None
         pad = st.pad(g)
         w ^= pad  # the code runs on the words plus the keyed offset
-        before = w.copy() if rebuild else w
+        flat_w, flat_f = w.reshape(-1), f.reshape(-1)
+        # Corrections are words of failed blocks (FLAG_BAD) that decoding changed: under sparse damage only
+        # those words are kept aside and compared (a copy and comparison of the whole batch cost more); under
+        # heavy damage the whole batch is, and only the words that changed are indexed.
+        at = np.flatnonzero(flat_f & FLAG_BAD) if few else None
+        before = flat_w[at] if at is not None else w.copy() if rebuild else w
         status[g] = ok = _decode(st, w, f)
         if not rebuild:
             return np.zeros(0, np.int64), np.zeros(0, np.uint32)
@@ -199,11 +214,13 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
         # holds value bits). Counting those too made 4x as many under scattered damage (a tagged
         # word in every failed block), each one sorted and written.
         # Flat indices: a 2-D nonzero and 2-D fancy indexing took twice as long.
-        at = np.flatnonzero(w.reshape(-1) != before.reshape(-1))
-        fl, new = f.reshape(-1)[at], w.reshape(-1)[at]
+        if at is None:
+            at = np.flatnonzero(flat_w != before.reshape(-1))
+            before = before.reshape(-1)[at]
+        fl, new = flat_f[at], flat_w[at]
         r, c = np.divmod(at, N_POS)
         rewritten = ~_irs.byte_mask(fl) & np.where(c < st.free_strata, np.uint32((1 << st.k) - 1), np.uint32(0))
-        keep = ((fl & FLAG_BAD) != 0) & (ok[r] >= 0) & (((new ^ before.reshape(-1)[at]) & ~rewritten) != 0)
+        keep = ((fl & FLAG_BAD) != 0) & (ok[r] >= 0) & (((new ^ before) & ~rewritten) != 0)
         at, r, c = at[keep], r[keep], c[keep]
         return st.vindex_at(g[r], c), new[keep] ^ pad.reshape(-1)[at]
 
