@@ -26,7 +26,7 @@ from onnx import numpy_helper  # noqa: E402
 
 import paramseal  # noqa: E402
 from paramseal import files  # noqa: E402
-from paramseal.formats import GRAPH_KEY, _onnx_tensors  # noqa: E402
+from paramseal.formats import GRAPH_KEY, _onnx_digest  # noqa: E402
 from paramseal.formats._onnx_tensors import tensor_names, tensor_slots  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -142,7 +142,7 @@ def test_re_encoded_model_with_an_edited_graph_is_still_tampering(
         rc, rep = _verify(tmp_path / "edited.onnx", key_file)
         assert rc == 2 and any("graph" in i for i in rep["metadata_issues"]), (edit.__name__, rep)
     # the entry switched to the first version's digest of the edited graph: the sealed metadata says otherwise
-    v1 = _onnx_tensors.graph_digest(onnx, onnx.load(str(tmp_path / "edited.onnx")).SerializeToString(), version=1)
+    v1 = _onnx_digest.graph_digest(onnx, onnx.load(str(tmp_path / "edited.onnx")).SerializeToString(), version=1)
     m = onnx.load(str(tmp_path / "edited.onnx"))
     next(p for p in m.metadata_props if p.key == GRAPH_KEY).value = v1
     onnx.save_model(m, str(tmp_path / "switched.onnx"))
@@ -199,7 +199,7 @@ def test_stripped_metadata_finds_the_sealed_digest_of_either_version(
     """With the metadata gone, verify derives the sealed graph entry from the weights' header: v1 or v2."""
     assert SILERO is not None
     for version in (1, 2):
-        monkeypatch.setattr(_onnx_tensors, "GRAPH_VERSION", version)
+        monkeypatch.setattr(_onnx_digest, "GRAPH_VERSION", version)
         sealed = tmp_path / f"s{version}.onnx"
         files.seal_file(SILERO / "silero_vad_op18_ifless.onnx", sealed, key)
         monkeypatch.undo()

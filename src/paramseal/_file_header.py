@@ -137,7 +137,7 @@ def _graph_issues(loaded: Loaded, path: Path, text: str, meta: dict[str, str], k
 
 
 def _graph_as_sealed(loaded: Loaded, h: Header, version: int | None = None) -> str | None:
-    """The file's graph digest (of ``version``, `_onnx_tensors.GRAPH_VERSION`) with its tensors' dtypes as sealed.
+    """The file's graph digest (of ``version``, `_onnx_digest.GRAPH_VERSION`) with its tensors' dtypes as sealed.
 
     A tensor saved again as another dtype is that tensor's tampering, which check reports (the header
     holds its dtype) and recover restores, not an edited graph. None: no ONNX model.

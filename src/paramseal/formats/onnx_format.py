@@ -76,11 +76,9 @@ from .._embed import header_copies
 from .._tempname import cut_name, final_name, name_max
 from ..errors import FormatError, ParamSealWarning, UsageError
 from ..header import METADATA_KEY
+from ._onnx_digest import GRAPH_VERSIONS, graph_digest, graph_version
 from ._onnx_tensors import (
-    GRAPH_VERSIONS,
     Ranges,
-    graph_digest,
-    graph_version,
     import_onnx,
     parse_model,
     refuse_shared,
@@ -247,7 +245,7 @@ def graph_as_sealed(loaded: Loaded, dtypes: Mapping[str, str], version: int | No
     A tensor's data type is in the digest (seals before this kept it there), but the seal header holds
     each tensor's dtype too: a tensor saved again as another dtype is reported and restored as that
     tensor's tampering, not as an edited graph that recover cannot restore. ``version``: the digest's
-    (`_onnx_tensors.GRAPH_VERSION`), as the one sealed; the current one if None. None if not an ONNX model read.
+    (`_onnx_digest.GRAPH_VERSION`), as the one sealed; the current one if None. None if not an ONNX model read.
     """
     if not isinstance(loaded.source, _Template):
         return None
