@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import helpers
+import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
@@ -70,3 +71,25 @@ def test_shown_names_say_where_a_node_value_sharing_a_name_is() -> None:
         "k#2": "attribute 'value' of Constant node 'Constant#0' in the main graph" + shared,
     }
     assert shown_names(tensor_slots(golden_onnx())) == {}  # names the file tells apart are its own
+
+
+@pytest.mark.parametrize("added", [("",), ("", ""), ("W",)])
+def test_an_added_initializer_the_file_does_not_tell_apart_is_reported_by_place(
+    tmp_path: Path, key_file: Path, sealed: Path, added: tuple[str, ...]
+) -> None:
+    m = onnx.load(str(sealed))
+    for name in added:
+        m.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(3, np.float32), name))
+    onnx.save_model(m, str(tmp_path / "edited.onnx"))
+    rc, out, _ = _issues(tmp_path / "edited.onnx", key_file)
+    assert rc == 2 and "#2" not in out and "''" not in out, out
+    lines = [ln.strip() for ln in out.splitlines() if "extra tensor" in ln]
+    if added == ("",):
+        want = ["an initializer with no name in the main graph"]
+    elif added == ("", ""):
+        want = [f"the {n} of 2 initializers with no name in the main graph" for n in ("1st", "2nd")]
+    else:  # the sealed W comes first
+        want = ["the 2nd of 2 initializers named 'W' in the main graph"]
+    assert lines == [f"extra tensor not in the seal: {w}" for w in want], out
+    rc, out, err = helpers.run_cli(["recover", tmp_path / "edited.onnx", tmp_path / "r.onnx", "--key", key_file])
+    assert f"extra tensor not in the seal: {want[-1]}" in out + err and "#2" not in out + err, out + err

@@ -248,6 +248,9 @@ class Report:
     recoverable: bool
     tensors: dict[str, TensorFinding] = field(default_factory=dict)
     extra_tensors: tuple[str, ...] = ()
+    # names of the report (of `tensors`, `extra_tensors`, `moved`) that are ParamSeal's, not the file's (an ONNX
+    # initializer with no name, tensors of one graph that share a name: '', '#2', 'W#2') -> where the file has it
+    tensor_places: dict[str, str] = field(default_factory=dict)
     metadata_issues: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()  # facts worth knowing that are not tampering
     key_fingerprint: str = ""
@@ -409,7 +412,7 @@ class Report:
                     f"{f.unrecoverable_count} value(s) in {len(f.unrecoverable_blocks)} block(s) NOT recoverable"
                 )
             lines.append(f"  {name}: " + "; ".join(what))
-        lines += [f"  extra tensor not in the seal: {n}" for n in self.extra_tensors]
+        lines += [f"  extra tensor not in the seal: {self.tensor_places.get(n, n)}" for n in self.extra_tensors]
         lines += [f"  metadata: {m}" for m in self.metadata_issues]
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(map(one_line, lines))  # a tensor name is the file's: its control characters escaped

@@ -59,6 +59,7 @@ class Check:
     # tensors whose data was found under another name: index -> (how, that name)
     moved: dict[int, tuple[Moved, str]] = field(default_factory=dict)
     chosen: tuple[bool, ...] = ()  # partial verification: the tensors checked (empty: all)
+    shown: Mapping[str, str] = field(default_factory=dict)  # `check`'s: where the file keeps such tensors
     progress: Progress = field(default_factory=Progress.null, repr=False)  # the check's; a decode steps it on
 
     _layout: Layout | None = field(default=None, repr=False)
@@ -237,7 +238,9 @@ def check(
         )
     given = None if metadata is None else dict(metadata)
     picked = tuple(chosen) if select is not None else ()
-    return Check(header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, moved, picked, progress=prog)
+    return Check(
+        header, specs, key, mac, blocks, bad, issues, extra, meta, notes, given, moved, picked, dict(shown or {}), prog
+    )
 
 
 def _match_moved(
@@ -408,6 +411,7 @@ def report_of(chk: Check) -> Report:
         for t, (s, b, iss) in enumerate(zip(chk.specs, chk.bad, chk.issues, strict=True))
     }
     tampered = bool(chk.bad_global.any() or any(chk.issues) or chk.extra or chk.metadata_issues)
+    named = {*findings, *chk.extra, *(name for _, name in chk.moved.values())}
     recoverable = chk.recoverable()
     notes = list(chk.notes)
     if recoverable and tampered and not chk.complete:
@@ -427,6 +431,7 @@ def report_of(chk: Check) -> Report:
         recoverable=recoverable,
         tensors=findings,
         extra_tensors=tuple(chk.extra),
+        tensor_places={n: where for n, where in chk.shown.items() if n in named},
         metadata_issues=tuple(chk.metadata_issues),
         notes=tuple(notes),
         key_fingerprint=chk.header.key_fingerprint,
