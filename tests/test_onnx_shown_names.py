@@ -93,3 +93,23 @@ def test_an_added_initializer_the_file_does_not_tell_apart_is_reported_by_place(
     assert lines == [f"extra tensor not in the seal: {w}" for w in want], out
     rc, out, err = helpers.run_cli(["recover", tmp_path / "edited.onnx", tmp_path / "r.onnx", "--key", key_file])
     assert f"extra tensor not in the seal: {want[-1]}" in out + err and "#2" not in out + err, out + err
+
+
+@pytest.mark.parametrize("command", ["verify", "recover"])
+def test_json_keeps_paramseals_names_and_says_where_each_is_in_tensor_places(
+    tmp_path: Path, key_file: Path, sealed: Path, command: str
+) -> None:
+    m = onnx.load(str(sealed))
+    m.graph.initializer[1].name = "W"  # b renamed to W: ParamSeal's name for it is W#2
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.ones(3, np.float32), ""))
+    onnx.save_model(m, str(tmp_path / "edited.onnx"))
+    out_file = [tmp_path / "r.onnx"] if command == "recover" else []
+    rc, doc, err = helpers.run_cli([command, tmp_path / "edited.onnx", *out_file, "--key", key_file, "--json"])
+    rep = json.loads(doc)
+    assert rc == 2 and rep["moved"] == {"b": "W#2"} and rep["extra_tensors"] == [""], (doc, err)
+    assert rep["tensor_places"] == {
+        "W#2": "the 2nd of 2 initializers named 'W' in the main graph",
+        "": "an initializer with no name in the main graph",
+    }, rep["tensor_places"]  # not W: intact, in no list
+    rc, doc, _ = helpers.run_cli([command, sealed, *out_file, "--key", key_file, "--json"])
+    assert rc == 0 and json.loads(doc)["tensor_places"] == {}, doc

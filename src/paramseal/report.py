@@ -358,6 +358,7 @@ class Report:
             "extra_tensors": list(self.extra_tensors),
             "moved": self.moved,
             "moved_shards": dict(self.moved_shards),
+            "tensor_places": dict(self.tensor_places),
             "metadata_issues": list(self.metadata_issues),
             "notes": list(self.notes),
             "key_fingerprint": self.key_fingerprint,

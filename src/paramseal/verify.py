@@ -411,7 +411,8 @@ def report_of(chk: Check) -> Report:
         for t, (s, b, iss) in enumerate(zip(chk.specs, chk.bad, chk.issues, strict=True))
     }
     tampered = bool(chk.bad_global.any() or any(chk.issues) or chk.extra or chk.metadata_issues)
-    named = {*findings, *chk.extra, *(name for _, name in chk.moved.values())}
+    named = {*(n for n, f in findings.items() if f.tampered_blocks or f.issues), *chk.extra}
+    named |= {name for _, name in chk.moved.values()}  # the names in the report
     recoverable = chk.recoverable()
     notes = list(chk.notes)
     if recoverable and tampered and not chk.complete:
