@@ -113,3 +113,19 @@ def test_json_keeps_paramseals_names_and_says_where_each_is_in_tensor_places(
     }, rep["tensor_places"]  # not W: intact, in no list
     rc, doc, _ = helpers.run_cli([command, sealed, *out_file, "--key", key_file, "--json"])
     assert rc == 0 and json.loads(doc)["tensor_places"] == {}, doc
+
+
+def test_a_tampered_tensor_the_file_does_not_tell_apart_is_labelled_by_place(tmp_path: Path, key_file: Path) -> None:
+    m = golden_onnx()
+    m.graph.initializer[0].name = ""  # W sealed with no name: ParamSeal's name for it is ''
+    onnx.save_model(m, str(tmp_path / "m.onnx"))
+    assert helpers.run_cli(["seal", tmp_path / "m.onnx", tmp_path / "s.onnx", "--key", key_file])[0] == 0
+    m = onnx.load(str(tmp_path / "s.onnx"))
+    w = onnx.numpy_helper.to_array(m.graph.initializer[0]).copy()
+    w.reshape(-1).view(np.uint32)[0] ^= 1 << 30  # an exponent bit of its first value
+    m.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(w, ""))
+    onnx.save_model(m, str(tmp_path / "edited.onnx"))
+    rc, out, _ = helpers.run_cli(["verify", tmp_path / "edited.onnx", "--key", key_file])
+    lines = [ln.strip() for ln in out.splitlines() if "tampered block" in ln]
+    assert rc in (1, 2) and lines, out
+    assert lines[0].startswith("an initializer with no name in the main graph: 1 tampered block(s): 0"), out

@@ -412,7 +412,7 @@ class Report:
                 what.append(
                     f"{f.unrecoverable_count} value(s) in {len(f.unrecoverable_blocks)} block(s) NOT recoverable"
                 )
-            lines.append(f"  {name}: " + "; ".join(what))
+            lines.append(f"  {self.tensor_places.get(name, name)}: " + "; ".join(what))
         lines += [f"  extra tensor not in the seal: {self.tensor_places.get(n, n)}" for n in self.extra_tensors]
         lines += [f"  metadata: {m}" for m in self.metadata_issues]
         lines += [f"  note: {n}" for n in self.notes]
