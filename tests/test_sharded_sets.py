@@ -250,3 +250,25 @@ def test_every_shard_under_another_key_is_still_a_wrong_key(
         rc, out, err = helpers.run_cli(args)
         assert rc == 3 and "key does not match" in err and not (tmp_path / "o").exists(), (out, err)
         assert key.fingerprint in err and other_key.fingerprint in err and other_key.secret.hex() not in out + err, err
+
+
+def test_verify_tensors_matching_only_an_added_shard_reports_them_as_extra(
+    sealed: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """``verify --tensors`` matching only an added unsealed shard's tensors opened that shard alone: with no sealed
+    shard read, no set record said the set lacks it, and it was a shard that 'cannot be verified' (exit 2) where
+    plain verify reports its tensors as extra (exit 1). The records of the shards not opened now say so too."""
+    added = _add_unsealed_shard(sealed)
+    shard = "model-00004-of-00004.safetensors"
+    rc, out, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--tensors", "adapter.*", "--json"])
+    rep = json.loads(out)
+    assert rc == 1 and err == "" and rep["recoverable"], (out, err)
+    assert sorted(rep["extra_tensors"]) == sorted(f"{shard}:{n}" for n in added), rep
+    assert rep["tampered_tensors"] == [] and rep["tensors"] == {}, rep
+    assert any(f"shard '{shard}'" in m and "added" in m for m in rep["metadata_issues"]), rep
+    assert not any("cannot be verified" in m for m in rep["metadata_issues"]), rep
+    rc, text, _ = helpers.run_cli(["verify", sealed, "--key", key_file, "--tensors", "adapter.bias"])
+    assert rc == 1 and f"extra tensor not in the seal: {shard}:adapter.bias" in text, text
+    assert "adapter.weight" not in text, text
+    report = sharded.verify_dir(sealed, key, tensors="*.weight", workers=1)
+    assert report.exit_code == 1 and report.extra_tensors == (f"{shard}:adapter.weight",), report

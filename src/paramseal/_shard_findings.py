@@ -54,15 +54,18 @@ def _verdict(
     everything: list[str],
     peeked: dict[str, Any],
     pattern: str | None = None,
+    aside: dict[str, str | None] | None = None,
 ) -> Verdict:
     """The set's findings, for verify and recover alike.
 
-    ``asked``: the shards looked for (present or not). A failed file that neither the index nor
-    an authenticated set record names (an edited record, say) is no shard, and is left out. An unsealed
+    ``asked``: the shards looked for (present or not); ``aside``: the authenticated set records of shards a
+    partial verification did not open, which still say which files the set has. A failed file that neither the
+    index nor an authenticated set record names (an edited record, say) is no shard, and is left out. An unsealed
     file the index names and no authenticated set record lists was added to the set, as an extra tensor
     is to a file: tampering that recover undoes by leaving it out.
     """
     grave, fixable, listed = _set_issues(idx, records, reports, pattern)
+    listed |= {n for text in (aside or {}).values() for n in _listing(text)}
     kept = {s: f for s, f in failed.items() if s in idx.shards or s in listed}
     added = [s for s, f in kept.items() if (f.unsealed or f.other_key) and listed and s not in listed]
     extra = [f"{s}:{n}" for s in added for n in _held(idx, s) if pattern is None or fnmatch.fnmatchcase(n, pattern)]

@@ -259,7 +259,9 @@ def verify_dir(
     reports = without_moved({s: r for s, (r, _, _) in done.items() if isinstance(r, Report)}, where, taken)
     failed = {s: r for s, (r, _, _) in done.items() if isinstance(r, Failed)}
     records = {s: rec for s, (r, rec, _) in done.items() if isinstance(r, Report)}
-    v = _verdict(idx, records, reports, failed, chosen, everything, peeked, tensors)
+    # the shards a partial verification does not open still say, by their records, which files the set has
+    aside = {s: _record(folder / where.get(s, s), key) for s in everything if s not in chosen and _authentic(peeked, s)}
+    v = _verdict(idx, records, reports, failed, chosen, everything, peeked, tensors, aside)
     grave, fixable, lost = v.grave, v.fixable, v.lost
     no_shards = set(failed) - set(v.failed) - set(v.added)  # failed files that only an edited set record lists
     shard_files = {where.get(s, s) for s in everything if s not in no_shards}
@@ -282,6 +284,11 @@ def verify_dir(
         set_id=_set_id(records),
     )
     return pinned(merged, expect_seal)
+
+
+def _authentic(peeked: dict[str, Any], shard: str) -> bool:
+    """Whether ``shard``'s header authenticated with the key when its file was peeked at (`_shard_set._peek`)."""
+    return shard in peeked and peeked[shard][0] is not None
 
 
 def seal_id(folder: PathLike, key: Key) -> str:
