@@ -1431,9 +1431,11 @@ def test_a_lost_index_still_names_the_tensors_of_a_listed_shard_that_cannot_be_c
 def test_shards_swapped_beside_an_indexed_file_without_an_authenticated_record_are_not_placed(
     tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key
 ) -> None:
-    """Placing shards by their records needs every file the index sends us to vouched for: one is not (unsealed)."""
+    """Placing shards by their records needs every file the index sends us to vouched for: one is not (sealed with
+    the key, as a single file: no set record). One with no seal of the key is an added file, and no obstacle."""
     _swap(sealed_ckpt, SHARDS[0], SHARDS[1])
-    helpers.write_st(sealed_ckpt / "extra.safetensors", {"extra.weight": np.ones((8, 8), np.float32)})
+    plain = helpers.write_st(tmp_path / "extra.safetensors", {"extra.weight": np.ones((64, 48), np.float32)})
+    paramseal.files.seal_file(plain, sealed_ckpt / "extra.safetensors", key)
     _edit_index(sealed_ckpt, lambda wm: wm.update({"extra.weight": "extra.safetensors"}))
     rep = sharded.verify_dir(sealed_ckpt, key, workers=1)
     assert rep.exit_code == 2 and any(

@@ -272,3 +272,42 @@ def test_verify_tensors_matching_only_an_added_shard_reports_them_as_extra(
     assert "adapter.weight" not in text, text
     report = sharded.verify_dir(sealed, key, tensors="*.weight", workers=1)
     assert report.exit_code == 1 and report.extra_tensors == (f"{shard}:adapter.weight",), report
+
+
+@pytest.mark.parametrize("sealed_with_other_key", [False, True])
+def test_shards_swapped_beside_an_added_shard_are_still_found_renamed(
+    tmp_path: Path, sealed: Path, key: paramseal.Key, other_key: paramseal.Key, sealed_with_other_key: bool
+) -> None:
+    """Two shards swapped are found renamed (exit 1, recover writes them back); with a file added to the set and its
+    index as well, that file (no seal of the key, so no set record) stopped the search: every tensor of both shards
+    was on the wrong shard (exit 2, nothing recovered). Now the renames are found as without it, and it is added."""
+    pristine = {s: (sealed / s).read_bytes() for s in SHARDS}
+    (sealed / SHARDS[0]).rename(sealed / "swap.safetensors")
+    (sealed / SHARDS[1]).rename(sealed / SHARDS[0])
+    (sealed / "swap.safetensors").rename(sealed / SHARDS[1])
+    shard = "model-00004-of-00004.safetensors"
+    added = _add_unsealed_shard(sealed)
+    if sealed_with_other_key:
+        shutil.copy(_sealed_with(other_key, tmp_path, shard, added), sealed / shard)
+    rep = sharded.verify_dir(sealed, key, workers=1)
+    assert rep.exit_code == 1 and rep.moved_shards == {SHARDS[0]: SHARDS[1], SHARDS[1]: SHARDS[0]}, rep
+    assert sorted(rep.extra_tensors) == sorted(f"{shard}:{n}" for n in added), rep
+    assert [m for m in rep.metadata_issues if "was sealed as" in m or "the index maps" in m] == [], rep
+    assert any(f"shard '{shard}'" in m and "added" in m for m in rep.metadata_issues), rep
+    rec = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
+    assert rec.written and rec.status == "recovered", rec
+    assert {s: (tmp_path / "fixed" / s).read_bytes() for s in SHARDS} == pristine
+    assert sorted(p.name for p in (tmp_path / "fixed").glob("*.safetensors")) == SHARDS
+
+
+def test_an_unsealed_file_under_the_name_of_a_shard_found_elsewhere_is_no_added_shard(
+    sealed: Path, key: paramseal.Key
+) -> None:
+    """The set's renames are found past a file added to it only when that file takes no sealed shard's name: an
+    unsealed file written as a shard whose own file was renamed is that shard replaced (exit 2), as before."""
+    (sealed / SHARDS[0]).rename(sealed / "swap.safetensors")
+    (sealed / SHARDS[1]).rename(sealed / SHARDS[0])
+    (sealed / "swap.safetensors").rename(sealed / "elsewhere.safetensors")
+    helpers.write_st(sealed / SHARDS[1], {"layers.1.weight": np.ones((64, 48), np.float32)})
+    rep = sharded.verify_dir(sealed, key, workers=1)
+    assert rep.exit_code == 2 and rep.moved_shards == {} and rep.extra_tensors == (), rep

@@ -230,7 +230,9 @@ def _locate(folder: Path, idx: Index, key: Key) -> tuple[list[str], dict[str, An
     if where is None:
         return everything, peeked, {}
     everything = [*idx.shards, *(s for s in where if s not in idx.shards)]
-    return everything, {s: _peek(folder / f, key) for s, f in where.items()}, where
+    # a file the index names that holds no shard of the set (one added to it: `_placement`) stays, under its name
+    added = {s: p for s, p in peeked.items() if s not in where and s not in where.values()}
+    return everything, {s: _peek(folder / f, key) for s, f in where.items()} | added, where
 
 
 def _claimed(path: Path) -> str | None:
@@ -248,7 +250,9 @@ def _placement(folder: Path, key: Key, everything: list[str], peeked: dict[str, 
     file whose set record claims a shard, carries an authenticated record of one set; each shard
     of the set is claimed by exactly one file; and some file holds a shard other than its name.
     Anything else (a shard missing, two files claiming one, a shard of another set, a record not
-    authenticated) gives None and is reported as it always was.
+    authenticated) gives None and is reported as it always was. A file sent to whose header does not authenticate
+    with the key (unsealed, another key's) and whose name is no shard of the set was added to it: it does not
+    stop the rest being found (verify then reports it as added).
     """
     if len(peeked) == len(everything) and all(_claimed(folder / s) in (s, None) for s in peeked):
         return None  # every shard is in place (or is reported for what it is)
@@ -260,6 +264,7 @@ def _placement(folder: Path, key: Key, everything: list[str], peeked: dict[str, 
     ids: set[str] = set()
     lists: set[tuple[str, ...]] = set()
     holders: dict[str, list[str]] = {}
+    added: set[str] = set()
     for f in [*peeked, *others]:
         try:
             rec = _json.loads(_record(folder / f, key) or "")  # UNTRUSTED is no JSON either
@@ -267,7 +272,9 @@ def _placement(folder: Path, key: Key, everything: list[str], peeked: dict[str, 
             if not all(isinstance(n, str) for n in [rec["set"], rec["shard"], *names]):
                 raise TypeError("not text")
         except (ParamSealError, OSError, ValueError, KeyError, TypeError):
-            if f in peeked:
+            if f in peeked and peeked[f][0] is None:
+                added.add(f)  # no seal of this key: added to the set, unless it takes a shard's name (below)
+            elif f in peeked:
                 return None
             continue  # a file beside the shards, not one of them
         ids.add(rec["set"])
@@ -276,7 +283,7 @@ def _placement(folder: Path, key: Key, everything: list[str], peeked: dict[str, 
     if len(ids) != 1 or len(lists) != 1:
         return None
     names = lists.pop()
-    if set(holders) != set(names) or any(len(h) > 1 for h in holders.values()):
+    if set(holders) != set(names) or any(len(h) > 1 for h in holders.values()) or added & set(names):
         return None
     if not all(Path(n).name == n and n.endswith(".safetensors") for n in names):
         return None
