@@ -311,3 +311,55 @@ def test_an_unsealed_file_under_the_name_of_a_shard_found_elsewhere_is_no_added_
     helpers.write_st(sealed / SHARDS[1], {"layers.1.weight": np.ones((64, 48), np.float32)})
     rep = sharded.verify_dir(sealed, key, workers=1)
     assert rep.exit_code == 2 and rep.moved_shards == {} and rep.extra_tensors == (), rep
+
+
+def _moved_into_new_file(folder: Path, name: str, shard: str) -> dict[str, np.ndarray]:
+    """Tensor ``name`` moved whole from ``shard`` into a new unsealed file beside an adapter, both added to the
+    index; returns the new file's tensors."""
+    t, m = helpers.read_st(folder / shard)
+    new = {name: t.pop(name), "adapter.weight": np.ones((64, 8), np.float32)}
+    helpers.write_st(folder / shard, t, m)
+    helpers.write_st(folder / "model-00004-of-00004.safetensors", new)
+    index = json.loads((folder / sharded.INDEX).read_text())
+    index["weight_map"] |= dict.fromkeys(new, "model-00004-of-00004.safetensors")
+    (folder / sharded.INDEX).write_text(json.dumps(index))
+    return new
+
+
+# the moved tensor holds its shard's records only (64 x 48), a part of its header copy (64 x 256), a whole copy
+@pytest.mark.parametrize("shape", [(64, 48), (64, 256), (256, 256)])
+def test_a_sealed_tensor_moved_into_a_new_file_is_found_there_and_the_file_is_added(
+    tmp_path: Path, key: paramseal.Key, key_file: Path, shape: tuple[int, int]
+) -> None:
+    """A tensor moved whole into a new file (added to the index) made that file a shard: its weights carry the
+    tensor's shard's ParamSeal records (and header copy), so alone it read as that shard's seal with its header
+    gone ('cannot be verified') or its other tensors missing ('set record cannot be trusted'), exit 2, the tensor
+    missing. It is a file added to the set holding a moved tensor: found there (exit 1), put back by recover, the
+    file left out."""
+    rng = np.random.default_rng(5)
+    shards = {
+        s: {f"layers.{i}.weight": helpers.random_tensor(rng, np.float32, shape), f"layers.{i}.norm": rng.random(64)}
+        for i, s in enumerate(SHARDS)
+    }
+    sealed = tmp_path / "sealed"
+    sharded.seal_dir(helpers.write_checkpoint(tmp_path / "ckpt", shards), sealed, key, workers=1)
+    pristine = {s: (sealed / s).read_bytes() for s in SHARDS}
+    new, name = "model-00004-of-00004.safetensors", "layers.0.weight"
+    _moved_into_new_file(sealed, name, SHARDS[0])
+    rc, out, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 1 and err == "" and rep["recoverable"], (out, err)
+    assert rep["tensors"][name]["issues"] == [f"moved to shard '{new}'"] and rep["tampered_tensors"] == [name], rep
+    assert rep["extra_tensors"] == [f"{new}:adapter.weight"], rep
+    added = [m for m in rep["metadata_issues"] if f"shard '{new}'" in m and "moved or copied into it" in m]
+    assert len(added) == 1 and "not part of the sealed set" in added[0], rep["metadata_issues"]
+    assert not any("cannot be" in m or "set record" in m for m in rep["metadata_issues"]), rep["metadata_issues"]
+    rc, out, err = helpers.run_cli(["recover", sealed, tmp_path / "fixed", "--key", key_file])
+    assert rc == 0 and err == "" and f"shard '{new}', added to the set, was left out" in out, (out, err)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "fixed").glob("*.safetensors")} == pristine
+    t, _ = helpers.read_st(sealed / new)
+    t[name].reshape(-1)[:] = 0.5  # not its data any more: no copy taken, the tensor lost (exit 2), the file added
+    helpers.write_st(sealed / new, t)
+    rep2 = sharded.verify_dir(sealed, key, workers=1)
+    assert rep2.exit_code == 2 and "missing" in rep2.tensors[name].issues, rep2.tensors[name]
+    assert [m for m in rep2.metadata_issues if f"shard '{new}'" in m and "added" in m], rep2.metadata_issues

@@ -55,11 +55,14 @@ def _verdict(
     peeked: dict[str, Any],
     pattern: str | None = None,
     aside: dict[str, str | None] | None = None,
+    taken: dict[str, dict[str, str]] | None = None,
 ) -> Verdict:
     """The set's findings, for verify and recover alike.
 
     ``asked``: the shards looked for (present or not); ``aside``: the authenticated set records of shards a
-    partial verification did not open, which still say which files the set has. A failed file that neither the
+    partial verification did not open, which still say which files the set has; ``taken``: the tensors moved
+    between files that their shards took back (`_shard_moves`), none an added file's extra tensor. A failed file that
+    neither the
     index nor an authenticated set record names (an edited record, say) is no shard, and is left out. An unsealed
     file the index names and no authenticated set record lists was added to the set, as an extra tensor
     is to a file: tampering that recover undoes by leaving it out.
@@ -67,8 +70,12 @@ def _verdict(
     grave, fixable, listed = _set_issues(idx, records, reports, pattern)
     listed |= {n for text in (aside or {}).values() for n in _listing(text)}
     kept = {s: f for s, f in failed.items() if s in idx.shards or s in listed}
-    added = [s for s, f in kept.items() if (f.unsealed or f.other_key) and listed and s not in listed]
+    added = [
+        s for s, f in kept.items() if (f.unsealed or f.other_key or f.borrowed_seal) and listed and s not in listed
+    ]
+    back = {f"{f}:{n}" for moved in (taken or {}).values() for n, f in moved.items()}
     extra = [f"{s}:{n}" for s in added for n in _held(idx, s) if pattern is None or fnmatch.fnmatchcase(n, pattern)]
+    extra = [e for e in extra if e not in back]
     why = {s: f.why for s, f in kept.items() if s not in added}
     gone = _gone(idx, [s for s in asked if s not in peeked], listed)
     unlisted = sorted(listed - set(everything)) if pattern is None else []  # the index does not name these
@@ -86,6 +93,12 @@ def _verdict(
 def _added(shard: str, f: Failed) -> str:
     """`ADDED` for ``shard``; one sealed with another key says so, not that it carries no seal."""
     said = ADDED.format(shard)
+    if f.borrowed_seal:
+        return said.replace(
+            "carries no seal",
+            "carries no seal of its own (it holds ParamSeal records, as a sealed tensor moved or copied into it "
+            "leaves them)",
+        )
     if not f.other_key:
         return said
     return said.replace("carries no seal", f"was sealed with another key (fingerprint {f.other_key})")

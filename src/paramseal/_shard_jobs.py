@@ -14,8 +14,8 @@ from typing import Any
 
 from . import files
 from ._shard_moves import recover_moved, verify_moved
-from ._shard_set import _record
-from ._weights_header import HeaderOnlyInMetadata
+from ._shard_set import _listing, _record
+from ._weights_header import HeaderOnlyInMetadata, RecordsWithoutHeader
 from .errors import (
     BeyondSealError,
     InputError,
@@ -40,16 +40,51 @@ class Failed:
     """A shard that cannot be verified or recovered: ``why``, and whether the file carries no seal at all.
 
     ``other_key``: the fingerprint of the key it was sealed with, when that is not the key given ("" otherwise).
+    ``borrowed_seal``: the file has no seal of its own but ParamSeal records in its weights (and maybe a sealed
+    shard's header copy: `sealed_elsewhere`), as a file a sealed tensor was moved into has.
     """
 
     why: str
     unsealed: bool
     other_key: str = ""
+    borrowed_seal: bool = False
 
 
 def _failed(e: ParamSealError, why: str) -> Failed:
     # a sealed model whose header only its metadata could hold, read without it, is sealed all the same
-    return Failed(why, isinstance(e, NotSealedError) and not isinstance(e, HeaderOnlyInMetadata))
+    if isinstance(e, (HeaderOnlyInMetadata, RecordsWithoutHeader)):  # records, no header: see `sealed_elsewhere`
+        return Failed(why, False, borrowed_seal=True)
+    return Failed(why, isinstance(e, NotSealedError))
+
+
+def sealed_elsewhere(
+    reports: dict[str, Report],
+    failed: dict[str, Failed],
+    records: dict[str, str | None],
+    peeked: dict[str, Any],
+    aside: dict[str, str | None] | None = None,
+) -> list[str]:
+    """The files verified under another shard's seal that no set record lists: moved to ``failed``, and returned.
+
+    A file holding a sealed shard's tensor (moved into it) holds that shard's ParamSeal records, and its header
+    copy when the tensor carries one: read alone, such a file is that shard's seal with most of its tensors
+    missing. It is no shard: the set records do not list it (with one record at least: the set is known), its
+    metadata carries no header of the key (``peeked``: `_shard_set._peek`; a copy of a shard that keeps it has its
+    findings reported as its own), and the shard it verified under is there, another file. Made a `Failed` with
+    ``borrowed_seal``, an added file. ``aside``: records of shards not verified, to list the set's files only.
+    """
+    listed = {n for text in [*records.values(), *(aside or {}).values()] for n in _listing(text)}
+    mine = {r.seal_id: s for s, r in reports.items() if s in listed and r.seal_id}
+    out = [
+        s
+        for s, r in reports.items()
+        if listed and s not in listed and peeked[s][0] is None and mine.get(r.seal_id, s) != s
+    ]
+    for s in out:
+        why = f"shard '{s}' holds tensors of shard '{mine[reports[s].seal_id]}' under its seal, and no seal of its own"
+        failed[s] = Failed(why, False, borrowed_seal=True)
+        del reports[s], records[s]
+    return out
 
 
 def _other_key(path: Path, e: KeyMismatchError) -> Failed:

@@ -38,7 +38,8 @@ def borrowed(
     """Sealed shard -> {tensor it was sealed with and its file lacks: the one other shard file holding it}.
 
     Only shards whose header authenticates (``peeked``: `_shard_set._peek`) take part, and the other file
-    must hold the tensor without its own seal listing it; a name two files hold is not guessed.
+    must hold the tensor without its own seal listing it (a file with no seal of the key, one added to the set,
+    may hold it too); a name two files hold is not guessed.
     """
     files = {s: where.get(s, s) for s in shards if s in peeked}
     held: dict[str, set[str]] = {}
@@ -53,9 +54,7 @@ def borrowed(
         for n in sealed or ():
             if n in names:
                 continue
-            holders = [
-                o for o, h in held.items() if o != s and n in h and peeked[o][0] is not None and n not in peeked[o][0]
-            ]
+            holders = [o for o, h in held.items() if o != s and n in h and n not in (peeked[o][0] or ())]
             if len(holders) == 1:
                 out.setdefault(s, {})[n] = files[holders[0]]
     return out

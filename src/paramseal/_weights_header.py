@@ -135,7 +135,7 @@ def _header_from_weights(tensors: Mapping[str, NDArray[np.generic]], key: Key) -
             f"holding NaN/Inf), and its metadata, which held the header, is gone. {HEADER_HINT}"
         )
     if n:
-        raise HeaderAuthError(
+        raise RecordsWithoutHeader(
             f"the model was sealed (ParamSeal records remain in {n} of its tensors), but no copy of its header in "
             "the weights is intact: they were tampered with, and nothing can be checked or rebuilt without the "
             f"header. {HEADER_HINT}"
@@ -210,6 +210,10 @@ class HeaderOnlyInMetadata(NotSealedError):
     exit_code = 2
 
 
+class RecordsWithoutHeader(HeaderAuthError):
+    """ParamSeal records in the weights, and no intact header copy: a sealed model's, or a sealed tensor's moved."""
+
+
 _FP = re.compile("[0-9a-f]{16}")  # a well-formed key fingerprint
 
 
@@ -228,6 +232,7 @@ __all__ = [
     "HEADER_HINT",
     "NOT_SEALED_WARNING",
     "HeaderOnlyInMetadata",
+    "RecordsWithoutHeader",
     "header_from_weights",
     "typed_voids",
     "widened_seal",

@@ -61,7 +61,7 @@ from ._shard_index import (
     set_files,
 )
 from ._shard_inspect import inspect_dir
-from ._shard_jobs import Failed, recover_one, verify_one, wrong_key
+from ._shard_jobs import Failed, recover_one, sealed_elsewhere, verify_one, wrong_key
 from ._shard_moves import borrowed, moved_issues, without_moved
 from ._shard_pool import _map
 from ._shard_set import _locate, _moved, _record, _set_id, _vouched, open_index
@@ -261,7 +261,8 @@ def verify_dir(
     records = {s: rec for s, (r, rec, _) in done.items() if isinstance(r, Report)}
     # the shards a partial verification does not open still say, by their records, which files the set has
     aside = {s: _record(folder / where.get(s, s), key) for s in everything if s not in chosen and _authentic(peeked, s)}
-    v = _verdict(idx, records, reports, failed, chosen, everything, peeked, tensors, aside)
+    sealed_elsewhere(reports, failed, records, peeked, aside)
+    v = _verdict(idx, records, reports, failed, chosen, everything, peeked, tensors, aside, taken)
     grave, fixable, lost = v.grave, v.fixable, v.lost
     no_shards = set(failed) - set(v.failed) - set(v.added)  # failed files that only an edited set record lists
     shard_files = {where.get(s, s) for s in everything if s not in no_shards}
@@ -369,7 +370,9 @@ def recover_dir(
             failed = {s: replace(r, why=r.why.replace(str(tmp), str(dst))) for s, r in results.items()
                       if isinstance(r, Failed)}  # fmt: skip
             records = {s: _record(tmp / s, key) for s in reports}
-            v = _verdict(idx, records, reports, failed, everything, everything, peeked)
+            for s in sealed_elsewhere(reports, failed, records, peeked):  # an added file: left out
+                (tmp / s).unlink(missing_ok=True)
+            v = _verdict(idx, records, reports, failed, everything, everything, peeked, taken=taken)
             grave, fixable, lost = v.grave, v.fixable, v.lost
             # the others are copied; an added shard is left out
             everything = [s for s in everything if s in reports or s in v.failed or s in v.added or s not in peeked]
