@@ -363,3 +363,39 @@ def test_a_sealed_tensor_moved_into_a_new_file_is_found_there_and_the_file_is_ad
     rep2 = sharded.verify_dir(sealed, key, workers=1)
     assert rep2.exit_code == 2 and "missing" in rep2.tensors[name].issues, rep2.tensors[name]
     assert [m for m in rep2.metadata_issues if f"shard '{new}'" in m and "added" in m], rep2.metadata_issues
+
+
+def test_inspect_reports_an_index_that_disagrees_with_its_shards_as_seal_refuses_it(
+    tmp_path: Path, sealed: Path, key_file: Path
+) -> None:
+    """seal refuses a folder whose index disagrees with its shards (exit 3, every difference listed); inspect said
+    nothing of it, on that folder or a sealed one. It now lists each difference (text and JSON) and still exits 0;
+    the tensors mapped to a shard missing from the folder are not judged (its own warning says it is missing)."""
+    src = tmp_path / "ckpt"
+    index = json.loads((src / sharded.INDEX).read_text())
+    index["weight_map"]["layers.0.weight"] = SHARDS[1]
+    del index["weight_map"]["layers.2.norm"]
+    index["weight_map"]["ghost"] = SHARDS[2]
+    (src / sharded.INDEX).write_text(json.dumps(index))
+    rc, _, err = helpers.run_cli(["seal", src, tmp_path / "refused", "--key", key_file])
+    assert rc == 3 and "disagrees with its shards" in err, err
+    wrong = [
+        f"tensor 'layers.0.weight' is mapped to '{SHARDS[1]}' but held by '{SHARDS[0]}'",
+        f"tensor 'layers.2.norm' in shard '{SHARDS[2]}' is not in the index",
+        f"tensor 'ghost' is mapped to '{SHARDS[2]}', which does not hold it",
+    ]
+    assert all(w in err for w in wrong), err
+    rc, out, err = helpers.run_cli(["inspect", src, "--json"])
+    assert rc == 0 and err == "" and json.loads(out)["index_disagreements"] == wrong, (out, err)
+    rc, text, _ = helpers.run_cli(["inspect", src])
+    assert rc == 0 and [line for line in text.splitlines() if "disagrees" in line] == [
+        f"WARNING: the index disagrees with its shards: {w}; seal refuses the folder until the index is fixed"
+        for w in wrong
+    ], text
+    assert "index_disagreements" not in sharded.inspect_dir(sealed)
+    (sealed / sharded.INDEX).write_text(json.dumps(index))
+    (sealed / SHARDS[1]).unlink()
+    info = sharded.inspect_dir(sealed)
+    assert info["index_disagreements"] == wrong and info["missing_shards"] == [SHARDS[1]], info  # none of layers.1
+    rc, text, _ = helpers.run_cli(["inspect", sealed])
+    assert rc == 0 and f"WARNING: the index disagrees with its shards: {wrong[2]}; run verify" in text, text

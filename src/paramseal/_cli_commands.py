@@ -350,6 +350,10 @@ def _inspect_text(info: dict[str, object]) -> str:
             lines.append(f"WARNING: file '{name}' is not named by {by}; {said}")
         if info.get("index_problem"):
             lines.append(f"WARNING: {info['index_problem']}")
+        fix = "run verify" if info["sealed_shards"] else "seal refuses the folder until the index is fixed"
+        lines += [
+            f"WARNING: the index disagrees with its shards: {w}; {fix}" for w in _list(info.get("index_disagreements"))
+        ]
         warned = info.get("shard_warnings")
         lines += [f"WARNING: {w}" for w in (warned.values() if isinstance(warned, dict) else ())]
         each = info.get("per_shard")

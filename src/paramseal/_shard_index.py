@@ -174,14 +174,16 @@ def _check_index(idx: Index) -> None:
         )
 
 
-def disagreements(idx: Index) -> list[str]:
+def disagreements(idx: Index, readable: list[str] | None = None) -> list[str]:
     """Each way the index disagrees with its shards' headers (read here; none may be missing).
 
     A tensor a shard holds that the index omits or maps elsewhere, one the index maps to a shard
-    that does not hold it.
+    that does not hold it. ``readable``: only these shards are read (``inspect`` on a folder missing one),
+    and a tensor mapped to another one is not judged.
     """
+    shards = idx.shards if readable is None else [s for s in idx.shards if s in readable]
     held: dict[str, list[str]] = {}
-    for shard in idx.shards:
+    for shard in shards:
         for e in st_format.read_layout(idx.folder / shard).entries:
             held.setdefault(e.name, []).append(shard)
     issues = []
@@ -191,7 +193,7 @@ def disagreements(idx: Index) -> list[str]:
             issues.append(f"tensor '{name}' in shard '{where[0]}' is not in the index")
         elif mapped not in where or len(where) > 1:
             issues.append(f"tensor '{name}' is mapped to '{mapped}' but held by {', '.join(map(repr, where))}")
-    unheld = [(n, s) for n, s in idx.weight_map.items() if n not in held]
+    unheld = [(n, s) for n, s in idx.weight_map.items() if n not in held and s in shards]
     issues += [f"tensor '{n}' is mapped to '{s}', which does not hold it" for n, s in unheld]
     return issues
 

@@ -12,7 +12,7 @@ from typing import Any
 from . import files
 from ._model_io import PathLike
 from ._shard_findings import _file_listing
-from ._shard_index import index_name, read_index, set_files
+from ._shard_index import disagreements, index_name, read_index, set_files
 from ._shard_set import _parsed
 from .errors import FormatError, InputError, ParamSealError, one_line
 from .formats import safetensors as st_format
@@ -34,14 +34,18 @@ def inspect_dir(folder: PathLike) -> dict[str, Any]:
     ``seal["one_file_seal_id"]``: present when every sealed shard carries the same seal's header (its salt, the
     seal id) and none a set record: a model sealed as one file and re-sharded since, which verify checks as one.
 
+    ``index_disagreements``: each way the index disagrees with the shards described (`disagreements`, which
+    seal refuses and verify reports on a sealed folder), when there is one.
+
     A sealed folder whose index is missing or unusable is described from the files carrying set
     records (`set_files`) and the shards those list (`_recorded`; one no file holds under ``missing_shards``),
     with ``index`` None and ``index_problem`` saying what is wrong.
     """
     folder = Path(folder)
-    problem, members = None, []
+    problem, members, idx = None, [], None
     try:
-        names = read_index(folder, missing_ok=True).shards
+        idx = read_index(folder, missing_ok=True)
+        names = idx.shards
     except FormatError as e:
         members = set_files(folder)
         if not members:
@@ -66,6 +70,9 @@ def inspect_dir(folder: PathLike) -> dict[str, Any]:
         "sealed_shards": len(sealed),
         **damaged,
     }
+    # as seal checks it before sealing (and verify on a sealed folder): the shards described, read again
+    if idx is not None and (wrong := disagreements(idx, list(shards))):
+        out["index_disagreements"] = wrong
     same = ("level", "bits", "key_fingerprint")  # not the scheme: it follows each shard's code (irs or lanes)
     named = {n: _unchecked_set_id(folder / n) for n in sealed}
     if sealed:
