@@ -399,3 +399,28 @@ def test_inspect_reports_an_index_that_disagrees_with_its_shards_as_seal_refuses
     assert info["index_disagreements"] == wrong and info["missing_shards"] == [SHARDS[1]], info  # none of layers.1
     rc, text, _ = helpers.run_cli(["inspect", sealed])
     assert rc == 0 and f"WARNING: the index disagrees with its shards: {wrong[2]}; run verify" in text, text
+
+
+def test_a_file_sealed_with_another_key_holding_a_moved_tensor_is_named_as_that_keys(
+    tmp_path: Path, key: paramseal.Key, other_key: paramseal.Key
+) -> None:
+    """A tensor carrying its shard's header copy, moved into a file sealed with another key (added to the index):
+    the file read under the tensor's shard's seal, from that copy, was said to carry no seal of its own, the other
+    key's header in its metadata not named. It is named (its fingerprint), the tensor found moved (exit 1)."""
+    rng = np.random.default_rng(5)
+    shards = {
+        s: {f"layers.{i}.weight": helpers.random_tensor(rng, np.float32, (256, 256))} for i, s in enumerate(SHARDS)
+    }
+    sealed = tmp_path / "sealed"
+    sharded.seal_dir(helpers.write_checkpoint(tmp_path / "ckpt", shards), sealed, key, workers=1)
+    new, name = "model-00004-of-00004.safetensors", "layers.0.weight"
+    theirs = _sealed_with(other_key, tmp_path, new, {"adapter.weight": np.ones((64, 8), np.float32)})
+    t, m = helpers.read_st(theirs)
+    moved = _moved_into_new_file(sealed, name, SHARDS[0])
+    helpers.write_st(sealed / new, {**t, name: moved[name]}, m)  # the other key's file, the tensor moved into it
+    rep = sharded.verify_dir(sealed, key, workers=1)
+    assert rep.exit_code == 1 and rep.tensors[name].issues == (f"moved to shard '{new}'",), rep
+    assert rep.extra_tensors == (f"{new}:adapter.weight",), rep
+    said = [m for m in rep.metadata_issues if f"shard '{new}'" in m and "added" in m]
+    assert len(said) == 1 and f"another key (fingerprint {other_key.fingerprint})" in said[0], rep.metadata_issues
+    assert "moved or copied into it" in said[0] and "no seal of its own" not in said[0], said

@@ -93,15 +93,13 @@ def _verdict(
 def _added(shard: str, f: Failed) -> str:
     """`ADDED` for ``shard``; one sealed with another key says so, not that it carries no seal."""
     said = ADDED.format(shard)
+    moved = "ParamSeal records, as a sealed tensor moved or copied into it leaves them"
+    if f.other_key:
+        how = f"was sealed with another key (fingerprint {f.other_key})"
+        return said.replace("carries no seal", how + (f", and holds {moved}" if f.borrowed_seal else ""))
     if f.borrowed_seal:
-        return said.replace(
-            "carries no seal",
-            "carries no seal of its own (it holds ParamSeal records, as a sealed tensor moved or copied into it "
-            "leaves them)",
-        )
-    if not f.other_key:
-        return said
-    return said.replace("carries no seal", f"was sealed with another key (fingerprint {f.other_key})")
+        return said.replace("carries no seal", f"carries no seal of its own (it holds {moved})")
+    return said
 
 
 def _held(idx: Index, shard: str) -> list[str]:

@@ -25,6 +25,8 @@ from .errors import (
     OutputError,
     ParamSealError,
 )
+from .formats import safetensors as st_format
+from .header import METADATA_KEY, parse_header
 from .keys import Key
 from .report import Report
 
@@ -62,6 +64,8 @@ def sealed_elsewhere(
     failed: dict[str, Failed],
     records: dict[str, str | None],
     peeked: dict[str, Any],
+    files: dict[str, Path],
+    key: Key,
     aside: dict[str, str | None] | None = None,
 ) -> list[str]:
     """The files verified under another shard's seal that no set record lists: moved to ``failed``, and returned.
@@ -71,7 +75,8 @@ def sealed_elsewhere(
     missing. It is no shard: the set records do not list it (with one record at least: the set is known), its
     metadata carries no header of the key (``peeked``: `_shard_set._peek`; a copy of a shard that keeps it has its
     findings reported as its own), and the shard it verified under is there, another file. Made a `Failed` with
-    ``borrowed_seal``, an added file. ``aside``: records of shards not verified, to list the set's files only.
+    ``borrowed_seal``, an added file (its metadata's header another key's: `Failed.other_key` says so). ``files``:
+    each shard's file; ``aside``: records of shards not verified, to list the set's files only.
     """
     listed = {n for text in [*records.values(), *(aside or {}).values()] for n in _listing(text)}
     mine = {r.seal_id: s for s, r in reports.items() if s in listed and r.seal_id}
@@ -82,9 +87,20 @@ def sealed_elsewhere(
     ]
     for s in out:
         why = f"shard '{s}' holds tensors of shard '{mine[reports[s].seal_id]}' under its seal, and no seal of its own"
-        failed[s] = Failed(why, False, borrowed_seal=True)
+        failed[s] = Failed(why, False, _metadata_key(files[s], key), borrowed_seal=True)
         del reports[s], records[s]
     return out
+
+
+def _metadata_key(path: Path, key: Key) -> str:
+    """The fingerprint of the other key the header in a file's metadata is sealed with ("" for none)."""
+    try:
+        parse_header(st_format.read_layout(path).metadata[METADATA_KEY], key)
+    except KeyMismatchError as e:
+        return e.stored
+    except (ParamSealError, OSError, KeyError):
+        pass
+    return ""
 
 
 def _other_key(path: Path, e: KeyMismatchError) -> Failed:

@@ -261,7 +261,7 @@ def verify_dir(
     records = {s: rec for s, (r, rec, _) in done.items() if isinstance(r, Report)}
     # the shards a partial verification does not open still say, by their records, which files the set has
     aside = {s: _record(folder / where.get(s, s), key) for s in everything if s not in chosen and _authentic(peeked, s)}
-    sealed_elsewhere(reports, failed, records, peeked, aside)
+    sealed_elsewhere(reports, failed, records, peeked, {s: folder / where.get(s, s) for s in reports}, key, aside)
     v = _verdict(idx, records, reports, failed, chosen, everything, peeked, tensors, aside, taken)
     grave, fixable, lost = v.grave, v.fixable, v.lost
     no_shards = set(failed) - set(v.failed) - set(v.added)  # failed files that only an edited set record lists
@@ -370,7 +370,8 @@ def recover_dir(
             failed = {s: replace(r, why=r.why.replace(str(tmp), str(dst))) for s, r in results.items()
                       if isinstance(r, Failed)}  # fmt: skip
             records = {s: _record(tmp / s, key) for s in reports}
-            for s in sealed_elsewhere(reports, failed, records, peeked):  # an added file: left out
+            files = {s: src / where.get(s, s) for s in reports}
+            for s in sealed_elsewhere(reports, failed, records, peeked, files, key):  # an added file: left out
                 (tmp / s).unlink(missing_ok=True)
             v = _verdict(idx, records, reports, failed, everything, everything, peeked, taken=taken)
             grave, fixable, lost = v.grave, v.fixable, v.lost
