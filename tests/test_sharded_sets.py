@@ -424,3 +424,40 @@ def test_a_file_sealed_with_another_key_holding_a_moved_tensor_is_named_as_that_
     said = [m for m in rep.metadata_issues if f"shard '{new}'" in m and "added" in m]
     assert len(said) == 1 and f"another key (fingerprint {other_key.fingerprint})" in said[0], rep.metadata_issues
     assert "moved or copied into it" in said[0] and "no seal of its own" not in said[0], said
+
+
+def test_a_shard_resealed_with_another_key_holding_a_moved_tensor_is_that_keys_not_the_tensors_shards(
+    tmp_path: Path, key: paramseal.Key, other_key: paramseal.Key
+) -> None:
+    """A shard re-sealed with another key, a tensor carrying another shard's header copy moved into it: read under
+    that copy, the re-sealed shard was judged as the other shard (its tensors 'missing' as 'FILE:TENSOR', its own
+    extra, 'set record cannot be trusted'), the other key not named. It is named as sealed with another key, as
+    without the tensor (exit 2), and the moved tensor is found there."""
+    rng = np.random.default_rng(5)
+    shards = {
+        s: {
+            f"layers.{i}.weight": helpers.random_tensor(rng, np.float32, (256, 256)),
+            f"layers.{i}.norm": rng.random(64),
+        }
+        for i, s in enumerate(SHARDS)
+    }
+    sealed = tmp_path / "sealed"
+    sharded.seal_dir(helpers.write_checkpoint(tmp_path / "ckpt", shards), sealed, key, workers=1)
+    name = "layers.0.weight"
+    t0, m0 = helpers.read_st(sealed / SHARDS[0])
+    moved = t0.pop(name)
+    helpers.write_st(sealed / SHARDS[0], t0, m0)
+    t1, m1 = helpers.read_st(_sealed_with(other_key, tmp_path, SHARDS[1], shards[SHARDS[1]]))
+    helpers.write_st(sealed / SHARDS[1], {**t1, name: moved}, m1)
+    index = json.loads((sealed / sharded.INDEX).read_text())
+    index["weight_map"][name] = SHARDS[1]
+    (sealed / sharded.INDEX).write_text(json.dumps(index))
+    rep = sharded.verify_dir(sealed, key, workers=1)
+    assert rep.exit_code == 2 and rep.tensors[name].issues == (f"moved to shard '{SHARDS[1]}'",), rep
+    said = f"shard '{SHARDS[1]}' was sealed with another key (fingerprint {other_key.fingerprint})"
+    assert any(m.startswith(said) for m in rep.metadata_issues), rep.metadata_issues
+    assert not [n for n in rep.tensors if n.startswith(SHARDS[1])] and rep.extra_tensors == (), rep
+    assert not any("set record" in m or m.startswith(f"{SHARDS[1]}:") for m in rep.metadata_issues), rep
+    assert rep.tensors["layers.1.weight"].issues == (f"its shard '{SHARDS[1]}' cannot be checked",), rep
+    rec = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
+    assert not rec.written and any(m.startswith(said) for m in rec.metadata_issues), rec

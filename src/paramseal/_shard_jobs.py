@@ -14,7 +14,7 @@ from typing import Any
 
 from . import files
 from ._shard_moves import recover_moved, verify_moved
-from ._shard_set import _listing, _record
+from ._shard_set import _listing, _parsed, _record
 from ._weights_header import HeaderOnlyInMetadata, RecordsWithoutHeader
 from .errors import (
     BeyondSealError,
@@ -68,26 +68,28 @@ def sealed_elsewhere(
     key: Key,
     aside: dict[str, str | None] | None = None,
 ) -> list[str]:
-    """The files verified under another shard's seal that no set record lists: moved to ``failed``, and returned.
+    """The files verified under another shard's seal: moved to ``failed``, and returned.
 
     A file holding a sealed shard's tensor (moved into it) holds that shard's ParamSeal records, and its header
-    copy when the tensor carries one: read alone, such a file is that shard's seal with most of its tensors
-    missing. It is no shard: the set records do not list it (with one record at least: the set is known), its
-    metadata carries no header of the key (``peeked``: `_shard_set._peek`; a copy of a shard that keeps it has its
-    findings reported as its own), and the shard it verified under is there, another file. Made a `Failed` with
-    ``borrowed_seal``, an added file (its metadata's header another key's: `Failed.other_key` says so). ``files``:
-    each shard's file; ``aside``: records of shards not verified, to list the set's files only.
+    copy when the tensor carries one: read alone without a header of the key in its metadata (``peeked``:
+    `_shard_set._peek`; none, or another key's), it is that shard's seal with most of its tensors missing, its own
+    tensors extra. The shard whose seal it is (its authenticated set record naming its file) is another file: this
+    one is no copy of it to judge as that shard, but a `Failed` with ``borrowed_seal``: a file added to the set
+    when no set record lists it, else a shard of the set that cannot be checked (sealed with another key, say).
+    ``files``: each shard's file; ``aside``: records of shards not verified, to list the set's files only.
     """
     listed = {n for text in [*records.values(), *(aside or {}).values()] for n in _listing(text)}
-    mine = {r.seal_id: s for s, r in reports.items() if s in listed and r.seal_id}
-    out = [
-        s
-        for s, r in reports.items()
-        if listed and s not in listed and peeked[s][0] is None and mine.get(r.seal_id, s) != s
-    ]
+    mine = {
+        r.seal_id: s for s, r in reports.items() if r.seal_id and (rec := _parsed(records.get(s))) and rec["shard"] == s
+    }
+    out = [s for s, r in reports.items() if listed and peeked[s][0] is None and mine.get(r.seal_id, s) != s]
     for s in out:
-        why = f"shard '{s}' holds tensors of shard '{mine[reports[s].seal_id]}' under its seal, and no seal of its own"
-        failed[s] = Failed(why, False, _metadata_key(files[s], key), borrowed_seal=True)
+        other = _metadata_key(files[s], key)
+        held = f"it holds tensors of shard '{mine[reports[s].seal_id]}' under that shard's seal (moved into it)"
+        why = f"shard '{s}' cannot be verified: no seal of its own is in its metadata, and {held}"
+        if other:
+            why = _other_key(files[s], KeyMismatchError(other, key.fingerprint)).why + f"; {held}"
+        failed[s] = Failed(why, False, other, borrowed_seal=True)
         del reports[s], records[s]
     return out
 
