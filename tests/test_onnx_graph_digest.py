@@ -280,10 +280,79 @@ def test_shape_inference_is_not_an_edited_graph(tmp_path: Path, key_file: Path) 
         assert rc == 2 and any("graph" in i for i in rep["metadata_issues"]), (edit.__name__, rep)
 
 
+def _output_retyped(how: str) -> Callable[[Any], None]:
+    """An edit of the main graph's first output's declared type: ONNX Runtime then refuses to load the model."""
+    from onnx import TensorProto, helper
+
+    def edit(m: Any) -> None:
+        t = m.graph.output[0].type
+        if how in ("sequence", "optional"):
+            make = helper.make_sequence_type_proto if how == "sequence" else helper.make_optional_type_proto
+            t.CopyFrom(make(onnx.TypeProto(tensor_type=t.tensor_type)))
+        elif how == "sequence of double":
+            t.CopyFrom(helper.make_sequence_type_proto(helper.make_tensor_type_proto(TensorProto.DOUBLE, None)))
+        else:
+            t.tensor_type.elem_type = getattr(TensorProto, how)
+
+    return edit
+
+
+_RETYPES = ["DOUBLE", "FLOAT16", "INT32", "sequence", "optional"]
+
+
+def test_main_output_types_are_covered_and_their_shapes_are_not(
+    tmp_path: Path, key_file: Path, small_sealed: Path
+) -> None:
+    """An output's kind or element type edited is an edited graph; a dim renamed or dropped is an annotation."""
+    for how in (*_RETYPES, "sequence of double"):
+        m = onnx.load(str(small_sealed))
+        _output_retyped(how)(m)
+        onnx.save_model(m, str(tmp_path / "edited.onnx"))
+        rc, rep = _verify(tmp_path / "edited.onnx", key_file)
+        assert rc == 2 and any("graph" in i for i in rep["metadata_issues"]), (how, rep)
+    seq = onnx.load(str(small_sealed))
+    _output_retyped("sequence")(seq)
+    onnx.save_model(seq, str(tmp_path / "seq.onnx"))
+    reseal = ["seal", tmp_path / "seq.onnx", tmp_path / "seq-s.onnx", "--reseal", "--key", key_file]
+    assert helpers.run_cli(reseal)[0] == 0
+    _output_retyped("sequence of double")(m := onnx.load(str(tmp_path / "seq-s.onnx")))
+    onnx.save_model(m, str(tmp_path / "seq-e.onnx"))  # the element type within a sequence
+    assert _verify(tmp_path / "seq-e.onnx", key_file)[0] == 2
+    m = onnx.load(str(small_sealed))
+    m.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    m.graph.output[1].type.tensor_type.ClearField("shape")
+    onnx.save_model(m, str(tmp_path / "shapes.onnx"))
+    rc, rep = _verify(tmp_path / "shapes.onnx", key_file)
+    assert rc == 0 and not rep["metadata_issues"], rep
+
+
 @needs_silero
-@pytest.mark.parametrize("variant", ["silero_vad.onnx", "silero_vad_16k_op15.onnx", "silero_vad_half.onnx"])
+@pytest.mark.parametrize("how", _RETYPES)
+def test_silero_output_retyped_is_an_edited_graph(tmp_path: Path, key_file: Path, how: str) -> None:
+    """silero_vad_16k_op15's 'output' declared another type verified intact under a first 'v2:', and did not load."""
+    assert SILERO is not None
+    sealed = tmp_path / "sealed.onnx"
+    assert helpers.run_cli(["seal", SILERO / "silero_vad_16k_op15.onnx", sealed, "--key", key_file])[0] == 0
+    _output_retyped(how)(m := onnx.load(str(sealed)))
+    onnx.save_model(m, str(tmp_path / "edited.onnx"))
+    rc, rep = _verify(tmp_path / "edited.onnx", key_file)
+    assert rc == 2 and any("graph" in i for i in rep["metadata_issues"]), rep
+
+
+SILERO_VARIANTS = [
+    "silero_vad.onnx",
+    "silero_vad_16k_op15.onnx",
+    "silero_vad_16k_sequence.onnx",
+    "silero_vad_half.onnx",
+    "silero_vad_op18_ifless.onnx",
+    "silero_vad_openvino_16k.onnx",
+]
+
+
+@needs_silero
+@pytest.mark.parametrize("variant", SILERO_VARIANTS)
 def test_silero_with_shapes_inferred_verifies_intact(tmp_path: Path, key: paramseal.Key, variant: str) -> None:
-    """These three declare outputs and If branches' outputs untyped or with unknown dims, which inference fills."""
+    """silero_vad, _16k_op15 and _half leave If branches' outputs untyped and outputs' dims unknown: inference fills."""
     assert SILERO is not None
     sealed = tmp_path / "sealed.onnx"
     files.seal_file(SILERO / variant, sealed, key)

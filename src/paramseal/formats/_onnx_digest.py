@@ -20,8 +20,9 @@ from ._onnx_tensors import ALL_TYPED, ONNX_OF, tensor_names, tensor_slots
 #: its doc string and metadata_props, which a tool re-encoding a tensor (numpy_helper) drops; and the types
 #: graphs declare for their outputs and subgraphs for their inputs, which shape inference fills in. 2 ('v2:'
 #: and the hex) keeps of each tensor only what runs: its data type, dims and, for an initializer, its name
-#: (the values are the seal's to authenticate, and a tensor's other fields are notes), and of those inputs
-#: and outputs their names (`_strip_declared_types`), none of the notes below the model (metadata_props,
+#: (the values are the seal's to authenticate, and a tensor's other fields are notes), of subgraphs' inputs
+#: and outputs their names, of the main graph's outputs their names and types less the shapes
+#: (`_strip_declared_types`), none of the notes below the model (metadata_props,
 #: doc strings, value_info) in functions and at any depth, and an opset domain "" as an absent one
 #: (`_strip_annotations`).
 GRAPH_VERSION = 2
@@ -42,7 +43,8 @@ def graph_digest(
     Re-pointing a node at another initializer, or changing an operator or attribute, changes it.
     Not covered: how and where values are stored (raw or typed fields, external files), metadata,
     doc strings, the producer, and ``value_info`` (shape annotations that shape inference adds);
-    from version 2 on, nor a tensor's own notes, the types of outputs and subgraph inputs, the notes
+    from version 2 on, nor a tensor's own notes, the shapes of the main graph's outputs, the types of
+    subgraphs' inputs and outputs, the notes
     (metadata_props, doc strings, value_info) of nodes, graphs and functions, and whether an opset's
     domain "" is written out (`GRAPH_VERSION`). ``dtypes`` (tensor name ->
     safetensors dtype name) puts those tensors' data types back first. ``version``: `GRAPH_VERSION` if None.
@@ -126,17 +128,34 @@ def _strip_annotations(m: Any) -> None:
 
 
 def _strip_declared_types(g: Any, sub: bool) -> None:
-    """Clear the types a graph declares for its outputs, and a subgraph for its inputs, in its subgraphs too.
+    """Clear what shape inference fills in of the types a graph declares for its outputs and inputs.
 
-    Annotations that shape inference fills in (an untyped If branch output typed, an unknown dim named
-    'unk__0'), which a runtime checks against what the nodes compute; the names stay, and so do the main
+    Of the main graph's outputs only the shapes (an unknown dim named 'unk__0'): the kind of value (tensor,
+    sequence, optional, map) and its element types stay, which ONNX Runtime checks against what the nodes
+    compute and refuses to load a model over (an output declared DOUBLE that a node computes as FLOAT). Of a
+    subgraph's inputs and outputs the whole type, which inference adds where the model leaves it out (an If
+    branch's untyped output, a Loop body's input), in its subgraphs too. The names stay, and so do the main
     graph's input types: what a caller may feed.
     """
     for v in (*g.output, *(g.input if sub else ())):
-        v.ClearField("type")
+        if sub:
+            v.ClearField("type")
+        else:
+            _strip_shapes(v.type)
     for node in g.node:
         for a in node.attribute:
             if a.HasField("g"):
                 _strip_declared_types(a.g, sub=True)
             for s in a.graphs:
                 _strip_declared_types(s, sub=True)
+
+
+def _strip_shapes(t: Any) -> None:
+    """Clear the shapes of a TypeProto, nested in a sequence, optional or map too; its kinds and element types stay."""
+    kind = t.WhichOneof("value")
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        getattr(t, kind).ClearField("shape")
+    elif kind in ("sequence_type", "optional_type") and getattr(t, kind).HasField("elem_type"):
+        _strip_shapes(getattr(t, kind).elem_type)
+    elif kind == "map_type" and t.map_type.HasField("value_type"):
+        _strip_shapes(t.map_type.value_type)
