@@ -2222,3 +2222,23 @@ def test_an_output_folder_inside_the_input_or_the_input_itself_is_refused(
         rc, _, err = helpers.run_cli([verb, src, out, "--key", key_file])
         assert rc == 3 and said in err, err
     assert helpers.listing(tmp_path) == before
+
+
+def _progress_job(name: str) -> None:  # run in a worker process: module level, to be found there
+    from paramseal._progress import Progress
+
+    prog = Progress("verify", 1, enabled=True)
+    prog.step(name)
+    prog.done()
+
+
+def test_a_worker_process_progress_line_masks_the_key_like_words(capfd: pytest.CaptureFixture[str]) -> None:
+    """Each worker printed its own progress line to the terminal it inherits, key text typed as a pattern unmasked."""
+    from paramseal._progress import hiding
+    from paramseal._shard_pool import _map
+
+    secret = "ab" * 32
+    with hiding([secret]):
+        _map(_progress_job, [(f"{secret}.w",), (f"{secret}.v",)], workers=2)
+    err = capfd.readouterr().err
+    assert err.count("verify [") == 2 and "<key-like text, not shown>" in err and secret[:16] not in err, err

@@ -31,6 +31,16 @@ def hiding(words: Iterable[str]) -> Iterator[None]:
         _HIDDEN.reset(token)
 
 
+def hidden_words() -> tuple[str, ...]:
+    """The words progress lines started now (in this context) mask (`hiding`): for a worker process to take."""
+    return _HIDDEN.get()
+
+
+def hide_in_this_thread(words: Iterable[str]) -> None:
+    """From now on, progress lines started in this thread's context mask ``words``: a worker process's, for good."""
+    _HIDDEN.set(tuple(words))
+
+
 class Progress:
     """Counts named steps; prints ``label: step i/n`` on a terminal, nothing otherwise."""
 
