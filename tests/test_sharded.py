@@ -2242,3 +2242,26 @@ def test_a_worker_process_progress_line_masks_the_key_like_words(capfd: pytest.C
         _map(_progress_job, [(f"{secret}.w",), (f"{secret}.v",)], workers=2)
     err = capfd.readouterr().err
     assert err.count("verify [") == 2 and "<key-like text, not shown>" in err and secret[:16] not in err, err
+
+
+def _warning_job(text: str) -> None:  # run in a worker process
+    import warnings
+
+    warnings.warn(f"\x1b[2J{text}\rOK: forged", UserWarning, stacklevel=1)
+
+
+def test_a_worker_process_warnings_are_escaped_and_masked_as_the_commands(
+    capfd: pytest.CaptureFixture[str], key: paramseal.Key
+) -> None:
+    """A worker's Python warnings were printed raw: an escape sequence or '\\r' from a name, key text unmasked."""
+    from argparse import Namespace
+
+    from paramseal._cli_streams import KeyMask, warnings_escaped
+    from paramseal._shard_pool import _map
+
+    typed = "cd" * 32
+    with warnings_escaped(KeyMask((typed,), args=Namespace(loaded_key=key))):
+        _map(_warning_job, [(typed,), (key.secret.hex().upper(),)], workers=2)  # a key file's digits, either case
+    err = capfd.readouterr().err
+    assert err.count("warning: UserWarning: \\x1b[2J<key-like text, not shown>\\rOK: forged") == 2, err
+    assert "\x1b" not in err and "\r" not in err and typed not in err and key.secret.hex().upper() not in err, err

@@ -11,6 +11,7 @@ import argparse
 import errno
 import io
 import os
+import re
 import signal
 import sys
 import threading
@@ -18,11 +19,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Any, cast
 
 from .errors import ParamSealWarning, one_line
-from .keys import redact
+from .keys import Key, redact
 
 
 def quoted(args: argparse.Namespace, text: object) -> str:
@@ -34,6 +36,37 @@ def quoted(args: argparse.Namespace, text: object) -> str:
     return one_line(redact(str(text), getattr(args, "hidden", ())))
 
 
+@dataclass(frozen=True)
+class KeyMask:
+    """What masks the key in text printed: ``words`` as `redact` does, key ``digits`` in either case of hex digits.
+
+    And the digits of the key ``args`` loaded (``--key FILE`` too), looked up as each text is masked: the key is
+    loaded once the command runs. `fixed` is the mask as it stands, for a worker process (it pickles).
+    """
+
+    words: tuple[str, ...]
+    digits: tuple[str, ...] = ()
+    args: argparse.Namespace | None = field(default=None, compare=False)
+
+    def __call__(self, text: str) -> str:
+        text = redact(text, self.words)
+        for d in self._digits():
+            text = re.sub(re.escape(d), "<key-like text, not shown>", text, flags=re.IGNORECASE)
+        return text
+
+    def _digits(self) -> tuple[str, ...]:
+        loaded = getattr(self.args, "loaded_key", None)
+        return (*self.digits, *((loaded.secret.hex(),) if isinstance(loaded, Key) else ()))
+
+    def fixed(self) -> KeyMask:
+        """The mask without ``args``: the loaded key's digits taken now."""
+        return KeyMask(self.words, self._digits())
+
+
+# the mask of the warnings_escaped running in this context, for the worker processes a command starts
+_MASK: ContextVar[Callable[[str], str] | None] = ContextVar("_MASK", default=None)
+
+
 @contextmanager
 def warnings_escaped(mask: Callable[[str], str]) -> Iterator[None]:
     r"""While a command runs, Python's warnings (numpy's, torch's, the library's own) are ``warning:`` lines.
@@ -41,9 +74,34 @@ def warnings_escaped(mask: Callable[[str], str]) -> Iterator[None]:
     Escaped and masked (``mask``: the key-like words hidden) as the program's own warning lines are, and still shown
     where Python's filters show them. Python's handler printed their text raw: it may quote a tensor name or a path,
     so an escape sequence drove the terminal, a '\r' forged a line, key text typed as OUT was shown.
+    The worker processes a sharded command starts show theirs so too (`worker_mask`, `escape_warnings`).
     """
     show = warnings.showwarning
+    warnings.showwarning = _escaped(mask)
+    token = _MASK.set(mask)
+    try:
+        yield
+    finally:
+        _MASK.reset(token)
+        warnings.showwarning = show
 
+
+def worker_mask() -> KeyMask | None:
+    """The mask a worker process started now gives its warnings (`escape_warnings`); None outside warnings_escaped.
+
+    A spawned worker starts with Python's own handler, which printed a worker's warnings raw, key text unmasked.
+    """
+    mask = _MASK.get()
+    return mask.fixed() if isinstance(mask, KeyMask) else None
+
+
+def escape_warnings(mask: KeyMask | None) -> None:
+    """From now on, this process's warnings are escaped ``warning:`` lines masked by ``mask`` (None: as they were)."""
+    if mask is not None:
+        warnings.showwarning = _escaped(mask)
+
+
+def _escaped(mask: Callable[[str], str]) -> Callable[..., None]:
     def escaped(
         message: Warning | str,
         category: type[Warning],
@@ -58,11 +116,7 @@ def warnings_escaped(mask: Callable[[str], str]) -> Iterator[None]:
             said = f"{category.__name__}: {said} ({filename}:{lineno})"
         print(f"warning: {one_line(mask(said))}", file=sys.stderr if file is None else file)
 
-    warnings.showwarning = escaped
-    try:
-        yield
-    finally:
-        warnings.showwarning = show
+    return escaped
 
 
 @contextmanager

@@ -10,10 +10,9 @@ import argparse
 import io
 import json
 import os
-import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext, redirect_stdout
 from typing import IO, cast
 
@@ -21,6 +20,7 @@ from . import _kernels
 from ._cli_commands import run
 from ._cli_parser import UsageExit, build_parser, no_empty_paths, seal_id_shown
 from ._cli_streams import (
+    KeyMask,
     Stdout,
     StdoutFailed,
     Terminated,
@@ -32,7 +32,7 @@ from ._cli_streams import (
 )
 from ._progress import hiding
 from .errors import ParamSealError, one_line
-from .keys import Key, key_like_args, redact
+from .keys import key_like_args, redact
 
 
 def _error_doc(exit_code: int, message: str, command: str | None) -> None:
@@ -122,21 +122,12 @@ def _main(argv: Sequence[str] | None) -> int:
         return _internal_error(e, args, hidden)
 
 
-def _masking(args: argparse.Namespace, hidden: Iterable[str]) -> Callable[[str], str]:
+def _masking(args: argparse.Namespace, hidden: Iterable[str]) -> KeyMask:
     """What masks the key in text printed: the command line's key-like words, PARAMSEAL_KEY's, a key file's digits.
 
     The key file's are looked up as each text is masked: the key is loaded once the command runs.
     """
-    masked = [*hidden, *key_like_args([os.environ.get("PARAMSEAL_KEY", "")])]
-
-    def mask(text: str) -> str:
-        text = redact(text, masked)
-        loaded = getattr(args, "loaded_key", None)  # from --key FILE too, in either case of hex digits
-        if isinstance(loaded, Key):
-            text = re.sub(re.escape(loaded.secret.hex()), "<key-like text, not shown>", text, flags=re.IGNORECASE)
-        return text
-
-    return mask
+    return KeyMask((*hidden, *key_like_args([os.environ.get("PARAMSEAL_KEY", "")])), args=args)
 
 
 def _internal_error(e: Exception, args: argparse.Namespace, hidden: Iterable[str]) -> int:
