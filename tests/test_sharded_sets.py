@@ -274,6 +274,25 @@ def test_verify_tensors_matching_only_an_added_shard_reports_them_as_extra(
     assert report.exit_code == 1 and report.extra_tensors == (f"{shard}:adapter.weight",), report
 
 
+def test_verify_checking_no_shard_still_names_the_key_and_the_level_the_set_was_sealed_at(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """With no shard checked (``--tensors`` matching only an added shard's), --json gave key_fingerprint "" and
+    level "": the key is the one given, the level the one the shards not read were sealed at (their headers)."""
+    src = helpers.write_checkpoint(
+        tmp_path / "ckpt", {s: {f"l.{i}": np.ones((64, 48), np.float32) * i} for i, s in enumerate(SHARDS)}
+    )
+    folder = tmp_path / "sealed"
+    sharded.seal_dir(src, folder, key, level="strong", workers=1)
+    _add_unsealed_shard(folder)
+    rc, out, err = helpers.run_cli(["verify", folder, "--key", key_file, "--tensors", "adapter.*", "--json"])
+    rep = json.loads(out)
+    assert rc == 1 and rep["checked_blocks"] == 0, (out, err)
+    assert rep["key_fingerprint"] == key.fingerprint and rep["level"] == "strong", rep
+    report = sharded.verify_dir(folder, key, tensors="adapter.bias", workers=1)
+    assert (report.key_fingerprint, report.level) == (key.fingerprint, "strong"), report
+
+
 @pytest.mark.parametrize("sealed_with_other_key", [False, True])
 def test_shards_swapped_beside_an_added_shard_are_still_found_renamed(
     tmp_path: Path, sealed: Path, key: paramseal.Key, other_key: paramseal.Key, sealed_with_other_key: bool

@@ -46,6 +46,21 @@ def _record(path: Path, key: Key, salt: str | None = None) -> str | None:
     return meta.get(SET_KEY) if metadata_digest(meta) == h.digest else UNTRUSTED
 
 
+def sealed_level(paths: list[Path], key: Key) -> str:
+    """The level the shards at ``paths`` were sealed at, as a report says it, from their headers that authenticate.
+
+    "" when none gives one, or they differ. For a verification that checked no shard, whose report has none.
+    """
+    levels = set()
+    for p in paths:
+        try:
+            h = parse_header(st_format.read_layout(p).metadata[METADATA_KEY], key)
+        except (ParamSealError, OSError, KeyError):
+            continue
+        levels.add(h.level if h.bits is None else f"bits={h.bits}")
+    return levels.pop() if len(levels) == 1 else ""
+
+
 def _copy_of(path: Path, key: Key, salt: str) -> Header | None:
     """The authentic header copy of seal ``salt`` in a shard's weights, if any."""
     m, tensors, _ = st_format.map_tensors(path)

@@ -64,7 +64,7 @@ from ._shard_inspect import inspect_dir
 from ._shard_jobs import Failed, recover_one, sealed_elsewhere, verify_one, wrong_key
 from ._shard_moves import borrowed, moved_issues, without_moved
 from ._shard_pool import _map
-from ._shard_set import _locate, _moved, _record, _set_id, _vouched, open_index
+from ._shard_set import _locate, _moved, _record, _set_id, _vouched, open_index, sealed_level
 from ._tempname import temp_prefix
 from .errors import (
     FormatError,
@@ -284,6 +284,10 @@ def verify_dir(
         moved=where,
         set_id=_set_id(records),
     )
+    if not reports:  # no shard checked (a pattern matching an added file's tensors alone): no report gave them
+        merged = replace(
+            merged, key_fingerprint=key.fingerprint, level=sealed_level([folder / where.get(s, s) for s in aside], key)
+        )
     return pinned(merged, expect_seal)
 
 
