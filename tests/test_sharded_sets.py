@@ -332,6 +332,20 @@ def test_an_unsealed_file_under_the_name_of_a_shard_found_elsewhere_is_no_added_
     assert rep.exit_code == 2 and rep.moved_shards == {} and rep.extra_tensors == (), rep
 
 
+def test_a_renamed_shard_whose_name_an_unsealed_file_took_is_said_to_be_that_shard_not_a_stray(
+    sealed: Path, key: paramseal.Key
+) -> None:
+    """A shard renamed, an unsealed file written under its name (exit 2, that shard replaced): the renamed file was
+    'not a shard ... neither the index nor a sealed set record names it', though its own sealed record does."""
+    (sealed / SHARDS[0]).rename(sealed / "elsewhere.safetensors")
+    helpers.write_st(sealed / SHARDS[0], {"layers.0.weight": np.ones((64, 48), np.float32)})
+    for rep in (sharded.verify_dir(sealed, key, workers=1), sharded.recover_dir(sealed, sealed.with_name("f"), key)):
+        assert rep.exit_code == 2, rep
+        said = [n for n in rep.notes if "'elsewhere.safetensors'" in n]
+        assert len(said) == 1 and "neither the index nor a sealed set record names it" not in said[0], rep.notes
+        assert f"its sealed set record says it is shard '{SHARDS[0]}' of this checkpoint" in said[0], said
+
+
 def _moved_into_new_file(folder: Path, name: str, shard: str) -> dict[str, np.ndarray]:
     """Tensor ``name`` moved whole from ``shard`` into a new unsealed file beside an adapter, both added to the
     index; returns the new file's tensors."""

@@ -15,10 +15,12 @@ from typing import Any
 from . import _json
 from ._shard_index import Index
 from ._shard_jobs import Failed
-from ._shard_set import UNTRUSTED, _all_text, _listing
+from ._shard_set import UNTRUSTED, _all_text, _listing, _parsed, _record
 from .errors import ParamSealError
+from .files import read_header
 from .formats import safetensors as st_format
-from .header import SET_KEY
+from .header import METADATA_KEY, SET_KEY, parse_header
+from .keys import Key
 from .report import Report, Status, TensorFinding
 
 
@@ -202,31 +204,70 @@ def _set_issues(
     return grave, index, listed
 
 
-def _strays(folder: Path, shards: set[str], done: str) -> list[str]:
+def _strays(folder: Path, shards: set[str], done: str, key: Key | None = None, set_id: str = "") -> list[str]:
     """A note for each ``.safetensors`` file in ``folder`` that is not one of ``shards`` (file names).
 
     Not tampering (no index nor authenticated set record names it), but a loader that reads
     every ``*.safetensors`` file in a folder would load it with the shards. ``done``: what
     verify or recover did with it. A shard's set record as the file holds it (unauthenticated)
-    may name a stray: an edited record, said so.
+    may name a stray: an edited record, said so. A stray whose own record authenticates with ``key`` and names set
+    ``set_id`` is a shard of this set renamed, its name taken by another file (checked as that shard): said so.
     """
     try:
         names = sorted(p.name for p in folder.iterdir() if p.name.endswith(".safetensors") and p.name not in shards)
     except OSError:
         return []  # the shards were read: a listing that fails now hides nothing they were checked for
     edited = {n for s in shards for n in _file_listing(folder / s)} if names else set()
-    return [
-        f"file '{n}' is not a shard of this checkpoint ("
-        + (
+    out = []
+    for n in names:
+        if not (folder / n).is_file():
+            continue
+        shard = _sealed_as(folder / n, key, set_id)
+        if shard is not None and _seal_of(folder / n, key) == _seal_of(folder / shard, key):
+            out.append(
+                f"file '{n}' is not a shard of this checkpoint (a copy of shard '{shard}', whose seal it carries) and "
+                f"was {done}; a loader that reads every *.safetensors file in the folder would load it too: remove it "
+                "or move it out of the folder"
+            )
+            continue
+        if shard is not None:
+            out.append(
+                f"file '{n}' is no shard the index names, but its sealed set record says it is shard '{shard}' of "
+                f"this checkpoint, a name another file in the folder holds (checked as that shard); it was {done}; "
+                "a loader that reads every *.safetensors file in the folder would load it too: if it is that shard, "
+                "put it back under its name"
+            )
+            continue
+        why = (
             "the index does not name it, nor does a sealed set record: only a set record that was edited does"
             if n in edited
             else "neither the index nor a sealed set record names it"
         )
-        + f") and was {done}; a loader that reads every *.safetensors file in the folder would load it too: "
-        "remove it or move it out of the folder"
-        for n in names
-        if (folder / n).is_file()
-    ]
+        out.append(
+            f"file '{n}' is not a shard of this checkpoint ({why}) and was {done}; a loader that reads every "
+            "*.safetensors file in the folder would load it too: remove it or move it out of the folder"
+        )
+    return out
+
+
+def _seal_of(path: Path, key: Key | None) -> str | None:
+    """The seal (salt) of ``path``'s header that authenticates with ``key``, if any."""
+    try:
+        text = st_format.read_layout(path).metadata.get(METADATA_KEY)
+        return parse_header(text if text is not None else read_header(path, key), key).salt.hex() if key else None
+    except (ParamSealError, OSError):
+        return None
+
+
+def _sealed_as(path: Path, key: Key | None, set_id: str) -> str | None:
+    """The shard of set ``set_id`` that ``path``'s authenticated set record says it is, if it says one."""
+    if key is None or not set_id:
+        return None
+    try:
+        rec = _parsed(_record(path, key))
+    except (ParamSealError, OSError):
+        return None
+    return rec["shard"] if rec is not None and rec["set"] == set_id else None
 
 
 def _unasked(everything: list[str], chosen: list[str], peeked: dict[str, Any], pattern: str | None) -> list[str]:
