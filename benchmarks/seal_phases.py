@@ -68,25 +68,34 @@ CPU: collections.Counter[str] = collections.Counter()  # CPU seconds of the call
 LOCK = threading.Lock()
 
 
+def _wrap(owner: Any, name: str, clock: Any, add: Any) -> None:
+    """Wrap ``owner.name`` so that each call's wall seconds and ``clock`` seconds go to ``add(wall, cpu)``."""
+    f = getattr(owner, name)
+
+    @functools.wraps(f)
+    def g(*a: Any, **k: Any) -> Any:
+        t0, c0 = time.perf_counter(), clock()
+        try:
+            return f(*a, **k)
+        finally:
+            add(time.perf_counter() - t0, clock() - c0)
+
+    setattr(owner, name, g)
+
+
 def timed(owner: Any, name: str, label: str) -> None:
     """Wrap ``owner.name`` so that its wall time adds to ``T[label]`` and its thread's CPU time to ``CPU[label]``.
 
     The CPU time is the calling thread's: a step that hands work to the kernel pool shows less
     CPU than it caused. In the seal's tasks the pool is not used (their kernels run inline).
     """
-    f = getattr(owner, name)
 
-    @functools.wraps(f)
-    def g(*a: Any, **k: Any) -> Any:
-        t0, c0 = time.perf_counter(), time.thread_time()
-        try:
-            return f(*a, **k)
-        finally:
-            with LOCK:
-                T[label] += time.perf_counter() - t0
-                CPU[label] += time.thread_time() - c0
+    def add(wall: float, cpu: float) -> None:
+        with LOCK:
+            T[label] += wall
+            CPU[label] += cpu
 
-    setattr(owner, name, g)
+    _wrap(owner, name, time.thread_time, add)
 
 
 def first_kernel_load() -> None:
@@ -254,19 +263,13 @@ def heavy(model: Path, sealed: Path, bad: Path, out: Path, size_gib: float) -> N
 
 def phase(owner: Any, name: str, label: str, spent: dict[str, list[float]]) -> None:
     """Wrap ``owner.name`` so that its wall time and the process's CPU time add to ``spent[label]``."""
-    f = getattr(owner, name)
 
-    @functools.wraps(f)
-    def g(*a: Any, **k: Any) -> Any:
-        t0, c0 = time.perf_counter(), time.process_time()
-        try:
-            return f(*a, **k)
-        finally:
-            w = spent.setdefault(label, [0.0, 0.0])
-            w[0] += time.perf_counter() - t0
-            w[1] += time.process_time() - c0
+    def add(wall: float, cpu: float) -> None:
+        w = spent.setdefault(label, [0.0, 0.0])
+        w[0] += wall
+        w[1] += cpu
 
-    setattr(owner, name, g)
+    _wrap(owner, name, time.process_time, add)
 
 
 def heavy_recover_phases(src: Path, dst: Path) -> None:
