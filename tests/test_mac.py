@@ -278,3 +278,16 @@ def test_an_older_mac_tensor_past_its_counter_is_named_escaped_and_exit_3_in_a_s
         assert not fixed.exists()
         if "--json" in argv:
             assert json.loads(stdout)["exit_code"] == 3
+
+
+@pytest.mark.parametrize("mac_name", [MAC_NAME, MAC_V1])
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_tags_of_zero_blocks_is_empty(mac_name: str, dtype: type) -> None:
+    """No blocks, no tags (and no error): `tags` of a ``[0, 64]`` batch, its mask set or not, is an empty array."""
+    mac = BlockMac(paramseal.Key(bytes(32)), mac_name)
+    ub = np.zeros((0, 64), dtype=dtype)
+    pads = mac.pads(b"s" * 16, 0, 0)
+    assert pads.shape == (0, 2)
+    for mask in (None, np.array(0xFF, dtype=dtype)):
+        got = mac.tags(ub, pads, mask, np.zeros(0, np.bool_))
+        assert got.dtype == np.uint64 and got.shape == (0,)

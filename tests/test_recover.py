@@ -535,3 +535,21 @@ def test_tags_of_chosen_blocks_derive_only_the_pads_of_their_span(
     mask = tag_mask(spec.k, 32)
     assert np.array_equal(got, chk.mac.tags(np.ascontiguousarray(ub[at]), whole[at], mask, internal[at]))
     assert np.array_equal(got, _model.stored_tags(spec, ub[at], internal[at], None))  # the tags the seal wrote
+
+
+def test_tags_of_no_chosen_blocks_is_empty(key: paramseal.Key) -> None:
+    """`compute_tags` of zero blocks (``at`` or ``rows`` empty) is an empty array, not a ValueError from ``min()``."""
+    from paramseal import _model
+    from paramseal.verify import check
+
+    s = paramseal.seal(helpers.fp32_model(64 * 10, seed=3), key)
+    chk = check(s.tensors, key, s.header_json)
+    spec, ub = chk.specs[0], chk.blocks[0]
+    internal = spec.block_storage()[1]
+    none = np.zeros(0, np.int64)
+    for got in (
+        _model.compute_tags(chk.mac, chk.header.salt, 0, spec, ub[none], internal, at=none),
+        _model.compute_tags(chk.mac, chk.header.salt, 0, spec, ub, internal, rows=none),
+        _model.compute_tags(chk.mac, chk.header.salt, 0, spec, ub[:0], internal, r0=3),
+    ):
+        assert got.dtype == np.uint64 and got.shape == (0,)

@@ -115,6 +115,8 @@ class BlockMac:
         tag is kept elsewhere are hashed whole.
         """
         nb = ub.shape[0]
+        if nb == 0:  # no blocks, no tags (``reshape(0, -1)`` cannot infer a width)
+            return np.zeros(0, dtype=np.uint64)
         words = np.ascontiguousarray(ub).view(np.uint16).reshape(nb, -1)
         if mask is None or not mask.any():
             wmask = np.zeros(0, dtype=np.uint16)

@@ -308,6 +308,8 @@ def compute_tags(
     mask = _bits.tag_mask(spec.k, ub.dtype.itemsize * 8) if spec.is_float else None
     if rows is not None:
         ub, at = np.ascontiguousarray(ub[rows]), rows
+    if at is not None and at.size == 0:  # no blocks chosen: no tags (``min()`` of nothing raises)
+        return np.zeros(0, dtype=np.uint64)
     if at is not None:  # the keystream of the span ``at`` covers only (a tensor's whole was derived per call)
         lo, hi = int(at.min()), int(at.max()) + 1
         return mac.tags(ub, mac.pads(salt, t, hi - lo, lo, name=spec.name)[at - lo], mask, internal[at])
