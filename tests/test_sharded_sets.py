@@ -494,3 +494,26 @@ def test_a_shard_resealed_with_another_key_holding_a_moved_tensor_is_that_keys_n
     assert rep.tensors["layers.1.weight"].issues == (f"its shard '{SHARDS[1]}' cannot be checked",), rep
     rec = sharded.recover_dir(sealed, tmp_path / "fixed", key, workers=1)
     assert not rec.written and any(m.startswith(said) for m in rec.metadata_issues), rec
+
+
+def test_shards_sealed_at_different_levels_give_no_one_level_and_a_note_naming_each(
+    tmp_path: Path, sealed: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """A shard re-sealed on its own at another level (``seal --reseal`` of the one file, copied back: no set record,
+    so tampered) gave the report the first shard's level, as if the set had one. Now ``level`` is "" as where the
+    shards' headers differ with none checked, and a note names each level with its shards."""
+    from paramseal import files
+
+    files.seal_file(sealed / SHARDS[1], tmp_path / "re.safetensors", key, level="strong", reseal=True)
+    shutil.copy(tmp_path / "re.safetensors", sealed / SHARDS[1])
+    rc, out, err = helpers.run_cli(["verify", sealed, "--key", key_file, "--json"])
+    rep = json.loads(out)
+    assert rc == 2 and rep["status"] == "tampered" and rep["level"] == "", (out, err)
+    want = f"shards sealed at different levels: standard ({SHARDS[0]}, {SHARDS[2]}); strong ({SHARDS[1]})"
+    assert want in rep["notes"], rep
+    report = sharded.verify_dir(sealed, key, workers=1)
+    assert report.level == "" and want in report.notes, report
+    report = sharded.recover_dir(sealed, tmp_path / "fixed", key, allow_partial=True, workers=1)
+    assert report.level == "" and want in report.notes, report
+    report = sharded.verify_dir(sealed, key, tensors="layers.1.*", workers=1)  # one level among the shards checked
+    assert report.level == "strong" and not any("different levels" in n for n in report.notes), report

@@ -315,6 +315,7 @@ def _merge(
     one of them holds too (a copy listed by an edited index) is its own, named ``file:tensor``.
     ``moved``: where `_placement` found each shard (sealed name -> file); those under another name are kept.
     ``extra``: extra tensors beside the shards' own (an added shard's, `Verdict`).
+    ``level``: the one the shards checked were sealed at; "" when they differ, with a note naming each.
     """
     tensors: dict[str, TensorFinding] = {}
     fixable = fixable or []
@@ -333,6 +334,13 @@ def _merge(
     # a note every shard gives alike (the older block MAC's) is said once, naming the shards
     notes += [f"{_which(shards, len(reports))}: {n}" for n, shards in said.items()]
     tensors |= {n: f for n, f in (lost or {}).items() if n not in tensors}
+    levels: dict[str, list[str]] = {}  # level -> the shards checked that were sealed at it
+    for shard, r in reports.items():
+        if r.level:
+            levels.setdefault(r.level, []).append(shard)
+    if len(levels) > 1:  # shards sealed apart (no one `seal DIR`): no one level; say each
+        each = "; ".join(f"{lv} ({', '.join(shards)})" for lv, shards in sorted(levels.items()))
+        notes.append(f"shards sealed at different levels: {each}")
     if skipped:
         notes.append(f"partial verification: {len(reports)} shard(s) checked, {skipped} not read")
     notes += [*(fixed or []), *(strays or [])]
@@ -347,6 +355,7 @@ def _merge(
         first,
         kind=kind,  # type: ignore[arg-type]
         status=status,
+        level=next(iter(levels)) if len(levels) == 1 else "",  # as `_shard_set.sealed_level`
         recoverable=all(r.recoverable for r in reports.values()) and not set_issues,
         tensors=tensors,
         extra_tensors=tuple(extra),
