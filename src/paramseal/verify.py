@@ -462,6 +462,8 @@ def verify(
     ``expect_seal``: the seal id the model must carry (`Report.seal_id` of the approved model);
     another seal of it, such as an older version put back, is then tampering that cannot be
     recovered (`paramseal.report.pinned`).
+    ``Report.tensor_places`` stays empty: the report's names are the keys of ``tensors``, which find each tensor
+    (a file's report fills it for names the file does not tell apart, such as an ONNX initializer with none).
     """
     expect_seal = seal_id_arg(expect_seal)
     chk = check(tensors, key, header_json, metadata=metadata, metadata_kept=metadata_kept)
