@@ -377,3 +377,13 @@ def as_a_user(monkeypatch: Any) -> None:
         return real(path, mode, **kw)
 
     monkeypatch.setattr(os, "access", access)
+
+
+def pin_salt(monkeypatch: Any, salt: bytes = bytes(range(16))) -> None:
+    """Every seal from now on draws this salt (``os.urandom(16)``), so its interleaving is the same each run.
+
+    Whether one damage pattern is within the code's reach depends on the interleaving: a test that needs
+    "past the code's reach" must not leave that to the salt drawn.
+    """
+    real = os.urandom
+    monkeypatch.setattr(os, "urandom", lambda n: salt if n == 16 else real(n))

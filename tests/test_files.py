@@ -823,9 +823,10 @@ def test_a_swap_and_a_rename_are_structured_in_the_findings_not_only_in_their_is
 
 
 def test_recover_file_summary_says_restorable_values_were_not_written_when_nothing_was(
-    tmp_path: Path, key: paramseal.Key, key_file: Path
+    tmp_path: Path, key: paramseal.Key, key_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """recover_file past the code's reach wrote nothing (path None), yet report.summary() said "restored N value(s)"."""
+    helpers.pin_salt(monkeypatch)  # a drawn salt could restore all of these 20% (about 1 seal in 90)
     src = helpers.write_st(tmp_path / "m.safetensors", helpers.fp32_model(1 << 16, tensors=2))
     sealed = tmp_path / "s.safetensors"
     files.seal_file(src, sealed, key)
