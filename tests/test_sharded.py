@@ -2234,11 +2234,11 @@ def _progress_job(name: str) -> None:  # run in a worker process: module level, 
 
 def test_a_worker_process_progress_line_masks_the_key_like_words(capfd: pytest.CaptureFixture[str]) -> None:
     """Each worker printed its own progress line to the terminal it inherits, key text typed as a pattern unmasked."""
-    from paramseal._progress import hiding
+    from paramseal._cli_streams import KeyMask, warnings_escaped
     from paramseal._shard_pool import _map
 
     secret = "ab" * 32
-    with hiding([secret]):
+    with warnings_escaped(KeyMask((secret,))):  # the command's mask, which the workers take
         _map(_progress_job, [(f"{secret}.w",), (f"{secret}.v",)], workers=2)
     err = capfd.readouterr().err
     assert err.count("verify [") == 2 and "<key-like text, not shown>" in err and secret[:16] not in err, err

@@ -5,40 +5,34 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TextIO
 
 from .errors import one_line
-from .keys import redact
 
-# the ``paramseal`` program's key-like words (`keys.key_like_args`), masked in the names a progress line shows
-_HIDDEN: ContextVar[tuple[str, ...]] = ContextVar("_HIDDEN", default=())
+# what masks key text in the names a progress line shows (the CLI's `_cli_streams.KeyMask`); None: nothing
+_MASK: ContextVar[Callable[[str], str] | None] = ContextVar("_MASK", default=None)
 
 
 @contextmanager
-def hiding(words: Iterable[str]) -> Iterator[None]:
-    """Progress lines started meanwhile (in this context) mask ``words`` in the names they show, as `redact` does.
+def hiding(mask: Callable[[str], str]) -> Iterator[None]:
+    """Progress lines started meanwhile (in this context) mask the names they show with ``mask``.
 
-    The program's other lines mask them (`_cli_streams.quoted`): key text typed as OUT, also a tensor's name, was
-    shown on the progress line alone.
+    The program's other lines mask key text (`_cli_streams.quoted`, its warning lines): key text typed as OUT,
+    also a tensor's name, was shown on the progress line alone.
     """
-    token = _HIDDEN.set(tuple(words))
+    token = _MASK.set(mask)
     try:
         yield
     finally:
-        _HIDDEN.reset(token)
+        _MASK.reset(token)
 
 
-def hidden_words() -> tuple[str, ...]:
-    """The words progress lines started now (in this context) mask (`hiding`): for a worker process to take."""
-    return _HIDDEN.get()
-
-
-def hide_in_this_thread(words: Iterable[str]) -> None:
-    """From now on, progress lines started in this thread's context mask ``words``: a worker process's, for good."""
-    _HIDDEN.set(tuple(words))
+def hide_in_this_thread(mask: Callable[[str], str] | None) -> None:
+    """From now on, progress lines started in this thread's context mask with ``mask``: a worker process's, for good."""
+    _MASK.set(mask)
 
 
 class Progress:
@@ -50,7 +44,7 @@ class Progress:
         self.enabled = self.stream.isatty() if enabled is None else enabled
         self.t0 = time.monotonic()
         self._lock = threading.Lock()  # steps may come from worker threads
-        self._hidden = _HIDDEN.get()  # taken here: a worker thread does not share the context that set them
+        self._mask = _MASK.get()  # taken here: a worker thread does not share the context that set it
 
     @classmethod
     def null(cls) -> Progress:
@@ -69,9 +63,9 @@ class Progress:
             if self.enabled:
                 frac = min(1.0, self.i / self.total)
                 bar = "#" * int(30 * frac)
-                # ``what`` names a tensor of the model: escaped and masked as in every line (`_cli_streams.quoted`),
+                # ``what`` names a tensor of the model: escaped and masked as in every line (`_cli_streams.KeyMask`),
                 # masked before it is cut: a cut key would no longer match the words masked
-                shown = one_line(redact(what, self._hidden))[:40]
+                shown = one_line(self._mask(what) if self._mask else what)[:40]
                 self.stream.write(f"\r{self.label} [{bar:<30}] {self.i}/{self.total} {shown:<40}")
                 self.stream.flush()
 

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from ._cli_streams import KeyMask, escape_warnings, worker_mask
 from ._pages import scratch_budget
-from ._progress import hidden_words, hide_in_this_thread
+from ._progress import hide_in_this_thread
 from .errors import ParamSealError
 
 T = TypeVar("T")
@@ -42,7 +42,7 @@ def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None)
         max_workers=w,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_start_worker,
-        initargs=(share, os.getpid(), hidden_words(), worker_mask()),
+        initargs=(share, os.getpid(), worker_mask()),
     ) as pool:
         try:
             with _sigint_blocked():  # the workers start here and inherit the mask (see _start_worker)
@@ -72,14 +72,13 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _start_worker(mib: int, parent: int, hidden: tuple[str, ...], mask: KeyMask | None) -> None:
+def _start_worker(mib: int, parent: int, mask: KeyMask | None) -> None:
     os.environ["PARAMSEAL_SCRATCH_MIB"] = str(mib)
-    # the jobs run in this thread: their progress lines, on the terminal the worker inherits, mask the command
-    # line's key-like words as the parent's lines do (`_progress.hiding`); a spawned process starts without them
-    hide_in_this_thread(hidden)
-    escape_warnings(
-        mask
-    )  # and its warnings are escaped, masked lines as the parent's (`_cli_streams.warnings_escaped`)
+    # the jobs run in this thread: their progress lines, on the terminal the worker inherits, and their warnings
+    # are masked as the parent's (`_progress.hiding`, `_cli_streams.warnings_escaped`); a spawned process starts
+    # without either
+    hide_in_this_thread(mask)
+    escape_warnings(mask)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     if hasattr(signal, "pthread_sigmask"):  # blocked since spawn: one sent meanwhile is discarded now
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

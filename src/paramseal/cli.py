@@ -87,11 +87,12 @@ def _main(argv: Sequence[str] | None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
         out = cast(IO[str], Stdout(sys.stdout, hidden))  # a failing stdout told apart from the library's own OSErrors
+        mask = _masking(args, hidden)  # progress and warning lines alike (workers' too)
         with (
             terminate_as_interrupt() if argv is None else nullcontext(),
             redirect_stdout(out),
-            hiding(hidden),
-            warnings_escaped(_masking(args, hidden)),
+            hiding(mask),
+            warnings_escaped(mask),
         ):
             code = run(args)
             sys.stdout.flush()  # here, so a reader that left is met below and not at interpreter exit
