@@ -141,6 +141,7 @@ def test_re_encoded_model_with_an_edited_graph_is_still_tampering(
         onnx.save_model(m, str(tmp_path / "edited.onnx"))
         rc, rep = _verify(tmp_path / "edited.onnx", key_file)
         assert rc == 2 and any("graph" in i for i in rep["metadata_issues"]), (edit.__name__, rep)
+        assert not any("older kind" in i for i in rep["metadata_issues"]), rep  # a v2 seal: the v1 hint is not given
     # the entry switched to the first version's digest of the edited graph: the sealed metadata says otherwise
     v1 = _onnx_digest.graph_digest(onnx, onnx.load(str(tmp_path / "edited.onnx")).SerializeToString(), version=1)
     m = onnx.load(str(tmp_path / "edited.onnx"))
@@ -169,6 +170,12 @@ def test_first_digest_seals_verify_as_before(tmp_path: Path) -> None:
     assert _verify(_resave(golden, tmp_path / "init.onnx", "initializers"), key_file)[0] == 0
     rc, rep = _verify(_resave(golden, tmp_path / "const.onnx", "constants"), key_file)
     assert rc == 2 and any("graph" in i for i in rep["metadata_issues"]) and not rep["tampered_tensors"], rep
+    # the finding says why a tool's re-encoding fails these seals, and how to get the newer digest; exit 2 as before
+    [issue] = rep["metadata_issues"]
+    for told in ("not the one sealed", "older kind", "numpy_helper", "infer_shapes", "version_converter", "--reseal"):
+        assert told in issue, (told, issue)
+    rc, rep = _verify(tmp_path / "edited.onnx", key_file)  # a real edit reads the same: the digest cannot tell
+    assert rc == 2 and rep["metadata_issues"] == [issue], rep
     # README's remedy: seal the kept model again, which writes the new digest
     resealed = tmp_path / "resealed.onnx"
     assert helpers.run_cli(["seal", golden, resealed, "--reseal", "--key", key_file])[0] == 0
@@ -278,6 +285,32 @@ def test_shape_inference_is_not_an_edited_graph(tmp_path: Path, key_file: Path) 
         onnx.save_model(m, str(tmp_path / "edited.onnx"))
         rc, rep = _verify(tmp_path / "edited.onnx", key_file)
         assert rc == 2 and any("graph" in i for i in rep["metadata_issues"]), (edit.__name__, rep)
+        assert not any("older kind" in i for i in rep["metadata_issues"]), rep  # a v2 seal: the v1 hint is not given
+
+
+def test_shape_inference_fails_a_first_digest_seal_with_the_reason_and_the_remedy(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A v1 seal counts infer_shapes' typing of a Loop body as an edit (exit 2, nothing recovered), and says so."""
+    monkeypatch.setattr(_onnx_digest, "GRAPH_VERSION", 1)  # as ParamSeal sealed before 'v2:'
+    sealed = tmp_path / "s.onnx"
+    assert helpers.run_cli(["seal", _loop_model(tmp_path / "m.onnx"), sealed, "--key", key_file])[0] == 0
+    monkeypatch.undo()
+    assert len({p.key: p.value for p in onnx.load(str(sealed)).metadata_props}[GRAPH_KEY]) == 64
+    inferred = _inferred(sealed, tmp_path / "inferred.onnx")
+    rc, rep = _verify(inferred, key_file)
+    assert rc == 2 and rep["status"] == "tampered" and not rep["recoverable"], rep
+    [issue] = rep["metadata_issues"]
+    for told in ("not the one sealed", "older kind", "numpy_helper", "infer_shapes", "version_converter", "--reseal"):
+        assert told in issue, (told, issue)
+    out = tmp_path / "never.onnx"
+    rc, text, _ = helpers.run_cli(["recover", inferred, out, "--key", key_file])
+    assert rc == 2 and "older kind" in text and not out.exists(), text
+    # the remedy it names: the sealed model sealed again gets the newer digest, which the same tool leaves intact
+    resealed = tmp_path / "resealed.onnx"
+    assert helpers.run_cli(["seal", sealed, resealed, "--reseal", "--key", key_file])[0] == 0
+    rc, rep = _verify(_inferred(resealed, tmp_path / "inferred2.onnx"), key_file)
+    assert rc == 0 and not rep["metadata_issues"], rep
 
 
 def _output_retyped(how: str) -> Callable[[Any], None]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._findings import GRAPH_EDITED, HEADER_FROM_WEIGHTS
+from ._findings import GRAPH_EDITED, GRAPH_EDITED_V1, HEADER_FROM_WEIGHTS
 from ._pages import check_inputs
 from ._weights_header import HEADER_HINT, NOT_SEALED_WARNING, HeaderOnlyInMetadata, header_from_weights, widened_seal
 from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError
@@ -133,7 +133,7 @@ def _graph_issues(loaded: Loaded, path: Path, text: str, meta: dict[str, str], k
         )
     if want == _graph_as_sealed(loaded, h, version):  # a seal's digest: its version's
         return []
-    return [GRAPH_EDITED]
+    return [GRAPH_EDITED_V1 if version == 1 else GRAPH_EDITED]  # v1 also fails tools' re-encodings: say so
 
 
 def _graph_as_sealed(loaded: Loaded, h: Header, version: int | None = None) -> str | None:

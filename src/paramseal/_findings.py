@@ -118,6 +118,17 @@ GRAPH_EDITED = (
     "the model's graph (its nodes, their inputs and attributes, the model's inputs and outputs) is not the one "
     "sealed; ParamSeal restores values, not graphs: take the sealed model from a kept copy"
 )
+#: GRAPH_EDITED where the seal holds the first digest (bare hex, sealed before 'v2:'), which tools' re-encodings fail
+GRAPH_EDITED_V1 = (
+    "the model's graph (its nodes, their inputs and attributes, the model's inputs and outputs) is not the one "
+    "sealed, by its seal's graph digest of the older kind (bare hex, sealed before 'v2:'), which also counts as "
+    "edits what tools rewrite without changing what the model computes: tensors re-encoded by onnx's numpy_helper, "
+    "onnx.version_converter, onnx.shape_inference.infer_shapes, onnxruntime's symbolic_shape_infer. If such a tool "
+    "made this file from the sealed model, check that its change is all that differs, verify (recover if needed) "
+    "the sealed model it started from, seal that again (seal --reseal) to give it the newer digest, which those "
+    "tools leave intact, and run the tool again; else take the sealed model from a kept copy (ParamSeal restores "
+    "values, not graphs)"
+)
 META_STRIPPED = (
     "the file's metadata was stripped, and the sealed metadata with it (the header in the weights keeps only its "
     "digest: it cannot be restored; --header-from a kept copy of the sealed model restores it)"
@@ -279,6 +290,7 @@ def _metadata_issues(sealed: Mapping[str, str], found: Mapping[str, str]) -> lis
 
 __all__ = [
     "GRAPH_EDITED",
+    "GRAPH_EDITED_V1",
     "HEADER_FROM_WEIGHTS",
     "META_DIFFERS",
     "META_STRIPPED",
