@@ -216,9 +216,49 @@ def test_stripped_metadata_finds_the_sealed_digest_of_either_version(
         onnx.save_model(m, str(tmp_path / "bare.onnx"))
         rep = files.verify_file(tmp_path / "bare.onnx", key)
         assert rep.status == "intact" and not rep.metadata_issues, (version, rep.summary())
+        # converted (its nodes' metadata_props dropped): v2 finds it intact; v1 cannot, and the finding says why
+        onnx.save_model(onnx.version_converter.convert_version(m, 18), str(tmp_path / "converted.onnx"))
+        rep = files.verify_file(tmp_path / "converted.onnx", key)
+        assert rep.exit_code == (2 if version == 1 else 0), (version, rep.summary())
+        assert all("older kind" in i and "version_converter" in i for i in rep.metadata_issues), rep.summary()
         m.graph.node[-1].op_type = "Identity" if m.graph.node[-1].op_type != "Identity" else "Neg"
         onnx.save_model(m, str(tmp_path / "bare.onnx"))
-        assert files.verify_file(tmp_path / "bare.onnx", key).exit_code == 2, version
+        rep = files.verify_file(tmp_path / "bare.onnx", key)
+        assert rep.exit_code == 2 and len(rep.metadata_issues) == 1, (version, rep.summary())
+        assert "the graph was edited; or" in rep.metadata_issues[0], rep.summary()
+
+
+@needs_silero
+def test_stripped_metadata_of_a_newer_graph_digest_says_it_may_be_one(
+    tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 'v3:' seal's metadata stripped: the weights' header keeps the entry's digest, not its version.
+
+    This ParamSeal cannot tell that from a v1 or v2 seal's graph edited (exit 2, as those must stay), so the
+    finding names both and how to tell; with the sealed copy given (--header-from), the upgrade refusal (exit 3).
+    """
+    from paramseal.formats import onnx_format
+
+    assert SILERO is not None
+    real = onnx_format.graph_digest
+    monkeypatch.setattr(onnx_format, "graph_digest", lambda *a, **kw: "v3:" + real(*a, **kw)[-64:])
+    newer = tmp_path / "v3.onnx"
+    assert helpers.run_cli(["seal", SILERO / "silero_vad_op18_ifless.onnx", newer, "--key", key_file])[0] == 0
+    monkeypatch.undo()
+    m = onnx.load(str(newer))
+    assert {p.key: p.value for p in m.metadata_props}[GRAPH_KEY].startswith("v3:")
+    del m.metadata_props[:]
+    onnx.save_model(m, str(tmp_path / "bare.onnx"))
+    rc, rep = _verify(tmp_path / "bare.onnx", key_file)
+    assert rc == 2 and not rep["recoverable"] and not rep["tampered_tensors"], rep
+    [issue] = rep["metadata_issues"]
+    for told in ("stripped", GRAPH_KEY, "graph was edited", "a newer ParamSeal", "--header-from", "upgrade"):
+        assert told in issue, (told, issue)
+    out = tmp_path / "never.onnx"
+    rc, text, _ = helpers.run_cli(["recover", tmp_path / "bare.onnx", out, "--key", key_file])
+    assert rc == 2 and "newer ParamSeal" in text and not out.exists(), text
+    rc, text, err = helpers.run_cli(["verify", tmp_path / "bare.onnx", "--key", key_file, "--header-from", newer])
+    assert rc == 3 and "version 3" in err and "upgrade ParamSeal" in err, (text, err)
 
 
 def test_values_equal_in_every_storage_form() -> None:

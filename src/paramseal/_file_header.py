@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._findings import GRAPH_EDITED, GRAPH_EDITED_V1, HEADER_FROM_WEIGHTS
+from ._findings import GRAPH_EDITED, GRAPH_EDITED_V1, GRAPH_STRIPPED, HEADER_FROM_WEIGHTS, META_STRIPPED
 from ._pages import check_inputs
 from ._weights_header import HEADER_HINT, NOT_SEALED_WARNING, HeaderOnlyInMetadata, header_from_weights, widened_seal
 from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError
@@ -47,6 +47,7 @@ class FoundHeader:
     embedded: bool  # the header came from the weights (and stays there when recovered)
     issues: list[str] = field(default_factory=list)  # tampering found besides the weights
     notes: list[str] = field(default_factory=list)
+    graph_only: bool = False  # from the weights, of an ONNX model whose sealed metadata was its graph digest alone
 
 
 def check_loaded(loaded: Loaded, path: Path, key: Key, header: str | None, **kw: Any) -> tuple[Check, FoundHeader]:
@@ -65,6 +66,8 @@ def check_loaded(loaded: Loaded, path: Path, key: Key, header: str | None, **kw:
     )
     check_inputs()  # recover goes on to read damaged blocks' neighbours through the map
     chk.metadata_issues[:0] = found.issues
+    if found.graph_only and META_STRIPPED in chk.metadata_issues:  # say what was stripped, and what it may mean
+        chk.metadata_issues[chk.metadata_issues.index(META_STRIPPED)] = GRAPH_STRIPPED
     chk.notes.extend(found.notes)
     return chk, found
 
@@ -202,7 +205,9 @@ def _find_header(loaded: Loaded, path: Path, key: Key, header: str | None, kept:
             )
             return FoundHeader(made_whole(copy, known, key), known, False, notes=[why])
         if not meta or not kept:  # none stored (a conversion, a re-save: check judges what was lost), or
-            return FoundHeader(copy, meta, True)  # none storable: the reader's own entries (.pt ties)
+            # none storable: the reader's own entries (.pt ties); a graph digest no version read derives (a newer one?)
+            graph_only = loaded.graph is not None and h.own_digest == sealed_digest
+            return FoundHeader(copy, meta, True, graph_only=graph_only)
         # Other metadata but no header entry: a tool re-saved the file with metadata of its own or
         # the user's (save_pretrained writes {"format": "pt"}). Check judges that metadata against
         # the sealed digest; the header is whole again in what recover writes.

@@ -133,6 +133,16 @@ META_STRIPPED = (
     "the file's metadata was stripped, and the sealed metadata with it (the header in the weights keeps only its "
     "digest: it cannot be restored; --header-from a kept copy of the sealed model restores it)"
 )
+#: META_STRIPPED where the sealed metadata was an ONNX model's graph digest alone, and no version read derives it
+GRAPH_STRIPPED = (
+    "the file's metadata was stripped, and with it the sealed graph digest ('paramseal.graph', all the metadata "
+    "sealed), which verify derives again from a graph as sealed: no digest version this ParamSeal reads gives the "
+    "sealed one from this graph. Either the graph was edited; or the seal's digest is of the older kind (sealed "
+    "before 'v2:'), which also counts as edits what tools rewrite without changing what the model computes "
+    "(numpy_helper's re-encoding, onnx.version_converter, infer_shapes, symbolic_shape_infer); or a newer "
+    "ParamSeal sealed it with a later digest version. The header in the weights keeps the entry's digest, not its "
+    "version: verify with --header-from a kept copy of the sealed model, or upgrade ParamSeal, to tell which"
+)
 META_DIFFERS = (
     "the file's metadata differs from the metadata sealed (the header in the weights keeps only its digest: "
     "it cannot be compared key by key, nor restored)"
@@ -291,6 +301,7 @@ def _metadata_issues(sealed: Mapping[str, str], found: Mapping[str, str]) -> lis
 __all__ = [
     "GRAPH_EDITED",
     "GRAPH_EDITED_V1",
+    "GRAPH_STRIPPED",
     "HEADER_FROM_WEIGHTS",
     "META_DIFFERS",
     "META_STRIPPED",

@@ -20,6 +20,7 @@ from . import _embed, _model
 from ._findings import (
     GRAPH_EDITED,
     GRAPH_EDITED_V1,
+    GRAPH_STRIPPED,
     META_DIFFERS,
     META_STRIPPED,
     OWN_DIFFERS,
@@ -118,7 +119,7 @@ class Check:
     @property
     def metadata_lost(self) -> bool:
         """What recover cannot restore: metadata the weights know only by digest, or an edited graph."""
-        lost = (META_DIFFERS, META_STRIPPED, OWN_DIFFERS, OWN_LOST)
+        lost = (GRAPH_STRIPPED, META_DIFFERS, META_STRIPPED, OWN_DIFFERS, OWN_LOST)
         if {GRAPH_EDITED, GRAPH_EDITED_V1} & set(self.metadata_issues):  # values can be rebuilt; a graph cannot
             return True
         return self.header.user_metadata is None and any(m in self.metadata_issues for m in lost)
