@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import threading
 import time
@@ -40,8 +41,9 @@ class Progress:
 
     def __init__(self, label: str, total: int, stream: TextIO | None = None, enabled: bool | None = None) -> None:
         self.label, self.total, self.i = label, max(1, total), 0
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
+        err = stream or sys.stderr  # None: a standard error closed (`2>&-`), as Python gives it: no progress line
+        self.stream: TextIO = io.StringIO() if err is None else err
+        self.enabled = err is not None and (err.isatty() if enabled is None else enabled)
         self.t0 = time.monotonic()
         self._lock = threading.Lock()  # steps may come from worker threads
         self._mask = _MASK.get()  # taken here: a worker thread does not share the context that set it

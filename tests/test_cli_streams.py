@@ -1,0 +1,91 @@
+"""The program's standard streams in the worker processes a sharded command starts, and while its modules load.
+
+A worker writes its own progress and warning lines to the standard error it inherits: closed (`2>&-`) or failing
+(`2>/dev/full`), a sharded command must keep its exit code as the single-file command does.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import helpers
+import numpy as np
+import pytest
+
+import paramseal
+from paramseal import files
+
+SHARDS = ["model-00001-of-00003.safetensors", "model-00002-of-00003.safetensors", "model-00003-of-00003.safetensors"]
+
+
+@pytest.fixture()
+def checkpoint(tmp_path: Path) -> Path:
+    """Three shards and their index: a sharded command runs a pool of worker processes (`_shard_pool`)."""
+    rng = np.random.default_rng(7)
+    shards = {s: {f"layers.{i}.w": helpers.random_tensor(rng, np.float32, (64, 64))} for i, s in enumerate(SHARDS)}
+    return helpers.write_checkpoint(tmp_path / "ckpt", shards)
+
+
+@pytest.fixture()
+def sealed_ckpt(tmp_path: Path, checkpoint: Path, key_file: Path) -> Path:
+    assert helpers.run_cli(["seal", checkpoint, tmp_path / "sealed", "--key", key_file])[0] == 0
+    return tmp_path / "sealed"
+
+
+# The paramseal program, with a pool of two workers whatever the machine's CPUs. A spawned worker imports this file
+# (as __mp_main__), so what it patches holds in the workers too: with WARN set, each shard's verify warns there as a
+# library the worker calls would (numpy's, torch's), quoting the file it reads.
+_PROGRAM = """
+import os, sys, warnings
+from paramseal import _shard_pool, files
+
+_shard_pool._workers = lambda n: 2
+verify_file = files.verify_file
+
+def warned(path, *args, **kw):
+    if os.environ.get("WARN"):
+        warnings.warn(f"reading \\x1b[2J{path}", UserWarning)
+    return verify_file(path, *args, **kw)
+
+files.verify_file = warned
+if __name__ == "__main__":
+    from paramseal.__main__ import main
+    sys.exit(main())
+"""
+
+
+def _program(tmp_path: Path, argv: list[object], stderr: str, warn: bool = False) -> subprocess.CompletedProcess[bytes]:
+    """Run `_PROGRAM` with ``argv``, its standard error ``stderr``: "closed" (`2>&-`), or a file to write to."""
+    script = tmp_path / "program.py"
+    script.write_text(_PROGRAM)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "WARN": "1" if warn else ""}
+    cmd = [sys.executable, str(script), *map(str, argv)]
+    if stderr == "closed":
+        return subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", *cmd], capture_output=True, env=env, timeout=300)
+    with open(stderr, "w") as err:
+        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, env=env, timeout=300)
+
+
+def test_progress_without_a_standard_error_shows_none(
+    sealed_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python gives a closed standard error (`2>&-`) as sys.stderr None: the progress line asked None.isatty()."""
+    monkeypatch.setattr(sys, "stderr", None)
+    assert files.verify_file(sealed_file, key).status == "intact"
+
+
+def test_a_sharded_command_with_standard_error_closed_keeps_its_exit_code(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    """`2>&-`: each worker's progress line failed (AttributeError), and the command said 'internal error', exit 3."""
+    for argv in (
+        ["seal", checkpoint, tmp_path / "s2", "--key", key_file],
+        ["verify", sealed_ckpt, "--key", key_file],
+        ["recover", sealed_ckpt, tmp_path / "r", "--key", key_file],
+    ):
+        done = _program(tmp_path, argv, "closed")
+        assert done.returncode == 0 and done.stdout.startswith(b"OK: "), (argv, done.stdout)
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.safetensors")) == SHARDS
