@@ -6,6 +6,7 @@ A worker writes its own progress and warning lines to the standard error it inhe
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -89,3 +90,23 @@ def test_a_sharded_command_with_standard_error_closed_keeps_its_exit_code(
         done = _program(tmp_path, argv, "closed")
         assert done.returncode == 0 and done.stdout.startswith(b"OK: "), (argv, done.stdout)
     assert sorted(p.name for p in (tmp_path / "r").glob("*.safetensors")) == SHARDS
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_a_workers_warning_on_a_standard_error_that_fails_or_is_closed_keeps_the_exit_code(
+    tmp_path: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    """A worker's warning line that could not be written (`2>/dev/full`) was an OSError out of its shard's job: the
+    command's 'I/O error', exit 3, for an intact set. With standard error closed (`2>&-`), print() wrote it to
+    standard output, where a --json reader found it before the document."""
+    shown = tmp_path / "err.txt"
+    done = _program(tmp_path, ["verify", sealed_ckpt, "--key", key_file], str(shown), warn=True)
+    assert done.returncode == 0, shown.read_text()  # a terminal would see each shard's warning, escaped
+    assert shown.read_text().count("warning: UserWarning: reading \\x1b[2J") == len(SHARDS), shown.read_text()
+    for argv in (["verify", sealed_ckpt], ["recover", sealed_ckpt, tmp_path / "r"]):
+        done = _program(tmp_path, [*argv, "--key", key_file], "/dev/full", warn=True)
+        assert done.returncode == 0 and done.stdout.startswith(b"OK: "), (argv, done.stdout)
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.safetensors")) == SHARDS
+    done = _program(tmp_path, ["verify", sealed_ckpt, "--key", key_file, "--json"], "closed", warn=True)
+    assert done.returncode == 0 and b"warning" not in done.stdout, done.stdout
+    assert json.loads(done.stdout)["status"] == "intact"

@@ -74,7 +74,7 @@ def warnings_escaped(mask: Callable[[str], str]) -> Iterator[None]:
     Escaped and masked (``mask``: the key-like words hidden) as the program's own warning lines are, and still shown
     where Python's filters show them. Python's handler printed their text raw: it may quote a tensor name or a path,
     so an escape sequence drove the terminal, a '\r' forged a line, key text typed as OUT was shown.
-    The worker processes a sharded command starts show theirs so too (`worker_mask`, `escape_warnings`).
+    The worker processes a sharded command starts show theirs so too (`worker_mask`, `worker_streams`).
     """
     show = warnings.showwarning
     warnings.showwarning = _escaped(mask)
@@ -87,7 +87,7 @@ def warnings_escaped(mask: Callable[[str], str]) -> Iterator[None]:
 
 
 def worker_mask() -> KeyMask | None:
-    """The mask a worker process started now gives its warnings (`escape_warnings`); None outside warnings_escaped.
+    """The mask a worker process started now gives its warnings (`worker_streams`); None outside warnings_escaped.
 
     A spawned worker starts with Python's own handler, which printed a worker's warnings raw, key text unmasked.
     """
@@ -95,10 +95,16 @@ def worker_mask() -> KeyMask | None:
     return mask.fixed() if isinstance(mask, KeyMask) else None
 
 
-def escape_warnings(mask: KeyMask | None) -> None:
-    """From now on, this process's warnings are escaped ``warning:`` lines masked by ``mask`` (None: as they were)."""
+def worker_streams(mask: KeyMask | None) -> None:
+    """From now on, this worker process's warnings and standard error are the program's (None: as they were).
+
+    Its warnings are escaped ``warning:`` lines masked by ``mask``, and its standard error is kept as `stderr_kept`
+    keeps the program's: a worker's failed write of a warning (`2>/dev/full`) was an OSError out of its shard's job,
+    the command's 'I/O error', exit 3; with none (`2>&-`), print() wrote the warning to standard output instead.
+    """
     if mask is not None:
         warnings.showwarning = _escaped(mask)
+        sys.stderr = _kept(sys.stderr)
 
 
 def _escaped(mask: Callable[[str], str]) -> Callable[..., None]:
@@ -128,17 +134,22 @@ def stderr_kept() -> Iterator[None]:
     recoverable", for an intact model or a missing key file too.
     """
     err = sys.stderr
-    if isinstance(err, io.TextIOWrapper):  # a name from the file may hold a lone surrogate: print it escaped
-        try:
-            err.reconfigure(errors="backslashreplace")
-        except OSError:  # it flushes what it holds, into a failing stream: _Stderr says so again below
-            pass
-    sys.stderr = _Discard() if err is None else cast(IO[str], _Stderr(err))
+    sys.stderr = _kept(err)
     try:
         yield
     finally:
         sys.stderr.flush()
         sys.stderr = err
+
+
+def _kept(err: IO[str] | None) -> IO[str]:
+    """``err`` (sys.stderr; None: closed) as `stderr_kept` keeps it."""
+    if isinstance(err, io.TextIOWrapper):  # a name from the file may hold a lone surrogate: print it escaped
+        try:
+            err.reconfigure(errors="backslashreplace")
+        except OSError:  # it flushes what it holds, into a failing stream: _Stderr says so again below
+            pass
+    return _Discard() if err is None else cast(IO[str], _Stderr(err))
 
 
 class _Stderr:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ._cli_streams import KeyMask, escape_warnings, worker_mask
+from ._cli_streams import KeyMask, worker_mask, worker_streams
 from ._pages import scratch_budget
 from ._progress import hide_in_this_thread
 from .errors import ParamSealError
@@ -74,11 +74,12 @@ def _sigint_blocked() -> Iterator[None]:
 
 def _start_worker(mib: int, parent: int, mask: KeyMask | None) -> None:
     os.environ["PARAMSEAL_SCRATCH_MIB"] = str(mib)
-    # the jobs run in this thread: their progress lines, on the terminal the worker inherits, and their warnings
-    # are masked as the parent's (`_progress.hiding`, `_cli_streams.warnings_escaped`); a spawned process starts
-    # without either
+    # the jobs run in this thread: their progress lines, on the standard error the worker inherits, and their
+    # warnings are masked as the parent's (`_progress.hiding`, `_cli_streams.warnings_escaped`), and a failing or
+    # closed standard error loses them as the parent's does (`_cli_streams.stderr_kept`); a spawned process starts
+    # without any of these
     hide_in_this_thread(mask)
-    escape_warnings(mask)
+    worker_streams(mask)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     if hasattr(signal, "pthread_sigmask"):  # blocked since spawn: one sent meanwhile is discarded now
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
