@@ -110,3 +110,41 @@ def test_a_workers_warning_on_a_standard_error_that_fails_or_is_closed_keeps_the
     done = _program(tmp_path, ["verify", sealed_ckpt, "--key", key_file, "--json"], "closed", warn=True)
     assert done.returncode == 0 and b"warning" not in done.stdout, done.stdout
     assert json.loads(done.stdout)["status"] == "intact"
+
+
+# The paramseal program, where cryptography warns as it loads (as it does under a Python or OpenSSL it finds old),
+# quoting PARAMSEAL_KEY: in the program itself and in each worker process (which imports this file first).
+_LOADING = """
+import importlib.abc, os, sys, warnings
+
+class Loading(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "cryptography":
+            warnings.warn(f"loading \\x1b[2J\\r{os.environ['PARAMSEAL_KEY']}", UserWarning)
+        return None
+
+sys.meta_path.insert(0, Loading())
+if __name__ == "__main__":
+    from paramseal import _shard_pool
+    _shard_pool._workers = lambda n: 2
+    from paramseal.__main__ import main
+    sys.exit(main())
+"""
+
+
+def test_warnings_raised_as_modules_load_are_escaped_and_masked_warning_lines(
+    tmp_path: Path, sealed_ckpt: Path, key: paramseal.Key
+) -> None:
+    """A warning raised while the program's modules loaded, before its handler was in place, was printed raw by
+    Python's: an escape sequence driving the terminal, a '\\r' forging a line, PARAMSEAL_KEY's text shown. So too
+    in each worker of a sharded command, which loaded them before it took the program's handler."""
+    script = tmp_path / "program.py"
+    script.write_text(_LOADING)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PARAMSEAL_KEY": key.secret.hex()}
+    single = sealed_ckpt / SHARDS[0]
+    for model, processes in ((single, 1), (sealed_ckpt, 3)):  # sharded: the program and its two workers
+        done = subprocess.run([sys.executable, str(script), "verify", str(model)], capture_output=True, env=env)
+        err = done.stderr.decode()
+        assert done.returncode == 0 and "\x1b" not in err and "\r" not in err and key.secret.hex() not in err, err
+        line = "warning: UserWarning: loading \\x1b[2J\\r<key-like text, not shown> (" + str(script) + ":7)\n"
+        assert err.count(line) == processes and err.count("loading") == processes, (model, err)

@@ -4,6 +4,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from types import FrameType
 
 
@@ -47,8 +48,17 @@ def main() -> int:
     ]
     for s in stops:
         signal.signal(s, _terminated)
-    from ._cli_streams import Terminated, entry_done, raise_terminated
-    from .cli import main as cli_main
+    from . import _held_warnings
+
+    _held_warnings.hold()  # a warning raised as they load is shown as a warning line once cli.main masks it
+    try:
+        from ._cli_streams import Terminated, entry_done, raise_terminated
+        from .cli import main as cli_main
+    except BaseException:  # they did not load: no cli.main to show what was held
+        _held_warnings.stop_holding()
+        _held_warnings.show_held(warnings.showwarning)
+        raise
+    _held_warnings.stop_holding()
 
     entry_done(False)
     try:

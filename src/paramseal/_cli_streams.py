@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import IO, Any, cast
 
+from ._held_warnings import show_held
 from .errors import ParamSealWarning, one_line
 from .keys import Key, redact
 
@@ -86,25 +87,38 @@ def warnings_escaped(mask: Callable[[str], str]) -> Iterator[None]:
         warnings.showwarning = show
 
 
-def worker_mask() -> KeyMask | None:
+# a KeyMask as a worker process is given it: its words and digits (`worker_mask`)
+WorkerMask = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def worker_mask() -> WorkerMask | None:
     """The mask a worker process started now gives its warnings (`worker_streams`); None outside warnings_escaped.
 
     A spawned worker starts with Python's own handler, which printed a worker's warnings raw, key text unmasked.
+    Plain strings: a KeyMask would load this module (and cryptography) in the worker as it is unpickled, before the
+    worker holds the warnings raised as modules load (`_held_warnings`).
     """
     mask = _MASK.get()
-    return mask.fixed() if isinstance(mask, KeyMask) else None
+    return (mask.words, mask.fixed().digits) if isinstance(mask, KeyMask) else None
 
 
-def worker_streams(mask: KeyMask | None) -> None:
+def worker_streams(mask: WorkerMask | None) -> None:
     """From now on, this worker process's warnings and standard error are the program's (None: as they were).
 
-    Its warnings are escaped ``warning:`` lines masked by ``mask``, and its standard error is kept as `stderr_kept`
-    keeps the program's: a worker's failed write of a warning (`2>/dev/full`) was an OSError out of its shard's job,
-    the command's 'I/O error', exit 3; with none (`2>&-`), print() wrote the warning to standard output instead.
+    Its warnings are escaped ``warning:`` lines masked by ``mask``, those held as its modules loaded shown so now,
+    and its standard error is kept as `stderr_kept` keeps the program's: a worker's failed write of a warning
+    (`2>/dev/full`) was an OSError out of its shard's job, the command's 'I/O error', exit 3; with none (`2>&-`),
+    print() wrote the warning to standard output instead.
     """
     if mask is not None:
-        warnings.showwarning = _escaped(mask)
+        warnings.showwarning = _escaped(KeyMask(*mask))
         sys.stderr = _kept(sys.stderr)
+    show_held(warnings.showwarning)
+
+
+def show_held_warnings(mask: Callable[[str], str]) -> None:
+    """Show the warnings held as the program's modules loaded (`_held_warnings`) as its warning lines."""
+    show_held(_escaped(mask))
 
 
 def _escaped(mask: Callable[[str], str]) -> Callable[..., None]:

@@ -16,12 +16,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._cli_streams import KeyMask, worker_mask, worker_streams
-from ._pages import scratch_budget
+from ._held_warnings import hold, stop_holding
 from ._progress import hide_in_this_thread
 from .errors import ParamSealError
+
+if TYPE_CHECKING:
+    from ._cli_streams import WorkerMask
+
+# A worker imports this module before `_start_worker` runs: only the standard library and modules that import
+# nothing else load here, so that a warning raised as the others load (numpy, cryptography) is held for the
+# program's handler. They load in the functions that use them.
 
 T = TypeVar("T")
 
@@ -32,6 +38,9 @@ def _workers(n: int) -> int:
 
 def _map(fn: Callable[..., T], jobs: list[tuple[Any, ...]], workers: int | None) -> list[T]:
     """Run ``fn(*job)`` for every job on a pool of processes (in order); one job runs inline."""
+    from ._cli_streams import worker_mask
+    from ._pages import scratch_budget
+
     w = _workers(len(jobs)) if workers is None else max(1, workers)
     if w == 1 or len(jobs) == 1:
         return [fn(*j) for j in jobs]
@@ -72,13 +81,18 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def _start_worker(mib: int, parent: int, mask: KeyMask | None) -> None:
+def _start_worker(mib: int, parent: int, mask: WorkerMask | None) -> None:
+    hold()  # what loads now may warn: held until the handler below is in place
+    try:
+        from ._cli_streams import KeyMask, worker_streams
+    finally:
+        stop_holding()
     os.environ["PARAMSEAL_SCRATCH_MIB"] = str(mib)
     # the jobs run in this thread: their progress lines, on the standard error the worker inherits, and their
     # warnings are masked as the parent's (`_progress.hiding`, `_cli_streams.warnings_escaped`), and a failing or
     # closed standard error loses them as the parent's does (`_cli_streams.stderr_kept`); a spawned process starts
     # without any of these
-    hide_in_this_thread(mask)
+    hide_in_this_thread(None if mask is None else KeyMask(*mask))
     worker_streams(mask)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
     if hasattr(signal, "pthread_sigmask"):  # blocked since spawn: one sent meanwhile is discarded now

@@ -26,6 +26,7 @@ from ._cli_streams import (
     Terminated,
     files_given_back,
     quiet_stdout,
+    show_held_warnings,
     stderr_kept,
     terminate_as_interrupt,
     warnings_escaped,
@@ -67,6 +68,7 @@ def _main(argv: Sequence[str] | None) -> int:
     ap = build_parser()
     # a key pasted where a path or name belongs (`verify "$PARAMSEAL_KEY" model`) is never quoted back
     hidden = key_like_args(str(a) for a in (sys.argv[1:] if argv is None else argv))
+    show_held_warnings(_masking(None, hidden))  # raised as the program's modules loaded (`__main__.main`)
     for p in (ap, *ap.commands.values()):
         p.hidden = hidden
     try:
@@ -123,7 +125,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return _internal_error(e, args, hidden)
 
 
-def _masking(args: argparse.Namespace, hidden: Iterable[str]) -> KeyMask:
+def _masking(args: argparse.Namespace | None, hidden: Iterable[str]) -> KeyMask:
     """What masks the key in text printed: the command line's key-like words, PARAMSEAL_KEY's, a key file's digits.
 
     The key file's are looked up as each text is masked: the key is loaded once the command runs.
