@@ -58,16 +58,13 @@ if __name__ == "__main__":
 """
 
 
-def _program(tmp_path: Path, argv: list[object], stderr: str, warn: bool = False) -> subprocess.CompletedProcess[bytes]:
-    """Run `_PROGRAM` with ``argv``, its standard error ``stderr``: "closed" (`2>&-`), or a file to write to."""
+def _program(tmp_path: Path, argv: list[object], redir: str, warn: bool = False) -> subprocess.CompletedProcess[bytes]:
+    """Run `_PROGRAM` with ``argv`` and a shell's ``redir`` (`2>&-`, `2>/dev/full`, `>&-`); the rest captured."""
     script = tmp_path / "program.py"
     script.write_text(_PROGRAM)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "WARN": "1" if warn else ""}
-    cmd = [sys.executable, str(script), *map(str, argv)]
-    if stderr == "closed":
-        return subprocess.run(["sh", "-c", 'exec "$@" 2>&-', "sh", *cmd], capture_output=True, env=env, timeout=300)
-    with open(stderr, "w") as err:
-        return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, env=env, timeout=300)
+    cmd = ["sh", "-c", f'exec "$@" {redir}', "sh", sys.executable, str(script), *map(str, argv)]
+    return subprocess.run(cmd, capture_output=True, env=env, timeout=300)
 
 
 def test_progress_without_a_standard_error_shows_none(
@@ -87,7 +84,7 @@ def test_a_sharded_command_with_standard_error_closed_keeps_its_exit_code(
         ["verify", sealed_ckpt, "--key", key_file],
         ["recover", sealed_ckpt, tmp_path / "r", "--key", key_file],
     ):
-        done = _program(tmp_path, argv, "closed")
+        done = _program(tmp_path, argv, "2>&-")
         assert done.returncode == 0 and done.stdout.startswith(b"OK: "), (argv, done.stdout)
     assert sorted(p.name for p in (tmp_path / "r").glob("*.safetensors")) == SHARDS
 
@@ -100,14 +97,14 @@ def test_a_workers_warning_on_a_standard_error_that_fails_or_is_closed_keeps_the
     command's 'I/O error', exit 3, for an intact set. With standard error closed (`2>&-`), print() wrote it to
     standard output, where a --json reader found it before the document."""
     shown = tmp_path / "err.txt"
-    done = _program(tmp_path, ["verify", sealed_ckpt, "--key", key_file], str(shown), warn=True)
+    done = _program(tmp_path, ["verify", sealed_ckpt, "--key", key_file], f"2>{shown}", warn=True)
     assert done.returncode == 0, shown.read_text()  # a terminal would see each shard's warning, escaped
     assert shown.read_text().count("warning: UserWarning: reading \\x1b[2J") == len(SHARDS), shown.read_text()
     for argv in (["verify", sealed_ckpt], ["recover", sealed_ckpt, tmp_path / "r"]):
-        done = _program(tmp_path, [*argv, "--key", key_file], "/dev/full", warn=True)
+        done = _program(tmp_path, [*argv, "--key", key_file], "2>/dev/full", warn=True)
         assert done.returncode == 0 and done.stdout.startswith(b"OK: "), (argv, done.stdout)
     assert sorted(p.name for p in (tmp_path / "r").glob("*.safetensors")) == SHARDS
-    done = _program(tmp_path, ["verify", sealed_ckpt, "--key", key_file, "--json"], "closed", warn=True)
+    done = _program(tmp_path, ["verify", sealed_ckpt, "--key", key_file, "--json"], "2>&-", warn=True)
     assert done.returncode == 0 and b"warning" not in done.stdout, done.stdout
     assert json.loads(done.stdout)["status"] == "intact"
 
@@ -148,3 +145,16 @@ def test_warnings_raised_as_modules_load_are_escaped_and_masked_warning_lines(
         assert done.returncode == 0 and "\x1b" not in err and "\r" not in err and key.secret.hex() not in err, err
         line = "warning: UserWarning: loading \\x1b[2J\\r<key-like text, not shown> (" + str(script) + ":7)\n"
         assert err.count(line) == processes and err.count("loading") == processes, (model, err)
+
+
+def test_a_sharded_seal_or_recover_with_standard_output_closed_writes_its_output_and_says_why_it_failed(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    """`>&-`: the pool's start flushed the closed standard output, and the command said 'cannot write OUT: standard
+    output is closed', removing OUT, where the single-file command writes OUT and says its standard output failed."""
+    for verb, src in (("seal", checkpoint), ("recover", sealed_ckpt)):
+        out = tmp_path / f"{verb}-out"
+        done = _program(tmp_path, [verb, src, out, "--key", key_file], ">&-")
+        assert done.returncode == 3, done.stderr
+        assert done.stderr.decode() == "error: cannot write the output to standard output: standard output is closed\n"
+        assert helpers.run_cli(["verify", out, "--key", key_file])[0] == 0  # written in full: verify names its seal

@@ -232,7 +232,10 @@ class Stdout:
             raise StdoutFailed(e.errno, e.strerror) from e
 
     def flush(self) -> None:
-        self._require_open()
+        # closed: nothing was written, so nothing is lost. The flush may be another's (a sharded command's pool
+        # flushes it as it starts its workers), which would give it as its own failure: 'cannot write OUT'
+        if self._stream is None:
+            return
         try:
             self._stream.flush()
         except BrokenPipeError:
