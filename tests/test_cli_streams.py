@@ -158,3 +158,44 @@ def test_a_sharded_seal_or_recover_with_standard_output_closed_writes_its_output
         assert done.returncode == 3, done.stderr
         assert done.stderr.decode() == "error: cannot write the output to standard output: standard output is closed\n"
         assert helpers.run_cli(["verify", out, "--key", key_file])[0] == 0  # written in full: verify names its seal
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_the_workers_progress_lines_on_a_terminal_are_escaped_and_masked(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """Each worker of a sharded command draws its own progress line on the terminal it inherits: the tensor names it
+    shows are escaped and masked as the program's own progress line does, the key file's digits too."""
+    import threading
+
+    names = [f"{key.secret.hex()}.{i}\x1b[2J\r" for i in range(3)]  # key text, an escape sequence, a '\r'
+    shards = {s: {n: np.ones((64, 64), np.float32)} for s, n in zip(SHARDS, names, strict=True)}
+    helpers.write_checkpoint(tmp_path / "odd", shards)
+    assert helpers.run_cli(["seal", tmp_path / "odd", tmp_path / "s", "--key", key_file])[0] == 0
+    (tmp_path / "program.py").write_text(_PROGRAM)
+    main_fd, tty_fd = os.openpty()
+    got: list[bytes] = []
+
+    def read() -> None:  # as the terminal does, so that a full one never stops the program
+        while True:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # EIO: every writer closed it
+                return
+            if not chunk:
+                return
+            got.append(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, str(tmp_path / "program.py"), "verify", str(tmp_path / "s"), "--key", str(key_file)]
+    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=tty_fd, env=env, timeout=300)
+    os.close(tty_fd)
+    reader.join(30)
+    os.close(main_fd)
+    shown = b"".join(got).decode()
+    assert done.returncode == 0, shown
+    assert shown.count("\rverify [") == len(SHARDS), ascii(shown)  # each shard's line, drawn by its worker
+    assert shown.count("<key-like text, not shown>.") == len(SHARDS) and "\\x1b[2J\\r" in shown, ascii(shown)
+    assert "\x1b" not in shown and key.secret.hex()[:16] not in shown, ascii(shown)
