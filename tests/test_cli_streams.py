@@ -140,7 +140,9 @@ def test_warnings_raised_as_modules_load_are_escaped_and_masked_warning_lines(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PARAMSEAL_KEY": key.secret.hex()}
     single = sealed_ckpt / SHARDS[0]
     for model, processes in ((single, 1), (sealed_ckpt, 3)):  # sharded: the program and its two workers
-        done = subprocess.run([sys.executable, str(script), "verify", str(model)], capture_output=True, env=env)
+        done = subprocess.run(
+            [sys.executable, str(script), "verify", str(model)], capture_output=True, env=env, timeout=300
+        )
         err = done.stderr.decode()
         assert done.returncode == 0 and "\x1b" not in err and "\r" not in err and key.secret.hex() not in err, err
         line = "warning: UserWarning: loading \\x1b[2J\\r<key-like text, not shown> (" + str(script) + ":7)\n"
