@@ -201,3 +201,26 @@ def test_the_workers_progress_lines_on_a_terminal_are_escaped_and_masked(
     assert shown.count("\rverify [") == len(SHARDS), ascii(shown)  # each shard's line, drawn by its worker
     assert shown.count("<key-like text, not shown>.") == len(SHARDS) and "\\x1b[2J\\r" in shown, ascii(shown)
     assert "\x1b" not in shown and key.secret.hex()[:16] not in shown, ascii(shown)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/self/fd")
+def test_a_closed_standard_descriptor_is_not_taken_by_the_files_a_command_opens(tmp_path: Path, key_file: Path) -> None:
+    """With 2>&- (or <&-, >&-) the number was free: the next file opened, a model's output among them, took it."""
+    model = tmp_path / "m.safetensors"
+    helpers.write_st(model, {"w": np.arange(4096, dtype=np.float32)})
+    code = (
+        "import os, sys\n"
+        "from paramseal.__main__ import main\n"
+        f"sys.argv = ['paramseal', 'seal', {str(model)!r}, {str(tmp_path / 's.safetensors')!r}, "
+        f"'--key', {str(key_file)!r}]\n"
+        "rc = main()\n"
+        "seen = [os.readlink(f'/proc/self/fd/{fd}') for fd in (0, 1, 2)]\n"
+        f"open({str(tmp_path / 'seen.txt')!r}, 'w').write(repr((rc, seen)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    cmd = ["sh", "-c", 'exec "$@" <&- 2>&-', "sh", sys.executable, "-c", code]  # stdout kept: it says OK
+    subprocess.run(cmd, check=True, timeout=120, env=env, stdout=subprocess.DEVNULL)
+    rc, seen = eval((tmp_path / "seen.txt").read_text())  # noqa: S307 - our own repr of an int and strings
+    assert rc == 0
+    assert (seen[0], seen[2]) == (os.devnull, os.devnull)
+    assert files.verify_file(tmp_path / "s.safetensors", paramseal.load_key(key_file)).status == "intact"

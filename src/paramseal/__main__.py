@@ -28,6 +28,19 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
     os._exit(128 + signum)
 
 
+def _standard_fds_open() -> None:
+    """Give a closed standard descriptor (``2>&-``) /dev/null, so no file the command opens takes its number.
+
+    Else the next file opened (a model's output) becomes fd 2, and a C-level write to standard error
+    (Python's fatal-error report, faulthandler, a library's message) would land in it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)  # the lowest free number: this one, as the lower ones are open
+
+
 def main() -> int:
     """Run the ``paramseal`` program; Ctrl-C, SIGTERM or SIGHUP while its modules load exit as they do later.
 
@@ -36,6 +49,7 @@ def main() -> int:
     the signal's own status. `cli.main` then handles Ctrl-C as KeyboardInterrupt and the others as
     `Terminated`, so its outputs are cleaned up.
     """
+    _standard_fds_open()
     # an ignored signal stays ignored; only the main thread may set a handler (cli.main runs in any thread)
     main_thread = threading.current_thread() is threading.main_thread()
     mine = main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler
