@@ -2252,3 +2252,22 @@ def test_inspect_of_a_model_whose_only_copy_in_the_weights_is_damaged_warns(
     rc, so, se = run(["inspect", bad])
     assert rc == 0 and not se and f"WARNING: '{bad}': the model was sealed" in so and "not sealed" not in so, (so, se)
     assert "no readable seal header" in so
+
+
+def test_seal_notes_when_no_header_copy_fits_in_the_weights(tmp_path: Path, model_file: Path, key_file: Path) -> None:
+    """A model whose header fits no copy in its weights kept it in the metadata only, and seal said nothing of it."""
+    rng = np.random.default_rng(3)
+    big = tmp_path / "big.safetensors"
+    helpers.write_st(big, {"w": rng.standard_normal(300_000).astype(np.float32)})
+    for src, extra, noted in (
+        (model_file, [], True),  # a few thousand parameters: no copy fits the 2% budget
+        (model_file, ["--header-out", tmp_path / "h.json"], False),  # the header is kept apart: nothing to say
+        (big, [], False),  # copies in the weights
+    ):
+        out = tmp_path / f"out-{len(extra)}-{src.stem}.safetensors"
+        rc, _, err = run(["seal", src, out, "--key", key_file, *extra])
+        assert rc == 0, err
+        header = files.inspect_file(out)["seal"]
+        assert (header["header_copies_in_weights"] == []) is (src == model_file)
+        assert ("no copy of the seal header fits in the weights" in err) is noted, err
+        assert ("--header-out FILE.json" in err) is noted

@@ -34,6 +34,11 @@ def _print_json(rep: Report, extra: dict[str, Any] | None = None) -> None:
 _FOLDER_IN_PLACE = "--in-place works for single files only; a sharded checkpoint is written to a new folder"
 
 
+_NO_COPY = (
+    "no copy of the seal header fits in the weights (copies may take at most 2% of the blocks): it is in "
+    "the file's metadata only, so a tool that drops the metadata leaves the model unverifiable; keep a copy "
+    "with 'seal --header-out FILE.json' (then verify/recover --header-from FILE.json)"
+)
 _SEAL_ID = "seal id: {} (keep it: verify --expect-seal ID refuses any other seal of this model)"
 
 
@@ -108,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
             print(_SEAL_ID.format(h.salt.hex()))
             _warn_bits(args, ks)
             _note_plain(args, h.tensors)
+            if not h.carriers and keep is None:
+                print(f"note: {_NO_COPY}", file=sys.stderr)
             for w in warned:
                 _warn(args, w)
             if keep is not None:
