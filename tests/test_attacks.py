@@ -514,17 +514,85 @@ def mlp_sealed(key: paramseal.Key) -> Loaded:
     return Loaded(dict(s.tensors), {METADATA_KEY: s.header_json})
 
 
-def test_bfa_flips_exactly_n_bits_and_hurts_the_task(mlp_sealed: Loaded) -> None:
+def test_bfa_stops_once_the_loss_overflows_and_says_so(mlp_sealed: Loaded, tmp_path: Path) -> None:
+    """One exponent flip overflows the float32 MLP's outputs; every later candidate then scored the same.
+
+    Flips 2-5 of a "5-flip" bfa were bit 0 of fc1.bias values (changes of ~1e-9): a 1-flip attack
+    recorded as 5. Now the search stops, and the ground truth says after how many flips and why.
+    """
     pytest.importorskip("torch")
     from paramseal.evaluation.models import get_model
 
     mlp = get_model("mlp")
     before = _snapshot(mlp_sealed)
-    out, truth = attack(mlp_sealed, AttackSpec("bfa", n=3, seed=0), model=mlp)
+    out, truth = attack(mlp_sealed, AttackSpec("bfa", n=5, seed=0), model=mlp)
     assert _snapshot(mlp_sealed) == before
-    assert sum(c.bits_flipped for c in truth.changes) == 3
-    assert sum(len(v) for v in _bits_changed(mlp_sealed.tensors, out.tensors).values()) == 3
+    made = sum(len(v) for v in _bits_changed(mlp_sealed.tensors, out.tensors).values())
+    assert 1 <= made < 5 and sum(c.bits_flipped for c in truth.changes) == made
+    assert truth.stopped.startswith(f"stopped after {made} of 5 flips: flip {made} made the task loss non-finite")
+    assert truth.to_dict()["stopped"] == truth.stopped and truth.options["n"] == 5  # asked 5, made fewer
+    for c in truth.changes:  # every flip made does damage: no value moved by a rounding's worth
+        old = mlp_sealed.tensors[c.name].reshape(-1)[c.indices].astype(np.float64)
+        new = out.tensors[c.name].reshape(-1)[c.indices].astype(np.float64)
+        assert np.all(np.abs(new - old) > 1.0), (c.name, old, new)
     assert mlp.evaluate(out.tensors)["accuracy"] < mlp.evaluate(mlp_sealed.tensors)["accuracy"] - 0.2
+    src = tmp_path / "m.safetensors"
+    write_model(src, mlp_sealed)
+    rc, out_text, err = helpers.run_cli(
+        ["attack", src, tmp_path / "a.safetensors", "--kind", "bfa", "--n", "5", "--model", "mlp"]
+    )
+    assert rc == 0 and f"bfa stopped after {made} of 5 flips" in out_text, (out_text, err)
+    rc, out_text, err = helpers.run_cli(
+        ["attack", src, tmp_path / "b.safetensors", "--kind", "bfa", "--n", "5", "--model", "mlp", "--json"]
+    )
+    assert rc == 0 and json.loads(out_text)["stopped"] == truth.stopped, err
+
+
+class _Sigmoid:
+    """A task whose loss stays finite whatever the bits: sum of sigmoid(w), raised by each sign flip of a -1."""
+
+    name = "sigmoid"
+
+    def loss(self, params: dict[str, Any], batch: int | None) -> Any:
+        import torch
+
+        return torch.sigmoid(params["w"]).sum()
+
+
+class _Flat:
+    """A task whose loss no flip changes (it uses w only through w * 0)."""
+
+    name = "flat"
+
+    def loss(self, params: dict[str, Any], batch: int | None) -> Any:
+        return (params["w"] * 0).sum() + 1
+
+
+def test_bfa_makes_every_flip_while_each_raises_a_finite_loss() -> None:
+    pytest.importorskip("torch")
+    m = Loaded({"w": np.full((4, 16), -1.0, np.float32)}, {})
+    out, truth = attack(m, AttackSpec("bfa", n=3), model=_Sigmoid())
+    assert truth.stopped == "" and truth.to_dict()["stopped"] is None
+    assert sum(c.bits_flipped for c in truth.changes) == 3 and truth.changed_parameters == 3
+
+
+def test_bfa_makes_no_flip_that_does_not_raise_the_loss() -> None:
+    """A loss no flip raises left every candidate tied: an arbitrary bit was flipped and called a bfa flip."""
+    pytest.importorskip("torch")
+    m = Loaded({"w": np.full((4, 16), 0.5, np.float32)}, {})
+    out, truth = attack(m, AttackSpec("bfa", n=2), model=_Flat())
+    assert truth.changed_parameters == 0 and out.tensors["w"].tobytes() == m.tensors["w"].tobytes()
+    assert truth.stopped.startswith("stopped after 0 of 2 flips: none of the 4 best-ranked flips raises the task loss")
+
+
+def test_bfa_refuses_a_model_whose_loss_is_not_finite_already(mlp_sealed: Loaded) -> None:
+    pytest.importorskip("torch")
+    from paramseal.evaluation.models import get_model
+
+    t = dict(mlp_sealed.tensors)
+    t["fc3.weight"] = np.full_like(t["fc3.weight"], np.inf)
+    with pytest.raises(UsageError, match="before any flip, so bfa cannot rank flips"):
+        attack(Loaded(t, {}), AttackSpec("bfa", n=2), model=get_model("mlp"))
 
 
 def test_finetune_changes_only_the_classifier(mlp_sealed: Loaded, tmp_path: Path) -> None:

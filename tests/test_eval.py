@@ -759,3 +759,26 @@ def test_docs_over_a_file_the_battery_writes_is_refused_before_any_run(tmp_path:
     with pytest.raises(UsageError, match="would overwrite the battery's own output"):
         run_eval(BATTERIES["tiny"], out, docs=out / name, progress=False)
     assert not out.exists()
+
+
+def test_bfa_finding_says_how_many_values_the_search_changed() -> None:
+    """The search stops once the loss overflows (1 flip on a float32 MLP): "5 flips by gradient" claimed 5."""
+    from paramseal.evaluation import _findings
+
+    runs = [
+        {
+            "type": "run",
+            "model": "mlp",
+            "kind": "bfa",
+            "options": {"n": 5, "model": "mlp"},
+            "changed_parameters": made,
+            "detected": True,
+            "recovered": True,
+            "metric_attacked": {"accuracy": 0.2},
+            "metric_recovered": {"accuracy": 0.98},
+        }
+        for made in (1, 2, 1)
+    ]
+    text = _findings._bfa_text(runs)
+    assert "up to 5 flips, which stops once the task loss overflows: 1–2 value(s) changed a run" in text, text
+    assert "5 flips by gradient" not in text

@@ -54,6 +54,7 @@ def attack(loaded: Loaded, spec: AttackSpec, *, model: GradModel | None = None) 
     if spec.kind == "truncate":
         raise UsageError("truncate works on files, not tensors: use attack_file or attack_bytes")
     t, meta, rng = dict(loaded.tensors), dict(loaded.metadata), _rng(spec)
+    stopped = ""
     match spec.kind:
         case "bitflip":
             t = bitflip(t, spec, meta, rng)
@@ -79,7 +80,10 @@ def attack(loaded: Loaded, spec: AttackSpec, *, model: GradModel | None = None) 
             from . import _grad
 
             m = model if model is not None else _builtin_model(spec.model)
-            t = _grad.bfa(t, spec, m) if spec.kind == "bfa" else _grad.finetune(t, spec, m)
+            if spec.kind == "bfa":
+                t, stopped = _grad.bfa(t, spec, m)
+            else:
+                t = _grad.finetune(t, spec, m)
     changes, structural = diff(loaded.tensors, t)
     keys = metadata_diff(loaded.metadata, meta)
     truth = GroundTruth(
@@ -94,6 +98,7 @@ def attack(loaded: Loaded, spec: AttackSpec, *, model: GradModel | None = None) 
             for k in keys
         ),
         keys,
+        stopped=stopped,
     )
     # what the writer needs besides the values (a .pt's module versions, an ONNX graph) stays the input's
     return Loaded(t, meta, source=loaded.source if list(t) == list(loaded.tensors) else None), truth

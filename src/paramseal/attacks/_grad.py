@@ -85,13 +85,20 @@ def _real_loss(model: GradModel, p: Mapping[str, Any]) -> float:
     return v if math.isfinite(v) else math.inf
 
 
-def bfa(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
-    """Flip ``n`` bits one at a time, each the most damaging one found by gradient (Rakin et al. 2019, for floats).
+def bfa(t: Tensors, spec: AttackSpec, model: GradModel) -> tuple[Tensors, str]:
+    """Flip up to ``n`` bits one at a time, each the most damaging found by gradient (Rakin et al. 2019, for floats).
 
     Each round ranks, for the values with the largest loss gradient in every chosen tensor,
     every single-bit flip by its first-order loss increase (gradient x change in value),
     evaluates the real loss of the best few and keeps the worst for the model. A bit is
-    never flipped twice, so exactly ``n`` bits differ at the end.
+    never flipped twice. Returns the tensors and why the search stopped short of ``n``
+    flips ('' when it made them all).
+
+    Every flip made raises the task loss. The search stops early, as Rakin et al.'s stops once
+    the model is broken, when the loss is no longer finite (one exponent flip of a float32
+    weight commonly overflows the outputs: every later candidate would score the same, and a
+    flip picked among them would be an arbitrary, harmless one) or when no flip evaluated
+    raises it.
     """
     torch = _torch()
     names = pick(t, spec, lambda _n, a: is_float(a))
@@ -105,8 +112,20 @@ def bfa(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
         with np.errstate(all="ignore"):
             return float(v.astype(np.float32)[0])
 
-    for r in range(spec.n or 5):
+    n = spec.n or 5
+    for r in range(n):
         loss = _first_loss(model, p, None, "bfa", names) if r == 0 else model.loss(p, None)
+        now = float(loss.detach())
+        if not math.isfinite(now):
+            if r == 0:  # nothing to rank flips by: an input broken already
+                raise UsageError(
+                    f"the task loss of this model is {now} before any flip, so bfa cannot rank flips by the damage "
+                    "they do; the model is broken already (check it with verify)"
+                )
+            return d.t, (
+                f"stopped after {r} of {n} flips: flip {r} made the task loss non-finite (the model's outputs "
+                "overflow), so no further flip can be ranked by the damage it does"
+            )
         grads = torch.autograd.grad(loss, [p[n] for n in names], allow_unused=True)
         cands: list[tuple[float, str, int, int]] = []
         for nm, g in zip(names, grads, strict=True):
@@ -132,12 +151,17 @@ def bfa(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
             flat[c[2]] = was
             if lv > best_loss:
                 best, best_loss = c, lv
+        if not best_loss > now:  # every flip made does damage: a harmless one would pad the count
+            return d.t, (
+                f"stopped after {r} of {n} flips: none of the {min(EXACT_CANDIDATES, len(cands))} best-ranked "
+                f"flips raises the task loss ({now:.6g})"
+            )
         _, nm, i, bit = best
         p[nm].detach().view(-1)[i] = flipped(nm, i, bit)
         u = d.bits(nm)
         u[i] ^= u.dtype.type(1 << bit)
         done.add((nm, i, bit))
-    return d.t
+    return d.t, ""
 
 
 def finetune(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:

@@ -62,7 +62,7 @@ TUNING_DEFAULTS: dict[str, float] = {"sigma": 0.01, "steps": 10, "lr": 0.01}
 class AttackSpec:
     """One tampering, fully described; with the same ``seed`` it changes exactly the same bits.
 
-    ``n``: bits (bitflip, bfa), rows (backdoor-row), pairs (swap blocks/rows).
+    ``n``: bits (bitflip; bfa: at most, as its search stops early), rows (backdoor-row), pairs (swap blocks/rows).
     ``fraction``: of parameters (random-modify, prune, lsb-rewrite), of all parameters to
     replace by whole tensors (replace-tensor, zero-tensor), of the file kept (truncate).
     ``sigma``: noise std relative to each tensor's std. ``steps``/``lr``: finetune.

@@ -104,6 +104,7 @@ class GroundTruth:
     structural: tuple[str, ...] = ()  # renamed/added/removed tensors, metadata edits, truncation
     metadata_keys: tuple[str, ...] = ()  # metadata keys edited, added or removed
     file: dict[str, int] = field(default_factory=dict)  # truncate: {"bytes_before", "bytes_after"}
+    stopped: str = ""  # why the attack did less than its options ask (bfa: its search stopped early); '' if not
 
     @property
     def changed_parameters(self) -> int:
@@ -137,6 +138,7 @@ class GroundTruth:
             "structural": list(self.structural),
             "metadata_keys": list(self.metadata_keys),
             "file": dict(self.file),
+            "stopped": self.stopped or None,
         }
         if per_tensor:
             d["tensors"] = {c.name: c.to_dict(max_listed) for c in self.changes if c.count}
@@ -155,6 +157,8 @@ class GroundTruth:
             more = " ..." if c.count > 4 else ""
             lines.append(f"  {c.name}: {c.count} value(s) in {c.blocks.size} block(s) changed: {shown}{more}")
         lines += [f"  {s}" for s in self.structural]
+        if self.stopped:
+            lines.append(f"  {self.kind} {self.stopped}")
         return "\n".join(lines)
 
 
