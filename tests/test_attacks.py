@@ -434,6 +434,20 @@ def test_attack_truncate_summary_claims_no_share_of_parameters(tmp_path: Path, s
     assert f"file truncated from {src.stat().st_size} to {src.stat().st_size // 2} bytes" in out
 
 
+def test_attack_help_says_truncate_keeps_its_fraction_of_the_file(tmp_path: Path, sealed_model: Loaded) -> None:
+    """--help said "fraction of parameters (or of the file, truncate)": --fraction 0.01 kept 1%, not cut 1%."""
+    rc, out, _ = helpers.run_cli(["attack", "--help"])
+    text = " ".join(out.split())
+    assert rc == 0 and "(truncate: fraction of the file's bytes kept, default 0.5)" in text, text
+    src = tmp_path / "m.safetensors"
+    write_model(src, sealed_model)
+    rc, out, err = helpers.run_cli(
+        ["attack", src, tmp_path / "cut.safetensors", "--kind", "truncate", "--fraction", "0.25"]
+    )
+    size = src.stat().st_size
+    assert rc == 0 and (tmp_path / "cut.safetensors").stat().st_size == int(size * 0.25), (out, err)
+
+
 def test_attack_truncate_refuses_a_key_file_and_writes_nothing(tmp_path: Path, key: paramseal.Key) -> None:
     """truncate works on any file: given the key file, it copied half the key into an output others can read."""
     keyfile = paramseal.write_key(tmp_path / "k.key", key)

@@ -28,7 +28,12 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--kind", required=True, choices=KINDS, help="the attack to apply")
     p.add_argument("--seed", type=int, default=0, help="the same seed changes the same bits (default 0)")
     p.add_argument("--n", type=int, help="bits (bitflip; bfa: at most), rows (backdoor-row), pairs (swap blocks/rows)")
-    p.add_argument("--fraction", type=float, metavar="P", help="fraction of parameters (or of the file, truncate)")
+    p.add_argument(
+        "--fraction",
+        type=float,
+        metavar="P",
+        help="fraction of parameters changed (truncate: fraction of the file's bytes kept, default 0.5)",
+    )
     p.add_argument("--sigma", type=float, help="noise: std relative to each tensor's std (default 0.01)")
     p.add_argument("--field", choices=FIELDS, default="any", help="bitflip: restrict to these bits")
     p.add_argument("--tensor", action="append", default=[], metavar="NAME", help="attack only this tensor (repeat)")
