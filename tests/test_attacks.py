@@ -225,6 +225,29 @@ def test_swap_moves_values_without_changing_them(sealed_model: Loaded) -> None:
     assert np.array_equal(out.tensors["fc.weight"], sealed_model.tensors["fc2.weight"])
 
 
+def test_swap_tensors_takes_n_pairs_of_tensors(tmp_path: Path, sealed_model: Loaded) -> None:
+    """README lists `swap (--mode blocks|rows|tensors, --n pairs)`; `--mode tensors --n 1` was refused, exit 3."""
+    t = {f"w{i}": np.full((3, 5), float(i), np.float32) for i in range(5)}
+    t["zeros"] = np.zeros((3, 5), np.float32)  # equal to w0: swapping those two would change nothing
+    t["other"] = np.ones((2, 5), np.float32)  # no tensor of its shape
+    m = Loaded(t)
+    for seed in range(12):
+        out, truth = attack(m, AttackSpec("swap", seed=seed, mode="tensors", n=3))
+        assert sorted(truth.changed_tensors) == sorted(set(t) - {"other"}), seed  # three pairs, all moved
+        assert sorted(a.tobytes() for a in out.tensors.values()) == sorted(a.tobytes() for a in t.values())
+        assert truth.options["n"] == 3
+    _, truth = attack(m, AttackSpec("swap", seed=1, mode="tensors", n=2))
+    assert len(truth.changed_tensors) == 4
+    with pytest.raises(UsageError, match="cannot swap 4 distinct pairs of tensors: the chosen tensors make 3"):
+        attack(m, AttackSpec("swap", mode="tensors", n=4))
+    src = tmp_path / "m.safetensors"  # fc.weight and fc2.weight share a shape
+    write_model(src, sealed_model)
+    rc, out_text, err = helpers.run_cli(
+        ["attack", src, tmp_path / "a.safetensors", "--kind", "swap", "--mode", "tensors", "--n", "1", "--json"]
+    )
+    assert rc == 0 and len(json.loads(out_text)["changed_tensors"]) == 2, (out_text, err)
+
+
 def test_swap_n_pairs_are_n_distinct_pairs() -> None:
     # pairs were drawn independently: the same pair drawn twice swapped back, and --n 2 changed nothing
     rows = np.arange(4 * 64, dtype=np.float32).reshape(4, 64)  # four distinct blocks and rows
@@ -714,7 +737,6 @@ def test_a_no_op_attack_reports_no_change(sealed_model: Loaded) -> None:
         (["--kind", "replace-tensor", "--tensor", "fc.weight", "--fraction", "0.01"], "--tensor or --fraction"),
         (["--kind", "zero-tensor", "--tensor", "fc.weight", "--fraction", "0.01"], "--tensor or --fraction"),
         (["--kind", "backdoor-row", "--tensor", "fc.weight", "--tensor", "fc2.weight"], "one --tensor"),
-        (["--kind", "swap", "--mode", "tensors", "--n", "3"], "--n does not apply to swap --mode tensors"),
     ],
 )
 def test_an_option_the_attack_would_ignore_is_refused(

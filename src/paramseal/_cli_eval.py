@@ -27,7 +27,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("output", metavar="OUT", help="where to write the attacked model")
     p.add_argument("--kind", required=True, choices=KINDS, help="the attack to apply")
     p.add_argument("--seed", type=int, default=0, help="the same seed changes the same bits (default 0)")
-    p.add_argument("--n", type=int, help="bits (bitflip; bfa: at most), rows (backdoor-row), pairs (swap blocks/rows)")
+    p.add_argument("--n", type=int, help="bits (bitflip; bfa: at most), rows (backdoor-row), pairs (swap)")
     p.add_argument(
         "--fraction",
         type=float,

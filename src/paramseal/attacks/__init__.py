@@ -25,6 +25,7 @@ from ..errors import ParamSealError, UsageError
 from ..formats import Loaded
 from ._grad import GradModel
 from ._spec import FIELDS, KINDS, MODES, NEEDS_MODEL, AttackSpec, Field, Kind
+from ._swap import swap
 from ._truth import GroundTruth, TensorChange, diff, metadata_diff
 from ._values import (
     backdoor_row,
@@ -34,7 +35,6 @@ from ._values import (
     prune,
     quantize,
     random_modify,
-    swap,
     whole_tensors,
 )
 from ._values import metadata as _metadata

@@ -62,7 +62,7 @@ TUNING_DEFAULTS: dict[str, float] = {"sigma": 0.01, "steps": 10, "lr": 0.01}
 class AttackSpec:
     """One tampering, fully described; with the same ``seed`` it changes exactly the same bits.
 
-    ``n``: bits (bitflip; bfa: at most, as its search stops early), rows (backdoor-row), pairs (swap blocks/rows).
+    ``n``: bits (bitflip; bfa: at most, as its search stops early), rows (backdoor-row), pairs (swap).
     ``fraction``: of parameters (random-modify, prune, lsb-rewrite), of all parameters to
     replace by whole tensors (replace-tensor, zero-tensor), of the file kept (truncate).
     ``sigma``: noise std relative to each tensor's std. ``steps``/``lr``: finetune.
@@ -118,8 +118,6 @@ class AttackSpec:
             raise UsageError(f"{self.kind} takes --tensor or --fraction, not both (--tensor replaces those whole)")
         if self.kind == "backdoor-row" and len(self.tensors) > 1:  # it overwrites rows of one tensor only
             raise UsageError(f"backdoor-row takes one --tensor, not {len(self.tensors)}; run it once per tensor")
-        if self.kind == "swap" and self.mode == "tensors" and self.n is not None:  # one pair of tensors is swapped
-            raise UsageError("--n does not apply to swap --mode tensors (it swaps one pair of tensors)")
         given = {
             "--n": self.n is not None,
             "--fraction": self.fraction is not None,
@@ -172,7 +170,7 @@ class AttackSpec:
         """The options that matter for this kind (for ground-truth records and run ids)."""
         k = self.kind
         d: dict[str, Any] = {}
-        if k in ("bitflip", "bfa", "backdoor-row") or (k == "swap" and self.mode_or_default != "tensors"):
+        if k in ("bitflip", "bfa", "backdoor-row", "swap"):
             d["n"] = self.n or (5 if k == "bfa" else 1)
         if k == "bitflip":
             d["field"] = self.field

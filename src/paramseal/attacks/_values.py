@@ -13,9 +13,8 @@ from .. import _json
 from .._bits import uint_view
 from ..errors import UnsupportedError, UsageError
 from ..header import METADATA_KEY
-from ..levels import BLOCK, FLOATS, dtype_name, value_bits
+from ..levels import FLOATS, dtype_name, value_bits
 from ._spec import AttackSpec
-from ._truth import words
 
 Tensors = dict[str, NDArray[Any]]
 Rng = np.random.Generator
@@ -331,61 +330,6 @@ def lsb_rewrite(t: Tensors, spec: AttackSpec, meta: Mapping[str, str], rng: Rng)
         mask = u.dtype.type((1 << k) - 1)
         low = rng.integers(0, 1 << k, size=count, dtype=np.uint64).astype(u.dtype)
         u[idx] = (u[idx] & ~mask) | low
-    return d.t
-
-
-def swap(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
-    """Swap ``n`` pairs of 64-value blocks or of rows, or the values of two tensors of the same shape and dtype."""
-    mode, n = spec.mode_or_default, spec.n or 1
-    d = Draft(t)
-    if mode == "tensors":
-        names = pick(t, spec, lambda _n, a: True)
-        pairs = [
-            (x, y)
-            for i, x in enumerate(names)
-            for y in names[i + 1 :]
-            if t[x].shape == t[y].shape and t[x].dtype == t[y].dtype and not np.array_equal(words(t[x]), words(t[y]))
-        ]
-        if not pairs:
-            raise UsageError("no two tensors with the same shape and dtype (and different values) to swap")
-        x, y = pairs[int(rng.integers(len(pairs)))]
-        d.t[x], d.t[y] = t[y], t[x]
-        return d.t
-
-    def unit(a: NDArray[Any]) -> int:
-        if mode == "blocks":
-            return BLOCK
-        return a.size // a.shape[0] if a.ndim >= 2 and a.shape[0] else 0
-
-    def fits(a: NDArray[Any]) -> bool:
-        return unit(a) > 0 and a.size // unit(a) >= 2
-
-    names = pick(t, spec, lambda _n, a: is_float(a) and fits(a))
-    if short := [nm for nm in names if not fits(t[nm])]:  # named with --tensor
-        what = "64-value blocks" if mode == "blocks" else "rows"
-        raise UsageError(
-            f"swap --mode {mode} needs at least two {what} in each tensor; {', '.join(map(repr, short))} "
-            f"{'has' if len(short) == 1 else 'have'} fewer"
-        )
-    # n distinct pairs: a pair drawn twice swapped back, and a unit in two pairs moved twice
-    free = np.array([t[nm].size // unit(t[nm]) for nm in names], dtype=np.float64)
-    if n > int((free // 2).sum()):
-        what = "blocks" if mode == "blocks" else "rows"
-        raise UsageError(f"cannot swap {n} distinct pairs of {what}: the chosen tensors have {int((free // 2).sum())}")
-    left, per = free.copy(), np.zeros(len(names), dtype=np.int64)
-    for _ in range(n):  # the tensor of each pair, by the units it has left
-        p = np.where(left >= 2, left, 0)
-        k = int(rng.choice(len(names), p=p / p.sum()))
-        per[k] += 1
-        left[k] -= 2
-    for nm, units, c in zip(names, free.astype(np.int64).tolist(), per.tolist(), strict=True):
-        if not c:
-            continue
-        # all of a tensor's pairs in one draw without replacement: one unit per pair at most
-        w = unit(t[nm])
-        i, j = rng.choice(units, size=(2, c), replace=False)
-        v = d.bits(nm)[: units * w].reshape(units, w)
-        v[i], v[j] = v[j], v[i]  # fancy indexing copies: the right side is read before either write
     return d.t
 
 
