@@ -13,7 +13,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._findings import GRAPH_EDITED, GRAPH_EDITED_V1, GRAPH_STRIPPED, HEADER_FROM_WEIGHTS, META_STRIPPED
+from ._findings import (
+    GRAPH_EDITED,
+    GRAPH_EDITED_V1,
+    GRAPH_STRIPPED,
+    HEADER_FROM_WEIGHTS,
+    META_STRIPPED,
+    declared_shape,
+)
 from ._pages import check_inputs
 from ._weights_header import HEADER_HINT, NOT_SEALED_WARNING, HeaderOnlyInMetadata, header_from_weights, widened_seal
 from .errors import FormatError, KeyMismatchError, NotSealedError, ParamSealError
@@ -65,7 +72,7 @@ def check_loaded(loaded: Loaded, path: Path, key: Key, header: str | None, **kw:
         **kw,
     )
     check_inputs()  # recover goes on to read damaged blocks' neighbours through the map
-    chk.metadata_issues[:0] = found.issues
+    chk.metadata_issues[:0] = [*found.issues, *_shape_issues(loaded, chk, found.notes)]
     if found.graph_only and META_STRIPPED in chk.metadata_issues:  # say what was stripped, and what it may mean
         chk.metadata_issues[chk.metadata_issues.index(META_STRIPPED)] = GRAPH_STRIPPED
     chk.notes.extend(found.notes)
@@ -112,6 +119,31 @@ def _split_header(loaded: Loaded, path: Path, key: Key, header: str | None = Non
     found.issues.extend(loaded.container_issues)  # damage to the container itself (a stale zip CRC), not the values
     found.issues.extend(_graph_issues(loaded, path, found.text, found.meta, key))
     return found
+
+
+def _shape_issues(loaded: Loaded, chk: Check, notes: list[str]) -> list[str]:
+    """The declared shapes of an ONNX model that its graph contradicts (the digest leaves them out); notes if unchecked.
+
+    Checked with the tensors' data types as sealed, as the digest is (`_graph_as_sealed`), and with the values of
+    the tensors that verified intact alone: a shape constant tampered with is that tensor's tampering, which
+    recover restores, not a contradicted declaration.
+    """
+    if loaded.graph is None:
+        return []
+    intact = {
+        s.name: loaded.tensors[s.name]
+        for t, s in enumerate(chk.specs)
+        if s.name in loaded.tensors
+        and not chk.issues[t]
+        and not chk.bad[t].any()
+        and t not in chk.moved
+        and (not chk.chosen or chk.chosen[t])
+    }
+    if (shapes := onnx_format.declared_shapes(loaded, {s.name: s.dtype for s in chk.specs}, intact)) is None:
+        return []
+    if shapes.skipped is not None:
+        notes.append(f"the model's declared shapes were not checked against its graph: {shapes.skipped}")
+    return [declared_shape(c.name, c.where, c.declared, c.inferred) for c in shapes.found]
 
 
 def _graph_issues(loaded: Loaded, path: Path, text: str, meta: dict[str, str], key: Key) -> list[str]:

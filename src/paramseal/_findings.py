@@ -129,6 +129,23 @@ GRAPH_EDITED_V1 = (
     "tools leave intact, and run the tool again; else take the sealed model from a kept copy (ParamSeal restores "
     "values, not graphs)"
 )
+#: The start of each finding of a shape an ONNX model declares that its graph contradicts (`declared_shape`)
+DECLARED_SHAPE = "a shape the model declares contradicts its graph: "
+
+
+def declared_shape(name: str, where: str, declared: str, inferred: str) -> str:
+    """The finding of value ``name`` (declared by ``where``) declared ``declared``; the graph gives ``inferred``."""
+    return (
+        f"{DECLARED_SHAPE}'{name}' ({where}) is declared {declared}, and shape inference from the graph gives "
+        f"{inferred}. ONNX Runtime may compute with the declared shape (its graph optimizations fold a Shape of the "
+        "value to it), so the model may not compute what was sealed. The graph digest leaves declared shapes out "
+        "(shape inference adds them), and seal refuses a model whose declarations its graph contradicts: this one "
+        "was made after sealing (or the model was sealed by a ParamSeal that did not check them). ParamSeal restores "
+        "values, not graphs: take the sealed model from a kept copy, or remove the declaration (the value_info entry, "
+        "the output's or subgraph input's dims) and verify again"
+    )
+
+
 META_STRIPPED = (
     "the file's metadata was stripped, and the sealed metadata with it (the header in the weights keeps only its "
     "digest: it cannot be restored; --header-from a kept copy of the sealed model restores it)"
@@ -299,6 +316,7 @@ def _metadata_issues(sealed: Mapping[str, str], found: Mapping[str, str]) -> lis
 
 
 __all__ = [
+    "DECLARED_SHAPE",
     "GRAPH_EDITED",
     "GRAPH_EDITED_V1",
     "GRAPH_STRIPPED",
@@ -309,6 +327,7 @@ __all__ = [
     "OWN_LOST",
     "UnfoundedTableError",
     "converted",
+    "declared_shape",
     "dtype_label",
     "metadata_findings",
     "raw_void",

@@ -170,6 +170,7 @@ def seal_file(
         old = {METADATA_KEY, SET_KEY} if METADATA_KEY in loaded.metadata else set()
         meta = {**{k: v for k, v in loaded.metadata.items() if k not in old}, **(extra_metadata or {})}
         if loaded.graph is not None:  # the graph is sealed with the metadata: a re-pointed node is tampering
+            onnx_format.refuse_contradicted(s, loaded)  # declared shapes are not: verify checks them against it
             meta[GRAPH_KEY] = loaded.graph
         prog = Progress("seal", 2 * len(loaded.tensors) + 1, enabled=progress)
         if fmt != "safetensors":

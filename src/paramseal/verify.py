@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 
 from . import _embed, _model
 from ._findings import (
+    DECLARED_SHAPE,
     GRAPH_EDITED,
     GRAPH_EDITED_V1,
     GRAPH_STRIPPED,
@@ -121,6 +122,8 @@ class Check:
         """What recover cannot restore: metadata the weights know only by digest, or an edited graph."""
         lost = (GRAPH_STRIPPED, META_DIFFERS, META_STRIPPED, OWN_DIFFERS, OWN_LOST)
         if {GRAPH_EDITED, GRAPH_EDITED_V1} & set(self.metadata_issues):  # values can be rebuilt; a graph cannot
+            return True
+        if any(m.startswith(DECLARED_SHAPE) for m in self.metadata_issues):  # nor its declared shapes
             return True
         return self.header.user_metadata is None and any(m in self.metadata_issues for m in lost)
 

@@ -42,7 +42,8 @@ def graph_digest(
 
     Re-pointing a node at another initializer, or changing an operator or attribute, changes it.
     Not covered: how and where values are stored (raw or typed fields, external files), metadata,
-    doc strings, the producer, and ``value_info`` (shape annotations that shape inference adds);
+    doc strings, the producer, and ``value_info`` (shape annotations that shape inference adds; `_onnx_shapes`
+    checks the declared shapes against the graph instead);
     from version 2 on, nor a tensor's own notes, the shapes of the main graph's outputs, the types of
     subgraphs' inputs and outputs, the notes
     (metadata_props, doc strings, value_info) of nodes, graphs and functions, and whether an opset's

@@ -77,6 +77,7 @@ from .._tempname import cut_name, final_name, name_max
 from ..errors import FormatError, ParamSealWarning, UsageError
 from ..header import METADATA_KEY
 from ._onnx_digest import GRAPH_VERSIONS, graph_digest, graph_version
+from ._onnx_shapes import ShapeCheck, check_declared
 from ._onnx_tensors import (
     Ranges,
     import_onnx,
@@ -252,6 +253,50 @@ def graph_as_sealed(loaded: Loaded, dtypes: Mapping[str, str], version: int | No
     return graph_digest(import_onnx(), loaded.source.skeleton, dtypes, version)
 
 
+def declared_shapes(
+    loaded: Loaded, dtypes: Mapping[str, str] | None = None, values: Mapping[str, NDArray[np.generic]] | None = None
+) -> ShapeCheck | None:
+    """The shapes the ONNX model read as ``loaded`` declares that its graph contradicts (`_onnx_shapes`).
+
+    None if not an ONNX model read. Its small integer tensors (shapes, axes, indices) are taken from ``values``
+    (``loaded``'s tensors if None); ``dtypes``: its tensors' data types as sealed, as for `graph_as_sealed`.
+    """
+    if not isinstance(loaded.source, _Template):
+        return None
+    return check_declared(import_onnx(), loaded.source.skeleton, loaded.tensors if values is None else values, dtypes)
+
+
+def refuse_contradicted(path: Path, loaded: Loaded) -> None:
+    """Refuse to seal an ONNX model whose declared shapes its graph contradicts: verify calls each one an edit.
+
+    A model that shape inference cannot read is sealed, with a warning that its declarations were not checked.
+    """
+    shapes = declared_shapes(loaded)
+    if shapes is None:
+        return
+    if shapes.skipped is not None:
+        warnings.warn(
+            f"'{path}': its declared shapes were not checked against its graph: {shapes.skipped}; verify checks "
+            "them again, and says so where it cannot either",
+            ParamSealWarning,
+            stacklevel=3,
+        )
+    if not shapes.found:
+        return
+    listed = "; ".join(
+        f"'{c.name}' ({c.where}) declared {c.declared}, the graph gives {c.inferred}" for c in shapes.found[:5]
+    )
+    more = f"; and {len(shapes.found) - 5} more" if len(shapes.found) > 5 else ""
+    raise FormatError(
+        f"cannot seal '{path}': it declares shapes that its graph contradicts, which ONNX Runtime may compute with "
+        f"instead of what its graph gives (its graph optimizations fold a Shape of such a value): {listed}{more}. "
+        "Verify calls such a declaration an edit made after sealing, so a sealed model has none. Correct them and "
+        "seal again: remove the value_info entries named (or all of them, in subgraphs too, and let "
+        "onnx.shape_inference.infer_shapes add them back), and clear or correct the dims of the outputs and "
+        "subgraph inputs named; nothing was written"
+    )
+
+
 def unshown_names(loaded: Loaded) -> Mapping[str, str]:
     """How to find the tensors of the ONNX model read as ``loaded`` whose names the file does not tell apart.
 
@@ -326,9 +371,11 @@ def iter_tensor_names(path: Path) -> Iterator[tuple[str, str]]:
 __all__ = [
     "GRAPH_VERSIONS",
     "OnnxAdapter",
+    "declared_shapes",
     "graph_as_sealed",
     "graph_version",
     "iter_tensor_names",
+    "refuse_contradicted",
     "replaced_side_files",
     "unshown_names",
 ]
