@@ -192,8 +192,10 @@ def test_a_declared_shape_edited_after_sealing_is_tampering_that_recover_refuses
     edited = _edited(sealed, tmp_path / "e.onnx", edit)
     rc, rep = _verify(edited, key_file)
     assert rc == 2 and rep["status"] == "tampered" and not rep["recoverable"] and not rep["tampered_tensors"], rep
-    [issue] = rep["metadata_issues"]
-    for told in (f"'{name}' ({where})", "declared float[5]", "gives float[N]", "ONNX Runtime may compute"):
+    issues = rep["metadata_issues"]  # a loop-carried input: its first and its second iteration's (as vo) too
+    assert len(issues) == (2 if "Loop body input" in attack else 1), issues
+    issue = next(i for i in issues if f"'{name}' ({where})" in i)
+    for told in ("declared float[5]", "gives float[N]", "ONNX Runtime may compute"):
         assert told in issue, (told, issue)
     out = tmp_path / "out.onnx"
     rc, text, _ = helpers.run_cli(["recover", edited, out, "--key", key_file])
@@ -423,3 +425,50 @@ def test_a_tampered_shape_constant_is_that_tensors_tampering_which_recover_resto
     out = tmp_path / "out.onnx"
     assert helpers.run_cli(["recover", edited, out, "--key", key_file])[0] == 0
     assert _verify(out, key_file)[0] == 0
+
+
+def test_a_loop_carried_value_declared_as_long_as_it_starts_is_contradicted_by_the_second_iteration(
+    tmp_path: Path,
+) -> None:
+    """vi grows by x (4 values) each iteration: declared [4], ONNX Runtime gave Shape(vi) 4, 4, 4 (not 4, 8, 12)."""
+
+    def model(vi: list[Any]) -> Any:
+        body = helper.make_graph(
+            [
+                helper.make_node("Identity", ["ci"], ["co"]),
+                helper.make_node("Concat", ["vi", "x"], ["vo"], axis=0),
+                helper.make_node("Shape", ["vi"], ["sh"]),
+            ],
+            "b",
+            [
+                helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                helper.make_tensor_value_info("ci", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("vi", TensorProto.FLOAT, vi),
+            ],
+            [
+                helper.make_tensor_value_info("co", TensorProto.BOOL, []),
+                helper.make_tensor_value_info("vo", TensorProto.FLOAT, ["L2"]),
+                helper.make_tensor_value_info("sh", TensorProto.INT64, [1]),
+            ],
+        )
+        three = helper.make_tensor("", TensorProto.INT64, [], [3])
+        nodes = [
+            helper.make_node("Constant", [], ["n"], value=three),
+            helper.make_node("Constant", [], ["t"], value=helper.make_tensor("", TensorProto.BOOL, [], [True])),
+            helper.make_node("Loop", ["n", "t", "x"], ["vf", "shs"], body=body),
+        ]
+        g = helper.make_graph(
+            nodes,
+            "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+            [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("vf", "shs")],
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        return m
+
+    for declared in (["L"], None):
+        assert not check_declared(onnx, model(declared).SerializeToString(), {}).found, declared
+    [found] = check_declared(onnx, model([4]).SerializeToString(), {}).found
+    assert found.name == "vi" and "second iteration" in found.where, found
+    assert (found.declared, found.inferred) == ("float[4]", "float[8]")

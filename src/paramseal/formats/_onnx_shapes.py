@@ -11,11 +11,13 @@ the declarations are checked against the graph instead: a copy of the model with
 
 A ``Loop`` body's loop-carried inputs are typed, for the copy, as the ``Loop``'s inputs are (ONNX inference
 leaves them untyped: their shapes may change from one iteration to the next). That is their type in the first
-iteration, so what the body declares must hold there whenever the body runs at all.
+iteration, so what the body declares must hold there whenever the body runs at all; a loop-carried input's
+declaration must also hold in a second iteration, where it is the body's output of the first.
 
 Not checked: a concrete dim declared where inference leaves the dim open (unknown, or a symbol it makes up such
 as 'unk__0': a data-dependent length, what a node of a domain without a schema computes), which ONNX Runtime
-folds all the same; the declarations of model-local functions and training graphs; Loop bodies nested more
+folds all the same; what a Loop body declares of its other values past the first iteration; the declarations
+of model-local functions and training graphs; Loop bodies nested more
 than `_LOOP_PASSES` deep (their loop-carried inputs stay untyped); and a model that inference cannot read at
 all (`ShapeCheck.skipped`, which verify notes and seal warns of).
 """
@@ -89,8 +91,7 @@ def check_declared(
         if d.dim_param
     }
     found = []
-    for where, declared, scope in _declarations(onnx, model.graph, inferred.graph):
-        got = _lookup(scope, declared.name)
+    for where, declared, got in _declarations(onnx, model.graph, inferred.graph):
         if got is not None and contradicts(declared.type, got, symbols):
             found.append(Contradiction(declared.name, where, type_text(onnx, declared.type), type_text(onnx, got)))
     return ShapeCheck(tuple(found))
@@ -123,8 +124,8 @@ def _undeclare(g: Any, main: bool) -> None:
             v.ClearField("type")
     for v in () if main else g.input:
         v.ClearField("type")
-    for sub in _subgraphs(g):
-        _undeclare(sub[1], main=False)
+    for _, sub, _ in _subgraphs(g):
+        _undeclare(sub, main=False)
 
 
 def _clear_shapes(t: Any) -> None:
@@ -177,31 +178,40 @@ def _type_loop_bodies(onnx: ModuleType, g: Any, got: Any, outer: tuple[dict[str,
     return changed
 
 
-def _subgraphs(g: Any) -> Iterator[tuple[str, Any]]:
-    """Each subgraph of ``g``'s nodes, with its place ('<node>:<attribute>', as tensor names give it)."""
+def _subgraphs(g: Any) -> Iterator[tuple[str, Any, bool]]:
+    """Each subgraph of ``g``'s nodes, its place ('<node>:<attribute>', as tensor names give it), if a Loop body."""
     for i, n in enumerate(g.node):
         label = n.name or f"{n.op_type}#{i}"
+        body = n.op_type == "Loop" and n.domain in ("", "ai.onnx")
         for a in n.attribute:
             if a.HasField("g"):
-                yield f"{label}:{a.name}", a.g
+                yield f"{label}:{a.name}", a.g, body and a.name == "body"
             for j, s in enumerate(a.graphs):
-                yield f"{label}:{a.name}[{j}]", s
+                yield f"{label}:{a.name}[{j}]", s, False
 
 
 def _declarations(
-    onnx: ModuleType, g: Any, got: Any, path: str = "", outer: tuple[dict[str, Any], ...] = ()
-) -> Iterator[tuple[str, Any, tuple[dict[str, Any], ...]]]:
-    """(where, declared ValueInfoProto, the inferred types to look it up in, inner first) of every declaration."""
+    onnx: ModuleType, g: Any, got: Any, path: str = "", outer: tuple[dict[str, Any], ...] = (), body: bool = False
+) -> Iterator[tuple[str, Any, Any]]:
+    """(where, declared ValueInfoProto, the inferred TypeProto or None) of every declaration, at any depth.
+
+    A Loop ``body``'s loop-carried inputs are compared twice: with their first iteration's type (the Loop's
+    inputs), and with the body's outputs that the second iteration takes as them (a value that grows from one
+    iteration to the next is not the length it starts with).
+    """
     place = f"subgraph {path}" if path else "the main graph"
     scope = (_types(onnx, got), *outer)
     for v in g.value_info:
-        yield f"a value_info entry of {place}", v, scope
+        yield f"a value_info entry of {place}", v, _lookup(scope, v.name)
     for i, v in enumerate(g.output):
-        yield f"output {i} of {place}", v, scope
+        yield f"output {i} of {place}", v, _lookup(scope, v.name)
     for i, v in enumerate(g.input if path else ()):
-        yield f"input {i} of {place}", v, scope
-    for (label, sub), (_, sub_got) in zip(_subgraphs(g), _subgraphs(got), strict=True):
-        yield from _declarations(onnx, sub, sub_got, f"{path}/{label}" if path else label, scope)
+        yield f"input {i} of {place}", v, _lookup(scope, v.name)
+    for i, (v, out) in enumerate(zip(g.input[2:] if body else (), got.output[1:], strict=False), 2):
+        nxt = f"input {i} of {place} in a second iteration (output {i - 1} of the first)"
+        yield nxt, v, out.type if out.HasField("type") else None
+    for (label, sub, loop), (_, sub_got, _) in zip(_subgraphs(g), _subgraphs(got), strict=True):
+        yield from _declarations(onnx, sub, sub_got, f"{path}/{label}" if path else label, scope, loop)
 
 
 def _types(onnx: ModuleType, g: Any) -> dict[str, Any]:
