@@ -248,6 +248,8 @@ def test_seal_refuses_a_model_whose_declarations_its_graph_contradicts(tmp_path:
             True,
         ),
         (helper.make_tensor_value_info("nowhere", TensorProto.FLOAT, [5]), False),  # no such value
+        (helper.make_tensor_value_info("y", 99, ["N"]), True),  # an element type onnx has no name for
+        (helper.make_value_info("y", helper.make_map_type_proto(99, helper.make_tensor_type_proto(1, []))), True),
     ],
 )
 def test_what_contradicts_the_graph(tmp_path: Path, declared: Any, contradicts: bool) -> None:
@@ -255,6 +257,7 @@ def test_what_contradicts_the_graph(tmp_path: Path, declared: Any, contradicts: 
     m.graph.value_info.append(declared)
     check = check_declared(onnx, m.SerializeToString(), {})
     assert check.skipped is None and len(check.found) == contradicts, check
+    assert all("99, unknown to onnx" in c.declared for c in check.found if "99" in str(declared)), check
 
 
 def test_a_dim_that_inference_leaves_open_is_not_checked(tmp_path: Path) -> None:

@@ -269,7 +269,7 @@ def type_text(onnx: ModuleType, t: Any) -> str:
     kind = t.WhichOneof("value")
     if kind in ("tensor_type", "sparse_tensor_type"):
         x = getattr(t, kind)
-        elem = onnx.TensorProto.DataType.Name(x.elem_type).lower() if x.elem_type else "(element type not given)"
+        elem = _elem_name(onnx, x.elem_type) if x.elem_type else "(element type not given)"
         elem = ("sparse " if kind == "sparse_tensor_type" else "") + elem
         if not x.HasField("shape"):
             return f"{elem} (shape not given)"
@@ -280,6 +280,14 @@ def type_text(onnx: ModuleType, t: Any) -> str:
         what = kind.split("_")[0]
         return f"{what} of {type_text(onnx, inner.elem_type)}" if inner.HasField("elem_type") else what
     if kind == "map_type":
-        key = onnx.TensorProto.DataType.Name(t.map_type.key_type).lower()
+        key = _elem_name(onnx, t.map_type.key_type)
         return f"map of {key} to {type_text(onnx, t.map_type.value_type)}"
     return "(type not given)"
+
+
+def _elem_name(onnx: ModuleType, code: int) -> str:
+    """An element type's name ('float'), or its number where onnx names none (a file may hold any number)."""
+    try:
+        return str(onnx.TensorProto.DataType.Name(code)).lower()
+    except ValueError:
+        return f"(element type {code}, unknown to onnx)"
