@@ -110,7 +110,7 @@ def _loop(path: Path, nested: bool = False) -> Path:
 
 
 def _if(path: Path) -> Path:
-    """y = If(c, then: x * w, else: x + w); Shape(y) an output (ONNX Runtime gave 5 for it, declared so)."""
+    """y = If(c, then: x * w, else: x + w); Shape(y) an output (ONNX Runtime gave 5, both branches' declared so)."""
 
     def branch(out: str, op: str) -> Any:
         vec = [helper.make_tensor_value_info(out, TensorProto.FLOAT, ["N"])]
