@@ -103,3 +103,29 @@ def test_bench_gpu_dry_run_on_the_cpu_uses_tiny_sizes(monkeypatch: pytest.Monkey
     sizes.clear()
     bench.main()
     assert sizes == [0.01, 0.02]  # sizes given are kept; 0 skips the bf16 model
+
+
+def test_onnx_declared_shapes_gives_the_readme_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """README's ONNX section quotes these outputs of ONNX Runtime and verify's exit codes (onnxruntime 1.32.0)."""
+    pytest.importorskip("onnxruntime")
+    import paramseal
+
+    _load("onnx_declared_shapes").part1(tmp_path, paramseal.Key.generate())
+    rows = {line[:34].strip(): line[34:].split() for line in capsys.readouterr().out.splitlines()[2:]}
+    for edit in ("value_info y [5]", "main output y [5]", "Loop body input vi [5]"):
+        assert rows[edit] == ["[31.5]", "[15.0]", "[31.5]", "exit", "2"], (edit, rows[edit])
+    assert rows["If: both branches [5]"][:2] == ["[7]", "[5]"]
+    assert rows["open dim: y=Slice(x*w,0,k) [5]"] == ["[42.0]", "[22.5]", "[42.0]", "exit", "0"]
+    assert rows["Loop, vi grows by 4: vi [4]"] == [
+        "[4,",
+        "8,",
+        "12]",
+        "[4,",
+        "4,",
+        "4]",
+        "[4,",
+        "8,",
+        "12]",
+        "exit",
+        "2",
+    ]
