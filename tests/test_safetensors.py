@@ -417,17 +417,35 @@ def test_a_sealed_pt_tensor_quantized_to_4_bits_is_tampering_that_recover_restor
     assert not (tmp_path / "o.pt").exists()
 
 
-def test_a_file_converted_whole_from_f16_to_f32_says_so_once_and_keeps_exit_2(tmp_path: Path, key_file: Path) -> None:
+@pytest.mark.parametrize("half", [np.float16, ml_dtypes.bfloat16])
+def test_a_file_converted_whole_to_f32_says_so_once_and_recover_narrows_it_back(
+    tmp_path: Path, key_file: Path, half: type
+) -> None:
+    """A widening keeps every value: verify exits 1 (not 2, every block failed) and recover writes the sealed file."""
     rng = np.random.default_rng(0)
-    plain = helpers.write_st(
-        tmp_path / "half.safetensors", {n: rng.standard_normal(500).astype(np.float16) for n in "ab"}
-    )
+    plain = helpers.write_st(tmp_path / "half.safetensors", {n: rng.standard_normal(500).astype(half) for n in "ab"})
     sealed = tmp_path / "sealed.safetensors"
     assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
     got, meta = helpers.read_st(sealed)
     widened = helpers.write_st(tmp_path / "float.safetensors", {n: a.astype(np.float32) for n, a in got.items()}, meta)
+    was = "F16" if half is np.float16 else "BF16"
     rc, out, _ = helpers.run_cli(["verify", widened, "--key", key_file])
-    assert rc == 2 and out.count("converted from F16 to F32") == 1 and "convert it back to F16" in out
+    assert rc == 1 and out.count(f"converted from {was} to F32") == 1 and "tampered block" not in out, out
+    back = tmp_path / "back.safetensors"
+    rc, out, _ = helpers.run_cli(["recover", widened, back, "--key", key_file])
+    assert rc == 0 and "unrecoverable" not in out and "2 retyped tensors written back in the dtype sealed" in out, out
+    assert f"recover writes it back as {was}" in out
+    assert back.read_bytes() == sealed.read_bytes()
+    if half is np.float16:  # changed past the capacity since: nothing presented as recovered, IN kept in place
+        wide = {n: a.copy() for n, a in helpers.read_st(widened)[0].items()}
+        for a in wide.values():
+            a.reshape(-1)[::2] *= np.float32(1.25)
+        bad = helpers.write_st(tmp_path / "bad.safetensors", wide, meta)
+        before = bad.read_bytes()
+        rc, out, _ = helpers.run_cli(["recover", bad, back, "--key", key_file])
+        assert rc == 2 and "not representable in F16" in out and "nothing written" in out, out
+        rc, _, err = helpers.run_cli(["recover", bad, bad, "--key", key_file, "--in-place", "--allow-partial"])
+        assert rc == 3 and "holds values its sealed dtype cannot" in err and bad.read_bytes() == before, err
 
 
 def test_null_metadata_is_no_metadata_as_the_library_reads_it(tmp_path: Path, key_file: Path) -> None:

@@ -332,13 +332,20 @@ def _half_model(seed: int) -> dict[str, np.ndarray]:
 def test_a_whole_model_converted_to_another_float_dtype_gets_one_note_saying_how_to_undo_it(
     key: paramseal.Key, converted: str
 ) -> None:
-    """model.float() after sealing an F16 model: the findings, one note with the fix, and the same exit codes."""
+    """model.float() after sealing an F16 model: the findings, one note with the fix; recover narrows it back.
+
+    Widening keeps every value: each tensor is checked narrowed back (bit for bit), so its blocks verify and
+    recover returns the sealed model (exit 1 and 0, not 2 with every block failed).
+    """
     s = paramseal.seal(_half_model(1), key)
     t = helpers.copy_model(s.tensors)
     for name in ["a", "b"] if converted == "all" else ["a"]:
         t[name] = t[name].astype(np.float32)
     v, res = _report(t, s, key)
-    assert v.exit_code == res.report.exit_code == 2 and v.tensors["a"].issues[0] == "dtype changed from F16 to F32"
+    assert v.exit_code == 1 and v.tensors["a"].issues == ("dtype changed from F16 to F32",)
+    assert v.tensors["a"].tampered_blocks == () and v.recoverable
+    assert res.report.status == "recovered" and res.report.exit_code == 0 and res.report.restored_count == 0
+    helpers.assert_model_equal(res.tensors, s.tensors)
     note = [n for n in v.notes if "converted" in n]
     if converted == "all but one":  # not a conversion of the model: the findings say it all
         assert note == []
@@ -347,7 +354,9 @@ def test_a_whole_model_converted_to_another_float_dtype_gets_one_note_saying_how
     assert (
         len(note) == 1
         and "converted from F16 to F32" in note[0]
-        and "convert it back to F16 (a module: .half()" in note[0]
+        and "each narrows back to F16 exactly (checked bit for bit)" in note[0]
+        and "recover writes it back as F16" in note[0]
+        and "a module: .half()" in note[0]
     )
     back = {n: a.astype(np.float16) if a.dtype == np.float32 else a for n, a in t.items()}  # as the note says
     assert paramseal.verify(back, key, s.header_json).status == "intact"
@@ -362,6 +371,29 @@ def test_a_whole_model_converted_to_a_narrower_float_dtype_is_noted_as_lost(key:
     assert v.exit_code == 2
     note = [n for n in v.notes if "converted" in n]
     assert len(note) == 1 and "from F32 to F16, which drops low mantissa bits" in note[0] and "kept copy" in note[0]
+
+
+@pytest.mark.parametrize("step", [1.0 + 2.0**-12, 1.25])
+def test_a_widened_model_changed_after_the_conversion_counts_what_no_longer_narrows_back(
+    key: paramseal.Key, step: float
+) -> None:
+    """Values of a widened tensor its sealed dtype cannot hold were changed since: counted, read rounded, and the
+    tags judge them. Rounded back onto the sealed value (a change below F16's step) they verify; else their
+    blocks are rebuilt within capacity, and past it recover says so and returns no whole model."""
+    s = paramseal.seal(_half_model(1), key)
+    t = {n: a.astype(np.float32) if a.dtype == np.float16 else a for n, a in s.tensors.items()}
+    t["b"].reshape(-1)[:3] *= np.float32(step)  # 3 values, one block
+    v, res = _report(t, s, key)
+    off = [i for i in v.tensors["b"].issues if "not representable in F16" in i]
+    assert len(off) == 1 and off[0].startswith("3 value(s) not representable in F16 (changed after the conversion)")
+    assert len(v.tensors["b"].tampered_blocks) == (0 if step < 1.01 else 1)
+    assert "no longer narrow back to F16 exactly" in " ".join(v.notes)
+    assert res.report.status == "recovered"
+    helpers.assert_model_equal(res.tensors, s.tensors)
+    t["a"].reshape(-1)[::2] *= np.float32(1.25)  # past the capacity
+    v, res = _report(t, s, key)
+    assert v.exit_code == res.report.exit_code == 2 and res.report.status == "unrecoverable"
+    assert res.report.unrecoverable_count > 0
 
 
 def test_a_relabelled_tensor_whose_bytes_changed_too_is_still_tampered_there(

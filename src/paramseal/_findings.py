@@ -193,6 +193,8 @@ def usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.
         if same and a.size == spec.numel and a.dtype.itemsize == sealed.itemsize:
             # the same bytes under another name (F32 marked I32): their tags decide, as for a reshape
             return np.ascontiguousarray(a).view(sealed).reshape(spec.shape), why
+        if dt in FLOATS and spec.dtype in FLOATS and a.size == spec.numel and a.dtype.itemsize > sealed.itemsize:
+            return _narrowed_back(a, spec, why)
         return None, why
     if a.size != spec.numel:
         return None, [f"shape changed from {list(spec.shape)} to {list(a.shape)}"]
@@ -204,10 +206,42 @@ def usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.
 _BACK = {"F64": ".double()", "F32": ".float()", "F16": ".half()", "BF16": ".bfloat16()"}
 
 
-def converted(arrays: Mapping[str, NDArray[np.generic]], specs: list[TensorSpec], chosen: list[bool]) -> str | None:
+NOT_NARROWED = "not representable in"  # the issue of values a widened tensor holds that its sealed dtype does not
+
+
+def _narrowed_back(
+    a: NDArray[np.generic], spec: TensorSpec, why: list[str]
+) -> tuple[NDArray[np.generic] | None, list[str]]:
+    """A float tensor widened after sealing (BF16 saved as F32), read narrowed back to its sealed dtype.
+
+    Widening keeps every value, so narrowed back each is the sealed one, checked bit for bit (it widens
+    to the bits the file holds); the tags then judge the blocks as ever. Values that do not narrow back
+    exactly were changed after the conversion: they are rounded, their blocks fail their tags (or hold
+    the sealed bits again), and the issue counts them.
+    """
+    wide = np.ascontiguousarray(a).reshape(-1)  # a wider float holds every narrower one's values (F64, F32)
+    b = wide.astype(ST_TO_NP[spec.dtype])
+    bits = np.dtype(f"u{wide.dtype.itemsize}")
+    off = int(np.count_nonzero(b.astype(wide.dtype).view(bits) != wide.view(bits)))
+    if off:
+        why = [
+            *why,
+            f"{off} value(s) {NOT_NARROWED} {spec.dtype} (changed after the conversion): read rounded to "
+            f"{spec.dtype}, their blocks' tags judge them",
+        ]
+    return b.reshape(spec.shape), why
+
+
+def converted(
+    arrays: Mapping[str, NDArray[np.generic]],
+    specs: list[TensorSpec],
+    chosen: list[bool],
+    issues: Iterable[list[str]] = (),
+) -> str | None:
     """A note when every sealed float tensor checked was found converted to one other float dtype (``.float()``).
 
     The findings name each retyped tensor; this says once what happened to the model and how to undo it.
+    ``issues``: the tensors' issues, which count values of a widened tensor that no longer narrow back.
     """
     pairs = set()
     for spec, on in zip(specs, chosen, strict=True):
@@ -229,9 +263,16 @@ def converted(arrays: Mapping[str, NDArray[np.generic]], specs: list[TensorSpec]
         return None
     said = f"every sealed float tensor is {now}, sealed as {was}: the whole model was converted from {was} to {now}"
     if FLOATS[now].mantissa >= FLOATS[was].mantissa and FLOATS[now].exponent >= FLOATS[was].exponent:
+        if any(NOT_NARROWED in i for iss in issues for i in iss):
+            return (
+                f"{said}, which keeps every value, but some values no longer narrow back to {was} exactly: they "
+                "changed after the conversion (each tensor's issues count them); every value was checked narrowed "
+                f"back to {was} (what recover writes is {was}, as sealed)"
+            )
         return (
-            f"{said}, which keeps every value: convert it back to {was} (a module: {_BACK[was]}; a file: save its "
-            f"tensors as {was}) and verify again"
+            f"{said}, which keeps every value: each narrows back to {was} exactly (checked bit for bit), and the "
+            f"model was checked so; recover writes it back as {was}, as sealed (or convert it back yourself: a "
+            f"module: {_BACK[was]}; a file: save its tensors as {was})"
         )
     return f"{said}, which drops low mantissa bits and the seal with them: take the sealed model from a kept copy"
 

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from . import _json
 from ._bits import uint_view
-from ._findings import metadata_findings, usable
+from ._findings import NOT_NARROWED, metadata_findings, usable
 from ._layout import TensorSpec
 from ._pages import chunks, copy_range, pwrite_all, read, release
 from ._parallel import task_map
@@ -110,7 +110,8 @@ def refuse_losing_partial(src: Path, loaded: Loaded, chk: Check, report: Report)
     """A partial result written over IN must not lose what IN holds that the output will not.
 
     The output has the sealed tensors only: a tensor IN holds at another size (read as missing)
-    that stays unrecoverable is written as zeros, and a tensor the seal does not know, or a
+    that stays unrecoverable is written as zeros, one widened after sealing whose values its sealed
+    dtype cannot all hold is written rounded, and a tensor the seal does not know, or a
     checkpoint's other entries (a .pt's optimizer state), are left out. Over a new file IN keeps
     them; in place they would be gone.
     """
@@ -119,17 +120,18 @@ def refuse_losing_partial(src: Path, loaded: Loaded, chk: Check, report: Report)
         s.name
         for s in chk.specs
         if s.name in tensors
-        and usable(tensors[s.name], s)[0] is None
         and (f := report.tensors.get(s.name)) is not None
         and f.unrecoverable_blocks
+        # read narrowed back from a wider dtype, values it held that the sealed one cannot would be rounded
+        and (usable(tensors[s.name], s)[0] is None or any(NOT_NARROWED in i for i in f.issues))
     ]
     lost += chk.extra + list(loaded.others)
     if lost:
         shown = ", ".join(f"'{n}'" for n in lost[:5]) + (f" and {len(lost) - 5} more" if len(lost) > 5 else "")
         raise UsageError(
             f"recover --in-place --allow-partial would lose what '{src}' holds in {shown} (not restored, and "
-            "its data is not the sealed tensor's size, or the seal does not know it, or it is not a tensor the output "
-            "keeps); nothing was written: "
+            "its data is not the sealed tensor's size, or holds values its sealed dtype cannot, or the seal does not "
+            "know it, or it is not a tensor the output keeps); nothing was written: "
             "recover into a new file, which leaves the input as it is"
         )
 

@@ -228,7 +228,7 @@ def check(
         blocks.append(ub)
         bad.append(~_tags_ok(mac, header, t, spec, ub))
     moved = _match_moved(arrays, header, mac, specs, blocks, bad, issues, extra, shown)
-    notes: list[str] = [n for n in [converted(arrays, specs, chosen)] if n]
+    notes: list[str] = [n for n in [converted(arrays, specs, chosen, issues)] if n]
     if select is not None:
         n = sum(chosen)
         notes.append(f"partial verification: {n} of {len(specs)} tensors match '{select}'; only they were checked")
