@@ -79,6 +79,12 @@ def test_repr_and_str_never_show_the_secret(key: paramseal.Key) -> None:
     assert key.fingerprint in str(key)
 
 
+def test_repr_names_the_fingerprint_as_str_does(key: paramseal.Key) -> None:
+    """A key in a list, a dict or a debugger shows which key it is: repr was the bare ``Key()``."""
+    shown = f"Key(fingerprint={key.fingerprint})"
+    assert repr(key) == str(key) == shown and repr([key]) == f"[{shown}]" and repr({"k": key}) == f"{{'k': {shown}}}"
+
+
 def test_fingerprint_is_16_hex_digits_stable_and_not_part_of_the_secret(
     key: paramseal.Key, other_key: paramseal.Key
 ) -> None:

@@ -40,7 +40,7 @@ _SEPARATORS = re.compile(r"[\s,.:;_|-]{1,4}")
 
 @dataclass(frozen=True, slots=True)
 class Key:
-    """A 256-bit ParamSeal key. ``repr`` never shows the secret."""
+    """A 256-bit ParamSeal key. ``repr`` and ``str`` show its fingerprint, never the secret."""
 
     secret: bytes = field(repr=False)
 
@@ -89,6 +89,9 @@ class Key:
 
     def __str__(self) -> str:
         return f"Key(fingerprint={self.fingerprint})"
+
+    def __repr__(self) -> str:  # in a list or a traceback too: the fingerprint, never the key's bytes
+        return str(self)
 
 
 def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False) -> Path:
