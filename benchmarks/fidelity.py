@@ -13,7 +13,7 @@ import numpy as np
 
 import paramseal
 from paramseal import _demo_model
-from paramseal.levels import FLOATS, LEVELS, bits_for, max_relative_change
+from paramseal.levels import FLOATS, LEVELS, bits_for, bound_text, max_relative_change
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
                 accs0.append(_demo_model.accuracy(w, Xte, yte))
                 accs1.append(_demo_model.accuracy(s, Xte, yte))
             print(
-                f"| {name} | {level} | {k} | {max_relative_change(name, k):.2e} | {rel:.2e} | "
+                f"| {name} | {level} | {k} | {bound_text(max_relative_change(name, k))} | {rel:.2e} | "
                 f"{100 * np.mean(accs0):.2f}% | {100 * np.mean(accs1):.2f}% |"
             )
     assert set(casts) <= set(FLOATS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import helpers
 import numpy as np
@@ -10,7 +11,15 @@ import pytest
 
 import paramseal
 from paramseal import UnsupportedError, UsageError
-from paramseal.levels import FLOATS, bits_for, capacity, dtype_name, max_relative_change, max_subnormal_change
+from paramseal.levels import (
+    FLOATS,
+    bits_for,
+    bound_text,
+    capacity,
+    dtype_name,
+    max_relative_change,
+    max_subnormal_change,
+)
 
 
 def test_levels_are_light_standard_strong() -> None:
@@ -197,3 +206,32 @@ def test_a_big_endian_array_is_read_as_its_values(key: paramseal.Key) -> None:
         dtype_name(w.dtype)
     with pytest.raises(UnsupportedError, match=r"complex64 is not supported; supported"):
         dtype_name(np.dtype(np.complex64))
+
+
+@pytest.mark.parametrize("dt", ["F64", "F32", "F16", "BF16"])
+def test_printed_bounds_round_up_to_the_next_figure_at_or_above_the_bound(dt: str) -> None:
+    """f"{2**-7:.2e}" printed BF16's k=1 bound 0.0078125 as 7.81e-03: under it. Printed bounds round up, to the
+    smallest figure at or above them (exact where the bound is one)."""
+    from decimal import Decimal
+
+    for k in range(1, FLOATS[dt].mantissa):
+        for bound, digits in [(max_relative_change(dt, k), 2), (max_subnormal_change(dt, k), 1)]:
+            text = bound_text(bound, digits)
+            assert len(text.split("e")[0]) == digits + 2 and Decimal(text) >= Decimal(bound), (dt, k, text)
+            step = Decimal(1).scaleb(Decimal(text).adjusted() - digits)
+            assert Decimal(text) - step < Decimal(bound), (dt, k, text)
+    assert bound_text(2.0**-7) == "7.82e-03" and bound_text(15 * 2.0**-10) == "1.47e-02"
+    assert bound_text(0.25) == "2.50e-01" and bound_text(9.9999e-3) == "1.00e-02"
+
+
+def test_inspect_prints_the_bf16_bound_rounded_up(tmp_path: Path, key_file: Path) -> None:
+    import ml_dtypes
+
+    rng = np.random.default_rng(0)
+    plain = helpers.write_st(tmp_path / "m.safetensors", {"w": rng.standard_normal(4096).astype(ml_dtypes.bfloat16)})
+    sealed = tmp_path / "s.safetensors"
+    assert helpers.run_cli(["seal", plain, sealed, "--key", key_file])[0] == 0
+    rc, out, _ = helpers.run_cli(["inspect", sealed])
+    assert rc == 0 and "BF16  k=1   max relative change 7.82e-03" in out and "7.81e-03" not in out, out
+    rc, _, err = helpers.run_cli(["seal", plain, tmp_path / "b.safetensors", "--key", key_file, "--bits", "5"])
+    assert rc == 0 and "by up to 2.5e-01 of their magnitude, against 2.4e-02 at level strong" in err, err

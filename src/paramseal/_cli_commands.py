@@ -21,7 +21,7 @@ from ._cli_streams import in_out, quoted
 from ._layout import TensorSpec
 from .errors import ParamSealWarning, UsageError, one_line
 from .keys import Key, exposed_to_others, exposure, load_key, redact, write_key
-from .levels import BLOCK, FLOATS, max_relative_change
+from .levels import BLOCK, FLOATS, bound_text, max_relative_change
 from .report import Report, seal_id_arg
 
 
@@ -254,8 +254,8 @@ def _warn_bits(args: argparse.Namespace, widths: Iterable[tuple[str, int]]) -> N
         if k > strong:
             _warn(
                 args,
-                f"k={k} changes {dt} weights by up to {max_relative_change(dt, k):.1e} of their "
-                f"magnitude, against {max_relative_change(dt, strong):.1e} at level strong; check the "
+                f"k={k} changes {dt} weights by up to {bound_text(max_relative_change(dt, k), 1)} of their "
+                f"magnitude, against {bound_text(max_relative_change(dt, strong), 1)} at level strong; check the "
                 "model's accuracy before you use it",
             )
 
@@ -398,15 +398,16 @@ def _inspect_text(info: dict[str, object]) -> str:
         lines.append("not sealed; what each level would give:")
     for lv, caps in levels.items():
         for dt, c in caps.items():
+            rel = bound_text(c["max_relative_change"]) if c.get("k") else ""  # rounded up: never under the bound
             if c.get("k") and c.get("code") == "irs":
                 lines.append(
-                    f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {c['max_relative_change']:.2e}  code irs: "
+                    f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {rel}  code irs: "
                     f"recovers contiguous damage up to {_pct(c['contiguous_bound'])}% and scattered values up to "
                     f"{_pct(c['scattered_radius_per_group'])}% (per-group bounds; see README)"
                 )
             elif c.get("k"):
                 lines.append(
-                    f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {c['max_relative_change']:.2e}  code lanes: "
+                    f"  {lv:<9} {dt:<5} k={c['k']:<3} max relative change {rel}  code lanes: "
                     f"recovers up to {_pct(c['contiguous_bound'])}% of parameters in tampered blocks "
                     f"(bound; scattered values: under {100 * c['scattered_bound']:.2g}%, where their blocks reach "
                     "the bound; recovery stops short of it)"

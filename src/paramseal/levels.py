@@ -9,6 +9,7 @@ random low bits). ``capacity`` gives the recovery bounds that ``inspect`` prints
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import ROUND_CEILING, Decimal
 from typing import Literal
 
 import ml_dtypes
@@ -138,6 +139,21 @@ def max_relative_change(dtype: str, k: int) -> float:
     return float((2**k - 1) * 2.0 ** (-fmt.mantissa))
 
 
+def bound_text(bound: float, digits: int = 2) -> str:
+    """``bound`` in ``e`` notation with ``digits`` after the point, rounded up: a printed bound never understates it.
+
+    ``f"{2**-7:.2e}"`` is ``7.81e-03``, under BF16's k=1 bound of 0.0078125; this gives ``7.82e-03``.
+    """
+    exact = Decimal(bound)  # the float's exact binary value, not its shortest repr
+    if exact <= 0:
+        return f"{bound:.{digits}e}"
+    exp = exact.adjusted()
+    lead = exact.scaleb(-exp).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_CEILING)
+    if lead >= 10:  # 9.999 up to 10.00: one more power of ten
+        lead, exp = (lead / 10).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_CEILING), exp + 1
+    return f"{lead:.{digits}f}e{exp:+03d}"
+
+
 def max_subnormal_change(dtype: str, k: int) -> float:
     """Worst-case absolute change of a subnormal (or zero) value."""
     fmt = FLOATS[dtype]
@@ -189,6 +205,7 @@ __all__ = [
     "Capacity",
     "FloatFormat",
     "bits_for",
+    "bound_text",
     "capacity",
     "dtype_name",
     "max_relative_change",

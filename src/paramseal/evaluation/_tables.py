@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from ..levels import bound_text
 from . import plots
 
 Rec = dict[str, Any]
@@ -141,7 +142,7 @@ def _impact(configs: dict[str, Rec]) -> str:
         delta = c["metric_sealed"][p] - c["metric_original"][p]
         dtxt = f"{delta:+.6f}" if m == "minilm" else f"{100 * delta:+.1f} pts"
         lines.append(
-            f"| {m} | {c['dtype']} | {c['level']} | {c['k']} | {c['bound_relative_change']:.2e} "
+            f"| {m} | {c['dtype']} | {c['level']} | {c['k']} | {bound_text(c['bound_relative_change'])} "
             f"| {c['measured_relative_change']:.2e} | {_metric(c['metric_original'], m)} "
             f"| {_metric(c['metric_sealed'], m)} | {dtxt} |"
         )
