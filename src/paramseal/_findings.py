@@ -226,8 +226,8 @@ def _narrowed_back(
     if off:
         why = [
             *why,
-            f"{off} value(s) {NOT_NARROWED} {spec.dtype} (changed after the conversion): read rounded to "
-            f"{spec.dtype}, their blocks' tags judge them",
+            f"{off} value(s) {NOT_NARROWED} {spec.dtype}, so not sealed values widened (changed since, or never "
+            f"sealed so): read rounded to {spec.dtype}, their blocks' tags judge them",
         ]
     return b.reshape(spec.shape), why
 
