@@ -597,6 +597,32 @@ def test_header_from_an_older_seal_says_the_weights_are_intact_under_their_own(
     assert rc == 2 and "is not the one given (--header-from)" in out and "intact" not in out
 
 
+def test_header_from_the_model_sealed_in_another_dtype_is_not_called_a_conversion(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """The F16 seal's header given to the same model sealed as F32: the report advised converting the file back to
+    F16, as if it had been widened; it says instead that the header is not this file's, under which it verifies."""
+    rng = np.random.default_rng(23)
+    w = rng.standard_normal((128, 256))
+    for name, dt in (("f32", np.float32), ("f16", np.float16)):
+        model = helpers.write_st(tmp_path / f"{name}.safetensors", {"w": w.astype(dt), "b": w[0].astype(dt)})
+        argv = ["seal", model, tmp_path / f"s{name}.safetensors", "--key", key_file]
+        assert helpers.run_cli([*argv, "--header-out", tmp_path / f"{name}.json"])[0] == 0
+    rc, out, _ = helpers.run_cli(
+        ["verify", tmp_path / "sf32.safetensors", "--key", key_file, "--header-from", tmp_path / "f16.json"]
+    )
+    assert rc == 2 and "is not the one given (--header-from)" in out, out
+    assert "the header given seals the model as F16, the file's own header as F32" in out
+    assert "not converted after sealing; the weights are intact under the file's own header" in out
+    assert "converted from F16 to F32" not in out and "convert it back" not in out
+    widened = helpers.write_st(  # a real conversion of the F16 seal, given its own header: still called one
+        tmp_path / "wide.safetensors",
+        {n: a.astype(np.float32) for n, a in paramseal.files.read_model(tmp_path / "sf16.safetensors").tensors.items()},
+    )
+    rc, out, _ = helpers.run_cli(["verify", widened, "--key", key_file, "--header-from", tmp_path / "f16.json"])
+    assert rc == 1 and "converted from F16 to F32" in out and "not converted" not in out, out
+
+
 def _seal_a_and_b(tmp_path: Path, key_file: Path, tensors: Callable[[str], dict[str, np.ndarray]]) -> None:
     """Models a and b (``tensors(name)``) sealed to sa/sb.safetensors, their headers written to a.json and b.json."""
     for m in ("a", "b"):

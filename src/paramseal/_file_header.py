@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from ._findings import (
+    CONVERTED,
     GRAPH_EDITED,
     GRAPH_EDITED_V1,
     GRAPH_STRIPPED,
     HEADER_FROM_WEIGHTS,
     META_STRIPPED,
     declared_shape,
+    dtype_label,
 )
 from ._pages import check_inputs
 from ._weights_header import HEADER_HINT, NOT_SEALED_WARNING, HeaderOnlyInMetadata, header_from_weights, widened_seal
@@ -75,6 +77,8 @@ def check_loaded(loaded: Loaded, path: Path, key: Key, header: str | None, **kw:
     chk.metadata_issues[:0] = [*found.issues, *_shape_issues(loaded, chk, found.notes)]
     if found.graph_only and META_STRIPPED in chk.metadata_issues:  # say what was stripped, and what it may mean
         chk.metadata_issues[chk.metadata_issues.index(META_STRIPPED)] = GRAPH_STRIPPED
+    if any(_OTHER_DTYPE in i for i in found.issues):  # sealed so, not converted: the issue says which header is whose
+        chk.notes[:] = [n for n in chk.notes if CONVERTED not in n]
     chk.notes.extend(found.notes)
     return chk, found
 
@@ -296,6 +300,7 @@ _USED = "the copy in the weights was used"
 
 
 _NOT_GIVEN = "the file's own ParamSeal header is not the one given (--header-from), which was used"
+_OTHER_DTYPE = "the file was sealed in its own dtype, not converted after sealing"
 
 
 def _not_given(loaded: Loaded, text: str, given: str, key: Key) -> str:
@@ -317,8 +322,30 @@ def _not_given(loaded: Loaded, text: str, given: str, key: Key) -> str:
         own = parse_header(text, key)
     except (FormatError, KeyMismatchError):
         return _NOT_GIVEN
-    intact = _intact_under_another_seal(loaded, key, kept, own, text, "the file's own header")
-    return _NOT_GIVEN if intact is None else f"{_NOT_GIVEN}: {intact}"
+    retyped = _sealed_in_another_dtype(loaded, kept, own)
+    if retyped is not None:
+        intact = verified_share(loaded.tensors, key, text) == 1
+        under = "; the weights are intact under the file's own header" if intact else ""
+        return (
+            f"{_NOT_GIVEN}: the header given seals the model {retyped}; {_OTHER_DTYPE}{under} (verify without "
+            "--header-from checks the file against its own header)"
+        )
+    intact_s = _intact_under_another_seal(loaded, key, kept, own, text, "the file's own header")
+    return _NOT_GIVEN if intact_s is None else f"{_NOT_GIVEN}: {intact_s}"
+
+
+def _sealed_in_another_dtype(loaded: Loaded, kept: Header, own: Header) -> str | None:
+    """How a header given seals this model in other dtypes than the file's own header, which the file has, or None.
+
+    Then the file was sealed as it is, not converted after sealing: the conversion note is wrong (`check_loaded`).
+    """
+    if [(s.name, s.shape) for s in kept.tensors] != [(s.name, s.shape) for s in own.tensors]:
+        return None
+    pairs = {(k.dtype, o.dtype) for k, o in zip(kept.tensors, own.tensors, strict=True) if k.dtype != o.dtype}
+    as_file = all((a := loaded.tensors.get(o.name)) is not None and dtype_label(a) == o.dtype for o in own.tensors)
+    if not pairs or not as_file:
+        return None
+    return "as " + "; ".join(f"{k}, the file's own header as {o}" for k, o in sorted(pairs))
 
 
 def _intact_under_another_seal(

@@ -203,6 +203,8 @@ def usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.
     return a, []
 
 
+CONVERTED = "the whole model was converted from"  # in `converted`'s note, which a header given may make wrong
+
 _BACK = {"F64": ".double()", "F32": ".float()", "F16": ".half()", "BF16": ".bfloat16()"}
 
 
@@ -261,7 +263,7 @@ def converted(
         )
     if was == now or now not in FLOATS:
         return None
-    said = f"every sealed float tensor is {now}, sealed as {was}: the whole model was converted from {was} to {now}"
+    said = f"every sealed float tensor is {now}, sealed as {was}: {CONVERTED} {was} to {now}"
     if FLOATS[now].mantissa >= FLOATS[was].mantissa and FLOATS[now].exponent >= FLOATS[was].exponent:
         if any(NOT_NARROWED in i for iss in issues for i in iss):
             return (
