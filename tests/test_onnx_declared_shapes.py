@@ -392,14 +392,8 @@ def test_the_check_costs_little_on_silero() -> None:
     assert slowest < 2.0, slowest
 
 
-def test_a_tampered_shape_constant_is_that_tensors_tampering_which_recover_restores(
-    tmp_path: Path, key_file: Path
-) -> None:
-    """A Reshape's shape edited from [2, 3] to [3, 2] contradicts the declared [2, 3] only through its value.
-
-    The check reads only the values that verified intact: the tampered tensor is located and restored, not an
-    edited graph that recover refuses.
-    """
+def _reshaping(tmp_path: Path, key_file: Path) -> Path:
+    """Sealed: r = Reshape(x, shape) declared [2, 3], shape = [2, 3] a tensor, and a spare one for the capacity."""
     rng = np.random.Generator(np.random.PCG64(5))
     g = helper.make_graph(
         [helper.make_node("Reshape", ["x", "shape"], ["r"]), helper.make_node("Add", ["r", "b"], ["y"])],
@@ -418,16 +412,51 @@ def test_a_tampered_shape_constant_is_that_tensors_tampering_which_recover_resto
     onnx.save_model(m, str(tmp_path / "m.onnx"))
     sealed = tmp_path / "s.onnx"
     assert helpers.run_cli(["seal", tmp_path / "m.onnx", sealed, "--key", key_file])[0] == 0
+    return sealed
 
-    def reshaped(m: Any) -> None:
-        m.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array([3, 2], np.int64), "shape"))
 
-    edited = _edited(sealed, tmp_path / "e.onnx", reshaped)
+def _reshaped(m: Any) -> None:
+    m.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.array([3, 2], np.int64), "shape"))
+
+
+def test_a_tampered_shape_constant_is_that_tensors_tampering_which_recover_restores(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """A Reshape's shape edited from [2, 3] to [3, 2] contradicts the declared [2, 3] only through its value.
+
+    The check reads only the values that verified intact: the tampered tensor is located and restored, not an
+    edited graph that recover refuses.
+    """
+    edited = _edited(_reshaping(tmp_path, key_file), tmp_path / "e.onnx", _reshaped)
     rc, rep = _verify(edited, key_file)
     assert rc == 1 and rep["tampered_tensors"] == ["shape"] and not rep["metadata_issues"], rep
     out = tmp_path / "out.onnx"
     assert helpers.run_cli(["recover", edited, out, "--key", key_file])[0] == 0
     assert _verify(out, key_file)[0] == 0
+
+
+def test_a_declaration_edited_to_match_a_tampered_shape_constant_is_refused_once_the_constant_is_restored(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """shape [3, 2] and r declared [3, 2] agree; verify reads intact values alone, so it sees the tensor's tampering.
+
+    recover restored shape to [2, 3] and wrote a model whose r, still declared [3, 2], its graph contradicts: the
+    output failed verify (exit 2). recover now checks the declarations against the restored values first.
+    """
+
+    def both(m: Any) -> None:
+        _reshaped(m)
+        v = next(v for v in m.graph.value_info if v.name == "r")
+        v.type.tensor_type.shape.dim[0].dim_value, v.type.tensor_type.shape.dim[1].dim_value = 3, 2
+
+    edited = _edited(_reshaping(tmp_path, key_file), tmp_path / "e.onnx", both)
+    rc, rep = _verify(edited, key_file)
+    assert rc == 1 and rep["tampered_tensors"] == ["shape"], rep
+    out = tmp_path / "out.onnx"
+    rc, text, err = helpers.run_cli(["recover", edited, out, "--key", key_file, "--json"])
+    rep = json.loads(text)
+    assert rc == 2 and rep["status"] == "unrecoverable" and not out.exists(), (rc, text, err)
+    assert any("'r' (a value_info entry of the main graph) is declared float[3,2]" in i for i in rep["metadata_issues"])
 
 
 def test_a_loop_carried_value_declared_as_long_as_it_starts_is_contradicted_by_the_second_iteration(

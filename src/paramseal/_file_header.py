@@ -7,11 +7,14 @@ used (`check_loaded`, the check of a loaded file, is where verify and recover st
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 from ._findings import (
     CONVERTED,
@@ -143,9 +146,20 @@ def _shape_issues(loaded: Loaded, chk: Check, notes: list[str]) -> list[str]:
         and t not in chk.moved
         and (not chk.chosen or chk.chosen[t])
     }
-    if (shapes := onnx_format.declared_shapes(loaded, {s.name: s.dtype for s in chk.specs}, intact)) is None:
+    return shape_issues(loaded, chk, intact, notes)
+
+
+def shape_issues(
+    loaded: Loaded, chk: Check, values: Mapping[str, NDArray[np.generic]], notes: list[str] | None = None
+) -> list[str]:
+    """The findings of the declared shapes of ONNX model ``loaded`` its graph contradicts, read with ``values``.
+
+    recover asks again with the restored values: a shape constant restored may contradict a declaration edited to
+    match its tampered value, which verify, reading intact tensors alone, could not judge.
+    """
+    if (shapes := onnx_format.declared_shapes(loaded, {s.name: s.dtype for s in chk.specs}, values)) is None:
         return []
-    if shapes.skipped is not None:
+    if shapes.skipped is not None and notes is not None:
         notes.append(f"the model's declared shapes were not checked against its graph: {shapes.skipped}")
     return [declared_shape(c.name, c.where, c.declared, c.inferred) for c in shapes.found]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ._file_header import FoundHeader, check_loaded, made_whole, own_header, prefixed_errors
+from ._file_header import FoundHeader, check_loaded, made_whole, own_header, prefixed_errors, shape_issues
 from ._model_io import PathLike, is_safetensors, open_model, warn_pt_entry, write_model
 from ._pages import Workspace, check_inputs
 from ._patch import (
@@ -127,6 +127,12 @@ def recover_loaded(
                 prog.done()
                 return RecoveredFile(None, other, {})
             rec = plan_recovery(chk, ws)
+            restored = None
+            if fmt == "onnx" and rec.report.ok and rec.report.tampered_tensors:
+                restored = recover_from_plan(chk, rec)
+                if contradicted := shape_issues(loaded, chk, restored.tensors):  # with the restored shape constants
+                    chk.metadata_issues.extend(contradicted)
+                    rec, restored = plan_recovery(chk, ws), None  # a graph cannot be restored: not recoverable
         prog.done()
         if not (rec.report.ok or allow_partial):
             return RecoveredFile(None, replace(rec.report, written=False), rec.metadata)
@@ -154,7 +160,7 @@ def recover_loaded(
         if fmt == "safetensors":
             write_recovered(d, chk, rec, out_meta)
         else:
-            result = recover_from_plan(chk, rec)
+            result = recover_from_plan(chk, rec) if restored is None else restored
             write_model(d, Loaded(result.tensors, out_meta, loaded.source), fmt)
             if fmt == "pytorch":  # as seal warns of the .pt it writes: the same file, the same weakness
                 warn_pt_entry(d, chk.header, header is not None, "recover")
