@@ -604,10 +604,10 @@ def test_recover_beyond_capacity_counts_values_in_unrecoverable_blocks_not_value
     count = json.loads(so)["unrecoverable_parameters"]
     got, sealed = helpers.read_st(bad)[0], helpers.read_st(sealed_file)[0]
     changed = sum(int((got[n] != sealed[n]).sum()) for n in sealed)
-    assert count > changed  # whole blocks are counted: more than the values that changed
+    assert count > changed  # whole blocks (irs4: failed groups' words) are counted: more than the values that changed
     rc, so, _ = run(["recover", bad, out, "--key", key_file])
     first = so.splitlines()[0]
-    assert rc == 2 and f"({count} values in unrecoverable blocks; nothing written)" in first, so
+    assert rc == 2 and f"({count} values unrecoverable; nothing written)" in first, so
     assert "lost" not in first, so
 
 

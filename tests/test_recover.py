@@ -365,6 +365,18 @@ def test_unrecoverable_ranges_merge_consecutive_blocks_and_stop_at_the_last_valu
     assert f.unrecoverable_indices[:2] == (0, 1) and len(f.unrecoverable_indices) == f.unrecoverable_count
 
 
+def test_unrecoverable_masks_name_single_values_of_their_blocks_and_whole_blocks_elsewhere() -> None:
+    """irs4's partly decoded blocks: bit j of a block's mask names its value j; an all-ones mask is the block."""
+    from paramseal.report import TensorFinding
+
+    ones = (1 << 64) - 1
+    f = TensorFinding(
+        "w", unrecoverable_blocks=(3, 1, 2), unrecoverable_masks=(1 << 63 | 1, ones, 0b1011), numel=64 * 3 + 2
+    )
+    assert f.unrecoverable_ranges == [(64, 130), (131, 132), (192, 193)]  # block 3's value 63 lies past the end
+    assert f.unrecoverable_count == 66 + 1 + 1 and f.to_dict(True)["unrecoverable_count"] == 68
+
+
 def test_the_json_writer_never_holds_a_whole_long_list(monkeypatch: pytest.MonkeyPatch) -> None:
     """A replaced layer of an LLM names tens of millions of values: --json writes them a slice at a time."""
     from paramseal import report as report_mod

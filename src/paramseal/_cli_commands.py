@@ -187,11 +187,11 @@ def run(args: argparse.Namespace) -> int:
             else:
                 out = quoted(args, args.output)
                 wrote = "nothing written" if output is None else f"partial result written to {out}"
-                # whole blocks: which of their values changed is unknown, so "lost" would overstate it (a 30%
-                # prune is 100% of the values in unrecoverable blocks). None counted: the reason is elsewhere
-                # (a graph, a missing shard); the summary says it
+                # values whose sealed bits are unknown (whole blocks, or irs4's words of failed groups): which of
+                # them changed is unknown, so "lost" would overstate it (a 30% prune is 100% of the values of the
+                # blocks). None counted: the reason is elsewhere (a graph, a missing shard); the summary says it
                 gone = rep.unrecoverable_count
-                lost = f"{_count(gone, 'value')} in unrecoverable blocks; " if gone else ""
+                lost = f"{_count(gone, 'value')} unrecoverable; " if gone else ""
                 print(f"FAIL: {quoted(args, args.input)} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
             for w in warned:
                 _warn(args, w)

@@ -8,23 +8,31 @@ Errors-only decoding trusts the flagged words it does not locate as errors: that
 only because the keyed group layout (``_strata``: rotations and position permutations) keeps
 an attacker without the key from making them a codeword in every group; in the first irs4
 layout, without permutations, such groups count as failed. Nothing here writes to the model.
+
+A failed block holding a word of a group that failed is not rebuilt, but the corrections of the
+groups that decoded are still written into a copy of it (``Outcome.partial``: its tag bits and the
+failed groups' words left as found, so it still fails its tag): what stays unknown there is named
+value by value (``Outcome.unknown``), not the whole block. Those corrections are trusted under the
+same rules as in a whole recovery: a group's decoding does not depend on the others'.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
 
 from . import _irs, _native, _outer, _strata
+from ._bits import read_tags, tag_mask
 from ._irs_consts import FLAG_BAD, N_POS
 from ._pages import Workspace, release
 from ._parallel import in_turn, task_map
 from ._strata import GROUP_BATCH, DataRegion, Strata
 from .errors import FormatError
+from .levels import BLOCK
 
 if TYPE_CHECKING:
     from .recover import Patch
@@ -45,6 +53,10 @@ class Outcome:
     patches: dict[int, Patch]
     failed_groups: int
     ok: bool  # every failed block was rebuilt
+    # Failed blocks not rebuilt that the decoded groups corrected, with their corrections written in (float
+    # tensors only), and per block of each a mask of its values whose sealed bits stay unknown (bit j: value j).
+    partial: dict[int, Patch] = field(default_factory=dict)
+    unknown: dict[int, NDArray[np.uint64]] = field(default_factory=dict)
 
 
 def strata_of(chk: Check) -> Strata:
@@ -239,22 +251,28 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
         fv, fw = fv[order], fw[order]
     all_ok = True
     lost = np.r_[0, np.cumsum(status < 0)]
-    todo: list[tuple[int, NDArray[np.int64], NDArray[np.unsignedinteger]]] = []
+    todo: list[tuple[int, NDArray[np.int64], NDArray[np.unsignedinteger], bool]] = []
+    unknown: dict[int, NDArray[np.uint64]] = {}
     for t in range(len(chk.specs)):
         rows = np.flatnonzero(chk.bad[t])
         if not rows.size:
             continue
         failed = _failed_blocks(st, t, rows, lost)
-        rows = rows[~failed]
+        kept, rows = rows[failed], rows[~failed]
         all_ok &= not failed.any()
-        if not rows.size or not rebuild:
+        if not rebuild:
             continue
         ub = chk.blocks[t]
-        todo.append((t, rows, (ws or Workspace()).zeros((rows.size, ub.shape[1]), ub.dtype.type)))
+        kept = _corrected(st, t, kept, fv) if st.is_float[t] else kept[:0]  # the others stay as found
+        for part, whole in ((rows, True), (kept, False)):
+            if part.size:
+                todo.append((t, part, (ws or Workspace()).zeros((part.size, ub.shape[1]), ub.dtype.type), whole))
+        if kept.size:
+            unknown[t] = _unknown_masks(st, chk, t, kept, lost)
 
-    def rebuilt(item: tuple[int, NDArray[np.int64], NDArray[np.unsignedinteger]]) -> Patch:
-        t, rows, new = item
-        p = _rebuild(chk, st, t, rows, fv, fw, new)
+    def rebuilt(item: tuple[int, NDArray[np.int64], NDArray[np.unsignedinteger], bool]) -> Patch:
+        t, rows, new, whole = item
+        p = _rebuild(chk, st, t, rows, fv, fw, new, whole)
         release(chk.blocks[t])
         return p
 
@@ -262,8 +280,38 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
     # damage rebuilds half the blocks, a copy and a MAC each, for half a second a GiB on one core.
     # Only with the compiled MAC: numba's is a parallel kernel.
     done = (task_map if _native.portable() else in_turn)(rebuilt, todo)
-    patches = {t: p for (t, _, _), p in zip(todo, done, strict=True)}
-    return Outcome(patches, int((status < 0).sum()), all_ok)
+    patches = {t: p for (t, _, _, whole), p in zip(todo, done, strict=True) if whole}
+    partial = {t: p for (t, _, _, whole), p in zip(todo, done, strict=True) if not whole}
+    return Outcome(patches, int((status < 0).sum()), all_ok, partial, unknown)
+
+
+def _corrected(st: Strata, t: int, rows: NDArray[np.int64], fv: NDArray[np.int64]) -> NDArray[np.int64]:
+    """Those of blocks ``rows`` of tensor ``t`` that hold a correction (``fv``: sorted stream indices)."""
+    lo, hi = np.searchsorted(fv, [st.start[t], st.start[t] + st.nwords[t]])
+    return rows[np.isin(rows, (fv[lo:hi] - st.start[t]) // st.words_per_block(t))]
+
+
+def _unknown_masks(
+    st: Strata, chk: Check, t: int, rows: NDArray[np.int64], lost: NDArray[np.int64]
+) -> NDArray[np.uint64]:
+    """Per failed block ``rows`` of float tensor ``t`` (not rebuilt), a mask of its values of unknown sealed bits.
+
+    They are the words of groups that failed (``lost``: running count, as `_failed_blocks`), and
+    the values holding tag bits in a block that keeps its tag inside (the tag is not part of the
+    code: any of its bits may have been changed). Bit j stands for value j of the block.
+    """
+    spec = chk.specs[t]
+    internal = spec.block_storage()[1]
+    holds_tag = tag_mask(spec.k, spec.width) != 0
+    out = np.zeros(rows.size, np.uint64)
+    for i in range(0, rows.size, _SCAN):  # bounded temporaries: 64 indices a block
+        r = rows[i : i + _SCAN]
+        local = r[:, None] * BLOCK + np.arange(BLOCK)
+        g = st.groups_of(int(st.start[t]) + np.minimum(local, spec.numel - 1))
+        unk = (lost[g + 1] > lost[g]) | (internal[r][:, None] & holds_tag)
+        unk &= local < spec.numel
+        out[i : i + r.size] = np.packbits(unk, axis=1, bitorder="little").view("<u8").reshape(-1)
+    return out
 
 
 def _outer_repair(
@@ -315,10 +363,12 @@ def _rebuild(
     fv: NDArray[np.int64],
     fw: NDArray[np.uint32],
     new: NDArray[np.unsignedinteger],
+    whole: bool = True,
 ) -> Patch:
     """Blocks ``rows`` of tensor ``t`` with the decoded words written in, then their header copy and tags.
 
     A bounded number of blocks at a time, into ``new`` (zeros, one row per block: a workspace's array).
+    Not ``whole`` (blocks holding a word of a failed group): the tags they were found with are kept.
     """
     from .recover import Patch, finish_rebuilt
 
@@ -335,9 +385,10 @@ def _rebuild(
     for i, a in enumerate(range(0, rows.size, _REBUILD_STEP)):
         part = ub[rows[a : a + _REBUILD_STEP]]  # fancy indexing: a copy
         release(ub)
+        found = None if whole else read_tags(part, spec.k)
         as_words = part.view(np.uint8).reshape(part.shape[0], -1).view(np.uint32)  # [rows, wpb]
         as_words[pos[cut[i] : cut[i + 1]] - a, off[cut[i] : cut[i + 1]]] = words[cut[i] : cut[i + 1]]
-        finish_rebuilt(chk, t, part, rows[a : a + _REBUILD_STEP], internal)
+        finish_rebuilt(chk, t, part, rows[a : a + _REBUILD_STEP], internal, found)
         new[a : a + part.shape[0]] = part
         release(new[a : a + part.shape[0]])  # in a scratch file past the budget: let its pages go
     return Patch(rows, new)

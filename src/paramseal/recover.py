@@ -21,11 +21,13 @@ from numpy.typing import NDArray
 from . import _code, _embed, _model
 from ._bits import set_lo, write_tags
 from ._layout import ranges_mask
+from ._lost_ranges import ALL
 from ._pages import SCATTERED_BLOCKS, Workspace, is_mapped, release
 from ._parallel import task_map
 from ._progress import Progress
 from .errors import UsageError
 from .keys import Key
+from .levels import BLOCK
 from .report import Ints, Report, Status, TensorFinding, seal_id_arg
 from .verify import Check, check, pinned_check, report_of
 
@@ -145,9 +147,11 @@ def plan_recovery(chk: Check, ws: Workspace | None = None) -> Recovery:
             chk.bad[t] = chk.bad[t].copy()
             chk.bad[t][p.rows] = False
         failed = outcome.failed_groups
+        partial, unknown = outcome.partial, outcome.unknown
     else:
         patches, failed = _decode_lanes(chk, ws)
-    return _conclude(chk, base, patches, failed, meta)
+        partial, unknown = {}, None
+    return _conclude(chk, base, patches, failed, meta, partial, unknown, ws)
 
 
 def _decode_lanes(chk: Check, ws: Workspace) -> tuple[dict[int, Patch], int]:
@@ -191,8 +195,22 @@ def _decode_lanes(chk: Check, ws: Workspace) -> tuple[dict[int, Patch], int]:
     return patches, int((~lane_ok).sum())
 
 
-def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, meta: dict[str, str]) -> Recovery:
-    """The recover report: what was restored, and whether every rebuilt block carries its authentic tag."""
+def _conclude(
+    chk: Check,
+    base: Report,
+    patches: dict[int, Patch],
+    failed: int,
+    meta: dict[str, str],
+    partial: dict[int, Patch] | None = None,
+    unknown: dict[int, NDArray[np.uint64]] | None = None,
+    ws: Workspace | None = None,
+) -> Recovery:
+    """The recover report: what was restored, and whether every rebuilt block carries its authentic tag.
+
+    ``partial`` (irs4): failed blocks not rebuilt but with the decoded groups' corrections written in;
+    they stay tampered, are written with the rest (a partial result), and name as unrecoverable only
+    the values ``unknown`` masks (per tensor, a mask per block of ``partial``; `_lost_ranges`).
+    """
     specs = chk.specs
     # Blocks not rebuilt were verified by check() and are unchanged; blocks in failed lanes stay
     # tampered. Rebuilt data is trusted because decoding used only MAC-verified shards and the
@@ -227,7 +245,8 @@ def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, 
             if not good.any():
                 del patches[t]
     all_ok = not any(b.any() for b in chk.bad) and not chk.metadata_lost  # sealed metadata known only by digest
-    findings = _findings(chk, base, patches)
+    partial = partial or {}
+    findings = _findings(chk, base, patches, partial, unknown)
     status: Status = "recovered" if all_ok else "unrecoverable"
     report = Report(
         kind="recover",
@@ -244,7 +263,22 @@ def _conclude(chk: Check, base: Report, patches: dict[int, Patch], failed: int, 
         total_blocks=base.total_blocks,
         lanes_failed=failed,
     )
-    return Recovery(report, patches, meta)
+    merged = {t: _merged(patches.get(t), partial.get(t), ws) for t in sorted({*patches, *partial})}
+    return Recovery(report, merged, meta)
+
+
+def _merged(a: Patch | None, b: Patch | None, ws: Workspace | None) -> Patch:
+    """One patch of ``a``'s and ``b``'s blocks (none in both), in block order."""
+    if a is None or b is None:
+        p = a or b
+        assert p is not None
+        return p
+    rows = np.r_[a.rows, b.rows]
+    order = np.argsort(rows, kind="stable")
+    new = (ws or Workspace()).zeros((rows.size, a.new.shape[1]), a.new.dtype.type)
+    for src, at in ((a.new, order < a.rows.size), (b.new, order >= a.rows.size)):
+        new[np.flatnonzero(at)] = src[order[at] - (0 if src is a.new else a.rows.size)]
+    return Patch(rows[order], new)
 
 
 def _rebuild(
@@ -289,16 +323,24 @@ def _rebuild(
 
 
 def finish_rebuilt(
-    chk: Check, t: int, new: _model.Blocks, rows: NDArray[np.int64], internal: NDArray[np.bool_]
+    chk: Check,
+    t: int,
+    new: _model.Blocks,
+    rows: NDArray[np.int64],
+    internal: NDArray[np.bool_],
+    found: NDArray[np.uint64] | None = None,
 ) -> None:
-    """Rebuilt blocks ``rows`` of tensor ``t`` (``new``, one row each) get their header copy and tags back."""
+    """Rebuilt blocks ``rows`` of tensor ``t`` (``new``, one row each) get their header copy and tags back.
+
+    ``found``: tags to write instead of computed ones (the ones a block not wholly rebuilt was found with).
+    """
     spec = chk.specs[t]
     if spec.reserved:
         h = chk.header
         copy = h.to_json(chk.key, embedded=True).encode() if t in h.carriers else None
         content = _embed.reserved_content(spec, t, len(chk.specs), h.salt, copy, h.copies)
         _embed.write_reserved(new, spec, content, np.arange(rows.size), at=rows)
-    tags = _model.compute_tags(chk.mac, chk.header.salt, t, spec, new, internal, at=rows)
+    tags = _model.compute_tags(chk.mac, chk.header.salt, t, spec, new, internal, at=rows) if found is None else found
     inside = internal[rows]
     if spec.is_float and inside.all():  # most often: written where they lie, without two copies of every block
         write_tags(new, tags, spec.k)
@@ -311,23 +353,47 @@ def finish_rebuilt(
 _FINDINGS_STEP = 1 << 16  # rebuilt blocks compared with their tampered content at a time
 
 
-def _findings(chk: Check, base: Report, patches: dict[int, Patch]) -> dict[str, TensorFinding]:
+def _findings(
+    chk: Check,
+    base: Report,
+    patches: dict[int, Patch],
+    partial: dict[int, Patch],
+    unknown: dict[int, NDArray[np.uint64]] | None,
+) -> dict[str, TensorFinding]:
     # Tensors side by side: under heavy damage every rebuilt block is read and compared (numpy only).
-    restored = dict(zip(patches, task_map(lambda t: _restored(chk, t, patches[t]), list(patches)), strict=True))
+    both = [(t, p) for t, p in patches.items()] + [(t, p) for t, p in partial.items()]
+    found = task_map(lambda tp: _restored(chk, tp[0], tp[1]), both)
+    restored: dict[int, tuple[list[NDArray[np.int64]], list[NDArray[np.uint64]]]] = {}
+    for (t, _), (i, x) in zip(both, found, strict=True):
+        restored.setdefault(t, ([], []))[0].extend(i)
+        restored[t][1].extend(x)
     out: dict[str, TensorFinding] = {}
     for t, spec in enumerate(chk.specs):
         f = base.tensors[spec.name]
         restored_i, restored_x = restored.get(t, ([], []))
+        ri = np.concatenate(restored_i) if restored_i else np.zeros(0, np.int64)
+        rx = np.concatenate(restored_x) if restored_x else np.zeros(0, np.uint64)
+        bad = np.flatnonzero(chk.bad[t])
+        masks = None
+        if t in partial and unknown is not None:  # the blocks partly decoded name only their unknown values
+            masks = np.full(bad.size, ALL)
+            masks[np.searchsorted(bad, partial[t].rows)] = unknown[t]
+            order = np.argsort(ri, kind="stable")
+            ri, rx = ri[order], rx[order]
+            at = np.minimum(np.searchsorted(bad, ri // BLOCK), max(bad.size - 1, 0))
+            hit = (bad[at] == ri // BLOCK) & ((masks[at] >> (ri % BLOCK).astype(np.uint64)) & np.uint64(1) != 0)
+            ri, rx = ri[~hit], rx[~hit]  # a value whose sealed bits stay unknown is not restored
         out[spec.name] = TensorFinding(
             spec.name,
             f.tampered_blocks,
             f.issues,
-            Ints(np.concatenate(restored_i) if restored_i else ()),
-            Ints(np.concatenate(restored_x) if restored_x else ()),
-            Ints(np.flatnonzero(chk.bad[t])),
+            Ints(ri),
+            Ints(rx),
+            Ints(bad),
             spec.numel,
             f.moved_from,
             f.moved_how,
+            unrecoverable_masks=None if masks is None else Ints(masks),
         )
     return out
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, TextIO, overload
 import numpy as np
 from numpy.typing import NDArray
 
+from ._lost_ranges import lost_ranges
 from .errors import TamperedError, UnrecoverableError, UsageError, one_line
 
 Status = Literal["intact", "tampered", "recovered", "unrecoverable"]
@@ -106,6 +107,9 @@ class TensorFinding:
     numel: int = 0
     moved_from: str | None = None  # the name this tensor's data was found under (swapped or renamed)
     moved_how: Moved | None = None  # set with ``moved_from``: "swapped" or "renamed"
+    # Per block of ``unrecoverable_blocks``, the mask of its values left unknown (bit j: value j; irs4, whose
+    # blocks can be partly decoded); None: every value of each (`_lost_ranges`).
+    unrecoverable_masks: Ints | None = None
 
     def __post_init__(self) -> None:
         if (self.moved_from is None) != (self.moved_how is None):
@@ -114,20 +118,17 @@ class TensorFinding:
             v = getattr(self, f)
             if not isinstance(v, Ints):
                 object.__setattr__(self, f, Ints(v))
+        if self.unrecoverable_masks is not None and not isinstance(self.unrecoverable_masks, Ints):
+            object.__setattr__(self, "unrecoverable_masks", Ints(self.unrecoverable_masks))
 
     def _ranges(self) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """``unrecoverable_ranges`` as start and stop arrays: runs of consecutive blocks merged."""
-        b = np.unique(self.unrecoverable_blocks.array.astype(np.int64))
-        lo, hi = b * 64, np.minimum((b + 1) * 64, self.numel)
-        keep = hi > lo
-        lo, hi = lo[keep], hi[keep]
-        first = np.r_[True, lo[1:] != hi[:-1]] if lo.size else np.zeros(0, np.bool_)
-        last = np.r_[first[1:], True] if lo.size else first
-        return lo[first], hi[last]
+        """``unrecoverable_ranges`` as start and stop arrays: runs of consecutive values merged."""
+        masks = None if self.unrecoverable_masks is None else self.unrecoverable_masks.array
+        return lost_ranges(self.unrecoverable_blocks.array, masks, self.numel)
 
     @property
     def unrecoverable_ranges(self) -> list[tuple[int, int]]:
-        """Flat ``[start, stop)`` index ranges of values not restored (whole blocks: which changed is unknown)."""
+        """Flat ``[start, stop)`` index ranges of values not restored (whole blocks, or the masked values of each)."""
         lo, hi = self._ranges()
         return list(zip(lo.tolist(), hi.tolist(), strict=True))
 

@@ -65,7 +65,9 @@ def localisation(truth: GroundTruth, verify_report: Report, recover_report: Repo
             continue
         ch = real.get(name)
         numel = ch.numel if ch is not None else f.numel
-        lost = np.repeat(_mask(-(-numel // BLOCK), f.unrecoverable_blocks), BLOCK)[:numel]
+        lost = np.zeros(numel, np.bool_)
+        for lo, hi in f.unrecoverable_ranges:  # whole blocks, or (irs4) the values left unknown
+            lost[lo:hi] = True
         pred = lost | _mask(numel, f.restored_indices)
         flagged += int(pred.sum())
         if ch is not None and ch.count:
