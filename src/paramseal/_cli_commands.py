@@ -20,6 +20,7 @@ from . import _cli_eval, _pages, _paths, files, sharded
 from ._cli_streams import in_out, quoted
 from ._layout import TensorSpec
 from .errors import ParamSealWarning, UsageError, one_line
+from .formats.registry import adapter_for
 from .keys import Key, exposed_to_others, exposure, load_key, redact, write_key
 from .levels import BLOCK, FLOATS, bound_text, max_relative_change
 from .report import Report, seal_id_arg
@@ -113,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
             print(_SEAL_ID.format(h.salt.hex()))
             _warn_bits(args, ks)
             _note_plain(args, h.tensors)
-            if not h.carriers and keep is None:
+            # a .pt's own warning says it (the state dict's entry is what a re-save drops)
+            if not h.carriers and keep is None and adapter_for(sealed.path).name != "pytorch":
                 print(f"note: {_NO_COPY}", file=sys.stderr)
             for w in warned:
                 _warn(args, w)
