@@ -287,6 +287,30 @@ def test_bits_past_strong_warns_for_a_sharded_checkpoint_too(tmp_path: Path, che
     assert rc == 0 and "warning: k=6 changes F16 weights" in err and "F32" not in err  # F16 strong is k=4
 
 
+def test_seal_notes_the_shards_whose_weights_hold_no_header_copy(tmp_path: Path, key_file: Path) -> None:
+    """A folder seal said nothing of shards too small for a header copy, as a file seal does; it names them, once."""
+    rng = np.random.default_rng(7)
+    small, big = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    for name, sizes, bare in (("mixed", (6_000, 300_000), [small]), ("large", (300_000, 300_000), [])):
+        ckpt = helpers.write_checkpoint(
+            tmp_path / name,
+            {
+                small: {"a": rng.standard_normal(sizes[0]).astype(np.float32)},
+                big: {"b": rng.standard_normal(sizes[1]).astype(np.float32)},
+            },
+        )
+        out = tmp_path / f"{name}-sealed"
+        rc, _, err = helpers.run_cli(["seal", ckpt, out, "--key", key_file])
+        assert rc == 0, err
+        for shard in (small, big):
+            carriers = files.inspect_file(out / shard)["seal"]["header_copies_in_weights"]
+            assert (carriers == []) is (shard in bare)
+        assert err.count("no copy of the seal header fits") == (1 if bare else 0), err
+        if bare:
+            assert f"shard(s) '{small}' (" in err and big not in err
+            assert "keep a copy of those sealed shards" in err and "--header-from its copy" in err
+
+
 def test_an_unreadable_file_beside_the_shards_is_an_input_error(
     tmp_path: Path, checkpoint: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -40,6 +40,12 @@ _NO_COPY = (
     "the file's metadata only, so a tool that drops the metadata leaves the model unverifiable; keep a copy "
     "with 'seal --header-out FILE.json' (then verify/recover --header-from FILE.json)"
 )
+_NO_COPY_SHARDS = (
+    "no copy of the seal header fits in the weights of shard(s) {} (copies may take at most 2% of the blocks): "
+    "each keeps it in its metadata only, so a tool that drops a shard's metadata leaves that shard unverifiable; "
+    "--header-out keeps one file's header, so keep a copy of those sealed shards as written (then verify/recover "
+    "the shard's file alone with --header-from its copy)"
+)
 _SEAL_ID = "seal id: {} (keep it: verify --expect-seal ID refuses any other seal of this model)"
 
 
@@ -87,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"OK: sealed {len(names)} shard(s) of {in_out(args)} (each self-contained)")
             print(_SEAL_ID.format(sharded.seal_id(Path(args.output), key)))
             _warn_bits(args, sharded.float_widths(Path(args.output), names))
+            if bare := sharded.without_header_copy(Path(args.output), names):
+                named = ", ".join(f"'{quoted(args, s)}'" for s in bare)
+                print(f"note: {_NO_COPY_SHARDS.format(named)}", file=sys.stderr)
             return 0
         case "seal":
             keep = (

@@ -322,9 +322,17 @@ def float_widths(folder: Path, shards: list[str]) -> set[tuple[str, int]]:
     """``(dtype, k)`` of every float tensor the sealed shards in ``folder`` carry bits in (their headers)."""
     out: set[tuple[str, int]] = set()
     for s in shards:
-        h = peek_header(st_format.read_layout(folder / s).metadata[METADATA_KEY])  # written just now, by us
-        out |= {(str(t["dtype"]), int(t["k"])) for t in h["tensors"] if t["k"]}
+        out |= {(str(t["dtype"]), int(t["k"])) for t in _sealed_header(folder, s)["tensors"] if t["k"]}
     return out
+
+
+def without_header_copy(folder: Path, shards: list[str]) -> list[str]:
+    """The sealed shards in ``folder`` whose weights hold no copy of their header (it is in their metadata only)."""
+    return [s for s in shards if not _sealed_header(folder, s).get("carriers")]
+
+
+def _sealed_header(folder: Path, shard: str) -> dict[str, Any]:
+    return peek_header(st_format.read_layout(folder / shard).metadata[METADATA_KEY])  # written just now, by us
 
 
 def _blocks(shard: Path) -> int:
