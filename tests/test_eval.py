@@ -762,7 +762,10 @@ def test_docs_over_a_file_the_battery_writes_is_refused_before_any_run(tmp_path:
 
 
 def test_bfa_finding_says_how_many_values_the_search_changed() -> None:
-    """The search stops once the loss overflows (1 flip on a float32 MLP): "5 flips by gradient" claimed 5."""
+    """The search stops once the loss overflows (1 flip on a float32 MLP): "5 flips by gradient" claimed 5.
+
+    It also stops when no flip it tries raises the loss, which the finding named no more than the overflow's cause.
+    """
     from paramseal.evaluation import _findings
 
     runs = [
@@ -780,5 +783,8 @@ def test_bfa_finding_says_how_many_values_the_search_changed() -> None:
         for made in (1, 2, 1)
     ]
     text = _findings._bfa_text(runs)
-    assert "up to 5 flips, which stops once the task loss overflows: 1–2 value(s) changed a run" in text, text
+    assert (
+        "up to 5 flips, which stops once the task loss overflows or none of the flips it tries raises the loss: "
+        "1–2 value(s) changed a run" in text
+    ), text
     assert "5 flips by gradient" not in text

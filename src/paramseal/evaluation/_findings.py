@@ -84,12 +84,14 @@ def _bfa_text(runs: Sequence[Rec]) -> str:
         att = _mean(r["metric_attacked"]["accuracy"] for r in mine) or 0.0
         back = _mean(r["metric_recovered"]["accuracy"] for r in mine if r.get("metric_recovered")) or 0.0
         per.append(f"{m} {100 * att:.1f}% → {100 * back:.1f}%")
-    # the search stops once the loss overflows (one exponent flip often does it): say what it made, not what it asked
+    # the search stops once the loss overflows (one exponent flip often does it), or when none of the flips it
+    # tries raises the loss (attacks/_grad.py): say what it made, not what it asked
     made = sorted({int(r["changed_parameters"]) for r in bfa})
     values = f"{made[0]}" + (f"–{made[-1]}" if made[-1] != made[0] else "")
     return (
         f"bfa (a search by gradient for up to {bfa[0]['options'].get('n')} flips, which stops once the task loss "
-        f"overflows: {values} value(s) changed a run; every dtype and level): {det}/{len(bfa)} runs "
+        f"overflows or none of the flips it tries raises the loss: {values} value(s) changed a run; every dtype "
+        f"and level): {det}/{len(bfa)} runs "
         f"detected, **{rec}/{len(bfa)} recovered bit-exactly**; mean accuracy attacked → after recover: "
         + "; ".join(per)
         + "."
