@@ -261,6 +261,25 @@ def test_swap_n_pairs_are_n_distinct_pairs() -> None:
         attack(m, AttackSpec("swap", n=3))
 
 
+def test_swap_of_blocks_or_rows_never_pairs_two_equal_ones() -> None:
+    """As --mode tensors: two equal blocks or rows were drawn (8 of 20 seeds here), an attack that changed nothing."""
+    rng = np.random.default_rng(0)
+    t = {"ones": np.ones((4, 64), np.float32), "w": rng.standard_normal((4, 64)).astype(np.float32)}
+    t["w"][1] = t["w"][3]  # two equal rows beside two distinct ones
+    for mode in ("blocks", "rows"):
+        for seed in range(20):
+            out, truth = attack(Loaded(t), AttackSpec("swap", seed=seed, mode=mode, n=1))
+            assert truth.changed_parameters == 128, (mode, seed)
+            assert list(truth.changed_tensors) == ["w"], (mode, seed)
+        # 'w' has two equal rows and two others: two pairs of different rows at most, none in 'ones'
+        _, truth = attack(Loaded(t), AttackSpec("swap", seed=1, mode=mode, n=2))
+        assert truth.changed_parameters == 256
+        with pytest.raises(
+            UsageError, match="cannot swap 3 distinct pairs of (blocks|rows): the chosen tensors have 2"
+        ):
+            attack(Loaded(t), AttackSpec("swap", mode=mode, n=3))
+
+
 def test_swap_of_many_pairs_moves_each_block_once() -> None:
     # 40,000 pairs of 100,000 blocks: each moved block holds another's values, none lost or doubled (no time is
     # asserted: a scan per pair once made this quadratic, about a minute, which the suite's own time would show)
@@ -398,8 +417,9 @@ def test_tensors_an_attack_cannot_use_are_usage_errors() -> None:
     ):
         with pytest.raises(UsageError, match=msg):
             attack(m, spec)
-    _, truth = attack(m, AttackSpec("swap", tensors=("w",)))  # four blocks: fine (equal values: nothing changes)
-    assert truth.changed_parameters == 0
+    for mode in ("blocks", "rows"):  # four blocks, four rows, all equal: a swap of two changed nothing
+        with pytest.raises(UsageError, match=f"no two {'64-value blocks' if mode == 'blocks' else 'rows'} of diff"):
+            attack(m, AttackSpec("swap", mode=mode, tensors=("w",)))
 
 
 def test_ground_truth_options_give_the_fraction_applied(sealed_model: Loaded) -> None:

@@ -39,26 +39,63 @@ def swap(t: Tensors, spec: AttackSpec, rng: Rng) -> Tensors:
             f"swap --mode {mode} needs at least two {what} in each tensor; {', '.join(map(repr, short))} "
             f"{'has' if len(short) == 1 else 'have'} fewer"
         )
-    # n distinct pairs: a pair drawn twice swapped back, and a unit in two pairs moved twice
-    free = np.array([t[nm].size // unit(t[nm]) for nm in names], dtype=np.float64)
-    if n > int((free // 2).sum()):
-        what = "blocks" if mode == "blocks" else "rows"
-        raise UsageError(f"cannot swap {n} distinct pairs of {what}: the chosen tensors have {int((free // 2).sum())}")
-    left, per = free.copy(), np.zeros(len(names), dtype=np.int64)
-    for _ in range(n):  # the tensor of each pair, by the units it has left
-        p = np.where(left >= 2, left, 0)
-        k = int(rng.choice(len(names), p=p / p.sum()))
+    # n distinct pairs: a pair drawn twice swapped back, a unit in two pairs moved twice, and a pair of equal
+    # units (two blocks of ones) changed nothing
+    what = "64-value blocks" if mode == "blocks" else "rows"
+    pairs = [_unit_pairs(t[nm], unit(t[nm]), rng) for nm in names]
+    have = sum(len(p) for p in pairs)
+    if not have:
+        raise UsageError(
+            f"no two {what} of different values in the chosen tensors to swap (equal ones swap to no change)"
+        )
+    if n > have:
+        raise UsageError(
+            f"cannot swap {n} distinct pairs of {what.split()[-1]}: the chosen tensors have {have} "
+            f"(of different values, no {what.split()[-1][:-1]} in two pairs)"
+        )
+    left, per = np.array([len(p) for p in pairs], dtype=np.float64), np.zeros(len(names), dtype=np.int64)
+    for _ in range(n):  # the tensor of each pair, by the pairs it has left
+        k = int(rng.choice(len(names), p=left / left.sum()))
         per[k] += 1
-        left[k] -= 2
-    for nm, units, c in zip(names, free.astype(np.int64).tolist(), per.tolist(), strict=True):
+        left[k] -= 1
+    for nm, made, c in zip(names, pairs, per.tolist(), strict=True):
         if not c:
             continue
-        # all of a tensor's pairs in one draw without replacement: one unit per pair at most
         w = unit(t[nm])
-        i, j = rng.choice(units, size=(2, c), replace=False)
-        v = d.bits(nm)[: units * w].reshape(units, w)
+        i, j = made[np.sort(rng.choice(len(made), size=c, replace=False))].T
+        v = d.bits(nm)[: t[nm].size // w * w].reshape(-1, w)
         v[i], v[j] = v[j], v[i]  # fancy indexing copies: the right side is read before either write
     return d.t
+
+
+def _unit_pairs(a: NDArray[Any], w: int, rng: Rng) -> NDArray[np.int64]:
+    """Disjoint pairs ``(m, 2)`` of ``a``'s units of ``w`` values whose bits differ, as many as there can be."""
+    rows = words(a).reshape(a.size, -1)[: a.size // w * w].reshape(a.size // w, -1).astype(np.uint64)
+    h = np.zeros(len(rows), dtype=np.uint64)
+    for col in rows.T:  # equal units hash alike; a collision only keeps two units from being paired
+        h = (h ^ col) * np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+    order = rng.permutation(len(rows))
+    return order[_matching(np.unique(h[order], return_inverse=True)[1].reshape(-1))]
+
+
+def _matching(g: NDArray[np.intp]) -> NDArray[np.int64]:
+    """Pairs ``(m, 2)`` of positions into ``g`` (each item's group of equal values, items in random order).
+
+    No position is in two pairs and no pair within a group, and as many pairs are made as there can be:
+    items ordered by groups, largest first (ties by first appearance), and one paired with the one half
+    the items further on, or, where one group is more than half, with one past that group.
+    """
+    if len(g) < 2:
+        return np.zeros((0, 2), dtype=np.int64)
+    counts = np.bincount(g)
+    first = np.full(len(counts), len(g))
+    np.minimum.at(first, g, np.arange(len(g)))
+    order = np.lexsort((np.arange(len(g)), first[g], -counts[g])).astype(np.int64)
+    big, half = int(counts.max()), len(g) // 2
+    off = big if big > half else half
+    m = len(g) - off
+    return np.stack([order[: min(m, half)], order[off : off + min(m, half)]], axis=1)
 
 
 def _tensor_pairs(t: Tensors, spec: AttackSpec, n: int, rng: Rng) -> list[tuple[str, str]]:
@@ -77,17 +114,13 @@ def _tensor_pairs(t: Tensors, spec: AttackSpec, n: int, rng: Rng) -> list[tuple[
     for members in groups.values():
         if len(members) < 2:
             continue
-        same: dict[bytes, list[str]] = {}  # tensors of equal bits: a swap of two of them changes nothing
-        for i in rng.permutation(len(members)):
-            nm = members[int(i)]
-            same.setdefault(hashlib.blake2b(np.ascontiguousarray(words(t[nm])).data).digest(), []).append(nm)
-        runs = sorted(same.values(), key=len, reverse=True)
-        order = [nm for g in runs for nm in g]
-        big, half = len(runs[0]), len(order) // 2
-        if big > half:  # each pair takes one of the largest group of equal tensors
-            pairs += [(order[i], order[big + i]) for i in range(len(order) - big)]
-        else:  # a run of equal tensors is at most half long: i and i + half are never both in it
-            pairs += [(order[i], order[half + i]) for i in range(half)]
+        shuffled = [members[int(i)] for i in rng.permutation(len(members))]
+        same: dict[bytes, int] = {}  # tensors of equal bits: a swap of two of them changes nothing
+        g = [
+            same.setdefault(hashlib.blake2b(np.ascontiguousarray(words(t[nm])).data).digest(), len(same))
+            for nm in shuffled
+        ]
+        pairs += [(shuffled[i], shuffled[j]) for i, j in _matching(np.array(g, dtype=np.intp)).tolist()]
     if not pairs:
         raise UsageError("no two tensors with the same shape and dtype (and different values) to swap")
     if n > len(pairs):
