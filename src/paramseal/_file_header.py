@@ -161,7 +161,7 @@ def shape_issues(
         return []
     if shapes.skipped is not None and notes is not None:
         notes.append(f"the model's declared shapes were not checked against its graph: {shapes.skipped}")
-    return [declared_shape(c.name, c.where, c.declared, c.inferred) for c in shapes.found]
+    return [declared_shape(c.name, c.where, c.declared, c.inferred, shapes.onnx_version) for c in shapes.found]
 
 
 def _graph_issues(loaded: Loaded, path: Path, text: str, meta: dict[str, str], key: Key) -> list[str]:

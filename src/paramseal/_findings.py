@@ -133,16 +133,22 @@ GRAPH_EDITED_V1 = (
 DECLARED_SHAPE = "a shape the model declares contradicts its graph: "
 
 
-def declared_shape(name: str, where: str, declared: str, inferred: str) -> str:
-    """The finding of value ``name`` (declared by ``where``) declared ``declared``; the graph gives ``inferred``."""
+def declared_shape(name: str, where: str, declared: str, inferred: str, onnx_version: str) -> str:
+    """The finding of value ``name`` (declared by ``where``) declared ``declared``; the graph gives ``inferred``.
+
+    ``onnx_version``: the onnx whose shape inference gave ``inferred`` (a later one may infer otherwise).
+    """
     return (
         f"{DECLARED_SHAPE}'{name}' ({where}) is declared {declared}, and shape inference from the graph gives "
-        f"{inferred}. ONNX Runtime may compute with the declared shape (its graph optimizations fold a Shape of the "
-        "value to it), so the model may not compute what was sealed. The graph digest leaves declared shapes out "
-        "(shape inference adds them), and seal refuses a model whose declarations its graph contradicts: this one "
-        "was made after sealing (or the model was sealed by a ParamSeal that did not check them). ParamSeal restores "
-        "values, not graphs: take the sealed model from a kept copy, or remove the declaration (the value_info entry, "
-        "the output's or subgraph input's dims) and verify again"
+        f"{inferred} (the installed onnx {onnx_version}'s inference: an onnx that infers differently from the one "
+        "the model was sealed with could make an untouched model read so; if that may be the case, verify again "
+        "with that onnx version). ONNX Runtime may compute with the declared shape (its graph optimizations fold a "
+        "Shape of the value to it), so the model may not compute what was sealed. The graph digest leaves declared "
+        "shapes out (shape inference adds them), and seal refuses a model whose declarations its graph contradicts: "
+        "this one was made after sealing (or the model was sealed by a ParamSeal that did not check them, or under "
+        "an onnx that inferred otherwise). ParamSeal restores values, not graphs: take the sealed model from a kept "
+        "copy, or remove the declaration (the value_info entry, the output's or subgraph input's dims) and verify "
+        "again"
     )
 
 

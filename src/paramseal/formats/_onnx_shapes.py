@@ -56,6 +56,7 @@ class ShapeCheck:
 
     found: tuple[Contradiction, ...] = ()
     skipped: str | None = None  # inference failed: nothing was checked
+    onnx_version: str = ""  # the onnx whose inference gave the types compared (another may infer otherwise)
 
 
 def check_declared(
@@ -82,7 +83,7 @@ def check_declared(
     try:
         inferred = _infer(onnx, bare)
     except _Unreadable as e:
-        return ShapeCheck(skipped=str(e))
+        return ShapeCheck(skipped=str(e), onnx_version=str(onnx.__version__))
     symbols = {
         d.dim_param
         for v in model.graph.input
@@ -94,7 +95,7 @@ def check_declared(
     for where, declared, got in _declarations(onnx, model.graph, inferred.graph):
         if got is not None and contradicts(declared.type, got, symbols):
             found.append(Contradiction(declared.name, where, type_text(onnx, declared.type), type_text(onnx, got)))
-    return ShapeCheck(tuple(found))
+    return ShapeCheck(tuple(found), onnx_version=str(onnx.__version__))
 
 
 def _put_values(m: Any, values: Mapping[str, NDArray[np.generic]], dtypes: Mapping[str, str]) -> None:
