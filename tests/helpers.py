@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -18,6 +19,7 @@ from typing import Any
 
 import ml_dtypes
 import numpy as np
+import pytest
 import safetensors.numpy as stn
 
 BLOCK = 64
@@ -387,3 +389,19 @@ def pin_salt(monkeypatch: Any, salt: bytes = bytes(range(16))) -> None:
     """
     real = os.urandom
     monkeypatch.setattr(os, "urandom", lambda n: salt if n == 16 else real(n))
+
+
+_SILERO_SPEC = importlib.util.find_spec("silero_vad")
+#: silero-vad's model folder (its ONNX variants hold their weights in initializers and in If branches' Constants)
+SILERO = Path(_SILERO_SPEC.origin).parent / "data" if _SILERO_SPEC and _SILERO_SPEC.origin else None
+needs_silero = pytest.mark.skipif(
+    SILERO is None or not (SILERO / "silero_vad.onnx").exists(), reason="silero-vad is not installed"
+)
+SILERO_VARIANTS = [
+    "silero_vad.onnx",
+    "silero_vad_16k_op15.onnx",
+    "silero_vad_16k_sequence.onnx",
+    "silero_vad_half.onnx",
+    "silero_vad_op18_ifless.onnx",
+    "silero_vad_openvino_16k.onnx",
+]

@@ -33,11 +33,8 @@ from paramseal.formats._onnx_shapes import check_declared  # noqa: E402
 from paramseal.formats._onnx_tensors import tensor_names, tensor_slots  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "onnx-graph1"
-_spec = importlib.util.find_spec("silero_vad")
-SILERO = Path(_spec.origin).parent / "data" if _spec and _spec.origin else None
-needs_silero = pytest.mark.skipif(
-    SILERO is None or not (SILERO / "silero_vad.onnx").exists(), reason="silero-vad is not installed"
-)
+from helpers import SILERO, SILERO_VARIANTS, needs_silero  # noqa: E402
+
 _X = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])
 _W = numpy_helper.from_array(np.array([1.5], np.float32), "w")
 _ZERO = numpy_helper.from_array(np.array([0], np.int64), "zero")
@@ -337,14 +334,6 @@ _TOOLS: dict[str, Callable[[Any], Any]] = {
     "version_converter, own opset": _own_opset,
     "numpy_helper": _resaved,
 }
-SILERO_VARIANTS = [
-    "silero_vad.onnx",
-    "silero_vad_16k_op15.onnx",
-    "silero_vad_16k_sequence.onnx",
-    "silero_vad_half.onnx",
-    "silero_vad_op18_ifless.onnx",
-    "silero_vad_openvino_16k.onnx",
-]
 
 
 @needs_silero

@@ -26,11 +26,8 @@ from paramseal import files  # noqa: E402
 
 GOLDEN = Path(__file__).parent / "golden" / "onnx-graph1"
 
-_spec = importlib.util.find_spec("silero_vad")
-SILERO = Path(_spec.origin).parent / "data" if _spec and _spec.origin else None
-needs_silero = pytest.mark.skipif(
-    SILERO is None or not (SILERO / "silero_vad.onnx").exists(), reason="silero-vad is not installed"
-)
+from helpers import SILERO, needs_silero  # noqa: E402
+
 needs_ort = pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime is not installed")
 
 

@@ -9,7 +9,6 @@ digest (``tests/golden/onnx-graph1``) verify exactly as before.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -31,13 +30,8 @@ from paramseal.formats._onnx_tensors import tensor_names, tensor_slots  # noqa: 
 
 GOLDEN = Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))
+from helpers import SILERO, SILERO_VARIANTS, needs_silero  # noqa: E402
 from make_golden import golden_onnx  # noqa: E402
-
-_spec = importlib.util.find_spec("silero_vad")
-SILERO = Path(_spec.origin).parent / "data" if _spec and _spec.origin else None
-needs_silero = pytest.mark.skipif(
-    SILERO is None or not (SILERO / "silero_vad.onnx").exists(), reason="silero-vad is not installed"
-)
 
 
 def _protos(m: Any) -> Iterator[tuple[str, bool, Any]]:
@@ -410,16 +404,6 @@ def test_silero_output_retyped_is_an_edited_graph(tmp_path: Path, key_file: Path
     onnx.save_model(m, str(tmp_path / "edited.onnx"))
     rc, rep = _verify(tmp_path / "edited.onnx", key_file)
     assert rc == 2 and any("graph" in i for i in rep["metadata_issues"]), rep
-
-
-SILERO_VARIANTS = [
-    "silero_vad.onnx",
-    "silero_vad_16k_op15.onnx",
-    "silero_vad_16k_sequence.onnx",
-    "silero_vad_half.onnx",
-    "silero_vad_op18_ifless.onnx",
-    "silero_vad_openvino_16k.onnx",
-]
 
 
 @needs_silero

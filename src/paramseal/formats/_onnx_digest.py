@@ -142,7 +142,7 @@ def _strip_declared_types(g: Any, sub: bool) -> None:
         if sub:
             v.ClearField("type")
         else:
-            _strip_shapes(v.type)
+            strip_shapes(v.type)
     for node in g.node:
         for a in node.attribute:
             if a.HasField("g"):
@@ -151,12 +151,12 @@ def _strip_declared_types(g: Any, sub: bool) -> None:
                 _strip_declared_types(s, sub=True)
 
 
-def _strip_shapes(t: Any) -> None:
+def strip_shapes(t: Any) -> None:
     """Clear the shapes of a TypeProto, nested in a sequence, optional or map too; its kinds and element types stay."""
     kind = t.WhichOneof("value")
     if kind in ("tensor_type", "sparse_tensor_type"):
         getattr(t, kind).ClearField("shape")
     elif kind in ("sequence_type", "optional_type") and getattr(t, kind).HasField("elem_type"):
-        _strip_shapes(getattr(t, kind).elem_type)
+        strip_shapes(getattr(t, kind).elem_type)
     elif kind == "map_type" and t.map_type.HasField("value_type"):
-        _strip_shapes(t.map_type.value_type)
+        strip_shapes(t.map_type.value_type)

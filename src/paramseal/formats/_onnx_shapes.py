@@ -33,6 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..levels import ST_TO_NP
+from ._onnx_digest import strip_shapes
 from ._onnx_tensors import ONNX_OF, tensor_names, tensor_slots
 
 _SMALL = 1024  # integer tensors of at most this many values go into the copy: the shapes and indices inference reads
@@ -120,23 +121,13 @@ def _undeclare(g: Any, main: bool) -> None:
     g.ClearField("value_info")
     for v in g.output:
         if main:
-            _clear_shapes(v.type)
+            strip_shapes(v.type)
         else:
             v.ClearField("type")
     for v in () if main else g.input:
         v.ClearField("type")
     for _, sub, _ in _subgraphs(g):
         _undeclare(sub, main=False)
-
-
-def _clear_shapes(t: Any) -> None:
-    kind = t.WhichOneof("value")
-    if kind in ("tensor_type", "sparse_tensor_type"):
-        getattr(t, kind).ClearField("shape")
-    elif kind in ("sequence_type", "optional_type") and getattr(t, kind).HasField("elem_type"):
-        _clear_shapes(getattr(t, kind).elem_type)
-    elif kind == "map_type" and t.map_type.HasField("value_type"):
-        _clear_shapes(t.map_type.value_type)
 
 
 class _Unreadable(Exception):
