@@ -89,3 +89,21 @@ def test_a_partial_output_differs_from_the_seal_only_where_the_report_says(
         assert not restored & named and restored == _differs(bad[n], sealed) - named, n
     assert named_total == report["unrecoverable_parameters"] < 2_000
     assert cli.main(["verify", str(out), "--key", str(kf)]) == 2
+
+
+def test_a_partly_decoded_block_whose_tag_then_holds_is_restored_whole(
+    monkeypatch: pytest.MonkeyPatch, key: paramseal.Key
+) -> None:
+    """Most blocks holding a word of the failed group hold it intact: their damage lay in the decoded groups'
+    words, and once those are corrected the tag the block was found with holds. They are sealed bytes again, so
+    verify of the output finds them intact: the report must not name them (nor any value in them)."""
+    s, bad = _model_and_damage(monkeypatch, key)
+    res = paramseal.recover(bad, key, s.header_json)
+    again = paramseal.verify(res.tensors, key, s.header_json)
+    assert res.report.status == "unrecoverable" and again.status == "tampered"
+    for n, f in res.report.tensors.items():
+        named = set(f.unrecoverable_blocks)
+        assert named == set(again.tensors[n].tampered_blocks), n
+        out, sealed = helpers.uview(res.tensors[n]).reshape(-1), helpers.uview(s.tensors[n]).reshape(-1)
+        assert all((out[b * 64 : b * 64 + 64] != sealed[b * 64 : b * 64 + 64]).any() for b in named), n
+    helpers.assert_honest_recovery(res, bad, s.tensors)

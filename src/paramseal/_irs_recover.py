@@ -11,9 +11,10 @@ layout, without permutations, such groups count as failed. Nothing here writes t
 
 A failed block holding a word of a group that failed is not rebuilt, but the corrections of the
 groups that decoded are still written into a copy of it (``Outcome.partial``: its tag bits and the
-failed groups' words left as found, so it still fails its tag): what stays unknown there is named
-value by value (``Outcome.unknown``), not the whole block. Those corrections are trusted under the
-same rules as in a whole recovery: a group's decoding does not depend on the others'.
+failed groups' words left as found; recover restores it whole where its tag then holds): what stays
+unknown there is named value by value (``Outcome.unknown``), not the whole block. Those corrections
+are trusted under the same rules as in a whole recovery: a group's decoding does not depend on the
+others'.
 """
 
 from __future__ import annotations

@@ -207,9 +207,10 @@ def _conclude(
 ) -> Recovery:
     """The recover report: what was restored, and whether every rebuilt block carries its authentic tag.
 
-    ``partial`` (irs4): failed blocks not rebuilt but with the decoded groups' corrections written in;
-    they stay tampered, are written with the rest (a partial result), and name as unrecoverable only
-    the values ``unknown`` masks (per tensor, a mask per block of ``partial``; `_lost_ranges`).
+    ``partial`` (irs4): failed blocks not rebuilt but with the decoded groups' corrections written in,
+    and the tags they were found with. Those whose tag then holds are restored whole; the others stay
+    tampered, are written with the rest (a partial result), and name as unrecoverable only the values
+    ``unknown`` masks (per tensor, a mask per block of ``partial``; `_lost_ranges`).
     """
     specs = chk.specs
     # Blocks not rebuilt were verified by check() and are unchanged; blocks in failed lanes stay
@@ -222,30 +223,22 @@ def _conclude(
     # stays tampered, and the report names it.
     patches = dict(patches)
     for t, p in list(patches.items()):
-        s = specs[t]
-        internal = s.block_storage()[1]
-        ext = chk.header.external_tags.get(t)
-        before = np.cumsum(~internal) - 1  # index of each external block's tag
-        good = np.ones(p.rows.size, np.bool_)
         # A float block that carries its own tag holds the one `finish_rebuilt` computed from this
         # content: computing it again (a MAC over every rebuilt block) could only agree.
-        recheck = ~internal[p.rows] if s.is_float else np.ones(p.rows.size, np.bool_)
-        at = np.flatnonzero(recheck)
-        for a in range(0, at.size, _FINDINGS_STEP):  # a step at a time: the blocks may lie in a scratch file
-            i = at[a : a + _FINDINGS_STEP]
-            rows, new = p.rows[i], p.new[i]
-            want = _model.compute_tags(chk.mac, chk.header.salt, t, s, new, internal, at=rows)
-            mine = None if ext is None else ext[before[rows][~internal[rows]]]
-            good[i] = want == _model.stored_tags(s, new, internal[rows], mine)
-            release(p.new[i[0] : i[-1] + 1])  # only the pages this step read (p.new may be a whole scratch file)
+        good = _tags_hold(chk, t, p, ~specs[t].block_storage()[1][p.rows] if specs[t].is_float else None)
         if not good.all():
             chk.bad[t] = chk.bad[t].copy()
             chk.bad[t][p.rows[~good]] = True
             patches[t] = Patch(p.rows[good], p.new[good])
             if not good.any():
                 del patches[t]
-    all_ok = not any(b.any() for b in chk.bad) and not chk.metadata_lost  # sealed metadata known only by digest
     partial = partial or {}
+    for t, p in partial.items():  # the decoded groups' corrections may have been all a block lacked: its tag holds
+        good = _tags_hold(chk, t, p)
+        if good.any():
+            chk.bad[t] = chk.bad[t].copy()
+            chk.bad[t][p.rows[good]] = False
+    all_ok = not any(b.any() for b in chk.bad) and not chk.metadata_lost  # sealed metadata known only by digest
     findings = _findings(chk, base, patches, partial, unknown)
     status: Status = "recovered" if all_ok else "unrecoverable"
     report = Report(
@@ -265,6 +258,24 @@ def _conclude(
     )
     merged = {t: _merged(patches.get(t), partial.get(t), ws) for t in sorted({*patches, *partial})}
     return Recovery(report, merged, meta)
+
+
+def _tags_hold(chk: Check, t: int, p: Patch, which: NDArray[np.bool_] | None = None) -> NDArray[np.bool_]:
+    """Which blocks of ``p`` (tensor ``t``) carry the tag their content computes; ``which``: only those checked."""
+    s = chk.specs[t]
+    internal = s.block_storage()[1]
+    ext = chk.header.external_tags.get(t)
+    before = np.cumsum(~internal) - 1  # index of each external block's tag
+    good = np.ones(p.rows.size, np.bool_)
+    at = np.arange(p.rows.size) if which is None else np.flatnonzero(which)
+    for a in range(0, at.size, _FINDINGS_STEP):  # a step at a time: the blocks may lie in a scratch file
+        i = at[a : a + _FINDINGS_STEP]
+        rows, new = p.rows[i], p.new[i]
+        want = _model.compute_tags(chk.mac, chk.header.salt, t, s, new, internal, at=rows)
+        mine = None if ext is None else ext[before[rows][~internal[rows]]]
+        good[i] = want == _model.stored_tags(s, new, internal[rows], mine)
+        release(p.new[i[0] : i[-1] + 1])  # only the pages this step read (p.new may be a whole scratch file)
+    return good
 
 
 def _merged(a: Patch | None, b: Patch | None, ws: Workspace | None) -> Patch:
@@ -375,9 +386,10 @@ def _findings(
         rx = np.concatenate(restored_x) if restored_x else np.zeros(0, np.uint64)
         bad = np.flatnonzero(chk.bad[t])
         masks = None
-        if t in partial and unknown is not None:  # the blocks partly decoded name only their unknown values
+        if t in partial and unknown is not None and bad.size:  # partly decoded blocks name only their unknown values
             masks = np.full(bad.size, ALL)
-            masks[np.searchsorted(bad, partial[t].rows)] = unknown[t]
+            still = chk.bad[t][partial[t].rows]  # the others' tags hold: wholly restored
+            masks[np.searchsorted(bad, partial[t].rows[still])] = unknown[t][still]
             order = np.argsort(ri, kind="stable")
             ri, rx = ri[order], rx[order]
             at = np.minimum(np.searchsorted(bad, ri // BLOCK), max(bad.size - 1, 0))
