@@ -55,7 +55,7 @@ def test_one_failed_group_names_its_words_and_block_tags_not_whole_blocks(
     blocks = sum(len(f.unrecoverable_blocks) for f in rep.tensors.values())
     # at most the group's 255 words and the 4 tag-holding values of each of its failed blocks; whole blocks were
     # 64 values each (13,824 of them in README's example)
-    assert blocks > 100 and rep.unrecoverable_count <= 255 + 4 * blocks < 64 * blocks // 8
+    assert blocks > 100 and rep.unrecoverable_count <= 255 + 4 * blocks, (blocks, rep.unrecoverable_count)
     for n, f in rep.tensors.items():
         truth = _differs(bad[n], s.tensors[n])
         # every changed value outside what is named was restored
