@@ -377,6 +377,26 @@ def test_unrecoverable_masks_name_single_values_of_their_blocks_and_whole_blocks
     assert f.unrecoverable_count == 66 + 1 + 1 and f.to_dict(True)["unrecoverable_count"] == 68
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_the_mask_of_the_named_ranges_is_the_values_in_them(seed: int) -> None:
+    """`ranges_mask` (the eval's localisation reads millions of ranges with it) marks exactly the ranges' values."""
+    from paramseal._lost_ranges import lost_ranges, ranges_mask
+
+    rng = np.random.default_rng(seed)
+    numel = int(rng.integers(1, 64 * 40))
+    nb = -(-numel // 64)
+    blocks = rng.choice(nb, size=int(rng.integers(0, nb + 1)), replace=False)
+    masks = rng.integers(0, 1 << 63, size=blocks.size, dtype=np.uint64) * np.uint64(2) | rng.integers(
+        0, 2, blocks.size, dtype=np.uint64
+    )
+    masks[rng.random(blocks.size) < 0.3] = np.uint64((1 << 64) - 1)  # whole blocks among them
+    lo, hi = lost_ranges(blocks, masks, numel)
+    want = np.zeros(numel, np.bool_)
+    for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
+        want[a:b] = True
+    assert np.array_equal(ranges_mask(lo, hi, numel), want)
+
+
 def test_the_json_writer_never_holds_a_whole_long_list(monkeypatch: pytest.MonkeyPatch) -> None:
     """A replaced layer of an LLM names tens of millions of values: --json writes them a slice at a time."""
     from paramseal import report as report_mod

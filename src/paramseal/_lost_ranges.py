@@ -40,4 +40,12 @@ def lost_ranges(
     return lo[first], hi[last]
 
 
-__all__ = ["ALL", "lost_ranges"]
+def ranges_mask(lo: NDArray[np.int64], hi: NDArray[np.int64], numel: int) -> NDArray[np.bool_]:
+    """A bool array of ``numel`` values, True inside the ranges ``[lo, hi)`` of `lost_ranges` (disjoint, apart)."""
+    edge = np.zeros(numel + 1, np.int8)
+    edge[np.minimum(lo, numel)] += 1  # runs are merged: no start is another's stop, so no index is hit twice
+    edge[np.minimum(hi, numel)] -= 1
+    return np.cumsum(edge[:numel], dtype=np.int8) > 0
+
+
+__all__ = ["ALL", "lost_ranges", "ranges_mask"]

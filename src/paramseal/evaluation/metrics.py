@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._bits import uint_view
+from .._lost_ranges import lost_ranges, ranges_mask
 from ..attacks import GroundTruth
 from ..levels import BLOCK
 from ..report import Report
@@ -65,9 +66,9 @@ def localisation(truth: GroundTruth, verify_report: Report, recover_report: Repo
             continue
         ch = real.get(name)
         numel = ch.numel if ch is not None else f.numel
-        lost = np.zeros(numel, np.bool_)
-        for lo, hi in f.unrecoverable_ranges:  # whole blocks, or (irs4) the values left unknown
-            lost[lo:hi] = True
+        masks = None if f.unrecoverable_masks is None else f.unrecoverable_masks.array
+        # whole blocks, or (irs4) the values left unknown: as arrays, as heavy damage names millions of values
+        lost = ranges_mask(*lost_ranges(f.unrecoverable_blocks.array, masks, numel), numel)
         pred = lost | _mask(numel, f.restored_indices)
         flagged += int(pred.sum())
         if ch is not None and ch.count:
