@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from . import _cli_eval, _pages, _paths, files, sharded
 from ._cli_streams import in_out, quoted
+from ._findings import RETYPED
 from ._layout import TensorSpec
 from .errors import ParamSealWarning, UsageError, one_line
 from .formats.registry import adapter_for
@@ -233,7 +234,7 @@ def _what_recover_did(rep: Report) -> str:
     if renamed:
         whose = "its sealed name" if renamed == 1 else "their sealed names"
         parts.append(f"{_count(renamed, 'renamed tensor')} written under {whose}")
-    retyped = sum(any(i.startswith("dtype changed from") for i in f.issues) for f in rep.tensors.values())
+    retyped = sum(any(i.startswith(RETYPED) for i in f.issues) for f in rep.tensors.values())
     if retyped:  # a model widened after sealing (BF16 saved as F32), or bytes relabelled (F32 marked I32)
         parts.append(f"{_count(retyped, 'retyped tensor')} written back in the dtype sealed")
     # none: only the metadata or a shard index needed fixing; the summary's lines say which

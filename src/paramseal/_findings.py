@@ -184,6 +184,9 @@ OWN_LOST = (
 )
 
 
+RETYPED = "dtype changed from"  # the start of a retyped tensor's issue (`usable`), which recover counts
+
+
 def usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.generic] | None, list[str]]:
     """``a`` as the sealed tensor's data (None when it cannot be: missing, or another size) and what differs."""
     if a is None:
@@ -193,7 +196,7 @@ def usable(a: NDArray[np.generic] | None, spec: TensorSpec) -> tuple[NDArray[np.
     except UnsupportedError:
         dt = str(a.dtype)
     if dt != spec.dtype:
-        why = [f"dtype changed from {spec.dtype} to {dt}"]
+        why = [f"{RETYPED} {spec.dtype} to {dt}"]
         sealed = ST_TO_NP[spec.dtype]
         same = dt in ST_TO_NP or raw_void(a.dtype)  # a raw void: np.save's ml_dtypes bfloat16
         if same and a.size == spec.numel and a.dtype.itemsize == sealed.itemsize:
@@ -365,6 +368,7 @@ def _metadata_issues(sealed: Mapping[str, str], found: Mapping[str, str]) -> lis
 
 
 __all__ = [
+    "RETYPED",
     "DECLARED_SHAPE",
     "GRAPH_EDITED",
     "GRAPH_EDITED_V1",

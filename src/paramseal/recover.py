@@ -372,7 +372,7 @@ def _findings(
     unknown: dict[int, NDArray[np.uint64]] | None,
 ) -> dict[str, TensorFinding]:
     # Tensors side by side: under heavy damage every rebuilt block is read and compared (numpy only).
-    both = [(t, p) for t, p in patches.items()] + [(t, p) for t, p in partial.items()]
+    both = [*patches.items(), *partial.items()]
     found = task_map(lambda tp: _restored(chk, tp[0], tp[1]), both)
     restored: dict[int, tuple[list[NDArray[np.int64]], list[NDArray[np.uint64]]]] = {}
     for (t, _), (i, x) in zip(both, found, strict=True):
