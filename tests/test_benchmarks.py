@@ -14,6 +14,8 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from paramseal.verify import Check
+
 _DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -129,3 +131,26 @@ def test_onnx_declared_shapes_gives_the_readme_figures(tmp_path: Path, capsys: p
         "exit",
         "2",
     ]
+
+
+@pytest.mark.parametrize("args", [["--trials", "0"], ["--n", "-5"], ["--n", "100"], ["--configs", "fp8-standard"]])
+def test_verdict_agreement_refuses_nonsense_arguments(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        _load("verdict_agreement").main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "must be" in err or "too small" in err or "unknown configuration" in err
+
+
+def test_verdict_agreement_counts_a_verdict_recover_does_not_bear_out(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Four trials past and within reach agree (exit 0); with verify's verdict forced to yes, those past reach
+    are counted as disagreements (exit 1)."""
+    bench = _load("verdict_agreement")
+    argv = ["--trials", "4", "--n", "20000", "--configs", "fp32-standard", "--seed", "1"]
+    assert bench.main(argv) == 0
+    assert "disagreements 0" in capsys.readouterr().out
+    monkeypatch.setattr(Check, "recoverable", lambda self: True)
+    assert bench.main(argv) == 1
+    assert "DANGER: yes, not restored" in capsys.readouterr().out
