@@ -9,10 +9,12 @@ import sys
 import threading
 from pathlib import Path
 
+import helpers
+import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _patch, files
+from paramseal import _patch, files, sharded
 
 
 def _temporaries(folder: Path) -> list[str]:
@@ -159,3 +161,43 @@ def test_an_interrupt_while_a_pool_starts_a_thread_neither_leaves_work_running_n
     assert r.returncode == 0, r.stderr
     seen, at_exit = r.stdout.splitlines()
     assert seen == at_exit  # nothing ran after parallel_map raised
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_a_sealed_output_and_its_rename_are_flushed_to_disk_before_seal_reports_it(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, suffix: str
+) -> None:
+    """The file's fsync keeps its bytes; only the folder's keeps its name: a crash could bring the old file back."""
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    synced = helpers.record_fsyncs(monkeypatch)
+    out = out_dir / f"m{suffix}"
+    files.seal_file(model_file, out, key)
+    assert {out.stat().st_ino, out_dir.stat().st_ino} <= set(synced)
+
+
+def test_a_new_key_files_name_is_flushed_to_disk_before_keygen_reports_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key lost in a crash after keygen said OK leaves every model sealed with it unverifiable."""
+    synced = helpers.record_fsyncs(monkeypatch)
+    for overwrite in (False, True):
+        synced.clear()
+        p = paramseal.write_key(tmp_path / "my.key", paramseal.Key.generate(), overwrite=overwrite)
+        assert {p.stat().st_ino, tmp_path.stat().st_ino} <= set(synced)
+
+
+def test_a_sealed_checkpoint_folder_is_flushed_to_disk_before_seal_reports_it(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its shards' names in the new folder, and the folder's own name in its parent."""
+    rng = np.random.default_rng(0)
+    shards = {
+        f"model-0000{i}-of-00002.safetensors": {f"w{i}": rng.standard_normal((64, 64), np.float32)} for i in (1, 2)
+    }
+    ckpt = helpers.write_checkpoint(tmp_path / "ckpt", shards, {"format": "pt"}, {"total_size": 1})
+    (tmp_path / "parent").mkdir()
+    out = tmp_path / "parent" / "sealed"
+    synced = helpers.record_fsyncs(monkeypatch)
+    sharded.seal_dir(ckpt, out, key, workers=1)
+    assert {out.stat().st_ino, out.parent.stat().st_ino} <= set(synced)

@@ -1803,6 +1803,7 @@ def test_the_model_and_its_side_files_are_flushed_to_disk_before_they_replace_th
     files.seal_file(ext_file, out, key)
     (side,) = _side_names(out)
     assert {out.stat().st_ino, (tmp_path / side).stat().st_ino} <= set(synced)
+    assert tmp_path.stat().st_ino in synced  # and their names: the folder's entries, which a crash could lose
     assert files.verify_file(out, key).status == "intact"
 
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ._shard_index import INDEX_SUFFIX, index_files, set_files
-from ._tempname import renamed_to, temp_prefix
+from ._tempname import renamed_to, sync_folder, temp_prefix
 from .errors import FormatError, InputError, ParamSealError, UsageError, cannot_write, io_failure
 from .formats import adapter_for, onnx_format
 from .formats.base import new_mode
@@ -48,6 +48,7 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
             with open(tmp_path, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp_path, dst)
+            sync_folder(dst.parent)
         except OSError as e:
             if isinstance(e, ParamSealError):
                 raise

@@ -49,6 +49,24 @@ def renamed_to(tmp: Path, name: str) -> Iterator[None]:
         _FINAL.pop(tmp, None)
 
 
+def sync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk: a rename (or a new file) is durable only then, not at the file's fsync.
+
+    Without it a crash after "OK: sealed" (or "recovered", in place) could bring back the old file, or none.
+    Where a folder cannot be opened or flushed (Windows, some network file systems) there is nothing more to do.
+    """
+    try:
+        fd = os.open(folder if str(folder) else ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def final_name(path: Path) -> str:
     """The name the file being written at ``path`` will have: its own unless it is a temporary of `renamed_to`."""
     return _FINAL.get(path, path.name)

@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from ._tempname import temp_prefix
+from ._tempname import sync_folder, temp_prefix
 from .errors import KeyFileError, UsageError, cannot_write
 
 KEY_BYTES = 32
@@ -134,6 +134,7 @@ def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False
             os.fsync(f.fileno())
         if overwrite:
             os.replace(target, p)
+        sync_folder(p.parent)  # the new key's name too: a key lost in a crash leaves its models unverifiable
     except OSError as e:
         target.unlink(missing_ok=True)
         raise cannot_write(p, e) from None

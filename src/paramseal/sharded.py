@@ -65,7 +65,7 @@ from ._shard_jobs import Failed, recover_one, sealed_elsewhere, verify_one, wron
 from ._shard_moves import borrowed, moved_issues, without_moved
 from ._shard_pool import _map
 from ._shard_set import _locate, _moved, _record, _set_id, _vouched, open_index, sealed_level
-from ._tempname import temp_prefix
+from ._tempname import sync_folder, temp_prefix
 from .errors import (
     FormatError,
     ParamSealError,
@@ -123,7 +123,9 @@ def _atomic_dir(dst: Path, src: Path) -> Iterator[Path]:
     try:
         try:
             yield tmp
+            sync_folder(tmp)  # its files' names, then the folder's own
             os.replace(tmp, dst)
+            sync_folder(parent)
         except ParamSealError as e:
             # the user never sees the temporary folder: name the output they asked for
             e.args = tuple(a.replace(str(tmp), str(dst)) if isinstance(a, str) else a for a in e.args)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .._tempname import cut_name, name_max, temp_prefix
+from .._tempname import cut_name, name_max, sync_folder, temp_prefix
 from ..errors import FormatError, ParamSealError, cannot_write
 from ..levels import NIBBLE
 from ._onnx_tensors import (
@@ -289,6 +289,7 @@ class SidePlan:
                 os.fsync(f.fileno())
             os.chmod(t, mode)
             os.replace(t, dst)
+            sync_folder(self.folder)
         except BaseException as e:
             for p in placed:
                 p.unlink(missing_ok=True)
