@@ -436,3 +436,30 @@ def test_an_authentic_header_with_many_problems_names_a_few_not_all(sealed: tupl
     }
     rc, _, err = helpers.run_cli(["verify", _with_header(d, m, _forged(long, key)), "--key", kf])
     assert rc == 3 and "authentic but unreadable: tensor 'nnnnn" in err and len(err) < 1000, err[:2000]
+
+
+@pytest.mark.parametrize("api", ["file", "arrays"])
+def test_seal_refuses_a_model_whose_header_verify_would_refuse_as_too_long(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, api: str
+) -> None:
+    """Integer blocks keep their tags in the header (~5.3 characters each): an int8 model of some 800M values sealed
+    without a word into a file whose header verify refused as 'malformed ... cannot be trusted' (exit 2)."""
+    from paramseal import header
+    from paramseal.errors import UnsupportedError
+
+    key = paramseal.Key(bytes(range(32)))
+    model = {"w": np.linspace(-1, 1, 4096, dtype=np.float32), "q": np.arange(64 * 500, dtype=np.int64) % 127}
+    src = tmp_path / "m.safetensors"
+    files.write_model(src, Loaded(model))
+    length = len(paramseal.seal(model, key).header_json)
+    monkeypatch.setattr(header, "_MAX_HEADER_CHARS", length - 1)  # the same overrun, without 800 MB of int8
+    out = tmp_path / "s.safetensors"
+    with pytest.raises(UnsupportedError, match=r"verify reads at most \d+ .* 500 blocks of 64 values"):
+        if api == "file":
+            files.seal_file(src, out, key)
+        else:
+            paramseal.seal(model, key)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # nothing written, no temporary
+    monkeypatch.setattr(header, "_MAX_HEADER_CHARS", 2 * length)  # well within: sealed and verified as ever
+    files.seal_file(src, out, key)
+    assert files.verify_file(out, key).status == "intact"

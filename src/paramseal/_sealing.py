@@ -9,6 +9,7 @@ Kept apart from `seal`, which holds the public API (`SealConfig`, `seal`, the ch
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import replace
 
@@ -32,8 +33,8 @@ from ._pages import (
 )
 from ._parallel import in_turn, task_map
 from ._progress import Progress
-from .errors import InputError, NonFiniteError
-from .header import SCHEME_IRS, Header
+from .errors import InputError, NonFiniteError, UnsupportedError
+from .header import SCHEME_IRS, Header, max_header_chars
 from .keys import Key, require_key
 from .levels import BLOCK, FLOATS
 
@@ -427,4 +428,26 @@ def probe_header(
             strata_perms=_strata.PERMS,
             keyed_offset=True,
         )
-    return probe, 7 * (len(specs) + 1 + _embed.CARRIERS)
+    slack = 7 * (len(specs) + 1 + _embed.CARRIERS)
+    _refuse_unreadable_length(probe, slack, key)
+    return probe, slack
+
+
+def _refuse_unreadable_length(probe: Header, slack: int, key: Key) -> None:
+    """Refuse a seal whose header verify would not read: it refuses one that long as edited or corrupted (exit 2).
+
+    The tags of blocks with no room for their own (integer and bool tensors, floats holding NaN/Inf) are kept in the
+    header, about 5.3 characters a block: an int8 model of some 800M values passed the limit, sealed without a word.
+    """
+    n, limit = len(probe.to_json(key)) + slack, max_header_chars()
+    if n <= limit:
+        return
+    blocks = sum(v.size for v in probe.external_tags.values())
+    meta = len(json.dumps(probe.user_metadata or {}))
+    raise UnsupportedError(
+        f"cannot seal this model: its seal header would be up to {n} characters, and verify reads at most {limit} "
+        f"(a longer one reads as tampered). It keeps the tags of {blocks} blocks of {BLOCK} values that have no "
+        f"low bits to carry their own (integer and bool tensors, float tensors holding NaN/Inf), about 5.3 "
+        f"characters each, and {meta} characters of metadata; seal a model with fewer such values (say, its "
+        "integer tensors apart from its floats), or less metadata. Nothing was written"
+    )

@@ -75,6 +75,11 @@ class HeaderAuthError(FormatError):
         self.unreadable = unreadable  # no ParamSeal header at all (a damaged copy's bytes), not an edited one
 
 
+def max_header_chars() -> int:
+    """The longest header `parse_header` reads; seal refuses to write a longer one (`_sealing.probe_header`)."""
+    return _MAX_HEADER_CHARS
+
+
 def _too_deep(value: object) -> bool:
     """Whether JSON ``value`` nests deeper than `_MAX_HEADER_DEPTH` (walked without recursion)."""
     level: list[object] = [value]
