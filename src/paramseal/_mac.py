@@ -21,7 +21,12 @@ independent of k). So each guess succeeds with probability at most 1/(p-1) + 2**
 below 2**-32 + negligible per block. r_b is why a verify report does not become a forgery
 kit: with r_b = 1 (``MAC_V1``) the tag change of an edit is k_i * delta in every block, so one
 block found passing in a report told it for every block of every model sealed with the key;
-now it is r_b * k_i * delta, and r_b is fresh per salt, tensor and block. The tag bits
+now it is r_b * k_i * delta, and r_b is fresh per salt, tensor and block. That confines edits that
+change the tag, not edits H cannot see: H's keys k_i are the key's alone, so an edit with
+sum k_i delta_i = 0 mod p, found passing in one block with its tag left as it was (the same
+~p/N report guesses), passes in every block of every model sealed with the key, either MAC
+(tests/test_mac.py shows one that doubles a value). Confining it takes per-block hash keys
+(say H_k + x_b * H_k', x_b fresh per block): a new MAC name. The tag bits
 themselves are zeroed before hashing, so changing them is detected too.
 """
 
