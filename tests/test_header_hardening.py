@@ -463,3 +463,21 @@ def test_seal_refuses_a_model_whose_header_verify_would_refuse_as_too_long(
     monkeypatch.setattr(header, "_MAX_HEADER_CHARS", 2 * length)  # well within: sealed and verified as ever
     files.seal_file(src, out, key)
     assert files.verify_file(out, key).status == "intact"
+
+
+def test_seal_refuses_a_safetensors_header_no_reader_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metadata is kept twice (as metadata, and in the seal header): 52 MB of it sealed with exit 0 into a 104 MB
+    header that the safetensors library ('header too large') and verify (exit 3) both refuse to open."""
+    from paramseal.errors import UnsupportedError
+    from paramseal.formats import safetensors as st_format
+
+    key = paramseal.Key(bytes(range(32)))
+    src, out = tmp_path / "m.safetensors", tmp_path / "s.safetensors"
+    files.write_model(src, Loaded({"w": np.linspace(-1, 1, 4096, dtype=np.float32)}, {"notes": "x" * 3000}))
+    monkeypatch.setattr(st_format, "_MAX_HEADER", 5000)  # the input's header (about 3 KB) reads, a sealed one would not
+    with pytest.raises(UnsupportedError, match=r"header would be \d+ bytes, over the 5000 the safetensors library"):
+        files.seal_file(src, out, key)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # nothing written, no temporary
+    monkeypatch.setattr(st_format, "_MAX_HEADER", 100_000)
+    files.seal_file(src, out, key)
+    assert files.verify_file(out, key).status == "intact"

@@ -9,6 +9,7 @@ Which header a file is checked against is `_file_header`'s; recovering a file is
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -221,6 +222,13 @@ def _seal_stream(
     entries = [(x.name, x.dtype, x.shape) for x in specs]
     # rounded as the writer rounds it, and recorded: recover writes the same padding back
     room = -(-(st_format.header_room(entries, {**meta, METADATA_KEY: probe.to_json(key)}) + slack) // 8) * 8
+    if room > st_format.max_header():  # a file no reader opens ('header too large'), sealed with exit 0
+        size = len(json.dumps(meta))
+        raise UnsupportedError(
+            f"cannot seal this model into safetensors: the file's header would be {room} bytes, over the "
+            f"{st_format.max_header()} the safetensors library reads; its metadata ({size} bytes) is kept twice, as "
+            "metadata and in the seal header. Seal it with less metadata; nothing was written"
+        )
     ws = Workspace(d.parent)
     try:
         with atomic_path(d) as tmp:

@@ -340,6 +340,11 @@ def _lay_out(entries: list[tuple[str, str, tuple[int, ...]]]) -> tuple[list[Entr
     return laid, pos
 
 
+def max_header() -> int:
+    """The longest header the safetensors library (and `read_layout`) reads: seal never writes a longer one."""
+    return _MAX_HEADER
+
+
 def header_room(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str]) -> int:
     """An upper bound on the header's length for these tensors and metadata (offsets at their widest)."""
     wide = [Entry(n, dt, sh, 1 << 62, 1 << 62) for n, dt, sh in entries]
