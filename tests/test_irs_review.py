@@ -333,10 +333,10 @@ def test_a_rebuilt_block_failing_its_header_tag_stays_tampered(
     header) refuses it, and the report names it instead of listing it as restored."""
     real = _irs_recover._rebuild
 
-    def wrong(chk, st, t, rows, fv, fw, ws, whole=True):  # type: ignore[no-untyped-def]
-        p = real(chk, st, t, rows, fv, fw, ws, whole)
-        if chk.specs[t].name == "tiny" and whole:
-            p.new[:, 1] ^= 1  # a decoder slip in value 1
+    def wrong(chk, st, t, rows, fv, fw, ws, partly=None):  # type: ignore[no-untyped-def]
+        p = real(chk, st, t, rows, fv, fw, ws, partly)
+        if chk.specs[t].name == "tiny":
+            p.new[slice(None) if partly is None else ~partly, 1] ^= 1  # a decoder slip in value 1 of the rebuilt blocks
         return p
 
     monkeypatch.setattr(_irs_recover, "_rebuild", wrong)
@@ -669,10 +669,10 @@ def _slip(monkeypatch: pytest.MonkeyPatch, name: str, row: int) -> None:
     """A decoder slip in value 1 of the rebuilt block ``row`` of tensor ``name`` (its tag is in the header)."""
     real = _irs_recover._rebuild
 
-    def wrong(chk, st, t, rows, fv, fw, ws, whole=True):  # type: ignore[no-untyped-def]
-        p = real(chk, st, t, rows, fv, fw, ws, whole)
-        if chk.specs[t].name == name and whole:
-            p.new[p.rows == row, 1] ^= 1
+    def wrong(chk, st, t, rows, fv, fw, ws, partly=None):  # type: ignore[no-untyped-def]
+        p = real(chk, st, t, rows, fv, fw, ws, partly)
+        if chk.specs[t].name == name:
+            p.new[(p.rows == row) & (True if partly is None else ~partly), 1] ^= 1
         return p
 
     monkeypatch.setattr(_irs_recover, "_rebuild", wrong)

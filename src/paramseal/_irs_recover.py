@@ -10,7 +10,7 @@ an attacker without the key from making them a codeword in every group; in the f
 layout, without permutations, such groups count as failed. Nothing here writes to the model.
 
 A failed block holding a word of a group that failed is not rebuilt, but the corrections of the
-groups that decoded are still written into a copy of it (``Outcome.partial``: its tag bits and the
+groups that decoded are still written into a copy of it (``Outcome.partly``: its tag bits and the
 failed groups' words left as found; recover restores it whole where its tag then holds): what stays
 unknown there is named value by value (``Outcome.unknown``), not the whole block. Those corrections
 are trusted under the same rules as in a whole recovery: a group's decoding does not depend on the
@@ -49,14 +49,18 @@ _FEW_FAILED = 1 / 8
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What decoding found: rebuilt blocks per tensor, and the groups that failed."""
+    """What decoding found: the blocks to write per tensor, and the groups that failed.
+
+    A tensor's rebuilt blocks and its partly decoded ones are one patch, in block order (the output's):
+    merging two afterwards took a third copy of them all, as large as the model under scattered damage.
+    """
 
     patches: dict[int, Patch]
     failed_groups: int
     ok: bool  # every failed block was rebuilt
-    # Failed blocks not rebuilt that the decoded groups corrected, with their corrections written in (float
-    # tensors only), and per block of each a mask of its values whose sealed bits stay unknown (bit j: value j).
-    partial: dict[int, Patch] = field(default_factory=dict)
+    # Per tensor, which blocks of its patch were not rebuilt but only corrected by the decoded groups (float
+    # tensors only), and per such block a mask of its values whose sealed bits stay unknown (bit j: value j).
+    partly: dict[int, NDArray[np.bool_]] = field(default_factory=dict)
     unknown: dict[int, NDArray[np.uint64]] = field(default_factory=dict)
 
 
@@ -252,28 +256,32 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
         fv, fw = fv[order], fw[order]
     all_ok = True
     lost = np.r_[0, np.cumsum(status < 0)]
-    todo: list[tuple[int, NDArray[np.int64], NDArray[np.unsignedinteger], bool]] = []
+    todo: list[tuple[int, NDArray[np.int64], NDArray[np.unsignedinteger], NDArray[np.bool_] | None]] = []
     unknown: dict[int, NDArray[np.uint64]] = {}
     for t in range(len(chk.specs)):
         rows = np.flatnonzero(chk.bad[t])
         if not rows.size:
             continue
         failed = _failed_blocks(st, t, rows, lost)
-        kept, rows = rows[failed], rows[~failed]
         all_ok &= not failed.any()
         if not rebuild:
             continue
         ub = chk.blocks[t]
-        kept = _corrected(st, t, kept, fv) if st.is_float[t] else kept[:0]  # the others stay as found
-        for part, whole in ((rows, True), (kept, False)):
-            if part.size:
-                todo.append((t, part, (ws or Workspace()).zeros((part.size, ub.shape[1]), ub.dtype.type), whole))
-        if kept.size:
-            unknown[t] = _unknown_masks(st, chk, t, kept, lost)
+        # Failed blocks are written only with a correction in (float tensors: the others stay as found), in
+        # the one array of their tensor's rebuilt blocks: rows stays in block order, as the output needs.
+        written = ~failed
+        if st.is_float[t]:
+            written[failed] = _corrected(st, t, rows[failed], fv)
+        rows, failed = rows[written], failed[written]
+        partly = failed if failed.any() else None
+        if rows.size:
+            todo.append((t, rows, (ws or Workspace()).zeros((rows.size, ub.shape[1]), ub.dtype.type), partly))
+        if partly is not None:
+            unknown[t] = _unknown_masks(st, chk, t, rows[partly], lost)
 
-    def rebuilt(item: tuple[int, NDArray[np.int64], NDArray[np.unsignedinteger], bool]) -> Patch:
-        t, rows, new, whole = item
-        p = _rebuild(chk, st, t, rows, fv, fw, new, whole)
+    def rebuilt(item: tuple[int, NDArray[np.int64], NDArray[np.unsignedinteger], NDArray[np.bool_] | None]) -> Patch:
+        t, rows, new, partly = item
+        p = _rebuild(chk, st, t, rows, fv, fw, new, partly)
         release(chk.blocks[t])
         return p
 
@@ -281,15 +289,15 @@ def decode_check(chk: Check, *, rebuild: bool = True, ws: Workspace | None = Non
     # damage rebuilds half the blocks, a copy and a MAC each, for half a second a GiB on one core.
     # Only with the compiled MAC: numba's is a parallel kernel.
     done = (task_map if _native.portable() else in_turn)(rebuilt, todo)
-    patches = {t: p for (t, _, _, whole), p in zip(todo, done, strict=True) if whole}
-    partial = {t: p for (t, _, _, whole), p in zip(todo, done, strict=True) if not whole}
-    return Outcome(patches, int((status < 0).sum()), all_ok, partial, unknown)
+    patches = {t: p for (t, _, _, _), p in zip(todo, done, strict=True)}
+    partly_of = {t: partly for (t, _, _, partly), _ in zip(todo, done, strict=True) if partly is not None}
+    return Outcome(patches, int((status < 0).sum()), all_ok, partly_of, unknown)
 
 
-def _corrected(st: Strata, t: int, rows: NDArray[np.int64], fv: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Those of blocks ``rows`` of tensor ``t`` that hold a correction (``fv``: sorted stream indices)."""
+def _corrected(st: Strata, t: int, rows: NDArray[np.int64], fv: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Which of blocks ``rows`` of tensor ``t`` hold a correction (``fv``: sorted stream indices)."""
     lo, hi = np.searchsorted(fv, [st.start[t], st.start[t] + st.nwords[t]])
-    return rows[np.isin(rows, (fv[lo:hi] - st.start[t]) // st.words_per_block(t))]
+    return np.isin(rows, (fv[lo:hi] - st.start[t]) // st.words_per_block(t))
 
 
 def _unknown_masks(
@@ -364,12 +372,12 @@ def _rebuild(
     fv: NDArray[np.int64],
     fw: NDArray[np.uint32],
     new: NDArray[np.unsignedinteger],
-    whole: bool = True,
+    partly: NDArray[np.bool_] | None = None,
 ) -> Patch:
     """Blocks ``rows`` of tensor ``t`` with the decoded words written in, then their header copy and tags.
 
     A bounded number of blocks at a time, into ``new`` (zeros, one row per block: a workspace's array).
-    Not ``whole`` (blocks holding a word of a failed group): the tags they were found with are kept.
+    Those ``partly`` marks (blocks holding a word of a failed group) keep the tags they were found with.
     """
     from .recover import Patch, finish_rebuilt
 
@@ -384,12 +392,20 @@ def _rebuild(
     pos, off, words = pos[inside], (local % wpb)[inside], words[inside]
     cut = np.searchsorted(pos, np.arange(0, rows.size + _REBUILD_STEP, _REBUILD_STEP))  # pos is sorted
     for i, a in enumerate(range(0, rows.size, _REBUILD_STEP)):
-        part = ub[rows[a : a + _REBUILD_STEP]]  # fancy indexing: a copy
+        at = rows[a : a + _REBUILD_STEP]
+        part = ub[at]  # fancy indexing: a copy
         release(ub)
-        found = None if whole else read_tags(part, spec.k)
+        kept = None if partly is None or not partly[a : a + _REBUILD_STEP].any() else partly[a : a + _REBUILD_STEP]
+        found = None if kept is None else read_tags(part, spec.k)[kept]  # before the corrections go in
         as_words = part.view(np.uint8).reshape(part.shape[0], -1).view(np.uint32)  # [rows, wpb]
         as_words[pos[cut[i] : cut[i + 1]] - a, off[cut[i] : cut[i + 1]]] = words[cut[i] : cut[i + 1]]
-        finish_rebuilt(chk, t, part, rows[a : a + _REBUILD_STEP], internal, found)
+        if kept is None or kept.all():
+            finish_rebuilt(chk, t, part, at, internal, found)
+        else:  # rebuilt and partly decoded blocks side by side: each kind's tags (copies of one step)
+            for which, tags in ((~kept, None), (kept, found)):
+                sub = part[which]
+                finish_rebuilt(chk, t, sub, at[which], internal, tags)
+                part[which] = sub
         new[a : a + part.shape[0]] = part
         release(new[a : a + part.shape[0]])  # in a scratch file past the budget: let its pages go
     return Patch(rows, new)

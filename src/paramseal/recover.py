@@ -145,13 +145,13 @@ def plan_recovery(chk: Check, ws: Workspace | None = None) -> Recovery:
         patches: dict[int, Patch] = outcome.patches
         for t, p in patches.items():
             chk.bad[t] = chk.bad[t].copy()
-            chk.bad[t][p.rows] = False
+            chk.bad[t][p.rows if t not in outcome.partly else p.rows[~outcome.partly[t]]] = False
         failed = outcome.failed_groups
-        partial, unknown = outcome.partial, outcome.unknown
+        partly, unknown = outcome.partly, outcome.unknown
     else:
         patches, failed = _decode_lanes(chk, ws)
-        partial, unknown = {}, None
-    return _conclude(chk, base, patches, failed, meta, partial, unknown, ws)
+        partly, unknown = {}, None
+    return _conclude(chk, base, patches, failed, meta, partly, unknown)
 
 
 def _decode_lanes(chk: Check, ws: Workspace) -> tuple[dict[int, Patch], int]:
@@ -201,16 +201,17 @@ def _conclude(
     patches: dict[int, Patch],
     failed: int,
     meta: dict[str, str],
-    partial: dict[int, Patch] | None = None,
+    partly: dict[int, NDArray[np.bool_]] | None = None,
     unknown: dict[int, NDArray[np.uint64]] | None = None,
-    ws: Workspace | None = None,
 ) -> Recovery:
     """The recover report: what was restored, and whether every rebuilt block carries its authentic tag.
 
-    ``partial`` (irs4): failed blocks not rebuilt but with the decoded groups' corrections written in,
-    and the tags they were found with. Those whose tag then holds are restored whole; the others stay
-    tampered, are written with the rest (a partial result), and name as unrecoverable only the values
-    ``unknown`` masks (per tensor, a mask per block of ``partial``; `_lost_ranges`).
+    ``partly`` (irs4, per tensor a mask over its patch's blocks): failed blocks not rebuilt but with the
+    decoded groups' corrections written in, and the tags they were found with. Those whose tag then holds
+    are restored whole; the others stay tampered, are written with the rest (a partial result), and name
+    as unrecoverable only the values ``unknown`` masks (per tensor, a mask per block ``partly`` marks;
+    `_lost_ranges`). The patches are written as they are: no copy of them is made unless a rebuilt
+    block's tag fails (it is then left out).
     """
     specs = chk.specs
     # Blocks not rebuilt were verified by check() and are unchanged; blocks in failed lanes stay
@@ -221,25 +222,27 @@ def _conclude(
     # lives in the header are checked against that authenticated tag here (the others carry the
     # tag just written, which a check could only confirm). A block that fails is not restored: it
     # stays tampered, and the report names it.
-    patches = dict(patches)
+    patches, partly = dict(patches), dict(partly or {})
     for t, p in list(patches.items()):
+        part = partly.get(t)
         # A float block that carries its own tag holds the one `finish_rebuilt` computed from this
         # content: computing it again (a MAC over every rebuilt block) could only agree.
-        good = _tags_hold(chk, t, p, ~specs[t].block_storage()[1][p.rows] if specs[t].is_float else None)
-        if not good.all():
+        which = ~specs[t].block_storage()[1][p.rows] if specs[t].is_float else np.ones(p.rows.size, np.bool_)
+        good = _tags_hold(chk, t, p, which if part is None else which | part)
+        if part is not None and (good & part).any():  # the corrections may have been all a block lacked
             chk.bad[t] = chk.bad[t].copy()
-            chk.bad[t][p.rows[~good]] = True
-            patches[t] = Patch(p.rows[good], p.new[good])
-            if not good.any():
+            chk.bad[t][p.rows[good & part]] = False
+        keep = good if part is None else good | part  # a partly decoded block is written either way
+        if not keep.all():
+            chk.bad[t] = chk.bad[t].copy()
+            chk.bad[t][p.rows[~keep]] = True
+            patches[t] = Patch(p.rows[keep], p.new[keep])
+            if part is not None:
+                partly[t] = part[keep]
+            if not keep.any():
                 del patches[t]
-    partial = partial or {}
-    for t, p in partial.items():  # the decoded groups' corrections may have been all a block lacked: its tag holds
-        good = _tags_hold(chk, t, p)
-        if good.any():
-            chk.bad[t] = chk.bad[t].copy()
-            chk.bad[t][p.rows[good]] = False
     all_ok = not any(b.any() for b in chk.bad) and not chk.metadata_lost  # sealed metadata known only by digest
-    findings = _findings(chk, base, patches, partial, unknown)
+    findings = _findings(chk, base, patches, partly, unknown)
     status: Status = "recovered" if all_ok else "unrecoverable"
     report = Report(
         kind="recover",
@@ -256,8 +259,7 @@ def _conclude(
         total_blocks=base.total_blocks,
         lanes_failed=failed,
     )
-    merged = {t: _merged(patches.get(t), partial.get(t), ws) for t in sorted({*patches, *partial})}
-    return Recovery(report, merged, meta)
+    return Recovery(report, patches, meta)
 
 
 def _tags_hold(chk: Check, t: int, p: Patch, which: NDArray[np.bool_] | None = None) -> NDArray[np.bool_]:
@@ -276,20 +278,6 @@ def _tags_hold(chk: Check, t: int, p: Patch, which: NDArray[np.bool_] | None = N
         good[i] = want == _model.stored_tags(s, new, internal[rows], mine)
         release(p.new[i[0] : i[-1] + 1])  # only the pages this step read (p.new may be a whole scratch file)
     return good
-
-
-def _merged(a: Patch | None, b: Patch | None, ws: Workspace | None) -> Patch:
-    """One patch of ``a``'s and ``b``'s blocks (none in both), in block order."""
-    if a is None or b is None:
-        p = a or b
-        assert p is not None
-        return p
-    rows = np.r_[a.rows, b.rows]
-    order = np.argsort(rows, kind="stable")
-    new = (ws or Workspace()).zeros((rows.size, a.new.shape[1]), a.new.dtype.type)
-    for src, at in ((a.new, order < a.rows.size), (b.new, order >= a.rows.size)):
-        new[np.flatnonzero(at)] = src[order[at] - (0 if src is a.new else a.rows.size)]
-    return Patch(rows[order], new)
 
 
 def _rebuild(
@@ -368,16 +356,12 @@ def _findings(
     chk: Check,
     base: Report,
     patches: dict[int, Patch],
-    partial: dict[int, Patch],
+    partly: dict[int, NDArray[np.bool_]],
     unknown: dict[int, NDArray[np.uint64]] | None,
 ) -> dict[str, TensorFinding]:
     # Tensors side by side: under heavy damage every rebuilt block is read and compared (numpy only).
-    both = [*patches.items(), *partial.items()]
-    found = task_map(lambda tp: _restored(chk, tp[0], tp[1]), both)
-    restored: dict[int, tuple[list[NDArray[np.int64]], list[NDArray[np.uint64]]]] = {}
-    for (t, _), (i, x) in zip(both, found, strict=True):
-        restored.setdefault(t, ([], []))[0].extend(i)
-        restored[t][1].extend(x)
+    found = task_map(lambda tp: _restored(chk, tp[0], tp[1]), list(patches.items()))
+    restored = dict(zip(patches, found, strict=True))
     out: dict[str, TensorFinding] = {}
     for t, spec in enumerate(chk.specs):
         f = base.tensors[spec.name]
@@ -386,10 +370,11 @@ def _findings(
         rx = np.concatenate(restored_x) if restored_x else np.zeros(0, np.uint64)
         bad = np.flatnonzero(chk.bad[t])
         masks = None
-        if t in partial and unknown is not None and bad.size:  # partly decoded blocks name only their unknown values
+        if t in partly and unknown is not None and bad.size:  # partly decoded blocks name only their unknown values
             masks = np.full(bad.size, ALL)
-            still = chk.bad[t][partial[t].rows]  # the others' tags hold: wholly restored
-            masks[np.searchsorted(bad, partial[t].rows[still])] = unknown[t][still]
+            part = patches[t].rows[partly[t]]
+            still = chk.bad[t][part]  # the others' tags hold: wholly restored
+            masks[np.searchsorted(bad, part[still])] = unknown[t][still]
             order = np.argsort(ri, kind="stable")
             ri, rx = ri[order], rx[order]
             at = np.minimum(np.searchsorted(bad, ri // BLOCK), max(bad.size - 1, 0))
