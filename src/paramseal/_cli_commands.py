@@ -91,9 +91,15 @@ def run(args: argparse.Namespace) -> int:
                 code=args.code,
                 reseal=args.reseal,
             )
-            print(f"OK: sealed {len(names)} shard(s) of {in_out(args)} (each self-contained)")
-            print(_SEAL_ID.format(sharded.seal_id(Path(args.output), key)))
-            _warn_bits(args, sharded.float_widths(Path(args.output), names))
+            sid, widths = sharded.seal_id(Path(args.output), key), sharded.float_widths(Path(args.output), names)
+            if args.json:
+                codes = {_code_name(sharded._sealed_header(Path(args.output), s)["code"]) for s in names}
+                code = codes.pop() if len(codes) == 1 else ""  # shards sealed with different codes: as level ""
+                _seal_json(args, key, sid, code, widths, shards=len(names))
+            else:
+                print(f"OK: sealed {len(names)} shard(s) of {in_out(args)} (each self-contained)")
+                print(_SEAL_ID.format(sid))
+            _warn_bits(args, widths)
             if bare := sharded.without_header_copy(Path(args.output), names):
                 named = ", ".join(f"'{quoted(args, s)}'" for s in bare)
                 print(f"note: {_NO_COPY_SHARDS.format(named)}", file=sys.stderr)
@@ -102,11 +108,12 @@ def run(args: argparse.Namespace) -> int:
             keep = (
                 None if args.header_out is None else _paths.check_header_out(args.header_out, args.input, args.output)
             )
+            key = _load_key(args)
             with _library_warnings() as warned:
                 sealed = files.seal_file(
                     args.input,
                     args.output,
-                    _load_key(args),
+                    key,
                     level=args.level,
                     bits=args.bits,
                     in_place=args.in_place,
@@ -120,8 +127,11 @@ def run(args: argparse.Namespace) -> int:
             code = "irs" if h.irs else "lanes"
             how = f"level {h.level}" if h.bits is None else f"--bits {h.bits}"
             n = _count(len(h.tensors), "tensor")
-            print(f"OK: sealed {in_out(args)} ({n}, {desc}, {how}, code {code})")
-            print(_SEAL_ID.format(h.salt.hex()))
+            if args.json:
+                _seal_json(args, key, h.salt.hex(), code, ks, tensors=len(h.tensors), header_out=keep)
+            else:
+                print(f"OK: sealed {in_out(args)} ({n}, {desc}, {how}, code {code})")
+                print(_SEAL_ID.format(h.salt.hex()))
             _warn_bits(args, ks)
             _note_plain(args, h.tensors)
             # a .pt's own warning says it (the state dict's entry is what a re-save drops)
@@ -129,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"note: {_NO_COPY}", file=sys.stderr)
             for w in warned:
                 _warn(args, w)
-            if keep is not None:
+            if keep is not None and not args.json:
                 print(f"OK: kept the seal header in {quoted(args, keep)} (for --header-from)")
             return 0
         case "verify":
@@ -222,6 +232,43 @@ def run(args: argparse.Namespace) -> int:
         case "attack" | "eval":
             return _cli_eval.run(args)
     raise AssertionError(args.cmd)  # argparse rejects unknown commands
+
+
+def _code_name(code: str) -> str:
+    return "irs" if code.startswith("irs") else "lanes"
+
+
+def _seal_json(
+    args: argparse.Namespace,
+    key: Key,
+    seal_id: str,
+    code: str,
+    widths: Iterable[tuple[str, int]],
+    *,
+    tensors: int | None = None,
+    shards: int | None = None,
+    header_out: Path | None = None,
+) -> None:
+    """The outcome of `seal` for a script: the seal id to record and the settings used (notes stay on stderr).
+
+    The same keys for a file and a folder: ``tensors`` is null for a folder, ``shards`` for a file.
+    """
+    doc = {
+        "kind": "seal",
+        "status": "sealed",
+        "input": args.input,
+        "output": args.output,
+        "seal_id": seal_id,
+        "key_fingerprint": key.fingerprint,
+        "level": args.level if args.bits is None else None,
+        "bits": args.bits,
+        "code": code,
+        "k": {dt: k for dt, k in sorted(set(widths))},
+        "tensors": tensors,
+        "shards": shards,
+        "header_out": None if header_out is None else str(header_out),
+    }
+    print(json.dumps(doc, indent=2))
 
 
 def _what_recover_did(rep: Report) -> str:

@@ -120,6 +120,7 @@ def build_parser() -> _Parser:
     ranges = ", ".join(f"1-{f.mantissa - 1} at {f.name.lower()}" for f in FLOATS.values())
     g.add_argument("--bits", type=int, metavar="K", help=f"low bits per float value instead of a level: {ranges}")
     p.add_argument("--in-place", action="store_true", help="allow OUT to be the IN file")
+    _json_arg(p)
     p.add_argument(
         "--reseal",
         action="store_true",

@@ -39,15 +39,15 @@ from .keys import key_like_args, redact
 def _error_doc(exit_code: int, message: str, command: str | None) -> None:
     """A JSON reader gets a document for every outcome, not an empty stdout.
 
-    verify's and recover's carry their ``kind`` as every report of theirs does (attack's ``kind`` is
-    the attack's, which an error has not applied).
+    seal's, verify's and recover's carry their ``kind`` as every report of theirs does (attack's ``kind``
+    is the attack's, which an error has not applied).
 
     A reader that left (`| head`, `| true`) does not turn the error's exit code into a
     BrokenPipeError traceback (exit 1, 'tampered but recoverable') or exit 120.
     """
     if sys.stdout is None:  # closed (`>&-`): no reader to give it to
         return
-    doc: dict[str, object] = {"kind": command} if command in ("verify", "recover") else {}
+    doc: dict[str, object] = {"kind": command} if command in ("seal", "verify", "recover") else {}
     doc |= {"status": "tampered" if exit_code == 2 else "error", "recoverable": False, "exit_code": exit_code}
     try:
         print(json.dumps({**doc, "error": message}, indent=2))

@@ -1,0 +1,51 @@
+"""Found walking through the README as a new user: what a script or a typing slip meets on the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import helpers
+
+import paramseal
+
+run = helpers.run_cli
+
+
+def test_seal_json_gives_the_seal_id_and_settings_to_a_script(
+    tmp_path: Path, key_file: Path, key: paramseal.Key
+) -> None:
+    """seal had no --json: a script had to scrape 'seal id: ...' from a text line (verify's `seal_id` is JSON)."""
+    model = helpers.write_st(tmp_path / "model.safetensors", helpers.fp32_model(20_000, tensors=2))
+    out_path, kept = tmp_path / "sealed.safetensors", tmp_path / "h.json"
+    rc, out, err = run(["seal", model, out_path, "--key", key_file, "--json", "--header-out", kept])
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["kind"] == "seal" and doc["status"] == "sealed" and doc["tensors"] == 2
+    assert doc["output"] == str(out_path) and doc["header_out"] == str(kept)
+    assert doc["key_fingerprint"] == key.fingerprint and doc["level"] == "standard" and doc["bits"] is None
+    assert doc["code"] == "irs" and doc["k"] == {"F32": 8}
+    rc, vout, _ = run(["verify", out_path, "--key", key_file, "--json"])
+    assert rc == 0 and doc["seal_id"] == json.loads(vout)["seal_id"]
+    assert key.secret.hex() not in out + err
+
+
+def test_seal_json_of_a_sharded_folder_and_of_an_error_are_documents(tmp_path: Path, key_file: Path) -> None:
+    m = helpers.fp32_model(4_000, tensors=2)
+    shards = {f"model-0000{i + 1}-of-00002.safetensors": {n: m[n]} for i, n in enumerate(m)}
+    folder = helpers.write_checkpoint(tmp_path / "model", shards)
+    rc, out, err = run(["seal", folder, tmp_path / "sealed", "--key", key_file, "--json", "--bits", "16"])
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["kind"] == "seal" and doc["shards"] == 2 and doc["output"] == str(tmp_path / "sealed")
+    assert doc["bits"] == 16 and doc["level"] is None
+    rc, vout, _ = run(["verify", tmp_path / "sealed", "--key", key_file, "--json"])
+    assert rc == 0 and doc["seal_id"] == json.loads(vout)["seal_id"]
+    rc, out, err = run(["seal", tmp_path / "none.safetensors", tmp_path / "o.safetensors", "--key", key_file, "--json"])
+    assert rc == 3 and json.loads(out) == {
+        "kind": "seal",
+        "status": "error",
+        "recoverable": False,
+        "exit_code": 3,
+        "error": err.strip().removeprefix("error: "),
+    }
