@@ -49,3 +49,19 @@ def test_seal_json_of_a_sharded_folder_and_of_an_error_are_documents(tmp_path: P
         "exit_code": 3,
         "error": err.strip().removeprefix("error: "),
     }
+
+
+def test_a_dash_for_the_key_says_how_to_read_a_key_from_standard_input(
+    tmp_path: Path, sealed_file: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """`--key -` said "create it with 'paramseal keygen -'", and `keygen -` wrote a key file named '-'."""
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run(["verify", sealed_file, "--key", "-"])
+    assert rc == 3 and "keygen -" not in err and "--key /dev/stdin" in err, err
+    rc, out, err = run(["verify", sealed_file, "--key=-", "--json"])
+    assert rc == 3 and "--key /dev/stdin" in json.loads(out)["error"]
+    rc, out, err = run(["keygen", "-"])
+    assert rc == 3 and "./-" in err and not (tmp_path / "-").exists(), (out, err)
+    assert run(["keygen", "./-"])[0] == 0 and (tmp_path / "-").is_file()  # a file of that name, asked for plainly
+    rc, out, err = run(["verify", sealed_file, "--key", "-"])  # that file now exists: it is the key file given
+    assert rc == 3 and "key does not match" in err, err

@@ -213,9 +213,20 @@ def no_empty_paths(p: _Parser, args: argparse.Namespace) -> None:
         value = getattr(args, dest, None)
         if value == "":
             p.error(f"{name} is empty (an unset shell variable?); give a path")
+        _no_dash_key(p, dest, value)
         if isinstance(value, str):
             try:
                 os.stat(value)
             except OSError as e:
                 if e.errno == errno.ENAMETOOLONG:
                     p.error(f"{name} holds a name longer than this system allows; give a shorter path")
+
+
+def _no_dash_key(p: _Parser, dest: str, value: object) -> None:
+    """'-' is no stream here: `--key -` was told to run 'keygen -', which writes a key file named '-'."""
+    if value != "-":
+        return
+    if dest == "keyfile":
+        p.error("KEYFILE '-' would be a file named '-' (a key is never printed); give a file path, './-' for that name")
+    if dest == "key" and not os.path.exists(value):
+        p.error("--key '-' is a file name, and no such file exists; to read the key from a pipe, pass --key /dev/stdin")
