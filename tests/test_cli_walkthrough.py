@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import helpers
+import pytest
 
 import paramseal
 
@@ -65,3 +69,16 @@ def test_a_dash_for_the_key_says_how_to_read_a_key_from_standard_input(
     assert run(["keygen", "./-"])[0] == 0 and (tmp_path / "-").is_file()  # a file of that name, asked for plainly
     rc, out, err = run(["verify", sealed_file, "--key", "-"])  # that file now exists: it is the key file given
     assert rc == 3 and "key does not match" in err, err
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["verify", "--help"]])
+def test_help_on_a_full_disk_is_exit_3_not_a_silent_0(argv: list[str]) -> None:
+    """`paramseal --help > /dev/full` lost the text and exited 0, where any other output that fails is exit 3."""
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "paramseal", *argv], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120
+        )
+    assert proc.returncode == 3 and "standard output: No space left" in proc.stderr, proc
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert helpers.run_cli(argv)[0] == 0  # a standard output that takes it: exit 0 as before

@@ -68,6 +68,17 @@ class _Parser(argparse.ArgumentParser):
         print(f"{self.prog}: error: {message}", file=sys.stderr)
         raise UsageExit(f"{self.prog}: {message}")
 
+    def _print_message(self, message: str, file: Any = None) -> None:
+        """Help and version text on stdout: a failed write is raised, where argparse dropped it and exited 0.
+
+        `paramseal --help > /dev/full` printed nothing, exit 0; any other output that fails is exit 3.
+        """
+        if not message or file is None or file is not sys.stdout:
+            super()._print_message(message, file)
+            return
+        sys.stdout.write(message)
+        sys.stdout.flush()
+
 
 class _Once(argparse.Action):
     """An option that takes one value: given again it is refused, where argparse would keep the last silently.

@@ -83,6 +83,13 @@ def _main(argv: Sequence[str] | None) -> int:
         if "--json" in given and (cmd is None or "--json" in cmd._option_string_actions):  # keygen has none
             _error_doc(3, e.message, name)
         raise
+    except BrokenPipeError:  # `--help | true`: as a reader that left a command's output
+        quiet_stdout()
+        return 128 + 13
+    except OSError as e:  # --help or --version into a failing stdout (`> /dev/full`), raised by _Parser
+        print(f"error: cannot write the output to standard output: {e.strerror or e}", file=sys.stderr)
+        quiet_stdout()
+        return 3
     hidden = seal_id_shown(hidden, getattr(args, "expect_seal", None))
     args.hidden = hidden  # the command's warning lines, on stderr, mask them too
     if isinstance(sys.stdout, io.TextIOWrapper):  # a name from the file may hold a lone surrogate: print it escaped
