@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import helpers
+import numpy as np
 import pytest
 
 import paramseal
@@ -82,3 +83,31 @@ def test_help_on_a_full_disk_is_exit_3_not_a_silent_0(argv: list[str]) -> None:
     assert proc.returncode == 3 and "standard output: No space left" in proc.stderr, proc
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
     assert helpers.run_cli(argv)[0] == 0  # a standard output that takes it: exit 0 as before
+
+
+class _OwnWeights:
+    """A task model whose loss runs on weights of its own, none of the file's (as minilm's on the demo MLP)."""
+
+    name = "own"
+    finetune_tensors = ("encoder.weight",)
+
+    def __init__(self) -> None:
+        import torch
+
+        self.w = torch.ones(3, requires_grad=True)
+
+    def loss(self, params: dict, batch: int | None):  # type: ignore[no-untyped-def]
+        return (self.w**2).sum()
+
+
+def test_bfa_and_finetune_on_another_task_models_weights_are_usage_errors(tmp_path: Path) -> None:
+    """`attack --kind bfa --model minilm` on the demo MLP was an internal error (IndexError; finetune: ValueError)."""
+    pytest.importorskip("torch")
+    from paramseal.attacks import AttackSpec, attack
+    from paramseal.errors import UsageError
+    from paramseal.formats import Loaded
+
+    m = Loaded({"fc1.weight": np.full((4, 16), 0.5, np.float32)}, {})
+    for spec in (AttackSpec("bfa", n=2), AttackSpec("finetune", steps=1)):
+        with pytest.raises(UsageError, match=r"--model own\)"):
+            attack(m, spec, model=_OwnWeights())

@@ -73,7 +73,12 @@ def _first_loss(model: GradModel, p: Mapping[str, Any], batch: int | None, kind:
         if isinstance(e, _torch().OutOfMemoryError) or not _MISFIT.search(first):  # not the model's fault
             raise
         raise UsageError(f"the model's tensors do not fit {name} ({first}); {fix}") from None
-    if not loss.requires_grad:  # no chosen tensor reaches the loss: no gradient to follow, nothing would change
+    # no chosen tensor reaches the loss: no gradient to follow, nothing would change. requires_grad alone
+    # passed a task model's own weights (minilm's on the demo MLP), then bfa had no flip to rank: an IndexError
+    torch = _torch()
+    if not loss.requires_grad or not any(
+        g is not None for g in torch.autograd.grad(loss, [p[n] for n in names], allow_unused=True, retain_graph=True)
+    ):
         raise UsageError(f"{name}'s task loss uses none of the tensors {', '.join(map(repr, names))}; {fix}")
     return loss
 
@@ -178,6 +183,12 @@ def finetune(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
     else:
         w = classifier(t)
         names = [w] + [b for b in (w.removesuffix("weight") + "bias",) if b in t and b != w]
+    if not names:  # an optimiser of no tensors raised ValueError, an internal error
+        name = getattr(model, "name", "the task model")
+        raise UsageError(
+            f"the model has none of the tensors {name} fine-tunes ({', '.join(map(repr, preset or ()))}); finetune "
+            f"runs on the weights of the built-in task model it is given (--model {name})"
+        )
     p = _params(t, names, "finetune")
     opt = torch.optim.SGD([p[n] for n in names], lr=spec.sgd_lr)
     for step in range(spec.sgd_steps):
