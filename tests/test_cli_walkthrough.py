@@ -111,3 +111,12 @@ def test_bfa_and_finetune_on_another_task_models_weights_are_usage_errors(tmp_pa
     for spec in (AttackSpec("bfa", n=2), AttackSpec("finetune", steps=1)):
         with pytest.raises(UsageError, match=r"--model own\)"):
             attack(m, spec, model=_OwnWeights())
+
+
+def test_attack_model_help_names_every_built_in_task_model() -> None:
+    """`attack --help` said '(mlp or cnn)', while --model minilm runs bfa and finetune on MiniLM too."""
+    from paramseal._cli_parser import build_parser
+    from paramseal.evaluation.models import MODELS
+
+    helps = {a.dest: a.help for a in build_parser().commands["attack"]._actions}
+    assert all(m in str(helps["model"]) for m in MODELS), helps["model"]

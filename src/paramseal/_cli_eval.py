@@ -42,7 +42,7 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--lr", type=float, help="finetune: learning rate (default 0.01)")
     p.add_argument("--bits", type=int, metavar="K", help="lsb-rewrite / bitflip --field watermark: low bits")
     p.add_argument("--contiguous", action="store_true", help="random-modify: a few runs of consecutive values")
-    p.add_argument("--model", help="bfa, finetune: the built-in task model (mlp or cnn)")
+    p.add_argument("--model", help="bfa, finetune: the built-in task model (mlp, cnn or minilm)")
     p.add_argument("--json", action="store_true", help="print the full ground truth as JSON")
 
     p = sub.add_parser(
