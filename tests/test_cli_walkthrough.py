@@ -120,3 +120,21 @@ def test_attack_model_help_names_every_built_in_task_model() -> None:
 
     helps = {a.dest: a.help for a in build_parser().commands["attack"]._actions}
     assert all(m in str(helps["model"]) for m in MODELS), helps["model"]
+
+
+def test_a_key_or_header_file_given_twice_is_refused_not_the_last_taken(
+    tmp_path: Path, sealed_file: Path, key_file: Path, model_file: Path
+) -> None:
+    """`--key a.key --key b.key` used b.key alone, and two --header-out kept the header in the second file only."""
+    other = paramseal.write_key(tmp_path / "other.key", paramseal.Key.generate())
+    rc, out, err = run(["verify", sealed_file, "--key", other, "--key", key_file])
+    assert rc == 3 and "--key given twice" in err and "OK" not in out, (out, err)
+    kept = tmp_path / "h.json"
+    rc, out, err = run(
+        ["seal", model_file, tmp_path / "o.safetensors", "--key", key_file, "--reseal"]
+        + ["--header-out", kept, "--header-out", tmp_path / "h2.json"]
+    )
+    assert rc == 3 and "--header-out given twice" in err and not (tmp_path / "o.safetensors").exists(), err
+    rc, out, err = run(["verify", sealed_file, "--key", key_file, "--header-from", sealed_file, "--header-from", kept])
+    assert rc == 3 and "--header-from given twice" in err, err
+    assert run(["verify", sealed_file, "--key", key_file, "--header-from", sealed_file])[0] == 0

@@ -20,7 +20,7 @@ from .report import SEAL_ID
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--key", metavar="KEYFILE", help="key file (default: the PARAMSEAL_KEY variable)")
+    p.add_argument("--key", metavar="KEYFILE", action=_Once, help="key file (default: the PARAMSEAL_KEY variable)")
 
 
 def _json_arg(p: argparse.ArgumentParser) -> None:
@@ -36,6 +36,7 @@ def _header_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--header-from",
         metavar="FILE",
+        action=_Once,
         help="take the seal header from FILE (a copy of the sealed model, or its header in a .json file) when IN's own "
         "copies were lost or edited; it is authenticated with the key as usual",
     )
@@ -84,6 +85,7 @@ class _Once(argparse.Action):
     """An option that takes one value: given again it is refused, where argparse would keep the last silently.
 
     Two ``--tensors`` read as "check both"; argparse checked only the second and reported it intact.
+    So did ``--key a.key --key b.key`` (b alone), and two ``--header-out`` kept the header in the second only.
     """
 
     def __call__(
@@ -91,12 +93,16 @@ class _Once(argparse.Action):
     ) -> None:
         old = getattr(ns, self.dest)
         if old is not None:
-            if self.dest != "tensors":  # a seal id: not quoted, as it is nowhere (see seal_id_shown)
+            if self.dest == "expect_seal":  # a seal id: not quoted, as it is nowhere (see seal_id_shown)
                 parser.error(f"{opt} given twice: a model carries one seal")
-            parser.error(
-                f"{opt} given twice ('{old}', then '{value}'): it takes one glob; to check tensors that no one "
-                "glob matches, run verify once for each"
-            )
+            if self.dest == "key":  # key text typed as a path is masked, but one line need not risk it
+                parser.error(f"{opt} given twice: a model is checked with one key, the one it was sealed with")
+            if self.dest == "tensors":
+                parser.error(
+                    f"{opt} given twice ('{old}', then '{value}'): it takes one glob; to check tensors that no one "
+                    "glob matches, run verify once for each"
+                )
+            parser.error(f"{opt} given twice ('{old}', then '{value}'): it takes one file")
         setattr(ns, self.dest, value)
 
 
@@ -146,6 +152,7 @@ def build_parser() -> _Parser:
     p.add_argument(
         "--header-out",
         metavar="FILE.json",
+        action=_Once,
         help="also keep the seal header in FILE.json (no key in it), for --header-from: an .npy file, or a .pt saved "
         "again by torch, keeps only a digest of the sealed metadata (its weight ties) in its weights",
     )
