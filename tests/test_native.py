@@ -674,6 +674,27 @@ def test_pack_and_unpack_equal_the_numba_kernels(dtype: type, shift: int, width:
 
 
 @needs_lib
+@pytest.mark.parametrize("k", range(1, 16))
+def test_16bit_fields_equal_the_numpy_bits(k: int) -> None:
+    """The unrolled 16-bit path (one per width): both fields of every k against `_bits`' numpy reference."""
+    from paramseal import _bits
+
+    rng = np.random.default_rng(k)
+    big = rng.integers(0, 1 << 16, (3000, 70), dtype=np.uint16)
+    big[:2] = 0xFFFF  # every bit set: nothing spills over a field
+    u = big[:, :64]  # rows 70 values apart
+    for shift, width, ref in ((0, k, _bits.lo_bytes), (k, 16 - k, _bits.hi_bytes)):
+        want = ref(u, k, kernel=False)
+        got = _native_blocks.pack(u, shift, width)
+        assert got is not None and np.array_equal(got, want)
+        data = rng.integers(0, 256, want.shape, dtype=np.uint8)
+        a, b = big.copy(), big.copy()
+        (_bits.set_lo if shift == 0 else _bits.set_hi)(a[:, :64], data, k, kernel=False)
+        assert _native_blocks.unpack(data, b[:, :64], shift, width)
+        assert np.array_equal(a, b) and not np.array_equal(a, big)
+
+
+@needs_lib
 @pytest.mark.parametrize("lanes", [1, 15, 16, 17, 300])
 def test_split_equals_the_numba_kernel_for_any_strides(lanes: int) -> None:
     from paramseal import _kernels
