@@ -709,6 +709,21 @@ def test_split_equals_the_numba_kernel_for_any_strides(lanes: int) -> None:
 
 
 @needs_lib
+@pytest.mark.parametrize("lanes", [16, 128, 133])
+def test_split_of_a_batch_of_lanes_equals_numpy(lanes: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The vectorised rows (contiguous words, as encode_into's batches of the store) against the numpy path."""
+    from paramseal import _code, _kernels
+
+    rng = np.random.default_rng(lanes)
+    store = rng.integers(0, 1 << 32, (3000, 700), dtype=np.uint64).astype(np.uint32)
+    store[:2] = 0xFFFFFFFF
+    batch = store[:, 300 : 300 + lanes]
+    got = _native_blocks.split(batch)
+    monkeypatch.setattr(_kernels, "to_split", lambda a: None)  # _code's numpy layout
+    assert got is not None and np.array_equal(got, _code._to_split(batch))
+
+
+@needs_lib
 @pytest.mark.parametrize("lane_major", [False, True])
 def test_stripes_and_blocks_equal_the_numba_kernels(lane_major: bool) -> None:
     """Whole stripes and single blocks into a store and back, in the store's two layouts."""

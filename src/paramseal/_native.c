@@ -1389,11 +1389,40 @@ static inline void split_chunk(const uint32_t *src, int64_t sa1, int n, uint8_t 
     memcpy(dst, buf, 64);
 }
 
+
+/* ps_split's rows of contiguous words (the lane store's batches of lanes), whole chunks of 16: each
+ * word's low (bytes 0, 2) and high (1, 3) halves as 16-bit values, a loop the clones vectorise (the
+ * byte loop below: 0.21 s per 364 MB, as much as leopard's encode of it). */
+CLONES static void split_rows1(const uint32_t *a, int64_t sa0, int64_t r0, int64_t r1, int64_t full, uint8_t *out,
+                               int64_t ocols)
+{
+    for (int64_t i = r0; i < r1; i++) {
+        const uint32_t *restrict row = a + i * sa0;
+        uint8_t *restrict o = out + i * ocols;
+        for (int64_t c = 0; c < full; c++) {
+            uint16_t lo[16], hi[16];
+            for (int k = 0; k < 16; k++) {
+                uint32_t x = row[16 * c + k], l = x & 0x00ff00ffu, h = (x >> 8) & 0x00ff00ffu;
+                lo[k] = (uint16_t)(l | l >> 8), hi[k] = (uint16_t)(h | h >> 8);
+            }
+            memcpy(o + 64 * c, lo, 32);
+            memcpy(o + 64 * c + 32, hi, 32);
+        }
+    }
+}
+
 void ps_split(const uint32_t *a, int64_t sa0, int64_t sa1, int64_t r0, int64_t r1, int64_t lanes, uint8_t *out,
               int64_t ocols)
 {
     const int64_t full = lanes / 16;
     const int rest = (int)(lanes % 16);
+    if (sa1 == 1) {
+        split_rows1(a, sa0, r0, r1, full, out, ocols);
+        if (rest)
+            for (int64_t i = r0; i < r1; i++)
+                split_chunk(a + i * sa0 + 16 * full, 1, rest, out + i * ocols + 64 * full);
+        return;
+    }
     for (int64_t i = r0; i < r1; i++) {
         const uint32_t *row = a + i * sa0;
         uint8_t *o = out + i * ocols;
