@@ -154,3 +154,15 @@ def test_verdict_agreement_counts_a_verdict_recover_does_not_bear_out(
     monkeypatch.setattr(Check, "recoverable", lambda self: True)
     assert bench.main(argv) == 1
     assert "DANGER: yes, not restored" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "f16"])
+def test_lane_seal_phases_hooks_every_step_the_seal_runs(
+    dtype: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mod = _load("lane_seal_phases")
+    for owner, name, _ in mod.STEPS:  # restored after the test: the script wraps them in place
+        monkeypatch.setattr(owner, name, getattr(owner, name))
+    assert mod.main(["--size-gib", "0.002", "--dtype", dtype, "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "never called" not in out and "whole stripes into the store" in out
