@@ -12,7 +12,10 @@ store, the keyed permutations, the coder (its split layout and bytes apart), the
 into the low bits, the tags, and the writes into the output's page cache. For each it prints the
 user and system CPU seconds of the threads that ran it (``RUSAGE_THREAD``), and the process's
 totals: CPU seconds, unlike wall time, hold up on a machine shared with other work. Indented
-steps run inside the one above them. System time here is mostly first touches of fresh memory
+steps run inside the one above them. A kernel a step hands to the thread pool (the coder's split
+layout, the permutations' sort, when called from the main thread) counts in "rest": run it as
+``taskset -c 0 python ...`` (one core: every kernel runs in its step's thread) for the whole split.
+System time here is mostly first touches of fresh memory
 (the lane store) and page-cache copies, and varies with the machine's state.
 """
 
