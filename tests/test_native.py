@@ -423,8 +423,10 @@ def test_fallback_seals_and_verifies(no_native: None, key: paramseal.Key) -> Non
 
 
 @needs_lib
+@pytest.mark.parametrize("two", [False, True])
 @pytest.mark.parametrize("nw,nm", [(128, 10), (64, 4), (256, 32), (128, 0), (3, 2)])
-def test_mlh_equals_the_numpy_reference(nw: int, nm: int) -> None:
+def test_mlh_equals_the_numpy_reference(nw: int, nm: int, two: bool) -> None:
+    """``ps_mlh`` as the numpy reference, with the current MAC's second hash (``two``: x_b-weighted keys2) or not."""
     from paramseal import _kernels
 
     rng = np.random.default_rng(nw + nm)
@@ -435,12 +437,19 @@ def test_mlh_equals_the_numpy_reference(nw: int, nm: int) -> None:
     keys[:nw][:2] = (1 << 32) - 6
     wmask = rng.integers(0, 1 << 16, nm, dtype=np.uint16)
     internal = rng.integers(0, 2, nb).astype(np.bool_)
-    pads = rng.integers(0, (1 << 32) - 5, (nb, 2), dtype=np.uint64)
-    pads[:3] = (1 << 32) - 6  # the largest product and sum
-    want = _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads)
+    pads = rng.integers(0, (1 << 32) - 5, (nb, 3), dtype=np.uint64)
+    pads[:3] = (1 << 32) - 6  # the largest products and sum
+    keys2 = rng.integers(0, (1 << 32) - 5, 512, dtype=np.uint64) if two else None
+    if keys2 is not None:
+        keys2[:2] = (1 << 32) - 6
+    want = _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads, keys2)
     got = np.empty(nb, np.uint64)
-    assert _native_blocks.mlh(words, keys, wmask, internal, pads, got)
+    assert _native_blocks.mlh(words, keys, wmask, internal, pads, got, keys2)
     assert np.array_equal(got, want)
+    if two:  # a two-column pad (the older MACs) is read as such: the same tags as one without x_b
+        one = np.empty(nb, np.uint64)
+        assert _native_blocks.mlh(words, keys, wmask, internal, np.ascontiguousarray(pads[:, :2]), one)
+        assert np.array_equal(one, _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads))
 
 
 @needs_lib

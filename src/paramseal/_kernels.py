@@ -26,17 +26,31 @@ try:  # numba is a declared dependency; the fallback keeps a broken install usab
         raise ImportError("disabled by PARAMSEAL_NO_NUMBA")
     import numba
 
-    def _mlh_nb_py(words, keys, wmask, internal, pads, out):  # type: ignore[no-untyped-def]
+    def _mlh_nb_py(words, keys, keys2, wmask, internal, pads, out):  # type: ignore[no-untyped-def]
         nblocks, nw = words.shape
         nm = wmask.shape[0]
+        two = keys2.shape[0] > 0  # the third MAC: a second sum, weighted by the block's x_b
         p = np.uint64(P)
         for b in numba.prange(nblocks):
             acc = np.uint64(0)
-            for i in range(nw):
-                acc += keys[i] * np.uint64(words[b, i])
-            if internal[b]:
-                for i in range(nm):  # remove the tag bits' share (the hash is linear)
-                    acc -= keys[i] * np.uint64(words[b, i] & wmask[i])
+            acc2 = np.uint64(0)
+            if two:
+                for i in range(nw):
+                    m = np.uint64(words[b, i])
+                    acc += keys[i] * m
+                    acc2 += keys2[i] * m
+                if internal[b]:
+                    for i in range(nm):  # remove the tag bits' share (the hash is linear)
+                        m = np.uint64(words[b, i] & wmask[i])
+                        acc -= keys[i] * m
+                        acc2 -= keys2[i] * m
+                acc = (acc % p + (acc2 % p) * pads[b, 2] % p) % p
+            else:
+                for i in range(nw):
+                    acc += keys[i] * np.uint64(words[b, i])
+                if internal[b]:
+                    for i in range(nm):
+                        acc -= keys[i] * np.uint64(words[b, i] & wmask[i])
             out[b] = ((acc % p) * pads[b, 1] % p + pads[b, 0]) % p
 
     @numba.njit(cache=True, nogil=True)
@@ -201,6 +215,7 @@ def mlh_tags_numpy(
     wmask: NDArray[np.uint16],
     internal: NDArray[np.bool_],
     pads: NDArray[np.uint64],
+    keys2: NDArray[np.uint64] | None = None,
 ) -> NDArray[np.uint64]:
     """Reference implementation, chunked to bound temporaries."""
     nb, nw = words.shape
@@ -211,9 +226,12 @@ def mlh_tags_numpy(
         w = words[s : s + step].astype(np.uint64)
         if wmask.size:
             w[:, : wmask.size] &= np.where(internal[s : s + step, None], ~wmask.astype(np.uint64), ~np.uint64(0))
-        acc = (w * keys[:nw]).sum(axis=1, dtype=np.uint64)
+        acc = (w * keys[:nw]).sum(axis=1, dtype=np.uint64) % p
         pd = pads[s : s + step]
-        out[s : s + step] = ((acc % p) * pd[:, 1] % p + pd[:, 0]) % p
+        if keys2 is not None:
+            acc2 = (w * keys2[:nw]).sum(axis=1, dtype=np.uint64) % p
+            acc = (acc + acc2 * pd[:, 2] % p) % p
+        out[s : s + step] = (acc * pd[:, 1] % p + pd[:, 0]) % p
     return out
 
 
@@ -223,10 +241,13 @@ def mlh_tags(
     wmask: NDArray[np.uint16],
     internal: NDArray[np.bool_],
     pads: NDArray[np.uint64],
+    keys2: NDArray[np.uint64] | None = None,
 ) -> NDArray[np.uint64]:
-    """Tags of every row of ``words``: (r * (sum k_i m_i mod p) + s) mod p, tag bits masked where internal.
+    """Tags of every row of ``words``: (r * h + s) mod p, tag bits masked where internal.
 
-    ``pads``: ``[rows, 2]``, each row's (s, r), both below 2**32 (`_mac.BlockMac.pads`).
+    h = sum k_i m_i mod p, plus x * (sum k2_i m_i mod p) with ``keys2`` (the third MAC).
+    ``pads``: ``[rows, 2]`` or ``[rows, 3]``, each row's (s, r[, x]), all below 2**32 (`_mac.BlockMac.pads`);
+    x is read only with ``keys2``.
 
     The compiled library where it is built (no numba kernel to load: half of a verify's time);
     else numba, else numpy.
@@ -234,16 +255,17 @@ def mlh_tags(
     from . import _native_blocks  # imports this module
 
     out = np.empty(words.shape[0], dtype=np.uint64)
-    if words.flags.c_contiguous and _native_blocks.mlh(words, keys, wmask, internal, pads, out):
+    if words.flags.c_contiguous and _native_blocks.mlh(words, keys, wmask, internal, pads, out, keys2):
         return out
     if not HAVE_NUMBA:
-        return mlh_tags_numpy(words, keys, wmask, internal, pads)
+        return mlh_tags_numpy(words, keys, wmask, internal, pads, keys2)
+    k2 = np.zeros(0, np.uint64) if keys2 is None else keys2[: words.shape[1]]
     kernel = _kernel("mlh", words.shape[0])
     if kernel is _PAR["mlh"]:
         with _parallel.PARALLEL_LOCK:
-            kernel(words, keys[: words.shape[1]], wmask, internal, pads, out)
+            kernel(words, keys[: words.shape[1]], k2, wmask, internal, pads, out)
     else:
-        kernel(words, keys[: words.shape[1]], wmask, internal, pads, out)
+        kernel(words, keys[: words.shape[1]], k2, wmask, internal, pads, out)
     return out
 
 

@@ -685,24 +685,38 @@ int64_t ps_put_strata(const uint32_t *wt, int64_t ng, int j0, int j1, const int6
 }
 
 /* The block MAC's hash (as _kernels.mlh_tags): for blocks [b0, b1) of words ([nb][nw] 16-bit),
- * out[b] = ((sum_i keys[i] * m_i mod p) * r_b mod p + s_b) mod p, pads[b] = (s_b, r_b), where m_i is
- * word i with the tag bits wmask[i] (i < nm) cleared in blocks flagged internal. keys < 2^32 and
- * m_i < 2^16, so the sum of up to 256 terms stays below 2^56 and one reduction is exact; r_b < 2^32
- * keeps the product in 64 bits. Plain C (any CPU, CLONES). */
-CLONES void ps_mlh(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint64_t *keys, const uint16_t *wmask, int nm,
-            const uint8_t *internal, const uint64_t *pads, uint64_t *out)
+ * h = sum_i keys[i] * m_i mod p, plus x_b * (sum_i keys2[i] * m_i mod p) where keys2 is given (the
+ * third MAC's per-block hash), and out[b] = (h * r_b mod p + s_b) mod p, pads[pc * b ..] = (s_b, r_b, x_b)
+ * (pc columns, x_b read only with keys2), where m_i is word i with the tag bits wmask[i] (i < nm)
+ * cleared in blocks flagged internal. keys < 2^32 and m_i < 2^16, so the sum of up to 256 terms
+ * stays below 2^56 and one reduction is exact; r_b, x_b < 2^32 keep the products in 64 bits.
+ * Each word is read once for both sums. Plain C (any CPU, CLONES). */
+CLONES void ps_mlh(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint64_t *keys, const uint64_t *keys2,
+            const uint16_t *wmask, int nm, const uint8_t *internal, const uint64_t *pads, int pc, uint64_t *out)
 {
     const uint64_t p = 4294967291ull; /* 2^32 - 5 */
     for (int64_t b = b0; b < b1; b++) {
         const uint16_t *w = words + b * (int64_t)nw;
-        uint64_t acc = 0;
+        const uint64_t *pd = pads + pc * b;
+        uint64_t acc = 0, acc2 = 0;
         int i = 0;
-        if (internal[b])
-            for (; i < nm; i++)
-                acc += keys[i] * (uint64_t)(uint16_t)(w[i] & ~wmask[i]);
-        for (; i < nw; i++)
-            acc += keys[i] * (uint64_t)w[i];
-        out[b] = ((acc % p) * pads[2 * b + 1] % p + pads[2 * b]) % p;
+        if (keys2) {
+            if (internal[b])
+                for (; i < nm; i++) {
+                    const uint64_t m = (uint16_t)(w[i] & ~wmask[i]);
+                    acc += keys[i] * m, acc2 += keys2[i] * m;
+                }
+            for (; i < nw; i++)
+                acc += keys[i] * (uint64_t)w[i], acc2 += keys2[i] * (uint64_t)w[i];
+            acc = (acc % p + (acc2 % p) * pd[2] % p) % p;
+        } else {
+            if (internal[b])
+                for (; i < nm; i++)
+                    acc += keys[i] * (uint64_t)(uint16_t)(w[i] & ~wmask[i]);
+            for (; i < nw; i++)
+                acc += keys[i] * (uint64_t)w[i];
+        }
+        out[b] = ((acc % p) * pd[1] % p + pd[0]) % p;
     }
 }
 

@@ -24,6 +24,7 @@ def mlh(
     internal: NDArray[np.bool_],
     pads: NDArray[np.uint64],
     out: NDArray[np.uint64],
+    keys2: NDArray[np.uint64] | None = None,
 ) -> bool:
     """`_kernels.mlh_tags` compiled (``ps_mlh``), into ``out``; False without the library."""
     lib = _native._lib()
@@ -32,13 +33,17 @@ def mlh(
     nb, nw = words.shape
     assert words.dtype == np.uint16 and words.flags.c_contiguous and keys.size >= nw and nw <= 256
     k = np.ascontiguousarray(keys, np.uint64)
+    k2 = None if keys2 is None else np.ascontiguousarray(keys2, np.uint64)
     m = np.ascontiguousarray(wmask, np.uint16)
     f = np.ascontiguousarray(internal, np.bool_)
     pd = np.ascontiguousarray(pads, np.uint64)
-    assert f.size == nb and pd.shape == (nb, 2) and out.size == nb and out.flags.c_contiguous and m.size <= nw
+    pc = pd.shape[1] if pd.ndim == 2 else 0
+    assert f.size == nb and pd.shape[0] == nb and pc >= (2 if k2 is None else 3)
+    assert out.size == nb and out.flags.c_contiguous and m.size <= nw and (k2 is None or k2.size >= nw)
     a = (words.ctypes.data, k.ctypes.data, m.ctypes.data, f.ctypes.data, pd.ctypes.data, out.ctypes.data)
+    a2 = None if k2 is None else k2.ctypes.data
     parallel_map(
-        lambda r: lib.ps_mlh(a[0], r[0], r[1], nw, a[1], a[2], m.size, a[3], a[4], a[5]),
+        lambda r: lib.ps_mlh(a[0], r[0], r[1], nw, a[1], a2, a[2], m.size, a[3], a[4], pc, a[5]),
         halves(nb) if nb >= _PARALLEL_ROWS else [(0, nb)],
     )
     return True
