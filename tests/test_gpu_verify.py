@@ -190,10 +190,10 @@ def test_single_bit_flips_fail_exactly_the_blocks_the_cpu_engine_fails(
 
 
 @pytest.mark.parametrize("device,backend", ENGINES)
-@pytest.mark.parametrize("version", ["v2", "v3", "v2-mac2", "v3-mac2"])
-def test_golden_files_of_either_block_mac_verify_and_locate_a_flip(device: str, backend: str, version: str) -> None:
-    """Seals made with the additive-pad MAC (v2, v3) and with the per-block multiplier (-mac2): the GPU engines
-    read the header's MAC, as the CPU engine does."""
+@pytest.mark.parametrize("version", ["v2", "v3", "v2-mac2", "v3-mac2", "v3-mac3"])
+def test_golden_files_of_every_block_mac_verify_and_locate_a_flip(device: str, backend: str, version: str) -> None:
+    """Seals made with the additive-pad MAC (v2, v3), with the per-block multiplier (-mac2) and with the per-block
+    hash (-mac3): the GPU engines read the header's MAC, as the CPU engine does."""
     golden = Path(__file__).parent / "golden" / version
     key = paramseal.load_key(golden / "golden.key")
     arrays, meta = helpers.read_st(golden / "sealed.safetensors")
@@ -353,8 +353,11 @@ def test_the_repr_shows_no_key_material(key: paramseal.Key) -> None:
     # nor the per-tensor plans and groups, which a traceback with locals (pytest -l, an error reporter) prints
     keys = str(int(v._plans[0].consts.keys64[0]))
     pad = str(int(v._plans[0].c[0]))
+    x, keys2 = str(int(v._plans[0].x[0])), str(int(v._plans[0].consts.keys2_64[0]))
+    assert int(x) and int(keys2)  # the current MAC's second hash: its per-block weight and keys
     for inner in (*v._plans, *v._groups):
         assert keys not in repr(inner) and pad not in repr(inner) and "keys64" not in repr(inner)
+        assert x not in repr(inner) and keys2 not in repr(inner)
 
 
 def test_unknown_backend_is_a_usage_error(key: paramseal.Key) -> None:

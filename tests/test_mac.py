@@ -13,23 +13,25 @@ from numpy.typing import NDArray
 
 import paramseal
 from paramseal import _kernels
-from paramseal._mac import MAC_NAME, MAC_V1, BlockMac, P
+from paramseal._mac import MAC_NAME, MAC_V1, MAC_V2, MACS, BlockMac, P
 
 
-def _pads(s: NDArray[np.uint64], r: NDArray[np.uint64] | int = 1) -> NDArray[np.uint64]:
-    """`BlockMac.pads`' rows (s_b, r_b) from given values."""
-    out = np.empty((s.size, 2), np.uint64)
-    out[:, 0], out[:, 1] = s, r
+def _pads(
+    s: NDArray[np.uint64], r: NDArray[np.uint64] | int = 1, x: NDArray[np.uint64] | int = 0
+) -> NDArray[np.uint64]:
+    """`BlockMac.pads`' rows (s_b, r_b, x_b) from given values."""
+    out = np.empty((s.size, 3), np.uint64)
+    out[:, 0], out[:, 1], out[:, 2] = s, r, x
     return out
 
 
-def _hash_keys(mac: BlockMac, dtype: type, nw: int) -> list[int]:
-    """Recover every k_i black-box: with a zero pad the tag of the unit vector e_i is k_i."""
+def _hash_keys(mac: BlockMac, dtype: type, nw: int, x: int = 0) -> list[int]:
+    """Recover every k_i black-box: with a zero pad the tag of the unit vector e_i is k_i (k_i + x k'_i if x_b = x)."""
     per = np.dtype(dtype).itemsize // 2
     ub = np.zeros((nw, 64), dtype=dtype)
     words = ub.view(np.uint16).reshape(nw, 64 * per)
     words[np.arange(nw), np.arange(nw)] = 1
-    return [int(x) for x in mac.tags(ub, _pads(np.zeros(nw, np.uint64)), None)]
+    return [int(x) for x in mac.tags(ub, _pads(np.zeros(nw, np.uint64), 1, x), None)]
 
 
 @given(seed=st.integers(0, 2**32 - 1), dtype=st.sampled_from([np.uint16, np.uint32, np.uint64]), extreme=st.booleans())
@@ -54,6 +56,20 @@ def test_block_hash_is_exact_multilinear_arithmetic_mod_p(seed: int, dtype: type
     v1 = BlockMac(paramseal.Key(seed.to_bytes(4, "little") * 8), MAC_V1)  # older seals: no multiplier
     additive = [(sum(k[i] * int(w[i]) for i in range(nw)) + int(s[b])) % P for b, w in enumerate(words)]
     assert v1.tags(ub, _pads(s), None).tolist() == additive
+    # the current MAC's second hash: tag = r (H_k + x H_k') + s; the older two read no x_b
+    x = rng.integers(0, P, size=4, dtype=np.uint64)
+    if extreme:
+        x[0] = P - 1
+    k2 = [(a - b) % P for a, b in zip(_hash_keys(mac, dtype, nw, 1), k, strict=True)]
+    assert all(0 <= v < P for v in k2) and len(set(k2)) > nw - 2 and k2 != k
+    h2 = [sum(k2[i] * int(w[i]) for i in range(nw)) for w in words]
+    want = [(int(r[b]) * (sum(k[i] * int(w[i]) for i in range(nw)) + int(x[b]) * h2[b]) + int(s[b])) % P
+            for b, w in enumerate(words)]  # fmt: skip
+    assert mac.tags(ub, _pads(s, r, x), None).tolist() == want
+    v2 = BlockMac(paramseal.Key(seed.to_bytes(4, "little") * 8), MAC_V2)
+    assert _hash_keys(v2, dtype, nw, 1) == k
+    mult = [(int(r[b]) * sum(k[i] * int(w[i]) for i in range(nw)) + int(s[b])) % P for b, w in enumerate(words)]
+    assert v2.tags(ub, _pads(s, r, x), None).tolist() == mult
 
 
 def test_block_hash_is_exact_for_many_blocks(key: paramseal.Key) -> None:
@@ -114,17 +130,32 @@ def test_internal_flag_decides_whether_tag_bits_are_hashed(key: paramseal.Key) -
 
 
 @pytest.mark.skipif(not _kernels.HAVE_NUMBA, reason="numba not installed: only the numpy path exists")
-@given(seed=st.integers(0, 2**32 - 1), nw=st.sampled_from([64, 128, 256]), nmask=st.integers(0, 32))
-def test_compiled_and_numpy_hash_agree(seed: int, nw: int, nmask: int) -> None:
+@given(seed=st.integers(0, 2**32 - 1), nw=st.sampled_from([64, 128, 256]), nmask=st.integers(0, 32), two=st.booleans())
+def test_compiled_and_numpy_hash_agree(seed: int, nw: int, nmask: int, two: bool) -> None:
+    """The compiled library, numba (serial and threaded) and numpy give the same tags, with the second hash or not."""
+    from paramseal import _native_blocks
+
     rng = np.random.default_rng(seed)
     words = rng.integers(0, 2**16, size=(50, nw), dtype=np.uint16)
+    words[0] = 0xFFFF  # the largest sums
     keys = rng.integers(0, P, size=256, dtype=np.uint64)
+    keys2 = rng.integers(0, P, size=256, dtype=np.uint64) if two else None
     wmask = rng.integers(0, 2**16, size=nmask, dtype=np.uint16)
     internal = rng.integers(0, 2, size=50).astype(bool)
-    pads = rng.integers(0, P, size=(50, 2), dtype=np.uint64)
-    fast = _kernels.mlh_tags(words, keys, wmask, internal, pads)
-    slow = _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads)
-    assert np.array_equal(fast, slow)
+    pads = rng.integers(0, P, size=(50, 3), dtype=np.uint64)
+    pads[0] = P - 1  # the largest products
+    slow = _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads, keys2)
+    assert np.array_equal(_kernels.mlh_tags(words, keys, wmask, internal, pads, keys2), slow)
+    k2 = np.zeros(0, np.uint64) if keys2 is None else keys2[:nw]
+    for kernel in (_kernels._SER["mlh"], _kernels._PAR["mlh"]):
+        out = np.empty(50, np.uint64)
+        kernel(words, keys[:nw], k2, wmask, internal, pads, out)
+        assert np.array_equal(out, slow)
+    compiled = np.empty(50, np.uint64)
+    if _native_blocks.mlh(words, keys, wmask, internal, pads, compiled, keys2):
+        assert np.array_equal(compiled, slow)
+    if keys2 is not None:  # x_b weighs the second sum: without it the tags differ
+        assert not np.array_equal(slow, _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads))
 
 
 @pytest.mark.parametrize("start", [1, 2, 3, 6, 7])
@@ -174,14 +205,20 @@ def test_a_last_block_with_its_tag_in_the_header_verifies_in_chunks(monkeypatch:
     assert r.status == "tampered" and r.tensors["w"].tampered_blocks == (20,)
 
 
-@pytest.mark.parametrize("mac_name", [MAC_NAME, MAC_V1])
+@pytest.mark.parametrize("mac_name", MACS)
 def test_pads_are_residues_and_multipliers_nonzero(key: paramseal.Key, mac_name: str) -> None:
     pads = BlockMac(key, mac_name).pads(bytes(16), 0, 5000)
-    assert pads.shape == (5000, 2) and (pads[:, 0] < P).all()
+    assert pads.shape == (5000, 3) and (pads[:, 0] < P).all()
     if mac_name == MAC_V1:
         assert (pads[:, 1] == 1).all()
     else:
         assert (pads[:, 1] >= 1).all() and (pads[:, 1] < P).all() and len(set(pads[:, 1].tolist())) == 5000
+    if mac_name == MAC_NAME:  # x_b: a residue of its own per block, from its own stream
+        assert (pads[:, 2] < P).all() and len(set(pads[:, 2].tolist())) == 5000
+        older = BlockMac(key, MAC_V2).pads(bytes(16), 0, 5000)
+        assert not np.isin(pads[:, :2], older[:, :2]).any()
+    else:
+        assert (pads[:, 2] == 0).all()
 
 
 def _tag_change(mac: BlockMac, salt: bytes, block: int, ub: NDArray[np.uint32], edited: NDArray[np.uint32]) -> int:
@@ -202,7 +239,7 @@ def test_a_tag_change_found_for_one_block_does_not_carry_to_other_blocks_or_mode
     delta[0, 9] = 1 << 30  # one edit: set an exponent bit, clear in both blocks (so the same change of word)
     ub &= ~delta
     other &= ~delta
-    for name, carries in ((MAC_V1, True), (MAC_NAME, False)):
+    for name, carries in ((MAC_V1, True), (MAC_V2, False), (MAC_NAME, False)):
         mac = BlockMac(key, name)
         learned = _tag_change(mac, b"a" * 16, 5, ub, ub ^ delta)
         elsewhere = [
@@ -236,27 +273,56 @@ def _kernel_edit(k: list[int], words: list[int], first: int, room: int = 2048) -
     return dict(zip(words, (first, int(r[i // r.size]), int(r[i % r.size]), int(z.flat[i])), strict=True))
 
 
-def test_an_edit_that_keeps_the_tag_found_for_one_block_carries_to_every_block_and_model(key: paramseal.Key) -> None:
-    """The limit of the test above (README, out of scope: reports shown to an attacker): r_b confines an edit that
-    changes the tag, not one H itself cannot see. H's keys are the key's alone, so an edit found passing in one
-    block with its tag untouched passes in every block of every model sealed with the key, under either MAC.
-    Here it doubles a value (its exponent + 1) and hides the change in the low mantissa bits of three others."""
-    mac = BlockMac(key, MAC_NAME)
-    k = _hash_keys(mac, np.uint32, 128)
-    edit = _kernel_edit(k, [2 * 20 + 1, 2 * 30, 2 * 31, 2 * 32], 0x0080)
+def _doubling(edit: dict[int, int], rng: np.random.Generator) -> tuple[NDArray[np.uint32], NDArray[np.uint32]]:
+    """A random block and the block with ``edit`` applied, which doubles value 20 (its exponent + 1)."""
+    ub = rng.integers(0, 2**32, size=(1, 64), dtype=np.uint32)
+    words = ub.view(np.uint16).reshape(-1).astype(np.int64)
+    words[[2 * 30, 2 * 31, 2 * 32]] = 1 << 15  # room for the changes either way
+    words[2 * 20 + 1] = 0x3F00  # value 20 is 0.5 and some mantissa: +0x80 in its high word doubles it
+    ub = words.astype(np.uint16).view(np.uint32).reshape(1, 64)
+    edited = (words + np.array([edit.get(i, 0) for i in range(128)])).astype(np.uint16).view(np.uint32)
+    edited = edited.reshape(1, 64)
+    assert edited.view(np.float32)[0, 20] == 2 * ub.view(np.float32)[0, 20]
+    return ub, edited
+
+
+_EDIT_WORDS = [2 * 20 + 1, 2 * 30, 2 * 31, 2 * 32]
+
+
+@pytest.mark.parametrize("name", [MAC_V1, MAC_V2])
+def test_an_edit_that_keeps_the_tag_found_for_one_block_carries_to_every_block_and_model_under_the_older_macs(
+    key: paramseal.Key, name: str
+) -> None:
+    """Why the current MAC has a per-block hash (README, 'Authenticate'): under the older two, r_b confines an edit
+    that changes the tag, not one H itself cannot see. H's keys are the key's alone, so an edit found passing in
+    one block with its tag untouched passes in every block of every model sealed with the key. Here it doubles a
+    value (its exponent + 1) and hides the change in the low mantissa bits of three others."""
+    mac = BlockMac(key, name)
+    edit = _kernel_edit(_hash_keys(mac, np.uint32, 128), _EDIT_WORDS, 0x0080)
     rng = np.random.default_rng(4)
-    for name in (MAC_V1, MAC_NAME):
-        mac = BlockMac(key, name)
-        for salt, block in ((b"a" * 16, 5), (b"a" * 16, 6), (b"b" * 16, 5)):
-            ub = rng.integers(0, 2**32, size=(1, 64), dtype=np.uint32)
-            words = ub.view(np.uint16).reshape(-1).astype(np.int64)
-            words[[2 * 30, 2 * 31, 2 * 32]] = 1 << 15  # room for the changes either way
-            words[2 * 20 + 1] = 0x3F00  # value 20 is 0.5 and some mantissa: +0x80 in its high word doubles it
-            ub = words.astype(np.uint16).view(np.uint32).reshape(1, 64)
-            edited = (words + np.array([edit.get(i, 0) for i in range(128)])).astype(np.uint16).view(np.uint32)
-            edited = edited.reshape(1, 64)
-            assert edited.view(np.float32)[0, 20] == 2 * ub.view(np.float32)[0, 20]
-            assert _tag_change(mac, salt, block, ub, edited) == 0, (name, salt, block)
+    for salt, block in ((b"a" * 16, 5), (b"a" * 16, 6), (b"b" * 16, 5)):
+        ub, edited = _doubling(edit, rng)
+        assert _tag_change(mac, salt, block, ub, edited) == 0, (name, salt, block)
+
+
+def test_an_edit_that_keeps_the_tag_found_for_one_block_passes_in_no_other_block_or_model(key: paramseal.Key) -> None:
+    """The current MAC hashes block b with H_k + x_b H_k', x_b fresh per salt, tensor and block: an edit that
+    passes in one block with its tag untouched (H_k(d) + x_b H_k'(d) = 0, solved here from that block's hash
+    keys, as ~p/N report guesses would find it) passes in another block only where x_b' = x_b (or both sums
+    vanish): ~1/p each. Under MAC_V2 the same search gave an edit passing in all of them (test above)."""
+    mac = BlockMac(key, MAC_NAME)
+    pads = mac.pads(b"a" * 16, 0, 1, 5)
+    edit = _kernel_edit(_hash_keys(mac, np.uint32, 128, int(pads[0, 2])), _EDIT_WORDS, 0x0080)
+    rng = np.random.default_rng(4)
+    ub, edited = _doubling(edit, rng)
+    assert _tag_change(mac, b"a" * 16, 5, ub, edited) == 0  # it does pass where it was found
+    passed = []
+    for salt in (b"a" * 16, b"b" * 16):
+        for block in range(0, 300):
+            if (salt, block) != (b"a" * 16, 5):
+                ub, edited = _doubling(edit, rng)
+                passed += [(salt, block)] if _tag_change(mac, salt, block, ub, edited) == 0 else []
+    assert passed == []  # 599 blocks: ~599/p expected to pass
 
 
 def test_the_older_mac_refuses_a_tensor_past_its_4_byte_counter_instead_of_wrapping() -> None:
@@ -267,11 +333,11 @@ def test_the_older_mac_refuses_a_tensor_past_its_4_byte_counter_instead_of_wrapp
 
     v1 = BlockMac(paramseal.Key(bytes(range(32))), MAC_V1)
     last = v1.pads(b"salt" * 4, 3, 2, start=V1_MAX_BLOCKS - 2)  # the last two blocks it covers
-    assert last.shape == (2, 2) and (last[:, 1] == 1).all()
+    assert last.shape == (2, 3) and (last[:, 1] == 1).all()
     for start, n in ((V1_MAX_BLOCKS - 1, 2), (V1_MAX_BLOCKS, 1), (1 << 34, 1), (0, V1_MAX_BLOCKS + 1)):
         with pytest.raises(UsageError, match=r"tensor #3 .*older block MAC 'mlh-p32\+aes256ctr'.*--reseal"):
             v1.pads(b"salt" * 4, 3, n, start=start)  # refused before any keystream is made (no 64 GiB array)
-    assert BlockMac(paramseal.Key(bytes(range(32)))).pads(b"salt" * 4, 3, 1, start=1 << 34).shape == (1, 2)
+    assert BlockMac(paramseal.Key(bytes(range(32)))).pads(b"salt" * 4, 3, 1, start=1 << 34).shape == (1, 3)
     with pytest.raises(UsageError, match=r"^tensor 'enc\.weight' reaches block"):  # named where its name is known
         v1.pads(b"salt" * 4, 3, 1, start=V1_MAX_BLOCKS, name="enc.weight")
 
@@ -327,14 +393,14 @@ def test_an_older_mac_tensor_past_its_counter_is_named_escaped_and_exit_3_in_a_s
             assert json.loads(stdout)["exit_code"] == 3
 
 
-@pytest.mark.parametrize("mac_name", [MAC_NAME, MAC_V1])
+@pytest.mark.parametrize("mac_name", MACS)
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
 def test_tags_of_zero_blocks_is_empty(mac_name: str, dtype: type) -> None:
     """No blocks, no tags (and no error): `tags` of a ``[0, 64]`` batch, its mask set or not, is an empty array."""
     mac = BlockMac(paramseal.Key(bytes(32)), mac_name)
     ub = np.zeros((0, 64), dtype=dtype)
     pads = mac.pads(b"s" * 16, 0, 0)
-    assert pads.shape == (0, 2)
+    assert pads.shape == (0, 3)
     for mask in (None, np.array(0xFF, dtype=dtype)):
         got = mac.tags(ub, pads, mask, np.zeros(0, np.bool_))
         assert got.dtype == np.uint64 and got.shape == (0,)

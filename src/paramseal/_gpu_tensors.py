@@ -40,6 +40,9 @@ class _Consts:
     keep32: torch.Tensor  # [W] int32: 0xFFFF less the tag bits (Triton)
     mask32: torch.Tensor  # [NM] int32 copy of wmask (Triton)
     shift32: torch.Tensor  # [NM] int32 copy of shift (Triton)
+    keys2_64: torch.Tensor  # [W] int64: the second hash's keys k'_i (zeros for the older MACs)
+    keys2_32: torch.Tensor  # [W] int32, the same as uint32 bit patterns (Triton)
+    two: bool  # the MAC has the second hash (the torch engine skips it otherwise)
 
 
 @dataclass(slots=True)
@@ -57,6 +60,7 @@ class _Plan:
     dtype: torch.dtype
     c: torch.Tensor = field(repr=False)  # [nblocks] int64 (uint64 bits): per-block r << 32 | c, see _constants
     flags: torch.Tensor = field(repr=False)  # [nblocks] uint8, written by every check
+    x: torch.Tensor = field(repr=False)  # [nblocks] int64: per-block x, the second hash's weight (0: older MACs)
 
 
 _TORCH_DTYPES = {
@@ -116,16 +120,28 @@ def _words_of(plan: _Plan, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return full, tail.view(_torch.int16).view(1, w)
 
 
-def _tags_bad(w16: torch.Tensor, c: torch.Tensor, inside: torch.Tensor, k: _Consts, ext_ok: bool) -> torch.Tensor:
-    """Failing flags of ``[n, W]`` blocks: (r H + c) mod p against the stored tag (c: r << 32 | c, see _constants)."""
+def _mulmod(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The products a * b mod p, a and b in [0, p): 64 unsigned bits, so b is taken in 16-bit halves (int64)."""
+    out: torch.Tensor = ((a * (b >> 16) % P) * 65536 + a * (b & 0xFFFF)) % P
+    return out
+
+
+def _tags_bad(
+    w16: torch.Tensor, c: torch.Tensor, x: torch.Tensor, inside: torch.Tensor, k: _Consts, ext_ok: bool
+) -> torch.Tensor:
+    """Failing flags of ``[n, W]`` blocks: (r H + c) mod p against the stored tag (c: r << 32 | c, see _constants).
+
+    H = H_k + x H_k' (its second term only where the MAC has it, ``k.two``).
+    """
     w = w16.to(_torch.int64) & 0xFFFF
-    h = (w * k.keys64).sum(1)
     head = w[:, : k.nm] & k.wmask  # the tag bits: left out of the hash where the block keeps its tag
-    h = h - _torch.where(inside, (head * k.keys64[: k.nm]).sum(1), 0)
+    hm = ((w * k.keys64).sum(1) - _torch.where(inside, (head * k.keys64[: k.nm]).sum(1), 0)) % P
+    if k.two:
+        h2 = ((w * k.keys2_64).sum(1) - _torch.where(inside, (head * k.keys2_64[: k.nm]).sum(1), 0)) % P
+        hm = (hm + _mulmod(x, h2)) % P
     stored = _torch.where(inside, (head << k.shift).sum(1), 0)
     r, c = (c >> 32) & 0xFFFFFFFF, c & 0xFFFFFFFF
-    hm = h % P  # r * hm needs 64 unsigned bits: multiplied in 16-bit halves to stay in int64
-    tag = ((r * (hm >> 16) % P) * 65536 + r * (hm & 0xFFFF) + c) % P
+    tag = (_mulmod(r, hm) + c) % P
     bad: torch.Tensor = tag != stored
     if not ext_ok:
         bad |= ~inside

@@ -36,8 +36,10 @@ class _Group:
     place (not contiguous, or not 16-byte aligned) is left out of the table and launched on its own.
     """
 
-    def __init__(self, plans: list[_Plan], offsets: dict[int, int], c: torch.Tensor, flags: torch.Tensor) -> None:
-        self.plans, self.c, self.flags = plans, c, flags
+    def __init__(
+        self, plans: list[_Plan], offsets: dict[int, int], c: torch.Tensor, flags: torch.Tensor, x: torch.Tensor
+    ) -> None:
+        self.plans, self.c, self.flags, self.x = plans, c, flags, x
         self.device = plans[0].device
         specs = [p.spec for p in plans]
         self.nblocks = self._up([s.nblocks for s in specs])
@@ -91,7 +93,7 @@ class _Group:
         k = self.plans[0].consts
         _GROUPED_KERNEL[(prog_t.numel(),)](
             xs[base].detach().reshape(-1).view(_torch.int16), self.c, self.flags,
-            k.keys32, k.keep32, k.mask32, k.shift32,
+            k.keys32, k.keep32, k.mask32, k.shift32, k.keys2_32, self.x,
             prog_t, prog_b0, self._woff, self.nblocks, self.nfull, self.nwords, self.g0, self.rules,
             P, self.plans[0].words, k.nm, bpp,
             num_warps=warps,
@@ -114,7 +116,7 @@ else:
 
     @triton.jit  # type: ignore[misc, untyped-decorator, unused-ignore]
     def _blocks_bad(  # type: ignore[no-untyped-def]
-        w_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr,
+        w_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr, key2_ptr, x_ptr,
         b0, nblocks, nfull, nwords, full_internal, last_internal, ext_ok,
         PRIME: tl.constexpr, W: tl.constexpr, NM: tl.constexpr, BPP: tl.constexpr,
     ):  # fmt: skip
@@ -136,33 +138,39 @@ else:
             kept = w.to(tl.int32) & tl.where(ins[:, None] != 0, keep[None, :], 0xFFFF)
         key = tl.load(key_ptr + j).to(tl.uint32, bitcast=True).to(tl.uint64)
         # 16-bit words times 32-bit keys, summed over at most 256 words: below 2**56, exact in uint64
-        h = tl.sum(kept.to(tl.uint32, bitcast=True).to(tl.uint64) * key[None, :], axis=1)
+        kept64 = kept.to(tl.uint32, bitcast=True).to(tl.uint64)
+        h = tl.sum(kept64 * key[None, :], axis=1)
+        # the second hash (zero keys and x for the older MACs): H_k + x_b H_k', each word read once
+        key2 = tl.load(key2_ptr + j).to(tl.uint32, bitcast=True).to(tl.uint64)
+        h2 = tl.sum(kept64 * key2[None, :], axis=1)
         # the stored tag: disjoint bit fields below bit 32, so a uint32 sum is their concatenation
         bits = head.to(tl.uint16, bitcast=True).to(tl.uint32) & tl.load(mask_ptr + jm).to(tl.uint32)[None, :]
         stored = tl.sum(bits << tl.load(shift_ptr + jm).to(tl.uint32)[None, :], axis=1).to(tl.uint64)
         stored = stored * (ins != 0).to(tl.uint64)
         inb = b < nblocks
         rc = tl.load(c_ptr + b, mask=inb, other=0).to(tl.uint64, bitcast=True)  # r << 32 | c
-        tag = ((h % PRIME) * (rc >> 32) % PRIME + (rc & 0xFFFFFFFF)) % PRIME  # both factors < 2**32
+        xb = tl.load(x_ptr + b, mask=inb, other=0).to(tl.uint64, bitcast=True)
+        hm = (h % PRIME + (h2 % PRIME) * xb % PRIME) % PRIME  # every factor < 2**32
+        tag = (hm * (rc >> 32) % PRIME + (rc & 0xFFFFFFFF)) % PRIME
         bad = (tag != stored) | ((ins == 0) & (ext_ok == 0))
         tl.store(flag_ptr + b, bad.to(tl.uint8), mask=inb)
 
     @triton.jit  # type: ignore[misc, untyped-decorator, unused-ignore]
     def _tags_bad_kernel(  # type: ignore[no-untyped-def]
-        w_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr,
+        w_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr, key2_ptr, x_ptr,
         nblocks, nfull, nwords, full_internal, last_internal, ext_ok,
         PRIME: tl.constexpr, W: tl.constexpr, NM: tl.constexpr, BPP: tl.constexpr,
     ):  # fmt: skip
         # One tensor per launch: program i checks blocks i*BPP ...
         b0 = tl.program_id(0).to(tl.int64) * BPP
         _blocks_bad(
-            w_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr,
+            w_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr, key2_ptr, x_ptr,
             b0, nblocks, nfull, nwords, full_internal, last_internal, ext_ok, PRIME, W, NM, BPP,
         )  # fmt: skip
 
     @triton.jit  # type: ignore[misc, untyped-decorator, unused-ignore]
     def _grouped_kernel(  # type: ignore[no-untyped-def]
-        base_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr,
+        base_ptr, c_ptr, flag_ptr, key_ptr, keep_ptr, mask_ptr, shift_ptr, key2_ptr, x_ptr,
         prog_t_ptr, prog_b0_ptr, woff_ptr, nblocks_ptr, nfull_ptr, nwords_ptr, g0_ptr, rules_ptr,
         PRIME: tl.constexpr, W: tl.constexpr, NM: tl.constexpr, BPP: tl.constexpr,
     ):  # fmt: skip
@@ -174,7 +182,7 @@ else:
         g0 = tl.load(g0_ptr + t)
         rules = tl.load(rules_ptr + t)
         _blocks_bad(
-            base_ptr + woff, c_ptr + g0, flag_ptr + g0, key_ptr, keep_ptr, mask_ptr, shift_ptr,
+            base_ptr + woff, c_ptr + g0, flag_ptr + g0, key_ptr, keep_ptr, mask_ptr, shift_ptr, key2_ptr, x_ptr + g0,
             b0, tl.load(nblocks_ptr + t), tl.load(nfull_ptr + t), tl.load(nwords_ptr + t),
             rules & 1, (rules >> 1) & 1, (rules >> 2) & 1, PRIME, W, NM, BPP,
         )  # fmt: skip

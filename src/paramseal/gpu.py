@@ -298,7 +298,8 @@ class GpuVerifier:
             sizes[dev] = self._offsets[t] + -(-spec.nblocks // _ALIGN) * _ALIGN
         self._flag_buffers = {d: _torch.zeros(n, dtype=_torch.uint8, device=d) for d, n in sizes.items()}
         c_buffers = {d: _torch.zeros(n, dtype=_torch.int64, device=d) for d, n in sizes.items()}
-        self._c_buffers = c_buffers
+        x_buffers = {d: _torch.zeros(n, dtype=_torch.int64, device=d) for d, n in sizes.items()}
+        self._c_buffers, self._x_buffers = c_buffers, x_buffers
         plans = []
         dtypes = {s.name: tensors[s.name].dtype for s in self._specs}
         for t, spec in enumerate(self._specs):
@@ -312,10 +313,12 @@ class GpuVerifier:
             full_internal = bool(internal[0]) if spec.nblocks > 1 else bool(internal[-1])
             if internal[:-1].size and not bool(np.all(internal[:-1] == full_internal)):
                 raise AssertionError(f"tensor '{spec.name}': blocks before the last differ in where they keep tags")
-            c, ext_ok = self._constants(t, spec, internal)
+            c, x, ext_ok = self._constants(t, spec, internal)
             o = self._offsets[t]
             seg = c_buffers[dev][o : o + spec.nblocks]
             seg.copy_(_torch.from_numpy(c.view(np.int64)))
+            xseg = x_buffers[dev][o : o + spec.nblocks]
+            xseg.copy_(_torch.from_numpy(x.view(np.int64)))
             flags = self._flag_buffers[dev][o : o + spec.nblocks]
             plans.append(
                 _Plan(
@@ -330,6 +333,7 @@ class GpuVerifier:
                     dtypes[spec.name],
                     seg,
                     flags,
+                    xseg,
                 )
             )
         # A launch passes one set of constants: group by them (device, block size and k), not by shape
@@ -340,13 +344,13 @@ class GpuVerifier:
             if p.spec.width >= 16 and p.spec.numel:
                 by_consts.setdefault(id(p.consts), []).append(p)
         self._groups = [
-            _Group(g, self._offsets, c_buffers[g[0].device], self._flag_buffers[g[0].device])
+            _Group(g, self._offsets, c_buffers[g[0].device], self._flag_buffers[g[0].device], x_buffers[g[0].device])
             for g in by_consts.values()
         ]
         return plans
 
     def _consts(self, dev: torch.device, words: int, k: int, width: int) -> _Consts:
-        keys = self._mac._keys[:words]
+        keys, keys2 = self._mac._keys[:words], self._mac._keys2[:words]  # keys2: zeros for the older MACs
         nm = 16
         wmask = np.zeros(nm, np.int64)
         shift = np.zeros(nm, np.int64)
@@ -369,10 +373,15 @@ class GpuVerifier:
         return _Consts(
             up(keys.astype(np.int64)), up(keys.astype(np.uint32).view(np.int32)), up(wmask), up(shift), nm,
             up(keep), up(wmask.astype(np.int32)), up(shift.astype(np.int32)),
+            up(keys2.astype(np.int64)), up(keys2.astype(np.uint32).view(np.int32)), self._mac.per_block_hash,
         )  # fmt: skip
 
-    def _constants(self, t: int, spec: TensorSpec, internal: NDArray[np.bool_]) -> tuple[NDArray[np.uint64], bool]:
-        """Per block (r, c) packed as r << 32 | c: the block is intact <=> (r H + c) mod p == its stored tag.
+    def _constants(
+        self, t: int, spec: TensorSpec, internal: NDArray[np.bool_]
+    ) -> tuple[NDArray[np.uint64], NDArray[np.uint64], bool]:
+        """Per block (r, c) packed as r << 32 | c, and x: intact <=> (r H + c) mod p == its stored tag.
+
+        H is the block's hash, H_k + x H_k' (x = 0 in the older MACs, whose k' are zeros).
 
         A block that keeps its tag has (r, c) = the MAC's (r_b, s_b) and its stored tag in its
         low bits. One whose tag is in the header has c = (s_b - tag) mod p and "stored tag" 0,
@@ -381,7 +390,7 @@ class GpuVerifier:
         as the CPU engine does.
         """
         pads = self._mac.pads(self._header.salt, t, spec.nblocks, name=spec.name)
-        c, r = pads[:, 0].copy(), pads[:, 1]
+        c, r, x = pads[:, 0].copy(), pads[:, 1], pads[:, 2].copy()
         outside = np.flatnonzero(~internal)
         ok = True
         if outside.size:
@@ -390,7 +399,7 @@ class GpuVerifier:
             if ext is not None and ok:
                 c[outside] = (c[outside] + np.uint64(P) - ext.astype(np.uint64)) % np.uint64(P)
         packed: NDArray[np.uint64] = (r << np.uint64(32)) | c
-        return packed, ok
+        return packed, x, ok
 
     # --- the engines -----------------------------------------------------------------------------
 
@@ -430,7 +439,8 @@ def _bad_torch(plan: _Plan, flat: torch.Tensor) -> None:
         inside = _torch.full((n,), plan.full_internal, dtype=_torch.bool, device=plan.device)
         if r0 + n == spec.nblocks:
             inside[-1] = plan.last_internal
-        plan.flags[r0 : r0 + n] = _tags_bad(w16, plan.c[r0 : r0 + n], inside, plan.consts, plan.ext_ok)
+        c, x = plan.c[r0 : r0 + n], plan.x[r0 : r0 + n]
+        plan.flags[r0 : r0 + n] = _tags_bad(w16, c, x, inside, plan.consts, plan.ext_ok)
 
 
 def tile(words: int) -> tuple[int, int]:
@@ -443,7 +453,7 @@ def _launch(kernel: Any, plan: _Plan, words: torch.Tensor) -> None:
     spec, k = plan.spec, plan.consts
     bpp, warps = tile(plan.words)
     kernel[(-(-spec.nblocks // bpp),)](
-        words, plan.c, plan.flags, k.keys32, k.keep32, k.mask32, k.shift32,
+        words, plan.c, plan.flags, k.keys32, k.keep32, k.mask32, k.shift32, k.keys2_32, plan.x,
         spec.nblocks, spec.numel // BLOCK, words.numel(),
         int(plan.full_internal), int(plan.last_internal), int(plan.ext_ok),
         P, plan.words, k.nm, bpp,

@@ -100,7 +100,7 @@ def main(version: str = "v1") -> None:
         (out / "original.onnx").unlink()  # golden_onnx() builds it again
         print(f"wrote {out} with paramseal {paramseal.__version__}")
         return
-    model = golden_model_v3() if version.startswith("v3") else golden_model()  # v3-mac2 too
+    model = golden_model_v3() if version.startswith("v3") else golden_model()  # v3-mac2, v3-mac3 too
     files.write_model(out / "original.safetensors", Loaded(model, dict(METADATA)))
     files.seal_file(out / "original.safetensors", out / "sealed.safetensors", key, level="standard")
     print(f"wrote {out} with paramseal {paramseal.__version__}")
