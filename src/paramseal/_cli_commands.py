@@ -16,7 +16,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, cast
 
-from . import _cli_eval, _pages, _paths, files, sharded
+from . import _cli_eval, _inspect, _pages, _paths, files, sharded
 from ._cli_streams import in_out, quoted
 from ._findings import RETYPED
 from ._layout import TensorSpec
@@ -223,7 +223,12 @@ def run(args: argparse.Namespace) -> int:
                 info = sharded.inspect_dir(Path(args.input))
             else:
                 info = files.inspect_file(args.input)
-            print(json.dumps(info, indent=2) if args.json else _inspect_text(info))
+            if not args.list:  # the tensor table only when asked for: a large model has hundreds of entries
+                info.pop("tensor_list", None)
+                for each in info.get("per_shard", {}).values():
+                    each.pop("tensor_list", None)
+            text = "\n".join([_inspect_text(info), *(_inspect.list_text(info) if args.list else [])])
+            print(json.dumps(info, indent=2) if args.json else text)
             return 0
         case "demo":
             from .demo import run_demo

@@ -188,6 +188,9 @@ def build_parser() -> _Parser:
 
     p = sub.add_parser("inspect", help="show seal settings, perturbation bounds and recovery capacity")
     p.add_argument("input", metavar="IN", help="a model, sealed or not (a file, or a sharded checkpoint folder)")
+    p.add_argument(
+        "--list", action="store_true", help="also list each tensor: name, dtype, shape, values and watermark bits"
+    )
     _json_arg(p)
 
     p = sub.add_parser("demo", help="offline demo on a small real model: seal, attack, verify, recover")

@@ -37,6 +37,7 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
         "parameters": dtypes,
         "blocks": sum(block_count(int(a.size)) for a in loaded.tensors.values()),
         "sealed": h is not None,
+        "tensor_list": tensor_list(loaded, h),
     }
     if h is not None and problem:
         info["header_problem"] = (
@@ -129,6 +130,39 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
             else:
                 info["levels"][lv] = caps(ks, None)
     return info
+
+
+def tensor_list(loaded: Loaded, h: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each tensor in file order: name, dtype, shape, values, and ``k`` as the untrusted header table gives it."""
+    ks: dict[str, int] = {}
+    table = h.get("tensors") if h is not None else None
+    for t in table if isinstance(table, list) else []:
+        if isinstance(t, dict) and isinstance(t.get("name"), str) and type(t.get("k")) is int:
+            ks[t["name"]] = t["k"]
+    out: list[dict[str, Any]] = []
+    for name, a in loaded.tensors.items():
+        try:
+            dt = dtype_name(a.dtype)
+        except UnsupportedError:
+            dt = str(a.dtype)
+        row = {"name": name, "dtype": dt, "shape": [int(d) for d in a.shape], "values": int(a.size)}
+        out.append(row | ({"k": ks[name]} if name in ks else {}))
+    return out
+
+
+def list_text(info: dict[str, Any]) -> list[str]:
+    """``inspect --list``'s lines: one per tensor (per shard for a folder), names escaped as error lines are."""
+    shards = info.get("per_shard")
+    groups = [(f"shard {_shown(n)}:", i.get("tensor_list", [])) for n, i in shards.items()] if shards else []
+    groups = groups or [("tensors (name, dtype, shape, values, watermark bits k):", info.get("tensor_list", []))]
+    lines: list[str] = []
+    for title, rows in groups:
+        lines.append(title)
+        for r in rows:
+            k = f"  k={r['k']}" if "k" in r else ""
+            shape = "x".join(map(str, r["shape"])) or "scalar"
+            lines.append(f"  {_shown(r['name'])}  {r['dtype']}  {shape}  {r['values']}{k}")
+    return lines
 
 
 def _read_header(p: Path, loaded: Loaded) -> tuple[dict[str, Any] | None, str, str]:
@@ -226,4 +260,4 @@ def caps(ks: dict[Any, Any], host: int | None, free_strata: int | None = None) -
     return out
 
 
-__all__ = ["caps", "carrier_names", "describe", "free_strata"]
+__all__ = ["caps", "carrier_names", "describe", "free_strata", "list_text", "tensor_list"]

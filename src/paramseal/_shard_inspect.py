@@ -99,7 +99,12 @@ def inspect_dir(folder: PathLike) -> dict[str, Any]:
         out["cannot_seal"] = next(iter(refused.values()))
     out["levels"] = {} if refused else _merge_levels([i["levels"] for i in shards.values()])
     out["per_shard"] = {
-        n: {"tensors": i["tensors"], "parameters": i["parameters"], "sealed": i["sealed"]}
+        n: {
+            "tensors": i["tensors"],
+            "parameters": i["parameters"],
+            "sealed": i["sealed"],
+            "tensor_list": i["tensor_list"],
+        }
         | ({"set_id": named[n]} if n in named else {})
         | ({"cannot_seal": refused[n]} if n in refused else {})
         for n, i in shards.items()
