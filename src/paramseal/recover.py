@@ -375,8 +375,6 @@ def _findings(
             part = patches[t].rows[partly[t]]
             still = chk.bad[t][part]  # the others' tags hold: wholly restored
             masks[np.searchsorted(bad, part[still])] = unknown[t][still]
-            order = np.argsort(ri, kind="stable")
-            ri, rx = ri[order], rx[order]
             at = np.minimum(np.searchsorted(bad, ri // BLOCK), max(bad.size - 1, 0))
             hit = (bad[at] == ri // BLOCK) & ((masks[at] >> (ri % BLOCK).astype(np.uint64)) & np.uint64(1) != 0)
             ri, rx = ri[~hit], rx[~hit]  # a value whose sealed bits stay unknown is not restored
