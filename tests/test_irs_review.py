@@ -808,7 +808,11 @@ def test_the_outer_code_repairs_a_group_in_a_later_superblock(
 
 def test_corrections_in_blocks_that_stay_lost_do_not_reach_the_rebuilt_ones(key: paramseal.Key) -> None:
     """A group lost (no outer code in a model this small) fails its blocks; a word of another group in one of
-    them is still corrected by its group: restored in that block (which stays tampered), never in a rebuilt one."""
+    them is still corrected by its group: restored in that block (which stays tampered), never in a rebuilt one.
+
+    The salt is random, and a neighbour's group, erased in every failed block it reaches, is sometimes lost
+    too (5.5% of neighbours over 400 seals, at most 3 of 8 in one): eight neighbours in eight failed blocks,
+    each restored or named, never both."""
     model = helpers.fp32_model(60_000, seed=4)
     s = paramseal.seal(model, key)
     st = _irs_recover.strata_of(check(s.tensors, key, s.header_json))
@@ -819,16 +823,20 @@ def test_corrections_in_blocks_that_stay_lost_do_not_reach_the_rebuilt_ones(key:
     rng = np.random.default_rng(0)
     v = _group_words(st, st.G // 2, flat.size)
     flat[v] ^= _mantissa_noise(rng, v.size)
-    near = int(v[1]) + 1 if (int(v[1]) + 1) % BLOCK else int(v[1]) - 1  # same block, another group
-    assert near not in set(v.tolist())
+    ends = v[np.r_[True, np.diff(v // BLOCK) > 0]][:8]  # a word of the lost group in each of 8 blocks
+    near = np.where((ends + 1) % BLOCK != 0, ends + 1, ends - 1)  # same block, another group
+    assert not np.isin(near, v).any() and np.unique(near // BLOCK).size == 8
     free = np.setdiff1d(np.arange(-(-flat.size // BLOCK)), v // BLOCK)
     lone = [int(free[0]) * BLOCK + 5, int(free[-1]) * BLOCK + 7]  # rebuilt blocks before and after the lost ones
-    for i in [near, *lone]:
+    for i in [*near.tolist(), *lone]:
         flat[i] ^= _mantissa_noise(rng, 1)[0]
     res = paramseal.recover(bad, key, s.header_json)
     f = res.report.tensors[name]
-    assert res.report.status == "unrecoverable" and near // BLOCK in set(f.unrecoverable_blocks)
-    assert near not in set(f.unrecoverable_indices) and {near, *lone} <= set(f.restored_indices)
+    restored, unknown = set(f.restored_indices), set(f.unrecoverable_indices)
+    assert res.report.status == "unrecoverable" and set((near // BLOCK).tolist()) <= set(f.unrecoverable_blocks)
+    assert set(lone) <= restored and not restored & unknown
+    assert all((i in restored) != (i in unknown) for i in near.tolist())
+    assert sum(i in restored for i in near.tolist()) >= 1
     helpers.assert_honest_recovery(res, bad, s.tensors)
 
 
