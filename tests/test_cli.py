@@ -2271,3 +2271,11 @@ def test_seal_notes_when_no_header_copy_fits_in_the_weights(tmp_path: Path, mode
         assert (header["header_copies_in_weights"] == []) is (src == model_file)
         assert ("no copy of the seal header fits in the weights" in err) is noted, err
         assert ("--header-out FILE.json" in err) is noted
+
+
+def test_verify_counts_one_block_in_the_singular(tmp_path: Path, key_file: Path) -> None:
+    """A model of 64 values or fewer is one block: 'intact (1 block verified)', not '1 blocks'."""
+    src = helpers.write_st(tmp_path / "tiny.safetensors", {"w": np.arange(10, dtype=np.float32)})
+    assert helpers.run_cli(["seal", str(src), str(tmp_path / "s.safetensors"), "--key", str(key_file)])[0] == 0
+    rc, out, err = helpers.run_cli(["verify", str(tmp_path / "s.safetensors"), "--key", str(key_file)])
+    assert rc == 0 and "is intact (1 block verified)" in out, (out, err)

@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
                 if rep.notes:
                     print(rep.summary())
             elif rep.status == "intact":
-                print(f"OK: {quoted(args, args.input)} is intact ({rep.total_blocks} blocks verified)")
+                blocks = "1 block" if rep.total_blocks == 1 else f"{rep.total_blocks} blocks"
+                print(f"OK: {quoted(args, args.input)} is intact ({blocks} verified)")
                 if rep.notes:
                     print(rep.summary())
             else:
