@@ -810,9 +810,9 @@ def test_corrections_in_blocks_that_stay_lost_do_not_reach_the_rebuilt_ones(key:
     """A group lost (no outer code in a model this small) fails its blocks; a word of another group in one of
     them is still corrected by its group: restored in that block (which stays tampered), never in a rebuilt one.
 
-    The salt is random, and a neighbour's group, erased in every failed block it reaches, is sometimes lost
-    too (5.5% of neighbours over 400 seals, at most 3 of 8 in one): eight neighbours in eight failed blocks,
-    each restored or named, never both."""
+    The neighbours are taken from the blocks' second halves: the first values of a block that keeps its tag
+    inside hold its bits, and in a failed block those stay unknown, named as such (the word after the lost
+    group's was one of them under about 1 salt in 18, and this test then failed in CI)."""
     model = helpers.fp32_model(60_000, seed=4)
     s = paramseal.seal(model, key)
     st = _irs_recover.strata_of(check(s.tensors, key, s.header_json))
@@ -823,9 +823,9 @@ def test_corrections_in_blocks_that_stay_lost_do_not_reach_the_rebuilt_ones(key:
     rng = np.random.default_rng(0)
     v = _group_words(st, st.G // 2, flat.size)
     flat[v] ^= _mantissa_noise(rng, v.size)
-    ends = v[np.r_[True, np.diff(v // BLOCK) > 0]][:8]  # a word of the lost group in each of 8 blocks
-    near = np.where((ends + 1) % BLOCK != 0, ends + 1, ends - 1)  # same block, another group
-    assert not np.isin(near, v).any() and np.unique(near // BLOCK).size == 8
+    # In 8 blocks of the lost group, a word of another group each: the block's last (its first values hold the tag)
+    near = np.array([np.setdiff1d(b * BLOCK + np.arange(BLOCK), v)[-1] for b in np.unique(v // BLOCK)[:8]])
+    assert near.size == 8 and (near % BLOCK >= BLOCK // 2).all()
     free = np.setdiff1d(np.arange(-(-flat.size // BLOCK)), v // BLOCK)
     lone = [int(free[0]) * BLOCK + 5, int(free[-1]) * BLOCK + 7]  # rebuilt blocks before and after the lost ones
     for i in [*near.tolist(), *lone]:
@@ -834,9 +834,7 @@ def test_corrections_in_blocks_that_stay_lost_do_not_reach_the_rebuilt_ones(key:
     f = res.report.tensors[name]
     restored, unknown = set(f.restored_indices), set(f.unrecoverable_indices)
     assert res.report.status == "unrecoverable" and set((near // BLOCK).tolist()) <= set(f.unrecoverable_blocks)
-    assert set(lone) <= restored and not restored & unknown
-    assert all((i in restored) != (i in unknown) for i in near.tolist())
-    assert sum(i in restored for i in near.tolist()) >= 1
+    assert {*lone, *near.tolist()} <= restored and not restored & unknown
     helpers.assert_honest_recovery(res, bad, s.tensors)
 
 
