@@ -7,7 +7,6 @@ because they are a compiled hot path with their own scratch and batch sizes.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from ._irs_consts import (
@@ -25,13 +24,14 @@ from ._irs_consts import (
     ROOT_LOCATION,
     TOO_MANY,
 )
+from ._jit import njit, prange
 
 _BATCH_WORDS = 1024  # batch groups x words: a position's table slice and the batch's accumulators stay in L1
 _NMAX = 258  # polynomial buffer length (degrees up to 255 + slack)
 _ERASE_DIRECT = 8  # up to this many flagged entries (when they fit) go straight to erasure decoding
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _accumulate(W, flags, use_flags, g0, m, table, b0f, F, acc, words):  # type: ignore[no-untyped-def]
     """acc[4 gg + t] ^= table shares of the bytes of groups g0..g0+m-1, from byte b0f of positions < F.
 
@@ -55,7 +55,7 @@ def _accumulate(W, flags, use_flags, g0, m, table, b0f, F, acc, words):  # type:
                         acc[ra, w] ^= table[r0, w] ^ table[r1, w]
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _batch_shares(W, flags, use_flags, g0, m, table, b0f, F):  # type: ignore[no-untyped-def]
     """(4 m, words) accumulated shares of a batch; words is a compile-time constant in each branch."""
     words = table.shape[1]
@@ -71,7 +71,7 @@ def _batch_shares(W, flags, use_flags, g0, m, table, b0f, F):  # type: ignore[no
     return acc
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _place(W, g0, m, acc, fn, d):  # type: ignore[no-untyped-def]
     """OR each codeword's free nibbles (from the composed shares acc) into the words."""
     for gg in range(m):
@@ -82,7 +82,7 @@ def _place(W, g0, m, acc, fn, d):  # type: ignore[no-untyped-def]
                 W[g0 + gg, loc >> 3] |= np.uint32(nib << (4 * (loc & 7)))
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _zero(g0, m, acc, a_off, out):  # type: ignore[no-untyped-def]
     for gg in range(m):
         z = True
@@ -93,7 +93,7 @@ def _zero(g0, m, acc, a_off, out):  # type: ignore[no-untyped-def]
         out[g0 + gg] = z
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _decode_batch(W, flags, g0, m, acc, a_off, d, first, status):  # type: ignore[no-untyped-def]
     sc = _scratch()
     for gg in range(m):
@@ -101,7 +101,7 @@ def _decode_batch(W, flags, g0, m, acc, a_off, d, first, status):  # type: ignor
         status[g] = _decode_group(W, flags, g, acc, a_off + 4 * gg, d, first, sc)
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
+@njit(cache=True, nogil=True, parallel=True)
 def run_nb(op, W, flags, table, fn, d, first, b0f, F, pre, out_ok, out_status):  # type: ignore[no-untyped-def]
     """One parallel kernel for the three operations (op 0 encode, 1 decode, 2 syndromes zero).
 
@@ -110,7 +110,7 @@ def run_nb(op, W, flags, table, fn, d, first, b0f, F, pre, out_ok, out_status): 
     """
     ng = W.shape[0]
     batch = _BATCH_WORDS // table.shape[1]
-    for bi in numba.prange((ng + batch - 1) // batch):
+    for bi in prange((ng + batch - 1) // batch):
         g0 = bi * batch
         m = min(ng, g0 + batch) - g0
         if pre.shape[0] > 0:
@@ -125,7 +125,7 @@ def run_nb(op, W, flags, table, fn, d, first, b0f, F, pre, out_ok, out_status): 
             _zero(g0, m, acc, a_off, out_ok)
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _scratch():  # type: ignore[no-untyped-def]
     """Work arrays of `_decode_group`, one set per batch."""
     return (
@@ -146,7 +146,7 @@ def _scratch():  # type: ignore[no-untyped-def]
     )
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _locator(pos, n, psi):  # type: ignore[no-untyped-def]
     """psi[0..n] = prod_k (1 - alpha^pos[k] x)."""
     psi[0] = 1
@@ -158,7 +158,7 @@ def _locator(pos, n, psi):  # type: ignore[no-untyped-def]
             psi[i] ^= EXP[LOG[psi[i - 1]] + lx]
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always")
 def _eval_inv(lt, deg, j):  # type: ignore[no-untyped-def]
     """poly(alpha^-j) from the logs lt of its coefficients; the terms are independent (no Horner chain)."""
     lx = (255 - j) % 255
@@ -172,7 +172,7 @@ def _eval_inv(lt, deg, j):  # type: ignore[no-untyped-def]
     return val
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _multi_bm(u, nlen, lmax, lam, B, tmp, st):  # type: ignore[no-untyped-def]
     """Shortest common LFSR of the 4 sequences u[t, :nlen[t]] (Feng–Tzeng form) into lam; returns its length.
 
@@ -230,7 +230,7 @@ def _multi_bm(u, nlen, lmax, lam, B, tmp, st):  # type: ignore[no-untyped-def]
     return L
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _erasures(flags, g, erase_bad, pos, npos):  # type: ignore[no-untyped-def]
     """Erased positions per codeword: the fixed bytes, and every byte of the flagged entries if erase_bad."""
     for t in range(4):
@@ -248,7 +248,7 @@ def _erasures(flags, g, erase_bad, pos, npos):  # type: ignore[no-untyped-def]
                     npos[t] += 1
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _locate_errors(flags, g, d, cap, sc):  # type: ignore[no-untyped-def]
     """Errors-only step: add the common error positions (all flagged) to pos; returns 0 or a failure status.
 
@@ -303,7 +303,7 @@ def _locate_errors(flags, g, d, cap, sc):  # type: ignore[no-untyped-def]
     return 0
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _forney(d, first, sc):  # type: ignore[no-untyped-def]
     """Error values at pos (val) per codeword; 0 or a failure status.
 
@@ -352,7 +352,7 @@ def _forney(d, first, sc):  # type: ignore[no-untyped-def]
     return 0
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _apply(W, flags, g, pos, val, npos):  # type: ignore[no-untyped-def]
     """Write the corrections: fixed bytes get their codeword value, other bytes are XORed."""
     changed = False
@@ -369,7 +369,7 @@ def _apply(W, flags, g, pos, val, npos):  # type: ignore[no-untyped-def]
     return CORRECTED if changed else CLEAN
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _decode_group(W, flags, g, acc, a0, d, first, sc):  # type: ignore[no-untyped-def]
     """Decode group g of W in place (its packed syndromes: acc rows a0..a0+3); returns its status.
 

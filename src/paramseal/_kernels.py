@@ -18,185 +18,194 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _parallel
+from ._jit import available, njit, prange
 
 P = (1 << 32) - 5
 
-try:  # numba is a declared dependency; the fallback keeps a broken install usable, only slower
-    if os.environ.get("PARAMSEAL_NO_NUMBA"):
-        raise ImportError("disabled by PARAMSEAL_NO_NUMBA")
-    import numba
+HAVE_NUMBA = available()  # installed and not turned off; imported on the first kernel call (_jit)
 
-    def _mlh_nb_py(words, keys, keys2, wmask, internal, pads, out):  # type: ignore[no-untyped-def]
-        nblocks, nw = words.shape
-        nm = wmask.shape[0]
-        two = keys2.shape[0] > 0  # the third MAC: a second sum, weighted by the block's x_b
-        p = np.uint64(P)
-        for b in numba.prange(nblocks):
-            acc = np.uint64(0)
-            acc2 = np.uint64(0)
-            if two:
-                for i in range(nw):
-                    m = np.uint64(words[b, i])
-                    acc += keys[i] * m
-                    acc2 += keys2[i] * m
-                if internal[b]:
-                    for i in range(nm):  # remove the tag bits' share (the hash is linear)
-                        m = np.uint64(words[b, i] & wmask[i])
-                        acc -= keys[i] * m
-                        acc2 -= keys2[i] * m
-                acc = (acc % p + (acc2 % p) * pads[b, 2] % p) % p
-            else:
-                for i in range(nw):
-                    acc += keys[i] * np.uint64(words[b, i])
-                if internal[b]:
-                    for i in range(nm):
-                        acc -= keys[i] * np.uint64(words[b, i] & wmask[i])
-            out[b] = ((acc % p) * pads[b, 1] % p + pads[b, 0]) % p
 
-    @numba.njit(cache=True, nogil=True)
-    def _read_tag_nb(words, wmask, wshift, out):  # type: ignore[no-untyped-def]
-        for b in range(words.shape[0]):
-            t = np.uint64(0)
-            for i in range(wmask.shape[0]):
-                t |= np.uint64(words[b, i] & wmask[i]) << np.uint64(wshift[i])
-            out[b] = t
+def _mlh_nb_py(words, keys, keys2, wmask, internal, pads, out):  # type: ignore[no-untyped-def]
+    nblocks, nw = words.shape
+    nm = wmask.shape[0]
+    two = keys2.shape[0] > 0  # the third MAC: a second sum, weighted by the block's x_b
+    p = np.uint64(P)
+    for b in prange(nblocks):
+        acc = np.uint64(0)
+        acc2 = np.uint64(0)
+        if two:
+            for i in range(nw):
+                m = np.uint64(words[b, i])
+                acc += keys[i] * m
+                acc2 += keys2[i] * m
+            if internal[b]:
+                for i in range(nm):  # remove the tag bits' share (the hash is linear)
+                    m = np.uint64(words[b, i] & wmask[i])
+                    acc -= keys[i] * m
+                    acc2 -= keys2[i] * m
+            acc = (acc % p + (acc2 % p) * pads[b, 2] % p) % p
+        else:
+            for i in range(nw):
+                acc += keys[i] * np.uint64(words[b, i])
+            if internal[b]:
+                for i in range(nm):
+                    acc -= keys[i] * np.uint64(words[b, i] & wmask[i])
+        out[b] = ((acc % p) * pads[b, 1] % p + pads[b, 0]) % p
 
-    def _split_nb_py(a, out):  # type: ignore[no-untyped-def]
-        # a: [n, lanes] uint32 -> out: [n, chunks*64] bytes; element e of chunk c at bytes e, e+32
-        n, lanes = a.shape
-        for i in numba.prange(n):
-            for g in range(lanes):
-                v = a[i, g]
-                for h in range(2):
-                    e = 2 * g + h
-                    c, j = e // 32, e % 32
-                    x = (v >> np.uint32(16 * h)) & np.uint32(0xFFFF)
-                    out[i, 64 * c + j] = np.uint8(x & np.uint32(0xFF))
-                    out[i, 64 * c + 32 + j] = np.uint8(x >> np.uint32(8))
 
-    def _pack_nb_py(u, shift, width, out):  # type: ignore[no-untyped-def]
-        # u: [nblocks, 64] uint; out: [nblocks, 8 * width] uint8; LSB-first bit stream per block
-        nblocks, n = u.shape
-        mask = (np.uint64(1) << np.uint64(width)) - np.uint64(1)
-        for b in numba.prange(nblocks):
-            acc = np.uint64(0)
-            nbits = 0
-            pos = 0
-            for j in range(n):
-                v = (np.uint64(u[b, j]) >> np.uint64(shift)) & mask
-                acc |= v << np.uint64(nbits)
-                nbits += width
-                while nbits >= 8:
-                    out[b, pos] = np.uint8(acc & np.uint64(0xFF))
-                    acc >>= np.uint64(8)
-                    nbits -= 8
-                    pos += 1
+@njit(cache=True, nogil=True)
+def _read_tag_nb(words, wmask, wshift, out):  # type: ignore[no-untyped-def]
+    for b in range(words.shape[0]):
+        t = np.uint64(0)
+        for i in range(wmask.shape[0]):
+            t |= np.uint64(words[b, i] & wmask[i]) << np.uint64(wshift[i])
+        out[b] = t
 
-    def _unpack_nb_py(data, shift, width, u):  # type: ignore[no-untyped-def]
-        # inverse of _pack_nb: replaces bits [shift, shift + width) of every value in u
-        nblocks, n = u.shape
-        mask = (np.uint64(1) << np.uint64(width)) - np.uint64(1)
-        keep = ~(mask << np.uint64(shift))
-        for b in numba.prange(nblocks):
-            acc = np.uint64(0)
-            nbits = 0
-            pos = 0
-            for j in range(n):
-                while nbits < width:
-                    acc |= np.uint64(data[b, pos]) << np.uint64(nbits)
-                    nbits += 8
-                    pos += 1
-                v = acc & mask
-                acc >>= np.uint64(width)
-                nbits -= width
-                u[b, j] = (np.uint64(u[b, j]) & keep) | (v << np.uint64(shift))
 
-    _TILE = 64  # lanes per tile: a tile's blocks (64 x d words) stay in L1 while its rows are written
+def _split_nb_py(a, out):  # type: ignore[no-untyped-def]
+    # a: [n, lanes] uint32 -> out: [n, chunks*64] bytes; element e of chunk c at bytes e, e+32
+    n, lanes = a.shape
+    for i in prange(n):
+        for g in range(lanes):
+            v = a[i, g]
+            for h in range(2):
+                e = 2 * g + h
+                c, j = e // 32, e % 32
+                x = (v >> np.uint32(16 * h)) & np.uint32(0xFFFF)
+                out[i, 64 * c + j] = np.uint8(x & np.uint32(0xFF))
+                out[i, 64 * c + 32 + j] = np.uint8(x >> np.uint32(8))
 
-    # One kernel per direction: numba types every branch, so a kernel that could also write its
-    # source would not compile for a read-only one (a memory-mapped model's blocks, a mapped store).
-    @numba.njit(cache=True, nogil=True)
-    def _stripes_in_nb(store, off, d, perm, x):  # type: ignore[no-untyped-def]
-        # store[off + s*d + i, perm[s, j]] = x[s, j, i]: whole stripes into a [shards, lanes] store.
-        # Tiled transpose: the store is walked along its rows, one tile of lanes' blocks in L1 meanwhile.
-        ns, g = perm.shape
-        inv = np.empty(g, dtype=np.int64)
-        for s in range(ns):
-            for j in range(g):
-                inv[perm[s, j]] = j
-            base = off + s * d
-            for l0 in range(0, g, _TILE):
-                l1 = min(g, l0 + _TILE)
-                for i in range(d):
-                    row = store[base + i]
-                    for lane in range(l0, l1):
-                        row[lane] = x[s, inv[lane], i]
 
-    @numba.njit(cache=True, nogil=True)
-    def _stripes_out_nb(store, off, d, perm, x):  # type: ignore[no-untyped-def]
-        # the inverse of _stripes_in_nb: x[s, j, i] = store[off + s*d + i, perm[s, j]]
-        ns, g = perm.shape
-        inv = np.empty(g, dtype=np.int64)
-        for s in range(ns):
-            for j in range(g):
-                inv[perm[s, j]] = j
-            base = off + s * d
-            for l0 in range(0, g, _TILE):
-                l1 = min(g, l0 + _TILE)
-                for i in range(d):
-                    row = store[base + i]
-                    for lane in range(l0, l1):
-                        x[s, inv[lane], i] = row[lane]
+def _pack_nb_py(u, shift, width, out):  # type: ignore[no-untyped-def]
+    # u: [nblocks, 64] uint; out: [nblocks, 8 * width] uint8; LSB-first bit stream per block
+    nblocks, n = u.shape
+    mask = (np.uint64(1) << np.uint64(width)) - np.uint64(1)
+    for b in prange(nblocks):
+        acc = np.uint64(0)
+        nbits = 0
+        pos = 0
+        for j in range(n):
+            v = (np.uint64(u[b, j]) >> np.uint64(shift)) & mask
+            acc |= v << np.uint64(nbits)
+            nbits += width
+            while nbits >= 8:
+                out[b, pos] = np.uint8(acc & np.uint64(0xFF))
+                acc >>= np.uint64(8)
+                nbits -= 8
+                pos += 1
 
-    @numba.njit(cache=True, nogil=True)
-    def _blocks_in_nb(store, offs, lanes, counts, x):  # type: ignore[no-untyped-def]
-        # Blocks anywhere (partial stripes): store[offs[b] + i, lanes[b]] = x[b, i] for i < counts[b]
-        for b in range(x.shape[0]):
-            o, lane = offs[b], lanes[b]
-            for i in range(counts[b]):
-                store[o + i, lane] = x[b, i]
 
-    @numba.njit(cache=True, nogil=True)
-    def _blocks_out_nb(store, offs, lanes, counts, x):  # type: ignore[no-untyped-def]
-        # the inverse of _blocks_in_nb
-        for b in range(x.shape[0]):
-            o, lane = offs[b], lanes[b]
-            for i in range(counts[b]):
-                x[b, i] = store[o + i, lane]
+def _unpack_nb_py(data, shift, width, u):  # type: ignore[no-untyped-def]
+    # inverse of _pack_nb: replaces bits [shift, shift + width) of every value in u
+    nblocks, n = u.shape
+    mask = (np.uint64(1) << np.uint64(width)) - np.uint64(1)
+    keep = ~(mask << np.uint64(shift))
+    for b in prange(nblocks):
+        acc = np.uint64(0)
+        nbits = 0
+        pos = 0
+        for j in range(n):
+            while nbits < width:
+                acc |= np.uint64(data[b, pos]) << np.uint64(nbits)
+                nbits += 8
+                pos += 1
+            v = acc & mask
+            acc >>= np.uint64(width)
+            nbits -= width
+            u[b, j] = (np.uint64(u[b, j]) & keep) | (v << np.uint64(shift))
 
-    @numba.njit(cache=True, nogil=True)
-    def _scatter_lm_nb(out, off, d, perm, x):  # type: ignore[no-untyped-def]
-        # the scatter for a lane-major store (a transposed view): each block's shards are contiguous there
-        ns, g = perm.shape
-        for s in range(ns):
-            base = off + s * d
-            for j in range(g):
-                lane = perm[s, j]
-                for i in range(d):
-                    out[base + i, lane] = x[s, j, i]
 
-    # The hash also exists threaded: threads pay off on big inputs, but starting them costs
-    # milliseconds on a busy machine, which would dominate small chunks. The bit packers are
-    # bound by memory, not by a core, so they run on one thread.
-    _PY: list[tuple[str, Any]] = [
-        ("mlh", _mlh_nb_py),
-        ("split", _split_nb_py),
-        ("pack", _pack_nb_py),
-        ("unpack", _unpack_nb_py),
-    ]
+_TILE = 64  # lanes per tile: a tile's blocks (64 x d words) stay in L1 while its rows are written
 
-    def _named(f: Any, name: str) -> Any:
-        # numba's cache keys a kernel by its function's name, signature and bytecode, not by
-        # parallel=: the threaded build under the serial one's name would be loaded for both.
-        g = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
-        g.__qualname__ = name
-        return g
 
-    _PAR = {"mlh": numba.njit(cache=True, parallel=True, nogil=True)(_named(_mlh_nb_py, "_mlh_par_py"))}
-    _SER = {n: numba.njit(cache=True, nogil=True)(f) for n, f in _PY}
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only without numba
-    HAVE_NUMBA = False
+# One kernel per direction: numba types every branch, so a kernel that could also write its
+# source would not compile for a read-only one (a memory-mapped model's blocks, a mapped store).
+@njit(cache=True, nogil=True)
+def _stripes_in_nb(store, off, d, perm, x):  # type: ignore[no-untyped-def]
+    # store[off + s*d + i, perm[s, j]] = x[s, j, i]: whole stripes into a [shards, lanes] store.
+    # Tiled transpose: the store is walked along its rows, one tile of lanes' blocks in L1 meanwhile.
+    ns, g = perm.shape
+    inv = np.empty(g, dtype=np.int64)
+    for s in range(ns):
+        for j in range(g):
+            inv[perm[s, j]] = j
+        base = off + s * d
+        for l0 in range(0, g, _TILE):
+            l1 = min(g, l0 + _TILE)
+            for i in range(d):
+                row = store[base + i]
+                for lane in range(l0, l1):
+                    row[lane] = x[s, inv[lane], i]
+
+
+@njit(cache=True, nogil=True)
+def _stripes_out_nb(store, off, d, perm, x):  # type: ignore[no-untyped-def]
+    # the inverse of _stripes_in_nb: x[s, j, i] = store[off + s*d + i, perm[s, j]]
+    ns, g = perm.shape
+    inv = np.empty(g, dtype=np.int64)
+    for s in range(ns):
+        for j in range(g):
+            inv[perm[s, j]] = j
+        base = off + s * d
+        for l0 in range(0, g, _TILE):
+            l1 = min(g, l0 + _TILE)
+            for i in range(d):
+                row = store[base + i]
+                for lane in range(l0, l1):
+                    x[s, inv[lane], i] = row[lane]
+
+
+@njit(cache=True, nogil=True)
+def _blocks_in_nb(store, offs, lanes, counts, x):  # type: ignore[no-untyped-def]
+    # Blocks anywhere (partial stripes): store[offs[b] + i, lanes[b]] = x[b, i] for i < counts[b]
+    for b in range(x.shape[0]):
+        o, lane = offs[b], lanes[b]
+        for i in range(counts[b]):
+            store[o + i, lane] = x[b, i]
+
+
+@njit(cache=True, nogil=True)
+def _blocks_out_nb(store, offs, lanes, counts, x):  # type: ignore[no-untyped-def]
+    # the inverse of _blocks_in_nb
+    for b in range(x.shape[0]):
+        o, lane = offs[b], lanes[b]
+        for i in range(counts[b]):
+            x[b, i] = store[o + i, lane]
+
+
+@njit(cache=True, nogil=True)
+def _scatter_lm_nb(out, off, d, perm, x):  # type: ignore[no-untyped-def]
+    # the scatter for a lane-major store (a transposed view): each block's shards are contiguous there
+    ns, g = perm.shape
+    for s in range(ns):
+        base = off + s * d
+        for j in range(g):
+            lane = perm[s, j]
+            for i in range(d):
+                out[base + i, lane] = x[s, j, i]
+
+
+# The hash also exists threaded: threads pay off on big inputs, but starting them costs
+# milliseconds on a busy machine, which would dominate small chunks. The bit packers are
+# bound by memory, not by a core, so they run on one thread.
+_PY: list[tuple[str, Any]] = [
+    ("mlh", _mlh_nb_py),
+    ("split", _split_nb_py),
+    ("pack", _pack_nb_py),
+    ("unpack", _unpack_nb_py),
+]
+
+
+def _named(f: Any, name: str) -> Any:
+    # numba's cache keys a kernel by its function's name, signature and bytecode, not by
+    # parallel=: the threaded build under the serial one's name would be loaded for both.
+    g = types.FunctionType(f.__code__, f.__globals__, name, f.__defaults__, f.__closure__)
+    g.__qualname__ = name
+    return g
+
+
+_PAR = {"mlh": njit(cache=True, parallel=True, nogil=True)(_named(_mlh_nb_py, "_mlh_par_py"))}
+_SER = {n: njit(cache=True, nogil=True)(f) for n, f in _PY}
 
 
 _PARALLEL_ROWS = 8192  # rows (blocks) from which the threaded kernels are used

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import reed_solomon_leopard as rsl
 from numpy.typing import NDArray
 
 from . import _irs, _irs_consts, _native
+from ._jit import njit
 from ._kernels import rows_as_bytes as _shards
 from ._parallel import halves, parallel_map
 
@@ -178,7 +178,7 @@ class Outer:
         by[:, code.hosted.reshape(-1), 0] = stream.reshape(ng, -1)[which]
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _content_nb(w, sf, k, out):  # type: ignore[no-untyped-def]
     """Each row's content: float words (positions < ``sf``) less their free bits, then data words whole.
 

@@ -7,11 +7,11 @@ which cuts their rows into one part per core.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numpy.typing import NDArray
 
 from ._irs_consts import FLAG_BAD, FLAG_PAD
+from ._jit import njit
 from ._parallel import halves
 
 
@@ -27,7 +27,7 @@ def _gather_nb(  # type: ignore[no-untyped-def]
     )  # fmt: skip
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _gather_runs_nb(  # type: ignore[no-untyped-def]
     runs, G, offs, ipermt, t0, t1, src, bad, nb, li, rs, tagb, free, keep, seal, want_flags, w, fl
 ):  # fmt: skip
@@ -83,7 +83,7 @@ def _gather_runs_nb(  # type: ignore[no-untyped-def]
     return -1
 
 
-@numba.njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _strata_of_nb(w, g0, ipermt, out):  # type: ignore[no-untyped-def]
     """``out[j, i]``: the word of float stratum j in group g0 + i (rows of ``w`` in position order)."""
     nperm = ipermt.shape[1]

@@ -1,0 +1,83 @@
+"""numba on first use (`paramseal._jit`): commands that need no numba kernel never import it."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paramseal import _jit, _native
+
+
+@pytest.mark.skipif(not _native.available(), reason="compiled kernels not built or no GFNI here")
+def test_seal_verify_and_recover_with_the_library_never_import_numba(tmp_path: Path) -> None:
+    """Importing numba cost every command about 0.3 s of start-up, for kernels the library replaces."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import ml_dtypes, numpy as np, safetensors.numpy as stn
+        from paramseal import cli
+
+        rng = np.random.default_rng(0)
+        for dt, name in ((np.float32, "f32"), (ml_dtypes.bfloat16, "bf16")):
+            m = {"w": (0.02 * rng.standard_normal((512, 512))).astype(dt), "b": np.arange(300, dtype=np.int64)}
+            stn.save_file(m, f"{name}.safetensors")
+            assert cli.main(["seal", f"{name}.safetensors", f"{name}.s.safetensors", "--key", "k"]) == 0
+            assert cli.main(["verify", f"{name}.s.safetensors", "--key", "k"]) == 0
+            raw = bytearray(open(f"{name}.s.safetensors", "rb").read())
+            raw[-1000] ^= 0x10
+            open(f"{name}.t.safetensors", "wb").write(raw)
+            assert cli.main(["recover", f"{name}.t.safetensors", f"{name}.r.safetensors", "--key", "k"]) == 0
+            assert open(f"{name}.r.safetensors", "rb").read() == open(f"{name}.s.safetensors", "rb").read()
+        print("numba" in sys.modules)
+        """
+    )
+    subprocess.run([sys.executable, "-m", "paramseal", "keygen", "k"], cwd=tmp_path, check=True, capture_output=True)
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_a_kernel_calling_another_compiles_with_numbas_prange(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel's module holds `Kernel`s and range until its first call; numba must see its own objects."""
+    if not _jit.available():
+        pytest.skip("numba is not installed")
+    (tmp_path / "jit_probe_mod.py").write_text(
+        textwrap.dedent(
+            """
+            import numpy as np
+            from paramseal._jit import njit, prange
+
+            @njit(nogil=True, inline="always")
+            def twice(x):
+                return 2 * x
+
+            @njit(nogil=True, parallel=True)
+            def total(a):
+                s = 0
+                for i in prange(a.shape[0]):
+                    s += twice(a[i])
+                return s
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("jit_probe_mod")
+    assert isinstance(mod.total, _jit.Kernel) and mod.prange is range
+    a = np.arange(1000, dtype=np.int64)
+    assert mod.total(a) == 2 * int(a.sum())
+    import numba
+
+    assert mod.prange is numba.prange  # put in place by the first compile
+    assert isinstance(mod.twice, numba.core.dispatcher.Dispatcher)
+    assert mod.total.signatures  # the dispatcher's own attribute, through the Kernel
+
+
+def test_numba_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PARAMSEAL_NO_NUMBA", "1")
+    assert not _jit.available()
