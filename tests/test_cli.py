@@ -53,6 +53,42 @@ def test_key_text_typed_as_an_output_path_is_not_printed_on_success(
         assert key_hex[:32] not in text
 
 
+def test_keygen_json_gives_the_path_and_fingerprint_never_the_key(tmp_path: Path) -> None:
+    """keygen had no --json (`keygen k --json`: a usage error), where every command on a model has it."""
+    p = tmp_path / "new.key"
+    rc, out, err = run(["keygen", p, "--json"])
+    assert rc == 0 and err == "", (out, err)
+    doc = json.loads(out)
+    key = paramseal.load_key(p)
+    assert doc == {"kind": "keygen", "status": "created", "keyfile": str(p), "key_fingerprint": key.fingerprint}
+    assert key.secret.hex() not in (out + err).lower() and key.secret.hex()[:32] not in (out + err).lower()
+    rc, out2, err2 = run(["keygen", p, "--force", "--json"])  # a replaced key: the new one's fingerprint
+    new = paramseal.load_key(p)
+    assert rc == 0 and json.loads(out2)["key_fingerprint"] == new.fingerprint != key.fingerprint, (out2, err2)
+    assert new.secret.hex() not in (out2 + err2).lower()
+
+
+def test_keygen_json_errors_print_the_error_document(tmp_path: Path) -> None:
+    """As seal's and verify's: a refused KEYFILE and a usage error each give a document on stdout, exit 3."""
+    p = tmp_path / "k.key"
+    assert run(["keygen", p])[0] == 0
+    rc, out, err = run(["keygen", p, "--json"])  # exists, no --force: the library's UsageError
+    assert rc == 3 and json.loads(out) == {
+        "kind": "keygen",
+        "status": "error",
+        "recoverable": False,
+        "exit_code": 3,
+        "error": err.strip().removeprefix("error: "),
+    }
+    assert "because it exists" in json.loads(out)["error"]
+    rc, out, err = run(["keygen", "--json"])  # argparse's: no KEYFILE
+    doc = json.loads(out)
+    assert rc == 3 and doc["kind"] == "keygen" and doc["status"] == "error" and doc["exit_code"] == 3
+    assert "paramseal keygen" in doc["error"] and "KEYFILE" in doc["error"] and "usage:" in err
+    key_hex = paramseal.load_key(p).secret.hex()
+    assert key_hex not in out + err  # nor the key of a file refused
+
+
 def test_keygen_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     p = tmp_path / "k.key"
     assert run(["keygen", p])[0] == 0
@@ -1697,7 +1733,7 @@ def test_a_usage_error_with_json_prints_the_error_document(tmp_path: Path) -> No
         doc = json.loads(out)
         assert rc == 3 and doc["exit_code"] == 3 and doc["status"] == "error", (argv, out, err)
         assert "paramseal verify" in doc["error"] and "usage:" in err
-    rc, out, err = run(["keygen", "k.key", "--json"])  # a command without --json prints no document
+    rc, out, err = run(["demo", "--json"])  # a command without --json prints no document
     assert rc == 3 and out == "" and "unrecognized arguments: --json" in err
 
 

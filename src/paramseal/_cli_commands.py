@@ -1,7 +1,7 @@
 """What each ``paramseal`` command does once its arguments are parsed: call the library, print the outcome.
 
 Separate from cli.py, which parses the arguments, guards the streams and turns errors into exit
-codes; ``attack`` and ``eval`` are in _cli_eval.py.
+codes; ``attack`` and ``eval`` are in _cli_eval.py, ``keygen`` in _cli_keys.py.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any, cast
 
-from . import _cli_eval, _inspect, _pages, _paths, files, sharded
+from . import _cli_eval, _cli_keys, _inspect, _pages, _paths, files, sharded
 from ._cli_streams import in_out, quoted
 from ._findings import RETYPED
 from ._layout import TensorSpec
 from .errors import ParamSealWarning, UsageError, one_line
 from .formats.registry import adapter_for
-from .keys import Key, exposed_to_others, exposure, load_key, redact, write_key
+from .keys import Key, exposed_to_others, exposure, load_key, redact
 from .levels import BLOCK, FLOATS, bound_text, max_relative_change
 from .report import Report, seal_id_arg
 
@@ -72,10 +72,7 @@ def run(args: argparse.Namespace) -> int:
         _pages.scratch_budget()
     match args.cmd:
         case "keygen":
-            key = Key.generate()
-            write_key(args.keyfile, key, overwrite=args.force)
-            print(f"OK: wrote key {quoted(args, args.keyfile)} (fingerprint {key.fingerprint}); keep it secret")
-            return 0
+            return _cli_keys.keygen(args)
         case "seal" if sharded.is_sharded(Path(args.input)):
             if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
                 raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)

@@ -128,6 +128,7 @@ def build_parser() -> _Parser:
     p = sub.add_parser("keygen", help="create a new random key file")
     p.add_argument("keyfile", metavar="KEYFILE", help="where to write the key (64 hex digits; keep it secret)")
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    _json_arg(p)
 
     p = sub.add_parser("seal", help="embed the watermark: IN -> OUT")
     _in_out(p, "the model to seal (a file, or a sharded checkpoint folder)", "where to write the sealed model")

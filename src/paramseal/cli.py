@@ -39,15 +39,15 @@ from .keys import key_like_args, redact
 def _error_doc(exit_code: int, message: str, command: str | None) -> None:
     """A JSON reader gets a document for every outcome, not an empty stdout.
 
-    seal's, verify's and recover's carry their ``kind`` as every report of theirs does (attack's ``kind``
-    is the attack's, which an error has not applied).
+    keygen's, seal's, verify's and recover's carry their ``kind`` as every report of theirs does (attack's
+    ``kind`` is the attack's, which an error has not applied).
 
     A reader that left (`| head`, `| true`) does not turn the error's exit code into a
     BrokenPipeError traceback (exit 1, 'tampered but recoverable') or exit 120.
     """
     if sys.stdout is None:  # closed (`>&-`): no reader to give it to
         return
-    doc: dict[str, object] = {"kind": command} if command in ("seal", "verify", "recover") else {}
+    doc: dict[str, object] = {"kind": command} if command in ("keygen", "seal", "verify", "recover") else {}
     doc |= {"status": "tampered" if exit_code == 2 else "error", "recoverable": False, "exit_code": exit_code}
     try:
         print(json.dumps({**doc, "error": message}, indent=2))
@@ -80,7 +80,7 @@ def _main(argv: Sequence[str] | None) -> int:
         given = [str(a) for a in (sys.argv[1:] if argv is None else argv)]
         name = next((a for a in given if a in ap.commands), None)
         cmd = None if name is None else ap.commands[name]
-        if "--json" in given and (cmd is None or "--json" in cmd._option_string_actions):  # keygen has none
+        if "--json" in given and (cmd is None or "--json" in cmd._option_string_actions):  # demo and eval have none
             _error_doc(3, e.message, name)
         raise
     except BrokenPipeError:  # `--help | true`: as a reader that left a command's output
