@@ -215,6 +215,35 @@ def test_a_key_file_others_can_read_or_write_is_warned_about(
     assert rc == 0 and f"is {how} by other users (mode {mode:o})" in err and "chmod 600" in err, err
 
 
+@pytest.mark.parametrize(
+    ("mode", "warned"),
+    [(0o777, True), (0o770, True), (0o1777, False), (0o755, False)],
+    ids=["others-write", "group-writes", "sticky", "owner-writes"],
+)
+def test_a_key_in_a_folder_others_can_write_is_warned_about(
+    tmp_path: Path, sealed_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, mode: int, warned: bool
+) -> None:
+    """A key file of mode 600 in a folder others may write went unwarned: they may rename a key of theirs over it
+    (OpenSSH's StrictModes refuses it). A sticky folder (/tmp's 1777) lets no one but its owner rename the file."""
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    folder.chmod(mode)  # stat's mode bits: the same when the tests run as root
+    kf = paramseal.write_key(folder / "k.key", key)
+    said = f"key file '{kf}' is in folder '{folder}', which other users can write (mode {mode:o})"
+    for argv in (["verify", sealed_file, "--key", kf], ["keygen", folder / "new.key"]):
+        rc, out, err = helpers.run_cli(argv)
+        new = paramseal.load_key(folder / "new.key") if argv[0] == "keygen" else key
+        assert rc == 0 and new.secret.hex() not in (out + err).lower(), (argv, out, err)
+        if not warned:
+            assert err == "", (argv, err)
+            continue
+        shown = said if argv[0] == "verify" else said.replace("k.key", "new.key")
+        assert err.count("warning: ") == 1 and shown in err and f"run 'chmod go-w {folder}'" in err, (argv, err)
+    monkeypatch.chdir(folder)  # a bare name: its folder is named in full, not as '.'
+    rc, _, err = helpers.run_cli(["verify", sealed_file, "--key", "k.key"])
+    assert rc == 0 and (f"'k.key' is in folder '{folder}'" in err) == warned, err
+
+
 def test_load_key_missing_file_names_it_and_suggests_keygen(tmp_path: Path) -> None:
     p = tmp_path / "nope.key"
     with pytest.raises(KeyFileError) as ei:

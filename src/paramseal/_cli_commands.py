@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from . import _cli_eval, _cli_keys, _inspect, _pages, _paths, files, sharded
-from ._cli_streams import in_out, quoted
+from ._cli_streams import in_out, quoted, warn
 from ._findings import RETYPED
 from ._layout import TensorSpec
 from .errors import ParamSealWarning, UsageError, one_line
 from .formats.registry import adapter_for
-from .keys import Key, exposed_to_others, exposure, load_key, redact
+from .keys import Key
 from .levels import BLOCK, FLOATS, bound_text, max_relative_change
 from .report import Report, seal_id_arg
 
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
             if args.header_out is not None:
                 raise UsageError("--header-out keeps one file's header; the shards of a checkpoint each keep their own")
-            key = _load_key(args)
+            key = _cli_keys.key_given(args)
             names = sharded.seal_dir(
                 Path(args.input),
                 Path(args.output),
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             keep = (
                 None if args.header_out is None else _paths.check_header_out(args.header_out, args.input, args.output)
             )
-            key = _load_key(args)
+            key = _cli_keys.key_given(args)
             with _library_warnings() as warned:
                 sealed = files.seal_file(
                     args.input,
@@ -135,13 +135,13 @@ def run(args: argparse.Namespace) -> int:
             if not h.carriers and keep is None and adapter_for(sealed.path).name != "pytorch":
                 print(f"note: {_NO_COPY}", file=sys.stderr)
             for w in warned:
-                _warn(args, w)
+                warn(args, w)
             if keep is not None and not args.json:
                 print(f"OK: kept the seal header in {quoted(args, keep)} (for --header-from)")
             return 0
         case "verify":
             expect = seal_id_arg(args.expect_seal)
-            key = _load_key(args)
+            key = _cli_keys.key_given(args)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
                 rep = sharded.verify_dir(Path(args.input), key, tensors=args.tensors, expect_seal=expect)
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             return rep.exit_code
         case "recover":
             expect = seal_id_arg(args.expect_seal)
-            key = _load_key(args)
+            key = _cli_keys.key_given(args)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
                 if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
                 lost = f"{_count(gone, 'value')} unrecoverable; " if gone else ""
                 print(f"FAIL: {quoted(args, args.input)} cannot be fully recovered ({lost}{wrote})\n{rep.summary()}")
             for w in warned:
-                _warn(args, w)
+                warn(args, w)
             return rep.exit_code
         case "inspect":
             if sharded.is_sharded(Path(args.input)):
@@ -291,30 +291,12 @@ def _what_recover_did(rep: Report) -> str:
     return ", ".join(parts) or "no value needed restoring"
 
 
-def _load_key(args: argparse.Namespace) -> Key:
-    path = args.key
-    key = load_key(path)
-    args.loaded_key = key  # masked in an internal error's traceback: a key FILE's digits are in no argument
-    if path is not None and (mode := exposed_to_others(Path(path))) is not None:
-        _warn(args, f"key file '{path}' is {exposure(mode)} by other users (mode {mode:o}); run 'chmod 600 {path}'")
-    return key
-
-
-def _warn(args: argparse.Namespace, message: str) -> None:
-    """Print ``warning: <message>`` on stderr, escaped as an error line is: it may quote a path or a tensor name.
-
-    Key text typed as a path is masked as in every other line (``args.hidden``, from `keys.key_like_args`):
-    `seal m.pt KEY.pt` wrote the key into the warning that the .pt output keeps its header in one entry.
-    """
-    print(f"warning: {one_line(redact(message, getattr(args, 'hidden', ())))}", file=sys.stderr)
-
-
 def _warn_bits(args: argparse.Namespace, widths: Iterable[tuple[str, int]]) -> None:
     """Warn about each float dtype sealed with more bits than level strong gives it (an explicit --bits)."""
     for dt, k in sorted(set(widths)):
         strong = FLOATS[dt].levels["strong"] if dt in FLOATS else k
         if k > strong:
-            _warn(
+            warn(
                 args,
                 f"k={k} changes {dt} weights by up to {bound_text(max_relative_change(dt, k), 1)} of their "
                 f"magnitude, against {bound_text(max_relative_change(dt, strong), 1)} at level strong; check the "

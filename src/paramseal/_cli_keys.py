@@ -1,4 +1,4 @@
-"""The ``paramseal keygen`` command: write a new key file, print its fingerprint (never the key).
+"""The key on the command line: ``paramseal keygen``, and ``--key`` loaded with warnings on who else may change it.
 
 Separate from _cli_commands.py, which runs the commands on models.
 """
@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from ._cli_streams import quoted
-from .keys import Key, write_key
+from ._cli_streams import quoted, warn
+from .keys import Key, exposed_to_others, exposure, folder_open_to_others, load_key, write_key
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -20,4 +21,28 @@ def keygen(args: argparse.Namespace) -> int:
         print(json.dumps(doc, indent=2))
     else:
         print(f"OK: wrote key {quoted(args, args.keyfile)} (fingerprint {key.fingerprint}); keep it secret")
+    _warn_folder(args, args.keyfile)
     return 0
+
+
+def key_given(args: argparse.Namespace) -> Key:
+    """The key of ``--key`` (or PARAMSEAL_KEY), with a warning where other users may read or replace its file."""
+    path = args.key
+    key = load_key(path)
+    args.loaded_key = key  # masked in an internal error's traceback: a key FILE's digits are in no argument
+    if path is not None and (mode := exposed_to_others(Path(path))) is not None:
+        warn(args, f"key file '{path}' is {exposure(mode)} by other users (mode {mode:o}); run 'chmod 600 {path}'")
+    if path is not None:
+        _warn_folder(args, path)
+    return key
+
+
+def _warn_folder(args: argparse.Namespace, path: str) -> None:
+    """Warn where other users may write the key file's folder: they could rename a key of theirs over it."""
+    if (open_to := folder_open_to_others(Path(path))) is not None:
+        folder, mode = open_to
+        warn(
+            args,
+            f"key file '{path}' is in folder '{folder}', which other users can write (mode {mode:o}): they could "
+            f"replace the key; run 'chmod go-w {folder}'",
+        )

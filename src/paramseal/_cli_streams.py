@@ -37,6 +37,15 @@ def quoted(args: argparse.Namespace, text: object) -> str:
     return one_line(redact(str(text), getattr(args, "hidden", ())))
 
 
+def warn(args: argparse.Namespace, message: str) -> None:
+    """Print ``warning: <message>`` on stderr, escaped as an error line is: it may quote a path or a tensor name.
+
+    Key text typed as a path is masked as in every other line (``args.hidden``, from `keys.key_like_args`):
+    `seal m.pt KEY.pt` wrote the key into the warning that the .pt output keeps its header in one entry.
+    """
+    print(f"warning: {one_line(redact(message, getattr(args, 'hidden', ())))}", file=sys.stderr)
+
+
 @dataclass(frozen=True)
 class KeyMask:
     """What masks the key in text printed: ``words`` as `redact` does, key ``digits`` in either case of hex digits.
@@ -130,7 +139,7 @@ def _escaped(mask: Callable[[str], str]) -> Callable[..., None]:
         file: IO[str] | None = None,
         line: str | None = None,
     ) -> None:
-        # the library's own are said as the program's (`_cli_commands._warn`); others with their kind and origin
+        # the library's own are said as the program's (`warn`); others with their kind and origin
         said = str(message)
         if not issubclass(category, ParamSealWarning):
             said = f"{category.__name__}: {said} ({filename}:{lineno})"

@@ -285,6 +285,21 @@ def exposure(mode: int) -> str:
     return " and ".join(how)
 
 
+def folder_open_to_others(path: Path) -> tuple[Path, int] | None:
+    """The folder holding key file ``path`` and its permission bits, where its group or others may write it; else None.
+
+    Whoever may write the folder may rename a key of theirs over this one, which then seals models that verify
+    (OpenSSH's StrictModes refuses so). The sticky bit (/tmp's 1777) lets only a file's owner rename or remove it.
+    Only the file's own folder is checked, not those above it: one stat, no walk up to '/'.
+    """
+    folder = path.absolute().parent  # absolute: 'my.key' names the current folder, shown as '.' would say little
+    try:
+        mode = stat.S_IMODE(folder.stat().st_mode)
+    except OSError:
+        return None
+    return (folder, mode) if mode & _WRITTEN_BY_OTHERS and not mode & stat.S_ISVTX else None
+
+
 def looks_like_key_file(path: Path) -> bool:
     """Whether ``path`` holds what `write_key` writes (64 hex digits), so that it is never read as a model."""
     try:
@@ -312,6 +327,7 @@ __all__ = [
     "Key",
     "exposed_to_others",
     "exposure",
+    "folder_open_to_others",
     "key_like_args",
     "load_key",
     "looks_like_key_file",
