@@ -81,3 +81,23 @@ def test_a_kernel_calling_another_compiles_with_numbas_prange(tmp_path: Path, mo
 def test_numba_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PARAMSEAL_NO_NUMBA", "1")
     assert not _jit.available()
+
+
+def test_probing_a_kernel_does_not_import_numba() -> None:
+    """inspect and copy ask for dunder attributes: those must not make the dispatcher (and import numba)."""
+    script = textwrap.dedent(
+        """
+        import copy, inspect, sys
+        from paramseal import _irs_kernels
+        kernels = [v for v in vars(_irs_kernels).values() if type(v).__name__ == "Kernel"]
+        assert kernels
+        for v in kernels:
+            inspect.unwrap(v)
+            copy.copy(v)
+            assert not hasattr(v, "__wrapped__")
+        print("numba" in sys.modules)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

@@ -60,7 +60,8 @@ class Kernel:
         return self.dispatcher()(*args)
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("py_func", "_opts", "_made"):  # not set yet (a copy being made): no dispatcher to ask
+        # not set yet (a copy being made), or a probe such as inspect's for __wrapped__: no numba import for those
+        if name in ("py_func", "_opts", "_made") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.dispatcher(), name)
 
