@@ -237,3 +237,30 @@ def test_the_lane_permutation_is_the_documented_keyed_construction() -> None:
     np.testing.assert_array_equal(lay.perm_rows(0, ns), want)
     b = np.arange(lay.nblocks, dtype=np.int64)
     np.testing.assert_array_equal(lay._sparse(b), want.reshape(-1)[: lay.nblocks])  # the per-stripe path too
+
+
+def test_stripe_maxima_from_runs_equal_the_block_by_block_definition() -> None:
+    """The stripes' shard counts fix every lane's K and M: the run-wise form must equal the per-block one."""
+    from paramseal import _layout
+
+    rng = np.random.default_rng(5)
+    for _ in range(500):
+        n = int(rng.integers(1, 8))
+        nbt = rng.integers(1, 12, n).astype(np.int64)
+        tab = {
+            "nblocks": nbt,
+            "reserved": rng.integers(0, 14, n).astype(np.int64) * (rng.random(n) < 0.5),  # some past nblocks
+            "full": rng.integers(0, 9, n).astype(np.int64),
+            "last": rng.integers(0, 9, n).astype(np.int64),
+            "data": rng.integers(1, 40, n).astype(np.int64),
+        }
+        start = np.concatenate([[0], np.cumsum(nbt)[:-1]]).astype(np.int64)
+        nb = int(nbt.sum())
+        g = int(rng.integers(1, nb + 3))
+        b = np.arange(nb, dtype=np.int64)
+        t = np.searchsorted(start, b, side="right") - 1
+        data, store = tab["data"][t], _layout._store_of(tab, t, b - start[t])
+        want_d = [int(data[s : s + g].max()) for s in range(0, nb, g)]
+        want_s = [int(store[s : s + g].max()) for s in range(0, nb, g)]
+        ds, ss = _layout._stripe_maxima(tab, start, nb, g)
+        assert ds.tolist() == want_d and ss.tolist() == want_s

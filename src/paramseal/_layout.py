@@ -449,19 +449,29 @@ def build_layout(specs: list[TensorSpec], key: Key, salt: bytes, lanes: int | No
 def _stripe_maxima(
     tab: dict[str, NDArray[np.int64]], block_start: NDArray[np.int64], nb: int, g: int
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Per stripe of ``g`` blocks: the largest data and stored-parity shard counts of its blocks."""
-    nstripes = -(-nb // g)
-    ds = np.zeros(nstripes, dtype=np.int64)
-    ss = np.zeros(nstripes, dtype=np.int64)
-    step = max(1, _SCAN // g)
-    for s0 in range(0, nstripes, step):
-        s1 = min(nstripes, s0 + step)
-        b = np.arange(s0 * g, min(s1 * g, nb), dtype=np.int64)
-        t = np.searchsorted(block_start, b, side="right") - 1
-        starts = np.arange(0, b.size, g)
-        ds[s0:s1] = np.maximum.reduceat(tab["data"][t], starts)
-        ss[s0:s1] = np.maximum.reduceat(_store_of(tab, t, b - block_start[t]), starts)
-    return ds, ss
+    """Per stripe of ``g`` blocks: the largest data and stored-parity shard counts of its blocks.
+
+    A tensor's blocks are at most three runs of one stored count each (reserved: 0, then full blocks,
+    then its last block's), so each stripe's maxima are over the runs it meets: O(tensors + stripes),
+    not a pass over every block (a third of a lightly damaged bf16 model's recover setup).
+    """
+    nbt = tab["nblocks"]
+    res = np.minimum(tab["reserved"], nbt)
+    lens = np.stack([res, np.maximum(nbt - 1 - res, 0), (res <= nbt - 1).astype(np.int64)], axis=1)
+    vals = np.stack([np.zeros_like(nbt), tab["full"], tab["last"]], axis=1)
+    keep = lens.reshape(-1) > 0
+    starts = (block_start[:, None] + np.cumsum(lens, axis=1) - lens).reshape(-1)[keep]
+    store = vals.reshape(-1)[keep]
+    data = np.repeat(tab["data"], 3)[keep]
+    first = np.arange(0, nb, g, dtype=np.int64)
+    last = np.minimum(first + g, nb) - 1
+    idx = np.empty(2 * first.size, dtype=np.int64)  # pairs [run of a stripe's first block, past its last's)
+    idx[0::2] = np.searchsorted(starts, first, side="right") - 1
+    idx[1::2] = np.searchsorted(starts, last, side="right")
+    pad = np.zeros(1, np.int64)  # reduceat's indices must lie inside the array: one past the last run
+    ds = np.maximum.reduceat(np.concatenate([data, pad]), idx)[0::2]
+    ss = np.maximum.reduceat(np.concatenate([store, pad]), idx)[0::2]
+    return ds.astype(np.int64), ss.astype(np.int64)
 
 
 def ranges_mask(
