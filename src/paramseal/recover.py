@@ -299,7 +299,10 @@ def _rebuild(
     # Into an array of ws (a scratch file past the budget), a bounded group at a time: each rebuilt
     # block reads its own lane of the stores, and the blocks built so far need not stay resident.
     new = ws.zeros((rows.size, ub.shape[1]), ub.dtype.type)
-    internal = lay.tag_internal[b0 : b0 + spec.nblocks]
+    # Only the rebuilt rows' entries are read (finish_rebuilt): the whole tensor's from the layout cost a
+    # search per block, a pass over most of the model for a few damaged blocks in each tensor.
+    internal = np.zeros(spec.nblocks, np.bool_)
+    internal[rows] = lay.tag_internal[b0 + rows]
     step = SCATTERED_BLOCKS // 4 if is_mapped(data) or is_mapped(new) else rows.size
     for i in range(0, rows.size, step):
         part = rows[i : i + step]
