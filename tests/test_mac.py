@@ -404,3 +404,40 @@ def test_tags_of_zero_blocks_is_empty(mac_name: str, dtype: type) -> None:
     for mask in (None, np.array(0xFF, dtype=dtype)):
         got = mac.tags(ub, pads, mask, np.zeros(0, np.bool_))
         assert got.dtype == np.uint64 and got.shape == (0,)
+
+
+@pytest.mark.parametrize("name", MACS)
+def test_pads_of_chosen_blocks_equal_the_span_keystream_without_making_it(name: str, monkeypatch) -> None:
+    """A few rebuilt blocks far apart: their pads, as the span's, yet only the blocks near them are derived."""
+    from paramseal import _mac
+
+    mac = BlockMac(paramseal.Key(bytes(range(32))), name)
+    salt, rng = bytes(16), np.random.default_rng(3)
+    span = 300_000
+    whole = mac.pads(salt, 4, span, 0)
+    made: list[int] = []
+    pads = mac.pads
+
+    def counting(salt: bytes, t: int, n: int, start: int = 0, **kw: object) -> NDArray[np.uint64]:
+        made.append(n)
+        return pads(salt, t, n, start, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(mac, "pads", counting)
+    cases = [
+        np.array([span - 1, 7, 150_000, 7, 8]),  # unsorted, a repeat, runs far apart
+        rng.integers(0, span, 40),
+        rng.integers(0, span, 2000),  # past _PAD_RUNS runs: one keystream over the span
+        np.arange(1000, 1500),  # dense: the span
+        np.array([123]),
+    ]
+    for at in cases:
+        made.clear()
+        np.testing.assert_array_equal(mac.pads_at(salt, 4, at.astype(np.int64)), whole[at])
+    made.clear()
+    mac.pads_at(salt, 4, np.array([0, span - 1]))
+    assert sum(made) == 2  # two blocks, two pads: not the 300,000 between them
+    made.clear()
+    many = np.arange(0, span, _mac._PAD_GAP + 1)  # more runs than _PAD_RUNS: one keystream over them all
+    assert many.size > _mac._PAD_RUNS
+    mac.pads_at(salt, 4, many)
+    assert made == [int(many[-1]) + 1]

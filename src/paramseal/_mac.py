@@ -65,6 +65,8 @@ MACS = (MAC_V1, MAC_V2, MAC_NAME)
 #: The most blocks of one tensor `MAC_V1` gives pads for: two a counter, a 4-byte counter (2**39 values).
 V1_MAX_BLOCKS = 2 << 32
 _MAX_WORDS = BLOCK * 8 // 2  # 64 values of up to 8 bytes, in 16-bit words
+_PAD_GAP = 1024  # blocks between two wanted ones past which `pads_at` skips the keystream (32 KiB of AES)
+_PAD_RUNS = 256  # runs `pads_at` makes a keystream for one at a time; more: one over the whole span
 
 
 def _words(key: bytes, counter_block: bytes, n: int) -> NDArray[np.uint64]:
@@ -134,6 +136,26 @@ class BlockMac:
         np.remainder(ks[:, 1], np.uint64(P - 1), out=out[:, 1])
         out[:, 1] += np.uint64(1)
         return out
+
+    def pads_at(
+        self, salt: bytes, tensor_index: int, at: NDArray[np.int64], *, name: str | None = None
+    ) -> NDArray[np.uint64]:
+        """`pads` rows of blocks ``at`` only (any order, repeats allowed): ``pads(span)[at - lo]`` without the span.
+
+        A few rebuilt blocks far apart in a large tensor (light damage) made pads for every block between them:
+        runs more than ``_PAD_GAP`` blocks apart get a keystream each, up to ``_PAD_RUNS`` runs (else the span).
+        """
+        lo, hi = int(at.min()), int(at.max()) + 1
+        uniq, inv = np.unique(at, return_inverse=True)
+        cut = np.flatnonzero(np.diff(uniq) > _PAD_GAP) + 1
+        if cut.size >= _PAD_RUNS or hi - lo <= 2 * _PAD_GAP:
+            return self.pads(salt, tensor_index, hi - lo, lo, name=name)[at - lo]
+        parts = []
+        for run in np.split(uniq, cut):  # a call per run of nearby blocks, at most _PAD_RUNS of them
+            first = int(run[0])
+            parts.append(self.pads(salt, tensor_index, int(run[-1]) + 1 - first, first, name=name)[run - first])
+        got: NDArray[np.uint64] = np.concatenate(parts)[inv.reshape(-1)]
+        return got
 
     def tags(
         self,

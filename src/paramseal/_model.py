@@ -310,9 +310,8 @@ def compute_tags(
         ub, at = np.ascontiguousarray(ub[rows]), rows
     if at is not None and at.size == 0:  # no blocks chosen: no tags (``min()`` of nothing raises)
         return np.zeros(0, dtype=np.uint64)
-    if at is not None:  # the keystream of the span ``at`` covers only (a tensor's whole was derived per call)
-        lo, hi = int(at.min()), int(at.max()) + 1
-        return mac.tags(ub, mac.pads(salt, t, hi - lo, lo, name=spec.name)[at - lo], mask, internal[at])
+    if at is not None:  # the keystream of the blocks ``at`` only (a tensor's whole was derived per call)
+        return mac.tags(ub, mac.pads_at(salt, t, at, name=spec.name), mask, internal[at])
     n = ub.shape[0]
     return mac.tags(ub, mac.pads(salt, t, n, r0, name=spec.name), mask, internal[r0 : r0 + n])
 
