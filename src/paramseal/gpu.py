@@ -6,11 +6,11 @@ block carries, exactly as :func:`paramseal.verify` does on the CPU: the set of
 failing blocks is the same, bit for bit, for every dtype and both seal codes.
 
 Everything that depends on the key is derived once, on the CPU, when the
-verifier is built, and uploaded next to the weights: the hash keys, each block's
-pad and multiplier (AES-CTR) reduced mod p, the masks of the tag bits, and the tags
-kept in the header. A check then reads each weight once as raw 16-bit words (so
-NaN payloads, -0.0 and subnormals are exact) and writes one byte per 64-value
-block. Only when a block fails are the flags copied to the host.
+verifier is built, and uploaded next to the weights: the two hashes' keys, each
+block's pad, multiplier and second hash's weight (AES-CTR) reduced mod p, the masks
+of the tag bits, and the tags kept in the header. A check then reads each weight
+once as raw 16-bit words (so NaN payloads, -0.0 and subnormals are exact) and writes
+one byte per 64-value block. Only when a block fails are the flags copied to the host.
 
 Two engines compute the tags:
 
@@ -21,10 +21,11 @@ Two engines compute the tags:
   ``CHUNK_WORDS`` 16-bit words, so its temporaries stay below about
   ``5 * 8 * CHUNK_WORDS`` bytes (80 MiB) whatever the tensor's size.
 
-The arithmetic is the CPU engine's (``_mac``): tag = (sum k_i m_i mod p + pad) mod p
-with p = 2**32 - 5, keys k_i < p and 16-bit words m_i. A product is below 2**48 and
-a block has at most 256 words, so the sum stays below 2**56 and is exact in 64-bit
-integers; it is reduced mod p once per block.
+The arithmetic is the CPU engine's (``_mac``): tag = (r (H + x H') + pad) mod p with
+p = 2**32 - 5, H = sum k_i m_i and H' = sum k'_i m_i over the 16-bit words m_i, keys
+below p (x = 0 in seals of the two older MACs, r = 1 in the oldest's). A product is
+below 2**48 and a block has at most 256 words, so each sum stays below 2**56 and is
+exact in 64-bit integers; it is reduced mod p once per block.
 
 This module verifies only. Recovery of a tampered model stays on the CPU
 (:func:`paramseal.torch.recover_module`); :meth:`GpuVerifier.verify` copies the
