@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -670,6 +671,19 @@ def test_cli_finetune_with_a_builtin_model(tmp_path: Path, mlp_sealed: Loaded) -
     assert "fc3.weight" in out and "fc1.weight" not in out
     rc, _, err = helpers.run_cli(["attack", src, tmp_path / "x.safetensors", "--kind", "bfa"])
     assert rc == 3 and "--model" in err
+
+
+@pytest.mark.parametrize("kind", ["bfa", "finetune"])
+def test_cli_gradient_attack_without_torch_names_the_extra_in_a_sentence(
+    tmp_path: Path, mlp_sealed: Loaded, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found on a fresh `pip install .`: the message read 'attacks bfa and finetune needs ...'."""
+    src = tmp_path / "m.safetensors"
+    write_model(src, mlp_sealed)
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch now raises ImportError
+    rc, _, err = helpers.run_cli(["attack", src, tmp_path / "x.safetensors", "--kind", kind, "--model", "mlp"])
+    assert rc == 3
+    assert f"the {kind} attack needs an optional dependency: pip install 'paramseal[eval]'" in err, err
 
 
 @pytest.mark.parametrize("kind", ["bfa", "finetune"])

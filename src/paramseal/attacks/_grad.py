@@ -36,11 +36,11 @@ class GradModel(Protocol):
         ...
 
 
-def _torch() -> Any:
+def _torch(kind: str = "bfa or finetune") -> Any:
     try:
         import torch
-    except ImportError:
-        raise MissingDependencyError("attacks bfa and finetune", "eval") from None
+    except ImportError:  # "the bfa attack needs ...": the error adds "needs", so one attack is named
+        raise MissingDependencyError(f"the {kind} attack", "eval") from None
     return torch
 
 
@@ -105,7 +105,7 @@ def bfa(t: Tensors, spec: AttackSpec, model: GradModel) -> tuple[Tensors, str]:
     flip picked among them would be an arbitrary, harmless one) or when no flip evaluated
     raises it.
     """
-    torch = _torch()
+    torch = _torch("bfa")
     names = pick(t, spec, lambda _n, a: is_float(a))
     d = Draft(t)
     done: set[tuple[str, int, int]] = set()
@@ -174,7 +174,7 @@ def finetune(t: Tensors, spec: AttackSpec, model: GradModel) -> Tensors:
 
     Default: the model's ``finetune_tensors`` if it names some, else the classifier weight and bias.
     """
-    torch = _torch()
+    torch = _torch("finetune")
     preset = getattr(model, "finetune_tensors", None)
     if spec.tensors:
         names = pick(t, spec, lambda _n, a: is_float(a))
