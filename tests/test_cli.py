@@ -361,6 +361,20 @@ def test_help_describes_every_positional_and_option(cmd: str, positionals: list[
     assert not [a.dest for a in build_parser().commands["demo"]._actions if not a.help]  # demo --seed had none
 
 
+def test_help_descriptions_name_only_their_own_placeholders() -> None:
+    """`eval --help` said 'write ... into OUT' and 'OUT/results.jsonl' of an option shown as `--out DIR`."""
+    import re
+
+    from paramseal._cli_parser import build_parser
+
+    commands = build_parser().commands
+    metavars = {cmd: {a.metavar or a.dest.upper() for a in p._actions} for cmd, p in commands.items()}
+    every = set().union(*metavars.values())
+    for cmd, p in commands.items():
+        named = set(re.findall(r"\b[A-Z][A-Z_]+\b", p.description or "")) & every
+        assert named <= metavars[cmd], (cmd, named - metavars[cmd])
+
+
 def test_seal_help_gives_the_range_of_bits_for_each_dtype() -> None:
     """--bits said only "explicit low bits per float value": a user learnt the range from an error."""
     from paramseal._cli_parser import build_parser

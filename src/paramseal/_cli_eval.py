@@ -49,8 +49,8 @@ def add_parsers(sub: argparse._SubParsersAction[Any]) -> None:
         "eval",
         help="measure detection, localisation, recovery and task metrics under an attack battery",
         description="Run a battery (attacks x strengths x levels x dtypes x seeds) on built-in models; write "
-        "results.json, results.md and PNG plots into OUT (and a results page with --docs). Runs are kept "
-        "in OUT/results.jsonl as they finish: interrupt at any time and rerun the same command to resume. Each "
+        "results.json, results.md and PNG plots into DIR (and a results page with --docs). Runs are kept "
+        "in DIR/results.jsonl as they finish: interrupt at any time and rerun the same command to resume. Each "
         "session seals with a fresh key, so the configuration (model, dtype, level) cut short is run again whole.",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (also the resume state)")
