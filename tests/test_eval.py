@@ -351,6 +351,16 @@ def test_eval_output_folders_that_cannot_be_used_are_usage_errors(tmp_path: Path
     assert not (tmp_path / "missing").exists() and not (tmp_path / "ev").exists()
 
 
+def test_cli_eval_docs_page_inside_the_out_folder_it_makes(tmp_path: Path) -> None:
+    """`eval --out ev --docs ev/page.md` was refused ('its folder does not exist; create it first') of the
+    folder eval itself makes, which the API (`run_eval(..., docs=out / 'page.md')`) accepts."""
+    out = tmp_path / "ev"
+    rc, _, err = helpers.run_cli(["eval", "--battery", "tiny", "--out", out, "--docs", out / "page.md"])
+    assert rc == 0, err
+    page = (out / "page.md").read_text()
+    assert "[`results.json`](results.json)" in page  # links from the page's own folder
+
+
 def _scattered(model: str, level: str, rates: dict[float, bool]) -> list[dict[str, object]]:
     """Synthetic scattered random-modify runs: one seed per rate, recovered or not."""
     return [

@@ -174,7 +174,9 @@ def _eval(args: argparse.Namespace) -> int:
             raise UsageError(f"{what} '{d}' is a file, not a folder; choose a folder for the results")
     if args.docs and Path(args.docs).is_dir():  # found now, not after the whole battery has run
         raise UsageError(f"--docs '{args.docs}' is a directory; give a file path for the results page")
-    if args.docs and not Path(args.docs).parent.is_dir():
+    # OUT itself may hold the page: the battery makes it before the page is written
+    docs_dir = Path(args.docs).parent if args.docs else None
+    if docs_dir is not None and not docs_dir.is_dir() and docs_dir.resolve() != Path(args.out).resolve():
         raise UsageError(f"--docs '{args.docs}': its folder does not exist; create it first")
     try:
         s = run_eval(battery, Path(args.out), docs=Path(args.docs) if args.docs else None, command=command)
