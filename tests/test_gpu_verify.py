@@ -731,3 +731,26 @@ def test_verify_takes_the_expected_seal_as_the_cpu_engine_does(key: paramseal.Ke
     assert rep.to_dict() == paramseal.verify(host, key, second.header_json, expect_seal=id2).to_dict()
     with pytest.raises(paramseal.UsageError, match="32 hex digits"):
         v.verify(expect_seal=id1[:-1])
+
+
+def test_device_memory_besides_the_weights_is_what_docs_gpu_says(key: paramseal.Key) -> None:
+    """docs/gpu.md gave 2.2% / 4.1% (one 4-byte constant a block) after each block got an 8-byte (r, pad) and an
+    8-byte x_b: the verifier's own buffers, plus the Triton program table, against the page's figures."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "gpu.md").read_text(encoding="utf-8")
+    m = re.search(r"about\s+([\d.]+)% of an fp32 model and ([\d.]+)% of a bf16\s+one", text)
+    assert m, "docs/gpu.md no longer states the verifier's device memory"
+    for dt, said in (("float32", m[1]), ("bfloat16", m[2])):
+        t = getattr(torch, dt)
+        plain = {f"w{i}": (torch.arange(65536 * 4, dtype=torch.float32) % 97 / 1000).to(t) for i in range(4)}
+        sealed = paramseal.seal(plain, key)
+        state = {n: numpy_to_tensor(a) for n, a in sealed.tensors.items()}
+        v = gpu.GpuVerifier(state, key, sealed.header_json, backend="torch")
+        assert v.check().ok
+        weights = sum(x.numel() * x.element_size() for x in state.values())
+        per_device = (v._c_buffers, v._x_buffers, v._flag_buffers)
+        bufs = sum(b.numel() * b.element_size() for d in per_device for b in d.values())
+        bpp = gpu.tile(BLOCK * state["w0"].element_size() // 2)[0]
+        table = 12 * sum(-(-(x.numel() // BLOCK) // bpp) for x in state.values())  # int32 tensor + int64 first block
+        assert f"{100 * (bufs + table) / weights:.1f}" == said, (dt, bufs, table, weights)
