@@ -6,6 +6,8 @@ import importlib
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +103,103 @@ def test_probing_a_kernel_does_not_import_numba() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_a_second_thread_does_not_compile_before_the_module_is_rewritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """task_map threads call kernels together: one may compile while its module still holds `Kernel`s.
+
+    numba types such a global through the Kernel's forwarded ``_numba_type_``, which waits for the rewrite.
+    """
+    if not _jit.available():
+        pytest.skip("numba is not installed")
+    (tmp_path / "jit_race_helper.py").write_text(
+        "from paramseal._jit import njit\n\n@njit(nogil=True)\ndef helper(x):\n    return x + 1\n"
+    )
+    (tmp_path / "jit_race_mod.py").write_text(
+        textwrap.dedent(
+            """
+            from jit_race_helper import helper
+            from paramseal._jit import njit
+
+            @njit(nogil=True)
+            def inner(x):
+                return 2 * x
+
+            @njit(nogil=True)
+            def outer(x):
+                return inner(x) + helper(x)
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    helper_mod = importlib.import_module("jit_race_helper")
+    mod = importlib.import_module("jit_race_mod")
+    rewriting = threading.Event()
+    slow = helper_mod.helper
+    real = slow.dispatcher
+
+    def slow_dispatcher() -> object:  # widens the window of the first thread's module rewrite, once
+        if not rewriting.is_set():
+            rewriting.set()
+            time.sleep(1.0)
+        return real()
+
+    monkeypatch.setattr(slow, "dispatcher", slow_dispatcher)
+    import numba
+
+    numba.njit(lambda x: x)(1)  # numba's own first-compile set-up (seconds) would hide the window
+    got: dict[str, object] = {}
+
+    def call(tag: str) -> None:
+        try:
+            got[tag] = mod.outer(3)
+        except Exception as e:  # a numba TypingError on a `Kernel` global
+            got[tag] = e
+
+    first = threading.Thread(target=call, args=("first",))
+    first.start()
+    assert rewriting.wait(30)
+    call("second")
+    first.join()
+    assert got == {"first": 10, "second": 10}
+
+
+def test_prange_is_numbas_before_a_kernels_dispatcher_is_visible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread compiles a kernel as soon as its dispatcher is set: prange must be numba's by then.
+
+    Otherwise a parallel kernel compiled in that window loops serially, and cache=True keeps it so.
+    """
+    if not _jit.available():
+        pytest.skip("numba is not installed")
+    (tmp_path / "jit_prange_mod.py").write_text(
+        textwrap.dedent(
+            """
+            from paramseal._jit import njit, prange
+
+            @njit(nogil=True, parallel=True)
+            def total(a):
+                s = 0
+                for i in prange(a.shape[0]):
+                    s += a[i]
+                return s
+            """
+        )
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    mod = importlib.import_module("jit_prange_mod")
+    seen: list[object] = []
+
+    def spy(self: _jit.Kernel, name: str, value: object) -> None:
+        if name == "_made" and value is not None:
+            seen.append(self.py_func.__globals__["prange"])
+        object.__setattr__(self, name, value)
+
+    monkeypatch.setattr(_jit.Kernel, "__setattr__", spy)
+    assert mod.total(np.arange(10, dtype=np.int64)) == 45
+    import numba
+
+    assert seen == [numba.prange]

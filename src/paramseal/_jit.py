@@ -46,11 +46,12 @@ class Kernel:
                 if self._made is None:
                     import numba
 
-                    self._made = numba.njit(**self._opts)(self.py_func)
-                    # A kernel that calls another compiles against the name in its module's globals:
-                    # that must be numba's dispatcher then, and prange numba's.
+                    # A kernel compiles against the names in its module's globals: prange must be numba's
+                    # before the dispatcher is visible (another thread may compile it at once), and a kernel
+                    # it calls numba's dispatcher (a Kernel met meanwhile is typed by its `_numba_type_`).
                     scope = self.py_func.__globals__
                     scope["prange"] = numba.prange
+                    self._made = numba.njit(**self._opts)(self.py_func)
                     for name, value in list(scope.items()):
                         if isinstance(value, Kernel):
                             scope[name] = value.dispatcher()
