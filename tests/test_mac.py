@@ -441,3 +441,13 @@ def test_pads_of_chosen_blocks_equal_the_span_keystream_without_making_it(name: 
     assert many.size > _mac._PAD_RUNS
     mac.pads_at(salt, 4, many)
     assert made == [int(many[-1]) + 1]
+
+
+@pytest.mark.parametrize("name", MACS)
+def test_pads_of_chosen_blocks_keep_the_shape_of_at(name: str) -> None:
+    """``pads_at`` is ``pads(span)[at - lo]``: a 2-D ``at`` (int32 too) gives ``[*at.shape, 3]`` on either path."""
+    mac = BlockMac(paramseal.Key(bytes(range(32))), name)
+    salt = bytes(16)
+    whole = mac.pads(salt, 1, 200_000, 0)
+    for at in (np.array([[5, 100_000], [7, 150_000]]), np.array([[5, 6], [9, 8]], np.int32)):  # runs, span
+        np.testing.assert_array_equal(mac.pads_at(salt, 1, at), whole[at])

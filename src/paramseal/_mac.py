@@ -154,7 +154,7 @@ class BlockMac:
         for run in np.split(uniq, cut):  # a call per run of nearby blocks, at most _PAD_RUNS of them
             first = int(run[0])
             parts.append(self.pads(salt, tensor_index, int(run[-1]) + 1 - first, first, name=name)[run - first])
-        got: NDArray[np.uint64] = np.concatenate(parts)[inv.reshape(-1)]
+        got: NDArray[np.uint64] = np.concatenate(parts)[inv.reshape(at.shape)]  # at's shape, as the span's
         return got
 
     def tags(
