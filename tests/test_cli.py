@@ -1242,6 +1242,22 @@ def test_a_header_from_that_is_missing_or_a_key_file_is_named_as_the_header(
     assert "not a model" not in se and not (tmp_path / "o.safetensors").exists()
 
 
+def test_recover_onto_its_header_from_file_is_refused_and_the_kept_copy_stays(
+    tmp_path: Path, sealed_file: Path, key_file: Path
+) -> None:
+    """`recover IN KEPT --header-from KEPT` replaced the kept copy of the sealed model (through a link too)."""
+    kept = tmp_path / "kept.safetensors"
+    kept.write_bytes(sealed_file.read_bytes())
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(kept.name)
+    before = helpers.listing(tmp_path)
+    for out in (kept, link):
+        for extra in ([], ["--in-place"]):
+            rc, so, se = run(["recover", sealed_file, out, "--key", key_file, "--header-from", kept, *extra])
+            assert rc == 3 and se.startswith(f"error: output '{out}' is the --header-from file"), (so, se)
+            assert len(se.splitlines()) == 1 and helpers.listing(tmp_path) == before and link.is_symlink()
+
+
 @pytest.mark.parametrize("text", ['{"architectures": ["BertModel"]}', "not json", "[1, 2]"])
 def test_a_header_from_json_that_is_no_header_blames_the_file_not_the_model(
     tmp_path: Path, sealed_file: Path, key_file: Path, text: str

@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         case "recover":
             expect = seal_id_arg(args.expect_seal)
             key = _cli_keys.key_given(args)
+            _paths.never_the_header_from(Path(args.output), args.header_from, Path(args.input), args.in_place)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
                 if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():

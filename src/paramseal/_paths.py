@@ -66,6 +66,18 @@ def never_a_key(dst: Path) -> None:
         )
 
 
+def never_the_header_from(dst: Path, header_from: PathLike | None, src: Path, in_place: bool) -> None:
+    """Refuse to replace the --header-from file (the kept copy of the sealed model) with recover's output."""
+    if header_from is None or not dst.exists() or dst.resolve() != Path(header_from).resolve():
+        return
+    if in_place and dst.resolve() == src.resolve():  # the input itself, which --in-place asks to change
+        return
+    raise UsageError(
+        f"output '{dst}' is the --header-from file: recover would replace that kept copy of the sealed model with "
+        "its output; give another output path"
+    )
+
+
 def never_inside(dst: Path, src: Path, *, folder: bool) -> None:
     """Refuse an output ``dst`` inside the input folder ``src`` (links followed: ``recover ckpt ckpt/fixed`` too).
 
