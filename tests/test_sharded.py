@@ -1230,6 +1230,28 @@ def test_an_index_naming_a_shard_in_another_folder_is_refused(
     assert (sorted(p.name for p in tmp_path.iterdir()), (tmp_path / "outside.safetensors").read_bytes()) == before
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_an_index_that_is_no_regular_file_is_exit_3_not_a_hang(
+    tmp_path: Path, sealed_ckpt: Path, key_file: Path, kind: str
+) -> None:
+    """A FIFO put as the index hung verify, recover and inspect; a link to /dev/zero read until memory ran out."""
+    index = sealed_ckpt / sharded.INDEX
+    index.unlink()
+    if kind == "fifo":
+        os.mkfifo(index)
+    else:
+        index.symlink_to(os.devnull)  # /dev/zero took all memory: the same branch, without the risk
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    fixed = tmp_path / "fixed"
+    runs = [["verify", sealed_ckpt, "--key", key_file], ["recover", sealed_ckpt, fixed, "--key", key_file]]
+    for argv in [*runs, ["inspect", sealed_ckpt]]:
+        p = subprocess.run(
+            [sys.executable, "-m", "paramseal", *map(str, argv)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert p.returncode == 3 and p.stderr == f"error: cannot read '{index}': it is not a regular file\n", p.stderr
+    assert not fixed.exists()
+
+
 def test_a_tensor_held_by_two_shards_is_refused_at_seal_time(tmp_path: Path, checkpoint: Path, key_file: Path) -> None:
     """The index maps it to one of them: the other copy would be sealed, and verify would call the set tampered."""
     t, meta = helpers.read_st(checkpoint / SHARDS[2])

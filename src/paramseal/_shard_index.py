@@ -104,6 +104,8 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
     p = folder / name
     if not p.exists():
         raise FormatError(f"'{folder}' has no safetensors index ('{INDEX}', or another '*{INDEX_SUFFIX}')")
+    if not p.is_file():  # a FIFO would block the read, a link to /dev/zero never end it
+        raise InputError(f"cannot read '{p}': it is not a regular file")
     try:
         text = p.read_bytes()
     except OSError as e:  # unreadable is not tampering (recover would replace it): a bad input
