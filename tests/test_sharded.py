@@ -1252,6 +1252,22 @@ def test_an_index_that_is_no_regular_file_is_exit_3_not_a_hang(
     assert not fixed.exists()
 
 
+def test_an_index_naming_a_shard_longer_than_a_file_name_can_be_is_said_not_a_traceback(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path
+) -> None:
+    """Looking the shard up raised ENAMETOOLONG: a traceback and 'this is a bug in ParamSeal', in every verb."""
+    name = "x" * 300 + ".safetensors"
+    said = f"names shard '{'x' * 60}...', a name of 312 bytes, longer than this file system allows"
+    for folder in (checkpoint, sealed_ckpt):
+        _edit_index(folder, lambda wm: wm.update({n: name for n, s in wm.items() if s == SHARDS[0]}))
+    rc, _, err = helpers.run_cli(["seal", checkpoint, tmp_path / "out", "--key", key_file])
+    assert rc == 3 and said in err and len(err.splitlines()) == 1 and not (tmp_path / "out").exists(), err
+    rc, out, err = helpers.run_cli(["verify", sealed_ckpt, "--key", key_file])  # an edited index: recover rebuilds it
+    assert rc == 1 and said in out and err == "", (out, err)
+    rc, out, err = helpers.run_cli(["inspect", sealed_ckpt])
+    assert rc == 0 and said in out and "Traceback" not in err, (out, err)
+
+
 def test_a_tensor_held_by_two_shards_is_refused_at_seal_time(tmp_path: Path, checkpoint: Path, key_file: Path) -> None:
     """The index maps it to one of them: the other copy would be sealed, and verify would call the set tampered."""
     t, meta = helpers.read_st(checkpoint / SHARDS[2])

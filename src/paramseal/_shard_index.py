@@ -7,11 +7,13 @@ whose index is lost is still a sealed checkpoint when they are there.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import _json
+from ._tempname import cut_name, name_max
 from .errors import FormatError, InputError, ParamSealError, UsageError
 from .formats import safetensors as st_format
 from .header import SET_KEY
@@ -123,9 +125,15 @@ def read_index(folder: Path, *, missing_ok: bool = False) -> Index:
         ) from None
     if not wm:
         raise FormatError(f"'{p}' names no shards: its weight_map is empty")
+    longest = name_max(folder)
     for shard in set(wm.values()):
         if Path(shard).name != shard or not shard.endswith(".safetensors"):
             raise FormatError(f"'{p}' names shard '{shard}', which is not a .safetensors file in the same folder")
+        if len(os.fsencode(shard)) > longest:  # every look at it (is it there?) would raise ENAMETOOLONG
+            raise FormatError(
+                f"'{p}' names shard '{cut_name(shard, 60)}...', a name of {len(os.fsencode(shard))} bytes, longer "
+                f"than this file system allows ({longest})"
+            )
     idx = Index(folder, raw, dict(wm), name)
     gone = [] if missing_ok else idx.absent()
     if gone:
