@@ -1268,6 +1268,25 @@ def test_an_index_naming_a_shard_longer_than_a_file_name_can_be_is_said_not_a_tr
     assert rc == 0 and said in out and "Traceback" not in err, (out, err)
 
 
+@pytest.mark.parametrize("where", ["my.key", "sub/my.key", "linked.key"])
+def test_a_key_file_in_the_checkpoint_folder_is_never_copied_into_the_output(
+    tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path, where: str
+) -> None:
+    """seal and recover copy the files beside the shards: a key kept there went into the new folder, to be shipped."""
+    for folder in (checkpoint, sealed_ckpt):
+        (folder / "sub").mkdir(exist_ok=True)
+        if where == "linked.key":
+            (folder / where).symlink_to(key_file)
+        else:
+            shutil.copy(key_file, folder / where)
+    for argv in (["seal", checkpoint, tmp_path / "out"], ["recover", sealed_ckpt, tmp_path / "out"]):
+        before = helpers.listing(tmp_path)
+        rc, out, err = helpers.run_cli([*argv, "--key", key_file])
+        said = f"error: '{argv[1] / where}' holds a ParamSeal key: the files beside the shards are copied into"
+        assert rc == 3 and err.startswith(said) and len(err.splitlines()) == 1, (out, err)
+        assert helpers.listing(tmp_path) == before
+
+
 def test_a_tensor_held_by_two_shards_is_refused_at_seal_time(tmp_path: Path, checkpoint: Path, key_file: Path) -> None:
     """The index maps it to one of them: the other copy would be sealed, and verify would call the set tampered."""
     t, meta = helpers.read_st(checkpoint / SHARDS[2])

@@ -98,6 +98,20 @@ def never_inside(dst: Path, src: Path, *, folder: bool) -> None:
     raise UsageError(f"{what} '{dst}' is inside '{src}', the input: {why}; nothing was written")
 
 
+def never_a_key_inside(src: Path, dst: Path) -> None:
+    """Refuse to copy a checkpoint folder that holds a key file: ``dst`` (a model to ship) would carry the key.
+
+    Links to files are followed, as the copy follows them; a link to a folder is copied as a link, not walked.
+    """
+    for root, _, names in os.walk(src):
+        for name in names:
+            if looks_like_key_file(Path(root) / name):
+                raise UsageError(
+                    f"'{Path(root) / name}' holds a ParamSeal key: the files beside the shards are copied into "
+                    f"'{dst}', and the key would go with the model; move it out of '{src}' (nothing was written)"
+                )
+
+
 def never_read_only(dst: Path, of: Path | None = None) -> None:
     """Refuse to replace an existing file its user may not write, as cp and a shell's ``>`` refuse it.
 

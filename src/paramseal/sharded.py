@@ -46,7 +46,7 @@ from . import files
 from ._findings import unmatched
 from ._layout import block_count
 from ._model_io import PathLike
-from ._paths import never_inside
+from ._paths import never_a_key_inside, never_inside
 from ._resharded import one_file_seal, recover_as_one, verify_as_one
 from ._shard_findings import _merge, _strays, _unasked, _verdict
 from ._shard_index import (
@@ -112,6 +112,7 @@ def _atomic_dir(dst: Path, src: Path) -> Iterator[Path]:
             "give a folder name (ParamSeal does not merge shards into one file)"
         )
     never_inside(dst, src, folder=True)
+    never_a_key_inside(src, dst)
     parent = dst.parent if str(dst.parent) else Path(".")
     if not parent.is_dir():
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
