@@ -1099,6 +1099,30 @@ def test_external_data_that_is_a_fifo_is_refused_without_waiting_for_a_writer(
     assert rc == 3 and "not a regular file" in err and not (tmp_path / "o.onnx").exists()
 
 
+def test_external_data_that_is_a_loop_of_links_is_a_format_error_read_or_replaced(
+    tmp_path: Path, ext_file: Path, key_file: Path
+) -> None:
+    """Path.resolve raised RuntimeError ('Symlink loop'): a traceback and 'internal error' from every verb."""
+    data = ext_file.parent / "ext.onnx.data"
+    intact = data.read_bytes()
+    data.unlink()
+    data.symlink_to(data.name)
+    with pytest.raises(FormatError, match="external data 'ext.onnx.data': it is a loop of symbolic links"):
+        ADAPTER.read(ext_file)
+    for argv in (["verify", ext_file, "--key", key_file], ["seal", ext_file, tmp_path / "o.onnx", "--key", key_file]):
+        rc, _, err = helpers.run_cli(argv)
+        assert rc == 3 and "it is a loop of symbolic links" in err and len(err.splitlines()) == 1, err
+    # an output replaced: the old model's data is a loop, which is left as it is
+    data.unlink()
+    data.write_bytes(intact)
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(ext_file, out / "ext.onnx")
+    (out / "ext.onnx.data").symlink_to("ext.onnx.data")
+    rc, _, err = helpers.run_cli(["seal", ext_file, out / "ext.onnx", "--key", key_file])
+    assert rc == 0 and "Traceback" not in err and (out / "ext.onnx.data").is_symlink(), err
+
+
 def test_external_data_linked_from_outside_the_folder_is_refused_saying_it_is_a_link(
     tmp_path: Path, ext_file: Path, key_file: Path
 ) -> None:

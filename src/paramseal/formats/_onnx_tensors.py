@@ -312,7 +312,10 @@ def external_info(t: Any, where: str) -> tuple[str, int, int | None]:
 
 def _read_external(t: Any, base: Path, nbytes: int, where: str, inputs: Ranges, what: str) -> bytes:
     loc, offset, length = external_info(t, where)
-    file = (base / loc).resolve()
+    try:
+        file = (base / loc).resolve()
+    except (OSError, RuntimeError):  # a loop of links: RuntimeError before Python 3.13
+        raise FormatError(f"{where}: cannot read its external data '{loc}': it is a loop of symbolic links") from None
     if Path(loc).is_absolute() or not file.is_relative_to(base.resolve()):
         if not Path(loc).is_absolute() and ".." not in Path(loc).parts:  # the name is inside: a link leads out
             raise FormatError(

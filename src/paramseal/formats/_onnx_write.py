@@ -58,7 +58,7 @@ def side_files(onnx: ModuleType, dst: Path) -> frozenset[Path] | None:
         slots = tensor_slots(parse_model(onnx, dst))
         locs = (external_info(s.proto, s.where)[0] for s in slots if s.proto.data_location == EXTERNAL)
         return frozenset((dst.parent / loc).resolve() for loc in locs)
-    except FormatError:
+    except (FormatError, OSError, RuntimeError):  # a loop of links among them: RuntimeError before Python 3.13
         return None
 
 
@@ -75,7 +75,7 @@ def named_by_others(files: list[Path], model: Path) -> dict[Path, list[str]]:
     me = model.resolve()
     try:
         others = sorted(f for f in model.parent.iterdir() if f.suffix.lower() == ".onnx" and f.resolve() != me)
-    except OSError:
+    except (OSError, RuntimeError):  # RuntimeError: a loop of links, before Python 3.13
         return {p: ["another model"] for p in files}
     for other in others:
         try:
