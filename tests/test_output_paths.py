@@ -220,3 +220,22 @@ def test_in_place_still_replaces_a_read_only_model_and_a_link_to_one_is_replaced
     link.symlink_to(kept.name)
     assert helpers.run_cli(["seal", model_file, link, "--key", key_file])[0] == 0
     assert not link.is_symlink() and kept.read_bytes() == b"x"
+
+
+def test_an_output_in_a_loop_of_links_is_said_not_an_internal_error(tmp_path: Path, key_file: Path) -> None:
+    """Path.resolve raised RuntimeError ('Symlink loop') for a checkpoint's output folder and for --header-out."""
+    model = helpers.write_st(tmp_path / "m.safetensors", helpers.fp32_model(1 << 12, seed=1))
+    ckpt = helpers.write_checkpoint(tmp_path / "ckpt", {"a.safetensors": helpers.fp32_model(1 << 12, seed=2)})
+    sealed = tmp_path / "sealed"
+    assert helpers.run_cli(["seal", ckpt, sealed, "--key", key_file])[0] == 0
+    lp = tmp_path / "lp"
+    lp.symlink_to("lp")
+    before = helpers.listing(tmp_path)
+    for argv, bad in (
+        (["seal", ckpt, lp / "o"], lp / "o"),
+        (["recover", sealed, lp / "o"], lp / "o"),
+        (["seal", model, tmp_path / "o.safetensors", "--header-out", lp / "h.json"], lp / "h.json"),
+    ):
+        rc, out, err = helpers.run_cli([*argv, "--key", key_file])
+        assert rc == 3 and err == f"error: cannot write '{bad}': folder '{lp}' does not exist\n", (out, err)
+        assert helpers.listing(tmp_path) == before

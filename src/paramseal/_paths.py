@@ -58,6 +58,14 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def resolved(p: Path) -> Path | None:
+    """``p`` with its links followed, or None in a loop of links (RuntimeError before Python 3.13, then OSError)."""
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):
+        return None
+
+
 def never_a_key(dst: Path) -> None:
     """Refuse to replace a key file: the models sealed with it could never be checked again."""
     if looks_like_key_file(dst):
@@ -84,8 +92,8 @@ def never_inside(dst: Path, src: Path, *, folder: bool) -> None:
     It would sit among the files it is made from, and change the input. ``folder``: a sharded set's output
     folder (`sharded.recover_dir`, `seal_dir`), else a re-sharded single-file seal's one file (`_resharded`).
     """
-    parent = dst.parent if str(dst.parent) else Path(".")
-    if not parent.resolve().is_relative_to(src.resolve()):
+    parent = resolved(dst.parent if str(dst.parent) else Path("."))
+    if parent is None or not parent.is_relative_to(src.resolve()):  # none: the caller says the folder is not there
         return
     if folder:
         what = "output folder"
@@ -271,10 +279,10 @@ def check_header_out(path: PathLike, *others: PathLike) -> Path:
     p = Path(path)
     if p.suffix.lower() != ".json":
         raise UsageError(f"--header-out '{p}' must end in .json (--header-from reads a header from a .json file)")
-    if any(p.resolve() == Path(o).resolve() for o in others):
+    if (at := resolved(p)) is not None and any(at == resolved(Path(o)) for o in others):
         raise UsageError(f"--header-out '{p}' is the model's input or output; give another file")
     never_read_only(p)
-    if not p.parent.resolve().is_dir():
+    if (parent := resolved(p.parent)) is None or not parent.is_dir():
         raise UsageError(f"cannot write '{p}': folder '{p.parent}' does not exist")
     temp_beside(p).unlink()  # a folder we may not write in: say so now, not after the model is sealed
     return p
