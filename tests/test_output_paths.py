@@ -239,3 +239,24 @@ def test_an_output_in_a_loop_of_links_is_said_not_an_internal_error(tmp_path: Pa
         rc, out, err = helpers.run_cli([*argv, "--key", key_file])
         assert rc == 3 and err == f"error: cannot write '{bad}': folder '{lp}' does not exist\n", (out, err)
         assert helpers.listing(tmp_path) == before
+
+
+def test_an_in_place_folder_or_a_header_from_in_a_loop_of_links_is_said_not_an_internal_error(
+    tmp_path: Path, key_file: Path
+) -> None:
+    """--in-place with a folder, and --header-from, compared paths through Path.resolve: RuntimeError, a traceback."""
+    ckpt = helpers.write_checkpoint(tmp_path / "ckpt", {"a.safetensors": helpers.fp32_model(1 << 12, seed=2)})
+    sealed = tmp_path / "sealed"
+    assert helpers.run_cli(["seal", ckpt, sealed, "--key", key_file])[0] == 0
+    model = sealed / "a.safetensors"
+    lp = tmp_path / "lp"
+    lp.symlink_to("lp")
+    before = helpers.listing(tmp_path)
+    for argv, said in (
+        (["seal", ckpt, lp, "--in-place"], "--in-place works for single files only"),
+        (["recover", sealed, lp, "--in-place"], "--in-place works for single files only"),
+        (["recover", model, model, "--in-place", "--header-from", lp], f"header file '{lp}' (--header-from, header=) "),
+    ):
+        rc, out, err = helpers.run_cli([*argv, "--key", key_file])
+        assert rc == 3 and said in err and len(err.splitlines()) == 1, (out, err)
+        assert helpers.listing(tmp_path) == before

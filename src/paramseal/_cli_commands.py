@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         case "keygen":
             return _cli_keys.keygen(args)
         case "seal" if sharded.is_sharded(Path(args.input)):
-            if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
+            if args.in_place and _paths.resolved(Path(args.output)) != Path(args.input).resolve():
                 raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
             if args.header_out is not None:
                 raise UsageError("--header-out keeps one file's header; the shards of a checkpoint each keep their own")
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
             _paths.never_the_header_from(Path(args.output), args.header_from, Path(args.input), args.in_place)
             header = _header(args, key)
             if sharded.is_sharded(Path(args.input)):
-                if args.in_place and Path(args.output).resolve() != Path(args.input).resolve():
+                if args.in_place and _paths.resolved(Path(args.output)) != Path(args.input).resolve():
                     raise UsageError(_FOLDER_IN_PLACE)  # it was ignored (onto itself, the folder writer says why)
                 # a re-sharded single-file seal is written as one file, a .pt warned of as recover_file's is
                 with _library_warnings() as warned:

@@ -76,7 +76,7 @@ def never_a_key(dst: Path) -> None:
 
 def never_the_header_from(dst: Path, header_from: PathLike | None, src: Path, in_place: bool) -> None:
     """Refuse to replace the --header-from file (the kept copy of the sealed model) with recover's output."""
-    if header_from is None or not dst.exists() or dst.resolve() != Path(header_from).resolve():
+    if header_from is None or not dst.exists() or dst.resolve() != resolved(Path(header_from)):
         return
     if in_place and dst.resolve() == src.resolve():  # the input itself, which --in-place asks to change
         return
