@@ -458,20 +458,16 @@ def _stripe_maxima(
     nbt = tab["nblocks"]
     res = np.minimum(tab["reserved"], nbt)
     lens = np.stack([res, np.maximum(nbt - 1 - res, 0), (res <= nbt - 1).astype(np.int64)], axis=1)
-    vals = np.stack([np.zeros_like(nbt), tab["full"], tab["last"]], axis=1)
-    keep = lens.reshape(-1) > 0
+    store = np.stack([np.zeros_like(nbt), tab["full"], tab["last"]], axis=1).reshape(-1)
+    data, keep = np.repeat(tab["data"], 3), lens.reshape(-1) > 0
     starts = (block_start[:, None] + np.cumsum(lens, axis=1) - lens).reshape(-1)[keep]
-    store = vals.reshape(-1)[keep]
-    data = np.repeat(tab["data"], 3)[keep]
     first = np.arange(0, nb, g, dtype=np.int64)
-    last = np.minimum(first + g, nb) - 1
     idx = np.empty(2 * first.size, dtype=np.int64)  # pairs [run of a stripe's first block, past its last's)
     idx[0::2] = np.searchsorted(starts, first, side="right") - 1
-    idx[1::2] = np.searchsorted(starts, last, side="right")
-    pad = np.zeros(1, np.int64)  # reduceat's indices must lie inside the array: one past the last run
-    ds = np.maximum.reduceat(np.concatenate([data, pad]), idx)[0::2]
-    ss = np.maximum.reduceat(np.concatenate([store, pad]), idx)[0::2]
-    return ds.astype(np.int64), ss.astype(np.int64)
+    idx[1::2] = np.searchsorted(starts, np.minimum(first + g, nb) - 1, side="right")
+    # reduceat's indices must lie inside the array: a zero one past the last run
+    ds, ss = (np.maximum.reduceat(np.append(v[keep], 0), idx)[0::2].astype(np.int64) for v in (data, store))
+    return ds, ss
 
 
 def ranges_mask(
