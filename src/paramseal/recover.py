@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from . import _code, _embed, _model
 from ._bits import set_lo, write_tags
-from ._layout import ranges_mask
+from ._layout import TensorSpec, ranges_mask
 from ._lost_ranges import ALL
 from ._pages import SCATTERED_BLOCKS, Workspace, is_mapped, release
 from ._parallel import task_map
@@ -227,7 +227,7 @@ def _conclude(
         part = partly.get(t)
         # A float block that carries its own tag holds the one `finish_rebuilt` computed from this
         # content: computing it again (a MAC over every rebuilt block) could only agree.
-        which = ~specs[t].block_storage()[1][p.rows] if specs[t].is_float else np.ones(p.rows.size, np.bool_)
+        which = ~_tag_inside(specs[t], p.rows) if specs[t].is_float else np.ones(p.rows.size, np.bool_)
         good = _tags_hold(chk, t, p, which if part is None else which | part)
         if part is not None and (good & part).any():  # the corrections may have been all a block lacked
             chk.bad[t] = chk.bad[t].copy()
@@ -262,14 +262,23 @@ def _conclude(
     return Recovery(report, patches, meta)
 
 
+def _tag_inside(spec: TensorSpec, rows: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """``spec.block_storage()[1][rows]``, without an array of every block (a few rebuilt blocks of a big tensor)."""
+    full, last = spec.block_storage_ends()[1]
+    inside: NDArray[np.bool_] = np.where(rows == spec.nblocks - 1, last, full)
+    return inside
+
+
 def _tags_hold(chk: Check, t: int, p: Patch, which: NDArray[np.bool_] | None = None) -> NDArray[np.bool_]:
     """Which blocks of ``p`` (tensor ``t``) carry the tag their content computes; ``which``: only those checked."""
+    good = np.ones(p.rows.size, np.bool_)
+    at = np.arange(p.rows.size) if which is None else np.flatnonzero(which)
+    if not at.size:  # most often: every rebuilt block keeps its tag inside, just written (see `_conclude`)
+        return good
     s = chk.specs[t]
     internal = s.block_storage()[1]
     ext = chk.header.external_tags.get(t)
     before = np.cumsum(~internal) - 1  # index of each external block's tag
-    good = np.ones(p.rows.size, np.bool_)
-    at = np.arange(p.rows.size) if which is None else np.flatnonzero(which)
     for a in range(0, at.size, _FINDINGS_STEP):  # a step at a time: the blocks may lie in a scratch file
         i = at[a : a + _FINDINGS_STEP]
         rows, new = p.rows[i], p.new[i]
