@@ -959,8 +959,11 @@ def test_inspect_text_and_json(sealed_file: Path, model_file: Path) -> None:
 def test_inspect_text_says_when_nan_floats_leave_nothing_to_carry_the_watermark(tmp_path: Path) -> None:
     src = helpers.write_st(tmp_path / "m.safetensors", {"a": np.full(640, np.inf, np.float32)})
     rc, so, _ = run(["inspect", src])
-    assert rc == 0 and "cannot be sealed: its float tensors all hold NaN or Inf" in so
+    assert rc == 0 and "cannot be sealed: its float tensors each hold at least one NaN or Inf value" in so
     assert "NaN/Inf values: sealed as data" not in so and "k=8" not in so
+
+
+_ONE_NAN = "its float tensors each hold at least one NaN or Inf value"
 
 
 @pytest.mark.parametrize(
@@ -968,8 +971,10 @@ def test_inspect_text_says_when_nan_floats_leave_nothing_to_carry_the_watermark(
     [
         ({}, "it has no tensors"),
         ({"i": np.arange(1000, dtype=np.int64)}, "it has no float tensors"),
-        ({"a": np.full(640, np.nan, np.float32)}, "its float tensors all hold NaN or Inf"),
-        ({"a": np.full(640, np.inf, np.float32), "i": np.arange(10)}, "its float tensors all hold NaN or Inf"),
+        ({"a": np.full(640, np.nan, np.float32)}, _ONE_NAN),
+        ({"a": np.full(640, np.inf, np.float32), "i": np.arange(10)}, _ONE_NAN),
+        # one NaN is enough: the old 'all hold NaN or Inf' read as every value being one
+        ({"a": np.insert(np.zeros(639, np.float32), 7, np.nan), "b": np.full(64, np.inf, np.float16)}, _ONE_NAN),
     ],
 )
 def test_inspect_of_a_model_seal_refuses_lists_no_level_as_protecting_it(

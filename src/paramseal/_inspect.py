@@ -109,7 +109,7 @@ def describe(p: Path, loaded: Loaded) -> dict[str, Any]:
         if not loaded.tensors:  # as seal words it
             info["cannot_seal"] = "it has no tensors"
         elif not carrying & set(FLOATS):
-            what = "its float tensors all hold NaN or Inf" if plain else "it has no float tensors"
+            what = "its float tensors each hold at least one NaN or Inf value" if plain else "it has no float tensors"
             info["cannot_seal"] = f"{what}: the watermark lives in float mantissas"
         if "cannot_seal" in info:  # seal refuses it (exit 3): no level would protect it
             return info

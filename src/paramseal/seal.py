@@ -56,7 +56,7 @@ class SealConfig:
         specs = [_spec(name, a, self.level, self.bits) for name, a in tensors.items()]
         specs = [replace(s, k=0) if s.name in plain else s for s in specs]
         if not any(s.is_float for s in specs):
-            what = "whose float tensors all hold NaN or Inf" if plain else "without float tensors"
+            what = "whose float tensors each hold at least one NaN or Inf value" if plain else "without float tensors"
             raise UnsupportedError(f"cannot seal a model {what}: the watermark lives in float mantissas")
         if self.code not in (None, "irs", "lanes"):
             raise UsageError(f"unknown code '{self.code}'; choose irs or lanes")
