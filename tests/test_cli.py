@@ -65,6 +65,9 @@ def test_keygen_json_gives_the_path_and_fingerprint_never_the_key(tmp_path: Path
     rc, out2, err2 = run(["keygen", p, "--force", "--json"])  # a replaced key: the new one's fingerprint
     new = paramseal.load_key(p)
     assert rc == 0 and json.loads(out2)["key_fingerprint"] == new.fingerprint != key.fingerprint, (out2, err2)
+    assert json.loads(out2)["status"] == "replaced"  # a script can tell the old key's models no longer check
+    rc, out3, _ = run(["keygen", p, "--force"])
+    assert rc == 0 and out3.startswith(f"OK: replaced the key in {p} (fingerprint "), out3
     assert new.secret.hex() not in (out2 + err2).lower()
 
 

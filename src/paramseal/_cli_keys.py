@@ -15,12 +15,15 @@ from .keys import Key, exposed_to_others, exposure, folder_open_to_others, load_
 
 def keygen(args: argparse.Namespace) -> int:
     key = Key.generate()
+    existed = Path(args.keyfile).exists()  # --force replaced it: models sealed with the old key no longer check
     write_key(args.keyfile, key, overwrite=args.force)
     if args.json:  # the fingerprint, for a script to record which key sealed what; the key is only in the file
-        doc = {"kind": "keygen", "status": "created", "keyfile": args.keyfile, "key_fingerprint": key.fingerprint}
+        status = "replaced" if existed else "created"
+        doc = {"kind": "keygen", "status": status, "keyfile": args.keyfile, "key_fingerprint": key.fingerprint}
         print(json.dumps(doc, indent=2))
     else:
-        print(f"OK: wrote key {quoted(args, args.keyfile)} (fingerprint {key.fingerprint}); keep it secret")
+        did = "replaced the key in" if existed else "wrote key"
+        print(f"OK: {did} {quoted(args, args.keyfile)} (fingerprint {key.fingerprint}); keep it secret")
     _warn_folder(args, args.keyfile)
     return 0
 
