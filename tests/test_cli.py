@@ -2353,3 +2353,21 @@ def test_verify_counts_one_block_in_the_singular(tmp_path: Path, key_file: Path)
     assert helpers.run_cli(["seal", str(src), str(tmp_path / "s.safetensors"), "--key", str(key_file)])[0] == 0
     rc, out, err = helpers.run_cli(["verify", str(tmp_path / "s.safetensors"), "--key", str(key_file)])
     assert rc == 0 and "is intact (1 block verified)" in out, (out, err)
+
+
+@pytest.mark.parametrize("where", ["tensor", "metadata"])
+def test_seal_refuses_a_lone_surrogate_no_safetensors_loader_reads(tmp_path: Path, key_file: Path, where: str) -> None:
+    """A name or metadata text with a lone surrogate (a valid JSON escape) was sealed, exit 0, into a file the
+    safetensors library refuses to load; seal now refuses it, exit 3, and writes nothing."""
+    src = helpers.write_st(tmp_path / "m.safetensors", {"w": np.ones(640, np.float32)}, {"a": "b"})
+    h, data = helpers.st_parts(src.read_bytes())
+    if where == "tensor":
+        h["w\ud800"] = h.pop("w")
+    else:
+        h["__metadata__"]["a"] = "b\ud800"
+    src.write_bytes(helpers.st_build(h, data))
+    out = tmp_path / "o.safetensors"
+    rc, _, err = run(["seal", src, out, "--key", key_file])
+    assert rc == 3 and "lone surrogate" in err and not out.exists(), err
+    with pytest.raises(paramseal.UsageError, match="lone surrogate"):
+        paramseal.seal({"w\udc80": np.ones(640, np.float32)}, paramseal.load_key(key_file))

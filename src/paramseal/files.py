@@ -53,7 +53,7 @@ from .formats import safetensors as st_format
 from .header import METADATA_KEY, SET_KEY, Header
 from .keys import Key, looks_like_key_file, require_key
 from .report import Report, seal_id_arg
-from .seal import EMPTY_MODEL, SealConfig, check_metadata, with_non_finite
+from .seal import EMPTY_MODEL, SealConfig, check_metadata, refuse_unencodable, with_non_finite
 from .verify import pinned_check, report_of
 
 
@@ -170,6 +170,7 @@ def seal_file(
             raise UsageError(f"'{s}': {EMPTY_MODEL}")
         old = {METADATA_KEY, SET_KEY} if METADATA_KEY in loaded.metadata else set()
         meta = {**{k: v for k, v in loaded.metadata.items() if k not in old}, **(extra_metadata or {})}
+        refuse_unencodable([t for kv in meta.items() for t in kv], "metadata text")
         if loaded.graph is not None:  # the graph is sealed with the metadata: a re-pointed node is tampering
             onnx_format.refuse_contradicted(s, loaded)  # declared shapes are not: verify checks them against it
             meta[GRAPH_KEY] = loaded.graph

@@ -52,6 +52,7 @@ class SealConfig:
             raise UsageError(f"unknown level '{self.level}'; choose one of {', '.join(LEVELS)}")
         if not tensors:
             raise UsageError(EMPTY_MODEL)
+        refuse_unencodable(tensors, "tensor name")
         plain = set(as_data)
         specs = [_spec(name, a, self.level, self.bits) for name, a in tensors.items()]
         specs = [replace(s, k=0) if s.name in plain else s for s in specs]
@@ -185,6 +186,18 @@ class SealedModel:
     header: Header = field(repr=False)
 
 
+def refuse_unencodable(texts: Iterable[str], what: str) -> None:
+    """Refuse text with a lone surrogate (U+D800 alone): JSON escapes it, but the safetensors library refuses it."""
+    for t in texts:
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"{what} {t!r} is not valid Unicode (a lone surrogate): a safetensors file holding it would not "
+                "load; rename it (nothing was written)"
+            ) from None
+
+
 def check_metadata(metadata: Mapping[str, str] | None) -> None:
     """Refuse metadata that is not text to text: the header keeps it as text, so it would never verify."""
     if metadata is None:
@@ -197,6 +210,7 @@ def check_metadata(metadata: Mapping[str, str] | None) -> None:
             f"metadata keys and values must be str (as safetensors metadata is); not so for {', '.join(bad[:8])}"
             f"{' ...' if len(bad) > 8 else ''}: convert them, e.g. {{k: str(v) for k, v in metadata.items()}}"
         )
+    refuse_unencodable([t for kv in metadata.items() for t in kv], "metadata text")
     if METADATA_KEY in metadata:  # the header's own entry: the writer would replace it, and the digest fail
         raise UsageError(f"metadata key '{METADATA_KEY}' is where the seal header goes; use another name")
 
@@ -233,6 +247,7 @@ __all__ = [
     "SealedModel",
     "TensorSpec",
     "check_metadata",
+    "refuse_unencodable",
     "probe_header",
     "read_blocks",
     "refuse_sealed",
