@@ -311,7 +311,7 @@ def _rebuild(
     # Only the rebuilt rows' entries are read (finish_rebuilt): the whole tensor's from the layout cost a
     # search per block, a pass over most of the model for a few damaged blocks in each tensor.
     internal = np.zeros(spec.nblocks, np.bool_)
-    internal[rows] = lay.tag_internal[b0 + rows]
+    internal[rows] = _tag_inside(spec, rows)
     step = SCATTERED_BLOCKS // 4 if is_mapped(data) or is_mapped(new) else rows.size
     for i in range(0, rows.size, step):
         part = rows[i : i + step]
