@@ -149,6 +149,33 @@ def test_warnings_raised_as_modules_load_are_escaped_and_masked_warning_lines(
         assert err.count(line) == processes and err.count("loading") == processes, (model, err)
 
 
+def test_a_warning_line_is_one_write_so_that_the_workers_lines_do_not_interleave() -> None:
+    """CI saw two workers' warnings on one pipe as 'warning: ...warning: ...\\n\\n': print() wrote each line's text
+    and its newline in two writes, and the other worker's text came between them. One write of a short line on a
+    pipe is atomic."""
+    import io
+    import warnings
+
+    from paramseal._cli_streams import worker_streams
+
+    class Writes(io.StringIO):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[str] = []
+
+        def write(self, text: str) -> int:
+            self.calls.append(text)
+            return len(text)
+
+    stream, show, err = Writes(), warnings.showwarning, sys.stderr
+    try:
+        worker_streams((("secret",), ()))
+        warnings.showwarning(UserWarning("loading secret\x1b"), UserWarning, "f.py", 7, stream)
+    finally:
+        warnings.showwarning, sys.stderr = show, err
+    assert stream.calls == ["warning: UserWarning: loading <key-like text, not shown>\\x1b (f.py:7)\n"]
+
+
 def test_a_sharded_seal_or_recover_with_standard_output_closed_writes_its_output_and_says_why_it_failed(
     tmp_path: Path, checkpoint: Path, sealed_ckpt: Path, key_file: Path
 ) -> None:

@@ -143,7 +143,9 @@ def _escaped(mask: Callable[[str], str]) -> Callable[..., None]:
         said = str(message)
         if not issubclass(category, ParamSealWarning):
             said = f"{category.__name__}: {said} ({filename}:{lineno})"
-        print(f"warning: {one_line(mask(said))}", file=sys.stderr if file is None else file)
+        stream = sys.stderr if file is None else file
+        if stream is not None:  # one write: print's two let a sharded command's workers interleave theirs
+            stream.write(f"warning: {one_line(mask(said))}\n")
 
     return escaped
 
