@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 
 from ._cli_streams import quoted, warn
-from .keys import Key, exposed_to_others, exposure, folder_open_to_others, load_key, write_key
+from ._key_trust import key_file_warnings
+from .keys import Key, load_key, write_key
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -24,28 +25,20 @@ def keygen(args: argparse.Namespace) -> int:
     else:
         did = "replaced the key in" if existed else "wrote key"
         print(f"OK: {did} {quoted(args, args.keyfile)} (fingerprint {key.fingerprint}); keep it secret")
-    _warn_folder(args, args.keyfile)
+    for line in key_file_warnings(args.keyfile):  # its folders: a key of 600 is no safer where others swap it
+        warn(args, line)
     return 0
 
 
 def key_given(args: argparse.Namespace) -> Key:
-    """The key of ``--key`` (or PARAMSEAL_KEY), with a warning where other users may read or replace its file."""
+    """The key of ``--key`` (or PARAMSEAL_KEY), with a warning where other users may read or replace its file.
+
+    Warned, not refused, as a key file others may read always was: the key is used (see _key_trust).
+    """
     path = args.key
     key = load_key(path)
     args.loaded_key = key  # masked in an internal error's traceback: a key FILE's digits are in no argument
-    if path is not None and (mode := exposed_to_others(Path(path))) is not None:
-        warn(args, f"key file '{path}' is {exposure(mode)} by other users (mode {mode:o}); run 'chmod 600 {path}'")
     if path is not None:
-        _warn_folder(args, path)
+        for line in key_file_warnings(path):
+            warn(args, line)
     return key
-
-
-def _warn_folder(args: argparse.Namespace, path: str) -> None:
-    """Warn where other users may write the key file's folder: they could rename a key of theirs over it."""
-    if (open_to := folder_open_to_others(Path(path))) is not None:
-        folder, mode = open_to
-        warn(
-            args,
-            f"key file '{path}' is in folder '{folder}', which other users can write (mode {mode:o}): they could "
-            f"replace the key; run 'chmod go-w {folder}'",
-        )

@@ -290,7 +290,8 @@ def folder_open_to_others(path: Path) -> tuple[Path, int] | None:
 
     Whoever may write the folder may rename a key of theirs over this one, which then seals models that verify
     (OpenSSH's StrictModes refuses so). The sticky bit (/tmp's 1777) lets only a file's owner rename or remove it.
-    Only the file's own folder is checked, not those above it: one stat, no walk up to '/'.
+    Only the file's own folder is checked, not those above it nor a link's target's: the command line's
+    `_key_trust.key_file_warnings` checks each folder and link on the way, and the owners.
     """
     folder = path.absolute().parent  # absolute: 'my.key' names the current folder, shown as '.' would say little
     try:
