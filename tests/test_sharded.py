@@ -1282,8 +1282,9 @@ def test_a_key_file_in_the_checkpoint_folder_is_never_copied_into_the_output(
     for argv in (["seal", checkpoint, tmp_path / "out"], ["recover", sealed_ckpt, tmp_path / "out"]):
         before = helpers.listing(tmp_path)
         rc, out, err = helpers.run_cli([*argv, "--key", key_file])
-        said = f"error: '{argv[1] / where}' holds a ParamSeal key: the files beside the shards are copied into"
+        said = f"error: '{argv[1] / where}' holds a ParamSeal key, or 64 hex digits just like one"
         assert rc == 3 and err.startswith(said) and len(err.splitlines()) == 1, (out, err)
+        assert "the files beside the shards are copied into" in err and key_file.read_text().strip() not in err
         assert helpers.listing(tmp_path) == before
 
 

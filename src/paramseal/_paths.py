@@ -67,10 +67,16 @@ def resolved(p: Path) -> Path | None:
 
 
 def never_a_key(dst: Path) -> None:
-    """Refuse to replace a key file: the models sealed with it could never be checked again."""
+    """Refuse to replace a key file: the models sealed with it could never be checked again.
+
+    A SHA-256 checksum file holds the same text as `write_key` (64 hex digits and a newline), under any name,
+    as a key may: refused too, as a key lost is worse, and the message says how to go on.
+    """
     if looks_like_key_file(dst):
         raise UsageError(
-            f"cannot write '{dst}': it holds a ParamSeal key, which would be lost; give another output path"
+            f"cannot write '{dst}': it holds a ParamSeal key, or 64 hex digits just like one (a SHA-256 checksum "
+            f"file, which cannot be told from a key), which would be lost; give another output path, or remove "
+            f"'{dst}' first if it holds no key"
         )
 
 
@@ -110,13 +116,16 @@ def never_a_key_inside(src: Path, dst: Path) -> None:
     """Refuse to copy a checkpoint folder that holds a key file: ``dst`` (a model to ship) would carry the key.
 
     Links to files are followed, as the copy follows them; a link to a folder is copied as a link, not walked.
+    A checksum file (``model.sha256``: 64 hex digits) reads as a key (`never_a_key`): it is refused too.
     """
     for root, _, names in os.walk(src):
         for name in names:
             if looks_like_key_file(Path(root) / name):
                 raise UsageError(
-                    f"'{Path(root) / name}' holds a ParamSeal key: the files beside the shards are copied into "
-                    f"'{dst}', and the key would go with the model; move it out of '{src}' (nothing was written)"
+                    f"'{Path(root) / name}' holds a ParamSeal key, or 64 hex digits just like one (a SHA-256 "
+                    f"checksum file, which cannot be told from a key): the files beside the shards are copied into "
+                    f"'{dst}', and a key would go with the model; move it out of '{src}' (nothing was written), and "
+                    "for a checksum, make one of the output anew if you need it"
                 )
 
 
