@@ -115,3 +115,19 @@ def test_a_folder_owned_by_another_user_is_warned_about_also_in_a_sticky_folder(
     lines = _warnings(["verify", sealed_file, "--key", link], key)
     said = f"key file '{link}' is reached through link '{link}', owned by uid {_OTHER_UID}, in folder"
     assert len(lines) == 1 and said in lines[0], lines
+
+
+@pytest.mark.skipif(not hasattr(os, "openpty"), reason="needs a pseudo-terminal")
+def test_a_key_typed_at_a_terminal_is_not_said_to_be_open_to_others_for_the_terminals_mode() -> None:
+    """`--key /dev/stdin` at a terminal warned 'writable by other users (mode 620)': the terminal's mode, which says
+    nothing of a key that is nowhere at rest. Only a regular file's mode is the key file's."""
+    from paramseal._key_trust import key_file_warnings
+
+    main_fd, tty_fd = os.openpty()
+    try:
+        tty = Path(os.ttyname(tty_fd))
+        os.chmod(tty, 0o620)  # as a login terminal's: written by group tty
+        assert not any("mode" in line for line in key_file_warnings(tty)), key_file_warnings(tty)
+    finally:
+        os.close(main_fd)
+        os.close(tty_fd)

@@ -273,9 +273,12 @@ _WRITTEN_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 def exposed_to_others(path: Path) -> int | None:
     """The permission bits of a key file that its group or others may read or write, else None."""
     try:
-        mode = stat.S_IMODE(path.stat().st_mode)
+        st = path.stat()
     except OSError:
         return None
+    if not stat.S_ISREG(st.st_mode):  # a terminal or pipe (`--key /dev/stdin`): its mode says nothing of the key's
+        return None
+    mode = stat.S_IMODE(st.st_mode)
     return mode if mode & (_READ_BY_OTHERS | _WRITTEN_BY_OTHERS) else None
 
 
