@@ -201,3 +201,28 @@ def test_a_sealed_checkpoint_folder_is_flushed_to_disk_before_seal_reports_it(
     synced = helpers.record_fsyncs(monkeypatch)
     sharded.seal_dir(ckpt, out, key, workers=1)
     assert {out.stat().st_ino, out.parent.stat().st_ino} <= set(synced)
+
+
+def test_a_pt_torch_names_after_its_output_is_never_readable_by_others_before_its_rename(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch writes it in a folder of its own with a new file's mode (0644), moved beside the output as the
+    temporary file: it waited there readable by all until its final mode (0600 here) was set."""
+    torch = pytest.importorskip("torch")
+    w = helpers.fp32_model(1 << 16, seed=3)
+    torch.save({k: torch.from_numpy(v) for k, v in w.items()}, tmp_path / "in.pt")
+    out = tmp_path / "out.pt"
+    out.write_bytes(b"private")
+    out.chmod(0o600)
+    modes: list[int] = []
+    real = os.replace
+
+    def spy(a: str | os.PathLike[str], b: str | os.PathLike[str], **kw: object) -> None:
+        if Path(b).parent == tmp_path:
+            modes.append(stat.S_IMODE(os.lstat(a).st_mode))
+        real(a, b, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", spy)
+    files.seal_file(tmp_path / "in.pt", out, key)
+    assert len(modes) == 2 and all(m & 0o077 == 0 for m in modes), [oct(m) for m in modes]
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600

@@ -297,6 +297,7 @@ def _save_named(torch: Any, state: object, path: Path, archive: str) -> bool:
             torch.save(state, where)
         except RuntimeError:
             return False
+        os.chmod(named, 0o600)  # torch gave it a new file's mode: as `path`'s own, no one else may read it yet
         os.replace(named, path)
         return True
     finally:
