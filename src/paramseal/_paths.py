@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ._file_attrs import give, kept_of
 from ._shard_index import INDEX_SUFFIX, index_files, set_files
 from ._tempname import renamed_to, sync_folder, temp_prefix
 from .errors import FormatError, InputError, ParamSealError, UsageError, cannot_write, io_failure
 from .formats import adapter_for, onnx_format
-from .formats.base import new_mode
 from .formats.registry import adapters
 from .keys import looks_like_key_file
 
@@ -35,16 +35,14 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
     """
     tmp_path = tmp or temp_beside(dst)
     try:
+        kept = kept_of(dst)  # before the block: an ONNX model's writer replaces ``dst`` itself first
         try:
             with renamed_to(tmp_path, dst.name):  # a writer that names files after the output asks for it
                 yield tmp_path
-            # mkstemp (and the safetensors writer) leave 0600; a sealed model is meant to be shared.
-            # A file replaced keeps its mode (an in-place recover of a read-only model stays read-only).
-            try:
-                mode = stat.S_IMODE(os.stat(dst).st_mode)
-            except FileNotFoundError:
-                mode = new_mode()
-            os.chmod(tmp_path, mode)
+            # mkstemp (and the safetensors writer) leave 0600 while it is written; a new file gets a new
+            # file's mode (a sealed model is meant to be shared), a file replaced keeps its mode, owner, group
+            # and extended attributes (an in-place recover of a private model stays private, its ACL kept)
+            give(tmp_path, kept, dst)
             with open(tmp_path, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp_path, dst)

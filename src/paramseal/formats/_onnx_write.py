@@ -12,7 +12,6 @@ import mmap
 import os
 import re
 import secrets
-import stat
 import tempfile
 from pathlib import Path
 from types import ModuleType
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .._file_attrs import give, kept_of
 from .._tempname import cut_name, name_max, sync_folder, temp_prefix
 from ..errors import FormatError, ParamSealError, cannot_write
 from ..levels import NIBBLE
@@ -34,7 +34,7 @@ from ._onnx_tensors import (
     proto_dtype,
     tensor_slots,
 )
-from .base import Loaded, new_mode, pack4, stored_size
+from .base import Loaded, pack4, stored_size
 
 _ALIGN = 4096  # where a tensor moved to the end of its external-data file starts (onnx's page alignment)
 
@@ -259,10 +259,9 @@ class SidePlan:
         """
         if tmp != dst:
             tmp.write_bytes(model)
-        try:  # as _paths.atomic_path: a replaced model keeps its mode, and its data takes it too
-            mode = stat.S_IMODE(os.stat(dst).st_mode)
-        except FileNotFoundError:
-            mode = new_mode()
+        # as _paths.atomic_path: a replaced model keeps its mode, owner and attributes, and its data takes
+        # the same access (the caller's rename warns of what could not be kept)
+        kept = kept_of(dst)
         temps: list[Path] = []
         placed: list[Path] = []
         target = dst  # the file being made, for the message: a side file's temporary would read as an input
@@ -276,7 +275,7 @@ class SidePlan:
                         f.write(data)
                     f.flush()
                     os.fsync(f.fileno())
-                os.chmod(t, mode)  # a read-only model replaced --in-place: its new data is read-only too
+                give(t, kept, target, xattrs=False, warn=False)  # a read-only model's new data is read-only too
             for loc, t in zip(self.files, temps, strict=True):
                 target = self.folder / self.names[loc]
                 os.replace(t, target)
@@ -287,7 +286,7 @@ class SidePlan:
                 f.write(model)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(t, mode)
+            give(t, kept, dst, warn=False)
             os.replace(t, dst)
             sync_folder(self.folder)
         except BaseException as e:

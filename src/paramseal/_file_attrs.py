@@ -1,0 +1,136 @@
+"""What a file replaced by an output keeps: its mode, owner, group and extended attributes (ACLs among them).
+
+An output is a new file renamed over the old one (`_paths.atomic_path`), so nothing of the old file's
+inode survives unless it is copied: `kept_of` reads it before the new file is written, `give` sets it on
+the temporary file before its rename. Where something cannot be kept, access is narrowed, never widened,
+and a warning says what was lost.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ParamSealWarning
+
+# Extended attributes that decide who may read the file (POSIX ACLs, NFSv4 ACLs): one not copied must not
+# leave the mode's group bits, which an ACL's mask had limited, to grant a group what the ACL denied.
+ACCESS_XATTRS = frozenset({"system.posix_acl_access", "system.nfs4_acl", "system.nfs4acl"})
+# Not copied: security labels and hashes are set by the kernel for the new file (an SELinux label from its
+# folder; an IMA hash of the old content would mark the new content as tampered).
+_NOT_COPIED = ("security.",)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A replaced file's mode, owner, group and extended attributes (None: one that could not be read)."""
+
+    mode: int
+    uid: int
+    gid: int
+    xattrs: dict[str, bytes | None] = field(default_factory=dict)
+
+
+def kept_of(dst: Path) -> Kept | None:
+    """What the regular file at ``dst`` has for its replacement to keep; None if there is none.
+
+    A symbolic link at ``dst`` is replaced, and the file it names stays as it is: the new file is a new one.
+    """
+    try:
+        st = os.lstat(dst)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return Kept(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, _xattrs(dst))
+
+
+def _xattrs(path: Path) -> dict[str, bytes | None]:
+    if not hasattr(os, "listxattr"):  # not Linux: nothing to copy
+        return {}
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:  # a file system without extended attributes
+        return {}
+    out: dict[str, bytes | None] = {}
+    for n in names:
+        if n.startswith(_NOT_COPIED):
+            continue
+        try:
+            out[n] = os.getxattr(path, n, follow_symlinks=False)
+        except OSError:
+            out[n] = None  # there but unreadable: copying it fails, and an ACL so lost narrows the mode
+    return out
+
+
+def give(tmp: Path, kept: Kept | None, dst: Path, *, xattrs: bool = True, warn: bool = True) -> None:
+    """Set on ``tmp`` (ours, mode 0600 while written) the mode, owner, group and attributes ``dst``'s replacement keeps.
+
+    Owner and group first (only root may give a file away; a user may give it a group they are in), then the
+    attributes (an ACL sets the mode's bits as well), the mode last: each step leaves ``tmp`` no more open than
+    the final file. ``kept`` None: a new file's mode. ``xattrs`` False: only those that guard access (ONNX
+    data files, whose user attributes would describe the model file). ``warn`` False: another call warns.
+    """
+    if kept is None:
+        from .formats.base import new_mode  # here: the ONNX writer, which formats imports, imports this module
+
+        os.chmod(tmp, new_mode())
+        return
+    mode, lost = kept.mode, []
+    st = os.stat(tmp)
+    if (st.st_uid, st.st_gid) != (kept.uid, kept.gid):
+        for uid in (kept.uid, -1):
+            try:
+                os.chown(tmp, uid, kept.gid)
+                break
+            except OSError:
+                continue
+        st = os.stat(tmp)
+    if st.st_uid != kept.uid:
+        lost.append(f"its owner (uid {kept.uid}; only root may give a file to another user)")
+    group_kept = st.st_gid == kept.gid
+    if not group_kept:  # the group bits would open the file to another group: they go
+        mode &= ~0o070
+        lost.append(f"its group (gid {kept.gid}, which you are not in), and with it the group's access")
+    failed = []
+    for name, value in kept.xattrs.items():
+        if not xattrs and name not in ACCESS_XATTRS:
+            continue
+        if name in ACCESS_XATTRS and not group_kept:
+            failed.append(name)  # it would grant its owning group's access to the wrong group
+            continue
+        try:
+            if value is None:
+                raise OSError("unreadable")
+            if _xattr_or_none(tmp, name) != value:  # one the new file has already (inherited) is left
+                os.setxattr(tmp, name, value, follow_symlinks=False)
+        except OSError:
+            failed.append(name)
+    for name in ACCESS_XATTRS - kept.xattrs.keys():  # one inherited from the folder's default ACL, which it lacked
+        if _xattr_or_none(tmp, name) is not None:
+            try:
+                os.removexattr(tmp, name, follow_symlinks=False)
+            except OSError:
+                failed.append(name)
+    if any(n in ACCESS_XATTRS for n in failed):
+        mode &= 0o700  # who the ACL let in is unknown here: owner only, never more than the ACL allowed
+    if failed:
+        lost.append(f"extended attributes {', '.join(failed)}")
+    os.chmod(tmp, mode)
+    if lost and warn:
+        warnings.warn(
+            f"'{dst}' was replaced without {'; '.join(lost)}: its mode is now {mode:o} (nothing was opened to "
+            "more users than before); set them again (chown, chgrp, setfacl) if they are needed",
+            ParamSealWarning,
+            stacklevel=2,
+        )
+
+
+def _xattr_or_none(path: Path, name: str) -> bytes | None:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False)
+    except OSError:
+        return None

@@ -1,0 +1,205 @@
+"""A file replaced by an output (recover --in-place, seal or recover over an existing OUT) keeps its mode, owner,
+group and extended attributes (ACLs among them); what cannot be kept narrows access, never widens it."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from pathlib import Path
+
+import helpers
+import pytest
+
+import paramseal
+from paramseal import files
+from paramseal.errors import ParamSealWarning
+from paramseal.formats import Loaded
+from paramseal.formats.base import new_mode
+
+ACL = "system.posix_acl_access"
+FORMATS = [".safetensors", ".pt", ".onnx", ".npz", ".npy"]
+is_root = pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root may give a file to another owner"
+)
+
+
+def _acl(*entries: tuple[int, int, int]) -> bytes:
+    """A POSIX ACL as Linux stores it in its xattr: version 2, then (tag, permissions, id) entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", t, p, i & 0xFFFFFFFF) for t, p, i in entries)
+
+
+# owner rw, user 4321 r, owning group nothing, mask r, others nothing: 'ls' shows 0640, yet the group may not read
+PRIVATE_ACL = _acl((0x01, 6, -1), (0x02, 4, 4321), (0x04, 0, -1), (0x10, 4, -1), (0x20, 0, -1))
+
+
+def _needs_xattrs(folder: Path, name: str = "user.paramseal.test", value: bytes = b"1") -> None:
+    probe = folder / ".xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, name, value)
+    except (AttributeError, OSError) as e:
+        pytest.skip(f"the file system of {folder} takes no '{name}' extended attribute here: {e}")
+    finally:
+        probe.unlink()
+
+
+def _model(tmp_path: Path, suffix: str, seed: int) -> Path:
+    """A one-tensor model as ``suffix`` (an ONNX model keeps it in external data, written by its own files)."""
+    w = helpers.fp32_model(1 << 16, seed=seed)
+    if suffix != ".onnx":
+        src = helpers.write_st(tmp_path / "in.safetensors", w)
+        if suffix != ".safetensors":
+            files.write_model(tmp_path / f"in{suffix}", files.read_model(src))
+        return tmp_path / f"in{suffix}"
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper, numpy_helper
+
+    model = helper.make_model(helper.make_graph([], "g", [], [], [numpy_helper.from_array(v, k) for k, v in w.items()]))
+    onnx.save_model(model, str(tmp_path / "in.onnx"), save_as_external_data=True, location="in.onnx.data")
+    return tmp_path / "in.onnx"
+
+
+def _tampered(tmp_path: Path, key: paramseal.Key, suffix: str) -> Path:
+    """A sealed model as ``suffix`` with one bit flipped, written whole (safetensors then takes the atomic path)."""
+    src = _model(tmp_path, suffix, 3)
+    sealed = tmp_path / f"sealed{suffix}"
+    files.seal_file(src, sealed, key)
+    got = files.read_model(sealed)
+    name = next(iter(got.tensors))
+    files.write_model(sealed, Loaded(helpers.flip_bit(got.tensors, name, 5, 3), got.metadata, got.source))
+    return sealed
+
+
+def _replace(tmp_path: Path, key: paramseal.Key, suffix: str, how: str, dress: object) -> Path:
+    """``dress(path)`` the file, then replace it: by recover --in-place, or by sealing another model over it."""
+    if how == "recover --in-place":
+        out = _tampered(tmp_path, key, suffix)
+        dress(out)  # type: ignore[operator]
+        assert files.recover_file(out, out, key, in_place=True).report.ok
+        return out
+    src = _model(tmp_path, suffix, 4)
+    out = tmp_path / f"out{suffix}"
+    out.write_bytes(b"an older file")
+    dress(out)  # type: ignore[operator]
+    files.seal_file(src, out, key)
+    return out
+
+
+@pytest.mark.parametrize("how", ["recover --in-place", "seal over OUT"])
+@pytest.mark.parametrize("suffix", FORMATS)
+def test_a_replaced_file_keeps_its_extended_attributes(
+    tmp_path: Path, key: paramseal.Key, suffix: str, how: str
+) -> None:
+    """The new file was renamed over the old one, and the old one's user.* attributes went with it."""
+    _needs_xattrs(tmp_path)
+
+    def dress(p: Path) -> None:
+        os.setxattr(p, "user.origin", b"hub:org/model@abc123")
+        os.chmod(p, 0o640)
+
+    out = _replace(tmp_path, key, suffix, how, dress)
+    assert os.getxattr(out, "user.origin") == b"hub:org/model@abc123"
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o640
+
+
+@is_root
+@pytest.mark.parametrize("how", ["recover --in-place", "seal over OUT"])
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt", ".onnx"])
+def test_a_replaced_file_keeps_its_owner_and_group(tmp_path: Path, key: paramseal.Key, suffix: str, how: str) -> None:
+    """Root's in-place recover of a user's model gave the user's model to root."""
+
+    def dress(p: Path) -> None:
+        os.chown(p, 1234, 5678)
+        os.chmod(p, 0o600)
+
+    out = _replace(tmp_path, key, suffix, how, dress)
+    st = os.stat(out)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o600)
+    if suffix == ".onnx":  # its new external data goes with it
+        data = list(tmp_path.glob(f"{out.name}*.data"))
+        assert data and all((d.stat().st_uid, d.stat().st_gid, d.stat().st_mode & 0o777) == st[4:6] + (0o600,)
+                            for d in data)  # fmt: skip
+
+
+def _with_acl(tmp_path: Path) -> None:
+    _needs_xattrs(tmp_path, ACL, PRIVATE_ACL)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_a_replaced_file_keeps_its_acl_and_its_owning_group_stays_shut_out(
+    tmp_path: Path, key: paramseal.Key, suffix: str
+) -> None:
+    """The ACL was lost and the mode (0640, its mask) kept: the owning group, which the ACL shut out, could read."""
+    _with_acl(tmp_path)
+    out = _replace(tmp_path, key, suffix, "recover --in-place", lambda p: os.setxattr(p, ACL, PRIVATE_ACL))
+    assert os.getxattr(out, ACL) == PRIVATE_ACL
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o640
+
+
+def test_a_replaced_file_without_an_acl_gets_none_from_its_folders_default_acl(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """The temporary file took the folder's default ACL (user 4321 may read), which the file it replaced lacked."""
+    _with_acl(tmp_path)
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    out = _tampered(folder, key, ".npz")
+    os.setxattr(
+        folder, "system.posix_acl_default", _acl((1, 6, -1), (2, 4, 4321), (4, 4, -1), (0x10, 4, -1), (0x20, 4, -1))
+    )
+    assert ACL not in os.listxattr(out)
+    files.recover_file(out, out, key, in_place=True)
+    assert ACL not in os.listxattr(out)
+
+
+def test_an_acl_that_cannot_be_copied_leaves_the_file_to_its_owner_and_says_so(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the ACL is not copied, the mode's group bits (the ACL's mask) would open the file to the group."""
+    _with_acl(tmp_path)
+    out = _tampered(tmp_path, key, ".npz")
+    os.setxattr(out, ACL, PRIVATE_ACL)
+    real = os.setxattr
+
+    def refused(path: object, name: str, *a: object, **kw: object) -> None:
+        if name == ACL:
+            raise PermissionError(1, "Operation not permitted")
+        real(path, name, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "setxattr", refused)
+    with pytest.warns(ParamSealWarning, match=r"without extended attributes system\.posix_acl_access.*mode is now 600"):
+        files.recover_file(out, out, key, in_place=True)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600 and ACL not in os.listxattr(out)
+
+
+@is_root
+def test_a_group_that_cannot_be_kept_takes_the_group_bits_with_it(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user not in the file's group replaces it: the new file's group is theirs, and 0640 would let it read."""
+    out = _tampered(tmp_path, key, ".npz")
+    os.chown(out, os.getuid(), 5678)
+    os.chmod(out, 0o640)
+
+    def not_root(*a: object, **kw: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chown", not_root)
+    with pytest.warns(ParamSealWarning, match=r"without its group \(gid 5678.*mode is now 600"):
+        files.recover_file(out, out, key, in_place=True)
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+
+
+def test_a_link_at_out_is_replaced_by_a_new_file_that_takes_nothing_from_the_file_it_named(
+    tmp_path: Path, key: paramseal.Key, model_file: Path
+) -> None:
+    """The link's target lent the new file its mode (0444 here), though that file is not the one replaced."""
+    target = tmp_path / "kept.bin"
+    target.write_bytes(b"x")
+    target.chmod(0o444)
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(target.name)
+    files.seal_file(model_file, link, key)
+    assert not link.is_symlink() and target.read_bytes() == b"x"
+    assert stat.S_IMODE(os.stat(link).st_mode) == new_mode()  # a new file's: 0666 less the umask
