@@ -191,6 +191,19 @@ def test_a_group_that_cannot_be_kept_takes_the_group_bits_with_it(
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
 
 
+def test_recover_in_place_of_a_hard_linked_model_warns_that_the_other_name_is_still_tampered(
+    tmp_path: Path, key: paramseal.Key, key_file: Path
+) -> None:
+    """The new file replaces one name: the other link kept the tampered model, and nothing said so."""
+    out = _tampered(tmp_path, key, ".npz")
+    other = tmp_path / "other-name.npz"
+    os.link(out, other)
+    rc, _, err = helpers.run_cli(["recover", out, out, "--in-place", "--key", key_file])
+    assert rc == 0 and files.verify_file(out, key).ok
+    assert f"warning: '{out}' had 1 other hard link" in err and f"-inum {other.stat().st_ino}" in err, err
+    assert not files.verify_file(other, key).ok  # as the warning says
+
+
 def test_a_link_at_out_is_replaced_by_a_new_file_that_takes_nothing_from_the_file_it_named(
     tmp_path: Path, key: paramseal.Key, model_file: Path
 ) -> None:

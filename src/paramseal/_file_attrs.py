@@ -3,7 +3,7 @@
 An output is a new file renamed over the old one (`_paths.atomic_path`), so nothing of the old file's
 inode survives unless it is copied: `kept_of` reads it before the new file is written, `give` sets it on
 the temporary file before its rename. Where something cannot be kept, access is narrowed, never widened,
-and a warning says what was lost.
+and a warning says what was lost. Hard links to the old file keep the old content: `warn_links` says so.
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ _NOT_COPIED = ("security.",)
 
 @dataclass(frozen=True)
 class Kept:
-    """A replaced file's mode, owner, group and extended attributes (None: one that could not be read)."""
+    """A replaced file's mode, owner, group, extended attributes (None: one that could not be read) and links."""
 
     mode: int
     uid: int
     gid: int
     xattrs: dict[str, bytes | None] = field(default_factory=dict)
+    links: int = 0  # other hard links to it
+    inode: int = 0
 
 
 def kept_of(dst: Path) -> Kept | None:
@@ -45,7 +47,7 @@ def kept_of(dst: Path) -> Kept | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         return None
-    return Kept(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, _xattrs(dst))
+    return Kept(stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, _xattrs(dst), st.st_nlink - 1, st.st_ino)
 
 
 def _xattrs(path: Path) -> dict[str, bytes | None]:
@@ -134,3 +136,18 @@ def _xattr_or_none(path: Path, name: str) -> bytes | None:
         return os.getxattr(path, name, follow_symlinks=False)
     except OSError:
         return None
+
+
+def warn_links(dst: Path, kept: Kept | None) -> None:
+    """Warn that the other hard links of the file replaced at ``dst`` still hold its old content."""
+    if kept is None or kept.links < 1:
+        return
+    n = kept.links
+    warnings.warn(
+        f"'{dst}' had {n} other hard link{'s' if n > 1 else ''} (another name for the same file), which still "
+        f"hold{'' if n > 1 else 's'} the old content: only this name was given the new file (after recover "
+        f"--in-place, a tampered model stays tampered there); find {'them' if n > 1 else 'it'} with 'find "
+        f"MOUNTPOINT -xdev -inum {kept.inode}' and link {'each' if n > 1 else 'it'} to the new file (ln -f)",
+        ParamSealWarning,
+        stacklevel=3,
+    )

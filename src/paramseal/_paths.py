@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ._file_attrs import give, kept_of
+from ._file_attrs import give, kept_of, warn_links
 from ._shard_index import INDEX_SUFFIX, index_files, set_files
 from ._tempname import renamed_to, sync_folder, temp_prefix
 from .errors import FormatError, InputError, ParamSealError, UsageError, cannot_write, io_failure
@@ -47,6 +47,7 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
                 os.fsync(f.fileno())
             os.replace(tmp_path, dst)
             sync_folder(dst.parent)
+            warn_links(dst, kept)
         except OSError as e:
             if isinstance(e, ParamSealError):
                 raise
