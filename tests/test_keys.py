@@ -162,6 +162,21 @@ def test_write_key_overwrite_makes_an_existing_readable_file_owner_only(tmp_path
     assert stat.S_IMODE(os.stat(p).st_mode) == 0o600, "a key file must never stay world-readable"
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0, reason="only root may give a file to another owner"
+)
+def test_write_key_overwrite_as_root_keeps_the_keys_owner_and_keeps_it_owner_only(
+    tmp_path: Path, key: paramseal.Key
+) -> None:
+    """sudo keygen --force over a user's key gave the new key to root (0600): the user could no longer read it."""
+    p = paramseal.write_key(tmp_path / "k.key", paramseal.Key.generate())
+    os.chown(p, 1234, 5678)
+    os.chmod(p, 0o640)
+    paramseal.write_key(p, key, overwrite=True)
+    st = os.stat(p)
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o600)
+
+
 def test_write_key_overwrite_never_follows_a_symbolic_link(tmp_path: Path, key: paramseal.Key) -> None:
     target = tmp_path / "notes.txt"
     target.write_text("not a key")

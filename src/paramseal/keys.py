@@ -128,6 +128,8 @@ def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False
         raise UsageError(f"cannot write key to '{p}': {e.strerror}") from None
     try:
         os.fchmod(fd, stat.S_IRUSR | stat.S_IWUSR)  # whatever the umask
+        if overwrite:
+            _keep_owner(fd, p)
         with os.fdopen(fd, "w") as f:
             f.write(key.secret.hex() + "\n")
             f.flush()
@@ -139,6 +141,19 @@ def write_key(path: str | os.PathLike[str], key: Key, *, overwrite: bool = False
         target.unlink(missing_ok=True)
         raise cannot_write(p, e) from None
     return p
+
+
+def _keep_owner(fd: int, p: Path) -> None:
+    """A key replaced (--force) stays its owner's: root's keygen would leave a user without their key.
+
+    Its mode stays 0600 and no ACL or other attribute is copied: only the owner may read a key.
+    """
+    try:
+        old, new = os.lstat(p), os.fstat(fd)
+        if (old.st_uid, old.st_gid) != (new.st_uid, new.st_gid):
+            os.fchown(fd, old.st_uid, old.st_gid)
+    except (OSError, AttributeError):  # no key there any more, not root, or no fchown (Windows): the user's own
+        pass
 
 
 def load_key(path: str | os.PathLike[str] | None = None) -> Key:
