@@ -216,3 +216,32 @@ def test_a_link_at_out_is_replaced_by_a_new_file_that_takes_nothing_from_the_fil
     files.seal_file(model_file, link, key)
     assert not link.is_symlink() and target.read_bytes() == b"x"
     assert stat.S_IMODE(os.stat(link).st_mode) == new_mode()  # a new file's: 0666 less the umask
+
+
+@pytest.mark.parametrize("swap", ["link", "hard link"])
+def test_a_temporary_file_swapped_while_written_is_refused_and_the_file_it_names_keeps_its_mode_and_owner(
+    tmp_path: Path, swap: str
+) -> None:
+    """Whoever else may write OUT's folder could put a link at the temporary file's name while the output was
+    written: its mode (and as root its owner: 1234:5678 here) were then set through the link, on the file it named
+    (/etc/shadow, for root's recover --in-place in a user's folder)."""
+    from paramseal._paths import atomic_path
+    from paramseal.errors import OutputError
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"secret")
+    victim.chmod(0o600)
+    before = victim.stat()
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"old")
+    out.chmod(0o644)
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        os.chown(out, 1234, 5678)
+    with pytest.raises(OutputError, match=r"temporary file .* was replaced while it was written"):
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(b"new")
+            tmp.unlink()
+            tmp.symlink_to(victim) if swap == "link" else os.link(victim, tmp)
+    st = victim.stat()
+    assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, before.st_uid, before.st_gid)
+    assert victim.read_bytes() == b"secret" and out.read_bytes() == b"old"

@@ -8,6 +8,7 @@ and a warning says what was lost. Hard links to the old file keep the old conten
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import warnings
@@ -75,22 +76,53 @@ def give(tmp: Path, kept: Kept | None, dst: Path, *, xattrs: bool = True, warn: 
     attributes (an ACL sets the mode's bits as well), the mode last: each step leaves ``tmp`` no more open than
     the final file. ``kept`` None: a new file's mode. ``xattrs`` False: only those that guard access (ONNX
     data files, whose user attributes would describe the model file). ``warn`` False: another call warns.
+    All through one descriptor of the file written: by its name, a link put there by whoever else writes the
+    folder gave the file it names (/etc/shadow, as root) the old file's owner and mode.
     """
+    fd = _written(tmp)
+    try:
+        _give(fd, kept, dst, xattrs, warn)
+    finally:
+        os.close(fd)
+
+
+def _written(tmp: Path) -> int:
+    """``tmp`` opened, refused where it is no longer a file of its own: a link, or another name of a file."""
+    try:
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        fd = -1
+    if fd >= 0:
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return fd
+        os.close(fd)
+    raise OSError(
+        0,
+        f"its temporary file '{tmp}' was replaced while it was written, by a link or a file with another name "
+        "(someone else may write that folder); nothing was written",
+        str(tmp),
+    )
+
+
+def _give(fd: int, kept: Kept | None, dst: Path, xattrs: bool, warn: bool) -> None:
     if kept is None:
         from .formats.base import new_mode  # here: the ONNX writer, which formats imports, imports this module
 
-        os.chmod(tmp, new_mode())
+        os.chmod(fd, new_mode())
         return
     mode, lost = kept.mode, []
-    st = os.stat(tmp)
+    st = os.fstat(fd)
     if (st.st_uid, st.st_gid) != (kept.uid, kept.gid):
         for uid in (kept.uid, -1):
             try:
-                os.chown(tmp, uid, kept.gid)
+                os.chown(fd, uid, kept.gid)
                 break
             except OSError:
                 continue
-        st = os.stat(tmp)
+        st = os.fstat(fd)
     if st.st_uid != kept.uid:
         lost.append(f"its owner (uid {kept.uid}; only root may give a file to another user)")
     group_kept = st.st_gid == kept.gid
@@ -107,33 +139,33 @@ def give(tmp: Path, kept: Kept | None, dst: Path, *, xattrs: bool = True, warn: 
         try:
             if value is None:
                 raise OSError("unreadable")
-            if _xattr_or_none(tmp, name) != value:  # one the new file has already (inherited) is left
-                os.setxattr(tmp, name, value, follow_symlinks=False)
+            if _xattr_or_none(fd, name) != value:  # one the new file has already (inherited) is left
+                os.setxattr(fd, name, value)
         except OSError:
             failed.append(name)
     for name in ACCESS_XATTRS - kept.xattrs.keys():  # one inherited from the folder's default ACL, which it lacked
-        if _xattr_or_none(tmp, name) is not None:
+        if _xattr_or_none(fd, name) is not None:
             try:
-                os.removexattr(tmp, name, follow_symlinks=False)
+                os.removexattr(fd, name)
             except OSError:
                 failed.append(name)
     if any(n in ACCESS_XATTRS for n in failed):
         mode &= 0o700  # who the ACL let in is unknown here: owner only, never more than the ACL allowed
     if failed:
         lost.append(f"extended attributes {', '.join(failed)}")
-    os.chmod(tmp, mode)
+    os.chmod(fd, mode)
     if lost and warn:
         warnings.warn(
             f"'{dst}' was replaced without {'; '.join(lost)}: its mode is now {mode:o} (nothing was opened to "
             "more users than before); set them again (chown, chgrp, setfacl) if they are needed",
             ParamSealWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
 
 
-def _xattr_or_none(path: Path, name: str) -> bytes | None:
+def _xattr_or_none(fd: int, name: str) -> bytes | None:
     try:
-        return os.getxattr(path, name, follow_symlinks=False)
+        return os.getxattr(fd, name)
     except OSError:
         return None
 
