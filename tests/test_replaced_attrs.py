@@ -245,3 +245,17 @@ def test_a_temporary_file_swapped_while_written_is_refused_and_the_file_it_names
     st = victim.stat()
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid) == (0o600, before.st_uid, before.st_gid)
     assert victim.read_bytes() == b"secret" and out.read_bytes() == b"old"
+
+
+def test_a_replaced_file_does_not_keep_setuid_or_setgid_bits(tmp_path: Path) -> None:
+    """A 6755 file replaced came back 6755: its new content run as its owner (or, where the owner could not be kept,
+    as the user who replaced it), which a write by anyone but root would have dropped."""
+    from paramseal._paths import atomic_path
+
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"old")
+    out.chmod(0o6755)
+    with pytest.warns(ParamSealWarning, match=r"without its setuid and setgid bits.*mode is now 755"):
+        with atomic_path(out) as tmp:
+            tmp.write_bytes(b"new")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755 and out.read_bytes() == b"new"

@@ -23,6 +23,7 @@ ACCESS_XATTRS = frozenset({"system.posix_acl_access", "system.nfs4_acl", "system
 # Not copied: security labels and hashes are set by the kernel for the new file (an SELinux label from its
 # folder; an IMA hash of the old content would mark the new content as tampered).
 _NOT_COPIED = ("security.",)
+_RUN_AS = stat.S_ISUID | stat.S_ISGID
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,9 @@ def _give(fd: int, kept: Kept | None, dst: Path, xattrs: bool, warn: bool) -> No
         os.chmod(fd, new_mode())
         return
     mode, lost = kept.mode, []
+    if mode & _RUN_AS:  # the new content is no program of the owner's: as a write by anyone but root drops them
+        mode &= ~_RUN_AS
+        lost.append("its setuid and setgid bits, which a model has no use for")
     st = os.fstat(fd)
     if (st.st_uid, st.st_gid) != (kept.uid, kept.gid):
         for uid in (kept.uid, -1):
