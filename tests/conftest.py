@@ -78,6 +78,36 @@ def _test_urandom(n: int) -> bytes:
 os.urandom = _test_urandom
 
 
+def others_may_swap(folder: Path) -> Path | None:
+    """The first folder from ``folder`` up to '/' that lets another user swap what is in it, as `_key_trust` sees it."""
+    for d in [folder, *folder.parents]:
+        st = d.stat()
+        open_to = st.st_mode & 0o022 and not st.st_mode & 0o1000  # writable by others, and not sticky (/tmp)
+        if open_to or st.st_uid not in (os.geteuid(), 0):
+            return d
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the tests' temporary root where no other user may swap a key written under it.
+
+    Every key a test writes in tmp_path is reached through the folders above it, which the command line
+    checks (`_key_trust`): under a TMPDIR in a folder its group may write (a CI workspace of 2775), each test
+    that reads a key's warnings, or a command's whole standard error, failed on a warning about that folder.
+    There, /tmp or /var/tmp is taken instead; PYTEST_DEBUG_TEMPROOT or --basetemp, when given, are kept.
+    """
+    if config.option.basetemp or "PYTEST_DEBUG_TEMPROOT" in os.environ or not hasattr(os, "geteuid"):
+        return
+    import tempfile
+
+    if others_may_swap(Path(tempfile.gettempdir()).resolve()) is None:
+        return
+    for root in ("/tmp", "/var/tmp"):
+        if Path(root).is_dir() and others_may_swap(Path(root).resolve()) is None:
+            os.environ["PYTEST_DEBUG_TEMPROOT"] = root
+            return
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     _drawn.update(test=item.nodeid, n=0)  # before the fixtures: a module's sealed model takes its first test's

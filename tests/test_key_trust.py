@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -131,3 +133,24 @@ def test_a_key_typed_at_a_terminal_is_not_said_to_be_open_to_others_for_the_term
     finally:
         os.close(main_fd)
         os.close(tty_fd)
+
+
+def test_the_suite_keeps_its_keys_out_of_a_temporary_folder_others_may_write(tmp_path: Path) -> None:
+    """Under a TMPDIR in a folder its group may write (a CI workspace of mode 2775), the tests of a key's warnings
+    failed on one more, about that folder (15 in test_keys and test_key_trust; more that read a command's stderr)."""
+
+    def others_may_swap(folder: Path) -> bool:  # in a folder on the way, as the key checks see it
+        return any(
+            (st.st_mode & 0o022 and not st.st_mode & 0o1000) or st.st_uid not in (os.geteuid(), 0)
+            for st in map(os.stat, [folder, *folder.parents])
+        )
+
+    if all(others_may_swap(Path(d).resolve()) for d in ("/tmp", "/var/tmp") if Path(d).is_dir()):
+        pytest.skip("neither /tmp nor /var/tmp is a temporary root that only you or root may write")
+    workspace = _folder(tmp_path / "workspace", 0o2775)
+    env = {**os.environ, "TMPDIR": str(workspace)}
+    env.pop("PYTEST_DEBUG_TEMPROOT", None)  # this run's own, which conftest set where it chose one
+    tests = Path(__file__).parent
+    argv = ["-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests / "test_keys.py"), "-k", "others_can"]
+    done = subprocess.run([sys.executable, *argv], cwd=tests.parent, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and " passed" in done.stdout, done.stdout[-3000:]
