@@ -259,3 +259,17 @@ def test_a_replaced_file_does_not_keep_setuid_or_setgid_bits(tmp_path: Path) -> 
         with atomic_path(out) as tmp:
             tmp.write_bytes(b"new")
     assert stat.S_IMODE(out.stat().st_mode) == 0o755 and out.read_bytes() == b"new"
+
+
+def test_a_file_made_private_while_its_replacement_was_written_stays_private(tmp_path: Path) -> None:
+    """The old file's mode was read before the output was written: a 0644 OUT made 0600 meanwhile came back 0644,
+    open to all again (before 'ed0f0f1' it was read just before the rename)."""
+    from paramseal._paths import atomic_path
+
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"old")
+    out.chmod(0o644)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(b"new")
+        out.chmod(0o600)  # its owner, meanwhile
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and out.read_bytes() == b"new"

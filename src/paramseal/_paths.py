@@ -39,6 +39,8 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
         try:
             with renamed_to(tmp_path, dst.name):  # a writer that names files after the output asks for it
                 yield tmp_path
+            if (now := kept_of(dst)) is not None and (kept is None or now.inode == kept.inode):
+                kept = now  # the file replaced as it is now: made private (chmod 600) while the output was written
             # mkstemp (and the safetensors writer) leave 0600 while it is written; a new file gets a new
             # file's mode (a sealed model is meant to be shared), a file replaced keeps its mode, owner, group
             # and extended attributes (an in-place recover of a private model stays private, its ACL kept)
