@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -515,6 +516,39 @@ def test_write_behind_hints_only_for_mapped_files(tmp_path: Path) -> None:
         m.close()
     back = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.uint32)
     assert np.array_equal(back[1024:2024], np.arange(1000, dtype=np.uint32)) and not back[:1024].any()
+
+
+@pytest.mark.parametrize("budget", ["0", "1024"])  # lane stores on disk, then in memory
+def test_a_lane_seal_starts_writing_each_finished_chunk_to_disk(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, budget: str
+) -> None:
+    """Every embedded chunk of a 16-bit model is handed to write_behind, so the final flush finds little left."""
+    from paramseal import _sealing
+
+    rng = np.random.default_rng(5)
+    model = {
+        "a": helpers.random_tensor(rng, helpers.BF16, (3000, 7)),
+        "b": helpers.random_tensor(rng, np.float16, (77, 9)),
+    }
+    src = helpers.write_st(tmp_path / "m.safetensors", model, META)
+    monkeypatch.setattr(_pages, "CHUNK_BYTES", 4096)
+    monkeypatch.setenv("PARAMSEAL_SCRATCH_MIB", budget)
+    spans: list[tuple[int, int]] = []
+    real = _sealing.write_behind
+
+    def hint(a: np.ndarray) -> bool:
+        where = _pages.file_span(a)
+        assert where is not None  # a stretch of the output file
+        spans.append((where[1], where[1] + a.nbytes))
+        return real(a)
+
+    monkeypatch.setattr(_sealing, "write_behind", hint)
+    out = tmp_path / "s.safetensors"
+    files.seal_file(src, out, key, code="lanes")
+    assert len(spans) > 2  # many chunks
+    covered = sorted(spans)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(covered))  # disjoint, no gaps
+    assert covered[-1][1] - covered[0][0] == sum(v.nbytes for v in model.values())  # every tensor byte
 
 
 def test_progress_counts_steps_from_threads_and_takes_a_new_total() -> None:

@@ -139,6 +139,8 @@ def seal_flat(
         _model.write_storage(layout, spec, t, ub, parity, r0=r0)
         tags = _tag_chunk(ub, t, spec, r0, internal, plain, t not in emb.carriers, mac, salt)
         write_blocks(outs[t], spec, r0, ub)
+        # final but for the carriers' few reserved blocks: the disk can start on it while the others are embedded
+        write_behind(outs[t][r0 * BLOCK : r1 * BLOCK])
         lo, hi = layout.stripe_store[(b0 + r0) // g], layout.stripe_store[(b0 + r1 - 1) // g]
         release(parity[lo : hi + 2 * spec.k])  # the rows this chunk read
         return tags
