@@ -491,6 +491,51 @@ def test_write_tags_compiled_equals_the_numpy_version(dtype: type, k: int, monke
     assert np.array_equal(got & ~mask, ub & ~mask)  # nothing but the tag bits changed
 
 
+@needs_lib
+def test_the_vector_bit_movers_equal_the_scalar_loops() -> None:
+    """The vector paths of the bit fields (pext packs, 1- and 2-bit low fields) and of the tag write, against the loops.
+
+    Every 16-bit k, tags in the first words of wider values too, and tags past 32 bits (left to the loop).
+    """
+    from paramseal import _bits
+
+    if not _native_blocks.set_vector(True):
+        pytest.skip("this CPU has no AVX-512BW: only the loops run")
+    rng = np.random.default_rng(11)
+    try:
+        for k in range(1, 16):
+            big = rng.integers(0, 1 << 16, (1500, 70), dtype=np.uint16)
+            big[:2] = 0xFFFF  # every bit set: nothing spills over a field
+            for shift, width in ((0, k), (k, 16 - k)):  # both fields packed: pext where the vectors are
+                packed = []
+                for on in (True, False):
+                    _native_blocks.set_vector(on)
+                    packed.append(_native_blocks.pack(big[:, :64], shift, width))
+                assert packed[0] is not None and packed[1] is not None and np.array_equal(packed[0], packed[1])
+            data = rng.integers(0, 256, (1500, 8 * k), dtype=np.uint8)
+            got = []
+            for on in (True, False):
+                _native_blocks.set_vector(on)
+                b = big.copy()
+                assert _native_blocks.unpack(data, b[:, :64], 0, k)  # rows 70 values apart
+                got.append(b)
+            assert np.array_equal(got[0], got[1]) and not np.array_equal(got[0], big)
+        cases = [(np.uint16, 1), (np.uint16, 2), (np.uint16, 5), (np.uint16, 15), (np.uint32, 1), (np.uint32, 3)]
+        for dtype, k in [*cases, (np.uint64, 1)]:
+            ub = rng.integers(0, np.iinfo(dtype).max, (900, 64), dtype=dtype, endpoint=True)
+            tags = rng.integers(0, 1 << 32, 900, dtype=np.uint64)
+            tags[:3] = (1 << 32) - 1, 0, (1 << 40) + 12345  # the last: past 32 bits
+            got = []
+            for on in (True, False):
+                _native_blocks.set_vector(on)
+                u = ub.copy()
+                _bits.write_tags(u, tags, k)
+                got.append(u)
+            assert np.array_equal(got[0], got[1]) and not np.array_equal(got[0], ub)
+    finally:
+        _native_blocks.set_vector(True)
+
+
 def test_keyed_offset_in_parts_equals_one_keystream(key: paramseal.Key) -> None:
     """The pad is cut across threads for large runs; it must stay the AES-CTR keystream it was defined as."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -659,8 +704,9 @@ def test_compiled_decoder_equals_numba_on_garbage(k: int, F: int, host: int) -> 
 @needs_lib
 @pytest.mark.parametrize(
     "dtype,shift,width",
-    [(np.uint16, 1, 15), (np.uint16, 0, 1), (np.uint16, 0, 3), (np.uint16, 5, 11), (np.uint32, 4, 28),
-     (np.uint32, 0, 4), (np.uint32, 3, 29), (np.uint64, 8, 56), (np.uint64, 0, 36), (np.uint64, 12, 52)],
+    [(np.uint16, 1, 15), (np.uint16, 0, 1), (np.uint16, 0, 3), (np.uint16, 5, 11), (np.uint16, 4, 15),
+     (np.uint32, 4, 28), (np.uint32, 0, 4), (np.uint32, 3, 29), (np.uint64, 8, 56), (np.uint64, 0, 36),
+     (np.uint64, 12, 52)],
 )  # fmt: skip
 def test_pack_and_unpack_equal_the_numba_kernels(dtype: type, shift: int, width: int) -> None:
     """Every width the bit fields take (fp16/bf16 k=1..5, fp32 light, fp64), rows strided and threaded."""

@@ -519,6 +519,103 @@ MOVERS static int64_t gather_rows_tab_avx512(uint32_t *w, int64_t r, int64_t lim
 }
 #endif
 
+/* The bit movers' vector paths (AVX-512BW): -1 until the CPU is asked, then 0 or 1. ps_set_vector
+ * turns them off (0) or back on where the CPU has them (1), so the tests compare both ways. */
+static int vec_state = -1;
+
+int ps_set_vector(int on)
+{
+#ifdef X86
+    __atomic_store_n(&vec_state, on && have_avx512bw(), __ATOMIC_RELAXED);
+#else
+    (void)on;
+    __atomic_store_n(&vec_state, 0, __ATOMIC_RELAXED);
+#endif
+    return vec_state;
+}
+
+#ifdef X86
+static int have_bmi2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("bmi2");
+}
+
+static int vec_on(void)
+{
+    int v = __atomic_load_n(&vec_state, __ATOMIC_RELAXED);
+    if (v < 0) { /* two threads may both ask: the same answer */
+        v = have_avx512bw();
+        __atomic_store_n(&vec_state, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+/* ps_unpack's low fields of 1 or 2 bits in blocks of 64 16-bit values (a bf16 or fp16 seal's parity
+ * and tag bits), 32 values a vector: W = 1 takes 32 bits of the row as the mask of the values whose
+ * bit 0 is set; W = 2 spreads 32 bits over 16 values, a shift per lane. As unpack16_row (tests compare). */
+MOVERS static void unpack_lo16_avx512(const uint8_t *data, int64_t r0, int64_t r1, int W, uint16_t *u, int64_t ld)
+{
+    const __m512i keep = _mm512_set1_epi16((short)(uint16_t) ~((1u << W) - 1)), one = _mm512_set1_epi16(1);
+    const __m512i sh = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i three = _mm512_set1_epi32(3);
+    for (int64_t b = r0; b < r1; b++) {
+        uint16_t *row = u + b * ld;
+        const uint8_t *p = data + b * 8 * W;
+        for (int h = 0; h < 2; h++) {
+            __m512i v = _mm512_and_si512(_mm512_loadu_si512(row + 32 * h), keep);
+            if (W == 1) {
+                uint32_t m;
+                memcpy(&m, p + 4 * h, 4);
+                v = _mm512_mask_mov_epi16(v, (__mmask32)m, _mm512_or_si512(v, one));
+            } else {
+                uint32_t a, c;
+                memcpy(&a, p + 8 * h, 4);
+                memcpy(&c, p + 8 * h + 4, 4);
+                __m256i lo = _mm512_cvtepi32_epi16(_mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)a), sh), three));
+                __m256i hi = _mm512_cvtepi32_epi16(_mm512_and_si512(_mm512_srlv_epi32(_mm512_set1_epi32((int)c), sh), three));
+                v = _mm512_or_si512(v, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+            }
+            _mm512_storeu_si512(row + 32 * h, v);
+        }
+    }
+}
+
+/* ps_write_tag where the tag's fields lie in a block's first 32 16-bit words (every 16-bit dtype; wider
+ * ones at small k): word i gets (tag >> wshift[i]) & wmask[i], 16 words a shift per lane of the broadcast
+ * tag. A tag of more than 32 bits (none is: tags are below p) goes to the scalar loop, which reads all 64. */
+MOVERS static void write_tag_avx512(uint16_t *words, int64_t b0, int64_t b1, int nw, const uint16_t *wmask,
+                                    const uint64_t *wshift, int nm, const uint64_t *tags)
+{
+    uint32_t sh[32] = {0}, mk[32] = {0};
+    uint16_t keep[32];
+    for (int i = 0; i < 32; i++) {
+        const int on = i < nm && wmask[i]; /* a word without tag bits may have any shift: it is kept */
+        sh[i] = on ? (uint32_t)(wshift[i] < 32 ? wshift[i] : 32) : 0; /* 32 or more: no bit of a 32-bit tag */
+        mk[i] = on ? wmask[i] : 0;
+        keep[i] = (uint16_t)~mk[i];
+    }
+    const __m512i s0 = _mm512_loadu_si512(sh), s1 = _mm512_loadu_si512(sh + 16);
+    const __m512i k0 = _mm512_loadu_si512(mk), k1 = _mm512_loadu_si512(mk + 16), kp = _mm512_loadu_si512(keep);
+    const __mmask32 m = nm >= 32 ? 0xFFFFFFFFu : (1u << nm) - 1;
+    for (int64_t b = b0; b < b1; b++) {
+        uint16_t *w = words + b * (int64_t)nw;
+        if (tags[b] >> 32) {
+            for (int i = 0; i < nm; i++)
+                if (wmask[i])
+                    w[i] = (uint16_t)((w[i] & ~wmask[i]) | ((tags[b] >> wshift[i]) & wmask[i]));
+            continue;
+        }
+        const __m512i t = _mm512_set1_epi32((int)(uint32_t)tags[b]);
+        __m256i lo = _mm512_cvtepi32_epi16(_mm512_and_si512(_mm512_srlv_epi32(t, s0), k0));
+        __m256i hi = _mm512_cvtepi32_epi16(_mm512_and_si512(_mm512_srlv_epi32(t, s1), k1));
+        __m512i v = _mm512_and_si512(_mm512_maskz_loadu_epi16(m, w), kp);
+        v = _mm512_or_si512(v, _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+        _mm512_mask_storeu_epi16(w, m, v);
+    }
+}
+#endif
+
 #define TAB_ROWS 2048 /* rows a run of ps_gather needs before its offset table pays for itself */
 
 /* The float words of a batch of consecutive groups, in position order: the gather of irs4 sealing.
@@ -739,6 +836,12 @@ CLONES void ps_read_tag(const uint16_t *words, int64_t b0, int64_t b1, int nw, c
 CLONES void ps_write_tag(uint16_t *words, int64_t b0, int64_t b1, int nw, const uint16_t *wmask, const uint64_t *wshift,
                   int nm, const uint64_t *tags)
 {
+#ifdef X86
+    if (nm <= 32 && vec_on()) {
+        write_tag_avx512(words, b0, b1, nw, wmask, wshift, nm, tags);
+        return;
+    }
+#endif
     for (int64_t b = b0; b < b1; b++) {
         uint16_t *w = words + b * (int64_t)nw;
         for (int i = 0; i < nm; i++)
@@ -1336,10 +1439,54 @@ static inline __attribute__((always_inline)) void unpack16_row(const uint8_t *p,
     for (int64_t b = r0; b < r1; b++)                                                                \
         unpack16_row(data + b * 8 * W, shift, W, (uint16_t *)u + b * ld);
 
+#ifdef X86
+/* ps_pack of blocks of 64 16-bit values: 4 values' fields at a time gathered by one pext (4 W bits), the
+ * row's 64 W bits written as W 8-byte words; W is a constant at each call (the switch), so every shift
+ * is too. Only with the vector paths: the CPUs with AVX-512 have a fast pext (the AMD ones before,
+ * microcoded, took hundreds of cycles). As pack16_row (tests compare). */
+static inline __attribute__((always_inline, target("bmi2"))) void pext16_row(const uint16_t *row, int shift, const int W,
+                                                                            uint8_t *o)
+{
+    const uint64_t m = (((1ull << W) - 1) << shift) * 0x0001000100010001ull;
+    const int q = 4 * W; /* bits a pext gives */
+    uint64_t acc = 0;
+    int nbits = 0;
+#pragma GCC unroll 16
+    for (int j = 0; j < 64; j += 4) {
+        uint64_t x;
+        memcpy(&x, row + j, 8);
+        const uint64_t v = _pext_u64(x, m);
+        acc |= v << nbits; /* nbits < 64 */
+        nbits += q;
+        if (nbits >= 64) {
+            memcpy(o, &acc, 8);
+            o += 8, nbits -= 64;
+            acc = v >> (q - nbits); /* q < 64: the bits that did not fit (none when nbits is 0) */
+        }
+    }
+}
+
+#define PEXT16(W)                                                                                    \
+    for (int64_t b = r0; b < r1; b++)                                                                \
+        pext16_row(u + b * ld, shift, W, out + b * 8 * W);
+
+__attribute__((target("bmi2"))) static void pack16_pext(const uint16_t *u, int64_t ld, int64_t r0, int64_t r1,
+                                                        int shift, int width, uint8_t *out)
+{
+    CASES16(PEXT16)
+}
+#endif
+
 void ps_pack(const void *u, int size, int64_t ld, int64_t r0, int64_t r1, int n, int shift, int width, uint8_t *out)
 {
     const uint64_t mask = (1ull << width) - 1;
     const int64_t ob = (int64_t)width * n / 8;
+#ifdef X86
+    if (size == 2 && n == 64 && width < 16 && shift + width <= 16 && vec_on() && have_bmi2()) {
+        pack16_pext((const uint16_t *)u, ld, r0, r1, shift, width, out);
+        return;
+    }
+#endif
     if (size == 2 && n == 64 && width < 16) {
         CASES16(PACK16)
         return;
@@ -1377,6 +1524,12 @@ void ps_unpack(const uint8_t *data, int64_t r0, int64_t r1, int n, int shift, in
 {
     const uint64_t mask = (1ull << width) - 1, keep = ~(mask << shift);
     const int64_t ob = (int64_t)width * n / 8;
+#ifdef X86
+    if (size == 2 && n == 64 && shift == 0 && width <= 2 && vec_on()) {
+        unpack_lo16_avx512(data, r0, r1, width, (uint16_t *)u, ld);
+        return;
+    }
+#endif
     if (size == 2 && n == 64 && width < 16) {
         CASES16(UNPACK16)
         return;

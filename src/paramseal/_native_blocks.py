@@ -83,6 +83,15 @@ def write_tag(
     return True
 
 
+def set_vector(on: bool) -> bool:
+    """Let the bit movers use their AVX-512 paths (where the CPU has them) or not; whether they now do.
+
+    The tests compare the two; nothing else turns them off.
+    """
+    lib = _native._lib()
+    return lib is not None and bool(lib.ps_set_vector(int(on)))
+
+
 def _strides(a: NDArray[np.generic]) -> tuple[int, ...] | None:
     """Strides in elements, or None where one is not a whole number of them."""
     size = a.dtype.itemsize
@@ -205,6 +214,7 @@ __all__ = [
     "mlh",
     "pack",
     "read_tag",
+    "set_vector",
     "split",
     "stripes",
     "unpack",
