@@ -536,6 +536,31 @@ def test_the_vector_bit_movers_equal_the_scalar_loops() -> None:
         _native_blocks.set_vector(True)
 
 
+@needs_lib
+def test_the_non_finite_check_is_one_compiled_pass_and_equals_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seal's NaN/Inf refusal of 16-bit chunks: ``ps_max_masked16`` against numpy's masked max, planted values."""
+    from paramseal import _sealing
+
+    rng = np.random.default_rng(12)
+    for dtype, top in (("BF16", 0x7F80), ("F16", 0x7C00)):  # the smallest magnitude with every exponent bit set
+        for n in (1, 63, 64, 4097):
+            for planted in (None, top, top - 1, top | 0x8000, 0xFFFF, 0x7FFF):
+                sign = rng.choice([0, 0x8000], n).astype(np.uint16)
+                u = (rng.integers(0, top, n, dtype=np.uint16) | sign).reshape(-1, 1)  # finite values
+                if planted is not None:
+                    u[rng.integers(0, n)] = planted
+                    u[-1] = planted if n % 2 else u[-1]  # the last value too
+                got = _native_blocks.max_masked(u, 0x7FFF)
+                assert got == int((u & np.uint16(0x7FFF)).max())
+                want = planted is not None and (planted & 0x7FFF) >= top
+                assert _sealing._has_non_finite(u, dtype) == want
+    calls: list[int] = []
+    real = _native_blocks.max_masked
+    monkeypatch.setattr(_native_blocks, "max_masked", lambda *a: calls.append(1) or real(*a))
+    assert not _sealing._has_non_finite(np.zeros((4, 64), np.uint16), "BF16") and calls  # the compiled pass ran
+    assert _native_blocks.max_masked(np.zeros((4, 64), np.uint16)[:, ::2], 0x7FFF) is None  # strided: numpy's
+
+
 def test_keyed_offset_in_parts_equals_one_keystream(key: paramseal.Key) -> None:
     """The pad is cut across threads for large runs; it must stay the AES-CTR keystream it was defined as."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes

@@ -817,6 +817,19 @@ CLONES void ps_mlh(const uint16_t *words, int64_t b0, int64_t b1, int nw, const 
     }
 }
 
+/* The largest u[i] & mask of n 16-bit values, one pass (numpy's took two and a temporary as large):
+ * a seal refuses a float tensor holding NaN or Inf, whose exponent bits are all ones, by it. */
+CLONES int64_t ps_max_masked16(const uint16_t *u, int64_t n, int64_t mask)
+{
+    const uint16_t m16 = (uint16_t)mask;
+    uint16_t best = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const uint16_t v = u[i] & m16;
+        best = v > best ? v : best;
+    }
+    return best;
+}
+
 /* Each block's stored tag (as _kernels.read_tag_words): OR of (word i & wmask[i]) << wshift[i], i < nm. */
 CLONES void ps_read_tag(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint16_t *wmask, const uint64_t *wshift,
                  int nm, uint64_t *out)

@@ -108,6 +108,7 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_blocks.argtypes = [p, i64, i64, p, p, p, i64, i64, p, i64, i64, i32]
     for f in (lib.ps_pack, lib.ps_unpack, lib.ps_split, lib.ps_stripes, lib.ps_blocks):
         f.restype = None
+    lib.ps_max_masked16.argtypes, lib.ps_max_masked16.restype = [p, i64, i64], i64
     lib.ps_argsort_rows.argtypes = [p, i64, i64, i64, p]
     lib.ps_argsort_rows.restype = i32
     lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, ctypes.c_uint32, i32, i32]

@@ -193,6 +193,14 @@ def blocks(
     return True
 
 
+def max_masked(u: NDArray[np.unsignedinteger], mask: int) -> int | None:
+    """``int((u & mask).max())`` of 16-bit values in one pass (``ps_max_masked16``), or None where it does not apply."""
+    lib = _native._lib()
+    if lib is None or u.dtype != np.uint16 or not u.flags.c_contiguous or not u.size:
+        return None
+    return int(lib.ps_max_masked16(u.ctypes.data, u.size, mask))
+
+
 def argsort_rows(keys: NDArray[np.uint64]) -> NDArray[np.int64] | None:
     """``np.argsort(keys, axis=1, kind="stable")`` compiled (``ps_argsort_rows``), or None without the library."""
     lib = _native._lib()
@@ -211,6 +219,7 @@ def argsort_rows(keys: NDArray[np.uint64]) -> NDArray[np.int64] | None:
 __all__ = [
     "argsort_rows",
     "blocks",
+    "max_masked",
     "mlh",
     "pack",
     "read_tag",

@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _code, _embed, _irs, _model, _native, _pages, _strata
+from . import _code, _embed, _irs, _model, _native, _native_blocks, _pages, _strata
 from ._bits import write_tags
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
@@ -385,8 +385,11 @@ def _has_non_finite(u: NDArray[np.unsignedinteger], dtype: str) -> bool:
     fmt = FLOATS[dtype]
     if not u.size:
         return False
-    magnitude = u & u.dtype.type((1 << (fmt.exponent + fmt.mantissa)) - 1)
-    return int(magnitude.max()) >= ((1 << fmt.exponent) - 1) << fmt.mantissa
+    mask = (1 << (fmt.exponent + fmt.mantissa)) - 1
+    top = _native_blocks.max_masked(u, mask)  # compiled: one pass, no temporary
+    if top is None:
+        top = int((u & u.dtype.type(mask)).max())
+    return top >= ((1 << fmt.exponent) - 1) << fmt.mantissa
 
 
 def probe_header(
