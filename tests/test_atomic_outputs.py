@@ -218,7 +218,7 @@ def test_a_pt_torch_names_after_its_output_is_never_readable_by_others_before_it
     real = os.replace
 
     def spy(a: str | os.PathLike[str], b: str | os.PathLike[str], **kw: object) -> None:
-        if Path(b).parent == tmp_path:
+        if Path(b).resolve().is_relative_to(tmp_path.resolve()):  # beside the output, or into its temporary folder
             modes.append(stat.S_IMODE(os.lstat(a).st_mode))
         real(a, b, **kw)  # type: ignore[arg-type]
 

@@ -1945,7 +1945,7 @@ def test_a_header_out_that_cannot_be_written_leaves_no_model_either(
     real = os.fsync
 
     def full(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-1].startswith(".h.json."):
+        if os.readlink(f"/proc/self/fd/{fd}").split("/")[-2].startswith(".h.json."):  # in its temporary folder
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(fd)
 

@@ -753,14 +753,14 @@ def test_header_out_in_a_folder_that_cannot_be_written_fails_before_sealing(
     torch.save(_Tied().state_dict(), src)
     locked = tmp_path / "locked"
     locked.mkdir()
-    mkstemp = tempfile.mkstemp
+    mkdtemp = tempfile.mkdtemp
 
-    def refuse(*a: Any, **kw: Any) -> tuple[int, str]:  # a folder we may not write (root ignores chmod)
+    def refuse(*a: Any, **kw: Any) -> str:  # a folder we may not write (root ignores chmod)
         if Path(kw.get("dir", ".")) == locked:
             raise PermissionError(13, "Permission denied")
-        return mkstemp(*a, **kw)
+        return mkdtemp(*a, **kw)
 
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)  # the temporary file's own folder
     rc, _, err = helpers.run_cli(["seal", src, tmp_path / "s.pt", "--key", key_file, "--header-out", locked / "h.json"])
     assert rc == 3 and "Permission denied" in err and not (tmp_path / "s.pt").exists(), err
     assert not list(locked.iterdir())

@@ -83,14 +83,15 @@ def test_keygen_force_replaces_a_key_named_at_the_length_limit(tmp_path: Path) -
 
 @pytest.mark.skipif(sys.platform != "linux", reason="file-name limits as on Linux")
 def test_atomic_path_temporary_names_fit_and_leave_the_final_name_known(tmp_path: Path) -> None:
-    from paramseal._tempname import final_name
+    from paramseal._tempname import final_name, final_path
 
     dst = tmp_path / _long(".safetensors", "é")
     with files.atomic_path(dst) as tmp:
-        assert len(os.fsencode(tmp.name)) <= NAME_MAX and tmp.parent == dst.parent
-        assert final_name(tmp) == dst.name
+        (folder,) = _temps(tmp_path)  # the temporary file's own folder, '.NAME.XXXXXXXX.tmp' cut to fit
+        assert len(os.fsencode(folder)) <= NAME_MAX and tmp.name == dst.name and tmp.parent.samefile(tmp_path / folder)
+        assert final_name(tmp) == dst.name and final_path(tmp) == dst
         tmp.write_bytes(b"x")
-    assert dst.read_bytes() == b"x" and final_name(tmp) == tmp.name
+    assert dst.read_bytes() == b"x" and final_path(tmp) == tmp and _temps(tmp_path) == []
 
 
 def test_onnx_external_data_side_files_fit_beside_an_output_named_at_the_limit(tmp_path: Path, key_file: Path) -> None:

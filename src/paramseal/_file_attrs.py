@@ -15,6 +15,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._tempname import shown
 from .errors import ParamSealWarning
 
 # Extended attributes that decide who may read the file (POSIX ACLs, NFSv4 ACLs): one not copied must not
@@ -102,8 +103,8 @@ def _written(tmp: Path) -> int:
         os.close(fd)
     raise OSError(
         0,
-        f"its temporary file '{tmp}' was replaced while it was written, by a link or a file with another name "
-        "(someone else may write that folder); nothing was written",
+        f"its temporary file '{shown(str(tmp))}' was replaced while it was written, by a link or a file with another "
+        "name (someone else may write that folder); nothing was written",
         str(tmp),
     )
 

@@ -17,7 +17,6 @@ import functools
 import mmap
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ._parallel import halves, parallel_map
+from ._tempname import discard_folder, private_folder
 from .errors import InputError, UsageError, cannot_write
 
 CHUNK_BYTES = 16 << 20  # bytes of tensor data the engine handles at a time
@@ -207,7 +207,7 @@ class Workspace:
         self.budget = scratch_budget() if budget is None else budget
         self.in_memory = 0  # bytes of scratch held in memory so far
         self._maps: list[Mapping] = []
-        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self._dir: Path | None = None  # a `private_folder`: its files are opened by name
         self._arena: Mapping | None = None  # the scratch file small arrays are cut from
         self._arena_used = 0
 
@@ -237,7 +237,7 @@ class Workspace:
         assert self.folder is not None
         n = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
         if self._dir is None:
-            self._dir = tempfile.TemporaryDirectory(prefix=".paramseal-", dir=self.folder)
+            self._dir = private_folder("paramseal-scratch", self.folder)  # '.paramseal-scratch.XXXXXXXX.tmp'
             _steady_malloc()
         if n >= CHUNK_BYTES:
             return self._new_file(n).array(0, np.dtype(dtype), shape)
@@ -251,7 +251,7 @@ class Workspace:
 
     def _new_file(self, n: int) -> Mapping:
         assert self._dir is not None
-        m = Mapping(Path(self._dir.name) / f"scratch{len(self._maps)}", write=True, size=max(n, 1), scattered=True)
+        m = Mapping(self._dir / f"scratch{len(self._maps)}", write=True, size=max(n, 1), scattered=True)
         self._maps.append(m)
         return m
 
@@ -278,7 +278,7 @@ class Workspace:
         self._maps.clear()
         self._arena = None
         if self._dir is not None:
-            self._dir.cleanup()
+            discard_folder(self._dir)
             self._dir = None
 
 

@@ -26,6 +26,7 @@ from ._pages import chunks, copy_range, pwrite_all, read, release
 from ._parallel import task_map
 from ._paths import atomic_path
 from ._sealing import write_blocks
+from ._tempname import discard
 from .errors import UsageError, cannot_write
 from .formats import Loaded, adapter_for
 from .formats import safetensors as st_format
@@ -71,7 +72,7 @@ class Precopy(threading.Thread):
         return self.tmp
 
     def cancel(self) -> None:
-        """Stop copying and delete the temporary file, unless it was taken.
+        """Stop copying and delete the temporary file (and its private folder), unless it was taken.
 
         Deleted even when the wait is cut short (a second Ctrl-C while a step of the copy ends):
         the thread, told to stop, writes on into a file that no longer has a name.
@@ -82,7 +83,7 @@ class Precopy(threading.Thread):
                 self.join()
         finally:
             if not self._taken:
-                self.tmp.unlink(missing_ok=True)
+                discard(self.tmp)
 
 
 def refuse_unverifiable_metadata(chk: Check, out_meta: dict[str, str], dst: Path, fmt: str) -> None:

@@ -1,7 +1,7 @@
 """Paths in and out of a model file operation: atomic outputs, and what may not be read or replaced.
 
-Outputs are written to a temporary file beside the destination, flushed and renamed into place
-(`atomic_path`), so a failure leaves nothing half-written; a key file, a read-only file or the
+Outputs are written to a temporary file in a private folder beside the destination, flushed and renamed
+into place (`atomic_path`), so a failure leaves nothing half-written; a key file, a read-only file or the
 input itself (unless in place) is never replaced.
 """
 
@@ -11,14 +11,13 @@ import errno
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ._file_attrs import give, kept_of, warn_links
 from ._shard_index import INDEX_SUFFIX, index_files, set_files
-from ._tempname import renamed_to, sync_folder, temp_prefix
+from ._tempname import discard, private_temp, renamed_to, sync_folder
 from .errors import FormatError, InputError, ParamSealError, UsageError, cannot_write, io_failure
 from .formats import adapter_for, onnx_format
 from .formats.registry import adapters
@@ -31,13 +30,13 @@ PathLike = str | os.PathLike[str]
 def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``dst`` (``tmp``, from :func:`temp_beside`, if given).
 
-    It is renamed over ``dst`` only if the block succeeds, and deleted otherwise.
+    It is renamed over ``dst`` only if the block succeeds; it and its private folder are deleted in any case.
     """
     tmp_path = tmp or temp_beside(dst)
     try:
         kept = kept_of(dst)  # before the block: an ONNX model's writer replaces ``dst`` itself first
         try:
-            with renamed_to(tmp_path, dst.name):  # a writer that names files after the output asks for it
+            with renamed_to(tmp_path, dst):  # a writer that names files after the output asks for it
                 yield tmp_path
             if (now := kept_of(dst)) is not None and (kept is None or now.inode == kept.inode):
                 kept = now  # the file replaced as it is now: made private (chmod 600) while the output was written
@@ -53,10 +52,9 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
         except OSError as e:
             if isinstance(e, ParamSealError):
                 raise
-            raise io_failure(dst, e, tmp_path) from e
+            raise io_failure(dst, e, tmp_path.parent) from e
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        discard(tmp_path)
 
 
 def resolved(p: Path) -> Path | None:
@@ -167,7 +165,12 @@ def _on_read_only_fs(path: Path) -> bool:
 
 
 def temp_beside(dst: Path) -> Path:
-    """A new empty temporary file in ``dst``'s folder (so the final rename is atomic)."""
+    """A new empty temporary file for ``dst``, in a new folder only we may enter, in ``dst``'s folder.
+
+    The same file system, so the final rename is atomic; `_tempname.discard` removes both. The writers open
+    it by name: beside ``dst``, a link put there by whoever else may write that folder would have them write
+    the file it names (as root, any file); no one else may enter a 0700 folder.
+    """
     if dst.is_dir():
         raise UsageError(f"cannot write to '{dst}' because it is a directory; give a file path")
     if dst.exists() and not dst.is_file():  # a FIFO or a device: not a file to replace, and reading it may block
@@ -177,11 +180,9 @@ def temp_beside(dst: Path) -> Path:
     if not parent.is_dir():
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(dst.name, parent), suffix=".tmp", dir=parent)
+        return private_temp(dst.name, parent)
     except OSError as e:
         raise cannot_write(dst, e) from e
-    os.close(fd)
-    return Path(tmp)
 
 
 def check_paths(src: Path, dst: Path, in_place: bool) -> tuple[Path, str]:
@@ -294,7 +295,7 @@ def check_header_out(path: PathLike, *others: PathLike) -> Path:
     never_read_only(p)
     if (parent := resolved(p.parent)) is None or not parent.is_dir():
         raise UsageError(f"cannot write '{p}': folder '{p.parent}' does not exist")
-    temp_beside(p).unlink()  # a folder we may not write in: say so now, not after the model is sealed
+    discard(temp_beside(p))  # a folder we may not write in: say so now, not after the model is sealed
     return p
 
 

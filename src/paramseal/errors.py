@@ -13,6 +13,8 @@ import shutil
 import unicodedata
 from typing import Any
 
+from ._tempname import shown
+
 
 def one_line(text: str) -> str:
     r"""``text`` with its control and format characters escaped (``\n``, ``\x1b``, ``\u202e``).
@@ -113,8 +115,8 @@ def cannot_write(dst: str | os.PathLike[str], e: OSError, *, what: str | None = 
     """
     why = e.strerror or str(e)
     folder = os.path.dirname(os.path.abspath(dst))
-    if e.filename and os.path.dirname(os.path.abspath(str(e.filename))) != folder:  # not dst or its temporary file
-        why += f" ('{e.filename}')"
+    if e.filename and not _beside(shown(str(e.filename)), folder):  # not dst or its temporary file
+        why += f" ('{shown(str(e.filename))}')"
     hint = _HINTS.get(e.errno or 0)
     try:
         free = shutil.disk_usage(folder).free
@@ -126,6 +128,14 @@ def cannot_write(dst: str | os.PathLike[str], e: OSError, *, what: str | None = 
     return OutputError(f"cannot write {what}: {why}" + (f"; {hint}" if hint else ""))
 
 
+def _beside(name: str, folder: str) -> bool:
+    """Whether ``name`` is in ``folder``, or in a temporary folder there ('.NAME.XXXXXXXX.tmp', `_tempname`)."""
+    at = os.path.dirname(os.path.abspath(name))
+    return at == folder or (
+        os.path.dirname(at) == folder and os.path.basename(at).startswith(".") and at.endswith(".tmp")
+    )
+
+
 def io_failure(
     dst: str | os.PathLike[str], e: OSError, scratch: str | os.PathLike[str] | None = None
 ) -> ParamSealError:
@@ -135,10 +145,10 @@ def io_failure(
     """
     if isinstance(e, ParamSealError):
         return e
-    name = None if e.filename is None else os.path.abspath(str(e.filename))
-    ours = [os.path.abspath(p) for p in (dst, scratch) if p is not None]
+    name = None if e.filename is None else os.path.abspath(shown(str(e.filename)))
+    ours = [os.path.abspath(shown(str(p))) for p in (dst, scratch) if p is not None]
     if name is not None and not any(name == p or name.startswith(p + os.sep) for p in ours):
-        return InputError(f"cannot read '{e.filename}': {e.strerror or e}")
+        return InputError(f"cannot read '{shown(str(e.filename))}': {e.strerror or e}")
     return cannot_write(dst, e)
 
 

@@ -35,7 +35,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -65,7 +64,7 @@ from ._shard_jobs import Failed, recover_one, sealed_elsewhere, verify_one, wron
 from ._shard_moves import borrowed, moved_issues, without_moved
 from ._shard_pool import _map
 from ._shard_set import _locate, _moved, _record, _set_id, _vouched, open_index, sealed_level
-from ._tempname import sync_folder, temp_prefix
+from ._tempname import discard_folder, let_go, named, private_folder, still_there, sync_folder, through
 from .errors import (
     FormatError,
     ParamSealError,
@@ -117,15 +116,18 @@ def _atomic_dir(dst: Path, src: Path) -> Iterator[Path]:
     if not parent.is_dir():
         raise UsageError(f"cannot write '{dst}': folder '{parent}' does not exist")
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(dst.name, parent), suffix=".tmp", dir=parent))
-        os.chmod(tmp, new_mode(folder=True))  # mkdtemp's 0700 would outlive the rename: make it a normal folder
+        at = private_folder(dst.name, parent)  # 0700 while it is filled: its files are written by name
     except OSError as e:
         raise cannot_write(dst, e) from e
+    tmp, placed = named(at), False  # the workers' path (another process); this one writes through `at`
     try:
         try:
             yield tmp
-            sync_folder(tmp)  # its files' names, then the folder's own
+            os.chmod(at, new_mode(folder=True))  # mkdtemp's 0700 would outlive the rename: make it a normal folder
+            sync_folder(at)  # its files' names, then the folder's own
+            still_there(at)
             os.replace(tmp, dst)
+            placed = True
             sync_folder(parent)
         except ParamSealError as e:
             # the user never sees the temporary folder: name the output they asked for
@@ -134,8 +136,7 @@ def _atomic_dir(dst: Path, src: Path) -> Iterator[Path]:
         except OSError as e:
             raise io_failure(dst, e, tmp) from e
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        (let_go if placed else discard_folder)(at)  # through its descriptor: its name may lead elsewhere by now
 
 
 def _copy_others(src: Path, dst: Path, skip: set[str], scratch: Path) -> None:
@@ -210,7 +211,7 @@ def seal_dir(
             for name in shards
         ]
         _map(_seal_one, jobs, workers)
-        _copy_others(src, tmp, set(shards), tmp)
+        _copy_others(src, through(tmp), set(shards), tmp)
     return shards
 
 
@@ -435,10 +436,10 @@ def recover_dir(
                 raise _Discard(merged)
             shard_files = set(everything) | {where.get(s, s) for s in everything}
             # a rebuilt index replaces the folder's (an unusable one, under another name, too)
-            _copy_others(src, tmp, shard_files | ({idx.name, *index_files(src)} if rebuild else set()), tmp)
+            _copy_others(src, through(tmp), shard_files | ({idx.name, *index_files(src)} if rebuild else set()), tmp)
             if rebuild:
                 index = _rebuilt_index(idx, reports, tmp)
-                (tmp / idx.name).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+                (through(tmp) / idx.name).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     except _Discard as e:
         return replace(e.report, written=False)
     # set, not inherited: `_merge` copies the first shard's report, and its flag is that shard's file

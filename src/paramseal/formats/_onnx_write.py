@@ -12,7 +12,6 @@ import mmap
 import os
 import re
 import secrets
-import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._file_attrs import give, kept_of
-from .._tempname import cut_name, name_max, sync_folder, temp_prefix
+from .._tempname import cut_name, discard_folder, name_max, private_folder, sync_folder
 from ..errors import FormatError, ParamSealError, cannot_write
 from ..levels import NIBBLE
 from ._onnx_tensors import (
@@ -262,13 +261,15 @@ class SidePlan:
         # as _paths.atomic_path: a replaced model keeps its mode, owner and attributes, and its data takes
         # the same access (the caller's rename warns of what could not be kept)
         kept = kept_of(dst)
-        temps: list[Path] = []
         placed: list[Path] = []
         target = dst  # the file being made, for the message: a side file's temporary would read as an input
+        work: Path | None = None  # the temporary files' folder: ours alone, so no link can be put there
         try:
+            work = private_folder(dst.name, self.folder)
+            temps = [work / self.names[loc] for loc in self.files]
             for loc, parts in self.files.items():
                 target = self.folder / self.names[loc]
-                t = self._temp(self.names[loc], temps)
+                t = _new(work / self.names[loc])
                 with open(t, "r+b") as f:
                     for offset, data in sorted(parts, key=lambda p: p[0]):
                         f.seek(offset)
@@ -281,7 +282,7 @@ class SidePlan:
                 os.replace(t, target)
                 placed.append(target)
             target = dst
-            t = self._temp(dst.name, temps)
+            t = _new(work / f"{dst.name}.model" if dst.name in self.names.values() else work / dst.name)
             with open(t, "r+b") as f:
                 f.write(model)
                 f.flush()
@@ -296,16 +297,15 @@ class SidePlan:
                 raise cannot_write(target, e) from e
             raise
         finally:
-            for p in temps:
-                p.unlink(missing_ok=True)
+            if work is not None:
+                discard_folder(work)
         for p in stale:
             try:
                 p.unlink(missing_ok=True)
             except OSError:  # the new pair is complete; an old file left over does no harm
                 pass
 
-    def _temp(self, name: str, temps: list[Path]) -> Path:
-        fd, t = tempfile.mkstemp(prefix=temp_prefix(name, self.folder), suffix=".tmp", dir=self.folder)
-        os.close(fd)
-        temps.append(Path(t))
-        return Path(t)
+
+def _new(path: Path) -> Path:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600))
+    return path

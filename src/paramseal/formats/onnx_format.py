@@ -73,7 +73,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .._embed import header_copies
-from .._tempname import cut_name, final_name, name_max
+from .._tempname import cut_name, final_path, name_max
 from ..errors import FormatError, ParamSealWarning, UsageError
 from ..header import METADATA_KEY
 from ._onnx_digest import GRAPH_VERSIONS, graph_digest, graph_version
@@ -198,22 +198,23 @@ class OnnxAdapter:
         """Fill the graph read earlier with the new values (see the module docstring) and write it."""
         onnx = import_onnx()
         src = loaded.source
-        out = final_name(path)  # _paths.atomic_path writes to a temporary file and renames it
+        dst = final_path(path)  # _paths.atomic_path writes to a temporary file (in a folder of its own), renamed here
+        out = dst.name
         try:
             template = src if isinstance(src, _Template) else _TEMPLATES.find(frozenset(loaded.tensors))
             if template is not None and template.names != frozenset(loaded.tensors):
                 # e.g. a partial recover of a model whose initializer was renamed: the tensors carry the sealed names
                 raise _mismatch(template.names, frozenset(loaded.tensors))
         except FormatError as e:
-            raise FormatError(f"'{path.parent / out}': {e}") from None
+            raise FormatError(f"'{dst}': {e}") from None
         if template is None:
-            _refuse_sealed_container(path.parent / out, loaded)
+            _refuse_sealed_container(dst, loaded)
             model = container(onnx, loaded)
         else:
             model = onnx.ModelProto()
             model.ParseFromString(template.skeleton)
         slots = tensor_slots(model)
-        plan = SidePlan(path.parent, out)
+        plan = SidePlan(dst.parent, out)  # beside the output, not in the temporary's folder
         for name, slot in zip(tensor_names(slots), slots, strict=True):
             fill(slot.proto, np.asarray(loaded.tensors[name]), name, plan)
         del model.metadata_props[:]
@@ -223,7 +224,6 @@ class OnnxAdapter:
         if not plan.files:
             path.write_bytes(serialize(model, out))
             return
-        dst = path.parent / out
         inputs = template.inputs if template is not None else frozenset()
         in_place = template is not None and dst.resolve() == template.model
         old = side_files(onnx, dst)
