@@ -262,3 +262,34 @@ def test_a_link_put_at_the_scratch_folder_is_not_written_through(
     assert failed is None, failed
     monkeypatch.undo()
     assert files.verify_file(shared / "out.safetensors", key).ok
+
+
+@pytest.mark.parametrize("swap", ["symlink", "hardlink"])
+def test_an_in_place_patch_is_not_written_through_a_name_swapped_after_its_checks(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, swap: str
+) -> None:
+    """`recover --in-place` of a safetensors file writes its rebuilt blocks into the file itself, opened by name
+    after its checks (not a link, one name): a link put there meanwhile had them written into the file it named."""
+    files.seal_file(model_file, model_file, key, in_place=True)
+    with open(model_file, "r+b") as f:  # a bit flipped on disk: the header stays as sealed, so it is patched
+        f.seek(-5, os.SEEK_END)
+        byte = f.read(1)[0]
+        f.seek(-5, os.SEEK_END)
+        f.write(bytes([byte ^ 0x40]))
+    victim = tmp_path / "victim.safetensors"
+    victim.write_bytes(model_file.read_bytes())  # the same bytes: every check made by name still passes
+    before = victim.read_bytes()
+    room_kept = _patch._room_kept
+
+    def swapped(*args: Any) -> bool:  # another user, between the checks and the open
+        model_file.unlink()
+        if swap == "symlink":
+            model_file.symlink_to(victim)
+        else:
+            os.link(victim, model_file)
+        return room_kept(*args)
+
+    monkeypatch.setattr(_patch, "_room_kept", swapped)
+    with pytest.raises(OutputError, match="while it was recovered; nothing was written"):
+        files.recover_file(model_file, model_file, key, in_place=True)
+    assert victim.read_bytes() == before

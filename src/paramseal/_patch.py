@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import stat
 import struct
 import threading
 from collections.abc import Callable
@@ -241,7 +242,7 @@ def _write_patches(
 ) -> None:
     """Write every rebuilt block into ``path`` (laid out as ``lay``), then ``last(fd)``; a failure names ``dst``."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = _open_plain(path)
         try:
 
             def one(t: int) -> None:
@@ -253,6 +254,25 @@ def _write_patches(
             os.close(fd)
     except OSError as e:
         raise cannot_write(dst, e) from e
+
+
+def _open_plain(path: Path) -> int:
+    """``path`` opened for writing where it is still one plain file, not a link or a name of several.
+
+    Checked before (`patch_in_place`), but by name: whoever else writes its folder may put a link there
+    meanwhile, and the rebuilt blocks, written as root, would go into the file it names.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as e:
+        if e.errno != errno.ELOOP:
+            raise
+        raise OSError(errno.ELOOP, "it became a symbolic link while it was recovered; nothing was written") from e
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise OSError(errno.EEXIST, "it became another file's second name while it was recovered; nothing was written")
+    return fd
 
 
 _WINDOW = 1 << 16  # blocks per window (16 MiB of fp32)
