@@ -273,3 +273,20 @@ def test_a_file_made_private_while_its_replacement_was_written_stays_private(tmp
         tmp.write_bytes(b"new")
         out.chmod(0o600)  # its owner, meanwhile
     assert stat.S_IMODE(out.stat().st_mode) == 0o600 and out.read_bytes() == b"new"
+
+
+def test_a_file_is_replaced_where_python_has_no_extended_attribute_calls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On macOS Python has no os.getxattr: the check for an ACL inherited from the folder raised AttributeError, so
+    every output over an existing file (recover --in-place among them) failed there."""
+    from paramseal._paths import atomic_path
+
+    for call in ("listxattr", "getxattr", "setxattr", "removexattr"):
+        monkeypatch.delattr(os, call, raising=False)
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"old")
+    out.chmod(0o640)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(b"new")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640 and out.read_bytes() == b"new"

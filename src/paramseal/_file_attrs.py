@@ -169,6 +169,8 @@ def _give(fd: int, kept: Kept | None, dst: Path, xattrs: bool, warn: bool) -> No
 
 
 def _xattr_or_none(fd: int, name: str) -> bytes | None:
+    if not hasattr(os, "getxattr"):  # not Linux (macOS: Python has none of the xattr calls): none to read
+        return None
     try:
         return os.getxattr(fd, name)
     except OSError:
