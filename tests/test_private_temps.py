@@ -23,7 +23,8 @@ import pytest
 
 import paramseal
 from paramseal import _patch, files, sharded
-from paramseal._paths import atomic_path
+from paramseal._paths import atomic_path, temp_beside
+from paramseal._tempname import discard
 from paramseal.errors import OutputError
 from paramseal.formats import safetensors as st_format
 from paramseal.formats.registry import adapters
@@ -293,3 +294,21 @@ def test_an_in_place_patch_is_not_written_through_a_name_swapped_after_its_check
     with pytest.raises(OutputError, match="while it was recovered; nothing was written"):
         files.recover_file(model_file, model_file, key, in_place=True)
     assert victim.read_bytes() == before
+
+
+def test_a_precopy_cancelled_twice_leaves_a_later_temporary_be(tmp_path: Path, model_file: Path) -> None:
+    """recover cancels an unused copy, writes its output another way, then cancels it again: its path through a
+    descriptor (/proc/self/fd/N) led by then to whatever folder took that number, and the second cancel removed it
+    (another thread's output in the making, in a process that recovers in threads)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    pre = _patch.Precopy(model_file, temp_beside(a / "out.safetensors"))
+    pre.cancel()
+    later = temp_beside(b / "out.safetensors")  # the lowest free descriptor: the one the copy's folder had
+    try:
+        pre.cancel()
+        assert later.exists()
+    finally:
+        discard(later)
+    assert not os.listdir(a) and not os.listdir(b)

@@ -84,6 +84,7 @@ class Precopy(threading.Thread):
                 self.join()
         finally:
             if not self._taken:
+                self._taken = True  # once: its path (through a descriptor) may name another folder by a next call
                 discard(self.tmp)
 
 
