@@ -312,3 +312,24 @@ def test_a_precopy_cancelled_twice_leaves_a_later_temporary_be(tmp_path: Path, m
     finally:
         discard(later)
     assert not os.listdir(a) and not os.listdir(b)
+
+
+def test_a_file_system_that_keeps_no_modes_still_takes_outputs(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """vfat, exFAT, CIFS and WSL's /mnt/c show every folder with fixed modes (0755, 0777), whatever mkdir or
+    chmod asked: the new temporary folder's group and other bits were taken for a folder put there by someone
+    else, and every output there was refused. Ours (its owner) it is: it is used."""
+    real = os.fstat
+
+    def modeless(fd: int) -> os.stat_result:
+        st = real(fd)
+        if not stat.S_ISDIR(st.st_mode):
+            return st
+        return os.stat_result((st.st_mode | 0o777, *tuple(st)[1:]))
+
+    monkeypatch.setattr(os, "fstat", modeless)
+    files.seal_file(model_file, tmp_path / "out.safetensors", key)
+    monkeypatch.undo()
+    assert files.verify_file(tmp_path / "out.safetensors", key).ok
+    assert not _temporaries(tmp_path)

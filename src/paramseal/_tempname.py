@@ -76,9 +76,14 @@ def _pinned(made: Path) -> Path:
         raise
     st = os.fstat(fd)
     euid = os.geteuid() if hasattr(os, "geteuid") else st.st_uid
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid or st.st_mode & 0o077:
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != euid:  # another's folder: ours cannot be given away
         os.close(fd)
         raise _replaced(made)
+    if st.st_mode & 0o077:  # a folder of ours open to others; or a file system that keeps no modes (vfat, CIFS)
+        try:
+            os.fchmod(fd, 0o700)
+        except OSError:
+            pass
     via = Path(f"/proc/self/fd/{fd}")
     at = via if via.is_dir() else made  # no /proc (not Linux): by its name
     _PRIVATE[at] = (fd, made)
