@@ -333,3 +333,27 @@ def test_a_file_system_that_keeps_no_modes_still_takes_outputs(
     monkeypatch.undo()
     assert files.verify_file(tmp_path / "out.safetensors", key).ok
     assert not _temporaries(tmp_path)
+
+
+def test_an_interrupt_just_after_a_sharded_folder_is_renamed_into_place_keeps_it(
+    tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C between the folder's rename and the flag that said it was placed: the clean-up took it for the
+    unfinished folder and emptied, through its descriptor, the output just put in place."""
+    ckpt = helpers.write_checkpoint(tmp_path / "ckpt", {"model-1.safetensors": helpers.fp32_model(1 << 10)})
+    (ckpt / "config.json").write_text("{}")
+    out = tmp_path / "sealed"
+    real = os.replace
+
+    def replace(src: Any, dst: Any, **kw: Any) -> None:
+        real(src, dst, **kw)
+        if Path(dst) == out:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        sharded.seal_dir(ckpt, out, key, workers=1)
+    monkeypatch.undo()
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in ckpt.iterdir())
+    assert files.verify_file(out / "model-1.safetensors", key).status == "intact"
+    assert _temporaries(tmp_path) == []

@@ -107,6 +107,25 @@ def still_there(at: Path) -> None:
             raise _replaced(made, "before its rename")
 
 
+def settle(at: Path, dst: Path, placed: bool) -> None:
+    """Keep a `private_folder` renamed to ``dst`` (`let_go`), remove it otherwise (`discard_folder`).
+
+    ``placed`` says the rename returned; where an interrupt came between it and the flag, the folder found at
+    ``dst`` is ours and is kept: removing it through its descriptor emptied the output just put in place.
+    """
+    if not placed:
+        fd, _ = _PRIVATE[at]
+        try:
+            placed = fd >= 0 and _same(os.fstat(fd), os.lstat(dst))
+        except OSError:
+            placed = False
+    (let_go if placed else discard_folder)(at)
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def private_temp(name: str, folder: Path) -> Path:
     """A new empty file ``name`` (0600) in a `private_folder` in ``folder``; `discard` removes both."""
     tmp = private_folder(name, folder) / name

@@ -64,7 +64,7 @@ from ._shard_jobs import Failed, recover_one, sealed_elsewhere, verify_one, wron
 from ._shard_moves import borrowed, moved_issues, without_moved
 from ._shard_pool import _map
 from ._shard_set import _locate, _moved, _record, _set_id, _vouched, open_index, sealed_level
-from ._tempname import discard_folder, let_go, named, private_folder, still_there, sync_folder, through
+from ._tempname import named, private_folder, settle, still_there, sync_folder, through
 from .errors import (
     FormatError,
     ParamSealError,
@@ -136,7 +136,7 @@ def _atomic_dir(dst: Path, src: Path) -> Iterator[Path]:
         except OSError as e:
             raise io_failure(dst, e, tmp) from e
     finally:
-        (let_go if placed else discard_folder)(at)  # through its descriptor: its name may lead elsewhere by now
+        settle(at, dst, placed)  # through its descriptor: its name may lead elsewhere by now
 
 
 def _copy_others(src: Path, dst: Path, skip: set[str], scratch: Path) -> None:
