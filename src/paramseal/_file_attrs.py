@@ -88,19 +88,29 @@ def give(tmp: Path, kept: Kept | None, dst: Path, *, xattrs: bool = True, warn: 
         os.close(fd)
 
 
-def _written(tmp: Path) -> int:
-    """``tmp`` opened, refused where it is no longer a file of its own: a link, or another name of a file."""
+def open_sole(path: Path, flags: int) -> int | None:
+    """``path`` opened with ``flags`` where it is one plain file of its own; None for a link or another file's name.
+
+    Checked through the descriptor: a name checked, then opened, may meanwhile be a link put there by whoever
+    else writes its folder, and what is written next (as root) would go to the file it names.
+    """
     try:
-        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         if e.errno != errno.ELOOP:
             raise
-        fd = -1
-    if fd >= 0:
-        st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-            return fd
-        os.close(fd)
+        return None
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+        return fd
+    os.close(fd)
+    return None
+
+
+def _written(tmp: Path) -> int:
+    """``tmp`` opened, refused where it is no longer a file of its own: a link, or another name of a file."""
+    if (fd := open_sole(tmp, os.O_RDONLY)) is not None:
+        return fd
     raise OSError(
         0,
         f"its temporary file '{shown(str(tmp))}' was replaced while it was written, by a link or a file with another "

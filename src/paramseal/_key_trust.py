@@ -13,9 +13,8 @@ import os
 import stat
 from pathlib import Path
 
-from .keys import exposed_to_others, exposure
+from .keys import WRITTEN_BY_OTHERS, exposed_to_others, exposure
 
-_WRITTEN_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 _MAX_LINKS = 40  # as Linux's ELOOP: a loop of links ends the walk, and opening the key fails on its own
 
 
@@ -105,7 +104,7 @@ def key_file_warnings(path: str | os.PathLike[str]) -> list[str]:
             fmode = os.stat(folder)
         except OSError:
             continue
-        open_to_others = bool(stat.S_IMODE(fmode.st_mode) & _WRITTEN_BY_OTHERS)
+        open_to_others = bool(stat.S_IMODE(fmode.st_mode) & WRITTEN_BY_OTHERS)
         sticky = bool(fmode.st_mode & stat.S_ISVTX)
         if folder not in seen:
             seen.add(folder)

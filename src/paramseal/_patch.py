@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import stat
 import struct
 import threading
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from numpy.typing import NDArray
 
 from . import _json
 from ._bits import uint_view
+from ._file_attrs import open_sole
 from ._findings import NOT_NARROWED, metadata_findings, usable
 from ._layout import TensorSpec
 from ._pages import chunks, copy_range, pwrite_all, read, release
@@ -258,21 +258,11 @@ def _write_patches(
 
 
 def _open_plain(path: Path) -> int:
-    """``path`` opened for writing where it is still one plain file, not a link or a name of several.
-
-    Checked before (`patch_in_place`), but by name: whoever else writes its folder may put a link there
-    meanwhile, and the rebuilt blocks, written as root, would go into the file it names.
-    """
-    try:
-        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as e:
-        if e.errno != errno.ELOOP:
-            raise
-        raise OSError(errno.ELOOP, "it became a symbolic link while it was recovered; nothing was written") from e
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
-        os.close(fd)
-        raise OSError(errno.EEXIST, "it became another file's second name while it was recovered; nothing was written")
+    """``path`` opened for writing where it is still one plain file (`patch_in_place` checked it by name)."""
+    if (fd := open_sole(path, os.O_RDWR)) is None:
+        raise OSError(
+            errno.EEXIST, "it became a link or another file's name while it was recovered; nothing was written"
+        )
     return fd
 
 

@@ -65,6 +65,12 @@ def resolved(p: Path) -> Path | None:
         return None
 
 
+# a key file and a SHA-256 checksum file hold the same text (64 hex digits and a newline), under any name
+_KEY_OR_CHECKSUM = (
+    "holds a ParamSeal key, or 64 hex digits just like one (a SHA-256 checksum file, which cannot be told from a key)"
+)
+
+
 def never_a_key(dst: Path) -> None:
     """Refuse to replace a key file: the models sealed with it could never be checked again.
 
@@ -73,9 +79,8 @@ def never_a_key(dst: Path) -> None:
     """
     if looks_like_key_file(dst):
         raise UsageError(
-            f"cannot write '{dst}': it holds a ParamSeal key, or 64 hex digits just like one (a SHA-256 checksum "
-            f"file, which cannot be told from a key), which would be lost; give another output path, or remove "
-            f"'{dst}' first if it holds no key"
+            f"cannot write '{dst}': it {_KEY_OR_CHECKSUM}, which would be lost; give another output path, or "
+            f"remove '{dst}' first if it holds no key"
         )
 
 
@@ -121,8 +126,7 @@ def never_a_key_inside(src: Path, dst: Path) -> None:
         for name in names:
             if looks_like_key_file(Path(root) / name):
                 raise UsageError(
-                    f"'{Path(root) / name}' holds a ParamSeal key, or 64 hex digits just like one (a SHA-256 "
-                    f"checksum file, which cannot be told from a key): the files beside the shards are copied into "
+                    f"'{Path(root) / name}' {_KEY_OR_CHECKSUM}: the files beside the shards are copied into "
                     f"'{dst}', and a key would go with the model; move it out of '{src}' (nothing was written), and "
                     "for a checksum, make one of the output anew if you need it"
                 )

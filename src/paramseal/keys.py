@@ -282,7 +282,7 @@ def redact(text: str, hidden: Iterable[str]) -> str:
 
 _READ_BY_OTHERS = stat.S_IRGRP | stat.S_IROTH
 #: Written by others: whoever may replace the key may seal a model of theirs that then verifies under it.
-_WRITTEN_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
+WRITTEN_BY_OTHERS = stat.S_IWGRP | stat.S_IWOTH
 
 
 def exposed_to_others(path: Path) -> int | None:
@@ -294,29 +294,13 @@ def exposed_to_others(path: Path) -> int | None:
     if not stat.S_ISREG(st.st_mode):  # a terminal or pipe (`--key /dev/stdin`): its mode says nothing of the key's
         return None
     mode = stat.S_IMODE(st.st_mode)
-    return mode if mode & (_READ_BY_OTHERS | _WRITTEN_BY_OTHERS) else None
+    return mode if mode & (_READ_BY_OTHERS | WRITTEN_BY_OTHERS) else None
 
 
 def exposure(mode: int) -> str:
     """What `exposed_to_others`'s ``mode`` lets other users do to a key file, in words."""
-    how = [w for bits, w in ((_READ_BY_OTHERS, "readable"), (_WRITTEN_BY_OTHERS, "writable")) if mode & bits]
+    how = [w for bits, w in ((_READ_BY_OTHERS, "readable"), (WRITTEN_BY_OTHERS, "writable")) if mode & bits]
     return " and ".join(how)
-
-
-def folder_open_to_others(path: Path) -> tuple[Path, int] | None:
-    """The folder holding key file ``path`` and its permission bits, where its group or others may write it; else None.
-
-    Whoever may write the folder may rename a key of theirs over this one, which then seals models that verify
-    (OpenSSH's StrictModes refuses so). The sticky bit (/tmp's 1777) lets only a file's owner rename or remove it.
-    Only the file's own folder is checked, not those above it nor a link's target's: the command line's
-    `_key_trust.key_file_warnings` checks each folder and link on the way, and the owners.
-    """
-    folder = path.absolute().parent  # absolute: 'my.key' names the current folder, shown as '.' would say little
-    try:
-        mode = stat.S_IMODE(folder.stat().st_mode)
-    except OSError:
-        return None
-    return (folder, mode) if mode & _WRITTEN_BY_OTHERS and not mode & stat.S_ISVTX else None
 
 
 def looks_like_key_file(path: Path) -> bool:
@@ -346,7 +330,6 @@ __all__ = [
     "Key",
     "exposed_to_others",
     "exposure",
-    "folder_open_to_others",
     "key_like_args",
     "load_key",
     "looks_like_key_file",
