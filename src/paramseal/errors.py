@@ -102,7 +102,9 @@ _HINTS = {
     errno.ENOSPC: "the disk is full: free some space or write elsewhere",
     errno.EDQUOT: "the disk quota is used up: free some space or write elsewhere",
     errno.EACCES: "check that the folder is writable by you",
-    errno.EPERM: "check that the folder is writable by you",
+    # EPERM, not EACCES: an immutable or append-only file (chattr +i/+a), or a sticky folder's file of another user
+    errno.EPERM: "check that the folder is writable by you, and that the file there is not immutable or append-only "
+    "('lsattr'), nor another user's in a sticky folder such as /tmp",
     errno.EROFS: "the file system is read-only: write elsewhere",
     errno.ENOENT: "the folder does not exist, or that file system makes no files there: write elsewhere",
 }
