@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import helpers
@@ -13,6 +15,7 @@ import pytest
 
 import paramseal
 from paramseal import files, sharded
+from paramseal.errors import ParamSealWarning
 
 NAME_MAX = 255  # bytes in a file name on the file systems the tests run on
 
@@ -261,3 +264,42 @@ def test_an_in_place_folder_or_a_header_from_in_a_loop_of_links_is_said_not_an_i
         rc, out, err = helpers.run_cli([*argv, "--key", key_file])
         assert rc == 3 and said in err and len(err.splitlines()) == 1, (out, err)
         assert helpers.listing(tmp_path) == before
+
+
+def test_an_immutable_existing_output_is_hinted_at_not_only_the_folder(
+    tmp_path: Path, model_file: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Renaming over an immutable (chattr +i) file fails with EPERM in a writable folder (simulated: chattr needs root).
+
+    The hint said only 'check that the folder is writable by you', which it was.
+    """
+    kept = tmp_path / "kept.safetensors"
+    kept.write_bytes(b"immutable")
+    real_replace = os.replace
+
+    def replace(src: object, dst: object, **kw: object) -> None:
+        if Path(str(dst)) == kept:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(dst))
+        real_replace(src, dst, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", replace)
+    rc, _, err = helpers.run_cli(["seal", model_file, kept, "--key", key_file])
+    assert rc == 3 and f"cannot write '{kept}'" in err and "immutable or append-only" in err and "lsattr" in err, err
+    assert kept.read_bytes() == b"immutable" and _temps(tmp_path) == []
+
+
+def test_where_warnings_are_errors_the_hard_link_warning_comes_before_anything_is_replaced(
+    tmp_path: Path, model_file: Path, key: paramseal.Key
+) -> None:
+    """The warning came after the rename: with warnings as errors the call failed, yet the file was replaced."""
+    out = tmp_path / "out.safetensors"
+    out.write_bytes(b"old content")
+    os.link(out, tmp_path / "other-name")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ParamSealWarning)
+        with pytest.raises(ParamSealWarning, match="had 1 other hard link"):
+            files.seal_file(model_file, out, key)
+    assert out.read_bytes() == b"old content" and _temps(tmp_path) == []
+    with pytest.warns(ParamSealWarning, match="had 1 other hard link"):
+        files.seal_file(model_file, out, key)
+    assert files.verify_file(out, key).status == "intact" and (tmp_path / "other-name").read_bytes() == b"old content"

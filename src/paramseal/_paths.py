@@ -46,9 +46,9 @@ def atomic_path(dst: Path, tmp: Path | None = None) -> Iterator[Path]:
             give(tmp_path, kept, dst)
             with open(tmp_path, "rb") as f:
                 os.fsync(f.fileno())
+            warn_links(dst, kept)  # before the rename: where warnings are errors, nothing is replaced
             os.replace(tmp_path, dst)
             sync_folder(dst.parent)
-            warn_links(dst, kept)
         except OSError as e:
             if isinstance(e, ParamSealError):
                 raise
