@@ -196,7 +196,7 @@ def phases(model: Path, sealed: Path, bad: Path, size_gib: float) -> None:
     timed(_strata.Strata, "pad", "keyed offset (AES-CTR)")
     timed(_strata.Strata, "seal_words", "gather (read words, offset, mask)")
     timed(_outer.Outer, "content", "outer code: content")
-    timed(_outer.Outer, "parity", "outer code: parity (leopard)")
+    timed(_outer.Outer, "parity", "outer code: parity")
     timed(_irs, "encode", "inner encode")
     timed(_strata.Strata, "scatter", "scatter (placement, write)")
     timed(seal, "read_blocks", "tag pass: read back")

@@ -166,3 +166,13 @@ def test_lane_seal_phases_hooks_every_step_the_seal_runs(
     assert mod.main(["--size-gib", "0.002", "--dtype", dtype, "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "never called" not in out and "whole stripes into the store" in out
+
+
+def test_bench_outer_parity_refuses_no_repeats(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load("bench_outer_parity")
+    monkeypatch.setattr(sys, "argv", ["bench_outer_parity.py", "--repeats", "0"])
+    with pytest.raises(SystemExit) as e:
+        bench.main()
+    assert e.value.code == 2 and "--repeats must be at least 1" in capsys.readouterr().err

@@ -1725,3 +1725,146 @@ int ps_argsort_rows(const uint64_t *keys, int64_t r0, int64_t r1, int64_t g, int
     free(k0), free(k1), free(i0), free(i1), free(cnt);
     return 0;
 }
+
+/* The outer code's parity (_outer.Outer.parity): reed-solomon-simd's high-rate encoder, which
+ * rsl.encode runs, over GF(2^16) with GFNI; tests/test_outer_rs.py compares the two byte for byte.
+ * A 64-byte piece of a shard holds 32 symbols, their low bytes then their high bytes. Times a
+ * constant is GF(2)-linear on 16 bits: with lo in lanes 0-3 and hi in 4-7, x * c is
+ * affine(x, [A_ll | A_hh]) ^ affine(swap(x), [A_lh | A_hl]), the 8x8 blocks of c's bit matrix
+ * (_rs16.skew_matrices builds them per skew factor in Python; a zero factor's are zero, so its
+ * butterfly is the XOR alone, as the crate's skip of the product). Each 64-byte column is its
+ * own code, so one column at a time: a chunk of m pieces (16 KiB at m = 256) stays in L1 for
+ * its whole IFFT, done two layers a pass as the crate does. */
+#ifdef X86
+typedef struct {
+    __m512i p, q;
+} rs_mat;
+
+TARGET static inline rs_mat rs_mats(const uint64_t *t) /* stored [A_ll, A_hh, A_lh, A_hl] */
+{
+    const __m512i v = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)t));
+    return (rs_mat){_mm512_permutexvar_epi64(_mm512_set_epi64(1, 1, 1, 1, 0, 0, 0, 0), v),
+                    _mm512_permutexvar_epi64(_mm512_set_epi64(3, 3, 3, 3, 2, 2, 2, 2), v)};
+}
+
+TARGET static inline __m512i rs_mul(__m512i x, rs_mat m)
+{
+    const __m512i s = _mm512_shuffle_i64x2(x, x, 0x4E);
+    return _mm512_xor_si512(_mm512_gf2p8affine_epi64_epi8(x, m.p, 0), _mm512_gf2p8affine_epi64_epi8(s, m.q, 0));
+}
+
+TARGET static inline void rs_ibf(__m512i *a, __m512i *b, rs_mat m) /* IFFT butterfly: b ^= a, a ^= b * m */
+{
+    *b = _mm512_xor_si512(*b, *a);
+    *a = _mm512_xor_si512(*a, rs_mul(*b, m));
+}
+
+TARGET static inline void rs_fbf(__m512i *a, __m512i *b, rs_mat m) /* FFT butterfly: a ^= b * m, b ^= a */
+{
+    *a = _mm512_xor_si512(*a, rs_mul(*b, m));
+    *b = _mm512_xor_si512(*b, *a);
+}
+
+/* In-place IFFT of m pieces with skew offset delta. Pieces from t on are zero, so groups that
+ * start there stay zero and are skipped (the crate's truncated IFFT). */
+TARGET static void rs_ifft(__m512i *d, int64_t m, int64_t t, int64_t delta, const uint64_t *mat)
+{
+    int64_t dist = 1;
+    for (; 4 * dist <= m; dist *= 4)
+        for (int64_t r = 0; r < t; r += 4 * dist) {
+            const int64_t k = r + dist + delta - 1;
+            const rs_mat m01 = rs_mats(mat + 4 * k), m02 = rs_mats(mat + 4 * (k + dist)),
+                         m23 = rs_mats(mat + 4 * (k + 2 * dist));
+            for (int64_t i = r; i < r + dist; i++) {
+                __m512i s0 = d[i], s1 = d[i + dist], s2 = d[i + 2 * dist], s3 = d[i + 3 * dist];
+                rs_ibf(&s0, &s1, m01), rs_ibf(&s2, &s3, m23);
+                rs_ibf(&s0, &s2, m02), rs_ibf(&s1, &s3, m02);
+                d[i] = s0, d[i + dist] = s1, d[i + 2 * dist] = s2, d[i + 3 * dist] = s3;
+            }
+        }
+    if (dist < m) { /* an odd number of layers: the last alone */
+        const rs_mat m1 = rs_mats(mat + 4 * (dist + delta - 1));
+        for (int64_t i = 0; i < dist; i++)
+            rs_ibf(&d[i], &d[i + dist], m1);
+    }
+}
+
+/* In-place FFT of m pieces (skew offset 0); only the first t outputs are made. */
+TARGET static void rs_fft(__m512i *d, int64_t m, int64_t t, const uint64_t *mat)
+{
+    int64_t dist4 = m;
+    for (int64_t dist = m / 4; dist; dist4 = dist, dist /= 4)
+        for (int64_t r = 0; r < t; r += dist4) {
+            const int64_t k = r + dist - 1;
+            const rs_mat m01 = rs_mats(mat + 4 * k), m02 = rs_mats(mat + 4 * (k + dist)),
+                         m23 = rs_mats(mat + 4 * (k + 2 * dist));
+            for (int64_t i = r; i < r + dist; i++) {
+                __m512i s0 = d[i], s1 = d[i + dist], s2 = d[i + 2 * dist], s3 = d[i + 3 * dist];
+                rs_fbf(&s0, &s2, m02), rs_fbf(&s1, &s3, m02);
+                rs_fbf(&s0, &s1, m01), rs_fbf(&s2, &s3, m23);
+                d[i] = s0, d[i + dist] = s1, d[i + 2 * dist] = s2, d[i + 3 * dist] = s3;
+            }
+        }
+    if (dist4 == 2) /* an odd number of layers: the last alone */
+        for (int64_t r = 0; r < t; r += 2)
+            rs_fbf(&d[r], &d[r + 1], rs_mats(mat + 4 * r));
+}
+
+/* Parity of n shards (row i at data + i * stride, shard bytes, a multiple of 64) into out
+ * [shard / 64][r][64]: per column, the IFFT of each chunk of m = next_pow2(r) shards at skew
+ * offset (chunk start + m) XORed together, then the FFT's first r. Chunk by chunk, each of its
+ * columns in turn, so the content is read once in order. 0, or -1 without memory. */
+TARGET static int rs_encode(const uint8_t *data, int64_t n, int64_t stride, int64_t shard, int64_t r, int64_t m,
+                            const uint64_t *mat, uint8_t *out)
+{
+    const int64_t cols = shard / 64;
+    __m512i *acc = aligned_alloc(64, (size_t)((cols + 1) * m) * 64);
+    if (acc == NULL)
+        return -1;
+    __m512i *buf = acc + cols * m;
+    for (int64_t c0 = 0; c0 < n; c0 += m) {
+        const int64_t t = n - c0 < m ? n - c0 : m;
+        for (int64_t c = 0; c < cols; c++) {
+            __m512i *w = c0 ? buf : acc + c * m;
+            const uint8_t *src = data + c0 * stride + 64 * c;
+            for (int64_t i = 0; i < t; i++)
+                w[i] = _mm512_loadu_si512(src + i * stride);
+            for (int64_t i = t; i < m; i++)
+                w[i] = _mm512_setzero_si512();
+            rs_ifft(w, m, t, c0 + m, mat);
+            if (c0)
+                for (int64_t i = 0; i < m; i++)
+                    acc[c * m + i] = _mm512_xor_si512(acc[c * m + i], buf[i]);
+        }
+    }
+    for (int64_t c = 0; c < cols; c++) {
+        rs_fft(acc + c * m, m, r, mat);
+        for (int64_t j = 0; j < r; j++)
+            _mm512_storeu_si512(out + (c * r + j) * 64, acc[c * m + j]);
+    }
+    free(acc);
+    return 0;
+}
+#endif
+
+/* rs_encode where this CPU has GFNI and AVX-512 and the shape is one it serves (high rate:
+ * r <= m <= n's power of two above, and n + m within the field), else 1 (the caller runs rsl).
+ * mat: _rs16.skew_matrices, [65535][4]. */
+int ps_rs_encode(const uint8_t *data, int64_t n, int64_t stride, int64_t shard, int64_t r, const uint64_t *mat,
+                 uint8_t *out)
+{
+    int64_t m = 1, np2 = 1;
+    while (m < r)
+        m <<= 1;
+    while (np2 < n)
+        np2 <<= 1;
+    if (n < 1 || r < 1 || shard < 64 || shard % 64 || m + n > 65536 || np2 < m || (np2 == m && n > r))
+        return 1;
+#ifdef X86
+    if (ps_gfni())
+        return rs_encode(data, n, stride, shard, r, m, mat, out);
+#else
+    (void)data, (void)stride, (void)mat, (void)out;
+#endif
+    return 1;
+}

@@ -1,7 +1,7 @@
 """Optional compiled kernels (``_native.c``, built at install when a C compiler is there), via ctypes.
 
-With GFNI and AVX-512 (BW, VBMI): the irs4 inner encoder, the decoder's syndromes and the
-outer code's content. On any CPU: the same encoder and syndromes by numba's nibble tables
+With GFNI and AVX-512 (BW, VBMI): the irs4 inner encoder, the decoder's syndromes, the
+outer code's content and parity (`_rs16`). On any CPU: the same encoder and syndromes by numba's nibble tables
 (about twice numba's speed, no numba kernel to load and none of its parallel kernels: seal runs
 its superblocks side by side) and the outer content, the seal gather and its inverse placement, the block MAC's hash,
 the tag read and write, the recovery gather (words and flags of damaged groups), the irs4
