@@ -12,12 +12,13 @@ import os
 from pathlib import Path
 
 import helpers
+import ml_dtypes
 import numpy as np
 import pytest
 import reed_solomon_leopard as rsl
 
 import paramseal
-from paramseal import _native, _outer, _rs16, files
+from paramseal import _code, _kernels, _native, _outer, _rs16, files
 
 needs_native = pytest.mark.skipif(not _native.available(), reason="compiled kernels not built or no GFNI here")
 
@@ -171,4 +172,43 @@ def test_seal_is_the_same_file_with_and_without_the_encoder(
     assert made and min(made) >= _outer.MIN_PARITY  # the compiled encoder made the outer parity
     monkeypatch.setattr(_rs16, "parity", lambda c, r: None)
     files.seal_file(src, tmp_path / "rsl.safetensors", key, level=level)
+    assert (tmp_path / "fast.safetensors").read_bytes() == (tmp_path / "rsl.safetensors").read_bytes()
+
+
+@needs_native
+@pytest.mark.parametrize(("K", "lanes", "M"), [(30, 100, 3), (900, 2000, 30), (5000, 64, 160), (40, 21, 12)])
+def test_lane_parity_is_rsl(K: int, lanes: int, M: int) -> None:
+    """The lane code's batches (4-byte shards per lane, in the split layout) go through the compiled encoder too."""
+    data = np.random.default_rng(K).integers(0, 2**32, (K, lanes), dtype=np.uint64).astype(np.uint32)
+    split = _code._to_split(data)
+    want = np.frombuffer(b"".join(rsl.encode(_kernels.rows_as_bytes(split), M)), np.uint8).reshape(M, -1)
+    assert _rs16.serves(M, K) and np.array_equal(_code.encode(data, M), _code._from_split(want, lanes))
+
+
+@needs_native
+@pytest.mark.parametrize(("dtype", "code"), [("bfloat16", None), ("float16", None), ("float32", "lanes")])
+def test_lane_seal_is_the_same_file_with_and_without_the_encoder(
+    dtype: str, code: str | None, key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(2)
+    model = {
+        f"w{i}": rng.standard_normal(n).astype(np.float32).astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+        for i, n in enumerate((300_000, 70_001, 64))
+    }
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(range(n)))  # the salt
+    src = helpers.write_st(tmp_path / "m.safetensors", model)
+    made: list[int] = []
+    real = _rs16.parity
+
+    def spy(c: np.ndarray, r: int) -> np.ndarray | None:
+        out = real(c, r)
+        if out is not None:
+            made.append(r)
+        return out
+
+    monkeypatch.setattr(_rs16, "parity", spy)
+    files.seal_file(src, tmp_path / "fast.safetensors", key, code=code)
+    assert made  # the compiled encoder made the lanes' parity
+    monkeypatch.setattr(_rs16, "parity", lambda c, r: None)
+    files.seal_file(src, tmp_path / "rsl.safetensors", key, code=code)
     assert (tmp_path / "fast.safetensors").read_bytes() == (tmp_path / "rsl.safetensors").read_bytes()

@@ -14,7 +14,9 @@ import reed_solomon_leopard as rsl
 from numpy.typing import NDArray
 
 from . import _kernels as _k
+from . import _rs16
 from ._pages import release
+from ._parallel import in_turn, task_map
 
 _BATCH_BYTES = 16 << 20  # data per encode call: bounds the temporary copies (and peak memory)
 
@@ -51,8 +53,13 @@ def _from_split(b: NDArray[np.uint8], lanes: int) -> NDArray[np.uint32]:
     return np.ascontiguousarray(v.reshape(n, -1)[:, : 2 * lanes]).view(np.uint32)
 
 
-def _shards(a: NDArray[np.uint32]) -> list[bytes]:
-    return _k.rows_as_bytes(_to_split(a))  # one per shard position, not per block
+def _parity_split(split: NDArray[np.uint8], M: int) -> NDArray[np.uint8]:
+    """The library's ``M`` parity shards ``[M, shard_bytes]`` of the split-layout shards ``split``."""
+    fast = _rs16.parity(split, M)  # the same bytes compiled, without the GIL or a bytes copy per shard
+    if fast is not None:
+        return fast.transpose(1, 0, 2).reshape(M, -1)
+    raw: NDArray[np.uint8] = np.frombuffer(b"".join(rsl.encode(_k.rows_as_bytes(split), M)), dtype=np.uint8)
+    return raw.reshape(M, -1)
 
 
 def encode(data: NDArray[np.uint32], M: int) -> NDArray[np.uint32]:
@@ -64,22 +71,27 @@ def encode(data: NDArray[np.uint32], M: int) -> NDArray[np.uint32]:
     step = max(16, (_BATCH_BYTES // (4 * K)) // 16 * 16)
     for s in range(0, lanes, step):
         e = min(lanes, s + step)
-        rec = rsl.encode(_shards(data[:, s:e]), M)
-        out[:, s:e] = _from_split(np.frombuffer(b"".join(rec), dtype=np.uint8).reshape(M, -1), e - s)
+        out[:, s:e] = _from_split(_parity_split(_to_split(data[:, s:e]), M), e - s)
     return out
 
 
 def encode_into(data: NDArray[np.uint32], parity: NDArray[np.uint32]) -> None:
-    """Fill ``parity`` ``[M, lanes]`` from ``data`` ``[K, lanes]`` batch by batch, releasing mapped pages."""
+    """Fill ``parity`` ``[M, lanes]`` from ``data`` ``[K, lanes]`` batch by batch, releasing mapped pages.
+
+    With the compiled encoder (no GIL held) the batches run one per core; each holds its split copies.
+    """
     K, lanes = data.shape
     M = parity.shape[0]
     if M == 0:
         return
     step = lanes_per_call(K)
-    for s in range(0, lanes, step):
+
+    def batch(s: int) -> None:
         e = min(lanes, s + step)
         parity[:, s:e] = encode(data[:, s:e], M)  # the split kernel reads the strided view
         release(data[:, s:e], parity[:, s:e])
+
+    (task_map if _rs16.serves(M, K) else in_turn)(batch, range(0, lanes, step))
 
 
 def lanes_per_call(K: int) -> int:

@@ -115,6 +115,13 @@ def _typed(lib: ctypes.CDLL) -> Callable[..., int]:
     return f
 
 
+def serves(r: int, n: int) -> bool:
+    """Whether `parity` computes ``r`` parity shards of ``n`` here (as ``ps_rs_encode`` checks): no GIL is then held."""
+    m, np2 = 1 << max(0, r - 1).bit_length(), 1 << max(0, n - 1).bit_length()
+    high_rate = n >= 1 and r >= 1 and m + n <= 65536 and np2 >= m and not (np2 == m and n > r)
+    return high_rate and _native.available()
+
+
 def parity(content: NDArray[np.uint8], r: int) -> NDArray[np.uint8] | None:
     """``rsl.encode``'s ``r`` parity shards of the rows of ``content`` ``[n, shard]``, as ``[shard / 64, r, 64]``.
 
@@ -133,4 +140,4 @@ def parity(content: NDArray[np.uint8], r: int) -> NDArray[np.uint8] | None:
     return out
 
 
-__all__ = ["add_mod", "exp_log", "mul", "parity", "skew", "skew_matrices"]
+__all__ = ["add_mod", "exp_log", "mul", "parity", "serves", "skew", "skew_matrices"]
