@@ -8,7 +8,7 @@ Usage::
 Writes the LLaMA-shaped checkpoint of ``bench_core.py`` in a 16-bit dtype, then seals it file to
 file in this process with a timer around each step of the lane seal: the chunk reads (both
 passes), the non-finite check, packing the high bits, the stripes and partial stripes into the lane
-store, the keyed permutations, the coder (its split layout and bytes apart), the parity written
+store, the keyed permutations, the coder (its split layout and parity shards apart), the parity written
 into the low bits, the tags, and the writes into the output's page cache. For each it prints the
 user and system CPU seconds of the threads that ran it (``RUSAGE_THREAD``), and the process's
 totals: CPU seconds, unlike wall time, hold up on a machine shared with other work. Indented
@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_core  # noqa: E402
 
-from paramseal import Key, _bits, _code, _kernels, _layout, _model, _sealing, files  # noqa: E402
+from paramseal import Key, _bits, _code, _kernels, _layout, _model, _rs16, _sealing, files  # noqa: E402
 
 USR: collections.Counter[str] = collections.Counter()
 SYS: collections.Counter[str] = collections.Counter()
@@ -54,7 +54,7 @@ STEPS: list[tuple[Any, str, str]] = [
     (_layout.Layout, "perm_rows", "keyed stripe permutations (both passes)"),
     (_code, "encode_into", "encode (leopard and its layout)"),
     (_kernels, "to_split", "  split layout"),
-    (_kernels, "rows_as_bytes", "  shards as bytes"),
+    (_rs16, "parity", "  parity shards (compiled or library)"),
     (_model, "write_storage", "parity into the low bits"),
     (_sealing, "_tag_chunk", "tags"),
     (_sealing, "write_blocks", "write chunks (pwrite into the page cache)"),

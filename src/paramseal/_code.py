@@ -56,9 +56,11 @@ def _from_split(b: NDArray[np.uint8], lanes: int) -> NDArray[np.uint32]:
 def _parity_split(split: NDArray[np.uint8], M: int) -> NDArray[np.uint8]:
     """The library's ``M`` parity shards ``[M, shard_bytes]`` of the split-layout shards ``split``."""
     fast = _rs16.parity(split, M)  # the same bytes compiled, without the GIL or a bytes copy per shard
+    raw: NDArray[np.uint8]
     if fast is not None:
-        return fast.transpose(1, 0, 2).reshape(M, -1)
-    raw: NDArray[np.uint8] = np.frombuffer(b"".join(rsl.encode(_k.rows_as_bytes(split), M)), dtype=np.uint8)
+        raw = fast.transpose(1, 0, 2)
+    else:
+        raw = np.frombuffer(b"".join(rsl.encode(_k.rows_as_bytes(split), M)), dtype=np.uint8)
     return raw.reshape(M, -1)
 
 
