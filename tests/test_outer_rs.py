@@ -197,18 +197,39 @@ def test_lane_seal_is_the_same_file_with_and_without_the_encoder(
     }
     monkeypatch.setattr(os, "urandom", lambda n: bytes(range(n)))  # the salt
     src = helpers.write_st(tmp_path / "m.safetensors", model)
-    made: list[int] = []
-    real = _rs16.parity
+    made: list[bool] = []
+    real_words = _rs16.parity_words
 
-    def spy(c: np.ndarray, r: int) -> np.ndarray | None:
-        out = real(c, r)
-        if out is not None:
-            made.append(r)
-        return out
+    def spy(d: np.ndarray, out: np.ndarray) -> bool:
+        ok = real_words(d, out)
+        made.append(ok)
+        return ok
 
-    monkeypatch.setattr(_rs16, "parity", spy)
-    files.seal_file(src, tmp_path / "fast.safetensors", key, code=code)
-    assert made  # the compiled encoder made the lanes' parity
-    monkeypatch.setattr(_rs16, "parity", lambda c, r: None)
+    monkeypatch.setattr(_rs16, "parity_words", spy)
+    files.seal_file(src, tmp_path / "words.safetensors", key, code=code)
+    assert made and all(made)  # the compiled encoder made every batch of the lanes' parity from the words
+    monkeypatch.setattr(_rs16, "parity_words", lambda d, out: False)  # then from the split copies
+    files.seal_file(src, tmp_path / "split.safetensors", key, code=code)
+    monkeypatch.setattr(_rs16, "parity", lambda c, r: None)  # then the library
     files.seal_file(src, tmp_path / "rsl.safetensors", key, code=code)
-    assert (tmp_path / "fast.safetensors").read_bytes() == (tmp_path / "rsl.safetensors").read_bytes()
+    sealed = {n: (tmp_path / f"{n}.safetensors").read_bytes() for n in ("words", "split", "rsl")}
+    assert sealed["words"] == sealed["rsl"] and sealed["split"] == sealed["rsl"]
+
+
+@needs_native
+@pytest.mark.parametrize(("K", "lanes", "M"), [(30, 5, 3), (900, 37, 30), (257, 16, 200), (5000, 1, 160)])
+def test_parity_words_reads_and_writes_its_columns_alone(K: int, lanes: int, M: int) -> None:
+    """Words straight from strided columns of the store (lanes not a multiple of 16: a partial last column)."""
+    rng = np.random.default_rng(K + lanes)
+    store = rng.integers(0, 2**32, (K, lanes + 9), dtype=np.uint64).astype(np.uint32)
+    data = store[:, 4 : 4 + lanes]
+    split = _code._to_split(np.ascontiguousarray(data))
+    want = np.frombuffer(b"".join(rsl.encode(_kernels.rows_as_bytes(split), M)), np.uint8).reshape(M, -1)
+    parity = rng.integers(0, 2**32, (M, lanes + 7), dtype=np.uint64).astype(np.uint32)
+    before = parity.copy()
+    assert _rs16.parity_words(data, parity[:, 3 : 3 + lanes])
+    assert np.array_equal(parity[:, 3 : 3 + lanes], _code._from_split(want, lanes))
+    outside = np.ones(parity.shape, bool)
+    outside[:, 3 : 3 + lanes] = False
+    assert np.array_equal(parity[outside], before[outside])  # neighbours untouched
+    assert not _rs16.parity_words(data.astype(np.int32), parity[:, :lanes])  # another dtype: the caller's path

@@ -1810,61 +1810,105 @@ TARGET static void rs_fft(__m512i *d, int64_t m, int64_t t, const uint64_t *mat)
             rs_fbf(&d[r], &d[r + 1], rs_mats(mat + 4 * r));
 }
 
-/* Parity of n shards (row i at data + i * stride, shard bytes, a multiple of 64) into out
- * [shard / 64][r][64]: per column, the IFFT of each chunk of m = next_pow2(r) shards at skew
- * offset (chunk start + m) XORed together, then the FFT's first r. Chunk by chunk, each of its
- * columns in turn, so the content is read once in order. 0, or -1 without memory. */
-TARGET static int rs_encode(const uint8_t *data, int64_t n, int64_t stride, int64_t shard, int64_t r, int64_t m,
-                            const uint64_t *mat, uint8_t *out)
+/* Parity of n shards (row i at data + i * stride, row_bytes of it, padded with zeros to whole
+ * 64-byte columns): per column, the IFFT of each chunk of m = next_pow2(r) shards at skew
+ * offset (chunk start + m) XORed together, then the FFT's first r; parity shard j's column c
+ * goes to out + c * ocs + j * ojs (row_bytes of each shard). words: rows of 16-bit symbols (the
+ * lane code's words), put in the split layout as they are loaded and back as they are stored.
+ * Chunk by chunk, its rows read in order into a buffer of its columns, then each column's IFFT
+ * (in L1: 16 KiB at m = 256). 0, or -1 without memory. */
+TARGET static int rs_encode(const uint8_t *data, int64_t n, int64_t stride, int64_t row_bytes, int64_t r, int64_t m,
+                            const uint64_t *mat, int words, uint8_t *out, int64_t ocs, int64_t ojs)
 {
-    const int64_t cols = shard / 64;
-    __m512i *acc = aligned_alloc(64, (size_t)((cols + 1) * m) * 64);
+    const int64_t cols = (row_bytes + 63) / 64;
+    __m512i *acc = aligned_alloc(64, (size_t)(2 * cols * m) * 64);
     if (acc == NULL)
         return -1;
     __m512i *buf = acc + cols * m;
+    uint8_t to_split[64], to_words[64];
+    for (int j = 0; j < 32; j++) /* split byte j: symbol j's low byte; j + 32: its high byte */
+        to_split[j] = (uint8_t)(2 * j), to_split[j + 32] = (uint8_t)(2 * j + 1), to_words[2 * j] = (uint8_t)j,
+        to_words[2 * j + 1] = (uint8_t)(j + 32);
+    const __m512i ps = _mm512_loadu_si512(to_split), pw = _mm512_loadu_si512(to_words);
+    const __mmask64 tail = row_bytes % 64 ? ((__mmask64)1 << (row_bytes % 64)) - 1 : ~(__mmask64)0;
     for (int64_t c0 = 0; c0 < n; c0 += m) {
         const int64_t t = n - c0 < m ? n - c0 : m;
+        __m512i *w = c0 ? buf : acc; /* [cols][m] */
+        for (int64_t i = 0; i < t; i++) { /* row by row: the rows may be far apart (the lane store's) */
+            const uint8_t *src = data + (c0 + i) * stride;
+            for (int64_t c = 0; c < cols; c++) {
+                const __m512i v = _mm512_maskz_loadu_epi8(c == cols - 1 ? tail : ~(__mmask64)0, src + 64 * c);
+                w[c * m + i] = words ? _mm512_permutexvar_epi8(ps, v) : v;
+            }
+        }
         for (int64_t c = 0; c < cols; c++) {
-            __m512i *w = c0 ? buf : acc + c * m;
-            const uint8_t *src = data + c0 * stride + 64 * c;
-            for (int64_t i = 0; i < t; i++)
-                w[i] = _mm512_loadu_si512(src + i * stride);
             for (int64_t i = t; i < m; i++)
-                w[i] = _mm512_setzero_si512();
-            rs_ifft(w, m, t, c0 + m, mat);
+                w[c * m + i] = _mm512_setzero_si512();
+            rs_ifft(w + c * m, m, t, c0 + m, mat);
             if (c0)
                 for (int64_t i = 0; i < m; i++)
-                    acc[c * m + i] = _mm512_xor_si512(acc[c * m + i], buf[i]);
+                    acc[c * m + i] = _mm512_xor_si512(acc[c * m + i], buf[c * m + i]);
         }
     }
     for (int64_t c = 0; c < cols; c++) {
+        const __mmask64 k = c == cols - 1 ? tail : ~(__mmask64)0;
         rs_fft(acc + c * m, m, r, mat);
-        for (int64_t j = 0; j < r; j++)
-            _mm512_storeu_si512(out + (c * r + j) * 64, acc[c * m + j]);
+        for (int64_t j = 0; j < r; j++) {
+            const __m512i v = acc[c * m + j];
+            _mm512_mask_storeu_epi8(out + c * ocs + j * ojs, k, words ? _mm512_permutexvar_epi8(pw, v) : v);
+        }
     }
     free(acc);
     return 0;
 }
 #endif
 
-/* rs_encode where this CPU has GFNI and AVX-512 and the shape is one it serves (high rate:
- * r <= m <= n's power of two above, and n + m within the field), else 1 (the caller runs rsl).
- * mat: _rs16.skew_matrices, [65535][4]. */
+/* Whether rs_encode serves r parity shards of n (high rate: r <= m <= n's power of two above,
+ * and n + m within the field); m: r's power of two. */
+static int rs_serves(int64_t n, int64_t r, int64_t *m)
+{
+    int64_t np2 = 1;
+    *m = 1;
+    while (*m < r)
+        *m <<= 1;
+    while (np2 < n)
+        np2 <<= 1;
+    return n >= 1 && r >= 1 && *m + n <= 65536 && np2 >= *m && !(np2 == *m && n > r);
+}
+
+/* rs_encode where this CPU has GFNI and AVX-512 and the shape is one it serves, else 1 (the
+ * caller runs rsl). shard: a multiple of 64; out: [shard / 64][r][64]. mat: _rs16.skew_matrices,
+ * [65535][4]. */
 int ps_rs_encode(const uint8_t *data, int64_t n, int64_t stride, int64_t shard, int64_t r, const uint64_t *mat,
                  uint8_t *out)
 {
-    int64_t m = 1, np2 = 1;
-    while (m < r)
-        m <<= 1;
-    while (np2 < n)
-        np2 <<= 1;
-    if (n < 1 || r < 1 || shard < 64 || shard % 64 || m + n > 65536 || np2 < m || (np2 == m && n > r))
+    int64_t m;
+    if (!rs_serves(n, r, &m) || shard < 64 || shard % 64)
         return 1;
 #ifdef X86
     if (ps_gfni())
-        return rs_encode(data, n, stride, shard, r, m, mat, out);
+        return rs_encode(data, n, stride, shard, r, m, mat, 0, out, r * 64, 64);
 #else
     (void)data, (void)stride, (void)mat, (void)out;
+#endif
+    return 1;
+}
+
+/* The lane code's parity (_code.encode): rows of `lanes` 32-bit words (n of them, data stride
+ * in bytes) to r rows of parity words at out + j * ostride, the bytes rsl.encode gives for the
+ * split layout of the same words (_code._to_split), without the split copies. 0, -1 without
+ * memory, 1 where rs_encode does not serve. */
+int ps_rs_encode_words(const uint32_t *data, int64_t n, int64_t stride, int64_t lanes, int64_t r,
+                       const uint64_t *mat, uint32_t *out, int64_t ostride)
+{
+    int64_t m;
+    if (!rs_serves(n, r, &m) || lanes < 1)
+        return 1;
+#ifdef X86
+    if (ps_gfni())
+        return rs_encode((const uint8_t *)data, n, stride, 4 * lanes, r, m, mat, 1, (uint8_t *)out, 64, ostride);
+#else
+    (void)data, (void)stride, (void)mat, (void)out, (void)ostride;
 #endif
     return 1;
 }

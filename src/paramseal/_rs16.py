@@ -6,7 +6,9 @@ parity with GFNI and AVX-512 straight from the content array, without the GIL. T
 builds its tables: the field's log and exp tables in the Cantor basis, the FFT's skew factors and,
 for each skew factor, the four 8x8 bit matrices of multiplying by it (the GFNI affine operands).
 Where the library, the instructions or the shape (only the high-rate encoder is compiled) are
-missing, `parity` returns None and the caller uses ``rsl.encode``.
+missing, `parity` returns None and the caller uses ``rsl.encode``. `parity_words` serves the lane
+code: the same parity from its store's words, each 64 bytes put in the library's split layout as
+the kernel loads them (and back as it stores them), so no split copy is made.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -106,13 +109,13 @@ def _transpose8(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
     return x
 
 
-@functools.lru_cache(maxsize=2)
-def _typed(lib: ctypes.CDLL) -> Callable[..., int]:
-    f = lib.ps_rs_encode
+@functools.lru_cache(maxsize=4)
+def _typed(lib: ctypes.CDLL, name: str) -> Callable[..., int]:
+    f = getattr(lib, name)
     p, i64 = ctypes.c_void_p, ctypes.c_int64
-    f.argtypes = [p, i64, i64, i64, i64, p, p]
+    f.argtypes = [p, i64, i64, i64, i64, p, p] + ([i64] if name == "ps_rs_encode_words" else [])
     f.restype = ctypes.c_int
-    return f
+    return cast("Callable[..., int]", f)
 
 
 def serves(r: int, n: int) -> bool:
@@ -135,9 +138,29 @@ def parity(content: NDArray[np.uint8], r: int) -> NDArray[np.uint8] | None:
         return None
     out = np.empty((shard // 64, r, 64), np.uint8)
     mats = skew_matrices()
-    if _typed(lib)(content.ctypes.data, n, step, shard, r, mats.ctypes.data, out.ctypes.data):
+    if _typed(lib, "ps_rs_encode")(content.ctypes.data, n, step, shard, r, mats.ctypes.data, out.ctypes.data):
         return None
     return out
 
 
-__all__ = ["add_mod", "exp_log", "mul", "parity", "serves", "skew", "skew_matrices"]
+def parity_words(data: NDArray[np.uint32], out: NDArray[np.uint32]) -> bool:
+    """The lane code's parity words: ``out`` ``[r, lanes]`` from ``data`` ``[n, lanes]``, in place.
+
+    The words ``rsl.encode`` gives for ``_code._to_split(data)`` read back by ``_code._from_split``,
+    without those copies: the kernel splits each 64 bytes as it loads them. Rows may be strided
+    (a batch of the lane store's columns). False, ``out`` untouched, where the kernel does not serve.
+    """
+    lib = _native._load()
+    if lib is None or data.ndim != 2 or out.ndim != 2 or data.dtype != np.uint32 or out.dtype != np.uint32:
+        return False
+    (n, lanes), (r, width) = data.shape, out.shape
+    if width != lanes or r < 1 or data.strides[1] != 4 or out.strides[1] != 4 or not out.flags.writeable:
+        return False
+    if data.strides[0] < 4 * lanes or out.strides[0] < 4 * lanes:
+        return False
+    mats = skew_matrices()
+    f = _typed(lib, "ps_rs_encode_words")
+    return not f(data.ctypes.data, n, data.strides[0], lanes, r, mats.ctypes.data, out.ctypes.data, out.strides[0])
+
+
+__all__ = ["add_mod", "exp_log", "mul", "parity", "parity_words", "serves", "skew", "skew_matrices"]
