@@ -136,6 +136,25 @@ def test_compiled_parity_is_rsl(n: int, r: int, shard: int) -> None:
 
 
 @needs_native
+@pytest.mark.parametrize(
+    "n,r",
+    [(65535, 1), (65534, 2), (65519, 13), (64511, 1000), (32767, 32768), (49151, 16384), (2, 1), (3, 4), (9, 8)],
+)
+def test_compiled_parity_at_the_field_edge(n: int, r: int) -> None:
+    """n + m up to 65536, a partial last chunk, r > n: the skew factors read reach the table's last entries."""
+    d = np.random.default_rng(n + r).integers(0, 256, (n, 64), dtype=np.uint8)
+    assert _rs16.serves(r, n)
+    got = _rs16.parity(d, r)
+    assert got is not None and np.array_equal(got, _rsl(d, r))
+
+
+@pytest.mark.parametrize("n,r", [(65533, 3), (49153, 16383), (32769, 32768), (65536, 1)])
+def test_shapes_past_the_field_are_not_served(n: int, r: int) -> None:
+    """Where the crate refuses the shape (n + m over 65536), the kernel is not offered it."""
+    assert not _rs16.serves(r, n)
+
+
+@needs_native
 def test_compiled_parity_reads_rows_of_a_wider_array() -> None:
     """Outer.parity may be given a slice of a larger buffer: rows further apart than a shard."""
     wide = np.random.default_rng(5).integers(0, 256, (2000, 1000), dtype=np.uint8)
@@ -217,7 +236,9 @@ def test_lane_seal_is_the_same_file_with_and_without_the_encoder(
 
 
 @needs_native
-@pytest.mark.parametrize(("K", "lanes", "M"), [(30, 5, 3), (900, 37, 30), (257, 16, 200), (5000, 1, 160)])
+@pytest.mark.parametrize(
+    ("K", "lanes", "M"), [(30, 5, 3), (900, 37, 30), (257, 16, 200), (5000, 1, 160), (1, 1, 1), (3, 33, 3), (5, 15, 8)]
+)
 def test_parity_words_reads_and_writes_its_columns_alone(K: int, lanes: int, M: int) -> None:
     """Words straight from strided columns of the store (lanes not a multiple of 16: a partial last column)."""
     rng = np.random.default_rng(K + lanes)
