@@ -15,7 +15,18 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _gfni_plan, _irs, _irs_consts, _irs_kernels, _native, _native_blocks, _outer, _strata, files
+from paramseal import (
+    _gfni_plan,
+    _irs,
+    _irs_consts,
+    _irs_kernels,
+    _native,
+    _native_blocks,
+    _native_strata,
+    _outer,
+    _strata,
+    files,
+)
 from paramseal.errors import NonFiniteError
 from paramseal.seal import SealConfig
 
@@ -271,7 +282,7 @@ def test_seal_words_and_scatter_equal_the_reference(
         want[:, : st.free_strata] &= np.uint32(~((1 << st.k) - 1) & 0xFFFFFFFF)
         assert np.array_equal(got, want)
         assert np.array_equal(
-            _native.to_strata(got, pad, g0, st._perm16(), st.free_strata), st.to_strata(got ^ pad, g0)
+            _native_strata.to_strata(got, pad, g0, st._perm16(), st.free_strata), st.to_strata(got ^ pad, g0)
         )
 
 
@@ -354,7 +365,7 @@ def test_seal_gather_finds_the_first_nan_with_and_without_simd(misaligned: bool,
             try:
                 w = np.zeros((ng, _irs_consts.N_POS), np.uint32)
                 pieces = st._native_pieces(flats, ts, g0, ng, zeros)
-                hit = _native.gather(w, g0, st._perm16(), st.free_strata, pieces, pad, int(st._clear_mask()))
+                hit = _native_strata.gather(w, g0, st._perm16(), st.free_strata, pieces, pad, int(st._clear_mask()))
             finally:
                 _native.SIMD = True
             got.append((hit, w))
@@ -391,9 +402,14 @@ def test_sealed_bytes_do_not_depend_on_the_kernels(
     monkeypatch.setattr(os, "urandom", lambda n: bytes(range(n)))  # the salt
     src = helpers.write_st(tmp_path / "m.safetensors", model)
     calls: list[str] = []
-    for name in ("encode", "gather", "to_strata", "content"):
-        real = getattr(_native, name)
-        monkeypatch.setattr(_native, name, lambda *a, _f=real, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    for mod, name in (
+        (_native, "encode"),
+        (_native_strata, "gather"),
+        (_native_strata, "to_strata"),
+        (_native, "content"),
+    ):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _f=real, _n=name, **k: calls.append(_n) or _f(*a, **k))
     mem = paramseal.seal(model, key, level=level)
     files.seal_file(src, tmp_path / "native.safetensors", key, level=level)
     assert {"encode", "gather", "to_strata"} <= set(calls)  # the compiled path really ran
@@ -1090,7 +1106,7 @@ def test_seal_gather_refusing_its_strata_is_an_error_not_a_clean_batch() -> None
     perm = np.arange(_irs_consts.N_POS, dtype=np.int16)[None, :]
     pieces = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.zeros(1, np.uint64), np.full(1, -1, np.int32))
     with pytest.raises(RuntimeError, match="refused 0 float strata"):
-        _native.gather(w, 0, perm, 0, pieces, pad, 0xFFFFFFFF)
+        _native_strata.gather(w, 0, perm, 0, pieces, pad, 0xFFFFFFFF)
 
 
 @needs_lib

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paramseal import _native
+from paramseal import _native, _native_strata
 
 needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
 KEEP = 0xFFFFFF00
@@ -33,7 +33,7 @@ def _case(seed: int, ng: int, F: int, nperm: int, cut: int) -> Case:
 
 def _gather(ng: int, g0: int, perm: np.ndarray, F: int, pieces: tuple[np.ndarray, ...], pad: np.ndarray) -> tuple:
     w = np.full((ng, 255), 0x5A5A5A5A, np.uint32)  # data positions are left as they are
-    return w, _native.gather(w, g0, perm, F, pieces, pad, KEEP)  # type: ignore[arg-type]
+    return w, _native_strata.gather(w, g0, perm, F, pieces, pad, KEEP)  # type: ignore[arg-type]
 
 
 @needs_lib
@@ -101,4 +101,56 @@ def test_a_staging_buffer_too_short_for_the_pieces_read_from_a_file_is_refused(t
         in_file = (pstart, ends, np.zeros_like(base), np.full_like(fd, f.fileno()))
         w = np.zeros((ng, 255), np.uint32)
         with pytest.raises(AssertionError):
-            _native.gather(w, 0, perm, F, in_file, np.zeros_like(w), KEEP, np.empty((F, ng - 1), np.uint32))  # type: ignore[arg-type]
+            _native_strata.gather(w, 0, perm, F, in_file, np.zeros_like(w), KEEP, np.empty((F, ng - 1), np.uint32))  # type: ignore[arg-type]
+
+
+def test_staging_rows_are_kept_off_one_cache_set() -> None:
+    """Rows a multiple of 4 KiB apart put one column's words in one L1 set (ps_to_strata ran 3-5x slower)."""
+    for ng in (1, 15, 16, 1000, 1024, 16195, 16384, 65536):
+        ld = _native_strata.row_stride(ng)
+        assert ng <= ld < ng + 1024 and (4 * ld) % 4096 == 64
+
+
+@needs_lib
+@pytest.mark.parametrize("ld_extra", [None, 0, 37])
+def test_the_gather_reads_a_file_through_staging_rows_any_distance_apart(ld_extra: int | None, tmp_path: Path) -> None:
+    """Pieces read from a file (pread into ``stage``, rows ``stage.shape[1]`` apart) give the words the same pieces
+    give from memory; None: the gather's own staging array (`row_stride` apart)."""
+    ng, F = 3000, 200
+    srcs, (pstart, ends, base, fd), perm = _case(5, ng, F, 256, 1200)
+    pad = np.random.default_rng(2).integers(0, 2**32, (ng, 255), dtype=np.uint32)
+    want, hit = _gather(ng, 9, perm, F, (pstart, ends, base, fd), pad)
+    assert hit == -1
+    with open(tmp_path / "model.bin", "wb+") as f:
+        at = np.cumsum([0] + [s.nbytes for s in srcs])
+        f.write(b"".join(s.tobytes() for s in srcs))
+        f.flush()
+        # piece q's row 0 lies 4 * (its first row) bytes before its data, as in memory
+        off = np.array([at[q] - (4 * int(ends[q - 1]) if q % 2 else 0) for q in range(2 * F)], np.uint64)
+        in_file = (pstart, ends, off, np.full_like(fd, f.fileno()))
+        stage = None if ld_extra is None else np.full((F, ng + ld_extra), 7, np.uint32)
+        w = np.full((ng, 255), 0x5A5A5A5A, np.uint32)
+        assert _native_strata.gather(w, 9, perm, F, in_file, pad, KEEP, stage) == -1  # type: ignore[arg-type]
+    assert np.array_equal(w, want)
+
+
+@needs_lib
+def test_strata_rows_any_distance_apart_are_written_as_contiguous_ones() -> None:
+    """`to_strata` hands back a view of rows `row_stride` apart; `put_strata` writes it as it writes a copy."""
+    ng, F = 2000, 180
+    rng = np.random.default_rng(3)
+    w, pad = (rng.integers(0, 2**32, (ng, 255), dtype=np.uint32) for _ in range(2))
+    perm = np.stack([rng.permutation(255) for _ in range(4)]).astype(np.int16)
+    wt = _native_strata.to_strata(w, pad, 5, perm, F)
+    assert wt.shape == (F, ng) and wt.strides[0] == 4 * _native_strata.row_stride(ng)
+    outs = [np.zeros((F, ng), np.uint32) for _ in range(2)]
+    for src, out in zip((wt, np.ascontiguousarray(wt)), outs, strict=True):
+        # stratum j in one piece: its rows to row j of out
+        pieces = (
+            np.arange(F + 1, dtype=np.int64),
+            np.full(F, ng, np.int64),
+            np.array([out[j].ctypes.data for j in range(F)], np.uint64),
+            np.full(F, -1, np.int32),
+        )
+        _native_strata.put_strata(src, pieces)
+    assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], wt)

@@ -624,14 +624,15 @@ MOVERS static void write_tag_avx512(uint16_t *words, int64_t b0, int64_t b1, int
  * p holds stratum perm[(g0 + r) % nperm][p]. Stratum j < F comes in pieces of rows: piece q
  * covers rows up to row_end[q] (pieces pstart[j]..pstart[j+1]-1, in row order), and row r of it
  * is the word at address base[q] + 4 r; or, where fd[q] >= 0, at byte offset base[q] + 4 r of that
- * file, read with pread into row j of stage ([F][ng] words): a mapped model file is then
+ * file, read with pread into row j of stage ([F] rows of ld words, ld >= ng: _native.row_stride
+ * keeps them off one cache set): a mapped model file is then
  * never faulted in, so it adds nothing to resident memory and needs no release. Each word is XORed with pad (same shape as w) and
  * masked with keep. Only rows [r0, r1) are done (one call per thread). Returns -3 when a
  * read fails, else -1, or with check_nan the index r * 255 + p of the first word whose
  * exponent is all ones (NaN or Inf), which the caller refuses. simd: AVX-512 where the CPU has it
  * (0: the plain loop, for the tests' comparison). */
 int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F, const int64_t *pstart,
-                  const int64_t *row_end, const uint64_t *base, const int32_t *fd, uint32_t *stage, int64_t ng,
+                  const int64_t *row_end, const uint64_t *base, const int32_t *fd, uint32_t *stage, int64_t ld,
                   const uint32_t *pad, uint32_t keep, int check_nan, int simd)
 {
     int64_t cur[256];
@@ -650,7 +651,7 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
             b = b < r1 ? b : r1;
             if (fd[q] < 0 || a >= b)
                 continue;
-            char *dst = (char *)(stage + j * ng + a);
+            char *dst = (char *)(stage + j * ld + a);
             int64_t off = (int64_t)base[q] + 4 * a, left = 4 * (b - a);
             while (left > 0) {
                 ssize_t got = pread(fd[q], dst, (size_t)left, (off_t)off);
@@ -668,7 +669,7 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
         for (int j = 0; j < F; j++) {
             while (row_end[cur[j]] <= r)
                 cur[j]++;
-            src[j] = fd[cur[j]] >= 0 ? stage + j * ng : (const uint32_t *)(uintptr_t)base[cur[j]];
+            src[j] = fd[cur[j]] >= 0 ? stage + j * ld : (const uint32_t *)(uintptr_t)base[cur[j]];
             if (row_end[cur[j]] < lim)
                 lim = row_end[cur[j]];
         }
@@ -749,11 +750,11 @@ void ps_to_strata(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1
 }
 
 /* The scatter's writes (as _strata.write_run, piece by piece): rows of the float strata [j0, j1) of
- * wt ([F][ng] words) to where the pieces of ps_gather's layout say, with pwrite where fd[q] >= 0
+ * wt (rows of ld words) to where the pieces of ps_gather's layout say, with pwrite where fd[q] >= 0
  * (base[q]: the byte offset of row 0 in that file), a copy where fd[q] == -1 (base[q]: the
  * address of row 0), nothing for padding (fd[q] == -2). Returns 0, -errno of a failed write, or
  * -100000 when a write took no bytes. */
-int64_t ps_put_strata(const uint32_t *wt, int64_t ng, int j0, int j1, const int64_t *pstart, const int64_t *row_end,
+int64_t ps_put_strata(const uint32_t *wt, int64_t ld, int j0, int j1, const int64_t *pstart, const int64_t *row_end,
                       const uint64_t *base, const int32_t *fd)
 {
     for (int j = j0; j < j1; j++)
@@ -761,7 +762,7 @@ int64_t ps_put_strata(const uint32_t *wt, int64_t ng, int j0, int j1, const int6
             const int64_t a = q == pstart[j] ? 0 : row_end[q - 1], b = row_end[q];
             if (fd[q] == -2 || a >= b)
                 continue;
-            const char *src = (const char *)(wt + j * ng + a);
+            const char *src = (const char *)(wt + j * ld + a);
             if (fd[q] < 0) {
                 memcpy((char *)(uintptr_t)(base[q] + 4 * (uint64_t)a), src, 4 * (size_t)(b - a));
                 continue;

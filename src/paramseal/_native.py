@@ -15,15 +15,14 @@ the functions here return False or None and the caller uses the reference.
 unloadable library an error (CI sets it, so a silently skipped build cannot pass). A CPU without
 GFNI and AVX-512 is not an error under it: the portable coding kernels serve it.
 
-This module loads the library and wraps the coding and strata kernels; `_native_blocks` wraps
-the block kernels (MAC hash, tags, bit fields, lane store, row sort) and `_gfni_plan` builds the
-tables the GFNI kernels take.
+This module loads the library and wraps the coding kernels and the recovery gather;
+`_native_strata` wraps the seal's strata movers, `_native_blocks` the block kernels (MAC hash,
+tags, bit fields, lane store, row sort), and `_gfni_plan` builds the tables the GFNI kernels take.
 """
 
 from __future__ import annotations
 
 import ctypes
-import errno
 import functools
 import hashlib
 import os
@@ -35,7 +34,7 @@ from numpy.typing import NDArray
 
 from . import _gfni_plan, _irs, _irs_consts
 from ._parallel import halves, parallel_map
-from .errors import InputError, NativeUnavailableError, UsageError
+from .errors import NativeUnavailableError, UsageError
 
 _ABI = 3
 _LIB_NAME = "_psnative.so"
@@ -357,113 +356,6 @@ def _syndromes_gfni(
     return out
 
 
-def gather(
-    w: NDArray[np.uint32],
-    g0: int,
-    perm: NDArray[np.int16],
-    F: int,
-    pieces: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]],
-    pad: NDArray[np.uint32],
-    keep: int,
-    stage: NDArray[np.uint32] | None = None,
-) -> int:
-    """Fill the float positions of ``w`` (``[ng, 255]``, groups ``g0...``) from ``pieces``: see ``ps_gather``.
-
-    Pieces in a mapped file are read with ``pread`` (into a staging array of ``[F, ng]`` words:
-    ``stage`` if given, else a new one).
-
-    ``perm``: ``[nperm, 255]`` stratum at each position. Returns -1, or ``r * 255 + p`` of a
-    NaN/Inf word. The caller keeps the arrays the piece addresses point into alive.
-    """
-    lib = _lib()
-    assert lib is not None
-    pstart, row_end, base, fd = pieces
-    reads = bool((fd >= 0).any())
-    if not reads:
-        stage = np.empty((1, 1), np.uint32)
-    elif stage is None:
-        stage = np.empty((F, w.shape[0]), np.uint32)
-    assert stage.dtype == np.uint32 and stage.flags.c_contiguous
-    assert not reads or stage.size >= F * w.shape[0]  # pread fills [F, ng] words: a short buffer would overrun
-    for a in (w, pad, perm, pstart, row_end, base, fd):
-        assert a.flags.c_contiguous
-    assert w.shape == pad.shape and w.shape[1] == _irs_consts.N_POS and pstart.size == F + 1
-
-    def run(r: tuple[int, int]) -> int:
-        return int(
-            lib.ps_gather(
-                w.ctypes.data, r[0], r[1], g0, perm.ctypes.data, perm.shape[0], F, pstart.ctypes.data,
-                row_end.ctypes.data, base.ctypes.data, fd.ctypes.data, stage.ctypes.data, w.shape[0], pad.ctypes.data,
-                keep, 1, int(SIMD),
-            )
-        )  # fmt: skip
-
-    got = parallel_map(run, _rows(w.shape[0]))
-    if -3 in got:
-        raise InputError(
-            "reading the model file failed while sealing (an I/O error, or the file was cut short meanwhile)"
-        )
-    if -2 in got:  # w was left unfilled: never to be taken for "no NaN"
-        raise RuntimeError(f"compiled seal gather refused {F} float strata")
-    hits = [h for h in got if h >= 0]
-    return min(hits) if hits else -1
-
-
-def to_strata(
-    w: NDArray[np.uint32],
-    pad: NDArray[np.uint32],
-    g0: int,
-    perm: NDArray[np.int16],
-    F: int,
-    out: NDArray[np.uint32] | None = None,
-) -> NDArray[np.uint32]:
-    """``[F, ng]``: the float strata of groups ``g0...`` from ``w`` XOR ``pad`` (see ``ps_to_strata``).
-
-    Into ``out`` if given (a new array if not).
-    """
-    lib = _lib()
-    assert lib is not None
-    assert w.flags.c_contiguous and pad.flags.c_contiguous and perm.flags.c_contiguous and w.shape == pad.shape
-    ng = w.shape[0]
-    if out is None:
-        out = np.empty((F, ng), np.uint32)
-    assert out.shape == (F, ng) and out.dtype == np.uint32 and out.flags.c_contiguous
-    parallel_map(
-        lambda r: lib.ps_to_strata(
-            w.ctypes.data, pad.ctypes.data, r[0], r[1], g0, perm.ctypes.data, perm.shape[0], F, out.ctypes.data, ng
-        ),
-        _rows(ng),
-    )
-    return out
-
-
-def put_strata(
-    wt: NDArray[np.uint32],
-    pieces: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]],
-) -> None:
-    """Write the float strata ``wt`` (``[F, ng]``) where ``pieces`` say: see ``ps_put_strata``.
-
-    The caller keeps the arrays the piece addresses point into alive.
-    """
-    lib = _lib()
-    assert lib is not None
-    pstart, row_end, base, fd = pieces
-    for a in (wt, pstart, row_end, base, fd):
-        assert a.flags.c_contiguous
-    F, ng = wt.shape
-    assert pstart.size == F + 1
-    args = (pstart.ctypes.data, row_end.ctypes.data, base.ctypes.data, fd.ctypes.data)
-    got = parallel_map(
-        lambda r: int(lib.ps_put_strata(wt.ctypes.data, ng, r[0], r[1], *args)),
-        halves(F) if ng * F >= 1 << 16 else [(0, F)],
-    )
-    if -100000 in got:
-        raise OSError(errno.EIO, "the file took no more bytes")
-    for e in got:
-        if e < 0:
-            raise OSError(-e, os.strerror(-e))
-
-
 def content(
     w: NDArray[np.uint32], F: int, k: int, shard: int, out: NDArray[np.uint8] | None = None
 ) -> NDArray[np.uint8] | None:
@@ -488,10 +380,8 @@ __all__ = [
     "content",
     "decode",
     "encode",
-    "gather",
     "gather_runs",
     "library_path",
     "portable",
     "syndromes",
-    "to_strata",
 ]

@@ -39,7 +39,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
-from . import _irs, _native, _outer
+from . import _irs, _native, _native_strata, _outer
 from ._layout import TensorSpec
 from ._pages import file_span, pwrite_all, release
 from ._parallel import halves, parallel_map
@@ -196,8 +196,9 @@ class Strata(StrataMap):
         zeros = np.zeros(ng, np.uint32)  # the source of padding words
         pieces = self._native_pieces(flats, ts, g0, ng, zeros)
         perm = self._perm16()
-        stage = None if scratch is None else scratch.get("stage", (self.free_strata, ng), np.uint32)
-        if _native.gather(w, g0, perm, self.free_strata, pieces, pad, int(self._clear_mask()), stage) >= 0:
+        shape = (self.free_strata, _native_strata.row_stride(ng))
+        stage = None if scratch is None else scratch.get("stage", shape, np.uint32)
+        if _native_strata.gather(w, g0, perm, self.free_strata, pieces, pad, int(self._clear_mask()), stage) >= 0:
             self.groups(flats, data, g, seal=True)  # raises, naming the tensor as the reference does
             raise AssertionError("the compiled gather found a NaN/Inf word that the reference did not")
         if self.free_strata < N_POS:
@@ -219,12 +220,13 @@ class Strata(StrataMap):
         ``scratch``: the compiled path stages the strata in its ``strata`` buffer.
         """
         if pad is not None and _native.portable() and w.shape[0] and self.free_strata:
-            out = None if scratch is None else scratch.get("strata", (self.free_strata, w.shape[0]), np.uint32)
-            wt = _native.to_strata(w, pad, g0, self._perm16(), self.free_strata, out)
+            shape = (self.free_strata, _native_strata.row_stride(w.shape[0]))
+            out = None if scratch is None else scratch.get("strata", shape, np.uint32)
+            wt = _native_strata.to_strata(w, pad, g0, self._perm16(), self.free_strata, out)
             ts = self._flat_words(outs)
             if ts is not None:
                 # the writes in one compiled loop: a Python call per piece cost as much as the copying
-                _native.put_strata(wt, self._native_pieces(outs, ts, g0, g1 - g0, None))
+                _native_strata.put_strata(wt, self._native_pieces(outs, ts, g0, g1 - g0, None))
                 return
         else:
             wt = self.to_strata(w if pad is None else w ^ pad, g0)

@@ -1,0 +1,146 @@
+"""The seal's strata movers compiled (``ps_gather``, ``ps_to_strata``, ``ps_put_strata``), via ctypes.
+
+`_strata.Strata.seal_words` gathers each superblock's words from the model into groups and
+`Strata.scatter` puts the sealed words back, through ``[F, ng]`` staging arrays whose rows
+`row_stride` keeps off one cache set. Callers check `_native.portable` first.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _irs_consts, _native
+from ._parallel import halves, parallel_map
+from .errors import InputError
+
+
+def gather(
+    w: NDArray[np.uint32],
+    g0: int,
+    perm: NDArray[np.int16],
+    F: int,
+    pieces: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]],
+    pad: NDArray[np.uint32],
+    keep: int,
+    stage: NDArray[np.uint32] | None = None,
+) -> int:
+    """Fill the float positions of ``w`` (``[ng, 255]``, groups ``g0...``) from ``pieces``: see ``ps_gather``.
+
+    Pieces in a mapped file are read with ``pread`` (into a staging array of ``F`` rows of ``ng`` words
+    or more, `row_stride`: ``stage`` if given, else a new one).
+
+    ``perm``: ``[nperm, 255]`` stratum at each position. Returns -1, or ``r * 255 + p`` of a
+    NaN/Inf word. The caller keeps the arrays the piece addresses point into alive.
+    """
+    lib = _native._lib()
+    assert lib is not None
+    pstart, row_end, base, fd = pieces
+    ng = w.shape[0]
+    reads = bool((fd >= 0).any())
+    if not reads:
+        stage = np.empty((1, 1), np.uint32)
+    elif stage is None:
+        stage = np.empty((F, row_stride(ng)), np.uint32)
+    assert stage.dtype == np.uint32 and stage.flags.c_contiguous and stage.ndim == 2
+    # pread fills rows of ng words, stage.shape[1] apart: a short buffer would overrun
+    assert not reads or (stage.shape[0] >= F and stage.shape[1] >= ng)
+    for a in (w, pad, perm, pstart, row_end, base, fd):
+        assert a.flags.c_contiguous
+    assert w.shape == pad.shape and w.shape[1] == _irs_consts.N_POS and pstart.size == F + 1
+
+    def run(r: tuple[int, int]) -> int:
+        return int(
+            lib.ps_gather(
+                w.ctypes.data, r[0], r[1], g0, perm.ctypes.data, perm.shape[0], F, pstart.ctypes.data,
+                row_end.ctypes.data, base.ctypes.data, fd.ctypes.data, stage.ctypes.data, stage.shape[1],
+                pad.ctypes.data, keep, 1, int(_native.SIMD),
+            )
+        )  # fmt: skip
+
+    got = parallel_map(run, _native._rows(ng))
+    if -3 in got:
+        raise InputError(
+            "reading the model file failed while sealing (an I/O error, or the file was cut short meanwhile)"
+        )
+    if -2 in got:  # w was left unfilled: never to be taken for "no NaN"
+        raise RuntimeError(f"compiled seal gather refused {F} float strata")
+    hits = [h for h in got if h >= 0]
+    return min(hits) if hits else -1
+
+
+def to_strata(
+    w: NDArray[np.uint32],
+    pad: NDArray[np.uint32],
+    g0: int,
+    perm: NDArray[np.int16],
+    F: int,
+    out: NDArray[np.uint32] | None = None,
+) -> NDArray[np.uint32]:
+    """``[F, ng]``: the float strata of groups ``g0...`` from ``w`` XOR ``pad`` (see ``ps_to_strata``).
+
+    A view of the first ``ng`` words of each row of ``out`` (``[F, >= ng]``) if given, else of a new
+    array whose rows are `row_stride` apart.
+    """
+    lib = _native._lib()
+    assert lib is not None
+    assert w.flags.c_contiguous and pad.flags.c_contiguous and perm.flags.c_contiguous and w.shape == pad.shape
+    ng = w.shape[0]
+    out = np.empty((F, row_stride(ng)), np.uint32) if out is None else out
+    assert (
+        out.ndim == 2 and out.shape[0] == F and out.shape[1] >= ng and out.dtype == np.uint32 and out.flags.c_contiguous
+    )
+    ld = out.shape[1]
+    parallel_map(
+        lambda r: lib.ps_to_strata(
+            w.ctypes.data, pad.ctypes.data, r[0], r[1], g0, perm.ctypes.data, perm.shape[0], F, out.ctypes.data, ld
+        ),
+        _native._rows(ng),
+    )
+    return out[:, :ng]
+
+
+def row_stride(ng: int) -> int:
+    """Words per row of a ``[F, ng]`` staging array: ``ng`` or more, 4 KiB + 64 bytes apart modulo 4 KiB.
+
+    The strata kernels walk the F rows at one column, then the next: rows a multiple of 4 KiB apart
+    share one L1 set and evict each other's lines (ps_to_strata ran 3.8x as long at ng = 16384).
+    """
+    return ng + (16 - ng) % 1024
+
+
+def put_strata(
+    wt: NDArray[np.uint32],
+    pieces: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]],
+) -> None:
+    """Write the float strata ``wt`` (``[F, ng]``, rows any whole number of words apart) where ``pieces`` say.
+
+    See ``ps_put_strata``.
+
+    The caller keeps the arrays the piece addresses point into alive.
+    """
+    lib = _native._lib()
+    assert lib is not None
+    pstart, row_end, base, fd = pieces
+    for a in (pstart, row_end, base, fd):
+        assert a.flags.c_contiguous
+    F, ng = wt.shape
+    assert wt.dtype == np.uint32 and wt.strides[1] == 4 and wt.strides[0] % 4 == 0 and wt.strides[0] >= 4 * ng
+    ld = wt.strides[0] // 4  # rows may be `row_stride` apart (a view of `to_strata`'s array)
+    assert pstart.size == F + 1
+    args = (pstart.ctypes.data, row_end.ctypes.data, base.ctypes.data, fd.ctypes.data)
+    got = parallel_map(
+        lambda r: int(lib.ps_put_strata(wt.ctypes.data, ld, r[0], r[1], *args)),
+        halves(F) if ng * F >= 1 << 16 else [(0, F)],
+    )
+    if -100000 in got:
+        raise OSError(errno.EIO, "the file took no more bytes")
+    for e in got:
+        if e < 0:
+            raise OSError(-e, os.strerror(-e))
+
+
+__all__ = ["gather", "put_strata", "row_stride", "to_strata"]
