@@ -118,9 +118,7 @@ def put_strata(
 ) -> None:
     """Write the float strata ``wt`` (``[F, ng]``, rows any whole number of words apart) where ``pieces`` say.
 
-    See ``ps_put_strata``.
-
-    The caller keeps the arrays the piece addresses point into alive.
+    See ``ps_put_strata``. The caller keeps the arrays the piece addresses point into alive.
     """
     lib = _native._lib()
     assert lib is not None
