@@ -14,6 +14,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from paramseal import _native
 from paramseal.verify import Check
 
 _DIR = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -176,3 +177,14 @@ def test_bench_outer_parity_refuses_no_repeats(
     with pytest.raises(SystemExit) as e:
         bench.main()
     assert e.value.code == 2 and "--repeats must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not _native.portable(), reason="compiled library not built")
+def test_bench_strata_rows_gives_the_same_strata_both_ways(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("bench_strata_rows")
+    assert bench.main(["--repeats", "1", "--ng", "100", "1024"]) == 0
+    rows = [ln.split() for ln in capsys.readouterr().out.splitlines()[1:]]
+    assert len(rows) == 4 and all(r[-1] == "True" for r in rows)
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--repeats", "0"])
+    assert e.value.code == 2
