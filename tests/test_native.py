@@ -204,6 +204,29 @@ def test_encode_ignores_free_bits_like_the_reference() -> None:
     assert np.array_equal(got, want)
 
 
+@needs_native
+@pytest.mark.parametrize("k,F,host", [(8, 255, 2), (12, 255, 3), (16, 40, 0)])
+@pytest.mark.parametrize("ng", [1, 2, 3, 5, 6, 9, 258, 263])
+def test_gfni_kernels_take_groups_four_at_a_time_and_any_tail(k: int, F: int, host: int, ng: int) -> None:
+    """The GFNI encoder and syndromes run four groups at once: a count that is not a multiple of 4 (and
+    a call per core starting mid-quad, at 258 and 263) gives numba's words and syndrome bytes."""
+    code = _irs.code_for(k, F, host)
+    rng = np.random.default_rng(ng * 31 + k)
+    W = rng.integers(0, 2**32, (ng, _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
+    W[:, :F] &= np.uint32(~((1 << k) - 1) & 0xFFFFFFFF)
+    want = W.copy()
+    _irs._run(0, code, want, None)  # the numba kernel
+    got = W.copy()
+    assert _native._encode_gfni(code, got)
+    assert np.array_equal(got, want)
+    got[:, 100] ^= rng.integers(0, 2**32, ng, dtype=np.uint64).astype(np.uint32)  # nonzero syndromes
+    flags = rng.integers(0, 256, got.shape, dtype=np.uint8)
+    for fl in (None, flags):  # with flags, the fixed bytes count as zero
+        want_s = _irs_kernels._batch_shares(got, flags, fl is not None, 0, ng, code.syn, 0, code.free_strata)
+        assert want_s.any()
+        assert np.array_equal(_native._syndromes_gfni(code, got, fl), want_s)
+
+
 @needs_lib
 @pytest.mark.parametrize("gfni", [True, False])
 @pytest.mark.parametrize("k", [8, 12, 16])

@@ -56,48 +56,104 @@ int ps_gfni(void)
 
 #ifdef X86
 
-/* Steps 1 and 2 for one group G: R[64 i + 16 t] = syndrome i of codeword t (phi-domain, or mapped back
- * with phi_inv when back). Bytes are masked with keep (1024 bytes) or, with flags (255 bytes), the
- * bytes flagged fixed (flag bits 0-3) count as zero. */
-TARGET static inline __attribute__((always_inline)) void group_syndromes(const uint8_t *G, const uint8_t *keep,
-                                                                         const uint8_t *flags, const uint8_t *powers,
-                                                                         int dmax, const uint8_t *perm, uint64_t phi,
-                                                                         uint64_t phi_inv, int back, uint8_t *R)
+/* Chunk c (64 bytes) of group G, masked with keep or (flags) with its fixed bytes zeroed (see
+ * quad_syndromes), mapped into gf2p8mulb's field (phi) and its lanes grouped by codeword (perm). */
+TARGET static inline __attribute__((always_inline)) __m512i group_chunk(const uint8_t *G, const uint8_t *keep,
+                                                                        const uint8_t *flags, int c, __m512i idx, __m512i A)
 {
-    const __m512i idx = _mm512_loadu_si512((const void *)perm);
-    const __m512i A = _mm512_set1_epi64((long long)phi), Ai = _mm512_set1_epi64((long long)phi_inv);
-    const __mmask64 tail = (((__mmask64)1) << (GROUP_BYTES - 960)) - 1;
     static const uint8_t spread_ix[64] = {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5,
                                           5, 5, 6, 6, 6, 6, 7, 7, 7, 7, 8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10,
                                           11, 11, 11, 11, 12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15};
     static const uint8_t bit_ix[64] = {1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2,
                                        4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8,
                                        1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8};
-    __m512i X[16];
-#pragma GCC unroll 16
-    for (int c = 0; c < 16; c++) {
-        __m512i x = c < 15 ? _mm512_loadu_si512((const void *)(G + 64 * c)) : _mm512_maskz_loadu_epi8(tail, G + 960);
-        if (keep)
-            x = _mm512_and_si512(x, _mm512_loadu_si512((const void *)(keep + 64 * c)));
-        if (flags) {
-            __m512i f = _mm512_maskz_loadu_epi8(c < 15 ? 0xFFFF : 0x7FFF, flags + 16 * c);
-            __mmask64 fixed = _mm512_test_epi8_mask(_mm512_permutexvar_epi8(_mm512_loadu_si512(spread_ix), f),
-                                                    _mm512_loadu_si512(bit_ix));
-            x = _mm512_maskz_mov_epi8(~fixed, x);
-        }
-        X[c] = _mm512_permutexvar_epi8(idx, _mm512_gf2p8affine_epi64_epi8(x, A, 0));
+    const __mmask64 tail = (((__mmask64)1) << (GROUP_BYTES - 960)) - 1;
+    __m512i x = c < 15 ? _mm512_loadu_si512((const void *)(G + 64 * c)) : _mm512_maskz_loadu_epi8(tail, G + 960);
+    if (keep)
+        x = _mm512_and_si512(x, _mm512_loadu_si512((const void *)(keep + 64 * c)));
+    if (flags) {
+        __m512i f = _mm512_maskz_loadu_epi8(c < 15 ? 0xFFFF : 0x7FFF, flags + 16 * c);
+        __mmask64 fixed = _mm512_test_epi8_mask(_mm512_permutexvar_epi8(_mm512_loadu_si512(spread_ix), f),
+                                                _mm512_loadu_si512(bit_ix));
+        x = _mm512_maskz_mov_epi8(~fixed, x);
     }
-    for (int i = 0; i < dmax; i++) {
-        const uint8_t *p = powers + (size_t)i * 16 * 64;
-        __m512i a = _mm512_setzero_si512();
-#pragma GCC unroll 16
-        for (int c = 0; c < 16; c++)
-            a = _mm512_xor_si512(a, _mm512_gf2p8mul_epi8(X[c], _mm512_loadu_si512((const void *)(p + 64 * c))));
-        a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 8)); /* fold each 128-bit lane (one codeword) to byte 0 */
-        a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 4));
-        a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 2));
-        a = _mm512_xor_si512(a, _mm512_bsrli_epi128(a, 1));
-        _mm512_store_si512((void *)(R + 64 * i), back ? _mm512_gf2p8affine_epi64_epi8(a, Ai, 0) : a);
+    return _mm512_permutexvar_epi8(idx, _mm512_gf2p8affine_epi64_epi8(x, A, 0));
+}
+
+/* Where quad_syndromes puts syndrome i of codeword t. */
+#define SYN(i, t) (64 * ((i) >> 4) + 16 * (t) + ((i) & 15))
+
+/* XOR of the interleaved halves of a and b at width w bits: one step of reduce16. */
+#define HALVES(w, a, b) _mm512_xor_si512(_mm512_unpacklo_epi##w(a, b), _mm512_unpackhi_epi##w(a, b))
+
+/* 16 vectors of 4 codeword lanes -> one whose lane t byte k is the XOR of the 16 bytes of lane t of
+ * v[k]: 45 shuffles and XORs, where folding each vector alone took 8 (128 for the 16). */
+TARGET static inline __attribute__((always_inline)) __m512i reduce16(const __m512i *v)
+{
+    __m512i b[8], c[4];
+#pragma GCC unroll 8
+    for (int k = 0; k < 8; k++)
+        b[k] = HALVES(8, v[2 * k], v[2 * k + 1]);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; k++)
+        c[k] = HALVES(16, b[2 * k], b[2 * k + 1]);
+    return HALVES(64, HALVES(32, c[0], c[1]), HALVES(32, c[2], c[3]));
+}
+
+/* The groups g0 .. g0 + 3 of W (ng groups), a zero group standing in for those past ng. */
+static inline void quad_groups(const uint8_t *W, int64_t g0, int64_t ng, const uint8_t **G)
+{
+    static const uint8_t zero[1024] __attribute__((aligned(64)));
+    for (int u = 0; u < 4; u++)
+        G[u] = g0 + u < ng ? W + (g0 + u) * GROUP_BYTES : zero;
+}
+
+/* Steps 1 and 2 for four groups G[u]: R[u][SYN(i, t)] = syndrome i of codeword t (phi-domain, or mapped
+ * back with phi_inv when back), zero for dmax <= i < 16 ceil(dmax / 16). Bytes are masked with keep
+ * (1024 bytes) or, with flags F[u] (255 bytes each), the bytes flagged fixed (flag bits 0-3) count as
+ * zero. The four groups take a quarter of their chunks at a time, so that each syndrome power loaded
+ * serves four groups and the powers in use (SYN_BLOCK syndromes of a quarter, 8 KiB) stay in L1: the
+ * whole table (dmax KiB, 62 at k = 8) does not fit there, and reading it from L2 for each group took
+ * as long again as the products. */
+#define SYN_BLOCK 32
+TARGET static inline __attribute__((always_inline)) void quad_syndromes(const uint8_t *const *G, const uint8_t *keep,
+                                                                        const uint8_t *const *F, const uint8_t *powers,
+                                                                        int dmax, const uint8_t *perm, uint64_t phi,
+                                                                        uint64_t phi_inv, int back, uint8_t *const *R)
+{
+    const __m512i idx = _mm512_loadu_si512((const void *)perm);
+    const __m512i A = _mm512_set1_epi64((long long)phi), Ai = _mm512_set1_epi64((long long)phi_inv);
+    __m512i U[4][SYN_BLOCK] __attribute__((aligned(64))); /* unfolded sums, one vector per group and syndrome */
+    for (int i0 = 0; i0 < dmax; i0 += SYN_BLOCK) {
+        const int n = dmax - i0 < SYN_BLOCK ? dmax - i0 : SYN_BLOCK;
+        for (int q = 0; q < 4; q++) {
+            __m512i X[4][4];
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++)
+#pragma GCC unroll 4
+                for (int c = 0; c < 4; c++)
+                    X[u][c] = group_chunk(G[u], keep, F[u], 4 * q + c, idx, A);
+            for (int i = 0; i < n; i++) {
+                const uint8_t *p = powers + (size_t)(i0 + i) * 16 * 64 + 256 * q;
+                const __m512i P0 = _mm512_loadu_si512((const void *)p), P1 = _mm512_loadu_si512((const void *)(p + 64));
+                const __m512i P2 = _mm512_loadu_si512((const void *)(p + 128)), P3 = _mm512_loadu_si512((const void *)(p + 192));
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++) {
+                    __m512i a = _mm512_ternarylogic_epi32(_mm512_gf2p8mul_epi8(X[u][0], P0), _mm512_gf2p8mul_epi8(X[u][1], P1),
+                                                          _mm512_gf2p8mul_epi8(X[u][2], P2), 0x96);
+                    __m512i b = _mm512_gf2p8mul_epi8(X[u][3], P3);
+                    U[u][i] = q ? _mm512_ternarylogic_epi32(a, b, U[u][i], 0x96) : _mm512_xor_si512(a, b);
+                }
+            }
+        }
+        for (int u = 0; u < 4; u++) {
+            for (int i = n; i < 16 * ((n + 15) / 16); i++)
+                U[u][i] = _mm512_setzero_si512();
+            for (int h = 0; 16 * h < n; h++) {
+                __m512i s = reduce16(&U[u][16 * h]);
+                _mm512_store_si512((void *)(R[u] + 4 * i0 + 64 * h), back ? _mm512_gf2p8affine_epi64_epi8(s, Ai, 0) : s);
+            }
+        }
     }
 }
 
@@ -110,7 +166,7 @@ TARGET static inline __attribute__((always_inline)) void free_bytes_gf(const uin
     const uint8_t *c = cols + (size_t)t * dmax * rowbytes;
     __m512i o0 = _mm512_setzero_si512(), o1 = _mm512_setzero_si512();
     for (int i = 0; i < dt; i++) {
-        const __m512i s = _mm512_set1_epi8((char)R[64 * i + 16 * t]);
+        const __m512i s = _mm512_set1_epi8((char)R[SYN(i, t)]);
         o0 = _mm512_xor_si512(o0, _mm512_gf2p8mul_epi8(s, _mm512_loadu_si512((const void *)(c + (size_t)i * rowbytes))));
         if (rowbytes == 128)
             o1 = _mm512_xor_si512(o1, _mm512_gf2p8mul_epi8(s, _mm512_loadu_si512((const void *)(c + (size_t)i * rowbytes + 64))));
@@ -127,7 +183,7 @@ TARGET static inline __attribute__((always_inline)) void free_bytes_tab(const ui
     const uint8_t *tab = tabs + (size_t)t * 2 * dmax * 16 * rowbytes;
     __m512i o0 = _mm512_setzero_si512(), o1 = _mm512_setzero_si512();
     for (int i = 0; i < dt; i++) {
-        unsigned s = R[64 * i + 16 * t];
+        unsigned s = R[SYN(i, t)];
         const uint8_t *lo = tab + ((size_t)(2 * i) * 16 + (s & 15)) * rowbytes;
         const uint8_t *hi = tab + ((size_t)(2 * i + 1) * 16 + (s >> 4)) * rowbytes;
         o0 = _mm512_xor_si512(o0, _mm512_xor_si512(_mm512_loadu_si512((const void *)lo), _mm512_loadu_si512((const void *)hi)));
@@ -179,25 +235,31 @@ TARGET int ps_irs_encode(uint8_t *W, int64_t ng, const uint8_t *powers, int dmax
 {
     if (dmax < 1 || dmax > MAX_D || (rowbytes != 64 && rowbytes != 128))
         return -1;
-    uint8_t R[MAX_D * 64] __attribute__((aligned(64)));
+    uint8_t R[4][MAX_D * 4] __attribute__((aligned(64)));
+    uint8_t *const Rp[4] = {R[0], R[1], R[2], R[3]};
     uint8_t U[4 * MAX_ROW] __attribute__((aligned(64)));
     memset(U, 0, sizeof U);
     const __m512i Ai = _mm512_set1_epi64((long long)phi_inv);
-    for (int64_t g = 0; g < ng; g++) {
-        uint8_t *G = W + g * GROUP_BYTES;
-        group_syndromes(G, keep, NULL, powers, dmax, perm, phi, 0, 0, R);
-        for (int t = 0; t < 4; t++) {
-            uint8_t *out = U + MAX_ROW * t;
-            if (cols && rowbytes == 64)
-                free_bytes_gf(R, t, d[t], cols, dmax, 64, Ai, out);
-            else if (cols)
-                free_bytes_gf(R, t, d[t], cols, dmax, 128, Ai, out);
-            else if (rowbytes == 64)
-                free_bytes_tab(R, t, d[t], tabs, dmax, 64, out);
-            else
-                free_bytes_tab(R, t, d[t], tabs, dmax, 128, out);
+    const uint8_t *const nof[4] = {NULL, NULL, NULL, NULL};
+    for (int64_t g0 = 0; g0 < ng; g0 += 4) {
+        const uint8_t *Gq[4];
+        quad_groups(W, g0, ng, Gq);
+        quad_syndromes(Gq, keep, nof, powers, dmax, perm, phi, 0, 0, Rp);
+        for (int64_t g = g0; g < g0 + 4 && g < ng; g++) {
+            uint8_t *G = W + g * GROUP_BYTES, *R = Rp[g - g0];
+            for (int t = 0; t < 4; t++) {
+                uint8_t *out = U + MAX_ROW * t;
+                if (cols && rowbytes == 64)
+                    free_bytes_gf(R, t, d[t], cols, dmax, 64, Ai, out);
+                else if (cols)
+                    free_bytes_gf(R, t, d[t], cols, dmax, 128, Ai, out);
+                else if (rowbytes == 64)
+                    free_bytes_tab(R, t, d[t], tabs, dmax, 64, out);
+                else
+                    free_bytes_tab(R, t, d[t], tabs, dmax, 128, out);
+            }
+            place_free_bytes(G, U, spread, masks);
         }
-        place_free_bytes(G, U, spread, masks);
     }
     return 0;
 }
@@ -875,15 +937,22 @@ TARGET int ps_irs_syndromes(const uint8_t *W, const uint8_t *flags, int64_t r0, 
 {
     if (dmax < 1 || dmax > MAX_D || 8 * words < dmax)
         return -1;
-    uint8_t R[MAX_D * 64] __attribute__((aligned(64)));
-    for (int64_t g = r0; g < r1; g++) {
-        const uint8_t *G = W + g * GROUP_BYTES;
-        group_syndromes(G, NULL, flags ? flags + g * 255 : NULL, powers, dmax, perm, phi, phi_inv, 1, R);
-        uint8_t *o = (uint8_t *)(acc + g * 4 * (int64_t)words);
-        memset(o, 0, (size_t)32 * words);
-        for (int t = 0; t < 4; t++)
-            for (int i = 0; i < d[t]; i++)
-                o[8 * words * t + i] = R[64 * i + 16 * t];
+    uint8_t R[4][MAX_D * 4] __attribute__((aligned(64)));
+    uint8_t *const Rp[4] = {R[0], R[1], R[2], R[3]};
+    const int nblk = (dmax + 15) / 16;
+    for (int64_t g0 = r0; g0 < r1; g0 += 4) {
+        const uint8_t *Gq[4], *Fq[4];
+        quad_groups(W, g0, r1, Gq);
+        for (int u = 0; u < 4; u++)
+            Fq[u] = flags && g0 + u < r1 ? flags + (g0 + u) * 255 : NULL;
+        quad_syndromes(Gq, NULL, Fq, powers, dmax, perm, phi, phi_inv, 1, Rp);
+        for (int64_t g = g0; g < g0 + 4 && g < r1; g++) {
+            uint8_t *o = (uint8_t *)(acc + g * 4 * (int64_t)words);
+            memset(o, 0, (size_t)32 * words);
+            for (int t = 0; t < 4; t++)
+                for (int b = 0; b < nblk && 16 * b < d[t]; b++) /* bytes past d_t stay zero */
+                    memcpy(o + 8 * words * t + 16 * b, Rp[g - g0] + 64 * b + 16 * t, (size_t)(d[t] - 16 * b < 16 ? d[t] - 16 * b : 16));
+        }
     }
     return 0;
 }
