@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The seal's strata transpose (``ps_to_strata``) with its staging rows ``ng`` words apart and `row_stride` apart.
+"""The seal's strata transpose (``ps_to_strata``), AVX-512 and plain C, staging rows ``ng`` or `row_stride` apart.
 
 Usage::
 
@@ -8,10 +8,12 @@ Usage::
 For each ``ng`` (groups per superblock: 16195 in bench_core's 1 GiB fp32 model, 16384 a size whose
 rows lie a multiple of 4 KiB apart) and F = 255 float strata, times `_native_strata.to_strata` on
 the same random words, pad and 256 keyed-like permutations into an ``[F, ng]`` array (rows ``ng``
-words apart, as before 056c528) and into one whose rows are ``row_stride(ng)`` apart. Prints the
-calling thread's CPU milliseconds per call (``ng`` at or above 256 splits over the cores: run it as
-``taskset -c 0`` for one thread's whole cost), best and median of ``--repeats``, alternating the
-two, and checks that both give the same strata.
+words apart, as before 056c528) and into one whose rows are ``row_stride(ng)`` apart, each with the
+AVX-512 path (16 groups at a time, each stratum's 16 words gathered and stored as a run) and with the
+plain C every CPU has (each group's words stored down the columns, the only path before the AVX-512
+one). Prints the calling thread's CPU milliseconds per call (``ng`` at or above 256 splits over the
+cores: run it as ``taskset -c 0`` for one thread's whole cost), best and median of ``--repeats``,
+alternating the four, and checks that all give the same strata.
 """
 
 from __future__ import annotations
@@ -38,22 +40,30 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("the strata kernels need the compiled library (pip install . with a C compiler)")
     rng = np.random.default_rng(0)
     perm = np.stack([rng.permutation(255) for _ in range(NPERM)]).astype(np.int16)
-    print(f"{'ng':>6}  {'rows apart':<22}{'best ms':>9}{'median ms':>11}  same strata")
+    print(f"{'ng':>6}  {'path':<9}{'rows apart':<22}{'best ms':>9}{'median ms':>11}  same strata")
     for ng in a.ng:
         w, pad = (rng.integers(0, 2**32, (ng, 255), dtype=np.uint32) for _ in range(2))
-        outs = {f"ng ({ng})": np.empty((F, ng), np.uint32)}
-        outs[f"row_stride ({_native_strata.row_stride(ng)})"] = np.empty((F, _native_strata.row_stride(ng)), np.uint32)
-        got = {name: _native_strata.to_strata(w, pad, 0, perm, F, out) for name, out in outs.items()}
+        rows = {f"ng ({ng})": ng, f"row_stride ({_native_strata.row_stride(ng)})": _native_strata.row_stride(ng)}
+        outs = {name: np.empty((F, ld), np.uint32) for name, ld in rows.items()}  # both paths write the same array
+        runs = {(path, name): outs[name] for path in ("AVX-512", "plain C") for name in rows}
+        got, times = {}, {run: [] for run in runs}
+        simd = _native.SIMD
+        try:
+            for rep in range(a.repeats + 1):  # the first round checks the strata, untimed
+                for (path, name), out in runs.items():
+                    _native.SIMD = path == "AVX-512"
+                    t0 = time.thread_time()
+                    v = _native_strata.to_strata(w, pad, 0, perm, F, out)
+                    if rep:
+                        times[path, name].append(time.thread_time() - t0)
+                    else:
+                        got[path, name] = v.copy()
+        finally:
+            _native.SIMD = simd
         same = all(np.array_equal(v, next(iter(got.values()))) for v in got.values())
-        times: dict[str, list[float]] = {name: [] for name in outs}
-        for _ in range(a.repeats):
-            for name, out in outs.items():
-                t0 = time.thread_time()
-                _native_strata.to_strata(w, pad, 0, perm, F, out)
-                times[name].append(time.thread_time() - t0)
-        for name, ts in times.items():
+        for (path, name), ts in times.items():
             best, med = 1e3 * min(ts), 1e3 * statistics.median(ts)
-            print(f"{ng:>6}  {name:<22}{best:>9.2f}{med:>11.2f}  {same}")
+            print(f"{ng:>6}  {path:<9}{name:<22}{best:>9.2f}{med:>11.2f}  {same}")
     return 0
 
 

@@ -56,6 +56,7 @@ from paramseal import (  # noqa: E402
     _file_header,
     _irs,
     _irs_recover,
+    _native_strata,
     _outer,
     _recover_file,
     _strata,
@@ -199,6 +200,8 @@ def phases(model: Path, sealed: Path, bad: Path, size_gib: float) -> None:
     timed(_outer.Outer, "parity", "outer code: parity")
     timed(_irs, "encode", "inner encode")
     timed(_strata.Strata, "scatter", "scatter (placement, write)")
+    timed(_native_strata, "to_strata", "  of which placement (ps_to_strata)")
+    timed(_native_strata, "put_strata", "  of which writes (ps_put_strata)")
     timed(seal, "read_blocks", "tag pass: read back")
     timed(seal, "_tag_chunk", "tag pass: tags")
     timed(seal, "write_blocks", "tag pass: write")

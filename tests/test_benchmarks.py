@@ -180,11 +180,12 @@ def test_bench_outer_parity_refuses_no_repeats(
 
 
 @pytest.mark.skipif(not _native.portable(), reason="compiled library not built")
-def test_bench_strata_rows_gives_the_same_strata_both_ways(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_strata_rows_gives_the_same_strata_every_way(capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load("bench_strata_rows")
     assert bench.main(["--repeats", "1", "--ng", "100", "1024"]) == 0
     rows = [ln.split() for ln in capsys.readouterr().out.splitlines()[1:]]
-    assert len(rows) == 4 and all(r[-1] == "True" for r in rows)
+    assert len(rows) == 8 and all(r[-1] == "True" for r in rows)  # 2 sizes x 2 paths x 2 row layouts
+    assert {r[1] for r in rows} == {"AVX-512", "plain"} and _native.SIMD  # both paths ran; the switch put back
     with pytest.raises(SystemExit) as e:
         bench.main(["--repeats", "0"])
     assert e.value.code == 2

@@ -154,3 +154,33 @@ def test_strata_rows_any_distance_apart_are_written_as_contiguous_ones() -> None
         )
         _native_strata.put_strata(src, pieces)
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], wt)
+
+
+def _to_strata_reference(w: np.ndarray, pad: np.ndarray, g0: int, perm: np.ndarray, F: int) -> np.ndarray:
+    """out[j][r] = (w ^ pad)[r][p] for the position p of stratum j < F under group g0 + r's permutation."""
+    ng = w.shape[0]
+    out = np.zeros((F, ng), np.uint32)
+    rows = np.arange(ng)
+    pr = perm[(g0 + rows) % perm.shape[0]].astype(np.int64)  # [ng, 255]: stratum at each position
+    keep = pr < F
+    out[pr[keep], np.broadcast_to(rows[:, None], pr.shape)[keep]] = (w ^ pad)[keep]
+    return out
+
+
+@needs_lib
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize(
+    "ng,F,nperm,g0",
+    [(1, 255, 256, 0), (15, 255, 1, 3), (16, 200, 256, 250), (17, 255, 256, 255), (300, 255, 256, 999), (999, 7, 5, 2)],
+)
+def test_to_strata_puts_each_word_in_its_stratum(
+    ng: int, F: int, nperm: int, g0: int, simd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The AVX-512 transpose (16 rows at a time, the rest in plain C; at 300 and 999 rows a second call per
+    core starts mid-block) and the plain C both give each stratum's words, where the permutations wrap too."""
+    monkeypatch.setattr(_native, "SIMD", simd)
+    rng = np.random.default_rng(ng + F)
+    w, pad = (rng.integers(0, 2**32, (ng, 255), dtype=np.uint32) for _ in range(2))
+    perm = np.stack([rng.permutation(255) for _ in range(nperm)]).astype(np.int16)
+    got = _native_strata.to_strata(w, pad, g0, perm, F)
+    assert np.array_equal(got, _to_strata_reference(w, pad, g0, perm, F))

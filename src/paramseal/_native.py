@@ -112,8 +112,8 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_argsort_rows.restype = i32
     lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, ctypes.c_uint32, i32, i32]
     lib.ps_gather.restype = i64
-    lib.ps_to_strata.argtypes = [p, p, i64, i64, i64, p, i32, i32, p, i64]
-    lib.ps_to_strata.restype = None
+    lib.ps_to_strata.argtypes = [p, p, i64, i64, i64, p, i32, i32, p, i64, i32]
+    lib.ps_to_strata.restype = i32
     lib.ps_put_strata.argtypes = [p, i64, i32, i32, p, p, p, p]
     lib.ps_put_strata.restype = i64
     lib.ps_shares.argtypes = [p, p, i64, i64, p, i32, p]
