@@ -902,8 +902,8 @@ int64_t ps_put_strata(const uint32_t *wt, int64_t ld, int j0, int j1, const int6
  * cleared in blocks flagged internal. keys < 2^32 and m_i < 2^16, so the sum of up to 256 terms
  * stays below 2^56 and one reduction is exact; r_b, x_b < 2^32 keep the products in 64 bits.
  * Each word is read once for both sums. Plain C (any CPU, CLONES). */
-CLONES void ps_mlh(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint64_t *keys, const uint64_t *keys2,
-            const uint16_t *wmask, int nm, const uint8_t *internal, const uint64_t *pads, int pc, uint64_t *out)
+CLONES static void mlh_any(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint64_t *keys, const uint64_t *keys2,
+                           const uint16_t *wmask, int nm, const uint8_t *internal, const uint64_t *pads, int pc, uint64_t *out)
 {
     const uint64_t p = 4294967291ull; /* 2^32 - 5 */
     for (int64_t b = b0; b < b1; b++) {
@@ -929,6 +929,66 @@ CLONES void ps_mlh(const uint16_t *words, int64_t b0, int64_t b1, int nw, const 
         }
         out[b] = ((acc % p) * pd[1] % p + pd[0]) % p;
     }
+}
+
+#ifdef X86
+#define IFMA __attribute__((target("avx512f,avx512bw,avx512vl,avx512ifma")))
+static int have_ifma(void)
+{
+    __builtin_cpu_init();
+    return have_avx512bw() && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512ifma");
+}
+
+/* mlh_any with 52-bit multiply-adds (AVX-512 IFMA), 8 words at a time: a product k_i m_i < 2^48 is
+ * whole in vpmadd52luq's low 52 bits and the add is 64-bit, so each lane's sum is exact as in plain C
+ * (one instruction for the multiply and the add, where plain C vectorised took two). */
+IFMA static void mlh_ifma(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint64_t *keys,
+                          const uint64_t *keys2, const uint16_t *wmask, int nm, const uint8_t *internal,
+                          const uint64_t *pads, int pc, uint64_t *out)
+{
+    const uint64_t p = 4294967291ull; /* 2^32 - 5 */
+    uint16_t clear[264], ones[264];   /* an internal block's words AND clear: its tag bits cleared */
+    for (int i = 0; i < 264; i++)
+        clear[i] = i < nm ? (uint16_t)~wmask[i] : 0xFFFF, ones[i] = 0xFFFF;
+    const __mmask8 tail = (__mmask8)((1u << (nw & 7)) - 1);
+    const int whole = nw & ~7;
+    for (int64_t b = b0; b < b1; b++) {
+        const uint16_t *w = words + b * (int64_t)nw, *cl = internal[b] ? clear : ones;
+        const uint64_t *pd = pads + pc * b;
+        __m512i a = _mm512_setzero_si512(), a2 = _mm512_setzero_si512();
+        for (int i = 0; i < whole; i += 8) {
+            const __m128i x = _mm_and_si128(_mm_loadu_si128((const void *)(w + i)), _mm_loadu_si128((const void *)(cl + i)));
+            const __m512i m = _mm512_cvtepu16_epi64(x);
+            a = _mm512_madd52lo_epu64(a, m, _mm512_loadu_si512((const void *)(keys + i)));
+            if (keys2)
+                a2 = _mm512_madd52lo_epu64(a2, m, _mm512_loadu_si512((const void *)(keys2 + i)));
+        }
+        if (tail) {
+            const __m128i x = _mm_and_si128(_mm_maskz_loadu_epi16(tail, w + whole), _mm_loadu_si128((const void *)(cl + whole)));
+            const __m512i m = _mm512_cvtepu16_epi64(x);
+            a = _mm512_madd52lo_epu64(a, m, _mm512_maskz_loadu_epi64(tail, keys + whole));
+            if (keys2)
+                a2 = _mm512_madd52lo_epu64(a2, m, _mm512_maskz_loadu_epi64(tail, keys2 + whole));
+        }
+        uint64_t acc = (uint64_t)_mm512_reduce_add_epi64(a);
+        if (keys2)
+            acc = (acc % p + ((uint64_t)_mm512_reduce_add_epi64(a2) % p) * pd[2] % p) % p;
+        out[b] = ((acc % p) * pd[1] % p + pd[0]) % p;
+    }
+}
+#endif
+
+/* ps_mlh: mlh_ifma where the CPU has IFMA and simd is set, else mlh_any. */
+void ps_mlh(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint64_t *keys, const uint64_t *keys2,
+            const uint16_t *wmask, int nm, const uint8_t *internal, const uint64_t *pads, int pc, uint64_t *out, int simd)
+{
+#ifdef X86
+    if (simd && nw <= 256 && have_ifma()) {
+        mlh_ifma(words, b0, b1, nw, keys, keys2, wmask, nm, internal, pads, pc, out);
+        return;
+    }
+#endif
+    mlh_any(words, b0, b1, nw, keys, keys2, wmask, nm, internal, pads, pc, out);
 }
 
 /* The largest u[i] & mask of n 16-bit values, one pass (numpy's took two and a temporary as large):

@@ -89,7 +89,7 @@ def _lib() -> ctypes.CDLL | None:
         _refuse(f"{library_path()} was built from other source than {src.name}; reinstall the package to rebuild it")
         return None
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-    lib.ps_mlh.argtypes = [p, i64, i64, i32, p, p, p, i32, p, p, i32, p]
+    lib.ps_mlh.argtypes = [p, i64, i64, i32, p, p, p, i32, p, p, i32, p, i32]
     lib.ps_mlh.restype = None
     lib.ps_read_tag.argtypes = [p, i64, i64, i32, p, p, i32, p]
     lib.ps_read_tag.restype = None

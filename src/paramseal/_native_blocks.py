@@ -42,8 +42,9 @@ def mlh(
     assert out.size == nb and out.flags.c_contiguous and m.size <= nw and (k2 is None or k2.size >= nw)
     a = (words.ctypes.data, k.ctypes.data, m.ctypes.data, f.ctypes.data, pd.ctypes.data, out.ctypes.data)
     a2 = None if k2 is None else k2.ctypes.data
+    simd = int(_native.SIMD)  # IFMA where the CPU has it (tests set False: plain C)
     parallel_map(
-        lambda r: lib.ps_mlh(a[0], r[0], r[1], nw, a[1], a2, a[2], m.size, a[3], a[4], pc, a[5]),
+        lambda r: lib.ps_mlh(a[0], r[0], r[1], nw, a[1], a2, a[2], m.size, a[3], a[4], pc, a[5], simd),
         halves(nb) if nb >= _PARALLEL_ROWS else [(0, nb)],
     )
     return True
