@@ -1232,3 +1232,34 @@ def test_threads_sharing_a_new_code_build_its_tables_once(monkeypatch: pytest.Mo
         t.join()
     assert built == [8] and len(got) == 4 and all(g is got[0] for g in got)
     assert code.syn is code.syn and not code.syn.flags.writeable
+
+
+@pytest.mark.skipif(not _native_strata.aes256_ctr(bytes(32), 0, np.zeros(16, np.uint8)), reason="no VAES here")
+@pytest.mark.parametrize("n", [1, 3, 4, 5, 15, 16, 17, 63, 1000])
+@pytest.mark.parametrize("ctr", [0, 7, (1 << 32) - 3, (1 << 64) - 2000])
+def test_vaes_keystream_is_openssls(n: int, ctr: int) -> None:
+    """``ps_aes256_ctr`` gives `cryptography`'s AES-256-CTR bytes (counters carrying past 32 bits too), and
+    writes no byte past the blocks asked for."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key = np.random.default_rng(n + ctr % 1000).integers(0, 256, 32, dtype=np.uint8).tobytes()
+    buf = np.full(16 * n + 16, 0xA5, np.uint8)
+    assert _native_strata.aes256_ctr(key, ctr, buf[: 16 * n])
+    want = Cipher(algorithms.AES(key), modes.CTR(ctr.to_bytes(16, "big"))).encryptor().update(bytes(16 * n))
+    assert buf[: 16 * n].tobytes() == want and (buf[16 * n :] == 0xA5).all()
+    assert not _native_strata.aes256_ctr(key[:16], ctr, buf[:16])  # AES-128 keys: OpenSSL's
+    assert not _native_strata.aes256_ctr(key, (1 << 64) - 1, buf[:32])  # past 64 bits of counter: OpenSSL's
+
+
+def test_keyed_offset_is_the_same_with_and_without_vaes(key: paramseal.Key, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`StrataMap.pad` of consecutive groups (one part, and two parts made side by side above 1 MiB of
+    keystream) and of scattered ones: the VAES keystream gives the offset OpenSSL's gives."""
+    specs = SealConfig(level="standard").specs({"w": np.zeros((3000, 1000), np.float32)})
+    st = _strata.plan(specs, key, bytes(range(16)))
+    assert st.pad_key is not None and st.G > 1200
+    runs = [np.arange(3, 40), np.arange(1, st.G), np.array([0, 5, 6, 7, st.G - 1])]
+    got = [st.pad(g).copy() for g in runs]
+    monkeypatch.setattr(_native_strata, "aes256_ctr", lambda *a: False)  # OpenSSL only
+    for g, v in zip(runs, got, strict=True):
+        assert np.array_equal(v, st.pad(g))
+    assert got[1].any() and not np.array_equal(got[1][0], got[1][1])

@@ -2093,3 +2093,105 @@ int ps_rs_encode_words(const uint32_t *data, int64_t n, int64_t stride, int64_t 
 #endif
     return 1;
 }
+
+/* ------------------------------------------------------------------ the keyed offset's keystream
+ * AES-256 in CTR mode as OpenSSL's (the `cryptography` package's) with a 128-bit big-endian counter
+ * whose high 64 bits are zero: block i of out is AES_k(0^64 || BE64(ctr + i)). VAES encrypts 4 blocks
+ * an instruction, where OpenSSL's AES-NI CTR takes one: the seal's offset covers every word of the
+ * model (a GiB of keystream for a GiB of fp32). The caller keeps ctr + nblocks below 2^64. */
+#ifdef X86
+#define VAES __attribute__((target("avx512f,avx512bw,vaes,aes")))
+static int have_vaes(void)
+{
+    __builtin_cpu_init();
+    return have_avx512bw() && __builtin_cpu_supports("vaes") && __builtin_cpu_supports("aes");
+}
+
+/* One step of the AES-256 key schedule: a ^= its shifted copies ^ the broadcast word t (FIPS-197 5.2). */
+VAES static inline __m128i expand_step(__m128i a, __m128i t)
+{
+    a = _mm_xor_si128(a, _mm_slli_si128(a, 4));
+    a = _mm_xor_si128(a, _mm_slli_si128(a, 4));
+    a = _mm_xor_si128(a, _mm_slli_si128(a, 4));
+    return _mm_xor_si128(a, t);
+}
+
+/* The 15 round keys of AES-256 (aeskeygenassist: RotWord, SubWord and Rcon in one). */
+VAES static void aes256_schedule(const uint8_t *key, __m128i *rk)
+{
+    __m128i a = _mm_loadu_si128((const void *)key), b = _mm_loadu_si128((const void *)(key + 16));
+    rk[0] = a, rk[1] = b;
+#define EVEN(r, rcon) a = expand_step(a, _mm_shuffle_epi32(_mm_aeskeygenassist_si128(b, rcon), 0xFF)), rk[r] = a
+#define ODD(r) b = expand_step(b, _mm_shuffle_epi32(_mm_aeskeygenassist_si128(a, 0), 0xAA)), rk[r] = b
+    EVEN(2, 0x01);
+    ODD(3);
+    EVEN(4, 0x02);
+    ODD(5);
+    EVEN(6, 0x04);
+    ODD(7);
+    EVEN(8, 0x08);
+    ODD(9);
+    EVEN(10, 0x10);
+    ODD(11);
+    EVEN(12, 0x20);
+    ODD(13);
+    EVEN(14, 0x40);
+#undef EVEN
+#undef ODD
+}
+
+/* 4 counter blocks (c: their counters, little-endian in each lane's high quadword) encrypted. */
+VAES static inline __m512i aes4(__m512i c, const __m512i *rk)
+{
+    static const uint8_t be[64] = {0, 1, 2, 3, 4, 5, 6, 7, 15, 14, 13, 12, 11, 10, 9, 8,
+                                   0, 1, 2, 3, 4, 5, 6, 7, 15, 14, 13, 12, 11, 10, 9, 8,
+                                   0, 1, 2, 3, 4, 5, 6, 7, 15, 14, 13, 12, 11, 10, 9, 8,
+                                   0, 1, 2, 3, 4, 5, 6, 7, 15, 14, 13, 12, 11, 10, 9, 8};
+    __m512i x = _mm512_xor_si512(_mm512_shuffle_epi8(c, _mm512_loadu_si512((const void *)be)), rk[0]);
+#pragma GCC unroll 13
+    for (int r = 1; r < 14; r++)
+        x = _mm512_aesenc_epi128(x, rk[r]);
+    return _mm512_aesenclast_epi128(x, rk[14]);
+}
+
+VAES static void aes_ctr_vaes(const uint8_t *key, uint64_t ctr, int64_t nblocks, uint8_t *out)
+{
+    __m128i k[15];
+    __m512i rk[15];
+    aes256_schedule(key, k);
+    for (int r = 0; r < 15; r++)
+        rk[r] = _mm512_broadcast_i32x4(k[r]);
+    const __m512i four = _mm512_set_epi64(4, 0, 4, 0, 4, 0, 4, 0);
+    __m512i c = _mm512_set_epi64((long long)(ctr + 3), 0, (long long)(ctr + 2), 0, (long long)(ctr + 1), 0, (long long)ctr, 0);
+    int64_t i = 0;
+    for (; i + 16 <= nblocks; i += 16) { /* 4 independent chains hide vaesenc's latency */
+        const __m512i c1 = _mm512_add_epi64(c, four), c2 = _mm512_add_epi64(c1, four), c3 = _mm512_add_epi64(c2, four);
+        _mm512_storeu_si512((void *)(out + 16 * i), aes4(c, rk));
+        _mm512_storeu_si512((void *)(out + 16 * i + 64), aes4(c1, rk));
+        _mm512_storeu_si512((void *)(out + 16 * i + 128), aes4(c2, rk));
+        _mm512_storeu_si512((void *)(out + 16 * i + 192), aes4(c3, rk));
+        c = _mm512_add_epi64(c3, four);
+    }
+    for (; i < nblocks; i += 4) {
+        const int left = nblocks - i < 4 ? (int)(nblocks - i) : 4;
+        _mm512_mask_storeu_epi64(out + 16 * i, (__mmask8)((1u << (2 * left)) - 1), aes4(c, rk));
+        c = _mm512_add_epi64(c, four);
+    }
+    for (int r = 0; r < 15; r++) /* no round key left on the stack */
+        rk[r] = _mm512_setzero_si512(), k[r] = _mm_setzero_si128();
+    __asm__ volatile("" : : "m"(rk), "m"(k) : "memory"); /* the clearing is not optimised away */
+}
+#endif
+
+/* Returns 0, or 1 where this CPU lacks VAES (the caller uses OpenSSL). */
+int ps_aes256_ctr(const uint8_t *key, uint64_t ctr, int64_t nblocks, uint8_t *out)
+{
+#ifdef X86
+    if (have_vaes()) {
+        aes_ctr_vaes(key, ctr, nblocks, out);
+        return 0;
+    }
+#endif
+    (void)key, (void)ctr, (void)nblocks, (void)out;
+    return 1;
+}

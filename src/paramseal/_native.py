@@ -124,6 +124,8 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_content_any.restype = None
     lib.ps_gf2_eliminate.argtypes = [p, i64, i64]
     lib.ps_gf2_eliminate.restype = i32
+    lib.ps_aes256_ctr.argtypes = [ctypes.c_char_p, ctypes.c_uint64, i64, p]
+    lib.ps_aes256_ctr.restype = i32
     return lib
 
 

@@ -101,6 +101,20 @@ def to_strata(
     return out[:, :ng]
 
 
+def aes256_ctr(key: bytes, ctr: int, out: NDArray[np.uint8]) -> bool:
+    """Fill ``out`` (whole 16-byte blocks) with AES-256-CTR keystream from counter ``ctr``, as OpenSSL makes it.
+
+    The keyed offset's keystream (`StrataMap.pad`) by ``ps_aes256_ctr`` (VAES); False where the library
+    or the CPU's VAES is missing, ``out`` untouched: the caller asks OpenSSL.
+    """
+    lib = _native._lib()
+    nblocks = out.size // 16
+    assert out.dtype == np.uint8 and out.flags.c_contiguous and out.size % 16 == 0
+    if lib is None or len(key) != 32 or not 0 <= ctr < (1 << 64) - nblocks:  # the counter's high half stays 0
+        return False
+    return bool(lib.ps_aes256_ctr(key, ctr, nblocks, out.ctypes.data) == 0)
+
+
 def row_stride(ng: int) -> int:
     """Words per row of a ``[F, ng]`` staging array: ``ng`` or more, 4 KiB + 64 bytes apart modulo 4 KiB.
 
@@ -140,4 +154,4 @@ def put_strata(
             raise OSError(-e, os.strerror(-e))
 
 
-__all__ = ["gather", "put_strata", "row_stride", "to_strata"]
+__all__ = ["aes256_ctr", "gather", "put_strata", "row_stride", "to_strata"]

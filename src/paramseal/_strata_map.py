@@ -17,7 +17,7 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from numpy.typing import NDArray
 
-from . import _irs, _outer
+from . import _irs, _native_strata, _outer
 from ._irs_consts import FLAG_BAD, FLAG_PAD, N_POS
 from ._layout import TensorSpec
 from ._pages import file_span
@@ -125,8 +125,10 @@ class StrataMap:
         nblk = -(-n // 16)
         key = self.pad_key
 
-        def part(r: tuple[int, int]) -> None:  # AES blocks [a, b) of the keystream; OpenSSL lets go of the GIL
+        def part(r: tuple[int, int]) -> None:  # AES blocks [a, b) of the keystream; both let go of the GIL
             a, b = r
+            if _native_strata.aes256_ctr(key, block + a, raw[16 * a : 16 * b]):  # VAES: 4 blocks an instruction
+                return
             enc = Cipher(algorithms.AES(key), modes.CTR((block + a).to_bytes(16, "big"))).encryptor()
             if b == nblk:
                 enc.update_into(_zeros(n - 16 * a), raw[16 * a :].data)
