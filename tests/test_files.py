@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import NotSealedError, OutputError, ParamSealWarning, UsageError, _patch, files
+from paramseal import InputError, NotSealedError, OutputError, ParamSealWarning, UsageError, _patch, files
 from paramseal.formats import Loaded
 from paramseal.formats.safetensors import StreamWriter, read_layout
 from paramseal.header import METADATA_KEY, SET_KEY, parse_header
@@ -1005,3 +1005,67 @@ def test_an_input_cut_short_while_another_format_is_written_from_it_is_a_clean_e
     assert run.returncode == 3, (run.returncode, run.stderr)
     assert f"'{sealed}' changed while it was read" in run.stderr and "Traceback" not in run.stderr
     assert sorted(p.name for p in out_dir.iterdir()) == ["sealed.safetensors"]  # no hidden temporary output
+
+
+def _stripped(sealed_file: Path, tmp_path: Path) -> Path:
+    """The sealed model without its metadata header: only the search of its weights tells it is sealed."""
+    loaded = files.read_model(sealed_file)
+    out = tmp_path / "stripped.safetensors"
+    files.write_model(out, Loaded(loaded.tensors, {}))
+    return out
+
+
+def test_a_seal_found_in_the_weights_is_refused_before_the_output_is_kept(
+    tmp_path: Path, sealed_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search runs beside the seal: its refusal still comes before the output or its header are kept,
+    and before an error the seal raises meanwhile; the other errors pass where the search finds nothing."""
+    src, dst, kept = _stripped(sealed_file, tmp_path), tmp_path / "twice.safetensors", tmp_path / "h.json"
+    with pytest.raises(UsageError, match="already sealed"):
+        files.seal_file(src, dst, key, header_out=kept)
+    assert not dst.exists() and not kept.exists()
+
+    def fails(*a: object, **k: object) -> None:
+        raise InputError("the seal failed")
+
+    monkeypatch.setattr(files, "seal_flat", fails)
+    with pytest.raises(UsageError, match="already sealed"):
+        files.seal_file(src, dst, key)
+    plain = tmp_path / "plain.safetensors"
+    files.write_model(plain, Loaded({"w": np.arange(4096, dtype=np.float32).reshape(64, 64)}, {}))
+    with pytest.raises(InputError, match="the seal failed"):
+        files.seal_file(plain, dst, key)
+    assert not dst.exists()
+
+
+def test_seal_file_waits_for_the_search_of_the_weights_before_it_lets_go_of_them(
+    tmp_path: Path, model_file: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search reads the input's mapping: seal_file does not return (or raise) before it has ended."""
+    import threading
+    import time
+
+    from paramseal import _embed_find, _native
+
+    if _native._lib() is None:
+        pytest.skip("without the compiled kernels the search runs first, alone")
+    real, ended = _embed_find.carries_seal, threading.Event()
+
+    def slow(tensors: object) -> bool:
+        time.sleep(0.5)
+        found = real(tensors)  # type: ignore[arg-type]
+        ended.set()
+        return found
+
+    monkeypatch.setattr(_embed_find, "carries_seal", slow)
+    files.seal_file(model_file, tmp_path / "a.safetensors", key)
+    assert ended.is_set()
+    ended.clear()
+
+    def fails(*a: object, **k: object) -> None:
+        raise InputError("failed early")
+
+    monkeypatch.setattr(files, "seal_flat", fails)
+    with pytest.raises(InputError, match="failed early"):
+        files.seal_file(model_file, tmp_path / "b.safetensors", key)
+    assert ended.is_set()

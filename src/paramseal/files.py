@@ -13,12 +13,13 @@ import json
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import _embed, _embed_find, _json
+from . import _embed, _embed_find, _json, _native
 from ._bits import uint_view
 from ._file_header import check_loaded, first_authentic, own_header, prefixed_errors
 from ._inspect import describe
@@ -154,18 +155,18 @@ def seal_file(
     d, fmt = check_paths(s, d, in_place)
     cfg = SealConfig(level=level, bits=bits, code=code)
     # a dtype seal refuses is read all the same (verify reports a sealed tensor retyped so): name the file
-    with prefixed_errors(s, (UnsupportedError,)), open_model(s) as loaded, _header_file(header_out, s, d) as keep:
+    with (
+        prefixed_errors(s, (UnsupportedError,)),
+        open_model(s) as loaded,
+        _refusing_sealed(s, loaded, reseal) as refuse_sealed,
+        _header_file(header_out, s, d) as keep,
+    ):
         if fmt == "onnx":
             onnx_format.require_graph(d, loaded)
         if loaded.others:
             _others_left_out(s, d, loaded.others)
-        # a header in the metadata, records in the weights (PyTorch files, stripped metadata, lost copies),
-        # or header copies where a seal puts them (their records zeroed)
-        if not reseal and (METADATA_KEY in loaded.metadata or _embed_find.carries_seal(loaded.tensors)):
-            raise UsageError(
-                f"'{s}' is already sealed; verify or recover it, or pass --reseal to replace its seal "
-                "(after a change to its weights that you approved)"
-            )
+        if fmt != "safetensors":
+            refuse_sealed()
         if not loaded.tensors:  # SealConfig refuses it too, not knowing the file: name it as the other refusals do
             raise UsageError(f"'{s}': {EMPTY_MODEL}")
         old = {METADATA_KEY, SET_KEY} if METADATA_KEY in loaded.metadata else set()
@@ -183,9 +184,57 @@ def seal_file(
             if fmt == "pytorch":
                 warn_pt_entry(Path(dst), sealed.header, header_out is not None)
             return SealedFile(d, sealed.header_json, sealed.header)
-        done = with_non_finite(loaded.tensors, lambda plain: _seal_stream(loaded, d, key, cfg, meta, prog, plain, keep))
+        done = with_non_finite(
+            loaded.tensors, lambda plain: _seal_stream(loaded, d, key, cfg, meta, prog, plain, keep, refuse_sealed)
+        )
         prog.done()
         return done
+
+
+@contextmanager
+def _refusing_sealed(src: Path, loaded: Loaded, reseal: bool) -> Iterator[Callable[[], None]]:
+    """Yield a check that raises UsageError where the model carries a seal already (unless ``reseal``).
+
+    A seal leaves a header in the metadata, records in the weights (PyTorch files, stripped metadata,
+    lost copies), or header copies where a seal puts them (their records zeroed). The search of the
+    weights (0.2 s of a GiB's seal, before it began) runs in a thread beside the caller's work: the
+    check waits for it. Its refusal comes before any other error the block raises meanwhile, and the
+    block is not left until the search, which reads the input's mapping, has ended. With numba's
+    kernels instead of the compiled ones the search runs first: two threads must not enter its
+    parallel kernels.
+    """
+
+    def refusal() -> UsageError:
+        return UsageError(
+            f"'{src}' is already sealed; verify or recover it, or pass --reseal to replace its seal "
+            "(after a change to its weights that you approved)"
+        )
+
+    if reseal:
+        yield lambda: None
+        return
+    if METADATA_KEY in loaded.metadata or (_native._lib() is None and _embed_find.carries_seal(loaded.tensors)):
+        raise refusal()
+    if _native._lib() is None:
+        yield lambda: None
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="paramseal-sealed-check") as pool:
+        found = pool.submit(_embed_find.carries_seal, loaded.tensors)
+        asked = False
+
+        def check() -> None:
+            nonlocal asked
+            asked = True
+            if found.result():
+                raise refusal()
+
+        try:
+            yield check
+        except Exception:  # (on Ctrl-C too the pool's exit waits for the search)
+            if not found.exception() and found.result():
+                raise refusal() from None
+            raise
+        assert asked, "the caller never asked whether the model was sealed"
 
 
 def _others_left_out(src: Path, dst: Path, others: tuple[str, ...]) -> None:
@@ -214,8 +263,12 @@ def _seal_stream(
     prog: Progress,
     as_data: frozenset[str],
     keep: Callable[[str], None],
+    refuse_sealed: Callable[[], None],
 ) -> SealedFile:
-    """Seal safetensors to safetensors chunk by chunk, in a file written in place (`seal_file`)."""
+    """Seal safetensors to safetensors chunk by chunk, in a file written in place (`seal_file`).
+
+    ``refuse_sealed`` is called before anything is kept: the input may carry a seal already.
+    """
     specs = cfg.specs(loaded.tensors, as_data)
     salt = os.urandom(16)
     irs = use_irs(specs, cfg.code, cfg.lanes)
@@ -241,6 +294,7 @@ def _seal_stream(
                     flats, outs, specs, key, salt, cfg.level, cfg.bits, cfg.lanes, meta, ws, prog, cfg.code, room
                 )
                 text = header.to_json(key)
+                refuse_sealed()
                 keep(text)
                 # in the order recover writes them (the header keeps them sorted): it gives this file back
                 w.finish({**dict(sorted(meta.items())), METADATA_KEY: text})
