@@ -9,7 +9,8 @@ Usage::
 Writes the LLaMA-shaped fp32 checkpoint of ``bench_core.py``, then, in this one process:
 
 * seals it file to file with a timer around each step of the engine (keyed offset, gather,
-  outer content and parity, inner encode, scatter, the tag pass's reads, tags and writes).
+  outer content and parity, inner encode, scatter, the tag pass's reads, tags and writes; and,
+  within the scatter, its placement and its writes, shown as "of which").
   The seal runs its superblocks, then its tag chunks, two (one per core) at a time, so the
   steps overlap: for each one it prints the CPU seconds of the threads that ran it and the
   summed wall seconds, and for the whole the wall seconds of the superblock pass, the tag
