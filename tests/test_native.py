@@ -1234,7 +1234,10 @@ def test_threads_sharing_a_new_code_build_its_tables_once(monkeypatch: pytest.Mo
     assert code.syn is code.syn and not code.syn.flags.writeable
 
 
-@pytest.mark.skipif(not _native_strata.aes256_ctr(bytes(32), 0, np.zeros(16, np.uint8)), reason="no VAES here")
+needs_vaes = pytest.mark.skipif(not _native_strata.aes256_ctr(bytes(32), 0, np.zeros(16, np.uint8)), reason="no VAES")
+
+
+@needs_vaes
 @pytest.mark.parametrize("n", [1, 3, 4, 5, 15, 16, 17, 63, 1000])
 @pytest.mark.parametrize("ctr", [0, 7, (1 << 32) - 3, (1 << 64) - 2000])
 def test_vaes_keystream_is_openssls(n: int, ctr: int) -> None:
@@ -1251,6 +1254,7 @@ def test_vaes_keystream_is_openssls(n: int, ctr: int) -> None:
     assert not _native_strata.aes256_ctr(key, (1 << 64) - 1, buf[:32])  # past 64 bits of counter: OpenSSL's
 
 
+@needs_vaes  # without it both sides are OpenSSL's
 def test_keyed_offset_is_the_same_with_and_without_vaes(key: paramseal.Key, monkeypatch: pytest.MonkeyPatch) -> None:
     """`StrataMap.pad` of consecutive groups (one part, and two parts made side by side above 1 MiB of
     keystream) and of scattered ones: the VAES keystream gives the offset OpenSSL's gives."""

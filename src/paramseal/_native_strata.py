@@ -1,8 +1,10 @@
-"""The seal's strata movers compiled (``ps_gather``, ``ps_to_strata``, ``ps_put_strata``), via ctypes.
+"""The seal's strata movers and the keyed offset's keystream, compiled, via ctypes.
 
-`_strata.Strata.seal_words` gathers each superblock's words from the model into groups and
-`Strata.scatter` puts the sealed words back, through ``[F, ng]`` staging arrays whose rows
-`row_stride` keeps off one cache set. Callers check `_native.portable` first.
+``ps_gather``, ``ps_to_strata`` and ``ps_put_strata`` move the words; ``ps_aes256_ctr`` makes the
+offset (`StrataMap.pad`) that the first two XOR in. `_strata.Strata.seal_words` gathers each
+superblock's words from the model into groups and `Strata.scatter` puts the sealed words back,
+through ``[F, ng]`` staging arrays whose rows `row_stride` keeps off one cache set. Callers of the
+movers check `_native.portable` first.
 """
 
 from __future__ import annotations

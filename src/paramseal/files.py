@@ -213,9 +213,11 @@ def _refusing_sealed(src: Path, loaded: Loaded, reseal: bool) -> Iterator[Callab
     if reseal:
         yield lambda: None
         return
-    if METADATA_KEY in loaded.metadata or (_native._lib() is None and _embed_find.carries_seal(loaded.tensors)):
+    if METADATA_KEY in loaded.metadata:
         raise refusal()
     if _native._lib() is None:
+        if _embed_find.carries_seal(loaded.tensors):
+            raise refusal()
         yield lambda: None
         return
     with ThreadPoolExecutor(1, thread_name_prefix="paramseal-sealed-check") as pool:
