@@ -9,8 +9,9 @@ Usage::
 Writes the LLaMA-shaped fp32 checkpoint of ``bench_core.py``, then, in this one process:
 
 * seals it file to file with a timer around each step of the engine (keyed offset, gather,
-  outer content and parity, inner encode, scatter, the tag pass's reads, tags and writes; and,
-  within the scatter, its placement and its writes, shown as "of which").
+  outer content and parity, inner encode, scatter, the tags written in the staged strata, the
+  blocks a batch boundary cuts, the requests to start writing to disk, and the short tag pass
+  after the superblocks; within the scatter, its placement, its tags and its writes, shown as "of which").
   The seal runs its superblocks, then its tag chunks, two (one per core) at a time, so the
   steps overlap: for each one it prints the CPU seconds of the threads that ran it and the
   summed wall seconds, and for the whole the wall seconds of the superblock pass, the tag
@@ -60,6 +61,7 @@ from paramseal import (  # noqa: E402
     _native_strata,
     _outer,
     _recover_file,
+    _seal_tags,
     _strata,
     files,
     load_key,
@@ -203,10 +205,14 @@ def phases(model: Path, sealed: Path, bad: Path, size_gib: float) -> None:
     timed(_strata.Strata, "scatter", "scatter (placement, write)")
     timed(_native_strata, "to_strata", "  of which placement (ps_to_strata)")
     timed(_native_strata, "put_strata", "  of which writes (ps_put_strata)")
-    timed(seal, "read_blocks", "tag pass: read back")
-    timed(seal, "_tag_chunk", "tag pass: tags")
-    timed(seal, "write_blocks", "tag pass: write")
-    timed(seal, "write_behind", "tag pass: start writing to disk")
+    timed(_seal_tags.InPass, "tag", "  of which tags of whole blocks (ps_tag_runs)")
+    timed(_seal_tags.InPass, "_fix", "blocks a batch boundary cuts: read, tag, write")
+    timed(_seal_tags, "start_writing", "start writing to disk (superblock pass)")
+    timed(_seal_tags.InPass, "rest", "tag pass: reserved, short and stratum-start blocks")
+    timed(seal, "read_blocks", "tag pass (other tensors): read back")
+    timed(seal, "_tag_chunk", "tag pass (other tensors): tags")
+    timed(seal, "write_blocks", "tag pass (other tensors): write")
+    timed(seal, "write_behind", "tag pass (other tensors): start writing to disk")
     passes = iter(["pass: superblocks (two at a time)", "pass: tag chunks (two at a time)"])
     real_task_map = seal.task_map
     seal.task_map = lambda fn, items: timed_call(next(passes), real_task_map, fn, items)

@@ -153,7 +153,7 @@ def test_tag_word_shifts_stay_below_64(width: int) -> None:
     for k in range(1, 21):
         if k >= width:
             continue
-        wm, shift = _bits._tag_words(_bits.tag_mask(k, width), width // 16, k)
+        wm, shift = _bits.tag_words(_bits.tag_mask(k, width), width // 16, k)
         assert shift.max() < 64 and wm.size == shift.size
 
 

@@ -78,7 +78,8 @@ def test_file_seal_keeps_its_work_arrays(key: paramseal.Key, tmp_path: Path, mon
     real = _strata.Scratch.get
     monkeypatch.setattr(_strata.Scratch, "get", lambda self, n, *a: names.add(n) or real(self, n, *a))
     files.seal_file(src, tmp_path / "a.safetensors", key)
-    assert {"pad", "words", "strata", "blocks <u4"} <= names
+    # the int64 tensor's tag chunks (the fp32 ones are tagged where the strata are staged: `_seal_tags`)
+    assert {"pad", "words", "strata", "blocks <u8"} <= names
     with monkeypatch.context() as m:  # fresh arrays everywhere: the same file
         m.setattr(_strata.Scratch, "get", lambda self, n, shape, dtype: np.empty(shape, dtype))
         files.seal_file(src, tmp_path / "b.safetensors", key)

@@ -130,12 +130,12 @@ def tag_mask(k: int, width: int) -> NDArray[np.unsignedinteger]:
 
 def read_tags(ub: NDArray[np.unsignedinteger], k: int) -> NDArray[np.uint64]:
     """Read the 32-bit tag stored in the first low bits of each block."""
-    wm, shift = _tag_words(tag_mask(k, ub.dtype.itemsize * 8), ub.dtype.itemsize // 2, k)
+    wm, shift = tag_words(tag_mask(k, ub.dtype.itemsize * 8), ub.dtype.itemsize // 2, k)
     words = np.ascontiguousarray(ub).view(np.uint16).reshape(ub.shape[0], -1)
     return _k.read_tag_words(words, wm, shift)
 
 
-def _tag_words(mask: NDArray[np.unsignedinteger], per: int, k: int) -> tuple[NDArray[np.uint16], NDArray[np.uint64]]:
+def tag_words(mask: NDArray[np.unsignedinteger], per: int, k: int) -> tuple[NDArray[np.uint16], NDArray[np.uint64]]:
     """The tag mask per 16-bit word (``per`` to a value) up to the last that holds tag bits, and each one's shift."""
     wm = mask.view(np.uint16)
     nw = int(np.flatnonzero(wm).max()) + 1
@@ -152,7 +152,7 @@ def write_tags(ub: NDArray[np.unsignedinteger], tags: NDArray[np.uint64], k: int
     if ub.flags.c_contiguous and ub.flags.writeable and ub.ndim == 2:  # the compiled kernel, where it is built
         from . import _native_blocks
 
-        wm, shift = _tag_words(mask, ub.dtype.itemsize // 2, k)
+        wm, shift = tag_words(mask, ub.dtype.itemsize // 2, k)
         if _native_blocks.write_tag(ub.view(np.uint16).reshape(ub.shape[0], -1), wm, shift, tags):
             return
     for j in np.flatnonzero(mask):
@@ -160,4 +160,15 @@ def write_tags(ub: NDArray[np.unsignedinteger], tags: NDArray[np.uint64], k: int
         ub[:, j] = (ub[:, j] & ~mask[j]) | part
 
 
-__all__ = ["hi_bytes", "lo_bytes", "read_tags", "set_hi", "set_lo", "tag_mask", "to_blocks", "uint_view", "write_tags"]
+__all__ = [
+    "hi_bytes",
+    "lo_bytes",
+    "read_tags",
+    "set_hi",
+    "set_lo",
+    "tag_mask",
+    "tag_words",
+    "to_blocks",
+    "uint_view",
+    "write_tags",
+]

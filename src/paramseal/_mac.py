@@ -129,7 +129,7 @@ class BlockMac:
             nonce = hashlib.sha256(b"pad2" + salt + tensor_index.to_bytes(4, "big")).digest()[:8]
             ks = _words(self._pad_key, nonce + start.to_bytes(8, "big"), 2 * nblocks).reshape(nblocks, 2)
         else:  # two AES blocks a block, under their own nonce label: s_b, r_b, x_b and a word left unused
-            nonce = hashlib.sha256(b"pad3" + salt + tensor_index.to_bytes(4, "big")).digest()[:8]
+            nonce = _nonce3(salt, tensor_index)
             ks = _words(self._pad_key, nonce + (2 * start).to_bytes(8, "big"), 4 * nblocks).reshape(nblocks, 4)
             np.remainder(ks[:, 2], np.uint64(P), out=out[:, 2])
         np.remainder(ks[:, 0], np.uint64(P), out=out[:, 0])
@@ -156,6 +156,26 @@ class BlockMac:
             parts.append(self.pads(salt, tensor_index, int(run[-1]) + 1 - first, first, name=name)[run - first])
         got: NDArray[np.uint64] = np.concatenate(parts)[inv.reshape(at.shape)]  # at's shape, as the span's
         return got
+
+    def tag_runs(
+        self, buf: NDArray[np.uint32], runs: NDArray[np.int64], wmask: NDArray[np.uint16], wshift: NDArray[np.uint64]
+    ) -> bool:
+        """Tag fp32 blocks where they lie in ``buf``, in place, as `tags` and `_bits.write_tags` would (compiled).
+
+        ``runs``: ``[n, 4]`` rows (word offset in ``buf`` of the first block, `pad_nonce` of its tensor,
+        first block, blocks), every block internal. False, ``buf`` untouched, for an older MAC, without
+        the compiled library or where the CPU lacks VAES: the caller tags them with `tags`.
+        """
+        from . import _native_blocks  # imports _kernels, which this module's import is part of
+
+        if self._mac != MAC_NAME:
+            return False
+        return _native_blocks.tag_runs(buf, runs, self._pad_key, self._keys, self._keys2, wmask, wshift)
+
+    @staticmethod
+    def pad_nonce(salt: bytes, tensor_index: int) -> int:
+        """The first 8 bytes of a tensor's pad counter blocks (`MAC_NAME`), read little-endian, as an int64."""
+        return int(np.frombuffer(_nonce3(salt, tensor_index), "<i8")[0])
 
     def tags(
         self,
@@ -184,6 +204,10 @@ class BlockMac:
         if pads.shape != (nb, 3 if keys2 is not None else pads.shape[1]) or pads.shape[1] < 2:
             raise ValueError(f"pads of shape {pads.shape} for {nb} blocks: expected rows (s_b, r_b, x_b)")
         return mlh_tags(words, self._keys, wmask, inside, pads, keys2)  # r_b = 1 in MAC_V1's pads
+
+
+def _nonce3(salt: bytes, tensor_index: int) -> bytes:
+    return hashlib.sha256(b"pad3" + salt + tensor_index.to_bytes(4, "big")).digest()[:8]
 
 
 __all__ = ["MACS", "MAC_NAME", "MAC_V1", "MAC_V2", "P", "BlockMac"]

@@ -2154,7 +2154,9 @@ VAES static inline __m512i aes4(__m512i c, const __m512i *rk)
     return _mm512_aesenclast_epi128(x, rk[14]);
 }
 
-VAES static void aes_ctr_vaes(const uint8_t *key, uint64_t ctr, int64_t nblocks, uint8_t *out)
+/* AES-256-CTR keystream: counter blocks nonce (8 bytes, read little-endian) then ctr, ctr + 1, ...
+ * (8 bytes big-endian), as OpenSSL's CTR with that 16-byte counter block while ctr does not wrap. */
+VAES static void aes_ctr_vaes(const uint8_t *key, uint64_t nonce, uint64_t ctr, int64_t nblocks, uint8_t *out)
 {
     __m128i k[15];
     __m512i rk[15];
@@ -2162,7 +2164,8 @@ VAES static void aes_ctr_vaes(const uint8_t *key, uint64_t ctr, int64_t nblocks,
     for (int r = 0; r < 15; r++)
         rk[r] = _mm512_broadcast_i32x4(k[r]);
     const __m512i four = _mm512_set_epi64(4, 0, 4, 0, 4, 0, 4, 0);
-    __m512i c = _mm512_set_epi64((long long)(ctr + 3), 0, (long long)(ctr + 2), 0, (long long)(ctr + 1), 0, (long long)ctr, 0);
+    const long long n = (long long)nonce;
+    __m512i c = _mm512_set_epi64((long long)(ctr + 3), n, (long long)(ctr + 2), n, (long long)(ctr + 1), n, (long long)ctr, n);
     int64_t i = 0;
     for (; i + 16 <= nblocks; i += 16) { /* 4 independent chains hide vaesenc's latency */
         const __m512i c1 = _mm512_add_epi64(c, four), c2 = _mm512_add_epi64(c1, four), c3 = _mm512_add_epi64(c2, four);
@@ -2188,10 +2191,78 @@ int ps_aes256_ctr(const uint8_t *key, uint64_t ctr, int64_t nblocks, uint8_t *ou
 {
 #ifdef X86
     if (have_vaes()) {
-        aes_ctr_vaes(key, ctr, nblocks, out);
+        aes_ctr_vaes(key, 0, ctr, nblocks, out);
         return 0;
     }
 #endif
     (void)key, (void)ctr, (void)nblocks, (void)out;
     return 1;
+}
+
+/* The seal's block tags, written into blocks where they lie whole in a staging buffer (the
+ * strata rows before ps_put_strata writes them), so that no pass reads the sealed file back to tag
+ * it. Run r is runs[4 r ..]: the word offset in buf of its first block, its tensor's pad nonce (the
+ * counter block's first 8 bytes, read little-endian), its first block b0 and its block count. Each
+ * block (64 fp32 words, 128 16-bit words) gets the current MAC's tag, as _mac.BlockMac.tags with
+ * the pads of BlockMac.pads: AES-256-CTR blocks 2 b and 2 b + 1 under pad_key give the words
+ * (s, r, x, -) (little-endian), s mod p, r mod (p - 1) + 1, x mod p; the hash (ps_mlh, tag bits
+ * wmask masked) and the tag bits (ps_write_tag). Returns 0, or 1 where the CPU lacks VAES (nothing
+ * is written: the caller tags another way). */
+#define TAG_BATCH 256
+int ps_tag_runs(uint32_t *buf, const int64_t *runs, int64_t nruns, const uint8_t *pad_key, const uint64_t *keys,
+                const uint64_t *keys2, const uint16_t *wmask, const uint64_t *wshift, int nm)
+{
+#ifdef X86
+    if (!have_vaes())
+        return 1;
+    const uint64_t p = 4294967291ull;
+    uint64_t ks[4 * TAG_BATCH] __attribute__((aligned(64))), pads[3 * TAG_BATCH], tags[TAG_BATCH];
+    uint8_t internal[TAG_BATCH];
+    memset(internal, 1, sizeof internal);
+    for (int64_t q = 0; q < nruns; q++) {
+        const int64_t *run = runs + 4 * q;
+        for (int64_t b = 0; b < run[3]; b += TAG_BATCH) {
+            const int64_t n = run[3] - b < TAG_BATCH ? run[3] - b : TAG_BATCH;
+            uint16_t *words = (uint16_t *)(buf + run[0] + 64 * b);
+            aes_ctr_vaes(pad_key, (uint64_t)run[1], 2 * (uint64_t)(run[2] + b), 2 * n, (uint8_t *)ks);
+            for (int64_t i = 0; i < n; i++) {
+                pads[3 * i] = ks[4 * i] % p;
+                pads[3 * i + 1] = ks[4 * i + 1] % (p - 1) + 1;
+                pads[3 * i + 2] = ks[4 * i + 2] % p;
+            }
+            ps_mlh(words, 0, n, 128, keys, keys2, wmask, nm, internal, pads, 3, tags, 1);
+            ps_write_tag(words, 0, n, 128, wmask, wshift, nm, tags);
+        }
+    }
+    volatile uint64_t *clear = ks; /* no keystream left on the stack */
+    for (int i = 0; i < 4 * TAG_BATCH; i++)
+        clear[i] = 0;
+    return 0;
+#else
+    (void)buf, (void)runs, (void)nruns, (void)pad_key, (void)keys, (void)keys2, (void)wmask, (void)wshift, (void)nm;
+    return 1;
+#endif
+}
+
+/* Whole blocks (64 words, 256 bytes) of a file to or from buf ([n][64] words): block i at byte
+ * offset off[i] of fd, with pread (write = 0) or pwrite. The seal reads back and writes again the
+ * few blocks a batch boundary cuts, once both sides are written. Returns 0, -errno of a failed
+ * call, or -100000 where a call moved no bytes. */
+int64_t ps_blocks_io(int fd, const int64_t *off, int64_t n, uint32_t *buf, int write)
+{
+    for (int64_t i = 0; i < n; i++) {
+        char *p = (char *)(buf + 64 * i);
+        int64_t at = off[i], left = 256;
+        while (left > 0) {
+            ssize_t got = write ? pwrite(fd, p, (size_t)left, (off_t)at) : pread(fd, p, (size_t)left, (off_t)at);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got < 0)
+                return -(int64_t)errno;
+            if (got == 0)
+                return -100000;
+            p += got, at += got, left -= got;
+        }
+    }
+    return 0;
 }

@@ -84,6 +84,34 @@ def write_tag(
     return True
 
 
+def tag_runs(
+    buf: NDArray[np.uint32],
+    runs: NDArray[np.int64],
+    pad_key: bytes,
+    keys: NDArray[np.uint64],
+    keys2: NDArray[np.uint64],
+    wmask: NDArray[np.uint16],
+    wshift: NDArray[np.uint64],
+) -> bool:
+    """Tag the fp32 blocks ``runs`` (``[n, 4]``) where they lie in ``buf``, in place: see ``ps_tag_runs``.
+
+    False, ``buf`` untouched, without the library or where the CPU lacks VAES.
+    """
+    lib = _native._lib()
+    if lib is None:
+        return False
+    m = np.ascontiguousarray(wmask, np.uint16)
+    sh = np.ascontiguousarray(wshift, np.uint64)
+    r = np.ascontiguousarray(runs, np.int64)
+    assert buf.dtype == np.uint32 and buf.flags.c_contiguous and buf.flags.writeable and len(pad_key) == 32
+    assert r.ndim == 2 and r.shape[1] == 4 and m.size == sh.size <= 32 and keys.size >= 128 and keys2.size >= 128
+    ends = r[:, 0] + 64 * r[:, 3]
+    assert not r.size or (int(r[:, 0].min()) >= 0 and int(ends.max()) <= buf.size and int(r[:, 3].min()) >= 0)
+    k, k2 = np.ascontiguousarray(keys, np.uint64), np.ascontiguousarray(keys2, np.uint64)
+    a = (buf.ctypes.data, r.ctypes.data, r.shape[0], pad_key, k.ctypes.data, k2.ctypes.data, m.ctypes.data)
+    return bool(lib.ps_tag_runs(*a, sh.ctypes.data, m.size) == 0)
+
+
 def set_vector(on: bool) -> bool:
     """Let the bit movers use their AVX-512 paths (where the CPU has them) or not; whether they now do.
 

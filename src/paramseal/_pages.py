@@ -122,10 +122,15 @@ def write_behind(a: NDArray[Any]) -> bool:
     Elsewhere, or for an array not in a mapped file, nothing (the final flush writes it all).
     """
     where = file_span(a)
-    fn = _sync_file_range()
-    if where is None or fn is None or a.size == 0:
+    if where is None or a.size == 0:
         return False
-    return bool(fn(where[0], where[1], a.nbytes, _SYNC_FILE_RANGE_WRITE) == 0)
+    return start_writing(where[0], where[1], a.nbytes)
+
+
+def start_writing(fd: int, offset: int, nbytes: int) -> bool:
+    """`write_behind` of bytes ``[offset, offset + nbytes)`` of an open file: its dirty pages not yet being written."""
+    fn = _sync_file_range()
+    return fn is not None and nbytes > 0 and bool(fn(fd, offset, nbytes, _SYNC_FILE_RANGE_WRITE) == 0)
 
 
 _SYNC_FILE_RANGE_WRITE = 2

@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _code, _embed, _irs, _model, _native, _native_blocks, _pages, _strata
+from . import _code, _embed, _irs, _model, _native, _native_blocks, _pages, _seal_tags, _strata
 from ._bits import write_tags
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
@@ -253,7 +253,13 @@ def _seal_irs(
     for i in np.flatnonzero(~st.is_float):
         _strata.write_run(outs[int(i)], 0, flats[int(i)])
     outer = st.outer
-    work = [(t, r0, r1) for t, s in enumerate(specs) for r0, r1 in chunks(s.nblocks, flats[t].dtype.itemsize, 0, 1)]
+    mac = BlockMac(key)
+    staged = _seal_tags.InPass(st, specs, outs, mac, salt)  # blocks tagged where the strata are staged
+    work = [
+        (t, r0, r1)
+        for t, s in enumerate(specs)
+        for r0, r1 in (((0, s.nblocks),) if staged.staged[t] else chunks(s.nblocks, flats[t].dtype.itemsize, 0, 1))
+    ]
     prog.expect(outer.superblocks + len(work))
 
     # each thread's work arrays, kept from one superblock to the next: fresh ones were mapped and
@@ -272,7 +278,9 @@ def _seal_irs(
                 content = outer.content(w, scratch.get("content", (g1 - g0, outer.shard), np.uint8))
                 outer.put(code, w, outer.parity(content, s))
             _irs.encode(code, w)
-            st.scatter(outs, w, g0, g1, pad, scratch)
+            st.scatter(outs, w, g0, g1, pad, scratch, staged.tag if staged.active else None)
+            if staged.active:
+                staged.written(g0, g1)
 
     # Superblocks are independent (their groups, and so the words they write, are disjoint): one per
     # core at a time, so that one's single-threaded steps (gather, leopard, writes) overlap another's.
@@ -281,7 +289,6 @@ def _seal_irs(
     side_by_side = task_map if _native.encodes(code) else in_turn
     side_by_side(superblock, range(outer.superblocks))
     scratch = _strata.Scratch()  # the superblocks' arrays go: the tag pass keeps one chunk a thread
-    mac = BlockMac(key)
 
     @functools.lru_cache(maxsize=8)  # the tensors being tagged (a few at a time: memory stays bounded)
     def of(t: int) -> tuple[NDArray[np.bool_], bytes]:
@@ -294,6 +301,8 @@ def _seal_irs(
         spec = specs[t]
         prog.step(f"tag {spec.name}")
         internal, plain = of(t)
+        if staged.staged[t]:  # the pass tagged its whole blocks: what is left, from the file
+            return staged.rest(t, plain, t not in carriers)
         ub = read_blocks(outs[t], spec, r0, r1, scratch)
         ext = _tag_chunk(ub, t, spec, r0, internal, plain, t not in carriers, mac, salt)
         write_blocks(outs[t], spec, r0, ub)

@@ -33,6 +33,7 @@ erasures, like unpermuted ones.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -186,7 +187,7 @@ class Strata(StrataMap):
         """
         ng = g1 - g0
         g = np.arange(g0, g1, dtype=np.int64)
-        ts = self._flat_words(flats)
+        ts = self.flat_words(flats)
         if not (_native.portable() and ng > 0 and self.free_strata > 0) or ts is None:
             w = self.groups(flats, data, g, seal=True)[0]
             w ^= pad
@@ -214,22 +215,28 @@ class Strata(StrataMap):
         g1: int,
         pad: NDArray[np.uint32] | None = None,
         scratch: Scratch | None = None,
+        staged: Callable[[NDArray[np.uint32], int, int], None] | None = None,
     ) -> None:
         """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``, XOR ``pad`` if given) into ``outs``.
 
-        ``scratch``: the compiled path stages the strata in its ``strata`` buffer.
+        ``scratch``: the compiled path stages the strata in its ``strata`` buffer. ``staged``: called
+        with that buffer (``[F, ld]``), ``g0`` and ``ng`` before it is written (the seal tags blocks there).
         """
+        ts = self.flat_words(outs)
         if pad is not None and _native.portable() and w.shape[0] and self.free_strata:
             shape = (self.free_strata, _native_strata.row_stride(w.shape[0]))
-            out = None if scratch is None else scratch.get("strata", shape, np.uint32)
+            out = np.empty(shape, np.uint32) if scratch is None else scratch.get("strata", shape, np.uint32)
             wt = _native_strata.to_strata(w, pad, g0, self._perm16(), self.free_strata, out)
-            ts = self._flat_words(outs)
             if ts is not None:
+                if staged is not None:
+                    staged(out, g0, g1 - g0)
                 # the writes in one compiled loop: a Python call per piece cost as much as the copying
                 _native_strata.put_strata(wt, self._native_pieces(outs, ts, g0, g1 - g0, None))
                 return
         else:
             wt = self.to_strata(w if pad is None else w ^ pad, g0)
+        if staged is not None:  # InPass stages only what the compiled path writes
+            raise AssertionError("blocks were to be tagged in strata the compiled path does not write")
         for j, v0, c0, n in self._pieces(g0, g1):
             if j >= self.free_strata:
                 continue
@@ -284,7 +291,7 @@ class Strata(StrataMap):
         f = np.zeros((ng, N_POS), np.uint8) if bad is not None else None
         if not ng:
             return w, f
-        ts = self._flat_words(flats)
+        ts = self.flat_words(flats)
         if ts is None:
             v = self.vindex(g)  # a tensor the kernel cannot take (not a contiguous uint32 array): numpy
             w, f = self.read(flats, data, v, bad)

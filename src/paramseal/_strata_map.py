@@ -201,7 +201,7 @@ class StrataMap:
     def _clear_mask(self) -> np.uint32:
         return np.uint32(~((1 << self.k) - 1) & 0xFFFFFFFF)  # type: ignore[no-any-return]
 
-    def _flat_words(self, arrays: list[NDArray[np.unsignedinteger]]) -> list[int] | None:
+    def flat_words(self, arrays: list[NDArray[np.unsignedinteger]]) -> list[int] | None:
         """The float tensors with words, or None if one is no flat contiguous uint32 array (the kernels' input)."""
         ts = [int(t) for t in np.flatnonzero(self.is_float & (self.nwords > 0))]
         ok = all(arrays[t].dtype == np.uint32 and arrays[t].ndim == 1 and arrays[t].flags.c_contiguous for t in ts)
@@ -224,6 +224,26 @@ class StrataMap:
         and the descriptor of the mapped file it lies in (-1 if none; the address is then the
         byte offset of row 0 in that file: ``ps_gather`` reads it without faulting pages in).
         """
+        F = self.free_strata
+        rj, row0, row1, s0, owner, padding = self.piece_table(ts, g0, ng)
+        tstart = self.start[np.array(ts, np.int64)]
+        addr0 = np.array([flats[t].ctypes.data for t in ts], np.int64)
+        at_pad = 0 if zeros is None else zeros.ctypes.data
+        addr = np.where(padding, at_pad, addr0[owner] + 4 * (s0 - tstart[owner])) - 4 * row0
+        spans = [file_span(flats[t]) for t in ts]
+        fds = np.array([-1 if sp is None else sp[0] for sp in spans], np.int32)
+        foff = np.array([0 if sp is None else sp[1] for sp in spans], np.int64)
+        fd = np.where(padding, -1 if zeros is not None else -2, fds[owner]).astype(np.int32)
+        addr = np.where(fd >= 0, foff[owner] + 4 * (s0 - tstart[owner]) - 4 * row0, addr)  # a file offset there
+        pstart = np.searchsorted(rj, np.arange(F + 1, dtype=np.int64)).astype(np.int64)
+        return pstart, row1, np.ascontiguousarray(addr).astype(np.uint64), np.ascontiguousarray(fd)
+
+    def piece_table(self, ts: list[int], g0: int, ng: int) -> tuple[NDArray[Any], ...]:
+        """The pieces of `_native_pieces` (rows ``[0, ng)``, groups ``g0...``), in stratum then row order.
+
+        Six arrays: each piece's stratum, first row, end row, the stream index of its first row, its
+        owner (an index into ``ts``) and whether it is padding.
+        """
         F, G = self.free_strata, self.G
         j = np.arange(F, dtype=np.int64)
         a = (g0 + self.offs[:F]) % G
@@ -245,21 +265,16 @@ class StrataMap:
         s1 = np.where(k == cnt[idx] - 1, rs[idx] + rn[idx], bounds[np.minimum(lo[idx] + k, nb)])
         row0 = rrow[idx] + s0 - rs[idx]
         row1 = row0 + s1 - s0
-        tstart = self.start[tarr]  # float tensors lie in header order: increasing
-        owner = np.maximum(np.searchsorted(tstart, s0, side="right") - 1, 0)
-        addr0 = np.array([flats[t].ctypes.data for t in ts], np.int64)
-        padding = s0 >= self.n_float
-        at_pad = 0 if zeros is None else zeros.ctypes.data
-        addr = np.where(padding, at_pad, addr0[owner] + 4 * (s0 - tstart[owner])) - 4 * row0
-        spans = [file_span(flats[t]) for t in ts]
-        fds = np.array([-1 if sp is None else sp[0] for sp in spans], np.int32)
-        foff = np.array([0 if sp is None else sp[1] for sp in spans], np.int64)
-        fd = np.where(padding, -1 if zeros is not None else -2, fds[owner]).astype(np.int32)
-        addr = np.where(fd >= 0, foff[owner] + 4 * (s0 - tstart[owner]) - 4 * row0, addr)  # a file offset there
+        owner = np.maximum(np.searchsorted(self.start[tarr], s0, side="right") - 1, 0)  # float tensors: increasing
         order = np.lexsort((row0, rj[idx]))
-        pstart = np.searchsorted(rj[idx][order], np.arange(F + 1, dtype=np.int64)).astype(np.int64)
-        base = np.ascontiguousarray(addr[order]).astype(np.uint64)
-        return pstart, np.ascontiguousarray(row1[order]), base, np.ascontiguousarray(fd[order])
+        return (
+            np.ascontiguousarray(rj[idx][order]),
+            np.ascontiguousarray(row0[order]),
+            np.ascontiguousarray(row1[order]),
+            np.ascontiguousarray(s0[order]),
+            np.ascontiguousarray(owner[order]),
+            np.ascontiguousarray((s0 >= self.n_float)[order]),
+        )
 
     # ------------------------------------------------------------------ reading and writing words
 

@@ -1,0 +1,211 @@
+"""The irs4 seal's block tags, written where a block lies whole in a staged stratum row.
+
+`_strata.Strata.scatter` stages each batch's float strata, rows of consecutive stream words,
+before it writes them. A block (64 values of one tensor) that lies whole in one such row is final
+there but for its tag, so it is tagged there (`InPass.tag`, ``ps_tag_runs``): the sealed file is
+then not read back and written again to be tagged, a pass that took about a fifth of a GiB's seal
+(docs/performance.md). The blocks a row's first word cuts lie in two batches' rows: once both
+batches are written (`InPass.written`) they are read back, tagged and written again, a few hundred
+a batch, and the batch's file range is handed to the disk (as the tag pass did chunk by chunk,
+so that the final flush finds little to write). `InPass.rest` tags what is left after the pass:
+
+* each tensor's reserved blocks (their identity record is written after the code) and its short
+  last block (zero-padded when tagged, and perhaps too short to hold its tag);
+* blocks cut where a stratum starts (its neighbour stratum's batches are any);
+* tensors the strata do not stage (integer and data tensors), chunk by chunk as before.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import _embed, _model, _native, _native_strata
+from ._bits import tag_mask, tag_words
+from ._layout import TensorSpec
+from ._mac import BlockMac
+from ._pages import file_span, release, start_writing
+from ._strata import Strata
+from .levels import BLOCK, TAG_BITS
+
+_SEND_BATCHES = 8  # batches whose file ranges go to the disk together
+_Edges = tuple[NDArray[np.int64], NDArray[np.int64]]  # (tensor, block) pairs
+
+
+class InPass:
+    """Which blocks the superblock pass tags, the tagging of them, and of the rest after it."""
+
+    def __init__(self, st: Strata, specs: list[TensorSpec], outs: list[NDArray[np.unsignedinteger]], mac: BlockMac,
+                 salt: bytes) -> None:  # fmt: skip
+        self._st, self._specs, self._outs, self._mac, self._salt = st, specs, outs, mac, salt
+        ts = st.flat_words(outs)
+        self.ts = ts or []
+        n = len(specs)
+        self.staged = np.zeros(n, np.bool_)  # the tensors whose whole blocks are tagged in the pass
+        ks = {specs[t].k for t in self.ts}
+        if ts and len(ks) == 1 and _native.portable() and st.free_strata > 0:
+            k = ks.pop()
+            self._wm, self._sh = tag_words(tag_mask(k, 32), 2, k)
+            probe = np.zeros(BLOCK, np.uint32)  # no runs: True exactly where the kernel runs here
+            if k > 0 and BLOCK * k >= TAG_BITS and mac.tag_runs(probe, np.zeros((0, 4), np.int64), self._wm, self._sh):
+                self.staged[self.ts] = True
+        self._nonce = np.array([mac.pad_nonce(salt, t) if self.staged[t] else 0 for t in range(n)], np.int64)
+        self._reserved = np.array([s.reserved for s in specs], np.int64)
+        self._short = np.array([s.nblocks - 1 if s.numel % BLOCK else -1 for s in specs], np.int64)
+        self._late: list[_Edges] = []  # blocks cut where a stratum starts: tagged by `rest`
+        spans = [file_span(outs[t]) for t in self.ts]
+        self._foff = np.zeros(n, np.int64)  # each staged tensor's byte offset in the output file
+        self._foff[self.ts] = [0 if sp is None else sp[1] for sp in spans]
+        fds = {sp[0] for sp in spans if sp is not None}
+        self._fd = fds.pop() if len(fds) == 1 and all(sp is not None for sp in spans) else None
+        # batches by first group: end, the blocks cut at their first row, their file ranges; and their state
+        self._lock = threading.Lock()
+        self._batch: dict[int, tuple[int, _Edges, NDArray[np.int64]]] = {}
+        self._ends: dict[int, int] = {}  # a written batch's end group -> its first
+        self._claimed: set[int] = set()  # batch starts whose cut blocks a thread is tagging or has tagged
+        self._fixed: set[int] = set()  # batch starts whose cut blocks are tagged
+        self._sent: set[int] = set()  # batches whose file range went to the disk (or waits in _ready)
+        self._ready: list[NDArray[np.int64]] = []
+
+    @property
+    def active(self) -> bool:
+        return bool(self.staged.any())
+
+    def tag(self, wt: NDArray[np.uint32], g0: int, ng: int) -> None:
+        """Tag the blocks lying whole in the staged strata ``wt`` (``[F, ld]``; rows ``[0, ng)``: groups ``g0...``)."""
+        assert wt.flags.c_contiguous and wt.shape[1] >= ng
+        rj, row0, row1, s0, owner, padding = self._st.piece_table(self.ts, g0, ng)
+        t = np.asarray(self.ts, np.int64)[owner]
+        live = ~padding & self.staged[t]
+        t, rj, row0, row1, s0 = t[live], rj[live], row0[live], row1[live], s0[live]
+        lo = s0 - self._st.start[t]  # the row's first value in its tensor
+        b0 = np.maximum(-(-lo // BLOCK), self._reserved[t])
+        b1 = (lo + row1 - row0) // BLOCK  # a tensor's short last block ends no row whole
+        go = b1 > b0
+        at = rj * wt.shape[1] + row0 + BLOCK * b0 - lo
+        runs = np.stack([at[go], self._nonce[t[go]], b0[go], (b1 - b0)[go]], axis=1)
+        if not self._mac.tag_runs(wt.reshape(-1), runs, self._wm, self._sh):
+            raise AssertionError("the compiled tag kernel ran for the probe but not for the strata")
+        cb = lo // BLOCK  # the block a row's first word lies in: whole in no row where that word does not start it
+        cut = (lo % BLOCK != 0) & (cb >= self._reserved[t]) & (cb != self._short[t])  # `rest` does those anyway
+        seam = (row0 == 0) & (s0 % self._st.G != 0)  # its other words end the batch before (g0 - 1) in this stratum
+        ranges = np.stack([self._foff[t] + 4 * lo, 4 * (row1 - row0)], axis=1)
+        with self._lock:
+            self._late.append((t[cut & ~seam], cb[cut & ~seam]))
+            self._batch[g0] = (g0 + ng, (t[cut & seam], cb[cut & seam]), ranges)
+
+    def written(self, g0: int, g1: int) -> None:
+        """Batch ``[g0, g1)`` is written: tag the cut blocks it completes, start the disk on what is final."""
+        G = self._st.G
+        with self._lock:
+            self._ends[g1] = g0
+            seams = [s for s in dict.fromkeys((g0, g1 % G)) if s not in self._claimed and self._written_at(s)]
+            self._claimed.update(seams)
+        for s in seams:
+            self._fix(self._batch[s][1])
+        with self._lock:
+            self._fixed.update(seams)
+            if self._fd is None:
+                return
+            ready = [a for a in self._ends.values() if a not in self._sent and self._final(a)]
+            self._sent.update(ready)
+            self._ready.extend(self._batch[a][2] for a in ready)
+            if len(self._ready) < _SEND_BATCHES:  # the final flush writes the last few
+                return
+            ranges, self._ready = np.concatenate(self._ready), []
+        for off, n in _joined(ranges):  # a call a stratum for several batches: one a piece cost 0.2 s a GiB
+            start_writing(self._fd, off, n)
+
+    def _final(self, a: int) -> bool:
+        """Whether batch ``a``'s words are final: the blocks cut at its first and its end row are tagged."""
+        return {a, self._batch[a][0] % self._st.G} <= self._fixed
+
+    def _written_at(self, s: int) -> bool:
+        """Whether the batches on both sides of group boundary ``s`` are written (the one before wraps at 0)."""
+        before = self._st.G if s == 0 else s
+        return before in self._ends and s in self._ends.values() and s in self._batch
+
+    def _fix(self, edges: _Edges) -> None:
+        """Tag blocks (cut by a batch boundary, both sides written) where they lie in the output."""
+        tt, bb = edges
+        if self._fd is not None and tt.size:  # in one read and one write call (the blocks are whole: no short last)
+            off = self._foff[tt] + 4 * BLOCK * bb
+            ub = np.empty((tt.size, BLOCK), np.uint32)
+            _native_strata.blocks_io(self._fd, off, ub, write=False)
+            runs = np.stack([BLOCK * np.arange(tt.size), self._nonce[tt], bb, np.ones(tt.size, np.int64)], 1)
+            if not self._mac.tag_runs(ub.reshape(-1), runs, self._wm, self._sh):
+                raise AssertionError("the compiled tag kernel ran for the probe but not after the pass")
+            _native_strata.blocks_io(self._fd, off, ub, write=True)
+            return
+        for t in np.unique(tt).tolist():
+            at = np.unique(bb[tt == t])
+            ub = _read_at(self._outs[t], self._specs[t], at)
+            self._tag_rows(ub, t, at, np.arange(at.size))
+            _write_at(self._outs[t], self._specs[t], at, ub)
+
+    def _tag_rows(self, ub: NDArray[np.uint32], t: int, at: NDArray[np.int64], rows: NDArray[np.int64]) -> None:
+        one = np.ones(rows.size, np.int64)
+        runs = np.stack([BLOCK * rows, np.full(rows.size, self._nonce[t]), at[rows], one], 1)
+        if not self._mac.tag_runs(ub.reshape(-1), runs, self._wm, self._sh):
+            raise AssertionError("the compiled tag kernel ran for the probe but not after the pass")
+
+    def rest(self, t: int, plain: bytes, record: bool) -> NDArray[np.uint64]:
+        """Tag tensor ``t``'s blocks the pass left (a staged tensor); return the tags kept in the header."""
+        spec, flat = self._specs[t], self._outs[t]
+        late = [b[tt == t] for tt, b in self._late]
+        unfixed = [b[tt == t] for s, (_, (tt, b), _) in self._batch.items() if s not in self._fixed]  # none normally
+        short = [spec.nblocks - 1] if spec.numel % BLOCK else []
+        at = np.unique(np.concatenate([np.arange(spec.reserved), *late, *unfixed, np.array(short)]).astype(np.int64))
+        if not at.size:
+            return np.zeros(0, np.uint64)
+        ub = _read_at(flat, spec, at)
+        internal = spec.block_storage()[1]
+        inside = internal[at]
+        if record and spec.reserved:  # rows 0 .. reserved - 1 are blocks 0 .. reserved - 1
+            _embed.write_reserved(ub, spec, plain, np.arange(spec.reserved), 0)
+        self._tag_rows(ub, t, at, np.flatnonzero(inside))
+        ext = _model.compute_tags(self._mac, self._salt, t, spec, ub[~inside], internal, at=at[~inside])
+        _write_at(flat, spec, at, ub)
+        return ext
+
+
+def _joined(ranges: NDArray[np.int64]) -> list[tuple[int, int]]:
+    """``(offset, bytes)`` rows as the fewest ranges covering them (adjacent or overlapping ones joined)."""
+    r = ranges[np.argsort(ranges[:, 0], kind="stable")]
+    ends = np.maximum.accumulate(r[:, 0] + r[:, 1])
+    new = np.r_[True, r[1:, 0] > ends[:-1]]
+    first = np.flatnonzero(new)
+    last = np.r_[first[1:], r.shape[0]] - 1
+    return list(zip(r[first, 0].tolist(), (ends[last] - r[first, 0]).tolist(), strict=True))
+
+
+def _read_at(flat: NDArray[np.unsignedinteger], spec: TensorSpec, at: NDArray[np.int64]) -> NDArray[np.uint32]:
+    """Blocks ``at`` (sorted) of a staged tensor's flat words, zero-padded: ``[len(at), 64]``."""
+    idx = at[:, None] * BLOCK + np.arange(BLOCK)
+    ok = idx < spec.numel
+    ub = np.zeros(idx.shape, np.uint32)
+    ub[ok] = flat[idx[ok]]  # page faults on a mapped file: a few blocks a stratum row
+    release(flat)
+    return ub
+
+
+def _write_at(
+    flat: NDArray[np.unsignedinteger], spec: TensorSpec, at: NDArray[np.int64], ub: NDArray[np.uint32]
+) -> None:
+    """Write blocks ``at`` back (padding dropped): one ``ps_put_strata`` piece per run of consecutive blocks."""
+    r0 = np.flatnonzero(np.r_[True, np.diff(at) != 1])  # rows of ub that start a run
+    ends = np.r_[r0[1:], at.size] * BLOCK
+    ends[-1] = min(int(ends[-1]), (at.size - 1) * BLOCK + spec.numel - int(at[-1]) * BLOCK)
+    start = (at[r0] - r0) * BLOCK  # the tensor index row 0 of ub would have, run by run
+    where = file_span(flat)
+    if where is None:
+        base, fd = (flat.ctypes.data + 4 * start).astype(np.uint64), np.full(r0.size, -1, np.int32)
+    else:
+        base, fd = (where[1] + 4 * start).astype(np.uint64), np.full(r0.size, where[0], np.int32)
+    pieces = (np.array([0, r0.size], np.int64), np.ascontiguousarray(ends, np.int64), base, fd)
+    _native_strata.put_strata(ub.reshape(1, -1), pieces)
+
+
+__all__ = ["InPass"]

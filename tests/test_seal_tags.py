@@ -1,0 +1,176 @@
+"""Tags written in the seal's superblock pass (`_seal_tags`): the same sealed bytes as tagging after it."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import paramseal
+from paramseal import _bits, _mac, _native, _native_strata, _seal_tags, _sealing, files
+from paramseal.keys import Key
+
+needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
+KEY = Key.generate()
+
+
+def _vaes() -> bool:
+    probe = np.zeros(64, np.uint32)
+    wm, sh = _bits.tag_words(_bits.tag_mask(8, 32), 2, 8)
+    return _mac.BlockMac(KEY).tag_runs(probe, np.zeros((0, 4), np.int64), wm, sh)
+
+
+needs_vaes = pytest.mark.skipif(_native._lib() is None or not _vaes(), reason="no compiled library or no VAES")
+
+
+@needs_vaes
+@pytest.mark.parametrize("k", [4, 8, 12, 16])
+def test_tag_runs_write_the_tags_of_the_mac_and_the_tag_writer(k: int) -> None:
+    mac, salt = _mac.BlockMac(KEY), b"\x01" * 16
+    rng = np.random.default_rng(k)
+    buf = rng.integers(0, 2**32, 64 * 900 + 37, dtype=np.uint32)
+    want, before = buf.copy(), buf.copy()
+    wm, sh = _bits.tag_words(_bits.tag_mask(k, 32), 2, k)
+    # runs of two tensors, one past the kernel's 256-block batch, one with a block counter past 2**32
+    runs = [(5, 3, 17, 300), (5 + 64 * 300 + 3, 9, 2**33 + 5, 600)]
+    rows = np.array([(off, mac.pad_nonce(salt, t), b0, n) for off, t, b0, n in runs], np.int64)
+    assert mac.tag_runs(buf, rows, wm, sh)
+    for off, t, b0, n in runs:
+        ub = want[off : off + 64 * n].reshape(n, 64).copy()
+        tags = mac.tags(ub, mac.pads(salt, t, n, b0), _bits.tag_mask(k, 32), np.ones(n, np.bool_))
+        _bits.write_tags(ub, tags, k)
+        want[off : off + 64 * n] = ub.reshape(-1)
+    assert np.array_equal(buf, want)
+    assert not np.array_equal(buf, before)  # tags were written: the comparison is not of two untouched copies
+
+
+@needs_lib
+def test_an_older_mac_tags_nothing_in_place() -> None:
+    buf = np.arange(64, dtype=np.uint32)
+    wm, sh = _bits.tag_words(_bits.tag_mask(8, 32), 2, 8)
+    old = _mac.BlockMac(KEY, _mac.MAC_V2)
+    assert not old.tag_runs(buf, np.array([[0, 1, 0, 1]], np.int64), wm, sh)
+    assert np.array_equal(buf, np.arange(64, dtype=np.uint32))
+
+
+@needs_lib
+def test_whole_blocks_go_to_a_file_and_come_back(tmp_path: Path) -> None:
+    p = tmp_path / "f.bin"
+    p.write_bytes(bytes(4096))
+    blocks = np.arange(3 * 64, dtype=np.uint32).reshape(3, 64)
+    off = np.array([0, 1000, 3840], np.int64)  # any byte offsets, one ending the file
+    with open(p, "r+b") as f:
+        _native_strata.blocks_io(f.fileno(), off, blocks, write=True)
+        back = np.zeros_like(blocks)
+        _native_strata.blocks_io(f.fileno(), off, back, write=False)
+    assert np.array_equal(back, blocks)
+    raw = np.frombuffer(p.read_bytes(), np.uint32)
+    assert np.array_equal(raw[250:314], blocks[1]) and p.stat().st_size == 4096
+    with open(p, "rb") as f, pytest.raises(OSError):
+        _native_strata.blocks_io(f.fileno(), off, blocks, write=True)  # read-only: EBADF, not a silent skip
+    with open(p, "rb") as f, pytest.raises(OSError, match="no more bytes"):
+        _native_strata.blocks_io(f.fileno(), np.array([4000], np.int64), blocks[:1].copy(), write=False)
+
+
+def test_joined_ranges_cover_exactly_the_ranges() -> None:
+    rows = np.array([[10, 5], [0, 10], [30, 2], [15, 1], [31, 5], [50, 1], [40, 0]], np.int64)
+    assert _seal_tags._joined(rows) == [(0, 16), (30, 6), (40, 0), (50, 1)]
+
+
+def _model(n_big: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(n_big)
+    sizes = [n_big, 64 * 4001, 777, 3, 262_144, 70_001, 4096 * 300 + 5]  # unaligned ends, a tiny (data) tensor
+    t = {f"w{i}": rng.standard_normal(n).astype(np.float32) for i, n in enumerate(sizes)}
+    t["ids"] = rng.integers(0, 100, 1000).astype(np.int32)
+    return t
+
+
+class _Spy:
+    """Counts what the pass tagged, and can turn tagging in the pass off (the tag pass does all)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, off: bool) -> None:
+        self.tagged = self.fixed = 0
+        real_init, real_tag, real_fix = _seal_tags.InPass.__init__, _seal_tags.InPass.tag, _seal_tags.InPass._fix
+
+        def init(obj: Any, *a: Any, **k: Any) -> None:
+            real_init(obj, *a, **k)
+            if off:
+                obj.staged[:] = False
+
+        def tag(obj: Any, *a: Any) -> None:
+            self.tagged += 1
+            real_tag(obj, *a)
+
+        def fix(obj: Any, edges: Any) -> None:
+            self.fixed += int(edges[0].size)
+            real_fix(obj, edges)
+
+        monkeypatch.setattr(_seal_tags.InPass, "__init__", init)
+        monkeypatch.setattr(_seal_tags.InPass, "tag", tag)
+        monkeypatch.setattr(_seal_tags.InPass, "_fix", fix)
+
+
+def _seal_file(src: Path, dst: Path, monkeypatch: pytest.MonkeyPatch, off: bool, level: str) -> _Spy:
+    with monkeypatch.context() as m:
+        m.setattr("os.urandom", lambda n: b"\x07" * n)  # the same salt both ways
+        spy = _Spy(m, off)
+        files.seal_file(src, dst, KEY, level=level)
+    return spy
+
+
+@needs_vaes
+@pytest.mark.parametrize("level", ["standard", "strong"])
+def test_a_file_tagged_in_the_pass_is_the_file_tagged_after_it(
+    level: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "m.safetensors"
+    save_file(_model(6_500_000), str(src))  # two superblocks
+    on = _seal_file(src, tmp_path / "on.safetensors", monkeypatch, False, level)
+    off = _seal_file(src, tmp_path / "off.safetensors", monkeypatch, True, level)
+    assert on.tagged >= 2 and on.fixed > 100  # batches tagged in the pass, and blocks their boundary cut
+    assert off.tagged == 0
+    assert (tmp_path / "on.safetensors").read_bytes() == (tmp_path / "off.safetensors").read_bytes()
+    assert files.verify_file(tmp_path / "on.safetensors", KEY).status == "intact"
+
+
+@needs_vaes
+def test_a_seal_in_memory_tagged_in_the_pass_is_the_one_tagged_after_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model(2_000_000)
+    got = []
+    for off in (False, True):
+        with monkeypatch.context() as m:
+            m.setattr("os.urandom", lambda n: b"\x07" * n)
+            spy = _Spy(m, off)
+            sealed = paramseal.seal(model, KEY)
+        got.append((sealed, spy))
+    (a, spy_a), (b, _) = got
+    assert spy_a.tagged >= 1 and spy_a.fixed > 0
+    assert all(np.array_equal(a.tensors[n].view(np.uint8), b.tensors[n].view(np.uint8)) for n in model)
+    assert a.header.to_json(KEY) == b.header.to_json(KEY)
+
+
+@needs_vaes
+@pytest.mark.parametrize("seed", [1, 2])
+def test_superblocks_finishing_in_any_order_give_the_same_file(
+    seed: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "m.safetensors"
+    save_file(_model(13_000_000), str(src))  # four superblocks
+
+    def shuffled(fn: Any, items: Any) -> list[Any]:  # one at a time, in a random order; results in order
+        items = list(items)
+        order = list(range(len(items)))
+        random.Random(seed).shuffle(order)
+        out: dict[int, Any] = {i: fn(items[i]) for i in order}
+        return [out[i] for i in range(len(items))]
+
+    _seal_file(src, tmp_path / "a.safetensors", monkeypatch, False, "standard")
+    with monkeypatch.context() as m:
+        m.setattr(_sealing, "task_map", shuffled)
+        spy = _seal_file(src, tmp_path / "b.safetensors", m, False, "standard")
+    assert spy.fixed > 0
+    assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
