@@ -80,6 +80,9 @@ class _Plan:
     spread: NDArray[np.uint8]  # [16, 64] and masks [16, 3]: where free bytes go (`_spread`)
     masks: NDArray[np.uint64]
     cols: NDArray[np.uint8] | None  # [4, dmax, rowbytes] where the solver is GF(2^8)-linear, else None
+    cidx: NDArray[np.uint8]  # [4, 3, 64] and cpowers [dmax, 4, 3, 64], cmask: the compacted quarters (`_compact`)
+    cpowers: NDArray[np.uint8]
+    cmask: int
 
 
 def _lane_perm() -> NDArray[np.uint8]:
@@ -143,6 +146,7 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
         for v in range(1, 16):
             low = (v & -v).bit_length() - 1
             tabs[tt, : 2 * dt, v] = tabs[tt, : 2 * dt, v & (v - 1)] ^ cols4[:, low]
+    cidx, cpowers, cmask = _compact(keep, code.first.astype(np.int64), d, fwd, dmax)
     return _Plan(
         np.ascontiguousarray(powers),
         dmax,
@@ -155,7 +159,49 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
         rowbytes,
         *_spread(locs),
         _gf_columns(tabs, d, fwd, inv_phi),
+        cidx,
+        cpowers,
+        cmask,
     )
+
+
+def _compact(
+    keep: NDArray[np.uint8], first: NDArray[np.int64], d: NDArray[np.int64], fwd: NDArray[np.uint8], dmax: int
+) -> tuple[NDArray[np.uint8], NDArray[np.uint8], int]:
+    """The encoder's syndromes over 48 bytes a codeword for each quarter of a group (64 words) where that holds them.
+
+    The bytes ``keep`` clears (the free bytes: byte 0 of a float word at k >= 8) add nothing to a
+    syndrome, and they are a quarter of a float word's bytes. A quarter whose other bytes of each
+    codeword fit in 48 is multiplied as 3 vectors instead of 4: ``cidx[q, v]`` picks vector v's bytes
+    from raw chunks ``4 q + v`` and ``4 q + v + 1`` (vpermt2b: 128-bit lane t holds codeword t's bytes
+    in word order), ``cpowers[i, q, v]`` their syndrome powers (phi-domain; 0 for an empty lane).
+    Bit q of ``cmask``: quarter q is compacted.
+    """
+    cidx = np.zeros((4, 3, 64), np.uint8)
+    cpow = np.zeros((dmax, 4, 3, 64), np.uint8)
+    i = np.arange(dmax)
+    cmask = 0
+    for q in range(4):
+        fits = True
+        for t in range(4):
+            js = [j for j in range(64 * q, min(64 * q + 64, _irs_consts.N_POS)) if keep[4 * j + ((t + j) & 3)]]
+            if len(js) > 48:
+                fits = False
+                break
+            for e, j in enumerate(js):
+                v, lane, c = e // 16, 16 * t + e % 16, (j - 64 * q) // 16
+                if c not in (v, v + 1):
+                    fits = False
+                    break
+                cidx[q, v, lane] = 64 * (c - v) + 4 * (j % 16) + ((t + j) & 3)
+                e_pow = ((i + first[t]) * j) % 255
+                cpow[:, q, v, lane] = np.where(i < d[t], fwd[_irs_consts.EXP[e_pow].astype(np.uint8)], 0)
+        if fits:
+            cmask |= 1 << q
+        else:
+            cidx[q] = 0
+            cpow[:, q] = 0
+    return np.ascontiguousarray(cidx), np.ascontiguousarray(cpow), cmask
 
 
 def _spread(locs: list[list[int]]) -> tuple[NDArray[np.uint8], NDArray[np.uint64]]:

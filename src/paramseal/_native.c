@@ -80,6 +80,14 @@ TARGET static inline __attribute__((always_inline)) __m512i group_chunk(const ui
     return _mm512_permutexvar_epi8(idx, _mm512_gf2p8affine_epi64_epi8(x, A, 0));
 }
 
+/* group_chunk without the lane permute: chunk c of G masked with keep and mapped by phi, bytes in place. */
+TARGET static inline __attribute__((always_inline)) __m512i raw_chunk(const uint8_t *G, const uint8_t *keep, int c, __m512i A)
+{
+    const __mmask64 tail = (((__mmask64)1) << (GROUP_BYTES - 960)) - 1;
+    __m512i x = c < 15 ? _mm512_loadu_si512((const void *)(G + 64 * c)) : _mm512_maskz_loadu_epi8(tail, G + 960);
+    return _mm512_gf2p8affine_epi64_epi8(_mm512_and_si512(x, _mm512_loadu_si512((const void *)(keep + 64 * c))), A, 0);
+}
+
 /* Where quad_syndromes puts syndrome i of codeword t. */
 #define SYN(i, t) (64 * ((i) >> 4) + 16 * (t) + ((i) & 15))
 
@@ -114,12 +122,15 @@ static inline void quad_groups(const uint8_t *W, int64_t g0, int64_t ng, const u
  * zero. The four groups take a quarter of their chunks at a time, so that each syndrome power loaded
  * serves four groups and the powers in use (SYN_BLOCK syndromes of a quarter, 8 KiB) stay in L1: the
  * whole table (dmax KiB, 62 at k = 8) does not fit there, and reading it from L2 for each group took
- * as long again as the products. */
+ * as long again as the products. The encoder (keep given) multiplies a quarter whose free bytes cmask marks
+ * as 3 vectors instead of 4: those bytes are zero, and cidx gathers the rest, codeword by 128-bit lane, from
+ * two neighbouring chunks each (cpow: their powers; _gfni_plan._compact). */
 #define SYN_BLOCK 32
 TARGET static inline __attribute__((always_inline)) void quad_syndromes(const uint8_t *const *G, const uint8_t *keep,
                                                                         const uint8_t *const *F, const uint8_t *powers,
                                                                         int dmax, const uint8_t *perm, uint64_t phi,
-                                                                        uint64_t phi_inv, int back, uint8_t *const *R)
+                                                                        uint64_t phi_inv, int back, uint8_t *const *R,
+                                                                        const uint8_t *cidx, const uint8_t *cpow, int cmask)
 {
     const __m512i idx = _mm512_loadu_si512((const void *)perm);
     const __m512i A = _mm512_set1_epi64((long long)phi), Ai = _mm512_set1_epi64((long long)phi_inv);
@@ -127,6 +138,32 @@ TARGET static inline __attribute__((always_inline)) void quad_syndromes(const ui
     for (int i0 = 0; i0 < dmax; i0 += SYN_BLOCK) {
         const int n = dmax - i0 < SYN_BLOCK ? dmax - i0 : SYN_BLOCK;
         for (int q = 0; q < 4; q++) {
+            if (keep && (cmask >> q & 1)) { /* the free bytes dropped: 3 vectors a quarter (_gfni_plan._compact) */
+                __m512i Y[4][3];
+                const __m512i c0 = _mm512_loadu_si512((const void *)(cidx + 192 * q));
+                const __m512i c1 = _mm512_loadu_si512((const void *)(cidx + 192 * q + 64));
+                const __m512i c2 = _mm512_loadu_si512((const void *)(cidx + 192 * q + 128));
+#pragma GCC unroll 4
+                for (int u = 0; u < 4; u++) {
+                    const __m512i r0 = raw_chunk(G[u], keep, 4 * q, A), r1 = raw_chunk(G[u], keep, 4 * q + 1, A);
+                    const __m512i r2 = raw_chunk(G[u], keep, 4 * q + 2, A), r3 = raw_chunk(G[u], keep, 4 * q + 3, A);
+                    Y[u][0] = _mm512_permutex2var_epi8(r0, c0, r1);
+                    Y[u][1] = _mm512_permutex2var_epi8(r1, c1, r2);
+                    Y[u][2] = _mm512_permutex2var_epi8(r2, c2, r3);
+                }
+                for (int i = 0; i < n; i++) {
+                    const uint8_t *p = cpow + ((size_t)(i0 + i) * 4 + q) * 192;
+                    const __m512i P0 = _mm512_loadu_si512((const void *)p), P1 = _mm512_loadu_si512((const void *)(p + 64));
+                    const __m512i P2 = _mm512_loadu_si512((const void *)(p + 128));
+#pragma GCC unroll 4
+                    for (int u = 0; u < 4; u++) {
+                        __m512i a = _mm512_ternarylogic_epi32(_mm512_gf2p8mul_epi8(Y[u][0], P0), _mm512_gf2p8mul_epi8(Y[u][1], P1),
+                                                              _mm512_gf2p8mul_epi8(Y[u][2], P2), 0x96);
+                        U[u][i] = q ? _mm512_xor_si512(a, U[u][i]) : a;
+                    }
+                }
+                continue;
+            }
             __m512i X[4][4];
 #pragma GCC unroll 4
             for (int u = 0; u < 4; u++)
@@ -228,10 +265,12 @@ TARGET static inline __attribute__((always_inline)) void place_free_bytes(uint8_
  * cols: NULL, or [4][dmax][rowbytes] phi-domain columns where the solver is GF(2^8)-linear (then
  * used instead of tabs, with phi_inv mapping back).
  * d: [4] syndromes per codeword; rowbytes: 64 or 128 (free bytes per codeword, at most).
- * spread, masks: where each free byte goes in the group (see place_free_bytes). */
+ * spread, masks: where each free byte goes in the group (see place_free_bytes).
+ * cidx, cpow, cmask: the quarters whose syndromes skip the free bytes (_gfni_plan._compact; cmask 0: none). */
 TARGET int ps_irs_encode(uint8_t *W, int64_t ng, const uint8_t *powers, int dmax, const uint8_t *perm,
                          const uint8_t *keep, uint64_t phi, const uint8_t *tabs, const int32_t *d, int rowbytes,
-                         const uint8_t *spread, const uint64_t *masks, const uint8_t *cols, uint64_t phi_inv)
+                         const uint8_t *spread, const uint64_t *masks, const uint8_t *cols, uint64_t phi_inv,
+                         const uint8_t *cidx, const uint8_t *cpow, int cmask)
 {
     if (dmax < 1 || dmax > MAX_D || (rowbytes != 64 && rowbytes != 128))
         return -1;
@@ -244,7 +283,7 @@ TARGET int ps_irs_encode(uint8_t *W, int64_t ng, const uint8_t *powers, int dmax
     for (int64_t g0 = 0; g0 < ng; g0 += 4) {
         const uint8_t *Gq[4];
         quad_groups(W, g0, ng, Gq);
-        quad_syndromes(Gq, keep, nof, powers, dmax, perm, phi, 0, 0, Rp);
+        quad_syndromes(Gq, keep, nof, powers, dmax, perm, phi, 0, 0, Rp, cidx, cpow, cmask);
         for (int64_t g = g0; g < g0 + 4 && g < ng; g++) {
             uint8_t *G = W + g * GROUP_BYTES, *R = Rp[g - g0];
             for (int t = 0; t < 4; t++) {
@@ -1056,7 +1095,7 @@ TARGET int ps_irs_syndromes(const uint8_t *W, const uint8_t *flags, int64_t r0, 
         quad_groups(W, g0, r1, Gq);
         for (int u = 0; u < 4; u++)
             Fq[u] = flags && g0 + u < r1 ? flags + (g0 + u) * 255 : NULL;
-        quad_syndromes(Gq, NULL, Fq, powers, dmax, perm, phi, phi_inv, 1, Rp);
+        quad_syndromes(Gq, NULL, Fq, powers, dmax, perm, phi, phi_inv, 1, Rp, NULL, NULL, 0);
         for (int64_t g = g0; g < g0 + 4 && g < r1; g++) {
             uint8_t *o = (uint8_t *)(acc + g * 4 * (int64_t)words);
             memset(o, 0, (size_t)32 * words);

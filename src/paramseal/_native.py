@@ -142,7 +142,7 @@ def _load() -> ctypes.CDLL | None:
     if not lib.ps_gfni():  # not a failed build: even under require, this CPU codes with the portable kernels
         return None
     p, i32, u64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64
-    lib.ps_irs_encode.argtypes = [p, ctypes.c_int64, p, i32, p, p, u64, p, p, i32, p, p, p, u64]
+    lib.ps_irs_encode.argtypes = [p, ctypes.c_int64, p, i32, p, p, u64, p, p, i32, p, p, p, u64, p, p, i32]
     lib.ps_irs_encode.restype = i32
     i64 = ctypes.c_int64
     lib.ps_content.argtypes = [p, i64, i64, i32, i32, p, i64]
@@ -242,6 +242,7 @@ def _rows(n: int, at: int = 256) -> list[tuple[int, int]]:
     return halves(n) if n >= at else [(0, n)]
 
 
+COMPACT = True  # the encoder's syndromes skip the free bytes where a quarter allows (tests set False: all bytes)
 SIMD = True  # the seal's data movers take their AVX-512 paths where the CPU has them (tests set False: plain C)
 
 _TAB_WORDS = (4, 8, 12, 16)  # packed vector sizes the table kernels are built for (every irs4 code in use)
@@ -290,7 +291,7 @@ def _encode_gfni(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
     p = _gfni_plan._plan(code.k, code.free_strata, code.host)
     if not 1 <= p.dmax <= 128:  # no parity (d = 0) or past the kernel's limits: the table kernel serves these
         return False
-    args = (p.powers, p.perm, p.keep, p.tabs, p.d, p.spread, p.masks)
+    args = (p.powers, p.perm, p.keep, p.tabs, p.d, p.spread, p.masks, p.cidx, p.cpowers)
     ptr = [a.ctypes.data for a in args]
     cols = None if p.cols is None else p.cols.ctypes.data
 
@@ -298,7 +299,7 @@ def _encode_gfni(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
         rows = W[r[0] : r[1]]
         rc = lib.ps_irs_encode(
             rows.ctypes.data, rows.shape[0], ptr[0], p.dmax, ptr[1], ptr[2], p.phi, ptr[3], ptr[4], p.rowbytes,
-            ptr[5], ptr[6], cols, p.phi_inv,
+            ptr[5], ptr[6], cols, p.phi_inv, ptr[7], ptr[8], p.cmask if COMPACT else 0,
         )  # fmt: skip
         if rc:
             raise RuntimeError(f"compiled irs4 encoder refused its tables (code {rc})")
