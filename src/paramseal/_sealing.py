@@ -238,8 +238,11 @@ def _seal_irs(
     progress: Progress | None,
     st_room: int = 0,
 ) -> Header:
-    """Seal with the irs4 code: parity per superblock of groups, then tags chunk by chunk.
+    """Seal with the irs4 code: parity per superblock of groups, then the tags the superblocks left.
 
+    Where `_seal_tags.InPass` applies (fp32 blocks, the current MAC, VAES), a block lying whole in one
+    staged stratum row is tagged there, before the row is written; the tag pass then does a few blocks a
+    tensor (reserved, short, cut where a stratum starts) and the tensors not staged, chunk by chunk.
     Both passes run one item per core, at most four at a time (`task_map`, with the compiled
     kernels). Memory: a superblock's work arrays per thread, kept from one superblock to the next,
     then a tag chunk per thread (about 100 MiB each), the integer tensors' words and the code
