@@ -56,6 +56,13 @@ int ps_gfni(void)
 
 #ifdef X86
 
+/* Chunk c (64 bytes) of group G; the last (c = 15) stops at the group's 1020th byte. */
+TARGET static inline __attribute__((always_inline)) __m512i load_chunk(const uint8_t *G, int c)
+{
+    const __mmask64 tail = (((__mmask64)1) << (GROUP_BYTES - 960)) - 1;
+    return c < 15 ? _mm512_loadu_si512((const void *)(G + 64 * c)) : _mm512_maskz_loadu_epi8(tail, G + 960);
+}
+
 /* Chunk c (64 bytes) of group G, masked with keep or (flags) with its fixed bytes zeroed (see
  * quad_syndromes), mapped into gf2p8mulb's field (phi) and its lanes grouped by codeword (perm). */
 TARGET static inline __attribute__((always_inline)) __m512i group_chunk(const uint8_t *G, const uint8_t *keep,
@@ -67,8 +74,7 @@ TARGET static inline __attribute__((always_inline)) __m512i group_chunk(const ui
     static const uint8_t bit_ix[64] = {1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2,
                                        4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8,
                                        1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8, 1, 2, 4, 8};
-    const __mmask64 tail = (((__mmask64)1) << (GROUP_BYTES - 960)) - 1;
-    __m512i x = c < 15 ? _mm512_loadu_si512((const void *)(G + 64 * c)) : _mm512_maskz_loadu_epi8(tail, G + 960);
+    __m512i x = load_chunk(G, c);
     if (keep)
         x = _mm512_and_si512(x, _mm512_loadu_si512((const void *)(keep + 64 * c)));
     if (flags) {
@@ -83,9 +89,8 @@ TARGET static inline __attribute__((always_inline)) __m512i group_chunk(const ui
 /* group_chunk without the lane permute: chunk c of G masked with keep and mapped by phi, bytes in place. */
 TARGET static inline __attribute__((always_inline)) __m512i raw_chunk(const uint8_t *G, const uint8_t *keep, int c, __m512i A)
 {
-    const __mmask64 tail = (((__mmask64)1) << (GROUP_BYTES - 960)) - 1;
-    __m512i x = c < 15 ? _mm512_loadu_si512((const void *)(G + 64 * c)) : _mm512_maskz_loadu_epi8(tail, G + 960);
-    return _mm512_gf2p8affine_epi64_epi8(_mm512_and_si512(x, _mm512_loadu_si512((const void *)(keep + 64 * c))), A, 0);
+    const __m512i x = _mm512_and_si512(load_chunk(G, c), _mm512_loadu_si512((const void *)(keep + 64 * c)));
+    return _mm512_gf2p8affine_epi64_epi8(x, A, 0);
 }
 
 /* Where quad_syndromes puts syndrome i of codeword t. */
@@ -717,6 +722,24 @@ MOVERS static void write_tag_avx512(uint16_t *words, int64_t b0, int64_t b1, int
 }
 #endif
 
+/* All n bytes at byte offset off of fd into (write = 0: pread) or from (pwrite) buf, retrying short
+ * and interrupted calls. Returns 0, -errno of a failed call, or -100000 where a call moved no bytes
+ * (the file ended). The seal's gather, its strata writes and its cut blocks all move bytes so. */
+static int64_t io_all(int fd, char *buf, int64_t n, int64_t off, int write)
+{
+    while (n > 0) {
+        ssize_t got = write ? pwrite(fd, buf, (size_t)n, (off_t)off) : pread(fd, buf, (size_t)n, (off_t)off);
+        if (got < 0 && errno == EINTR)
+            continue;
+        if (got < 0)
+            return -(int64_t)errno;
+        if (got == 0)
+            return -100000;
+        buf += got, off += got, n -= got;
+    }
+    return 0;
+}
+
 #define TAB_ROWS 2048 /* rows a run of ps_gather needs before its offset table pays for itself */
 
 /* The float words of a batch of consecutive groups, in position order: the gather of irs4 sealing.
@@ -752,16 +775,8 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
             b = b < r1 ? b : r1;
             if (fd[q] < 0 || a >= b)
                 continue;
-            char *dst = (char *)(stage + j * ld + a);
-            int64_t off = (int64_t)base[q] + 4 * a, left = 4 * (b - a);
-            while (left > 0) {
-                ssize_t got = pread(fd[q], dst, (size_t)left, (off_t)off);
-                if (got < 0 && errno == EINTR)
-                    continue;
-                if (got <= 0)
-                    return -3;
-                dst += got, off += got, left -= got;
-            }
+            if (io_all(fd[q], (char *)(stage + j * ld + a), 4 * (b - a), (int64_t)base[q] + 4 * a, 0))
+                return -3;
         }
     }
     int64_t r = r0;
@@ -919,17 +934,9 @@ int64_t ps_put_strata(const uint32_t *wt, int64_t ld, int j0, int j1, const int6
                 memcpy((char *)(uintptr_t)(base[q] + 4 * (uint64_t)a), src, 4 * (size_t)(b - a));
                 continue;
             }
-            int64_t off = (int64_t)base[q] + 4 * a, left = 4 * (b - a);
-            while (left > 0) {
-                ssize_t put = pwrite(fd[q], src, (size_t)left, (off_t)off);
-                if (put < 0 && errno == EINTR)
-                    continue;
-                if (put < 0)
-                    return -(int64_t)errno;
-                if (put == 0)
-                    return -100000;
-                src += put, off += put, left -= put;
-            }
+            const int64_t e = io_all(fd[q], (char *)(uintptr_t)src, 4 * (b - a), (int64_t)base[q] + 4 * a, 1);
+            if (e)
+                return e;
         }
     return 0;
 }
@@ -2290,18 +2297,9 @@ int ps_tag_runs(uint32_t *buf, const int64_t *runs, int64_t nruns, const uint8_t
 int64_t ps_blocks_io(int fd, const int64_t *off, int64_t n, uint32_t *buf, int write)
 {
     for (int64_t i = 0; i < n; i++) {
-        char *p = (char *)(buf + 64 * i);
-        int64_t at = off[i], left = 256;
-        while (left > 0) {
-            ssize_t got = write ? pwrite(fd, p, (size_t)left, (off_t)at) : pread(fd, p, (size_t)left, (off_t)at);
-            if (got < 0 && errno == EINTR)
-                continue;
-            if (got < 0)
-                return -(int64_t)errno;
-            if (got == 0)
-                return -100000;
-            p += got, at += got, left -= got;
-        }
+        const int64_t e = io_all(fd, (char *)(buf + 64 * i), 256, off[i], write);
+        if (e)
+            return e;
     }
     return 0;
 }

@@ -85,9 +85,7 @@ class InPass:
         b1 = (lo + row1 - row0) // BLOCK  # a tensor's short last block ends no row whole
         go = b1 > b0
         at = rj * wt.shape[1] + row0 + BLOCK * b0 - lo
-        runs = np.stack([at[go], self._nonce[t[go]], b0[go], (b1 - b0)[go]], axis=1)
-        if not self._mac.tag_runs(wt.reshape(-1), runs, self._wm, self._sh):
-            raise AssertionError("the compiled tag kernel ran for the probe but not for the strata")
+        self._tag(wt, np.stack([at[go], self._nonce[t[go]], b0[go], (b1 - b0)[go]], axis=1))
         cb = lo // BLOCK  # the block a row's first word lies in: whole in no row where that word does not start it
         cut = (lo % BLOCK != 0) & (cb >= self._reserved[t]) & (cb != self._short[t])  # `rest` does those anyway
         seam = (row0 == 0) & (s0 % self._st.G != 0)  # its other words end the batch before (g0 - 1) in this stratum
@@ -134,30 +132,33 @@ class InPass:
             off = self._foff[tt] + 4 * BLOCK * bb
             ub = np.empty((tt.size, BLOCK), np.uint32)
             _native_strata.blocks_io(self._fd, off, ub, write=False)
-            runs = np.stack([BLOCK * np.arange(tt.size), self._nonce[tt], bb, np.ones(tt.size, np.int64)], 1)
-            if not self._mac.tag_runs(ub.reshape(-1), runs, self._wm, self._sh):
-                raise AssertionError("the compiled tag kernel ran for the probe but not after the pass")
+            self._tag_rows(ub, np.arange(tt.size), tt, bb)
             _native_strata.blocks_io(self._fd, off, ub, write=True)
             return
         for t in np.unique(tt).tolist():
             at = np.unique(bb[tt == t])
             ub = _read_at(self._outs[t], self._specs[t], at)
-            self._tag_rows(ub, t, at, np.arange(at.size))
+            self._tag_rows(ub, np.arange(at.size), np.full(at.size, t), at)
             _write_at(self._outs[t], self._specs[t], at, ub)
 
-    def _tag_rows(self, ub: NDArray[np.uint32], t: int, at: NDArray[np.int64], rows: NDArray[np.int64]) -> None:
+    def _tag_rows(
+        self, ub: NDArray[np.uint32], rows: NDArray[np.int64], tensors: NDArray[np.int64], blocks: NDArray[np.int64]
+    ) -> None:
+        """Tag rows ``rows`` of ``ub`` (``[n, 64]``), each block ``blocks[i]`` of tensor ``tensors[i]``."""
         one = np.ones(rows.size, np.int64)
-        runs = np.stack([BLOCK * rows, np.full(rows.size, self._nonce[t]), at[rows], one], 1)
-        if not self._mac.tag_runs(ub.reshape(-1), runs, self._wm, self._sh):
-            raise AssertionError("the compiled tag kernel ran for the probe but not after the pass")
+        self._tag(ub, np.stack([BLOCK * rows, self._nonce[tensors], blocks, one], 1))
+
+    def _tag(self, buf: NDArray[np.uint32], runs: NDArray[np.int64]) -> None:
+        if not self._mac.tag_runs(buf.reshape(-1), runs, self._wm, self._sh):
+            raise AssertionError("the compiled tag kernel ran for the probe but not for these blocks")
 
     def rest(self, t: int, plain: bytes, record: bool) -> NDArray[np.uint64]:
         """Tag tensor ``t``'s blocks the pass left (a staged tensor); return the tags kept in the header."""
         spec, flat = self._specs[t], self._outs[t]
         late = [b[tt == t] for tt, b in self._late]
         unfixed = [b[tt == t] for s, (_, (tt, b), _) in self._batch.items() if s not in self._fixed]  # none normally
-        short = [spec.nblocks - 1] if spec.numel % BLOCK else []
-        at = np.unique(np.concatenate([np.arange(spec.reserved), *late, *unfixed, np.array(short)]).astype(np.int64))
+        short = self._short[t : t + 1]  # its short last block, if it has one (-1 if not)
+        at = np.unique(np.concatenate([np.arange(spec.reserved), *late, *unfixed, short[short >= 0]]).astype(np.int64))
         if not at.size:
             return np.zeros(0, np.uint64)
         ub = _read_at(flat, spec, at)
@@ -165,7 +166,8 @@ class InPass:
         inside = internal[at]
         if record and spec.reserved:  # rows 0 .. reserved - 1 are blocks 0 .. reserved - 1
             _embed.write_reserved(ub, spec, plain, np.arange(spec.reserved), 0)
-        self._tag_rows(ub, t, at, np.flatnonzero(inside))
+        rows = np.flatnonzero(inside)
+        self._tag_rows(ub, rows, np.full(rows.size, t), at[rows])
         ext = _model.compute_tags(self._mac, self._salt, t, spec, ub[~inside], internal, at=at[~inside])
         _write_at(flat, spec, at, ub)
         return ext

@@ -222,11 +222,11 @@ class Strata(StrataMap):
         ``scratch``: the compiled path stages the strata in its ``strata`` buffer. ``staged``: called
         with that buffer (``[F, ld]``), ``g0`` and ``ng`` before it is written (the seal tags blocks there).
         """
-        ts = self.flat_words(outs)
         if pad is not None and _native.portable() and w.shape[0] and self.free_strata:
             shape = (self.free_strata, _native_strata.row_stride(w.shape[0]))
             out = np.empty(shape, np.uint32) if scratch is None else scratch.get("strata", shape, np.uint32)
             wt = _native_strata.to_strata(w, pad, g0, self._perm16(), self.free_strata, out)
+            ts = self.flat_words(outs)
             if ts is not None:
                 if staged is not None:
                     staged(out, g0, g1 - g0)
