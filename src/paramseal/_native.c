@@ -201,21 +201,34 @@ TARGET static inline __attribute__((always_inline)) void quad_syndromes(const ui
 
 /* Step 3 where the solver is GF(2^8)-linear in each syndrome byte (the free bits are whole bytes, as
  * at k = 8 and 16): the free bytes of codeword t are phi^-1(sum_i S_i * cols[t][i]) in gf2p8mulb's
- * field, one multiply per syndrome from a small table instead of two rows of the nibble tables. */
+ * field, one multiply per syndrome from a small table instead of two rows of the nibble tables. The
+ * syndromes are taken 16 at a time (SYN's runs, fixed offsets) into 4 sums: one loop computing SYN
+ * each step into one sum took 2.5 times as long (k = 8, this step alone, on a GFNI Xeon). */
 TARGET static inline __attribute__((always_inline)) void free_bytes_gf(const uint8_t *R, int t, int dt, const uint8_t *cols,
                                                                        int dmax, int rowbytes, __m512i Ai, uint8_t *out)
 {
     const uint8_t *c = cols + (size_t)t * dmax * rowbytes;
-    __m512i o0 = _mm512_setzero_si512(), o1 = _mm512_setzero_si512();
-    for (int i = 0; i < dt; i++) {
-        const __m512i s = _mm512_set1_epi8((char)R[SYN(i, t)]);
-        o0 = _mm512_xor_si512(o0, _mm512_gf2p8mul_epi8(s, _mm512_loadu_si512((const void *)(c + (size_t)i * rowbytes))));
-        if (rowbytes == 128)
-            o1 = _mm512_xor_si512(o1, _mm512_gf2p8mul_epi8(s, _mm512_loadu_si512((const void *)(c + (size_t)i * rowbytes + 64))));
+    __m512i o[2][4];
+    for (int a = 0; a < 8; a++)
+        o[a >> 2][a & 3] = _mm512_setzero_si512();
+    for (int i0 = 0; i0 < dt; i0 += 16) {
+        const uint8_t *r = R + SYN(i0, t), *ci = c + (size_t)i0 * rowbytes;
+        const int n = dt - i0 < 16 ? dt - i0 : 16;
+#pragma GCC unroll 16
+        for (int i = 0; i < 16; i++) {
+            if (i >= n)
+                break;
+            const __m512i s = _mm512_set1_epi8((char)r[i]);
+            const uint8_t *row = ci + (size_t)i * rowbytes;
+            o[0][i & 3] = _mm512_xor_si512(o[0][i & 3], _mm512_gf2p8mul_epi8(s, _mm512_loadu_si512((const void *)row)));
+            if (rowbytes == 128)
+                o[1][i & 3] = _mm512_xor_si512(o[1][i & 3], _mm512_gf2p8mul_epi8(s, _mm512_loadu_si512((const void *)(row + 64))));
+        }
     }
-    _mm512_store_si512((void *)out, _mm512_gf2p8affine_epi64_epi8(o0, Ai, 0));
-    if (rowbytes == 128)
-        _mm512_store_si512((void *)(out + 64), _mm512_gf2p8affine_epi64_epi8(o1, Ai, 0));
+    for (int h = 0; h < rowbytes / 64; h++) {
+        const __m512i x = _mm512_xor_si512(_mm512_ternarylogic_epi32(o[h][0], o[h][1], o[h][2], 0x96), o[h][3]);
+        _mm512_store_si512((void *)(out + 64 * h), _mm512_gf2p8affine_epi64_epi8(x, Ai, 0));
+    }
 }
 
 /* Step 3 for any code: the free bytes of codeword t from the nibble tables (Four Russians). */
