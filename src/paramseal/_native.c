@@ -231,24 +231,34 @@ TARGET static inline __attribute__((always_inline)) void free_bytes_gf(const uin
     }
 }
 
-/* Step 3 for any code: the free bytes of codeword t from the nibble tables (Four Russians). */
-TARGET static inline __attribute__((always_inline)) void free_bytes_tab(const uint8_t *R, int t, int dt, const uint8_t *tabs,
-                                                                        int dmax, int rowbytes, uint8_t *out)
+/* Step 3 for any code: the free bytes of codeword t from the nibble tables (Four Russians), for
+ * ENC_BATCH groups at once (R[u]: their syndromes, out[u]: their free bytes). Each syndrome's rows
+ * (4 KiB at rowbytes 128) serve every group of the batch from L1 while the sums stay in registers:
+ * the tables (1.5 MiB at k = 12) live in L2, and one group at a time read them from there. */
+#define ENC_BATCH 8
+TARGET static inline __attribute__((always_inline)) void free_bytes_tab(const uint8_t *const *R, int t, int dt, const uint8_t *tabs,
+                                                                        int dmax, int rowbytes, uint8_t *const *out)
 {
-    const uint8_t *tab = tabs + (size_t)t * 2 * dmax * 16 * rowbytes;
-    __m512i o0 = _mm512_setzero_si512(), o1 = _mm512_setzero_si512();
+    const size_t plane = (size_t)16 * rowbytes; /* the 16 rows of one nibble of one syndrome */
+    const uint8_t *tab = tabs + (size_t)t * 2 * dmax * plane;
+    __m512i o[ENC_BATCH][2];
+    for (int u = 0; u < ENC_BATCH; u++)
+        o[u][0] = o[u][1] = _mm512_setzero_si512();
     for (int i = 0; i < dt; i++) {
-        unsigned s = R[SYN(i, t)];
-        const uint8_t *lo = tab + ((size_t)(2 * i) * 16 + (s & 15)) * rowbytes;
-        const uint8_t *hi = tab + ((size_t)(2 * i + 1) * 16 + (s >> 4)) * rowbytes;
-        o0 = _mm512_xor_si512(o0, _mm512_xor_si512(_mm512_loadu_si512((const void *)lo), _mm512_loadu_si512((const void *)hi)));
-        if (rowbytes == 128)
-            o1 = _mm512_xor_si512(o1, _mm512_xor_si512(_mm512_loadu_si512((const void *)(lo + 64)),
-                                                       _mm512_loadu_si512((const void *)(hi + 64))));
+        const uint8_t *lo = tab + 2 * (size_t)i * plane, *hi = lo + plane;
+        const int at = SYN(i, t);
+#pragma GCC unroll 8
+        for (int u = 0; u < ENC_BATCH; u++) {
+            const unsigned s = R[u][at];
+            const uint8_t *a = lo + (s & 15) * (size_t)rowbytes, *b = hi + (s >> 4) * (size_t)rowbytes;
+            for (int h = 0; h < rowbytes / 64; h++)
+                o[u][h] = _mm512_ternarylogic_epi32(o[u][h], _mm512_loadu_si512((const void *)(a + 64 * h)),
+                                                    _mm512_loadu_si512((const void *)(b + 64 * h)), 0x96);
+        }
     }
-    _mm512_store_si512((void *)out, o0);
-    if (rowbytes == 128)
-        _mm512_store_si512((void *)(out + 64), o1);
+    for (int u = 0; u < ENC_BATCH; u++)
+        for (int h = 0; h < rowbytes / 64; h++)
+            _mm512_store_si512((void *)(out[u] + MAX_ROW * t + 64 * h), o[u][h]);
 }
 
 /* Step 4: OR the free bytes of the 4 codewords (U: [4][128], codeword t's free byte e at 128 t + e)
@@ -292,30 +302,35 @@ TARGET int ps_irs_encode(uint8_t *W, int64_t ng, const uint8_t *powers, int dmax
 {
     if (dmax < 1 || dmax > MAX_D || (rowbytes != 64 && rowbytes != 128))
         return -1;
-    uint8_t R[4][MAX_D * 4] __attribute__((aligned(64)));
-    uint8_t *const Rp[4] = {R[0], R[1], R[2], R[3]};
-    uint8_t U[4 * MAX_ROW] __attribute__((aligned(64)));
+    uint8_t R[ENC_BATCH][MAX_D * 4] __attribute__((aligned(64)));
+    uint8_t U[ENC_BATCH][4 * MAX_ROW] __attribute__((aligned(64)));
+    uint8_t *Rp[ENC_BATCH], *Up[ENC_BATCH];
+    for (int u = 0; u < ENC_BATCH; u++)
+        Rp[u] = R[u], Up[u] = U[u];
     memset(U, 0, sizeof U);
     const __m512i Ai = _mm512_set1_epi64((long long)phi_inv);
     const uint8_t *const nof[4] = {NULL, NULL, NULL, NULL};
-    for (int64_t g0 = 0; g0 < ng; g0 += 4) {
-        const uint8_t *Gq[4];
-        quad_groups(W, g0, ng, Gq);
-        quad_syndromes(Gq, keep, nof, powers, dmax, perm, phi, 0, 0, Rp, cidx, cpow, cmask);
-        for (int64_t g = g0; g < g0 + 4 && g < ng; g++) {
-            uint8_t *G = W + g * GROUP_BYTES, *R = Rp[g - g0];
-            for (int t = 0; t < 4; t++) {
-                uint8_t *out = U + MAX_ROW * t;
-                if (cols && rowbytes == 64)
-                    free_bytes_gf(R, t, d[t], cols, dmax, 64, Ai, out);
-                else if (cols)
-                    free_bytes_gf(R, t, d[t], cols, dmax, 128, Ai, out);
-                else if (rowbytes == 64)
-                    free_bytes_tab(R, t, d[t], tabs, dmax, 64, out);
+    for (int64_t g0 = 0; g0 < ng; g0 += ENC_BATCH) {
+        for (int q = 0; q < ENC_BATCH; q += 4) { /* groups past ng: zero groups, their free bytes unused */
+            const uint8_t *Gq[4];
+            quad_groups(W, g0 + q, ng, Gq);
+            quad_syndromes(Gq, keep, nof, powers, dmax, perm, phi, 0, 0, Rp + q, cidx, cpow, cmask);
+        }
+        for (int t = 0; t < 4 && !cols; t++) {
+            if (rowbytes == 64)
+                free_bytes_tab((const uint8_t *const *)Rp, t, d[t], tabs, dmax, 64, Up);
+            else
+                free_bytes_tab((const uint8_t *const *)Rp, t, d[t], tabs, dmax, 128, Up);
+        }
+        for (int64_t g = g0; g < g0 + ENC_BATCH && g < ng; g++) {
+            const int u = (int)(g - g0);
+            for (int t = 0; t < 4 && cols; t++) {
+                if (rowbytes == 64)
+                    free_bytes_gf(R[u], t, d[t], cols, dmax, 64, Ai, U[u] + MAX_ROW * t);
                 else
-                    free_bytes_tab(R, t, d[t], tabs, dmax, 128, out);
+                    free_bytes_gf(R[u], t, d[t], cols, dmax, 128, Ai, U[u] + MAX_ROW * t);
             }
-            place_free_bytes(G, U, spread, masks);
+            place_free_bytes(W + g * GROUP_BYTES, U[u], spread, masks);
         }
     }
     return 0;
