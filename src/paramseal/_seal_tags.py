@@ -7,7 +7,8 @@ then not read back and written again to be tagged, a pass that took about a fift
 (docs/performance.md). The blocks a row's first word cuts lie in two batches' rows: once both
 batches are written (`InPass.written`) they are read back, tagged and written again, a few hundred
 a batch, and the batch's file range is handed to the disk (as the tag pass did chunk by chunk,
-so that the final flush finds little to write). `InPass.rest` tags what is left after the pass:
+so that the final flush finds little to write) by a thread of its own (`_Sender`). `InPass.rest`
+tags what is left after the pass:
 
 * each tensor's reserved blocks (their identity record is written after the code) and its short
   last block (zero-padded when tagged, and perhaps too short to hold its tag);
@@ -17,6 +18,7 @@ so that the final flush finds little to write). `InPass.rest` tags what is left 
 
 from __future__ import annotations
 
+import queue
 import threading
 
 import numpy as np
@@ -68,6 +70,7 @@ class InPass:
         self._fixed: set[int] = set()  # batch starts whose cut blocks are tagged
         self._sent: set[int] = set()  # batches whose file range went to the disk (or waits in _ready)
         self._ready: list[NDArray[np.int64]] = []
+        self._sender = None if self._fd is None else _Sender(self._fd)
 
     @property
     def active(self) -> bool:
@@ -113,8 +116,13 @@ class InPass:
             if len(self._ready) < _SEND_BATCHES:  # the final flush writes the last few
                 return
             ranges, self._ready = np.concatenate(self._ready), []
-        for off, n in _joined(ranges):  # a call a stratum for several batches: one a piece cost 0.2 s a GiB
-            start_writing(self._fd, off, n)
+        assert self._sender is not None  # a call a stratum for several batches: one a piece cost 0.2 s a GiB
+        self._sender.send(_joined(ranges))
+
+    def close(self) -> None:
+        """After the superblock pass (or its failure): the ranges handed to the disk are all asked for."""
+        if self._sender is not None:
+            self._sender.close()
 
     def _final(self, a: int) -> bool:
         """Whether batch ``a``'s words are final: the blocks cut at its first and its end row are tagged."""
@@ -171,6 +179,40 @@ class InPass:
         ext = _model.compute_tags(self._mac, self._salt, t, spec, ub[~inside], internal, at=at[~inside])
         _write_at(flat, spec, at, ub)
         return ext
+
+
+class _Sender:
+    """`start_writing` of file ranges from a thread of its own, in the order sent.
+
+    The call waits whenever the disk's queue is full: made by the superblock threads, it took 0.4-0.5 s
+    of their time in a GiB's seal (`benchmarks/seal_phases.py`), while they had work to do.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._q: queue.SimpleQueue[list[tuple[int, int]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None  # started by the first range sent
+
+    def send(self, ranges: list[tuple[int, int]]) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="paramseal-write-behind", daemon=True)
+                self._thread.start()
+        self._q.put(ranges)
+
+    def close(self) -> None:
+        """Wait until every range sent has been asked for (the file must stay open until then)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._q.put(None)
+            thread.join()
+
+    def _run(self) -> None:
+        while (ranges := self._q.get()) is not None:
+            for off, n in ranges:
+                start_writing(self._fd, off, n)
 
 
 def _joined(ranges: NDArray[np.int64]) -> list[tuple[int, int]]:

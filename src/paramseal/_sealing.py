@@ -290,7 +290,10 @@ def _seal_irs(
     # Only with the compiled encoder: numba's fallback is a parallel kernel, which two threads
     # must not enter (numba's workqueue layer aborts), and it fills the cores itself.
     side_by_side = task_map if _native.encodes(code) else in_turn
-    side_by_side(superblock, range(outer.superblocks))
+    try:
+        side_by_side(superblock, range(outer.superblocks))
+    finally:
+        staged.close()
     scratch = _strata.Scratch()  # the superblocks' arrays go: the tag pass keeps one chunk a thread
 
     @functools.lru_cache(maxsize=8)  # the tensors being tagged (a few at a time: memory stays bounded)
