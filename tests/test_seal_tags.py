@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import paramseal
-from paramseal import _bits, _mac, _native, _native_strata, _seal_tags, _sealing, files
+from paramseal import _bits, _irs, _mac, _native, _native_strata, _seal_tags, _sealing, files
 from paramseal.keys import Key
 
 needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
@@ -174,3 +176,66 @@ def test_superblocks_finishing_in_any_order_give_the_same_file(
         spy = _seal_file(src, tmp_path / "b.safetensors", m, False, "standard")
     assert spy.fixed > 0
     assert (tmp_path / "a.safetensors").read_bytes() == (tmp_path / "b.safetensors").read_bytes()
+
+
+def _recorder(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, int, str]]:
+    """`start_writing`'s calls (fd, offset, bytes, thread name), each a little slow, as a busy disk's are."""
+    calls: list[tuple[int, int, int, str]] = []
+
+    def record(fd: int, off: int, n: int) -> bool:
+        time.sleep(0.005)
+        calls.append((fd, off, n, threading.current_thread().name))
+        return True
+
+    monkeypatch.setattr(_seal_tags, "start_writing", record)
+    return calls
+
+
+def test_the_sender_asks_for_every_range_in_order_before_close_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _recorder(monkeypatch)
+    idle = _seal_tags._Sender(7)
+    idle.close()  # nothing sent: nothing asked, and no thread to wait for
+    assert calls == []
+    s = _seal_tags._Sender(7)
+    s.send([(0, 4096), (8192, 4096)])
+    s.send([(4096, 100)])
+    s.close()
+    assert [c[:3] for c in calls] == [(7, 0, 4096), (7, 8192, 4096), (7, 4096, 100)]
+    assert {c[3] for c in calls} == {"paramseal-write-behind"}  # not the caller's thread
+
+
+def _in_turn(fn: Any, items: Any) -> list[Any]:
+    return [fn(x) for x in items]
+
+
+@needs_vaes
+def test_a_seal_hands_its_ranges_to_the_writer_thread_and_stops_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "m.safetensors"
+    save_file(_model(13_000_000), str(src))  # four superblocks
+    calls = _recorder(monkeypatch)
+    monkeypatch.setattr(_seal_tags, "_SEND_BATCHES", 1)  # every finished batch goes to the disk at once
+    monkeypatch.setattr(_sealing, "task_map", _in_turn)
+    files.seal_file(src, tmp_path / "a.safetensors", KEY)
+    assert calls and {c[3] for c in calls} == {"paramseal-write-behind"}
+    assert sum(c[2] for c in calls) > 4 * 13_000_000 // 4  # a superblock's words at least
+    assert not [t for t in threading.enumerate() if t.name == "paramseal-write-behind"]
+
+    # the last superblock fails after the second's ranges were sent (final once the third is written):
+    # the writer thread is still stopped
+    real, done = _irs.encode, []
+
+    def fail_last(*a: Any) -> Any:
+        done.append(1)
+        if len(done) == 4:
+            raise RuntimeError("encoder failed")
+        return real(*a)
+
+    monkeypatch.setattr(_irs, "encode", fail_last)
+    calls.clear()
+    with pytest.raises(RuntimeError, match="encoder failed"):
+        files.seal_file(src, tmp_path / "b.safetensors", KEY)
+    assert calls  # sent before the failure
+    assert not [t for t in threading.enumerate() if t.name == "paramseal-write-behind"]
+    assert not (tmp_path / "b.safetensors").exists()
