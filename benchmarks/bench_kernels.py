@@ -12,15 +12,17 @@ recover computes them), a whole decode of groups with 3 replaced words each (com
 syndromes and the decoder), the block MAC's hash, and the lane code's data movers and
 permutation sort on bf16-shaped data (per GiB of bf16 model; the sort against numpy's stable
 argsort), each with the compiled library and with numba, in the same run, and checks that both
-give the same output. Where the GFNI encoder skips the free bytes in its syndromes (k = 8 and 12,
-`_gfni_plan._compact`), two rows under it time it again alternated with the same encoder multiplying
-every byte (best of each), with the ratio of the two.
+give the same output. With GFNI, the rows under each encoder time its two compiled forms alternated
+(best of each): as one linear map (`_gfni_affine`, what seals use) and by syndromes (with the ratio to
+the row above), and where the syndromes skip the free bytes (k = 8 and 12, `_gfni_plan._compact`) the
+syndromes multiplying every byte; "True" at the end: all gave the same output.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 
@@ -40,19 +42,35 @@ def best(fn: Callable[[], object], repeats: int) -> float:
     return min(out)
 
 
-def compact_or_not(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
-    """Best of ``repeats`` calls of ``fn`` with `_native.COMPACT` on and off, alternated (the host drifts)."""
-    out: dict[bool, list[float]] = {True: [], False: []}
+@contextlib.contextmanager
+def settings(mode: dict[str, bool]) -> Iterator[None]:
+    """`_native`'s switches set as ``mode`` inside."""
+    saved = {name: getattr(_native, name) for name in mode}
     try:
-        for _ in range(repeats + 1):
-            for on in (True, False):
-                _native.COMPACT = on
+        for name, value in mode.items():
+            setattr(_native, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(_native, name, value)
+
+
+def switched(fn: Callable[[], object], repeats: int, modes: list[dict[str, bool]]) -> list[float]:
+    """Best of ``repeats`` calls of ``fn`` under each of ``modes`` (`settings`), alternated: the host drifts."""
+    out: list[list[float]] = [[] for _ in modes]
+    for _ in range(repeats + 1):
+        for i, mode in enumerate(modes):
+            with settings(mode):
                 t0 = time.perf_counter()
                 fn()
-                out[on].append(time.perf_counter() - t0)
-    finally:
-        _native.COMPACT = True
-    return min(out[True][1:]), min(out[False][1:])
+                out[i].append(time.perf_counter() - t0)
+    return [min(ts[1:]) for ts in out]
+
+
+def encode_from(code: _irs.Code, x: np.ndarray, w0: np.ndarray) -> None:
+    """``x`` = ``w0``, then encoded in place by the compiled encoder."""
+    np.copyto(x, w0)
+    _native.encode(code, x)
 
 
 @contextlib.contextmanager
@@ -100,12 +118,25 @@ def main() -> None:
         tc = best(lambda x=x, w0=w0: np.copyto(x, w0), a.repeats)
         tn, tr = tn - tc, tr - tc
         print(f"{f'irs4 encode, k={k}':<34}{tn * per_gib:>10.2f}{tr * per_gib:>10.2f}{tr / tn:>8.1f}  {same}")
-        if _native.available() and _gfni_plan._plan(k, _irs_consts.N_POS, 2).cmask:
-            ts, tf = compact_or_not(lambda x=x, c=code, w0=w0: (np.copyto(x, w0), _native.encode(c, x)), a.repeats)
-            same_f = np.array_equal(x, enc)  # the last call multiplied every byte
-            ts, tf = ts - tc, tf - tc
-            print(f"{'  free bytes skipped, alternated':<34}{ts * per_gib:>10.2f}")
-            print(f"{'  every byte multiplied':<34}{tf * per_gib:>10.2f}{'':>10}{tf / ts:>8.2f}  {same_f}")
+        if _native.available():  # the two GFNI encoders, alternated, and the syndromes with every byte multiplied
+            modes = [{"AFFINE": True}, {"AFFINE": False, "COMPACT": True}, {"AFFINE": False, "COMPACT": False}]
+            if not _gfni_plan._plan(k, _irs_consts.N_POS, 2).cmask:
+                modes.pop()  # nothing skipped at this k
+            run = functools.partial(encode_from, code, x, w0)
+            ts = [t - tc for t in switched(run, a.repeats, modes)]
+            same_m = True
+            for mode in modes:
+                with settings(mode):
+                    run()
+                same_m = same_m and np.array_equal(x, enc)
+            labels = [
+                "  as one linear map, alternated",
+                "  by syndromes, free bytes skipped",
+                "  by syndromes, every byte",
+            ]
+            for i, t in enumerate(ts):
+                ratio = f"{t / ts[i - 1]:>8.2f}" if i else ""
+                print(f"{labels[i]:<34}{t * per_gib:>10.2f}{'':>10}{ratio}  {same_m if i == len(ts) - 1 else ''}")
         if k == 8:
             enc8 = enc
     o = _outer.plan(ng, 8, _irs_consts.N_POS, 2)

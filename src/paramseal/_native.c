@@ -336,6 +336,146 @@ TARGET int ps_irs_encode(uint8_t *W, int64_t ng, const uint8_t *powers, int dmax
     return 0;
 }
 
+/* The encoder as one GF(2)-linear map (ps_irs_encode_affine): chunk c of 8 groups G[u], masked with keep,
+ * as 64 qwords X[pos[b]] holding byte b of the 8 groups (group u in byte u): three unpack stages, whose
+ * order of the 64 columns pos gives (transpose8_pos). */
+TARGET static inline __attribute__((always_inline)) void transpose8(const __m512i *r, uint64_t *X)
+{
+    __m512i a[8], b[8];
+    for (int u = 0; u < 4; u++) {
+        a[2 * u] = _mm512_unpacklo_epi8(r[2 * u], r[2 * u + 1]);
+        a[2 * u + 1] = _mm512_unpackhi_epi8(r[2 * u], r[2 * u + 1]);
+    }
+    for (int h = 0; h < 2; h++)
+        for (int v = 0; v < 2; v++) {
+            b[4 * h + 2 * v] = _mm512_unpacklo_epi16(a[4 * h + v], a[4 * h + v + 2]);
+            b[4 * h + 2 * v + 1] = _mm512_unpackhi_epi16(a[4 * h + v], a[4 * h + v + 2]);
+        }
+    for (int v = 0; v < 4; v++) {
+        _mm512_store_si512((void *)(X + 16 * v), _mm512_unpacklo_epi32(b[v], b[v + 4]));
+        _mm512_store_si512((void *)(X + 16 * v + 8), _mm512_unpackhi_epi32(b[v], b[v + 4]));
+    }
+}
+
+/* pos[b]: the qword of transpose8's output that holds column b. */
+TARGET static void transpose8_pos(int16_t *pos)
+{
+    uint8_t iota[64] __attribute__((aligned(64)));
+    uint64_t X[64] __attribute__((aligned(64)));
+    __m512i r[8];
+    for (int b = 0; b < 64; b++)
+        iota[b] = (uint8_t)b;
+    for (int u = 0; u < 8; u++)
+        r[u] = _mm512_load_si512((const void *)iota);
+    transpose8(r, X);
+    for (int q = 0; q < 64; q++)
+        pos[X[q] & 0xFF] = (int16_t)q;
+}
+
+/* Step `acc[e] ^= M[e] * x` for 8 blocks and two batches of 8 groups (xa, xb), two read bytes at a time. */
+#define AFFINE2(e, ma, mb)                                                                                              \
+    do {                                                                                                                \
+        const __m512i m0 = _mm512_loadu_si512((const void *)(ma)), m1 = _mm512_loadu_si512((const void *)(mb));        \
+        A[e] = _mm512_ternarylogic_epi32(A[e], _mm512_gf2p8affine_epi64_epi8(xa0, m0, 0),                               \
+                                         _mm512_gf2p8affine_epi64_epi8(xa1, m1, 0), 0x96);                              \
+        B[e] = _mm512_ternarylogic_epi32(B[e], _mm512_gf2p8affine_epi64_epi8(xb0, m0, 0),                               \
+                                         _mm512_gf2p8affine_epi64_epi8(xb1, m1, 0), 0x96);                              \
+    } while (0)
+
+/* One codeword's free bytes for 16 groups (XA: groups 0-7, XB: 8-15, as transpose8 lays them out): block e
+ * of 8 free bytes (qword L: free byte 8 e + L, group u in byte u) is the XOR over the ns read bytes s of
+ * M[s][e] * X[src[s]], M 8x8 bit matrices (gf2p8affineqb, one per qword; nb blocks a read byte). 8 blocks
+ * a pass, so that the 16 sums stay in registers and each matrix loaded serves 16 groups: with 8 groups
+ * the matrices (400 KiB at k = 8, in L2) took as long to read as the products. Each group's bytes then go
+ * to U[u] + 128 t. */
+TARGET static inline __attribute__((always_inline)) void affine_sums(const uint64_t *XA, const uint64_t *XB,
+                                                                     const int16_t *src, int ns, const uint64_t *M,
+                                                                     int nb, int t, uint8_t (*U)[4 * MAX_ROW])
+{
+    static const uint8_t tr[64] = {0, 8,  16, 24, 32, 40, 48, 56, 1, 9,  17, 25, 33, 41, 49, 57,
+                                   2, 10, 18, 26, 34, 42, 50, 58, 3, 11, 19, 27, 35, 43, 51, 59,
+                                   4, 12, 20, 28, 36, 44, 52, 60, 5, 13, 21, 29, 37, 45, 53, 61,
+                                   6, 14, 22, 30, 38, 46, 54, 62, 7, 15, 23, 31, 39, 47, 55, 63};
+    const __m512i T = _mm512_loadu_si512((const void *)tr);
+    const __m512i zero = _mm512_setzero_si512();
+    for (int e0 = 0; e0 < nb; e0 += 8) {
+        __m512i A[8], B[8];
+        for (int e = 0; e < 8; e++)
+            A[e] = B[e] = zero;
+        for (int s = 0; s < ns; s += 2) { /* an odd last read byte pairs with a zero matrix */
+            const int s1 = s + 1 < ns ? s + 1 : s;
+            const __m512i xa0 = _mm512_set1_epi64((long long)XA[src[s]]), xb0 = _mm512_set1_epi64((long long)XB[src[s]]);
+            const __m512i xa1 = s + 1 < ns ? _mm512_set1_epi64((long long)XA[src[s1]]) : zero;
+            const __m512i xb1 = s + 1 < ns ? _mm512_set1_epi64((long long)XB[src[s1]]) : zero;
+            const uint64_t *ma = M + ((size_t)s * nb + e0) * 8, *mb = M + ((size_t)s1 * nb + e0) * 8;
+            AFFINE2(0, ma, mb);
+            AFFINE2(1, ma + 8, mb + 8);
+            AFFINE2(2, ma + 16, mb + 16);
+            AFFINE2(3, ma + 24, mb + 24);
+            AFFINE2(4, ma + 32, mb + 32);
+            AFFINE2(5, ma + 40, mb + 40);
+            AFFINE2(6, ma + 48, mb + 48);
+            AFFINE2(7, ma + 56, mb + 56);
+        }
+        for (int e = 0; e < 8; e++) { /* qword u of the transposed block: group u's free bytes 8 e .. 8 e + 7 */
+            uint64_t q[16] __attribute__((aligned(64)));
+            _mm512_store_si512((void *)q, _mm512_permutexvar_epi8(T, A[e]));
+            _mm512_store_si512((void *)(q + 8), _mm512_permutexvar_epi8(T, B[e]));
+            for (int u = 0; u < 16; u++)
+                memcpy(U[u] + MAX_ROW * t + 8 * (e0 + e), &q[u], 8);
+        }
+    }
+}
+
+/* The irs4 encoder (as ps_irs_encode, the same output) by one GF(2)-linear map from the bytes the code
+ * reads to its free bytes, 16 groups at a time (_gfni_affine): for codeword t, nsrc[t] read bytes src
+ * (byte of the group) and, for each, nblk[t] (8 or 16) blocks of 8 matrices mats. spread, masks: as
+ * place_free_bytes. */
+TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, const int32_t *nsrc, const int32_t *nblk,
+                                const int16_t *src, const uint64_t *mats, const uint8_t *spread, const uint64_t *masks)
+{
+    static const uint8_t zero[1024] __attribute__((aligned(64)));
+    int16_t pos[64], at[4 * 256];
+    int total = 0;
+    for (int t = 0; t < 4; t++) {
+        if (nsrc[t] < 0 || nsrc[t] > 256 || (nblk[t] != 8 && nblk[t] != 16))
+            return -1;
+        total += nsrc[t];
+    }
+    transpose8_pos(pos);
+    for (int i = 0; i < total; i++) {
+        if (src[i] < 0 || src[i] >= GROUP_BYTES)
+            return -1;
+        at[i] = (int16_t)(64 * (src[i] >> 6) + pos[src[i] & 63]);
+    }
+    uint64_t X[2][16 * 64] __attribute__((aligned(64)));
+    uint8_t U[16][4 * MAX_ROW] __attribute__((aligned(64)));
+    for (int64_t g0 = 0; g0 < ng; g0 += 16) {
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *G[8];
+            for (int u = 0; u < 8; u++)
+                G[u] = g0 + 8 * h + u < ng ? W + (g0 + 8 * h + u) * GROUP_BYTES : zero;
+            for (int c = 0; c < 16; c++) {
+                __m512i r[8];
+                const __m512i k = _mm512_loadu_si512((const void *)(keep + 64 * c));
+                for (int u = 0; u < 8; u++)
+                    r[u] = _mm512_and_si512(load_chunk(G[u], c), k);
+                transpose8(r, X[h] + 64 * c);
+            }
+        }
+        const int16_t *sp = at;
+        const uint64_t *mp = mats;
+        for (int t = 0; t < 4; t++) {
+            affine_sums(X[0], X[1], sp, nsrc[t], mp, nblk[t], t, U);
+            mp += (size_t)nsrc[t] * nblk[t] * 8;
+            sp += nsrc[t];
+        }
+        for (int u = 0; u < 16 && g0 + u < ng; u++)
+            place_free_bytes(W + (g0 + u) * GROUP_BYTES, U[u], spread, masks);
+    }
+    return 0;
+}
+
 /* The outer code's content of rows [r0, r1) of w ([ng][255] words): each float word (position < F)
  * with its k free bits cleared and its k / 8 whole free bytes dropped, then the data words whole,
  * then zeros up to shard bytes (out: [ng][shard]). As _outer._content_nb. */

@@ -27,12 +27,13 @@ import functools
 import hashlib
 import os
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _gfni_plan, _irs, _irs_consts
+from . import _gfni_affine, _gfni_plan, _irs, _irs_consts
 from ._parallel import halves, parallel_map
 from .errors import NativeUnavailableError, UsageError
 
@@ -144,6 +145,8 @@ def _load() -> ctypes.CDLL | None:
     p, i32, u64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64
     lib.ps_irs_encode.argtypes = [p, ctypes.c_int64, p, i32, p, p, u64, p, p, i32, p, p, p, u64, p, p, i32]
     lib.ps_irs_encode.restype = i32
+    lib.ps_irs_encode_affine.argtypes = [p, ctypes.c_int64, p, p, p, p, p, p, p]
+    lib.ps_irs_encode_affine.restype = i32
     i64 = ctypes.c_int64
     lib.ps_content.argtypes = [p, i64, i64, i32, i32, p, i64]
     lib.ps_content.restype = None
@@ -243,6 +246,11 @@ def _rows(n: int, at: int = 256) -> list[tuple[int, int]]:
 
 
 COMPACT = True  # the encoder's syndromes skip the free bytes where a quarter allows (tests set False: all bytes)
+AFFINE = True  # the encoder as one linear map where _gfni_affine builds it (tests set False: the syndromes)
+# fewer groups a call: the syndrome kernel, whose tables cost nothing more (building the map takes 30-45 ms,
+# once a process: a seal's superblocks have 16384 groups; a light recover re-encodes a few)
+AFFINE_MIN_GROUPS = 2048
+_AFFINE_LOCK = threading.Lock()
 SIMD = True  # the seal's data movers take their AVX-512 paths where the CPU has them (tests set False: plain C)
 
 _TAB_WORDS = (4, 8, 12, 16)  # packed vector sizes the table kernels are built for (every irs4 code in use)
@@ -283,11 +291,50 @@ def _encode_tab(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
 
 
 def _encode_gfni(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
-    """`_irs.encode` by the GFNI kernel; False where it is unavailable or the code is past its limits."""
+    """`_irs.encode` by the GFNI kernels; False where they are unavailable or the code is past their limits."""
     lib = _load()
     if lib is None:
         return False
     _irs._check(W)
+    a = _affine(code.k, code.free_strata, code.host) if AFFINE and W.shape[0] >= AFFINE_MIN_GROUPS else None
+    if a is None:
+        return _encode_syndromes(code, W)
+    ptr = [x.ctypes.data for x in (a.nsrc, a.nblk, a.src, a.mats)]
+    p = _gfni_plan._plan(code.k, code.free_strata, code.host)
+
+    def run(r: tuple[int, int]) -> None:
+        rows = W[r[0] : r[1]]
+        rc = lib.ps_irs_encode_affine(rows.ctypes.data, rows.shape[0], p.keep.ctypes.data, *ptr,
+                                      p.spread.ctypes.data, p.masks.ctypes.data)  # fmt: skip
+        if rc:
+            raise RuntimeError(f"compiled irs4 encoder refused its matrices (code {rc})")
+
+    parallel_map(run, _rows(W.shape[0]))
+    return True
+
+
+def _affine(k: int, free_strata: int, host: int) -> _gfni_affine.AffinePlan | None:
+    """The encoder's linear map for this code (`_gfni_affine`), or None where the syndrome encoder must serve."""
+    with _AFFINE_LOCK:  # the superblocks' first calls come together: one builds it
+        return _affine_built(k, free_strata, host)
+
+
+@functools.lru_cache(maxsize=16)
+def _affine_built(k: int, free_strata: int, host: int) -> _gfni_affine.AffinePlan | None:
+    if not 1 <= _gfni_plan._plan(k, free_strata, host).dmax <= 128:
+        return None
+    code = _irs.code_for(k, free_strata, host)
+
+    def by_syndromes(W: NDArray[np.uint32]) -> None:
+        assert _encode_syndromes(code, W)
+
+    return _gfni_affine.plan(k, free_strata, host, by_syndromes)
+
+
+def _encode_syndromes(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
+    """`_irs.encode` by the GFNI syndrome kernel (``ps_irs_encode``); False past its limits."""
+    lib = _load()
+    assert lib is not None
     p = _gfni_plan._plan(code.k, code.free_strata, code.host)
     if not 1 <= p.dmax <= 128:  # no parity (d = 0) or past the kernel's limits: the table kernel serves these
         return False

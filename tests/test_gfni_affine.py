@@ -1,0 +1,75 @@
+"""The irs4 encoder as one linear map (`_gfni_affine`, ``ps_irs_encode_affine``) against the syndrome encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from test_native import CODES, needs_native
+
+from paramseal import _gfni_affine, _gfni_plan, _irs, _irs_consts, _native
+
+
+def _groups(k: int, F: int, n: int, seed: int) -> NDArray[np.uint32]:
+    W = np.random.default_rng(seed).integers(0, 2**32, (n, _irs_consts.N_POS), dtype=np.uint64).astype(np.uint32)
+    W[:, :F] &= np.uint32(~((1 << k) - 1) & 0xFFFFFFFF)
+    W[:3] = 0  # the all-zero group, and one with one word set
+    W[1, 7] = 0xFFFFFFFF & ~((1 << k) - 1)
+    return W
+
+
+@needs_native
+@pytest.mark.parametrize("k,F,host", CODES)
+def test_the_linear_map_encodes_as_the_syndrome_encoder_and_numba(
+    k: int, F: int, host: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = _irs.code_for(k, F, host)
+    W = _groups(k, F, 1003, k * 1000 + F + host)  # not a multiple of the kernel's 16 groups, split over threads
+    want = W.copy()
+    _irs._run(0, code, want, None)  # numba
+    by_syndromes = W.copy()
+    monkeypatch.setattr(_native, "AFFINE", False)
+    assert _native._encode_gfni(code, by_syndromes)
+    monkeypatch.setattr(_native, "AFFINE", True)
+    monkeypatch.setattr(_native, "AFFINE_MIN_GROUPS", 0)
+    got = W.copy()
+    assert _native._encode_gfni(code, got)
+    assert np.array_equal(by_syndromes, want)
+    assert np.array_equal(got, want)
+    a = _native._affine(k, F, host)
+    if _gfni_plan._plan(k, F, host).dmax >= 1:  # a code with parity: the map ran
+        assert a is not None
+        assert set(a.nblk.tolist()) <= {8, 16} and a.mats.size == 8 * int((a.nsrc * a.nblk).sum())
+
+
+@needs_native
+def test_small_calls_do_not_build_the_map(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A light recover re-encodes a few groups: the map (30-45 ms to build) is for the seal's superblocks."""
+    code = _irs.code_for(8, 255, 2)
+    _native._affine_built.cache_clear()
+    W = _groups(8, 255, 40, 1)
+    assert _native.encode(code, W)
+    assert _native._affine_built.cache_info().currsize == 0
+    big = _groups(8, 255, _native.AFFINE_MIN_GROUPS, 2)
+    assert _native.encode(code, big)
+    assert _native._affine_built.cache_info().currsize == 1
+    assert _irs.syndromes_zero(code, W).all() and _irs.syndromes_zero(code, big).all()
+
+
+@needs_native
+@pytest.mark.parametrize("stray", ["outside the free bytes", "another codeword's free byte"])
+def test_a_map_that_leaves_the_free_bytes_of_its_codeword_is_refused(stray: str) -> None:
+    code = _irs.code_for(8, 255, 2)
+
+    def encode(W: NDArray[np.uint32]) -> None:
+        assert _native._encode_syndromes(code, W)
+        by = W.view(np.uint8).reshape(W.shape[0], -1)
+        if stray == "outside the free bytes":
+            by[:, 1] ^= 0x10  # byte 1 of word 0 holds data at k = 8
+        else:
+            # word 136's free byte (codeword 0; past the first quarter, whose words host the outer code) set
+            # from its byte 1, which codeword 1 reads
+            by[:, 4 * 136] ^= by[:, 4 * 136 + 1]
+
+    assert _gfni_affine.plan(8, 255, 2, encode) is None
+    assert _gfni_affine.plan(8, 255, 2, lambda W: _native._encode_syndromes(code, W)) is not None
