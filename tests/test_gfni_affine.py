@@ -24,7 +24,7 @@ def test_the_linear_map_encodes_as_the_syndrome_encoder_and_numba(
     k: int, F: int, host: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code = _irs.code_for(k, F, host)
-    W = _groups(k, F, 1003, k * 1000 + F + host)  # not a multiple of the kernel's 16 groups, split over threads
+    W = _groups(k, F, 1003, k * 1000 + F + host)  # not a multiple of the kernel's 32 groups, split over threads
     want = W.copy()
     _irs._run(0, code, want, None)  # numba
     by_syndromes = W.copy()

@@ -7,7 +7,7 @@ product per read byte and free byte, with no syndromes, no solve and no broadcas
 about 770 instructions a group at k = 8 and 1550 at k = 12, against about 1050 multiplies at k = 8
 for the syndrome encoder, with about as many shuffles, broadcasts and XORs, and a k = 12 solve that
 reads 1.5 MiB of tables. The matrices (about 400 KiB at k = 8, 530 at k = 16, 790 at k = 12) are read
-from L2, each serving 16 groups.
+from L2, each serving 32 groups.
 
 The matrices are read off the syndrome encoder itself (`_plan`): one probe group per bit it reads,
 holding that bit alone; the bits the encoder sets are the probe's column of the map. A map that

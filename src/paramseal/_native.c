@@ -372,63 +372,54 @@ TARGET static void transpose8_pos(int16_t *pos)
         pos[X[q] & 0xFF] = (int16_t)q;
 }
 
-/* Step `acc[e] ^= M[e] * x` for 8 blocks and two batches of 8 groups (xa, xb), two read bytes at a time. */
-#define AFFINE2(e, ma, mb)                                                                                              \
-    do {                                                                                                                \
-        const __m512i m0 = _mm512_loadu_si512((const void *)(ma)), m1 = _mm512_loadu_si512((const void *)(mb));        \
-        A[e] = _mm512_ternarylogic_epi32(A[e], _mm512_gf2p8affine_epi64_epi8(xa0, m0, 0),                               \
-                                         _mm512_gf2p8affine_epi64_epi8(xa1, m1, 0), 0x96);                              \
-        B[e] = _mm512_ternarylogic_epi32(B[e], _mm512_gf2p8affine_epi64_epi8(xb0, m0, 0),                               \
-                                         _mm512_gf2p8affine_epi64_epi8(xb1, m1, 0), 0x96);                              \
-    } while (0)
-
-/* One codeword's free bytes for 16 groups (XA: groups 0-7, XB: 8-15, as transpose8 lays them out): block e
- * of 8 free bytes (qword L: free byte 8 e + L, group u in byte u) is the XOR over the ns read bytes s of
- * M[s][e] * X[src[s]], M 8x8 bit matrices (gf2p8affineqb, one per qword; nb blocks a read byte). 8 blocks
- * a pass, so that the 16 sums stay in registers and each matrix loaded serves 16 groups: with 8 groups
- * the matrices (400 KiB at k = 8, in L2) took as long to read as the products. Each group's bytes then go
- * to U[u] + 128 t. */
-TARGET static inline __attribute__((always_inline)) void affine_sums(const uint64_t *XA, const uint64_t *XB,
-                                                                     const int16_t *src, int ns, const uint64_t *M,
-                                                                     int nb, int t, uint8_t (*U)[4 * MAX_ROW])
+/* One codeword's free bytes for 32 groups (X[h]: groups 8 h .. 8 h + 7, as transpose8 lays them out): block
+ * e of 8 free bytes (qword L: free byte 8 e + L, group u in byte u) is the XOR over the ns read bytes s of
+ * M[s][e] * X[h][src[s]], M 8x8 bit matrices (gf2p8affineqb, one per qword; nb blocks a read byte). 4 blocks
+ * a pass, so that the 16 sums stay in registers and each matrix loaded serves 32 groups: the matrices
+ * (400 KiB at k = 8, in L2) took as long to read as the products with 8 groups a load. Each group's bytes
+ * then go to U[u] + 128 t. */
+TARGET static inline __attribute__((always_inline)) void affine_sums(const uint64_t (*X)[16 * 64], const int16_t *src,
+                                                                     int ns, const uint64_t *M, int nb, int t,
+                                                                     uint8_t (*U)[4 * MAX_ROW])
 {
     static const uint8_t tr[64] = {0, 8,  16, 24, 32, 40, 48, 56, 1, 9,  17, 25, 33, 41, 49, 57,
                                    2, 10, 18, 26, 34, 42, 50, 58, 3, 11, 19, 27, 35, 43, 51, 59,
                                    4, 12, 20, 28, 36, 44, 52, 60, 5, 13, 21, 29, 37, 45, 53, 61,
                                    6, 14, 22, 30, 38, 46, 54, 62, 7, 15, 23, 31, 39, 47, 55, 63};
     const __m512i T = _mm512_loadu_si512((const void *)tr);
-    const __m512i zero = _mm512_setzero_si512();
-    for (int e0 = 0; e0 < nb; e0 += 8) {
-        __m512i A[8], B[8];
-        for (int e = 0; e < 8; e++)
-            A[e] = B[e] = zero;
-        for (int s = 0; s < ns; s += 2) { /* an odd last read byte pairs with a zero matrix */
-            const int s1 = s + 1 < ns ? s + 1 : s;
-            const __m512i xa0 = _mm512_set1_epi64((long long)XA[src[s]]), xb0 = _mm512_set1_epi64((long long)XB[src[s]]);
-            const __m512i xa1 = s + 1 < ns ? _mm512_set1_epi64((long long)XA[src[s1]]) : zero;
-            const __m512i xb1 = s + 1 < ns ? _mm512_set1_epi64((long long)XB[src[s1]]) : zero;
-            const uint64_t *ma = M + ((size_t)s * nb + e0) * 8, *mb = M + ((size_t)s1 * nb + e0) * 8;
-            AFFINE2(0, ma, mb);
-            AFFINE2(1, ma + 8, mb + 8);
-            AFFINE2(2, ma + 16, mb + 16);
-            AFFINE2(3, ma + 24, mb + 24);
-            AFFINE2(4, ma + 32, mb + 32);
-            AFFINE2(5, ma + 40, mb + 40);
-            AFFINE2(6, ma + 48, mb + 48);
-            AFFINE2(7, ma + 56, mb + 56);
+    for (int e0 = 0; e0 < nb; e0 += 4) {
+        __m512i A[4][4];
+#pragma GCC unroll 4
+        for (int h = 0; h < 4; h++)
+#pragma GCC unroll 4
+            for (int e = 0; e < 4; e++)
+                A[h][e] = _mm512_setzero_si512();
+        for (int s = 0; s < ns; s++) {
+            const uint64_t *m = M + ((size_t)s * nb + e0) * 8;
+            const int at = src[s];
+            const __m512i x0 = _mm512_set1_epi64((long long)X[0][at]), x1 = _mm512_set1_epi64((long long)X[1][at]);
+            const __m512i x2 = _mm512_set1_epi64((long long)X[2][at]), x3 = _mm512_set1_epi64((long long)X[3][at]);
+#pragma GCC unroll 4
+            for (int e = 0; e < 4; e++) {
+                const __m512i me = _mm512_loadu_si512((const void *)(m + 8 * e));
+                A[0][e] = _mm512_xor_si512(A[0][e], _mm512_gf2p8affine_epi64_epi8(x0, me, 0));
+                A[1][e] = _mm512_xor_si512(A[1][e], _mm512_gf2p8affine_epi64_epi8(x1, me, 0));
+                A[2][e] = _mm512_xor_si512(A[2][e], _mm512_gf2p8affine_epi64_epi8(x2, me, 0));
+                A[3][e] = _mm512_xor_si512(A[3][e], _mm512_gf2p8affine_epi64_epi8(x3, me, 0));
+            }
         }
-        for (int e = 0; e < 8; e++) { /* qword u of the transposed block: group u's free bytes 8 e .. 8 e + 7 */
-            uint64_t q[16] __attribute__((aligned(64)));
-            _mm512_store_si512((void *)q, _mm512_permutexvar_epi8(T, A[e]));
-            _mm512_store_si512((void *)(q + 8), _mm512_permutexvar_epi8(T, B[e]));
-            for (int u = 0; u < 16; u++)
-                memcpy(U[u] + MAX_ROW * t + 8 * (e0 + e), &q[u], 8);
-        }
+        for (int h = 0; h < 4; h++)
+            for (int e = 0; e < 4; e++) { /* qword u of the transposed block: group 8 h + u's free bytes */
+                uint64_t q[8] __attribute__((aligned(64)));
+                _mm512_store_si512((void *)q, _mm512_permutexvar_epi8(T, A[h][e]));
+                for (int u = 0; u < 8; u++)
+                    memcpy(U[8 * h + u] + MAX_ROW * t + 8 * (e0 + e), &q[u], 8);
+            }
     }
 }
 
 /* The irs4 encoder (as ps_irs_encode, the same output) by one GF(2)-linear map from the bytes the code
- * reads to its free bytes, 16 groups at a time (_gfni_affine): for codeword t, nsrc[t] read bytes src
+ * reads to its free bytes, 32 groups at a time (_gfni_affine): for codeword t, nsrc[t] read bytes src
  * (byte of the group) and, for each, nblk[t] (8 or 16) blocks of 8 matrices mats. spread, masks: as
  * place_free_bytes. */
 TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, const int32_t *nsrc, const int32_t *nblk,
@@ -448,10 +439,10 @@ TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, con
             return -1;
         at[i] = (int16_t)(64 * (src[i] >> 6) + pos[src[i] & 63]);
     }
-    uint64_t X[2][16 * 64] __attribute__((aligned(64)));
-    uint8_t U[16][4 * MAX_ROW] __attribute__((aligned(64)));
-    for (int64_t g0 = 0; g0 < ng; g0 += 16) {
-        for (int h = 0; h < 2; h++) {
+    uint64_t X[4][16 * 64] __attribute__((aligned(64)));
+    uint8_t U[32][4 * MAX_ROW] __attribute__((aligned(64)));
+    for (int64_t g0 = 0; g0 < ng; g0 += 32) {
+        for (int h = 0; h < 4; h++) {
             const uint8_t *G[8];
             for (int u = 0; u < 8; u++)
                 G[u] = g0 + 8 * h + u < ng ? W + (g0 + 8 * h + u) * GROUP_BYTES : zero;
@@ -466,11 +457,11 @@ TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, con
         const int16_t *sp = at;
         const uint64_t *mp = mats;
         for (int t = 0; t < 4; t++) {
-            affine_sums(X[0], X[1], sp, nsrc[t], mp, nblk[t], t, U);
+            affine_sums((const uint64_t(*)[16 * 64])X, sp, nsrc[t], mp, nblk[t], t, U);
             mp += (size_t)nsrc[t] * nblk[t] * 8;
             sp += nsrc[t];
         }
-        for (int u = 0; u < 16 && g0 + u < ng; u++)
+        for (int u = 0; u < 32 && g0 + u < ng; u++)
             place_free_bytes(W + (g0 + u) * GROUP_BYTES, U[u], spread, masks);
     }
     return 0;
