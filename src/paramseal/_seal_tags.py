@@ -184,8 +184,8 @@ class InPass:
 class _Sender:
     """`start_writing` of file ranges from a thread of its own, in the order sent.
 
-    The call waits whenever the disk's queue is full: made by the superblock threads, it took 0.4-0.5 s
-    of their time in a GiB's seal (`benchmarks/seal_phases.py`), while they had work to do.
+    The call waits whenever the disk's queue is full: made by the superblock threads, it took 0.53 s of
+    their time in a GiB's seal (`benchmarks/seal_phases.py`, for 0.10 CPU-s), while they had work to do.
     """
 
     def __init__(self, fd: int) -> None:
