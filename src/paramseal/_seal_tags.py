@@ -4,15 +4,16 @@
 before it writes them. A block (64 values of one tensor) that lies whole in one such row is final
 there but for its tag, so it is tagged there (`InPass.tag`, ``ps_tag_runs``): the sealed file is
 then not read back and written again to be tagged, a pass that took about a fifth of a GiB's seal
-(docs/performance.md). The blocks a row's first word cuts lie in two batches' rows: once both
-batches are written (`InPass.written`) they are read back, tagged and written again, a few hundred
-a batch, and the batch's file range is handed to the disk (as the tag pass did chunk by chunk,
-so that the final flush finds little to write) by a thread of its own (`_Sender`). `InPass.rest`
-tags what is left after the pass:
+(docs/performance.md). Once a batch is written (`InPass.written`) its file range is handed to the
+disk (as the tag pass did chunk by chunk, so that the final flush finds little to write) by a thread
+of its own (`_Sender`). `InPass.rest` tags what is left after the pass:
 
 * each tensor's reserved blocks (their identity record is written after the code) and its short
   last block (zero-padded when tagged, and perhaps too short to hold its tag);
-* blocks cut where a stratum starts (its neighbour stratum's batches are any);
+* the blocks a row's first word cuts: they lie in two batches' rows. Until 2026-12-05 they were read
+  back, tagged and written again as soon as both batches were written; about one seal in 250 of the
+  MiniLM model (random keys, two seals at a time) then kept zeros in a few of such a block's values,
+  tagged as they were (verify: intact), by a race not pinned down. Tagged after the pass: none in 445.
 * tensors the strata do not stage (integer and data tensors), chunk by chunk as before.
 """
 
@@ -56,19 +57,15 @@ class InPass:
         self._nonce = np.array([mac.pad_nonce(salt, t) if self.staged[t] else 0 for t in range(n)], np.int64)
         self._reserved = np.array([s.reserved for s in specs], np.int64)
         self._short = np.array([s.nblocks - 1 if s.numel % BLOCK else -1 for s in specs], np.int64)
-        self._late: list[_Edges] = []  # blocks cut where a stratum starts: tagged by `rest`
+        self._late: list[_Edges] = []  # blocks a row's first word cuts: tagged by `rest`, after the pass
         spans = [file_span(outs[t]) for t in self.ts]
         self._foff = np.zeros(n, np.int64)  # each staged tensor's byte offset in the output file
         self._foff[self.ts] = [0 if sp is None else sp[1] for sp in spans]
         fds = {sp[0] for sp in spans if sp is not None}
         self._fd = fds.pop() if len(fds) == 1 and all(sp is not None for sp in spans) else None
-        # batches by first group: end, the blocks cut at their first row, their file ranges; and their state
+        # each staged batch's file ranges by first group, until it is written (then the disk's, a few batches at a time)
         self._lock = threading.Lock()
-        self._batch: dict[int, tuple[int, _Edges, NDArray[np.int64]]] = {}
-        self._ends: dict[int, int] = {}  # a written batch's end group -> its first
-        self._claimed: set[int] = set()  # batch starts whose cut blocks a thread is tagging or has tagged
-        self._fixed: set[int] = set()  # batch starts whose cut blocks are tagged
-        self._sent: set[int] = set()  # batches whose file range went to the disk (or waits in _ready)
+        self._ranges: dict[int, NDArray[np.int64]] = {}
         self._ready: list[NDArray[np.int64]] = []
         self._sender = None if self._fd is None else _Sender(self._fd)
 
@@ -91,28 +88,17 @@ class InPass:
         self._tag(wt, np.stack([at[go], self._nonce[t[go]], b0[go], (b1 - b0)[go]], axis=1))
         cb = lo // BLOCK  # the block a row's first word lies in: whole in no row where that word does not start it
         cut = (lo % BLOCK != 0) & (cb >= self._reserved[t]) & (cb != self._short[t])  # `rest` does those anyway
-        seam = (row0 == 0) & (s0 % self._st.G != 0)  # its other words end the batch before (g0 - 1) in this stratum
         ranges = np.stack([self._foff[t] + 4 * lo, 4 * (row1 - row0)], axis=1)
         with self._lock:
-            self._late.append((t[cut & ~seam], cb[cut & ~seam]))
-            self._batch[g0] = (g0 + ng, (t[cut & seam], cb[cut & seam]), ranges)
+            self._late.append((t[cut], cb[cut]))
+            self._ranges[g0] = ranges
 
     def written(self, g0: int, g1: int) -> None:
-        """Batch ``[g0, g1)`` is written: tag the cut blocks it completes, start the disk on what is final."""
-        G = self._st.G
+        """Batch ``[g0, g1)`` is written: start the disk on its file ranges (its cut blocks are tagged by `rest`)."""
         with self._lock:
-            self._ends[g1] = g0
-            seams = [s for s in dict.fromkeys((g0, g1 % G)) if s not in self._claimed and self._written_at(s)]
-            self._claimed.update(seams)
-        for s in seams:
-            self._fix(self._batch[s][1])
-        with self._lock:
-            self._fixed.update(seams)
             if self._fd is None:
                 return
-            ready = [a for a in self._ends.values() if a not in self._sent and self._final(a)]
-            self._sent.update(ready)
-            self._ready.extend(self._batch[a][2] for a in ready)
+            self._ready.append(self._ranges.pop(g0))
             if len(self._ready) < _SEND_BATCHES:  # the final flush writes the last few
                 return
             ranges, self._ready = np.concatenate(self._ready), []
@@ -123,31 +109,6 @@ class InPass:
         """After the superblock pass (or its failure): the ranges handed to the disk are all asked for."""
         if self._sender is not None:
             self._sender.close()
-
-    def _final(self, a: int) -> bool:
-        """Whether batch ``a``'s words are final: the blocks cut at its first and its end row are tagged."""
-        return {a, self._batch[a][0] % self._st.G} <= self._fixed
-
-    def _written_at(self, s: int) -> bool:
-        """Whether the batches on both sides of group boundary ``s`` are written (the one before wraps at 0)."""
-        before = self._st.G if s == 0 else s
-        return before in self._ends and s in self._ends.values() and s in self._batch
-
-    def _fix(self, edges: _Edges) -> None:
-        """Tag blocks (cut by a batch boundary, both sides written) where they lie in the output."""
-        tt, bb = edges
-        if self._fd is not None and tt.size:  # in one read and one write call (the blocks are whole: no short last)
-            off = self._foff[tt] + 4 * BLOCK * bb
-            ub = np.empty((tt.size, BLOCK), np.uint32)
-            _native_strata.blocks_io(self._fd, off, ub, write=False)
-            self._tag_rows(ub, np.arange(tt.size), tt, bb)
-            _native_strata.blocks_io(self._fd, off, ub, write=True)
-            return
-        for t in np.unique(tt).tolist():
-            at = np.unique(bb[tt == t])
-            ub = _read_at(self._outs[t], self._specs[t], at)
-            self._tag_rows(ub, np.arange(at.size), np.full(at.size, t), at)
-            _write_at(self._outs[t], self._specs[t], at, ub)
 
     def _tag_rows(
         self, ub: NDArray[np.uint32], rows: NDArray[np.int64], tensors: NDArray[np.int64], blocks: NDArray[np.int64]
@@ -164,9 +125,8 @@ class InPass:
         """Tag tensor ``t``'s blocks the pass left (a staged tensor); return the tags kept in the header."""
         spec, flat = self._specs[t], self._outs[t]
         late = [b[tt == t] for tt, b in self._late]
-        unfixed = [b[tt == t] for s, (_, (tt, b), _) in self._batch.items() if s not in self._fixed]  # none normally
         short = self._short[t : t + 1]  # its short last block, if it has one (-1 if not)
-        at = np.unique(np.concatenate([np.arange(spec.reserved), *late, *unfixed, short[short >= 0]]).astype(np.int64))
+        at = np.unique(np.concatenate([np.arange(spec.reserved), *late, short[short >= 0]]).astype(np.int64))
         if not at.size:
             return np.zeros(0, np.uint64)
         ub = _read_at(flat, spec, at)
