@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import paramseal
-from paramseal import _bits, _irs, _mac, _native, _native_strata, _seal_tags, _sealing, files
+from paramseal import _bits, _irs, _mac, _native, _seal_tags, _sealing, files
 from paramseal.keys import Key
 
 needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
@@ -60,24 +60,6 @@ def test_an_older_mac_tags_nothing_in_place() -> None:
 
 
 @needs_lib
-def test_whole_blocks_go_to_a_file_and_come_back(tmp_path: Path) -> None:
-    p = tmp_path / "f.bin"
-    p.write_bytes(bytes(4096))
-    blocks = np.arange(3 * 64, dtype=np.uint32).reshape(3, 64)
-    off = np.array([0, 1000, 3840], np.int64)  # any byte offsets, one ending the file
-    with open(p, "r+b") as f:
-        _native_strata.blocks_io(f.fileno(), off, blocks, write=True)
-        back = np.zeros_like(blocks)
-        _native_strata.blocks_io(f.fileno(), off, back, write=False)
-    assert np.array_equal(back, blocks)
-    raw = np.frombuffer(p.read_bytes(), np.uint32)
-    assert np.array_equal(raw[250:314], blocks[1]) and p.stat().st_size == 4096
-    with open(p, "rb") as f, pytest.raises(OSError):
-        _native_strata.blocks_io(f.fileno(), off, blocks, write=True)  # read-only: EBADF, not a silent skip
-    with open(p, "rb") as f, pytest.raises(OSError, match="no more bytes"):
-        _native_strata.blocks_io(f.fileno(), np.array([4000], np.int64), blocks[:1].copy(), write=False)
-
-
 def test_joined_ranges_cover_exactly_the_ranges() -> None:
     rows = np.array([[10, 5], [0, 10], [30, 2], [15, 1], [31, 5], [50, 1], [40, 0]], np.int64)
     assert _seal_tags._joined(rows) == [(0, 16), (30, 6), (40, 0), (50, 1)]

@@ -883,7 +883,7 @@ MOVERS static void write_tag_avx512(uint16_t *words, int64_t b0, int64_t b1, int
 
 /* All n bytes at byte offset off of fd into (write = 0: pread) or from (pwrite) buf, retrying short
  * and interrupted calls. Returns 0, -errno of a failed call, or -100000 where a call moved no bytes
- * (the file ended). The seal's gather, its strata writes and its cut blocks all move bytes so. */
+ * (the file ended). The seal's gather and its strata writes both move bytes so. */
 static int64_t io_all(int fd, char *buf, int64_t n, int64_t off, int write)
 {
     while (n > 0) {
@@ -2447,18 +2447,4 @@ int ps_tag_runs(uint32_t *buf, const int64_t *runs, int64_t nruns, const uint8_t
     (void)buf, (void)runs, (void)nruns, (void)pad_key, (void)keys, (void)keys2, (void)wmask, (void)wshift, (void)nm;
     return 1;
 #endif
-}
-
-/* Whole blocks (64 words, 256 bytes) of a file to or from buf ([n][64] words): block i at byte
- * offset off[i] of fd, with pread (write = 0) or pwrite. The seal reads back and writes again the
- * few blocks a batch boundary cuts, once both sides are written. Returns 0, -errno of a failed
- * call, or -100000 where a call moved no bytes. */
-int64_t ps_blocks_io(int fd, const int64_t *off, int64_t n, uint32_t *buf, int write)
-{
-    for (int64_t i = 0; i < n; i++) {
-        const int64_t e = io_all(fd, (char *)(buf + 64 * i), 256, off[i], write);
-        if (e)
-            return e;
-    }
-    return 0;
 }

@@ -129,8 +129,6 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_aes256_ctr.restype = i32
     lib.ps_tag_runs.argtypes = [p, p, i64, ctypes.c_char_p, p, p, p, p, i32]
     lib.ps_tag_runs.restype = i32
-    lib.ps_blocks_io.argtypes = [i32, p, i64, p, i32]
-    lib.ps_blocks_io.restype = i64
     return lib
 
 

@@ -156,17 +156,4 @@ def put_strata(
             raise OSError(-e, os.strerror(-e))
 
 
-def blocks_io(fd: int, off: NDArray[np.int64], buf: NDArray[np.uint32], *, write: bool) -> None:
-    """Read (or write) whole 256-byte blocks at byte offsets ``off`` of file ``fd`` into (from) ``buf``, ``[n, 64]``."""
-    lib = _native._lib()
-    assert lib is not None
-    o = np.ascontiguousarray(off, np.int64)
-    assert buf.dtype == np.uint32 and buf.flags.c_contiguous and buf.shape == (o.size, 64)
-    got = int(lib.ps_blocks_io(fd, o.ctypes.data, o.size, buf.ctypes.data, int(write)))
-    if got == -100000:
-        raise OSError(errno.EIO, "the file took or gave no more bytes")
-    if got < 0:
-        raise OSError(-got, os.strerror(-got))
-
-
-__all__ = ["aes256_ctr", "blocks_io", "gather", "put_strata", "row_stride", "to_strata"]
+__all__ = ["aes256_ctr", "gather", "put_strata", "row_stride", "to_strata"]

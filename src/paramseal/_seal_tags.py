@@ -91,13 +91,14 @@ class InPass:
         ranges = np.stack([self._foff[t] + 4 * lo, 4 * (row1 - row0)], axis=1)
         with self._lock:
             self._late.append((t[cut], cb[cut]))
-            self._ranges[g0] = ranges
+            if self._fd is not None:
+                self._ranges[g0] = ranges
 
     def written(self, g0: int, g1: int) -> None:
         """Batch ``[g0, g1)`` is written: start the disk on its file ranges (its cut blocks are tagged by `rest`)."""
+        if self._fd is None:  # arrays, or outputs in several files: the final flush writes them
+            return
         with self._lock:
-            if self._fd is None:
-                return
             self._ready.append(self._ranges.pop(g0))
             if len(self._ready) < _SEND_BATCHES:  # the final flush writes the last few
                 return
