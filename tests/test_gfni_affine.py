@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 from numpy.typing import NDArray
+from safetensors.numpy import save_file
 from test_native import CODES, needs_native
 
-from paramseal import _gfni_affine, _gfni_plan, _irs, _irs_consts, _native
+from paramseal import _gfni_affine, _gfni_plan, _irs, _irs_consts, _native, _native_strata, _strata, files
+from paramseal.keys import Key
+
+KEY = Key.generate()
 
 
 def _groups(k: int, F: int, n: int, seed: int) -> NDArray[np.uint32]:
@@ -73,3 +80,56 @@ def test_a_map_that_leaves_the_free_bytes_of_its_codeword_is_refused(stray: str)
 
     assert _gfni_affine.plan(8, 255, 2, encode) is None
     assert _gfni_affine.plan(8, 255, 2, lambda W: _native._encode_syndromes(code, W)) is not None
+
+
+@needs_native
+@pytest.mark.parametrize("k,F,host", [(8, 255, 2), (12, 250, 0), (16, 255, 3)])
+def test_encoding_and_placing_in_one_pass_gives_what_the_two_passes_give(
+    k: int, F: int, host: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_native.encode_placed`: the seal's encode and strata placement in one pass, as `encode` then `to_strata`."""
+    monkeypatch.setattr(_native, "AFFINE_MIN_GROUPS", 0)
+    code = _irs.code_for(k, F, host)
+    rng = np.random.default_rng(k + F)
+    ng, g0, nperm, nf = 1003, 1_000_003, 256, F - 3  # ng: a tail past 16 and 32 rows, split over threads
+    W = _groups(k, F, ng, 7)
+    pad = rng.integers(0, 2**32, W.shape, dtype=np.uint64).astype(np.uint32)
+    perm = np.stack([rng.permutation(_irs_consts.N_POS) for _ in range(nperm)]).astype(np.int16)
+    want_w = W.copy()
+    assert _native.encode(code, want_w)
+    want = _native_strata.to_strata(want_w, pad, g0, perm, nf, np.zeros((nf, ng), np.uint32))
+    out = np.full((nf, _native_strata.row_stride(ng)), 0xA5A5A5A5, np.uint32)
+    got_w = W.copy()
+    assert _native.encode_placed(code, got_w, pad, g0, perm, nf, out)
+    assert np.array_equal(got_w, want_w)
+    assert np.array_equal(out[:, :ng], want)
+    assert (out[:, ng:] == 0xA5A5A5A5).all()  # nothing past the groups' columns
+    monkeypatch.setattr(_native, "SIMD", False)  # the placement's vector path off: the caller does both
+    again = W.copy()
+    assert not _native.encode_placed(code, again, pad, g0, perm, nf, out)
+    assert np.array_equal(again, W)
+
+
+@needs_native
+def test_a_seal_encoding_and_placing_in_one_pass_writes_the_file_two_passes_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "m.safetensors"
+    rng = np.random.default_rng(3)
+    save_file({"a": rng.standard_normal(2_000_003).astype(np.float32), "b": np.arange(999, dtype=np.int64)}, str(src))
+    calls = []
+    real = _strata.Strata.encode_placed
+    for one_pass in (True, False):
+
+        def placed(*a: Any, one_pass: bool = one_pass) -> Any:
+            got = real(*a) if one_pass else None
+            calls.append(got is not None)
+            return got
+
+        with monkeypatch.context() as m:
+            m.setattr("os.urandom", lambda n: b"\x07" * n)  # the same salt both ways
+            m.setattr(_strata.Strata, "encode_placed", placed)
+            files.seal_file(src, tmp_path / f"{one_pass}.safetensors", KEY)
+    assert True in calls and calls.count(True) == calls.count(False)
+    assert (tmp_path / "True.safetensors").read_bytes() == (tmp_path / "False.safetensors").read_bytes()
+    assert files.verify_file(tmp_path / "True.safetensors", KEY).status == "intact"

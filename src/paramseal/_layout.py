@@ -87,6 +87,17 @@ class TensorSpec:
         fi, li = bool(full_bits >= TAG_BITS and self.k > 0), bool(last_bits >= TAG_BITS and self.k > 0)
         return ((full_bits - TAG_BITS) // 32 if fi else 0, (last_bits - TAG_BITS) // 32 if li else 0), (fi, li)
 
+    def tag_inside(self, rows: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """``block_storage()[1][rows]``, without an array of every block (a few blocks of a big tensor)."""
+        full, last = self.block_storage_ends()[1]
+        inside: NDArray[np.bool_] = np.where(rows == self.nblocks - 1, last, full)
+        return inside
+
+    def external_count(self) -> int:
+        """Blocks whose tag is not stored inside (``~block_storage()[1]``'s count, without an array per block)."""
+        (_, _), (fi, li) = self.block_storage_ends()
+        return (self.nblocks - 1) * (not fi) + (not li)
+
     def block_storage(self) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
         """Per block: parity shards stored in its low bits, and whether its tag is stored there."""
         nb = self.nblocks

@@ -418,12 +418,25 @@ TARGET static inline __attribute__((always_inline)) void affine_sums(const uint6
     }
 }
 
+static int16_t *strata_inv(const int16_t *perm, int nperm);
+static void to_strata_plain(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1, int64_t g0,
+                            const int16_t *perm, int nperm, int F, uint32_t *out, int64_t ld);
+__attribute__((target("avx512f,avx512bw"))) static int64_t to_strata_avx512(const uint32_t *w, const uint32_t *pad,
+                                                                            int64_t r, int64_t r1, int64_t g0,
+                                                                            const int16_t *inv, int nperm, int F,
+                                                                            uint32_t *out, int64_t ld);
+
 /* The irs4 encoder (as ps_irs_encode, the same output) by one GF(2)-linear map from the bytes the code
  * reads to its free bytes, 32 groups at a time (_gfni_affine): for codeword t, nsrc[t] read bytes src
  * (byte of the group) and, for each, nblk[t] (8 or 16) blocks of 8 matrices mats. spread, masks: as
- * place_free_bytes. */
+ * place_free_bytes. Where out is given, each 32 groups then go on to ps_to_strata's placement (g0s:
+ * the first group's number, pad, perm, nperm, F, ld as there) while they are in L1: read back from
+ * memory by a separate pass, they cost that pass about as much as the placement itself. Returns 0, -1
+ * for a bad map, -2 where memory ran out. */
 TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, const int32_t *nsrc, const int32_t *nblk,
-                                const int16_t *src, const uint64_t *mats, const uint8_t *spread, const uint64_t *masks)
+                                const int16_t *src, const uint64_t *mats, const uint8_t *spread, const uint64_t *masks,
+                                const uint32_t *pad, int64_t g0s, const int16_t *perm, int nperm, int F, uint32_t *out,
+                                int64_t ld)
 {
     static const uint8_t zero[1024] __attribute__((aligned(64)));
     int16_t pos[64], at[4 * 256];
@@ -439,6 +452,9 @@ TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, con
             return -1;
         at[i] = (int16_t)(64 * (src[i] >> 6) + pos[src[i] & 63]);
     }
+    int16_t *inv = NULL;
+    if (out != NULL && (inv = strata_inv(perm, nperm)) == NULL)
+        return -2;
     uint64_t X[4][16 * 64] __attribute__((aligned(64)));
     uint8_t U[32][4 * MAX_ROW] __attribute__((aligned(64)));
     for (int64_t g0 = 0; g0 < ng; g0 += 32) {
@@ -463,7 +479,13 @@ TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, con
         }
         for (int u = 0; u < 32 && g0 + u < ng; u++)
             place_free_bytes(W + (g0 + u) * GROUP_BYTES, U[u], spread, masks);
+        if (inv != NULL) {
+            const int64_t e = g0 + 32 < ng ? g0 + 32 : ng;
+            const int64_t r = to_strata_avx512((const uint32_t *)W, pad, g0, e, g0s, inv, nperm, F, out, ld);
+            to_strata_plain((const uint32_t *)W, pad, r, e, g0s, perm, nperm, F, out, ld);
+        }
     }
+    free(inv);
     return 0;
 }
 
@@ -1040,29 +1062,28 @@ MOVERS static int64_t to_strata_avx512(const uint32_t *w, const uint32_t *pad, i
 }
 #endif
 
-/* The inverse placement, with the pad removed: out[j][r] = w[r][p] ^ pad[r][p] for the position p
- * of float stratum j < F in group g0 + r, for rows [r0, r1) (out: [F][ld], rows of ld words).
- * perm: [nperm][255], each row a permutation of 0..254. Returns 0, or -1 where memory ran out. */
-int ps_to_strata(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F,
-                 uint32_t *out, int64_t ld, int simd)
+/* to_strata_avx512's table: inv[j][q] = the position of stratum j under permutation q (q < nperm + 16,
+ * wrapping, so that 16 rows from any q read one run); NULL where memory ran out. Free with free(). */
+static int16_t *strata_inv(const int16_t *perm, int nperm)
 {
-#ifdef X86
-    if (simd && have_avx512bw() && r1 - r0 >= 16) {
-        const int iw = nperm + 16;
-        int16_t *inv = calloc(255 * (size_t)iw, sizeof(int16_t)); /* zeroed: any index stays in the buffer */
-        if (inv == NULL)
-            return -1;
-        for (int q = 0; q < nperm; q++)
-            for (int p = 0; p < 255; p++)
-                if (perm[q * 255 + p] >= 0 && perm[q * 255 + p] < 255)
-                    inv[(int64_t)perm[q * 255 + p] * iw + q] = (int16_t)p;
-        for (int j = 0; j < 255; j++)
-            for (int q = nperm; q < iw; q++)
-                inv[(int64_t)j * iw + q] = inv[(int64_t)j * iw + q % nperm];
-        r0 = to_strata_avx512(w, pad, r0, r1, g0, inv, nperm, F, out, ld);
-        free(inv);
-    }
-#endif
+    const int iw = nperm + 16;
+    int16_t *inv = calloc(255 * (size_t)iw, sizeof(int16_t)); /* zeroed: any index stays in the buffer */
+    if (inv == NULL)
+        return NULL;
+    for (int q = 0; q < nperm; q++)
+        for (int p = 0; p < 255; p++)
+            if (perm[q * 255 + p] >= 0 && perm[q * 255 + p] < 255)
+                inv[(int64_t)perm[q * 255 + p] * iw + q] = (int16_t)p;
+    for (int j = 0; j < 255; j++)
+        for (int q = nperm; q < iw; q++)
+            inv[(int64_t)j * iw + q] = inv[(int64_t)j * iw + q % nperm];
+    return inv;
+}
+
+/* ps_to_strata's rows [r0, r1) word by word (any CPU). */
+static void to_strata_plain(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1, int64_t g0,
+                            const int16_t *perm, int nperm, int F, uint32_t *out, int64_t ld)
+{
     for (int64_t r = r0; r < r1; r++) {
         const int16_t *pr = perm + ((g0 + r) % nperm) * 255;
         const uint32_t *in = w + r * 255, *pd = pad + r * 255;
@@ -1072,6 +1093,24 @@ int ps_to_strata(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1,
                 out[j * ld + r] = in[p] ^ pd[p];
         }
     }
+}
+
+/* The inverse placement, with the pad removed: out[j][r] = w[r][p] ^ pad[r][p] for the position p
+ * of float stratum j < F in group g0 + r, for rows [r0, r1) (out: [F][ld], rows of ld words).
+ * perm: [nperm][255], each row a permutation of 0..254. Returns 0, or -1 where memory ran out. */
+int ps_to_strata(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F,
+                 uint32_t *out, int64_t ld, int simd)
+{
+#ifdef X86
+    if (simd && have_avx512bw() && r1 - r0 >= 16) {
+        int16_t *inv = strata_inv(perm, nperm);
+        if (inv == NULL)
+            return -1;
+        r0 = to_strata_avx512(w, pad, r0, r1, g0, inv, nperm, F, out, ld);
+        free(inv);
+    }
+#endif
+    to_strata_plain(w, pad, r0, r1, g0, perm, nperm, F, out, ld);
     return 0;
 }
 

@@ -143,9 +143,9 @@ def _load() -> ctypes.CDLL | None:
     p, i32, u64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint64
     lib.ps_irs_encode.argtypes = [p, ctypes.c_int64, p, i32, p, p, u64, p, p, i32, p, p, p, u64, p, p, i32]
     lib.ps_irs_encode.restype = i32
-    lib.ps_irs_encode_affine.argtypes = [p, ctypes.c_int64, p, p, p, p, p, p, p]
-    lib.ps_irs_encode_affine.restype = i32
     i64 = ctypes.c_int64
+    lib.ps_irs_encode_affine.argtypes = [p, i64, p, p, p, p, p, p, p, p, i64, p, i32, i32, p, i64]
+    lib.ps_irs_encode_affine.restype = i32
     lib.ps_content.argtypes = [p, i64, i64, i32, i32, p, i64]
     lib.ps_content.restype = None
     lib.ps_irs_syndromes.argtypes = [p, p, i64, i64, p, i32, p, u64, u64, p, i32, p]
@@ -297,18 +297,66 @@ def _encode_gfni(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
     a = _affine(code.k, code.free_strata, code.host) if AFFINE and W.shape[0] >= AFFINE_MIN_GROUPS else None
     if a is None:
         return _encode_syndromes(code, W)
+    _run_affine(lib, code, a, W, None)
+    return True
+
+
+def encode_placed(
+    code: _irs.Code,
+    W: NDArray[np.uint32],
+    pad: NDArray[np.uint32],
+    g0: int,
+    perm: NDArray[np.int16],
+    F: int,
+    out: NDArray[np.uint32],
+) -> bool:
+    """`encode`, each 32 groups then placed as `_native_strata.to_strata` places them (into ``out``, ``[F, >= ng]``).
+
+    One pass where the linear-map encoder serves (and `SIMD`): the groups are still in L1 when they
+    are placed. False, nothing done, elsewhere: the caller encodes and places in two.
+    """
+    lib = _load()
+    if lib is None or not (SIMD and AFFINE and W.shape[0] >= AFFINE_MIN_GROUPS):
+        return False
+    _irs._check(W)
+    a = _affine(code.k, code.free_strata, code.host)
+    if a is None:
+        return False
+    for x in (pad, perm, out):
+        assert x.flags.c_contiguous
+    ng = W.shape[0]
+    assert pad.shape == W.shape and pad.dtype == np.uint32 and perm.dtype == np.int16 and perm.shape[1] == 255
+    assert out.dtype == np.uint32 and out.ndim == 2 and out.shape[0] == F and out.shape[1] >= ng and 0 < F <= 255
+    _run_affine(lib, code, a, W, (pad, g0, perm, F, out))
+    return True
+
+
+def _run_affine(
+    lib: ctypes.CDLL,
+    code: _irs.Code,
+    a: _gfni_affine.AffinePlan,
+    W: NDArray[np.uint32],
+    place: tuple[NDArray[np.uint32], int, NDArray[np.int16], int, NDArray[np.uint32]] | None,
+) -> None:
+    """``ps_irs_encode_affine`` on W, one call per core, placing the words where ``place`` is given."""
     ptr = [x.ctypes.data for x in (a.nsrc, a.nblk, a.src, a.mats)]
     p = _gfni_plan._plan(code.k, code.free_strata, code.host)
 
     def run(r: tuple[int, int]) -> None:
         rows = W[r[0] : r[1]]
+        to: tuple[int, ...] = (0, 0, 0, 0, 0, 0, 0)
+        if place is not None:
+            pad, g0, perm, F, out = place
+            to = (pad.ctypes.data + 4 * 255 * r[0], g0 + r[0], perm.ctypes.data, perm.shape[0], F,
+                  out.ctypes.data + 4 * r[0], out.shape[1])  # fmt: skip
         rc = lib.ps_irs_encode_affine(rows.ctypes.data, rows.shape[0], p.keep.ctypes.data, *ptr,
-                                      p.spread.ctypes.data, p.masks.ctypes.data)  # fmt: skip
+                                      p.spread.ctypes.data, p.masks.ctypes.data, *to)  # fmt: skip
+        if rc == -2:
+            raise MemoryError("the compiled encoder could not allocate its placement table")
         if rc:
             raise RuntimeError(f"compiled irs4 encoder refused its matrices (code {rc})")
 
     parallel_map(run, _rows(W.shape[0]))
-    return True
 
 
 def _affine(k: int, free_strata: int, host: int) -> _gfni_affine.AffinePlan | None:

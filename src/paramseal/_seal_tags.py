@@ -131,13 +131,16 @@ class InPass:
         if not at.size:
             return np.zeros(0, np.uint64)
         ub = _read_at(flat, spec, at)
-        internal = spec.block_storage()[1]
-        inside = internal[at]
+        inside = spec.tag_inside(at)  # not an array of every block: 0.07 s a GiB's tensors
         if record and spec.reserved:  # rows 0 .. reserved - 1 are blocks 0 .. reserved - 1
             _embed.write_reserved(ub, spec, plain, np.arange(spec.reserved), 0)
         rows = np.flatnonzero(inside)
         self._tag_rows(ub, rows, np.full(rows.size, t), at[rows])
-        ext = _model.compute_tags(self._mac, self._salt, t, spec, ub[~inside], internal, at=at[~inside])
+        ext = np.zeros(0, np.uint64)
+        if not inside.all():  # a short last block too short for its tag
+            ext = _model.compute_tags(
+                self._mac, self._salt, t, spec, ub[~inside], spec.block_storage()[1], at=at[~inside]
+            )
         _write_at(flat, spec, at, ub)
         return ext
 

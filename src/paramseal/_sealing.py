@@ -280,8 +280,10 @@ def _seal_irs(
             if st.host:
                 content = outer.content(w, scratch.get("content", (g1 - g0, outer.shard), np.uint8))
                 outer.put(code, w, outer.parity(content, s))
-            _irs.encode(code, w)
-            st.scatter(outs, w, g0, g1, pad, scratch, staged.tag if staged.active else None)
+            placed = st.encode_placed(w, g0, pad, scratch)  # encoded and placed in one pass, where it can
+            if placed is None:
+                _irs.encode(code, w)
+            st.scatter(outs, w, g0, g1, pad, scratch, staged.tag if staged.active else None, placed)
             if staged.active:
                 staged.written(g0, g1)
 
@@ -306,9 +308,10 @@ def _seal_irs(
         t, r0, r1 = job
         spec = specs[t]
         prog.step(f"tag {spec.name}")
-        internal, plain = of(t)
         if staged.staged[t]:  # the pass tagged its whole blocks: what is left, from the file
+            plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
             return staged.rest(t, plain, t not in carriers)
+        internal, plain = of(t)
         ub = read_blocks(outs[t], spec, r0, r1, scratch)
         ext = _tag_chunk(ub, t, spec, r0, internal, plain, t not in carriers, mac, salt)
         write_blocks(outs[t], spec, r0, ub)
@@ -423,11 +426,7 @@ def probe_header(
     lane count and the carriers can still grow the JSON: allow them 7 digits each.
     ``st_room``: the header will record a safetensors header length (given its widest here).
     """
-    ext = {
-        t: np.zeros(int((~s.block_storage()[1]).sum()), np.uint64)
-        for t, s in enumerate(specs)
-        if not s.block_storage()[1].all()
-    }
+    ext = {t: np.zeros(n, np.uint64) for t, s in enumerate(specs) if (n := s.external_count())}
     probe = Header(  # copies=MAX_COPIES: its field then counts in the length, as it will with 2 or more
         level,
         bits,

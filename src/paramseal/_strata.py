@@ -207,6 +207,22 @@ class Strata(StrataMap):
             w[r, pos] = dw ^ pad[r, pos]
         return w
 
+    def encode_placed(
+        self, w: NDArray[np.uint32], g0: int, pad: NDArray[np.uint32], scratch: Scratch
+    ) -> NDArray[np.uint32] | None:
+        """`_irs.encode` of ``w`` (groups ``g0...``) and `scatter`'s placement in one pass (`_native.encode_placed`).
+
+        Returns `scatter`'s ``placed``: its ``strata`` buffer in ``scratch`` (``[F, ld]``, the first ``ng``
+        words of each row placed), or None, ``w`` untouched, where that kernel does not serve: the caller encodes.
+        """
+        ng = w.shape[0]
+        if not (_native.portable() and ng and self.free_strata):
+            return None
+        out = scratch.get("strata", (self.free_strata, _native_strata.row_stride(ng)), np.uint32)
+        if not _native.encode_placed(self.code, w, pad, g0, self._perm16(), self.free_strata, out):
+            return None
+        return out
+
     def scatter(
         self,
         outs: list[NDArray[np.unsignedinteger]],
@@ -216,16 +232,21 @@ class Strata(StrataMap):
         pad: NDArray[np.uint32] | None = None,
         scratch: Scratch | None = None,
         staged: Callable[[NDArray[np.uint32], int, int], None] | None = None,
+        placed: NDArray[np.uint32] | None = None,
     ) -> None:
         """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``, XOR ``pad`` if given) into ``outs``.
 
         ``scratch``: the compiled path stages the strata in its ``strata`` buffer. ``staged``: called
         with that buffer (``[F, ld]``), ``g0`` and ``ng`` before it is written (the seal tags blocks there).
+        ``placed``: what `encode_placed` returned for these words (the placement is then done).
         """
         if pad is not None and _native.portable() and w.shape[0] and self.free_strata:
             shape = (self.free_strata, _native_strata.row_stride(w.shape[0]))
-            out = np.empty(shape, np.uint32) if scratch is None else scratch.get("strata", shape, np.uint32)
-            wt = _native_strata.to_strata(w, pad, g0, self._perm16(), self.free_strata, out)
+            if placed is not None:
+                out, wt = placed, placed[:, : w.shape[0]]
+            else:
+                out = np.empty(shape, np.uint32) if scratch is None else scratch.get("strata", shape, np.uint32)
+                wt = _native_strata.to_strata(w, pad, g0, self._perm16(), self.free_strata, out)
             ts = self.flat_words(outs)
             if ts is not None:
                 if staged is not None:

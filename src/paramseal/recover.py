@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from . import _code, _embed, _model
 from ._bits import set_lo, write_tags
-from ._layout import TensorSpec, ranges_mask
+from ._layout import ranges_mask
 from ._lost_ranges import ALL
 from ._pages import SCATTERED_BLOCKS, Workspace, is_mapped, release
 from ._parallel import task_map
@@ -227,7 +227,7 @@ def _conclude(
         part = partly.get(t)
         # A float block that carries its own tag holds the one `finish_rebuilt` computed from this
         # content: computing it again (a MAC over every rebuilt block) could only agree.
-        which = ~_tag_inside(specs[t], p.rows) if specs[t].is_float else np.ones(p.rows.size, np.bool_)
+        which = ~specs[t].tag_inside(p.rows) if specs[t].is_float else np.ones(p.rows.size, np.bool_)
         good = _tags_hold(chk, t, p, which if part is None else which | part)
         if part is not None and (good & part).any():  # the corrections may have been all a block lacked
             chk.bad[t] = chk.bad[t].copy()
@@ -260,13 +260,6 @@ def _conclude(
         lanes_failed=failed,
     )
     return Recovery(report, patches, meta)
-
-
-def _tag_inside(spec: TensorSpec, rows: NDArray[np.int64]) -> NDArray[np.bool_]:
-    """``spec.block_storage()[1][rows]``, without an array of every block (a few rebuilt blocks of a big tensor)."""
-    full, last = spec.block_storage_ends()[1]
-    inside: NDArray[np.bool_] = np.where(rows == spec.nblocks - 1, last, full)
-    return inside
 
 
 def _tags_hold(chk: Check, t: int, p: Patch, which: NDArray[np.bool_] | None = None) -> NDArray[np.bool_]:
@@ -311,7 +304,7 @@ def _rebuild(
     # Only the rebuilt rows' entries are read (finish_rebuilt): the whole tensor's from the layout cost a
     # search per block, a pass over most of the model for a few damaged blocks in each tensor.
     internal = np.zeros(spec.nblocks, np.bool_)
-    internal[rows] = _tag_inside(spec, rows)
+    internal[rows] = spec.tag_inside(rows)
     step = SCATTERED_BLOCKS // 4 if is_mapped(data) or is_mapped(new) else rows.size
     for i in range(0, rows.size, step):
         part = rows[i : i + step]
