@@ -219,3 +219,38 @@ def test_a_seal_hands_its_ranges_to_the_writer_thread_and_stops_it(
     assert calls  # sent before the failure
     assert not [t for t in threading.enumerate() if t.name == "paramseal-write-behind"]
     assert not (tmp_path / "b.safetensors").exists()
+
+
+@needs_vaes
+def test_the_batches_kept_back_go_to_the_disk_before_the_tag_pass_and_its_failure_stops_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "m.safetensors"
+    save_file(_model(13_000_000), str(src))  # four superblocks
+    calls = _recorder(monkeypatch)
+    monkeypatch.setattr(_seal_tags, "_SEND_BATCHES", 1000)  # none sent during the pass: all kept back
+    monkeypatch.setattr(_sealing, "task_map", _in_turn)
+    sent_before_tags: list[int] = []
+    real_rest = _seal_tags.InPass.rest
+
+    def rest(obj: Any, *a: Any) -> Any:
+        if not sent_before_tags:
+            obj._sender.close()  # what was sent is asked for: count it
+            sent_before_tags.append(sum(c[2] for c in calls))
+        return real_rest(obj, *a)
+
+    monkeypatch.setattr(_seal_tags.InPass, "rest", rest)
+    files.seal_file(src, tmp_path / "a.safetensors", KEY)
+    assert sent_before_tags[0] > 4 * 13_000_000  # every superblock's words, before the first tensor's tags
+    assert files.verify_file(tmp_path / "a.safetensors", KEY).status == "intact"
+
+    def fail(obj: Any, *a: Any) -> Any:
+        raise RuntimeError("tagging failed")
+
+    monkeypatch.setattr(_seal_tags.InPass, "rest", fail)
+    calls.clear()
+    with pytest.raises(RuntimeError, match="tagging failed"):
+        files.seal_file(src, tmp_path / "b.safetensors", KEY)
+    assert calls  # the kept-back batches were sent before the failure
+    assert not [t for t in threading.enumerate() if t.name == "paramseal-write-behind"]
+    assert not (tmp_path / "b.safetensors").exists()

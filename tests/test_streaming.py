@@ -519,6 +519,30 @@ def test_write_behind_hints_only_for_mapped_files(tmp_path: Path) -> None:
     assert np.array_equal(back[1024:2024], np.arange(1000, dtype=np.uint32)) and not back[:1024].any()
 
 
+def test_file_spans_of_many_arrays_are_file_span_of_each(tmp_path: Path) -> None:
+    """The seal's piece tables take the spans of every tensor at once (`file_spans`): as `file_span` one by one."""
+    maps = [_pages.Mapping(tmp_path / f"{i}.bin", write=True, size=1 << 16) for i in range(2)]
+    try:
+        ours = np.zeros(100, np.uint32)
+        arrays = [
+            maps[0].array(0, np.dtype(np.uint32), (10,)),
+            maps[1].array(4096, np.dtype(np.uint32), (16384 - 1024,)),  # to the map's last byte
+            ours,
+            maps[0].array(64, np.dtype(np.uint8), (5,)),
+            ours[10:20],
+        ]
+        addrs = np.array([a.ctypes.data for a in arrays], np.int64)
+        fds, offs = _pages.file_spans(addrs, np.array([a.nbytes for a in arrays], np.int64))
+        want = [_pages.file_span(a) for a in arrays]
+        assert [None if f < 0 else (int(f), int(o)) for f, o in zip(fds, offs, strict=True)] == want
+        assert want[1] == (maps[1].fileno(), 4096) and want[2] is None  # both kinds compared
+        past = _pages.file_spans(addrs[1:2], np.array([arrays[1].nbytes + 1], np.int64))  # one byte past the map
+        assert past[0][0] == -1
+    finally:
+        for m in maps:
+            m.close()
+
+
 @pytest.mark.parametrize("budget", ["0", "1024"])  # lane stores on disk, then in memory
 def test_a_lane_seal_starts_writing_each_finished_chunk_to_disk(
     tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, budget: str

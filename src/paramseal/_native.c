@@ -731,6 +731,7 @@ CLONES void ps_content_any(const uint32_t *w, int64_t r0, int64_t r1, int F, int
 
 #ifdef X86
 #define MOVERS __attribute__((target("avx512f,avx512bw")))
+#define PF_ROWS 64 /* how far ahead (rows, 16 to a line) the strata movers prefetch */
 
 static int have_avx512bw(void)
 {
@@ -759,6 +760,9 @@ MOVERS static int64_t gather_rows_avx512(uint32_t *w, int64_t r, int64_t lim, in
 {
     const __m512i ex = _mm512_set1_epi32(0x7F800000), kp = _mm512_set1_epi32((int)keep), nf = _mm512_set1_epi32(F);
     for (; r < lim; r++) {
+        if ((r & 15) == 0) /* as gather_rows_tab_avx512 */
+            for (int j = 0; j < F; j++)
+                _mm_prefetch((const char *)(lo + offw[j] + r + PF_ROWS), _MM_HINT_T0);
         const int16_t *pr = perm + ((g0 + r) % nperm) * 255;
         const uint32_t *pd = pad + r * 255, *src = lo + r;
         uint32_t *out = w + r * 255;
@@ -786,6 +790,10 @@ MOVERS static int64_t gather_rows_tab_avx512(uint32_t *w, int64_t r, int64_t lim
     const __m512i ex = _mm512_set1_epi32(0x7F800000), kp = _mm512_set1_epi32((int)keep), none = _mm512_set1_epi32(-1);
     int64_t q = (g0 + r) % nperm;
     for (; r < lim; r++) {
+        if ((r & 15) == 0) /* each source's line PF_ROWS rows on: 255 streams, more than the prefetchers follow */
+            for (int p = 0; p < 255; p++)
+                if (at[p] >= 0) /* permutation 0 names every float stratum once */
+                    _mm_prefetch((const char *)(lo + at[p] + r + PF_ROWS), _MM_HINT_T0);
         const int32_t *ar = at + q * 256;
         const uint32_t *pd = pad + r * 255, *src = lo + r;
         uint32_t *out = w + r * 255;
@@ -1053,6 +1061,7 @@ MOVERS static int64_t to_strata_avx512(const uint32_t *w, const uint32_t *pad, i
         }
         const int64_t q = (g0 + r) % nperm;
         for (int j = 0; j < F; j++) {
+            __builtin_prefetch(out + j * ld + r + PF_ROWS, 1, 3); /* owned before it is stored: 255 streams */
             const __m256i at = _mm256_loadu_si256((const void *)(inv + (int64_t)j * iw + q));
             const __m512i idx = _mm512_add_epi32(_mm512_cvtepi16_epi32(at), rows);
             _mm512_storeu_si512(out + j * ld + r, _mm512_i32gather_epi32(idx, buf, 4));

@@ -100,14 +100,21 @@ class InPass:
             return
         with self._lock:
             self._ready.append(self._ranges.pop(g0))
-            if len(self._ready) < _SEND_BATCHES:  # the final flush writes the last few
+            if len(self._ready) < _SEND_BATCHES:  # the last few: `send_ready`
                 return
             ranges, self._ready = np.concatenate(self._ready), []
         assert self._sender is not None  # a call a stratum for several batches: one a piece cost 0.2 s a GiB
         self._sender.send(_joined(ranges))
 
+    def send_ready(self) -> None:
+        """After the superblock pass: hand the disk the written batches `written` kept back (the last few)."""
+        with self._lock:
+            ready, self._ready = self._ready, []
+        if ready and self._sender is not None:
+            self._sender.send(_joined(np.concatenate(ready)))
+
     def close(self) -> None:
-        """After the superblock pass (or its failure): the ranges handed to the disk are all asked for."""
+        """After the tag pass (or a failure): the ranges handed to the disk are all asked for."""
         if self._sender is not None:
             self._sender.close()
 

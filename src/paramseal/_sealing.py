@@ -292,11 +292,6 @@ def _seal_irs(
     # Only with the compiled encoder: numba's fallback is a parallel kernel, which two threads
     # must not enter (numba's workqueue layer aborts), and it fills the cores itself.
     side_by_side = task_map if _native.encodes(code) else in_turn
-    try:
-        side_by_side(superblock, range(outer.superblocks))
-    finally:
-        staged.close()
-    scratch = _strata.Scratch()  # the superblocks' arrays go: the tag pass keeps one chunk a thread
 
     @functools.lru_cache(maxsize=8)  # the tensors being tagged (a few at a time: memory stays bounded)
     def of(t: int) -> tuple[NDArray[np.bool_], bytes]:
@@ -320,9 +315,16 @@ def _seal_irs(
         return ext
 
     parts: dict[int, list[NDArray[np.uint64]]] = {}  # the header's tags: blocks without room for their own
-    for (t, _, _), ext in zip(work, side_by_side(tag, work), strict=True):
-        if ext.size:
-            parts.setdefault(t, []).append(ext)
+    try:
+        side_by_side(superblock, range(outer.superblocks))
+        # the last batches to the disk now, not at the final flush: it writes them while the tag pass runs
+        staged.send_ready()
+        scratch = _strata.Scratch()  # the superblocks' arrays go: the tag pass keeps one chunk a thread
+        for (t, _, _), ext in zip(work, side_by_side(tag, work), strict=True):
+            if ext.size:
+                parts.setdefault(t, []).append(ext)
+    finally:
+        staged.close()
     external = {t: np.concatenate(p) for t, p in parts.items()}
     header = Header(
         level=level,

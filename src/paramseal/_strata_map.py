@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from . import _irs, _native_strata, _outer
 from ._irs_consts import FLAG_BAD, FLAG_PAD, N_POS
 from ._layout import TensorSpec
-from ._pages import file_span
+from ._pages import file_spans
 from ._parallel import halves, parallel_map
 from .levels import BLOCK
 
@@ -230,9 +230,7 @@ class StrataMap:
         addr0 = np.array([flats[t].ctypes.data for t in ts], np.int64)
         at_pad = 0 if zeros is None else zeros.ctypes.data
         addr = np.where(padding, at_pad, addr0[owner] + 4 * (s0 - tstart[owner])) - 4 * row0
-        spans = [file_span(flats[t]) for t in ts]
-        fds = np.array([-1 if sp is None else sp[0] for sp in spans], np.int32)
-        foff = np.array([0 if sp is None else sp[1] for sp in spans], np.int64)
+        fds, foff = file_spans(addr0, np.array([flats[t].nbytes for t in ts], np.int64))
         fd = np.where(padding, -1 if zeros is not None else -2, fds[owner]).astype(np.int32)
         addr = np.where(fd >= 0, foff[owner] + 4 * (s0 - tstart[owner]) - 4 * row0, addr)  # a file offset there
         pstart = np.searchsorted(rj, np.arange(F + 1, dtype=np.int64)).astype(np.int64)
