@@ -467,11 +467,17 @@ TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, con
     uint64_t X[4][16 * 64] __attribute__((aligned(64)));
     uint8_t U[32][4 * MAX_ROW] __attribute__((aligned(64)));
     for (int64_t g0 = 0; g0 < ng; g0 += 32) {
+        /* the next 32 groups to L2, 8 lines a chunk loaded (their lines are read 8 groups across, which the
+         * prefetchers do not follow; all 510 at once filled the line buffers) */
+        const int64_t next = ng - g0 - 32 < 32 ? ng - g0 - 32 : 32;
+        const char *pf = (const char *)(W + (g0 + 32) * GROUP_BYTES), *pf_end = pf + (next > 0 ? next : 0) * GROUP_BYTES;
         for (int h = 0; h < 4; h++) {
             const uint8_t *G[8];
             for (int u = 0; u < 8; u++)
                 G[u] = g0 + 8 * h + u < ng ? W + (g0 + 8 * h + u) * GROUP_BYTES : zero;
             for (int c = 0; c < 16; c++) {
+                for (int l = 0; l < 8 && pf < pf_end; l++, pf += 64)
+                    _mm_prefetch(pf, _MM_HINT_T1);
                 __m512i r[8];
                 const __m512i k = _mm512_loadu_si512((const void *)(keep + 64 * c));
                 for (int u = 0; u < 8; u++)
@@ -1222,6 +1228,9 @@ IFMA static void mlh_ifma(const uint16_t *words, int64_t b0, int64_t b1, int nw,
     for (int64_t b = b0; b < b1; b++) {
         const uint16_t *w = words + b * (int64_t)nw, *cl = internal[b] ? clear : ones;
         const uint64_t *pd = pads + pc * b;
+        if (b + 4 < b1) /* the staged rows the seal tags were written a superblock's 16 MiB ago: out of L2 */
+            for (int c = 0; c < 2 * nw; c += 64)
+                __builtin_prefetch((const char *)(w + 4 * (int64_t)nw) + c, 0, 3);
         __m512i a = _mm512_setzero_si512(), a2 = _mm512_setzero_si512();
         for (int i = 0; i < whole; i += 8) {
             const __m128i x = _mm_and_si128(_mm_loadu_si128((const void *)(w + i)), _mm_loadu_si128((const void *)(cl + i)));
