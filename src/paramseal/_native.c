@@ -777,9 +777,8 @@ MOVERS static int64_t gather_rows_avx512(uint32_t *w, int64_t r, int64_t lim, in
 {
     const __m512i ex = _mm512_set1_epi32(0x7F800000), kp = _mm512_set1_epi32((int)keep), nf = _mm512_set1_epi32(F);
     for (; r < lim; r++) {
-        if ((r & 15) == 0) /* as gather_rows_tab_avx512 */
-            for (int j = 0; j < F; j++)
-                _mm_prefetch((const char *)(lo + offw[j] + r + PF_ROWS), _MM_HINT_T0);
+        for (int j = 16 * (int)(r & 15); j < 16 * (int)(r & 15) + 16 && j < F; j++) /* as gather_rows_tab_avx512 */
+            _mm_prefetch((const char *)(lo + offw[j] + (r & ~(int64_t)15) + PF_ROWS), _MM_HINT_T0);
         prefetch_row(pad + (r + PF_PAD) * 255);
         const int16_t *pr = perm + ((g0 + r) % nperm) * 255;
         const uint32_t *pd = pad + r * 255, *src = lo + r;
@@ -808,10 +807,11 @@ MOVERS static int64_t gather_rows_tab_avx512(uint32_t *w, int64_t r, int64_t lim
     const __m512i ex = _mm512_set1_epi32(0x7F800000), kp = _mm512_set1_epi32((int)keep), none = _mm512_set1_epi32(-1);
     int64_t q = (g0 + r) % nperm;
     for (; r < lim; r++) {
-        if ((r & 15) == 0) /* each source's line PF_ROWS rows on: 255 streams, more than the prefetchers follow */
-            for (int p = 0; p < 255; p++)
-                if (at[p] >= 0) /* permutation 0 names every float stratum once */
-                    _mm_prefetch((const char *)(lo + at[p] + r + PF_ROWS), _MM_HINT_T0);
+        /* each source's line PF_ROWS rows on (255 streams, more than the prefetchers follow), 16 sources a row:
+         * all 255 every 16 rows filled the line buffers */
+        for (int p = 16 * (int)(r & 15); p < 16 * (int)(r & 15) + 16 && p < 255; p++)
+            if (at[p] >= 0) /* permutation 0 names every float stratum once */
+                _mm_prefetch((const char *)(lo + at[p] + (r & ~(int64_t)15) + PF_ROWS), _MM_HINT_T0);
         prefetch_row(pad + (r + PF_PAD) * 255); /* among those streams the prefetchers lost the pad's too */
         const int32_t *ar = at + q * 256;
         const uint32_t *pd = pad + r * 255, *src = lo + r;
@@ -2293,6 +2293,9 @@ TARGET static int rs_encode(const uint8_t *data, int64_t n, int64_t stride, int6
         __m512i *w = c0 ? buf : acc; /* [cols][m] */
         for (int64_t i = 0; i < t; i++) { /* row by row: the rows may be far apart (the lane store's) */
             const uint8_t *src = data + (c0 + i) * stride;
+            if (i + 4 < t) /* the rows 4 on: a seal's content was made a superblock's 12 MiB ago */
+                for (int64_t c = 0; c < cols; c++)
+                    __builtin_prefetch(src + 4 * stride + 64 * c, 0, 3);
             for (int64_t c = 0; c < cols; c++) {
                 const __m512i v = _mm512_maskz_loadu_epi8(c == cols - 1 ? tail : ~(__mmask64)0, src + 64 * c);
                 w[c * m + i] = words ? _mm512_permutexvar_epi8(ps, v) : v;
