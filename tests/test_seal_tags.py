@@ -188,15 +188,23 @@ def _in_turn(fn: Any, items: Any) -> list[Any]:
     return [fn(x) for x in items]
 
 
+def _four_superblocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, send_batches: int
+) -> tuple[Path, list[tuple[int, int, int, str]]]:
+    """A model of four superblocks, sealed one superblock at a time, its batches sent ``send_batches`` at a time."""
+    src = tmp_path / "m.safetensors"
+    save_file(_model(13_000_000), str(src))
+    calls = _recorder(monkeypatch)
+    monkeypatch.setattr(_seal_tags, "_SEND_BATCHES", send_batches)
+    monkeypatch.setattr(_sealing, "task_map", _in_turn)
+    return src, calls
+
+
 @needs_vaes
 def test_a_seal_hands_its_ranges_to_the_writer_thread_and_stops_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "m.safetensors"
-    save_file(_model(13_000_000), str(src))  # four superblocks
-    calls = _recorder(monkeypatch)
-    monkeypatch.setattr(_seal_tags, "_SEND_BATCHES", 1)  # every finished batch goes to the disk at once
-    monkeypatch.setattr(_sealing, "task_map", _in_turn)
+    src, calls = _four_superblocks(tmp_path, monkeypatch, 1)  # every finished batch goes to the disk at once
     files.seal_file(src, tmp_path / "a.safetensors", KEY)
     assert calls and {c[3] for c in calls} == {"paramseal-write-behind"}
     assert sum(c[2] for c in calls) > 4 * 13_000_000 // 4  # a superblock's words at least
@@ -225,11 +233,7 @@ def test_a_seal_hands_its_ranges_to_the_writer_thread_and_stops_it(
 def test_the_batches_kept_back_go_to_the_disk_before_the_tag_pass_and_its_failure_stops_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    src = tmp_path / "m.safetensors"
-    save_file(_model(13_000_000), str(src))  # four superblocks
-    calls = _recorder(monkeypatch)
-    monkeypatch.setattr(_seal_tags, "_SEND_BATCHES", 1000)  # none sent during the pass: all kept back
-    monkeypatch.setattr(_sealing, "task_map", _in_turn)
+    src, calls = _four_superblocks(tmp_path, monkeypatch, 1000)  # none sent during the pass: all kept back
     sent_before_tags: list[int] = []
     real_rest = _seal_tags.InPass.rest
 

@@ -6,7 +6,8 @@ there but for its tag, so it is tagged there (`InPass.tag`, ``ps_tag_runs``): th
 then not read back and written again to be tagged, a pass that took about a fifth of a GiB's seal
 (docs/performance.md). Once a batch is written (`InPass.written`) its file range is handed to the
 disk (as the tag pass did chunk by chunk, so that the final flush finds little to write) by a thread
-of its own (`_Sender`). `InPass.rest` tags what is left after the pass:
+of its own (`_Sender`), a few batches at a time, the last few when the pass ends (`InPass.send_ready`),
+before the tag pass. `InPass.rest` tags what is left after the pass:
 
 * each tensor's reserved blocks (their identity record is written after the code) and its short
   last block (zero-padded when tagged, and perhaps too short to hold its tag);
