@@ -439,9 +439,8 @@ __attribute__((target("avx512f,avx512bw"))) static int64_t to_strata_avx512(cons
  * reads to its free bytes, 32 groups at a time (_gfni_affine): for codeword t, nsrc[t] read bytes src
  * (byte of the group) and, for each, nblk[t] (8 or 16) blocks of 8 matrices mats. spread, masks: as
  * place_free_bytes. Where out is given, each 32 groups then go on to ps_to_strata's placement (g0s:
- * the first group's number, pad, perm, nperm, F, ld as there) while they are in L1: read back from
- * memory by a separate pass, they cost that pass about as much as the placement itself. Returns 0, -1
- * for a bad map, -2 where memory ran out. */
+ * the first group's number, pad, perm, nperm, F, ld as there) while they are in L1, where a separate
+ * pass read the superblock's 16 MiB of words back. Returns 0, -1 for a bad map, -2 where memory ran out. */
 TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, const int32_t *nsrc, const int32_t *nblk,
                                 const int16_t *src, const uint64_t *mats, const uint8_t *spread, const uint64_t *masks,
                                 const uint32_t *pad, int64_t g0s, const int16_t *perm, int nperm, int F, uint32_t *out,
@@ -1072,7 +1071,7 @@ MOVERS static int64_t to_strata_avx512(const uint32_t *w, const uint32_t *pad, i
     for (; r + 16 <= r1; r += 16) {
         for (int s = 0; s < 16; s++) {
             const uint32_t *in = w + (r + s) * 255, *pd = pad + (r + s) * 255;
-            prefetch_row(pd + 16 * 255);
+            prefetch_row(pd + 16 * 255); /* the next step's keyed offset (its rows came a superblock ago) */
             for (int p = 0; p < 255; p += 16) {
                 const __mmask16 m = p + 16 <= 255 ? 0xFFFF : 0x7FFF;
                 _mm512_store_si512(buf + 256 * s + p, _mm512_xor_si512(_mm512_maskz_loadu_epi32(m, in + p),
