@@ -40,6 +40,17 @@ static inline void prefetch_row(const uint32_t *row)
         __builtin_prefetch(row + 16 * c, 0, 3);
 }
 
+/* The gather's source lines PF_ROWS rows on, for sources off[16 (r mod 16) ...] (n of them, word offsets
+ * from lo; negative: none): 255 streams, more than the prefetchers follow, and 16 a row, as all 255 every
+ * 16 rows filled the line buffers. */
+static inline void prefetch_sources(const uint32_t *lo, const int32_t *off, int n, int64_t r)
+{
+    const int64_t line = (r & ~(int64_t)15) + PF_ROWS;
+    for (int j = 16 * (int)(r & 15); j < 16 * (int)(r & 15) + 16 && j < n; j++)
+        if (off[j] >= 0)
+            __builtin_prefetch(lo + off[j] + line, 0, 3);
+}
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the kernels read packed words as little-endian bytes; ParamSeal runs numba's instead"
 #endif
@@ -776,9 +787,8 @@ MOVERS static int64_t gather_rows_avx512(uint32_t *w, int64_t r, int64_t lim, in
 {
     const __m512i ex = _mm512_set1_epi32(0x7F800000), kp = _mm512_set1_epi32((int)keep), nf = _mm512_set1_epi32(F);
     for (; r < lim; r++) {
-        for (int j = 16 * (int)(r & 15); j < 16 * (int)(r & 15) + 16 && j < F; j++) /* as gather_rows_tab_avx512 */
-            _mm_prefetch((const char *)(lo + offw[j] + (r & ~(int64_t)15) + PF_ROWS), _MM_HINT_T0);
-        prefetch_row(pad + (r + PF_PAD) * 255);
+        prefetch_sources(lo, offw, F, r);
+        prefetch_row(pad + (r + PF_PAD) * 255); /* among those streams the prefetchers lost the pad's too */
         const int16_t *pr = perm + ((g0 + r) % nperm) * 255;
         const uint32_t *pd = pad + r * 255, *src = lo + r;
         uint32_t *out = w + r * 255;
@@ -806,12 +816,8 @@ MOVERS static int64_t gather_rows_tab_avx512(uint32_t *w, int64_t r, int64_t lim
     const __m512i ex = _mm512_set1_epi32(0x7F800000), kp = _mm512_set1_epi32((int)keep), none = _mm512_set1_epi32(-1);
     int64_t q = (g0 + r) % nperm;
     for (; r < lim; r++) {
-        /* each source's line PF_ROWS rows on (255 streams, more than the prefetchers follow), 16 sources a row:
-         * all 255 every 16 rows filled the line buffers */
-        for (int p = 16 * (int)(r & 15); p < 16 * (int)(r & 15) + 16 && p < 255; p++)
-            if (at[p] >= 0) /* permutation 0 names every float stratum once */
-                _mm_prefetch((const char *)(lo + at[p] + (r & ~(int64_t)15) + PF_ROWS), _MM_HINT_T0);
-        prefetch_row(pad + (r + PF_PAD) * 255); /* among those streams the prefetchers lost the pad's too */
+        prefetch_sources(lo, at, 255, r); /* permutation 0's row names every float stratum once */
+        prefetch_row(pad + (r + PF_PAD) * 255);
         const int32_t *ar = at + q * 256;
         const uint32_t *pd = pad + r * 255, *src = lo + r;
         uint32_t *out = w + r * 255;

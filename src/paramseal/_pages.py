@@ -331,11 +331,8 @@ def file_span(a: NDArray[Any]) -> tuple[int, int] | None:
     """``(descriptor, byte offset)`` of a C-contiguous array that lies in a mapped file, else None."""
     if not a.flags.c_contiguous:
         return None
-    lo = a.ctypes.data
-    for base, (length, _) in list(_MAPS.items()):
-        if base <= lo and lo + a.nbytes <= base + length:
-            return _FDS[base], lo - base
-    return None
+    fds, offs = file_spans(np.array([a.ctypes.data], np.int64), np.array([a.nbytes], np.int64))
+    return None if fds[0] < 0 else (int(fds[0]), int(offs[0]))
 
 
 def file_spans(addrs: NDArray[np.int64], nbytes: NDArray[np.int64]) -> tuple[NDArray[np.int32], NDArray[np.int64]]:

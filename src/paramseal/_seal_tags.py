@@ -14,7 +14,7 @@ before the tag pass. `InPass.rest` tags what is left after the pass:
 * the blocks a row's first word cuts: they lie in two batches' rows. Until 2026-12-05 they were read
   back, tagged and written again as soon as both batches were written; about one seal in 250 of the
   MiniLM model (random keys, two seals at a time) then kept zeros in a few of such a block's values,
-  tagged as they were (verify: intact), by a race not pinned down. Tagged after the pass: none in 445.
+  tagged as they were (verify: intact), by a race not pinned down. Tagged after the pass: none in 853.
 * tensors the strata do not stage (integer and data tensors), chunk by chunk as before.
 """
 

@@ -294,19 +294,21 @@ def _seal_irs(
     side_by_side = task_map if _native.encodes(code) else in_turn
 
     @functools.lru_cache(maxsize=8)  # the tensors being tagged (a few at a time: memory stays bounded)
-    def of(t: int) -> tuple[NDArray[np.bool_], bytes]:
-        spec = specs[t]
-        plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
-        return spec.block_storage()[1], plain
+    def plain_of(t: int) -> bytes:
+        return _embed.reserved_content(specs[t], t, len(specs), salt, None) if specs[t].reserved else b""
+
+    @functools.lru_cache(maxsize=8)  # the tensors tagged chunk by chunk: a staged one needs no array a block
+    def internal_of(t: int) -> NDArray[np.bool_]:
+        return specs[t].block_storage()[1]
 
     def tag(job: tuple[int, int, int]) -> NDArray[np.uint64]:  # chunks are disjoint blocks: any order
         t, r0, r1 = job
         spec = specs[t]
         prog.step(f"tag {spec.name}")
+        plain = plain_of(t)
         if staged.staged[t]:  # the pass tagged its whole blocks: what is left, from the file
-            plain = _embed.reserved_content(spec, t, len(specs), salt, None) if spec.reserved else b""
             return staged.rest(t, plain, t not in carriers)
-        internal, plain = of(t)
+        internal = internal_of(t)
         ub = read_blocks(outs[t], spec, r0, r1, scratch)
         ext = _tag_chunk(ub, t, spec, r0, internal, plain, t not in carriers, mac, salt)
         write_blocks(outs[t], spec, r0, ub)
