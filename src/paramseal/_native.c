@@ -414,7 +414,29 @@ TARGET static inline __attribute__((always_inline)) void affine_sums(const uint6
 #pragma GCC unroll 4
             for (int e = 0; e < 4; e++)
                 A[h][e] = _mm512_setzero_si512();
-        for (int s = 0; s < ns; s++) {
+        int s = 0;
+        for (; s + 2 <= ns; s += 2) { /* two read bytes a step: one ternary XOR adds both products */
+            const uint64_t *m = M + ((size_t)s * nb + e0) * 8, *n = m + (size_t)nb * 8;
+            const int at = src[s], bt = src[s + 1];
+            const __m512i x0 = _mm512_set1_epi64((long long)X[0][at]), x1 = _mm512_set1_epi64((long long)X[1][at]);
+            const __m512i x2 = _mm512_set1_epi64((long long)X[2][at]), x3 = _mm512_set1_epi64((long long)X[3][at]);
+            const __m512i y0 = _mm512_set1_epi64((long long)X[0][bt]), y1 = _mm512_set1_epi64((long long)X[1][bt]);
+            const __m512i y2 = _mm512_set1_epi64((long long)X[2][bt]), y3 = _mm512_set1_epi64((long long)X[3][bt]);
+#pragma GCC unroll 4
+            for (int e = 0; e < 4; e++) {
+                const __m512i me = _mm512_loadu_si512((const void *)(m + 8 * e));
+                const __m512i ne = _mm512_loadu_si512((const void *)(n + 8 * e));
+                A[0][e] = _mm512_ternarylogic_epi64(A[0][e], _mm512_gf2p8affine_epi64_epi8(x0, me, 0),
+                                                    _mm512_gf2p8affine_epi64_epi8(y0, ne, 0), 0x96);
+                A[1][e] = _mm512_ternarylogic_epi64(A[1][e], _mm512_gf2p8affine_epi64_epi8(x1, me, 0),
+                                                    _mm512_gf2p8affine_epi64_epi8(y1, ne, 0), 0x96);
+                A[2][e] = _mm512_ternarylogic_epi64(A[2][e], _mm512_gf2p8affine_epi64_epi8(x2, me, 0),
+                                                    _mm512_gf2p8affine_epi64_epi8(y2, ne, 0), 0x96);
+                A[3][e] = _mm512_ternarylogic_epi64(A[3][e], _mm512_gf2p8affine_epi64_epi8(x3, me, 0),
+                                                    _mm512_gf2p8affine_epi64_epi8(y3, ne, 0), 0x96);
+            }
+        }
+        for (; s < ns; s++) {
             const uint64_t *m = M + ((size_t)s * nb + e0) * 8;
             const int at = src[s];
             const __m512i x0 = _mm512_set1_epi64((long long)X[0][at]), x1 = _mm512_set1_epi64((long long)X[1][at]);
