@@ -11,7 +11,7 @@ from numpy.typing import NDArray
 from safetensors.numpy import save_file
 from test_native import CODES, needs_native
 
-from paramseal import _gfni_affine, _gfni_plan, _irs, _irs_consts, _native, _native_strata, _strata, files
+from paramseal import _gfni_affine, _gfni_plan, _irs, _irs_consts, _native, _native_strata, _outer, _strata, files
 from paramseal.keys import Key
 
 KEY = Key.generate()
@@ -95,12 +95,18 @@ def test_encoding_and_placing_in_one_pass_gives_what_the_two_passes_give(
     W = _groups(k, F, ng, 7)
     pad = rng.integers(0, 2**32, W.shape, dtype=np.uint64).astype(np.uint32)
     perm = np.stack([rng.permutation(_irs_consts.N_POS) for _ in range(nperm)]).astype(np.int16)
+    # the outer parity's bytes, put by the one pass (where the code hosts any) and by the caller before two
+    at = (4 * code.hosted.reshape(-1)).astype(np.int16)
+    hosted = (rng.integers(0, 256, (ng, at.size), dtype=np.uint8), at) if host else None
     want_w = W.copy()
+    if hosted is not None:
+        _outer.Outer.put_hosted(want_w, hosted)
+        assert not np.array_equal(want_w, W)
     assert _native.encode(code, want_w)
     want = _native_strata.to_strata(want_w, pad, g0, perm, nf, np.zeros((nf, ng), np.uint32))
     out = np.full((nf, _native_strata.row_stride(ng)), 0xA5A5A5A5, np.uint32)
     got_w = W.copy()
-    assert _native.encode_placed(code, got_w, pad, g0, perm, nf, out)
+    assert _native.encode_placed(code, got_w, pad, g0, perm, nf, out, hosted)
     assert np.array_equal(got_w, want_w)
     assert np.array_equal(out[:, :ng], want)
     assert (out[:, ng:] == 0xA5A5A5A5).all()  # nothing past the groups' columns

@@ -473,15 +473,22 @@ __attribute__((target("avx512f,avx512bw"))) static int64_t to_strata_avx512(cons
  * (byte of the group) and, for each, nblk[t] (8 or 16) blocks of 8 matrices mats. spread, masks: as
  * place_free_bytes. Where out is given, each 32 groups then go on to ps_to_strata's placement (g0s:
  * the first group's number, pad, perm, nperm, F, ld as there) while they are in L1, where a separate
- * pass read the superblock's 16 MiB of words back. Returns 0, -1 for a bad map, -2 where memory ran out. */
+ * pass read the superblock's 16 MiB of words back. hosted: NULL, or [ng][nh] bytes that go to byte hpos[i] of
+ * each group before it is read (_outer.put's parity, written where the group's lines are loaded anyway).
+ * Returns 0, -1 for a bad map, -2 where memory ran out. */
 TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, const int32_t *nsrc, const int32_t *nblk,
                                 const int16_t *src, const uint64_t *mats, const uint8_t *spread, const uint64_t *masks,
                                 const uint32_t *pad, int64_t g0s, const int16_t *perm, int nperm, int F, uint32_t *out,
-                                int64_t ld)
+                                int64_t ld, const uint8_t *hosted, const int16_t *hpos, int nh)
 {
     static const uint8_t zero[1024] __attribute__((aligned(64)));
     int16_t pos[64], at[4 * 256];
     int total = 0;
+    if (hosted != NULL && (nh < 1 || nh > 64))
+        return -1;
+    for (int i = 0; hosted != NULL && i < nh; i++)
+        if (hpos[i] < 0 || hpos[i] >= GROUP_BYTES)
+            return -1;
     for (int t = 0; t < 4; t++) {
         if (nsrc[t] < 0 || nsrc[t] > 256 || (nblk[t] != 8 && nblk[t] != 16))
             return -1;
@@ -507,6 +514,9 @@ TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, con
             const uint8_t *G[8];
             for (int u = 0; u < 8; u++)
                 G[u] = g0 + 8 * h + u < ng ? W + (g0 + 8 * h + u) * GROUP_BYTES : zero;
+            for (int64_t g = g0 + 8 * h; hosted != NULL && g < g0 + 8 * h + 8 && g < ng; g++)
+                for (int i = 0; i < nh; i++) /* the outer parity's bytes, as _outer.put writes them */
+                    W[g * GROUP_BYTES + hpos[i]] = hosted[g * nh + i];
             for (int c = 0; c < 16; c++) {
                 for (int l = 0; l < 8 && pf < pf_end; l++, pf += 64)
                     _mm_prefetch(pf, _MM_HINT_T1);

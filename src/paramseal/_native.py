@@ -144,7 +144,7 @@ def _load() -> ctypes.CDLL | None:
     lib.ps_irs_encode.argtypes = [p, ctypes.c_int64, p, i32, p, p, u64, p, p, i32, p, p, p, u64, p, p, i32]
     lib.ps_irs_encode.restype = i32
     i64 = ctypes.c_int64
-    lib.ps_irs_encode_affine.argtypes = [p, i64, p, p, p, p, p, p, p, p, i64, p, i32, i32, p, i64]
+    lib.ps_irs_encode_affine.argtypes = [p, i64, p, p, p, p, p, p, p, p, i64, p, i32, i32, p, i64, p, p, i32]
     lib.ps_irs_encode_affine.restype = i32
     lib.ps_content.argtypes = [p, i64, i64, i32, i32, p, i64]
     lib.ps_content.restype = None
@@ -309,11 +309,13 @@ def encode_placed(
     perm: NDArray[np.int16],
     F: int,
     out: NDArray[np.uint32],
+    hosted: tuple[NDArray[np.uint8], NDArray[np.int16]] | None = None,
 ) -> bool:
     """`encode`, each 32 groups then placed as `_native_strata.to_strata` places them (into ``out``, ``[F, >= ng]``).
 
     One pass where the linear-map encoder serves (and `SIMD`): the groups are still in L1 when they
-    are placed. False, nothing done, elsewhere: the caller encodes and places in two.
+    are placed. False, nothing done, elsewhere: the caller encodes and places in two. ``hosted``:
+    the outer parity (`_outer.Outer.hosted_bytes`), written into each group just before it is encoded.
     """
     lib = _load()
     if lib is None or not (SIMD and AFFINE and W.shape[0] >= AFFINE_MIN_GROUPS):
@@ -327,7 +329,9 @@ def encode_placed(
     ng = W.shape[0]
     assert pad.shape == W.shape and pad.dtype == np.uint32 and perm.dtype == np.int16 and perm.shape[1] == 255
     assert out.dtype == np.uint32 and out.ndim == 2 and out.shape[0] == F and out.shape[1] >= ng and 0 < F <= 255
-    _run_affine(lib, code, a, W, (pad, g0, perm, F, out))
+    if hosted is not None:
+        assert hosted[0].shape == (ng, hosted[1].size) and hosted[0].flags.c_contiguous and hosted[1].dtype == np.int16
+    _run_affine(lib, code, a, W, (pad, g0, perm, F, out), hosted)
     return True
 
 
@@ -337,6 +341,7 @@ def _run_affine(
     a: _gfni_affine.AffinePlan,
     W: NDArray[np.uint32],
     place: tuple[NDArray[np.uint32], int, NDArray[np.int16], int, NDArray[np.uint32]] | None,
+    hosted: tuple[NDArray[np.uint8], NDArray[np.int16]] | None = None,
 ) -> None:
     """``ps_irs_encode_affine`` on W, one call per core, placing the words where ``place`` is given."""
     ptr = [x.ctypes.data for x in (a.nsrc, a.nblk, a.src, a.mats)]
@@ -349,8 +354,9 @@ def _run_affine(
             pad, g0, perm, F, out = place
             to = (pad.ctypes.data + 4 * 255 * r[0], g0 + r[0], perm.ctypes.data, perm.shape[0], F,
                   out.ctypes.data + 4 * r[0], out.shape[1])  # fmt: skip
+        put = (0, 0, 0) if hosted is None else (hosted[0][r[0] :].ctypes.data, hosted[1].ctypes.data, hosted[1].size)
         rc = lib.ps_irs_encode_affine(rows.ctypes.data, rows.shape[0], p.keep.ctypes.data, *ptr,
-                                      p.spread.ctypes.data, p.masks.ctypes.data, *to)  # fmt: skip
+                                      p.spread.ctypes.data, p.masks.ctypes.data, *to, *put)  # fmt: skip
         if rc == -2:
             raise MemoryError("the compiled encoder could not allocate its placement table")
         if rc:

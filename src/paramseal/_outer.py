@@ -113,7 +113,12 @@ class Outer:
 
     def put(self, code: _irs.Code, w: NDArray[np.uint32], parity: NDArray[np.uint8]) -> None:
         """Write the parity into the hosted bytes of all the superblock's groups ``w`` (in place)."""
-        self.put_rows(code, w, np.arange(w.shape[0]), parity, w.shape[0])
+        self.put_hosted(w, self.hosted_bytes(code, parity, w.shape[0]))
+
+    @staticmethod
+    def put_hosted(rows: NDArray[np.uint32], hosted: tuple[NDArray[np.uint8], NDArray[np.int16]]) -> None:
+        """Write `hosted_bytes`'s rows (as many as ``rows``) into ``rows``, in place."""
+        rows.view(np.uint8).reshape(rows.shape[0], 4 * _irs_consts.N_POS)[:, hosted[1]] = hosted[0]
 
     def can_repair(self, failed: NDArray[np.bool_], s: int) -> bool:
         """Whether `repair` has the shards to rebuild the ``failed`` groups of superblock ``s``.
@@ -175,10 +180,16 @@ class Outer:
         self, code: _irs.Code, rows: NDArray[np.uint32], which: NDArray[np.int64], parity: NDArray[np.uint8], ng: int
     ) -> None:
         """Write the hosted bytes of superblock rows ``which`` (of ``ng``) into ``rows``: parity column by column."""
+        stream, at = self.hosted_bytes(code, parity, ng)
+        self.put_hosted(rows, (stream[which], at))
+
+    def hosted_bytes(
+        self, code: _irs.Code, parity: NDArray[np.uint8], ng: int
+    ) -> tuple[NDArray[np.uint8], NDArray[np.int16]]:
+        """What `put` writes into a superblock of ``ng`` groups: ``[ng, n]`` bytes, and the byte of a group each goes to."""
         stream = np.zeros(ng * 4 * self.host, np.uint8)
         stream[: parity.size] = parity.reshape(-1)
-        by = rows.view(np.uint8).reshape(rows.shape[0], _irs_consts.N_POS, 4)
-        by[:, code.hosted.reshape(-1), 0] = stream.reshape(ng, -1)[which]
+        return stream.reshape(ng, -1), (4 * code.hosted.reshape(-1)).astype(np.int16)  # byte 0 of each hosting word
 
 
 @njit(cache=True, nogil=True)

@@ -277,11 +277,14 @@ def _seal_irs(
             g1 = min(b, g0 + step)
             pad = st.pad(np.arange(g0, g1, dtype=np.int64), scratch)
             w = st.seal_words(flats, data, g0, g1, pad, scratch)  # the code runs on the words plus the keyed offset
+            hosted = None
             if st.host:
                 content = outer.content(w, scratch.get("content", (g1 - g0, outer.shard), np.uint8))
-                outer.put(code, w, outer.parity(content, s))
-            placed = st.encode_placed(w, g0, pad, scratch)  # encoded and placed in one pass, where it can
+                hosted = outer.hosted_bytes(code, outer.parity(content, s), g1 - g0)
+            placed = st.encode_placed(w, g0, pad, scratch, hosted)  # parity put, encoded, placed in one pass
             if placed is None:
+                if hosted is not None:
+                    outer.put_hosted(w, hosted)
                 _irs.encode(code, w)
             st.scatter(outs, w, g0, g1, pad, scratch, staged.tag if staged.active else None, placed)
             if staged.active:

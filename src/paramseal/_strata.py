@@ -208,18 +208,24 @@ class Strata(StrataMap):
         return w
 
     def encode_placed(
-        self, w: NDArray[np.uint32], g0: int, pad: NDArray[np.uint32], scratch: Scratch
+        self,
+        w: NDArray[np.uint32],
+        g0: int,
+        pad: NDArray[np.uint32],
+        scratch: Scratch,
+        hosted: tuple[NDArray[np.uint8], NDArray[np.int16]] | None = None,
     ) -> NDArray[np.uint32] | None:
         """`_irs.encode` of ``w`` (groups ``g0...``) and `scatter`'s placement in one pass (`_native.encode_placed`).
 
         Returns `scatter`'s ``placed``: its ``strata`` buffer in ``scratch`` (``[F, ld]``, the first ``ng``
-        words of each row placed), or None, ``w`` untouched, where that kernel does not serve: the caller encodes.
+        words of each row placed), or None, ``w`` untouched, where that kernel does not serve: the caller
+        encodes. ``hosted``: the outer parity to put into ``w`` first (`_outer.Outer.hosted_bytes`).
         """
         ng = w.shape[0]
         if not (_native.portable() and ng and self.free_strata):
             return None
         out = scratch.get("strata", (self.free_strata, _native_strata.row_stride(ng)), np.uint32)
-        if not _native.encode_placed(self.code, w, pad, g0, self._perm16(), self.free_strata, out):
+        if not _native.encode_placed(self.code, w, pad, g0, self._perm16(), self.free_strata, out, hosted):
             return None
         return out
 
