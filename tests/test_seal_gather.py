@@ -156,6 +156,36 @@ def test_strata_rows_any_distance_apart_are_written_as_contiguous_ones() -> None
     assert np.array_equal(outs[0], outs[1]) and np.array_equal(outs[0], wt)
 
 
+@needs_lib
+@pytest.mark.parametrize("in_file", [True, False])
+def test_get_strata_reads_back_what_put_strata_wrote(tmp_path: Path, in_file: bool) -> None:
+    """Pieces in a file (pread) or in memory (a copy), with padding (-2) read as nothing: the rows come back."""
+    F, ng = 5, 300
+    rng = np.random.default_rng(11)
+    wt = rng.integers(0, 2**32, (F, ng), dtype=np.uint32)
+    store = np.zeros(F * ng + 64, np.uint32)  # stratum j's rows at word 7 + j * ng, one word past padding
+    ends = np.array([ng, 100, ng, ng, 40, ng, ng], np.int64)  # stratum 1 and 3 in two pieces (1's second: padding)
+    pstart = np.array([0, 1, 3, 4, 6, 7], np.int64)
+    row0 = np.array([7 + j * ng for j in (0, 1, 1, 2, 3, 3, 4)], np.int64)
+    fd = np.full(ends.size, -1, np.int32)
+    fd[2] = -2
+    with open(tmp_path / "s.bin", "w+b") as f:
+        f.truncate(store.nbytes)
+        if in_file:
+            fd[fd == -1] = f.fileno()
+            base = (4 * row0).astype(np.uint64)
+        else:
+            base = (store.ctypes.data + 4 * row0).astype(np.uint64)
+        pieces = (pstart, ends, base, fd)
+        _native_strata.put_strata(wt, pieces)
+        back = np.full((F, ng), 0xA5A5A5A5, np.uint32)
+        _native_strata.get_strata(back, pieces)
+        written = np.fromfile(tmp_path / "s.bin", np.uint32) if in_file else store
+    assert np.array_equal(back[:, :100], wt[:, :100]) and np.array_equal(back[[0, 2, 3, 4]], wt[[0, 2, 3, 4]])
+    assert (back[1, 100:] == 0xA5A5A5A5).all()  # the padding piece: neither written nor read
+    assert np.array_equal(written[7 : 7 + ng], wt[0]) and (written[7 + ng + 100 : 7 + 2 * ng] == 0).all()
+
+
 def _to_strata_reference(w: np.ndarray, pad: np.ndarray, g0: int, perm: np.ndarray, F: int) -> np.ndarray:
     """out[j][r] = (w ^ pad)[r][p] for the position p of stratum j < F under group g0 + r's permutation."""
     ng = w.shape[0]

@@ -1180,29 +1180,42 @@ int ps_to_strata(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1,
     return 0;
 }
 
-/* The scatter's writes (as _strata.write_run, piece by piece): rows of the float strata [j0, j1) of
- * wt (rows of ld words) to where the pieces of ps_gather's layout say, with pwrite where fd[q] >= 0
- * (base[q]: the byte offset of row 0 in that file), a copy where fd[q] == -1 (base[q]: the
- * address of row 0), nothing for padding (fd[q] == -2). Returns 0, -errno of a failed write, or
- * -100000 when a write took no bytes. */
-int64_t ps_put_strata(const uint32_t *wt, int64_t ld, int j0, int j1, const int64_t *pstart, const int64_t *row_end,
-                      const uint64_t *base, const int32_t *fd)
+/* Rows of the float strata [j0, j1) of wt (rows of ld words) to (write) or from (read) where the pieces of
+ * ps_gather's layout say: pwrite or pread where fd[q] >= 0 (base[q]: the byte offset of row 0 in that
+ * file), a copy where fd[q] == -1 (base[q]: the address of row 0), nothing for padding (fd[q] == -2).
+ * Returns 0, -errno of a failed call, or -100000 when a call moved no bytes. */
+static int64_t move_strata(uint32_t *wt, int64_t ld, int j0, int j1, const int64_t *pstart, const int64_t *row_end,
+                           const uint64_t *base, const int32_t *fd, int write)
 {
     for (int j = j0; j < j1; j++)
         for (int64_t q = pstart[j]; q < pstart[j + 1]; q++) {
             const int64_t a = q == pstart[j] ? 0 : row_end[q - 1], b = row_end[q];
             if (fd[q] == -2 || a >= b)
                 continue;
-            const char *src = (const char *)(wt + j * ld + a);
+            char *row = (char *)(wt + j * ld + a), *at = (char *)(uintptr_t)(base[q] + 4 * (uint64_t)a);
             if (fd[q] < 0) {
-                memcpy((char *)(uintptr_t)(base[q] + 4 * (uint64_t)a), src, 4 * (size_t)(b - a));
+                memcpy(write ? at : row, write ? row : at, 4 * (size_t)(b - a));
                 continue;
             }
-            const int64_t e = io_all(fd[q], (char *)(uintptr_t)src, 4 * (b - a), (int64_t)base[q] + 4 * a, 1);
+            const int64_t e = io_all(fd[q], row, 4 * (b - a), (int64_t)base[q] + 4 * a, write);
             if (e)
                 return e;
         }
     return 0;
+}
+
+/* The scatter's writes (as _strata.write_run, piece by piece): move_strata from wt. */
+int64_t ps_put_strata(const uint32_t *wt, int64_t ld, int j0, int j1, const int64_t *pstart, const int64_t *row_end,
+                      const uint64_t *base, const int32_t *fd)
+{
+    return move_strata((uint32_t *)(uintptr_t)wt, ld, j0, j1, pstart, row_end, base, fd, 1);
+}
+
+/* Its reads: move_strata into wt (the seal's tag pass reads a few blocks a stratum row so, with no page faults). */
+int64_t ps_get_strata(uint32_t *wt, int64_t ld, int j0, int j1, const int64_t *pstart, const int64_t *row_end,
+                      const uint64_t *base, const int32_t *fd)
+{
+    return move_strata(wt, ld, j0, j1, pstart, row_end, base, fd, 0);
 }
 
 /* The block MAC's hash (as _kernels.mlh_tags): for blocks [b0, b1) of words ([nb][nw] 16-bit),

@@ -115,8 +115,9 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_gather.restype = i64
     lib.ps_to_strata.argtypes = [p, p, i64, i64, i64, p, i32, i32, p, i64, i32]
     lib.ps_to_strata.restype = i32
-    lib.ps_put_strata.argtypes = [p, i64, i32, i32, p, p, p, p]
-    lib.ps_put_strata.restype = i64
+    for fn in (lib.ps_put_strata, lib.ps_get_strata):
+        fn.argtypes = [p, i64, i32, i32, p, p, p, p]
+        fn.restype = i64
     lib.ps_shares.argtypes = [p, p, i64, i64, p, i32, p]
     lib.ps_shares.restype = i32
     lib.ps_encode_tab.argtypes = [p, i64, i64, p, i32, p, p, i64, p]

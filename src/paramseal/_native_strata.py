@@ -135,25 +135,44 @@ def put_strata(
 
     See ``ps_put_strata``. The caller keeps the arrays the piece addresses point into alive.
     """
+    _move_strata(wt, pieces, write=True)
+
+
+def get_strata(
+    wt: NDArray[np.uint32],
+    pieces: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]],
+) -> None:
+    """Read into ``wt`` what `put_strata` would write from it (``ps_get_strata``); padding is left as it is."""
+    _move_strata(wt, pieces, write=False)
+
+
+def _move_strata(
+    wt: NDArray[np.uint32],
+    pieces: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]],
+    *,
+    write: bool,
+) -> None:
     lib = _native._lib()
     assert lib is not None
+    fn = lib.ps_put_strata if write else lib.ps_get_strata
     pstart, row_end, base, fd = pieces
     for a in (pstart, row_end, base, fd):
         assert a.flags.c_contiguous
     F, ng = wt.shape
     assert wt.dtype == np.uint32 and wt.strides[1] == 4 and wt.strides[0] % 4 == 0 and wt.strides[0] >= 4 * ng
+    assert write or wt.flags.writeable
     ld = wt.strides[0] // 4  # rows may be `row_stride` apart (a view of `to_strata`'s array)
     assert pstart.size == F + 1
     args = (pstart.ctypes.data, row_end.ctypes.data, base.ctypes.data, fd.ctypes.data)
     got = parallel_map(
-        lambda r: int(lib.ps_put_strata(wt.ctypes.data, ld, r[0], r[1], *args)),
+        lambda r: int(fn(wt.ctypes.data, ld, r[0], r[1], *args)),
         halves(F) if ng * F >= 1 << 16 else [(0, F)],
     )
     if -100000 in got:
-        raise OSError(errno.EIO, "the file took no more bytes")
+        raise OSError(errno.EIO, "the file took no more bytes" if write else "the file ended before its tensors did")
     for e in got:
         if e < 0:
             raise OSError(-e, os.strerror(-e))
 
 
-__all__ = ["aes256_ctr", "gather", "put_strata", "row_stride", "to_strata"]
+__all__ = ["aes256_ctr", "gather", "get_strata", "put_strata", "row_stride", "to_strata"]

@@ -186,7 +186,7 @@ class Outer:
     def hosted_bytes(
         self, code: _irs.Code, parity: NDArray[np.uint8], ng: int
     ) -> tuple[NDArray[np.uint8], NDArray[np.int16]]:
-        """What `put` writes into a superblock of ``ng`` groups: ``[ng, n]`` bytes, and the byte of a group each goes to."""
+        """What `put` writes into a superblock of ``ng`` groups: ``[ng, n]`` bytes, and the byte each takes."""
         stream = np.zeros(ng * 4 * self.host, np.uint8)
         stream[: parity.size] = parity.reshape(-1)
         return stream.reshape(ng, -1), (4 * code.hosted.reshape(-1)).astype(np.int16)  # byte 0 of each hosting word

@@ -30,7 +30,7 @@ from . import _embed, _model, _native, _native_strata
 from ._bits import tag_mask, tag_words
 from ._layout import TensorSpec
 from ._mac import BlockMac
-from ._pages import file_span, release, start_writing
+from ._pages import file_span, start_writing
 from ._strata import Strata
 from .levels import BLOCK, TAG_BITS
 
@@ -59,6 +59,7 @@ class InPass:
         self._reserved = np.array([s.reserved for s in specs], np.int64)
         self._short = np.array([s.nblocks - 1 if s.numel % BLOCK else -1 for s in specs], np.int64)
         self._late: list[_Edges] = []  # blocks a row's first word cuts: tagged by `rest`, after the pass
+        self._late_of: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None  # them by tensor, made by `rest`
         spans = [file_span(outs[t]) for t in self.ts]
         self._foff = np.zeros(n, np.int64)  # each staged tensor's byte offset in the output file
         self._foff[self.ts] = [0 if sp is None else sp[1] for sp in spans]
@@ -119,6 +120,17 @@ class InPass:
         if self._sender is not None:
             self._sender.close()
 
+    def _late_blocks(self, t: int) -> NDArray[np.int64]:
+        """Tensor ``t``'s cut blocks (`tag`'s ``_late``, sorted by tensor once, not searched batch by batch)."""
+        with self._lock:
+            if self._late_of is None:
+                tt = np.concatenate([np.zeros(0, np.int64), *(a for a, _ in self._late)]).astype(np.int64)
+                bb = np.concatenate([np.zeros(0, np.int64), *(b for _, b in self._late)]).astype(np.int64)
+                order = np.argsort(tt, kind="stable")
+                self._late_of = tt[order], bb[order]
+            tt, bb = self._late_of
+        return bb[np.searchsorted(tt, t) : np.searchsorted(tt, t, side="right")]
+
     def _tag_rows(
         self, ub: NDArray[np.uint32], rows: NDArray[np.int64], tensors: NDArray[np.int64], blocks: NDArray[np.int64]
     ) -> None:
@@ -133,9 +145,9 @@ class InPass:
     def rest(self, t: int, plain: bytes, record: bool) -> NDArray[np.uint64]:
         """Tag tensor ``t``'s blocks the pass left (a staged tensor); return the tags kept in the header."""
         spec, flat = self._specs[t], self._outs[t]
-        late = [b[tt == t] for tt, b in self._late]
+        late = self._late_blocks(t)
         short = self._short[t : t + 1]  # its short last block, if it has one (-1 if not)
-        at = np.unique(np.concatenate([np.arange(spec.reserved), *late, short[short >= 0]]).astype(np.int64))
+        at = np.unique(np.concatenate([np.arange(spec.reserved), late, short[short >= 0]]).astype(np.int64))
         if not at.size:
             return np.zeros(0, np.uint64)
         ub = _read_at(flat, spec, at)
@@ -198,19 +210,27 @@ def _joined(ranges: NDArray[np.int64]) -> list[tuple[int, int]]:
 
 
 def _read_at(flat: NDArray[np.unsignedinteger], spec: TensorSpec, at: NDArray[np.int64]) -> NDArray[np.uint32]:
-    """Blocks ``at`` (sorted) of a staged tensor's flat words, zero-padded: ``[len(at), 64]``."""
-    idx = at[:, None] * BLOCK + np.arange(BLOCK)
-    ok = idx < spec.numel
-    ub = np.zeros(idx.shape, np.uint32)
-    ub[ok] = flat[idx[ok]]  # page faults on a mapped file: a few blocks a stratum row
-    release(flat)
+    """Blocks ``at`` (sorted) of a staged tensor's flat words, zero-padded: ``[len(at), 64]``.
+
+    Read as `_write_at` writes them (pread from a file: page faults on the mapping, and dropping the
+    pages after, took half the tag pass's CPU time).
+    """
+    ub = np.zeros((at.size, BLOCK), np.uint32)
+    _native_strata.get_strata(ub.reshape(1, -1), _pieces(flat, spec, at))
     return ub
 
 
 def _write_at(
     flat: NDArray[np.unsignedinteger], spec: TensorSpec, at: NDArray[np.int64], ub: NDArray[np.uint32]
 ) -> None:
-    """Write blocks ``at`` back (padding dropped): one ``ps_put_strata`` piece per run of consecutive blocks."""
+    """Write blocks ``at`` back (padding dropped)."""
+    _native_strata.put_strata(ub.reshape(1, -1), _pieces(flat, spec, at))
+
+
+def _pieces(
+    flat: NDArray[np.unsignedinteger], spec: TensorSpec, at: NDArray[np.int64]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]]:
+    """Blocks ``at`` (sorted) of ``flat`` as one stratum's rows (``ps_put_strata``), a piece a run of blocks."""
     r0 = np.flatnonzero(np.r_[True, np.diff(at) != 1])  # rows of ub that start a run
     ends = np.r_[r0[1:], at.size] * BLOCK
     ends[-1] = min(int(ends[-1]), (at.size - 1) * BLOCK + spec.numel - int(at[-1]) * BLOCK)
@@ -220,8 +240,7 @@ def _write_at(
         base, fd = (flat.ctypes.data + 4 * start).astype(np.uint64), np.full(r0.size, -1, np.int32)
     else:
         base, fd = (where[1] + 4 * start).astype(np.uint64), np.full(r0.size, where[0], np.int32)
-    pieces = (np.array([0, r0.size], np.int64), np.ascontiguousarray(ends, np.int64), base, fd)
-    _native_strata.put_strata(ub.reshape(1, -1), pieces)
+    return np.array([0, r0.size], np.int64), np.ascontiguousarray(ends, np.int64), base, fd
 
 
 __all__ = ["InPass"]
