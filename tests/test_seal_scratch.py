@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
+import time
 import weakref
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _native, _sealing, _strata, files
+from paramseal import _native, _native_strata, _parallel, _sealing, _strata, files
 from paramseal.seal import SealConfig
 
 needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
@@ -106,3 +108,33 @@ def test_superblock_arrays_are_let_go_before_the_tag_pass(
     monkeypatch.setattr(_sealing, "read_blocks", read)
     files.seal_file(src, tmp_path / "a.safetensors", key)
     assert seen and all(seen)  # the first (the superblocks') is gone
+
+
+@needs_lib
+def test_superblocks_sealed_side_by_side_write_their_strata_in_turn(
+    key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two superblocks at a time, but one's pwrites at a time (the kernel's file lock made the other spin)."""
+    rng = np.random.default_rng(4)
+    src = helpers.write_st(tmp_path / "m.safetensors", {"w": rng.standard_normal(5_000_003).astype(np.float32)})
+    lock = threading.Lock()
+    inside, most, threads = [0], [0], set()
+    real = _native_strata.put_strata
+
+    def put(wt: np.ndarray, pieces: object) -> None:
+        if sys._getframe(1).f_code.co_name != "scatter":  # the tag pass's few blocks: not the superblocks'
+            return real(wt, pieces)  # type: ignore[arg-type]
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            threads.add(threading.current_thread().name)
+        time.sleep(0.05)  # long enough for the other superblock's writes to come meanwhile
+        real(wt, pieces)  # type: ignore[arg-type]
+        with lock:
+            inside[0] -= 1
+
+    monkeypatch.setattr(_native_strata, "put_strata", put)
+    files.seal_file(src, tmp_path / "a.safetensors", key)
+    assert most[0] == 1
+    assert len(threads) == min(2, _parallel._cores())  # the superblocks did run side by side
+    assert files.verify_file(tmp_path / "a.safetensors", key).status == "intact"

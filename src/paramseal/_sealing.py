@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from dataclasses import replace
 
 import numpy as np
@@ -268,6 +269,9 @@ def _seal_irs(
     # each thread's work arrays, kept from one superblock to the next: fresh ones were mapped and
     # zeroed by the kernel every time (about 60 MiB a superblock)
     scratch = _strata.Scratch()
+    # one superblock's writes at a time: the kernel takes the file's lock for each pwrite anyway, and a
+    # thread waiting there spun (1.5% of a seal's CPU); waiting here it sleeps (ab_seal: 2.48 against 2.63 s)
+    writing = threading.Lock()
 
     def superblock(s: int) -> None:  # with an outer code, a whole superblock: its parity goes into its groups
         prog.step(f"encode {s + 1}/{outer.superblocks}")
@@ -286,7 +290,7 @@ def _seal_irs(
                 if hosted is not None:
                     outer.put_hosted(w, hosted)
                 _irs.encode(code, w)
-            st.scatter(outs, w, g0, g1, pad, scratch, staged.tag if staged.active else None, placed)
+            st.scatter(outs, w, g0, g1, pad, scratch, staged.tag if staged.active else None, placed, writing)
             if staged.active:
                 staged.written(g0, g1)
 

@@ -32,8 +32,10 @@ erasures, like unpermuted ones.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -239,12 +241,14 @@ class Strata(StrataMap):
         scratch: Scratch | None = None,
         staged: Callable[[NDArray[np.uint32], int, int], None] | None = None,
         placed: NDArray[np.uint32] | None = None,
+        writing: AbstractContextManager[object] | None = None,
     ) -> None:
         """Write the float words of groups ``[g0, g1)`` (``[ng, 255]``, XOR ``pad`` if given) into ``outs``.
 
         ``scratch``: the compiled path stages the strata in its ``strata`` buffer. ``staged``: called
         with that buffer (``[F, ld]``), ``g0`` and ``ng`` before it is written (the seal tags blocks there).
         ``placed``: what `encode_placed` returned for these words (the placement is then done).
+        ``writing``: held while the compiled path writes (a lock, so that threads writing one file take turns).
         """
         if pad is not None and _native.portable() and w.shape[0] and self.free_strata:
             shape = (self.free_strata, _native_strata.row_stride(w.shape[0]))
@@ -258,7 +262,9 @@ class Strata(StrataMap):
                 if staged is not None:
                     staged(out, g0, g1 - g0)
                 # the writes in one compiled loop: a Python call per piece cost as much as the copying
-                _native_strata.put_strata(wt, self._native_pieces(outs, ts, g0, g1 - g0, None))
+                pieces = self._native_pieces(outs, ts, g0, g1 - g0, None)
+                with writing or contextlib.nullcontext():
+                    _native_strata.put_strata(wt, pieces)
                 return
         else:
             wt = self.to_strata(w if pad is None else w ^ pad, g0)
