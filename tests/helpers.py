@@ -55,6 +55,18 @@ def default_signals() -> None:
         signal.signal(s, signal.SIG_DFL)
 
 
+def pad_words(key: bytes, g0: int, ng: int) -> np.ndarray:
+    """The keyed offset of groups ``[g0, g0 + ng)``: OpenSSL's AES-256-CTR keystream words from ``255 g0``."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    w0, w1 = 255 * g0, 255 * (g0 + ng)
+    block = w0 // 4  # 4 words an AES block; the counter block is the block number, big-endian
+    nbytes = 4 * (w1 - 4 * block)
+    enc = Cipher(algorithms.AES(key), modes.CTR(block.to_bytes(16, "big"))).encryptor()
+    raw = enc.update(bytes(-(-nbytes // 16) * 16))
+    return np.frombuffer(raw[:nbytes], "<u4")[w0 - 4 * block :].reshape(ng, 255).copy()
+
+
 def is_float(dt: np.dtype) -> bool:
     return np.dtype(dt) in FLOAT_LAYOUT
 

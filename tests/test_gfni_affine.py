@@ -5,13 +5,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import helpers
 import numpy as np
 import pytest
 from numpy.typing import NDArray
 from safetensors.numpy import save_file
 from test_native import CODES, needs_native
 
-from paramseal import _gfni_affine, _gfni_plan, _irs, _irs_consts, _native, _native_strata, _outer, _strata, files
+from paramseal import (
+    _gfni_affine,
+    _gfni_plan,
+    _irs,
+    _irs_consts,
+    _native,
+    _native_strata,
+    _outer,
+    _strata,
+    _strata_map,
+    files,
+)
 from paramseal.keys import Key
 
 KEY = Key.generate()
@@ -114,6 +126,61 @@ def test_encoding_and_placing_in_one_pass_gives_what_the_two_passes_give(
     again = W.copy()
     assert not _native.encode_placed(code, again, pad, g0, perm, nf, out)
     assert np.array_equal(again, W)
+
+
+@needs_native
+@pytest.mark.skipif(not _native_strata.makes_pad(), reason="the kernels make the offset with VAES")
+@pytest.mark.parametrize("g0", [0, 1_000_003, 2**33 + 1])
+def test_the_one_pass_makes_the_offset_from_its_key_as_its_words_give_it(
+    g0: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`_native.encode_placed` given the offset's key: the placement's pad_src rows are OpenSSL's keystream."""
+    monkeypatch.setattr(_native, "AFFINE_MIN_GROUPS", 0)
+    code = _irs.code_for(8, 255, 2)
+    ng, key = 1003, bytes(range(40, 72))
+    rng = np.random.default_rng(5)
+    perm = np.stack([rng.permutation(_irs_consts.N_POS) for _ in range(256)]).astype(np.int16)
+    W = _groups(8, 255, ng, 3)
+    outs, words = [], []
+    for pad in (helpers.pad_words(key, g0, ng), key):
+        out = np.zeros((255, _native_strata.row_stride(ng)), np.uint32)
+        w = W.copy()
+        assert _native.encode_placed(code, w, pad, g0, perm, 255, out)
+        outs.append(out)
+        words.append(w)
+    assert np.array_equal(words[0], words[1]) and np.array_equal(outs[0], outs[1])
+    wrong = np.zeros_like(outs[0])
+    assert _native.encode_placed(code, W.copy(), bytes(32), g0, perm, 255, wrong)
+    assert not np.array_equal(wrong, outs[0])  # another key, another placement: the key is used
+
+
+@needs_native
+def test_a_seal_making_the_offset_writes_the_file_its_words_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gather and the one pass made the offset from its key (or not): the same sealed file."""
+    src = tmp_path / "m.safetensors"
+    rng = np.random.default_rng(8)
+    save_file(
+        {"a": rng.standard_normal(2_000_003).astype(np.float32), "c": rng.standard_normal(999).astype(np.float32)},
+        str(src),
+    )
+    made = []
+    real = _strata_map.Offset.__init__
+    for on in (True, False):
+
+        def init(self: Any, *a: Any, on: bool = on) -> None:
+            real(self, *a)
+            self.key = self.key if on else None
+            made.append(self.key is not None)
+
+        with monkeypatch.context() as m:
+            m.setattr("os.urandom", lambda n: b"\x05" * n)  # the same salt both ways
+            m.setattr(_strata_map.Offset, "__init__", init)
+            files.seal_file(src, tmp_path / f"{on}.safetensors", KEY)
+    assert made.count(True) == made.count(False) > 0 or not _native_strata.makes_pad()
+    assert (tmp_path / "True.safetensors").read_bytes() == (tmp_path / "False.safetensors").read_bytes()
+    assert files.verify_file(tmp_path / "True.safetensors", KEY).status == "intact"
 
 
 @needs_native

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import helpers
 import numpy as np
 import pytest
 
@@ -69,6 +70,31 @@ def test_long_batches_gather_as_the_plain_loop(
         want = (src[j[fl], r[fl]] ^ pad[r[fl], p]) & np.uint32(KEEP)
         assert np.array_equal(got[True][0][r[fl], p], want)
         assert (got[True][0][r[~fl], p] == 0x5A5A5A5A).all()
+
+
+@needs_lib
+@pytest.mark.skipif(not _native_strata.makes_pad(), reason="the kernels make the offset with VAES")
+@pytest.mark.parametrize("simd", [True, False])
+@pytest.mark.parametrize(
+    ("ng", "g0", "F", "cut"),
+    [
+        (6000, 250, 255, 2500),  # long runs: the offset table's gather
+        (5000, 1_000_001, 255, 100),  # short runs: the plain vector gather; 255 g0 mod 4 = 3
+        (37, 2, 255, 5),  # rows not a whole number of the offset's 16 a refill
+        (600, 3, 200, 300),  # data strata
+    ],
+)
+def test_the_gather_makes_the_offset_from_its_key_as_its_words_give_it(
+    ng: int, g0: int, F: int, cut: int, simd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pad`` the key: ps_gather makes the keystream 16 groups at a time (pad_src), the words OpenSSL gives."""
+    monkeypatch.setattr(_native, "SIMD", simd)
+    srcs, pieces, perm = _case(ng + g0 % 97, ng, F, 256, cut)
+    key = bytes(range(7, 39))
+    want = _gather(ng, g0, perm, F, pieces, helpers.pad_words(key, g0, ng))
+    got = _gather(ng, g0, perm, F, pieces, key)  # type: ignore[arg-type]
+    assert got[1] == want[1] == -1
+    assert np.array_equal(got[0], want[0])
 
 
 @needs_lib

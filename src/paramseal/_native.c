@@ -40,6 +40,42 @@ static inline void prefetch_row(const uint32_t *row)
         __builtin_prefetch(row + 16 * c, 0, 3);
 }
 
+/* The keyed offset's rows, from an array or made from the key as they are needed, PAD_ROWS groups at a
+ * time into ring (in L1): a 16 MiB array a superblock was written by one pass and read by two, the gather's
+ * and the placement's, each a pass over the superblock's 16 MiB. Row r (group g0 + r) of pad, or at
+ * ring + o + 255 (r - r0). */
+#define PAD_ROWS 16
+typedef struct {
+    const uint32_t *pad; /* [rows][255], or NULL: made from key */
+    const uint8_t *key;  /* the AES-256 key of the offset's keystream (as ps_aes256_ctr's) */
+    int64_t g0, r0;      /* row 0's group; the first row in ring (-1: none yet) */
+    int o;               /* the word of ring where row r0 starts */
+    uint8_t rk[15 * 16]; /* key's round keys */
+    uint32_t ring[4096] __attribute__((aligned(64))); /* 256 x 4 AES blocks: o + 255 PAD_ROWS words, o < 4 */
+} pad_src;
+_Static_assert(255 * PAD_ROWS + 3 <= 4096, "pad_src's ring holds PAD_ROWS rows");
+
+static void pad_refill(pad_src *ps, int64_t r);
+
+/* ps with pad (key NULL), or made from key (pad NULL): 0, or -1 where this CPU lacks VAES. */
+static int pad_init(pad_src *ps, const uint32_t *pad, const uint8_t *key, int64_t g0);
+
+static inline const uint32_t *pad_row(pad_src *ps, int64_t r)
+{
+    if (ps->pad != NULL)
+        return ps->pad + r * 255;
+    if (ps->r0 < 0 || r < ps->r0 || r >= ps->r0 + PAD_ROWS)
+        pad_refill(ps, r);
+    return ps->ring + ps->o + (r - ps->r0) * 255;
+}
+
+/* An array's row r + PF_PAD (made rows need none: they are in L1). */
+static inline void prefetch_pad(const pad_src *ps, int64_t r)
+{
+    if (ps->pad != NULL)
+        prefetch_row(ps->pad + (r + PF_PAD) * 255);
+}
+
 /* The gather's source lines PF_ROWS rows on, for sources off[16 (r mod 16) ...] (n of them, word offsets
  * from lo; negative: none): 255 streams, more than the prefetchers follow, and 16 a row, as all 255 every
  * 16 rows filled the line buffers. */
@@ -59,7 +95,7 @@ static inline void prefetch_sources(const uint32_t *lo, const int32_t *off, int 
 #define PS_SRC_HASH "" /* hatch_build.py passes the first 16 hex digits of this file's SHA-256 */
 #endif
 
-int ps_abi(void) { return 3; }
+int ps_abi(void) { return 4; }
 
 const char *ps_src_hash(void) { return PS_SRC_HASH; }
 
@@ -461,9 +497,9 @@ TARGET static inline __attribute__((always_inline)) void affine_sums(const uint6
 }
 
 static int16_t *strata_inv(const int16_t *perm, int nperm);
-static void to_strata_plain(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1, int64_t g0,
+static void to_strata_plain(const uint32_t *w, pad_src *ps, int64_t r0, int64_t r1, int64_t g0,
                             const int16_t *perm, int nperm, int F, uint32_t *out, int64_t ld);
-__attribute__((target("avx512f,avx512bw"))) static int64_t to_strata_avx512(const uint32_t *w, const uint32_t *pad,
+__attribute__((target("avx512f,avx512bw"))) static int64_t to_strata_avx512(const uint32_t *w, pad_src *ps,
                                                                             int64_t r, int64_t r1, int64_t g0,
                                                                             const int16_t *inv, int nperm, int F,
                                                                             uint32_t *out, int64_t ld);
@@ -472,14 +508,15 @@ __attribute__((target("avx512f,avx512bw"))) static int64_t to_strata_avx512(cons
  * reads to its free bytes, 32 groups at a time (_gfni_affine): for codeword t, nsrc[t] read bytes src
  * (byte of the group) and, for each, nblk[t] (8 or 16) blocks of 8 matrices mats. spread, masks: as
  * place_free_bytes. Where out is given, each 32 groups then go on to ps_to_strata's placement (g0s:
- * the first group's number, pad, perm, nperm, F, ld as there) while they are in L1, where a separate
+ * the first group's number, pad, perm, nperm, F, ld as there; pad NULL: made from pad_key, as ps_gather's)
+ * while they are in L1, where a separate
  * pass read the superblock's 16 MiB of words back. hosted: NULL, or [ng][nh] bytes that go to byte hpos[i] of
  * each group before it is read (_outer.put's parity, written where the group's lines are loaded anyway).
  * Returns 0, -1 for a bad map, -2 where memory ran out. */
 TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, const int32_t *nsrc, const int32_t *nblk,
                                 const int16_t *src, const uint64_t *mats, const uint8_t *spread, const uint64_t *masks,
-                                const uint32_t *pad, int64_t g0s, const int16_t *perm, int nperm, int F, uint32_t *out,
-                                int64_t ld, const uint8_t *hosted, const int16_t *hpos, int nh)
+                                const uint32_t *pad, const uint8_t *pad_key, int64_t g0s, const int16_t *perm, int nperm,
+                                int F, uint32_t *out, int64_t ld, const uint8_t *hosted, const int16_t *hpos, int nh)
 {
     static const uint8_t zero[1024] __attribute__((aligned(64)));
     int16_t pos[64], at[4 * 256];
@@ -500,6 +537,9 @@ TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, con
             return -1;
         at[i] = (int16_t)(64 * (src[i] >> 6) + pos[src[i] & 63]);
     }
+    pad_src ps;
+    if (out != NULL && pad_init(&ps, pad, pad_key, g0s))
+        return -1;
     int16_t *inv = NULL;
     if (out != NULL && (inv = strata_inv(perm, nperm)) == NULL)
         return -2;
@@ -538,8 +578,8 @@ TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, con
             place_free_bytes(W + (g0 + u) * GROUP_BYTES, U[u], spread, masks);
         if (inv != NULL) {
             const int64_t e = g0 + 32 < ng ? g0 + 32 : ng;
-            const int64_t r = to_strata_avx512((const uint32_t *)W, pad, g0, e, g0s, inv, nperm, F, out, ld);
-            to_strata_plain((const uint32_t *)W, pad, r, e, g0s, perm, nperm, F, out, ld);
+            const int64_t r = to_strata_avx512((const uint32_t *)W, &ps, g0, e, g0s, inv, nperm, F, out, ld);
+            to_strata_plain((const uint32_t *)W, &ps, r, e, g0s, perm, nperm, F, out, ld);
         }
     }
     free(inv);
@@ -814,15 +854,15 @@ MOVERS static inline void store16(uint32_t *out, const uint32_t *pd, int p, __mm
  * table of 255 in L1) and the word itself are gathered, so the row is written, and pad read, as a
  * run instead of word by word. The same words and NaN index as the scalar loop (the test compares). */
 MOVERS static int64_t gather_rows_avx512(uint32_t *w, int64_t r, int64_t lim, int64_t g0, const int16_t *perm, int nperm,
-                                         int F, const int32_t *offw, const uint32_t *lo, const uint32_t *pad,
+                                         int F, const int32_t *offw, const uint32_t *lo, pad_src *ps,
                                          uint32_t keep, int check_nan)
 {
     const __m512i ex = _mm512_set1_epi32(0x7F800000), kp = _mm512_set1_epi32((int)keep), nf = _mm512_set1_epi32(F);
     for (; r < lim; r++) {
         prefetch_sources(lo, offw, F, r);
-        prefetch_row(pad + (r + PF_PAD) * 255); /* among those streams the prefetchers lost the pad's too */
+        prefetch_pad(ps, r); /* among those streams the prefetchers lost the pad's too */
         const int16_t *pr = perm + ((g0 + r) % nperm) * 255;
-        const uint32_t *pd = pad + r * 255, *src = lo + r;
+        const uint32_t *pd = pad_row(ps, r), *src = lo + r;
         uint32_t *out = w + r * 255;
         int first_nan = -1;
         for (int p = 0; p < 255; p += 16) {
@@ -843,15 +883,15 @@ MOVERS static int64_t gather_rows_avx512(uint32_t *w, int64_t r, int64_t lim, in
  * stratum at that position under each permutation, -1 for data strata), made once for a long run of
  * rows: one gather a 16 words instead of two. Same words and NaN index (the test compares). */
 MOVERS static int64_t gather_rows_tab_avx512(uint32_t *w, int64_t r, int64_t lim, int64_t g0, int nperm, const int32_t *at,
-                                             const uint32_t *lo, const uint32_t *pad, uint32_t keep, int check_nan)
+                                             const uint32_t *lo, pad_src *ps, uint32_t keep, int check_nan)
 {
     const __m512i ex = _mm512_set1_epi32(0x7F800000), kp = _mm512_set1_epi32((int)keep), none = _mm512_set1_epi32(-1);
     int64_t q = (g0 + r) % nperm;
     for (; r < lim; r++) {
         prefetch_sources(lo, at, 255, r); /* permutation 0's row names every float stratum once */
-        prefetch_row(pad + (r + PF_PAD) * 255);
+        prefetch_pad(ps, r);
         const int32_t *ar = at + q * 256;
-        const uint32_t *pd = pad + r * 255, *src = lo + r;
+        const uint32_t *pd = pad_row(ps, r), *src = lo + r;
         uint32_t *out = w + r * 255;
         int first_nan = -1;
         for (int p = 0; p < 255; p += 16) {
@@ -995,22 +1035,23 @@ static int64_t io_all(int fd, char *buf, int64_t n, int64_t off, int write)
  * is the word at address base[q] + 4 r; or, where fd[q] >= 0, at byte offset base[q] + 4 r of that
  * file, read with pread into row j of stage ([F] rows of ld words, ld >= ng: _native.row_stride
  * keeps them off one cache set): a mapped model file is then
- * never faulted in, so it adds nothing to resident memory and needs no release. Each word is XORed with pad (same shape as w) and
- * masked with keep. Only rows [r0, r1) are done (one call per thread). Returns -3 when a
- * read fails, else -1, or with check_nan the index r * 255 + p of the first word whose
- * exponent is all ones (NaN or Inf), which the caller refuses. simd: AVX-512 where the CPU has it
- * (0: the plain loop, for the tests' comparison). */
+ * never faulted in, so it adds nothing to resident memory and needs no release. Each word is XORed with pad (same shape as w;
+ * NULL: made from pad_key, see pad_src) and masked with keep. Only rows [r0, r1) are done (one call per thread).
+ * Returns -3 when a read fails, -2 for bad arguments, else -1, or with check_nan the index r * 255 + p of the
+ * first word whose exponent is all ones (NaN or Inf), which the caller refuses. simd: AVX-512 where the CPU
+ * has it (0: the plain loop, for the tests' comparison). */
 int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F, const int64_t *pstart,
                   const int64_t *row_end, const uint64_t *base, const int32_t *fd, uint32_t *stage, int64_t ld,
-                  const uint32_t *pad, uint32_t keep, int check_nan, int simd)
+                  const uint32_t *pad, const uint8_t *pad_key, uint32_t keep, int check_nan, int simd)
 {
     int64_t cur[256];
     const uint32_t *src[256];
+    pad_src ps;
 #ifdef X86
     int32_t offw[256];
     simd = simd && have_avx512bw();
 #endif
-    if (F < 1 || F > 255)
+    if (F < 1 || F > 255 || pad_init(&ps, pad, pad_key, g0))
         return -2;
     for (int j = 0; j < F; j++) {
         cur[j] = pstart[j];
@@ -1053,7 +1094,7 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
                             at[q * 256 + p] = perm[q * 255 + p] < F ? offw[perm[q * 255 + p]] : -1;
                         at[q * 256 + 255] = -1;
                     }
-                    int64_t got = gather_rows_tab_avx512(w, r, lim, g0, nperm, at, (const uint32_t *)low, pad, keep,
+                    int64_t got = gather_rows_tab_avx512(w, r, lim, g0, nperm, at, (const uint32_t *)low, &ps, keep,
                                                          check_nan);
                     free(at);
                     if (got >= 0)
@@ -1063,7 +1104,7 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
                 }
             }
             if (fits) {
-                int64_t got = gather_rows_avx512(w, r, lim, g0, perm, nperm, F, offw, (const uint32_t *)low, pad, keep,
+                int64_t got = gather_rows_avx512(w, r, lim, g0, perm, nperm, F, offw, (const uint32_t *)low, &ps, keep,
                                                  check_nan);
                 if (got >= 0)
                     return got;
@@ -1075,7 +1116,7 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
         for (; r < lim; r++) {
             const int16_t *pr = perm + ((g0 + r) % nperm) * 255;
             uint32_t *out = w + r * 255;
-            const uint32_t *pd = pad + r * 255;
+            const uint32_t *pd = pad_row(&ps, r);
             uint32_t nan = 0;
             for (int p = 0; p < 255; p++) {
                 int j = pr[p];
@@ -1099,7 +1140,7 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
  * the 16 rows XOR their pad go into a buffer in L1, then each stratum's 16 words are gathered from it
  * by the position of the stratum under each row's permutation (inv: [255][nperm + 16], wrapping) and
  * stored as one run. Storing word by word down a column took 1.4-1.6x as long. */
-MOVERS static int64_t to_strata_avx512(const uint32_t *w, const uint32_t *pad, int64_t r, int64_t r1, int64_t g0,
+MOVERS static int64_t to_strata_avx512(const uint32_t *w, pad_src *ps, int64_t r, int64_t r1, int64_t g0,
                                        const int16_t *inv, int nperm, int F, uint32_t *out, int64_t ld)
 {
     uint32_t buf[16 * 256] __attribute__((aligned(64)));
@@ -1108,8 +1149,8 @@ MOVERS static int64_t to_strata_avx512(const uint32_t *w, const uint32_t *pad, i
     const int iw = nperm + 16;
     for (; r + 16 <= r1; r += 16) {
         for (int s = 0; s < 16; s++) {
-            const uint32_t *in = w + (r + s) * 255, *pd = pad + (r + s) * 255;
-            prefetch_row(pd + 16 * 255); /* the next step's keyed offset (its rows came a superblock ago) */
+            const uint32_t *in = w + (r + s) * 255, *pd = pad_row(ps, r + s);
+            prefetch_pad(ps, r + s + 16 - PF_PAD); /* the next step's keyed offset (its rows came a superblock ago) */
             for (int p = 0; p < 255; p += 16) {
                 const __mmask16 m = p + 16 <= 255 ? 0xFFFF : 0x7FFF;
                 _mm512_store_si512(buf + 256 * s + p, _mm512_xor_si512(_mm512_maskz_loadu_epi32(m, in + p),
@@ -1147,12 +1188,12 @@ static int16_t *strata_inv(const int16_t *perm, int nperm)
 }
 
 /* ps_to_strata's rows [r0, r1) word by word (any CPU). */
-static void to_strata_plain(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1, int64_t g0,
+static void to_strata_plain(const uint32_t *w, pad_src *ps, int64_t r0, int64_t r1, int64_t g0,
                             const int16_t *perm, int nperm, int F, uint32_t *out, int64_t ld)
 {
     for (int64_t r = r0; r < r1; r++) {
         const int16_t *pr = perm + ((g0 + r) % nperm) * 255;
-        const uint32_t *in = w + r * 255, *pd = pad + r * 255;
+        const uint32_t *in = w + r * 255, *pd = pad_row(ps, r);
         for (int p = 0; p < 255; p++) {
             int j = pr[p];
             if (j < F)
@@ -1167,16 +1208,18 @@ static void to_strata_plain(const uint32_t *w, const uint32_t *pad, int64_t r0, 
 int ps_to_strata(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F,
                  uint32_t *out, int64_t ld, int simd)
 {
+    pad_src ps;
+    pad_init(&ps, pad, NULL, g0);
 #ifdef X86
     if (simd && have_avx512bw() && r1 - r0 >= 16) {
         int16_t *inv = strata_inv(perm, nperm);
         if (inv == NULL)
             return -1;
-        r0 = to_strata_avx512(w, pad, r0, r1, g0, inv, nperm, F, out, ld);
+        r0 = to_strata_avx512(w, &ps, r0, r1, g0, inv, nperm, F, out, ld);
         free(inv);
     }
 #endif
-    to_strata_plain(w, pad, r0, r1, g0, perm, nperm, F, out, ld);
+    to_strata_plain(w, &ps, r0, r1, g0, perm, nperm, F, out, ld);
     return 0;
 }
 
@@ -2513,7 +2556,64 @@ VAES static void aes_ctr_vaes(const uint8_t *key, uint64_t nonce, uint64_t ctr, 
         rk[r] = _mm512_setzero_si512(), k[r] = _mm_setzero_si128();
     __asm__ volatile("" : : "m"(rk), "m"(k) : "memory"); /* the clearing is not optimised away */
 }
+/* PAD_ROWS rows of the offset from row r on: keystream words [255 (g0 + r), ...), as _strata_map._pad_run's. */
+VAES static void pad_refill_vaes(pad_src *ps, int64_t r)
+{
+    __m512i rk[15];
+    for (int i = 0; i < 15; i++)
+        rk[i] = _mm512_broadcast_i32x4(_mm_loadu_si128((const void *)(ps->rk + 16 * i)));
+    const uint64_t w0 = 255 * (uint64_t)(ps->g0 + r), ctr = w0 / 4;
+    const __m512i four = _mm512_set_epi64(4, 0, 4, 0, 4, 0, 4, 0);
+    __m512i c = _mm512_set_epi64((long long)(ctr + 3), 0, (long long)(ctr + 2), 0, (long long)(ctr + 1), 0, (long long)ctr, 0);
+    __m512i *out = (__m512i *)ps->ring;
+    for (size_t i = 0; i < sizeof ps->ring / 64; i += 4) { /* 4 chains, as aes_ctr_vaes */
+        const __m512i c1 = _mm512_add_epi64(c, four), c2 = _mm512_add_epi64(c1, four), c3 = _mm512_add_epi64(c2, four);
+        out[i] = aes4(c, rk), out[i + 1] = aes4(c1, rk), out[i + 2] = aes4(c2, rk), out[i + 3] = aes4(c3, rk);
+        c = _mm512_add_epi64(c3, four);
+    }
+    ps->r0 = r, ps->o = (int)(w0 % 4);
+}
+
+static void pad_refill(pad_src *ps, int64_t r)
+{
+    pad_refill_vaes(ps, r);
+}
+
+static int pad_init(pad_src *ps, const uint32_t *pad, const uint8_t *key, int64_t g0)
+{
+    ps->pad = pad, ps->key = key, ps->g0 = g0, ps->r0 = -1, ps->o = 0;
+    if (pad != NULL || key == NULL)
+        return pad == NULL ? -1 : 0;
+    if (!have_vaes())
+        return -1;
+    __m128i k[15];
+    aes256_schedule(key, k);
+    memcpy(ps->rk, k, sizeof ps->rk);
+    return 0;
+}
+#else
+static void pad_refill(pad_src *ps, int64_t r)
+{
+    (void)ps, (void)r;
+}
+
+static int pad_init(pad_src *ps, const uint32_t *pad, const uint8_t *key, int64_t g0)
+{
+    ps->pad = pad, ps->key = key, ps->g0 = g0, ps->r0 = -1, ps->o = 0;
+    return pad == NULL ? -1 : 0;
+}
 #endif
+
+
+/* 1 where the kernels make the keyed offset from its key as they go (pad_src: VAES), else 0. */
+int ps_vaes(void)
+{
+#ifdef X86
+    return have_vaes();
+#else
+    return 0;
+#endif
+}
 
 /* Returns 0, or 1 where this CPU lacks VAES (the caller uses OpenSSL). */
 int ps_aes256_ctr(const uint8_t *key, uint64_t ctr, int64_t nblocks, uint8_t *out)

@@ -37,7 +37,7 @@ from . import _gfni_affine, _gfni_plan, _irs, _irs_consts
 from ._parallel import halves, parallel_map
 from .errors import NativeUnavailableError, UsageError
 
-_ABI = 3
+_ABI = 4
 _LIB_NAME = "_psnative.so"
 
 
@@ -111,7 +111,7 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_max_masked16.argtypes, lib.ps_max_masked16.restype = [p, i64, i64], i64
     lib.ps_argsort_rows.argtypes = [p, i64, i64, i64, p]
     lib.ps_argsort_rows.restype = i32
-    lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, ctypes.c_uint32, i32, i32]
+    lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, p, ctypes.c_uint32, i32, i32]
     lib.ps_gather.restype = i64
     lib.ps_to_strata.argtypes = [p, p, i64, i64, i64, p, i32, i32, p, i64, i32]
     lib.ps_to_strata.restype = i32
@@ -126,6 +126,8 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_content_any.restype = None
     lib.ps_gf2_eliminate.argtypes = [p, i64, i64]
     lib.ps_gf2_eliminate.restype = i32
+    lib.ps_vaes.argtypes = []
+    lib.ps_vaes.restype = i32
     lib.ps_aes256_ctr.argtypes = [ctypes.c_char_p, ctypes.c_uint64, i64, p]
     lib.ps_aes256_ctr.restype = i32
     lib.ps_tag_runs.argtypes = [p, p, i64, ctypes.c_char_p, p, p, p, p, i32]
@@ -145,7 +147,7 @@ def _load() -> ctypes.CDLL | None:
     lib.ps_irs_encode.argtypes = [p, ctypes.c_int64, p, i32, p, p, u64, p, p, i32, p, p, p, u64, p, p, i32]
     lib.ps_irs_encode.restype = i32
     i64 = ctypes.c_int64
-    lib.ps_irs_encode_affine.argtypes = [p, i64, p, p, p, p, p, p, p, p, i64, p, i32, i32, p, i64, p, p, i32]
+    lib.ps_irs_encode_affine.argtypes = [p, i64, p, p, p, p, p, p, p, p, p, i64, p, i32, i32, p, i64, p, p, i32]
     lib.ps_irs_encode_affine.restype = i32
     lib.ps_content.argtypes = [p, i64, i64, i32, i32, p, i64]
     lib.ps_content.restype = None
@@ -305,7 +307,7 @@ def _encode_gfni(code: _irs.Code, W: NDArray[np.uint32]) -> bool:
 def encode_placed(
     code: _irs.Code,
     W: NDArray[np.uint32],
-    pad: NDArray[np.uint32],
+    pad: NDArray[np.uint32] | bytes,
     g0: int,
     perm: NDArray[np.int16],
     F: int,
@@ -317,6 +319,7 @@ def encode_placed(
     One pass where the linear-map encoder serves (and `SIMD`): the groups are still in L1 when they
     are placed. False, nothing done, elsewhere: the caller encodes and places in two. ``hosted``:
     the outer parity (`_outer.Outer.hosted_bytes`), written into each group just before it is encoded.
+    ``pad``: the keyed offset's words, or its key (`_native_strata.makes_pad`: the kernel makes them).
     """
     lib = _load()
     if lib is None or not (SIMD and AFFINE and W.shape[0] >= AFFINE_MIN_GROUPS):
@@ -325,10 +328,12 @@ def encode_placed(
     a = _affine(code.k, code.free_strata, code.host)
     if a is None:
         return False
-    for x in (pad, perm, out):
+    for x in (perm, out):
         assert x.flags.c_contiguous
     ng = W.shape[0]
-    assert pad.shape == W.shape and pad.dtype == np.uint32 and perm.dtype == np.int16 and perm.shape[1] == 255
+    if not isinstance(pad, bytes):
+        assert pad.shape == W.shape and pad.dtype == np.uint32 and pad.flags.c_contiguous
+    assert perm.dtype == np.int16 and perm.shape[1] == 255
     assert out.dtype == np.uint32 and out.ndim == 2 and out.shape[0] == F and out.shape[1] >= ng and 0 < F <= 255
     if hosted is not None:
         assert hosted[0].shape == (ng, hosted[1].size) and hosted[0].flags.c_contiguous and hosted[1].dtype == np.int16
@@ -341,7 +346,7 @@ def _run_affine(
     code: _irs.Code,
     a: _gfni_affine.AffinePlan,
     W: NDArray[np.uint32],
-    place: tuple[NDArray[np.uint32], int, NDArray[np.int16], int, NDArray[np.uint32]] | None,
+    place: tuple[NDArray[np.uint32] | bytes, int, NDArray[np.int16], int, NDArray[np.uint32]] | None,
     hosted: tuple[NDArray[np.uint8], NDArray[np.int16]] | None = None,
 ) -> None:
     """``ps_irs_encode_affine`` on W, one call per core, placing the words where ``place`` is given."""
@@ -350,11 +355,12 @@ def _run_affine(
 
     def run(r: tuple[int, int]) -> None:
         rows = W[r[0] : r[1]]
-        to: tuple[int, ...] = (0, 0, 0, 0, 0, 0, 0)
+        to: tuple[int | bytes | None, ...] = (0, None, 0, 0, 0, 0, 0, 0)
         if place is not None:
             pad, g0, perm, F, out = place
-            to = (pad.ctypes.data + 4 * 255 * r[0], g0 + r[0], perm.ctypes.data, perm.shape[0], F,
-                  out.ctypes.data + 4 * r[0], out.shape[1])  # fmt: skip
+            # the key: the kernel makes the offset
+            at, key = (None, pad) if isinstance(pad, bytes) else (pad.ctypes.data + 4 * 255 * r[0], None)
+            to = (at, key, g0 + r[0], perm.ctypes.data, perm.shape[0], F, out.ctypes.data + 4 * r[0], out.shape[1])
         put = (0, 0, 0) if hosted is None else (hosted[0][r[0] :].ctypes.data, hosted[1].ctypes.data, hosted[1].size)
         rc = lib.ps_irs_encode_affine(rows.ctypes.data, rows.shape[0], p.keep.ctypes.data, *ptr,
                                       p.spread.ctypes.data, p.masks.ctypes.data, *to, *put)  # fmt: skip

@@ -26,14 +26,15 @@ def gather(
     perm: NDArray[np.int16],
     F: int,
     pieces: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]],
-    pad: NDArray[np.uint32],
+    pad: NDArray[np.uint32] | bytes,
     keep: int,
     stage: NDArray[np.uint32] | None = None,
 ) -> int:
     """Fill the float positions of ``w`` (``[ng, 255]``, groups ``g0...``) from ``pieces``: see ``ps_gather``.
 
     Pieces in a mapped file are read with ``pread`` (into a staging array of ``F`` rows of ``ng`` words
-    or more, `row_stride`: ``stage`` if given, else a new one).
+    or more, `row_stride`: ``stage`` if given, else a new one). ``pad``: the keyed offset's words
+    (``w``'s shape), or its key where `makes_pad` (the kernel makes the words as it goes).
 
     ``perm``: ``[nperm, 255]`` stratum at each position. Returns -1, or ``r * 255 + p`` of a
     NaN/Inf word. The caller keeps the arrays the piece addresses point into alive.
@@ -50,16 +51,22 @@ def gather(
     assert stage.dtype == np.uint32 and stage.flags.c_contiguous and stage.ndim == 2
     # pread fills rows of ng words, stage.shape[1] apart: a short buffer would overrun
     assert not reads or (stage.shape[0] >= F and stage.shape[1] >= ng)
-    for a in (w, pad, perm, pstart, row_end, base, fd):
+    for a in (w, perm, pstart, row_end, base, fd):
         assert a.flags.c_contiguous
-    assert w.shape == pad.shape and w.shape[1] == _irs_consts.N_POS and pstart.size == F + 1
+    assert w.shape[1] == _irs_consts.N_POS and pstart.size == F + 1
+    if isinstance(pad, bytes):
+        assert len(pad) == 32 and makes_pad()
+        at, key = None, pad
+    else:
+        assert pad.shape == w.shape and pad.flags.c_contiguous
+        at, key = pad.ctypes.data, None
 
     def run(r: tuple[int, int]) -> int:
         return int(
             lib.ps_gather(
                 w.ctypes.data, r[0], r[1], g0, perm.ctypes.data, perm.shape[0], F, pstart.ctypes.data,
                 row_end.ctypes.data, base.ctypes.data, fd.ctypes.data, stage.ctypes.data, stage.shape[1],
-                pad.ctypes.data, keep, 1, int(_native.SIMD),
+                at, key, keep, 1, int(_native.SIMD),
             )
         )  # fmt: skip
 
@@ -69,7 +76,7 @@ def gather(
             "reading the model file failed while sealing (an I/O error, or the file was cut short meanwhile)"
         )
     if -2 in got:  # w was left unfilled: never to be taken for "no NaN"
-        raise RuntimeError(f"compiled seal gather refused {F} float strata")
+        raise RuntimeError(f"compiled seal gather refused {F} float strata or its offset")
     hits = [h for h in got if h >= 0]
     return min(hits) if hits else -1
 
@@ -101,6 +108,12 @@ def to_strata(
     if any(rcs):
         raise MemoryError("the compiled strata transpose could not allocate its table")
     return out[:, :ng]
+
+
+def makes_pad() -> bool:
+    """Whether `gather` and `_native.encode_placed` make the keyed offset from its key (VAES), no array needed."""
+    lib = _native._lib()
+    return lib is not None and bool(lib.ps_vaes())
 
 
 def aes256_ctr(key: bytes, ctr: int, out: NDArray[np.uint8]) -> bool:
@@ -175,4 +188,4 @@ def _move_strata(
             raise OSError(-e, os.strerror(-e))
 
 
-__all__ = ["aes256_ctr", "gather", "get_strata", "put_strata", "row_stride", "to_strata"]
+__all__ = ["aes256_ctr", "gather", "get_strata", "makes_pad", "put_strata", "row_stride", "to_strata"]

@@ -279,7 +279,7 @@ def _seal_irs(
         step = b - a if st.host else _strata.GROUP_BATCH
         for g0 in range(a, b, step):
             g1 = min(b, g0 + step)
-            pad = st.pad(np.arange(g0, g1, dtype=np.int64), scratch)
+            pad = st.offset(g0, g1, scratch)  # its key, where the kernels make its words as they go
             w = st.seal_words(flats, data, g0, g1, pad, scratch)  # the code runs on the words plus the keyed offset
             hosted = None
             if st.host:
@@ -290,7 +290,8 @@ def _seal_irs(
                 if hosted is not None:
                     outer.put_hosted(w, hosted)
                 _irs.encode(code, w)
-            st.scatter(outs, w, g0, g1, pad, scratch, staged.tag if staged.active else None, placed, writing)
+            words = None if placed is not None else pad.array()
+            st.scatter(outs, w, g0, g1, words, scratch, staged.tag if staged.active else None, placed, writing)
             if staged.active:
                 staged.written(g0, g1)
 

@@ -47,7 +47,7 @@ from ._layout import TensorSpec
 from ._pages import file_span, pwrite_all, release
 from ._parallel import halves, parallel_map
 from ._strata_kernels import _gather_nb, _split_runs, _strata_of_nb
-from ._strata_map import Scratch, StrataMap, _free_bytes, _tag_bytes
+from ._strata_map import Offset, Scratch, StrataMap, _free_bytes, _tag_bytes
 from .errors import NonFiniteError
 from .keys import Key
 from .levels import BLOCK
@@ -178,10 +178,10 @@ class Strata(StrataMap):
         data: DataRegion,
         g0: int,
         g1: int,
-        pad: NDArray[np.uint32],
+        pad: Offset | NDArray[np.uint32],
         scratch: Scratch | None = None,
     ) -> NDArray[np.uint32]:
-        """The encoder's input for groups ``[g0, g1)``: their words XOR ``pad``, free bits cleared.
+        """The encoder's input for groups ``[g0, g1)``: their words XOR the offset ``pad``, free bits cleared.
 
         NaN/Inf values are refused. The compiled gather where the library is built (`_native`,
         any CPU), else `groups` (its reference: the tests compare the two). ``scratch``: the
@@ -190,9 +190,10 @@ class Strata(StrataMap):
         ng = g1 - g0
         g = np.arange(g0, g1, dtype=np.int64)
         ts = self.flat_words(flats)
+        pad = Offset.given(pad)
         if not (_native.portable() and ng > 0 and self.free_strata > 0) or ts is None:
             w = self.groups(flats, data, g, seal=True)[0]
-            w ^= pad
+            w ^= pad.array()
             w[:, : self.free_strata] &= self._clear_mask()
             return w
         w = np.empty((ng, N_POS), np.uint32) if scratch is None else scratch.get("words", (ng, N_POS), np.uint32)
@@ -201,19 +202,20 @@ class Strata(StrataMap):
         perm = self._perm16()
         shape = (self.free_strata, _native_strata.row_stride(ng))
         stage = None if scratch is None else scratch.get("stage", shape, np.uint32)
-        if _native_strata.gather(w, g0, perm, self.free_strata, pieces, pad, int(self._clear_mask()), stage) >= 0:
+        keep = int(self._clear_mask())
+        if _native_strata.gather(w, g0, perm, self.free_strata, pieces, pad.for_kernels(), keep, stage) >= 0:
             self.groups(flats, data, g, seal=True)  # raises, naming the tensor as the reference does
             raise AssertionError("the compiled gather found a NaN/Inf word that the reference did not")
         if self.free_strata < N_POS:
             r, pos, dw, _ = self._data_strata(flats, data, g, None)
-            w[r, pos] = dw ^ pad[r, pos]
+            w[r, pos] = dw ^ pad.array()[r, pos]
         return w
 
     def encode_placed(
         self,
         w: NDArray[np.uint32],
         g0: int,
-        pad: NDArray[np.uint32],
+        pad: Offset | NDArray[np.uint32],
         scratch: Scratch,
         hosted: tuple[NDArray[np.uint8], NDArray[np.int16]] | None = None,
     ) -> NDArray[np.uint32] | None:
@@ -227,7 +229,8 @@ class Strata(StrataMap):
         if not (_native.portable() and ng and self.free_strata):
             return None
         out = scratch.get("strata", (self.free_strata, _native_strata.row_stride(ng)), np.uint32)
-        if not _native.encode_placed(self.code, w, pad, g0, self._perm16(), self.free_strata, out, hosted):
+        offset = Offset.given(pad).for_kernels()
+        if not _native.encode_placed(self.code, w, offset, g0, self._perm16(), self.free_strata, out, hosted):
             return None
         return out
 
@@ -247,15 +250,16 @@ class Strata(StrataMap):
 
         ``scratch``: the compiled path stages the strata in its ``strata`` buffer. ``staged``: called
         with that buffer (``[F, ld]``), ``g0`` and ``ng`` before it is written (the seal tags blocks there).
-        ``placed``: what `encode_placed` returned for these words (the placement is then done).
+        ``placed``: what `encode_placed` returned for these words (the placement is then done; ``pad`` unused).
         ``writing``: held while the compiled path writes (a lock, so that threads writing one file take turns).
         """
-        if pad is not None and _native.portable() and w.shape[0] and self.free_strata:
+        if (pad is not None or placed is not None) and _native.portable() and w.shape[0] and self.free_strata:
             shape = (self.free_strata, _native_strata.row_stride(w.shape[0]))
             if placed is not None:
                 out, wt = placed, placed[:, : w.shape[0]]
             else:
                 out = np.empty(shape, np.uint32) if scratch is None else scratch.get("strata", shape, np.uint32)
+                assert pad is not None
                 wt = _native_strata.to_strata(w, pad, g0, self._perm16(), self.free_strata, out)
             ts = self.flat_words(outs)
             if ts is not None:

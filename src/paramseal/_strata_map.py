@@ -59,6 +59,42 @@ class Scratch(threading.local):
         return a[:n].reshape(shape)
 
 
+class Offset:
+    """The keyed offset of a batch of consecutive groups (`StrataMap.offset`).
+
+    Where the compiled kernels make it from its key as they go (`_native_strata.makes_pad`, every
+    position a float stratum), they take the key: the 16 MiB array a superblock was written by one
+    pass and read by two. Elsewhere, and for any caller that asks, `array` makes the words (once).
+    """
+
+    def __init__(self, st: StrataMap | None, g0: int, g1: int, scratch: Scratch | None) -> None:
+        self._st, self._g0, self._g1, self._scratch = st, g0, g1, scratch
+        self._words: NDArray[np.uint32] | None = None
+        key = None if st is None else st.pad_key
+        made = st is not None and key is not None and st.free_strata == N_POS and _native_strata.makes_pad()
+        self.key: bytes | None = key if made else None
+
+    @staticmethod
+    def given(pad: Offset | NDArray[np.uint32]) -> Offset:
+        """``pad`` itself, or an offset whose words are the array ``pad``."""
+        if isinstance(pad, Offset):
+            return pad
+        off = Offset(None, 0, pad.shape[0], None)
+        off._words = pad
+        return off
+
+    def array(self) -> NDArray[np.uint32]:
+        """``[g1 - g0, 255]`` words (`StrataMap.pad`)."""
+        if self._words is None:
+            assert self._st is not None
+            self._words = self._st.pad(np.arange(self._g0, self._g1, dtype=np.int64), self._scratch)
+        return self._words
+
+    def for_kernels(self) -> NDArray[np.uint32] | bytes:
+        """The key where the kernels make the words, else the words."""
+        return self.key if self.key is not None else self.array()
+
+
 @dataclass(frozen=True, slots=True)
 class StrataMap:
     """The stratum layout of one sealed model (`_strata.Strata` adds reading and writing words)."""
@@ -98,6 +134,10 @@ class StrataMap:
     def trusted(self) -> bool:
         """Whether errors-only decoding can be trusted (keyed positions and keyed offset)."""
         return bool(self.perms) and self.pad_key is not None
+
+    def offset(self, g0: int, g1: int, scratch: Scratch | None = None) -> Offset:
+        """The keyed offset of groups ``[g0, g1)`` for the seal's kernels: its key, or its words when asked for."""
+        return Offset(self, g0, g1, scratch)
 
     def pad(self, groups: NDArray[np.int64], scratch: Scratch | None = None) -> NDArray[np.uint32]:
         """The keyed offset of ``groups``: ``[len(groups), 255]`` words (zero without one).
