@@ -198,6 +198,7 @@ def phases(model: Path, sealed: Path, bad: Path, size_gib: float) -> None:
     os.sync()
 
     seal = importlib.import_module("paramseal._sealing")
+    # with VAES the gather and the one pass make the offset themselves (_strata_map.Offset): no row of its own
     timed(_strata.Strata, "pad", "keyed offset (AES-CTR)")
     timed(_strata.Strata, "seal_words", "gather (read words, offset, mask)")
     timed(_outer.Outer, "content", "outer code: content")
