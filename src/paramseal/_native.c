@@ -46,11 +46,10 @@ static inline void prefetch_row(const uint32_t *row)
  * ring + o + 255 (r - r0). */
 #define PAD_ROWS 16
 typedef struct {
-    const uint32_t *pad; /* [rows][255], or NULL: made from key */
-    const uint8_t *key;  /* the AES-256 key of the offset's keystream (as ps_aes256_ctr's) */
+    const uint32_t *pad; /* [rows][255], or NULL: made from the key (ps_aes256_ctr's keystream) */
     int64_t g0, r0;      /* row 0's group; the first row in ring (-1: none yet) */
     int o;               /* the word of ring where row r0 starts */
-    uint8_t rk[15 * 16]; /* key's round keys */
+    uint8_t rk[15 * 16]; /* the key's round keys (pad_clear wipes them and ring) */
     uint32_t ring[4096] __attribute__((aligned(64))); /* 256 x 4 AES blocks: o + 255 PAD_ROWS words, o < 4 */
 } pad_src;
 _Static_assert(255 * PAD_ROWS + 3 <= 4096, "pad_src's ring holds PAD_ROWS rows");
@@ -59,6 +58,16 @@ static void pad_refill(pad_src *ps, int64_t r);
 
 /* ps with pad (key NULL), or made from key (pad NULL): 0, or -1 where this CPU lacks VAES. */
 static int pad_init(pad_src *ps, const uint32_t *pad, const uint8_t *key, int64_t g0);
+
+/* No round key or keystream left on the stack (as aes_ctr_vaes leaves none). */
+static void pad_clear(pad_src *ps)
+{
+    if (ps->pad != NULL)
+        return;
+    memset(ps->rk, 0, sizeof ps->rk);
+    memset(ps->ring, 0, sizeof ps->ring);
+    __asm__ volatile("" : : "m"(*ps) : "memory"); /* the clearing is not optimised away */
+}
 
 static inline const uint32_t *pad_row(pad_src *ps, int64_t r)
 {
@@ -509,10 +518,9 @@ __attribute__((target("avx512f,avx512bw"))) static int64_t to_strata_avx512(cons
  * (byte of the group) and, for each, nblk[t] (8 or 16) blocks of 8 matrices mats. spread, masks: as
  * place_free_bytes. Where out is given, each 32 groups then go on to ps_to_strata's placement (g0s:
  * the first group's number, pad, perm, nperm, F, ld as there; pad NULL: made from pad_key, as ps_gather's)
- * while they are in L1, where a separate
- * pass read the superblock's 16 MiB of words back. hosted: NULL, or [ng][nh] bytes that go to byte hpos[i] of
- * each group before it is read (_outer.put's parity, written where the group's lines are loaded anyway).
- * Returns 0, -1 for a bad map, -2 where memory ran out. */
+ * while they are in L1, where a separate pass read the superblock's 16 MiB of words back. hosted: NULL, or
+ * [ng][nh] bytes that go to byte hpos[i] of each group before it is read (_outer.put's parity, written where
+ * the group's lines are loaded anyway). Returns 0, -1 for a bad map or offset, -2 where memory ran out. */
 TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, const int32_t *nsrc, const int32_t *nblk,
                                 const int16_t *src, const uint64_t *mats, const uint8_t *spread, const uint64_t *masks,
                                 const uint32_t *pad, const uint8_t *pad_key, int64_t g0s, const int16_t *perm, int nperm,
@@ -583,6 +591,8 @@ TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, con
         }
     }
     free(inv);
+    if (out != NULL)
+        pad_clear(&ps);
     return 0;
 }
 
@@ -1040,19 +1050,33 @@ static int64_t io_all(int fd, char *buf, int64_t n, int64_t off, int write)
  * Returns -3 when a read fails, -2 for bad arguments, else -1, or with check_nan the index r * 255 + p of the
  * first word whose exponent is all ones (NaN or Inf), which the caller refuses. simd: AVX-512 where the CPU
  * has it (0: the plain loop, for the tests' comparison). */
+static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F,
+                      const int64_t *pstart, const int64_t *row_end, const uint64_t *base, const int32_t *fd,
+                      uint32_t *stage, int64_t ld, pad_src *pad, uint32_t keep, int check_nan, int simd);
+
 int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F, const int64_t *pstart,
                   const int64_t *row_end, const uint64_t *base, const int32_t *fd, uint32_t *stage, int64_t ld,
                   const uint32_t *pad, const uint8_t *pad_key, uint32_t keep, int check_nan, int simd)
 {
+    pad_src ps;
+    if (F < 1 || F > 255 || pad_init(&ps, pad, pad_key, g0))
+        return -2;
+    const int64_t got = gather(w, r0, r1, g0, perm, nperm, F, pstart, row_end, base, fd, stage, ld, &ps, keep,
+                               check_nan, simd);
+    pad_clear(&ps);
+    return got;
+}
+
+static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F,
+                      const int64_t *pstart, const int64_t *row_end, const uint64_t *base, const int32_t *fd,
+                      uint32_t *stage, int64_t ld, pad_src *pad, uint32_t keep, int check_nan, int simd)
+{
     int64_t cur[256];
     const uint32_t *src[256];
-    pad_src ps;
 #ifdef X86
     int32_t offw[256];
     simd = simd && have_avx512bw();
 #endif
-    if (F < 1 || F > 255 || pad_init(&ps, pad, pad_key, g0))
-        return -2;
     for (int j = 0; j < F; j++) {
         cur[j] = pstart[j];
         for (int64_t q = pstart[j]; q < pstart[j + 1]; q++) { /* read file pieces into stage row j */
@@ -1094,7 +1118,7 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
                             at[q * 256 + p] = perm[q * 255 + p] < F ? offw[perm[q * 255 + p]] : -1;
                         at[q * 256 + 255] = -1;
                     }
-                    int64_t got = gather_rows_tab_avx512(w, r, lim, g0, nperm, at, (const uint32_t *)low, &ps, keep,
+                    int64_t got = gather_rows_tab_avx512(w, r, lim, g0, nperm, at, (const uint32_t *)low, pad, keep,
                                                          check_nan);
                     free(at);
                     if (got >= 0)
@@ -1104,7 +1128,7 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
                 }
             }
             if (fits) {
-                int64_t got = gather_rows_avx512(w, r, lim, g0, perm, nperm, F, offw, (const uint32_t *)low, &ps, keep,
+                int64_t got = gather_rows_avx512(w, r, lim, g0, perm, nperm, F, offw, (const uint32_t *)low, pad, keep,
                                                  check_nan);
                 if (got >= 0)
                     return got;
@@ -1116,7 +1140,7 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
         for (; r < lim; r++) {
             const int16_t *pr = perm + ((g0 + r) % nperm) * 255;
             uint32_t *out = w + r * 255;
-            const uint32_t *pd = pad_row(&ps, r);
+            const uint32_t *pd = pad_row(pad, r);
             uint32_t nan = 0;
             for (int p = 0; p < 255; p++) {
                 int j = pr[p];
@@ -1204,12 +1228,13 @@ static void to_strata_plain(const uint32_t *w, pad_src *ps, int64_t r0, int64_t 
 
 /* The inverse placement, with the pad removed: out[j][r] = w[r][p] ^ pad[r][p] for the position p
  * of float stratum j < F in group g0 + r, for rows [r0, r1) (out: [F][ld], rows of ld words).
- * perm: [nperm][255], each row a permutation of 0..254. Returns 0, or -1 where memory ran out. */
+ * perm: [nperm][255], each row a permutation of 0..254. Returns 0, -1 where memory ran out, -2 without pad. */
 int ps_to_strata(const uint32_t *w, const uint32_t *pad, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F,
                  uint32_t *out, int64_t ld, int simd)
 {
     pad_src ps;
-    pad_init(&ps, pad, NULL, g0);
+    if (pad_init(&ps, pad, NULL, g0))
+        return -2;
 #ifdef X86
     if (simd && have_avx512bw() && r1 - r0 >= 16) {
         int16_t *inv = strata_inv(perm, nperm);
@@ -2556,6 +2581,7 @@ VAES static void aes_ctr_vaes(const uint8_t *key, uint64_t nonce, uint64_t ctr, 
         rk[r] = _mm512_setzero_si512(), k[r] = _mm_setzero_si128();
     __asm__ volatile("" : : "m"(rk), "m"(k) : "memory"); /* the clearing is not optimised away */
 }
+
 /* PAD_ROWS rows of the offset from row r on: keystream words [255 (g0 + r), ...), as _strata_map._pad_run's. */
 VAES static void pad_refill_vaes(pad_src *ps, int64_t r)
 {
@@ -2572,6 +2598,9 @@ VAES static void pad_refill_vaes(pad_src *ps, int64_t r)
         c = _mm512_add_epi64(c3, four);
     }
     ps->r0 = r, ps->o = (int)(w0 % 4);
+    for (int i = 0; i < 15; i++) /* no round key left on the stack */
+        rk[i] = _mm512_setzero_si512();
+    __asm__ volatile("" : : "m"(rk) : "memory");
 }
 
 static void pad_refill(pad_src *ps, int64_t r)
@@ -2581,7 +2610,7 @@ static void pad_refill(pad_src *ps, int64_t r)
 
 static int pad_init(pad_src *ps, const uint32_t *pad, const uint8_t *key, int64_t g0)
 {
-    ps->pad = pad, ps->key = key, ps->g0 = g0, ps->r0 = -1, ps->o = 0;
+    ps->pad = pad, ps->g0 = g0, ps->r0 = -1, ps->o = 0;
     if (pad != NULL || key == NULL)
         return pad == NULL ? -1 : 0;
     if (!have_vaes())
@@ -2589,6 +2618,9 @@ static int pad_init(pad_src *ps, const uint32_t *pad, const uint8_t *key, int64_
     __m128i k[15];
     aes256_schedule(key, k);
     memcpy(ps->rk, k, sizeof ps->rk);
+    for (int i = 0; i < 15; i++)
+        k[i] = _mm_setzero_si128();
+    __asm__ volatile("" : : "m"(k) : "memory");
     return 0;
 }
 #else
@@ -2599,7 +2631,8 @@ static void pad_refill(pad_src *ps, int64_t r)
 
 static int pad_init(pad_src *ps, const uint32_t *pad, const uint8_t *key, int64_t g0)
 {
-    ps->pad = pad, ps->key = key, ps->g0 = g0, ps->r0 = -1, ps->o = 0;
+    (void)key;
+    ps->pad = pad, ps->g0 = g0, ps->r0 = -1, ps->o = 0;
     return pad == NULL ? -1 : 0;
 }
 #endif
