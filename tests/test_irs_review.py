@@ -725,7 +725,7 @@ def _one_superblock(seed: int) -> tuple[_irs.Code, _outer.Outer, np.ndarray, int
     hosting = -(-o.columns * o.parity_count(0) * 64 // (4 * host))  # groups that hold a byte of parity
     rng = np.random.default_rng(seed)
     w = (rng.integers(0, 1 << 32, (1024, 255), dtype=np.uint64).astype(np.uint32)) & np.uint32(0xFFFFFF00)
-    o.put(code, w, o.parity(o.content(w), 0))
+    o.put_hosted(w, o.hosted_bytes(code, o.parity(o.content(w), 0), w.shape[0]))
     _irs.encode(code, w)
     return code, o, w, hosting, rng
 

@@ -519,8 +519,9 @@ __attribute__((target("avx512f,avx512bw"))) static int64_t to_strata_avx512(cons
  * place_free_bytes. Where out is given, each 32 groups then go on to ps_to_strata's placement (g0s:
  * the first group's number, pad, perm, nperm, F, ld as there; pad NULL: made from pad_key, as ps_gather's)
  * while they are in L1, where a separate pass read the superblock's 16 MiB of words back. hosted: NULL, or
- * [ng][nh] bytes that go to byte hpos[i] of each group before it is read (_outer.put's parity, written where
- * the group's lines are loaded anyway). Returns 0, -1 for a bad map or offset, -2 where memory ran out. */
+ * [ng][nh] bytes that go to byte hpos[i] of each group before it is read (the outer parity, Outer.hosted_bytes,
+ * written where the group's lines are loaded anyway). Returns 0, -1 for a bad map or offset, -2 where memory ran
+ * out. */
 TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, const int32_t *nsrc, const int32_t *nblk,
                                 const int16_t *src, const uint64_t *mats, const uint8_t *spread, const uint64_t *masks,
                                 const uint32_t *pad, const uint8_t *pad_key, int64_t g0s, const int16_t *perm, int nperm,
@@ -563,7 +564,7 @@ TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, con
             for (int u = 0; u < 8; u++)
                 G[u] = g0 + 8 * h + u < ng ? W + (g0 + 8 * h + u) * GROUP_BYTES : zero;
             for (int64_t g = g0 + 8 * h; hosted != NULL && g < g0 + 8 * h + 8 && g < ng; g++)
-                for (int i = 0; i < nh; i++) /* the outer parity's bytes, as _outer.put writes them */
+                for (int i = 0; i < nh; i++) /* the outer parity's bytes, as Outer.put_hosted writes them */
                     W[g * GROUP_BYTES + hpos[i]] = hosted[g * nh + i];
             for (int c = 0; c < 16; c++) {
                 for (int l = 0; l < 8 && pf < pf_end; l++, pf += 64)
@@ -2553,13 +2554,12 @@ VAES static inline __m512i aes4(__m512i c, const __m512i *rk)
 
 /* AES-256-CTR keystream: counter blocks nonce (8 bytes, read little-endian) then ctr, ctr + 1, ...
  * (8 bytes big-endian), as OpenSSL's CTR with that 16-byte counter block while ctr does not wrap. */
-VAES static void aes_ctr_vaes(const uint8_t *key, uint64_t nonce, uint64_t ctr, int64_t nblocks, uint8_t *out)
+/* Keystream blocks [ctr, ctr + nblocks) under the round keys rk (15 x 16 bytes, aes256_schedule's). */
+VAES static void aes_ctr_blocks(const uint8_t *rk128, uint64_t nonce, uint64_t ctr, int64_t nblocks, uint8_t *out)
 {
-    __m128i k[15];
     __m512i rk[15];
-    aes256_schedule(key, k);
     for (int r = 0; r < 15; r++)
-        rk[r] = _mm512_broadcast_i32x4(k[r]);
+        rk[r] = _mm512_broadcast_i32x4(_mm_loadu_si128((const void *)(rk128 + 16 * r)));
     const __m512i four = _mm512_set_epi64(4, 0, 4, 0, 4, 0, 4, 0);
     const long long n = (long long)nonce;
     __m512i c = _mm512_set_epi64((long long)(ctr + 3), n, (long long)(ctr + 2), n, (long long)(ctr + 1), n, (long long)ctr, n);
@@ -2578,34 +2578,26 @@ VAES static void aes_ctr_vaes(const uint8_t *key, uint64_t nonce, uint64_t ctr, 
         c = _mm512_add_epi64(c, four);
     }
     for (int r = 0; r < 15; r++) /* no round key left on the stack */
-        rk[r] = _mm512_setzero_si512(), k[r] = _mm_setzero_si128();
-    __asm__ volatile("" : : "m"(rk), "m"(k) : "memory"); /* the clearing is not optimised away */
+        rk[r] = _mm512_setzero_si512();
+    __asm__ volatile("" : : "m"(rk) : "memory"); /* the clearing is not optimised away */
+}
+
+VAES static void aes_ctr_vaes(const uint8_t *key, uint64_t nonce, uint64_t ctr, int64_t nblocks, uint8_t *out)
+{
+    __m128i k[15];
+    aes256_schedule(key, k);
+    aes_ctr_blocks((const uint8_t *)k, nonce, ctr, nblocks, out);
+    for (int r = 0; r < 15; r++)
+        k[r] = _mm_setzero_si128();
+    __asm__ volatile("" : : "m"(k) : "memory");
 }
 
 /* PAD_ROWS rows of the offset from row r on: keystream words [255 (g0 + r), ...), as _strata_map._pad_run's. */
-VAES static void pad_refill_vaes(pad_src *ps, int64_t r)
+VAES static void pad_refill(pad_src *ps, int64_t r)
 {
-    __m512i rk[15];
-    for (int i = 0; i < 15; i++)
-        rk[i] = _mm512_broadcast_i32x4(_mm_loadu_si128((const void *)(ps->rk + 16 * i)));
-    const uint64_t w0 = 255 * (uint64_t)(ps->g0 + r), ctr = w0 / 4;
-    const __m512i four = _mm512_set_epi64(4, 0, 4, 0, 4, 0, 4, 0);
-    __m512i c = _mm512_set_epi64((long long)(ctr + 3), 0, (long long)(ctr + 2), 0, (long long)(ctr + 1), 0, (long long)ctr, 0);
-    __m512i *out = (__m512i *)ps->ring;
-    for (size_t i = 0; i < sizeof ps->ring / 64; i += 4) { /* 4 chains, as aes_ctr_vaes */
-        const __m512i c1 = _mm512_add_epi64(c, four), c2 = _mm512_add_epi64(c1, four), c3 = _mm512_add_epi64(c2, four);
-        out[i] = aes4(c, rk), out[i + 1] = aes4(c1, rk), out[i + 2] = aes4(c2, rk), out[i + 3] = aes4(c3, rk);
-        c = _mm512_add_epi64(c3, four);
-    }
+    const uint64_t w0 = 255 * (uint64_t)(ps->g0 + r);
+    aes_ctr_blocks(ps->rk, 0, w0 / 4, sizeof ps->ring / 16, (uint8_t *)ps->ring);
     ps->r0 = r, ps->o = (int)(w0 % 4);
-    for (int i = 0; i < 15; i++) /* no round key left on the stack */
-        rk[i] = _mm512_setzero_si512();
-    __asm__ volatile("" : : "m"(rk) : "memory");
-}
-
-static void pad_refill(pad_src *ps, int64_t r)
-{
-    pad_refill_vaes(ps, r);
 }
 
 static int pad_init(pad_src *ps, const uint32_t *pad, const uint8_t *key, int64_t g0)

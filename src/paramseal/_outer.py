@@ -111,10 +111,6 @@ class Outer:
             out[:] = par.reshape(r, self.columns, 64).transpose(1, 0, 2)
         return out
 
-    def put(self, code: _irs.Code, w: NDArray[np.uint32], parity: NDArray[np.uint8]) -> None:
-        """Write the parity into the hosted bytes of all the superblock's groups ``w`` (in place)."""
-        self.put_hosted(w, self.hosted_bytes(code, parity, w.shape[0]))
-
     @staticmethod
     def put_hosted(rows: NDArray[np.uint32], hosted: tuple[NDArray[np.uint8], NDArray[np.int16]]) -> None:
         """Write `hosted_bytes`'s rows (as many as ``rows``) into ``rows``, in place."""
@@ -186,7 +182,7 @@ class Outer:
     def hosted_bytes(
         self, code: _irs.Code, parity: NDArray[np.uint8], ng: int
     ) -> tuple[NDArray[np.uint8], NDArray[np.int16]]:
-        """What `put` writes into a superblock of ``ng`` groups: ``[ng, n]`` bytes, and the byte each takes."""
+        """The parity as a superblock of ``ng`` groups hosts it: ``[ng, n]`` bytes, and the byte each takes."""
         stream = np.zeros(ng * 4 * self.host, np.uint8)
         stream[: parity.size] = parity.reshape(-1)
         return stream.reshape(ng, -1), (4 * code.hosted.reshape(-1)).astype(np.int16)  # byte 0 of each hosting word

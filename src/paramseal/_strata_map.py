@@ -67,9 +67,10 @@ class Offset:
     pass and read by two. Elsewhere, and for any caller that asks, `array` makes the words (once).
     """
 
-    def __init__(self, st: StrataMap | None, g0: int, g1: int, scratch: Scratch | None) -> None:
-        self._st, self._g0, self._g1, self._scratch = st, g0, g1, scratch
-        self._words: NDArray[np.uint32] | None = None
+    def __init__(
+        self, st: StrataMap | None, g0: int, g1: int, scratch: Scratch | None, words: NDArray[np.uint32] | None = None
+    ) -> None:
+        self._st, self._g0, self._g1, self._scratch, self._words = st, g0, g1, scratch, words
         key = None if st is None else st.pad_key
         made = st is not None and key is not None and st.free_strata == N_POS and _native_strata.makes_pad()
         self.key: bytes | None = key if made else None
@@ -77,11 +78,7 @@ class Offset:
     @staticmethod
     def given(pad: Offset | NDArray[np.uint32]) -> Offset:
         """``pad`` itself, or an offset whose words are the array ``pad``."""
-        if isinstance(pad, Offset):
-            return pad
-        off = Offset(None, 0, pad.shape[0], None)
-        off._words = pad
-        return off
+        return pad if isinstance(pad, Offset) else Offset(None, 0, pad.shape[0], None, pad)
 
     def array(self) -> NDArray[np.uint32]:
         """``[g1 - g0, 255]`` words (`StrataMap.pad`)."""
