@@ -40,6 +40,15 @@ def _codeword(byte: NDArray[np.int64]) -> NDArray[np.int64]:
     return ((byte & 3) - (byte >> 2)) & 3
 
 
+def _transpose8(x: NDArray[np.uint64]) -> NDArray[np.uint64]:
+    """Each word's 8x8 bit block transposed: bit i of byte b goes to bit b of byte i (Hacker's Delight 7-3)."""
+    x = x.copy()
+    for shift, mask in ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0)):
+        t = (x ^ (x >> np.uint64(shift))) & np.uint64(mask)
+        x ^= t ^ (t << np.uint64(shift))
+    return x
+
+
 def plan(k: int, free_strata: int, host: int, encode: Callable[[NDArray[np.uint32]], None]) -> AffinePlan | None:
     """The map of the (k, free_strata, host) code as ``encode`` (the syndrome encoder, in place) computes it.
 
@@ -60,7 +69,9 @@ def plan(k: int, free_strata: int, host: int, encode: Callable[[NDArray[np.uint3
     gb = np.flatnonzero(flag[2])  # the group bytes that get a free byte
     source = p.spread.reshape(-1)[gb].astype(np.int64) + 128 * flag[0][gb] + 256 * flag[1][gb]
     t_of, e_of = source // 128, source % 128
-    if np.any(image[:, np.setdiff1d(np.arange(nbytes), gb)]):
+    outside = np.ones(nbytes, bool)
+    outside[gb] = False
+    if np.any(np.bitwise_or.reduce(image, axis=0)[outside]):
         return None  # a bit set outside the free bytes: not this kernel's map
     src_byte = bits >> 3
     nsrc, nblk, srcs, mats = [], [], [], []
@@ -70,17 +81,15 @@ def plan(k: int, free_strata: int, host: int, encode: Callable[[NDArray[np.uint3
         nd = int((dst >= 0).sum())
         if np.any(dst[:nd] < 0):
             return None  # free bytes not numbered 0 .. nd - 1
-        own = _codeword(src_byte) == t
-        if np.any(image[np.ix_(own, gb[t_of != t])]):
+        probe = np.flatnonzero(_codeword(src_byte) == t)  # bits ascend: a read byte's probes are consecutive
+        if np.any(np.bitwise_or.reduce(image[probe], axis=0)[gb[t_of != t]]):
             return None  # a read byte of codeword t reaching another codeword's free bytes
         nb = 8 if nd <= 64 else 16
-        probe = np.flatnonzero(own)  # bits ascend: a read byte's probes are consecutive
-        reads, first = np.unique(src_byte[probe], return_index=True)
-        col = image[probe][:, dst[:nd]]  # [probe, free byte]: the bits the probe's bit sets there
-        shift = (bits[probe] & 7).astype(np.uint8)[:, None, None]
-        rows = ((col[:, :, None] >> np.arange(8, dtype=np.uint8)) & 1) << shift
-        m = np.zeros((reads.size, 8 * nb, 8), np.uint8)  # [read byte, free byte, output bit i] -> row of bits
-        m[:, :nd] = np.add.reduceat(rows, first, axis=0)  # distinct bits: the sum is the OR
+        reads, at = np.unique(src_byte[probe], return_inverse=True)
+        col = np.zeros((reads.size, nd, 8), np.uint8)  # [read byte, free byte, its bit b]: the bits b sets there
+        col[at, :, bits[probe] & 7] = image[probe][:, dst[:nd]]
+        m = np.zeros((reads.size, 8 * nb, 8), np.uint8)  # [read byte, free byte, output bit i] -> row of bits b
+        m[:, :nd] = _transpose8(col.view("<u8")[..., 0]).view(np.uint8).reshape(reads.size, nd, 8)
         # gf2p8affineqb: output bit i of a byte is the parity of (matrix byte 7 - i) & input
         nsrc.append(reads.size)
         nblk.append(nb)

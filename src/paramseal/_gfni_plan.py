@@ -128,7 +128,9 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
         inv = code.inverses[tt]
         if inv is not None:
             # inv composed with phi^-1 on each syndrome byte: bits(S) = phi_inv bits(S')
-            comp = ((inv.reshape(-1, dt, 8).astype(np.int32) @ phi_inv.astype(np.int32)) & 1).reshape(inv.shape)
+            # float32: BLAS, and exact (sums of at most 8 ones)
+            prod = inv.reshape(-1, 8).astype(np.float32) @ phi_inv.astype(np.float32)
+            comp = (prod.astype(np.uint8) & 1).reshape(inv.shape)
             where = {b: n for n, b in enumerate(blist)}
             for r, x in enumerate(used):
                 row = 8 * where[4 * (x >> 3) + ((x & 7) >> 1)] + 4 * (x & 1)
@@ -256,6 +258,11 @@ def _gf_columns(
             continue
         image = tabs[t, 0 : 2 * dt : 2][:, s & 15] ^ tabs[t, 1 : 2 * dt : 2][:, s >> 4]  # [dt, 256, rowbytes]
         cols[t, :dt] = fwd[image[:, 1]]
-        if not np.array_equal(inv_phi[mul[cols[t, :dt][:, None, :], s[None, :, None]]], image):
+        # phi^-1(col * s) is GF(2)-linear in s: built from the 8 bits' images, it is every s's (a
+        # quarter of the table lookups of multiplying each s)
+        want = np.zeros_like(image)
+        for b in range(8):
+            want[:, 1 << b : 2 << b] = want[:, : 1 << b] ^ inv_phi[mul[cols[t, :dt], 1 << b]][:, None, :]
+        if not np.array_equal(want, image):
             return None
     return cols

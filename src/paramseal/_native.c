@@ -783,7 +783,7 @@ int ps_encode_tab(uint32_t *W, int64_t r0, int64_t r1, const uint64_t *enc, int 
 /* _irs._gf2_inverse's elimination (Gauss-Jordan over GF(2)) on the packed augmented matrix
  * [m | I] (n rows of pw uint64 words, bit c of a row in word c >> 6): the same pivots (the first
  * row at or below c with bit c set), so the same result. Returns 0, or -1 where m is singular. */
-int ps_gf2_eliminate(uint64_t *a, int64_t n, int64_t pw)
+CLONES int ps_gf2_eliminate(uint64_t *a, int64_t n, int64_t pw)
 {
     for (int64_t c = 0; c < n; c++) {
         const int64_t w = c >> 6;
@@ -799,11 +799,13 @@ int ps_gf2_eliminate(uint64_t *a, int64_t n, int64_t pw)
                 a[c * pw + i] = a[p * pw + i];
                 a[p * pw + i] = x;
             }
-        const uint64_t *pr = a + c * pw;
+        const uint64_t *restrict pr = a + c * pw;
         for (int64_t r = 0; r < n; r++)
-            if (r != c && (a[r * pw + w] & bit))
+            if (r != c && (a[r * pw + w] & bit)) {
+                uint64_t *restrict row = a + r * pw; /* never the pivot's row: the XOR vectorises */
                 for (int64_t i = w; i < pw; i++)
-                    a[r * pw + i] ^= pr[i];
+                    row[i] ^= pr[i];
+            }
     }
     return 0;
 }
