@@ -10,9 +10,10 @@ Writes the LLaMA-shaped fp32 checkpoint of ``bench_core.py``, then, in this one 
 
 * seals it file to file with a timer around each step of the engine (keyed offset, gather,
   outer content and parity, inner encode, or inner encode and placement in one pass, scatter, the
-  tags written in the staged strata, the requests to start writing to disk, and the short tag pass
-  after the superblocks, which also tags the blocks a batch boundary cuts; within the scatter, its
-  placement, its tags and its writes, shown as "of which").
+  tags written in the staged strata (whole blocks, and the blocks a row cuts once all their parts are
+  staged), the requests to start writing to disk, and the short tag pass after the superblocks
+  (reserved and short blocks); within the scatter, its placement, its tags and its writes, shown as
+  "of which").
   The seal runs its superblocks, then its tag chunks, two (one per core) at a time, so the
   steps overlap: for each one it prints the CPU seconds of the threads that ran it and the
   summed wall seconds, and for the whole the wall seconds of the superblock pass, the tag
@@ -208,9 +209,9 @@ def phases(model: Path, sealed: Path, bad: Path, size_gib: float) -> None:
     timed(_strata.Strata, "scatter", "scatter (placement, write)")
     timed(_native_strata, "to_strata", "  of which placement (ps_to_strata; none after the one pass)")
     timed(_native_strata, "put_strata", "  of which writes (ps_put_strata)")
-    timed(_seal_tags.InPass, "tag", "  of which tags of whole blocks (ps_tag_runs)")
+    timed(_seal_tags.InPass, "tag", "  of which tags (whole blocks, cut blocks' parts)")
     timed(_seal_tags, "start_writing", "start writing to disk (superblock pass)")
-    timed(_seal_tags.InPass, "rest", "tag pass: reserved, short and stratum-start blocks")
+    timed(_seal_tags.InPass, "rest", "tag pass: reserved and short blocks")
     timed(seal, "read_blocks", "tag pass (other tensors): read back")
     timed(seal, "_tag_chunk", "tag pass (other tensors): tags")
     timed(seal, "write_blocks", "tag pass (other tensors): write")

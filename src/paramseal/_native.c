@@ -104,7 +104,7 @@ static inline void prefetch_sources(const uint32_t *lo, const int32_t *off, int 
 #define PS_SRC_HASH "" /* hatch_build.py passes the first 16 hex digits of this file's SHA-256 */
 #endif
 
-int ps_abi(void) { return 4; }
+int ps_abi(void) { return 5; }
 
 const char *ps_src_hash(void) { return PS_SRC_HASH; }
 
@@ -1287,6 +1287,17 @@ int64_t ps_get_strata(uint32_t *wt, int64_t ld, int j0, int j1, const int64_t *p
                       const uint64_t *base, const int32_t *fd)
 {
     return move_strata(wt, ld, j0, j1, pstart, row_end, base, fd, 0);
+}
+
+/* The seal's cut blocks (_seal_cuts): part p's n[p] words, at src[p] of the strata flat, to or from
+ * slot[p] of row row[p] of rows ([.][64]). The caller checks every range lies in its array. */
+void ps_move_parts(uint32_t *flat, const int64_t *src, const int64_t *row, const int64_t *slot, const int64_t *n,
+                   int64_t m, uint32_t *rows, int to_rows)
+{
+    for (int64_t q = 0; q < m; q++) {
+        uint32_t *r = rows + 64 * row[q] + slot[q];
+        memcpy(to_rows ? r : flat + src[q], to_rows ? flat + src[q] : r, 4 * (size_t)n[q]);
+    }
 }
 
 /* The block MAC's hash (as _kernels.mlh_tags): for blocks [b0, b1) of words ([nb][nw] 16-bit),

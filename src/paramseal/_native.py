@@ -37,7 +37,7 @@ from . import _gfni_affine, _gfni_plan, _irs, _irs_consts
 from ._parallel import halves, parallel_map
 from .errors import NativeUnavailableError, UsageError
 
-_ABI = 4
+_ABI = 5
 _LIB_NAME = "_psnative.so"
 
 
@@ -118,6 +118,7 @@ def _lib() -> ctypes.CDLL | None:
     for fn in (lib.ps_put_strata, lib.ps_get_strata):
         fn.argtypes = [p, i64, i32, i32, p, p, p, p]
         fn.restype = i64
+    lib.ps_move_parts.argtypes, lib.ps_move_parts.restype = [p, p, p, p, p, i64, p, i32], None
     lib.ps_shares.argtypes = [p, p, i64, i64, p, i32, p]
     lib.ps_shares.restype = i32
     lib.ps_encode_tab.argtypes = [p, i64, i64, p, i32, p, p, i64, p]

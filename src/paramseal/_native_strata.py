@@ -159,6 +159,29 @@ def get_strata(
     _move_strata(wt, pieces, write=False)
 
 
+def move_parts(
+    flat: NDArray[np.uint32], src: NDArray[np.int64], row: NDArray[np.int64], slot: NDArray[np.int64],
+    n: NDArray[np.int64], rows: NDArray[np.uint32], *, to_rows: bool,
+) -> None:  # fmt: skip
+    """``flat[src[p] : src[p] + n[p]]`` into ``rows[row[p], slot[p] : slot[p] + n[p]]`` (or back) for each part p.
+
+    ``ps_move_parts``: a memcpy a part, where numpy's masked gathers over ``[parts, 64]`` took 0.5 ms a batch.
+    """
+    lib = _native._lib()
+    assert lib is not None
+    ints = [np.ascontiguousarray(a, np.int64) for a in (src, row, slot, n)]
+    m = ints[0].size
+    assert flat.dtype == rows.dtype == np.uint32 and flat.flags.c_contiguous and rows.flags.c_contiguous
+    assert rows.ndim == 2 and rows.shape[1] == 64 and all(a.size == m for a in ints)
+    if not m:
+        return
+    src, row, slot, n = ints
+    assert min(src.min(), row.min(), slot.min(), n.min()) >= 0 and (slot + n).max() <= 64
+    assert (src + n).max() <= flat.size and row.max() < rows.shape[0]
+    assert flat.flags.writeable if not to_rows else rows.flags.writeable
+    lib.ps_move_parts(flat.ctypes.data, *(a.ctypes.data for a in ints), m, rows.ctypes.data, int(to_rows))
+
+
 def _move_strata(
     wt: NDArray[np.uint32],
     pieces: tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.uint64], NDArray[np.int32]],
@@ -188,4 +211,4 @@ def _move_strata(
             raise OSError(-e, os.strerror(-e))
 
 
-__all__ = ["aes256_ctr", "gather", "get_strata", "makes_pad", "put_strata", "row_stride", "to_strata"]
+__all__ = ["aes256_ctr", "gather", "get_strata", "makes_pad", "move_parts", "put_strata", "row_stride", "to_strata"]

@@ -291,7 +291,8 @@ def _seal_irs(
                     outer.put_hosted(w, hosted)
                 _irs.encode(code, w)
             words = None if placed is not None else pad.array()
-            st.scatter(outs, w, g0, g1, words, scratch, staged.tag if staged.active else None, placed, writing)
+            tags, writes = (staged.tag, staged.writes(writing, g0)) if staged.active else (None, writing)
+            st.scatter(outs, w, g0, g1, words, scratch, tags, placed, writes)
             if staged.active:
                 staged.written(g0, g1)
 
