@@ -103,13 +103,14 @@ def test_a_block_missing_a_part_is_left_untagged_for_the_tag_pass() -> None:
 
 
 def test_pages_and_minus_split_ranges_at_page_bounds() -> None:
-    spans = np.array([[5000, 10], [8190, 4]], np.int64)
-    assert _seal_tags._pages(spans).tolist() == [[4096, 4096], [4096, 8192]]
-    ranges = np.array([[0, 20000], [30000, 100]], np.int64)
+    P = _seal_tags._PAGE
+    spans = np.array([[P + 904, 10], [2 * P - 2, 4]], np.int64)  # the second crosses into the next page
+    assert _seal_tags._pages(spans).tolist() == [[P, P], [P, 2 * P]]
+    ranges = np.array([[0, 5 * P], [8 * P, 100]], np.int64)
     out, held = _seal_tags._minus(ranges, _seal_tags._pages(spans))
-    assert out.tolist() == [[0, 4096], [12288, 7712], [30000, 100]]
-    assert held.tolist() == [[4096, 8192]]
+    assert out.tolist() == [[0, P], [3 * P, 2 * P], [8 * P, 100]]
+    assert held.tolist() == [[P, 2 * P]]
     out, held = _seal_tags._minus(ranges, np.zeros((0, 2), np.int64))
-    assert out.tolist() == [[0, 20000], [30000, 100]] and held.size == 0
+    assert out.tolist() == [[0, 5 * P], [8 * P, 100]] and held.size == 0
     out, held = _seal_tags._minus(np.zeros((0, 2), np.int64), spans)
     assert out.size == 0 and held.size == 0

@@ -130,7 +130,7 @@ class Cuts:
                 to.append(done[done.owner == owner])
 
     def take(self, g0: int) -> None:
-        """Under the write lock, before batch ``g0``'s writes: its tagged parts into its strata; it is written."""
+        """Under the write lock, before batch ``g0``'s writes: its tagged parts into its strata; mark it written."""
         with self._lock:
             self._written.add(g0)
             buf = self._bufs.pop(g0, None)
@@ -158,8 +158,7 @@ class Cuts:
         """``[n, 2]`` (byte offset, bytes) of the parts not yet written tagged (their pages will be written again)."""
         with self._lock:
             ps = [self._pending, *(p for q in (self._patches, self._writes) for ps in q.values() for p in ps)]
-            p = _concat(ps)
-        return np.stack([self._at(p), 4 * p.n], axis=1)
+        return np.concatenate([np.stack([self._at(p), 4 * p.n], axis=1) for p in ps])
 
     def _at(self, p: Parts) -> NDArray[np.int64]:
         """Each part's byte offset in its file (or its address)."""

@@ -29,6 +29,7 @@ Nothing is read back now.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import queue
 import threading
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ from ._strata import Strata
 from .levels import BLOCK, TAG_BITS
 
 _SEND_BATCHES = 8  # batches whose file ranges go to the disk together
-_PAGE = 4096
+_PAGE = mmap.PAGESIZE
 _Edges = tuple[NDArray[np.int64], NDArray[np.int64]]  # (tensor, block) pairs
 
 
@@ -79,7 +80,7 @@ class InPass:
         for t, sp in zip(self.ts, spans, strict=True):
             fd[t], base[t] = (-1, outs[t].ctypes.data) if sp is None else sp
         self._cuts = _seal_cuts.Cuts(self._tag_blocks, fd, base)
-        # each staged batch's file ranges by first group, until it is final (then the disk's, a few batches at a time)
+        # each staged batch's file ranges by first group, until it is written (then the disk's, a few batches at a time)
         self._lock = threading.Lock()
         self._ranges: dict[int, NDArray[np.int64]] = {}
         self._held = np.zeros((0, 2), np.int64)  # written ranges whose pages a cut block's tag will write again
@@ -281,7 +282,8 @@ def _minus(ranges: NDArray[np.int64], holes: NDArray[np.int64]) -> tuple[NDArray
         return (i >= 0) & (lo < (r[:, 0] + r[:, 1])[np.maximum(i, 0)]) if r.size else np.zeros(lo.size, np.bool_)
 
     in_a, in_b = inside(a), inside(b)
-    out, held = (_join(np.stack([lo[m], (hi - lo)[m]], axis=1)) for m in (in_a & ~in_b & (hi > lo), in_a & in_b))
+    some = in_a & (hi > lo)
+    out, held = (_join(np.stack([lo[m], (hi - lo)[m]], axis=1)) for m in (some & ~in_b, some & in_b))
     return out, held
 
 
