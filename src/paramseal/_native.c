@@ -2595,14 +2595,20 @@ VAES static void aes_ctr_blocks(const uint8_t *rk128, uint64_t nonce, uint64_t c
     __asm__ volatile("" : : "m"(rk) : "memory"); /* the clearing is not optimised away */
 }
 
+/* aes256_schedule's round keys wiped from the stack (the clearing not optimised away). */
+static void wipe_schedule(__m128i *k)
+{
+    for (int r = 0; r < 15; r++)
+        k[r] = _mm_setzero_si128();
+    __asm__ volatile("" : : "m"(*(__m128i(*)[15])k) : "memory");
+}
+
 VAES static void aes_ctr_vaes(const uint8_t *key, uint64_t nonce, uint64_t ctr, int64_t nblocks, uint8_t *out)
 {
     __m128i k[15];
     aes256_schedule(key, k);
     aes_ctr_blocks((const uint8_t *)k, nonce, ctr, nblocks, out);
-    for (int r = 0; r < 15; r++)
-        k[r] = _mm_setzero_si128();
-    __asm__ volatile("" : : "m"(k) : "memory");
+    wipe_schedule(k);
 }
 
 /* PAD_ROWS rows of the offset from row r on: keystream words [255 (g0 + r), ...), as _strata_map._pad_run's. */
@@ -2623,9 +2629,7 @@ static int pad_init(pad_src *ps, const uint32_t *pad, const uint8_t *key, int64_
     __m128i k[15];
     aes256_schedule(key, k);
     memcpy(ps->rk, k, sizeof ps->rk);
-    for (int i = 0; i < 15; i++)
-        k[i] = _mm_setzero_si128();
-    __asm__ volatile("" : : "m"(k) : "memory");
+    wipe_schedule(k);
     return 0;
 }
 #else
@@ -2641,7 +2645,6 @@ static int pad_init(pad_src *ps, const uint32_t *pad, const uint8_t *key, int64_
     return pad == NULL ? -1 : 0;
 }
 #endif
-
 
 /* 1 where the kernels make the keyed offset from its key as they go (pad_src: VAES), else 0. */
 int ps_vaes(void)

@@ -107,16 +107,16 @@ class Cuts:
         with self._lock:
             self._bufs[g0] = buf
             every = _concat([self._pending, parts])
-            order = np.argsort(every.key(), kind="stable")
-            every = every[order]
             key = every.key()
+            order = np.argsort(key, kind="stable")
+            every, key = every[order], key[order]
             first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
             filled = np.add.reduceat(every.n, first) == BLOCK if first.size else np.zeros(0, np.bool_)
             whole = np.repeat(filled, np.diff(np.r_[first, key.size]))
             self._pending, done = every[~whole].compact(), every[whole]
         if not done.size:
             return
-        key = done.key()
+        key = key[whole]
         first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
         group = np.repeat(np.arange(first.size), np.diff(np.r_[first, key.size]))
         blocks = np.bitwise_or.reduceat(done.words[done.row], first, axis=0)  # disjoint slots: OR joins the parts

@@ -72,14 +72,13 @@ class InPass:
         self._short = np.array([s.nblocks - 1 if s.numel % BLOCK else -1 for s in specs], np.int64)
         self._late_of: _Edges | None = None  # the cut blocks `_cuts` left, by tensor, made by `rest`
         spans = [file_span(outs[t]) for t in self.ts]
-        self._foff = np.zeros(n, np.int64)  # each staged tensor's byte offset in the output file
-        self._foff[self.ts] = [0 if sp is None else sp[1] for sp in spans]
         fds = {sp[0] for sp in spans if sp is not None}
         self._fd = fds.pop() if len(fds) == 1 and all(sp is not None for sp in spans) else None
-        fd, base = np.full(n, -1, np.int32), np.zeros(n, np.int64)  # where `_cuts` writes: a file, or memory
+        # each staged tensor's file and byte offset there, or -1 and its address (then `_fd` is None)
+        fd, self._base = np.full(n, -1, np.int32), np.zeros(n, np.int64)
         for t, sp in zip(self.ts, spans, strict=True):
-            fd[t], base[t] = (-1, outs[t].ctypes.data) if sp is None else sp
-        self._cuts = _seal_cuts.Cuts(self._tag_blocks, fd, base)
+            fd[t], self._base[t] = (-1, outs[t].ctypes.data) if sp is None else sp
+        self._cuts = _seal_cuts.Cuts(self._tag_blocks, fd, self._base)
         # each staged batch's file ranges by first group, until it is written (then the disk's, a few batches at a time)
         self._lock = threading.Lock()
         self._ranges: dict[int, NDArray[np.int64]] = {}
@@ -107,7 +106,7 @@ class InPass:
         self._cuts.add(g0, wt, self._cut_parts(wt.shape[1], g0, t, rj, row0, row1, lo))
         if self._fd is not None:
             with self._lock:
-                self._ranges[g0] = np.stack([self._foff[t] + 4 * lo, 4 * (row1 - row0)], axis=1)
+                self._ranges[g0] = np.stack([self._base[t] + 4 * lo, 4 * (row1 - row0)], axis=1)
 
     def _cut_parts(
         self, ld: int, g0: int, t: NDArray[np.int64], rj: NDArray[np.int64], row0: NDArray[np.int64],
