@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _bits, _embed, _embed_find, _embed_merge, files
+from paramseal import _bits, _embed, _embed_find, _embed_merge, _native, files
 from paramseal._weights_header import header_from_weights
 from paramseal.errors import KeyMismatchError, NotSealedError
 from paramseal.header import METADATA_KEY, Header, HeaderAuthError, parse_header
@@ -1123,6 +1123,63 @@ def test_looking_for_copies_whose_record_is_gone_is_bounded(
     records = sum(read)
     assert list(_embed_find.located_copies(t)) == []
     assert 0 < sum(read) - 2 * records <= 64 << 10
+
+
+def _plant(flat: np.ndarray, k: int, at: int, data: bytes) -> None:
+    """Write ``data`` at storage byte ``at`` of ``flat``'s low ``k`` bits (after each block's tag bits), in place."""
+    per = _embed_merge.block_bytes(k) * 8
+    for q in range(8 * at, 8 * (at + len(data))):
+        v, b = (q // per) * 64 + (TAG_BITS + q % per) // k, (TAG_BITS + q % per) % k
+        one = flat.dtype.type(1 << b)
+        flat[v] = flat[v] | one if data[q // 8 - at] >> (q % 8) & 1 else flat[v] & ~one
+
+
+@pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
+def test_seals_compiled_check_finds_no_copy_start_exactly_where_the_windows_hold_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`_no_start` (seal's check, compiled) against each window's storage searched in Python: the same answer.
+
+    A copy start planted in a random window (its first and last place, a block's edge, anywhere) is found;
+    one planted just past a window is not; with none found `located_copies` yields nothing either. The
+    last round's windows are cut short by what is left to read: narrower than one read before at their k.
+    """
+    monkeypatch.setattr(_embed_find, "LOCATE_BYTES", 1 << 20)
+    rng = np.random.default_rng(3)
+    t = {f"t{i}": rng.standard_normal(s).astype(dt) for i, (s, dt) in enumerate(
+        [(1 << 19, np.float32), (1 << 18, np.float16), (3 << 16, np.float32), (1 << 17, np.float64)])}  # fmt: skip
+    windows = list(_embed_find._windows(t, *_embed_find._survey(t)))
+    assert len({k for _, k, _ in windows}) > 20 and len(windows) > len({(n, k) for n, k, _ in windows})
+    widest = {(n, k): max(b for m, j, b in windows if (m, j) == (n, k)) for n, k, _ in windows}
+    cut = [(n, k, widest[n, k]) for i, (n, k, nb) in enumerate(windows) if nb < widest[n, k]]
+    assert cut
+    windows += cut * 10  # planted at the end of the wider window: still looked at
+
+    def python_says_none(t: dict[str, np.ndarray]) -> bool:
+        for n, k, nb in windows:
+            flat = _bits.uint_view(t[n])[: nb * 64].reshape(nb, 64)
+            if _embed._storage(flat, k).find(_embed_find.COPY_START, _embed_merge.RECORD_BYTES) >= 0:
+                return False
+        return True
+
+    assert python_says_none(t) and _embed_find._no_start(t) and not _embed_find.copies_located(t)
+    answers = []
+    for trial in range(60):
+        n, k, nb = windows[int(rng.integers(len(windows)))]
+        end = nb * _embed_merge.block_bytes(k)
+        at = [_embed_merge.RECORD_BYTES, end - 8, end - 3, end + 1, int(rng.integers(_embed_merge.RECORD_BYTES, end))][
+            trial % 5
+        ]
+        if at + 8 > _bits.uint_view(t[n]).size // 64 * _embed_merge.block_bytes(k):
+            continue
+        planted = {m: a.copy() for m, a in t.items()}
+        _plant(_bits.uint_view(planted[n]), k, at, _embed_find.COPY_START)
+        want = python_says_none(planted)
+        assert _embed_find._no_start(planted) == want, (n, k, nb, at)
+        if want:
+            assert list(_embed_find.located_copies(planted, repeats=False)) == []
+        answers.append(want)
+    assert 10 < sum(answers) < len(answers) - 10  # both answers, many times each
 
 
 def test_a_crafted_model_gets_a_few_header_lengths_tried_not_one_per_copy_start_it_plants(

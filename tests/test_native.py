@@ -28,6 +28,7 @@ from paramseal import (
     files,
 )
 from paramseal.errors import NonFiniteError
+from paramseal.levels import TAG_BITS
 from paramseal.seal import SealConfig
 
 needs_native = pytest.mark.skipif(not _native.available(), reason="compiled kernels not built or no GFNI here")
@@ -820,6 +821,37 @@ def test_pack_and_unpack_equal_the_numba_kernels(dtype: type, shift: int, width:
     assert _native_blocks.unpack(data, b[:, :64], shift, width)
     assert np.array_equal(a, b)  # the bits outside the field and the columns past the view are kept
     assert not np.array_equal(a, big)
+
+
+@needs_lib
+@pytest.mark.parametrize("dtype,k", [(np.uint16, 1), (np.uint16, 7), (np.uint32, 1), (np.uint32, 3), (np.uint32, 8),
+                                     (np.uint32, 22), (np.uint64, 13), (np.uint64, 51)])  # fmt: skip
+def test_find_packed_equals_bytes_find_over_the_storage(dtype: type, k: int) -> None:
+    """``ps_find_packed`` against ``bytes.find`` over `_embed._storage`: a pattern planted across blocks'
+    edges and the kernel's 256-block chunks' (its carried bytes), before the start, twice, and nowhere."""
+    from paramseal import _bits, _embed
+
+    pat = b'{"bits":'
+    rng = np.random.default_rng(k)
+    u = rng.integers(0, np.iinfo(dtype).max, (600, 64), dtype=dtype, endpoint=True)
+    lo = _bits.lo_bytes(u, k)
+    sb = lo.shape[1] - TAG_BITS // 8  # a block's storage
+    clean = _embed._storage(u, k)
+    assert clean.find(pat) < 0 and _native_blocks.find_packed(u, k, TAG_BITS // 8, pat, 0) == -1
+    for at in (0, 5, sb - 3, 256 * sb - 7, 256 * sb - 1, 512 * sb - 4, 600 * sb - 8, int(rng.integers(600 * sb - 8))):
+        store = np.frombuffer(clean, np.uint8).copy()
+        store[at : at + 8] = np.frombuffer(pat, np.uint8)
+        store[at + 16 : at + 24] = np.frombuffer(pat, np.uint8)[: max(0, min(8, store.size - at - 16))]
+        planted = lo.copy()
+        planted[:, TAG_BITS // 8 :] = store.reshape(600, sb)
+        v = u.copy()
+        _bits.set_lo(v, planted, k)
+        data = _embed._storage(v, k)
+        for start in (0, at, at + 1, at + 17):
+            got = _native_blocks.find_packed(v, k, TAG_BITS // 8, pat, start)
+            assert got == data.find(pat, start), (at, start)
+        assert _native_blocks.find_packed(v, k, TAG_BITS // 8, pat, 0) == at
+    assert _native_blocks.find_packed(np.zeros((4, 80), dtype)[:, :64], k, 4, pat, 0) is None  # rows apart
 
 
 @needs_lib

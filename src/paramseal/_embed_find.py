@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _bits, _json
+from . import _bits, _json, _native
 from ._embed import (
     _HEADER_MIN,
     CARRIERS,
@@ -39,7 +39,9 @@ from ._embed_merge import (
     blocks_needed,
 )
 from ._layout import block_count
-from .levels import BLOCK, dtype_name
+from ._native_blocks import find_packed
+from ._pages import read
+from .levels import BLOCK, TAG_BITS, dtype_name
 
 MERGE_LIMIT = 4096  # candidates `merged_copies` yields in all (and MERGE_TEXT bytes): a crafted model
 MERGE_TEXT = 64 << 20  # must not make verify authenticate for long
@@ -99,7 +101,7 @@ def copies_located(tensors: Mapping[str, NDArray[np.generic]]) -> bool:
     Repeats (`_periods`) are no such sign: a tensor of a few values (weights quantised to three
     levels, cast to float) repeats its low bits' text at every distance, and seal must not refuse it.
     """
-    return next(located_copies(tensors, repeats=False), None) is not None
+    return not _no_start(tensors) and next(located_copies(tensors, repeats=False), None) is not None
 
 
 def located_copies(tensors: Mapping[str, NDArray[np.generic]], *, repeats: bool = True) -> Iterator[str]:
@@ -120,6 +122,27 @@ def located_copies(tensors: Mapping[str, NDArray[np.generic]], *, repeats: bool 
     k_of = {n: f.k for n, f in found.items()}
     tried: set[int] = set()
     limit = _Limit()
+    for n, k, nb in _windows(tensors, big, budget, found):
+        flat = _bits.uint_view(np.asarray(tensors[n]))
+        data = _storage(flat[: nb * BLOCK].reshape(nb, BLOCK), k)
+        for hlen in [*(_periods(data) if repeats else []), *_lengths(data)]:
+            if hlen in tried or blocks_needed(k, RECORD_BYTES + hlen) > budget:
+                continue
+            if len(tried) >= LOCATE_LENGTHS:  # each length reads copy slots: a crafted model gets a few
+                return
+            tried.add(hlen)
+            yield from limit.rebuilt(limit.copies(tensors, big, k_of | {n: k}, sorted(ks | {k}), hlen), hlen)
+            if limit.spent:
+                return
+
+
+def _windows(
+    tensors: Mapping[str, NDArray[np.generic]], big: list[str], budget: float, found: dict[str, Found]
+) -> Iterator[tuple[str, int, int]]:
+    """``(tensor, k, blocks)``: the storage windows `located_copies` reads, in its order (see there).
+
+    Each is a tensor's first blocks at a k, in a window growing eightfold a round, ``LOCATE_BYTES`` in all.
+    """
     read, window = 0, LOCATE_FIRST
     # a tensor whose record gives its k at that k: its length may be what was hit (a replaced value
     # rewrites a byte of it, past the one-bit variants `merged_copies` tries)
@@ -129,25 +152,39 @@ def located_copies(tensors: Mapping[str, NDArray[np.generic]], *, repeats: bool 
     while pairs:
         grow: list[tuple[str, int]] = []
         for n, k in pairs:
-            flat = _bits.uint_view(np.asarray(tensors[n]))
-            room = min(int(budget), flat.size // BLOCK) * block_bytes(k)  # copies lie within the budget
-            nb = min(blocks_needed(k, min(window, room)), (LOCATE_BYTES - read) // block_bytes(k), flat.size // BLOCK)
+            blocks = np.asarray(tensors[n]).size // BLOCK
+            room = min(int(budget), blocks) * block_bytes(k)  # copies lie within the budget
+            nb = min(blocks_needed(k, min(window, room)), (LOCATE_BYTES - read) // block_bytes(k), blocks)
             if nb <= 0:
                 continue
-            data = _storage(flat[: nb * BLOCK].reshape(nb, BLOCK), k)
-            read += len(data)
-            if len(data) < room:
+            read += nb * block_bytes(k)
+            if nb * block_bytes(k) < room:
                 grow.append((n, k))
-            for hlen in [*(_periods(data) if repeats else []), *_lengths(data)]:
-                if hlen in tried or blocks_needed(k, RECORD_BYTES + hlen) > budget:
-                    continue
-                if len(tried) >= LOCATE_LENGTHS:  # each length reads copy slots: a crafted model gets a few
-                    return
-                tried.add(hlen)
-                yield from limit.rebuilt(limit.copies(tensors, big, k_of | {n: k}, sorted(ks | {k}), hlen), hlen)
-                if limit.spent:
-                    return
+            yield n, k, nb
         pairs, window = grow, window * 8
+
+
+def _no_start(tensors: Mapping[str, NDArray[np.generic]]) -> bool:
+    """Whether no window of `located_copies` holds a copy start: then it yields nothing without ``repeats``.
+
+    Each tensor's words are read once, for its widest window, and searched at each k by the compiled
+    `_native_blocks.find_packed` (no storage made: 0.2 s of a GiB's seal, on a thread beside it, went
+    to making 32 MiB of it). False where a start lies in one, or the library is missing.
+    """
+    if _native._lib() is None:
+        return False
+    big, budget, found = _survey(tensors)
+    widest: dict[str, dict[int, int]] = collections.defaultdict(dict)
+    for n, k, nb in _windows(tensors, big, budget, found):  # a later round's window may be the narrower
+        widest[n][k] = max(widest[n].get(k, 0), nb)
+    for n, at_k in widest.items():
+        flat = _bits.uint_view(np.asarray(tensors[n]))
+        words = read(flat[: max(at_k.values()) * BLOCK])
+        for k, nb in at_k.items():
+            at = find_packed(words[: nb * BLOCK].reshape(nb, BLOCK), k, TAG_BITS // 8, COPY_START, RECORD_BYTES)
+            if at is None or at >= 0:
+                return False
+    return True
 
 
 def _lengths(data: bytes) -> list[int]:
@@ -162,6 +199,8 @@ def _lengths(data: bytes) -> list[int]:
     while at >= 0 and len(starts) <= MAX_COPIES:  # seal's copies are the first starts past the record
         starts.append(at)
         at = data.find(COPY_START, at + 1)
+    if not starts:
+        return []
     out = {q - p for i, p in enumerate(starts) for q in starts[i + 1 :]}
     out |= {(p - RECORD_BYTES) // i for p in starts for i in range(1, MAX_COPIES) if (p - RECORD_BYTES) % i == 0}
     text = data.decode("latin-1")  # a byte a character: offsets stay byte offsets

@@ -37,7 +37,7 @@ from . import _gfni_affine, _gfni_plan, _irs, _irs_consts
 from ._parallel import halves, parallel_map
 from .errors import NativeUnavailableError, UsageError
 
-_ABI = 5
+_ABI = 6
 _LIB_NAME = "_psnative.so"
 
 
@@ -103,6 +103,7 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_irs_decode.restype = i32
     lib.ps_pack.argtypes = [p, i32, i64, i64, i64, i32, i32, i32, p]
     lib.ps_unpack.argtypes = [p, i64, i64, i32, i32, i32, p, i32, i64]
+    lib.ps_find_packed.argtypes, lib.ps_find_packed.restype = [p, i32, i64, i32, i32, p, i32, i64], i64
     lib.ps_split.argtypes = [p, i64, i64, i64, i64, i64, p, i64]
     lib.ps_stripes.argtypes = [p, i64, i64, i64, i64, p, i64, i64, i64, p, i64, i64, i64, i32]
     lib.ps_blocks.argtypes = [p, i64, i64, p, p, p, i64, i64, p, i64, i64, i32]

@@ -149,6 +149,22 @@ def pack(u: NDArray[np.unsignedinteger], shift: int, width: int) -> NDArray[np.u
     return out
 
 
+def find_packed(u: NDArray[np.unsignedinteger], k: int, skip: int, pat: bytes, start: int) -> int | None:
+    """``ps_find_packed``: where ``pat`` first lies at or past ``start`` in the blocks' storage, -1: nowhere.
+
+    The storage is each row's low ``k`` bits packed as by `pack` less its first ``skip`` bytes (the tag), the
+    rows end to end. None where the library is missing or ``u`` is not ``[nb, 64]`` contiguous words.
+    """
+    lib = _native._lib()
+    if lib is None or u.ndim != 2 or u.shape[1] != 64 or not u.flags.c_contiguous or not _native_uint(u):
+        return None
+    assert 0 < k <= 56 and k <= 8 * u.dtype.itemsize and 0 <= skip and pat
+    at = int(lib.ps_find_packed(u.ctypes.data, u.dtype.itemsize, u.shape[0], k, skip, pat, len(pat), start))
+    if at == -2:
+        raise MemoryError("no memory for the search's buffers")
+    return at
+
+
 def unpack(data: NDArray[np.uint8], u: NDArray[np.unsignedinteger], shift: int, width: int) -> bool:
     """`_kernels.unpack_fields` compiled (``ps_unpack``), in place; False where it does not apply."""
     lib = _native._lib()
@@ -248,6 +264,7 @@ def argsort_rows(keys: NDArray[np.uint64]) -> NDArray[np.int64] | None:
 __all__ = [
     "argsort_rows",
     "blocks",
+    "find_packed",
     "max_masked",
     "mlh",
     "pack",
