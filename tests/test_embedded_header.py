@@ -1135,16 +1135,19 @@ def _plant(flat: np.ndarray, k: int, at: int, data: bytes) -> None:
 
 
 @pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
+@pytest.mark.parametrize("pieces", [_embed_find.FIND_BLOCKS, 7])
 def test_seals_compiled_check_finds_no_copy_start_exactly_where_the_windows_hold_none(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, pieces: int
 ) -> None:
     """`_no_start` (seal's check, compiled) against each window's storage searched in Python: the same answer.
 
     A copy start planted in a random window (its first and last place, a block's edge, anywhere) is found;
     one planted just past a window is not; with none found `located_copies` yields nothing either. The
     last round's windows are cut short by what is left to read: narrower than one read before at their k.
+    Read 7 blocks at a time, starts also lie across the edges of the pieces the words are read in.
     """
     monkeypatch.setattr(_embed_find, "LOCATE_BYTES", 1 << 20)
+    monkeypatch.setattr(_embed_find, "FIND_BLOCKS", pieces)
     rng = np.random.default_rng(3)
     t = {f"t{i}": rng.standard_normal(s).astype(dt) for i, (s, dt) in enumerate(
         [(1 << 19, np.float32), (1 << 18, np.float16), (3 << 16, np.float32), (1 << 17, np.float64)])}  # fmt: skip
@@ -1164,12 +1167,19 @@ def test_seals_compiled_check_finds_no_copy_start_exactly_where_the_windows_hold
 
     assert python_says_none(t) and _embed_find._no_start(t) and not _embed_find.copies_located(t)
     answers = []
-    for trial in range(60):
+    for trial in range(84):
         n, k, nb = windows[int(rng.integers(len(windows)))]
         end = nb * _embed_merge.block_bytes(k)
-        at = [_embed_merge.RECORD_BYTES, end - 8, end - 3, end + 1, int(rng.integers(_embed_merge.RECORD_BYTES, end))][
-            trial % 5
-        ]
+        edge = pieces * _embed_merge.block_bytes(k)  # where the second piece's storage starts
+        at = [
+            _embed_merge.RECORD_BYTES,
+            end - 8,
+            end - 3,
+            end + 1,
+            edge - 3,
+            2 * edge - 1,  # at k = 1 (4 bytes a block) over 3 blocks, two of them past the second piece
+            int(rng.integers(_embed_merge.RECORD_BYTES, end)),
+        ][trial % 7]
         if at + 8 > _bits.uint_view(t[n]).size // 64 * _embed_merge.block_bytes(k):
             continue
         planted = {m: a.copy() for m, a in t.items()}
@@ -1180,6 +1190,13 @@ def test_seals_compiled_check_finds_no_copy_start_exactly_where_the_windows_hold
             assert list(_embed_find.located_copies(planted, repeats=False)) == []
         answers.append(want)
     assert 10 < sum(answers) < len(answers) - 10  # both answers, many times each
+    at = 2 * pieces * _embed_merge.block_bytes(1) - 1  # at k = 1 a start over 3 blocks, 2 past a piece
+    across = {n for n, k, nb in windows if k == 1 and at + 8 <= nb * _embed_merge.block_bytes(1)}
+    assert bool(across) == (pieces == 7)
+    for n in across:
+        planted = {m: a.copy() for m, a in t.items()}
+        _plant(_bits.uint_view(planted[n]), 1, at, _embed_find.COPY_START)
+        assert not python_says_none(planted) and not _embed_find._no_start(planted)
 
 
 def test_a_crafted_model_gets_a_few_header_lengths_tried_not_one_per_copy_start_it_plants(

@@ -59,6 +59,7 @@ TEXT_PIECE, TEXT_SHARE = 1024, 0.6  # in pieces this long with this share of pri
 # 48 slots (12 in each of the 4 largest tensors) of a 100 KiB header take 1.3 GiB a length (COMPARE_COST)
 COMPARE_LIMIT = 2 << 30
 COMPARE_COST = 6  # comparisons a pair of slots costs a byte: the byte plurality 1, the nibbles' 2, `_agreeing` 3
+FIND_BLOCKS = 1 << 14  # blocks seal's check for copy starts reads at a time (`_no_start`: 4 MiB of fp32 words)
 
 
 def merged_copies(tensors: Mapping[str, NDArray[np.generic]]) -> Iterator[str]:
@@ -167,9 +168,10 @@ def _windows(
 def _no_start(tensors: Mapping[str, NDArray[np.generic]]) -> bool:
     """Whether no window of `located_copies` holds a copy start: then it yields nothing without ``repeats``.
 
-    Each tensor's words are read once, for its widest window, and searched at each k by the compiled
-    `_native_blocks.find_packed` (no storage made: 0.2 s of a GiB's seal, on a thread beside it, went
-    to making 32 MiB of it). False where a start lies in one, or the library is missing.
+    Each tensor's words are read once, for its widest window, ``FIND_BLOCKS`` blocks at a time into one
+    buffer, and searched at each k by the compiled `_native_blocks.find_packed` (no storage made: 0.2 s of
+    a GiB's seal, on a thread beside it, went to making 32 MiB of it; a read of the whole window into a new
+    array, 64 MiB, was a tenth of what is left). False where a start lies in one, or the library is missing.
     """
     if _native._lib() is None:
         return False
@@ -177,13 +179,21 @@ def _no_start(tensors: Mapping[str, NDArray[np.generic]]) -> bool:
     widest: dict[str, dict[int, int]] = collections.defaultdict(dict)
     for n, k, nb in _windows(tensors, big, budget, found):  # a later round's window may be the narrower
         widest[n][k] = max(widest[n].get(k, 0), nb)
+    # a start found in the blocks past a piece (its 8 bytes span 3 blocks' storage at most, 4 bytes at k = 1)
+    over = -(-(len(COPY_START) - 1) // block_bytes(1))
+    buf = np.empty((FIND_BLOCKS + over) * BLOCK * 8, np.uint8)
     for n, at_k in widest.items():
         flat = _bits.uint_view(np.asarray(tensors[n]))
-        words = read(flat[: max(at_k.values()) * BLOCK])
-        for k, nb in at_k.items():
-            at = find_packed(words[: nb * BLOCK].reshape(nb, BLOCK), k, TAG_BITS // 8, COPY_START, RECORD_BYTES)
-            if at is None or at >= 0:
-                return False
+        most = max(at_k.values())
+        for b0 in range(0, most, FIND_BLOCKS):
+            b1 = min(most, b0 + FIND_BLOCKS + over)
+            words = read(flat[b0 * BLOCK : b1 * BLOCK], buf).reshape(-1, BLOCK)
+            for k, nb in at_k.items():
+                if b0 < nb:
+                    start = max(0, RECORD_BYTES - b0 * block_bytes(k))
+                    at = find_packed(words[: min(nb, b1) - b0], k, TAG_BITS // 8, COPY_START, start)
+                    if at is None or at >= 0:
+                        return False
     return True
 
 
