@@ -1154,9 +1154,12 @@ def test_seals_compiled_check_finds_no_copy_start_exactly_where_the_windows_hold
     windows = list(_embed_find._windows(t, *_embed_find._survey(t)))
     assert len({k for _, k, _ in windows}) > 20 and len(windows) > len({(n, k) for n, k, _ in windows})
     widest = {(n, k): max(b for m, j, b in windows if (m, j) == (n, k)) for n, k, _ in windows}
-    cut = [(n, k, widest[n, k]) for i, (n, k, nb) in enumerate(windows) if nb < widest[n, k]]
+    cut = [(n, k, widest[n, k]) for n, k, nb in windows if nb < widest[n, k]]
     assert cut
     windows += cut * 10  # planted at the end of the wider window: still looked at
+
+    def no_start(t: dict[str, np.ndarray]) -> bool:
+        return _embed_find._no_start(t, _embed_find._survey(t))
 
     def python_says_none(t: dict[str, np.ndarray]) -> bool:
         for n, k, nb in windows:
@@ -1165,7 +1168,7 @@ def test_seals_compiled_check_finds_no_copy_start_exactly_where_the_windows_hold
                 return False
         return True
 
-    assert python_says_none(t) and _embed_find._no_start(t) and not _embed_find.copies_located(t)
+    assert python_says_none(t) and no_start(t) and not _embed_find.copies_located(t)
     answers = []
     for trial in range(84):
         n, k, nb = windows[int(rng.integers(len(windows)))]
@@ -1185,18 +1188,21 @@ def test_seals_compiled_check_finds_no_copy_start_exactly_where_the_windows_hold
         planted = {m: a.copy() for m, a in t.items()}
         _plant(_bits.uint_view(planted[n]), k, at, _embed_find.COPY_START)
         want = python_says_none(planted)
-        assert _embed_find._no_start(planted) == want, (n, k, nb, at)
+        assert no_start(planted) == want, (n, k, nb, at)
         if want:
             assert list(_embed_find.located_copies(planted, repeats=False)) == []
         answers.append(want)
     assert 10 < sum(answers) < len(answers) - 10  # both answers, many times each
-    at = 2 * pieces * _embed_merge.block_bytes(1) - 1  # at k = 1 a start over 3 blocks, 2 past a piece
-    across = {n for n, k, nb in windows if k == 1 and at + 8 <= nb * _embed_merge.block_bytes(1)}
-    assert bool(across) == (pieces == 7)
-    for n in across:
-        planted = {m: a.copy() for m, a in t.items()}
-        _plant(_bits.uint_view(planted[n]), 1, at, _embed_find.COPY_START)
-        assert not python_says_none(planted) and not _embed_find._no_start(planted)
+    # at k = 1 (4 bytes a block): a start over 3 blocks, 2 past a piece; one in the first bytes of the next
+    # piece, past what the piece before reads on (its start is searched from 0, not from RECORD_BYTES)
+    edge = pieces * _embed_merge.block_bytes(1)
+    for at in (2 * edge - 1, edge + 1, 2 * edge + 1):
+        across = {n for n, k, nb in windows if k == 1 and at + 8 <= nb * _embed_merge.block_bytes(1)}
+        assert bool(across) == (pieces == 7)
+        for n in across:
+            planted = {m: a.copy() for m, a in t.items()}
+            _plant(_bits.uint_view(planted[n]), 1, at, _embed_find.COPY_START)
+            assert not python_says_none(planted) and not no_start(planted), at
 
 
 def test_a_crafted_model_gets_a_few_header_lengths_tried_not_one_per_copy_start_it_plants(

@@ -876,6 +876,29 @@ def test_16bit_fields_equal_the_numpy_bits(k: int) -> None:
 
 
 @needs_lib
+@pytest.mark.parametrize("vector", [True, False])
+def test_32bit_fields_of_every_width_equal_the_numpy_bits(vector: bool) -> None:
+    """The 32-bit pack (``pext`` where the vector paths are on, else the plain loop): the low and the high field
+    of every width 1..31 against `_bits`' numpy reference."""
+    from paramseal import _bits
+
+    if vector and not _native_blocks.set_vector(True):
+        pytest.skip("no AVX-512 here: the pext path is off")
+    try:
+        _native_blocks.set_vector(vector)
+        rng = np.random.default_rng(32)
+        big = rng.integers(0, 1 << 32, (700, 70), dtype=np.uint32)
+        big[:2] = 0xFFFFFFFF  # every bit set: nothing spills over a field
+        u = big[:, :64]  # rows 70 values apart
+        for k in range(1, 32):
+            for shift, width, ref in ((0, k, _bits.lo_bytes), (k, 32 - k, _bits.hi_bytes)):
+                got = _native_blocks.pack(u, shift, width)
+                assert got is not None and np.array_equal(got, ref(u, k, kernel=False)), (k, shift)
+    finally:
+        _native_blocks.set_vector(True)
+
+
+@needs_lib
 @pytest.mark.parametrize("lanes", [1, 15, 16, 17, 300])
 def test_split_equals_the_numba_kernel_for_any_strides(lanes: int) -> None:
     from paramseal import _kernels

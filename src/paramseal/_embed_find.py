@@ -59,6 +59,7 @@ TEXT_PIECE, TEXT_SHARE = 1024, 0.6  # in pieces this long with this share of pri
 # 48 slots (12 in each of the 4 largest tensors) of a 100 KiB header take 1.3 GiB a length (COMPARE_COST)
 COMPARE_LIMIT = 2 << 30
 COMPARE_COST = 6  # comparisons a pair of slots costs a byte: the byte plurality 1, the nibbles' 2, `_agreeing` 3
+_Survey = tuple[list[str], float, dict[str, Found]]  # `_survey`'s: the largest float tensors, budget, records
 FIND_BLOCKS = 1 << 14  # blocks seal's check for copy starts reads at a time (`_no_start`: 4 MiB of fp32 words)
 
 
@@ -102,7 +103,8 @@ def copies_located(tensors: Mapping[str, NDArray[np.generic]]) -> bool:
     Repeats (`_periods`) are no such sign: a tensor of a few values (weights quantised to three
     levels, cast to float) repeats its low bits' text at every distance, and seal must not refuse it.
     """
-    return not _no_start(tensors) and next(located_copies(tensors, repeats=False), None) is not None
+    survey = _survey(tensors)
+    return not _no_start(tensors, survey) and next(_located(tensors, survey, repeats=False), None) is not None
 
 
 def located_copies(tensors: Mapping[str, NDArray[np.generic]], *, repeats: bool = True) -> Iterator[str]:
@@ -118,7 +120,12 @@ def located_copies(tensors: Mapping[str, NDArray[np.generic]], *, repeats: bool 
     bounds). The caller authenticates each: a start found in other bits costs a candidate, never trust.
     ``repeats``: also lengths from where the copies' text repeats (`_periods`), first.
     """
-    big, budget, found = _survey(tensors)
+    return _located(tensors, _survey(tensors), repeats=repeats)
+
+
+def _located(tensors: Mapping[str, NDArray[np.generic]], survey: _Survey, *, repeats: bool) -> Iterator[str]:
+    """`located_copies` with the tensors' `_survey` made."""
+    big, budget, found = survey
     ks = {f.k for f in found.values()}
     k_of = {n: f.k for n, f in found.items()}
     tried: set[int] = set()
@@ -165,17 +172,17 @@ def _windows(
         pairs, window = grow, window * 8
 
 
-def _no_start(tensors: Mapping[str, NDArray[np.generic]]) -> bool:
+def _no_start(tensors: Mapping[str, NDArray[np.generic]], survey: _Survey) -> bool:
     """Whether no window of `located_copies` holds a copy start: then it yields nothing without ``repeats``.
 
     Each tensor's words are read once, for its widest window, ``FIND_BLOCKS`` blocks at a time into one
-    buffer, and searched at each k by the compiled `_native_blocks.find_packed` (no storage made: 0.2 s of
-    a GiB's seal, on a thread beside it, went to making 32 MiB of it; a read of the whole window into a new
-    array, 64 MiB, was a tenth of what is left). False where a start lies in one, or the library is missing.
+    buffer (not a new array: its pages zeroed and counted), and searched at each k by the compiled
+    `_native_blocks.find_packed`, which makes no storage. ``survey``: the tensors' `_survey`. False where
+    a start lies in one, or the library is missing.
     """
     if _native._lib() is None:
         return False
-    big, budget, found = _survey(tensors)
+    big, budget, found = survey
     widest: dict[str, dict[int, int]] = collections.defaultdict(dict)
     for n, k, nb in _windows(tensors, big, budget, found):  # a later round's window may be the narrower
         widest[n][k] = max(widest[n].get(k, 0), nb)
@@ -271,7 +278,7 @@ def _periods(data: bytes) -> list[int]:
     return [int(h) for h in top if counts[h] >= PERIOD_VOTES]  # most frequent first
 
 
-def _survey(tensors: Mapping[str, NDArray[np.generic]]) -> tuple[list[str], float, dict[str, Found]]:
+def _survey(tensors: Mapping[str, NDArray[np.generic]]) -> _Survey:
     """The largest float tensors (where carriers are), the copy budget in blocks, and their records (a bit off too)."""
     floats = [n for n in tensors if _float(np.asarray(tensors[n]))]
     big = sorted(floats, key=lambda n: -int(np.asarray(tensors[n]).size))[: 2 * CARRIERS]

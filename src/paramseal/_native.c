@@ -2042,19 +2042,17 @@ static inline __attribute__((always_inline)) void unpack16_row(const uint8_t *p,
         unpack16_row(data + b * 8 * W, shift, W, (uint16_t *)u + b * ld);
 
 #ifdef X86
-/* ps_pack of blocks of 64 16-bit values: 4 values' fields at a time gathered by one pext (4 W bits), the
- * row's 64 W bits written as W 8-byte words; W is a constant at each call (the switch), so every shift
- * is too. Only with the vector paths: the CPUs with AVX-512 have a fast pext (the AMD ones before,
- * microcoded, took hundreds of cycles). As pack16_row (tests compare). */
-static inline __attribute__((always_inline, target("bmi2"))) void pext16_row(const uint16_t *row, int shift, const int W,
-                                                                            uint8_t *o)
+/* ps_pack of a row of 64 values of size bytes (2 or 4): the fields of the 8 / size values in each 8 bytes
+ * gathered by one pext with the mask m (q bits: W of each), the row's 64 W bits written as W 8-byte words. Inlined with constant arguments, every shift is constant too (pack16_pext). Only with the vector paths:
+ * the CPUs with AVX-512 have a fast pext (the AMD ones before, microcoded, took hundreds of cycles). As
+ * pack16_row and PACK_ROWS (tests compare). */
+static inline __attribute__((always_inline, target("bmi2"))) void pext_row(const uint8_t *row, int size, uint64_t m,
+                                                                          int q, uint8_t *o)
 {
-    const uint64_t m = (((1ull << W) - 1) << shift) * 0x0001000100010001ull;
-    const int q = 4 * W; /* bits a pext gives */
     uint64_t acc = 0;
     int nbits = 0;
 #pragma GCC unroll 16
-    for (int j = 0; j < 64; j += 4) {
+    for (int j = 0; j < 64 * size; j += 8) {
         uint64_t x;
         memcpy(&x, row + j, 8);
         const uint64_t v = _pext_u64(x, m);
@@ -2068,9 +2066,11 @@ static inline __attribute__((always_inline, target("bmi2"))) void pext16_row(con
     }
 }
 
+/* 16-bit values: 4 fields a pext (4 W bits); W is a constant at each call (the switch). */
 #define PEXT16(W)                                                                                    \
     for (int64_t b = r0; b < r1; b++)                                                                \
-        pext16_row(u + b * ld, shift, W, out + b * 8 * W);
+        pext_row((const uint8_t *)(u + b * ld), 2, (((1ull << W) - 1) << shift) * 0x0001000100010001ull, 4 * W, \
+                 out + b * 8 * W);
 
 __attribute__((target("bmi2"))) static void pack16_pext(const uint16_t *u, int64_t ld, int64_t r0, int64_t r1,
                                                         int shift, int width, uint8_t *out)
@@ -2078,32 +2078,14 @@ __attribute__((target("bmi2"))) static void pack16_pext(const uint16_t *u, int64
     CASES16(PEXT16)
 }
 
-/* ps_pack of blocks of 64 32-bit values, 2 values' fields at a time by one pext (as pext16_row, W not a
- * constant): 0.63-0.70 ns a value against the plain loop's 1.11-1.31 here at W = 1, 2, 4, 8, 13 and 22 (a
- * scratch timing; `_embed_find`'s check for a seal packs 53M values of a GiB's fp32 model). */
+/* 32-bit values: 2 fields a pext (2 W bits, below 64), W not a constant: about 1.7 times the plain loop's
+ * speed (benchmarks/bench_sealed_check.py), where seal's check packs the low bits of 53M values a GiB. */
 __attribute__((target("bmi2"))) static void pack32_pext(const uint32_t *u, int64_t ld, int64_t r0, int64_t r1,
                                                         int shift, int W, uint8_t *out)
 {
     const uint64_t m = (((1ull << W) - 1) << shift) * 0x0000000100000001ull;
-    const int q = 2 * W; /* bits a pext gives, < 64 */
-    for (int64_t b = r0; b < r1; b++) {
-        const uint32_t *row = u + b * ld;
-        uint8_t *o = out + b * 8 * W;
-        uint64_t acc = 0;
-        int nbits = 0;
-        for (int j = 0; j < 64; j += 2) {
-            uint64_t x;
-            memcpy(&x, row + j, 8);
-            const uint64_t v = _pext_u64(x, m);
-            acc |= v << nbits; /* nbits < 64 */
-            nbits += q;
-            if (nbits >= 64) {
-                memcpy(o, &acc, 8);
-                o += 8, nbits -= 64;
-                acc = v >> (q - nbits); /* the bits that did not fit (none when nbits is 0) */
-            }
-        }
-    }
+    for (int64_t b = r0; b < r1; b++)
+        pext_row((const uint8_t *)(u + b * ld), 4, m, 2 * W, out + b * 8 * W);
 }
 #endif
 
@@ -2135,15 +2117,16 @@ void ps_pack(const void *u, int size, int64_t ld, int64_t r0, int64_t r1, int n,
 
 /* Where the bytes pat (plen of them) first lie at storage offset from or past it, in the storage of the blocks
  * [0, nb) of u ([nb][64] values of size bytes): each block's low k bits packed as by ps_pack, less its first
- * skip bytes (the tag), the blocks' storage end to end. -1 where nowhere, -2 where out of memory. As
- * bytes.find over `_embed._storage` (tests compare), for `_embed_find.copies_located`: the words are read once
- * and no storage is kept, FIND_CHUNK blocks at a time (the last plen - 1 bytes carried to the next). */
+ * skip bytes (the tag), the blocks' storage end to end. -1 where nowhere, -2 where out of memory, -3 for bad
+ * arguments (k outside 1..56 or past the values' width). As bytes.find over `_embed._storage` (tests compare),
+ * for `_embed_find.copies_located`: the words are read once and no storage is kept, FIND_CHUNK blocks at a
+ * time (the last plen - 1 bytes carried to the next). */
 #define FIND_CHUNK 256
 int64_t ps_find_packed(const void *u, int size, int64_t nb, int k, int skip, const uint8_t *pat, int plen, int64_t from)
 {
     const int64_t bb = 8 * (int64_t)k, sb = bb - skip; /* a block's packed bytes, and its storage */
-    if (sb <= 0 || plen <= 0)
-        return -1;
+    if (k < 1 || k > 56 || k > 8 * size || skip < 0 || sb <= 0 || plen <= 0)
+        return -3;
     uint8_t *packed = malloc((size_t)(FIND_CHUNK * bb)), *stor = malloc((size_t)(plen + FIND_CHUNK * sb));
     int64_t found = packed && stor ? -1 : -2, base = 0; /* base: the storage offset of stor[0] */
     int64_t carry = 0;

@@ -158,10 +158,12 @@ def find_packed(u: NDArray[np.unsignedinteger], k: int, skip: int, pat: bytes, s
     lib = _native._lib()
     if lib is None or u.ndim != 2 or u.shape[1] != 64 or not u.flags.c_contiguous or not _native_uint(u):
         return None
-    assert 0 < k <= 56 and k <= 8 * u.dtype.itemsize and 0 <= skip and pat
+    if not (0 < k <= min(56, 8 * u.dtype.itemsize) and 0 <= skip and pat):
+        raise ValueError(f"cannot search {k} low bits of {u.dtype}, skipping {skip} bytes, for {len(pat)} bytes")
     at = int(lib.ps_find_packed(u.ctypes.data, u.dtype.itemsize, u.shape[0], k, skip, pat, len(pat), start))
     if at == -2:
         raise MemoryError("no memory for the search's buffers")
+    assert at >= -1, "ps_find_packed refused arguments checked here"
     return at
 
 

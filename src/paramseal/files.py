@@ -197,7 +197,7 @@ def _refusing_sealed(src: Path, loaded: Loaded, reseal: bool) -> Iterator[Callab
 
     A seal leaves a header in the metadata, records in the weights (PyTorch files, stripped metadata,
     lost copies), or header copies where a seal puts them (their records zeroed). The search of the
-    weights (0.06-0.08 CPU-s of its own thread in a GiB's seal) runs in a thread beside the caller's work: the
+    weights (`benchmarks/bench_sealed_check.py` times it) runs in a thread beside the caller's work: the
     check waits for it. Its refusal comes before any other error the block raises meanwhile, and the
     block is not left until the search, which reads the input's mapping, has ended. With numba's
     kernels instead of the compiled ones the search runs first: two threads must not enter its
