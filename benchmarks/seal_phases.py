@@ -11,9 +11,9 @@ Writes the LLaMA-shaped fp32 checkpoint of ``bench_core.py``, then, in this one 
 * seals it file to file with a timer around each step of the engine (keyed offset, gather,
   outer content and parity, inner encode, or inner encode and placement in one pass, scatter, the
   tags written in the staged strata (whole blocks, and the blocks a row cuts once all their parts are
-  staged), the requests to start writing to disk, and the short tag pass after the superblocks
-  (reserved and short blocks); within the scatter, its placement, its tags and its writes, shown as
-  "of which").
+  staged), the requests to start writing to disk, the short tag pass after the superblocks
+  (reserved and short blocks), the code tables and the encoder's linear map as they are built, and
+  the final flush; within the scatter, its placement, its tags and its writes, shown as "of which").
   The seal runs its superblocks, then its tag chunks, two (one per core) at a time, so the
   steps overlap: for each one it prints the CPU seconds of the threads that ran it and the
   summed wall seconds, and for the whole the wall seconds of the superblock pass, the tag
@@ -60,8 +60,10 @@ from paramseal import (  # noqa: E402
     _file_header,
     _irs,
     _irs_recover,
+    _native,
     _native_strata,
     _outer,
+    _pages,
     _recover_file,
     _seal_tags,
     _strata,
@@ -216,6 +218,9 @@ def phases(model: Path, sealed: Path, bad: Path, size_gib: float) -> None:
     timed(seal, "_tag_chunk", "tag pass (other tensors): tags")
     timed(seal, "write_blocks", "tag pass (other tensors): write")
     timed(seal, "write_behind", "tag pass (other tensors): start writing to disk")
+    timed(_irs, "code_for", "code tables (_irs.code_for)")
+    timed(_native, "_affine_built", "encoder's linear map (_affine_built)")
+    timed(_pages.Mapping, "flush", "final flush (msync of the output's mapping)")
     passes = iter(["pass: superblocks (two at a time)", "pass: tag chunks (two at a time)"])
     real_task_map = seal.task_map
     seal.task_map = lambda fn, items: timed_call(next(passes), real_task_map, fn, items)

@@ -1151,7 +1151,7 @@ def test_seals_compiled_check_finds_no_copy_start_exactly_where_the_windows_hold
     rng = np.random.default_rng(3)
     t = {f"t{i}": rng.standard_normal(s).astype(dt) for i, (s, dt) in enumerate(
         [(1 << 19, np.float32), (1 << 18, np.float16), (3 << 16, np.float32), (1 << 17, np.float64)])}  # fmt: skip
-    windows = list(_embed_find._windows(t, *_embed_find._survey(t)))
+    windows = list(_embed_find._windows(t, _embed_find._survey(t)))
     assert len({k for _, k, _ in windows}) > 20 and len(windows) > len({(n, k) for n, k, _ in windows})
     widest = {(n, k): max(b for m, j, b in windows if (m, j) == (n, k)) for n, k, _ in windows}
     cut = [(n, k, widest[n, k]) for n, k, nb in windows if nb < widest[n, k]]

@@ -829,9 +829,9 @@ def test_pack_and_unpack_equal_the_numba_kernels(dtype: type, shift: int, width:
 def test_find_packed_equals_bytes_find_over_the_storage(dtype: type, k: int) -> None:
     """``ps_find_packed`` against ``bytes.find`` over `_embed._storage`: a pattern planted across blocks'
     edges and the kernel's 256-block chunks' (its carried bytes), before the start, twice, and nowhere."""
-    from paramseal import _bits, _embed
+    from paramseal import _bits, _embed, _embed_find
 
-    pat = b'{"bits":'
+    pat = _embed_find.COPY_START
     rng = np.random.default_rng(k)
     u = rng.integers(0, np.iinfo(dtype).max, (600, 64), dtype=dtype, endpoint=True)
     lo = _bits.lo_bytes(u, k)

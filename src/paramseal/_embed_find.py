@@ -130,7 +130,7 @@ def _located(tensors: Mapping[str, NDArray[np.generic]], survey: _Survey, *, rep
     k_of = {n: f.k for n, f in found.items()}
     tried: set[int] = set()
     limit = _Limit()
-    for n, k, nb in _windows(tensors, big, budget, found):
+    for n, k, nb in _windows(tensors, survey):
         flat = _bits.uint_view(np.asarray(tensors[n]))
         data = _storage(flat[: nb * BLOCK].reshape(nb, BLOCK), k)
         for hlen in [*(_periods(data) if repeats else []), *_lengths(data)]:
@@ -144,13 +144,12 @@ def _located(tensors: Mapping[str, NDArray[np.generic]], survey: _Survey, *, rep
                 return
 
 
-def _windows(
-    tensors: Mapping[str, NDArray[np.generic]], big: list[str], budget: float, found: dict[str, Found]
-) -> Iterator[tuple[str, int, int]]:
+def _windows(tensors: Mapping[str, NDArray[np.generic]], survey: _Survey) -> Iterator[tuple[str, int, int]]:
     """``(tensor, k, blocks)``: the storage windows `located_copies` reads, in its order (see there).
 
     Each is a tensor's first blocks at a k, in a window growing eightfold a round, ``LOCATE_BYTES`` in all.
     """
+    big, budget, found = survey
     read, window = 0, LOCATE_FIRST
     # a tensor whose record gives its k at that k: its length may be what was hit (a replaced value
     # rewrites a byte of it, past the one-bit variants `merged_copies` tries)
@@ -182,9 +181,8 @@ def _no_start(tensors: Mapping[str, NDArray[np.generic]], survey: _Survey) -> bo
     """
     if _native._lib() is None:
         return False
-    big, budget, found = survey
     widest: dict[str, dict[int, int]] = collections.defaultdict(dict)
-    for n, k, nb in _windows(tensors, big, budget, found):  # a later round's window may be the narrower
+    for n, k, nb in _windows(tensors, survey):  # a later round's window may be the narrower
         widest[n][k] = max(widest[n].get(k, 0), nb)
     # a start found in the blocks past a piece (its 8 bytes span 3 blocks' storage at most, 4 bytes at k = 1)
     over = -(-(len(COPY_START) - 1) // block_bytes(1))

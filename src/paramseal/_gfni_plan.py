@@ -128,7 +128,7 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
         inv = code.inverses[tt]
         if inv is not None:
             # inv composed with phi^-1 on each syndrome byte: bits(S) = phi_inv bits(S'). Integers, not
-            # float32: a BLAS call leaves OpenBLAS's threads spinning beside the seal (4% of its samples)
+            # float32: numpy hands float products to BLAS, whose threads then spin beside the seal
             prod = inv.reshape(-1, 8).astype(np.uint16) @ phi_inv.astype(np.uint16)
             comp = (prod.astype(np.uint8) & 1).reshape(inv.shape)
             where = {b: n for n, b in enumerate(blist)}

@@ -2043,7 +2043,8 @@ static inline __attribute__((always_inline)) void unpack16_row(const uint8_t *p,
 
 #ifdef X86
 /* ps_pack of a row of 64 values of size bytes (2 or 4): the fields of the 8 / size values in each 8 bytes
- * gathered by one pext with the mask m (q bits: W of each), the row's 64 W bits written as W 8-byte words. Inlined with constant arguments, every shift is constant too (pack16_pext). Only with the vector paths:
+ * gathered by one pext with the mask m (q bits: W of each), the row's 64 W bits written as W 8-byte words.
+ * Inlined with constant arguments, every shift is constant too (pack16_pext). Only with the vector paths:
  * the CPUs with AVX-512 have a fast pext (the AMD ones before, microcoded, took hundreds of cycles). As
  * pack16_row and PACK_ROWS (tests compare). */
 static inline __attribute__((always_inline, target("bmi2"))) void pext_row(const uint8_t *row, int size, uint64_t m,

@@ -165,7 +165,7 @@ def move_parts(
 ) -> None:  # fmt: skip
     """``flat[src[p] : src[p] + n[p]]`` into ``rows[row[p], slot[p] : slot[p] + n[p]]`` (or back) for each part p.
 
-    ``ps_move_parts``: a memcpy a part, where numpy's masked gathers over ``[parts, 64]`` took 0.5 ms a batch.
+    ``ps_move_parts``: a memcpy a part, not numpy's masked gathers over ``[parts, 64]`` (slower: docs/performance.md).
     """
     lib = _native._lib()
     assert lib is not None
