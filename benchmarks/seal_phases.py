@@ -9,7 +9,8 @@ Usage::
 Writes the LLaMA-shaped fp32 checkpoint of ``bench_core.py``, then, in this one process:
 
 * seals it file to file with a timer around each step of the engine (keyed offset, gather,
-  outer content and parity, inner encode, or inner encode and placement in one pass, scatter, the
+  outer content (made by the gather where every stratum is a float one, else a pass of its own inside
+  it) and parity, inner encode, or inner encode and placement in one pass, scatter, the
   tags written in the staged strata (whole blocks, and the blocks a row cuts once all their parts are
   staged), the requests to start writing to disk, the short tag pass after the superblocks
   (reserved and short blocks), the code tables and the encoder's linear map as they are built, and
@@ -203,8 +204,8 @@ def phases(model: Path, sealed: Path, bad: Path, size_gib: float) -> None:
     seal = importlib.import_module("paramseal._sealing")
     # with VAES the gather and the one pass make the offset themselves (_strata_map.Offset): no row of its own
     timed(_strata.Strata, "pad", "keyed offset (AES-CTR)")
-    timed(_strata.Strata, "seal_words", "gather (read words, offset, mask)")
-    timed(_outer.Outer, "content", "outer code: content")
+    timed(_strata.Strata, "seal_words", "gather (read words, offset, mask; outer content if F = 255)")
+    timed(_outer.Outer, "content", "  of which outer content, a pass of its own (F < 255)")
     timed(_outer.Outer, "parity", "outer code: parity")
     timed(_irs, "encode", "inner encode")
     timed(_strata.Strata, "encode_placed", "inner encode and placement, one pass (linear map)")

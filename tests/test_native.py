@@ -429,6 +429,33 @@ def test_seal_gather_finds_the_first_nan_with_and_without_simd(misaligned: bool,
 
 
 @needs_lib
+@pytest.mark.parametrize("level", ["standard", "strong"])
+def test_float_only_seals_make_the_outer_content_in_the_gather(
+    level: str, key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every stratum a float one (F = 255, as in a model of fp32 weights): the gather writes the outer code's
+    content and no pass of its own runs; the sealed file is the one sealed without the compiled library."""
+    rng = np.random.default_rng(8)
+    model = {"w": (0.02 * rng.standard_normal((300, 1000))).astype(np.float32), "b": np.ones(77, np.float32)}
+    st = _strata.plan(SealConfig(level=level).specs(model), key, bytes(16))
+    assert st.free_strata == _irs_consts.N_POS and st.host  # the outer code, no data strata
+    monkeypatch.setattr(os, "urandom", lambda n: bytes(range(n)))  # the salt
+    src = helpers.write_st(tmp_path / "m.safetensors", model)
+    calls: list[str] = []
+    for mod, name in ((_native_strata, "gather"), (_native, "content")):
+        real = getattr(mod, name)
+        monkeypatch.setattr(mod, name, lambda *a, _f=real, _n=name, **k: calls.append(_n) or _f(*a, **k))
+    files.seal_file(src, tmp_path / "native.safetensors", key, level=level)
+    assert "gather" in calls and "content" not in calls
+    with monkeypatch.context() as m:
+        m.setattr(_native, "_load", lambda: None)
+        m.setattr(_native, "_lib", lambda: None)
+        files.seal_file(src, tmp_path / "ref.safetensors", key, level=level)
+    assert (tmp_path / "native.safetensors").read_bytes() == (tmp_path / "ref.safetensors").read_bytes()
+    assert files.verify_file(tmp_path / "native.safetensors", key).status == "intact"
+
+
+@needs_lib
 def test_seal_words_refuses_nan_naming_the_tensor(key: paramseal.Key) -> None:
     model = _mixed_model(0)
     model["c"][7, 9] = np.inf

@@ -240,3 +240,52 @@ def test_to_strata_puts_each_word_in_its_stratum(
     perm = np.stack([rng.permutation(255) for _ in range(nperm)]).astype(np.int16)
     got = _native_strata.to_strata(w, pad, g0, perm, F)
     assert np.array_equal(got, _to_strata_reference(w, pad, g0, perm, F))
+
+
+def _content(w: np.ndarray, keep: int, shard: int) -> np.ndarray:
+    """The outer code's content of rows w (every position a float one), from its definition: each word masked
+    with ``keep``, its whole cleared low bytes dropped (little-endian), then zeros up to ``shard`` bytes."""
+    lo = ((keep & -keep).bit_length() - 1) // 8  # the low bytes keep clears whole
+    by = (w & np.uint32(keep)).view(np.uint8).reshape(w.shape[0], 255, 4)[:, :, lo:].reshape(w.shape[0], -1)
+    return np.concatenate([by, np.zeros((w.shape[0], shard - by.shape[1]), np.uint8)], axis=1)
+
+
+@needs_lib
+@pytest.mark.parametrize("keep", [0xFFFFFF00, 0xFFFFF000, 0xFFFF0000, 0xFFFFFFF0])  # k = 8, 12 (strong), 16, 4
+@pytest.mark.parametrize(
+    ("ng", "g0", "nperm", "cut"),
+    [
+        (6000, 250, 256, 2500),  # long runs: the offset table's gather
+        (3000, 5, 7, 100),  # short runs (a piece ends every row from 100 on): the plain vector gather
+    ],
+)
+def test_the_gather_makes_each_rows_outer_content(
+    ng: int, g0: int, nperm: int, cut: int, keep: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``content``, ps_gather writes each row's outer-code content (the seal's, at F = 255) as it gathers
+    it, on every path (AVX-512 with its VBMI row, the plain loop with the portable one), over whatever was there."""
+    srcs, pieces, perm = _case(ng + nperm, ng, 255, nperm, cut)
+    pad = np.random.default_rng(2).integers(0, 2**32, (ng, 255), dtype=np.uint32)
+    shard = -(-255 * (4 - ((keep & -keep).bit_length() - 1) // 8) // 64) * 64
+    for simd in (True, False):
+        monkeypatch.setattr(_native, "SIMD", simd)
+        w = np.full((ng, 255), 0x5A5A5A5A, np.uint32)
+        content = np.full((ng, shard), 0xA5, np.uint8)
+        assert _native_strata.gather(w, g0, perm, 255, pieces, pad, keep, None, content) == -1  # type: ignore[arg-type]
+        plain = np.full_like(w, 0x5A5A5A5A)
+        assert _native_strata.gather(plain, g0, perm, 255, pieces, pad, keep) == -1  # type: ignore[arg-type]
+        assert np.array_equal(w, plain)  # the words as without content
+        assert np.array_equal(content, _content(w, keep, shard))
+
+
+@needs_lib
+def test_the_gather_refuses_content_it_cannot_make() -> None:
+    ng = 40
+    _, pieces, perm = _case(4, ng, 255, 1, 10)
+    pad = np.zeros((ng, 255), np.uint32)
+    w = np.zeros((ng, 255), np.uint32)
+    with pytest.raises(RuntimeError, match="refused"):  # a shard too short for a row's 765 bytes
+        _native_strata.gather(w, 0, perm, 255, pieces, pad, KEEP, None, np.zeros((ng, 764), np.uint8))  # type: ignore[arg-type]
+    _, pieces, perm = _case(4, ng, 200, 1, 10)
+    with pytest.raises(AssertionError):  # data strata: their words come after the gather
+        _native_strata.gather(w, 0, perm, 200, pieces, pad, KEEP, None, np.zeros((ng, 832), np.uint8))  # type: ignore[arg-type]

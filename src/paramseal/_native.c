@@ -104,7 +104,7 @@ static inline void prefetch_sources(const uint32_t *lo, const int32_t *off, int 
 #define PS_SRC_HASH "" /* hatch_build.py passes the first 16 hex digits of this file's SHA-256 */
 #endif
 
-int ps_abi(void) { return 6; }
+int ps_abi(void) { return 7; }
 
 const char *ps_src_hash(void) { return PS_SRC_HASH; }
 
@@ -597,39 +597,59 @@ TARGET int ps_irs_encode_affine(uint8_t *W, int64_t ng, const uint8_t *keep, con
     return 0;
 }
 
+/* ps_content's permutation: byte m < 16 nb of a vector of 16 words masked with keep is byte lo + m % nb
+ * of word m / nb, nb = 4 - lo bytes a word (lo: the whole free bytes dropped). */
+static void content_index(int lo, uint8_t *ix)
+{
+    const int nb = 4 - lo;
+    memset(ix, 0, 64);
+    for (int m = 0; m < 16 * nb; m++)
+        ix[m] = (uint8_t)(4 * (m / nb) + lo + m % nb);
+}
+
+/* One row's content (ps_content's): idx from content_index, km the keep mask broadcast. */
+TARGET static inline __attribute__((always_inline)) void content_row_vbmi(const uint32_t *row, int F, int nb, __m512i idx,
+                                                                          __m512i km, uint8_t *o, int64_t shard)
+{
+    const __mmask64 part = nb == 4 ? ~(__mmask64)0 : (((__mmask64)1) << (16 * nb)) - 1;
+    int64_t at = 0;
+    int j = 0;
+    for (; j + 16 <= F; j += 16, at += 16 * nb) {
+        __m512i v = _mm512_and_si512(_mm512_loadu_si512((const void *)(row + j)), km);
+        _mm512_mask_storeu_epi8(o + at, part, _mm512_permutexvar_epi8(idx, v));
+    }
+    if (j < F) { /* the last F - j < 16 words, masked (one byte at a time took a tenth of the pass) */
+        const int n = F - j;
+        __m512i v = _mm512_and_si512(_mm512_maskz_loadu_epi32((__mmask16)((1u << n) - 1), row + j), km);
+        _mm512_mask_storeu_epi8(o + at, (((__mmask64)1) << (n * nb)) - 1, _mm512_permutexvar_epi8(idx, v));
+        at += n * nb;
+        j = F;
+    }
+    memcpy(o + at, row + j, 4 * (size_t)(255 - j));
+    at += 4 * (255 - j);
+    memset(o + at, 0, (size_t)(shard - at));
+}
+
 /* The outer code's content of rows [r0, r1) of w ([ng][255] words): each float word (position < F)
  * with its k free bits cleared and its k / 8 whole free bytes dropped, then the data words whole,
  * then zeros up to shard bytes (out: [ng][shard]). As _outer._content_nb. */
 TARGET void ps_content(const uint32_t *w, int64_t r0, int64_t r1, int F, int k, uint8_t *out, int64_t shard)
 {
-    const uint32_t keep = ~((1u << k) - 1u);
-    const int lo = k / 8, nb = 4 - lo;
-    uint8_t ix[64] = {0};
-    for (int m = 0; m < 16 * nb; m++)
-        ix[m] = (uint8_t)(4 * (m / nb) + lo + m % nb);
-    const __m512i idx = _mm512_loadu_si512((const void *)ix), km = _mm512_set1_epi32((int)keep);
-    const __mmask64 part = nb == 4 ? ~(__mmask64)0 : (((__mmask64)1) << (16 * nb)) - 1;
+    uint8_t ix[64];
+    content_index(k / 8, ix);
+    const __m512i idx = _mm512_loadu_si512((const void *)ix), km = _mm512_set1_epi32((int)~((1u << k) - 1u));
     for (int64_t r = r0; r < r1; r++) {
         const uint32_t *row = w + r * 255;
-        uint8_t *o = out + r * shard;
         prefetch_row(row + PF_PAD * 255); /* the rows came in by a pass over 16 MiB: not in L2, not prefetched */
-        int64_t at = 0;
-        int j = 0;
-        for (; j + 16 <= F; j += 16, at += 16 * nb) {
-            __m512i v = _mm512_and_si512(_mm512_loadu_si512((const void *)(row + j)), km);
-            _mm512_mask_storeu_epi8(o + at, part, _mm512_permutexvar_epi8(idx, v));
-        }
-        if (j < F) { /* the last F - j < 16 words, masked (one byte at a time took a tenth of the pass) */
-            const int n = F - j;
-            __m512i v = _mm512_and_si512(_mm512_maskz_loadu_epi32((__mmask16)((1u << n) - 1), row + j), km);
-            _mm512_mask_storeu_epi8(o + at, (((__mmask64)1) << (n * nb)) - 1, _mm512_permutexvar_epi8(idx, v));
-            at += n * nb;
-            j = F;
-        }
-        memcpy(o + at, row + j, 4 * (size_t)(255 - j));
-        at += 4 * (255 - j);
-        memset(o + at, 0, (size_t)(shard - at));
+        content_row_vbmi(row, F, 4 - k / 8, idx, km, out + r * shard, shard);
     }
+}
+
+/* content_sink's row on a CPU with VBMI (the gather's own paths need only AVX-512BW). */
+TARGET static void content_put_vbmi(const uint32_t *row, const uint8_t *ix, uint32_t keep, int nb, uint8_t *o,
+                                    int64_t shard)
+{
+    content_row_vbmi(row, 255, nb, _mm512_loadu_si512((const void *)ix), _mm512_set1_epi32((int)keep), o, shard);
 }
 #endif /* X86 */
 
@@ -842,6 +862,34 @@ CLONES void ps_content_any(const uint32_t *w, int64_t r0, int64_t r1, int F, int
     }
 }
 
+/* Where ps_gather puts the outer code's content of each row it gathers (ps_content's), while the row is
+ * in L1, where a pass of its own read the superblock's 16 MiB of words back. Every position is a float
+ * one there (F = 255): there are no data words to wait for. */
+typedef struct {
+    uint8_t *out; /* [rows][shard]: row r of the batch at out + r * shard */
+    int64_t shard;
+    uint32_t keep;
+    int lo, vbmi; /* lo: the whole free bytes dropped (0..2); vbmi: ps_content's vector row */
+    uint8_t ix[64];
+} content_sink;
+
+static inline void content_put(const content_sink *cs, const uint32_t *row, int64_t r)
+{
+    uint8_t *o = cs->out + r * cs->shard;
+#ifdef X86
+    if (cs->vbmi) {
+        content_put_vbmi(row, cs->ix, cs->keep, 4 - cs->lo, o, cs->shard);
+        return;
+    }
+#endif
+    if (cs->lo == 1) /* a constant byte count per branch, as ps_content_any */
+        content_row(row, 255, cs->keep, 1, o, cs->shard);
+    else if (cs->lo == 2)
+        content_row(row, 255, cs->keep, 2, o, cs->shard);
+    else
+        content_row(row, 255, cs->keep, 0, o, cs->shard);
+}
+
 #ifdef X86
 #define MOVERS __attribute__((target("avx512f,avx512bw")))
 
@@ -868,7 +916,7 @@ MOVERS static inline void store16(uint32_t *out, const uint32_t *pd, int p, __mm
  * run instead of word by word. The same words and NaN index as the scalar loop (the test compares). */
 MOVERS static int64_t gather_rows_avx512(uint32_t *w, int64_t r, int64_t lim, int64_t g0, const int16_t *perm, int nperm,
                                          int F, const int32_t *offw, const uint32_t *lo, pad_src *ps,
-                                         uint32_t keep, int check_nan)
+                                         uint32_t keep, int check_nan, const content_sink *cs)
 {
     const __m512i ex = _mm512_set1_epi32(0x7F800000), kp = _mm512_set1_epi32((int)keep), nf = _mm512_set1_epi32(F);
     for (; r < lim; r++) {
@@ -888,6 +936,8 @@ MOVERS static int64_t gather_rows_avx512(uint32_t *w, int64_t r, int64_t lim, in
         }
         if (first_nan >= 0 && check_nan)
             return r * 255 + first_nan;
+        if (cs != NULL)
+            content_put(cs, out, r);
     }
     return -1;
 }
@@ -896,7 +946,8 @@ MOVERS static int64_t gather_rows_avx512(uint32_t *w, int64_t r, int64_t lim, in
  * stratum at that position under each permutation, -1 for data strata), made once for a long run of
  * rows: one gather a 16 words instead of two. Same words and NaN index (the test compares). */
 MOVERS static int64_t gather_rows_tab_avx512(uint32_t *w, int64_t r, int64_t lim, int64_t g0, int nperm, const int32_t *at,
-                                             const uint32_t *lo, pad_src *ps, uint32_t keep, int check_nan)
+                                             const uint32_t *lo, pad_src *ps, uint32_t keep, int check_nan,
+                                             const content_sink *cs)
 {
     const __m512i ex = _mm512_set1_epi32(0x7F800000), kp = _mm512_set1_epi32((int)keep), none = _mm512_set1_epi32(-1);
     int64_t q = (g0 + r) % nperm;
@@ -916,6 +967,8 @@ MOVERS static int64_t gather_rows_tab_avx512(uint32_t *w, int64_t r, int64_t lim
         }
         if (first_nan >= 0 && check_nan)
             return r * 255 + first_nan;
+        if (cs != NULL)
+            content_put(cs, out, r);
         if (++q == nperm)
             q = 0;
     }
@@ -1052,27 +1105,39 @@ static int64_t io_all(int fd, char *buf, int64_t n, int64_t off, int write)
  * NULL: made from pad_key, see pad_src) and masked with keep. Only rows [r0, r1) are done (one call per thread).
  * Returns -3 when a read fails, -2 for bad arguments, else -1, or with check_nan the index r * 255 + p of the
  * first word whose exponent is all ones (NaN or Inf), which the caller refuses. simd: AVX-512 where the CPU
- * has it (0: the plain loop, for the tests' comparison). */
+ * has it (0: the plain loop, for the tests' comparison). content: NULL, or [rows][shard] bytes where each row
+ * gathered gets the outer code's content (ps_content's at k = the free bits keep clears); only with F = 255,
+ * and shard at least its 255 (4 - k / 8) bytes (-2 otherwise). Rows past a NaN get none. */
 static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F,
                       const int64_t *pstart, const int64_t *row_end, const uint64_t *base, const int32_t *fd,
-                      uint32_t *stage, int64_t ld, pad_src *pad, uint32_t keep, int check_nan, int simd);
+                      uint32_t *stage, int64_t ld, pad_src *pad, uint32_t keep, int check_nan, int simd,
+                      const content_sink *cs);
 
 int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F, const int64_t *pstart,
                   const int64_t *row_end, const uint64_t *base, const int32_t *fd, uint32_t *stage, int64_t ld,
-                  const uint32_t *pad, const uint8_t *pad_key, uint32_t keep, int check_nan, int simd)
+                  const uint32_t *pad, const uint8_t *pad_key, uint32_t keep, int check_nan, int simd, uint8_t *content,
+                  int64_t shard)
 {
+    content_sink cs = {content, shard, keep, keep == 0xFFFFFFFFu ? 0 : __builtin_ctz(keep) / 8, 0, {0}};
+    if (content != NULL && (F != 255 || cs.lo > 2 || shard < 255 * (4 - cs.lo)))
+        return -2;
+#ifdef X86
+    cs.vbmi = simd && ps_gfni(); /* simd 0: the portable row too, for the tests' comparison */
+    content_index(cs.lo, cs.ix);
+#endif
     pad_src ps;
     if (F < 1 || F > 255 || pad_init(&ps, pad, pad_key, g0))
         return -2;
     const int64_t got = gather(w, r0, r1, g0, perm, nperm, F, pstart, row_end, base, fd, stage, ld, &ps, keep,
-                               check_nan, simd);
+                               check_nan, simd, content != NULL ? &cs : NULL);
     pad_clear(&ps);
     return got;
 }
 
 static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F,
                       const int64_t *pstart, const int64_t *row_end, const uint64_t *base, const int32_t *fd,
-                      uint32_t *stage, int64_t ld, pad_src *pad, uint32_t keep, int check_nan, int simd)
+                      uint32_t *stage, int64_t ld, pad_src *pad, uint32_t keep, int check_nan, int simd,
+                      const content_sink *cs)
 {
     int64_t cur[256];
     const uint32_t *src[256];
@@ -1122,7 +1187,7 @@ static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int
                         at[q * 256 + 255] = -1;
                     }
                     int64_t got = gather_rows_tab_avx512(w, r, lim, g0, nperm, at, (const uint32_t *)low, pad, keep,
-                                                         check_nan);
+                                                         check_nan, cs);
                     free(at);
                     if (got >= 0)
                         return got;
@@ -1132,7 +1197,7 @@ static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int
             }
             if (fits) {
                 int64_t got = gather_rows_avx512(w, r, lim, g0, perm, nperm, F, offw, (const uint32_t *)low, pad, keep,
-                                                 check_nan);
+                                                 check_nan, cs);
                 if (got >= 0)
                     return got;
                 r = lim;
@@ -1157,6 +1222,8 @@ static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int
                 for (int p = 0; p < 255; p++)
                     if (pr[p] < F && (src[pr[p]][r] & 0x7F800000u) == 0x7F800000u)
                         return r * 255 + p;
+            if (cs != NULL)
+                content_put(cs, out, r);
         }
     }
     return -1;

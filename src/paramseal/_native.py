@@ -37,7 +37,7 @@ from . import _gfni_affine, _gfni_plan, _irs, _irs_consts
 from ._parallel import halves, parallel_map
 from .errors import NativeUnavailableError, UsageError
 
-_ABI = 6
+_ABI = 7
 _LIB_NAME = "_psnative.so"
 
 
@@ -112,7 +112,7 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_max_masked16.argtypes, lib.ps_max_masked16.restype = [p, i64, i64], i64
     lib.ps_argsort_rows.argtypes = [p, i64, i64, i64, p]
     lib.ps_argsort_rows.restype = i32
-    lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, p, ctypes.c_uint32, i32, i32]
+    lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, p, ctypes.c_uint32, i32, i32, p, i64]
     lib.ps_gather.restype = i64
     lib.ps_to_strata.argtypes = [p, p, i64, i64, i64, p, i32, i32, p, i64, i32]
     lib.ps_to_strata.restype = i32

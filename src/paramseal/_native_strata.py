@@ -29,12 +29,15 @@ def gather(
     pad: NDArray[np.uint32] | bytes,
     keep: int,
     stage: NDArray[np.uint32] | None = None,
+    content: NDArray[np.uint8] | None = None,
 ) -> int:
     """Fill the float positions of ``w`` (``[ng, 255]``, groups ``g0...``) from ``pieces``: see ``ps_gather``.
 
     Pieces in a mapped file are read with ``pread`` (into a staging array of ``F`` rows of ``ng`` words
     or more, `row_stride`: ``stage`` if given, else a new one). ``pad``: the keyed offset's words
     (``w``'s shape), or its key where `makes_pad` (the kernel makes the words as it goes).
+    ``content``: ``[ng, shard]`` bytes that get each row's outer-code content as it is gathered
+    (`_outer.Outer.content` at the free bits ``keep`` clears); only where ``F`` is 255.
 
     ``perm``: ``[nperm, 255]`` stratum at each position. Returns -1, or ``r * 255 + p`` of a
     NaN/Inf word. The caller keeps the arrays the piece addresses point into alive.
@@ -54,6 +57,10 @@ def gather(
     for a in (w, perm, pstart, row_end, base, fd):
         assert a.flags.c_contiguous
     assert w.shape[1] == _irs_consts.N_POS and pstart.size == F + 1
+    if content is not None:
+        assert F == _irs_consts.N_POS and content.dtype == np.uint8 and content.flags.c_contiguous
+        assert content.ndim == 2 and content.shape[0] == ng
+    out, shard = (None, 0) if content is None else (content.ctypes.data, content.shape[1])
     if isinstance(pad, bytes):
         assert len(pad) == 32 and makes_pad()
         at, key = None, pad
@@ -66,7 +73,7 @@ def gather(
             lib.ps_gather(
                 w.ctypes.data, r[0], r[1], g0, perm.ctypes.data, perm.shape[0], F, pstart.ctypes.data,
                 row_end.ctypes.data, base.ctypes.data, fd.ctypes.data, stage.ctypes.data, stage.shape[1],
-                at, key, keep, 1, int(_native.SIMD),
+                at, key, keep, 1, int(_native.SIMD), out, shard,
             )
         )  # fmt: skip
 

@@ -70,12 +70,16 @@ class Outer:
     def content(self, w: NDArray[np.uint32], out: NDArray[np.uint8] | None = None) -> NDArray[np.uint8]:
         """Each group's content bytes (free bits left out), one padded shard per row.
 
-        The compiled kernel writes them into ``out`` if given (the numba fallback into a new array).
+        Into ``out`` if given (``[ng, shard]``), else a new array.
         """
         fast = _native.content(w, self.free_strata, self.k, self.shard, out)
         if fast is not None:
             return fast
-        out = np.zeros((w.shape[0], self.shard), np.uint8)
+        if out is None:
+            out = np.zeros((w.shape[0], self.shard), np.uint8)
+        else:  # the numba kernel writes the content bytes, not the padding after them
+            assert out.shape == (w.shape[0], self.shard) and out.dtype == np.uint8
+            out.fill(0)
         sf, k = self.free_strata, self.k
         parallel_map(lambda r: _content_nb(w[r[0] : r[1]], sf, k, out[r[0] : r[1]]), halves(w.shape[0]))
         return out

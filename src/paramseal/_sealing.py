@@ -280,10 +280,11 @@ def _seal_irs(
         for g0 in range(a, b, step):
             g1 = min(b, g0 + step)
             pad = st.offset(g0, g1, scratch)  # its key, where the kernels make its words as they go
-            w = st.seal_words(flats, data, g0, g1, pad, scratch)  # the code runs on the words plus the keyed offset
+            content = scratch.get("content", (g1 - g0, outer.shard), np.uint8) if st.host else None
+            # the code runs on the words plus the keyed offset; the outer code on their content
+            w = st.seal_words(flats, data, g0, g1, pad, scratch, content)
             hosted = None
-            if st.host:
-                content = outer.content(w, scratch.get("content", (g1 - g0, outer.shard), np.uint8))
+            if content is not None:
                 hosted = outer.hosted_bytes(code, outer.parity(content, s), g1 - g0)
             placed = st.encode_placed(w, g0, pad, scratch, hosted)  # parity put, encoded, placed in one pass
             if placed is None:

@@ -180,12 +180,16 @@ class Strata(StrataMap):
         g1: int,
         pad: Offset | NDArray[np.uint32],
         scratch: Scratch | None = None,
+        content: NDArray[np.uint8] | None = None,
     ) -> NDArray[np.uint32]:
         """The encoder's input for groups ``[g0, g1)``: their words XOR the offset ``pad``, free bits cleared.
 
         NaN/Inf values are refused. The compiled gather where the library is built (`_native`,
         any CPU), else `groups` (its reference: the tests compare the two). ``scratch``: the
         compiled gather's arrays are its ``words`` and ``stage`` buffers (valid until the next call).
+        ``content``: ``[ng, outer.shard]`` bytes that get the words' outer-code content
+        (`_outer.Outer.content`): made row by row by the gather where every stratum is a float one, by a
+        pass of its own otherwise.
         """
         ng = g1 - g0
         g = np.arange(g0, g1, dtype=np.int64)
@@ -195,6 +199,8 @@ class Strata(StrataMap):
             w = self.groups(flats, data, g, seal=True)[0]
             w ^= pad.array()
             w[:, : self.free_strata] &= self._clear_mask()
+            if content is not None:
+                self.outer.content(w, content)
             return w
         w = np.empty((ng, N_POS), np.uint32) if scratch is None else scratch.get("words", (ng, N_POS), np.uint32)
         zeros = np.zeros(ng, np.uint32)  # the source of padding words
@@ -203,12 +209,15 @@ class Strata(StrataMap):
         shape = (self.free_strata, _native_strata.row_stride(ng))
         stage = None if scratch is None else scratch.get("stage", shape, np.uint32)
         keep = int(self._clear_mask())
-        if _native_strata.gather(w, g0, perm, self.free_strata, pieces, pad.for_kernels(), keep, stage) >= 0:
+        fused = content if self.free_strata == N_POS else None  # no data words to come: each row is final
+        if _native_strata.gather(w, g0, perm, self.free_strata, pieces, pad.for_kernels(), keep, stage, fused) >= 0:
             self.groups(flats, data, g, seal=True)  # raises, naming the tensor as the reference does
             raise AssertionError("the compiled gather found a NaN/Inf word that the reference did not")
         if self.free_strata < N_POS:
             r, pos, dw, _ = self._data_strata(flats, data, g, None)
             w[r, pos] = dw ^ pad.array()[r, pos]
+        if content is not None and fused is None:
+            self.outer.content(w, content)
         return w
 
     def encode_placed(
