@@ -57,6 +57,7 @@ import numpy as np
 
 SEED = 20240601
 CHUNK = 8 << 20
+WRITE_PIECE = 64 << 10  # the "write" floor's pieces: about a stratum row's (a superblock writes 255 such)
 MB = 1e6
 MIB = 1 << 20
 TARGET_VERIFY_VS_SHA = 1.0  # verify speed / SHA-256 speed, at least
@@ -275,6 +276,25 @@ def worker(op: str, argv: list[str]) -> None:
             os.fsync(fo.fileno())
         out["seconds"] = time.perf_counter() - t0
         os.unlink(argv[1])
+    elif op == "write":
+        # the least a seal to a new file must pay for its output: as many bytes as argv[0] holds, written
+        # from memory into a new file in 64 KiB pieces (new page-cache pages), then to disk
+        n = os.path.getsize(argv[0])
+        piece = memoryview(np.arange(WRITE_PIECE, dtype=np.uint8).tobytes())  # not zeros
+        t0 = time.perf_counter()
+        fd = os.open(argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for at in range(0, n, WRITE_PIECE):
+                rest = piece[: min(WRITE_PIECE, n - at)]
+                while rest:
+                    got = os.pwrite(fd, rest, at)
+                    rest, at = rest[got:], at + got
+            out["copy_s"] = round(time.perf_counter() - t0, 3)  # into new page-cache pages, before the fsync
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        out["seconds"] = time.perf_counter() - t0
+        os.unlink(argv[1])
     elif op == "rs":
         # the coder alone: Reed-Solomon parity of random data shaped like this model's lanes
         from paramseal import _code, load_key
@@ -448,7 +468,7 @@ def _settle(op: str, args: list[str]) -> None:
     journal commit: inside the run's own fsync. Writeback left by earlier steps likewise
     landed in whichever run came next; both made file-writing runs vary 0.6-3 s here.
     """
-    if op in ("seal", "recover", "copy") and len(args) > 1:
+    if op in ("seal", "recover", "copy", "write") and len(args) > 1:
         Path(args[1]).unlink(missing_ok=True)
     if op == "recover_inplace":  # a fresh tampered copy to patch: the last run repaired its own
         shutil.copyfile(args[0], args[1])
@@ -646,8 +666,9 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
     sha, seal, ver = core["sha256"][0], core["seal"][0], core["verify"][0]
     ssize = sealed.stat().st_size
 
-    _log("floors: copy + fsync of the sealed file; Reed-Solomon encode alone")
+    _log("floors: copy + fsync of the sealed file; a new file's writes + fsync; Reed-Solomon encode alone")
     floor_copy, _ = best_of("copy", [str(sealed), str(work / "copy.tmp")], env, rep, mrs, tmo)
+    floor_write, _ = best_of("write", [str(sealed), str(work / "write.tmp")], env, rep, mrs, tmo)
     floor_rs, _ = best_of("rs", [str(sealed)], env, rep, mrs, tmo)
 
     cases = [
@@ -818,6 +839,11 @@ def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: di
     print(
         f"  copy + fsync of the sealed file (any file-to-file recover writes this much): "
         f"{floor_copy.seconds:.2f}s = {floor_copy.seconds / ver.seconds:.2f}x verify time"
+    )
+    print(
+        f"  a new file of the sealed file's size, written in {WRITE_PIECE >> 10} KiB pieces + fsync (any seal to a new "
+        f"file writes this much): {floor_write.seconds:.2f}s = {floor_write.seconds / sha.seconds:.2f}x SHA-256 time "
+        f"(all runs {floor_write.info['all_s']})"
     )
     print(
         f"  Reed-Solomon encode alone ({floor_rs.info['coder']}, random data): {floor_rs.seconds:.2f}s, "

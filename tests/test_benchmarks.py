@@ -7,6 +7,7 @@ times anything or starts a worker process.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -189,3 +190,54 @@ def test_bench_strata_rows_gives_the_same_strata_every_way(capsys: pytest.Captur
     with pytest.raises(SystemExit) as e:
         bench.main(["--repeats", "0"])
     assert e.value.code == 2
+
+
+def test_bench_core_write_floor_writes_the_file_size_and_removes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bench = _load("bench_core")
+    src, dst = tmp_path / "src.bin", tmp_path / "out.tmp"
+    size = 3 * bench.WRITE_PIECE + 1234  # a short last piece
+    src.write_bytes(b"\0" * size)
+    bench.worker("write", [str(src), str(dst)])  # in this process: the op itself, not a worker
+    assert not dst.exists()  # removed once timed: no GiB left behind
+    timed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert timed["seconds"] >= timed["copy_s"] >= 0  # the copy into the page cache is part of the whole
+    kept: list[int] = []
+    unlink = bench.os.unlink
+
+    def keep(p: str, **kw: object) -> None:  # the op's own unlink skipped; others (pytest's) go on
+        if kw or Path(p) != dst:
+            unlink(p, **kw)  # type: ignore[arg-type]
+            return
+        kept.append(Path(p).stat().st_size)
+
+    monkeypatch.setattr(bench.os, "unlink", keep)
+    bench.worker("write", [str(src), str(dst)])
+    assert kept == [size]
+    got = np.fromfile(dst, np.uint8)
+    assert got.size == size and np.count_nonzero(got) > size // 2  # real bytes, not a sparse file's zeros
+    assert np.array_equal(got[: bench.WRITE_PIECE], np.arange(bench.WRITE_PIECE).astype(np.uint8))
+
+
+@pytest.mark.parametrize("args", [["--rounds", "2"], ["--size-gib", "0"], ["--size-gib", "-1"]])
+def test_seal_write_floor_refuses_nonsense_arguments(
+    args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mod = _load("seal_write_floor")
+
+    def started(*a: object, **k: object) -> None:
+        raise AssertionError("the benchmark started a worker")
+
+    monkeypatch.setattr(mod.bench_core, "spawn", started)
+    with pytest.raises(SystemExit) as e:
+        mod.main([*args, "--dir", str(tmp_path)])
+    assert e.value.code == 2
+    assert "must be" in capsys.readouterr().err
+
+
+def test_seal_write_floor_rank_correlation() -> None:
+    spearman = _load("seal_write_floor").spearman
+    assert spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 35.0, 90.0]) == pytest.approx(1.0)  # monotone, not linear
+    assert spearman([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    assert spearman([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 1.0, 3.0]) == pytest.approx(0.0)
