@@ -289,7 +289,7 @@ def worker(op: str, argv: list[str]) -> None:
                 while rest:
                     got = os.pwrite(fd, rest, at)
                     rest, at = rest[got:], at + got
-            out["copy_s"] = round(time.perf_counter() - t0, 3)  # into new page-cache pages, before the fsync
+            out["copy_s"] = time.perf_counter() - t0  # into new page-cache pages, before the fsync
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -10,15 +10,17 @@ operations, each in a fresh interpreter (``bench_core``'s workers, with its sett
 last output removed, the disk flushed):
 
 * ``sha256``: SHA-256 of the checkpoint (the baseline);
-* ``write``: a new file of the sealed file's size written from memory in 64 KiB pieces, then fsync:
+* ``write``: a new file of the checkpoint's size written from memory in 64 KiB pieces, then fsync:
   the output any seal to a new file must write, with no work at all (its copy into new page-cache
   pages, before the fsync, is shown too);
 * ``seal``: ``files.seal_file`` of the checkpoint to a new file.
 
-It prints each round's times, the seal's speed against SHA-256's, and the rank correlation (Spearman)
-of the seal's time with the write's over the rounds. On a host where writing into new page-cache pages
-varies (this project's machines: 0.26-2.8 s for a GiB within minutes, while SHA-256 stays near 1 s), the
-seal's time follows the write's; bench_core's best-of-N figures alone do not show that.
+It prints each round's times, the seal's speed against SHA-256's, and the rank correlations (Spearman)
+of the seal's time with the write's, its copy's and SHA-256's over the rounds. Writing into new page-cache
+pages varies on this project's machines (a GiB's copy took 0.26-0.68 s within one run of this script, and
+0.26-2.8 s in a scratch loop, while SHA-256 stayed near 1 s), and a seal to a new file writes a GiB too:
+in that run the seal's time ranked with the copy's at +0.57. bench_core's best-of-N figures do not show
+such rounds.
 """
 
 from __future__ import annotations

@@ -34,21 +34,26 @@ def _load(script: str) -> ModuleType:
 
 
 @pytest.mark.parametrize(
-    "args",
-    [["--size-gib", "0"], ["--size-gib", "-1"], ["--size-gib", "nan"], ["--size-gib", "0.01", "--repeats", "0"]],
+    ("script", "args"),
+    [
+        *[("bench_core", a) for a in (["--size-gib", "0"], ["--size-gib", "-1"], ["--size-gib", "nan"])],
+        ("bench_core", ["--size-gib", "0.01", "--repeats", "0"]),
+        *[("seal_write_floor", a) for a in (["--rounds", "2"], ["--size-gib", "0"], ["--size-gib", "-1"])],
+    ],
 )
-def test_bench_core_refuses_nonsense_arguments(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_timing_benchmarks_refuse_nonsense_arguments(
+    script: str, args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    bench = _load("bench_core")
+    mod = _load(script)
 
     def started(*a: object, **k: object) -> None:
         raise AssertionError("the benchmark started a worker")
 
-    monkeypatch.setattr(bench, "spawn", started)
-    monkeypatch.setattr(sys, "argv", ["bench_core.py", *args, "--dir", str(tmp_path)])
+    monkeypatch.setattr(
+        getattr(mod, "bench_core", mod), "spawn", started
+    )  # seal_write_floor's workers are bench_core's
     with pytest.raises(SystemExit) as e:
-        bench.main()
+        mod.main([*args, "--dir", str(tmp_path)])
     assert e.value.code == 2
     assert "must be" in capsys.readouterr().err
 
@@ -218,22 +223,6 @@ def test_bench_core_write_floor_writes_the_file_size_and_removes_it(
     got = np.fromfile(dst, np.uint8)
     assert got.size == size and np.count_nonzero(got) > size // 2  # real bytes, not a sparse file's zeros
     assert np.array_equal(got[: bench.WRITE_PIECE], np.arange(bench.WRITE_PIECE).astype(np.uint8))
-
-
-@pytest.mark.parametrize("args", [["--rounds", "2"], ["--size-gib", "0"], ["--size-gib", "-1"]])
-def test_seal_write_floor_refuses_nonsense_arguments(
-    args: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    mod = _load("seal_write_floor")
-
-    def started(*a: object, **k: object) -> None:
-        raise AssertionError("the benchmark started a worker")
-
-    monkeypatch.setattr(mod.bench_core, "spawn", started)
-    with pytest.raises(SystemExit) as e:
-        mod.main([*args, "--dir", str(tmp_path)])
-    assert e.value.code == 2
-    assert "must be" in capsys.readouterr().err
 
 
 def test_seal_write_floor_rank_correlation() -> None:

@@ -279,6 +279,60 @@ def test_the_gather_makes_each_rows_outer_content(
 
 
 @needs_lib
+@pytest.mark.parametrize("simd", [True, False])
+def test_the_plain_loop_makes_the_content_where_a_source_is_misaligned(
+    simd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source at an odd byte address: no common base serves the vector gather's word offsets, so the plain
+    loop gathers every row, with the VBMI content row where SIMD is on (the portable one where it is off)."""
+    ng, keep = 300, 0xFFFFFF00
+    srcs, (pstart, ends, base, fd), perm = _case(11, ng, 255, 256, 100)
+    raw = np.zeros(4 * ng + 1, np.uint8)
+    raw[1:] = srcs[0].view(np.uint8)
+    base = base.copy()
+    base[0] = raw.ctypes.data + 1  # piece 0 (stratum 0's first) at an odd address
+    pieces = (pstart, ends, base, fd)
+    pad = np.random.default_rng(3).integers(0, 2**32, (ng, 255), dtype=np.uint32)
+    monkeypatch.setattr(_native, "SIMD", simd)
+    w = np.zeros((ng, 255), np.uint32)
+    content = np.full((ng, 768), 0xA5, np.uint8)
+    assert _native_strata.gather(w, 0, perm, 255, pieces, pad, keep, None, content) == -1  # type: ignore[arg-type]
+    col = int(np.flatnonzero(perm[0] == 0)[0])  # row 0: stratum 0's word sits at this position
+    assert w[0, col] == (srcs[0][0] ^ pad[0, col]) & np.uint32(keep)
+    assert np.array_equal(content, _content(w, keep, 768))
+
+
+@needs_lib
+@pytest.mark.parametrize(
+    ("F", "keep", "shard"),
+    [
+        (255, KEEP, 764),  # a shard too short for a row's 765 bytes
+        (200, KEEP, 832),  # data strata: their words come after the gather
+        (255, 0xFF000000, 768),  # k = 24: three whole bytes, past what the content drops
+        (255, 0xFFFF0F00, 768),  # not a mask of the low bits
+        (255, 0, 768),
+    ],
+)
+def test_the_compiled_gather_refuses_content_it_cannot_make(F: int, keep: int, shard: int) -> None:
+    """ps_gather itself (not only its Python caller's asserts) refuses, and writes nothing."""
+    ng = 40
+    _, (pstart, ends, base, fd), perm = _case(4, ng, F, 1, 10)
+    pad = np.zeros((ng, 255), np.uint32)
+    w = np.full((ng, 255), 7, np.uint32)
+    stage = np.zeros((1, 1), np.uint32)
+    content = np.full((ng, shard), 0xA5, np.uint8)
+    lib = _native._lib()
+    assert lib is not None
+    got = lib.ps_gather(
+        w.ctypes.data, 0, ng, 0, perm.ctypes.data, perm.shape[0], F, pstart.ctypes.data, ends.ctypes.data,
+        base.ctypes.data, fd.ctypes.data, stage.ctypes.data, 1, pad.ctypes.data, None, keep, 1, 1,
+        content.ctypes.data, shard,
+    )  # fmt: skip
+    assert got == -2
+    assert (w == 7).all() and (content == 0xA5).all()
+
+
+@needs_lib
 def test_the_gather_refuses_content_it_cannot_make() -> None:
     ng = 40
     _, pieces, perm = _case(4, ng, 255, 1, 10)

@@ -849,17 +849,23 @@ static inline __attribute__((always_inline)) void content_row(const uint32_t *ro
     memset(o + at, 0, (size_t)(shard - at));
 }
 
+/* content_row for lo 0, 1 or 2, a constant byte count per branch: each memcpy is a plain move. */
+static inline __attribute__((always_inline)) void content_row_lo(const uint32_t *row, int F, uint32_t keep, int lo,
+                                                                 uint8_t *o, int64_t shard)
+{
+    if (lo == 1)
+        content_row(row, F, keep, 1, o, shard);
+    else if (lo == 2)
+        content_row(row, F, keep, 2, o, shard);
+    else
+        content_row(row, F, keep, 0, o, shard);
+}
+
 CLONES void ps_content_any(const uint32_t *w, int64_t r0, int64_t r1, int F, int k, uint8_t *out, int64_t shard)
 {
     const uint32_t keep = ~((1u << k) - 1u);
-    for (int64_t r = r0; r < r1; r++) {
-        if (k / 8 == 1) /* a constant byte count per branch: each memcpy is a plain move */
-            content_row(w + r * 255, F, keep, 1, out + r * shard, shard);
-        else if (k / 8 == 2)
-            content_row(w + r * 255, F, keep, 2, out + r * shard, shard);
-        else
-            content_row(w + r * 255, F, keep, 0, out + r * shard, shard);
-    }
+    for (int64_t r = r0; r < r1; r++)
+        content_row_lo(w + r * 255, F, keep, k / 8, out + r * shard, shard);
 }
 
 /* Where ps_gather puts the outer code's content of each row it gathers (ps_content's), while the row is
@@ -882,12 +888,7 @@ static inline void content_put(const content_sink *cs, const uint32_t *row, int6
         return;
     }
 #endif
-    if (cs->lo == 1) /* a constant byte count per branch, as ps_content_any */
-        content_row(row, 255, cs->keep, 1, o, cs->shard);
-    else if (cs->lo == 2)
-        content_row(row, 255, cs->keep, 2, o, cs->shard);
-    else
-        content_row(row, 255, cs->keep, 0, o, cs->shard);
+    content_row_lo(row, 255, cs->keep, cs->lo, o, cs->shard);
 }
 
 #ifdef X86
@@ -1106,8 +1107,9 @@ static int64_t io_all(int fd, char *buf, int64_t n, int64_t off, int write)
  * Returns -3 when a read fails, -2 for bad arguments, else -1, or with check_nan the index r * 255 + p of the
  * first word whose exponent is all ones (NaN or Inf), which the caller refuses. simd: AVX-512 where the CPU
  * has it (0: the plain loop, for the tests' comparison). content: NULL, or [rows][shard] bytes where each row
- * gathered gets the outer code's content (ps_content's at k = the free bits keep clears); only with F = 255,
- * and shard at least its 255 (4 - k / 8) bytes (-2 otherwise). Rows past a NaN get none. */
+ * gathered gets the outer code's content (ps_content's at k, where keep clears the low k bits, k < 24); only
+ * with F = 255, and shard at least its 255 (4 - k / 8) bytes (-2 otherwise). A NaN's row and the rows after it
+ * in [r0, r1) get none. */
 static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F,
                       const int64_t *pstart, const int64_t *row_end, const uint64_t *base, const int32_t *fd,
                       uint32_t *stage, int64_t ld, pad_src *pad, uint32_t keep, int check_nan, int simd,
@@ -1118,13 +1120,17 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
                   const uint32_t *pad, const uint8_t *pad_key, uint32_t keep, int check_nan, int simd, uint8_t *content,
                   int64_t shard)
 {
-    content_sink cs = {content, shard, keep, keep == 0xFFFFFFFFu ? 0 : __builtin_ctz(keep) / 8, 0, {0}};
-    if (content != NULL && (F != 255 || cs.lo > 2 || shard < 255 * (4 - cs.lo)))
-        return -2;
+    content_sink cs = {content, shard, keep, 0, 0, {0}};
+    if (content != NULL) { /* keep must clear the low k bits, k < 24: the content drops k / 8 whole bytes */
+        const int k = keep == 0xFFFFFFFFu ? 0 : keep == 0 ? 32 : __builtin_ctz(keep);
+        cs.lo = k / 8;
+        if (F != 255 || k >= 24 || keep != ~((1u << k) - 1u) || shard < 255 * (4 - cs.lo))
+            return -2;
 #ifdef X86
-    cs.vbmi = simd && ps_gfni(); /* simd 0: the portable row too, for the tests' comparison */
-    content_index(cs.lo, cs.ix);
+        cs.vbmi = simd && ps_gfni(); /* simd 0: the portable row too, for the tests' comparison */
+        content_index(cs.lo, cs.ix);
 #endif
+    }
     pad_src ps;
     if (F < 1 || F > 255 || pad_init(&ps, pad, pad_key, g0))
         return -2;
@@ -1214,14 +1220,19 @@ static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int
                 int j = pr[p];
                 if (j >= F)
                     continue;
-                uint32_t v = src[j][r];
+                uint32_t v; /* a source may lie at any byte address (not a 32-bit load's alignment) */
+                memcpy(&v, src[j] + r, 4);
                 nan |= (uint32_t)((v & 0x7F800000u) == 0x7F800000u);
                 out[p] = (v ^ pd[p]) & keep;
             }
-            if (nan && check_nan)
-                for (int p = 0; p < 255; p++)
-                    if (pr[p] < F && (src[pr[p]][r] & 0x7F800000u) == 0x7F800000u)
-                        return r * 255 + p;
+            for (int p = 0; nan && check_nan && p < 255; p++) {
+                uint32_t v;
+                if (pr[p] >= F)
+                    continue;
+                memcpy(&v, src[pr[p]] + r, 4);
+                if ((v & 0x7F800000u) == 0x7F800000u)
+                    return r * 255 + p;
+            }
             if (cs != NULL)
                 content_put(cs, out, r);
         }

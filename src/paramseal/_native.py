@@ -112,7 +112,8 @@ def _lib() -> ctypes.CDLL | None:
     lib.ps_max_masked16.argtypes, lib.ps_max_masked16.restype = [p, i64, i64], i64
     lib.ps_argsort_rows.argtypes = [p, i64, i64, i64, p]
     lib.ps_argsort_rows.restype = i32
-    lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, p, ctypes.c_uint32, i32, i32, p, i64]
+    lib.ps_gather.argtypes = [p, i64, i64, i64, p, i32, i32, p, p, p, p, p, i64, p, p, ctypes.c_uint32, i32, i32]
+    lib.ps_gather.argtypes += [p, i64]  # the content rows and their bytes
     lib.ps_gather.restype = i64
     lib.ps_to_strata.argtypes = [p, p, i64, i64, i64, p, i32, i32, p, i64, i32]
     lib.ps_to_strata.restype = i32

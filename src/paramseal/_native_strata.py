@@ -83,7 +83,10 @@ def gather(
             "reading the model file failed while sealing (an I/O error, or the file was cut short meanwhile)"
         )
     if -2 in got:  # w was left unfilled: never to be taken for "no NaN"
-        raise RuntimeError(f"compiled seal gather refused {F} float strata or its offset")
+        raise RuntimeError(
+            f"compiled seal gather refused {F} float strata, its offset, or the content it was asked for "
+            f"(F = 255, a mask of the low free bits, a row of the content's bytes)"
+        )
     hits = [h for h in got if h >= 0]
     return min(hits) if hits else -1
 
