@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--size-gib must be a positive number of GiB, not {a.size_gib}")
     if a.rounds < 3:
         ap.error(f"--rounds must be at least 3 (a correlation needs them), not {a.rounds}")
+    if a.dir is not None and a.dir.exists() and not a.dir.is_dir():
+        ap.error(f"--dir {a.dir} exists and is not a folder")
 
     from paramseal import Key
 
@@ -81,17 +83,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"{cols} {'seal worker cpu s':>18}")
         for i in range(a.rounds):
-            cpu = 0.0  # the seal's worker (the last op of a round)
+            run = {}
             for op, args in ops:
                 bench_core._settle(op, args)
-                r = bench_core.spawn(op, args, env, a.timeout)
-                times[op].append(r.seconds)
-                cpu = r.cpu_s
-                if op == "write":
-                    copies.append(float(r.info["copy_s"]))
+                run[op] = bench_core.spawn(op, args, env, a.timeout)
+                times[op].append(run[op].seconds)
+            copies.append(float(run["write"].info["copy_s"]))
             sha, wr, seal = (times[op][-1] for op, _ in ops)
             print(
-                f"{i + 1:>5} {sha:>9.2f} {wr:>8.2f} {copies[-1]:>16.2f} {seal:>7.2f} {sha / seal:>15.3f} {cpu:>18.2f}",
+                f"{i + 1:>5} {sha:>9.2f} {wr:>8.2f} {copies[-1]:>16.2f} {seal:>7.2f} {sha / seal:>15.3f} "
+                f"{run['seal'].cpu_s:>18.2f}",
                 flush=True,
             )
         ratios = [s / t for s, t in zip(times["sha256"], times["seal"], strict=True)]

@@ -1,7 +1,7 @@
 """The benchmark scripts refuse arguments that would give a traceback or a figure that means nothing.
 
 They are scripts, not package code: each is loaded from ``benchmarks/`` by path. Nothing here
-times anything or starts a worker process.
+starts a worker process or asserts on a time (the write floor's op runs in this process, on a small file).
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def _load(script: str) -> ModuleType:
     [
         *[("bench_core", a) for a in (["--size-gib", "0"], ["--size-gib", "-1"], ["--size-gib", "nan"])],
         ("bench_core", ["--size-gib", "0.01", "--repeats", "0"]),
-        *[("seal_write_floor", a) for a in (["--rounds", "2"], ["--size-gib", "0"], ["--size-gib", "-1"])],
+        *[
+            ("seal_write_floor", a)
+            for a in (["--rounds", "2"], ["--size-gib", "0"], ["--size-gib", "-1"], ["--size-gib", "nan"])
+        ],
     ],
 )
 def test_timing_benchmarks_refuse_nonsense_arguments(
@@ -49,9 +52,8 @@ def test_timing_benchmarks_refuse_nonsense_arguments(
     def started(*a: object, **k: object) -> None:
         raise AssertionError("the benchmark started a worker")
 
-    monkeypatch.setattr(
-        getattr(mod, "bench_core", mod), "spawn", started
-    )  # seal_write_floor's workers are bench_core's
+    # seal_write_floor's workers are those of the bench_core it imported
+    monkeypatch.setattr(getattr(mod, "bench_core", mod), "spawn", started)
     with pytest.raises(SystemExit) as e:
         mod.main([*args, "--dir", str(tmp_path)])
     assert e.value.code == 2
