@@ -613,15 +613,10 @@ def main(argv: list[str] | None = None) -> int:
     if a.dir is not None and a.dir.exists() and not a.dir.is_dir():
         ap.error(f"--dir {a.dir} exists and is not a folder")
 
-    from paramseal import Key
-
-    made_dir = a.dir is None
-    work = Path(tempfile.mkdtemp(prefix="paramseal-bench-")) if made_dir else a.dir
-    work.mkdir(parents=True, exist_ok=True)
+    work, made_dir = scratch_dir(a.dir, "paramseal-bench-")
     model = work / "model.safetensors"
     sealed = work / "model.sealed.safetensors"
-    env = dict(os.environ)
-    env["PARAMSEAL_KEY"] = Key.generate().secret.hex()  # the workers' key; never printed
+    env = workers_env()
     try:
         return _bench(a, work, model, sealed, env)
     finally:
@@ -632,6 +627,20 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"\nscratch files kept in {work}")
+
+
+def scratch_dir(given: Path | None, prefix: str) -> tuple[Path, bool]:
+    """The scratch folder: ``given`` (made if missing) or a new temporary one; and whether it is new."""
+    work = Path(tempfile.mkdtemp(prefix=prefix)) if given is None else given
+    work.mkdir(parents=True, exist_ok=True)
+    return work, given is None
+
+
+def workers_env() -> dict[str, str]:
+    """This process's environment with a fresh key for the workers (``PARAMSEAL_KEY``; never printed)."""
+    from paramseal import Key
+
+    return {**os.environ, "PARAMSEAL_KEY": Key.generate().secret.hex()}
 
 
 def _bench(a: argparse.Namespace, work: Path, model: Path, sealed: Path, env: dict[str, str]) -> int:

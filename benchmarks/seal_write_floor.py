@@ -30,7 +30,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -61,14 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.dir is not None and a.dir.exists() and not a.dir.is_dir():
         ap.error(f"--dir {a.dir} exists and is not a folder")
 
-    from paramseal import Key
-
-    made = a.dir is None
-    work = Path(tempfile.mkdtemp(prefix="paramseal-floor-")) if made else a.dir
-    work.mkdir(parents=True, exist_ok=True)
+    work, made = bench_core.scratch_dir(a.dir, "paramseal-floor-")
     model, sealed, written = work / "model.safetensors", work / "model.sealed.safetensors", work / "write.tmp"
-    env = dict(os.environ)
-    env["PARAMSEAL_KEY"] = Key.generate().secret.hex()  # the workers' key; never printed
+    env = bench_core.workers_env()
     try:
         bench_core.spawn("gen", [str(model), str(a.size_gib), "f32"], env, a.timeout)
         ops = [
