@@ -550,6 +550,53 @@ def test_mlh_equals_the_numpy_reference(
 
 
 @needs_lib
+@pytest.mark.parametrize("column", [1, 2])
+def test_mlh_pads_of_32_bits_or_more_end_as_plain_c(column: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The IFMA path ends 8 blocks at once with 32-bit products (``vpmuludq``); where a block's r_b (column 1)
+    or x_b (column 2) is 2^32 or more, its 8 are ended as plain C ends them: the same tags with SIMD on and off."""
+    rng = np.random.default_rng(column)
+    nb, nw = 37, 128  # four groups of 8 and a shorter one
+    words = rng.integers(0, 1 << 16, (nb, nw), dtype=np.uint16)
+    keys = rng.integers(0, (1 << 32) - 5, nw, dtype=np.uint64)
+    keys2 = rng.integers(0, (1 << 32) - 5, nw, dtype=np.uint64)
+    wmask = rng.integers(0, 1 << 16, 10, dtype=np.uint16)
+    internal = rng.integers(0, 2, nb).astype(np.bool_)
+    pads = rng.integers(0, (1 << 32) - 5, (nb, 3), dtype=np.uint64)
+    pads[[3, 20, 36], column] += rng.integers(1, 1 << 30, 3, dtype=np.uint64) << np.uint64(32)
+    got = {}
+    for simd in (True, False):
+        monkeypatch.setattr(_native, "SIMD", simd)
+        got[simd] = np.empty(nb, np.uint64)
+        assert _native_blocks.mlh(words, keys, wmask, internal, pads, got[simd], keys2)
+    assert np.array_equal(got[True], got[False])
+
+
+@needs_lib
+def test_mlh_ends_sums_just_past_p(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A block's tag is (z + s_b) mod p with z < p: with s_b = p - z + d the sum lies in [p, 2^32 + 32), which
+    random pads almost never reach and only the vector ending's last subtraction brings to d, as plain C does."""
+    p = (1 << 32) - 5
+    rng = np.random.default_rng(11)
+    nb, nw = 40, 128
+    words = rng.integers(0, 1 << 16, (nb, nw), dtype=np.uint16)
+    keys = rng.integers(0, p, nw, dtype=np.uint64)
+    keys2 = rng.integers(0, p, nw, dtype=np.uint64)
+    wmask = rng.integers(0, 1 << 16, 10, dtype=np.uint16)
+    internal = np.ones(nb, np.bool_)
+    pads = rng.integers(0, p, (nb, 3), dtype=np.uint64)
+    pads[:, 0] = 0
+    z = np.empty(nb, np.uint64)
+    assert _native_blocks.mlh(words, keys, wmask, internal, pads, z, keys2)  # the tags with s_b = 0: z itself
+    d = (np.arange(nb) % 32).astype(np.uint64)
+    pads[:, 0] = np.uint64(p) - z + d
+    for simd in (True, False):
+        monkeypatch.setattr(_native, "SIMD", simd)
+        got = np.empty(nb, np.uint64)
+        assert _native_blocks.mlh(words, keys, wmask, internal, pads, got, keys2)
+        assert np.array_equal(got, d), simd
+
+
+@needs_lib
 def test_read_tag_equals_the_numpy_reference() -> None:
     rng = np.random.default_rng(9)
     words = rng.integers(0, 1 << 16, (500, 128), dtype=np.uint16)

@@ -1378,6 +1378,15 @@ void ps_move_parts(uint32_t *flat, const int64_t *src, const int64_t *row, const
     }
 }
 
+/* A block's tag from its sums (acc2: the second hash's, read where two is set) and its pads pd (mlh_any). */
+static inline uint64_t mlh_end(uint64_t acc, uint64_t acc2, int two, const uint64_t *pd)
+{
+    const uint64_t p = 4294967291ull; /* 2^32 - 5 */
+    if (two)
+        acc = (acc % p + (acc2 % p) * pd[2] % p) % p;
+    return ((acc % p) * pd[1] % p + pd[0]) % p;
+}
+
 /* The block MAC's hash (as _kernels.mlh_tags): for blocks [b0, b1) of words ([nb][nw] 16-bit),
  * h = sum_i keys[i] * m_i mod p, plus x_b * (sum_i keys2[i] * m_i mod p) where keys2 is given (the
  * third MAC's per-block hash), and out[b] = (h * r_b mod p + s_b) mod p, pads[pc * b ..] = (s_b, r_b, x_b)
@@ -1388,7 +1397,6 @@ void ps_move_parts(uint32_t *flat, const int64_t *src, const int64_t *row, const
 CLONES static void mlh_any(const uint16_t *words, int64_t b0, int64_t b1, int nw, const uint64_t *keys, const uint64_t *keys2,
                            const uint16_t *wmask, int nm, const uint8_t *internal, const uint64_t *pads, int pc, uint64_t *out)
 {
-    const uint64_t p = 4294967291ull; /* 2^32 - 5 */
     for (int64_t b = b0; b < b1; b++) {
         const uint16_t *w = words + b * (int64_t)nw;
         const uint64_t *pd = pads + pc * b;
@@ -1402,7 +1410,6 @@ CLONES static void mlh_any(const uint16_t *words, int64_t b0, int64_t b1, int nw
                 }
             for (; i < nw; i++)
                 acc += keys[i] * (uint64_t)w[i], acc2 += keys2[i] * (uint64_t)w[i];
-            acc = (acc % p + (acc2 % p) * pd[2] % p) % p;
         } else {
             if (internal[b])
                 for (; i < nm; i++)
@@ -1410,7 +1417,7 @@ CLONES static void mlh_any(const uint16_t *words, int64_t b0, int64_t b1, int nw
             for (; i < nw; i++)
                 acc += keys[i] * (uint64_t)w[i];
         }
-        out[b] = ((acc % p) * pd[1] % p + pd[0]) % p;
+        out[b] = mlh_end(acc, acc2, keys2 != NULL, pd);
     }
 }
 
@@ -1422,6 +1429,42 @@ static int have_ifma(void)
     return have_avx512bw() && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512ifma");
 }
 
+/* Each lane mod p = 2^32 - 5, for any 64-bit value: 2^32 = 5 (mod p), so folding the high half in
+ * twice leaves x < 2^32 + 30, and one subtraction a residue in [0, p). */
+IFMA static inline __m512i vmod_p(__m512i x)
+{
+    const __m512i lo = _mm512_set1_epi64(0xFFFFFFFFll), p = _mm512_set1_epi64(4294967291ll);
+    for (int r = 0; r < 2; r++) {
+        const __m512i h = _mm512_srli_epi64(x, 32);
+        x = _mm512_add_epi64(_mm512_and_si512(x, lo), _mm512_add_epi64(_mm512_slli_epi64(h, 2), h));
+    }
+    return _mm512_mask_sub_epi64(x, _mm512_cmpge_epu64_mask(x, p), x, p);
+}
+
+/* mlh_end for n <= 8 blocks at once (sums s, s2; pads pd, pc columns a block), 8 lanes: one block's
+ * reductions mod p in scalar code took about a third of mlh_ifma's time (a scratch timing). The products need
+ * r_b, x_b < 2^32 (vpmuludq reads 32 bits): blocks whose pads are not fall back to mlh_end. */
+IFMA static inline void mlh_end8(const uint64_t *s, const uint64_t *s2, const uint64_t *pd, int pc, int n,
+                                 uint64_t *out)
+{
+    const __mmask8 k = (__mmask8)((1u << n) - 1);
+    const __m512i at = _mm512_set_epi64(7 * pc, 6 * pc, 5 * pc, 4 * pc, 3 * pc, 2 * pc, pc, 0);
+    const __m512i z = _mm512_setzero_si512();
+    const __m512i p0 = _mm512_mask_i64gather_epi64(z, k, at, (const void *)pd, 8);
+    const __m512i p1 = _mm512_mask_i64gather_epi64(z, k, at, (const void *)(pd + 1), 8);
+    const __m512i p2 = s2 ? _mm512_mask_i64gather_epi64(z, k, at, (const void *)(pd + 2), 8) : z;
+    if (_mm512_test_epi64_mask(_mm512_or_si512(p1, p2), _mm512_set1_epi64((long long)0xFFFFFFFF00000000ull))) {
+        for (int i = 0; i < n; i++)
+            out[i] = mlh_end(s[i], s2 ? s2[i] : 0, s2 != NULL, pd + (int64_t)pc * i);
+        return;
+    }
+    __m512i acc = vmod_p(_mm512_maskz_loadu_epi64(k, s));
+    if (s2)
+        acc = vmod_p(_mm512_add_epi64(acc, vmod_p(_mm512_mul_epu32(vmod_p(_mm512_maskz_loadu_epi64(k, s2)), p2))));
+    acc = vmod_p(_mm512_add_epi64(vmod_p(_mm512_mul_epu32(acc, p1)), p0));
+    _mm512_mask_storeu_epi64(out, k, acc);
+}
+
 /* mlh_any with 52-bit multiply-adds (AVX-512 IFMA), 8 words at a time: a product k_i m_i < 2^48 is
  * whole in vpmadd52luq's low 52 bits and the add is 64-bit, so each lane's sum is exact as in plain C
  * (one instruction for the multiply and the add, where plain C vectorised took two). */
@@ -1429,7 +1472,8 @@ IFMA static void mlh_ifma(const uint16_t *words, int64_t b0, int64_t b1, int nw,
                           const uint64_t *keys2, const uint16_t *wmask, int nm, const uint8_t *internal,
                           const uint64_t *pads, int pc, uint64_t *out)
 {
-    const uint64_t p = 4294967291ull; /* 2^32 - 5 */
+    uint64_t sums[8], sums2[8]; /* the blocks not yet ended (mlh_end8) */
+    int held = 0;
     uint16_t clear[264], ones[264];   /* an internal block's words AND clear: its tag bits cleared */
     for (int i = 0; i < 264; i++)
         clear[i] = i < nm ? (uint16_t)~wmask[i] : 0xFFFF, ones[i] = 0xFFFF;
@@ -1437,7 +1481,6 @@ IFMA static void mlh_ifma(const uint16_t *words, int64_t b0, int64_t b1, int nw,
     const int whole = nw & ~7;
     for (int64_t b = b0; b < b1; b++) {
         const uint16_t *w = words + b * (int64_t)nw, *cl = internal[b] ? clear : ones;
-        const uint64_t *pd = pads + pc * b;
         if (b + 4 < b1) /* the staged rows the seal tags were written a superblock's 16 MiB ago: out of L2 */
             for (int c = 0; c < 2 * nw; c += 64)
                 __builtin_prefetch((const char *)(w + 4 * (int64_t)nw) + c, 0, 3);
@@ -1456,10 +1499,13 @@ IFMA static void mlh_ifma(const uint16_t *words, int64_t b0, int64_t b1, int nw,
             if (keys2)
                 a2 = _mm512_madd52lo_epu64(a2, m, _mm512_maskz_loadu_epi64(tail, keys2 + whole));
         }
-        uint64_t acc = (uint64_t)_mm512_reduce_add_epi64(a);
-        if (keys2)
-            acc = (acc % p + ((uint64_t)_mm512_reduce_add_epi64(a2) % p) * pd[2] % p) % p;
-        out[b] = ((acc % p) * pd[1] % p + pd[0]) % p;
+        sums[held] = (uint64_t)_mm512_reduce_add_epi64(a);
+        sums2[held] = keys2 ? (uint64_t)_mm512_reduce_add_epi64(a2) : 0;
+        if (++held == 8 || b + 1 == b1) {
+            const int64_t first = b + 1 - held;
+            mlh_end8(sums, keys2 ? sums2 : NULL, pads + pc * first, pc, held, out + first);
+            held = 0;
+        }
     }
 }
 #endif
