@@ -47,14 +47,19 @@ CODES = [
 ]
 
 
-def _cpu_has_coding_flags() -> bool | None:
-    """Whether /proc/cpuinfo lists what the coding kernels need (None where there is no such file)."""
+def _cpu_flags() -> set[str] | None:
+    """The CPU's flags in /proc/cpuinfo (None where there is no such file)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return None
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return {"gfni", "avx512f", "avx512bw", "avx512vbmi"} <= set(flags)
+    return set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
+
+
+def _cpu_has_coding_flags() -> bool | None:
+    """Whether /proc/cpuinfo lists what the coding kernels need (None where there is no such file)."""
+    flags = _cpu_flags()
+    return None if flags is None else {"gfni", "avx512f", "avx512bw", "avx512vbmi"} <= flags
 
 
 def test_library_present_where_required() -> None:
@@ -550,10 +555,13 @@ def test_mlh_equals_the_numpy_reference(
 
 
 @needs_lib
-@pytest.mark.parametrize("column", [1, 2])
+@pytest.mark.skipif(not {"avx512bw", "avx512vl", "avx512ifma"} <= (_cpu_flags() or set()), reason="no IFMA path here")
+@pytest.mark.parametrize("column", [0, 1, 2])
 def test_mlh_pads_of_32_bits_or_more_end_as_plain_c(column: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """The IFMA path ends 8 blocks at once with 32-bit products (``vpmuludq``); where a block's r_b (column 1)
-    or x_b (column 2) is 2^32 or more, its 8 are ended as plain C ends them: the same tags with SIMD on and off."""
+    or x_b (column 2) is 2^32 or more, its 8 are ended as plain C ends them. s_b (column 0) is added, not
+    multiplied: up to 2^64 - 1 it stays in the vector ending, whose reduction must fold any 64-bit sum (the
+    add wraps as plain C's does). The same tags with SIMD on and off."""
     rng = np.random.default_rng(column)
     nb, nw = 37, 128  # four groups of 8 and a shorter one
     words = rng.integers(0, 1 << 16, (nb, nw), dtype=np.uint16)
@@ -562,7 +570,10 @@ def test_mlh_pads_of_32_bits_or_more_end_as_plain_c(column: int, monkeypatch: py
     wmask = rng.integers(0, 1 << 16, 10, dtype=np.uint16)
     internal = rng.integers(0, 2, nb).astype(np.bool_)
     pads = rng.integers(0, (1 << 32) - 5, (nb, 3), dtype=np.uint64)
-    pads[[3, 20, 36], column] += rng.integers(1, 1 << 30, 3, dtype=np.uint64) << np.uint64(32)
+    if column == 0:
+        pads[[3, 20, 36], 0] = [(1 << 64) - 1, (1 << 64) - 3, 1 << 63]
+    else:
+        pads[[3, 20, 36], column] += rng.integers(1, 1 << 30, 3, dtype=np.uint64) << np.uint64(32)
     got = {}
     for simd in (True, False):
         monkeypatch.setattr(_native, "SIMD", simd)
