@@ -13,6 +13,7 @@ from pathlib import Path
 import helpers
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 import paramseal
 from paramseal import (
@@ -554,6 +555,26 @@ def test_mlh_equals_the_numpy_reference(
         assert np.array_equal(one, _kernels.mlh_tags_numpy(words, keys, wmask, internal, pads))
 
 
+def _mlh_inputs(
+    rng: np.random.Generator, nb: int, nw: int, internal: bool | None = None
+) -> tuple[
+    NDArray[np.uint16],
+    NDArray[np.uint64],
+    NDArray[np.uint64],
+    NDArray[np.uint16],
+    NDArray[np.bool_],
+    NDArray[np.uint64],
+]:
+    """Random ``ps_mlh`` inputs: words, keys, keys2, a 10-word tag mask, internal flags (all ``internal`` if given),
+    pads (3 columns), every key and pad below p = 2^32 - 5."""
+    p = (1 << 32) - 5
+    words = rng.integers(0, 1 << 16, (nb, nw), dtype=np.uint16)
+    keys, keys2 = (rng.integers(0, p, nw, dtype=np.uint64) for _ in range(2))
+    wmask = rng.integers(0, 1 << 16, 10, dtype=np.uint16)
+    flags = rng.integers(0, 2, nb).astype(np.bool_) if internal is None else np.full(nb, internal)
+    return words, keys, keys2, wmask, flags, rng.integers(0, p, (nb, 3), dtype=np.uint64)
+
+
 @needs_lib
 @pytest.mark.skipif(not {"avx512bw", "avx512vl", "avx512ifma"} <= (_cpu_flags() or set()), reason="no IFMA path here")
 @pytest.mark.parametrize("column", [0, 1, 2])
@@ -563,13 +584,8 @@ def test_mlh_pads_of_32_bits_or_more_end_as_plain_c(column: int, monkeypatch: py
     multiplied: up to 2^64 - 1 it stays in the vector ending, whose reduction must fold any 64-bit sum (the
     add wraps as plain C's does). The same tags with SIMD on and off."""
     rng = np.random.default_rng(column)
-    nb, nw = 37, 128  # four groups of 8 and a shorter one
-    words = rng.integers(0, 1 << 16, (nb, nw), dtype=np.uint16)
-    keys = rng.integers(0, (1 << 32) - 5, nw, dtype=np.uint64)
-    keys2 = rng.integers(0, (1 << 32) - 5, nw, dtype=np.uint64)
-    wmask = rng.integers(0, 1 << 16, 10, dtype=np.uint16)
-    internal = rng.integers(0, 2, nb).astype(np.bool_)
-    pads = rng.integers(0, (1 << 32) - 5, (nb, 3), dtype=np.uint64)
+    nb = 37  # four groups of 8 and a shorter one
+    words, keys, keys2, wmask, internal, pads = _mlh_inputs(rng, nb, 128)
     if column == 0:
         pads[[3, 20, 36], 0] = [(1 << 64) - 1, (1 << 64) - 3, 1 << 63]
     else:
@@ -587,14 +603,8 @@ def test_mlh_ends_sums_just_past_p(monkeypatch: pytest.MonkeyPatch) -> None:
     """A block's tag is (z + s_b) mod p with z < p: with s_b = p - z + d the sum lies in [p, 2^32 + 32), which
     random pads almost never reach and only the vector ending's last subtraction brings to d, as plain C does."""
     p = (1 << 32) - 5
-    rng = np.random.default_rng(11)
-    nb, nw = 40, 128
-    words = rng.integers(0, 1 << 16, (nb, nw), dtype=np.uint16)
-    keys = rng.integers(0, p, nw, dtype=np.uint64)
-    keys2 = rng.integers(0, p, nw, dtype=np.uint64)
-    wmask = rng.integers(0, 1 << 16, 10, dtype=np.uint16)
-    internal = np.ones(nb, np.bool_)
-    pads = rng.integers(0, p, (nb, 3), dtype=np.uint64)
+    nb = 40
+    words, keys, keys2, wmask, internal, pads = _mlh_inputs(np.random.default_rng(11), nb, 128, internal=True)
     pads[:, 0] = 0
     z = np.empty(nb, np.uint64)
     assert _native_blocks.mlh(words, keys, wmask, internal, pads, z, keys2)  # the tags with s_b = 0: z itself
