@@ -8,13 +8,14 @@ import threading
 import time
 import weakref
 from pathlib import Path
+from typing import Any
 
 import helpers
 import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _native, _native_strata, _parallel, _sealing, _strata, files
+from paramseal import _native, _native_strata, _outer, _parallel, _rs16, _sealing, _strata, files
 from paramseal.seal import SealConfig
 
 needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
@@ -137,4 +138,31 @@ def test_superblocks_sealed_side_by_side_write_their_strata_in_turn(
     files.seal_file(src, tmp_path / "a.safetensors", key)
     assert most[0] == 1
     assert len(threads) == min(2, _parallel._cores())  # the superblocks did run side by side
+    assert files.verify_file(tmp_path / "a.safetensors", key).status == "intact"
+
+
+@pytest.mark.skipif(not _native.available(), reason="no GFNI coding kernels: neither table is built")
+def test_the_tables_the_superblocks_share_are_built_once_before_them(
+    key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The encoder's map and the outer code's skew tables: built by the caller before the pass, not by its threads."""
+    rng = np.random.default_rng(5)
+    src = helpers.write_st(tmp_path / "m.safetensors", {"w": rng.standard_normal(2_500_003).astype(np.float32)})
+    monkeypatch.setattr(_outer, "SUPER_MAX", 4096)  # three superblocks, the first two of the encoder's map
+    monkeypatch.setattr(_parallel, "_cores", lambda: 2)  # side by side even on one core
+    callers: dict[str, list[threading.Thread]] = {}
+    reals = {"_affine_built": _native._affine_built, "skew_matrices": _rs16.skew_matrices}
+    for name, real in reals.items():
+        real.cache_clear()  # built afresh by this seal
+
+        def spy(*a: object, name: str = name, real: Any = real) -> Any:
+            callers.setdefault(name, []).append(threading.current_thread())
+            return real(*a)
+
+        monkeypatch.setattr(_native if name == "_affine_built" else _rs16, name, spy)
+    files.seal_file(src, tmp_path / "a.safetensors", key)
+    for name, real in reals.items():
+        assert callers[name][0] is threading.current_thread(), name
+        assert len(callers[name]) > 1  # the superblocks asked for it too
+        assert real.cache_info().misses == 1, name  # and found it built
     assert files.verify_file(tmp_path / "a.safetensors", key).status == "intact"

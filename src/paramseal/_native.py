@@ -375,6 +375,12 @@ def _run_affine(
     parallel_map(run, _rows(W.shape[0]))
 
 
+def prepare(code: _irs.Code) -> None:
+    """Build the encoder's linear map for ``code`` now, where the GFNI encoder would build it on its first call."""
+    if AFFINE and _load() is not None:
+        _affine(code.k, code.free_strata, code.host)
+
+
 def _affine(k: int, free_strata: int, host: int) -> _gfni_affine.AffinePlan | None:
     """The encoder's linear map for this code (`_gfni_affine`), or None where the syndrome encoder must serve."""
     with _AFFINE_LOCK:  # the superblocks' first calls come together: one builds it

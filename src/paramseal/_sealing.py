@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _code, _embed, _irs, _model, _native, _native_blocks, _pages, _seal_tags, _strata
+from . import _code, _embed, _irs, _model, _native, _native_blocks, _pages, _rs16, _seal_tags, _strata
 from ._bits import write_tags
 from ._layout import TensorSpec, build_layout
 from ._mac import BlockMac
@@ -219,6 +219,17 @@ def _write_carriers(outs: list[NDArray[np.unsignedinteger]], header: Header, key
         write_blocks(outs[t], spec, 0, ub)
 
 
+def _shared_tables(code: _irs.Code, outer: bool) -> None:
+    """Build the tables every superblock uses (the encoder's map; the outer code's, with ``outer``) before the pass.
+
+    Left to the first superblocks, both threads built the outer code's at once, or one built the
+    encoder's map while the other waited for it (docs/performance.md, "A profile at 2b36444").
+    """
+    _native.prepare(code)
+    if outer and _native.available():  # where `_rs16.parity` serves
+        _rs16.skew_matrices()
+
+
 def use_irs(specs: list[TensorSpec], code: str | None, lanes: int | None) -> bool:
     """Whether to seal with the interleaved Reed–Solomon code (see ``SealConfig.code``)."""
     if code == "lanes" or (code is None and lanes is not None):
@@ -302,6 +313,7 @@ def _seal_irs(
     # Only with the compiled encoder: numba's fallback is a parallel kernel, which two threads
     # must not enter (numba's workqueue layer aborts), and it fills the cores itself.
     side_by_side = task_map if _native.encodes(code) else in_turn
+    _shared_tables(code, bool(st.host))
 
     @functools.lru_cache(maxsize=8)  # the tensors being tagged (a few at a time: memory stays bounded)
     def plain_of(t: int) -> bytes:
