@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _native, _native_strata, _outer, _parallel, _rs16, _sealing, _strata, files
+from paramseal import _native, _native_strata, _outer, _pages, _parallel, _rs16, _sealing, _strata, files
 from paramseal.seal import SealConfig
 
 needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
@@ -148,7 +148,7 @@ def test_the_tables_the_superblocks_share_are_built_once_before_them(
     """The encoder's map and the outer code's skew tables: built by the caller before the pass, not by its threads."""
     rng = np.random.default_rng(5)
     src = helpers.write_st(tmp_path / "m.safetensors", {"w": rng.standard_normal(2_500_003).astype(np.float32)})
-    monkeypatch.setattr(_outer, "SUPER_MAX", 4096)  # three superblocks, the first two of the encoder's map
+    monkeypatch.setattr(_outer, "SUPER_MAX", 4096)  # superblocks of 4096, 4096 and 1612 groups
     monkeypatch.setattr(_parallel, "_cores", lambda: 2)  # side by side even on one core
     callers: dict[str, list[threading.Thread]] = {}
     reals = {"_affine_built": _native._affine_built, "skew_matrices": _rs16.skew_matrices}
@@ -159,10 +159,27 @@ def test_the_tables_the_superblocks_share_are_built_once_before_them(
             callers.setdefault(name, []).append(threading.current_thread())
             return real(*a)
 
+        spy.cache_info = real.cache_info  # type: ignore[attr-defined]  # read to know whether it was built
         monkeypatch.setattr(_native if name == "_affine_built" else _rs16, name, spy)
+    trims: list[list[int]] = []  # when the heap was trimmed: the calls of each table so far
+    real_trim = _pages.trim_heap
+    monkeypatch.setattr(_pages, "trim_heap", lambda: trims.append([len(c) for c in callers.values()]) or real_trim())
     files.seal_file(src, tmp_path / "a.safetensors", key)
     for name, real in reals.items():
         assert callers[name][0] is threading.current_thread(), name
         assert len(callers[name]) > 1  # the superblocks asked for it too
         assert real.cache_info().misses == 1, name  # and found it built
+    assert trims == [[1, 1]]  # the tables' temporaries given back once both were built, before the superblocks
+    assert files.verify_file(tmp_path / "a.safetensors", key).status == "intact"
+    files.seal_file(src, tmp_path / "b.safetensors", key)
+    assert len(trims) == 1  # built already: nothing to give back, the heap left as it is
+
+
+@pytest.mark.skipif(not _native.available(), reason="no GFNI coding kernels: no map is built anyway")
+def test_a_model_too_small_for_the_encoders_map_does_not_build_it(key: paramseal.Key, tmp_path: Path) -> None:
+    """Fewer groups than the map pays for (`_native.AFFINE_MIN_GROUPS`): the encoder codes by its syndromes."""
+    src = helpers.write_st(tmp_path / "m.safetensors", _model(3))  # about 590 groups
+    _native._affine_built.cache_clear()
+    files.seal_file(src, tmp_path / "a.safetensors", key)
+    assert _native._affine_built.cache_info().currsize == 0
     assert files.verify_file(tmp_path / "a.safetensors", key).status == "intact"

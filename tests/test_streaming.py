@@ -519,6 +519,32 @@ def test_write_behind_hints_only_for_mapped_files(tmp_path: Path) -> None:
     assert np.array_equal(back[1024:2024], np.arange(1000, dtype=np.uint32)) and not back[:1024].any()
 
 
+@pytest.mark.skipif(_pages._malloc_trim() is None, reason="no glibc malloc_trim")
+def test_trim_heap_gives_back_the_pages_freed_temporaries_left_resident() -> None:
+    """Half-MiB arrays come from the heap once glibc's mmap threshold has risen, and stay resident freed."""
+    code = textwrap.dedent(
+        """
+        import numpy as np
+        from paramseal import _pages
+        def rss():
+            return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0])
+        a = np.ones(1 << 18)  # 2 MiB, mapped: freeing it raises the threshold past half a MiB
+        del a
+        blocks = [np.ones(1 << 16) for _ in range(200)]  # 100 MiB of heap
+        blocks = blocks[-1:]  # the last stays: the heap's top cannot shrink by itself
+        before = rss()
+        print(_pages.trim_heap(), before, rss())
+        """
+    )
+    # glibc's own threshold: none set by the environment, and no other allocator preloaded
+    unset = {"GLIBC_TUNABLES", "LD_PRELOAD"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k not in unset}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
+    trimmed, before, after = out.stdout.split()
+    assert trimmed == "True"
+    assert int(before) - int(after) > 60_000  # KiB: most of the 100 MiB freed
+
+
 def test_file_spans_of_many_arrays_are_file_span_of_each(tmp_path: Path) -> None:
     """The seal's piece tables take the spans of every tensor at once (`file_spans`): as `file_span` one by one."""
     maps = [_pages.Mapping(tmp_path / f"{i}.bin", write=True, size=1 << 16) for i in range(2)]

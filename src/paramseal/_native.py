@@ -375,10 +375,16 @@ def _run_affine(
     parallel_map(run, _rows(W.shape[0]))
 
 
-def prepare(code: _irs.Code) -> None:
-    """Build the encoder's linear map for ``code`` now, where the GFNI encoder would build it on its first call."""
-    if AFFINE and _load() is not None:
-        _affine(code.k, code.free_strata, code.host)
+def prepare(code: _irs.Code, groups: int) -> bool:
+    """Build the encoder's linear map for ``code`` now, where calls of ``groups`` groups would build it.
+
+    True where it was built now (not there already).
+    """
+    if not (AFFINE and groups >= AFFINE_MIN_GROUPS and _load() is not None):
+        return False
+    before = _affine_built.cache_info().misses
+    _affine(code.k, code.free_strata, code.host)
+    return _affine_built.cache_info().misses > before
 
 
 def _affine(k: int, free_strata: int, host: int) -> _gfni_affine.AffinePlan | None:

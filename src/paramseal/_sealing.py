@@ -219,15 +219,20 @@ def _write_carriers(outs: list[NDArray[np.unsignedinteger]], header: Header, key
         write_blocks(outs[t], spec, 0, ub)
 
 
-def _shared_tables(code: _irs.Code, outer: bool) -> None:
-    """Build the tables every superblock uses (the encoder's map; the outer code's, with ``outer``) before the pass.
+def _shared_tables(code: _irs.Code, host: bool, groups: int) -> None:
+    """Build the tables the superblocks use, before the pass.
 
-    Left to the first superblocks, both threads built the outer code's at once, or one built the
+    The encoder's map where calls of ``groups`` groups (the most) use it, and the outer code's skew
+    tables where groups ``host`` its parity.
+    Left to the first superblocks, both threads built the skew tables at once, or one built the
     encoder's map while the other waited for it (docs/performance.md, "A profile at 2b36444").
     """
-    _native.prepare(code)
-    if outer and _native.available():  # where `_rs16.parity` serves
+    built = _native.prepare(code, groups)
+    if host and _native.available() and not _rs16.skew_matrices.cache_info().currsize:  # `_rs16.parity` serves
         _rs16.skew_matrices()
+        built = True
+    if built:  # their temporaries' pages, else resident through the pass
+        _pages.trim_heap()
 
 
 def use_irs(specs: list[TensorSpec], code: str | None, lanes: int | None) -> bool:
@@ -313,7 +318,8 @@ def _seal_irs(
     # Only with the compiled encoder: numba's fallback is a parallel kernel, which two threads
     # must not enter (numba's workqueue layer aborts), and it fills the cores itself.
     side_by_side = task_map if _native.encodes(code) else in_turn
-    _shared_tables(code, bool(st.host))
+    spans = [outer.span(s) for s in range(outer.superblocks)]
+    _shared_tables(code, bool(st.host), max((b - a if st.host else min(b - a, _strata.GROUP_BATCH)) for a, b in spans))
 
     @functools.lru_cache(maxsize=8)  # the tensors being tagged (a few at a time: memory stays bounded)
     def plain_of(t: int) -> bytes:
