@@ -222,10 +222,10 @@ def _write_carriers(outs: list[NDArray[np.unsignedinteger]], header: Header, key
 def _shared_tables(code: _irs.Code, host: bool, groups: int) -> None:
     """Build the tables the superblocks use, before the pass.
 
-    The encoder's map where calls of ``groups`` groups (the most) use it, and the outer code's skew
-    tables where groups ``host`` its parity.
-    Left to the first superblocks, both threads built the skew tables at once, or one built the
-    encoder's map while the other waited for it (docs/performance.md, "A profile at 2b36444").
+    The encoder's map where its calls (of ``groups`` groups at most) use it; with ``host`` (the groups
+    hold the outer code's parity), that code's skew tables. Left to the first superblocks, both
+    threads built the skew tables at once, or one built the map while the other waited for it
+    (docs/performance.md, "A profile at 2b36444").
     """
     built = _native.prepare(code, groups)
     if host and _native.available() and not _rs16.skew_matrices.cache_info().currsize:  # `_rs16.parity` serves
@@ -318,8 +318,10 @@ def _seal_irs(
     # Only with the compiled encoder: numba's fallback is a parallel kernel, which two threads
     # must not enter (numba's workqueue layer aborts), and it fills the cores itself.
     side_by_side = task_map if _native.encodes(code) else in_turn
+    # the most groups one encoder call takes: a superblock where the groups host the outer parity, else a batch
     spans = [outer.span(s) for s in range(outer.superblocks)]
-    _shared_tables(code, bool(st.host), max((b - a if st.host else min(b - a, _strata.GROUP_BATCH)) for a, b in spans))
+    most = max((b - a if st.host else min(b - a, _strata.GROUP_BATCH) for a, b in spans), default=0)
+    _shared_tables(code, bool(st.host), most)
 
     @functools.lru_cache(maxsize=8)  # the tensors being tagged (a few at a time: memory stays bounded)
     def plain_of(t: int) -> bytes:
