@@ -289,10 +289,13 @@ def _seal_irs(
     # thread waiting there spun (1.5% of a seal's CPU); waiting here it sleeps (ab_seal: 2.48 against 2.63 s)
     writing = threading.Lock()
 
+    def batch(a: int, b: int) -> int:  # groups an encoder call takes: the superblock where it hosts the outer parity
+        return b - a if st.host else _strata.GROUP_BATCH
+
     def superblock(s: int) -> None:  # with an outer code, a whole superblock: its parity goes into its groups
         prog.step(f"encode {s + 1}/{outer.superblocks}")
         a, b = outer.span(s)
-        step = b - a if st.host else _strata.GROUP_BATCH
+        step = batch(a, b)
         for g0 in range(a, b, step):
             g1 = min(b, g0 + step)
             pad = st.offset(g0, g1, scratch)  # its key, where the kernels make its words as they go
@@ -318,10 +321,8 @@ def _seal_irs(
     # Only with the compiled encoder: numba's fallback is a parallel kernel, which two threads
     # must not enter (numba's workqueue layer aborts), and it fills the cores itself.
     side_by_side = task_map if _native.encodes(code) else in_turn
-    # the most groups one encoder call takes: a superblock where the groups host the outer parity, else a batch
     spans = [outer.span(s) for s in range(outer.superblocks)]
-    most = max((b - a if st.host else min(b - a, _strata.GROUP_BATCH) for a, b in spans), default=0)
-    _shared_tables(code, bool(st.host), most)
+    _shared_tables(code, bool(st.host), max((min(b - a, batch(a, b)) for a, b in spans), default=0))
 
     @functools.lru_cache(maxsize=8)  # the tensors being tagged (a few at a time: memory stays bounded)
     def plain_of(t: int) -> bytes:
