@@ -89,6 +89,9 @@ def _wrap(owner: Any, name: str, clock: Any, add: Any) -> None:
         finally:
             add(time.perf_counter() - t0, clock() - c0)
 
+    for attr in ("cache_info", "cache_clear"):  # an lru_cache'd step keeps them: the package reads its misses
+        if hasattr(f, attr):
+            setattr(g, attr, getattr(f, attr))
     setattr(owner, name, g)
 
 
@@ -195,6 +198,31 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def seal_steps(seal: Any) -> list[tuple[Any, str, str]]:
+    """The seal's steps ``phases`` times: (owner, attribute, label); ``seal`` is ``paramseal._sealing``."""
+    return [  # with VAES the gather and the one pass make the offset themselves (_strata_map.Offset): "pad" shows 0
+        (_strata.Strata, "pad", "keyed offset (AES-CTR)"),
+        (_strata.Strata, "seal_words", "gather (read words, offset, mask; outer content if F = 255)"),
+        (_outer.Outer, "content", "  of which outer content, a pass of its own (F < 255)"),
+        (_outer.Outer, "parity", "outer code: parity"),
+        (_irs, "encode", "inner encode"),
+        (_strata.Strata, "encode_placed", "inner encode and placement, one pass (linear map)"),
+        (_strata.Strata, "scatter", "scatter (placement, write)"),
+        (_native_strata, "to_strata", "  of which placement (ps_to_strata; none after the one pass)"),
+        (_native_strata, "put_strata", "  of which writes (ps_put_strata)"),
+        (_seal_tags.InPass, "tag", "  of which tags (whole blocks, cut blocks' parts)"),
+        (_seal_tags, "start_writing", "start writing to disk (superblock pass)"),
+        (_seal_tags.InPass, "rest", "tag pass: reserved and short blocks"),
+        (seal, "read_blocks", "tag pass (other tensors): read back"),
+        (seal, "_tag_chunk", "tag pass (other tensors): tags"),
+        (seal, "write_blocks", "tag pass (other tensors): write"),
+        (seal, "write_behind", "tag pass (other tensors): start writing to disk"),
+        (_irs, "code_for", "code tables (_irs.code_for)"),
+        (_native, "_affine_built", "encoder's linear map (_affine_built)"),
+        (_pages.Mapping, "flush", "final flush (msync of the output's mapping)"),
+    ]
+
+
 def phases(model: Path, sealed: Path, bad: Path, size_gib: float) -> None:
     """Seal ``model`` with step timers, then recover a tampered copy in place in a fresh process."""
     key = Key.generate()
@@ -202,26 +230,8 @@ def phases(model: Path, sealed: Path, bad: Path, size_gib: float) -> None:
     os.sync()
 
     seal = importlib.import_module("paramseal._sealing")
-    # with VAES the gather and the one pass make the offset themselves (_strata_map.Offset): no row of its own
-    timed(_strata.Strata, "pad", "keyed offset (AES-CTR)")
-    timed(_strata.Strata, "seal_words", "gather (read words, offset, mask; outer content if F = 255)")
-    timed(_outer.Outer, "content", "  of which outer content, a pass of its own (F < 255)")
-    timed(_outer.Outer, "parity", "outer code: parity")
-    timed(_irs, "encode", "inner encode")
-    timed(_strata.Strata, "encode_placed", "inner encode and placement, one pass (linear map)")
-    timed(_strata.Strata, "scatter", "scatter (placement, write)")
-    timed(_native_strata, "to_strata", "  of which placement (ps_to_strata; none after the one pass)")
-    timed(_native_strata, "put_strata", "  of which writes (ps_put_strata)")
-    timed(_seal_tags.InPass, "tag", "  of which tags (whole blocks, cut blocks' parts)")
-    timed(_seal_tags, "start_writing", "start writing to disk (superblock pass)")
-    timed(_seal_tags.InPass, "rest", "tag pass: reserved and short blocks")
-    timed(seal, "read_blocks", "tag pass (other tensors): read back")
-    timed(seal, "_tag_chunk", "tag pass (other tensors): tags")
-    timed(seal, "write_blocks", "tag pass (other tensors): write")
-    timed(seal, "write_behind", "tag pass (other tensors): start writing to disk")
-    timed(_irs, "code_for", "code tables (_irs.code_for)")
-    timed(_native, "_affine_built", "encoder's linear map (_affine_built)")
-    timed(_pages.Mapping, "flush", "final flush (msync of the output's mapping)")
+    for owner, name, label in seal_steps(seal):
+        timed(owner, name, label)
     passes = iter(["pass: superblocks (two at a time)", "pass: tag chunks (two at a time)"])
     real_task_map = seal.task_map
     seal.task_map = lambda fn, items: timed_call(next(passes), real_task_map, fn, items)

@@ -232,3 +232,21 @@ def test_seal_write_floor_rank_correlation() -> None:
     assert spearman([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 35.0, 90.0]) == pytest.approx(1.0)  # monotone, not linear
     assert spearman([1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]) == pytest.approx(-1.0)
     assert spearman([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 1.0, 3.0]) == pytest.approx(0.0)
+
+
+def test_seal_phases_runs_its_seal_and_recover_with_every_step_timed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    mod = _load("seal_phases")
+    seal = mod.importlib.import_module("paramseal._sealing")
+    for owner, name, _ in mod.seal_steps(seal):  # restored after the test: the script wraps them in place
+        monkeypatch.setattr(owner, name, getattr(owner, name))
+    monkeypatch.setattr(seal, "task_map", seal.task_map)
+    # a tiny model's calls would skip the encoder's map, whose cache the seal reads through the timer
+    monkeypatch.setattr(_native, "AFFINE_MIN_GROUPS", 1)
+    mod.phases(tmp_path / "m.safetensors", tmp_path / "s.safetensors", tmp_path / "b.safetensors", 0.002)
+    out = capfd.readouterr().out
+    assert "seal of 0.00 GiB" in out and "recover --in-place of 100 bit flips, fresh process (recovered)" in out
+    # the steps a seal always runs were timed (a step shows once its timer ran)
+    steps = ("pass: superblocks (two at a time)", "gather (read words", "final flush")
+    assert all(f"  {step}" in out for step in steps)

@@ -58,11 +58,11 @@ def plan(k: int, free_strata: int, host: int, encode: Callable[[NDArray[np.uint3
     nbytes = 4 * _irs_consts.N_POS
     keep = np.unpackbits(p.keep[:nbytes], bitorder="little")
     bits = np.flatnonzero(keep)  # every bit the code reads: one probe group each
-    probes = np.zeros((bits.size, nbytes), np.uint8)
-    probes[np.arange(bits.size), bits >> 3] = (1 << (bits & 7)).astype(np.uint8)
-    out = probes.copy().view("<u4")
-    encode(out)
-    image = out.view(np.uint8) ^ probes  # the bits each probe sets
+    image = np.zeros((bits.size, nbytes), np.uint8)
+    probe_bit = (np.arange(bits.size), bits >> 3)
+    image[probe_bit] = (1 << (bits & 7)).astype(np.uint8)
+    encode(image.view("<u4"))
+    image[probe_bit] ^= (1 << (bits & 7)).astype(np.uint8)  # the probe's own bit off: the bits it sets
     # where place_free_bytes puts free byte e of codeword t (spread, masks: see _gfni_plan._spread)
     bit = np.arange(64, dtype=np.uint64)
     flag = [((p.masks[:, i : i + 1] >> bit) & np.uint64(1)).reshape(-1).astype(np.int64) for i in range(3)]

@@ -116,25 +116,25 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
         if x not in hosted:
             keep[4 * (x >> 3) + ((x & 7) >> 1)] &= 0xF0 if x & 1 == 0 else 0x0F
     # free bits as bytes: composed solver rows, then Four Russians tables per syndrome nibble
-    phi_inv = np.array([[(int(inv_phi[1 << b]) >> r) & 1 for b in range(8)] for r in range(8)], np.uint8)
+    # inv composed with phi^-1 on each syndrome byte, a byte map as a table: output bit c of 8 bits is
+    # their parity under inv_phi[1 << c] (a matmul took a quarter of this function; float32 goes to BLAS)
+    reach = [sum(((int(inv_phi[1 << c]) >> b) & 1) << c for c in range(8)) for b in range(8)]
+    composed = _irs_consts.xor_span(reach).astype(np.uint8)
     locs: list[list[int]] = []
-    mats: list[NDArray[np.uint8]] = []
+    mats: list[NDArray[np.uint8]] = []  # [syndrome bit, free bit]: the solver's rows, transposed
     for tt in range(4):
         dt = int(d[tt])
-        used = [int(x) for x in code.fn[tt, : 2 * dt]]
-        blist = sorted({4 * (x >> 3) + ((x & 7) >> 1) for x in used})
+        used = code.fn[tt, : 2 * dt].astype(np.int64)
+        byte = 4 * (used >> 3) + ((used & 7) >> 1)
+        blist = sorted(set(byte.tolist()))
         locs.append(blist)
-        m = np.zeros((8 * len(blist), 8 * dt), np.uint8)
+        m = np.zeros((8 * dt, 8 * len(blist)), np.uint8)
         inv = code.inverses[tt]
         if inv is not None:
-            # inv composed with phi^-1 on each syndrome byte: bits(S) = phi_inv bits(S'). Integers, not
-            # float32: numpy hands float products to BLAS, whose threads then spin beside the seal
-            prod = inv.reshape(-1, 8).astype(np.uint16) @ phi_inv.astype(np.uint16)
-            comp = (prod.astype(np.uint8) & 1).reshape(inv.shape)
-            where = {b: n for n, b in enumerate(blist)}
-            for r, x in enumerate(used):
-                row = 8 * where[4 * (x >> 3) + ((x & 7) >> 1)] + 4 * (x & 1)
-                m[row : row + 4] = comp[4 * r : 4 * r + 4]
+            # rows of 8 bits packed flat (packbits along a short axis was 5 times slower)
+            comp = np.unpackbits(composed[np.packbits(inv, bitorder="little")], bitorder="little").reshape(inv.shape)
+            row = 8 * np.searchsorted(blist, byte) + 4 * (used & 1)  # nibble r's 4 bits: rows row .. row + 3
+            m[:, row[:, None] + np.arange(4)] = comp.reshape(used.size, 4, -1).transpose(2, 0, 1)
         mats.append(m)
     rowbytes = 64 if max(len(b) for b in locs) <= 64 else 128
     tabs = np.zeros((4, 2 * dmax, 16, rowbytes), np.uint8)
@@ -143,7 +143,7 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
         if not dt:
             continue
         cols = np.zeros((8 * dt, rowbytes), np.uint8)  # syndrome bit -> free-byte image
-        cols[:, :nb] = np.packbits(mats[tt].T.reshape(8 * dt, nb, 8), axis=2, bitorder="little")[..., 0]
+        cols[:, :nb] = np.packbits(mats[tt], bitorder="little").reshape(8 * dt, nb)
         cols4 = cols.reshape(2 * dt, 4, rowbytes)
         for v in range(1, 16):
             low = (v & -v).bit_length() - 1
@@ -181,23 +181,21 @@ def _compact(
     """
     cidx = np.zeros((4, 3, 64), np.uint8)
     cpow = np.zeros((dmax, 4, 3, 64), np.uint8)
-    i = np.arange(dmax)
+    i = np.arange(dmax)[:, None]
     cmask = 0
     for q in range(4):
         fits = True
         for t in range(4):
-            js = [j for j in range(64 * q, min(64 * q + 64, _irs_consts.N_POS)) if keep[4 * j + ((t + j) & 3)]]
-            if len(js) > 48:
+            j = np.arange(64 * q, min(64 * q + 64, _irs_consts.N_POS))
+            js = j[keep[4 * j + ((t + j) & 3)] != 0]
+            e = np.arange(js.size)
+            v, lane, c = e // 16, 16 * t + e % 16, (js - 64 * q) // 16
+            if js.size > 48 or np.any((c != v) & (c != v + 1)):
                 fits = False
                 break
-            for e, j in enumerate(js):
-                v, lane, c = e // 16, 16 * t + e % 16, (j - 64 * q) // 16
-                if c not in (v, v + 1):
-                    fits = False
-                    break
-                cidx[q, v, lane] = 64 * (c - v) + 4 * (j % 16) + ((t + j) & 3)
-                e_pow = ((i + first[t]) * j) % 255
-                cpow[:, q, v, lane] = np.where(i < d[t], fwd[_irs_consts.EXP[e_pow].astype(np.uint8)], 0)
+            cidx[q, v, lane] = 64 * (c - v) + 4 * (js % 16) + ((t + js) & 3)
+            e_pow = ((i + first[t]) * js) % 255
+            cpow[:, q, v, lane] = np.where(i < d[t], fwd[_irs_consts.EXP[e_pow].astype(np.uint8)], 0)
         if fits:
             cmask |= 1 << q
         else:
@@ -245,24 +243,22 @@ def _gf_columns(
     """The nibble tables as one GF(2^8) column per syndrome, or None where they are not GF(2^8)-linear.
 
     Where the free bits are whole bytes, the image of syndrome byte s (phi-domain) is
-    ``phi^-1(col * s)`` byte by byte, ``col = phi(image of 1)``: checked here for every s, so
-    the encoder takes this shortcut only where it gives the tables' bytes exactly.
+    ``phi^-1(col * s)`` byte by byte, ``col = phi(image of 1)``: checked here for the 8 bits of s.
+    Both sides are GF(2)-linear in s (the tables XOR nibble images; phi^-1 and the product by col
+    are linear), so that is every s: the encoder takes this shortcut only where it gives the
+    tables' bytes exactly.
     """
     dmax, rowbytes = tabs.shape[1] // 2, tabs.shape[3]
     cols = np.zeros((4, dmax, rowbytes), np.uint8)
-    s = np.arange(256)
+    s = 1 << np.arange(8)
     mul = _mul_table_11b()
     for t in range(4):
         dt = int(d[t])
         if not dt:
             continue
-        image = tabs[t, 0 : 2 * dt : 2][:, s & 15] ^ tabs[t, 1 : 2 * dt : 2][:, s >> 4]  # [dt, 256, rowbytes]
-        cols[t, :dt] = fwd[image[:, 1]]
-        # phi^-1(col * s) is GF(2)-linear in s: built from the 8 bits' images, it is every s's (a
-        # quarter of the table lookups of multiplying each s)
-        want = np.zeros_like(image)
-        for b in range(8):
-            want[:, 1 << b : 2 << b] = want[:, : 1 << b] ^ inv_phi[mul[cols[t, :dt], 1 << b]][:, None, :]
+        image = tabs[t, 0 : 2 * dt : 2][:, s & 15] ^ tabs[t, 1 : 2 * dt : 2][:, s >> 4]  # [dt, 8, rowbytes]
+        cols[t, :dt] = fwd[image[:, 0]]
+        want = inv_phi[mul[cols[t, :dt, None, :], s[None, :, None]]]
         if not np.array_equal(want, image):
             return None
     return cols

@@ -6,6 +6,8 @@ this module imports nothing from the package, so neither of those imports the ot
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -22,6 +24,14 @@ TOO_MANY = -1  # more erasures than parity, or the locator is longer than the ra
 ROOT_COUNT = -2  # the locator does not have as many roots as its degree
 ROOT_LOCATION = -3  # a root lies on padding or on an entry not flagged FLAG_BAD
 INCONSISTENT = -4  # the correction does not reproduce the syndromes
+
+
+def xor_span(basis: Sequence[int]) -> NDArray[np.int64]:
+    """``[2^n]``: entry v is the XOR of ``basis[b]`` over the bits b of v (a GF(2)-linear map as a table)."""
+    t = np.zeros(1 << len(basis), np.int64)
+    for b, v in enumerate(basis):
+        t[1 << b : 2 << b] = t[: 1 << b] ^ v
+    return t
 
 
 def _gf_tables() -> tuple[NDArray[np.int64], NDArray[np.int64]]:

@@ -21,7 +21,7 @@ from typing import cast
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _native
+from . import _irs_consts, _native
 
 MODULUS = 65535  # the multiplicative order; also the log of zero
 POLY = 0x1002D
@@ -34,23 +34,35 @@ CANTOR = (
 @functools.lru_cache(maxsize=1)
 def exp_log() -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     """``(exp, log)``: the crate's tables, logs taken of elements written in the Cantor basis."""
-    lfsr = [0] * 65536  # a list: numpy item assignment made this loop ten times slower
-    state = 1
-    for i in range(MODULUS):
-        lfsr[state] = i
-        state <<= 1
-        if state >= 65536:
-            state ^= POLY
+    # the LFSR's states x^i mod POLY, 256 by a loop, then doubled: x^(n + i) = x^n x^i, the product by
+    # x^n (GF(2)-linear) as two byte tables (a loop of 65535 steps took 10-13 ms)
+    state = np.zeros(65536, np.int64)
+    x = 1
+    for i in range(256):
+        state[i] = x
+        x = _times_x(x)
+    n = 256
+    while n < MODULUS:
+        basis = [int(state[n - 1])]  # x^n x^b for each input bit b, from x^(n - 1)
+        for _ in range(16):
+            basis.append(_times_x(basis[-1]))
+        lo, hi = _irs_consts.xor_span(basis[1:9]), _irs_consts.xor_span(basis[9:])
+        m = min(n, MODULUS - n)
+        state[n : n + m] = lo[state[:m] & 0xFF] ^ hi[state[:m] >> 8]
+        n += m
+    lfsr = np.zeros(65536, np.int64)
+    lfsr[state[:MODULUS]] = np.arange(MODULUS)
     lfsr[0] = MODULUS
-    lfsr_a = np.array(lfsr, np.int64)
-    log = np.zeros(65536, np.int64)
-    for i, b in enumerate(CANTOR):
-        log[1 << i : 2 << i] = log[: 1 << i] ^ b
-    log = lfsr_a[log]
+    log = lfsr[_irs_consts.xor_span(CANTOR)]
     exp = np.zeros(65536, np.int64)
     exp[log] = np.arange(65536)
     exp[MODULUS] = exp[0]
     return exp, log
+
+
+def _times_x(y: int) -> int:
+    """``y`` times x, mod POLY (polynomial basis)."""
+    return (y << 1) ^ (POLY if y & 0x8000 else 0)
 
 
 def add_mod(a: NDArray[np.int64] | int, b: NDArray[np.int64] | int) -> NDArray[np.int64]:
@@ -69,7 +81,11 @@ def mul(x: NDArray[np.int64] | int, log_m: NDArray[np.int64] | int) -> NDArray[n
 @functools.lru_cache(maxsize=1)
 def skew() -> NDArray[np.uint16]:
     """The FFT's skew factors (logs; 65535 for a zero factor), the crate's ``initialize_skew``."""
-    _, log = exp_log()
+    exp, log = exp_log()
+
+    def mul1(x: int, log_m: int) -> int:  # `mul` of scalars, in ints: its numpy calls were most of this function's time
+        return 0 if x == 0 else int(exp[_add_mod1(int(log[x]), log_m)])
+
     temp = [1 << i for i in range(1, 16)]
     sk = np.zeros(MODULUS, np.int64)
     for m in range(15):
@@ -78,10 +94,16 @@ def skew() -> NDArray[np.uint16]:
             s = 1 << (i + 1)
             j = np.arange((1 << m) - 1, s, 1 << (m + 1))
             sk[j + s] = sk[j] ^ temp[i]
-        temp[m] = MODULUS - int(log[int(mul(temp[m], log[temp[m] ^ 1]))])
+        temp[m] = MODULUS - int(log[mul1(temp[m], int(log[temp[m] ^ 1]))])
         for i in range(m + 1, 15):
-            temp[i] = int(mul(temp[i], add_mod(log[temp[i] ^ 1], temp[m])))
+            temp[i] = mul1(temp[i], _add_mod1(int(log[temp[i] ^ 1]), temp[m]))
     return np.asarray(log[sk], np.uint16)
+
+
+def _add_mod1(a: int, b: int) -> int:
+    """`add_mod` of two ints."""
+    s = a + b
+    return (s + (s >> 16)) & 0xFFFF
 
 
 @functools.lru_cache(maxsize=1)
@@ -91,8 +113,12 @@ def skew_matrices() -> NDArray[np.uint64]:
     ``A_oi`` maps the input's byte ``i`` (low or high) to its part of the product's byte ``o``; in
     gf2p8affineqb's layout, output bit ``b`` is the parity of the input AND the matrix's byte ``7 - b``.
     """
-    cols = mul(1 << np.arange(16)[None, :], skew().astype(np.int64)[:, None])  # [K, 16]: product of each input bit
-    by = cols.astype("<u2").view(np.uint8).reshape(MODULUS, 16, 2)  # [K, input bit, product byte]
+    exp, log = exp_log()
+    sk = skew().astype(np.int64)
+    cols = np.empty((MODULUS, 16), "<u2")  # [K, 16]: product of each input bit (mul, a column at a time:
+    for b in range(16):  # its [K, 16] int64 temporaries were most of these tables' time, in page faults)
+        cols[:, b] = exp[add_mod(sk, log[1 << b])]
+    by = cols.view(np.uint8).reshape(MODULUS, 16, 2)  # [K, input bit, product byte]
     out = np.zeros((MODULUS, 4), np.uint64)
     for q, (o, i) in enumerate(((0, 0), (1, 1), (0, 1), (1, 0))):
         x = np.ascontiguousarray(by[:, 8 * i : 8 * i + 8, o]).view("<u8")[:, 0]  # byte = input bit, bit = output bit
