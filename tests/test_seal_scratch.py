@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import paramseal
-from paramseal import _native, _native_strata, _outer, _pages, _parallel, _rs16, _sealing, _strata, files
+from paramseal import _native, _native_strata, _outer, _pages, _parallel, _rs16, _sealing, _strata, _strata_map, files
 from paramseal.seal import SealConfig
 
 needs_lib = pytest.mark.skipif(_native._lib() is None, reason="compiled library not built")
@@ -83,6 +83,7 @@ def test_file_seal_keeps_its_work_arrays(key: paramseal.Key, tmp_path: Path, mon
     files.seal_file(src, tmp_path / "a.safetensors", key)
     # the int64 tensor's tag chunks (the fp32 ones are tagged where the strata are staged: `_seal_tags`)
     assert {"pad", "words", "strata", "blocks <u8"} <= names
+    assert "stage" not in names  # the gather reads into the strata buffer, which is free until encoding
     with monkeypatch.context() as m:  # fresh arrays everywhere: the same file
         m.setattr(_strata.Scratch, "get", lambda self, n, shape, dtype: np.empty(shape, dtype))
         files.seal_file(src, tmp_path / "b.safetensors", key)
@@ -183,3 +184,38 @@ def test_a_model_too_small_for_the_encoders_map_does_not_build_it(key: paramseal
     files.seal_file(src, tmp_path / "a.safetensors", key)
     assert _native._affine_built.cache_info().currsize == 0
     assert files.verify_file(tmp_path / "a.safetensors", key).status == "intact"
+
+
+@needs_lib
+def test_a_superblock_computes_its_piece_table_once(
+    key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its gather, tags and writes all ask for the same pieces: the first call computes them, the others reuse them."""
+    rng = np.random.default_rng(5)
+    src = helpers.write_st(tmp_path / "m.safetensors", {"w": rng.standard_normal(9_000_001).astype(np.float32)})
+    asked: list[tuple[int, int]] = []
+    made: list[tuple[int, int]] = []
+    real, real_made = _strata.StrataMap.piece_table, _strata.StrataMap._piece_table
+    monkeypatch.setattr(
+        _strata.StrataMap, "piece_table", lambda s, ts, g0, ng: asked.append((g0, ng)) or real(s, ts, g0, ng)
+    )
+    monkeypatch.setattr(
+        _strata.StrataMap, "_piece_table", lambda s, ts, g0, ng: made.append((g0, ng)) or real_made(s, ts, g0, ng)
+    )
+    files.seal_file(src, tmp_path / "a.safetensors", key)
+    assert sorted(made) == sorted(set(asked)) and len(made) > 1  # each batch's pieces made once
+    assert len(asked) == 3 * len(made)  # and asked for three times
+    assert files.verify_file(tmp_path / "a.safetensors", key).status == "intact"
+
+
+def test_piece_tables_kept_are_few_and_read_only(key: paramseal.Key) -> None:
+    specs = SealConfig(level="standard").specs(_model(6))
+    st = _strata.plan(specs, key, bytes(range(16)))
+    ts = [t for t, s in enumerate(specs) if s.is_float]
+    first = st.piece_table(ts, 0, 5)
+    assert all(not a.flags.writeable for a in first)
+    for g0 in range(1, 3 * _strata_map._KEPT_TABLES):
+        st.piece_table(ts, g0, 5)
+    assert len(st._tables) == _strata_map._KEPT_TABLES  # the oldest were let go
+    again = st.piece_table(ts, 0, 5)
+    assert again is not first and all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))

@@ -207,7 +207,9 @@ class Strata(StrataMap):
         pieces = self._native_pieces(flats, ts, g0, ng, zeros)
         perm = self._perm16()
         shape = (self.free_strata, _native_strata.row_stride(ng))
-        stage = None if scratch is None else scratch.get("stage", shape, np.uint32)
+        # the reads land in the strata buffer: free until encode_placed or scatter fills it (16 MiB a
+        # thread less to fault in, at up to 2 ms a MiB on a cold host)
+        stage = None if scratch is None else scratch.get("strata", shape, np.uint32)
         keep = int(self._clear_mask())
         fused = content if self.free_strata == N_POS else None  # no data words to come: each row is final
         if _native_strata.gather(w, g0, perm, self.free_strata, pieces, pad.for_kernels(), keep, stage, fused) >= 0:

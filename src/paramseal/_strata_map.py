@@ -41,6 +41,9 @@ def _tag_bytes(k: int) -> NDArray[np.uint8]:
     return out
 
 
+_KEPT_TABLES = 8  # a few superblocks in flight (one a core) and the one each just finished
+
+
 class Scratch(threading.local):
     """Each thread's work arrays, reused from one superblock of a seal to the next.
 
@@ -111,6 +114,11 @@ class StrataMap:
     pad_key: bytes | None = field(repr=False)  # keyed offset (None: the first irs4 seals had none)
     perm: NDArray[np.int64] = field(repr=False)  # (perms, 255): the stratum at each position
     iperm: NDArray[np.int64] = field(repr=False)  # (perms, 255): the position of each stratum
+    # the last few `piece_table`s: a seal's superblock asks for its own three times (gather, tags, writes)
+    _tables: dict[tuple[Any, ...], tuple[NDArray[Any], ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _tables_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @property
     def code(self) -> _irs.Code:
@@ -276,9 +284,24 @@ class StrataMap:
     def piece_table(self, ts: list[int], g0: int, ng: int) -> tuple[NDArray[Any], ...]:
         """The pieces of `_native_pieces` (rows ``[0, ng)``, groups ``g0...``), in stratum then row order.
 
-        Six arrays: each piece's stratum, first row, end row, the stream index of its first row, its
-        owner (an index into ``ts``) and whether it is padding.
+        Six arrays (read-only: kept for the next calls with these arguments): each piece's stratum, first
+        row, end row, the stream index of its first row, its owner (an index into ``ts``) and whether it is
+        padding.
         """
+        key = (tuple(ts), g0, ng)
+        with self._tables_lock:
+            got = self._tables.get(key)
+        if got is None:
+            got = self._piece_table(ts, g0, ng)
+            for a in got:
+                a.setflags(write=False)
+            with self._tables_lock:
+                self._tables[key] = got
+                while len(self._tables) > _KEPT_TABLES:
+                    del self._tables[next(iter(self._tables))]
+        return got
+
+    def _piece_table(self, ts: list[int], g0: int, ng: int) -> tuple[NDArray[Any], ...]:
         F, G = self.free_strata, self.G
         j = np.arange(F, dtype=np.int64)
         a = (g0 + self.offs[:F]) % G
