@@ -94,7 +94,7 @@ def test_file_seal_keeps_its_work_arrays(key: paramseal.Key, tmp_path: Path, mon
 def test_superblock_arrays_are_let_go_before_the_tag_pass(
     key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The superblocks' Scratch (about 100 MiB a thread) is gone when the tag pass reads its chunks."""
+    """The superblocks' Scratch (about 44 MiB a thread) is gone when the tag pass reads its chunks."""
     src = helpers.write_st(tmp_path / "m.safetensors", _model(2))
     made: list[weakref.ref[_strata.Scratch]] = []
     real_init = _strata.Scratch.__init__

@@ -26,7 +26,7 @@ _TASKS: ThreadPoolExecutor | None = None  # whole pieces of work that may call p
 _POOL_LOCK = threading.Lock()
 _IN_TASK = threading.local()  # .task: in a task_map task; .on: its parallel_map calls run inline
 _IN_POOL = threading.local()  # .on: running a parallel_map item (a nested parallel_map runs inline)
-TASKS_MAX = 4  # task_map items in flight, each with its buffers (a seal's superblock: about 100 MiB)
+TASKS_MAX = 4  # task_map items in flight, each with its buffers (a seal's superblock: about 44 MiB)
 
 
 def _cores() -> int:

@@ -283,7 +283,7 @@ def _seal_irs(
     prog.expect(outer.superblocks + len(work))
 
     # each thread's work arrays, kept from one superblock to the next: fresh ones were mapped and
-    # zeroed by the kernel every time (about 60 MiB a superblock)
+    # zeroed by the kernel every time (about 44 MiB a superblock of a GiB's model)
     scratch = _strata.Scratch()
     # one superblock's writes at a time: the kernel takes the file's lock for each pwrite anyway, and a
     # thread waiting there spun (1.5% of a seal's CPU); waiting here it sleeps (ab_seal: 2.48 against 2.63 s)
