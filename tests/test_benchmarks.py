@@ -250,3 +250,4 @@ def test_seal_phases_runs_its_seal_and_recover_with_every_step_timed(
     # the steps a seal always runs were timed (a step shows once its timer ran)
     steps = ("pass: superblocks (two at a time)", "gather (read words", "final flush")
     assert all(f"  {step}" in out for step in steps)
+    assert _native._affine_built.cache_info()  # still an lru_cache under its timer (the seal reads its misses)

@@ -190,7 +190,7 @@ def test_a_model_too_small_for_the_encoders_map_does_not_build_it(key: paramseal
 def test_a_superblock_computes_its_piece_table_once(
     key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Its gather, tags and writes all ask for the same pieces: the first call computes them, the others reuse them."""
+    """Its gather, writes (and tags) ask for the same pieces: the first call computes them, the others reuse them."""
     rng = np.random.default_rng(5)
     src = helpers.write_st(tmp_path / "m.safetensors", {"w": rng.standard_normal(9_000_001).astype(np.float32)})
     asked: list[tuple[int, int]] = []
@@ -204,7 +204,7 @@ def test_a_superblock_computes_its_piece_table_once(
     )
     files.seal_file(src, tmp_path / "a.safetensors", key)
     assert sorted(made) == sorted(set(asked)) and len(made) > 1  # each batch's pieces made once
-    assert len(asked) == 3 * len(made)  # and asked for three times
+    assert all(asked.count(b) >= 2 for b in made)  # and asked for again (writes; tags where made in the pass)
     assert files.verify_file(tmp_path / "a.safetensors", key).status == "intact"
 
 

@@ -59,10 +59,10 @@ def plan(k: int, free_strata: int, host: int, encode: Callable[[NDArray[np.uint3
     keep = np.unpackbits(p.keep[:nbytes], bitorder="little")
     bits = np.flatnonzero(keep)  # every bit the code reads: one probe group each
     image = np.zeros((bits.size, nbytes), np.uint8)
-    probe_bit = (np.arange(bits.size), bits >> 3)
-    image[probe_bit] = (1 << (bits & 7)).astype(np.uint8)
+    probe_at, probe_bit = (np.arange(bits.size), bits >> 3), (1 << (bits & 7)).astype(np.uint8)
+    image[probe_at] = probe_bit
     encode(image.view("<u4"))
-    image[probe_bit] ^= (1 << (bits & 7)).astype(np.uint8)  # the probe's own bit off: the bits it sets
+    image[probe_at] ^= probe_bit  # the probe's own bit off: the bits it sets
     # where place_free_bytes puts free byte e of codeword t (spread, masks: see _gfni_plan._spread)
     bit = np.arange(64, dtype=np.uint64)
     flag = [((p.masks[:, i : i + 1] >> bit) & np.uint64(1)).reshape(-1).astype(np.int64) for i in range(3)]

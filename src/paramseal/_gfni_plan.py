@@ -117,7 +117,7 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
             keep[4 * (x >> 3) + ((x & 7) >> 1)] &= 0xF0 if x & 1 == 0 else 0x0F
     # free bits as bytes: composed solver rows, then Four Russians tables per syndrome nibble
     # inv composed with phi^-1 on each syndrome byte, a byte map as a table: output bit c of 8 bits is
-    # their parity under inv_phi[1 << c] (a matmul took a quarter of this function; float32 goes to BLAS)
+    # their parity under inv_phi[1 << c] (an integer matmul took a quarter of this function)
     reach = [sum(((int(inv_phi[1 << c]) >> b) & 1) << c for c in range(8)) for b in range(8)]
     composed = _irs_consts.xor_span(reach).astype(np.uint8)
     locs: list[list[int]] = []

@@ -81,11 +81,7 @@ def mul(x: NDArray[np.int64] | int, log_m: NDArray[np.int64] | int) -> NDArray[n
 @functools.lru_cache(maxsize=1)
 def skew() -> NDArray[np.uint16]:
     """The FFT's skew factors (logs; 65535 for a zero factor), the crate's ``initialize_skew``."""
-    exp, log = exp_log()
-
-    def mul1(x: int, log_m: int) -> int:  # `mul` of scalars, in ints: its numpy calls were most of this function's time
-        return 0 if x == 0 else int(exp[_add_mod1(int(log[x]), log_m)])
-
+    _, log = exp_log()
     temp = [1 << i for i in range(1, 16)]
     sk = np.zeros(MODULUS, np.int64)
     for m in range(15):
@@ -94,10 +90,16 @@ def skew() -> NDArray[np.uint16]:
             s = 1 << (i + 1)
             j = np.arange((1 << m) - 1, s, 1 << (m + 1))
             sk[j + s] = sk[j] ^ temp[i]
-        temp[m] = MODULUS - int(log[mul1(temp[m], int(log[temp[m] ^ 1]))])
+        temp[m] = MODULUS - int(log[_mul1(temp[m], int(log[temp[m] ^ 1]))])
         for i in range(m + 1, 15):
-            temp[i] = mul1(temp[i], _add_mod1(int(log[temp[i] ^ 1]), temp[m]))
+            temp[i] = _mul1(temp[i], _add_mod1(int(log[temp[i] ^ 1]), temp[m]))
     return np.asarray(log[sk], np.uint16)
+
+
+def _mul1(x: int, log_m: int) -> int:
+    """`mul` of ints (its numpy calls on scalars were most of `skew`'s time)."""
+    exp, log = exp_log()
+    return 0 if x == 0 else int(exp[_add_mod1(int(log[x]), log_m)])
 
 
 def _add_mod1(a: int, b: int) -> int:

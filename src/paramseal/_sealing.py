@@ -262,7 +262,7 @@ def _seal_irs(
     tensor (reserved, short, cut where a stratum starts) and the tensors not staged, chunk by chunk.
     Both passes run one item per core, at most four at a time (`task_map`, with the compiled
     kernels). Memory: a superblock's work arrays per thread, kept from one superblock to the next,
-    then a tag chunk per thread (about 100 MiB each), the integer tensors' words and the code
+    then a tag chunk per thread (`CHUNK_BYTES`), the integer tensors' words and the code
     tables; the model itself is read and written through ``flats`` and ``outs`` (memory maps for files).
     """
     prog = progress or Progress.null()

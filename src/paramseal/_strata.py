@@ -186,7 +186,8 @@ class Strata(StrataMap):
 
         NaN/Inf values are refused. The compiled gather where the library is built (`_native`,
         any CPU), else `groups` (its reference: the tests compare the two). ``scratch``: the
-        compiled gather's arrays are its ``words`` and ``stage`` buffers (valid until the next call).
+        compiled gather's arrays are its ``words`` buffer and, for the reads it stages, its ``strata``
+        buffer, which `encode_placed` and `scatter` fill afterwards (valid until the next call).
         ``content``: ``[ng, outer.shard]`` bytes that get the words' outer-code content
         (`_outer.Outer.content`): made row by row by the gather where every stratum is a float one, by a
         pass of its own otherwise.

@@ -114,7 +114,8 @@ class StrataMap:
     pad_key: bytes | None = field(repr=False)  # keyed offset (None: the first irs4 seals had none)
     perm: NDArray[np.int64] = field(repr=False)  # (perms, 255): the stratum at each position
     iperm: NDArray[np.int64] = field(repr=False)  # (perms, 255): the position of each stratum
-    # the last few `piece_table`s: a seal's superblock asks for its own three times (gather, tags, writes)
+    # the last few `piece_table`s: a seal's superblock asks for its own two or three times (gather, writes,
+    # and tags where they are made in the pass)
     _tables: dict[tuple[Any, ...], tuple[NDArray[Any], ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
