@@ -30,6 +30,12 @@ def _model(seed: int) -> dict[str, np.ndarray]:
     }
 
 
+def _one_tensor(tmp_path: Path, seed: int, n: int) -> Path:
+    """A safetensors file of one fp32 tensor of ``n`` seeded random values."""
+    rng = np.random.default_rng(seed)
+    return helpers.write_st(tmp_path / "m.safetensors", {"w": rng.standard_normal(n).astype(np.float32)})
+
+
 def test_scratch_reuses_a_buffer_per_thread_and_grows_it() -> None:
     sc = _strata.Scratch()
     a = sc.get("x", (4, 8), np.uint32)
@@ -117,8 +123,7 @@ def test_superblocks_sealed_side_by_side_write_their_strata_in_turn(
     key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two superblocks at a time, but one's pwrites at a time (the kernel's file lock made the other spin)."""
-    rng = np.random.default_rng(4)
-    src = helpers.write_st(tmp_path / "m.safetensors", {"w": rng.standard_normal(5_000_003).astype(np.float32)})
+    src = _one_tensor(tmp_path, 4, 5_000_003)
     lock = threading.Lock()
     inside, most, threads = [0], [0], set()
     real = _native_strata.put_strata
@@ -147,8 +152,7 @@ def test_the_tables_the_superblocks_share_are_built_once_before_them(
     key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The encoder's map and the outer code's skew tables: built by the caller before the pass, not by its threads."""
-    rng = np.random.default_rng(5)
-    src = helpers.write_st(tmp_path / "m.safetensors", {"w": rng.standard_normal(2_500_003).astype(np.float32)})
+    src = _one_tensor(tmp_path, 5, 2_500_003)
     monkeypatch.setattr(_outer, "SUPER_MAX", 4096)  # superblocks of 4096, 4096 and 1612 groups
     monkeypatch.setattr(_parallel, "_cores", lambda: 2)  # side by side even on one core
     callers: dict[str, list[threading.Thread]] = {}
@@ -191,8 +195,7 @@ def test_a_superblock_computes_its_piece_table_once(
     key: paramseal.Key, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Its gather, writes (and tags) ask for the same pieces: the first call computes them, the others reuse them."""
-    rng = np.random.default_rng(5)
-    src = helpers.write_st(tmp_path / "m.safetensors", {"w": rng.standard_normal(9_000_001).astype(np.float32)})
+    src = _one_tensor(tmp_path, 5, 9_000_001)
     asked: list[tuple[int, int]] = []
     made: list[tuple[int, int]] = []
     real, real_made = _strata.StrataMap.piece_table, _strata.StrataMap._piece_table

@@ -42,13 +42,7 @@ def _phi() -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
             break
     else:  # pragma: no cover - the two fields are isomorphic, so a root exists
         raise AssertionError("no root of 0x11d in GF(2^8) mod 0x11b")
-    fwd = np.zeros(256, np.uint8)
-    for x in range(256):
-        y = 0
-        for b in range(8):
-            if (x >> b) & 1:
-                y ^= pw[b]
-        fwd[x] = y
+    fwd = _irs_consts.xor_span(pw[:8]).astype(np.uint8)
     inv = np.zeros(256, np.uint8)
     inv[fwd] = np.arange(256, dtype=np.uint8)
     return fwd, inv
@@ -56,11 +50,12 @@ def _phi() -> tuple[NDArray[np.uint8], NDArray[np.uint8]]:
 
 def _affine_matrix(table: NDArray[np.uint8]) -> int:
     """The gf2p8affineqb matrix of a GF(2)-linear byte map (byte 7 - r: the inputs of output bit r)."""
-    q = 0
-    for r in range(8):
-        row = sum(1 << b for b in range(8) if (int(table[1 << b]) >> r) & 1)
-        q |= row << (8 * (7 - r))
-    return q
+    return sum(row << (8 * (7 - r)) for r, row in enumerate(_bit_rows(table)))
+
+
+def _bit_rows(table: NDArray[np.uint8]) -> list[int]:
+    """Of a GF(2)-linear byte map given as a table: for each output bit r, the input bits that reach it."""
+    return [sum(1 << b for b in range(8) if (int(table[1 << b]) >> r) & 1) for r in range(8)]
 
 
 # --------------------------------------------------------------------------- encoder tables
@@ -118,8 +113,7 @@ def _plan(k: int, free_strata: int, host: int) -> _Plan:
     # free bits as bytes: composed solver rows, then Four Russians tables per syndrome nibble
     # inv composed with phi^-1 on each syndrome byte, a byte map as a table: output bit c of 8 bits is
     # their parity under inv_phi[1 << c] (an integer matmul took a quarter of this function)
-    reach = [sum(((int(inv_phi[1 << c]) >> b) & 1) << c for c in range(8)) for b in range(8)]
-    composed = _irs_consts.xor_span(reach).astype(np.uint8)
+    composed = _irs_consts.xor_span(_bit_rows(inv_phi)).astype(np.uint8)
     locs: list[list[int]] = []
     mats: list[NDArray[np.uint8]] = []  # [syndrome bit, free bit]: the solver's rows, transposed
     for tt in range(4):

@@ -115,11 +115,10 @@ def skew_matrices() -> NDArray[np.uint64]:
     ``A_oi`` maps the input's byte ``i`` (low or high) to its part of the product's byte ``o``; in
     gf2p8affineqb's layout, output bit ``b`` is the parity of the input AND the matrix's byte ``7 - b``.
     """
-    exp, log = exp_log()
     sk = skew().astype(np.int64)
-    cols = np.empty((MODULUS, 16), "<u2")  # [K, 16]: product of each input bit (mul, a column at a time:
-    for b in range(16):  # its [K, 16] int64 temporaries were most of these tables' time, in page faults)
-        cols[:, b] = exp[add_mod(sk, log[1 << b])]
+    cols = np.empty((MODULUS, 16), "<u2")  # [K, 16]: product of each input bit, a column at a time (all
+    for b in range(16):  # at once, its [K, 16] int64 temporaries were most of these tables' time, in page faults)
+        cols[:, b] = mul(1 << b, sk)
     by = cols.view(np.uint8).reshape(MODULUS, 16, 2)  # [K, input bit, product byte]
     out = np.zeros((MODULUS, 4), np.uint64)
     for q, (o, i) in enumerate(((0, 0), (1, 1), (0, 1), (1, 0))):
