@@ -442,7 +442,8 @@ TARGET static void transpose8_pos(int16_t *pos)
  * M[s][e] * X[h][src[s]], M 8x8 bit matrices (gf2p8affineqb, one per qword; nb blocks a read byte). 4 blocks
  * a pass, so that the 16 sums stay in registers and each matrix loaded serves 32 groups: the matrices
  * (400 KiB at k = 8, in L2) took as long to read as the products with 8 groups a load. Each group's bytes
- * then go to U[u] + 128 t. */
+ * then go to U[u] + 128 t. Each step also prefetches the line at *pf (advanced, up to pf_end): the next
+ * 32 groups'. */
 TARGET static inline __attribute__((always_inline)) void affine_sums(const uint64_t (*X)[16 * 64], const int16_t *src,
                                                                      int ns, const uint64_t *M, int nb, int t,
                                                                      uint8_t (*U)[4 * MAX_ROW], const char **pf,
