@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -56,3 +57,36 @@ def test_scan_of_an_unsealed_tensor_reads_no_record(monkeypatch: pytest.MonkeyPa
     assert _embed.scan(a) is None and _embed.scan(a, damaged=True) is None
     assert calls == []
     assert _embed.scan(a[:10]) is None  # shorter than a block
+
+
+TAG_BYTES = paramseal.levels.TAG_BITS // 8
+
+
+def _magic_fits_by_packing(first: np.ndarray, k: int, damaged: bool) -> bool:
+    """The reference: the block's low k bits packed (`lo_bytes`), the magic's bytes compared as `read_record` does."""
+    lo = paramseal._bits.lo_bytes(first, k)[0, TAG_BYTES : TAG_BYTES + len(_embed.MAGIC)].tobytes()
+    wrong = (int.from_bytes(lo, "little") ^ int.from_bytes(_embed.MAGIC, "little")).bit_count()
+    return wrong <= 2 if damaged else wrong == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.float64, "bfloat16"])
+def test_magic_ks_finds_the_ks_that_packing_each_k_finds(dtype: object) -> None:
+    """Every k at once (`magic_ks`) against one packing per k: a magic planted at each k, whole or with 1-3 flips."""
+    dt = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype)
+    ks = list(_embed._ks(str(paramseal.levels.dtype_name(dt))))
+    rng = np.random.default_rng(11)
+    uint = paramseal._bits.uint_view(np.zeros(1, dt)).dtype
+    hits = 0
+    for k in ks:
+        for flips in (0, 1, 2, 3):
+            first = rng.integers(0, np.iinfo(uint).max, (1, 64), dtype=uint, endpoint=True)
+            lo = paramseal._bits.lo_bytes(first, k)
+            lo[0, TAG_BYTES : TAG_BYTES + len(_embed.MAGIC)] = np.frombuffer(_embed.MAGIC, np.uint8)
+            for bit in rng.choice(32, flips, replace=False):
+                lo[0, TAG_BYTES + bit // 8] ^= np.uint8(1 << (bit % 8))
+            paramseal._bits.set_lo(first, lo, k)
+            for damaged in (False, True):
+                want = [j for j in ks if _magic_fits_by_packing(first, j, damaged)]
+                assert _embed.magic_ks(first, ks, damaged) == want, (k, flips, damaged)
+                hits += k in want
+    assert hits == 4 * len(ks)  # the planted k: exact with no flip (twice), damaged with one or two

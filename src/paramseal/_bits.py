@@ -35,7 +35,7 @@ def to_blocks(flat: NDArray[np.unsignedinteger], *, copy: bool = True) -> NDArra
     return out
 
 
-def _to_bits(u: NDArray[np.unsignedinteger]) -> U8:
+def value_bits(u: NDArray[np.unsignedinteger]) -> U8:
     """Bits of each value, LSB first: shape ``[..., width]``."""
     w = u.dtype.itemsize * 8
     b = np.unpackbits(np.ascontiguousarray(u).view(np.uint8), bitorder="little")
@@ -43,7 +43,7 @@ def _to_bits(u: NDArray[np.unsignedinteger]) -> U8:
 
 
 def _from_bits(bits: U8, width: int) -> NDArray[np.unsignedinteger]:
-    """Inverse of ``_to_bits`` for the first ``bits.shape[-1]`` bits, into ``width``-bit ints."""
+    """Inverse of ``value_bits`` for the first ``bits.shape[-1]`` bits, into ``width``-bit ints."""
     pad = width - bits.shape[-1]
     if pad:
         bits = np.concatenate([bits, np.zeros((*bits.shape[:-1], pad), np.uint8)], axis=-1)
@@ -70,7 +70,7 @@ def hi_bytes(ub: NDArray[np.unsignedinteger], k: int, *, kernel: bool = True) ->
         return fast
     if k % 8 == 0:  # byte-aligned: a strided copy is enough
         return np.ascontiguousarray(ub.view(np.uint8).reshape(nb, n, size)[:, :, k // 8 :]).reshape(nb, -1)
-    bits = _to_bits(ub)[:, :, k:]
+    bits = value_bits(ub)[:, :, k:]
     return np.packbits(bits.reshape(nb, -1), axis=1, bitorder="little")
 
 
@@ -98,7 +98,7 @@ def lo_bytes(ub: NDArray[np.unsignedinteger], k: int, *, kernel: bool = True) ->
     if k % 8 == 0:
         size = ub.dtype.itemsize
         return np.ascontiguousarray(ub.view(np.uint8).reshape(nb, n, size)[:, :, : k // 8]).reshape(nb, -1)
-    bits = _to_bits(ub)[:, :, :k]
+    bits = value_bits(ub)[:, :, :k]
     return np.packbits(bits.reshape(nb, -1), axis=1, bitorder="little")
 
 

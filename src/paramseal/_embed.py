@@ -207,18 +207,26 @@ def scan(a: NDArray[np.generic], *, damaged: bool = False) -> Found | None:
     if flat.size < BLOCK:  # no record's first block at any k
         return None
     first = read(flat[:BLOCK].reshape(1, BLOCK))
-    for k in _ks(dtype_name(a.dtype)):
-        if _magic_fits(first, k, damaged) and (f := read_record(a, k, damaged=damaged)) is not None:
+    for k in magic_ks(first, list(_ks(dtype_name(a.dtype))), damaged):
+        if (f := read_record(a, k, damaged=damaged)) is not None:
             return f
     return None
 
 
-def _magic_fits(first: NDArray[np.unsignedinteger], k: int, damaged: bool) -> bool:
-    """Whether the first block (``[1, BLOCK]``) holds a record's magic at ``k`` as `read_record` checks it."""
-    lo = _bits.lo_bytes(first, k)[0, TAG_BITS // 8 : TAG_BITS // 8 + len(MAGIC)].tobytes()
-    if damaged:
-        return (int.from_bytes(lo, "little") ^ int.from_bytes(MAGIC, "little")).bit_count() <= 2
-    return lo == MAGIC
+def magic_ks(first: NDArray[np.unsignedinteger], ks: list[int], damaged: bool) -> list[int]:
+    """The k of ``ks``, in order, at which the first block (``[1, BLOCK]``) holds a record's magic (as `read_record`).
+
+    All k at once: byte i of the block's low-k bits (`_bits.lo_bytes`) holds bits 8 i .. 8 i + 7 of the
+    stream in which bit b is bit b % k of value b // k. (One k at a time, 22 packings a fp32 tensor took a
+    quarter of the already-sealed check's time, beside the seal's start.)
+    """
+    bits = _bits.value_bits(first)[0]  # [BLOCK, width], LSB first
+    b = np.arange(TAG_BITS, TAG_BITS + 8 * len(MAGIC))
+    at = np.asarray(ks, np.int64)[:, None]
+    got = np.packbits(bits[b // at, b % at], axis=1, bitorder="little")
+    wrong = np.unpackbits(got ^ np.frombuffer(MAGIC, np.uint8), axis=1).sum(axis=1)
+    fits = wrong <= 2 if damaged else wrong == 0
+    return [k for k, f in zip(ks, fits.tolist(), strict=True) if f]
 
 
 def sealed_traces(tensors: Mapping[str, NDArray[np.generic]]) -> tuple[int, bool]:
