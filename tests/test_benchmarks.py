@@ -244,10 +244,12 @@ def test_seal_phases_runs_its_seal_and_recover_with_every_step_timed(
     monkeypatch.setattr(seal, "task_map", seal.task_map)
     # a tiny model's calls would skip the encoder's map, whose cache the seal reads through the timer
     monkeypatch.setattr(_native, "AFFINE_MIN_GROUPS", 1)
+    built = _native._affine_built
     mod.phases(tmp_path / "m.safetensors", tmp_path / "s.safetensors", tmp_path / "b.safetensors", 0.002)
     out = capfd.readouterr().out
     assert "seal of 0.00 GiB" in out and "recover --in-place of 100 bit flips, fresh process (recovered)" in out
     # the steps a seal always runs were timed (a step shows once its timer ran)
     steps = ("pass: superblocks (two at a time)", "gather (read words", "final flush")
     assert all(f"  {step}" in out for step in steps)
-    assert _native._affine_built.cache_info()  # still an lru_cache under its timer (the seal reads its misses)
+    # timed, and still an lru_cache under its timer (the seal reads its misses)
+    assert _native._affine_built is not built and _native._affine_built.cache_info() == built.cache_info()
