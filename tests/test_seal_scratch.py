@@ -222,3 +222,28 @@ def test_piece_tables_kept_are_few_and_read_only(key: paramseal.Key) -> None:
     assert len(st._tables) == _strata_map._KEPT_TABLES  # the oldest were let go
     again = st.piece_table(ts, 0, 5)
     assert again is not first and all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_array_lists_are_read_once_each_by_their_arrays(key: paramseal.Key) -> None:
+    """`StrataMap._held` (the float tensors' layout check, addresses and files, asked twice a superblock) is made
+    once per set of arrays, whatever list holds them, and never served for other arrays."""
+    model = _model(7)
+    specs = SealConfig(level="standard").specs(model)
+    st = _strata.plan(specs, key, bytes(range(16)))
+    flat = [np.ascontiguousarray(model[s.name]).reshape(-1).view(np.uint32) for s in specs]
+    ts = [t for t, s in enumerate(specs) if s.is_float]
+    held = st._held(flat)
+    assert held.ok and list(held.ts) == ts == st.flat_words(flat)
+    assert held.addr.tolist() == [flat[t].ctypes.data for t in ts]
+    assert (held.fds == -1).all()  # arrays in memory, no file
+    assert st._held(list(flat)) is held  # another list of the same arrays
+    copies = [a.copy() for a in flat]
+    other = st._held(copies)
+    assert other is not held and other.addr.tolist() == [copies[t].ctypes.data for t in ts]
+    strided = list(flat)
+    strided[ts[0]] = np.repeat(flat[ts[0]], 2)[::2]  # the same words, not contiguous
+    assert st.flat_words(strided) is None
+    for _ in range(2 * _strata_map._KEPT_HELD):
+        st._held([a.copy() for a in flat])
+    assert len(st._held_of) == _strata_map._KEPT_HELD  # the oldest were let go
+    assert st._held(flat) is not held and st._held(flat).addr.tolist() == held.addr.tolist()

@@ -21,6 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <errno.h>
+#include <fcntl.h>
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define X86 1
@@ -1097,6 +1098,7 @@ static int64_t io_all(int fd, char *buf, int64_t n, int64_t off, int write)
     return 0;
 }
 
+#define READ_AHEAD 2 /* batches after a gather's whose pieces it asks the kernel to read ahead */
 #define TAB_ROWS 2048 /* rows a run of ps_gather needs before its offset table pays for itself */
 
 /* The float words of a batch of consecutive groups, in position order: the gather of irs4 sealing.
@@ -1155,6 +1157,22 @@ static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int
 #ifdef X86
     int32_t offw[256];
     simd = simd && have_avx512bw();
+#endif
+#ifdef POSIX_FADV_WILLNEED
+    /* The file pieces' rows to the page cache before they are read, and after a stratum's last row the next
+     * READ_AHEAD batches' (the rows that follow in the file): the F pieces are F interleaved streams of one
+     * file, which the kernel's readahead takes for random reads, so each page not in memory was a read the
+     * seal waited for, one after another. */
+    for (int j = 0; j < F; j++)
+        for (int64_t q = pstart[j]; q < pstart[j + 1]; q++) {
+            int64_t a = q == pstart[j] ? 0 : row_end[q - 1], b = row_end[q];
+            const int64_t more = q == pstart[j + 1] - 1 && r1 >= b ? READ_AHEAD * b : 0; /* b: the batch's rows */
+            a = a > r0 ? a : r0;
+            b = b < r1 ? b : r1;
+            if (fd[q] >= 0 && a < b)
+                (void)posix_fadvise(fd[q], (off_t)(base[q] + 4 * (uint64_t)a), (off_t)(4 * (b - a + more)),
+                                    POSIX_FADV_WILLNEED);
+        }
 #endif
     for (int j = 0; j < F; j++) {
         cur[j] = pstart[j];

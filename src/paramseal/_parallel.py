@@ -47,9 +47,9 @@ def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     """
     global _POOL
     items = list(items)
-    workers = min(len(items), _cores())
     # inline in a task_map task whose peers fill the cores, and in an item of this pool: it would wait on itself
-    if workers <= 1 or getattr(_IN_TASK, "on", False) or getattr(_IN_POOL, "on", False):
+    # (asked first: the cores are a system call, made by every kernel of a seal's superblocks)
+    if len(items) <= 1 or getattr(_IN_TASK, "on", False) or getattr(_IN_POOL, "on", False) or _cores() <= 1:
         return [fn(x) for x in items]
     with _POOL_LOCK:
         if _POOL is None:
