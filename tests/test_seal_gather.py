@@ -366,41 +366,41 @@ def _resident(path: Path, size: int) -> np.ndarray:
 @needs_lib
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="page-cache residency through Linux's mincore")
 def test_the_gather_asks_for_the_next_batches_pieces_ahead(tmp_path: Path) -> None:
-    """A file piece's gather asks the kernel for the two batches' rows that follow it in the file: the F pieces
-    are F interleaved streams, which the kernel's own readahead (128 KiB) takes for random reads, so each page
-    not in memory was a read the seal waited for. Pieces of 256 KiB, their page cache dropped first: after the
-    gather of batch 0, the next 512 KiB of each stratum come into memory, and the stratum after stays out."""
-    F, ng, page = 6, 1 << 16, 4096
-    region = 4 * 4 * ng  # bytes a stratum: batch 0, the two ahead, and one more
+    """A file piece's gather asks the kernel for the next two batches' rows, which follow it in the file: the F
+    pieces are F interleaved streams, which the kernel's readahead takes for random reads (it reads what is
+    asked), so each page not in memory was a read the seal waited for. Pieces of 64 KiB (a seal's), their page
+    cache dropped first: after the gather of batch 0, the next two batches' rows of each stratum come into
+    memory, and the rows from the fourth batch on stay out."""
+    F, ng, page = 6, 1 << 14, 4096
+    region = 8 * 4 * ng  # bytes a stratum: batch 0, the two ahead, and five more
     rng = np.random.default_rng(4)
-    words = rng.integers(0, 2**30, F * region // 4, dtype=np.uint32)
+    words = rng.integers(0, 2**30, (F + 1) * region // 4, dtype=np.uint32)
     path = tmp_path / "strata.bin"
     with open(path, "wb") as f:
         f.write(words.tobytes())
         f.flush()
         os.fsync(f.fileno())
+    size = (F + 1) * region
     fd = os.open(path, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        if _resident(path, F * region).any():
+        if _resident(path, size).any():
             pytest.skip("this file system keeps the file's pages in memory (tmpfs?): nothing to read ahead")
-        pieces = (np.arange(F + 1, dtype=np.int64), np.full(F, ng, np.int64),
-                  np.arange(F, dtype=np.uint64) * np.uint64(region), np.full(F, fd, np.int32))  # fmt: skip
+        base = np.arange(1, F + 1, dtype=np.uint64) * np.uint64(region)  # none at the file's start, read as a stream
+        pieces = (np.arange(F + 1, dtype=np.int64), np.full(F, ng, np.int64), base, np.full(F, fd, np.int32))
         perm = np.arange(255, dtype=np.int16)[None, :]
         w = np.zeros((ng, 255), np.uint32)
         pad = np.zeros((ng, 255), np.uint32)
         assert _native_strata.gather(w, 0, perm, F, pieces, pad, 0xFFFFFFFF) == -1  # type: ignore[arg-type]
-        assert np.array_equal(w[:, :F], words.reshape(F, -1)[:, :ng].T)  # the words themselves, read
-        ahead = np.zeros(F * region // page, bool)
-        for j in range(F):  # the rows of batches 1 and 2 in each stratum
-            ahead[(j * region + 4 * ng) // page : (j * region + 12 * ng) // page] = True
+        assert np.array_equal(w[:, :F], words.reshape(F + 1, -1)[1:, :ng].T)  # the words themselves, read
+        ahead, past = np.zeros(size // page, bool), np.zeros(size // page, bool)
+        for j in range(1, F + 1):
+            ahead[(j * region + 4 * ng) // page : (j * region + 12 * ng) // page] = True  # batches 1 and 2
+            past[(j * region + 16 * ng) // page : (j + 1) * region // page] = True  # from batch 4 on
         deadline = time.monotonic() + 20  # the reads it asked for finish in their own time
-        while not (got := _resident(path, F * region))[ahead].all() and time.monotonic() < deadline:
+        while not (got := _resident(path, size))[ahead].all() and time.monotonic() < deadline:
             time.sleep(0.05)
         assert got[ahead].all(), f"{int((~got[ahead]).sum())} of {int(ahead.sum())} pages ahead not read"
-        past = np.zeros_like(ahead)
-        for j in range(F):  # the fourth batch's rows, beyond what the kernel reads ahead itself
-            past[(j * region + 12 * ng + 128 * 1024) // page : (j * region + region) // page] = True
-        assert not got[past].any()
+        assert not got[past].any(), f"{int(got[past].sum())} pages read beyond the two batches ahead"
     finally:
         os.close(fd)

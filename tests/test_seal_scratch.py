@@ -225,8 +225,8 @@ def test_piece_tables_kept_are_few_and_read_only(key: paramseal.Key) -> None:
 
 
 def test_array_lists_are_read_once_each_by_their_arrays(key: paramseal.Key) -> None:
-    """`StrataMap._held` (the float tensors' layout check, addresses and files, asked twice a superblock) is made
-    once per set of arrays, whatever list holds them, and never served for other arrays."""
+    """`StrataMap._held` (the float tensors' layout check, addresses and files, asked four times a superblock) is
+    made once per set of arrays, whatever list holds them, and never served for other arrays."""
     model = _model(7)
     specs = SealConfig(level="standard").specs(model)
     st = _strata.plan(specs, key, bytes(range(16)))
