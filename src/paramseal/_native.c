@@ -1147,6 +1147,16 @@ int64_t ps_gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t
     return got;
 }
 
+/* The rows [*a, *b) of piece q of stratum j (its pieces pstart[j] ..., see gather) that lie in [r0, r1);
+ * none where *a >= *b. */
+static inline void piece_rows(const int64_t *pstart, const int64_t *row_end, int j, int64_t q, int64_t r0, int64_t r1,
+                              int64_t *a, int64_t *b)
+{
+    const int64_t s = q == pstart[j] ? 0 : row_end[q - 1], e = row_end[q];
+    *a = s > r0 ? s : r0;
+    *b = e < r1 ? e : r1;
+}
+
 static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int16_t *perm, int nperm, int F,
                       const int64_t *pstart, const int64_t *row_end, const uint64_t *base, const int32_t *fd,
                       uint32_t *stage, int64_t ld, pad_src *pad, uint32_t keep, int check_nan, int simd,
@@ -1165,10 +1175,10 @@ static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int
      * seal waited for, one after another. */
     for (int j = 0; j < F; j++)
         for (int64_t q = pstart[j]; q < pstart[j + 1]; q++) {
-            int64_t a = q == pstart[j] ? 0 : row_end[q - 1], b = row_end[q];
-            const int64_t more = q == pstart[j + 1] - 1 && r1 >= b ? READ_AHEAD * b : 0; /* b: the batch's rows */
-            a = a > r0 ? a : r0;
-            b = b < r1 ? b : r1;
+            int64_t a, b;
+            piece_rows(pstart, row_end, j, q, r0, r1, &a, &b);
+            const int64_t end = row_end[q]; /* the last piece's: the batch's rows */
+            const int64_t more = q == pstart[j + 1] - 1 && r1 >= end ? READ_AHEAD * end : 0;
             if (fd[q] >= 0 && a < b)
                 (void)posix_fadvise(fd[q], (off_t)(base[q] + 4 * (uint64_t)a), (off_t)(4 * (b - a + more)),
                                     POSIX_FADV_WILLNEED);
@@ -1177,9 +1187,8 @@ static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int
     for (int j = 0; j < F; j++) {
         cur[j] = pstart[j];
         for (int64_t q = pstart[j]; q < pstart[j + 1]; q++) { /* read file pieces into stage row j */
-            int64_t a = q == pstart[j] ? 0 : row_end[q - 1], b = row_end[q];
-            a = a > r0 ? a : r0;
-            b = b < r1 ? b : r1;
+            int64_t a, b;
+            piece_rows(pstart, row_end, j, q, r0, r1, &a, &b);
             if (fd[q] < 0 || a >= b)
                 continue;
             if (io_all(fd[q], (char *)(stage + j * ld + a), 4 * (b - a), (int64_t)base[q] + 4 * a, 0))
