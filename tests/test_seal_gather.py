@@ -164,6 +164,38 @@ def test_the_gather_reads_a_file_through_staging_rows_any_distance_apart(ld_extr
 
 
 @needs_lib
+@pytest.mark.parametrize("simd", [True, False])
+def test_a_memory_piece_between_file_pieces_is_read_from_memory(
+    simd: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """File pieces all lie in their stratum's staging row, so a run of rows goes on across them (long runs take
+    the offset table's gather); a piece from memory between two of them ends the run: its rows are not staged."""
+    monkeypatch.setattr(_native, "SIMD", simd)
+    ng, F = 6000, 255
+    rng = np.random.default_rng(6)
+    ends = np.array([[300 + j, 2600 + 3 * j, ng] for j in range(F)], np.int64)  # stratum j: file, memory, file
+    srcs = [rng.integers(0, 2**32, ng, dtype=np.uint32) & np.uint32(0xBFFFFFFF) for _ in range(3 * F)]
+    first = np.concatenate([np.zeros((F, 1), np.int64), ends[:, :2]], axis=1).reshape(-1)  # each piece's first row
+    mem = np.array([s.ctypes.data for s in srcs], np.int64) - 4 * first  # its row 0's address
+    pieces = (np.arange(0, 3 * F + 1, 3, dtype=np.int64), ends.reshape(-1))
+    perm = np.stack([rng.permutation(255) for _ in range(256)]).astype(np.int16)
+    pad = rng.integers(0, 2**32, (ng, 255), dtype=np.uint32)
+    want, hit = _gather(ng, 11, perm, F, (*pieces, mem.astype(np.uint64), np.full(3 * F, -1, np.int32)), pad)
+    assert hit == -1
+    with open(tmp_path / "model.bin", "wb+") as f:
+        at = np.cumsum([0] + [s.nbytes for s in srcs])[:-1]
+        f.write(b"".join(s.tobytes() for s in srcs))
+        f.flush()
+        in_file = np.arange(3 * F) % 3 != 1
+        base = np.where(in_file, at - 4 * first, mem).astype(np.uint64)
+        fd = np.where(in_file, f.fileno(), -1).astype(np.int32)
+        stage = np.full((F, _native_strata.row_stride(ng)), 7, np.uint32)  # the memory rows: never staged
+        w = np.full((ng, 255), 0x5A5A5A5A, np.uint32)
+        assert _native_strata.gather(w, 11, perm, F, (*pieces, base, fd), pad, KEEP, stage) == -1  # type: ignore[arg-type]
+    assert np.array_equal(w, want)
+
+
+@needs_lib
 def test_strata_rows_any_distance_apart_are_written_as_contiguous_ones() -> None:
     """`to_strata` hands back a view of rows `row_stride` apart; `put_strata` writes it as it writes a copy."""
     ng, F = 2000, 180

@@ -1201,9 +1201,14 @@ static int64_t gather(uint32_t *w, int64_t r0, int64_t r1, int64_t g0, const int
         for (int j = 0; j < F; j++) {
             while (row_end[cur[j]] <= r)
                 cur[j]++;
-            src[j] = fd[cur[j]] >= 0 ? stage + j * ld : (const uint32_t *)(uintptr_t)base[cur[j]];
-            if (row_end[cur[j]] < lim)
-                lim = row_end[cur[j]];
+            int64_t q = cur[j];
+            src[j] = fd[q] >= 0 ? stage + j * ld : (const uint32_t *)(uintptr_t)base[q];
+            /* file pieces all lie in stage row j: the source changes only where a memory piece starts
+             * (split at every piece, a quarter of a seal's rows went in short runs to the slower loop) */
+            while (fd[q] >= 0 && q + 1 < pstart[j + 1] && fd[q + 1] >= 0 && row_end[q] < lim)
+                q++;
+            if (row_end[q] < lim)
+                lim = row_end[q];
         }
 #ifdef X86
         if (simd) { /* word offsets from the lowest source, when they all fit a gather's 32-bit index */
