@@ -484,6 +484,21 @@ def test_task_map_keeps_order_runs_nested_work_inline_and_raises_the_first_failu
     assert done == ran  # nothing was still running (or started) after task_map returned
 
 
+def test_work_is_cut_into_one_part_where_it_would_run_in_turn(two_task_cores: None) -> None:
+    """`halves` gives one part per core, but one part in a task whose peers fill the cores and in an item of the
+    pool: there `parallel_map` runs the parts in turn on one thread, and a seal's superblock kernels each ran as
+    two calls (each with its own reads, offset table and keyed offset set-up)."""
+    from paramseal import _parallel
+
+    assert _parallel.halves(1000) == [(0, 500), (500, 1000)]
+    assert _parallel.halves(1000, parts=3) == [(0, 333), (333, 666), (666, 1000)]
+    in_task = _parallel.task_map(lambda _: _parallel.halves(1000), range(2))
+    assert in_task == [[(0, 1000)], [(0, 1000)]]
+    in_pool = _parallel.parallel_map(lambda _: _parallel.halves(1000), range(2))
+    assert in_pool == [[(0, 1000)], [(0, 1000)]]
+    assert _parallel.task_map(lambda _: _parallel.halves(1000, parts=2), range(2))[0] == [(0, 500), (500, 1000)]
+
+
 def test_a_seal_of_several_superblocks_is_the_same_in_parallel_and_in_turn(
     tmp_path: Path, key: paramseal.Key, monkeypatch: pytest.MonkeyPatch, two_task_cores: None
 ) -> None:

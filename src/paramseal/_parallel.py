@@ -37,6 +37,14 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _inline() -> bool:
+    """Whether `parallel_map` runs its items in turn on this thread.
+
+    So it does in a task_map task whose peers fill the cores, and in an item of its own pool (it would wait on itself).
+    """
+    return bool(getattr(_IN_TASK, "on", False) or getattr(_IN_POOL, "on", False))
+
+
 def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     """``[fn(x) for x in items]`` on one thread per core, for work that releases the GIL (nogil kernels).
 
@@ -47,9 +55,8 @@ def parallel_map(fn: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     """
     global _POOL
     items = list(items)
-    # inline in a task_map task whose peers fill the cores, and in an item of this pool: it would wait on itself
-    # (asked first: the cores are a system call, made by every kernel of a seal's superblocks)
-    if len(items) <= 1 or getattr(_IN_TASK, "on", False) or getattr(_IN_POOL, "on", False) or _cores() <= 1:
+    # (inline asked first: the cores are a system call, made by every kernel of a seal's superblocks)
+    if len(items) <= 1 or _inline() or _cores() <= 1:
         return [fn(x) for x in items]
     with _POOL_LOCK:
         if _POOL is None:
@@ -191,8 +198,12 @@ if hasattr(os, "register_at_fork"):
 
 
 def halves(n: int, parts: int | None = None) -> list[tuple[int, int]]:
-    """``[a, b)`` ranges that cut ``range(n)`` into one nearly equal part per core (or ``parts``)."""
-    k = max(1, min(n, parts or _cores()))
+    """``[a, b)`` ranges that cut ``range(n)`` into one nearly equal part per core (or ``parts``).
+
+    One part where `parallel_map` would run them in turn on this thread: cut there, a seal's superblock
+    kernels each ran as two calls, each its own reads, table and keyed offset set-up.
+    """
+    k = max(1, min(n, parts or (1 if _inline() else _cores())))
     cuts = [n * i // k for i in range(k + 1)]
     return [(cuts[i], cuts[i + 1]) for i in range(k) if cuts[i] < cuts[i + 1]]
 
