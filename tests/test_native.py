@@ -401,7 +401,6 @@ def test_seal_gather_finds_the_first_nan_with_and_without_simd(misaligned: bool,
         flats[t] = raw[1:].view(np.uint32)
         assert flats[t].ctypes.data % 4 == 1
     st = _strata.plan(specs, key, bytes(range(16)))
-    ts = [int(t) for t in np.flatnonzero(st.is_float & (st.nwords > 0))]
     rng = np.random.default_rng(5)
     g0, g1 = st.G - 40, st.G  # the strata wrap: pieces start inside the batch
     ng = g1 - g0
@@ -418,7 +417,7 @@ def test_seal_gather_finds_the_first_nan_with_and_without_simd(misaligned: bool,
             _native.SIMD = simd
             try:
                 w = np.zeros((ng, _irs_consts.N_POS), np.uint32)
-                pieces = st._native_pieces(flats, ts, g0, ng, zeros)
+                pieces = st._native_pieces(flats, g0, ng, zeros)
                 hit = _native_strata.gather(w, g0, st._perm16(), st.free_strata, pieces, pad, int(st._clear_mask()))
             finally:
                 _native.SIMD = True

@@ -200,8 +200,8 @@ if hasattr(os, "register_at_fork"):
 def halves(n: int, parts: int | None = None) -> list[tuple[int, int]]:
     """``[a, b)`` ranges that cut ``range(n)`` into one nearly equal part per core (or ``parts``).
 
-    One part where `parallel_map` would run them in turn on this thread: cut there, a seal's superblock
-    kernels each ran as two calls, each its own reads, table and keyed offset set-up.
+    One part where `parallel_map` would run them in turn on this thread: each part is a kernel call with
+    its own set-up (a seal's reads, tables and keyed offset), for nothing.
     """
     k = max(1, min(n, parts or (1 if _inline() else _cores())))
     cuts = [n * i // k for i in range(k + 1)]

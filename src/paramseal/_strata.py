@@ -205,7 +205,7 @@ class Strata(StrataMap):
             return w
         w = np.empty((ng, N_POS), np.uint32) if scratch is None else scratch.get("words", (ng, N_POS), np.uint32)
         zeros = np.zeros(ng, np.uint32)  # the source of padding words
-        pieces = self._native_pieces(flats, ts, g0, ng, zeros)
+        pieces = self._native_pieces(flats, g0, ng, zeros)
         perm = self._perm16()
         shape = (self.free_strata, _native_strata.row_stride(ng))
         # the reads land in the strata buffer: free until encode_placed or scatter fills it (16 MiB a
@@ -278,7 +278,7 @@ class Strata(StrataMap):
                 if staged is not None:
                     staged(out, g0, g1 - g0)
                 # the writes in one compiled loop: a Python call per piece cost as much as the copying
-                pieces = self._native_pieces(outs, ts, g0, g1 - g0, None)
+                pieces = self._native_pieces(outs, g0, g1 - g0, None)
                 with writing or contextlib.nullcontext():
                     _native_strata.put_strata(wt, pieces)
                 return

@@ -298,7 +298,6 @@ class StrataMap:
     def _native_pieces(
         self,
         flats: list[NDArray[np.unsignedinteger]],
-        ts: list[int],
         g0: int,
         ng: int,
         zeros: NDArray[np.uint32] | None,
@@ -313,10 +312,11 @@ class StrataMap:
         byte offset of row 0 in that file: ``ps_gather`` reads it without faulting pages in).
         """
         F = self.free_strata
+        held = self._held(flats)
+        assert held.ok  # the caller asked `flat_words`
+        ts = list(held.ts)
         rj, row0, row1, s0, owner, padding = self.piece_table(ts, g0, ng)
         tstart = self.start[np.array(ts, np.int64)]
-        held = self._held(flats)
-        assert held.ts == tuple(ts)
         addr0, fds, foff = held.addr, held.fds, held.foff
         at_pad = 0 if zeros is None else zeros.ctypes.data
         addr = np.where(padding, at_pad, addr0[owner] + 4 * (s0 - tstart[owner])) - 4 * row0
